@@ -1,0 +1,30 @@
+# mmfleet: `make demo` runs the fleet on the built-in simulator; `make test` runs the test suite.
+# Each target sets up what it needs: a virtual environment with the pinned dependencies.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench sim clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m fleet demo
+
+test: $(STAMP)
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q
+
+bench: $(STAMP)
+	@for b in bench/*_bench.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+sim: $(STAMP)
+	$(PY) -m fleet sim
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""The symbol agent: a pure trading core (store, strategy, risk, grinding, orders) and its runtime."""

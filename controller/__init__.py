@@ -1,0 +1,1 @@
+"""The fleet controller and its HTTP endpoint."""

@@ -1,0 +1,1 @@
+"""The Binance USD-M client: the only way any part of mmfleet talks to an exchange."""

@@ -1,0 +1,230 @@
+"""Typed exchange events: what the client parses off Binance's streams and the trading core consumes.
+
+Money that the exchange books (order prices and quantities, positions, balances, fees, P&L) is
+``Decimal``, parsed from the wire strings, so that sums stay exact. Market data (book, mark price,
+trades, funding estimate) is ``float``: it only feeds arithmetic that is rounded to ticks later.
+Times are exchange milliseconds since the epoch (``E`` = push time, ``T`` = engine time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+BUY = "BUY"
+SELL = "SELL"
+
+# Binance order statuses after which an order can no longer fill.
+CLOSED_STATUSES = frozenset({"FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"})
+
+
+# --- market streams ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BookTicker:
+    """``<symbol>@bookTicker``: best bid and ask."""
+
+    symbol: str
+    update_id: int
+    bid: float
+    bid_qty: float
+    ask: float
+    ask_qty: float
+    event_time: int
+    transaction_time: int
+
+    @property
+    def mid(self) -> float:
+        return (self.bid + self.ask) / 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class DepthUpdate:
+    """``<symbol>@depth<N>`` (partial book, top N levels) or the diff stream."""
+
+    symbol: str
+    event_time: int
+    transaction_time: int
+    first_update_id: int
+    final_update_id: int
+    prev_final_update_id: int
+    bids: tuple[tuple[float, float], ...]
+    asks: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MarkPrice:
+    """``<symbol>@markPrice@1s``: mark price and the exchange's estimate of the next funding rate."""
+
+    symbol: str
+    event_time: int
+    mark_price: float
+    index_price: float
+    estimated_settle_price: float
+    funding_rate: float
+    next_funding_time: int
+
+
+@dataclass(frozen=True, slots=True)
+class AggTrade:
+    """``<symbol>@aggTrade``: a public trade (aggregated by taker order)."""
+
+    symbol: str
+    event_time: int
+    trade_time: int
+    agg_id: int
+    price: float
+    qty: float
+    buyer_is_maker: bool
+
+
+# --- user data stream -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OrderUpdate:
+    """``ORDER_TRADE_UPDATE``: one execution report for one order."""
+
+    event_time: int
+    transaction_time: int
+    symbol: str
+    client_order_id: str
+    side: str  # BUY / SELL
+    order_type: str  # LIMIT / MARKET / ...
+    time_in_force: str
+    orig_qty: Decimal
+    price: Decimal
+    avg_price: Decimal
+    exec_type: str  # NEW, CANCELED, CALCULATED, EXPIRED, TRADE, AMENDMENT
+    status: str  # NEW, PARTIALLY_FILLED, FILLED, CANCELED, EXPIRED, EXPIRED_IN_MATCH
+    order_id: int
+    last_filled_qty: Decimal
+    cum_filled_qty: Decimal
+    last_filled_price: Decimal
+    commission_asset: str
+    commission: Decimal
+    update_time: int  # o.T: the order's own update (trade) time
+    trade_id: int
+    is_maker: bool
+    reduce_only: bool
+    realized_pnl: Decimal
+    position_side: str = "BOTH"
+    expire_reason: str = "0"
+
+    @property
+    def is_closed(self) -> bool:
+        return self.status in CLOSED_STATUSES
+
+    @property
+    def remaining_qty(self) -> Decimal:
+        return Decimal(0) if self.is_closed else self.orig_qty - self.cum_filled_qty
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceUpdate:
+    """One entry of ``ACCOUNT_UPDATE.a.B``."""
+
+    asset: str
+    wallet_balance: Decimal
+    cross_wallet_balance: Decimal
+    balance_change: Decimal  # change except P&L and commission (the fee, for FUNDING_FEE)
+
+
+@dataclass(frozen=True, slots=True)
+class PositionUpdate:
+    """One entry of ``ACCOUNT_UPDATE.a.P``: the exchange's truth about one position."""
+
+    symbol: str
+    amount: Decimal  # signed: long > 0
+    entry_price: Decimal
+    breakeven_price: Decimal
+    accumulated_realized: Decimal
+    unrealized_pnl: Decimal
+    margin_type: str
+    position_side: str = "BOTH"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountUpdate:
+    """``ACCOUNT_UPDATE`` with reason ``m`` (ORDER, DEPOSIT, ...). Funding is :class:`FundingFee`."""
+
+    event_time: int
+    transaction_time: int
+    reason: str
+    balances: tuple[BalanceUpdate, ...]
+    positions: tuple[PositionUpdate, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FundingFee:
+    """``ACCOUNT_UPDATE`` with ``m=FUNDING_FEE``: a funding settlement booked on the wallet.
+
+    ``amount`` is the signed balance change as the exchange books it (negative = paid).
+    ``symbol`` is ``a.S`` when the exchange names it (it always does on the simulator); on a
+    cross-margin frame without it, the fee cannot be attributed to one symbol.
+    """
+
+    event_time: int
+    transaction_time: int
+    symbol: str | None
+    asset: str
+    amount: Decimal
+    wallet_balance: Decimal
+    positions: tuple[PositionUpdate, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TradeLite:
+    """``TRADE_LITE``: a fast, reduced fill report, followed by the full ORDER_TRADE_UPDATE."""
+
+    event_time: int
+    transaction_time: int
+    symbol: str
+    client_order_id: str
+    order_id: int
+    side: str
+    orig_qty: Decimal
+    price: Decimal
+    last_filled_price: Decimal
+    last_filled_qty: Decimal
+    trade_id: int
+    is_maker: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ListenKeyExpired:
+    """``listenKeyExpired``: no further user events arrive on this key."""
+
+    event_time: int
+    listen_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class MarginCall:
+    """``MARGIN_CALL``: positions close to liquidation."""
+
+    event_time: int
+    cross_wallet_balance: Decimal | None
+    positions: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """An event type the client does not know: passed through untouched, and counted."""
+
+    event_type: str
+    data: dict[str, Any] = field(hash=False, compare=False)
+
+
+MarketEvent = BookTicker | DepthUpdate | MarkPrice | AggTrade | RawEvent
+UserEvent = (
+    OrderUpdate
+    | AccountUpdate
+    | FundingFee
+    | TradeLite
+    | ListenKeyExpired
+    | MarginCall
+    | RawEvent
+)

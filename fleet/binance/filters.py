@@ -1,0 +1,165 @@
+"""Symbol filters from exchangeInfo, and exact conversion between integer ticks/steps and wire strings.
+
+The trading core thinks in integer ticks (prices) and steps (quantities); only this module turns
+them into the decimal strings Binance reads, so a float never reaches the wire.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+# A float ratio this close to an integer is taken as that integer (absorbs 0.1 + 0.2 style noise).
+_SNAP = 1e-9
+
+
+class FilterError(ValueError):
+    """A value is not on the symbol's grid (tick or step), or a filter entry is malformed."""
+
+
+def _places(unit: Decimal) -> int:
+    exponent = unit.normalize().as_tuple().exponent
+    return max(0, -int(exponent))
+
+
+def _to_units(value: float | Decimal | str, unit: Decimal, unit_f: float, mode: str) -> int:
+    if isinstance(value, float):
+        ratio = value / unit_f
+        nearest = round(ratio)
+        if abs(ratio - nearest) <= _SNAP * max(1.0, abs(ratio)):
+            return int(nearest)
+        return int(math.floor(ratio) if mode == "floor" else math.ceil(ratio))
+    ratio_d = Decimal(value) / unit
+    integral = ratio_d.to_integral_value(rounding="ROUND_FLOOR" if mode == "floor" else "ROUND_CEILING")
+    return int(integral)
+
+
+@dataclass(frozen=True)
+class SymbolFilters:
+    """The trading rules of one symbol, as exchangeInfo publishes them."""
+
+    symbol: str
+    tick_size: Decimal
+    min_price: Decimal
+    max_price: Decimal
+    step_size: Decimal
+    min_qty: Decimal
+    max_qty: Decimal
+    market_step_size: Decimal
+    market_min_qty: Decimal
+    market_max_qty: Decimal
+    min_notional: Decimal
+    max_num_orders: int
+    multiplier_up: Decimal
+    multiplier_down: Decimal
+    base_asset: str = ""
+    quote_asset: str = ""
+    margin_asset: str = ""
+
+    # -- construction --------------------------------------------------------------------------
+
+    @classmethod
+    def from_exchange_info(cls, entry: dict[str, Any]) -> "SymbolFilters":
+        """Build from one element of exchangeInfo ``symbols``."""
+        try:
+            filters = {f["filterType"]: f for f in entry["filters"]}
+            price = filters["PRICE_FILTER"]
+            lot = filters["LOT_SIZE"]
+            market = filters.get("MARKET_LOT_SIZE", lot)
+            notional = filters.get("MIN_NOTIONAL", {"notional": "0"})
+            percent = filters.get("PERCENT_PRICE", {"multiplierUp": "0", "multiplierDown": "0"})
+            max_orders = filters.get("MAX_NUM_ORDERS", {"limit": 200})
+            return cls(
+                symbol=entry["symbol"],
+                tick_size=Decimal(price["tickSize"]),
+                min_price=Decimal(price["minPrice"]),
+                max_price=Decimal(price["maxPrice"]),
+                step_size=Decimal(lot["stepSize"]),
+                min_qty=Decimal(lot["minQty"]),
+                max_qty=Decimal(lot["maxQty"]),
+                market_step_size=Decimal(market["stepSize"]),
+                market_min_qty=Decimal(market["minQty"]),
+                market_max_qty=Decimal(market["maxQty"]),
+                min_notional=Decimal(notional.get("notional", notional.get("minNotional", "0"))),
+                max_num_orders=int(max_orders["limit"]),
+                multiplier_up=Decimal(percent["multiplierUp"]),
+                multiplier_down=Decimal(percent["multiplierDown"]),
+                base_asset=entry.get("baseAsset", ""),
+                quote_asset=entry.get("quoteAsset", ""),
+                margin_asset=entry.get("marginAsset", entry.get("quoteAsset", "")),
+            )
+        except (KeyError, TypeError, ArithmeticError) as exc:
+            raise FilterError(f"malformed exchangeInfo entry for {entry.get('symbol')!r}: {exc!r}") from exc
+
+    def __post_init__(self) -> None:
+        if self.tick_size <= 0 or self.step_size <= 0:
+            raise FilterError(f"{self.symbol}: tick_size and step_size must be positive")
+        object.__setattr__(self, "_tick_f", float(self.tick_size))
+        object.__setattr__(self, "_step_f", float(self.step_size))
+        object.__setattr__(self, "_price_places", _places(self.tick_size))
+        object.__setattr__(self, "_qty_places", _places(self.step_size))
+
+    # -- prices --------------------------------------------------------------------------------
+
+    @property
+    def tick(self) -> float:
+        return self._tick_f
+
+    @property
+    def step(self) -> float:
+        return self._step_f
+
+    def price_ticks_floor(self, price: float | Decimal | str) -> int:
+        """Ticks of the highest grid price at or below ``price`` (bids round down)."""
+        return _to_units(price, self.tick_size, self._tick_f, "floor")
+
+    def price_ticks_ceil(self, price: float | Decimal | str) -> int:
+        """Ticks of the lowest grid price at or above ``price`` (asks round up)."""
+        return _to_units(price, self.tick_size, self._tick_f, "ceil")
+
+    def price_ticks_exact(self, price: Decimal | str) -> int:
+        """Ticks of a price that must lie on the grid; raises :class:`FilterError` otherwise."""
+        ratio = Decimal(price) / self.tick_size
+        if ratio != ratio.to_integral_value():
+            raise FilterError(f"{self.symbol}: price {price} is not a multiple of tick {self.tick_size}")
+        return int(ratio)
+
+    def price_of(self, ticks: int) -> Decimal:
+        return self.tick_size * ticks
+
+    def price_str(self, ticks: int) -> str:
+        """The wire string of ``ticks`` ticks, e.g. ``"2317.30"`` for tick 0.01."""
+        return f"{self.tick_size * ticks:.{self._price_places}f}"
+
+    # -- quantities ----------------------------------------------------------------------------
+
+    def qty_steps_floor(self, qty: float | Decimal | str) -> int:
+        """Steps of the largest grid quantity at or below ``qty`` (sizes round down)."""
+        return _to_units(qty, self.step_size, self._step_f, "floor")
+
+    def qty_steps_exact(self, qty: Decimal | str) -> int:
+        ratio = Decimal(qty) / self.step_size
+        if ratio != ratio.to_integral_value():
+            raise FilterError(f"{self.symbol}: quantity {qty} is not a multiple of step {self.step_size}")
+        return int(ratio)
+
+    def qty_of(self, steps: int) -> Decimal:
+        return self.step_size * steps
+
+    def qty_str(self, steps: int) -> str:
+        return f"{self.step_size * steps:.{self._qty_places}f}"
+
+    # -- rules ---------------------------------------------------------------------------------
+
+    def min_qty_steps(self) -> int:
+        return _to_units(self.min_qty, self.step_size, float(self.step_size), "ceil")
+
+    def notional_ok(self, price_ticks: int, qty_steps: int) -> bool:
+        """MIN_NOTIONAL: price * quantity >= notional (exact)."""
+        return self.price_of(price_ticks) * self.qty_of(qty_steps) >= self.min_notional
+
+    def tradable(self, price_ticks: int, qty_steps: int) -> bool:
+        """A layer that passes min qty and min notional; below them it is dropped, never bumped."""
+        return qty_steps >= self.min_qty_steps() and qty_steps > 0 and self.notional_ok(price_ticks, qty_steps)

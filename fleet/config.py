@@ -1,0 +1,333 @@
+"""Configuration: pydantic models for the fleet, its accounts and each symbol's parameters.
+
+Defaults are the seed's values (``round8_survival.yaml``, ETHUSDC). The seed's prohibitions are
+validation errors that name the field, so a bad config refuses to start instead of trading.
+Secrets are never values here: a config names the environment variable or file that holds them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that must not be used; the message names the file and the field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- per-symbol parameters (the seed) ---------------------------------------------------------
+
+
+class BaseParams(_Model):
+    quote_interval_ms: int = Field(220, ge=20, le=60_000)
+    base_size: float = Field(0.007, gt=0)
+    net_max: float = Field(0.20, gt=0, description="position cap in base units (seed: hard cap)")
+    net_max_hard_cap: float = Field(
+        0.25, gt=0, description="net_max may never exceed this (seed: 0.25 for ETHUSDC)"
+    )
+    min_spread: float = Field(0.00065, gt=0, lt=0.5)
+    requote_move_fraction: float = Field(
+        0.5, gt=0, description="requote at once when mid moves this fraction of layer 0's spread"
+    )
+
+    @model_validator(mode="after")
+    def _net_max_under_hard_cap(self) -> "BaseParams":
+        if self.net_max > self.net_max_hard_cap:
+            raise ValueError(
+                f"net_max {self.net_max} exceeds the hard cap net_max_hard_cap={self.net_max_hard_cap}"
+            )
+        return self
+
+
+class GridParams(_Model):
+    layer_spacing_mode: Literal["geometric"] = "geometric"
+    spacing_ratio: float = Field(1.35, ge=1.0, le=5.0)
+    layer_size_decay: float = Field(0.92, gt=0, le=1.0)
+    max_layers: int = Field(14, ge=1, le=60)
+
+
+class WorstCaseParams(_Model):
+    multiplier: float = Field(1.15, ge=1.0, le=3.0)
+    size_decay_k: float = Field(3.8, ge=0)
+
+
+class FundingParams(_Model):
+    sensitivity: float = Field(2.2, ge=0)
+    predict_alpha: float = Field(0.25, gt=0, le=1)
+
+
+class GrindingParams(_Model):
+    enabled: bool = True
+    interval_sec: float = Field(55.0, description="how often the grinding check runs")
+    trigger_ratio: float = Field(0.87, gt=0, le=1.0)
+    range_std_threshold: float = Field(0.0038, gt=0, description="relative: stddev / mean")
+    grind_size_pct: float = Field(0.075, gt=0, le=1.0)
+    reentry_spread_bps: float = Field(4.2, ge=0)
+    reentry_size_multiplier: float = Field(2.1, gt=0)
+    max_grind_per_hour: int = Field(18, ge=1)
+    min_interval_sec: float = Field(42.0, ge=0)
+    funding_boost: bool = True
+    funding_favor_multiplier: float = Field(1.4, ge=1.0)
+
+    @field_validator("enabled")
+    @classmethod
+    def _must_be_enabled(cls, v: bool) -> bool:
+        if not v:
+            raise ValueError("grinding may not be disabled (seed guardrail)")
+        return v
+
+    @field_validator("interval_sec")
+    @classmethod
+    def _interval_floor(cls, v: float) -> float:
+        if v < 30.0:
+            raise ValueError(f"grinding interval {v}s is under the 30 s floor (seed guardrail)")
+        return v
+
+
+class DrawdownParams(_Model):
+    drawdown_bands: tuple[float, ...] = (6.0, 11.0, 17.0)
+    reduce_fractions: tuple[float, ...] = (0.25, 0.45, 0.80)
+    twap_slices: int = Field(4, ge=1, le=50)
+    twap_interval_ms: int = Field(1200, ge=0)
+    cooldown_sec: float = Field(300.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bands_match(self) -> "DrawdownParams":
+        if len(self.drawdown_bands) != len(self.reduce_fractions):
+            raise ValueError("drawdown_bands and reduce_fractions must have the same length")
+        if list(self.drawdown_bands) != sorted(self.drawdown_bands):
+            raise ValueError("drawdown_bands must be increasing")
+        if any(not 0 < f <= 1 for f in self.reduce_fractions):
+            raise ValueError("reduce_fractions must each be in (0, 1]")
+        return self
+
+
+class RiskParams(_Model):
+    price_band: float = Field(0.05, gt=0, lt=1, description="orders must lie within this of mark")
+    max_order_notional: float = Field(5_000.0, gt=0)
+
+
+class OrderParams(_Model):
+    tolerance_ticks: int = Field(2, ge=0, description="keep a live order within this many ticks")
+    tolerance_spacing_fraction: float = Field(
+        0.25, ge=0, description="...or within this fraction of its layer's spacing, if larger"
+    )
+    size_tolerance: float = Field(0.2, ge=0, le=1, description="relative size difference kept")
+
+
+class SymbolParams(_Model):
+    """Everything one symbol agent trades by. ``configs/symbols/<SYMBOL>.yaml`` holds one."""
+
+    base: BaseParams = BaseParams()
+    grid: GridParams = GridParams()
+    worst_case: WorstCaseParams = WorstCaseParams()
+    funding: FundingParams = FundingParams()
+    grinding: GrindingParams = GrindingParams()
+    drawdown: DrawdownParams = DrawdownParams()
+    risk: RiskParams = RiskParams()
+    orders: OrderParams = OrderParams()
+
+    @property
+    def worst_cap(self) -> float:
+        """``net_max * multiplier``: the bound on worst-case exposure each side."""
+        return self.base.net_max * self.worst_case.multiplier
+
+
+# --- runtime and fleet ------------------------------------------------------------------------
+
+
+class RuntimeParams(_Model):
+    """How the agent runtime behaves around the core (timers, faults)."""
+
+    user_stream_grace_sec: float = Field(2.0, ge=0)
+    reconnect_backoff_initial_sec: float = Field(3.0, gt=0)
+    reconnect_backoff_max_sec: float = Field(60.0, gt=0)
+    listen_key_keepalive_sec: float = Field(25 * 60.0, gt=0)
+    deadman_heartbeat_sec: float = Field(10.0, gt=0)
+    deadman_countdown_ms: int = Field(30_000, ge=1_000)
+    market_stale_sec: float = Field(5.0, gt=0)
+    stream_max_lifetime_sec: float = Field(23 * 3600.0, gt=0)
+    stop_timeout_sec: float = Field(20.0, gt=0)
+    flatten_on_stop: bool = False
+
+    @model_validator(mode="after")
+    def _heartbeat_inside_countdown(self) -> "RuntimeParams":
+        if self.deadman_heartbeat_sec * 1000 >= self.deadman_countdown_ms:
+            raise ValueError("deadman_heartbeat_sec must be shorter than deadman_countdown_ms")
+        return self
+
+
+class SimExchange(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535, description="0 = pick a free port")
+    seed: int = 7
+    config: str | None = Field(None, description="optional simulator YAML (market model, funding)")
+
+
+class ExchangeConfig(_Model):
+    kind: Literal["sim", "binance"] = "sim"
+    rest_url: str | None = None
+    ws_market_url: str | None = None
+    ws_user_url: str | None = None
+    sim: SimExchange = SimExchange()
+
+    @model_validator(mode="after")
+    def _urls_for_binance(self) -> "ExchangeConfig":
+        if self.kind == "binance" and not (self.rest_url and self.ws_market_url):
+            raise ValueError("exchange.kind=binance needs rest_url and ws_market_url")
+        return self
+
+
+class AccountConfig(_Model):
+    """Where an account's keys are read from, inside the agent process. Never the keys themselves."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,40}$")
+    api_key_env: str | None = None
+    api_secret_env: str | None = None
+    key_file: str | None = Field(None, description="YAML/JSON file with api_key and api_secret")
+    rate_share: float = Field(1.0, gt=0, le=1.0, description="fraction of the account's limits")
+
+    @model_validator(mode="after")
+    def _has_source(self) -> "AccountConfig":
+        if not self.key_file and not (self.api_key_env and self.api_secret_env):
+            raise ValueError("an account needs api_key_env + api_secret_env, or key_file")
+        return self
+
+
+class SymbolEntry(_Model):
+    symbol: str = Field(pattern=r"^[A-Z0-9]{2,30}$")
+    account: str
+    params_file: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict, description="overrides on the params file")
+
+
+class ApiConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    token_env: str | None = "MMFLEET_API_TOKEN"
+    token_file: str | None = None
+    metrics_require_auth: bool = False
+
+
+class AgentPlacement(_Model):
+    num_cpus: float = Field(0.1, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict)
+    metrics_port: int | None = None
+
+
+class FleetRisk(_Model):
+    max_total_notional: float = Field(1_000_000.0, gt=0, description="fleet-wide abs notional cap")
+
+
+class FleetConfig(_Model):
+    name: str = Field("mmfleet", pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    exchange: ExchangeConfig = ExchangeConfig()
+    accounts: tuple[AccountConfig, ...]
+    symbols: tuple[SymbolEntry, ...]
+    api: ApiConfig = ApiConfig()
+    agent: AgentPlacement = AgentPlacement()
+    runtime: RuntimeParams = RuntimeParams()
+    risk: FleetRisk = FleetRisk()
+    state_dir: str = Field(".mmfleet", description="lock/PID files and the API token file")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "FleetConfig":
+        names = [a.name for a in self.accounts]
+        if len(set(names)) != len(names):
+            raise ValueError("accounts: duplicate account name")
+        seen: set[str] = set()
+        for entry in self.symbols:
+            if entry.symbol in seen:
+                raise ValueError(f"symbols: {entry.symbol} is listed twice")
+            seen.add(entry.symbol)
+            if entry.account not in names:
+                raise ValueError(f"symbols: {entry.symbol} names unknown account {entry.account!r}")
+        return self
+
+    @property
+    def namespace(self) -> str:
+        """The Ray namespace the fleet's actors live in."""
+        return f"mmfleet-{self.name}"
+
+    def account(self, name: str) -> AccountConfig:
+        for acc in self.accounts:
+            if acc.name == name:
+                return acc
+        raise KeyError(name)
+
+    def entry(self, symbol: str) -> SymbolEntry:
+        for e in self.symbols:
+            if e.symbol == symbol:
+                return e
+        raise KeyError(symbol)
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _describe(exc: ValidationError, where: str) -> str:
+    lines = [f"invalid config {where}:"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"  {field}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping at the top level")
+    return data
+
+
+def load_fleet_config(path: str | os.PathLike[str]) -> FleetConfig:
+    """Read and validate a fleet config; raise :class:`ConfigError` naming the bad field."""
+    p = Path(path)
+    try:
+        return FleetConfig.model_validate(_read_yaml(p))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, str(p))) from None
+
+
+def symbol_params(cfg: FleetConfig, symbol: str, config_path: str | os.PathLike[str]) -> SymbolParams:
+    """A symbol's parameters: its params file (relative to the fleet config) plus overrides."""
+    entry = cfg.entry(symbol)
+    data: dict[str, Any] = {}
+    where = f"for {symbol}"
+    if entry.params_file:
+        params_path = Path(config_path).parent / entry.params_file
+        data = _read_yaml(params_path)
+        where = f"{params_path} (+ overrides in {config_path})"
+    data = _deep_merge(data, entry.params)
+    try:
+        return SymbolParams.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, where)) from None
+
+
+def load_symbol_params(path: str | os.PathLike[str]) -> SymbolParams:
+    p = Path(path)
+    try:
+        return SymbolParams.model_validate(_read_yaml(p))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, str(p))) from None

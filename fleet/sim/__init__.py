@@ -1,0 +1,1 @@
+"""fleet.sim: a Binance USD-M compatible exchange simulator served on loopback."""
