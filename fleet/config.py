@@ -62,6 +62,9 @@ class WorstCaseParams(_Model):
 class FundingParams(_Model):
     sensitivity: float = Field(2.2, ge=0)
     predict_alpha: float = Field(0.25, gt=0, le=1)
+    predict_sample_sec: float = Field(
+        60.0, gt=0, description="the EMA prediction takes one sample of the exchange's estimate this often"
+    )
 
 
 class GrindingParams(_Model):
@@ -76,6 +79,9 @@ class GrindingParams(_Model):
     min_interval_sec: float = Field(42.0, ge=0)
     funding_boost: bool = True
     funding_favor_multiplier: float = Field(1.4, ge=1.0)
+    min_window_sec: float = Field(
+        600.0, ge=0, description="the 30-min price window must span this much before a range is trusted"
+    )
 
     @field_validator("enabled")
     @classmethod
@@ -113,6 +119,9 @@ class DrawdownParams(_Model):
 class RiskParams(_Model):
     price_band: float = Field(0.05, gt=0, lt=1, description="orders must lie within this of mark")
     max_order_notional: float = Field(5_000.0, gt=0)
+    capital: float = Field(
+        1_000.0, gt=0, description="equity base for drawdown until the exchange reports a wallet balance"
+    )
 
 
 class OrderParams(_Model):
