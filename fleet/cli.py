@@ -14,6 +14,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "sim": ("fleet.sim.__main__", "run", "run the Binance-compatible exchange simulator"),
     "demo": ("fleet.demo", "run", "the demo: the fleet on the built-in simulator"),
+    "agent": ("fleet.agent_cli", "run", "run one symbol agent standalone (no Ray) until Ctrl-C"),
 }
 
 
