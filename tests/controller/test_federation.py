@@ -1,0 +1,186 @@
+"""The fleet page merges agents' expositions: labelled by symbol, one HELP/TYPE per family, and honest
+about agents that did not answer. Agents' pages are rendered here by prometheus_client itself."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter as Tally
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from controller.federation import (
+    KILL_LATENCY_BUCKETS,
+    SEED_METRIC_NAMES,
+    AgentScrape,
+    FleetView,
+    KillLatency,
+    render_fleet_page,
+)
+
+SYMBOLS = ("ETHUSDC", "BTCUSDT", "SOLUSDT")
+
+
+def agent_exposition(symbol: str, *, worst_long: float = 0.1, grinds: int = 2, label: bool = True) -> str:
+    """An agent's own registry as prometheus_client renders it (with ``_created`` series)."""
+    reg = CollectorRegistry()
+    names = ("symbol",) if label else ()
+    lv = (symbol,) if label else ()
+
+    def g(name: str, value: float) -> None:
+        m = Gauge(name, f"{name} help", names, registry=reg)
+        (m.labels(*lv) if label else m).set(value)
+
+    g("mm_worst_case_long", worst_long)
+    g("mm_worst_case_short", 0.05)
+    g("mm_dynamic_decay_factor", 0.9)
+    g("mm_funding_pnl_acc", -1.25)
+    g("mm_predicted_funding_rate", 0.0001)
+    grind = Counter("mm_grind_count", "grinds done", names, registry=reg)
+    (grind.labels(*lv) if label else grind).inc(grinds)
+    g("mm_grind_active", 0)
+    g("mm_grind_cost_saved", 3.5)
+    g("mm_price_stddev_30m", 0.002)
+    g("mm_quote_suppressed", 0)
+    g("mm_ws_connected", 1)
+    g("mm_rest_fallback_count", 0)
+    lat = Histogram("mm_order_ack_seconds", "order ack latency", names, buckets=(0.01, 0.1, 1.0), registry=reg)
+    (lat.labels(*lv) if label else lat).observe(0.05)
+    return generate_latest(reg).decode()
+
+
+def view(**kw) -> FleetView:
+    return FleetView(fleet="demo", symbols=SYMBOLS, **kw)
+
+
+def parse(body: bytes) -> list:
+    return list(text_string_to_metric_families(body.decode()))
+
+
+def samples_by_symbol(body: bytes) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for fam in parse(body):
+        for s in fam.samples:
+            if "symbol" in s.labels:
+                out.setdefault(s.labels["symbol"], set()).add(s.name)
+    return out
+
+
+def test_merged_page_parses_and_has_the_twelve_seed_names_for_every_symbol():
+    scrapes = [AgentScrape(sym, agent_exposition(sym)) for sym in SYMBOLS]
+    page = render_fleet_page(view(), scrapes)
+    by_symbol = samples_by_symbol(page.body)
+    for sym in SYMBOLS:
+        missing = [n for n in SEED_METRIC_NAMES if n not in by_symbol[sym]]
+        assert missing == [], f"{sym} lacks {missing}"
+    assert page.dropped == ()
+
+
+def test_one_help_and_type_per_family_and_no_created_series():
+    scrapes = [AgentScrape(sym, agent_exposition(sym)) for sym in SYMBOLS]
+    text = render_fleet_page(view(), scrapes).body.decode()
+    helps = Tally(re.findall(r"^# HELP (\S+)", text, re.M))
+    types = Tally(re.findall(r"^# TYPE (\S+)", text, re.M))
+    assert helps and all(n == 1 for n in helps.values()), helps
+    assert all(n == 1 for n in types.values()), types
+    assert "_created" not in text
+    assert "# TYPE mm_grind_count_total counter" in text
+    for sym in SYMBOLS:
+        assert f'mm_grind_count_total{{symbol="{sym}"}} 2.0' in text
+
+
+def test_every_series_carries_the_symbol_of_the_agent_it_came_from():
+    # An agent that forgot its symbol label still gets one, from the actor it was fetched from.
+    scrapes = [AgentScrape(sym, agent_exposition(sym, worst_long=i / 10, label=False)) for i, sym in enumerate(SYMBOLS)]
+    fams = {f.name: f for f in parse(render_fleet_page(view(), scrapes).body)}
+    worst = {s.labels["symbol"]: s.value for s in fams["mm_worst_case_long"].samples}
+    assert worst == {"ETHUSDC": 0.0, "BTCUSDT": 0.1, "SOLUSDT": 0.2}
+    for fam in fams.values():
+        if fam.name.startswith("mm_"):
+            assert all("symbol" in s.labels for s in fam.samples), fam.name
+
+
+def test_agent_histograms_keep_buckets_count_and_sum_per_symbol():
+    scrapes = [AgentScrape(sym, agent_exposition(sym)) for sym in SYMBOLS]
+    fams = {f.name: f for f in parse(render_fleet_page(view(), scrapes).body)}
+    hist = fams["mm_order_ack_seconds"]
+    assert hist.type == "histogram"
+    eth = [s for s in hist.samples if s.labels["symbol"] == "ETHUSDC"]
+    assert {s.name for s in eth} == {
+        "mm_order_ack_seconds_bucket",
+        "mm_order_ack_seconds_count",
+        "mm_order_ack_seconds_sum",
+    }
+    assert {s.labels.get("le") for s in eth if s.name.endswith("_bucket")} == {"0.01", "0.1", "1.0", "+Inf"}
+
+
+def test_an_agent_that_did_not_answer_is_reported_not_hidden():
+    scrapes = [
+        AgentScrape("ETHUSDC", agent_exposition("ETHUSDC"), elapsed_s=0.01),
+        AgentScrape("BTCUSDT", None, error="timed out after 2.0 s", elapsed_s=2.0),
+    ]  # SOLUSDT has no actor at all
+    fams = {f.name: f for f in parse(render_fleet_page(view(), scrapes).body)}
+    up = {s.labels["symbol"]: s.value for s in fams["mmfleet_agent_up"].samples}
+    assert up == {"ETHUSDC": 1.0, "BTCUSDT": 0.0, "SOLUSDT": 0.0}
+    assert fams["mmfleet_agents_up"].samples[0].value == 1.0
+    assert fams["mmfleet_agents_expected"].samples[0].value == 3.0
+    assert {s.labels["symbol"] for s in fams["mm_worst_case_long"].samples} == {"ETHUSDC"}
+
+
+def test_a_broken_exposition_is_dropped_and_named_while_the_rest_still_merges():
+    broken = agent_exposition("BTCUSDT") + 'mm_worst_case_long{symbol="BTCUSDT" 1\n'
+    scrapes = [AgentScrape("ETHUSDC", agent_exposition("ETHUSDC")), AgentScrape("BTCUSDT", broken)]
+    page = render_fleet_page(view(), scrapes)
+    assert len(page.dropped) == 1 and page.dropped[0].startswith("BTCUSDT: unparseable exposition")
+    by_symbol = samples_by_symbol(page.body)
+    assert "mm_worst_case_long" in by_symbol["ETHUSDC"]
+    assert "mm_worst_case_long" not in by_symbol.get("BTCUSDT", set())
+
+
+def test_a_family_whose_type_disagrees_across_agents_is_dropped_for_the_late_agent():
+    odd = CollectorRegistry()
+    Counter("mm_worst_case_long", "wrong type", ["symbol"], registry=odd).labels("BTCUSDT").inc()
+    scrapes = [
+        AgentScrape("ETHUSDC", agent_exposition("ETHUSDC")),
+        AgentScrape("BTCUSDT", generate_latest(odd).decode()),
+    ]
+    page = render_fleet_page(view(), scrapes)
+    assert page.dropped == ("BTCUSDT: family mm_worst_case_long is a counter, the fleet page has it as gauge",)
+    fams = {f.name: f for f in parse(page.body)}
+    assert fams["mm_worst_case_long"].type == "gauge"
+
+
+def test_fleet_series_count_halted_symbols_and_restarts():
+    v = view(
+        kill_states={"ETHUSDC": "halted", "BTCUSDT": "running", "SOLUSDT": "flattening"},
+        restarts={"ETHUSDC": 2, "BTCUSDT": 0, "SOLUSDT": 1},
+    )
+    fams = {f.name: f for f in parse(render_fleet_page(v, []).body)}
+    assert fams["mmfleet_agents_halted"].samples[0].value == 2.0
+    halted = {s.labels["symbol"]: (s.labels["kill_state"], s.value) for s in fams["mmfleet_symbol_halted"].samples}
+    assert halted == {"ETHUSDC": ("halted", 1.0), "BTCUSDT": ("running", 0.0), "SOLUSDT": ("flattening", 1.0)}
+    restarts = {s.labels["symbol"]: s.value for s in fams["mmfleet_agent_restarts"].samples}
+    assert restarts == {"ETHUSDC": 2.0, "BTCUSDT": 0.0, "SOLUSDT": 1.0}
+
+
+def test_kill_latency_histogram_is_cumulative():
+    lat = KillLatency().observe(0.04).observe(0.2).observe(3.0)
+    fams = {f.name: f for f in parse(render_fleet_page(view(kill_latency=lat), []).body)}
+    hist = fams["mmfleet_kill_latency_seconds"]
+    buckets = {s.labels["le"]: s.value for s in hist.samples if s.name.endswith("_bucket")}
+    assert buckets["0.025"] == 0 and buckets["0.05"] == 1 and buckets["0.25"] == 2
+    assert buckets["2.5"] == 2 and buckets["5.0"] == 3 and buckets["+Inf"] == 3
+    assert len(buckets) == len(KILL_LATENCY_BUCKETS) + 1
+    count = next(s.value for s in hist.samples if s.name.endswith("_count"))
+    total = next(s.value for s in hist.samples if s.name.endswith("_sum"))
+    assert count == 3 and total == pytest.approx(3.24)
+
+
+def test_an_agent_family_named_like_a_fleet_series_cannot_break_the_page():
+    rogue = CollectorRegistry()
+    Gauge("mmfleet_agent_up", "rogue", ["symbol"], registry=rogue).labels("ETHUSDC").set(5)
+    page = render_fleet_page(view(), [AgentScrape("ETHUSDC", generate_latest(rogue).decode())])
+    assert page.dropped == ("agents' family mmfleet_agent_up clashes with a fleet series",)
+    fams = {f.name: f for f in parse(page.body)}
+    assert {s.labels["symbol"]: s.value for s in fams["mmfleet_agent_up"].samples}["ETHUSDC"] == 1.0
