@@ -1,0 +1,550 @@
+"""The REST client: signed requests on one keep-alive aiohttp session, typed results and errors.
+
+Every request is charged to a :class:`~fleet.binance.ratelimit.RateBudget` before it is sent, with
+the endpoint's documented weight, and the budget is corrected from the response headers. Order
+requests that may have executed without an answer raise :class:`OutcomeUnknownError`;
+:meth:`BinanceClient.place_order_idempotent` resolves that by querying the client order id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from decimal import Decimal
+from typing import Any, Iterable, Mapping, Sequence
+
+import aiohttp
+import orjson
+
+from .errors import (
+    BannedError,
+    BinanceError,
+    OutcomeUnknownError,
+    RateLimitedError,
+    ServerError,
+    TimestampError,
+    UnknownOrderError,
+    error_from_payload,
+)
+from .filters import SymbolFilters
+from .models import (
+    BookTop,
+    CommissionRate,
+    DepthSnapshot,
+    ModifyRequest,
+    OrderInfo,
+    OrderRequest,
+    PositionInfo,
+    PremiumIndex,
+)
+from .ratelimit import Cost, RateBudget
+from .signing import encode_params, sign
+
+log = logging.getLogger("fleet.binance.client")
+
+BATCH_PLACE_MAX = 5
+BATCH_CANCEL_MAX = 10
+DUPLICATE_CLIENT_ID = -4116
+
+# Documented weights (reference §7).
+_W1 = Cost(weight=1)
+_ORDER = Cost(weight=0, orders_10s=1, orders_1m=1)
+_BATCH_ORDER = Cost(weight=5, orders_10s=5, orders_1m=1)
+_ACCOUNT = Cost(weight=5)
+
+
+def _depth_weight(limit: int) -> int:
+    if limit <= 50:
+        return 2
+    if limit <= 100:
+        return 5
+    if limit <= 500:
+        return 10
+    return 20
+
+
+def _dec(value: Any) -> Decimal:
+    return Decimal(str(value)) if value not in (None, "") else Decimal(0)
+
+
+class BinanceClient:
+    """Binance USD-M futures REST (``/fapi``), the same against production, testnet and ``fleet.sim``.
+
+    Use as ``async with BinanceClient(url, key, secret) as client:``; one aiohttp session is kept
+    for the client's life. ``wait=True`` on order calls waits for rate budget; ``wait=False`` raises
+    :class:`BudgetExhaustedError` instead (nothing sent).
+    """
+
+    def __init__(
+        self,
+        rest_url: str,
+        api_key: str | None = None,
+        api_secret: str | None = None,
+        *,
+        budget: RateBudget | None = None,
+        recv_window: int = 5000,
+        timeout: float = 10,
+        params_in_body: bool = True,
+    ) -> None:
+        self.rest_url = rest_url.rstrip("/")
+        self._api_key = api_key
+        self._api_secret = api_secret
+        self.budget = budget if budget is not None else RateBudget()
+        self.recv_window = int(recv_window)
+        self.timeout = float(timeout)
+        self.params_in_body = params_in_body
+        self.time_offset_ms = 0  # exchange time - local time
+        self._session: aiohttp.ClientSession | None = None
+        self._position_v2 = False
+        self._account_v2 = False
+        self.requests_sent = 0
+
+    def __repr__(self) -> str:  # never shows the key or the secret
+        return f"BinanceClient({self.rest_url!r}, signed={self._api_secret is not None})"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> "BinanceClient":
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=64, keepalive_timeout=60, enable_cleanup_closed=True)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                json_serialize=lambda o: orjson.dumps(o).decode(),
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            raise RuntimeError("BinanceClient is not open: use `async with BinanceClient(...)` or await open()")
+        return self._session
+
+    # -- the request core ----------------------------------------------------------------------
+
+    def _timestamp(self) -> int:
+        return int(time.time() * 1000) + self.time_offset_ms
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        cost: Cost = _W1,
+        signed: bool = False,
+        keyed: bool = False,
+        wait: bool = True,
+        retry_on_skew: bool = True,
+    ) -> Any:
+        """Send one request; returns the decoded JSON, or raises a :class:`BinanceError` subclass."""
+        await self.budget.acquire(cost, wait=wait)
+        try:
+            return await self._send(method, path, params, signed=signed, keyed=keyed)
+        except TimestampError:
+            if not (signed and retry_on_skew):
+                raise
+            # -1021 means the request was refused unexecuted: re-learn the clock and send once more
+            log.warning("timestamp outside recvWindow on %s %s; re-syncing time", method, path)
+            await self.sync_time()
+            await self.budget.acquire(cost, wait=wait)
+            return await self._send(method, path, params, signed=signed, keyed=keyed)
+
+    async def _send(
+        self, method: str, path: str, params: Mapping[str, Any] | None, *, signed: bool, keyed: bool
+    ) -> Any:
+        headers: dict[str, str] = {}
+        fields = dict(params or {})
+        if signed or keyed:
+            if not self._api_key:
+                raise BinanceError(-2014, f"{method} {path} needs an API key; none configured", None)
+            headers["X-MBX-APIKEY"] = self._api_key
+        if signed:
+            if not self._api_secret:
+                raise BinanceError(-1022, f"{method} {path} needs an API secret; none configured", None)
+            fields["recvWindow"] = self.recv_window
+            fields["timestamp"] = self._timestamp()
+        encoded = encode_params(fields)
+        in_body = self.params_in_body and method in ("POST", "PUT") and bool(encoded)
+        if signed:
+            encoded = f"{encoded}&signature={sign(self._api_secret, encoded)}"  # type: ignore[arg-type]
+        url = self.rest_url + path
+        body: bytes | None = None
+        if in_body:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            body = encoded.encode()
+        elif encoded:
+            url = f"{url}?{encoded}"
+        mutating = method != "GET"
+        try:
+            self.requests_sent += 1
+            async with self.session.request(method, url, data=body, headers=headers) as resp:
+                status = resp.status
+                raw = await resp.read()
+                self.budget.observe_headers(resp.headers)
+                resp_headers = resp.headers
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            # the connection never opened: nothing reached the exchange
+            raise ServerError(0, f"cannot connect for {method} {path}: {type(exc).__name__}", None) from exc
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            what = f"{method} {path}: {type(exc).__name__} after the request was sent"
+            if mutating:
+                raise OutcomeUnknownError(0, what, None) from exc
+            raise ServerError(0, what, None) from exc
+        try:
+            payload = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            payload = raw[:300].decode("utf-8", "replace")
+        if 200 <= status < 300 and not (isinstance(payload, dict) and _is_error_payload(payload)):
+            return payload
+        err = error_from_payload(payload, status, resp_headers)
+        if isinstance(err, RateLimitedError):
+            self.budget.note_retry_after(err.retry_after)
+            log.warning("rate limited on %s %s: backing off %.1fs", method, path, err.retry_after)
+        elif isinstance(err, BannedError):
+            until = err.until_ms
+            seconds = (until - self._timestamp()) / 1000 if until else 120.0
+            self.budget.note_banned(max(seconds, 1.0))
+            log.error("IP banned (418) on %s %s until %s", method, path, until)
+        if not mutating and isinstance(err, OutcomeUnknownError):
+            err = ServerError(err.code, err.msg, err.http_status)  # a read changes nothing: retryable
+        raise err
+
+    # -- time and market data ------------------------------------------------------------------
+
+    async def server_time(self) -> int:
+        data = await self._request("GET", "/fapi/v1/time")
+        return int(data["serverTime"])
+
+    async def sync_time(self) -> int:
+        """Learn the exchange clock's offset from ours (ms) from ``/fapi/v1/time``; returns it."""
+        before = time.time() * 1000
+        server = await self.server_time()
+        after = time.time() * 1000
+        self.time_offset_ms = int(round(server - (before + after) / 2))
+        return self.time_offset_ms
+
+    async def ping(self) -> None:
+        await self._request("GET", "/fapi/v1/ping")
+
+    async def exchange_info(self) -> dict[str, Any]:
+        return await self._request("GET", "/fapi/v1/exchangeInfo")
+
+    async def symbol_filters(self, symbol: str) -> SymbolFilters:
+        info = await self.exchange_info()
+        for entry in info.get("symbols", ()):
+            if entry.get("symbol") == symbol:
+                return SymbolFilters.from_exchange_info(entry)
+        raise BinanceError(-1121, f"Invalid symbol: {symbol!r} is not in exchangeInfo", None)
+
+    async def depth(self, symbol: str, limit: int = 100) -> DepthSnapshot:
+        data = await self._request(
+            "GET", "/fapi/v1/depth", {"symbol": symbol, "limit": limit}, cost=Cost(weight=_depth_weight(limit))
+        )
+        return DepthSnapshot(
+            last_update_id=int(data["lastUpdateId"]),
+            event_time=int(data.get("E", 0)),
+            transaction_time=int(data.get("T", 0)),
+            bids=tuple((Decimal(p), Decimal(q)) for p, q in data["bids"]),
+            asks=tuple((Decimal(p), Decimal(q)) for p, q in data["asks"]),
+        )
+
+    async def book_ticker(self, symbol: str) -> BookTop:
+        data = await self._request("GET", "/fapi/v1/ticker/bookTicker", {"symbol": symbol}, cost=Cost(weight=2))
+        return BookTop(
+            symbol=data["symbol"],
+            bid=_dec(data["bidPrice"]),
+            bid_qty=_dec(data["bidQty"]),
+            ask=_dec(data["askPrice"]),
+            ask_qty=_dec(data["askQty"]),
+            time=int(data.get("time", 0)),
+        )
+
+    async def premium_index(self, symbol: str) -> PremiumIndex:
+        data = await self._request("GET", "/fapi/v1/premiumIndex", {"symbol": symbol})
+        return PremiumIndex(
+            symbol=data["symbol"],
+            mark_price=_dec(data["markPrice"]),
+            index_price=_dec(data.get("indexPrice")),
+            estimated_settle_price=_dec(data.get("estimatedSettlePrice")),
+            last_funding_rate=_dec(data.get("lastFundingRate")),
+            interest_rate=_dec(data.get("interestRate")),
+            next_funding_time=int(data.get("nextFundingTime", 0)),
+            time=int(data.get("time", 0)),
+        )
+
+    # -- orders --------------------------------------------------------------------------------
+
+    async def place_order(self, order: OrderRequest, *, wait: bool = True) -> OrderInfo:
+        data = await self._request("POST", "/fapi/v1/order", order.to_params(), cost=_ORDER, signed=True, wait=wait)
+        return OrderInfo.from_api(data)
+
+    async def place_order_idempotent(
+        self, order: OrderRequest, *, wait: bool = True, attempts: int = 3, backoff_s: float = 0.2
+    ) -> OrderInfo:
+        """Place ``order``; if the outcome is unknown, find it by client order id before any resend.
+
+        The order is sent again (same client order id) only when the exchange says that id does
+        not exist; a duplicate-id answer means an earlier send landed, and that order is returned.
+        """
+        if not order.client_order_id:
+            raise ValueError("place_order_idempotent needs an OrderRequest with client_order_id")
+        last: BinanceError | None = None
+        for attempt in range(attempts):
+            try:
+                return await self.place_order(order, wait=wait)
+            except OutcomeUnknownError as exc:
+                last = exc
+                log.warning("order %s outcome unknown (%s); querying by client id", order.client_order_id, exc.msg)
+            except BinanceError as exc:
+                if exc.code != DUPLICATE_CLIENT_ID:
+                    raise
+                last = exc  # an earlier send landed: look it up
+            found = await self._find_by_client_id(order.symbol, order.client_order_id, backoff_s)
+            if found is not None:
+                return found
+            await asyncio.sleep(backoff_s * (2**attempt))
+        assert last is not None
+        raise last
+
+    async def _find_by_client_id(self, symbol: str, client_order_id: str, backoff_s: float) -> OrderInfo | None:
+        """The order with this id, or None once the exchange says it does not exist."""
+        for attempt in range(5):
+            try:
+                return await self.query_order(symbol, client_order_id=client_order_id)
+            except UnknownOrderError:
+                return None
+            except (ServerError, OutcomeUnknownError) as exc:
+                log.warning("query of %s failed (%s); retrying", client_order_id, exc.msg)
+                await asyncio.sleep(backoff_s * (2**attempt))
+        raise OutcomeUnknownError(0, f"could not learn whether order {client_order_id} exists", None)
+
+    async def modify_order(self, modify: ModifyRequest, *, wait: bool = True) -> OrderInfo:
+        data = await self._request("PUT", "/fapi/v1/order", modify.to_params(), cost=_ORDER, signed=True, wait=wait)
+        return OrderInfo.from_api(data)
+
+    async def cancel_order(
+        self, symbol: str, order_id: int | None = None, client_order_id: str | None = None
+    ) -> OrderInfo:
+        params = _order_ref(symbol, order_id, client_order_id)
+        data = await self._request("DELETE", "/fapi/v1/order", params, signed=True)
+        return OrderInfo.from_api(data)
+
+    async def query_order(
+        self, symbol: str, order_id: int | None = None, client_order_id: str | None = None
+    ) -> OrderInfo:
+        params = _order_ref(symbol, order_id, client_order_id)
+        data = await self._request("GET", "/fapi/v1/order", params, signed=True)
+        return OrderInfo.from_api(data)
+
+    async def open_orders(self, symbol: str) -> list[OrderInfo]:
+        data = await self._request("GET", "/fapi/v1/openOrders", {"symbol": symbol}, signed=True)
+        return [OrderInfo.from_api(o) for o in data]
+
+    async def batch_place(self, orders: Sequence[OrderRequest], *, wait: bool = True) -> list[OrderInfo | BinanceError]:
+        """Place ``orders`` 5 per request; results follow input order, failures in place."""
+        results: list[OrderInfo | BinanceError] = []
+        for chunk in _chunks(orders, BATCH_PLACE_MAX):
+            batch = [o.to_params() for o in chunk]
+            cost = Cost(weight=5, orders_10s=len(chunk), orders_1m=1)
+            data = await self._request(
+                "POST", "/fapi/v1/batchOrders", {"batchOrders": batch}, cost=cost, signed=True, wait=wait
+            )
+            results.extend(_batch_results(data, len(chunk)))
+        return results
+
+    async def batch_modify(
+        self, modifies: Sequence[ModifyRequest], *, wait: bool = True
+    ) -> list[OrderInfo | BinanceError]:
+        """Modify orders 5 per request; results follow input order, failures in place."""
+        results: list[OrderInfo | BinanceError] = []
+        for chunk in _chunks(modifies, BATCH_PLACE_MAX):
+            batch = []
+            for m in chunk:
+                entry: dict[str, Any] = m.to_params()
+                if m.order_id is not None:
+                    entry["orderId"] = int(m.order_id)
+                batch.append(entry)
+            cost = Cost(weight=5, orders_10s=len(chunk), orders_1m=1)
+            data = await self._request(
+                "PUT", "/fapi/v1/batchOrders", {"batchOrders": batch}, cost=cost, signed=True, wait=wait
+            )
+            results.extend(_batch_results(data, len(chunk)))
+        return results
+
+    async def batch_cancel(
+        self,
+        symbol: str,
+        order_ids: Iterable[int] | None = None,
+        client_order_ids: Iterable[str] | None = None,
+    ) -> list[OrderInfo | BinanceError]:
+        """Cancel by ids, 10 per request; results follow input order, failures in place."""
+        if (order_ids is None) == (client_order_ids is None):
+            raise ValueError("batch_cancel needs exactly one of order_ids or client_order_ids")
+        ids: list[Any] = [int(i) for i in order_ids] if order_ids is not None else [str(c) for c in client_order_ids or ()]
+        key = "orderIdList" if order_ids is not None else "origClientOrderIdList"
+        results: list[OrderInfo | BinanceError] = []
+        for chunk in _chunks(ids, BATCH_CANCEL_MAX):
+            data = await self._request("DELETE", "/fapi/v1/batchOrders", {"symbol": symbol, key: chunk}, signed=True)
+            results.extend(_batch_results(data, len(chunk)))
+        return results
+
+    async def cancel_all(self, symbol: str) -> dict[str, Any]:
+        return await self._request("DELETE", "/fapi/v1/allOpenOrders", {"symbol": symbol}, signed=True)
+
+    async def countdown_cancel_all(self, symbol: str, countdown_ms: int) -> dict[str, Any]:
+        """Arm (or with 0, disarm) the exchange's dead-man switch for ``symbol``."""
+        if countdown_ms < 0:
+            raise ValueError(f"countdown_ms must be >= 0, got {countdown_ms}")
+        return await self._request(
+            "POST",
+            "/fapi/v1/countdownCancelAll",
+            {"symbol": symbol, "countdownTime": int(countdown_ms)},
+            cost=Cost(weight=10),
+            signed=True,
+        )
+
+    # -- account -------------------------------------------------------------------------------
+
+    async def position(self, symbol: str) -> PositionInfo:
+        """The one-way position of ``symbol`` (v3 positionRisk; v2 if the v3 path is missing)."""
+        if not self._position_v2:
+            try:
+                data = await self._request(
+                    "GET", "/fapi/v3/positionRisk", {"symbol": symbol}, cost=_ACCOUNT, signed=True
+                )
+            except BinanceError as exc:
+                if exc.http_status != 404:
+                    raise
+                log.info("v3 positionRisk not available; using v2")
+                self._position_v2 = True
+            else:
+                return _pick_position(data, symbol)
+        data = await self._request("GET", "/fapi/v2/positionRisk", {"symbol": symbol}, cost=_ACCOUNT, signed=True)
+        return _pick_position(data, symbol)
+
+    async def account(self) -> dict[str, Any]:
+        if not self._account_v2:
+            try:
+                return await self._request("GET", "/fapi/v3/account", cost=_ACCOUNT, signed=True)
+            except BinanceError as exc:
+                if exc.http_status != 404:
+                    raise
+                self._account_v2 = True
+        return await self._request("GET", "/fapi/v2/account", cost=_ACCOUNT, signed=True)
+
+    async def balance(self) -> list[dict[str, Any]]:
+        if not self._account_v2:
+            try:
+                return await self._request("GET", "/fapi/v3/balance", cost=_ACCOUNT, signed=True)
+            except BinanceError as exc:
+                if exc.http_status != 404:
+                    raise
+                self._account_v2 = True
+        return await self._request("GET", "/fapi/v2/balance", cost=_ACCOUNT, signed=True)
+
+    async def income(
+        self,
+        symbol: str | None = None,
+        income_type: str | None = None,
+        start_time: int | None = None,
+        end_time: int | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        params = {
+            "symbol": symbol,
+            "incomeType": income_type,
+            "startTime": start_time,
+            "endTime": end_time,
+            "limit": limit,
+        }
+        params = {k: v for k, v in params.items() if v is not None}
+        return await self._request("GET", "/fapi/v1/income", params, cost=Cost(weight=30), signed=True)
+
+    async def commission_rate(self, symbol: str) -> CommissionRate:
+        data = await self._request(
+            "GET", "/fapi/v1/commissionRate", {"symbol": symbol}, cost=Cost(weight=20), signed=True
+        )
+        return CommissionRate(
+            symbol=data["symbol"],
+            maker=_dec(data["makerCommissionRate"]),
+            taker=_dec(data["takerCommissionRate"]),
+        )
+
+    async def set_leverage(self, symbol: str, leverage: int) -> dict[str, Any]:
+        if not 1 <= int(leverage) <= 125:
+            raise ValueError(f"leverage must be 1..125, got {leverage}")
+        return await self._request(
+            "POST", "/fapi/v1/leverage", {"symbol": symbol, "leverage": int(leverage)}, signed=True
+        )
+
+    # -- listenKey (API key only, no signature) ------------------------------------------------
+
+    async def create_listen_key(self) -> str:
+        data = await self._request("POST", "/fapi/v1/listenKey", keyed=True)
+        return str(data["listenKey"])
+
+    async def keepalive_listen_key(self) -> str | None:
+        """Extend the listenKey by 60 min; :class:`InvalidListenKeyError` if it has expired."""
+        data = await self._request("PUT", "/fapi/v1/listenKey", keyed=True)
+        return data.get("listenKey") if isinstance(data, dict) else None
+
+    async def close_listen_key(self) -> None:
+        await self._request("DELETE", "/fapi/v1/listenKey", keyed=True)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _is_error_payload(payload: Mapping[str, Any]) -> bool:
+    # {"code":200,"msg":"..."} is Binance's success reply for some endpoints
+    code = payload.get("code")
+    return isinstance(code, int) and code < 0 and "msg" in payload and len(payload) <= 3
+
+
+def _order_ref(symbol: str, order_id: int | None, client_order_id: str | None) -> dict[str, Any]:
+    if order_id is None and not client_order_id:
+        raise ValueError("need order_id or client_order_id")
+    params: dict[str, Any] = {"symbol": symbol}
+    if order_id is not None:
+        params["orderId"] = int(order_id)
+    else:
+        params["origClientOrderId"] = client_order_id
+    return params
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _batch_results(data: Any, expected: int) -> list[OrderInfo | BinanceError]:
+    if not isinstance(data, list) or len(data) != expected:
+        raise BinanceError(0, f"batch answer has {len(data) if isinstance(data, list) else type(data).__name__} "
+                              f"entries, expected {expected}", 200)
+    out: list[OrderInfo | BinanceError] = []
+    for entry in data:
+        if isinstance(entry, dict) and "orderId" not in entry and "code" in entry:
+            out.append(error_from_payload(entry, 400))
+        else:
+            out.append(OrderInfo.from_api(entry))
+    return out
+
+
+def _pick_position(data: Any, symbol: str) -> PositionInfo:
+    rows = [r for r in (data or ()) if r.get("symbol") == symbol and r.get("positionSide", "BOTH") == "BOTH"]
+    if not rows:
+        return PositionInfo.flat(symbol)  # v3 lists only symbols with a position or open orders
+    return PositionInfo.from_api(rows[0])

@@ -1,0 +1,188 @@
+"""Typed exchange errors: one class per situation a market maker must branch on.
+
+Every error carries Binance's ``code``, ``msg`` and the HTTP status, so logs show the exchange's own
+words; :func:`error_from_response` maps a failed response (or a failed batch entry) to its class.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+
+class BinanceError(Exception):
+    """An error answered by the exchange (or decided locally on its behalf)."""
+
+    def __init__(self, code: int, msg: str, http_status: int | None = None) -> None:
+        super().__init__(f"[{code}] {msg} (HTTP {http_status})")
+        self.code = int(code)
+        self.msg = str(msg)
+        self.http_status = http_status
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code}, msg={self.msg!r}, http_status={self.http_status})"
+
+    def __reduce__(self):  # picklable across Ray / process boundaries, subclasses included
+        return (_rebuild, (type(self), self.code, self.msg, self.http_status, dict(self.__dict__)))
+
+
+def _rebuild(cls: type, code: int, msg: str, status: int | None, state: dict[str, Any]) -> BinanceError:
+    err = BinanceError.__new__(cls)
+    BinanceError.__init__(err, code, msg, status)
+    err.__dict__.update(state)
+    return err
+
+
+class TimestampError(BinanceError):
+    """-1021 (or -5028): our clock is off the exchange's; re-learn the offset and retry."""
+
+
+class UnknownOrderError(BinanceError):
+    """-2011 / -2013: the exchange has no such (open) order."""
+
+
+class InsufficientMarginError(BinanceError):
+    """-2019: not enough margin for the order."""
+
+
+class ReduceOnlyRejectedError(BinanceError):
+    """-2022: a reduce-only order would increase the position (or there is nothing to reduce)."""
+
+
+class PostOnlyRejectedError(BinanceError):
+    """-5022: a GTX (post-only) order would have crossed; it was never placed."""
+
+
+class MinNotionalError(BinanceError):
+    """-4164: price * quantity is below the symbol's MIN_NOTIONAL."""
+
+
+class FilterRejectedError(BinanceError):
+    """Precision / filter violations (-1111, -4014, -4023, -4016, -4024, ...): a bug on our side."""
+
+
+class RateLimitedError(BinanceError):
+    """HTTP 429 / -1003: back off for ``retry_after`` seconds or risk a ban."""
+
+    def __init__(self, code: int, msg: str, http_status: int | None = None, retry_after: float = 1.0) -> None:
+        super().__init__(code, msg, http_status)
+        self.retry_after = float(retry_after)
+
+
+class BannedError(BinanceError):
+    """HTTP 418: the IP is banned until ``until_ms`` (exchange milliseconds)."""
+
+    def __init__(self, code: int, msg: str, http_status: int | None = None, until_ms: int | None = None) -> None:
+        super().__init__(code, msg, http_status)
+        self.until_ms = until_ms
+
+
+class OutcomeUnknownError(BinanceError):
+    """The request was sent but its outcome is unknown (503 unknown status, timeout after send).
+
+    The caller must query by client order id; resending blindly may double the order.
+    """
+
+
+class InvalidListenKeyError(BinanceError):
+    """-1125: the listenKey does not exist (expired or closed); create a new one."""
+
+
+class ServerError(BinanceError):
+    """Other 5xx: the exchange failed to process the request; safe to retry with back-off."""
+
+
+class BudgetExhaustedError(BinanceError):
+    """Refused locally by the rate budget: nothing was sent."""
+
+    def __init__(self, msg: str, wait_s: float = 0.0) -> None:
+        super().__init__(0, msg, None)
+        self.wait_s = float(wait_s)
+
+    def __reduce__(self):
+        return (BudgetExhaustedError, (self.msg, self.wait_s))
+
+
+_BY_CODE: dict[int, type[BinanceError]] = {
+    -1021: TimestampError,
+    -5028: TimestampError,
+    -2011: UnknownOrderError,
+    -2013: UnknownOrderError,
+    -2019: InsufficientMarginError,
+    -2022: ReduceOnlyRejectedError,
+    -5022: PostOnlyRejectedError,
+    -4164: MinNotionalError,
+    -1111: FilterRejectedError,
+    -1013: FilterRejectedError,
+    -4003: FilterRejectedError,
+    -4004: FilterRejectedError,
+    -4005: FilterRejectedError,
+    -4013: FilterRejectedError,
+    -4014: FilterRejectedError,
+    -4016: FilterRejectedError,
+    -4023: FilterRejectedError,
+    -4024: FilterRejectedError,
+    -1003: RateLimitedError,
+    -1125: InvalidListenKeyError,
+}
+
+# Binance's wording for a 503 whose execution status is unknown (the order may exist).
+_UNKNOWN_503 = "unknown error"
+
+
+def _retry_after(headers: Mapping[str, str] | None) -> float:
+    if not headers:
+        return 1.0
+    raw = headers.get("Retry-After") or headers.get("retry-after")
+    try:
+        return max(0.0, float(raw)) if raw is not None else 1.0
+    except ValueError:
+        return 1.0
+
+
+def _ban_until(msg: str) -> int | None:
+    # "... banned until 1746327239762. ..."
+    marker = "banned until "
+    pos = msg.find(marker)
+    if pos < 0:
+        return None
+    digits = ""
+    for ch in msg[pos + len(marker):]:
+        if not ch.isdigit():
+            break
+        digits += ch
+    return int(digits) if digits else None
+
+
+def error_from_payload(
+    payload: Any, http_status: int | None, headers: Mapping[str, str] | None = None
+) -> BinanceError:
+    """Map one error answer (``{"code": -2011, "msg": ...}`` or anything else) to its class."""
+    if isinstance(payload, Mapping):
+        code = payload.get("code", 0)
+        msg = str(payload.get("msg", ""))
+        try:
+            code = int(code)
+        except (TypeError, ValueError):
+            code = 0
+    else:
+        code, msg = 0, str(payload)[:300] if payload is not None else ""
+    if http_status == 418:
+        return BannedError(code or -1003, msg, 418, until_ms=_ban_until(msg))
+    if http_status == 429:
+        return RateLimitedError(code or -1003, msg, 429, retry_after=_retry_after(headers))
+    if http_status == 408:
+        # the gateway timed out waiting for the backend: the request may have been executed
+        return OutcomeUnknownError(code, msg or "HTTP 408", 408)
+    if http_status is not None and http_status >= 500:
+        if code == -1008:
+            return ServerError(code, msg, http_status)
+        if http_status == 503 and _UNKNOWN_503 in msg.lower():
+            return OutcomeUnknownError(code, msg, http_status)
+        if http_status in (502, 504) and code == 0:
+            # a gateway gave up waiting for the backend: the request may have been executed
+            return OutcomeUnknownError(code, msg or f"HTTP {http_status}", http_status)
+        return ServerError(code, msg, http_status)
+    cls = _BY_CODE.get(code, BinanceError)
+    if cls is RateLimitedError:
+        return RateLimitedError(code, msg, http_status, retry_after=_retry_after(headers))
+    return cls(code, msg, http_status)

@@ -1,0 +1,255 @@
+"""Requests the core builds and REST results it reads, as small frozen dataclasses.
+
+Prices and quantities go out as the decimal strings :class:`~fleet.binance.filters.SymbolFilters`
+built (a float is refused here, so it can never reach the wire) and come back as ``Decimal``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, Mapping
+
+from .events import CLOSED_STATUSES
+
+# Binance's rule for newClientOrderId.
+CLIENT_ORDER_ID_RE = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
+_DECIMAL_RE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
+_SIDES = ("BUY", "SELL")
+
+
+def _check_decimal_str(name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a decimal string built from ticks/steps, got {type(value).__name__} {value!r}")
+    if not _DECIMAL_RE.match(value):
+        raise ValueError(f"{name} {value!r} is not a plain positive decimal string")
+
+
+def _dec(value: Any, default: str = "0") -> Decimal:
+    if value is None or value == "":
+        return Decimal(default)
+    try:
+        return Decimal(str(value))
+    except InvalidOperation as exc:
+        raise ValueError(f"not a decimal: {value!r}") from exc
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.lower() == "true"
+    return bool(value)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRequest:
+    """A new order, as it will be sent: strings on the wire, a client order id chosen by the caller."""
+
+    symbol: str
+    side: str
+    order_type: str
+    quantity: str
+    price: str | None = None
+    time_in_force: str | None = None
+    reduce_only: bool = False
+    client_order_id: str | None = None
+    position_side: str | None = None
+    new_order_resp_type: str | None = None
+    price_match: str | None = None
+    self_trade_prevention: str | None = None
+    good_till_date: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.side not in _SIDES:
+            raise ValueError(f"side must be BUY or SELL, got {self.side!r}")
+        _check_decimal_str("quantity", self.quantity)
+        if self.price is not None:
+            _check_decimal_str("price", self.price)
+        if self.order_type == "LIMIT" and (self.price is None and self.price_match is None):
+            raise ValueError("a LIMIT order needs a price (or price_match)")
+        if self.order_type == "LIMIT" and self.time_in_force is None:
+            raise ValueError("a LIMIT order needs time_in_force (GTC, IOC, FOK, GTX, GTD)")
+        if self.client_order_id is not None and not CLIENT_ORDER_ID_RE.match(self.client_order_id):
+            raise ValueError(f"client_order_id {self.client_order_id!r} does not match {CLIENT_ORDER_ID_RE.pattern}")
+
+    def to_params(self) -> dict[str, str]:
+        """The order's wire parameters, in a stable order (signature covers them as sent)."""
+        params: dict[str, str] = {"symbol": self.symbol, "side": self.side, "type": self.order_type}
+        if self.position_side:
+            params["positionSide"] = self.position_side
+        if self.time_in_force:
+            params["timeInForce"] = self.time_in_force
+        params["quantity"] = self.quantity
+        if self.price is not None:
+            params["price"] = self.price
+        if self.reduce_only:
+            params["reduceOnly"] = "true"
+        if self.client_order_id:
+            params["newClientOrderId"] = self.client_order_id
+        if self.new_order_resp_type:
+            params["newOrderRespType"] = self.new_order_resp_type
+        if self.price_match:
+            params["priceMatch"] = self.price_match
+        if self.self_trade_prevention:
+            params["selfTradePreventionMode"] = self.self_trade_prevention
+        if self.good_till_date is not None:
+            params["goodTillDate"] = str(int(self.good_till_date))
+        return params
+
+
+@dataclass(frozen=True, slots=True)
+class ModifyRequest:
+    """An amendment of a LIMIT order (Binance needs both price and quantity, and the side)."""
+
+    symbol: str
+    side: str
+    quantity: str
+    price: str
+    order_id: int | None = None
+    client_order_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.side not in _SIDES:
+            raise ValueError(f"side must be BUY or SELL, got {self.side!r}")
+        _check_decimal_str("quantity", self.quantity)
+        _check_decimal_str("price", self.price)
+        if self.order_id is None and not self.client_order_id:
+            raise ValueError("a modify needs order_id or client_order_id")
+
+    def to_params(self) -> dict[str, str]:
+        params: dict[str, str] = {"symbol": self.symbol, "side": self.side}
+        if self.order_id is not None:
+            params["orderId"] = str(int(self.order_id))
+        else:
+            params["origClientOrderId"] = str(self.client_order_id)
+        params["quantity"] = self.quantity
+        params["price"] = self.price
+        return params
+
+
+@dataclass(frozen=True, slots=True)
+class OrderInfo:
+    """One order as the REST API reports it (place, modify, cancel, query, open orders)."""
+
+    symbol: str
+    order_id: int
+    client_order_id: str
+    side: str
+    type: str
+    time_in_force: str
+    price: Decimal
+    orig_qty: Decimal
+    executed_qty: Decimal
+    avg_price: Decimal
+    status: str
+    reduce_only: bool
+    update_time: int
+    position_side: str = "BOTH"
+
+    @property
+    def is_closed(self) -> bool:
+        return self.status in CLOSED_STATUSES
+
+    @property
+    def remaining_qty(self) -> Decimal:
+        return Decimal(0) if self.is_closed else self.orig_qty - self.executed_qty
+
+    @classmethod
+    def from_api(cls, obj: Mapping[str, Any]) -> "OrderInfo":
+        try:
+            return cls(
+                symbol=str(obj["symbol"]),
+                order_id=int(obj["orderId"]),
+                client_order_id=str(obj.get("clientOrderId", "")),
+                side=str(obj["side"]),
+                type=str(obj.get("type", obj.get("origType", ""))),
+                time_in_force=str(obj.get("timeInForce", "")),
+                price=_dec(obj.get("price")),
+                orig_qty=_dec(obj.get("origQty")),
+                executed_qty=_dec(obj.get("executedQty")),
+                avg_price=_dec(obj.get("avgPrice")),
+                status=str(obj["status"]),
+                reduce_only=_bool(obj.get("reduceOnly", False)),
+                update_time=int(obj.get("updateTime") or obj.get("time") or 0),
+                position_side=str(obj.get("positionSide", "BOTH")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed order object from exchange: {exc!r} in {dict(obj)!r}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class PositionInfo:
+    """The exchange's view of one symbol's (one-way mode) position."""
+
+    symbol: str
+    amount: Decimal  # signed: long > 0
+    entry_price: Decimal
+    unrealized_pnl: Decimal
+    mark_price: Decimal
+    update_time: int
+    break_even_price: Decimal = Decimal(0)
+    position_side: str = "BOTH"
+
+    @classmethod
+    def flat(cls, symbol: str) -> "PositionInfo":
+        return cls(symbol, Decimal(0), Decimal(0), Decimal(0), Decimal(0), 0)
+
+    @classmethod
+    def from_api(cls, obj: Mapping[str, Any]) -> "PositionInfo":
+        try:
+            return cls(
+                symbol=str(obj["symbol"]),
+                amount=_dec(obj.get("positionAmt")),
+                entry_price=_dec(obj.get("entryPrice")),
+                unrealized_pnl=_dec(obj.get("unRealizedProfit", obj.get("unrealizedProfit"))),
+                mark_price=_dec(obj.get("markPrice")),
+                update_time=int(obj.get("updateTime") or 0),
+                break_even_price=_dec(obj.get("breakEvenPrice")),
+                position_side=str(obj.get("positionSide", "BOTH")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed position object from exchange: {exc!r}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class CommissionRate:
+    symbol: str
+    maker: Decimal
+    taker: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class BookTop:
+    """REST bookTicker: best bid/ask as strings turned into Decimal."""
+
+    symbol: str
+    bid: Decimal
+    bid_qty: Decimal
+    ask: Decimal
+    ask_qty: Decimal
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
+class PremiumIndex:
+    """REST premiumIndex: mark price and the current funding estimate."""
+
+    symbol: str
+    mark_price: Decimal
+    index_price: Decimal
+    estimated_settle_price: Decimal
+    last_funding_rate: Decimal
+    interest_rate: Decimal
+    next_funding_time: int
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
+class DepthSnapshot:
+    """REST depth: a snapshot to seed a local book (levels as Decimal pairs)."""
+
+    last_update_id: int
+    event_time: int
+    transaction_time: int
+    bids: tuple[tuple[Decimal, Decimal], ...]
+    asks: tuple[tuple[Decimal, Decimal], ...]

@@ -1,0 +1,264 @@
+"""The rate budget: spend an account's order counts and the IP's request weight before Binance does.
+
+Two views are kept and both must allow a request:
+- our own sliding windows, capped at ``share`` of each limit (several agents split one account);
+- the exchange's count as last reported in ``X-MBX-*`` headers (which includes everybody else on
+  the account/IP), plus what we spent since, capped at the full limit.
+After a 429 every request waits out ``Retry-After``; after a 418 everything waits for the ban to end.
+A sliding window is stricter than Binance's fixed windows, so staying inside it stays inside theirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from .errors import BudgetExhaustedError
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """What one request spends: IP weight, and account order counts on each order window."""
+
+    weight: int = 0
+    orders_10s: int = 0
+    orders_1m: int = 0
+
+
+class _Window:
+    """A sliding window of charges over ``interval`` seconds."""
+
+    __slots__ = ("interval", "limit", "_log", "_used")
+
+    def __init__(self, interval: float, limit: int) -> None:
+        self.interval = interval
+        self.limit = limit
+        self._log: deque[tuple[float, int]] = deque()
+        self._used = 0
+
+    def _prune(self, now: float) -> None:
+        edge = now - self.interval
+        log = self._log
+        while log and log[0][0] <= edge:
+            self._used -= log.popleft()[1]
+
+    def used(self, now: float) -> int:
+        self._prune(now)
+        return self._used
+
+    def wait_for(self, amount: int, now: float) -> float:
+        """Seconds until ``amount`` fits (0 if it fits now, inf if it never can)."""
+        if amount <= 0:
+            return 0.0
+        if amount > self.limit:
+            return math.inf
+        self._prune(now)
+        excess = self._used + amount - self.limit
+        if excess <= 0:
+            return 0.0
+        freed = 0
+        for stamp, charged in self._log:
+            freed += charged
+            if freed >= excess:
+                return max(0.0, stamp + self.interval - now) + 1e-3
+        return self.interval
+
+    def charge(self, amount: int, now: float) -> None:
+        if amount > 0:
+            self._log.append((now, amount))
+            self._used += amount
+
+    def since(self, stamp: float) -> int:
+        return sum(charged for t, charged in self._log if t > stamp)
+
+
+class _Reported:
+    """The exchange's last reported count for one fixed window, and when we saw it."""
+
+    __slots__ = ("interval", "limit", "count", "seen_at")
+
+    def __init__(self, interval: float, limit: int) -> None:
+        self.interval = interval
+        self.limit = limit
+        self.count = 0
+        self.seen_at = -math.inf
+
+    def estimate(self, local: _Window, now: float) -> int:
+        if now - self.seen_at >= self.interval:
+            return 0  # the exchange's window has rolled over since
+        return self.count + local.since(self.seen_at)
+
+
+class RateBudget:
+    """Per-account order counts and per-IP request weight, shared out by ``share``.
+
+    ``clock`` returns seconds (monotonic); injectable for tests.
+    """
+
+    def __init__(
+        self,
+        share: float = 1.0,
+        weight_per_min: int = 2400,
+        orders_per_10s: int = 300,
+        orders_per_min: int = 1200,
+        clock: Callable[[], float] = time.monotonic,
+        safety: float = 0.95,
+    ) -> None:
+        if not 0 < share <= 1:
+            raise ValueError(f"share must be in (0, 1], got {share}")
+        if not 0 < safety <= 1:
+            raise ValueError(f"safety must be in (0, 1], got {safety}")
+        self._clock = clock
+        self._full = (int(weight_per_min), int(orders_per_10s), int(orders_per_min))
+        self._safety = safety
+        self._weight = _Window(60.0, 1)
+        self._orders_10s = _Window(10.0, 1)
+        self._orders_1m = _Window(60.0, 1)
+        self._rep_weight = _Reported(60.0, 1)
+        self._rep_10s = _Reported(10.0, 1)
+        self._rep_1m = _Reported(60.0, 1)
+        self._blocked_until = -math.inf
+        self.share = share
+        self.set_share(share)
+        self.rate_limited = 0  # 429s seen
+        self.refused = 0  # requests refused locally (wait=False)
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def set_share(self, share: float) -> None:
+        """Give this budget a new fraction of the account's limits (the fleet re-splits them)."""
+        if not 0 < share <= 1:
+            raise ValueError(f"share must be in (0, 1], got {share}")
+        self.share = share
+        weight, o10, o1m = self._full
+        cap = self._safety
+        self._weight.limit = max(1, math.floor(weight * share * cap))
+        self._orders_10s.limit = max(1, math.floor(o10 * share * cap))
+        self._orders_1m.limit = max(1, math.floor(o1m * share * cap))
+        self._rep_weight.limit = max(1, math.floor(weight * cap))
+        self._rep_10s.limit = max(1, math.floor(o10 * cap))
+        self._rep_1m.limit = max(1, math.floor(o1m * cap))
+
+    @property
+    def limits(self) -> dict[str, int]:
+        return {
+            "weight_1m": self._weight.limit,
+            "orders_10s": self._orders_10s.limit,
+            "orders_1m": self._orders_1m.limit,
+        }
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def orders_available(self, now: float | None = None) -> int:
+        """How many single orders could be sent right now without waiting."""
+        now = self._clock() if now is None else now
+        if now < self._blocked_until:
+            return 0
+        local = min(
+            self._orders_10s.limit - self._orders_10s.used(now),
+            self._orders_1m.limit - self._orders_1m.used(now),
+        )
+        reported = min(
+            self._rep_10s.limit - self._rep_10s.estimate(self._orders_10s, now),
+            self._rep_1m.limit - self._rep_1m.estimate(self._orders_1m, now),
+        )
+        return max(0, min(local, reported))
+
+    def weight_available(self, now: float | None = None) -> int:
+        now = self._clock() if now is None else now
+        if now < self._blocked_until:
+            return 0
+        local = self._weight.limit - self._weight.used(now)
+        reported = self._rep_weight.limit - self._rep_weight.estimate(self._weight, now)
+        return max(0, min(local, reported))
+
+    def blocked_for(self, now: float | None = None) -> float:
+        """Seconds left of a Retry-After / ban pause (0 when none)."""
+        now = self._clock() if now is None else now
+        return max(0.0, self._blocked_until - now)
+
+    def wait_time(self, cost: Cost, now: float | None = None) -> float:
+        """Seconds until ``cost`` fits every limit (0 = now; inf = never, it exceeds a limit)."""
+        now = self._clock() if now is None else now
+        wait = max(0.0, self._blocked_until - now)
+        pairs = (
+            (self._weight, self._rep_weight, cost.weight),
+            (self._orders_10s, self._rep_10s, cost.orders_10s),
+            (self._orders_1m, self._rep_1m, cost.orders_1m),
+        )
+        for window, reported, amount in pairs:
+            if amount <= 0:
+                continue
+            wait = max(wait, window.wait_for(amount, now))
+            est = reported.estimate(window, now)
+            if amount > reported.limit:
+                return math.inf
+            if est + amount > reported.limit:
+                wait = max(wait, reported.seen_at + reported.interval - now + 1e-3)
+        return wait
+
+    # -- spending ------------------------------------------------------------------------------
+
+    def try_charge(self, cost: Cost, now: float | None = None) -> float:
+        """Charge ``cost`` if it fits now and return 0; otherwise charge nothing and return the wait."""
+        now = self._clock() if now is None else now
+        wait = self.wait_time(cost, now)
+        if wait > 0:
+            return wait
+        self._weight.charge(cost.weight, now)
+        self._orders_10s.charge(cost.orders_10s, now)
+        self._orders_1m.charge(cost.orders_1m, now)
+        return 0.0
+
+    async def acquire(self, cost: Cost, *, wait: bool = True, max_wait: float = 120.0) -> None:
+        """Spend ``cost``, waiting for room if ``wait``; else raise :class:`BudgetExhaustedError`."""
+        waited = 0.0
+        while True:
+            delay = self.try_charge(cost)
+            if delay == 0:
+                return
+            if not wait or math.isinf(delay) or waited + delay > max_wait:
+                self.refused += 1
+                raise BudgetExhaustedError(
+                    f"rate budget exhausted for {cost} (share {self.share}, limits {self.limits}); "
+                    f"room in {delay:.3f}s",
+                    wait_s=delay,
+                )
+            await asyncio.sleep(delay)
+            waited += delay
+
+    # -- corrections from the exchange ---------------------------------------------------------
+
+    def observe_headers(self, headers: Mapping[str, str], now: float | None = None) -> None:
+        """Take the exchange's counts from ``X-MBX-USED-WEIGHT-1M`` / ``X-MBX-ORDER-COUNT-*``."""
+        now = self._clock() if now is None else now
+        for name, reported in (
+            ("X-MBX-USED-WEIGHT-1M", self._rep_weight),
+            ("X-MBX-ORDER-COUNT-10S", self._rep_10s),
+            ("X-MBX-ORDER-COUNT-1M", self._rep_1m),
+        ):
+            raw = headers.get(name)
+            if raw is None:
+                raw = headers.get(name.lower())
+            if raw is None:
+                continue
+            try:
+                reported.count = int(raw)
+            except ValueError:
+                continue
+            reported.seen_at = now
+
+    def note_retry_after(self, seconds: float, now: float | None = None) -> None:
+        """After a 429: nothing goes out until ``seconds`` have passed."""
+        now = self._clock() if now is None else now
+        self.rate_limited += 1
+        self._blocked_until = max(self._blocked_until, now + max(0.0, seconds))
+
+    def note_banned(self, seconds: float, now: float | None = None) -> None:
+        """After a 418: nothing goes out until the ban ends."""
+        now = self._clock() if now is None else now
+        self._blocked_until = max(self._blocked_until, now + max(0.0, seconds))

@@ -1,0 +1,316 @@
+"""Market and user-data WebSocket streams, yielding typed events.
+
+A stream connects, parses, counts and reports silence; it never reconnects (the agent owns that
+policy, because a lost user stream means resyncing orders from REST first). Malformed frames are
+logged, counted and skipped; unknown event types are passed through as ``RawEvent`` and counted.
+Both URL layouts are supported: the classic ``/ws`` + ``/stream`` paths and the 2026 split into
+``/public`` (book), ``/market`` (everything else) and ``/private`` (user data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable, Sequence
+from urllib.parse import quote
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from .events import MarketEvent, RawEvent, UserEvent
+from .parse import FrameError, decode, parse_market, parse_user, unwrap
+
+log = logging.getLogger("fleet.binance.streams")
+
+LAYOUTS = ("classic", "2026")
+_PUBLIC_MARKERS = ("@depth", "@bookticker", "!bookticker", "rpidepth")
+
+
+class StreamError(Exception):
+    """The stream cannot go on; the agent decides whether and how to reconnect."""
+
+
+class StreamClosedError(StreamError):
+    """The server (or the network) closed the connection."""
+
+
+class StreamSilentError(StreamError, TimeoutError):
+    """No frame arrived within ``idle_timeout`` seconds: the feed is stale."""
+
+
+def route_of(stream_name: str) -> str:
+    """The 2026 route (``public`` or ``market``) that serves a market stream name."""
+    low = stream_name.lower()
+    return "public" if any(m in low for m in _PUBLIC_MARKERS) else "market"
+
+
+def stream_names(symbol: str, streams: Sequence[str]) -> list[str]:
+    """``("bookTicker", "markPrice@1s")`` -> ``["ethusdc@bookTicker", "ethusdc@markPrice@1s"]``."""
+    sym = symbol.lower()
+    return [s if s.startswith("!") or s.lower().startswith(sym + "@") else f"{sym}@{s}" for s in streams]
+
+
+def url_for(
+    ws_url: str,
+    streams: Sequence[str] = (),
+    *,
+    layout: str = "classic",
+    listen_key: str | None = None,
+    events: Sequence[str] | None = None,
+) -> str:
+    """The WebSocket URL of combined market ``streams`` or of a user stream (``listen_key``).
+
+    Under the 2026 layout all market streams of one URL must share a route; use
+    :func:`market_urls` to split a mixed set.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    base = ws_url.rstrip("/")
+    if listen_key is not None:
+        if streams:
+            raise ValueError("give either market streams or a listen_key, not both")
+        if layout == "classic":
+            return f"{base}/ws/{listen_key}"
+        url = f"{base}/private/ws?listenKey={quote(listen_key, safe='')}"
+        if events:
+            url += "&events=" + "/".join(events)
+        return url
+    if not streams:
+        raise ValueError("no streams given")
+    joined = "/".join(streams)
+    if layout == "classic":
+        return f"{base}/stream?streams={joined}"
+    routes = {route_of(s) for s in streams}
+    if len(routes) > 1:
+        raise ValueError(f"streams {list(streams)} span routes {sorted(routes)}; use market_urls()")
+    return f"{base}/{routes.pop()}/stream?streams={joined}"
+
+
+def market_urls(ws_url: str, streams: Sequence[str], layout: str = "classic") -> list[str]:
+    """One URL for the classic layout; one per route (public, market) for the 2026 layout."""
+    if layout == "classic":
+        return [url_for(ws_url, streams, layout=layout)]
+    by_route: dict[str, list[str]] = {}
+    for s in streams:
+        by_route.setdefault(route_of(s), []).append(s)
+    return [url_for(ws_url, names, layout=layout) for _, names in sorted(by_route.items())]
+
+
+_CLOSED = object()
+
+
+class _FrameStream:
+    """Connections -> one queue of parsed events, with counters and a silence detector."""
+
+    kind = "stream"
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        parser: Callable[[Any], Any],
+        *,
+        idle_timeout: float | None = None,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        open_timeout: float = 10.0,
+        max_queue: int = 10_000,
+    ) -> None:
+        self.urls = list(urls)
+        self._parser = parser
+        self.idle_timeout = idle_timeout
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._open_timeout = open_timeout
+        self._max_queue = max_queue
+        self._conns: list[ClientConnection] = []
+        self._readers: list[asyncio.Task[None]] = []
+        self._queue: asyncio.Queue[Any] | None = None
+        self._closing = False
+        self.frames = 0
+        self.events = 0
+        self.malformed = 0
+        self.unknown = 0
+        self.last_frame_monotonic: float | None = None
+        self.close_reason: str | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(connected={self.connected}, frames={self.frames})"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self):
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        if self._conns:
+            raise StreamError(f"{self.kind} already connected; streams do not reconnect, make a new one")
+        self._queue = asyncio.Queue(self._max_queue)
+        self._closing = False
+        try:
+            for url in self.urls:
+                conn = await connect(
+                    url,
+                    compression=None,
+                    proxy=None,
+                    open_timeout=self._open_timeout,
+                    ping_interval=self._ping_interval,
+                    ping_timeout=self._ping_timeout,
+                    max_size=2**22,
+                )
+                self._conns.append(conn)
+        except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
+            await self.close()
+            raise StreamClosedError(f"{self.kind}: cannot connect: {type(exc).__name__}: {exc}") from exc
+        self.last_frame_monotonic = time.monotonic()
+        self._readers = [asyncio.create_task(self._read(c), name=f"{self.kind}-reader") for c in self._conns]
+
+    async def close(self) -> None:
+        self._closing = True
+        for conn in self._conns:
+            await conn.close()
+        for task in self._readers:
+            task.cancel()
+        for task in self._readers:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # the reader's end is already recorded
+                pass
+        self._readers = []
+        self._conns = []
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._conns) and not self._closing and all(
+            c.state is websockets.protocol.State.OPEN for c in self._conns
+        )
+
+    @property
+    def silence_s(self) -> float:
+        """Seconds since the last frame (0 before connecting)."""
+        if self.last_frame_monotonic is None:
+            return 0.0
+        return time.monotonic() - self.last_frame_monotonic
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def _read(self, conn: ClientConnection) -> None:
+        assert self._queue is not None
+        reason = "closed"
+        try:
+            async for message in conn:
+                self.frames += 1
+                self.last_frame_monotonic = time.monotonic()
+                for item in self._handle(message):
+                    await self._queue.put(item)
+        except websockets.exceptions.ConnectionClosed as exc:
+            reason = f"connection closed: {exc}"
+        except Exception as exc:  # noqa: BLE001 - reported to the consumer, never swallowed
+            reason = f"reader failed: {type(exc).__name__}: {exc}"
+            log.exception("%s reader failed", self.kind)
+        else:
+            rcvd = conn.close_rcvd
+            reason = f"connection closed by server (code {rcvd.code if rcvd else 'none'})"
+        self.close_reason = reason
+        await self._queue.put(_CLOSED)
+
+    def _handle(self, message: str | bytes) -> list[Any]:
+        try:
+            obj = unwrap(decode(message))
+        except FrameError as exc:
+            self._bad(message, exc)
+            return []
+        items = obj if isinstance(obj, list) else [obj]
+        out = []
+        for item in items:
+            if isinstance(item, dict) and "e" not in item and "id" in item and ("result" in item or "code" in item):
+                continue  # a reply to a control request, not an event
+            try:
+                event = self._parser(item)
+            except FrameError as exc:
+                self._bad(message, exc)
+                continue
+            if isinstance(event, RawEvent):
+                self.unknown += 1
+                log.debug("%s: unknown event type %r passed through", self.kind, event.event_type)
+            out.append(event)
+        return out
+
+    def _bad(self, message: str | bytes, exc: Exception) -> None:
+        self.malformed += 1
+        text = message if isinstance(message, str) else message.decode("utf-8", "replace")
+        log.warning("%s: skipped malformed frame (%s): %.200s", self.kind, exc, text)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if self._queue is None:
+            raise StreamError(f"{self.kind} is not connected: use `async with` or await connect()")
+        if self._closing and self._queue.empty():
+            raise StopAsyncIteration
+        try:
+            if self.idle_timeout is None:
+                item = await self._queue.get()
+            else:
+                item = await asyncio.wait_for(self._queue.get(), self.idle_timeout)
+        except asyncio.TimeoutError:
+            raise StreamSilentError(f"{self.kind}: no frame for {self.idle_timeout}s") from None
+        if item is _CLOSED:
+            if self._closing:
+                raise StopAsyncIteration
+            await self.close()
+            raise StreamClosedError(f"{self.kind}: {self.close_reason}")
+        self.events += 1
+        return item
+
+    async def send_json(self, text: str) -> None:
+        """Send a control request (SUBSCRIBE etc.) on the first connection."""
+        if not self._conns:
+            raise StreamError(f"{self.kind} is not connected")
+        await self._conns[0].send(text)
+
+
+class MarketStream(_FrameStream):
+    """Combined market streams of one symbol: ``async for event in stream`` yields market events."""
+
+    kind = "market-stream"
+
+    def __init__(
+        self,
+        ws_url: str,
+        symbol: str,
+        streams: Sequence[str] = ("bookTicker", "markPrice@1s"),
+        layout: str = "classic",
+        **kwargs: Any,
+    ) -> None:
+        self.symbol = symbol
+        self.stream_names = stream_names(symbol, streams)
+        super().__init__(market_urls(ws_url, self.stream_names, layout), parse_market, **kwargs)
+
+    async def __anext__(self) -> MarketEvent:
+        return await super().__anext__()
+
+
+class UserStream(_FrameStream):
+    """The user data stream of one listenKey: order, account, funding and listenKey events."""
+
+    kind = "user-stream"
+
+    def __init__(
+        self,
+        ws_url: str,
+        listen_key: str,
+        layout: str = "classic",
+        events: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.listen_key = listen_key
+        super().__init__([url_for(ws_url, layout=layout, listen_key=listen_key, events=events)], parse_user, **kwargs)
+
+    async def __anext__(self) -> UserEvent:
+        return await super().__anext__()
