@@ -13,6 +13,8 @@ from typing import Any
 
 # A float ratio this close to an integer is taken as that integer (absorbs 0.1 + 0.2 style noise).
 _SNAP = 1e-9
+# ...but never more than this many units, so a huge ratio cannot snap a real fraction of a tick.
+_SNAP_MAX = 1e-6
 
 
 class FilterError(ValueError):
@@ -28,7 +30,7 @@ def _to_units(value: float | Decimal | str, unit: Decimal, unit_f: float, mode: 
     if isinstance(value, float):
         ratio = value / unit_f
         nearest = round(ratio)
-        if abs(ratio - nearest) <= _SNAP * max(1.0, abs(ratio)):
+        if abs(ratio - nearest) <= min(_SNAP_MAX, _SNAP * max(1.0, abs(ratio))):
             return int(nearest)
         return int(math.floor(ratio) if mode == "floor" else math.ceil(ratio))
     ratio_d = Decimal(value) / unit

@@ -32,13 +32,14 @@ class Cost:
 class _Window:
     """A sliding window of charges over ``interval`` seconds."""
 
-    __slots__ = ("interval", "limit", "_log", "_used")
+    __slots__ = ("interval", "limit", "_log", "_used", "total")
 
     def __init__(self, interval: float, limit: int) -> None:
         self.interval = interval
         self.limit = limit
         self._log: deque[tuple[float, int]] = deque()
         self._used = 0
+        self.total = 0  # everything ever charged: the exchange's report is matched against it
 
     def _prune(self, now: float) -> None:
         edge = now - self.interval
@@ -71,26 +72,25 @@ class _Window:
         if amount > 0:
             self._log.append((now, amount))
             self._used += amount
-
-    def since(self, stamp: float) -> int:
-        return sum(charged for t, charged in self._log if t > stamp)
+            self.total += amount
 
 
 class _Reported:
     """The exchange's last reported count for one fixed window, and when we saw it."""
 
-    __slots__ = ("interval", "limit", "count", "seen_at")
+    __slots__ = ("interval", "limit", "count", "seen_at", "charged_at")
 
     def __init__(self, interval: float, limit: int) -> None:
         self.interval = interval
         self.limit = limit
         self.count = 0
         self.seen_at = -math.inf
+        self.charged_at = 0  # our window's total when the report arrived
 
     def estimate(self, local: _Window, now: float) -> int:
         if now - self.seen_at >= self.interval:
             return 0  # the exchange's window has rolled over since
-        return self.count + local.since(self.seen_at)
+        return self.count + local.total - self.charged_at
 
 
 class RateBudget:
@@ -236,10 +236,10 @@ class RateBudget:
     def observe_headers(self, headers: Mapping[str, str], now: float | None = None) -> None:
         """Take the exchange's counts from ``X-MBX-USED-WEIGHT-1M`` / ``X-MBX-ORDER-COUNT-*``."""
         now = self._clock() if now is None else now
-        for name, reported in (
-            ("X-MBX-USED-WEIGHT-1M", self._rep_weight),
-            ("X-MBX-ORDER-COUNT-10S", self._rep_10s),
-            ("X-MBX-ORDER-COUNT-1M", self._rep_1m),
+        for name, reported, window in (
+            ("X-MBX-USED-WEIGHT-1M", self._rep_weight, self._weight),
+            ("X-MBX-ORDER-COUNT-10S", self._rep_10s, self._orders_10s),
+            ("X-MBX-ORDER-COUNT-1M", self._rep_1m, self._orders_1m),
         ):
             raw = headers.get(name)
             if raw is None:
@@ -251,6 +251,7 @@ class RateBudget:
             except ValueError:
                 continue
             reported.seen_at = now
+            reported.charged_at = window.total
 
     def note_retry_after(self, seconds: float, now: float | None = None) -> None:
         """After a 429: nothing goes out until ``seconds`` have passed."""

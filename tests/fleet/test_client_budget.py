@@ -1,0 +1,79 @@
+"""The rate budget's arithmetic on an injected clock (the simulator tests prove it on the wire)."""
+
+import pytest
+
+from fleet.binance.errors import BudgetExhaustedError
+from fleet.binance.ratelimit import Cost, RateBudget
+
+ORDER = Cost(orders_10s=1, orders_1m=1)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_orders_stop_at_the_10s_bucket_and_resume_when_it_slides():
+    clock = Clock()
+    budget = RateBudget(orders_per_10s=300, orders_per_min=1200, clock=clock, safety=1.0)
+    for _ in range(300):
+        assert budget.try_charge(ORDER) == 0
+    assert budget.orders_available() == 0
+    wait = budget.try_charge(ORDER)
+    assert 9.9 < wait <= 10.01
+    clock.t += wait
+    assert budget.try_charge(ORDER) == 0
+
+
+def test_share_splits_the_account_limits():
+    clock = Clock()
+    budget = RateBudget(share=0.25, clock=clock, safety=1.0)
+    assert budget.limits == {"weight_1m": 600, "orders_10s": 75, "orders_1m": 300}
+    assert budget.orders_available() == 75
+    budget.set_share(0.5)
+    assert budget.orders_available() == 150
+    with pytest.raises(ValueError, match="share"):
+        budget.set_share(0)
+
+
+def test_exchange_headers_count_other_agents_usage():
+    clock = Clock()
+    budget = RateBudget(share=0.5, clock=clock, safety=1.0)
+    # our own half is untouched, but the exchange reports the account nearly full
+    budget.observe_headers({"X-MBX-ORDER-COUNT-10S": "295", "X-MBX-USED-WEIGHT-1M": "10"})
+    assert budget.orders_available() == 5
+    for _ in range(5):
+        assert budget.try_charge(ORDER) == 0
+    assert budget.try_charge(ORDER) > 0
+    clock.t += 5.0
+    assert budget.orders_available() == 0  # the exchange's window still holds 300
+    clock.t += 5.0  # the exchange's 10 s window has rolled over, and so has ours
+    assert budget.orders_available() == 150
+
+
+def test_retry_after_blocks_every_request():
+    clock = Clock()
+    budget = RateBudget(clock=clock)
+    budget.note_retry_after(3.0)
+    assert budget.try_charge(Cost(weight=1)) == pytest.approx(3.0)
+    assert budget.orders_available() == 0
+    clock.t += 3.0
+    assert budget.try_charge(Cost(weight=1)) == 0
+
+
+def test_a_cost_above_the_limit_is_refused_not_waited_for():
+    budget = RateBudget(share=0.01, clock=Clock())
+    assert budget.wait_time(Cost(weight=5, orders_10s=5, orders_1m=1)) == float("inf")
+
+
+async def test_wait_false_refuses_without_charging():
+    clock = Clock()
+    budget = RateBudget(orders_per_10s=2, clock=clock, safety=1.0)
+    await budget.acquire(ORDER, wait=False)
+    await budget.acquire(ORDER, wait=False)
+    with pytest.raises(BudgetExhaustedError, match="rate budget exhausted") as info:
+        await budget.acquire(ORDER, wait=False)
+    assert info.value.wait_s > 0 and budget.refused == 1

@@ -1,0 +1,103 @@
+"""Error mapping: each Binance answer a market maker must branch on gets its own class."""
+
+import pickle
+
+import pytest
+
+from fleet.binance import errors as E
+from fleet.binance.credentials import Credentials, CredentialsError, load_credentials
+from fleet.binance.models import ModifyRequest, OrderInfo, OrderRequest
+from fleet.config import AccountConfig
+
+
+@pytest.mark.parametrize(
+    "code,status,cls",
+    [
+        (-1021, 400, E.TimestampError),
+        (-2011, 400, E.UnknownOrderError),
+        (-2013, 400, E.UnknownOrderError),
+        (-2019, 400, E.InsufficientMarginError),
+        (-2022, 400, E.ReduceOnlyRejectedError),
+        (-5022, 400, E.PostOnlyRejectedError),
+        (-4164, 400, E.MinNotionalError),
+        (-1111, 400, E.FilterRejectedError),
+        (-4014, 400, E.FilterRejectedError),
+        (-4023, 400, E.FilterRejectedError),
+        (-4016, 400, E.FilterRejectedError),
+        (-4024, 400, E.FilterRejectedError),
+        (-1125, 400, E.InvalidListenKeyError),
+        (-1121, 400, E.BinanceError),
+    ],
+)
+def test_codes_map_to_classes(code, status, cls):
+    err = E.error_from_payload({"code": code, "msg": "m"}, status)
+    assert type(err) is cls and err.code == code and err.http_status == status
+
+
+def test_http_statuses_map_to_classes():
+    limited = E.error_from_payload({"code": -1003, "msg": "Too many requests"}, 429, {"Retry-After": "7"})
+    assert isinstance(limited, E.RateLimitedError) and limited.retry_after == 7.0
+    banned = E.error_from_payload(
+        {"code": -1003, "msg": "Way too many requests; IP(1.2.3.4) banned until 1746327239762. Please use"}, 418
+    )
+    assert isinstance(banned, E.BannedError) and banned.until_ms == 1746327239762
+    unknown = E.error_from_payload({"code": -1000, "msg": "Unknown error, please check your request or try again later."}, 503)
+    assert isinstance(unknown, E.OutcomeUnknownError)
+    unavailable = E.error_from_payload({"code": -1001, "msg": "Service Unavailable."}, 503)
+    assert type(unavailable) is E.ServerError
+    assert type(E.error_from_payload("<html>bad gateway</html>", 500)) is E.ServerError
+
+
+def test_errors_survive_pickling_with_their_fields():
+    err = pickle.loads(pickle.dumps(E.RateLimitedError(-1003, "slow down", 429, retry_after=4)))
+    assert isinstance(err, E.RateLimitedError) and err.retry_after == 4 and err.code == -1003
+    budget = pickle.loads(pickle.dumps(E.BudgetExhaustedError("full", 1.5)))
+    assert budget.wait_s == 1.5
+
+
+def test_order_request_refuses_floats_and_bad_client_ids():
+    with pytest.raises(TypeError, match="quantity"):
+        OrderRequest("BTCUSDT", "BUY", "LIMIT", 0.001, "90000.1", "GTX")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="client_order_id"):
+        OrderRequest("BTCUSDT", "BUY", "LIMIT", "0.001", "90000.1", "GTX", client_order_id="has space")
+    with pytest.raises(ValueError, match="time_in_force"):
+        OrderRequest("BTCUSDT", "BUY", "LIMIT", "0.001", "90000.1")
+    with pytest.raises(ValueError, match="order_id or client_order_id"):
+        ModifyRequest("BTCUSDT", "BUY", "0.001", "90000.1")
+    req = OrderRequest("BTCUSDT", "SELL", "LIMIT", "0.001", "90000.1", "GTX", reduce_only=True, client_order_id="e3-1")
+    assert req.to_params() == {
+        "symbol": "BTCUSDT", "side": "SELL", "type": "LIMIT", "timeInForce": "GTX", "quantity": "0.001",
+        "price": "90000.1", "reduceOnly": "true", "newClientOrderId": "e3-1",
+    }
+
+
+def test_order_info_reads_the_documented_order_object():
+    info = OrderInfo.from_api({
+        "clientOrderId": "testOrder", "cumQty": "0", "cumQuote": "0", "executedQty": "0", "orderId": 22542179,
+        "avgPrice": "0.00000", "origQty": "10", "price": "0", "reduceOnly": False, "side": "BUY",
+        "positionSide": "SHORT", "status": "NEW", "symbol": "BTCUSDT", "timeInForce": "GTD",
+        "type": "TRAILING_STOP_MARKET", "updateTime": 1566818724722,
+    })
+    assert info.order_id == 22542179 and str(info.orig_qty) == "10" and info.remaining_qty == 10
+    with pytest.raises(ValueError, match="malformed order"):
+        OrderInfo.from_api({"symbol": "BTCUSDT"})
+
+
+def test_credentials_come_from_env_or_file_and_never_show_the_secret(tmp_path):
+    cfg = AccountConfig(name="main", api_key_env="MM_KEY", api_secret_env="MM_SECRET")
+    creds = load_credentials(cfg, {"MM_KEY": "abcdefghijkl", "MM_SECRET": "topsecretvalue"})
+    assert creds.api_secret == "topsecretvalue"
+    assert "topsecretvalue" not in repr(creds) and "topsecretvalue" not in str(creds)
+    with pytest.raises(TypeError, match="not picklable"):
+        pickle.dumps(creds)
+    with pytest.raises(CredentialsError, match="MM_SECRET"):
+        load_credentials(cfg, {"MM_KEY": "abc"})
+    key_file = tmp_path / "keys.yaml"
+    key_file.write_text("api_key: k1\napi_secret: s1\n")
+    from_file = load_credentials(AccountConfig(name="f", key_file=str(key_file)), {})
+    assert (from_file.api_key, from_file.api_secret) == ("k1", "s1")
+    with pytest.raises(CredentialsError, match="does not exist"):
+        load_credentials(AccountConfig(name="f", key_file=str(tmp_path / "nope.yaml")), {})
+    key_file.write_text("api_key: k1\n")
+    with pytest.raises(CredentialsError, match="lacks api_secret"):
+        load_credentials(AccountConfig(name="f", key_file=str(key_file)), {})

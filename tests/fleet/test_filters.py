@@ -1,0 +1,117 @@
+"""Symbol filters: exchangeInfo parsing and exact ticks/steps <-> wire strings (hypothesis)."""
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fleet.binance.filters import FilterError, SymbolFilters
+
+LIVE_BTCUSDT = {
+    "symbol": "BTCUSDT", "pair": "BTCUSDT", "contractType": "PERPETUAL", "status": "TRADING",
+    "baseAsset": "BTC", "quoteAsset": "USDT", "marginAsset": "USDT", "pricePrecision": 2, "quantityPrecision": 3,
+    "filters": [
+        {"filterType": "PRICE_FILTER", "minPrice": "556.80", "maxPrice": "4529764", "tickSize": "0.10"},
+        {"filterType": "LOT_SIZE", "minQty": "0.001", "maxQty": "1000", "stepSize": "0.001"},
+        {"filterType": "MARKET_LOT_SIZE", "minQty": "0.001", "maxQty": "120", "stepSize": "0.001"},
+        {"filterType": "MAX_NUM_ORDERS", "limit": 200},
+        {"filterType": "MIN_NOTIONAL", "notional": "50"},
+        {"filterType": "PERCENT_PRICE", "multiplierUp": "1.0500", "multiplierDown": "0.9500", "multiplierDecimal": "4"},
+        {"filterType": "POSITION_RISK_CONTROL", "positionControlSide": "NONE"},
+    ],
+}
+
+UNITS = ["0.1", "0.10", "0.01", "0.25", "0.5", "1", "10", "0.001", "0.00001", "0.0000001", "0.00000001"]
+
+
+def filters_with(tick: str, step: str) -> SymbolFilters:
+    entry = dict(LIVE_BTCUSDT)
+    entry["filters"] = [
+        {"filterType": "PRICE_FILTER", "minPrice": "0", "maxPrice": "0", "tickSize": tick},
+        {"filterType": "LOT_SIZE", "minQty": step, "maxQty": "1000000", "stepSize": step},
+    ]
+    return SymbolFilters.from_exchange_info(entry)
+
+
+def test_live_exchange_info_entry_is_read_exactly():
+    f = SymbolFilters.from_exchange_info(LIVE_BTCUSDT)
+    assert f.tick_size == Decimal("0.10") and f.step_size == Decimal("0.001")
+    assert f.min_notional == Decimal("50") and f.max_num_orders == 200
+    assert f.market_max_qty == Decimal("120") and f.multiplier_up == Decimal("1.0500")
+    assert f.price_str(900001) == "90000.1"
+    assert f.qty_str(1) == "0.001"
+    assert f.tradable(f.price_ticks_floor("90000"), 1)
+    assert not f.tradable(f.price_ticks_floor("40000"), 1)  # 40 < 50 notional: dropped, not bumped
+
+
+def test_malformed_entry_names_the_symbol():
+    with pytest.raises(FilterError, match="BTCUSDT"):
+        SymbolFilters.from_exchange_info({"symbol": "BTCUSDT", "filters": [{"filterType": "LOT_SIZE"}]})
+
+
+def test_point_one_plus_point_two_is_three_ticks():
+    f = filters_with("0.1", "0.1")
+    assert f.price_ticks_floor(0.1 + 0.2) == 3
+    assert f.price_ticks_ceil(0.1 + 0.2) == 3
+    assert f.qty_steps_floor(0.1 + 0.2) == 3
+    assert f.price_str(f.price_ticks_floor(0.1 + 0.2)) == "0.3"
+
+
+def test_tiny_steps_print_without_exponent():
+    f = filters_with("0.00000001", "0.00000001")
+    assert f.qty_str(3) == "0.00000003"
+    assert f.price_str(123456789) == "1.23456789"
+    assert f.qty_steps_floor(3e-8) == 3
+
+
+def test_off_grid_values_are_refused_by_exact_conversion():
+    f = filters_with("0.01", "0.001")
+    with pytest.raises(FilterError, match="tick"):
+        f.price_ticks_exact("2317.305")
+    with pytest.raises(FilterError, match="step"):
+        f.qty_steps_exact("0.0015")
+
+
+@settings(max_examples=300, deadline=None)
+@given(unit=st.sampled_from(UNITS), units=st.integers(min_value=0, max_value=10**9))
+def test_ticks_round_trip_through_wire_strings_and_floats(unit, units):
+    f = filters_with(unit, unit)
+    text = f.price_str(units)
+    assert "e" not in text.lower()
+    assert Decimal(text) == Decimal(unit) * units
+    assert f.price_ticks_exact(text) == units
+    assert f.qty_steps_exact(f.qty_str(units)) == units
+    # the float the core may hold for that price maps back onto the same tick both ways
+    assert f.price_ticks_floor(float(text)) == units
+    assert f.price_ticks_ceil(float(text)) == units
+    assert f.qty_steps_floor(float(text)) == units
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    unit=st.sampled_from(UNITS),
+    units=st.integers(min_value=0, max_value=10**8),
+    frac=st.decimals(min_value=Decimal("0.001"), max_value=Decimal("0.999"), places=3),
+)
+def test_bids_round_down_and_asks_round_up(unit, units, frac):
+    f = filters_with(unit, unit)
+    price = (Decimal(units) + frac) * Decimal(unit)
+    lo = f.price_ticks_floor(str(price))
+    hi = f.price_ticks_ceil(str(price))
+    assert (lo, hi) == (units, units + 1)
+    # the same through a float (what the strategy computes), far from float noise
+    lo_f = f.price_ticks_floor(float(price))
+    hi_f = f.price_ticks_ceil(float(price))
+    assert f.price_of(lo_f) <= price <= f.price_of(hi_f)
+    assert hi_f - lo_f == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=st.integers(1, 10**6), b=st.integers(1, 10**6), unit=st.sampled_from(["0.1", "0.01", "0.001"]))
+def test_sums_of_float_prices_snap_to_the_exact_tick(a, b, unit):
+    f = filters_with(unit, unit)
+    tick = float(unit)
+    total = a * tick + b * tick  # accumulates float noise like 0.1 + 0.2
+    assert f.price_ticks_floor(total) == a + b
+    assert f.price_ticks_ceil(total) == a + b
