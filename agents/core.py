@@ -1,0 +1,362 @@
+"""AgentCore: the one synchronous step the runtime calls; store, strategy, guard, grinding, drawdown, orders.
+
+The runtime feeds ``on_event(event, now_ms)`` with every stream event, calls ``quote(now_ms)`` every
+``quote_interval_ms`` (or when ``should_quote`` says the mid moved), sends the returned batches in
+order, and reports back: ``on_sent`` *before* awaiting a request, then ``on_order_info`` (REST
+answer) or ``on_rejected`` (error code). Every order, whoever proposes it, passes the RiskGuard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+from fleet.binance.events import BUY, SELL, AccountUpdate, FundingFee, MarkPrice
+from fleet.binance.filters import SymbolFilters
+from fleet.config import SymbolParams
+
+from .grinding import GrindDecision, GrindingEngine
+from .orders import (
+    Amend,
+    Batch,
+    Cancel,
+    ClientOrderIds,
+    Decision,
+    OrderManager,
+    Place,
+    make_batches,
+)
+from .risk import FLATTENING, HALTED, RUNNING, DrawdownBands, RiskGuard, TwapSlice
+from .store import Store
+from .strategy import GeometricV2, Ladder
+
+GRIND_FILL_TIMEOUT_MS = 30_000
+
+
+@dataclass(frozen=True, slots=True)
+class Actions:
+    """One cycle's requests in sending order (batches), and the ladder they aim at."""
+
+    batches: tuple[Batch, ...]
+    ladder: Ladder | None = None
+    refused: int = 0
+
+    def __iter__(self) -> Iterator[Decision]:
+        for b in self.batches:
+            yield from b.items
+
+    def __bool__(self) -> bool:
+        return bool(self.batches)
+
+    def __len__(self) -> int:
+        return sum(len(b.items) for b in self.batches)
+
+
+NO_ACTIONS = Actions(())
+
+
+class AgentCore:
+    """The pure trading core of one symbol agent (no I/O, no clock: ``now_ms`` is passed in)."""
+
+    def __init__(
+        self,
+        symbol: str,
+        params: SymbolParams,
+        filters: SymbolFilters,
+        epoch: int,
+        *,
+        start_seq: int = 0,
+    ) -> None:
+        self.symbol = symbol
+        self.params = params
+        self.filters = filters
+        self.epoch = epoch
+        self.store = Store(symbol, filters, params)
+        self.strategy = GeometricV2(params, filters)
+        self.guard = RiskGuard(params, filters, self.store)
+        self.drawdown = DrawdownBands(params.drawdown)
+        self.grinding = GrindingEngine(params, filters)
+        self.ids = ClientOrderIds(symbol, epoch, start_seq)
+        self.manager = OrderManager(params.orders, self.ids)
+        self.twap: list[TwapSlice] = []
+        self._grind: tuple[GrindDecision, str, int] | None = None
+        self.last_ladder: Ladder | None = None
+        self.last_quote_ms = -(10**18)
+        self._last_quote_mid = 0.0
+        self._interval_ms = params.base.quote_interval_ms
+        self._requote_move = params.base.requote_move_fraction * params.base.min_spread
+        self.orders_sent = {"place": 0, "amend": 0, "cancel": 0}
+        self.cycles = 0
+
+    # ------------------------------------------------------------------ inputs
+
+    def on_event(self, event: Any, now_ms: int) -> bool:
+        """Apply one stream event; on mark/account changes also run the drawdown check."""
+        changed = self.store.apply(event)
+        if changed and isinstance(event, (MarkPrice, AccountUpdate, FundingFee)):
+            self.check_drawdown(now_ms)
+        return changed
+
+    def check_drawdown(self, now_ms: int) -> None:
+        s = self.store
+        plan = self.drawdown.check(s.drawdown_pct(), s.position_steps, now_ms)
+        if plan is not None:
+            self.twap = list(plan.slices)
+
+    def on_sent(self, decision: Decision, now_ms: int) -> None:
+        """The runtime is sending ``decision`` (call before awaiting it): it counts as pending now."""
+        if isinstance(decision, Place):
+            self.store.on_sent(decision, now_ms)
+            self.orders_sent["place"] += 1
+        elif isinstance(decision, Amend):
+            self.store.on_amend_sent(decision, now_ms)
+            self.orders_sent["amend"] += 1
+        else:
+            self.store.on_cancel_sent(decision, now_ms)
+            self.orders_sent["cancel"] += 1
+
+    def on_rejected(self, decision: Decision, code: int, now_ms: int = 0) -> None:
+        """The exchange refused ``decision`` with error ``code``."""
+        if isinstance(decision, Place):
+            self.store.on_rejected(decision.client_order_id, code, now_ms)
+        elif isinstance(decision, Amend):
+            self.store.on_amend_rejected(decision.client_order_id, code, decision.order_id)
+        else:
+            self.store.on_cancel_rejected(decision.client_order_id, code, decision.order_id)
+
+    def on_order_info(self, info: Any) -> bool:
+        """A REST order object (the answer to place/modify/cancel, or a query)."""
+        return self.store.on_order_info(info)
+
+    def reset_from_snapshot(
+        self, position: Any | None, open_orders: Iterable[Any], now_ms: int, wallet_balance: float | None = None
+    ) -> None:
+        self.store.reset_from_snapshot(position, open_orders, now_ms, wallet_balance=wallet_balance)
+
+    # ------------------------------------------------------------------ modes
+
+    def halt(self, reason: str = "operator") -> None:
+        self.guard.halt(reason)
+
+    def flatten(self, reason: str = "operator") -> None:
+        self.guard.flatten(reason)
+
+    def resume(self) -> None:
+        self.guard.resume()
+
+    def set_reduce_only(self, on: bool) -> None:
+        self.guard.set_reduce_only(on)
+
+    # ------------------------------------------------------------------ decisions
+
+    def should_quote(self, now_ms: int) -> bool:
+        """Quote interval elapsed, or the mid moved by ``requote_move_fraction`` of layer 0's spread."""
+        if now_ms - self.last_quote_ms >= self._interval_ms:
+            return True
+        m0 = self._last_quote_mid
+        mid = self.store.mid
+        return bool(m0 and mid and abs(mid - m0) >= self._requote_move * m0)
+
+    def quote(self, now_ms: int, budget: int | None = None) -> Actions:
+        """One cycle: ladder (or halt handling), drawdown slices, grinding; every order guarded."""
+        self.cycles += 1
+        self.last_quote_ms = now_ms
+        s = self.store
+        g = self.guard
+        self._last_quote_mid = s.mid
+        cancels: list[Cancel] = []
+        amends: list[Amend] = []
+        places: list[Place] = []
+        extra = [0, 0]  # approved this cycle, not yet sent: buy, sell
+        refused = 0
+        ladder: Ladder | None = None
+
+        if g.state != RUNNING:
+            self._cancel_all_into(cancels, keep_reduce_only=True)
+            if g.state == FLATTENING:
+                refused += self._flatten_into(places, extra)
+        else:
+            ladder = self._ladder()
+            if ladder.bids or ladder.asks or s.orders:
+                diff = self.manager.diff(
+                    ladder.bids,
+                    ladder.asks,
+                    s.ladder_orders(BUY),
+                    s.ladder_orders(SELL),
+                    ladder.center_ticks,
+                    budget,
+                )
+                cancels.extend(diff.cancels)
+                orders = s.orders
+                for a in diff.amends:
+                    o = orders.get(a.client_order_id)
+                    if o is None:
+                        continue
+                    if g.check_amend(a, o, extra[0], extra[1]) is None:
+                        growth = max(0, a.qty_steps - o.filled_steps - o.contrib)
+                        extra[0 if a.side == BUY else 1] += growth
+                        amends.append(a)
+                    else:
+                        refused += 1
+                for p in diff.places:
+                    if g.check_place(p, extra[0], extra[1]) is None:
+                        extra[0 if p.side == BUY else 1] += p.qty_steps
+                        places.append(p)
+                    else:
+                        refused += 1
+            self.last_ladder = ladder
+
+        refused += self._twap_into(places, now_ms, extra)
+        refused += self._grinding_into(places, cancels, now_ms, extra)
+        if not (cancels or amends or places):
+            return Actions((), ladder, refused)
+        return Actions(make_batches(cancels, places, amends, s.position_steps), ladder, refused)
+
+    def _ladder(self) -> Ladder:
+        s = self.store
+        other_b, other_s = s.other_pending()
+        buy_limit = sell_limit = None
+        if not self.guard.may_add_exposure:
+            pos = s.position_steps
+            buy_limit = max(0, -pos - other_b) if pos < 0 else 0
+            sell_limit = max(0, pos - other_s) if pos > 0 else 0
+        return self.strategy.quote(
+            s.mid,
+            s.position_steps,
+            other_b,
+            other_s,
+            s.predicted_funding,
+            s.bid,
+            s.ask,
+            buy_limit,
+            sell_limit,
+        )
+
+    def _cancel_all_into(self, cancels: list[Cancel], keep_reduce_only: bool) -> None:
+        for o in self.store.orders.values():
+            if o.cancel_sent_ms is not None or o.status == "PENDING_NEW":
+                continue  # already going, or not acknowledged yet (cancelled next cycle)
+            if keep_reduce_only and o.reduce_only:
+                continue
+            cancels.append(Cancel(o.client_order_id, o.order_id, "halt"))
+
+    def _flatten_into(self, places: list[Place], extra: list[int]) -> int:
+        s = self.store
+        pos = s.position_steps
+        if pos == 0 or any(o.reason == "flatten" for o in s.orders.values()):
+            return 0
+        p = Place(self.ids.next(), SELL if pos > 0 else BUY, 0, abs(pos), "", True, "MARKET", "flatten")
+        if self.guard.check_place(p, extra[0], extra[1]) is None:
+            places.append(p)
+            return 0
+        return 1
+
+    def _twap_into(self, places: list[Place], now_ms: int, extra: list[int]) -> int:
+        if not self.twap or self.twap[0].due_ms > now_ms:
+            return 0
+        refused = 0
+        s = self.store
+        while self.twap and self.twap[0].due_ms <= now_ms:
+            sl = self.twap.pop(0)
+            pos = s.position_steps
+            if (sl.side == SELL and pos <= 0) or (sl.side == BUY and pos >= 0):
+                continue  # nothing left to reduce on that side
+            qty = min(sl.qty_steps, abs(pos))
+            p = Place(self.ids.next(), sl.side, 0, qty, "", True, "MARKET", "drawdown")
+            if self.guard.check_place(p, extra[0], extra[1]) is None:
+                places.append(p)
+            else:
+                refused += 1
+        return refused
+
+    def _grinding_into(self, places: list[Place], cancels: list[Cancel], now_ms: int, extra: list[int]) -> int:
+        s = self.store
+        eng = self.grinding
+        if self._grind is not None:
+            dec, cid, started = self._grind
+            o = s.get(cid)
+            if o is None or (not o.is_open and o.filled_steps == 0):
+                self._grind = None
+                eng.finish()
+                return 0
+            if o.is_open:
+                if now_ms - started > GRIND_FILL_TIMEOUT_MS:
+                    self._grind = None
+                    eng.finish()
+                return 0
+            # The market order is done: re-enter post-only, trimmed to what the guard allows.
+            self._grind = None
+            eng.finish()
+            px, qty = eng.reentry(dec, o.filled_steps, s.mid)
+            side = dec.reentry_side
+            room = self.guard.room_steps(side, extra[0], extra[1])
+            qty = min(qty, room)
+            if qty < self.strategy.min_qty_steps or not self.filters.tradable(px, qty):
+                return 0
+            p = Place(self.ids.next(), side, px, qty, "GTX", False, "LIMIT", "grind_reentry")
+            if self.guard.check_place(p, extra[0], extra[1]) is not None:
+                return 1
+            extra[0 if side == BUY else 1] += qty
+            places.append(p)
+            eng.book_saving(dec, o.filled_steps, qty, s.mid, s.predicted_funding)
+            return 0
+        if self.guard.state != RUNNING or not eng.due(now_ms):
+            return 0
+        res = eng.check(
+            now_ms, s.position_steps, s.mid, s.price_stddev_30m(), s.price_window_span_ms(), s.predicted_funding
+        )
+        if not isinstance(res, GrindDecision):
+            return 0
+        p = Place(self.ids.next(), res.side, 0, res.qty_steps, "", True, "MARKET", "grind")
+        if self.guard.check_place(p, extra[0], extra[1]) is not None:
+            eng.undo(now_ms)
+            return 1
+        for o in s.orders.values():
+            if o.reason == "grind_reentry" and o.cancel_sent_ms is None and o.status != "PENDING_NEW":
+                cancels.append(Cancel(o.client_order_id, o.order_id, "grind"))
+        places.append(p)
+        self._grind = (res, p.client_order_id, now_ms)
+        return 0
+
+    def cancel_all(self) -> Actions:
+        """Every open order we can cancel now (graceful stop; repeat until ``store.orders`` is empty)."""
+        cancels: list[Cancel] = []
+        self._cancel_all_into(cancels, keep_reduce_only=False)
+        return Actions(make_batches(cancels, (), (), self.store.position_steps))
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def halt_state(self) -> str:
+        return self.guard.state
+
+    def status(self) -> dict[str, Any]:
+        """A plain-data summary for the runtime's status endpoint."""
+        s = self.store
+        lad = self.last_ladder
+        return {
+            "symbol": self.symbol,
+            "epoch": self.epoch,
+            "halt_state": self.guard.state,
+            "halt_reason": self.guard.halt_reason,
+            "reduce_only": self.guard.reduce_only_mode,
+            "position": s.position,
+            "entry_price": s.entry_price,
+            "pending_buy": s.pending_buy_size(),
+            "pending_sell": s.pending_sell_size(),
+            "worst_long": s.worst_long,
+            "worst_short": s.worst_short,
+            "mid": s.mid,
+            "mark": s.mark,
+            "open_orders": len(s.orders),
+            "equity": s.equity(),
+            "drawdown_pct": s.drawdown_pct(),
+            "realized_pnl": s.realized_pnl,
+            "unrealized_pnl": s.unrealized_pnl(),
+            "funding_pnl": s.funding_pnl,
+            "predicted_funding_rate": s.predicted_funding,
+            "price_stddev_30m": s.price_stddev_30m(),
+            "quote_suppressed": bool(lad.suppressed) if lad else False,
+            "grind_count": self.grinding.count_total,
+            "grind_active": self.grinding.active,
+        }

@@ -1,0 +1,282 @@
+"""Order decisions and the OrderManager: desired ladder vs live orders -> the fewest requests.
+
+Decisions are small frozen dataclasses in integer ticks/steps; the runtime turns them into wire
+strings with :class:`~fleet.binance.filters.SymbolFilters` and sends them in Binance-sized batches
+(5 places or amends, 10 cancels), in the order given here: exposure-reducing first.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from fleet.binance.events import BUY, SELL
+from fleet.config import OrderParams
+
+PLACE_BATCH_MAX = 5
+AMEND_BATCH_MAX = 5
+CANCEL_BATCH_MAX = 10
+
+# Binance's pattern for newClientOrderId, and ours inside it: mm-<symbol>-e<epoch>-<seq>.
+CLIENT_ORDER_ID_PATTERN = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
+_OUR_ID = re.compile(r"^mm-([A-Z0-9]{1,12})-e([0-9]{1,10})-([0-9]{1,12})$")
+_SYMBOL_SHORT = 12
+
+
+# --- decisions --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """A new order. ``price_ticks`` is 0 for MARKET; ``layer`` is the ladder layer (-1: none)."""
+
+    client_order_id: str
+    side: str
+    price_ticks: int
+    qty_steps: int
+    time_in_force: str = "GTX"
+    reduce_only: bool = False
+    order_type: str = "LIMIT"
+    reason: str = "ladder"
+    layer: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Amend:
+    """A modify (PUT order): new price and new *total* quantity, as Binance's modify takes them."""
+
+    client_order_id: str
+    order_id: int | None
+    side: str
+    price_ticks: int
+    qty_steps: int
+    layer: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """A cancel by exchange id when known, else by client order id."""
+
+    client_order_id: str
+    order_id: int | None
+    reason: str = "ladder"
+
+
+Decision = Place | Amend | Cancel
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Requests the runtime sends as one batch call: ``kind`` is ``cancel``, ``place`` or ``amend``."""
+
+    kind: str
+    items: tuple[Decision, ...]
+
+
+def adds_exposure(side: str, position_steps: int) -> bool:
+    """A buy adds exposure unless short, a sell unless long."""
+    return position_steps <= 0 if side == SELL else position_steps >= 0
+
+
+def make_batches(
+    cancels: Sequence[Cancel], places: Sequence[Place], amends: Sequence[Amend], position_steps: int
+) -> tuple[Batch, ...]:
+    """Group into Binance-sized batches, exposure-reducing first.
+
+    Order: cancels; reduce-only places; then amends and places that reduce exposure; then the
+    ones that add it (inner layers before outer ones).
+    """
+    out: list[Batch] = []
+    for i in range(0, len(cancels), CANCEL_BATCH_MAX):
+        out.append(Batch("cancel", tuple(cancels[i : i + CANCEL_BATCH_MAX])))
+    reducing_only = [p for p in places if p.reduce_only]
+    other = [p for p in places if not p.reduce_only]
+    for i in range(0, len(reducing_only), PLACE_BATCH_MAX):
+        out.append(Batch("place", tuple(reducing_only[i : i + PLACE_BATCH_MAX])))
+
+    def rank(d: Place | Amend) -> tuple[int, int]:
+        return (1 if adds_exposure(d.side, position_steps) else 0, d.layer)
+
+    amends_sorted = sorted(amends, key=rank)
+    places_sorted = sorted(other, key=rank)
+    # Reducing amends and places first, then adding ones; each kind in its own batches.
+    for adding in (0, 1):
+        a = [x for x in amends_sorted if rank(x)[0] == adding]
+        p = [x for x in places_sorted if rank(x)[0] == adding]
+        for i in range(0, len(a), AMEND_BATCH_MAX):
+            out.append(Batch("amend", tuple(a[i : i + AMEND_BATCH_MAX])))
+        for i in range(0, len(p), PLACE_BATCH_MAX):
+            out.append(Batch("place", tuple(p[i : i + PLACE_BATCH_MAX])))
+    return tuple(out)
+
+
+# --- client order ids -------------------------------------------------------------------------
+
+
+def symbol_short(symbol: str) -> str:
+    return symbol[:_SYMBOL_SHORT]
+
+
+class ClientOrderIds:
+    """``mm-<SYMBOL>-e<epoch>-<seq>``: the agent's epoch in every id, so a new owner finds old orders."""
+
+    def __init__(self, symbol: str, epoch: int, start_seq: int = 0) -> None:
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        short = symbol_short(symbol)
+        if not re.fullmatch(r"[A-Z0-9]{1,12}", short):
+            raise ValueError(f"symbol {symbol!r} must be upper-case letters and digits")
+        self.symbol = symbol
+        self.epoch = epoch
+        self.seq = start_seq
+        self._prefix = f"mm-{short}-e{epoch}-"
+        if len(self._prefix) + 1 > 36:
+            raise ValueError(f"epoch {epoch} too large for a 36-character client order id")
+
+    def next(self) -> str:
+        self.seq += 1
+        cid = self._prefix + str(self.seq)
+        if len(cid) > 36:
+            raise ValueError(f"client order id {cid!r} exceeds 36 characters")
+        return cid
+
+    def is_ours(self, cid: str) -> bool:
+        """Issued under this epoch (by this owner)."""
+        return cid.startswith(self._prefix)
+
+
+def parse_client_order_id(cid: str) -> tuple[int, int] | None:
+    """``(epoch, seq)`` of one of our ids, ``None`` for anything else (manual, liquidation, ...)."""
+    m = _OUR_ID.match(cid)
+    if m is None:
+        return None
+    return int(m.group(2)), int(m.group(3))
+
+
+# --- the manager ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OrderDiff:
+    """What it takes to turn the live ladder into the desired one (before the RiskGuard)."""
+
+    cancels: tuple[Cancel, ...]
+    amends: tuple[Amend, ...]
+    places: tuple[Place, ...]
+    kept: int
+
+    @property
+    def requests(self) -> int:
+        return len(self.amends) + len(self.places)
+
+
+class OrderManager:
+    """Keeps live orders within tolerance of their target; amends the moved; places and cancels the rest.
+
+    Matching is a two-pointer walk per side, inner to outer, so a cycle costs O(layers).
+    """
+
+    def __init__(self, params: OrderParams, ids: ClientOrderIds, time_in_force: str = "GTX") -> None:
+        self.tol_ticks = params.tolerance_ticks
+        self.tol_fraction = params.tolerance_spacing_fraction
+        self.size_tol = params.size_tolerance
+        self.ids = ids
+        self.time_in_force = time_in_force
+
+    def tolerances(self, desired: Sequence, center_ticks: float) -> list[float]:
+        """Per layer: max(tolerance_ticks, fraction x the gap to the inner neighbour (or center))."""
+        out = []
+        prev = center_ticks
+        frac = self.tol_fraction
+        floor = self.tol_ticks
+        for q in desired:
+            p = q.price_ticks
+            t = abs(p - prev) * frac
+            out.append(t if t > floor else floor)
+            prev = p
+        return out
+
+    def diff(
+        self,
+        bids: Sequence,
+        asks: Sequence,
+        live_bids: Sequence,
+        live_asks: Sequence,
+        center_ticks: float,
+        budget: int | None = None,
+    ) -> OrderDiff:
+        """``bids``/``asks``: desired quotes inner to outer; ``live_*``: open ladder orders, inner to outer.
+
+        ``budget`` caps amends + places (inner layers win); cancels are never held back.
+        """
+        cancels: list[Cancel] = []
+        amends: list[Amend] = []
+        places: list[Place] = []
+        kept = self._side(bids, live_bids, BUY, -1, center_ticks, cancels, amends, places)
+        kept += self._side(asks, live_asks, SELL, 1, center_ticks, cancels, amends, places)
+        if budget is not None and len(amends) + len(places) > budget:
+            reqs: list[Amend | Place] = sorted([*amends, *places], key=lambda d: d.layer)[: max(budget, 0)]
+            amends = [d for d in reqs if isinstance(d, Amend)]
+            places = [d for d in reqs if isinstance(d, Place)]
+        return OrderDiff(tuple(cancels), tuple(amends), tuple(places), kept)
+
+    def _side(self, desired, live, side, sign, center_ticks, cancels, amends, places) -> int:
+        tols = self.tolerances(desired, center_ticks)
+        size_tol = self.size_tol
+        nd, nl = len(desired), len(live)
+        i = j = kept = 0
+        free_d: list[int] = []
+        free_l: list = []
+        while i < nd and j < nl:
+            d = desired[i]
+            o = live[j]
+            dk = sign * d.price_ticks
+            ok = sign * o.price_ticks
+            if abs(ok - dk) <= tols[i]:
+                if o.busy or abs(o.remaining_steps - d.qty_steps) <= size_tol * d.qty_steps:
+                    kept += 1
+                else:
+                    amends.append(
+                        Amend(o.client_order_id, o.order_id, side, d.price_ticks, o.filled_steps + d.qty_steps, d.layer)
+                    )
+                i += 1
+                j += 1
+            elif ok < dk:
+                free_l.append(o)
+                j += 1
+            else:
+                free_d.append(i)
+                i += 1
+        while i < nd:
+            free_d.append(i)
+            i += 1
+        while j < nl:
+            free_l.append(live[j])
+            j += 1
+        # Pair what is left, inner with inner: a moved order is amended, not cancelled and replaced.
+        k = 0
+        n_pair = min(len(free_d), len(free_l))
+        skipped_d = 0
+        for k in range(n_pair):
+            o = free_l[k]
+            d = desired[free_d[k]]
+            if o.busy:
+                # In flight (new or amend not yet acknowledged): leave it and its slot for a cycle.
+                skipped_d += 1
+                continue
+            amends.append(Amend(o.client_order_id, o.order_id, side, d.price_ticks, o.filled_steps + d.qty_steps, d.layer))
+        for o in free_l[n_pair:]:
+            if not o.busy:
+                cancels.append(Cancel(o.client_order_id, o.order_id))
+        tif = self.time_in_force
+        ids = self.ids
+        for idx in free_d[n_pair:]:
+            d = desired[idx]
+            places.append(Place(ids.next(), side, d.price_ticks, d.qty_steps, tif, False, "LIMIT", "ladder", d.layer))
+        return kept + skipped_d
+
+
+def flatten_batches(items: Iterable[Batch]) -> list[Decision]:
+    """Every decision of a batch list, in sending order."""
+    return [d for b in items for d in b.items]

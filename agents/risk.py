@@ -1,0 +1,237 @@
+"""RiskGuard (the one pre-trade check every order passes) and the drawdown bands with their TWAP plans.
+
+The guard reads the store's position and pending sizes, so an order counts against the worst-case
+cap from the moment it is sent; within one cycle the caller passes what it has already approved.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fleet.binance.events import BUY, SELL
+from fleet.binance.filters import SymbolFilters
+from fleet.config import DrawdownParams, SymbolParams
+
+from .orders import Amend, Place
+from .store import LiveOrder, Store
+
+RUNNING = "running"
+HALTED = "halted"  # nothing that adds exposure
+FLATTENING = "flattening"  # reduce-only orders only
+HALT_STATES = (RUNNING, HALTED, FLATTENING)
+
+_EPS = 1e-9
+
+
+class RiskGuard:
+    """Pre-trade check: worst-case cap, halt state, fleet reduce-only mode, price band, max notional."""
+
+    def __init__(self, params: SymbolParams, filters: SymbolFilters, store: Store) -> None:
+        self.store = store
+        step = float(filters.step_size)
+        tick = float(filters.tick_size)
+        self.cap_steps = int(math.floor(params.worst_cap / step + _EPS))
+        self.band = params.risk.price_band
+        self.max_notional = params.risk.max_order_notional
+        self.notional_unit = tick * step
+        self.tick = tick
+        self.state = RUNNING
+        self.halt_reason = ""
+        self.reduce_only_mode = False
+        self.refusals: dict[str, int] = {}
+        self.approved = 0
+
+    # ------------------------------------------------------------------ modes
+
+    def halt(self, reason: str = "operator") -> None:
+        self.state = HALTED
+        self.halt_reason = reason
+
+    def flatten(self, reason: str = "operator") -> None:
+        self.state = FLATTENING
+        self.halt_reason = reason
+
+    def resume(self) -> None:
+        self.state = RUNNING
+        self.halt_reason = ""
+
+    def set_reduce_only(self, on: bool) -> None:
+        """Set by the fleet while its total notional is over the cap."""
+        self.reduce_only_mode = on
+
+    @property
+    def may_add_exposure(self) -> bool:
+        return self.state == RUNNING and not self.reduce_only_mode
+
+    # ------------------------------------------------------------------ checks
+
+    def _refuse(self, reason: str) -> str:
+        self.refusals[reason] = self.refusals.get(reason, 0) + 1
+        return reason
+
+    def _price_notional(self, price_ticks: int, qty_steps: int, market: bool) -> str | None:
+        s = self.store
+        ref = s.mark or s.mid
+        if ref <= 0.0:
+            return "no_reference_price"
+        if market:
+            notional = ref * qty_steps * s.step
+        else:
+            price = price_ticks * self.tick
+            if abs(price - ref) > self.band * ref:
+                return "price_band"
+            notional = price_ticks * qty_steps * self.notional_unit
+        if notional > self.max_notional:
+            return "max_notional"
+        return None
+
+    def check_place(self, p: Place, extra_buy: int = 0, extra_sell: int = 0) -> str | None:
+        """``None`` if the order may be sent, else the refusal reason (counted).
+
+        ``extra_buy``/``extra_sell``: steps already approved this cycle but not yet recorded as sent.
+        """
+        s = self.store
+        pos = s.position_steps
+        q = p.qty_steps
+        if q <= 0:
+            return self._refuse("bad_quantity")
+        if p.reduce_only:
+            if not ((p.side == SELL and pos > 0) or (p.side == BUY and pos < 0)):
+                return self._refuse("reduce_only_no_position")
+            if q > abs(pos):
+                return self._refuse("reduce_only_exceeds_position")
+        else:
+            if self.state == FLATTENING:
+                return self._refuse("flattening")
+            if p.side == BUY:
+                worst = pos + s.pending_buy_steps + extra_buy + q
+                if not self.may_add_exposure:
+                    # Only a buy that shrinks a short, and cannot flip it, may pass.
+                    if pos >= 0 or worst > 0:
+                        return self._refuse(self.state if self.state != RUNNING else "reduce_only_mode")
+                if worst > self.cap_steps:
+                    return self._refuse("worst_case_long")
+            else:
+                worst = pos - s.pending_sell_steps - extra_sell - q
+                if not self.may_add_exposure:
+                    if pos <= 0 or worst < 0:
+                        return self._refuse(self.state if self.state != RUNNING else "reduce_only_mode")
+                if worst < -self.cap_steps:
+                    return self._refuse("worst_case_short")
+        why = self._price_notional(p.price_ticks, q, p.order_type == "MARKET")
+        if why is not None:
+            return self._refuse(why)
+        self.approved += 1
+        return None
+
+    def check_amend(self, a: Amend, order: LiveOrder, extra_buy: int = 0, extra_sell: int = 0) -> str | None:
+        """An amendment counts as the larger of old and new: only the growth is checked against the cap."""
+        s = self.store
+        pos = s.position_steps
+        new_rem = a.qty_steps - order.filled_steps
+        if new_rem <= 0:
+            return self._refuse("bad_quantity")
+        growth = new_rem - order.contrib
+        if growth < 0:
+            growth = 0
+        if order.reduce_only:
+            if new_rem > abs(pos):
+                return self._refuse("reduce_only_exceeds_position")
+        elif self.state == FLATTENING:
+            return self._refuse("flattening")
+        elif a.side == BUY:
+            worst = pos + s.pending_buy_steps + extra_buy + growth
+            if growth and not self.may_add_exposure and (pos >= 0 or worst > 0):
+                return self._refuse(self.state if self.state != RUNNING else "reduce_only_mode")
+            if growth and worst > self.cap_steps:
+                return self._refuse("worst_case_long")
+        else:
+            worst = pos - s.pending_sell_steps - extra_sell - growth
+            if growth and not self.may_add_exposure and (pos <= 0 or worst < 0):
+                return self._refuse(self.state if self.state != RUNNING else "reduce_only_mode")
+            if growth and worst < -self.cap_steps:
+                return self._refuse("worst_case_short")
+        why = self._price_notional(a.price_ticks, new_rem, False)
+        if why is not None:
+            return self._refuse(why)
+        self.approved += 1
+        return None
+
+    def room_steps(self, side: str, extra_buy: int = 0, extra_sell: int = 0) -> int:
+        """How much more of ``side`` the worst-case cap allows now (for trimming an order)."""
+        s = self.store
+        if side == BUY:
+            return max(0, self.cap_steps - (s.position_steps + s.pending_buy_steps + extra_buy))
+        return max(0, self.cap_steps + (s.position_steps - s.pending_sell_steps - extra_sell))
+
+
+# --- drawdown ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TwapSlice:
+    due_ms: int
+    side: str
+    qty_steps: int
+
+
+@dataclass(frozen=True, slots=True)
+class TwapPlan:
+    """Reduce the position by ``total_steps`` in reduce-only market slices at their due times."""
+
+    band: int
+    drawdown_pct: float
+    fraction: float
+    side: str
+    total_steps: int
+    slices: tuple[TwapSlice, ...]
+
+
+class DrawdownBands:
+    """At 6 / 11 / 17 % drawdown, reduce the position by 25 / 45 / 80 %, each band once per excursion.
+
+    An excursion ends when drawdown falls back under half the lowest band; the bands re-arm after
+    ``cooldown_sec`` from the last action, so a drawdown hovering at a band cannot act again and
+    again. A higher band crossed in the same excursion acts at once (it is a deeper loss).
+    """
+
+    def __init__(self, params: DrawdownParams) -> None:
+        self.bands = tuple(params.drawdown_bands)
+        self.fractions = tuple(params.reduce_fractions)
+        self.slices = params.twap_slices
+        self.interval_ms = params.twap_interval_ms
+        self.cooldown_ms = int(params.cooldown_sec * 1000)
+        self.acted = -1  # highest band acted on in this excursion
+        self.last_action_ms: int | None = None
+        self.plans = 0
+
+    def check(self, drawdown_pct: float, position_steps: int, now_ms: int) -> TwapPlan | None:
+        crossed = -1
+        for i, b in enumerate(self.bands):
+            if drawdown_pct >= b:
+                crossed = i
+        if crossed < 0:
+            if (
+                self.acted >= 0
+                and drawdown_pct < self.bands[0] * 0.5
+                and (self.last_action_ms is None or now_ms - self.last_action_ms >= self.cooldown_ms)
+            ):
+                self.acted = -1
+            return None
+        if crossed <= self.acted:
+            return None
+        self.acted = crossed
+        self.last_action_ms = now_ms
+        fraction = self.fractions[crossed]
+        total = int(abs(position_steps) * fraction + _EPS)
+        if total <= 0:
+            return None
+        side = SELL if position_steps > 0 else BUY
+        n = min(self.slices, total)
+        base, extra = divmod(total, n)
+        slices = tuple(
+            TwapSlice(now_ms + k * self.interval_ms, side, base + (1 if k < extra else 0)) for k in range(n)
+        )
+        self.plans += 1
+        return TwapPlan(crossed, drawdown_pct, fraction, side, total, slices)

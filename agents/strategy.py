@@ -1,0 +1,180 @@
+"""GeometricV2: the desired quote ladder from the store's numbers, the symbol filters and the parameters.
+
+Layer ``i`` quotes at ``center * (1 -/+ min_spread * spacing_ratio ** i)`` with
+``center = mid * (1 - sensitivity * predicted_funding_rate)``; its size is
+``base_size * exp(-|worst| / net_max * size_decay_k) * layer_size_decay ** i``, where ``worst`` is
+that side's worst-case exposure including the layers already proposed; a side stops at
+``net_max * multiplier``. Everything per layer that does not depend on the market is precomputed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal
+
+from fleet.binance.events import BUY, SELL
+from fleet.binance.filters import SymbolFilters
+from fleet.config import SymbolParams
+
+_EPS = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """One desired layer: side, layer index (0 = innermost), price in ticks, size in steps."""
+
+    side: str
+    layer: int
+    price_ticks: int
+    qty_steps: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ladder:
+    """The strategy's answer for one cycle (bids and asks inner to outer) and what it observed."""
+
+    bids: tuple[Quote, ...]
+    asks: tuple[Quote, ...]
+    center: float
+    center_ticks: float
+    decay_factor: float  # exp(-|worst| / net_max * k) at layer 0, the stronger of the two sides
+    buy_suppressed: bool  # the bid side stopped at the worst-case cap (or is not allowed)
+    sell_suppressed: bool
+    worst_long_steps: int  # position + other pending + proposed bids
+    worst_short_steps: int
+
+    @property
+    def suppressed(self) -> bool:
+        return self.buy_suppressed or self.sell_suppressed
+
+
+EMPTY_LADDER = Ladder((), (), 0.0, 0.0, 1.0, True, True, 0, 0)
+
+
+class GeometricV2:
+    """The seed's geometric grid with exponential size decay, funding shift and worst-case stop."""
+
+    def __init__(self, params: SymbolParams, filters: SymbolFilters) -> None:
+        self.params = params
+        self.filters = filters
+        base, grid, wc = params.base, params.grid, params.worst_case
+        step = float(filters.step_size)
+        self.tick = float(filters.tick_size)
+        self.inv_tick = 1.0 / self.tick
+        self.layers = grid.max_layers
+        self.offsets = tuple(base.min_spread * grid.spacing_ratio**i for i in range(self.layers))
+        self.base_steps = base.base_size / step
+        self.layer_decay = tuple(grid.layer_size_decay**i for i in range(self.layers))
+        self.decay_per_step = wc.size_decay_k * step / base.net_max
+        self.cap_steps = int(math.floor(params.worst_cap / step + _EPS))
+        self.min_qty_steps = max(1, filters.min_qty_steps())
+        # MIN_NOTIONAL as an integer bound on price_ticks * qty_steps (exact).
+        unit = filters.tick_size * filters.step_size
+        self.min_notional_units = int((filters.min_notional / unit).to_integral_value(rounding=ROUND_CEILING))
+        self.max_price_ticks = filters.price_ticks_floor(filters.max_price) if filters.max_price > 0 else 1 << 62
+        self.min_price_ticks = max(1, filters.price_ticks_ceil(filters.min_price)) if filters.min_price > 0 else 1
+        self.sensitivity = params.funding.sensitivity
+
+    def quote(
+        self,
+        mid: float,
+        position_steps: int,
+        other_buy_steps: int = 0,
+        other_sell_steps: int = 0,
+        predicted_funding_rate: float = 0.0,
+        best_bid: float = 0.0,
+        best_ask: float = 0.0,
+        buy_limit_steps: int | None = None,
+        sell_limit_steps: int | None = None,
+    ) -> Ladder:
+        """The desired ladder.
+
+        ``other_*_steps``: pending orders outside the ladder (grinding re-entry, cancels in flight);
+        ``*_limit_steps``: a cap on a side's total (reduce-only modes), ``None`` = no cap.
+        """
+        if mid <= 0.0:
+            return EMPTY_LADDER
+        center = mid * (1.0 - self.sensitivity * predicted_funding_rate)
+        center_ticks = center * self.inv_tick
+        cap = self.cap_steps
+        # Bids must stay below the best ask and asks above the best bid (post-only would reject).
+        bid_ceiling = int(math.ceil(best_ask * self.inv_tick - _EPS)) - 1 if best_ask > 0 else 1 << 62
+        ask_floor = int(math.floor(best_bid * self.inv_tick + _EPS)) + 1 if best_bid > 0 else 0
+
+        # --- bids: worst_long grows with each proposed layer
+        worst = position_steps + other_buy_steps
+        dps = self.decay_per_step
+        decay_b = math.exp(-abs(worst) * dps)
+        bids: list[Quote] = []
+        room_b = cap - worst
+        if buy_limit_steps is not None and buy_limit_steps < room_b:
+            room_b = buy_limit_steps
+        buy_suppressed = room_b <= 0
+        prev = bid_ceiling + 1
+        mnu = self.min_notional_units
+        mq = self.min_qty_steps
+        if not buy_suppressed:
+            base = self.base_steps
+            offs = self.offsets
+            ld = self.layer_decay
+            for i in range(self.layers):
+                size = int(base * math.exp(-abs(worst) * dps) * ld[i] + _EPS)
+                if size > room_b:
+                    size = room_b
+                    buy_suppressed = True
+                px = int(center_ticks * (1.0 - offs[i]) + _EPS)
+                if px >= prev:
+                    px = prev - 1
+                if size < mq or px < self.min_price_ticks or px * size < mnu:
+                    break  # outer layers are only smaller and lower: stop here
+                bids.append(Quote(BUY, i, px, size))
+                prev = px
+                worst += size
+                room_b -= size
+                if buy_suppressed or room_b <= 0:
+                    buy_suppressed = True
+                    break
+
+        # --- asks: worst_short falls with each proposed layer
+        worst_s = position_steps - other_sell_steps
+        decay_s = math.exp(-abs(worst_s) * dps)
+        asks: list[Quote] = []
+        room_s = cap + worst_s
+        if sell_limit_steps is not None and sell_limit_steps < room_s:
+            room_s = sell_limit_steps
+        sell_suppressed = room_s <= 0
+        prev = ask_floor - 1
+        if not sell_suppressed:
+            base = self.base_steps
+            offs = self.offsets
+            ld = self.layer_decay
+            maxp = self.max_price_ticks
+            for i in range(self.layers):
+                size = int(base * math.exp(-abs(worst_s) * dps) * ld[i] + _EPS)
+                if size > room_s:
+                    size = room_s
+                    sell_suppressed = True
+                px = int(math.ceil(center_ticks * (1.0 + offs[i]) - _EPS))
+                if px <= prev:
+                    px = prev + 1
+                if size < mq or px > maxp or px * size < mnu:
+                    break
+                asks.append(Quote(SELL, i, px, size))
+                prev = px
+                worst_s -= size
+                room_s -= size
+                if sell_suppressed or room_s <= 0:
+                    sell_suppressed = True
+                    break
+        return Ladder(
+            tuple(bids),
+            tuple(asks),
+            center,
+            center_ticks,
+            decay_b if decay_b < decay_s else decay_s,
+            buy_suppressed,
+            sell_suppressed,
+            worst,
+            worst_s,
+        )
