@@ -207,16 +207,14 @@ class _FrameStream:
                 self.last_frame_monotonic = time.monotonic()
                 for item in self._handle(message):
                     await self._queue.put(item)
+            reason = f"connection closed (code {conn.close_code}, reason {conn.close_reason!r})"
         except websockets.exceptions.ConnectionClosed as exc:
             reason = f"connection closed: {exc}"
         except Exception as exc:  # noqa: BLE001 - reported to the consumer, never swallowed
             reason = f"reader failed: {type(exc).__name__}: {exc}"
             log.exception("%s reader failed", self.kind)
-        else:
-            rcvd = conn.close_rcvd
-            reason = f"connection closed by server (code {rcvd.code if rcvd else 'none'})"
         self.close_reason = reason
-        await self._queue.put(_CLOSED)
+        await self._queue.put(_CLOSED)  # after the events already queued (cancelled by close())
 
     def _handle(self, message: str | bytes) -> list[Any]:
         try:
