@@ -1,0 +1,486 @@
+"""The fleet's HTTP endpoint: a Ray Serve deployment with a FastAPI ingress.
+
+It shows the whole fleet (status, exposure, merged Prometheus metrics) and holds the kill switches.
+Reads go straight to the agent actors, concurrently and with a timeout, so one stuck agent is
+reported instead of stalling the page; kill, resume and kill state go through the controller, which
+owns the durable kill state. The bearer token is read inside the replica (env var or file), never
+passed as an argument, and compared in constant time.
+"""
+
+import asyncio
+import hmac
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from ray import serve
+
+from controller.federation import AgentScrape, FleetView, KillLatency, render_fleet_page
+from fleet.config import FleetConfig
+
+log = logging.getLogger("mmfleet.api")
+
+CONTROLLER_NAME = "controller"
+AGENT_PREFIX = "agent."
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+
+
+def app_name(fleet_name: str) -> str:
+    """The Serve application name of a fleet's endpoint."""
+    return f"fleet-api-{fleet_name}"
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """Timeouts of the endpoint; plain values so they travel as deployment arguments."""
+
+    agent_timeout_s: float = 2.0        # status / exposure / metrics per agent
+    controller_timeout_s: float = 5.0   # kill states, status
+    kill_timeout_s: float = 60.0        # kill / resume (includes the controller's emergency path)
+
+
+@dataclass(frozen=True)
+class TokenSource:
+    """Where the bearer token lives; read on every check so a rotated file takes effect at once."""
+
+    env: str | None
+    file: str | None
+
+    def read(self) -> str | None:
+        if self.file:
+            try:
+                token = Path(self.file).read_text().strip()
+            except OSError:
+                token = ""
+            if token:
+                return token
+        if self.env:
+            token = os.environ.get(self.env, "").strip()
+            if token:
+                return token
+        return None
+
+    def describe(self) -> str:
+        where = [f"file {self.file}"] if self.file else []
+        where += [f"environment variable {self.env}"] if self.env else []
+        return " or ".join(where) or "nowhere (api.token_env and api.token_file are both unset)"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One actor's answer to one call, or why there is none."""
+
+    value: Any = None
+    error: str | None = None
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+# --- request bodies ------------------------------------------------------------------------------
+
+Symbol = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{2,30}$")]
+
+
+class _Selection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    symbols: list[Symbol] | None = Field(None, description="symbols to act on, e.g. [\"ETHUSDC\"]")
+    all: bool = Field(False, description="act on every symbol of the fleet")
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> "_Selection":
+        if self.all and self.symbols:
+            raise ValueError("give either symbols or all=true, not both")
+        if not self.all and not self.symbols:
+            raise ValueError("give symbols (a non-empty list) or all=true")
+        return self
+
+
+class KillRequest(_Selection):
+    mode: Literal["halt", "flatten"] = Field("halt", description="halt: cancel all orders; flatten: also close")
+    reason: str = Field(min_length=1, max_length=500, description="why; kept with the kill state and logged")
+
+
+class ResumeRequest(_Selection):
+    reason: str = Field("", max_length=500)
+
+
+# --- pure helpers --------------------------------------------------------------------------------
+# Defined before the deployment class: Serve captures the class (and the globals it uses) when it is
+# decorated, so anything the replica calls must already exist at that point.
+
+_SUMMED = ("notional", "realized_pnl", "unrealized_pnl", "funding_pnl")
+
+
+def fleet_totals(per_symbol: dict[str, dict[str, Any]], max_total_notional: float) -> dict[str, Any]:
+    """Fleet sums over the symbols that answered; ``complete`` says whether all did."""
+    answered = [e for e in per_symbol.values() if e.get("reachable")]
+    totals: dict[str, Any] = {}
+    for key in _SUMMED:
+        totals[key] = sum(_num(e.get(key)) for e in answered)
+    gross = sum(abs(_num(e.get("notional"))) for e in answered)
+    totals["net_notional"] = totals.pop("notional")
+    totals["gross_notional"] = gross
+    totals["total_pnl"] = totals["realized_pnl"] + totals["unrealized_pnl"] + totals["funding_pnl"]
+    totals["max_total_notional"] = max_total_notional
+    totals["notional_used"] = gross / max_total_notional if max_total_notional else None
+    totals["symbols_answered"] = len(answered)
+    totals["symbols_missing"] = sorted(s for s, e in per_symbol.items() if not e.get("reachable"))
+    totals["complete"] = not totals["symbols_missing"]
+    return totals
+
+
+def _num(value: Any) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return out if math.isfinite(out) else 0.0
+
+
+def _kill_state_map(value: Any) -> dict[str, str]:
+    """The controller's kill states as ``{symbol: state}``, whatever detail it adds per symbol."""
+    if not isinstance(value, dict):
+        return {}
+    source = value.get("kill_states", value) if isinstance(value.get("kill_states"), dict) else value
+    out = {}
+    for sym, state in source.items():
+        if isinstance(state, str):
+            out[sym] = state
+        elif isinstance(state, dict):
+            st = state.get("state") or state.get("kill_state")
+            if isinstance(st, str):
+                out[sym] = st
+    return out
+
+
+def _as_text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes | bytearray) else str(value)
+
+
+def _answer_json(ans: Answer) -> dict[str, Any]:
+    if ans.ok:
+        return {"reachable": True, "status": ans.value}
+    return {"reachable": False, "error": ans.error}
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+# --- the deployment ------------------------------------------------------------------------------
+
+api = FastAPI(
+    title="mmfleet",
+    description="Exposure, status, merged metrics and kill switches of one market-making fleet.",
+    version="1",
+)
+_bearer = HTTPBearer(auto_error=False, description="the fleet API token")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
+@serve.ingress(api)
+class FleetApi:
+    """One replica per fleet; everything it knows comes from the controller and the agents."""
+
+    def __init__(self, fleet_config: dict[str, Any], namespace: str, settings: dict[str, float]):
+        self.cfg = FleetConfig.model_validate(fleet_config)
+        self.namespace = namespace
+        self.settings = ApiSettings(**settings)
+        self.symbols: tuple[str, ...] = tuple(e.symbol for e in self.cfg.symbols)
+        self.tokens = TokenSource(self.cfg.api.token_env, self.cfg.api.token_file)
+        self.handles: dict[str, Any] = {}       # actor name -> handle, dropped when the actor is gone
+        self.kill_latency = KillLatency()
+        if self.tokens.read() is None:
+            log.warning("no API token found in %s: protected endpoints answer 503", self.tokens.describe())
+
+    # --- auth ---
+
+    def _authorize(self, creds: HTTPAuthorizationCredentials | None) -> None:
+        expected = self.tokens.read()
+        if expected is None:
+            raise HTTPException(503, f"API token not configured: expected in {self.tokens.describe()}")
+        if creds is None or not creds.credentials:
+            raise HTTPException(
+                401, "missing bearer token: send 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not hmac.compare_digest(creds.credentials.encode(), expected.encode()):
+            raise HTTPException(403, "invalid API token")
+
+    # --- actor calls ---
+
+    def _handle(self, name: str) -> Any:
+        import ray
+
+        handle = self.handles.get(name)
+        if handle is None:
+            handle = ray.get_actor(name, namespace=self.namespace)   # ValueError when absent
+            self.handles[name] = handle
+        return handle
+
+    async def _call(self, name: str, method: str, timeout: float, *args: Any) -> Answer:
+        """Call ``name.method(*args)``; every failure becomes an :class:`Answer` saying what went wrong."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        started = time.monotonic()
+
+        def failed(msg: str) -> Answer:
+            return Answer(error=msg, elapsed_s=time.monotonic() - started)
+
+        try:
+            handle = self._handle(name)
+        except ValueError:
+            return failed(f"no actor {name} in namespace {self.namespace}")
+        try:
+            ref = getattr(handle, method).remote(*args)
+            value = await asyncio.wait_for(ref, timeout)
+        except asyncio.TimeoutError:
+            return failed(f"{name}.{method} did not answer within {timeout:g} s")
+        except RayActorError as exc:
+            self.handles.pop(name, None)
+            return failed(f"{name} is unavailable: {_first_line(exc)}")
+        except ray.exceptions.RayError as exc:
+            return failed(f"{name}.{method} failed: {_first_line(exc)}")
+        except Exception as exc:  # noqa: BLE001 - an agent's own error is reported, not raised
+            return failed(f"{name}.{method} failed: {type(exc).__name__}: {_first_line(exc)}")
+        return Answer(value=value, elapsed_s=time.monotonic() - started)
+
+    async def _ask_agents(self, method: str, symbols: tuple[str, ...] | None = None) -> dict[str, Answer]:
+        symbols = self.symbols if symbols is None else symbols
+        answers = await asyncio.gather(
+            *(self._call(AGENT_PREFIX + s, method, self.settings.agent_timeout_s) for s in symbols)
+        )
+        return dict(zip(symbols, answers))
+
+    async def _ask_controller(self, method: str, *args: Any, timeout: float | None = None) -> Answer:
+        return await self._call(CONTROLLER_NAME, method, timeout or self.settings.controller_timeout_s, *args)
+
+    async def _controller_or_503(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        ans = await self._ask_controller(method, *args, timeout=timeout)
+        if not ans.ok:
+            raise HTTPException(503, f"fleet controller not reachable: {ans.error}")
+        return ans.value
+
+    async def _restarts(self) -> dict[str, int]:
+        """Restart counts as Ray's GCS records them (the agents themselves cannot know)."""
+        ids = {}
+        for sym in self.symbols:
+            handle = self.handles.get(AGENT_PREFIX + sym)
+            if handle is not None:
+                ids[sym] = handle._actor_id.hex()
+        if not ids:
+            return {}
+
+        def lookup() -> dict[str, int]:
+            from ray._private import state
+
+            out = {}
+            for sym, actor_id in ids.items():
+                record = state.actors(actor_id=actor_id)
+                if record:
+                    out[sym] = int(record.get("NumRestarts", 0))
+            return out
+
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(lookup), self.settings.agent_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - restarts are informative; the page still renders
+            log.warning("restart counts unavailable: %s", _first_line(exc))
+            return {}
+
+    def _check_symbols(self, symbols: list[str] | None) -> list[str] | None:
+        if symbols is None:
+            return None
+        unknown = [s for s in symbols if s not in self.symbols]
+        if unknown:
+            raise HTTPException(
+                404, f"unknown symbol(s): {', '.join(unknown)}; this fleet trades {', '.join(self.symbols)}"
+            )
+        return list(dict.fromkeys(symbols))
+
+    # --- endpoints ---
+
+    @api.get("/health", summary="liveness of the endpoint (open)")
+    async def health(self) -> dict[str, Any]:
+        return {"ok": True, "fleet": self.cfg.name, "symbols": len(self.symbols)}
+
+    @api.get("/status", summary="per agent: state, epoch, lease, streams, book age, restarts")
+    async def status(self, creds: Credentials) -> dict[str, Any]:
+        self._authorize(creds)
+        agents, controller = await asyncio.gather(self._ask_agents("status"), self._ask_controller("status"))
+        restarts = await self._restarts()
+        per_symbol = {}
+        for sym, ans in agents.items():
+            entry: dict[str, Any] = {"reachable": ans.ok, "answer_ms": round(ans.elapsed_s * 1000, 1)}
+            entry.update(ans.value if ans.ok and isinstance(ans.value, dict) else {})
+            if not ans.ok:
+                entry["error"] = ans.error
+            if sym in restarts:
+                entry["restarts"] = restarts[sym]
+            per_symbol[sym] = entry
+        return {
+            "fleet": self.cfg.name,
+            "namespace": self.namespace,
+            "agents_expected": len(self.symbols),
+            "agents_up": sum(1 for a in agents.values() if a.ok),
+            "agents": per_symbol,
+            "controller": _answer_json(controller),
+        }
+
+    @api.get("/exposure", summary="per symbol position, notional, worst case vs cap, P&L; fleet totals")
+    async def exposure(self, creds: Credentials) -> dict[str, Any]:
+        self._authorize(creds)
+        agents, kill = await asyncio.gather(self._ask_agents("exposure"), self._ask_controller("kill_states"))
+        kill_states = _kill_state_map(kill.value) if kill.ok else {}
+        per_symbol = {}
+        for sym, ans in agents.items():
+            entry: dict[str, Any] = {"reachable": ans.ok}
+            if ans.ok and isinstance(ans.value, dict):
+                entry.update(ans.value)
+            elif not ans.ok:
+                entry["error"] = ans.error
+            if sym in kill_states:
+                entry["kill_state"] = kill_states[sym]
+            per_symbol[sym] = entry
+        return {
+            "fleet": self.cfg.name,
+            "symbols": per_symbol,
+            "totals": fleet_totals(per_symbol, self.cfg.risk.max_total_notional),
+            "kill_states_error": None if kill.ok else kill.error,
+        }
+
+    @api.get("/metrics", summary="every agent's metrics merged, plus fleet series (Prometheus text)")
+    async def metrics(self, creds: Credentials) -> Response:
+        if self.cfg.api.metrics_require_auth:
+            self._authorize(creds)
+        started = time.monotonic()
+        agents, kill = await asyncio.gather(self._ask_agents("metrics"), self._ask_controller("kill_states"))
+        restarts = await self._restarts()
+        scrapes = [
+            AgentScrape(
+                symbol=sym,
+                exposition=_as_text(ans.value) if ans.ok else None,
+                error=ans.error,
+                elapsed_s=ans.elapsed_s,
+            )
+            for sym, ans in agents.items()
+        ]
+        view = FleetView(
+            fleet=self.cfg.name,
+            symbols=self.symbols,
+            kill_states=_kill_state_map(kill.value) if kill.ok else {},
+            restarts=restarts,
+            kill_latency=self.kill_latency,
+            controller_up=kill.ok,
+        )
+        page = render_fleet_page(view, scrapes)
+        for problem in page.dropped:
+            log.warning("metrics: %s", problem)
+        for s in scrapes:
+            if not s.answered:
+                log.warning("metrics: %s did not answer: %s", s.symbol, s.error)
+        log.debug("metrics page built in %.1f ms", (time.monotonic() - started) * 1000)
+        return Response(content=page.body, media_type=CONTENT_TYPE_LATEST)
+
+    @api.get("/kill", summary="kill state per symbol (from the controller)")
+    async def kill_states(self, creds: Credentials) -> dict[str, Any]:
+        self._authorize(creds)
+        return {"fleet": self.cfg.name, "kill_states": await self._controller_or_503("kill_states")}
+
+    @api.post("/kill", summary="halt or flatten symbols; answers once 0 open orders are confirmed")
+    async def kill(self, body: KillRequest, creds: Credentials) -> dict[str, Any]:
+        self._authorize(creds)
+        symbols = self._check_symbols(body.symbols)
+        started = time.monotonic()
+        log.warning("kill %s of %s requested: %s", body.mode, symbols or "all symbols", body.reason)
+        result = await self._controller_or_503(
+            "kill", symbols, body.mode, body.reason, timeout=self.settings.kill_timeout_s
+        )
+        elapsed = time.monotonic() - started
+        self.kill_latency = self.kill_latency.observe(elapsed)
+        log.warning("kill %s done in %.1f ms", body.mode, elapsed * 1000)
+        return {"mode": body.mode, "reason": body.reason, "elapsed_ms": round(elapsed * 1000, 1), "result": result}
+
+    @api.post("/resume", summary="resume halted symbols")
+    async def resume(self, body: ResumeRequest, creds: Credentials) -> dict[str, Any]:
+        self._authorize(creds)
+        symbols = self._check_symbols(body.symbols)
+        started = time.monotonic()
+        log.warning("resume of %s requested: %s", symbols or "all symbols", body.reason or "(no reason)")
+        result = await self._controller_or_503("resume", symbols, timeout=self.settings.kill_timeout_s)
+        return {"elapsed_ms": round((time.monotonic() - started) * 1000, 1), "result": result}
+
+
+# --- deploying -----------------------------------------------------------------------------------
+
+
+def _resolved(cfg: FleetConfig) -> FleetConfig:
+    """Make a relative token file absolute, so the replica finds it whatever its working directory."""
+    if cfg.api.token_file and not os.path.isabs(cfg.api.token_file):
+        api_cfg = cfg.api.model_copy(update={"token_file": os.path.abspath(cfg.api.token_file)})
+        return cfg.model_copy(update={"api": api_cfg})
+    return cfg
+
+
+def deploy(
+    fleet_cfg: FleetConfig,
+    *,
+    namespace: str | None = None,
+    route_prefix: str = "/",
+    settings: ApiSettings = ApiSettings(),
+) -> str:
+    """Deploy (or update) the fleet's endpoint on the connected Ray cluster; return its base URL.
+
+    Serve's HTTP options are cluster-wide and fixed by the first start; when Serve already runs,
+    the URL returned is where it really listens. Call again after ``apply`` with the new config.
+    """
+    import ray
+    from ray.serve.context import _get_global_client
+
+    if not ray.is_initialized():
+        raise RuntimeError("deploy() needs a Ray connection: call ray.init(...) first")
+    cfg = _resolved(fleet_cfg)
+    ns = namespace or cfg.namespace
+    serve.start(proxy_location="HeadOnly", http_options={"host": cfg.api.host, "port": cfg.api.port})
+    app = FleetApi.options(
+        ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}},
+    ).bind(cfg.model_dump(mode="json"), ns, asdict(settings))
+    serve.run(app, name=app_name(cfg.name), route_prefix=route_prefix)
+    http = _get_global_client().http_config
+    if (http.host, http.port) != (cfg.api.host, cfg.api.port):
+        log.warning(
+            "Serve already listens on %s:%s (config asks %s:%s); using it",
+            http.host, http.port, cfg.api.host, cfg.api.port,
+        )
+    host = "127.0.0.1" if http.host in ("0.0.0.0", "") else http.host
+    return f"http://{host}:{http.port}{route_prefix.rstrip('/')}"
+
+
+def undeploy(fleet_cfg: FleetConfig, *, namespace: str | None = None) -> None:
+    """Remove the fleet's endpoint; idempotent. Serve itself stays up for other fleets."""
+    import ray
+
+    if not ray.is_initialized():
+        raise RuntimeError("undeploy() needs a Ray connection: call ray.init(...) first")
+    if app_name(fleet_cfg.name) in serve.status().applications:
+        serve.delete(app_name(fleet_cfg.name))
+
+
+def is_deployed(fleet_cfg: FleetConfig) -> bool:
+    """Whether the fleet's endpoint is deployed on the connected cluster."""
+    return app_name(fleet_cfg.name) in serve.status().applications

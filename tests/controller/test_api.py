@@ -1,0 +1,195 @@
+"""The fleet endpoint over real HTTP on the session's Ray cluster: auth, validation, honesty about
+agents and a controller that are not there. (The endpoint with a live fleet: test_api_fleet.py.)"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import uuid
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from controller.api import deploy, is_deployed, undeploy
+from fleet.config import AccountConfig, ApiConfig, FleetConfig, SymbolEntry
+
+SYMBOLS = ("ETHUSDC", "BTCUSDT", "SOLUSDT")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fleet_config(name: str, token_file: str, **api: object) -> FleetConfig:
+    return FleetConfig(
+        name=name,
+        accounts=(AccountConfig(name="main", api_key_env="MMFLEET_TEST_KEY", api_secret_env="MMFLEET_TEST_SECRET"),),
+        symbols=tuple(SymbolEntry(symbol=s, account="main") for s in SYMBOLS),
+        api=ApiConfig(host="127.0.0.1", port=free_port(), token_env=None, token_file=token_file, **api),
+    )
+
+
+@pytest.fixture(scope="module")
+def endpoint(ray_cluster, tmp_path_factory):
+    """An endpoint for a fleet with no controller and no agents deployed (yet)."""
+    token = secrets.token_urlsafe(24)
+    token_file = tmp_path_factory.mktemp("api") / "api.token"
+    token_file.write_text(token + "\n")
+    cfg = fleet_config(f"apitest{uuid.uuid4().hex[:6]}", str(token_file))
+    url = deploy(cfg, route_prefix=f"/{cfg.name}")
+    yield url, token, cfg
+    undeploy(cfg)
+    assert not is_deployed(cfg)
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+PROTECTED = [
+    ("GET", "/status", None),
+    ("GET", "/exposure", None),
+    ("GET", "/kill", None),
+    ("POST", "/kill", {"all": True, "mode": "halt", "reason": "test"}),
+    ("POST", "/resume", {"all": True}),
+]
+
+
+def test_health_is_open(endpoint):
+    url, _, cfg = endpoint
+    r = requests.get(f"{url}/health", timeout=10)
+    assert r.status_code == 200
+    assert r.json() == {"ok": True, "fleet": cfg.name, "symbols": 3}
+
+
+@pytest.mark.parametrize("method,path,body", PROTECTED)
+def test_protected_endpoints_answer_401_without_a_token_and_403_with_a_wrong_one(endpoint, method, path, body):
+    url, token, _ = endpoint
+    r = requests.request(method, f"{url}{path}", json=body, timeout=10)
+    assert r.status_code == 401, r.text
+    assert r.headers.get("www-authenticate") == "Bearer"
+    assert "Authorization: Bearer" in r.json()["detail"]
+    r = requests.request(method, f"{url}{path}", json=body, headers={"Authorization": f"Basic {token}"}, timeout=10)
+    assert r.status_code == 401, r.text
+    r = requests.request(method, f"{url}{path}", json=body, headers=auth(token + "x"), timeout=10)
+    assert r.status_code == 403, r.text
+    assert r.json()["detail"] == "invalid API token"
+
+
+def test_status_with_the_right_token_names_every_agent_that_is_missing(endpoint):
+    url, token, cfg = endpoint
+    r = requests.get(f"{url}/status", headers=auth(token), timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["agents_expected"] == 3 and body["agents_up"] == 0
+    for sym in SYMBOLS:
+        agent = body["agents"][sym]
+        assert agent["reachable"] is False
+        assert agent["error"] == f"no actor agent.{sym} in namespace {cfg.namespace}"
+    assert body["controller"] == {
+        "reachable": False,
+        "error": f"no actor controller in namespace {cfg.namespace}",
+    }
+
+
+def test_exposure_totals_say_they_are_incomplete_when_agents_are_missing(endpoint):
+    url, token, _ = endpoint
+    body = requests.get(f"{url}/exposure", headers=auth(token), timeout=30).json()
+    totals = body["totals"]
+    assert totals["complete"] is False
+    assert totals["symbols_missing"] == sorted(SYMBOLS)
+    assert totals["gross_notional"] == 0 and totals["symbols_answered"] == 0
+    assert body["kill_states_error"].startswith("no actor controller")
+
+
+def test_metrics_is_open_and_reports_every_agent_down(endpoint):
+    url, _, cfg = endpoint
+    r = requests.get(f"{url}/metrics", timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain")
+    fams = {f.name: f for f in text_string_to_metric_families(r.text)}
+    assert {s.labels["symbol"]: s.value for s in fams["mmfleet_agent_up"].samples} == dict.fromkeys(SYMBOLS, 0.0)
+    assert fams["mmfleet_agents_expected"].samples[0].value == 3
+    assert fams["mmfleet_controller_up"].samples[0].value == 0
+
+
+def test_kill_without_a_controller_is_503_naming_it(endpoint):
+    url, token, cfg = endpoint
+    r = requests.post(f"{url}/kill", json={"all": True, "reason": "drill"}, headers=auth(token), timeout=30)
+    assert r.status_code == 503
+    assert r.json()["detail"] == f"fleet controller not reachable: no actor controller in namespace {cfg.namespace}"
+
+
+@pytest.mark.parametrize(
+    "body,status,names",
+    [
+        ({"symbols": ["DOGEUSDT", "ETHUSDC"], "reason": "x"}, 404, "DOGEUSDT"),
+        ({"symbols": ["ethusdc"], "reason": "x"}, 422, "ethusdc"),
+        ({"symbols": ["ETHUSDC"], "all": True, "reason": "x"}, 422, "either symbols or all=true"),
+        ({"reason": "x"}, 422, "give symbols"),
+        ({"symbols": [], "reason": "x"}, 422, "give symbols"),
+        ({"all": True, "mode": "liquidate", "reason": "x"}, 422, "liquidate"),
+        ({"all": True}, 422, "reason"),
+        ({"all": True, "reason": "x", "price": 1}, 422, "price"),
+    ],
+)
+def test_bad_kill_requests_get_a_4xx_naming_the_problem(endpoint, body, status, names):
+    url, token, _ = endpoint
+    r = requests.post(f"{url}/kill", json=body, headers=auth(token), timeout=30)
+    assert r.status_code == status, r.text
+    assert names in r.text
+
+
+def test_a_body_that_is_not_json_is_a_422(endpoint):
+    url, token, _ = endpoint
+    r = requests.post(f"{url}/kill", data="halt everything", headers=auth(token), timeout=30)
+    assert r.status_code == 422
+
+
+def test_openapi_docs_are_served(endpoint):
+    url, _, _ = endpoint
+    assert requests.get(f"{url}/docs", timeout=10).status_code == 200
+    spec = requests.get(f"{url}/openapi.json", timeout=10).json()
+    assert {"/health", "/status", "/exposure", "/metrics", "/kill", "/resume"} <= set(spec["paths"])
+    assert "HTTPBearer" in spec["components"]["securitySchemes"]
+
+
+def test_the_token_appears_in_no_response(endpoint):
+    url, token, _ = endpoint
+    seen = []
+    for path in ("/health", "/status", "/exposure", "/metrics", "/kill", "/docs", "/openapi.json", "/nope"):
+        for headers in ({}, auth(token), auth("wrong")):
+            seen.append(requests.get(f"{url}{path}", headers=headers, timeout=30))
+    for body in ({"all": True, "reason": "x"}, {"symbols": ["X"], "reason": "x"}, {}):
+        seen.append(requests.post(f"{url}/kill", json=body, headers=auth(token), timeout=30))
+    for r in seen:
+        assert token not in r.text, r.url
+        assert all(token not in v for v in r.headers.values()), r.url
+
+
+def test_metrics_can_require_the_token(ray_cluster, tmp_path):
+    token = secrets.token_urlsafe(24)
+    (tmp_path / "t").write_text(token)
+    cfg = fleet_config(f"apiauth{uuid.uuid4().hex[:6]}", str(tmp_path / "t"), metrics_require_auth=True)
+    url = deploy(cfg, route_prefix=f"/{cfg.name}")
+    try:
+        assert requests.get(f"{url}/metrics", timeout=30).status_code == 401
+        assert requests.get(f"{url}/metrics", headers=auth("no"), timeout=30).status_code == 403
+        assert requests.get(f"{url}/metrics", headers=auth(token), timeout=30).status_code == 200
+        assert requests.get(f"{url}/health", timeout=30).status_code == 200
+    finally:
+        undeploy(cfg)
+
+
+def test_without_any_token_configured_protected_endpoints_refuse(ray_cluster, tmp_path):
+    cfg = fleet_config(f"apinotok{uuid.uuid4().hex[:6]}", str(tmp_path / "absent"))
+    url = deploy(cfg, route_prefix=f"/{cfg.name}")
+    try:
+        r = requests.get(f"{url}/status", headers=auth(""), timeout=30)
+        assert r.status_code == 503
+        assert str(tmp_path / "absent") in r.json()["detail"]
+    finally:
+        undeploy(cfg)
