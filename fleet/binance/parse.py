@@ -1,7 +1,7 @@
 """Stream frames -> typed events (:mod:`fleet.binance.events`).
 
-Decoding uses orjson: on this project's frames it is several times faster than the stdlib ``json``
-(``bench/client_bench.py`` prints both). A frame that lacks a field or carries a bad value raises
+Decoding uses orjson: decode+parse of a bookTicker frame takes ~2.7 µs with it against ~4.1 µs with
+the stdlib ``json`` (ORDER_TRADE_UPDATE: ~8 µs vs ~11 µs); ``bench/client_bench.py`` prints both. A frame that lacks a field or carries a bad value raises
 :class:`FrameError`; an event type we do not know becomes a :class:`~fleet.binance.events.RawEvent`.
 """
 
