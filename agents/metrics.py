@@ -1,0 +1,177 @@
+"""The agent's metrics: its own CollectorRegistry, every series labelled ``symbol``.
+
+A custom collector reads the core's numbers at scrape time, so the hot path pays nothing and no
+``_created`` series appear (without touching prometheus_client's process-wide switches). The seed's
+twelve names come out exactly as written: ``mm_grind_count_total`` is a counter (prometheus_client
+adds ``_total``), ``mm_rest_fallback_count`` a gauge (a counter could not keep that name).
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import TYPE_CHECKING, Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from .core import AgentCore
+
+SEED_METRICS = (
+    "mm_worst_case_long",
+    "mm_worst_case_short",
+    "mm_dynamic_decay_factor",
+    "mm_funding_pnl_acc",
+    "mm_predicted_funding_rate",
+    "mm_grind_count_total",
+    "mm_grind_active",
+    "mm_grind_cost_saved",
+    "mm_price_stddev_30m",
+    "mm_quote_suppressed",
+    "mm_ws_connected",
+    "mm_rest_fallback_count",
+)
+
+# Tick (market event received) to order (request handed to the client), in seconds.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+HALT_STATES = ("running", "halted", "flattening")
+
+
+class AgentMetrics:
+    """One agent's metric set. The runtime reports stream health and latency; the rest is read from the core."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, symbol: str, core: "AgentCore | None" = None) -> None:
+        self.symbol = symbol
+        self.core = core
+        self.ws_connected = False
+        self.rest_fallback_count = 0
+        self._lat_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._lat_sum = 0.0
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    # ------------------------------------------------------------------ what the runtime reports
+
+    def bind(self, core: "AgentCore") -> None:
+        """Read from this core from now on (a new core after a restart of the runtime)."""
+        self.core = core
+
+    def set_ws_connected(self, connected: bool) -> None:
+        self.ws_connected = bool(connected)
+
+    def inc_rest_fallback(self, n: int = 1) -> None:
+        """A resync from REST (reconnect, gap, unknown order state)."""
+        self.rest_fallback_count += n
+
+    def observe_tick_to_order(self, seconds: float) -> None:
+        self._lat_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self._lat_sum += seconds
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this agent's registry."""
+        return generate_latest(self.registry)
+
+    # ------------------------------------------------------------------ collector protocol
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        sym = [self.symbol]
+        L = ["symbol"]
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            g = GaugeMetricFamily(name, doc, labels=L)
+            g.add_metric(sym, float(value))
+            return g
+
+        core = self.core
+        yield gauge("mm_ws_connected", "1 while the user data stream is connected", 1 if self.ws_connected else 0)
+        yield gauge("mm_rest_fallback_count", "resyncs of orders and position from REST", self.rest_fallback_count)
+        h = HistogramMetricFamily(
+            "mm_tick_to_order_seconds", "from a market event to the order request leaving the core", labels=L
+        )
+        cum = 0
+        buckets = []
+        for bound, n in zip(LATENCY_BUCKETS, self._lat_counts):
+            cum += n
+            buckets.append((repr(bound), cum))
+        buckets.append(("+Inf", cum + self._lat_counts[-1]))
+        h.add_metric(sym, buckets, self._lat_sum)
+        yield h
+        if core is None:
+            for name in SEED_METRICS:
+                if name in ("mm_ws_connected", "mm_rest_fallback_count"):
+                    continue
+                if name == "mm_grind_count_total":
+                    c = CounterMetricFamily("mm_grind_count", "grinds fired", labels=L)
+                    c.add_metric(sym, 0.0)
+                    yield c
+                else:
+                    yield gauge(name, "no core bound yet", 0.0)
+            return
+
+        s = core.store
+        lad = core.last_ladder
+        eng = core.grinding
+        yield gauge("mm_worst_case_long", "position + pending buys (base units)", s.worst_long)
+        yield gauge("mm_worst_case_short", "position - pending sells (base units)", s.worst_short)
+        yield gauge(
+            "mm_dynamic_decay_factor",
+            "exp(-|worst| / net_max * size_decay_k) of the last ladder (stronger side)",
+            lad.decay_factor if lad is not None else 1.0,
+        )
+        yield gauge("mm_funding_pnl_acc", "funding P&L summed from FUNDING_FEE balance changes", s.funding_pnl)
+        yield gauge("mm_predicted_funding_rate", "EMA prediction of the next funding rate", s.predicted_funding)
+        c = CounterMetricFamily("mm_grind_count", "grinds fired", labels=L)
+        c.add_metric(sym, float(eng.count_total))
+        yield c
+        yield gauge("mm_grind_active", "1 while a grind awaits its fill and re-entry", 1 if eng.active else 0)
+        yield gauge("mm_grind_cost_saved", "estimated quote-currency saving of all grinds", eng.cost_saved)
+        yield gauge("mm_price_stddev_30m", "relative stddev (stddev / mean) of 30 minutes of mids", s.price_stddev_30m())
+        yield gauge(
+            "mm_quote_suppressed", "1 when a side stopped at the worst-case cap", 1 if lad is not None and lad.suppressed else 0
+        )
+        # -- beyond the seed
+        yield gauge("mm_position", "signed position (base units)", s.position)
+        yield gauge("mm_entry_price", "average entry price", s.entry_price)
+        yield gauge("mm_pending_buy", "remaining size of open and in-flight buys", s.pending_buy_size())
+        yield gauge("mm_pending_sell", "remaining size of open and in-flight sells", s.pending_sell_size())
+        yield gauge("mm_open_orders", "open and in-flight orders", len(s.orders))
+        yield gauge("mm_mid_price", "book mid", s.mid)
+        yield gauge("mm_mark_price", "mark price", s.mark)
+        yield gauge("mm_realized_pnl", "realized P&L from fills (quote currency)", s.realized_pnl)
+        yield gauge("mm_unrealized_pnl", "unrealized P&L at mark", s.unrealized_pnl())
+        yield gauge("mm_commission", "commission paid (quote currency)", s.commission)
+        yield gauge("mm_equity", "wallet balance + unrealized P&L", s.equity())
+        yield gauge("mm_drawdown_pct", "percent below peak equity", s.drawdown_pct())
+        state = GaugeMetricFamily("mm_halt_state", "1 for the current halt state", labels=["symbol", "state"])
+        for st in HALT_STATES:
+            state.add_metric([self.symbol, st], 1.0 if core.guard.state == st else 0.0)
+        yield state
+        yield gauge("mm_reduce_only", "1 while the fleet holds this symbol reduce-only", 1 if core.guard.reduce_only_mode else 0)
+        fills = CounterMetricFamily("mm_fills", "fills booked", labels=["symbol", "side"])
+        fills.add_metric([self.symbol, "BUY"], float(s.fills_buy))
+        fills.add_metric([self.symbol, "SELL"], float(s.fills_sell))
+        yield fills
+        sent = CounterMetricFamily("mm_orders_sent", "requests sent, by action", labels=["symbol", "action"])
+        for action, n in core.orders_sent.items():
+            sent.add_metric([self.symbol, action], float(n))
+        yield sent
+        rej = CounterMetricFamily("mm_rejects", "exchange rejections, by error code", labels=["symbol", "code"])
+        for code, n in sorted(s.rejects.items()):
+            rej.add_metric([self.symbol, str(code)], float(n))
+        yield rej
+        ref = CounterMetricFamily("mm_guard_refusals", "orders the RiskGuard refused, by reason", labels=["symbol", "reason"])
+        for reason, n in sorted(core.guard.refusals.items()):
+            ref.add_metric([self.symbol, reason], float(n))
+        yield ref
+        yield _counter("mm_quote_cycles", "quote cycles run", sym, core.cycles)
+
+
+def _counter(name: str, doc: str, labels: list[str], value: float) -> CounterMetricFamily:
+    c = CounterMetricFamily(name, doc, labels=["symbol"])
+    c.add_metric(labels, float(value))
+    return c
