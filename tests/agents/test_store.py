@@ -1,0 +1,289 @@
+"""Store: in-flight orders, idempotent ordered updates, pending sizes, position, window, funding, P&L."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+
+import pytest
+
+from agents.orders import Amend, Cancel, Place
+from agents.store import MISSING, PENDING_NEW, Store
+from fleet.binance.events import BUY, SELL
+
+from .test_core_support import (
+    SYMBOL,
+    account_update,
+    book,
+    eth_filters,
+    funding_fee,
+    mark,
+    order_info,
+    order_update,
+    position_info,
+    seed_params,
+)
+
+
+@pytest.fixture
+def store() -> Store:
+    return Store(SYMBOL, eth_filters(), seed_params())
+
+
+def place(cid: str, side: str = BUY, px: int = 300_000, steps: int = 7, reason: str = "ladder") -> Place:
+    return Place(cid, side, px, steps, "GTX", False, "LIMIT", reason, 0)
+
+
+def assert_pending_consistent(s: Store) -> None:
+    assert (s.pending_buy_steps, s.pending_sell_steps) == s.recompute_pending()
+    assert s.pending_buy_steps >= 0 and s.pending_sell_steps >= 0
+
+
+def test_an_order_counts_as_pending_from_the_moment_it_is_sent(store):
+    store.on_sent(place("a", BUY, steps=7), 10)
+    store.on_sent(place("b", SELL, steps=5), 10)
+    assert store.pending_buy_size() == pytest.approx(0.007)
+    assert store.pending_sell_size() == pytest.approx(0.005)
+    assert store.orders["a"].status == PENDING_NEW
+    assert store.worst_long_steps == 7 and store.worst_short_steps == -5
+
+
+def test_ack_keeps_pending_and_learns_the_exchange_id(store):
+    store.on_sent(place("a"), 10)
+    store.apply(order_update("a", 101, BUY, 300_000, 7, t=11))
+    o = store.orders["a"]
+    assert o.order_id == 101 and o.status == "NEW"
+    assert store.pending_buy_steps == 7
+    assert_pending_consistent(store)
+
+
+def test_partial_fill_moves_quantity_from_pending_to_position(store):
+    store.on_sent(place("a"), 10)
+    store.apply(order_update("a", 101, BUY, 300_000, 7, t=11))
+    store.apply(order_update("a", 101, BUY, 300_000, 7, status="PARTIALLY_FILLED", cum_steps=3, last_steps=3, t=12, trade_id=1))
+    assert store.position_steps == 3
+    assert store.pending_buy_steps == 4
+    assert store.entry_price == pytest.approx(3000.0)
+    store.apply(order_update("a", 101, BUY, 300_000, 7, status="FILLED", cum_steps=7, last_steps=4, t=13, trade_id=2))
+    assert store.position_steps == 7
+    assert store.pending_buy_steps == 0
+    assert "a" not in store.orders and store.get("a").status == "FILLED"
+    assert store.fills_buy == 2
+
+
+def test_duplicate_and_older_updates_change_nothing(store):
+    store.on_sent(place("a"), 10)
+    new = order_update("a", 101, BUY, 300_000, 7, t=11)
+    part = order_update("a", 101, BUY, 300_000, 7, status="PARTIALLY_FILLED", cum_steps=3, last_steps=3, t=12, trade_id=1)
+    store.apply(new)
+    assert store.apply(part)
+    assert not store.apply(part)  # duplicate
+    assert not store.apply(new)  # older
+    assert store.position_steps == 3 and store.pending_buy_steps == 4
+    assert store.stale_updates == 2
+
+
+def test_fill_reported_before_its_new_event_is_applied_once(store):
+    store.on_sent(place("a"), 10)
+    store.apply(order_update("a", 101, BUY, 300_000, 7, status="FILLED", cum_steps=7, last_steps=7, t=12, trade_id=1))
+    store.apply(order_update("a", 101, BUY, 300_000, 7, t=11))
+    store.apply(order_update("a", 101, BUY, 300_000, 7, status="PARTIALLY_FILLED", cum_steps=3, last_steps=3, t=11, trade_id=2))
+    assert store.position_steps == 7 and store.pending_buy_steps == 0
+    assert not store.orders
+
+
+def test_cancel_in_flight_keeps_the_order_pending_until_the_exchange_closes_it(store):
+    store.on_sent(place("a"), 10)
+    store.apply(order_update("a", 101, BUY, 300_000, 7, t=11))
+    store.on_cancel_sent(Cancel("a", 101), 12)
+    assert store.pending_buy_steps == 7
+    assert store.orders["a"].busy
+    store.apply(order_update("a", 101, BUY, 300_000, 7, status="CANCELED", t=13))
+    assert store.pending_buy_steps == 0 and not store.orders
+
+
+def test_rejected_new_order_stops_counting(store):
+    store.on_sent(place("a"), 10)
+    store.on_rejected("a", -5022, 11)
+    assert store.pending_buy_steps == 0 and not store.orders
+    assert store.rejects == {-5022: 1}
+
+
+def test_amend_counts_as_the_larger_of_old_and_new_until_acknowledged(store):
+    store.on_sent(place("a", steps=7), 10)
+    store.apply(order_update("a", 101, BUY, 300_000, 7, t=11))
+    store.on_amend_sent(Amend("a", 101, BUY, 299_990, 10), 12)
+    assert store.pending_buy_steps == 10
+    store.apply(order_update("a", 101, BUY, 299_990, 10, exec_type="AMENDMENT", t=13))
+    assert store.pending_buy_steps == 10 and not store.orders["a"].busy
+    store.on_amend_sent(Amend("a", 101, BUY, 299_980, 4), 14)
+    assert store.pending_buy_steps == 10  # larger of old (10) and new (4)
+    store.on_order_info(order_info("a", 101, BUY, 299_980, 4, t=15))  # the REST answer of the modify
+    assert store.pending_buy_steps == 4
+    assert store.orders["a"].price_ticks == 299_980
+    assert_pending_consistent(store)
+
+
+def test_rejected_amend_leaves_the_order_as_it_was(store):
+    store.on_sent(place("a", steps=7), 10)
+    store.apply(order_update("a", 101, BUY, 300_000, 7, t=11))
+    store.on_amend_sent(Amend("a", 101, BUY, 299_990, 12), 12)
+    assert store.pending_buy_steps == 12
+    store.on_amend_rejected("a", -5027, 101)
+    assert store.pending_buy_steps == 7 and store.orders["a"].price_ticks == 300_000
+
+
+def test_cancel_rejected_as_unknown_order_closes_it_and_a_late_fill_still_books(store):
+    store.on_sent(place("a", steps=7), 10)
+    store.apply(order_update("a", 101, BUY, 300_000, 7, t=11))
+    store.on_cancel_sent(Cancel("a", 101), 12)
+    store.on_cancel_rejected("a", -2011, 101)
+    assert store.pending_buy_steps == 0 and store.get("a").status == MISSING
+    store.apply(order_update("a", 101, BUY, 300_000, 7, status="FILLED", cum_steps=7, last_steps=7, t=12, trade_id=5))
+    assert store.position_steps == 7 and store.pending_buy_steps == 0
+
+
+def test_cancel_rejected_for_another_reason_can_be_retried(store):
+    store.on_sent(place("a"), 10)
+    store.apply(order_update("a", 101, BUY, 300_000, 7, t=11))
+    store.on_cancel_sent(Cancel("a", 101), 12)
+    store.on_cancel_rejected("a", -1008, 101)
+    assert store.orders["a"].cancel_sent_ms is None and store.pending_buy_steps == 7
+
+
+def test_account_update_is_the_truth_and_fills_it_already_includes_are_not_added_again(store):
+    store.apply(account_update(20, 2990.0, t=100))
+    assert store.position_steps == 20 and store.entry_price == pytest.approx(2990.0)
+    store.apply(order_update("x", 7, SELL, 300_000, 5, status="FILLED", cum_steps=5, last_steps=5, t=100, trade_id=9))
+    assert store.position_steps == 20  # already inside the t=100 position figure
+    store.apply(order_update("y", 8, SELL, 300_000, 5, status="FILLED", cum_steps=5, last_steps=5, t=101, trade_id=10))
+    assert store.position_steps == 15
+    store.apply(account_update(99, 1.0, t=50))  # older: ignored
+    assert store.position_steps == 15
+
+
+def test_orders_of_other_symbols_are_ignored(store):
+    ev = order_update("a", 1, BUY, 300_000, 7, t=1)
+    from dataclasses import replace
+
+    assert not store.apply(replace(ev, symbol="BTCUSDT"))
+    assert not store.orders and store.foreign_events == 1
+
+
+def test_unknown_open_orders_from_the_stream_count_as_pending(store):
+    store.apply(order_update("manual-1", 55, SELL, 301_000, 9, t=5))
+    assert store.pending_sell_steps == 9 and store.orders["manual-1"].reason == "external"
+
+
+def test_snapshot_reset_closes_missing_orders_keeps_fresh_in_flight_and_sets_position(store):
+    store.on_sent(place("gone"), 1_000)
+    store.apply(order_update("gone", 1, BUY, 300_000, 7, t=1_001))
+    store.on_sent(place("kept"), 1_000)
+    store.apply(order_update("kept", 2, BUY, 299_000, 7, t=1_001))
+    store.on_sent(place("fresh", SELL, 301_000, 4), 9_000)
+    store.on_sent(place("old-in-flight", SELL, 302_000, 4), 1_000)
+    snapshot = [
+        order_info("kept", 2, BUY, 299_000, 7, status="PARTIALLY_FILLED", executed_steps=2, avg_ticks=299_000, t=5_000),
+        order_info("other", 3, SELL, 305_000, 6, t=4_000),
+    ]
+    store.reset_from_snapshot(position_info(2, 2990.0, 5_000), snapshot, now_ms=10_000)
+    assert set(store.orders) == {"kept", "other", "fresh"}
+    assert store.get("gone").status == MISSING and store.get("old-in-flight").status == MISSING
+    assert store.position_steps == 2
+    assert store.pending_buy_steps == 5
+    assert store.pending_sell_steps == 6 + 4
+    assert_pending_consistent(store)
+
+
+def test_mid_book_and_mark_with_stale_book_updates_ignored(store):
+    store.apply(book(3000.0, t=1_000, update_id=5))
+    store.apply(book(2900.0, t=1_001, update_id=4))
+    assert store.mid_price() == pytest.approx(3000.0)
+    store.apply(mark(3001.0, t=1_000))
+    assert store.mark == 3001.0
+
+
+def test_price_stddev_30m_is_relative_and_matches_the_window(store):
+    rng = random.Random(3)
+    prices = []
+    t = 0
+    for k in range(4_000):  # one sample a second: 4000 s, window keeps the last 1800 s
+        p = 3000.0 + rng.gauss(0, 4.0) + 0.002 * k
+        t = k * 1_000
+        store.apply(book(p, t=t, update_id=k + 1))
+        prices.append((t, p))
+    window = [p for (tt, p) in prices if tt >= t - 30 * 60 * 1000]
+    expected = statistics.pstdev(window) / statistics.fmean(window)
+    assert store.price_stddev_30m() == pytest.approx(expected, rel=1e-6)
+    assert store.price_window_span_ms() == 30 * 60 * 1000
+
+
+def test_price_window_samples_at_most_once_a_second(store):
+    for k in range(100):
+        store.apply(book(3000.0 + (k % 2), t=k * 100, update_id=k + 1))
+    assert len(store._win) == 10
+
+
+def test_funding_prediction_is_an_ema_sampled_once_a_minute(store):
+    store.apply(mark(3000.0, t=0, rate=0.0001))
+    assert store.predicted_funding_rate() == pytest.approx(0.0001)
+    store.apply(mark(3000.0, t=30_000, rate=0.0009))  # inside the minute: estimate kept, no sample
+    assert store.funding_rate_estimate == 0.0009
+    assert store.predicted_funding_rate() == pytest.approx(0.0001)
+    store.apply(mark(3000.0, t=60_000, rate=0.0005))
+    assert store.predicted_funding_rate() == pytest.approx(0.25 * 0.0005 + 0.75 * 0.0001)
+
+
+def test_funding_pnl_sums_the_exchanges_fee_events_with_their_sign(store):
+    store.apply(funding_fee("-0.00085067", t=1, wallet="38.17806885"))
+    store.apply(funding_fee("0.0021", t=2))
+    store.apply(funding_fee("0.0021", t=2))  # the same event again
+    store.apply(funding_fee("5", t=3, symbol="BTCUSDT"))
+    store.apply(funding_fee("7", t=4, symbol=None))  # cannot be attributed
+    assert store.funding_pnl == pytest.approx(-0.00085067 + 0.0021)
+
+
+def test_realized_and_unrealized_pnl_and_drawdown_from_peak(store):
+    store.apply(order_update("a", 1, BUY, 300_000, 10, status="FILLED", cum_steps=10, last_steps=10, t=1, trade_id=1))
+    store.apply(order_update("b", 2, SELL, 310_000, 4, status="FILLED", cum_steps=4, last_steps=4, t=2, trade_id=2))
+    assert store.position_steps == 6
+    assert store.realized_pnl == pytest.approx(0.004 * 100)
+    store.apply(mark(3100.0, t=3))
+    assert store.unrealized_pnl() == pytest.approx(0.006 * 100)
+    store.apply(account_update(6, 3000.0, t=4, wallet="1000"))
+    assert store.equity() == pytest.approx(1000.6)
+    assert store.drawdown_pct() == pytest.approx(0.0)
+    store.apply(mark(2000.0, t=5))
+    assert store.drawdown_pct() == pytest.approx((1000.6 - (1000 - 6.0)) / 1000.6 * 100)
+
+
+def test_pending_never_negative_under_random_lifecycles(store):
+    rng = random.Random(11)
+    t = 1
+    for n in range(300):
+        cid = f"o{n}"
+        side = rng.choice([BUY, SELL])
+        steps = rng.randint(1, 20)
+        store.on_sent(place(cid, side, 300_000, steps), t)
+        t += 1
+        oid = 1000 + n
+        if rng.random() < 0.2:
+            store.on_rejected(cid, -5022)
+            continue
+        store.apply(order_update(cid, oid, side, 300_000, steps, t=t))
+        cum = 0
+        for _ in range(rng.randint(0, 3)):
+            t += 1
+            d = rng.randint(0, steps - cum)
+            if d == 0:
+                continue
+            cum += d
+            status = "FILLED" if cum == steps else "PARTIALLY_FILLED"
+            store.apply(order_update(cid, oid, side, 300_000, steps, status=status, cum_steps=cum, last_steps=d, t=t, trade_id=t))
+            assert_pending_consistent(store)
+        if cum < steps and rng.random() < 0.5:
+            t += 1
+            store.apply(order_update(cid, oid, side, 300_000, steps, status="CANCELED", cum_steps=cum, t=t))
+        assert_pending_consistent(store)
+    assert math.isfinite(store.realized_pnl)
