@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -58,10 +59,74 @@ def bench_parse() -> None:
     print("  (fleet.binance.parse.decode uses orjson)")
 
 
-async def bench_rest(orders: int) -> None:
-    from bench_support import start_sim  # type: ignore[import-not-found]
+def start_sim() -> tuple[subprocess.Popen, dict]:
+    """``python -m fleet sim --json`` on a free loopback port; its first stdout line describes it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleet", "sim", "--json", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(Path(__file__).resolve().parents[1]),
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.kill()
+        raise SystemExit("the simulator did not start (no --json line on stdout)")
+    return proc, json.loads(line)
 
-    del start_sim, orders
+
+async def bench_rest(orders: int, rest_url: str, key: str, secret: str) -> None:
+    from fleet.binance.client import BinanceClient
+    from fleet.binance.models import OrderRequest
+    from fleet.binance.signing import encode_params, sign
+
+    symbol = "ETHUSDC"
+    ids = iter(range(10**9))
+    params = {"symbol": symbol, "side": "BUY", "type": "LIMIT", "timeInForce": "GTX", "quantity": "0.010",
+              "price": "2000.00", "newClientOrderId": "bench-1", "recvWindow": 5000, "timestamp": 1591702613943}
+    sign_us = p50_us(lambda p: sign(secret, encode_params(p)), params)  # type: ignore[arg-type]
+    print(f"encode+sign one order (no I/O), p50: {sign_us:.2f} µs")
+
+    async with BinanceClient(rest_url, key, secret) as client:
+        await client.sync_time()
+        filters = await client.symbol_filters(symbol)
+        top = await client.book_ticker(symbol)
+        ticks = filters.price_ticks_floor(top.bid) - 500
+
+        def order(i: int) -> OrderRequest:
+            price = filters.price_str(ticks - (i % 150))
+            return OrderRequest(symbol, "BUY", "LIMIT", "0.010", price, "GTX", client_order_id=f"bench-{next(ids)}")
+
+        await client.cancel_all(symbol)
+        for i in range(5):  # warm the connection pool
+            await client.place_order(order(i))
+        await client.cancel_all(symbol)
+        rtts = []
+        for i in range(orders):
+            start = time.perf_counter()
+            await client.place_order(order(i))
+            rtts.append((time.perf_counter() - start) * 1e6)
+            if i % 100 == 99:
+                await client.cancel_all(symbol)
+        await client.cancel_all(symbol)
+        rtts.sort()
+        print(f"sign+send+answer per order on loopback ({orders} sequential orders): "
+              f"p50 {statistics.median(rtts):.0f} µs, p90 {rtts[int(len(rtts) * 0.9)]:.0f} µs")
+
+        reps = 10
+        batch_t, single_t = [], []
+        for r in range(reps):
+            start = time.perf_counter()
+            await client.batch_place([order(r * 10 + j) for j in range(5)])
+            batch_t.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for j in range(5):
+                await client.place_order(order(r * 10 + 5 + j))
+            single_t.append(time.perf_counter() - start)
+            await client.cancel_all(symbol)
+        b, s = statistics.median(batch_t) * 1e3, statistics.median(single_t) * 1e3
+        print(f"place 5 orders: one batchOrders {b:.2f} ms vs 5 sequential singles {s:.2f} ms "
+              f"(ratio singles/batch {s / b:.2f}x; median of {reps})")
 
 
 def main() -> None:
@@ -71,8 +136,15 @@ def main() -> None:
     args = ap.parse_args()
     print(f"# {' '.join([Path(sys.executable).name, *sys.argv])}  (python {sys.version.split()[0]})")
     bench_parse()
-    if not args.parse_only:
-        asyncio.run(bench_rest(args.orders))
+    if args.parse_only:
+        return
+    proc, info = start_sim()
+    try:
+        name, key, secret = info["accounts"][0]
+        asyncio.run(bench_rest(args.orders, info["rest_url"], key, secret))
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 if __name__ == "__main__":
