@@ -17,7 +17,7 @@ from fleet.binance.events import BUY, SELL
 from fleet.binance.filters import SymbolFilters
 from fleet.config import SymbolParams
 
-_EPS = 1e-9
+_EPS = 1e-7  # in ticks/steps: absorbs float noise, far below one unit
 
 
 @dataclass(frozen=True, slots=True)
