@@ -1,0 +1,217 @@
+"""The shipped Prometheus configs with a real Prometheus (Debian's package): a cluster Prometheus
+scrapes the fleet endpoint's /metrics, a central one federates from it, and the fleet's series come
+out of the central one's query API, one per symbol."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "prometheus"
+
+
+# --- a real Prometheus for tests -----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class PrometheusServer:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """Instant query through the HTTP API; the result vector."""
+        r = requests.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10)
+        r.raise_for_status()
+        body = r.json()
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+
+def prometheus_binary() -> str:
+    path = shutil.which("prometheus")
+    if path is None:
+        raise RuntimeError("prometheus is not on PATH: `make test` installs Debian's prometheus package")
+    return path
+
+
+def start_prometheus(config: dict[str, Any], workdir: Path, *, ready_within_s: float = 60.0) -> PrometheusServer:
+    """Start Prometheus with ``config`` and wait until it reports ready."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "prometheus.yml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    port = free_port()
+    log_path = workdir / "prometheus.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(
+        [
+            prometheus_binary(),
+            f"--config.file={config_path}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--web.enable-lifecycle",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    log.close()
+    server = PrometheusServer(f"http://127.0.0.1:{port}", proc, log_path)
+    deadline = time.monotonic() + ready_within_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prometheus exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+        try:
+            if requests.get(f"{server.url}/-/ready", timeout=2).status_code == 200:
+                return server
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"prometheus not ready within {ready_within_s} s: {log_path.read_text()[-2000:]}")
+
+
+def poll(condition, *, within_s: float, every_s: float = 0.5, what: str = "condition"):
+    """Call ``condition`` until it returns something truthy; fail with ``what`` after the deadline."""
+    deadline = time.monotonic() + within_s
+    last = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(every_s)
+    raise AssertionError(f"{what} not met within {within_s} s (last: {last!r})")
+
+
+# --- the shipped configs, pointed at the test's servers -------------------------------------------
+
+
+def cluster_config(endpoint_url: str) -> dict[str, Any]:
+    """configs/prometheus/cluster.yml with the fleet job aimed at ``endpoint_url``, scraping every second."""
+    cfg = yaml.safe_load((CONFIG_DIR / "cluster.yml").read_text())
+    cfg["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
+    parts = urlsplit(endpoint_url)
+    jobs = [j for j in cfg["scrape_configs"] if j["job_name"] == "mmfleet"]
+    assert len(jobs) == 1, "cluster.yml must have exactly one job named mmfleet"
+    job = copy.deepcopy(jobs[0])
+    job["static_configs"] = [{"targets": [parts.netloc]}]
+    job["metrics_path"] = f"{parts.path.rstrip('/')}{job['metrics_path']}"
+    cfg["scrape_configs"] = [job]      # Ray's own job is for real clusters; not under test here
+    return cfg
+
+
+def central_config(cluster_url: str) -> dict[str, Any]:
+    """configs/prometheus/central.yml federating from ``cluster_url``, every second."""
+    cfg = yaml.safe_load((CONFIG_DIR / "central.yml").read_text())
+    cfg["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
+    (job,) = cfg["scrape_configs"]
+    job["static_configs"] = [{"targets": [urlsplit(cluster_url).netloc]}]
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def prometheus_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("prometheus")
+
+
+def test_shipped_configs_pass_promtool():
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is not on PATH: `make test` installs Debian's prometheus package"
+    out = subprocess.run(
+        [promtool, "check", "config", str(CONFIG_DIR / "cluster.yml"), str(CONFIG_DIR / "central.yml")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_central_config_federates_with_honor_labels():
+    (job,) = yaml.safe_load((CONFIG_DIR / "central.yml").read_text())["scrape_configs"]
+    assert job["metrics_path"] == "/federate"
+    assert job["honor_labels"] is True
+    assert '{job="mmfleet"}' in job["params"]["match[]"]
+
+
+# --- end to end: endpoint -> cluster Prometheus -> central Prometheus ------------------------------
+
+SYMBOLS = ("ETHUSDC", "BTCUSDT", "SOLUSDT")
+
+
+@pytest.fixture(scope="module")
+def endpoint(ray_cluster, tmp_path_factory):
+    import secrets
+    import uuid
+
+    from controller.api import deploy, undeploy
+    from fleet.config import AccountConfig, ApiConfig, FleetConfig, SymbolEntry
+
+    token_file = tmp_path_factory.mktemp("api") / "api.token"
+    token_file.write_text(secrets.token_urlsafe(24))
+    cfg = FleetConfig(
+        name=f"promtest{uuid.uuid4().hex[:6]}",
+        accounts=(AccountConfig(name="main", api_key_env="K", api_secret_env="S"),),
+        symbols=tuple(SymbolEntry(symbol=s, account="main") for s in SYMBOLS),
+        api=ApiConfig(port=free_port(), token_env=None, token_file=str(token_file)),
+    )
+    url = deploy(cfg, route_prefix=f"/{cfg.name}")
+    yield url, cfg
+    undeploy(cfg)
+
+
+@pytest.fixture(scope="module")
+def prometheus_pair(endpoint, prometheus_dir):
+    url, _ = endpoint
+    cluster = start_prometheus(cluster_config(url), prometheus_dir / "cluster")
+    try:
+        central = start_prometheus(central_config(cluster.url), prometheus_dir / "central")
+    except BaseException:
+        cluster.stop()
+        raise
+    yield cluster, central
+    central.stop()
+    cluster.stop()
+
+
+def test_the_central_prometheus_returns_fleet_series_for_every_symbol(prometheus_pair):
+    cluster, central = prometheus_pair
+
+    def per_symbol(server: PrometheusServer, promql: str) -> dict[str, dict[str, str]]:
+        return {r["metric"]["symbol"]: r["metric"] for r in server.query(promql) if "symbol" in r["metric"]}
+
+    scraped = poll(
+        lambda: len(per_symbol(cluster, "mmfleet_agent_up")) == len(SYMBOLS),
+        within_s=60, what="cluster Prometheus scraped mmfleet_agent_up for every symbol",
+    )
+    assert scraped
+    federated = poll(
+        lambda: (lambda m: m if len(m) == len(SYMBOLS) else None)(per_symbol(central, "mmfleet_agent_up")),
+        within_s=60, what="central Prometheus federated mmfleet_agent_up for every symbol",
+    )
+    for labels in federated.values():
+        # honor_labels kept the cluster's job and its external label
+        assert labels["job"] == "mmfleet" and labels["cluster"] == "mmfleet-tokyo"
