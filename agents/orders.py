@@ -20,8 +20,8 @@ CANCEL_BATCH_MAX = 10
 
 # Binance's pattern for newClientOrderId, and ours inside it: mm-<symbol>-e<epoch>-<seq>.
 CLIENT_ORDER_ID_PATTERN = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
-_OUR_ID = re.compile(r"^mm-([A-Z0-9]{1,12})-e([0-9]{1,10})-([0-9]{1,12})$")
-_SYMBOL_SHORT = 12
+_OUR_ID = re.compile(r"^mm-([A-Z0-9]{1,10})-e([0-9]{1,10})-([0-9]{1,10})$")
+_SYMBOL_SHORT = 10  # mm- + 10 + -e + 10-digit epoch + - + 10-digit seq = 36
 
 
 # --- decisions --------------------------------------------------------------------------------
@@ -125,7 +125,7 @@ class ClientOrderIds:
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         short = symbol_short(symbol)
-        if not re.fullmatch(r"[A-Z0-9]{1,12}", short):
+        if not re.fullmatch(r"[A-Z0-9]{1,10}", short):
             raise ValueError(f"symbol {symbol!r} must be upper-case letters and digits")
         self.symbol = symbol
         self.epoch = epoch
