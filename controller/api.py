@@ -12,6 +12,7 @@ import hmac
 import logging
 import math
 import os
+import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -435,6 +436,25 @@ def _resolved(cfg: FleetConfig) -> FleetConfig:
         api_cfg = cfg.api.model_copy(update={"token_file": os.path.abspath(cfg.api.token_file)})
         return cfg.model_copy(update={"api": api_cfg})
     return cfg
+
+
+def ensure_api_token(fleet_cfg: FleetConfig) -> tuple[FleetConfig, str]:
+    """Make sure the endpoint will find a token; return the config to deploy and where the token is.
+
+    An existing token (file or environment variable) is used as is; otherwise a new one is written,
+    readable by this user only, to ``api.token_file`` or ``<state_dir>/<fleet>.api.token``.
+    """
+    api_cfg = fleet_cfg.api
+    if not api_cfg.token_file and api_cfg.token_env and os.environ.get(api_cfg.token_env, "").strip():
+        return fleet_cfg, f"environment variable {api_cfg.token_env}"
+    path = Path(api_cfg.token_file or Path(fleet_cfg.state_dir) / f"{fleet_cfg.name}.api.token").absolute()
+    if not path.exists() or not path.read_text().strip():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    cfg = fleet_cfg.model_copy(update={"api": api_cfg.model_copy(update={"token_file": str(path)})})
+    return cfg, f"file {path}"
 
 
 def deploy(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 import socket
 import uuid
+from pathlib import Path
 
 import pytest
 import requests
@@ -193,3 +194,38 @@ def test_without_any_token_configured_protected_endpoints_refuse(ray_cluster, tm
         assert str(tmp_path / "absent") in r.json()["detail"]
     finally:
         undeploy(cfg)
+
+
+def test_the_token_appears_in_no_log_of_the_session(endpoint):
+    """Runs after the requests above: nothing Ray or the replica logged holds the token."""
+    import ray
+
+    url, token, _ = endpoint
+    requests.get(f"{url}/status", headers=auth(token), timeout=30)
+    requests.get(f"{url}/status", headers=auth(token + "x"), timeout=30)
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    replica_logs = list(logs.glob("serve/replica_fleet-api-*"))
+    assert replica_logs, f"no replica log under {logs}"
+    leaked = [p for p in logs.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
+    assert leaked == []
+
+
+def test_ensure_api_token_creates_a_private_token_file_once(tmp_path, monkeypatch):
+    from controller.api import ensure_api_token
+
+    monkeypatch.delenv("MMFLEET_API_TOKEN", raising=False)
+    cfg = FleetConfig(
+        name="tok",
+        accounts=(AccountConfig(name="main", api_key_env="K", api_secret_env="S"),),
+        symbols=(SymbolEntry(symbol="ETHUSDC", account="main"),),
+        state_dir=str(tmp_path / "state"),
+    )
+    deployed, where = ensure_api_token(cfg)
+    path = tmp_path / "state" / "tok.api.token"
+    assert deployed.api.token_file == str(path) and where == f"file {path}"
+    first = path.read_text()
+    assert len(first.strip()) >= 32 and path.stat().st_mode & 0o777 == 0o600
+    assert ensure_api_token(cfg)[0].api.token_file == str(path) and path.read_text() == first
+
+    monkeypatch.setenv("MMFLEET_API_TOKEN", "from-the-environment")
+    assert ensure_api_token(cfg) == (cfg, "environment variable MMFLEET_API_TOKEN")
