@@ -1,0 +1,258 @@
+"""The thin Ray actor around one SymbolAgent: ``agent.<SYMBOL>``, named and detached.
+
+Its constructor does no I/O and cannot fail (a constructor that raises during a restart kills the
+actor for good): it only starts the agent's life on the default group's event loop, which fetches
+the symbol's spec from the controller, reads the keys inside this process, and runs the agent,
+starting over after any failure. Control calls run in their own concurrency group ("control"), with
+their own thread and loop, so they answer while the trading loop is busy; calls that must act on
+the agent hop onto the trading loop with ``run_coroutine_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any, Callable
+
+import ray
+
+log = logging.getLogger("mmfleet.actor")
+
+CONTROL = "control"
+STARTING_STATES = ("starting",)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+
+
+def _read_consistently(read: Callable[[], Any]) -> Any:
+    """Read the agent's state from the control thread; retry if the loop mutated it mid-read."""
+    for _ in range(5):
+        try:
+            return read()
+        except RuntimeError:  # "dictionary changed size during iteration"
+            time.sleep(0.001)
+    return read()
+
+
+@ray.remote(concurrency_groups={CONTROL: 8})
+class AgentActor:
+    """One symbol's agent as a Ray actor. Methods are JSON in/out and idempotent."""
+
+    def __init__(self, fleet_name: str, namespace: str, symbol: str) -> None:
+        self.fleet_name = fleet_name
+        self.namespace = namespace
+        self.symbol = symbol
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.started_at = time.time()
+        self.agent: Any = None
+        self.ownership: Any = None
+        self.stopping = False
+        self.stop_summary: dict[str, Any] | None = None
+        self.incarnations = 0
+        self.last_error: str | None = None
+        self.secret_filter: Any = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.life: asyncio.Task | None = None
+        try:
+            self.loop = asyncio.get_running_loop()
+            self.life = self.loop.create_task(self._live())
+        except Exception as exc:  # noqa: BLE001 - never fail construction; ensure_started retries
+            self.last_error = _first_line(exc)
+
+    # --- the agent's life (default group: the trading loop) -----------------------------------
+
+    async def ensure_started(self) -> bool:
+        if self.life is None:
+            self.loop = asyncio.get_running_loop()
+            self.life = self.loop.create_task(self._live())
+        return True
+
+    async def _live(self) -> None:
+        backoff = 0.5
+        while not self.stopping:
+            began = time.monotonic()
+            try:
+                agent = await self._build()
+                if self.stopping:
+                    break
+                self.agent = agent
+                self.incarnations += 1
+                await agent.run()
+                if not self.stopping:
+                    log.warning("%s: the agent's run ended without a stop; starting over", self.symbol)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried forever: the actor must stay up
+                self.last_error = _first_line(exc)
+                log.error("%s: agent failed: %s", self.symbol, self.last_error)
+            finally:
+                if self.ownership is not None and not self.stopping:
+                    await self.ownership.release()
+            if self.stopping:
+                break
+            if time.monotonic() - began > 30:
+                backoff = 0.5
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    async def _spec(self) -> dict[str, Any]:
+        """The symbol's current spec from the controller (fresh params after a restart)."""
+        while True:
+            try:
+                controller = ray.get_actor("controller", namespace=self.namespace)
+                return await asyncio.wait_for(controller.agent_spec.remote(self.symbol), 10.0)
+            except Exception as exc:  # noqa: BLE001 - the controller may be restarting
+                self.last_error = f"waiting for the controller: {_first_line(exc)}"
+                await asyncio.sleep(1.0)
+
+    async def _build(self) -> Any:
+        from agents.agent import ExchangeEndpoints, SymbolAgent
+        from agents.logging import configure_logging
+        from controller.lease import LeaseOwnership
+        from fleet.binance.credentials import load_credentials
+        from fleet.config import AccountConfig, RuntimeParams, SymbolParams
+
+        spec = await self._spec()
+        account = AccountConfig.model_validate(spec["account"])
+        credentials = load_credentials(account)  # inside this process: env vars or key file
+        if self.secret_filter is None:
+            _, self.secret_filter = configure_logging(level=logging.INFO, logger_names=("mmfleet",))
+        self.secret_filter.add_secrets([credentials.api_key, credentials.api_secret])
+        controller = ray.get_actor("controller", namespace=self.namespace)
+        self.ownership = LeaseOwnership(controller, self.symbol, self.holder,
+                                        renew_interval_s=float(spec.get("renew_interval_s", 1.0)))
+        agent = SymbolAgent(
+            fleet_name=self.fleet_name,
+            symbol=self.symbol,
+            params=SymbolParams.model_validate(spec["params"]),
+            runtime=RuntimeParams.model_validate(spec["runtime"]),
+            endpoints=ExchangeEndpoints(**spec["endpoints"]),
+            credentials=credentials,
+            ownership=self.ownership,
+            logger=logging.getLogger(f"mmfleet.agent.{self.symbol}"),
+        )
+        agent.set_reduce_only(bool(spec.get("reduce_only", False)))
+        agent.set_rate_share(float(spec.get("rate_share", 1.0)))
+        return agent
+
+    # --- hopping onto the trading loop ---------------------------------------------------------
+
+    async def _on_loop(self, make: Callable[[], Any], timeout: float = 60.0) -> Any:
+        if self.loop is None:
+            raise RuntimeError("the trading loop is not running")
+        fut = asyncio.run_coroutine_threadsafe(make(), self.loop)
+        return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+
+    def _base(self) -> dict[str, Any]:
+        return {
+            "symbol": self.symbol,
+            "holder": self.holder,
+            "pid": os.getpid(),
+            "node": socket.gethostname(),
+            "incarnations": self.incarnations,
+            "actor_started_at": self.started_at,
+            "last_error": self.last_error,
+        }
+
+    # --- control calls (own thread and loop) ----------------------------------------------------
+
+    @ray.method(concurrency_group=CONTROL)
+    async def status(self) -> dict[str, Any]:
+        out = self._base()
+        if self.agent is None:
+            out["state"] = "stopped" if self.stopping else "starting"
+            return out
+        out.update(_read_consistently(self.agent.status))
+        if self.stopping:
+            out["state"] = "stopped" if self.stop_summary is not None else "stopping"
+        return out
+
+    @ray.method(concurrency_group=CONTROL)
+    async def exposure(self) -> dict[str, Any]:
+        if self.agent is None:
+            return {"symbol": self.symbol, "state": "starting", "position": 0.0, "notional": 0.0}
+        return _read_consistently(self.agent.exposure)
+
+    @ray.method(concurrency_group=CONTROL)
+    async def metrics(self) -> str:
+        if self.agent is None:
+            return ""
+        text = _read_consistently(self.agent.metrics_text)
+        return text.decode() if isinstance(text, bytes | bytearray) else str(text)
+
+    @ray.method(concurrency_group=CONTROL)
+    async def halt(self, reason: str = "") -> dict[str, Any]:
+        if self.agent is None:
+            return {"outcome": "not_started", "open_orders": None}
+        agent = self.agent
+        return await self._on_loop(lambda: agent.halt(reason))
+
+    @ray.method(concurrency_group=CONTROL)
+    async def flatten(self, reason: str = "") -> dict[str, Any]:
+        if self.agent is None:
+            return {"outcome": "not_started", "open_orders": None}
+        agent = self.agent
+        return await self._on_loop(lambda: agent.flatten(reason))
+
+    @ray.method(concurrency_group=CONTROL)
+    async def resume(self) -> dict[str, Any]:
+        if self.agent is None:
+            return {"outcome": "not_started"}
+        agent = self.agent
+        return await self._on_loop(lambda: agent.resume())
+
+    @ray.method(concurrency_group=CONTROL)
+    async def apply_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        from fleet.config import SymbolParams
+
+        parsed = SymbolParams.model_validate(params)
+        if self.agent is None:
+            return {"applied": False, "reason": "agent starting: it reads the new params from the controller"}
+        agent = self.agent
+        await self._on_loop(lambda: agent.apply_params(parsed))
+        return {"applied": True}
+
+    @ray.method(concurrency_group=CONTROL)
+    async def set_reduce_only(self, on: bool) -> bool:
+        agent = self.agent
+        if agent is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(agent.set_reduce_only, bool(on))
+        return bool(on)
+
+    @ray.method(concurrency_group=CONTROL)
+    async def set_rate_share(self, share: float) -> float:
+        agent = self.agent
+        if agent is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(agent.set_rate_share, float(share))
+        return float(share)
+
+    @ray.method(concurrency_group=CONTROL)
+    async def stop(self, flatten: bool = False) -> dict[str, Any]:
+        """Stop for good (the controller removes the actor next); idempotent."""
+        if self.stop_summary is not None:
+            return self.stop_summary
+        self.stopping = True
+        agent = self.agent
+        summary: dict[str, Any] = {"symbol": self.symbol, "state": "stopped", "open_orders": None}
+        if agent is not None:
+            summary = await self._on_loop(lambda: agent.stop(flatten=flatten), timeout=120.0)
+        if self.ownership is not None:
+            own = self.ownership
+            await self._on_loop(lambda: own.release(), timeout=10.0)
+        self.stop_summary = summary
+        return summary
+
+    @ray.method(concurrency_group=CONTROL)
+    async def freeze_loop(self, seconds: float) -> bool:
+        """Fault drill: block the trading loop for ``seconds`` (a hung agent), control calls still answer."""
+        if self.loop is None:
+            return False
+        self.loop.call_soon_threadsafe(time.sleep, float(seconds))
+        return True

@@ -1,0 +1,323 @@
+"""Who may trade a symbol in the fleet: per-symbol epochs, leases and durable kill states.
+
+The book lives in Ray's GCS key-value store (``ray.experimental.internal_kv``), not in the
+controller's memory, so a controller restart loses nothing. The book itself is plain synchronous
+logic over a small store interface and a wall clock passed in, so it is tested without Ray.
+
+A lease is a promise: its holder may trade until ``expires_at``. A new holder is refused until the
+previous lease has lapsed (the caller waits ``wait_s`` and asks again); only then does it get a
+larger epoch. ``revoke`` refuses further renewals without shortening the promise already given.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from agents.ownership import KILL_STATES, Grant, OwnershipLost
+
+
+class KeyValueStore(Protocol):
+    def get(self, key: str) -> str | None: ...
+
+    def put(self, key: str, value: str) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def keys(self, prefix: str) -> list[str]: ...
+
+
+class GcsStore:
+    """Ray's GCS key-value store, one KV namespace per fleet. Needs a Ray connection (driver or actor)."""
+
+    def __init__(self, fleet_name: str) -> None:
+        self.namespace = f"mmfleet/{fleet_name}"
+
+    def get(self, key: str) -> str | None:
+        from ray.experimental import internal_kv
+
+        raw = internal_kv._internal_kv_get(key, namespace=self.namespace)
+        return None if raw is None else raw.decode()
+
+    def put(self, key: str, value: str) -> None:
+        from ray.experimental import internal_kv
+
+        internal_kv._internal_kv_put(key, value, overwrite=True, namespace=self.namespace)
+
+    def delete(self, key: str) -> None:
+        from ray.experimental import internal_kv
+
+        internal_kv._internal_kv_del(key, namespace=self.namespace)
+
+    def keys(self, prefix: str) -> list[str]:
+        from ray.experimental import internal_kv
+
+        return sorted(k.decode() for k in internal_kv._internal_kv_list(prefix, namespace=self.namespace))
+
+
+class MemoryStore:
+    """A dict with the store interface: for the book's pure tests and dry runs."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, str] = {}
+
+    def get(self, key: str) -> str | None:
+        return self.data.get(key)
+
+    def put(self, key: str, value: str) -> None:
+        self.data[key] = value
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)
+
+    def keys(self, prefix: str) -> list[str]:
+        return sorted(k for k in self.data if k.startswith(prefix))
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One symbol's current lease as stored."""
+
+    holder: str
+    epoch: int
+    expires_at: float  # wall clock (the store outlives any one process's monotonic clock)
+    revoked: bool = False
+
+    def live(self, now: float) -> bool:
+        return now < self.expires_at
+
+
+@dataclass(frozen=True)
+class KillRecord:
+    state: str  # running | halted | flattening
+    reason: str = ""
+    since: float = 0.0
+
+
+@dataclass(frozen=True)
+class LeaseAnswer:
+    """The book's answer to acquire/renew: a grant, or a refusal saying why and how long to wait."""
+
+    granted: bool
+    symbol: str
+    epoch: int = 0
+    lease_ttl_s: float = 0.0
+    kill_state: str = "running"
+    reduce_only: bool = False
+    rate_share: float = 1.0
+    owner: str = ""
+    wait_s: float = 0.0
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LeaseBook:
+    """Epochs, leases and kill states of one fleet, kept in a :class:`KeyValueStore`."""
+
+    def __init__(self, store: KeyValueStore, *, lease_ttl_s: float = 3.0) -> None:
+        if lease_ttl_s <= 0:
+            raise ValueError(f"lease_ttl_s must be positive, not {lease_ttl_s}")
+        self.store = store
+        self.lease_ttl_s = lease_ttl_s
+
+    # --- epochs and leases ---------------------------------------------------------------------
+
+    def epoch(self, symbol: str) -> int:
+        raw = self.store.get(f"epoch/{symbol}")
+        return int(raw) if raw else 0
+
+    def lease(self, symbol: str) -> Lease | None:
+        raw = self.store.get(f"lease/{symbol}")
+        return Lease(**json.loads(raw)) if raw else None
+
+    def acquire(self, symbol: str, holder: str, *, now: float, reduce_only: bool = False,
+                rate_share: float = 1.0) -> LeaseAnswer:
+        """Grant a new epoch once nobody else holds a live lease; the same holder gets its lease back."""
+        current = self.lease(symbol)
+        if current is not None and current.holder == holder and not current.revoked:
+            return self._renewed(symbol, current, now=now, reduce_only=reduce_only, rate_share=rate_share)
+        if current is not None and current.live(now):
+            return LeaseAnswer(
+                granted=False, symbol=symbol, owner=current.holder, epoch=current.epoch,
+                wait_s=current.expires_at - now,
+                reason=f"{symbol} is leased to {current.holder} (epoch {current.epoch}) "
+                f"for another {current.expires_at - now:.2f} s",
+            )
+        epoch = max(self.epoch(symbol), current.epoch if current else 0) + 1
+        self.store.put(f"epoch/{symbol}", str(epoch))
+        lease = Lease(holder=holder, epoch=epoch, expires_at=now + self.lease_ttl_s)
+        self._put_lease(symbol, lease)
+        return self._answer(symbol, lease, reduce_only=reduce_only, rate_share=rate_share)
+
+    def renew(self, symbol: str, holder: str, epoch: int, *, now: float, reduce_only: bool = False,
+              rate_share: float = 1.0) -> LeaseAnswer:
+        """Extend the holder's lease; refuse when another epoch owns the symbol or it was revoked."""
+        current = self.lease(symbol)
+        if current is None or current.holder != holder or current.epoch != epoch:
+            owner = f"{current.holder} (epoch {current.epoch})" if current else "nobody"
+            return LeaseAnswer(granted=False, symbol=symbol, owner=current.holder if current else "",
+                               reason=f"{symbol}: epoch {epoch} of {holder} is not the lease; it is held by {owner}")
+        if current.revoked:
+            return LeaseAnswer(granted=False, symbol=symbol, owner=holder,
+                               reason=f"{symbol}: the lease of epoch {epoch} was revoked by the controller")
+        return self._renewed(symbol, current, now=now, reduce_only=reduce_only, rate_share=rate_share)
+
+    def release(self, symbol: str, holder: str, epoch: int | None = None) -> bool:
+        """Drop the holder's lease so a successor need not wait; idempotent, never drops another's."""
+        current = self.lease(symbol)
+        if current is None or current.holder != holder or (epoch is not None and current.epoch != epoch):
+            return False
+        self.store.delete(f"lease/{symbol}")
+        return True
+
+    def revoke(self, symbol: str) -> Lease | None:
+        """Refuse further renewals of the current lease (it still lasts until ``expires_at``)."""
+        current = self.lease(symbol)
+        if current is None or current.revoked:
+            return current
+        revoked = Lease(holder=current.holder, epoch=current.epoch, expires_at=current.expires_at, revoked=True)
+        self._put_lease(symbol, revoked)
+        return revoked
+
+    def forget(self, symbol: str) -> None:
+        """Remove a symbol's lease (not its epoch counter, which must only ever grow)."""
+        self.store.delete(f"lease/{symbol}")
+
+    # --- kill state ----------------------------------------------------------------------------
+
+    def kill_record(self, symbol: str) -> KillRecord:
+        raw = self.store.get(f"kill/{symbol}")
+        if not raw:
+            return KillRecord("running")
+        try:
+            rec = KillRecord(**json.loads(raw))
+        except (ValueError, TypeError):
+            return KillRecord("halted", reason="unreadable kill record: halted to be safe")
+        return rec if rec.state in KILL_STATES else KillRecord("halted", reason=f"unknown state {rec.state!r}")
+
+    def kill_state(self, symbol: str) -> str:
+        return self.kill_record(symbol).state
+
+    def set_kill_state(self, symbol: str, state: str, reason: str = "", *, now: float | None = None) -> KillRecord:
+        if state not in KILL_STATES:
+            raise ValueError(f"kill state must be one of {KILL_STATES}, not {state!r}")
+        rec = KillRecord(state=state, reason=reason, since=time.time() if now is None else now)
+        if state == "running":
+            self.store.delete(f"kill/{symbol}")
+        else:
+            self.store.put(f"kill/{symbol}", json.dumps(asdict(rec)))
+        return rec
+
+    def kill_records(self) -> dict[str, KillRecord]:
+        return {k.split("/", 1)[1]: self.kill_record(k.split("/", 1)[1]) for k in self.store.keys("kill/")}
+
+    # --- documents (the applied spec, fleet flags) ---------------------------------------------
+
+    def get_doc(self, name: str) -> Any:
+        raw = self.store.get(f"doc/{name}")
+        return json.loads(raw) if raw else None
+
+    def put_doc(self, name: str, value: Any) -> None:
+        self.store.put(f"doc/{name}", json.dumps(value, sort_keys=True))
+
+    def delete_doc(self, name: str) -> None:
+        self.store.delete(f"doc/{name}")
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _renewed(self, symbol: str, lease: Lease, *, now: float, reduce_only: bool, rate_share: float) -> LeaseAnswer:
+        extended = Lease(holder=lease.holder, epoch=lease.epoch, expires_at=max(lease.expires_at, now + self.lease_ttl_s))
+        self._put_lease(symbol, extended)
+        return self._answer(symbol, extended, reduce_only=reduce_only, rate_share=rate_share)
+
+    def _answer(self, symbol: str, lease: Lease, *, reduce_only: bool, rate_share: float) -> LeaseAnswer:
+        return LeaseAnswer(
+            granted=True, symbol=symbol, epoch=lease.epoch, lease_ttl_s=self.lease_ttl_s,
+            kill_state=self.kill_state(symbol), reduce_only=reduce_only, rate_share=rate_share,
+            owner=lease.holder,
+        )
+
+    def _put_lease(self, symbol: str, lease: Lease) -> None:
+        self.store.put(f"lease/{symbol}", json.dumps(asdict(lease)))
+
+
+def grant_from_answer(answer: dict[str, Any]) -> Grant:
+    """The agent-side :class:`Grant` for a granted answer; a refusal raises :class:`OwnershipLost`."""
+    if not answer.get("granted"):
+        raise OwnershipLost(answer.get("reason") or f"{answer.get('symbol')}: lease refused")
+    return Grant(
+        epoch=int(answer["epoch"]),
+        lease_ttl_s=float(answer["lease_ttl_s"]),
+        kill_state=str(answer["kill_state"]),
+        reduce_only=bool(answer.get("reduce_only", False)),
+        rate_share=float(answer.get("rate_share", 1.0)),
+    )
+
+
+class LeaseUnavailable(Exception):
+    """The controller did not answer a lease call (restarting, overloaded): not a refusal."""
+
+
+class LeaseOwnership:
+    """The fleet's :class:`agents.ownership.Ownership`: a lease from the controller actor.
+
+    ``acquire`` waits for a previous holder's lease to lapse; ``renew`` raises ``OwnershipLost``
+    only when the controller refuses, and :class:`LeaseUnavailable` when it cannot be reached (the
+    agent keeps its lease until it lapses locally).
+    """
+
+    def __init__(self, controller: Any, symbol: str, holder_id: str, *, renew_interval_s: float = 1.0,
+                 call_timeout_s: float = 5.0) -> None:
+        self.controller = controller
+        self.symbol = symbol
+        self.holder_id = holder_id
+        self.renew_interval_s = renew_interval_s
+        self.call_timeout_s = call_timeout_s
+        self.grant: Grant | None = None
+
+    async def _call(self, method: str, *args: Any) -> dict[str, Any]:
+        import asyncio
+
+        try:
+            return await asyncio.wait_for(getattr(self.controller, method).remote(*args), self.call_timeout_s)
+        except asyncio.TimeoutError:
+            raise LeaseUnavailable(f"controller.{method} did not answer within {self.call_timeout_s:g} s") from None
+        except Exception as exc:  # Ray errors: the controller is restarting or gone
+            raise LeaseUnavailable(f"controller.{method} failed: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+    async def acquire(self) -> Grant:
+        import asyncio
+
+        while True:
+            try:
+                answer = await self._call("acquire_lease", self.symbol, self.holder_id)
+            except LeaseUnavailable:
+                await asyncio.sleep(0.5)
+                continue
+            if answer.get("granted"):
+                self.grant = grant_from_answer(answer)
+                return self.grant
+            await asyncio.sleep(min(max(float(answer.get("wait_s", 0.2)), 0.05) + 0.02, 1.0))
+
+    async def renew(self) -> Grant:
+        if self.grant is None:
+            raise OwnershipLost(f"{self.symbol}: not acquired (or already released)")
+        answer = await self._call("renew_lease", self.symbol, self.holder_id, self.grant.epoch)
+        self.grant = grant_from_answer(answer)
+        return self.grant
+
+    async def release(self) -> None:
+        grant, self.grant = self.grant, None
+        if grant is None:
+            return
+        try:
+            await self._call("release_lease", self.symbol, self.holder_id, grant.epoch)
+        except LeaseUnavailable:
+            pass  # the lease lapses on its own
+
+    def describe(self) -> dict[str, object]:
+        return {"kind": "lease", "holder": self.holder_id, "epoch": self.grant.epoch if self.grant else None}

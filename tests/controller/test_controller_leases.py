@@ -1,0 +1,170 @@
+"""Ownership in the fleet: epochs, leases and kill states, in the book and in the controller actor.
+
+The book's rules are checked with a plain in-memory store and an explicit clock; the controller's
+durability (GCS key-value store) with a real local Ray cluster, across a SIGKILL of its process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+
+import pytest
+
+from agents.ownership import OwnershipLost
+from controller.lease import LeaseBook, LeaseOwnership, MemoryStore, grant_from_answer
+
+
+def book(ttl: float = 3.0) -> LeaseBook:
+    return LeaseBook(MemoryStore(), lease_ttl_s=ttl)
+
+
+def test_new_holder_waits_for_the_old_lease_to_lapse_then_gets_a_larger_epoch():
+    b = book()
+    first = b.acquire("ETHUSDC", "a", now=100.0)
+    assert first.granted and first.epoch == 1
+    refused = b.acquire("ETHUSDC", "b", now=101.0)
+    assert not refused.granted and refused.owner == "a" and refused.wait_s == pytest.approx(2.0)
+    assert b.acquire("ETHUSDC", "b", now=102.9).granted is False
+    second = b.acquire("ETHUSDC", "b", now=103.0)
+    assert second.granted and second.epoch == 2
+
+
+def test_renewal_extends_only_the_current_holders_lease():
+    b = book()
+    a = b.acquire("ETHUSDC", "a", now=0.0)
+    assert b.renew("ETHUSDC", "a", a.epoch, now=2.5).granted
+    assert not b.acquire("ETHUSDC", "b", now=5.0).granted  # renewed at 2.5: lasts until 5.5
+    taken = b.acquire("ETHUSDC", "b", now=5.5)
+    assert taken.granted and taken.epoch == 2
+    stale = b.renew("ETHUSDC", "a", a.epoch, now=5.6)
+    assert not stale.granted and "held by b" in stale.reason
+    with pytest.raises(OwnershipLost):
+        grant_from_answer(stale.to_dict())
+
+
+def test_release_lets_a_successor_in_at_once_and_never_drops_anothers_lease():
+    b = book()
+    a = b.acquire("BTCUSDT", "a", now=0.0)
+    assert not b.release("BTCUSDT", "intruder")
+    assert b.release("BTCUSDT", "a", a.epoch)
+    assert b.release("BTCUSDT", "a", a.epoch) is False  # idempotent
+    assert b.acquire("BTCUSDT", "b", now=0.1).epoch == 2
+
+
+def test_revoked_lease_is_not_renewed_but_still_fences_successors_until_it_lapses():
+    b = book()
+    a = b.acquire("SOLUSDT", "a", now=0.0)
+    b.revoke("SOLUSDT")
+    assert not b.renew("SOLUSDT", "a", a.epoch, now=1.0).granted
+    assert not b.acquire("SOLUSDT", "a", now=1.0).granted  # not even by the same holder
+    assert b.acquire("SOLUSDT", "a", now=3.0).epoch == 2
+
+
+def test_epochs_only_grow_even_after_a_lease_is_forgotten():
+    b = book()
+    b.acquire("ETHUSDC", "a", now=0.0)
+    b.forget("ETHUSDC")
+    assert b.acquire("ETHUSDC", "b", now=0.0).epoch == 2
+
+
+def test_kill_state_is_recorded_and_reported_in_grants():
+    b = book()
+    b.set_kill_state("ETHUSDC", "halted", "desk", now=5.0)
+    g = b.acquire("ETHUSDC", "a", now=6.0)
+    assert g.kill_state == "halted"
+    assert b.kill_records()["ETHUSDC"].reason == "desk"
+    b.set_kill_state("ETHUSDC", "running")
+    assert b.renew("ETHUSDC", "a", g.epoch, now=7.0).kill_state == "running"
+    with pytest.raises(ValueError, match="kill state must be one of"):
+        b.set_kill_state("ETHUSDC", "paused")
+
+
+def test_unreadable_kill_record_fails_safe_to_halted():
+    store = MemoryStore()
+    store.put("kill/ETHUSDC", "{not json")
+    assert LeaseBook(store).kill_state("ETHUSDC") == "halted"
+
+
+# --- the controller actor on a real local Ray cluster -------------------------------------------
+
+
+def _controller(ray, ttl: float):
+    from controller.controller import FleetController
+
+    name = f"lease{uuid.uuid4().hex[:6]}"
+    ns = f"mmfleet-{name}"
+    handle = FleetController.options(name="controller", namespace=ns, lifetime="detached", num_cpus=0,
+                                     max_restarts=-1, max_task_retries=-1).remote(name, ns, {"lease_ttl_s": ttl})
+    return handle, ns
+
+
+@pytest.fixture
+def controller(ray_cluster):
+    handle, ns = _controller(ray_cluster, 1.5)
+    yield ray_cluster, handle, ns
+    ray_cluster.kill(handle)
+
+
+@pytest.fixture
+def durable_controller(ray_cluster):
+    handle, ns = _controller(ray_cluster, 60.0)
+    yield ray_cluster, handle, ns
+    ray_cluster.kill(handle)
+
+
+def _wait(ray, ref, timeout=30):
+    return ray.get(ref, timeout=timeout)
+
+
+def test_gcs_kv_keeps_epochs_leases_and_kill_state_across_a_controller_sigkill(durable_controller):
+    from controller.lease import GcsStore
+    from controller.lease import LeaseBook as Book
+
+    ray, ctl, ns = durable_controller
+    first = _wait(ray, ctl.acquire_lease.remote("ETHUSDC", "holder-1"))
+    assert first["granted"] and first["epoch"] == 1
+    pid = _wait(ray, ctl.__ray_call__.remote(lambda self: os.getpid()))
+    _wait(ray, ctl.__ray_call__.remote(lambda self: self.book.set_kill_state("ETHUSDC", "halted", "drill")))
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            new_pid = _wait(ray, ctl.__ray_call__.remote(lambda self: os.getpid()), timeout=10)
+            if new_pid != pid:
+                break
+        except Exception:
+            pass
+        assert time.monotonic() < deadline, "controller did not come back after SIGKILL"
+        time.sleep(0.2)
+    refused = _wait(ray, ctl.acquire_lease.remote("ETHUSDC", "holder-2"))
+    assert not refused["granted"] and refused["owner"] == "holder-1"  # the lease survived the restart
+    renewed = _wait(ray, ctl.renew_lease.remote("ETHUSDC", "holder-1", 1))
+    assert renewed["granted"] and renewed["epoch"] == 1 and renewed["kill_state"] == "halted"
+    assert Book(GcsStore(ns.removeprefix("mmfleet-"))).kill_state("ETHUSDC") == "halted"
+
+
+def test_lease_ownership_waits_for_lapse_and_reports_refusal_as_ownership_lost(controller):
+    ray, ctl, _ = controller
+
+    async def scenario():
+        old = LeaseOwnership(ctl, "BTCUSDT", "old")
+        new = LeaseOwnership(ctl, "BTCUSDT", "new")
+        g_old = await old.acquire()
+        t0 = time.monotonic()
+        g_new = await new.acquire()  # old never renews: new waits for its lease (1.5 s) to lapse
+        waited = time.monotonic() - t0
+        with pytest.raises(OwnershipLost):
+            await old.renew()
+        await new.release()
+        again = LeaseOwnership(ctl, "BTCUSDT", "third")
+        t1 = time.monotonic()
+        g3 = await again.acquire()
+        return g_old, g_new, waited, g3, time.monotonic() - t1
+
+    g_old, g_new, waited, g3, quick = asyncio.run(scenario())
+    assert g_new.epoch == g_old.epoch + 1 and g3.epoch == g_new.epoch + 1
+    assert waited >= 1.0
+    assert quick < 1.0  # a released lease needs no wait
