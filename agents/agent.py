@@ -1,0 +1,1171 @@
+"""SymbolAgent: the asyncio shell around one symbol's trading core; the only part of an agent that awaits.
+
+It owns the connections (REST client, market stream, user stream), the timers (quote, dead-man
+heartbeat, listenKey keepalive, ownership renewal, staleness watchdog) and the fault policy; every
+decision comes from :class:`~agents.core.AgentCore`. Quoting is allowed only while nothing blocks it:
+a lost user stream, stale market data, a resync in progress or a lapsed lease each add a block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from fleet.binance.client import BinanceClient
+from fleet.binance.errors import (
+    BinanceError,
+    BudgetExhaustedError,
+    InvalidListenKeyError,
+    OutcomeUnknownError,
+    RateLimitedError,
+    UnknownOrderError,
+)
+from fleet.binance.events import (
+    BookTicker,
+    FundingFee,
+    ListenKeyExpired,
+    MarkPrice,
+    OrderUpdate,
+    TradeLite,
+)
+from fleet.binance.filters import SymbolFilters
+from fleet.binance.models import ModifyRequest, OrderInfo, OrderRequest
+from fleet.binance.ratelimit import RateBudget
+from fleet.binance.streams import MarketStream, StreamError, UserStream
+from fleet.config import RuntimeParams, SymbolParams
+
+from .core import Actions, AgentCore
+from .logging import AgentLog
+from .metrics import AgentMetrics
+from .orders import Amend, Batch, Cancel, Place, parse_client_order_id
+from .ownership import Grant, Ownership, OwnershipLost
+
+STATES = ("starting", "quoting", "halted", "flattening", "resyncing", "stopped")
+
+# Reasons quoting is blocked (any one blocks; the kill state is the core's, not a block).
+BLOCK_STARTING = "starting"
+BLOCK_USER_STREAM = "user_stream"
+BLOCK_MARKET_STREAM = "market_stream"
+BLOCK_MARKET_STALE = "market_stale"
+BLOCK_RESYNC = "resync"
+BLOCK_LEASE = "lease"
+BLOCK_STOPPING = "stopping"
+
+LEASE_MARGIN_S = 1.0  # the lease is treated as lapsed this long before it really does
+IN_FLIGHT_QUERY_MS = 3_000  # an order unanswered this long is looked up by client order id
+WATCHDOG_S = 0.25
+LATENCY_KEEP = 200_000  # tick-to-order samples kept for status and the benchmark
+
+_TRANSIENT = (BinanceError, StreamError, OSError, asyncio.TimeoutError)
+
+
+@dataclass(frozen=True)
+class ExchangeEndpoints:
+    """Where the exchange is: REST base URL and WebSocket base URLs (market and user)."""
+
+    rest_url: str
+    ws_market_url: str
+    ws_user_url: str
+
+
+class Backoff:
+    """Growing, jittered delays: initial, 2x, 4x ... capped; ``reset`` after a success."""
+
+    def __init__(self, initial: float, cap: float, jitter: float = 0.2, rng: random.Random | None = None) -> None:
+        self.initial = initial
+        self.cap = max(cap, initial)
+        self.jitter = jitter
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        base = min(self.cap, self.initial * (2**self.attempt))
+        self.attempt += 1
+        return base * (1.0 + self._rng.uniform(-self.jitter, self.jitter))
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class _TimedMarketStream(MarketStream):
+    """A market stream that stamps each event with the moment its frame was read off the socket."""
+
+    def _handle(self, message: str | bytes) -> list[Any]:
+        t = time.perf_counter_ns()
+        return [(t, ev) for ev in super()._handle(message)]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class SymbolAgent:
+    """One symbol, live, end to end: start, quote, survive faults, stop (see DESIGN "The agent's life")."""
+
+    def __init__(
+        self,
+        *,
+        fleet_name: str,
+        symbol: str,
+        params: SymbolParams,
+        runtime: RuntimeParams,
+        endpoints: ExchangeEndpoints,
+        credentials: Any,
+        ownership: Ownership,
+        logger: logging.Logger | None = None,
+        rate_share: float = 1.0,
+    ) -> None:
+        self.fleet_name = fleet_name
+        self.symbol = symbol
+        self.params = params
+        self.runtime = runtime
+        self.endpoints = endpoints
+        self._credentials = credentials
+        self._ownership = ownership
+        self.log = AgentLog(logger or logging.getLogger("mmfleet.agent"), symbol)
+        self.metrics = AgentMetrics(symbol)
+        self.budget = RateBudget(share=rate_share)
+        self.core: AgentCore | None = None
+        self.filters: SymbolFilters | None = None
+        self.grant: Grant | None = None
+        self._client: BinanceClient | None = None
+        self._market: _TimedMarketStream | None = None
+        self._user: UserStream | None = None
+        self._user_connected = False
+        self._market_connected = False
+        self._blocks: set[str] = {BLOCK_STARTING}
+        self._lease_valid_until = -math.inf
+        self._lost_ownership = False
+        self._started = False
+        self._stopping = False
+        self._stopped = False
+        self._done: asyncio.Event | None = None
+        self._stop_task: asyncio.Task | None = None
+        self._stop_summary: dict | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._inflight: set[asyncio.Task] = set()
+        self._lookups: dict[str, float] = {}
+        self._last_book_mono: float | None = None
+        self._user_lost_at: float | None = None
+        self._user_stream_opened: float = 0.0
+        self._market_stream_opened: float = 0.0
+        self._user_reconnect = asyncio.Event()
+        self.latencies_ns: deque[int] = deque(maxlen=LATENCY_KEEP)
+        self.counters: dict[str, int] = {
+            "user_stream_reconnects": 0,
+            "market_stream_reconnects": 0,
+            "resyncs": 0,
+            "rest_fallback_cancels": 0,
+            "listen_key_renewals": 0,
+            "listen_key_expired": 0,
+            "deadman_heartbeats": 0,
+            "unknown_outcomes_resolved": 0,
+            "stale_market_pulls": 0,
+            "foreign_events": 0,
+            "malformed_events": 0,
+            "start_attempts": 0,
+            "rate_limited": 0,
+        }
+        self._started_mono = time.monotonic()
+
+    # ================================================================== public API
+
+    async def run(self) -> None:
+        """The whole life: own, start (retried on transient errors), trade, until :meth:`stop` is done."""
+        self._done = asyncio.Event()
+        if self._stopping:
+            self._done.set()
+            return
+        send = time.monotonic()
+        grant = await self._ownership.acquire()  # OwnershipRefused propagates: never trade unowned
+        self._take_grant(grant, send)
+        self.log.epoch = grant.epoch
+        self.log.event("ownership_acquired", f"owned {self.symbol} at epoch {grant.epoch}", state=grant.kill_state)
+        self._client = BinanceClient(
+            self.endpoints.rest_url, self._credentials.api_key, self._credentials.api_secret, budget=self.budget
+        )
+        await self._client.open()
+        backoff = Backoff(self.runtime.reconnect_backoff_initial_sec, self.runtime.reconnect_backoff_max_sec)
+        while not self._stopping:
+            self.counters["start_attempts"] += 1
+            try:
+                await self._start()
+                break
+            except Exception as exc:
+                if self._stopping:
+                    break  # stop() closed what the start was using
+                if not isinstance(exc, _TRANSIENT):
+                    self.log.event("start_fatal", f"start failed: {exc!r}", level=logging.ERROR)
+                    await self.stop()
+                    raise
+                delay = backoff.next()
+                self.log.event("start_failed", f"start failed ({exc!r}); retrying in {delay:.1f}s", level=logging.WARNING)
+                await self._close_streams()
+                await self._sleep_unless_stopping(delay)
+        if not self._stopping:
+            self._started = True
+            self._blocks.discard(BLOCK_STARTING)
+            self._spawn(self._market_loop(), "market")
+            self._spawn(self._user_loop(), "user")
+            self._spawn(self._quote_loop(), "quote")
+            self._spawn(self._deadman_loop(), "deadman")
+            self._spawn(self._keepalive_loop(), "keepalive")
+            self._spawn(self._renew_loop(), "renew")
+            self._spawn(self._watchdog_loop(), "watchdog")
+            self.log.event("quoting_started", f"{self.symbol} started: state {self.status()['state']}")
+        await self._done.wait()
+
+    async def stop(self, flatten: bool = False) -> dict:
+        """Stop quoting, cancel all, optionally flatten, disarm, close, release; idempotent."""
+        if self._stop_task is None:
+            self._stop_task = asyncio.ensure_future(self._stop(flatten))
+        return await asyncio.shield(self._stop_task)
+
+    async def halt(self, reason: str = "") -> dict:
+        """Stop quoting and cancel every open order; report the count the exchange confirms."""
+        t0 = time.monotonic()
+        self._record_kill_state("halted")
+        if self.core is not None:
+            self.core.halt(reason or "operator")
+        self.log.event("halted", f"halted: {reason or 'operator'}", level=logging.WARNING)
+        open_n = await self._cancel_all_confirmed(deadline_s=self.runtime.stop_timeout_sec / 2)
+        return {"open_orders": open_n, "elapsed_ms": int((time.monotonic() - t0) * 1000), "state": self.status()["state"]}
+
+    async def flatten(self, reason: str = "") -> dict:
+        """Halt, then close the position with reduce-only market orders (they pass the guard)."""
+        t0 = time.monotonic()
+        out = await self.halt(reason or "flatten")
+        self._record_kill_state("flattening")
+        if self.core is not None:
+            self.core.flatten(reason or "operator")
+        position = await self._flatten_confirmed(deadline_s=self.runtime.stop_timeout_sec / 2)
+        out.update({"position": position, "elapsed_ms": int((time.monotonic() - t0) * 1000), "state": self.status()["state"]})
+        return out
+
+    async def resume(self) -> dict:
+        self._record_kill_state("running")
+        if self.core is not None:
+            self.core.resume()
+        self.log.event("resumed", "resumed quoting")
+        return self.status()
+
+    async def apply_params(self, params: SymbolParams) -> None:
+        """New parameters, live: a fresh core over the same store, ids, kill state and grinding history."""
+        self.params = params
+        old = self.core
+        if old is None or self.filters is None:
+            return
+        if hasattr(old, "apply_params"):
+            old.apply_params(params)
+            self.log.event("params_applied", "parameters applied live")
+            return
+        new = AgentCore(self.symbol, params, self.filters, old.epoch, start_seq=old.ids.seq)
+        new.store = old.store
+        new.store.params = params
+        new.guard.store = old.store
+        new.guard.state, new.guard.halt_reason = old.guard.state, old.guard.halt_reason
+        new.guard.reduce_only_mode = old.guard.reduce_only_mode
+        new.guard.refusals = old.guard.refusals
+        new.grinding = old.grinding
+        new.drawdown = old.drawdown
+        new.twap = old.twap
+        new._grind = old._grind
+        new.orders_sent = old.orders_sent
+        new.cycles = old.cycles
+        new.last_ladder = old.last_ladder
+        self.core = new
+        self.metrics.bind(new)
+        self.log.event("params_applied", "parameters applied live")
+
+    def set_reduce_only(self, on: bool) -> None:
+        if self.core is not None:
+            self.core.set_reduce_only(on)
+
+    def set_rate_share(self, share: float) -> None:
+        self.budget.set_share(share)
+
+    def status(self) -> dict:
+        """JSON-serialisable state: lifecycle, epoch, streams, staleness, counters."""
+        now = time.monotonic()
+        core = self.core
+        return {
+            "symbol": self.symbol,
+            "fleet": self.fleet_name,
+            "state": self._state(),
+            "stopping": self._stopping and not self._stopped,
+            "epoch": self.grant.epoch if self.grant else None,
+            "kill_state": core.halt_state if core else (self.grant.kill_state if self.grant else "running"),
+            "blocks": sorted(self._blocks),
+            "user_stream_connected": self._user_connected,
+            "market_stream_connected": self._market_connected,
+            "last_book_age_s": round(now - self._last_book_mono, 3) if self._last_book_mono else None,
+            "lease_left_s": round(self._lease_valid_until - now, 3) if math.isfinite(self._lease_valid_until) else None,
+            "open_orders": len(core.store.orders) if core else 0,
+            "position": core.store.position if core else 0.0,
+            "uptime_s": round(now - self._started_mono, 3),
+            "tick_to_order_p50_ms": self._latency_ms(0.5),
+            "tick_to_order_p99_ms": self._latency_ms(0.99),
+            "rate_share": self.budget.share,
+            "counters": dict(self.counters),
+        }
+
+    def exposure(self) -> dict:
+        """JSON-serialisable exposure: position, mark, notional, pending, worst case, cap, P&L, kill state."""
+        core = self.core
+        cap = self.params.worst_cap
+        if core is None:
+            return {
+                "symbol": self.symbol, "position": 0.0, "mark": 0.0, "notional": 0.0, "pending_buy": 0.0,
+                "pending_sell": 0.0, "worst_long": 0.0, "worst_short": 0.0, "cap": cap, "realized_pnl": 0.0,
+                "unrealized_pnl": 0.0, "funding_pnl": 0.0, "kill_state": self.grant.kill_state if self.grant else "running",
+                "open_orders": 0, "epoch": self.grant.epoch if self.grant else None,
+            }
+        s = core.store
+        price = s.mark or s.mid
+        return {
+            "symbol": self.symbol,
+            "epoch": core.epoch,
+            "position": s.position,
+            "entry_price": s.entry_price,
+            "mark": s.mark,
+            "mid": s.mid,
+            "notional": s.position * price,
+            "pending_buy": s.pending_buy_size(),
+            "pending_sell": s.pending_sell_size(),
+            "worst_long": s.worst_long,
+            "worst_short": s.worst_short,
+            "cap": cap,
+            "realized_pnl": s.realized_pnl,
+            "unrealized_pnl": s.unrealized_pnl(),
+            "funding_pnl": s.funding_pnl,
+            "commission": s.commission,
+            "kill_state": core.halt_state,
+            "reduce_only": core.guard.reduce_only_mode,
+            "open_orders": len(s.orders),
+        }
+
+    def metrics_text(self) -> bytes:
+        return self.metrics.render()
+
+    # ================================================================== start and resync
+
+    async def _start(self) -> None:
+        """Filters, user stream (buffering), snapshot, old epochs cancelled, market streams, dead-man."""
+        client = self._require_client()
+        await client.sync_time()
+        self.filters = await client.symbol_filters(self.symbol)
+        if self.core is None:
+            self.core = AgentCore(self.symbol, self.params, self.filters, self.grant.epoch)  # type: ignore[union-attr]
+            self.metrics.bind(self.core)
+            self._apply_kill_state(self.grant.kill_state)  # type: ignore[union-attr]
+            if self.grant is not None and self.grant.reduce_only:
+                self.core.set_reduce_only(True)
+        await self._connect_user()
+        await self._resync(initial=True)
+        await self._cancel_older_epochs()
+        await self._connect_market()
+        await self._heartbeat()
+
+    async def _connect_user(self) -> None:
+        client = self._require_client()
+        key = await client.create_listen_key()
+        stream = UserStream(self.endpoints.ws_user_url, key)
+        await stream.connect()
+        self._user = stream
+        self._user_stream_opened = time.monotonic()
+        self._set_user_connected(True)
+        self.log.event("user_stream_connected", "WebSocket UserStream connected")
+
+    async def _connect_market(self) -> None:
+        stream = _TimedMarketStream(self.endpoints.ws_market_url, self.symbol, ("bookTicker", "markPrice@1s"))
+        await stream.connect()
+        if self._market is not None:
+            old, self._market = self._market, stream
+            await old.close()
+        else:
+            self._market = stream
+        self._market_stream_opened = time.monotonic()
+        self._market_connected = True
+        self._blocks.discard(BLOCK_MARKET_STREAM)
+        self.log.event("market_stream_connected", "WebSocket MarketStream connected")
+
+    async def _resync(self, initial: bool = False) -> None:
+        """REST snapshot (position, open orders, wallet) made the truth, then the buffered user events."""
+        client = self._require_client()
+        core = self._require_core()
+        self._blocks.add(BLOCK_RESYNC)
+        position = await client.position(self.symbol)
+        orders = await client.open_orders(self.symbol)
+        wallet = await self._wallet_balance()
+        # The user events buffered meanwhile are applied next by the consumer, in order; the store
+        # keeps per order the newest (update time, filled, stage), so the older ones change nothing.
+        core.reset_from_snapshot(position, orders, self._exchange_ms(), wallet_balance=wallet)
+        if not initial:
+            self.counters["resyncs"] += 1
+            self.metrics.inc_rest_fallback()
+        self._blocks.discard(BLOCK_RESYNC)
+        self.log.event(
+            "resynced",
+            f"snapshot: position {core.store.position}, {len(orders)} open orders",
+            position=core.store.position,
+        )
+
+    async def _wallet_balance(self) -> float | None:
+        asset = self.filters.margin_asset if self.filters else ""
+        try:
+            rows = await self._require_client().balance()
+        except BinanceError as exc:
+            self.log.event("balance_unavailable", f"wallet balance not read: {exc!r}", level=logging.WARNING)
+            return None
+        for row in rows:
+            if row.get("asset") == asset:
+                try:
+                    return float(row.get("balance", row.get("walletBalance", 0)))
+                except (TypeError, ValueError):
+                    return None
+        return None
+
+    async def _cancel_older_epochs(self) -> None:
+        """Orders of an older epoch (a previous owner of this symbol) are cancelled before any quote."""
+        core = self._require_core()
+        client = self._require_client()
+        stale: list[tuple[str, int | None]] = []
+        for o in list(core.store.orders.values()):
+            if _older_epoch(o.client_order_id, core.epoch):
+                stale.append((o.client_order_id, o.order_id))
+        if not stale:
+            return
+        self.log.event("old_epoch_cancel", f"cancelling {len(stale)} orders of older epochs", level=logging.WARNING)
+        ids = [oid for _, oid in stale if oid is not None]
+        if ids:
+            results = await client.batch_cancel(self.symbol, order_ids=ids)
+            for (cid, oid), res in zip([s for s in stale if s[1] is not None], results):
+                if isinstance(res, OrderInfo):
+                    core.on_order_info(res)
+                else:
+                    core.store.on_cancel_rejected(cid, res.code, oid)
+        # What the exchange still lists must be gone before quoting starts.
+        left = [o for o in await client.open_orders(self.symbol) if _older_epoch(o.client_order_id, core.epoch)]
+        if left:
+            raise BinanceError(0, f"{len(left)} older-epoch orders still open after cancel", None)
+
+    # ================================================================== loops
+
+    async def _market_loop(self) -> None:
+        backoff = Backoff(self.runtime.reconnect_backoff_initial_sec, self.runtime.reconnect_backoff_max_sec)
+        while not self._stopping:
+            stream = self._market
+            if stream is None:
+                try:
+                    await self._connect_market()
+                    backoff.reset()
+                except _TRANSIENT as exc:
+                    self.log.event("market_reconnect_failed", repr(exc), level=logging.WARNING)
+                    await self._sleep_unless_stopping(backoff.next())
+                continue
+            try:
+                await self._consume_market(stream)
+            except StreamError as exc:
+                if self._stopping:
+                    return
+                if stream is not self._market:
+                    continue  # a planned swap replaced it
+                self._market_connected = False
+                self._blocks.add(BLOCK_MARKET_STREAM)
+                self.counters["market_stream_reconnects"] += 1
+                self.log.event("market_stream_lost", f"market stream lost: {exc}", level=logging.WARNING)
+                self._market = None
+                with contextlib.suppress(Exception):
+                    await stream.close()
+                self._pull_quotes("market_stream_lost")
+                await self._sleep_unless_stopping(backoff.next())
+
+    async def _consume_market(self, stream: _TimedMarketStream) -> None:
+        symbol = self.symbol
+        blocks = self._blocks
+        while stream is self._market:
+            try:
+                t_read, ev = await stream.__anext__()
+            except StopAsyncIteration:
+                if stream is not self._market:
+                    return  # closed by a planned swap
+                raise StreamError("market stream closed") from None
+            core = self.core
+            if core is None:
+                continue
+            now_ms = _now_ms() + self._offset()
+            if isinstance(ev, BookTicker):
+                if ev.symbol != symbol:
+                    continue
+                self._last_book_mono = time.monotonic()
+                changed = core.on_event(ev, now_ms)
+                if blocks:
+                    if BLOCK_MARKET_STALE in blocks:
+                        blocks.discard(BLOCK_MARKET_STALE)
+                        self.log.event("market_fresh", "market data fresh again")
+                    if blocks:
+                        continue
+                if changed and core.should_quote(now_ms):
+                    self._quote(now_ms, t_read)
+            elif isinstance(ev, MarkPrice):
+                if ev.symbol == symbol:
+                    core.on_event(ev, now_ms)
+
+    async def _user_loop(self) -> None:
+        """Consume the user stream; on loss: block, cancel via REST after the grace, reconnect, resync."""
+        backoff = Backoff(self.runtime.reconnect_backoff_initial_sec, self.runtime.reconnect_backoff_max_sec)
+        while not self._stopping:
+            stream = self._user
+            if stream is not None:
+                try:
+                    await self._consume_user(stream)
+                except StreamError as exc:
+                    if self._stopping:
+                        return
+                    if stream is not self._user:
+                        continue  # replaced by a planned swap
+                    self._on_user_lost(f"{exc}")
+                    with contextlib.suppress(Exception):
+                        await stream.close()
+                    self._user = None
+                    await self._sleep_unless_stopping(backoff.next())
+                    continue
+                except _ListenKeyGone as exc:
+                    self._on_user_lost(str(exc))
+                    with contextlib.suppress(Exception):
+                        await stream.close()
+                    self._user = None
+                    continue  # a new key at once
+            if self._stopping:
+                return
+            try:
+                await self._connect_user()
+                await self._resync()
+                self._user_lost_at = None
+                self._blocks.discard(BLOCK_USER_STREAM)
+                backoff.reset()
+            except _TRANSIENT as exc:
+                self._set_user_connected(False)
+                if self._user is not None:
+                    with contextlib.suppress(Exception):
+                        await self._user.close()
+                    self._user = None
+                delay = backoff.next()
+                self.log.event("user_reconnect_failed", f"{exc!r}; next try in {delay:.1f}s", level=logging.WARNING)
+                await self._sleep_unless_stopping(delay)
+
+    async def _consume_user(self, stream: UserStream) -> None:
+        while stream is self._user:
+            try:
+                ev = await stream.__anext__()
+            except StopAsyncIteration:
+                if self._user_reconnect.is_set():
+                    self._user_reconnect.clear()
+                    raise _ListenKeyGone("listenKey refused: new key and resync") from None
+                if stream is not self._user:
+                    return  # closed by a planned swap
+                raise StreamError("user stream closed") from None
+            if isinstance(ev, ListenKeyExpired):
+                self.counters["listen_key_expired"] += 1
+                raise _ListenKeyGone("listenKeyExpired: new key and resync")
+            self._on_user_event(ev)
+
+    def _on_user_event(self, ev: Any) -> None:
+        core = self.core
+        if core is None:
+            return
+        sym = getattr(ev, "symbol", None)
+        if isinstance(ev, (OrderUpdate, TradeLite)) and sym != self.symbol:
+            self.counters["foreign_events"] += 1
+            return
+        if isinstance(ev, FundingFee) and sym is not None and sym != self.symbol:
+            self.counters["foreign_events"] += 1
+            return
+        if isinstance(ev, TradeLite):
+            return  # the full ORDER_TRADE_UPDATE follows
+        core.on_event(ev, _now_ms() + self._offset())
+        if isinstance(ev, OrderUpdate):
+            self.log.event(
+                "order_update",
+                f"{ev.side} {ev.exec_type} {ev.status} {ev.cum_filled_qty}/{ev.orig_qty} @ {ev.price}",
+                level=logging.DEBUG,
+                client_order_id=ev.client_order_id,
+                order_id=ev.order_id,
+            )
+
+    def _on_user_lost(self, why: str) -> None:
+        self._set_user_connected(False)
+        self._blocks.add(BLOCK_USER_STREAM)
+        self._user_lost_at = time.monotonic()
+        self.counters["user_stream_reconnects"] += 1
+        self.log.event("user_stream_lost", f"user stream lost: {why}; quoting stopped", level=logging.WARNING)
+
+    async def _quote_loop(self) -> None:
+        interval = self.params.base.quote_interval_ms / 1000.0
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            core = self.core
+            if core is None or self._blocks:
+                continue
+            now_ms = _now_ms() + self._offset()
+            if core.should_quote(now_ms):
+                self._quote(now_ms, None)
+            interval = self.params.base.quote_interval_ms / 1000.0
+
+    async def _deadman_loop(self) -> None:
+        while not self._stopping:
+            await self._sleep_unless_stopping(self.runtime.deadman_heartbeat_sec)
+            if self._stopping:
+                return
+            if not self._lease_ok():
+                continue  # a lapsed lease: let the exchange's countdown cancel
+            try:
+                await self._heartbeat()
+            except BinanceError as exc:
+                self.log.event("deadman_failed", f"dead-man heartbeat failed: {exc!r}", level=logging.WARNING)
+
+    async def _heartbeat(self) -> None:
+        await self._require_client().countdown_cancel_all(self.symbol, self.runtime.deadman_countdown_ms)
+        self.counters["deadman_heartbeats"] += 1
+
+    async def _keepalive_loop(self) -> None:
+        while not self._stopping:
+            await self._sleep_unless_stopping(self.runtime.listen_key_keepalive_sec)
+            if self._stopping:
+                return
+            try:
+                await self._require_client().keepalive_listen_key()
+                self.counters["listen_key_renewals"] += 1
+            except InvalidListenKeyError:
+                self.log.event("listen_key_invalid", "listenKey keepalive: -1125; new key", level=logging.WARNING)
+                self._user_reconnect.set()
+                if self._user is not None:
+                    await self._user.close()  # wakes the consumer, which reconnects with a new key
+            except BinanceError as exc:
+                self.log.event("keepalive_failed", f"listenKey keepalive failed: {exc!r}", level=logging.WARNING)
+
+    async def _renew_loop(self) -> None:
+        own = self._ownership
+        while not self._stopping and not self._lost_ownership:
+            await self._sleep_unless_stopping(own.renew_interval_s)
+            if self._stopping:
+                return
+            send = time.monotonic()
+            try:
+                grant = await own.renew()
+            except OwnershipLost as exc:
+                self._on_ownership_lost(str(exc))
+                return
+            except Exception as exc:  # noqa: BLE001 - the lease check decides; keep trying
+                self.log.event("renew_failed", f"ownership renew failed: {exc!r}", level=logging.WARNING)
+                continue
+            self._take_grant(grant, send)
+
+    async def _watchdog_loop(self) -> None:
+        """Lease lapse, market staleness, user-stream grace expiry, stuck orders, stream lifetime."""
+        while not self._stopping:
+            await asyncio.sleep(WATCHDOG_S)
+            now = time.monotonic()
+            if not self._lease_ok() and BLOCK_LEASE not in self._blocks:
+                self._blocks.add(BLOCK_LEASE)
+                self.log.event("lease_lapsed", "lease lapsed: quoting stopped", level=logging.ERROR)
+            elif self._lease_ok() and BLOCK_LEASE in self._blocks and not self._lost_ownership:
+                self._blocks.discard(BLOCK_LEASE)
+            stale = self._last_book_mono is None or now - self._last_book_mono > self.runtime.market_stale_sec
+            if stale and BLOCK_MARKET_STALE not in self._blocks and self._market_connected:
+                self._blocks.add(BLOCK_MARKET_STALE)
+                self.counters["stale_market_pulls"] += 1
+                self.log.event("market_stale", "no book update: quotes pulled", level=logging.WARNING)
+                self._pull_quotes("market_stale")
+            elif not stale and BLOCK_MARKET_STALE in self._blocks:
+                self._blocks.discard(BLOCK_MARKET_STALE)
+            lost = self._user_lost_at
+            if lost is not None and now - lost >= self.runtime.user_stream_grace_sec:
+                self._user_lost_at = None
+                self._spawn(self._rest_fallback_cancel(), "rest-fallback")
+            core = self.core
+            if core is not None:
+                for o in core.store.stale_in_flight(_now_ms() + self._offset(), IN_FLIGHT_QUERY_MS):
+                    last = self._lookups.get(o.client_order_id, -math.inf)
+                    if now - last >= IN_FLIGHT_QUERY_MS / 1000:
+                        self._lookups[o.client_order_id] = now
+                        self._spawn(self._resolve(o.client_order_id), "resolve")
+                if len(self._lookups) > 1000:
+                    self._lookups = {k: v for k, v in self._lookups.items() if k in core.store.orders}
+            if now - self._user_stream_opened > self.runtime.stream_max_lifetime_sec and self._user_connected:
+                self._user_stream_opened = now
+                self._spawn(self._planned_user_swap(), "user-swap")
+            if now - self._market_stream_opened > self.runtime.stream_max_lifetime_sec and self._market_connected:
+                self._market_stream_opened = now
+                self._spawn(self._connect_market(), "market-swap")
+
+    async def _planned_user_swap(self) -> None:
+        """Before the exchange's 24-hour cut: open a new user stream, then drop the old (no gap)."""
+        client = self._require_client()
+        key = await client.create_listen_key()
+        stream = UserStream(self.endpoints.ws_user_url, key)
+        await stream.connect()
+        old, self._user = self._user, stream
+        self._user_stream_opened = time.monotonic()
+        self.log.event("user_stream_swapped", "planned user stream reconnect")
+        if old is not None:
+            await old.close()  # its consumer drains what it queued, then moves to the new one
+
+    async def _rest_fallback_cancel(self) -> None:
+        """The user stream stayed down past the grace: cancel everything through REST (counted)."""
+        if self._user_connected or self._stopping or self._lost_ownership:
+            return
+        try:
+            await self._require_client().cancel_all(self.symbol)
+        except BinanceError as exc:
+            self.log.event("rest_fallback_failed", f"cancel-all via REST failed: {exc!r}", level=logging.ERROR)
+            self._user_lost_at = time.monotonic()  # try again after another grace
+            return
+        self.counters["rest_fallback_cancels"] += 1
+        self.metrics.inc_rest_fallback()
+        self.log.event("rest_fallback_cancel", "user stream down past grace: cancelled all via REST", level=logging.WARNING)
+
+    # ================================================================== order flow
+
+    def _quote(self, now_ms: int, t_read_ns: int | None) -> None:
+        """One quote cycle: decide synchronously, count as pending, send concurrently."""
+        core = self.core
+        if core is None or not self._lease_ok():
+            return
+        actions = core.quote(now_ms, self.budget.orders_available())
+        if actions:
+            self._execute(actions, now_ms, t_read_ns)
+
+    def _pull_quotes(self, why: str) -> None:
+        core = self.core
+        if core is None:
+            return
+        actions = core.cancel_all()
+        if actions:
+            self.log.event("quotes_pulled", f"pulling {len(actions)} orders: {why}")
+            self._execute(actions, _now_ms() + self._offset(), None)
+
+    def _execute(self, actions: Actions, now_ms: int, t_read_ns: int | None) -> None:
+        core = self._require_core()
+        for batch in actions.batches:
+            if batch.kind != "cancel" and not self._lease_ok():
+                continue
+            for d in batch.items:
+                core.on_sent(d, now_ms)
+            task = asyncio.ensure_future(self._send_batch(batch, t_read_ns))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+    async def _send_batch(self, batch: Batch, t_read_ns: int | None) -> None:
+        client = self._require_client()
+        core = self._require_core()
+        items = batch.items
+        try:
+            if batch.kind == "place":
+                reqs = [self._order_request(p) for p in items]  # type: ignore[arg-type]
+                self._mark_latency(t_read_ns)
+                if len(reqs) == 1:
+                    results: list[Any] = [await self._place_one(reqs[0])]
+                else:
+                    results = await client.batch_place(reqs, wait=False)
+            elif batch.kind == "amend":
+                mods = [self._modify_request(a) for a in items]  # type: ignore[arg-type]
+                self._mark_latency(t_read_ns)
+                if len(mods) == 1:
+                    results = [await self._try(client.modify_order(mods[0], wait=False))]
+                else:
+                    results = await client.batch_modify(mods, wait=False)
+            else:
+                results = await self._cancel_items(items)  # type: ignore[arg-type]
+        except OutcomeUnknownError as exc:
+            self.log.event("outcome_unknown", f"{batch.kind} x{len(items)}: {exc.msg}; resolving by client id", level=logging.WARNING)
+            for d in items:
+                await self._resolve(d.client_order_id, d)
+            return
+        except BudgetExhaustedError as exc:
+            for d in items:
+                core.on_rejected(d, 0, _now_ms())
+            self.log.event("budget_refused", f"{batch.kind} x{len(items)} not sent: {exc.msg}", level=logging.DEBUG)
+            return
+        except RateLimitedError as exc:
+            self.counters["rate_limited"] += 1
+            for d in items:
+                core.on_rejected(d, exc.code, _now_ms())
+            self.log.event("rate_limited", f"429: pausing {exc.retry_after}s", level=logging.WARNING)
+            return
+        except BinanceError as exc:
+            for d in items:
+                core.on_rejected(d, exc.code, _now_ms())
+            self.log.event("request_failed", f"{batch.kind} x{len(items)}: {exc!r}", level=logging.WARNING)
+            return
+        for d, res in zip(items, results):
+            if isinstance(res, OrderInfo):
+                core.on_order_info(res)
+                if isinstance(d, Place) and d.reason != "ladder":
+                    self.log.event(
+                        "order_placed", f"{d.reason}: {d.side} {res.orig_qty} {d.order_type} -> {res.status}",
+                        client_order_id=res.client_order_id, order_id=res.order_id,
+                    )
+            elif isinstance(res, OutcomeUnknownError):
+                await self._resolve(d.client_order_id, d)
+            elif isinstance(res, BinanceError):
+                core.on_rejected(d, res.code, _now_ms())
+                if res.code not in (-5022, -2011, -2013, -5027):
+                    self.log.event(
+                        "order_rejected", f"{batch.kind} refused: {res!r}", level=logging.WARNING,
+                        client_order_id=d.client_order_id,
+                    )
+
+    async def _place_one(self, req: OrderRequest) -> OrderInfo | BinanceError:
+        try:
+            return await self._require_client().place_order_idempotent(req, wait=False, attempts=2)
+        except (OutcomeUnknownError, BudgetExhaustedError, RateLimitedError):
+            raise
+        except BinanceError as exc:
+            return exc
+
+    async def _try(self, aw: Awaitable[OrderInfo]) -> OrderInfo | BinanceError:
+        try:
+            return await aw
+        except (OutcomeUnknownError, BudgetExhaustedError, RateLimitedError):
+            raise
+        except BinanceError as exc:
+            return exc
+
+    async def _cancel_items(self, items: tuple[Cancel, ...]) -> list[OrderInfo | BinanceError]:
+        client = self._require_client()
+        by_id = [c for c in items if c.order_id is not None]
+        by_cid = [c for c in items if c.order_id is None]
+        out: dict[str, OrderInfo | BinanceError] = {}
+        if len(by_id) == 1 and not by_cid:
+            c = by_id[0]
+            out[c.client_order_id] = await self._try(client.cancel_order(self.symbol, order_id=c.order_id))
+        elif by_id:
+            res = await client.batch_cancel(self.symbol, order_ids=[c.order_id for c in by_id])  # type: ignore[misc]
+            out.update({c.client_order_id: r for c, r in zip(by_id, res)})
+        if by_cid:
+            res = await client.batch_cancel(self.symbol, client_order_ids=[c.client_order_id for c in by_cid])
+            out.update({c.client_order_id: r for c, r in zip(by_cid, res)})
+        return [out[c.client_order_id] for c in items]
+
+    async def _resolve(self, client_order_id: str, decision: Any = None) -> None:
+        """An order whose outcome is unknown: ask the exchange by client order id; never resend."""
+        core = self.core
+        if core is None or self._client is None:
+            return
+        try:
+            info = await self._client.query_order(self.symbol, client_order_id=client_order_id)
+        except UnknownOrderError as exc:
+            o = core.store.orders.get(client_order_id)
+            if decision is not None:
+                core.on_rejected(decision, exc.code, _now_ms())
+            elif o is not None and o.status == "PENDING_NEW":
+                core.store.on_rejected(client_order_id, exc.code, _now_ms())
+            self.counters["unknown_outcomes_resolved"] += 1
+            self.log.event("outcome_resolved", "not at the exchange: never placed", client_order_id=client_order_id)
+            return
+        except BinanceError as exc:
+            self.log.event("resolve_failed", f"lookup failed: {exc!r}; will retry", level=logging.WARNING, client_order_id=client_order_id)
+            return
+        core.on_order_info(info)
+        if isinstance(decision, Amend) and (
+            info.orig_qty != self.filters.qty_of(decision.qty_steps) or info.price != self.filters.price_of(decision.price_ticks)  # type: ignore[union-attr]
+        ):
+            core.store.on_amend_rejected(client_order_id, 0, info.order_id)
+        if isinstance(decision, Cancel) and not info.is_closed:
+            core.store.on_cancel_rejected(client_order_id, 0, info.order_id)
+        self.counters["unknown_outcomes_resolved"] += 1
+        self.log.event(
+            "outcome_resolved", f"found at the exchange: {info.status}", client_order_id=client_order_id, order_id=info.order_id
+        )
+
+    def _order_request(self, p: Place) -> OrderRequest:
+        f = self.filters
+        assert f is not None
+        if p.order_type == "MARKET":
+            return OrderRequest(
+                symbol=self.symbol, side=p.side, order_type="MARKET", quantity=f.qty_str(p.qty_steps),
+                reduce_only=p.reduce_only, client_order_id=p.client_order_id,
+            )
+        return OrderRequest(
+            symbol=self.symbol, side=p.side, order_type="LIMIT", quantity=f.qty_str(p.qty_steps),
+            price=f.price_str(p.price_ticks), time_in_force=p.time_in_force or "GTC",
+            reduce_only=p.reduce_only, client_order_id=p.client_order_id,
+        )
+
+    def _modify_request(self, a: Amend) -> ModifyRequest:
+        f = self.filters
+        assert f is not None
+        return ModifyRequest(
+            symbol=self.symbol, side=a.side, quantity=f.qty_str(a.qty_steps), price=f.price_str(a.price_ticks),
+            order_id=a.order_id, client_order_id=None if a.order_id is not None else a.client_order_id,
+        )
+
+    def _mark_latency(self, t_read_ns: int | None) -> None:
+        if t_read_ns is None:
+            return
+        dt = time.perf_counter_ns() - t_read_ns
+        self.latencies_ns.append(dt)
+        self.metrics.observe_tick_to_order(dt / 1e9)
+
+    # ================================================================== halt, flatten, stop
+
+    async def _cancel_all_confirmed(self, deadline_s: float) -> int:
+        """Cancel-all at the exchange, then poll open orders until none (or the deadline); returns the count."""
+        client = self._client
+        if client is None or self.core is None:
+            return 0
+        end = time.monotonic() + deadline_s
+        n = -1
+        while True:
+            try:
+                if not self._lost_ownership:
+                    await client.cancel_all(self.symbol)
+                else:
+                    mine = [o.order_id for o in self.core.store.orders.values() if o.order_id is not None]
+                    if mine:
+                        await client.batch_cancel(self.symbol, order_ids=mine)
+                listed = await client.open_orders(self.symbol)
+                for info in listed:
+                    self.core.on_order_info(info)
+                n = len(listed)
+            except BinanceError as exc:
+                self.log.event("cancel_all_failed", f"cancel-all: {exc!r}", level=logging.WARNING)
+            if n == 0 or time.monotonic() >= end:
+                return max(n, 0) if n >= 0 else len(self.core.store.orders)
+            await asyncio.sleep(0.2)
+
+    async def _flatten_confirmed(self, deadline_s: float) -> float:
+        """Reduce-only market orders through the guard until the exchange reports flat (or the deadline)."""
+        client = self._client
+        core = self.core
+        if client is None or core is None or self.filters is None:
+            return 0.0
+        end = time.monotonic() + deadline_s
+        while True:
+            try:
+                pos = await client.position(self.symbol)
+            except BinanceError as exc:
+                self.log.event("flatten_failed", f"position read failed: {exc!r}", level=logging.WARNING)
+                pos = None
+            if pos is not None:
+                core.store._set_position(pos.amount, pos.entry_price, max(pos.update_time, core.store.position_time))
+                if pos.amount == 0:
+                    return 0.0
+                if not any(o.reason == "flatten" for o in core.store.orders.values()) and self._lease_ok():
+                    actions = core.quote(_now_ms() + self._offset(), None)
+                    if actions:
+                        self._execute(actions, _now_ms() + self._offset(), None)
+                        await self._wait_inflight(2.0)
+            if time.monotonic() >= end:
+                return float(pos.amount) if pos is not None else core.store.position
+            await asyncio.sleep(0.25)
+
+    async def _stop(self, flatten: bool) -> dict:
+        t0 = time.monotonic()
+        self._stopping = True
+        self._blocks.add(BLOCK_STOPPING)
+        self.log.event("stopping", f"stopping (flatten={flatten})")
+        budget = self.runtime.stop_timeout_sec
+        open_n = None
+        position = None
+        try:
+            await asyncio.wait_for(self._stop_trading(flatten, t0), timeout=max(1.0, budget - 2.0))
+        except asyncio.TimeoutError:
+            self.log.event("stop_slow", "graceful stop ran out of time: forcing cancel-all", level=logging.ERROR)
+            if self._client is not None and not self._lost_ownership:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._client.cancel_all(self.symbol), 1.5)
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                open_n = len(await asyncio.wait_for(self._client.open_orders(self.symbol), 1.5))
+            with contextlib.suppress(Exception):
+                position = float((await asyncio.wait_for(self._client.position(self.symbol), 1.5)).amount)
+        for task in self._tasks:
+            task.cancel()
+        for task in list(self._inflight):
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._inflight, return_exceptions=True)
+        await self._close_streams()
+        if self._client is not None:
+            await self._client.close()
+        with contextlib.suppress(Exception):
+            await self._ownership.release()
+        self._stopped = True
+        summary = {
+            **self.status(),
+            "exposure": self.exposure(),
+            "exchange_open_orders": open_n,
+            "exchange_position": position,
+            "flattened": bool(flatten),
+            "stop_elapsed_ms": int((time.monotonic() - t0) * 1000),
+        }
+        self._stop_summary = summary
+        self.log.event("stopped", f"stopped in {summary['stop_elapsed_ms']} ms: {open_n} open orders, position {position}")
+        if self._done is not None:
+            self._done.set()
+        return summary
+
+    async def _stop_trading(self, flatten: bool, t0: float) -> None:
+        for task in self._tasks:
+            if task.get_name() in ("quote", "watchdog"):
+                task.cancel()
+        await self._wait_inflight(2.0)
+        if self._client is None or self.core is None or not self._started:
+            return
+        budget = self.runtime.stop_timeout_sec
+        self.core.halt("stop")
+        await self._cancel_all_confirmed(deadline_s=budget / 3)
+        if flatten and not self._lost_ownership:
+            self.core.flatten("stop")
+            await self._flatten_confirmed(deadline_s=budget / 3)
+            await self._cancel_all_confirmed(deadline_s=2.0)
+        if not self._lost_ownership:
+            with contextlib.suppress(BinanceError):
+                await self._client.countdown_cancel_all(self.symbol, 0)  # disarm the dead-man switch
+
+    async def _wait_inflight(self, timeout: float) -> None:
+        if self._inflight:
+            await asyncio.wait(list(self._inflight), timeout=timeout)
+
+    async def _close_streams(self) -> None:
+        # Only our sockets: the listenKey is the account's, shared with the other agents on it.
+        for stream in (self._market, self._user):
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    await stream.close()
+        self._market = None
+        self._user = None
+        self._market_connected = False
+        self._set_user_connected(False)
+
+    # ================================================================== ownership and helpers
+
+    def _take_grant(self, grant: Grant, send_time: float) -> None:
+        previous = self.grant
+        self.grant = grant
+        self._lease_valid_until = send_time + grant.lease_ttl_s - LEASE_MARGIN_S
+        if abs(self.budget.share - grant.rate_share) > 1e-12:
+            self.budget.set_share(grant.rate_share)
+        if self.core is not None:
+            if previous is None or previous.kill_state != grant.kill_state:
+                self._apply_kill_state(grant.kill_state)
+            if previous is None or previous.reduce_only != grant.reduce_only:
+                self.core.set_reduce_only(grant.reduce_only)
+
+    def _apply_kill_state(self, kill_state: str) -> None:
+        core = self.core
+        if core is None or core.halt_state == kill_state:
+            return
+        if kill_state == "halted":
+            core.halt("durable kill state")
+        elif kill_state == "flattening":
+            core.flatten("durable kill state")
+        else:
+            core.resume()
+        self.log.event("kill_state", f"kill state {kill_state}", level=logging.WARNING)
+
+    def _record_kill_state(self, state: str) -> None:
+        record: Callable[[str], None] | None = getattr(self._ownership, "record_kill_state", None)
+        if record is not None:
+            try:
+                record(state)
+            except OSError as exc:
+                self.log.event("kill_state_unsaved", f"kill state not saved: {exc!r}", level=logging.ERROR)
+
+    def _on_ownership_lost(self, why: str) -> None:
+        self._lost_ownership = True
+        self._lease_valid_until = -math.inf
+        self._blocks.add(BLOCK_LEASE)
+        self.log.event("ownership_lost", f"ownership lost ({why}): quoting stopped; the dead-man switch cancels", level=logging.ERROR)
+
+    def _lease_ok(self) -> bool:
+        return not self._lost_ownership and time.monotonic() < self._lease_valid_until
+
+    def _state(self) -> str:
+        if self._stopped:
+            return "stopped"
+        if not self._started:
+            return "starting"
+        if self._blocks & {BLOCK_RESYNC, BLOCK_USER_STREAM}:
+            return "resyncing"
+        core = self.core
+        if core is not None and core.halt_state == "flattening":
+            return "flattening"
+        if self._stopping or self._lost_ownership or (core is not None and core.halt_state == "halted"):
+            return "halted"
+        return "quoting"
+
+    def _set_user_connected(self, on: bool) -> None:
+        self._user_connected = on
+        self.metrics.set_ws_connected(on)
+
+    def _latency_ms(self, q: float) -> float | None:
+        if not self.latencies_ns:
+            return None
+        data = sorted(self.latencies_ns)
+        return round(data[min(len(data) - 1, int(q * len(data)))] / 1e6, 4)
+
+    def _offset(self) -> int:
+        return self._client.time_offset_ms if self._client is not None else 0
+
+    def _exchange_ms(self) -> int:
+        return _now_ms() + self._offset()
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.append(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and not self._stopping:
+            self.log.event("task_failed", f"task {task.get_name()} failed: {exc!r}", level=logging.ERROR)
+            if task.get_name() in ("market", "user", "quote", "watchdog", "deadman", "renew", "keepalive"):
+                # a loop must never die silently: stop quoting, then restart it
+                self._pull_quotes(f"{task.get_name()} loop failed")
+                restart = {
+                    "market": self._market_loop, "user": self._user_loop, "quote": self._quote_loop,
+                    "watchdog": self._watchdog_loop, "deadman": self._deadman_loop, "renew": self._renew_loop,
+                    "keepalive": self._keepalive_loop,
+                }[task.get_name()]
+                self._spawn(restart(), task.get_name())
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self._stopping:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, 0.1))
+
+    def _require_client(self) -> BinanceClient:
+        if self._client is None:
+            raise RuntimeError("the agent has no client yet: call run()")
+        return self._client
+
+    def _require_core(self) -> AgentCore:
+        if self.core is None:
+            raise RuntimeError("the agent has no core yet: it has not started")
+        return self.core
+
+
+def _older_epoch(client_order_id: str, epoch: int) -> bool:
+    parsed = parse_client_order_id(client_order_id)
+    return parsed is not None and parsed[0] < epoch
+
+
+class _ListenKeyGone(Exception):
+    """The listenKey expired or was refused: a new key, a new stream, and a resync."""
