@@ -16,10 +16,12 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from .errors import (
     BannedError,
     BinanceError,
+    DuplicateClientOrderIdError,
     OutcomeUnknownError,
     RateLimitedError,
     ServerError,
@@ -45,7 +47,6 @@ log = logging.getLogger("fleet.binance.client")
 
 BATCH_PLACE_MAX = 5
 BATCH_CANCEL_MAX = 10
-DUPLICATE_CLIENT_ID = -4116
 
 # Documented weights (reference §7).
 _W1 = Cost(weight=1)
@@ -99,6 +100,7 @@ class BinanceClient:
         self._position_v2 = False
         self._account_v2 = False
         self.requests_sent = 0
+        self.resync_on_skew = True  # on -1021: re-learn the clock offset and send once more
 
     def __repr__(self) -> str:  # never shows the key or the secret
         return f"BinanceClient({self.rest_url!r}, signed={self._api_secret is not None})"
@@ -154,7 +156,7 @@ class BinanceClient:
         try:
             return await self._send(method, path, params, signed=signed, keyed=keyed)
         except TimestampError:
-            if not (signed and retry_on_skew):
+            if not (signed and retry_on_skew and self.resync_on_skew):
                 raise
             # -1021 means the request was refused unexecuted: re-learn the clock and send once more
             log.warning("timestamp outside recvWindow on %s %s; re-syncing time", method, path)
@@ -190,7 +192,8 @@ class BinanceClient:
         mutating = method != "GET"
         try:
             self.requests_sent += 1
-            async with self.session.request(method, url, data=body, headers=headers) as resp:
+            # encoded=True: send the query exactly as signed (yarl would otherwise re-quote it)
+            async with self.session.request(method, URL(url, encoded=True), data=body, headers=headers) as resp:
                 status = resp.status
                 raw = await resp.read()
                 self.budget.observe_headers(resp.headers)
@@ -308,9 +311,7 @@ class BinanceClient:
             except OutcomeUnknownError as exc:
                 last = exc
                 log.warning("order %s outcome unknown (%s); querying by client id", order.client_order_id, exc.msg)
-            except BinanceError as exc:
-                if exc.code != DUPLICATE_CLIENT_ID:
-                    raise
+            except DuplicateClientOrderIdError as exc:
                 last = exc  # an earlier send landed: look it up
             found = await self._find_by_client_id(order.symbol, order.client_order_id, backoff_s)
             if found is not None:

@@ -76,6 +76,10 @@ class BannedError(BinanceError):
         self.until_ms = until_ms
 
 
+class DuplicateClientOrderIdError(BinanceError):
+    """-4116: an open order already has this client order id (an earlier send landed)."""
+
+
 class OutcomeUnknownError(BinanceError):
     """The request was sent but its outcome is unknown (503 unknown status, timeout after send).
 
@@ -123,6 +127,7 @@ _BY_CODE: dict[int, type[BinanceError]] = {
     -4024: FilterRejectedError,
     -1003: RateLimitedError,
     -1125: InvalidListenKeyError,
+    -4116: DuplicateClientOrderIdError,
 }
 
 # Binance's wording for a 503 whose execution status is unknown (the order may exist).
