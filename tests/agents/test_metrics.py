@@ -1,0 +1,107 @@
+"""Agent metrics: the seed's twelve names exactly, a symbol label on every series, no _created series."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from agents.core import AgentCore
+from agents.metrics import SEED_METRICS, AgentMetrics
+from fleet.binance.events import BUY
+
+from .test_core_support import SYMBOL, book, eth_filters, funding_fee, mark, order_update, seed_params
+
+
+def samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for fam in text_string_to_metric_families(body.decode()):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def sample_names(body: bytes) -> set[str]:
+    return {name for (name, _) in samples(body)}
+
+
+def active_core() -> AgentCore:
+    core = AgentCore(SYMBOL, seed_params(), eth_filters(), epoch=1)
+    core.on_event(book(3000.0, t=1_000), 1_000)
+    core.on_event(mark(3000.0, t=1_000, rate=0.0001), 1_000)
+    return core
+
+
+def test_the_twelve_seed_series_appear_with_their_exact_names():
+    m = AgentMetrics(SYMBOL, active_core())
+    names = sample_names(m.render())
+    for name in SEED_METRICS:
+        assert name in names, name
+    text = m.render().decode()
+    for name in SEED_METRICS:
+        assert f'\n{name}{{symbol="{SYMBOL}"}} ' in text
+
+
+def test_the_seed_series_exist_before_a_core_is_bound():
+    names = sample_names(AgentMetrics(SYMBOL).render())
+    assert set(SEED_METRICS) <= names
+
+
+def test_every_series_is_labelled_by_symbol_and_no_created_series_exist():
+    m = AgentMetrics(SYMBOL, active_core())
+    m.observe_tick_to_order(0.0004)
+    body = m.render()
+    for (name, labels) in samples(body):
+        assert dict(labels).get("symbol") == SYMBOL, name
+        assert not name.endswith("_created"), name
+
+
+def test_values_follow_the_core():
+    core = active_core()
+    m = AgentMetrics(SYMBOL, core)
+    acts = core.quote(1_000)
+    for d in acts:
+        core.on_sent(d, 1_000)
+    first_bid = next(d for d in acts if d.side == BUY)
+    core.on_event(
+        order_update(first_bid.client_order_id, 1, BUY, first_bid.price_ticks, first_bid.qty_steps, status="FILLED",
+                     cum_steps=first_bid.qty_steps, last_steps=first_bid.qty_steps, t=1_001, trade_id=1),
+        1_001,
+    )
+    core.on_event(funding_fee("-0.25", t=1_002), 1_002)
+    core.store.on_rejected("nope", -5022)
+    core.guard.check_place(type(first_bid)("x", BUY, 1, 0))
+    m.set_ws_connected(True)
+    m.inc_rest_fallback()
+    m.inc_rest_fallback()
+    m.observe_tick_to_order(0.0002)
+    m.observe_tick_to_order(0.3)
+    s = samples(m.render())
+    sym = (("symbol", SYMBOL),)
+    st = core.store
+    assert s[("mm_worst_case_long", sym)] == st.worst_long
+    assert s[("mm_worst_case_short", sym)] == st.worst_short
+    assert s[("mm_position", sym)] == st.position > 0
+    assert s[("mm_pending_buy", sym)] == st.pending_buy_size()
+    assert s[("mm_funding_pnl_acc", sym)] == -0.25
+    assert s[("mm_predicted_funding_rate", sym)] == 0.0001
+    assert s[("mm_ws_connected", sym)] == 1
+    assert s[("mm_rest_fallback_count", sym)] == 2
+    assert s[("mm_grind_count_total", sym)] == 0
+    assert s[("mm_orders_sent_total", (("action", "place"), ("symbol", SYMBOL)))] == len(acts)
+    assert s[("mm_fills_total", (("side", "BUY"), ("symbol", SYMBOL)))] == 1
+    assert s[("mm_rejects_total", (("code", "-5022"), ("symbol", SYMBOL)))] == 1
+    assert s[("mm_guard_refusals_total", (("reason", "bad_quantity"), ("symbol", SYMBOL)))] == 1
+    assert s[("mm_tick_to_order_seconds_count", sym)] == 2
+    assert s[("mm_tick_to_order_seconds_bucket", (("le", "0.00025"), ("symbol", SYMBOL)))] == 1
+    assert s[("mm_tick_to_order_seconds_bucket", (("le", "+Inf"), ("symbol", SYMBOL)))] == 2
+    assert s[("mm_halt_state", (("state", "running"), ("symbol", SYMBOL)))] == 1
+    core.halt("test")
+    s = samples(m.render())
+    assert s[("mm_halt_state", (("state", "halted"), ("symbol", SYMBOL)))] == 1
+
+
+def test_two_agents_in_one_process_keep_separate_registries():
+    a = AgentMetrics("ETHUSDC")
+    b = AgentMetrics("BTCUSDT")
+    a.inc_rest_fallback()
+    assert b"mm_rest_fallback_count{symbol=\"BTCUSDT\"} 0.0" in b.render()
+    assert b"BTCUSDT" not in a.render()
