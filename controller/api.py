@@ -83,6 +83,7 @@ class Answer:
     value: Any = None
     error: str | None = None
     elapsed_s: float = 0.0
+    refused: bool = False   # the actor answered, by raising (bad arguments), rather than not at all
 
     @property
     def ok(self) -> bool:
@@ -122,7 +123,7 @@ class ResumeRequest(_Selection):
 # Defined before the deployment class: Serve captures the class (and the globals it uses) when it is
 # decorated, so anything the replica calls must already exist at that point.
 
-_SUMMED = ("notional", "realized_pnl", "unrealized_pnl", "funding_pnl")
+_SUMMED = ("notional", "realized_pnl", "unrealized_pnl", "funding_pnl", "commission")
 
 
 def fleet_totals(per_symbol: dict[str, dict[str, Any]], max_total_notional: float) -> dict[str, Any]:
@@ -171,12 +172,6 @@ def _as_text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes | bytearray) else str(value)
 
 
-def _answer_json(ans: Answer) -> dict[str, Any]:
-    if ans.ok:
-        return {"reachable": True, "status": ans.value}
-    return {"reachable": False, "error": ans.error}
-
-
 def _first_line(exc: BaseException) -> str:
     lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
     return (lines[0] if lines else type(exc).__name__)[:300]
@@ -203,6 +198,7 @@ class FleetApi:
         self.namespace = namespace
         self.settings = ApiSettings(**settings)
         self.symbols: tuple[str, ...] = tuple(e.symbol for e in self.cfg.symbols)
+        self.known: tuple[str, ...] = self.symbols   # last symbol list the controller reported
         self.tokens = TokenSource(self.cfg.api.token_env, self.cfg.api.token_file)
         self.handles: dict[str, Any] = {}       # actor name -> handle, dropped when the actor is gone
         self.kill_latency = KillLatency()
@@ -237,12 +233,12 @@ class FleetApi:
     async def _call(self, name: str, method: str, timeout: float, *args: Any) -> Answer:
         """Call ``name.method(*args)``; every failure becomes an :class:`Answer` saying what went wrong."""
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayActorError, RayTaskError
 
         started = time.monotonic()
 
-        def failed(msg: str) -> Answer:
-            return Answer(error=msg, elapsed_s=time.monotonic() - started)
+        def failed(msg: str, refused: bool = False) -> Answer:
+            return Answer(error=msg, elapsed_s=time.monotonic() - started, refused=refused)
 
         try:
             handle = self._handle(name)
@@ -256,14 +252,16 @@ class FleetApi:
         except RayActorError as exc:
             self.handles.pop(name, None)
             return failed(f"{name} is unavailable: {_first_line(exc)}")
+        except RayTaskError as exc:
+            cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
+            return failed(f"{name}.{method} refused: {_first_line(cause)}", refused=True)
         except ray.exceptions.RayError as exc:
             return failed(f"{name}.{method} failed: {_first_line(exc)}")
         except Exception as exc:  # noqa: BLE001 - an agent's own error is reported, not raised
             return failed(f"{name}.{method} failed: {type(exc).__name__}: {_first_line(exc)}")
         return Answer(value=value, elapsed_s=time.monotonic() - started)
 
-    async def _ask_agents(self, method: str, symbols: tuple[str, ...] | None = None) -> dict[str, Answer]:
-        symbols = self.symbols if symbols is None else symbols
+    async def _ask_agents(self, method: str, symbols: tuple[str, ...]) -> dict[str, Answer]:
         answers = await asyncio.gather(
             *(self._call(AGENT_PREFIX + s, method, self.settings.agent_timeout_s) for s in symbols)
         )
@@ -274,17 +272,30 @@ class FleetApi:
 
     async def _controller_or_503(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         ans = await self._ask_controller(method, *args, timeout=timeout)
+        if ans.refused:
+            raise HTTPException(422, f"the fleet controller refused: {ans.error}")
         if not ans.ok:
             raise HTTPException(503, f"fleet controller not reachable: {ans.error}")
         return ans.value
 
-    async def _restarts(self) -> dict[str, int]:
+    def _traded(self, controller_symbols: Any) -> tuple[str, ...]:
+        """The symbols the fleet trades now: the controller's applied list, else the deployed config's.
+
+        ``apply`` may add or remove symbols after the endpoint was deployed; what the controller
+        reports wins, and is remembered for validating kill and resume requests.
+        """
+        if isinstance(controller_symbols, dict) and controller_symbols:
+            self.known = tuple(dict.fromkeys(str(s) for s in controller_symbols))
+        return self.known
+
+    async def _restarts(self, symbols: tuple[str, ...]) -> dict[str, int]:
         """Restart counts as Ray's GCS records them (the agents themselves cannot know)."""
         ids = {}
-        for sym in self.symbols:
-            handle = self.handles.get(AGENT_PREFIX + sym)
-            if handle is not None:
-                ids[sym] = handle._actor_id.hex()
+        for sym in symbols:
+            try:
+                ids[sym] = self._handle(AGENT_PREFIX + sym)._actor_id.hex()
+            except ValueError:
+                continue
         if not ids:
             return {}
 
@@ -307,10 +318,10 @@ class FleetApi:
     def _check_symbols(self, symbols: list[str] | None) -> list[str] | None:
         if symbols is None:
             return None
-        unknown = [s for s in symbols if s not in self.symbols]
+        unknown = [s for s in symbols if s not in self.known]
         if unknown:
             raise HTTPException(
-                404, f"unknown symbol(s): {', '.join(unknown)}; this fleet trades {', '.join(self.symbols)}"
+                404, f"unknown symbol(s): {', '.join(unknown)}; this fleet trades {', '.join(self.known)}"
             )
         return list(dict.fromkeys(symbols))
 
@@ -318,13 +329,16 @@ class FleetApi:
 
     @api.get("/health", summary="liveness of the endpoint (open)")
     async def health(self) -> dict[str, Any]:
-        return {"ok": True, "fleet": self.cfg.name, "symbols": len(self.symbols)}
+        return {"ok": True, "fleet": self.cfg.name, "symbols": len(self.known)}
 
     @api.get("/status", summary="per agent: state, epoch, lease, streams, book age, restarts")
     async def status(self, creds: Credentials) -> dict[str, Any]:
         self._authorize(creds)
-        agents, controller = await asyncio.gather(self._ask_agents("status"), self._ask_controller("status"))
-        restarts = await self._restarts()
+        controller = await self._ask_controller("status", timeout=self.settings.agent_timeout_s)
+        book = controller.value.get("symbols", {}) if controller.ok and isinstance(controller.value, dict) else {}
+        symbols = self._traded(book)
+        agents = await self._ask_agents("status", symbols)
+        restarts = await self._restarts(symbols)
         per_symbol = {}
         for sym, ans in agents.items():
             entry: dict[str, Any] = {"reachable": ans.ok, "answer_ms": round(ans.elapsed_s * 1000, 1)}
@@ -333,21 +347,29 @@ class FleetApi:
                 entry["error"] = ans.error
             if sym in restarts:
                 entry["restarts"] = restarts[sym]
+            if sym in book:
+                entry["lease"] = book[sym]          # epoch, holder, expiry, kill state per the controller
             per_symbol[sym] = entry
+        summary = (
+            {"reachable": True, **{k: v for k, v in controller.value.items() if k != "symbols"}}
+            if controller.ok and isinstance(controller.value, dict)
+            else {"reachable": False, "error": controller.error or "unexpected answer"}
+        )
         return {
             "fleet": self.cfg.name,
             "namespace": self.namespace,
-            "agents_expected": len(self.symbols),
+            "agents_expected": len(symbols),
             "agents_up": sum(1 for a in agents.values() if a.ok),
             "agents": per_symbol,
-            "controller": _answer_json(controller),
+            "controller": summary,
         }
 
     @api.get("/exposure", summary="per symbol position, notional, worst case vs cap, P&L; fleet totals")
     async def exposure(self, creds: Credentials) -> dict[str, Any]:
         self._authorize(creds)
-        agents, kill = await asyncio.gather(self._ask_agents("exposure"), self._ask_controller("kill_states"))
+        kill = await self._ask_controller("kill_states", timeout=self.settings.agent_timeout_s)
         kill_states = _kill_state_map(kill.value) if kill.ok else {}
+        agents = await self._ask_agents("exposure", self._traded(kill_states))
         per_symbol = {}
         for sym, ans in agents.items():
             entry: dict[str, Any] = {"reachable": ans.ok}
@@ -356,6 +378,9 @@ class FleetApi:
             elif not ans.ok:
                 entry["error"] = ans.error
             if sym in kill_states:
+                # The controller's state is the durable one; the agent's view is kept if it differs.
+                if "kill_state" in entry and entry["kill_state"] != kill_states[sym]:
+                    entry["agent_kill_state"] = entry["kill_state"]
                 entry["kill_state"] = kill_states[sym]
             per_symbol[sym] = entry
         return {
@@ -370,8 +395,10 @@ class FleetApi:
         if self.cfg.api.metrics_require_auth:
             self._authorize(creds)
         started = time.monotonic()
-        agents, kill = await asyncio.gather(self._ask_agents("metrics"), self._ask_controller("kill_states"))
-        restarts = await self._restarts()
+        kill = await self._ask_controller("kill_states", timeout=self.settings.agent_timeout_s)
+        kill_states = _kill_state_map(kill.value) if kill.ok else {}
+        symbols = self._traded(kill_states)
+        agents, restarts = await asyncio.gather(self._ask_agents("metrics", symbols), self._restarts(symbols))
         scrapes = [
             AgentScrape(
                 symbol=sym,
@@ -383,13 +410,14 @@ class FleetApi:
         ]
         view = FleetView(
             fleet=self.cfg.name,
-            symbols=self.symbols,
-            kill_states=_kill_state_map(kill.value) if kill.ok else {},
+            symbols=symbols,
+            kill_states=kill_states,
             restarts=restarts,
             kill_latency=self.kill_latency,
             controller_up=kill.ok,
         )
-        page = render_fleet_page(view, scrapes)
+        # Parsing 50 pages takes tens of ms: off the event loop, so a kill is not queued behind it.
+        page = await asyncio.to_thread(render_fleet_page, view, scrapes)
         for problem in page.dropped:
             log.warning("metrics: %s", problem)
         for s in scrapes:
@@ -415,7 +443,15 @@ class FleetApi:
         elapsed = time.monotonic() - started
         self.kill_latency = self.kill_latency.observe(elapsed)
         log.warning("kill %s done in %.1f ms", body.mode, elapsed * 1000)
-        return {"mode": body.mode, "reason": body.reason, "elapsed_ms": round(elapsed * 1000, 1), "result": result}
+        per_symbol = result.get("symbols", {}) if isinstance(result, dict) else {}
+        return {
+            "mode": body.mode,
+            "reason": body.reason,
+            "elapsed_ms": round(elapsed * 1000, 1),
+            # every symbol confirmed with 0 open orders at the exchange
+            "confirmed": bool(per_symbol) and all(v.get("open_orders") == 0 for v in per_symbol.values()),
+            "symbols": per_symbol,
+        }
 
     @api.post("/resume", summary="resume halted symbols")
     async def resume(self, body: ResumeRequest, creds: Credentials) -> dict[str, Any]:
@@ -424,7 +460,8 @@ class FleetApi:
         started = time.monotonic()
         log.warning("resume of %s requested: %s", symbols or "all symbols", body.reason or "(no reason)")
         result = await self._controller_or_503("resume", symbols, timeout=self.settings.kill_timeout_s)
-        return {"elapsed_ms": round((time.monotonic() - started) * 1000, 1), "result": result}
+        per_symbol = result.get("symbols", {}) if isinstance(result, dict) else {}
+        return {"elapsed_ms": round((time.monotonic() - started) * 1000, 1), "symbols": per_symbol}
 
 
 # --- deploying -----------------------------------------------------------------------------------
