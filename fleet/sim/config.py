@@ -1,0 +1,152 @@
+"""The simulator's configuration: symbols, accounts, market model, funding, limits and stream timing.
+
+Everything a test may need to bend (funding every few seconds, a low weight limit, short bans,
+a short connection lifetime) is a field here, so tests run the real code paths in seconds.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fleet.sim.market import MarketParams
+
+
+class SimConfigError(ValueError):
+    """A simulator config that cannot be used; the message names the field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SymbolSpec(_Model):
+    """One perpetual contract: its filters and where its market starts."""
+
+    symbol: str = Field(pattern=r"^[A-Z0-9]{2,30}$")
+    base_asset: str
+    quote_asset: str
+    tick_size: str = "0.01"
+    step_size: str = "0.001"
+    min_qty: str | None = None
+    max_qty: str = "10000"
+    market_max_qty: str = "1000"
+    min_notional: str = "5"
+    price_precision: int | None = None
+    max_num_orders: int = 200
+    multiplier_up: str = "1.0500"
+    multiplier_down: str = "0.9500"
+    start_price: float = Field(100.0, gt=0)
+    volatility: float | None = Field(None, ge=0, description="annualised volatility; None = market's")
+    spread_ticks: int = Field(1, ge=1, description="synthetic touch spread in ticks")
+    level_qty: float = Field(0.0, ge=0, description="synthetic size per level in base units; 0 = ~20k notional")
+    depth_levels: int = Field(20, ge=5, le=1000)
+    taker_rate: float = Field(4.0, ge=0, description="synthetic taker arrivals per second")
+    taker_mean_qty: float = Field(0.0, ge=0, description="mean synthetic taker size; 0 = ~5k notional")
+    funding_rate: str = "0.0001"
+
+    @field_validator("tick_size", "step_size", "min_notional", "max_qty", "market_max_qty")
+    @classmethod
+    def _positive_decimal(cls, v: str) -> str:
+        if Decimal(v) <= 0:
+            raise ValueError(f"must be a positive decimal string, got {v!r}")
+        return v
+
+    @property
+    def margin_asset(self) -> str:
+        return self.quote_asset
+
+
+def default_symbol_spec(symbol: str) -> SymbolSpec:
+    """The built-in symbols the rest of the project assumes, or a generic spec for any other name."""
+    symbol = symbol.upper()
+    known: dict[str, dict[str, Any]] = {
+        "ETHUSDC": dict(base_asset="ETH", quote_asset="USDC", tick_size="0.01", step_size="0.001",
+                        min_notional="5", start_price=3000.0, market_max_qty="2000"),
+        "BTCUSDT": dict(base_asset="BTC", quote_asset="USDT", tick_size="0.10", step_size="0.001",
+                        min_notional="50", start_price=60000.0, price_precision=2,
+                        max_qty="1000", market_max_qty="120"),
+        "SOLUSDT": dict(base_asset="SOL", quote_asset="USDT", tick_size="0.01", step_size="0.01",
+                        min_notional="5", start_price=150.0, max_qty="100000", market_max_qty="5000"),
+    }
+    if symbol in known:
+        return SymbolSpec(symbol=symbol, **known[symbol])
+    for quote in ("USDT", "USDC", "BUSD"):
+        if symbol.endswith(quote) and len(symbol) > len(quote):
+            return SymbolSpec(symbol=symbol, base_asset=symbol[: -len(quote)], quote_asset=quote)
+    return SymbolSpec(symbol=symbol, base_asset=symbol, quote_asset="USDT")
+
+
+class AccountSpec(_Model):
+    """A trading account; keys are generated at start unless given."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,40}$")
+    api_key: str | None = None
+    api_secret: str | None = None
+    balances: dict[str, str] = Field(default_factory=lambda: {"USDT": "100000", "USDC": "100000"})
+    leverage: int = Field(20, ge=1, le=125)
+
+
+class RateLimits(_Model):
+    weight_per_minute: int = Field(2400, ge=1)
+    orders_per_10s: int = Field(300, ge=1)
+    orders_per_minute: int = Field(1200, ge=1)
+    ban_base_s: float = Field(120.0, gt=0, description="first 418 ban; doubles each time, max 3 days")
+    ban_max_s: float = Field(3 * 24 * 3600.0, gt=0)
+
+
+class SimConfig(_Model):
+    """Everything the simulator needs; the defaults are the project's defaults."""
+
+    symbols: tuple[SymbolSpec, ...] = ()
+    accounts: tuple[AccountSpec, ...] = (AccountSpec(name="main"),)
+    market: MarketParams = Field(default_factory=MarketParams)
+    maker_commission: str = "0.0002"
+    taker_commission: str = "0.0004"
+    funding_interval_s: float = Field(8 * 3600.0, gt=0, description="aligned to the epoch (00/08/16 UTC)")
+    funding_rate_wander: float = Field(0.00002, ge=0, description="std dev of the hourly rate drift")
+    listen_key_ttl_s: float = Field(3600.0, gt=0)
+    step_ms: int = Field(50, ge=1, le=1000, description="market model step (book cadence)")
+    mark_interval_ms: int = Field(1000, ge=10)
+    ws_ping_interval_s: float = Field(180.0, gt=0)
+    ws_pong_timeout_s: float = Field(600.0, gt=0)
+    ws_max_lifetime_s: float = Field(24 * 3600.0, gt=0)
+    ws_max_incoming_per_s: int = Field(10, ge=1)
+    ws_max_streams: int = Field(1024, ge=1)
+    rate_limits: RateLimits = RateLimits()
+    recv_window_max_ms: int = Field(60000, ge=1)
+
+    def symbol_specs(self, names: list[str] | None = None) -> tuple[SymbolSpec, ...]:
+        """The configured specs, plus defaults for names not configured (in the given order)."""
+        configured = {s.symbol: s for s in self.symbols}
+        if not names:
+            return self.symbols or tuple(default_symbol_spec(n) for n in ("ETHUSDC", "BTCUSDT", "SOLUSDT"))
+        return tuple(configured.get(n.upper()) or default_symbol_spec(n) for n in names)
+
+
+def load_sim_config(source: str | Path | dict[str, Any] | SimConfig | None) -> SimConfig:
+    """A SimConfig from a YAML file, a dict or nothing; errors name the offending field."""
+    if source is None:
+        return SimConfig()
+    if isinstance(source, SimConfig):
+        return source
+    data: Any = source
+    where = "config"
+    if isinstance(source, (str, Path)):
+        where = str(source)
+        try:
+            data = yaml.safe_load(Path(source).read_text()) or {}
+        except OSError as exc:
+            raise SimConfigError(f"cannot read simulator config {where}: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise SimConfigError(f"simulator config {where} is not valid YAML: {exc}") from exc
+    try:
+        return SimConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise SimConfigError(f"{where}: field '{field}': {first['msg']}") from exc

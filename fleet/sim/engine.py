@@ -1,0 +1,1497 @@
+"""The simulator's pure core: synthetic books, matching with queue position, accounts, funding.
+
+No sockets and no wall clock: the server calls methods with parsed parameters and an injected
+``now_ms`` and drains :attr:`Engine.outbox` for the frames to push, so the same engine runs live on
+loopback or in accelerated time in-process. Prices are integer ticks and sizes integer steps inside;
+money (balances, entry prices, P&L, fees) is ``Decimal`` so the books balance exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
+
+from fleet.sim.config import AccountSpec, SimConfig, SymbolSpec
+from fleet.sim.market import MarketModel
+
+ZERO = Decimal(0)
+Q8 = Decimal("0.00000001")
+CLIENT_ID_RE = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
+OPEN_STATUSES = ("NEW", "PARTIALLY_FILLED")
+_ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+MAX_CLOSED_KEPT = 20000
+
+
+class SimApiError(Exception):
+    """An error the simulator answers the way Binance would: code, message, HTTP status."""
+
+    def __init__(self, code: int, msg: str, http_status: int = 400) -> None:
+        super().__init__(f"[{code}] {msg}")
+        self.code = code
+        self.msg = msg
+        self.http_status = http_status
+
+    def body(self) -> dict[str, Any]:
+        return {"code": self.code, "msg": self.msg}
+
+
+def _q8(d: Decimal) -> Decimal:
+    return d.quantize(Q8, rounding=ROUND_HALF_UP)
+
+
+def _s8(d: Decimal) -> str:
+    return f"{d.quantize(Q8, rounding=ROUND_HALF_UP):f}"
+
+
+def _places(unit: Decimal) -> int:
+    return max(0, -unit.normalize().as_tuple().exponent)
+
+
+def _decimals_in(s: str) -> int:
+    if "." not in s:
+        return 0
+    return len(s.split(".", 1)[1].rstrip("0"))
+
+
+def missing(name: str) -> SimApiError:
+    return SimApiError(-1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
+
+
+def invalid(name: str) -> SimApiError:
+    return SimApiError(-1130, f"Data sent for parameter '{name}' is not valid.")
+
+
+@dataclass(frozen=True)
+class Trade:
+    """One fill of one order, as userTrades reports it."""
+
+    trade_id: int
+    order_id: int
+    symbol: str
+    side: str
+    price: str
+    qty: str
+    quote_qty: str
+    commission: str
+    commission_asset: str
+    realized_pnl: str
+    maker: bool
+    time: int
+
+
+class Order:
+    """A live or closed order of an account. Mutable: the engine owns it."""
+
+    __slots__ = ("order_id", "client_id", "account", "symbol", "side", "sign", "type", "tif", "price",
+                 "orig", "filled", "cum_quote", "status", "reduce_only", "time", "update_time",
+                 "ahead", "seq", "modifies", "expire_reason")
+
+    def __init__(self, order_id: int, client_id: str, account: str, symbol: str, side: str, otype: str,
+                 tif: str, price: int, orig: int, reduce_only: bool, now: int, seq: int) -> None:
+        self.order_id = order_id
+        self.client_id = client_id
+        self.account = account
+        self.symbol = symbol
+        self.side = side
+        self.sign = 1 if side == "BUY" else -1
+        self.type = otype
+        self.tif = tif
+        self.price = price
+        self.orig = orig
+        self.filled = 0
+        self.cum_quote = ZERO
+        self.status = "NEW"
+        self.reduce_only = reduce_only
+        self.time = now
+        self.update_time = now
+        self.ahead = 0
+        self.seq = seq
+        self.modifies = 0
+        self.expire_reason = "0"
+
+    @property
+    def remaining(self) -> int:
+        return self.orig - self.filled
+
+    @property
+    def is_open(self) -> bool:
+        return self.status == "NEW" or self.status == "PARTIALLY_FILLED"
+
+
+class Position:
+    __slots__ = ("amount", "entry", "realized", "funding", "commission", "update_time")
+
+    def __init__(self) -> None:
+        self.amount = 0  # steps, signed
+        self.entry = ZERO
+        self.realized = ZERO  # accumulated realized P&L (before fees)
+        self.funding = ZERO  # accumulated funding (negative = paid)
+        self.commission = ZERO  # accumulated commissions paid (positive)
+        self.update_time = 0
+
+
+class Account:
+    """An account's money, positions, open orders, stream key and counters."""
+
+    def __init__(self, spec: AccountSpec, api_key: str, api_secret: str) -> None:
+        self.name = spec.name
+        self.api_key = api_key
+        self.api_secret = api_secret
+        self.wallet: dict[str, Decimal] = {a: Decimal(v) for a, v in spec.balances.items()}
+        self.default_leverage = spec.leverage
+        self.leverage: dict[str, int] = {}
+        self.positions: dict[str, Position] = {}
+        self.open: dict[int, Order] = {}
+        self.listen_key: str | None = None
+        self.listen_key_expiry = 0
+        self.countdowns: dict[str, int] = {}
+        self.income: list[dict[str, Any]] = []
+        self.trades: list[Trade] = []
+        self.counters = {"orders_placed": 0, "orders_cancelled": 0, "orders_rejected": 0,
+                         "orders_filled": 0, "orders_expired": 0, "orders_amended": 0, "trades": 0,
+                         "countdown_fired": 0}
+
+    def position(self, symbol: str) -> Position:
+        pos = self.positions.get(symbol)
+        if pos is None:
+            pos = self.positions[symbol] = Position()
+        return pos
+
+
+class Book:
+    """One symbol: its market model, synthetic book around the mid, and the resting orders."""
+
+    def __init__(self, spec: SymbolSpec, model: MarketModel, salt: int, base_order_id: int) -> None:
+        self.spec = spec
+        self.symbol = spec.symbol
+        self.lower = spec.symbol.lower()
+        self.model = model
+        self.tick = Decimal(spec.tick_size)
+        self.step = Decimal(spec.step_size)
+        self.tick_f = float(self.tick)
+        self.step_f = float(self.step)
+        self.price_places = _places(self.tick)
+        self.qty_places = _places(self.step)
+        self.price_precision = spec.price_precision if spec.price_precision is not None else self.price_places
+        self.qty_precision = self.qty_places
+        self.min_qty = Decimal(spec.min_qty) if spec.min_qty else self.step
+        self.min_notional = Decimal(spec.min_notional)
+        self.max_qty = Decimal(spec.max_qty)
+        self.market_max_qty = Decimal(spec.market_max_qty)
+        self.mult_up = Decimal(spec.multiplier_up)
+        self.mult_down = Decimal(spec.multiplier_down)
+        price = spec.start_price
+        self.level_steps = max(1, int((spec.level_qty or 20000.0 / price) / self.step_f))
+        self.taker_mean_steps = max(1.0, (spec.taker_mean_qty or 5000.0 / price) / self.step_f)
+        self.salt = salt
+        self.bids: dict[int, list[Order]] = {}
+        self.asks: dict[int, list[Order]] = {}
+        self.consumed_bid: dict[int, int] = {}
+        self.consumed_ask: dict[int, int] = {}
+        self.mid = model.mid
+        self.bid_top = 0
+        self.ask_top = 0
+        self.set_tops()
+        self.mark = self.mid
+        self._mark_dec: Decimal | None = None
+        self.next_order_id = base_order_id
+        self.update_id = 1_000_000
+        self.agg_id = 1
+        self.trade_id = 1
+        self.funding_rate = Decimal(spec.funding_rate)
+        self.base_rate = self.funding_rate
+        self.rate_pinned = False
+        self.frozen = False
+        self.last_bt: tuple[int, int, int, int] | None = None
+        self.funding_history: list[dict[str, Any]] = []
+        self.closed: dict[int, Order] = {}
+        self.last_price = self.mid
+        self.volume_steps = 0
+
+    # -- synthetic book -------------------------------------------------------------------------
+
+    def set_tops(self) -> None:
+        half = self.spec.spread_ticks / 2.0
+        self.bid_top = math.floor(self.mid / self.tick_f - half + 1e-9)
+        self.ask_top = self.bid_top + self.spec.spread_ticks
+
+    def _profile(self, dist: int, price: int) -> int:
+        noise = 0.5 + ((price * 2654435761 + self.salt) & 1023) / 1024.0
+        return max(1, int(self.level_steps * (1.0 + 0.15 * dist) * noise))
+
+    def synth_bid(self, price: int) -> int:
+        if price > self.bid_top:
+            return 0
+        q = self._profile(self.bid_top - price, price) - self.consumed_bid.get(price, 0)
+        return q if q > 0 else 0
+
+    def synth_ask(self, price: int) -> int:
+        if price < self.ask_top:
+            return 0
+        q = self._profile(price - self.ask_top, price) - self.consumed_ask.get(price, 0)
+        return q if q > 0 else 0
+
+    def synth_best_bid(self) -> int:
+        """Highest synthetic bid with size left (takers may have eaten the top levels)."""
+        p = self.bid_top
+        if self.consumed_bid:
+            floor = p - 100000
+            while p > floor and p > 0 and self.synth_bid(p) == 0:
+                p -= 1
+        return p
+
+    def synth_best_ask(self) -> int:
+        p = self.ask_top
+        if self.consumed_ask:
+            ceil = p + 100000
+            while p < ceil and self.synth_ask(p) == 0:
+                p += 1
+        return p
+
+    def best_bid(self) -> int:
+        s = self.synth_best_bid()
+        if self.bids:
+            b = max(self.bids)
+            return b if b > s else s
+        return s
+
+    def best_ask(self) -> int:
+        s = self.synth_best_ask()
+        if self.asks:
+            a = min(self.asks)
+            return a if a < s else s
+        return s
+
+    def level_qty(self, side_buy: bool, price: int) -> int:
+        if side_buy:
+            q = self.synth_bid(price)
+            for o in self.bids.get(price, ()):
+                q += o.orig - o.filled
+        else:
+            q = self.synth_ask(price)
+            for o in self.asks.get(price, ()):
+                q += o.orig - o.filled
+        return q
+
+    def depth(self, levels: int) -> tuple[list[list[str]], list[list[str]]]:
+        bids: list[list[str]] = []
+        asks: list[list[str]] = []
+        p = self.best_bid()
+        floor = p - levels * 4 - 10
+        while len(bids) < levels and p > floor and p > 0:
+            q = self.level_qty(True, p)
+            if q > 0:
+                bids.append([self.price_str(p), self.qty_str(q)])
+            p -= 1
+        p = self.best_ask()
+        ceil = p + levels * 4 + 10
+        while len(asks) < levels and p < ceil:
+            q = self.level_qty(False, p)
+            if q > 0:
+                asks.append([self.price_str(p), self.qty_str(q)])
+            p += 1
+        return bids, asks
+
+    def mark_dec(self) -> Decimal:
+        if self._mark_dec is None:
+            self._mark_dec = Decimal(f"{self.mark:.8f}")
+        return self._mark_dec
+
+    def price_str(self, ticks: int) -> str:
+        return f"{self.tick * ticks:.{self.price_places}f}"
+
+    def qty_str(self, steps: int) -> str:
+        return f"{self.step * steps:.{self.qty_places}f}"
+
+
+class Engine:
+    """The exchange: call its methods with an account name, parameters and ``now_ms``."""
+
+    def __init__(self, config: SimConfig, seed: int = 7, now_ms: int = 0,
+                 symbols: list[str] | None = None,
+                 credentials: dict[str, tuple[str, str]] | None = None) -> None:
+        self.config = config
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.id_rng = random.Random(seed * 7919 + 1)
+        self.now_ms = now_ms
+        self.outbox: list[tuple[str, str, Any]] = []
+        self.events_emitted = 0
+        self.interest: set[str] = set()
+        self.books: dict[str, Book] = {}
+        self._seq = 0
+        self.maker_rate = Decimal(config.maker_commission)
+        self.taker_rate = Decimal(config.taker_commission)
+        for i, spec in enumerate(config.symbol_specs(symbols)):
+            mp = config.market.model_copy(update={
+                "start_price": spec.start_price,
+                **({"volatility": spec.volatility} if spec.volatility is not None else {}),
+            })
+            model = MarketModel(mp, random.Random(f"{seed}:{spec.symbol}"))
+            self.books[spec.symbol] = Book(spec, model, salt=(seed * 131 + i * 977) & 0xFFFF,
+                                           base_order_id=(i + 1) * 1_000_000_000 + 1)
+        self.accounts: dict[str, Account] = {}
+        self.by_key: dict[str, Account] = {}
+        credentials = credentials or {}
+        for spec in config.accounts:
+            key, secret = credentials.get(spec.name, (spec.api_key, spec.api_secret))
+            key = key or self._token(64)
+            secret = secret or self._token(64)
+            acct = Account(spec, key, secret)
+            self.accounts[spec.name] = acct
+            self.by_key[key] = acct
+        self.step_ms = config.step_ms
+        self.next_step_ms = now_ms + self.step_ms
+        self.funding_interval_ms = int(config.funding_interval_s * 1000)
+        self.next_funding_ms = (now_ms // self.funding_interval_ms + 1) * self.funding_interval_ms
+        self.next_mark_ms = (now_ms // config.mark_interval_ms + 1) * config.mark_interval_ms
+        self.next_mark3_ms = (now_ms // 3000 + 1) * 3000
+        self.depth_due: dict[str, int] = {}
+        self._step_count = 0
+        self.tran_id = 1
+
+    # -- small helpers ----------------------------------------------------------------------------
+
+    def _token(self, n: int) -> str:
+        return "".join(self.id_rng.choice(_ALNUM) for _ in range(n))
+
+    def _emit_user(self, account: str, payload: dict[str, Any]) -> None:
+        self.outbox.append(("u", account, payload))
+        self.events_emitted += 1
+
+    def _emit_market(self, stream: str, payload: Any) -> None:
+        self.outbox.append(("m", stream, payload))
+        self.events_emitted += 1
+
+    def drain(self) -> list[tuple[str, str, Any]]:
+        out, self.outbox = self.outbox, []
+        return out
+
+    def book(self, symbol: str | None) -> Book:
+        if not symbol:
+            raise missing("symbol")
+        b = self.books.get(symbol.upper())
+        if b is None:
+            raise SimApiError(-1121, "Invalid symbol.")
+        return b
+
+    def account(self, name: str) -> Account:
+        acct = self.accounts.get(name)
+        if acct is None:
+            raise SimApiError(-2015, "Invalid API-key, IP, or permissions for action.", 401)
+        return acct
+
+    def leverage_of(self, acct: Account, symbol: str) -> int:
+        return acct.leverage.get(symbol, acct.default_leverage)
+
+    # -- time -------------------------------------------------------------------------------------
+
+    def advance(self, now_ms: int) -> None:
+        """Move the exchange to ``now_ms``: market steps, mark/funding, countdowns, key expiry."""
+        while self.next_step_ms <= now_ms:
+            t = self.next_step_ms
+            self.now_ms = t
+            self._step_market(t, self.step_ms / 1000.0)
+            if t >= self.next_mark_ms:
+                self._publish_mark(t, "@1s", self.config.mark_interval_ms / 1000.0)
+                self.next_mark_ms += self.config.mark_interval_ms
+            if t >= self.next_mark3_ms:
+                self._publish_mark(t, "", 0.0)
+                self.next_mark3_ms += 3000
+            if t >= self.next_funding_ms:
+                self.settle_funding(t)
+                self.next_funding_ms += self.funding_interval_ms
+            self.next_step_ms += self.step_ms
+        if now_ms > self.now_ms:
+            self.now_ms = now_ms
+        self._fire_countdowns(now_ms)
+        self._expire_listen_keys(now_ms)
+
+    def _fire_countdowns(self, now: int) -> None:
+        for acct in self.accounts.values():
+            if not acct.countdowns:
+                continue
+            for symbol, deadline in list(acct.countdowns.items()):
+                if now >= deadline:
+                    del acct.countdowns[symbol]
+                    acct.counters["countdown_fired"] += 1
+                    self._cancel_all(acct, self.books[symbol], now)
+
+    def _expire_listen_keys(self, now: int) -> None:
+        for acct in self.accounts.values():
+            if acct.listen_key and now >= acct.listen_key_expiry:
+                self.expire_listen_key(acct.name, now)
+
+    # -- market -------------------------------------------------------------------------------------
+
+    def _step_market(self, t: int, dt: float) -> None:
+        self._step_count += 1
+        decay = self._step_count % 20 == 0
+        for b in self.books.values():
+            if b.frozen:
+                continue
+            old_bid, old_ask = b.bid_top, b.ask_top
+            b.mid = b.model.step(dt)
+            b.mark = b.mid
+            b._mark_dec = None
+            b.set_tops()
+            if b.bid_top != old_bid or decay:
+                if b.consumed_bid:
+                    top = b.bid_top
+                    b.consumed_bid = {p: (c // 2 if decay else c) for p, c in b.consumed_bid.items()
+                                      if p <= top and (c > 1 or not decay)}
+                if b.consumed_ask:
+                    top = b.ask_top
+                    b.consumed_ask = {p: (c // 2 if decay else c) for p, c in b.consumed_ask.items()
+                                      if p >= top and (c > 1 or not decay)}
+            self._sweep_crossed(b, t)
+            rate = b.spec.taker_rate * dt
+            if rate > 0:
+                # Poisson arrivals by inversion: cheap for small rates
+                u = self.rng.random()
+                p = math.exp(-rate)
+                cdf = p
+                n = 0
+                while u > cdf and n < 50:
+                    n += 1
+                    p *= rate / n
+                    cdf += p
+                for _ in range(n):
+                    self._synthetic_taker(b, t)
+            self._publish_book(b, t)
+
+    def _sweep_crossed(self, b: Book, t: int) -> None:
+        """Resting orders the market moved through fill at their own price, as makers."""
+        if b.bids and max(b.bids) >= b.ask_top:
+            ask = b.synth_best_ask()
+            for price in sorted((p for p in b.bids if p >= ask), reverse=True):
+                for o in list(b.bids.get(price, ())):
+                    qty = o.remaining
+                    self._fill(b, o, qty, price, True, t)
+                    self._emit_agg(b, price, qty, t, True)
+        if b.asks and min(b.asks) <= b.bid_top:
+            bid = b.synth_best_bid()
+            for price in sorted(p for p in b.asks if p <= bid):
+                for o in list(b.asks.get(price, ())):
+                    qty = o.remaining
+                    self._fill(b, o, qty, price, True, t)
+                    self._emit_agg(b, price, qty, t, False)
+
+    def _synthetic_taker(self, b: Book, t: int) -> None:
+        rng = self.rng
+        qty = int(rng.expovariate(1.0 / b.taker_mean_steps)) + 1
+        if rng.random() < 0.03:
+            qty *= 10
+        buy = rng.random() < 0.5
+        self._walk(b, buy, qty, None, None, t)
+
+    def _walk(self, b: Book, buy: bool, qty: int, taker: Order | None, limit: int | None, t: int) -> int:
+        """A taker of ``qty`` steps walks the opposite side; returns the quantity left."""
+        v = qty
+        if buy:
+            p = b.best_ask()
+            levels, synth, consumed, direction = b.asks, b.synth_ask, b.consumed_ask, 1
+        else:
+            p = b.best_bid()
+            levels, synth, consumed, direction = b.bids, b.synth_bid, b.consumed_bid, -1
+        walked = 0
+        while v > 0 and walked < 100000 and p > 0:
+            if limit is not None and (p > limit if buy else p < limit):
+                break
+            s_qty = synth(p)
+            resting = levels.get(p)
+            traded = 0
+            eaten = 0
+            if resting:
+                for o in list(resting):
+                    if taker is not None and o is taker:
+                        continue
+                    ahead = o.ahead if o.ahead < s_qty else s_qty
+                    gap = ahead - eaten
+                    if gap > 0:
+                        take = gap if gap < v else v
+                        eaten += take
+                        v -= take
+                        if v == 0:
+                            break
+                    fill = o.orig - o.filled
+                    if fill > v:
+                        fill = v
+                    v -= fill
+                    traded += fill
+                    self._fill(b, o, fill, p, True, t)
+                    if v == 0:
+                        break
+            if v > 0 and s_qty > eaten:
+                behind = s_qty - eaten
+                take = behind if behind < v else v
+                eaten += take
+                v -= take
+            if eaten:
+                consumed[p] = consumed.get(p, 0) + eaten
+                rest = levels.get(p)
+                if rest:
+                    for o in rest:
+                        a = o.ahead if o.ahead < s_qty else s_qty
+                        o.ahead = a - eaten if a > eaten else 0
+            traded += eaten
+            if traded:
+                if taker is not None:
+                    self._fill(b, taker, traded, p, False, t)
+                self._emit_agg(b, p, traded, t, not buy)
+            p += direction
+            walked += 1
+        return v
+
+    def _emit_agg(self, b: Book, price: int, qty: int, t: int, buyer_maker: bool) -> None:
+        b.last_price = price * b.tick_f
+        b.volume_steps += qty
+        aid = b.agg_id
+        b.agg_id += 1
+        stream = b.lower + "@aggTrade"
+        if stream in self.interest:
+            self._emit_market(stream, {"e": "aggTrade", "E": t, "a": aid, "s": b.symbol,
+                                       "p": b.price_str(price), "q": b.qty_str(qty), "nq": b.qty_str(qty),
+                                       "f": aid, "l": aid, "T": t, "m": buyer_maker})
+
+    def _publish_book(self, b: Book, t: int) -> None:
+        interest = self.interest
+        if not interest:
+            return
+        bb = b.best_bid()
+        ba = b.best_ask()
+        bt = (bb, b.level_qty(True, bb), ba, b.level_qty(False, ba))
+        changed = bt != b.last_bt
+        if changed:
+            b.last_bt = bt
+            b.update_id += 1
+            s1 = b.lower + "@bookTicker"
+            want_all = "!bookTicker" in interest
+            if s1 in interest or want_all:
+                frame = {"e": "bookTicker", "u": b.update_id, "s": b.symbol, "b": b.price_str(bb),
+                         "B": b.qty_str(bt[1]), "a": b.price_str(ba), "A": b.qty_str(bt[3]), "T": t, "E": t}
+                if s1 in interest:
+                    self._emit_market(s1, frame)
+                if want_all:
+                    self._emit_market("!bookTicker", frame)
+        for levels in (5, 10, 20):
+            for suffix, every in (("@100ms", 100), ("", 250), ("@500ms", 500)):
+                stream = f"{b.lower}@depth{levels}{suffix}"
+                if stream not in interest:
+                    continue
+                due = self.depth_due.get(stream, 0)
+                if t < due:
+                    continue
+                self.depth_due[stream] = t - t % every + every
+                bids, asks = b.depth(levels)
+                self._emit_market(stream, {"e": "depthUpdate", "E": t, "T": t, "s": b.symbol,
+                                           "U": b.update_id, "u": b.update_id, "pu": b.update_id - 1,
+                                           "b": bids, "a": asks})
+
+    def _publish_mark(self, t: int, suffix: str, dt_s: float) -> None:
+        arr: list[dict[str, Any]] = []
+        all_stream = "!markPrice@arr" + suffix
+        want_all = all_stream in self.interest
+        for b in self.books.values():
+            if dt_s > 0 and not b.rate_pinned and self.config.funding_rate_wander > 0:
+                drift = self.rng.gauss(0.0, self.config.funding_rate_wander * math.sqrt(dt_s / 3600.0))
+                rev = (float(b.base_rate) - float(b.funding_rate)) * min(1.0, dt_s / 3600.0)
+                new = float(b.funding_rate) + drift + rev
+                new = max(-0.003, min(0.003, new))
+                b.funding_rate = Decimal(f"{new:.8f}")
+            if b.frozen:
+                continue
+            stream = b.lower + "@markPrice" + suffix
+            if stream in self.interest or want_all:
+                frame = self.mark_frame(b, t)
+                if stream in self.interest:
+                    self._emit_market(stream, frame)
+                arr.append(frame)
+        if want_all and arr:
+            self._emit_market(all_stream, arr)
+
+    def mark_frame(self, b: Book, t: int) -> dict[str, Any]:
+        mark = f"{b.mark:.8f}"
+        return {"e": "markPriceUpdate", "E": t, "s": b.symbol, "p": mark, "ap": mark,
+                "P": f"{b.mark * 0.99995:.8f}", "i": f"{b.mark * 0.99995:.8f}",
+                "r": f"{b.funding_rate:.8f}", "T": self.next_funding_ms}
+
+    # -- faults and truth --------------------------------------------------------------------------
+
+    def jump(self, symbol: str, pct: float, now: int) -> float:
+        """Move the mid by ``pct`` percent at once; resting orders crossed by the move fill."""
+        b = self.book(symbol)
+        if pct <= -100:
+            raise invalid("pct")
+        b.mid = b.model.jump(math.log1p(pct / 100.0))
+        b.mark = b.mid
+        b._mark_dec = None
+        b.set_tops()
+        b.consumed_bid.clear()
+        b.consumed_ask.clear()
+        self._sweep_crossed(b, now)
+        self._publish_book(b, now)
+        return b.mid
+
+    def set_funding_rate(self, symbol: str, rate: str | None) -> None:
+        b = self.book(symbol)
+        if rate is None:
+            b.rate_pinned = False
+            return
+        try:
+            b.funding_rate = Decimal(str(rate))
+        except InvalidOperation as exc:
+            raise invalid("rate") from exc
+        b.rate_pinned = True
+
+    def set_position(self, account: str, symbol: str, amount: str, entry_price: str | None, now: int) -> None:
+        acct = self.account(account)
+        b = self.book(symbol)
+        try:
+            steps = int(Decimal(amount) / b.step)
+            entry = Decimal(entry_price) if entry_price is not None else b.mark_dec()
+        except (InvalidOperation, TypeError) as exc:
+            raise invalid("amount") from exc
+        pos = acct.position(b.symbol)
+        pos.amount = steps
+        pos.entry = entry if steps else ZERO
+        pos.update_time = now
+        self._emit_account_update(acct, b, "ADJUSTMENT", now, ZERO)
+
+    def set_frozen(self, symbol: str | None, frozen: bool) -> list[str]:
+        books = [self.book(symbol)] if symbol else list(self.books.values())
+        for b in books:
+            b.frozen = frozen
+            b.last_bt = None
+        return [b.symbol for b in books]
+
+    # -- funding ----------------------------------------------------------------------------------
+
+    def settle_funding(self, t: int, symbol: str | None = None) -> list[dict[str, Any]]:
+        """Charge fee = -position x mark x rate to every open position; push FUNDING_FEE updates."""
+        charged = []
+        books = [self.book(symbol)] if symbol else list(self.books.values())
+        for b in books:
+            mark = b.mark_dec()
+            rate = b.funding_rate
+            b.funding_history.append({"symbol": b.symbol, "fundingRate": f"{rate:.8f}", "fundingTime": t,
+                                      "markPrice": f"{mark:f}", "rateType": "Regular"})
+            if len(b.funding_history) > 5000:
+                del b.funding_history[:1000]
+            asset = b.spec.margin_asset
+            for acct in self.accounts.values():
+                pos = acct.positions.get(b.symbol)
+                if pos is None or pos.amount == 0:
+                    continue
+                fee = _q8(-(b.step * pos.amount) * mark * rate)
+                pos.funding += fee
+                acct.wallet[asset] = acct.wallet.get(asset, ZERO) + fee
+                self._income(acct, b.symbol, "FUNDING_FEE", fee, asset, t, "")
+                wb = _s8(acct.wallet[asset])
+                self._emit_user(acct.name, {"e": "ACCOUNT_UPDATE", "E": t, "T": t, "a": {
+                    "m": "FUNDING_FEE", "S": b.symbol,
+                    "B": [{"a": asset, "wb": wb, "cw": wb, "bc": _s8(fee)}], "P": []}})
+                charged.append({"account": acct.name, "symbol": b.symbol, "fee": _s8(fee),
+                                "mark_price": f"{mark:f}", "rate": f"{rate:.8f}",
+                                "position": b.qty_str(pos.amount)})
+        return charged
+
+    def _income(self, acct: Account, symbol: str, kind: str, amount: Decimal, asset: str, t: int,
+                trade_id: str) -> None:
+        self.tran_id += 1
+        acct.income.append({"symbol": symbol, "incomeType": kind, "income": _s8(amount), "asset": asset,
+                            "info": kind if kind != "FUNDING_FEE" else "FUNDING_FEE", "time": t,
+                            "tranId": self.tran_id, "tradeId": trade_id})
+        if len(acct.income) > 100000:
+            del acct.income[:20000]
+
+    # -- fills and positions -----------------------------------------------------------------------
+
+    def _fill(self, b: Book, o: Order, qty: int, price: int, maker: bool, t: int) -> None:
+        if qty <= 0:
+            return
+        acct = self.accounts[o.account]
+        pos = acct.position(b.symbol)
+        px = b.tick * price
+        q_dec = b.step * qty
+        old = pos.amount
+        sign = o.sign
+        realized = ZERO
+        if old == 0 or (old > 0) == (sign > 0):
+            total = abs(old) + qty
+            pos.entry = _q8((pos.entry * abs(old) + px * qty) / total)
+        else:
+            closed = qty if qty < abs(old) else abs(old)
+            realized = _q8((px - pos.entry) * (b.step * closed) * (1 if old > 0 else -1))
+            if qty > abs(old):
+                pos.entry = px
+            elif qty == abs(old):
+                pos.entry = ZERO
+        pos.amount = old + sign * qty
+        pos.realized += realized
+        pos.update_time = t
+        rate = self.maker_rate if maker else self.taker_rate
+        commission = _q8(px * q_dec * rate)
+        pos.commission += commission
+        asset = b.spec.margin_asset
+        acct.wallet[asset] = acct.wallet.get(asset, ZERO) + realized - commission
+        o.filled += qty
+        o.cum_quote += px * q_dec
+        o.update_time = t
+        b.trade_id += 1
+        trade_id = b.trade_id
+        if o.filled >= o.orig:
+            o.status = "FILLED"
+            self._remove_resting(b, o)
+            acct.counters["orders_filled"] += 1
+        else:
+            o.status = "PARTIALLY_FILLED"
+        acct.counters["trades"] += 1
+        if realized:
+            self._income(acct, b.symbol, "REALIZED_PNL", realized, asset, t, str(trade_id))
+        if commission:
+            self._income(acct, b.symbol, "COMMISSION", -commission, asset, t, str(trade_id))
+        acct.trades.append(Trade(trade_id, o.order_id, b.symbol, o.side, b.price_str(price), b.qty_str(qty),
+                                 _s8(px * q_dec), _s8(commission), asset, _s8(realized), maker, t))
+        if len(acct.trades) > 100000:
+            del acct.trades[:20000]
+        name = acct.name
+        self._emit_user(name, {"e": "TRADE_LITE", "E": t, "T": t, "s": b.symbol, "q": b.qty_str(o.orig),
+                               "p": b.price_str(o.price) if o.price else "0", "m": maker, "c": o.client_id, "S": o.side,
+                               "L": b.price_str(price), "l": b.qty_str(qty), "t": trade_id, "i": o.order_id})
+        self._emit_account_update(acct, b, "ORDER", t, ZERO)
+        self._emit_order_update(acct, b, o, "TRADE", t, last_qty=qty, last_price=price, commission=commission,
+                                trade_id=trade_id, maker=maker, realized=realized)
+
+    def _position_frame(self, acct: Account, b: Book) -> dict[str, Any]:
+        pos = acct.position(b.symbol)
+        upnl = (b.mark_dec() - pos.entry) * (b.step * pos.amount) if pos.amount else ZERO
+        entry = f"{pos.entry:f}" if pos.amount else "0"
+        return {"s": b.symbol, "pa": b.qty_str(pos.amount), "ep": entry, "bep": entry,
+                "cr": _s8(pos.realized), "up": _s8(upnl), "mt": "cross", "iw": "0", "ps": "BOTH",
+                "ma": b.spec.margin_asset}
+
+    def _emit_account_update(self, acct: Account, b: Book, reason: str, t: int, change: Decimal) -> None:
+        asset = b.spec.margin_asset
+        wb = _s8(acct.wallet.get(asset, ZERO))
+        self._emit_user(acct.name, {"e": "ACCOUNT_UPDATE", "E": t, "T": t, "a": {
+            "m": reason, "B": [{"a": asset, "wb": wb, "cw": wb, "bc": _s8(change)}],
+            "P": [self._position_frame(acct, b)]}})
+
+    def _open_notional(self, acct: Account, symbol: str) -> tuple[Decimal, Decimal]:
+        bids = ZERO
+        asks = ZERO
+        for o in acct.open.values():
+            if o.symbol != symbol or o.type != "LIMIT":
+                continue
+            b = self.books[symbol]
+            n = b.tick * o.price * (b.step * (o.orig - o.filled))
+            if o.sign > 0:
+                bids += n
+            else:
+                asks += n
+        return bids, asks
+
+    def _emit_order_update(self, acct: Account, b: Book, o: Order, exec_type: str, t: int, *,
+                           last_qty: int = 0, last_price: int = 0, commission: Decimal = ZERO,
+                           trade_id: int = 0, maker: bool = False, realized: Decimal = ZERO) -> None:
+        bids, asks = self._open_notional(acct, b.symbol)
+        self._emit_user(acct.name, {"e": "ORDER_TRADE_UPDATE", "E": t, "T": t, "o": {
+            "s": b.symbol, "c": o.client_id, "S": o.side, "o": o.type, "f": o.tif,
+            "q": b.qty_str(o.orig), "p": b.price_str(o.price) if o.type == "LIMIT" else "0",
+            "ap": self._avg_str(b, o), "sp": "0", "x": exec_type, "X": o.status, "i": o.order_id,
+            "l": b.qty_str(last_qty), "z": b.qty_str(o.filled),
+            "L": b.price_str(last_price) if last_qty else "0",
+            "N": b.spec.margin_asset, "n": _s8(commission) if commission else "0", "T": t, "t": trade_id,
+            "b": _s8(bids), "a": _s8(asks), "m": maker, "R": o.reduce_only, "wt": "CONTRACT_PRICE",
+            "ot": o.type, "ps": "BOTH", "cp": False, "rp": _s8(realized) if realized else "0", "pP": False,
+            "si": 0, "ss": 0, "V": "EXPIRE_MAKER", "pm": "NONE", "gtd": 0,
+            "er": o.expire_reason}})
+
+    @staticmethod
+    def _avg_str(b: Book, o: Order) -> str:
+        if not o.filled:
+            return "0"
+        avg = o.cum_quote / (b.step * o.filled)
+        return f"{avg.quantize(Q8, rounding=ROUND_HALF_UP).normalize():f}"
+
+    def _remove_resting(self, b: Book, o: Order) -> None:
+        levels = b.bids if o.sign > 0 else b.asks
+        lst = levels.get(o.price)
+        if lst is not None:
+            try:
+                lst.remove(o)
+            except ValueError:
+                pass
+            if not lst:
+                del levels[o.price]
+        acct = self.accounts[o.account]
+        acct.open.pop(o.order_id, None)
+        b.closed[o.order_id] = o
+        if len(b.closed) > MAX_CLOSED_KEPT:
+            for k in list(b.closed)[:1000]:
+                del b.closed[k]
+
+    def _rest(self, b: Book, o: Order) -> None:
+        if o.sign > 0:
+            o.ahead = b.synth_bid(o.price)
+            b.bids.setdefault(o.price, []).append(o)
+        else:
+            o.ahead = b.synth_ask(o.price)
+            b.asks.setdefault(o.price, []).append(o)
+
+    # -- parameter parsing --------------------------------------------------------------------------
+
+    @staticmethod
+    def _price_ticks(b: Book, raw: str | None, name: str = "price") -> int:
+        if raw is None or raw == "":
+            raise missing(name)
+        try:
+            d = Decimal(raw)
+        except InvalidOperation as exc:
+            raise missing(name) from exc
+        if not d.is_finite() or d <= 0:
+            raise SimApiError(-4001 if name == "price" else -1102, "Price less than 0." if name == "price"
+                              else f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
+        if _decimals_in(raw) > b.price_precision:
+            raise SimApiError(-1111, "Precision is over the maximum defined for this asset.")
+        ratio = d / b.tick
+        if ratio != ratio.to_integral_value():
+            raise SimApiError(-4014, "Price not increased by tick size.")
+        return int(ratio)
+
+    @staticmethod
+    def _qty_steps(b: Book, raw: str | None, market: bool) -> int:
+        if raw is None or raw == "":
+            raise missing("quantity")
+        try:
+            d = Decimal(raw)
+        except InvalidOperation as exc:
+            raise missing("quantity") from exc
+        if not d.is_finite() or d <= 0:
+            raise SimApiError(-4003, "Quantity less than or equal to zero.")
+        if _decimals_in(raw) > b.qty_precision:
+            raise SimApiError(-1111, "Precision is over the maximum defined for this asset.")
+        ratio = d / b.step
+        if ratio != ratio.to_integral_value():
+            raise SimApiError(-4023, "Qty not increased by step size.")
+        if d < b.min_qty:
+            raise SimApiError(-4003, "Quantity less than or equal to zero.")
+        if d > (b.market_max_qty if market else b.max_qty):
+            raise SimApiError(-4005, "Quantity greater than max quantity.")
+        return int(ratio)
+
+    @staticmethod
+    def _bool(params: dict[str, str], name: str) -> bool:
+        raw = params.get(name)
+        if raw is None or raw == "":
+            return False
+        low = raw.lower()
+        if low == "true":
+            return True
+        if low == "false":
+            return False
+        raise invalid(name)
+
+    def _find(self, acct: Account, b: Book, params: dict[str, str]) -> Order:
+        oid = params.get("orderId")
+        cid = params.get("origClientOrderId")
+        if oid:
+            try:
+                order_id = int(oid)
+            except ValueError as exc:
+                raise missing("orderId") from exc
+            o = acct.open.get(order_id) or b.closed.get(order_id)
+            if o is None or o.account != acct.name or o.symbol != b.symbol:
+                raise SimApiError(-2013, "Order does not exist.")
+            return o
+        if cid:
+            for o in acct.open.values():
+                if o.client_id == cid and o.symbol == b.symbol:
+                    return o
+            for o in reversed(list(b.closed.values())):
+                if o.client_id == cid and o.account == acct.name:
+                    return o
+            raise SimApiError(-2013, "Order does not exist.")
+        raise SimApiError(-1102, "Param 'orderId' or 'origClientOrderId' must be sent, but both were empty/null!")
+
+    # -- margin -------------------------------------------------------------------------------------
+
+    def available_balance(self, acct: Account, asset: str) -> Decimal:
+        wallet = acct.wallet.get(asset, ZERO)
+        used = ZERO
+        upnl = ZERO
+        for symbol, pos in acct.positions.items():
+            b = self.books[symbol]
+            if b.spec.margin_asset != asset or not pos.amount:
+                continue
+            lev = self.leverage_of(acct, symbol)
+            notional = b.step * abs(pos.amount) * b.mark_dec()
+            used += notional / lev
+            upnl += (b.mark_dec() - pos.entry) * (b.step * pos.amount)
+        for o in acct.open.values():
+            b = self.books[o.symbol]
+            if b.spec.margin_asset != asset:
+                continue
+            used += b.tick * o.price * (b.step * (o.orig - o.filled)) / self.leverage_of(acct, o.symbol)
+        return wallet + upnl - used
+
+    # -- trading ------------------------------------------------------------------------------------
+
+    def new_order(self, account: str, params: dict[str, str], now: int, test: bool = False) -> dict[str, Any]:
+        acct = self.account(account)
+        try:
+            result = self._new_order(acct, params, now, test)
+        except SimApiError:
+            acct.counters["orders_rejected"] += 1
+            raise
+        return result
+
+    def _new_order(self, acct: Account, params: dict[str, str], now: int, test: bool) -> dict[str, Any]:
+        b = self.book(params.get("symbol"))
+        side = params.get("side")
+        if not side:
+            raise missing("side")
+        if side not in ("BUY", "SELL"):
+            raise SimApiError(-1117, "Invalid side.")
+        otype = params.get("type")
+        if not otype:
+            raise missing("type")
+        if otype not in ("LIMIT", "MARKET"):
+            if otype in ("STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET"):
+                raise SimApiError(-4120, "Order type not supported for this endpoint. Please use the Algo Order API endpoints instead.")
+            raise SimApiError(-1116, "Invalid orderType.")
+        ps = params.get("positionSide", "BOTH")
+        if ps not in ("BOTH", "LONG", "SHORT"):
+            raise SimApiError(-4006, "Invalid position side.")
+        if ps != "BOTH":
+            raise SimApiError(-4061, "Order's position side does not match user's setting.")
+        resp_type = params.get("newOrderRespType", "ACK")
+        if resp_type not in ("ACK", "RESULT"):
+            raise invalid("newOrderRespType")
+        reduce_only = self._bool(params, "reduceOnly")
+        cid = params.get("newClientOrderId")
+        if cid is not None:
+            if not CLIENT_ID_RE.match(cid):
+                raise SimApiError(-4015, "Client order id is not valid.")
+            for o in acct.open.values():
+                if o.client_id == cid:
+                    raise SimApiError(-4116, "ClientOrderId is duplicated.")
+        market = otype == "MARKET"
+        if market:
+            tif = "GTC"
+            if params.get("price"):
+                raise SimApiError(-1106, "Parameter 'price' sent when not required.")
+            price = 0
+        else:
+            tif = params.get("timeInForce")
+            if not tif:
+                raise missing("timeInForce")
+            if tif not in ("GTC", "IOC", "FOK", "GTX"):
+                raise SimApiError(-1115, "Invalid timeInForce.")
+            price = self._price_ticks(b, params.get("price"))
+        qty = self._qty_steps(b, params.get("quantity"), market)
+        mark = b.mark_dec()
+        px = b.tick * price if price else mark
+        notional = px * (b.step * qty)
+        if not reduce_only and notional < b.min_notional:
+            raise SimApiError(-4164, f"Order's notional must be no smaller than {b.min_notional:f} (unless you choose reduce only).")
+        if not market:
+            if side == "BUY" and px > mark * b.mult_up:
+                raise SimApiError(-4016, f"Price is higher than mark price multiplier cap.")
+            if side == "SELL" and px < mark * b.mult_down:
+                raise SimApiError(-4024, f"Price is lower than mark price multiplier floor.")
+        sign = 1 if side == "BUY" else -1
+        pos = acct.position(b.symbol)
+        if reduce_only and (pos.amount == 0 or (pos.amount > 0) == (sign > 0)):
+            raise SimApiError(-2022, "ReduceOnly Order is rejected.")
+        n_open = sum(1 for o in acct.open.values() if o.symbol == b.symbol)
+        if n_open >= b.spec.max_num_orders and not market:
+            raise SimApiError(-2025, "Reach max open order limit.")
+        if not reduce_only:
+            increases = pos.amount == 0 or (pos.amount > 0) == (sign > 0) or qty > abs(pos.amount)
+            if increases:
+                need = notional / self.leverage_of(acct, b.symbol)
+                if need > self.available_balance(acct, b.spec.margin_asset):
+                    raise SimApiError(-2019, "Margin is insufficient.")
+        if tif == "GTX":
+            if (sign > 0 and price >= b.best_ask()) or (sign < 0 and price <= b.best_bid()):
+                raise SimApiError(-5022, "Due to the order could not be executed as maker, the Post Only order will be rejected.")
+        if tif == "FOK" and self._available_to(b, sign > 0, price) < qty:
+            raise SimApiError(-5021, "Due to the order could not be filled immediately, the FOK order has been rejected.")
+        if test:
+            return {}
+        if cid is None:
+            cid = self._token(22)
+        self._seq += 1
+        o = Order(b.next_order_id, cid, acct.name, b.symbol, side, otype, tif, price, qty, reduce_only, now,
+                  self._seq)
+        b.next_order_id += 1
+        acct.open[o.order_id] = o
+        acct.counters["orders_placed"] += 1
+        ack = self.order_json(b, o) if resp_type == "ACK" else None
+        self._emit_order_update(acct, b, o, "NEW", now)
+        crosses = market or (sign > 0 and price >= b.best_ask()) or (sign < 0 and price <= b.best_bid())
+        if crosses:
+            left = self._walk(b, sign > 0, qty, o, None if market else price, now)
+            if left > 0 and o.is_open:
+                if market or tif in ("IOC", "FOK"):
+                    self._expire(acct, b, o, now, "2" if tif == "IOC" else "9")
+                else:
+                    self._rest(b, o)
+            elif o.is_open:  # pragma: no cover - defensive, a walk that left nothing fills the order
+                self._rest(b, o)
+        elif tif == "IOC" or tif == "FOK":
+            self._expire(acct, b, o, now, "2")
+        else:
+            self._rest(b, o)
+        if reduce_only and o.is_open:
+            self._cap_reduce_only(acct, b, now)
+        return ack if ack is not None else self.order_json(b, o)
+
+    def _available_to(self, b: Book, buy: bool, limit: int) -> int:
+        total = 0
+        if buy:
+            p = b.best_ask()
+            while p <= limit and p - b.ask_top < 100000:
+                total += b.level_qty(False, p)
+                p += 1
+        else:
+            p = b.best_bid()
+            while p >= limit and b.bid_top - p < 100000 and p > 0:
+                total += b.level_qty(True, p)
+                p -= 1
+        return total
+
+    def _cap_reduce_only(self, acct: Account, b: Book, now: int) -> None:
+        """Reduce-only orders may never add up past the position; the excess ones expire."""
+        pos = acct.position(b.symbol).amount
+        for o in sorted((o for o in acct.open.values() if o.symbol == b.symbol and o.reduce_only),
+                        key=lambda o: o.seq):
+            if pos == 0 or (pos > 0) == (o.sign > 0):
+                self._expire(acct, b, o, now, "4")
+
+    def _expire(self, acct: Account, b: Book, o: Order, now: int, reason: str) -> None:
+        o.status = "EXPIRED"
+        o.expire_reason = reason
+        o.update_time = now
+        self._remove_resting(b, o)
+        acct.counters["orders_expired"] += 1
+        self._emit_order_update(acct, b, o, "EXPIRED", now)
+
+    def _cancel(self, acct: Account, b: Book, o: Order, now: int) -> None:
+        o.status = "CANCELED"
+        o.update_time = now
+        self._remove_resting(b, o)
+        acct.counters["orders_cancelled"] += 1
+        self._emit_order_update(acct, b, o, "CANCELED", now)
+
+    def _cancel_all(self, acct: Account, b: Book, now: int) -> int:
+        orders = sorted((o for o in acct.open.values() if o.symbol == b.symbol), key=lambda o: o.seq)
+        for o in orders:
+            self._cancel(acct, b, o, now)
+        return len(orders)
+
+    def cancel_order(self, account: str, params: dict[str, str], now: int) -> dict[str, Any]:
+        acct = self.account(account)
+        b = self.book(params.get("symbol"))
+        try:
+            o = self._find(acct, b, params)
+        except SimApiError as exc:
+            if exc.code == -2013:
+                raise SimApiError(-2011, "Unknown order sent.") from None
+            raise
+        if not o.is_open:
+            raise SimApiError(-2011, "Unknown order sent.")
+        self._cancel(acct, b, o, now)
+        return self.order_json(b, o)
+
+    def cancel_all(self, account: str, params: dict[str, str], now: int) -> dict[str, Any]:
+        acct = self.account(account)
+        b = self.book(params.get("symbol"))
+        self._cancel_all(acct, b, now)
+        return {"code": 200, "msg": "The operation of cancel all open order is done."}
+
+    def modify_order(self, account: str, params: dict[str, str], now: int) -> dict[str, Any]:
+        acct = self.account(account)
+        b = self.book(params.get("symbol"))
+        side = params.get("side")
+        if not side:
+            raise missing("side")
+        if side not in ("BUY", "SELL"):
+            raise SimApiError(-1117, "Invalid side.")
+        if not params.get("quantity"):
+            raise missing("quantity")
+        if not params.get("price"):
+            raise missing("price")
+        o = self._find(acct, b, params)
+        if not o.is_open:
+            raise SimApiError(-2013, "Order does not exist.")
+        if o.type != "LIMIT":
+            raise SimApiError(-4120, "Only LIMIT orders can be modified.")
+        if side != o.side:
+            raise SimApiError(-4061, "Order side does not match the original order.")
+        price = self._price_ticks(b, params.get("price"))
+        qty = self._qty_steps(b, params.get("quantity"), False)
+        if price == o.price and qty == o.orig:
+            raise SimApiError(-5027, "No need to modify the order.")
+        if o.modifies >= 10000:
+            raise SimApiError(-5026, "Exceed maximum modify order limit.")
+        mark = b.mark_dec()
+        px = b.tick * price
+        if not o.reduce_only and px * (b.step * qty) < b.min_notional:
+            raise SimApiError(-4164, f"Order's notional must be no smaller than {b.min_notional:f} (unless you choose reduce only).")
+        if o.sign > 0 and px > mark * b.mult_up:
+            raise SimApiError(-4016, "Price is higher than mark price multiplier cap.")
+        if o.sign < 0 and px < mark * b.mult_down:
+            raise SimApiError(-4024, "Price is lower than mark price multiplier floor.")
+        o.modifies += 1
+        acct.counters["orders_amended"] += 1
+        crosses = (o.sign > 0 and price >= b.best_ask()) or (o.sign < 0 and price <= b.best_bid())
+        if qty <= o.filled or (o.tif == "GTX" and crosses):
+            self._cancel(acct, b, o, now)
+            return self.order_json(b, o)
+        self._remove_resting(b, o)
+        acct.open[o.order_id] = o
+        b.closed.pop(o.order_id, None)
+        o.price = price
+        o.orig = qty
+        o.update_time = now
+        self._seq += 1
+        o.seq = self._seq
+        self._emit_order_update(acct, b, o, "AMENDMENT", now)
+        if crosses:
+            left = self._walk(b, o.sign > 0, o.remaining, o, price, now)
+            if left > 0 and o.is_open:
+                self._rest(b, o)
+        else:
+            self._rest(b, o)
+        return self.order_json(b, o)
+
+    def countdown_cancel_all(self, account: str, params: dict[str, str], now: int) -> dict[str, Any]:
+        acct = self.account(account)
+        b = self.book(params.get("symbol"))
+        raw = params.get("countdownTime")
+        if raw is None or raw == "":
+            raise missing("countdownTime")
+        try:
+            ms = int(raw)
+        except ValueError as exc:
+            raise missing("countdownTime") from exc
+        if ms < 0:
+            raise invalid("countdownTime")
+        if ms == 0:
+            acct.countdowns.pop(b.symbol, None)
+        else:
+            acct.countdowns[b.symbol] = now + ms
+        return {"symbol": b.symbol, "countdownTime": str(ms)}
+
+    def query_order(self, account: str, params: dict[str, str], open_only: bool = False) -> dict[str, Any]:
+        acct = self.account(account)
+        b = self.book(params.get("symbol"))
+        o = self._find(acct, b, params)
+        if open_only and not o.is_open:
+            raise SimApiError(-2013, "Order does not exist.")
+        return self.order_json(b, o)
+
+    def open_orders(self, account: str, symbol: str | None) -> list[dict[str, Any]]:
+        acct = self.account(account)
+        if symbol:
+            self.book(symbol)
+            symbol = symbol.upper()
+        return [self.order_json(self.books[o.symbol], o) for o in sorted(acct.open.values(), key=lambda o: o.seq)
+                if symbol is None or o.symbol == symbol]
+
+    def all_orders(self, account: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        acct = self.account(account)
+        b = self.book(params.get("symbol"))
+        orders = [o for o in b.closed.values() if o.account == acct.name]
+        orders += [o for o in acct.open.values() if o.symbol == b.symbol]
+        orders.sort(key=lambda o: o.order_id)
+        if params.get("orderId"):
+            orders = [o for o in orders if o.order_id >= int(params["orderId"])]
+        start, end = params.get("startTime"), params.get("endTime")
+        if start:
+            orders = [o for o in orders if o.time >= int(start)]
+        if end:
+            orders = [o for o in orders if o.time <= int(end)]
+        limit = min(int(params.get("limit") or 500), 1000)
+        return [self.order_json(b, o) for o in orders[-limit:]]
+
+    def user_trades(self, account: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        acct = self.account(account)
+        b = self.book(params.get("symbol"))
+        trades = [t for t in acct.trades if t.symbol == b.symbol]
+        start, end = params.get("startTime"), params.get("endTime")
+        if start:
+            trades = [t for t in trades if t.time >= int(start)]
+        if end:
+            trades = [t for t in trades if t.time <= int(end)]
+        if params.get("orderId"):
+            trades = [t for t in trades if t.order_id == int(params["orderId"])]
+        limit = min(int(params.get("limit") or 500), 1000)
+        return [{"buyer": t.side == "BUY", "commission": t.commission, "commissionAsset": t.commission_asset,
+                 "id": t.trade_id, "maker": t.maker, "orderId": t.order_id, "price": t.price, "qty": t.qty,
+                 "quoteQty": t.quote_qty, "realizedPnl": t.realized_pnl, "side": t.side, "positionSide": "BOTH",
+                 "symbol": t.symbol, "time": t.time} for t in trades[-limit:]]
+
+    def order_json(self, b: Book, o: Order) -> dict[str, Any]:
+        filled = b.qty_str(o.filled)
+        return {"orderId": o.order_id, "symbol": b.symbol, "pair": b.symbol, "status": o.status,
+                "clientOrderId": o.client_id, "price": b.price_str(o.price) if o.price else "0",
+                "avgPrice": self._avg_str(b, o), "origQty": b.qty_str(o.orig), "executedQty": filled,
+                "cumQty": filled, "cumQuote": _s8(o.cum_quote), "cumBase": filled, "timeInForce": o.tif,
+                "type": o.type, "reduceOnly": o.reduce_only, "closePosition": False, "side": o.side,
+                "positionSide": "BOTH", "stopPrice": "0", "workingType": "CONTRACT_PRICE",
+                "priceProtect": False, "origType": o.type, "priceMatch": "NONE",
+                "selfTradePreventionMode": "EXPIRE_MAKER", "goodTillDate": 0, "time": o.time,
+                "updateTime": o.update_time}
+
+    # -- account views --------------------------------------------------------------------------------
+
+    def _position_view(self, acct: Account, b: Book) -> dict[str, Any]:
+        pos = acct.positions.get(b.symbol) or Position()
+        mark = b.mark_dec()
+        amt = b.step * pos.amount
+        upnl = (mark - pos.entry) * amt if pos.amount else ZERO
+        lev = self.leverage_of(acct, b.symbol)
+        notional = mark * amt
+        bids, asks = self._open_notional(acct, b.symbol)
+        return {"symbol": b.symbol, "amt": amt, "entry": pos.entry if pos.amount else ZERO, "upnl": upnl,
+                "mark": mark, "lev": lev, "notional": notional, "bids": bids, "asks": asks,
+                "update": pos.update_time, "im": abs(notional) / lev, "oim": (bids + asks) / lev,
+                "mm": abs(notional) * Decimal("0.004")}
+
+    def position_risk(self, account: str, symbol: str | None, version: int) -> list[dict[str, Any]]:
+        acct = self.account(account)
+        books = [self.book(symbol)] if symbol else list(self.books.values())
+        out = []
+        for b in books:
+            v = self._position_view(acct, b)
+            has_orders = any(o.symbol == b.symbol for o in acct.open.values())
+            if version >= 3 and not symbol and v["amt"] == 0 and not has_orders:
+                continue
+            entry = f"{v['entry']:f}" if v["amt"] else "0.0"
+            common = {"symbol": b.symbol, "positionSide": "BOTH", "positionAmt": f"{v['amt']:f}",
+                      "entryPrice": entry, "breakEvenPrice": entry, "markPrice": f"{v['mark']:f}",
+                      "unRealizedProfit": _s8(v["upnl"]), "liquidationPrice": "0",
+                      "isolatedMargin": "0.00000000", "notional": _s8(v["notional"]),
+                      "isolatedWallet": "0", "updateTime": v["update"]}
+            if version >= 3:
+                common.update({"marginAsset": b.spec.margin_asset, "initialMargin": _s8(v["im"] + v["oim"]),
+                               "maintMargin": _s8(v["mm"]), "positionInitialMargin": _s8(v["im"]),
+                               "openOrderInitialMargin": _s8(v["oim"]), "adl": 0,
+                               "bidNotional": _s8(v["bids"]), "askNotional": _s8(v["asks"])})
+            else:
+                common.update({"marginType": "cross", "isAutoAddMargin": "false", "leverage": str(v["lev"]),
+                               "maxNotionalValue": "1000000000"})
+            out.append(common)
+        return out
+
+    def balances(self, account: str) -> list[dict[str, Any]]:
+        acct = self.account(account)
+        out = []
+        for asset in sorted(acct.wallet):
+            wallet = acct.wallet[asset]
+            upnl = sum((self._position_view(acct, b)["upnl"] for b in self.books.values()
+                        if b.spec.margin_asset == asset), ZERO)
+            avail = self.available_balance(acct, asset)
+            out.append({"accountAlias": "SimAccount", "asset": asset, "balance": _s8(wallet),
+                        "crossWalletBalance": _s8(wallet), "crossUnPnl": _s8(upnl),
+                        "availableBalance": _s8(avail), "maxWithdrawAmount": _s8(max(avail, ZERO)),
+                        "marginAvailable": True, "updateTime": self.now_ms})
+        return out
+
+    def account_info(self, account: str, version: int) -> dict[str, Any]:
+        acct = self.account(account)
+        assets = []
+        tot = {k: ZERO for k in ("wallet", "upnl", "im", "oim", "mm", "avail")}
+        for asset in sorted(acct.wallet):
+            wallet = acct.wallet[asset]
+            views = [self._position_view(acct, b) for b in self.books.values() if b.spec.margin_asset == asset]
+            upnl = sum((v["upnl"] for v in views), ZERO)
+            im = sum((v["im"] for v in views), ZERO)
+            oim = sum((v["oim"] for v in views), ZERO)
+            mm = sum((v["mm"] for v in views), ZERO)
+            avail = self.available_balance(acct, asset)
+            assets.append({"asset": asset, "walletBalance": _s8(wallet), "unrealizedProfit": _s8(upnl),
+                           "marginBalance": _s8(wallet + upnl), "maintMargin": _s8(mm),
+                           "initialMargin": _s8(im + oim), "positionInitialMargin": _s8(im),
+                           "openOrderInitialMargin": _s8(oim), "crossWalletBalance": _s8(wallet),
+                           "crossUnPnl": _s8(upnl), "availableBalance": _s8(avail),
+                           "maxWithdrawAmount": _s8(max(avail, ZERO)), "marginAvailable": True,
+                           "updateTime": self.now_ms})
+            for k, v in (("wallet", wallet), ("upnl", upnl), ("im", im), ("oim", oim), ("mm", mm),
+                         ("avail", avail)):
+                tot[k] += v
+        positions = []
+        for b in self.books.values():
+            v = self._position_view(acct, b)
+            has_orders = any(o.symbol == b.symbol for o in acct.open.values())
+            if version >= 3 and v["amt"] == 0 and not has_orders:
+                continue
+            p = {"symbol": b.symbol, "positionSide": "BOTH", "positionAmt": f"{v['amt']:f}",
+                 "unrealizedProfit": _s8(v["upnl"]), "isolatedMargin": "0", "notional": _s8(v["notional"]),
+                 "isolatedWallet": "0", "initialMargin": _s8(v["im"] + v["oim"]), "maintMargin": _s8(v["mm"]),
+                 "updateTime": v["update"]}
+            if version < 3:
+                p.update({"positionInitialMargin": _s8(v["im"]), "openOrderInitialMargin": _s8(v["oim"]),
+                          "leverage": str(v["lev"]), "isolated": False,
+                          "entryPrice": f"{v['entry']:f}" if v["amt"] else "0.0",
+                          "breakEvenPrice": f"{v['entry']:f}" if v["amt"] else "0.0",
+                          "maxNotional": "1000000000", "bidNotional": _s8(v["bids"]),
+                          "askNotional": _s8(v["asks"])})
+            positions.append(p)
+        out: dict[str, Any] = {}
+        if version < 3:
+            out.update({"feeTier": 0, "feeBurn": False, "canTrade": True, "canDeposit": True,
+                        "canWithdraw": True, "updateTime": 0, "multiAssetsMargin": False, "tradeGroupId": -1})
+        out.update({"totalInitialMargin": _s8(tot["im"] + tot["oim"]), "totalMaintMargin": _s8(tot["mm"]),
+                    "totalWalletBalance": _s8(tot["wallet"]), "totalUnrealizedProfit": _s8(tot["upnl"]),
+                    "totalMarginBalance": _s8(tot["wallet"] + tot["upnl"]),
+                    "totalPositionInitialMargin": _s8(tot["im"]),
+                    "totalOpenOrderInitialMargin": _s8(tot["oim"]),
+                    "totalCrossWalletBalance": _s8(tot["wallet"]), "totalCrossUnPnl": _s8(tot["upnl"]),
+                    "availableBalance": _s8(tot["avail"]), "maxWithdrawAmount": _s8(max(tot["avail"], ZERO)),
+                    "assets": assets, "positions": positions})
+        return out
+
+    def set_leverage(self, account: str, params: dict[str, str], now: int) -> dict[str, Any]:
+        acct = self.account(account)
+        b = self.book(params.get("symbol"))
+        raw = params.get("leverage")
+        if not raw:
+            raise missing("leverage")
+        try:
+            lev = int(raw)
+        except ValueError as exc:
+            raise missing("leverage") from exc
+        if not 1 <= lev <= 125:
+            raise SimApiError(-4028, f"Leverage {lev} is not valid")
+        acct.leverage[b.symbol] = lev
+        self._emit_user(acct.name, {"e": "ACCOUNT_CONFIG_UPDATE", "E": now, "T": now,
+                                    "ac": {"s": b.symbol, "l": lev}})
+        return {"leverage": lev, "maxNotionalValue": "1000000000", "symbol": b.symbol}
+
+    def income(self, account: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        acct = self.account(account)
+        items = acct.income
+        sym = params.get("symbol")
+        if sym:
+            sym = self.book(sym).symbol
+            items = [i for i in items if i["symbol"] == sym]
+        kind = params.get("incomeType")
+        if kind:
+            items = [i for i in items if i["incomeType"] == kind]
+        start, end = params.get("startTime"), params.get("endTime")
+        try:
+            if start:
+                items = [i for i in items if i["time"] >= int(start)]
+            if end:
+                items = [i for i in items if i["time"] <= int(end)]
+            limit = int(params.get("limit") or 100)
+        except ValueError as exc:
+            raise invalid("startTime/endTime/limit") from exc
+        if not 1 <= limit <= 1000:
+            raise invalid("limit")
+        return items[:limit] if start else items[-limit:]
+
+    # -- listen keys --------------------------------------------------------------------------------
+
+    def listen_key_start(self, account: str, now: int) -> str:
+        acct = self.account(account)
+        if not acct.listen_key or now >= acct.listen_key_expiry:
+            acct.listen_key = self._token(64)
+        acct.listen_key_expiry = now + int(self.config.listen_key_ttl_s * 1000)
+        return acct.listen_key
+
+    def listen_key_keepalive(self, account: str, now: int) -> str:
+        acct = self.account(account)
+        if not acct.listen_key or now >= acct.listen_key_expiry:
+            raise SimApiError(-1125, "This listenKey does not exist.")
+        acct.listen_key_expiry = now + int(self.config.listen_key_ttl_s * 1000)
+        return acct.listen_key
+
+    def listen_key_close(self, account: str) -> None:
+        acct = self.account(account)
+        acct.listen_key = None
+        acct.listen_key_expiry = 0
+
+    def expire_listen_key(self, account: str, now: int) -> str | None:
+        acct = self.account(account)
+        key = acct.listen_key
+        if key is None:
+            return None
+        self._emit_user(acct.name, {"e": "listenKeyExpired", "E": now, "listenKey": key})
+        acct.listen_key = None
+        acct.listen_key_expiry = 0
+        return key
+
+    def account_of_listen_key(self, key: str) -> Account | None:
+        for acct in self.accounts.values():
+            if acct.listen_key == key and self.now_ms < acct.listen_key_expiry:
+                return acct
+        return None
+
+    # -- public views -------------------------------------------------------------------------------
+
+    def next_funding_time(self) -> int:
+        return self.next_funding_ms
+
+    def premium_index(self, b: Book) -> dict[str, Any]:
+        mark = f"{b.mark:.8f}"
+        return {"symbol": b.symbol, "markPrice": mark, "indexPrice": f"{b.mark * 0.99995:.8f}",
+                "estimatedSettlePrice": f"{b.mark * 0.99995:.8f}", "lastFundingRate": f"{b.funding_rate:.8f}",
+                "interestRate": "0.00010000", "nextFundingTime": self.next_funding_ms, "time": self.now_ms}
+
+    def book_ticker(self, b: Book) -> dict[str, Any]:
+        bb, ba = b.best_bid(), b.best_ask()
+        return {"symbol": b.symbol, "bidPrice": b.price_str(bb), "bidQty": b.qty_str(b.level_qty(True, bb)),
+                "askPrice": b.price_str(ba), "askQty": b.qty_str(b.level_qty(False, ba)),
+                "time": self.now_ms, "lastUpdateId": b.update_id}
+
+    def state(self, account: str, symbol: str | None) -> dict[str, Any]:
+        """The exchange's truth for tests and benchmarks."""
+        acct = self.account(account)
+        books = [self.book(symbol)] if symbol else list(self.books.values())
+        syms = {b.symbol for b in books}
+        positions = {}
+        for b in books:
+            pos = acct.positions.get(b.symbol) or Position()
+            mark = b.mark_dec()
+            positions[b.symbol] = {
+                "amount": b.qty_str(pos.amount), "entry_price": f"{pos.entry:f}" if pos.amount else "0",
+                "unrealized_pnl": _s8((mark - pos.entry) * (b.step * pos.amount) if pos.amount else ZERO),
+                "realized_pnl": _s8(pos.realized), "funding": _s8(pos.funding),
+                "commission": _s8(pos.commission), "leverage": self.leverage_of(acct, b.symbol),
+                "countdown_deadline_ms": acct.countdowns.get(b.symbol)}
+        orders = []
+        for o in sorted(acct.open.values(), key=lambda o: o.seq):
+            if o.symbol not in syms:
+                continue
+            b = self.books[o.symbol]
+            orders.append({"orderId": o.order_id, "clientOrderId": o.client_id, "symbol": o.symbol,
+                           "side": o.side, "type": o.type, "timeInForce": o.tif, "price": b.price_str(o.price),
+                           "origQty": b.qty_str(o.orig), "executedQty": b.qty_str(o.filled),
+                           "status": o.status, "reduceOnly": o.reduce_only, "queueAhead": b.qty_str(o.ahead),
+                           "time": o.time, "updateTime": o.update_time})
+        markets = {b.symbol: {"mid": b.mid, "mark_price": f"{b.mark:.8f}",
+                              "bid": b.price_str(b.best_bid()), "ask": b.price_str(b.best_ask()),
+                              "regime": b.model.regime, "funding_rate": f"{b.funding_rate:.8f}",
+                              "funding_pinned": b.rate_pinned, "frozen": b.frozen,
+                              "next_funding_time": self.next_funding_ms,
+                              "funding_history": b.funding_history[-20:]} for b in books}
+        return {"time": self.now_ms, "account": acct.name, "symbol": symbol.upper() if symbol else None,
+                "open_orders": orders, "positions": positions,
+                "balances": {a: _s8(v) for a, v in sorted(acct.wallet.items())},
+                "realized_pnl": _s8(sum((p["realized_pnl"] and Decimal(p["realized_pnl"])
+                                         for p in positions.values()), ZERO)),
+                "funding_paid": _s8(sum((Decimal(p["funding"]) for p in positions.values()), ZERO)),
+                "commission_paid": _s8(sum((Decimal(p["commission"]) for p in positions.values()), ZERO)),
+                "counters": dict(acct.counters),
+                "listen_key_active": acct.listen_key is not None,
+                "markets": markets}

@@ -1,0 +1,112 @@
+"""Binance's request-weight and order-count limits, with 429 then growing 418 bans; pure, clocked by the caller.
+
+Windows are fixed and aligned (the minute, the 10-second block), as the exchange counts them, so the
+X-MBX-USED-WEIGHT-1M header a client sees is the number the next request is judged against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fleet.sim.config import RateLimits
+from fleet.sim.engine import SimApiError
+
+
+@dataclass
+class _Window:
+    start: int = 0
+    used: int = 0
+
+    def count(self, now_ms: int, length_ms: int, n: int) -> int:
+        start = now_ms - now_ms % length_ms
+        if start != self.start:
+            self.start = start
+            self.used = 0
+        self.used += n
+        return self.used
+
+    def peek(self, now_ms: int, length_ms: int) -> int:
+        return self.used if now_ms - now_ms % length_ms == self.start else 0
+
+
+@dataclass
+class _IpState:
+    weight: _Window = field(default_factory=_Window)
+    banned_until: int = 0
+    bans: int = 0
+    throttled_window: int = -1  # the minute in which this IP got a 429
+
+
+@dataclass
+class _AccountState:
+    ten_s: _Window = field(default_factory=_Window)
+    minute: _Window = field(default_factory=_Window)
+
+
+class RateLimiter:
+    """Counts weight per IP and orders per account; raises :class:`SimApiError` with 429/418."""
+
+    def __init__(self, limits: RateLimits) -> None:
+        self.limits = limits
+        self._ips: dict[str, _IpState] = {}
+        self._accounts: dict[str, _AccountState] = {}
+
+    def used_weight(self, ip: str, now_ms: int) -> int:
+        st = self._ips.get(ip)
+        return st.weight.peek(now_ms, 60_000) if st else 0
+
+    def order_counts(self, account: str, now_ms: int) -> tuple[int, int]:
+        st = self._accounts.get(account)
+        if st is None:
+            return 0, 0
+        return st.ten_s.peek(now_ms, 10_000), st.minute.peek(now_ms, 60_000)
+
+    def charge_weight(self, ip: str, weight: int, now_ms: int) -> tuple[int, int | None]:
+        """Count ``weight`` for ``ip``; returns (used, retry_after_s) or raises 429/418."""
+        st = self._ips.setdefault(ip, _IpState())
+        lim = self.limits
+        if now_ms < st.banned_until:
+            self._ban(ip, st, now_ms)  # hammering during a ban makes it longer
+        used = st.weight.count(now_ms, 60_000, weight)
+        if used > lim.weight_per_minute:
+            minute = now_ms - now_ms % 60_000
+            if st.throttled_window == minute:
+                self._ban(ip, st, now_ms)
+            st.throttled_window = minute
+            retry = (minute + 60_000 - now_ms + 999) // 1000
+            err = SimApiError(-1003, f"Too many requests; current limit of IP({ip}) is "
+                                     f"{lim.weight_per_minute} requests per minute. Please use the websocket for "
+                                     "live updates to avoid polling the API.", 429)
+            err.retry_after = int(retry)  # type: ignore[attr-defined]
+            err.used_weight = used  # type: ignore[attr-defined]
+            raise err
+        return used, None
+
+    def _ban(self, ip: str, st: _IpState, now_ms: int) -> None:
+        lim = self.limits
+        duration_ms = int(min(lim.ban_max_s, lim.ban_base_s * (2 ** st.bans)) * 1000)
+        st.bans += 1
+        st.banned_until = now_ms + duration_ms
+        err = SimApiError(-1003, f"Way too many requests; IP({ip}) banned until {st.banned_until}. "
+                                 "Please use the websocket for live updates to avoid bans.", 418)
+        err.retry_after = int((duration_ms + 999) // 1000)  # type: ignore[attr-defined]
+        err.used_weight = st.weight.peek(now_ms, 60_000)  # type: ignore[attr-defined]
+        raise err
+
+    def charge_orders(self, account: str, n10: int, n1m: int, now_ms: int) -> tuple[int, int]:
+        """Count new orders for ``account``; raises 429 -1015 when over either window."""
+        st = self._accounts.setdefault(account, _AccountState())
+        lim = self.limits
+        c10 = st.ten_s.count(now_ms, 10_000, n10)
+        c1m = st.minute.count(now_ms, 60_000, n1m)
+        if c10 > lim.orders_per_10s:
+            err = SimApiError(-1015, f"Too many new orders; current limit is {lim.orders_per_10s} orders per "
+                                     "10 SECOND.", 429)
+            err.retry_after = int((10_000 - now_ms % 10_000 + 999) // 1000)  # type: ignore[attr-defined]
+            raise err
+        if c1m > lim.orders_per_minute:
+            err = SimApiError(-1015, f"Too many new orders; current limit is {lim.orders_per_minute} orders "
+                                     "per MINUTE.", 429)
+            err.retry_after = int((60_000 - now_ms % 60_000 + 999) // 1000)  # type: ignore[attr-defined]
+            raise err
+        return c10, c1m

@@ -1,0 +1,48 @@
+"""Shared fixtures: the exchange simulator on a free loopback port, for every area's tests.
+
+``sim`` is a running :class:`fleet.sim.server.SimServer` (ETHUSDC, BTCUSDT, SOLUSDT; seed 7; account
+"main"); ``sim_factory(**kwargs)`` starts one with special config (same arguments as SimServer);
+``sim_thread`` is the same simulator on a background thread, for synchronous code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+import pytest_asyncio
+
+from fleet.sim.server import SimServer, SimThread
+
+DEFAULT_SYMBOLS = ["ETHUSDC", "BTCUSDT", "SOLUSDT"]
+
+
+@pytest_asyncio.fixture
+async def sim_factory() -> AsyncIterator[Callable[..., Awaitable[SimServer]]]:
+    started: list[SimServer] = []
+
+    async def make(**kwargs: Any) -> SimServer:
+        kwargs.setdefault("symbols", DEFAULT_SYMBOLS)
+        kwargs.setdefault("host", "127.0.0.1")
+        kwargs.setdefault("port", 0)
+        server = await SimServer(**kwargs).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        await server.stop()
+
+
+@pytest_asyncio.fixture
+async def sim(sim_factory: Callable[..., Awaitable[SimServer]]) -> SimServer:
+    return await sim_factory()
+
+
+@pytest.fixture
+def sim_thread() -> Iterator[SimThread]:
+    thread = SimThread(symbols=DEFAULT_SYMBOLS, seed=7, host="127.0.0.1", port=0).start()
+    try:
+        yield thread
+    finally:
+        thread.stop()

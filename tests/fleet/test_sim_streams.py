@@ -1,0 +1,232 @@
+"""The simulator's WebSocket side over loopback: user data stream, market streams, paths, methods, pings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import pytest
+
+from fleet.sim.testkit import SimClient
+
+pytestmark = pytest.mark.asyncio
+
+
+async def _recv_json(ws: aiohttp.ClientWebSocketResponse, timeout: float = 10.0) -> Any:
+    msg = await ws.receive(timeout=timeout)
+    assert msg.type == aiohttp.WSMsgType.TEXT, msg
+    return json.loads(msg.data)
+
+
+async def _until(ws: aiohttp.ClientWebSocketResponse, pred, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError("no matching frame before the deadline")
+        frame = await _recv_json(ws, left)
+        if pred(frame):
+            return frame
+
+
+async def _place_far(c: SimClient, cid: str, symbol: str = "ETHUSDC") -> dict:
+    bt = (await c.public("GET", "/fapi/v1/ticker/bookTicker", {"symbol": symbol})).json
+    price = (Decimal(bt["bidPrice"]) * Decimal("0.98")).quantize(Decimal("0.01"))
+    r = await c.signed("POST", "/fapi/v1/order", {"symbol": symbol, "side": "BUY", "type": "LIMIT",
+                                                  "timeInForce": "GTC", "price": str(price), "quantity": "0.010",
+                                                  "newClientOrderId": cid})
+    assert r.status == 200, r.json
+    return r.json
+
+
+async def test_user_stream_pushes_order_and_fill_events_with_the_full_field_set(sim):
+    async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
+        key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
+        assert (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"] == key  # the active key
+        ws = await s.ws_connect(f"{sim.ws_url}/ws/{key}")
+        order = await _place_far(c, "u-1")
+        new = await _recv_json(ws)
+        assert new["e"] == "ORDER_TRADE_UPDATE" and new["o"]["x"] == "NEW" and new["o"]["c"] == "u-1"
+        fields = {"s", "c", "S", "o", "f", "q", "p", "ap", "sp", "x", "X", "i", "l", "z", "L", "N", "n", "T", "t",
+                  "b", "a", "m", "R", "wt", "ot", "ps", "cp", "rp", "pP", "si", "ss", "V", "pm", "gtd", "er"}
+        assert fields <= set(new["o"]) and new["E"] >= new["T"]
+        assert new["o"]["i"] == order["orderId"] and Decimal(new["o"]["b"]) == Decimal(order["price"]) * Decimal("0.010")
+        r = await c.signed("POST", "/fapi/v1/order", {"symbol": "ETHUSDC", "side": "SELL", "type": "MARKET",
+                                                      "quantity": "0.020"})
+        assert r.status == 200
+        frames = [await _until(ws, lambda f: f["e"] == "TRADE_LITE")]
+        frames.append(await _recv_json(ws))
+        frames.append(await _recv_json(ws))
+        assert [f["e"] for f in frames] == ["TRADE_LITE", "ACCOUNT_UPDATE", "ORDER_TRADE_UPDATE"]
+        lite, acct, trade = frames
+        assert lite["E"] == acct["E"] == trade["E"]
+        assert acct["a"]["m"] == "ORDER" and acct["a"]["P"][0]["pa"] == "-0.020" and acct["a"]["B"][0]["a"] == "USDC"
+        assert trade["o"]["x"] == "TRADE" and trade["o"]["X"] == "FILLED" and trade["o"]["m"] is False
+        assert Decimal(trade["o"]["n"]) == (Decimal(trade["o"]["L"]) * Decimal("0.020") * Decimal("0.0004")).quantize(
+            Decimal("0.00000001"))
+        await c.signed("DELETE", "/fapi/v1/order", {"symbol": "ETHUSDC", "origClientOrderId": "u-1"})
+        cancel = await _until(ws, lambda f: f["e"] == "ORDER_TRADE_UPDATE" and f["o"]["x"] == "CANCELED")
+        assert cancel["o"]["c"] == "u-1" and cancel["o"]["b"] == "0.00000000"
+        await ws.close()
+
+
+async def test_listen_key_lifecycle_and_expiry_event(sim_factory):
+    sim = await sim_factory(config={"listen_key_ttl_s": 1.0})
+    async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
+        assert (await c.keyed("PUT", "/fapi/v1/listenKey")).json["code"] == -1125  # nothing to keep alive
+        key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
+        assert len(key) == 64
+        assert (await c.keyed("PUT", "/fapi/v1/listenKey")).json == {"listenKey": key}
+        ws = await s.ws_connect(f"{sim.ws_url}/private/ws?listenKey={key}&events=ORDER_TRADE_UPDATE/listenKeyExpired")
+        expired = await _until(ws, lambda f: f["e"] == "listenKeyExpired", timeout=10)
+        assert expired["listenKey"] == key
+        assert (await c.keyed("PUT", "/fapi/v1/listenKey")).json["code"] == -1125
+        await _place_far(c, "after-expiry")
+        new_key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
+        assert new_key != key
+        st = await c.state()
+        assert st["listen_key_active"] is True
+        assert (await c.keyed("DELETE", "/fapi/v1/listenKey")).json == {}
+        assert (await c.state())["listen_key_active"] is False
+        bad = await s.get(f"{sim.rest_url}/ws/{'x' * 64}")
+        assert bad.status == 400
+        await ws.close()
+
+
+async def test_admin_expire_pushes_listen_key_expired_now(sim):
+    async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
+        key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
+        ws = await s.ws_connect(f"{sim.ws_url}/ws/{key}")
+        res = await c.admin("POST", "/sim/listenkey/expire", {"account": "main"})
+        assert res["listenKey"] == key
+        frame = await _recv_json(ws)
+        assert frame == {"e": "listenKeyExpired", "E": frame["E"], "listenKey": key}
+        await ws.close()
+
+
+async def test_private_events_filter_is_an_allow_list(sim):
+    async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
+        key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
+        ws = await s.ws_connect(f"{sim.ws_url}/private/ws?listenKey={key}&events=ACCOUNT_UPDATE")
+        await _place_far(c, "f-1")
+        await c.signed("POST", "/fapi/v1/order", {"symbol": "ETHUSDC", "side": "BUY", "type": "MARKET",
+                                                  "quantity": "0.010"})
+        frame = await _recv_json(ws)
+        assert frame["e"] == "ACCOUNT_UPDATE"
+        await ws.close()
+
+
+async def test_market_streams_on_legacy_and_2026_paths(sim):
+    async with aiohttp.ClientSession() as s:
+        ws = await s.ws_connect(f"{sim.ws_url}/ws/ethusdc@bookTicker")
+        bt = await _recv_json(ws)
+        assert bt["e"] == "bookTicker" and bt["s"] == "ETHUSDC" and Decimal(bt["b"]) < Decimal(bt["a"])
+        assert {"u", "b", "B", "a", "A", "T", "E"} <= set(bt)
+        await ws.close()
+        ws = await s.ws_connect(f"{sim.ws_url}/stream?streams=btcusdt@markPrice@1s/btcusdt@depth5@100ms")
+        seen = {}
+        deadline = time.monotonic() + 10
+        while len(seen) < 2 and time.monotonic() < deadline:
+            f = await _recv_json(ws)
+            seen[f["stream"]] = f["data"]
+        mp = seen["btcusdt@markPrice@1s"]
+        assert mp["e"] == "markPriceUpdate" and {"p", "i", "P", "r", "T"} <= set(mp)
+        assert mp["T"] % (8 * 3600 * 1000) == 0
+        d5 = seen["btcusdt@depth5@100ms"]
+        assert d5["e"] == "depthUpdate" and len(d5["b"]) == 5 and len(d5["a"]) == 5
+        await ws.close()
+        ws = await s.ws_connect(f"{sim.ws_url}/public/ws/solusdt@bookTicker")
+        assert (await _recv_json(ws))["s"] == "SOLUSDT"
+        await ws.close()
+        ws = await s.ws_connect(f"{sim.ws_url}/market/stream?streams=solusdt@markPrice@1s")
+        assert (await _recv_json(ws))["stream"] == "solusdt@markPrice@1s"
+        await ws.close()
+        # books are served on /public only, mark prices on /market only
+        r = await s.get(f"{sim.rest_url}/market/ws/solusdt@bookTicker")
+        assert r.status == 400
+        r = await s.get(f"{sim.rest_url}/public/ws/solusdt@markPrice")
+        assert r.status == 400
+
+
+async def test_subscribe_unsubscribe_list_and_bad_requests(sim):
+    async with aiohttp.ClientSession() as s:
+        ws = await s.ws_connect(f"{sim.ws_url}/market/ws")
+        await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": ["ethusdc@aggTrade",
+                                                                         "ethusdc@markPrice@1s"], "id": 1}))
+        assert await _until(ws, lambda f: f.get("id") == 1) == {"result": None, "id": 1}
+        await ws.send_str(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 2}))
+        listed = await _until(ws, lambda f: f.get("id") == 2)
+        assert sorted(listed["result"]) == ["ethusdc@aggTrade", "ethusdc@markPrice@1s"]
+        mark = await _until(ws, lambda f: f.get("e") == "markPriceUpdate")
+        assert mark["s"] == "ETHUSDC"
+        await ws.send_str(json.dumps({"method": "UNSUBSCRIBE", "params": ["ethusdc@markPrice@1s"], "id": 3}))
+        assert (await _until(ws, lambda f: f.get("id") == 3))["result"] is None
+        await ws.send_str("{not json")
+        err = await _until(ws, lambda f: "error" in f)
+        assert err["error"]["code"] == 3
+        await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": ["ethusdc@bookTicker"], "id": 4}))
+        err = await _until(ws, lambda f: f.get("id") == 4)
+        assert err["error"]["code"] == 2  # books live on /public
+        await ws.send_str(json.dumps({"method": "SET_PROPERTY", "params": ["combined", "yes"], "id": 5}))
+        assert (await _until(ws, lambda f: f.get("id") == 5))["error"]["code"] == 1
+        await ws.send_str(json.dumps({"method": "GET_PROPERTY", "params": ["nope"], "id": 6}))
+        assert (await _until(ws, lambda f: f.get("id") == 6))["error"]["code"] == 0
+        await ws.send_str(json.dumps({"method": "SET_PROPERTY", "params": ["combined", True], "id": 7}))
+        assert (await _until(ws, lambda f: f.get("id") == 7))["result"] is None
+        await ws.close()
+        # the simulator keeps serving after bad frames
+        ws = await s.ws_connect(f"{sim.ws_url}/ws/ethusdc@bookTicker")
+        assert (await _recv_json(ws))["e"] == "bookTicker"
+        await ws.close()
+
+
+async def test_more_than_ten_messages_a_second_closes_the_connection(sim):
+    async with aiohttp.ClientSession() as s:
+        ws = await s.ws_connect(f"{sim.ws_url}/ws")
+        for i in range(15):
+            await ws.send_str(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": i}))
+        deadline = time.monotonic() + 10
+        closed = False
+        while time.monotonic() < deadline:
+            msg = await ws.receive(timeout=10)
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                closed = True
+                break
+        assert closed and ws.close_code == 1008
+
+
+async def test_server_pings_and_connection_lifetime(sim_factory):
+    sim = await sim_factory(config={"ws_ping_interval_s": 0.2, "ws_max_lifetime_s": 1.5})
+    async with aiohttp.ClientSession() as s:
+        ws = await s.ws_connect(f"{sim.ws_url}/ws/ethusdc@markPrice@1s", autoping=False)
+        pings = 0
+        opened = time.monotonic()
+        while True:
+            msg = await ws.receive(timeout=10)
+            if msg.type == aiohttp.WSMsgType.PING:
+                pings += 1
+                await ws.pong(msg.data)
+            elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                break
+        lived = time.monotonic() - opened
+        assert pings >= 2
+        assert 1.0 <= lived < 8.0  # closed by the server at its maximum lifetime
+
+
+async def test_drop_closes_market_and_user_sockets(sim):
+    async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
+        key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
+        user = await s.ws_connect(f"{sim.ws_url}/ws/{key}")
+        market = await s.ws_connect(f"{sim.ws_url}/ws/ethusdc@bookTicker")
+        await c.wait_state(lambda st: st["connections"]["total"] == 2)
+        res = await c.admin("POST", "/sim/fault/drop", {"target": "user", "account": "main"})
+        assert res == {"dropped": 1}
+        msg = await user.receive(timeout=10)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+        assert (await _recv_json(market))["e"] == "bookTicker"
+        assert (await c.admin("POST", "/sim/fault/drop", {"target": "market"})) == {"dropped": 1}
+        await c.wait_state(lambda st: st["connections"]["total"] == 0)
