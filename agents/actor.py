@@ -84,9 +84,7 @@ class AgentActor:
                     break
                 self.agent = agent
                 self.incarnations += 1
-                await agent.run()
-                if not self.stopping:
-                    log.warning("%s: the agent's run ended without a stop; starting over", self.symbol)
+                await self._run_until_owned_or_stopped(agent)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - retried forever: the actor must stay up
@@ -101,6 +99,26 @@ class AgentActor:
                 backoff = 0.5
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
+
+    async def _run_until_owned_or_stopped(self, agent: Any) -> None:
+        """Run the agent; if the controller refuses its lease (revoked, superseded), stop it (fenced:
+        it cancels only its own orders) so the next incarnation acquires a new epoch."""
+        run = asyncio.ensure_future(agent.run())
+        try:
+            while not run.done():
+                await asyncio.wait({run}, timeout=0.25)
+                if not self.stopping and getattr(agent, "_lost_ownership", False):
+                    log.warning("%s: lease lost; stopping this incarnation and acquiring again", self.symbol)
+                    await agent.stop()
+                    await asyncio.wait({run}, timeout=5.0)
+                    break
+            if run.done() and not run.cancelled() and run.exception() is not None:
+                raise run.exception()
+            if not self.stopping:
+                log.warning("%s: the agent's run ended without a stop; starting over", self.symbol)
+        finally:
+            if not run.done():
+                run.cancel()
 
     async def _spec(self) -> dict[str, Any]:
         """The symbol's current spec from the controller (fresh params after a restart)."""
@@ -137,9 +155,8 @@ class AgentActor:
             credentials=credentials,
             ownership=self.ownership,
             logger=logging.getLogger(f"mmfleet.agent.{self.symbol}"),
+            rate_share=float(spec.get("rate_share", 1.0)),
         )
-        agent.set_reduce_only(bool(spec.get("reduce_only", False)))
-        agent.set_rate_share(float(spec.get("rate_share", 1.0)))
         return agent
 
     # --- hopping onto the trading loop ---------------------------------------------------------
@@ -189,14 +206,18 @@ class AgentActor:
 
     @ray.method(concurrency_group=CONTROL)
     async def halt(self, reason: str = "") -> dict[str, Any]:
-        if self.agent is None:
+        if self.agent is None or getattr(self.agent, "core", None) is None:
+            # Not trading yet: the durable kill state reaches it with its grant; the controller
+            # confirms the book at the exchange itself.
             return {"outcome": "not_started", "open_orders": None}
         agent = self.agent
         return await self._on_loop(lambda: agent.halt(reason))
 
     @ray.method(concurrency_group=CONTROL)
     async def flatten(self, reason: str = "") -> dict[str, Any]:
-        if self.agent is None:
+        if self.agent is None or getattr(self.agent, "core", None) is None:
+            # Not trading yet: the durable kill state reaches it with its grant; the controller
+            # confirms the book at the exchange itself.
             return {"outcome": "not_started", "open_orders": None}
         agent = self.agent
         return await self._on_loop(lambda: agent.flatten(reason))

@@ -1,0 +1,630 @@
+"""``python -m fleet up|apply|down|status|exposure|kill|resume|validate``: the fleet on Ray.
+
+``up`` connects to (or starts) Ray, starts the simulator when the exchange is ``sim``, creates the
+controller, applies the config, deploys the HTTP endpoint and shows a live table until
+``--duration`` ends or Ctrl-C, then stops the fleet and prints a summary. The other commands talk
+to a running fleet's controller and agents through Ray. Ray is imported only inside commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_REFUSED = 3
+EXIT_NOT_RUNNING = 4
+
+
+class FleetCliError(Exception):
+    """The command cannot do what was asked; the message says what to change. Carries an exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_CONFIG) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class FleetAlreadyRunning(FleetCliError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_REFUSED)
+
+
+# --- arguments (one function for all the module's commands: the command is the parser's last word) --
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    command = parser.prog.split()[-1]
+    if command == "validate":
+        parser.add_argument("--config", required=True, help="fleet config YAML to check")
+        return
+    if command in ("up", "apply"):
+        parser.add_argument("--config", required=True, help="fleet config YAML (e.g. configs/fleet.demo.yaml)")
+    else:
+        where = parser.add_mutually_exclusive_group()
+        where.add_argument("--config", help="the fleet's config YAML (names the fleet)")
+        where.add_argument("--fleet", help="the fleet's name (default: mmfleet)")
+    default_address = "auto"
+    parser.add_argument(
+        "--address", default=default_address,
+        help="Ray cluster: 'auto' (a running cluster, else a new local one for up) or 'local' (always new), "
+        "or host:port",
+    )
+    if command == "up":
+        parser.add_argument("--duration", type=float, default=None, help="run this many seconds, then stop")
+        parser.add_argument("--detach", action="store_true", help="leave the fleet running and exit")
+        parser.add_argument("--refresh", type=float, default=None,
+                            help="seconds between tables (default: 1 on a terminal, 10 otherwise)")
+        parser.add_argument("--quote-timeout", type=float, default=90.0,
+                            help="how long to show start-up progress before reporting agents that do not quote")
+    if command in ("status", "exposure"):
+        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    if command == "kill":
+        parser.add_argument("--symbol", action="append", help="symbol to kill (repeat; default: all)")
+        parser.add_argument("--flatten", action="store_true", help="also close the positions (reduce-only)")
+        parser.add_argument("--reason", default="operator (CLI)", help="why; kept with the kill state")
+    if command == "resume":
+        parser.add_argument("--symbol", action="append", help="symbol to resume (repeat; default: all)")
+    if command == "down":
+        parser.add_argument("--flatten", action="store_true", help="close the positions before stopping")
+
+
+# --- configuration --------------------------------------------------------------------------------
+
+
+def load(config_path: str) -> tuple[Any, dict[str, Any]]:
+    """The fleet config and the ``apply`` document (symbol params resolved); FleetCliError if bad."""
+    from controller.controller import build_spec
+    from fleet.config import ConfigError, load_fleet_config
+
+    try:
+        cfg = load_fleet_config(config_path)
+        spec = build_spec(cfg, config_path)
+    except ConfigError as exc:
+        raise FleetCliError(str(exc)) from None
+    if not cfg.symbols:
+        raise FleetCliError(f"invalid config {config_path}: symbols: the fleet lists no symbol")
+    return cfg, spec
+
+
+def _namespace(args: argparse.Namespace) -> tuple[str, str]:
+    """(fleet name, namespace) named by --config or --fleet."""
+    if getattr(args, "config", None):
+        cfg, _ = load(args.config)
+        return cfg.name, cfg.namespace
+    name = getattr(args, "fleet", None) or "mmfleet"
+    return name, f"mmfleet-{name}"
+
+
+# --- Ray connection -------------------------------------------------------------------------------
+
+
+def _ray_executable() -> str:
+    beside = Path(sys.executable).with_name("ray")
+    return str(beside) if beside.exists() else (shutil.which("ray") or "ray")
+
+
+def connect(address: str, namespace: str, *, start_local: bool, detach: bool = False) -> bool:
+    """Connect this driver to Ray; returns True if it started a cluster that ends with the driver."""
+    import logging
+
+    import ray
+
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # keep the table readable
+    if ray.is_initialized():
+        return False
+    quiet = {"log_to_driver": False, "logging_level": "ERROR", "namespace": namespace}
+    if address not in ("auto", "local"):
+        ray.init(address=address, **quiet)
+        return False
+    if address == "auto":
+        try:
+            ray.init(address="auto", **quiet)
+            return False
+        except ConnectionError:
+            if not start_local:
+                raise FleetCliError("no running Ray cluster found (is the fleet up?)", EXIT_NOT_RUNNING) from None
+    if detach:
+        # A cluster that outlives this driver: `ray start --head`, then connect to it.
+        cmd = [_ray_executable(), "start", "--head", "--include-dashboard=false", "--disable-usage-stats"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise FleetCliError(f"`{' '.join(cmd)}` failed:\n{done.stderr.strip()[-2000:]}", EXIT_FAILED)
+        ray.init(address="auto", **quiet)
+        return False
+    ray.init(address="local", include_dashboard=False, **quiet)
+    return True
+
+
+# --- the fleet's pieces ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunningFleet:
+    """What ``start_fleet`` brought up: the config as applied, where the endpoint and token are."""
+
+    cfg: Any
+    api_url: str
+    token_where: str
+    sim_urls: dict[str, str] | None
+    applied: dict[str, Any]
+
+    @property
+    def namespace(self) -> str:
+        return self.cfg.namespace
+
+    @property
+    def symbols(self) -> list[str]:
+        return [e.symbol for e in self.cfg.symbols]
+
+
+def fleet_running(namespace: str) -> bool:
+    """A controller with an applied spec lives in the namespace."""
+    import ray
+
+    from controller.controller import find_controller
+
+    ctl = find_controller(namespace)
+    if ctl is None:
+        return False
+    try:
+        return ray.get(ctl.spec.remote(), timeout=30) is not None
+    except Exception:  # noqa: BLE001 - a controller that cannot answer still holds the name
+        return True
+
+
+def _start_sim(cfg: Any) -> tuple[Any, dict[str, str]]:
+    """The simulator as a detached actor; each account's keys in a 0600 file under state_dir."""
+    import ray
+
+    from fleet.simhost import SIM_ACTOR, SimHost, sim_key_file, write_sim_keys
+
+    key_files = {a.name: str(write_sim_keys(sim_key_file(cfg.state_dir, cfg.name, a.name))) for a in cfg.accounts}
+    sim_cfg = cfg.exchange.sim
+    config_path = str(Path(sim_cfg.config).absolute()) if sim_cfg.config else None
+    try:
+        old = ray.get_actor(SIM_ACTOR, namespace=cfg.namespace)
+        ray.kill(old)  # left over from a fleet that was not brought down
+    except ValueError:
+        pass
+    host = SimHost.options(name=SIM_ACTOR, namespace=cfg.namespace, lifetime="detached").remote(
+        [e.symbol for e in cfg.symbols], sim_cfg.seed, sim_cfg.host, sim_cfg.port, key_files, config_path
+    )
+    urls = ray.get(host.start.remote(), timeout=60)
+    accounts = tuple(
+        a.model_copy(update={"key_file": key_files[a.name], "api_key_env": None, "api_secret_env": None})
+        for a in cfg.accounts
+    )
+    exchange = cfg.exchange.model_copy(
+        update={"rest_url": urls["rest_url"], "ws_market_url": urls["ws_url"], "ws_user_url": urls["ws_url"]}
+    )
+    return cfg.model_copy(update={"exchange": exchange, "accounts": accounts}), urls
+
+
+def _stop_sim(namespace: str) -> None:
+    import ray
+
+    from fleet.simhost import SIM_ACTOR
+
+    try:
+        host = ray.get_actor(SIM_ACTOR, namespace=namespace)
+    except ValueError:
+        return
+    try:
+        ray.get(host.stop.remote(), timeout=20)
+    finally:
+        ray.kill(host)
+
+
+def start_fleet(cfg: Any, spec: dict[str, Any], *, controller_settings: Any = None,
+                route_prefix: str = "/") -> RunningFleet:
+    """Simulator (if any), controller, agents, endpoint. Needs a Ray connection; refuses a running fleet."""
+    import ray
+
+    from controller.api import deploy, ensure_api_token
+    from controller.controller import get_or_create_controller
+
+    if fleet_running(cfg.namespace):
+        raise FleetAlreadyRunning(
+            f"fleet {cfg.name!r} is already running (controller in Ray namespace {cfg.namespace}). "
+            f"To change it, apply the new config: python -m fleet apply --config <file>; "
+            f"to restart it: python -m fleet down --fleet {cfg.name}, then up again."
+        )
+    sim_urls = None
+    if cfg.exchange.kind == "sim":
+        cfg, sim_urls = _start_sim(cfg)
+    spec = {**spec, "fleet": cfg.model_dump(mode="json")}
+    controller = get_or_create_controller(cfg, controller_settings)
+    applied = ray.get(controller.apply.remote(spec), timeout=120)
+    api_cfg, token_where = ensure_api_token(cfg)
+    api_url = deploy(api_cfg, route_prefix=route_prefix)
+    return RunningFleet(cfg=api_cfg, api_url=api_url, token_where=token_where, sim_urls=sim_urls, applied=applied)
+
+
+def stop_fleet(namespace: str, fleet_name: str, *, flatten: bool = False) -> dict[str, Any]:
+    """``down``: agents stopped with 0 open orders confirmed, endpoint removed, controller and simulator gone."""
+    import ray
+
+    from controller.controller import find_controller
+
+    result: dict[str, Any] = {"fleet": fleet_name, "symbols": {}}
+    ctl = find_controller(namespace)
+    if ctl is not None:
+        result = ray.get(ctl.down.remote(flatten), timeout=300)
+        ray.kill(ctl)
+    _undeploy(fleet_name)
+    _stop_sim(namespace)
+    return result
+
+
+def _undeploy(fleet_name: str) -> None:
+    from ray import serve
+
+    from controller.api import app_name
+
+    try:
+        if app_name(fleet_name) in serve.status().applications:
+            serve.delete(app_name(fleet_name))
+    except Exception as exc:  # noqa: BLE001 - Serve not running: nothing to remove
+        if "serve" not in str(exc).lower() and "controller" not in str(exc).lower():
+            raise
+
+
+# --- reading the fleet ---------------------------------------------------------------------------
+
+
+def _gather(namespace: str, symbols: list[str], method: str, timeout: float = 5.0) -> dict[str, Any]:
+    """Each agent's answer to ``method`` (or an error string), asked concurrently."""
+    import ray
+
+    from controller.controller import agent_name
+
+    refs = {}
+    out: dict[str, Any] = {}
+    for s in symbols:
+        try:
+            refs[s] = getattr(ray.get_actor(agent_name(s), namespace=namespace), method).remote()
+        except ValueError:
+            out[s] = "no actor"
+    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
+    ready_set = set(ready)
+    for s, ref in refs.items():
+        if ref not in ready_set:
+            out[s] = f"no answer within {timeout:g} s"
+            continue
+        try:
+            out[s] = ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - shown in the table
+            out[s] = f"{type(exc).__name__}"
+    return out
+
+
+def _counters(metrics_text: Any) -> dict[str, float]:
+    """Fills and grinds from an agent's exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {"fills": 0.0, "grinds": 0.0}
+    if not isinstance(metrics_text, str) or not metrics_text:
+        return out
+    try:
+        for fam in text_string_to_metric_families(metrics_text):
+            for s in fam.samples:
+                if s.name == "mm_fills_total":
+                    out["fills"] += s.value
+                elif s.name == "mm_grind_count_total":
+                    out["grinds"] += s.value
+    except ValueError:
+        pass  # a malformed page shows zero counts; /metrics reports it properly
+    return out
+
+
+def snapshot(namespace: str, symbols: list[str]) -> dict[str, dict[str, Any]]:
+    """Per symbol: status, exposure and counters as the table shows them."""
+    status = _gather(namespace, symbols, "status")
+    expo = _gather(namespace, symbols, "exposure")
+    metrics = _gather(namespace, symbols, "metrics")
+    rows = {}
+    for s in symbols:
+        st = status.get(s) if isinstance(status.get(s), dict) else {}
+        ex = expo.get(s) if isinstance(expo.get(s), dict) else {}
+        err = next((v for v in (status.get(s), expo.get(s)) if isinstance(v, str)), None)
+        rows[s] = {"status": st, "exposure": ex, **_counters(metrics.get(s)), "error": err}
+    return rows
+
+
+def _f(value: Any, digits: int = 4) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "-"
+    return "-" if not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def render_table(rows: dict[str, dict[str, Any]]) -> str:
+    """The live table: per symbol position, worst case vs cap, P&L, fills, grinds, kill state."""
+    head = f"{'SYMBOL':<10} {'STATE':<10} {'EPOCH':>5} {'POSITION':>10} {'WORST L/S vs CAP':>24} " \
+           f"{'PNL':>10} {'FILLS':>6} {'GRINDS':>6} {'KILL':<10}"
+    lines = [head]
+    total_pnl = 0.0
+    for sym, row in rows.items():
+        st, ex = row["status"], row["exposure"]
+        if row.get("error") and not st:
+            lines.append(f"{sym:<10} {'?':<10} {row['error']}")
+            continue
+        pnl = sum(float(ex.get(k) or 0.0) for k in ("realized_pnl", "unrealized_pnl", "funding_pnl"))
+        total_pnl += pnl
+        worst = f"{_f(ex.get('worst_long'), 3)}/{_f(ex.get('worst_short'), 3)} vs {_f(ex.get('cap'), 3)}"
+        lines.append(
+            f"{sym:<10} {str(st.get('state', '?')):<10} {str(st.get('epoch') or '-'):>5} "
+            f"{_f(ex.get('position')):>10} {worst:>24} {_f(pnl, 2):>10} {int(row['fills']):>6} "
+            f"{int(row['grinds']):>6} {str(ex.get('kill_state') or st.get('kill_state') or '-'):<10}"
+        )
+    quoting = sum(1 for r in rows.values() if r["status"].get("state") == "quoting")
+    lines.append(f"agents quoting {quoting}/{len(rows)}   fleet P&L {total_pnl:.2f}")
+    return "\n".join(lines)
+
+
+def wait_quoting(namespace: str, symbols: list[str], timeout: float, out: TextIO | None = None) -> dict[str, str]:
+    """Poll until every agent quotes (or the timeout); returns each symbol's last state."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        states = {s: (v.get("state") if isinstance(v, dict) else str(v))
+                  for s, v in _gather(namespace, symbols, "status").items()}
+        n = sum(1 for v in states.values() if v == "quoting")
+        line = f"starting agents: {n}/{len(symbols)} quoting " + " ".join(f"{s}={v}" for s, v in states.items())
+        if out is not None and line != last:
+            print(line, file=out, flush=True)
+            last = line
+        if n == len(symbols) or time.monotonic() >= deadline:
+            return states
+        time.sleep(0.5)
+
+
+def render_summary(result: dict[str, Any], rows: dict[str, dict[str, Any]], elapsed_s: float) -> str:
+    lines = [f"fleet {result.get('fleet')} stopped after {elapsed_s:.0f} s"]
+    lines.append(f"{'SYMBOL':<10} {'OPEN ORDERS@EXCH':>16} {'POSITION':>10} {'REALIZED':>10} {'UNREALIZED':>10} "
+                 f"{'FUNDING':>9} {'FILLS':>6} {'GRINDS':>6}")
+    total = 0.0
+    for sym, res in (result.get("symbols") or {}).items():
+        row = rows.get(sym, {"exposure": {}, "fills": 0, "grinds": 0})
+        summary = res.get("summary") or {}
+        ex = summary.get("exposure") or row["exposure"]
+        pos = summary.get("exchange_position", ex.get("position"))
+        realized, unreal, funding = (float(ex.get(k) or 0.0) for k in ("realized_pnl", "unrealized_pnl", "funding_pnl"))
+        total += realized + unreal + funding
+        lines.append(f"{sym:<10} {str(res.get('open_orders')):>16} {_f(pos):>10} {_f(realized, 2):>10} "
+                     f"{_f(unreal, 2):>10} {_f(funding, 2):>9} {int(row['fills']):>6} {int(row['grinds']):>6}"
+                     + (f"  ({res['error']})" if res.get("error") else ""))
+    lines.append(f"fleet P&L {total:.2f}")
+    return "\n".join(lines)
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    cfg, spec = load(args.config)
+    from controller.controller import rate_shares
+
+    shares = rate_shares(cfg)
+    print(f"{args.config}: fleet {cfg.name!r}, exchange {cfg.exchange.kind}, {len(cfg.symbols)} symbols "
+          f"({', '.join(spec['params'])}), accounts {', '.join(a.name for a in cfg.accounts)}")
+    for e in cfg.symbols:
+        p = spec["params"][e.symbol]
+        print(f"  {e.symbol:<10} account={e.account} net_max={p['base']['net_max']} "
+              f"worst_cap={p['base']['net_max'] * p['worst_case']['multiplier']:.4f} rate_share={shares[e.symbol]:.3f}")
+    print("ok")
+    return EXIT_OK
+
+
+def cmd_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    cfg, spec = load(args.config)
+    started_at = time.monotonic()
+    owns_cluster = connect(args.address, cfg.namespace, start_local=True, detach=args.detach)
+    import ray
+
+    fleet = None
+    try:
+        fleet = start_fleet(cfg, spec)
+        print(f"fleet {cfg.name}: {len(fleet.symbols)} agents in Ray namespace {fleet.namespace}", file=out)
+        if fleet.sim_urls:
+            print(f"simulator: {fleet.sim_urls['rest_url']} (keys in {cfg.state_dir}, mode 0600)", file=out)
+        print(f"endpoint: {fleet.api_url}  (docs {fleet.api_url}/docs); token in {fleet.token_where}", file=out,
+              flush=True)
+        wait_quoting(fleet.namespace, fleet.symbols, args.quote_timeout, out)
+        if args.detach:
+            print(f"detached: the fleet keeps running. Stop it with: python -m fleet down --fleet {cfg.name}",
+                  file=out, flush=True)
+            return EXIT_OK
+        refresh = args.refresh or (1.0 if out.isatty() else 10.0)
+        end = None if args.duration is None else started_at + args.duration
+        rows: dict[str, Any] = {}
+        try:
+            while end is None or time.monotonic() < end:
+                rows = snapshot(fleet.namespace, fleet.symbols)
+                table = render_table(rows)
+                if out.isatty():
+                    out.write("\x1b[H\x1b[2J")
+                print(time.strftime("%H:%M:%S ") + f"fleet {cfg.name}", file=out)
+                print(table, file=out, flush=True)
+                pause = refresh if end is None else max(0.0, min(refresh, end - time.monotonic()))
+                time.sleep(pause)
+        except KeyboardInterrupt:
+            print("\nCtrl-C: stopping the fleet", file=out, flush=True)
+        rows = snapshot(fleet.namespace, fleet.symbols) or rows
+        result = stop_fleet(fleet.namespace, cfg.name, flatten=cfg.runtime.flatten_on_stop)
+        print(render_summary(result, rows, time.monotonic() - started_at), file=out, flush=True)
+        left = [s for s, r in result.get("symbols", {}).items() if r.get("open_orders") != 0]
+        if left:
+            print(f"WARNING: open orders not confirmed 0 at the exchange for {', '.join(left)}", file=out)
+            return EXIT_FAILED
+        return EXIT_OK
+    except BaseException:
+        if fleet is None and not args.detach:
+            # A half-started fleet (e.g. the endpoint failed) is not left behind.
+            try:
+                if not isinstance(sys.exc_info()[1], FleetAlreadyRunning):
+                    stop_fleet(cfg.namespace, cfg.name)
+            except Exception as exc:  # noqa: BLE001 - report the original failure
+                print(f"cleanup after a failed up also failed: {exc}", file=sys.stderr)
+        raise
+    finally:
+        if owns_cluster:
+            ray.shutdown()
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    cfg, spec = load(args.config)
+    connect(args.address, cfg.namespace, start_local=False)
+    import ray
+
+    from controller.api import deploy, ensure_api_token
+    from controller.controller import find_controller
+
+    ctl = find_controller(cfg.namespace)
+    if ctl is None or ray.get(ctl.spec.remote(), timeout=30) is None:
+        raise FleetCliError(f"fleet {cfg.name!r} is not running: start it with python -m fleet up --config {args.config}",
+                            EXIT_NOT_RUNNING)
+    current = ray.get(ctl.spec.remote(), timeout=30)
+    running_cfg = current["fleet"]
+    if cfg.exchange.kind == "sim":
+        # Keep the running simulator's URLs and key files: they are not in the file.
+        from fleet.config import FleetConfig
+
+        live = FleetConfig.model_validate(running_cfg)
+        cfg = cfg.model_copy(update={"exchange": live.exchange, "accounts": live.accounts})
+    result = ray.get(ctl.apply.remote({**spec, "fleet": cfg.model_dump(mode="json")}), timeout=300)
+    api_cfg, _ = ensure_api_token(cfg)
+    deploy(api_cfg)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return EXIT_OK if not result.get("errors") else EXIT_FAILED
+
+
+def _controller(args: argparse.Namespace) -> tuple[Any, str, str]:
+    name, ns = _namespace(args)
+    connect(args.address, ns, start_local=False)
+    from controller.controller import find_controller
+
+    ctl = find_controller(ns)
+    if ctl is None:
+        raise FleetCliError(f"fleet {name!r} is not running (no controller in Ray namespace {ns})", EXIT_NOT_RUNNING)
+    return ctl, name, ns
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    name, ns = _namespace(args)
+    connect(args.address, ns, start_local=False)
+    result = stop_fleet(ns, name, flatten=args.flatten)
+    print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    left = [s for s, r in result.get("symbols", {}).items() if r.get("open_orders") not in (0,)]
+    return EXIT_OK if not left else EXIT_FAILED
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import ray
+
+    ctl, name, ns = _controller(args)
+    status = ray.get(ctl.status.remote(), timeout=30)
+    symbols = list(status.get("symbols", {}))
+    agents = _gather(ns, symbols, "status")
+    if args.json:
+        print(json.dumps({"controller": status, "agents": agents}, indent=2, sort_keys=True, default=str))
+        return EXIT_OK
+    print(f"fleet {name}: reduce_only={status['reduce_only']} gross notional {status['gross_notional']:.2f} "
+          f"/ cap {status['max_total_notional']}")
+    print(f"{'SYMBOL':<10} {'STATE':<10} {'EPOCH':>5} {'LEASE LEFT':>10} {'KILL':<10} {'SHARE':>6} {'BOOK AGE':>8}")
+    for s, c in status["symbols"].items():
+        a = agents.get(s) if isinstance(agents.get(s), dict) else {"state": agents.get(s)}
+        print(f"{s:<10} {str(a.get('state')):<10} {c['epoch']:>5} {_f(c['lease_expires_in_s'], 2):>10} "
+              f"{c['kill_state']:<10} {_f(c['rate_share'], 3):>6} {_f(a.get('last_book_age_s'), 2):>8}")
+    return EXIT_OK
+
+
+def cmd_exposure(args: argparse.Namespace) -> int:
+    import ray
+
+    ctl, name, ns = _controller(args)
+    symbols = list(ray.get(ctl.status.remote(), timeout=30).get("symbols", {}))
+    rows = snapshot(ns, symbols)
+    if args.json:
+        print(json.dumps({s: r["exposure"] for s, r in rows.items()}, indent=2, sort_keys=True, default=str))
+    else:
+        print(render_table(rows))
+    return EXIT_OK
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    import ray
+
+    ctl, _, _ = _controller(args)
+    mode = "flatten" if args.flatten else "halt"
+    try:
+        result = ray.get(ctl.kill.remote(args.symbol, mode, args.reason), timeout=120)
+    except ray.exceptions.RayTaskError as exc:
+        raise FleetCliError(str(exc.cause if hasattr(exc, "cause") else exc)) from None
+    print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    bad = [s for s, r in result["symbols"].items() if r.get("open_orders") != 0]
+    return EXIT_OK if not bad else EXIT_FAILED
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    import ray
+
+    ctl, _, _ = _controller(args)
+    try:
+        result = ray.get(ctl.resume.remote(args.symbol), timeout=60)
+    except ray.exceptions.RayTaskError as exc:
+        raise FleetCliError(str(exc.cause if hasattr(exc, "cause") else exc)) from None
+    print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    return EXIT_OK
+
+
+def _guard(func: Any, args: argparse.Namespace) -> int:
+    try:
+        return func(args)
+    except FleetCliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+
+
+def up(args: argparse.Namespace) -> int:
+    return _guard(cmd_up, args)
+
+
+def apply(args: argparse.Namespace) -> int:
+    return _guard(cmd_apply, args)
+
+
+def down(args: argparse.Namespace) -> int:
+    return _guard(cmd_down, args)
+
+
+def status(args: argparse.Namespace) -> int:
+    return _guard(cmd_status, args)
+
+
+def exposure(args: argparse.Namespace) -> int:
+    return _guard(cmd_exposure, args)
+
+
+def kill(args: argparse.Namespace) -> int:
+    return _guard(cmd_kill, args)
+
+
+def resume(args: argparse.Namespace) -> int:
+    return _guard(cmd_resume, args)
+
+
+def validate(args: argparse.Namespace) -> int:
+    return _guard(cmd_validate, args)
+
