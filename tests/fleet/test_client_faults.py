@@ -1,0 +1,174 @@
+"""Error classes through the simulator's fault routes, and idempotent order entry.
+
+Faults come from ``/sim/fault/*`` (documented in ``fleet/sim/server.py``). The rate-limit and ban
+tests run their own small simulator with low limits, so a real 429/418 comes quickly and cannot
+disturb other tests sharing the session simulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+
+from fleet.binance.client import BinanceClient
+from fleet.binance.errors import (
+    BannedError,
+    BudgetExhaustedError,
+    OutcomeUnknownError,
+    RateLimitedError,
+    ServerError,
+)
+from fleet.binance.models import OrderInfo, OrderRequest
+from fleet.binance.ratelimit import Cost
+from fleet.sim.server import SimServer
+
+from .test_client_rest import SYMBOL, cid
+
+
+async def admin(sim, method: str, path: str, body: dict | None = None, params: dict | None = None):
+    async with aiohttp.ClientSession() as http:
+        async with http.request(method, sim.rest_url + path, json=body, params=params) as resp:
+            data = await resp.json(content_type=None)
+            assert resp.status == 200, data
+            return data
+
+
+async def fault(sim, **spec):
+    return await admin(sim, "POST", "/sim/fault/rest", spec)
+
+
+async def orders_with_client_id(sim, account: str, client_order_id: str) -> list[dict]:
+    state = await admin(sim, "GET", "/sim/state", params={"account": account, "symbol": SYMBOL})
+    return [o for o in state["open_orders"] if o.get("clientOrderId") == client_order_id]
+
+
+@pytest.fixture
+async def own_client(sim):
+    """A client on the session simulator's first account; faults are cleared afterwards."""
+    name, key, secret = sim.accounts[0]
+    async with BinanceClient(sim.rest_url, key, secret, timeout=5) as c:
+        await c.sync_time()
+        c.account_name = name
+        yield c
+    await admin(sim, "POST", "/sim/fault/clear", {})
+
+
+async def passive_order(client, tag: str) -> OrderRequest:
+    filters = await client.symbol_filters(SYMBOL)
+    top = await client.book_ticker(SYMBOL)
+    price = filters.price_str(filters.price_ticks_floor(top.bid) - 250)
+    return OrderRequest(SYMBOL, "BUY", "LIMIT", "0.010", price, "GTX", client_order_id=cid(tag))
+
+
+# -- 5xx and unknown outcomes -------------------------------------------------------------------
+
+
+async def test_server_errors_are_retryable_server_errors(sim, own_client):
+    await fault(sim, mode="error", count=1, path="/fapi/v1/openOrders", status=503)
+    with pytest.raises(ServerError) as info:
+        await own_client.open_orders(SYMBOL)
+    assert info.value.http_status == 503 and not isinstance(info.value, OutcomeUnknownError)
+    await fault(sim, mode="error", count=1, path="/fapi/v1/order", method="POST", status=500)
+    order = await passive_order(own_client, "srv")
+    with pytest.raises(ServerError):
+        await own_client.place_order(order)
+    assert await orders_with_client_id(sim, own_client.account_name, order.client_order_id) == []
+    assert isinstance(await own_client.open_orders(SYMBOL), list)  # the next request goes through
+
+
+async def test_unknown_outcome_is_resolved_by_client_id_not_by_resend(sim, own_client):
+    order = await passive_order(own_client, "unk")
+    await fault(sim, mode="unknown", count=1, path="/fapi/v1/order", method="POST")
+    with pytest.raises(OutcomeUnknownError) as info:
+        await own_client.place_order(order)
+    assert info.value.http_status == 503
+    # the exchange did execute it: the query by client id finds it
+    found = await own_client.query_order(SYMBOL, client_order_id=order.client_order_id)
+    assert found.status == "NEW"
+    await own_client.cancel_order(SYMBOL, order_id=found.order_id)
+
+
+async def test_idempotent_place_finds_the_lost_order_and_does_not_place_twice(sim, own_client):
+    order = await passive_order(own_client, "idem")
+    await fault(sim, mode="unknown", count=1, path="/fapi/v1/order", method="POST")
+    sent_before = own_client.requests_sent
+    placed = await own_client.place_order_idempotent(order)
+    assert isinstance(placed, OrderInfo) and placed.client_order_id == order.client_order_id
+    assert own_client.requests_sent - sent_before == 2  # the lost place + one query, no resend
+    live = await orders_with_client_id(sim, own_client.account_name, order.client_order_id)
+    assert len(live) == 1
+    await own_client.cancel_order(SYMBOL, order_id=placed.order_id)
+
+
+async def test_idempotent_place_resends_only_when_the_exchange_has_no_such_order(sim, own_client):
+    order = await passive_order(own_client, "idem2")
+    # 408: the gateway gave up; here the order never reached the engine
+    await fault(sim, mode="error", count=1, path="/fapi/v1/order", method="POST", status=408)
+    placed = await own_client.place_order_idempotent(order, backoff_s=0.05)
+    assert placed.client_order_id == order.client_order_id and placed.status == "NEW"
+    live = await orders_with_client_id(sim, own_client.account_name, order.client_order_id)
+    assert len(live) == 1
+    await own_client.cancel_order(SYMBOL, order_id=placed.order_id)
+
+
+async def test_timeout_after_send_is_an_unknown_outcome_resolved_without_doubling(sim, own_client):
+    order = await passive_order(own_client, "slow")
+    await admin(sim, "POST", "/sim/fault/latency", {"ms": 1500, "path": "/fapi/v1/order"})
+    own_client.timeout = 0.3
+    await own_client.close()
+    await own_client.open()
+    try:
+        with pytest.raises(OutcomeUnknownError, match="after the request was sent"):
+            await own_client.place_order(order)
+    finally:
+        await admin(sim, "POST", "/sim/fault/latency", {"ms": 0})
+    own_client.timeout = 5
+    await own_client.close()
+    await own_client.open()
+    # whether or not the slow request landed, the idempotent path ends with exactly one order
+    placed = await own_client.place_order_idempotent(order)
+    assert placed.client_order_id == order.client_order_id
+    live = await orders_with_client_id(sim, own_client.account_name, order.client_order_id)
+    assert len(live) == 1
+    await own_client.cancel_order(SYMBOL, order_id=placed.order_id)
+
+
+# -- 429 and 418 ------------------------------------------------------------------------------
+
+
+async def test_429_backs_off_as_told_then_goes_on(sim, own_client):
+    order = await passive_order(own_client, "blocked")
+    await fault(sim, mode="429", count=1, path="/fapi/v1/openOrders")
+    with pytest.raises(RateLimitedError) as info:
+        await own_client.open_orders(SYMBOL)
+    assert info.value.http_status == 429 and info.value.retry_after == 1.0
+    assert own_client.budget.blocked_for() > 0.5
+    with pytest.raises(BudgetExhaustedError):  # refused locally while the pause lasts, nothing sent
+        await own_client.place_order(order, wait=False)
+    start = time.monotonic()
+    assert isinstance(await own_client.open_orders(SYMBOL), list)  # waits out Retry-After, then sends
+    assert time.monotonic() - start >= 0.5
+
+
+async def test_a_client_told_429_never_reaches_418_but_an_uncoordinated_one_is_banned():
+    config = {"rate_limits": {"weight_per_minute": 40, "ban_base_s": 5}}
+    # the simulator's clock is pinned inside one minute, so the 429 and the ban share a window
+    pinned = (int(time.time() * 1000) // 60_000 + 1) * 60_000 + 1_000
+    async with SimServer(symbols=[SYMBOL], config=config, clock=lambda: pinned) as small:
+        async with BinanceClient(small.rest_url) as a, BinanceClient(small.rest_url) as b:
+            with pytest.raises(RateLimitedError) as info:
+                for _ in range(30):
+                    await a.book_ticker(SYMBOL)  # weight 2 each: the 21st breaks 40/min
+            assert info.value.retry_after >= 1 and a.budget.rate_limited == 1
+            # A keeps asking: its budget refuses locally until Retry-After, instead of sending into a ban
+            for _ in range(5):
+                with pytest.raises(BudgetExhaustedError):
+                    await a.budget.acquire(Cost(weight=2), wait=False)
+            # B, on the same IP but not sharing A's budget, sends on and is banned
+            with pytest.raises(BannedError) as banned:
+                await b.book_ticker(SYMBOL)
+            assert banned.value.http_status == 418 and banned.value.until_ms == pinned + 5_000
+            assert b.budget.blocked_for() > 1

@@ -1,0 +1,285 @@
+"""Every REST call of the client against the simulator over loopback, as Binance documents it."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from decimal import Decimal
+
+import pytest
+
+from fleet.binance.client import BinanceClient
+from fleet.binance.errors import (
+    BinanceError,
+    InsufficientMarginError,
+    InvalidListenKeyError,
+    MinNotionalError,
+    FilterRejectedError,
+    PostOnlyRejectedError,
+    ReduceOnlyRejectedError,
+    TimestampError,
+    UnknownOrderError,
+)
+from fleet.binance.models import ModifyRequest, OrderInfo, OrderRequest
+
+SYMBOL = "ETHUSDC"
+_ids = itertools.count(1)
+
+
+def cid(tag: str) -> str:
+    """A client order id unique within the test session (the agent puts its epoch here)."""
+    return f"t-{tag}-{int(time.time() * 1000) % 10**9}-{next(_ids)}"
+
+
+async def poll(check, deadline: float = 10.0, interval: float = 0.05):
+    """Await ``check()`` until it returns a truthy value or the deadline passes."""
+    end = time.monotonic() + deadline
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"condition not met within {deadline}s (last value {value!r})")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+async def client(sim):
+    name, key, secret = sim.accounts[0]
+    async with BinanceClient(sim.rest_url, key, secret) as c:
+        await c.sync_time()
+        yield c
+
+
+@pytest.fixture
+async def filters(client):
+    return await client.symbol_filters(SYMBOL)
+
+
+async def passive_bid(client, filters, ticks_away: int = 200) -> tuple[str, int]:
+    """A bid price well below the touch (never fills), and its ticks."""
+    top = await client.book_ticker(SYMBOL)
+    ticks = filters.price_ticks_floor(top.bid) - ticks_away
+    return filters.price_str(ticks), ticks
+
+
+def limit_buy(price: str, qty: str = "0.010", tif: str = "GTX", tag: str = "buy", **kw) -> OrderRequest:
+    return OrderRequest(SYMBOL, "BUY", "LIMIT", qty, price, tif, client_order_id=cid(tag), **kw)
+
+
+# -- public data --------------------------------------------------------------------------------
+
+
+async def test_server_time_and_clock_offset(client):
+    server = await client.server_time()
+    assert abs(server - time.time() * 1000) < 60_000
+    assert abs(await client.sync_time()) < 60_000
+    await client.ping()
+
+
+async def test_exchange_info_gives_exact_filters(client, filters):
+    info = await client.exchange_info()
+    assert {s["symbol"] for s in info["symbols"]} >= {SYMBOL}
+    assert filters.tick_size == Decimal("0.01") and filters.step_size == Decimal("0.001")
+    assert filters.min_notional > 0
+    with pytest.raises(BinanceError, match="NOPEUSDT"):
+        await client.symbol_filters("NOPEUSDT")
+
+
+async def test_depth_book_ticker_and_premium_index(client):
+    depth = await client.depth(SYMBOL, limit=10)
+    assert depth.bids and depth.asks and depth.bids[0][0] < depth.asks[0][0]
+    assert len(depth.bids) <= 10
+    top = await client.book_ticker(SYMBOL)
+    assert top.symbol == SYMBOL and 0 < top.bid < top.ask
+    prem = await client.premium_index(SYMBOL)
+    assert prem.symbol == SYMBOL and prem.mark_price > 0 and prem.next_funding_time > 0
+
+
+# -- orders -------------------------------------------------------------------------------------
+
+
+async def test_place_query_modify_cancel_a_post_only_order(client, filters):
+    price, ticks = await passive_bid(client, filters)
+    req = limit_buy(price)
+    placed = await client.place_order(req)
+    assert isinstance(placed, OrderInfo)
+    assert placed.status == "NEW" and placed.client_order_id == req.client_order_id
+    assert placed.price == Decimal(price) and placed.orig_qty == Decimal("0.010")
+    by_id = await client.query_order(SYMBOL, order_id=placed.order_id)
+    by_cid = await client.query_order(SYMBOL, client_order_id=req.client_order_id)
+    assert by_id.order_id == by_cid.order_id == placed.order_id
+    assert placed.order_id in {o.order_id for o in await client.open_orders(SYMBOL)}
+
+    new_price = filters.price_str(ticks - 1)
+    modified = await client.modify_order(
+        ModifyRequest(SYMBOL, "BUY", "0.020", new_price, client_order_id=req.client_order_id)
+    )
+    assert modified.order_id == placed.order_id
+    assert modified.price == Decimal(new_price) and modified.orig_qty == Decimal("0.020")
+
+    cancelled = await client.cancel_order(SYMBOL, order_id=placed.order_id)
+    assert cancelled.status == "CANCELED" and cancelled.is_closed
+    with pytest.raises(UnknownOrderError) as info:
+        await client.cancel_order(SYMBOL, order_id=placed.order_id)
+    assert info.value.code == -2011 and info.value.http_status == 400
+    with pytest.raises(UnknownOrderError) as info:
+        await client.query_order(SYMBOL, client_order_id=cid("never-sent"))
+    assert info.value.code == -2013
+
+
+async def test_batch_place_modify_and_cancel_split_into_exchange_sized_requests(client, filters):
+    price, ticks = await passive_bid(client, filters, ticks_away=300)
+    top = await client.book_ticker(SYMBOL)
+    crossing = filters.price_str(filters.price_ticks_ceil(top.ask) + 5)
+    orders = [limit_buy(filters.price_str(ticks - i), tag="batch") for i in range(7)]
+    orders[3] = limit_buy(crossing, tag="cross")  # a post-only bid above the ask: rejected in place
+    sent_before = client.requests_sent
+    results = await client.batch_place(orders)
+    assert client.requests_sent - sent_before == 2  # 5 + 2
+    assert isinstance(results[3], PostOnlyRejectedError) and results[3].code == -5022
+    placed = [r for r in results if isinstance(r, OrderInfo)]
+    assert len(placed) == 6
+    assert [r.client_order_id for r in placed] == [o.client_order_id for i, o in enumerate(orders) if i != 3]
+
+    modifies = [
+        ModifyRequest(SYMBOL, "BUY", "0.011", filters.price_str(ticks - 10 - i), order_id=o.order_id)
+        for i, o in enumerate(placed)
+    ]
+    modified = await client.batch_modify(modifies)
+    assert all(isinstance(m, OrderInfo) and m.orig_qty == Decimal("0.011") for m in modified)
+
+    sent_before = client.requests_sent
+    ids = [o.client_order_id for o in placed] + [cid(f"ghost{i}") for i in range(6)]
+    cancelled = await client.batch_cancel(SYMBOL, client_order_ids=ids)
+    assert client.requests_sent - sent_before == 2  # 10 + 2
+    assert [c.status for c in cancelled[:6]] == ["CANCELED"] * 6
+    assert all(isinstance(c, UnknownOrderError) for c in cancelled[6:])
+    open_ids = {o.client_order_id for o in await client.open_orders(SYMBOL)}
+    assert not open_ids & set(ids)
+
+
+async def test_batch_cancel_by_order_id_and_cancel_all(client, filters):
+    price, ticks = await passive_bid(client, filters, ticks_away=400)
+    results = await client.batch_place([limit_buy(filters.price_str(ticks - i), tag="ca") for i in range(3)])
+    ids = [r.order_id for r in results if isinstance(r, OrderInfo)]
+    assert len(ids) == 3
+    cancelled = await client.batch_cancel(SYMBOL, order_ids=ids[:1])
+    assert cancelled[0].order_id == ids[0] and cancelled[0].status == "CANCELED"
+    answer = await client.cancel_all(SYMBOL)
+    assert answer.get("code") == 200
+    assert not {o.order_id for o in await client.open_orders(SYMBOL)} & set(ids)
+
+
+async def test_countdown_cancel_all_cancels_when_not_renewed(client, filters):
+    price, _ = await passive_bid(client, filters, ticks_away=500)
+    order = await client.place_order(limit_buy(price, tag="dms"))
+    armed = await client.countdown_cancel_all(SYMBOL, 400)
+    assert armed["symbol"] == SYMBOL and str(armed["countdownTime"]) == "400"
+
+    async def gone():
+        return order.order_id not in {o.order_id for o in await client.open_orders(SYMBOL)}
+
+    await poll(gone)
+    assert (await client.query_order(SYMBOL, order_id=order.order_id)).status == "CANCELED"
+    await client.countdown_cancel_all(SYMBOL, 0)  # disarmed: a new order stays
+    kept = await client.place_order(limit_buy(price, tag="dms2"))
+    assert (await client.query_order(SYMBOL, order_id=kept.order_id)).status == "NEW"
+    await client.cancel_order(SYMBOL, order_id=kept.order_id)
+
+
+# -- account ------------------------------------------------------------------------------------
+
+
+async def test_position_follows_a_fill(sim, filters):
+    name, key, secret = sim.accounts[-1]
+    async with BinanceClient(sim.rest_url, key, secret) as client:
+        before = await client.position(SYMBOL)
+        top = await client.book_ticker(SYMBOL)
+        ioc = OrderRequest(
+            SYMBOL, "BUY", "LIMIT", "0.010", filters.price_str(filters.price_ticks_ceil(top.ask) + 20), "IOC",
+            client_order_id=cid("fill"),
+        )
+        filled = await client.place_order(ioc)
+        assert filled.order_id > 0
+
+        async def moved():
+            pos = await client.position(SYMBOL)
+            return pos if pos.amount == before.amount + Decimal("0.010") else None
+
+        pos = await poll(moved)
+        assert pos.symbol == SYMBOL and pos.entry_price > 0 and pos.mark_price > 0
+        back = OrderRequest(SYMBOL, "SELL", "MARKET", "0.010", reduce_only=True, client_order_id=cid("flat"))
+        await client.place_order(back)
+        await poll(lambda: _amount_is(client, before.amount))
+
+
+async def _amount_is(client, amount):
+    return (await client.position(SYMBOL)).amount == amount
+
+
+async def test_account_balance_income_commission_leverage(client):
+    account = await client.account()
+    assert "totalWalletBalance" in account and isinstance(account["assets"], list)
+    balances = await client.balance()
+    assert any(b["asset"] == "USDC" and Decimal(b["balance"]) > 0 for b in balances)
+    income = await client.income(symbol=SYMBOL, limit=10)
+    assert isinstance(income, list)
+    rate = await client.commission_rate(SYMBOL)
+    assert rate.symbol == SYMBOL and 0 <= rate.maker <= rate.taker
+    lev = await client.set_leverage(SYMBOL, 7)
+    assert lev["leverage"] == 7 and lev["symbol"] == SYMBOL
+    await client.set_leverage(SYMBOL, 20)
+
+
+async def test_listen_key_create_keepalive_close(client):
+    key = await client.create_listen_key()
+    assert key and await client.create_listen_key() == key  # the same key while it is alive
+    assert await client.keepalive_listen_key() in (key, None)
+    await client.close_listen_key()
+    with pytest.raises(InvalidListenKeyError) as info:
+        await client.keepalive_listen_key()
+    assert info.value.code == -1125
+
+
+# -- rejections ---------------------------------------------------------------------------------
+
+
+async def test_rejections_raise_their_own_classes(client, filters):
+    price, ticks = await passive_bid(client, filters)
+    top = await client.book_ticker(SYMBOL)
+    with pytest.raises(PostOnlyRejectedError) as info:
+        await client.place_order(limit_buy(filters.price_str(filters.price_ticks_ceil(top.ask) + 1)))
+    assert info.value.code == -5022
+    with pytest.raises(MinNotionalError):
+        await client.place_order(limit_buy(price, qty="0.001"))
+    with pytest.raises(ReduceOnlyRejectedError):
+        await client.place_order(
+            OrderRequest(SYMBOL, "SELL", "MARKET", "0.010", reduce_only=True, client_order_id=cid("ro"))
+        )
+    with pytest.raises(InsufficientMarginError):
+        await client.place_order(limit_buy(price, qty="9000.000", tif="GTC"))
+    with pytest.raises(FilterRejectedError):
+        await client.place_order(limit_buy(price + "5"))  # one decimal more than the tick allows
+    with pytest.raises(FilterRejectedError):
+        await client.place_order(limit_buy(price, qty="0.0105"))
+
+
+async def test_clock_skew_is_learned_again_on_minus_1021(client, filters):
+    client.time_offset_ms = -120_000  # as if our clock ran two minutes behind the exchange
+    client.resync_on_skew = False
+    with pytest.raises(TimestampError) as info:
+        await client.open_orders(SYMBOL)
+    assert info.value.code == -1021
+    client.resync_on_skew = True
+    assert isinstance(await client.open_orders(SYMBOL), list)  # re-synced, then sent again
+    assert abs(client.time_offset_ms) < 60_000
+
+
+async def test_unsigned_client_refuses_signed_calls_before_sending(sim):
+    async with BinanceClient(sim.rest_url) as anon:
+        assert (await anon.book_ticker(SYMBOL)).symbol == SYMBOL
+        with pytest.raises(BinanceError, match="needs an API key"):
+            await anon.open_orders(SYMBOL)
+        assert "secret" not in repr(anon)
