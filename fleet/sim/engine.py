@@ -345,7 +345,7 @@ class Engine:
             self.accounts[spec.name] = acct
             self.by_key[key] = acct
         self.step_ms = config.step_ms
-        self.next_step_ms = now_ms + self.step_ms
+        self.next_step_ms = (now_ms // self.step_ms + 1) * self.step_ms
         self.funding_interval_ms = int(config.funding_interval_s * 1000)
         self.next_funding_ms = (now_ms // self.funding_interval_ms + 1) * self.funding_interval_ms
         self.next_mark_ms = (now_ms // config.mark_interval_ms + 1) * config.mark_interval_ms
@@ -403,7 +403,7 @@ class Engine:
                 self._publish_mark(t, "", 0.0)
                 self.next_mark3_ms += 3000
             if t >= self.next_funding_ms:
-                self.settle_funding(t)
+                self.settle_funding(self.next_funding_ms)
                 self.next_funding_ms += self.funding_interval_ms
             self.next_step_ms += self.step_ms
         if now_ms > self.now_ms:

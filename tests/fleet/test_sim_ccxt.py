@@ -1,0 +1,51 @@
+"""A third-party Binance client (ccxt's binanceusdm) works against the simulator unchanged, URLs aside."""
+
+from __future__ import annotations
+
+import ccxt
+
+from fleet.sim.server import SimThread
+
+
+def _client(sim: SimThread) -> ccxt.binanceusdm:
+    _, key, secret = sim.accounts[0]
+    ex = ccxt.binanceusdm({"apiKey": key, "secret": secret, "enableRateLimit": False,
+                           "options": {"fetchCurrencies": False, "fetchMargins": False}})
+    base = sim.rest_url
+    api = dict(ex.urls["api"])
+    for name in list(api):
+        if name.startswith("fapi"):
+            version = {"fapiPublicV2": "v2", "fapiPrivateV2": "v2", "fapiPublicV3": "v3",
+                       "fapiPrivateV3": "v3"}.get(name, "v1")
+            api[name] = f"{base}/fapi/{version}" if name != "fapiData" else f"{base}/futures/data"
+    ex.urls["api"] = api
+    return ex
+
+
+def test_ccxt_binanceusdm_trades_against_the_simulator(sim_thread):
+    ex = _client(sim_thread)
+    markets = ex.load_markets()
+    eth = markets["ETH/USDC:USDC"]
+    assert eth["id"] == "ETHUSDC" and eth["precision"]["price"] == 0.01 and eth["limits"]["cost"]["min"] == 5
+    book = ex.fetch_order_book("ETH/USDC:USDC", limit=5)
+    bid, ask = book["bids"][0][0], book["asks"][0][0]
+    assert 0 < bid < ask
+    price = float(ex.price_to_precision("ETH/USDC:USDC", bid * 0.98))
+    order = ex.create_order("ETH/USDC:USDC", "limit", "buy", 0.01, price, {"postOnly": True})
+    assert order["status"] == "open" and order["price"] == price
+    open_orders = ex.fetch_open_orders("ETH/USDC:USDC")
+    assert [o["id"] for o in open_orders] == [order["id"]]
+    assert open_orders[0]["postOnly"] is True
+    cancelled = ex.cancel_order(order["id"], "ETH/USDC:USDC")
+    assert cancelled["status"] == "canceled"
+    assert ex.fetch_open_orders("ETH/USDC:USDC") == []
+    market = ex.create_order("ETH/USDC:USDC", "market", "buy", 0.02)
+    assert market["id"]
+    fetched = ex.fetch_order(market["id"], "ETH/USDC:USDC")
+    assert fetched["status"] == "closed" and fetched["filled"] == 0.02
+    positions = ex.fetch_positions(["ETH/USDC:USDC"])
+    pos = next(p for p in positions if p["symbol"] == "ETH/USDC:USDC")
+    assert pos["contracts"] == 0.02 and pos["side"] == "long"
+    balance = ex.fetch_balance()
+    assert balance["USDT"]["total"] == 100000
+    assert 99990 < balance["USDC"]["total"] < 100000  # the taker fee was charged

@@ -1,0 +1,169 @@
+"""Funding, rate limits and injected faults over loopback: what a market maker must survive."""
+
+from __future__ import annotations
+
+import json
+import time
+from decimal import Decimal
+
+import aiohttp
+import pytest
+
+from fleet.sim.testkit import SimClient
+
+pytestmark = pytest.mark.asyncio
+
+
+class ManualClock:
+    """A clock the test moves by hand, so minute windows never roll over mid-test."""
+
+    def __init__(self) -> None:
+        self.now = (int(time.time() * 1000) // 60_000) * 60_000 + 1_000
+
+    def __call__(self) -> int:
+        return self.now
+
+
+async def test_funding_settlement_charges_exact_fee_and_pushes_funding_fee_with_symbol(sim_factory):
+    sim = await sim_factory(config={"funding_interval_s": 1.0})
+    async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
+        key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
+        ws = await s.ws_connect(f"{sim.ws_url}/ws/{key}")
+        await c.admin("POST", "/sim/funding/rate", {"symbol": "ETHUSDC", "rate": "0.00050000"})
+        await c.admin("POST", "/sim/funding/rate", {"symbol": "BTCUSDT", "rate": "0.00030000"})
+        await c.admin("POST", "/sim/position", {"account": "main", "symbol": "ETHUSDC", "amount": "0.200",
+                                                "entry_price": "3000"})
+        await c.admin("POST", "/sim/position", {"account": "main", "symbol": "BTCUSDT", "amount": "-0.010",
+                                                "entry_price": "60000"})
+        fees: dict[str, dict] = {}
+        deadline = time.monotonic() + 10
+        while len(fees) < 2 and time.monotonic() < deadline:
+            f = json.loads((await ws.receive(timeout=10)).data)
+            if f["e"] == "ACCOUNT_UPDATE" and f["a"]["m"] == "FUNDING_FEE":
+                fees.setdefault(f["a"]["S"], f)
+        assert set(fees) == {"ETHUSDC", "BTCUSDT"}
+        for symbol, pa, rate, asset in (("ETHUSDC", "0.200", "0.0005", "USDC"), ("BTCUSDT", "-0.010", "0.0003", "USDT")):
+            frame = fees[symbol]
+            hist = (await c.public("GET", "/fapi/v1/fundingRate", {"symbol": symbol})).json
+            settled = next(h for h in hist if h["fundingTime"] == frame["E"])
+            assert Decimal(settled["fundingRate"]) == Decimal(rate)
+            expected = (-Decimal(pa) * Decimal(settled["markPrice"]) * Decimal(rate)).quantize(Decimal("0.00000001"))
+            bal = frame["a"]["B"][0]
+            assert bal["a"] == asset and Decimal(bal["bc"]) == expected and frame["a"]["P"] == []
+            assert frame["E"] % 1000 == 0  # settlements sit on the interval grid
+        # a positive rate: the long pays, the short receives
+        assert Decimal(fees["ETHUSDC"]["a"]["B"][0]["bc"]) < 0 < Decimal(fees["BTCUSDT"]["a"]["B"][0]["bc"])
+        income = (await c.signed("GET", "/fapi/v1/income", {"incomeType": "FUNDING_FEE"})).json
+        assert {i["symbol"] for i in income} == {"ETHUSDC", "BTCUSDT"}
+        st = await c.state()
+        assert Decimal(st["positions"]["ETHUSDC"]["funding"]) == sum(
+            Decimal(i["income"]) for i in income if i["symbol"] == "ETHUSDC")
+        mp = (await c.public("GET", "/fapi/v1/premiumIndex", {"symbol": "ETHUSDC"})).json
+        assert mp["lastFundingRate"] == "0.00050000" and mp["nextFundingTime"] % 1000 == 0
+        await ws.close()
+
+
+async def test_forced_settlement_now(sim):
+    async with SimClient.for_sim(sim) as c:
+        await c.admin("POST", "/sim/funding/rate", {"symbol": "SOLUSDT", "rate": "0.001"})
+        await c.admin("POST", "/sim/position", {"account": "main", "symbol": "SOLUSDT", "amount": "-10.00"})
+        res = await c.admin("POST", "/sim/funding/settle", {"symbol": "SOLUSDT"})
+        [charge] = res["charged"]
+        expected = (Decimal("10") * Decimal(charge["mark_price"]) * Decimal("0.001")).quantize(Decimal("0.00000001"))
+        assert Decimal(charge["fee"]) == expected > 0  # shorts receive when the rate is positive
+        st = await c.state(symbol="SOLUSDT")
+        assert Decimal(st["balances"]["USDT"]) == Decimal(100000) + expected
+
+
+async def test_weight_limit_answers_429_then_growing_418_bans(sim_factory):
+    clock = ManualClock()
+    sim = await sim_factory(config={"rate_limits": {"weight_per_minute": 10, "ban_base_s": 2}}, clock=clock)
+    async with SimClient.for_sim(sim) as c:
+        for i in range(10):
+            r = await c.public("GET", "/fapi/v1/time")
+            assert r.status == 200 and r.headers["X-MBX-USED-WEIGHT-1M"] == str(i + 1)
+        r = await c.public("GET", "/fapi/v1/time")
+        assert (r.status, r.json["code"]) == (429, -1003)
+        assert int(r.headers["Retry-After"]) == 59
+        r = await c.public("GET", "/fapi/v1/time")  # kept going after a 429: banned
+        assert r.status == 418 and "banned until" in r.json["msg"]
+        assert r.headers["Retry-After"] == "2"
+        r = await c.public("GET", "/fapi/v1/time")  # hammering during the ban doubles it
+        assert r.status == 418 and r.headers["Retry-After"] == "4"
+        clock.now += 3_000  # still inside the 4 s ban: it grows again
+        r = await c.public("GET", "/fapi/v1/time")
+        assert r.status == 418 and r.headers["Retry-After"] == "8"
+        clock.now += 60_000  # ban over, new minute: served again
+        r = await c.public("GET", "/fapi/v1/time")
+        assert r.status == 200 and r.headers["X-MBX-USED-WEIGHT-1M"] == "1"
+
+
+async def test_order_count_limit_answers_429_with_the_counters(sim_factory):
+    clock = ManualClock()
+    sim = await sim_factory(config={"rate_limits": {"orders_per_10s": 3}}, clock=clock)
+    async with SimClient.for_sim(sim) as c:
+        bid = Decimal((await c.public("GET", "/fapi/v1/ticker/bookTicker", {"symbol": "ETHUSDC"})).json["bidPrice"])
+        params = {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.010",
+                  "price": str((bid * Decimal("0.98")).quantize(Decimal("0.01")))}
+        for i in range(3):
+            r = await c.signed("POST", "/fapi/v1/order", params, timestamp=clock.now)
+            assert r.status == 200 and r.headers["X-MBX-ORDER-COUNT-10S"] == str(i + 1)
+        r = await c.signed("POST", "/fapi/v1/order", params, timestamp=clock.now)
+        assert (r.status, r.json["code"]) == (429, -1015) and "10 SECOND" in r.json["msg"]
+        clock.now += 10_000
+        r = await c.signed("POST", "/fapi/v1/order", params, timestamp=clock.now)
+        assert r.status == 200 and r.headers["X-MBX-ORDER-COUNT-10S"] == "1"
+        assert r.headers["X-MBX-ORDER-COUNT-1M"] == "5"
+
+
+async def test_rest_faults_error_unknown_429_and_latency(sim):
+    async with SimClient.for_sim(sim) as c:
+        bid = Decimal((await c.public("GET", "/fapi/v1/ticker/bookTicker", {"symbol": "ETHUSDC"})).json["bidPrice"])
+        params = {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.010",
+                  "price": str((bid * Decimal("0.98")).quantize(Decimal("0.01")))}
+        await c.admin("POST", "/sim/fault/rest", {"mode": "error", "count": 2, "path": "/fapi/v1/order",
+                                                  "method": "POST"})
+        assert (await c.public("GET", "/fapi/v1/time")).status == 200  # filters: other paths unaffected
+        for _ in range(2):
+            r = await c.signed("POST", "/fapi/v1/order", {**params, "newClientOrderId": "f-err"})
+            assert r.status == 503
+        assert (await c.state(symbol="ETHUSDC"))["open_orders"] == []  # nothing executed
+        await c.admin("POST", "/sim/fault/rest", {"mode": "unknown", "count": 1})
+        r = await c.signed("POST", "/fapi/v1/order", {**params, "newClientOrderId": "f-unk"})
+        assert r.status == 503 and r.json["msg"].startswith("Unknown error")
+        st = await c.state(symbol="ETHUSDC")
+        assert [o["clientOrderId"] for o in st["open_orders"]] == ["f-unk"]  # but it was executed
+        await c.admin("POST", "/sim/fault/rest", {"mode": "429", "count": 1, "path": "/fapi/v1/depth"})
+        r = await c.public("GET", "/fapi/v1/depth", {"symbol": "ETHUSDC"})
+        assert r.status == 429 and r.headers["Retry-After"] == "1"
+        assert (await c.public("GET", "/fapi/v1/depth", {"symbol": "ETHUSDC"})).status == 200
+        await c.admin("POST", "/sim/fault/latency", {"ms": 300, "path": "/fapi/v1/ping"})
+        t0 = time.monotonic()
+        assert (await c.public("GET", "/fapi/v1/ping")).status == 200
+        assert time.monotonic() - t0 >= 0.3
+        await c.admin("POST", "/sim/fault/clear", {})
+        st = await c.state()
+        assert st["faults_pending"] == []
+
+
+async def test_freeze_stops_the_market_and_bad_admin_input_is_a_400(sim):
+    async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
+        res = await c.admin("POST", "/sim/market/freeze", {"frozen": True, "symbol": "ETHUSDC"})
+        assert res == {"symbols": ["ETHUSDC"]}
+        before = (await c.state(symbol="ETHUSDC"))["markets"]["ETHUSDC"]
+        ws = await s.ws_connect(f"{sim.ws_url}/ws/btcusdt@markPrice@1s")
+        for _ in range(2):  # at least a second of market time passes
+            assert json.loads((await ws.receive(timeout=10)).data)["s"] == "BTCUSDT"
+        after = (await c.state(symbol="ETHUSDC"))["markets"]["ETHUSDC"]
+        assert after["mid"] == before["mid"] and after["frozen"] is True
+        await c.admin("POST", "/sim/market/freeze", {"frozen": False, "symbol": "ETHUSDC"})
+        for body in ({"mode": "bogus"}, {"mode": "error", "count": 0}):
+            async with s.post(f"{sim.rest_url}/sim/fault/rest", json=body) as r:
+                assert r.status == 400 and "error" in await r.json()
+        async with s.post(f"{sim.rest_url}/sim/market/jump", data="not json") as r:
+            assert r.status == 400
+        async with s.post(f"{sim.rest_url}/sim/market/jump", json={"symbol": "NOPE", "pct": 1}) as r:
+            assert r.status == 400
+        async with s.get(f"{sim.rest_url}/sim/nothing") as r:
+            assert r.status == 404
+        await ws.close()

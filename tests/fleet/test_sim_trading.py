@@ -1,0 +1,234 @@
+"""Trading semantics over loopback: modify, batches, IOC/FOK, queue position, sweeps, dead-man switch."""
+
+from __future__ import annotations
+
+import json
+import time
+from decimal import Decimal
+
+import aiohttp
+import pytest
+
+from fleet.sim.testkit import SimClient
+
+pytestmark = pytest.mark.asyncio
+
+TWO_ACCOUNTS = {"accounts": [{"name": "main"}, {"name": "other"}]}
+
+
+async def _book(c: SimClient, symbol: str = "ETHUSDC") -> dict:
+    return (await c.public("GET", "/fapi/v1/depth", {"symbol": symbol, "limit": 5})).json
+
+
+def _px(d: Decimal) -> str:
+    return str(d.quantize(Decimal("0.01")))
+
+
+async def _limit(c: SimClient, side: str, price: str, qty: str = "0.010", **extra) -> dict:
+    r = await c.signed("POST", "/fapi/v1/order", {"symbol": "ETHUSDC", "side": side, "type": "LIMIT",
+                                                  "timeInForce": extra.pop("tif", "GTC"), "price": price,
+                                                  "quantity": qty, **extra})
+    return r.json
+
+
+async def test_modify_requeues_pushes_amendment_and_rejects_no_op(sim):
+    async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
+        key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
+        ws = await s.ws_connect(f"{sim.ws_url}/ws/{key}")
+        await c.admin("POST", "/sim/market/freeze", {"symbol": "ETHUSDC"})
+        bid = Decimal((await _book(c))["bids"][0][0])
+        o = await _limit(c, "BUY", _px(bid * Decimal("0.99")), newClientOrderId="m-1")
+        new_price = _px(bid * Decimal("0.995"))
+        r = await c.signed("PUT", "/fapi/v1/order", {"symbol": "ETHUSDC", "orderId": o["orderId"], "side": "BUY",
+                                                     "quantity": "0.020", "price": new_price})
+        assert r.status == 200, r.json
+        assert r.json["price"] == new_price and r.json["origQty"] == "0.020" and r.json["status"] == "NEW"
+        frames = []
+        while len(frames) < 2:
+            f = json.loads((await ws.receive(timeout=10)).data)
+            if f["e"] == "ORDER_TRADE_UPDATE":
+                frames.append(f["o"])
+        assert [f["x"] for f in frames] == ["NEW", "AMENDMENT"]
+        assert frames[1]["p"] == new_price and frames[1]["q"] == "0.020" and frames[1]["X"] == "NEW"
+        same = await c.signed("PUT", "/fapi/v1/order", {"symbol": "ETHUSDC", "origClientOrderId": "m-1",
+                                                        "side": "BUY", "quantity": "0.020", "price": new_price})
+        assert same.json["code"] == -5027
+        missing = await c.signed("PUT", "/fapi/v1/order", {"symbol": "ETHUSDC", "orderId": o["orderId"],
+                                                           "side": "BUY", "quantity": "0.020"})
+        assert missing.json["code"] == -1102
+        bad_tick = await c.signed("PUT", "/fapi/v1/order", {"symbol": "ETHUSDC", "orderId": o["orderId"],
+                                                            "side": "BUY", "quantity": "0.020",
+                                                            "price": new_price + "5"})
+        assert bad_tick.json["code"] == -1111
+        st = await c.state(symbol="ETHUSDC")
+        assert st["open_orders"][0]["price"] == new_price  # a rejected modify leaves the order as it was
+        assert st["counters"]["orders_amended"] == 1
+        await ws.close()
+
+
+async def test_modify_of_post_only_that_would_cross_cancels_it(sim):
+    async with SimClient.for_sim(sim) as c:
+        await c.admin("POST", "/sim/market/freeze", {"symbol": "ETHUSDC"})
+        book = await _book(c)
+        bid, ask = Decimal(book["bids"][0][0]), Decimal(book["asks"][0][0])
+        o = await _limit(c, "BUY", _px(bid * Decimal("0.99")), tif="GTX")
+        r = await c.signed("PUT", "/fapi/v1/order", {"symbol": "ETHUSDC", "orderId": o["orderId"], "side": "BUY",
+                                                     "quantity": "0.010", "price": _px(ask + Decimal("0.05"))})
+        assert r.status == 200 and r.json["status"] == "CANCELED"
+        st = await c.state(symbol="ETHUSDC")
+        assert st["open_orders"] == [] and st["positions"]["ETHUSDC"]["amount"] == "0.000"
+
+
+async def test_queue_position_partial_fill_and_modify_below_executed_cancels(sim_factory):
+    sim = await sim_factory(config=TWO_ACCOUNTS)
+    async with SimClient.for_sim(sim, 0) as maker, SimClient.for_sim(sim, 1) as taker:
+        await maker.admin("POST", "/sim/market/freeze", {"symbol": "ETHUSDC"})
+        book = await _book(maker)
+        ask, ask_qty = Decimal(book["asks"][0][0]), Decimal(book["asks"][0][1])
+        bid = Decimal(book["bids"][0][0])
+        joined = await _limit(maker, "SELL", str(ask), "0.100")
+        improving_price = _px(bid + (ask - bid) / 2) if ask - bid > Decimal("0.01") else None
+        st = await maker.state(symbol="ETHUSDC")
+        ahead = Decimal(st["open_orders"][0]["queueAhead"])
+        assert ahead == ask_qty  # the synthetic size already at the level trades first
+        if improving_price:
+            improving = await _limit(maker, "SELL", improving_price, "0.010")
+            st = await maker.state(symbol="ETHUSDC")
+            assert st["open_orders"][1]["queueAhead"] == "0.000"
+            await maker.signed("DELETE", "/fapi/v1/order", {"symbol": "ETHUSDC", "orderId": improving["orderId"]})
+        # a taker buying everything ahead plus 0.040 fills 0.040 of our order, no more
+        qty = ahead + Decimal("0.040")
+        r = await taker.signed("POST", "/fapi/v1/order", {"symbol": "ETHUSDC", "side": "BUY", "type": "MARKET",
+                                                          "quantity": str(qty), "newOrderRespType": "RESULT"})
+        assert r.json["status"] == "FILLED" and Decimal(r.json["avgPrice"]) == ask
+        st = await maker.state(symbol="ETHUSDC")
+        o = st["open_orders"][0]
+        assert (o["status"], o["executedQty"], o["queueAhead"]) == ("PARTIALLY_FILLED", "0.040", "0.000")
+        assert st["positions"]["ETHUSDC"]["amount"] == "-0.040"
+        fee = (ask * Decimal("0.040") * Decimal("0.0002")).quantize(Decimal("0.00000001"))
+        assert Decimal(st["positions"]["ETHUSDC"]["commission"]) == fee  # maker rate
+        r = await maker.signed("PUT", "/fapi/v1/order", {"symbol": "ETHUSDC", "orderId": joined["orderId"],
+                                                         "side": "SELL", "quantity": "0.040", "price": str(ask)})
+        assert r.json["status"] == "CANCELED"
+
+
+async def test_ioc_expires_remainder_and_fok_rejects_when_book_too_thin(sim):
+    async with SimClient.for_sim(sim) as c:
+        await c.admin("POST", "/sim/market/freeze", {"symbol": "ETHUSDC"})
+        book = await _book(c)
+        bid, ask = Decimal(book["bids"][0][0]), Decimal(book["asks"][0][0])
+        r = await _limit(c, "BUY", str(bid), tif="IOC", newOrderRespType="RESULT")
+        assert r["status"] == "EXPIRED" and r["executedQty"] == "0.000"
+        top_qty = Decimal(book["asks"][0][1])
+        r = await _limit(c, "BUY", str(ask), qty=str(top_qty + 1), tif="IOC", newOrderRespType="RESULT")
+        assert r["status"] == "EXPIRED" and Decimal(r["executedQty"]) == top_qty
+        book = await _book(c)
+        ask = Decimal(book["asks"][0][0])
+        r = await _limit(c, "BUY", str(ask), qty="500.000", tif="FOK")
+        assert r["code"] == -5021
+        st = await c.state(symbol="ETHUSDC")
+        assert Decimal(st["positions"]["ETHUSDC"]["amount"]) == top_qty
+
+
+async def test_price_jump_sweeps_through_resting_orders(sim):
+    async with SimClient.for_sim(sim) as c:
+        await c.admin("POST", "/sim/market/freeze", {"symbol": "ETHUSDC"})
+        bid = Decimal((await _book(c))["bids"][0][0])
+        near = await _limit(c, "BUY", _px(bid * Decimal("0.99")), "0.010")
+        far = await _limit(c, "BUY", _px(bid * Decimal("0.96")), "0.010")
+        res = await c.admin("POST", "/sim/market/jump", {"symbol": "ETHUSDC", "pct": -2.0})
+        assert res["mid"] < float(bid) * 0.985
+        st = await c.state(symbol="ETHUSDC")
+        assert [o["orderId"] for o in st["open_orders"]] == [far["orderId"]]
+        assert st["positions"]["ETHUSDC"]["amount"] == "0.010"
+        assert Decimal(st["positions"]["ETHUSDC"]["entry_price"]) == Decimal(near["price"])  # own price, maker
+        q = await c.signed("GET", "/fapi/v1/order", {"symbol": "ETHUSDC", "orderId": near["orderId"]})
+        assert q.json["status"] == "FILLED"
+
+
+async def test_batch_orders_place_modify_cancel_with_errors_in_place(sim):
+    async with SimClient.for_sim(sim) as c:
+        bid = Decimal((await _book(c))["bids"][0][0])
+        p1, p2 = _px(bid * Decimal("0.98")), _px(bid * Decimal("0.97"))
+        items = [{"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "GTX", "price": p1,
+                  "quantity": "0.010", "newClientOrderId": "b-1"},
+                 {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "price": p2,
+                  "quantity": "0.010", "reduceOnly": "true"},
+                 {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "price": p2,
+                  "quantity": "0.010", "newClientOrderId": "b-3"}]
+        r = await c.signed("POST", "/fapi/v1/batchOrders", {"batchOrders": json.dumps(items)})
+        assert r.status == 200
+        assert r.json[0]["clientOrderId"] == "b-1" and r.json[1] == {"code": -2022, "msg": "ReduceOnly Order is rejected."}
+        assert r.json[2]["clientOrderId"] == "b-3"
+        assert r.headers["X-MBX-ORDER-COUNT-10S"] == "5"
+        too_many = await c.signed("POST", "/fapi/v1/batchOrders", {"batchOrders": json.dumps(items * 2)})
+        assert (too_many.status, too_many.json["code"]) == (400, -1130)
+        mods = [{"symbol": "ETHUSDC", "orderId": r.json[0]["orderId"], "side": "BUY", "quantity": "0.020",
+                 "price": p1},
+                {"symbol": "ETHUSDC", "orderId": 12345, "side": "BUY", "quantity": "0.020", "price": p1}]
+        m = await c.signed("PUT", "/fapi/v1/batchOrders", {"batchOrders": json.dumps(mods)})
+        assert m.json[0]["origQty"] == "0.020" and m.json[1]["code"] == -2013
+        ids = [r.json[0]["orderId"], r.json[2]["orderId"], 999]
+        d = await c.signed("DELETE", "/fapi/v1/batchOrders", {"symbol": "ETHUSDC", "orderIdList": json.dumps(ids)})
+        assert [x.get("status") for x in d.json[:2]] == ["CANCELED", "CANCELED"]
+        assert d.json[2] == {"code": -2011, "msg": "Unknown order sent."}
+        big = await c.signed("DELETE", "/fapi/v1/batchOrders", {"symbol": "ETHUSDC",
+                                                               "orderIdList": json.dumps(list(range(11)))})
+        assert big.json["code"] == -1130
+        o = await _limit(c, "BUY", p2, newClientOrderId="b-4")
+        d = await c.signed("DELETE", "/fapi/v1/batchOrders", {"symbol": "ETHUSDC",
+                                                             "origClientOrderIdList": json.dumps(["b-4"])})
+        assert d.json[0]["orderId"] == o["orderId"]
+        assert (await c.state(symbol="ETHUSDC"))["open_orders"] == []
+
+
+async def test_cancel_all_open_orders(sim):
+    async with SimClient.for_sim(sim) as c:
+        bid = Decimal((await _book(c))["bids"][0][0])
+        for i in range(3):
+            await _limit(c, "BUY", _px(bid * Decimal("0.98") - i))
+        r = await c.signed("DELETE", "/fapi/v1/allOpenOrders", {"symbol": "ETHUSDC"})
+        assert r.json == {"code": 200, "msg": "The operation of cancel all open order is done."}
+        assert (await c.signed("GET", "/fapi/v1/openOrders")).json == []
+
+
+async def test_countdown_cancel_all_fires_after_expiry_and_zero_disarms(sim):
+    async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
+        key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
+        ws = await s.ws_connect(f"{sim.ws_url}/ws/{key}")
+        eth_bid = Decimal((await _book(c))["bids"][0][0])
+        sol_bid = Decimal((await _book(c, "SOLUSDT"))["bids"][0][0])
+        await _limit(c, "BUY", _px(eth_bid * Decimal("0.98")))
+        sol = await c.signed("POST", "/fapi/v1/order", {"symbol": "SOLUSDT", "side": "BUY", "type": "LIMIT",
+                                                        "timeInForce": "GTC", "price": _px(sol_bid * Decimal("0.98")),
+                                                        "quantity": "1.00"})
+        assert sol.status == 200
+        armed = await c.signed("POST", "/fapi/v1/countdownCancelAll", {"symbol": "SOLUSDT", "countdownTime": 300})
+        assert armed.json == {"symbol": "SOLUSDT", "countdownTime": "300"}
+        await c.signed("POST", "/fapi/v1/countdownCancelAll", {"symbol": "SOLUSDT", "countdownTime": 0})
+        t0 = int(time.time() * 1000)
+        r = await c.signed("POST", "/fapi/v1/countdownCancelAll", {"symbol": "ETHUSDC", "countdownTime": 600})
+        assert r.status == 200
+        st = await c.state(symbol="ETHUSDC")
+        deadline = st["positions"]["ETHUSDC"]["countdown_deadline_ms"]
+        assert t0 - 50 <= deadline - 600 <= int(time.time() * 1000)
+        st = await c.wait_state(lambda st: st["counters"]["countdown_fired"] == 1, timeout=10)
+        cancel = None
+        while cancel is None:
+            f = json.loads((await ws.receive(timeout=10)).data)
+            if f["e"] == "ORDER_TRADE_UPDATE" and f["o"]["x"] == "CANCELED":
+                cancel = f
+        assert cancel["o"]["s"] == "ETHUSDC" and cancel["E"] >= deadline
+        sol_open = (await c.state(symbol="SOLUSDT"))["open_orders"]
+        assert len(sol_open) == 1  # disarmed with 0: still resting
+        await ws.close()
+
+
+async def test_max_open_orders_and_reduce_only_capping(sim_factory):
+    sim = await sim_factory(config={"symbols": [{"symbol": "ETHUSDC", "base_asset": "ETH", "quote_asset": "USDC",
+                                                 "start_price": 3000, "max_num_orders": 3}]}, symbols=["ETHUSDC"])
+    async with SimClient.for_sim(sim) as c:
+        bid = Decimal((await _book(c))["bids"][0][0])
+        for i in range(3):
+            assert "orderId" in await _limit(c, "BUY", _px(bid * Decimal("0.98") - i))
+        assert (await _limit(c, "BUY", _px(bid * Decimal("0.97"))))["code"] == -2025
