@@ -140,7 +140,8 @@ def main() -> None:
         return
     proc, info = start_sim()
     try:
-        name, key, secret = info["accounts"][0]
+        account = info["accounts"][0]
+        key, secret = account["api_key"], account["api_secret"]
         asyncio.run(bench_rest(args.orders, info["rest_url"], key, secret))
     finally:
         proc.terminate()
