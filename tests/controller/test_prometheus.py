@@ -1,6 +1,8 @@
-"""The shipped Prometheus configs with a real Prometheus (Debian's package): a cluster Prometheus
-scrapes the fleet endpoint's /metrics, a central one federates from it, and the fleet's series come
-out of the central one's query API, one per symbol."""
+"""The shipped Prometheus configs, and a real Prometheus (Debian's package) for tests.
+
+The end-to-end run (a cluster Prometheus scraping a live fleet's /metrics, a central one federating
+from it, ``mm_worst_case_long`` for every symbol out of the central one's query API) is in
+test_api_fleet.py, next to the live fleet it needs."""
 
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
 import requests
 import yaml
 
@@ -135,11 +136,6 @@ def central_config(cluster_url: str) -> dict[str, Any]:
     return cfg
 
 
-@pytest.fixture(scope="module")
-def prometheus_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("prometheus")
-
-
 def test_shipped_configs_pass_promtool():
     promtool = shutil.which("promtool")
     assert promtool, "promtool is not on PATH: `make test` installs Debian's prometheus package"
@@ -155,63 +151,3 @@ def test_central_config_federates_with_honor_labels():
     assert job["metrics_path"] == "/federate"
     assert job["honor_labels"] is True
     assert '{job="mmfleet"}' in job["params"]["match[]"]
-
-
-# --- end to end: endpoint -> cluster Prometheus -> central Prometheus ------------------------------
-
-SYMBOLS = ("ETHUSDC", "BTCUSDT", "SOLUSDT")
-
-
-@pytest.fixture(scope="module")
-def endpoint(ray_cluster, tmp_path_factory):
-    import secrets
-    import uuid
-
-    from controller.api import deploy, undeploy
-    from fleet.config import AccountConfig, ApiConfig, FleetConfig, SymbolEntry
-
-    token_file = tmp_path_factory.mktemp("api") / "api.token"
-    token_file.write_text(secrets.token_urlsafe(24))
-    cfg = FleetConfig(
-        name=f"promtest{uuid.uuid4().hex[:6]}",
-        accounts=(AccountConfig(name="main", api_key_env="K", api_secret_env="S"),),
-        symbols=tuple(SymbolEntry(symbol=s, account="main") for s in SYMBOLS),
-        api=ApiConfig(port=free_port(), token_env=None, token_file=str(token_file)),
-    )
-    url = deploy(cfg, route_prefix=f"/{cfg.name}")
-    yield url, cfg
-    undeploy(cfg)
-
-
-@pytest.fixture(scope="module")
-def prometheus_pair(endpoint, prometheus_dir):
-    url, _ = endpoint
-    cluster = start_prometheus(cluster_config(url), prometheus_dir / "cluster")
-    try:
-        central = start_prometheus(central_config(cluster.url), prometheus_dir / "central")
-    except BaseException:
-        cluster.stop()
-        raise
-    yield cluster, central
-    central.stop()
-    cluster.stop()
-
-
-def test_the_central_prometheus_returns_fleet_series_for_every_symbol(prometheus_pair):
-    cluster, central = prometheus_pair
-
-    def per_symbol(server: PrometheusServer, promql: str) -> dict[str, dict[str, str]]:
-        return {r["metric"]["symbol"]: r["metric"] for r in server.query(promql) if "symbol" in r["metric"]}
-
-    scraped = poll(
-        lambda: len(per_symbol(cluster, "mmfleet_agent_up")) == len(SYMBOLS),
-        within_s=60, what="cluster Prometheus scraped mmfleet_agent_up for every symbol",
-    )
-    assert scraped
-    federated = poll(
-        lambda: (lambda m: m if len(m) == len(SYMBOLS) else None)(per_symbol(central, "mmfleet_agent_up")),
-        within_s=60, what="central Prometheus federated mmfleet_agent_up for every symbol",
-    )
-    for labels in federated.values():
-        # honor_labels kept the cluster's job and its external label
-        assert labels["job"] == "mmfleet" and labels["cluster"] == "mmfleet-tokyo"

@@ -1,0 +1,261 @@
+"""The fleet endpoint in front of a live fleet: the controller and three real agent actors on the
+session's Ray cluster, trading on the simulator over loopback. Every figure the endpoint serves is
+checked against the simulator's truth (/sim/state) or a real Prometheus; waits poll a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from controller.api import ApiSettings, deploy, undeploy
+from controller.federation import SEED_METRIC_NAMES
+from fleet.config import (
+    AccountConfig,
+    AgentPlacement,
+    ApiConfig,
+    ExchangeConfig,
+    FleetConfig,
+    RuntimeParams,
+    SymbolEntry,
+)
+from tests.controller.test_prometheus import central_config, cluster_config, free_port, poll, start_prometheus
+
+SYMBOLS = ("ETHUSDC", "BTCUSDT", "SOLUSDT")
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "fleet.demo.yaml"
+
+
+class SimThread:
+    """The simulator on its own event loop in a thread of the test process (agents reach it over TCP)."""
+
+    def __init__(self, api_key: str, api_secret: str) -> None:
+        from fleet.sim.server import SimServer
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="sim", daemon=True)
+        self.thread.start()
+        self.server = SimServer(symbols=list(SYMBOLS), seed=11, api_key=api_key, api_secret=api_secret)
+        self.run(self.server.start())
+
+    def run(self, coro: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def state(self, symbol: str) -> dict[str, Any]:
+        r = requests.get(f"{self.server.rest_url}/sim/state", params={"account": "main", "symbol": symbol}, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def stop(self) -> None:
+        self.run(self.server.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def live(ray_cluster, tmp_path_factory):
+    """Simulator + controller + 3 agents + the endpoint; torn down with ``down`` (0 open orders)."""
+    import ray
+
+    from controller.controller import build_spec, get_or_create_controller
+
+    work = tmp_path_factory.mktemp("live")
+    api_key, api_secret = secrets.token_hex(32), secrets.token_hex(32)
+    key_file = work / "main.keys.yaml"
+    key_file.write_text(yaml.safe_dump({"api_key": api_key, "api_secret": api_secret}))
+    key_file.chmod(0o600)
+    token = secrets.token_urlsafe(24)
+    token_file = work / "api.token"
+    token_file.write_text(token)
+
+    sim = SimThread(api_key, api_secret)
+    cfg = FleetConfig(
+        name=f"apilive{uuid.uuid4().hex[:6]}",
+        exchange=ExchangeConfig(
+            kind="sim", rest_url=sim.server.rest_url, ws_market_url=sim.server.ws_url, ws_user_url=sim.server.ws_url
+        ),
+        accounts=(AccountConfig(name="main", key_file=str(key_file)),),
+        symbols=tuple(SymbolEntry(symbol=s, account="main", params_file=f"symbols/{s}.yaml") for s in SYMBOLS),
+        api=ApiConfig(port=free_port(), token_env=None, token_file=str(token_file)),
+        agent=AgentPlacement(num_cpus=0),
+        runtime=RuntimeParams(deadman_heartbeat_sec=2.0, deadman_countdown_ms=10_000, stop_timeout_sec=15.0),
+    )
+    controller = get_or_create_controller(cfg)
+    ray.get(controller.apply.remote(build_spec(cfg, str(DEMO_CONFIG))), timeout=120)
+    url = deploy(cfg, route_prefix=f"/{cfg.name}", settings=ApiSettings(agent_timeout_s=1.5))
+    fleet = Live(url=url, token=token, cfg=cfg, sim=sim, secrets=(api_key, api_secret, token))
+    fleet.wait_quoting(within_s=90)
+    yield fleet
+    try:
+        undeploy(cfg)
+        ray.get(controller.down.remote(False), timeout=120)
+        ray.kill(controller, no_restart=True)
+    finally:
+        sim.stop()
+
+
+class Live:
+    def __init__(self, url: str, token: str, cfg: FleetConfig, sim: SimThread, secrets: tuple[str, ...]) -> None:
+        self.url, self.token, self.cfg, self.sim, self.secrets = url, token, cfg, sim, secrets
+        self.responses: list[requests.Response] = []
+
+    def get(self, path: str, *, auth: bool = True, timeout: float = 30) -> requests.Response:
+        headers = {"Authorization": f"Bearer {self.token}"} if auth else {}
+        r = requests.get(f"{self.url}{path}", headers=headers, timeout=timeout)
+        self.responses.append(r)
+        return r
+
+    def post(self, path: str, body: dict[str, Any], timeout: float = 60) -> requests.Response:
+        r = requests.post(
+            f"{self.url}{path}", json=body, headers={"Authorization": f"Bearer {self.token}"}, timeout=timeout
+        )
+        self.responses.append(r)
+        return r
+
+    def open_orders(self, symbol: str) -> int:
+        return len(self.sim.state(symbol)["open_orders"])
+
+    def wait_quoting(self, within_s: float, symbols: tuple[str, ...] = SYMBOLS) -> dict[str, Any]:
+        def quoting() -> dict[str, Any] | None:
+            body = self.get("/status").json()
+            agents = body["agents"]
+            ok = all(agents[s].get("state") == "quoting" for s in symbols)
+            ok = ok and all(self.open_orders(s) > 0 for s in symbols)
+            return body if ok else None
+
+        return poll(quoting, within_s=within_s, every_s=0.5, what=f"{', '.join(symbols)} quoting")
+
+    def metric_families(self) -> dict[str, Any]:
+        r = self.get("/metrics", auth=False)
+        assert r.status_code == 200, r.text
+        return {f.name: f for f in text_string_to_metric_families(r.text)}
+
+
+def test_status_shows_every_agent_quoting_with_its_epoch_and_lease(live):
+    body = live.get("/status").json()
+    assert body["agents_expected"] == 3 and body["agents_up"] == 3
+    assert body["controller"]["reachable"] is True
+    for sym in SYMBOLS:
+        agent = body["agents"][sym]
+        assert agent["reachable"] is True and agent["state"] == "quoting"
+        assert agent["epoch"] >= 1 and agent["lease"]["epoch"] == agent["epoch"]
+        assert agent["user_stream_connected"] is True and agent["market_stream_connected"] is True
+        assert agent["last_book_age_s"] is not None
+        assert agent["restarts"] == 0
+
+
+def test_exposure_matches_the_exchange(live):
+    def matches() -> dict[str, Any] | None:
+        body = live.get("/exposure").json()
+        truth = {s: float(live.sim.state(s)["positions"][s]["amount"]) for s in SYMBOLS}
+        got = {s: body["symbols"][s]["position"] for s in SYMBOLS}
+        return body if all(abs(got[s] - truth[s]) < 1e-9 for s in SYMBOLS) else None
+
+    body = poll(matches, within_s=30, what="/exposure positions equal to /sim/state")
+    totals = body["totals"]
+    assert totals["complete"] is True and totals["symbols_answered"] == 3
+    gross = sum(abs(body["symbols"][s]["notional"]) for s in SYMBOLS)
+    assert totals["gross_notional"] == pytest.approx(gross)
+    for sym in SYMBOLS:
+        entry = body["symbols"][sym]
+        assert entry["kill_state"] == "running"
+        assert entry["worst_long"] <= entry["cap"] + 1e-9 and entry["worst_short"] <= entry["cap"] + 1e-9
+
+
+def test_metrics_page_has_the_twelve_seed_names_for_every_symbol(live):
+    fams = live.metric_families()
+    names: dict[str, set[str]] = {}
+    for fam in fams.values():
+        for s in fam.samples:
+            if "symbol" in s.labels:
+                names.setdefault(s.labels["symbol"], set()).add(s.name)
+    for sym in SYMBOLS:
+        missing = [n for n in SEED_METRIC_NAMES if n not in names.get(sym, set())]
+        assert missing == [], f"{sym} lacks {missing}"
+    assert {s.labels["symbol"]: s.value for s in fams["mmfleet_agent_up"].samples} == dict.fromkeys(SYMBOLS, 1.0)
+    assert fams["mmfleet_agents_halted"].samples[0].value == 0
+
+
+def test_a_real_prometheus_scrapes_the_page_and_a_central_one_federates_it(live, tmp_path):
+    cluster = start_prometheus(cluster_config(live.url), tmp_path / "cluster")
+    try:
+        central = start_prometheus(central_config(cluster.url), tmp_path / "central")
+        try:
+            def worst_long_everywhere() -> dict[str, dict[str, str]] | None:
+                rows = central.query("mm_worst_case_long")
+                found = {r["metric"].get("symbol"): r["metric"] for r in rows}
+                return found if set(SYMBOLS) <= set(found) else None
+
+            found = poll(worst_long_everywhere, within_s=90, every_s=1.0,
+                         what="mm_worst_case_long for every symbol on the central Prometheus")
+            for labels in found.values():
+                assert labels["job"] == "mmfleet" and labels["cluster"] == "mmfleet-tokyo"
+            up = {r["metric"]["symbol"]: r["value"][1] for r in central.query("mmfleet_agent_up")}
+            assert up == dict.fromkeys(SYMBOLS, "1")
+        finally:
+            central.stop()
+    finally:
+        cluster.stop()
+
+
+def test_http_kill_halts_with_zero_open_orders_at_the_exchange_and_resume_quotes_again(live):
+    r = live.post("/kill", {"symbols": ["ETHUSDC", "SOLUSDT"], "mode": "halt", "reason": "api test drill"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["confirmed"] is True and set(body["symbols"]) == {"ETHUSDC", "SOLUSDT"}
+    for sym in ("ETHUSDC", "SOLUSDT"):
+        assert body["symbols"][sym]["open_orders"] == 0
+        assert live.open_orders(sym) == 0                       # the exchange agrees
+    assert live.open_orders("BTCUSDT") > 0                      # the other symbol kept quoting
+
+    states = live.get("/kill").json()["kill_states"]
+    assert states["ETHUSDC"]["state"] == "halted" and states["ETHUSDC"]["reason"] == "api test drill"
+    assert states["BTCUSDT"]["state"] == "running"
+    fams = live.metric_families()
+    assert fams["mmfleet_agents_halted"].samples[0].value == 2
+    count = next(s.value for s in fams["mmfleet_kill_latency_seconds"].samples if s.name.endswith("_count"))
+    assert count == 1
+
+    r = live.post("/resume", {"symbols": ["ETHUSDC", "SOLUSDT"], "reason": "drill over"})
+    assert r.status_code == 200, r.text
+    assert {v["outcome"] for v in r.json()["symbols"].values()} == {"resumed"}
+    live.wait_quoting(within_s=60)
+
+
+def test_an_agent_that_does_not_answer_is_reported_and_the_rest_still_served(live):
+    pid = live.get("/status").json()["agents"]["SOLUSDT"]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        r = live.get("/metrics", auth=False)
+        assert r.status_code == 200
+        fams = {f.name: f for f in text_string_to_metric_families(r.text)}
+        up = {s.labels["symbol"]: s.value for s in fams["mmfleet_agent_up"].samples}
+        assert up == {"ETHUSDC": 1.0, "BTCUSDT": 1.0, "SOLUSDT": 0.0}
+        present = {s.labels["symbol"] for s in fams["mm_worst_case_long"].samples}
+        assert present == {"ETHUSDC", "BTCUSDT"}
+        status = live.get("/status").json()
+        assert status["agents_up"] == 2
+        assert status["agents"]["SOLUSDT"]["error"] == "agent.SOLUSDT.status did not answer within 1.5 s"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    live.wait_quoting(within_s=60)
+
+
+def test_no_response_contains_the_token_or_the_exchange_keys(live):
+    live.get("/docs", auth=False)
+    live.get("/openapi.json", auth=False)
+    live.post("/kill", {"symbols": ["NOPEUSDT"], "reason": "x"})
+    assert len(live.responses) > 10
+    for r in live.responses:
+        for secret in live.secrets:
+            assert secret not in r.text, f"a secret in the response to {r.request.method} {r.url}"
+            assert all(secret not in v for v in r.headers.values())
