@@ -1,0 +1,190 @@
+"""The pure engine in accelerated time: property tests of the books it keeps, queue position, the model."""
+
+from __future__ import annotations
+
+import random
+from decimal import Decimal
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fleet.sim.config import SimConfig, load_sim_config
+from fleet.sim.engine import Engine, SimApiError
+from fleet.sim.market import MarketModel, MarketParams
+
+T0 = 1_800_000_000_000
+
+
+def _engine(**overrides) -> Engine:
+    cfg = {"funding_interval_s": 5.0, "symbols": [{"symbol": "ETHUSDC", "base_asset": "ETH", "quote_asset": "USDC",
+                                                   "start_price": 3000, "taker_rate": 30.0, "level_qty": 0.05,
+                                                   "taker_mean_qty": 0.05}],
+           "market": {"volatility": 2.0, "jump_rate_per_hour": 200.0}}
+    cfg.update(overrides)
+    return Engine(load_sim_config(cfg), seed=11, now_ms=T0)
+
+
+side = st.sampled_from(["BUY", "SELL"])
+op = st.one_of(
+    st.tuples(st.just("limit"), side, st.integers(-15, 15), st.integers(2, 80), st.sampled_from(["GTC", "GTX", "IOC"]),
+              st.booleans()),
+    st.tuples(st.just("market"), side, st.integers(2, 80), st.booleans()),
+    st.tuples(st.just("cancel"), st.integers(0, 50)),
+    st.tuples(st.just("modify"), st.integers(0, 50), st.integers(-15, 15), st.integers(2, 80)),
+    st.tuples(st.just("advance"), st.integers(10, 4000)),
+    st.tuples(st.just("jump"), st.floats(-0.3, 0.3)),
+    st.tuples(st.just("countdown"), st.integers(0, 3000)),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(op, min_size=1, max_size=50))
+def test_engine_books_balance_whatever_happens(ops):
+    e = _engine()
+    b = e.books["ETHUSDC"]
+    acct = e.accounts["main"]
+    start_wallet = acct.wallet["USDC"]
+    now = T0
+    placed: list[int] = []
+    cancelled_at: dict[int, int] = {}  # order id -> trades of it when cancelled
+    for item in ops:
+        kind = item[0]
+        try:
+            if kind == "limit":
+                _, s, off, qty, tif, reduce = item
+                ref = b.best_bid() if s == "BUY" else b.best_ask()
+                price = ref + off if s == "BUY" else ref - off
+                r = e.new_order("main", {"symbol": "ETHUSDC", "side": s, "type": "LIMIT", "timeInForce": tif,
+                                         "price": b.price_str(price), "quantity": b.qty_str(qty),
+                                         "reduceOnly": "true" if reduce else "false"}, now)
+                placed.append(r["orderId"])
+            elif kind == "market":
+                _, s, qty, reduce = item
+                r = e.new_order("main", {"symbol": "ETHUSDC", "side": s, "type": "MARKET", "quantity": b.qty_str(qty),
+                                         "reduceOnly": "true" if reduce else "false"}, now)
+                placed.append(r["orderId"])
+            elif kind == "cancel" and placed:
+                oid = placed[item[1] % len(placed)]
+                e.cancel_order("main", {"symbol": "ETHUSDC", "orderId": str(oid)}, now)
+                cancelled_at[oid] = sum(1 for t in acct.trades if t.order_id == oid)
+            elif kind == "modify" and placed:
+                oid = placed[item[1] % len(placed)]
+                o = acct.open.get(oid)
+                if o is not None:
+                    ref = b.best_bid() if o.side == "BUY" else b.best_ask()
+                    price = ref + item[2] if o.side == "BUY" else ref - item[2]
+                    e.modify_order("main", {"symbol": "ETHUSDC", "orderId": str(oid), "side": o.side,
+                                            "price": b.price_str(price), "quantity": b.qty_str(item[3])}, now)
+                    if not o.is_open and o.status == "CANCELED":
+                        cancelled_at[oid] = sum(1 for t in acct.trades if t.order_id == oid)
+            elif kind == "advance":
+                now += item[1]
+                e.advance(now)
+            elif kind == "jump":
+                e.jump("ETHUSDC", item[1], now)
+            elif kind == "countdown":
+                e.countdown_cancel_all("main", {"symbol": "ETHUSDC", "countdownTime": str(item[1])}, now)
+        except SimApiError:
+            pass
+        e.drain()
+        _check(e, start_wallet, cancelled_at)
+    # countdown-cancelled orders count as cancelled from then on
+    for o in list(b.closed.values()):
+        if o.status == "CANCELED" and o.order_id not in cancelled_at:
+            cancelled_at[o.order_id] = sum(1 for t in acct.trades if t.order_id == o.order_id)
+    now += 30_000
+    e.advance(now)
+    _check(e, start_wallet, cancelled_at)
+
+
+def _check(e: Engine, start_wallet: Decimal, cancelled_at: dict[int, int]) -> None:
+    b = e.books["ETHUSDC"]
+    acct = e.accounts["main"]
+    orders = list(acct.open.values()) + [o for o in b.closed.values()]
+    fills: dict[int, Decimal] = {}
+    for t in acct.trades:
+        fills[t.order_id] = fills.get(t.order_id, Decimal(0)) + Decimal(t.qty)
+    for o in orders:
+        assert 0 <= o.filled <= o.orig, "a fill exceeded the order's quantity"
+        assert fills.get(o.order_id, Decimal(0)) == b.step * o.filled
+    signed = sum((Decimal(t.qty) if t.side == "BUY" else -Decimal(t.qty) for t in acct.trades), Decimal(0))
+    pos = acct.positions.get("ETHUSDC")
+    assert (b.step * pos.amount if pos else Decimal(0)) == signed, "position != signed sum of fills"
+    realized = sum((Decimal(t.realized_pnl) for t in acct.trades), Decimal(0))
+    fees = sum((Decimal(t.commission) for t in acct.trades), Decimal(0))
+    funding = sum((Decimal(i["income"]) for i in acct.income if i["incomeType"] == "FUNDING_FEE"), Decimal(0))
+    assert acct.wallet["USDC"] == start_wallet + realized - fees + funding
+    assert sum((Decimal(i["income"]) for i in acct.income), Decimal(0)) == acct.wallet["USDC"] - start_wallet
+    for oid, n in cancelled_at.items():
+        assert sum(1 for t in acct.trades if t.order_id == oid) == n, "a cancelled order filled"
+    for price, lst in b.bids.items():
+        assert all(o.is_open and o.price == price and o.sign > 0 for o in lst)
+    for price, lst in b.asks.items():
+        assert all(o.is_open and o.price == price and o.sign < 0 for o in lst)
+
+
+def test_resting_order_fills_only_after_the_volume_queued_ahead_has_traded():
+    e = _engine(market={"volatility": 0.0, "jump_rate_per_hour": 0.0})
+    b = e.books["ETHUSDC"]
+    e.interest = {"ethusdc@aggTrade"}
+    price = b.bid_top
+    r = e.new_order("main", {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
+                             "price": b.price_str(price), "quantity": "0.020"}, T0)
+    o = e.accounts["main"].open[r["orderId"]]
+    ahead = o.ahead
+    assert ahead == b.synth_bid(price) > 0
+    e.drain()
+    traded_at_price = 0
+    now = T0
+    first_fill = None
+    while first_fill is None and now < T0 + 600_000:
+        now += 50
+        e.advance(now)
+        for kind, target, payload in e.drain():
+            if kind == "m" and payload["p"] == b.price_str(price) and payload["m"]:
+                traded_at_price += round(float(payload["q"]) / b.step_f)
+            if kind == "u" and payload["e"] == "ORDER_TRADE_UPDATE" and payload["o"]["x"] == "TRADE":
+                first_fill = round(float(payload["o"]["l"]) / b.step_f)
+    assert first_fill is not None, "the order never reached the front of the queue"
+    assert traded_at_price >= ahead + first_fill  # everything ahead traded before us
+
+
+def test_market_model_is_deterministic_and_visits_every_regime():
+    params = MarketParams(start_price=3000, ranging_mean_s=60, trending_mean_s=60, jump_rate_per_hour=60)
+    a = MarketModel(params, random.Random(5))
+    b = MarketModel(params, random.Random(5))
+    seen = set()
+    mids = []
+    for _ in range(36_000):  # one simulated hour at 100 ms
+        mids.append(a.step(0.1))
+        assert b.step(0.1) == mids[-1]
+        seen.add(a.regime)
+    assert seen == {"ranging", "trending", "jump"}
+    assert 1500 < min(mids) and max(mids) < 6000
+    assert MarketModel(params, random.Random(6)).step(0.1) != MarketModel(params, random.Random(5)).step(0.1)
+
+
+def test_engine_is_deterministic_for_a_seed():
+    def run() -> list:
+        e = _engine()
+        e.interest = {"ethusdc@bookTicker"}
+        now = T0
+        out = []
+        for _ in range(400):
+            now += 50
+            e.advance(now)
+            out.extend(p for _, _, p in e.drain())
+        return out
+    assert run() == run()
+
+
+def test_unknown_symbol_gets_a_generic_spec_and_bad_config_names_the_field():
+    e = Engine(SimConfig(), seed=1, now_ms=T0, symbols=["DOGEUSDT"])
+    spec = e.books["DOGEUSDT"].spec
+    assert (spec.base_asset, spec.quote_asset) == ("DOGE", "USDT")
+    try:
+        load_sim_config({"funding_interval_s": -1})
+    except ValueError as exc:
+        assert "funding_interval_s" in str(exc)
+    else:
+        raise AssertionError("a negative funding interval was accepted")
