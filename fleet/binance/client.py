@@ -105,6 +105,11 @@ class BinanceClient:
     def __repr__(self) -> str:  # never shows the key or the secret
         return f"BinanceClient({self.rest_url!r}, signed={self._api_secret is not None})"
 
+    @property
+    def position_api(self) -> str:
+        """``"v3"`` until the exchange answers 404 on /fapi/v3/positionRisk, then ``"v2"``."""
+        return "v2" if self._position_v2 else "v3"
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def __aenter__(self) -> "BinanceClient":

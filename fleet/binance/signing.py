@@ -9,8 +9,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from typing import Any, Mapping
 from urllib.parse import quote
+
+# Values made only of these characters are the same before and after percent-encoding.
+_PLAIN = re.compile(r"^[A-Za-z0-9._~-]*$")
 
 
 def encode_params(params: Mapping[str, Any]) -> str:
@@ -27,7 +31,9 @@ def encode_params(params: Mapping[str, Any]) -> str:
             raise TypeError(f"parameter {key!r} is a float ({value!r}); send a decimal string")
         else:
             text = str(value)
-        parts.append(f"{quote(str(key), safe='')}={quote(text, safe='')}")
+        if not _PLAIN.match(text):
+            text = quote(text, safe="")
+        parts.append(f"{key}={text}")
     return "&".join(parts)
 
 

@@ -283,3 +283,40 @@ async def test_unsigned_client_refuses_signed_calls_before_sending(sim):
         with pytest.raises(BinanceError, match="needs an API key"):
             await anon.open_orders(SYMBOL)
         assert "secret" not in repr(anon)
+
+
+async def test_v2_fallback_when_v3_paths_are_missing(sim):
+    """A loopback proxy in front of the simulator answers 404 on /fapi/v3 (as an older deployment would)."""
+    import aiohttp
+    from aiohttp import web
+
+    async def forward(request: web.Request) -> web.Response:
+        if request.path.startswith("/fapi/v3/"):
+            return web.json_response({"code": -5000, "msg": f"Path {request.path}, Method GET is invalid"}, status=404)
+        headers = {k: v for k, v in request.headers.items() if k in ("X-MBX-APIKEY", "Content-Type")}
+        url = sim.rest_url + request.path + ("?" + request.rel_url.raw_query_string if request.query_string else "")
+        async with aiohttp.ClientSession() as http:
+            from yarl import URL
+
+            async with http.request(request.method, URL(url, encoded=True), data=await request.read(),
+                                    headers=headers) as resp:
+                return web.Response(status=resp.status, body=await resp.read(), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        name, key, secret = sim.accounts[0]
+        async with BinanceClient(f"http://127.0.0.1:{port}", key, secret) as old, BinanceClient(
+            sim.rest_url, key, secret
+        ) as new:
+            assert (await old.position(SYMBOL)).amount == (await new.position(SYMBOL)).amount
+            assert (old.position_api, new.position_api) == ("v2", "v3")
+            assert "totalWalletBalance" in await old.account()
+            assert any(b["asset"] == "USDC" for b in await old.balance())
+    finally:
+        await runner.cleanup()
