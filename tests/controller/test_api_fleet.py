@@ -231,6 +231,25 @@ def test_http_kill_halts_with_zero_open_orders_at_the_exchange_and_resume_quotes
     live.wait_quoting(within_s=60)
 
 
+def test_http_flatten_leaves_no_position_and_no_orders_at_the_exchange(live):
+    # Push the market through ETHUSDC's bids so the agent holds a position at the exchange.
+    jump = requests.post(f"{live.sim.server.rest_url}/sim/market/jump", json={"symbol": "ETHUSDC", "pct": -0.5}, timeout=10)
+    assert jump.status_code == 200, jump.text
+    poll(lambda: float(live.sim.state("ETHUSDC")["positions"]["ETHUSDC"]["amount"]) != 0,
+         within_s=30, what="a position in ETHUSDC at the exchange")
+
+    r = live.post("/kill", {"symbols": ["ETHUSDC"], "mode": "flatten", "reason": "api flatten drill"})
+    assert r.status_code == 200, r.text
+    result = r.json()["symbols"]["ETHUSDC"]
+    assert result["outcome"] == "flattened" and result["open_orders"] == 0, result
+    truth = live.sim.state("ETHUSDC")
+    assert float(truth["positions"]["ETHUSDC"]["amount"]) == 0 and truth["open_orders"] == []
+    assert live.get("/kill").json()["kill_states"]["ETHUSDC"]["state"] == "halted"
+
+    assert live.post("/resume", {"symbols": ["ETHUSDC"]}).status_code == 200
+    live.wait_quoting(within_s=60)
+
+
 def test_an_agent_that_does_not_answer_is_reported_and_the_rest_still_served(live):
     pid = live.get("/status").json()["agents"]["SOLUSDT"]["pid"]
     os.kill(pid, signal.SIGSTOP)
