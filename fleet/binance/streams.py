@@ -4,7 +4,9 @@ A stream connects, parses, counts and reports silence; it never reconnects (the 
 policy, because a lost user stream means resyncing orders from REST first). Malformed frames are
 logged, counted and skipped; unknown event types are passed through as ``RawEvent`` and counted.
 Both URL layouts are supported: the classic ``/ws`` + ``/stream`` paths and the 2026 split into
-``/public`` (book), ``/market`` (everything else) and ``/private`` (user data).
+``/public`` (book), ``/market`` (everything else) and ``/private`` (user data). ``layout="auto"``
+(the default) uses the split paths on ``fstream.binance.com``, where the classic ones were retired,
+and the classic paths elsewhere (the simulator serves both).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import logging
 import time
 from typing import Any, Callable, Sequence
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
@@ -24,6 +26,17 @@ from .parse import FrameError, decode, parse_market, parse_user, unwrap
 log = logging.getLogger("fleet.binance.streams")
 
 LAYOUTS = ("classic", "2026")
+# Hosts whose classic paths Binance retired on 2026-04-23; "auto" picks the 2026 layout for them.
+SPLIT_HOSTS = frozenset({"fstream.binance.com"})
+
+
+def resolve_layout(ws_url: str, layout: str) -> str:
+    """``"auto"`` -> ``"2026"`` on hosts that only serve the split paths, else ``"classic"``."""
+    if layout == "auto":
+        return "2026" if (urlsplit(ws_url).hostname or "") in SPLIT_HOSTS else "classic"
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS} or 'auto', got {layout!r}")
+    return layout
 _PUBLIC_MARKERS = ("@depth", "@bookticker", "!bookticker", "rpidepth")
 
 
@@ -55,7 +68,7 @@ def url_for(
     ws_url: str,
     streams: Sequence[str] = (),
     *,
-    layout: str = "classic",
+    layout: str = "auto",
     listen_key: str | None = None,
     events: Sequence[str] | None = None,
 ) -> str:
@@ -64,8 +77,7 @@ def url_for(
     Under the 2026 layout all market streams of one URL must share a route; use
     :func:`market_urls` to split a mixed set.
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    layout = resolve_layout(ws_url, layout)
     base = ws_url.rstrip("/")
     if listen_key is not None:
         if streams:
@@ -87,8 +99,9 @@ def url_for(
     return f"{base}/{routes.pop()}/stream?streams={joined}"
 
 
-def market_urls(ws_url: str, streams: Sequence[str], layout: str = "classic") -> list[str]:
+def market_urls(ws_url: str, streams: Sequence[str], layout: str = "auto") -> list[str]:
     """One URL for the classic layout; one per route (public, market) for the 2026 layout."""
+    layout = resolve_layout(ws_url, layout)
     if layout == "classic":
         return [url_for(ws_url, streams, layout=layout)]
     by_route: dict[str, list[str]] = {}
@@ -283,7 +296,7 @@ class MarketStream(_FrameStream):
         ws_url: str,
         symbol: str,
         streams: Sequence[str] = ("bookTicker", "markPrice@1s"),
-        layout: str = "classic",
+        layout: str = "auto",
         **kwargs: Any,
     ) -> None:
         self.symbol = symbol
@@ -303,7 +316,7 @@ class UserStream(_FrameStream):
         self,
         ws_url: str,
         listen_key: str,
-        layout: str = "classic",
+        layout: str = "auto",
         events: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:

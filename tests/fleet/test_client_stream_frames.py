@@ -155,8 +155,13 @@ async def test_2026_layout_splits_public_and_market_routes_and_merges_events():
 
 def test_url_helpers_cover_both_layouts():
     base = "wss://fstream.binance.com"
-    assert url_for(base, ["btcusdt@aggTrade"]) == f"{base}/stream?streams=btcusdt@aggTrade"
-    assert url_for(base, listen_key="abc") == f"{base}/ws/abc"
+    assert url_for(base, ["btcusdt@aggTrade"], layout="classic") == f"{base}/stream?streams=btcusdt@aggTrade"
+    assert url_for(base, listen_key="abc", layout="classic") == f"{base}/ws/abc"
+    # auto: production only serves the split paths since 2026-04-23; anything else gets classic
+    assert url_for(base, ["btcusdt@aggTrade"]) == f"{base}/market/stream?streams=btcusdt@aggTrade"
+    assert url_for(base, listen_key="abc") == f"{base}/private/ws?listenKey=abc"
+    assert url_for("ws://127.0.0.1:5000", listen_key="abc") == "ws://127.0.0.1:5000/ws/abc"
+    assert url_for("wss://fstream.binancefuture.com", ["x@aggTrade"]) == "wss://fstream.binancefuture.com/stream?streams=x@aggTrade"
     assert url_for(base, listen_key="abc", layout="2026", events=["ORDER_TRADE_UPDATE", "listenKeyExpired"]) == (
         f"{base}/private/ws?listenKey=abc&events=ORDER_TRADE_UPDATE/listenKeyExpired"
     )
