@@ -47,6 +47,7 @@ log = logging.getLogger("fleet.binance.client")
 
 BATCH_PLACE_MAX = 5
 BATCH_CANCEL_MAX = 10
+TOO_MANY_ORDERS = -1015  # a 429 on the account's order count (not the IP's weight)
 
 # Documented weights (reference §7).
 _W1 = Cost(weight=1)
@@ -219,7 +220,7 @@ class BinanceClient:
             return payload
         err = error_from_payload(payload, status, resp_headers)
         if isinstance(err, RateLimitedError):
-            self.budget.note_retry_after(err.retry_after)
+            self.budget.note_retry_after(err.retry_after, orders_only=err.code == TOO_MANY_ORDERS)
             log.warning("rate limited on %s %s: backing off %.1fs", method, path, err.retry_after)
         elif isinstance(err, BannedError):
             until = err.until_ms

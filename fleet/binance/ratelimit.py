@@ -121,7 +121,8 @@ class RateBudget:
         self._rep_weight = _Reported(60.0, 1)
         self._rep_10s = _Reported(10.0, 1)
         self._rep_1m = _Reported(60.0, 1)
-        self._blocked_until = -math.inf
+        self._blocked_until = -math.inf  # every request (IP weight 429, or a 418 ban)
+        self._orders_blocked_until = -math.inf  # new orders only (account order-count 429, -1015)
         self.share = share
         self.set_share(share)
         self.rate_limited = 0  # 429s seen
@@ -156,7 +157,7 @@ class RateBudget:
     def orders_available(self, now: float | None = None) -> int:
         """How many single orders could be sent right now without waiting."""
         now = self._clock() if now is None else now
-        if now < self._blocked_until:
+        if now < max(self._blocked_until, self._orders_blocked_until):
             return 0
         local = min(
             self._orders_10s.limit - self._orders_10s.used(now),
@@ -185,6 +186,8 @@ class RateBudget:
         """Seconds until ``cost`` fits every limit (0 = now; inf = never, it exceeds a limit)."""
         now = self._clock() if now is None else now
         wait = max(0.0, self._blocked_until - now)
+        if cost.orders_10s > 0 or cost.orders_1m > 0:
+            wait = max(wait, self._orders_blocked_until - now)
         pairs = (
             (self._weight, self._rep_weight, cost.weight),
             (self._orders_10s, self._rep_10s, cost.orders_10s),
@@ -253,11 +256,19 @@ class RateBudget:
             reported.seen_at = now
             reported.charged_at = window.total
 
-    def note_retry_after(self, seconds: float, now: float | None = None) -> None:
-        """After a 429: nothing goes out until ``seconds`` have passed."""
+    def note_retry_after(self, seconds: float, now: float | None = None, *, orders_only: bool = False) -> None:
+        """After a 429: nothing goes out until ``seconds`` have passed.
+
+        ``orders_only`` (an account order-count 429, -1015) pauses new orders and amendments only,
+        so cancels, which cost no order count, can still go out.
+        """
         now = self._clock() if now is None else now
         self.rate_limited += 1
-        self._blocked_until = max(self._blocked_until, now + max(0.0, seconds))
+        until = now + max(0.0, seconds)
+        if orders_only:
+            self._orders_blocked_until = max(self._orders_blocked_until, until)
+        else:
+            self._blocked_until = max(self._blocked_until, until)
 
     def note_banned(self, seconds: float, now: float | None = None) -> None:
         """After a 418: nothing goes out until the ban ends."""

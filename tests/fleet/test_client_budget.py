@@ -77,3 +77,14 @@ async def test_wait_false_refuses_without_charging():
     with pytest.raises(BudgetExhaustedError, match="rate budget exhausted") as info:
         await budget.acquire(ORDER, wait=False)
     assert info.value.wait_s > 0 and budget.refused == 1
+
+
+def test_an_order_count_429_pauses_orders_but_not_cancels():
+    clock = Clock()
+    budget = RateBudget(clock=clock)
+    budget.note_retry_after(4.0, orders_only=True)
+    assert budget.try_charge(ORDER) == pytest.approx(4.0)
+    assert budget.try_charge(Cost(weight=1)) == 0  # a cancel still goes out
+    assert budget.orders_available() == 0
+    clock.t += 4.0
+    assert budget.try_charge(ORDER) == 0

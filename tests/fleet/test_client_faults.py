@@ -172,3 +172,18 @@ async def test_a_client_told_429_never_reaches_418_but_an_uncoordinated_one_is_b
                 await b.book_ticker(SYMBOL)
             assert banned.value.http_status == 418 and banned.value.until_ms == pinned + 5_000
             assert b.budget.blocked_for() > 1
+
+
+async def test_an_order_count_429_pauses_new_orders_but_cancels_still_go_out(sim_factory):
+    small = await sim_factory(symbols=[SYMBOL], config={"rate_limits": {"orders_per_10s": 5}})
+    name, key, secret = small.accounts[0]
+    async with BinanceClient(small.rest_url, key, secret) as client:  # its budget assumes 300 / 10 s
+        first = await client.place_order(await passive_order(client, "cnt"))
+        with pytest.raises(RateLimitedError) as info:
+            for _ in range(10):
+                await client.place_order(await passive_order(client, "cnt"))
+        assert info.value.code == -1015 and info.value.http_status == 429
+        with pytest.raises(BudgetExhaustedError):
+            await client.place_order(await passive_order(client, "cnt"), wait=False)
+        cancelled = await client.cancel_order(SYMBOL, order_id=first.order_id)  # not held back
+        assert cancelled.status == "CANCELED"
