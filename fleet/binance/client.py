@@ -361,35 +361,32 @@ class BinanceClient:
         return [OrderInfo.from_api(o) for o in data]
 
     async def batch_place(self, orders: Sequence[OrderRequest], *, wait: bool = True) -> list[OrderInfo | BinanceError]:
-        """Place ``orders`` 5 per request; results follow input order, failures in place."""
-        results: list[OrderInfo | BinanceError] = []
-        for chunk in _chunks(orders, BATCH_PLACE_MAX):
-            batch = [o.to_params() for o in chunk]
-            cost = Cost(weight=5, orders_10s=len(chunk), orders_1m=1)
-            data = await self._request(
-                "POST", "/fapi/v1/batchOrders", {"batchOrders": batch}, cost=cost, signed=True, wait=wait
-            )
-            results.extend(_batch_results(data, len(chunk)))
-        return results
+        """Place ``orders`` 5 per request; results follow input order, rejections in place.
+
+        A failure of the whole first request (budget, 429, 5xx, unknown outcome) is raised, as for a
+        single order; once a request has gone through, a later request's failure is put in place of
+        each of its orders instead, so the caller still learns what the earlier requests placed.
+        """
+        cost_of = lambda chunk: Cost(weight=5, orders_10s=len(chunk), orders_1m=1)  # noqa: E731
+        return await self._in_chunks(
+            orders, BATCH_PLACE_MAX, cost_of, lambda chunk: ("POST", {"batchOrders": [o.to_params() for o in chunk]}), wait
+        )
 
     async def batch_modify(
         self, modifies: Sequence[ModifyRequest], *, wait: bool = True
     ) -> list[OrderInfo | BinanceError]:
-        """Modify orders 5 per request; results follow input order, failures in place."""
-        results: list[OrderInfo | BinanceError] = []
-        for chunk in _chunks(modifies, BATCH_PLACE_MAX):
-            batch = []
-            for m in chunk:
-                entry: dict[str, Any] = m.to_params()
-                if m.order_id is not None:
-                    entry["orderId"] = int(m.order_id)
-                batch.append(entry)
-            cost = Cost(weight=5, orders_10s=len(chunk), orders_1m=1)
-            data = await self._request(
-                "PUT", "/fapi/v1/batchOrders", {"batchOrders": batch}, cost=cost, signed=True, wait=wait
-            )
-            results.extend(_batch_results(data, len(chunk)))
-        return results
+        """Modify orders 5 per request; results and failures as in :meth:`batch_place`."""
+
+        def entry(m: ModifyRequest) -> dict[str, Any]:
+            params: dict[str, Any] = m.to_params()
+            if m.order_id is not None:
+                params["orderId"] = int(m.order_id)
+            return params
+
+        cost_of = lambda chunk: Cost(weight=5, orders_10s=len(chunk), orders_1m=1)  # noqa: E731
+        return await self._in_chunks(
+            modifies, BATCH_PLACE_MAX, cost_of, lambda chunk: ("PUT", {"batchOrders": [entry(m) for m in chunk]}), wait
+        )
 
     async def batch_cancel(
         self,
@@ -397,14 +394,26 @@ class BinanceClient:
         order_ids: Iterable[int] | None = None,
         client_order_ids: Iterable[str] | None = None,
     ) -> list[OrderInfo | BinanceError]:
-        """Cancel by ids, 10 per request; results follow input order, failures in place."""
+        """Cancel by ids, 10 per request; results and failures as in :meth:`batch_place`."""
         if (order_ids is None) == (client_order_ids is None):
             raise ValueError("batch_cancel needs exactly one of order_ids or client_order_ids")
         ids: list[Any] = [int(i) for i in order_ids] if order_ids is not None else [str(c) for c in client_order_ids or ()]
         key = "orderIdList" if order_ids is not None else "origClientOrderIdList"
+        return await self._in_chunks(
+            ids, BATCH_CANCEL_MAX, lambda chunk: _W1, lambda chunk: ("DELETE", {"symbol": symbol, key: list(chunk)}), True
+        )
+
+    async def _in_chunks(self, items, size, cost_of, build, wait) -> list[OrderInfo | BinanceError]:
         results: list[OrderInfo | BinanceError] = []
-        for chunk in _chunks(ids, BATCH_CANCEL_MAX):
-            data = await self._request("DELETE", "/fapi/v1/batchOrders", {"symbol": symbol, key: chunk}, signed=True)
+        for index, chunk in enumerate(_chunks(items, size)):
+            method, params = build(chunk)
+            try:
+                data = await self._request(method, "/fapi/v1/batchOrders", params, cost=cost_of(chunk), signed=True, wait=wait)
+            except BinanceError as exc:
+                if index == 0:
+                    raise
+                results.extend([exc] * len(chunk))
+                continue
             results.extend(_batch_results(data, len(chunk)))
         return results
 

@@ -22,7 +22,7 @@ from fleet.binance.errors import (
     ServerError,
 )
 from fleet.binance.models import OrderInfo, OrderRequest
-from fleet.binance.ratelimit import Cost
+from fleet.binance.ratelimit import Cost, RateBudget
 from fleet.sim.server import SimServer
 
 from .test_client_rest import SYMBOL, cid
@@ -187,3 +187,19 @@ async def test_an_order_count_429_pauses_new_orders_but_cancels_still_go_out(sim
             await client.place_order(await passive_order(client, "cnt"), wait=False)
         cancelled = await client.cancel_order(SYMBOL, order_id=first.order_id)  # not held back
         assert cancelled.status == "CANCELED"
+
+
+async def test_a_refused_later_batch_request_is_reported_in_place_not_raised(sim):
+    name, key, secret = sim.accounts[0]
+    budget = RateBudget(orders_per_10s=6)  # 95 %: room for exactly one batch of 5
+    async with BinanceClient(sim.rest_url, key, secret, budget=budget) as client:
+        base = await passive_order(client, "chunk")
+        orders = [
+            OrderRequest(SYMBOL, "BUY", "LIMIT", "0.010", base.price, "GTX", client_order_id=cid("chunk"))
+            for _ in range(7)
+        ]
+        results = await client.batch_place(orders, wait=False)
+        assert [type(r) for r in results] == [OrderInfo] * 5 + [BudgetExhaustedError] * 2
+        with pytest.raises(BudgetExhaustedError):  # nothing got through: raised, as for one order
+            await client.batch_place(orders[5:], wait=False)
+        await client.cancel_all(SYMBOL)
