@@ -1,0 +1,404 @@
+"""A real SymbolAgent (in this process) against the simulator over loopback: quoting, faults, stop.
+
+Every check compares the agent with the simulator's truth (``/sim/state``, ``allOrders``); waits are
+polls with a deadline, never sleeps that hope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from decimal import Decimal
+from typing import Any, Awaitable, Callable
+
+import aiohttp
+import pytest
+
+from agents.agent import ExchangeEndpoints, SymbolAgent
+from agents.ownership import LockFileOwnership
+from fleet.binance.credentials import Credentials
+from fleet.config import BaseParams, GrindingParams, RuntimeParams, SymbolParams
+from fleet.sim.testkit import SimClient
+
+SYMBOL = "ETHUSDC"
+FAST = RuntimeParams(
+    reconnect_backoff_initial_sec=0.3,
+    reconnect_backoff_max_sec=2.0,
+    deadman_heartbeat_sec=1.0,
+    deadman_countdown_ms=5_000,
+    market_stale_sec=600.0,  # tests freeze the market; staleness has its own test
+    stop_timeout_sec=20.0,
+)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+async def wait_for(
+    cond: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    explain: Callable[[], Awaitable[str]] | None = None,
+) -> Any:
+    """Poll ``cond`` (sync or async) until truthy; fail naming ``what`` after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = cond()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        if time.monotonic() > end:
+            detail = f"\n{await explain()}" if explain is not None else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
+        await asyncio.sleep(interval)
+
+
+class Exchange:
+    """The simulator's admin routes and truth, for assertions."""
+
+    def __init__(self, sim: Any) -> None:
+        self.sim = sim
+        self.http = aiohttp.ClientSession()
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    async def state(self, symbol: str = SYMBOL) -> dict:
+        async with self.http.get(f"{self.sim.rest_url}/sim/state", params={"account": "main", "symbol": symbol}) as r:
+            assert r.status == 200
+            return await r.json()
+
+    async def post(self, path: str, body: dict) -> dict:
+        async with self.http.post(f"{self.sim.rest_url}{path}", json=body) as r:
+            data = await r.json()
+            assert r.status == 200, data
+            return data
+
+    async def all_orders(self, symbol: str = SYMBOL) -> list[dict]:
+        async with SimClient.for_sim(self.sim) as c:
+            reply = await c.signed("GET", "/fapi/v1/allOrders", {"symbol": symbol, "limit": 1000})
+        assert reply.status == 200, reply.json
+        return reply.json
+
+
+def truth_orders(state: dict) -> dict[str, dict]:
+    return {o["clientOrderId"]: o for o in state["open_orders"]}
+
+
+def worst_long(state: dict, symbol: str = SYMBOL) -> Decimal:
+    pos = Decimal(state["positions"][symbol]["amount"])
+    buys = sum(
+        (Decimal(o["origQty"]) - Decimal(o["executedQty"]) for o in state["open_orders"] if o["side"] == "BUY"),
+        Decimal(0),
+    )
+    return pos + buys
+
+
+def agent_open(agent: SymbolAgent) -> dict[str, tuple[str, int]]:
+    """The agent's open orders: client id -> (side, remaining steps)."""
+    return {cid: (o.side, o.remaining_steps) for cid, o in agent.core.store.orders.items()}
+
+
+def exchange_open(state: dict, step: Decimal) -> dict[str, tuple[str, int]]:
+    return {
+        o["clientOrderId"]: (o["side"], int((Decimal(o["origQty"]) - Decimal(o["executedQty"])) / step))
+        for o in state["open_orders"]
+    }
+
+
+async def in_sync(agent: SymbolAgent, ex: Exchange) -> bool:
+    """The agent's position and open orders equal the exchange's, with nothing in flight."""
+    core = agent.core
+    if core is None or any(o.busy for o in core.store.orders.values()):
+        return False
+    st = await ex.state()
+    step = agent.filters.step_size
+    pos_ok = Decimal(st["positions"][SYMBOL]["amount"]) == core.store.position_steps * step
+    return pos_ok and exchange_open(st, step) == agent_open(agent)
+
+
+async def describe(agent: SymbolAgent, ex: Exchange) -> str:
+    """Both sides' views, for a failure message."""
+    st = await ex.state()
+    return (
+        f"agent: pos {agent.core.store.position_steps} {agent.core.store.orders}\n"
+        f"exchange: pos {st['positions'][SYMBOL]['amount']} {exchange_open(st, agent.filters.step_size)}\n"
+        f"status: {agent.status()}"
+    )
+
+
+async def resting(agent: SymbolAgent, ex: Exchange) -> bool:
+    """In sync, with a ladder on both sides."""
+    return bool(await in_sync(agent, ex)) and {o.side for o in agent.core.store.orders.values()} == {"BUY", "SELL"}
+
+
+def metric(agent: SymbolAgent, name: str) -> float:
+    text = agent.metrics_text().decode()
+    m = re.search(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.M)
+    assert m, f"{name} not exposed"
+    return float(m.group(1))
+
+
+@pytest.fixture
+async def exchange(sim):
+    ex = Exchange(sim)
+    yield ex
+    await ex.close()
+
+
+@pytest.fixture
+async def make_agent(sim, tmp_path):
+    """Start agents on the simulator; every one is stopped at the end."""
+    running: list[tuple[SymbolAgent, asyncio.Task]] = []
+
+    async def start(
+        params: SymbolParams | None = None, runtime: RuntimeParams = FAST, symbol: str = SYMBOL
+    ) -> SymbolAgent:
+        _, key, secret = sim.accounts[0]
+        agent = SymbolAgent(
+            fleet_name="t",
+            symbol=symbol,
+            params=params or SymbolParams(),
+            runtime=runtime,
+            endpoints=ExchangeEndpoints(sim.rest_url, sim.ws_url, sim.ws_url),
+            credentials=Credentials(key, secret),
+            ownership=LockFileOwnership(tmp_path / "state", "t", symbol),
+        )
+        task = asyncio.create_task(agent.run())
+        running.append((agent, task))
+        await wait_for(lambda: task.done() or agent.status()["state"] == "quoting", 10, "state quoting")
+        if task.done():
+            task.result()
+        await wait_for(lambda: agent.status()["last_book_age_s"] is not None, 10, "a first book update")
+        return agent
+
+    yield start
+    for agent, task in running:
+        await agent.stop()
+        await asyncio.wait_for(task, 25)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+async def test_starts_and_quotes_both_sides_within_5s(make_agent, exchange, caplog):
+    caplog.set_level(logging.INFO, logger="mmfleet.agent")
+    t0 = time.monotonic()
+    agent = await make_agent()
+
+    async def both_sides() -> bool:
+        sides = {o["side"] for o in (await exchange.state())["open_orders"]}
+        return sides == {"BUY", "SELL"}
+
+    await wait_for(both_sides, 5.0 - (time.monotonic() - t0), "bids and asks resting at the exchange")
+    assert "WebSocket UserStream connected" in caplog.text
+    assert metric(agent, "mm_ws_connected") == 1.0
+    epoch = agent.status()["epoch"]
+    assert all(cid.startswith(f"mm-{SYMBOL}-e{epoch}-") for cid in truth_orders(await exchange.state()))
+
+
+async def ladder_mismatches(agent: SymbolAgent, ex: Exchange) -> list[str]:
+    """How the exchange's resting ladder differs from what the strategy wants now (empty: it matches)."""
+    core = agent.core
+    if not await in_sync(agent, ex):
+        return ["not in sync"]
+    ladder = core._ladder()  # what the strategy wants now, from the same store
+    st = await ex.state()
+    f = agent.filters
+    out = []
+    for side, desired in (("BUY", ladder.bids), ("SELL", ladder.asks)):
+        live = sorted(
+            (o for o in st["open_orders"] if o["side"] == side),
+            key=lambda o: Decimal(o["price"]),
+            reverse=side == "BUY",
+        )
+        if not desired or len(live) != len(desired):
+            out.append(f"{side}: {len(live)} live vs {len(desired)} desired")
+            continue
+        tols = core.manager.tolerances(desired, ladder.center_ticks)
+        for q, o, tol in zip(desired, live, tols):
+            live_ticks = f.price_ticks_exact(o["price"])
+            if abs(live_ticks - q.price_ticks) > tol:
+                out.append(f"{side} layer {q.layer}: {o['price']} vs {f.price_str(q.price_ticks)} (tolerance {tol} ticks)")
+            live_steps = f.qty_steps_exact(o["origQty"]) - f.qty_steps_exact(o["executedQty"])
+            if abs(live_steps - q.qty_steps) > agent.params.orders.size_tolerance * q.qty_steps:
+                out.append(f"{side} layer {q.layer}: {live_steps} steps vs {q.qty_steps}")
+    return out
+
+
+async def test_live_ladder_matches_the_strategy(make_agent, exchange):
+    agent = await make_agent()
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
+    last: list[str] = []
+
+    async def matches() -> bool:
+        last[:] = await ladder_mismatches(agent, exchange)
+        return not last
+
+    await wait_for(matches, 10, "the live ladder to match the strategy", explain=lambda: asyncio.sleep(0, str(last)))
+    # and it keeps matching while the price walks (each move within a layer's tolerance or re-quoted)
+    for pct in (0.05, -0.1):
+        await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": pct})
+        await wait_for(matches, 10, f"a match after a {pct}% move", explain=lambda: asyncio.sleep(0, str(last)))
+
+
+async def test_fills_happen_and_state_equals_the_simulator(make_agent, exchange):
+    agent = await make_agent()
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    for pct in (-0.15, 0.3, -0.3):
+        await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": pct})
+        await wait_for(lambda: in_sync(agent, exchange), 10, f"sync after a {pct}% jump", explain=lambda: describe(agent, exchange))
+    st = await exchange.state()
+    store = agent.core.store
+    assert store.fills_buy > 0 and store.fills_sell > 0
+    assert Decimal(st["positions"][SYMBOL]["amount"]) == store.position_steps * agent.filters.step_size
+    assert store.commission == pytest.approx(float(st["positions"][SYMBOL]["commission"]), abs=1e-6)
+    assert store.entry_price == pytest.approx(float(st["positions"][SYMBOL]["entry_price"]), rel=1e-9)
+    # unrealized P&L from the agent's entry at the exchange's mark is the exchange's figure
+    mark = float(st["markets"][SYMBOL]["mark_price"])
+    unrealized = store.position * (mark - store.entry_price)
+    assert unrealized == pytest.approx(float(st["positions"][SYMBOL]["unrealized_pnl"]), abs=1e-6)
+
+
+async def test_realized_pnl_equals_the_simulator(make_agent, exchange):
+    agent = await make_agent()
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    for pct in (-0.15, 0.3, -0.3):
+        await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": pct})
+        await wait_for(lambda: in_sync(agent, exchange), 10, f"sync after a {pct}% jump", explain=lambda: describe(agent, exchange))
+    st = await exchange.state()
+    assert agent.core.store.realized_pnl == pytest.approx(float(st["positions"][SYMBOL]["realized_pnl"]), abs=1e-6)
+
+
+async def test_worst_case_long_never_exceeds_the_cap_through_a_crash(make_agent, exchange):
+    params = SymbolParams(base=BaseParams(base_size=0.05))  # big layers: the cap binds within a few jumps
+    agent = await make_agent(params)
+    cap = Decimal(str(params.worst_cap))
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
+    samples: list[Decimal] = []
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        while not done.is_set():
+            samples.append(worst_long(await exchange.state()))
+            await asyncio.sleep(0)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+        for _ in range(6):  # price jumps down through all bids, again and again
+            await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": -1.0})
+            await wait_for(lambda: in_sync(agent, exchange), 10, "re-quoted after a jump", explain=lambda: describe(agent, exchange))
+    finally:
+        done.set()
+        await sampler
+    st = await exchange.state()
+    assert len(samples) > 20
+    assert max(samples) <= cap, f"worst-case long {max(samples)} over {cap}"
+    assert Decimal(st["positions"][SYMBOL]["amount"]) >= cap * Decimal("0.5")  # the crash really loaded it
+
+
+async def test_user_stream_drop_reconnects_and_resyncs_without_duplicates(make_agent, exchange):
+    agent = await make_agent()
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    seen: list[float] = []
+
+    async def watch() -> None:
+        while True:
+            seen.append(metric(agent, "mm_ws_connected"))
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        dropped = await exchange.post("/sim/fault/drop", {"target": "user", "account": "main"})
+        assert dropped["dropped"] >= 1
+        await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": -0.2})  # fills while it is down
+        await wait_for(lambda: 0.0 in seen, 5, "mm_ws_connected 0")
+        await wait_for(lambda: seen[-1] == 1.0 and seen.index(0.0) < len(seen) - 1, 10, "mm_ws_connected back to 1")
+        reconnected = time.monotonic()
+        await wait_for(lambda: in_sync(agent, exchange), 2.0, "agent equals exchange within 2 s of reconnect", explain=lambda: describe(agent, exchange))
+        assert time.monotonic() - reconnected <= 2.0
+    finally:
+        watcher.cancel()
+    assert agent.counters["user_stream_reconnects"] >= 1
+    # nothing orphaned at the exchange, nothing duplicated: the ladder is whole again
+    st = await exchange.state()
+    assert Decimal(st["positions"][SYMBOL]["amount"]) > 0  # bids filled while the stream was down
+    assert set(truth_orders(st)) == set(agent.core.store.orders)
+
+
+async def test_user_stream_down_past_grace_cancels_all_through_rest(make_agent, exchange):
+    runtime = FAST.model_copy(update={"user_stream_grace_sec": 0.3, "reconnect_backoff_initial_sec": 1.5})
+    agent = await make_agent(runtime=runtime)
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    assert metric(agent, "mm_rest_fallback_count") == 0
+    await exchange.post("/sim/fault/drop", {"target": "user", "account": "main"})
+
+    async def emptied() -> bool:
+        return agent.counters["rest_fallback_cancels"] == 1 and not (await exchange.state())["open_orders"]
+
+    await wait_for(emptied, 5, "cancel-all through REST while the stream is down")
+    assert metric(agent, "mm_rest_fallback_count") >= 1
+    await wait_for(lambda: agent.status()["state"] == "quoting", 15, "quoting again after reconnect")
+    await wait_for(lambda: resting(agent, exchange), 10, "a whole ladder after resume", explain=lambda: describe(agent, exchange))
+
+
+async def test_listen_key_expired_is_recovered_without_duplicates(make_agent, exchange):
+    agent = await make_agent()
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    before = {o["clientOrderId"] for o in (await exchange.state())["open_orders"]}
+    expired = await exchange.post("/sim/listenkey/expire", {"account": "main"})
+    assert expired["listenKey"]
+    await wait_for(lambda: agent.counters["listen_key_expired"] >= 1, 5, "listenKeyExpired seen")
+    await wait_for(lambda: agent.status()["state"] == "quoting", 10, "quoting on a new key")
+    await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": 0.2})
+    await wait_for(lambda: in_sync(agent, exchange), 10, "in sync on the new key", explain=lambda: describe(agent, exchange))
+    st = await exchange.state()
+    assert st["listen_key_active"]
+    assert set(truth_orders(st)) == set(agent.core.store.orders)
+    assert before  # there was a ladder to lose
+
+
+@pytest.mark.parametrize("mode", ["unknown", "error"])
+async def test_order_entry_faults_never_duplicate_orders(make_agent, exchange, mode):
+    agent = await make_agent()
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    for path in ("/fapi/v1/order", "/fapi/v1/batchOrders"):
+        await exchange.post("/sim/fault/rest", {"mode": mode, "count": 3, "path": path, "status": 503})
+    for pct in (0.3, -0.3, 0.3):  # moves that make the agent amend, cancel and place
+        await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": pct})
+        await asyncio.sleep(0)
+    await wait_for(lambda: not (exchange.sim.faults), 10, "all faults consumed")
+    await wait_for(lambda: in_sync(agent, exchange), 15, "in sync after the faults", explain=lambda: describe(agent, exchange))
+    st = await exchange.state()
+    orders = st["open_orders"]
+    assert set(truth_orders(st)) == set(agent.core.store.orders)
+    prices = [(o["side"], o["price"]) for o in orders]
+    assert len(prices) == len(set(prices)), "two resting orders at one price: a duplicate"
+    if mode == "unknown":
+        assert agent.counters["unknown_outcomes_resolved"] >= 1
+    # every order the exchange ever saw from us is one the agent knew
+    known = set(agent.core.store.orders) | set(agent.core.store.closed)
+    assert {o["clientOrderId"] for o in await exchange.all_orders()} <= known
+
+
+async def test_stale_market_pulls_quotes_until_fresh(make_agent, exchange):
+    agent = await make_agent(runtime=FAST.model_copy(update={"market_stale_sec": 1.0}))
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
+
+    async def pulled() -> bool:
+        return "market_stale" in agent.status()["blocks"] and not (await exchange.state())["open_orders"]
+
+    await wait_for(pulled, 10, "quotes pulled on a stale book")
+    await exchange.post("/sim/market/freeze", {"frozen": False, "symbol": SYMBOL})
+    await wait_for(lambda: resting(agent, exchange), 10, "quoting again once fresh", explain=lambda: describe(agent, exchange))
+    assert agent.counters["stale_market_pulls"] >= 1
