@@ -318,10 +318,11 @@ class BinanceClient:
                 log.warning("order %s outcome unknown (%s); querying by client id", order.client_order_id, exc.msg)
             except DuplicateClientOrderIdError as exc:
                 last = exc  # an earlier send landed: look it up
+            # give a request still in flight time to land before asking whether it did
+            await asyncio.sleep(backoff_s * (2**attempt))
             found = await self._find_by_client_id(order.symbol, order.client_order_id, backoff_s)
             if found is not None:
                 return found
-            await asyncio.sleep(backoff_s * (2**attempt))
         assert last is not None
         raise last
 
