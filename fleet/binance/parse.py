@@ -54,9 +54,12 @@ def _d(value: Any) -> Decimal:
     if value is None:
         raise FrameError("missing decimal value")
     try:
-        return Decimal(value) if isinstance(value, str) else Decimal(str(value))
+        d = Decimal(value) if isinstance(value, str) else Decimal(str(value))
     except InvalidOperation as exc:
         raise FrameError(f"not a decimal: {value!r}") from exc
+    if not d.is_finite():
+        raise FrameError(f"not a finite decimal: {value!r}")
+    return d
 
 
 def _od(value: Any) -> Decimal:
@@ -141,7 +144,7 @@ def parse_market(obj: Any) -> MarketEvent:
         return RawEvent(str(kind), obj)
     try:
         return builder(obj)
-    except (KeyError, TypeError, ValueError, InvalidOperation) as exc:
+    except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError) as exc:
         raise FrameError(f"bad {kind} frame: {exc!r}") from exc
 
 
@@ -293,5 +296,5 @@ def parse_user(obj: Any) -> UserEvent:
         return builder(obj)
     except FrameError:
         raise
-    except (KeyError, TypeError, ValueError, InvalidOperation, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError) as exc:
         raise FrameError(f"bad {kind} frame: {exc!r}") from exc

@@ -245,6 +245,10 @@ class _FrameStream:
             except FrameError as exc:
                 self._bad(message, exc)
                 continue
+            except Exception as exc:  # noqa: BLE001 - a parser bug must not take the stream down
+                log.exception("%s: parser failed on a frame; counted as malformed", self.kind)
+                self._bad(message, exc)
+                continue
             if isinstance(event, RawEvent):
                 self.unknown += 1
                 log.debug("%s: unknown event type %r passed through", self.kind, event.event_type)

@@ -123,3 +123,58 @@ def test_missing_or_bad_fields_raise_frame_error_naming_the_event():
         parse_user(bad_price)
     with pytest.raises(FrameError, match="not an object"):
         parse_user([1, 2])
+
+
+# -- fuzz: whatever the exchange sends, a parser returns an event or raises FrameError -----------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False),
+    st.sampled_from(["0", "1.5", "-2", "NaN", "Infinity", "1e999", "abc", "", "12,5"]), st.text(max_size=5),
+)
+_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=3), max_leaves=8)
+
+
+def _mutations(frame: str):
+    """A real frame with some fields replaced by arbitrary JSON values or removed."""
+    base = orjson.loads(frame)
+    inner_key = "o" if "o" in base else ("a" if isinstance(base.get("a"), dict) else None)
+    keys = list(base) + ([f"{inner_key}.{k}" for k in base[inner_key]] if inner_key else [])
+
+    @st.composite
+    def mutate(draw):
+        obj = orjson.loads(frame)
+        for key in draw(st.lists(st.sampled_from(keys), min_size=1, max_size=4, unique=True)):
+            target, name = (obj, key) if "." not in key else (obj.get(inner_key), key.split(".", 1)[1])
+            if not isinstance(target, dict) or name == "e":
+                continue
+            if draw(st.booleans()):
+                target.pop(name, None)
+            else:
+                target[name] = draw(_values)
+        return obj
+
+    return mutate()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(*(_mutations(f) for f in (ORDER_NEW, ACCOUNT, FUNDING, TRADE_LITE, EXPIRED, MARGIN))))
+def test_mutated_user_frames_parse_or_raise_frame_error(obj):
+    try:
+        event = parse_user(obj)
+    except FrameError:
+        return
+    for name in ("price", "orig_qty", "amount", "wallet_balance"):
+        value = getattr(event, name, None)
+        assert not isinstance(value, Decimal) or value.is_finite()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(*(_mutations(f) for f in (BOOK, DEPTH, MARK, AGG))))
+def test_mutated_market_frames_parse_or_raise_frame_error(obj):
+    try:
+        parse_market(obj)
+    except FrameError:
+        pass
