@@ -402,3 +402,98 @@ async def test_stale_market_pulls_quotes_until_fresh(make_agent, exchange):
     await exchange.post("/sim/market/freeze", {"frozen": False, "symbol": SYMBOL})
     await wait_for(lambda: resting(agent, exchange), 10, "quoting again once fresh", explain=lambda: describe(agent, exchange))
     assert agent.counters["stale_market_pulls"] >= 1
+
+
+async def test_grinding_sends_the_market_order_and_the_reentry(make_agent, exchange):
+    await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.180"})
+    params = SymbolParams(grinding=GrindingParams(min_window_sec=0))  # ranging is judged at once
+    agent = await make_agent(params)
+    await wait_for(lambda: metric(agent, "mm_grind_count_total") >= 1, 10, "a grind")
+
+    async def reentry_sent() -> list[dict]:
+        orders = await exchange.all_orders()
+        market = [o for o in orders if o["type"] == "MARKET" and o["side"] == "SELL" and o["status"] == "FILLED"]
+        if not market:
+            return []
+        filled = Decimal(market[0]["executedQty"])
+        reentry = [
+            o for o in orders
+            if o["type"] == "LIMIT" and o["side"] == "BUY" and o["timeInForce"] == "GTX"
+            and Decimal(o["origQty"]) == filled * Decimal("2.1").quantize(Decimal("0.1")) // agent.filters.step_size * agent.filters.step_size
+        ]
+        return [market[0], *reentry[:1]] if reentry else []
+
+    found = await wait_for(reentry_sent, 10, "the grind's market sell and its re-entry buy at the exchange")
+    market, reentry = found
+    assert market["reduceOnly"] is True or market["reduceOnly"] == "true"
+    assert Decimal(market["executedQty"]) > 0
+    mid = agent.core.store.mid
+    assert float(reentry["price"]) < mid  # rests below mid, reentry_spread_bps away
+    assert metric(agent, "mm_grind_count_total") >= 1
+
+
+async def test_funding_pnl_equals_the_simulators_funding_fees(make_agent, exchange):
+    await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.100"})
+    agent = await make_agent()
+    await exchange.post("/sim/funding/rate", {"symbol": SYMBOL, "rate": "0.0005"})
+
+    async def equal() -> bool:
+        funding = float((await exchange.state())["positions"][SYMBOL]["funding"])
+        return funding != 0 and metric(agent, "mm_funding_pnl_acc") == pytest.approx(funding, abs=1e-8)
+
+    for i in range(3):  # three settlements, each booked before the next (as 8 hours apart would be)
+        charged = await exchange.post("/sim/funding/settle", {"symbol": SYMBOL})
+        assert charged["charged"]
+        await wait_for(equal, 10, f"mm_funding_pnl_acc equal to the simulator's FUNDING_FEE sum after {i + 1}")
+    assert metric(agent, "mm_funding_pnl_acc") < 0  # longs pay a positive rate
+
+
+async def test_graceful_stop_with_flatten_leaves_nothing_within_20s(make_agent, exchange):
+    await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.050"})
+    agent = await make_agent()
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    summary = await agent.stop(flatten=True)
+    st = await exchange.state()
+    assert st["open_orders"] == []
+    assert Decimal(st["positions"][SYMBOL]["amount"]) == 0
+    assert summary["state"] == "stopped"
+    assert summary["exchange_open_orders"] == 0 and summary["exchange_position"] == 0.0
+    assert summary["stop_elapsed_ms"] <= 20_000
+    assert st["positions"][SYMBOL]["countdown_deadline_ms"] in (None, 0)  # dead-man switch disarmed
+    assert await agent.stop() == summary  # idempotent
+
+
+async def test_halt_resume_flatten_calls(make_agent, exchange, tmp_path):
+    await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "-0.040"})
+    agent = await make_agent()
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    halted = await agent.halt("test")
+    assert halted["open_orders"] == 0
+    assert (await exchange.state())["open_orders"] == []
+    assert agent.status()["state"] == "halted"
+    assert (tmp_path / "state" / "t.ETHUSDC.kill").read_text().strip() == "halted"  # durable
+    resumed = await agent.resume()
+    assert resumed["kill_state"] == "running"
+    await wait_for(lambda: resting(agent, exchange), 10, "quoting after resume", explain=lambda: describe(agent, exchange))
+    flat = await agent.flatten("test")
+    assert flat["open_orders"] == 0 and flat["position"] == 0.0
+    st = await exchange.state()
+    assert Decimal(st["positions"][SYMBOL]["amount"]) == 0 and st["open_orders"] == []
+    exposure = agent.exposure()
+    assert exposure["kill_state"] == "flattening" and exposure["position"] == 0.0
+
+
+async def test_params_apply_live_without_restart(make_agent, exchange):
+    agent = await make_agent()
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    epoch = agent.status()["epoch"]
+    narrow = SymbolParams.model_validate({"grid": {"max_layers": 2}})
+    await agent.apply_params(narrow)
+
+    async def two_layers() -> bool:
+        st = await exchange.state()
+        sides = [o["side"] for o in st["open_orders"]]
+        return sides.count("BUY") == 2 and sides.count("SELL") == 2 and await in_sync(agent, exchange)
+
+    await wait_for(two_layers, 10, "two layers a side", explain=lambda: describe(agent, exchange))
+    assert agent.status()["epoch"] == epoch
