@@ -22,7 +22,7 @@ ZERO = Decimal(0)
 Q8 = Decimal("0.00000001")
 CLIENT_ID_RE = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
 OPEN_STATUSES = ("NEW", "PARTIALLY_FILLED")
-_ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_NO_ASK = 1 << 62
 MAX_CLOSED_KEPT = 20000
 
 
@@ -49,6 +49,18 @@ def _s8(d: Decimal) -> str:
 
 def _places(unit: Decimal) -> int:
     return max(0, -unit.normalize().as_tuple().exponent)
+
+
+def _fixed(units: int, places: int) -> str:
+    """``units`` x 10^-places as a decimal string, without touching Decimal (hot path)."""
+    if places == 0:
+        return str(units)
+    if units < 0:
+        return "-" + _fixed(-units, places)
+    digits = str(units)
+    if len(digits) <= places:
+        digits = "0" * (places - len(digits) + 1) + digits
+    return digits[:-places] + "." + digits[-places:]
 
 
 def _decimals_in(s: str) -> int:
@@ -146,6 +158,9 @@ class Account:
         self.leverage: dict[str, int] = {}
         self.positions: dict[str, Position] = {}
         self.open: dict[int, Order] = {}
+        self.by_cid: dict[str, Order] = {}  # open orders by clientOrderId
+        self.open_units: dict[str, list[int]] = {}  # symbol -> [bid, ask] sum of price ticks x steps left
+        self.open_count: dict[str, int] = {}
         self.listen_key: str | None = None
         self.listen_key_expiry = 0
         self.countdowns: dict[str, int] = {}
@@ -176,6 +191,11 @@ class Book:
         self.step_f = float(self.step)
         self.price_places = _places(self.tick)
         self.qty_places = _places(self.step)
+        self.price_mult = int(self.tick * (10 ** self.price_places))
+        self.qty_mult = int(self.step * (10 ** self.qty_places))
+        self.notional_unit = self.tick * self.step
+        self.notional_mult = self.price_mult * self.qty_mult
+        self.notional_places = self.price_places + self.qty_places
         self.price_precision = spec.price_precision if spec.price_precision is not None else self.price_places
         self.qty_precision = self.qty_places
         self.min_qty = Decimal(spec.min_qty) if spec.min_qty else self.step
@@ -190,6 +210,8 @@ class Book:
         self.salt = salt
         self.bids: dict[int, list[Order]] = {}
         self.asks: dict[int, list[Order]] = {}
+        self.our_bid = 0  # best resting bid of any account (0: none)
+        self.our_ask = _NO_ASK  # best resting ask of any account
         self.consumed_bid: dict[int, int] = {}
         self.consumed_ask: dict[int, int] = {}
         self.mid = model.mid
@@ -207,6 +229,11 @@ class Book:
         self.rate_pinned = False
         self.frozen = False
         self.last_bt: tuple[int, int, int, int] | None = None
+        self.want_bt = False
+        self.poisson_rate = -1.0
+        self.poisson_p0 = 1.0
+        self.want_agg = False
+        self.depth_streams: list[tuple[str, int, int]] = []
         self.funding_history: list[dict[str, Any]] = []
         self.closed: dict[int, Order] = {}
         self.last_price = self.mid
@@ -254,17 +281,13 @@ class Book:
 
     def best_bid(self) -> int:
         s = self.synth_best_bid()
-        if self.bids:
-            b = max(self.bids)
-            return b if b > s else s
-        return s
+        b = self.our_bid
+        return b if b > s else s
 
     def best_ask(self) -> int:
         s = self.synth_best_ask()
-        if self.asks:
-            a = min(self.asks)
-            return a if a < s else s
-        return s
+        a = self.our_ask
+        return a if a < s else s
 
     def level_qty(self, side_buy: bool, price: int) -> int:
         if side_buy:
@@ -296,16 +319,53 @@ class Book:
             p += 1
         return bids, asks
 
+    def depth_levels(self, levels: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """The top ``levels`` of each side as (price ticks, size steps), for lazy rendering."""
+        out = []
+        for buy in (True, False):
+            side: list[tuple[int, int]] = []
+            if buy:
+                p, step, top, ours, consumed = self.best_bid(), -1, self.bid_top, self.bids, self.consumed_bid
+            else:
+                p, step, top, ours, consumed = self.best_ask(), 1, self.ask_top, self.asks, self.consumed_ask
+            level_steps, salt = self.level_steps, self.salt
+            for _ in range(levels * 4 + 10):
+                dist = (top - p) * -step
+                if dist >= 0:
+                    q = int(level_steps * (1.0 + 0.15 * dist) * (0.5 + ((p * 2654435761 + salt) & 1023) / 1024.0))
+                    q = (q if q > 1 else 1) - consumed.get(p, 0)
+                    if q < 0:
+                        q = 0
+                else:
+                    q = 0
+                if p in ours:
+                    for o in ours[p]:
+                        q += o.orig - o.filled
+                if q > 0:
+                    side.append((p, q))
+                    if len(side) == levels:
+                        break
+                p += step
+            out.append(side)
+        return out[0], out[1]
+
     def mark_dec(self) -> Decimal:
         if self._mark_dec is None:
             self._mark_dec = Decimal(f"{self.mark:.8f}")
         return self._mark_dec
 
     def price_str(self, ticks: int) -> str:
-        return f"{self.tick * ticks:.{self.price_places}f}"
+        return _fixed(ticks * self.price_mult, self.price_places)
 
     def qty_str(self, steps: int) -> str:
-        return f"{self.step * steps:.{self.qty_places}f}"
+        return _fixed(steps * self.qty_mult, self.qty_places)
+
+    def notional_str8(self, units: int) -> str:
+        """price ticks x qty steps as an 8-decimal string (the b/a fields of order updates)."""
+        places = self.notional_places
+        if places <= 8:
+            return _fixed(units * self.notional_mult * 10 ** (8 - places), 8)
+        return _s8(self.notional_unit * units)
 
 
 class Engine:
@@ -321,7 +381,7 @@ class Engine:
         self.now_ms = now_ms
         self.outbox: list[tuple[str, str, Any]] = []
         self.events_emitted = 0
-        self.interest: set[str] = set()
+        self.interest: frozenset[str] = frozenset()
         self.books: dict[str, Book] = {}
         self._seq = 0
         self.maker_rate = Decimal(config.maker_commission)
@@ -352,12 +412,13 @@ class Engine:
         self.next_mark3_ms = (now_ms // 3000 + 1) * 3000
         self.depth_due: dict[str, int] = {}
         self._step_count = 0
+        self.want_all_bt = False
         self.tran_id = 1
 
     # -- small helpers ----------------------------------------------------------------------------
 
     def _token(self, n: int) -> str:
-        return "".join(self.id_rng.choice(_ALNUM) for _ in range(n))
+        return f"{self.id_rng.getrandbits(4 * n):0{n}x}"
 
     def _emit_user(self, account: str, payload: dict[str, Any]) -> None:
         self.outbox.append(("u", account, payload))
@@ -368,8 +429,30 @@ class Engine:
         self.events_emitted += 1
 
     def drain(self) -> list[tuple[str, str, Any]]:
+        """The frames produced since the last drain, unrendered: pass each payload to :func:`render`."""
         out, self.outbox = self.outbox, []
         return out
+
+    def drain_rendered(self) -> list[tuple[str, str, Any]]:
+        return [(k, target, render(p)) for k, target, p in self.drain()]
+
+    def watch(self, *streams: str) -> None:
+        """Produce frames for these market streams (canonical names, e.g. ``ethusdc@depth5@100ms``)."""
+        self.set_interest(set(self.interest) | set(streams))
+
+    def unwatch(self, *streams: str) -> None:
+        self.set_interest(set(self.interest) - set(streams))
+
+    def set_interest(self, streams: set[str]) -> None:
+        """Market frames are only built for streams someone listens to; cache what each book publishes."""
+        self.interest = frozenset(streams)
+        every_of = {"@100ms": 100, "": 250, "@500ms": 500}
+        for b in self.books.values():
+            b.want_bt = b.lower + "@bookTicker" in self.interest
+            b.want_agg = b.lower + "@aggTrade" in self.interest
+            b.depth_streams = [(f"{b.lower}@depth{n}{sfx}", n, every) for n in (5, 10, 20)
+                               for sfx, every in every_of.items() if f"{b.lower}@depth{n}{sfx}" in self.interest]
+        self.want_all_bt = "!bookTicker" in self.interest
 
     def book(self, symbol: str | None) -> Book:
         if not symbol:
@@ -448,12 +531,18 @@ class Engine:
                     top = b.ask_top
                     b.consumed_ask = {p: (c // 2 if decay else c) for p, c in b.consumed_ask.items()
                                       if p >= top and (c > 1 or not decay)}
-            self._sweep_crossed(b, t)
+            if b.our_bid >= b.ask_top or b.our_ask <= b.bid_top:
+                self._sweep_crossed(b, t)
             rate = b.spec.taker_rate * dt
             if rate > 0:
                 # Poisson arrivals by inversion: cheap for small rates
                 u = self.rng.random()
-                p = math.exp(-rate)
+                if rate != b.poisson_rate:
+                    b.poisson_rate, b.poisson_p0 = rate, math.exp(-rate)
+                p = b.poisson_p0
+                if u <= p:
+                    self._publish_book(b, t)
+                    continue
                 cdf = p
                 n = 0
                 while u > cdf and n < 50:
@@ -466,14 +555,14 @@ class Engine:
 
     def _sweep_crossed(self, b: Book, t: int) -> None:
         """Resting orders the market moved through fill at their own price, as makers."""
-        if b.bids and max(b.bids) >= b.ask_top:
+        if b.our_bid >= b.ask_top:
             ask = b.synth_best_ask()
             for price in sorted((p for p in b.bids if p >= ask), reverse=True):
                 for o in list(b.bids.get(price, ())):
                     qty = o.remaining
                     self._fill(b, o, qty, price, True, t)
                     self._emit_agg(b, price, qty, t, True)
-        if b.asks and min(b.asks) <= b.bid_top:
+        if b.our_ask <= b.bid_top:
             bid = b.synth_best_bid()
             for price in sorted(p for p in b.asks if p <= bid):
                 for o in list(b.asks.get(price, ())):
@@ -552,48 +641,44 @@ class Engine:
         b.volume_steps += qty
         aid = b.agg_id
         b.agg_id += 1
-        stream = b.lower + "@aggTrade"
-        if stream in self.interest:
-            self._emit_market(stream, {"e": "aggTrade", "E": t, "a": aid, "s": b.symbol,
-                                       "p": b.price_str(price), "q": b.qty_str(qty), "nq": b.qty_str(qty),
-                                       "f": aid, "l": aid, "T": t, "m": buyer_maker})
+        if b.want_agg:
+            self._emit_market(b.lower + "@aggTrade", (_render_agg, b, aid, price, qty, t, buyer_maker))
 
     def _publish_book(self, b: Book, t: int) -> None:
-        interest = self.interest
-        if not interest:
+        want_bt = b.want_bt or self.want_all_bt
+        if not want_bt and not b.depth_streams:
             return
-        bb = b.best_bid()
-        ba = b.best_ask()
-        bt = (bb, b.level_qty(True, bb), ba, b.level_qty(False, ba))
-        changed = bt != b.last_bt
-        if changed:
+        s = b.synth_best_bid()
+        bb = b.our_bid if b.our_bid > s else s
+        s = b.synth_best_ask()
+        ba = b.our_ask if b.our_ask < s else s
+        bq = b.synth_bid(bb)
+        if bb in b.bids:
+            for o in b.bids[bb]:
+                bq += o.orig - o.filled
+        aq = b.synth_ask(ba)
+        if ba in b.asks:
+            for o in b.asks[ba]:
+                aq += o.orig - o.filled
+        bt = (bb, bq, ba, aq)
+        if bt != b.last_bt:
             b.last_bt = bt
             b.update_id += 1
-            s1 = b.lower + "@bookTicker"
-            want_all = "!bookTicker" in interest
-            if s1 in interest or want_all:
-                frame = {"e": "bookTicker", "u": b.update_id, "s": b.symbol, "b": b.price_str(bb),
-                         "B": b.qty_str(bt[1]), "a": b.price_str(ba), "A": b.qty_str(bt[3]), "T": t, "E": t}
-                if s1 in interest:
-                    self._emit_market(s1, frame)
-                if want_all:
+            if want_bt:
+                frame = (_render_bt, b, b.update_id, bt, t)
+                if b.want_bt:
+                    self._emit_market(b.lower + "@bookTicker", frame)
+                if self.want_all_bt:
                     self._emit_market("!bookTicker", frame)
-        for levels in (5, 10, 20):
-            for suffix, every in (("@100ms", 100), ("", 250), ("@500ms", 500)):
-                stream = f"{b.lower}@depth{levels}{suffix}"
-                if stream not in interest:
-                    continue
-                due = self.depth_due.get(stream, 0)
-                if t < due:
-                    continue
-                self.depth_due[stream] = t - t % every + every
-                bids, asks = b.depth(levels)
-                self._emit_market(stream, {"e": "depthUpdate", "E": t, "T": t, "s": b.symbol,
-                                           "U": b.update_id, "u": b.update_id, "pu": b.update_id - 1,
-                                           "b": bids, "a": asks})
+        for stream, levels, every in b.depth_streams:
+            due = self.depth_due.get(stream, 0)
+            if t < due:
+                continue
+            self.depth_due[stream] = t - t % every + every
+            self._emit_market(stream, (_render_depth, b, b.update_id, b.depth_levels(levels), t))
 
     def _publish_mark(self, t: int, suffix: str, dt_s: float) -> None:
-        arr: list[dict[str, Any]] = []
+        arr: list[Any] = []
         all_stream = "!markPrice@arr" + suffix
         want_all = all_stream in self.interest
         for b in self.books.values():
@@ -607,18 +692,15 @@ class Engine:
                 continue
             stream = b.lower + "@markPrice" + suffix
             if stream in self.interest or want_all:
-                frame = self.mark_frame(b, t)
+                frame = (_render_mark, b, b.mark, b.funding_rate, self.next_funding_ms, t)
                 if stream in self.interest:
                     self._emit_market(stream, frame)
                 arr.append(frame)
         if want_all and arr:
-            self._emit_market(all_stream, arr)
+            self._emit_market(all_stream, (_render_list, arr))
 
     def mark_frame(self, b: Book, t: int) -> dict[str, Any]:
-        mark = f"{b.mark:.8f}"
-        return {"e": "markPriceUpdate", "E": t, "s": b.symbol, "p": mark, "ap": mark,
-                "P": f"{b.mark * 0.99995:.8f}", "i": f"{b.mark * 0.99995:.8f}",
-                "r": f"{b.funding_rate:.8f}", "T": self.next_funding_ms}
+        return _render_mark(b, b.mark, b.funding_rate, self.next_funding_ms, t)
 
     # -- faults and truth --------------------------------------------------------------------------
 
@@ -739,6 +821,8 @@ class Engine:
         pos.commission += commission
         asset = b.spec.margin_asset
         acct.wallet[asset] = acct.wallet.get(asset, ZERO) + realized - commission
+        if o.type == "LIMIT" and o.order_id in acct.open:
+            acct.open_units[o.symbol][0 if sign > 0 else 1] -= o.price * qty
         o.filled += qty
         o.cum_quote += px * q_dec
         o.update_time = t
@@ -759,10 +843,7 @@ class Engine:
                                  _s8(px * q_dec), _s8(commission), asset, _s8(realized), maker, t))
         if len(acct.trades) > 100000:
             del acct.trades[:20000]
-        name = acct.name
-        self._emit_user(name, {"e": "TRADE_LITE", "E": t, "T": t, "s": b.symbol, "q": b.qty_str(o.orig),
-                               "p": b.price_str(o.price) if o.price else "0", "m": maker, "c": o.client_id, "S": o.side,
-                               "L": b.price_str(price), "l": b.qty_str(qty), "t": trade_id, "i": o.order_id})
+        self._emit_user(acct.name, (_render_trade_lite, b, o, o.orig, o.price, price, qty, trade_id, maker, t))
         self._emit_account_update(acct, b, "ORDER", t, ZERO)
         self._emit_order_update(acct, b, o, "TRADE", t, last_qty=qty, last_price=price, commission=commission,
                                 trade_id=trade_id, maker=maker, realized=realized)
@@ -776,41 +857,45 @@ class Engine:
                 "ma": b.spec.margin_asset}
 
     def _emit_account_update(self, acct: Account, b: Book, reason: str, t: int, change: Decimal) -> None:
-        asset = b.spec.margin_asset
-        wb = _s8(acct.wallet.get(asset, ZERO))
-        self._emit_user(acct.name, {"e": "ACCOUNT_UPDATE", "E": t, "T": t, "a": {
-            "m": reason, "B": [{"a": asset, "wb": wb, "cw": wb, "bc": _s8(change)}],
-            "P": [self._position_frame(acct, b)]}})
+        pos = acct.position(b.symbol)
+        self._emit_user(acct.name, (_render_account_update, b, reason, acct.wallet.get(b.spec.margin_asset, ZERO),
+                                    change, pos.amount, pos.entry, pos.realized, b.mark, t))
 
     def _open_notional(self, acct: Account, symbol: str) -> tuple[Decimal, Decimal]:
-        bids = ZERO
-        asks = ZERO
-        for o in acct.open.values():
-            if o.symbol != symbol or o.type != "LIMIT":
-                continue
-            b = self.books[symbol]
-            n = b.tick * o.price * (b.step * (o.orig - o.filled))
-            if o.sign > 0:
-                bids += n
-            else:
-                asks += n
-        return bids, asks
+        units = acct.open_units.get(symbol)
+        if not units:
+            return ZERO, ZERO
+        unit = self.books[symbol].notional_unit
+        return unit * units[0], unit * units[1]
+
+    @staticmethod
+    def _open_insert(acct: Account, o: Order) -> None:
+        acct.open[o.order_id] = o
+        acct.by_cid[o.client_id] = o
+        acct.open_count[o.symbol] = acct.open_count.get(o.symbol, 0) + 1
+        if o.type == "LIMIT":
+            units = acct.open_units.get(o.symbol)
+            if units is None:
+                units = acct.open_units[o.symbol] = [0, 0]
+            units[0 if o.sign > 0 else 1] += o.price * (o.orig - o.filled)
+
+    @staticmethod
+    def _open_remove(acct: Account, o: Order) -> None:
+        if acct.open.pop(o.order_id, None) is None:
+            return
+        if acct.by_cid.get(o.client_id) is o:
+            del acct.by_cid[o.client_id]
+        acct.open_count[o.symbol] -= 1
+        if o.type == "LIMIT":
+            acct.open_units[o.symbol][0 if o.sign > 0 else 1] -= o.price * (o.orig - o.filled)
 
     def _emit_order_update(self, acct: Account, b: Book, o: Order, exec_type: str, t: int, *,
                            last_qty: int = 0, last_price: int = 0, commission: Decimal = ZERO,
                            trade_id: int = 0, maker: bool = False, realized: Decimal = ZERO) -> None:
-        bids, asks = self._open_notional(acct, b.symbol)
-        self._emit_user(acct.name, {"e": "ORDER_TRADE_UPDATE", "E": t, "T": t, "o": {
-            "s": b.symbol, "c": o.client_id, "S": o.side, "o": o.type, "f": o.tif,
-            "q": b.qty_str(o.orig), "p": b.price_str(o.price) if o.type == "LIMIT" else "0",
-            "ap": self._avg_str(b, o), "sp": "0", "x": exec_type, "X": o.status, "i": o.order_id,
-            "l": b.qty_str(last_qty), "z": b.qty_str(o.filled),
-            "L": b.price_str(last_price) if last_qty else "0",
-            "N": b.spec.margin_asset, "n": _s8(commission) if commission else "0", "T": t, "t": trade_id,
-            "b": _s8(bids), "a": _s8(asks), "m": maker, "R": o.reduce_only, "wt": "CONTRACT_PRICE",
-            "ot": o.type, "ps": "BOTH", "cp": False, "rp": _s8(realized) if realized else "0", "pP": False,
-            "si": 0, "ss": 0, "V": "EXPIRE_MAKER", "pm": "NONE", "gtd": 0,
-            "er": o.expire_reason}})
+        units = acct.open_units.get(b.symbol) or (0, 0)
+        self._emit_user(acct.name, (_render_order_update, b, o, exec_type, o.status, o.orig, o.price, o.filled,
+                                    o.cum_quote, units[0], units[1], last_qty, last_price, commission, trade_id,
+                                    maker, realized, o.expire_reason, t))
 
     @staticmethod
     def _avg_str(b: Book, o: Order) -> str:
@@ -829,8 +914,12 @@ class Engine:
                 pass
             if not lst:
                 del levels[o.price]
-        acct = self.accounts[o.account]
-        acct.open.pop(o.order_id, None)
+                if o.sign > 0:
+                    if o.price == b.our_bid:
+                        b.our_bid = max(levels) if levels else 0
+                elif o.price == b.our_ask:
+                    b.our_ask = min(levels) if levels else _NO_ASK
+        self._open_remove(self.accounts[o.account], o)
         b.closed[o.order_id] = o
         if len(b.closed) > MAX_CLOSED_KEPT:
             for k in list(b.closed)[:1000]:
@@ -840,9 +929,13 @@ class Engine:
         if o.sign > 0:
             o.ahead = b.synth_bid(o.price)
             b.bids.setdefault(o.price, []).append(o)
+            if o.price > b.our_bid:
+                b.our_bid = o.price
         else:
             o.ahead = b.synth_ask(o.price)
             b.asks.setdefault(o.price, []).append(o)
+            if o.price < b.our_ask:
+                b.our_ask = o.price
 
     # -- parameter parsing --------------------------------------------------------------------------
 
@@ -910,9 +1003,9 @@ class Engine:
                 raise SimApiError(-2013, "Order does not exist.")
             return o
         if cid:
-            for o in acct.open.values():
-                if o.client_id == cid and o.symbol == b.symbol:
-                    return o
+            o = acct.by_cid.get(cid)
+            if o is not None and o.symbol == b.symbol:
+                return o
             for o in reversed(list(b.closed.values())):
                 if o.client_id == cid and o.account == acct.name:
                     return o
@@ -933,25 +1026,40 @@ class Engine:
             notional = b.step * abs(pos.amount) * b.mark_dec()
             used += notional / lev
             upnl += (b.mark_dec() - pos.entry) * (b.step * pos.amount)
-        for o in acct.open.values():
-            b = self.books[o.symbol]
-            if b.spec.margin_asset != asset:
+        for symbol, units in acct.open_units.items():
+            b = self.books[symbol]
+            if b.spec.margin_asset != asset or not (units[0] or units[1]):
                 continue
-            used += b.tick * o.price * (b.step * (o.orig - o.filled)) / self.leverage_of(acct, o.symbol)
+            used += b.notional_unit * (units[0] + units[1]) / self.leverage_of(acct, symbol)
         return wallet + upnl - used
 
     # -- trading ------------------------------------------------------------------------------------
 
     def new_order(self, account: str, params: dict[str, str], now: int, test: bool = False) -> dict[str, Any]:
+        """POST /fapi/v1/order: the response JSON (the ACK snapshot or the RESULT after matching)."""
         acct = self.account(account)
         try:
-            result = self._new_order(acct, params, now, test)
+            o, ack = self._new_order(acct, params, now, test, True)
         except SimApiError:
             acct.counters["orders_rejected"] += 1
             raise
-        return result
+        if o is None:
+            return {}
+        return ack if ack is not None else self.order_json(self.books[o.symbol], o)
 
-    def _new_order(self, acct: Account, params: dict[str, str], now: int, test: bool) -> dict[str, Any]:
+    def place_order(self, account: str, params: dict[str, str], now: int) -> Order:
+        """The in-process path: like :meth:`new_order`, returning the live Order instead of JSON."""
+        acct = self.account(account)
+        try:
+            o, _ = self._new_order(acct, params, now, False, False)
+        except SimApiError:
+            acct.counters["orders_rejected"] += 1
+            raise
+        assert o is not None
+        return o
+
+    def _new_order(self, acct: Account, params: dict[str, str], now: int, test: bool,
+                   want_json: bool) -> tuple[Order | None, dict[str, Any] | None]:
         b = self.book(params.get("symbol"))
         side = params.get("side")
         if not side:
@@ -978,9 +1086,8 @@ class Engine:
         if cid is not None:
             if not CLIENT_ID_RE.match(cid):
                 raise SimApiError(-4015, "Client order id is not valid.")
-            for o in acct.open.values():
-                if o.client_id == cid:
-                    raise SimApiError(-4116, "ClientOrderId is duplicated.")
+            if cid in acct.by_cid:
+                raise SimApiError(-4116, "ClientOrderId is duplicated.")
         market = otype == "MARKET"
         if market:
             tif = "GTC"
@@ -1009,8 +1116,7 @@ class Engine:
         pos = acct.position(b.symbol)
         if reduce_only and (pos.amount == 0 or (pos.amount > 0) == (sign > 0)):
             raise SimApiError(-2022, "ReduceOnly Order is rejected.")
-        n_open = sum(1 for o in acct.open.values() if o.symbol == b.symbol)
-        if n_open >= b.spec.max_num_orders and not market:
+        if acct.open_count.get(b.symbol, 0) >= b.spec.max_num_orders and not market:
             raise SimApiError(-2025, "Reach max open order limit.")
         if not reduce_only:
             increases = pos.amount == 0 or (pos.amount > 0) == (sign > 0) or qty > abs(pos.amount)
@@ -1024,16 +1130,16 @@ class Engine:
         if tif == "FOK" and self._available_to(b, sign > 0, price) < qty:
             raise SimApiError(-5021, "Due to the order could not be filled immediately, the FOK order has been rejected.")
         if test:
-            return {}
+            return None, None
         if cid is None:
             cid = self._token(22)
         self._seq += 1
         o = Order(b.next_order_id, cid, acct.name, b.symbol, side, otype, tif, price, qty, reduce_only, now,
                   self._seq)
         b.next_order_id += 1
-        acct.open[o.order_id] = o
+        self._open_insert(acct, o)
         acct.counters["orders_placed"] += 1
-        ack = self.order_json(b, o) if resp_type == "ACK" else None
+        ack = self.order_json(b, o) if want_json and resp_type == "ACK" else None
         self._emit_order_update(acct, b, o, "NEW", now)
         crosses = market or (sign > 0 and price >= b.best_ask()) or (sign < 0 and price <= b.best_bid())
         if crosses:
@@ -1051,7 +1157,7 @@ class Engine:
             self._rest(b, o)
         if reduce_only and o.is_open:
             self._cap_reduce_only(acct, b, now)
-        return ack if ack is not None else self.order_json(b, o)
+        return o, ack
 
     def _available_to(self, b: Book, buy: bool, limit: int) -> int:
         total = 0
@@ -1097,6 +1203,11 @@ class Engine:
         return len(orders)
 
     def cancel_order(self, account: str, params: dict[str, str], now: int) -> dict[str, Any]:
+        o = self.cancel(account, params, now)
+        return self.order_json(self.books[o.symbol], o)
+
+    def cancel(self, account: str, params: dict[str, str], now: int) -> Order:
+        """The in-process path of DELETE /fapi/v1/order: returns the cancelled Order."""
         acct = self.account(account)
         b = self.book(params.get("symbol"))
         try:
@@ -1108,7 +1219,7 @@ class Engine:
         if not o.is_open:
             raise SimApiError(-2011, "Unknown order sent.")
         self._cancel(acct, b, o, now)
-        return self.order_json(b, o)
+        return o
 
     def cancel_all(self, account: str, params: dict[str, str], now: int) -> dict[str, Any]:
         acct = self.account(account)
@@ -1156,10 +1267,10 @@ class Engine:
             self._cancel(acct, b, o, now)
             return self.order_json(b, o)
         self._remove_resting(b, o)
-        acct.open[o.order_id] = o
         b.closed.pop(o.order_id, None)
         o.price = price
         o.orig = qty
+        self._open_insert(acct, o)
         o.update_time = now
         self._seq += 1
         o.seq = self._seq
@@ -1495,3 +1606,84 @@ class Engine:
                 "counters": dict(acct.counters),
                 "listen_key_active": acct.listen_key is not None,
                 "markets": markets}
+
+
+# -- lazy rendering: the engine queues compact snapshots; frames are built only for a listener ----
+
+
+def render(payload: Any) -> Any:
+    """The wire frame (a dict, or a list for array streams) of one outbox payload."""
+    if type(payload) is tuple:
+        return payload[0](*payload[1:])
+    return payload
+
+
+def _render_list(items: list[Any]) -> list[Any]:
+    return [render(i) for i in items]
+
+
+def _render_agg(b: Book, aid: int, price: int, qty: int, t: int, buyer_maker: bool) -> dict[str, Any]:
+    q = b.qty_str(qty)
+    return {"e": "aggTrade", "E": t, "a": aid, "s": b.symbol, "p": b.price_str(price), "q": q, "nq": q,
+            "f": aid, "l": aid, "T": t, "m": buyer_maker}
+
+
+def _render_bt(b: Book, update_id: int, bt: tuple[int, int, int, int], t: int) -> dict[str, Any]:
+    return {"e": "bookTicker", "u": update_id, "s": b.symbol, "b": b.price_str(bt[0]), "B": b.qty_str(bt[1]),
+            "a": b.price_str(bt[2]), "A": b.qty_str(bt[3]), "T": t, "E": t}
+
+
+def _render_depth(b: Book, update_id: int, levels: tuple[list[tuple[int, int]], list[tuple[int, int]]],
+                  t: int) -> dict[str, Any]:
+    ps, qs = b.price_str, b.qty_str
+    return {"e": "depthUpdate", "E": t, "T": t, "s": b.symbol, "U": update_id, "u": update_id,
+            "pu": update_id - 1, "b": [[ps(p), qs(q)] for p, q in levels[0]],
+            "a": [[ps(p), qs(q)] for p, q in levels[1]]}
+
+
+def _render_mark(b: Book, mark: float, rate: Decimal, next_funding: int, t: int) -> dict[str, Any]:
+    m = f"{mark:.8f}"
+    idx = f"{mark * 0.99995:.8f}"
+    return {"e": "markPriceUpdate", "E": t, "s": b.symbol, "p": m, "ap": m, "P": idx, "i": idx,
+            "r": f"{rate:.8f}", "T": next_funding}
+
+
+def _render_trade_lite(b: Book, o: Order, orig: int, price: int, fill_price: int, qty: int, trade_id: int,
+                       maker: bool, t: int) -> dict[str, Any]:
+    return {"e": "TRADE_LITE", "E": t, "T": t, "s": b.symbol, "q": b.qty_str(orig),
+            "p": b.price_str(price) if price else "0", "m": maker, "c": o.client_id, "S": o.side,
+            "L": b.price_str(fill_price), "l": b.qty_str(qty), "t": trade_id, "i": o.order_id}
+
+
+def _render_account_update(b: Book, reason: str, wallet: Decimal, change: Decimal, amount: int, entry: Decimal,
+                           realized: Decimal, mark: float, t: int) -> dict[str, Any]:
+    wb = _s8(wallet)
+    if amount:
+        upnl = (Decimal(f"{mark:.8f}") - entry) * (b.step * amount)
+        ep = f"{entry:f}"
+    else:
+        upnl = ZERO
+        ep = "0"
+    return {"e": "ACCOUNT_UPDATE", "E": t, "T": t, "a": {
+        "m": reason, "B": [{"a": b.spec.margin_asset, "wb": wb, "cw": wb, "bc": _s8(change)}],
+        "P": [{"s": b.symbol, "pa": b.qty_str(amount), "ep": ep, "bep": ep, "cr": _s8(realized), "up": _s8(upnl),
+               "mt": "cross", "iw": "0", "ps": "BOTH", "ma": b.spec.margin_asset}]}}
+
+
+def _render_order_update(b: Book, o: Order, exec_type: str, status: str, orig: int, price: int, filled: int,
+                         cum_quote: Decimal, bid_units: int, ask_units: int, last_qty: int, last_price: int,
+                         commission: Decimal, trade_id: int, maker: bool, realized: Decimal, expire_reason: str,
+                         t: int) -> dict[str, Any]:
+    if filled:
+        avg = f"{(cum_quote / (b.step * filled)).quantize(Q8, rounding=ROUND_HALF_UP).normalize():f}"
+    else:
+        avg = "0"
+    return {"e": "ORDER_TRADE_UPDATE", "E": t, "T": t, "o": {
+        "s": b.symbol, "c": o.client_id, "S": o.side, "o": o.type, "f": o.tif, "q": b.qty_str(orig),
+        "p": b.price_str(price) if o.type == "LIMIT" else "0", "ap": avg, "sp": "0", "x": exec_type, "X": status,
+        "i": o.order_id, "l": b.qty_str(last_qty), "z": b.qty_str(filled),
+        "L": b.price_str(last_price) if last_qty else "0", "N": b.spec.margin_asset,
+        "n": _s8(commission) if commission else "0", "T": t, "t": trade_id,
+        "b": b.notional_str8(bid_units), "a": b.notional_str8(ask_units), "m": maker, "R": o.reduce_only,
+        "wt": "CONTRACT_PRICE", "ot": o.type, "ps": "BOTH", "cp": False, "rp": _s8(realized) if realized else "0",
+        "pP": False, "si": 0, "ss": 0, "V": "EXPIRE_MAKER", "pm": "NONE", "gtd": 0, "er": expire_reason}}

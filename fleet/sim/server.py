@@ -48,7 +48,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from fleet.sim.config import SimConfig, load_sim_config
-from fleet.sim.engine import Engine, SimApiError, missing
+from fleet.sim.engine import Engine, SimApiError, missing, render
 from fleet.sim.ratelimit import RateLimiter
 from fleet.sim.streams import MARKET, PUBLIC, canonical_stream, path_allows
 
@@ -191,6 +191,7 @@ class SimServer:
                 subs = self.market_subs.get(target)
                 if not subs:
                     continue
+                payload = render(payload)
                 raw = None
                 for c in subs:
                     if c.combined:
@@ -204,6 +205,7 @@ class SimServer:
                 if not conns:
                     continue
                 acct = self.engine.accounts[target]
+                payload = render(payload)
                 etype = payload.get("e")
                 for c in conns:
                     if etype == "listenKeyExpired":
@@ -706,7 +708,8 @@ class SimServer:
     def _subscribe_market(self, c: Conn, canon: str, name: str) -> None:
         c.subs[canon] = name
         self.market_subs.setdefault(canon, set()).add(c)
-        self.engine.interest.add(canon)
+        if canon not in self.engine.interest:
+            self.engine.watch(canon)
 
     def _subscribe_user(self, c: Conn, key: str, account: str) -> None:
         c.listen_keys.add(key)
@@ -720,7 +723,7 @@ class SimServer:
             subs.discard(c)
             if not subs:
                 del self.market_subs[canon]
-                self.engine.interest.discard(canon)
+                self.engine.unwatch(canon)
 
     def _forget(self, c: Conn) -> None:
         c.closed = True

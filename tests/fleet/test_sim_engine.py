@@ -126,7 +126,7 @@ def _check(e: Engine, start_wallet: Decimal, cancelled_at: dict[int, int]) -> No
 def test_resting_order_fills_only_after_the_volume_queued_ahead_has_traded():
     e = _engine(market={"volatility": 0.0, "jump_rate_per_hour": 0.0})
     b = e.books["ETHUSDC"]
-    e.interest = {"ethusdc@aggTrade"}
+    e.watch("ethusdc@aggTrade")
     price = b.bid_top
     r = e.new_order("main", {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
                              "price": b.price_str(price), "quantity": "0.020"}, T0)
@@ -140,7 +140,7 @@ def test_resting_order_fills_only_after_the_volume_queued_ahead_has_traded():
     while first_fill is None and now < T0 + 600_000:
         now += 50
         e.advance(now)
-        for kind, target, payload in e.drain():
+        for kind, target, payload in e.drain_rendered():
             if kind == "m" and payload["p"] == b.price_str(price) and payload["m"]:
                 traded_at_price += round(float(payload["q"]) / b.step_f)
             if kind == "u" and payload["e"] == "ORDER_TRADE_UPDATE" and payload["o"]["x"] == "TRADE":
@@ -167,13 +167,13 @@ def test_market_model_is_deterministic_and_visits_every_regime():
 def test_engine_is_deterministic_for_a_seed():
     def run() -> list:
         e = _engine()
-        e.interest = {"ethusdc@bookTicker"}
+        e.watch("ethusdc@bookTicker")
         now = T0
         out = []
         for _ in range(400):
             now += 50
             e.advance(now)
-            out.extend(p for _, _, p in e.drain())
+            out.extend(p for _, _, p in e.drain_rendered())
         return out
     assert run() == run()
 

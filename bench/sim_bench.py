@@ -1,0 +1,147 @@
+"""Simulator benchmark: engine events/s in-process, new-order REST round trip, user-stream event latency.
+
+Run: .venv/bin/python bench/sim_bench.py [--seconds 5] [--orders 400]
+
+An "engine event" is one frame the engine produces for a client (an ORDER_TRADE_UPDATE, TRADE_LITE,
+ACCOUNT_UPDATE, bookTicker, depth, markPrice or aggTrade frame), while it also steps three symbols'
+markets and matches synthetic takers against resting orders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import aiohttp  # noqa: E402
+
+from fleet.sim.config import SimConfig  # noqa: E402
+from fleet.sim.engine import Engine, SimApiError  # noqa: E402
+from fleet.sim.server import SimServer  # noqa: E402
+from fleet.sim.testkit import SimClient  # noqa: E402
+
+SYMBOLS = ["ETHUSDC", "BTCUSDT", "SOLUSDT"]
+
+
+def engine_events_per_second(seconds: float) -> tuple[float, int, float, int]:
+    """Drive the engine in accelerated time with a quoting workload; returns (events per CPU second,
+    events, CPU seconds, simulated seconds). CPU time, because the machine is shared."""
+    e = Engine(SimConfig(), seed=7, now_ms=1_800_000_000_000, symbols=SYMBOLS)
+    e.watch(*(b.lower + s for b in e.books.values()
+              for s in ("@bookTicker", "@depth5@100ms", "@markPrice@1s", "@aggTrade")))
+    now = e.now_ms
+    live: dict[str, list[int]] = {s: [] for s in SYMBOLS}
+    n = 0
+    wall0 = time.perf_counter()
+    cpu0 = time.process_time()
+    deadline = wall0 + seconds
+    tick = 0
+    while time.perf_counter() < deadline:
+        for _ in range(50):
+            now += 10
+            tick += 1
+            e.advance(now)
+            if tick % 10:
+                e.drain()
+                continue
+            for sym in SYMBOLS:  # every 100 ms per symbol: replace a quote (10 orders/s, the fleet's pace)
+                b = e.books[sym]
+                ids = live[sym]
+                # a market maker's cycle: replace the oldest quote on each side (cancel + new)
+                if len(ids) >= 8:
+                    oid = ids.pop(0)
+                    try:
+                        e.cancel("main", {"symbol": sym, "orderId": str(oid)}, now)
+                    except SimApiError:
+                        pass
+                side = "BUY" if n % 2 == 0 else "SELL"
+                off = 2 + n % 7
+                price = b.best_bid() - off if side == "BUY" else b.best_ask() + off
+                qty = max(1, int(60.0 / (price * b.tick_f) / b.step_f) + 1)
+                try:
+                    o = e.place_order("main", {"symbol": sym, "side": side, "type": "LIMIT", "timeInForce": "GTX",
+                                               "price": b.price_str(price), "quantity": b.qty_str(qty)}, now)
+                    ids.append(o.order_id)
+                except SimApiError:
+                    pass
+                n += 1
+            e.drain()
+    wall = time.perf_counter() - wall0
+    cpu = time.process_time() - cpu0
+    return e.events_emitted / cpu, e.events_emitted, cpu, (now - 1_800_000_000_000) / 1000.0
+
+
+async def rest_and_stream_latency(orders: int) -> tuple[list[float], list[float]]:
+    """New-order round trips over loopback, and order acceptance -> user-stream frame received."""
+    async with SimServer(symbols=SYMBOLS, seed=7) as sim, SimClient.for_sim(sim) as c, \
+            aiohttp.ClientSession() as s:
+        key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
+        ws = await s.ws_connect(f"{sim.ws_url}/ws/{key}")
+        await c.admin("POST", "/sim/market/freeze", {})
+        bid = float((await c.public("GET", "/fapi/v1/ticker/bookTicker", {"symbol": "ETHUSDC"})).json["bidPrice"])
+        rtts: list[float] = []
+        stream: list[float] = []
+        received: dict[str, float] = {}
+
+        async def reader() -> None:
+            async for msg in ws:
+                f = json.loads(msg.data)
+                if f.get("e") == "ORDER_TRADE_UPDATE" and f["o"]["x"] == "NEW":
+                    received[f["o"]["c"]] = time.perf_counter()
+
+        task = asyncio.create_task(reader())
+        for i in range(orders):
+            cid = f"bench-{i}"
+            price = f"{bid * 0.98 - (i % 50) * 0.01:.2f}"
+            t0 = time.perf_counter()
+            r = await c.signed("POST", "/fapi/v1/order", {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT",
+                                                          "timeInForce": "GTX", "price": price, "quantity": "0.010",
+                                                          "newClientOrderId": cid})
+            t1 = time.perf_counter()
+            assert r.status == 200, r.json
+            rtts.append((t1 - t0) * 1000)
+            deadline = time.perf_counter() + 5
+            while cid not in received and time.perf_counter() < deadline:
+                await asyncio.sleep(0)
+            if cid in received:
+                # acceptance is at most the response time; the frame is pushed in the same engine call
+                stream.append((received[cid] - t0) * 1000 - rtts[-1] / 2)
+            if i % 100 == 99:
+                await c.signed("DELETE", "/fapi/v1/allOpenOrders", {"symbol": "ETHUSDC"})
+        task.cancel()
+        await ws.close()
+        return rtts, stream
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=5.0, help="wall seconds of the in-process engine run")
+    ap.add_argument("--orders", type=int, default=400, help="orders for the REST / stream latency run")
+    args = ap.parse_args()
+    rate, events, wall, sim_s = engine_events_per_second(args.seconds)
+    print(f"engine: {rate:,.0f} events/s in-process ({events:,} events in {wall:.2f} CPU s, "
+          f"{sim_s:,.0f} s of market time = {sim_s / wall:,.0f}x real time, 3 symbols)")
+    rtts, stream = asyncio.run(rest_and_stream_latency(args.orders))
+    print(f"new order REST round trip (loopback, {len(rtts)} orders): p50 {statistics.median(rtts):.2f} ms, "
+          f"p99 {pct(rtts, 0.99):.2f} ms")
+    if stream:
+        print(f"user-stream NEW frame after acceptance: p50 {statistics.median(stream):.2f} ms, "
+              f"p99 {pct(stream, 0.99):.2f} ms")
+    print("reproduce: .venv/bin/python bench/sim_bench.py "
+          f"--seconds {args.seconds:g} --orders {args.orders}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
