@@ -215,6 +215,10 @@ class BinanceClient:
             payload = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
             payload = raw[:300].decode("utf-8", "replace")
+        if 200 <= status < 300 and isinstance(payload, str):
+            # a success status without JSON (a proxy's page?): for a write we cannot tell what happened
+            what = f"{method} {path}: HTTP {status} with a non-JSON body: {payload[:100]!r}"
+            raise (OutcomeUnknownError if mutating else ServerError)(0, what, status)
         if 200 <= status < 300 and not (isinstance(payload, dict) and _is_error_payload(payload)):
             return payload
         err = error_from_payload(payload, status, resp_headers)
