@@ -1,0 +1,211 @@
+"""``python -m fleet agent`` as a real process against the simulator: kill -9, restart, double start, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from fleet.sim.testkit import SimClient
+
+REPO = Path(__file__).resolve().parents[2]
+SYMBOL = "ETHUSDC"
+
+
+async def wait_for(cond, timeout: float, what: str, interval: float = 0.05) -> Any:
+    end = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+class AgentProcess:
+    """One ``python -m fleet agent`` child with its stderr (JSON logs) collected as it runs."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.log_lines: list[str] = []
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            self.log_lines.append(raw.decode(errors="replace").rstrip())
+
+    def events(self, name: str) -> list[dict]:
+        out = []
+        for line in self.log_lines:
+            if line.startswith("{"):
+                rec = json.loads(line)
+                if rec.get("event") == name:
+                    out.append(rec)
+        return out
+
+    async def finish(self, timeout: float = 30) -> tuple[int, str]:
+        assert self.proc.stdout is not None
+        out = await asyncio.wait_for(self.proc.stdout.read(), timeout)
+        await asyncio.wait_for(self.proc.wait(), timeout)
+        await self._reader
+        return self.proc.returncode, out.decode()
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+
+
+@pytest.fixture
+def fleet_config(tmp_path):
+    def write(**runtime: Any) -> Path:
+        data = yaml.safe_load((REPO / "configs" / "fleet.demo.yaml").read_text())
+        for sym in data["symbols"]:
+            sym["params_file"] = str(REPO / "configs" / sym["params_file"])
+        data["runtime"] = {"deadman_heartbeat_sec": 1, "deadman_countdown_ms": 30000, **runtime}
+        data["state_dir"] = str(tmp_path / "state")
+        path = tmp_path / "fleet.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    return write
+
+
+@pytest.fixture
+async def spawn(sim):
+    started: list[AgentProcess] = []
+    _, key, secret = sim.accounts[0]
+
+    async def start(config: Path, *extra: str) -> AgentProcess:
+        env = {**os.environ, "MMFLEET_MAIN_API_KEY": key, "MMFLEET_MAIN_API_SECRET": secret}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fleet", "agent", "--config", str(config), "--symbol", SYMBOL,
+            "--rest-url", sim.rest_url, "--ws-url", sim.ws_url, "--metrics-port", "0", "--json-logs", *extra,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=str(REPO),
+        )
+        child = AgentProcess(proc)
+        started.append(child)
+        return child
+
+    yield start
+    for child in started:
+        child.kill()
+        await child.finish()
+
+
+async def sim_state(sim) -> dict:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{sim.rest_url}/sim/state", params={"account": "main", "symbol": SYMBOL}) as r:
+            return await r.json()
+
+
+def epoch_of(cid: str) -> int:
+    m = re.match(r"^mm-[A-Z0-9]+-e(\d+)-\d+$", cid)
+    assert m, cid
+    return int(m.group(1))
+
+
+async def quoting(sim, epoch: int) -> bool:
+    orders = (await sim_state(sim))["open_orders"]
+    return {o["side"] for o in orders if epoch_of(o["clientOrderId"]) == epoch} == {"BUY", "SELL"}
+
+
+async def test_sigkill_leaves_the_dead_man_switch_to_cancel_within_the_countdown(sim, spawn, fleet_config):
+    child = await spawn(fleet_config(deadman_countdown_ms=3000))
+    await wait_for(lambda: quoting(sim, 1), 20, "the agent quoting")
+    st = await sim_state(sim)
+    assert st["positions"][SYMBOL]["countdown_deadline_ms"]  # armed
+    child.proc.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    await child.finish()
+    assert (await sim_state(sim))["open_orders"], "orders must outlive the process until the countdown"
+
+    async def cancelled() -> bool:
+        return not (await sim_state(sim))["open_orders"]
+
+    await wait_for(cancelled, 3.0 + 3.0, "the exchange's countdown cancelling every order")
+    assert time.monotonic() - killed <= 6.0
+
+
+async def test_restart_after_sigkill_cancels_older_epochs_before_quoting(sim, spawn, fleet_config):
+    config = fleet_config()  # 30 s countdown: the dead agent's orders are still resting at restart
+    first = await spawn(config)
+    await wait_for(lambda: quoting(sim, 1), 20, "the first agent quoting")
+    first.proc.send_signal(signal.SIGKILL)
+    await first.finish()
+    assert all(epoch_of(o["clientOrderId"]) == 1 for o in (await sim_state(sim))["open_orders"])
+    second = await spawn(config)
+    await wait_for(lambda: quoting(sim, 2), 20, "the restarted agent quoting at epoch 2")
+    async with SimClient.for_sim(sim) as c:
+        reply = await c.signed("GET", "/fapi/v1/allOrders", {"symbol": SYMBOL, "limit": 1000})
+    orders = reply.json
+    old = [o for o in orders if epoch_of(o["clientOrderId"]) == 1]
+    new = [o for o in orders if epoch_of(o["clientOrderId"]) == 2]
+    assert old and new
+    assert all(o["status"] != "NEW" and o["status"] != "PARTIALLY_FILLED" for o in old)
+    first_new = min(o["time"] for o in new)
+    assert max(o["updateTime"] for o in old) <= first_new, "an epoch-1 order was still open after epoch 2 quoted"
+    assert second.events("old_epoch_cancel")
+    second.proc.send_signal(signal.SIGTERM)
+    code, _ = await second.finish()
+    assert code == 0
+
+
+async def test_second_agent_is_refused_naming_the_owner_pid_and_ctrl_c_stops_clean(sim, spawn, fleet_config):
+    config = fleet_config()
+    owner = await spawn(config)
+    await wait_for(lambda: quoting(sim, 1), 20, "the first agent quoting")
+    intruder = await spawn(config)
+    code, out = await intruder.finish()
+    assert code == 3
+    assert f"PID {owner.proc.pid}" in "\n".join(intruder.log_lines)
+    assert all(epoch_of(o["clientOrderId"]) == 1 for o in (await sim_state(sim))["open_orders"])
+
+    # the owner serves its metrics; the user stream is connected
+    serving = await wait_for(lambda: owner.events("metrics_serving"), 10, "metrics served")
+    port = serving[0]["port"]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+            text = await r.text()
+    assert re.search(r'^mm_ws_connected\{symbol="ETHUSDC"\} 1\.0$', text, re.M)
+    assert owner.events("user_stream_connected")
+
+    owner.proc.send_signal(signal.SIGINT)  # Ctrl-C
+    code, out = await owner.finish()
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["state"] == "stopped" and summary["exchange_open_orders"] == 0
+    assert (await sim_state(sim))["open_orders"] == []
+    key = sim.accounts[0][1]
+    assert key not in out and all(key not in line for line in owner.log_lines)
+
+
+async def test_sigterm_with_flatten_closes_the_position_within_20s(sim, spawn, fleet_config):
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{sim.rest_url}/sim/position", json={"symbol": SYMBOL, "amount": "0.060"}) as r:
+            assert r.status == 200
+    child = await spawn(fleet_config(), "--flatten-on-stop")
+    await wait_for(lambda: quoting(sim, 1), 20, "the agent quoting")
+    child.proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    code, out = await child.finish()
+    assert time.monotonic() - t0 <= 20.0
+    assert code == 0
+    st = await sim_state(sim)
+    assert st["open_orders"] == [] and Decimal(st["positions"][SYMBOL]["amount"]) == 0
+    summary = json.loads(out)
+    assert summary["flattened"] is True and summary["exchange_position"] == 0.0
