@@ -5,8 +5,8 @@
 allows and refuses the rest locally. A second, smaller burst with ``wait=True`` shows the other
 choice: requests wait for the window to slide and all go through, still without a 429. A third
 test shows the budget reading the exchange's ``X-MBX-ORDER-COUNT-*`` headers to respect orders
-sent by someone it does not know about. Each test runs its own simulator so the account's
-counters start at zero.
+sent by someone it does not know about. Each test starts its own simulator (``sim_factory``) so the
+account's counters start at zero.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from fleet.binance.client import BinanceClient
 from fleet.binance.errors import BinanceError, BudgetExhaustedError, RateLimitedError
 from fleet.binance.models import OrderInfo, OrderRequest
 from fleet.binance.ratelimit import RateBudget
-from fleet.sim.server import SimServer
 
 SYMBOL = "ETHUSDC"
 AGENTS = 4
@@ -53,70 +52,70 @@ def tally(results) -> dict[str, int]:
     return out
 
 
-async def test_burst_of_2000_orders_split_among_agents_never_draws_a_429():
-    async with SimServer(symbols=[SYMBOL]) as sim:
-        name, key, secret = sim.accounts[0]
-        clients = [BinanceClient(sim.rest_url, key, secret, budget=RateBudget(share=1 / AGENTS)) for _ in range(AGENTS)]
+async def test_burst_of_2000_orders_split_among_agents_never_draws_a_429(sim_factory):
+    sim = await sim_factory(symbols=[SYMBOL])
+    name, key, secret = sim.accounts[0]
+    clients = [BinanceClient(sim.rest_url, key, secret, budget=RateBudget(share=1 / AGENTS)) for _ in range(AGENTS)]
+    for c in clients:
+        await c.open()
+    try:
+        batches = [await far_ioc_orders(c, f"a{i}", BURST // AGENTS) for i, c in enumerate(clients)]
+        results = await asyncio.gather(
+            *(c.place_order(o, wait=False) for c, batch in zip(clients, batches) for o in batch),
+            return_exceptions=True,
+        )
+        counts = tally(results)
+        per_agent = clients[0].budget.limits["orders_10s"]  # 300 * 0.25 * 0.95 = 71
+        assert counts == {"placed": AGENTS * per_agent, "refused": BURST - AGENTS * per_agent,
+                          "rate_limited": 0, "other": 0}
+        assert AGENTS * per_agent <= 300
+        assert all(c.budget.rate_limited == 0 for c in clients)
+    finally:
         for c in clients:
-            await c.open()
-        try:
-            batches = [await far_ioc_orders(c, f"a{i}", BURST // AGENTS) for i, c in enumerate(clients)]
-            results = await asyncio.gather(
-                *(c.place_order(o, wait=False) for c, batch in zip(clients, batches) for o in batch),
-                return_exceptions=True,
-            )
-            counts = tally(results)
-            per_agent = clients[0].budget.limits["orders_10s"]  # 300 * 0.25 * 0.95 = 71
-            assert counts == {"placed": AGENTS * per_agent, "refused": BURST - AGENTS * per_agent,
-                              "rate_limited": 0, "other": 0}
-            assert AGENTS * per_agent <= 300
-            assert all(c.budget.rate_limited == 0 for c in clients)
-        finally:
-            for c in clients:
-                await c.close()
+            await c.close()
 
 
-async def test_burst_that_waits_goes_through_after_the_window_slides_without_a_429():
+async def test_burst_that_waits_goes_through_after_the_window_slides_without_a_429(sim_factory):
     # a low 10 s limit keeps the wait to one window; the budget is told the same limits
     config = {"rate_limits": {"orders_per_10s": 20, "orders_per_minute": 1200}}
-    async with SimServer(symbols=[SYMBOL], config=config) as sim:
-        name, key, secret = sim.accounts[0]
-        budget = RateBudget(orders_per_10s=20, orders_per_min=1200)
-        async with BinanceClient(sim.rest_url, key, secret, budget=budget) as client:
-            orders = await far_ioc_orders(client, "w", 30)  # 19 now, 11 once the first ones age out
-            start = time.monotonic()
-            results = await asyncio.gather(*(client.place_order(o, wait=True) for o in orders), return_exceptions=True)
-            elapsed = time.monotonic() - start
-            assert tally(results) == {"placed": 30, "refused": 0, "rate_limited": 0, "other": 0}
-            assert elapsed >= 9.0  # it waited for the sliding window rather than sending into a 429
-            assert budget.rate_limited == 0
+    sim = await sim_factory(symbols=[SYMBOL], config=config)
+    name, key, secret = sim.accounts[0]
+    budget = RateBudget(orders_per_10s=20, orders_per_min=1200)
+    async with BinanceClient(sim.rest_url, key, secret, budget=budget) as client:
+        orders = await far_ioc_orders(client, "w", 30)  # 19 now, 11 once the first ones age out
+        start = time.monotonic()
+        results = await asyncio.gather(*(client.place_order(o, wait=True) for o in orders), return_exceptions=True)
+        elapsed = time.monotonic() - start
+        assert tally(results) == {"placed": 30, "refused": 0, "rate_limited": 0, "other": 0}
+        assert elapsed >= 9.0  # it waited for the sliding window rather than sending into a 429
+        assert budget.rate_limited == 0
 
 
-async def test_headers_make_the_budget_respect_orders_it_did_not_send():
+async def test_headers_make_the_budget_respect_orders_it_did_not_send(sim_factory):
     # the simulator's clock is pinned so its 10 s window cannot roll over mid-test; the clients
     # stamp requests 30 s in the past with a 60 s recvWindow, which the exchange accepts
     pinned = int(time.time() * 1000)
-    async with SimServer(symbols=[SYMBOL], clock=lambda: pinned) as sim:
-        name, key, secret = sim.accounts[0]
-        other = BinanceClient(sim.rest_url, key, secret, recv_window=60_000)
-        me = BinanceClient(sim.rest_url, key, secret, recv_window=60_000)
-        async with other, me:
-            for c in (other, me):
-                c.time_offset_ms = pinned - int(time.time() * 1000) - 30_000
-            # someone else on the account (unknown to my budget) has used 250 of the 300 / 10 s
-            theirs = await far_ioc_orders(other, "them", 250)
-            done = await asyncio.gather(*(other.place_order(o) for o in theirs), return_exceptions=True)
-            assert tally(done)["placed"] == 250
-            mine = await far_ioc_orders(me, "me", 100)
-            placed = refused = 0
-            for order in mine:  # one at a time, so each answer's headers inform the next decision
-                try:
-                    await me.place_order(order, wait=False)
-                    placed += 1
-                except BudgetExhaustedError:
-                    refused += 1
-                except BinanceError as exc:  # a 429 here would fail the test below
-                    raise AssertionError(f"exchange refused: {exc!r}") from exc
-            assert me.budget.rate_limited == 0
-            # the exchange's count (250 + mine) stays inside 95 % of 300: 35 more, then refusals
-            assert (placed, refused) == (35, 65)
+    sim = await sim_factory(symbols=[SYMBOL], clock=lambda: pinned)
+    name, key, secret = sim.accounts[0]
+    other = BinanceClient(sim.rest_url, key, secret, recv_window=60_000)
+    me = BinanceClient(sim.rest_url, key, secret, recv_window=60_000)
+    async with other, me:
+        for c in (other, me):
+            c.time_offset_ms = pinned - int(time.time() * 1000) - 30_000
+        # someone else on the account (unknown to my budget) has used 250 of the 300 / 10 s
+        theirs = await far_ioc_orders(other, "them", 250)
+        done = await asyncio.gather(*(other.place_order(o) for o in theirs), return_exceptions=True)
+        assert tally(done)["placed"] == 250
+        mine = await far_ioc_orders(me, "me", 100)
+        placed = refused = 0
+        for order in mine:  # one at a time, so each answer's headers inform the next decision
+            try:
+                await me.place_order(order, wait=False)
+                placed += 1
+            except BudgetExhaustedError:
+                refused += 1
+            except BinanceError as exc:  # a 429 here would fail the test below
+                raise AssertionError(f"exchange refused: {exc!r}") from exc
+        assert me.budget.rate_limited == 0
+        # the exchange's count (250 + mine) stays inside 95 % of 300: 35 more, then refusals
+        assert (placed, refused) == (35, 65)

@@ -1,8 +1,7 @@
 """Error classes through the simulator's fault routes, and idempotent order entry.
 
 Faults come from ``/sim/fault/*`` (documented in ``fleet/sim/server.py``). The rate-limit and ban
-tests run their own small simulator with low limits, so a real 429/418 comes quickly and cannot
-disturb other tests sharing the session simulator.
+tests start a simulator with low limits (``sim_factory``), so a real 429/418 comes quickly.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from fleet.binance.errors import (
 )
 from fleet.binance.models import OrderInfo, OrderRequest
 from fleet.binance.ratelimit import Cost, RateBudget
-from fleet.sim.server import SimServer
 
 from .test_client_rest import SYMBOL, cid
 
@@ -47,7 +45,7 @@ async def orders_with_client_id(sim, account: str, client_order_id: str) -> list
 
 @pytest.fixture
 async def own_client(sim):
-    """A client on the session simulator's first account; faults are cleared afterwards."""
+    """A client on the simulator's first account; faults are cleared afterwards."""
     name, key, secret = sim.accounts[0]
     async with BinanceClient(sim.rest_url, key, secret, timeout=5) as c:
         await c.sync_time()
@@ -153,25 +151,25 @@ async def test_429_backs_off_as_told_then_goes_on(sim, own_client):
     assert time.monotonic() - start >= 0.5
 
 
-async def test_a_client_told_429_never_reaches_418_but_an_uncoordinated_one_is_banned():
+async def test_a_client_told_429_never_reaches_418_but_an_uncoordinated_one_is_banned(sim_factory):
     config = {"rate_limits": {"weight_per_minute": 40, "ban_base_s": 5}}
     # the simulator's clock is pinned inside one minute, so the 429 and the ban share a window
     pinned = (int(time.time() * 1000) // 60_000 + 1) * 60_000 + 1_000
-    async with SimServer(symbols=[SYMBOL], config=config, clock=lambda: pinned) as small:
-        async with BinanceClient(small.rest_url) as a, BinanceClient(small.rest_url) as b:
-            with pytest.raises(RateLimitedError) as info:
-                for _ in range(30):
-                    await a.book_ticker(SYMBOL)  # weight 2 each: the 21st breaks 40/min
-            assert info.value.retry_after >= 1 and a.budget.rate_limited == 1
-            # A keeps asking: its budget refuses locally until Retry-After, instead of sending into a ban
-            for _ in range(5):
-                with pytest.raises(BudgetExhaustedError):
-                    await a.budget.acquire(Cost(weight=2), wait=False)
-            # B, on the same IP but not sharing A's budget, sends on and is banned
-            with pytest.raises(BannedError) as banned:
-                await b.book_ticker(SYMBOL)
-            assert banned.value.http_status == 418 and banned.value.until_ms == pinned + 5_000
-            assert b.budget.blocked_for() > 1
+    small = await sim_factory(symbols=[SYMBOL], config=config, clock=lambda: pinned)
+    async with BinanceClient(small.rest_url) as a, BinanceClient(small.rest_url) as b:
+        with pytest.raises(RateLimitedError) as info:
+            for _ in range(30):
+                await a.book_ticker(SYMBOL)  # weight 2 each: the 21st breaks 40/min
+        assert info.value.retry_after >= 1 and a.budget.rate_limited == 1
+        # A keeps asking: its budget refuses locally until Retry-After, instead of sending into a ban
+        for _ in range(5):
+            with pytest.raises(BudgetExhaustedError):
+                await a.budget.acquire(Cost(weight=2), wait=False)
+        # B, on the same IP but not sharing A's budget, sends on and is banned
+        with pytest.raises(BannedError) as banned:
+            await b.book_ticker(SYMBOL)
+        assert banned.value.http_status == 418 and banned.value.until_ms == pinned + 5_000
+        assert b.budget.blocked_for() > 1
 
 
 async def test_an_order_count_429_pauses_new_orders_but_cancels_still_go_out(sim_factory):
