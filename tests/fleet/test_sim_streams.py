@@ -230,3 +230,41 @@ async def test_drop_closes_market_and_user_sockets(sim):
         assert (await _recv_json(market))["e"] == "bookTicker"
         assert (await c.admin("POST", "/sim/fault/drop", {"target": "market"})) == {"dropped": 1}
         await c.wait_state(lambda st: st["connections"]["total"] == 0)
+
+
+async def test_user_stream_as_a_stream_name_combined_and_sdk_style_subscribe(sim):
+    async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
+        key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
+        combined = await s.ws_connect(f"{sim.ws_url}/stream?streams={key}/ethusdc@bookTicker")
+        sdk = await s.ws_connect(f"{sim.ws_url}/private/stream")
+        await sdk.send_str(json.dumps({"method": "SUBSCRIBE", "params": [key], "id": 9}))
+        assert await _until(sdk, lambda f: f.get("id") == 9) == {"result": None, "id": 9}
+        await _place_far(c, "sdk-1")
+        frame = await _until(combined, lambda f: f["stream"] == key)
+        assert frame["data"]["e"] == "ORDER_TRADE_UPDATE" and frame["data"]["o"]["c"] == "sdk-1"
+        frame = await _until(sdk, lambda f: f.get("stream") == key)  # /stream: combined wrapper
+        assert frame["data"]["e"] == "ORDER_TRADE_UPDATE" and frame["data"]["o"]["c"] == "sdk-1"
+        # market streams are not served on /private
+        await sdk.send_str(json.dumps({"method": "SUBSCRIBE", "params": ["ethusdc@bookTicker"], "id": 10}))
+        assert (await _until(sdk, lambda f: f.get("id") == 10))["error"]["code"] == 2
+        await combined.close()
+        await sdk.close()
+
+
+async def test_all_market_mark_prices_aggtrades_and_all_book_tickers(sim):
+    async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
+        ws = await s.ws_connect(f"{sim.ws_url}/market/ws/!markPrice@arr@1s")
+        arr = await _recv_json(ws)
+        assert isinstance(arr, list) and {m["s"] for m in arr} == {"ETHUSDC", "BTCUSDT", "SOLUSDT"}
+        await ws.close()
+        ws = await s.ws_connect(f"{sim.ws_url}/public/ws/!bookTicker")
+        seen = set()
+        while len(seen) < 3:
+            seen.add((await _recv_json(ws))["s"])
+        await ws.close()
+        ws = await s.ws_connect(f"{sim.ws_url}/ws/solusdt@aggTrade")
+        await c.signed("POST", "/fapi/v1/order", {"symbol": "SOLUSDT", "side": "BUY", "type": "MARKET",
+                                                  "quantity": "1.00"})
+        trade = await _until(ws, lambda f: f["e"] == "aggTrade")
+        assert trade["s"] == "SOLUSDT" and {"a", "p", "q", "f", "l", "T", "m"} <= set(trade)
+        await ws.close()
