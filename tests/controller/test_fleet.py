@@ -1,0 +1,392 @@
+"""The fleet as `up` runs it: simulator actor, controller, three agent actors and the endpoint on the
+session's local Ray cluster. Every claim is checked at the exchange (the simulator's /sim/state and
+signed allOrders over loopback); waits poll a deadline. Tests run in file order on one fleet and each
+leaves it quoting again."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import signal
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlencode
+
+import pytest
+import requests
+import yaml
+
+from agents.orders import parse_client_order_id
+from controller.controller import ControllerSettings, build_spec, find_controller
+from fleet.config import FleetConfig
+from fleet.fleet_cli import FleetAlreadyRunning, start_fleet, stop_fleet
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+SYMBOLS = ("ETHUSDC", "BTCUSDT", "SOLUSDT")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def poll(check: Callable[[], Any], timeout: float, what: str | Callable[[], str], interval: float = 0.25) -> Any:
+    """Call ``check`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except Exception as exc:  # noqa: BLE001 - e.g. an actor restarting: keep polling
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    what = what() if callable(what) else what
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last: {last!r}")
+
+
+def fleet_config(name: str, state_dir: Path, **extra: Any) -> FleetConfig:
+    doc = {
+        "name": name,
+        "exchange": {"kind": "sim", "sim": {"seed": 5}},
+        "accounts": [{"name": "main", "api_key_env": "MMFLEET_TEST_UNSET_KEY", "api_secret_env": "MMFLEET_TEST_UNSET_SECRET"}],
+        "symbols": [{"symbol": s, "account": "main", "params_file": f"symbols/{s}.yaml"} for s in SYMBOLS],
+        "api": {"host": "127.0.0.1", "port": free_port(), "token_env": None},
+        "agent": {"num_cpus": 0.05},
+        "state_dir": str(state_dir),
+    }
+    doc.update(extra)
+    return FleetConfig.model_validate(doc)
+
+
+class Exchange:
+    """The simulator as the tests see it: admin state and signed allOrders."""
+
+    def __init__(self, rest_url: str, key_file: str) -> None:
+        self.rest_url = rest_url
+        keys = yaml.safe_load(Path(key_file).read_text())
+        self.key, self.secret = keys["api_key"], keys["api_secret"]
+
+    def state(self, symbol: str) -> dict[str, Any]:
+        r = requests.get(f"{self.rest_url}/sim/state", params={"account": "main", "symbol": symbol}, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def open_orders(self, symbol: str) -> list[dict[str, Any]]:
+        return self.state(symbol)["open_orders"]
+
+    def position(self, symbol: str) -> float:
+        return float(self.state(symbol)["positions"][symbol]["amount"])
+
+    def set_position(self, symbol: str, amount: float) -> None:
+        r = requests.post(f"{self.rest_url}/sim/position",
+                          json={"account": "main", "symbol": symbol, "amount": str(amount)}, timeout=10)
+        r.raise_for_status()
+
+    def all_orders(self, symbol: str, start_ms: int = 0) -> list[dict[str, Any]]:
+        params = {"symbol": symbol, "limit": 1000, "timestamp": int(time.time() * 1000)}
+        if start_ms:
+            params["startTime"] = start_ms
+        query = urlencode(params)
+        sig = hmac.new(self.secret.encode(), query.encode(), hashlib.sha256).hexdigest()
+        r = requests.get(f"{self.rest_url}/fapi/v1/allOrders?{query}&signature={sig}",
+                         headers={"X-MBX-APIKEY": self.key}, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+
+class Fleet:
+    def __init__(self, ray: Any, running: Any, cfg: FleetConfig) -> None:
+        self.ray = ray
+        self.running = running
+        self.cfg = cfg
+        self.ns = running.namespace
+        self.url = running.api_url
+        self.token = Path(running.cfg.api.token_file).read_text().strip()
+        self.exchange = Exchange(running.sim_urls["rest_url"], running.cfg.accounts[0].key_file)
+
+    def agent(self, symbol: str) -> Any:
+        return self.ray.get_actor(f"agent.{symbol}", namespace=self.ns)
+
+    def status(self, symbol: str) -> dict[str, Any]:
+        return self.ray.get(self.agent(symbol).status.remote(), timeout=15)
+
+    def controller(self) -> Any:
+        return find_controller(self.ns)
+
+    def http(self, method: str, path: str, **kw: Any) -> requests.Response:
+        return requests.request(method, f"{self.url}{path}", headers={"Authorization": f"Bearer {self.token}"},
+                                timeout=90, **kw)
+
+    def quoting(self, symbol: str) -> bool:
+        return self.status(symbol).get("state") == "quoting" and len(self.exchange.open_orders(symbol)) > 0
+
+    def all_quoting(self, timeout: float = 30.0) -> None:
+        def check() -> bool | dict[str, Any]:
+            seen = {s: (self.status(s).get("state"), len(self.exchange.open_orders(s))) for s in SYMBOLS}
+            return True if all(st == "quoting" and n > 0 for st, n in seen.values()) else seen
+
+        def quoting() -> Any:
+            got = check()
+            if got is not True:
+                self.last_seen = got
+            return got is True
+
+        poll(quoting, timeout, lambda: f"every agent quoting at the exchange ({getattr(self, 'last_seen', None)})")
+
+
+@pytest.fixture(scope="module")
+def fleet(ray_cluster, tmp_path_factory):
+    state_dir = tmp_path_factory.mktemp("fleet")
+    name = f"ft{uuid.uuid4().hex[:6]}"
+    cfg = fleet_config(name, state_dir)
+    spec = build_spec(cfg, str(CONFIGS / "fleet.demo.yaml"))
+    running = start_fleet(cfg, spec, controller_settings=ControllerSettings(kill_timeout_s=2.0),
+                          route_prefix=f"/{name}")
+    f = Fleet(ray_cluster, running, cfg)
+    f.spec = spec
+    yield f
+    stop_fleet(running.namespace, name)
+
+
+def _epoch(order: dict[str, Any]) -> int | None:
+    parsed = parse_client_order_id(order["clientOrderId"])
+    return parsed[0] if parsed else None
+
+
+def _no_duplicates(orders: list[dict[str, Any]], max_layers: int) -> bool:
+    ids = [o["clientOrderId"] for o in orders]
+    buys = sum(1 for o in orders if o["side"] == "BUY")
+    return len(ids) == len(set(ids)) and buys <= max_layers and len(orders) - buys <= max_layers
+
+
+# --- up -----------------------------------------------------------------------------------------
+
+
+def test_up_quotes_every_symbol_within_30s_and_exposure_matches_the_exchange(fleet):
+    fleet.all_quoting(timeout=30.0)
+
+    def agreeing() -> dict[str, Any] | None:
+        body = fleet.http("GET", "/exposure").json()
+        for s in SYMBOLS:
+            seen = body["symbols"][s]
+            st = fleet.exchange.state(s)
+            if abs(float(seen["position"]) - float(st["positions"][s]["amount"])) > 1e-9:
+                return None
+            if int(seen["open_orders"]) != len(st["open_orders"]):
+                return None
+        return body
+
+    body = poll(agreeing, 20.0, "/exposure to agree with /sim/state on positions and open orders")
+    assert body["totals"]["complete"] and body["totals"]["symbols_answered"] == 3
+    for s in SYMBOLS:
+        assert body["symbols"][s]["kill_state"] == "running"
+        assert body["symbols"][s]["cap"] > 0
+
+
+def test_a_second_up_refuses_and_says_how_to_apply_instead(fleet):
+    spec = build_spec(fleet.cfg, str(CONFIGS / "fleet.demo.yaml"))
+    with pytest.raises(FleetAlreadyRunning, match="python -m fleet apply"):
+        start_fleet(fleet.cfg, spec)
+    fleet.all_quoting()
+
+
+def test_creating_an_agent_again_yields_the_same_actor(fleet):
+    from agents.actor import AgentActor
+
+    before = fleet.agent("ETHUSDC")
+    again = AgentActor.options(name="agent.ETHUSDC", namespace=fleet.ns, lifetime="detached",
+                               get_if_exists=True).remote(fleet.cfg.name, fleet.ns, "ETHUSDC")
+    assert again._actor_id == before._actor_id
+    assert fleet.ray.get(again.status.remote(), timeout=15)["holder"] == fleet.status("ETHUSDC")["holder"]
+
+
+def test_no_secret_in_any_actor_record_or_runtime_env(fleet):
+    """The GCS's actor table (what Ray's state API and dashboard show): no exchange key, no API token."""
+    from ray._private import state
+
+    from controller.lease import GcsStore
+
+    canary = f"canary-{uuid.uuid4().hex}"
+
+    @fleet.ray.remote(num_cpus=0)
+    class Leaky:
+        def ping(self) -> bool:
+            return True
+
+    leaky = Leaky.options(runtime_env={"env_vars": {"MMFLEET_CANARY": canary}}).remote()
+    fleet.ray.get(leaky.ping.remote(), timeout=60)
+    records = state.state._connect_and_get_accessor().get_actor_table(None, None)
+    blob = b"".join(records)
+    assert canary.encode() in blob, "the check must see runtime_env values (canary not found)"
+    fleet.ray.kill(leaky)
+    for secret in (fleet.exchange.key, fleet.exchange.secret, fleet.token):
+        assert secret.encode() not in blob
+    # ...nor in what the controller keeps in the GCS key-value store.
+    store = GcsStore(fleet.cfg.name)
+    for key in store.keys(""):
+        value = store.get(key) or ""
+        assert fleet.exchange.secret not in value and fleet.exchange.key not in value and fleet.token not in value
+
+
+# --- apply ---------------------------------------------------------------------------------------
+
+
+def test_apply_changes_parameters_live_without_a_restart(fleet):
+    ctl = fleet.controller()
+    before = fleet.status("SOLUSDT")
+    spec = fleet.ray.get(ctl.spec.remote(), timeout=15)
+    changed = {**spec, "params": {**spec["params"]}}
+    sol = dict(changed["params"]["SOLUSDT"])
+    sol["grid"] = {**sol["grid"], "max_layers": 2}
+    changed["params"]["SOLUSDT"] = sol
+    result = fleet.ray.get(ctl.apply.remote(changed), timeout=60)
+    assert result["updated"] == ["SOLUSDT"] and not result["errors"] and not result["created"]
+
+    def two_per_side() -> bool:
+        orders = fleet.exchange.open_orders("SOLUSDT")
+        buys = sum(1 for o in orders if o["side"] == "BUY")
+        return 0 < buys <= 2 and 0 < len(orders) - buys <= 2
+
+    poll(two_per_side, 20.0, "SOLUSDT quoting at most 2 layers per side")
+    after = fleet.status("SOLUSDT")
+    assert (after["pid"], after["epoch"]) == (before["pid"], before["epoch"])  # live: no restart
+    fleet.ray.get(ctl.apply.remote(spec), timeout=60)
+
+
+def test_fleet_notional_over_the_cap_puts_every_agent_into_reduce_only(fleet):
+    ctl = fleet.controller()
+    spec = fleet.ray.get(ctl.spec.remote(), timeout=15)
+    fleet.exchange.set_position("ETHUSDC", 0.02)
+    poll(lambda: abs(fleet.ray.get(fleet.agent("ETHUSDC").exposure.remote(), timeout=15)["position"] - 0.02) < 1e-9,
+         15.0, "ETHUSDC agent to see its position")
+    tight = {**spec, "fleet": {**spec["fleet"], "risk": {"max_total_notional": 1.0}}}
+    fleet.ray.get(ctl.apply.remote(tight), timeout=60)
+
+    def all_reduce_only() -> bool:
+        return all(fleet.ray.get(fleet.agent(s).exposure.remote(), timeout=15).get("reduce_only") for s in SYMBOLS)
+
+    poll(all_reduce_only, 15.0, "every agent reduce-only")
+    assert fleet.ray.get(ctl.status.remote(), timeout=15)["reduce_only"] is True
+    # Reduce-only: nothing that adds to the long ETHUSDC position stays on the book.
+    poll(lambda: not any(o["side"] == "BUY" for o in fleet.exchange.open_orders("ETHUSDC")), 15.0,
+         "no ETHUSDC buys while reduce-only and long")
+    fleet.ray.get(ctl.apply.remote(spec), timeout=60)
+    poll(lambda: not any(fleet.ray.get(fleet.agent(s).exposure.remote(), timeout=15).get("reduce_only")
+                         for s in SYMBOLS), 15.0, "reduce-only lifted once back under the cap")
+    fleet.all_quoting()
+
+
+# --- restarts and kill switches ----------------------------------------------------------------
+
+
+def test_sigkilled_agent_comes_back_with_a_new_epoch_and_no_duplicate_orders(fleet):
+    max_layers = fleet.spec["params"]["BTCUSDT"]["grid"]["max_layers"]
+    fleet.all_quoting()
+    before = fleet.status("BTCUSDT")
+    old_epoch = before["epoch"]
+    assert {_epoch(o) for o in fleet.exchange.open_orders("BTCUSDT")} == {old_epoch}
+    killed_at = time.monotonic()
+    os.kill(before["pid"], signal.SIGKILL)
+
+    def back() -> dict[str, Any] | None:
+        st = fleet.status("BTCUSDT")
+        orders = fleet.exchange.open_orders("BTCUSDT")
+        if st["pid"] != before["pid"] and st["state"] == "quoting" and orders:
+            return {"status": st, "orders": orders}
+        return None
+
+    seen = poll(back, 30.0, "BTCUSDT quoting again after SIGKILL")
+    recovery = time.monotonic() - killed_at
+    assert seen["status"]["epoch"] > old_epoch
+    orders = seen["orders"]
+    assert all(_epoch(o) == seen["status"]["epoch"] for o in orders), "older-epoch orders left on the book"
+    assert _no_duplicates(orders, max_layers)
+    print(f"recovery after SIGKILL: {recovery:.2f} s")
+
+
+def test_http_kill_halts_the_fleet_durably_across_restarts_until_resumed(fleet):
+    fleet.all_quoting()
+    r = fleet.http("POST", "/kill", json={"all": True, "mode": "halt", "reason": "test drill"})
+    assert r.status_code == 200, r.text
+    result = r.json()["symbols"]
+    for s in SYMBOLS:
+        assert result[s]["open_orders"] == 0, result[s]
+        assert fleet.exchange.open_orders(s) == []
+    # An agent restart comes back halted (new epoch, nothing quoted).
+    st = fleet.status("ETHUSDC")
+    os.kill(st["pid"], signal.SIGKILL)
+    restarted = poll(lambda: (lambda x: x if x["pid"] != st["pid"] and x.get("epoch") and x["epoch"] > st["epoch"]
+                              and x["state"] == "halted" else None)(fleet.status("ETHUSDC")),
+                     30.0, "ETHUSDC restarted and halted")
+    assert restarted["kill_state"] == "halted"
+    # A controller restart keeps the kill state too.
+    ctl_pid = fleet.ray.get(fleet.controller().__ray_call__.remote(lambda self: os.getpid()), timeout=15)
+    os.kill(ctl_pid, signal.SIGKILL)
+    states = poll(lambda: fleet.http("GET", "/kill").json().get("kill_states"), 30.0, "GET /kill after the restart")
+    assert {s: states[s]["state"] for s in SYMBOLS} == {s: "halted" for s in SYMBOLS}
+    for s in SYMBOLS:
+        assert fleet.exchange.open_orders(s) == []
+        assert fleet.status(s)["state"] == "halted"
+    r = fleet.http("POST", "/resume", json={"all": True})
+    assert r.status_code == 200, r.text
+    fleet.all_quoting(timeout=30.0)
+
+
+def test_a_hung_agent_is_emptied_by_the_controllers_emergency_path(fleet):
+    fleet.all_quoting()
+    assert fleet.ray.get(fleet.agent("SOLUSDT").freeze_loop.remote(6.0), timeout=15)
+    r = fleet.http("POST", "/kill", json={"symbols": ["SOLUSDT"], "mode": "halt", "reason": "hung agent drill"})
+    assert r.status_code == 200, r.text
+    sol = r.json()["symbols"]["SOLUSDT"]
+    assert sol["path"] == "emergency" and sol["open_orders"] == 0, sol
+    assert fleet.exchange.open_orders("SOLUSDT") == []
+    # Once the loop thaws, the agent's lease is refused: it comes back as a new, halted incarnation.
+    old_epoch = fleet.ray.get(fleet.controller().status.remote(), timeout=15)["symbols"]["SOLUSDT"]["epoch"]
+    poll(lambda: (fleet.status("SOLUSDT").get("epoch") or 0) > old_epoch
+         and fleet.status("SOLUSDT")["state"] == "halted", 30.0, "SOLUSDT re-acquired, halted")
+    assert fleet.exchange.open_orders("SOLUSDT") == []
+    fleet.http("POST", "/resume", json={"symbols": ["SOLUSDT"]}).raise_for_status()
+    fleet.all_quoting(timeout=30.0)
+
+
+def test_flatten_closes_every_position_at_the_exchange(fleet):
+    fleet.all_quoting()
+    fleet.exchange.set_position("ETHUSDC", 0.05)
+    fleet.exchange.set_position("SOLUSDT", -2.0)
+    r = fleet.http("POST", "/kill", json={"all": True, "mode": "flatten", "reason": "flatten drill"})
+    assert r.status_code == 200, r.text
+    for s, res in r.json()["symbols"].items():
+        assert res["open_orders"] == 0, (s, res)
+    for s in SYMBOLS:
+        assert fleet.exchange.position(s) == 0.0
+        assert fleet.exchange.open_orders(s) == []
+    fleet.http("POST", "/resume", json={"all": True}).raise_for_status()
+    fleet.all_quoting(timeout=30.0)
+
+
+# --- down ----------------------------------------------------------------------------------------
+
+
+def test_down_leaves_no_open_orders_no_agents_and_no_endpoint(fleet):
+    from ray import serve
+
+    from controller.api import app_name
+
+    fleet.all_quoting()
+    result = fleet.ray.get(fleet.controller().down.remote(False), timeout=120)
+    assert {s: r["open_orders"] for s, r in result["symbols"].items()} == {s: 0 for s in SYMBOLS}
+    for s in SYMBOLS:
+        assert fleet.exchange.open_orders(s) == []
+        with pytest.raises(ValueError):
+            fleet.ray.get_actor(f"agent.{s}", namespace=fleet.ns)
+    stop_fleet(fleet.ns, fleet.cfg.name)  # the endpoint, the controller and the simulator
+    assert find_controller(fleet.ns) is None
+    assert app_name(fleet.cfg.name) not in serve.status().applications
