@@ -5,7 +5,7 @@ import pickle
 import pytest
 
 from fleet.binance import errors as E
-from fleet.binance.credentials import Credentials, CredentialsError, load_credentials
+from fleet.binance.credentials import CredentialsError, load_credentials
 from fleet.binance.models import ModifyRequest, OrderInfo, OrderRequest
 from fleet.config import AccountConfig
 

@@ -6,7 +6,6 @@ tests start a simulator with low limits (``sim_factory``), so a real 429/418 com
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import aiohttp

@@ -6,7 +6,6 @@ that silence and a server close end iteration with a clear exception.
 """
 
 import asyncio
-import json
 
 import pytest
 from websockets.asyncio.server import serve
