@@ -182,7 +182,7 @@ def fleet_running(namespace: str) -> bool:
         return True
 
 
-def _start_sim(cfg: Any) -> tuple[Any, dict[str, str]]:
+def start_simulator(cfg: Any) -> tuple[Any, dict[str, str]]:
     """The simulator as a detached actor; each account's keys in a 0600 file under state_dir."""
     import ray
 
@@ -210,7 +210,7 @@ def _start_sim(cfg: Any) -> tuple[Any, dict[str, str]]:
     return cfg.model_copy(update={"exchange": exchange, "accounts": accounts}), urls
 
 
-def _stop_sim(namespace: str) -> None:
+def stop_simulator(namespace: str) -> None:
     import ray
 
     from fleet.simhost import SIM_ACTOR
@@ -241,7 +241,7 @@ def start_fleet(cfg: Any, spec: dict[str, Any], *, controller_settings: Any = No
         )
     sim_urls = None
     if cfg.exchange.kind == "sim":
-        cfg, sim_urls = _start_sim(cfg)
+        cfg, sim_urls = start_simulator(cfg)
     spec = {**spec, "fleet": cfg.model_dump(mode="json")}
     controller = get_or_create_controller(cfg, controller_settings)
     applied = ray.get(controller.apply.remote(spec), timeout=120)
@@ -262,7 +262,7 @@ def stop_fleet(namespace: str, fleet_name: str, *, flatten: bool = False) -> dic
         result = ray.get(ctl.down.remote(flatten), timeout=300)
         ray.kill(ctl)
     _undeploy(fleet_name)
-    _stop_sim(namespace)
+    stop_simulator(namespace)
     return result
 
 
