@@ -36,7 +36,8 @@ class SymbolSpec(_Model):
     max_qty: str = "10000"
     market_max_qty: str = "1000"
     min_notional: str = "5"
-    price_precision: int | None = None
+    price_precision: int | None = Field(None, description="decimals accepted in prices; None = the tick's")
+    quantity_precision: int | None = Field(None, description="decimals accepted in sizes; None = the step's")
     max_num_orders: int = 200
     multiplier_up: str = "1.0500"
     multiplier_down: str = "0.9500"

@@ -197,7 +197,7 @@ class Book:
         self.notional_mult = self.price_mult * self.qty_mult
         self.notional_places = self.price_places + self.qty_places
         self.price_precision = spec.price_precision if spec.price_precision is not None else self.price_places
-        self.qty_precision = self.qty_places
+        self.qty_precision = spec.quantity_precision if spec.quantity_precision is not None else self.qty_places
         self.min_qty = Decimal(spec.min_qty) if spec.min_qty else self.step
         self.min_notional = Decimal(spec.min_notional)
         self.max_qty = Decimal(spec.max_qty)
@@ -559,16 +559,31 @@ class Engine:
             ask = b.synth_best_ask()
             for price in sorted((p for p in b.bids if p >= ask), reverse=True):
                 for o in list(b.bids.get(price, ())):
-                    qty = o.remaining
-                    self._fill(b, o, qty, price, True, t)
-                    self._emit_agg(b, price, qty, t, True)
+                    qty = self._fillable(b, o, o.remaining, t)
+                    if qty:
+                        self._fill(b, o, qty, price, True, t)
+                        self._emit_agg(b, price, qty, t, True)
         if b.our_ask <= b.bid_top:
             bid = b.synth_best_bid()
             for price in sorted(p for p in b.asks if p <= bid):
                 for o in list(b.asks.get(price, ())):
-                    qty = o.remaining
-                    self._fill(b, o, qty, price, True, t)
-                    self._emit_agg(b, price, qty, t, False)
+                    qty = self._fillable(b, o, o.remaining, t)
+                    if qty:
+                        self._fill(b, o, qty, price, True, t)
+                        self._emit_agg(b, price, qty, t, False)
+
+    def _fillable(self, b: Book, o: Order, qty: int, t: int) -> int:
+        """How much of ``qty`` the order may fill: a reduce-only order never grows or flips the position
+        (with nothing left to reduce it expires, reason 4)."""
+        if not o.reduce_only:
+            return qty
+        pos = self.accounts[o.account].positions.get(b.symbol)
+        amount = pos.amount if pos else 0
+        cap = -amount * o.sign if amount * o.sign < 0 else 0
+        if cap <= 0:
+            self._expire(self.accounts[o.account], b, o, t, "4")
+            return 0
+        return qty if qty < cap else cap
 
     def _synthetic_taker(self, b: Book, t: int) -> None:
         rng = self.rng
@@ -610,6 +625,10 @@ class Engine:
                     fill = o.orig - o.filled
                     if fill > v:
                         fill = v
+                    if o.reduce_only:
+                        fill = self._fillable(b, o, fill, t)
+                        if not fill:
+                            continue
                     v -= fill
                     traded += fill
                     self._fill(b, o, fill, p, True, t)
@@ -847,6 +866,8 @@ class Engine:
         self._emit_account_update(acct, b, "ORDER", t, ZERO)
         self._emit_order_update(acct, b, o, "TRADE", t, last_qty=qty, last_price=price, commission=commission,
                                 trade_id=trade_id, maker=maker, realized=realized)
+        if old and (pos.amount == 0 or (old > 0) != (pos.amount > 0)):
+            self._cap_reduce_only(acct, b, t)
 
     def _position_frame(self, acct: Account, b: Book) -> dict[str, Any]:
         pos = acct.position(b.symbol)
@@ -1143,7 +1164,8 @@ class Engine:
         self._emit_order_update(acct, b, o, "NEW", now)
         crosses = market or (sign > 0 and price >= b.best_ask()) or (sign < 0 and price <= b.best_bid())
         if crosses:
-            left = self._walk(b, sign > 0, qty, o, None if market else price, now)
+            walk_qty = min(qty, abs(pos.amount)) if reduce_only else qty
+            left = self._walk(b, sign > 0, walk_qty, o, None if market else price, now) + qty - walk_qty
             if left > 0 and o.is_open:
                 if market or tif in ("IOC", "FOK"):
                     self._expire(acct, b, o, now, "2" if tif == "IOC" else "9")

@@ -55,6 +55,7 @@ from fleet.sim.streams import MARKET, PUBLIC, canonical_stream, path_allows
 log = logging.getLogger("fleet.sim")
 
 NONE, SIGNED, KEY = "NONE", "SIGNED", "KEY"
+MAX_QUEUED_FRAMES = 20_000
 
 
 def _now_ms() -> int:
@@ -126,7 +127,7 @@ class SimServer:
         self._tasks: list[asyncio.Task] = []
         self.rest_url = ""
         self.ws_url = ""
-        self.stats = {"rest_requests": 0, "ws_frames_sent": 0, "ws_bad_messages": 0}
+        self.stats = {"rest_requests": 0, "ws_frames_sent": 0, "ws_bad_messages": 0, "ws_slow_dropped": 0}
         self._routes = self._route_table()
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -222,8 +223,16 @@ class SimServer:
                         self._send(c, orjson.dumps(payload))
 
     def _send(self, c: Conn, raw: bytes) -> None:
-        if not c.closed:
-            c.queue.put_nowait(raw)
+        if c.closed:
+            return
+        if c.queue.qsize() >= MAX_QUEUED_FRAMES:
+            # a client that stops reading is disconnected, as the exchange does, not buffered forever
+            log.warning("dropping a websocket that fell %d frames behind", MAX_QUEUED_FRAMES)
+            self.stats["ws_slow_dropped"] += 1
+            c.closed = True
+            asyncio.ensure_future(self._close_conn(c, abort=True))
+            return
+        c.queue.put_nowait(raw)
 
     # -- REST ----------------------------------------------------------------------------------------
 

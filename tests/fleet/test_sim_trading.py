@@ -232,3 +232,37 @@ async def test_max_open_orders_and_reduce_only_capping(sim_factory):
         for i in range(3):
             assert "orderId" in await _limit(c, "BUY", _px(bid * Decimal("0.98") - i))
         assert (await _limit(c, "BUY", _px(bid * Decimal("0.97"))))["code"] == -2025
+
+
+async def test_reduce_only_never_flips_and_expires_when_nothing_is_left(sim):
+    async with SimClient.for_sim(sim) as c:
+        await c.admin("POST", "/sim/market/freeze", {"symbol": "ETHUSDC"})
+        await c.admin("POST", "/sim/position", {"account": "main", "symbol": "ETHUSDC", "amount": "0.010"})
+        ask = Decimal((await _book(c))["asks"][0][0])
+        resting = await _limit(c, "SELL", _px(ask * Decimal("1.02")), "0.010", reduceOnly="true")
+        assert resting["status"] == "NEW"
+        r = await c.signed("POST", "/fapi/v1/order", {"symbol": "ETHUSDC", "side": "SELL", "type": "MARKET",
+                                                      "quantity": "0.050", "reduceOnly": "true",
+                                                      "newOrderRespType": "RESULT"})
+        assert (r.json["status"], r.json["executedQty"]) == ("EXPIRED", "0.010")
+        st = await c.state(symbol="ETHUSDC")
+        assert st["positions"]["ETHUSDC"]["amount"] == "0.000"
+        assert st["open_orders"] == []  # the resting reduce-only order had nothing left to reduce
+        q = await c.signed("GET", "/fapi/v1/order", {"symbol": "ETHUSDC", "orderId": resting["orderId"]})
+        assert q.json["status"] == "EXPIRED"
+
+
+async def test_quantity_off_the_step_within_precision_is_4023(sim_factory):
+    sim = await sim_factory(symbols=["XRPUSDT"], config={"symbols": [
+        {"symbol": "XRPUSDT", "base_asset": "XRP", "quote_asset": "USDT", "tick_size": "0.0001", "step_size": "0.5",
+         "quantity_precision": 1, "start_price": 0.6}]})
+    async with SimClient.for_sim(sim) as c:
+        bid = Decimal((await _book(c, "XRPUSDT"))["bids"][0][0])
+        params = {"symbol": "XRPUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
+                  "price": str((bid * Decimal("0.99")).quantize(Decimal("0.0001")))}
+        r = await c.signed("POST", "/fapi/v1/order", {**params, "quantity": "20.2"})
+        assert r.json["code"] == -4023
+        r = await c.signed("POST", "/fapi/v1/order", {**params, "quantity": "20.25"})
+        assert r.json["code"] == -1111
+        r = await c.signed("POST", "/fapi/v1/order", {**params, "quantity": "20.5"})
+        assert r.json["status"] == "NEW"
