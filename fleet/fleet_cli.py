@@ -436,6 +436,9 @@ def cmd_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     fleet = None
     try:
         fleet = start_fleet(cfg, spec)
+        import logging
+
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve resets it when it starts
         print(f"fleet {cfg.name}: {len(fleet.symbols)} agents in Ray namespace {fleet.namespace}", file=out)
         if fleet.sim_urls:
             print(f"simulator: {fleet.sim_urls['rest_url']} (keys in {cfg.state_dir}, mode 0600)", file=out)
