@@ -423,6 +423,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
         p = spec["params"][e.symbol]
         print(f"  {e.symbol:<10} account={e.account} net_max={p['base']['net_max']} "
               f"worst_cap={p['base']['net_max'] * p['worst_case']['multiplier']:.4f} rate_share={shares[e.symbol]:.3f}")
+    from fleet.binance.credentials import CredentialsError, load_credentials
+
+    for account in cfg.accounts:
+        if cfg.exchange.kind == "sim":
+            continue  # up writes the simulator's keys itself
+        try:
+            load_credentials(account)
+        except CredentialsError as exc:
+            print(f"  note: {exc} in this shell; the processes that trade (agents, controller) need them")
     print("ok")
     return EXIT_OK
 
