@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import random
@@ -64,6 +65,10 @@ WATCHDOG_S = 0.25
 LATENCY_KEEP = 200_000  # tick-to-order samples kept for status and the benchmark
 
 _TRANSIENT = (BinanceError, StreamError, OSError, asyncio.TimeoutError)
+
+# The read time (perf_counter_ns) of the book frame behind the request being sent in this task, for
+# anything below the client that wants tick-to-wire latency (the benchmark's aiohttp trace hook).
+TICK_READ_NS: contextvars.ContextVar[int | None] = contextvars.ContextVar("mmfleet_tick_read_ns", default=None)
 
 
 @dataclass(frozen=True)
@@ -767,6 +772,7 @@ class SymbolAgent:
         client = self._require_client()
         core = self._require_core()
         items = batch.items
+        TICK_READ_NS.set(t_read_ns)  # this task's own context
         try:
             if batch.kind == "place":
                 reqs = [self._order_request(p) for p in items]  # type: ignore[arg-type]

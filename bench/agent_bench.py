@@ -1,0 +1,157 @@
+"""Agent benchmark: one SymbolAgent against the simulator in a fast-moving market.
+
+Prints tick-to-order latency (book frame read off the socket -> order request written to the socket,
+p50/p99/p99.9), the agent's CPU share of one core at ~50 book updates per second, its resident
+memory, and the orders per minute it sends against the account's limits.
+
+Run: .venv/bin/python bench/agent_bench.py                 (30 s; starts its own simulator process)
+     .venv/bin/python bench/agent_bench.py --seconds 60 --volatility 8
+The simulator runs in its own process, so the CPU figure is the agent's alone. Figures are printed,
+never asserted; they depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agents.agent import TICK_READ_NS, ExchangeEndpoints, SymbolAgent  # noqa: E402
+from agents.ownership import LockFileOwnership  # noqa: E402
+from fleet.binance.credentials import Credentials  # noqa: E402
+from fleet.config import RuntimeParams, SymbolParams  # noqa: E402
+
+SYMBOL = "ETHUSDC"
+
+
+def start_sim(volatility: float, step_ms: int, workdir: Path) -> tuple[subprocess.Popen, dict]:
+    cfg = workdir / "sim.yaml"
+    cfg.write_text(json.dumps({"step_ms": step_ms, "market": {"volatility": volatility, "start_price": 3000.0}}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleet", "sim", "--json", "--symbols", SYMBOL, "--config", str(cfg)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(Path(__file__).resolve().parents[1]),
+    )
+    line = proc.stdout.readline()
+    if not line:
+        raise SystemExit("the simulator did not start")
+    return proc, json.loads(line)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def pct(data: list[int], q: float) -> float:
+    if not data:
+        return float("nan")
+    s = sorted(data)
+    return s[min(len(s) - 1, int(q * len(s)))] / 1e6
+
+
+async def run(args: argparse.Namespace) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="agent-bench-"))
+    sim, info = start_sim(args.volatility, args.step_ms, workdir)
+    try:
+        acct = info["accounts"][0]
+        agent = SymbolAgent(
+            fleet_name="bench",
+            symbol=SYMBOL,
+            params=SymbolParams(),
+            runtime=RuntimeParams(market_stale_sec=30.0),
+            endpoints=ExchangeEndpoints(info["rest_url"], info["ws_url"], info["ws_url"]),
+            credentials=Credentials(acct["api_key"], acct["api_secret"]),
+            ownership=LockFileOwnership(workdir, "bench", SYMBOL),
+        )
+        task = asyncio.create_task(agent.run())
+        while agent.status()["state"] != "quoting":
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.05)
+
+        # tick -> wire: aiohttp's trace hook fires once the request headers are written to the socket
+        to_wire: list[int] = []
+
+        async def on_headers_sent(session, ctx, params) -> None:
+            t_read = TICK_READ_NS.get()
+            if t_read is not None:
+                to_wire.append(time.perf_counter_ns() - t_read)
+
+        trace = aiohttp.TraceConfig()
+        trace.on_request_headers_sent.append(on_headers_sent)
+        trace.freeze()
+        agent._client.session._trace_configs.append(trace)  # bench-only hook on the client's session
+
+        await asyncio.sleep(args.warmup)
+        agent.latencies_ns.clear()
+        to_wire.clear()
+        core = agent.core
+        sent0 = dict(core.orders_sent)
+        books0 = agent._market.events if agent._market else 0
+        cpu0 = time.process_time()
+        wall0 = time.monotonic()
+        await asyncio.sleep(args.seconds)
+        wall = time.monotonic() - wall0
+        cpu = time.process_time() - cpu0
+        books = (agent._market.events if agent._market else 0) - books0
+        sent = {k: core.orders_sent[k] - sent0[k] for k in sent0}
+        handoff = list(agent.latencies_ns)
+        wire = list(to_wire)
+        rss = rss_mb()
+        summary = await agent.stop()
+        await task
+    finally:
+        sim.terminate()
+        sim.wait(10)
+
+    per_min = 60.0 / wall
+    orders = sent["place"] + sent["amend"]  # what counts against the account's ORDERS limits
+    limits = agent.budget.limits
+    cmd = "python bench/agent_bench.py " + " ".join(sys.argv[1:])
+    print(f"agent benchmark: {SYMBOL}, {wall:.0f} s after {args.warmup:.0f} s warm-up, sim volatility "
+          f"{args.volatility} (annualised), book step {args.step_ms} ms")
+    print(f"  market events received      {books / wall:8.1f} /s (bookTicker + markPrice)")
+    print(f"  tick-to-order (frame read -> request written to the socket), {len(wire)} book-triggered requests:")
+    print(f"      p50 {pct(wire, 0.50):.3f} ms   p99 {pct(wire, 0.99):.3f} ms   p99.9 {pct(wire, 0.999):.3f} ms")
+    print(f"  tick-to-handoff (frame read -> request handed to the client), {len(handoff)} samples:")
+    print(f"      p50 {pct(handoff, 0.50):.3f} ms   p99 {pct(handoff, 0.99):.3f} ms   p99.9 {pct(handoff, 0.999):.3f} ms")
+    print(f"  CPU                         {100 * cpu / wall:8.2f} % of one core")
+    print(f"  resident memory             {rss:8.1f} MB")
+    print(f"  requests                    {sent['place'] * per_min:8.0f} places/min  {sent['amend'] * per_min:6.0f} amends/min  "
+          f"{sent['cancel'] * per_min:6.0f} cancels/min")
+    print(f"  orders vs account limits    {orders * per_min:8.0f} /min of {limits['orders_1m']} per min "
+          f"({100 * orders * per_min / max(1, limits['orders_1m']):.1f} %); 10-s limit {limits['orders_10s']}")
+    print(f"  stopped: {summary['exchange_open_orders']} open orders left, stop took {summary['stop_elapsed_ms']} ms")
+    print(f"  reproduce: {cmd.strip()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured window")
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--volatility", type=float, default=8.0, help="simulator annualised volatility")
+    parser.add_argument("--step-ms", type=int, default=20, help="simulator book step: 20 ms = 50 updates/s")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
