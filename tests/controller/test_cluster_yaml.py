@@ -89,16 +89,18 @@ def test_setup_installs_mmfleet_from_the_pinned_lock(prepared):
     assert prepared["file_mounts"] == {"~/mmfleet": "."}
 
 
-def test_exchange_keys_are_exported_at_ray_start_on_traders_only(raw, prepared):
-    worker = " ".join(prepared["worker_start_ray_commands"])
-    assert "export MMFLEET_MAIN_API_KEY=" in worker and "export MMFLEET_MAIN_API_SECRET=" in worker
-    assert worker.index("export MMFLEET_MAIN_API_SECRET=") < worker.index("ray start")
-    head = " ".join(prepared["head_start_ray_commands"] + prepared["setup_commands"])
-    assert "MMFLEET_MAIN_API" not in head
-    text = CLUSTER_FILE.read_text()
+def test_exchange_keys_are_exported_at_ray_start_never_in_runtime_env(raw, prepared):
+    for key in ("worker_start_ray_commands", "head_start_ray_commands"):
+        start = next(c for c in prepared[key] if "ray start" in c)
+        for var in ("MMFLEET_MAIN_API_KEY", "MMFLEET_MAIN_API_SECRET"):
+            assert f"export {var}=" in start and start.index(f"export {var}=") < start.index("ray start"), key
+        assert "mmfleet/binance/main" in start
+    head = next(c for c in prepared["head_start_ray_commands"] if "ray start" in c)
+    assert "export MMFLEET_API_TOKEN=" in head          # the endpoint's token: head only
+    assert "MMFLEET_API_TOKEN" not in " ".join(prepared["worker_start_ray_commands"])
     assert "runtime_env" not in yaml.safe_dump(raw)
-    # No literal secret: every secret is fetched on the node at start.
-    assert not re.search(r"(API_KEY|API_SECRET|TOKEN)=[\"']?[A-Za-z0-9]{16,}", text)
+    # No literal secret: every secret is fetched on the node when Ray starts.
+    assert not re.search(r"(API_KEY|API_SECRET|TOKEN)=[\"']?[A-Za-z0-9]{16,}", CLUSTER_FILE.read_text())
 
 
 @pytest.mark.parametrize(
