@@ -61,7 +61,7 @@ def engine_events_per_second(seconds: float) -> tuple[float, int, float, int]:
                     except SimApiError:
                         pass
                 side = "BUY" if n % 2 == 0 else "SELL"
-                off = 2 + n % 7
+                off = int(b.mid / b.tick_f * (2 + n % 9) / 10_000) + 1  # quotes 2 to 10 bps from the touch
                 price = b.best_bid() - off if side == "BUY" else b.best_ask() + off
                 qty = max(1, int(60.0 / (price * b.tick_f) / b.step_f) + 1)
                 try:

@@ -52,6 +52,10 @@ async def _serve(args: argparse.Namespace) -> None:
     sim = SimServer(symbols=_symbols(args.symbols), seed=args.seed, host=args.host, port=args.port,
                     config=config, api_key=args.api_key, api_secret=args.api_secret)
     await sim.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before announcing readiness: a quick Ctrl-C still stops cleanly
+        loop.add_signal_handler(sig, stop.set)
     accounts = [{"name": n, "api_key": k, "api_secret": s} for n, k, s in sim.accounts]
     if args.json:
         print(json.dumps({"rest_url": sim.rest_url, "ws_url": sim.ws_url, "accounts": accounts}), flush=True)
@@ -61,10 +65,6 @@ async def _serve(args: argparse.Namespace) -> None:
         for a in accounts:
             print(f"  account {a['name']}: api_key={a['api_key']} api_secret={a['api_secret']}", flush=True)
         print("  Ctrl-C stops it.", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:
@@ -74,7 +74,10 @@ async def _serve(args: argparse.Namespace) -> None:
 def run(args: Any) -> int:
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(_serve(args))
+    try:
+        asyncio.run(_serve(args))
+    except KeyboardInterrupt:  # Ctrl-C while starting up
+        pass
     return 0
 
 

@@ -207,6 +207,7 @@ class Book:
         price = spec.start_price
         self.level_steps = max(1, int((spec.level_qty or 20000.0 / price) / self.step_f))
         self.taker_mean_steps = max(1.0, (spec.taker_mean_qty or 5000.0 / price) / self.step_f)
+        self.base_profile = [self.level_steps * (1.0 + 0.15 * d) for d in range(64)]
         self.salt = salt
         self.bids: dict[int, list[Order]] = {}
         self.asks: dict[int, list[Order]] = {}
@@ -265,7 +266,7 @@ class Book:
     def synth_best_bid(self) -> int:
         """Highest synthetic bid with size left (takers may have eaten the top levels)."""
         p = self.bid_top
-        if self.consumed_bid:
+        if p in self.consumed_bid:
             floor = p - 100000
             while p > floor and p > 0 and self.synth_bid(p) == 0:
                 p -= 1
@@ -273,7 +274,7 @@ class Book:
 
     def synth_best_ask(self) -> int:
         p = self.ask_top
-        if self.consumed_ask:
+        if p in self.consumed_ask:
             ceil = p + 100000
             while p < ceil and self.synth_ask(p) == 0:
                 p += 1
@@ -321,33 +322,39 @@ class Book:
 
     def depth_levels(self, levels: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """The top ``levels`` of each side as (price ticks, size steps), for lazy rendering."""
-        out = []
-        for buy in (True, False):
-            side: list[tuple[int, int]] = []
-            if buy:
-                p, step, top, ours, consumed = self.best_bid(), -1, self.bid_top, self.bids, self.consumed_bid
-            else:
-                p, step, top, ours, consumed = self.best_ask(), 1, self.ask_top, self.asks, self.consumed_ask
-            level_steps, salt = self.level_steps, self.salt
-            for _ in range(levels * 4 + 10):
-                dist = (top - p) * -step
-                if dist >= 0:
-                    q = int(level_steps * (1.0 + 0.15 * dist) * (0.5 + ((p * 2654435761 + salt) & 1023) / 1024.0))
-                    q = (q if q > 1 else 1) - consumed.get(p, 0)
+        return self._side_levels(levels, True), self._side_levels(levels, False)
+
+    def _side_levels(self, levels: int, buy: bool) -> list[tuple[int, int]]:
+        side: list[tuple[int, int]] = []
+        if buy:
+            p, step, top, ours, consumed = self.best_bid(), -1, self.bid_top, self.bids, self.consumed_bid
+        else:
+            p, step, top, ours, consumed = self.best_ask(), 1, self.ask_top, self.asks, self.consumed_ask
+        base, salt = self.base_profile, self.salt
+        n_base = len(base)
+        append = side.append
+        for _ in range(levels * 4 + 10):
+            dist = (p - top) * step
+            if dist >= 0:
+                q = int((base[dist] if dist < n_base else self.level_steps * (1.0 + 0.15 * dist))
+                        * (0.5 + ((p * 2654435761 + salt) & 1023) / 1024.0))
+                if q < 1:
+                    q = 1
+                if consumed:
+                    q -= consumed.get(p, 0)
                     if q < 0:
                         q = 0
-                else:
-                    q = 0
-                if p in ours:
-                    for o in ours[p]:
-                        q += o.orig - o.filled
-                if q > 0:
-                    side.append((p, q))
-                    if len(side) == levels:
-                        break
-                p += step
-            out.append(side)
-        return out[0], out[1]
+            else:
+                q = 0
+            if ours and p in ours:
+                for o in ours[p]:
+                    q += o.orig - o.filled
+            if q > 0:
+                append((p, q))
+                if len(side) == levels:
+                    break
+            p += step
+        return side
 
     def mark_dec(self) -> Decimal:
         if self._mark_dec is None:
@@ -1054,6 +1061,23 @@ class Engine:
             used += b.notional_unit * (units[0] + units[1]) / self.leverage_of(acct, symbol)
         return wallet + upnl - used
 
+    def _available_fast(self, acct: Account, asset: str) -> float:
+        """available_balance in floats: the pre-trade margin check runs on every order."""
+        avail = float(acct.wallet.get(asset, ZERO))
+        books = self.books
+        for symbol, pos in acct.positions.items():
+            if pos.amount:
+                b = books[symbol]
+                if b.spec.margin_asset == asset:
+                    qty = pos.amount * b.step_f
+                    avail += (b.mark - float(pos.entry)) * qty - abs(qty) * b.mark / self.leverage_of(acct, symbol)
+        for symbol, units in acct.open_units.items():
+            if units[0] or units[1]:
+                b = books[symbol]
+                if b.spec.margin_asset == asset:
+                    avail -= (units[0] + units[1]) * b.tick_f * b.step_f / self.leverage_of(acct, symbol)
+        return avail
+
     # -- trading ------------------------------------------------------------------------------------
 
     def new_order(self, account: str, params: dict[str, str], now: int, test: bool = False) -> dict[str, Any]:
@@ -1142,8 +1166,8 @@ class Engine:
         if not reduce_only:
             increases = pos.amount == 0 or (pos.amount > 0) == (sign > 0) or qty > abs(pos.amount)
             if increases:
-                need = notional / self.leverage_of(acct, b.symbol)
-                if need > self.available_balance(acct, b.spec.margin_asset):
+                need = float(notional) / self.leverage_of(acct, b.symbol)
+                if need > self._available_fast(acct, b.spec.margin_asset):
                     raise SimApiError(-2019, "Margin is insufficient.")
         if tif == "GTX":
             if (sign > 0 and price >= b.best_ask()) or (sign < 0 and price <= b.best_bid()):
