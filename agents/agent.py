@@ -62,7 +62,8 @@ BLOCK_STOPPING = "stopping"
 LEASE_MARGIN_S = 1.0  # the lease is treated as lapsed this long before it really does
 IN_FLIGHT_QUERY_MS = 3_000  # an order unanswered this long is looked up by client order id
 WATCHDOG_S = 0.25
-LATENCY_KEEP = 200_000  # tick-to-order samples kept for status and the benchmark
+LATENCY_KEEP = 200_000  # tick-to-order samples kept for the benchmark
+LATENCY_RECENT = 2_048  # the window status() summarises (cheap enough to sort on every call)
 
 _TRANSIENT = (BinanceError, StreamError, OSError, asyncio.TimeoutError)
 
@@ -163,6 +164,7 @@ class SymbolAgent:
         self._market_stream_opened: float = 0.0
         self._user_reconnect = asyncio.Event()
         self.latencies_ns: deque[int] = deque(maxlen=LATENCY_KEEP)
+        self._recent_latencies: deque[int] = deque(maxlen=LATENCY_RECENT)
         self.counters: dict[str, int] = {
             "user_stream_reconnects": 0,
             "market_stream_reconnects": 0,
@@ -919,6 +921,7 @@ class SymbolAgent:
             return
         dt = time.perf_counter_ns() - t_read_ns
         self.latencies_ns.append(dt)
+        self._recent_latencies.append(dt)
         self.metrics.observe_tick_to_order(dt / 1e9)
 
     # ================================================================== halt, flatten, stop
@@ -1027,7 +1030,6 @@ class SymbolAgent:
         if self._client is None or self.core is None or not self._started:
             return
         budget = self.runtime.stop_timeout_sec
-        self.core.halt("stop")
         await self._cancel_all_confirmed(deadline_s=budget / 3)
         if flatten and not self._lost_ownership:
             self.core.flatten("stop")
@@ -1114,9 +1116,9 @@ class SymbolAgent:
         self.metrics.set_ws_connected(on)
 
     def _latency_ms(self, q: float) -> float | None:
-        if not self.latencies_ns:
+        data = sorted(tuple(self._recent_latencies))
+        if not data:
             return None
-        data = sorted(self.latencies_ns)
         return round(data[min(len(data) - 1, int(q * len(data)))] / 1e6, 4)
 
     def _offset(self) -> int:

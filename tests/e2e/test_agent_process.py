@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import re
@@ -21,6 +22,11 @@ from fleet.sim.testkit import SimClient
 
 REPO = Path(__file__).resolve().parents[2]
 SYMBOL = "ETHUSDC"
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM it if the test process dies, so no agent outlives an interrupted run."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 async def wait_for(cond, timeout: float, what: str, interval: float = 0.05) -> Any:
@@ -96,6 +102,7 @@ async def spawn(sim):
             sys.executable, "-m", "fleet", "agent", "--config", str(config), "--symbol", SYMBOL,
             "--rest-url", sim.rest_url, "--ws-url", sim.ws_url, "--metrics-port", "0", "--json-logs", *extra,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=str(REPO),
+            preexec_fn=_die_with_parent,
         )
         child = AgentProcess(proc)
         started.append(child)
