@@ -120,9 +120,9 @@ class AgentCore:
         if isinstance(decision, Place):
             self.store.on_rejected(decision.client_order_id, code, now_ms)
         elif isinstance(decision, Amend):
-            self.store.on_amend_rejected(decision.client_order_id, code, decision.order_id)
+            self.store.on_amend_rejected(decision.client_order_id, code, decision.order_id, now_ms)
         else:
-            self.store.on_cancel_rejected(decision.client_order_id, code, decision.order_id)
+            self.store.on_cancel_rejected(decision.client_order_id, code, decision.order_id, now_ms)
 
     def on_order_info(self, info: Any) -> bool:
         """A REST order object (the answer to place/modify/cancel, or a query)."""
@@ -193,8 +193,7 @@ class AgentCore:
                     if o is None:
                         continue
                     if g.check_amend(a, o, extra[0], extra[1]) is None:
-                        growth = max(0, a.qty_steps - o.filled_steps - o.contrib)
-                        extra[0 if a.side == BUY else 1] += growth
+                        extra[0 if a.side == BUY else 1] += o.amend_growth(a.qty_steps)
                         amends.append(a)
                     else:
                         refused += 1
@@ -234,8 +233,8 @@ class AgentCore:
 
     def _cancel_all_into(self, cancels: list[Cancel], keep_reduce_only: bool) -> None:
         for o in self.store.orders.values():
-            if o.cancel_sent_ms is not None or o.status == "PENDING_NEW":
-                continue  # already going, or not acknowledged yet (cancelled next cycle)
+            if o.cancel_sent_ms is not None or o.unresolved_ms is not None or o.status == "PENDING_NEW":
+                continue  # already going, unknown to the exchange, or not acknowledged yet (next cycle)
             if keep_reduce_only and o.reduce_only:
                 continue
             cancels.append(Cancel(o.client_order_id, o.order_id, "halt"))

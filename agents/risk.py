@@ -132,9 +132,7 @@ class RiskGuard:
         new_rem = a.qty_steps - order.filled_steps
         if new_rem <= 0:
             return self._refuse("bad_quantity")
-        growth = new_rem - order.contrib
-        if growth < 0:
-            growth = 0
+        growth = order.amend_growth(a.qty_steps)
         if order.reduce_only:
             if new_rem > abs(pos):
                 return self._refuse("reduce_only_exceeds_position")

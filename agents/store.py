@@ -38,6 +38,7 @@ WINDOW_MS = 30 * 60 * 1000
 SAMPLE_MS = 1000  # the price window takes at most one mid per second
 _CLOSED_KEEP = 4096  # closed orders remembered, so their late duplicates are recognised
 _FUNDING_KEEP = 512
+_TRADES_KEEP = 50_000  # trade ids remembered, so a duplicated fill is never booked twice
 _STAGE_NEW, _STAGE_AMEND, _STAGE_PARTIAL, _STAGE_FINAL = 0, 1, 2, 3
 
 
@@ -71,9 +72,11 @@ class LiveOrder:
         "key",
         "amend_price_ticks",
         "amend_orig_steps",
+        "amend_sent_ms",
         "cancel_sent_ms",
+        "unresolved_ms",
+        "booked_steps",
         "contrib",
-        "filled_notional",
     )
 
     def __init__(self, client_order_id: str, side: str, price_ticks: int, orig_steps: int) -> None:
@@ -93,13 +96,20 @@ class LiveOrder:
         self.key: tuple[int, int, int] = (-1, 0, -1)
         self.amend_price_ticks: int | None = None
         self.amend_orig_steps: int | None = None
+        self.amend_sent_ms = 0
         self.cancel_sent_ms: int | None = None
+        self.unresolved_ms: int | None = None  # the exchange said "unknown order": filled or gone?
+        self.booked_steps = 0  # trades of this order already in the position
         self.contrib = 0
-        self.filled_notional = 0.0  # sum of fill price x quantity in quote units (for avg price)
 
     @property
     def is_open(self) -> bool:
         return self.status not in _CLOSED
+
+    @property
+    def settled(self) -> bool:
+        """Closed, and every fill of it is in the position."""
+        return self.status in _CLOSED and self.booked_steps >= self.filled_steps
 
     @property
     def remaining_steps(self) -> int:
@@ -108,18 +118,37 @@ class LiveOrder:
     @property
     def busy(self) -> bool:
         """Not yet acknowledged, or an amendment or cancel is in flight: not to be touched now."""
-        return self.status == PENDING_NEW or self.amend_orig_steps is not None or self.cancel_sent_ms is not None
+        return (
+            self.status == PENDING_NEW
+            or self.amend_orig_steps is not None
+            or self.cancel_sent_ms is not None
+            or self.unresolved_ms is not None
+        )
 
     def pending_steps(self) -> int:
-        """What may still fill: the remainder, or the larger of old and new while an amend is in flight."""
+        """What may still fill, plus what has filled but is not in the position yet.
+
+        Open: the order's quantity (the larger of old and new while an amend is in flight) less the
+        trades already booked into the position. Closed: fills the exchange reported (cumulative
+        quantity) whose trade frames have not arrived. So position + pending never understates
+        what the exchange holds, whatever order the frames arrive in.
+        """
         if self.status in _CLOSED:
-            return 0
-        rem = self.orig_steps - self.filled_steps
-        if self.amend_orig_steps is not None:
-            new_rem = self.amend_orig_steps - self.filled_steps
-            if new_rem > rem:
-                rem = new_rem
+            rem = self.filled_steps - self.booked_steps
+        else:
+            top = self.orig_steps
+            if self.amend_orig_steps is not None and self.amend_orig_steps > top:
+                top = self.amend_orig_steps
+            rem = top - self.booked_steps
         return rem if rem > 0 else 0
+
+    def amend_growth(self, new_qty_steps: int) -> int:
+        """How much an amendment to a total of ``new_qty_steps`` adds to this order's pending count."""
+        top = self.orig_steps if self.orig_steps > new_qty_steps else new_qty_steps
+        if self.amend_orig_steps is not None and self.amend_orig_steps > top:
+            top = self.amend_orig_steps
+        grown = top - self.booked_steps - self.contrib
+        return grown if grown > 0 else 0
 
     def __repr__(self) -> str:
         return (
@@ -150,6 +179,7 @@ class Store:
         self.position_steps = 0
         self.entry_price = 0.0
         self.position_time = -1  # exchange time of the last authoritative position figure
+        self._trades_since: deque[tuple[int, int]] = deque()  # (time, signed steps) booked after it
         self.realized_pnl = 0.0
         self.commission = 0.0
         self._trade_ids: OrderedDict[tuple[int, int], None] = OrderedDict()
@@ -288,7 +318,11 @@ class Store:
 
     def ladder_orders(self, side: str) -> list[LiveOrder]:
         """Open ladder orders of one side, inner to outer (bids high to low, asks low to high)."""
-        out = [o for o in self.orders.values() if o.side == side and o.reason == "ladder" and o.cancel_sent_ms is None]
+        out = [
+            o
+            for o in self.orders.values()
+            if o.side == side and o.reason == "ladder" and o.cancel_sent_ms is None and o.status not in _CLOSED
+        ]
         out.sort(key=(lambda o: -o.price_ticks) if side == BUY else (lambda o: o.price_ticks))
         return out
 
@@ -296,7 +330,7 @@ class Store:
         """Pending (buy, sell) steps of open orders that are not the ladder's (or are being cancelled)."""
         b = s = 0
         for o in self.orders.values():
-            if o.reason != "ladder" or o.cancel_sent_ms is not None:
+            if o.reason != "ladder" or o.cancel_sent_ms is not None or o.status in _CLOSED:
                 if o.side == BUY:
                     b += o.contrib
                 else:
@@ -307,11 +341,21 @@ class Store:
         return self.orders.get(client_order_id) or self.closed.get(client_order_id)
 
     def open_orders(self) -> list[LiveOrder]:
-        return list(self.orders.values())
+        """Orders that may still fill (in flight or open on the exchange)."""
+        return [o for o in self.orders.values() if o.status not in _CLOSED]
 
     def stale_in_flight(self, now_ms: int, older_than_ms: int) -> list[LiveOrder]:
-        """Orders sent but unanswered for too long: the runtime should look them up by REST."""
-        return [o for o in self.orders.values() if o.status == PENDING_NEW and now_ms - o.sent_ms > older_than_ms]
+        """Orders whose new order, amendment or cancel has gone unanswered for too long, and orders
+        the exchange called unknown: the runtime looks them up by REST (``on_order_info``)."""
+        out = []
+        for o in self.orders.values():
+            since = o.sent_ms if o.status == PENDING_NEW else None
+            for t in (o.amend_sent_ms if o.amend_orig_steps is not None else None, o.cancel_sent_ms, o.unresolved_ms):
+                if t is not None and (since is None or t < since):
+                    since = t
+            if since is not None and now_ms - since > older_than_ms:
+                out.append(o)
+        return out
 
     def recompute_pending(self) -> tuple[int, int]:
         """The pending sums from scratch (the invariant the incremental sums must equal)."""
@@ -326,7 +370,8 @@ class Store:
     # ------------------------------------------------------------------ bookkeeping
 
     def _refresh(self, o: LiveOrder) -> None:
-        """Re-derive one order's pending contribution and move it to ``closed`` when it ends."""
+        """Re-derive one order's pending contribution; file it under ``closed`` once it has ended
+        and all its fills are in the position (or back under ``orders`` if that stops being so)."""
         new = o.pending_steps()
         d = new - o.contrib
         if d:
@@ -335,15 +380,24 @@ class Store:
             else:
                 self.pending_sell_steps += d
             o.contrib = new
-        if o.status in _CLOSED and o.client_order_id in self.orders:
-            del self.orders[o.client_order_id]
-            if o.order_id is not None:
-                self._by_id.pop(o.order_id, None)
+        cid = o.client_order_id
+        if o.status in _CLOSED:
             o.amend_orig_steps = o.amend_price_ticks = None
-            o.cancel_sent_ms = None
-            self.closed[o.client_order_id] = o
-            if len(self.closed) > _CLOSED_KEEP:
-                self.closed.popitem(last=False)
+            o.cancel_sent_ms = o.unresolved_ms = None
+            if o.booked_steps >= o.filled_steps:
+                if cid in self.orders:
+                    del self.orders[cid]
+                    if o.order_id is not None:
+                        self._by_id.pop(o.order_id, None)
+                    self.closed[cid] = o
+                    if len(self.closed) > _CLOSED_KEEP:
+                        self.closed.popitem(last=False)
+                return
+        if cid not in self.orders:
+            self.closed.pop(cid, None)
+            self.orders[cid] = o
+            if o.order_id is not None:
+                self._by_id[o.order_id] = o
 
     def _index_id(self, o: LiveOrder, order_id: int) -> None:
         if o.order_id != order_id:
@@ -384,6 +438,7 @@ class Store:
             return
         o.amend_price_ticks = amend.price_ticks
         o.amend_orig_steps = amend.qty_steps
+        o.amend_sent_ms = now_ms
         o.layer = amend.layer if amend.layer >= 0 else o.layer
         self._refresh(o)
 
@@ -401,27 +456,38 @@ class Store:
             o.status = REJECTED
             self._refresh(o)
 
-    def on_amend_rejected(self, client_order_id: str, code: int, order_id: int | None = None) -> None:
-        """A modify was refused: the order stays as it was (or is gone, for unknown-order codes)."""
+    def on_amend_rejected(self, client_order_id: str, code: int, order_id: int | None = None, now_ms: int = 0) -> None:
+        """A modify was refused: the order stays as it was (see ``on_cancel_rejected`` for unknown orders)."""
         self.rejects[code] = self.rejects.get(code, 0) + 1
         o = self._find(client_order_id, order_id)
         if o is None or not o.is_open:
             return
         o.amend_price_ticks = o.amend_orig_steps = None
         if code in _UNKNOWN_ORDER_CODES and o.status != PENDING_NEW:
-            o.status = MISSING
+            o.unresolved_ms = now_ms
         self._refresh(o)
 
-    def on_cancel_rejected(self, client_order_id: str, code: int, order_id: int | None = None) -> None:
-        """A cancel was refused: unknown order means it is already closed; otherwise it may be retried."""
+    def on_cancel_rejected(self, client_order_id: str, code: int, order_id: int | None = None, now_ms: int = 0) -> None:
+        """A cancel was refused. For "unknown order" the order is no longer open on the exchange, but
+        it may have *filled* with the fill still on its way: it keeps counting as pending (unresolved)
+        until its final frame or a REST answer says how it ended. Other codes: it may be retried."""
         self.rejects[code] = self.rejects.get(code, 0) + 1
         o = self._find(client_order_id, order_id)
         if o is None or not o.is_open:
             return
         o.cancel_sent_ms = None
         if code in _UNKNOWN_ORDER_CODES and o.status != PENDING_NEW:
-            o.status = MISSING
+            o.unresolved_ms = now_ms
         self._refresh(o)
+
+    def unresolved_orders(self, now_ms: int, older_than_ms: int = 0) -> list[LiveOrder]:
+        """Orders the exchange called unknown whose end we have not seen: the runtime looks them up
+        (GET order) and passes the answer to ``on_order_info``, or resyncs from a snapshot."""
+        return [
+            o
+            for o in self.orders.values()
+            if o.unresolved_ms is not None and now_ms - o.unresolved_ms >= older_than_ms
+        ]
 
     def on_order_info(self, info: Any) -> bool:
         """A REST answer (place/modify/cancel/query): an order object with Binance's REST fields."""
@@ -436,7 +502,6 @@ class Store:
             price=info.price,
             orig_qty=info.orig_qty,
             cum_qty=info.executed_qty,
-            avg_price=info.avg_price,
             status=status,
             update_time=int(info.update_time),
             stage=stage,
@@ -539,22 +604,13 @@ class Store:
         if u.symbol != self.symbol:
             self.foreign_events += 1
             return False
-        if u.exec_type == "TRADE" and u.trade_id:
-            key = (u.order_id, u.trade_id)
-            if key not in self._trade_ids:
-                self._trade_ids[key] = None
-                if len(self._trade_ids) > _CLOSED_KEEP:
-                    self._trade_ids.popitem(last=False)
-                if u.commission_asset == self.margin_asset or not self.margin_asset:
-                    self.commission += float(u.commission)
-        return self._apply_order(
+        changed = self._apply_order(
             client_order_id=u.client_order_id,
             order_id=u.order_id,
             side=u.side,
             price=u.price,
             orig_qty=u.orig_qty,
             cum_qty=u.cum_filled_qty,
-            avg_price=u.avg_price,
             status=u.status,
             update_time=u.update_time,
             stage=_stage(u.status, u.exec_type),
@@ -563,6 +619,29 @@ class Store:
             tif=u.time_in_force,
             reduce_only=u.reduce_only,
         )
+        if u.exec_type == "TRADE" and u.last_filled_qty > 0 and self._book_trade(u):
+            o = self._find(u.client_order_id, u.order_id)
+            if o is not None:
+                o.booked_steps += self.steps(u.last_filled_qty)
+                self._refresh(o)
+            return True
+        return changed
+
+    def _book_trade(self, u: OrderUpdate) -> bool:
+        """Book one trade once (by order and trade id), into the position unless the exchange's
+        position figure is already newer than it. Each trade carries its own quantity and time, so
+        the position is exact whatever order the trades of one order arrive in."""
+        key = (u.order_id, u.trade_id or -self.steps(u.cum_filled_qty))
+        if key in self._trade_ids:
+            return False
+        self._trade_ids[key] = None
+        if len(self._trade_ids) > _TRADES_KEEP:
+            self._trade_ids.popitem(last=False)
+        if u.commission_asset == self.margin_asset or not self.margin_asset:
+            self.commission += float(u.commission)
+        self.realized_pnl += float(u.realized_pnl)  # as the exchange books it, per trade
+        self._on_fill(u.side, self.steps(u.last_filled_qty), float(u.last_filled_price), u.update_time)
+        return True
 
     def _apply_order(
         self,
@@ -573,7 +652,6 @@ class Store:
         price: Decimal,
         orig_qty: Decimal,
         cum_qty: Decimal,
-        avg_price: Decimal,
         status: str,
         update_time: int,
         stage: int,
@@ -595,51 +673,50 @@ class Store:
         elif key <= o.key:
             self.stale_updates += 1
             return False
+        elif o.status in _CLOSED and stage != _STAGE_FINAL:
+            # Closed here on the exchange's word (e.g. -2011); a late, older frame must not reopen it.
+            self.stale_updates += 1
+            if cum > o.filled_steps:
+                o.filled_steps = cum
+                self._refresh(o)
+            return False
         self._index_id(o, order_id)
-        delta = cum - o.filled_steps
-        if delta > 0:
-            # The notional of this delta, from the average prices before and after (exact per order).
-            total = float(avg_price) * cum * self.step
-            fill_notional = total - o.filled_notional
-            o.filled_notional = total
+        if cum > o.filled_steps:
             o.filled_steps = cum
-            self._on_fill(side, delta, fill_notional / (delta * self.step), update_time)
         o.key = key
         o.status = status
         o.side = side
         if order_type != "MARKET":
             o.price_ticks = self.ticks(price)
         o.orig_steps = self.steps(orig_qty)
-        if o.amend_orig_steps is not None and (
-            amended or (o.orig_steps == o.amend_orig_steps and o.price_ticks == o.amend_price_ticks)
-        ):
+        if o.amend_orig_steps is not None and o.orig_steps == o.amend_orig_steps and o.price_ticks == o.amend_price_ticks:
+            # Only a frame showing the amendment's own values answers it: an AMENDMENT frame of an
+            # earlier modify, arriving late, must not end the count of the one still in flight.
             o.amend_orig_steps = o.amend_price_ticks = None
         self._refresh(o)
         return True
 
     def _on_fill(self, side: str, qty_steps: int, price: float, t: int) -> None:
+        """Move the position (and the average entry) by one trade, unless the exchange's position
+        figure is at least as new as the trade (it then already includes it)."""
         if side == BUY:
             self.fills_buy += 1
         else:
             self.fills_sell += 1
-        signed = qty_steps if side == BUY else -qty_steps
-        pos = self.position_steps
-        # Realized P&L on the part that closes the position, average entry for the part that opens.
-        if pos == 0 or (pos > 0) == (signed > 0):
-            new = pos + signed
-            self.entry_price = (abs(pos) * self.entry_price + abs(signed) * price) / abs(new)
-        else:
-            closing = min(abs(signed), abs(pos))
-            direction = 1 if pos > 0 else -1
-            self.realized_pnl += closing * self.step * (price - self.entry_price) * direction
-            new = pos + signed
-            if new == 0:
-                self.entry_price = 0.0
-            elif (new > 0) != (pos > 0):
-                self.entry_price = price
         if t <= self.position_time:
-            # The exchange's position figure already includes this fill.
             return
+        signed = qty_steps if side == BUY else -qty_steps
+        self._trades_since.append((t, signed))
+        if len(self._trades_since) > _TRADES_KEEP:
+            self._trades_since.popleft()
+        pos = self.position_steps
+        new = pos + signed
+        if pos == 0 or (pos > 0) == (signed > 0):
+            self.entry_price = (abs(pos) * self.entry_price + abs(signed) * price) / abs(new)
+        elif new == 0:
+            self.entry_price = 0.0
+        elif (new > 0) != (pos > 0):
+            self.entry_price = price
         self.position_steps = new
 
     def _on_account(self, ev: AccountUpdate) -> bool:
@@ -658,7 +735,10 @@ class Store:
             self.stale_updates += 1
             return False
         self.position_time = t
-        self.position_steps = self.steps(amount)
+        # Trades booked here that are newer than the exchange's figure are not in it yet.
+        later = deque(tr for tr in self._trades_since if tr[0] > t)
+        self._trades_since = later
+        self.position_steps = self.steps(amount) + sum(q for _, q in later)
         self.entry_price = float(entry_price) if self.position_steps else 0.0
         return True
 
@@ -725,5 +805,10 @@ class Store:
                 o.contrib = 0
                 self.orders[o.client_order_id] = o
             self.on_order_info(info)
+        # The snapshot's position holds every fill so far: nothing of these orders is unbooked.
+        for o in list(self.orders.values()):
+            if o.booked_steps < o.filled_steps:
+                o.booked_steps = o.filled_steps
+                self._refresh(o)
         b, s = self.recompute_pending()
         self.pending_buy_steps, self.pending_sell_steps = b, s

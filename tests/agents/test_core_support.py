@@ -84,6 +84,7 @@ def order_update(
     order_type: str = "LIMIT",
     reduce_only: bool = False,
     commission: str = "0",
+    realized: str = "0",
 ) -> OrderUpdate:
     if exec_type is None:
         exec_type = "TRADE" if last_steps else ("CANCELED" if status == "CANCELED" else "NEW")
@@ -112,7 +113,7 @@ def order_update(
         trade_id=trade_id,
         is_maker=True,
         reduce_only=reduce_only,
-        realized_pnl=D(0),
+        realized_pnl=D(realized),
     )
 
 

@@ -63,6 +63,19 @@ def test_amend_checks_only_its_growth_over_the_larger_of_old_and_new(guard):
     assert guard.check_amend(Amend("a", 1, BUY, 298_000, 231), o) == "worst_case_long"
 
 
+def test_amend_growth_counts_fills_not_yet_in_the_position(guard):
+    s = guard.store
+    s.on_sent(sell(21, cid="a"), 1)
+    # the exchange filled 10 and then applied a modify to a total of 21; the trade frame is late
+    s.apply(order_update("a", 1, SELL, 301_000, 21, status="PARTIALLY_FILLED", exec_type="AMENDMENT", cum_steps=10, t=5))
+    o = s.orders["a"]
+    assert o.contrib == 21  # 10 filled but not booked + 11 open
+    s.on_sent(sell(209, cid="b"), 1)
+    # a modify to a total of 31 adds 10 to what may end up short: 21 + 209 + 10 > 230
+    assert guard.check_amend(Amend("a", 1, SELL, 301_000, 31), o) == "worst_case_short"
+    assert guard.check_amend(Amend("a", 1, SELL, 301_000, 21), o) is None
+
+
 def test_orders_outside_the_price_band_around_mark_are_refused(guard):
     assert guard.check_place(buy(5, px=284_900)) == "price_band"  # more than 5 % below 3000
     assert guard.check_place(buy(5, px=285_100)) is None

@@ -86,11 +86,23 @@ def test_duplicate_and_older_updates_change_nothing(store):
 
 def test_fill_reported_before_its_new_event_is_applied_once(store):
     store.on_sent(place("a"), 10)
-    store.apply(order_update("a", 101, BUY, 300_000, 7, status="FILLED", cum_steps=7, last_steps=7, t=12, trade_id=1))
-    store.apply(order_update("a", 101, BUY, 300_000, 7, t=11))
-    store.apply(order_update("a", 101, BUY, 300_000, 7, status="PARTIALLY_FILLED", cum_steps=3, last_steps=3, t=11, trade_id=2))
+    store.apply(order_update("a", 101, BUY, 300_000, 7, status="FILLED", cum_steps=7, last_steps=4, t=12, trade_id=2))
+    store.apply(order_update("a", 101, BUY, 300_000, 7, t=10))
+    store.apply(order_update("a", 101, BUY, 300_000, 7, status="PARTIALLY_FILLED", cum_steps=3, last_steps=3, t=11, trade_id=1))
     assert store.position_steps == 7 and store.pending_buy_steps == 0
-    assert not store.orders
+    assert not store.orders and store.fills_buy == 2
+
+
+def test_a_fill_the_account_update_already_holds_is_not_added_again_even_out_of_order(store):
+    # trades: 3 at t=11, then the exchange's position figure (3) at t=12, then 4 more at t=13;
+    # they arrive: the t=13 trade, the account update, the t=11 trade.
+    store.on_sent(place("a"), 10)
+    store.apply(order_update("a", 101, BUY, 300_000, 7, status="FILLED", cum_steps=7, last_steps=4, t=13, trade_id=2))
+    store.apply(account_update(3, 3000.0, t=12))
+    store.apply(order_update("a", 101, BUY, 300_000, 7, status="PARTIALLY_FILLED", cum_steps=3, last_steps=3, t=11, trade_id=1))
+    assert store.position_steps == 7  # the t=12 figure (3) plus the t=13 trade it cannot hold yet
+    store.apply(account_update(7, 3000.0, t=13))
+    assert store.position_steps == 7 and store.pending_buy_steps == 0
 
 
 def test_cancel_in_flight_keeps_the_order_pending_until_the_exchange_closes_it(store):
@@ -125,6 +137,29 @@ def test_amend_counts_as_the_larger_of_old_and_new_until_acknowledged(store):
     assert_pending_consistent(store)
 
 
+def test_a_late_frame_of_an_earlier_amendment_does_not_end_the_count_of_the_one_in_flight(store):
+    store.on_sent(place("a", steps=7), 10)
+    store.apply(order_update("a", 101, BUY, 300_000, 7, t=11))
+    store.on_amend_sent(Amend("a", 101, BUY, 299_990, 8), 12)
+    store.on_order_info(order_info("a", 101, BUY, 299_990, 8, t=13))  # first modify answered by REST
+    store.on_amend_sent(Amend("a", 101, BUY, 299_980, 20), 14)  # second modify in flight
+    store.apply(order_update("a", 101, BUY, 299_990, 8, exec_type="AMENDMENT", t=13))  # the first, late
+    assert store.pending_buy_steps == 20 and store.orders["a"].busy
+    store.apply(order_update("a", 101, BUY, 299_980, 20, exec_type="AMENDMENT", t=15))
+    assert store.pending_buy_steps == 20 and not store.orders["a"].busy
+
+
+def test_a_fill_reported_by_cumulative_quantity_before_its_trade_frame_stays_counted(store):
+    # 3 + 4 fill; the final frame (cum 7, last 4) arrives first: the first 3 are filled on the
+    # exchange but not in our position yet, so they must still count as pending.
+    store.on_sent(place("a", steps=7), 10)
+    store.apply(order_update("a", 101, BUY, 300_000, 7, status="FILLED", cum_steps=7, last_steps=4, t=13, trade_id=2))
+    assert store.position_steps == 4
+    assert store.worst_long_steps == 7 and store.open_orders() == []
+    store.apply(order_update("a", 101, BUY, 300_000, 7, status="PARTIALLY_FILLED", cum_steps=3, last_steps=3, t=12, trade_id=1))
+    assert store.position_steps == 7 and store.pending_buy_steps == 0 and not store.orders
+
+
 def test_rejected_amend_leaves_the_order_as_it_was(store):
     store.on_sent(place("a", steps=7), 10)
     store.apply(order_update("a", 101, BUY, 300_000, 7, t=11))
@@ -134,14 +169,25 @@ def test_rejected_amend_leaves_the_order_as_it_was(store):
     assert store.pending_buy_steps == 7 and store.orders["a"].price_ticks == 300_000
 
 
-def test_cancel_rejected_as_unknown_order_closes_it_and_a_late_fill_still_books(store):
+def test_cancel_rejected_as_unknown_keeps_counting_until_the_order_is_seen_to_end(store):
     store.on_sent(place("a", steps=7), 10)
     store.apply(order_update("a", 101, BUY, 300_000, 7, t=11))
     store.on_cancel_sent(Cancel("a", 101), 12)
-    store.on_cancel_rejected("a", -2011, 101)
-    assert store.pending_buy_steps == 0 and store.get("a").status == MISSING
+    store.on_cancel_rejected("a", -2011, 101, now_ms=13)
+    # It may have filled with the fill still on its way: still pending, and flagged for a lookup.
+    assert store.pending_buy_steps == 7 and store.orders["a"].busy
+    assert [o.client_order_id for o in store.unresolved_orders(now_ms=2_000, older_than_ms=1_000)] == ["a"]
     store.apply(order_update("a", 101, BUY, 300_000, 7, status="FILLED", cum_steps=7, last_steps=7, t=12, trade_id=5))
-    assert store.position_steps == 7 and store.pending_buy_steps == 0
+    assert store.position_steps == 7 and store.pending_buy_steps == 0 and not store.orders
+
+
+def test_an_unknown_order_resolved_by_a_rest_lookup(store):
+    store.on_sent(place("a", steps=7), 10)
+    store.apply(order_update("a", 101, BUY, 300_000, 7, t=11))
+    store.on_amend_rejected("a", -2013, 101, now_ms=12)
+    assert store.pending_buy_steps == 7
+    store.on_order_info(order_info("a", 101, BUY, 300_000, 7, status="CANCELED", t=12))
+    assert store.pending_buy_steps == 0 and store.get("a").status == "CANCELED"
 
 
 def test_cancel_rejected_for_another_reason_can_be_retried(store):
@@ -244,11 +290,12 @@ def test_funding_pnl_sums_the_exchanges_fee_events_with_their_sign(store):
     assert store.funding_pnl == pytest.approx(-0.00085067 + 0.0021)
 
 
-def test_realized_and_unrealized_pnl_and_drawdown_from_peak(store):
+def test_realized_pnl_as_booked_unrealized_at_mark_and_drawdown_from_peak(store):
     store.apply(order_update("a", 1, BUY, 300_000, 10, status="FILLED", cum_steps=10, last_steps=10, t=1, trade_id=1))
-    store.apply(order_update("b", 2, SELL, 310_000, 4, status="FILLED", cum_steps=4, last_steps=4, t=2, trade_id=2))
-    assert store.position_steps == 6
-    assert store.realized_pnl == pytest.approx(0.004 * 100)
+    store.apply(order_update("b", 2, SELL, 310_000, 4, status="FILLED", cum_steps=4, last_steps=4, t=2, trade_id=2, realized="0.4"))
+    store.apply(order_update("b", 2, SELL, 310_000, 4, status="FILLED", cum_steps=4, last_steps=4, t=2, trade_id=2, realized="0.4"))
+    assert store.position_steps == 6 and store.entry_price == pytest.approx(3000.0)
+    assert store.realized_pnl == pytest.approx(0.4)  # the exchange's figure, booked once
     store.apply(mark(3100.0, t=3))
     assert store.unrealized_pnl() == pytest.approx(0.006 * 100)
     store.apply(account_update(6, 3000.0, t=4, wallet="1000"))
