@@ -127,6 +127,29 @@ async def rest_and_stream_latency(orders: int) -> tuple[list[float], list[float]
         return rtts, stream
 
 
+async def countdown_lateness(rounds: int) -> list[float]:
+    """countdownCancelAll: ms from the armed deadline to the CANCELED frame reaching the client."""
+    async with SimServer(symbols=SYMBOLS, seed=7) as sim, SimClient.for_sim(sim) as c, \
+            aiohttp.ClientSession() as s:
+        key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
+        ws = await s.ws_connect(f"{sim.ws_url}/ws/{key}")
+        bid = float((await c.public("GET", "/fapi/v1/ticker/bookTicker", {"symbol": "ETHUSDC"})).json["bidPrice"])
+        late: list[float] = []
+        for i in range(rounds):
+            await c.signed("POST", "/fapi/v1/order", {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT",
+                                                      "timeInForce": "GTC", "price": f"{bid * 0.98:.2f}",
+                                                      "quantity": "0.010", "newClientOrderId": f"cd-{i}"})
+            await c.signed("POST", "/fapi/v1/countdownCancelAll", {"symbol": "ETHUSDC", "countdownTime": 100})
+            deadline = (await c.state(symbol="ETHUSDC"))["positions"]["ETHUSDC"]["countdown_deadline_ms"]
+            while True:
+                f = json.loads((await ws.receive(timeout=10)).data)
+                if f.get("e") == "ORDER_TRADE_UPDATE" and f["o"]["x"] == "CANCELED" and f["o"]["c"] == f"cd-{i}":
+                    late.append(time.time() * 1000 - deadline)
+                    break
+        await ws.close()
+        return late
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
@@ -146,6 +169,9 @@ def main() -> int:
     if stream:
         print(f"user-stream NEW frame, engine acceptance -> client received: p50 {statistics.median(stream):.2f} ms, "
               f"p99 {pct(stream, 0.99):.2f} ms")
+    late = asyncio.run(countdown_lateness(max(10, args.orders // 10)))
+    print(f"countdownCancelAll: CANCELED frame received after the deadline ({len(late)} rounds): "
+          f"p50 {statistics.median(late):.2f} ms, p99 {pct(late, 0.99):.2f} ms")
     print("reproduce: .venv/bin/python bench/sim_bench.py "
           f"--seconds {args.seconds:g} --orders {args.orders}")
     return 0

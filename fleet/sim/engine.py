@@ -501,6 +501,11 @@ class Engine:
         self._fire_countdowns(now_ms)
         self._expire_listen_keys(now_ms)
 
+    def next_countdown_ms(self) -> int | None:
+        """The earliest armed dead-man deadline, so the clock can wake for it exactly."""
+        deadlines = [d for acct in self.accounts.values() for d in acct.countdowns.values()]
+        return min(deadlines) if deadlines else None
+
     def _fire_countdowns(self, now: int) -> None:
         for acct in self.accounts.values():
             if not acct.countdowns:
@@ -597,7 +602,7 @@ class Engine:
         qty = int(rng.expovariate(1.0 / b.taker_mean_steps)) + 1
         if rng.random() < 0.03:
             qty *= 10
-        buy = rng.random() < 0.5
+        buy = rng.random() < 0.5 + 0.15 * b.model.trend_sign  # informed flow leans with a trend
         self._walk(b, buy, qty, None, None, t)
 
     def _walk(self, b: Book, buy: bool, qty: int, taker: Order | None, limit: int | None, t: int) -> int:

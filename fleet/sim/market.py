@@ -62,6 +62,13 @@ class MarketModel:
     def regime(self) -> str:
         return self._regime
 
+    @property
+    def trend_sign(self) -> int:
+        """+1 / -1 while trending up / down, else 0: takers lean with a trend (adverse selection)."""
+        if self._regime != TRENDING or self._drift_s == 0:
+            return 0
+        return 1 if self._drift_s > 0 else -1
+
     def jump(self, log_size: float) -> float:
         """Force a jump of ``log_size`` (e.g. -0.01 = about -1 %); returns the new mid."""
         self._x += log_size
@@ -76,6 +83,7 @@ class MarketModel:
         p = self.params
         rng = self._rng
         self._anchor = self._x
+        self._drift_s = 0.0
         if rng.random() < p.trend_probability:
             self._regime = TRENDING
             self._left_s = rng.expovariate(1.0 / p.trending_mean_s)

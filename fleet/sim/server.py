@@ -181,7 +181,11 @@ class SimServer:
                 self._flush()
             except Exception:  # noqa: BLE001 - the exchange must keep running; count and log
                 log.exception("simulator clock step failed")
-            await asyncio.sleep(0.01)
+            wait = 0.01
+            deadline = self.engine.next_countdown_ms()
+            if deadline is not None:  # wake at a dead-man deadline, not up to 10 ms after it
+                wait = min(wait, max(0.0, (deadline - self.clock()) / 1000.0))
+            await asyncio.sleep(wait)
 
     def _flush(self) -> None:
         out = self.engine.drain()
