@@ -205,7 +205,9 @@ class FleetController:
                                      "params": {s: p.model_dump(mode="json") for s, p in params.items()}})
         new_symbols = set(self._symbols())
         removed = sorted(old_symbols - new_symbols)
-        stops = await asyncio.gather(*(self._retire(s, flatten=False) for s in removed))
+        stops = await asyncio.gather(
+            *(self._retire(s, flatten=False, account=old_cfg.entry(s).account) for s in removed)
+        )
         created, updated, unchanged, errors = [], [], [], {}
         for symbol in self._symbols():
             if self._handle(symbol) is None:
@@ -489,7 +491,7 @@ class FleetController:
 
     # --- shutdown -----------------------------------------------------------------------------
 
-    async def _retire(self, symbol: str, flatten: bool) -> dict[str, Any]:
+    async def _retire(self, symbol: str, flatten: bool, account: str | None = None) -> dict[str, Any]:
         """Stop one agent gracefully, confirm its book is empty at the exchange, remove the actor."""
         started = time.monotonic()
         handle = self._handle(symbol)
@@ -503,7 +505,8 @@ class FleetController:
             ray.kill(handle, no_restart=True)
         open_orders = None
         try:
-            client = await self._exchange(self.cfg.entry(symbol).account) if self.cfg else None
+            account = account or (self.cfg.entry(symbol).account if self.cfg else None)
+            client = await self._exchange(account) if account else None
             if client is not None:
                 if error is not None or (isinstance(summary, dict) and summary.get("open_orders")):
                     await client.cancel_all(symbol)

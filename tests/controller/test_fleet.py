@@ -372,6 +372,35 @@ def test_flatten_closes_every_position_at_the_exchange(fleet):
     fleet.all_quoting(timeout=30.0)
 
 
+def test_an_agent_that_died_for_good_is_recreated_by_the_reconcile_loop(fleet):
+    fleet.all_quoting()
+    old = fleet.agent("BTCUSDT")
+    fleet.ray.kill(old, no_restart=True)  # dead for good: Ray will not restart it
+    poll(lambda: fleet.agent("BTCUSDT")._actor_id != old._actor_id, 20.0, "a new agent.BTCUSDT actor")
+    fleet.all_quoting(timeout=30.0)
+    assert fleet.ray.get(fleet.controller().status.remote(), timeout=15)["symbols"]["BTCUSDT"]["recreated"] >= 1
+
+
+def test_apply_removes_unlisted_symbols_and_resplits_the_accounts_rate_limits(fleet):
+    ctl = fleet.controller()
+    spec = fleet.ray.get(ctl.spec.remote(), timeout=15)
+    fewer_fleet = {**spec["fleet"], "symbols": [e for e in spec["fleet"]["symbols"] if e["symbol"] != "SOLUSDT"]}
+    fewer = {"fleet": fewer_fleet, "params": {s: p for s, p in spec["params"].items() if s != "SOLUSDT"}}
+    result = fleet.ray.get(ctl.apply.remote(fewer), timeout=120)
+    assert result["removed"]["SOLUSDT"]["open_orders"] == 0
+    assert result["rate_shares"] == {"ETHUSDC": 0.5, "BTCUSDT": 0.5}
+    with pytest.raises(ValueError):
+        fleet.ray.get_actor("agent.SOLUSDT", namespace=fleet.ns)
+    assert fleet.exchange.open_orders("SOLUSDT") == []
+    poll(lambda: all(fleet.status(s)["rate_share"] == 0.5 for s in ("ETHUSDC", "BTCUSDT")), 10.0,
+         "the two remaining agents at half the account's limits each")
+    result = fleet.ray.get(ctl.apply.remote(spec), timeout=120)
+    assert result["created"] == ["SOLUSDT"]
+    poll(lambda: all(abs(fleet.status(s)["rate_share"] - 1 / 3) < 1e-9 for s in SYMBOLS), 20.0,
+         "three agents at a third each")
+    fleet.all_quoting(timeout=30.0)
+
+
 # --- down ----------------------------------------------------------------------------------------
 
 
