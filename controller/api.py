@@ -83,7 +83,8 @@ class Answer:
     value: Any = None
     error: str | None = None
     elapsed_s: float = 0.0
-    refused: bool = False   # the actor answered, by raising (bad arguments), rather than not at all
+    refused: bool = False   # the actor answered by refusing the arguments (ValueError, LookupError)
+    raised: bool = False    # the actor answered by failing otherwise
 
     @property
     def ok(self) -> bool:
@@ -237,8 +238,8 @@ class FleetApi:
 
         started = time.monotonic()
 
-        def failed(msg: str, refused: bool = False) -> Answer:
-            return Answer(error=msg, elapsed_s=time.monotonic() - started, refused=refused)
+        def failed(msg: str, refused: bool = False, raised: bool = False) -> Answer:
+            return Answer(error=msg, elapsed_s=time.monotonic() - started, refused=refused, raised=raised)
 
         try:
             handle = self._handle(name)
@@ -254,7 +255,9 @@ class FleetApi:
             return failed(f"{name} is unavailable: {_first_line(exc)}")
         except RayTaskError as exc:
             cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
-            return failed(f"{name}.{method} refused: {_first_line(cause)}", refused=True)
+            if isinstance(cause, ValueError | LookupError):
+                return failed(f"{name}.{method} refused: {_first_line(cause)}", refused=True)
+            return failed(f"{name}.{method} failed: {type(cause).__name__}: {_first_line(cause)}", raised=True)
         except ray.exceptions.RayError as exc:
             return failed(f"{name}.{method} failed: {_first_line(exc)}")
         except Exception as exc:  # noqa: BLE001 - an agent's own error is reported, not raised
@@ -270,10 +273,12 @@ class FleetApi:
     async def _ask_controller(self, method: str, *args: Any, timeout: float | None = None) -> Answer:
         return await self._call(CONTROLLER_NAME, method, timeout or self.settings.controller_timeout_s, *args)
 
-    async def _controller_or_503(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+    async def _from_controller(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         ans = await self._ask_controller(method, *args, timeout=timeout)
         if ans.refused:
             raise HTTPException(422, f"the fleet controller refused: {ans.error}")
+        if ans.raised:
+            raise HTTPException(502, f"the fleet controller failed: {ans.error}")
         if not ans.ok:
             raise HTTPException(503, f"fleet controller not reachable: {ans.error}")
         return ans.value
@@ -429,7 +434,7 @@ class FleetApi:
     @api.get("/kill", summary="kill state per symbol (from the controller)")
     async def kill_states(self, creds: Credentials) -> dict[str, Any]:
         self._authorize(creds)
-        return {"fleet": self.cfg.name, "kill_states": await self._controller_or_503("kill_states")}
+        return {"fleet": self.cfg.name, "kill_states": await self._from_controller("kill_states")}
 
     @api.post("/kill", summary="halt or flatten symbols; answers once 0 open orders are confirmed")
     async def kill(self, body: KillRequest, creds: Credentials) -> dict[str, Any]:
@@ -437,7 +442,7 @@ class FleetApi:
         symbols = self._check_symbols(body.symbols)
         started = time.monotonic()
         log.warning("kill %s of %s requested: %s", body.mode, symbols or "all symbols", body.reason)
-        result = await self._controller_or_503(
+        result = await self._from_controller(
             "kill", symbols, body.mode, body.reason, timeout=self.settings.kill_timeout_s
         )
         elapsed = time.monotonic() - started
@@ -459,7 +464,7 @@ class FleetApi:
         symbols = self._check_symbols(body.symbols)
         started = time.monotonic()
         log.warning("resume of %s requested: %s", symbols or "all symbols", body.reason or "(no reason)")
-        result = await self._controller_or_503("resume", symbols, timeout=self.settings.kill_timeout_s)
+        result = await self._from_controller("resume", symbols, timeout=self.settings.kill_timeout_s)
         per_symbol = result.get("symbols", {}) if isinstance(result, dict) else {}
         return {"elapsed_ms": round((time.monotonic() - started) * 1000, 1), "symbols": per_symbol}
 
