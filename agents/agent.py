@@ -533,6 +533,7 @@ class SymbolAgent:
             if stream is not None:
                 try:
                     await self._consume_user(stream)
+                    continue  # returned: a planned swap put a new stream in place
                 except StreamError as exc:
                     if self._stopping:
                         return

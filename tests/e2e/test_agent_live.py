@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from agents.agent import ExchangeEndpoints, SymbolAgent
-from agents.ownership import LockFileOwnership
+from agents.ownership import Grant, LockFileOwnership, OwnershipLost
 from fleet.binance.credentials import Credentials
 from fleet.config import BaseParams, GrindingParams, RuntimeParams, SymbolParams
 from fleet.sim.testkit import SimClient
@@ -497,3 +497,116 @@ async def test_params_apply_live_without_restart(make_agent, exchange):
 
     await wait_for(two_layers, 10, "two layers a side", explain=lambda: describe(agent, exchange))
     assert agent.status()["epoch"] == epoch
+
+
+class ControlledLease:
+    """A lease the test controls (the fleet's LeaseOwnership talks to the controller; this one to the test)."""
+
+    renew_interval_s = 0.2
+
+    def __init__(self, ttl: float = 2.0) -> None:
+        self.ttl = ttl
+        self.lost = False
+        self.hang = asyncio.Event()
+        self.hang.set()
+        self.released = False
+
+    def _grant(self) -> Grant:
+        return Grant(epoch=1, lease_ttl_s=self.ttl, kill_state="running")
+
+    async def acquire(self) -> Grant:
+        return self._grant()
+
+    async def renew(self) -> Grant:
+        if self.lost:
+            raise OwnershipLost("revoked by the test")
+        await self.hang.wait()
+        return self._grant()
+
+    async def release(self) -> None:
+        self.released = True
+
+
+@pytest.fixture
+async def leased_agent(sim):
+    made: list[tuple[SymbolAgent, asyncio.Task]] = []
+
+    async def start(lease: ControlledLease) -> SymbolAgent:
+        _, key, secret = sim.accounts[0]
+        agent = SymbolAgent(
+            fleet_name="t", symbol=SYMBOL, params=SymbolParams(), runtime=FAST,
+            endpoints=ExchangeEndpoints(sim.rest_url, sim.ws_url, sim.ws_url),
+            credentials=Credentials(key, secret), ownership=lease,
+        )
+        made.append((agent, asyncio.create_task(agent.run())))
+        await wait_for(lambda: agent.status()["state"] == "quoting", 10, "quoting")
+        return agent
+
+    yield start
+    for agent, task in made:
+        await agent.stop()
+        await asyncio.wait_for(task, 25)
+
+
+async def orders_after(exchange: Exchange, t_ms: int) -> list[dict]:
+    return [o for o in await exchange.all_orders() if o["time"] > t_ms]
+
+
+async def test_ownership_lost_stops_quoting_and_the_dead_man_switch_cancels(leased_agent, exchange):
+    lease = ControlledLease()
+    agent = await leased_agent(lease)
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    lease.lost = True
+    await wait_for(lambda: agent.status()["state"] == "halted", 5, "halted on a lost lease")
+    lost_at = (await exchange.state())["time"]
+    await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": 0.5})  # would make a live agent requote
+
+    async def all_cancelled() -> bool:
+        return not (await exchange.state())["open_orders"]
+
+    await wait_for(all_cancelled, FAST.deadman_countdown_ms / 1000 + 3, "the exchange's countdown cancelling")
+    assert await orders_after(exchange, lost_at + 50) == []  # nothing new once the lease was gone
+    assert "lease" in agent.status()["blocks"]
+
+
+async def test_lapsed_lease_pulls_out_then_resumes_when_renewed(leased_agent, exchange):
+    lease = ControlledLease(ttl=2.0)
+    agent = await leased_agent(lease)
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    lease.hang.clear()  # the controller stops answering
+    await wait_for(lambda: "lease" in agent.status()["blocks"], 5, "quoting blocked when the lease lapses")
+    lapsed_at = (await exchange.state())["time"]
+
+    async def all_cancelled() -> bool:
+        return not (await exchange.state())["open_orders"]
+
+    await wait_for(all_cancelled, FAST.deadman_countdown_ms / 1000 + 3, "the exchange's countdown cancelling")
+    assert await orders_after(exchange, lapsed_at + 50) == []
+    lease.hang.set()
+    await wait_for(lambda: resting(agent, exchange), 10, "quoting again once renewed", explain=lambda: describe(agent, exchange))
+
+
+async def test_rate_limit_answer_is_obeyed_and_recovered(make_agent, exchange):
+    agent = await make_agent()
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    for path in ("/fapi/v1/order", "/fapi/v1/batchOrders"):
+        await exchange.post("/sim/fault/rest", {"mode": "429", "count": 1, "path": path})
+    await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": 0.4})
+    await wait_for(lambda: agent.budget.rate_limited >= 1, 10, "a 429 seen by the client")
+    await wait_for(lambda: not exchange.sim.faults, 10, "both 429s consumed")
+    await wait_for(lambda: resting(agent, exchange), 10, "quoting again after Retry-After", explain=lambda: describe(agent, exchange))
+    st = await exchange.state()
+    assert set(truth_orders(st)) == set(agent.core.store.orders)
+    assert agent.status()["state"] == "quoting"
+
+
+async def test_planned_stream_reconnects_leave_no_gap(make_agent, exchange):
+    agent = await make_agent(runtime=FAST.model_copy(update={"stream_max_lifetime_sec": 1.0}))
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    first_user = agent._user
+    await wait_for(lambda: agent._user is not first_user and agent._user is not None, 5, "a planned user-stream swap")
+    await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": -0.2})  # fills across the swaps
+    await wait_for(lambda: in_sync(agent, exchange), 10, "in sync across swaps", explain=lambda: describe(agent, exchange))
+    assert agent.counters["resyncs"] == 0 and agent.counters["user_stream_reconnects"] == 0
+    assert metric(agent, "mm_ws_connected") == 1.0
+    assert agent.status()["state"] == "quoting"
