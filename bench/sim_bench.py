@@ -29,12 +29,15 @@ from fleet.sim.testkit import SimClient  # noqa: E402
 SYMBOLS = ["ETHUSDC", "BTCUSDT", "SOLUSDT"]
 
 
-def engine_events_per_second(seconds: float) -> tuple[float, int, float, int]:
+FLEET_STREAMS = ("@bookTicker", "@markPrice@1s", "@aggTrade")  # what the fleet's agents subscribe to
+
+
+def engine_events_per_second(seconds: float, streams: tuple[str, ...] = FLEET_STREAMS
+                             ) -> tuple[float, int, float, float]:
     """Drive the engine in accelerated time with a quoting workload; returns (events per CPU second,
     events, CPU seconds, simulated seconds). CPU time, because the machine is shared."""
     e = Engine(SimConfig(), seed=7, now_ms=1_800_000_000_000, symbols=SYMBOLS)
-    e.watch(*(b.lower + s for b in e.books.values()
-              for s in ("@bookTicker", "@depth5@100ms", "@markPrice@1s", "@aggTrade")))
+    e.watch(*(b.lower + s for b in e.books.values() for s in streams))
     now = e.now_ms
     live: dict[str, list[int]] = {s: [] for s in SYMBOLS}
     n = 0
@@ -160,9 +163,11 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0, help="wall seconds of the in-process engine run")
     ap.add_argument("--orders", type=int, default=400, help="orders for the REST / stream latency run")
     args = ap.parse_args()
-    rate, events, wall, sim_s = engine_events_per_second(args.seconds)
-    print(f"engine: {rate:,.0f} events/s in-process ({events:,} events in {wall:.2f} CPU s, "
-          f"{sim_s:,.0f} s of market time = {sim_s / wall:,.0f}x real time, 3 symbols)")
+    for label, streams in (("fleet streams (bookTicker, markPrice@1s, aggTrade)", FLEET_STREAMS),
+                           ("plus depth5@100ms", FLEET_STREAMS + ("@depth5@100ms",))):
+        rate, events, cpu, sim_s = engine_events_per_second(args.seconds, streams)
+        print(f"engine, {label}: {rate:,.0f} events/s in-process ({events:,} events in {cpu:.2f} CPU s, "
+              f"{sim_s:,.0f} s of market time = {sim_s / cpu:,.0f}x real time, 3 symbols, 10 quotes/s each)")
     rtts, stream = asyncio.run(rest_and_stream_latency(args.orders))
     print(f"new order REST round trip (loopback, {len(rtts)} orders): p50 {statistics.median(rtts):.2f} ms, "
           f"p99 {pct(rtts, 0.99):.2f} ms")

@@ -23,6 +23,7 @@ Q8 = Decimal("0.00000001")
 CLIENT_ID_RE = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
 OPEN_STATUSES = ("NEW", "PARTIALLY_FILLED")
 _NO_ASK = 1 << 62
+_FAR_MS = 1 << 62
 MAX_CLOSED_KEPT = 20000
 
 
@@ -420,6 +421,7 @@ class Engine:
         self.depth_due: dict[str, int] = {}
         self._step_count = 0
         self.want_all_bt = False
+        self._deadline = _FAR_MS
         self.tran_id = 1
 
     # -- small helpers ----------------------------------------------------------------------------
@@ -481,9 +483,24 @@ class Engine:
     # -- time -------------------------------------------------------------------------------------
 
     def advance(self, now_ms: int) -> None:
-        """Move the exchange to ``now_ms``: market steps, mark/funding, countdowns, key expiry."""
-        while self.next_step_ms <= now_ms:
+        """Move the exchange to ``now_ms``: market steps, mark/funding, countdowns, key expiry, each at its
+        own time (so accelerated runs fire a dead-man switch at its deadline, not at the end of a jump)."""
+        if now_ms < self.next_step_ms and now_ms < self._deadline:
+            if now_ms > self.now_ms:
+                self.now_ms = now_ms
+            return
+        while True:
             t = self.next_step_ms
+            if self._deadline <= now_ms and self._deadline <= t:
+                d = self._deadline
+                if d > self.now_ms:
+                    self.now_ms = d
+                self._fire_countdowns(d)
+                self._expire_listen_keys(d)
+                self._recompute_deadline()
+                continue
+            if t > now_ms:
+                break
             self.now_ms = t
             self._step_market(t, self.step_ms / 1000.0)
             if t >= self.next_mark_ms:
@@ -498,8 +515,17 @@ class Engine:
             self.next_step_ms += self.step_ms
         if now_ms > self.now_ms:
             self.now_ms = now_ms
-        self._fire_countdowns(now_ms)
-        self._expire_listen_keys(now_ms)
+
+    def _recompute_deadline(self) -> None:
+        """The earliest dead-man deadline or listenKey expiry: ``advance`` is cheap until then."""
+        d = _FAR_MS
+        for acct in self.accounts.values():
+            for v in acct.countdowns.values():
+                if v < d:
+                    d = v
+            if acct.listen_key and acct.listen_key_expiry < d:
+                d = acct.listen_key_expiry
+        self._deadline = d
 
     def next_countdown_ms(self) -> int | None:
         """The earliest armed dead-man deadline, so the clock can wake for it exactly."""
@@ -1350,6 +1376,7 @@ class Engine:
             acct.countdowns.pop(b.symbol, None)
         else:
             acct.countdowns[b.symbol] = now + ms
+        self._recompute_deadline()
         return {"symbol": b.symbol, "countdownTime": str(ms)}
 
     def query_order(self, account: str, params: dict[str, str], open_only: bool = False) -> dict[str, Any]:
@@ -1569,6 +1596,7 @@ class Engine:
         if not acct.listen_key or now >= acct.listen_key_expiry:
             acct.listen_key = self._token(64)
         acct.listen_key_expiry = now + int(self.config.listen_key_ttl_s * 1000)
+        self._recompute_deadline()
         return acct.listen_key
 
     def listen_key_keepalive(self, account: str, now: int) -> str:
@@ -1576,12 +1604,14 @@ class Engine:
         if not acct.listen_key or now >= acct.listen_key_expiry:
             raise SimApiError(-1125, "This listenKey does not exist.")
         acct.listen_key_expiry = now + int(self.config.listen_key_ttl_s * 1000)
+        self._recompute_deadline()
         return acct.listen_key
 
     def listen_key_close(self, account: str) -> None:
         acct = self.account(account)
         acct.listen_key = None
         acct.listen_key_expiry = 0
+        self._recompute_deadline()
 
     def expire_listen_key(self, account: str, now: int) -> str | None:
         acct = self.account(account)
@@ -1591,6 +1621,7 @@ class Engine:
         self._emit_user(acct.name, {"e": "listenKeyExpired", "E": now, "listenKey": key})
         acct.listen_key = None
         acct.listen_key_expiry = 0
+        self._recompute_deadline()
         return key
 
     def account_of_listen_key(self, key: str) -> Account | None:
