@@ -222,27 +222,37 @@ class OrderManager:
         return OrderDiff(tuple(cancels), tuple(amends), tuple(places), kept)
 
     def _side(self, desired, live, side, sign, center_ticks, cancels, amends, places) -> int:
-        tols = self.tolerances(desired, center_ticks)
         size_tol = self.size_tol
+        frac = self.tol_fraction
+        floor = self.tol_ticks
         nd, nl = len(desired), len(live)
         i = j = kept = 0
         free_d: list[int] = []
         free_l: list = []
+        prev = center_ticks
+        tol = 0.0
+        tol_i = -1
         while i < nd and j < nl:
             d = desired[i]
             o = live[j]
-            dk = sign * d.price_ticks
-            ok = sign * o.price_ticks
-            if abs(ok - dk) <= tols[i]:
-                if o.busy or abs(o.remaining_steps - d.qty_steps) <= size_tol * d.qty_steps:
+            if tol_i != i:  # this layer's tolerance: a fraction of its gap to the inner neighbour
+                p = d.price_ticks
+                tol = (p - prev if p > prev else prev - p) * frac
+                if tol < floor:
+                    tol = floor
+                prev = p
+                tol_i = i
+            diff = sign * (o.price_ticks - d.price_ticks)
+            if -tol <= diff <= tol:
+                want = d.qty_steps
+                gap = o.orig_steps - o.filled_steps - want
+                if -size_tol * want <= gap <= size_tol * want or o.busy:
                     kept += 1
                 else:
-                    amends.append(
-                        Amend(o.client_order_id, o.order_id, side, d.price_ticks, o.filled_steps + d.qty_steps, d.layer)
-                    )
+                    amends.append(Amend(o.client_order_id, o.order_id, side, d.price_ticks, o.filled_steps + want, d.layer))
                 i += 1
                 j += 1
-            elif ok < dk:
+            elif diff < 0:
                 free_l.append(o)
                 j += 1
             else:
