@@ -4,30 +4,48 @@ The only I/O around :class:`fleet.sim.engine.Engine`: it parses and signs-checks
 rate limits, injects faults, drives the engine with the wall clock every 10 ms and pushes the
 engine's frames to the connected sockets.
 
-Admin routes (never under /fapi; JSON in, JSON out; no API key needed)::
+Admin routes (never under /fapi; JSON body in, JSON out; no API key; HTTP 400 {"error": ...} on bad
+input, 404 on an unknown route)::
 
-    GET  /sim/state?account=main&symbol=ETHUSDC   truth: open orders (with clientOrderId, queueAhead),
-                                                 positions (amount, entry, realized, funding, commission),
-                                                 balances, counters, markets (mid, mark, bid/ask, regime,
-                                                 funding rate/history), connections
-    GET  /sim/accounts                            [{"name", "api_key", "api_secret"}]
+    GET  /sim/state?account=main&symbol=ETHUSDC
+         -> {"time", "account", "symbol",
+             "open_orders": [{"orderId", "clientOrderId", "symbol", "side", "type", "timeInForce", "price",
+                              "origQty", "executedQty", "status", "reduceOnly", "queueAhead", "time", "updateTime"}],
+             "positions": {SYM: {"amount", "entry_price", "unrealized_pnl", "realized_pnl", "funding",
+                                 "commission", "leverage", "countdown_deadline_ms"}},
+             "balances": {ASSET: wallet}, "realized_pnl", "funding_paid", "commission_paid",
+             "counters": {"orders_placed", "orders_cancelled", "orders_rejected", "orders_filled",
+                          "orders_expired", "orders_amended", "trades", "countdown_fired"},
+             "listen_key_active", "markets": {SYM: {"mid", "mark_price", "bid", "ask", "regime",
+                                   "funding_rate", "funding_pinned", "frozen", "next_funding_time",
+                                   "funding_history"}},
+             "connections": {"market", "user", "total"}, "faults_pending": [...]}
+         (symbol optional: all symbols; account default "main"; money fields are decimal strings)
+    GET  /sim/accounts                -> [{"name", "api_key", "api_secret"}]
     POST /sim/fault/rest     {"mode": "error"|"unknown"|"429", "count": 1, "path": "/fapi/v1/order",
                               "method": "POST", "status": 503}
-                             error: fail before executing (HTTP status, default 503, code -1001);
-                             unknown: execute, then answer 503 "Unknown error..." (-1000);
-                             429: answer 429 -1003 with Retry-After: 1 (no ban). path/method optional
-                             filters (path is a prefix). Each matching request consumes one count.
-    POST /sim/fault/latency  {"ms": 200, "path": "/fapi/v1/order"}   (ms 0 clears; path optional prefix)
-    POST /sim/fault/drop     {"target": "market"|"user"|"all", "account": "main"}  -> {"dropped": n}
-    POST /sim/fault/clear    {}                   clear REST faults and latency
-    POST /sim/listenkey/expire {"account": "main"} -> {"listenKey": expired key or null}
-    POST /sim/market/freeze  {"frozen": true, "symbol": "ETHUSDC"}   (symbol optional: all)
-    POST /sim/market/jump    {"symbol": "ETHUSDC", "pct": -2.0}      -> {"mid": new mid}
-    POST /sim/funding/rate   {"symbol": "ETHUSDC", "rate": "0.0005"} (rate null: wander again)
-    POST /sim/funding/settle {"symbol": "ETHUSDC"}   (symbol optional) -> {"charged": [...]}
-    POST /sim/position       {"account": "main", "symbol": "ETHUSDC", "amount": "0.18",
-                              "entry_price": "3000"}  (entry optional: mark)
-    POST /sim/countdown/check {}                  fire due countdowns now (they also fire every 10 ms)
+         error:   fail before executing: HTTP `status` (default 503) {"code": -1001, ...}
+         unknown: execute, then answer 503 {"code": -1000, "msg": "Unknown error, please check your
+                  request or try again later."} (the order really exists)
+         429:     answer 429 {"code": -1003} with Retry-After: 1 (no ban)
+         path (prefix) and method are optional filters; each matching request uses up one of `count`.
+    POST /sim/fault/latency  {"ms": 200, "path": "/fapi/v1/order"}   delay matching REST calls (0 clears)
+    POST /sim/fault/drop     {"target": "market"|"user"|"all", "account": "main"}
+         abort matching WebSocket connections (TCP reset, no close frame) -> {"dropped": n}
+    POST /sim/fault/clear    {}       clear REST faults and latency
+    POST /sim/listenkey/expire {"account": "main"}
+         expire the account's key now: listenKeyExpired is pushed -> {"listenKey": key or null}
+    POST /sim/market/freeze  {"frozen": true, "symbol": "ETHUSDC"}
+         stop (or restart with false) the symbol's market: no moves, no takers, no market frames;
+         symbol optional = all -> {"symbols": [...]}
+    POST /sim/market/jump    {"symbol": "ETHUSDC", "pct": -2.0}
+         move the mid at once; resting orders the move crosses fill at their price -> {"mid": new mid}
+    POST /sim/funding/rate   {"symbol": "ETHUSDC", "rate": "0.0005"}  pin the rate (null: wander again)
+    POST /sim/funding/settle {"symbol": "ETHUSDC"}   settle now (symbol optional: all)
+         -> {"charged": [{"account", "symbol", "fee", "mark_price", "rate", "position"}]}
+    POST /sim/position       {"account": "main", "symbol": "ETHUSDC", "amount": "0.18", "entry_price": "3000"}
+         set a position directly (entry optional: the mark); pushes ACCOUNT_UPDATE m=ADJUSTMENT
+    POST /sim/countdown/check {}      run due dead-man switches now (the clock also wakes for them)
 """
 
 from __future__ import annotations

@@ -188,3 +188,17 @@ def test_unknown_symbol_gets_a_generic_spec_and_bad_config_names_the_field():
         assert "funding_interval_s" in str(exc)
     else:
         raise AssertionError("a negative funding interval was accepted")
+
+
+def test_accelerated_time_fires_the_dead_man_switch_at_its_deadline():
+    e = _engine(market={"volatility": 0.0, "jump_rate_per_hour": 0.0})
+    b = e.books["ETHUSDC"]
+    price = b.price_str(b.bid_top - 100)
+    e.new_order("main", {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "price": price,
+                         "quantity": "0.010"}, T0)
+    e.countdown_cancel_all("main", {"symbol": "ETHUSDC", "countdownTime": "1234"}, T0)
+    e.drain()
+    e.advance(T0 + 60_000)  # one jump of a minute
+    cancels = [p for k, _, p in e.drain_rendered() if k == "u" and p["e"] == "ORDER_TRADE_UPDATE"]
+    assert [(c["o"]["x"], c["E"]) for c in cancels] == [("CANCELED", T0 + 1234)]
+    assert e.accounts["main"].counters["countdown_fired"] == 1 and not e.accounts["main"].open
