@@ -650,7 +650,9 @@ class Engine:
             eaten = 0
             if resting:
                 for o in list(resting):
-                    if taker is not None and o is taker:
+                    if taker is not None and o.account == taker.account:
+                        if o is not taker:  # self-trade prevention EXPIRE_MAKER (the "V" of every order)
+                            self._expire(self.accounts[o.account], b, o, t, "1")
                         continue
                     ahead = o.ahead if o.ahead < s_qty else s_qty
                     gap = ahead - eaten

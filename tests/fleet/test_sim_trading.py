@@ -266,3 +266,17 @@ async def test_quantity_off_the_step_within_precision_is_4023(sim_factory):
         assert r.json["code"] == -1111
         r = await c.signed("POST", "/fapi/v1/order", {**params, "quantity": "20.5"})
         assert r.json["status"] == "NEW"
+
+
+async def test_self_trade_prevention_expires_the_resting_order(sim):
+    async with SimClient.for_sim(sim) as c:
+        await c.admin("POST", "/sim/market/freeze", {"symbol": "ETHUSDC"})
+        ask = Decimal((await _book(c))["asks"][0][0])
+        own = await _limit(c, "SELL", str(ask), "0.010")
+        r = await c.signed("POST", "/fapi/v1/order", {"symbol": "ETHUSDC", "side": "BUY", "type": "MARKET",
+                                                      "quantity": "0.100", "newOrderRespType": "RESULT"})
+        assert r.json["status"] == "FILLED"
+        q = await c.signed("GET", "/fapi/v1/order", {"symbol": "ETHUSDC", "orderId": own["orderId"]})
+        assert (q.json["status"], q.json["executedQty"]) == ("EXPIRED", "0.000")
+        st = await c.state(symbol="ETHUSDC")
+        assert st["positions"]["ETHUSDC"]["amount"] == "0.100"  # all bought from others, none from itself
