@@ -158,6 +158,7 @@ class SymbolAgent:
         self._tasks: list[asyncio.Task] = []
         self._inflight: set[asyncio.Task] = set()
         self._lookups: dict[str, float] = {}
+        self._sending: dict[str, int] = {}  # client order id -> requests about it still awaiting an answer
         self._last_book_mono: float | None = None
         self._user_lost_at: float | None = None
         self._user_stream_opened: float = 0.0
@@ -701,6 +702,8 @@ class SymbolAgent:
             core = self.core
             if core is not None:
                 for o in core.store.stale_in_flight(_now_ms() + self._offset(), IN_FLIGHT_QUERY_MS):
+                    if o.client_order_id in self._sending:
+                        continue  # its request is still out: its answer (or its resolution) will tell
                     last = self._lookups.get(o.client_order_id, -math.inf)
                     if now - last >= IN_FLIGHT_QUERY_MS / 1000:
                         self._lookups[o.client_order_id] = now
@@ -765,11 +768,25 @@ class SymbolAgent:
         for batch in actions.batches:
             if batch.kind != "cancel" and not self._lease_ok():
                 continue
+            sending = self._sending
             for d in batch.items:
                 core.on_sent(d, now_ms)
+                sending[d.client_order_id] = sending.get(d.client_order_id, 0) + 1
             task = asyncio.ensure_future(self._send_batch(batch, t_read_ns))
             self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+            task.add_done_callback(lambda t, items=batch.items: self._sent(t, items))
+
+    def _sent(self, task: asyncio.Task, items: tuple[Any, ...]) -> None:
+        self._inflight.discard(task)
+        sending = self._sending
+        for d in items:
+            n = sending.get(d.client_order_id, 0) - 1
+            if n > 0:
+                sending[d.client_order_id] = n
+            else:
+                sending.pop(d.client_order_id, None)
+        if not task.cancelled() and task.exception() is not None and not self._stopping:
+            self.log.event("send_failed", f"sending failed: {task.exception()!r}", level=logging.ERROR)
 
     async def _send_batch(self, batch: Batch, t_read_ns: int | None) -> None:
         client = self._require_client()

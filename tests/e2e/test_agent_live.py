@@ -171,7 +171,7 @@ async def make_agent(sim, tmp_path):
         )
         task = asyncio.create_task(agent.run())
         running.append((agent, task))
-        await wait_for(lambda: task.done() or agent.status()["state"] == "quoting", 10, "state quoting")
+        await wait_for(lambda: task.done() or agent.status()["state"] in ("quoting", "halted"), 10, "started")
         if task.done():
             task.result()
         await wait_for(lambda: agent.status()["last_book_age_s"] is not None, 10, "a first book update")
@@ -481,6 +481,19 @@ async def test_halt_resume_flatten_calls(make_agent, exchange, tmp_path):
     assert Decimal(st["positions"][SYMBOL]["amount"]) == 0 and st["open_orders"] == []
     exposure = agent.exposure()
     assert exposure["kill_state"] == "flattening" and exposure["position"] == 0.0
+
+
+async def test_a_recorded_halt_survives_a_restart(make_agent, exchange, tmp_path):
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / "t.ETHUSDC.kill").write_text("halted\n")
+    agent = await make_agent()
+    assert agent.status()["kill_state"] == "halted"
+    await wait_for(lambda: agent.core.cycles >= 5, 10, "a few quote cycles")
+    assert (await exchange.state())["open_orders"] == []  # halted: nothing quoted
+    await agent.resume()
+    await wait_for(lambda: resting(agent, exchange), 10, "quoting after resume", explain=lambda: describe(agent, exchange))
+    assert not (state_dir / "t.ETHUSDC.kill").exists()
 
 
 async def test_params_apply_live_without_restart(make_agent, exchange):
