@@ -58,8 +58,8 @@ def mark(price: float, t: int, rate: float = 0.0) -> MarkPrice:
     return MarkPrice(SYMBOL, t, price, price, price, rate, t + 3_600_000)
 
 
-def qty(steps: int) -> D:
-    return D(steps) * D("0.001")
+def qty(steps: int, step: D = D("0.001")) -> D:
+    return D(steps) * step
 
 
 def price(ticks: int) -> D:
@@ -85,6 +85,7 @@ def order_update(
     reduce_only: bool = False,
     commission: str = "0",
     realized: str = "0",
+    step: D = D("0.001"),
 ) -> OrderUpdate:
     if exec_type is None:
         exec_type = "TRADE" if last_steps else ("CANCELED" if status == "CANCELED" else "NEW")
@@ -98,14 +99,14 @@ def order_update(
         side=side,
         order_type=order_type,
         time_in_force="GTX" if order_type == "LIMIT" else "GTC",
-        orig_qty=qty(orig_steps),
+        orig_qty=qty(orig_steps, step),
         price=price(price_ticks),
         avg_price=price(ap),
         exec_type=exec_type,
         status=status,
         order_id=oid,
-        last_filled_qty=qty(last_steps),
-        cum_filled_qty=qty(cum_steps),
+        last_filled_qty=qty(last_steps, step),
+        cum_filled_qty=qty(cum_steps, step),
         last_filled_price=price(fp) if last_steps else D(0),
         commission_asset="USDC",
         commission=D(commission),
@@ -151,14 +152,16 @@ def position_info(steps: int, entry: float, t: int) -> PositionInfo:
     return PositionInfo(SYMBOL, qty(steps), D(str(entry)), D(0), D(str(entry)), t)
 
 
-def account_update(position_steps: int, entry: float, t: int, wallet: str | None = None) -> AccountUpdate:
+def account_update(
+    position_steps: int, entry: float, t: int, wallet: str | None = None, step: D = D("0.001")
+) -> AccountUpdate:
     balances = (BalanceUpdate("USDC", D(wallet), D(wallet), D(0)),) if wallet is not None else ()
     return AccountUpdate(
         t,
         t,
         "ORDER",
         balances,
-        (PositionUpdate(SYMBOL, qty(position_steps), D(str(entry)), D(str(entry)), D(0), D(0), "cross"),),
+        (PositionUpdate(SYMBOL, qty(position_steps, step), D(str(entry)), D(str(entry)), D(0), D(0), "cross"),),
     )
 
 

@@ -1,0 +1,263 @@
+"""AgentCore: the seed's worst-case acceptance, halt / flatten / reduce-only modes, drawdown TWAP,
+batches and budget, restarts with older-epoch orders."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from decimal import Decimal
+
+import pytest
+
+from agents.core import AgentCore
+from agents.orders import Amend, Cancel, Place, parse_client_order_id
+from fleet.binance.events import BUY, SELL
+
+from .test_core_support import (
+    SYMBOL,
+    account_update,
+    book,
+    eth_filters,
+    mark,
+    order_info,
+    order_update,
+    position_info,
+    seed_params,
+)
+
+
+class Acker:
+    """Answers each request the way the exchange would (NEW / AMENDMENT / CANCELED frames) and keeps
+    the exchange-side book, so tests can check exposure as the exchange sees it."""
+
+    def __init__(self, core: AgentCore) -> None:
+        self.core = core
+        self.t = 100_000
+        self.oid = 0
+        self.book: dict[str, list] = {}  # cid -> [oid, side, price, orig, cum]
+        self.position = 0
+        self.step = core.filters.step_size
+
+    def send(self, actions, now_ms: int | None = None) -> None:
+        core = self.core
+        now = self.t if now_ms is None else now_ms
+        for d in actions:
+            core.on_sent(d, now)
+        for d in actions:
+            self.t += 1
+            if isinstance(d, Place):
+                self.oid += 1
+                self.book[d.client_order_id] = [self.oid, d.side, d.price_ticks, d.qty_steps, 0]
+                core.on_event(order_update(d.client_order_id, self.oid, d.side, d.price_ticks, d.qty_steps, t=self.t,
+                                           order_type=d.order_type, reduce_only=d.reduce_only, step=self.step), self.t)
+                if d.order_type == "MARKET":
+                    self.fill(d.client_order_id)
+            elif isinstance(d, Amend):
+                o = self.book[d.client_order_id]
+                o[2], o[3] = d.price_ticks, d.qty_steps
+                core.on_event(order_update(d.client_order_id, o[0], o[1], o[2], o[3], exec_type="AMENDMENT",
+                                           status="PARTIALLY_FILLED" if o[4] else "NEW", cum_steps=o[4], t=self.t,
+                                           step=self.step), self.t)
+            else:
+                o = self.book.pop(d.client_order_id)
+                core.on_event(order_update(d.client_order_id, o[0], o[1], o[2], o[3], status="CANCELED",
+                                           cum_steps=o[4], t=self.t, step=self.step), self.t)
+
+    def fill(self, cid: str) -> None:
+        o = self.book.pop(cid)
+        q = o[3] - o[4]
+        self.t += 1
+        self.position += q if o[1] == BUY else -q
+        self.core.on_event(order_update(cid, o[0], o[1], o[2], o[3], status="FILLED", cum_steps=o[3], last_steps=q,
+                                        t=self.t, trade_id=self.t, step=self.step), self.t)
+
+    def sweep(self, side: str) -> int:
+        cids = [c for c, o in self.book.items() if o[1] == side]
+        for c in cids:
+            self.fill(c)
+        return len(cids)
+
+    def exchange_worst_long(self) -> int:
+        return self.position + sum(o[3] - o[4] for o in self.book.values() if o[1] == BUY)
+
+
+def fine_filters():
+    return replace(eth_filters("0.1"), step_size=Decimal("0.0001"), min_qty=Decimal("0.0001"))
+
+
+def started(params=None, filters=None, epoch: int = 3, mid: float = 3000.0) -> tuple[AgentCore, Acker]:
+    core = AgentCore(SYMBOL, params or seed_params(), filters or eth_filters(), epoch)
+    core.on_event(book(mid, t=1_000), 1_000)
+    core.on_event(mark(mid, t=1_000), 1_000)
+    return core, Acker(core)
+
+
+# --- the seed's acceptance --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("base_size", [0.007, 0.05])
+def test_with_30_buy_layers_resting_worst_case_long_never_exceeds_0_23(base_size):
+    """30 layers per side on a fine step; every bid is swept again and again while the core requotes."""
+    params = seed_params(base={"base_size": base_size}, grid={"max_layers": 30, "spacing_ratio": 1.1})
+    core, ex = started(params, fine_filters())
+    cap = 2300  # 0.23 in steps of 0.0001
+    most_resting = 0
+    t = 2_000
+    for _ in range(40):
+        t += 220
+        ex.send(core.quote(t), t)
+        resting = sum(1 for o in ex.book.values() if o[1] == BUY)
+        most_resting = max(most_resting, resting)
+        assert core.store.worst_long_steps <= cap
+        assert ex.exchange_worst_long() <= cap
+        ex.sweep(BUY)
+        assert ex.exchange_worst_long() <= cap
+        core.on_event(account_update(ex.position, 3000.0, t=ex.t, step=ex.step), ex.t)
+    if base_size == 0.007:
+        assert most_resting == 30  # the seed's sizes: all 30 layers rest at first
+        assert ex.position > 0.8 * cap  # ... and the decay slows the approach to the cap
+    else:
+        assert ex.position > 0.9 * cap  # large sizes: driven to the cap, and held there
+        assert core.last_ladder.buy_suppressed
+
+
+def test_resting_orders_of_an_older_epoch_count_toward_the_cap():
+    params = seed_params(worst_case={"size_decay_k": 0.0})
+    core, ex = started(params, epoch=4)
+    old = [order_info(f"mm-ETHUSDC-e3-{n}", 500 + n, BUY, 290_000 - n, 10, t=900) for n in range(1, 31)]
+    assert all(parse_client_order_id(o.client_order_id) == (3, n) for n, o in enumerate(old, 1))
+    core.reset_from_snapshot(position_info(0, 0.0, 900), old, now_ms=1_000)
+    assert core.store.pending_buy_steps == 300
+    acts = core.quote(2_000)
+    assert not [d for d in acts if isinstance(d, Place) and d.side == BUY]
+    assert core.last_ladder.buy_suppressed
+    assert not [d for d in acts if isinstance(d, Cancel)]  # another epoch's orders: the runtime cancels them
+
+
+# --- modes ------------------------------------------------------------------------------------
+
+
+def test_halt_cancels_the_ladder_quotes_nothing_and_resume_quotes_again():
+    core, ex = started()
+    ex.send(core.quote(2_000))
+    assert len(core.store.orders) > 0
+    core.halt("operator")
+    acts = core.quote(2_220)
+    assert acts and all(isinstance(d, Cancel) for d in acts)
+    assert {d.client_order_id for d in acts} == set(core.store.orders)
+    ex.send(acts)
+    assert not core.store.orders
+    assert not core.quote(2_440)
+    core.resume()
+    assert any(isinstance(d, Place) for d in core.quote(2_660))
+
+
+def test_flatten_cancels_everything_and_sends_one_reduce_only_market_order():
+    core, ex = started()
+    core.on_event(account_update(-20, 3000.0, t=1_500, wallet="1000"), 1_500)
+    ex.position = -20
+    ex.send(core.quote(2_000))
+    assert core.store.orders
+    core.flatten()
+    acts = core.quote(2_220)
+    kinds = [b.kind for b in acts.batches]
+    assert kinds[0] == "cancel"
+    market = [d for d in acts if isinstance(d, Place)]
+    assert len(market) == 1
+    m = market[0]
+    assert m.order_type == "MARKET" and m.reduce_only and m.side == BUY and m.qty_steps == 20 and m.reason == "flatten"
+    assert {d.client_order_id for d in acts if isinstance(d, Cancel)} == set(core.store.orders)
+    for d in acts:
+        core.on_sent(d, 2_220)
+    assert not [d for d in core.quote(2_440) if isinstance(d, Place)]  # one flatten order at a time
+
+
+def test_fleet_reduce_only_mode_quotes_only_the_reducing_side_within_the_position():
+    core, ex = started(seed_params(base={"base_size": 0.05}, worst_case={"size_decay_k": 0.0}))
+    core.on_event(account_update(30, 3000.0, t=1_500), 1_500)
+    ex.send(core.quote(2_000))
+    core.set_reduce_only(True)
+    acts = core.quote(2_220)
+    cancelled = {d.client_order_id for d in acts if isinstance(d, Cancel)}
+    assert {o.client_order_id for o in core.store.orders.values() if o.side == BUY} <= cancelled
+    assert not [d for d in acts if isinstance(d, Place) and d.side == BUY]
+    ex.send(acts)
+    sells = [o for o in core.store.orders.values() if o.side == SELL]
+    assert sum(o.pending_steps() for o in sells) <= 30
+    assert not [o for o in core.store.orders.values() if o.side == BUY]
+
+
+def test_drawdown_bands_run_a_twap_of_reduce_only_slices_through_the_guard():
+    core, ex = started()
+    core.on_event(account_update(200, 3000.0, t=1_500, wallet="1000"), 1_500)
+    ex.position = 200
+    core.on_event(mark(3000.0, t=1_600), 1_600)  # peak equity 1000
+    core.on_event(mark(2700.0, t=2_000), 2_000)  # -60 USDC: 6 % drawdown
+    assert core.store.drawdown_pct() == pytest.approx(6.0)
+    due = []
+    for t in (2_000, 2_500, 3_200, 4_400, 5_600, 9_000):
+        acts = core.quote(t)
+        slices = [d for d in acts if isinstance(d, Place) and d.reason == "drawdown"]
+        due.append((t, [d.qty_steps for d in slices]))
+        for d in slices:
+            assert d.order_type == "MARKET" and d.reduce_only and d.side == SELL
+        ex.send(acts, t)
+        core.on_event(account_update(ex.position, 3000.0, t=ex.t), ex.t)
+    assert due == [(2_000, [13]), (2_500, []), (3_200, [13]), (4_400, [12]), (5_600, [12]), (9_000, [])]
+    assert ex.position == 150  # reduced by 25 %
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+def test_a_long_position_sends_its_reducing_requests_first():
+    core, ex = started()
+    core.on_event(account_update(20, 3000.0, t=1_500), 1_500)
+    acts = core.quote(2_000)
+    sides = [d.side for d in acts]
+    assert sides[: sides.index(BUY)] and set(sides[: sides.index(BUY)]) == {SELL}
+    assert all(len(b.items) <= 5 for b in acts.batches if b.kind != "cancel")
+
+
+def test_when_the_rate_budget_is_short_the_inner_layers_are_sent():
+    core, ex = started()
+    acts = core.quote(2_000, budget=4)
+    assert sorted(d.layer for d in acts) == [0, 0, 1, 1]
+
+
+def test_cancel_all_cancels_every_acknowledged_order_in_batches_of_ten():
+    core, ex = started(seed_params(grid={"max_layers": 14}), fine_filters())
+    ex.send(core.quote(2_000))
+    n = len(core.store.orders)
+    acts = core.cancel_all()
+    assert len(acts) == n and n > 10
+    assert [len(b.items) for b in acts.batches][0] == 10 and all(b.kind == "cancel" for b in acts.batches)
+
+
+def test_should_quote_on_the_interval_or_a_move_of_half_the_inner_spread():
+    core, ex = started()
+    core.quote(2_000)
+    assert not core.should_quote(2_100)
+    assert core.should_quote(2_220)
+    core.on_event(book(3000.0 * (1 + 0.00065 * 0.5) + 0.01, t=2_150), 2_150)
+    assert core.should_quote(2_150)
+
+
+def test_a_rejected_post_only_order_is_simply_placed_again_next_cycle():
+    core, ex = started()
+    acts = core.quote(2_000)
+    first = next(iter(acts))
+    for d in acts:
+        core.on_sent(d, 2_000)
+    core.on_rejected(first, -5022, 2_001)
+    again = [d for d in core.quote(2_220) if isinstance(d, Place)]
+    assert [(d.side, d.layer) for d in again] == [(first.side, first.layer)]
+    assert again[0].client_order_id != first.client_order_id
+    assert core.store.rejects == {-5022: 1}
+
+
+def test_status_is_plain_data():
+    core, ex = started()
+    ex.send(core.quote(2_000))
+    st = core.status()
+    assert st["symbol"] == SYMBOL and st["halt_state"] == "running" and st["open_orders"] == len(core.store.orders)
+    assert st["worst_long"] == pytest.approx(core.store.worst_long)
