@@ -1,0 +1,217 @@
+"""Fleet figures on the simulator: 1, 10, 30, 50 symbols on one local Ray cluster.
+
+Per fleet size: time from `up` until every agent quotes at the exchange; RSS per agent process; CPU
+of the whole fleet (agents, controller, simulator) while quoting; HTTP kill latency p50/p99 from
+the request to the answer confirming 0 open orders at the exchange for every symbol; recovery after
+SIGKILL of one agent until it quotes again (and older-epoch / duplicate orders then); `/metrics`
+scrape time. Reproduce: `RAY_AUTH_MODE=disabled .venv/bin/python bench/fleet_bench.py`
+(options: --sizes 1,10 --kills 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agents.orders import parse_client_order_id  # noqa: E402
+from controller.controller import ControllerSettings, build_spec, find_controller  # noqa: E402
+from fleet.config import FleetConfig  # noqa: E402
+from fleet.fleet_cli import start_fleet, stop_fleet  # noqa: E402
+
+PARAMS = {  # a generic simulator symbol trades at ~100 with min notional 5
+    "base": {"base_size": 0.1, "net_max": 2.0, "net_max_hard_cap": 2.5},
+    "grid": {"max_layers": 5},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            got = check()
+        except Exception:  # noqa: BLE001 - actors restarting
+            got = None
+        if got:
+            return got
+        time.sleep(interval)
+    raise SystemExit(f"timed out after {timeout:g} s: {what}")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(round(q * (len(ordered) - 1)))))]
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Bench:
+    def __init__(self, ray: Any, n: int, state_dir: str) -> None:
+        self.ray = ray
+        self.symbols = [f"B{i:03d}USDT" for i in range(n)]
+        name = f"bench{n}x{uuid.uuid4().hex[:4]}"
+        self.cfg = FleetConfig.model_validate({
+            "name": name,
+            "exchange": {"kind": "sim", "sim": {"seed": 3}},
+            "accounts": [{"name": "main", "key_file": "/unused"}],
+            "symbols": [{"symbol": s, "account": "main", "params": PARAMS} for s in self.symbols],
+            "api": {"host": "127.0.0.1", "port": free_port(), "token_env": None},
+            "agent": {"num_cpus": 0.01},
+            "state_dir": state_dir,
+        })
+
+    def state(self) -> dict[str, Any]:
+        r = requests.get(f"{self.sim}/sim/state", params={"account": "main"}, timeout=30)
+        r.raise_for_status()
+        return r.json()
+
+    def open_by_symbol(self) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {s: [] for s in self.symbols}
+        for o in self.state()["open_orders"]:
+            out.setdefault(o["symbol"], []).append(o)
+        return out
+
+    def agent(self, symbol: str) -> Any:
+        return self.ray.get_actor(f"agent.{symbol}", namespace=self.cfg.namespace)
+
+    def statuses(self) -> dict[str, dict[str, Any]]:
+        refs = {s: self.agent(s).status.remote() for s in self.symbols}
+        return {s: self.ray.get(r, timeout=30) for s, r in refs.items()}
+
+    def all_quoting(self) -> bool:
+        st = self.statuses()
+        book = self.open_by_symbol()
+        return all(st[s]["state"] == "quoting" and book[s] for s in self.symbols)
+
+    def http(self, method: str, path: str, **kw: Any) -> requests.Response:
+        return requests.request(method, f"{self.url}{path}", headers={"Authorization": f"Bearer {self.token}"},
+                                timeout=120, **kw)
+
+    def run(self, kills: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"symbols": len(self.symbols)}
+        t0 = time.monotonic()
+        running = start_fleet(self.cfg, build_spec(self.cfg), controller_settings=ControllerSettings(),
+                              route_prefix=f"/{self.cfg.name}")
+        self.sim = running.sim_urls["rest_url"]
+        self.url = running.api_url
+        self.token = Path(running.cfg.api.token_file).read_text().strip()
+        try:
+            wait(self.all_quoting, 120 + 4 * len(self.symbols), "every agent quoting")
+            out["time_to_quote_s"] = time.monotonic() - t0
+
+            pids = [st["pid"] for st in self.statuses().values()]
+            rss = [rss_mib(p) for p in pids]
+            out["rss_mib_mean"], out["rss_mib_max"] = statistics.mean(rss), max(rss)
+            ctl_pid = self.ray.get(find_controller(self.cfg.namespace).__ray_call__.remote(lambda s: os.getpid()))
+            sim_pid = self.ray.get(self.ray.get_actor("sim", namespace=self.cfg.namespace).__ray_call__.remote(
+                lambda s: os.getpid()))
+            procs = pids + [ctl_pid, sim_pid]
+            c0, w0 = sum(cpu_seconds(p) for p in procs), time.monotonic()
+            time.sleep(10.0)  # a measurement window, not a wait for a condition
+            out["fleet_cpu_cores"] = (sum(cpu_seconds(p) for p in procs) - c0) / (time.monotonic() - w0)
+
+            scrapes = []
+            for _ in range(10):
+                t = time.monotonic()
+                r = self.http("GET", "/metrics")
+                r.raise_for_status()
+                scrapes.append(time.monotonic() - t)
+            out["metrics_p50_ms"], out["metrics_max_ms"] = pct(scrapes, 0.5) * 1000, max(scrapes) * 1000
+            out["metrics_bytes"] = len(r.content)
+
+            latencies = []
+            for _ in range(kills):
+                wait(self.all_quoting, 60, "quoting before a kill")
+                t = time.monotonic()
+                r = self.http("POST", "/kill", json={"all": True, "mode": "halt", "reason": "bench"})
+                latencies.append(time.monotonic() - t)
+                body = r.json()
+                if not body.get("confirmed") or any(self.open_by_symbol().values()):
+                    raise SystemExit(f"kill not confirmed at the exchange: {body}")
+                self.http("POST", "/resume", json={"all": True}).raise_for_status()
+            out["kill_p50_ms"], out["kill_p99_ms"] = pct(latencies, 0.5) * 1000, pct(latencies, 0.99) * 1000
+            out["kills"] = len(latencies)
+
+            wait(self.all_quoting, 60, "quoting before the SIGKILL")
+            victim = self.symbols[0]
+            before = self.agent(victim).status.remote()
+            before = self.ray.get(before)
+            t = time.monotonic()
+            os.kill(before["pid"], signal.SIGKILL)
+
+            def back() -> Any:
+                st = self.ray.get(self.agent(victim).status.remote(), timeout=10)
+                orders = self.open_by_symbol()[victim]
+                return (st, orders) if st["pid"] != before["pid"] and st["state"] == "quoting" and orders else None
+
+            st, orders = wait(back, 60, "the killed agent quoting again")
+            out["recovery_s"] = time.monotonic() - t
+            ids = [o["clientOrderId"] for o in orders]
+            older = [o for o in orders if (parse_client_order_id(o["clientOrderId"]) or (0,))[0] != st["epoch"]]
+            out["recovery_old_epoch_orders"] = len(older)
+            out["recovery_duplicate_ids"] = len(ids) - len(set(ids))
+        finally:
+            stop_fleet(self.cfg.namespace, self.cfg.name)
+        return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1,10,30,50", help="fleet sizes (symbols)")
+    parser.add_argument("--kills", type=int, default=10, help="kill/resume cycles per size")
+    args = parser.parse_args()
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    results = []
+    with tempfile.TemporaryDirectory() as state_dir:
+        for n in [int(x) for x in args.sizes.split(",") if x]:
+            print(f"== {n} symbols", flush=True)
+            res = Bench(ray, n, state_dir).run(args.kills)
+            print("   " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()),
+                  flush=True)
+            results.append(res)
+    ray.shutdown()
+    print(f"\nfleet bench ({os.cpu_count()} cores, local Ray cluster, simulator on loopback)")
+    print(f"{'symbols':>7} {'to quote s':>10} {'RSS/agent MiB':>13} {'fleet CPU':>9} {'kill p50 ms':>11} "
+          f"{'kill p99 ms':>11} {'recovery s':>10} {'old/dup':>7} {'/metrics ms':>11}")
+    for r in results:
+        print(f"{r['symbols']:>7} {r['time_to_quote_s']:>10.1f} {r['rss_mib_mean']:>13.0f} {r['fleet_cpu_cores']:>9.2f} "
+              f"{r['kill_p50_ms']:>11.0f} {r['kill_p99_ms']:>11.0f} {r['recovery_s']:>10.2f} "
+              f"{r['recovery_old_epoch_orders']}/{r['recovery_duplicate_ids']:<5} {r['metrics_p50_ms']:>11.0f}")
+    print("command: RAY_AUTH_MODE=disabled .venv/bin/python bench/fleet_bench.py "
+          f"--sizes {args.sizes} --kills {args.kills}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
