@@ -193,6 +193,10 @@ class SymbolAgent:
             return
         send = time.monotonic()
         grant = await self._ownership.acquire()  # OwnershipRefused propagates: never trade unowned
+        if self._stopping:  # stopped while waiting for the symbol: give it straight back
+            await self._ownership.release()
+            self._done.set()
+            return
         self._take_grant(grant, send)
         self.log.epoch = grant.epoch
         self.log.event("ownership_acquired", f"owned {self.symbol} at epoch {grant.epoch}", state=grant.kill_state)
