@@ -176,15 +176,11 @@ class AgentCore:
             if g.state == FLATTENING:
                 refused += self._flatten_into(places, extra)
         else:
-            ladder = self._ladder()
-            if ladder.bids or ladder.asks or s.orders:
+            live_bids, live_asks, other_b, other_s = s.ladder_view()
+            ladder = self._ladder(other_b, other_s)
+            if ladder.bids or ladder.asks or live_bids or live_asks:
                 diff = self.manager.diff(
-                    ladder.bids,
-                    ladder.asks,
-                    s.ladder_orders(BUY),
-                    s.ladder_orders(SELL),
-                    ladder.center_ticks,
-                    budget,
+                    ladder.bids, ladder.asks, live_bids, live_asks, ladder.center_ticks, budget
                 )
                 cancels.extend(diff.cancels)
                 orders = s.orders
@@ -211,9 +207,8 @@ class AgentCore:
             return Actions((), ladder, refused)
         return Actions(make_batches(cancels, places, amends, s.position_steps), ladder, refused)
 
-    def _ladder(self) -> Ladder:
+    def _ladder(self, other_b: int, other_s: int) -> Ladder:
         s = self.store
-        other_b, other_s = s.other_pending()
         buy_limit = sell_limit = None
         if not self.guard.may_add_exposure:
             pos = s.position_steps

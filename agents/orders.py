@@ -79,6 +79,10 @@ def adds_exposure(side: str, position_steps: int) -> bool:
     return position_steps <= 0 if side == SELL else position_steps >= 0
 
 
+def _layer(d: Place | Amend) -> int:
+    return d.layer
+
+
 def make_batches(
     cancels: Sequence[Cancel], places: Sequence[Place], amends: Sequence[Amend], position_steps: int
 ) -> tuple[Batch, ...]:
@@ -91,23 +95,22 @@ def make_batches(
     for i in range(0, len(cancels), CANCEL_BATCH_MAX):
         out.append(Batch("cancel", tuple(cancels[i : i + CANCEL_BATCH_MAX])))
     reducing_only = [p for p in places if p.reduce_only]
-    other = [p for p in places if not p.reduce_only]
     for i in range(0, len(reducing_only), PLACE_BATCH_MAX):
         out.append(Batch("place", tuple(reducing_only[i : i + PLACE_BATCH_MAX])))
-
-    def rank(d: Place | Amend) -> tuple[int, int]:
-        return (1 if adds_exposure(d.side, position_steps) else 0, d.layer)
-
-    amends_sorted = sorted(amends, key=rank)
-    places_sorted = sorted(other, key=rank)
-    # Reducing amends and places first, then adding ones; each kind in its own batches.
-    for adding in (0, 1):
-        a = [x for x in amends_sorted if rank(x)[0] == adding]
-        p = [x for x in places_sorted if rank(x)[0] == adding]
-        for i in range(0, len(a), AMEND_BATCH_MAX):
-            out.append(Batch("amend", tuple(a[i : i + AMEND_BATCH_MAX])))
-        for i in range(0, len(p), PLACE_BATCH_MAX):
-            out.append(Batch("place", tuple(p[i : i + PLACE_BATCH_MAX])))
+    # Reducing amends and places first, then adding ones (inner layers first); each kind in its own batches.
+    groups: tuple[list, list, list, list] = ([], [], [], [])  # reducing amends, reducing places, adding ...
+    for a in amends:
+        groups[2 if adds_exposure(a.side, position_steps) else 0].append(a)
+    for p in places:
+        if not p.reduce_only:
+            groups[3 if adds_exposure(p.side, position_steps) else 1].append(p)
+    for kind, g in zip(("amend", "place", "amend", "place"), groups):
+        if not g:
+            continue
+        g.sort(key=_layer)
+        size = AMEND_BATCH_MAX if kind == "amend" else PLACE_BATCH_MAX
+        for i in range(0, len(g), size):
+            out.append(Batch(kind, tuple(g[i : i + size])))
     return tuple(out)
 
 

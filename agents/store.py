@@ -52,6 +52,14 @@ def _stage(status: str, exec_type: str = "") -> int:
     return _STAGE_NEW
 
 
+def _price(o: "LiveOrder") -> int:
+    return o.price_ticks
+
+
+def _neg_price(o: "LiveOrder") -> int:
+    return -o.price_ticks
+
+
 class LiveOrder:
     """One order as the store knows it (mutable inside the store only; others read it)."""
 
@@ -325,6 +333,24 @@ class Store:
         ]
         out.sort(key=(lambda o: -o.price_ticks) if side == BUY else (lambda o: o.price_ticks))
         return out
+
+    def ladder_view(self) -> tuple[list[LiveOrder], list[LiveOrder], int, int]:
+        """One pass for a quote cycle: live ladder bids and asks (inner to outer), and the pending
+        (buy, sell) steps of everything else (other orders, cancels in flight, unbooked fills)."""
+        bids: list[LiveOrder] = []
+        asks: list[LiveOrder] = []
+        ob = os_ = 0
+        closed = _CLOSED
+        for o in self.orders.values():
+            if o.reason == "ladder" and o.cancel_sent_ms is None and o.status not in closed:
+                (bids if o.side == BUY else asks).append(o)
+            elif o.side == BUY:
+                ob += o.contrib
+            else:
+                os_ += o.contrib
+        bids.sort(key=_neg_price)
+        asks.sort(key=_price)
+        return bids, asks, ob, os_
 
     def other_pending(self) -> tuple[int, int]:
         """Pending (buy, sell) steps of open orders that are not the ladder's (or are being cancelled)."""
