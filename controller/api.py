@@ -307,12 +307,10 @@ class FleetApi:
         def lookup() -> dict[str, int]:
             from ray._private import state
 
-            out = {}
-            for sym, actor_id in ids.items():
-                record = state.actors(actor_id=actor_id)
-                if record:
-                    out[sym] = int(record.get("NumRestarts", 0))
-            return out
+            alive = state.actors(actor_state_name="ALIVE")   # one GCS call for the whole fleet
+            return {
+                sym: int(alive[actor_id].get("NumRestarts", 0)) for sym, actor_id in ids.items() if actor_id in alive
+            }
 
         try:
             return await asyncio.wait_for(asyncio.to_thread(lookup), self.settings.agent_timeout_s)
