@@ -648,7 +648,10 @@ class Store:
         if u.exec_type == "TRADE" and u.last_filled_qty > 0 and self._book_trade(u):
             o = self._find(u.client_order_id, u.order_id)
             if o is not None:
-                o.booked_steps += self.steps(u.last_filled_qty)
+                # Capped at the order's filled quantity: after a snapshot reset its fills so far
+                # already count as booked, and a late trade frame must not count them twice.
+                booked = o.booked_steps + self.steps(u.last_filled_qty)
+                o.booked_steps = booked if booked < o.filled_steps else o.filled_steps
                 self._refresh(o)
             return True
         return changed
@@ -755,6 +758,11 @@ class Store:
             if p.symbol == self.symbol and p.position_side in ("BOTH", ""):
                 changed |= self._set_position(p.amount, p.entry_price, ev.transaction_time or ev.event_time)
         return changed
+
+    def set_position(self, amount: Decimal, entry_price: Decimal, update_time: int) -> bool:
+        """The exchange's position figure as of ``update_time`` (REST positionRisk, say); ignored if
+        older than the one we hold; trades booked here after that time stay added on top."""
+        return self._set_position(Decimal(amount), Decimal(entry_price), int(update_time))
 
     def _set_position(self, amount: Decimal, entry_price: Decimal, t: int) -> bool:
         if t < self.position_time:

@@ -242,6 +242,18 @@ def test_snapshot_reset_closes_missing_orders_keeps_fresh_in_flight_and_sets_pos
     assert_pending_consistent(store)
 
 
+def test_after_a_snapshot_late_trade_frames_are_not_counted_twice(store):
+    snap = [order_info("a", 7, BUY, 300_000, 10, status="PARTIALLY_FILLED", executed_steps=3, avg_ticks=300_000, t=4_000)]
+    store.reset_from_snapshot(position_info(3, 3000.0, 4_000), snap, now_ms=5_000)
+    assert store.position_steps == 3 and store.pending_buy_steps == 7
+    # the frame of those 3 arrives late (buffered across the resync): already in both figures
+    store.apply(order_update("a", 7, BUY, 300_000, 10, status="PARTIALLY_FILLED", cum_steps=3, last_steps=3, t=4_000, trade_id=1))
+    assert store.position_steps == 3 and store.pending_buy_steps == 7
+    store.apply(order_update("a", 7, BUY, 300_000, 10, status="PARTIALLY_FILLED", cum_steps=5, last_steps=2, t=6_000, trade_id=2))
+    assert store.position_steps == 5 and store.pending_buy_steps == 5
+    assert_pending_consistent(store)
+
+
 def test_mid_book_and_mark_with_stale_book_updates_ignored(store):
     store.apply(book(3000.0, t=1_000, update_id=5))
     store.apply(book(2900.0, t=1_001, update_id=4))
