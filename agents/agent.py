@@ -177,11 +177,12 @@ class SymbolAgent:
             "unknown_outcomes_resolved": 0,
             "stale_market_pulls": 0,
             "foreign_events": 0,
-            "malformed_events": 0,
             "start_attempts": 0,
             "rate_limited": 0,
         }
         self._started_mono = time.monotonic()
+        self._streams: list[Any] = []  # every stream not yet folded into the frame counts below
+        self._frames_retired = {"malformed_frames": 0, "unknown_events": 0}
 
     # ================================================================== public API
 
@@ -325,7 +326,7 @@ class SymbolAgent:
             "tick_to_order_p50_ms": self._latency_ms(0.5),
             "tick_to_order_p99_ms": self._latency_ms(0.99),
             "rate_share": self.budget.share,
-            "counters": dict(self.counters),
+            "counters": {**self.counters, **self._frame_counts()},
         }
 
     def exposure(self) -> dict:
@@ -389,6 +390,7 @@ class SymbolAgent:
         client = self._require_client()
         key = await client.create_listen_key()
         stream = UserStream(self.endpoints.ws_user_url, key)
+        self._streams.append(stream)
         await stream.connect()
         self._user = stream
         self._user_stream_opened = time.monotonic()
@@ -397,6 +399,7 @@ class SymbolAgent:
 
     async def _connect_market(self) -> None:
         stream = _TimedMarketStream(self.endpoints.ws_market_url, self.symbol, ("bookTicker", "markPrice@1s"))
+        self._streams.append(stream)
         await stream.connect()
         if self._market is not None:
             old, self._market = self._market, stream
@@ -714,6 +717,8 @@ class SymbolAgent:
                         self._spawn(self._resolve(o.client_order_id), "resolve")
                 if len(self._lookups) > 1000:
                     self._lookups = {k: v for k, v in self._lookups.items() if k in core.store.orders}
+            if len(self._streams) > 4:
+                self._fold_streams()
             if now - self._user_stream_opened > self.runtime.stream_max_lifetime_sec and self._user_connected:
                 self._user_stream_opened = now
                 self._spawn(self._planned_user_swap(), "user-swap")
@@ -726,6 +731,7 @@ class SymbolAgent:
         client = self._require_client()
         key = await client.create_listen_key()
         stream = UserStream(self.endpoints.ws_user_url, key)
+        self._streams.append(stream)
         await stream.connect()
         old, self._user = self._user, stream
         self._user_stream_opened = time.monotonic()
@@ -1132,6 +1138,25 @@ class SymbolAgent:
         if self._stopping or self._lost_ownership or (core is not None and core.halt_state == "halted"):
             return "halted"
         return "quoting"
+
+    def _frame_counts(self) -> dict[str, int]:
+        """Bad frames skipped and unknown events passed through, over every stream this agent opened."""
+        out = dict(self._frames_retired)
+        for stream in tuple(self._streams):
+            out["malformed_frames"] += stream.malformed
+            out["unknown_events"] += stream.unknown
+        return out
+
+    def _fold_streams(self) -> None:
+        """Streams no longer in use: their counts go into the totals, the objects are let go."""
+        live = []
+        for stream in self._streams[:-2]:  # the newest two may still be connecting
+            if stream is self._market or stream is self._user:
+                live.append(stream)
+            else:
+                self._frames_retired["malformed_frames"] += stream.malformed
+                self._frames_retired["unknown_events"] += stream.unknown
+        self._streams = live + self._streams[-2:]
 
     def _set_user_connected(self, on: bool) -> None:
         self._user_connected = on

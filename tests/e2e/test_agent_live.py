@@ -623,3 +623,4 @@ async def test_planned_stream_reconnects_leave_no_gap(make_agent, exchange):
     assert agent.counters["resyncs"] == 0 and agent.counters["user_stream_reconnects"] == 0
     assert metric(agent, "mm_ws_connected") == 1.0
     assert agent.status()["state"] == "quoting"
+
