@@ -269,6 +269,21 @@ def test_an_agent_that_does_not_answer_is_reported_and_the_rest_still_served(liv
     live.wait_quoting(within_s=60)
 
 
+def test_a_restarted_agent_is_counted_in_status_and_metrics(live):
+    pid = live.get("/status").json()["agents"]["BTCUSDT"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+
+    def back() -> dict[str, Any] | None:
+        agent = live.get("/status").json()["agents"]["BTCUSDT"]
+        return agent if agent.get("restarts") == 1 and agent.get("pid") != pid else None
+
+    poll(back, within_s=60, what="BTCUSDT's agent restarted by Ray")
+    live.wait_quoting(within_s=60)
+    fams = live.metric_families()
+    restarts = {s.labels["symbol"]: s.value for s in fams["mmfleet_agent_restarts"].samples}
+    assert restarts == {"ETHUSDC": 0.0, "BTCUSDT": 1.0, "SOLUSDT": 0.0}
+
+
 def test_no_response_contains_the_token_or_the_exchange_keys(live):
     live.get("/docs", auth=False)
     live.get("/openapi.json", auth=False)
