@@ -431,9 +431,12 @@ class SimServer:
             raise missing("timestamp")
         try:
             ts = int(ts_raw)
-            recv = int(params.get("recvWindow") or 5000)
         except ValueError as exc:
             raise missing("timestamp") from exc
+        try:
+            recv = int(params.get("recvWindow") or 5000)
+        except ValueError:
+            raise SimApiError(-1130, "Data sent for parameter 'recvWindow' is not valid.") from None
         if recv <= 0 or recv > self.config.recv_window_max_ms:
             raise SimApiError(-1130, "Data sent for parameter 'recvWindow' is not valid.")
         if ts >= now + 1000:
