@@ -207,7 +207,9 @@ async def ladder_mismatches(agent: SymbolAgent, ex: Exchange) -> list[str]:
     core = agent.core
     if not await in_sync(agent, ex):
         return ["not in sync"]
-    ladder = core._ladder()  # what the strategy wants now, from the same store
+    ladder = core.last_ladder  # what the strategy proposed in the latest cycle (every 220 ms)
+    if ladder is None:
+        return ["no ladder yet"]
     st = await ex.state()
     f = agent.filters
     out = []
