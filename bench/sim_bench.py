@@ -27,6 +27,8 @@ from fleet.sim.server import SimServer  # noqa: E402
 from fleet.sim.testkit import SimClient  # noqa: E402
 
 SYMBOLS = ["ETHUSDC", "BTCUSDT", "SOLUSDT"]
+# latency runs measure speed, not the order-rate limits (those are tested in tests/fleet/test_sim_faults.py)
+UNLIMITED = {"rate_limits": {"weight_per_minute": 10**9, "orders_per_10s": 10**9, "orders_per_minute": 10**9}}
 
 
 FLEET_STREAMS = ("@bookTicker", "@markPrice@1s", "@aggTrade")  # what the fleet's agents subscribe to
@@ -107,7 +109,7 @@ def market_model_half_hour() -> str:
 
 async def rest_and_stream_latency(orders: int) -> tuple[list[float], list[float]]:
     """New-order round trips over loopback, and order acceptance -> user-stream frame received."""
-    async with SimServer(symbols=SYMBOLS, seed=7) as sim, SimClient.for_sim(sim) as c, \
+    async with SimServer(symbols=SYMBOLS, seed=7, config=UNLIMITED) as sim, SimClient.for_sim(sim) as c, \
             aiohttp.ClientSession() as s:
         key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
         ws = await s.ws_connect(f"{sim.ws_url}/ws/{key}")
@@ -157,7 +159,7 @@ async def rest_and_stream_latency(orders: int) -> tuple[list[float], list[float]
 
 async def countdown_lateness(rounds: int) -> list[float]:
     """countdownCancelAll: ms from the armed deadline to the CANCELED frame reaching the client."""
-    async with SimServer(symbols=SYMBOLS, seed=7) as sim, SimClient.for_sim(sim) as c, \
+    async with SimServer(symbols=SYMBOLS, seed=7, config=UNLIMITED) as sim, SimClient.for_sim(sim) as c, \
             aiohttp.ClientSession() as s:
         key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
         ws = await s.ws_connect(f"{sim.ws_url}/ws/{key}")
