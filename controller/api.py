@@ -7,6 +7,9 @@ owns the durable kill state. The bearer token is read inside the replica (env va
 passed as an argument, and compared in constant time.
 """
 
+# No ``from __future__ import annotations`` here: FastAPI reads the ingress methods' annotations
+# (``Credentials``, request bodies) as objects, and Serve's wrapping hides the module they live in.
+
 import asyncio
 import hmac
 import logging
@@ -137,6 +140,7 @@ def fleet_totals(per_symbol: dict[str, dict[str, Any]], max_total_notional: floa
     totals["net_notional"] = totals.pop("notional")
     totals["gross_notional"] = gross
     totals["total_pnl"] = totals["realized_pnl"] + totals["unrealized_pnl"] + totals["funding_pnl"]
+    totals["net_pnl"] = totals["total_pnl"] - totals["commission"]
     totals["max_total_notional"] = max_total_notional
     totals["notional_used"] = gross / max_total_notional if max_total_notional else None
     totals["symbols_answered"] = len(answered)

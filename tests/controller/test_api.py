@@ -229,3 +229,21 @@ def test_ensure_api_token_creates_a_private_token_file_once(tmp_path, monkeypatc
 
     monkeypatch.setenv("MMFLEET_API_TOKEN", "from-the-environment")
     assert ensure_api_token(cfg) == (cfg, "environment variable MMFLEET_API_TOKEN")
+
+
+def test_fleet_totals_sum_only_what_answered_and_say_so():
+    from controller.api import fleet_totals
+
+    per_symbol = {
+        "ETHUSDC": {"reachable": True, "notional": 300.0, "realized_pnl": 2.0, "unrealized_pnl": -1.0,
+                    "funding_pnl": 0.5, "commission": 0.25},
+        "BTCUSDT": {"reachable": True, "notional": -500.0, "realized_pnl": 1.0, "unrealized_pnl": float("nan"),
+                    "funding_pnl": -0.5, "commission": 0.25},
+        "SOLUSDT": {"reachable": False, "error": "agent.SOLUSDT.exposure did not answer within 2 s"},
+    }
+    totals = fleet_totals(per_symbol, max_total_notional=1000.0)
+    assert totals["gross_notional"] == 800.0 and totals["net_notional"] == -200.0
+    assert totals["notional_used"] == 0.8
+    assert totals["total_pnl"] == 2.0 and totals["net_pnl"] == 1.5     # a NaN counts as nothing
+    assert totals["symbols_answered"] == 2 and totals["symbols_missing"] == ["SOLUSDT"]
+    assert totals["complete"] is False
