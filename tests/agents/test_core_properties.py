@@ -21,7 +21,17 @@ from agents.orders import Amend, Cancel, Place
 from agents.store import Store
 from fleet.binance.events import BUY, SELL, OrderUpdate
 
-from .test_core_support import SYMBOL, account_update, book, eth_filters, mark, order_info, order_update, seed_params
+from .test_core_support import (
+    SYMBOL,
+    account_update,
+    book,
+    eth_filters,
+    mark,
+    order_info,
+    order_update,
+    position_info,
+    seed_params,
+)
 
 # Sizes large enough that the ladder alone reaches the cap: every cycle presses against the guard.
 PARAMS = seed_params(base={"base_size": 0.05}, worst_case={"size_decay_k": 0.5}, grid={"max_layers": 12})
@@ -189,6 +199,14 @@ class CoreMachine(RuleBasedStateMachine):
         self.core.on_event(account_update(self.position, self.mid_ticks / 100, t=t), t)
 
     @rule()
+    def resync(self) -> None:
+        """A REST snapshot (open orders + position) replaces what the store knows; frames still on
+        their way arrive afterwards, as they do when the user stream was buffered across a resync."""
+        t = self.tick()
+        snapshot = [self._info(o) for o in self.orders.values() if o.open]
+        self.core.reset_from_snapshot(position_info(self.position, self.mid_ticks / 100, t), snapshot, t)
+
+    @rule()
     def settle(self) -> None:
         """Everything answered and delivered: the store must then agree with the exchange exactly."""
         while self.inflight:
@@ -278,8 +296,10 @@ def random_walk(seed: int, steps: int = 120) -> None:
             m.deliver_one(rng.randrange(1 << 20))
         elif r < 0.85 and m.delivered:
             m.duplicate(rng.randrange(1 << 20))
-        elif r < 0.9:
+        elif r < 0.88:
             m.account_update()
+        elif r < 0.91:
+            m.resync()
         elif r < 0.95:
             m.settle()
         m.pending_equals_the_sum_over_open_orders()
