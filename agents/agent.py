@@ -61,6 +61,7 @@ BLOCK_STOPPING = "stopping"
 
 LEASE_MARGIN_S = 1.0  # the lease is treated as lapsed this long before it really does
 IN_FLIGHT_QUERY_MS = 3_000  # an order unanswered this long is looked up by client order id
+UNRESOLVED_QUERY_MS = 1_000  # an order the exchange called unknown, with no final frame this long: looked up
 WATCHDOG_S = 0.25
 LATENCY_KEEP = 200_000  # tick-to-order samples kept for the benchmark
 LATENCY_RECENT = 2_048  # the window status() summarises (cheap enough to sort on every call)
@@ -164,6 +165,7 @@ class SymbolAgent:
         self._user_stream_opened: float = 0.0
         self._market_stream_opened: float = 0.0
         self._user_reconnect = asyncio.Event()
+        self._resync_lock = asyncio.Lock()
         self.latencies_ns: deque[int] = deque(maxlen=LATENCY_KEEP)
         self._recent_latencies: deque[int] = deque(maxlen=LATENCY_RECENT)
         self.counters: dict[str, int] = {
@@ -413,6 +415,10 @@ class SymbolAgent:
 
     async def _resync(self, initial: bool = False) -> None:
         """REST snapshot (position, open orders, wallet) made the truth, then the buffered user events."""
+        async with self._resync_lock:
+            await self._resync_locked(initial)
+
+    async def _resync_locked(self, initial: bool) -> None:
         client = self._require_client()
         core = self._require_core()
         self._blocks.add(BLOCK_RESYNC)
@@ -431,6 +437,16 @@ class SymbolAgent:
             f"snapshot: position {core.store.position}, {len(orders)} open orders",
             position=core.store.position,
         )
+
+    async def _resync_live(self) -> None:
+        """A resync while streaming (an order only a snapshot can explain); one at a time."""
+        if self._resync_lock.locked() or self._stopping:
+            return
+        try:
+            await self._resync()
+        except _TRANSIENT as exc:
+            self._blocks.discard(BLOCK_RESYNC)
+            self.log.event("resync_failed", f"resync failed: {exc!r}", level=logging.WARNING)
 
     async def _wallet_balance(self) -> float | None:
         asset = self.filters.margin_asset if self.filters else ""
@@ -465,7 +481,7 @@ class SymbolAgent:
                 if isinstance(res, OrderInfo):
                     core.on_order_info(res)
                 else:
-                    core.store.on_cancel_rejected(cid, res.code, oid)
+                    core.store.on_cancel_rejected(cid, res.code, oid, self._exchange_ms())
         # What the exchange still lists must be gone before quoting starts.
         left = [o for o in await client.open_orders(self.symbol) if _older_epoch(o.client_order_id, core.epoch)]
         if left:
@@ -715,6 +731,13 @@ class SymbolAgent:
                     if now - last >= IN_FLIGHT_QUERY_MS / 1000:
                         self._lookups[o.client_order_id] = now
                         self._spawn(self._resolve(o.client_order_id), "resolve")
+                for o in core.store.unresolved_orders(_now_ms() + self._offset(), UNRESOLVED_QUERY_MS):
+                    if o.client_order_id in self._sending:
+                        continue
+                    last = self._lookups.get(o.client_order_id, -math.inf)
+                    if now - last >= UNRESOLVED_QUERY_MS / 1000:
+                        self._lookups[o.client_order_id] = now
+                        self._spawn(self._resolve(o.client_order_id), "resolve")
                 if len(self._lookups) > 1000:
                     self._lookups = {k: v for k, v in self._lookups.items() if k in core.store.orders}
             if len(self._streams) > 4:
@@ -827,18 +850,18 @@ class SymbolAgent:
             return
         except BudgetExhaustedError as exc:
             for d in items:
-                core.on_rejected(d, 0, _now_ms())
+                core.on_rejected(d, 0, self._exchange_ms())
             self.log.event("budget_refused", f"{batch.kind} x{len(items)} not sent: {exc.msg}", level=logging.DEBUG)
             return
         except RateLimitedError as exc:
             self.counters["rate_limited"] += 1
             for d in items:
-                core.on_rejected(d, exc.code, _now_ms())
+                core.on_rejected(d, exc.code, self._exchange_ms())
             self.log.event("rate_limited", f"429: pausing {exc.retry_after}s", level=logging.WARNING)
             return
         except BinanceError as exc:
             for d in items:
-                core.on_rejected(d, exc.code, _now_ms())
+                core.on_rejected(d, exc.code, self._exchange_ms())
             self.log.event("request_failed", f"{batch.kind} x{len(items)}: {exc!r}", level=logging.WARNING)
             return
         for d, res in zip(items, results):
@@ -852,7 +875,7 @@ class SymbolAgent:
             elif isinstance(res, OutcomeUnknownError):
                 await self._resolve(d.client_order_id, d)
             elif isinstance(res, BinanceError):
-                core.on_rejected(d, res.code, _now_ms())
+                core.on_rejected(d, res.code, self._exchange_ms())
                 if res.code not in (-5022, -2011, -2013, -5027):
                     self.log.event(
                         "order_rejected", f"{batch.kind} refused: {res!r}", level=logging.WARNING,
@@ -900,12 +923,14 @@ class SymbolAgent:
             info = await self._client.query_order(self.symbol, client_order_id=client_order_id)
         except UnknownOrderError as exc:
             o = core.store.orders.get(client_order_id)
-            if decision is not None:
-                core.on_rejected(decision, exc.code, _now_ms())
-            elif o is not None and o.status == "PENDING_NEW":
-                core.store.on_rejected(client_order_id, exc.code, _now_ms())
-            self.counters["unknown_outcomes_resolved"] += 1
-            self.log.event("outcome_resolved", "not at the exchange: never placed", client_order_id=client_order_id)
+            if isinstance(decision, Place) or (decision is None and o is not None and o.status == "PENDING_NEW"):
+                core.store.on_rejected(client_order_id, exc.code, self._exchange_ms())
+                self.counters["unknown_outcomes_resolved"] += 1
+                self.log.event("outcome_resolved", "not at the exchange: never placed", client_order_id=client_order_id)
+            elif o is not None:
+                # it existed, and the exchange no longer knows it: only a snapshot can say where it went
+                self.log.event("order_unknown", "exchange no longer knows it: resync", level=logging.WARNING, client_order_id=client_order_id)
+                self._spawn(self._resync_live(), "resync")
             return
         except BinanceError as exc:
             self.log.event("resolve_failed", f"lookup failed: {exc!r}; will retry", level=logging.WARNING, client_order_id=client_order_id)
