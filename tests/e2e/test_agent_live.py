@@ -626,3 +626,13 @@ async def test_planned_stream_reconnects_leave_no_gap(make_agent, exchange):
     assert metric(agent, "mm_ws_connected") == 1.0
     assert agent.status()["state"] == "quoting"
 
+
+
+async def test_clock_skew_is_relearned_on_minus_1021(make_agent, exchange):
+    agent = await make_agent()
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    agent._client.time_offset_ms -= 120_000  # our clock now looks two minutes late to the exchange
+    await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": 0.3})
+    await wait_for(lambda: abs(agent._client.time_offset_ms) < 5_000, 10, "the offset relearned from /fapi/v1/time")
+    await wait_for(lambda: resting(agent, exchange), 10, "quoting on", explain=lambda: describe(agent, exchange))
+    assert agent.status()["state"] == "quoting"

@@ -197,8 +197,9 @@ async def test_second_agent_is_refused_naming_the_owner_pid_and_ctrl_c_stops_cle
     summary = json.loads(out)
     assert summary["state"] == "stopped" and summary["exchange_open_orders"] == 0
     assert (await sim_state(sim))["open_orders"] == []
-    key = sim.accounts[0][1]
-    assert key not in out and all(key not in line for line in owner.log_lines)
+    _, key, secret = sim.accounts[0]
+    for value in (key, secret):  # never in the summary, the logs or the metrics
+        assert value not in out and value not in text and all(value not in line for line in owner.log_lines)
 
 
 async def test_sigterm_with_flatten_closes_the_position_within_20s(sim, spawn, fleet_config):
