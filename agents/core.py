@@ -67,6 +67,8 @@ class AgentCore:
         *,
         start_seq: int = 0,
     ) -> None:
+        if filters.symbol != symbol:
+            raise ValueError(f"filters are for {filters.symbol!r}, not for the agent's symbol {symbol!r}")
         self.symbol = symbol
         self.params = params
         self.filters = filters

@@ -169,6 +169,8 @@ class AgentMetrics:
             ref.add_metric([self.symbol, reason], float(n))
         yield ref
         yield _counter("mm_quote_cycles", "quote cycles run", sym, core.cycles)
+        yield _counter("mm_stale_frames", "duplicate or older exchange frames skipped", sym, s.stale_updates)
+        yield _counter("mm_foreign_frames", "frames for another symbol skipped", sym, s.foreign_events)
 
 
 def _counter(name: str, doc: str, labels: list[str], value: float) -> CounterMetricFamily:

@@ -261,3 +261,8 @@ def test_status_is_plain_data():
     st = core.status()
     assert st["symbol"] == SYMBOL and st["halt_state"] == "running" and st["open_orders"] == len(core.store.orders)
     assert st["worst_long"] == pytest.approx(core.store.worst_long)
+
+
+def test_filters_of_another_symbol_are_refused_with_a_clear_error():
+    with pytest.raises(ValueError, match="BTCUSDT"):
+        AgentCore("BTCUSDT", seed_params(), eth_filters(), epoch=1)
