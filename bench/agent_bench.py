@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import resource
 import subprocess
 import sys
