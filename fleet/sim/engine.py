@@ -64,6 +64,20 @@ def _fixed(units: int, places: int) -> str:
     return digits[:-places] + "." + digits[-places:]
 
 
+_POW10 = [10 ** i for i in range(19)]
+
+
+def _fast_units(raw: str, places: int) -> int | None:
+    """Plain ``123.45`` (ASCII digits, at most ``places`` decimals) as integer units of 10^-places;
+    None for anything else, which then takes the careful Decimal path and its precise error codes."""
+    ip, _, fp = raw.partition(".")
+    if fp:
+        fp = fp.rstrip("0")
+    if len(fp) > places or not ip.isascii() or not ip.isdigit() or (fp and not (fp.isascii() and fp.isdigit())):
+        return None
+    return int(ip) * _POW10[places] + (int(fp) * _POW10[places - len(fp)] if fp else 0)
+
+
 def _decimals_in(s: str) -> int:
     if "." not in s:
         return 0
@@ -205,6 +219,14 @@ class Book:
         self.market_max_qty = Decimal(spec.market_max_qty)
         self.mult_up = Decimal(spec.multiplier_up)
         self.mult_down = Decimal(spec.multiplier_down)
+        self.min_notional_units = int((self.min_notional * 10 ** self.notional_places).to_integral_value(
+            rounding="ROUND_CEILING"))
+        self.min_notional_f = float(self.min_notional)
+        self.mult_up_f = float(self.mult_up)
+        self.mult_down_f = float(self.mult_down)
+        self.min_qty_steps = int((self.min_qty / self.step).to_integral_value(rounding="ROUND_CEILING"))
+        self.max_steps = int((self.max_qty / self.step).to_integral_value(rounding="ROUND_FLOOR"))
+        self.market_max_steps = int((self.market_max_qty / self.step).to_integral_value(rounding="ROUND_FLOOR"))
         price = spec.start_price
         self.level_steps = max(1, int((spec.level_qty or 20000.0 / price) / self.step_f))
         self.taker_mean_steps = max(1.0, (spec.taker_mean_qty or 5000.0 / price) / self.step_f)
@@ -1004,6 +1026,11 @@ class Engine:
     def _price_ticks(b: Book, raw: str | None, name: str = "price") -> int:
         if raw is None or raw == "":
             raise missing(name)
+        units = _fast_units(raw, b.price_places)
+        if units:  # the common, well-formed case without Decimal; anything else takes the careful path
+            if units % b.price_mult:
+                raise SimApiError(-4014, "Price not increased by tick size.")
+            return units // b.price_mult
         try:
             d = Decimal(raw)
         except InvalidOperation as exc:
@@ -1022,6 +1049,16 @@ class Engine:
     def _qty_steps(b: Book, raw: str | None, market: bool) -> int:
         if raw is None or raw == "":
             raise missing("quantity")
+        units = _fast_units(raw, b.qty_places)
+        if units:
+            if units % b.qty_mult:
+                raise SimApiError(-4023, "Qty not increased by step size.")
+            steps = units // b.qty_mult
+            if steps < b.min_qty_steps:
+                raise SimApiError(-4003, "Quantity less than or equal to zero.")
+            if steps > (b.market_max_steps if market else b.max_steps):
+                raise SimApiError(-4005, "Quantity greater than max quantity.")
+            return steps
         try:
             d = Decimal(raw)
         except InvalidOperation as exc:
@@ -1180,16 +1217,20 @@ class Engine:
                 raise SimApiError(-1115, "Invalid timeInForce.")
             price = self._price_ticks(b, params.get("price"))
         qty = self._qty_steps(b, params.get("quantity"), market)
-        mark = b.mark_dec()
-        px = b.tick * price if price else mark
-        notional = px * (b.step * qty)
-        if not reduce_only and notional < b.min_notional:
+        mark = b.mark
+        if market:
+            notional_f = mark * qty * b.step_f
+            notional_ok = notional_f >= b.min_notional_f
+        else:  # exact, in integer units of tick x step
+            notional_f = price * b.tick_f * qty * b.step_f
+            notional_ok = price * qty * b.notional_mult >= b.min_notional_units
+        if not reduce_only and not notional_ok:
             raise SimApiError(-4164, f"Order's notional must be no smaller than {b.min_notional:f} (unless you choose reduce only).")
         if not market:
-            if side == "BUY" and px > mark * b.mult_up:
-                raise SimApiError(-4016, f"Price is higher than mark price multiplier cap.")
-            if side == "SELL" and px < mark * b.mult_down:
-                raise SimApiError(-4024, f"Price is lower than mark price multiplier floor.")
+            if side == "BUY" and price * b.tick_f > mark * b.mult_up_f:
+                raise SimApiError(-4016, "Price is higher than mark price multiplier cap.")
+            if side == "SELL" and price * b.tick_f < mark * b.mult_down_f:
+                raise SimApiError(-4024, "Price is lower than mark price multiplier floor.")
         sign = 1 if side == "BUY" else -1
         pos = acct.position(b.symbol)
         if reduce_only and (pos.amount == 0 or (pos.amount > 0) == (sign > 0)):
@@ -1199,7 +1240,7 @@ class Engine:
         if not reduce_only:
             increases = pos.amount == 0 or (pos.amount > 0) == (sign > 0) or qty > abs(pos.amount)
             if increases:
-                need = float(notional) / self.leverage_of(acct, b.symbol)
+                need = notional_f / self.leverage_of(acct, b.symbol)
                 if need > self._available_fast(acct, b.spec.margin_asset):
                     raise SimApiError(-2019, "Margin is insufficient.")
         if tif == "GTX":
@@ -1331,13 +1372,11 @@ class Engine:
             raise SimApiError(-5027, "No need to modify the order.")
         if o.modifies >= 10000:
             raise SimApiError(-5026, "Exceed maximum modify order limit.")
-        mark = b.mark_dec()
-        px = b.tick * price
-        if not o.reduce_only and px * (b.step * qty) < b.min_notional:
+        if not o.reduce_only and price * qty * b.notional_mult < b.min_notional_units:
             raise SimApiError(-4164, f"Order's notional must be no smaller than {b.min_notional:f} (unless you choose reduce only).")
-        if o.sign > 0 and px > mark * b.mult_up:
+        if o.sign > 0 and price * b.tick_f > b.mark * b.mult_up_f:
             raise SimApiError(-4016, "Price is higher than mark price multiplier cap.")
-        if o.sign < 0 and px < mark * b.mult_down:
+        if o.sign < 0 and price * b.tick_f < b.mark * b.mult_down_f:
             raise SimApiError(-4024, "Price is lower than mark price multiplier floor.")
         o.modifies += 1
         acct.counters["orders_amended"] += 1
