@@ -32,6 +32,7 @@ from fleet.config import (
 from tests.controller.test_prometheus import central_config, cluster_config, free_port, poll, start_prometheus
 
 SYMBOLS = ("ETHUSDC", "BTCUSDT", "SOLUSDT")
+AGENT_TIMEOUT_S = 3.0   # generous: two shared cores under load; a stopped agent still costs only this
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "fleet.demo.yaml"
 
 
@@ -91,7 +92,7 @@ def live(ray_cluster, tmp_path_factory):
     )
     controller = get_or_create_controller(cfg)
     ray.get(controller.apply.remote(build_spec(cfg, str(DEMO_CONFIG))), timeout=120)
-    url = deploy(cfg, route_prefix=f"/{cfg.name}", settings=ApiSettings(agent_timeout_s=1.5))
+    url = deploy(cfg, route_prefix=f"/{cfg.name}", settings=ApiSettings(agent_timeout_s=AGENT_TIMEOUT_S))
     fleet = Live(url=url, token=token, cfg=cfg, sim=sim, secrets=(api_key, api_secret, token))
     fleet.wait_quoting(within_s=90)
     yield fleet
@@ -141,8 +142,9 @@ class Live:
 
 
 def test_status_shows_every_agent_quoting_with_its_epoch_and_lease(live):
-    body = live.get("/status").json()
-    assert body["agents_expected"] == 3 and body["agents_up"] == 3
+    body = poll(lambda: (lambda b: b if b["agents_up"] == 3 else None)(live.get("/status").json()),
+                within_s=30, what="every agent answering /status")
+    assert body["agents_expected"] == 3
     assert body["controller"]["reachable"] is True
     for sym in SYMBOLS:
         agent = body["agents"][sym]
@@ -172,7 +174,12 @@ def test_exposure_matches_the_exchange(live):
 
 
 def test_metrics_page_has_the_twelve_seed_names_for_every_symbol(live):
-    fams = live.metric_families()
+    def all_up() -> dict[str, Any] | None:
+        fams = live.metric_families()
+        up = {s.labels["symbol"]: s.value for s in fams["mmfleet_agent_up"].samples}
+        return fams if up == dict.fromkeys(SYMBOLS, 1.0) else None
+
+    fams = poll(all_up, within_s=30, what="every agent answering /metrics")
     names: dict[str, set[str]] = {}
     for fam in fams.values():
         for s in fam.samples:
@@ -181,7 +188,6 @@ def test_metrics_page_has_the_twelve_seed_names_for_every_symbol(live):
     for sym in SYMBOLS:
         missing = [n for n in SEED_METRIC_NAMES if n not in names.get(sym, set())]
         assert missing == [], f"{sym} lacks {missing}"
-    assert {s.labels["symbol"]: s.value for s in fams["mmfleet_agent_up"].samples} == dict.fromkeys(SYMBOLS, 1.0)
     assert fams["mmfleet_agents_halted"].samples[0].value == 0
 
 
@@ -215,7 +221,7 @@ def test_http_kill_halts_with_zero_open_orders_at_the_exchange_and_resume_quotes
     for sym in ("ETHUSDC", "SOLUSDT"):
         assert body["symbols"][sym]["open_orders"] == 0
         assert live.open_orders(sym) == 0                       # the exchange agrees
-    assert live.open_orders("BTCUSDT") > 0                      # the other symbol kept quoting
+    poll(lambda: live.open_orders("BTCUSDT") > 0, within_s=10, what="BTCUSDT still quoting")  # not killed
 
     states = live.get("/kill").json()["kill_states"]
     assert states["ETHUSDC"]["state"] == "halted" and states["ETHUSDC"]["reason"] == "api test drill"
@@ -254,16 +260,21 @@ def test_an_agent_that_does_not_answer_is_reported_and_the_rest_still_served(liv
     pid = live.get("/status").json()["agents"]["SOLUSDT"]["pid"]
     os.kill(pid, signal.SIGSTOP)
     try:
-        r = live.get("/metrics", auth=False)
-        assert r.status_code == 200
-        fams = {f.name: f for f in text_string_to_metric_families(r.text)}
-        up = {s.labels["symbol"]: s.value for s in fams["mmfleet_agent_up"].samples}
-        assert up == {"ETHUSDC": 1.0, "BTCUSDT": 1.0, "SOLUSDT": 0.0}
+        # The stopped agent is down on every scrape; the others are up (polled: the box is shared).
+        def reported() -> dict[str, Any] | None:
+            r = live.get("/metrics", auth=False)
+            assert r.status_code == 200
+            fams = {f.name: f for f in text_string_to_metric_families(r.text)}
+            up = {s.labels["symbol"]: s.value for s in fams["mmfleet_agent_up"].samples}
+            assert up["SOLUSDT"] == 0.0
+            return fams if up == {"ETHUSDC": 1.0, "BTCUSDT": 1.0, "SOLUSDT": 0.0} else None
+
+        fams = poll(reported, within_s=30, what="SOLUSDT down, the others up on /metrics")
         present = {s.labels["symbol"] for s in fams["mm_worst_case_long"].samples}
         assert present == {"ETHUSDC", "BTCUSDT"}
         status = live.get("/status").json()
-        assert status["agents_up"] == 2
-        assert status["agents"]["SOLUSDT"]["error"] == "agent.SOLUSDT.status did not answer within 1.5 s"
+        assert status["agents"]["SOLUSDT"]["reachable"] is False
+        assert status["agents"]["SOLUSDT"]["error"] == f"agent.SOLUSDT.status did not answer within {AGENT_TIMEOUT_S:g} s"
     finally:
         os.kill(pid, signal.SIGCONT)
     live.wait_quoting(within_s=60)
