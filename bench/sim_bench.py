@@ -2,9 +2,10 @@
 
 Run: .venv/bin/python bench/sim_bench.py [--seconds 5] [--orders 400]
 
-An "engine event" is one frame the engine produces for a client (an ORDER_TRADE_UPDATE, TRADE_LITE,
-ACCOUNT_UPDATE, bookTicker, depth, markPrice or aggTrade frame), while it also steps three symbols'
-markets and matches synthetic takers against resting orders.
+Engine events, counted per CPU second in-process: what goes in (order commands: new and cancel; one
+market step of one symbol: the mid moves, synthetic takers trade, resting orders may fill) plus what
+comes out (each frame queued for a client: ORDER_TRADE_UPDATE, TRADE_LITE, ACCOUNT_UPDATE, bookTicker,
+depth, markPrice, aggTrade). Each part is printed on its own.
 """
 
 from __future__ import annotations
@@ -34,15 +35,15 @@ UNLIMITED = {"rate_limits": {"weight_per_minute": 10**9, "orders_per_10s": 10**9
 FLEET_STREAMS = ("@bookTicker", "@markPrice@1s", "@aggTrade")  # what the fleet's agents subscribe to
 
 
-def engine_events_per_second(seconds: float, streams: tuple[str, ...] = FLEET_STREAMS
-                             ) -> tuple[float, int, float, float]:
-    """Drive the engine in accelerated time with a quoting workload; returns (events per CPU second,
-    events, CPU seconds, simulated seconds). CPU time, because the machine is shared."""
+def engine_events_per_second(seconds: float, streams: tuple[str, ...] = FLEET_STREAMS) -> dict[str, float]:
+    """Drive the engine in accelerated time with a quoting workload. Rates are per CPU second (the
+    machine is shared): frames out, order commands in (new + cancel), symbol market steps."""
     e = Engine(SimConfig(), seed=7, now_ms=1_800_000_000_000, symbols=SYMBOLS)
     e.watch(*(b.lower + s for b in e.books.values() for s in streams))
     now = e.now_ms
     live: dict[str, list[int]] = {s: [] for s in SYMBOLS}
     n = 0
+    commands = 0
     wall0 = time.perf_counter()
     cpu0 = time.process_time()
     deadline = wall0 + seconds
@@ -61,6 +62,7 @@ def engine_events_per_second(seconds: float, streams: tuple[str, ...] = FLEET_ST
                 # a market maker's cycle: replace the oldest quote on each side (cancel + new)
                 if len(ids) >= 8:
                     oid = ids.pop(0)
+                    commands += 1
                     try:
                         e.cancel("main", {"symbol": sym, "orderId": str(oid)}, now)
                     except SimApiError:
@@ -69,6 +71,7 @@ def engine_events_per_second(seconds: float, streams: tuple[str, ...] = FLEET_ST
                 off = int(b.mid / b.tick_f * (2 + n % 9) / 10_000) + 1  # quotes 2 to 10 bps from the touch
                 price = b.best_bid() - off if side == "BUY" else b.best_ask() + off
                 qty = max(1, int(60.0 / (price * b.tick_f) / b.step_f) + 1)
+                commands += 1
                 try:
                     o = e.place_order("main", {"symbol": sym, "side": side, "type": "LIMIT", "timeInForce": "GTX",
                                                "price": b.price_str(price), "quantity": b.qty_str(qty)}, now)
@@ -77,9 +80,11 @@ def engine_events_per_second(seconds: float, streams: tuple[str, ...] = FLEET_ST
                     pass
                 n += 1
             e.drain()
-    wall = time.perf_counter() - wall0
     cpu = time.process_time() - cpu0
-    return e.events_emitted / cpu, e.events_emitted, cpu, (now - 1_800_000_000_000) / 1000.0
+    sim_s = (now - 1_800_000_000_000) / 1000.0
+    steps = sim_s * 1000 / e.step_ms * len(SYMBOLS)
+    return {"frames": e.events_emitted / cpu, "commands": commands / cpu, "steps": steps / cpu,
+            "total": (e.events_emitted + commands + steps) / cpu, "cpu": cpu, "speedup": sim_s / cpu}
 
 
 def market_model_half_hour() -> str:
@@ -192,9 +197,10 @@ def main() -> int:
     args = ap.parse_args()
     for label, streams in (("fleet streams (bookTicker, markPrice@1s, aggTrade)", FLEET_STREAMS),
                            ("plus depth5@100ms", FLEET_STREAMS + ("@depth5@100ms",))):
-        rate, events, cpu, sim_s = engine_events_per_second(args.seconds, streams)
-        print(f"engine, {label}: {rate:,.0f} events/s in-process ({events:,} events in {cpu:.2f} CPU s, "
-              f"{sim_s:,.0f} s of market time = {sim_s / cpu:,.0f}x real time, 3 symbols, 10 quotes/s each)")
+        r = engine_events_per_second(args.seconds, streams)
+        print(f"engine, {label}: {r['total']:,.0f} engine events/s in-process = {r['frames']:,.0f} frames out "
+              f"+ {r['commands']:,.0f} order commands in + {r['steps']:,.0f} symbol market steps; "
+              f"{r['speedup']:,.0f}x real time (3 symbols, 10 quote replacements/s each, {r['cpu']:.1f} CPU s)")
     print(market_model_half_hour())
     rtts, stream = asyncio.run(rest_and_stream_latency(args.orders))
     print(f"new order REST round trip (loopback, {len(rtts)} orders): p50 {statistics.median(rtts):.2f} ms, "
