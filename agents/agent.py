@@ -67,6 +67,8 @@ LATENCY_KEEP = 200_000  # tick-to-order samples kept for the benchmark
 LATENCY_RECENT = 2_048  # the window status() summarises (cheap enough to sort on every call)
 
 _TRANSIENT = (BinanceError, StreamError, OSError, asyncio.TimeoutError)
+# Answers that no retry will change: a wrong key or signature, a symbol the exchange does not list.
+FATAL_START_CODES = frozenset({-1002, -1022, -1121, -2014, -2015})
 
 # The read time (perf_counter_ns) of the book frame behind the request being sent in this task, for
 # anything below the client that wants tick-to-wire latency (the benchmark's aiohttp trace hook).
@@ -216,7 +218,8 @@ class SymbolAgent:
             except Exception as exc:
                 if self._stopping:
                     break  # stop() closed what the start was using
-                if not isinstance(exc, _TRANSIENT):
+                fatal = isinstance(exc, BinanceError) and exc.code in FATAL_START_CODES
+                if fatal or not isinstance(exc, _TRANSIENT):
                     self.log.event("start_fatal", f"start failed: {exc!r}", level=logging.ERROR)
                     await self.stop()
                     raise

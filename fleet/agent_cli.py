@@ -194,6 +194,7 @@ def _secret_values(credentials: Any) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from agents.logging import configure_logging
     from agents.ownership import OwnershipRefused
+    from fleet.binance.errors import BinanceError
 
     _, secret_filter = configure_logging(json_logs=args.json_logs, level=args.log_level.upper())
     log = logging.getLogger("mmfleet.agent")
@@ -210,6 +211,9 @@ def run(args: argparse.Namespace) -> int:
     except AgentSetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except BinanceError as exc:  # refused for good at start (bad key, unknown symbol)
+        print(f"error: the exchange refused the agent's start: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     print(json.dumps(summary, indent=2, sort_keys=True, default=str), flush=True)
     return EXIT_OK if summary.get("state") == "stopped" else EXIT_FAILED
 

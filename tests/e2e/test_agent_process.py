@@ -96,8 +96,8 @@ async def spawn(sim):
     started: list[AgentProcess] = []
     _, key, secret = sim.accounts[0]
 
-    async def start(config: Path, *extra: str) -> AgentProcess:
-        env = {**os.environ, "MMFLEET_MAIN_API_KEY": key, "MMFLEET_MAIN_API_SECRET": secret}
+    async def start(config: Path, *extra: str, api_secret: str | None = None) -> AgentProcess:
+        env = {**os.environ, "MMFLEET_MAIN_API_KEY": key, "MMFLEET_MAIN_API_SECRET": api_secret or secret}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "fleet", "agent", "--config", str(config), "--symbol", SYMBOL,
             "--rest-url", sim.rest_url, "--ws-url", sim.ws_url, "--metrics-port", "0", "--json-logs", *extra,
@@ -217,3 +217,13 @@ async def test_sigterm_with_flatten_closes_the_position_within_20s(sim, spawn, f
     assert st["open_orders"] == [] and Decimal(st["positions"][SYMBOL]["amount"]) == 0
     summary = json.loads(out)
     assert summary["flattened"] is True and summary["exchange_position"] == 0.0
+
+
+async def test_a_wrong_secret_is_refused_at_start_with_the_exchanges_reason(sim, spawn, fleet_config):
+    child = await spawn(fleet_config(), api_secret="0" * 64)
+    code, out = await child.finish()
+    assert code == 1
+    text = "\n".join(child.log_lines)
+    assert "-1022" in text and "Signature for this request is not valid" in text
+    assert "0" * 64 not in text
+    assert (await sim_state(sim))["open_orders"] == []
