@@ -55,7 +55,7 @@ import hashlib
 import hmac
 import json
 import logging
-import random
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -128,10 +128,9 @@ class SimServer:
         if api_key or api_secret:
             first = self.config.accounts[0]
             creds[first.name] = (api_key or first.api_key, api_secret or first.api_secret)
-        seeded = random.Random(f"keys:{seed}:{time.time_ns()}")
         for spec in self.config.accounts:
             k, s = creds.get(spec.name, (spec.api_key, spec.api_secret))
-            creds[spec.name] = (k or "%064x" % seeded.getrandbits(256), s or "%064x" % seeded.getrandbits(256))
+            creds[spec.name] = (k or secrets.token_hex(32), s or secrets.token_hex(32))
         self.engine = Engine(self.config, seed=seed, now_ms=self.clock(), symbols=symbols,
                              credentials=creds)  # type: ignore[arg-type]
         self.symbols_lower = {b.lower for b in self.engine.books.values()}
