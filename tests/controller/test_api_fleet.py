@@ -304,3 +304,17 @@ def test_no_response_contains_the_token_or_the_exchange_keys(live):
         for secret in live.secrets:
             assert secret not in r.text, f"a secret in the response to {r.request.method} {r.url}"
             assert all(secret not in v for v in r.headers.values())
+
+
+def test_no_log_of_the_session_contains_the_token_or_the_exchange_keys(live):
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    agent_logs = [p for p in logs.glob("worker-*") if b"SOLUSDT" in p.read_bytes()]
+    assert agent_logs, f"no agent log under {logs}"
+    leaked = {
+        str(p.relative_to(logs))
+        for p in logs.rglob("*")
+        if p.is_file() and any(secret.encode() in p.read_bytes() for secret in live.secrets)
+    }
+    assert leaked == set()
