@@ -626,7 +626,16 @@ class SymbolAgent:
         if isinstance(ev, TradeLite):
             return  # the full ORDER_TRADE_UPDATE follows
         core.on_event(ev, _now_ms() + self._offset())
-        if isinstance(ev, OrderUpdate):
+        if isinstance(ev, OrderUpdate) and ev.exec_type == "TRADE":
+            self.log.event(
+                "fill",
+                f"fill {ev.side} {ev.last_filled_qty} @ {ev.last_filled_price} ({ev.status}), "
+                f"position {self.core.store.position if self.core else '?'}",
+                client_order_id=ev.client_order_id,
+                order_id=ev.order_id,
+                side=ev.side,
+            )
+        elif isinstance(ev, OrderUpdate):
             self.log.event(
                 "order_update",
                 f"{ev.side} {ev.exec_type} {ev.status} {ev.cum_filled_qty}/{ev.orig_qty} @ {ev.price}",
