@@ -232,6 +232,9 @@ class Book:
         self.taker_mean_steps = max(1.0, (spec.taker_mean_qty or 5000.0 / price) / self.step_f)
         self.base_profile = [self.level_steps * (1.0 + 0.15 * d) for d in range(64)]
         self.salt = salt
+        self.inv_tick = 1.0 / self.tick_f
+        self.spread_ticks = spec.spread_ticks
+        self.half_spread = spec.spread_ticks / 2.0
         self.bids: dict[int, list[Order]] = {}
         self.asks: dict[int, list[Order]] = {}
         self.our_bid = 0  # best resting bid of any account (0: none)
@@ -266,9 +269,8 @@ class Book:
     # -- synthetic book -------------------------------------------------------------------------
 
     def set_tops(self) -> None:
-        half = self.spec.spread_ticks / 2.0
-        self.bid_top = math.floor(self.mid / self.tick_f - half + 1e-9)
-        self.ask_top = self.bid_top + self.spec.spread_ticks
+        self.bid_top = math.floor(self.mid * self.inv_tick - self.half_spread + 1e-9)
+        self.ask_top = self.bid_top + self.spread_ticks
 
     def _profile(self, dist: int, price: int) -> int:
         noise = 0.5 + ((price * 2654435761 + self.salt) & 1023) / 1024.0
@@ -577,12 +579,14 @@ class Engine:
         for b in self.books.values():
             if b.frozen:
                 continue
-            old_bid, old_ask = b.bid_top, b.ask_top
-            b.mid = b.model.step(dt)
-            b.mark = b.mid
+            old_bid = b.bid_top
+            mid = b.model.step(dt)
+            b.mid = b.mark = mid
             b._mark_dec = None
-            b.set_tops()
-            if b.bid_top != old_bid or decay:
+            bid_top = int(mid * b.inv_tick - b.half_spread + 1e-9)  # floor: prices are positive
+            b.bid_top = bid_top
+            b.ask_top = bid_top + b.spread_ticks
+            if bid_top != old_bid or decay:
                 if b.consumed_bid:
                     top = b.bid_top
                     b.consumed_bid = {p: (c // 2 if decay else c) for p, c in b.consumed_bid.items()
