@@ -774,6 +774,13 @@ class Store:
         self._trades_since = later
         self.position_steps = self.steps(amount) + sum(q for _, q in later)
         self.entry_price = float(entry_price) if self.position_steps else 0.0
+        # Fills we know of (an order's cumulative quantity as of its newest frame) that are no newer
+        # than the figure are inside it, even if their trade frames have not arrived: stop counting
+        # them as pending (their late frames are then capped and skipped).
+        for o in list(self.orders.values()):
+            if o.booked_steps < o.filled_steps and o.key[0] <= t:
+                o.booked_steps = o.filled_steps
+                self._refresh(o)
         return True
 
     def _on_funding_fee(self, ev: FundingFee) -> bool:

@@ -160,6 +160,16 @@ def test_a_fill_reported_by_cumulative_quantity_before_its_trade_frame_stays_cou
     assert store.position_steps == 7 and store.pending_buy_steps == 0 and not store.orders
 
 
+def test_an_account_figure_newer_than_an_orders_last_frame_settles_its_missing_trade_frames(store):
+    store.on_sent(place("a", steps=7), 10)
+    store.apply(order_update("a", 101, BUY, 300_000, 7, status="FILLED", cum_steps=7, last_steps=4, t=13, trade_id=2))
+    assert store.pending_buy_steps == 3  # the first 3 are filled but their frame is missing
+    store.apply(account_update(7, 3000.0, t=13))
+    assert store.position_steps == 7 and store.pending_buy_steps == 0 and not store.orders
+    store.apply(order_update("a", 101, BUY, 300_000, 7, status="PARTIALLY_FILLED", cum_steps=3, last_steps=3, t=12, trade_id=1))
+    assert store.position_steps == 7 and store.pending_buy_steps == 0
+
+
 def test_rejected_amend_leaves_the_order_as_it_was(store):
     store.on_sent(place("a", steps=7), 10)
     store.apply(order_update("a", 101, BUY, 300_000, 7, t=11))
