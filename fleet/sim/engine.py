@@ -733,18 +733,32 @@ class Engine:
         want_bt = b.want_bt or self.want_all_bt
         if not want_bt and not b.depth_streams:
             return
-        s = b.synth_best_bid()
-        bb = b.our_bid if b.our_bid > s else s
-        s = b.synth_best_ask()
-        ba = b.our_ask if b.our_ask < s else s
-        bq = b.synth_bid(bb)
-        if bb in b.bids:
+        top = b.bid_top
+        s = b.synth_best_bid() if top in b.consumed_bid else top
+        if b.our_bid > s:
+            bb = b.our_bid
+            bq = 0
             for o in b.bids[bb]:
                 bq += o.orig - o.filled
-        aq = b.synth_ask(ba)
-        if ba in b.asks:
+        else:
+            bb = s
+            bq = b.synth_bid(bb)
+            if b.our_bid == bb:
+                for o in b.bids[bb]:
+                    bq += o.orig - o.filled
+        top = b.ask_top
+        s = b.synth_best_ask() if top in b.consumed_ask else top
+        if b.our_ask < s:
+            ba = b.our_ask
+            aq = 0
             for o in b.asks[ba]:
                 aq += o.orig - o.filled
+        else:
+            ba = s
+            aq = b.synth_ask(ba)
+            if b.our_ask == ba:
+                for o in b.asks[ba]:
+                    aq += o.orig - o.filled
         bt = (bb, bq, ba, aq)
         if bt != b.last_bt:
             b.last_bt = bt
