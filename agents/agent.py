@@ -104,11 +104,29 @@ class Backoff:
 
 
 class _TimedMarketStream(MarketStream):
-    """A market stream that stamps each event with the moment its frame was read off the socket."""
+    """A market stream that hands each event to the agent as its frame is read off the socket.
+
+    No queue hop between the socket and the quote: the read time stamps the tick-to-order clock, and
+    the iterator only reports the stream's end. A failing handler is logged and counted, never fatal.
+    """
+
+    def __init__(self, *args: Any, on_event: Callable[[int, Any], None], log: AgentLog, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_event = on_event
+        self._log = log
+        self.handler_errors = 0
 
     def _handle(self, message: str | bytes) -> list[Any]:
         t = time.perf_counter_ns()
-        return [(t, ev) for ev in super()._handle(message)]
+        events = super()._handle(message)
+        self.events += len(events)
+        for ev in events:
+            try:
+                self._on_event(t, ev)
+            except Exception as exc:  # noqa: BLE001 - one bad event must not end the market feed
+                self.handler_errors += 1
+                self._log.event("market_event_failed", f"market event not applied: {exc!r}", level=logging.ERROR)
+        return []
 
 
 def _now_ms() -> int:
@@ -403,7 +421,13 @@ class SymbolAgent:
         self.log.event("user_stream_connected", "WebSocket UserStream connected")
 
     async def _connect_market(self) -> None:
-        stream = _TimedMarketStream(self.endpoints.ws_market_url, self.symbol, ("bookTicker", "markPrice@1s"))
+        stream = _TimedMarketStream(
+            self.endpoints.ws_market_url,
+            self.symbol,
+            ("bookTicker", "markPrice@1s"),
+            on_event=self._on_market_event,
+            log=self.log,
+        )
         self._streams.append(stream)
         await stream.connect()
         if self._market is not None:
@@ -522,35 +546,38 @@ class SymbolAgent:
                 await self._sleep_unless_stopping(backoff.next())
 
     async def _consume_market(self, stream: _TimedMarketStream) -> None:
-        symbol = self.symbol
-        blocks = self._blocks
+        """Events are applied as they are read (:meth:`_on_market_event`); this only waits for the end."""
         while stream is self._market:
             try:
-                t_read, ev = await stream.__anext__()
+                await stream.__anext__()
             except StopAsyncIteration:
                 if stream is not self._market:
                     return  # closed by a planned swap
                 raise StreamError("market stream closed") from None
-            core = self.core
-            if core is None:
-                continue
+
+    def _on_market_event(self, t_read: int, ev: Any) -> None:
+        """One market event, straight off the socket: store it, and quote at once on a large move."""
+        core = self.core
+        if core is None or self._stopped:
+            return
+        if isinstance(ev, BookTicker):
+            if ev.symbol != self.symbol:
+                return
             now_ms = _now_ms() + self._offset()
-            if isinstance(ev, BookTicker):
-                if ev.symbol != symbol:
-                    continue
-                self._last_book_mono = time.monotonic()
-                changed = core.on_event(ev, now_ms)
+            self._last_book_mono = time.monotonic()
+            changed = core.on_event(ev, now_ms)
+            blocks = self._blocks
+            if blocks:
+                if BLOCK_MARKET_STALE in blocks:
+                    blocks.discard(BLOCK_MARKET_STALE)
+                    self.log.event("market_fresh", "market data fresh again")
                 if blocks:
-                    if BLOCK_MARKET_STALE in blocks:
-                        blocks.discard(BLOCK_MARKET_STALE)
-                        self.log.event("market_fresh", "market data fresh again")
-                    if blocks:
-                        continue
-                if changed and core.should_quote(now_ms):
-                    self._quote(now_ms, t_read)
-            elif isinstance(ev, MarkPrice):
-                if ev.symbol == symbol:
-                    core.on_event(ev, now_ms)
+                    return
+            if changed and core.should_quote(now_ms):
+                self._quote(now_ms, t_read)
+        elif isinstance(ev, MarkPrice):
+            if ev.symbol == self.symbol:
+                core.on_event(ev, _now_ms() + self._offset())
 
     async def _user_loop(self) -> None:
         """Consume the user stream; on loss: block, cancel via REST after the grace, reconnect, resync."""
