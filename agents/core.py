@@ -135,6 +135,34 @@ class AgentCore:
     ) -> None:
         self.store.reset_from_snapshot(position, open_orders, now_ms, wallet_balance=wallet_balance)
 
+    def apply_params(self, params: SymbolParams) -> None:
+        """New parameters, live: strategy, guard limits, grinding and drawdown rules, tolerances and
+        timers change; orders, position, halt state and the grinding/drawdown history stay."""
+        self.params = params
+        s = self.store
+        s.params = params
+        s._alpha = params.funding.predict_alpha
+        s._funding_sample_ms = int(params.funding.predict_sample_sec * 1000)
+        self.strategy = GeometricV2(params, self.filters)
+        old_g = self.guard
+        g = RiskGuard(params, self.filters, s)
+        g.state, g.halt_reason, g.reduce_only_mode = old_g.state, old_g.halt_reason, old_g.reduce_only_mode
+        g.refusals, g.approved = old_g.refusals, old_g.approved
+        self.guard = g
+        old_e = self.grinding
+        e = GrindingEngine(params, self.filters)
+        e.times, e.next_check_ms, e.count_total = old_e.times, old_e.next_check_ms, old_e.count_total
+        e.cost_saved, e.active, e.last_skip = old_e.cost_saved, old_e.active, old_e.last_skip
+        self.grinding = e
+        old_d = self.drawdown
+        d = DrawdownBands(params.drawdown)
+        d.acted = min(old_d.acted, len(d.bands) - 1)
+        d.last_action_ms, d.plans = old_d.last_action_ms, old_d.plans
+        self.drawdown = d
+        self.manager = OrderManager(params.orders, self.ids)
+        self._interval_ms = params.base.quote_interval_ms
+        self._requote_move = params.base.requote_move_fraction * params.base.min_spread
+
     # ------------------------------------------------------------------ modes
 
     def halt(self, reason: str = "operator") -> None:

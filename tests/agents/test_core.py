@@ -266,3 +266,19 @@ def test_status_is_plain_data():
 def test_filters_of_another_symbol_are_refused_with_a_clear_error():
     with pytest.raises(ValueError, match="BTCUSDT"):
         AgentCore("BTCUSDT", seed_params(), eth_filters(), epoch=1)
+
+
+def test_new_parameters_apply_live_and_keep_orders_position_halt_state_and_grind_history():
+    core, ex = started()
+    core.on_event(account_update(20, 3000.0, t=1_500), 1_500)
+    ex.send(core.quote(2_000))
+    open_before = set(core.store.orders)
+    core.grinding.count_total = 5
+    core.set_reduce_only(True)
+    core.apply_params(seed_params(base={"base_size": 0.01}, grid={"max_layers": 5}, worst_case={"multiplier": 1.1}))
+    assert set(core.store.orders) == open_before and core.store.position_steps == 20
+    assert core.guard.reduce_only_mode and core.grinding.count_total == 5
+    assert core.guard.cap_steps == 220 and core.strategy.layers == 5
+    core.set_reduce_only(False)
+    ex.send(core.quote(2_220))
+    assert len(core.store.ladder_view()[0]) <= 5 and len(core.store.ladder_view()[1]) <= 5
