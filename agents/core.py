@@ -26,7 +26,7 @@ from .orders import (
     Place,
     make_batches,
 )
-from .risk import FLATTENING, HALTED, RUNNING, DrawdownBands, RiskGuard, TwapSlice
+from .risk import FLATTENING, RUNNING, DrawdownBands, RiskGuard, TwapSlice
 from .store import Store
 from .strategy import GeometricV2, Ladder
 

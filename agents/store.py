@@ -21,7 +21,6 @@ from fleet.binance.events import (
     FundingFee,
     MarkPrice,
     OrderUpdate,
-    SELL,
 )
 from fleet.binance.filters import SymbolFilters
 from fleet.config import SymbolParams

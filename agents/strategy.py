@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
-from decimal import ROUND_CEILING, Decimal
+from decimal import ROUND_CEILING
 
 from fleet.binance.events import BUY, SELL
 from fleet.binance.filters import SymbolFilters

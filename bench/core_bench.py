@@ -17,17 +17,15 @@ import argparse
 import gc
 import platform
 import random
-import statistics
 import sys
 import time
-from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.core import AgentCore  # noqa: E402
-from agents.orders import Amend, Cancel, Place  # noqa: E402
+from agents.orders import Amend, Place  # noqa: E402
 from fleet.binance.events import BookTicker, MarkPrice, OrderUpdate  # noqa: E402
 from fleet.binance.filters import SymbolFilters  # noqa: E402
 from fleet.config import SymbolParams  # noqa: E402

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from agents.core import AgentCore
-from agents.orders import Amend, Cancel, Place
+from agents.orders import Amend, Place
 from agents.store import Store
 from fleet.binance.events import BUY, SELL, OrderUpdate
 
