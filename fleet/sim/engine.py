@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections import deque
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
@@ -263,6 +264,11 @@ class Book:
         self.depth_streams: list[tuple[str, int, int]] = []
         self.funding_history: list[dict[str, Any]] = []
         self.closed: dict[int, Order] = {}
+        self.recent_trades: deque[tuple[int, int, int, int, bool]] = deque(maxlen=1000)
+        # 1-minute candles of the mid: [open_time, o, h, l, c, volume, quote units, trades, taker buy
+        # volume, taker buy quote units]; volumes in steps, quote in price ticks x steps
+        self.candles: deque[list[Any]] = deque(maxlen=1500)
+        self.candle: list[Any] | None = None
         self.last_price = self.mid
         self.volume_steps = 0
 
@@ -287,6 +293,37 @@ class Book:
             return 0
         q = self._profile(price - self.ask_top, price) - self.consumed_ask.get(price, 0)
         return q if q > 0 else 0
+
+    def roll_candle(self, t: int) -> None:
+        """Close the current 1-minute candle and open the one holding ``t``."""
+        if self.candle is not None:
+            self.candles.append(self.candle)
+        m = self.mid
+        self.candle = [t - t % 60_000, m, m, m, m, 0, 0, 0, 0, 0]
+
+    def klines(self, minutes: int, start: int | None, end: int | None, limit: int) -> list[list[Any]]:
+        """Candles of ``minutes`` length (aggregated from 1-minute ones), Binance's kline arrays."""
+        src = list(self.candles) + ([self.candle] if self.candle is not None else [])
+        span = minutes * 60_000
+        groups: dict[int, list[Any]] = {}
+        for c in src:
+            key = c[0] - c[0] % span
+            g = groups.get(key)
+            if g is None:
+                groups[key] = [key, c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9]]
+            else:
+                g[2] = max(g[2], c[2])
+                g[3] = min(g[3], c[3])
+                g[4] = c[4]
+                for i in range(5, 10):
+                    g[i] += c[i]
+        rows = [g for k, g in sorted(groups.items()) if (start is None or k >= start) and (end is None or k <= end)]
+        rows = rows[:limit] if start is not None else rows[-limit:]
+        pp = self.price_places + 2
+        unit = self.notional_unit
+        return [[g[0], f"{g[1]:.{pp}f}", f"{g[2]:.{pp}f}", f"{g[3]:.{pp}f}", f"{g[4]:.{pp}f}", self.qty_str(g[5]),
+                 g[0] + span - 1, f"{unit * g[6]:f}", g[7], self.qty_str(g[8]), f"{unit * g[9]:f}", "0"]
+                for g in rows]
 
     def synth_best_bid(self) -> int:
         """Highest synthetic bid with size left (takers may have eaten the top levels)."""
@@ -426,6 +463,8 @@ class Engine:
             model = MarketModel(mp, random.Random(f"{seed}:{spec.symbol}"))
             self.books[spec.symbol] = Book(spec, model, salt=(seed * 131 + i * 977) & 0xFFFF,
                                            base_order_id=(i + 1) * 1_000_000_000 + 1)
+        for b in self.books.values():
+            b.roll_candle(now_ms)
         self.accounts: dict[str, Account] = {}
         self.by_key: dict[str, Account] = {}
         credentials = credentials or {}
@@ -584,6 +623,15 @@ class Engine:
             b.mid = b.mark = mid
             b._mark_dec = None
             bid_top = int(mid * b.inv_tick - b.half_spread + 1e-9)  # floor: prices are positive
+            c = b.candle
+            if c is None or t >= c[0] + 60_000:
+                b.roll_candle(t)
+            else:
+                if mid > c[2]:
+                    c[2] = mid
+                elif mid < c[3]:
+                    c[3] = mid
+                c[4] = mid
             b.bid_top = bid_top
             b.ask_top = bid_top + b.spread_ticks
             if bid_top != old_bid or decay:
@@ -726,6 +774,15 @@ class Engine:
         b.volume_steps += qty
         aid = b.agg_id
         b.agg_id += 1
+        b.recent_trades.append((aid, price, qty, t, buyer_maker))
+        c = b.candle
+        if c is not None:
+            c[5] += qty
+            c[6] += price * qty
+            c[7] += 1
+            if not buyer_maker:
+                c[8] += qty
+                c[9] += price * qty
         if b.want_agg:
             self._emit_market(b.lower + "@aggTrade", (_render_agg, b, aid, price, qty, t, buyer_maker))
 

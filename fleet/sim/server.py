@@ -279,7 +279,9 @@ class SimServer:
         add("GET", v1 + "/openInterest", lambda a, p, n: {"openInterest": "10000.000",
                                                          "symbol": e.book(p.get("symbol")).symbol, "time": n},
             NONE)
-        add("GET", v1 + "/trades", lambda a, p, n: (e.book(p.get("symbol")), [])[1], NONE, 5)
+        add("GET", v1 + "/trades", self._trades, NONE, 5)
+        add("GET", v1 + "/aggTrades", self._agg_trades, NONE, 20)
+        add("GET", v1 + "/klines", self._klines, NONE, self._klines_weight)
         # trading
         add("POST", v1 + "/order", lambda a, p, n: e.new_order(a, p, n), SIGNED, (0, 1, 1))
         add("POST", v1 + "/order/test", lambda a, p, n: e.new_order(a, p, n, test=True), SIGNED, 1)
@@ -507,6 +509,67 @@ class SimServer:
             raise SimApiError(-1130, "Data sent for parameter 'limit' is not valid.")
         bids, asks = b.depth(limit)
         return {"lastUpdateId": b.update_id, "E": now, "T": now, "bids": bids, "asks": asks}
+
+    @staticmethod
+    def _limit(params: dict[str, str], default: int, maximum: int) -> int:
+        raw = params.get("limit") or str(default)
+        try:
+            limit = int(raw)
+        except ValueError:
+            raise SimApiError(-1130, "Data sent for parameter 'limit' is not valid.") from None
+        if not 1 <= limit <= maximum:
+            raise SimApiError(-1130, "Data sent for parameter 'limit' is not valid.")
+        return limit
+
+    @staticmethod
+    def _int_param(params: dict[str, str], name: str) -> int | None:
+        raw = params.get(name)
+        if raw is None or raw == "":
+            return None
+        try:
+            return int(raw)
+        except ValueError:
+            raise SimApiError(-1130, f"Data sent for parameter '{name}' is not valid.") from None
+
+    def _trades(self, account: Any, params: dict[str, str], now: int) -> Any:
+        b = self.engine.book(params.get("symbol"))
+        limit = self._limit(params, 500, 1000)
+        return [{"id": aid, "price": b.price_str(p), "qty": b.qty_str(q),
+                 "quoteQty": f"{b.notional_unit * p * q:f}", "time": t, "isBuyerMaker": m}
+                for aid, p, q, t, m in list(b.recent_trades)[-limit:]]
+
+    def _agg_trades(self, account: Any, params: dict[str, str], now: int) -> Any:
+        b = self.engine.book(params.get("symbol"))
+        limit = self._limit(params, 500, 1000)
+        from_id = self._int_param(params, "fromId")
+        start, end = self._int_param(params, "startTime"), self._int_param(params, "endTime")
+        rows = [r for r in b.recent_trades if (from_id is None or r[0] >= from_id)
+                and (start is None or r[3] >= start) and (end is None or r[3] <= end)]
+        rows = rows[:limit] if (from_id is not None or start is not None) else rows[-limit:]
+        return [{"a": aid, "p": b.price_str(p), "q": b.qty_str(q), "nq": b.qty_str(q), "f": aid, "l": aid,
+                 "T": t, "m": m} for aid, p, q, t, m in rows]
+
+    _KLINE_MINUTES = {"1m": 1, "3m": 3, "5m": 5, "15m": 15, "30m": 30, "1h": 60, "2h": 120, "4h": 240,
+                      "6h": 360, "8h": 480, "12h": 720, "1d": 1440}
+
+    @staticmethod
+    def _klines_weight(params: dict[str, str]) -> int:
+        try:
+            limit = int(params.get("limit") or 500)
+        except ValueError:
+            return 1
+        return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
+
+    def _klines(self, account: Any, params: dict[str, str], now: int) -> Any:
+        b = self.engine.book(params.get("symbol"))
+        interval = params.get("interval")
+        if not interval:
+            raise missing("interval")
+        minutes = self._KLINE_MINUTES.get(interval)
+        if minutes is None:
+            raise SimApiError(-1120, "Invalid interval.")
+        limit = self._limit(params, 500, 1500)
+        return b.klines(minutes, self._int_param(params, "startTime"), self._int_param(params, "endTime"), limit)
 
     def _book_ticker(self, account: Any, params: dict[str, str], now: int) -> Any:
         e = self.engine

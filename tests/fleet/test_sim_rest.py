@@ -293,3 +293,25 @@ async def test_unknown_path_and_malformed_parameters_get_4xx_and_the_sim_keeps_r
         r = await c.signed("GET", "/fapi/v1/order", {"symbol": "ETHUSDC", "orderId": "x1"})
         assert r.json["code"] == -1102
         assert (await c.public("GET", "/fapi/v1/ping")).status == 200
+
+
+async def test_public_trades_agg_trades_and_klines(sim_factory):
+    sim = await sim_factory(symbols=["SOLUSDT"])
+    async with SimClient.for_sim(sim) as c:
+        r = await c.signed("POST", "/fapi/v1/order", {"symbol": "SOLUSDT", "side": "BUY", "type": "MARKET",
+                                                      "quantity": "2.00", "newOrderRespType": "RESULT"})
+        assert r.json["status"] == "FILLED"
+        trades = (await c.public("GET", "/fapi/v1/trades", {"symbol": "SOLUSDT", "limit": 5})).json
+        assert trades and {"id", "price", "qty", "quoteQty", "time", "isBuyerMaker"} <= set(trades[-1])
+        assert trades[-1]["isBuyerMaker"] is False  # our market buy was the taker
+        agg = (await c.public("GET", "/fapi/v1/aggTrades", {"symbol": "SOLUSDT"})).json
+        assert agg[-1]["a"] == trades[-1]["id"] and agg[-1]["m"] is False
+        k = (await c.public("GET", "/fapi/v1/klines", {"symbol": "SOLUSDT", "interval": "1m", "limit": 3})).json
+        assert 1 <= len(k) <= 3
+        open_time, o, h, low, close, volume, close_time = k[-1][:7]
+        assert close_time == open_time + 59_999 and Decimal(low) <= Decimal(o) <= Decimal(h)
+        assert Decimal(volume) >= Decimal("2.00")
+        bad = await c.public("GET", "/fapi/v1/klines", {"symbol": "SOLUSDT", "interval": "7m"})
+        assert bad.json["code"] == -1120
+        bad = await c.public("GET", "/fapi/v1/trades", {"symbol": "SOLUSDT", "limit": 5000})
+        assert bad.json["code"] == -1130
