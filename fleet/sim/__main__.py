@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated symbols (unknown names get a generic spec)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the market model")
     parser.add_argument("--config", default=None, help="simulator YAML (market, funding, limits, accounts)")
+    parser.add_argument("--accounts", default=None,
+                        help="comma-separated account names (default: the config's, else 'main'); "
+                             "each starts with 100,000 USDT and 100,000 USDC")
     parser.add_argument("--api-key", default=None, help="fix the first account's API key")
     parser.add_argument("--api-secret", default=None, help="fix the first account's API secret")
     parser.add_argument("--funding-interval", type=float, default=None,
@@ -45,6 +48,17 @@ async def _serve(args: argparse.Namespace) -> None:
         config = load_sim_config(args.config)
     except SimConfigError as exc:
         raise SystemExit(f"sim: {exc}") from None
+    if args.accounts:
+        from fleet.sim.config import AccountSpec
+
+        names = [n.strip() for n in args.accounts.split(",") if n.strip()]
+        try:
+            accounts = tuple(AccountSpec(name=n) for n in names)
+        except ValueError as exc:
+            raise SystemExit(f"--accounts: {exc}") from None
+        if not accounts or len(set(names)) != len(names):
+            raise SystemExit("--accounts: give distinct names, e.g. main,hedge")
+        config = config.model_copy(update={"accounts": accounts})
     if args.funding_interval is not None:
         if args.funding_interval <= 0:
             raise SystemExit("--funding-interval must be positive")

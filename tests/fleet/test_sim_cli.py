@@ -36,6 +36,21 @@ def test_cli_prints_one_json_line_when_ready_and_stops_on_sigterm():
             proc.wait()
 
 
+def test_cli_accounts_flag_creates_named_accounts():
+    proc = subprocess.Popen([sys.executable, "-m", "fleet", "sim", "--json", "--symbols", "ETHUSDC",
+                             "--accounts", "main,hedge"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(proc.stdout.readline())
+        assert [a["name"] for a in info["accounts"]] == ["main", "hedge"]
+        assert info["accounts"][0]["api_key"] != info["accounts"][1]["api_key"]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_cli_rejects_a_bad_config_naming_the_field(tmp_path):
     bad = tmp_path / "sim.yaml"
     bad.write_text("funding_interval_s: -5\n")
