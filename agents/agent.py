@@ -1053,11 +1053,13 @@ class SymbolAgent:
         while True:
             try:
                 pos = await client.position(self.symbol)
+                listed = await client.open_orders(self.symbol)
             except BinanceError as exc:
                 self.log.event("flatten_failed", f"position read failed: {exc!r}", level=logging.WARNING)
                 pos = None
             if pos is not None:
-                core.store._set_position(pos.amount, pos.entry_price, max(pos.update_time, core.store.position_time))
+                # the exchange's word on what is left to close (the stream may lag behind a market fill)
+                core.reset_from_snapshot(pos, listed, self._exchange_ms())
                 if pos.amount == 0:
                     return 0.0
                 if not any(o.reason == "flatten" for o in core.store.orders.values()) and self._lease_ok():
