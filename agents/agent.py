@@ -293,31 +293,10 @@ class SymbolAgent:
         return self.status()
 
     async def apply_params(self, params: SymbolParams) -> None:
-        """New parameters, live: a fresh core over the same store, ids, kill state and grinding history."""
+        """New parameters, live: the core keeps orders, position, kill state and grinding history."""
         self.params = params
-        old = self.core
-        if old is None or self.filters is None:
-            return
-        if hasattr(old, "apply_params"):
-            old.apply_params(params)
-            self.log.event("params_applied", "parameters applied live")
-            return
-        new = AgentCore(self.symbol, params, self.filters, old.epoch, start_seq=old.ids.seq)
-        new.store = old.store
-        new.store.params = params
-        new.guard.store = old.store
-        new.guard.state, new.guard.halt_reason = old.guard.state, old.guard.halt_reason
-        new.guard.reduce_only_mode = old.guard.reduce_only_mode
-        new.guard.refusals = old.guard.refusals
-        new.grinding = old.grinding
-        new.drawdown = old.drawdown
-        new.twap = old.twap
-        new._grind = old._grind
-        new.orders_sent = old.orders_sent
-        new.cycles = old.cycles
-        new.last_ladder = old.last_ladder
-        self.core = new
-        self.metrics.bind(new)
+        if self.core is not None:
+            self.core.apply_params(params)
         self.log.event("params_applied", "parameters applied live")
 
     def set_reduce_only(self, on: bool) -> None:
