@@ -336,7 +336,13 @@ class FleetApi:
 
     @api.get("/health", summary="liveness of the endpoint (open)")
     async def health(self) -> dict[str, Any]:
-        return {"ok": True, "fleet": self.cfg.name, "symbols": len(self.known)}
+        # Whether a token was found (never the token): protected endpoints answer 503 without one.
+        return {
+            "ok": True,
+            "fleet": self.cfg.name,
+            "symbols": len(self.known),
+            "token_configured": self.tokens.read() is not None,
+        }
 
     @api.get("/status", summary="per agent: state, epoch, lease, streams, book age, restarts")
     async def status(self, creds: Credentials) -> dict[str, Any]:
@@ -532,7 +538,29 @@ def deploy(
             http.host, http.port, cfg.api.host, cfg.api.port,
         )
     host = "127.0.0.1" if http.host in ("0.0.0.0", "") else http.host
-    return f"http://{host}:{http.port}{route_prefix.rstrip('/')}"
+    url = f"http://{host}:{http.port}{route_prefix.rstrip('/')}"
+    _warn_without_token(url, cfg)
+    return url
+
+
+def _warn_without_token(url: str, cfg: FleetConfig) -> None:
+    """The replica reads the token in its own process: say so at once if it found none there."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=10) as resp:
+            health = json.loads(resp.read())
+    except (OSError, ValueError) as exc:
+        log.warning("could not check the endpoint at %s/health: %s", url, exc)
+        return
+    if not health.get("token_configured"):
+        where = TokenSource(cfg.api.token_env, cfg.api.token_file).describe()
+        log.warning(
+            "the endpoint found no API token in its own process (looked in %s); protected endpoints "
+            "answer 503. An environment variable must be set where Ray was started on the head node.",
+            where,
+        )
 
 
 def undeploy(fleet_cfg: FleetConfig, *, namespace: str | None = None) -> None:

@@ -63,7 +63,7 @@ def test_health_is_open(endpoint):
     url, _, cfg = endpoint
     r = requests.get(f"{url}/health", timeout=10)
     assert r.status_code == 200
-    assert r.json() == {"ok": True, "fleet": cfg.name, "symbols": 3}
+    assert r.json() == {"ok": True, "fleet": cfg.name, "symbols": 3, "token_configured": True}
 
 
 @pytest.mark.parametrize("method,path,body", PROTECTED)
@@ -185,13 +185,16 @@ def test_metrics_can_require_the_token(ray_cluster, tmp_path):
         undeploy(cfg)
 
 
-def test_without_any_token_configured_protected_endpoints_refuse(ray_cluster, tmp_path):
+def test_without_any_token_configured_protected_endpoints_refuse(ray_cluster, tmp_path, caplog):
     cfg = fleet_config(f"apinotok{uuid.uuid4().hex[:6]}", str(tmp_path / "absent"))
-    url = deploy(cfg, route_prefix=f"/{cfg.name}")
+    with caplog.at_level("WARNING", logger="mmfleet.api"):
+        url = deploy(cfg, route_prefix=f"/{cfg.name}")
+    assert "the endpoint found no API token in its own process" in caplog.text
     try:
         r = requests.get(f"{url}/status", headers=auth(""), timeout=30)
         assert r.status_code == 503
         assert str(tmp_path / "absent") in r.json()["detail"]
+        assert requests.get(f"{url}/health", timeout=30).json()["token_configured"] is False
     finally:
         undeploy(cfg)
 
