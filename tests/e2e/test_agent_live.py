@@ -636,3 +636,15 @@ async def test_clock_skew_is_relearned_on_minus_1021(make_agent, exchange):
     await wait_for(lambda: abs(agent._client.time_offset_ms) < 5_000, 10, "the offset relearned from /fapi/v1/time")
     await wait_for(lambda: resting(agent, exchange), 10, "quoting on", explain=lambda: describe(agent, exchange))
     assert agent.status()["state"] == "quoting"
+
+
+async def test_market_stream_drop_pulls_quotes_and_reconnects(make_agent, exchange):
+    agent = await make_agent()
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    first = agent._market
+    dropped = await exchange.post("/sim/fault/drop", {"target": "market"})
+    assert dropped["dropped"] >= 1
+    await wait_for(lambda: agent.counters["market_stream_reconnects"] >= 1, 5, "the loss noticed")
+    await wait_for(lambda: agent._market is not None and agent._market is not first, 10, "a new market stream")
+    await wait_for(lambda: resting(agent, exchange), 10, "quoting again", explain=lambda: describe(agent, exchange))
+    assert metric(agent, "mm_ws_connected") == 1.0  # the user stream was never touched
