@@ -63,7 +63,7 @@ LEASE_MARGIN_S = 1.0  # the lease is treated as lapsed this long before it reall
 IN_FLIGHT_QUERY_MS = 3_000  # an order unanswered this long is looked up by client order id
 UNRESOLVED_QUERY_MS = 1_000  # an order the exchange called unknown, with no final frame this long: looked up
 WATCHDOG_S = 0.25
-LATENCY_KEEP = 200_000  # tick-to-order samples kept for the benchmark
+LATENCY_KEEP = 20_000  # tick-to-order samples kept for the benchmark (bounded memory)
 LATENCY_RECENT = 2_048  # the window status() summarises (cheap enough to sort on every call)
 
 _TRANSIENT = (BinanceError, StreamError, OSError, asyncio.TimeoutError)
