@@ -35,11 +35,11 @@ from fleet.config import RuntimeParams, SymbolParams  # noqa: E402
 SYMBOL = "ETHUSDC"
 
 
-def start_sim(volatility: float, step_ms: int, workdir: Path) -> tuple[subprocess.Popen, dict]:
+def start_sim(volatility: float, step_ms: int, seed: int, workdir: Path) -> tuple[subprocess.Popen, dict]:
     cfg = workdir / "sim.yaml"
     cfg.write_text(json.dumps({"step_ms": step_ms, "market": {"volatility": volatility, "start_price": 3000.0}}))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fleet", "sim", "--json", "--symbols", SYMBOL, "--config", str(cfg)],
+        [sys.executable, "-m", "fleet", "sim", "--json", "--symbols", SYMBOL, "--config", str(cfg), "--seed", str(seed)],
         stdout=subprocess.PIPE,
         text=True,
         cwd=str(Path(__file__).resolve().parents[1]),
@@ -67,7 +67,7 @@ def pct(data: list[int], q: float) -> float:
 
 async def run(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="agent-bench-"))
-    sim, info = start_sim(args.volatility, args.step_ms, workdir)
+    sim, info = start_sim(args.volatility, args.step_ms, args.seed, workdir)
     try:
         acct = info["accounts"][0]
         agent = SymbolAgent(
@@ -147,6 +147,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--volatility", type=float, default=8.0, help="simulator annualised volatility")
     parser.add_argument("--step-ms", type=int, default=20, help="simulator book step: 20 ms = 50 updates/s")
+    parser.add_argument("--seed", type=int, default=7, help="simulator market seed")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(run(args))
