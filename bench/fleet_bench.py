@@ -43,7 +43,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+def wait(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1,
+         what_else: Callable[[], Any] | None = None) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -53,7 +54,7 @@ def wait(check: Callable[[], Any], timeout: float, what: str, interval: float = 
         if got:
             return got
         time.sleep(interval)
-    raise SystemExit(f"timed out after {timeout:g} s: {what}")
+    raise SystemExit(f"timed out after {timeout:g} s: {what}: {what_else() if what_else else ''}")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -109,7 +110,9 @@ class Bench:
     def all_quoting(self) -> bool:
         st = self.statuses()
         book = self.open_by_symbol()
-        return all(st[s]["state"] == "quoting" and book[s] for s in self.symbols)
+        self.lagging = {s: (st[s]["state"], st[s].get("blocks"), len(book[s]), st[s].get("epoch"), st[s].get("last_error"))
+                        for s in self.symbols if not (st[s]["state"] == "quoting" and book[s])}
+        return not self.lagging
 
     def http(self, method: str, path: str, **kw: Any) -> requests.Response:
         return requests.request(method, f"{self.url}{path}", headers={"Authorization": f"Bearer {self.token}"},
@@ -149,7 +152,7 @@ class Bench:
 
             latencies = []
             for _ in range(kills):
-                wait(self.all_quoting, 60, "quoting before a kill")
+                wait(self.all_quoting, 60, "quoting before a kill", what_else=lambda: self.lagging)
                 t = time.monotonic()
                 r = self.http("POST", "/kill", json={"all": True, "mode": "halt", "reason": "bench"})
                 latencies.append(time.monotonic() - t)

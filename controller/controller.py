@@ -134,6 +134,7 @@ class FleetController:
         self.emergencies: dict[str, int] = {}
         self.last_error: str | None = None
         self.exchange_clients: dict[str, Any] = {}
+        self.handles: dict[str, Any] = {}
         self.sweeps: set[asyncio.Task] = set()
         self.loaded = False
         self.reconciler: asyncio.Task | None = None
@@ -159,17 +160,33 @@ class FleetController:
     def _symbols(self) -> list[str]:
         return [e.symbol for e in self.cfg.symbols] if self.cfg else []
 
-    def _handle(self, symbol: str) -> Any | None:
+    def _handle(self, symbol: str, *, fresh: bool = False) -> Any | None:
+        """The agent's handle, cached (a GCS lookup blocks this loop, which also serves leases)."""
+        if not fresh and symbol in self.handles:
+            return self.handles[symbol]
         try:
-            return ray.get_actor(agent_name(symbol), namespace=self.namespace)
+            handle = ray.get_actor(agent_name(symbol), namespace=self.namespace)
         except ValueError:
+            self.handles.pop(symbol, None)
             return None
+        self.handles[symbol] = handle
+        return handle
+
+    def _live_agents(self) -> set[str]:
+        """Symbols whose agent actor holds its name (alive or restarting), in one GCS call."""
+        names = ray.util.list_named_actors(all_namespaces=True)
+        live = {a["name"][len(AGENT_PREFIX):] for a in names
+                if a["namespace"] == self.namespace and a["name"].startswith(AGENT_PREFIX)}
+        for symbol in list(self.handles):
+            if symbol not in live:
+                self.handles.pop(symbol, None)
+        return live
 
     def _create_agent(self, symbol: str) -> Any:
         from agents.actor import AgentActor
 
         placement = self.cfg.agent
-        return AgentActor.options(
+        handle = AgentActor.options(
             name=agent_name(symbol),
             namespace=self.namespace,
             lifetime="detached",
@@ -179,14 +196,20 @@ class FleetController:
             num_cpus=placement.num_cpus,
             resources=dict(placement.resources) or None,
         ).remote(self.fleet_name, self.namespace, symbol)
+        self.handles[symbol] = handle
+        return handle
 
     async def _agent_call(self, symbol: str, method: str, *args: Any, timeout: float | None = None) -> Any:
         handle = self._handle(symbol)
         if handle is None:
             raise LookupError(f"no actor {agent_name(symbol)} in namespace {self.namespace}")
-        return await asyncio.wait_for(
-            getattr(handle, method).remote(*args), timeout or self.settings.agent_call_timeout_s
-        )
+        try:
+            return await asyncio.wait_for(
+                getattr(handle, method).remote(*args), timeout or self.settings.agent_call_timeout_s
+            )
+        except ray.exceptions.ActorDiedError:
+            self.handles.pop(symbol, None)  # gone for good: the reconcile loop recreates it
+            raise
 
     # --- apply / reconcile --------------------------------------------------------------------
 
@@ -209,8 +232,9 @@ class FleetController:
             *(self._retire(s, flatten=False, account=old_cfg.entry(s).account) for s in removed)
         )
         created, updated, unchanged, errors = [], [], [], {}
+        live = self._live_agents()
         for symbol in self._symbols():
-            if self._handle(symbol) is None:
+            if symbol not in live:
                 self._create_agent(symbol)
                 created.append(symbol)
             elif old_cfg is None or old_params.get(symbol) != params[symbol] or old_cfg.runtime != cfg.runtime:
@@ -258,8 +282,9 @@ class FleetController:
         if self.cfg is None or self.stopping:
             return {"recreated": [], "reduce_only": self.reduce_only}
         recreated = []
+        live = self._live_agents()
         for symbol in self._symbols():
-            if self._handle(symbol) is None:
+            if symbol not in live:
                 log.warning("agent %s is gone: recreating it", agent_name(symbol))
                 self._create_agent(symbol)
                 self.recreated[symbol] = self.recreated.get(symbol, 0) + 1
@@ -494,7 +519,8 @@ class FleetController:
     async def _retire(self, symbol: str, flatten: bool, account: str | None = None) -> dict[str, Any]:
         """Stop one agent gracefully, confirm its book is empty at the exchange, remove the actor."""
         started = time.monotonic()
-        handle = self._handle(symbol)
+        handle = self._handle(symbol, fresh=True)
+        self.handles.pop(symbol, None)
         summary: Any = None
         error = None
         if handle is not None:
