@@ -315,3 +315,29 @@ async def test_public_trades_agg_trades_and_klines(sim_factory):
         assert bad.json["code"] == -1120
         bad = await c.public("GET", "/fapi/v1/trades", {"symbol": "SOLUSDT", "limit": 5000})
         assert bad.json["code"] == -1130
+
+
+async def test_order_test_all_orders_tickers_and_account_settings(sim):
+    async with SimClient.for_sim(sim) as c:
+        price = await _far_bid(c)
+        order = {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "price": price,
+                 "quantity": "0.010"}
+        assert (await c.signed("POST", "/fapi/v1/order/test", order)).json == {}
+        assert (await c.signed("POST", "/fapi/v1/order/test", {**order, "quantity": "0.001"})).json["code"] == -4164
+        assert (await c.state(symbol="ETHUSDC"))["open_orders"] == []  # a test order is never placed
+        placed = (await c.signed("POST", "/fapi/v1/order", order)).json
+        await c.signed("DELETE", "/fapi/v1/order", {"symbol": "ETHUSDC", "orderId": placed["orderId"]})
+        history = (await c.signed("GET", "/fapi/v1/allOrders", {"symbol": "ETHUSDC"})).json
+        assert [(o["orderId"], o["status"]) for o in history] == [(placed["orderId"], "CANCELED")]
+        tp = (await c.public("GET", "/fapi/v1/ticker/price", {"symbol": "ETHUSDC"})).json
+        assert tp["symbol"] == "ETHUSDC" and 2500 < float(tp["price"]) < 3500
+        t24 = (await c.public("GET", "/fapi/v1/ticker/24hr")).json
+        assert {t["symbol"] for t in t24} == {"ETHUSDC", "BTCUSDT", "SOLUSDT"}
+        limits = (await c.signed("GET", "/fapi/v1/rateLimit/order")).json
+        assert {(x["interval"], x["limit"]) for x in limits} == {("SECOND", 300), ("MINUTE", 1200)}
+        r = await c.signed("POST", "/fapi/v1/marginType", {"symbol": "ETHUSDC", "marginType": "CROSSED"})
+        assert r.json["code"] == -4046  # already cross
+        r = await c.signed("POST", "/fapi/v1/positionSide/dual", {"dualSidePosition": "false"})
+        assert r.json["code"] == -4059  # already one-way
+        r = await c.signed("POST", "/fapi/v1/order", {**order, "positionSide": "LONG"})
+        assert r.json["code"] == -4061
