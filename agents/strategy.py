@@ -120,6 +120,7 @@ class GeometricV2:
 
         exp = math.exp
         eps = _EPS
+        new = tuple.__new__  # Quote(...) without the named tuple's Python-level __new__
         dps = self.decay_per_step
         mnu = self.min_notional_units
         mq = self.min_qty_steps
@@ -145,7 +146,7 @@ class GeometricV2:
                     px = prev - 1
                 if size < mq or px < min_px or px * size < mnu:
                     break  # outer layers are only smaller and lower: stop here
-                bids.append(Quote(BUY, i, px, size))
+                bids.append(new(Quote, (BUY, i, px, size)))
                 prev = px
                 worst += size
                 room_b -= size
@@ -177,7 +178,7 @@ class GeometricV2:
                     px = prev + 1
                 if size < mq or px > maxp or px * size < mnu:
                     break
-                asks.append(Quote(SELL, i, px, size))
+                asks.append(new(Quote, (SELL, i, px, size)))
                 prev = px
                 worst_s -= size
                 room_s -= size
