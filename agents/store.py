@@ -1,9 +1,15 @@
 """The Store: one symbol's orders, pending sizes, position, prices, 30-minute window, funding, P&L.
 
 Everything the strategy and the guard read comes from here, and everything the exchange or the
-runtime reports goes in here, through one method per kind of input. Updates are idempotent and
-ordered per order by (update time, cumulative filled, stage), so duplicated, stale or reordered
-stream frames leave the state as the newest one says.
+runtime reports goes in here, through one method per kind of input. Order updates are idempotent
+and ordered per order by (update time, cumulative filled, stage), so duplicated, stale or reordered
+frames leave the order as the newest one says. The position moves by each trade frame once (by
+trade id) and is reset by the exchange's figure (ACCOUNT_UPDATE, REST) plus the trades newer than
+it; a fill the store has heard of but not booked keeps counting as pending, so
+``position + pending_buy`` never understates what the exchange could hold.
+
+Funding: the exchange's estimate (markPrice stream, every second) is sampled into the EMA
+prediction once per ``funding.predict_sample_sec`` (60 s), with weight ``predict_alpha``.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from fleet.config import SymbolParams
 from .orders import Amend, Cancel, Place
 
 PENDING_NEW = "PENDING_NEW"  # sent, not yet acknowledged
-MISSING = "MISSING"  # the exchange says it does not know the order (REST snapshot or -2011/-2013)
+MISSING = "MISSING"  # not among the open orders of a REST snapshot
 REJECTED = "REJECTED"
 _CLOSED = CLOSED_STATUSES | {MISSING}
 _UNKNOWN_ORDER_CODES = frozenset({-2011, -2013})
