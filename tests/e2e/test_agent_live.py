@@ -542,6 +542,10 @@ class ControlledLease:
         self.released = True
 
 
+# a short dead-man countdown: these tests wait for the exchange to cancel on its own
+LEASED = FAST.model_copy(update={"deadman_heartbeat_sec": 0.5, "deadman_countdown_ms": 2_500})
+
+
 @pytest.fixture
 async def leased_agent(sim):
     made: list[tuple[SymbolAgent, asyncio.Task]] = []
@@ -549,7 +553,7 @@ async def leased_agent(sim):
     async def start(lease: ControlledLease) -> SymbolAgent:
         _, key, secret = sim.accounts[0]
         agent = SymbolAgent(
-            fleet_name="t", symbol=SYMBOL, params=SymbolParams(), runtime=FAST,
+            fleet_name="t", symbol=SYMBOL, params=SymbolParams(), runtime=LEASED,
             endpoints=ExchangeEndpoints(sim.rest_url, sim.ws_url, sim.ws_url),
             credentials=Credentials(key, secret), ownership=lease,
         )
@@ -579,7 +583,7 @@ async def test_ownership_lost_stops_quoting_and_the_dead_man_switch_cancels(leas
     async def all_cancelled() -> bool:
         return not (await exchange.state())["open_orders"]
 
-    await wait_for(all_cancelled, FAST.deadman_countdown_ms / 1000 + 3, "the exchange's countdown cancelling")
+    await wait_for(all_cancelled, LEASED.deadman_countdown_ms / 1000 + 3, "the exchange's countdown cancelling")
     assert await orders_after(exchange, lost_at + 50) == []  # nothing new once the lease was gone
     assert "lease" in agent.status()["blocks"]
 
@@ -595,7 +599,7 @@ async def test_lapsed_lease_pulls_out_then_resumes_when_renewed(leased_agent, ex
     async def all_cancelled() -> bool:
         return not (await exchange.state())["open_orders"]
 
-    await wait_for(all_cancelled, FAST.deadman_countdown_ms / 1000 + 3, "the exchange's countdown cancelling")
+    await wait_for(all_cancelled, LEASED.deadman_countdown_ms / 1000 + 3, "the exchange's countdown cancelling")
     assert await orders_after(exchange, lapsed_at + 50) == []
     lease.hang.set()
     await wait_for(lambda: resting(agent, exchange), 10, "quoting again once renewed", explain=lambda: describe(agent, exchange))
