@@ -116,18 +116,18 @@ async def in_sync(agent: SymbolAgent, ex: Exchange) -> bool:
     core = agent.core
     if core is None or any(o.busy for o in core.store.orders.values()):
         return False
-    st = await ex.state()
+    st = await ex.state(agent.symbol)
     step = agent.filters.step_size
-    pos_ok = Decimal(st["positions"][SYMBOL]["amount"]) == core.store.position_steps * step
+    pos_ok = Decimal(st["positions"][agent.symbol]["amount"]) == core.store.position_steps * step
     return pos_ok and exchange_open(st, step) == agent_open(agent)
 
 
 async def describe(agent: SymbolAgent, ex: Exchange) -> str:
     """Both sides' views, for a failure message."""
-    st = await ex.state()
+    st = await ex.state(agent.symbol)
     return (
         f"agent: pos {agent.core.store.position_steps} {agent.core.store.orders}\n"
-        f"exchange: pos {st['positions'][SYMBOL]['amount']} {exchange_open(st, agent.filters.step_size)}\n"
+        f"exchange: pos {st['positions'][agent.symbol]['amount']} {exchange_open(st, agent.filters.step_size)}\n"
         f"status: {agent.status()}"
     )
 
@@ -652,3 +652,20 @@ async def test_market_stream_drop_pulls_quotes_and_reconnects(make_agent, exchan
     await wait_for(lambda: agent._market is not None and agent._market is not first, 10, "a new market stream")
     await wait_for(lambda: resting(agent, exchange), 10, "quoting again", explain=lambda: describe(agent, exchange))
     assert metric(agent, "mm_ws_connected") == 1.0  # the user stream was never touched
+
+
+async def test_agents_sharing_an_account_keep_to_their_own_symbol(make_agent, exchange):
+    eth = await make_agent(symbol="ETHUSDC")
+    btc = await make_agent(symbol="BTCUSDT")
+    for agent in (eth, btc):
+        await wait_for(lambda: resting(agent, exchange), 10, f"{agent.symbol} resting", explain=lambda: describe(agent, exchange))
+    assert all(o.client_order_id.startswith("mm-ETHUSDC-") for o in eth.core.store.orders.values())
+    assert all(o.client_order_id.startswith("mm-BTCUSDT-") for o in btc.core.store.orders.values())
+    await eth.stop()  # cancels ETH only, and leaves the account's one listenKey alive for BTC
+    assert (await exchange.state("ETHUSDC"))["open_orders"] == []
+    st = await exchange.state("BTCUSDT")
+    assert st["open_orders"] and st["listen_key_active"]
+    await exchange.post("/sim/market/jump", {"symbol": "BTCUSDT", "pct": -0.3})  # BTC fills reach the BTC agent
+    await wait_for(lambda: in_sync(btc, exchange), 10, "BTC in sync", explain=lambda: describe(btc, exchange))
+    assert Decimal((await exchange.state("BTCUSDT"))["positions"]["BTCUSDT"]["amount"]) > 0
+    assert btc.status()["user_stream_connected"] and btc.counters["user_stream_reconnects"] == 0
