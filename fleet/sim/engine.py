@@ -25,6 +25,7 @@ CLIENT_ID_RE = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
 OPEN_STATUSES = ("NEW", "PARTIALLY_FILLED")
 _NO_ASK = 1 << 62
 _FAR_MS = 1 << 62
+DIFF_LEVELS = 50  # the diff depth stream keeps this many levels per side exact (absolute sizes, "0" = gone)
 MAX_CLOSED_KEPT = 20000
 
 
@@ -262,6 +263,8 @@ class Book:
         self.poisson_p0 = 1.0
         self.want_agg = False
         self.depth_streams: list[tuple[str, int, int]] = []
+        self.diff_streams: list[tuple[str, int]] = []
+        self.diff_state: dict[str, tuple[int, dict[int, int], dict[int, int]]] = {}
         self.funding_history: list[dict[str, Any]] = []
         self.closed: dict[int, Order] = {}
         self.recent_trades: deque[tuple[int, int, int, int, bool]] = deque(maxlen=1000)
@@ -524,6 +527,10 @@ class Engine:
             b.want_agg = b.lower + "@aggTrade" in self.interest
             b.depth_streams = [(f"{b.lower}@depth{n}{sfx}", n, every) for n in (5, 10, 20)
                                for sfx, every in every_of.items() if f"{b.lower}@depth{n}{sfx}" in self.interest]
+            b.diff_streams = [(f"{b.lower}@depth{sfx}", every) for sfx, every in every_of.items()
+                              if f"{b.lower}@depth{sfx}" in self.interest]
+            for stale in [k for k in b.diff_state if k not in self.interest]:
+                del b.diff_state[stale]
         self.want_all_bt = "!bookTicker" in self.interest
 
     def book(self, symbol: str | None) -> Book:
@@ -623,6 +630,7 @@ class Engine:
             b.mid = b.mark = mid
             b._mark_dec = None
             bid_top = int(mid * b.inv_tick - b.half_spread + 1e-9)  # floor: prices are positive
+            b.update_id += 1
             c = b.candle
             if c is None or t >= c[0] + 60_000:
                 b.roll_candle(t)
@@ -775,6 +783,7 @@ class Engine:
         aid = b.agg_id
         b.agg_id += 1
         b.recent_trades.append((aid, price, qty, t, buyer_maker))
+        b.update_id += 1
         c = b.candle
         if c is not None:
             c[5] += qty
@@ -788,7 +797,7 @@ class Engine:
 
     def _publish_book(self, b: Book, t: int) -> None:
         want_bt = b.want_bt or self.want_all_bt
-        if not want_bt and not b.depth_streams:
+        if not want_bt and not b.depth_streams and not b.diff_streams:
             return
         top = b.bid_top
         s = b.synth_best_bid() if top in b.consumed_bid else top
@@ -819,7 +828,6 @@ class Engine:
         bt = (bb, bq, ba, aq)
         if bt != b.last_bt:
             b.last_bt = bt
-            b.update_id += 1
             if want_bt:
                 frame = (_render_bt, b, b.update_id, bt, t)
                 if b.want_bt:
@@ -832,6 +840,22 @@ class Engine:
                 continue
             self.depth_due[stream] = t - t % every + every
             self._emit_market(stream, (_render_depth, b, b.update_id, b.depth_levels(levels), t))
+        for stream, every in b.diff_streams:
+            due = self.depth_due.get(stream, 0)
+            if t < due:
+                continue
+            self.depth_due[stream] = t - t % every + every
+            last_u, last_bids, last_asks = b.diff_state.get(stream, (0, {}, {}))
+            if last_u == b.update_id:
+                continue
+            bids, asks = b.depth_levels(DIFF_LEVELS)
+            now_bids, now_asks = dict(bids), dict(asks)
+            b.diff_state[stream] = (b.update_id, now_bids, now_asks)
+            gone_b = [(p, 0) for p in last_bids if p not in now_bids]
+            gone_a = [(p, 0) for p in last_asks if p not in now_asks]
+            first = last_u + 1 if last_u else b.update_id
+            self._emit_market(stream, (_render_diff, b, first, b.update_id, last_u or b.update_id - 1,
+                                       bids + gone_b, asks + gone_a, t))
 
     def _publish_mark(self, t: int, suffix: str, dt_s: float) -> None:
         arr: list[Any] = []
@@ -1063,6 +1087,7 @@ class Engine:
         return f"{avg.quantize(Q8, rounding=ROUND_HALF_UP).normalize():f}"
 
     def _remove_resting(self, b: Book, o: Order) -> None:
+        b.update_id += 1
         levels = b.bids if o.sign > 0 else b.asks
         lst = levels.get(o.price)
         if lst is not None:
@@ -1084,6 +1109,7 @@ class Engine:
                 del b.closed[k]
 
     def _rest(self, b: Book, o: Order) -> None:
+        b.update_id += 1
         if o.sign > 0:
             o.ahead = b.synth_bid(o.price)
             b.bids.setdefault(o.price, []).append(o)
@@ -1885,3 +1911,10 @@ def _render_order_update(b: Book, o: Order, exec_type: str, status: str, orig: i
         "b": b.notional_str8(bid_units), "a": b.notional_str8(ask_units), "m": maker, "R": o.reduce_only,
         "wt": "CONTRACT_PRICE", "ot": o.type, "ps": "BOTH", "cp": False, "rp": _s8(realized) if realized else "0",
         "pP": False, "si": 0, "ss": 0, "V": "EXPIRE_MAKER", "pm": "NONE", "gtd": 0, "er": expire_reason}}
+
+
+def _render_diff(b: Book, first: int, final: int, prev: int, bids: list[tuple[int, int]],
+                 asks: list[tuple[int, int]], t: int) -> dict[str, Any]:
+    ps, qs = b.price_str, b.qty_str
+    return {"e": "depthUpdate", "E": t, "T": t, "s": b.symbol, "U": first, "u": final, "pu": prev,
+            "b": [[ps(p), qs(q)] for p, q in bids], "a": [[ps(p), qs(q)] for p, q in asks]}

@@ -35,6 +35,8 @@ def canonical_stream(name: str, symbols_lower: set[str]) -> tuple[str, str] | No
         return f"{sym}@markPrice@1s", MARKET
     if rest == "aggTrade":
         return f"{sym}@aggTrade", MARKET
+    if rest == "depth" or (rest.startswith("depth@") and rest[5:] in _DEPTH_SPEEDS):
+        return f"{sym}@depth{_DEPTH_SPEEDS[rest[5:]]}", PUBLIC  # the diff stream
     for levels in ("5", "10", "20"):
         head = "depth" + levels
         if rest.startswith(head):

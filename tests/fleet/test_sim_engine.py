@@ -202,3 +202,55 @@ def test_accelerated_time_fires_the_dead_man_switch_at_its_deadline():
     cancels = [p for k, _, p in e.drain_rendered() if k == "u" and p["e"] == "ORDER_TRADE_UPDATE"]
     assert [(c["o"]["x"], c["E"]) for c in cancels] == [("CANCELED", T0 + 1234)]
     assert e.accounts["main"].counters["countdown_fired"] == 1 and not e.accounts["main"].open
+
+
+def test_diff_depth_stream_keeps_a_local_book_in_sync_the_binance_way():
+    e = _engine()
+    b = e.books["ETHUSDC"]
+    e.watch("ethusdc@depth@100ms")
+    now = T0
+    buffered: list[dict] = []
+
+    def run(ms: int, trade_every: int = 7) -> None:
+        nonlocal now
+        for i in range(ms // 50):
+            now += 50
+            e.advance(now)
+            if i % trade_every == 0:  # our own flow changes the book too
+                side = "BUY" if i % 2 else "SELL"
+                price = b.best_bid() - 3 if side == "BUY" else b.best_ask() + 3
+                try:
+                    e.new_order("main", {"symbol": "ETHUSDC", "side": side, "type": "LIMIT", "timeInForce": "GTC",
+                                         "price": b.price_str(price), "quantity": "0.500"}, now)
+                except SimApiError:
+                    pass
+            buffered.extend(p for k, _, p in e.drain_rendered() if k == "m")
+
+    run(2000)
+    snapshot_id = b.update_id  # GET /fapi/v1/depth?limit=1000 at this moment
+    snap_bids, snap_asks = b.depth_levels(1000)
+    local = {"b": {p: q for p, q in snap_bids}, "a": {p: q for p, q in snap_asks}}
+    run(3000)
+    applied = 0
+    prev_u = None
+    for ev in buffered:
+        if ev["u"] < snapshot_id:
+            continue
+        if prev_u is None:
+            assert ev["U"] <= snapshot_id <= ev["u"], "the first event must straddle the snapshot"
+        else:
+            assert ev["pu"] == prev_u, "a gap in the diff stream"
+        for side in ("b", "a"):
+            for p, q in ev[side]:
+                ticks = round(float(p) / b.tick_f)
+                steps = round(float(q) / b.step_f)
+                if steps:
+                    local[side][ticks] = steps
+                else:
+                    local[side].pop(ticks, None)
+        prev_u = ev["u"]
+        applied += 1
+    assert applied >= 20
+    bids, asks = b.depth_levels(20)
+    assert sorted(local["b"].items(), reverse=True)[:20] == bids
+    assert sorted(local["a"].items())[:20] == asks

@@ -268,3 +268,20 @@ async def test_all_market_mark_prices_aggtrades_and_all_book_tickers(sim):
         trade = await _until(ws, lambda f: f["e"] == "aggTrade")
         assert trade["s"] == "SOLUSDT" and {"a", "p", "q", "f", "l", "T", "m"} <= set(trade)
         await ws.close()
+
+
+async def test_diff_depth_stream_chains_update_ids_after_a_rest_snapshot(sim):
+    async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
+        ws = await s.ws_connect(f"{sim.ws_url}/public/ws/ethusdc@depth@100ms")
+        first = await _recv_json(ws)
+        snap = (await c.public("GET", "/fapi/v1/depth", {"symbol": "ETHUSDC", "limit": 1000})).json
+        assert first["e"] == "depthUpdate" and first["u"] >= first["U"]
+        prev = first
+        straddled = first["U"] <= snap["lastUpdateId"] <= first["u"]
+        for _ in range(5):
+            ev = await _recv_json(ws)
+            assert ev["pu"] == prev["u"]
+            straddled = straddled or ev["U"] <= snap["lastUpdateId"] <= ev["u"]
+            prev = ev
+        assert straddled
+        await ws.close()
