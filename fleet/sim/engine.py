@@ -10,437 +10,27 @@ from __future__ import annotations
 
 import math
 import random
-import re
-from collections import deque
-from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from fleet.sim.config import AccountSpec, SimConfig, SymbolSpec
+from fleet.sim.book import NO_ASK, Book
+from fleet.sim.config import SimConfig
+from fleet.sim.errors import SimApiError, invalid, missing
+from fleet.sim.frames import (render, render_account_update, render_agg, render_bt, render_depth, render_diff,
+                              render_list, render_mark, render_order_update, render_trade_lite)
 from fleet.sim.market import MarketModel
+from fleet.sim.orders import CLIENT_ID_RE, Account, Order, Trade
+from fleet.sim.units import ZERO, decimals_in, fast_units, q8, s8
+from fleet.sim.views import EngineViews
 
-ZERO = Decimal(0)
-Q8 = Decimal("0.00000001")
-CLIENT_ID_RE = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
-OPEN_STATUSES = ("NEW", "PARTIALLY_FILLED")
-_NO_ASK = 1 << 62
-_FAR_MS = 1 << 62
+__all__ = ["Engine", "SimApiError", "missing", "invalid", "render", "Order", "Account", "Book"]
+
+FAR_MS = 1 << 62
 DIFF_LEVELS = 50  # the diff depth stream keeps this many levels per side exact (absolute sizes, "0" = gone)
 MAX_CLOSED_KEPT = 20000
 
 
-class SimApiError(Exception):
-    """An error the simulator answers the way Binance would: code, message, HTTP status."""
-
-    def __init__(self, code: int, msg: str, http_status: int = 400) -> None:
-        super().__init__(f"[{code}] {msg}")
-        self.code = code
-        self.msg = msg
-        self.http_status = http_status
-
-    def body(self) -> dict[str, Any]:
-        return {"code": self.code, "msg": self.msg}
-
-
-def _q8(d: Decimal) -> Decimal:
-    return d.quantize(Q8, rounding=ROUND_HALF_UP)
-
-
-def _s8(d: Decimal) -> str:
-    return f"{d.quantize(Q8, rounding=ROUND_HALF_UP):f}"
-
-
-def _places(unit: Decimal) -> int:
-    return max(0, -unit.normalize().as_tuple().exponent)
-
-
-def _fixed(units: int, places: int) -> str:
-    """``units`` x 10^-places as a decimal string, without touching Decimal (hot path)."""
-    if places == 0:
-        return str(units)
-    if units < 0:
-        return "-" + _fixed(-units, places)
-    digits = str(units)
-    if len(digits) <= places:
-        digits = "0" * (places - len(digits) + 1) + digits
-    return digits[:-places] + "." + digits[-places:]
-
-
-_POW10 = [10 ** i for i in range(19)]
-
-
-def _fast_units(raw: str, places: int) -> int | None:
-    """Plain ``123.45`` (ASCII digits, at most ``places`` decimals) as integer units of 10^-places;
-    None for anything else, which then takes the careful Decimal path and its precise error codes."""
-    ip, _, fp = raw.partition(".")
-    if fp:
-        fp = fp.rstrip("0")
-    if len(fp) > places or not ip.isascii() or not ip.isdigit() or (fp and not (fp.isascii() and fp.isdigit())):
-        return None
-    return int(ip) * _POW10[places] + (int(fp) * _POW10[places - len(fp)] if fp else 0)
-
-
-def _decimals_in(s: str) -> int:
-    if "." not in s:
-        return 0
-    return len(s.split(".", 1)[1].rstrip("0"))
-
-
-def missing(name: str) -> SimApiError:
-    return SimApiError(-1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
-
-
-def invalid(name: str) -> SimApiError:
-    return SimApiError(-1130, f"Data sent for parameter '{name}' is not valid.")
-
-
-@dataclass(frozen=True)
-class Trade:
-    """One fill of one order, as userTrades reports it."""
-
-    trade_id: int
-    order_id: int
-    symbol: str
-    side: str
-    price: str
-    qty: str
-    quote_qty: str
-    commission: str
-    commission_asset: str
-    realized_pnl: str
-    maker: bool
-    time: int
-
-
-class Order:
-    """A live or closed order of an account. Mutable: the engine owns it."""
-
-    __slots__ = ("order_id", "client_id", "account", "symbol", "side", "sign", "type", "tif", "price",
-                 "orig", "filled", "cum_quote", "status", "reduce_only", "time", "update_time",
-                 "ahead", "seq", "modifies", "expire_reason")
-
-    def __init__(self, order_id: int, client_id: str, account: str, symbol: str, side: str, otype: str,
-                 tif: str, price: int, orig: int, reduce_only: bool, now: int, seq: int) -> None:
-        self.order_id = order_id
-        self.client_id = client_id
-        self.account = account
-        self.symbol = symbol
-        self.side = side
-        self.sign = 1 if side == "BUY" else -1
-        self.type = otype
-        self.tif = tif
-        self.price = price
-        self.orig = orig
-        self.filled = 0
-        self.cum_quote = ZERO
-        self.status = "NEW"
-        self.reduce_only = reduce_only
-        self.time = now
-        self.update_time = now
-        self.ahead = 0
-        self.seq = seq
-        self.modifies = 0
-        self.expire_reason = "0"
-
-    @property
-    def remaining(self) -> int:
-        return self.orig - self.filled
-
-    @property
-    def is_open(self) -> bool:
-        return self.status == "NEW" or self.status == "PARTIALLY_FILLED"
-
-
-class Position:
-    __slots__ = ("amount", "entry", "realized", "funding", "commission", "update_time")
-
-    def __init__(self) -> None:
-        self.amount = 0  # steps, signed
-        self.entry = ZERO
-        self.realized = ZERO  # accumulated realized P&L (before fees)
-        self.funding = ZERO  # accumulated funding (negative = paid)
-        self.commission = ZERO  # accumulated commissions paid (positive)
-        self.update_time = 0
-
-
-class Account:
-    """An account's money, positions, open orders, stream key and counters."""
-
-    def __init__(self, spec: AccountSpec, api_key: str, api_secret: str) -> None:
-        self.name = spec.name
-        self.api_key = api_key
-        self.api_secret = api_secret
-        self.wallet: dict[str, Decimal] = {a: Decimal(v) for a, v in spec.balances.items()}
-        self.default_leverage = spec.leverage
-        self.leverage: dict[str, int] = {}
-        self.positions: dict[str, Position] = {}
-        self.open: dict[int, Order] = {}
-        self.by_cid: dict[str, Order] = {}  # open orders by clientOrderId
-        self.open_units: dict[str, list[int]] = {}  # symbol -> [bid, ask] sum of price ticks x steps left
-        self.open_count: dict[str, int] = {}
-        self.listen_key: str | None = None
-        self.listen_key_expiry = 0
-        self.countdowns: dict[str, int] = {}
-        self.income: list[dict[str, Any]] = []
-        self.trades: list[Trade] = []
-        self.counters = {"orders_placed": 0, "orders_cancelled": 0, "orders_rejected": 0,
-                         "orders_filled": 0, "orders_expired": 0, "orders_amended": 0, "trades": 0,
-                         "countdown_fired": 0}
-
-    def position(self, symbol: str) -> Position:
-        pos = self.positions.get(symbol)
-        if pos is None:
-            pos = self.positions[symbol] = Position()
-        return pos
-
-
-class Book:
-    """One symbol: its market model, synthetic book around the mid, and the resting orders."""
-
-    def __init__(self, spec: SymbolSpec, model: MarketModel, salt: int, base_order_id: int) -> None:
-        self.spec = spec
-        self.symbol = spec.symbol
-        self.lower = spec.symbol.lower()
-        self.model = model
-        self.tick = Decimal(spec.tick_size)
-        self.step = Decimal(spec.step_size)
-        self.tick_f = float(self.tick)
-        self.step_f = float(self.step)
-        self.price_places = _places(self.tick)
-        self.qty_places = _places(self.step)
-        self.price_mult = int(self.tick * (10 ** self.price_places))
-        self.qty_mult = int(self.step * (10 ** self.qty_places))
-        self.notional_unit = self.tick * self.step
-        self.notional_mult = self.price_mult * self.qty_mult
-        self.notional_places = self.price_places + self.qty_places
-        self.price_precision = spec.price_precision if spec.price_precision is not None else self.price_places
-        self.qty_precision = spec.quantity_precision if spec.quantity_precision is not None else self.qty_places
-        self.min_qty = Decimal(spec.min_qty) if spec.min_qty else self.step
-        self.min_notional = Decimal(spec.min_notional)
-        self.max_qty = Decimal(spec.max_qty)
-        self.market_max_qty = Decimal(spec.market_max_qty)
-        self.mult_up = Decimal(spec.multiplier_up)
-        self.mult_down = Decimal(spec.multiplier_down)
-        self.min_notional_units = int((self.min_notional * 10 ** self.notional_places).to_integral_value(
-            rounding="ROUND_CEILING"))
-        self.min_notional_f = float(self.min_notional)
-        self.mult_up_f = float(self.mult_up)
-        self.mult_down_f = float(self.mult_down)
-        self.min_qty_steps = int((self.min_qty / self.step).to_integral_value(rounding="ROUND_CEILING"))
-        self.max_steps = int((self.max_qty / self.step).to_integral_value(rounding="ROUND_FLOOR"))
-        self.market_max_steps = int((self.market_max_qty / self.step).to_integral_value(rounding="ROUND_FLOOR"))
-        price = spec.start_price
-        self.level_steps = max(1, int((spec.level_qty or 20000.0 / price) / self.step_f))
-        self.taker_mean_steps = max(1.0, (spec.taker_mean_qty or 5000.0 / price) / self.step_f)
-        self.base_profile = [self.level_steps * (1.0 + 0.15 * d) for d in range(64)]
-        self.salt = salt
-        self.inv_tick = 1.0 / self.tick_f
-        self.spread_ticks = spec.spread_ticks
-        self.half_spread = spec.spread_ticks / 2.0
-        self.bids: dict[int, list[Order]] = {}
-        self.asks: dict[int, list[Order]] = {}
-        self.our_bid = 0  # best resting bid of any account (0: none)
-        self.our_ask = _NO_ASK  # best resting ask of any account
-        self.consumed_bid: dict[int, int] = {}
-        self.consumed_ask: dict[int, int] = {}
-        self.mid = model.mid
-        self.bid_top = 0
-        self.ask_top = 0
-        self.set_tops()
-        self.mark = self.mid
-        self._mark_dec: Decimal | None = None
-        self.next_order_id = base_order_id
-        self.update_id = 1_000_000
-        self.agg_id = 1
-        self.trade_id = 1
-        self.funding_rate = Decimal(spec.funding_rate)
-        self.base_rate = self.funding_rate
-        self.rate_pinned = False
-        self.frozen = False
-        self.last_bt: tuple[int, int, int, int] | None = None
-        self.want_bt = False
-        self.poisson_rate = -1.0
-        self.poisson_p0 = 1.0
-        self.want_agg = False
-        self.depth_streams: list[tuple[str, int, int]] = []
-        self.diff_streams: list[tuple[str, int]] = []
-        self.diff_state: dict[str, tuple[int, dict[int, int], dict[int, int]]] = {}
-        self.funding_history: list[dict[str, Any]] = []
-        self.closed: dict[int, Order] = {}
-        self.recent_trades: deque[tuple[int, int, int, int, bool]] = deque(maxlen=1000)
-        # 1-minute candles of the mid: [open_time, o, h, l, c, volume, quote units, trades, taker buy
-        # volume, taker buy quote units]; volumes in steps, quote in price ticks x steps
-        self.candles: deque[list[Any]] = deque(maxlen=1500)
-        self.candle: list[Any] | None = None
-        self.last_price = self.mid
-        self.volume_steps = 0
-
-    # -- synthetic book -------------------------------------------------------------------------
-
-    def set_tops(self) -> None:
-        self.bid_top = math.floor(self.mid * self.inv_tick - self.half_spread + 1e-9)
-        self.ask_top = self.bid_top + self.spread_ticks
-
-    def _profile(self, dist: int, price: int) -> int:
-        noise = 0.5 + ((price * 2654435761 + self.salt) & 1023) / 1024.0
-        return max(1, int(self.level_steps * (1.0 + 0.15 * dist) * noise))
-
-    def synth_bid(self, price: int) -> int:
-        if price > self.bid_top:
-            return 0
-        q = self._profile(self.bid_top - price, price) - self.consumed_bid.get(price, 0)
-        return q if q > 0 else 0
-
-    def synth_ask(self, price: int) -> int:
-        if price < self.ask_top:
-            return 0
-        q = self._profile(price - self.ask_top, price) - self.consumed_ask.get(price, 0)
-        return q if q > 0 else 0
-
-    def roll_candle(self, t: int) -> None:
-        """Close the current 1-minute candle and open the one holding ``t``."""
-        if self.candle is not None:
-            self.candles.append(self.candle)
-        m = self.mid
-        self.candle = [t - t % 60_000, m, m, m, m, 0, 0, 0, 0, 0]
-
-    def klines(self, minutes: int, start: int | None, end: int | None, limit: int) -> list[list[Any]]:
-        """Candles of ``minutes`` length (aggregated from 1-minute ones), Binance's kline arrays."""
-        src = list(self.candles) + ([self.candle] if self.candle is not None else [])
-        span = minutes * 60_000
-        groups: dict[int, list[Any]] = {}
-        for c in src:
-            key = c[0] - c[0] % span
-            g = groups.get(key)
-            if g is None:
-                groups[key] = [key, c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9]]
-            else:
-                g[2] = max(g[2], c[2])
-                g[3] = min(g[3], c[3])
-                g[4] = c[4]
-                for i in range(5, 10):
-                    g[i] += c[i]
-        rows = [g for k, g in sorted(groups.items()) if (start is None or k >= start) and (end is None or k <= end)]
-        rows = rows[:limit] if start is not None else rows[-limit:]
-        pp = self.price_places + 2
-        unit = self.notional_unit
-        return [[g[0], f"{g[1]:.{pp}f}", f"{g[2]:.{pp}f}", f"{g[3]:.{pp}f}", f"{g[4]:.{pp}f}", self.qty_str(g[5]),
-                 g[0] + span - 1, f"{unit * g[6]:f}", g[7], self.qty_str(g[8]), f"{unit * g[9]:f}", "0"]
-                for g in rows]
-
-    def synth_best_bid(self) -> int:
-        """Highest synthetic bid with size left (takers may have eaten the top levels)."""
-        p = self.bid_top
-        if p in self.consumed_bid:
-            floor = p - 100000
-            while p > floor and p > 0 and self.synth_bid(p) == 0:
-                p -= 1
-        return p
-
-    def synth_best_ask(self) -> int:
-        p = self.ask_top
-        if p in self.consumed_ask:
-            ceil = p + 100000
-            while p < ceil and self.synth_ask(p) == 0:
-                p += 1
-        return p
-
-    def best_bid(self) -> int:
-        s = self.synth_best_bid()
-        b = self.our_bid
-        return b if b > s else s
-
-    def best_ask(self) -> int:
-        s = self.synth_best_ask()
-        a = self.our_ask
-        return a if a < s else s
-
-    def level_qty(self, side_buy: bool, price: int) -> int:
-        if side_buy:
-            q = self.synth_bid(price)
-            for o in self.bids.get(price, ()):
-                q += o.orig - o.filled
-        else:
-            q = self.synth_ask(price)
-            for o in self.asks.get(price, ()):
-                q += o.orig - o.filled
-        return q
-
-    def depth(self, levels: int) -> tuple[list[list[str]], list[list[str]]]:
-        bids: list[list[str]] = []
-        asks: list[list[str]] = []
-        p = self.best_bid()
-        floor = p - levels * 4 - 10
-        while len(bids) < levels and p > floor and p > 0:
-            q = self.level_qty(True, p)
-            if q > 0:
-                bids.append([self.price_str(p), self.qty_str(q)])
-            p -= 1
-        p = self.best_ask()
-        ceil = p + levels * 4 + 10
-        while len(asks) < levels and p < ceil:
-            q = self.level_qty(False, p)
-            if q > 0:
-                asks.append([self.price_str(p), self.qty_str(q)])
-            p += 1
-        return bids, asks
-
-    def depth_levels(self, levels: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-        """The top ``levels`` of each side as (price ticks, size steps), for lazy rendering."""
-        return self._side_levels(levels, True), self._side_levels(levels, False)
-
-    def _side_levels(self, levels: int, buy: bool) -> list[tuple[int, int]]:
-        side: list[tuple[int, int]] = []
-        if buy:
-            p, step, top, ours, consumed = self.best_bid(), -1, self.bid_top, self.bids, self.consumed_bid
-        else:
-            p, step, top, ours, consumed = self.best_ask(), 1, self.ask_top, self.asks, self.consumed_ask
-        base, salt = self.base_profile, self.salt
-        n_base = len(base)
-        append = side.append
-        for _ in range(levels * 4 + 10):
-            dist = (p - top) * step
-            if dist >= 0:
-                q = int((base[dist] if dist < n_base else self.level_steps * (1.0 + 0.15 * dist))
-                        * (0.5 + ((p * 2654435761 + salt) & 1023) / 1024.0))
-                if q < 1:
-                    q = 1
-                if consumed:
-                    q -= consumed.get(p, 0)
-                    if q < 0:
-                        q = 0
-            else:
-                q = 0
-            if ours and p in ours:
-                for o in ours[p]:
-                    q += o.orig - o.filled
-            if q > 0:
-                append((p, q))
-                if len(side) == levels:
-                    break
-            p += step
-        return side
-
-    def mark_dec(self) -> Decimal:
-        if self._mark_dec is None:
-            self._mark_dec = Decimal(f"{self.mark:.8f}")
-        return self._mark_dec
-
-    def price_str(self, ticks: int) -> str:
-        return _fixed(ticks * self.price_mult, self.price_places)
-
-    def qty_str(self, steps: int) -> str:
-        return _fixed(steps * self.qty_mult, self.qty_places)
-
-    def notional_str8(self, units: int) -> str:
-        """price ticks x qty steps as an 8-decimal string (the b/a fields of order updates)."""
-        places = self.notional_places
-        if places <= 8:
-            return _fixed(units * self.notional_mult * 10 ** (8 - places), 8)
-        return _s8(self.notional_unit * units)
-
-
-class Engine:
+class Engine(EngineViews):
     """The exchange: call its methods with an account name, parameters and ``now_ms``."""
 
     def __init__(self, config: SimConfig, seed: int = 7, now_ms: int = 0,
@@ -487,7 +77,7 @@ class Engine:
         self.depth_due: dict[str, int] = {}
         self._step_count = 0
         self.want_all_bt = False
-        self._deadline = _FAR_MS
+        self._deadline = FAR_MS
         self.tran_id = 1
 
     # -- small helpers ----------------------------------------------------------------------------
@@ -588,7 +178,7 @@ class Engine:
 
     def _recompute_deadline(self) -> None:
         """The earliest dead-man deadline or listenKey expiry: ``advance`` is cheap until then."""
-        d = _FAR_MS
+        d = FAR_MS
         for acct in self.accounts.values():
             for v in acct.countdowns.values():
                 if v < d:
@@ -793,7 +383,7 @@ class Engine:
                 c[8] += qty
                 c[9] += price * qty
         if b.want_agg:
-            self._emit_market(b.lower + "@aggTrade", (_render_agg, b, aid, price, qty, t, buyer_maker))
+            self._emit_market(b.lower + "@aggTrade", (render_agg, b, aid, price, qty, t, buyer_maker))
 
     def _publish_book(self, b: Book, t: int) -> None:
         want_bt = b.want_bt or self.want_all_bt
@@ -829,7 +419,7 @@ class Engine:
         if bt != b.last_bt:
             b.last_bt = bt
             if want_bt:
-                frame = (_render_bt, b, b.update_id, bt, t)
+                frame = (render_bt, b, b.update_id, bt, t)
                 if b.want_bt:
                     self._emit_market(b.lower + "@bookTicker", frame)
                 if self.want_all_bt:
@@ -839,7 +429,7 @@ class Engine:
             if t < due:
                 continue
             self.depth_due[stream] = t - t % every + every
-            self._emit_market(stream, (_render_depth, b, b.update_id, b.depth_levels(levels), t))
+            self._emit_market(stream, (render_depth, b, b.update_id, b.depth_levels(levels), t))
         for stream, every in b.diff_streams:
             due = self.depth_due.get(stream, 0)
             if t < due:
@@ -854,7 +444,7 @@ class Engine:
             gone_b = [(p, 0) for p in last_bids if p not in now_bids]
             gone_a = [(p, 0) for p in last_asks if p not in now_asks]
             first = last_u + 1 if last_u else b.update_id
-            self._emit_market(stream, (_render_diff, b, first, b.update_id, last_u or b.update_id - 1,
+            self._emit_market(stream, (render_diff, b, first, b.update_id, last_u or b.update_id - 1,
                                        bids + gone_b, asks + gone_a, t))
 
     def _publish_mark(self, t: int, suffix: str, dt_s: float) -> None:
@@ -872,15 +462,15 @@ class Engine:
                 continue
             stream = b.lower + "@markPrice" + suffix
             if stream in self.interest or want_all:
-                frame = (_render_mark, b, b.mark, b.funding_rate, self.next_funding_ms, t)
+                frame = (render_mark, b, b.mark, b.funding_rate, self.next_funding_ms, t)
                 if stream in self.interest:
                     self._emit_market(stream, frame)
                 arr.append(frame)
         if want_all and arr:
-            self._emit_market(all_stream, (_render_list, arr))
+            self._emit_market(all_stream, (render_list, arr))
 
     def mark_frame(self, b: Book, t: int) -> dict[str, Any]:
-        return _render_mark(b, b.mark, b.funding_rate, self.next_funding_ms, t)
+        return render_mark(b, b.mark, b.funding_rate, self.next_funding_ms, t)
 
     # -- faults and truth --------------------------------------------------------------------------
 
@@ -949,15 +539,15 @@ class Engine:
                 pos = acct.positions.get(b.symbol)
                 if pos is None or pos.amount == 0:
                     continue
-                fee = _q8(-(b.step * pos.amount) * mark * rate)
+                fee = q8(-(b.step * pos.amount) * mark * rate)
                 pos.funding += fee
                 acct.wallet[asset] = acct.wallet.get(asset, ZERO) + fee
                 self._income(acct, b.symbol, "FUNDING_FEE", fee, asset, t, "")
-                wb = _s8(acct.wallet[asset])
+                wb = s8(acct.wallet[asset])
                 self._emit_user(acct.name, {"e": "ACCOUNT_UPDATE", "E": t, "T": t, "a": {
                     "m": "FUNDING_FEE", "S": b.symbol,
-                    "B": [{"a": asset, "wb": wb, "cw": wb, "bc": _s8(fee)}], "P": []}})
-                charged.append({"account": acct.name, "symbol": b.symbol, "fee": _s8(fee),
+                    "B": [{"a": asset, "wb": wb, "cw": wb, "bc": s8(fee)}], "P": []}})
+                charged.append({"account": acct.name, "symbol": b.symbol, "fee": s8(fee),
                                 "mark_price": f"{mark:f}", "rate": f"{rate:.8f}",
                                 "position": b.qty_str(pos.amount)})
         return charged
@@ -965,7 +555,7 @@ class Engine:
     def _income(self, acct: Account, symbol: str, kind: str, amount: Decimal, asset: str, t: int,
                 trade_id: str) -> None:
         self.tran_id += 1
-        acct.income.append({"symbol": symbol, "incomeType": kind, "income": _s8(amount), "asset": asset,
+        acct.income.append({"symbol": symbol, "incomeType": kind, "income": s8(amount), "asset": asset,
                             "info": kind if kind != "FUNDING_FEE" else "FUNDING_FEE", "time": t,
                             "tranId": self.tran_id, "tradeId": trade_id})
         if len(acct.income) > 100000:
@@ -985,10 +575,10 @@ class Engine:
         realized = ZERO
         if old == 0 or (old > 0) == (sign > 0):
             total = abs(old) + qty
-            pos.entry = _q8((pos.entry * abs(old) + px * qty) / total)
+            pos.entry = q8((pos.entry * abs(old) + px * qty) / total)
         else:
             closed = qty if qty < abs(old) else abs(old)
-            realized = _q8((px - pos.entry) * (b.step * closed) * (1 if old > 0 else -1))
+            realized = q8((px - pos.entry) * (b.step * closed) * (1 if old > 0 else -1))
             if qty > abs(old):
                 pos.entry = px
             elif qty == abs(old):
@@ -997,7 +587,7 @@ class Engine:
         pos.realized += realized
         pos.update_time = t
         rate = self.maker_rate if maker else self.taker_rate
-        commission = _q8(px * q_dec * rate)
+        commission = q8(px * q_dec * rate)
         pos.commission += commission
         asset = b.spec.margin_asset
         acct.wallet[asset] = acct.wallet.get(asset, ZERO) + realized - commission
@@ -1020,35 +610,20 @@ class Engine:
         if commission:
             self._income(acct, b.symbol, "COMMISSION", -commission, asset, t, str(trade_id))
         acct.trades.append(Trade(trade_id, o.order_id, b.symbol, o.side, b.price_str(price), b.qty_str(qty),
-                                 _s8(px * q_dec), _s8(commission), asset, _s8(realized), maker, t))
+                                 s8(px * q_dec), s8(commission), asset, s8(realized), maker, t))
         if len(acct.trades) > 100000:
             del acct.trades[:20000]
-        self._emit_user(acct.name, (_render_trade_lite, b, o, o.orig, o.price, price, qty, trade_id, maker, t))
+        self._emit_user(acct.name, (render_trade_lite, b, o, o.orig, o.price, price, qty, trade_id, maker, t))
         self._emit_account_update(acct, b, "ORDER", t, ZERO)
         self._emit_order_update(acct, b, o, "TRADE", t, last_qty=qty, last_price=price, commission=commission,
                                 trade_id=trade_id, maker=maker, realized=realized)
         if old and (pos.amount == 0 or (old > 0) != (pos.amount > 0)):
             self._cap_reduce_only(acct, b, t)
 
-    def _position_frame(self, acct: Account, b: Book) -> dict[str, Any]:
-        pos = acct.position(b.symbol)
-        upnl = (b.mark_dec() - pos.entry) * (b.step * pos.amount) if pos.amount else ZERO
-        entry = f"{pos.entry:f}" if pos.amount else "0"
-        return {"s": b.symbol, "pa": b.qty_str(pos.amount), "ep": entry, "bep": entry,
-                "cr": _s8(pos.realized), "up": _s8(upnl), "mt": "cross", "iw": "0", "ps": "BOTH",
-                "ma": b.spec.margin_asset}
-
     def _emit_account_update(self, acct: Account, b: Book, reason: str, t: int, change: Decimal) -> None:
         pos = acct.position(b.symbol)
-        self._emit_user(acct.name, (_render_account_update, b, reason, acct.wallet.get(b.spec.margin_asset, ZERO),
+        self._emit_user(acct.name, (render_account_update, b, reason, acct.wallet.get(b.spec.margin_asset, ZERO),
                                     change, pos.amount, pos.entry, pos.realized, b.mark, t))
-
-    def _open_notional(self, acct: Account, symbol: str) -> tuple[Decimal, Decimal]:
-        units = acct.open_units.get(symbol)
-        if not units:
-            return ZERO, ZERO
-        unit = self.books[symbol].notional_unit
-        return unit * units[0], unit * units[1]
 
     @staticmethod
     def _open_insert(acct: Account, o: Order) -> None:
@@ -1075,16 +650,9 @@ class Engine:
                            last_qty: int = 0, last_price: int = 0, commission: Decimal = ZERO,
                            trade_id: int = 0, maker: bool = False, realized: Decimal = ZERO) -> None:
         units = acct.open_units.get(b.symbol) or (0, 0)
-        self._emit_user(acct.name, (_render_order_update, b, o, exec_type, o.status, o.orig, o.price, o.filled,
+        self._emit_user(acct.name, (render_order_update, b, o, exec_type, o.status, o.orig, o.price, o.filled,
                                     o.cum_quote, units[0], units[1], last_qty, last_price, commission, trade_id,
                                     maker, realized, o.expire_reason, t))
-
-    @staticmethod
-    def _avg_str(b: Book, o: Order) -> str:
-        if not o.filled:
-            return "0"
-        avg = o.cum_quote / (b.step * o.filled)
-        return f"{avg.quantize(Q8, rounding=ROUND_HALF_UP).normalize():f}"
 
     def _remove_resting(self, b: Book, o: Order) -> None:
         b.update_id += 1
@@ -1101,7 +669,7 @@ class Engine:
                     if o.price == b.our_bid:
                         b.our_bid = max(levels) if levels else 0
                 elif o.price == b.our_ask:
-                    b.our_ask = min(levels) if levels else _NO_ASK
+                    b.our_ask = min(levels) if levels else NO_ASK
         self._open_remove(self.accounts[o.account], o)
         b.closed[o.order_id] = o
         if len(b.closed) > MAX_CLOSED_KEPT:
@@ -1127,7 +695,7 @@ class Engine:
     def _price_ticks(b: Book, raw: str | None, name: str = "price") -> int:
         if raw is None or raw == "":
             raise missing(name)
-        units = _fast_units(raw, b.price_places)
+        units = fast_units(raw, b.price_places)
         if units:  # the common, well-formed case without Decimal; anything else takes the careful path
             if units % b.price_mult:
                 raise SimApiError(-4014, "Price not increased by tick size.")
@@ -1139,7 +707,7 @@ class Engine:
         if not d.is_finite() or d <= 0:
             raise SimApiError(-4001 if name == "price" else -1102, "Price less than 0." if name == "price"
                               else f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
-        if _decimals_in(raw) > b.price_precision:
+        if decimals_in(raw) > b.price_precision:
             raise SimApiError(-1111, "Precision is over the maximum defined for this asset.")
         ratio = d / b.tick
         if ratio != ratio.to_integral_value():
@@ -1150,7 +718,7 @@ class Engine:
     def _qty_steps(b: Book, raw: str | None, market: bool) -> int:
         if raw is None or raw == "":
             raise missing("quantity")
-        units = _fast_units(raw, b.qty_places)
+        units = fast_units(raw, b.qty_places)
         if units:
             if units % b.qty_mult:
                 raise SimApiError(-4023, "Qty not increased by step size.")
@@ -1166,7 +734,7 @@ class Engine:
             raise missing("quantity") from exc
         if not d.is_finite() or d <= 0:
             raise SimApiError(-4003, "Quantity less than or equal to zero.")
-        if _decimals_in(raw) > b.qty_precision:
+        if decimals_in(raw) > b.qty_precision:
             raise SimApiError(-1111, "Precision is over the maximum defined for this asset.")
         ratio = d / b.step
         if ratio != ratio.to_integral_value():
@@ -1212,25 +780,6 @@ class Engine:
         raise SimApiError(-1102, "Param 'orderId' or 'origClientOrderId' must be sent, but both were empty/null!")
 
     # -- margin -------------------------------------------------------------------------------------
-
-    def available_balance(self, acct: Account, asset: str) -> Decimal:
-        wallet = acct.wallet.get(asset, ZERO)
-        used = ZERO
-        upnl = ZERO
-        for symbol, pos in acct.positions.items():
-            b = self.books[symbol]
-            if b.spec.margin_asset != asset or not pos.amount:
-                continue
-            lev = self.leverage_of(acct, symbol)
-            notional = b.step * abs(pos.amount) * b.mark_dec()
-            used += notional / lev
-            upnl += (b.mark_dec() - pos.entry) * (b.step * pos.amount)
-        for symbol, units in acct.open_units.items():
-            b = self.books[symbol]
-            if b.spec.margin_asset != asset or not (units[0] or units[1]):
-                continue
-            used += b.notional_unit * (units[0] + units[1]) / self.leverage_of(acct, symbol)
-        return wallet + upnl - used
 
     def _available_fast(self, acct: Account, asset: str) -> float:
         """available_balance in floats: the pre-trade margin check runs on every order."""
@@ -1529,168 +1078,6 @@ class Engine:
             raise SimApiError(-2013, "Order does not exist.")
         return self.order_json(b, o)
 
-    def open_orders(self, account: str, symbol: str | None) -> list[dict[str, Any]]:
-        acct = self.account(account)
-        if symbol:
-            self.book(symbol)
-            symbol = symbol.upper()
-        return [self.order_json(self.books[o.symbol], o) for o in sorted(acct.open.values(), key=lambda o: o.seq)
-                if symbol is None or o.symbol == symbol]
-
-    def all_orders(self, account: str, params: dict[str, str]) -> list[dict[str, Any]]:
-        acct = self.account(account)
-        b = self.book(params.get("symbol"))
-        orders = [o for o in b.closed.values() if o.account == acct.name]
-        orders += [o for o in acct.open.values() if o.symbol == b.symbol]
-        orders.sort(key=lambda o: o.order_id)
-        if params.get("orderId"):
-            orders = [o for o in orders if o.order_id >= int(params["orderId"])]
-        start, end = params.get("startTime"), params.get("endTime")
-        if start:
-            orders = [o for o in orders if o.time >= int(start)]
-        if end:
-            orders = [o for o in orders if o.time <= int(end)]
-        limit = min(int(params.get("limit") or 500), 1000)
-        return [self.order_json(b, o) for o in orders[-limit:]]
-
-    def user_trades(self, account: str, params: dict[str, str]) -> list[dict[str, Any]]:
-        acct = self.account(account)
-        b = self.book(params.get("symbol"))
-        trades = [t for t in acct.trades if t.symbol == b.symbol]
-        start, end = params.get("startTime"), params.get("endTime")
-        if start:
-            trades = [t for t in trades if t.time >= int(start)]
-        if end:
-            trades = [t for t in trades if t.time <= int(end)]
-        if params.get("orderId"):
-            trades = [t for t in trades if t.order_id == int(params["orderId"])]
-        limit = min(int(params.get("limit") or 500), 1000)
-        return [{"buyer": t.side == "BUY", "commission": t.commission, "commissionAsset": t.commission_asset,
-                 "id": t.trade_id, "maker": t.maker, "orderId": t.order_id, "price": t.price, "qty": t.qty,
-                 "quoteQty": t.quote_qty, "realizedPnl": t.realized_pnl, "side": t.side, "positionSide": "BOTH",
-                 "symbol": t.symbol, "time": t.time} for t in trades[-limit:]]
-
-    def order_json(self, b: Book, o: Order) -> dict[str, Any]:
-        filled = b.qty_str(o.filled)
-        return {"orderId": o.order_id, "symbol": b.symbol, "pair": b.symbol, "status": o.status,
-                "clientOrderId": o.client_id, "price": b.price_str(o.price) if o.price else "0",
-                "avgPrice": self._avg_str(b, o), "origQty": b.qty_str(o.orig), "executedQty": filled,
-                "cumQty": filled, "cumQuote": _s8(o.cum_quote), "cumBase": filled, "timeInForce": o.tif,
-                "type": o.type, "reduceOnly": o.reduce_only, "closePosition": False, "side": o.side,
-                "positionSide": "BOTH", "stopPrice": "0", "workingType": "CONTRACT_PRICE",
-                "priceProtect": False, "origType": o.type, "priceMatch": "NONE",
-                "selfTradePreventionMode": "EXPIRE_MAKER", "goodTillDate": 0, "time": o.time,
-                "updateTime": o.update_time}
-
-    # -- account views --------------------------------------------------------------------------------
-
-    def _position_view(self, acct: Account, b: Book) -> dict[str, Any]:
-        pos = acct.positions.get(b.symbol) or Position()
-        mark = b.mark_dec()
-        amt = b.step * pos.amount
-        upnl = (mark - pos.entry) * amt if pos.amount else ZERO
-        lev = self.leverage_of(acct, b.symbol)
-        notional = mark * amt
-        bids, asks = self._open_notional(acct, b.symbol)
-        return {"symbol": b.symbol, "amt": amt, "entry": pos.entry if pos.amount else ZERO, "upnl": upnl,
-                "mark": mark, "lev": lev, "notional": notional, "bids": bids, "asks": asks,
-                "update": pos.update_time, "im": abs(notional) / lev, "oim": (bids + asks) / lev,
-                "mm": abs(notional) * Decimal("0.004")}
-
-    def position_risk(self, account: str, symbol: str | None, version: int) -> list[dict[str, Any]]:
-        acct = self.account(account)
-        books = [self.book(symbol)] if symbol else list(self.books.values())
-        out = []
-        for b in books:
-            v = self._position_view(acct, b)
-            has_orders = any(o.symbol == b.symbol for o in acct.open.values())
-            if version >= 3 and not symbol and v["amt"] == 0 and not has_orders:
-                continue
-            entry = f"{v['entry']:f}" if v["amt"] else "0.0"
-            common = {"symbol": b.symbol, "positionSide": "BOTH", "positionAmt": f"{v['amt']:f}",
-                      "entryPrice": entry, "breakEvenPrice": entry, "markPrice": f"{v['mark']:f}",
-                      "unRealizedProfit": _s8(v["upnl"]), "liquidationPrice": "0",
-                      "isolatedMargin": "0.00000000", "notional": _s8(v["notional"]),
-                      "isolatedWallet": "0", "updateTime": v["update"]}
-            if version >= 3:
-                common.update({"marginAsset": b.spec.margin_asset, "initialMargin": _s8(v["im"] + v["oim"]),
-                               "maintMargin": _s8(v["mm"]), "positionInitialMargin": _s8(v["im"]),
-                               "openOrderInitialMargin": _s8(v["oim"]), "adl": 0,
-                               "bidNotional": _s8(v["bids"]), "askNotional": _s8(v["asks"])})
-            else:
-                common.update({"marginType": "cross", "isAutoAddMargin": "false", "leverage": str(v["lev"]),
-                               "maxNotionalValue": "1000000000"})
-            out.append(common)
-        return out
-
-    def balances(self, account: str) -> list[dict[str, Any]]:
-        acct = self.account(account)
-        out = []
-        for asset in sorted(acct.wallet):
-            wallet = acct.wallet[asset]
-            upnl = sum((self._position_view(acct, b)["upnl"] for b in self.books.values()
-                        if b.spec.margin_asset == asset), ZERO)
-            avail = self.available_balance(acct, asset)
-            out.append({"accountAlias": "SimAccount", "asset": asset, "balance": _s8(wallet),
-                        "crossWalletBalance": _s8(wallet), "crossUnPnl": _s8(upnl),
-                        "availableBalance": _s8(avail), "maxWithdrawAmount": _s8(max(avail, ZERO)),
-                        "marginAvailable": True, "updateTime": self.now_ms})
-        return out
-
-    def account_info(self, account: str, version: int) -> dict[str, Any]:
-        acct = self.account(account)
-        assets = []
-        tot = {k: ZERO for k in ("wallet", "upnl", "im", "oim", "mm", "avail")}
-        for asset in sorted(acct.wallet):
-            wallet = acct.wallet[asset]
-            views = [self._position_view(acct, b) for b in self.books.values() if b.spec.margin_asset == asset]
-            upnl = sum((v["upnl"] for v in views), ZERO)
-            im = sum((v["im"] for v in views), ZERO)
-            oim = sum((v["oim"] for v in views), ZERO)
-            mm = sum((v["mm"] for v in views), ZERO)
-            avail = self.available_balance(acct, asset)
-            assets.append({"asset": asset, "walletBalance": _s8(wallet), "unrealizedProfit": _s8(upnl),
-                           "marginBalance": _s8(wallet + upnl), "maintMargin": _s8(mm),
-                           "initialMargin": _s8(im + oim), "positionInitialMargin": _s8(im),
-                           "openOrderInitialMargin": _s8(oim), "crossWalletBalance": _s8(wallet),
-                           "crossUnPnl": _s8(upnl), "availableBalance": _s8(avail),
-                           "maxWithdrawAmount": _s8(max(avail, ZERO)), "marginAvailable": True,
-                           "updateTime": self.now_ms})
-            for k, v in (("wallet", wallet), ("upnl", upnl), ("im", im), ("oim", oim), ("mm", mm),
-                         ("avail", avail)):
-                tot[k] += v
-        positions = []
-        for b in self.books.values():
-            v = self._position_view(acct, b)
-            has_orders = any(o.symbol == b.symbol for o in acct.open.values())
-            if version >= 3 and v["amt"] == 0 and not has_orders:
-                continue
-            p = {"symbol": b.symbol, "positionSide": "BOTH", "positionAmt": f"{v['amt']:f}",
-                 "unrealizedProfit": _s8(v["upnl"]), "isolatedMargin": "0", "notional": _s8(v["notional"]),
-                 "isolatedWallet": "0", "initialMargin": _s8(v["im"] + v["oim"]), "maintMargin": _s8(v["mm"]),
-                 "updateTime": v["update"]}
-            if version < 3:
-                p.update({"positionInitialMargin": _s8(v["im"]), "openOrderInitialMargin": _s8(v["oim"]),
-                          "leverage": str(v["lev"]), "isolated": False,
-                          "entryPrice": f"{v['entry']:f}" if v["amt"] else "0.0",
-                          "breakEvenPrice": f"{v['entry']:f}" if v["amt"] else "0.0",
-                          "maxNotional": "1000000000", "bidNotional": _s8(v["bids"]),
-                          "askNotional": _s8(v["asks"])})
-            positions.append(p)
-        out: dict[str, Any] = {}
-        if version < 3:
-            out.update({"feeTier": 0, "feeBurn": False, "canTrade": True, "canDeposit": True,
-                        "canWithdraw": True, "updateTime": 0, "multiAssetsMargin": False, "tradeGroupId": -1})
-        out.update({"totalInitialMargin": _s8(tot["im"] + tot["oim"]), "totalMaintMargin": _s8(tot["mm"]),
-                    "totalWalletBalance": _s8(tot["wallet"]), "totalUnrealizedProfit": _s8(tot["upnl"]),
-                    "totalMarginBalance": _s8(tot["wallet"] + tot["upnl"]),
-                    "totalPositionInitialMargin": _s8(tot["im"]),
-                    "totalOpenOrderInitialMargin": _s8(tot["oim"]),
-                    "totalCrossWalletBalance": _s8(tot["wallet"]), "totalCrossUnPnl": _s8(tot["upnl"]),
-                    "availableBalance": _s8(tot["avail"]), "maxWithdrawAmount": _s8(max(tot["avail"], ZERO)),
-                    "assets": assets, "positions": positions})
-        return out
-
     def set_leverage(self, account: str, params: dict[str, str], now: int) -> dict[str, Any]:
         acct = self.account(account)
         b = self.book(params.get("symbol"))
@@ -1707,29 +1094,6 @@ class Engine:
         self._emit_user(acct.name, {"e": "ACCOUNT_CONFIG_UPDATE", "E": now, "T": now,
                                     "ac": {"s": b.symbol, "l": lev}})
         return {"leverage": lev, "maxNotionalValue": "1000000000", "symbol": b.symbol}
-
-    def income(self, account: str, params: dict[str, str]) -> list[dict[str, Any]]:
-        acct = self.account(account)
-        items = acct.income
-        sym = params.get("symbol")
-        if sym:
-            sym = self.book(sym).symbol
-            items = [i for i in items if i["symbol"] == sym]
-        kind = params.get("incomeType")
-        if kind:
-            items = [i for i in items if i["incomeType"] == kind]
-        start, end = params.get("startTime"), params.get("endTime")
-        try:
-            if start:
-                items = [i for i in items if i["time"] >= int(start)]
-            if end:
-                items = [i for i in items if i["time"] <= int(end)]
-            limit = int(params.get("limit") or 100)
-        except ValueError as exc:
-            raise invalid("startTime/endTime/limit") from exc
-        if not 1 <= limit <= 1000:
-            raise invalid("limit")
-        return items[:limit] if start else items[-limit:]
 
     # -- listen keys --------------------------------------------------------------------------------
 
@@ -1771,150 +1135,3 @@ class Engine:
             if acct.listen_key == key and self.now_ms < acct.listen_key_expiry:
                 return acct
         return None
-
-    # -- public views -------------------------------------------------------------------------------
-
-    def next_funding_time(self) -> int:
-        return self.next_funding_ms
-
-    def premium_index(self, b: Book) -> dict[str, Any]:
-        mark = f"{b.mark:.8f}"
-        return {"symbol": b.symbol, "markPrice": mark, "indexPrice": f"{b.mark * 0.99995:.8f}",
-                "estimatedSettlePrice": f"{b.mark * 0.99995:.8f}", "lastFundingRate": f"{b.funding_rate:.8f}",
-                "interestRate": "0.00010000", "nextFundingTime": self.next_funding_ms, "time": self.now_ms}
-
-    def book_ticker(self, b: Book) -> dict[str, Any]:
-        bb, ba = b.best_bid(), b.best_ask()
-        return {"symbol": b.symbol, "bidPrice": b.price_str(bb), "bidQty": b.qty_str(b.level_qty(True, bb)),
-                "askPrice": b.price_str(ba), "askQty": b.qty_str(b.level_qty(False, ba)),
-                "time": self.now_ms, "lastUpdateId": b.update_id}
-
-    def state(self, account: str, symbol: str | None) -> dict[str, Any]:
-        """The exchange's truth for tests and benchmarks."""
-        acct = self.account(account)
-        books = [self.book(symbol)] if symbol else list(self.books.values())
-        syms = {b.symbol for b in books}
-        positions = {}
-        for b in books:
-            pos = acct.positions.get(b.symbol) or Position()
-            mark = b.mark_dec()
-            positions[b.symbol] = {
-                "amount": b.qty_str(pos.amount), "entry_price": f"{pos.entry:f}" if pos.amount else "0",
-                "unrealized_pnl": _s8((mark - pos.entry) * (b.step * pos.amount) if pos.amount else ZERO),
-                "realized_pnl": _s8(pos.realized), "funding": _s8(pos.funding),
-                "commission": _s8(pos.commission), "leverage": self.leverage_of(acct, b.symbol),
-                "countdown_deadline_ms": acct.countdowns.get(b.symbol)}
-        orders = []
-        for o in sorted(acct.open.values(), key=lambda o: o.seq):
-            if o.symbol not in syms:
-                continue
-            b = self.books[o.symbol]
-            orders.append({"orderId": o.order_id, "clientOrderId": o.client_id, "symbol": o.symbol,
-                           "side": o.side, "type": o.type, "timeInForce": o.tif, "price": b.price_str(o.price),
-                           "origQty": b.qty_str(o.orig), "executedQty": b.qty_str(o.filled),
-                           "status": o.status, "reduceOnly": o.reduce_only, "queueAhead": b.qty_str(o.ahead),
-                           "time": o.time, "updateTime": o.update_time})
-        markets = {b.symbol: {"mid": b.mid, "mark_price": f"{b.mark:.8f}",
-                              "bid": b.price_str(b.best_bid()), "ask": b.price_str(b.best_ask()),
-                              "regime": b.model.regime, "funding_rate": f"{b.funding_rate:.8f}",
-                              "funding_pinned": b.rate_pinned, "frozen": b.frozen,
-                              "next_funding_time": self.next_funding_ms,
-                              "funding_history": b.funding_history[-20:]} for b in books}
-        return {"time": self.now_ms, "account": acct.name, "symbol": symbol.upper() if symbol else None,
-                "open_orders": orders, "positions": positions,
-                "balances": {a: _s8(v) for a, v in sorted(acct.wallet.items())},
-                "realized_pnl": _s8(sum((p["realized_pnl"] and Decimal(p["realized_pnl"])
-                                         for p in positions.values()), ZERO)),
-                "funding_paid": _s8(sum((Decimal(p["funding"]) for p in positions.values()), ZERO)),
-                "commission_paid": _s8(sum((Decimal(p["commission"]) for p in positions.values()), ZERO)),
-                "counters": dict(acct.counters),
-                "listen_key_active": acct.listen_key is not None,
-                "markets": markets}
-
-
-# -- lazy rendering: the engine queues compact snapshots; frames are built only for a listener ----
-
-
-def render(payload: Any) -> Any:
-    """The wire frame (a dict, or a list for array streams) of one outbox payload."""
-    if type(payload) is tuple:
-        return payload[0](*payload[1:])
-    return payload
-
-
-def _render_list(items: list[Any]) -> list[Any]:
-    return [render(i) for i in items]
-
-
-def _render_agg(b: Book, aid: int, price: int, qty: int, t: int, buyer_maker: bool) -> dict[str, Any]:
-    q = b.qty_str(qty)
-    return {"e": "aggTrade", "E": t, "a": aid, "s": b.symbol, "p": b.price_str(price), "q": q, "nq": q,
-            "f": aid, "l": aid, "T": t, "m": buyer_maker}
-
-
-def _render_bt(b: Book, update_id: int, bt: tuple[int, int, int, int], t: int) -> dict[str, Any]:
-    return {"e": "bookTicker", "u": update_id, "s": b.symbol, "b": b.price_str(bt[0]), "B": b.qty_str(bt[1]),
-            "a": b.price_str(bt[2]), "A": b.qty_str(bt[3]), "T": t, "E": t}
-
-
-def _render_depth(b: Book, update_id: int, levels: tuple[list[tuple[int, int]], list[tuple[int, int]]],
-                  t: int) -> dict[str, Any]:
-    ps, qs = b.price_str, b.qty_str
-    return {"e": "depthUpdate", "E": t, "T": t, "s": b.symbol, "U": update_id, "u": update_id,
-            "pu": update_id - 1, "b": [[ps(p), qs(q)] for p, q in levels[0]],
-            "a": [[ps(p), qs(q)] for p, q in levels[1]]}
-
-
-def _render_mark(b: Book, mark: float, rate: Decimal, next_funding: int, t: int) -> dict[str, Any]:
-    m = f"{mark:.8f}"
-    idx = f"{mark * 0.99995:.8f}"
-    return {"e": "markPriceUpdate", "E": t, "s": b.symbol, "p": m, "ap": m, "P": idx, "i": idx,
-            "r": f"{rate:.8f}", "T": next_funding}
-
-
-def _render_trade_lite(b: Book, o: Order, orig: int, price: int, fill_price: int, qty: int, trade_id: int,
-                       maker: bool, t: int) -> dict[str, Any]:
-    return {"e": "TRADE_LITE", "E": t, "T": t, "s": b.symbol, "q": b.qty_str(orig),
-            "p": b.price_str(price) if price else "0", "m": maker, "c": o.client_id, "S": o.side,
-            "L": b.price_str(fill_price), "l": b.qty_str(qty), "t": trade_id, "i": o.order_id}
-
-
-def _render_account_update(b: Book, reason: str, wallet: Decimal, change: Decimal, amount: int, entry: Decimal,
-                           realized: Decimal, mark: float, t: int) -> dict[str, Any]:
-    wb = _s8(wallet)
-    if amount:
-        upnl = (Decimal(f"{mark:.8f}") - entry) * (b.step * amount)
-        ep = f"{entry:f}"
-    else:
-        upnl = ZERO
-        ep = "0"
-    return {"e": "ACCOUNT_UPDATE", "E": t, "T": t, "a": {
-        "m": reason, "B": [{"a": b.spec.margin_asset, "wb": wb, "cw": wb, "bc": _s8(change)}],
-        "P": [{"s": b.symbol, "pa": b.qty_str(amount), "ep": ep, "bep": ep, "cr": _s8(realized), "up": _s8(upnl),
-               "mt": "cross", "iw": "0", "ps": "BOTH", "ma": b.spec.margin_asset}]}}
-
-
-def _render_order_update(b: Book, o: Order, exec_type: str, status: str, orig: int, price: int, filled: int,
-                         cum_quote: Decimal, bid_units: int, ask_units: int, last_qty: int, last_price: int,
-                         commission: Decimal, trade_id: int, maker: bool, realized: Decimal, expire_reason: str,
-                         t: int) -> dict[str, Any]:
-    if filled:
-        avg = f"{(cum_quote / (b.step * filled)).quantize(Q8, rounding=ROUND_HALF_UP).normalize():f}"
-    else:
-        avg = "0"
-    return {"e": "ORDER_TRADE_UPDATE", "E": t, "T": t, "o": {
-        "s": b.symbol, "c": o.client_id, "S": o.side, "o": o.type, "f": o.tif, "q": b.qty_str(orig),
-        "p": b.price_str(price) if o.type == "LIMIT" else "0", "ap": avg, "sp": "0", "x": exec_type, "X": status,
-        "i": o.order_id, "l": b.qty_str(last_qty), "z": b.qty_str(filled),
-        "L": b.price_str(last_price) if last_qty else "0", "N": b.spec.margin_asset,
-        "n": _s8(commission) if commission else "0", "T": t, "t": trade_id,
-        "b": b.notional_str8(bid_units), "a": b.notional_str8(ask_units), "m": maker, "R": o.reduce_only,
-        "wt": "CONTRACT_PRICE", "ot": o.type, "ps": "BOTH", "cp": False, "rp": _s8(realized) if realized else "0",
-        "pP": False, "si": 0, "ss": 0, "V": "EXPIRE_MAKER", "pm": "NONE", "gtd": 0, "er": expire_reason}}
-
-
-def _render_diff(b: Book, first: int, final: int, prev: int, bids: list[tuple[int, int]],
-                 asks: list[tuple[int, int]], t: int) -> dict[str, Any]:
-    ps, qs = b.price_str, b.qty_str
-    return {"e": "depthUpdate", "E": t, "T": t, "s": b.symbol, "U": first, "u": final, "pu": prev,
-            "b": [[ps(p), qs(q)] for p, q in bids], "a": [[ps(p), qs(q)] for p, q in asks]}

@@ -1,0 +1,265 @@
+"""One symbol's book: the market model's mid, the synthetic levels around it, and the resting orders.
+
+Synthetic sizes are a deterministic function of the distance from the touch (minus what takers ate
+recently), so the book needs no per-level state to move with the mid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from decimal import Decimal
+from typing import Any
+
+from fleet.sim.config import SymbolSpec
+from fleet.sim.market import MarketModel
+from fleet.sim.orders import Order
+from fleet.sim.units import places, fixed, s8
+
+NO_ASK = 1 << 62  # "no resting ask" sentinel
+
+
+class Book:
+    """One symbol: its market model, synthetic book around the mid, and the resting orders."""
+
+    def __init__(self, spec: SymbolSpec, model: MarketModel, salt: int, base_order_id: int) -> None:
+        self.spec = spec
+        self.symbol = spec.symbol
+        self.lower = spec.symbol.lower()
+        self.model = model
+        self.tick = Decimal(spec.tick_size)
+        self.step = Decimal(spec.step_size)
+        self.tick_f = float(self.tick)
+        self.step_f = float(self.step)
+        self.price_places = places(self.tick)
+        self.qty_places = places(self.step)
+        self.price_mult = int(self.tick * (10 ** self.price_places))
+        self.qty_mult = int(self.step * (10 ** self.qty_places))
+        self.notional_unit = self.tick * self.step
+        self.notional_mult = self.price_mult * self.qty_mult
+        self.notional_places = self.price_places + self.qty_places
+        self.price_precision = spec.price_precision if spec.price_precision is not None else self.price_places
+        self.qty_precision = spec.quantity_precision if spec.quantity_precision is not None else self.qty_places
+        self.min_qty = Decimal(spec.min_qty) if spec.min_qty else self.step
+        self.min_notional = Decimal(spec.min_notional)
+        self.max_qty = Decimal(spec.max_qty)
+        self.market_max_qty = Decimal(spec.market_max_qty)
+        self.mult_up = Decimal(spec.multiplier_up)
+        self.mult_down = Decimal(spec.multiplier_down)
+        self.min_notional_units = int((self.min_notional * 10 ** self.notional_places).to_integral_value(
+            rounding="ROUND_CEILING"))
+        self.min_notional_f = float(self.min_notional)
+        self.mult_up_f = float(self.mult_up)
+        self.mult_down_f = float(self.mult_down)
+        self.min_qty_steps = int((self.min_qty / self.step).to_integral_value(rounding="ROUND_CEILING"))
+        self.max_steps = int((self.max_qty / self.step).to_integral_value(rounding="ROUND_FLOOR"))
+        self.market_max_steps = int((self.market_max_qty / self.step).to_integral_value(rounding="ROUND_FLOOR"))
+        price = spec.start_price
+        self.level_steps = max(1, int((spec.level_qty or 20000.0 / price) / self.step_f))
+        self.taker_mean_steps = max(1.0, (spec.taker_mean_qty or 5000.0 / price) / self.step_f)
+        self.base_profile = [self.level_steps * (1.0 + 0.15 * d) for d in range(64)]
+        self.salt = salt
+        self.inv_tick = 1.0 / self.tick_f
+        self.spread_ticks = spec.spread_ticks
+        self.half_spread = spec.spread_ticks / 2.0
+        self.bids: dict[int, list[Order]] = {}
+        self.asks: dict[int, list[Order]] = {}
+        self.our_bid = 0  # best resting bid of any account (0: none)
+        self.our_ask = NO_ASK  # best resting ask of any account
+        self.consumed_bid: dict[int, int] = {}
+        self.consumed_ask: dict[int, int] = {}
+        self.mid = model.mid
+        self.bid_top = 0
+        self.ask_top = 0
+        self.set_tops()
+        self.mark = self.mid
+        self._mark_dec: Decimal | None = None
+        self.next_order_id = base_order_id
+        self.update_id = 1_000_000
+        self.agg_id = 1
+        self.trade_id = 1
+        self.funding_rate = Decimal(spec.funding_rate)
+        self.base_rate = self.funding_rate
+        self.rate_pinned = False
+        self.frozen = False
+        self.last_bt: tuple[int, int, int, int] | None = None
+        self.want_bt = False
+        self.poisson_rate = -1.0
+        self.poisson_p0 = 1.0
+        self.want_agg = False
+        self.depth_streams: list[tuple[str, int, int]] = []
+        self.diff_streams: list[tuple[str, int]] = []
+        self.diff_state: dict[str, tuple[int, dict[int, int], dict[int, int]]] = {}
+        self.funding_history: list[dict[str, Any]] = []
+        self.closed: dict[int, Order] = {}
+        self.recent_trades: deque[tuple[int, int, int, int, bool]] = deque(maxlen=1000)
+        # 1-minute candles of the mid: [open_time, o, h, l, c, volume, quote units, trades, taker buy
+        # volume, taker buy quote units]; volumes in steps, quote in price ticks x steps
+        self.candles: deque[list[Any]] = deque(maxlen=1500)
+        self.candle: list[Any] | None = None
+        self.last_price = self.mid
+        self.volume_steps = 0
+
+    # -- synthetic book -------------------------------------------------------------------------
+
+    def set_tops(self) -> None:
+        self.bid_top = math.floor(self.mid * self.inv_tick - self.half_spread + 1e-9)
+        self.ask_top = self.bid_top + self.spread_ticks
+
+    def _profile(self, dist: int, price: int) -> int:
+        noise = 0.5 + ((price * 2654435761 + self.salt) & 1023) / 1024.0
+        return max(1, int(self.level_steps * (1.0 + 0.15 * dist) * noise))
+
+    def synth_bid(self, price: int) -> int:
+        if price > self.bid_top:
+            return 0
+        q = self._profile(self.bid_top - price, price) - self.consumed_bid.get(price, 0)
+        return q if q > 0 else 0
+
+    def synth_ask(self, price: int) -> int:
+        if price < self.ask_top:
+            return 0
+        q = self._profile(price - self.ask_top, price) - self.consumed_ask.get(price, 0)
+        return q if q > 0 else 0
+
+    def roll_candle(self, t: int) -> None:
+        """Close the current 1-minute candle and open the one holding ``t``."""
+        if self.candle is not None:
+            self.candles.append(self.candle)
+        m = self.mid
+        self.candle = [t - t % 60_000, m, m, m, m, 0, 0, 0, 0, 0]
+
+    def klines(self, minutes: int, start: int | None, end: int | None, limit: int) -> list[list[Any]]:
+        """Candles of ``minutes`` length (aggregated from 1-minute ones), Binance's kline arrays."""
+        src = list(self.candles) + ([self.candle] if self.candle is not None else [])
+        span = minutes * 60_000
+        groups: dict[int, list[Any]] = {}
+        for c in src:
+            key = c[0] - c[0] % span
+            g = groups.get(key)
+            if g is None:
+                groups[key] = [key, c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9]]
+            else:
+                g[2] = max(g[2], c[2])
+                g[3] = min(g[3], c[3])
+                g[4] = c[4]
+                for i in range(5, 10):
+                    g[i] += c[i]
+        rows = [g for k, g in sorted(groups.items()) if (start is None or k >= start) and (end is None or k <= end)]
+        rows = rows[:limit] if start is not None else rows[-limit:]
+        pp = self.price_places + 2
+        unit = self.notional_unit
+        return [[g[0], f"{g[1]:.{pp}f}", f"{g[2]:.{pp}f}", f"{g[3]:.{pp}f}", f"{g[4]:.{pp}f}", self.qty_str(g[5]),
+                 g[0] + span - 1, f"{unit * g[6]:f}", g[7], self.qty_str(g[8]), f"{unit * g[9]:f}", "0"]
+                for g in rows]
+
+    def synth_best_bid(self) -> int:
+        """Highest synthetic bid with size left (takers may have eaten the top levels)."""
+        p = self.bid_top
+        if p in self.consumed_bid:
+            floor = p - 100000
+            while p > floor and p > 0 and self.synth_bid(p) == 0:
+                p -= 1
+        return p
+
+    def synth_best_ask(self) -> int:
+        p = self.ask_top
+        if p in self.consumed_ask:
+            ceil = p + 100000
+            while p < ceil and self.synth_ask(p) == 0:
+                p += 1
+        return p
+
+    def best_bid(self) -> int:
+        s = self.synth_best_bid()
+        b = self.our_bid
+        return b if b > s else s
+
+    def best_ask(self) -> int:
+        s = self.synth_best_ask()
+        a = self.our_ask
+        return a if a < s else s
+
+    def level_qty(self, side_buy: bool, price: int) -> int:
+        if side_buy:
+            q = self.synth_bid(price)
+            for o in self.bids.get(price, ()):
+                q += o.orig - o.filled
+        else:
+            q = self.synth_ask(price)
+            for o in self.asks.get(price, ()):
+                q += o.orig - o.filled
+        return q
+
+    def depth(self, levels: int) -> tuple[list[list[str]], list[list[str]]]:
+        bids: list[list[str]] = []
+        asks: list[list[str]] = []
+        p = self.best_bid()
+        floor = p - levels * 4 - 10
+        while len(bids) < levels and p > floor and p > 0:
+            q = self.level_qty(True, p)
+            if q > 0:
+                bids.append([self.price_str(p), self.qty_str(q)])
+            p -= 1
+        p = self.best_ask()
+        ceil = p + levels * 4 + 10
+        while len(asks) < levels and p < ceil:
+            q = self.level_qty(False, p)
+            if q > 0:
+                asks.append([self.price_str(p), self.qty_str(q)])
+            p += 1
+        return bids, asks
+
+    def depth_levels(self, levels: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """The top ``levels`` of each side as (price ticks, size steps), for lazy rendering."""
+        return self._side_levels(levels, True), self._side_levels(levels, False)
+
+    def _side_levels(self, levels: int, buy: bool) -> list[tuple[int, int]]:
+        side: list[tuple[int, int]] = []
+        if buy:
+            p, step, top, ours, consumed = self.best_bid(), -1, self.bid_top, self.bids, self.consumed_bid
+        else:
+            p, step, top, ours, consumed = self.best_ask(), 1, self.ask_top, self.asks, self.consumed_ask
+        base, salt = self.base_profile, self.salt
+        n_base = len(base)
+        append = side.append
+        for _ in range(levels * 4 + 10):
+            dist = (p - top) * step
+            if dist >= 0:
+                q = int((base[dist] if dist < n_base else self.level_steps * (1.0 + 0.15 * dist))
+                        * (0.5 + ((p * 2654435761 + salt) & 1023) / 1024.0))
+                if q < 1:
+                    q = 1
+                if consumed:
+                    q -= consumed.get(p, 0)
+                    if q < 0:
+                        q = 0
+            else:
+                q = 0
+            if ours and p in ours:
+                for o in ours[p]:
+                    q += o.orig - o.filled
+            if q > 0:
+                append((p, q))
+                if len(side) == levels:
+                    break
+            p += step
+        return side
+
+    def mark_dec(self) -> Decimal:
+        if self._mark_dec is None:
+            self._mark_dec = Decimal(f"{self.mark:.8f}")
+        return self._mark_dec
+
+    def price_str(self, ticks: int) -> str:
+        return fixed(ticks * self.price_mult, self.price_places)
+
+    def qty_str(self, steps: int) -> str:
+        return fixed(steps * self.qty_mult, self.qty_places)
+
+    def notional_str8(self, units: int) -> str:
+        """price ticks x qty steps as an 8-decimal string (the b/a fields of order updates)."""
+        places = self.notional_places
+        if places <= 8:
+            return fixed(units * self.notional_mult * 10 ** (8 - places), 8)
+        return s8(self.notional_unit * units)

@@ -1,0 +1,26 @@
+"""Errors the simulator answers the way Binance does: a code, Binance's message, an HTTP status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SimApiError(Exception):
+    """An error the simulator answers the way Binance would: code, message, HTTP status."""
+
+    def __init__(self, code: int, msg: str, http_status: int = 400) -> None:
+        super().__init__(f"[{code}] {msg}")
+        self.code = code
+        self.msg = msg
+        self.http_status = http_status
+
+    def body(self) -> dict[str, Any]:
+        return {"code": self.code, "msg": self.msg}
+
+
+def missing(name: str) -> SimApiError:
+    return SimApiError(-1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
+
+
+def invalid(name: str) -> SimApiError:
+    return SimApiError(-1130, f"Data sent for parameter '{name}' is not valid.")

@@ -1,0 +1,95 @@
+"""Wire frames built lazily: the engine queues compact snapshots, frames are rendered only for a listener."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from fleet.sim.book import Book
+from fleet.sim.orders import Order
+from fleet.sim.units import Q8, ZERO, s8
+
+
+def render(payload: Any) -> Any:
+    """The wire frame (a dict, or a list for array streams) of one outbox payload."""
+    if type(payload) is tuple:
+        return payload[0](*payload[1:])
+    return payload
+
+
+def render_list(items: list[Any]) -> list[Any]:
+    return [render(i) for i in items]
+
+
+def render_agg(b: Book, aid: int, price: int, qty: int, t: int, buyer_maker: bool) -> dict[str, Any]:
+    q = b.qty_str(qty)
+    return {"e": "aggTrade", "E": t, "a": aid, "s": b.symbol, "p": b.price_str(price), "q": q, "nq": q,
+            "f": aid, "l": aid, "T": t, "m": buyer_maker}
+
+
+def render_bt(b: Book, update_id: int, bt: tuple[int, int, int, int], t: int) -> dict[str, Any]:
+    return {"e": "bookTicker", "u": update_id, "s": b.symbol, "b": b.price_str(bt[0]), "B": b.qty_str(bt[1]),
+            "a": b.price_str(bt[2]), "A": b.qty_str(bt[3]), "T": t, "E": t}
+
+
+def render_depth(b: Book, update_id: int, levels: tuple[list[tuple[int, int]], list[tuple[int, int]]],
+                  t: int) -> dict[str, Any]:
+    ps, qs = b.price_str, b.qty_str
+    return {"e": "depthUpdate", "E": t, "T": t, "s": b.symbol, "U": update_id, "u": update_id,
+            "pu": update_id - 1, "b": [[ps(p), qs(q)] for p, q in levels[0]],
+            "a": [[ps(p), qs(q)] for p, q in levels[1]]}
+
+
+def render_mark(b: Book, mark: float, rate: Decimal, next_funding: int, t: int) -> dict[str, Any]:
+    m = f"{mark:.8f}"
+    idx = f"{mark * 0.99995:.8f}"
+    return {"e": "markPriceUpdate", "E": t, "s": b.symbol, "p": m, "ap": m, "P": idx, "i": idx,
+            "r": f"{rate:.8f}", "T": next_funding}
+
+
+def render_trade_lite(b: Book, o: Order, orig: int, price: int, fill_price: int, qty: int, trade_id: int,
+                       maker: bool, t: int) -> dict[str, Any]:
+    return {"e": "TRADE_LITE", "E": t, "T": t, "s": b.symbol, "q": b.qty_str(orig),
+            "p": b.price_str(price) if price else "0", "m": maker, "c": o.client_id, "S": o.side,
+            "L": b.price_str(fill_price), "l": b.qty_str(qty), "t": trade_id, "i": o.order_id}
+
+
+def render_account_update(b: Book, reason: str, wallet: Decimal, change: Decimal, amount: int, entry: Decimal,
+                           realized: Decimal, mark: float, t: int) -> dict[str, Any]:
+    wb = s8(wallet)
+    if amount:
+        upnl = (Decimal(f"{mark:.8f}") - entry) * (b.step * amount)
+        ep = f"{entry:f}"
+    else:
+        upnl = ZERO
+        ep = "0"
+    return {"e": "ACCOUNT_UPDATE", "E": t, "T": t, "a": {
+        "m": reason, "B": [{"a": b.spec.margin_asset, "wb": wb, "cw": wb, "bc": s8(change)}],
+        "P": [{"s": b.symbol, "pa": b.qty_str(amount), "ep": ep, "bep": ep, "cr": s8(realized), "up": s8(upnl),
+               "mt": "cross", "iw": "0", "ps": "BOTH", "ma": b.spec.margin_asset}]}}
+
+
+def render_order_update(b: Book, o: Order, exec_type: str, status: str, orig: int, price: int, filled: int,
+                         cum_quote: Decimal, bid_units: int, ask_units: int, last_qty: int, last_price: int,
+                         commission: Decimal, trade_id: int, maker: bool, realized: Decimal, expire_reason: str,
+                         t: int) -> dict[str, Any]:
+    if filled:
+        avg = f"{(cum_quote / (b.step * filled)).quantize(Q8, rounding=ROUND_HALF_UP).normalize():f}"
+    else:
+        avg = "0"
+    return {"e": "ORDER_TRADE_UPDATE", "E": t, "T": t, "o": {
+        "s": b.symbol, "c": o.client_id, "S": o.side, "o": o.type, "f": o.tif, "q": b.qty_str(orig),
+        "p": b.price_str(price) if o.type == "LIMIT" else "0", "ap": avg, "sp": "0", "x": exec_type, "X": status,
+        "i": o.order_id, "l": b.qty_str(last_qty), "z": b.qty_str(filled),
+        "L": b.price_str(last_price) if last_qty else "0", "N": b.spec.margin_asset,
+        "n": s8(commission) if commission else "0", "T": t, "t": trade_id,
+        "b": b.notional_str8(bid_units), "a": b.notional_str8(ask_units), "m": maker, "R": o.reduce_only,
+        "wt": "CONTRACT_PRICE", "ot": o.type, "ps": "BOTH", "cp": False, "rp": s8(realized) if realized else "0",
+        "pP": False, "si": 0, "ss": 0, "V": "EXPIRE_MAKER", "pm": "NONE", "gtd": 0, "er": expire_reason}}
+
+
+def render_diff(b: Book, first: int, final: int, prev: int, bids: list[tuple[int, int]],
+                 asks: list[tuple[int, int]], t: int) -> dict[str, Any]:
+    ps, qs = b.price_str, b.qty_str
+    return {"e": "depthUpdate", "E": t, "T": t, "s": b.symbol, "U": first, "u": final, "pu": prev,
+            "b": [[ps(p), qs(q)] for p, q in bids], "a": [[ps(p), qs(q)] for p, q in asks]}

@@ -1,0 +1,113 @@
+"""What the exchange keeps per account: orders, positions, trades, money, stream key and counters."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from fleet.sim.config import AccountSpec
+from fleet.sim.units import ZERO
+
+CLIENT_ID_RE = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
+
+
+@dataclass(frozen=True)
+class Trade:
+    """One fill of one order, as userTrades reports it."""
+
+    trade_id: int
+    order_id: int
+    symbol: str
+    side: str
+    price: str
+    qty: str
+    quote_qty: str
+    commission: str
+    commission_asset: str
+    realized_pnl: str
+    maker: bool
+    time: int
+
+
+class Order:
+    """A live or closed order of an account. Mutable: the engine owns it."""
+
+    __slots__ = ("order_id", "client_id", "account", "symbol", "side", "sign", "type", "tif", "price",
+                 "orig", "filled", "cum_quote", "status", "reduce_only", "time", "update_time",
+                 "ahead", "seq", "modifies", "expire_reason")
+
+    def __init__(self, order_id: int, client_id: str, account: str, symbol: str, side: str, otype: str,
+                 tif: str, price: int, orig: int, reduce_only: bool, now: int, seq: int) -> None:
+        self.order_id = order_id
+        self.client_id = client_id
+        self.account = account
+        self.symbol = symbol
+        self.side = side
+        self.sign = 1 if side == "BUY" else -1
+        self.type = otype
+        self.tif = tif
+        self.price = price
+        self.orig = orig
+        self.filled = 0
+        self.cum_quote = ZERO
+        self.status = "NEW"
+        self.reduce_only = reduce_only
+        self.time = now
+        self.update_time = now
+        self.ahead = 0
+        self.seq = seq
+        self.modifies = 0
+        self.expire_reason = "0"
+
+    @property
+    def remaining(self) -> int:
+        return self.orig - self.filled
+
+    @property
+    def is_open(self) -> bool:
+        return self.status == "NEW" or self.status == "PARTIALLY_FILLED"
+
+
+class Position:
+    __slots__ = ("amount", "entry", "realized", "funding", "commission", "update_time")
+
+    def __init__(self) -> None:
+        self.amount = 0  # steps, signed
+        self.entry = ZERO
+        self.realized = ZERO  # accumulated realized P&L (before fees)
+        self.funding = ZERO  # accumulated funding (negative = paid)
+        self.commission = ZERO  # accumulated commissions paid (positive)
+        self.update_time = 0
+
+
+class Account:
+    """An account's money, positions, open orders, stream key and counters."""
+
+    def __init__(self, spec: AccountSpec, api_key: str, api_secret: str) -> None:
+        self.name = spec.name
+        self.api_key = api_key
+        self.api_secret = api_secret
+        self.wallet: dict[str, Decimal] = {a: Decimal(v) for a, v in spec.balances.items()}
+        self.default_leverage = spec.leverage
+        self.leverage: dict[str, int] = {}
+        self.positions: dict[str, Position] = {}
+        self.open: dict[int, Order] = {}
+        self.by_cid: dict[str, Order] = {}  # open orders by clientOrderId
+        self.open_units: dict[str, list[int]] = {}  # symbol -> [bid, ask] sum of price ticks x steps left
+        self.open_count: dict[str, int] = {}
+        self.listen_key: str | None = None
+        self.listen_key_expiry = 0
+        self.countdowns: dict[str, int] = {}
+        self.income: list[dict[str, Any]] = []
+        self.trades: list[Trade] = []
+        self.counters = {"orders_placed": 0, "orders_cancelled": 0, "orders_rejected": 0,
+                         "orders_filled": 0, "orders_expired": 0, "orders_amended": 0, "trades": 0,
+                         "countdown_fired": 0}
+
+    def position(self, symbol: str) -> Position:
+        pos = self.positions.get(symbol)
+        if pos is None:
+            pos = self.positions[symbol] = Position()
+        return pos

@@ -1,0 +1,306 @@
+"""Read-only account and market views of the engine: the JSON of REST answers and of /sim/state."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from fleet.sim.book import Book
+from fleet.sim.errors import invalid
+from fleet.sim.orders import Account, Order, Position
+from fleet.sim.units import Q8, ZERO, s8
+
+
+class EngineViews:
+    """Mixed into :class:`fleet.sim.engine.Engine`; needs its books, accounts and clock."""
+
+    books: dict[str, Book]
+    accounts: dict[str, Account]
+    now_ms: int
+    next_funding_ms: int
+
+    def book(self, symbol: str | None) -> Book:  # pragma: no cover - provided by Engine
+        raise NotImplementedError
+
+    def account(self, name: str) -> Account:  # pragma: no cover - provided by Engine
+        raise NotImplementedError
+
+    def leverage_of(self, acct: Account, symbol: str) -> int:  # pragma: no cover - provided by Engine
+        raise NotImplementedError
+
+    def available_balance(self, acct: Account, asset: str) -> Decimal:
+        wallet = acct.wallet.get(asset, ZERO)
+        used = ZERO
+        upnl = ZERO
+        for symbol, pos in acct.positions.items():
+            b = self.books[symbol]
+            if b.spec.margin_asset != asset or not pos.amount:
+                continue
+            lev = self.leverage_of(acct, symbol)
+            notional = b.step * abs(pos.amount) * b.mark_dec()
+            used += notional / lev
+            upnl += (b.mark_dec() - pos.entry) * (b.step * pos.amount)
+        for symbol, units in acct.open_units.items():
+            b = self.books[symbol]
+            if b.spec.margin_asset != asset or not (units[0] or units[1]):
+                continue
+            used += b.notional_unit * (units[0] + units[1]) / self.leverage_of(acct, symbol)
+        return wallet + upnl - used
+
+    def _open_notional(self, acct: Account, symbol: str) -> tuple[Decimal, Decimal]:
+        units = acct.open_units.get(symbol)
+        if not units:
+            return ZERO, ZERO
+        unit = self.books[symbol].notional_unit
+        return unit * units[0], unit * units[1]
+
+    @staticmethod
+    def _avg_str(b: Book, o: Order) -> str:
+        if not o.filled:
+            return "0"
+        avg = o.cum_quote / (b.step * o.filled)
+        return f"{avg.quantize(Q8, rounding=ROUND_HALF_UP).normalize():f}"
+
+    def open_orders(self, account: str, symbol: str | None) -> list[dict[str, Any]]:
+        acct = self.account(account)
+        if symbol:
+            self.book(symbol)
+            symbol = symbol.upper()
+        return [self.order_json(self.books[o.symbol], o) for o in sorted(acct.open.values(), key=lambda o: o.seq)
+                if symbol is None or o.symbol == symbol]
+
+    def all_orders(self, account: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        acct = self.account(account)
+        b = self.book(params.get("symbol"))
+        orders = [o for o in b.closed.values() if o.account == acct.name]
+        orders += [o for o in acct.open.values() if o.symbol == b.symbol]
+        orders.sort(key=lambda o: o.order_id)
+        if params.get("orderId"):
+            orders = [o for o in orders if o.order_id >= int(params["orderId"])]
+        start, end = params.get("startTime"), params.get("endTime")
+        if start:
+            orders = [o for o in orders if o.time >= int(start)]
+        if end:
+            orders = [o for o in orders if o.time <= int(end)]
+        limit = min(int(params.get("limit") or 500), 1000)
+        return [self.order_json(b, o) for o in orders[-limit:]]
+
+    def user_trades(self, account: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        acct = self.account(account)
+        b = self.book(params.get("symbol"))
+        trades = [t for t in acct.trades if t.symbol == b.symbol]
+        start, end = params.get("startTime"), params.get("endTime")
+        if start:
+            trades = [t for t in trades if t.time >= int(start)]
+        if end:
+            trades = [t for t in trades if t.time <= int(end)]
+        if params.get("orderId"):
+            trades = [t for t in trades if t.order_id == int(params["orderId"])]
+        limit = min(int(params.get("limit") or 500), 1000)
+        return [{"buyer": t.side == "BUY", "commission": t.commission, "commissionAsset": t.commission_asset,
+                 "id": t.trade_id, "maker": t.maker, "orderId": t.order_id, "price": t.price, "qty": t.qty,
+                 "quoteQty": t.quote_qty, "realizedPnl": t.realized_pnl, "side": t.side, "positionSide": "BOTH",
+                 "symbol": t.symbol, "time": t.time} for t in trades[-limit:]]
+
+    def order_json(self, b: Book, o: Order) -> dict[str, Any]:
+        filled = b.qty_str(o.filled)
+        return {"orderId": o.order_id, "symbol": b.symbol, "pair": b.symbol, "status": o.status,
+                "clientOrderId": o.client_id, "price": b.price_str(o.price) if o.price else "0",
+                "avgPrice": self._avg_str(b, o), "origQty": b.qty_str(o.orig), "executedQty": filled,
+                "cumQty": filled, "cumQuote": s8(o.cum_quote), "cumBase": filled, "timeInForce": o.tif,
+                "type": o.type, "reduceOnly": o.reduce_only, "closePosition": False, "side": o.side,
+                "positionSide": "BOTH", "stopPrice": "0", "workingType": "CONTRACT_PRICE",
+                "priceProtect": False, "origType": o.type, "priceMatch": "NONE",
+                "selfTradePreventionMode": "EXPIRE_MAKER", "goodTillDate": 0, "time": o.time,
+                "updateTime": o.update_time}
+
+    # -- account views --------------------------------------------------------------------------------
+
+    def _position_view(self, acct: Account, b: Book) -> dict[str, Any]:
+        pos = acct.positions.get(b.symbol) or Position()
+        mark = b.mark_dec()
+        amt = b.step * pos.amount
+        upnl = (mark - pos.entry) * amt if pos.amount else ZERO
+        lev = self.leverage_of(acct, b.symbol)
+        notional = mark * amt
+        bids, asks = self._open_notional(acct, b.symbol)
+        return {"symbol": b.symbol, "amt": amt, "entry": pos.entry if pos.amount else ZERO, "upnl": upnl,
+                "mark": mark, "lev": lev, "notional": notional, "bids": bids, "asks": asks,
+                "update": pos.update_time, "im": abs(notional) / lev, "oim": (bids + asks) / lev,
+                "mm": abs(notional) * Decimal("0.004")}
+
+    def position_risk(self, account: str, symbol: str | None, version: int) -> list[dict[str, Any]]:
+        acct = self.account(account)
+        books = [self.book(symbol)] if symbol else list(self.books.values())
+        out = []
+        for b in books:
+            v = self._position_view(acct, b)
+            has_orders = any(o.symbol == b.symbol for o in acct.open.values())
+            if version >= 3 and not symbol and v["amt"] == 0 and not has_orders:
+                continue
+            entry = f"{v['entry']:f}" if v["amt"] else "0.0"
+            common = {"symbol": b.symbol, "positionSide": "BOTH", "positionAmt": f"{v['amt']:f}",
+                      "entryPrice": entry, "breakEvenPrice": entry, "markPrice": f"{v['mark']:f}",
+                      "unRealizedProfit": s8(v["upnl"]), "liquidationPrice": "0",
+                      "isolatedMargin": "0.00000000", "notional": s8(v["notional"]),
+                      "isolatedWallet": "0", "updateTime": v["update"]}
+            if version >= 3:
+                common.update({"marginAsset": b.spec.margin_asset, "initialMargin": s8(v["im"] + v["oim"]),
+                               "maintMargin": s8(v["mm"]), "positionInitialMargin": s8(v["im"]),
+                               "openOrderInitialMargin": s8(v["oim"]), "adl": 0,
+                               "bidNotional": s8(v["bids"]), "askNotional": s8(v["asks"])})
+            else:
+                common.update({"marginType": "cross", "isAutoAddMargin": "false", "leverage": str(v["lev"]),
+                               "maxNotionalValue": "1000000000"})
+            out.append(common)
+        return out
+
+    def balances(self, account: str) -> list[dict[str, Any]]:
+        acct = self.account(account)
+        out = []
+        for asset in sorted(acct.wallet):
+            wallet = acct.wallet[asset]
+            upnl = sum((self._position_view(acct, b)["upnl"] for b in self.books.values()
+                        if b.spec.margin_asset == asset), ZERO)
+            avail = self.available_balance(acct, asset)
+            out.append({"accountAlias": "SimAccount", "asset": asset, "balance": s8(wallet),
+                        "crossWalletBalance": s8(wallet), "crossUnPnl": s8(upnl),
+                        "availableBalance": s8(avail), "maxWithdrawAmount": s8(max(avail, ZERO)),
+                        "marginAvailable": True, "updateTime": self.now_ms})
+        return out
+
+    def account_info(self, account: str, version: int) -> dict[str, Any]:
+        acct = self.account(account)
+        assets = []
+        tot = {k: ZERO for k in ("wallet", "upnl", "im", "oim", "mm", "avail")}
+        for asset in sorted(acct.wallet):
+            wallet = acct.wallet[asset]
+            views = [self._position_view(acct, b) for b in self.books.values() if b.spec.margin_asset == asset]
+            upnl = sum((v["upnl"] for v in views), ZERO)
+            im = sum((v["im"] for v in views), ZERO)
+            oim = sum((v["oim"] for v in views), ZERO)
+            mm = sum((v["mm"] for v in views), ZERO)
+            avail = self.available_balance(acct, asset)
+            assets.append({"asset": asset, "walletBalance": s8(wallet), "unrealizedProfit": s8(upnl),
+                           "marginBalance": s8(wallet + upnl), "maintMargin": s8(mm),
+                           "initialMargin": s8(im + oim), "positionInitialMargin": s8(im),
+                           "openOrderInitialMargin": s8(oim), "crossWalletBalance": s8(wallet),
+                           "crossUnPnl": s8(upnl), "availableBalance": s8(avail),
+                           "maxWithdrawAmount": s8(max(avail, ZERO)), "marginAvailable": True,
+                           "updateTime": self.now_ms})
+            for k, v in (("wallet", wallet), ("upnl", upnl), ("im", im), ("oim", oim), ("mm", mm),
+                         ("avail", avail)):
+                tot[k] += v
+        positions = []
+        for b in self.books.values():
+            v = self._position_view(acct, b)
+            has_orders = any(o.symbol == b.symbol for o in acct.open.values())
+            if version >= 3 and v["amt"] == 0 and not has_orders:
+                continue
+            p = {"symbol": b.symbol, "positionSide": "BOTH", "positionAmt": f"{v['amt']:f}",
+                 "unrealizedProfit": s8(v["upnl"]), "isolatedMargin": "0", "notional": s8(v["notional"]),
+                 "isolatedWallet": "0", "initialMargin": s8(v["im"] + v["oim"]), "maintMargin": s8(v["mm"]),
+                 "updateTime": v["update"]}
+            if version < 3:
+                p.update({"positionInitialMargin": s8(v["im"]), "openOrderInitialMargin": s8(v["oim"]),
+                          "leverage": str(v["lev"]), "isolated": False,
+                          "entryPrice": f"{v['entry']:f}" if v["amt"] else "0.0",
+                          "breakEvenPrice": f"{v['entry']:f}" if v["amt"] else "0.0",
+                          "maxNotional": "1000000000", "bidNotional": s8(v["bids"]),
+                          "askNotional": s8(v["asks"])})
+            positions.append(p)
+        out: dict[str, Any] = {}
+        if version < 3:
+            out.update({"feeTier": 0, "feeBurn": False, "canTrade": True, "canDeposit": True,
+                        "canWithdraw": True, "updateTime": 0, "multiAssetsMargin": False, "tradeGroupId": -1})
+        out.update({"totalInitialMargin": s8(tot["im"] + tot["oim"]), "totalMaintMargin": s8(tot["mm"]),
+                    "totalWalletBalance": s8(tot["wallet"]), "totalUnrealizedProfit": s8(tot["upnl"]),
+                    "totalMarginBalance": s8(tot["wallet"] + tot["upnl"]),
+                    "totalPositionInitialMargin": s8(tot["im"]),
+                    "totalOpenOrderInitialMargin": s8(tot["oim"]),
+                    "totalCrossWalletBalance": s8(tot["wallet"]), "totalCrossUnPnl": s8(tot["upnl"]),
+                    "availableBalance": s8(tot["avail"]), "maxWithdrawAmount": s8(max(tot["avail"], ZERO)),
+                    "assets": assets, "positions": positions})
+        return out
+
+    def income(self, account: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        acct = self.account(account)
+        items = acct.income
+        sym = params.get("symbol")
+        if sym:
+            sym = self.book(sym).symbol
+            items = [i for i in items if i["symbol"] == sym]
+        kind = params.get("incomeType")
+        if kind:
+            items = [i for i in items if i["incomeType"] == kind]
+        start, end = params.get("startTime"), params.get("endTime")
+        try:
+            if start:
+                items = [i for i in items if i["time"] >= int(start)]
+            if end:
+                items = [i for i in items if i["time"] <= int(end)]
+            limit = int(params.get("limit") or 100)
+        except ValueError as exc:
+            raise invalid("startTime/endTime/limit") from exc
+        if not 1 <= limit <= 1000:
+            raise invalid("limit")
+        return items[:limit] if start else items[-limit:]
+
+    # -- public views -------------------------------------------------------------------------------
+
+    def next_funding_time(self) -> int:
+        return self.next_funding_ms
+
+    def premium_index(self, b: Book) -> dict[str, Any]:
+        mark = f"{b.mark:.8f}"
+        return {"symbol": b.symbol, "markPrice": mark, "indexPrice": f"{b.mark * 0.99995:.8f}",
+                "estimatedSettlePrice": f"{b.mark * 0.99995:.8f}", "lastFundingRate": f"{b.funding_rate:.8f}",
+                "interestRate": "0.00010000", "nextFundingTime": self.next_funding_ms, "time": self.now_ms}
+
+    def book_ticker(self, b: Book) -> dict[str, Any]:
+        bb, ba = b.best_bid(), b.best_ask()
+        return {"symbol": b.symbol, "bidPrice": b.price_str(bb), "bidQty": b.qty_str(b.level_qty(True, bb)),
+                "askPrice": b.price_str(ba), "askQty": b.qty_str(b.level_qty(False, ba)),
+                "time": self.now_ms, "lastUpdateId": b.update_id}
+
+    def state(self, account: str, symbol: str | None) -> dict[str, Any]:
+        """The exchange's truth for tests and benchmarks."""
+        acct = self.account(account)
+        books = [self.book(symbol)] if symbol else list(self.books.values())
+        syms = {b.symbol for b in books}
+        positions = {}
+        for b in books:
+            pos = acct.positions.get(b.symbol) or Position()
+            mark = b.mark_dec()
+            positions[b.symbol] = {
+                "amount": b.qty_str(pos.amount), "entry_price": f"{pos.entry:f}" if pos.amount else "0",
+                "unrealized_pnl": s8((mark - pos.entry) * (b.step * pos.amount) if pos.amount else ZERO),
+                "realized_pnl": s8(pos.realized), "funding": s8(pos.funding),
+                "commission": s8(pos.commission), "leverage": self.leverage_of(acct, b.symbol),
+                "countdown_deadline_ms": acct.countdowns.get(b.symbol)}
+        orders = []
+        for o in sorted(acct.open.values(), key=lambda o: o.seq):
+            if o.symbol not in syms:
+                continue
+            b = self.books[o.symbol]
+            orders.append({"orderId": o.order_id, "clientOrderId": o.client_id, "symbol": o.symbol,
+                           "side": o.side, "type": o.type, "timeInForce": o.tif, "price": b.price_str(o.price),
+                           "origQty": b.qty_str(o.orig), "executedQty": b.qty_str(o.filled),
+                           "status": o.status, "reduceOnly": o.reduce_only, "queueAhead": b.qty_str(o.ahead),
+                           "time": o.time, "updateTime": o.update_time})
+        markets = {b.symbol: {"mid": b.mid, "mark_price": f"{b.mark:.8f}",
+                              "bid": b.price_str(b.best_bid()), "ask": b.price_str(b.best_ask()),
+                              "regime": b.model.regime, "funding_rate": f"{b.funding_rate:.8f}",
+                              "funding_pinned": b.rate_pinned, "frozen": b.frozen,
+                              "next_funding_time": self.next_funding_ms,
+                              "funding_history": b.funding_history[-20:]} for b in books}
+        return {"time": self.now_ms, "account": acct.name, "symbol": symbol.upper() if symbol else None,
+                "open_orders": orders, "positions": positions,
+                "balances": {a: s8(v) for a, v in sorted(acct.wallet.items())},
+                "realized_pnl": s8(sum((p["realized_pnl"] and Decimal(p["realized_pnl"])
+                                         for p in positions.values()), ZERO)),
+                "funding_paid": s8(sum((Decimal(p["funding"]) for p in positions.values()), ZERO)),
+                "commission_paid": s8(sum((Decimal(p["commission"]) for p in positions.values()), ZERO)),
+                "counters": dict(acct.counters),
+                "listen_key_active": acct.listen_key is not None,
+                "markets": markets}
