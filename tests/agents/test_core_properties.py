@@ -61,6 +61,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.orders: dict[str, VenueOrder] = {}
         self.next_oid = 1
         self.position = 0
+        self.reduced_by_buys = self.reduced_by_sells = 0  # reduce-only fills (exempt from the cap)
         self.inflight: list = []
         self.outbox: list[OrderUpdate] = []
         self.delivered: list[OrderUpdate] = []
@@ -101,6 +102,11 @@ class CoreMachine(RuleBasedStateMachine):
         o.notional += q * px
         o.status = "FILLED" if o.cum == o.orig else "PARTIALLY_FILLED"
         self.position += q if o.side == BUY else -q
+        if o.reduce_only:
+            if o.side == BUY:
+                self.reduced_by_buys += q
+            else:
+                self.reduced_by_sells += q
         self._event(o, "TRADE", last=q, fill_ticks=px)
 
     def deliver(self, ev: OrderUpdate) -> None:
@@ -128,12 +134,20 @@ class CoreMachine(RuleBasedStateMachine):
             if not accept:
                 self.core.on_rejected(d, -5022, self.t)
                 return
+            reducible = max(0, -self.position if d.side == BUY else self.position)
+            if d.reduce_only and reducible == 0:
+                self.core.on_rejected(d, -2022, self.t)  # "ReduceOnly Order is rejected."
+                return
             o = VenueOrder(d.client_order_id, self.next_oid, d.side, d.price_ticks, d.qty_steps, d.reduce_only, d.order_type)
             self.next_oid += 1
             self.orders[o.cid] = o
             self._event(o, "NEW")
             if d.order_type == "MARKET":
-                self._fill(o, o.orig)
+                # A reduce-only market order fills at most the position; the rest expires.
+                self._fill(o, min(o.orig, reducible) if d.reduce_only else o.orig)
+                if o.open:
+                    o.status = "EXPIRED"
+                    self._event(o, "EXPIRED")
         elif isinstance(d, Amend):
             o = self.orders.get(d.client_order_id)
             if o is None or not o.open:
@@ -198,6 +212,18 @@ class CoreMachine(RuleBasedStateMachine):
         t = self.tick()
         self.core.on_event(account_update(self.position, self.mid_ticks / 100, t=t), t)
 
+    @rule(mode=st.sampled_from(["halt", "flatten", "resume", "reduce_only", "all_clear"]))
+    def operator(self, mode: str) -> None:
+        """Kill switches and the fleet's reduce-only mode, at any moment."""
+        if mode == "halt":
+            self.core.halt("test")
+        elif mode == "flatten":
+            self.core.flatten("test")
+        elif mode == "resume":
+            self.core.resume()
+        else:
+            self.core.set_reduce_only(mode == "reduce_only")
+
     @rule()
     def resync(self) -> None:
         """A REST snapshot (open orders + position) replaces what the store knows; frames still on
@@ -228,10 +254,13 @@ class CoreMachine(RuleBasedStateMachine):
 
     @invariant()
     def exchange_side_worst_case_stays_inside_the_cap(self) -> None:
+        """As the exchange sees it, position + open buys <= cap and position - open sells >= -cap,
+        except when reducing (DESIGN rule 3): a reduce-only fill moves the position toward zero,
+        which may push the other side's resting orders past the cap; those fills are allowed for."""
         buys = sum(o.orig - o.cum for o in self.orders.values() if o.open and o.side == BUY and not o.reduce_only)
         sells = sum(o.orig - o.cum for o in self.orders.values() if o.open and o.side == SELL and not o.reduce_only)
-        assert self.position + buys <= CAP or buys == 0
-        assert self.position - sells >= -CAP or sells == 0
+        assert self.position + buys <= CAP + self.reduced_by_buys or buys == 0
+        assert self.position - sells >= -CAP - self.reduced_by_sells or sells == 0
 
     @invariant()
     def replay_twice_or_shuffled_within_each_order_gives_the_same_state(self) -> None:
@@ -296,8 +325,10 @@ def random_walk(seed: int, steps: int = 120) -> None:
             m.deliver_one(rng.randrange(1 << 20))
         elif r < 0.85 and m.delivered:
             m.duplicate(rng.randrange(1 << 20))
-        elif r < 0.88:
+        elif r < 0.87:
             m.account_update()
+        elif r < 0.88:
+            m.operator(rng.choice(["halt", "flatten", "resume", "resume", "reduce_only", "all_clear", "all_clear"]))
         elif r < 0.91:
             m.resync()
         elif r < 0.95:
