@@ -90,6 +90,8 @@ class RiskGuard:
         """``None`` if the order may be sent, else the refusal reason (counted).
 
         ``extra_buy``/``extra_sell``: steps already approved this cycle but not yet recorded as sent.
+        A reduce-only order skips the worst-case check: it can only shrink the position (the
+        "except when reducing" of the worst-case invariant), but it must face a position it fits.
         """
         s = self.store
         pos = s.position_steps
