@@ -38,6 +38,7 @@ MISSING = "MISSING"  # not among the open orders of a REST snapshot
 REJECTED = "REJECTED"
 _CLOSED = CLOSED_STATUSES | {MISSING}
 _UNKNOWN_ORDER_CODES = frozenset({-2011, -2013})
+_FILL_EXEC_TYPES = frozenset({"TRADE", "CALCULATED"})  # CALCULATED: a liquidation fill
 
 WINDOW_MS = 30 * 60 * 1000
 SAMPLE_MS = 1000  # the price window takes at most one mid per second
@@ -648,7 +649,7 @@ class Store:
             tif=u.time_in_force,
             reduce_only=u.reduce_only,
         )
-        if u.exec_type == "TRADE" and u.last_filled_qty > 0 and self._book_trade(u):
+        if u.exec_type in _FILL_EXEC_TYPES and u.last_filled_qty > 0 and self._book_trade(u):
             o = self._find(u.client_order_id, u.order_id)
             if o is not None:
                 # Capped at the order's filled quantity: after a snapshot reset its fills so far
