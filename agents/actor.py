@@ -178,6 +178,12 @@ class AgentActor:
             "last_error": self.last_error,
         }
 
+    def _note_direct(self, kill_seq: int | None, state: str) -> None:
+        """Tell the lease client a kill command arrived directly, so a stale renewal cannot undo it."""
+        own = self.ownership
+        if kill_seq is not None and own is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(own.note_direct_kill_state, int(kill_seq), state)
+
     # --- control calls (own thread and loop) ----------------------------------------------------
 
     @ray.method(concurrency_group=CONTROL)
@@ -205,7 +211,8 @@ class AgentActor:
         return text.decode() if isinstance(text, bytes | bytearray) else str(text)
 
     @ray.method(concurrency_group=CONTROL)
-    async def halt(self, reason: str = "") -> dict[str, Any]:
+    async def halt(self, reason: str = "", kill_seq: int | None = None) -> dict[str, Any]:
+        self._note_direct(kill_seq, "halted")
         if self.agent is None or getattr(self.agent, "core", None) is None:
             # Not trading yet: the durable kill state reaches it with its grant; the controller
             # confirms the book at the exchange itself.
@@ -214,7 +221,8 @@ class AgentActor:
         return await self._on_loop(lambda: agent.halt(reason))
 
     @ray.method(concurrency_group=CONTROL)
-    async def flatten(self, reason: str = "") -> dict[str, Any]:
+    async def flatten(self, reason: str = "", kill_seq: int | None = None) -> dict[str, Any]:
+        self._note_direct(kill_seq, "flattening")
         if self.agent is None or getattr(self.agent, "core", None) is None:
             # Not trading yet: the durable kill state reaches it with its grant; the controller
             # confirms the book at the exchange itself.
@@ -223,7 +231,8 @@ class AgentActor:
         return await self._on_loop(lambda: agent.flatten(reason))
 
     @ray.method(concurrency_group=CONTROL)
-    async def resume(self) -> dict[str, Any]:
+    async def resume(self, kill_seq: int | None = None) -> dict[str, Any]:
+        self._note_direct(kill_seq, "running")
         if self.agent is None:
             return {"outcome": "not_started"}
         agent = self.agent

@@ -352,9 +352,9 @@ class FleetController:
         targets = self._targets(symbols)
         started = time.monotonic()
         state = "halted" if mode == "halt" else "flattening"
-        for s in targets:  # durable first: a restart from here on comes back halted
-            self.book.set_kill_state(s, state, reason)
-        results = await asyncio.gather(*(self._kill_one(s, mode, reason) for s in targets))
+        # Durable first: a restart from here on comes back halted.
+        seqs = {s: self.book.set_kill_state(s, state, reason).seq for s in targets}
+        results = await asyncio.gather(*(self._kill_one(s, mode, reason, seqs[s]) for s in targets))
         return {
             "mode": mode,
             "reason": reason,
@@ -371,13 +371,13 @@ class FleetController:
             raise ValueError(f"unknown symbol(s) {', '.join(unknown)}; fleet {self.fleet_name} trades {', '.join(known)}")
         return list(dict.fromkeys(symbols))
 
-    async def _kill_one(self, symbol: str, mode: str, reason: str) -> dict[str, Any]:
+    async def _kill_one(self, symbol: str, mode: str, reason: str, kill_seq: int) -> dict[str, Any]:
         started = time.monotonic()
         timeout = self.settings.kill_timeout_s if mode == "halt" else self.settings.flatten_timeout_s
         answer: Any = None
         problem = None
         try:
-            answer = await self._agent_call(symbol, mode, reason, timeout=timeout)
+            answer = await self._agent_call(symbol, mode, reason, kill_seq, timeout=timeout)
         except asyncio.TimeoutError:
             problem = f"agent did not answer the {mode} within {timeout:g} s"
         except Exception as exc:  # noqa: BLE001 - any failure leads to the emergency path
@@ -456,10 +456,9 @@ class FleetController:
     async def resume(self, symbols: list[str] | None = None) -> dict[str, Any]:
         self._load()
         targets = self._targets(symbols)
-        for s in targets:
-            self.book.set_kill_state(s, "running", "resumed")
+        seqs = {s: self.book.set_kill_state(s, "running", "resumed").seq for s in targets}
         answers = await asyncio.gather(
-            *(self._agent_call(s, "resume", timeout=self.settings.kill_timeout_s) for s in targets),
+            *(self._agent_call(s, "resume", seqs[s], timeout=self.settings.kill_timeout_s) for s in targets),
             return_exceptions=True,
         )
         out = {}

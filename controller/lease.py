@@ -94,6 +94,7 @@ class KillRecord:
     state: str  # running | halted | flattening
     reason: str = ""
     since: float = 0.0
+    seq: int = 0  # grows with every change: tells a fresh kill state from a stale one in flight
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class LeaseAnswer:
     kill_state: str = "running"
     reduce_only: bool = False
     rate_share: float = 1.0
+    kill_seq: int = 0
     owner: str = ""
     wait_s: float = 0.0
     reason: str = ""
@@ -189,15 +191,22 @@ class LeaseBook:
 
     # --- kill state ----------------------------------------------------------------------------
 
+    def kill_seq(self, symbol: str) -> int:
+        raw = self.store.get(f"killseq/{symbol}")
+        return int(raw) if raw else 0
+
     def kill_record(self, symbol: str) -> KillRecord:
         raw = self.store.get(f"kill/{symbol}")
+        seq = self.kill_seq(symbol)
         if not raw:
-            return KillRecord("running")
+            return KillRecord("running", seq=seq)
         try:
-            rec = KillRecord(**json.loads(raw))
+            rec = KillRecord(**{**json.loads(raw), "seq": seq})
         except (ValueError, TypeError):
-            return KillRecord("halted", reason="unreadable kill record: halted to be safe")
-        return rec if rec.state in KILL_STATES else KillRecord("halted", reason=f"unknown state {rec.state!r}")
+            return KillRecord("halted", reason="unreadable kill record: halted to be safe", seq=seq)
+        if rec.state not in KILL_STATES:
+            return KillRecord("halted", reason=f"unknown state {rec.state!r}", seq=seq)
+        return rec
 
     def kill_state(self, symbol: str) -> str:
         return self.kill_record(symbol).state
@@ -205,7 +214,9 @@ class LeaseBook:
     def set_kill_state(self, symbol: str, state: str, reason: str = "", *, now: float | None = None) -> KillRecord:
         if state not in KILL_STATES:
             raise ValueError(f"kill state must be one of {KILL_STATES}, not {state!r}")
-        rec = KillRecord(state=state, reason=reason, since=time.time() if now is None else now)
+        seq = self.kill_seq(symbol) + 1
+        self.store.put(f"killseq/{symbol}", str(seq))
+        rec = KillRecord(state=state, reason=reason, since=time.time() if now is None else now, seq=seq)
         if state == "running":
             self.store.delete(f"kill/{symbol}")
         else:
@@ -235,9 +246,10 @@ class LeaseBook:
         return self._answer(symbol, extended, reduce_only=reduce_only, rate_share=rate_share)
 
     def _answer(self, symbol: str, lease: Lease, *, reduce_only: bool, rate_share: float) -> LeaseAnswer:
+        kill = self.kill_record(symbol)
         return LeaseAnswer(
             granted=True, symbol=symbol, epoch=lease.epoch, lease_ttl_s=self.lease_ttl_s,
-            kill_state=self.kill_state(symbol), reduce_only=reduce_only, rate_share=rate_share,
+            kill_state=kill.state, reduce_only=reduce_only, rate_share=rate_share, kill_seq=kill.seq,
             owner=lease.holder,
         )
 
@@ -278,6 +290,18 @@ class LeaseOwnership:
         self.renew_interval_s = renew_interval_s
         self.call_timeout_s = call_timeout_s
         self.grant: Grant | None = None
+        self.direct: tuple[int, str] = (0, "")  # (kill_seq, state) of the last kill command delivered directly
+
+    def note_direct_kill_state(self, seq: int, state: str) -> None:
+        """A halt/flatten/resume reached the agent directly: answers older than ``seq`` must not undo it."""
+        if seq > self.direct[0]:
+            self.direct = (seq, state)
+
+    def _grant(self, answer: dict[str, Any]) -> Grant:
+        seq, state = self.direct
+        if answer.get("granted") and state and int(answer.get("kill_seq", 0)) < seq:
+            answer = {**answer, "kill_state": state}  # a renewal answered before the direct command
+        return grant_from_answer(answer)
 
     async def _call(self, method: str, *args: Any) -> dict[str, Any]:
         import asyncio
@@ -299,7 +323,7 @@ class LeaseOwnership:
                 await asyncio.sleep(0.5)
                 continue
             if answer.get("granted"):
-                self.grant = grant_from_answer(answer)
+                self.grant = self._grant(answer)
                 return self.grant
             await asyncio.sleep(min(max(float(answer.get("wait_s", 0.2)), 0.05) + 0.02, 1.0))
 
@@ -307,7 +331,7 @@ class LeaseOwnership:
         if self.grant is None:
             raise OwnershipLost(f"{self.symbol}: not acquired (or already released)")
         answer = await self._call("renew_lease", self.symbol, self.holder_id, self.grant.epoch)
-        self.grant = grant_from_answer(answer)
+        self.grant = self._grant(answer)
         return self.grant
 
     async def release(self) -> None:

@@ -168,3 +168,25 @@ def test_lease_ownership_waits_for_lapse_and_reports_refusal_as_ownership_lost(c
     assert g_new.epoch == g_old.epoch + 1 and g3.epoch == g_new.epoch + 1
     assert waited >= 1.0
     assert quick < 1.0  # a released lease needs no wait
+
+
+def test_every_kill_state_change_gets_a_larger_sequence_number_kept_through_running():
+    b = book()
+    first = b.set_kill_state("ETHUSDC", "halted", "a").seq
+    second = b.set_kill_state("ETHUSDC", "running").seq
+    third = b.set_kill_state("ETHUSDC", "flattening").seq
+    assert first < second < third
+    assert b.acquire("ETHUSDC", "a", now=0.0).kill_seq == third
+
+
+def test_a_renewal_answered_before_a_direct_kill_command_cannot_undo_it():
+    own = LeaseOwnership(None, "ETHUSDC", "h")
+    base = {"granted": True, "symbol": "ETHUSDC", "epoch": 4, "lease_ttl_s": 3.0, "reduce_only": False,
+            "rate_share": 1.0}
+    own.note_direct_kill_state(7, "halted")  # the controller's kill #7 reached the agent directly
+    stale = own._grant({**base, "kill_state": "running", "kill_seq": 6})
+    assert stale.kill_state == "halted"
+    fresh = own._grant({**base, "kill_state": "running", "kill_seq": 8})  # a later resume
+    assert fresh.kill_state == "running"
+    own.note_direct_kill_state(5, "running")  # an older command arriving late changes nothing
+    assert own.direct == (7, "halted")
