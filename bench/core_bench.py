@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import platform
 import random
 import sys
@@ -189,7 +190,11 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=30.0, help="length of the churn price path")
     ap.add_argument("--seed", type=int, default=7, help="market model seed")
     args = ap.parse_args()
-    print(f"core_bench: python {platform.python_version()} on {platform.machine()}, seed {args.seed}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"core_bench: python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cpus,"
+        f" load average {load:.2f} (timings swell under load), seed {args.seed}"
+    )
     print(f"reproduce: .venv/bin/python bench/core_bench.py --cycles {args.cycles} --minutes {args.minutes:g} --seed {args.seed}")
     print("\n1. one quote cycle (snapshot + strategy + guard + order diff), microseconds")
     print(f"{'layers/side':>12} {'still p50':>10} {'still p99':>10} {'moving p50':>11} {'moving p99':>11} {'req/cycle':>10}")
