@@ -1,0 +1,128 @@
+"""The /sim admin routes (faults and truth; documented in :mod:`fleet.sim.server`). Mixed into SimServer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from aiohttp import web
+
+from fleet.sim.engine import Engine, SimApiError
+
+
+@dataclass
+class RestFault:
+    """A pending injected REST failure (see POST /sim/fault/rest)."""
+
+    mode: str
+    count: int
+    path: str | None = None
+    method: str | None = None
+    status: int = 503
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.path is None or path.startswith(self.path)) and (
+            self.method is None or self.method.upper() == method)
+
+
+class AdminRoutes:
+    """JSON in, JSON out; bad input is a 400 naming the problem."""
+
+    engine: Engine
+    clock: Callable[[], int]
+
+
+    async def _admin(self, request: web.Request) -> web.Response:
+        path = request.path
+        body: dict[str, Any] = {}
+        if request.method == "POST":
+            raw = await request.read()
+            if raw:
+                try:
+                    body = json.loads(raw)
+                except ValueError as exc:
+                    return self._json(400, {"error": f"body is not JSON: {exc}"})
+                if not isinstance(body, dict):
+                    return self._json(400, {"error": "body must be a JSON object"})
+        try:
+            result = await self._admin_route(request.method, path, body, request.query)
+        except SimApiError as exc:
+            return self._json(400, {"error": exc.msg, "code": exc.code})
+        except (KeyError, ValueError, TypeError) as exc:
+            return self._json(400, {"error": f"bad admin request: {exc!s}"})
+        if result is None:
+            return self._json(404, {"error": f"no admin route {request.method} {path}"})
+        self._flush()
+        return self._json(200, result)
+
+    async def _admin_route(self, method: str, path: str, body: dict[str, Any], query: Any) -> Any:
+        e = self.engine
+        now = self.clock()
+        if method == "GET" and path == "/sim/state":
+            st = e.state(query.get("account", "main"), query.get("symbol"))
+            st["connections"] = {"market": sum(1 for c in self.conns if c.subs),
+                                 "user": sum(1 for c in self.conns if c.listen_keys), "total": len(self.conns)}
+            st["faults_pending"] = [vars(f) for f in self.faults]
+            return st
+        if method == "GET" and path == "/sim/accounts":
+            return [{"name": n, "api_key": k, "api_secret": s} for n, k, s in self.accounts]
+        if method != "POST":
+            return None
+        if path == "/sim/fault/rest":
+            mode = body.get("mode", "error")
+            if mode not in ("error", "unknown", "429"):
+                raise ValueError("mode must be error, unknown or 429")
+            count = int(body.get("count", 1))
+            if count < 1:
+                raise ValueError("count must be >= 1")
+            self.faults.append(RestFault(mode, count, body.get("path"), body.get("method"),
+                                         int(body.get("status", 503))))
+            return {"ok": True, "pending": len(self.faults)}
+        if path == "/sim/fault/latency":
+            ms = int(body.get("ms", 0))
+            if ms < 0:
+                raise ValueError("ms must be >= 0")
+            self.latency = (ms, body.get("path"))
+            return {"ok": True}
+        if path == "/sim/fault/clear":
+            self.faults.clear()
+            self.latency = (0, None)
+            return {"ok": True}
+        if path == "/sim/fault/drop":
+            target = body.get("target", "all")
+            if target not in ("market", "user", "all"):
+                raise ValueError("target must be market, user or all")
+            account = body.get("account")
+            n = 0
+            for c in list(self.conns):
+                is_user = bool(c.listen_keys)
+                is_market = bool(c.subs) or not is_user
+                if target == "user" and not is_user:
+                    continue
+                if target == "market" and not is_market:
+                    continue
+                if account and account not in c.accounts:
+                    continue
+                await self._close_conn(c, abort=True)
+                n += 1
+            return {"dropped": n}
+        if path == "/sim/listenkey/expire":
+            return {"listenKey": e.expire_listen_key(body.get("account", "main"), now)}
+        if path == "/sim/market/freeze":
+            return {"symbols": e.set_frozen(body.get("symbol"), bool(body.get("frozen", True)))}
+        if path == "/sim/market/jump":
+            return {"mid": e.jump(body["symbol"], float(body["pct"]), now)}
+        if path == "/sim/funding/rate":
+            e.set_funding_rate(body["symbol"], body.get("rate"))
+            return {"ok": True}
+        if path == "/sim/funding/settle":
+            return {"charged": e.settle_funding(now, body.get("symbol"))}
+        if path == "/sim/position":
+            e.set_position(body.get("account", "main"), body["symbol"], str(body["amount"]),
+                           None if body.get("entry_price") is None else str(body["entry_price"]), now)
+            return {"ok": True}
+        if path == "/sim/countdown/check":
+            e.advance(now)
+            return {"ok": True}
+        return None

@@ -1,0 +1,307 @@
+"""The simulator's REST handlers that need more than one engine call: exchangeInfo, books, tickers,
+batches, account settings. Mixed into :class:`fleet.sim.server.SimServer`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from fleet.sim.config import SimConfig
+from fleet.sim.engine import Engine, SimApiError, missing
+
+
+class RestHandlers:
+    """Handlers take (account, params, now) and return the JSON body; errors raise SimApiError."""
+
+    engine: Engine
+    config: SimConfig
+
+
+    def _exchange_info(self, now: int) -> dict[str, Any]:
+        lim = self.config.rate_limits
+        symbols = []
+        assets = set()
+        for b in self.engine.books.values():
+            sp = b.spec
+            assets.update({sp.quote_asset})
+            symbols.append({
+                "symbol": b.symbol, "pair": b.symbol, "contractType": "PERPETUAL", "deliveryDate": 4133404800000,
+                "onboardDate": 1569398400000, "status": "TRADING", "maintMarginPercent": "2.5000",
+                "requiredMarginPercent": "5.0000", "baseAsset": sp.base_asset, "quoteAsset": sp.quote_asset,
+                "marginAsset": sp.margin_asset, "pricePrecision": b.price_precision,
+                "quantityPrecision": b.qty_precision, "baseAssetPrecision": 8, "quotePrecision": 8,
+                "underlyingType": "COIN", "underlyingSubType": [], "settlePlan": 0, "triggerProtect": "0.0500",
+                "liquidationFee": "0.012500", "marketTakeBound": "0.05", "maxMoveOrderLimit": 10000,
+                "filters": [
+                    {"filterType": "PRICE_FILTER", "minPrice": b.price_str(1), "maxPrice": "10000000",
+                     "tickSize": sp.tick_size},
+                    {"filterType": "LOT_SIZE", "minQty": f"{b.min_qty:f}", "maxQty": sp.max_qty,
+                     "stepSize": sp.step_size},
+                    {"filterType": "MARKET_LOT_SIZE", "minQty": f"{b.min_qty:f}", "maxQty": sp.market_max_qty,
+                     "stepSize": sp.step_size},
+                    {"filterType": "MAX_NUM_ORDERS", "limit": sp.max_num_orders},
+                    {"filterType": "MAX_NUM_ALGO_ORDERS", "limit": 10},
+                    {"filterType": "MIN_NOTIONAL", "notional": sp.min_notional},
+                    {"filterType": "PERCENT_PRICE", "multiplierUp": sp.multiplier_up,
+                     "multiplierDown": sp.multiplier_down, "multiplierDecimal": "4"},
+                ],
+                "orderTypes": ["LIMIT", "MARKET"], "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
+                "permissionSets": ["GRID", "COPY"]})
+        return {"timezone": "UTC", "serverTime": now, "futuresType": "U_MARGINED",
+                "rateLimits": [
+                    {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
+                     "limit": lim.weight_per_minute},
+                    {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1,
+                     "limit": lim.orders_per_minute},
+                    {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10,
+                     "limit": lim.orders_per_10s}],
+                "exchangeFilters": [],
+                "assets": [{"asset": a, "marginAvailable": True, "autoAssetExchange": "0"} for a in sorted(assets)],
+                "symbols": symbols}
+
+    @staticmethod
+    def _depth_weight(params: dict[str, str]) -> int:
+        try:
+            limit = int(params.get("limit") or 500)
+        except ValueError:
+            return 2
+        return 2 if limit <= 50 else 5 if limit <= 100 else 10 if limit <= 500 else 20
+
+    def _depth(self, account: Any, params: dict[str, str], now: int) -> dict[str, Any]:
+        b = self.engine.book(params.get("symbol"))
+        raw = params.get("limit") or "500"
+        try:
+            limit = int(raw)
+        except ValueError:
+            raise SimApiError(-1130, "Data sent for parameter 'limit' is not valid.") from None
+        if limit not in (5, 10, 20, 50, 100, 500, 1000):
+            raise SimApiError(-1130, "Data sent for parameter 'limit' is not valid.")
+        bids, asks = b.depth(limit)
+        return {"lastUpdateId": b.update_id, "E": now, "T": now, "bids": bids, "asks": asks}
+
+    @staticmethod
+    def _limit(params: dict[str, str], default: int, maximum: int) -> int:
+        raw = params.get("limit") or str(default)
+        try:
+            limit = int(raw)
+        except ValueError:
+            raise SimApiError(-1130, "Data sent for parameter 'limit' is not valid.") from None
+        if not 1 <= limit <= maximum:
+            raise SimApiError(-1130, "Data sent for parameter 'limit' is not valid.")
+        return limit
+
+    @staticmethod
+    def _int_param(params: dict[str, str], name: str) -> int | None:
+        raw = params.get(name)
+        if raw is None or raw == "":
+            return None
+        try:
+            return int(raw)
+        except ValueError:
+            raise SimApiError(-1130, f"Data sent for parameter '{name}' is not valid.") from None
+
+    def _trades(self, account: Any, params: dict[str, str], now: int) -> Any:
+        b = self.engine.book(params.get("symbol"))
+        limit = self._limit(params, 500, 1000)
+        return [{"id": aid, "price": b.price_str(p), "qty": b.qty_str(q),
+                 "quoteQty": f"{b.notional_unit * p * q:f}", "time": t, "isBuyerMaker": m}
+                for aid, p, q, t, m in list(b.recent_trades)[-limit:]]
+
+    def _agg_trades(self, account: Any, params: dict[str, str], now: int) -> Any:
+        b = self.engine.book(params.get("symbol"))
+        limit = self._limit(params, 500, 1000)
+        from_id = self._int_param(params, "fromId")
+        start, end = self._int_param(params, "startTime"), self._int_param(params, "endTime")
+        rows = [r for r in b.recent_trades if (from_id is None or r[0] >= from_id)
+                and (start is None or r[3] >= start) and (end is None or r[3] <= end)]
+        rows = rows[:limit] if (from_id is not None or start is not None) else rows[-limit:]
+        return [{"a": aid, "p": b.price_str(p), "q": b.qty_str(q), "nq": b.qty_str(q), "f": aid, "l": aid,
+                 "T": t, "m": m} for aid, p, q, t, m in rows]
+
+    _KLINE_MINUTES = {"1m": 1, "3m": 3, "5m": 5, "15m": 15, "30m": 30, "1h": 60, "2h": 120, "4h": 240,
+                      "6h": 360, "8h": 480, "12h": 720, "1d": 1440}
+
+    @staticmethod
+    def _klines_weight(params: dict[str, str]) -> int:
+        try:
+            limit = int(params.get("limit") or 500)
+        except ValueError:
+            return 1
+        return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
+
+    def _klines(self, account: Any, params: dict[str, str], now: int) -> Any:
+        b = self.engine.book(params.get("symbol"))
+        interval = params.get("interval")
+        if not interval:
+            raise missing("interval")
+        minutes = self._KLINE_MINUTES.get(interval)
+        if minutes is None:
+            raise SimApiError(-1120, "Invalid interval.")
+        limit = self._limit(params, 500, 1500)
+        return b.klines(minutes, self._int_param(params, "startTime"), self._int_param(params, "endTime"), limit)
+
+    def _book_ticker(self, account: Any, params: dict[str, str], now: int) -> Any:
+        e = self.engine
+        if params.get("symbol"):
+            return e.book_ticker(e.book(params["symbol"]))
+        return [e.book_ticker(b) for b in e.books.values()]
+
+    def _premium_index(self, account: Any, params: dict[str, str], now: int) -> Any:
+        e = self.engine
+        if params.get("symbol"):
+            return e.premium_index(e.book(params["symbol"]))
+        return [e.premium_index(b) for b in e.books.values()]
+
+    def _ticker_price(self, account: Any, params: dict[str, str], now: int) -> Any:
+        e = self.engine
+
+        def one(b: Any) -> dict[str, Any]:
+            return {"symbol": b.symbol, "price": b.price_str(round(b.last_price / b.tick_f)), "time": now}
+        if params.get("symbol"):
+            return one(e.book(params["symbol"]))
+        return [one(b) for b in e.books.values()]
+
+    def _ticker_24h(self, account: Any, params: dict[str, str], now: int) -> Any:
+        e = self.engine
+
+        def one(b: Any) -> dict[str, Any]:
+            last = b.price_str(round(b.last_price / b.tick_f))
+            open_ = f"{b.spec.start_price:.{b.price_places}f}"
+            vol = b.qty_str(b.volume_steps)
+            return {"symbol": b.symbol, "priceChange": f"{float(last) - float(open_):.{b.price_places}f}",
+                    "priceChangePercent": f"{(float(last) / float(open_) - 1) * 100:.3f}",
+                    "weightedAvgPrice": last, "lastPrice": last, "lastQty": b.qty_str(1), "openPrice": open_,
+                    "highPrice": last, "lowPrice": last, "volume": vol,
+                    "quoteVolume": f"{float(vol) * float(last):.2f}", "openTime": now - 86_400_000,
+                    "closeTime": now, "firstId": 1, "lastId": b.agg_id, "count": b.agg_id}
+        if params.get("symbol"):
+            return one(e.book(params["symbol"]))
+        return [one(b) for b in e.books.values()]
+
+    def _funding_rate(self, account: Any, params: dict[str, str], now: int) -> Any:
+        e = self.engine
+        books = [e.book(params["symbol"])] if params.get("symbol") else list(e.books.values())
+        rows = [r for b in books for r in b.funding_history]
+        try:
+            if params.get("startTime"):
+                rows = [r for r in rows if r["fundingTime"] >= int(params["startTime"])]
+            if params.get("endTime"):
+                rows = [r for r in rows if r["fundingTime"] <= int(params["endTime"])]
+            limit = int(params.get("limit") or 100)
+        except ValueError:
+            raise SimApiError(-1130, "Data sent for parameter 'startTime/endTime/limit' is not valid.") from None
+        rows.sort(key=lambda r: r["fundingTime"])
+        return rows[:limit] if params.get("startTime") else rows[-limit:]
+
+    def _batch_new(self, account: str, params: dict[str, str], now: int) -> list[Any]:
+        items = _batch_list(params, "batchOrders", 5)
+        out: list[Any] = []
+        for item in items:
+            try:
+                out.append(self.engine.new_order(account, _stringify(item), now))
+            except SimApiError as exc:
+                out.append(exc.body())
+        return out
+
+    def _batch_modify(self, account: str, params: dict[str, str], now: int) -> list[Any]:
+        items = _batch_list(params, "batchOrders", 5)
+        out: list[Any] = []
+        for item in items:
+            try:
+                out.append(self.engine.modify_order(account, _stringify(item), now))
+            except SimApiError as exc:
+                out.append(exc.body())
+        return out
+
+    def _batch_cancel(self, account: str, params: dict[str, str], now: int) -> list[Any]:
+        symbol = params.get("symbol")
+        self.engine.book(symbol)
+        if params.get("orderIdList"):
+            ids = _batch_list(params, "orderIdList", 10)
+            reqs = [{"symbol": symbol, "orderId": str(i)} for i in ids]
+        elif params.get("origClientOrderIdList"):
+            cids = _batch_list(params, "origClientOrderIdList", 10)
+            reqs = [{"symbol": symbol, "origClientOrderId": str(c)} for c in cids]
+        else:
+            raise SimApiError(-1102, "Param 'orderIdList' or 'origClientOrderIdList' must be sent, but both "
+                                     "were empty/null!")
+        out: list[Any] = []
+        for req in reqs:
+            try:
+                out.append(self.engine.cancel_order(account, req, now))  # type: ignore[arg-type]
+            except SimApiError as exc:
+                out.append(exc.body())
+        return out
+
+    def _margin_type(self, account: str, params: dict[str, str], now: int) -> Any:
+        self.engine.book(params.get("symbol"))
+        mt = params.get("marginType")
+        if not mt:
+            raise missing("marginType")
+        if mt.upper() == "CROSSED":
+            raise SimApiError(-4046, "No need to change margin type.")
+        if mt.upper() == "ISOLATED":
+            raise SimApiError(-4048, "Margin type cannot be changed: the simulator supports cross margin only.")
+        raise SimApiError(-1130, "Data sent for parameter 'marginType' is not valid.")
+
+    def _position_side(self, account: str, params: dict[str, str], now: int) -> Any:
+        raw = (params.get("dualSidePosition") or "").lower()
+        if raw == "false":
+            raise SimApiError(-4059, "No need to change position side.")
+        if raw == "true":
+            raise SimApiError(-4068, "Position side cannot be changed: the simulator runs one-way mode only.")
+        raise missing("dualSidePosition")
+
+    def _commission_rate(self, account: str, params: dict[str, str], now: int) -> Any:
+        b = self.engine.book(params.get("symbol"))
+        return {"symbol": b.symbol, "makerCommissionRate": self.config.maker_commission,
+                "takerCommissionRate": self.config.taker_commission}
+
+    def _order_limits(self, account: str, params: dict[str, str], now: int) -> Any:
+        lim = self.config.rate_limits
+        return [{"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": lim.orders_per_10s},
+                {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": lim.orders_per_minute}]
+
+    def _leverage_bracket(self, account: str, params: dict[str, str], now: int) -> Any:
+        e = self.engine
+        books = [e.book(params["symbol"])] if params.get("symbol") else list(e.books.values())
+        return [{"symbol": b.symbol, "brackets": [
+            {"bracket": 1, "initialLeverage": 125, "notionalCap": 1_000_000_000, "notionalFloor": 0,
+             "maintMarginRatio": 0.004, "cum": 0.0}]} for b in books]
+
+    def _listen_key_close(self, account: str, params: dict[str, str], now: int) -> Any:
+        acct = self.engine.accounts[account]
+        key = acct.listen_key
+        self.engine.listen_key_close(account)
+        for c in list(self.user_conns.get(account, ())):
+            if key in c.listen_keys:
+                asyncio.ensure_future(self._close_conn(c))
+        return {}
+
+
+def _batch_list(params: dict[str, str], name: str, max_items: int) -> list[Any]:
+    raw = params.get(name)
+    if not raw:
+        raise missing(name)
+    try:
+        items = json.loads(raw)
+    except ValueError:
+        raise SimApiError(-1130, f"Data sent for parameter '{name}' is not valid.") from None
+    if not isinstance(items, list) or not items:
+        raise SimApiError(-1130, f"Data sent for parameter '{name}' is not valid.")
+    if len(items) > max_items:
+        raise SimApiError(-1130, f"Data sent for parameter '{name}' is not valid: at most {max_items} items.")
+    return items
+
+
+def _stringify(item: Any) -> dict[str, str]:
+    if not isinstance(item, dict):
+        raise SimApiError(-1130, "Data sent for parameter 'batchOrders' is not valid.")
+    out = {}
+    for k, v in item.items():
+        if isinstance(v, bool):
+            out[k] = "true" if v else "false"
+        else:
+            out[k] = str(v)
+    return out

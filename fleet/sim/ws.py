@@ -1,0 +1,354 @@
+"""The simulator's WebSocket side: stream paths (legacy and 2026), subscriptions, fan-out of engine
+frames, server pings, connection lifetime and the incoming message limit. Mixed into SimServer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from fleet.sim.config import SimConfig
+from fleet.sim.engine import Engine, render
+from fleet.sim.streams import MARKET, PUBLIC, canonical_stream, path_allows
+
+log = logging.getLogger("fleet.sim")
+
+MAX_QUEUED_FRAMES = 20_000
+
+
+@dataclass(eq=False)
+class Conn:
+    """One WebSocket connection and what it listens to."""
+
+    ws: web.WebSocketResponse
+    transport: Any
+    path_kind: str  # legacy | public | market | private
+    combined: bool
+    opened: float
+    subs: dict[str, str] = field(default_factory=dict)  # canonical -> name as requested
+    listen_keys: set[str] = field(default_factory=set)
+    accounts: set[str] = field(default_factory=set)
+    events: set[str] | None = None
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    last_pong: float = 0.0
+    next_ping: float = 0.0
+    msg_window: int = 0
+    msg_count: int = 0
+    closed: bool = False
+
+
+class StreamGateway:
+    """Owns the connections; needs the engine, the config and a stats dict."""
+
+    engine: Engine
+    config: SimConfig
+    conns: set[Conn]
+    market_subs: dict[str, set[Conn]]
+    user_conns: dict[str, set[Conn]]
+    symbols_lower: set[str]
+    stats: dict[str, int]
+
+    def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+        raise NotImplementedError  # pragma: no cover - provided by SimServer
+
+    def _flush(self) -> None:
+        out = self.engine.drain()
+        if not out:
+            return
+        for kind, target, payload in out:
+            if kind == "m":
+                subs = self.market_subs.get(target)
+                if not subs:
+                    continue
+                payload = render(payload)
+                raw = None
+                for c in subs:
+                    if c.combined:
+                        self._send(c, orjson.dumps({"stream": c.subs.get(target, target), "data": payload}))
+                    else:
+                        if raw is None:
+                            raw = orjson.dumps(payload)
+                        self._send(c, raw)
+            else:
+                conns = self.user_conns.get(target)
+                if not conns:
+                    continue
+                acct = self.engine.accounts[target]
+                payload = render(payload)
+                etype = payload.get("e")
+                for c in conns:
+                    if etype == "listenKeyExpired":
+                        if payload["listenKey"] not in c.listen_keys:
+                            continue
+                    elif acct.listen_key not in c.listen_keys:
+                        continue
+                    if c.events is not None and etype not in c.events:
+                        continue
+                    if c.combined:
+                        key = payload["listenKey"] if etype == "listenKeyExpired" else acct.listen_key
+                        self._send(c, orjson.dumps({"stream": key, "data": payload}))
+                    else:
+                        self._send(c, orjson.dumps(payload))
+
+    def _send(self, c: Conn, raw: bytes) -> None:
+        if c.closed:
+            return
+        if c.queue.qsize() >= MAX_QUEUED_FRAMES:
+            # a client that stops reading is disconnected, as the exchange does, not buffered forever
+            log.warning("dropping a websocket that fell %d frames behind", MAX_QUEUED_FRAMES)
+            self.stats["ws_slow_dropped"] += 1
+            c.closed = True
+            asyncio.ensure_future(self._close_conn(c, abort=True))
+            return
+        c.queue.put_nowait(raw)
+
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        parts = [p for p in path.split("/") if p]
+        path_kind = "legacy"
+        if parts and parts[0] in (PUBLIC, MARKET, "private"):
+            path_kind = parts[0]
+            parts = parts[1:]
+        if not parts:
+            parts = ["ws"]
+        mode = parts[0]
+        if mode not in ("ws", "stream"):
+            return self._json(404, {"code": -5000, "msg": f"Path {path} is invalid"})
+        combined = mode == "stream"
+        names: list[str] = []
+        if mode == "ws" and len(parts) > 1:
+            names = ["/".join(parts[1:])]
+        if request.query.get("streams"):
+            names = [n for n in request.query["streams"].split("/") if n]
+        events: set[str] | None = None
+        if path_kind == "private":
+            key = request.query.get("listenKey")
+            if key:
+                names.append(key)
+            if request.query.get("events"):
+                events = {e for e in request.query["events"].split("/") if e}
+        if len(names) > self.config.ws_max_streams:
+            return self._json(400, {"code": -1130, "msg": f"At most {self.config.ws_max_streams} streams "
+                                                          "per connection."})
+        market: list[tuple[str, str]] = []
+        users: list[tuple[str, str]] = []
+        for n in names:
+            err = self._classify(n, path_kind, market, users)
+            if err:
+                return self._json(400, {"code": -1121 if "stream" in err else -1125, "msg": err})
+        ws = web.WebSocketResponse(autoping=False, max_msg_size=1 << 16)
+        await ws.prepare(request)
+        now = time.monotonic()
+        c = Conn(ws=ws, transport=request.transport, path_kind=path_kind, combined=combined, opened=now,
+                 events=events, last_pong=now, next_ping=now + self.config.ws_ping_interval_s)
+        self.conns.add(c)
+        for canon, name in market:
+            self._subscribe_market(c, canon, name)
+        for key, acct in users:
+            self._subscribe_user(c, key, acct)
+        writer = asyncio.create_task(self._writer(c))
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    await self._on_message(c, msg.data)
+                elif msg.type == WSMsgType.PING:
+                    await ws.pong(msg.data)
+                elif msg.type == WSMsgType.PONG:
+                    c.last_pong = time.monotonic()
+                elif msg.type == WSMsgType.BINARY:
+                    self._reply(c, {"error": {"code": 3, "msg": "Invalid JSON: binary frames are not accepted"},
+                                    "id": None})
+                elif msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                    break
+                if c.closed:
+                    break
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self._forget(c)
+            writer.cancel()
+            if not ws.closed:
+                try:
+                    await ws.close()
+                except Exception:  # noqa: BLE001 - already broken
+                    pass
+        return ws
+
+    def _classify(self, name: str, path_kind: str, market: list[tuple[str, str]],
+                  users: list[tuple[str, str]]) -> str | None:
+        acct = self.engine.account_of_listen_key(name)
+        if acct is not None:
+            if path_kind in (PUBLIC, MARKET):
+                return f"user data stream is served on /private, not /{path_kind}"
+            users.append((name, acct.name))
+            return None
+        canon = canonical_stream(name, self.symbols_lower)
+        if canon is None:
+            if "@" in name or name.startswith("!"):
+                return f"Invalid stream name: {name}"
+            return "This listenKey does not exist."
+        if path_kind == "private" or not path_allows(path_kind, canon[1]):
+            return f"stream {name} is not served on /{path_kind}"
+        market.append((canon[0], name))
+        return None
+
+    def _subscribe_market(self, c: Conn, canon: str, name: str) -> None:
+        c.subs[canon] = name
+        self.market_subs.setdefault(canon, set()).add(c)
+        if canon not in self.engine.interest:
+            self.engine.watch(canon)
+
+    def _subscribe_user(self, c: Conn, key: str, account: str) -> None:
+        c.listen_keys.add(key)
+        c.accounts.add(account)
+        self.user_conns.setdefault(account, set()).add(c)
+
+    def _unsubscribe_market(self, c: Conn, canon: str) -> None:
+        c.subs.pop(canon, None)
+        subs = self.market_subs.get(canon)
+        if subs is not None:
+            subs.discard(c)
+            if not subs:
+                del self.market_subs[canon]
+                self.engine.unwatch(canon)
+
+    def _forget(self, c: Conn) -> None:
+        c.closed = True
+        self.conns.discard(c)
+        for canon in list(c.subs):
+            self._unsubscribe_market(c, canon)
+        for acct in c.accounts:
+            s = self.user_conns.get(acct)
+            if s is not None:
+                s.discard(c)
+
+    def _reply(self, c: Conn, body: Any) -> None:
+        self._send(c, orjson.dumps(body))
+
+    async def _on_message(self, c: Conn, data: str) -> None:
+        second = int(time.monotonic())
+        if second != c.msg_window:
+            c.msg_window, c.msg_count = second, 0
+        c.msg_count += 1
+        if c.msg_count > self.config.ws_max_incoming_per_s:
+            log.info("closing a connection that sent more than %d messages in a second",
+                     self.config.ws_max_incoming_per_s)
+            await self._close_conn(c, code=1008, message=b"Too many requests")
+            return
+        try:
+            req = json.loads(data)
+        except ValueError as exc:
+            self.stats["ws_bad_messages"] += 1
+            self._reply(c, {"error": {"code": 3, "msg": f"Invalid JSON: {exc}"}, "id": None})
+            return
+        if not isinstance(req, dict):
+            self.stats["ws_bad_messages"] += 1
+            self._reply(c, {"error": {"code": 2, "msg": "Invalid request: request must be a JSON object"},
+                            "id": None})
+            return
+        rid = req.get("id")
+        if rid is not None and (not isinstance(rid, int) or isinstance(rid, bool) or rid < 0):
+            self.stats["ws_bad_messages"] += 1
+            self._reply(c, {"error": {"code": 2, "msg": "Invalid request: request ID must be an unsigned "
+                                                        "integer"}, "id": None})
+            return
+        method = req.get("method")
+        params = req.get("params", [])
+        if method in ("SUBSCRIBE", "UNSUBSCRIBE"):
+            if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
+                self._reply(c, {"error": {"code": 2, "msg": "Invalid request: params must be a list of "
+                                                            "stream names"}, "id": rid})
+                return
+            if method == "SUBSCRIBE":
+                market: list[tuple[str, str]] = []
+                users: list[tuple[str, str]] = []
+                for n in params:
+                    err = self._classify(n, c.path_kind, market, users)
+                    if err:
+                        self._reply(c, {"error": {"code": 2, "msg": f"Invalid request: {err}"}, "id": rid})
+                        return
+                if len(c.subs) + len(market) > self.config.ws_max_streams:
+                    self._reply(c, {"error": {"code": 2, "msg": "Invalid request: too many streams"}, "id": rid})
+                    return
+                for canon, name in market:
+                    self._subscribe_market(c, canon, name)
+                for key, acct in users:
+                    self._subscribe_user(c, key, acct)
+            else:
+                for n in params:
+                    canon = canonical_stream(n, self.symbols_lower)
+                    if canon is not None:
+                        self._unsubscribe_market(c, canon[0])
+                    elif n in c.listen_keys:
+                        c.listen_keys.discard(n)
+            self._reply(c, {"result": None, "id": rid})
+        elif method == "LIST_SUBSCRIPTIONS":
+            self._reply(c, {"result": list(c.subs.values()) + sorted(c.listen_keys), "id": rid})
+        elif method == "SET_PROPERTY":
+            if not (isinstance(params, list) and len(params) == 2 and params[0] == "combined"):
+                self._reply(c, {"error": {"code": 0, "msg": "Unknown property"}, "id": rid})
+            elif not isinstance(params[1], bool):
+                self._reply(c, {"error": {"code": 1, "msg": "Invalid value type: expected Boolean"}, "id": rid})
+            else:
+                c.combined = params[1]
+                self._reply(c, {"result": None, "id": rid})
+        elif method == "GET_PROPERTY":
+            if isinstance(params, list) and params == ["combined"]:
+                self._reply(c, {"result": c.combined, "id": rid})
+            else:
+                self._reply(c, {"error": {"code": 0, "msg": "Unknown property"}, "id": rid})
+        else:
+            self.stats["ws_bad_messages"] += 1
+            self._reply(c, {"error": {"code": 2, "msg": f"Invalid request: unknown method {method!r}"},
+                            "id": rid})
+
+    async def _writer(self, c: Conn) -> None:
+        ws = c.ws
+        try:
+            while True:
+                raw = await c.queue.get()
+                await ws.send_str(raw.decode())
+                self.stats["ws_frames_sent"] += 1
+        except (ConnectionResetError, RuntimeError, asyncio.CancelledError):
+            pass
+        except Exception:  # noqa: BLE001 - a broken socket: drop it
+            log.debug("websocket writer ended", exc_info=True)
+
+    async def _close_conn(self, c: Conn, abort: bool = False, code: int = 1000, message: bytes = b"") -> None:
+        self._forget(c)
+        if abort and c.transport is not None:
+            c.transport.abort()
+            return
+        try:
+            await c.ws.close(code=code, message=message)
+        except Exception:  # noqa: BLE001 - already gone
+            if c.transport is not None:
+                c.transport.abort()
+
+    async def _housekeeping_loop(self) -> None:
+        cfg = self.config
+        while True:
+            await asyncio.sleep(0.05)
+            now = time.monotonic()
+            for c in list(self.conns):
+                if c.closed:
+                    continue
+                if now - c.opened >= cfg.ws_max_lifetime_s:
+                    await self._close_conn(c, code=1000, message=b"connection lifetime reached")
+                    continue
+                if now - c.last_pong > cfg.ws_pong_timeout_s + cfg.ws_ping_interval_s:
+                    await self._close_conn(c, code=1002, message=b"no pong")
+                    continue
+                if now >= c.next_ping:
+                    c.next_ping = now + cfg.ws_ping_interval_s
+                    try:
+                        await c.ws.ping(str(int(time.time() * 1000)).encode())
+                    except Exception:  # noqa: BLE001 - broken socket
+                        await self._close_conn(c, abort=True)
