@@ -107,3 +107,7 @@ def run_session(seconds: float = 20.0, seed: int = 7) -> int:
     for b in result["balances"]:
         print(f"  wallet {b['asset']}: {b['balance']} (started at 100000)")
     return 0
+
+
+if __name__ == "__main__":  # python -m fleet.sim.demo_session: the protocol-level demo without Ray
+    raise SystemExit(run_session())
