@@ -31,7 +31,10 @@ class AdminRoutes:
 
     engine: Engine
     clock: Callable[[], int]
-
+    stats: dict[str, int]
+    faults: list[RestFault]
+    latency: tuple[int, str | None]
+    conns: set[Any]
 
     async def _admin(self, request: web.Request) -> web.Response:
         path = request.path
@@ -64,6 +67,7 @@ class AdminRoutes:
             st["connections"] = {"market": sum(1 for c in self.conns if c.subs),
                                  "user": sum(1 for c in self.conns if c.listen_keys), "total": len(self.conns)}
             st["faults_pending"] = [vars(f) for f in self.faults]
+            st["server"] = dict(self.stats)
             return st
         if method == "GET" and path == "/sim/accounts":
             return [{"name": n, "api_key": k, "api_secret": s} for n, k, s in self.accounts]

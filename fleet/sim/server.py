@@ -82,7 +82,13 @@ def _now_ms() -> int:
 
 
 class SimServer(RestHandlers, StreamGateway, AdminRoutes):
-    """The running simulator. ``async with SimServer(symbols=["ETHUSDC"], seed=7) as sim: ...``"""
+    """The running simulator. ``async with SimServer(symbols=["ETHUSDC"], seed=7) as sim: ...``
+
+    symbols: names (unknown ones get a generic spec; None = the config's or the three defaults);
+    config: a SimConfig, a dict or a YAML path; api_key/api_secret: fix the first account's keys;
+    clock: ms since the epoch (default the wall clock; a test may pass its own). After ``start``:
+    ``rest_url``, ``ws_url``, ``accounts`` [(name, api_key, api_secret)], ``engine``.
+    """
 
     def __init__(self, symbols: list[str] | None = None, seed: int = 7, host: str = "127.0.0.1", port: int = 0,
                  config: SimConfig | dict[str, Any] | str | None = None, api_key: str | None = None,
