@@ -19,7 +19,8 @@ input, 404 on an unknown route)::
              "listen_key_active", "markets": {SYM: {"mid", "mark_price", "bid", "ask", "regime",
                                    "funding_rate", "funding_pinned", "frozen", "next_funding_time",
                                    "funding_history"}},
-             "connections": {"market", "user", "total"}, "faults_pending": [...]}
+             "connections": {"market", "user", "total"}, "faults_pending": [...],
+             "server": {"rest_requests", "ws_frames_sent", "ws_bad_messages", "ws_slow_dropped"}}
          (symbol optional: all symbols; account default "main"; money fields are decimal strings)
     GET  /sim/accounts                -> [{"name", "api_key", "api_secret"}]
     POST /sim/fault/rest     {"mode": "error"|"unknown"|"429", "count": 1, "path": "/fapi/v1/order",
