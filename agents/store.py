@@ -521,6 +521,16 @@ class Store:
             if o.unresolved_ms is not None and now_ms - o.unresolved_ms >= older_than_ms
         ]
 
+    def on_query_unknown(self, client_order_id: str, order_id: int | None = None) -> None:
+        """A lookup (GET order) answered "order does not exist" (-2013): the exchange never had it,
+        or it ended too long ago to matter; either way it cannot fill now and owes us no fills."""
+        o = self._find(client_order_id, order_id)
+        if o is None or not o.is_open and o.booked_steps >= o.filled_steps:
+            return
+        o.status = MISSING
+        o.booked_steps = o.filled_steps
+        self._refresh(o)
+
     def on_order_info(self, info: Any) -> bool:
         """A REST answer (place/modify/cancel/query): an order object with Binance's REST fields."""
         if getattr(info, "symbol", self.symbol) != self.symbol:

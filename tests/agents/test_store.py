@@ -200,6 +200,14 @@ def test_an_unknown_order_resolved_by_a_rest_lookup(store):
     assert store.pending_buy_steps == 0 and store.get("a").status == "CANCELED"
 
 
+def test_an_unknown_order_the_exchange_has_no_record_of_is_closed(store):
+    store.on_sent(place("a", steps=7), 10)
+    store.apply(order_update("a", 101, BUY, 300_000, 7, t=11))
+    store.on_cancel_rejected("a", -2011, 101, now_ms=12)
+    store.on_query_unknown("a", 101)  # GET order: -2013
+    assert store.pending_buy_steps == 0 and store.get("a").status == MISSING and not store.orders
+
+
 def test_cancel_rejected_for_another_reason_can_be_retried(store):
     store.on_sent(place("a"), 10)
     store.apply(order_update("a", 101, BUY, 300_000, 7, t=11))
