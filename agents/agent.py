@@ -589,6 +589,7 @@ class SymbolAgent:
             try:
                 await self._connect_user()
                 await self._resync()
+                await self._cancel_older_epochs()  # a zombie predecessor's late orders, if any
                 self._user_lost_at = None
                 self._blocks.discard(BLOCK_USER_STREAM)
                 backoff.reset()
