@@ -15,7 +15,7 @@ from typing import Any
 
 from fleet.sim.book import NO_ASK, Book
 from fleet.sim.config import SimConfig
-from fleet.sim.errors import SimApiError, invalid, missing
+from fleet.sim.errors import SimApiError, int_param, invalid, missing
 from fleet.sim.frames import (render, render_account_update, render_agg, render_bt, render_depth, render_diff,
                               render_list, render_mark, render_order_update, render_trade_lite)
 from fleet.sim.market import MarketModel
@@ -762,9 +762,9 @@ class Engine(EngineViews):
         cid = params.get("origClientOrderId")
         if oid:
             try:
-                order_id = int(oid)
-            except ValueError as exc:
-                raise missing("orderId") from exc
+                order_id = int_param(params, "orderId")
+            except SimApiError:
+                raise missing("orderId") from None  # Binance: "...was not sent, was empty/null, or malformed."
             o = acct.open.get(order_id) or b.closed.get(order_id)
             if o is None or o.account != acct.name or o.symbol != b.symbol:
                 raise SimApiError(-2013, "Order does not exist.")

@@ -24,3 +24,14 @@ def missing(name: str) -> SimApiError:
 
 def invalid(name: str) -> SimApiError:
     return SimApiError(-1130, f"Data sent for parameter '{name}' is not valid.")
+
+
+def int_param(params: dict[str, str], name: str, default: int | None = None) -> int | None:
+    """An optional integer parameter: plain ASCII digits (optionally signed), else -1130 naming it."""
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    digits = raw[1:] if raw[:1] == "-" else raw
+    if not (digits.isascii() and digits.isdigit()):
+        raise invalid(name)
+    return int(raw)

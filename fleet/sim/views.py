@@ -6,7 +6,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from fleet.sim.book import Book
-from fleet.sim.errors import invalid
+from fleet.sim.errors import int_param, invalid
 from fleet.sim.orders import Account, Order, Position
 from fleet.sim.units import Q8, ZERO, s8
 
@@ -75,28 +75,30 @@ class EngineViews:
         orders = [o for o in b.closed.values() if o.account == acct.name]
         orders += [o for o in acct.open.values() if o.symbol == b.symbol]
         orders.sort(key=lambda o: o.order_id)
-        if params.get("orderId"):
-            orders = [o for o in orders if o.order_id >= int(params["orderId"])]
-        start, end = params.get("startTime"), params.get("endTime")
-        if start:
-            orders = [o for o in orders if o.time >= int(start)]
-        if end:
-            orders = [o for o in orders if o.time <= int(end)]
-        limit = min(int(params.get("limit") or 500), 1000)
+        from_id = int_param(params, "orderId")
+        start, end = int_param(params, "startTime"), int_param(params, "endTime")
+        if from_id is not None:
+            orders = [o for o in orders if o.order_id >= from_id]
+        if start is not None:
+            orders = [o for o in orders if o.time >= start]
+        if end is not None:
+            orders = [o for o in orders if o.time <= end]
+        limit = _limit(params, 500, 1000)
         return [self.order_json(b, o) for o in orders[-limit:]]
 
     def user_trades(self, account: str, params: dict[str, str]) -> list[dict[str, Any]]:
         acct = self.account(account)
         b = self.book(params.get("symbol"))
         trades = [t for t in acct.trades if t.symbol == b.symbol]
-        start, end = params.get("startTime"), params.get("endTime")
-        if start:
-            trades = [t for t in trades if t.time >= int(start)]
-        if end:
-            trades = [t for t in trades if t.time <= int(end)]
-        if params.get("orderId"):
-            trades = [t for t in trades if t.order_id == int(params["orderId"])]
-        limit = min(int(params.get("limit") or 500), 1000)
+        start, end = int_param(params, "startTime"), int_param(params, "endTime")
+        order_id = int_param(params, "orderId")
+        if start is not None:
+            trades = [t for t in trades if t.time >= start]
+        if end is not None:
+            trades = [t for t in trades if t.time <= end]
+        if order_id is not None:
+            trades = [t for t in trades if t.order_id == order_id]
+        limit = _limit(params, 500, 1000)
         return [{"buyer": t.side == "BUY", "commission": t.commission, "commissionAsset": t.commission_asset,
                  "id": t.trade_id, "maker": t.maker, "orderId": t.order_id, "price": t.price, "qty": t.qty,
                  "quoteQty": t.quote_qty, "realizedPnl": t.realized_pnl, "side": t.side, "positionSide": "BOTH",
@@ -233,18 +235,13 @@ class EngineViews:
         kind = params.get("incomeType")
         if kind:
             items = [i for i in items if i["incomeType"] == kind]
-        start, end = params.get("startTime"), params.get("endTime")
-        try:
-            if start:
-                items = [i for i in items if i["time"] >= int(start)]
-            if end:
-                items = [i for i in items if i["time"] <= int(end)]
-            limit = int(params.get("limit") or 100)
-        except ValueError as exc:
-            raise invalid("startTime/endTime/limit") from exc
-        if not 1 <= limit <= 1000:
-            raise invalid("limit")
-        return items[:limit] if start else items[-limit:]
+        start, end = int_param(params, "startTime"), int_param(params, "endTime")
+        if start is not None:
+            items = [i for i in items if i["time"] >= start]
+        if end is not None:
+            items = [i for i in items if i["time"] <= end]
+        limit = _limit(params, 100, 1000)
+        return items[:limit] if start is not None else items[-limit:]
 
     # -- public views -------------------------------------------------------------------------------
 
@@ -304,3 +301,11 @@ class EngineViews:
                 "counters": dict(acct.counters),
                 "listen_key_active": acct.listen_key is not None,
                 "markets": markets}
+
+
+def _limit(params: dict[str, str], default: int, maximum: int) -> int:
+    limit = int_param(params, "limit", default)
+    assert limit is not None
+    if not 1 <= limit <= maximum:
+        raise invalid("limit")
+    return limit

@@ -254,3 +254,51 @@ def test_diff_depth_stream_keeps_a_local_book_in_sync_the_binance_way():
     bids, asks = b.depth_levels(20)
     assert sorted(local["b"].items(), reverse=True)[:20] == bids
     assert sorted(local["a"].items())[:20] == asks
+
+
+junk = st.one_of(st.none(), st.text(max_size=12), st.sampled_from(
+    ["", "0", "-1", "1e3", "NaN", "inf", "0.010", "3000.00", "BUY", "SELL", "LIMIT", "MARKET", "GTX", "true",
+     "ETHUSDC", "ethusdc", "99999999999999999999", "1.2.3", " 1", "١٢"]))
+fields = ["symbol", "side", "type", "timeInForce", "price", "quantity", "reduceOnly", "newClientOrderId",
+          "newOrderRespType", "orderId", "origClientOrderId", "countdownTime", "leverage", "limit", "startTime",
+          "endTime", "incomeType", "positionSide"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(params=st.dictionaries(st.sampled_from(fields), junk, max_size=10),
+       symbol=st.one_of(st.just("ETHUSDC"), junk))
+def test_malformed_parameters_always_answer_a_binance_error_never_crash(params, symbol):
+    e = _engine()
+    clean = {k: v for k, v in {**params, "symbol": symbol}.items() if v is not None}
+    calls = [
+        lambda: e.new_order("main", clean, T0), lambda: e.modify_order("main", clean, T0),
+        lambda: e.cancel_order("main", clean, T0), lambda: e.query_order("main", clean),
+        lambda: e.countdown_cancel_all("main", clean, T0), lambda: e.set_leverage("main", clean, T0),
+        lambda: e.all_orders("main", clean), lambda: e.user_trades("main", clean), lambda: e.income("main", clean),
+        lambda: e.cancel_all("main", clean, T0), lambda: e.open_orders("main", clean.get("symbol")),
+    ]
+    for call in calls:
+        try:
+            call()
+        except SimApiError as exc:
+            assert exc.code < 0 and exc.msg and 400 <= exc.http_status < 500
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(params=st.dictionaries(st.sampled_from(fields + ["interval", "fromId", "batchOrders", "orderIdList",
+                                                        "origClientOrderIdList", "marginType", "dualSidePosition"]),
+                              st.one_of(junk, st.sampled_from(['[{"symbol":"ETHUSDC"}]', "[1,2]", "[]", "{}", "[",
+                                                               '["a"]', "1m"])), max_size=8),
+       symbol=st.one_of(st.just("ETHUSDC"), junk))
+def test_every_rest_route_answers_malformed_input_with_a_binance_error(params, symbol):
+    from fleet.sim.server import SimServer
+
+    server = SimServer(symbols=["ETHUSDC"], seed=1, clock=lambda: T0)  # not started: handlers only
+    clean = {k: v for k, v in {**params, "symbol": symbol}.items() if v is not None}
+    for (method, path), (fn, _, weight) in server._routes.items():
+        if callable(weight):
+            assert isinstance(weight(clean), int)
+        try:
+            fn("main", clean, T0)
+        except SimApiError as exc:
+            assert exc.code < 0 and exc.msg, (method, path)
