@@ -1,8 +1,8 @@
-"""The temporary ``make demo``: the simulator plus a short scripted quoting session that prints what happened.
+"""A scripted quoting session on the simulator, without Ray: ``python -m fleet.sim.demo_session``.
 
-It speaks only the wire protocol (signed REST, user stream, bookTicker), like the fleet will, so the
-summary shows what a market maker on the simulator sees: quotes placed and replaced, fills, fees,
-funding charged, P&L. A later issue replaces this with the fleet itself.
+It speaks only the wire protocol (signed REST, user stream, bookTicker), as the fleet does, and prints
+what a market maker on the simulator sees: quotes placed and replaced, fills, fees, funding, P&L.
+(``make demo`` runs the real fleet; this is the quick look at the exchange alone.)
 """
 
 from __future__ import annotations
