@@ -444,16 +444,6 @@ class SymbolAgent:
             position=core.store.position,
         )
 
-    async def _resync_live(self) -> None:
-        """A resync while streaming (an order only a snapshot can explain); one at a time."""
-        if self._resync_lock.locked() or self._stopping:
-            return
-        try:
-            await self._resync()
-        except _TRANSIENT as exc:
-            self._blocks.discard(BLOCK_RESYNC)
-            self.log.event("resync_failed", f"resync failed: {exc!r}", level=logging.WARNING)
-
     async def _wallet_balance(self) -> float | None:
         asset = self.filters.margin_asset if self.filters else ""
         try:
@@ -947,9 +937,9 @@ class SymbolAgent:
                 self.counters["unknown_outcomes_resolved"] += 1
                 self.log.event("outcome_resolved", "not at the exchange: never placed", client_order_id=client_order_id)
             elif o is not None:
-                # it existed, and the exchange no longer knows it: only a snapshot can say where it went
-                self.log.event("order_unknown", "exchange no longer knows it: resync", level=logging.WARNING, client_order_id=client_order_id)
-                self._spawn(self._resync_live(), "resync")
+                # it existed, and the exchange has no record of it: it can no longer fill
+                self.log.event("order_unknown", "the exchange has no record of it: closed", level=logging.WARNING, client_order_id=client_order_id)
+                core.store.on_query_unknown(client_order_id, o.order_id)
             return
         except BinanceError as exc:
             self.log.event("resolve_failed", f"lookup failed: {exc!r}; will retry", level=logging.WARNING, client_order_id=client_order_id)
