@@ -18,8 +18,9 @@ from typing import Any
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port to bind (default: a free port)")
-    parser.add_argument("--symbols", default="ETHUSDC,BTCUSDT,SOLUSDT",
-                        help="comma-separated symbols (unknown names get a generic spec)")
+    parser.add_argument("--symbols", default=None,
+                        help="comma-separated symbols (unknown names get a generic spec); default: the "
+                             "config's symbols, else ETHUSDC,BTCUSDT,SOLUSDT")
     parser.add_argument("--seed", type=int, default=7, help="seed of the market model")
     parser.add_argument("--config", default=None, help="simulator YAML (market, funding, limits, accounts)")
     parser.add_argument("--accounts", default=None,
@@ -33,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="WARNING")
 
 
-def _symbols(raw: str) -> list[str]:
+def _symbols(raw: str | None) -> list[str] | None:
+    if raw is None:
+        return None
     names = [s.strip().upper() for s in raw.split(",") if s.strip()]
     if not names:
         raise SystemExit("--symbols: give at least one symbol, e.g. ETHUSDC,BTCUSDT")
