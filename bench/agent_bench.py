@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
+import os
 import resource
 import subprocess
 import sys
@@ -101,6 +103,16 @@ async def run(args: argparse.Namespace) -> None:
         await asyncio.sleep(args.warmup)
         agent.latencies_ns.clear()
         to_wire.clear()
+        gc_pauses: list[int] = []
+        gc_started = [0]
+
+        def on_gc(phase: str, info: dict) -> None:
+            if phase == "start":
+                gc_started[0] = time.perf_counter_ns()
+            else:
+                gc_pauses.append(time.perf_counter_ns() - gc_started[0])
+
+        gc.callbacks.append(on_gc)
         core = agent.core
         sent0 = dict(core.orders_sent)
         books0 = agent._market.events if agent._market else 0
@@ -114,6 +126,7 @@ async def run(args: argparse.Namespace) -> None:
         handoff = list(agent.latencies_ns)
         wire = list(to_wire)
         rss = rss_mb()
+        gc.callbacks.remove(on_gc)
         summary = await agent.stop()
         await task
     finally:
@@ -132,6 +145,8 @@ async def run(args: argparse.Namespace) -> None:
     print(f"  tick-to-handoff (frame read -> request handed to the client), {len(handoff)} samples:")
     print(f"      p50 {pct(handoff, 0.50):.3f} ms   p99 {pct(handoff, 0.99):.3f} ms   p99.9 {pct(handoff, 0.999):.3f} ms")
     print(f"  CPU                         {100 * cpu / wall:8.2f} % of one core")
+    print(f"  garbage collections         {len(gc_pauses):8d}  longest {max(gc_pauses, default=0) / 1e6:.2f} ms")
+    print(f"  load average at the end     {os.getloadavg()[0]:8.2f} (2 cores shared; the tail latencies follow it)")
     print(f"  resident memory             {rss:8.1f} MB")
     print(f"  requests                    {sent['place'] * per_min:8.0f} places/min  {sent['amend'] * per_min:6.0f} amends/min  "
           f"{sent['cancel'] * per_min:6.0f} cancels/min")
