@@ -126,6 +126,28 @@ class AgentCore:
         else:
             self.store.on_cancel_rejected(decision.client_order_id, code, decision.order_id, now_ms)
 
+    def on_not_sent(self, decision: Decision) -> None:
+        """``on_sent`` was called but the request never left (rate budget, shutdown): undo it, without
+        counting an exchange rejection."""
+        st = self.store
+        if isinstance(decision, Place):
+            o = st.orders.get(decision.client_order_id)
+            if o is not None and o.status == "PENDING_NEW":
+                o.status = "REJECTED"
+                st._refresh(o)
+            self.orders_sent["place"] -= 1
+        elif isinstance(decision, Amend):
+            o = st.orders.get(decision.client_order_id)
+            if o is not None and o.amend_orig_steps is not None:
+                o.amend_orig_steps = o.amend_price_ticks = None
+                st._refresh(o)
+            self.orders_sent["amend"] -= 1
+        else:
+            o = st.orders.get(decision.client_order_id)
+            if o is not None:
+                o.cancel_sent_ms = None
+            self.orders_sent["cancel"] -= 1
+
     def on_order_info(self, info: Any) -> bool:
         """A REST order object (the answer to place/modify/cancel, or a query)."""
         return self.store.on_order_info(info)

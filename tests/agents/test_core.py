@@ -282,3 +282,22 @@ def test_new_parameters_apply_live_and_keep_orders_position_halt_state_and_grind
     core.set_reduce_only(False)
     ex.send(core.quote(2_220))
     assert len(core.store.ladder_view()[0]) <= 5 and len(core.store.ladder_view()[1]) <= 5
+
+
+def test_a_request_that_never_left_is_undone_without_counting_a_rejection():
+    core, ex = started()
+    ex.send(core.quote(2_000))
+    acts = core.quote(2_220)  # nothing to do on a still book
+    assert not acts
+    core.on_event(book(3003.0, t=2_300), 2_300)
+    acts = core.quote(2_440)
+    assert acts
+    before = dict(core.orders_sent)
+    pending = (core.store.pending_buy_steps, core.store.pending_sell_steps)
+    for d in acts:
+        core.on_sent(d, 2_440)
+    for d in acts:
+        core.on_not_sent(d)
+    assert core.orders_sent == before and core.store.rejects == {}
+    assert (core.store.pending_buy_steps, core.store.pending_sell_steps) == pending
+    assert not any(o.busy for o in core.store.orders.values())
