@@ -1080,6 +1080,10 @@ class SymbolAgent:
             "flattened": bool(flatten),
             "stop_elapsed_ms": int((time.monotonic() - t0) * 1000),
         }
+        if open_n is not None:
+            summary["open_orders"] = open_n  # the exchange's count, not the store's last view
+        if position is not None:
+            summary["position"] = position
         self._stop_summary = summary
         self.log.event("stopped", f"stopped in {summary['stop_elapsed_ms']} ms: {open_n} open orders, position {position}")
         if self._done is not None:
