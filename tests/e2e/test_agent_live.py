@@ -669,3 +669,27 @@ async def test_agents_sharing_an_account_keep_to_their_own_symbol(make_agent, ex
     await wait_for(lambda: in_sync(btc, exchange), 10, "BTC in sync", explain=lambda: describe(btc, exchange))
     assert Decimal((await exchange.state("BTCUSDT"))["positions"]["BTCUSDT"]["amount"]) > 0
     assert btc.status()["user_stream_connected"] and btc.counters["user_stream_reconnects"] == 0
+
+
+async def test_start_is_retried_until_the_exchange_answers(sim_factory, tmp_path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    key, secret = "k" * 64, "s" * 64
+    url = f"127.0.0.1:{port}"
+    agent = SymbolAgent(
+        fleet_name="t", symbol=SYMBOL, params=SymbolParams(), runtime=FAST,
+        endpoints=ExchangeEndpoints(f"http://{url}", f"ws://{url}", f"ws://{url}"),
+        credentials=Credentials(key, secret), ownership=LockFileOwnership(tmp_path, "t", SYMBOL),
+    )
+    task = asyncio.create_task(agent.run())
+    try:
+        await wait_for(lambda: agent.counters["start_attempts"] >= 2, 10, "a second start attempt")
+        assert agent.status()["state"] == "starting"
+        await sim_factory(port=port, api_key=key, api_secret=secret)  # the exchange comes up
+        await wait_for(lambda: agent.status()["state"] == "quoting", 15, "quoting once the exchange answers")
+    finally:
+        await agent.stop()
+        await asyncio.wait_for(task, 25)
