@@ -119,3 +119,19 @@ def test_cli_missing_key_env_names_the_variable_never_a_value(tmp_path):
     assert proc.returncode == 2
     assert "MMFLEET_MAIN_API_SECRET" in proc.stderr
     assert "k" * 64 not in proc.stderr + proc.stdout
+
+
+def test_cli_metrics_port_in_use_is_named_and_the_lock_released(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = _run_cli(
+            "--config", str(DEMO), "--symbol", "ETHUSDC", *URLS, "--metrics-port", str(port), "--state-dir", str(tmp_path),
+            env_extra={"MMFLEET_MAIN_API_KEY": "k" * 64, "MMFLEET_MAIN_API_SECRET": "s" * 64},
+        )
+    assert proc.returncode == 2
+    assert f"--metrics-port {port}: cannot listen" in proc.stderr
+    assert not (tmp_path / "demo.ETHUSDC.pid").exists()  # ownership given back on the way out
