@@ -99,6 +99,15 @@ def worst_long(state: dict, symbol: str = SYMBOL) -> Decimal:
     return pos + buys
 
 
+def worst_short(state: dict, symbol: str = SYMBOL) -> Decimal:
+    pos = Decimal(state["positions"][symbol]["amount"])
+    sells = sum(
+        (Decimal(o["origQty"]) - Decimal(o["executedQty"]) for o in state["open_orders"] if o["side"] == "SELL"),
+        Decimal(0),
+    )
+    return pos - sells
+
+
 def agent_open(agent: SymbolAgent) -> dict[str, tuple[str, int]]:
     """The agent's open orders: client id -> (side, remaining steps)."""
     return {cid: (o.side, o.remaining_steps) for cid, o in agent.core.store.orders.items()}
@@ -279,32 +288,34 @@ async def test_realized_pnl_equals_the_simulator(make_agent, exchange):
     assert agent.core.store.realized_pnl == pytest.approx(float(st["positions"][SYMBOL]["realized_pnl"]), abs=1e-6)
 
 
-async def test_worst_case_long_never_exceeds_the_cap_through_a_crash(make_agent, exchange):
+@pytest.mark.parametrize("pct", [-1.0, 1.0], ids=["crash-long", "squeeze-short"])
+async def test_worst_case_never_exceeds_the_cap_through_a_sweep(make_agent, exchange, pct):
     params = SymbolParams(base=BaseParams(base_size=0.05))  # big layers: the cap binds within a few jumps
     agent = await make_agent(params)
     cap = Decimal(str(params.worst_cap))
     await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
-    samples: list[Decimal] = []
+    samples: list[Decimal] = []  # the exchange's worst case on the side the sweep loads
     done = asyncio.Event()
 
     async def sample() -> None:
         while not done.is_set():
-            samples.append(worst_long(await exchange.state()))
+            st = await exchange.state()
+            samples.append(worst_long(st) if pct < 0 else -worst_short(st))
             await asyncio.sleep(0)
 
     sampler = asyncio.create_task(sample())
     try:
         await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
-        for _ in range(6):  # price jumps down through all bids, again and again
-            await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": -1.0})
+        for _ in range(6):  # the price jumps through every resting order of one side, again and again
+            await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": pct})
             await wait_for(lambda: in_sync(agent, exchange), 10, "re-quoted after a jump", explain=lambda: describe(agent, exchange))
     finally:
         done.set()
         await sampler
     st = await exchange.state()
     assert len(samples) > 20
-    assert max(samples) <= cap, f"worst-case long {max(samples)} over {cap}"
-    assert Decimal(st["positions"][SYMBOL]["amount"]) >= cap * Decimal("0.5")  # the crash really loaded it
+    assert max(samples) <= cap, f"worst case {max(samples)} over {cap}"
+    assert abs(Decimal(st["positions"][SYMBOL]["amount"])) >= cap * Decimal("0.5")  # the sweep really loaded it
 
 
 async def test_user_stream_drop_reconnects_and_resyncs_without_duplicates(make_agent, exchange):
