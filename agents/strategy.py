@@ -2,9 +2,14 @@
 
 Layer ``i`` quotes at ``center * (1 -/+ min_spread * spacing_ratio ** i)`` with
 ``center = mid * (1 - sensitivity * predicted_funding_rate)``; its size is
-``base_size * exp(-|worst| / net_max * size_decay_k) * layer_size_decay ** i``, where ``worst`` is
-that side's worst-case exposure including the layers already proposed; a side stops at
-``net_max * multiplier``. Everything per layer that does not depend on the market is precomputed.
+``base_size * exp(-worst / net_max * size_decay_k) * layer_size_decay ** i``, where ``worst`` is
+the exposure that side adds to (``max(worst_long, 0)`` for bids, ``max(-worst_short, 0)`` for asks)
+including the layers already proposed; a side stops at ``net_max * multiplier``.
+
+The seed decayed both sides by ``|worst|``, which also starved the side that reduces the position:
+with ETH's 0.001 step, from a position of about 0.12 no reducing quote survived the rounding, and a
+book near its cap could not quote its way out. A side is therefore decayed only by the exposure it
+adds to. Everything per layer that does not depend on the market is precomputed.
 """
 
 from __future__ import annotations
@@ -127,7 +132,7 @@ class GeometricV2:
 
         # --- bids: worst_long grows with each proposed layer
         worst = position_steps + other_buy_steps
-        decay_b = exp(-abs(worst) * dps)
+        decay_b = exp(-worst * dps) if worst > 0 else 1.0
         bids: list[Quote] = []
         room_b = cap - worst
         if buy_limit_steps is not None and buy_limit_steps < room_b:
@@ -137,7 +142,7 @@ class GeometricV2:
             prev = bid_ceiling + 1
             min_px = self.min_price_ticks
             for i, mult, base in self._bid_layers:
-                size = int(base * exp(-abs(worst) * dps) + eps)
+                size = int((base * exp(-worst * dps) if worst > 0 else base) + eps)
                 if size > room_b:
                     size = room_b
                     buy_suppressed = True
@@ -156,7 +161,7 @@ class GeometricV2:
 
         # --- asks: worst_short falls with each proposed layer
         worst_s = position_steps - other_sell_steps
-        decay_s = exp(-abs(worst_s) * dps)
+        decay_s = exp(worst_s * dps) if worst_s < 0 else 1.0
         asks: list[Quote] = []
         room_s = cap + worst_s
         if sell_limit_steps is not None and sell_limit_steps < room_s:
@@ -166,7 +171,7 @@ class GeometricV2:
             prev = ask_floor - 1
             maxp = self.max_price_ticks
             for i, mult, base in self._ask_layers:
-                size = int(base * exp(-abs(worst_s) * dps) + eps)
+                size = int((base * exp(worst_s * dps) if worst_s < 0 else base) + eps)
                 if size > room_s:
                     size = room_s
                     sell_suppressed = True

@@ -52,12 +52,25 @@ def test_position_shrinks_the_adding_side_and_grows_the_reducing_side():
     for q in lad.bids:
         assert q.qty_steps == math.floor(0.007 * math.exp(-worst / 0.2 * 3.8) * 0.92**q.layer / 0.0001 + 1e-7)
         worst += q.qty_steps * 0.0001
-    # Asks: worst_short starts at +0.1 and falls toward 0 as asks are proposed, so the decay eases.
+    # Asks: worst_short starts at +0.1 and falls as asks are proposed; while it is not short, the
+    # asks reduce the position and are not decayed; past zero they decay by the short they add.
     worst = 0.1
     for q in lad.asks:
-        assert q.qty_steps == math.floor(0.007 * math.exp(-abs(worst) / 0.2 * 3.8) * 0.92**q.layer / 0.0001 + 1e-7)
+        short = max(-worst, 0.0)
+        assert q.qty_steps == math.floor(0.007 * math.exp(-short / 0.2 * 3.8) * 0.92**q.layer / 0.0001 + 1e-7)
         worst -= q.qty_steps * 0.0001
     assert sum(q.qty_steps for q in lad.asks) > sum(q.qty_steps for q in lad.bids)
+
+
+def test_near_the_cap_the_reducing_side_still_quotes_full_size():
+    # Long 0.15 ETH (step 0.001): the seed's |worst| decay would shrink every ask below one step.
+    strat = GeometricV2(seed_params(), eth_filters())
+    lad = strat.quote(3000.0, 150)
+    assert lad.asks, "the side that reduces the position must keep quoting"
+    assert lad.asks[0].qty_steps == 7  # base_size 0.007, undecayed
+    assert sum(q.qty_steps for q in lad.bids) <= 230 - 150  # the adding side stays under the cap
+    short = strat.quote(3000.0, -150)
+    assert short.bids and short.bids[0].qty_steps == 7
 
 
 def test_positive_funding_rate_leans_the_book_short():
