@@ -114,7 +114,8 @@ class AdminRoutes:
         if path == "/sim/listenkey/expire":
             return {"listenKey": e.expire_listen_key(body.get("account", "main"), now)}
         if path == "/sim/market/freeze":
-            return {"symbols": e.set_frozen(body.get("symbol"), bool(body.get("frozen", True)))}
+            return {"symbols": e.set_frozen(body.get("symbol"), bool(body.get("frozen", True)),
+                                            str(body.get("mode", "data")))}
         if path == "/sim/market/jump":
             return {"mid": e.jump(body["symbol"], float(body["pct"]), now)}
         if path == "/sim/funding/rate":

@@ -81,7 +81,8 @@ class Book:
         self.funding_rate = Decimal(spec.funding_rate)
         self.base_rate = self.funding_rate
         self.rate_pinned = False
-        self.frozen = False
+        self.frozen = False  # market stopped and silent
+        self.price_held = False  # mid held still, market alive
         self.last_bt: tuple[int, int, int, int] | None = None
         self.want_bt = False
         self.poisson_rate = -1.0

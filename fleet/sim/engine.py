@@ -216,7 +216,7 @@ class Engine(EngineViews):
             if b.frozen:
                 continue
             old_bid = b.bid_top
-            mid = b.model.step(dt)
+            mid = b.mid if b.price_held else b.model.step(dt)
             b.mid = b.mark = mid
             b._mark_dec = None
             bid_top = int(mid * b.inv_tick - b.half_spread + 1e-9)  # floor: prices are positive
@@ -514,10 +514,17 @@ class Engine(EngineViews):
         pos.update_time = now
         self._emit_account_update(acct, b, "ADJUSTMENT", now, ZERO)
 
-    def set_frozen(self, symbol: str | None, frozen: bool) -> list[str]:
+    def set_frozen(self, symbol: str | None, frozen: bool, mode: str = "data") -> list[str]:
+        """mode "data": the market stops and its streams go silent (stale data, a fault).
+        mode "price": the mid holds still while takers keep trading and frames keep flowing."""
+        if mode not in ("data", "price"):
+            raise invalid("mode")
         books = [self.book(symbol)] if symbol else list(self.books.values())
         for b in books:
-            b.frozen = frozen
+            if mode == "data":
+                b.frozen = frozen
+            else:
+                b.price_held = frozen
             b.last_bt = None
         return [b.symbol for b in books]
 

@@ -17,7 +17,7 @@ input, 404 on an unknown route)::
              "counters": {"orders_placed", "orders_cancelled", "orders_rejected", "orders_filled",
                           "orders_expired", "orders_amended", "trades", "countdown_fired"},
              "listen_key_active", "markets": {SYM: {"mid", "mark_price", "bid", "ask", "regime",
-                                   "funding_rate", "funding_pinned", "frozen", "next_funding_time",
+                                   "funding_rate", "funding_pinned", "frozen", "price_held", "next_funding_time",
                                    "funding_history"}},
              "connections": {"market", "user", "total"}, "faults_pending": [...],
              "server": {"rest_requests", "ws_frames_sent", "ws_bad_messages", "ws_slow_dropped"}}
@@ -36,9 +36,11 @@ input, 404 on an unknown route)::
     POST /sim/fault/clear    {}       clear REST faults and latency
     POST /sim/listenkey/expire {"account": "main"}
          expire the account's key now: listenKeyExpired is pushed -> {"listenKey": key or null}
-    POST /sim/market/freeze  {"frozen": true, "symbol": "ETHUSDC"}
-         stop (or restart with false) the symbol's market: no moves, no takers, no market frames;
-         symbol optional = all -> {"symbols": [...]}
+    POST /sim/market/freeze  {"frozen": true, "symbol": "ETHUSDC", "mode": "data"}
+         mode "data" (default): stop the symbol's market: no moves, no takers, no market frames (stale
+         data, a fault); mode "price": hold the mid still while takers keep trading at the touch and
+         bookTicker/depth/markPrice/aggTrade keep flowing (a quiet but live market).
+         "frozen": false undoes the given mode; symbol optional = all -> {"symbols": [...]}
     POST /sim/market/jump    {"symbol": "ETHUSDC", "pct": -2.0}
          move the mid at once; resting orders the move crosses fill at their price -> {"mid": new mid}
     POST /sim/funding/rate   {"symbol": "ETHUSDC", "rate": "0.0005"}  pin the rate (null: wander again)

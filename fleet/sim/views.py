@@ -288,7 +288,7 @@ class EngineViews:
         markets = {b.symbol: {"mid": b.mid, "mark_price": f"{b.mark:.8f}",
                               "bid": b.price_str(b.best_bid()), "ask": b.price_str(b.best_ask()),
                               "regime": b.model.regime, "funding_rate": f"{b.funding_rate:.8f}",
-                              "funding_pinned": b.rate_pinned, "frozen": b.frozen,
+                              "funding_pinned": b.rate_pinned, "frozen": b.frozen, "price_held": b.price_held,
                               "next_funding_time": self.next_funding_ms,
                               "funding_history": b.funding_history[-20:]} for b in books}
         return {"time": self.now_ms, "account": acct.name, "symbol": symbol.upper() if symbol else None,

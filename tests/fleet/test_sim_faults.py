@@ -167,3 +167,19 @@ async def test_freeze_stops_the_market_and_bad_admin_input_is_a_400(sim):
         async with s.get(f"{sim.rest_url}/sim/nothing") as r:
             assert r.status == 404
         await ws.close()
+
+
+async def test_price_hold_keeps_the_market_alive_without_moving_the_mid(sim):
+    async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
+        await c.admin("POST", "/sim/market/freeze", {"frozen": True, "symbol": "ETHUSDC", "mode": "price"})
+        before = (await c.state(symbol="ETHUSDC"))["markets"]["ETHUSDC"]
+        ws = await s.ws_connect(f"{sim.ws_url}/stream?streams=ethusdc@markPrice@1s/ethusdc@aggTrade")
+        seen = set()
+        while {"ethusdc@markPrice@1s", "ethusdc@aggTrade"} - seen:  # frames keep flowing
+            seen.add(json.loads((await ws.receive(timeout=10)).data)["stream"])
+        after = (await c.state(symbol="ETHUSDC"))["markets"]["ETHUSDC"]
+        assert after["mid"] == before["mid"] and after["price_held"] is True and after["frozen"] is False
+        await c.admin("POST", "/sim/market/freeze", {"frozen": False, "symbol": "ETHUSDC", "mode": "price"})
+        async with s.post(f"{sim.rest_url}/sim/market/freeze", json={"mode": "nope"}) as r:
+            assert r.status == 400
+        await ws.close()
