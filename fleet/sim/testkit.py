@@ -120,6 +120,20 @@ class SimClient:
         return st
 
 
+class ManualClock:
+    """A clock a test moves by hand (``clock.now += 60_000``): ``SimServer(clock=ManualClock())``.
+
+    It starts one second into the current wall-clock minute, so rate-limit windows never roll over
+    mid-test; signed requests must then carry ``timestamp=clock.now``.
+    """
+
+    def __init__(self) -> None:
+        self.now = (int(time.time() * 1000) // 60_000) * 60_000 + 1_000
+
+    def __call__(self) -> int:
+        return self.now
+
+
 async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
     """Poll a plain condition with a deadline."""
     deadline = time.monotonic() + timeout

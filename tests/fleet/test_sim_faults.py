@@ -9,19 +9,9 @@ from decimal import Decimal
 import aiohttp
 import pytest
 
-from fleet.sim.testkit import SimClient
+from fleet.sim.testkit import ManualClock, SimClient
 
 pytestmark = pytest.mark.asyncio
-
-
-class ManualClock:
-    """A clock the test moves by hand, so minute windows never roll over mid-test."""
-
-    def __init__(self) -> None:
-        self.now = (int(time.time() * 1000) // 60_000) * 60_000 + 1_000
-
-    def __call__(self) -> int:
-        return self.now
 
 
 async def test_funding_settlement_charges_exact_fee_and_pushes_funding_fee_with_symbol(sim_factory):

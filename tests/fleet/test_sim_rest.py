@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from fleet.sim.testkit import SimClient, sign
+from fleet.sim.testkit import ManualClock, SimClient, sign
 
 pytestmark = pytest.mark.asyncio
 
@@ -58,12 +58,15 @@ async def test_public_endpoints_answer_in_binance_shapes(sim):
         assert (await c.public("GET", "/fapi/v1/fundingRate", {"symbol": "ETHUSDC"})).json == []
 
 
-async def test_weight_header_counts_each_request(sim):
+async def test_weight_header_counts_each_request_by_endpoint_weight(sim_factory):
+    sim = await sim_factory(clock=ManualClock())
     async with SimClient.for_sim(sim) as c:
-        r1 = await c.public("GET", "/fapi/v1/depth", {"symbol": "ETHUSDC", "limit": 100})
-        r2 = await c.public("GET", "/fapi/v1/time")
-        assert int(r2.headers["X-MBX-USED-WEIGHT-1M"]) == int(r1.headers["X-MBX-USED-WEIGHT-1M"]) + 1 or \
-            int(r2.headers["X-MBX-USED-WEIGHT-1M"]) == 1  # a new minute may have begun in between
+        used = []
+        for path, params in (("/fapi/v1/time", {}), ("/fapi/v1/depth", {"symbol": "ETHUSDC", "limit": 100}),
+                             ("/fapi/v1/depth", {"symbol": "ETHUSDC", "limit": 1000}),
+                             ("/fapi/v1/ticker/bookTicker", {}), ("/fapi/v1/exchangeInfo", {})):
+            used.append(int((await c.public("GET", path, params)).headers["X-MBX-USED-WEIGHT-1M"]))
+        assert used == [1, 6, 26, 31, 32]
 
 
 async def test_signature_vector_from_binance_docs_matches_our_signer():
