@@ -52,6 +52,13 @@ def start_sim(volatility: float, step_ms: int, seed: int, workdir: Path) -> tupl
     return proc, json.loads(line)
 
 
+async def sim_counters(rest_url: str) -> dict:
+    """The exchange's own count of this account's order actions (placed, amended, cancelled ...)."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{rest_url}/sim/state", params={"account": "main", "symbol": SYMBOL}) as r:
+            return (await r.json())["counters"]
+
+
 def rss_mb() -> float:
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -115,6 +122,8 @@ async def run(args: argparse.Namespace) -> None:
         gc.callbacks.append(on_gc)
         core = agent.core
         sent0 = dict(core.orders_sent)
+        counters0 = await sim_counters(info["rest_url"])
+        refused0 = agent.budget.refused
         books0 = agent._market.events if agent._market else 0
         cpu0 = time.process_time()
         wall0 = time.monotonic()
@@ -123,6 +132,9 @@ async def run(args: argparse.Namespace) -> None:
         cpu = time.process_time() - cpu0
         books = (agent._market.events if agent._market else 0) - books0
         sent = {k: core.orders_sent[k] - sent0[k] for k in sent0}
+        counters1 = await sim_counters(info["rest_url"])
+        at_exchange = {k: counters1.get(k, 0) - counters0.get(k, 0) for k in counters1}
+        refused = agent.budget.refused - refused0
         handoff = list(agent.latencies_ns)
         wire = list(to_wire)
         rss = rss_mb()
@@ -134,7 +146,8 @@ async def run(args: argparse.Namespace) -> None:
         sim.wait(10)
 
     per_min = 60.0 / wall
-    orders = sent["place"] + sent["amend"]  # what counts against the account's ORDERS limits
+    # what reached the exchange and counts against the account's ORDERS limits: new orders and amends
+    orders = at_exchange.get("orders_placed", 0) + at_exchange.get("orders_amended", 0)
     limits = agent.budget.limits
     cmd = "python bench/agent_bench.py " + " ".join(sys.argv[1:])
     print(f"agent benchmark: {SYMBOL}, {wall:.0f} s after {args.warmup:.0f} s warm-up, sim volatility "
@@ -148,10 +161,14 @@ async def run(args: argparse.Namespace) -> None:
     print(f"  garbage collections         {len(gc_pauses):8d}  longest {max(gc_pauses, default=0) / 1e6:.2f} ms")
     print(f"  load average at the end     {os.getloadavg()[0]:8.2f} (2 cores shared; the tail latencies follow it)")
     print(f"  resident memory             {rss:8.1f} MB")
-    print(f"  requests                    {sent['place'] * per_min:8.0f} places/min  {sent['amend'] * per_min:6.0f} amends/min  "
-          f"{sent['cancel'] * per_min:6.0f} cancels/min")
-    print(f"  orders vs account limits    {orders * per_min:8.0f} /min of {limits['orders_1m']} per min "
-          f"({100 * orders * per_min / max(1, limits['orders_1m']):.1f} %); 10-s limit {limits['orders_10s']}")
+    print(f"  decided by the core         {sent['place'] * per_min:8.0f} places/min  {sent['amend'] * per_min:6.0f} amends/min  "
+          f"{sent['cancel'] * per_min:6.0f} cancels/min  ({refused * per_min:.0f} requests/min held back by the rate budget)")
+    print(f"  accepted by the exchange    {at_exchange.get('orders_placed', 0) * per_min:8.0f} placed/min  "
+          f"{at_exchange.get('orders_amended', 0) * per_min:6.0f} amended/min  "
+          f"{at_exchange.get('orders_cancelled', 0) * per_min:6.0f} cancelled/min")
+    print(f"  orders vs account limits    {orders * per_min:8.0f} /min against 1200/min and 300/10 s "
+          f"({100 * orders * per_min / 1200:.1f} % of the minute limit; the budget's own cap is "
+          f"{limits['orders_1m']}/min, {limits['orders_10s']}/10 s)")
     print(f"  stopped: {summary['exchange_open_orders']} open orders left, stop took {summary['stop_elapsed_ms']} ms")
     print(f"  reproduce: {cmd.strip()}")
 
