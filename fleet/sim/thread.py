@@ -87,5 +87,7 @@ class SimThread:
 
     @property
     def engine(self) -> Engine:
+        """The engine lives on the simulator's thread: read it only for inspection, change it through the
+        /sim routes (or :meth:`call`), never directly from another thread."""
         assert self.server is not None
         return self.server.engine
