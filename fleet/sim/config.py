@@ -120,6 +120,7 @@ class SimConfig(_Model):
     ws_max_streams: int = Field(1024, ge=1)
     rate_limits: RateLimits = RateLimits()
     recv_window_max_ms: int = Field(60000, ge=1)
+    rest_latency_ms: int = Field(0, ge=0, le=60_000, description="added to every REST call (a far exchange)")
 
     def symbol_specs(self, names: list[str] | None = None) -> tuple[SymbolSpec, ...]:
         """The configured specs, plus defaults for names not configured (in the given order)."""

@@ -112,7 +112,7 @@ class SimServer(RestHandlers, StreamGateway, AdminRoutes):
         self.symbols_lower = {b.lower for b in self.engine.books.values()}
         self.limiter = RateLimiter(self.config.rate_limits)
         self.faults: list[RestFault] = []
-        self.latency: tuple[int, str | None] = (0, None)
+        self.latency: tuple[int, str | None] = (self.config.rest_latency_ms, None)
         self.conns: set[Conn] = set()
         self.market_subs: dict[str, set[Conn]] = {}
         self.user_conns: dict[str, set[Conn]] = {}

@@ -173,3 +173,11 @@ async def test_price_hold_keeps_the_market_alive_without_moving_the_mid(sim):
         async with s.post(f"{sim.rest_url}/sim/market/freeze", json={"mode": "nope"}) as r:
             assert r.status == 400
         await ws.close()
+
+
+async def test_configured_rest_latency_applies_to_every_call(sim_factory):
+    sim = await sim_factory(config={"rest_latency_ms": 150})
+    async with SimClient.for_sim(sim) as c:
+        t0 = time.monotonic()
+        assert (await c.public("GET", "/fapi/v1/time")).status == 200
+        assert time.monotonic() - t0 >= 0.15
