@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
+from fleet.sim.config import SimConfig
 from fleet.sim.engine import Engine, SimApiError
 
 
@@ -30,6 +31,7 @@ class AdminRoutes:
     """JSON in, JSON out; bad input is a 400 naming the problem."""
 
     engine: Engine
+    config: SimConfig
     clock: Callable[[], int]
     stats: dict[str, int]
     faults: list[RestFault]
@@ -91,7 +93,7 @@ class AdminRoutes:
             return {"ok": True}
         if path == "/sim/fault/clear":
             self.faults.clear()
-            self.latency = (0, None)
+            self.latency = (self.config.rest_latency_ms, None)  # back to the configured latency
             return {"ok": True}
         if path == "/sim/fault/drop":
             target = body.get("target", "all")

@@ -33,7 +33,7 @@ input, 404 on an unknown route)::
     POST /sim/fault/latency  {"ms": 200, "path": "/fapi/v1/order"}   delay matching REST calls (0 clears)
     POST /sim/fault/drop     {"target": "market"|"user"|"all", "account": "main"}
          abort matching WebSocket connections (TCP reset, no close frame) -> {"dropped": n}
-    POST /sim/fault/clear    {}       clear REST faults and latency
+    POST /sim/fault/clear    {}       clear REST faults; latency back to the configured rest_latency_ms
     POST /sim/listenkey/expire {"account": "main"}
          expire the account's key now: listenKeyExpired is pushed -> {"listenKey": key or null}
     POST /sim/market/freeze  {"frozen": true, "symbol": "ETHUSDC", "mode": "data"}
