@@ -70,9 +70,11 @@ _TRANSIENT = (BinanceError, StreamError, OSError, asyncio.TimeoutError)
 # Answers that no retry will change: a wrong key or signature, a symbol the exchange does not list.
 FATAL_START_CODES = frozenset({-1002, -1022, -1121, -2014, -2015})
 
-# The read time (perf_counter_ns) of the book frame behind the request being sent in this task, for
-# anything below the client that wants tick-to-wire latency (the benchmark's aiohttp trace hook).
-TICK_READ_NS: contextvars.ContextVar[int | None] = contextvars.ContextVar("mmfleet_tick_read_ns", default=None)
+# When the book frame behind the request being sent in this task was read: (perf_counter_ns,
+# thread_time_ns), for anything below the client that wants tick-to-wire latency (the benchmark's
+# aiohttp trace hook); the thread's CPU clock separates the agent's own work from time preempted.
+Tick = tuple[int, int]
+TICK_READ: contextvars.ContextVar[Tick | None] = contextvars.ContextVar("mmfleet_tick_read", default=None)
 
 
 @dataclass(frozen=True)
@@ -110,14 +112,14 @@ class _TimedMarketStream(MarketStream):
     the iterator only reports the stream's end. A failing handler is logged and counted, never fatal.
     """
 
-    def __init__(self, *args: Any, on_event: Callable[[int, Any], None], log: AgentLog, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, on_event: Callable[[Tick, Any], None], log: AgentLog, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._on_event = on_event
         self._log = log
         self.handler_errors = 0
 
     def _handle(self, message: str | bytes) -> list[Any]:
-        t = time.perf_counter_ns()
+        t = (time.perf_counter_ns(), time.thread_time_ns())
         events = super()._handle(message)
         self.events += len(events)
         for ev in events:
@@ -524,7 +526,7 @@ class SymbolAgent:
                     return  # closed by a planned swap
                 raise StreamError("market stream closed") from None
 
-    def _on_market_event(self, t_read: int, ev: Any) -> None:
+    def _on_market_event(self, t_read: Tick, ev: Any) -> None:
         """One market event, straight off the socket: store it, and quote at once on a large move."""
         core = self.core
         if core is None or self._stopped:
@@ -787,14 +789,14 @@ class SymbolAgent:
 
     # ================================================================== order flow
 
-    def _quote(self, now_ms: int, t_read_ns: int | None) -> None:
+    def _quote(self, now_ms: int, tick: Tick | None) -> None:
         """One quote cycle: decide synchronously, count as pending, send concurrently."""
         core = self.core
         if core is None or not self._lease_ok():
             return
         actions = core.quote(now_ms, self.budget.orders_available())
         if actions:
-            self._execute(actions, now_ms, t_read_ns)
+            self._execute(actions, now_ms, tick)
 
     def _pull_quotes(self, why: str) -> None:
         core = self.core
@@ -805,7 +807,7 @@ class SymbolAgent:
             self.log.event("quotes_pulled", f"pulling {len(actions)} orders: {why}")
             self._execute(actions, _now_ms() + self._offset(), None)
 
-    def _execute(self, actions: Actions, now_ms: int, t_read_ns: int | None) -> None:
+    def _execute(self, actions: Actions, now_ms: int, tick: Tick | None) -> None:
         core = self._require_core()
         for batch in actions.batches:
             if batch.kind != "cancel" and not self._lease_ok():
@@ -814,7 +816,7 @@ class SymbolAgent:
             for d in batch.items:
                 core.on_sent(d, now_ms)
                 sending[d.client_order_id] = sending.get(d.client_order_id, 0) + 1
-            task = asyncio.ensure_future(self._send_batch(batch, t_read_ns))
+            task = asyncio.ensure_future(self._send_batch(batch, tick))
             self._inflight.add(task)
             task.add_done_callback(lambda t, items=batch.items: self._sent(t, items))
 
@@ -830,22 +832,22 @@ class SymbolAgent:
         if not task.cancelled() and task.exception() is not None and not self._stopping:
             self.log.event("send_failed", f"sending failed: {task.exception()!r}", level=logging.ERROR)
 
-    async def _send_batch(self, batch: Batch, t_read_ns: int | None) -> None:
+    async def _send_batch(self, batch: Batch, tick: Tick | None) -> None:
         client = self._require_client()
         core = self._require_core()
         items = batch.items
-        TICK_READ_NS.set(t_read_ns)  # this task's own context
+        TICK_READ.set(tick)  # this task's own context
         try:
             if batch.kind == "place":
                 reqs = [self._order_request(p) for p in items]  # type: ignore[arg-type]
-                self._mark_latency(t_read_ns)
+                self._mark_latency(tick)
                 if len(reqs) == 1:
                     results: list[Any] = [await self._place_one(reqs[0])]
                 else:
                     results = await client.batch_place(reqs, wait=False)
             elif batch.kind == "amend":
                 mods = [self._modify_request(a) for a in items]  # type: ignore[arg-type]
-                self._mark_latency(t_read_ns)
+                self._mark_latency(tick)
                 if len(mods) == 1:
                     results = [await self._try(client.modify_order(mods[0], wait=False))]
                 else:
@@ -978,10 +980,10 @@ class SymbolAgent:
             order_id=a.order_id, client_order_id=None if a.order_id is not None else a.client_order_id,
         )
 
-    def _mark_latency(self, t_read_ns: int | None) -> None:
-        if t_read_ns is None:
+    def _mark_latency(self, tick: Tick | None) -> None:
+        if tick is None:
             return
-        dt = time.perf_counter_ns() - t_read_ns
+        dt = time.perf_counter_ns() - tick[0]
         self.latencies_ns.append(dt)
         self._recent_latencies.append(dt)
         self.metrics.observe_tick_to_order(dt / 1e9)
