@@ -88,8 +88,10 @@ async def test_with_30_buy_layers_resting_worst_case_long_never_exceeds_0_23_at_
     try:
         await poll(lambda: task.done() or agent.status()["state"] == "quoting", 15, "the agent quoting")
         await poll(_at_least(bids_resting, 30), 15, "30 buy layers resting")
-        # Only the jumps below move the price from here on.
-        async with http.post(f"{sim.rest_url}/sim/market/freeze", json={"frozen": True, "symbol": SYMBOL}) as r:
+        # Only the jumps below move the price from here on; the streams keep flowing, so the
+        # agent never pulls its quotes as stale.
+        freeze = {"frozen": True, "symbol": SYMBOL, "mode": "price"}
+        async with http.post(f"{sim.rest_url}/sim/market/freeze", json=freeze) as r:
             assert r.status == 200
         st = await state()  # the ladder as it rests before the first crash
         samples.append(worst_long(st))
