@@ -514,7 +514,7 @@ class SymbolAgent:
                 with contextlib.suppress(Exception):
                     await stream.close()
                 self._pull_quotes("market_stream_lost")
-                await self._sleep_unless_stopping(backoff.next())
+                # the first reconnect is immediate (market data has no state to resync); failures back off
 
     async def _consume_market(self, stream: _TimedMarketStream) -> None:
         """Events are applied as they are read (:meth:`_on_market_event`); this only waits for the end."""
@@ -721,7 +721,14 @@ class SymbolAgent:
                 self.log.event("lease_lapsed", "lease lapsed: quoting stopped", level=logging.ERROR)
             elif self._lease_ok() and BLOCK_LEASE in self._blocks and not self._lost_ownership:
                 self._blocks.discard(BLOCK_LEASE)
+            silent = now - max(self._last_book_mono or 0.0, self._market_stream_opened)
             stale = self._last_book_mono is None or now - self._last_book_mono > self.runtime.market_stale_sec
+            market = self._market
+            if market is not None and self._market_connected and silent > 3 * self.runtime.market_stale_sec:
+                # open but silent for long: perhaps a half-dead connection; a fresh one costs nothing
+                self._market_stream_opened = now
+                self.log.event("market_silent", f"no book for {silent:.0f}s: reconnecting the market stream", level=logging.WARNING)
+                self._spawn(self._connect_market(), "market-swap")
             if stale and BLOCK_MARKET_STALE not in self._blocks and self._market_connected:
                 self._blocks.add(BLOCK_MARKET_STALE)
                 self.counters["stale_market_pulls"] += 1

@@ -704,3 +704,15 @@ async def test_start_is_retried_until_the_exchange_answers(sim_factory, tmp_path
     finally:
         await agent.stop()
         await asyncio.wait_for(task, 25)
+
+
+async def test_a_long_silent_market_stream_is_replaced(make_agent, exchange):
+    agent = await make_agent(runtime=FAST.model_copy(update={"market_stale_sec": 1.0}))
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    first = agent._market
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})  # silence, connection open
+    await wait_for(lambda: agent._market is not first and agent._market is not None, 10, "a fresh market stream")
+    second = agent._market
+    await exchange.post("/sim/market/freeze", {"frozen": False, "symbol": SYMBOL})
+    await wait_for(lambda: resting(agent, exchange), 10, "quoting once books flow", explain=lambda: describe(agent, exchange))
+    assert agent._market is second  # one replacement per silent spell, not a reconnect storm
