@@ -187,6 +187,8 @@ class SymbolAgent:
         self._user_stream_opened: float = 0.0
         self._market_stream_opened: float = 0.0
         self._user_reconnect = asyncio.Event()
+        self._kill_wanted: str | None = None  # a halt/flatten/resume asked for before the core existed
+        self._reduce_only_wanted: bool | None = None
         self._resync_lock = asyncio.Lock()
         self.latencies_ns: deque[int] = deque(maxlen=LATENCY_KEEP)
         self._recent_latencies: deque[int] = deque(maxlen=LATENCY_RECENT)
@@ -270,6 +272,7 @@ class SymbolAgent:
         """Stop quoting and cancel every open order; report the count the exchange confirms."""
         t0 = time.monotonic()
         self._record_kill_state("halted")
+        self._kill_wanted = "halted"
         if self.core is not None:
             self.core.halt(reason or "operator")
         self.log.event("halted", f"halted: {reason or 'operator'}", level=logging.WARNING)
@@ -281,6 +284,7 @@ class SymbolAgent:
         t0 = time.monotonic()
         out = await self.halt(reason or "flatten")
         self._record_kill_state("flattening")
+        self._kill_wanted = "flattening"
         if self.core is not None:
             self.core.flatten(reason or "operator")
         position = await self._flatten_confirmed(deadline_s=self.runtime.stop_timeout_sec / 2)
@@ -289,6 +293,7 @@ class SymbolAgent:
 
     async def resume(self) -> dict:
         self._record_kill_state("running")
+        self._kill_wanted = "running"
         if self.core is not None:
             self.core.resume()
         self.log.event("resumed", "resumed quoting")
@@ -302,6 +307,7 @@ class SymbolAgent:
         self.log.event("params_applied", "parameters applied live")
 
     def set_reduce_only(self, on: bool) -> None:
+        self._reduce_only_wanted = on
         if self.core is not None:
             self.core.set_reduce_only(on)
 
@@ -381,9 +387,12 @@ class SymbolAgent:
         if self.core is None:
             self.core = AgentCore(self.symbol, self.params, self.filters, self.grant.epoch)  # type: ignore[union-attr]
             self.metrics.bind(self.core)
-            self._apply_kill_state(self.grant.kill_state)  # type: ignore[union-attr]
-            if self.grant is not None and self.grant.reduce_only:
-                self.core.set_reduce_only(True)
+            # an explicit call made while starting wins over the grant read at acquire
+            self._apply_kill_state(self._kill_wanted or self.grant.kill_state)  # type: ignore[union-attr]
+            reduce_only = self._reduce_only_wanted
+            if reduce_only is None:
+                reduce_only = bool(self.grant and self.grant.reduce_only)
+            self.core.set_reduce_only(reduce_only)
         await self._connect_user()
         await self._resync(initial=True)
         await self._cancel_older_epochs()

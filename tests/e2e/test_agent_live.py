@@ -716,3 +716,22 @@ async def test_a_long_silent_market_stream_is_replaced(make_agent, exchange):
     await exchange.post("/sim/market/freeze", {"frozen": False, "symbol": SYMBOL})
     await wait_for(lambda: resting(agent, exchange), 10, "quoting once books flow", explain=lambda: describe(agent, exchange))
     assert agent._market is second  # one replacement per silent spell, not a reconnect storm
+
+
+async def test_a_halt_asked_while_starting_holds_once_started(sim, exchange, tmp_path):
+    _, key, secret = sim.accounts[0]
+    agent = SymbolAgent(
+        fleet_name="t", symbol=SYMBOL, params=SymbolParams(), runtime=FAST,
+        endpoints=ExchangeEndpoints(sim.rest_url, sim.ws_url, sim.ws_url),
+        credentials=Credentials(key, secret), ownership=ControlledLease(),  # its grant says "running"
+    )
+    halted = await agent.halt("before start")  # e.g. the controller's kill arriving early
+    assert halted["open_orders"] == 0
+    task = asyncio.create_task(agent.run())
+    try:
+        await wait_for(lambda: agent.core is not None and agent.core.cycles >= 5, 10, "a few quote cycles")
+        assert agent.status()["state"] == "halted"
+        assert (await exchange.state())["open_orders"] == []
+    finally:
+        await agent.stop()
+        await asyncio.wait_for(task, 25)
