@@ -5,7 +5,8 @@ of the whole fleet (agents, controller, simulator) while quoting; HTTP kill late
 the request to the answer confirming 0 open orders at the exchange for every symbol; recovery after
 SIGKILL of one agent until it quotes again (and older-epoch / duplicate orders then); `/metrics`
 scrape time. Reproduce: `RAY_AUTH_MODE=disabled .venv/bin/python bench/fleet_bench.py`
-(options: --sizes 1,10 --kills 5).
+(options: --sizes 1,10 --kills 5). Ten symbols per simulated account, so each agent gets a tenth of
+its account's order limits; the simulator allows 10x Binance's IP weight for the shared loopback IP.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import requests
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -31,9 +33,15 @@ from controller.controller import ControllerSettings, build_spec, find_controlle
 from fleet.config import FleetConfig  # noqa: E402
 from fleet.fleet_cli import start_fleet, stop_fleet  # noqa: E402
 
-PARAMS = {  # a generic simulator symbol trades at ~100 with min notional 5
-    "base": {"base_size": 0.1, "net_max": 2.0, "net_max_hard_cap": 2.5},
+SYMBOLS_PER_ACCOUNT = 10
+# A generic simulator symbol trades at ~100 with min notional 5. Every agent behind one IP shares
+# Binance's 2400 weight/min (the agents' budgets read the IP-wide X-MBX-USED-WEIGHT-1M), so the bench
+# quotes calmly: a 1.5 s cycle and a wider tolerance before amending.
+PARAMS = {
+    "base": {"base_size": 0.1, "net_max": 2.0, "net_max_hard_cap": 2.5, "quote_interval_ms": 1500,
+             "requote_move_fraction": 1.0},
     "grid": {"max_layers": 5},
+    "orders": {"tolerance_ticks": 10},
 }
 
 
@@ -79,25 +87,35 @@ class Bench:
         self.ray = ray
         self.symbols = [f"B{i:03d}USDT" for i in range(n)]
         name = f"bench{n}x{uuid.uuid4().hex[:4]}"
+        # One simulated account per SYMBOLS_PER_ACCOUNT symbols (orders are limited per account, and
+        # each agent gets its account's limits / its agents); the loopback IP gets 10x Binance's weight.
+        sim_config = Path(state_dir) / "bench-sim.yaml"
+        sim_config.write_text(yaml.safe_dump({"rate_limits": {"weight_per_minute": 24000}}))
+        accounts = [f"acct{i}" for i in range((n + SYMBOLS_PER_ACCOUNT - 1) // SYMBOLS_PER_ACCOUNT)]
         self.cfg = FleetConfig.model_validate({
             "name": name,
-            "exchange": {"kind": "sim", "sim": {"seed": 3}},
-            "accounts": [{"name": "main", "key_file": "/unused"}],
-            "symbols": [{"symbol": s, "account": "main", "params": PARAMS} for s in self.symbols],
+            "exchange": {"kind": "sim", "sim": {"seed": 3, "config": str(sim_config)}},
+            "accounts": [{"name": a, "key_file": "/unused"} for a in accounts],
+            "symbols": [{"symbol": s, "account": accounts[i // SYMBOLS_PER_ACCOUNT], "params": PARAMS}
+                        for i, s in enumerate(self.symbols)],
             "api": {"host": "127.0.0.1", "port": free_port(), "token_env": None},
             "agent": {"num_cpus": 0.01},
+            # countdownCancelAll costs 10 weight: every 10 s for 50 agents would be 3000 of the IP's
+            # 2400 weight per minute. A 30 s heartbeat (120 s countdown) leaves room to trade.
+            "runtime": {"deadman_heartbeat_sec": 30, "deadman_countdown_ms": 120000},
             "state_dir": state_dir,
         })
 
-    def state(self) -> dict[str, Any]:
-        r = requests.get(f"{self.sim}/sim/state", params={"account": "main"}, timeout=30)
+    def state(self, account: str) -> dict[str, Any]:
+        r = requests.get(f"{self.sim}/sim/state", params={"account": account}, timeout=30)
         r.raise_for_status()
         return r.json()
 
     def open_by_symbol(self) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {s: [] for s in self.symbols}
-        for o in self.state()["open_orders"]:
-            out.setdefault(o["symbol"], []).append(o)
+        for account in self.cfg.accounts:
+            for o in self.state(account.name)["open_orders"]:
+                out.setdefault(o["symbol"], []).append(o)
         return out
 
     def agent(self, symbol: str) -> Any:
@@ -110,7 +128,7 @@ class Bench:
     def all_quoting(self) -> bool:
         st = self.statuses()
         book = self.open_by_symbol()
-        self.lagging = {s: (st[s]["state"], st[s].get("blocks"), len(book[s]), st[s].get("epoch"), st[s].get("last_error"))
+        self.lagging = {s: (st[s]["state"], st[s].get("blocks"), len(book[s]), st[s].get("open_orders"), st[s].get("epoch"), st[s].get("kill_state"), st[s].get("counters"))
                         for s in self.symbols if not (st[s]["state"] == "quoting" and book[s])}
         return not self.lagging
 
@@ -157,6 +175,8 @@ class Bench:
                 r = self.http("POST", "/kill", json={"all": True, "mode": "halt", "reason": "bench"})
                 latencies.append(time.monotonic() - t)
                 body = r.json()
+                paths = sorted({v.get("path") for v in body.get("symbols", {}).values()})
+                print(f"   kill {latencies[-1] * 1000:.0f} ms ({', '.join(map(str, paths))})", flush=True)
                 if not body.get("confirmed") or any(self.open_by_symbol().values()):
                     raise SystemExit(f"kill not confirmed at the exchange: {body}")
                 self.http("POST", "/resume", json={"all": True}).raise_for_status()
@@ -189,7 +209,7 @@ class Bench:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,10,30,50", help="fleet sizes (symbols)")
-    parser.add_argument("--kills", type=int, default=10, help="kill/resume cycles per size")
+    parser.add_argument("--kills", type=int, default=5, help="kill/resume cycles per size")
     args = parser.parse_args()
     import ray
 

@@ -109,6 +109,21 @@ def _num(value: Any) -> float:
         return 0.0
 
 
+def _EmergencyBudget() -> Any:  # noqa: N802 - a class built lazily (the client is imported lazily)
+    """The controller's budget: its own few calls only, never the IP-wide counts the agents spend.
+
+    An emergency cancel must not queue behind the agents' quoting until the weight minute rolls
+    over; if the exchange really is over the limit it answers 429, which is reported.
+    """
+    from fleet.binance.ratelimit import RateBudget
+
+    class EmergencyBudget(RateBudget):
+        def observe_headers(self, headers: Any, now: float | None = None) -> None:
+            return None
+
+    return EmergencyBudget()
+
+
 # --- the actor -------------------------------------------------------------------------------------
 
 
@@ -403,7 +418,8 @@ class FleetController:
             from fleet.binance.credentials import load_credentials
 
             creds = load_credentials(self.cfg.account(account_name))
-            client = BinanceClient(endpoints_of(self.cfg)["rest_url"], creds.api_key, creds.api_secret)
+            client = BinanceClient(endpoints_of(self.cfg)["rest_url"], creds.api_key, creds.api_secret,
+                                   budget=_EmergencyBudget())
             await client.open()
             self.exchange_clients[account_name] = client
         return client
