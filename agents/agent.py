@@ -1027,9 +1027,12 @@ class SymbolAgent:
                 n = len(listed)
             except BinanceError as exc:
                 self.log.event("cancel_all_failed", f"cancel-all: {exc!r}", level=logging.WARNING)
+                if exc.code in FATAL_START_CODES:
+                    break  # a wrong key or signature: no retry will get through
             if n == 0 or time.monotonic() >= end:
-                return max(n, 0) if n >= 0 else len(self.core.store.orders)
+                break
             await asyncio.sleep(0.2)
+        return n if n >= 0 else len(self.core.store.orders)
 
     async def _flatten_confirmed(self, deadline_s: float) -> float:
         """Reduce-only market orders through the guard until the exchange reports flat (or the deadline)."""
@@ -1113,8 +1116,10 @@ class SymbolAgent:
             if task.get_name() in ("quote", "watchdog"):
                 task.cancel()
         await self._wait_inflight(2.0)
-        if self._client is None or self.core is None or not self._started:
-            return
+        if self._client is None or self.core is None:
+            return  # nothing of ours can be resting: the start never got as far as the symbol
+        if not self._started and self.grant is not None:
+            self.log.event("stop_during_start", "stopped while starting: cancelling whatever rests", level=logging.WARNING)
         budget = self.runtime.stop_timeout_sec
         await self._cancel_all_confirmed(deadline_s=budget / 3)
         if flatten and not self._lost_ownership:
