@@ -213,21 +213,25 @@ class AgentActor:
     @ray.method(concurrency_group=CONTROL)
     async def halt(self, reason: str = "", kill_seq: int | None = None) -> dict[str, Any]:
         self._note_direct(kill_seq, "halted")
-        if self.agent is None or getattr(self.agent, "core", None) is None:
-            # Not trading yet: the durable kill state reaches it with its grant; the controller
-            # confirms the book at the exchange itself.
-            return {"outcome": "not_started", "open_orders": None}
         agent = self.agent
+        if agent is None or getattr(agent, "core", None) is None:
+            # Not trading yet: the agent holds the command for its start (and the durable kill state
+            # comes with its grant); the controller confirms the book at the exchange itself.
+            if agent is not None:
+                await self._on_loop(lambda: agent.halt(reason), timeout=5.0)
+            return {"outcome": "not_started", "open_orders": None}
         return await self._on_loop(lambda: agent.halt(reason))
 
     @ray.method(concurrency_group=CONTROL)
     async def flatten(self, reason: str = "", kill_seq: int | None = None) -> dict[str, Any]:
         self._note_direct(kill_seq, "flattening")
-        if self.agent is None or getattr(self.agent, "core", None) is None:
-            # Not trading yet: the durable kill state reaches it with its grant; the controller
-            # confirms the book at the exchange itself.
-            return {"outcome": "not_started", "open_orders": None}
         agent = self.agent
+        if agent is None or getattr(agent, "core", None) is None:
+            # Not trading yet: the agent holds the command for its start (and the durable kill state
+            # comes with its grant); the controller confirms the book at the exchange itself.
+            if agent is not None:
+                await self._on_loop(lambda: agent.flatten(reason), timeout=5.0)
+            return {"outcome": "not_started", "open_orders": None}
         return await self._on_loop(lambda: agent.flatten(reason))
 
     @ray.method(concurrency_group=CONTROL)

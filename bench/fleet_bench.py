@@ -170,7 +170,7 @@ class Bench:
 
             latencies = []
             for _ in range(kills):
-                wait(self.all_quoting, 60, "quoting before a kill", what_else=lambda: self.lagging)
+                wait(self.all_quoting, 150, "quoting before a kill", what_else=lambda: self.lagging)
                 t = time.monotonic()
                 r = self.http("POST", "/kill", json={"all": True, "mode": "halt", "reason": "bench"})
                 latencies.append(time.monotonic() - t)
@@ -183,7 +183,7 @@ class Bench:
             out["kill_p50_ms"], out["kill_p99_ms"] = pct(latencies, 0.5) * 1000, pct(latencies, 0.99) * 1000
             out["kills"] = len(latencies)
 
-            wait(self.all_quoting, 60, "quoting before the SIGKILL")
+            wait(self.all_quoting, 150, "quoting before the SIGKILL", what_else=lambda: self.lagging)
             victim = self.symbols[0]
             before = self.agent(victim).status.remote()
             before = self.ray.get(before)

@@ -403,6 +403,13 @@ class FleetController:
                 self.book.set_kill_state(symbol, "halted", reason or "flattened")
             return {"outcome": "halted" if mode == "halt" else "flattened", "path": "agent", "open_orders": 0,
                     "position": answer.get("position"), "elapsed_ms": round((time.monotonic() - started) * 1000, 1)}
+        if problem is None and isinstance(answer, dict) and answer.get("outcome") == "not_started":
+            # Not trading yet (it gets the kill state with its grant): empty the book, keep its lease.
+            result = await self._emergency(symbol, mode, revoke=False)
+            result.update(path="controller", elapsed_ms=round((time.monotonic() - started) * 1000, 1))
+            if result["outcome"] == "emergency_cancelled":
+                result["outcome"] = "halted" if mode == "halt" else "flattened"
+            return result
         if problem is None:
             problem = f"agent reported {open_orders!r} open orders after the {mode}"
         log.warning("%s: %s; cancelling at the exchange", symbol, problem)
@@ -424,10 +431,12 @@ class FleetController:
             self.exchange_clients[account_name] = client
         return client
 
-    async def _emergency(self, symbol: str, mode: str) -> dict[str, Any]:
+    async def _emergency(self, symbol: str, mode: str, *, revoke: bool = True) -> dict[str, Any]:
         """Revoke the lease (no more renewals), cancel every order of the symbol, confirm, sweep later."""
-        self.emergencies[symbol] = self.emergencies.get(symbol, 0) + 1
-        lease = self.book.revoke(symbol)
+        lease = None
+        if revoke:
+            self.emergencies[symbol] = self.emergencies.get(symbol, 0) + 1
+            lease = self.book.revoke(symbol)
         try:
             client = await self._exchange(self.cfg.entry(symbol).account)
             await client.cancel_all(symbol)
