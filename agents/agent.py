@@ -324,6 +324,7 @@ class SymbolAgent:
             "state": self._state(),
             "stopping": self._stopping and not self._stopped,
             "epoch": self.grant.epoch if self.grant else None,
+            "ownership_lost": self._lost_ownership,
             "kill_state": core.halt_state if core else (self.grant.kill_state if self.grant else "running"),
             "blocks": sorted(self._blocks),
             "user_stream_connected": self._user_connected,
@@ -376,6 +377,11 @@ class SymbolAgent:
 
     def metrics_text(self) -> bytes:
         return self.metrics.render()
+
+    @property
+    def ownership_lost(self) -> bool:
+        """True once the owner refused a renewal: this incarnation must not trade again."""
+        return self._lost_ownership
 
     # ================================================================== start and resync
 

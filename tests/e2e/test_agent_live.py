@@ -597,6 +597,7 @@ async def test_ownership_lost_stops_quoting_and_the_dead_man_switch_cancels(leas
     await wait_for(all_cancelled, LEASED.deadman_countdown_ms / 1000 + 3, "the exchange's countdown cancelling")
     assert await orders_after(exchange, lost_at + 50) == []  # nothing new once the lease was gone
     assert "lease" in agent.status()["blocks"]
+    assert agent.ownership_lost and agent.status()["ownership_lost"]
 
 
 async def test_lapsed_lease_pulls_out_then_resumes_when_renewed(leased_agent, exchange):
