@@ -883,7 +883,7 @@ class SymbolAgent:
             return
         except BudgetExhaustedError as exc:
             for d in items:
-                core.on_rejected(d, 0, self._exchange_ms())
+                core.on_not_sent(d)  # refused locally, nothing left: not an exchange rejection
             self.log.event("budget_refused", f"{batch.kind} x{len(items)} not sent: {exc.msg}", level=logging.DEBUG)
             return
         except RateLimitedError as exc:
