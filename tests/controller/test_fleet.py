@@ -401,6 +401,32 @@ def test_apply_removes_unlisted_symbols_and_resplits_the_accounts_rate_limits(fl
     fleet.all_quoting(timeout=30.0)
 
 
+def test_cli_status_exposure_kill_and_resume_talk_to_the_running_fleet(fleet, capsys):
+    import json
+
+    from fleet.cli import main
+
+    fleet.all_quoting()
+    assert main(["status", "--fleet", fleet.cfg.name, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert set(status["controller"]["symbols"]) == set(SYMBOLS)
+    assert all(a["state"] == "quoting" for a in status["agents"].values())
+    assert main(["exposure", "--fleet", fleet.cfg.name]) == 0
+    table = capsys.readouterr().out
+    assert all(s in table for s in SYMBOLS) and "agents quoting 3/3" in table
+    assert main(["kill", "--fleet", fleet.cfg.name, "--symbol", "BTCUSDT", "--reason", "cli drill"]) == 0
+    killed = json.loads(capsys.readouterr().out)
+    assert killed["symbols"]["BTCUSDT"]["open_orders"] == 0 and list(killed["symbols"]) == ["BTCUSDT"]
+    assert fleet.exchange.open_orders("BTCUSDT") == []
+    assert main(["kill", "--fleet", fleet.cfg.name, "--symbol", "XRPUSDT"]) == 2
+    assert "unknown symbol" in capsys.readouterr().err
+    assert main(["resume", "--fleet", fleet.cfg.name, "--symbol", "BTCUSDT"]) == 0
+    capsys.readouterr()
+    fleet.all_quoting(timeout=30.0)
+    assert main(["status", "--fleet", "no-such-fleet"]) == 4
+    assert "not running" in capsys.readouterr().err
+
+
 # --- down ----------------------------------------------------------------------------------------
 
 
