@@ -108,6 +108,14 @@ def _namespace(args: argparse.Namespace) -> tuple[str, str]:
 # --- Ray connection -------------------------------------------------------------------------------
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _ray_executable() -> str:
     beside = Path(sys.executable).with_name("ray")
     return str(beside) if beside.exists() else (shutil.which("ray") or "ray")
@@ -135,11 +143,14 @@ def connect(address: str, namespace: str, *, start_local: bool, detach: bool = F
                 raise FleetCliError("no running Ray cluster found (is the fleet up?)", EXIT_NOT_RUNNING) from None
     if detach:
         # A cluster that outlives this driver: `ray start --head`, then connect to it.
-        cmd = [_ray_executable(), "start", "--head", "--include-dashboard=false", "--disable-usage-stats"]
+        port = _free_port()
+        cmd = [_ray_executable(), "start", "--head", f"--port={port}", "--include-dashboard=false",
+               "--disable-usage-stats"]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise FleetCliError(f"`{' '.join(cmd)}` failed:\n{done.stderr.strip()[-2000:]}", EXIT_FAILED)
-        ray.init(address="auto", **quiet)
+        print(f"started a Ray cluster at 127.0.0.1:{port} (it stays up; `ray stop` ends it)", flush=True)
+        ray.init(address=f"127.0.0.1:{port}", **quiet)
         return False
     ray.init(address="local", include_dashboard=False, **quiet)
     return True
