@@ -162,6 +162,8 @@ class FleetController:
 
     def _load(self) -> None:
         """Read the applied spec and fleet flags back from the GCS (after a restart)."""
+        if self.reconciler is None:  # the constructor found no running loop: start it from this call
+            self.reconciler = asyncio.get_running_loop().create_task(self._reconcile_forever())
         if self.loaded:
             return
         doc = self.book.get_doc(SPEC_DOC)
