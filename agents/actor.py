@@ -23,7 +23,6 @@ import ray
 log = logging.getLogger("mmfleet.actor")
 
 CONTROL = "control"
-STARTING_STATES = ("starting",)
 
 
 def _first_line(exc: BaseException) -> str:
