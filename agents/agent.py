@@ -1021,13 +1021,22 @@ class SymbolAgent:
         n = -1
         while True:
             try:
-                if not self._lost_ownership:
+                # Fenced cleanup: once the lease has lapsed a new owner may be quoting this symbol,
+                # so a symbol-wide cancel could hit its orders; cancel only the ones we placed.
+                fenced = not self._lease_ok()
+                if not fenced:
                     await client.cancel_all(self.symbol)
                 else:
-                    mine = [o.order_id for o in self.core.store.orders.values() if o.order_id is not None]
+                    epoch = self.core.epoch  # the store also tracks other epochs' orders (they are exposure)
+                    mine = [
+                        o.order_id for o in self.core.store.open_orders()
+                        if o.order_id is not None and _same_epoch(o.client_order_id, epoch)
+                    ]
                     if mine:
                         await client.batch_cancel(self.symbol, order_ids=mine)
                 listed = await client.open_orders(self.symbol)
+                if fenced:
+                    listed = [o for o in listed if _same_epoch(o.client_order_id, self.core.epoch)]
                 for info in listed:
                     self.core.on_order_info(info)
                 n = len(listed)
@@ -1080,7 +1089,7 @@ class SymbolAgent:
             await asyncio.wait_for(self._stop_trading(flatten, t0), timeout=max(1.0, budget - 2.0))
         except asyncio.TimeoutError:
             self.log.event("stop_slow", "graceful stop ran out of time: forcing cancel-all", level=logging.ERROR)
-            if self._client is not None and not self._lost_ownership:
+            if self._client is not None and self._lease_ok():
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._client.cancel_all(self.symbol), 1.5)
         if self._client is not None:
@@ -1128,11 +1137,11 @@ class SymbolAgent:
             self.log.event("stop_during_start", "stopped while starting: cancelling whatever rests", level=logging.WARNING)
         budget = self.runtime.stop_timeout_sec
         await self._cancel_all_confirmed(deadline_s=budget / 3)
-        if flatten and not self._lost_ownership:
+        if flatten and self._lease_ok():
             self.core.flatten("stop")
             await self._flatten_confirmed(deadline_s=budget / 3)
             await self._cancel_all_confirmed(deadline_s=2.0)
-        if not self._lost_ownership:
+        if self._lease_ok():  # a lapsed lease may have a successor whose dead-man switch this would disarm
             with contextlib.suppress(BinanceError):
                 await self._client.countdown_cancel_all(self.symbol, 0)  # disarm the dead-man switch
 
@@ -1289,6 +1298,11 @@ class SymbolAgent:
 def _older_epoch(client_order_id: str, epoch: int) -> bool:
     parsed = parse_client_order_id(client_order_id)
     return parsed is not None and parsed[0] < epoch
+
+
+def _same_epoch(client_order_id: str, epoch: int) -> bool:
+    parsed = parse_client_order_id(client_order_id)
+    return parsed is not None and parsed[0] == epoch
 
 
 class _ListenKeyGone(Exception):

@@ -617,6 +617,28 @@ async def test_lapsed_lease_pulls_out_then_resumes_when_renewed(leased_agent, ex
     await wait_for(lambda: resting(agent, exchange), 10, "quoting again once renewed", explain=lambda: describe(agent, exchange))
 
 
+async def test_a_stop_after_the_lease_lapsed_never_touches_a_successors_orders(leased_agent, exchange):
+    lease = ControlledLease(ttl=2.0)
+    agent = await leased_agent(lease)
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    lease.hang.clear()  # the controller stops answering: this agent is now a zombie
+    await wait_for(lambda: "lease" in agent.status()["blocks"], 5, "quoting blocked when the lease lapses")
+    # The successor (epoch 2) arms its own dead-man switch and rests an order on the symbol.
+    successor_id = "mm-ETHUSDC-e2-1"
+    price = f"{agent.core.store.mid_price() * 0.9:.2f}"
+    async with SimClient.for_sim(exchange.sim) as c:
+        armed = await c.signed("POST", "/fapi/v1/countdownCancelAll", {"symbol": SYMBOL, "countdownTime": 60_000})
+        assert armed.status == 200, armed.json
+        placed = await c.signed("POST", "/fapi/v1/order", {
+            "symbol": SYMBOL, "side": "BUY", "type": "LIMIT", "timeInForce": "GTX", "quantity": "0.010",
+            "price": price, "newClientOrderId": successor_id,
+        })
+        assert placed.status == 200, placed.json
+    await agent.stop()  # the zombie's cleanup: fenced to its own orders
+    st = await exchange.state()
+    assert [o["clientOrderId"] for o in st["open_orders"]] == [successor_id]
+
+
 async def test_rate_limit_answer_is_obeyed_and_recovered(make_agent, exchange):
     agent = await make_agent()
     await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
