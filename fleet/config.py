@@ -313,9 +313,15 @@ def load_fleet_config(path: str | os.PathLike[str]) -> FleetConfig:
     """Read and validate a fleet config; raise :class:`ConfigError` naming the bad field."""
     p = Path(path)
     try:
-        return FleetConfig.model_validate(_read_yaml(p))
+        cfg = FleetConfig.model_validate(_read_yaml(p))
     except ValidationError as exc:
         raise ConfigError(_describe(exc, str(p))) from None
+    sim = cfg.exchange.sim
+    if sim.config and not Path(sim.config).is_absolute():
+        # a simulator config is named relative to the fleet config, like params files
+        sim = sim.model_copy(update={"config": str((p.parent / sim.config).resolve())})
+        cfg = cfg.model_copy(update={"exchange": cfg.exchange.model_copy(update={"sim": sim})})
+    return cfg
 
 
 def symbol_params(cfg: FleetConfig, symbol: str, config_path: str | os.PathLike[str]) -> SymbolParams:

@@ -21,6 +21,7 @@ def test_up_runs_the_demo_fleet_for_its_duration_and_ends_with_a_clean_summary(t
     demo["api"] = {"host": "127.0.0.1", "port": free_port(), "token_env": None}
     demo["state_dir"] = str(tmp_path / "state")
     demo["symbols"] = [{**e, "params_file": str(ROOT / "configs" / e["params_file"])} for e in demo["symbols"]]
+    demo["exchange"]["sim"]["config"] = str(ROOT / "configs" / demo["exchange"]["sim"]["config"])
     config = tmp_path / "fleet.yaml"
     config.write_text(yaml.safe_dump(demo))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
