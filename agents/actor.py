@@ -106,7 +106,7 @@ class AgentActor:
         try:
             while not run.done():
                 await asyncio.wait({run}, timeout=0.25)
-                if not self.stopping and getattr(agent, "_lost_ownership", False):
+                if not self.stopping and agent.ownership_lost:
                     log.warning("%s: lease lost; stopping this incarnation and acquiring again", self.symbol)
                     await agent.stop()
                     await asyncio.wait({run}, timeout=5.0)

@@ -28,13 +28,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from ray import serve
 
+from controller.controller import AGENT_PREFIX, CONTROLLER_NAME
 from controller.federation import AgentScrape, FleetView, KillLatency, render_fleet_page
 from fleet.config import FleetConfig
 
 log = logging.getLogger("mmfleet.api")
 
-CONTROLLER_NAME = "controller"
-AGENT_PREFIX = "agent."
 HEAD_NODE_RESOURCE = "node:__internal_head__"
 
 

@@ -15,21 +15,10 @@ from prometheus_client import generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from agents.metrics import SEED_METRICS
+
 # The seed's twelve metric names (SEED-EN, requirement 10): none may disappear from the page.
-SEED_METRIC_NAMES: tuple[str, ...] = (
-    "mm_worst_case_long",
-    "mm_worst_case_short",
-    "mm_dynamic_decay_factor",
-    "mm_funding_pnl_acc",
-    "mm_predicted_funding_rate",
-    "mm_grind_count_total",
-    "mm_grind_active",
-    "mm_grind_cost_saved",
-    "mm_price_stddev_30m",
-    "mm_quote_suppressed",
-    "mm_ws_connected",
-    "mm_rest_fallback_count",
-)
+SEED_METRIC_NAMES: tuple[str, ...] = SEED_METRICS
 
 # Upper bounds (seconds) of the kill-latency histogram: the aim is p99 under 250 ms at 50 symbols.
 KILL_LATENCY_BUCKETS: tuple[float, ...] = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
