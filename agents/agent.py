@@ -105,32 +105,6 @@ class Backoff:
         self.attempt = 0
 
 
-class _TimedMarketStream(MarketStream):
-    """A market stream that hands each event to the agent as its frame is read off the socket.
-
-    No queue hop between the socket and the quote: the read time stamps the tick-to-order clock, and
-    the iterator only reports the stream's end. A failing handler is logged and counted, never fatal.
-    """
-
-    def __init__(self, *args: Any, on_event: Callable[[Tick, Any], None], log: AgentLog, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._on_event = on_event
-        self._log = log
-        self.handler_errors = 0
-
-    def _handle(self, message: str | bytes) -> list[Any]:
-        t = (time.perf_counter_ns(), time.thread_time_ns())
-        events = super()._handle(message)
-        self.events += len(events)
-        for ev in events:
-            try:
-                self._on_event(t, ev)
-            except Exception as exc:  # noqa: BLE001 - one bad event must not end the market feed
-                self.handler_errors += 1
-                self._log.event("market_event_failed", f"market event not applied: {exc!r}", level=logging.ERROR)
-        return []
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -165,7 +139,7 @@ class SymbolAgent:
         self.filters: SymbolFilters | None = None
         self.grant: Grant | None = None
         self._client: BinanceClient | None = None
-        self._market: _TimedMarketStream | None = None
+        self._market: MarketStream | None = None
         self._user: UserStream | None = None
         self._user_connected = False
         self._market_connected = False
@@ -417,12 +391,19 @@ class SymbolAgent:
         self.log.event("user_stream_connected", "WebSocket UserStream connected")
 
     async def _connect_market(self) -> None:
-        stream = _TimedMarketStream(
+        def on_event(ev: Any, read_ns: int) -> None:
+            # applied as the frame is read (no queue hop); the read time starts the tick-to-order clock
+            try:
+                self._on_market_event((read_ns, stream.frame_read_cpu_ns), ev)
+            except Exception as exc:  # noqa: BLE001 - recorded here, counted by the stream (handler_errors)
+                self.log.event("market_event_failed", f"market event not applied: {exc!r}", level=logging.ERROR)
+                raise
+
+        stream = MarketStream(
             self.endpoints.ws_market_url,
             self.symbol,
             ("bookTicker", "markPrice@1s"),
-            on_event=self._on_market_event,
-            log=self.log,
+            on_event=on_event,
         )
         self._streams.append(stream)
         await stream.connect()
@@ -531,7 +512,7 @@ class SymbolAgent:
                 self._pull_quotes("market_stream_lost")
                 # the first reconnect is immediate (market data has no state to resync); failures back off
 
-    async def _consume_market(self, stream: _TimedMarketStream) -> None:
+    async def _consume_market(self, stream: MarketStream) -> None:
         """Events are applied as they are read (:meth:`_on_market_event`); this only waits for the end."""
         while stream is self._market:
             try:

@@ -113,8 +113,17 @@ def market_urls(ws_url: str, streams: Sequence[str], layout: str = "auto") -> li
 _CLOSED = object()
 
 
+# (event, read time): the perf_counter_ns at which the event's frame came off the socket.
+EventHandler = Callable[[Any, int], None]
+
+
 class _FrameStream:
-    """Connections -> one queue of parsed events, with counters and a silence detector."""
+    """Connections -> one queue of parsed events, with counters and a silence detector.
+
+    With ``on_event`` the queue hop is skipped: each event is handed to the handler as its frame is
+    read (latency-critical consumers), and iteration only reports the stream's end. A handler that
+    raises is logged and counted in ``handler_errors``; the stream stays up.
+    """
 
     kind = "stream"
 
@@ -128,9 +137,11 @@ class _FrameStream:
         ping_timeout: float | None = 20.0,
         open_timeout: float = 10.0,
         max_queue: int = 10_000,
+        on_event: EventHandler | None = None,
     ) -> None:
         self.urls = list(urls)
         self._parser = parser
+        self._on_event = on_event
         self.idle_timeout = idle_timeout
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
@@ -144,6 +155,10 @@ class _FrameStream:
         self.events = 0
         self.malformed = 0
         self.unknown = 0
+        self.handler_errors = 0
+        # The thread's CPU clock (thread_time_ns) when the frame being handed to ``on_event`` was
+        # read: lets a consumer tell its own work from time the thread was preempted.
+        self.frame_read_cpu_ns = 0
         self.last_frame_monotonic: float | None = None
         self.close_reason: str | None = None
 
@@ -218,6 +233,9 @@ class _FrameStream:
             async for message in conn:
                 self.frames += 1
                 self.last_frame_monotonic = time.monotonic()
+                if self._on_event is not None:
+                    self._deliver(message)
+                    continue
                 for item in self._handle(message):
                     await self._queue.put(item)
             reason = f"connection closed (code {conn.close_code}, reason {conn.close_reason!r})"
@@ -255,6 +273,20 @@ class _FrameStream:
             out.append(event)
         return out
 
+    def _deliver(self, message: str | bytes) -> None:
+        """Hand the frame's events to ``on_event`` at once, stamped with the frame's read time."""
+        read_ns = time.perf_counter_ns()
+        self.frame_read_cpu_ns = time.thread_time_ns()
+        handler = self._on_event
+        assert handler is not None
+        for event in self._handle(message):
+            self.events += 1
+            try:
+                handler(event, read_ns)
+            except Exception:  # noqa: BLE001 - one bad event must not end the feed; counted, logged
+                self.handler_errors += 1
+                log.exception("%s: event handler failed on %s", self.kind, type(event).__name__)
+
     def _bad(self, message: str | bytes, exc: Exception) -> None:
         self.malformed += 1
         text = message if isinstance(message, str) else message.decode("utf-8", "replace")
@@ -268,20 +300,34 @@ class _FrameStream:
             raise StreamError(f"{self.kind} is not connected: use `async with` or await connect()")
         if self._closing and self._queue.empty():
             raise StopAsyncIteration
-        try:
-            if self.idle_timeout is None:
-                item = await self._queue.get()
-            else:
-                item = await asyncio.wait_for(self._queue.get(), self.idle_timeout)
-        except asyncio.TimeoutError:
-            raise StreamSilentError(f"{self.kind}: no frame for {self.idle_timeout}s") from None
+        item = await self._next_item()
         if item is _CLOSED:
             if self._closing:
                 raise StopAsyncIteration
             await self.close()
             raise StreamClosedError(f"{self.kind}: {self.close_reason}")
-        self.events += 1
+        if self._on_event is None:
+            self.events += 1
         return item
+
+    async def _next_item(self) -> Any:
+        """The next queued item; silence is measured from the last frame (events may bypass the queue)."""
+        assert self._queue is not None
+        if self.idle_timeout is None:
+            return await self._queue.get()
+        if self._on_event is None:
+            try:
+                return await asyncio.wait_for(self._queue.get(), self.idle_timeout)
+            except asyncio.TimeoutError:
+                raise StreamSilentError(f"{self.kind}: no frame for {self.idle_timeout}s") from None
+        while True:
+            left = self.idle_timeout - self.silence_s
+            if left <= 0 and self._queue.empty():
+                raise StreamSilentError(f"{self.kind}: no frame for {self.idle_timeout}s")
+            try:
+                return await asyncio.wait_for(self._queue.get(), max(left, 0.0))
+            except asyncio.TimeoutError:
+                continue  # re-check: frames handed to on_event keep the stream fresh
 
     async def send_json(self, text: str) -> None:
         """Send a control request (SUBSCRIBE etc.) on the first connection."""

@@ -6,6 +6,7 @@ that silence and a server close end iteration with a clear exception.
 """
 
 import asyncio
+import time
 
 import pytest
 from websockets.asyncio.server import serve
@@ -178,3 +179,45 @@ async def test_connecting_to_nothing_is_a_clear_error():
     with pytest.raises(StreamClosedError, match="cannot connect"):
         async with MarketStream("ws://127.0.0.1:9", "BTCUSDT", open_timeout=5):
             pass
+
+
+async def test_on_event_hands_events_over_in_order_and_survives_a_raising_handler():
+    book2 = BOOK.replace('"u":400900217', '"u":400900218')
+
+    def script(path):
+        yield BOOK
+        yield BAD_FRAMES[0]
+        yield MARK
+        yield book2
+
+    got = []
+
+    def on_event(event, read_ns):
+        got.append((event, read_ns))
+        if isinstance(event, MarkPrice):
+            raise RuntimeError("handler bug")
+
+    async def until(condition, deadline=10.0):
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline
+        while not condition():
+            assert loop.time() < end, "condition not met in time"
+            await asyncio.sleep(0.01)
+
+    async with FrameServer(script) as srv:
+        stream = MarketStream(srv.url, "BTCUSDT", idle_timeout=10, on_event=on_event)
+        await stream.connect()
+        await until(lambda: len(got) == 3)
+        assert [type(e) for e, _ in got] == [BookTicker, MarkPrice, BookTicker]
+        assert [e.update_id for e, _ in got if isinstance(e, BookTicker)] == [400900217, 400900218]
+        stamps = [t for _, t in got]
+        assert stamps == sorted(stamps) and stamps[-1] <= time.perf_counter_ns()
+        assert stream.handler_errors == 1 and stream.malformed == 1 and stream.events == 3
+        assert stream.connected  # the raising handler did not end the feed
+        await srv.conns[0].send(BOOK)
+        await until(lambda: len(got) == 4)
+        # iteration reports only the stream's end, never an event
+        await srv.conns[0].close(code=1001, reason="going away")
+        with pytest.raises(StreamClosedError, match="1001"):
+            await asyncio.wait_for(stream.__anext__(), 10)
+        await stream.close()
