@@ -781,7 +781,7 @@ class SymbolAgent:
         if self._user_connected or self._stopping or self._lost_ownership:
             return
         try:
-            await self._require_client().cancel_all(self.symbol)
+            await self._cancel_fenced(self._require_client())
         except BinanceError as exc:
             self.log.event("rest_fallback_failed", f"cancel-all via REST failed: {exc!r}", level=logging.ERROR)
             self._user_lost_at = time.monotonic()  # try again after another grace
@@ -1004,17 +1004,7 @@ class SymbolAgent:
             try:
                 # Fenced cleanup: once the lease has lapsed a new owner may be quoting this symbol,
                 # so a symbol-wide cancel could hit its orders; cancel only the ones we placed.
-                fenced = not self._lease_ok()
-                if not fenced:
-                    await client.cancel_all(self.symbol)
-                else:
-                    epoch = self.core.epoch  # the store also tracks other epochs' orders (they are exposure)
-                    mine = [
-                        o.order_id for o in self.core.store.open_orders()
-                        if o.order_id is not None and _same_epoch(o.client_order_id, epoch)
-                    ]
-                    if mine:
-                        await client.batch_cancel(self.symbol, order_ids=mine)
+                fenced = await self._cancel_fenced(client)
                 listed = await client.open_orders(self.symbol)
                 if fenced:
                     listed = [o for o in listed if _same_epoch(o.client_order_id, self.core.epoch)]
@@ -1029,6 +1019,24 @@ class SymbolAgent:
                 break
             await asyncio.sleep(0.2)
         return n if n >= 0 else len(self.core.store.orders)
+
+    async def _cancel_fenced(self, client: BinanceClient) -> bool:
+        """Cancel-all while the lease holds; once it lapsed, only this epoch's orders (True then).
+
+        A lapsed lease may have a successor quoting this symbol, whose orders a symbol-wide cancel would hit.
+        """
+        if self._lease_ok():
+            await client.cancel_all(self.symbol)
+            return False
+        core = self._require_core()
+        epoch = core.epoch  # the store also tracks other epochs' orders (they are exposure)
+        mine = [
+            o.order_id for o in core.store.open_orders()
+            if o.order_id is not None and _same_epoch(o.client_order_id, epoch)
+        ]
+        if mine:
+            await client.batch_cancel(self.symbol, order_ids=mine)
+        return True
 
     async def _flatten_confirmed(self, deadline_s: float) -> float:
         """Reduce-only market orders through the guard until the exchange reports flat (or the deadline)."""

@@ -758,3 +758,39 @@ async def test_a_halt_asked_while_starting_holds_once_started(sim, exchange, tmp
     finally:
         await agent.stop()
         await asyncio.wait_for(task, 25)
+
+
+async def test_rest_fallback_after_the_lease_lapsed_never_touches_a_successors_orders(sim, exchange):
+    # A zombie (lease lapsed, controller silent) whose user stream then stays down past the grace:
+    # its REST fallback must cancel only its own orders, not the symbol's (a successor's among them).
+    _, key, secret = sim.accounts[0]
+    lease = ControlledLease(ttl=2.0)
+    runtime = LEASED.model_copy(update={"user_stream_grace_sec": 0.3, "reconnect_backoff_initial_sec": 3.0})
+    agent = SymbolAgent(
+        fleet_name="t", symbol=SYMBOL, params=SymbolParams(), runtime=runtime,
+        endpoints=ExchangeEndpoints(sim.rest_url, sim.ws_url, sim.ws_url),
+        credentials=Credentials(key, secret), ownership=lease,
+    )
+    task = asyncio.create_task(agent.run())
+    try:
+        await wait_for(lambda: agent.status()["state"] == "quoting", 10, "quoting")
+        await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+        lease.hang.clear()
+        await wait_for(lambda: "lease" in agent.status()["blocks"], 5, "quoting blocked when the lease lapses")
+        successor_id = "mm-ETHUSDC-e2-1"
+        price = f"{agent.core.store.mid_price() * 0.9:.2f}"
+        async with SimClient.for_sim(exchange.sim) as c:
+            armed = await c.signed("POST", "/fapi/v1/countdownCancelAll", {"symbol": SYMBOL, "countdownTime": 60_000})
+            assert armed.status == 200, armed.json
+            placed = await c.signed("POST", "/fapi/v1/order", {
+                "symbol": SYMBOL, "side": "BUY", "type": "LIMIT", "timeInForce": "GTX", "quantity": "0.010",
+                "price": price, "newClientOrderId": successor_id,
+            })
+            assert placed.status == 200, placed.json
+        await exchange.post("/sim/fault/drop", {"target": "user", "account": "main"})
+        await wait_for(lambda: agent.counters["rest_fallback_cancels"] >= 1, 5, "the REST fallback after the grace")
+        st = await exchange.state()
+        assert [o["clientOrderId"] for o in st["open_orders"]] == [successor_id]
+    finally:
+        await agent.stop()
+        await asyncio.wait_for(task, 25)
