@@ -1079,8 +1079,10 @@ class SymbolAgent:
         except asyncio.TimeoutError:
             self.log.event("stop_slow", "graceful stop ran out of time: forcing cancel-all", level=logging.ERROR)
             if self._client is not None and self._lease_ok():
-                with contextlib.suppress(Exception):
+                try:
                     await asyncio.wait_for(self._client.cancel_all(self.symbol), 1.5)
+                except (BinanceError, OSError, asyncio.TimeoutError) as exc:  # the dead-man switch is the last net
+                    self.log.event("stop_cancel_failed", f"forced cancel-all failed: {exc!r}", level=logging.ERROR)
         if self._client is not None:
             with contextlib.suppress(Exception):
                 open_n = len(await asyncio.wait_for(self._client.open_orders(self.symbol), 1.5))
@@ -1094,8 +1096,10 @@ class SymbolAgent:
         await self._close_streams()
         if self._client is not None:
             await self._client.close()
-        with contextlib.suppress(Exception):
+        try:
             await self._ownership.release()
+        except Exception as exc:  # noqa: BLE001 - the lease then runs out on its own; say so
+            self.log.event("release_failed", f"ownership not released: {exc!r}", level=logging.WARNING)
         self._stopped = True
         summary = {
             **self.status(),
@@ -1131,8 +1135,12 @@ class SymbolAgent:
             await self._flatten_confirmed(deadline_s=budget / 3)
             await self._cancel_all_confirmed(deadline_s=2.0)
         if self._lease_ok():  # a lapsed lease may have a successor whose dead-man switch this would disarm
-            with contextlib.suppress(BinanceError):
+            try:
                 await self._client.countdown_cancel_all(self.symbol, 0)  # disarm the dead-man switch
+            except BinanceError as exc:  # still armed: it fires on an already emptied book
+                self.log.event(
+                    "deadman_disarm_failed", f"dead-man switch not disarmed: {exc!r}", level=logging.WARNING
+                )
 
     async def _wait_inflight(self, timeout: float) -> None:
         if self._inflight:

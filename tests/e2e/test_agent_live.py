@@ -794,3 +794,18 @@ async def test_rest_fallback_after_the_lease_lapsed_never_touches_a_successors_o
     finally:
         await agent.stop()
         await asyncio.wait_for(task, 25)
+
+
+async def test_a_failed_dead_man_disarm_at_stop_is_loud(make_agent, exchange, caplog):
+    agent = await make_agent()
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    await exchange.post(
+        "/sim/fault/rest", {"mode": "error", "count": 100, "path": "/fapi/v1/countdownCancelAll", "status": 400}
+    )
+    try:
+        summary = await agent.stop()
+    finally:
+        await exchange.post("/sim/fault/clear", {})
+    assert summary["open_orders"] == 0
+    failed = [r for r in caplog.records if getattr(r, "event", None) == "deadman_disarm_failed"]
+    assert len(failed) == 1 and failed[0].levelno >= logging.WARNING, [r.getMessage() for r in caplog.records]
