@@ -17,6 +17,7 @@ from fleet.sim.orders import Order
 from fleet.sim.units import places, fixed, s8
 
 NO_ASK = 1 << 62  # "no resting ask" sentinel
+PROFILE_LEVELS = 64  # levels from the touch whose base size is precomputed
 
 
 class Book:
@@ -57,7 +58,7 @@ class Book:
         price = spec.start_price
         self.level_steps = max(1, int((spec.level_qty or 20000.0 / price) / self.step_f))
         self.taker_mean_steps = max(1.0, (spec.taker_mean_qty or 5000.0 / price) / self.step_f)
-        self.base_profile = [self.level_steps * (1.0 + 0.15 * d) for d in range(64)]
+        self.base_profile = [self.level_steps * (1.0 + 0.15 * d) for d in range(PROFILE_LEVELS)]
         self.salt = salt
         self.inv_tick = 1.0 / self.tick_f
         self.spread_ticks = spec.spread_ticks
@@ -112,16 +113,37 @@ class Book:
         return max(1, int(self.level_steps * (1.0 + 0.15 * dist) * noise))
 
     def synth_bid(self, price: int) -> int:
-        if price > self.bid_top:
+        # _profile inlined (with the precomputed base sizes): this runs for every level a taker walks
+        dist = self.bid_top - price
+        if dist < 0:
             return 0
-        q = self._profile(self.bid_top - price, price) - self.consumed_bid.get(price, 0)
-        return q if q > 0 else 0
+        base = self.base_profile
+        q = int((base[dist] if dist < PROFILE_LEVELS else self.level_steps * (1.0 + 0.15 * dist))
+                * (0.5 + ((price * 2654435761 + self.salt) & 1023) / 1024.0))
+        if q < 1:
+            q = 1
+        consumed = self.consumed_bid
+        if consumed:
+            q -= consumed.get(price, 0)
+            if q < 0:
+                return 0
+        return q
 
     def synth_ask(self, price: int) -> int:
-        if price < self.ask_top:
+        dist = price - self.ask_top
+        if dist < 0:
             return 0
-        q = self._profile(price - self.ask_top, price) - self.consumed_ask.get(price, 0)
-        return q if q > 0 else 0
+        base = self.base_profile
+        q = int((base[dist] if dist < PROFILE_LEVELS else self.level_steps * (1.0 + 0.15 * dist))
+                * (0.5 + ((price * 2654435761 + self.salt) & 1023) / 1024.0))
+        if q < 1:
+            q = 1
+        consumed = self.consumed_ask
+        if consumed:
+            q -= consumed.get(price, 0)
+            if q < 0:
+                return 0
+        return q
 
     def roll_candle(self, t: int) -> None:
         """Close the current 1-minute candle and open the one holding ``t``."""

@@ -232,15 +232,21 @@ class Engine(EngineViews):
                 c[4] = mid
             b.bid_top = bid_top
             b.ask_top = bid_top + b.spread_ticks
-            if bid_top != old_bid or decay:
+            if decay:  # takers' marks fade: halve, forget the spent ones and those past the touch
                 if b.consumed_bid:
-                    top = b.bid_top
-                    b.consumed_bid = {p: (c // 2 if decay else c) for p, c in b.consumed_bid.items()
-                                      if p <= top and (c > 1 or not decay)}
+                    b.consumed_bid = {p: c // 2 for p, c in b.consumed_bid.items() if p <= bid_top and c > 1}
                 if b.consumed_ask:
                     top = b.ask_top
-                    b.consumed_ask = {p: (c // 2 if decay else c) for p, c in b.consumed_ask.items()
-                                      if p >= top and (c > 1 or not decay)}
+                    b.consumed_ask = {p: c // 2 for p, c in b.consumed_ask.items() if p >= top and c > 1}
+            elif bid_top != old_bid:  # forget the levels past the new touch; most moves leave none (no rebuild)
+                cb = b.consumed_bid
+                if cb and max(cb) > bid_top:
+                    b.consumed_bid = {p: c for p, c in cb.items() if p <= bid_top}
+                ca = b.consumed_ask
+                if ca:
+                    top = b.ask_top
+                    if min(ca) < top:
+                        b.consumed_ask = {p: c for p, c in ca.items() if p >= top}
             if b.our_bid >= b.ask_top or b.our_ask <= b.bid_top:
                 self._sweep_crossed(b, t)
             rate = b.spec.taker_rate * dt

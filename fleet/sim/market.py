@@ -124,4 +124,4 @@ class MarketModel:
                                                       else p.ranging_mean_s))
             else:
                 self._next_regime()
-        return self.mid
+        return p.start_price * math.exp(self._x)  # the mid, without the property call
