@@ -813,8 +813,16 @@ class SymbolAgent:
     def _execute(self, actions: Actions, now_ms: int, tick: Tick | None) -> None:
         core = self._require_core()
         for batch in actions.batches:
-            if batch.kind != "cancel" and not self._lease_ok():
-                continue
+            if not self._lease_ok():
+                if batch.kind != "cancel":
+                    continue
+                # A lapsed lease may have a successor whose orders the store learned from the
+                # account's user stream: cancel only this epoch's own.
+                own = tuple(d for d in batch.items if _same_epoch(d.client_order_id, core.epoch))
+                if not own:
+                    continue
+                if len(own) != len(batch.items):
+                    batch = Batch(batch.kind, own)
             sending = self._sending
             for d in batch.items:
                 core.on_sent(d, now_ms)

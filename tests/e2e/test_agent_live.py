@@ -809,3 +809,29 @@ async def test_a_failed_dead_man_disarm_at_stop_is_loud(make_agent, exchange, ca
     assert summary["open_orders"] == 0
     failed = [r for r in caplog.records if getattr(r, "event", None) == "deadman_disarm_failed"]
     assert len(failed) == 1 and failed[0].levelno >= logging.WARNING, [r.getMessage() for r in caplog.records]
+
+
+async def test_pulling_quotes_after_the_lease_lapsed_never_touches_a_successors_orders(leased_agent, exchange):
+    # The zombie's store learns the successor's orders from the account's user stream; a quote pull
+    # (here: its market stream drops) must cancel only its own.
+    lease = ControlledLease(ttl=2.0)
+    agent = await leased_agent(lease)
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    lease.hang.clear()
+    await wait_for(lambda: "lease" in agent.status()["blocks"], 5, "quoting blocked when the lease lapses")
+    successor_id = "mm-ETHUSDC-e2-1"
+    price = f"{agent.core.store.mid_price() * 0.9:.2f}"
+    async with SimClient.for_sim(exchange.sim) as c:
+        armed = await c.signed("POST", "/fapi/v1/countdownCancelAll", {"symbol": SYMBOL, "countdownTime": 60_000})
+        assert armed.status == 200, armed.json
+        placed = await c.signed("POST", "/fapi/v1/order", {
+            "symbol": SYMBOL, "side": "BUY", "type": "LIMIT", "timeInForce": "GTX", "quantity": "0.010",
+            "price": price, "newClientOrderId": successor_id,
+        })
+        assert placed.status == 200, placed.json
+    await wait_for(lambda: successor_id in agent.core.store.orders, 5, "the successor's order seen on the user stream")
+    await exchange.post("/sim/fault/drop", {"target": "market"})
+    await wait_for(lambda: agent.counters["market_stream_reconnects"] >= 1, 5, "the market stream loss noticed")
+    await wait_for(lambda: not agent._inflight, 10, "the pull's cancels answered")
+    st = await exchange.state()
+    assert successor_id in [o["clientOrderId"] for o in st["open_orders"]]
