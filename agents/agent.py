@@ -164,6 +164,7 @@ class SymbolAgent:
         self._kill_wanted: str | None = None  # a halt/flatten/resume asked for before the core existed
         self._reduce_only_wanted: bool | None = None
         self._resync_lock = asyncio.Lock()
+        self._rearming = False  # a dead-man re-arm is under way before the lease block is lifted
         self.latencies_ns: deque[int] = deque(maxlen=LATENCY_KEEP)
         self._recent_latencies: deque[int] = deque(maxlen=LATENCY_RECENT)
         self.counters: dict[str, int] = {
@@ -670,6 +671,21 @@ class SymbolAgent:
             except BinanceError as exc:
                 self.log.event("deadman_failed", f"dead-man heartbeat failed: {exc!r}", level=logging.WARNING)
 
+    async def _rearm_then_unblock(self) -> None:
+        """The lease is back: arm the dead-man switch first, then let quoting resume."""
+        try:
+            if self._stopping:
+                return  # the stop disarms; arming now could outlive it
+            await self._heartbeat()
+        except BinanceError as exc:  # still blocked: the watchdog tries again on its next tick
+            self.log.event("deadman_failed", f"dead-man re-arm failed: {exc!r}", level=logging.WARNING)
+            return
+        finally:
+            self._rearming = False
+        if self._lease_ok() and not self._lost_ownership:
+            self._blocks.discard(BLOCK_LEASE)
+            self.log.event("lease_regained", "lease valid again: dead-man switch re-armed, quoting resumes")
+
     async def _heartbeat(self) -> None:
         await self._require_client().countdown_cancel_all(self.symbol, self.runtime.deadman_countdown_ms)
         self.counters["deadman_heartbeats"] += 1
@@ -715,8 +731,10 @@ class SymbolAgent:
             if not self._lease_ok() and BLOCK_LEASE not in self._blocks:
                 self._blocks.add(BLOCK_LEASE)
                 self.log.event("lease_lapsed", "lease lapsed: quoting stopped", level=logging.ERROR)
-            elif self._lease_ok() and BLOCK_LEASE in self._blocks and not self._lost_ownership:
-                self._blocks.discard(BLOCK_LEASE)
+            elif self._lease_ok() and BLOCK_LEASE in self._blocks and not self._lost_ownership and not self._rearming:
+                # the countdown may have fired meanwhile: re-arm it before any order rests again
+                self._rearming = True
+                self._spawn(self._rearm_then_unblock(), "deadman-rearm")
             silent = now - max(self._last_book_mono or 0.0, self._market_stream_opened)
             stale = self._last_book_mono is None or now - self._last_book_mono > self.runtime.market_stale_sec
             market = self._market

@@ -835,3 +835,39 @@ async def test_pulling_quotes_after_the_lease_lapsed_never_touches_a_successors_
     await wait_for(lambda: not agent._inflight, 10, "the pull's cancels answered")
     st = await exchange.state()
     assert successor_id in [o["clientOrderId"] for o in st["open_orders"]]
+
+
+async def test_the_dead_man_switch_is_rearmed_before_quoting_resumes_after_a_lapse(sim, exchange):
+    # A lapse long enough for the exchange's countdown to fire leaves the symbol unarmed; the first
+    # order after the renewal must already rest under a fresh countdown (rule 6).
+    _, key, secret = sim.accounts[0]
+    lease = ControlledLease(ttl=2.0)
+    runtime = LEASED.model_copy(update={"deadman_heartbeat_sec": 3.0, "deadman_countdown_ms": 3_500})
+    agent = SymbolAgent(
+        fleet_name="t", symbol=SYMBOL, params=SymbolParams(), runtime=runtime,
+        endpoints=ExchangeEndpoints(sim.rest_url, sim.ws_url, sim.ws_url),
+        credentials=Credentials(key, secret), ownership=lease,
+    )
+    countdowns = sim.engine.accounts["main"].countdowns
+    task = asyncio.create_task(agent.run())
+    try:
+        await wait_for(lambda: agent.status()["state"] == "quoting", 10, "quoting")
+        await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+        lease.hang.clear()
+        await wait_for(lambda: "lease" in agent.status()["blocks"], 5, "quoting blocked when the lease lapses")
+        await wait_for(lambda: SYMBOL not in countdowns, 10, "the exchange's countdown fired")
+        renewed_at = (await exchange.state())["time"]
+        lease.hang.set()
+        armed_at_first_order: list[bool] = []
+
+        async def first_new_order() -> bool:
+            if await orders_after(exchange, renewed_at):
+                armed_at_first_order.append(SYMBOL in countdowns)
+                return True
+            return False
+
+        await wait_for(first_new_order, 10, "quoting again once renewed")
+        assert armed_at_first_order == [True]
+    finally:
+        await agent.stop()
+        await asyncio.wait_for(task, 25)
