@@ -12,11 +12,14 @@ larger epoch. ``revoke`` refuses further renewals without shortening the promise
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from agents.ownership import KILL_STATES, Grant, OwnershipLost
+
+log = logging.getLogger("mmfleet.lease")
 
 
 class KeyValueStore(Protocol):
@@ -340,8 +343,9 @@ class LeaseOwnership:
             return
         try:
             await self._call("release_lease", self.symbol, self.holder_id, grant.epoch)
-        except LeaseUnavailable:
-            pass  # the lease lapses on its own
+        except LeaseUnavailable as exc:
+            # not fatal: the lease lapses on its own after its ttl, and only then may a successor trade
+            log.warning("%s: lease release not confirmed (%s); it lapses on its own", self.symbol, exc)
 
     def describe(self) -> dict[str, object]:
         return {"kind": "lease", "holder": self.holder_id, "epoch": self.grant.epoch if self.grant else None}
