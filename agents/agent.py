@@ -923,8 +923,10 @@ class SymbolAgent:
                     )
 
     async def _place_one(self, req: OrderRequest) -> OrderInfo | BinanceError:
+        # One send: a lost one is looked up by client id, never resent here; if it did not land, the
+        # next quote cycle decides again, after its lease check (a resend here would skip that check).
         try:
-            return await self._require_client().place_order_idempotent(req, wait=False, attempts=2)
+            return await self._require_client().place_order_idempotent(req, wait=False, attempts=1)
         except (OutcomeUnknownError, BudgetExhaustedError, RateLimitedError):
             raise
         except BinanceError as exc:
