@@ -617,13 +617,8 @@ async def test_lapsed_lease_pulls_out_then_resumes_when_renewed(leased_agent, ex
     await wait_for(lambda: resting(agent, exchange), 10, "quoting again once renewed", explain=lambda: describe(agent, exchange))
 
 
-async def test_a_stop_after_the_lease_lapsed_never_touches_a_successors_orders(leased_agent, exchange):
-    lease = ControlledLease(ttl=2.0)
-    agent = await leased_agent(lease)
-    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
-    lease.hang.clear()  # the controller stops answering: this agent is now a zombie
-    await wait_for(lambda: "lease" in agent.status()["blocks"], 5, "quoting blocked when the lease lapses")
-    # The successor (epoch 2) arms its own dead-man switch and rests an order on the symbol.
+async def successor_takes_over(agent: SymbolAgent, exchange: Exchange) -> str:
+    """An epoch-2 owner arms its own dead-man switch and rests one order far from the touch."""
     successor_id = "mm-ETHUSDC-e2-1"
     price = f"{agent.core.store.mid_price() * 0.9:.2f}"
     async with SimClient.for_sim(exchange.sim) as c:
@@ -634,6 +629,17 @@ async def test_a_stop_after_the_lease_lapsed_never_touches_a_successors_orders(l
             "price": price, "newClientOrderId": successor_id,
         })
         assert placed.status == 200, placed.json
+    return successor_id
+
+
+async def test_a_stop_after_the_lease_lapsed_never_touches_a_successors_orders(leased_agent, exchange):
+    lease = ControlledLease(ttl=2.0)
+    agent = await leased_agent(lease)
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    lease.hang.clear()  # the controller stops answering: this agent is now a zombie
+    await wait_for(lambda: "lease" in agent.status()["blocks"], 5, "quoting blocked when the lease lapses")
+    # The successor (epoch 2) arms its own dead-man switch and rests an order on the symbol.
+    successor_id = await successor_takes_over(agent, exchange)
     await agent.stop()  # the zombie's cleanup: fenced to its own orders
     st = await exchange.state()
     assert [o["clientOrderId"] for o in st["open_orders"]] == [successor_id]
@@ -777,16 +783,7 @@ async def test_rest_fallback_after_the_lease_lapsed_never_touches_a_successors_o
         await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
         lease.hang.clear()
         await wait_for(lambda: "lease" in agent.status()["blocks"], 5, "quoting blocked when the lease lapses")
-        successor_id = "mm-ETHUSDC-e2-1"
-        price = f"{agent.core.store.mid_price() * 0.9:.2f}"
-        async with SimClient.for_sim(exchange.sim) as c:
-            armed = await c.signed("POST", "/fapi/v1/countdownCancelAll", {"symbol": SYMBOL, "countdownTime": 60_000})
-            assert armed.status == 200, armed.json
-            placed = await c.signed("POST", "/fapi/v1/order", {
-                "symbol": SYMBOL, "side": "BUY", "type": "LIMIT", "timeInForce": "GTX", "quantity": "0.010",
-                "price": price, "newClientOrderId": successor_id,
-            })
-            assert placed.status == 200, placed.json
+        successor_id = await successor_takes_over(agent, exchange)
         await exchange.post("/sim/fault/drop", {"target": "user", "account": "main"})
         await wait_for(lambda: agent.counters["rest_fallback_cancels"] >= 1, 5, "the REST fallback after the grace")
         st = await exchange.state()
@@ -819,16 +816,7 @@ async def test_pulling_quotes_after_the_lease_lapsed_never_touches_a_successors_
     await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
     lease.hang.clear()
     await wait_for(lambda: "lease" in agent.status()["blocks"], 5, "quoting blocked when the lease lapses")
-    successor_id = "mm-ETHUSDC-e2-1"
-    price = f"{agent.core.store.mid_price() * 0.9:.2f}"
-    async with SimClient.for_sim(exchange.sim) as c:
-        armed = await c.signed("POST", "/fapi/v1/countdownCancelAll", {"symbol": SYMBOL, "countdownTime": 60_000})
-        assert armed.status == 200, armed.json
-        placed = await c.signed("POST", "/fapi/v1/order", {
-            "symbol": SYMBOL, "side": "BUY", "type": "LIMIT", "timeInForce": "GTX", "quantity": "0.010",
-            "price": price, "newClientOrderId": successor_id,
-        })
-        assert placed.status == 200, placed.json
+    successor_id = await successor_takes_over(agent, exchange)
     await wait_for(lambda: successor_id in agent.core.store.orders, 5, "the successor's order seen on the user stream")
     await exchange.post("/sim/fault/drop", {"target": "market"})
     await wait_for(lambda: agent.counters["market_stream_reconnects"] >= 1, 5, "the market stream loss noticed")
