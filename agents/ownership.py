@@ -103,20 +103,24 @@ class LockFileOwnership:
     # -- the protocol --------------------------------------------------------------------------
 
     async def acquire(self) -> Grant:
-        """Take the lock at once or raise :class:`OwnershipRefused` naming the owner's PID."""
-        if self._fd is not None and self._grant is not None:
-            return self._grant
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            raise OwnershipRefused(self._who_owns()) from None
-        os.set_inheritable(fd, False)
-        self._fd = fd
+        """Take the lock at once or raise :class:`OwnershipRefused` naming the owner's PID.
+
+        Every acquire is a new incarnation with a fresh, larger epoch, also when this object already
+        holds the lock (client order ids embed the epoch and must never repeat); ``renew`` keeps it.
+        """
+        if self._fd is None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                raise OwnershipRefused(self._who_owns()) from None
+            os.set_inheritable(fd, False)
+            self._fd = fd
+        fd = self._fd
         try:
             pid = os.getpid()
             # The lock file itself also records the PID: readable even if the .pid file was removed.
@@ -127,6 +131,7 @@ class LockFileOwnership:
             _write_atomic(self.epoch_path, f"{epoch}\n")
             self._grant = Grant(epoch=epoch, lease_ttl_s=STANDALONE_LEASE_TTL_S, kill_state=self.kill_state())
         except BaseException:
+            self._grant = None
             self._unlock()
             raise
         return self._grant

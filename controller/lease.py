@@ -6,7 +6,8 @@ logic over a small store interface and a wall clock passed in, so it is tested w
 
 A lease is a promise: its holder may trade until ``expires_at``. A new holder is refused until the
 previous lease has lapsed (the caller waits ``wait_s`` and asks again); only then does it get a
-larger epoch. ``revoke`` refuses further renewals without shortening the promise already given.
+larger epoch. Every acquire grants a fresh, larger epoch (the same holder asking again included);
+only a renewal keeps one. ``revoke`` refuses further renewals without shortening the promise already given.
 """
 
 from __future__ import annotations
@@ -141,11 +142,15 @@ class LeaseBook:
 
     def acquire(self, symbol: str, holder: str, *, now: float, reduce_only: bool = False,
                 rate_share: float = 1.0) -> LeaseAnswer:
-        """Grant a new epoch once nobody else holds a live lease; the same holder gets its lease back."""
+        """Grant a fresh, larger epoch once nobody else holds a live lease.
+
+        Every acquire is a new incarnation, so it always gets a new epoch, even when the same holder
+        asks again while its own (unrevoked) lease is live: client order ids embed the epoch and must
+        never repeat across incarnations. Only :meth:`renew` keeps an epoch.
+        """
         current = self.lease(symbol)
-        if current is not None and current.holder == holder and not current.revoked:
-            return self._renewed(symbol, current, now=now, reduce_only=reduce_only, rate_share=rate_share)
-        if current is not None and current.live(now):
+        same_holder = current is not None and current.holder == holder and not current.revoked
+        if current is not None and current.live(now) and not same_holder:
             return LeaseAnswer(
                 granted=False, symbol=symbol, owner=current.holder, epoch=current.epoch,
                 wait_s=current.expires_at - now,

@@ -111,6 +111,15 @@ async def test_renew_detects_a_pid_file_taken_over(tmp_path):
     await own.release()
 
 
+async def test_acquiring_again_while_holding_the_lock_grants_a_fresh_larger_epoch(tmp_path):
+    own = LockFileOwnership(tmp_path, "demo", "ETHUSDC")
+    first = await own.acquire()
+    again = await own.acquire()  # a new incarnation in the same process: never the same epoch
+    assert again.epoch == first.epoch + 1
+    assert (await own.renew()).epoch == again.epoch  # a renewal keeps it
+    await own.release()
+
+
 async def test_kill_state_survives_restarts(tmp_path):
     own = LockFileOwnership(tmp_path, "demo", "ETHUSDC")
     assert (await own.acquire()).kill_state == "running"

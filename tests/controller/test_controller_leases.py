@@ -63,6 +63,16 @@ def test_revoked_lease_is_not_renewed_but_still_fences_successors_until_it_lapse
     assert b.acquire("SOLUSDT", "a", now=3.0).epoch == 2
 
 
+def test_every_acquire_grants_a_fresh_larger_epoch_even_to_the_same_holder():
+    b = book()
+    first = b.acquire("ETHUSDC", "a", now=0.0)
+    again = b.acquire("ETHUSDC", "a", now=1.0)  # the same actor, a new incarnation, its lease still live
+    assert again.granted and again.epoch == first.epoch + 1
+    assert b.renew("ETHUSDC", "a", again.epoch, now=2.0).epoch == again.epoch  # a renewal keeps it
+    assert not b.renew("ETHUSDC", "a", first.epoch, now=2.0).granted  # the old incarnation is fenced
+    assert not b.acquire("ETHUSDC", "b", now=2.5).granted  # others still wait for the lease to lapse
+
+
 def test_epochs_only_grow_even_after_a_lease_is_forgotten():
     b = book()
     b.acquire("ETHUSDC", "a", now=0.0)
