@@ -177,6 +177,9 @@ class OrderDiff:
 class OrderManager:
     """Keeps live orders within tolerance of their target; amends the moved; places and cancels the rest.
 
+    An order the exchange will not modify again (``amend_blocked``: an amend was refused with -5026)
+    is cancelled and replaced instead of amended.
+
     Matching is a two-pointer walk per side, inner to outer, so a cycle costs O(layers).
     """
 
@@ -232,6 +235,7 @@ class OrderManager:
         i = j = kept = 0
         free_d: list[int] = []
         free_l: list = []
+        replace: list[int] = []  # desired layers whose order may not be amended: placed anew
         prev = center_ticks
         tol = 0.0
         tol_i = -1
@@ -251,6 +255,9 @@ class OrderManager:
                 gap = o.orig_steps - o.filled_steps - want
                 if -size_tol * want <= gap <= size_tol * want or o.busy:
                     kept += 1
+                elif o.amend_blocked:  # the exchange will not modify it again (-5026): replace it
+                    cancels.append(Cancel(o.client_order_id, o.order_id, "modify_limit"))
+                    replace.append(i)
                 else:
                     amends.append(Amend(o.client_order_id, o.order_id, side, d.price_ticks, o.filled_steps + want, d.layer))
                 i += 1
@@ -278,13 +285,23 @@ class OrderManager:
                 # In flight (new or amend not yet acknowledged): leave it and its slot for a cycle.
                 skipped_d += 1
                 continue
+            if o.amend_blocked:
+                cancels.append(Cancel(o.client_order_id, o.order_id, "modify_limit"))
+                replace.append(free_d[k])
+                continue
             amends.append(Amend(o.client_order_id, o.order_id, side, d.price_ticks, o.filled_steps + d.qty_steps, d.layer))
         for o in free_l[n_pair:]:
             if not o.busy:
                 cancels.append(Cancel(o.client_order_id, o.order_id))
         tif = self.time_in_force
         ids = self.ids
-        for idx in free_d[n_pair:]:
+        if replace:
+            replace.extend(free_d[n_pair:])
+            replace.sort()
+            todo = replace
+        else:
+            todo = free_d[n_pair:]
+        for idx in todo:
             d = desired[idx]
             places.append(Place(ids.next(), side, d.price_ticks, d.qty_steps, tif, False, "LIMIT", "ladder", d.layer))
         return kept + skipped_d

@@ -38,6 +38,7 @@ MISSING = "MISSING"  # not among the open orders of a REST snapshot
 REJECTED = "REJECTED"
 _CLOSED = CLOSED_STATUSES | {MISSING}
 _UNKNOWN_ORDER_CODES = frozenset({-2011, -2013})
+MODIFY_LIMIT_CODE = -5026  # "Exceed maximum modify order limit": this order can never be amended again
 _FILL_EXEC_TYPES = frozenset({"TRADE", "CALCULATED"})  # CALCULATED: a liquidation fill
 
 WINDOW_MS = 30 * 60 * 1000
@@ -91,6 +92,7 @@ class LiveOrder:
         "unresolved_ms",
         "booked_steps",
         "contrib",
+        "amend_blocked",
     )
 
     def __init__(self, client_order_id: str, side: str, price_ticks: int, orig_steps: int) -> None:
@@ -115,6 +117,7 @@ class LiveOrder:
         self.unresolved_ms: int | None = None  # the exchange said "unknown order": filled or gone?
         self.booked_steps = 0  # trades of this order already in the position
         self.contrib = 0
+        self.amend_blocked = False  # the exchange refused to modify it again (-5026): replace it instead
 
     @property
     def is_open(self) -> bool:
@@ -489,12 +492,16 @@ class Store:
             self._refresh(o)
 
     def on_amend_rejected(self, client_order_id: str, code: int, order_id: int | None = None, now_ms: int = 0) -> None:
-        """A modify was refused: the order stays as it was (see ``on_cancel_rejected`` for unknown orders)."""
+        """A modify was refused: the order stays as it was (see ``on_cancel_rejected`` for unknown orders).
+
+        -5026 (the order's modify limit is reached) marks it ``amend_blocked``: never amended again."""
         self.rejects[code] = self.rejects.get(code, 0) + 1
         o = self._find(client_order_id, order_id)
         if o is None or not o.is_open:
             return
         o.amend_price_ticks = o.amend_orig_steps = None
+        if code == MODIFY_LIMIT_CODE:
+            o.amend_blocked = True  # the order manager cancels and replaces it from now on
         if code in _UNKNOWN_ORDER_CODES and o.status != PENDING_NEW:
             o.unresolved_ms = now_ms
         self._refresh(o)

@@ -255,6 +255,26 @@ def test_a_rejected_post_only_order_is_simply_placed_again_next_cycle():
     assert core.store.rejects == {-5022: 1}
 
 
+def test_an_amend_refused_with_5026_is_not_sent_again_the_order_is_cancelled_and_replaced():
+    core, ex = started()
+    ex.send(core.quote(2_000))
+    core.on_event(book(3001.0, t=2_100), 2_100)
+    core.on_event(mark(3001.0, t=2_100), 2_100)
+    amends = [d for d in core.quote(2_220) if isinstance(d, Amend)]
+    assert amends
+    for d in amends:
+        core.on_sent(d, 2_220)
+        core.on_rejected(d, -5026, 2_221)  # what the runtime does with the exchange's BinanceError
+    blocked = {d.client_order_id for d in amends}
+    assert all(core.store.orders[c].amend_blocked for c in blocked)
+    acts = core.quote(2_440)
+    assert not blocked & {d.client_order_id for d in acts if isinstance(d, Amend)}
+    assert blocked <= {d.client_order_id for d in acts if isinstance(d, Cancel)}
+    ex.send(acts, 2_440)
+    assert not blocked & set(core.store.orders)
+    assert len([d for d in acts if isinstance(d, Place)]) >= len(blocked)
+
+
 def test_status_is_plain_data():
     core, ex = started()
     ex.send(core.quote(2_000))

@@ -167,3 +167,32 @@ def test_a_steady_ladder_needs_no_requests_cycle_after_cycle():
         store.apply(order_update(p.client_order_id, 100 + n, BUY, p.price_ticks, p.qty_steps, t=2))
     for _ in range(3):
         assert mgr.diff(desired, (), store.ladder_orders(BUY), [], 30_000.0).requests == 0
+
+
+def test_an_order_refused_a_modify_with_5026_is_cancelled_and_replaced_never_amended_again():
+    store, ids, mgr = make(fraction=0.0)
+    moved = rest(store, ids, BUY, 29_990, 7, 11)
+    resized = rest(store, ids, BUY, 29_980, 6, 12)
+    want = bids((29_950, 7), (29_980, 20))
+    first = mgr.diff(want, (), store.ladder_orders(BUY), [], 30_000.0)
+    assert {a.client_order_id for a in first.amends} == {moved, resized}  # amended while allowed
+    for a in first.amends:
+        store.on_amend_sent(a, 3)
+        store.on_amend_rejected(a.client_order_id, -5026, a.order_id, 4)
+    assert store.orders[moved].amend_blocked and store.orders[resized].amend_blocked
+    assert not store.orders[moved].busy and store.rejects == {-5026: 2}
+    for _ in range(2):  # every later cycle: cancel and place, never the same amend again
+        d = mgr.diff(want, (), store.ladder_orders(BUY), [], 30_000.0)
+        assert not d.amends
+        assert {c.client_order_id for c in d.cancels} == {moved, resized}
+        assert [(p.price_ticks, p.qty_steps, p.layer) for p in d.places] == [(29_950, 7, 0), (29_980, 20, 1)]
+
+
+def test_other_amend_refusals_do_not_block_amending():
+    store, ids, mgr = make(fraction=0.0)
+    cid = rest(store, ids, BUY, 29_990, 7, 11)
+    a = mgr.diff(bids((29_950, 7)), (), store.ladder_orders(BUY), [], 30_000.0).amends[0]
+    store.on_amend_sent(a, 3)
+    store.on_amend_rejected(cid, -5028, 11, 4)  # a transient refusal
+    assert not store.orders[cid].amend_blocked
+    assert mgr.diff(bids((29_950, 7)), (), store.ladder_orders(BUY), [], 30_000.0).amends == (a,)
