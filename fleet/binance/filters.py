@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 # A float ratio this close to an integer is taken as that integer (absorbs 0.1 + 0.2 style noise).
@@ -98,6 +99,18 @@ class SymbolFilters:
     def __post_init__(self) -> None:
         if self.tick_size <= 0 or self.step_size <= 0:
             raise FilterError(f"{self.symbol}: tick_size and step_size must be positive")
+        if self.market_step_size <= 0:
+            raise FilterError(f"{self.symbol}: MARKET_LOT_SIZE stepSize must be positive")
+        # MARKET orders lie on both grids (the store counts LOT steps): the smallest whole number of
+        # LOT steps that is also a multiple of the market step, exactly (Fraction of two Decimals).
+        ratio = Fraction(self.market_step_size) / Fraction(self.step_size)
+        unit = ratio.numerator
+        object.__setattr__(self, "_market_unit", unit)
+        min_units = max(1, math.ceil(Fraction(self.market_min_qty) / (Fraction(self.step_size) * unit)))
+        object.__setattr__(self, "_market_min_steps", min_units * unit)
+        object.__setattr__(
+            self, "_market_max_steps", math.floor(Fraction(self.market_max_qty) / (Fraction(self.step_size) * unit)) * unit
+        )
         object.__setattr__(self, "_tick_f", float(self.tick_size))
         object.__setattr__(self, "_step_f", float(self.step_size))
         object.__setattr__(self, "_price_places", _places(self.tick_size))
@@ -157,6 +170,40 @@ class SymbolFilters:
 
     def min_qty_steps(self) -> int:
         return _to_units(self.min_qty, self.step_size, float(self.step_size), "ceil")
+
+    # -- MARKET orders (MARKET_LOT_SIZE) -------------------------------------------------------
+    # Quantities stay in LOT steps; a MARKET quantity must also be a multiple of the market step,
+    # at least its minQty and at most its maxQty (often far below LOT_SIZE's).
+
+    @property
+    def market_unit_steps(self) -> int:
+        """LOT steps per unit of a MARKET quantity (1 when both filters share a step)."""
+        return self._market_unit
+
+    def market_min_steps(self) -> int:
+        """The smallest MARKET quantity, in LOT steps (on both grids, at least minQty)."""
+        return self._market_min_steps
+
+    def market_max_steps(self) -> int:
+        """The largest MARKET quantity, in LOT steps (on both grids, at most maxQty)."""
+        return self._market_max_steps
+
+    def market_qty_floor(self, qty_steps: int) -> int:
+        """``qty_steps`` rounded down onto the MARKET grid (sizes round down)."""
+        return qty_steps - qty_steps % self._market_unit if qty_steps > 0 else 0
+
+    def market_split(self, qty_steps: int) -> list[int]:
+        """``qty_steps`` as MARKET orders: rounded down onto the market step, split evenly into the
+        fewest orders of at most maxQty; none below minQty (what rounds away is left to the caller)."""
+        unit = self._market_unit
+        lo, hi = self._market_min_steps, self._market_max_steps
+        q = self.market_qty_floor(qty_steps)
+        if q < lo or hi < lo:
+            return []
+        n = -(-q // hi)
+        base, extra = divmod(q // unit, n)
+        pieces = [(base + 1) * unit] * extra + [base * unit] * (n - extra)
+        return [x for x in pieces if x >= lo]
 
     def notional_ok(self, price_ticks: int, qty_steps: int) -> bool:
         """MIN_NOTIONAL: price * quantity >= notional (exact)."""

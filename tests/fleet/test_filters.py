@@ -115,3 +115,46 @@ def test_sums_of_float_prices_snap_to_the_exact_tick(a, b, unit):
     total = a * tick + b * tick  # accumulates float noise like 0.1 + 0.2
     assert f.price_ticks_floor(total) == a + b
     assert f.price_ticks_ceil(total) == a + b
+
+
+def _with_market(lot: dict, market: dict | None) -> SymbolFilters:
+    entry = dict(LIVE_BTCUSDT)
+    entry["filters"] = [
+        {"filterType": "PRICE_FILTER", "minPrice": "0.01", "maxPrice": "1000000", "tickSize": "0.01"},
+        {"filterType": "LOT_SIZE", **lot},
+        *([{"filterType": "MARKET_LOT_SIZE", **market}] if market is not None else []),
+    ]
+    return SymbolFilters.from_exchange_info(entry)
+
+
+def test_market_lot_size_is_parsed_and_falls_back_to_lot_size_when_absent():
+    f = _with_market({"minQty": "0.001", "maxQty": "1000", "stepSize": "0.001"},
+                     {"minQty": "0.01", "maxQty": "120", "stepSize": "0.01"})
+    assert (f.market_step_size, f.market_min_qty, f.market_max_qty) == (Decimal("0.01"), Decimal("0.01"), Decimal("120"))
+    assert f.market_unit_steps == 10 and f.market_min_steps() == 10 and f.market_max_steps() == 120_000
+    g = _with_market({"minQty": "0.001", "maxQty": "1000", "stepSize": "0.001"}, None)
+    assert (g.market_step_size, g.market_min_qty, g.market_max_qty) == (Decimal("0.001"), Decimal("0.001"), Decimal("1000"))
+    assert g.market_unit_steps == 1 and g.market_max_steps() == 1_000_000
+
+
+def test_market_quantities_are_on_the_market_step_and_split_above_its_max_qty():
+    f = _with_market({"minQty": "0.001", "maxQty": "1000", "stepSize": "0.001"},
+                     {"minQty": "0.02", "maxQty": "1.5", "stepSize": "0.01"})
+    assert f.market_qty_floor(1_234) == 1_230  # 1.234 -> 1.23: rounded down onto 0.01
+    assert f.market_split(1_234) == [1_230]
+    assert f.market_split(15) == []  # 0.01 after rounding: under minQty 0.02
+    pieces = f.market_split(4_009)  # 4.009 -> 4.00, max 1.5 each: three orders
+    assert pieces == [1_340, 1_330, 1_330] and sum(pieces) == 4_000
+    assert all(p % 10 == 0 and p <= 1_500 for p in pieces)
+    assert [f.qty_str(p) for p in pieces] == ["1.340", "1.330", "1.330"]
+    assert all(Decimal(f.qty_str(p)) % f.market_step_size == 0 for p in pieces)
+
+
+def test_a_market_step_finer_than_the_lot_step_keeps_lot_steps_and_an_odd_ratio_uses_both_grids():
+    finer = _with_market({"minQty": "0.01", "maxQty": "1000", "stepSize": "0.01"},
+                         {"minQty": "0.001", "maxQty": "5", "stepSize": "0.001"})
+    assert finer.market_unit_steps == 1 and finer.market_min_steps() == 1 and finer.market_max_steps() == 500
+    odd = _with_market({"minQty": "0.002", "maxQty": "1000", "stepSize": "0.002"},
+                       {"minQty": "0.003", "maxQty": "1", "stepSize": "0.003"})
+    assert odd.market_unit_steps == 3  # 0.006: the smallest quantity on both grids
+    assert odd.market_split(10) == [9] and odd.qty_str(9) == "0.018"
