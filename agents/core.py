@@ -8,7 +8,7 @@ answer) or ``on_rejected`` (error code). Every order, whoever proposes it, passe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator
 
 from fleet.binance.events import BUY, SELL, AccountUpdate, FundingFee, MarkPrice
@@ -26,7 +26,7 @@ from .orders import (
     Place,
     make_batches,
 )
-from .risk import FLATTENING, RUNNING, DrawdownBands, RiskGuard, TwapSlice
+from .risk import FLATTENING, RUNNING, TWAP_MAX_TRIES, DrawdownBands, RiskGuard, TwapSlice, respace
 from .store import Store
 from .strategy import GeometricV2, Ladder
 
@@ -76,11 +76,12 @@ class AgentCore:
         self.store = Store(symbol, filters, params)
         self.strategy = GeometricV2(params, filters)
         self.guard = RiskGuard(params, filters, self.store)
-        self.drawdown = DrawdownBands(params.drawdown)
+        self.drawdown = self._drawdown_bands(params)
         self.grinding = GrindingEngine(params, filters)
         self.ids = ClientOrderIds(symbol, epoch, start_seq)
         self.manager = OrderManager(params.orders, self.ids)
         self.twap: list[TwapSlice] = []
+        self.twap_dropped = 0  # slices given up after TWAP_MAX_TRIES refusals
         self._grind: tuple[GrindDecision, str, int] | None = None
         self.last_ladder: Ladder | None = None
         self.last_quote_ms = -(10**18)
@@ -177,13 +178,17 @@ class AgentCore:
         e.cost_saved, e.active, e.last_skip = old_e.cost_saved, old_e.active, old_e.last_skip
         self.grinding = e
         old_d = self.drawdown
-        d = DrawdownBands(params.drawdown)
+        d = self._drawdown_bands(params)
         d.acted = min(old_d.acted, len(d.bands) - 1)
         d.last_action_ms, d.plans = old_d.last_action_ms, old_d.plans
         self.drawdown = d
         self.manager = OrderManager(params.orders, self.ids)
         self._interval_ms = params.base.quote_interval_ms
         self._requote_move = params.base.requote_move_fraction * params.base.min_spread
+
+    def _drawdown_bands(self, params: SymbolParams) -> DrawdownBands:
+        f = self.filters
+        return DrawdownBands(params.drawdown, unit_steps=f.market_unit_steps, min_steps=f.market_min_steps())
 
     # ------------------------------------------------------------------ modes
 
@@ -287,32 +292,83 @@ class AgentCore:
             cancels.append(Cancel(o.client_order_id, o.order_id, "halt"))
 
     def _flatten_into(self, places: list[Place], extra: list[int]) -> int:
+        """Reduce-only MARKET orders sized by MARKET_LOT_SIZE (split above its maxQty); what is
+        left under one market step or minQty goes as a reduce-only IOC limit at the price band's
+        edge (LOT_SIZE's grid), so a flatten can finish."""
         s = self.store
         pos = s.position_steps
         if pos == 0 or any(o.reason == "flatten" for o in s.orders.values()):
             return 0
-        p = Place(self.ids.next(), SELL if pos > 0 else BUY, 0, abs(pos), "", True, "MARKET", "flatten")
+        side = SELL if pos > 0 else BUY
+        refused = 0
+        pieces = self.filters.market_split(abs(pos))
+        for q in pieces:
+            p = Place(self.ids.next(), side, 0, q, "", True, "MARKET", "flatten")
+            if self.guard.check_place(p, extra[0], extra[1]) is None:
+                places.append(p)
+            else:
+                refused += 1
+        rest = abs(pos) - sum(pieces)
+        if rest > 0:
+            refused += self._flatten_rest_into(places, side, rest, extra)
+        return refused
+
+    def _flatten_rest_into(self, places: list[Place], side: str, qty: int, extra: list[int]) -> int:
+        f = self.filters
+        s = self.store
+        ref = s.mark or s.mid
+        if ref <= 0.0 or qty < f.min_qty_steps():
+            return 0
+        edge = self.params.risk.price_band * 0.5  # inside the guard's band and PERCENT_PRICE
+        px = f.price_ticks_floor(ref * (1 - edge)) if side == SELL else f.price_ticks_ceil(ref * (1 + edge))
+        if px <= 0:
+            return 0
+        p = Place(self.ids.next(), side, px, qty, "IOC", True, "LIMIT", "flatten")
         if self.guard.check_place(p, extra[0], extra[1]) is None:
             places.append(p)
             return 0
         return 1
 
     def _twap_into(self, places: list[Place], now_ms: int, extra: list[int]) -> int:
+        """Send the drawdown slice that is due, as reduce-only MARKET orders on the market step
+        (several when it is above MARKET_LOT_SIZE's maxQty).
+
+        One slice per slice time: after a gap (halt, stream loss, ...) the overdue slices are spaced
+        again from now at the plan's interval, never sent in one burst. A slice the guard refuses is
+        tried again at the next slice time (up to ``TWAP_MAX_TRIES`` attempts).
+        """
         if not self.twap or self.twap[0].due_ms > now_ms:
             return 0
         refused = 0
         s = self.store
+        interval = self.drawdown.interval_ms
         while self.twap and self.twap[0].due_ms <= now_ms:
             sl = self.twap.pop(0)
             pos = s.position_steps
             if (sl.side == SELL and pos <= 0) or (sl.side == BUY and pos >= 0):
-                continue  # nothing left to reduce on that side
-            qty = min(sl.qty_steps, abs(pos))
-            p = Place(self.ids.next(), sl.side, 0, qty, "", True, "MARKET", "drawdown")
-            if self.guard.check_place(p, extra[0], extra[1]) is None:
-                places.append(p)
+                continue  # nothing left to reduce on that side (its time passes to the next slice)
+            pieces = self.filters.market_split(min(sl.qty_steps, abs(pos)))
+            if not pieces:
+                continue  # under one market step / minQty of what is left: nothing to send
+            ok: list[Place] = []
+            for q in pieces:
+                p = Place(self.ids.next(), sl.side, 0, q, "", True, "MARKET", "drawdown")
+                if self.guard.check_place(p, extra[0], extra[1]) is None:
+                    ok.append(p)
+            if len(ok) == len(pieces):
+                places.extend(ok)
             else:
                 refused += 1
+                if ok:  # send what passed; the refused rest waits for the next slice time
+                    places.extend(ok)
+                left = sl.qty_steps - sum(p.qty_steps for p in ok)
+                if sl.tries + 1 < TWAP_MAX_TRIES and left > 0:
+                    self.twap.insert(0, replace(sl, qty_steps=left, tries=sl.tries + 1))
+                else:
+                    self.twap_dropped += 1
+            self.twap = respace(self.twap, now_ms, interval)
+            if interval > 0 or self.twap and self.twap[0].tries > sl.tries:
+                break  # one slice per slice time (a retry never runs in the same cycle)
         return refused
 
     def _grinding_into(self, places: list[Place], cancels: list[Cancel], now_ms: int, extra: list[int]) -> int:
@@ -353,7 +409,14 @@ class AgentCore:
         )
         if not isinstance(res, GrindDecision):
             return 0
-        p = Place(self.ids.next(), res.side, 0, res.qty_steps, "", True, "MARKET", "grind")
+        # A MARKET order: on the market step, within MARKET_LOT_SIZE's maxQty (one order per grind).
+        f = self.filters
+        qty = f.market_qty_floor(min(res.qty_steps, f.market_max_steps()))
+        if qty < f.market_min_steps():
+            eng.undo(now_ms)
+            eng.last_skip = "below_market_min_qty"
+            return 0
+        p = Place(self.ids.next(), res.side, 0, qty, "", True, "MARKET", "grind")
         if self.guard.check_place(p, extra[0], extra[1]) is not None:
             eng.undo(now_ms)
             return 1

@@ -7,7 +7,7 @@ cap from the moment it is sent; within one cycle the caller passes what it has a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fleet.binance.events import BUY, SELL
 from fleet.binance.filters import SymbolFilters
@@ -169,11 +169,31 @@ class RiskGuard:
 # --- drawdown ---------------------------------------------------------------------------------
 
 
+TWAP_MAX_TRIES = 5  # a slice the guard keeps refusing is dropped after this many attempts
+
+
 @dataclass(frozen=True, slots=True)
 class TwapSlice:
     due_ms: int
     side: str
     qty_steps: int
+    tries: int = 0  # attempts the guard refused so far
+
+
+def respace(slices: list[TwapSlice], now_ms: int, interval_ms: int) -> list[TwapSlice]:
+    """The slices still to send, spaced again from ``now_ms`` once a gap made them due too soon.
+
+    Called after a slice was sent (or refused) at ``now_ms``: the next one may not go before
+    ``now_ms + interval_ms``. If it would (a halt, a stream loss, a slow cycle left slices overdue),
+    every remaining slice moves to ``now_ms + k * interval_ms`` (k = 1, 2, ...), so a block never
+    turns into a burst of market orders; slices already due later keep their times.
+    """
+    if not slices or slices[0].due_ms >= now_ms + interval_ms:
+        return slices
+    return [
+        sl if sl.due_ms >= now_ms + k * interval_ms else replace(sl, due_ms=now_ms + k * interval_ms)
+        for k, sl in enumerate(slices, start=1)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +216,11 @@ class DrawdownBands:
     again. A higher band crossed in the same excursion acts at once (it is a deeper loss).
     """
 
-    def __init__(self, params: DrawdownParams) -> None:
+    def __init__(self, params: DrawdownParams, *, unit_steps: int = 1, min_steps: int = 1) -> None:
+        # Slices are MARKET orders: whole multiples of ``unit_steps`` (the MARKET step, in LOT steps)
+        # and at least ``min_steps`` (MARKET_LOT_SIZE minQty), so none is rounded away when sent.
+        self.unit = max(1, unit_steps)
+        self.min_steps = max(self.unit, min_steps)
         self.bands = tuple(params.drawdown_bands)
         self.fractions = tuple(params.reduce_fractions)
         self.slices = params.twap_slices
@@ -224,14 +248,16 @@ class DrawdownBands:
         self.acted = crossed
         self.last_action_ms = now_ms
         fraction = self.fractions[crossed]
-        total = int(abs(position_steps) * fraction + _EPS)
-        if total <= 0:
+        unit = self.unit
+        units = int(abs(position_steps) * fraction / unit + _EPS)
+        total = units * unit
+        if total <= 0 or total < self.min_steps:
             return None
         side = SELL if position_steps > 0 else BUY
-        n = min(self.slices, total)
-        base, extra = divmod(total, n)
+        n = max(1, min(self.slices, total // self.min_steps))
+        base, extra = divmod(units, n)
         slices = tuple(
-            TwapSlice(now_ms + k * self.interval_ms, side, base + (1 if k < extra else 0)) for k in range(n)
+            TwapSlice(now_ms + k * self.interval_ms, side, (base + (1 if k < extra else 0)) * unit) for k in range(n)
         )
         self.plans += 1
         return TwapPlan(crossed, drawdown_pct, fraction, side, total, slices)

@@ -206,6 +206,84 @@ def test_drawdown_bands_run_a_twap_of_reduce_only_slices_through_the_guard():
     assert ex.position == 150  # reduced by 25 %
 
 
+def _drawdown_started(filters=None):
+    core, ex = started(filters=filters)
+    core.on_event(account_update(200, 3000.0, t=1_500, wallet="1000"), 1_500)
+    ex.position = 200
+    core.on_event(mark(3000.0, t=1_600), 1_600)  # peak equity 1000
+    core.on_event(mark(2700.0, t=2_000), 2_000)  # -60 USDC: 6 % drawdown
+    return core, ex
+
+
+def _run_slices(core, ex, times):
+    due = []
+    for t in times:
+        acts = core.quote(t)
+        due.append((t, [d.qty_steps for d in acts if isinstance(d, Place) and d.reason == "drawdown"]))
+        ex.send(acts, t)
+        core.on_event(account_update(ex.position, 3000.0, t=ex.t), ex.t)
+    return due
+
+
+def test_twap_slices_made_overdue_by_a_gap_are_spaced_again_not_sent_in_one_burst():
+    core, ex = _drawdown_started()
+    assert _run_slices(core, ex, [2_000]) == [(2_000, [13])]
+    # a block (stream loss, lease check...): no quote cycle runs while slices fall due at 3 200, 4 400, 5 600
+    due = _run_slices(core, ex, [8_000, 8_220, 9_000, 9_200, 10_300, 10_400, 15_000])
+    assert due == [(8_000, [13]), (8_220, []), (9_000, []), (9_200, [12]), (10_300, []), (10_400, [12]), (15_000, [])]
+    assert ex.position == 150  # still the whole 25 %
+
+
+def test_a_twap_slice_the_guard_refuses_is_tried_again_at_the_next_slice_time():
+    core, ex = _drawdown_started()
+    guard = core.guard
+    real = guard.check_place
+    refuse = {"left": 1}
+
+    def flaky(p, extra_buy=0, extra_sell=0):
+        if p.reason == "drawdown" and refuse["left"]:
+            refuse["left"] -= 1
+            return guard._refuse("no_reference_price")
+        return real(p, extra_buy, extra_sell)
+
+    guard.check_place = flaky
+    due = _run_slices(core, ex, [2_000, 2_500, 3_200, 4_400, 5_600, 6_800, 9_000])
+    assert due == [(2_000, []), (2_500, []), (3_200, [13]), (4_400, [13]), (5_600, [12]), (6_800, [12]), (9_000, [])]
+    assert ex.position == 150 and core.twap_dropped == 0
+
+
+def _market_filters():
+    # LOT step 0.001; MARKET_LOT_SIZE: step 0.01 (10 LOT steps), minQty 0.02, maxQty 0.05
+    return replace(eth_filters(), market_step_size=Decimal("0.01"), market_min_qty=Decimal("0.02"),
+                   market_max_qty=Decimal("0.05"))
+
+
+def test_flatten_sizes_market_orders_by_market_lot_size_and_splits_above_its_max_qty():
+    core, ex = started(filters=_market_filters())
+    core.on_event(account_update(-123, 3000.0, t=1_500, wallet="1000"), 1_500)
+    core.flatten()
+    places = [d for d in core.quote(2_000) if isinstance(d, Place)]
+    market = [d for d in places if d.order_type == "MARKET"]
+    assert [d.qty_steps for d in market] == [40, 40, 40]  # 0.12 on the 0.01 step, at most 0.05 each
+    assert all(d.reduce_only and d.side == BUY and d.reason == "flatten" for d in market)
+    assert all(Decimal(core.filters.qty_str(d.qty_steps)) % Decimal("0.01") == 0 for d in market)
+    rest = [d for d in places if d.order_type == "LIMIT"]  # 0.003 left: under one market step
+    assert [(d.qty_steps, d.time_in_force, d.reduce_only, d.side) for d in rest] == [(3, "IOC", True, BUY)]
+    assert rest[0].price_ticks == core.filters.price_ticks_ceil(3000.0 * 1.025)
+
+
+def test_drawdown_slices_are_market_orders_on_the_market_step_within_its_max_qty():
+    core, ex = started(filters=_market_filters())
+    core.on_event(account_update(2_004, 3000.0, t=1_500, wallet="1000"), 1_500)
+    core.on_event(mark(3000.0, t=1_600), 1_600)
+    core.on_event(mark(2970.0, t=2_000), 2_000)  # -60.12 USDC: the 6 % band
+    assert 6.0 <= core.store.drawdown_pct() < 11.0
+    assert [sl.qty_steps for sl in core.twap] == [130, 130, 120, 120]  # 25 % of 2.004 -> 0.50, on 0.01
+    first = [d for d in core.quote(2_000) if isinstance(d, Place) and d.reason == "drawdown"]
+    assert [d.qty_steps for d in first] == [50, 40, 40]  # 0.13 split under maxQty 0.05, each on 0.01
+    assert all(d.order_type == "MARKET" and d.reduce_only and d.side == SELL for d in first)
+
+
 # --- requests ---------------------------------------------------------------------------------
 
 

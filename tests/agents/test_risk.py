@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agents.orders import Amend, Place
-from agents.risk import FLATTENING, HALTED, DrawdownBands, RiskGuard
+from agents.risk import FLATTENING, HALTED, DrawdownBands, RiskGuard, TwapSlice, respace
 from agents.store import Store
 from fleet.binance.events import BUY, SELL
 from fleet.config import DrawdownParams
@@ -185,3 +185,22 @@ def test_a_short_position_is_reduced_by_buying():
 
 def test_a_flat_position_needs_no_plan():
     assert DrawdownBands(DrawdownParams()).check(20.0, 0, now_ms=0) is None
+
+
+def test_slices_made_overdue_by_a_gap_are_spaced_again_from_now_at_the_plans_interval():
+    slices = [TwapSlice(2_200, SELL, 13), TwapSlice(3_400, SELL, 12), TwapSlice(9_000, SELL, 12)]
+    # a slice went at 5_000 after a block: the next may not follow before 6_200
+    assert [sl.due_ms for sl in respace(slices, 5_000, 1_200)] == [6_200, 7_400, 9_000]
+    on_time = [TwapSlice(3_400, SELL, 12), TwapSlice(4_600, SELL, 12)]
+    assert respace(on_time, 2_200, 1_200) == on_time  # nothing overdue: the plan's times stay
+    assert respace([], 5_000, 1_200) == []
+
+
+def test_twap_slices_are_whole_market_steps_and_at_least_the_market_min_qty():
+    # market step 0.01 = 10 LOT steps of 0.001, minQty 0.02 = 20 steps
+    plan = DrawdownBands(DrawdownParams(), unit_steps=10, min_steps=20).check(6.0, 2_037, now_ms=0)
+    assert plan.total_steps == 500  # 25 % of 2.037 = 0.509 -> 0.50 on the market step
+    assert [s.qty_steps for s in plan.slices] == [130, 130, 120, 120]
+    few = DrawdownBands(DrawdownParams(), unit_steps=10, min_steps=20).check(6.0, 250, now_ms=0)
+    assert [s.qty_steps for s in few.slices] == [20, 20, 20]  # 0.06: three slices, none under minQty 0.02
+    assert DrawdownBands(DrawdownParams(), unit_steps=10, min_steps=20).check(6.0, 70, now_ms=0) is None
