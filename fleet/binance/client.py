@@ -28,6 +28,7 @@ from .errors import (
     TimestampError,
     UnknownOrderError,
     error_from_payload,
+    for_write,
 )
 from .filters import SymbolFilters
 from .models import (
@@ -155,9 +156,14 @@ class BinanceClient:
         keyed: bool = False,
         wait: bool = True,
         retry_on_skew: bool = True,
+        risk: bool = False,
     ) -> Any:
-        """Send one request; returns the decoded JSON, or raises a :class:`BinanceError` subclass."""
-        await self.budget.acquire(cost, wait=wait)
+        """Send one request; returns the decoded JSON, or raises a :class:`BinanceError` subclass.
+
+        ``risk``: the request takes risk off (cancel, shrinking amend, reduce-only order, dead-man
+        heartbeat, a look-up): it may use the rate budget's reserve, which quoting never touches.
+        """
+        await self.budget.acquire(cost, wait=wait, risk=risk)
         try:
             return await self._send(method, path, params, signed=signed, keyed=keyed)
         except TimestampError:
@@ -166,7 +172,7 @@ class BinanceClient:
             # -1021 means the request was refused unexecuted: re-learn the clock and send once more
             log.warning("timestamp outside recvWindow on %s %s; re-syncing time", method, path)
             await self.sync_time()
-            await self.budget.acquire(cost, wait=wait)
+            await self.budget.acquire(cost, wait=wait, risk=risk)
             return await self._send(method, path, params, signed=signed, keyed=keyed)
 
     async def _send(
@@ -232,6 +238,8 @@ class BinanceClient:
             log.error("IP banned (418) on %s %s until %s", method, path, until)
         if not mutating and isinstance(err, OutcomeUnknownError):
             err = ServerError(err.code, err.msg, err.http_status)  # a read changes nothing: retryable
+        elif mutating:
+            err = for_write(err)  # a 5xx that is not a documented definite failure may have executed
         raise err
 
     # -- time and market data ------------------------------------------------------------------
@@ -299,9 +307,11 @@ class BinanceClient:
 
     # -- orders --------------------------------------------------------------------------------
 
-    async def place_order(self, order: OrderRequest, *, wait: bool = True) -> OrderInfo:
-        data = await self._request("POST", "/fapi/v1/order", order.to_params(), cost=_ORDER, signed=True, wait=wait)
-        return OrderInfo.from_api(data)
+    async def place_order(self, order: OrderRequest, *, wait: bool = True, risk: bool = False) -> OrderInfo:
+        data = await self._request(
+            "POST", "/fapi/v1/order", order.to_params(), cost=_ORDER, signed=True, wait=wait, risk=risk
+        )
+        return _write_answer(data)
 
     async def place_order_idempotent(
         self, order: OrderRequest, *, wait: bool = True, attempts: int = 3, backoff_s: float = 0.2
@@ -342,29 +352,33 @@ class BinanceClient:
                 await asyncio.sleep(backoff_s * (2**attempt))
         raise OutcomeUnknownError(0, f"could not learn whether order {client_order_id} exists", None)
 
-    async def modify_order(self, modify: ModifyRequest, *, wait: bool = True) -> OrderInfo:
-        data = await self._request("PUT", "/fapi/v1/order", modify.to_params(), cost=_ORDER, signed=True, wait=wait)
-        return OrderInfo.from_api(data)
+    async def modify_order(self, modify: ModifyRequest, *, wait: bool = True, risk: bool = False) -> OrderInfo:
+        data = await self._request(
+            "PUT", "/fapi/v1/order", modify.to_params(), cost=_ORDER, signed=True, wait=wait, risk=risk
+        )
+        return _write_answer(data)
 
     async def cancel_order(
         self, symbol: str, order_id: int | None = None, client_order_id: str | None = None
     ) -> OrderInfo:
         params = _order_ref(symbol, order_id, client_order_id)
-        data = await self._request("DELETE", "/fapi/v1/order", params, signed=True)
+        data = await self._request("DELETE", "/fapi/v1/order", params, signed=True, risk=True)
         return OrderInfo.from_api(data)
 
     async def query_order(
         self, symbol: str, order_id: int | None = None, client_order_id: str | None = None
     ) -> OrderInfo:
         params = _order_ref(symbol, order_id, client_order_id)
-        data = await self._request("GET", "/fapi/v1/order", params, signed=True)
+        data = await self._request("GET", "/fapi/v1/order", params, signed=True, risk=True)
         return OrderInfo.from_api(data)
 
     async def open_orders(self, symbol: str) -> list[OrderInfo]:
-        data = await self._request("GET", "/fapi/v1/openOrders", {"symbol": symbol}, signed=True)
+        data = await self._request("GET", "/fapi/v1/openOrders", {"symbol": symbol}, signed=True, risk=True)
         return [OrderInfo.from_api(o) for o in data]
 
-    async def batch_place(self, orders: Sequence[OrderRequest], *, wait: bool = True) -> list[OrderInfo | BinanceError]:
+    async def batch_place(
+        self, orders: Sequence[OrderRequest], *, wait: bool = True, risk: bool = False
+    ) -> list[OrderInfo | BinanceError]:
         """Place ``orders`` 5 per request; results follow input order, rejections in place.
 
         A failure of the whole first request (budget, 429, 5xx, unknown outcome) is raised, as for a
@@ -372,11 +386,12 @@ class BinanceClient:
         each of its orders instead, so the caller still learns what the earlier requests placed.
         """
         return await self._in_chunks(
-            orders, BATCH_PLACE_MAX, _batch_order_cost, lambda chunk: ("POST", {"batchOrders": [o.to_params() for o in chunk]}), wait
+            orders, BATCH_PLACE_MAX, _batch_order_cost, lambda chunk: ("POST", {"batchOrders": [o.to_params() for o in chunk]}),
+            wait, risk,
         )
 
     async def batch_modify(
-        self, modifies: Sequence[ModifyRequest], *, wait: bool = True
+        self, modifies: Sequence[ModifyRequest], *, wait: bool = True, risk: bool = False
     ) -> list[OrderInfo | BinanceError]:
         """Modify orders 5 per request; results and failures as in :meth:`batch_place`."""
 
@@ -387,7 +402,8 @@ class BinanceClient:
             return params
 
         return await self._in_chunks(
-            modifies, BATCH_PLACE_MAX, _batch_order_cost, lambda chunk: ("PUT", {"batchOrders": [entry(m) for m in chunk]}), wait
+            modifies, BATCH_PLACE_MAX, _batch_order_cost, lambda chunk: ("PUT", {"batchOrders": [entry(m) for m in chunk]}),
+            wait, risk,
         )
 
     async def batch_cancel(
@@ -402,15 +418,17 @@ class BinanceClient:
         ids: list[Any] = [int(i) for i in order_ids] if order_ids is not None else [str(c) for c in client_order_ids or ()]
         key = "orderIdList" if order_ids is not None else "origClientOrderIdList"
         return await self._in_chunks(
-            ids, BATCH_CANCEL_MAX, lambda chunk: _W1, lambda chunk: ("DELETE", {"symbol": symbol, key: list(chunk)}), True
+            ids, BATCH_CANCEL_MAX, lambda chunk: _W1, lambda chunk: ("DELETE", {"symbol": symbol, key: list(chunk)}), True, True
         )
 
-    async def _in_chunks(self, items, size, cost_of, build, wait) -> list[OrderInfo | BinanceError]:
+    async def _in_chunks(self, items, size, cost_of, build, wait, risk=False) -> list[OrderInfo | BinanceError]:
         results: list[OrderInfo | BinanceError] = []
         for index, chunk in enumerate(_chunks(items, size)):
             method, params = build(chunk)
             try:
-                data = await self._request(method, "/fapi/v1/batchOrders", params, cost=cost_of(chunk), signed=True, wait=wait)
+                data = await self._request(
+                    method, "/fapi/v1/batchOrders", params, cost=cost_of(chunk), signed=True, wait=wait, risk=risk
+                )
             except BinanceError as exc:
                 if index == 0:
                     raise
@@ -420,7 +438,7 @@ class BinanceClient:
         return results
 
     async def cancel_all(self, symbol: str) -> dict[str, Any]:
-        return await self._request("DELETE", "/fapi/v1/allOpenOrders", {"symbol": symbol}, signed=True)
+        return await self._request("DELETE", "/fapi/v1/allOpenOrders", {"symbol": symbol}, signed=True, risk=True)
 
     async def countdown_cancel_all(self, symbol: str, countdown_ms: int) -> dict[str, Any]:
         """Arm (or with 0, disarm) the exchange's dead-man switch for ``symbol``."""
@@ -432,6 +450,7 @@ class BinanceClient:
             {"symbol": symbol, "countdownTime": int(countdown_ms)},
             cost=Cost(weight=10),
             signed=True,
+            risk=True,
         )
 
     # -- account -------------------------------------------------------------------------------
@@ -554,16 +573,29 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
         yield items[i : i + size]
 
 
+def _write_answer(data: Any) -> OrderInfo:
+    """The order a write answered with; an answer that is no order leaves the outcome unknown."""
+    try:
+        return OrderInfo.from_api(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise OutcomeUnknownError(0, f"unreadable order answer ({type(exc).__name__}): {str(data)[:120]}", 200) from exc
+
+
 def _batch_results(data: Any, expected: int) -> list[OrderInfo | BinanceError]:
+    """One result per order, in order. A short answer (or not a list) may hide executed orders:
+    each order of it is then of unknown outcome; so is an entry that is neither an order nor an error."""
     if not isinstance(data, list) or len(data) != expected:
-        raise BinanceError(0, f"batch answer has {len(data) if isinstance(data, list) else type(data).__name__} "
-                              f"entries, expected {expected}", 200)
+        got = len(data) if isinstance(data, list) else type(data).__name__
+        raise OutcomeUnknownError(0, f"batch answer has {got} entries, expected {expected}", 200)
     out: list[OrderInfo | BinanceError] = []
     for entry in data:
         if isinstance(entry, dict) and "orderId" not in entry and "code" in entry:
-            out.append(error_from_payload(entry, 400))
-        else:
+            out.append(for_write(error_from_payload(entry, 400)))
+            continue
+        try:
             out.append(OrderInfo.from_api(entry))
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            out.append(OutcomeUnknownError(0, f"malformed batch entry ({type(exc).__name__}): {str(entry)[:120]}", 200))
     return out
 
 

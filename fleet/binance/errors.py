@@ -81,9 +81,13 @@ class DuplicateClientOrderIdError(BinanceError):
 
 
 class OutcomeUnknownError(BinanceError):
-    """The request was sent but its outcome is unknown (503 unknown status, timeout after send).
+    """The request was sent but its outcome is unknown: it may have executed, even after the answer.
 
-    The caller must query by client order id; resending blindly may double the order.
+    Binance's ambiguous answers to a write: HTTP 503 "Unknown error", -1000 (with 500 or 503),
+    -1006, -1007, a 502/504 from a gateway, a timeout after sending, an unparseable or short batch
+    answer. The caller keeps the request counted until a stream frame or a lookup (spaced past the
+    request's recvWindow, after which the matching engine refuses it) settles it; resending blindly
+    may double the order.
     """
 
 
@@ -128,7 +132,15 @@ _BY_CODE: dict[int, type[BinanceError]] = {
     -1003: RateLimitedError,
     -1125: InvalidListenKeyError,
     -4116: DuplicateClientOrderIdError,
+    -1000: OutcomeUnknownError,  # UNKNOWN: "execution status unknown" (seen with HTTP 500 and 503)
+    -1006: OutcomeUnknownError,  # UNEXPECTED_RESP: "Execution status unknown."
+    -1007: OutcomeUnknownError,  # TIMEOUT: "Send status unknown; execution status unknown."
 }
+
+# Answers to a write that Binance documents as a definite failure (nothing executed; may be resent):
+# -1008 (throttled), and 503 "Service Unavailable." / "Internal error; unable to process your request."
+_DEFINITE_FAILURE_CODES = frozenset({-1008})
+_DEFINITE_FAILURE_MSGS = ("service unavailable", "internal error; unable to process")
 
 # Binance's wording for a 503 whose execution status is unknown (the order may exist).
 _UNKNOWN_503 = "unknown error"
@@ -183,6 +195,8 @@ def error_from_payload(
             return ServerError(code, msg, http_status)
         if http_status == 503 and _UNKNOWN_503 in msg.lower():
             return OutcomeUnknownError(code, msg, http_status)
+        if code in (-1000, -1006, -1007):
+            return OutcomeUnknownError(code, msg, http_status)
         if http_status in (502, 504) and code == 0:
             # a gateway gave up waiting for the backend: the request may have been executed
             return OutcomeUnknownError(code, msg or f"HTTP {http_status}", http_status)
@@ -191,3 +205,20 @@ def error_from_payload(
     if cls is RateLimitedError:
         return RateLimitedError(code, msg, http_status, retry_after=_retry_after(headers))
     return cls(code, msg, http_status)
+
+
+def is_definite_failure(err: BinanceError) -> bool:
+    """A 5xx answer Binance documents as "not executed" (safe to treat a write as never sent)."""
+    if err.code in _DEFINITE_FAILURE_CODES:
+        return True
+    msg = err.msg.lower()
+    return any(m in msg for m in _DEFINITE_FAILURE_MSGS)
+
+
+def for_write(err: BinanceError) -> BinanceError:
+    """How a write must read ``err``: any 5xx that is not a documented definite failure may have
+    executed (Binance: "execution status unknown"), so it becomes :class:`OutcomeUnknownError`."""
+    if isinstance(err, ServerError) and err.http_status is not None and err.http_status >= 500:
+        if not is_definite_failure(err):
+            return OutcomeUnknownError(err.code, err.msg, err.http_status)
+    return err

@@ -5,6 +5,11 @@ Two views are kept and both must allow a request:
 - the exchange's count as last reported in ``X-MBX-*`` headers (which includes everybody else on
   the account/IP), plus what we spent since, capped at the full limit.
 After a 429 every request waits out ``Retry-After``; after a 418 everything waits for the ban to end.
+
+Risk first: requests that reduce risk (cancels, amends that shrink an order or move it away from the
+market, reduce-only orders, the dead-man heartbeat, look-ups of unknown outcomes) go in the ``risk``
+lane, which may use the whole budget; everything else (quoting) sees only ``1 - reserve`` of each
+limit, so a busy ladder can never hold back the request that takes risk off.
 A sliding window is stricter than Binance's fixed windows, so staying inside it stays inside theirs.
 """
 
@@ -51,14 +56,16 @@ class _Window:
         self._prune(now)
         return self._used
 
-    def wait_for(self, amount: int, now: float) -> float:
-        """Seconds until ``amount`` fits (0 if it fits now, inf if it never can)."""
+    def wait_for(self, amount: int, now: float, limit: int | None = None) -> float:
+        """Seconds until ``amount`` fits under ``limit`` (default the window's own; 0 if it fits
+        now, inf if it never can)."""
+        limit = self.limit if limit is None else limit
         if amount <= 0:
             return 0.0
-        if amount > self.limit:
+        if amount > limit:
             return math.inf
         self._prune(now)
-        excess = self._used + amount - self.limit
+        excess = self._used + amount - limit
         if excess <= 0:
             return 0.0
         freed = 0
@@ -107,11 +114,15 @@ class RateBudget:
         orders_per_min: int = 1200,
         clock: Callable[[], float] = time.monotonic,
         safety: float = 0.95,
+        reserve: float = 0.25,
     ) -> None:
         if not 0 < share <= 1:
             raise ValueError(f"share must be in (0, 1], got {share}")
         if not 0 < safety <= 1:
             raise ValueError(f"safety must be in (0, 1], got {safety}")
+        if not 0 <= reserve < 1:
+            raise ValueError(f"reserve must be in [0, 1), got {reserve}")
+        self.reserve = reserve  # the share of every limit only the risk lane may use
         self._clock = clock
         self._full = (int(weight_per_min), int(orders_per_10s), int(orders_per_min))
         self._safety = safety
@@ -154,27 +165,24 @@ class RateBudget:
 
     # -- queries -------------------------------------------------------------------------------
 
-    def orders_available(self, now: float | None = None) -> int:
-        """How many single orders could be sent right now without waiting."""
+    def _lane_limit(self, limit: int, risk: bool) -> int:
+        """The part of ``limit`` a lane may use: all of it for risk, less the reserve for quoting."""
+        return limit if risk else max(1, math.floor(limit * (1.0 - self.reserve)))
+
+    def orders_available(self, now: float | None = None, *, risk: bool = False) -> int:
+        """How many single orders (of the quoting lane, unless ``risk``) could be sent right now."""
         now = self._clock() if now is None else now
         if now < max(self._blocked_until, self._orders_blocked_until):
             return 0
+        lim = self._lane_limit
         local = min(
-            self._orders_10s.limit - self._orders_10s.used(now),
-            self._orders_1m.limit - self._orders_1m.used(now),
+            lim(self._orders_10s.limit, risk) - self._orders_10s.used(now),
+            lim(self._orders_1m.limit, risk) - self._orders_1m.used(now),
         )
         reported = min(
-            self._rep_10s.limit - self._rep_10s.estimate(self._orders_10s, now),
-            self._rep_1m.limit - self._rep_1m.estimate(self._orders_1m, now),
+            lim(self._rep_10s.limit, risk) - self._rep_10s.estimate(self._orders_10s, now),
+            lim(self._rep_1m.limit, risk) - self._rep_1m.estimate(self._orders_1m, now),
         )
-        return max(0, min(local, reported))
-
-    def weight_available(self, now: float | None = None) -> int:
-        now = self._clock() if now is None else now
-        if now < self._blocked_until:
-            return 0
-        local = self._weight.limit - self._weight.used(now)
-        reported = self._rep_weight.limit - self._rep_weight.estimate(self._weight, now)
         return max(0, min(local, reported))
 
     def blocked_for(self, now: float | None = None) -> float:
@@ -182,9 +190,10 @@ class RateBudget:
         now = self._clock() if now is None else now
         return max(0.0, self._blocked_until - now)
 
-    def wait_time(self, cost: Cost, now: float | None = None) -> float:
-        """Seconds until ``cost`` fits every limit (0 = now; inf = never, it exceeds a limit)."""
+    def wait_time(self, cost: Cost, now: float | None = None, *, risk: bool = False) -> float:
+        """Seconds until ``cost`` fits every limit of its lane (0 = now; inf = never)."""
         now = self._clock() if now is None else now
+        lim = self._lane_limit
         wait = max(0.0, self._blocked_until - now)
         if cost.orders_10s > 0 or cost.orders_1m > 0:
             wait = max(wait, self._orders_blocked_until - now)
@@ -196,20 +205,21 @@ class RateBudget:
         for window, reported, amount in pairs:
             if amount <= 0:
                 continue
-            wait = max(wait, window.wait_for(amount, now))
+            wait = max(wait, window.wait_for(amount, now, lim(window.limit, risk)))
             est = reported.estimate(window, now)
-            if amount > reported.limit:
+            rep_limit = lim(reported.limit, risk)
+            if amount > rep_limit:
                 return math.inf
-            if est + amount > reported.limit:
+            if est + amount > rep_limit:
                 wait = max(wait, reported.seen_at + reported.interval - now + 1e-3)
         return wait
 
     # -- spending ------------------------------------------------------------------------------
 
-    def try_charge(self, cost: Cost, now: float | None = None) -> float:
+    def try_charge(self, cost: Cost, now: float | None = None, *, risk: bool = False) -> float:
         """Charge ``cost`` if it fits now and return 0; otherwise charge nothing and return the wait."""
         now = self._clock() if now is None else now
-        wait = self.wait_time(cost, now)
+        wait = self.wait_time(cost, now, risk=risk)
         if wait > 0:
             return wait
         self._weight.charge(cost.weight, now)
@@ -217,11 +227,11 @@ class RateBudget:
         self._orders_1m.charge(cost.orders_1m, now)
         return 0.0
 
-    async def acquire(self, cost: Cost, *, wait: bool = True, max_wait: float = 120.0) -> None:
-        """Spend ``cost``, waiting for room if ``wait``; else raise :class:`BudgetExhaustedError`."""
+    async def acquire(self, cost: Cost, *, wait: bool = True, max_wait: float = 120.0, risk: bool = False) -> None:
+        """Spend ``cost`` in its lane, waiting for room if ``wait``; else raise :class:`BudgetExhaustedError`."""
         waited = 0.0
         while True:
-            delay = self.try_charge(cost)
+            delay = self.try_charge(cost, risk=risk)
             if delay == 0:
                 return
             if not wait or math.isinf(delay) or waited + delay > max_wait:

@@ -18,7 +18,7 @@ class Clock:
 
 def test_orders_stop_at_the_10s_bucket_and_resume_when_it_slides():
     clock = Clock()
-    budget = RateBudget(orders_per_10s=300, orders_per_min=1200, clock=clock, safety=1.0)
+    budget = RateBudget(orders_per_10s=300, orders_per_min=1200, clock=clock, safety=1.0, reserve=0.0)
     for _ in range(300):
         assert budget.try_charge(ORDER) == 0
     assert budget.orders_available() == 0
@@ -30,7 +30,7 @@ def test_orders_stop_at_the_10s_bucket_and_resume_when_it_slides():
 
 def test_share_splits_the_account_limits():
     clock = Clock()
-    budget = RateBudget(share=0.25, clock=clock, safety=1.0)
+    budget = RateBudget(share=0.25, clock=clock, safety=1.0, reserve=0.0)
     assert budget.limits == {"weight_1m": 600, "orders_10s": 75, "orders_1m": 300}
     assert budget.orders_available() == 75
     budget.set_share(0.5)
@@ -41,7 +41,7 @@ def test_share_splits_the_account_limits():
 
 def test_exchange_headers_count_other_agents_usage():
     clock = Clock()
-    budget = RateBudget(share=0.5, clock=clock, safety=1.0)
+    budget = RateBudget(share=0.5, clock=clock, safety=1.0, reserve=0.0)
     # our own half is untouched, but the exchange reports the account nearly full
     budget.observe_headers({"X-MBX-ORDER-COUNT-10S": "295", "X-MBX-USED-WEIGHT-1M": "10"})
     assert budget.orders_available() == 5
@@ -71,7 +71,7 @@ def test_a_cost_above_the_limit_is_refused_not_waited_for():
 
 async def test_wait_false_refuses_without_charging():
     clock = Clock()
-    budget = RateBudget(orders_per_10s=2, clock=clock, safety=1.0)
+    budget = RateBudget(orders_per_10s=2, clock=clock, safety=1.0, reserve=0.0)
     await budget.acquire(ORDER, wait=False)
     await budget.acquire(ORDER, wait=False)
     with pytest.raises(BudgetExhaustedError, match="rate budget exhausted") as info:
@@ -88,3 +88,38 @@ def test_an_order_count_429_pauses_orders_but_not_cancels():
     assert budget.orders_available() == 0
     clock.t += 4.0
     assert budget.try_charge(ORDER) == 0
+
+
+def test_quoting_leaves_the_reserve_to_risk_reducing_requests():
+    clock = Clock()
+    budget = RateBudget(orders_per_10s=100, orders_per_min=1200, weight_per_min=400, clock=clock, safety=1.0,
+                        reserve=0.25)
+    # a ladder spends everything its lane offers ...
+    assert budget.orders_available() == 75
+    for _ in range(75):
+        assert budget.try_charge(ORDER) == 0
+    assert budget.orders_available() == 0 and budget.try_charge(ORDER) > 0
+    # ... and the amend that shrinks an order near the cap still goes out at once
+    assert budget.orders_available(risk=True) == 25
+    for _ in range(25):
+        assert budget.try_charge(ORDER, risk=True) == 0
+    assert budget.try_charge(ORDER, risk=True) > 0
+    # weight too: quoting reads stop at 300 of 400, cancels may use the rest
+    for _ in range(300 - 0):
+        if budget.try_charge(Cost(weight=1)) > 0:
+            break
+    assert budget.try_charge(Cost(weight=1)) > 0
+    assert budget.try_charge(Cost(weight=1), risk=True) == 0
+
+
+def test_the_exchange_count_keeps_the_reserve_too():
+    clock = Clock()
+    budget = RateBudget(share=1.0, clock=clock, safety=1.0, reserve=0.25)
+    budget.observe_headers({"X-MBX-ORDER-COUNT-10S": "225"})  # others on the account quoted 225 of 300
+    assert budget.orders_available() == 0
+    assert budget.orders_available(risk=True) == 75
+
+
+def test_reserve_is_checked():
+    with pytest.raises(ValueError, match="reserve"):
+        RateBudget(reserve=1.0)

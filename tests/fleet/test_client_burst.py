@@ -55,7 +55,7 @@ def tally(results) -> dict[str, int]:
 async def test_burst_of_2000_orders_split_among_agents_never_draws_a_429(sim_factory):
     sim = await sim_factory(symbols=[SYMBOL])
     name, key, secret = sim.accounts[0]
-    clients = [BinanceClient(sim.rest_url, key, secret, budget=RateBudget(share=1 / AGENTS)) for _ in range(AGENTS)]
+    clients = [BinanceClient(sim.rest_url, key, secret, budget=RateBudget(share=1 / AGENTS, reserve=0.0)) for _ in range(AGENTS)]
     for c in clients:
         await c.open()
     try:
@@ -80,7 +80,7 @@ async def test_burst_that_waits_goes_through_after_the_window_slides_without_a_4
     config = {"rate_limits": {"orders_per_10s": 20, "orders_per_minute": 1200}}
     sim = await sim_factory(symbols=[SYMBOL], config=config)
     name, key, secret = sim.accounts[0]
-    budget = RateBudget(orders_per_10s=20, orders_per_min=1200)
+    budget = RateBudget(orders_per_10s=20, orders_per_min=1200, reserve=0.0)
     async with BinanceClient(sim.rest_url, key, secret, budget=budget) as client:
         orders = await far_ioc_orders(client, "w", 30)  # 19 now, 11 once the first ones age out
         start = time.monotonic()
@@ -98,7 +98,7 @@ async def test_headers_make_the_budget_respect_orders_it_did_not_send(sim_factor
     sim = await sim_factory(symbols=[SYMBOL], clock=lambda: pinned)
     name, key, secret = sim.accounts[0]
     other = BinanceClient(sim.rest_url, key, secret, recv_window=60_000)
-    me = BinanceClient(sim.rest_url, key, secret, recv_window=60_000)
+    me = BinanceClient(sim.rest_url, key, secret, recv_window=60_000, budget=RateBudget(reserve=0.0))
     async with other, me:
         for c in (other, me):
             c.time_offset_ms = pinned - int(time.time() * 1000) - 30_000

@@ -101,3 +101,47 @@ def test_credentials_come_from_env_or_file_and_never_show_the_secret(tmp_path):
     key_file.write_text("api_key: k1\n")
     with pytest.raises(CredentialsError, match="lacks api_secret"):
         load_credentials(AccountConfig(name="f", key_file=str(key_file)), {})
+
+
+@pytest.mark.parametrize(
+    "status,payload",
+    [
+        (500, {"code": -1000, "msg": "An unknown error occurred while processing the request."}),
+        (503, {"code": -1000, "msg": "Unknown error, please check your request or try again later."}),
+        (503, {"code": -1006, "msg": "An unexpected response was received from the message bus. Execution status unknown."}),
+        (503, {"code": -1007, "msg": "Timeout waiting for response from backend server. Send status unknown; execution status unknown."}),
+        (400, {"code": -1007, "msg": "Timeout waiting for response from backend server."}),
+        (502, "<html><body>502 Bad Gateway</body></html>"),
+        (504, "<html><body>504 Gateway Time-out</body></html>"),
+        (500, "<html>oops</html>"),
+        (500, {"code": -1, "msg": "whatever the backend said"}),
+    ],
+)
+def test_an_ambiguous_answer_to_a_write_is_an_unknown_outcome(status, payload):
+    err = E.for_write(E.error_from_payload(payload, status))
+    assert isinstance(err, E.OutcomeUnknownError), err
+
+
+@pytest.mark.parametrize(
+    "status,payload",
+    [
+        (503, {"code": -1001, "msg": "Service Unavailable."}),
+        (503, {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."}),
+        (503, {"code": -1008, "msg": "Request throttled by system-level protection."}),
+        (400, {"code": -2019, "msg": "Margin is insufficient."}),
+    ],
+)
+def test_a_documented_failure_to_a_write_stays_definite(status, payload):
+    err = E.for_write(E.error_from_payload(payload, status))
+    assert not isinstance(err, E.OutcomeUnknownError), err
+
+
+def test_a_short_or_malformed_batch_answer_leaves_its_orders_unknown():
+    from fleet.binance.client import _batch_results
+
+    with pytest.raises(E.OutcomeUnknownError, match="2 entries, expected 3"):
+        _batch_results([{"code": -2011, "msg": "x"}, {"code": -2011, "msg": "x"}], 3)
+    with pytest.raises(E.OutcomeUnknownError):
+        _batch_results("<html>", 1)
+    out = _batch_results([{"orderId": 1}, "garbage", {"code": -1006, "msg": "unknown"}], 3)
+    assert all(isinstance(r, E.OutcomeUnknownError) for r in out)

@@ -188,7 +188,7 @@ async def test_an_order_count_429_pauses_new_orders_but_cancels_still_go_out(sim
 
 async def test_a_refused_later_batch_request_is_reported_in_place_not_raised(sim):
     name, key, secret = sim.accounts[0]
-    budget = RateBudget(orders_per_10s=6)  # 95 %: room for exactly one batch of 5
+    budget = RateBudget(orders_per_10s=6, reserve=0.0)  # 95 %: room for exactly one batch of 5
     async with BinanceClient(sim.rest_url, key, secret, budget=budget) as client:
         base = await passive_order(client, "chunk")
         orders = [
