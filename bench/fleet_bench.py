@@ -37,8 +37,9 @@ SYMBOLS_PER_ACCOUNT = 10
 # A generic simulator symbol trades at ~100 with min notional 5. Every agent behind one IP shares
 # Binance's 2400 weight/min (the agents' budgets read the IP-wide X-MBX-USED-WEIGHT-1M), so the bench
 # quotes calmly: a 1.5 s cycle and a wider tolerance before amending.
+NET_MAX_HARD_CAP = 2.5  # held by the fleet config, never by the symbol's params
 PARAMS = {
-    "base": {"base_size": 0.1, "net_max": 2.0, "net_max_hard_cap": 2.5, "quote_interval_ms": 1500,
+    "base": {"base_size": 0.1, "net_max": 2.0, "quote_interval_ms": 1500,
              "requote_move_fraction": 1.0},
     "grid": {"max_layers": 5},
     "orders": {"tolerance_ticks": 10},
@@ -96,7 +97,8 @@ class Bench:
             "name": name,
             "exchange": {"kind": "sim", "sim": {"seed": 3, "config": str(sim_config)}},
             "accounts": [{"name": a, "key_file": "/unused"} for a in accounts],
-            "symbols": [{"symbol": s, "account": accounts[i // SYMBOLS_PER_ACCOUNT], "params": PARAMS}
+            "symbols": [{"symbol": s, "account": accounts[i // SYMBOLS_PER_ACCOUNT], "params": PARAMS,
+                         "net_max_hard_cap": NET_MAX_HARD_CAP}
                         for i, s in enumerate(self.symbols)],
             "api": {"host": "127.0.0.1", "port": free_port(), "token_env": None},
             "agent": {"num_cpus": 0.01},

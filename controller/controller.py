@@ -18,7 +18,7 @@ from typing import Any
 import ray
 
 from controller.lease import GcsStore, LeaseBook
-from fleet.config import FleetConfig, SymbolParams, symbol_params
+from fleet.config import FleetConfig, SymbolParams, migrate_stored_hard_caps, symbol_params, validate_symbol_params
 
 log = logging.getLogger("mmfleet.controller")
 
@@ -55,20 +55,27 @@ def build_spec(cfg: FleetConfig, config_path: str | None = None) -> dict[str, An
         if config_path is not None:
             params[entry.symbol] = symbol_params(cfg, entry.symbol, config_path).model_dump(mode="json")
         else:
-            params[entry.symbol] = SymbolParams.model_validate(entry.params).model_dump(mode="json")
+            params[entry.symbol] = validate_symbol_params(cfg, entry.symbol, entry.params).model_dump(mode="json")
     return {"fleet": cfg.model_dump(mode="json"), "params": params}
 
 
-def parse_spec(spec: dict[str, Any]) -> tuple[FleetConfig, dict[str, SymbolParams]]:
-    """Validate an ``apply`` document (or a bare fleet config); raise ValueError naming what is wrong."""
+def parse_spec(spec: dict[str, Any], *, stored: bool = False) -> tuple[FleetConfig, dict[str, SymbolParams]]:
+    """Validate an ``apply`` document (or a bare fleet config); raise ValueError naming what is wrong.
+
+    Every symbol's net_max is checked against the hard cap the fleet config (or code) holds for it;
+    params that set the cap themselves are refused. ``stored``: a spec read back from the GCS, which
+    may predate that rule (its caps are moved to the fleet entries, then checked the same way).
+    """
     if not isinstance(spec, dict):
         raise ValueError(f"apply takes a mapping, not {type(spec).__name__}")
     fleet_doc = spec.get("fleet", spec) if "fleet" in spec else spec
-    cfg = FleetConfig.model_validate(fleet_doc)
     raw_params = spec.get("params", {}) if "fleet" in spec else {}
+    if stored:
+        migrate_stored_hard_caps(fleet_doc, raw_params)
+    cfg = FleetConfig.model_validate(fleet_doc)
     params = {}
     for entry in cfg.symbols:
-        params[entry.symbol] = SymbolParams.model_validate(raw_params.get(entry.symbol, entry.params))
+        params[entry.symbol] = validate_symbol_params(cfg, entry.symbol, raw_params.get(entry.symbol, entry.params))
     unknown = set(raw_params) - set(params)
     if unknown:
         raise ValueError(f"params given for symbols not in the fleet: {', '.join(sorted(unknown))}")
@@ -168,7 +175,7 @@ class FleetController:
             return
         doc = self.book.get_doc(SPEC_DOC)
         if doc is not None:
-            self.cfg, self.params = parse_spec(doc)
+            self.cfg, self.params = parse_spec(doc, stored=True)
             self.shares = rate_shares(self.cfg)
         flags = self.book.get_doc(FLAGS_DOC) or {}
         self.reduce_only = bool(flags.get("reduce_only", False))

@@ -23,28 +23,40 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# --- the hard cap on net_max ----------------------------------------------------------------------
+# The cap guards the symbol's params, so those params cannot set it: it is held by code (the seed's
+# caps, which nothing raises) and by the fleet config (``symbols[].net_max_hard_cap``, else
+# ``risk.net_max_hard_cap``), which may only lower a cap held by code.
+
+SEED_HARD_CAPS: dict[str, float] = {"ETHUSDC": 0.25}  # the seed: "net_max never above 0.25"
+DEFAULT_NET_MAX_HARD_CAP = 0.25  # risk.net_max_hard_cap unless the fleet config sets one
+
+_CAP_HOLDERS = "symbols[].net_max_hard_cap or risk.net_max_hard_cap in the fleet config"
+
+
 # --- per-symbol parameters (the seed) ---------------------------------------------------------
 
 
 class BaseParams(_Model):
     quote_interval_ms: int = Field(220, ge=20, le=60_000)
     base_size: float = Field(0.007, gt=0)
-    net_max: float = Field(0.20, gt=0, description="position cap in base units (seed: hard cap)")
-    net_max_hard_cap: float = Field(
-        0.25, gt=0, description="net_max may never exceed this (seed: 0.25 for ETHUSDC)"
+    net_max: float = Field(
+        0.20, gt=0, description="position cap in base units; never above the symbol's hard cap (see hard_cap)"
     )
     min_spread: float = Field(0.00065, gt=0, lt=0.5)
     requote_move_fraction: float = Field(
         0.5, gt=0, description="requote at once when mid moves this fraction of layer 0's spread"
     )
 
-    @model_validator(mode="after")
-    def _net_max_under_hard_cap(self) -> "BaseParams":
-        if self.net_max > self.net_max_hard_cap:
+    @model_validator(mode="before")
+    @classmethod
+    def _hard_cap_is_not_a_symbol_param(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "net_max_hard_cap" in data:
             raise ValueError(
-                f"net_max {self.net_max} exceeds the hard cap net_max_hard_cap={self.net_max_hard_cap}"
+                f"net_max_hard_cap may not be set in a symbol's params: the hard cap on net_max is held by "
+                f"{_CAP_HOLDERS} (the seed's {SEED_HARD_CAPS} by code)"
             )
-        return self
+        return data
 
 
 class GridParams(_Model):
@@ -216,6 +228,10 @@ class SymbolEntry(_Model):
     account: str
     params_file: str | None = None
     params: dict[str, Any] = Field(default_factory=dict, description="overrides on the params file")
+    net_max_hard_cap: float | None = Field(
+        None, gt=0, description="the hard cap on this symbol's net_max (else risk.net_max_hard_cap); "
+        "never above a cap held by code"
+    )
 
 
 class ApiConfig(_Model):
@@ -234,6 +250,10 @@ class AgentPlacement(_Model):
 
 class FleetRisk(_Model):
     max_total_notional: float = Field(1_000_000.0, gt=0, description="fleet-wide abs notional cap")
+    net_max_hard_cap: float = Field(
+        DEFAULT_NET_MAX_HARD_CAP, gt=0,
+        description="the hard cap on net_max of every symbol without its own symbols[].net_max_hard_cap",
+    )
 
 
 class FleetConfig(_Model):
@@ -259,7 +279,25 @@ class FleetConfig(_Model):
             seen.add(entry.symbol)
             if entry.account not in names:
                 raise ValueError(f"symbols: {entry.symbol} names unknown account {entry.account!r}")
+            held = SEED_HARD_CAPS.get(entry.symbol)
+            if entry.net_max_hard_cap is not None and held is not None and entry.net_max_hard_cap > held:
+                raise ValueError(
+                    f"symbols: {entry.symbol} net_max_hard_cap {entry.net_max_hard_cap} is above the hard cap "
+                    f"{held} held by code (the seed's); a fleet config may only lower it"
+                )
         return self
+
+    def hard_cap(self, symbol: str) -> tuple[float, str]:
+        """The hard cap on ``symbol``'s net_max, and where it is held (for error messages)."""
+        entry = self.entry(symbol)
+        if entry.net_max_hard_cap is not None:
+            cap, where = entry.net_max_hard_cap, f"symbols[{symbol}].net_max_hard_cap in the fleet config"
+        else:
+            cap, where = self.risk.net_max_hard_cap, "risk.net_max_hard_cap in the fleet config"
+        held = SEED_HARD_CAPS.get(symbol)
+        if held is not None and held <= cap:
+            return held, f"code: the seed's cap for {symbol}"
+        return cap, where
 
     @property
     def namespace(self) -> str:
@@ -324,6 +362,27 @@ def load_fleet_config(path: str | os.PathLike[str]) -> FleetConfig:
     return cfg
 
 
+def _net_max_error(symbol: str, net_max: float, cap: float, held_by: str, where: str) -> ConfigError:
+    return ConfigError(
+        f"invalid config {where}:\n  base.net_max: net_max {net_max} exceeds the hard cap "
+        f"net_max_hard_cap={cap} for {symbol} (held by {held_by})"
+    )
+
+
+def validate_symbol_params(cfg: FleetConfig, symbol: str, data: Any, where: str | None = None) -> SymbolParams:
+    """``symbol``'s params validated, and net_max checked against the hard cap the fleet config or
+    code holds for it; :class:`ConfigError` (a ValueError) naming the field and the cap otherwise."""
+    where = where or f"for {symbol}"
+    try:
+        params = SymbolParams.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, where)) from None
+    cap, held_by = cfg.hard_cap(symbol)
+    if params.base.net_max > cap:
+        raise _net_max_error(symbol, params.base.net_max, cap, held_by, where)
+    return params
+
+
 def symbol_params(cfg: FleetConfig, symbol: str, config_path: str | os.PathLike[str]) -> SymbolParams:
     """A symbol's parameters: its params file (relative to the fleet config) plus overrides."""
     entry = cfg.entry(symbol)
@@ -334,15 +393,31 @@ def symbol_params(cfg: FleetConfig, symbol: str, config_path: str | os.PathLike[
         data = _read_yaml(params_path)
         where = f"{params_path} (+ overrides in {config_path})"
     data = _deep_merge(data, entry.params)
-    try:
-        return SymbolParams.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, where)) from None
+    return validate_symbol_params(cfg, symbol, data, where)
 
 
-def load_symbol_params(path: str | os.PathLike[str]) -> SymbolParams:
+def migrate_stored_hard_caps(fleet_doc: dict[str, Any], params: dict[str, Any]) -> None:
+    """A spec stored before the hard cap left the symbol params held it in ``base``: move it to the
+    fleet entry (in place), where it is checked as the fleet config's cap (never above code's)."""
+    for entry in fleet_doc.get("symbols", ()) if isinstance(fleet_doc, dict) else ():
+        base = (params.get(entry.get("symbol")) or {}).get("base") if isinstance(entry, dict) else None
+        if isinstance(base, dict) and "net_max_hard_cap" in base:
+            cap = base.pop("net_max_hard_cap")
+            entry.setdefault("net_max_hard_cap", cap)
+
+
+def load_symbol_params(path: str | os.PathLike[str], symbol: str | None = None) -> SymbolParams:
+    """A symbol file on its own (``symbol``: else the file's name), with net_max checked against
+    the cap code holds for that symbol, else the fleet default ``DEFAULT_NET_MAX_HARD_CAP``."""
     p = Path(path)
+    symbol = symbol or p.stem
     try:
-        return SymbolParams.model_validate(_read_yaml(p))
+        params = SymbolParams.model_validate(_read_yaml(p))
     except ValidationError as exc:
         raise ConfigError(_describe(exc, str(p))) from None
+    held = SEED_HARD_CAPS.get(symbol)
+    cap, held_by = (held, f"code: the seed's cap for {symbol}") if held is not None else (
+        DEFAULT_NET_MAX_HARD_CAP, "the fleet default (risk.net_max_hard_cap)")
+    if params.base.net_max > cap:
+        raise _net_max_error(symbol, params.base.net_max, cap, held_by, str(p))
+    return params

@@ -50,7 +50,7 @@ def test_symbol_params_over_the_hard_cap_name_the_field(tmp_path):
     data = yaml.safe_load(path.read_text())
     data["symbols"][0]["params"] = {"base": {"net_max": 0.4}}
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(AgentSetupError, match=r"base: .*net_max 0.4 exceeds the hard cap"):
+    with pytest.raises(AgentSetupError, match=r"base.net_max: net_max 0.4 exceeds the hard cap net_max_hard_cap=0.25 for ETHUSDC"):
         prepare(_args("--config", str(path), "--symbol", "ETHUSDC", *URLS))
 
 

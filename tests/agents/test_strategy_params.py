@@ -72,3 +72,90 @@ def test_the_seeds_prohibitions_are_errors_naming_the_field(tmp_path, data, fiel
         load_symbol_params(write(tmp_path, data))
     assert field in str(err.value)
     assert "ETHUSDC.yaml" in str(err.value)
+
+
+# --- the hard cap on net_max: held by code and the fleet config, never by the symbol's params ----
+
+
+def _fleet(tmp_path: Path, base: dict, entry_extra: dict | None = None, symbol: str = "ETHUSDC", **top) -> Path:
+    (tmp_path / f"{symbol}.yaml").write_text(yaml.safe_dump({"base": base}))
+    doc = {
+        "name": "capped",
+        "accounts": [{"name": "main", "api_key_env": "K", "api_secret_env": "S"}],
+        "symbols": [{"symbol": symbol, "account": "main", "params_file": f"{symbol}.yaml", **(entry_extra or {})}],
+        **top,
+    }
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _resolve(path: Path, symbol: str = "ETHUSDC"):
+    from fleet.config import load_fleet_config, symbol_params
+
+    return symbol_params(load_fleet_config(path), symbol, path)
+
+
+def test_a_symbol_file_cannot_raise_its_own_hard_cap(tmp_path):
+    path = _fleet(tmp_path, {"net_max": 5, "net_max_hard_cap": 10})
+    with pytest.raises(ConfigError, match=r"base: .*net_max_hard_cap may not be set in a symbol's params") as err:
+        _resolve(path)
+    assert "ETHUSDC.yaml" in str(err.value) and "symbols[].net_max_hard_cap" in str(err.value)
+    with pytest.raises(ConfigError, match="net_max_hard_cap may not be set"):
+        load_symbol_params(write(tmp_path, {"base": {"net_max": 5, "net_max_hard_cap": 10}}))
+
+
+def test_net_max_above_the_cap_code_holds_is_refused_naming_the_field_and_the_cap(tmp_path):
+    with pytest.raises(ConfigError, match=r"base.net_max: net_max 5(\.0)? exceeds the hard cap net_max_hard_cap=0.25 "
+                                          r"for ETHUSDC \(held by code"):
+        _resolve(_fleet(tmp_path, {"net_max": 5}))
+    # the fleet config may not lift the seed's cap for ETHUSDC, not even with its default
+    with pytest.raises(ConfigError, match=r"ETHUSDC net_max_hard_cap 10(\.0)? is above the hard cap 0.25 held by code"):
+        _resolve(_fleet(tmp_path, {"net_max": 5}, {"net_max_hard_cap": 10}))
+    with pytest.raises(ConfigError, match="net_max_hard_cap=0.25 for ETHUSDC"):
+        _resolve(_fleet(tmp_path, {"net_max": 5}, risk={"net_max_hard_cap": 10}))
+    assert _resolve(_fleet(tmp_path, {"net_max": 0.25})).base.net_max == 0.25
+    with pytest.raises(ConfigError, match=r"net_max 0.2 exceeds the hard cap net_max_hard_cap=0.1 for ETHUSDC"):
+        _resolve(_fleet(tmp_path, {"net_max": 0.2}, {"net_max_hard_cap": 0.1}))  # ...but may lower it
+
+
+def test_other_symbols_take_their_cap_from_the_fleet_config(tmp_path):
+    path = _fleet(tmp_path, {"net_max": 8}, {"net_max_hard_cap": 10}, symbol="SOLUSDT")
+    assert _resolve(path, "SOLUSDT").base.net_max == 8
+    with pytest.raises(ConfigError, match=r"net_max 8(\.0)? exceeds the hard cap net_max_hard_cap=0.25 for SOLUSDT "
+                                          r"\(held by risk.net_max_hard_cap"):
+        _resolve(_fleet(tmp_path, {"net_max": 8}, symbol="SOLUSDT"), "SOLUSDT")
+    assert _resolve(_fleet(tmp_path, {"net_max": 8}, symbol="SOLUSDT", risk={"net_max_hard_cap": 9}), "SOLUSDT")
+
+
+def test_apply_refuses_params_over_the_cap_and_params_that_set_it():
+    from controller.controller import build_spec, parse_spec
+    from fleet.config import load_fleet_config
+
+    demo = ROOT / "configs/fleet.demo.yaml"
+    spec = build_spec(load_fleet_config(demo), str(demo))
+    assert "net_max_hard_cap" not in spec["params"]["SOLUSDT"]["base"]
+    over = {**spec, "params": {**spec["params"], "ETHUSDC": {"base": {"net_max": 5}}}}
+    with pytest.raises(ValueError, match=r"base.net_max: net_max 5(\.0)? exceeds the hard cap net_max_hard_cap=0.25 for ETHUSDC"):
+        parse_spec(over)
+    own_cap = {**spec, "params": {**spec["params"], "ETHUSDC": {"base": {"net_max": 5, "net_max_hard_cap": 10}}}}
+    with pytest.raises(ValueError, match="net_max_hard_cap may not be set in a symbol's params"):
+        parse_spec(own_cap)
+    lifted = {**spec, "fleet": {**spec["fleet"], "symbols": [
+        {**e, "net_max_hard_cap": 100.0} if e["symbol"] == "SOLUSDT" else e for e in spec["fleet"]["symbols"]]}}
+    assert parse_spec(lifted)[0].hard_cap("SOLUSDT") == (100.0, "symbols[SOLUSDT].net_max_hard_cap in the fleet config")
+
+
+def test_a_spec_stored_before_the_rule_moves_its_caps_to_the_fleet_entries():
+    from controller.controller import build_spec, parse_spec
+    from fleet.config import load_fleet_config
+
+    demo = ROOT / "configs/fleet.demo.yaml"
+    spec = build_spec(load_fleet_config(demo), str(demo))
+    for e in spec["fleet"]["symbols"]:
+        e.pop("net_max_hard_cap", None)
+    spec["params"]["SOLUSDT"]["base"]["net_max_hard_cap"] = 10.0
+    spec["params"]["ETHUSDC"]["base"]["net_max_hard_cap"] = 0.25
+    spec["params"]["BTCUSDT"]["base"]["net_max_hard_cap"] = 0.03
+    cfg, params = parse_spec(spec, stored=True)
+    assert cfg.hard_cap("SOLUSDT")[0] == 10.0 and params["SOLUSDT"].base.net_max == 8.0

@@ -32,6 +32,7 @@ from fleet.config import (
 from tests.controller.test_prometheus import central_config, cluster_config, free_port, poll, start_prometheus
 
 SYMBOLS = ("ETHUSDC", "BTCUSDT", "SOLUSDT")
+DEMO_HARD_CAPS = {"BTCUSDT": 0.03, "SOLUSDT": 10.0}  # as configs/fleet.demo.yaml holds them (ETHUSDC: code's)
 AGENT_TIMEOUT_S = 3.0   # generous: two shared cores under load; a stopped agent still costs only this
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "fleet.demo.yaml"
 
@@ -85,7 +86,8 @@ def live(ray_cluster, tmp_path_factory):
             kind="sim", rest_url=sim.server.rest_url, ws_market_url=sim.server.ws_url, ws_user_url=sim.server.ws_url
         ),
         accounts=(AccountConfig(name="main", key_file=str(key_file)),),
-        symbols=tuple(SymbolEntry(symbol=s, account="main", params_file=f"symbols/{s}.yaml") for s in SYMBOLS),
+        symbols=tuple(SymbolEntry(symbol=s, account="main", params_file=f"symbols/{s}.yaml",
+                                  net_max_hard_cap=DEMO_HARD_CAPS.get(s)) for s in SYMBOLS),
         api=ApiConfig(port=free_port(), token_env=None, token_file=str(token_file)),
         agent=AgentPlacement(num_cpus=0),
         runtime=RuntimeParams(deadman_heartbeat_sec=2.0, deadman_countdown_ms=10_000, stop_timeout_sec=15.0),

@@ -27,6 +27,7 @@ from fleet.fleet_cli import FleetAlreadyRunning, start_fleet, stop_fleet
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SYMBOLS = ("ETHUSDC", "BTCUSDT", "SOLUSDT")
+DEMO_HARD_CAPS = {"BTCUSDT": 0.03, "SOLUSDT": 10.0}  # as configs/fleet.demo.yaml holds them (ETHUSDC: code's)
 
 
 def free_port() -> int:
@@ -57,7 +58,8 @@ def fleet_config(name: str, state_dir: Path, **extra: Any) -> FleetConfig:
         "name": name,
         "exchange": {"kind": "sim", "sim": {"seed": 5}},
         "accounts": [{"name": "main", "api_key_env": "MMFLEET_TEST_UNSET_KEY", "api_secret_env": "MMFLEET_TEST_UNSET_SECRET"}],
-        "symbols": [{"symbol": s, "account": "main", "params_file": f"symbols/{s}.yaml"} for s in SYMBOLS],
+        "symbols": [{"symbol": s, "account": "main", "params_file": f"symbols/{s}.yaml",
+                     "net_max_hard_cap": DEMO_HARD_CAPS.get(s)} for s in SYMBOLS],
         "api": {"host": "127.0.0.1", "port": free_port(), "token_env": None},
         "agent": {"num_cpus": 0.05},
         "state_dir": str(state_dir),
