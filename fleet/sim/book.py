@@ -55,6 +55,11 @@ class Book:
         self.min_qty_steps = int((self.min_qty / self.step).to_integral_value(rounding="ROUND_CEILING"))
         self.max_steps = int((self.max_qty / self.step).to_integral_value(rounding="ROUND_FLOOR"))
         self.market_max_steps = int((self.market_max_qty / self.step).to_integral_value(rounding="ROUND_FLOOR"))
+        # MARKET_LOT_SIZE: its step in LOT steps (1 = the same grid) and its minimum in LOT steps
+        self.market_step = Decimal(spec.market_step_size) if spec.market_step_size else self.step
+        self.market_step_mult = int(self.market_step / self.step)
+        self.market_min_qty = Decimal(spec.market_min_qty) if spec.market_min_qty else self.min_qty
+        self.market_min_steps = int((self.market_min_qty / self.step).to_integral_value(rounding="ROUND_CEILING"))
         price = spec.start_price
         self.level_steps = max(1, int((spec.level_qty or 20000.0 / price) / self.step_f))
         self.taker_mean_steps = max(1.0, (spec.taker_mean_qty or 5000.0 / price) / self.step_f)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fleet.sim.market import MarketParams
 
@@ -35,6 +35,9 @@ class SymbolSpec(_Model):
     min_qty: str | None = None
     max_qty: str = "10000"
     market_max_qty: str = "1000"
+    market_step_size: str | None = Field(None, description="MARKET_LOT_SIZE stepSize (a multiple of step_size); "
+                                                            "None = step_size")
+    market_min_qty: str | None = Field(None, description="MARKET_LOT_SIZE minQty; None = the LOT_SIZE minQty")
     min_notional: str = "5"
     price_precision: int | None = Field(None, description="decimals accepted in prices; None = the tick's")
     quantity_precision: int | None = Field(None, description="decimals accepted in sizes; None = the step's")
@@ -56,6 +59,21 @@ class SymbolSpec(_Model):
         if Decimal(v) <= 0:
             raise ValueError(f"must be a positive decimal string, got {v!r}")
         return v
+
+    @field_validator("market_step_size", "market_min_qty")
+    @classmethod
+    def _optional_positive_decimal(cls, v: str | None) -> str | None:
+        if v is not None and Decimal(v) <= 0:
+            raise ValueError(f"must be a positive decimal string, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _market_step_on_the_lot_grid(self) -> "SymbolSpec":
+        if self.market_step_size is not None:
+            ratio = Decimal(self.market_step_size) / Decimal(self.step_size)
+            if ratio < 1 or ratio != ratio.to_integral_value():
+                raise ValueError("market_step_size must be a whole multiple of step_size")
+        return self
 
     @property
     def margin_asset(self) -> str:
@@ -90,6 +108,8 @@ class AccountSpec(_Model):
     api_secret: str | None = None
     balances: dict[str, str] = Field(default_factory=lambda: {"USDT": "100000", "USDC": "100000"})
     leverage: int = Field(20, ge=1, le=125)
+    funding_frame_symbol: bool | None = Field(None, description="add the 2026 SDK a.S to this account's "
+                                                                "FUNDING_FEE frames; None = the global switch")
 
 
 class RateLimits(_Model):
@@ -121,6 +141,11 @@ class SimConfig(_Model):
     rate_limits: RateLimits = RateLimits()
     recv_window_max_ms: int = Field(60000, ge=1)
     rest_latency_ms: int = Field(0, ge=0, le=60_000, description="added to every REST call (a far exchange)")
+    funding_frame_symbol: bool = Field(False, description="add a.S (the 2026 SDK's symbol of a FUNDING_FEE "
+                                                          "ACCOUNT_UPDATE) to every account's funding frames; "
+                                                          "off = the real cross frame without a symbol")
+    max_modifies_per_order: int = Field(10000, ge=1, description="PUT order answers -5026 once an order was "
+                                                                 "modified this many times (Binance: < 10000)")
 
     def symbol_specs(self, names: list[str] | None = None) -> tuple[SymbolSpec, ...]:
         """The configured specs, plus defaults for names not configured (in the given order)."""

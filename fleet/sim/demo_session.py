@@ -32,6 +32,16 @@ def _quote_prices(bid: Decimal, ask: Decimal, tick: Decimal) -> tuple[str, str]:
     return str(min(buy, bid)), str(max(sell, ask))
 
 
+async def _funding_symbol(rest: SimClient, t: int, asset: str, amount: str) -> str:
+    """A cross FUNDING_FEE frame names no symbol (as on Binance): find it in the income history."""
+    income = (await rest.signed("GET", "/fapi/v1/income", {"incomeType": "FUNDING_FEE", "startTime": t,
+                                                          "endTime": t})).json
+    for rec in income:
+        if rec["asset"] == asset and rec["income"] == amount:
+            return rec["symbol"]
+    return "?"
+
+
 async def _session(seconds: float, seed: int) -> dict[str, Any]:
     config = {"funding_interval_s": 5.0, "market": {"volatility": 1.5}}
     async with SimServer(symbols=list(SYMBOLS), seed=seed, config=config) as sim, \
@@ -61,8 +71,9 @@ async def _session(seconds: float, seed: int) -> dict[str, Any]:
                 elif f["e"] == "ACCOUNT_UPDATE" and f["a"]["m"] == "FUNDING_FEE":
                     b = f["a"]["B"][0]
                     counts["funding_settlements"] += 1
-                    funding[f["a"]["S"]] = funding.get(f["a"]["S"], Decimal(0)) + Decimal(b["bc"])
-                    print(f"  funding {f['a']['S']:8} {b['bc']} {b['a']}")
+                    symbol = f["a"].get("S") or await _funding_symbol(rest, f["E"], b["a"], b["bc"])
+                    funding[symbol] = funding.get(symbol, Decimal(0)) + Decimal(b["bc"])
+                    print(f"  funding {symbol:8} {b['bc']} {b['a']}")
 
         tasks = [asyncio.create_task(read_market()), asyncio.create_task(read_user())]
         deadline = time.monotonic() + seconds

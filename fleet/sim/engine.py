@@ -80,6 +80,7 @@ class Engine(EngineViews):
         self.want_all_bt = False
         self._deadline = FAR_MS
         self.tran_id = 1
+        self.max_modifies = config.max_modifies_per_order  # -5026 past this many modifies of one order
 
     # -- small helpers ----------------------------------------------------------------------------
 
@@ -558,9 +559,14 @@ class Engine(EngineViews):
                 acct.wallet[asset] = acct.wallet.get(asset, ZERO) + fee
                 self._income(acct, b.symbol, "FUNDING_FEE", fee, asset, t, "")
                 wb = s8(acct.wallet[asset])
-                self._emit_user(acct.name, {"e": "ACCOUNT_UPDATE", "E": t, "T": t, "a": {
-                    "m": "FUNDING_FEE", "S": b.symbol,
-                    "B": [{"a": asset, "wb": wb, "cw": wb, "bc": s8(fee)}], "P": []}})
+                # the real cross-margin frame (key order as captured): the margin asset only, no symbol;
+                # a client attributes it through GET /fapi/v1/income (same time, asset and amount)
+                frame: dict[str, Any] = {"B": [{"a": asset, "wb": wb, "cw": wb, "bc": s8(fee)}], "P": [],
+                                         "m": "FUNDING_FEE"}
+                with_symbol = acct.funding_frame_symbol
+                if with_symbol if with_symbol is not None else self.config.funding_frame_symbol:
+                    frame["S"] = b.symbol  # the 2026 SDK's "Symbol associated with FUNDING_FEE event"
+                self._emit_user(acct.name, {"e": "ACCOUNT_UPDATE", "T": t, "E": t, "a": frame})
                 charged.append({"account": acct.name, "symbol": b.symbol, "fee": s8(fee),
                                 "mark_price": f"{mark:f}", "rate": f"{rate:.8f}",
                                 "position": b.qty_str(pos.amount)})
@@ -737,9 +743,11 @@ class Engine(EngineViews):
             if units % b.qty_mult:
                 raise SimApiError(-4023, "Qty not increased by step size.")
             steps = units // b.qty_mult
+            if market:
+                return Engine._market_lot(b, steps)
             if steps < b.min_qty_steps:
                 raise SimApiError(-4003, "Quantity less than or equal to zero.")
-            if steps > (b.market_max_steps if market else b.max_steps):
+            if steps > b.max_steps:
                 raise SimApiError(-4005, "Quantity greater than max quantity.")
             return steps
         try:
@@ -753,11 +761,24 @@ class Engine(EngineViews):
         ratio = d / b.step
         if ratio != ratio.to_integral_value():
             raise SimApiError(-4023, "Qty not increased by step size.")
+        if market:
+            return Engine._market_lot(b, int(ratio))
         if d < b.min_qty:
             raise SimApiError(-4003, "Quantity less than or equal to zero.")
-        if d > (b.market_max_qty if market else b.max_qty):
+        if d > b.max_qty:
             raise SimApiError(-4005, "Quantity greater than max quantity.")
         return int(ratio)
+
+    @staticmethod
+    def _market_lot(b: Book, steps: int) -> int:
+        """MARKET_LOT_SIZE, checked like LOT_SIZE (same codes) on its own step, minimum and maximum."""
+        if b.market_step_mult != 1 and steps % b.market_step_mult:
+            raise SimApiError(-4023, "Qty not increased by step size.")
+        if steps < b.market_min_steps:
+            raise SimApiError(-4003, "Quantity less than or equal to zero.")
+        if steps > b.market_max_steps:
+            raise SimApiError(-4005, "Quantity greater than max quantity.")
+        return steps
 
     @staticmethod
     def _bool(params: dict[str, str], name: str) -> bool:
@@ -1034,7 +1055,7 @@ class Engine(EngineViews):
         qty = self._qty_steps(b, params.get("quantity"), False)
         if price == o.price and qty == o.orig:
             raise SimApiError(-5027, "No need to modify the order.")
-        if o.modifies >= 10000:
+        if o.modifies >= self.max_modifies:
             raise SimApiError(-5026, "Exceed maximum modify order limit.")
         if not o.reduce_only and price * qty * b.notional_mult < b.min_notional_units:
             raise SimApiError(-4164, f"Order's notional must be no smaller than {b.min_notional:f} (unless you choose reduce only).")

@@ -91,6 +91,7 @@ class Account:
         self.api_secret = api_secret
         self.wallet: dict[str, Decimal] = {a: Decimal(v) for a, v in spec.balances.items()}
         self.default_leverage = spec.leverage
+        self.funding_frame_symbol = spec.funding_frame_symbol  # None = the simulator's global switch
         self.leverage: dict[str, int] = {}
         self.positions: dict[str, Position] = {}
         self.open: dict[int, Order] = {}

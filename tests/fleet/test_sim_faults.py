@@ -14,7 +14,7 @@ from fleet.sim.testkit import ManualClock, SimClient
 pytestmark = pytest.mark.asyncio
 
 
-async def test_funding_settlement_charges_exact_fee_and_pushes_funding_fee_with_symbol(sim_factory):
+async def test_funding_settlement_charges_exact_fee_and_pushes_the_real_cross_frame(sim_factory):
     sim = await sim_factory(config={"funding_interval_s": 1.0})
     async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
         key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
@@ -25,12 +25,24 @@ async def test_funding_settlement_charges_exact_fee_and_pushes_funding_fee_with_
                                                 "entry_price": "3000"})
         await c.admin("POST", "/sim/position", {"account": "main", "symbol": "BTCUSDT", "amount": "-0.010",
                                                 "entry_price": "60000"})
-        fees: dict[str, dict] = {}
+        by_asset: dict[str, dict] = {}
         deadline = time.monotonic() + 10
-        while len(fees) < 2 and time.monotonic() < deadline:
+        while len(by_asset) < 2 and time.monotonic() < deadline:
             f = json.loads((await ws.receive(timeout=10)).data)
             if f["e"] == "ACCOUNT_UPDATE" and f["a"]["m"] == "FUNDING_FEE":
-                fees.setdefault(f["a"]["S"], f)
+                by_asset.setdefault(f["a"]["B"][0]["a"], f)
+        assert set(by_asset) == {"USDC", "USDT"}
+        for frame in by_asset.values():  # the real cross frame: the margin asset only, no a.S, P empty
+            assert list(frame["a"]) == ["B", "P", "m"] and frame["a"]["P"] == [] and frame["T"] == frame["E"]
+        # a symbol-less frame is attributed through the income history: same time, asset and amount
+        income = (await c.signed("GET", "/fapi/v1/income", {"incomeType": "FUNDING_FEE"})).json
+        fees = {}
+        for frame in by_asset.values():
+            bal = frame["a"]["B"][0]
+            [rec] = [i for i in income if i["time"] == frame["E"] and i["asset"] == bal["a"]
+                     and i["income"] == bal["bc"]]
+            assert isinstance(rec["tranId"], int) and rec["incomeType"] == "FUNDING_FEE"
+            fees[rec["symbol"]] = frame
         assert set(fees) == {"ETHUSDC", "BTCUSDT"}
         for symbol, pa, rate, asset in (("ETHUSDC", "0.200", "0.0005", "USDC"), ("BTCUSDT", "-0.010", "0.0003", "USDT")):
             frame = fees[symbol]
