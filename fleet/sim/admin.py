@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from aiohttp import web
 
 from fleet.sim.config import SimConfig
 from fleet.sim.engine import Engine, SimApiError
+from fleet.sim.faults import Deferred, RestFault, parse_fault
 
-
-@dataclass
-class RestFault:
-    """A pending injected REST failure (see POST /sim/fault/rest)."""
-
-    mode: str
-    count: int
-    path: str | None = None
-    method: str | None = None
-    status: int = 503
-
-    def matches(self, method: str, path: str) -> bool:
-        return (self.path is None or path.startswith(self.path)) and (
-            self.method is None or self.method.upper() == method)
+__all__ = ["AdminRoutes", "RestFault"]
 
 
 class AdminRoutes:
@@ -35,6 +22,7 @@ class AdminRoutes:
     clock: Callable[[], int]
     stats: dict[str, int]
     faults: list[RestFault]
+    deferred: list[Deferred]
     latency: tuple[int, str | None]
     conns: set[Any]
 
@@ -69,6 +57,7 @@ class AdminRoutes:
             st["connections"] = {"market": sum(1 for c in self.conns if c.subs),
                                  "user": sum(1 for c in self.conns if c.listen_keys), "total": len(self.conns)}
             st["faults_pending"] = [vars(f) for f in self.faults]
+            st["deferred"] = [d.view() for d in self.deferred]
             st["server"] = dict(self.stats)
             return st
         if method == "GET" and path == "/sim/accounts":
@@ -76,15 +65,15 @@ class AdminRoutes:
         if method != "POST":
             return None
         if path == "/sim/fault/rest":
-            mode = body.get("mode", "error")
-            if mode not in ("error", "unknown", "429"):
-                raise ValueError("mode must be error, unknown or 429")
-            count = int(body.get("count", 1))
-            if count < 1:
-                raise ValueError("count must be >= 1")
-            self.faults.append(RestFault(mode, count, body.get("path"), body.get("method"),
-                                         int(body.get("status", 503))))
+            self.faults.append(parse_fault(body))
             return {"ok": True, "pending": len(self.faults)}
+        if path == "/sim/limits":
+            if "max_modifies_per_order" in body:
+                n = int(body["max_modifies_per_order"])
+                if n < 1:
+                    raise ValueError("max_modifies_per_order must be >= 1")
+                e.max_modifies = n
+            return {"max_modifies_per_order": e.max_modifies}
         if path == "/sim/fault/latency":
             ms = int(body.get("ms", 0))
             if ms < 0:

@@ -20,20 +20,65 @@ input, 404 on an unknown route)::
                                    "funding_rate", "funding_pinned", "frozen", "price_held", "next_funding_time",
                                    "funding_history"}},
              "connections": {"market", "user", "total"}, "faults_pending": [...],
-             "server": {"rest_requests", "ws_frames_sent", "ws_bad_messages", "ws_slow_dropped"}}
+             "deferred": [{"method", "path", "account", "due_ms", "expires_ms", "newClientOrderId"}],
+             "server": {"rest_requests", "ws_frames_sent", "ws_bad_messages", "ws_slow_dropped",
+                        "late_executed", "late_expired", "late_rejected"}}
          (symbol optional: all symbols; account default "main"; money fields are decimal strings)
     GET  /sim/accounts                -> [{"name", "api_key", "api_secret"}]
-    POST /sim/fault/rest     {"mode": "error"|"unknown"|"429", "count": 1, "path": "/fapi/v1/order",
-                              "method": "POST", "status": 503}
-         error:   fail before executing: HTTP `status` (default 503) {"code": -1001, ...}
+    POST /sim/fault/rest     {"mode": "error"|"unknown"|"429"|"late"|"exec_then_error"|"batch_short"|
+                              "batch_malformed"|"batch_nonjson", "count": 1, "path": "/fapi/v1/order",
+                              "method": "POST", "status": null, "answer": "503", "delay_ms": 400,
+                              "hold_ms": 500, "entries": null, "entry": {}}
+         path (prefix) and method are optional filters; each matching request uses up one of `count`;
+         faults apply in the order they were posted (the first pending match takes the request).
+         error:   fail before executing (nothing reaches the exchange). Without `answer`: HTTP 503
+                  {"code": -1001, "msg": "Internal error; unable to process your request. Please try
+                  again."} (Binance's resendable failure); with `answer`, that answer instead, so
+                  "-1007 and not executed" is {"mode": "error", "answer": "-1007"}.
          unknown: execute, then answer 503 {"code": -1000, "msg": "Unknown error, please check your
                   request or try again later."} (the order really exists)
          429:     answer 429 {"code": -1003} with Retry-After: 1 (no ban)
-         path (prefix) and method are optional filters; each matching request uses up one of `count`.
+         The modes below take only writes (POST/PUT/DELETE /fapi/v1/order and /fapi/v1/batchOrders; the
+         batch_* ones only /fapi/v1/batchOrders) that passed the gateway (key, signature, timestamp,
+         rate limits): a request rejected there is answered as usual and leaves the fault pending.
+         late:    answer `answer` at once and execute the request `delay_ms` (default 400) after it
+                  arrived, only if that is still within its timestamp + recvWindow (else the matching
+                  engine drops it unseen: Binance's -5028 "outside of the ME recvWindow"). Binance: an
+                  answer that is not a definite acceptance or rejection "may have executed, possibly
+                  after the answer". Pending ones are listed in /sim/state "deferred"; the outcomes
+                  count in /sim/state "server" late_executed / late_expired / late_rejected.
+         exec_then_error: execute now (frames are pushed), then answer `answer` (also when the engine
+                  rejected the request: that answer is lost too).
+         answer (error, late, exec_then_error; default "-1001" for error, "503" for the others):
+           "503":     HTTP 503 {"code":-1000,"msg":"Unknown error, please check your request or try again
+                      later."} (Binance: execution status UNKNOWN)
+           "500":     HTTP 500 {"code":-1000,"msg":"An unknown error occurred while processing the request."}
+           "502", "504": HTTP 502/504 with a gateway's HTML page (text/html, not JSON, no X-MBX headers)
+           "-1006":   HTTP 503 {"code":-1006,"msg":"An unexpected response was received from the message
+                      bus. Execution status unknown."} (a 5XX: Binance-side; the reference gives no status)
+           "-1007":   HTTP 408 {"code":-1007,"msg":"Timeout waiting for response from backend server. Send
+                      status unknown; execution status unknown."} (408 = "timeout waiting for the backend")
+           "-1001":   HTTP 503 {"code":-1001,"msg":"Internal error; unable to process your request. Please
+                      try again."} (a definite failure; only meaningful with mode error)
+           "timeout": no answer: the connection is held `hold_ms` (default 500) and then closed, so the
+                      client sees a disconnect (or its own read timeout if that is shorter)
+           `status` (optional) overrides the answer's HTTP status.
+         batch_short:     the whole batch executes; HTTP 200 with a JSON list missing entries: those at
+                          the indices `entries` (negative = from the end; default [-1], the last)
+         batch_malformed: the whole batch executes; HTTP 200 with a full-length list whose entries at
+                          `entries` (default: all) are replaced by `entry` (any JSON; default {})
+         batch_nonjson:   the whole batch executes; HTTP 200 application/json whose body is the real
+                          answer cut in half (not parseable)
+         -> {"ok": true, "pending": n}
     POST /sim/fault/latency  {"ms": 200, "path": "/fapi/v1/order"}   delay matching REST calls (0 clears)
     POST /sim/fault/drop     {"target": "market"|"user"|"all", "account": "main"}
          abort matching WebSocket connections (TCP reset, no close frame) -> {"dropped": n}
     POST /sim/fault/clear    {}       clear REST faults; latency back to the configured rest_latency_ms
+                                      (late writes already accepted still execute: they are in the exchange)
+    POST /sim/limits         {"max_modifies_per_order": 3}
+         PUT order answers -5026 "Exceed maximum modify order limit." once an order was modified this
+         many times (default the config's max_modifies_per_order, 10000: Binance allows fewer than
+         10000) -> {"max_modifies_per_order": n}; {} just reads it
     POST /sim/listenkey/expire {"account": "main"}
          expire the account's key now: listenKeyExpired is pushed -> {"listenKey": key or null}
     POST /sim/market/freeze  {"frozen": true, "symbol": "ETHUSDC", "mode": "data"}
@@ -46,6 +91,14 @@ input, 404 on an unknown route)::
     POST /sim/funding/rate   {"symbol": "ETHUSDC", "rate": "0.0005"}  pin the rate (null: wander again)
     POST /sim/funding/settle {"symbol": "ETHUSDC"}   settle now (symbol optional: all)
          -> {"charged": [{"account", "symbol", "fee", "mark_price", "rate", "position"}]}
+         Each charge pushes the real cross-margin frame (Binance's captured example): no a.S, "P": [],
+         B = the margin asset with the signed fee in bc:
+         {"e":"ACCOUNT_UPDATE","T":t,"E":t,"a":{"B":[{"a":"USDC","wb":..,"cw":..,"bc":"-0.00085067"}],
+          "P":[],"m":"FUNDING_FEE"}}, plus an income record {"symbol","incomeType":"FUNDING_FEE","income",
+         "asset","info","time":t,"tranId","tradeId":""} (GET /fapi/v1/income: symbol, incomeType,
+         startTime, endTime, limit) by which a client attributes it. Config funding_frame_symbol: true
+         (global, or per account) adds the 2026 SDK's a.S. (The simulator is cross-only: marginType
+         ISOLATED is refused, so Binance's isolated shape, B plus that position, does not occur.)
     POST /sim/position       {"account": "main", "symbol": "ETHUSDC", "amount": "0.18", "entry_price": "3000"}
          set a position directly (entry optional: the mark); pushes ACCOUNT_UPDATE m=ADJUSTMENT
     POST /sim/countdown/check {}      run due dead-man switches now (the clock also wakes for them)
@@ -65,7 +118,8 @@ from urllib.parse import parse_qsl
 import orjson
 from aiohttp import web
 
-from fleet.sim.admin import AdminRoutes, RestFault
+from fleet.sim.admin import AdminRoutes
+from fleet.sim.faults import ANSWERS, EXEC_MODES, Deferred, RestFault
 from fleet.sim.config import SimConfig, load_sim_config
 from fleet.sim.engine import Engine, SimApiError, missing
 from fleet.sim.ratelimit import RateLimiter
@@ -112,6 +166,7 @@ class SimServer(RestHandlers, StreamGateway, AdminRoutes):
         self.symbols_lower = {b.lower for b in self.engine.books.values()}
         self.limiter = RateLimiter(self.config.rate_limits)
         self.faults: list[RestFault] = []
+        self.deferred: list[Deferred] = []  # late writes waiting for the matching engine
         self.latency: tuple[int, str | None] = (self.config.rest_latency_ms, None)
         self.conns: set[Conn] = set()
         self.market_subs: dict[str, set[Conn]] = {}
@@ -120,7 +175,8 @@ class SimServer(RestHandlers, StreamGateway, AdminRoutes):
         self._tasks: list[asyncio.Task] = []
         self.rest_url = ""
         self.ws_url = ""
-        self.stats = {"rest_requests": 0, "ws_frames_sent": 0, "ws_bad_messages": 0, "ws_slow_dropped": 0}
+        self.stats = {"rest_requests": 0, "ws_frames_sent": 0, "ws_bad_messages": 0, "ws_slow_dropped": 0,
+                      "late_executed": 0, "late_expired": 0, "late_rejected": 0}
         self._routes = self._route_table()
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -170,13 +226,19 @@ class SimServer(RestHandlers, StreamGateway, AdminRoutes):
     async def _clock_loop(self) -> None:
         while True:
             try:
-                self.engine.advance(self.clock())
+                now = self.clock()
+                self.engine.advance(now)
                 self._flush()
+                if self.deferred:
+                    self._run_deferred(now)
             except Exception:  # noqa: BLE001 - the exchange must keep running; count and log
                 log.exception("simulator clock step failed")
             wait = 0.01
             deadline = self.engine.next_countdown_ms()
-            if deadline is not None:  # wake at a dead-man deadline, not up to 10 ms after it
+            if self.deferred:
+                due = self.deferred[0].due_ms
+                deadline = due if deadline is None else min(deadline, due)
+            if deadline is not None:  # wake at a dead-man deadline or a late write, not up to 10 ms after it
                 wait = min(wait, max(0.0, (deadline - self.clock()) / 1000.0))
             await asyncio.sleep(wait)
 
@@ -238,6 +300,8 @@ class SimServer(RestHandlers, StreamGateway, AdminRoutes):
         add("GET", v1 + "/income", lambda a, p, n: e.income(a, p), SIGNED, 30)
         add("GET", v1 + "/rateLimit/order", self._order_limits, SIGNED)
         add("GET", v1 + "/leverageBracket", self._leverage_bracket, SIGNED)
+        add("GET", v1 + "/symbolConfig", self._symbol_config, SIGNED, 5)
+        add("GET", v1 + "/openAlgoOrders", self._open_algo_orders, SIGNED, lambda p: 1 if p.get("symbol") else 40)
         add("GET", v1 + "/apiTradingStatus", lambda a, p, n: {"indicators": {}, "updateTime": n}, SIGNED)
         # user stream
         add("POST", v1 + "/listenKey", lambda a, p, n: {"listenKey": e.listen_key_start(a, n)}, KEY)
@@ -276,13 +340,14 @@ class SimServer(RestHandlers, StreamGateway, AdminRoutes):
         if lat_ms and (lat_path is None or path.startswith(lat_path)):
             await asyncio.sleep(lat_ms / 1000.0)
             now = self.clock()
-        fault = self._take_fault(method, path)
-        if fault is not None and fault.mode == "error":
-            return self._json(fault.status, {"code": -1001, "msg": "Internal error; unable to process your "
-                                                                  "request. Please try again."})
-        if fault is not None and fault.mode == "429":
-            return self._json(429, {"code": -1003, "msg": "Too many requests; please use the websocket for "
-                                                          "live updates."}, {"Retry-After": "1"})
+        fault = self._match_fault(method, path) if self.faults else None
+        if fault is not None and fault.mode not in EXEC_MODES:
+            self._use_fault(fault)  # error, 429 and unknown take their turn whatever happens next
+            if fault.mode == "error":
+                return await self._fault_answer(request, fault, {})
+            if fault.mode == "429":
+                return self._json(429, {"code": -1003, "msg": "Too many requests; please use the websocket for "
+                                                              "live updates."}, {"Retry-After": "1"})
         try:
             raw_body = (await request.read()).decode("utf-8") if request.body_exists else ""
         except UnicodeDecodeError:
@@ -298,6 +363,7 @@ class SimServer(RestHandlers, StreamGateway, AdminRoutes):
         else:
             ip_weight = weight_spec(params) if callable(weight_spec) else weight_spec
             o10 = o1m = 0
+        exec_fault = None
         try:
             used, _ = self.limiter.charge_weight(ip, ip_weight, now)
             headers["X-MBX-USED-WEIGHT-1M"] = str(used)
@@ -308,8 +374,18 @@ class SimServer(RestHandlers, StreamGateway, AdminRoutes):
                 c10, c1m = self.limiter.charge_orders(account, o10, o1m, now)
                 headers["X-MBX-ORDER-COUNT-10S"] = str(c10)
                 headers["X-MBX-ORDER-COUNT-1M"] = str(c1m)
+            if fault is not None and fault.mode in EXEC_MODES and fault.count > 0:  # (not used up meanwhile)
+                # past the gateway (signed, in time, within limits): the fault takes this request
+                exec_fault = fault
+                self._use_fault(fault)
+                if fault.mode == "late":
+                    self._defer(fault, method, path, fn, account, params, now)  # type: ignore[arg-type]
+                    return await self._fault_answer(request, fault, headers)
             result = fn(account, params, now)
         except SimApiError as exc:
+            if exec_fault is not None and exec_fault.mode == "exec_then_error":
+                self._flush()  # the engine answered (a rejection), but the answer is lost on the way back
+                return await self._fault_answer(request, exec_fault, headers)
             if exc.http_status in (429, 418):
                 headers["Retry-After"] = str(getattr(exc, "retry_after", 60))
                 if hasattr(exc, "used_weight"):
@@ -324,16 +400,70 @@ class SimServer(RestHandlers, StreamGateway, AdminRoutes):
         if fault is not None and fault.mode == "unknown":
             return self._json(503, {"code": -1000, "msg": "Unknown error, please check your request or try "
                                                           "again later."}, headers)
+        if exec_fault is not None:
+            if exec_fault.mode == "exec_then_error":
+                return await self._fault_answer(request, exec_fault, headers)
+            if exec_fault.mode == "batch_nonjson":  # a truncated body: executed, unreadable
+                raw = orjson.dumps(result)
+                return web.Response(status=200, body=raw[: max(1, len(raw) // 2)],
+                                    content_type="application/json", headers=headers)
+            if isinstance(result, list):  # batch_short / batch_malformed
+                return self._json(200, exec_fault.reshape_batch(result), headers)
         return self._json(200, result, headers)
 
-    def _take_fault(self, method: str, path: str) -> RestFault | None:
+    # -- injected faults -----------------------------------------------------------------------------
+
+    def _match_fault(self, method: str, path: str) -> RestFault | None:
         for f in self.faults:
             if f.count > 0 and f.matches(method, path):
-                f.count -= 1
-                if f.count == 0:
-                    self.faults.remove(f)
                 return f
         return None
+
+    def _use_fault(self, f: RestFault) -> None:
+        f.count -= 1
+        if f.count <= 0 and f in self.faults:
+            self.faults.remove(f)
+
+    async def _fault_answer(self, request: web.Request, fault: RestFault,
+                            headers: dict[str, str]) -> web.StreamResponse:
+        """The fault's ambiguous answer: JSON, a gateway's HTML page, or (timeout) no answer at all."""
+        name = fault.answer_name()
+        if name == "timeout":
+            await asyncio.sleep(fault.hold_ms / 1000.0)
+            transport = request.transport
+            if transport is not None:
+                transport.close()  # the client sees a disconnect (or its own read timeout first)
+            return web.Response(status=504)  # never reaches the client
+        status, body = ANSWERS[name]
+        if fault.status is not None:
+            status = fault.status
+        if isinstance(body, str):  # from a gateway: no Binance headers, not JSON
+            return web.Response(status=status, text=body, content_type="text/html")
+        return self._json(status, body, headers)
+
+    def _defer(self, fault: RestFault, method: str, path: str, fn: Callable[..., Any], account: str,
+               params: dict[str, str], now: int) -> None:
+        """Queue a write for the matching engine ``delay_ms`` from now; it runs only while the request is
+        still within its recvWindow (timestamp and recvWindow were checked at the gateway)."""
+        expires = int(params["timestamp"]) + int(params.get("recvWindow") or 5000)
+        self.deferred.append(Deferred(now + fault.delay_ms, expires, method, path, account, dict(params), fn))
+        self.deferred.sort(key=lambda d: d.due_ms)
+
+    def _run_deferred(self, now: int) -> None:
+        while self.deferred and self.deferred[0].due_ms <= now:
+            d = self.deferred.pop(0)
+            if now > d.expires_ms:  # the engine's -5028 "outside of the ME recvWindow": nobody hears it
+                self.stats["late_expired"] += 1
+                continue
+            try:
+                d.run(d.account, d.params, now)
+                self.stats["late_executed"] += 1
+            except SimApiError:
+                self.stats["late_rejected"] += 1
+            except Exception:  # noqa: BLE001 - the exchange must keep running
+                log.exception("deferred %s %s failed", d.method, d.path)
+                self.stats["late_rejected"] += 1
+        self._flush()
 
     def _authenticate(self, request: web.Request, sec: str, params: dict[str, str], raw_query: str,
                       raw_body: str, now: int) -> str:

@@ -1,0 +1,131 @@
+"""Injected REST faults: Binance's ambiguous and hostile answers (see POST /sim/fault/rest in
+:mod:`fleet.sim.server`). Only data and validation live here; the server applies them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+ORDER = "/fapi/v1/order"
+BATCH = "/fapi/v1/batchOrders"
+WRITE_ROUTES = frozenset((m, p) for m in ("POST", "PUT", "DELETE") for p in (ORDER, BATCH))
+BATCH_ROUTES = frozenset((m, BATCH) for m in ("POST", "PUT", "DELETE"))
+
+PRE_MODES = ("error", "429")  # answered before the request reaches the exchange (nothing executes)
+EXEC_MODES = ("late", "exec_then_error", "batch_short", "batch_malformed", "batch_nonjson")  # writes only
+BATCH_MODES = ("batch_short", "batch_malformed", "batch_nonjson")
+MODES = ("error", "unknown", "429") + EXEC_MODES
+
+
+def _html(status: int, reason: str) -> str:
+    return (f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n<center><h1>{status} {reason}"
+            f"</h1></center>\r\n</body>\r\n</html>\r\n")
+
+
+# answer name -> (HTTP status, JSON body or an HTML page). "timeout" has no answer: hold, then disconnect.
+ANSWERS: dict[str, tuple[int, Any]] = {
+    # the 503 Binance documents as "execution status UNKNOWN"
+    "503": (503, {"code": -1000, "msg": "Unknown error, please check your request or try again later."}),
+    "500": (500, {"code": -1000, "msg": "An unknown error occurred while processing the request."}),
+    # a gateway in front of the API, not the API: an HTML page, not JSON
+    "502": (502, _html(502, "Bad Gateway")),
+    "504": (504, _html(504, "Gateway Time-out")),
+    # a Binance-side (5XX) error; the reference gives no status for -1006, 503 is the 5XX Binance uses most
+    "-1006": (503, {"code": -1006, "msg": "An unexpected response was received from the message bus. "
+                                          "Execution status unknown."}),
+    # "408: timeout waiting for the backend" (the reference's HTTP return codes) is what -1007 names
+    "-1007": (408, {"code": -1007, "msg": "Timeout waiting for response from backend server. Send status "
+                                          "unknown; execution status unknown."}),
+    # the definite failure the `error` mode has always answered (resending is safe)
+    "-1001": (503, {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."}),
+    "timeout": (0, None),
+}
+
+
+@dataclass
+class RestFault:
+    """A pending injected REST fault (see POST /sim/fault/rest). Shown as is in /sim/state."""
+
+    mode: str
+    count: int
+    path: str | None = None
+    method: str | None = None
+    status: int | None = None  # overrides the answer's HTTP status
+    answer: str | None = None  # a key of ANSWERS; None = the mode's default
+    delay_ms: int = 400  # late: execution this long after the request arrived
+    hold_ms: int = 500  # answer "timeout": how long the connection is held before it is closed
+    entries: list[int] | None = None  # batch_short/batch_malformed: which answer entries (None = default)
+    entry: Any = field(default_factory=dict)  # batch_malformed: what replaces each chosen entry
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.path is not None and not path.startswith(self.path):
+            return False
+        if self.method is not None and self.method.upper() != method:
+            return False
+        if self.mode in BATCH_MODES:
+            return (method, path) in BATCH_ROUTES
+        if self.mode in EXEC_MODES:
+            return (method, path) in WRITE_ROUTES
+        return True
+
+    def answer_name(self) -> str:
+        if self.answer is not None:
+            return self.answer
+        return "-1001" if self.mode == "error" else "503"
+
+    def reshape_batch(self, result: list[Any]) -> list[Any]:
+        """batch_short drops entries (default: the last); batch_malformed replaces them (default: all)."""
+        n = len(result)
+        if self.mode == "batch_short":
+            drop = {i % n for i in self.entries} if self.entries and n else {n - 1}
+            return [r for i, r in enumerate(result) if i not in drop]
+        chosen = {i % n for i in self.entries} if self.entries and n else set(range(n))
+        return [self.entry if i in chosen else r for i, r in enumerate(result)]
+
+
+def parse_fault(body: dict[str, Any]) -> RestFault:
+    """A RestFault from an admin body; ValueError names the bad field."""
+    mode = body.get("mode", "error")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}")
+    count = int(body.get("count", 1))
+    if count < 1:
+        raise ValueError("count must be >= 1")
+    answer = body.get("answer")
+    if answer is not None:
+        answer = str(answer)
+        if answer not in ANSWERS:
+            raise ValueError(f"answer must be one of {', '.join(ANSWERS)}")
+        if mode not in ("error", "late", "exec_then_error"):
+            raise ValueError("answer applies to the modes error, late and exec_then_error")
+    status = body.get("status")
+    status = None if status is None else int(status)
+    if status is not None and not 100 <= status <= 599:
+        raise ValueError("status must be an HTTP status")
+    delay_ms = int(body.get("delay_ms", 400))
+    hold_ms = int(body.get("hold_ms", 500))
+    if delay_ms < 0 or hold_ms < 0:
+        raise ValueError("delay_ms and hold_ms must be >= 0")
+    entries = body.get("entries")
+    if entries is not None:
+        if not isinstance(entries, list) or not all(isinstance(i, int) for i in entries):
+            raise ValueError("entries must be a list of entry indices")
+    return RestFault(mode, count, body.get("path"), body.get("method"), status, answer, delay_ms, hold_ms,
+                     entries, body.get("entry", {}))
+
+
+@dataclass
+class Deferred:
+    """A write accepted by the gateway and executed later by the matching engine (mode `late`)."""
+
+    due_ms: int
+    expires_ms: int  # timestamp + recvWindow: past it the engine drops the request (-5028, unseen)
+    method: str
+    path: str
+    account: str
+    params: dict[str, str]
+    run: Any  # the route handler (account, params, now)
+
+    def view(self) -> dict[str, Any]:
+        return {"method": self.method, "path": self.path, "account": self.account, "due_ms": self.due_ms,
+                "expires_ms": self.expires_ms, "newClientOrderId": self.params.get("newClientOrderId")}
