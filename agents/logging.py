@@ -3,6 +3,11 @@
 The agent logs through :class:`AgentLog`, which stamps the context fields; the handler built by
 :func:`configure_logging` formats text or one JSON object per line, and its :class:`SecretFilter`
 rewrites every record (message, arguments and extra fields) before any formatter sees it.
+
+No log line can be forged from outside: every record the project writes (loggers under ``mmfleet``)
+has its control characters escaped (``\\n``, ``\\r``, ``\\x1b`` ...), whatever handler formats it, once
+:func:`install_log_escaping` ran in the process (:func:`configure_logging`, the endpoint and the
+controller call it). The text formatter escapes every field it prints as well.
 """
 
 from __future__ import annotations
@@ -28,6 +33,64 @@ _PATTERNS = (
     re.compile(r"(?i)((?:api[_-]?secret|secret[_-]?key|api[_-]?key|apikey|secret|listen[_-]?key)['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}&)]+"),
     re.compile(r"(?i)(/ws/)[A-Za-z0-9]{32,}"),
 )
+
+# C0 controls (newline, carriage return, ESC of ANSI sequences ...), DEL, C1 controls (NEL ...) and
+# Unicode's line and paragraph separators: each printed as an escape, so one record is one line.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_ESCAPES.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+_ESCAPE_TABLE = str.maketrans(_ESCAPES)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\n``, ``\\x1b`` ...): one line."""
+    return text.translate(_ESCAPE_TABLE) if _CONTROL.search(text) else text
+
+
+PROJECT_LOGGER = "mmfleet"
+
+
+class _EscapedMessage:
+    """Mixed into the project's log records: the formatted message comes out escaped, one line."""
+
+    def getMessage(self) -> str:  # noqa: N802 - logging's name
+        return escape_controls(super().getMessage())  # type: ignore[misc]
+
+
+_escaped_classes: dict[type, type] = {}
+
+
+def _escaped_class(cls: type) -> type:
+    out = _escaped_classes.get(cls)
+    if out is None:
+        out = _escaped_classes[cls] = type(f"Escaped{cls.__name__}", (_EscapedMessage, cls), {})
+    return out
+
+
+def _is_project(name: str) -> bool:
+    return name == PROJECT_LOGGER or name.startswith(PROJECT_LOGGER + ".")
+
+
+def install_log_escaping() -> None:
+    """Make every record of the project's loggers escape control characters in its message.
+
+    Process-wide and idempotent: it wraps logging's record factory, so the message stays one line
+    whatever handler and formatter print it (Ray's, Serve's, logging's last resort or ours).
+    Records of other loggers are left as they are.
+    """
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "_mmfleet_escaping", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if _is_project(record.name) and not isinstance(record, _EscapedMessage):
+            record.__class__ = _escaped_class(type(record))
+        return record
+
+    factory._mmfleet_escaping = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
 
 _STD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -55,14 +118,14 @@ class SecretFilter(logging.Filter):
     def _clean(self, value: Any) -> Any:
         if isinstance(value, (int, float, bool)) or value is None:
             return value
-        return self.redact(value if isinstance(value, str) else str(value))
+        return escape_controls(self.redact(value if isinstance(value, str) else str(value)))
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except (TypeError, ValueError) as exc:  # a bad format string must not drop the line
             message = f"{record.msg!r} (unformattable args: {exc})"
-        record.msg = self.redact(message)
+        record.msg = escape_controls(self.redact(message))
         record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
@@ -110,11 +173,14 @@ class TextFormatter(logging.Formatter):
                 tag += f" e{fields.pop('epoch')}"
             tag += "] "
         fields.pop("event", None)
-        tail = " ".join(f"{k}={v}" for k, v in fields.items())
+        tail = " ".join(f"{escape_controls(str(k))}={escape_controls(str(v))}" for k, v in fields.items())
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
-        line = f"{stamp} {record.levelname:<5} {tag}{record.getMessage()}" + (f" {tail}" if tail else "")
+        line = f"{stamp} {record.levelname:<5} {escape_controls(tag)}{escape_controls(record.getMessage())}" + (
+            f" {tail}" if tail else ""
+        )
         if record.exc_text:
-            line += "\n" + record.exc_text
+            # A traceback keeps its lines, each indented and escaped: none can pass for a record.
+            line += "".join("\n    " + escape_controls(ln) for ln in record.exc_text.splitlines())
         return line
 
 
@@ -150,6 +216,7 @@ def configure_logging(
     logger_names: Iterable[str] = ("",),
 ) -> tuple[logging.Handler, SecretFilter]:
     """Attach one redacting handler to the named loggers (default: root); return it and its filter."""
+    install_log_escaping()
     handler = logging.StreamHandler(stream or sys.stderr)
     secret_filter = SecretFilter(secrets)
     handler.addFilter(secret_filter)

@@ -140,6 +140,9 @@ class FleetController:
 
     def __init__(self, fleet_name: str, namespace: str, settings: dict[str, float] | None = None) -> None:
         # No I/O that can fail here: a constructor that raises during a restart kills the actor for good.
+        from agents.logging import install_log_escaping
+
+        install_log_escaping()   # this process's mmfleet records: control characters escaped, one line each
         self.fleet_name = fleet_name
         self.namespace = namespace
         self.settings = ControllerSettings(**(settings or {}))
