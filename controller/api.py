@@ -5,6 +5,11 @@ Reads go straight to the agent actors, concurrently and with a timeout, so one s
 reported instead of stalling the page; kill, resume and kill state go through the controller, which
 owns the durable kill state. The bearer token is read inside the replica (env var or file), never
 passed as an argument, and compared in constant time.
+
+Request bodies are taken strictly: the token is checked before a byte of the body is read, a body
+over 64 KiB is a 413, the JSON is parsed without NaN, Infinity or out-of-range numbers and without
+duplicate keys, and the models are strict (a boolean is ``true`` or ``false``, never ``"yes"`` or
+``1``; unknown fields are refused). A 422 names the field and never echoes a long input back.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the ingress methods' annotations
@@ -12,6 +17,7 @@ passed as an argument, and compared in constant time.
 
 import asyncio
 import hmac
+import json
 import logging
 import math
 import os
@@ -21,13 +27,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException
-from fastapi.responses import Response
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from ray import serve
 
+from agents.logging import install_log_escaping
 from controller.controller import AGENT_PREFIX, CONTROLLER_NAME
 from controller.federation import AgentScrape, FleetView, KillLatency, render_fleet_page
 from fleet.config import FleetConfig
@@ -99,9 +107,12 @@ Symbol = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{2,30}$")]
 
 
 class _Selection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: ``all`` is true or false, never "yes", "true", 1 or 1.0 (a mistyped resume must not resume all)
+    model_config = ConfigDict(strict=True, extra="forbid")
 
-    symbols: list[Symbol] | None = Field(None, description="symbols to act on, e.g. [\"ETHUSDC\"]")
+    symbols: list[Symbol] | None = Field(
+        None, max_length=1000, description="symbols to act on, e.g. [\"ETHUSDC\"]"
+    )
     all: bool = Field(False, description="act on every symbol of the fleet")
 
     @model_validator(mode="after")
@@ -120,6 +131,147 @@ class KillRequest(_Selection):
 
 class ResumeRequest(_Selection):
     reason: str = Field("", max_length=500)
+
+
+MAX_BODY_BYTES = 64 * 1024   # a kill or resume body is a few hundred bytes
+INPUT_SHOWN = 80             # characters of an offending input a 422 shows
+
+
+class _NonFinite:
+    """A NaN, an Infinity or a number too large for a float, as written in the body."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _float_or_flag(text: str) -> Any:
+    value = float(text)
+    return value if math.isfinite(value) else _NonFinite(text)
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _non_finite(value: Any) -> tuple[tuple[Any, ...], str] | None:
+    """Where the first non-finite number of a parsed body is, and how it was written."""
+    todo: list[tuple[tuple[Any, ...], Any]] = [((), value)]
+    while todo:
+        loc, v = todo.pop()
+        if isinstance(v, _NonFinite):
+            return loc, v.text
+        if isinstance(v, dict):
+            todo.extend(((*loc, k), x) for k, x in reversed(v.items()))
+        elif isinstance(v, list):
+            todo.extend(((*loc, i), x) for i, x in reversed(list(enumerate(v))))
+    return None
+
+
+def shown_input(value: Any) -> Any:
+    """What a 422 may echo of an input: short values as they are, long ones trimmed or described."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)   # a JSON answer holds no NaN
+    if isinstance(value, int):
+        return value if abs(value) < 10**18 else f"<integer of {len(str(abs(value)))} digits>"
+    if isinstance(value, str):
+        return value if len(value) <= INPUT_SHOWN else value[:INPUT_SHOWN] + f"... ({len(value)} characters)"
+    if isinstance(value, dict | list):
+        try:
+            if len(json.dumps(value, allow_nan=False)) <= INPUT_SHOWN:
+                return value
+        except (TypeError, ValueError):
+            pass
+        return f"<object with {len(value)} keys>" if isinstance(value, dict) else f"<array of {len(value)} items>"
+    return shown_input(str(value))
+
+
+def _problem(kind: str, loc: tuple[Any, ...], msg: str, value: Any = None) -> dict[str, Any]:
+    return {"type": kind, "loc": ["body", *loc], "msg": msg, "input": shown_input(value)}
+
+
+def validation_detail(errors: list[dict[str, Any]], prefix: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    """Pydantic's errors as a 422 lists them: type, field, message and a trimmed input (no context)."""
+    return [
+        {"type": e.get("type"), "loc": [*prefix, *e.get("loc", ())], "msg": e.get("msg"),
+         "input": shown_input(e.get("input"))}
+        for e in errors
+    ]
+
+
+def parse_body(raw: bytes, model: type[BaseModel]) -> Any:
+    """``model`` from a JSON body, strictly; HTTPException(422) naming the field otherwise."""
+    if not raw.strip():
+        raise HTTPException(422, [_problem("missing", (), "Field required: send a JSON object")])
+    try:
+        data = json.loads(
+            raw,
+            parse_constant=_NonFinite,         # NaN, Infinity, -Infinity
+            parse_float=_float_or_flag,        # 1e999 and the like
+            object_pairs_hook=_object,
+        )
+    except _DuplicateKey as exc:
+        raise HTTPException(
+            422, [_problem("duplicate_key", (exc.key,), "duplicate key: give each field once")]
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise HTTPException(
+            422, [_problem("json_invalid", (exc.pos,), f"JSON decode error: {exc.msg}")]
+        ) from None
+    except (ValueError, RecursionError) as exc:   # bad encoding, huge integers, deep nesting
+        raise HTTPException(422, [_problem("json_invalid", (), f"JSON decode error: {_first_line(exc)}")]) from None
+    bad = _non_finite(data)
+    if bad is not None:
+        loc, text = bad
+        raise HTTPException(
+            422, [_problem("finite_number", loc, "Input should be a finite number (no NaN, Infinity or "
+                           "numbers beyond a float's range)", text)]
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise HTTPException(
+            422, validation_detail(exc.errors(include_url=False, include_context=False), ("body",))
+        ) from None
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of an endpoint that reads its body itself (after the token check)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The body, at most ``limit`` bytes (413 beyond, without reading the rest); JSON or no content type."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype and ctype != "application/json" and not ctype.endswith("+json"):
+        raise HTTPException(415, f"send the body as application/json, not {shown_input(ctype)}")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        declared = declared.strip()
+        if not (declared.isascii() and declared.isdigit()):
+            raise HTTPException(400, "invalid Content-Length header")
+        if int(declared) > limit:
+            raise HTTPException(413, f"request body of {int(declared)} bytes is over the limit of {limit} bytes")
+    size = 0
+    chunks = []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 # --- pure helpers --------------------------------------------------------------------------------
@@ -192,6 +344,12 @@ _bearer = HTTPBearer(auto_error=False, description="the fleet API token")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
+@api.exception_handler(RequestValidationError)
+async def _validation_failed(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's own validation errors (query, headers) without long inputs echoed back."""
+    return JSONResponse(status_code=422, content={"detail": validation_detail(list(exc.errors()))})
+
+
 @serve.deployment(num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class FleetApi:
@@ -206,6 +364,7 @@ class FleetApi:
         self.tokens = TokenSource(self.cfg.api.token_env, self.cfg.api.token_file)
         self.handles: dict[str, Any] = {}       # actor name -> handle, dropped when the actor is gone
         self.kill_latency = KillLatency()
+        install_log_escaping()   # a kill reason with a newline cannot forge a log line
         if self.tokens.read() is None:
             log.warning("no API token found in %s: protected endpoints answer 503", self.tokens.describe())
 
@@ -443,9 +602,17 @@ class FleetApi:
         self._authorize(creds)
         return {"fleet": self.cfg.name, "kill_states": await self._from_controller("kill_states")}
 
-    @api.post("/kill", summary="halt or flatten symbols; answers once 0 open orders are confirmed")
-    async def kill(self, body: KillRequest, creds: Credentials) -> dict[str, Any]:
+    async def _body(self, request: Request, model: type[BaseModel]) -> Any:
+        """The request's body as ``model``; call only after :meth:`_authorize`."""
+        return parse_body(await read_body(request), model)
+
+    # The body is not a FastAPI parameter: FastAPI would read and validate it before the token check.
+
+    @api.post("/kill", summary="halt or flatten symbols; answers once 0 open orders are confirmed",
+              openapi_extra=body_schema(KillRequest))
+    async def kill(self, request: Request, creds: Credentials) -> dict[str, Any]:
         self._authorize(creds)
+        body: KillRequest = await self._body(request, KillRequest)
         symbols = self._check_symbols(body.symbols)
         started = time.monotonic()
         log.warning("kill %s of %s requested: %s", body.mode, symbols or "all symbols", body.reason)
@@ -465,9 +632,10 @@ class FleetApi:
             "symbols": per_symbol,
         }
 
-    @api.post("/resume", summary="resume halted symbols")
-    async def resume(self, body: ResumeRequest, creds: Credentials) -> dict[str, Any]:
+    @api.post("/resume", summary="resume halted symbols", openapi_extra=body_schema(ResumeRequest))
+    async def resume(self, request: Request, creds: Credentials) -> dict[str, Any]:
         self._authorize(creds)
+        body: ResumeRequest = await self._body(request, ResumeRequest)
         symbols = self._check_symbols(body.symbols)
         started = time.monotonic()
         log.warning("resume of %s requested: %s", symbols or "all symbols", body.reason or "(no reason)")

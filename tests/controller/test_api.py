@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -250,3 +251,179 @@ def test_fleet_totals_sum_only_what_answered_and_say_so():
     assert totals["total_pnl"] == 2.0 and totals["net_pnl"] == 1.5     # a NaN counts as nothing
     assert totals["symbols_answered"] == 2 and totals["symbols_missing"] == ["SOLUSDT"]
     assert totals["complete"] is False
+
+
+# --- strict inputs on the operator surface ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def guarded(ray_cluster, tmp_path_factory):
+    """An endpoint in front of a stand-in controller that records every kill and resume it is asked for."""
+    import ray
+
+    from controller.controller import CONTROLLER_NAME
+
+    @ray.remote(num_cpus=0)
+    class RecordingController:
+        def __init__(self, symbols: list[str]) -> None:
+            self.states = dict.fromkeys(symbols, "running")
+            self.calls: list[tuple] = []
+
+        def kill(self, symbols, mode, reason):
+            self.calls.append(("kill", symbols, mode, reason))
+            return {"symbols": {s: {"open_orders": 0} for s in (symbols or self.states)}}
+
+        def resume(self, symbols):
+            self.calls.append(("resume", symbols))
+            return {"symbols": {s: {"state": "running"} for s in (symbols or self.states)}}
+
+        def kill_states(self):
+            return dict(self.states)
+
+        def status(self):
+            return {"symbols": {s: {"kill_state": st} for s, st in self.states.items()}}
+
+        def recorded(self):
+            return list(self.calls)
+
+    token = secrets.token_urlsafe(24)
+    token_file = tmp_path_factory.mktemp("guarded") / "api.token"
+    token_file.write_text(token + "\n")
+    cfg = fleet_config(f"apistrict{uuid.uuid4().hex[:6]}", str(token_file))
+    ctl = RecordingController.options(name=CONTROLLER_NAME, namespace=cfg.namespace).remote(list(SYMBOLS))
+    ray.get(ctl.recorded.remote(), timeout=60)
+    url = deploy(cfg, route_prefix=f"/{cfg.name}")
+    yield url, token, ctl
+    undeploy(cfg)
+    ray.kill(ctl)
+
+
+def post_raw(url: str, path: str, raw: str | bytes, token: str | None, **kw: object) -> requests.Response:
+    headers = {"Content-Type": "application/json", **(auth(token) if token else {})}
+    return requests.post(f"{url}{path}", data=raw, headers=headers, timeout=30, **kw)
+
+
+STRICT_CASES = [
+    # (path, raw body, field the 422 names)
+    ("/resume", '{"all": "yes"}', "all"),
+    ("/resume", '{"all": "true"}', "all"),
+    ("/resume", '{"all": 1}', "all"),
+    ("/resume", '{"all": 1.0}', "all"),
+    ("/kill", '{"all": "true", "reason": "drill"}', "all"),
+    ("/kill", '{"all": 1, "reason": "drill"}', "all"),
+    ("/kill", '{"all": NaN, "reason": "drill"}', "all"),
+    ("/kill", '{"all": true, "reason": Infinity}', "reason"),
+    ("/kill", '{"all": true, "reason": "drill", "mode": -Infinity}', "mode"),
+    ("/kill", '{"symbols": ["ETHUSDC", 1e999], "reason": "drill"}', "symbols"),
+    ("/resume", '{"all": true, "reason": NaN}', "reason"),
+    ("/resume", '{"all": true, "extra": {"deep": [1, 1e999]}}', "extra"),
+    ("/resume", '{"all": true, "force": true}', "force"),
+    ("/kill", '{"all": true, "reason": "drill", "price": 1}', "price"),
+    ("/kill", '{"all": false, "all": true, "reason": "drill"}', "all"),
+    ("/kill", '{"all": true, "reason": "' + "x" * 501 + '"}', "reason"),
+    ("/resume", '{"all": true, "reason": "' + "x" * 501 + '"}', "reason"),
+    ("/kill", '{"all": true, "reason": 7}', "reason"),
+    ("/kill", '{"symbols": "ETHUSDC", "reason": "drill"}', "symbols"),
+]
+
+
+@pytest.mark.parametrize("path,raw,field", STRICT_CASES)
+def test_a_loose_or_non_finite_input_is_a_422_naming_the_field_and_changes_nothing(guarded, path, raw, field):
+    import ray
+
+    url, token, ctl = guarded
+    before = requests.get(f"{url}/kill", headers=auth(token), timeout=30).json()
+    calls = ray.get(ctl.recorded.remote(), timeout=30)
+    r = post_raw(url, path, raw, token)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert any(p["loc"][:2] == ["body", field] for p in detail), detail
+    assert len(r.text) < 1000                  # a long input is trimmed, never echoed whole
+    assert ray.get(ctl.recorded.remote(), timeout=30) == calls  # the controller was never asked
+    assert requests.get(f"{url}/kill", headers=auth(token), timeout=30).json() == before
+
+
+def test_strict_bodies_still_take_real_booleans_and_reach_the_controller(guarded):
+    import ray
+
+    url, token, ctl = guarded
+    r = post_raw(url, "/resume", '{"symbols": ["ETHUSDC"]}', token)
+    assert r.status_code == 200, r.text
+    r = post_raw(url, "/kill", '{"all": true, "reason": "drill", "mode": "halt"}', token)
+    assert r.status_code == 200 and r.json()["confirmed"] is True, r.text
+    calls = ray.get(ctl.recorded.remote(), timeout=30)
+    assert calls[-2:] == [("resume", ["ETHUSDC"]), ("kill", None, "halt", "drill")]
+
+
+def test_a_422_never_echoes_a_long_input(guarded):
+    url, token, _ = guarded
+    long_reason = "A" * 20_000
+    r = post_raw(url, "/kill", '{"all": true, "reason": "' + long_reason + '"}', token)
+    assert r.status_code == 422
+    [problem] = r.json()["detail"]
+    assert problem["loc"] == ["body", "reason"]
+    assert problem["input"].endswith("(20000 characters)") and len(problem["input"]) < 200
+    r = post_raw(url, "/kill", '{"all": true, "reason": "x", "junk": [' + ",".join(["1"] * 5000) + "]}", token)
+    assert r.status_code == 422 and len(r.text) < 1000 and "<array of 5000 items>" in r.text
+
+
+def test_an_oversized_body_is_a_413_with_the_limit(guarded):
+    url, token, ctl = guarded
+    big = '{"all": true, "reason": "' + "x" * (70 * 1024) + '"}'
+    r = post_raw(url, "/kill", big, token)
+    assert r.status_code == 413, r.text
+    assert "65536 bytes" in r.json()["detail"]
+    # chunked (no Content-Length): cut off at the limit as well
+    r = post_raw(url, "/kill", (chunk.encode() for chunk in [big[i:i + 8192] for i in range(0, len(big), 8192)]),
+                 token)
+    assert r.status_code == 413, r.text
+
+
+def test_the_token_is_checked_before_a_byte_of_the_body_is_read(guarded):
+    """A request announcing 50 MB but sending none of it: 401/403/413 at once, the body never awaited."""
+    url, token, _ = guarded
+    host, rest = url.removeprefix("http://").split("/", 1)
+    hostname, port = host.split(":")
+    for headers, status in (("", b"401"), (f"Authorization: Bearer {token}x\r\n", b"403"),
+                            (f"Authorization: Bearer {token}\r\n", b"413")):
+        with socket.create_connection((hostname, int(port)), timeout=15) as sock:
+            sock.sendall(
+                f"POST /{rest}/kill HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: 50000000\r\n{headers}\r\n".encode() + b'{"all": NaN'
+            )
+            answer = sock.recv(65536)
+        assert answer.split(b"\r\n", 1)[0].split()[1] == status, answer
+        assert b"NaN" not in answer
+
+
+def test_an_unauthenticated_huge_body_is_a_401_and_is_not_echoed(guarded):
+    url, _, _ = guarded
+    junk = '{"all": "yes", "reason": "' + "Z" * 200_000 + '"'
+    r = post_raw(url, "/kill", junk, None)
+    assert r.status_code == 401
+    assert "ZZZZ" not in r.text and "yes" not in r.text
+
+
+def test_a_newline_in_a_kill_reason_cannot_forge_a_log_line(guarded):
+    """The reason is logged by the replica as one line, its control characters escaped."""
+    import ray
+
+    url, token, _ = guarded
+    marker = uuid.uuid4().hex[:8]
+    forged = f"all kill switches disabled {marker}"
+    reason = f"drill\n2025-01-01 00:00:00 CRITICAL {forged}\r\x1b[2K\x85\u2028end"
+    r = requests.post(f"{url}/kill", json={"all": True, "reason": reason}, headers=auth(token), timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["reason"] == reason      # kept as sent; only the log escapes it
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    deadline = time.monotonic() + 20
+    hits: list[str] = []
+    while not hits and time.monotonic() < deadline:
+        hits = [line for p in logs.rglob("*") if p.is_file()
+                for line in p.read_text(errors="replace").splitlines() if marker in line]
+        time.sleep(0.5)
+    assert hits, f"the kill request was not logged under {logs}"
+    for line in hits:
+        assert "kill halt of all symbols requested: drill\\n2025-01-01 00:00:00 CRITICAL" in line, line
+        assert "\\r\\x1b[2K\\x85\\u2028end" in line, line
+        assert "\x1b" not in line and "\x85" not in line
