@@ -4,6 +4,13 @@
 controller, applies the config, deploys the HTTP endpoint and shows a live table until
 ``--duration`` ends or Ctrl-C, then stops the fleet and prints a summary. The other commands talk
 to a running fleet's controller and agents through Ray. Ray is imported only inside commands.
+
+Symbols are checked against the exchange's list before anything trades: ``up`` refuses, before it
+starts Ray or anything else, a symbol the exchange does not list (or lists as not trading), and a
+Binance exchange it cannot reach; ``validate`` checks them when the exchange answers and says so
+when it does not. The simulator would list any name it is started with (a generic spec), so for
+``kind: sim`` the list is the symbols it has a real spec for: its three built-in ones (ETHUSDC,
+BTCUSDT, SOLUSDT) and those its config (``exchange.sim.config``) lists under ``symbols:``.
 """
 
 from __future__ import annotations
@@ -94,6 +101,75 @@ def load(config_path: str) -> tuple[Any, dict[str, Any]]:
     if not cfg.symbols:
         raise FleetCliError(f"invalid config {config_path}: symbols: the fleet lists no symbol")
     return cfg, spec
+
+
+@dataclass(frozen=True)
+class ExchangeListing:
+    """The symbols an exchange lists, with their status; ``symbols`` is None when it did not answer."""
+
+    source: str
+    symbols: dict[str, str] | None
+    error: str | None = None
+
+    def problems(self, wanted: list[str]) -> list[str]:
+        """Each wanted symbol the exchange does not list, or lists as not trading, with why."""
+        if self.symbols is None:
+            return []
+        out = []
+        for sym in wanted:
+            status = self.symbols.get(sym)
+            if status is None:
+                out.append(f"{sym} is not listed by {self.source}")
+            elif status != "TRADING":
+                out.append(f"{sym} is listed by {self.source} but not trading (status {status})")
+        return out
+
+
+EXCHANGE_INFO = "/fapi/v1/exchangeInfo"
+
+
+def exchange_listing(cfg: Any, timeout: float = 10.0) -> ExchangeListing:
+    """What the fleet's exchange lists: Binance's exchangeInfo, or the simulator's own symbols.
+
+    ``up`` starts the simulator with the fleet's symbols, and it makes up a generic contract for any
+    name it is given; what counts as listed is what it has a spec for: its built-in three and the
+    symbols its config lists.
+    """
+    if cfg.exchange.kind == "sim":
+        from fleet.sim.config import SimConfigError, load_sim_config
+
+        try:
+            sim = load_sim_config(cfg.exchange.sim.config)
+        except SimConfigError as exc:
+            raise FleetCliError(str(exc)) from None
+        from fleet.sim.config import SimConfig
+
+        listed = [spec.symbol for spec in (*SimConfig().symbol_specs(), *sim.symbols)]
+        where = cfg.exchange.sim.config or "its config (exchange.sim.config)"
+        source = (f"the simulator (it lists {', '.join(listed)}: its built-in symbols plus those under "
+                  f"symbols: in {where})")
+        return ExchangeListing(source, dict.fromkeys(listed, "TRADING"))
+    import urllib.error
+    import urllib.request
+
+    url = cfg.exchange.rest_url.rstrip("/") + EXCHANGE_INFO
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            info = json.loads(resp.read())
+        symbols = {str(e["symbol"]): str(e.get("status", "TRADING")) for e in info["symbols"]}
+    except urllib.error.HTTPError as exc:
+        return ExchangeListing(url, None, f"HTTP {exc.code} {exc.reason}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        return ExchangeListing(url, None, f"{type(exc).__name__}: {reason}")
+    return ExchangeListing(f"the exchange ({url})", symbols)
+
+
+def check_symbols(cfg: Any, listing: ExchangeListing, then: str = "") -> None:
+    """FleetCliError naming every symbol the exchange does not list (or not as trading)."""
+    problems = listing.problems([e.symbol for e in cfg.symbols])
+    if problems:
+        raise FleetCliError(f"symbols not tradable on the exchange: {'; '.join(problems)}{then}")
 
 
 def _namespace(args: argparse.Namespace) -> tuple[str, str]:
@@ -443,12 +519,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
             load_credentials(account)
         except CredentialsError as exc:
             print(f"  note: {exc} in this shell; the processes that trade (agents, controller) need them")
+    listing = exchange_listing(cfg)
+    if listing.symbols is None:
+        print(f"  note: exchange not reachable ({listing.source}: {listing.error}): symbols NOT checked "
+              f"against its exchangeInfo; up checks them before it starts anything")
+    else:
+        check_symbols(cfg, listing)
+        print(f"  symbols: all {len(cfg.symbols)} listed by {listing.source}")
     print("ok")
     return EXIT_OK
 
 
 def cmd_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     cfg, spec = load(args.config)
+    # Before anything starts (Ray included): every symbol must be one the exchange lists.
+    listing = exchange_listing(cfg)
+    if listing.symbols is None:
+        raise FleetCliError(f"cannot check the symbols against the exchange ({listing.source}: {listing.error}); "
+                            f"nothing started", EXIT_FAILED)
+    check_symbols(cfg, listing, "; nothing started")
     started_at = time.monotonic()
     owns_cluster = connect(args.address, cfg.namespace, start_local=True, detach=args.detach)
     import ray
@@ -613,6 +702,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _guard(func: Any, args: argparse.Namespace) -> int:
+    from agents.logging import install_log_escaping
+
+    install_log_escaping()   # the CLI's own mmfleet records: one line each, control characters escaped
     try:
         return func(args)
     except FleetCliError as exc:

@@ -95,3 +95,95 @@ def test_table_shows_position_worst_case_pnl_fills_grinds_and_kill_state():
     summary = render_summary({"fleet": "f", "symbols": {"ETHUSDC": {"open_orders": 0, "summary": None, "error": None}}},
                              rows, 12.0)
     assert "fleet f stopped after 12 s" in summary and "ETHUSDC" in summary
+
+
+# --- symbols checked against the exchange's list ----------------------------------------------------
+
+
+def sim_fleet_file(tmp_path: Path, symbols: list[str], sim_config: dict | None = None,
+                   exchange: dict | None = None) -> Path:
+    doc = {
+        "name": "symcheck",
+        "exchange": exchange or {"kind": "sim"},
+        "accounts": [{"name": "main", "api_key_env": "MMFLEET_TEST_KEY", "api_secret_env": "MMFLEET_TEST_SECRET"}],
+        "symbols": [{"symbol": s, "account": "main"} for s in symbols],
+        "state_dir": str(tmp_path / "state"),
+    }
+    if sim_config is not None:
+        (tmp_path / "sim.yaml").write_text(yaml.safe_dump(sim_config))
+        doc["exchange"] = {"kind": "sim", "sim": {"config": "sim.yaml"}}
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.fixture
+def nothing_may_start(monkeypatch):
+    """Fail the test if up gets as far as Ray, the simulator or the fleet."""
+    import fleet.fleet_cli as cli
+
+    def forbidden(*_a, **_k):
+        raise AssertionError("up started something although a symbol was refused")
+
+    for name in ("connect", "start_simulator", "start_fleet"):
+        monkeypatch.setattr(cli, name, forbidden)
+
+
+def test_validate_refuses_a_symbol_the_simulator_does_not_list(tmp_path, capsys):
+    path = sim_fleet_file(tmp_path, ["ETHUSDC", "NOSUCHCOIN"])
+    assert main(["validate", "--config", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert "NOSUCHCOIN is not listed by the simulator" in captured.err
+    assert "ETHUSDC, BTCUSDT, SOLUSDT" in captured.err
+    assert not captured.out.strip().endswith("ok")
+
+
+def test_up_refuses_an_unknown_symbol_before_anything_starts(tmp_path, capsys, nothing_may_start):
+    path = sim_fleet_file(tmp_path, ["NOSUCHCOIN", "ETHUSDC", "DOGEUSDT"])
+    assert main(["up", "--config", str(path), "--address", "local", "--duration", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "NOSUCHCOIN is not listed" in err and "DOGEUSDT is not listed" in err
+    assert "ETHUSDC is not listed" not in err
+    assert "nothing started" in err
+    assert not (tmp_path / "state").exists()      # not even the simulator's key files
+
+
+def test_the_simulators_config_adds_the_symbols_it_lists(tmp_path, capsys):
+    sim = {"symbols": [{"symbol": "DOGEUSDT", "base_asset": "DOGE", "quote_asset": "USDT", "tick_size": "0.00001",
+                        "step_size": "1", "start_price": 0.1}]}
+    path = sim_fleet_file(tmp_path, ["DOGEUSDT", "ETHUSDC"], sim_config=sim)
+    assert main(["validate", "--config", str(path)]) == 0
+    assert "symbols: all 2 listed by the simulator" in capsys.readouterr().out
+
+
+def test_validate_and_up_check_symbols_against_binance_exchange_info(tmp_path, capsys, nothing_may_start):
+    from fleet.sim.server import SimThread
+
+    with SimThread(symbols=["ETHUSDC", "XRPUSDT"], seed=1) as sim:
+        exchange = {"kind": "binance", "rest_url": sim.rest_url, "ws_market_url": "ws://127.0.0.1:1"}
+        good = sim_fleet_file(tmp_path, ["XRPUSDT", "ETHUSDC"], exchange=exchange)
+        assert main(["validate", "--config", str(good)]) == 0
+        assert f"symbols: all 2 listed by the exchange ({sim.rest_url}/fapi/v1/exchangeInfo)" in capsys.readouterr().out
+        bad = sim_fleet_file(tmp_path, ["ETHUSDC", "BTCUSDT", "NOSUCHCOIN"], exchange=exchange)
+        assert main(["validate", "--config", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert "BTCUSDT is not listed by the exchange" in err and "NOSUCHCOIN is not listed" in err
+        assert main(["up", "--config", str(bad), "--address", "local"]) == 2
+        err = capsys.readouterr().err
+        assert "NOSUCHCOIN is not listed by the exchange" in err and "nothing started" in err
+
+
+def test_an_unreachable_exchange_is_said_by_validate_and_refused_by_up(tmp_path, capsys, nothing_may_start):
+    import socket
+
+    with socket.socket() as s:   # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exchange = {"kind": "binance", "rest_url": f"http://127.0.0.1:{port}", "ws_market_url": "ws://127.0.0.1:1"}
+    path = sim_fleet_file(tmp_path, ["ETHUSDC"], exchange=exchange)
+    assert main(["validate", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "exchange not reachable" in out and "symbols NOT checked" in out
+    assert main(["up", "--config", str(path), "--address", "local"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot check the symbols" in err and f"127.0.0.1:{port}" in err and "nothing started" in err

@@ -44,3 +44,21 @@ def test_up_runs_the_demo_fleet_for_its_duration_and_ends_with_a_clean_summary(t
     assert oct(key_file.stat().st_mode & 0o777) == "0o600"
     secret = yaml.safe_load(key_file.read_text())["api_secret"]
     assert secret not in out and secret not in done.stderr
+
+
+def test_up_with_a_symbol_the_exchange_does_not_list_starts_nothing(tmp_path):
+    demo = yaml.safe_load((ROOT / "configs" / "fleet.demo.yaml").read_text())
+    demo["state_dir"] = str(tmp_path / "state")
+    demo["symbols"] = [{**e, "params_file": str(ROOT / "configs" / e["params_file"])} for e in demo["symbols"]]
+    demo["symbols"].append({"symbol": "NOSUCHCOIN", "account": "main"})
+    demo["exchange"]["sim"]["config"] = str(ROOT / "configs" / demo["exchange"]["sim"]["config"])
+    config = tmp_path / "fleet.yaml"
+    config.write_text(yaml.safe_dump(demo))
+    done = subprocess.run(
+        [sys.executable, "-m", "fleet", "up", "--config", str(config), "--address", "local", "--duration", "5"],
+        cwd=tmp_path, env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "NOSUCHCOIN is not listed by the simulator" in done.stderr and "nothing started" in done.stderr
+    assert done.stdout == ""                       # no Ray, no simulator, no agent, no endpoint
+    assert not (tmp_path / "state").exists()
