@@ -9,6 +9,7 @@ requests that may have executed without an answer raise :class:`OutcomeUnknownEr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from decimal import Decimal
@@ -456,8 +457,10 @@ class BinanceClient:
     # -- account -------------------------------------------------------------------------------
 
     async def position(self, symbol: str) -> PositionInfo:
-        """The one-way position of ``symbol`` (v3 positionRisk; v2 if the v3 path is missing)."""
+        """The one-way position of ``symbol`` (v3 positionRisk; v2 if the v3 path is missing), with
+        ``as_of`` = the exchange time just before the request (the figure holds every trade before it)."""
         if not self._position_v2:
+            as_of = self._timestamp()
             try:
                 data = await self._request(
                     "GET", "/fapi/v3/positionRisk", {"symbol": symbol}, cost=_ACCOUNT, signed=True
@@ -468,9 +471,10 @@ class BinanceClient:
                 log.info("v3 positionRisk not available; using v2")
                 self._position_v2 = True
             else:
-                return _pick_position(data, symbol)
+                return _pick_position(data, symbol, as_of)
+        as_of = self._timestamp()
         data = await self._request("GET", "/fapi/v2/positionRisk", {"symbol": symbol}, cost=_ACCOUNT, signed=True)
-        return _pick_position(data, symbol)
+        return _pick_position(data, symbol, as_of)
 
     async def account(self) -> dict[str, Any]:
         if not self._account_v2:
@@ -599,8 +603,10 @@ def _batch_results(data: Any, expected: int) -> list[OrderInfo | BinanceError]:
     return out
 
 
-def _pick_position(data: Any, symbol: str) -> PositionInfo:
+def _pick_position(data: Any, symbol: str, as_of: int = 0) -> PositionInfo:
+    """The symbol's one-way row; ``as_of`` (the exchange time the request was sent) goes with it,
+    so that a figure without a time of its own (flat: v3 omits the symbol) is as of the request."""
     rows = [r for r in (data or ()) if r.get("symbol") == symbol and r.get("positionSide", "BOTH") == "BOTH"]
     if not rows:
-        return PositionInfo.flat(symbol)  # v3 lists only symbols with a position or open orders
-    return PositionInfo.from_api(rows[0])
+        return PositionInfo.flat(symbol, as_of)  # v3 lists only symbols with a position or open orders
+    return dataclasses.replace(PositionInfo.from_api(rows[0]), as_of=as_of)

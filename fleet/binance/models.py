@@ -179,7 +179,12 @@ class OrderInfo:
 
 @dataclass(frozen=True, slots=True)
 class PositionInfo:
-    """The exchange's view of one symbol's (one-way mode) position."""
+    """The exchange's view of one symbol's (one-way mode) position.
+
+    ``update_time`` is the position's own time (its last change; 0 when the exchange gives none, as
+    for a flat symbol that v3 positionRisk omits). ``as_of`` is the exchange time the request was
+    sent (0 if unknown): the figure holds every trade before it.
+    """
 
     symbol: str
     amount: Decimal  # signed: long > 0
@@ -189,10 +194,11 @@ class PositionInfo:
     update_time: int
     break_even_price: Decimal = Decimal(0)
     position_side: str = "BOTH"
+    as_of: int = 0
 
     @classmethod
-    def flat(cls, symbol: str) -> "PositionInfo":
-        return cls(symbol, Decimal(0), Decimal(0), Decimal(0), Decimal(0), 0)
+    def flat(cls, symbol: str, as_of: int = 0) -> "PositionInfo":
+        return cls(symbol, Decimal(0), Decimal(0), Decimal(0), Decimal(0), 0, as_of=as_of)
 
     @classmethod
     def from_api(cls, obj: Mapping[str, Any]) -> "PositionInfo":

@@ -320,3 +320,10 @@ async def test_v2_fallback_when_v3_paths_are_missing(sim):
             assert any(b["asset"] == "USDC" for b in await old.balance())
     finally:
         await runner.cleanup()
+
+
+async def test_a_position_carries_the_exchange_time_its_request_was_sent(client):
+    before = int(time.time() * 1000) + client.time_offset_ms
+    pos = await client.position(SYMBOL)
+    after = int(time.time() * 1000) + client.time_offset_ms
+    assert before <= pos.as_of <= after  # a flat figure without a time of its own is as of this
