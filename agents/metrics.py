@@ -145,8 +145,9 @@ class AgentMetrics:
         yield gauge("mm_realized_pnl", "realized P&L from fills (quote currency)", s.realized_pnl)
         yield gauge("mm_unrealized_pnl", "unrealized P&L at mark", s.unrealized_pnl())
         yield gauge("mm_commission", "commission paid (quote currency)", s.commission)
-        yield gauge("mm_equity", "wallet balance + unrealized P&L", s.equity())
-        yield gauge("mm_drawdown_pct", "percent below peak equity", s.drawdown_pct())
+        # reads only: the peak moves with the store's inputs, never with a scrape
+        yield gauge("mm_equity", "risk.capital + the symbol's own P&L (realized, funding, commission, unrealized)", s.equity())
+        yield gauge("mm_drawdown_pct", "percent below the symbol's peak equity", s.drawdown_pct())
         state = GaugeMetricFamily("mm_halt_state", "1 for the current halt state", labels=["symbol", "state"])
         for st in HALT_STATES:
             state.add_metric([self.symbol, st], 1.0 if core.guard.state == st else 0.0)

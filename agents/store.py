@@ -9,7 +9,20 @@ it; a fill the store has heard of but not booked keeps counting as pending, so
 ``position + pending_buy`` never understates what the exchange could hold.
 
 Funding: the exchange's estimate (markPrice stream, every second) is sampled into the EMA
-prediction once per ``funding.predict_sample_sec`` (60 s), with weight ``predict_alpha``.
+prediction once per ``funding.predict_sample_sec`` (60 s), with weight ``predict_alpha``. Funding
+P&L is booked from the exchange's fees: a FUNDING_FEE frame that names this symbol (``a.S``), or,
+for the cross-margin frame that names none, the account's FUNDING_FEE income rows that the runtime
+reads when the store asks (``funding_lookup_start`` / ``on_funding_income``), once per ``tranId``.
+
+Same-millisecond fills: a trade frame whose time equals the newest position figure's may or may not
+be inside it (the exchange sends a fill's ACCOUNT_UPDATE and ORDER_TRADE_UPDATE one after the other,
+in an order it does not document). If the figure's move within that millisecond accounts for it, it
+is inside; otherwise it stays pending (never in the position) until the next figure, or a frame of
+a later millisecond, shows where it went.
+
+Drawdown is the symbol's own: equity = ``risk.capital`` + realized + funding - commission +
+unrealized, all booked here, so a transfer on the shared wallet cannot move it. Its peak is tracked
+as the inputs arrive, from the first exchange position figure with a price on; reads never change it.
 """
 
 from __future__ import annotations
@@ -45,6 +58,15 @@ WINDOW_MS = 30 * 60 * 1000
 SAMPLE_MS = 1000  # the price window takes at most one mid per second
 _CLOSED_KEEP = 4096  # closed orders remembered, so their late duplicates are recognised
 _FUNDING_KEEP = 512
+# A frame and the income row of one funding fee carry the same settlement time (the simulator: the
+# same millisecond); fees of one symbol are at least the funding interval apart.
+FUNDING_MATCH_MS = 5_000
+# A fee without a symbol is looked up if this symbol held a position at most this long before it;
+# income rows are read from this long before the fee's frame.
+FUNDING_LOOKBACK_MS = 60_000
+# A look-up no income row has answered is given up once a fee this much newer needs one.
+FUNDING_LOOKUP_HORIZON_MS = 3_600_000
+_FUNDING_LOOKUPS_KEEP = 32
 _TRADES_KEEP = 50_000  # trade ids remembered, so a duplicated fill is never booked twice
 _STAGE_NEW, _STAGE_AMEND, _STAGE_PARTIAL, _STAGE_FINAL = 0, 1, 2, 3
 
@@ -196,14 +218,21 @@ class Store:
         self.position_steps = 0
         self.entry_price = 0.0
         self.position_time = -1  # exchange time of the last authoritative position figure
+        self.position_confirmed = False  # an exchange figure of the position has been applied
+        self._figure_closes_ms = False  # the figure (a REST snapshot) holds every trade of its millisecond
+        self._figure_steps = 0  # the newest stream figure, and the position just before its millisecond,
+        self._ms_base = 0  # and the trades of that millisecond seen so far: what the figure's move
+        self._ms_seen = 0  # within the millisecond accounts for
+        self._ambiguous: list[tuple[int, str, int, int]] = []  # (time, client id, order id, steps) unplaced
+        self._nonflat_ms = -1  # the latest exchange time at which the position was known not to be flat
         self._trades_since: deque[tuple[int, int]] = deque()  # (time, signed steps) booked after it
         self.realized_pnl = 0.0
         self.commission = 0.0
         self._trade_ids: OrderedDict[tuple[int, int], None] = OrderedDict()
         self.fills_buy = 0
         self.fills_sell = 0
-        self.wallet_balance: float | None = None
-        self.peak_equity: float | None = None
+        self.wallet_balance: float | None = None  # the shared account's wallet (informational)
+        self._peak_pnl: float | None = None  # the symbol's own P&L at its peak, once confirmed
         self.max_drawdown_pct = 0.0
         # market
         self.bid = 0.0
@@ -229,7 +258,12 @@ class Store:
         self._funding_sample_ms = int(params.funding.predict_sample_sec * 1000)
         self._alpha = params.funding.predict_alpha
         self.funding_pnl = 0.0
-        self._funding_seen: OrderedDict[tuple[int, str], None] = OrderedDict()
+        self._funding_total = Decimal(0)
+        self._funding_seen: OrderedDict[tuple[int, str], None] = OrderedDict()  # frames already booked
+        # booked fees: [time, amount, source ("frame" / "income"), paired with the other source]
+        self._funding_booked: deque[list[Any]] = deque(maxlen=_FUNDING_KEEP)
+        self._income_seen: OrderedDict[int, None] = OrderedDict()  # income tranIds already booked
+        self._funding_lookups: deque[int] = deque(maxlen=_FUNDING_LOOKUPS_KEEP)  # times of symbol-less fees
         # counters the metrics read
         self.rejects: dict[int, int] = {}
         self.stale_updates = 0
@@ -307,29 +341,44 @@ class Store:
             return 0.0
         return self.position_steps * self.step * (price - self.entry_price)
 
-    def equity(self) -> float:
-        """Wallet balance (as the exchange books it) plus this symbol's unrealized P&L.
+    def pnl(self) -> float:
+        """This symbol's own P&L: realized + funding - commission (as the exchange booked them) + unrealized."""
+        return self.realized_pnl + self.funding_pnl - self.commission + self.unrealized_pnl()
 
-        Until a wallet balance is known: the configured capital plus P&L booked here.
+    def equity(self) -> float:
+        """The symbol's equity for its drawdown: its capital (``risk.capital``) plus its own P&L.
+
+        Not the account's wallet: the wallet is shared by every symbol and moves with transfers.
         """
-        if self.wallet_balance is not None:
-            return self.wallet_balance + self.unrealized_pnl()
-        return (
-            self.params.risk.capital + self.realized_pnl + self.funding_pnl - self.commission + self.unrealized_pnl()
-        )
+        return self.params.risk.capital + self.pnl()
+
+    @property
+    def peak_equity(self) -> float | None:
+        """The highest equity since the store had a confirmed baseline (None before)."""
+        return None if self._peak_pnl is None else self.params.risk.capital + self._peak_pnl
 
     def drawdown_pct(self) -> float:
-        """Percent below the peak equity seen (0 at a new peak)."""
-        eq = self.equity()
-        if self.peak_equity is None or eq > self.peak_equity:
-            self.peak_equity = eq
-        peak = self.peak_equity
+        """Percent below the peak equity (0 at a peak, and before a confirmed baseline). A pure read."""
+        peak_pnl = self._peak_pnl
+        if peak_pnl is None:
+            return 0.0
+        peak = self.params.risk.capital + peak_pnl
         if peak <= 0:
             return 0.0
-        dd = (peak - eq) / peak * 100.0
+        dd = (peak_pnl - self.pnl()) / peak * 100.0
+        return dd if dd > 0.0 else 0.0
+
+    def _track_equity(self) -> None:
+        """Move the peak (and the deepest drawdown) by the current equity, once the baseline is
+        confirmed: an exchange figure of the position, and a price to value it at."""
+        if not self.position_confirmed or not (self.mark or self.mid):
+            return
+        pnl = self.pnl()
+        if self._peak_pnl is None or pnl > self._peak_pnl:
+            self._peak_pnl = pnl
+        dd = self.drawdown_pct()
         if dd > self.max_drawdown_pct:
             self.max_drawdown_pct = dd
-        return dd
 
     # ------------------------------------------------------------------ order views
 
@@ -564,16 +613,23 @@ class Store:
     def apply(self, event: Any, now_ms: int | None = None) -> bool:
         """Apply one stream event; returns whether it changed anything."""
         if isinstance(event, BookTicker):
-            return self._on_book(event)
+            changed = self._on_book(event)
+            if changed and not self.mark:
+                self._track_equity()  # valued at the mid until a mark price arrives
+            return changed
         if isinstance(event, MarkPrice):
-            return self._on_mark(event)
-        if isinstance(event, OrderUpdate):
-            return self._on_order_update(event)
-        if isinstance(event, AccountUpdate):
-            return self._on_account(event)
-        if isinstance(event, FundingFee):
-            return self._on_funding_fee(event)
-        return False
+            changed = self._on_mark(event)
+        elif isinstance(event, OrderUpdate):
+            changed = self._on_order_update(event)
+        elif isinstance(event, AccountUpdate):
+            changed = self._on_account(event)
+        elif isinstance(event, FundingFee):
+            changed = self._on_funding_fee(event)
+        else:
+            return False
+        if changed:
+            self._track_equity()
+        return changed
 
     def _on_book(self, ev: BookTicker) -> bool:
         if ev.symbol != self.symbol:
@@ -652,6 +708,8 @@ class Store:
         if u.symbol != self.symbol:
             self.foreign_events += 1
             return False
+        if self._ambiguous:
+            self._settle_ambiguous(u.transaction_time if u.transaction_time > u.update_time else u.update_time)
         changed = self._apply_order(
             client_order_id=u.client_order_id,
             order_id=u.order_id,
@@ -666,32 +724,43 @@ class Store:
             tif=u.time_in_force,
             reduce_only=u.reduce_only,
         )
-        if u.exec_type in _FILL_EXEC_TYPES and u.last_filled_qty > 0 and self._book_trade(u):
-            o = self._find(u.client_order_id, u.order_id)
-            if o is not None:
-                # Capped at the order's filled quantity: after a snapshot reset its fills so far
-                # already count as booked, and a late trade frame must not count them twice.
-                booked = o.booked_steps + self.steps(u.last_filled_qty)
-                o.booked_steps = booked if booked < o.filled_steps else o.filled_steps
-                self._refresh(o)
+        if u.exec_type in _FILL_EXEC_TYPES and u.last_filled_qty > 0:
+            placed = self._book_trade(u)
+            if placed is None:
+                return changed  # a duplicate
+            if placed:
+                o = self._find(u.client_order_id, u.order_id)
+                if o is not None:
+                    self._mark_booked(o, self.steps(u.last_filled_qty))
             return True
         return changed
 
-    def _book_trade(self, u: OrderUpdate) -> bool:
-        """Book one trade once (by order and trade id), into the position unless the exchange's
-        position figure is already newer than it. Each trade carries its own quantity and time, so
-        the position is exact whatever order the trades of one order arrive in."""
+    def _mark_booked(self, o: LiveOrder, steps: int) -> None:
+        # Capped at the order's filled quantity: after a snapshot reset its fills so far already
+        # count as booked, and a late trade frame must not count them twice.
+        booked = o.booked_steps + steps
+        o.booked_steps = booked if booked < o.filled_steps else o.filled_steps
+        self._refresh(o)
+
+    def _book_trade(self, u: OrderUpdate) -> bool | None:
+        """Book one trade once (by order and trade id): into the position, or as inside the exchange's
+        position figure (True), or as not yet placed (False: it keeps counting as pending); None for a
+        duplicate. Each trade carries its own quantity and time, so the position is exact whatever
+        order the trades of one order arrive in."""
         key = (u.order_id, u.trade_id or -self.steps(u.cum_filled_qty))
         if key in self._trade_ids:
-            return False
+            return None
         self._trade_ids[key] = None
         if len(self._trade_ids) > _TRADES_KEEP:
             self._trade_ids.popitem(last=False)
         if u.commission_asset == self.margin_asset or not self.margin_asset:
             self.commission += float(u.commission)
         self.realized_pnl += float(u.realized_pnl)  # as the exchange books it, per trade
-        self._on_fill(u.side, self.steps(u.last_filled_qty), float(u.last_filled_price), u.update_time)
-        return True
+        steps = self.steps(u.last_filled_qty)
+        if self._on_fill(u.side, steps, float(u.last_filled_price), u.update_time):
+            return True
+        self._ambiguous.append((u.update_time, u.client_order_id, u.order_id, steps))
+        return False
 
     def _apply_order(
         self,
@@ -745,16 +814,29 @@ class Store:
         self._refresh(o)
         return True
 
-    def _on_fill(self, side: str, qty_steps: int, price: float, t: int) -> None:
-        """Move the position (and the average entry) by one trade, unless the exchange's position
-        figure is at least as new as the trade (it then already includes it)."""
+    def _on_fill(self, side: str, qty_steps: int, price: float, t: int) -> bool:
+        """Move the position (and the average entry) by one trade newer than the exchange's position
+        figure. An older trade is inside the figure. One of the figure's own millisecond is inside it
+        if the figure's move within that millisecond accounts for it (or the figure is a snapshot,
+        which holds its whole millisecond); otherwise it is unplaced (returns False): the caller keeps
+        it pending until the next figure or a frame of a later millisecond places it."""
         if side == BUY:
             self.fills_buy += 1
         else:
             self.fills_sell += 1
-        if t <= self.position_time:
-            return
         signed = qty_steps if side == BUY else -qty_steps
+        if t < self.position_time:
+            return True
+        if t == self.position_time:
+            if self._figure_closes_ms:
+                return True
+            self._ms_seen += signed
+            if self._figure_steps - self._ms_base == self._ms_seen:
+                self._place_ambiguous()  # everything of this millisecond seen so far is inside
+                return True
+            return False
+        if self.position_steps and t > self._nonflat_ms:
+            self._nonflat_ms = t
         self._trades_since.append((t, signed))
         if len(self._trades_since) > _TRADES_KEEP:
             self._trades_since.popleft()
@@ -767,9 +849,34 @@ class Store:
         elif (new > 0) != (pos > 0):
             self.entry_price = price
         self.position_steps = new
+        if new and t > self._nonflat_ms:
+            self._nonflat_ms = t
+        return True
+
+    def _place_ambiguous(self, until_ms: int | None = None) -> None:
+        """Unplaced trades (of times up to ``until_ms``; all if None) are inside the exchange's figure:
+        they stop counting as pending."""
+        keep = []
+        for item in self._ambiguous:
+            t, cid, oid, steps = item
+            if until_ms is not None and t > until_ms:
+                keep.append(item)
+                continue
+            o = self._find(cid, oid)
+            if o is not None:
+                self._mark_booked(o, steps)
+        self._ambiguous = keep
+
+    def _settle_ambiguous(self, frame_ms: int) -> None:
+        """A user frame of a later millisecond: no figure of the unplaced trades' millisecond is
+        still to come (the stream is in order), so the last one held them."""
+        if self._ambiguous and frame_ms > self.position_time:
+            self._place_ambiguous(frame_ms - 1)
 
     def _on_account(self, ev: AccountUpdate) -> bool:
         changed = False
+        if self._ambiguous:
+            self._settle_ambiguous(ev.transaction_time or ev.event_time)
         for b in ev.balances:
             if b.asset == self.margin_asset:
                 self.wallet_balance = float(b.wallet_balance)
@@ -780,20 +887,40 @@ class Store:
         return changed
 
     def set_position(self, amount: Decimal, entry_price: Decimal, update_time: int) -> bool:
-        """The exchange's position figure as of ``update_time`` (REST positionRisk, say); ignored if
-        older than the one we hold; trades booked here after that time stay added on top."""
-        return self._set_position(Decimal(amount), Decimal(entry_price), int(update_time))
+        """The exchange's position figure (REST positionRisk, say) holding every trade up to and
+        including ``update_time``; ignored if older than the one we hold; trades booked here after
+        that time stay added on top."""
+        return self._set_position(Decimal(amount), Decimal(entry_price), int(update_time), snapshot=True)
 
-    def _set_position(self, amount: Decimal, entry_price: Decimal, t: int) -> bool:
-        if t < self.position_time:
+    def _set_position(self, amount: Decimal, entry_price: Decimal, t: int, snapshot: bool = False) -> bool:
+        """A stream figure (ACCOUNT_UPDATE) as of its frame's time: a later figure of the same
+        millisecond is newer. A snapshot figure holds its whole millisecond: frames of it are older."""
+        pt = self.position_time
+        if t < pt or (t == pt and self._figure_closes_ms and not snapshot):
             self.stale_updates += 1
             return False
+        if self.position_steps and t > self._nonflat_ms:
+            self._nonflat_ms = t
+        if snapshot or t > pt:
+            # trades of this millisecond booked already, and the position just before it
+            seen = sum(q for tq, q in self._trades_since if tq == t)
+            self._ms_base = self.position_steps - sum(q for tq, q in self._trades_since if tq >= t)
+            self._ms_seen = seen
         self.position_time = t
+        self._figure_closes_ms = snapshot
+        self.position_confirmed = True
+        # Trades not placed yet arrived before this figure: it holds them.
+        if self._ambiguous:
+            self._place_ambiguous(t)
         # Trades booked here that are newer than the exchange's figure are not in it yet.
         later = deque(tr for tr in self._trades_since if tr[0] > t)
         self._trades_since = later
-        self.position_steps = self.steps(amount) + sum(q for _, q in later)
+        fig = self.steps(amount)
+        self._figure_steps = fig
+        self.position_steps = fig + sum(q for _, q in later)
         self.entry_price = float(entry_price) if self.position_steps else 0.0
+        if self.position_steps and t > self._nonflat_ms:
+            self._nonflat_ms = t
         # Fills we know of (an order's cumulative quantity as of its newest frame) that are no newer
         # than the figure are inside it, even if their trade frames have not arrived: stop counting
         # them as pending (their late frames are then capped and skipped).
@@ -807,21 +934,96 @@ class Store:
         if ev.symbol is not None and ev.symbol != self.symbol:
             self.foreign_events += 1
             return False
+        t = ev.transaction_time or ev.event_time
+        if self._ambiguous:
+            self._settle_ambiguous(t)
         if ev.asset == self.margin_asset:
             self.wallet_balance = float(ev.wallet_balance)
         for p in ev.positions:
             if p.symbol == self.symbol:
-                self._set_position(p.amount, p.entry_price, ev.transaction_time or ev.event_time)
+                self._set_position(p.amount, p.entry_price, t)
+        if self.margin_asset and ev.asset != self.margin_asset:
+            return False  # a fee in another asset is another symbol's
         if ev.symbol is None:
-            return False  # a cross-margin fee without a symbol cannot be attributed to this one
-        key = (ev.transaction_time, str(ev.amount))
+            # The cross-margin frame names no symbol: if this symbol held a position then, its fee is
+            # among the account's FUNDING_FEE income rows, which the runtime reads for us.
+            held = self.position_steps != 0 or self._nonflat_ms >= t - FUNDING_LOOKBACK_MS
+            if held and t not in self._funding_lookups:
+                while self._funding_lookups and self._funding_lookups[0] < t - FUNDING_LOOKUP_HORIZON_MS:
+                    self._funding_lookups.popleft()
+                self._funding_lookups.append(t)
+                return True
+            return False
+        key = (t, str(ev.amount))
         if key in self._funding_seen:
             return False
         self._funding_seen[key] = None
         if len(self._funding_seen) > _FUNDING_KEEP:
             self._funding_seen.popitem(last=False)
-        self.funding_pnl += float(ev.amount)
+        if self._pair_funding(t, ev.amount, "income"):
+            return False  # already booked from its income row
+        self._book_funding(t, ev.amount, "frame")
         return True
+
+    # ------------------------------------------------------------------ funding from income rows
+
+    def funding_lookup_start(self) -> int | None:
+        """Exchange ms from which the runtime should read this symbol's FUNDING_FEE income rows
+        (``GET /fapi/v1/income``) for fees whose frame named no symbol; None when nothing is due."""
+        if not self._funding_lookups:
+            return None
+        return min(self._funding_lookups) - FUNDING_LOOKBACK_MS
+
+    def on_funding_income(self, rows: Iterable[Any]) -> int:
+        """Income rows (Binance's ``{"symbol","incomeType","income","asset","time","tranId"}``): this
+        symbol's FUNDING_FEE rows are booked once each, by ``tranId``. A row whose fee was already
+        booked from a frame naming the symbol (no tranId there: the same amount, within
+        ``FUNDING_MATCH_MS``, paired one to one) is not booked again. A row settles the look-ups of
+        its time. Returns how many rows were booked."""
+        booked = 0
+        for r in rows:
+            if r.get("incomeType") != "FUNDING_FEE" or r.get("symbol") != self.symbol:
+                continue
+            if self.margin_asset and r.get("asset", self.margin_asset) != self.margin_asset:
+                continue
+            try:
+                tran = int(r["tranId"])
+                t = int(r["time"])
+                amount = Decimal(str(r["income"]))
+            except (KeyError, TypeError, ValueError, ArithmeticError):
+                continue
+            for lt in [x for x in self._funding_lookups if abs(x - t) <= FUNDING_MATCH_MS]:
+                self._funding_lookups.remove(lt)
+            if tran in self._income_seen:
+                continue
+            self._income_seen[tran] = None
+            if len(self._income_seen) > _FUNDING_KEEP:
+                self._income_seen.popitem(last=False)
+            if self._pair_funding(t, amount, "frame"):
+                continue  # its frame named the symbol and was booked
+            self._book_funding(t, amount, "income")
+            booked += 1
+        if booked:
+            self._track_equity()
+        return booked
+
+    def _pair_funding(self, t: int, amount: Decimal, source: str) -> bool:
+        """Pair a fee with the nearest unpaired one of ``source`` booked with the same amount within
+        ``FUNDING_MATCH_MS``: the same fee, seen the other way."""
+        best = None
+        for entry in self._funding_booked:
+            if entry[2] == source and not entry[3] and entry[1] == amount and abs(entry[0] - t) <= FUNDING_MATCH_MS:
+                if best is None or abs(entry[0] - t) < abs(best[0] - t):
+                    best = entry
+        if best is None:
+            return False
+        best[3] = True
+        return True
+
+    def _book_funding(self, t: int, amount: Decimal, source: str) -> None:
+        self._funding_booked.append([t, amount, source, False])
+        self._funding_total += amount
+        self.funding_pnl = float(self._funding_total)
 
     # ------------------------------------------------------------------ REST snapshot
 
@@ -841,9 +1043,17 @@ class Store:
         snapshot lacks are closed, except ones sent within ``in_flight_grace_ms``.
         """
         if position is not None:
-            t = int(getattr(position, "update_time", 0) or 0)
-            self.position_time = -1
-            self._set_position(Decimal(position.amount), Decimal(position.entry_price), t)
+            # The figure holds every trade up to its own time (the position's last change) and up to
+            # the request (``as_of``, the exchange time it was sent: the exchange answered later). A
+            # figure without a time of its own (flat: v3 omits the symbol) is as of the request. The
+            # millisecond of the request itself is left to the frames of that millisecond.
+            own = int(getattr(position, "update_time", 0) or 0)
+            as_of = int(getattr(position, "as_of", 0) or 0)
+            t = max(own, as_of - 1) if as_of > 0 else (own if own > 0 else now_ms)
+            # Ignored if the stream already gave a newer figure (the stream was live meanwhile).
+            self._set_position(Decimal(position.amount), Decimal(position.entry_price), t, snapshot=True)
+        else:
+            t = None
         if wallet_balance is not None:
             self.wallet_balance = wallet_balance
         snap = [o for o in open_orders if getattr(o, "symbol", self.symbol) == self.symbol]
@@ -866,9 +1076,11 @@ class Store:
                 o.contrib = 0
                 self.orders[o.client_order_id] = o
             self.on_order_info(info)
-        # The snapshot's position holds every fill so far: nothing of these orders is unbooked.
+        # The snapshot's position holds the fills up to its time: nothing of these orders is unbooked.
+        # An order with a frame (or REST answer) newer than the figure may have filled after it: its
+        # fills not booked keep counting as pending until a frame or a later figure places them.
         for o in list(self.orders.values()):
-            if o.booked_steps < o.filled_steps:
+            if o.booked_steps < o.filled_steps and (t is None or o.key[0] <= self.position_time):
                 o.booked_steps = o.filled_steps
                 self._refresh(o)
         b, s = self.recompute_pending()

@@ -399,3 +399,16 @@ def test_a_request_that_never_left_is_undone_without_counting_a_rejection():
     assert core.orders_sent == before and core.store.rejects == {}
     assert (core.store.pending_buy_steps, core.store.pending_sell_steps) == pending
     assert not any(o.busy for o in core.store.orders.values())
+
+
+def test_a_wallet_transfer_out_does_not_cut_a_symbol_whose_own_pnl_has_not_moved():
+    from fleet.binance.events import AccountUpdate, BalanceUpdate
+
+    core, ex = started()
+    core.on_event(account_update(200, 3000.0, t=1_500, wallet="1000"), 1_500)
+    core.on_event(mark(3000.0, t=1_600), 1_600)
+    transfer = AccountUpdate(1_700, 1_700, "WITHDRAW", (BalanceUpdate("USDC", Decimal("300"), Decimal("300"), Decimal("-700")),), ())
+    core.on_event(transfer, 1_700)
+    core.on_event(mark(3000.0, t=1_800), 1_800)
+    assert core.store.drawdown_pct() == 0.0 and core.twap == []
+    assert not [d for d in core.quote(2_000) if isinstance(d, Place) and d.reason == "drawdown"]

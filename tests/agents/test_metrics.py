@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agents.core import AgentCore
@@ -105,3 +106,34 @@ def test_two_agents_in_one_process_keep_separate_registries():
     a.inc_rest_fallback()
     assert b"mm_rest_fallback_count{symbol=\"BTCUSDT\"} 0.0" in b.render()
     assert b"BTCUSDT" not in a.render()
+
+
+def test_a_scrape_before_the_position_is_known_seeds_no_drawdown_peak():
+    from .test_core_support import position_info
+
+    core = active_core()  # book and mark known, no exchange figure of the position yet
+    m = AgentMetrics(SYMBOL, core)
+    s = samples(m.render())
+    assert s[("mm_drawdown_pct", (("symbol", SYMBOL),))] == 0.0
+    assert core.store.peak_equity is None
+    # the first snapshot: 0.2 long, a 500 USDC wallet (the old peak would have been 1000)
+    core.reset_from_snapshot(position_info(200, 3000.0, 1_100), [], 1_200, wallet_balance=500.0)
+    core.on_event(mark(3000.0, t=1_300), 1_300)
+    samples(m.render())
+    core.on_event(mark(2999.0, t=1_400), 1_400)
+    assert core.twap == []
+    assert core.store.drawdown_pct() == pytest.approx(0.2 / 1000 * 100)
+    assert samples(m.render())[("mm_equity", (("symbol", SYMBOL),))] == pytest.approx(999.8)
+
+
+def test_funding_booked_from_income_rows_shows_in_the_seed_metric():
+    from .test_core_support import account_update
+
+    core = active_core()
+    m = AgentMetrics(SYMBOL, core)
+    core.on_event(account_update(20, 3000.0, t=1_100), 1_100)
+    core.on_event(funding_fee("-0.75", t=1_200, symbol=None), 1_200)
+    assert samples(m.render())[("mm_funding_pnl_acc", (("symbol", SYMBOL),))] == 0.0
+    core.store.on_funding_income([{"symbol": SYMBOL, "incomeType": "FUNDING_FEE", "income": "-0.75",
+                                   "asset": "USDC", "time": 1_200, "tranId": 7}])
+    assert samples(m.render())[("mm_funding_pnl_acc", (("symbol", SYMBOL),))] == -0.75

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from decimal import Decimal as D
 
 import pytest
 
@@ -329,10 +330,10 @@ def test_realized_pnl_as_booked_unrealized_at_mark_and_drawdown_from_peak(store)
     store.apply(mark(3100.0, t=3))
     assert store.unrealized_pnl() == pytest.approx(0.006 * 100)
     store.apply(account_update(6, 3000.0, t=4, wallet="1000"))
-    assert store.equity() == pytest.approx(1000.6)
+    assert store.equity() == pytest.approx(1000 + 0.4 + 0.6)  # capital + the symbol's own P&L
     assert store.drawdown_pct() == pytest.approx(0.0)
     store.apply(mark(2000.0, t=5))
-    assert store.drawdown_pct() == pytest.approx((1000.6 - (1000 - 6.0)) / 1000.6 * 100)
+    assert store.drawdown_pct() == pytest.approx((1001.0 - (1000 + 0.4 - 6.0)) / 1001.0 * 100)
 
 
 def test_pending_never_negative_under_random_lifecycles(store):
@@ -364,3 +365,244 @@ def test_pending_never_negative_under_random_lifecycles(store):
             store.apply(order_update(cid, oid, side, 300_000, steps, status="CANCELED", cum_steps=cum, t=t))
         assert_pending_consistent(store)
     assert math.isfinite(store.realized_pnl)
+
+
+# --- issue 9: drawdown of the symbol's own, funding without a symbol, exact resyncs, same-ms fills ---
+
+
+def test_a_read_of_the_drawdown_before_a_confirmed_position_seeds_no_peak(store):
+    store.apply(mark(3000.0, t=1))
+    assert store.drawdown_pct() == 0.0 and store.equity() == pytest.approx(1000.0)  # a scrape: reads only
+    assert store.peak_equity is None
+    # the first figure comes with a 500 USDC wallet: the symbol's own equity has not moved
+    store.reset_from_snapshot(position_info(200, 3000.0, 2), [], now_ms=3, wallet_balance=500.0)
+    store.apply(mark(3000.0, t=4))
+    assert store.peak_equity == pytest.approx(1000.0)
+    assert store.drawdown_pct() == 0.0 and store.max_drawdown_pct == 0.0
+
+
+def test_a_wallet_transfer_does_not_move_the_symbols_equity(store):
+    store.apply(account_update(200, 3000.0, t=1, wallet="1000"))
+    store.apply(mark(3000.0, t=2))
+    from fleet.binance.events import AccountUpdate, BalanceUpdate
+    from decimal import Decimal as D
+
+    transfer = AccountUpdate(3, 3, "WITHDRAW", (BalanceUpdate("USDC", D("300"), D("300"), D("-700")),), ())
+    assert store.apply(transfer) and store.wallet_balance == 300.0
+    assert store.drawdown_pct() == 0.0 and store.equity() == pytest.approx(1000.0)
+    store.apply(mark(2970.0, t=4))  # the symbol's own loss: 0.2 x 30 = 6 USDC
+    assert store.drawdown_pct() == pytest.approx(0.6)
+
+
+REAL_CROSS_FUNDING_FRAME = (
+    '{"e":"ACCOUNT_UPDATE","T":1776787203246,"E":1776787203246,"a":{"B":[{"a":"USDC",'
+    '"wb":"38.17806885","cw":"38.17806885","bc":"-0.00085067"}],"P":[],"m":"FUNDING_FEE"}}'
+)
+
+
+def income_row(amount: str, t: int, tran: int, symbol: str = SYMBOL, kind: str = "FUNDING_FEE") -> dict:
+    return {"symbol": symbol, "incomeType": kind, "income": amount, "asset": "USDC", "info": kind, "time": t,
+            "tranId": tran, "tradeId": ""}
+
+
+def test_the_real_cross_margin_fee_frame_is_booked_from_its_income_row_once(store):
+    from fleet.binance.parse import decode, parse_user
+
+    t = 1776787203246
+    store.apply(account_update(20, 3000.0, t=t - 3_600_000))
+    fee = parse_user(decode(REAL_CROSS_FUNDING_FRAME))
+    assert fee.symbol is None
+    assert store.apply(fee)
+    assert store.funding_pnl == 0.0
+    assert store.funding_lookup_start() == t - 60_000  # the runtime reads income rows from here
+    rows = [
+        income_row("-0.00085067", t, 901),
+        income_row("-0.5", t, 902, symbol="BTCUSDT"),  # another symbol's fee on the same account
+        income_row("0.3", t, 903, kind="REALIZED_PNL"),
+    ]
+    assert store.on_funding_income(rows) == 1
+    assert store.funding_pnl == pytest.approx(-0.00085067)
+    assert store.funding_lookup_start() is None
+    assert store.on_funding_income(rows) == 0  # the same rows again: each tranId once
+    assert store.funding_pnl == pytest.approx(-0.00085067)
+
+
+def test_a_fee_without_a_symbol_while_this_symbol_is_and_was_flat_asks_for_nothing(store):
+    assert not store.apply(funding_fee("-0.1", t=100_000, symbol=None))
+    assert store.funding_lookup_start() is None
+    # held until 30 s before the fee: the fee may be ours (the settlement came before the close)
+    store.apply(account_update(5, 3000.0, t=170_000))
+    store.apply(account_update(0, 0.0, t=200_000))
+    assert store.apply(funding_fee("-0.1", t=230_000, symbol=None))
+    assert store.funding_lookup_start() == 170_000
+
+
+def test_a_fee_booked_from_a_frame_naming_the_symbol_is_not_booked_again_from_its_income_row(store):
+    store.apply(account_update(20, 3000.0, t=1))
+    store.apply(funding_fee("-0.25", t=28_800_000))
+    store.apply(funding_fee("-0.25", t=28_800_000))  # the frame twice
+    assert store.funding_pnl == pytest.approx(-0.25)
+    store.apply(funding_fee("-0.25", t=57_600_003, symbol=None))  # the next one names no symbol
+    rows = [income_row("-0.25", 28_800_000, 11), income_row("-0.25", 57_600_000, 12)]
+    assert store.on_funding_income(rows) == 1  # the first was booked from its frame
+    assert store.funding_pnl == pytest.approx(-0.5)
+    assert store.funding_lookup_start() is None
+    # the other way round: the income row first, then a frame of the same fee naming the symbol
+    store.on_funding_income([income_row("0.125", 86_400_000, 13)])
+    assert not store.apply(funding_fee("0.125", t=86_400_001))
+    assert store.funding_pnl == pytest.approx(-0.375)
+
+
+def test_a_flat_snapshot_without_its_own_time_holds_every_trade_before_the_request(store):
+    from fleet.binance.client import _pick_position
+
+    store.apply(account_update(0, 0.0, t=500))
+    store.apply(order_update("a", 1, BUY, 300_000, 7, status="FILLED", cum_steps=7, last_steps=7, t=1_000, trade_id=1))
+    assert store.position_steps == 7
+    # the position was closed by frames that were lost; v3 positionRisk omits a flat symbol
+    flat = _pick_position([], SYMBOL, as_of=5_000)
+    assert flat.amount == 0 and flat.update_time == 0
+    store.reset_from_snapshot(flat, [], now_ms=5_300)
+    assert store.position_steps == 0 and store.pending_buy_steps == 0
+    # a trade after the request: its frames come after the snapshot and count on top of it
+    store.apply(account_update(-3, 3000.0, t=5_100))
+    store.apply(order_update("b", 2, SELL, 300_000, 3, status="FILLED", cum_steps=3, last_steps=3, t=5_100, trade_id=2))
+    assert store.position_steps == -3 and store.pending_sell_steps == 0
+
+
+def test_a_snapshot_older_than_the_streams_figure_leaves_the_newer_figure(store):
+    # the stream stayed live while the REST call ran: a trade after the request, frames already in
+    store.apply(account_update(0, 0.0, t=500))
+    store.apply(account_update(4, 3000.0, t=5_100))
+    store.apply(order_update("a", 1, BUY, 300_000, 4, status="FILLED", cum_steps=4, last_steps=4, t=5_100, trade_id=1))
+    from fleet.binance.models import PositionInfo
+
+    store.reset_from_snapshot(PositionInfo.flat(SYMBOL, as_of=5_000), [], now_ms=5_300)  # sent before the trade
+    assert store.position_steps == 4
+
+
+def test_a_snapshot_position_with_its_own_time_keeps_later_trades_on_top(store):
+    store.apply(order_update("a", 1, BUY, 300_000, 10, status="PARTIALLY_FILLED", cum_steps=3, last_steps=3, t=900, trade_id=1))
+    store.apply(order_update("a", 1, BUY, 300_000, 10, status="PARTIALLY_FILLED", cum_steps=5, last_steps=2, t=6_000, trade_id=2))
+    snap = [order_info("a", 1, BUY, 300_000, 10, status="PARTIALLY_FILLED", executed_steps=5, avg_ticks=300_000, t=6_000)]
+    pos = position_info(3, 3000.0, 900)
+    from dataclasses import replace
+
+    store.reset_from_snapshot(replace(pos, as_of=5_000), snap, now_ms=6_100)
+    assert store.position_steps == 5  # 3 as of the request, the t=6000 trade after it
+    assert store.pending_buy_steps == 5
+    assert_pending_consistent(store)
+
+
+def sweep_frames(order: str) -> list:
+    """Three bids swept in one millisecond (t=2000), from a flat position: each fill's
+    ACCOUNT_UPDATE and ORDER_TRADE_UPDATE, in the given order ("account_first" as the simulator and
+    Binance's observed frames; "trade_first" the other way round). Returns (frame, exchange position)."""
+    frames = []
+    pos = 0
+    for k, steps in enumerate((5, 4, 3)):
+        pos += steps
+        acct = account_update(pos, 3000.0, t=2_000)
+        fill = order_update(f"b{k}", 10 + k, BUY, 300_000 - k, steps, status="FILLED", cum_steps=steps, last_steps=steps,
+                            t=2_000, trade_id=100 + k)
+        pair = (acct, fill) if order == "account_first" else (fill, acct)
+        frames += [(pair[0], pos), (pair[1], pos)]
+    return frames
+
+
+@pytest.mark.parametrize("order", ["account_first", "trade_first"])
+def test_a_same_millisecond_sweep_is_never_understated_and_ends_exact(store, order):
+    store.apply(account_update(0, 0.0, t=1_000))
+    for k, steps in enumerate((5, 4, 3)):
+        store.on_sent(place(f"b{k}", BUY, 300_000 - k, steps), 1_000)
+        store.apply(order_update(f"b{k}", 10 + k, BUY, 300_000 - k, steps, t=1_001 + k))
+    for ev, exchange in sweep_frames(order):
+        store.apply(ev)
+        assert store.position_steps + store.pending_buy_steps >= exchange
+        assert store.position_steps <= exchange
+        assert_pending_consistent(store)
+    assert store.position_steps == 12
+    if order == "account_first":  # each trade frame is accounted for by the figure before it
+        assert store.pending_buy_steps == 0 and not store.orders
+    store.apply(order_update("next", 20, SELL, 301_000, 5, t=2_001))  # any frame of a later millisecond
+    assert store.position_steps == 12 and store.pending_buy_steps == 0
+    assert set(store.orders) == {"next"}
+
+
+def test_a_resync_in_the_middle_of_a_same_millisecond_sweep_never_goes_back(store):
+    store.apply(account_update(0, 0.0, t=1_000))
+    for k, steps in enumerate((5, 4, 3)):
+        store.on_sent(place(f"b{k}", BUY, 300_000 - k, steps), 1_000)
+        store.apply(order_update(f"b{k}", 10 + k, BUY, 300_000 - k, steps, t=1_001 + k))
+    # the snapshot sees the whole sweep (its position last changed at 2000); the sweep's frames were
+    # buffered and come after it
+    store.reset_from_snapshot(position_info(12, 3000.0, 2_000), [], now_ms=2_100)
+    assert store.position_steps == 12
+    for ev, _ in sweep_frames("account_first"):
+        store.apply(ev)
+        assert store.position_steps + store.pending_buy_steps >= 12
+    assert store.position_steps == 12 and store.pending_buy_steps == 0
+
+
+# -- the simulator's own frames (its engine, rendered and parsed as on the wire) --------------------
+
+SIM_T0 = 1_800_000_000_000
+
+
+def _sim_sweep(store: Store):
+    """Three bids of ours on the simulator, then a 1 % drop that fills all three in one millisecond.
+    Returns the engine and the user frames of the sweep, parsed as the client parses them."""
+    from fleet.binance.parse import parse_user
+    from fleet.sim.config import load_sim_config
+    from fleet.sim.engine import Engine
+
+    cfg = {"symbols": [{"symbol": SYMBOL, "base_asset": "ETH", "quote_asset": "USDC", "start_price": 3000}]}
+    e = Engine(load_sim_config(cfg), seed=11, now_ms=SIM_T0)
+    b = e.books[SYMBOL]
+    for k, qty in enumerate(("0.005", "0.004", "0.003")):
+        cid = f"s{k}"
+        store.on_sent(place(cid, BUY, b.best_bid() - k, int(D(qty) / D("0.001"))), SIM_T0)
+        e.new_order("main", {"symbol": SYMBOL, "side": BUY, "type": "LIMIT", "timeInForce": "GTX",
+                             "price": b.price_str(b.best_bid() - k), "quantity": qty, "newClientOrderId": cid}, SIM_T0)
+    for kind, _, frame in e.drain_rendered():
+        if kind == "u":
+            store.apply(parse_user(frame))
+    e.jump(SYMBOL, -1.0, SIM_T0 + 5)
+    frames = [parse_user(f) for kind, _, f in e.drain_rendered() if kind == "u"]
+    return e, frames
+
+
+def _exchange_steps(e) -> int:
+    return e.accounts["main"].positions[SYMBOL].amount
+
+
+def test_the_simulators_same_millisecond_sweep_frames_keep_position_and_pending_exact(store):
+    from fleet.binance.events import OrderUpdate, TradeLite
+
+    e, frames = _sim_sweep(store)
+    assert _exchange_steps(e) == 12
+    held = 0  # the exchange's position as each frame leaves it: a fill's TRADE_LITE comes first
+    for ev in frames:
+        if isinstance(ev, TradeLite):
+            held += int(ev.last_filled_qty / D("0.001"))
+        store.apply(ev)
+        assert store.position_steps + store.pending_buy_steps >= held
+        assert store.position_steps <= held
+    assert [type(ev).__name__ for ev in frames[:3]] == ["TradeLite", "AccountUpdate", "OrderUpdate"]
+    assert len({ev.transaction_time for ev in frames if isinstance(ev, OrderUpdate)}) == 1
+    assert store.position_steps == 12 and store.pending_buy_steps == 0 and not store.orders
+
+
+def test_a_resync_across_the_simulators_same_millisecond_sweep_never_goes_back(store):
+    from fleet.binance.client import _pick_position
+    from fleet.binance.models import OrderInfo
+
+    e, frames = _sim_sweep(store)  # frames buffered: the snapshot is taken after the sweep
+    pos = _pick_position(e.position_risk("main", SYMBOL, 3), SYMBOL)
+    assert pos.update_time == SIM_T0 + 5  # the sweep's millisecond
+    store.reset_from_snapshot(pos, [OrderInfo.from_api(o) for o in e.open_orders("main", SYMBOL)], SIM_T0 + 9)
+    assert store.position_steps == 12
+    for ev in frames:
+        store.apply(ev)
+        assert store.position_steps + store.pending_buy_steps >= 12
+    assert store.position_steps == 12 and store.pending_buy_steps == 0
