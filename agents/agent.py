@@ -458,6 +458,27 @@ class SymbolAgent:
                     return None
         return None
 
+    async def _book_funding_income(self) -> None:
+        """A FUNDING_FEE frame that names no symbol (cross margin): the store asked for this symbol's
+        FUNDING_FEE income rows; they are read and booked once per tranId. A few tries, as the
+        record may trail the frame; what is still missing is asked for again at the next fee."""
+        for delay in (0.0, 2.0, 10.0, 30.0):
+            await self._sleep_unless_stopping(delay)
+            core = self.core
+            start = core.store.funding_lookup_start() if core is not None and not self._stopping else None
+            if start is None:
+                return
+            try:
+                rows = await self._require_client().income(self.symbol, "FUNDING_FEE", start_time=start, limit=1000)
+            except BinanceError as exc:
+                self.log.event("funding_income_unavailable", f"funding income not read: {exc!r}", level=logging.WARNING)
+                continue
+            if core is self.core:
+                booked = core.store.on_funding_income(rows)
+                if booked:
+                    total = core.store.funding_pnl
+                    self.log.event("funding_booked", f"{booked} funding fee(s) booked from income rows, total {total}")
+
     async def _cancel_older_epochs(self) -> None:
         """Orders of an older epoch (a previous owner of this symbol) are cancelled before any quote."""
         core = self._require_core()
@@ -622,6 +643,12 @@ class SymbolAgent:
         if isinstance(ev, TradeLite):
             return  # the full ORDER_TRADE_UPDATE follows
         core.on_event(ev, _now_ms() + self._offset())
+        if (
+            isinstance(ev, FundingFee)
+            and core.store.funding_lookup_start() is not None
+            and not any(t.get_name() == "funding-income" for t in self._tasks)
+        ):
+            self._spawn(self._book_funding_income(), "funding-income")
         if isinstance(ev, OrderUpdate) and ev.exec_type == "TRADE":
             self.log.event(
                 "fill",
