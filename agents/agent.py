@@ -47,8 +47,8 @@ from .logging import AgentLog
 from .metrics import AgentMetrics
 from .orders import Amend, Batch, Cancel, Place, parse_client_order_id
 from .ownership import Grant, Ownership, OwnershipLost
+from .reconcile import reconcile_orders
 
-STATES = ("starting", "quoting", "halted", "flattening", "resyncing", "stopped")
 
 # Reasons quoting is blocked (any one blocks; the kill state is the core's, not a block).
 BLOCK_STARTING = "starting"
@@ -60,6 +60,12 @@ BLOCK_LEASE = "lease"
 BLOCK_STOPPING = "stopping"
 
 LEASE_MARGIN_S = 1.0  # the lease is treated as lapsed this long before it really does
+# An ambiguous answer is settled by a look-up this long past the request's recvWindow: by then the
+# matching engine refuses the request (-5028), so what the look-up does not find never lands.
+LOOKUP_MARGIN_MS = 1_000
+PULL_REPEAT_S = 0.5  # a quote pull re-lists the exchange's open orders this often until none of ours rest
+# Blocks that leave the agent up but not quoting: its state then says "paused", not "quoting".
+PAUSE_BLOCKS = frozenset({"market_stream", "market_stale", "lease"})
 IN_FLIGHT_QUERY_MS = 3_000  # an order unanswered this long is looked up by client order id
 UNRESOLVED_QUERY_MS = 1_000  # an order the exchange called unknown, with no final frame this long: looked up
 WATCHDOG_S = 0.25
@@ -175,13 +181,20 @@ class SymbolAgent:
             "listen_key_renewals": 0,
             "listen_key_expired": 0,
             "deadman_heartbeats": 0,
+            "unknown_outcomes": 0,
             "unknown_outcomes_resolved": 0,
+            "reconciliations": 0,
+            "reconcile_repairs": 0,
+            "quote_pulls_confirmed": 0,
             "stale_market_pulls": 0,
             "foreign_events": 0,
             "start_attempts": 0,
             "rate_limited": 0,
         }
         self._started_mono = time.monotonic()
+        self._last_repair: dict[str, Any] | None = None  # the reconciliation's last repair, for status
+        self._pull_task: asyncio.Task | None = None
+        self._position_mismatch = False  # the last position check disagreed (a second one resyncs)
         self._streams: list[Any] = []  # every stream not yet folded into the frame counts below
         self._frames_retired = {"malformed_frames": 0, "unknown_events": 0}
 
@@ -234,6 +247,7 @@ class SymbolAgent:
             self._spawn(self._keepalive_loop(), "keepalive")
             self._spawn(self._renew_loop(), "renew")
             self._spawn(self._watchdog_loop(), "watchdog")
+            self._spawn(self._reconcile_loop(), "reconcile")
             self.log.event("quoting_started", f"{self.symbol} started: state {self.status()['state']}")
         await self._done.wait()
 
@@ -252,6 +266,7 @@ class SymbolAgent:
             self.core.halt(reason or "operator")
         self.log.event("halted", f"halted: {reason or 'operator'}", level=logging.WARNING)
         open_n = await self._cancel_all_confirmed(deadline_s=self.runtime.stop_timeout_sec / 2)
+        self._keep_pulling("halt")  # a request of ours still in flight may land after this count
         return {"open_orders": open_n, "elapsed_ms": int((time.monotonic() - t0) * 1000), "state": self.status()["state"]}
 
     async def flatten(self, reason: str = "") -> dict:
@@ -307,11 +322,13 @@ class SymbolAgent:
             "last_book_age_s": round(now - self._last_book_mono, 3) if self._last_book_mono else None,
             "lease_left_s": round(self._lease_valid_until - now, 3) if math.isfinite(self._lease_valid_until) else None,
             "open_orders": len(core.store.orders) if core else 0,
+            "requests_in_flight": len(self._sending),
             "position": core.store.position if core else 0.0,
             "uptime_s": round(now - self._started_mono, 3),
             "tick_to_order_p50_ms": self._latency_ms(0.5),
             "tick_to_order_p99_ms": self._latency_ms(0.99),
             "rate_share": self.budget.share,
+            "last_reconcile_repair": self._last_repair,
             "counters": {**self.counters, **self._frame_counts()},
         }
 
@@ -783,20 +800,7 @@ class SymbolAgent:
                 self._spawn(self._rest_fallback_cancel(), "rest-fallback")
             core = self.core
             if core is not None:
-                for o in core.store.stale_in_flight(_now_ms() + self._offset(), IN_FLIGHT_QUERY_MS):
-                    if o.client_order_id in self._sending:
-                        continue  # its request is still out: its answer (or its resolution) will tell
-                    last = self._lookups.get(o.client_order_id, -math.inf)
-                    if now - last >= IN_FLIGHT_QUERY_MS / 1000:
-                        self._lookups[o.client_order_id] = now
-                        self._spawn(self._resolve(o.client_order_id), "resolve")
-                for o in core.store.unresolved_orders(_now_ms() + self._offset(), UNRESOLVED_QUERY_MS):
-                    if o.client_order_id in self._sending:
-                        continue
-                    last = self._lookups.get(o.client_order_id, -math.inf)
-                    if now - last >= UNRESOLVED_QUERY_MS / 1000:
-                        self._lookups[o.client_order_id] = now
-                        self._spawn(self._resolve(o.client_order_id), "resolve")
+                self._start_lookups(core, now)
                 if len(self._lookups) > 1000:
                     self._lookups = {k: v for k, v in self._lookups.items() if k in core.store.orders}
             if len(self._streams) > 4:
@@ -807,6 +811,25 @@ class SymbolAgent:
             if now - self._market_stream_opened > self.runtime.stream_max_lifetime_sec and self._market_connected:
                 self._market_stream_opened = now
                 self._spawn(self._connect_market(), "market-swap")
+
+    def _start_lookups(self, core: AgentCore, now: float) -> None:
+        """Look up, by client id, orders whose request went unanswered, that the exchange called
+        unknown, or whose answer was ambiguous and whose recvWindow has now passed."""
+        ex_now = self._exchange_ms()
+        window = self._window_ms()
+        due = (
+            (core.store.stale_in_flight(ex_now, IN_FLIGHT_QUERY_MS), IN_FLIGHT_QUERY_MS),
+            (core.store.unresolved_orders(ex_now, UNRESOLVED_QUERY_MS), UNRESOLVED_QUERY_MS),
+            (core.store.due_lookups(ex_now, window), UNRESOLVED_QUERY_MS),
+        )
+        for orders, spacing_ms in due:
+            for o in orders:
+                if o.client_order_id in self._sending:
+                    continue  # its request is still out: its answer (or its resolution) will tell
+                last = self._lookups.get(o.client_order_id, -math.inf)
+                if now - last >= spacing_ms / 1000:
+                    self._lookups[o.client_order_id] = now
+                    self._spawn(self._resolve(o.client_order_id), "resolve")
 
     async def _planned_user_swap(self) -> None:
         """Before the exchange's 24-hour cut: open a new user stream, then drop the old (no gap)."""
@@ -847,13 +870,75 @@ class SymbolAgent:
             self._execute(actions, now_ms, tick)
 
     def _pull_quotes(self, why: str) -> None:
+        """Cancel every order of ours, in flight ones included (by client id), and keep at it until
+        the exchange lists none of this epoch's (a late-landing request is caught on a later round)."""
         core = self.core
         if core is None:
             return
-        actions = core.cancel_all()
+        actions = core.cancel_all(in_flight=True)
         if actions:
             self.log.event("quotes_pulled", f"pulling {len(actions)} orders: {why}")
-            self._execute(actions, _now_ms() + self._offset(), None)
+            self._execute(actions, self._exchange_ms(), None)
+        self._keep_pulling(why)
+
+    def _keep_pulling(self, why: str) -> None:
+        """Until quoting is live again, re-list and cancel what of ours rests or lands late."""
+        if self._stopping:
+            return
+        if self._pull_task is None or self._pull_task.done():
+            self._pull_task = asyncio.ensure_future(self._pull_until_clear(why))
+            self._inflight.add(self._pull_task)
+            self._pull_task.add_done_callback(self._inflight.discard)
+
+    def _quoting_live(self) -> bool:
+        core = self.core
+        return core is not None and not self._blocks and core.halt_state == "running" and self._lease_ok()
+
+    async def _pull_until_clear(self, why: str) -> None:
+        """Re-list and cancel until no order of this epoch rests and none may still land, or until
+        quoting is live again (the ladder then owns its orders)."""
+        client = self._client
+        core = self.core
+        if client is None or core is None:
+            return
+        while not self._stopping and not self._quoting_live():
+            await asyncio.sleep(PULL_REPEAT_S)
+            if self._stopping or self._quoting_live():
+                return
+            try:
+                listed = await client.open_orders(self.symbol)
+            except BinanceError as exc:
+                self.log.event("pull_list_failed", f"open orders not listed: {exc!r}", level=logging.WARNING)
+                continue
+            mine = [o for o in listed if _same_epoch(o.client_order_id, core.epoch)]
+            for info in mine:
+                if core.store.adopt(info):
+                    self._note_repair("untracked", info.client_order_id, "listed while quotes were pulled")
+            actions = core.cancel_all(in_flight=True)
+            if actions:
+                self._execute(actions, self._exchange_ms(), None)
+            landing = self._may_still_land()
+            if not mine and not landing:
+                self.counters["quote_pulls_confirmed"] += 1
+                self.log.event("quotes_pulled_confirmed", f"no order of epoch {core.epoch} rests ({why})")
+                return
+
+    def _may_still_land(self) -> list[str]:
+        """Client ids of ours that the exchange may yet accept: unacknowledged and inside their window."""
+        core = self.core
+        if core is None:
+            return []
+        now = self._exchange_ms()
+        window = self._window_ms()
+        return [
+            o.client_order_id for o in core.store.orders.values()
+            if o.status == "PENDING_NEW" and (o.unknown_ms is not None or now - o.sent_ms < window)
+        ]
+
+    def _window_ms(self) -> int:
+        """How long after sending a request may still execute: its recvWindow, plus a margin."""
+        recv = self._client.recv_window if self._client is not None else 5_000
+        return int(recv) + LOOKUP_MARGIN_MS
 
     def _execute(self, actions: Actions, now_ms: int, tick: Tick | None) -> None:
         core = self._require_core()
@@ -868,13 +953,33 @@ class SymbolAgent:
                     continue
                 if len(own) != len(batch.items):
                     batch = Batch(batch.kind, own)
-            sending = self._sending
-            for d in batch.items:
-                core.on_sent(d, now_ms)
-                sending[d.client_order_id] = sending.get(d.client_order_id, 0) + 1
-            task = asyncio.ensure_future(self._send_batch(batch, tick))
-            self._inflight.add(task)
-            task.add_done_callback(lambda t, items=batch.items: self._sent(t, items))
+            for part, risk in self._lanes(batch):
+                sending = self._sending
+                for d in part.items:
+                    core.on_sent(d, now_ms)
+                    sending[d.client_order_id] = sending.get(d.client_order_id, 0) + 1
+                task = asyncio.ensure_future(self._send_batch(part, tick, risk))
+                self._inflight.add(task)
+                task.add_done_callback(lambda t, items=part.items: self._sent(t, items))
+
+    def _lanes(self, batch: Batch) -> list[tuple[Batch, bool]]:
+        """Split a batch by rate-budget lane: what takes risk off (cancels, reduce-only orders,
+        amends that shrink an order or move it away from the market) may use the reserve."""
+        if batch.kind == "cancel":
+            return [(batch, True)]
+        if batch.kind == "place":
+            return [(batch, all(p.reduce_only for p in batch.items))]  # type: ignore[union-attr]
+        orders = self._require_core().store.orders
+        risk, other = [], []
+        for a in batch.items:
+            o = orders.get(a.client_order_id)
+            (risk if o is not None and _reduces(a, o) else other).append(a)  # type: ignore[arg-type]
+        out = []
+        if risk:
+            out.append((Batch(batch.kind, tuple(risk)), True))
+        if other:
+            out.append((Batch(batch.kind, tuple(other)), False))
+        return out
 
     def _sent(self, task: asyncio.Task, items: tuple[Any, ...]) -> None:
         self._inflight.discard(task)
@@ -888,7 +993,7 @@ class SymbolAgent:
         if not task.cancelled() and task.exception() is not None and not self._stopping:
             self.log.event("send_failed", f"sending failed: {task.exception()!r}", level=logging.ERROR)
 
-    async def _send_batch(self, batch: Batch, tick: Tick | None) -> None:
+    async def _send_batch(self, batch: Batch, tick: Tick | None, risk: bool = False) -> None:
         client = self._require_client()
         core = self._require_core()
         items = batch.items
@@ -898,22 +1003,20 @@ class SymbolAgent:
                 reqs = [self._order_request(p) for p in items]  # type: ignore[arg-type]
                 self._mark_latency(tick)
                 if len(reqs) == 1:
-                    results: list[Any] = [await self._place_one(reqs[0])]
+                    results: list[Any] = [await self._try(client.place_order(reqs[0], wait=False, risk=risk))]
                 else:
-                    results = await client.batch_place(reqs, wait=False)
+                    results = await client.batch_place(reqs, wait=False, risk=risk)
             elif batch.kind == "amend":
                 mods = [self._modify_request(a) for a in items]  # type: ignore[arg-type]
                 self._mark_latency(tick)
                 if len(mods) == 1:
-                    results = [await self._try(client.modify_order(mods[0], wait=False))]
+                    results = [await self._try(client.modify_order(mods[0], wait=False, risk=risk))]
                 else:
-                    results = await client.batch_modify(mods, wait=False)
+                    results = await client.batch_modify(mods, wait=False, risk=risk)
             else:
                 results = await self._cancel_items(items)  # type: ignore[arg-type]
         except OutcomeUnknownError as exc:
-            self.log.event("outcome_unknown", f"{batch.kind} x{len(items)}: {exc.msg}; resolving by client id", level=logging.WARNING)
-            for d in items:
-                await self._resolve(d.client_order_id, d)
+            self._outcome_unknown(batch.kind, items, exc)
             return
         except BudgetExhaustedError as exc:
             for d in items:
@@ -931,6 +1034,10 @@ class SymbolAgent:
                 core.on_rejected(d, exc.code, self._exchange_ms())
             self.log.event("request_failed", f"{batch.kind} x{len(items)}: {exc!r}", level=logging.WARNING)
             return
+        unknown = [d for d, res in zip(items, results) if isinstance(res, OutcomeUnknownError)]
+        if unknown:
+            first = next(r for r in results if isinstance(r, OutcomeUnknownError))
+            self._outcome_unknown(batch.kind, tuple(unknown), first)
         for d, res in zip(items, results):
             if isinstance(res, OrderInfo):
                 core.on_order_info(res)
@@ -940,7 +1047,7 @@ class SymbolAgent:
                         client_order_id=res.client_order_id, order_id=res.order_id,
                     )
             elif isinstance(res, OutcomeUnknownError):
-                await self._resolve(d.client_order_id, d)
+                continue
             elif isinstance(res, BinanceError):
                 core.on_rejected(d, res.code, self._exchange_ms())
                 if res.code not in (-5022, -2011, -2013, -5027):
@@ -949,17 +1056,25 @@ class SymbolAgent:
                         client_order_id=d.client_order_id,
                     )
 
-    async def _place_one(self, req: OrderRequest) -> OrderInfo | BinanceError:
-        # One send: a lost one is looked up by client id, never resent here; if it did not land, the
-        # next quote cycle decides again, after its lease check (a resend here would skip that check).
-        try:
-            return await self._require_client().place_order_idempotent(req, wait=False, attempts=1)
-        except (OutcomeUnknownError, BudgetExhaustedError, RateLimitedError):
-            raise
-        except BinanceError as exc:
-            return exc
+    def _outcome_unknown(self, kind: str, items: tuple[Any, ...], exc: BinanceError) -> None:
+        """Ambiguous answers: the requests may have executed (even later). They stay counted, and
+        a look-up once their recvWindow has passed settles them (the watchdog starts it)."""
+        core = self._require_core()
+        now = self._exchange_ms()
+        for d in items:
+            core.on_outcome_unknown(d, now)
+        self.counters["unknown_outcomes"] += len(items)
+        self.metrics.inc_unknown_outcome(len(items))
+        self.log.event(
+            "outcome_unknown",
+            f"{kind} x{len(items)}: {exc.msg or exc!r} (HTTP {exc.http_status}); kept counted until settled",
+            level=logging.WARNING,
+            client_order_id=items[0].client_order_id if items else None,
+        )
 
     async def _try(self, aw: Awaitable[OrderInfo]) -> OrderInfo | BinanceError:
+        # One send: a request of unknown outcome is looked up later by client id, never resent here;
+        # if it did not land, the next quote cycle decides again, after its lease check.
         try:
             return await aw
         except (OutcomeUnknownError, BudgetExhaustedError, RateLimitedError):
@@ -983,38 +1098,100 @@ class SymbolAgent:
             out.update({c.client_order_id: r for c, r in zip(by_cid, res)})
         return [out[c.client_order_id] for c in items]
 
-    async def _resolve(self, client_order_id: str, decision: Any = None) -> None:
-        """An order whose outcome is unknown: ask the exchange by client order id; never resend."""
+    async def _resolve(self, client_order_id: str) -> None:
+        """Look an order up by client order id (never resend); the store decides what the answer
+        proves (``Store.on_lookup``: before the request's window has passed, "not found" proves nothing)."""
         core = self.core
         if core is None or self._client is None:
             return
         try:
-            info = await self._client.query_order(self.symbol, client_order_id=client_order_id)
-        except UnknownOrderError as exc:
-            o = core.store.orders.get(client_order_id)
-            if isinstance(decision, Place) or (decision is None and o is not None and o.status == "PENDING_NEW"):
-                core.store.on_rejected(client_order_id, exc.code, self._exchange_ms())
-                self.counters["unknown_outcomes_resolved"] += 1
-                self.log.event("outcome_resolved", "not at the exchange: never placed", client_order_id=client_order_id)
-            elif o is not None:
-                # it existed, and the exchange has no record of it: it can no longer fill
-                self.log.event("order_unknown", "the exchange has no record of it: closed", level=logging.WARNING, client_order_id=client_order_id)
-                core.store.on_query_unknown(client_order_id, o.order_id)
-            return
+            info: OrderInfo | None = await self._client.query_order(self.symbol, client_order_id=client_order_id)
+        except UnknownOrderError:
+            info = None
         except BinanceError as exc:
             self.log.event("resolve_failed", f"lookup failed: {exc!r}; will retry", level=logging.WARNING, client_order_id=client_order_id)
             return
-        core.on_order_info(info)
-        if isinstance(decision, Amend) and (
-            info.orig_qty != self.filters.qty_of(decision.qty_steps) or info.price != self.filters.price_of(decision.price_ticks)  # type: ignore[union-attr]
-        ):
-            core.store.on_amend_rejected(client_order_id, 0, info.order_id)
-        if isinstance(decision, Cancel) and not info.is_closed:
-            core.store.on_cancel_rejected(client_order_id, 0, info.order_id)
+        verdict = core.store.on_lookup(client_order_id, info, self._exchange_ms(), self._window_ms())
+        if verdict == "pending":
+            return
         self.counters["unknown_outcomes_resolved"] += 1
-        self.log.event(
-            "outcome_resolved", f"found at the exchange: {info.status}", client_order_id=client_order_id, order_id=info.order_id
+        level = logging.WARNING if verdict == "gone" else logging.INFO
+        detail = {
+            "found": f"found at the exchange: {info.status if info else '?'}",
+            "never_placed": "not at the exchange past its recvWindow: never placed",
+            "gone": "the exchange has no record of it: closed",
+        }[verdict]
+        self.log.event("outcome_resolved", detail, level=level, client_order_id=client_order_id)
+
+    # ================================================================== reconciliation
+
+    async def _reconcile_loop(self) -> None:
+        """The backstop: every ``reconcile_interval_sec`` the exchange's open orders against the
+        store (and, every Nth time, the position against positionRisk); differences are repaired,
+        logged, counted (``mm_reconcile_discrepancies_total``) and shown in status."""
+        n = 0
+        while not self._stopping:
+            await self._sleep_unless_stopping(self.runtime.reconcile_interval_sec)
+            if self._stopping or self.core is None or self._client is None:
+                return
+            if BLOCK_RESYNC in self._blocks or BLOCK_USER_STREAM in self._blocks:
+                continue  # a resync is the stronger repair, and is under way
+            n += 1
+            try:
+                await self._reconcile_orders()
+                if n % self.runtime.reconcile_position_every == 0:
+                    await self._reconcile_position()
+            except BinanceError as exc:
+                self.log.event("reconcile_failed", f"reconciliation skipped: {exc!r}", level=logging.WARNING)
+
+    async def _reconcile_orders(self) -> None:
+        client = self._require_client()
+        core = self._require_core()
+        listed_at = self._exchange_ms()
+        listed = await client.open_orders(self.symbol)
+        self.counters["reconciliations"] += 1
+        plan = reconcile_orders(
+            core.store, listed, epoch=core.epoch, listed_at_ms=listed_at,
+            quoting=self._quoting_live(), may_cancel=self._lease_ok(),
         )
+        for cid in plan.adopted:
+            self._note_repair("untracked", cid, "open at the exchange, not counted here: adopted")
+        for cid in plan.foreign:
+            self._note_repair("untracked", cid, "an order not placed by mmfleet: counted, left alone")
+        for cid in plan.old_epoch:
+            self._note_repair("old_epoch", cid, "an earlier epoch's order still open")
+        for cid in plan.lookup:
+            self._note_repair("missing", cid, "counted here, not listed by the exchange: looked up")
+            self._spawn(self._resolve(cid), "resolve")
+        if plan.cancel:
+            results = await client.batch_cancel(self.symbol, order_ids=[oid for _, oid in plan.cancel])
+            for (cid, oid), res in zip(plan.cancel, results):
+                if isinstance(res, OrderInfo):
+                    core.on_order_info(res)
+                    self._note_repair("orphan_cancelled", cid, "cancelled: no ladder of ours wants it")
+                elif isinstance(res, BinanceError) and not isinstance(res, OutcomeUnknownError):
+                    core.store.on_cancel_rejected(cid, res.code, oid, self._exchange_ms())
+
+    async def _reconcile_position(self) -> None:
+        """A position that differs from positionRisk twice in a row (one may be a fill in flight) is
+        repaired by a resync from REST."""
+        core = self._require_core()
+        pos = await self._require_client().position(self.symbol)
+        if core.store.steps(pos.amount) == core.store.position_steps:
+            self._position_mismatch = False
+            return
+        if not self._position_mismatch:
+            self._position_mismatch = True
+            return
+        self._position_mismatch = False
+        self._note_repair("position", None, f"position {core.store.position} here, {pos.amount} at the exchange: resync")
+        await self._resync()
+
+    def _note_repair(self, kind: str, client_order_id: str | None, detail: str) -> None:
+        self.counters["reconcile_repairs"] += 1
+        self.metrics.inc_discrepancy(kind)
+        self._last_repair = {"kind": kind, "client_order_id": client_order_id, "detail": detail, "time_ms": self._exchange_ms()}
+        self.log.event("reconcile_repair", f"{kind}: {detail}", level=logging.WARNING, client_order_id=client_order_id)
 
     def _order_request(self, p: Place) -> OrderRequest:
         f = self.filters
@@ -1064,7 +1241,7 @@ class SymbolAgent:
                 if fenced:
                     listed = [o for o in listed if _same_epoch(o.client_order_id, self.core.epoch)]
                 for info in listed:
-                    self.core.on_order_info(info)
+                    self.core.store.adopt(info)  # counted, even if the store had closed it on inference
                 n = len(listed)
             except BinanceError as exc:
                 self.log.event("cancel_all_failed", f"cancel-all: {exc!r}", level=logging.WARNING)
@@ -1267,6 +1444,8 @@ class SymbolAgent:
             return "flattening"
         if self._stopping or self._lost_ownership or (core is not None and core.halt_state == "halted"):
             return "halted"
+        if self._blocks & PAUSE_BLOCKS:
+            return "paused"  # up, but not quoting: market data or the lease is missing (see "blocks")
         return "quoting"
 
     def _frame_counts(self) -> dict[str, int]:
@@ -1318,13 +1497,13 @@ class SymbolAgent:
         exc = task.exception()
         if exc is not None and not self._stopping:
             self.log.event("task_failed", f"task {task.get_name()} failed: {exc!r}", level=logging.ERROR)
-            if task.get_name() in ("market", "user", "quote", "watchdog", "deadman", "renew", "keepalive"):
+            if task.get_name() in ("market", "user", "quote", "watchdog", "deadman", "renew", "keepalive", "reconcile"):
                 # a loop must never die silently: stop quoting, then restart it
                 self._pull_quotes(f"{task.get_name()} loop failed")
                 restart = {
                     "market": self._market_loop, "user": self._user_loop, "quote": self._quote_loop,
                     "watchdog": self._watchdog_loop, "deadman": self._deadman_loop, "renew": self._renew_loop,
-                    "keepalive": self._keepalive_loop,
+                    "keepalive": self._keepalive_loop, "reconcile": self._reconcile_loop,
                 }[task.get_name()]
                 self._spawn(restart(), task.get_name())
 
@@ -1345,6 +1524,14 @@ class SymbolAgent:
         if self.core is None:
             raise RuntimeError("the agent has no core yet: it has not started")
         return self.core
+
+
+def _reduces(a: Amend, o: Any) -> bool:
+    """An amend that takes risk off: no larger, and smaller or further from the market."""
+    if a.qty_steps > o.orig_steps:
+        return False
+    away = a.price_ticks < o.price_ticks if a.side == "BUY" else a.price_ticks > o.price_ticks
+    return a.qty_steps < o.orig_steps or away
 
 
 def _older_epoch(client_order_id: str, epoch: int) -> bool:

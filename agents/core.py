@@ -127,6 +127,11 @@ class AgentCore:
         else:
             self.store.on_cancel_rejected(decision.client_order_id, code, decision.order_id, now_ms)
 
+    def on_outcome_unknown(self, decision: Decision, now_ms: int) -> None:
+        """The answer to ``decision`` was ambiguous (it may have executed, even later): it stays
+        counted until a frame or a look-up past its recvWindow settles it (never read as refused)."""
+        self.store.on_outcome_unknown(decision.client_order_id, now_ms)
+
     def on_not_sent(self, decision: Decision) -> None:
         """``on_sent`` was called but the request never left (rate budget, shutdown): undo it, without
         counting an exchange rejection."""
@@ -283,10 +288,12 @@ class AgentCore:
             sell_limit,
         )
 
-    def _cancel_all_into(self, cancels: list[Cancel], keep_reduce_only: bool) -> None:
+    def _cancel_all_into(self, cancels: list[Cancel], keep_reduce_only: bool, in_flight: bool = False) -> None:
         for o in self.store.orders.values():
-            if o.cancel_sent_ms is not None or o.unresolved_ms is not None or o.status == "PENDING_NEW":
-                continue  # already going, unknown to the exchange, or not acknowledged yet (next cycle)
+            if o.cancel_sent_ms is not None:
+                continue  # already going
+            if not in_flight and (o.unresolved_ms is not None or o.status == "PENDING_NEW"):
+                continue  # unknown to the exchange, or not acknowledged yet (next cycle)
             if keep_reduce_only and o.reduce_only:
                 continue
             cancels.append(Cancel(o.client_order_id, o.order_id, "halt"))
@@ -427,10 +434,13 @@ class AgentCore:
         self._grind = (res, p.client_order_id, now_ms)
         return 0
 
-    def cancel_all(self) -> Actions:
-        """Every open order we can cancel now (graceful stop; repeat until ``store.orders`` is empty)."""
+    def cancel_all(self, in_flight: bool = False) -> Actions:
+        """Every open order we can cancel now (graceful stop; repeat until ``store.orders`` is empty).
+
+        ``in_flight``: also orders not yet acknowledged or of unknown outcome (cancelled by client
+        id; an "unknown order" answer then leaves them counted until they settle)."""
         cancels: list[Cancel] = []
-        self._cancel_all_into(cancels, keep_reduce_only=False)
+        self._cancel_all_into(cancels, keep_reduce_only=False, in_flight=in_flight)
         return Actions(make_batches(cancels, (), (), self.store.position_steps))
 
     # ------------------------------------------------------------------ views

@@ -35,6 +35,10 @@ SEED_METRICS = (
 # Tick (market event received) to order (request handed to the client), in seconds.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 HALT_STATES = ("running", "halted", "flattening")
+# What the reconciliation backstop finds (agents/reconcile.py): an open order the store did not count
+# (adopted), one of ours it then cancelled (orphan), one the store counted that the exchange no
+# longer lists (missing: looked up), an older epoch's order, and a position that differs.
+RECONCILE_KINDS = ("untracked", "orphan_cancelled", "missing", "old_epoch", "position")
 
 
 class AgentMetrics:
@@ -47,6 +51,8 @@ class AgentMetrics:
         self.core = core
         self.ws_connected = False
         self.rest_fallback_count = 0
+        self.unknown_outcomes = 0  # requests answered ambiguously (execution status unknown)
+        self.reconcile_discrepancies: dict[str, int] = {}  # by kind, found by the reconciliation backstop
         self._lat_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self._lat_sum = 0.0
         self.registry = CollectorRegistry(auto_describe=False)
@@ -64,6 +70,13 @@ class AgentMetrics:
     def inc_rest_fallback(self, n: int = 1) -> None:
         """A resync from REST (reconnect, gap, unknown order state)."""
         self.rest_fallback_count += n
+
+    def inc_unknown_outcome(self, n: int = 1) -> None:
+        self.unknown_outcomes += n
+
+    def inc_discrepancy(self, kind: str, n: int = 1) -> None:
+        """A difference between the exchange and the store, found and repaired by reconciliation."""
+        self.reconcile_discrepancies[kind] = self.reconcile_discrepancies.get(kind, 0) + n
 
     def observe_tick_to_order(self, seconds: float) -> None:
         self._lat_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
@@ -101,6 +114,13 @@ class AgentMetrics:
         buckets.append(("+Inf", cum + self._lat_counts[-1]))
         h.add_metric(sym, buckets, self._lat_sum)
         yield h
+        yield _counter("mm_unknown_outcomes", "requests answered with execution status unknown", sym, self.unknown_outcomes)
+        rec = CounterMetricFamily(
+            "mm_reconcile_discrepancies", "differences the reconciliation found and repaired, by kind", labels=["symbol", "kind"]
+        )
+        for kind in RECONCILE_KINDS:
+            rec.add_metric([self.symbol, kind], float(self.reconcile_discrepancies.get(kind, 0)))
+        yield rec
         if core is None:
             for name in SEED_METRICS:
                 if name in ("mm_ws_connected", "mm_rest_fallback_count"):

@@ -102,12 +102,9 @@ class LockFileOwnership:
 
     # -- the protocol --------------------------------------------------------------------------
 
-    async def acquire(self) -> Grant:
-        """Take the lock at once or raise :class:`OwnershipRefused` naming the owner's PID.
-
-        Every acquire is a new incarnation with a fresh, larger epoch, also when this object already
-        holds the lock (client order ids embed the epoch and must never repeat); ``renew`` keeps it.
-        """
+    def lock(self) -> None:
+        """Take the lock now, without starting an incarnation (no epoch is spent): a process checks
+        that it may own the symbol before it binds ports; :meth:`acquire` then grants the epoch."""
         if self._fd is None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -120,13 +117,30 @@ class LockFileOwnership:
                 raise OwnershipRefused(self._who_owns()) from None
             os.set_inheritable(fd, False)
             self._fd = fd
+            try:
+                self._write_pid(fd)
+            except BaseException:
+                self._unlock()
+                raise
+
+    def _write_pid(self, fd: int) -> None:
+        pid = os.getpid()
+        # The lock file itself also records the PID: readable even if the .pid file was removed.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{pid}\n".encode(), 0)
+        _write_atomic(self.pid_path, f"{pid}\n")
+
+    async def acquire(self) -> Grant:
+        """Take the lock at once or raise :class:`OwnershipRefused` naming the owner's PID.
+
+        Every acquire is a new incarnation with a fresh, larger epoch, also when this object already
+        holds the lock (client order ids embed the epoch and must never repeat); ``renew`` keeps it.
+        """
+        self.lock()
         fd = self._fd
+        assert fd is not None
         try:
-            pid = os.getpid()
-            # The lock file itself also records the PID: readable even if the .pid file was removed.
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{pid}\n".encode(), 0)
-            _write_atomic(self.pid_path, f"{pid}\n")
+            self._write_pid(fd)
             epoch = self._read_int(self.epoch_path) + 1
             _write_atomic(self.epoch_path, f"{epoch}\n")
             self._grant = Grant(epoch=epoch, lease_ttl_s=STANDALONE_LEASE_TTL_S, kill_state=self.kill_state())

@@ -115,6 +115,8 @@ class LiveOrder:
         "booked_steps",
         "contrib",
         "amend_blocked",
+        "unknown_ms",
+        "inferred",
     )
 
     def __init__(self, client_order_id: str, side: str, price_ticks: int, orig_steps: int) -> None:
@@ -140,6 +142,8 @@ class LiveOrder:
         self.booked_steps = 0  # trades of this order already in the position
         self.contrib = 0
         self.amend_blocked = False  # the exchange refused to modify it again (-5026): replace it instead
+        self.unknown_ms: int | None = None  # a request about it got an ambiguous answer at this time
+        self.inferred = False  # closed on the store's own inference, not on the exchange's word
 
     @property
     def is_open(self) -> bool:
@@ -162,6 +166,7 @@ class LiveOrder:
             or self.amend_orig_steps is not None
             or self.cancel_sent_ms is not None
             or self.unresolved_ms is not None
+            or self.unknown_ms is not None
         )
 
     def pending_steps(self) -> int:
@@ -433,6 +438,8 @@ class Store:
         the exchange called unknown: the runtime looks them up by REST (``on_order_info``)."""
         out = []
         for o in self.orders.values():
+            if o.unknown_ms is not None:
+                continue  # looked up once its request can no longer execute (``due_lookups``)
             since = o.sent_ms if o.status == PENDING_NEW else None
             for t in (o.amend_sent_ms if o.amend_orig_steps is not None else None, o.cancel_sent_ms, o.unresolved_ms):
                 if t is not None and (since is None or t < since):
@@ -467,7 +474,7 @@ class Store:
         cid = o.client_order_id
         if o.status in _CLOSED:
             o.amend_orig_steps = o.amend_price_ticks = None
-            o.cancel_sent_ms = o.unresolved_ms = None
+            o.cancel_sent_ms = o.unresolved_ms = o.unknown_ms = None
             if o.booked_steps >= o.filled_steps:
                 if cid in self.orders:
                     del self.orders[cid]
@@ -584,8 +591,81 @@ class Store:
         if o is None or not o.is_open and o.booked_steps >= o.filled_steps:
             return
         o.status = MISSING
+        o.inferred = True
         o.booked_steps = o.filled_steps
         self._refresh(o)
+
+    # ------------------------------------------------------------------ unknown outcomes
+
+    def on_outcome_unknown(self, client_order_id: str, now_ms: int) -> None:
+        """A request about this order (place, amend or cancel) got an ambiguous answer: it may have
+        executed, even later. Nothing changes in what the order counts: a new order stays pending,
+        an amendment keeps the larger of old and new, a cancel keeps the order counted, until a
+        frame or a look-up past the request's recvWindow (``on_lookup``) settles it."""
+        o = self.orders.get(client_order_id)
+        if o is not None and o.is_open:
+            o.unknown_ms = now_ms if o.unknown_ms is None else max(o.unknown_ms, now_ms)
+
+    def due_lookups(self, now_ms: int, window_ms: int) -> list[LiveOrder]:
+        """Orders with an ambiguous answer whose request can no longer execute (``window_ms`` =
+        recvWindow plus a margin has passed since the answer): a look-up now settles them."""
+        return [o for o in self.orders.values() if o.unknown_ms is not None and now_ms - o.unknown_ms >= window_ms]
+
+    def on_lookup(self, client_order_id: str, info: Any | None, now_ms: int, window_ms: int) -> str:
+        """The answer to a look-up by client order id (``info``; None for "order does not exist").
+
+        Before ``window_ms`` has passed since the send (or the ambiguous answer) a request may still
+        land, so only what the exchange shows is taken; after it, what did not land never will:
+        an unplaced order is closed, an amendment or cancel that did not take is forgotten.
+        Returns what was concluded (for the log): "found", "pending", "never_placed", "gone".
+        """
+        o = self._find(client_order_id, None)
+        if o is None:
+            if info is not None:
+                self.on_order_info(info)
+            return "found" if info is not None else "gone"
+        since = o.unknown_ms if o.unknown_ms is not None else o.sent_ms
+        if o.status == PENDING_NEW and o.unknown_ms is None:
+            since = o.sent_ms
+        final = now_ms - since >= window_ms
+        if info is not None:
+            self.on_order_info(info)
+            if o.is_open and final:
+                if o.amend_orig_steps is not None and (
+                    self.steps(info.orig_qty) != o.amend_orig_steps or self.ticks(info.price) != o.amend_price_ticks
+                ):
+                    o.amend_orig_steps = o.amend_price_ticks = None  # the amendment did not take
+                if o.cancel_sent_ms is not None:
+                    o.cancel_sent_ms = None  # still open: the cancel did not take; the next cycle decides
+                o.unknown_ms = None
+                self._refresh(o)
+            return "found"
+        if o.status == PENDING_NEW:
+            if not final:
+                return "pending"
+            o.status = REJECTED
+            o.inferred = True
+            self._refresh(o)
+            return "never_placed"
+        if not o.is_open:
+            return "gone"
+        self.on_query_unknown(client_order_id, o.order_id)
+        return "gone"
+
+    def adopt(self, info: Any) -> bool:
+        """An order the exchange lists as open (reconciliation): True if the store did not count it
+        (unknown here, or closed on our own inference), and it counts now. An order the exchange
+        itself reported closed is left closed: the listing is older than that report."""
+        o = self._find(info.client_order_id, int(info.order_id))
+        if o is not None and o.is_open:
+            self.on_order_info(info)
+            return False
+        if o is not None and not o.inferred:
+            return False
+        if o is not None:
+            o.key = (-1, 0, -1)  # whatever we inferred, the exchange's listing wins
+        self.on_order_info(info)
+        return True
 
     def on_order_info(self, info: Any) -> bool:
         """A REST answer (place/modify/cancel/query): an order object with Binance's REST fields."""
@@ -791,8 +871,9 @@ class Store:
         elif key <= o.key:
             self.stale_updates += 1
             return False
-        elif o.status in _CLOSED and stage != _STAGE_FINAL:
-            # Closed here on the exchange's word (e.g. -2011); a late, older frame must not reopen it.
+        elif o.status in _CLOSED and stage != _STAGE_FINAL and not o.inferred:
+            # Closed here on the exchange's word; a late, older frame must not reopen it. (One the
+            # store closed on its own inference is reopened by any exchange frame: the frame is truth.)
             self.stale_updates += 1
             if cum > o.filled_steps:
                 o.filled_steps = cum
@@ -803,6 +884,7 @@ class Store:
             o.filled_steps = cum
         o.key = key
         o.status = status
+        o.inferred = False
         o.side = side
         if order_type != "MARKET":
             o.price_ticks = self.ticks(price)
@@ -1032,7 +1114,7 @@ class Store:
         position: Any | None,
         open_orders: Iterable[Any],
         now_ms: int,
-        in_flight_grace_ms: int = 5_000,
+        in_flight_grace_ms: int = 6_000,
         wallet_balance: float | None = None,
     ) -> None:
         """Make the exchange's REST view the truth (after a reconnect or at start).
@@ -1040,7 +1122,9 @@ class Store:
         ``position`` has ``amount``, ``entry_price``, ``update_time``; orders have Binance's REST
         order fields (``client_order_id``, ``order_id``, ``side``, ``price``, ``orig_qty``,
         ``executed_qty``, ``avg_price``, ``status``, ``update_time``). Orders we hold that the
-        snapshot lacks are closed, except ones sent within ``in_flight_grace_ms``.
+        snapshot lacks are closed (on inference: a later frame reopens them), except new orders
+        sent within ``in_flight_grace_ms`` (the request's recvWindow plus a margin: they may still
+        land) and orders with an unsettled ambiguous answer (their look-up decides).
         """
         if position is not None:
             # The figure holds every trade up to its own time (the position's last change) and up to
@@ -1062,9 +1146,10 @@ class Store:
         for o in list(self.orders.values()):
             if o.client_order_id in present_cids or (o.order_id is not None and o.order_id in present_ids):
                 continue
-            if o.status == PENDING_NEW and now_ms - o.sent_ms <= in_flight_grace_ms:
+            if o.status == PENDING_NEW and (now_ms - o.sent_ms <= in_flight_grace_ms or o.unknown_ms is not None):
                 continue
             o.status = MISSING
+            o.inferred = True
             self._refresh(o)
         for info in snap:
             o = self._find(info.client_order_id, int(info.order_id))

@@ -139,7 +139,7 @@ async def _main(prep: dict[str, Any], args: argparse.Namespace, log: logging.Log
     secret_filter.add_secrets(_secret_values(credentials))
 
     ownership = LockFileOwnership(prep["state_dir"], cfg.name, symbol)
-    await ownership.acquire()  # fail fast (and before binding ports) when another agent owns it
+    ownership.lock()  # fail fast (and before binding ports) when another agent owns it; no epoch spent
     agent = SymbolAgent(
         fleet_name=cfg.name,
         symbol=symbol,

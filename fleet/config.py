@@ -178,6 +178,12 @@ class RuntimeParams(_Model):
     stream_max_lifetime_sec: float = Field(23 * 3600.0, gt=0)
     stop_timeout_sec: float = Field(20.0, gt=0)
     flatten_on_stop: bool = False
+    reconcile_interval_sec: float = Field(
+        5.0, gt=0, description="the exchange's open orders compared with the store's (GET openOrders, weight 1)"
+    )
+    reconcile_position_every: int = Field(
+        6, ge=1, description="every Nth reconciliation also compares the position (GET positionRisk, weight 5)"
+    )
 
     @model_validator(mode="after")
     def _heartbeat_inside_countdown(self) -> "RuntimeParams":

@@ -129,6 +129,13 @@ class BinanceClient:
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 json_serialize=lambda o: orjson.dumps(o).decode(),
             )
+            # aiohttp resends a PUT or DELETE, unasked, when a kept-alive connection drops before the
+            # answer (HTTP calls them idempotent). To Binance a modify or cancel sent twice is two
+            # requests, and the first may have executed: the caller must learn that the outcome is
+            # unknown, never get the second one's answer. aiohttp has no public switch for this.
+            if not hasattr(self._session, "_retry_connection"):
+                raise RuntimeError("aiohttp changed: cannot turn off its silent resend of PUT/DELETE")
+            self._session._retry_connection = False
 
     async def close(self) -> None:
         if self._session is not None:

@@ -162,8 +162,9 @@ class FundingFee:
     """``ACCOUNT_UPDATE`` with ``m=FUNDING_FEE``: a funding settlement booked on the wallet.
 
     ``amount`` is the signed balance change as the exchange books it (negative = paid).
-    ``symbol`` is ``a.S`` when the exchange names it (it always does on the simulator); on a
-    cross-margin frame without it, the fee cannot be attributed to one symbol.
+    ``symbol`` is ``a.S`` when the exchange names it (the 2026 SDK field; Binance's real cross-margin
+    frame, the simulator's default, has none and ``"P": []``): then the fee is attributed through the
+    account's income records (``GET /fapi/v1/income``, ``incomeType=FUNDING_FEE``, by ``symbol``).
     """
 
     event_time: int

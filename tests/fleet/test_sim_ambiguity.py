@@ -348,3 +348,25 @@ async def test_funding_frame_is_the_real_cross_frame_unless_asked_for_the_symbol
                 break
         assert f["a"]["S"] == "SOLUSDT" and f["a"]["P"] == []
         await ws.close()
+
+
+async def test_the_client_never_resends_a_dropped_cancel_or_modify(sim):
+    """A kept-alive connection dropped after a DELETE or PUT is an unknown outcome, not a silent resend."""
+    from fleet.binance.client import BinanceClient
+    from fleet.binance.errors import OutcomeUnknownError
+    from fleet.binance.models import OrderRequest
+
+    name, key, secret = sim.accounts[0]
+    async with aiohttp.ClientSession() as http, BinanceClient(sim.rest_url, key, secret) as client:
+        top = await client.book_ticker("ETHUSDC")
+        f = await client.symbol_filters("ETHUSDC")
+        px = f.price_str(f.price_ticks_floor(top.bid) - 300)
+        placed = await client.place_order(OrderRequest("ETHUSDC", "BUY", "LIMIT", "0.010", px, "GTX",
+                                                       client_order_id="resend-check-1"))
+        before = (await (await http.get(sim.rest_url + "/sim/state")).json())["server"]["rest_requests"]
+        await http.post(sim.rest_url + "/sim/fault/rest", json={"mode": "exec_then_error", "answer": "timeout",
+                                                                 "hold_ms": 100, "path": ORDER, "method": "DELETE"})
+        with pytest.raises(OutcomeUnknownError):
+            await client.cancel_order("ETHUSDC", order_id=placed.order_id)
+        after = (await (await http.get(sim.rest_url + "/sim/state")).json())["server"]["rest_requests"]
+        assert after - before == 1  # the cancel was sent once, never resent

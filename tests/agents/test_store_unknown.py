@@ -1,0 +1,120 @@
+"""Ambiguous answers: an order that may exist keeps counting until the exchange settles it.
+
+Binance answers a write with "execution status unknown" (5xx, -1000, -1006, -1007, a timeout) and
+may execute it later, within its recvWindow. The store keeps such orders counted, decides only on a
+look-up past that window, and lets any later exchange frame reopen what it closed on inference.
+"""
+
+from __future__ import annotations
+
+from agents.orders import Amend, Cancel, Place
+from agents.store import PENDING_NEW, REJECTED, Store
+from fleet.binance.events import BUY, SELL
+
+from .test_core_support import SYMBOL, eth_filters, order_info, order_update, position_info, seed_params
+
+WINDOW = 6_000
+
+
+def make_store() -> Store:
+    return Store(SYMBOL, eth_filters(), seed_params())
+
+
+def place(cid: str, side: str = BUY, px: int = 300_000, steps: int = 7) -> Place:
+    return Place(cid, side, px, steps, "GTX", False, "LIMIT", "ladder", 0)
+
+
+def consistent(s: Store) -> None:
+    assert (s.pending_buy_steps, s.pending_sell_steps) == s.recompute_pending()
+
+
+def test_an_unknown_place_stays_pending_until_a_lookup_past_the_window():
+    s = make_store()
+    s.on_sent(place("a"), 1_000)
+    s.on_outcome_unknown("a", 1_010)
+    assert s.pending_buy_steps == 7
+    assert s.due_lookups(1_010 + WINDOW - 1, WINDOW) == []
+    # a look-up inside the window that finds nothing proves nothing: the request may still land
+    assert s.on_lookup("a", None, 3_000, WINDOW) == "pending"
+    assert s.orders["a"].status == PENDING_NEW and s.pending_buy_steps == 7
+    assert [o.client_order_id for o in s.due_lookups(1_010 + WINDOW, WINDOW)] == ["a"]
+    assert s.on_lookup("a", None, 1_010 + WINDOW, WINDOW) == "never_placed"
+    assert "a" not in s.orders and s.pending_buy_steps == 0
+    consistent(s)
+
+
+def test_a_late_new_frame_reopens_an_order_closed_on_inference():
+    s = make_store()
+    s.on_sent(place("a"), 1_000)
+    s.on_outcome_unknown("a", 1_000)
+    s.on_lookup("a", None, 1_000 + WINDOW, WINDOW)
+    assert s.get("a").status == REJECTED
+    # ... and yet it executed: its frame is the exchange's truth
+    assert s.apply(order_update("a", 77, BUY, 300_000, 7, t=8_000))
+    assert s.orders["a"].status == "NEW" and s.orders["a"].order_id == 77
+    assert s.pending_buy_steps == 7
+    consistent(s)
+
+
+def test_a_definite_rejection_is_not_reopened_by_an_older_frame():
+    s = make_store()
+    s.on_sent(place("a"), 1_000)
+    s.apply(order_update("a", 77, BUY, 300_000, 7, t=1_001))
+    s.apply(order_update("a", 77, BUY, 300_000, 7, status="CANCELED", t=1_005))
+    assert not s.apply(order_update("a", 77, BUY, 300_000, 7, t=1_002))
+    assert "a" not in s.orders
+
+
+def test_an_unknown_amend_keeps_the_larger_size_until_settled():
+    s = make_store()
+    s.on_sent(place("a", steps=5), 1_000)
+    s.apply(order_update("a", 77, BUY, 300_000, 5, t=1_001))
+    s.on_amend_sent(Amend("a", 77, BUY, 300_010, 9, 0), 2_000)
+    s.on_outcome_unknown("a", 2_001)
+    assert s.pending_buy_steps == 9
+    # inside the window the exchange still shows the old order: the amendment may yet land
+    s.on_lookup("a", order_info("a", 77, BUY, 300_000, 5, t=1_001), 3_000, WINDOW)
+    assert s.pending_buy_steps == 9
+    # past it, it did not take: back to the order as the exchange shows it
+    s.on_lookup("a", order_info("a", 77, BUY, 300_000, 5, t=1_001), 2_001 + WINDOW, WINDOW)
+    assert s.pending_buy_steps == 5 and s.orders["a"].unknown_ms is None
+    consistent(s)
+
+
+def test_an_unknown_cancel_keeps_the_order_counted_and_is_forgotten_if_it_did_not_take():
+    s = make_store()
+    s.on_sent(place("a", SELL, steps=4), 1_000)
+    s.apply(order_update("a", 77, SELL, 300_000, 4, t=1_001))
+    s.on_cancel_sent(Cancel("a", 77, "ladder"), 2_000)
+    s.on_outcome_unknown("a", 2_000)
+    assert s.pending_sell_steps == 4
+    s.on_lookup("a", order_info("a", 77, SELL, 300_000, 4, t=1_001), 2_000 + WINDOW, WINDOW)
+    o = s.orders["a"]
+    assert o.cancel_sent_ms is None and not o.busy and s.pending_sell_steps == 4
+
+
+def test_a_snapshot_keeps_unknown_and_recent_orders_and_its_closures_are_reopenable():
+    s = make_store()
+    s.on_sent(place("old"), 1_000)
+    s.on_sent(place("unk", px=299_000), 1_000)
+    s.on_outcome_unknown("unk", 1_000)
+    s.on_sent(place("new", px=298_000), 9_000)
+    s.reset_from_snapshot(position_info(0, 0.0, 9_500), [], 10_000)
+    assert s.get("old").status == "MISSING" and "old" not in s.orders
+    assert {"unk", "new"} <= set(s.orders)
+    # the old one was only missing from a listing: a frame brings it back
+    s.apply(order_update("old", 5, BUY, 300_000, 7, t=10_100))
+    assert "old" in s.orders and s.pending_buy_steps == 21
+    consistent(s)
+
+
+def test_reconciliation_adopts_only_what_the_store_does_not_count():
+    s = make_store()
+    s.on_sent(place("a"), 1_000)
+    s.apply(order_update("a", 77, BUY, 300_000, 7, t=1_001))
+    assert s.adopt(order_info("a", 77, BUY, 300_000, 7, t=1_001)) is False  # tracked
+    assert s.adopt(order_info("x", 78, SELL, 301_000, 3, t=1_002)) is True  # unknown: counted now
+    assert s.pending_sell_steps == 3
+    s.apply(order_update("a", 77, BUY, 300_000, 7, status="CANCELED", t=1_100))
+    assert s.adopt(order_info("a", 77, BUY, 300_000, 7, t=1_001)) is False  # the listing is older
+    consistent(s)

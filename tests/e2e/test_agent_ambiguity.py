@@ -1,0 +1,219 @@
+"""The cap holds at the exchange under every ambiguous answer Binance gives (one drill per fault mode).
+
+A real agent quotes on the simulator; the simulator answers some of its writes ambiguously (executed
+late, executed then answered 5xx, -1006/-1007, a short or broken batch answer, a dropped
+connection). Sampled every 50 ms at the exchange (``/sim/state``): the worst long and worst short
+never pass the cap, and once the reconcile interval has passed the agent counts exactly the orders
+the exchange holds (0 orphans) and the exchange's position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from fleet.config import RuntimeParams
+
+from .test_agent_live import (  # noqa: F401 - fixtures
+    SYMBOL,
+    Exchange,
+    agent_open,
+    describe,
+    exchange,
+    exchange_open,
+    in_sync,
+    make_agent,
+    wait_for,
+    worst_long,
+    worst_short,
+)
+
+RUNTIME = RuntimeParams(
+    reconnect_backoff_initial_sec=0.3,
+    reconnect_backoff_max_sec=2.0,
+    deadman_heartbeat_sec=1.0,
+    deadman_countdown_ms=8_000,
+    market_stale_sec=600.0,
+    stop_timeout_sec=20.0,
+    reconcile_interval_sec=1.0,
+    reconcile_position_every=2,
+)
+BATCH, ORDER = "/fapi/v1/batchOrders", "/fapi/v1/order"
+
+
+class CapWatch:
+    """Samples the exchange's worst case every 50 ms in the background; remembers the extremes."""
+
+    def __init__(self, ex: Exchange) -> None:
+        self.ex = ex
+        self.max_long = Decimal("-Infinity")
+        self.min_short = Decimal("Infinity")
+        self.samples = 0
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "CapWatch":
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            st = await self.ex.state()
+            self.max_long = max(self.max_long, worst_long(st))
+            self.min_short = min(self.min_short, worst_short(st))
+            self.samples += 1
+            await asyncio.sleep(0.05)
+
+
+async def fire_until_used(ex: Exchange, faults: list[dict[str, Any]], timeout: float = 20.0) -> None:
+    """Inject ``faults``, then move the price until the agent has written enough to use them all."""
+    for f in faults:
+        await ex.post("/sim/fault/rest", f)
+    pct = 0.25
+
+    async def used() -> bool:
+        nonlocal pct
+        st = await ex.state()
+        if not st["faults_pending"]:
+            return True
+        pct = -pct
+        await ex.post("/sim/market/jump", {"symbol": SYMBOL, "pct": pct})
+        return False
+
+    await wait_for(used, timeout, f"the agent's writes to use up {faults}", interval=0.3)
+
+
+async def settled(agent: Any, ex: Exchange, timeout: float = 20.0) -> None:
+    """Within the window + reconcile interval: the agent counts what the exchange holds, exactly."""
+    async def quiet_and_in_sync() -> bool:
+        return agent.status()["requests_in_flight"] == 0 and await in_sync(agent, ex)
+
+    await wait_for(quiet_and_in_sync, timeout, "agent and exchange in sync (no orphans)",
+                   explain=lambda: describe(agent, ex))
+
+
+def assert_cap(watch: CapWatch, cap: float) -> None:
+    assert watch.samples > 0
+    assert watch.max_long <= Decimal(str(cap)), f"worst long {watch.max_long} beyond the cap {cap}"
+    assert watch.min_short >= -Decimal(str(cap)), f"worst short {watch.min_short} beyond the cap {cap}"
+
+
+async def drill(make_agent, exchange, faults: list[dict[str, Any]], position: str | None = None) -> Any:
+    agent = await make_agent(runtime=RUNTIME)
+    cap = Decimal(str(agent.params.worst_cap))
+    if position is not None:
+        # a position moved from outside, near the cap: the agent first takes back what now adds too much
+        await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": position})
+
+        async def within_cap() -> bool:
+            st = await exchange.state()
+            return worst_long(st) <= cap and worst_short(st) >= -cap
+
+        await wait_for(within_cap, 10, "the ladder inside the cap after the position moved")
+    await settled(agent, exchange)
+    async with CapWatch(exchange) as watch:
+        await fire_until_used(exchange, faults)
+        await settled(agent, exchange)
+    assert_cap(watch, agent.params.worst_cap)
+    st = await exchange.state()
+    assert Decimal(st["positions"][SYMBOL]["amount"]) == agent.core.store.position_steps * agent.filters.step_size
+    assert set(exchange_open(st, agent.filters.step_size)) == set(agent_open(agent))
+    return agent
+
+
+@pytest.mark.parametrize("answer", ["503", "500", "502", "-1006", "-1007"])
+async def test_a_batch_answered_at_once_and_executed_later_is_counted_not_orphaned(make_agent, exchange, answer):
+    agent = await drill(make_agent, exchange, [
+        {"mode": "late", "answer": answer, "delay_ms": 400, "path": BATCH, "count": 3},
+    ], position="0.19")
+    assert agent.status()["counters"]["unknown_outcomes"] > 0
+
+
+@pytest.mark.parametrize("answer", ["500", "-1006", "504"])
+async def test_a_write_executed_then_answered_with_an_error_is_counted(make_agent, exchange, answer):
+    agent = await drill(make_agent, exchange, [
+        {"mode": "exec_then_error", "answer": answer, "path": BATCH, "count": 2},
+        {"mode": "exec_then_error", "answer": answer, "path": ORDER, "count": 2},
+    ], position="-0.19")
+    assert agent.status()["counters"]["unknown_outcomes"] > 0
+
+
+async def test_minus_1007_without_execution_is_settled_by_a_lookup_past_the_window(make_agent, exchange):
+    agent = await drill(make_agent, exchange, [{"mode": "error", "answer": "-1007", "path": BATCH, "count": 2}])
+    assert agent.status()["counters"]["unknown_outcomes_resolved"] > 0
+
+
+@pytest.mark.parametrize("mode", ["batch_short", "batch_malformed", "batch_nonjson"])
+async def test_a_short_or_broken_batch_answer_leaves_no_orphan(make_agent, exchange, mode):
+    agent = await drill(make_agent, exchange, [{"mode": mode, "count": 2}], position="0.15")
+    assert agent.status()["counters"]["unknown_outcomes"] > 0
+
+
+async def test_a_connection_dropped_after_the_write_leaves_no_orphan(make_agent, exchange):
+    agent = await drill(make_agent, exchange, [
+        {"mode": "late", "answer": "timeout", "hold_ms": 300, "delay_ms": 200, "path": BATCH, "method": "POST",
+         "count": 2},
+    ])
+    assert agent.status()["counters"]["unknown_outcomes"] > 0
+
+
+async def test_late_amends_keep_the_larger_size_counted(make_agent, exchange):
+    await drill(make_agent, exchange, [
+        {"mode": "late", "answer": "503", "delay_ms": 600, "path": "/fapi/v1/", "method": "PUT", "count": 2},
+    ], position="0.2")
+
+
+async def test_market_data_lost_with_late_cancels_leaves_none_of_ours_resting(make_agent, exchange):
+    """Quotes pulled on stale data, the cancels answered 500 and executed late, new orders in flight:
+    the agent says "paused", and keeps at it until the exchange lists none of its orders."""
+    runtime = RUNTIME.model_copy(update={"market_stale_sec": 1.0})
+    agent = await make_agent(runtime=runtime)
+    await settled(agent, exchange)
+    await exchange.post("/sim/fault/rest", {"mode": "late", "answer": "500", "delay_ms": 800, "path": "/fapi/v1/",
+                                            "method": "DELETE", "count": 3})
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
+    try:
+        await wait_for(lambda: agent.status()["state"] == "paused", 5, "paused on stale market data")
+
+        async def none_rest() -> bool:
+            return not (await exchange.state())["open_orders"]
+
+        await wait_for(none_rest, 15, "no order of ours resting at the exchange")
+        assert agent.status()["state"] == "paused" and "market_stale" in agent.status()["blocks"]
+        await wait_for(lambda: agent.status()["counters"]["quote_pulls_confirmed"] >= 1, 15, "the pull confirmed")
+    finally:
+        await exchange.post("/sim/market/freeze", {"frozen": False, "symbol": SYMBOL})
+    await wait_for(lambda: agent.status()["state"] == "quoting", 10, "quoting again")
+    await settled(agent, exchange)
+
+
+async def test_reconciliation_adopts_and_cancels_an_order_the_agent_never_heard_of(make_agent, exchange, sim):
+    from fleet.sim.testkit import SimClient
+
+    agent = await make_agent(runtime=RUNTIME)
+    await settled(agent, exchange)
+    # an order of this epoch the agent did not place (its record lost): the agent counts it from its
+    # frame or the listing, and cancels it, since no ladder of its wants it
+    cid = f"mm-{SYMBOL}-e{agent.core.epoch}-999999"
+    async with SimClient.for_sim(sim) as c:
+        bid = Decimal((await c.public("GET", "/fapi/v1/ticker/bookTicker", {"symbol": SYMBOL})).json["bidPrice"])
+        params = {"symbol": SYMBOL, "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.010",
+                  "price": str((bid * Decimal("0.97")).quantize(Decimal("0.01"))), "newClientOrderId": cid}
+        reply = await c.signed("POST", ORDER, params)
+        assert reply.status == 200, reply.json
+
+    async def gone() -> bool:
+        return cid not in {o["clientOrderId"] for o in (await exchange.state())["open_orders"]}
+
+    await wait_for(gone, 10, "the untracked order cancelled by the reconciliation")
+    status = agent.status()
+    assert status["counters"]["reconcile_repairs"] >= 1
+    assert status["last_reconcile_repair"]["kind"] in ("untracked", "orphan_cancelled")
+    await settled(agent, exchange)
