@@ -63,7 +63,10 @@ LEASE_MARGIN_S = 1.0  # the lease is treated as lapsed this long before it reall
 # An ambiguous answer is settled by a look-up this long past the request's recvWindow: by then the
 # matching engine refuses the request (-5028), so what the look-up does not find never lands.
 LOOKUP_MARGIN_MS = 1_000
-PULL_REPEAT_S = 0.5  # a quote pull re-lists the exchange's open orders this often until none of ours rest
+# A quote pull re-lists the exchange's open orders (weight 1) until none of ours rest: first after
+# 0.5 s, then less often (x2 each round, at most every 5 s), so a long outage of market data across
+# many agents on one IP does not spend the IP's weight on listings.
+PULL_REPEAT_S = (0.5, 5.0)
 # Blocks that leave the agent up but not quoting: its state then says "paused", not "quoting".
 PAUSE_BLOCKS = frozenset({"market_stream", "market_stale", "lease"})
 IN_FLIGHT_QUERY_MS = 3_000  # an order unanswered this long is looked up by client order id
@@ -901,8 +904,10 @@ class SymbolAgent:
         core = self.core
         if client is None or core is None:
             return
+        delay, longest = PULL_REPEAT_S
         while not self._stopping and not self._quoting_live():
-            await asyncio.sleep(PULL_REPEAT_S)
+            await asyncio.sleep(delay)
+            delay = min(longest, delay * 2)
             if self._stopping or self._quoting_live():
                 return
             try:
