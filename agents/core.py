@@ -90,6 +90,7 @@ class AgentCore:
         self._requote_move = params.base.requote_move_fraction * params.base.min_spread
         self.orders_sent = {"place": 0, "amend": 0, "cancel": 0}
         self.cycles = 0
+        self.cap_cancels = 0  # orders cancelled because the worst case was already beyond the cap
 
     # ------------------------------------------------------------------ inputs
 
@@ -261,6 +262,7 @@ class AgentCore:
                         places.append(p)
                     else:
                         refused += 1
+            self._enforce_cap_into(cancels, amends)
             self.last_ladder = ladder
 
         refused += self._twap_into(places, now_ms, extra)
@@ -287,6 +289,38 @@ class AgentCore:
             buy_limit,
             sell_limit,
         )
+
+    def _enforce_cap_into(self, cancels: list[Cancel], amends: list[Amend]) -> None:
+        """The worst case already beyond the cap (the position moved from outside, a fill, an order
+        adopted): cancel this epoch's adding orders until it is back inside (another epoch's are the
+        runtime's to fence), also ones the ladder may not touch
+        now (an amend or cancel awaiting its answer, an order not yet acknowledged): a cancel by id
+        is always safe, and such an order would otherwise rest until its answer settles."""
+        s = self.store
+        cap = self.guard.cap_steps
+        going = {c.client_order_id for c in cancels}
+        amending = {a.client_order_id for a in amends}
+        for side, excess in (
+            (BUY, s.position_steps + s.pending_buy_steps - cap),
+            (SELL, s.pending_sell_steps - s.position_steps - cap),
+        ):
+            if excess <= 0:
+                continue
+            adding = [
+                o for o in s.orders.values()
+                if o.side == side and o.is_open and not o.reduce_only and o.cancel_sent_ms is None
+                and o.client_order_id not in amending and self.ids.is_ours(o.client_order_id)
+            ]
+            excess -= sum(o.contrib for o in adding if o.client_order_id in going)
+            rest = [o for o in adding if o.client_order_id not in going]
+            # the ones the ladder cannot touch first, then the outermost
+            rest.sort(key=lambda o: (not o.busy, o.price_ticks if side == BUY else -o.price_ticks))
+            for o in rest:
+                if excess <= 0:
+                    break
+                cancels.append(Cancel(o.client_order_id, o.order_id, "cap"))
+                excess -= o.contrib
+                self.cap_cancels += 1
 
     def _cancel_all_into(self, cancels: list[Cancel], keep_reduce_only: bool, in_flight: bool = False) -> None:
         for o in self.store.orders.values():

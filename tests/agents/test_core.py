@@ -133,6 +133,27 @@ def test_resting_orders_of_an_older_epoch_count_toward_the_cap():
     assert not [d for d in acts if isinstance(d, Cancel)]  # another epoch's orders: the runtime cancels them
 
 
+def test_orders_the_ladder_may_not_touch_are_cancelled_once_the_worst_case_is_beyond_the_cap():
+    """Sells whose amends were answered "unknown" (busy: the ladder leaves them alone) and a position
+    moved from outside to just inside the short cap: they now add beyond it, so they go at once."""
+    core, ex = started()
+    ex.send(core.quote(2_000))
+    asks = [o for o in core.store.orders.values() if o.side == SELL]
+    assert len(asks) >= 2
+    for o in asks[:2]:
+        core.on_sent(Amend(o.client_order_id, o.order_id, SELL, o.price_ticks + 1, o.orig_steps, o.layer), 2_100)
+        core.on_outcome_unknown(Amend(o.client_order_id, o.order_id, SELL, o.price_ticks + 1, o.orig_steps, o.layer), 2_101)
+    cap = core.guard.cap_steps
+    core.on_event(account_update(-(cap - 2), 3000.0, t=2_200), 2_200)
+    assert core.store.position_steps - core.store.pending_sell_steps < -cap
+    acts = core.quote(2_400)
+    cancelled = {d.client_order_id for d in acts if isinstance(d, Cancel)}
+    assert {o.client_order_id for o in asks[:2]} & cancelled  # the untouchable ones first
+    ex.send(acts)
+    assert core.store.position_steps - core.store.pending_sell_steps >= -cap
+    assert core.cap_cancels > 0
+
+
 # --- modes ------------------------------------------------------------------------------------
 
 
