@@ -156,6 +156,7 @@ class AgentActor:
             logger=logging.getLogger(f"mmfleet.agent.{self.symbol}"),
             rate_share=float(spec.get("rate_share", 1.0)),
         )
+        agent.metrics.bind_budget(agent.budget)  # the rate budget's windows on /metrics
         return agent
 
     # --- hopping onto the trading loop ---------------------------------------------------------

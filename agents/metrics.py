@@ -15,6 +15,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 if TYPE_CHECKING:
+    from fleet.binance.ratelimit import RateBudget
+
     from .core import AgentCore
 
 SEED_METRICS = (
@@ -39,6 +41,8 @@ HALT_STATES = ("running", "halted", "flattening")
 # (adopted), one of ours it then cancelled (orphan), one the store counted that the exchange no
 # longer lists (missing: looked up), an older epoch's order, and a position that differs.
 RECONCILE_KINDS = ("untracked", "orphan_cancelled", "missing", "old_epoch", "position")
+# The rate budget's windows (fleet/binance/ratelimit.py): IP weight per minute, account orders per 10 s and 1 min.
+RATE_WINDOWS = ("weight_1m", "orders_10s", "orders_1m")
 
 
 class AgentMetrics:
@@ -49,6 +53,7 @@ class AgentMetrics:
     def __init__(self, symbol: str, core: "AgentCore | None" = None) -> None:
         self.symbol = symbol
         self.core = core
+        self.budget: "RateBudget | None" = None
         self.ws_connected = False
         self.rest_fallback_count = 0
         self.unknown_outcomes = 0  # requests answered ambiguously (execution status unknown)
@@ -63,6 +68,10 @@ class AgentMetrics:
     def bind(self, core: "AgentCore") -> None:
         """Read from this core from now on (a new core after a restart of the runtime)."""
         self.core = core
+
+    def bind_budget(self, budget: "RateBudget") -> None:
+        """Show this rate budget's windows (read-only) in the exposition."""
+        self.budget = budget
 
     def set_ws_connected(self, connected: bool) -> None:
         self.ws_connected = bool(connected)
@@ -121,6 +130,8 @@ class AgentMetrics:
         for kind in RECONCILE_KINDS:
             rec.add_metric([self.symbol, kind], float(self.reconcile_discrepancies.get(kind, 0)))
         yield rec
+        if self.budget is not None:
+            yield from self._budget_families()
         if core is None:
             for name in SEED_METRICS:
                 if name in ("mm_ws_connected", "mm_rest_fallback_count"):
@@ -138,6 +149,8 @@ class AgentMetrics:
         eng = core.grinding
         yield gauge("mm_worst_case_long", "position + pending buys (base units)", s.worst_long)
         yield gauge("mm_worst_case_short", "position - pending sells (base units)", s.worst_short)
+        cap_doc = "net_max * worst_case.multiplier: the bound on each side's worst case"
+        yield gauge("mm_worst_case_cap", cap_doc, core.params.worst_cap)
         yield gauge(
             "mm_dynamic_decay_factor",
             "exp(-|worst| / net_max * size_decay_k) of the last ladder (stronger side)",
@@ -168,6 +181,12 @@ class AgentMetrics:
         # reads only: the peak moves with the store's inputs, never with a scrape
         yield gauge("mm_equity", "risk.capital + the symbol's own P&L (realized, funding, commission, unrealized)", s.equity())
         yield gauge("mm_drawdown_pct", "percent below the symbol's peak equity", s.drawdown_pct())
+        bands = GaugeMetricFamily(
+            "mm_drawdown_band_pct", "drawdown (percent) at which band N reduces the position", labels=["symbol", "band"]
+        )
+        for i, band in enumerate(core.drawdown.bands, start=1):
+            bands.add_metric([self.symbol, str(i)], float(band))
+        yield bands
         state = GaugeMetricFamily("mm_halt_state", "1 for the current halt state", labels=["symbol", "state"])
         for st in HALT_STATES:
             state.add_metric([self.symbol, st], 1.0 if core.guard.state == st else 0.0)
@@ -192,6 +211,32 @@ class AgentMetrics:
         yield _counter("mm_quote_cycles", "quote cycles run", sym, core.cycles)
         yield _counter("mm_stale_frames", "duplicate or older exchange frames skipped", sym, s.stale_updates)
         yield _counter("mm_foreign_frames", "frames for another symbol skipped", sym, s.foreign_events)
+
+    def _budget_families(self) -> Iterator[Metric]:
+        """The rate budget's windows: this agent's share, and the exchange's count against Binance's limit."""
+        budget = self.budget
+        assert budget is not None
+        usage = budget.usage()
+        docs = {
+            "mm_rate_budget_used": "spent in the budget's sliding window (weight or orders)",
+            "mm_rate_budget_limit": "the agent's share of the window's limit, after the safety margin",
+            "mm_rate_budget_used_ratio": "used / limit of the agent's share (1 = no room left)",
+            "mm_rate_exchange_used": "the exchange's count for the account or IP: last reported plus spent since",
+            "mm_rate_exchange_limit": "Binance's limit for the window",
+        }
+        fams = {name: GaugeMetricFamily(name, doc, labels=["symbol", "window"]) for name, doc in docs.items()}
+        for window in RATE_WINDOWS:
+            u = usage[window]
+            lv = [self.symbol, window]
+            fams["mm_rate_budget_used"].add_metric(lv, float(u.used))
+            fams["mm_rate_budget_limit"].add_metric(lv, float(u.limit))
+            fams["mm_rate_budget_used_ratio"].add_metric(lv, u.used / u.limit if u.limit > 0 else 0.0)
+            fams["mm_rate_exchange_used"].add_metric(lv, float(u.exchange_used))
+            fams["mm_rate_exchange_limit"].add_metric(lv, float(u.exchange_limit))
+        yield from fams.values()
+        sym = [self.symbol]
+        yield _counter("mm_rate_limited", "429 answers (Retry-After) the budget waited out", sym, budget.rate_limited)
+        yield _counter("mm_rate_budget_refused", "requests the budget refused for want of room", sym, budget.refused)
 
 
 def _counter(name: str, doc: str, labels: list[str], value: float) -> CounterMetricFamily:

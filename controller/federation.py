@@ -157,7 +157,10 @@ def fleet_families(view: FleetView, scrapes: Iterable[AgentScrape]) -> list[Metr
     scrape_s = gauge("mmfleet_agent_scrape_seconds", "Time the symbol's agent took to answer (or time waited).")
     for sym in symbols:
         s = by_symbol.get(sym)
-        up.add_sample("mmfleet_agent_up", {_SYMBOL_LABEL: sym}, 1.0 if s is not None and s.answered else 0.0)
+        # fleet too: the symbols of one fleet, for dashboards' and alerts' selectors
+        up.add_sample(
+            "mmfleet_agent_up", {_SYMBOL_LABEL: sym, "fleet": view.fleet}, 1.0 if s is not None and s.answered else 0.0
+        )
         if s is not None:
             scrape_s.add_sample("mmfleet_agent_scrape_seconds", {_SYMBOL_LABEL: sym}, s.elapsed_s)
 

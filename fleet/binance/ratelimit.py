@@ -34,6 +34,16 @@ class Cost:
     orders_1m: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class WindowUsage:
+    """One window of the budget as the metrics show it."""
+
+    used: int               # spent by this budget in its sliding window
+    limit: int              # this budget's share of the limit (after the safety margin)
+    exchange_used: int      # the exchange's last reported count plus what we spent since (0 once it rolled over)
+    exchange_limit: int     # Binance's own limit for the window
+
+
 class _Window:
     """A sliding window of charges over ``interval`` seconds."""
 
@@ -55,6 +65,11 @@ class _Window:
     def used(self, now: float) -> int:
         self._prune(now)
         return self._used
+
+    def peek(self, now: float) -> int:
+        """What the window holds at ``now``, without pruning it (safe from another thread's read)."""
+        edge = now - self.interval
+        return sum(charged for stamp, charged in tuple(self._log) if stamp > edge)
 
     def wait_for(self, amount: int, now: float, limit: int | None = None) -> float:
         """Seconds until ``amount`` fits under ``limit`` (default the window's own; 0 if it fits
@@ -164,6 +179,24 @@ class RateBudget:
         }
 
     # -- queries -------------------------------------------------------------------------------
+
+    def usage(self, now: float | None = None) -> dict[str, WindowUsage]:
+        """Read-only, per window (``weight_1m``, ``orders_10s``, ``orders_1m``): what this budget spent
+        in its sliding window against its share's limit, and the exchange's count (as last reported,
+        plus what we spent since; everybody on the account or IP) against Binance's limit. Changes
+        nothing, so the metrics scrape may call it from another thread."""
+        now = self._clock() if now is None else now
+        weight, o10, o1m = self._full
+        out = {}
+        for name, window, reported, full in (
+            ("weight_1m", self._weight, self._rep_weight, weight),
+            ("orders_10s", self._orders_10s, self._rep_10s, o10),
+            ("orders_1m", self._orders_1m, self._rep_1m, o1m),
+        ):
+            used = window.peek(now)
+            # the exchange counts ours too: never less than what this budget spent
+            out[name] = WindowUsage(used, window.limit, max(used, reported.estimate(window, now)), full)
+        return out
 
     def _lane_limit(self, limit: int, risk: bool) -> int:
         """The part of ``limit`` a lane may use: all of it for risk, less the reserve for quoting."""
