@@ -143,7 +143,9 @@ async def run(args: argparse.Namespace) -> None:
     actions_file = workdir / "actions.log"
     actions_file.write_text(report.explain() + "\n")
     problems = report.problems()
-    print(f"  problems                    {'none' if not problems else '; '.join(problems)}")
+    print(f"  problems                    {'none' if not problems else len(problems)}")
+    for p in problems:
+        print(f"    - {p[:600]}")
     print(f"  agent log, actions done     {logfile}, {actions_file}")
     print(f"  reproduce: {cmd.strip()}")
 

@@ -256,7 +256,9 @@ class Report:
         out = []
         if self.samples == 0:
             out.append("no sample taken")
-        out += self.violations[:10]
+        if self.violations:
+            out.append(f"{len(self.violations)} samples beyond the cap outside a grace (about "
+                       f"{len(self.violations) * self.seconds / max(1, self.samples):.1f} s), the first {self.violations[0]}")
         long_graces = [g for g in self.graces if g > self.grace_limit]
         if long_graces:
             out.append(f"outside-move grace over {self.grace_limit}s: {[round(g, 2) for g in long_graces]}")
@@ -271,6 +273,8 @@ class Report:
     def explain(self) -> str:
         head = f"seed {self.seed}: " + "; ".join(self.problems())
         out = head + "\nactions:\n" + "\n".join(self.log)
+        if self.violations:
+            out += "\nsamples beyond the cap:\n" + "\n".join(self.violations[:40])
         for g, trace in zip(self.graces, self.grace_traces):
             if g > self.grace_limit:
                 out += f"\nsamples in a {g:.2f} s grace:\n" + "\n".join(trace)
