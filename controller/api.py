@@ -10,6 +10,9 @@ Request bodies are taken strictly: the token is checked before a byte of the bod
 over 64 KiB is a 413, the JSON is parsed without NaN, Infinity or out-of-range numbers and without
 duplicate keys, and the models are strict (a boolean is ``true`` or ``false``, never ``"yes"`` or
 ``1``; unknown fields are refused). A 422 names the field and never echoes a long input back.
+
+The same app serves the ops console (``/console``: sign-in session, CSRF-checked actions, the fleet
+table pushed over Server-Sent Events); its pieces are in :mod:`controller.console`.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the ingress methods' annotations
@@ -29,13 +32,35 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from ray import serve
 
 from agents.logging import install_log_escaping
+from controller.console import (
+    ASSET_TYPES,
+    COOKIE_NAME,
+    CSRF_HEADER,
+    SECURITY_HEADERS,
+    SESSION_TTL_S,
+    SIGNIN_MAX_BYTES,
+    ConsoleSession,
+    ConsoleSessions,
+    SignInThrottle,
+    SymbolAnswers,
+    asset,
+    console_snapshot,
+    cookie_path,
+    csrf_matches,
+    fills_and_grinds,
+    render_console,
+    render_signin,
+    same_origin,
+    signin_token,
+    sse_event,
+)
 from controller.controller import AGENT_PREFIX, CONTROLLER_NAME
 from controller.federation import AgentScrape, FleetView, KillLatency, render_fleet_page
 from fleet.config import FleetConfig
@@ -57,6 +82,10 @@ class ApiSettings:
     agent_timeout_s: float = 2.0        # status / exposure / metrics per agent
     controller_timeout_s: float = 5.0   # kill states, status
     kill_timeout_s: float = 60.0        # kill / resume (includes the controller's emergency path)
+    console_session_s: float = SESSION_TTL_S   # a console sign-in lasts this long
+    console_push_s: float = 1.0         # the console's table is pushed at least this often
+    console_slow_s: float = 5.0         # fills, grinds and restarts (metrics pages, GCS) this often
+    console_max_streams: int = 16       # open console streams at once (each holds a request)
 
 
 @dataclass(frozen=True)
@@ -131,6 +160,32 @@ class KillRequest(_Selection):
 
 class ResumeRequest(_Selection):
     reason: str = Field("", max_length=500)
+
+
+def _reason_given(reason: str) -> str:
+    if not reason.strip():
+        raise ValueError("give a reason: it is kept with the kill state and logged")
+    return reason
+
+
+class ConsoleKillRequest(KillRequest):
+    """A kill from the console: the reason must say something."""
+
+    @model_validator(mode="after")
+    def _reason(self) -> "ConsoleKillRequest":
+        _reason_given(self.reason)
+        return self
+
+
+class ConsoleResumeRequest(_Selection):
+    """A resume from the console: a reason is required, as for a kill."""
+
+    reason: str = Field(min_length=1, max_length=500, description="why; logged")
+
+    @model_validator(mode="after")
+    def _reason(self) -> "ConsoleResumeRequest":
+        _reason_given(self.reason)
+        return self
 
 
 MAX_BODY_BYTES = 64 * 1024   # a kill or resume body is a few hundred bytes
@@ -252,10 +307,14 @@ def body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
-async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The body, at most ``limit`` bytes (413 beyond, without reading the rest); JSON or no content type."""
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES, *, form: bool = False) -> bytes:
+    """The body, at most ``limit`` bytes (413 beyond, without reading the rest); JSON or no content type
+    (``form``: a URL-encoded form, as the console's sign-in sends it)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype and ctype != "application/json" and not ctype.endswith("+json"):
+    if form:
+        if ctype != "application/x-www-form-urlencoded":
+            raise HTTPException(415, "send the sign-in form as application/x-www-form-urlencoded")
+    elif ctype and ctype != "application/json" and not ctype.endswith("+json"):
         raise HTTPException(415, f"send the body as application/json, not {shown_input(ctype)}")
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -364,6 +423,14 @@ class FleetApi:
         self.tokens = TokenSource(self.cfg.api.token_env, self.cfg.api.token_file)
         self.handles: dict[str, Any] = {}       # actor name -> handle, dropped when the actor is gone
         self.kill_latency = KillLatency()
+        self.sessions = ConsoleSessions(ttl_s=self.settings.console_session_s)
+        self.signin_throttle = SignInThrottle()
+        self.console_latest: dict[str, Any] | None = None   # the last snapshot of the fleet table
+        self.console_seq = 0
+        self.console_streams: dict[int, float] = {}   # open stream -> when it last pushed
+        self.console_fresh = asyncio.Event()          # set (and replaced) on every new snapshot
+        self.console_collector: asyncio.Task | None = None
+        self.console_slow: tuple[float, dict[str, dict[str, float]], dict[str, int]] = (-math.inf, {}, {})
         install_log_escaping()   # a kill reason with a newline cannot forge a log line
         if self.tokens.read() is None:
             log.warning("no API token found in %s: protected endpoints answer 503", self.tokens.describe())
@@ -613,15 +680,18 @@ class FleetApi:
     async def kill(self, request: Request, creds: Credentials) -> dict[str, Any]:
         self._authorize(creds)
         body: KillRequest = await self._body(request, KillRequest)
+        return await self._kill(body)
+
+    async def _kill(self, body: KillRequest, via: str = "") -> dict[str, Any]:
         symbols = self._check_symbols(body.symbols)
         started = time.monotonic()
-        log.warning("kill %s of %s requested: %s", body.mode, symbols or "all symbols", body.reason)
+        log.warning("%skill %s of %s requested: %s", via, body.mode, symbols or "all symbols", body.reason)
         result = await self._from_controller(
             "kill", symbols, body.mode, body.reason, timeout=self.settings.kill_timeout_s
         )
         elapsed = time.monotonic() - started
         self.kill_latency = self.kill_latency.observe(elapsed)
-        log.warning("kill %s done in %.1f ms", body.mode, elapsed * 1000)
+        log.warning("%skill %s done in %.1f ms", via, body.mode, elapsed * 1000)
         per_symbol = result.get("symbols", {}) if isinstance(result, dict) else {}
         return {
             "mode": body.mode,
@@ -636,12 +706,251 @@ class FleetApi:
     async def resume(self, request: Request, creds: Credentials) -> dict[str, Any]:
         self._authorize(creds)
         body: ResumeRequest = await self._body(request, ResumeRequest)
+        return await self._resume(body)
+
+    async def _resume(self, body: ResumeRequest | ConsoleResumeRequest, via: str = "") -> dict[str, Any]:
         symbols = self._check_symbols(body.symbols)
         started = time.monotonic()
-        log.warning("resume of %s requested: %s", symbols or "all symbols", body.reason or "(no reason)")
+        log.warning("%sresume of %s requested: %s", via, symbols or "all symbols", body.reason or "(no reason)")
         result = await self._from_controller("resume", symbols, timeout=self.settings.kill_timeout_s)
         per_symbol = result.get("symbols", {}) if isinstance(result, dict) else {}
         return {"elapsed_ms": round((time.monotonic() - started) * 1000, 1), "symbols": per_symbol}
+
+    # --- the ops console ---------------------------------------------------------------------
+    # A browser page on the same app and token (see controller/console.py): the token is POSTed once
+    # by the sign-in form and never leaves the replica; the browser holds a random session id in an
+    # HttpOnly, SameSite=Strict cookie scoped to the console's path. Console POSTs need the cookie,
+    # the session's CSRF token in a header and a same-origin Origin; the bearer API is unchanged.
+
+    @staticmethod
+    def _console_base(request: Request) -> str:
+        return cookie_path(request.scope.get("root_path", ""))
+
+    @staticmethod
+    def _scheme(request: Request) -> str:
+        forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+        return forwarded if forwarded in ("http", "https") else request.url.scheme
+
+    def _cross_site(self, request: Request) -> str | None:
+        return same_origin(request.headers.get("origin"), request.headers.get("sec-fetch-site"),
+                           self._scheme(request), request.headers.get("host"))
+
+    def _console_session(self, request: Request) -> ConsoleSession:
+        token = self.tokens.read()
+        if token is None:
+            raise HTTPException(503, f"API token not configured: expected in {self.tokens.describe()}")
+        session = self.sessions.get(request.cookies.get(COOKIE_NAME), token)
+        if session is None:
+            raise HTTPException(401, "not signed in to the console (or the session has expired)")
+        return session
+
+    def _console_action_allowed(self, request: Request) -> ConsoleSession:
+        """Session cookie, same-origin Origin and the session's CSRF token, before a byte of the body."""
+        session = self._console_session(request)
+        why = self._cross_site(request)
+        if why:
+            raise HTTPException(403, why)
+        if not csrf_matches(session, request.headers.get(CSRF_HEADER)):
+            raise HTTPException(403, f"missing or wrong {CSRF_HEADER} header: reload the console")
+        return session
+
+    def _page(self, body: str, status: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
+        return HTMLResponse(body, status_code=status, headers={**SECURITY_HEADERS, **(headers or {})})
+
+    @api.get("/console", include_in_schema=False)
+    async def console(self, request: Request) -> Response:
+        base = self._console_base(request)
+        token = self.tokens.read()
+        if token is None:
+            return self._page(render_signin(self.cfg.name, base, "No API token is configured for this fleet."), 503)
+        session = self.sessions.get(request.cookies.get(COOKIE_NAME), token)
+        if session is None:
+            return self._page(render_signin(self.cfg.name, base))
+        return self._page(render_console(self.cfg.name, base, session.csrf, self.known,
+                                         session.expires_in(self.sessions.clock())))
+
+    @api.get("/console/assets/{name}", include_in_schema=False)
+    async def console_asset(self, name: str) -> Response:
+        body = asset(name)
+        if body is None:
+            raise HTTPException(404, "no such console asset")
+        return Response(body, media_type=ASSET_TYPES[name],
+                        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+
+    @api.post("/console/signin", include_in_schema=False)
+    async def console_signin(self, request: Request) -> Response:
+        base = self._console_base(request)
+        why = self._cross_site(request)
+        if why:
+            return self._page(render_signin(self.cfg.name, base, f"Sign-in refused: {why}."), 403)
+        client = request.client.host if request.client else "unknown"
+        wait = self.signin_throttle.retry_after(client)
+        if wait is not None:
+            return self._page(render_signin(self.cfg.name, base, f"Too many wrong tokens: try again in {wait:.0f} s."),
+                              429, {"Retry-After": str(math.ceil(wait))})
+        raw = await read_body(request, SIGNIN_MAX_BYTES, form=True)
+        expected = self.tokens.read()
+        if expected is None:
+            return self._page(render_signin(self.cfg.name, base, "No API token is configured for this fleet."), 503)
+        given = signin_token(raw)
+        if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
+            self.signin_throttle.failed(client)
+            log.warning("console: sign-in with a wrong token from %s", client)
+            return self._page(render_signin(self.cfg.name, base, "Wrong token."), 403)
+        session_id, _ = self.sessions.create(expected)
+        log.info("console: signed in from %s (%d sessions)", client, len(self.sessions))
+        # 303: the browser follows with a GET, so a reload never posts the form again.
+        response = RedirectResponse(base, status_code=303, headers=SECURITY_HEADERS)
+        ttl = int(self.sessions.ttl_s)
+        response.set_cookie(COOKIE_NAME, session_id, max_age=ttl, expires=ttl, path=base,
+                            secure=self._scheme(request) == "https", httponly=True, samesite="strict")
+        return response
+
+    @api.post("/console/signout", include_in_schema=False)
+    async def console_signout(self, request: Request) -> Response:
+        base = self._console_base(request)
+        why = self._cross_site(request)
+        if why:
+            raise HTTPException(403, why)
+        session_id = request.cookies.get(COOKIE_NAME)
+        token = self.tokens.read()
+        session = self.sessions.get(session_id, token) if token else None
+        if session is not None:
+            if not csrf_matches(session, request.headers.get(CSRF_HEADER)):
+                raise HTTPException(403, f"missing or wrong {CSRF_HEADER} header: reload the console")
+            self.sessions.drop(session_id)
+            log.info("console: signed out (%d sessions)", len(self.sessions))
+        response = JSONResponse({"signed_out": True}, headers={"Cache-Control": "no-store"})
+        response.delete_cookie(COOKIE_NAME, path=base, secure=self._scheme(request) == "https",
+                               httponly=True, samesite="strict")
+        return response
+
+    @api.get("/console/session", include_in_schema=False)
+    async def console_session(self, request: Request) -> dict[str, Any]:
+        session = self._console_session(request)
+        return {"signed_in": True, "fleet": self.cfg.name,
+                "expires_in_s": round(session.expires_in(self.sessions.clock()))}
+
+    @api.post("/console/kill", include_in_schema=False)
+    async def console_kill(self, request: Request) -> dict[str, Any]:
+        self._console_action_allowed(request)
+        body: ConsoleKillRequest = await self._body(request, ConsoleKillRequest)
+        return await self._kill(body, via="console: ")
+
+    @api.post("/console/resume", include_in_schema=False)
+    async def console_resume(self, request: Request) -> dict[str, Any]:
+        self._console_action_allowed(request)
+        body: ConsoleResumeRequest = await self._body(request, ConsoleResumeRequest)
+        return await self._resume(body, via="console: ")
+
+    @api.get("/console/events", include_in_schema=False)
+    async def console_events(self, request: Request) -> Response:
+        """The fleet table as Server-Sent Events: a snapshot on connect, then at least every push_s."""
+        self._console_session(request)
+        session_id = request.cookies.get(COOKIE_NAME)
+        if len(self._console_open_streams()) >= self.settings.console_max_streams:
+            raise HTTPException(429, "too many console streams open", headers={"Retry-After": "5"})
+        stream_id = secrets.randbits(63)
+        self.console_streams[stream_id] = time.monotonic()
+        self._console_ensure_collector()
+        push_s = self.settings.console_push_s
+
+        async def events() -> Any:
+            try:
+                yield f"retry: {int(push_s * 2000)}\n\n"
+                while True:
+                    self.console_streams[stream_id] = time.monotonic()
+                    if self.sessions.get(session_id, self.tokens.read()) is None:
+                        yield sse_event("signedout", {"reason": "the session ended"})
+                        return
+                    snap = self.console_latest
+                    if snap is None:
+                        yield ": waiting for the first snapshot\n\n"
+                    else:
+                        yield sse_event("snapshot", snap, snap["seq"])
+                    fresh = self.console_fresh
+                    try:
+                        await asyncio.wait_for(fresh.wait(), push_s)
+                    except asyncio.TimeoutError:
+                        pass
+            finally:
+                self.console_streams.pop(stream_id, None)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    def _console_open_streams(self) -> dict[int, float]:
+        """Streams that pushed lately (one whose client left without a goodbye ages out)."""
+        cutoff = time.monotonic() - max(10.0, 5 * self.settings.console_push_s)
+        for sid in [s for s, t in self.console_streams.items() if t < cutoff]:
+            self.console_streams.pop(sid, None)
+        return self.console_streams
+
+    def _console_ensure_collector(self) -> None:
+        if self.console_collector is None or self.console_collector.done():
+            self.console_collector = asyncio.get_running_loop().create_task(self._console_collect())
+
+    async def _console_collect(self) -> None:
+        """One collector for every open stream: a snapshot each push_s while anyone watches."""
+        push_s = self.settings.console_push_s
+        while self._console_open_streams():
+            started = time.monotonic()
+            try:
+                snap = await self._console_snapshot()
+            except Exception as exc:  # noqa: BLE001 - the streams keep the last snapshot
+                log.warning("console: snapshot failed: %s", _first_line(exc))
+            else:
+                self.console_latest = snap
+                fresh, self.console_fresh = self.console_fresh, asyncio.Event()
+                fresh.set()
+            await asyncio.sleep(max(0.05, push_s - (time.monotonic() - started)))
+        # No await from the check above to here: a stream opening now starts a new collector.
+        self.console_latest = None
+
+    async def _console_counts(self, symbols: tuple[str, ...]) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+        """Fills and grinds (from the agents' metrics pages) and restarts, refreshed every console_slow_s."""
+        at, counts, restarts = self.console_slow
+        if time.monotonic() - at < self.settings.console_slow_s and set(symbols) <= set(counts):
+            return counts, restarts
+        pages, restarts = await asyncio.gather(self._ask_agents("metrics", symbols), self._restarts(symbols))
+        fresh = {s: fills_and_grinds(_as_text(a.value)) for s, a in pages.items() if a.ok}
+        counts = {**{s: c for s, c in counts.items() if s in symbols}, **fresh}
+        self.console_slow = (time.monotonic(), counts, restarts)
+        return counts, restarts
+
+    async def _console_snapshot(self) -> dict[str, Any]:
+        started = time.monotonic()
+        timeout = self.settings.agent_timeout_s
+        ctrl, kills = await asyncio.gather(
+            self._ask_controller("status", timeout=timeout), self._ask_controller("kill_states", timeout=timeout)
+        )
+        book = ctrl.value.get("symbols", {}) if ctrl.ok and isinstance(ctrl.value, dict) else {}
+        symbols = self._traded(book)
+        status, exposure, (counts, restarts) = await asyncio.gather(
+            self._ask_agents("status", symbols), self._ask_agents("exposure", symbols), self._console_counts(symbols)
+        )
+        kill_map = kills.value if kills.ok and isinstance(kills.value, dict) else {}
+        answers = {}
+        for sym in symbols:
+            st, ex = status[sym], exposure[sym]
+            kill = kill_map.get(sym)
+            answers[sym] = SymbolAnswers(
+                status=st.value if st.ok and isinstance(st.value, dict) else None,
+                status_error=st.error,
+                exposure=ex.value if ex.ok and isinstance(ex.value, dict) else None,
+                exposure_error=ex.error,
+                counts=counts.get(sym),
+                kill=kill if isinstance(kill, dict) else ({"state": kill} if isinstance(kill, str) else None),
+                lease=book.get(sym) if isinstance(book.get(sym), dict) else None,
+                restarts=restarts.get(sym),
+            )
+        self.console_seq += 1
+        problem = None if ctrl.ok and kills.ok else (ctrl.error or kills.error or "unexpected answer")
+        return console_snapshot(
+            self.cfg.name, symbols, answers, controller_error=problem,
+            max_total_notional=self.cfg.risk.max_total_notional, seq=self.console_seq,
+            collected_ms=(time.monotonic() - started) * 1000,
+        )
 
 
 # --- deploying -----------------------------------------------------------------------------------

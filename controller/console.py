@@ -1,0 +1,376 @@
+"""The ops console of the fleet endpoint: sign-in sessions, CSRF and Origin checks, the pages, and
+the live fleet table it pushes over Server-Sent Events.
+
+The console is served by the same FastAPI app as the API (``/console`` under the fleet's route
+prefix) and signs in with the same API token, which never travels in a URL and is never stored by
+the browser: the sign-in form POSTs it once, and the app answers with a random session id in an
+HttpOnly, SameSite=Strict cookie scoped to the console's path, with an expiry. The replica maps the
+id (kept only as a hash) to the session; a keyed digest of the token it was signed in with ends the
+session as soon as the token file is rotated. Every console POST needs the cookie, the session's
+CSRF token in the ``X-CSRF-Token`` header and a same-origin ``Origin``.
+
+Everything here is plain functions and small classes; the routes live on the deployment class in
+:mod:`controller.api`. The page's script and style are files of this package (``console_assets``):
+no CDN, no build step, nothing fetched from anywhere but the app.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import html
+import json
+import math
+import re
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+from typing import Any, Callable
+from urllib.parse import parse_qs
+
+COOKIE_NAME = "mmfleet_console"
+CSRF_HEADER = "X-CSRF-Token"
+SESSION_TTL_S = 8 * 3600.0     # a working day; sign in again after it
+MAX_SESSIONS = 256             # the oldest session goes first beyond this
+SIGNIN_MAX_BYTES = 4096        # a sign-in form is one short field
+SIGNIN_FAILURES = 10           # wrong tokens per client and minute before sign-in answers 429
+SIGNIN_WINDOW_S = 60.0
+
+ASSETS_DIR = Path(__file__).resolve().with_name("console_assets")
+ASSET_TYPES = {
+    "console.css": "text/css; charset=utf-8",
+    "console.js": "text/javascript; charset=utf-8",
+}
+
+# The pages load nothing from anywhere but the app, run no inline script and cannot be framed.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    # same-origin, not no-referrer: under no-referrer a browser sends "Origin: null" with a form POST
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+# --- sessions ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConsoleSession:
+    csrf: str
+    expires_at: float          # on the sessions' clock
+    token_digest: bytes        # keyed digest of the token signed in with (never the token)
+
+    def expires_in(self, now: float) -> float:
+        return max(0.0, self.expires_at - now)
+
+
+class ConsoleSessions:
+    """Sessions of this replica: hash of the session id -> session. A restart signs everyone out."""
+
+    def __init__(self, ttl_s: float = SESSION_TTL_S, max_sessions: int = MAX_SESSIONS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = float(ttl_s)
+        self.max_sessions = max_sessions
+        self.clock = clock
+        self._key = secrets.token_bytes(32)     # keys the token digests; lives and dies with the replica
+        self._by_hash: dict[bytes, ConsoleSession] = {}
+
+    def _digest(self, token: str) -> bytes:
+        return hmac.new(self._key, token.encode(), hashlib.sha256).digest()
+
+    @staticmethod
+    def _id_hash(session_id: str) -> bytes:
+        return hashlib.sha256(session_id.encode()).digest()
+
+    def create(self, token: str) -> tuple[str, ConsoleSession]:
+        """A new session for a caller who presented ``token`` (already checked); its id for the cookie."""
+        self._expire()
+        while len(self._by_hash) >= self.max_sessions:
+            self._by_hash.pop(next(iter(self._by_hash)))
+        session_id = secrets.token_urlsafe(32)
+        session = ConsoleSession(
+            csrf=secrets.token_urlsafe(32), expires_at=self.clock() + self.ttl_s, token_digest=self._digest(token)
+        )
+        self._by_hash[self._id_hash(session_id)] = session
+        return session_id, session
+
+    def get(self, session_id: str | None, token: str | None) -> ConsoleSession | None:
+        """The live session of ``session_id``, if it has not expired and the token has not changed."""
+        if not session_id or token is None or len(session_id) > 128:
+            return None
+        key = self._id_hash(session_id)
+        session = self._by_hash.get(key)
+        if session is None:
+            return None
+        if self.clock() >= session.expires_at or not hmac.compare_digest(session.token_digest, self._digest(token)):
+            self._by_hash.pop(key, None)
+            return None
+        return session
+
+    def drop(self, session_id: str | None) -> bool:
+        if not session_id:
+            return False
+        return self._by_hash.pop(self._id_hash(session_id), None) is not None
+
+    def _expire(self) -> None:
+        now = self.clock()
+        for key in [k for k, s in self._by_hash.items() if now >= s.expires_at]:
+            del self._by_hash[key]
+
+    def __len__(self) -> int:
+        self._expire()
+        return len(self._by_hash)
+
+
+class SignInThrottle:
+    """Wrong tokens per client: beyond ``limit`` in ``window_s`` sign-in answers 429 until they age out."""
+
+    def __init__(self, limit: int = SIGNIN_FAILURES, window_s: float = SIGNIN_WINDOW_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.window_s, self.clock = limit, window_s, clock
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, client: str) -> deque[float]:
+        now = self.clock()
+        q = self._failures.setdefault(client, deque())
+        while q and now - q[0] >= self.window_s:
+            q.popleft()
+        return q
+
+    def retry_after(self, client: str) -> float | None:
+        """Seconds until ``client`` may try again, or None when it may now."""
+        q = self._recent(client)
+        if len(q) < self.limit:
+            if not q:
+                self._failures.pop(client, None)
+            return None
+        return max(1.0, self.window_s - (self.clock() - q[0]))
+
+    def failed(self, client: str) -> None:
+        if len(self._failures) > 10_000:        # a flood of clients: forget the quiet ones
+            for c in [c for c in self._failures if not self._recent(c)]:
+                self._failures.pop(c, None)
+        self._recent(client).append(self.clock())
+
+
+# --- request checks ------------------------------------------------------------------------------
+
+
+def expected_origin(scheme: str, host: str | None) -> str | None:
+    return f"{scheme}://{host}".lower() if host else None
+
+
+def same_origin(origin: str | None, fetch_site: str | None, scheme: str, host: str | None) -> str | None:
+    """Why a state-changing browser request is refused as cross-site, or None when it is same-origin.
+
+    ``Origin`` must be there and name this very origin (scheme, host and port as the browser
+    addressed the app); ``Sec-Fetch-Site``, when the browser sends it, must say same-origin.
+    """
+    want = expected_origin(scheme, host)
+    if not origin or origin == "null":
+        return "the Origin header is missing: console actions are taken from the console page"
+    if want is None or origin.lower().rstrip("/") != want:
+        return "cross-origin request refused"
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+        return "cross-site request refused"
+    return None
+
+
+def csrf_matches(session: ConsoleSession, presented: str | None) -> bool:
+    return bool(presented) and hmac.compare_digest(session.csrf.encode(), presented.encode())
+
+
+def signin_token(raw: bytes) -> str | None:
+    """The token of a URL-encoded sign-in form, or None when the form holds none."""
+    try:
+        fields = parse_qs(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=8)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    values = fields.get("token") or []
+    token = values[0].strip() if len(values) == 1 else ""
+    return token or None
+
+
+def cookie_path(root_path: str) -> str:
+    """The console's path under the fleet's route prefix: the cookie goes nowhere else."""
+    return (root_path or "").rstrip("/") + "/console"
+
+
+# --- pages ---------------------------------------------------------------------------------------
+
+
+def asset(name: str) -> bytes | None:
+    """A static file of the console, or None for anything not in the fixed list."""
+    if name not in ASSET_TYPES:
+        return None
+    return (ASSETS_DIR / name).read_bytes()
+
+
+def _template(name: str) -> Template:
+    return Template((ASSETS_DIR / name).read_text())
+
+
+def _asset_version() -> str:
+    """Changes with the assets, so a browser never runs a stale script against a newer app."""
+    h = hashlib.sha256()
+    for name in sorted(ASSET_TYPES):
+        h.update((ASSETS_DIR / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def render_signin(fleet: str, base: str, message: str = "") -> str:
+    e = html.escape
+    return _template("signin.html").substitute(
+        fleet=e(fleet), base=e(base), version=_asset_version(),
+        message=f'<p class="error" role="alert">{e(message)}</p>' if message else "",
+    )
+
+
+def render_console(fleet: str, base: str, csrf: str, symbols: tuple[str, ...], expires_in_s: float) -> str:
+    e = html.escape
+    return _template("console.html").substitute(
+        fleet=e(fleet), base=e(base), csrf=e(csrf), version=_asset_version(),
+        symbols=e(json.dumps(list(symbols))), expires_in=str(int(expires_in_s)),
+    )
+
+
+# --- the live table ------------------------------------------------------------------------------
+
+_COUNT_LINE = re.compile(r"^(mm_fills_total|mm_grind_count_total)(?:\{[^}]*\})?\s+(\S+)", re.M)
+
+
+def fills_and_grinds(exposition: str) -> dict[str, float]:
+    """Fills (both sides) and grinds fired, from one agent's Prometheus page."""
+    out = {"fills": 0.0, "grinds": 0.0}
+    for name, value in _COUNT_LINE.findall(exposition or ""):
+        try:
+            v = float(value)
+        except ValueError:
+            continue
+        if math.isfinite(v):
+            out["fills" if name == "mm_fills_total" else "grinds"] += v
+    return out
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _clean(value: Any, depth: int = 0) -> Any:
+    """JSON-safe: no NaN or Infinity, plain containers, short strings."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return value if len(value) <= 300 else value[:300] + "..."
+    if depth > 4:
+        return str(value)[:300]
+    if isinstance(value, dict):
+        return {str(k): _clean(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v, depth + 1) for v in value]
+    return str(value)[:300]
+
+
+@dataclass
+class SymbolAnswers:
+    """What one collection round learnt about one symbol."""
+
+    status: dict[str, Any] | None = None
+    status_error: str | None = None
+    exposure: dict[str, Any] | None = None
+    exposure_error: str | None = None
+    counts: dict[str, float] | None = None
+    kill: dict[str, Any] | None = None
+    lease: dict[str, Any] | None = None
+    restarts: int | None = None
+
+
+def console_row(symbol: str, a: SymbolAnswers) -> dict[str, Any]:
+    """One row of the fleet table from the agent's status and exposure and the controller's kill state."""
+    st, ex = a.status or {}, a.exposure or {}
+    kill = a.kill or {}
+    parts = [_finite(ex.get(k)) for k in ("realized_pnl", "unrealized_pnl", "funding_pnl")]
+    commission = _finite(ex.get("commission")) or 0.0
+    pnl = sum(p for p in parts if p is not None) - commission if any(p is not None for p in parts) else None
+    error = a.status_error or a.exposure_error
+    return _clean({
+        "symbol": symbol,
+        "reachable": a.status is not None and a.status_error is None,
+        "error": error,
+        "state": st.get("state") or ("unreachable" if a.status_error else None),
+        "epoch": st.get("epoch", ex.get("epoch")),
+        "position": _finite(ex.get("position", st.get("position"))),
+        "mark": _finite(ex.get("mark")),
+        "notional": _finite(ex.get("notional")),
+        "worst_long": _finite(ex.get("worst_long")),
+        "worst_short": _finite(ex.get("worst_short")),
+        "cap": _finite(ex.get("cap")),
+        "pnl": pnl,
+        "realized_pnl": _finite(ex.get("realized_pnl")),
+        "unrealized_pnl": _finite(ex.get("unrealized_pnl")),
+        "funding_pnl": _finite(ex.get("funding_pnl")),
+        "commission": _finite(ex.get("commission")),
+        "fills": (a.counts or {}).get("fills"),
+        "grinds": (a.counts or {}).get("grinds"),
+        "open_orders": st.get("open_orders", ex.get("open_orders")),
+        "user_stream": st.get("user_stream_connected"),
+        "market_stream": st.get("market_stream_connected"),
+        "book_age_s": _finite(st.get("last_book_age_s")),
+        "reduce_only": ex.get("reduce_only"),
+        "kill_state": kill.get("state") or ex.get("kill_state") or st.get("kill_state"),
+        "kill_reason": kill.get("reason") or "",
+        "kill_since": _finite(kill.get("since")),
+        "agent_kill_state": st.get("kill_state"),
+        "last_reconcile_repair": st.get("last_reconcile_repair"),
+        "reconcile_repairs": (st.get("counters") or {}).get("reconcile_repairs"),
+        "restarts": a.restarts,
+        "lease_expires_in_s": _finite((a.lease or {}).get("lease_expires_in_s")),
+    })
+
+
+def console_snapshot(fleet: str, symbols: tuple[str, ...], answers: dict[str, SymbolAnswers], *,
+                     controller_error: str | None, max_total_notional: float, seq: int,
+                     collected_ms: float) -> dict[str, Any]:
+    rows = [console_row(s, answers.get(s, SymbolAnswers())) for s in symbols]
+    answered = [r for r in rows if r["reachable"]]
+    gross = sum(abs(r["notional"] or 0.0) for r in answered)
+    return _clean({
+        "fleet": fleet,
+        "seq": seq,
+        "time_ms": int(time.time() * 1000),
+        "collected_ms": round(collected_ms, 1),
+        "controller_error": controller_error,
+        "rows": rows,
+        "totals": {
+            "symbols": len(rows),
+            "answered": len(answered),
+            "halted": sum(1 for r in rows if r["kill_state"] in ("halted", "flattening")),
+            "pnl": sum(r["pnl"] or 0.0 for r in answered),
+            "gross_notional": gross,
+            "max_total_notional": max_total_notional,
+            "open_orders": sum(r["open_orders"] or 0 for r in answered),
+        },
+    })
+
+
+def sse_event(event: str, data: Any, event_id: int | None = None) -> str:
+    """One Server-Sent Event; the JSON is on one line, so it is one ``data:`` field."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'), allow_nan=False)}\n\n"
+

@@ -1,0 +1,543 @@
+"""The ops console: its sessions and checks as plain code, its routes over HTTP, and the whole page in
+a real headless Chromium (Debian's chromium and chromium-driver, driven by Selenium) against a live
+fleet on the simulator, the exchange's truth read from /sim/state. The browser run saves
+docs/console.png."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from controller.console import (
+    COOKIE_NAME,
+    ConsoleSessions,
+    SignInThrottle,
+    SymbolAnswers,
+    console_row,
+    console_snapshot,
+    fills_and_grinds,
+    render_console,
+    render_signin,
+    same_origin,
+    signin_token,
+)
+from tests.controller.test_api_fleet import SYMBOLS, Live, live  # noqa: F401 - the live fleet fixture
+from tests.controller.test_prometheus import poll
+
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "console.png"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# --- plain code ----------------------------------------------------------------------------------
+
+
+def test_a_session_expires_ends_on_sign_out_and_on_a_rotated_token():
+    clock = FakeClock()
+    sessions = ConsoleSessions(ttl_s=60, clock=clock)
+    sid, session = sessions.create("tok-A")
+    assert "tok-A" not in sid and session.csrf != sid and len(sid) >= 40
+    assert sessions.get(sid, "tok-A") is session
+    assert sessions.get(sid, "tok-B") is None            # the token file was rotated: signed out
+    assert sessions.get(sid, "tok-A") is None            # and for good
+
+    sid, session = sessions.create("tok-A")
+    clock.now += 59
+    assert sessions.get(sid, "tok-A") is session and session.expires_in(clock.now) == pytest.approx(1)
+    clock.now += 1
+    assert sessions.get(sid, "tok-A") is None and len(sessions) == 0
+
+    sid, _ = sessions.create("tok-A")
+    assert sessions.drop(sid) is True and sessions.get(sid, "tok-A") is None
+    assert sessions.get(None, "tok-A") is None and sessions.get("x" * 500, "tok-A") is None
+    assert sessions.get(sid, None) is None
+
+
+def test_sessions_are_capped_and_keyed_by_a_hash_of_the_id():
+    sessions = ConsoleSessions(ttl_s=60, max_sessions=3, clock=FakeClock())
+    ids = [sessions.create("t")[0] for _ in range(5)]
+    assert len(sessions) == 3
+    assert [sessions.get(i, "t") is not None for i in ids] == [False, False, True, True, True]
+    assert not any(i.encode() in k for i in ids for k in sessions._by_hash)
+
+
+def test_wrong_tokens_are_throttled_per_client_for_a_minute():
+    clock = FakeClock()
+    throttle = SignInThrottle(limit=3, window_s=60, clock=clock)
+    for _ in range(3):
+        assert throttle.retry_after("10.0.0.1") is None
+        throttle.failed("10.0.0.1")
+    assert throttle.retry_after("10.0.0.1") == pytest.approx(60)
+    assert throttle.retry_after("10.0.0.2") is None
+    clock.now += 60
+    assert throttle.retry_after("10.0.0.1") is None
+
+
+@pytest.mark.parametrize("origin,site,why", [
+    ("http://127.0.0.1:8000", "same-origin", None),
+    ("http://127.0.0.1:8000", None, None),
+    ("HTTP://127.0.0.1:8000/", None, None),
+    (None, "same-origin", "missing"),
+    ("null", None, "missing"),
+    ("http://127.0.0.1:8001", None, "cross-origin"),
+    ("https://127.0.0.1:8000", None, "cross-origin"),
+    ("http://evil.example", None, "cross-origin"),
+    ("http://127.0.0.1:8000", "cross-site", "cross-site"),
+    ("http://127.0.0.1:8000", "same-site", "cross-site"),
+])
+def test_console_posts_must_come_from_the_console_origin(origin, site, why):
+    got = same_origin(origin, site, "http", "127.0.0.1:8000")
+    assert (got is None) if why is None else (why in got)
+
+
+def test_the_sign_in_form_takes_exactly_one_token():
+    assert signin_token(b"token=abc%2Bdef") == "abc+def"
+    assert signin_token(b"token=+abc+") == "abc"
+    assert signin_token(b"token=") is None
+    assert signin_token(b"token=a&token=b") is None
+    assert signin_token(b"nothing=here") is None
+    assert signin_token(b"\xff\xfe") is None
+
+
+def test_fills_and_grinds_come_from_an_agents_metrics_page():
+    page = (
+        '# TYPE mm_fills counter\nmm_fills_total{side="BUY",symbol="ETHUSDC"} 3.0\n'
+        'mm_fills_total{side="SELL",symbol="ETHUSDC"} 4.0\nmm_fills_created{side="BUY"} 1.7e9\n'
+        'mm_grind_count_total{symbol="ETHUSDC"} 2.0\nmm_grind_count_created{symbol="ETHUSDC"} 1.7e9\n'
+    )
+    assert fills_and_grinds(page) == {"fills": 7.0, "grinds": 2.0}
+    assert fills_and_grinds("") == {"fills": 0.0, "grinds": 0.0}
+
+
+def test_a_row_without_answers_says_so_and_holds_no_non_finite_number():
+    row = console_row("ETHUSDC", SymbolAnswers(status_error="agent.ETHUSDC.status did not answer within 3 s"))
+    assert row["reachable"] is False and row["state"] == "unreachable" and row["pnl"] is None
+    nan = SymbolAnswers(status={"state": "quoting", "epoch": 4}, exposure={
+        "position": float("nan"), "worst_long": float("inf"), "cap": 0.25, "realized_pnl": 1.5,
+        "unrealized_pnl": -0.5, "funding_pnl": 0.0, "commission": 0.25})
+    row = console_row("ETHUSDC", nan)
+    assert row["position"] is None and row["worst_long"] is None and row["pnl"] == pytest.approx(0.75)
+    snap = console_snapshot("f", ("ETHUSDC", "BTCUSDT"), {"ETHUSDC": nan}, controller_error=None,
+                            max_total_notional=1000.0, seq=1, collected_ms=2.0)
+    json.dumps(snap, allow_nan=False)
+    assert [r["symbol"] for r in snap["rows"]] == ["ETHUSDC", "BTCUSDT"] and snap["totals"]["answered"] == 1
+
+
+def test_the_pages_escape_what_they_show_and_load_only_the_apps_assets():
+    page = render_console('<b>"x"</b>', "/f/console", "c&s", ("ETHUSDC",), 60)
+    assert '<b>"x"</b>' not in page and "&lt;b&gt;" in page and 'content="c&amp;s"' in page
+    for html in (page, render_signin("f", "/f/console", "<script>")):
+        assert "<script>" not in html.replace('<script src="/f/console/assets/console.js', "")
+        assert "http://" not in html and "https://" not in html and "//" not in html.replace("<!doctype", "")
+
+
+# --- over HTTP, against the live fleet -----------------------------------------------------------
+
+
+def origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class ConsoleClient:
+    """A script's view of the console: what a browser would send, every response kept."""
+
+    def __init__(self, live: Live) -> None:
+        self.live = live
+        self.base = f"{live.url}/console"
+        self.http = requests.Session()
+        self.responses: list[requests.Response] = []
+        self.csrf: str | None = None
+
+    def keep(self, r: requests.Response) -> requests.Response:
+        self.responses.append(r)
+        return r
+
+    def sign_in(self, token: str | None = None, origin: str | None = "same", **kw: Any) -> requests.Response:
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        if origin:
+            headers["Origin"] = origin_of(self.base) if origin == "same" else origin
+        r = self.http.post(f"{self.base}/signin", data={"token": token or self.live.token}, headers=headers,
+                           allow_redirects=False, timeout=30, **kw)
+        return self.keep(r)
+
+    def page(self) -> requests.Response:
+        r = self.keep(self.http.get(self.base, timeout=30))
+        marker = 'name="mmfleet-csrf" content="'
+        if marker in r.text:
+            self.csrf = r.text.split(marker, 1)[1].split('"', 1)[0]
+        return r
+
+    def post(self, path: str, body: Any, *, csrf: str | None = "session", origin: str | None = "same",
+             timeout: float = 60) -> requests.Response:
+        headers = {}
+        if csrf:
+            headers["X-CSRF-Token"] = self.csrf if csrf == "session" else csrf
+        if origin:
+            headers["Origin"] = origin_of(self.base) if origin == "same" else origin
+        return self.keep(self.http.post(f"{self.base}/{path}", json=body, headers=headers, timeout=timeout))
+
+
+def kill_states(live: Live) -> dict[str, str]:
+    return {s: v["state"] for s, v in live.get("/kill").json()["kill_states"].items()}
+
+
+def test_without_a_session_the_console_shows_the_sign_in_form_and_refuses_the_rest(live):
+    c = ConsoleClient(live)
+    r = c.page()
+    assert r.status_code == 200 and 'action="' + urlsplit(c.base).path + '/signin"' in r.text
+    assert 'type="password"' in r.text and "mmfleet-csrf" not in r.text
+    assert r.headers["cache-control"] == "no-store" and "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    assert c.keep(c.http.get(f"{c.base}/events", timeout=10)).status_code == 401
+    assert c.keep(c.http.get(f"{c.base}/session", timeout=10)).status_code == 401
+    assert c.post("kill", {"all": True, "mode": "halt", "reason": "x"}, csrf="guess").status_code == 401
+    assert c.post("resume", {"all": True, "reason": "x"}, csrf="guess").status_code == 401
+    assert c.keep(c.http.get(f"{c.base}/assets/console.js", timeout=10)).status_code == 200
+    assert c.keep(c.http.get(f"{c.base}/assets/..%2Fconsole.py", timeout=10)).status_code == 404
+    assert "/console" not in live.get("/openapi.json", auth=False).text   # the API's schema is unchanged
+
+
+def test_sign_in_sets_a_private_session_cookie_never_the_token(live):
+    c = ConsoleClient(live)
+    assert c.sign_in(token=live.token + "x").status_code == 403
+    assert c.sign_in(origin=None).status_code == 403                      # no Origin: not from a page
+    assert c.sign_in(origin="http://evil.example").status_code == 403
+    r = c.keep(c.http.post(f"{c.base}/signin?token={live.token}", headers={"Origin": origin_of(c.base)},
+                           data={"note": "no token here"}, allow_redirects=False, timeout=30))
+    assert r.status_code == 403 and not c.http.cookies                    # a token in the URL is ignored
+    r = c.keep(c.http.post(f"{c.base}/signin", json={"token": live.token}, headers={"Origin": origin_of(c.base)},
+                           allow_redirects=False, timeout=30))
+    assert r.status_code == 415
+
+    r = c.sign_in()
+    assert r.status_code == 303 and r.headers["location"] == urlsplit(c.base).path
+    cookie = r.headers["set-cookie"]
+    attrs = {a.strip().split("=")[0].lower(): a.strip() for a in cookie.split(";")[1:]}
+    assert cookie.startswith(f"{COOKIE_NAME}=") and live.token not in cookie
+    assert "httponly" in attrs and attrs["samesite"].lower() == "samesite=strict"
+    assert attrs["path"] == f"Path={urlsplit(c.base).path}"
+    assert int(attrs["max-age"].split("=")[1]) > 3600 and "expires" in attrs
+    page = c.page()
+    assert page.status_code == 200 and c.csrf and live.token not in page.text
+    assert c.keep(c.http.get(f"{c.base}/session", timeout=10)).json()["signed_in"] is True
+
+    r = c.post("signout", None)
+    assert r.status_code == 200 and f"{COOKIE_NAME}=" in r.headers["set-cookie"]
+    assert "max-age=0" in r.headers["set-cookie"].lower()
+    assert c.keep(c.http.get(f"{c.base}/session", timeout=10)).status_code == 401
+
+
+def test_console_actions_need_the_csrf_token_and_the_origin_before_anything_is_read(live):
+    c = ConsoleClient(live)
+    assert c.sign_in().status_code == 303
+    c.page()
+    body = {"symbols": ["ETHUSDC"], "mode": "halt", "reason": "must not happen"}
+    assert c.post("kill", body, csrf=None).status_code == 403
+    assert c.post("kill", body, csrf=c.csrf + "x").status_code == 403
+    assert c.post("kill", body, origin=None).status_code == 403
+    assert c.post("kill", body, origin="http://evil.example").status_code == 403
+    # the bearer token is no console credential, nor is the session a bearer token
+    r = c.keep(requests.post(f"{c.base}/kill", json=body, timeout=10,
+                             headers={"Authorization": f"Bearer {live.token}", "Origin": origin_of(c.base)}))
+    assert r.status_code == 401
+    assert set(kill_states(live).values()) == {"running"}                # nothing reached the controller
+    sid = c.http.cookies[COOKIE_NAME]
+    assert requests.get(f"{live.url}/status", headers={"Authorization": f"Bearer {sid}"}, timeout=10).status_code == 403
+    # a reason is required, and must say something
+    assert c.post("kill", {**body, "reason": "   "}).status_code == 422
+    assert c.post("resume", {"symbols": ["ETHUSDC"]}).status_code == 422
+    assert c.post("resume", {"symbols": ["NOPEUSDT"], "reason": "x"}).status_code == 404
+    r = c.post("resume", {"symbols": ["ETHUSDC"], "reason": "console test: back to running"})
+    assert r.status_code == 200 and r.json()["symbols"]["ETHUSDC"]["outcome"] == "resumed"
+    live.wait_quoting(within_s=60)
+    assert set(kill_states(live).values()) == {"running"}
+    c.post("signout", None)
+
+
+def read_events(response: requests.Response, seconds: float) -> list[tuple[float, str, Any]]:
+    """(arrival time, event, data) of a Server-Sent Events stream for ``seconds``."""
+    out: list[tuple[float, str, Any]] = []
+    event, data = "message", []
+    deadline = time.monotonic() + seconds
+    for line in response.iter_lines(decode_unicode=True):
+        if line == "":
+            if data:
+                out.append((time.monotonic(), event, json.loads("\n".join(data))))
+            event, data = "message", []
+            if time.monotonic() > deadline:
+                break
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+    return out
+
+
+def test_the_stream_pushes_the_whole_table_at_least_once_a_second(live):
+    c = ConsoleClient(live)
+    assert c.sign_in().status_code == 303
+    with c.http.get(f"{c.base}/events", stream=True, timeout=30) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = read_events(r, 6.0)
+    snaps = [(t, d) for t, e, d in events if e == "snapshot"]
+    assert len(snaps) >= 5, events
+    gaps = [b[0] - a[0] for a, b in zip(snaps[1:], snaps[2:])]   # after the first, pushed on connect
+    assert max(gaps) <= 1.5, gaps
+    seqs = [d["seq"] for _, d in snaps]
+    assert seqs == sorted(seqs) and seqs[-1] > seqs[0]
+    last = snaps[-1][1]
+    assert [row["symbol"] for row in last["rows"]] == list(SYMBOLS)
+    for row in last["rows"]:
+        assert row["reachable"] and row["state"] == "quoting" and row["kill_state"] == "running"
+        assert row["epoch"] >= 1 and row["cap"] > 0 and row["user_stream"] and row["market_stream"]
+        assert row["worst_long"] <= row["cap"] + 1e-9 and row["worst_short"] <= row["cap"] + 1e-9
+        assert "last_reconcile_repair" in row and row["fills"] is not None and row["grinds"] is not None
+    c.page()
+    assert c.post("signout", None, csrf=None).status_code == 403          # sign-out needs the CSRF token too
+    assert c.post("signout", None).status_code == 200
+    # the stream of a signed-out session says so and ends
+    with c.http.get(f"{c.base}/events", stream=True, timeout=30) as r:
+        assert r.status_code == 401
+
+
+# --- the browser ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def chromium(tmp_path, monkeypatch):
+    """Debian's headless Chromium through chromium-driver, with a profile of its own to inspect."""
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        raise RuntimeError("chromium and chromium-driver are missing: `make test` installs Debian's packages")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    monkeypatch.setenv("SE_OFFLINE", "true")      # Selenium Manager must never fetch a driver or browser
+    profile = tmp_path / "profile"
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1440,900", "--force-device-scale-factor=1", "--hide-scrollbars",
+                "--no-first-run", "--no-default-browser-check", "--disable-extensions",
+                "--password-store=basic", f"--user-data-dir={profile}"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    driver = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver, profile
+    finally:
+        try:
+            driver.quit()
+        except Exception:  # noqa: BLE001 - the test quits it itself to have the profile written out
+            pass
+
+
+class Watch:
+    """Everything the browser showed or kept, gathered along the way for the token checks."""
+
+    def __init__(self, driver: Any) -> None:
+        self.driver = driver
+        self.urls: set[str] = set()
+        self.sources: list[str] = []
+        self.storage: list[Any] = []
+        self.log: list[dict[str, Any]] = []
+
+    def look(self) -> None:
+        d = self.driver
+        self.urls.add(d.current_url)
+        self.urls.update(d.execute_script("return performance.getEntries().map(e => e.name)"))
+        self.sources.append(d.page_source)
+        self.sources.append(d.execute_script("return document.documentElement.outerHTML"))
+        self.storage.append(d.execute_script(
+            "const dump = s => Object.fromEntries(Array.from({length: s.length}, (_, i) => [s.key(i), s.getItem(s.key(i))]));"
+            "return {local: dump(localStorage), session: dump(sessionStorage), cookie: document.cookie,"
+            " history: history.length}"))
+        for entry in d.get_log("performance"):
+            message = json.loads(entry["message"])["message"]
+            request = message.get("params", {}).get("request")
+            if isinstance(request, dict):
+                self.urls.add(request.get("url", ""))
+                # the sign-in form's body holds the token by design: the one place it may travel
+                request.pop("postData", None)
+                request.pop("postDataEntries", None)
+            self.log.append(message)
+
+
+def row_text(driver: Any, symbol: str) -> str:
+    return driver.execute_script(
+        "const tr = document.querySelector(`tr[data-symbol='${arguments[0]}']`); return tr ? tr.innerText : '';", symbol)
+
+
+def cell(driver: Any, symbol: str, name: str) -> str:
+    return driver.execute_script(
+        "const td = document.querySelector(`tr[data-symbol='${arguments[0]}'] td.${arguments[1]}`);"
+        "return td ? td.innerText : '';", symbol, name)
+
+
+def confirm(driver: Any, wait: Any, symbol: str, action: str, reason: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.CSS_SELECTOR, f"tr[data-symbol='{symbol}'] button[data-action='{action}']").click()
+    wait.until(lambda d: d.execute_script("return document.getElementById('confirm').open"))
+    assert symbol in driver.find_element(By.ID, "confirm-title").text
+    driver.find_element(By.ID, "confirm-ok").click()        # no reason: refused, the dialog stays
+    time.sleep(0.3)
+    assert driver.execute_script("return document.getElementById('confirm').open")
+    driver.find_element(By.ID, "reason").send_keys("   ")
+    driver.find_element(By.ID, "confirm-ok").click()        # blank: refused too
+    wait.until(lambda d: "reason is required" in d.find_element(By.ID, "confirm-error").text)
+    driver.find_element(By.ID, "reason").clear()
+    driver.find_element(By.ID, "reason").send_keys(reason)
+    driver.find_element(By.ID, "confirm-ok").click()
+    wait.until(lambda d: not d.execute_script("return document.getElementById('confirm').open"))
+
+
+def test_the_console_in_a_real_browser(live, chromium):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver, profile = chromium
+    wait = WebDriverWait(driver, 60, poll_frequency=0.2)
+    watch = Watch(driver)
+    base = f"{live.url}/console"
+    path = urlsplit(base).path
+
+    # sign in: the form POSTs the token; the browser lands on the console with a session cookie
+    driver.get(base)
+    assert driver.find_element(By.ID, "token").get_attribute("type") == "password"
+    watch.look()
+    driver.find_element(By.ID, "token").send_keys(live.token)
+    driver.find_element(By.CSS_SELECTOR, "#signin button[type=submit]").click()
+    wait.until(lambda d: d.execute_script("return document.body.classList.contains('console')"))
+    assert driver.current_url == base
+    wait.until(lambda d: all(cell(d, s, "state").strip() == "quoting" for s in SYMBOLS))
+    watch.look()
+
+    cookies = driver.get_cookies()
+    assert [c["name"] for c in cookies] == [COOKIE_NAME]
+    session = cookies[0]
+    assert session["httpOnly"] is True and session["sameSite"] == "Strict" and session["path"] == path
+    assert session["expiry"] > time.time() + 3600 and live.token not in session["value"]
+    assert driver.execute_script("return document.cookie") == ""        # nothing script-readable
+
+    # live: every row changes without a reload, pushed at least once a second
+    driver.execute_script("window.__sameDocument = 'yes'")
+    before = {s: row_text(driver, s) for s in SYMBOLS}
+    events_before = int(driver.execute_script("return document.body.dataset.events"))
+    started = time.monotonic()
+    poll(lambda: all(row_text(driver, s) != before[s] for s in SYMBOLS), within_s=15, every_s=0.2,
+         what="every symbol's row updated in place")
+    time.sleep(max(0.0, 5.0 - (time.monotonic() - started)))
+    pushed = int(driver.execute_script("return document.body.dataset.events")) - events_before
+    assert pushed >= int(time.monotonic() - started) - 1, pushed
+    assert driver.execute_script("return window.__sameDocument") == "yes"
+    assert driver.execute_script("return performance.getEntriesByType('navigation').length") == 1
+    for sym in SYMBOLS:
+        assert cell(driver, sym, "kill").strip() == "running"
+        assert "/" in cell(driver, sym, "worst")                          # figure against the cap
+    watch.look()
+
+    # a trade at the exchange shows up in the row: position (as /sim/state has it) and fills
+    jump = requests.post(f"{live.sim.server.rest_url}/sim/market/jump", json={"symbol": "ETHUSDC", "pct": -0.5},
+                         timeout=10)
+    assert jump.status_code == 200, jump.text
+    poll(lambda: float(live.sim.state("ETHUSDC")["positions"]["ETHUSDC"]["amount"]) != 0,
+         within_s=30, what="a position in ETHUSDC at the exchange")
+    wait.until(lambda d: cell(d, "ETHUSDC", "fills").strip() not in ("", "0", "–"))
+    wait.until(lambda d: float(cell(d, "ETHUSDC", "position").split()[0])
+               == pytest.approx(float(live.sim.state("ETHUSDC")["positions"]["ETHUSDC"]["amount"])))
+    assert driver.execute_script("return window.__sameDocument") == "yes"
+
+    # halt one symbol with a reason: the page shows the exchange-confirmed outcome
+    assert live.open_orders("SOLUSDT") > 0
+    confirm(driver, wait, "SOLUSDT", "halt", "console drill: halt SOLUSDT")
+    wait.until(lambda d: "confirmed at the exchange" in cell(d, "SOLUSDT", "action"))
+    outcome = cell(driver, "SOLUSDT", "action")
+    assert outcome.startswith("halted · 0 open orders confirmed at the exchange · ") and outcome.endswith(" ms"), outcome
+    wait.until(lambda d: cell(d, "SOLUSDT", "kill").startswith("halted")
+               and "console drill: halt SOLUSDT" in cell(d, "SOLUSDT", "kill"))
+    wait.until(lambda d: cell(d, "SOLUSDT", "state").strip() == "halted")
+    assert "confirmed: 0 open orders" in driver.find_element(By.ID, "outcomes").text
+    assert live.sim.state("SOLUSDT")["open_orders"] == []                # the exchange agrees
+    assert kill_states(live)["SOLUSDT"] == "halted"
+    assert {kill_states(live)[s] for s in ("ETHUSDC", "BTCUSDT")} == {"running"}
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(SCREENSHOT))
+    watch.look()
+
+    # resume it, with a reason too
+    confirm(driver, wait, "SOLUSDT", "resume", "console drill over")
+    wait.until(lambda d: cell(d, "SOLUSDT", "action").startswith("resumed"))
+    wait.until(lambda d: cell(d, "SOLUSDT", "kill").strip() == "running"
+               and cell(d, "SOLUSDT", "state").strip() == "quoting")
+    live.wait_quoting(within_s=60)
+    watch.look()
+
+    # sign out: the cookie is gone, and so is the session on the server
+    sid = session["value"]
+    driver.find_element(By.ID, "signout").click()
+    wait.until(lambda d: d.find_elements(By.ID, "token"))
+    assert driver.get_cookies() == []
+    r = requests.get(f"{base}/session", cookies={COOKIE_NAME: sid}, timeout=10)
+    assert r.status_code == 401
+    watch.look()
+    driver.back()                                  # history offers no way back into the console
+    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+    assert not driver.find_elements(By.ID, "rows") or driver.find_elements(By.ID, "token")
+    watch.look()
+    driver.quit()                                  # the profile is written out
+
+    token = live.token
+    assert watch.urls and all(token not in u for u in watch.urls), [u for u in watch.urls if token in u]
+    assert all(token not in s for s in watch.sources)
+    assert all(token not in json.dumps(s) for s in watch.storage), watch.storage
+    assert all(s["local"] == {} and s["session"] == {} for s in watch.storage)
+    assert all(token not in json.dumps(m) for m in watch.log)          # no header, cookie or URL
+    leaked = [str(p.relative_to(profile)) for p in profile.rglob("*")
+              if p.is_file() and token.encode() in p.read_bytes()]
+    assert leaked == [], leaked                                        # history, storage, cookies, cache
+    history = profile / "Default" / "History"
+    if history.exists():
+        copy = profile.parent / "History.copy"
+        shutil.copy(history, copy)
+        with sqlite3.connect(copy) as db:
+            visited = [u for (u,) in db.execute("SELECT url FROM urls")]
+        assert all(token not in u for u in visited)
+        assert any(path in u for u in visited)
+
+
+def test_no_log_of_the_session_holds_the_token_or_a_session_id(live):
+    import ray
+
+    c = ConsoleClient(live)
+    assert c.sign_in().status_code == 303
+    c.page()
+    sid = c.http.cookies[COOKIE_NAME]
+    assert c.post("resume", {"symbols": ["BTCUSDT"], "reason": "console log check"}).status_code == 200
+    assert c.post("signout", None).status_code == 200
+    secrets = (live.token, sid, c.csrf)
+    for r in c.responses:
+        assert not any(s in r.text for s in secrets[:1]), r.url
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    assert any(b"console: resume of" in p.read_bytes() for p in logs.rglob("*") if p.is_file()), \
+        "the console's resume is logged"
+    leaked = {str(p.relative_to(logs)) for p in logs.rglob("*")
+              if p.is_file() and any(s.encode() in p.read_bytes() for s in secrets)}
+    assert leaked == set()
