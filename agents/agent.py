@@ -699,7 +699,14 @@ class SymbolAgent:
         while not self._stopping:
             await asyncio.sleep(interval)
             core = self.core
-            if core is None or self._blocks:
+            if core is None:
+                continue
+            if self._blocks:
+                if BLOCK_STARTING not in self._blocks and self._lease_ok():
+                    # no quoting, but what adds beyond the cap still goes at once (a cancel is always safe)
+                    actions = core.enforce_cap()
+                    if actions:
+                        self._execute(actions, self._exchange_ms(), None)
                 continue
             now_ms = _now_ms() + self._offset()
             if core.should_quote(now_ms):

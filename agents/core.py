@@ -468,6 +468,15 @@ class AgentCore:
         self._grind = (res, p.client_order_id, now_ms)
         return 0
 
+    def enforce_cap(self) -> Actions:
+        """Only the cancels that bring a worst case beyond the cap back inside (for a runtime that
+        may not quote now: a stream lost, a resync; taking risk off is still allowed)."""
+        cancels: list[Cancel] = []
+        self._enforce_cap_into(cancels, [])
+        if not cancels:
+            return Actions(())
+        return Actions(make_batches(cancels, (), (), self.store.position_steps))
+
     def cancel_all(self, in_flight: bool = False) -> Actions:
         """Every open order we can cancel now (graceful stop; repeat until ``store.orders`` is empty).
 

@@ -77,9 +77,6 @@ async def test_random_faults_never_breach_the_cap_nor_orphan_nor_reuse_an_id(mak
     assert report.graces, "no outside position move took effect"
 
 
-@pytest.mark.xfail(strict=True, reason="defect found by the soak: an order whose amend (or cancel) outcome is "
-                   "unknown is left resting until a look-up past recvWindow settles it, even when an outside "
-                   "position move makes it add beyond the cap")
 async def test_an_order_with_an_unsettled_amend_is_pulled_once_it_adds_beyond_the_cap(make_agent, exchange):
     """The soak's minimal case (seed 1 of bench/chaos_bench.py at 13.6 s): sells whose amends were
     answered -1007 (not executed) rest; the position moves from outside to 2 steps inside the short
