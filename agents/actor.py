@@ -157,6 +157,9 @@ class AgentActor:
             rate_share=float(spec.get("rate_share", 1.0)),
         )
         agent.metrics.bind_budget(agent.budget)  # the rate budget's windows on /metrics
+        from journal.recorder import attach_from_spec
+
+        attach_from_spec(agent, spec, self.fleet_name)  # the trade journal, when the spec has one
         return agent
 
     # --- hopping onto the trading loop ---------------------------------------------------------

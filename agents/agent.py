@@ -41,6 +41,7 @@ from fleet.binance.models import ModifyRequest, OrderInfo, OrderRequest
 from fleet.binance.ratelimit import RateBudget
 from fleet.binance.streams import MarketStream, StreamError, UserStream
 from fleet.config import RuntimeParams, SymbolParams
+from journal.sink import NULL_SINK, JournalSink
 
 from .core import Actions, AgentCore
 from .logging import AgentLog
@@ -200,6 +201,7 @@ class SymbolAgent:
         self._position_mismatch = False  # the last position check disagreed (a second one resyncs)
         self._streams: list[Any] = []  # every stream not yet folded into the frame counts below
         self._frames_retired = {"malformed_frames": 0, "unknown_events": 0}
+        self.journal: JournalSink = NULL_SINK  # the trade journal (journal.recorder.attach_journal)
 
     # ================================================================== public API
 
@@ -457,6 +459,7 @@ class SymbolAgent:
             self.counters["resyncs"] += 1
             self.metrics.inc_rest_fallback()
         self._blocks.discard(BLOCK_RESYNC)
+        self.journal.on_resync(self, initial)
         self.log.event(
             "resynced",
             f"snapshot: position {core.store.position}, {len(orders)} open orders",
@@ -663,6 +666,7 @@ class SymbolAgent:
         if isinstance(ev, TradeLite):
             return  # the full ORDER_TRADE_UPDATE follows
         core.on_event(ev, _now_ms() + self._offset())
+        self.journal.on_user_event(self, ev)
         if (
             isinstance(ev, FundingFee)
             and core.store.funding_lookup_start() is not None
@@ -966,6 +970,7 @@ class SymbolAgent:
                 if len(own) != len(batch.items):
                     batch = Batch(batch.kind, own)
             for part, risk in self._lanes(batch):
+                self.journal.on_sent(self, part)
                 sending = self._sending
                 for d in part.items:
                     core.on_sent(d, now_ms)
@@ -1046,6 +1051,7 @@ class SymbolAgent:
                 core.on_rejected(d, exc.code, self._exchange_ms())
             self.log.event("request_failed", f"{batch.kind} x{len(items)}: {exc!r}", level=logging.WARNING)
             return
+        self.journal.on_results(self, batch, results)
         unknown = [d for d, res in zip(items, results) if isinstance(res, OutcomeUnknownError)]
         if unknown:
             first = next(r for r in results if isinstance(r, OutcomeUnknownError))
@@ -1337,6 +1343,8 @@ class SymbolAgent:
         for task in list(self._inflight):
             task.cancel()
         await asyncio.gather(*self._tasks, *self._inflight, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.journal.on_stop(self), 8.0)  # last backfill and flush; client open
         await self._close_streams()
         if self._client is not None:
             await self._client.close()

@@ -190,6 +190,7 @@ class AgentLog(logging.LoggerAdapter):
     def __init__(self, logger: logging.Logger, symbol: str) -> None:
         super().__init__(logger, {"symbol": symbol})
         self.epoch: int | None = None
+        self.listener: Any = None  # called with (event, msg, fields) for every named event (the journal)
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         extra = dict(self.extra or {})
@@ -201,6 +202,8 @@ class AgentLog(logging.LoggerAdapter):
 
     def event(self, event: str, msg: str | None = None, *, level: int = logging.INFO, **fields: Any) -> None:
         """Log a named event (``order_placed``, ``user_stream_lost`` ...) with its fields."""
+        if self.listener is not None:
+            self.listener(event, msg or event, fields)
         if not self.isEnabledFor(level):
             return
         fields = {k: v for k, v in fields.items() if v is not None}

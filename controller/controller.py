@@ -104,6 +104,21 @@ def endpoints_of(cfg: FleetConfig) -> dict[str, str]:
     }
 
 
+def journal_record(controller: Any, kind: str, **kw: Any) -> None:
+    """An operator/controller event in the trade journal (never in the way of the action itself)."""
+    try:
+        from journal.audit import record
+
+        record(controller, kind, **kw)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("journal: %s not recorded: %s", kind, _first_line(exc))
+
+
+def _by(by: dict[str, Any] | None) -> dict[str, Any]:
+    by = by or {}
+    return {"actor": str(by.get("actor") or "ray")[:16], "token_fp": by.get("token_fp")}
+
+
 def _first_line(exc: BaseException) -> str:
     lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
     return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
@@ -255,6 +270,7 @@ class FleetController:
                                      "params": {s: p.model_dump(mode="json") for s, p in params.items()}})
         new_symbols = set(self._symbols())
         removed = sorted(old_symbols - new_symbols)
+        journal_record(self, "apply", content=spec, detail={"symbols": sorted(new_symbols), "removed": removed})
         stops = await asyncio.gather(
             *(self._retire(s, flatten=False, account=old_cfg.entry(s).account) for s in removed)
         )
@@ -367,16 +383,20 @@ class FleetController:
             "renew_interval_s": self.settings.renew_interval_s,
             "reduce_only": self.reduce_only,
             "rate_share": self.shares.get(symbol, 1.0),
+            "journal": self.cfg.journal.model_dump(mode="json"),
         }
 
     # --- kill switches ------------------------------------------------------------------------
 
-    async def kill(self, symbols: list[str] | None, mode: str = "halt", reason: str = "") -> dict[str, Any]:
+    async def kill(self, symbols: list[str] | None, mode: str = "halt", reason: str = "",
+                   by: dict[str, Any] | None = None) -> dict[str, Any]:
         """Halt or flatten; per symbol the outcome, open orders confirmed at the exchange, time taken."""
         self._load()
         if mode not in ("halt", "flatten"):
             raise ValueError(f"mode must be 'halt' or 'flatten', not {mode!r}")
         targets = self._targets(symbols)
+        for s in targets:  # by: who asked ({"actor": "api", "token_fp": ...}); none: over Ray (the CLI)
+            journal_record(self, "kill", symbol=s, reason=reason, detail={"mode": mode}, **_by(by))
         started = time.monotonic()
         state = "halted" if mode == "halt" else "flattening"
         # Durable first: a restart from here on comes back halted.
@@ -449,6 +469,7 @@ class FleetController:
         if revoke:
             self.emergencies[symbol] = self.emergencies.get(symbol, 0) + 1
             lease = self.book.revoke(symbol)
+            journal_record(self, "lease_revoked", symbol=symbol, reason=f"emergency {mode}")
         try:
             client = await self._exchange(self.cfg.entry(symbol).account)
             await client.cancel_all(symbol)
@@ -490,9 +511,11 @@ class FleetController:
         except Exception as exc:  # noqa: BLE001
             log.error("%s: emergency sweep failed: %s", symbol, _first_line(exc))
 
-    async def resume(self, symbols: list[str] | None = None) -> dict[str, Any]:
+    async def resume(self, symbols: list[str] | None = None, by: dict[str, Any] | None = None) -> dict[str, Any]:
         self._load()
         targets = self._targets(symbols)
+        for s in targets:
+            journal_record(self, "resume", symbol=s, reason=(by or {}).get("reason"), **_by(by))
         seqs = {s: self.book.set_kill_state(s, "running", "resumed").seq for s in targets}
         answers = await asyncio.gather(
             *(self._agent_call(s, "resume", seqs[s], timeout=self.settings.kill_timeout_s) for s in targets),

@@ -150,6 +150,12 @@ async def _main(prep: dict[str, Any], args: argparse.Namespace, log: logging.Log
         ownership=ownership,
         logger=log,
     )
+    if cfg.journal.enabled:  # the trade journal (SQLite under state_dir, or the configured PostgreSQL)
+        from journal.db import target_of
+        from journal.recorder import attach_journal
+
+        attach_journal(agent, target_of(cfg, prep["state_dir"]), fleet=cfg.name, account=prep["account"].name,
+                       symbol=symbol, settings=cfg.journal)
     runner = None
     try:
         if args.metrics_port >= 0:

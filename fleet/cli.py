@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "kill": ("fleet.fleet_cli", "kill", "halt (or --flatten) symbols or the whole fleet"),
     "resume": ("fleet.fleet_cli", "resume", "resume halted symbols"),
     "validate": ("fleet.fleet_cli", "validate", "check a fleet config without starting anything"),
+    "journal": ("journal.cli", "run", "the trade journal: pnl, fills, events, export"),
 }
 
 

@@ -92,9 +92,10 @@ def load(config_path: str) -> tuple[Any, dict[str, Any]]:
     """The fleet config and the ``apply`` document (symbol params resolved); FleetCliError if bad."""
     from controller.controller import build_spec
     from fleet.config import ConfigError, load_fleet_config
+    from journal.db import with_absolute_paths
 
     try:
-        cfg = load_fleet_config(config_path)
+        cfg = with_absolute_paths(load_fleet_config(config_path))  # the journal's files, wherever agents run
         spec = build_spec(cfg, config_path)
     except ConfigError as exc:
         raise FleetCliError(str(exc)) from None

@@ -521,6 +521,19 @@ class BinanceClient:
         params = {k: v for k, v in params.items() if v is not None}
         return await self._request("GET", "/fapi/v1/income", params, cost=Cost(weight=30), signed=True)
 
+    async def user_trades(
+        self,
+        symbol: str,
+        start_time: int | None = None,
+        end_time: int | None = None,
+        from_id: int | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """GET /fapi/v1/userTrades: the account's fills of a symbol, oldest first (``fromId`` pages on)."""
+        params = {"symbol": symbol, "startTime": start_time, "endTime": end_time, "fromId": from_id, "limit": limit}
+        params = {k: v for k, v in params.items() if v is not None}
+        return await self._request("GET", "/fapi/v1/userTrades", params, cost=Cost(weight=5), signed=True)
+
     async def commission_rate(self, symbol: str) -> CommissionRate:
         data = await self._request(
             "GET", "/fapi/v1/commissionRate", {"symbol": symbol}, cost=Cost(weight=20), signed=True

@@ -91,18 +91,22 @@ class EngineViews:
         b = self.book(params.get("symbol"))
         trades = [t for t in acct.trades if t.symbol == b.symbol]
         start, end = int_param(params, "startTime"), int_param(params, "endTime")
-        order_id = int_param(params, "orderId")
+        order_id, from_id = int_param(params, "orderId"), int_param(params, "fromId")
         if start is not None:
             trades = [t for t in trades if t.time >= start]
         if end is not None:
             trades = [t for t in trades if t.time <= end]
         if order_id is not None:
             trades = [t for t in trades if t.order_id == order_id]
+        if from_id is not None:
+            trades = [t for t in trades if t.trade_id >= from_id]
         limit = _limit(params, 500, 1000)
+        # Binance: from startTime or fromId on, the oldest first; otherwise the newest ones
+        trades = trades[:limit] if start is not None or from_id is not None else trades[-limit:]
         return [{"buyer": t.side == "BUY", "commission": t.commission, "commissionAsset": t.commission_asset,
                  "id": t.trade_id, "maker": t.maker, "orderId": t.order_id, "price": t.price, "qty": t.qty,
                  "quoteQty": t.quote_qty, "realizedPnl": t.realized_pnl, "side": t.side, "positionSide": "BOTH",
-                 "symbol": t.symbol, "time": t.time} for t in trades[-limit:]]
+                 "symbol": t.symbol, "time": t.time} for t in trades]
 
     def order_json(self, b: Book, o: Order) -> dict[str, Any]:
         filled = b.qty_str(o.filled)

@@ -1,0 +1,173 @@
+"""``python -m fleet journal pnl|fills|events|export``: read the trade journal.
+
+Every command takes ``--state-dir D`` (the SQLite journal under a fleet's state directory, the
+default ``.mmfleet``) or ``--url postgresql://user@host/db`` (the password from
+``MMFLEET_JOURNAL_PASSWORD`` or the file named by ``MMFLEET_JOURNAL_PASSWORD_FILE``, never an
+argument), ``--json`` for scripts, ``--since`` (``2026-05-01T12:00``, epoch milliseconds, or an age
+such as ``90m``, ``6h``, ``2d``) and ``--symbol`` (repeatable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="journal_command", required=True, metavar="SUBCOMMAND")
+    for name, help_text in (
+        ("pnl", "P&L per symbol and for the fleet, and its split: spread, inventory, funding, fees"),
+        ("fills", "the fills, newest last"),
+        ("events", "the audit trail: up, apply, kill, resume, leases, drawdown cuts, grinds, repairs"),
+        ("export", "every table to a directory as CSV or Parquet"),
+    ):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        where = p.add_mutually_exclusive_group()
+        where.add_argument("--state-dir", help="a fleet's state directory with its SQLite journal (default .mmfleet)")
+        where.add_argument("--url", help="a PostgreSQL journal: postgresql://user@host[:port]/db (no password)")
+        p.add_argument("--fleet", help="the fleet (needed when a state directory or database holds several)")
+        p.add_argument("--since", help="from this time: ISO date/time (UTC), epoch ms, or an age like 90m, 6h, 2d")
+        p.add_argument("--symbol", action="append", help="only this symbol (repeatable)")
+        p.add_argument("--json", action="store_true", help="JSON for scripts")
+        if name in ("fills", "events"):
+            p.add_argument("--limit", type=int, default=200, help="at most this many rows, the newest (default 200)")
+        if name == "export":
+            p.add_argument("--format", choices=("csv", "parquet"), default="csv")
+            p.add_argument("dir", help="the directory to write one file per table into")
+
+
+def parse_since(text: str | None, now_ms: int | None = None) -> int | None:
+    if not text:
+        return None
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if m:
+        mult = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}[m.group(2)]
+        return now_ms - int(float(m.group(1)) * mult)
+    if re.fullmatch(r"\d{10,}", text.strip()):
+        return int(text)
+    try:
+        dt = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"--since {text!r}: not a time (ISO date/time, epoch ms, or 90m/6h/2d)") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp() * 1000)
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    from .db import make_engine, migrate, target_from_args
+
+    target = target_from_args(args.url, args.state_dir, None if args.url else args.fleet)
+    engine = make_engine(target)
+    migrate(engine)  # a journal of an older version is brought up to date; an empty one gets its tables
+    return engine
+
+
+def _ms(ts: int | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _rows(engine: Any, table: Any, args: argparse.Namespace, since: int | None, limit: int | None) -> list[dict]:
+    from sqlalchemy import select
+
+    q = select(table)
+    if since is not None:
+        q = q.where(table.c.ts_ms >= since)
+    if args.symbol:
+        q = q.where(table.c.symbol.in_([s.upper() for s in args.symbol]))
+    if args.fleet:
+        q = q.where(table.c.fleet == args.fleet)
+    q = q.order_by(table.c.ts_ms.desc(), table.c.id.desc())
+    if limit:
+        q = q.limit(limit)
+    with engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(q).mappings()]
+    rows.reverse()
+    return rows
+
+
+def cmd_pnl(args: argparse.Namespace, engine: Any, since: int | None) -> int:
+    from . import pnl
+
+    report = pnl.compute(engine, since_ms=since, symbols=[s.upper() for s in args.symbol] if args.symbol else None,
+                         fleet=args.fleet)
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        print(pnl.render(report))
+    return EXIT_OK
+
+
+def cmd_fills(args: argparse.Namespace, engine: Any, since: int | None) -> int:
+    from .schema import fills
+
+    rows = _rows(engine, fills, args, since, args.limit)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return EXIT_OK
+    print(f"{'TIME (UTC)':<23} {'SYMBOL':<9} {'TRADE':>8} {'SIDE':<4} {'PRICE':>12} {'QTY':>10} {'FEE':>11} "
+          f"{'M/T':<3} {'REALIZED':>11} {'MID':>12} {'EPOCH':>5} SRC")
+    for r in rows:
+        mid = f"{r['mid']:.4f}" if r["mid"] is not None else "-"
+        print(f"{_ms(r['ts_ms']):<23} {r['symbol']:<9} {r['trade_id']:>8} {r['side']:<4} {r['price']:>12} {r['qty']:>10} "
+              f"{r['fee']:>11} {'M' if r['maker'] else 'T':<3} {r['realized_pnl']:>11} {mid:>12} "
+              f"{r['epoch'] if r['epoch'] is not None else '-':>5} {r['source']}")
+    return EXIT_OK
+
+
+def cmd_events(args: argparse.Namespace, engine: Any, since: int | None) -> int:
+    from .schema import events
+
+    rows = _rows(engine, events, args, since, args.limit)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return EXIT_OK
+    print(f"{'TIME (UTC)':<23} {'FLEET':<10} {'SYMBOL':<9} {'EPOCH':>5} {'KIND':<20} {'BY':<10} {'TOKEN':<12} REASON")
+    for r in rows:
+        by = r["actor"]
+        print(f"{_ms(r['ts_ms']):<23} {r['fleet']:<10} {r['symbol'] or '*':<9} "
+              f"{r['epoch'] if r['epoch'] is not None else '-':>5} {r['kind']:<20} {by:<10} {r['token_fp'] or '':<12} "
+              f"{(r['reason'] or '')[:120]}" + (f"  config {r['config_hash'][:12]}" if r["config_hash"] else ""))
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace, engine: Any, since: int | None) -> int:
+    from .export import export
+
+    written = export(engine, args.dir, fmt=args.format, since_ms=since,
+                     symbols=[s.upper() for s in args.symbol] if args.symbol else None, fleet=args.fleet)
+    if args.json:
+        print(json.dumps(written, indent=2, sort_keys=True))
+    else:
+        for name, info in written.items():
+            print(f"{info['rows']:>8} rows  {info['path']}")
+    return EXIT_OK
+
+
+def run(args: argparse.Namespace) -> int:
+    from .db import JournalConfigError
+
+    try:
+        since = parse_since(args.since)
+        engine = _engine(args)
+    except (ValueError, JournalConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Exception as exc:  # noqa: BLE001 - a database that does not answer: say which (no password)
+        print(f"error: the journal did not open: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        return {"pnl": cmd_pnl, "fills": cmd_fills, "events": cmd_events, "export": cmd_export}[
+            args.journal_command](args, engine, since)
+    finally:
+        engine.dispose()

@@ -1,0 +1,378 @@
+"""AgentJournal: the sink an agent records through (orders, fills, funding, snapshots, its events),
+and the backfill that makes the journal equal to the exchange's record after any gap.
+
+Hooks only append to the writer's queue; rows are built in the writer's thread. The recorder's own
+task on the agent's loop takes a snapshot every ``snapshot_interval_sec`` and backfills every
+``backfill_interval_sec``, at every start and resync, after each funding fee, and on stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any, Iterable
+
+from .db import Target
+from .sink import JournalSink
+from .writer import JournalWriter, Row, cursors
+
+log = logging.getLogger("mmfleet.journal")
+
+PAGE = 1000  # userTrades and income rows per request (Binance's maximum)
+FUNDING_DELAYS = (2.0, 10.0, 30.0)  # an income record may trail the funding frame
+
+# Agent events kept in the audit trail (others are operational noise for the log only).
+AUDITED = frozenset({
+    "ownership_acquired", "ownership_lost", "lease_lapsed", "lease_regained", "kill_state", "halted",
+    "resumed", "params_applied", "reconcile_repair", "resynced", "quoting_started", "stopping", "stopped",
+    "start_fatal", "outcome_unknown", "outcome_resolved", "user_stream_lost", "market_stale",
+    "old_epoch_cancel", "funding_booked",
+})
+ORDER_REASON_EVENTS = {"drawdown": "drawdown_cut", "grind": "grind", "grind_reentry": "grind_reentry",
+                       "flatten": "flatten_order"}
+
+
+def _uid() -> str:
+    return uuid.uuid4().hex
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _s(v: Any) -> str | None:
+    return None if v is None else format(v, "f") if not isinstance(v, str) else v
+
+
+class AgentJournal(JournalSink):
+    enabled = True
+
+    def __init__(self, target: Target, *, fleet: str, account: str, symbol: str, settings: Any = None,
+                 writer: JournalWriter | None = None) -> None:
+        from fleet.config import JournalConfig
+
+        self.settings = settings or JournalConfig()
+        self.fleet, self.account, self.symbol = fleet, account, symbol
+        s = self.settings
+        self.writer = writer or JournalWriter(
+            target, f"{fleet}-{symbol}", convert=self._convert, queue_max=s.queue_max, batch_max=s.batch_max,
+            flush_interval=s.flush_interval_sec)
+        self._scope = {"fleet": fleet, "account": account, "symbol": symbol}
+        self._task: asyncio.Task | None = None
+        self._backfill_task: asyncio.Task | None = None
+        self._backfill_again = False
+        self._agent: Any = None
+        self._trade_cursor: int | None = None  # newest trade id known to be handed to the writer
+        self._funding_cursor: int | None = None
+        self.backfills = {"runs": 0, "trades": 0, "funding": 0, "errors": 0}
+
+    # ------------------------------------------------------------------ wiring
+
+    def attach(self, agent: Any) -> "AgentJournal":
+        """Become ``agent.journal``, hear its named events, start the writer."""
+        self._agent = agent
+        agent.journal = self
+        agent.log.listener = lambda event, msg, fields: self.on_log_event(agent, event, msg, fields)
+        self.writer.start()
+        return self
+
+    def status(self) -> dict[str, Any]:
+        return {**self.writer.status(), "backfills": dict(self.backfills)}
+
+    # ------------------------------------------------------------------ hooks (agent's loop)
+
+    def on_sent(self, agent: Any, batch: Any) -> None:
+        self.writer.put(("sent", _now_ms(), _epoch(agent), batch, agent.filters))
+
+    def on_results(self, agent: Any, batch: Any, results: list[Any]) -> None:
+        self.writer.put(("answer", _now_ms(), _epoch(agent), batch, results))
+
+    def on_user_event(self, agent: Any, ev: Any) -> None:
+        from fleet.binance.events import FundingFee, OrderUpdate
+
+        if isinstance(ev, OrderUpdate):
+            store = agent.core.store if agent.core is not None else None
+            mid = store.mid if store is not None else None
+            mark = store.mark if store is not None else None
+            self.writer.put(("update", _epoch(agent), ev, mid or None, mark or None))
+        elif isinstance(ev, FundingFee):
+            self._spawn_funding_backfill()
+
+    def on_log_event(self, agent: Any, event: str, msg: str, fields: dict[str, Any]) -> None:
+        kind = event
+        if event == "order_placed":
+            reason = (msg or "").split(":", 1)[0]
+            kind = ORDER_REASON_EVENTS.get(reason, "")
+            if not kind:
+                return
+        elif event not in AUDITED:
+            return
+        detail = {k: v for k, v in fields.items() if k not in ("symbol", "epoch")}
+        self.event(kind, reason=msg, epoch=_epoch(agent), detail=detail or None)
+
+    def on_resync(self, agent: Any, initial: bool) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._loop(agent))
+        self.request_backfill()
+
+    async def on_stop(self, agent: Any) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        if self._backfill_task is not None and not self._backfill_task.done():
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(self._backfill_task), 2.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.backfill(agent), 3.0)
+        with contextlib.suppress(Exception):
+            self.snapshot(agent)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.writer.close, 2.5)
+
+    # ------------------------------------------------------------------ records built here
+
+    def event(self, kind: str, *, reason: str | None = None, epoch: int | None = None,
+              detail: Any = None, actor: str = "agent") -> None:
+        import json
+
+        row = {"uid": _uid(), "ts_ms": _now_ms(), "fleet": self.fleet, "account": self.account,
+               "symbol": self.symbol, "epoch": epoch, "kind": kind[:40], "actor": actor, "reason": reason,
+               "detail": json.dumps(detail, default=str, sort_keys=True) if detail is not None else None}
+        self.writer.put(("row", "events", row))
+
+    def snapshot(self, agent: Any) -> None:
+        if agent.core is None:
+            return
+        ex = agent.exposure()
+        row = {"uid": _uid(), "ts_ms": _now_ms(), **self._scope, "epoch": _epoch(agent),
+               "position": float(ex.get("position") or 0.0), "entry_price": ex.get("entry_price"),
+               "mark": ex.get("mark") or None, "mid": ex.get("mid") or None,
+               "realized_pnl": ex.get("realized_pnl"), "unrealized_pnl": ex.get("unrealized_pnl"),
+               "funding": ex.get("funding_pnl"), "commission": ex.get("commission"),
+               "wallet": getattr(agent.core.store, "wallet_balance", None),
+               "open_orders": ex.get("open_orders"), "state": agent.status().get("state")}
+        if not isinstance(row["wallet"], (int, float)):
+            row["wallet"] = None
+        self.writer.put(("row", "snapshots", row))
+
+    # ------------------------------------------------------------------ background work (agent's loop)
+
+    async def _loop(self, agent: Any) -> None:
+        s = self.settings
+        next_snap = time.monotonic() + s.snapshot_interval_sec
+        next_fill = time.monotonic() + s.backfill_interval_sec
+        while True:
+            await asyncio.sleep(min(1.0, s.snapshot_interval_sec))
+            now = time.monotonic()
+            if now >= next_snap:
+                next_snap = now + s.snapshot_interval_sec
+                self.snapshot(agent)
+            if now >= next_fill or (self._backfill_again and (self._backfill_task is None or self._backfill_task.done())):
+                next_fill = now + s.backfill_interval_sec
+                self.request_backfill()
+
+    def request_backfill(self) -> None:
+        """Backfill soon, off the caller's path; one at a time (a request during one runs after it)."""
+        agent = self._agent
+        if agent is None:
+            return
+        if self._backfill_task is not None and not self._backfill_task.done():
+            self._backfill_again = True
+            return
+        self._backfill_again = False
+        self._backfill_task = asyncio.ensure_future(self._backfill_logged(agent))
+
+    def _spawn_funding_backfill(self) -> None:
+        async def later() -> None:
+            for delay in FUNDING_DELAYS:
+                await asyncio.sleep(delay)
+                self.request_backfill()
+        task = asyncio.ensure_future(later())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _backfill_logged(self, agent: Any) -> None:
+        try:
+            await self.backfill(agent)
+        except Exception as exc:  # noqa: BLE001 - the next beat tries again
+            self.backfills["errors"] += 1
+            log.warning("journal %s: backfill failed: %r", self.symbol, exc)
+
+    async def backfill(self, agent: Any) -> tuple[int, int]:
+        """What the journal lacks since its last record, from userTrades and income (FUNDING_FEE)."""
+        client = agent._client
+        if client is None:
+            return (0, 0)
+        loop = asyncio.get_running_loop()
+        engine = self.writer.engine()
+        db_trade = db_fund = None
+        if engine is not None:
+            try:
+                db_trade, db_fund = await loop.run_in_executor(None, cursors, engine, self.account, self.symbol)
+            except Exception as exc:  # noqa: BLE001 - the memory cursors (or the lookback) then
+                log.warning("journal %s: cursor not read: %r", self.symbol, exc)
+        trade_cur = _max(db_trade, self._trade_cursor)
+        fund_cur = _max(db_fund, self._funding_cursor)
+        lookback_ms = int(self.settings.backfill_lookback_hours * 3_600_000)
+        epoch = _epoch(agent)
+        n_trades = 0
+        start = None if trade_cur is not None else agent._exchange_ms() - lookback_ms
+        from_id = None if trade_cur is None else trade_cur + 1
+        while True:
+            rows = await client.user_trades(self.symbol, start_time=start, from_id=from_id, limit=PAGE)
+            fresh = [r for r in rows if trade_cur is None or int(r["id"]) > trade_cur]
+            for r in fresh:
+                self.writer.put(("trade", epoch, r))
+            n_trades += len(fresh)
+            if rows:
+                top = max(int(r["id"]) for r in rows)
+                trade_cur = _max(trade_cur, top)
+            if len(rows) < PAGE:
+                break
+            start, from_id = None, trade_cur + 1  # type: ignore[operator]
+        self._trade_cursor = _max(self._trade_cursor, trade_cur)
+        n_fund = 0
+        start_ms = fund_cur if fund_cur is not None else agent._exchange_ms() - lookback_ms
+        while True:
+            rows = await client.income(self.symbol, "FUNDING_FEE", start_time=start_ms, limit=PAGE)
+            for r in rows:
+                self.writer.put(("income", epoch, r))
+            n_fund += len(rows)
+            if rows:
+                fund_cur = _max(fund_cur, max(int(r["time"]) for r in rows))
+            if len(rows) < PAGE or fund_cur is None or fund_cur <= start_ms:
+                break
+            start_ms = fund_cur
+        self._funding_cursor = _max(self._funding_cursor, fund_cur)
+        self.backfills["runs"] += 1
+        self.backfills["trades"] += n_trades
+        self.backfills["funding"] += n_fund
+        return n_trades, n_fund
+
+    # ------------------------------------------------------------------ the writer's thread
+
+    def _convert(self, item: tuple) -> Iterable[Row]:
+        kind = item[0]
+        if kind == "row":
+            return ((item[1], item[2]),)
+        if kind == "sent":
+            return self._sent_rows(*item[1:])
+        if kind == "answer":
+            return self._answer_rows(*item[1:])
+        if kind == "update":
+            return self._update_rows(*item[1:])
+        if kind == "trade":
+            return (self._trade_row(item[1], item[2]),)
+        if kind == "income":
+            return self._income_rows(item[1], item[2])
+        return ()
+
+    def _sent_rows(self, ts: int, epoch: int | None, batch: Any, filters: Any) -> list[Row]:
+        out = []
+        for d in batch.items:
+            price_ticks = getattr(d, "price_ticks", None)
+            qty_steps = getattr(d, "qty_steps", None)
+            out.append(("orders", {
+                "uid": _uid(), "ts_ms": ts, **self._scope, "epoch": epoch, "client_order_id": d.client_order_id,
+                "order_id": getattr(d, "order_id", None), "event": "sent", "request": batch.kind,
+                "side": getattr(d, "side", None), "order_type": getattr(d, "order_type", "LIMIT" if batch.kind == "amend" else None),
+                "price": filters.price_str(price_ticks) if filters is not None and price_ticks else None,
+                "qty": filters.qty_str(qty_steps) if filters is not None and qty_steps else None,
+                "reason": getattr(d, "reason", "ladder"),
+            }))
+        return out
+
+    def _answer_rows(self, ts: int, epoch: int | None, batch: Any, results: list[Any]) -> list[Row]:
+        from fleet.binance.errors import BinanceError, OutcomeUnknownError
+        from fleet.binance.models import OrderInfo
+
+        out = []
+        for d, res in zip(batch.items, results):
+            row = {"uid": _uid(), "ts_ms": ts, **self._scope, "epoch": epoch, "client_order_id": d.client_order_id,
+                   "order_id": getattr(d, "order_id", None), "request": batch.kind, "side": getattr(d, "side", None),
+                   "reason": getattr(d, "reason", "ladder")}
+            if isinstance(res, OrderInfo):
+                row.update(event="answer", order_id=res.order_id, status=res.status, order_type=res.type,
+                           price=_s(res.price), qty=_s(res.orig_qty))
+            elif isinstance(res, OutcomeUnknownError):
+                row.update(event="unknown", detail=f"{res.code}: {res.msg}"[:500])
+            elif isinstance(res, BinanceError):
+                row.update(event="rejected", detail=f"{res.code}: {res.msg}"[:500])
+            else:
+                continue
+            out.append(("orders", row))
+        return out
+
+    def _update_rows(self, epoch: int | None, ev: Any, mid: float | None, mark: float | None) -> list[Row]:
+        out: list[Row] = [("orders", {
+            "uid": _uid(), "ts_ms": ev.transaction_time or ev.event_time, **self._scope, "epoch": epoch,
+            "client_order_id": ev.client_order_id, "order_id": ev.order_id, "event": "update", "request": None,
+            "side": ev.side, "order_type": ev.order_type, "price": _s(ev.price), "qty": _s(ev.orig_qty),
+            "status": ev.status, "reason": None,
+            "detail": f"{ev.exec_type} filled {_s(ev.cum_filled_qty)}" + (f" expire {ev.expire_reason}" if ev.exec_type == "EXPIRED" else ""),
+        })]
+        if ev.exec_type == "TRADE" and ev.trade_id:
+            out.append(("fills", {
+                "ts_ms": ev.update_time or ev.transaction_time, **self._scope, "epoch": epoch, "trade_id": int(ev.trade_id),
+                "order_id": ev.order_id, "client_order_id": ev.client_order_id, "side": ev.side,
+                "price": _s(ev.last_filled_price), "qty": _s(ev.last_filled_qty), "fee": _s(ev.commission),
+                "fee_asset": ev.commission_asset or None, "maker": bool(ev.is_maker),
+                "realized_pnl": _s(ev.realized_pnl), "mid": mid, "mark": mark, "source": "stream",
+            }))
+        return out
+
+    def _trade_row(self, epoch: int | None, r: dict[str, Any]) -> Row:
+        return ("fills", {
+            "ts_ms": int(r["time"]), **self._scope, "epoch": None, "trade_id": int(r["id"]),
+            "order_id": int(r["orderId"]) if r.get("orderId") is not None else None, "client_order_id": None,
+            "side": str(r["side"]), "price": str(r["price"]), "qty": str(r["qty"]),
+            "fee": str(r.get("commission", "0")), "fee_asset": r.get("commissionAsset"),
+            "maker": bool(r.get("maker")), "realized_pnl": str(r.get("realizedPnl", "0")),
+            "mid": None, "mark": None, "source": "backfill",
+        })
+
+    def _income_rows(self, epoch: int | None, r: dict[str, Any]) -> list[Row]:
+        if r.get("incomeType") != "FUNDING_FEE" or r.get("symbol") not in (self.symbol, None, ""):
+            return []
+        return [("funding", {
+            "ts_ms": int(r["time"]), **self._scope, "epoch": epoch, "income_id": int(r["tranId"]),
+            "amount": str(r["income"]), "asset": r.get("asset"),
+        })]
+
+
+def _epoch(agent: Any) -> int | None:
+    grant = getattr(agent, "grant", None)
+    return getattr(grant, "epoch", None)
+
+
+def _max(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+def attach_journal(agent: Any, target: Target, *, fleet: str, account: str, symbol: str,
+                   settings: Any = None) -> AgentJournal:
+    """Give ``agent`` a journal (``agent.journal``); the agent runs as before if the database is down."""
+    return AgentJournal(target, fleet=fleet, account=account, symbol=symbol, settings=settings).attach(agent)
+
+
+def attach_from_spec(agent: Any, spec: dict[str, Any], fleet: str, state_dir: str = ".mmfleet") -> AgentJournal | None:
+    """For the Ray actor: the journal the controller's agent spec describes (``spec["journal"]``)."""
+    from fleet.config import JournalConfig
+
+    from .db import target_of_settings
+
+    doc = spec.get("journal")
+    if doc is None:
+        return None
+    settings = JournalConfig.model_validate(doc)
+    if not settings.enabled:
+        return None
+    return attach_journal(agent, target_of_settings(settings, state_dir, fleet), fleet=fleet,
+                          account=spec["account"]["name"], symbol=spec["symbol"], settings=settings)

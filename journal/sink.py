@@ -1,0 +1,37 @@
+"""The journal sink: the small interface the agent runtime calls (no database code, no imports).
+
+:class:`JournalSink` does nothing; ``journal.recorder.AgentJournal`` is the one that records. The
+agent holds one sink in ``agent.journal`` and calls these hooks; each returns at once (it hands the
+event to a queue) so that none of them sits on the quote path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class JournalSink:
+    """No journal: every hook is a no-op."""
+
+    enabled = False
+
+    def on_sent(self, agent: Any, batch: Any) -> None:
+        """A batch of requests (place, amend, cancel) is about to be sent."""
+
+    def on_results(self, agent: Any, batch: Any, results: list[Any]) -> None:
+        """The exchange's answers to a batch (an OrderInfo or an error per item)."""
+
+    def on_user_event(self, agent: Any, ev: Any) -> None:
+        """A user-stream event the store has just applied (order update, fill, funding)."""
+
+    def on_log_event(self, agent: Any, event: str, msg: str, fields: dict[str, Any]) -> None:
+        """A named agent event (halted, resumed, params_applied, reconcile_repair, ownership ...)."""
+
+    def on_resync(self, agent: Any, initial: bool) -> None:
+        """A REST snapshot was taken (at start and at every resync): time to backfill the journal."""
+
+    async def on_stop(self, agent: Any) -> None:
+        """The agent is stopping, its client still open: last backfill, last snapshot, flush."""
+
+
+NULL_SINK = JournalSink()

@@ -1,0 +1,117 @@
+"""The journal against SQLite: a real agent on the simulator; the journal equals the exchange's record."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+from sqlalchemy import select
+
+from journal.db import Target, make_engine
+from journal.schema import events, fills, orders, snapshots
+
+from .helpers import (
+    assert_equals_exchange,
+    assert_split_adds_up,
+    exchange_trades,
+    journal_sums,
+    make_agent,
+    post,
+    sim_state,
+    wait_for,
+)
+
+SYMBOL = "ETHUSDC"
+
+
+@pytest.fixture
+def target(tmp_path):
+    return Target(url=f"sqlite:///{tmp_path / 'j.sqlite'}", spool_dir=str(tmp_path / "spool"))
+
+
+async def trade_a_while(sim, http, agent, symbol: str = SYMBOL) -> None:
+    """Fills both ways (jumps through a frozen book's ladder), then funding settlements on the position."""
+    await post(sim, http, "/sim/market/freeze", {"frozen": True, "symbol": symbol})
+    await wait_for(lambda: len(agent.core.store.orders) >= 4, 30, "a ladder resting")
+    for pct in (-0.15, 0.3, -0.3, 0.2):
+        await post(sim, http, "/sim/market/jump", {"symbol": symbol, "pct": pct})
+        await asyncio.sleep(0.8)
+    await post(sim, http, "/sim/funding/rate", {"symbol": symbol, "rate": "0.0004"})
+    for _ in range(2):
+        await post(sim, http, "/sim/funding/settle", {"symbol": symbol})
+        await asyncio.sleep(0.3)
+
+
+async def test_journal_equals_the_exchange_and_the_split_adds_up(sim, target, tmp_path):
+    agent = make_agent(sim, target, tmp_path / "state", SYMBOL)
+    task = asyncio.create_task(agent.run())
+    async with aiohttp.ClientSession() as http:
+        await wait_for(lambda: agent.status()["state"] == "quoting", 15, "quoting")
+        await trade_a_while(sim, http, agent)
+        assert agent.core.store.fills_buy > 0 and agent.core.store.fills_sell > 0
+        await agent.stop()
+        await asyncio.wait_for(task, 30)
+        state = await sim_state(sim, http, SYMBOL)
+    trades = await exchange_trades(sim, SYMBOL)
+    sums = journal_sums(target, SYMBOL)
+    assert_equals_exchange(state, sums, SYMBOL, trades)
+    report = sums["report"]
+    assert_split_adds_up(report)
+    d = report["symbols"][SYMBOL]
+    assert d["fills"] == len(trades) and d["fills_without_mid"] < d["fills"]  # the stream gave the mids
+    assert d["funding"] != 0
+    engine = make_engine(target)
+    with engine.connect() as conn:
+        kinds = set(conn.execute(select(events.c.kind)).scalars())
+        sent = conn.execute(select(orders).where(orders.c.event == "sent")).mappings().all()
+        updates = conn.execute(select(orders.c.status).where(orders.c.event == "update")).scalars().all()
+        snaps = conn.execute(select(snapshots)).mappings().all()
+        stream = conn.execute(select(fills).where(fills.c.mid.is_not(None))).mappings().all()
+    engine.dispose()
+    assert {"ownership_acquired", "resynced", "quoting_started", "stopping"} <= kinds, kinds
+    assert sent and all(r["client_order_id"] and r["epoch"] == 1 and r["reason"] for r in sent)
+    assert {"NEW", "FILLED"} <= set(updates) or {"NEW", "PARTIALLY_FILLED"} <= set(updates)
+    assert snaps and all(s["symbol"] == SYMBOL for s in snaps)
+    assert stream and all(r["epoch"] == 1 and r["mid"] > 0 for r in stream)
+    _, key, secret = sim.accounts[0]
+    assert_no_secret(target, [key, secret])
+
+
+def assert_no_secret(target: Target, secrets: list[str]) -> None:
+    engine = make_engine(target)
+    with engine.connect() as conn:
+        for table in ("orders", "fills", "funding", "snapshots", "events"):
+            for row in conn.exec_driver_sql(f"SELECT * FROM {table}").all():
+                text = json.dumps([str(v) for v in row])
+                for s in secrets:
+                    assert s not in text, f"a secret in the journal's {table}"
+    engine.dispose()
+
+
+async def test_an_empty_journal_is_backfilled_from_the_exchange(sim, target, tmp_path):
+    """Trades made while no journal listened: the next start fills them in, once each."""
+    async with aiohttp.ClientSession() as http:
+        from journal.sink import NULL_SINK
+
+        first = make_agent(sim, target, tmp_path / "state", SYMBOL)
+        first.journal.writer.close(1.0)
+        first.journal = NULL_SINK  # this incarnation records nothing
+        first.log.listener = None
+        task = asyncio.create_task(first.run())
+        await wait_for(lambda: first.status()["state"] == "quoting", 15, "quoting")
+        await trade_a_while(sim, http, first)
+        await first.stop()
+        await asyncio.wait_for(task, 30)
+        second = make_agent(sim, target, tmp_path / "state", SYMBOL)
+        task = asyncio.create_task(second.run())
+        await wait_for(lambda: second.status()["state"] in ("quoting", "halted"), 15, "the second start")
+        await wait_for(lambda: second.journal.backfills["runs"] >= 1, 10, "a backfill")
+        await second.stop()
+        await asyncio.wait_for(task, 30)
+        state = await sim_state(sim, http, SYMBOL)
+    trades = await exchange_trades(sim, SYMBOL)
+    sums = journal_sums(target, SYMBOL)
+    assert_equals_exchange(state, sums, SYMBOL, trades)
+    assert_split_adds_up(sums["report"])
