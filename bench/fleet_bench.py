@@ -27,6 +27,7 @@ import requests
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # the local cluster listens on loopback only (before Ray is imported)
 
 from agents.orders import parse_client_order_id  # noqa: E402
 from controller.controller import ControllerSettings, build_spec, find_controller  # noqa: E402

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -198,10 +199,48 @@ def _ray_executable() -> str:
     return str(beside) if beside.exists() else (shutil.which("ray") or "ray")
 
 
+# A cluster this project starts on one machine listens on loopback only: with this setting Ray takes
+# 127.0.0.1 as the node's address (its single-machine mode), so the GCS, raylets, workers, the
+# dashboard agent and Serve bind 127.0.0.1, not the machine's network address. It must be in the
+# environment before Ray is imported (Ray reads it at import) and is inherited by every process the
+# cluster spawns. A cluster of several machines (`--address` of a running cluster) is not touched.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def loopback_only() -> None:
+    """Make the next local cluster this process starts bind to 127.0.0.1 (see ``LOOPBACK_ENV``)."""
+    if "ray" in sys.modules and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
+        from ray._private import ray_constants
+
+        if ray_constants.ENABLE_RAY_CLUSTER:
+            raise FleetCliError(
+                "Ray was imported before the loopback-only setting: set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 "
+                "to start a local cluster", EXIT_FAILED)
+    os.environ.update(LOOPBACK_ENV)
+
+
+def _local_cluster_expected() -> bool:
+    """Will ``address="auto"`` find no cluster, or one on loopback (one that ``up --detach`` started)?
+
+    Read before Ray is imported, the way Ray's own "auto" finds a cluster: ``RAY_ADDRESS``, else the
+    address ``ray start`` leaves in ``<tmp>/ray/ray_current_cluster``.
+    """
+    found = os.environ.get("RAY_ADDRESS")
+    if not found:
+        path = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+        try:
+            found = path.read_text().strip()
+        except OSError:
+            return True
+    return not found or found.split(":")[0] in ("127.0.0.1", "localhost")
+
+
 def connect(address: str, namespace: str, *, start_local: bool, detach: bool = False) -> bool:
     """Connect this driver to Ray; returns True if it started a cluster that ends with the driver."""
     import logging
 
+    if address == "local" or (address == "auto" and start_local and _local_cluster_expected()):
+        loopback_only()
     import ray
 
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # keep the table readable
@@ -222,8 +261,8 @@ def connect(address: str, namespace: str, *, start_local: bool, detach: bool = F
         # A cluster that outlives this driver: `ray start --head`, then connect to it.
         port = _free_port()
         cmd = [_ray_executable(), "start", "--head", f"--port={port}", "--include-dashboard=false",
-               "--disable-usage-stats"]
-        done = subprocess.run(cmd, capture_output=True, text=True)
+               "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **LOOPBACK_ENV})
         if done.returncode != 0:
             raise FleetCliError(f"`{' '.join(cmd)}` failed:\n{done.stderr.strip()[-2000:]}", EXIT_FAILED)
         print(f"started a Ray cluster at 127.0.0.1:{port} (it stays up; `ray stop` ends it)", flush=True)
@@ -532,6 +571,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    if args.address == "local" or (args.address == "auto" and _local_cluster_expected()):
+        loopback_only()  # before anything imports Ray
     cfg, spec = load(args.config)
     # Before anything starts (Ray included): every symbol must be one the exchange lists.
     listing = exchange_listing(cfg)
