@@ -687,7 +687,7 @@ class FleetApi:
         started = time.monotonic()
         log.warning("%skill %s of %s requested: %s", via, body.mode, symbols or "all symbols", body.reason)
         result = await self._from_controller(
-            "kill", symbols, body.mode, body.reason, timeout=self.settings.kill_timeout_s
+            "kill", symbols, body.mode, body.reason, self._journal_by(via), timeout=self.settings.kill_timeout_s
         )
         elapsed = time.monotonic() - started
         self.kill_latency = self.kill_latency.observe(elapsed)
@@ -702,6 +702,30 @@ class FleetApi:
             "symbols": per_symbol,
         }
 
+    def _journal_by(self, via: str) -> dict[str, Any]:
+        """Who asked, for the journal's audit trail: the API or the console, and a fingerprint of the token."""
+        from journal.audit import token_fingerprint
+
+        return {"actor": "console" if via else "api", "token_fp": token_fingerprint(self.tokens.read())}
+
+    @api.get("/pnl", summary="P&L per symbol and fleet from the trade journal, split into spread, inventory, funding, fees")
+    async def pnl(self, creds: Credentials, since: int | None = None, symbol: str | None = None) -> dict[str, Any]:
+        self._authorize(creds)
+        from journal.db import make_engine, target_of
+        from journal.pnl import compute
+
+        def report() -> dict[str, Any]:
+            engine = make_engine(target_of(self.cfg))
+            try:
+                return compute(engine, since_ms=since, symbols=[symbol.upper()] if symbol else None, fleet=self.cfg.name)
+            finally:
+                engine.dispose()
+
+        try:
+            return {"fleet": self.cfg.name, **await asyncio.to_thread(report)}
+        except Exception as exc:  # noqa: BLE001 - a journal that does not answer is a 503, never a stack trace
+            raise HTTPException(503, f"journal not readable: {_first_line(exc)}") from None
+
     @api.post("/resume", summary="resume halted symbols", openapi_extra=body_schema(ResumeRequest))
     async def resume(self, request: Request, creds: Credentials) -> dict[str, Any]:
         self._authorize(creds)
@@ -712,7 +736,8 @@ class FleetApi:
         symbols = self._check_symbols(body.symbols)
         started = time.monotonic()
         log.warning("%sresume of %s requested: %s", via, symbols or "all symbols", body.reason or "(no reason)")
-        result = await self._from_controller("resume", symbols, timeout=self.settings.kill_timeout_s)
+        result = await self._from_controller("resume", symbols, {**self._journal_by(via), "reason": body.reason},
+                                             timeout=self.settings.kill_timeout_s)
         per_symbol = result.get("symbols", {}) if isinstance(result, dict) else {}
         return {"elapsed_ms": round((time.monotonic() - started) * 1000, 1), "symbols": per_symbol}
 

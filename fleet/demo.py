@@ -23,5 +23,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: Any) -> int:
     from fleet.fleet_cli import up
 
-    return up(argparse.Namespace(config=args.config, duration=args.duration, address=args.address, detach=False,
+    code = up(argparse.Namespace(config=args.config, duration=args.duration, address=args.address, detach=False,
                                  refresh=args.refresh, quote_timeout=90.0))
+    print_journal_pnl(args.config)
+    return code
+
+
+def print_journal_pnl(config: str) -> None:
+    """The demo's last word: the P&L split per symbol, read back from the trade journal."""
+    try:
+        from fleet.config import load_fleet_config
+        from journal import pnl
+        from journal.db import make_engine, target_of
+
+        cfg = load_fleet_config(config)
+        if not cfg.journal.enabled:
+            return
+        target = target_of(cfg)
+        engine = make_engine(target)
+        try:
+            report = pnl.compute(engine, fleet=cfg.name)
+        finally:
+            engine.dispose()
+        print(f"\njournal {target.describe()}")
+        print(pnl.render(report), flush=True)
+    except Exception as exc:  # noqa: BLE001 - the demo's own summary has been printed already
+        print(f"journal: no P&L report ({type(exc).__name__}: {exc})")
+

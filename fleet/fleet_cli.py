@@ -586,7 +586,14 @@ def cmd_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
     fleet = None
     try:
+        if cfg.exchange.kind == "sim" and not fleet_running(cfg.namespace):
+            from journal.db import archive_sim_journal
+
+            archive_sim_journal(cfg)  # a new simulator is a new exchange: its trade ids start again
         fleet = start_fleet(cfg, spec)
+        from journal.audit import record_once
+
+        record_once(cfg, "up", actor="cli", content=spec, detail={"symbols": fleet.symbols})  # the audit trail
         import logging
 
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve resets it when it starts

@@ -83,7 +83,7 @@ def target_from_args(url: str | None, state_dir: str | None, fleet: str | None =
                       password_file=os.environ.get("MMFLEET_JOURNAL_PASSWORD_FILE"))
     state = Path(state_dir or ".mmfleet").absolute()
     if fleet is None:
-        found = sorted(state.glob("*.journal.sqlite"))
+        found = sorted(p for p in state.glob("*.journal.sqlite") if p.name.count(".") == 2)
         if not found:
             raise JournalConfigError(f"no journal in {state} (*.journal.sqlite); pass --state-dir or --url")
         if len(found) > 1:
@@ -189,3 +189,23 @@ def open_journal_db(target: Target, *, create: bool = True) -> Engine:
     if create:
         migrate(engine)
     return engine
+
+
+def archive_sim_journal(cfg: Any) -> Path | None:
+    """Before ``up`` starts a fresh simulator: its trade and income ids start again, so the SQLite
+    journal of the previous one is moved aside (``<fleet>.journal.<time>.sqlite``), never mixed in."""
+    import time
+
+    if cfg.journal.url:
+        return None
+    target = target_of(cfg)
+    path = Path(make_url(target.url).database or "")
+    if not path.is_file():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = path.with_name(path.name.replace(".journal.sqlite", f".journal.{stamp}.sqlite"))
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(str(path) + suffix)
+        if src.exists():
+            src.rename(str(dest) + suffix)
+    return dest

@@ -269,11 +269,11 @@ def guarded(ray_cluster, tmp_path_factory):
             self.states = dict.fromkeys(symbols, "running")
             self.calls: list[tuple] = []
 
-        def kill(self, symbols, mode, reason):
+        def kill(self, symbols, mode, reason, by=None):
             self.calls.append(("kill", symbols, mode, reason))
             return {"symbols": {s: {"open_orders": 0} for s in (symbols or self.states)}}
 
-        def resume(self, symbols):
+        def resume(self, symbols, by=None):
             self.calls.append(("resume", symbols))
             return {"symbols": {s: {"state": "running"} for s in (symbols or self.states)}}
 
