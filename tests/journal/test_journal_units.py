@@ -1,0 +1,95 @@
+"""The journal's pieces without an exchange: audit rows (secrets removed, token fingerprints), the
+P&L split on a hand-made ledger, the spool while the database is unreachable, --since parsing."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+from sqlalchemy import select
+
+from journal import pnl
+from journal.audit import REDACTED, config_hash, event_row, redact, token_fingerprint
+from journal.cli import parse_since
+from journal.db import Target, make_engine, migrate
+from journal.schema import events
+from journal.writer import JournalWriter, write_rows
+
+
+def _fill(i, side, price, qty, mid, realized="0", fee="0.01"):
+    return ("fills", {"ts_ms": 1000 + i, "fleet": "f", "account": "main", "symbol": "ETHUSDC", "epoch": 1,
+                      "trade_id": i, "side": side, "price": price, "qty": qty, "fee": fee, "fee_asset": "USDC",
+                      "maker": True, "realized_pnl": realized, "mid": mid, "mark": mid, "source": "stream"})
+
+
+def test_secrets_are_removed_and_tokens_are_fingerprints(tmp_path):
+    doc = {"fleet": {"accounts": [{"name": "main", "api_key_env": "K", "api_key": "AKIA-SECRET", "api_secret": "s3cr3t"}],
+                     "api": {"token_env": "T", "token": "tok-123"},
+                     "journal": {"url": "postgresql://u:pw@h/db", "password": "pw", "password_env": "P"}}}
+    red = redact(doc)
+    text = json.dumps(red)
+    for secret in ("AKIA-SECRET", "s3cr3t", "tok-123", ":pw@", '"pw"'):
+        assert secret not in text
+    assert red["fleet"]["accounts"][0]["api_key_env"] == "K" and red["fleet"]["accounts"][0]["api_secret"] == REDACTED
+    fp = token_fingerprint("tok-123")
+    assert fp.startswith("sha256:") and "tok-123" not in fp and fp == token_fingerprint("tok-123")
+    row = event_row("f", "kill", actor="api", symbol="ETHUSDC", reason="drill", token_fp=fp, content=doc)
+    assert row["config_hash"] == config_hash(doc) and "s3cr3t" not in row["content"]
+    engine = make_engine(Target(url=f"sqlite:///{tmp_path / 'j.sqlite'}"))
+    migrate(engine)
+    write_rows(engine, [("events", row), ("events", row)])  # idempotent by uid
+    with engine.connect() as conn:
+        got = conn.execute(select(events)).mappings().all()
+    assert len(got) == 1 and got[0]["token_fp"] == fp and got[0]["actor"] == "api"
+
+
+def test_the_split_adds_up_and_spread_is_the_edge_against_the_mid(tmp_path):
+    engine = make_engine(Target(url=f"sqlite:///{tmp_path / 'j.sqlite'}"))
+    migrate(engine)
+    # buy 1 @ 99 (mid 100: edge +1), sell 1 @ 103 (mid 102: edge +1), realized 4; buy 2 @ 101 (mid 101.5: +1)
+    write_rows(engine, [_fill(1, "BUY", "99", "1", 100.0), _fill(2, "SELL", "103", "1", 102.0, realized="4"),
+                        _fill(3, "BUY", "101", "2", 101.5),
+                        ("funding", {"ts_ms": 5000, "fleet": "f", "account": "main", "symbol": "ETHUSDC", "epoch": 1,
+                                     "income_id": 7, "amount": "-0.5", "asset": "USDC"}),
+                        ("snapshots", {"uid": "s1", "ts_ms": 9000, "fleet": "f", "account": "main", "symbol": "ETHUSDC",
+                                       "epoch": 1, "position": 2.0, "mark": 104.0})])
+    report = pnl.compute(engine)
+    d = report["symbols"]["ETHUSDC"]
+    assert d["realized"] == 4 and d["fees"] == 0.03 and d["funding"] == -0.5
+    assert d["unrealized"] == 6.0  # 2 held from 101, marked at 104
+    assert d["split"]["spread"] == 3.0
+    assert d["total"] == 4 + 6 - 0.5 - 0.03
+    s = d["split"]
+    assert Decimal(str(s["spread"] + s["inventory"] + s["funding"] + s["fees"])).quantize(Decimal("1e-8")) == \
+        Decimal(str(d["total"])).quantize(Decimal("1e-8"))
+    since = pnl.compute(engine, since_ms=1003)  # only the last buy: its edge, and the mark's move since
+    assert since["symbols"]["ETHUSDC"]["fills"] == 1 and since["symbols"]["ETHUSDC"]["split"]["spread"] == 1.0
+
+
+def test_an_unreachable_database_spools_and_replays(tmp_path):
+    bad = Target(url="postgresql+psycopg://nobody@127.0.0.1:1/none", spool_dir=str(tmp_path / "spool"))
+    w = JournalWriter(bad, "t", flush_interval=0.05).start()
+    for i in range(10):
+        w.put(_fill(i, "BUY", "1", "1", 1.0))
+    assert w.flush(20)
+    assert w.stats["spooled"] == 10 and w.spool_path.exists() and not w.db_up
+    w.close(1)
+    good = Target(url=f"sqlite:///{tmp_path / 'j.sqlite'}", spool_dir=str(tmp_path / "spool"))
+    w2 = JournalWriter(good, "t", flush_interval=0.05).start()  # the same name: it finds the spool
+    import time
+
+    end = time.monotonic() + 20
+    while w2.spool_path.exists() and time.monotonic() < end:
+        time.sleep(0.05)
+    w2.close(2)
+    assert w2.stats["replayed"] == 10 and not w2.spool_path.exists()
+    engine = make_engine(good)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM fills").scalar() == 10
+
+
+def test_since_parsing():
+    assert parse_since("90m", now_ms=10_000_000) == 10_000_000 - 90 * 60_000
+    assert parse_since("1700000000000") == 1_700_000_000_000
+    assert parse_since("2026-01-01T00:00") == 1_767_225_600_000
+    assert parse_since(None) is None
