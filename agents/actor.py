@@ -132,7 +132,7 @@ class AgentActor:
     async def _build(self) -> Any:
         from agents.agent import ExchangeEndpoints, SymbolAgent
         from agents.logging import configure_logging
-        from controller.lease import LeaseOwnership
+        from agents.lease_client import LeaseOwnership
         from fleet.binance.credentials import load_credentials
         from fleet.config import AccountConfig, RuntimeParams, SymbolParams
 

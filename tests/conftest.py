@@ -17,7 +17,8 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 import pytest
 import pytest_asyncio
 
-from fleet.sim.server import SimServer, SimThread
+from fleet.sim.server import SimServer
+from fleet.sim.thread import SimThread
 
 DEFAULT_SYMBOLS = ["ETHUSDC", "BTCUSDT", "SOLUSDT"]
 

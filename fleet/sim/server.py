@@ -124,10 +124,9 @@ from fleet.sim.config import SimConfig, load_sim_config
 from fleet.sim.engine import Engine, SimApiError, missing
 from fleet.sim.ratelimit import RateLimiter
 from fleet.sim.rest import RestHandlers
-from fleet.sim.thread import SimThread
 from fleet.sim.ws import Conn, StreamGateway
 
-__all__ = ["SimServer", "SimThread", "RestFault"]
+__all__ = ["SimServer", "RestFault"]
 
 log = logging.getLogger("fleet.sim")
 

@@ -7,6 +7,7 @@ import threading
 from typing import Any, Awaitable, Callable
 
 from fleet.sim.engine import Engine
+from fleet.sim.server import SimServer
 
 
 class SimThread:
@@ -38,8 +39,6 @@ class SimThread:
         async def main() -> None:
             self._stop = asyncio.Event()
             try:
-                from fleet.sim.server import SimServer
-
                 self.server = await SimServer(**self._kwargs).start()
             except BaseException as exc:  # noqa: BLE001 - handed to start()
                 self._error = exc

@@ -14,7 +14,8 @@ import uuid
 import pytest
 
 from agents.ownership import OwnershipLost
-from controller.lease import LeaseBook, LeaseOwnership, MemoryStore, grant_from_answer
+from agents.lease_client import LeaseOwnership, grant_from_answer
+from controller.lease import LeaseBook, MemoryStore
 
 
 def book(ttl: float = 3.0) -> LeaseBook:

@@ -157,7 +157,7 @@ def test_the_simulators_config_adds_the_symbols_it_lists(tmp_path, capsys):
 
 
 def test_validate_and_up_check_symbols_against_binance_exchange_info(tmp_path, capsys, nothing_may_start):
-    from fleet.sim.server import SimThread
+    from fleet.sim.thread import SimThread
 
     with SimThread(symbols=["ETHUSDC", "XRPUSDT"], seed=1) as sim:
         exchange = {"kind": "binance", "rest_url": sim.rest_url, "ws_market_url": "ws://127.0.0.1:1"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ccxt
 
-from fleet.sim.server import SimThread
+from fleet.sim.thread import SimThread
 
 
 def _client(sim: SimThread) -> ccxt.binanceusdm:

@@ -9,7 +9,7 @@ import sys
 import time
 import urllib.request
 
-from fleet.sim.server import SimThread
+from fleet.sim.thread import SimThread
 
 
 def test_cli_prints_one_json_line_when_ready_and_stops_on_sigterm():

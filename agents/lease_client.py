@@ -1,0 +1,103 @@
+"""The agent's side of a fleet lease: :class:`LeaseOwnership`, an :class:`~agents.ownership.Ownership`
+that asks the controller actor for the symbol's epoch and lease and renews it.
+
+The controller keeps the book (``controller/lease.py`` ``LeaseBook``); this is only the client of its
+Ray calls (``acquire_lease``, ``renew_lease``, ``release_lease``), so agents never import the controller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from agents.ownership import Grant, OwnershipLost
+
+log = logging.getLogger("mmfleet.lease")
+
+
+def grant_from_answer(answer: dict[str, Any]) -> Grant:
+    """The agent-side :class:`Grant` for a granted answer; a refusal raises :class:`OwnershipLost`."""
+    if not answer.get("granted"):
+        raise OwnershipLost(answer.get("reason") or f"{answer.get('symbol')}: lease refused")
+    return Grant(
+        epoch=int(answer["epoch"]),
+        lease_ttl_s=float(answer["lease_ttl_s"]),
+        kill_state=str(answer["kill_state"]),
+        reduce_only=bool(answer.get("reduce_only", False)),
+        rate_share=float(answer.get("rate_share", 1.0)),
+    )
+
+
+class LeaseUnavailable(Exception):
+    """The controller did not answer a lease call (restarting, overloaded): not a refusal."""
+
+
+class LeaseOwnership:
+    """The fleet's :class:`agents.ownership.Ownership`: a lease from the controller actor.
+
+    ``acquire`` waits for a previous holder's lease to lapse; ``renew`` raises ``OwnershipLost``
+    only when the controller refuses, and :class:`LeaseUnavailable` when it cannot be reached (the
+    agent keeps its lease until it lapses locally).
+    """
+
+    def __init__(self, controller: Any, symbol: str, holder_id: str, *, renew_interval_s: float = 1.0,
+                 call_timeout_s: float = 5.0) -> None:
+        self.controller = controller
+        self.symbol = symbol
+        self.holder_id = holder_id
+        self.renew_interval_s = renew_interval_s
+        self.call_timeout_s = call_timeout_s
+        self.grant: Grant | None = None
+        self.direct: tuple[int, str] = (0, "")  # (kill_seq, state) of the last kill command delivered directly
+
+    def note_direct_kill_state(self, seq: int, state: str) -> None:
+        """A halt/flatten/resume reached the agent directly: answers older than ``seq`` must not undo it."""
+        if seq > self.direct[0]:
+            self.direct = (seq, state)
+
+    def _grant(self, answer: dict[str, Any]) -> Grant:
+        seq, state = self.direct
+        if answer.get("granted") and state and int(answer.get("kill_seq", 0)) < seq:
+            answer = {**answer, "kill_state": state}  # a renewal answered before the direct command
+        return grant_from_answer(answer)
+
+    async def _call(self, method: str, *args: Any) -> dict[str, Any]:
+        try:
+            return await asyncio.wait_for(getattr(self.controller, method).remote(*args), self.call_timeout_s)
+        except asyncio.TimeoutError:
+            raise LeaseUnavailable(f"controller.{method} did not answer within {self.call_timeout_s:g} s") from None
+        except Exception as exc:  # Ray errors: the controller is restarting or gone
+            raise LeaseUnavailable(f"controller.{method} failed: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+    async def acquire(self) -> Grant:
+        while True:
+            try:
+                answer = await self._call("acquire_lease", self.symbol, self.holder_id)
+            except LeaseUnavailable:
+                await asyncio.sleep(0.5)
+                continue
+            if answer.get("granted"):
+                self.grant = self._grant(answer)
+                return self.grant
+            await asyncio.sleep(min(max(float(answer.get("wait_s", 0.2)), 0.05) + 0.02, 1.0))
+
+    async def renew(self) -> Grant:
+        if self.grant is None:
+            raise OwnershipLost(f"{self.symbol}: not acquired (or already released)")
+        answer = await self._call("renew_lease", self.symbol, self.holder_id, self.grant.epoch)
+        self.grant = self._grant(answer)
+        return self.grant
+
+    async def release(self) -> None:
+        grant, self.grant = self.grant, None
+        if grant is None:
+            return
+        try:
+            await self._call("release_lease", self.symbol, self.holder_id, grant.epoch)
+        except LeaseUnavailable as exc:
+            # not fatal: the lease lapses on its own after its ttl, and only then may a successor trade
+            log.warning("%s: lease release not confirmed (%s); it lapses on its own", self.symbol, exc)
+
+    def describe(self) -> dict[str, object]:
+        return {"kind": "lease", "holder": self.holder_id, "epoch": self.grant.epoch if self.grant else None}
