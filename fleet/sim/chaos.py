@@ -23,7 +23,10 @@ exchange:
   except in the grace after an outside position move. The grace ends at the first sample (sent
   after the move was acknowledged) where nothing that adds beyond the cap rests (worst long <=
   max(cap, position), worst short >= min(-cap, position): fills of what rested when the position
-  moved may have carried the position itself past the cap); each grace must end within
+  moved may have carried the position itself past the cap) and the exchange holds no deferred write
+  sent before the move (a request answered "unknown" that may still execute: the client counted it,
+  but decided it on the position before the move, and nothing can cancel an order before it lands);
+  each grace must end within
   ``grace_limit`` seconds. While such a position stays beyond the cap, the bound is the position
   (it only shrinks back towards the cap: nothing may add to it);
 - client order ids: each one ever seen (open orders in every sample, ``allOrders`` at the end) maps
@@ -213,10 +216,13 @@ class Probe:
     position_steps: Callable[[], int] | None = None
 
 
+RECV_WINDOW_MS = 5_000  # the client's recvWindow: a deferred write's expiry less this is when it was sent
+
 @dataclass
 class Grace:
     since: float  # monotonic time the move was sent
     armed: float | None = None  # monotonic time the exchange acknowledged it
+    armed_ms: int | None = None  # the same moment on the exchange's (wall) clock
     ended: float | None = None
     trace: list[str] = field(default_factory=list)  # the samples taken in it, one line each
 
@@ -395,7 +401,9 @@ class Soak:
                 g.trace.append(f"{_clock()} pos {pos} worst {ws}..{wl} open " + " ".join(
                     f"{o['side'][0]}{o['origQty']}@{o['price']}" for o in st["open_orders"])
                     + (f" deferred {len(st['deferred'])}" if st["deferred"] else ""))
-            if g.armed is not None and sent >= g.armed and wl <= hi and ws >= lo:
+            earlier = [d for d in st.get("deferred") or ()  # written before the move, may still execute
+                       if g.armed_ms is not None and d["expires_ms"] - RECV_WINDOW_MS <= g.armed_ms]
+            if g.armed is not None and sent >= g.armed and wl <= hi and ws >= lo and not earlier:
                 self._end_grace(sent)
                 self._allow = (hi, lo)
             else:  # within the grace: exempt
@@ -476,6 +484,7 @@ class Soak:
         if a.kind == "position":
             assert self._grace is not None
             self._grace.armed = time.monotonic()
+            self._grace.armed_ms = int(time.time() * 1000)
         if a.kind != "unfreeze":
             self.report.injected[a.kind] += 1
         if isinstance(reply, dict) and reply.get("dropped") == 0:
