@@ -48,17 +48,19 @@ from .logging import AgentLog
 from .metrics import AgentMetrics
 from .orders import Amend, Batch, Cancel, Place, parse_client_order_id
 from .ownership import Grant, Ownership, OwnershipLost
+from .lifecycle import Block, LeaseClock, derive_state
 from .reconcile import reconcile_orders
+from .watchdog import Act, Seen, Timing, watch
 
 
 # Reasons quoting is blocked (any one blocks; the kill state is the core's, not a block).
-BLOCK_STARTING = "starting"
-BLOCK_USER_STREAM = "user_stream"
-BLOCK_MARKET_STREAM = "market_stream"
-BLOCK_MARKET_STALE = "market_stale"
-BLOCK_RESYNC = "resync"
-BLOCK_LEASE = "lease"
-BLOCK_STOPPING = "stopping"
+BLOCK_STARTING = Block.STARTING
+BLOCK_USER_STREAM = Block.USER_STREAM
+BLOCK_MARKET_STREAM = Block.MARKET_STREAM
+BLOCK_MARKET_STALE = Block.MARKET_STALE
+BLOCK_RESYNC = Block.RESYNC
+BLOCK_LEASE = Block.LEASE
+BLOCK_STOPPING = Block.STOPPING
 
 LEASE_MARGIN_S = 1.0  # the lease is treated as lapsed this long before it really does
 # An ambiguous answer is settled by a look-up this long past the request's recvWindow: by then the
@@ -68,8 +70,7 @@ LOOKUP_MARGIN_MS = 1_000
 # 0.5 s, then less often (x2 each round, at most every 5 s), so a long outage of market data across
 # many agents on one IP does not spend the IP's weight on listings.
 PULL_REPEAT_S = (0.5, 5.0)
-# Blocks that leave the agent up but not quoting: its state then says "paused", not "quoting".
-PAUSE_BLOCKS = frozenset({"market_stream", "market_stale", "lease"})
+
 IN_FLIGHT_QUERY_MS = 3_000  # an order unanswered this long is looked up by client order id
 UNRESOLVED_QUERY_MS = 1_000  # an order the exchange called unknown, with no final frame this long: looked up
 WATCHDOG_S = 0.25
@@ -154,8 +155,7 @@ class SymbolAgent:
         self._user_connected = False
         self._market_connected = False
         self._blocks: set[str] = {BLOCK_STARTING}
-        self._lease_valid_until = -math.inf
-        self._lost_ownership = False
+        self._lease = LeaseClock(LEASE_MARGIN_S)
         self._started = False
         self._stopping = False
         self._stopped = False
@@ -319,13 +319,13 @@ class SymbolAgent:
             "state": self._state(),
             "stopping": self._stopping and not self._stopped,
             "epoch": self.grant.epoch if self.grant else None,
-            "ownership_lost": self._lost_ownership,
+            "ownership_lost": self._lease.lost,
             "kill_state": core.halt_state if core else (self.grant.kill_state if self.grant else "running"),
             "blocks": sorted(self._blocks),
             "user_stream_connected": self._user_connected,
             "market_stream_connected": self._market_connected,
             "last_book_age_s": round(now - self._last_book_mono, 3) if self._last_book_mono else None,
-            "lease_left_s": round(self._lease_valid_until - now, 3) if math.isfinite(self._lease_valid_until) else None,
+            "lease_left_s": None if (left := self._lease.left(now)) is None else round(left, 3),
             "open_orders": len(core.store.orders) if core else 0,
             "requests_in_flight": len(self._sending),
             "position": core.store.position if core else 0.0,
@@ -378,7 +378,7 @@ class SymbolAgent:
     @property
     def ownership_lost(self) -> bool:
         """True once the owner refused a renewal: this incarnation must not trade again."""
-        return self._lost_ownership
+        return self._lease.lost
 
     # ================================================================== start and resync
 
@@ -740,7 +740,7 @@ class SymbolAgent:
             return
         finally:
             self._rearming = False
-        if self._lease_ok() and not self._lost_ownership:
+        if self._lease_ok() and not self._lease.lost:
             self._blocks.discard(BLOCK_LEASE)
             self.log.event("lease_regained", "lease valid again: dead-man switch re-armed, quoting resumes")
 
@@ -766,7 +766,7 @@ class SymbolAgent:
 
     async def _renew_loop(self) -> None:
         own = self._ownership
-        while not self._stopping and not self._lost_ownership:
+        while not self._stopping and not self._lease.lost:
             await self._sleep_unless_stopping(own.renew_interval_s)
             if self._stopping:
                 return
@@ -782,36 +782,14 @@ class SymbolAgent:
             self._take_grant(grant, send)
 
     async def _watchdog_loop(self) -> None:
-        """Lease lapse, market staleness, user-stream grace expiry, stuck orders, stream lifetime."""
+        """Every ``WATCHDOG_S``: the watchdog's actions (``agents/watchdog.py``), then look-ups."""
+        timing = Timing(self.runtime.market_stale_sec, self.runtime.user_stream_grace_sec,
+                        self.runtime.stream_max_lifetime_sec)
         while not self._stopping:
             await asyncio.sleep(WATCHDOG_S)
             now = time.monotonic()
-            if not self._lease_ok() and BLOCK_LEASE not in self._blocks:
-                self._blocks.add(BLOCK_LEASE)
-                self.log.event("lease_lapsed", "lease lapsed: quoting stopped", level=logging.ERROR)
-            elif self._lease_ok() and BLOCK_LEASE in self._blocks and not self._lost_ownership and not self._rearming:
-                # the countdown may have fired meanwhile: re-arm it before any order rests again
-                self._rearming = True
-                self._spawn(self._rearm_then_unblock(), "deadman-rearm")
-            silent = now - max(self._last_book_mono or 0.0, self._market_stream_opened)
-            stale = self._last_book_mono is None or now - self._last_book_mono > self.runtime.market_stale_sec
-            market = self._market
-            if market is not None and self._market_connected and silent > 3 * self.runtime.market_stale_sec:
-                # open but silent for long: perhaps a half-dead connection; a fresh one costs nothing
-                self._market_stream_opened = now
-                self.log.event("market_silent", f"no book for {silent:.0f}s: reconnecting the market stream", level=logging.WARNING)
-                self._spawn(self._connect_market(), "market-swap")
-            if stale and BLOCK_MARKET_STALE not in self._blocks and self._market_connected:
-                self._blocks.add(BLOCK_MARKET_STALE)
-                self.counters["stale_market_pulls"] += 1
-                self.log.event("market_stale", "no book update: quotes pulled", level=logging.WARNING)
-                self._pull_quotes("market_stale")
-            elif not stale and BLOCK_MARKET_STALE in self._blocks:
-                self._blocks.discard(BLOCK_MARKET_STALE)
-            lost = self._user_lost_at
-            if lost is not None and now - lost >= self.runtime.user_stream_grace_sec:
-                self._user_lost_at = None
-                self._spawn(self._rest_fallback_cancel(), "rest-fallback")
+            for act in watch(self._seen(now), timing):
+                self._carry_out(act, now)
             core = self.core
             if core is not None:
                 self._start_lookups(core, now)
@@ -819,12 +797,42 @@ class SymbolAgent:
                     self._lookups = {k: v for k, v in self._lookups.items() if k in core.store.orders}
             if len(self._streams) > 4:
                 self._fold_streams()
-            if now - self._user_stream_opened > self.runtime.stream_max_lifetime_sec and self._user_connected:
-                self._user_stream_opened = now
-                self._spawn(self._planned_user_swap(), "user-swap")
-            if now - self._market_stream_opened > self.runtime.stream_max_lifetime_sec and self._market_connected:
-                self._market_stream_opened = now
-                self._spawn(self._connect_market(), "market-swap")
+
+    def _seen(self, now: float) -> Seen:
+        return Seen(
+            now=now, lease_ok=self._lease_ok(), lease_blocked=BLOCK_LEASE in self._blocks,
+            ownership_lost=self._lease.lost, rearming=self._rearming, last_book=self._last_book_mono,
+            market_opened=self._market_stream_opened, market_connected=self._market_connected and self._market is not None,
+            market_stale_blocked=BLOCK_MARKET_STALE in self._blocks, user_lost_at=self._user_lost_at,
+            user_opened=self._user_stream_opened, user_connected=self._user_connected,
+        )
+
+    def _carry_out(self, act: Act, now: float) -> None:
+        if act is Act.LEASE_LAPSED:
+            self._blocks.add(BLOCK_LEASE)
+            self.log.event("lease_lapsed", "lease lapsed: quoting stopped", level=logging.ERROR)
+        elif act is Act.REARM:
+            self._rearming = True
+            self._spawn(self._rearm_then_unblock(), "deadman-rearm")
+        elif act is Act.SWAP_MARKET:
+            silent = now - max(self._last_book_mono or 0.0, self._market_stream_opened)
+            self._market_stream_opened = now
+            self.log.event("market_swap", f"market stream reconnected (no book for {silent:.0f} s, or its lifetime)",
+                           level=logging.WARNING)
+            self._spawn(self._connect_market(), "market-swap")
+        elif act is Act.MARKET_STALE:
+            self._blocks.add(BLOCK_MARKET_STALE)
+            self.counters["stale_market_pulls"] += 1
+            self.log.event("market_stale", "no book update: quotes pulled", level=logging.WARNING)
+            self._pull_quotes("market_stale")
+        elif act is Act.MARKET_FRESH:
+            self._blocks.discard(BLOCK_MARKET_STALE)
+        elif act is Act.REST_FALLBACK:
+            self._user_lost_at = None
+            self._spawn(self._rest_fallback_cancel(), "rest-fallback")
+        elif act is Act.SWAP_USER:
+            self._user_stream_opened = now
+            self._spawn(self._planned_user_swap(), "user-swap")
 
     def _start_lookups(self, core: AgentCore, now: float) -> None:
         """Look up, by client id, orders whose request went unanswered, that the exchange called
@@ -860,7 +868,7 @@ class SymbolAgent:
 
     async def _rest_fallback_cancel(self) -> None:
         """The user stream stayed down past the grace: cancel everything through REST (counted)."""
-        if self._user_connected or self._stopping or self._lost_ownership:
+        if self._user_connected or self._stopping or self._lease.lost:
             return
         try:
             await self._cancel_fenced(self._require_client())
@@ -1414,7 +1422,7 @@ class SymbolAgent:
     def _take_grant(self, grant: Grant, send_time: float) -> None:
         previous = self.grant
         self.grant = grant
-        self._lease_valid_until = send_time + grant.lease_ttl_s - LEASE_MARGIN_S
+        self._lease.granted(send_time, grant.lease_ttl_s)
         if abs(self.budget.share - grant.rate_share) > 1e-12:
             self.budget.set_share(grant.rate_share)
         if self.core is not None:
@@ -1444,29 +1452,19 @@ class SymbolAgent:
                 self.log.event("kill_state_unsaved", f"kill state not saved: {exc!r}", level=logging.ERROR)
 
     def _on_ownership_lost(self, why: str) -> None:
-        self._lost_ownership = True
-        self._lease_valid_until = -math.inf
+        self._lease.lose()
         self._blocks.add(BLOCK_LEASE)
         self.log.event("ownership_lost", f"ownership lost ({why}): quoting stopped; the dead-man switch cancels", level=logging.ERROR)
 
     def _lease_ok(self) -> bool:
-        return not self._lost_ownership and time.monotonic() < self._lease_valid_until
+        return self._lease.ok(time.monotonic())
 
     def _state(self) -> str:
-        if self._stopped:
-            return "stopped"
-        if not self._started:
-            return "starting"
-        if self._blocks & {BLOCK_RESYNC, BLOCK_USER_STREAM}:
-            return "resyncing"
         core = self.core
-        if core is not None and core.halt_state == "flattening":
-            return "flattening"
-        if self._stopping or self._lost_ownership or (core is not None and core.halt_state == "halted"):
-            return "halted"
-        if self._blocks & PAUSE_BLOCKS:
-            return "paused"  # up, but not quoting: market data or the lease is missing (see "blocks")
-        return "quoting"
+        return derive_state(
+            self._blocks, started=self._started, stopped=self._stopped, stopping=self._stopping,
+            ownership_lost=self._lease.lost, kill_state=core.halt_state if core is not None else "running",
+        ).value
 
     def _frame_counts(self) -> dict[str, int]:
         """Bad frames skipped and unknown events passed through, over every stream this agent opened."""

@@ -1,0 +1,84 @@
+"""The watchdog's decisions: what the runtime's clock says must happen now, as a list of actions.
+
+Pure: :func:`watch` takes what the runtime knows (``Seen``, times on its monotonic clock) and the
+timing parameters, and returns the actions; the runtime carries each one out (and updates the times
+it keeps, e.g. a swapped stream's opening time). It is asked every ``WATCHDOG_S``.
+
+Rules, checked in this order:
+
+1. lease: lapsed while not blocked by it -> ``LEASE_LAPSED`` (block quoting); valid again while
+   blocked by it, ownership not lost and no re-arm under way -> ``REARM`` (re-arm the dead-man switch,
+   then unblock: the countdown may have fired meanwhile);
+2. market: connected but silent (no book, nor a new connection) for 3x ``market_stale_sec`` ->
+   ``SWAP_MARKET`` (a half-dead connection: a fresh one costs nothing); no book for
+   ``market_stale_sec`` while connected and not yet blocked -> ``MARKET_STALE`` (block, pull quotes);
+   a book again while blocked -> ``MARKET_FRESH``;
+3. user stream lost for ``user_stream_grace_sec`` -> ``REST_FALLBACK`` (cancel through REST);
+4. a stream open longer than ``stream_max_lifetime_sec`` (the exchange cuts at 24 h) ->
+   ``SWAP_USER`` / ``SWAP_MARKET`` (planned, without a gap).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Act(StrEnum):
+    LEASE_LAPSED = "lease_lapsed"
+    REARM = "rearm"
+    SWAP_MARKET = "swap_market"
+    MARKET_STALE = "market_stale"
+    MARKET_FRESH = "market_fresh"
+    REST_FALLBACK = "rest_fallback"
+    SWAP_USER = "swap_user"
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    market_stale_sec: float
+    user_stream_grace_sec: float
+    stream_max_lifetime_sec: float
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """What the runtime knows at ``now`` (seconds, monotonic)."""
+
+    now: float
+    lease_ok: bool
+    lease_blocked: bool
+    ownership_lost: bool
+    rearming: bool
+    last_book: float | None  # when the last book frame was read (None: never)
+    market_opened: float  # when the current market connection opened
+    market_connected: bool
+    market_stale_blocked: bool
+    user_lost_at: float | None  # when the user stream was lost (None: it is up, or the fallback ran)
+    user_opened: float
+    user_connected: bool
+
+
+def watch(s: Seen, t: Timing) -> list[Act]:
+    """The actions due now (rules in the module docstring)."""
+    out: list[Act] = []
+    if not s.lease_ok and not s.lease_blocked:
+        out.append(Act.LEASE_LAPSED)
+    elif s.lease_ok and s.lease_blocked and not s.ownership_lost and not s.rearming:
+        out.append(Act.REARM)
+    silent = s.now - max(s.last_book or 0.0, s.market_opened)
+    stale = s.last_book is None or s.now - s.last_book > t.market_stale_sec
+    swap_market = s.market_connected and silent > 3 * t.market_stale_sec
+    if swap_market:
+        out.append(Act.SWAP_MARKET)
+    if stale and s.market_connected and not s.market_stale_blocked:
+        out.append(Act.MARKET_STALE)
+    elif not stale and s.market_stale_blocked:
+        out.append(Act.MARKET_FRESH)
+    if s.user_lost_at is not None and s.now - s.user_lost_at >= t.user_stream_grace_sec:
+        out.append(Act.REST_FALLBACK)
+    if s.user_connected and s.now - s.user_opened > t.stream_max_lifetime_sec:
+        out.append(Act.SWAP_USER)
+    if not swap_market and s.market_connected and s.now - s.market_opened > t.stream_max_lifetime_sec:
+        out.append(Act.SWAP_MARKET)
+    return out
