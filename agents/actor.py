@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 import ray
 
+from fleet.vocabulary import KillState
+
 log = logging.getLogger("mmfleet.actor")
 
 CONTROL = "control"
@@ -181,7 +183,7 @@ class AgentActor:
             "last_error": self.last_error,
         }
 
-    def _note_direct(self, kill_seq: int | None, state: str) -> None:
+    def _note_direct(self, kill_seq: int | None, state: KillState) -> None:
         """Tell the lease client a kill command arrived directly, so a stale renewal cannot undo it."""
         own = self.ownership
         if kill_seq is not None and own is not None and self.loop is not None:
@@ -215,7 +217,7 @@ class AgentActor:
 
     @ray.method(concurrency_group=CONTROL)
     async def halt(self, reason: str = "", kill_seq: int | None = None) -> dict[str, Any]:
-        self._note_direct(kill_seq, "halted")
+        self._note_direct(kill_seq, KillState.HALTED)
         agent = self.agent
         if agent is None or getattr(agent, "core", None) is None:
             # Not trading yet: the agent holds the command for its start (and the durable kill state
@@ -227,7 +229,7 @@ class AgentActor:
 
     @ray.method(concurrency_group=CONTROL)
     async def flatten(self, reason: str = "", kill_seq: int | None = None) -> dict[str, Any]:
-        self._note_direct(kill_seq, "flattening")
+        self._note_direct(kill_seq, KillState.FLATTENING)
         agent = self.agent
         if agent is None or getattr(agent, "core", None) is None:
             # Not trading yet: the agent holds the command for its start (and the durable kill state
@@ -239,7 +241,7 @@ class AgentActor:
 
     @ray.method(concurrency_group=CONTROL)
     async def resume(self, kill_seq: int | None = None) -> dict[str, Any]:
-        self._note_direct(kill_seq, "running")
+        self._note_direct(kill_seq, KillState.RUNNING)
         if self.agent is None:
             return {"outcome": "not_started"}
         agent = self.agent

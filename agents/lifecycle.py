@@ -33,6 +33,8 @@ from __future__ import annotations
 import math
 from enum import StrEnum
 
+from fleet.vocabulary import KillState
+
 
 class Block(StrEnum):
     """A reason quoting is stopped (any one blocks)."""
@@ -52,8 +54,8 @@ class State(StrEnum):
     STARTING = "starting"
     QUOTING = "quoting"
     PAUSED = "paused"
-    HALTED = "halted"
-    FLATTENING = "flattening"
+    HALTED = KillState.HALTED.value          # the kill state's word, shown as the agent's state
+    FLATTENING = KillState.FLATTENING.value
     RESYNCING = "resyncing"
     STOPPED = "stopped"
 
@@ -69,7 +71,7 @@ def derive_state(
     stopped: bool,
     stopping: bool,
     ownership_lost: bool,
-    kill_state: str,
+    kill_state: KillState | str,
 ) -> State:
     """The state table of the module docstring."""
     if stopped:
@@ -78,9 +80,9 @@ def derive_state(
         return State.STARTING
     if blocks & RESYNCING_BLOCKS:
         return State.RESYNCING
-    if kill_state == "flattening":
+    if kill_state == KillState.FLATTENING:
         return State.FLATTENING
-    if stopping or ownership_lost or kill_state == "halted":
+    if stopping or ownership_lost or kill_state == KillState.HALTED:
         return State.HALTED
     if blocks & PAUSE_BLOCKS:
         return State.PAUSED

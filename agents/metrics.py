@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Iterator
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from fleet.vocabulary import KillState
+
 if TYPE_CHECKING:
     from fleet.binance.ratelimit import RateBudget
 
@@ -36,7 +38,6 @@ SEED_METRICS = (
 
 # Tick (market event received) to order (request handed to the client), in seconds.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
-HALT_STATES = ("running", "halted", "flattening")
 # What the reconciliation backstop finds (agents/reconcile.py): an open order the store did not count
 # (adopted), one of ours it then cancelled (orphan), one the store counted that the exchange no
 # longer lists (missing: looked up), an older epoch's order, and a position that differs.
@@ -188,8 +189,8 @@ class AgentMetrics:
             bands.add_metric([self.symbol, str(i)], float(band))
         yield bands
         state = GaugeMetricFamily("mm_halt_state", "1 for the current halt state", labels=["symbol", "state"])
-        for st in HALT_STATES:
-            state.add_metric([self.symbol, st], 1.0 if core.guard.state == st else 0.0)
+        for st in KillState:
+            state.add_metric([self.symbol, st.value], 1.0 if core.guard.state == st else 0.0)
         yield state
         yield gauge("mm_reduce_only", "1 while the fleet holds this symbol reduce-only", 1 if core.guard.reduce_only_mode else 0)
         fills = CounterMetricFamily("mm_fills", "fills booked", labels=["symbol", "side"])

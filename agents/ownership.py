@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-KILL_STATES = ("running", "halted", "flattening")
+from fleet.vocabulary import KillState
 
 # A standalone lock is never taken away while the process lives: its lease is effectively forever.
 STANDALONE_LEASE_TTL_S = 365 * 24 * 3600.0
@@ -26,13 +26,12 @@ class Grant:
 
     epoch: int  # per-symbol counter; a new incarnation gets a larger one
     lease_ttl_s: float  # the lease lasts this long from the moment the request was SENT
-    kill_state: str  # "running" | "halted" | "flattening" (durable, the controller's)
+    kill_state: KillState  # durable, the controller's (a string is read as a KillState)
     reduce_only: bool = False  # fleet risk over its notional cap
     rate_share: float = 1.0  # this agent's share of its account's order-rate limits
 
     def __post_init__(self) -> None:
-        if self.kill_state not in KILL_STATES:
-            raise ValueError(f"kill_state must be one of {KILL_STATES}, not {self.kill_state!r}")
+        object.__setattr__(self, "kill_state", KillState.parse(self.kill_state, "kill_state"))
         if self.epoch < 1:
             raise ValueError(f"epoch must be >= 1, not {self.epoch}")
         if self.lease_ttl_s <= 0:
@@ -183,18 +182,17 @@ class LockFileOwnership:
 
     # -- durable kill state (standalone's stand-in for the controller's) -------------------------
 
-    def kill_state(self) -> str:
+    def kill_state(self) -> KillState:
         try:
             state = self.kill_path.read_text().strip()
         except FileNotFoundError:
-            return "running"
-        return state if state in KILL_STATES else "halted"  # unreadable: fail safe
+            return KillState.RUNNING
+        return KillState.read(state)  # unreadable: fail safe (halted)
 
     def record_kill_state(self, state: str) -> None:
-        if state not in KILL_STATES:
-            raise ValueError(f"kill state must be one of {KILL_STATES}, not {state!r}")
+        state = KillState.parse(state)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        if state == "running":
+        if state is KillState.RUNNING:
             self.kill_path.unlink(missing_ok=True)
         else:
             _write_atomic(self.kill_path, f"{state}\n")

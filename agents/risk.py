@@ -12,14 +12,13 @@ from dataclasses import dataclass, replace
 from fleet.binance.events import BUY, SELL
 from fleet.binance.filters import SymbolFilters
 from fleet.config import DrawdownParams, SymbolParams
+from fleet.vocabulary import KillState
 
 from .orders import Amend, Place
 from .store import LiveOrder, Store
 
-RUNNING = "running"
-HALTED = "halted"  # nothing that adds exposure
-FLATTENING = "flattening"  # reduce-only orders only
-HALT_STATES = (RUNNING, HALTED, FLATTENING)
+# The guard's states are the kill states; these names are kept for agents/core.py and the tests.
+RUNNING, HALTED, FLATTENING = KillState.RUNNING, KillState.HALTED, KillState.FLATTENING
 
 _EPS = 1e-9
 
@@ -36,7 +35,7 @@ class RiskGuard:
         self.max_notional = params.risk.max_order_notional
         self.notional_unit = tick * step
         self.tick = tick
-        self.state = RUNNING
+        self.state: KillState = KillState.RUNNING
         self.halt_reason = ""
         self.reduce_only_mode = False
         self.refusals: dict[str, int] = {}
@@ -45,15 +44,15 @@ class RiskGuard:
     # ------------------------------------------------------------------ modes
 
     def halt(self, reason: str = "operator") -> None:
-        self.state = HALTED
+        self.state = KillState.HALTED
         self.halt_reason = reason
 
     def flatten(self, reason: str = "operator") -> None:
-        self.state = FLATTENING
+        self.state = KillState.FLATTENING
         self.halt_reason = reason
 
     def resume(self) -> None:
-        self.state = RUNNING
+        self.state = KillState.RUNNING
         self.halt_reason = ""
 
     def set_reduce_only(self, on: bool) -> None:
@@ -62,7 +61,7 @@ class RiskGuard:
 
     @property
     def may_add_exposure(self) -> bool:
-        return self.state == RUNNING and not self.reduce_only_mode
+        return self.state == KillState.RUNNING and not self.reduce_only_mode
 
     # ------------------------------------------------------------------ checks
 
@@ -104,21 +103,21 @@ class RiskGuard:
             if q > abs(pos):
                 return self._refuse("reduce_only_exceeds_position")
         else:
-            if self.state == FLATTENING:
-                return self._refuse("flattening")
+            if self.state == KillState.FLATTENING:
+                return self._refuse(KillState.FLATTENING)
             if p.side == BUY:
                 worst = pos + s.pending_buy_steps + extra_buy + q
                 if not self.may_add_exposure:
                     # Only a buy that shrinks a short, and cannot flip it, may pass.
                     if pos >= 0 or worst > 0:
-                        return self._refuse(self.state if self.state != RUNNING else "reduce_only_mode")
+                        return self._refuse(self.state if self.state != KillState.RUNNING else "reduce_only_mode")
                 if worst > self.cap_steps:
                     return self._refuse("worst_case_long")
             else:
                 worst = pos - s.pending_sell_steps - extra_sell - q
                 if not self.may_add_exposure:
                     if pos <= 0 or worst < 0:
-                        return self._refuse(self.state if self.state != RUNNING else "reduce_only_mode")
+                        return self._refuse(self.state if self.state != KillState.RUNNING else "reduce_only_mode")
                 if worst < -self.cap_steps:
                     return self._refuse("worst_case_short")
         why = self._price_notional(p.price_ticks, q, p.order_type == "MARKET")
@@ -138,18 +137,18 @@ class RiskGuard:
         if order.reduce_only:
             if new_rem > abs(pos):
                 return self._refuse("reduce_only_exceeds_position")
-        elif self.state == FLATTENING:
-            return self._refuse("flattening")
+        elif self.state == KillState.FLATTENING:
+            return self._refuse(KillState.FLATTENING)
         elif a.side == BUY:
             worst = pos + s.pending_buy_steps + extra_buy + growth
             if growth and not self.may_add_exposure and (pos >= 0 or worst > 0):
-                return self._refuse(self.state if self.state != RUNNING else "reduce_only_mode")
+                return self._refuse(self.state if self.state != KillState.RUNNING else "reduce_only_mode")
             if growth and worst > self.cap_steps:
                 return self._refuse("worst_case_long")
         else:
             worst = pos - s.pending_sell_steps - extra_sell - growth
             if growth and not self.may_add_exposure and (pos <= 0 or worst < 0):
-                return self._refuse(self.state if self.state != RUNNING else "reduce_only_mode")
+                return self._refuse(self.state if self.state != KillState.RUNNING else "reduce_only_mode")
             if growth and worst < -self.cap_steps:
                 return self._refuse("worst_case_short")
         why = self._price_notional(a.price_ticks, new_rem, False)

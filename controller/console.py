@@ -31,6 +31,8 @@ from string import Template
 from typing import Any, Callable
 from urllib.parse import parse_qs
 
+from fleet.vocabulary import KillState
+
 COOKIE_NAME = "mmfleet_console"
 CSRF_HEADER = "X-CSRF-Token"
 SESSION_TTL_S = 8 * 3600.0     # a working day; sign in again after it
@@ -360,7 +362,7 @@ def console_snapshot(fleet: str, symbols: tuple[str, ...], answers: dict[str, Sy
         "totals": {
             "symbols": len(rows),
             "answered": len(answered),
-            "halted": sum(1 for r in rows if r["kill_state"] in ("halted", "flattening")),
+            "halted": sum(1 for r in rows if KillState.stopped(r["kill_state"])),
             "pnl": sum(r["pnl"] or 0.0 for r in answered),
             "gross_notional": gross,
             "max_total_notional": max_total_notional,

@@ -19,6 +19,7 @@ import ray
 
 from controller.lease import GcsStore, LeaseBook
 from fleet.config import FleetConfig, SymbolParams, migrate_stored_hard_caps, symbol_params, validate_symbol_params
+from fleet.vocabulary import KillState
 
 log = logging.getLogger("mmfleet.controller")
 
@@ -398,7 +399,7 @@ class FleetController:
         for s in targets:  # by: who asked ({"actor": "api", "token_fp": ...}); none: over Ray (the CLI)
             journal_record(self, "kill", symbol=s, reason=reason, detail={"mode": mode}, **_by(by))
         started = time.monotonic()
-        state = "halted" if mode == "halt" else "flattening"
+        state = KillState.HALTED if mode == "halt" else KillState.FLATTENING
         # Durable first: a restart from here on comes back halted.
         seqs = {s: self.book.set_kill_state(s, state, reason).seq for s in targets}
         results = await asyncio.gather(*(self._kill_one(s, mode, reason, seqs[s]) for s in targets))
@@ -432,7 +433,7 @@ class FleetController:
         open_orders = answer.get("open_orders") if isinstance(answer, dict) else None
         if problem is None and open_orders == 0:
             if mode == "flatten" and _num(answer.get("position")) == 0 and answer.get("position") is not None:
-                self.book.set_kill_state(symbol, "halted", reason or "flattened")
+                self.book.set_kill_state(symbol, KillState.HALTED, reason or "flattened")
             return {"outcome": "halted" if mode == "halt" else "flattened", "path": "agent", "open_orders": 0,
                     "position": answer.get("position"), "elapsed_ms": round((time.monotonic() - started) * 1000, 1)}
         if problem is None and isinstance(answer, dict) and answer.get("outcome") == "not_started":
@@ -506,7 +507,7 @@ class FleetController:
         await asyncio.sleep(delay)
         try:
             client = await self._exchange(self.cfg.entry(symbol).account)
-            if self.book.kill_state(symbol) != "running":
+            if self.book.kill_state(symbol) != KillState.RUNNING:
                 await client.cancel_all(symbol)
         except Exception as exc:  # noqa: BLE001
             log.error("%s: emergency sweep failed: %s", symbol, _first_line(exc))
@@ -516,7 +517,7 @@ class FleetController:
         targets = self._targets(symbols)
         for s in targets:
             journal_record(self, "resume", symbol=s, reason=(by or {}).get("reason"), **_by(by))
-        seqs = {s: self.book.set_kill_state(s, "running", "resumed").seq for s in targets}
+        seqs = {s: self.book.set_kill_state(s, KillState.RUNNING, "resumed").seq for s in targets}
         answers = await asyncio.gather(
             *(self._agent_call(s, "resume", seqs[s], timeout=self.settings.kill_timeout_s) for s in targets),
             return_exceptions=True,
@@ -533,7 +534,7 @@ class FleetController:
     async def kill_states(self) -> dict[str, Any]:
         self._load()
         records = self.book.kill_records()
-        out = {s: {"state": "running", "reason": "", "since": 0.0} for s in self._symbols()}
+        out = {s: {"state": KillState.RUNNING, "reason": "", "since": 0.0} for s in self._symbols()}
         out.update({s: asdict(r) for s, r in records.items()})
         return out
 

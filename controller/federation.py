@@ -16,15 +16,13 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from agents.metrics import SEED_METRICS
+from fleet.vocabulary import KillState
 
 # The seed's twelve metric names (SEED-EN, requirement 10): none may disappear from the page.
 SEED_METRIC_NAMES: tuple[str, ...] = SEED_METRICS
 
 # Upper bounds (seconds) of the kill-latency histogram: the aim is p99 under 250 ms at 50 symbols.
 KILL_LATENCY_BUCKETS: tuple[float, ...] = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-# Kill states that mean "not quoting by operator's order".
-STOPPED_KILL_STATES = frozenset({"halted", "flattening"})
 
 _SYMBOL_LABEL = "symbol"
 
@@ -168,7 +166,7 @@ def fleet_families(view: FleetView, scrapes: Iterable[AgentScrape]) -> list[Metr
     halted_total.add_sample(
         "mmfleet_agents_halted",
         {"fleet": view.fleet},
-        float(sum(1 for sym in view.symbols if view.kill_states.get(sym) in STOPPED_KILL_STATES)),
+        float(sum(1 for sym in view.symbols if KillState.stopped(view.kill_states.get(sym)))),
     )
     halted = gauge("mmfleet_symbol_halted", "1 if the symbol is halted or flattening by kill switch.")
     for sym in symbols:
@@ -176,7 +174,7 @@ def fleet_families(view: FleetView, scrapes: Iterable[AgentScrape]) -> list[Metr
             halted.add_sample(
                 "mmfleet_symbol_halted",
                 {_SYMBOL_LABEL: sym, "kill_state": view.kill_states[sym]},
-                1.0 if view.kill_states[sym] in STOPPED_KILL_STATES else 0.0,
+                1.0 if KillState.stopped(view.kill_states[sym]) else 0.0,
             )
 
     restarts = gauge("mmfleet_agent_restarts", "Times Ray restarted the symbol's agent actor.")

@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from agents.ownership import KILL_STATES
+from fleet.vocabulary import KillState
 
 log = logging.getLogger("mmfleet.lease")
 
@@ -95,10 +95,13 @@ class Lease:
 
 @dataclass(frozen=True)
 class KillRecord:
-    state: str  # running | halted | flattening
+    state: KillState  # a string is read as a KillState (ValueError if it is none)
     reason: str = ""
     since: float = 0.0
     seq: int = 0  # grows with every change: tells a fresh kill state from a stale one in flight
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", KillState.parse(self.state))
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ class LeaseAnswer:
     symbol: str
     epoch: int = 0
     lease_ttl_s: float = 0.0
-    kill_state: str = "running"
+    kill_state: KillState = KillState.RUNNING
     reduce_only: bool = False
     rate_share: float = 1.0
     kill_seq: int = 0
@@ -207,25 +210,28 @@ class LeaseBook:
         raw = self.store.get(f"kill/{symbol}")
         seq = self.kill_seq(symbol)
         if not raw:
-            return KillRecord("running", seq=seq)
+            return KillRecord(KillState.RUNNING, seq=seq)
         try:
-            rec = KillRecord(**{**json.loads(raw), "seq": seq})
-        except (ValueError, TypeError):
-            return KillRecord("halted", reason="unreadable kill record: halted to be safe", seq=seq)
-        if rec.state not in KILL_STATES:
-            return KillRecord("halted", reason=f"unknown state {rec.state!r}", seq=seq)
-        return rec
+            doc = json.loads(raw)
+            state = doc["state"]
+        except (ValueError, TypeError, KeyError):
+            return KillRecord(KillState.HALTED, reason="unreadable kill record: halted to be safe", seq=seq)
+        if not isinstance(state, str) or state not in KillState._value2member_map_:
+            return KillRecord(KillState.HALTED, reason=f"unknown state {state!r}", seq=seq)
+        try:
+            return KillRecord(**{**doc, "seq": seq})
+        except TypeError:
+            return KillRecord(KillState.HALTED, reason="unreadable kill record: halted to be safe", seq=seq)
 
-    def kill_state(self, symbol: str) -> str:
+    def kill_state(self, symbol: str) -> KillState:
         return self.kill_record(symbol).state
 
     def set_kill_state(self, symbol: str, state: str, reason: str = "", *, now: float | None = None) -> KillRecord:
-        if state not in KILL_STATES:
-            raise ValueError(f"kill state must be one of {KILL_STATES}, not {state!r}")
+        state = KillState.parse(state)
         seq = self.kill_seq(symbol) + 1
         self.store.put(f"killseq/{symbol}", str(seq))
         rec = KillRecord(state=state, reason=reason, since=time.time() if now is None else now, seq=seq)
-        if state == "running":
+        if state is KillState.RUNNING:
             self.store.delete(f"kill/{symbol}")
         else:
             self.store.put(f"kill/{symbol}", json.dumps(asdict(rec)))
