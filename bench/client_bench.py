@@ -77,6 +77,7 @@ def start_sim() -> tuple[subprocess.Popen, dict]:
 
 async def bench_rest(orders: int, rest_url: str, key: str, secret: str) -> None:
     from fleet.binance.client import BinanceClient
+    from fleet.binance.enums import OrderType, Side, TimeInForce
     from fleet.binance.models import OrderRequest
     from fleet.binance.signing import encode_params, sign
 
@@ -95,7 +96,8 @@ async def bench_rest(orders: int, rest_url: str, key: str, secret: str) -> None:
 
         def order(i: int) -> OrderRequest:
             price = filters.price_str(ticks - (i % 150))
-            return OrderRequest(symbol, "BUY", "LIMIT", "0.010", price, "GTX", client_order_id=f"bench-{next(ids)}")
+            return OrderRequest(symbol=symbol, side=Side.BUY, order_type=OrderType.LIMIT, quantity="0.010", price=price,
+                                time_in_force=TimeInForce.GTX, client_order_id=f"bench-{next(ids)}")
 
         await client.cancel_all(symbol)
         for i in range(5):  # warm the connection pool

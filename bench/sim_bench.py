@@ -28,7 +28,7 @@ from fleet.sim.server import SimServer  # noqa: E402
 from fleet.sim.testkit import SimClient  # noqa: E402
 
 SYMBOLS = ["ETHUSDC", "BTCUSDT", "SOLUSDT"]
-# latency runs measure speed, not the order-rate limits (those are tested in tests/fleet/test_sim_faults.py)
+# latency runs measure speed, not the order-rate limits (those are tested in tests/fleet/sim/test_sim_faults.py)
 UNLIMITED = {"rate_limits": {"weight_per_minute": 10**9, "orders_per_10s": 10**9, "orders_per_minute": 10**9}}
 
 

@@ -1,9 +1,10 @@
 """The REST client: signed requests on one keep-alive aiohttp session, typed results and errors.
 
 Every request is charged to a :class:`~fleet.binance.ratelimit.RateBudget` before it is sent, with
-the endpoint's documented weight, and the budget is corrected from the response headers. Order
-requests that may have executed without an answer raise :class:`OutcomeUnknownError`;
-:meth:`BinanceClient.place_order_idempotent` resolves that by querying the client order id.
+the endpoint's documented weight (the table in :mod:`~fleet.binance.endpoints`), and the budget is
+corrected from the response headers. Order requests that may have executed without an answer raise
+:class:`OutcomeUnknownError`; :meth:`BinanceClient.place_order_idempotent` resolves that by
+querying the client order id.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from . import endpoints as ep
+from .endpoints import Endpoint
+from .enums import ErrorCode, PositionSide
 from .errors import (
     BannedError,
     BinanceError,
@@ -49,22 +53,6 @@ log = logging.getLogger("fleet.binance.client")
 
 BATCH_PLACE_MAX = 5
 BATCH_CANCEL_MAX = 10
-TOO_MANY_ORDERS = -1015  # a 429 on the account's order count (not the IP's weight)
-
-# Documented weights (reference §7).
-_W1 = Cost(weight=1)
-_ORDER = Cost(weight=0, orders_10s=1, orders_1m=1)
-_ACCOUNT = Cost(weight=5)
-
-
-def _depth_weight(limit: int) -> int:
-    if limit <= 50:
-        return 2
-    if limit <= 100:
-        return 5
-    if limit <= 500:
-        return 10
-    return 20
 
 
 def _dec(value: Any) -> Decimal:
@@ -155,46 +143,45 @@ class BinanceClient:
 
     async def _request(
         self,
-        method: str,
-        path: str,
+        endpoint: Endpoint,
         params: Mapping[str, Any] | None = None,
         *,
-        cost: Cost = _W1,
-        signed: bool = False,
-        keyed: bool = False,
+        cost: Cost | None = None,
         wait: bool = True,
-        retry_on_skew: bool = True,
         risk: bool = False,
     ) -> Any:
-        """Send one request; returns the decoded JSON, or raises a :class:`BinanceError` subclass.
+        """Send one request to ``endpoint`` (charged its table cost, or ``cost``); returns the
+        decoded JSON, or raises a :class:`BinanceError` subclass.
 
         ``risk``: the request takes risk off (cancel, shrinking amend, reduce-only order, dead-man
         heartbeat, a look-up): it may use the rate budget's reserve, which quoting never touches.
+        An endpoint that only ever takes risk off is in that lane whatever the caller says.
         """
+        cost = endpoint.cost if cost is None else cost
+        risk = risk or endpoint.risk
         await self.budget.acquire(cost, wait=wait, risk=risk)
         try:
-            return await self._send(method, path, params, signed=signed, keyed=keyed)
+            return await self._send(endpoint, params)
         except TimestampError:
-            if not (signed and retry_on_skew and self.resync_on_skew):
+            if not (endpoint.signed and self.resync_on_skew):
                 raise
             # -1021 means the request was refused unexecuted: re-learn the clock and send once more
-            log.warning("timestamp outside recvWindow on %s %s; re-syncing time", method, path)
+            log.warning("timestamp outside recvWindow on %s; re-syncing time", endpoint)
             await self.sync_time()
             await self.budget.acquire(cost, wait=wait, risk=risk)
-            return await self._send(method, path, params, signed=signed, keyed=keyed)
+            return await self._send(endpoint, params)
 
-    async def _send(
-        self, method: str, path: str, params: Mapping[str, Any] | None, *, signed: bool, keyed: bool
-    ) -> Any:
+    async def _send(self, endpoint: Endpoint, params: Mapping[str, Any] | None) -> Any:
+        method, path, signed, keyed = endpoint.method, endpoint.path, endpoint.signed, endpoint.keyed
         headers: dict[str, str] = {}
         fields = dict(params or {})
         if signed or keyed:
             if not self._api_key:
-                raise BinanceError(-2014, f"{method} {path} needs an API key; none configured", None)
+                raise BinanceError(ErrorCode.BAD_API_KEY_FMT, f"{method} {path} needs an API key; none configured", None)
             headers["X-MBX-APIKEY"] = self._api_key
         if signed:
             if not self._api_secret:
-                raise BinanceError(-1022, f"{method} {path} needs an API secret; none configured", None)
+                raise BinanceError(ErrorCode.INVALID_SIGNATURE, f"{method} {path} needs an API secret; none configured", None)
             fields["recvWindow"] = self.recv_window
             fields["timestamp"] = self._timestamp()
         encoded = encode_params(fields)
@@ -208,7 +195,7 @@ class BinanceClient:
             body = encoded.encode()
         elif encoded:
             url = f"{url}?{encoded}"
-        mutating = method != "GET"
+        mutating = endpoint.mutating
         try:
             self.requests_sent += 1
             # encoded=True: send the query exactly as signed (yarl would otherwise re-quote it)
@@ -237,7 +224,7 @@ class BinanceClient:
             return payload
         err = error_from_payload(payload, status, resp_headers)
         if isinstance(err, RateLimitedError):
-            self.budget.note_retry_after(err.retry_after, orders_only=err.code == TOO_MANY_ORDERS)
+            self.budget.note_retry_after(err.retry_after, orders_only=err.code == ErrorCode.TOO_MANY_ORDERS)
             log.warning("rate limited on %s %s: backing off %.1fs", method, path, err.retry_after)
         elif isinstance(err, BannedError):
             until = err.until_ms
@@ -253,7 +240,7 @@ class BinanceClient:
     # -- time and market data ------------------------------------------------------------------
 
     async def server_time(self) -> int:
-        data = await self._request("GET", "/fapi/v1/time")
+        data = await self._request(ep.TIME)
         return int(data["serverTime"])
 
     async def sync_time(self) -> int:
@@ -265,22 +252,20 @@ class BinanceClient:
         return self.time_offset_ms
 
     async def ping(self) -> None:
-        await self._request("GET", "/fapi/v1/ping")
+        await self._request(ep.PING)
 
     async def exchange_info(self) -> dict[str, Any]:
-        return await self._request("GET", "/fapi/v1/exchangeInfo")
+        return await self._request(ep.EXCHANGE_INFO)
 
     async def symbol_filters(self, symbol: str) -> SymbolFilters:
         info = await self.exchange_info()
         for entry in info.get("symbols", ()):
             if entry.get("symbol") == symbol:
                 return SymbolFilters.from_exchange_info(entry)
-        raise BinanceError(-1121, f"Invalid symbol: {symbol!r} is not in exchangeInfo", None)
+        raise BinanceError(ErrorCode.BAD_SYMBOL, f"Invalid symbol: {symbol!r} is not in exchangeInfo", None)
 
     async def depth(self, symbol: str, limit: int = 100) -> DepthSnapshot:
-        data = await self._request(
-            "GET", "/fapi/v1/depth", {"symbol": symbol, "limit": limit}, cost=Cost(weight=_depth_weight(limit))
-        )
+        data = await self._request(ep.DEPTH, {"symbol": symbol, "limit": limit}, cost=ep.depth_cost(limit))
         return DepthSnapshot(
             last_update_id=int(data["lastUpdateId"]),
             event_time=int(data.get("E", 0)),
@@ -290,7 +275,7 @@ class BinanceClient:
         )
 
     async def book_ticker(self, symbol: str) -> BookTop:
-        data = await self._request("GET", "/fapi/v1/ticker/bookTicker", {"symbol": symbol}, cost=Cost(weight=2))
+        data = await self._request(ep.BOOK_TICKER, {"symbol": symbol})
         return BookTop(
             symbol=data["symbol"],
             bid=_dec(data["bidPrice"]),
@@ -301,7 +286,7 @@ class BinanceClient:
         )
 
     async def premium_index(self, symbol: str) -> PremiumIndex:
-        data = await self._request("GET", "/fapi/v1/premiumIndex", {"symbol": symbol})
+        data = await self._request(ep.PREMIUM_INDEX, {"symbol": symbol})
         return PremiumIndex(
             symbol=data["symbol"],
             mark_price=_dec(data["markPrice"]),
@@ -316,9 +301,7 @@ class BinanceClient:
     # -- orders --------------------------------------------------------------------------------
 
     async def place_order(self, order: OrderRequest, *, wait: bool = True, risk: bool = False) -> OrderInfo:
-        data = await self._request(
-            "POST", "/fapi/v1/order", order.to_params(), cost=_ORDER, signed=True, wait=wait, risk=risk
-        )
+        data = await self._request(ep.NEW_ORDER, order.to_params(), wait=wait, risk=risk)
         return _write_answer(data)
 
     async def place_order_idempotent(
@@ -361,27 +344,25 @@ class BinanceClient:
         raise OutcomeUnknownError(0, f"could not learn whether order {client_order_id} exists", None)
 
     async def modify_order(self, modify: ModifyRequest, *, wait: bool = True, risk: bool = False) -> OrderInfo:
-        data = await self._request(
-            "PUT", "/fapi/v1/order", modify.to_params(), cost=_ORDER, signed=True, wait=wait, risk=risk
-        )
+        data = await self._request(ep.MODIFY_ORDER, modify.to_params(), wait=wait, risk=risk)
         return _write_answer(data)
 
     async def cancel_order(
         self, symbol: str, order_id: int | None = None, client_order_id: str | None = None
     ) -> OrderInfo:
         params = _order_ref(symbol, order_id, client_order_id)
-        data = await self._request("DELETE", "/fapi/v1/order", params, signed=True, risk=True)
+        data = await self._request(ep.CANCEL_ORDER, params)
         return OrderInfo.from_api(data)
 
     async def query_order(
         self, symbol: str, order_id: int | None = None, client_order_id: str | None = None
     ) -> OrderInfo:
         params = _order_ref(symbol, order_id, client_order_id)
-        data = await self._request("GET", "/fapi/v1/order", params, signed=True, risk=True)
+        data = await self._request(ep.QUERY_ORDER, params)
         return OrderInfo.from_api(data)
 
     async def open_orders(self, symbol: str) -> list[OrderInfo]:
-        data = await self._request("GET", "/fapi/v1/openOrders", {"symbol": symbol}, signed=True, risk=True)
+        data = await self._request(ep.OPEN_ORDERS, {"symbol": symbol})
         return [OrderInfo.from_api(o) for o in data]
 
     async def batch_place(
@@ -394,8 +375,7 @@ class BinanceClient:
         each of its orders instead, so the caller still learns what the earlier requests placed.
         """
         return await self._in_chunks(
-            orders, BATCH_PLACE_MAX, _batch_order_cost, lambda chunk: ("POST", {"batchOrders": [o.to_params() for o in chunk]}),
-            wait, risk,
+            orders, BATCH_PLACE_MAX, ep.BATCH_PLACE, lambda chunk: {"batchOrders": [o.to_params() for o in chunk]}, wait, risk
         )
 
     async def batch_modify(
@@ -410,8 +390,7 @@ class BinanceClient:
             return params
 
         return await self._in_chunks(
-            modifies, BATCH_PLACE_MAX, _batch_order_cost, lambda chunk: ("PUT", {"batchOrders": [entry(m) for m in chunk]}),
-            wait, risk,
+            modifies, BATCH_PLACE_MAX, ep.BATCH_MODIFY, lambda chunk: {"batchOrders": [entry(m) for m in chunk]}, wait, risk
         )
 
     async def batch_cancel(
@@ -426,17 +405,14 @@ class BinanceClient:
         ids: list[Any] = [int(i) for i in order_ids] if order_ids is not None else [str(c) for c in client_order_ids or ()]
         key = "orderIdList" if order_ids is not None else "origClientOrderIdList"
         return await self._in_chunks(
-            ids, BATCH_CANCEL_MAX, lambda chunk: _W1, lambda chunk: ("DELETE", {"symbol": symbol, key: list(chunk)}), True, True
+            ids, BATCH_CANCEL_MAX, ep.BATCH_CANCEL, lambda chunk: {"symbol": symbol, key: list(chunk)}, True
         )
 
-    async def _in_chunks(self, items, size, cost_of, build, wait, risk=False) -> list[OrderInfo | BinanceError]:
+    async def _in_chunks(self, items, size, endpoint: Endpoint, build, wait, risk=False) -> list[OrderInfo | BinanceError]:
         results: list[OrderInfo | BinanceError] = []
         for index, chunk in enumerate(_chunks(items, size)):
-            method, params = build(chunk)
             try:
-                data = await self._request(
-                    method, "/fapi/v1/batchOrders", params, cost=cost_of(chunk), signed=True, wait=wait, risk=risk
-                )
+                data = await self._request(endpoint, build(chunk), wait=wait, risk=risk)
             except BinanceError as exc:
                 if index == 0:
                     raise
@@ -446,20 +422,13 @@ class BinanceClient:
         return results
 
     async def cancel_all(self, symbol: str) -> dict[str, Any]:
-        return await self._request("DELETE", "/fapi/v1/allOpenOrders", {"symbol": symbol}, signed=True, risk=True)
+        return await self._request(ep.CANCEL_ALL, {"symbol": symbol})
 
     async def countdown_cancel_all(self, symbol: str, countdown_ms: int) -> dict[str, Any]:
         """Arm (or with 0, disarm) the exchange's dead-man switch for ``symbol``."""
         if countdown_ms < 0:
             raise ValueError(f"countdown_ms must be >= 0, got {countdown_ms}")
-        return await self._request(
-            "POST",
-            "/fapi/v1/countdownCancelAll",
-            {"symbol": symbol, "countdownTime": int(countdown_ms)},
-            cost=Cost(weight=10),
-            signed=True,
-            risk=True,
-        )
+        return await self._request(ep.COUNTDOWN_CANCEL_ALL, {"symbol": symbol, "countdownTime": int(countdown_ms)})
 
     # -- account -------------------------------------------------------------------------------
 
@@ -469,9 +438,7 @@ class BinanceClient:
         if not self._position_v2:
             as_of = self._timestamp()
             try:
-                data = await self._request(
-                    "GET", "/fapi/v3/positionRisk", {"symbol": symbol}, cost=_ACCOUNT, signed=True
-                )
+                data = await self._request(ep.POSITION_RISK_V3, {"symbol": symbol})
             except BinanceError as exc:
                 if exc.http_status != 404:
                     raise
@@ -480,28 +447,28 @@ class BinanceClient:
             else:
                 return _pick_position(data, symbol, as_of)
         as_of = self._timestamp()
-        data = await self._request("GET", "/fapi/v2/positionRisk", {"symbol": symbol}, cost=_ACCOUNT, signed=True)
+        data = await self._request(ep.POSITION_RISK_V2, {"symbol": symbol})
         return _pick_position(data, symbol, as_of)
 
     async def account(self) -> dict[str, Any]:
         if not self._account_v2:
             try:
-                return await self._request("GET", "/fapi/v3/account", cost=_ACCOUNT, signed=True)
+                return await self._request(ep.ACCOUNT_V3)
             except BinanceError as exc:
                 if exc.http_status != 404:
                     raise
                 self._account_v2 = True
-        return await self._request("GET", "/fapi/v2/account", cost=_ACCOUNT, signed=True)
+        return await self._request(ep.ACCOUNT_V2)
 
     async def balance(self) -> list[dict[str, Any]]:
         if not self._account_v2:
             try:
-                return await self._request("GET", "/fapi/v3/balance", cost=_ACCOUNT, signed=True)
+                return await self._request(ep.BALANCE_V3)
             except BinanceError as exc:
                 if exc.http_status != 404:
                     raise
                 self._account_v2 = True
-        return await self._request("GET", "/fapi/v2/balance", cost=_ACCOUNT, signed=True)
+        return await self._request(ep.BALANCE_V2)
 
     async def income(
         self,
@@ -519,7 +486,7 @@ class BinanceClient:
             "limit": limit,
         }
         params = {k: v for k, v in params.items() if v is not None}
-        return await self._request("GET", "/fapi/v1/income", params, cost=Cost(weight=30), signed=True)
+        return await self._request(ep.INCOME, params)
 
     async def user_trades(
         self,
@@ -532,12 +499,10 @@ class BinanceClient:
         """GET /fapi/v1/userTrades: the account's fills of a symbol, oldest first (``fromId`` pages on)."""
         params = {"symbol": symbol, "startTime": start_time, "endTime": end_time, "fromId": from_id, "limit": limit}
         params = {k: v for k, v in params.items() if v is not None}
-        return await self._request("GET", "/fapi/v1/userTrades", params, cost=Cost(weight=5), signed=True)
+        return await self._request(ep.USER_TRADES, params)
 
     async def commission_rate(self, symbol: str) -> CommissionRate:
-        data = await self._request(
-            "GET", "/fapi/v1/commissionRate", {"symbol": symbol}, cost=Cost(weight=20), signed=True
-        )
+        data = await self._request(ep.COMMISSION_RATE, {"symbol": symbol})
         return CommissionRate(
             symbol=data["symbol"],
             maker=_dec(data["makerCommissionRate"]),
@@ -547,32 +512,24 @@ class BinanceClient:
     async def set_leverage(self, symbol: str, leverage: int) -> dict[str, Any]:
         if not 1 <= int(leverage) <= 125:
             raise ValueError(f"leverage must be 1..125, got {leverage}")
-        return await self._request(
-            "POST", "/fapi/v1/leverage", {"symbol": symbol, "leverage": int(leverage)}, signed=True
-        )
+        return await self._request(ep.LEVERAGE, {"symbol": symbol, "leverage": int(leverage)})
 
     # -- listenKey (API key only, no signature) ------------------------------------------------
 
     async def create_listen_key(self) -> str:
-        data = await self._request("POST", "/fapi/v1/listenKey", keyed=True)
+        data = await self._request(ep.LISTEN_KEY_CREATE)
         return str(data["listenKey"])
 
     async def keepalive_listen_key(self) -> str | None:
         """Extend the listenKey by 60 min; :class:`InvalidListenKeyError` if it has expired."""
-        data = await self._request("PUT", "/fapi/v1/listenKey", keyed=True)
+        data = await self._request(ep.LISTEN_KEY_KEEPALIVE)
         return data.get("listenKey") if isinstance(data, dict) else None
 
     async def close_listen_key(self) -> None:
-        await self._request("DELETE", "/fapi/v1/listenKey", keyed=True)
+        await self._request(ep.LISTEN_KEY_CLOSE)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def _batch_order_cost(chunk: Sequence[Any]) -> Cost:
-    """batchOrders POST/PUT, as documented: 5 IP weight, 5 on the 10 s order count (whatever the
-    batch size), 1 on the minute's."""
-    return Cost(weight=5, orders_10s=5, orders_1m=1)
 
 
 def _is_error_payload(payload: Mapping[str, Any]) -> bool:
@@ -626,7 +583,7 @@ def _batch_results(data: Any, expected: int) -> list[OrderInfo | BinanceError]:
 def _pick_position(data: Any, symbol: str, as_of: int = 0) -> PositionInfo:
     """The symbol's one-way row; ``as_of`` (the exchange time the request was sent) goes with it,
     so that a figure without a time of its own (flat: v3 omits the symbol) is as of the request."""
-    rows = [r for r in (data or ()) if r.get("symbol") == symbol and r.get("positionSide", "BOTH") == "BOTH"]
+    rows = [r for r in (data or ()) if r.get("symbol") == symbol and r.get("positionSide", PositionSide.BOTH) == PositionSide.BOTH]
     if not rows:
         return PositionInfo.flat(symbol, as_of)  # v3 lists only symbols with a position or open orders
     return dataclasses.replace(PositionInfo.from_api(rows[0]), as_of=as_of)

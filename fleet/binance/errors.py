@@ -1,25 +1,27 @@
 """Typed exchange errors: one class per situation a market maker must branch on.
 
 Every error carries Binance's ``code``, ``msg`` and the HTTP status, so logs show the exchange's own
-words; :func:`error_from_response` maps a failed response (or a failed batch entry) to its class.
+words; :func:`error_from_payload` maps a failed response (or a failed batch entry) to its class.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+from .enums import ErrorCode, error_code
+
 
 class BinanceError(Exception):
     """An error answered by the exchange (or decided locally on its behalf)."""
 
     def __init__(self, code: int, msg: str, http_status: int | None = None) -> None:
-        super().__init__(f"[{code}] {msg} (HTTP {http_status})")
-        self.code = int(code)
+        super().__init__(f"[{int(code)}] {msg} (HTTP {http_status})")
+        self.code: ErrorCode | int = error_code(int(code))  # an ErrorCode when the project names it
         self.msg = str(msg)
         self.http_status = http_status
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(code={self.code}, msg={self.msg!r}, http_status={self.http_status})"
+        return f"{type(self).__name__}(code={int(self.code)}, msg={self.msg!r}, http_status={self.http_status})"
 
     def __reduce__(self):  # picklable across Ray / process boundaries, subclasses included
         return (_rebuild, (type(self), self.code, self.msg, self.http_status, dict(self.__dict__)))
@@ -111,35 +113,38 @@ class BudgetExhaustedError(BinanceError):
 
 
 _BY_CODE: dict[int, type[BinanceError]] = {
-    -1021: TimestampError,
-    -5028: TimestampError,
-    -2011: UnknownOrderError,
-    -2013: UnknownOrderError,
-    -2019: InsufficientMarginError,
-    -2022: ReduceOnlyRejectedError,
-    -5022: PostOnlyRejectedError,
-    -4164: MinNotionalError,
-    -1111: FilterRejectedError,
-    -1013: FilterRejectedError,
-    -4003: FilterRejectedError,
-    -4004: FilterRejectedError,
-    -4005: FilterRejectedError,
-    -4013: FilterRejectedError,
-    -4014: FilterRejectedError,
-    -4016: FilterRejectedError,
-    -4023: FilterRejectedError,
-    -4024: FilterRejectedError,
-    -1003: RateLimitedError,
-    -1125: InvalidListenKeyError,
-    -4116: DuplicateClientOrderIdError,
-    -1000: OutcomeUnknownError,  # UNKNOWN: "execution status unknown" (seen with HTTP 500 and 503)
-    -1006: OutcomeUnknownError,  # UNEXPECTED_RESP: "Execution status unknown."
-    -1007: OutcomeUnknownError,  # TIMEOUT: "Send status unknown; execution status unknown."
+    ErrorCode.INVALID_TIMESTAMP: TimestampError,
+    ErrorCode.ME_INVALID_TIMESTAMP: TimestampError,
+    ErrorCode.CANCEL_REJECTED: UnknownOrderError,
+    ErrorCode.NO_SUCH_ORDER: UnknownOrderError,
+    ErrorCode.MARGIN_NOT_SUFFICIEN: InsufficientMarginError,
+    ErrorCode.REDUCE_ONLY_REJECT: ReduceOnlyRejectedError,
+    ErrorCode.GTX_ORDER_REJECT: PostOnlyRejectedError,
+    ErrorCode.MIN_NOTIONAL: MinNotionalError,
+    ErrorCode.BAD_PRECISION: FilterRejectedError,
+    ErrorCode.FILTER_FAILURE: FilterRejectedError,
+    ErrorCode.QTY_LESS_THAN_ZERO: FilterRejectedError,
+    ErrorCode.QTY_LESS_THAN_MIN_QTY: FilterRejectedError,
+    ErrorCode.QTY_GREATER_THAN_MAX_QTY: FilterRejectedError,
+    ErrorCode.PRICE_LESS_THAN_MIN_PRICE: FilterRejectedError,
+    ErrorCode.PRICE_NOT_INCREASED_BY_TICK_SIZE: FilterRejectedError,
+    ErrorCode.PRICE_HIGHTER_THAN_MULTIPLIER_UP: FilterRejectedError,
+    ErrorCode.QTY_NOT_INCREASED_BY_STEP_SIZE: FilterRejectedError,
+    ErrorCode.PRICE_LOWER_THAN_MULTIPLIER_DOWN: FilterRejectedError,
+    ErrorCode.TOO_MANY_REQUESTS: RateLimitedError,
+    ErrorCode.INVALID_LISTEN_KEY: InvalidListenKeyError,
+    ErrorCode.DUPLICATED_CLIENT_ORDER_ID: DuplicateClientOrderIdError,
+    ErrorCode.UNKNOWN: OutcomeUnknownError,  # "execution status unknown" (seen with HTTP 500 and 503)
+    ErrorCode.UNEXPECTED_RESP: OutcomeUnknownError,  # "Execution status unknown."
+    ErrorCode.TIMEOUT: OutcomeUnknownError,  # "Send status unknown; execution status unknown."
 }
+
+# The codes whose execution status Binance calls unknown.
+OUTCOME_UNKNOWN_CODES = frozenset({ErrorCode.UNKNOWN, ErrorCode.UNEXPECTED_RESP, ErrorCode.TIMEOUT})
 
 # Answers to a write that Binance documents as a definite failure (nothing executed; may be resent):
 # -1008 (throttled), and 503 "Service Unavailable." / "Internal error; unable to process your request."
-_DEFINITE_FAILURE_CODES = frozenset({-1008})
+_DEFINITE_FAILURE_CODES = frozenset({ErrorCode.REQUEST_THROTTLED})
 _DEFINITE_FAILURE_MSGS = ("service unavailable", "internal error; unable to process")
 
 # Binance's wording for a 503 whose execution status is unknown (the order may exist).
@@ -184,18 +189,18 @@ def error_from_payload(
     else:
         code, msg = 0, str(payload)[:300] if payload is not None else ""
     if http_status == 418:
-        return BannedError(code or -1003, msg, 418, until_ms=_ban_until(msg))
+        return BannedError(code or ErrorCode.TOO_MANY_REQUESTS, msg, 418, until_ms=_ban_until(msg))
     if http_status == 429:
-        return RateLimitedError(code or -1003, msg, 429, retry_after=_retry_after(headers))
+        return RateLimitedError(code or ErrorCode.TOO_MANY_REQUESTS, msg, 429, retry_after=_retry_after(headers))
     if http_status == 408:
         # the gateway timed out waiting for the backend: the request may have been executed
         return OutcomeUnknownError(code, msg or "HTTP 408", 408)
     if http_status is not None and http_status >= 500:
-        if code == -1008:
+        if code == ErrorCode.REQUEST_THROTTLED:
             return ServerError(code, msg, http_status)
         if http_status == 503 and _UNKNOWN_503 in msg.lower():
             return OutcomeUnknownError(code, msg, http_status)
-        if code in (-1000, -1006, -1007):
+        if code in OUTCOME_UNKNOWN_CODES:
             return OutcomeUnknownError(code, msg, http_status)
         if http_status in (502, 504) and code == 0:
             # a gateway gave up waiting for the backend: the request may have been executed

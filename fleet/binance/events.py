@@ -12,11 +12,15 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-BUY = "BUY"
-SELL = "SELL"
+from .enums import ExecType, OrderStatus, OrderType, PositionSide, Side, TimeInForce
+
+BUY = Side.BUY
+SELL = Side.SELL
 
 # Binance order statuses after which an order can no longer fill.
-CLOSED_STATUSES = frozenset({"FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"})
+CLOSED_STATUSES = frozenset(
+    {OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.EXPIRED_IN_MATCH, OrderStatus.REJECTED}
+)
 
 
 # --- market streams ---------------------------------------------------------------------------
@@ -91,14 +95,14 @@ class OrderUpdate:
     transaction_time: int
     symbol: str
     client_order_id: str
-    side: str  # BUY / SELL
-    order_type: str  # LIMIT / MARKET / ...
-    time_in_force: str
+    side: Side
+    order_type: OrderType | str  # a type this client does not name stays its wire string
+    time_in_force: TimeInForce | str
     orig_qty: Decimal
     price: Decimal
     avg_price: Decimal
-    exec_type: str  # NEW, CANCELED, CALCULATED, EXPIRED, TRADE, AMENDMENT
-    status: str  # NEW, PARTIALLY_FILLED, FILLED, CANCELED, EXPIRED, EXPIRED_IN_MATCH
+    exec_type: ExecType | str
+    status: OrderStatus | str
     order_id: int
     last_filled_qty: Decimal
     cum_filled_qty: Decimal
@@ -110,7 +114,7 @@ class OrderUpdate:
     is_maker: bool
     reduce_only: bool
     realized_pnl: Decimal
-    position_side: str = "BOTH"
+    position_side: PositionSide | str = PositionSide.BOTH
     expire_reason: str = "0"
 
     @property
@@ -185,7 +189,7 @@ class TradeLite:
     symbol: str
     client_order_id: str
     order_id: int
-    side: str
+    side: Side
     orig_qty: Decimal
     price: Decimal
     last_filled_price: Decimal

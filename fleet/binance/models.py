@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Mapping
 
+from . import enums
+from .enums import OrderStatus, OrderType, PositionSide, Side, TimeInForce
 from .events import CLOSED_STATUSES
 
 # Binance's rule for newClientOrderId.
 CLIENT_ORDER_ID_RE = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 _DECIMAL_RE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
-_SIDES = ("BUY", "SELL")
+_SIDES = (Side.BUY, Side.SELL)
 
 
 def _check_decimal_str(name: str, value: Any) -> None:
@@ -41,19 +43,23 @@ def _bool(value: Any) -> bool:
     return bool(value)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OrderRequest:
-    """A new order, as it will be sent: strings on the wire, a client order id chosen by the caller."""
+    """A new order, as it will be sent: strings on the wire, a client order id chosen by the caller.
+
+    Built by keyword only (``OrderRequest(symbol=..., side=Side.BUY, order_type=OrderType.LIMIT,
+    ...)``): nine optional fields in a row are too easy to shift by one.
+    """
 
     symbol: str
-    side: str
-    order_type: str
+    side: Side
+    order_type: OrderType
     quantity: str
     price: str | None = None
-    time_in_force: str | None = None
+    time_in_force: TimeInForce | None = None
     reduce_only: bool = False
     client_order_id: str | None = None
-    position_side: str | None = None
+    position_side: PositionSide | None = None
     new_order_resp_type: str | None = None
     price_match: str | None = None
     self_trade_prevention: str | None = None
@@ -65,9 +71,9 @@ class OrderRequest:
         _check_decimal_str("quantity", self.quantity)
         if self.price is not None:
             _check_decimal_str("price", self.price)
-        if self.order_type == "LIMIT" and (self.price is None and self.price_match is None):
+        if self.order_type == OrderType.LIMIT and (self.price is None and self.price_match is None):
             raise ValueError("a LIMIT order needs a price (or price_match)")
-        if self.order_type == "LIMIT" and self.time_in_force is None:
+        if self.order_type == OrderType.LIMIT and self.time_in_force is None:
             raise ValueError("a LIMIT order needs time_in_force (GTC, IOC, FOK, GTX, GTD)")
         if self.client_order_id is not None and not CLIENT_ORDER_ID_RE.match(self.client_order_id):
             raise ValueError(f"client_order_id {self.client_order_id!r} does not match {CLIENT_ORDER_ID_RE.pattern}")
@@ -97,12 +103,12 @@ class OrderRequest:
         return params
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ModifyRequest:
-    """An amendment of a LIMIT order (Binance needs both price and quantity, and the side)."""
+    """An amendment of a LIMIT order (Binance needs both price and quantity, and the side); by keyword."""
 
     symbol: str
-    side: str
+    side: Side
     quantity: str
     price: str
     order_id: int | None = None
@@ -134,17 +140,17 @@ class OrderInfo:
     symbol: str
     order_id: int
     client_order_id: str
-    side: str
-    type: str
-    time_in_force: str
+    side: Side
+    type: OrderType | str  # a type this client does not name stays its wire string
+    time_in_force: TimeInForce | str
     price: Decimal
     orig_qty: Decimal
     executed_qty: Decimal
     avg_price: Decimal
-    status: str
+    status: OrderStatus | str
     reduce_only: bool
     update_time: int
-    position_side: str = "BOTH"
+    position_side: PositionSide | str = PositionSide.BOTH
 
     @property
     def is_closed(self) -> bool:
@@ -161,17 +167,17 @@ class OrderInfo:
                 symbol=str(obj["symbol"]),
                 order_id=int(obj["orderId"]),
                 client_order_id=str(obj.get("clientOrderId", "")),
-                side=str(obj["side"]),
-                type=str(obj.get("type", obj.get("origType", ""))),
-                time_in_force=str(obj.get("timeInForce", "")),
+                side=enums.side(obj["side"]),
+                type=enums.order_type(str(obj.get("type", obj.get("origType", "")))),
+                time_in_force=enums.time_in_force(str(obj.get("timeInForce", ""))),
                 price=_dec(obj.get("price")),
                 orig_qty=_dec(obj.get("origQty")),
                 executed_qty=_dec(obj.get("executedQty")),
                 avg_price=_dec(obj.get("avgPrice")),
-                status=str(obj["status"]),
+                status=enums.order_status(str(obj["status"])),
                 reduce_only=_bool(obj.get("reduceOnly", False)),
                 update_time=int(obj.get("updateTime") or obj.get("time") or 0),
-                position_side=str(obj.get("positionSide", "BOTH")),
+                position_side=enums.position_side(str(obj.get("positionSide", "BOTH"))),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed order object from exchange: {exc!r} in {dict(obj)!r}") from exc
@@ -193,7 +199,7 @@ class PositionInfo:
     mark_price: Decimal
     update_time: int
     break_even_price: Decimal = Decimal(0)
-    position_side: str = "BOTH"
+    position_side: PositionSide | str = PositionSide.BOTH
     as_of: int = 0
 
     @classmethod
@@ -211,7 +217,7 @@ class PositionInfo:
                 mark_price=_dec(obj.get("markPrice")),
                 update_time=int(obj.get("updateTime") or 0),
                 break_even_price=_dec(obj.get("breakEvenPrice")),
-                position_side=str(obj.get("positionSide", "BOTH")),
+                position_side=enums.position_side(str(obj.get("positionSide", "BOTH"))),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed position object from exchange: {exc!r}") from exc

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from fleet.binance.client import BinanceClient
+from fleet.binance.enums import OrderType, Side, TimeInForce
 from fleet.binance.errors import InvalidListenKeyError
 from fleet.binance.events import (
     AccountUpdate,
@@ -80,14 +81,17 @@ async def test_user_stream_sees_orders_fills_account_updates(sim, layout):
         async with UserStream(sim.ws_url, listen_key, layout=layout, idle_timeout=15) as stream:
             top = await client.book_ticker(SYMBOL)
             passive = OrderRequest(
-                SYMBOL, "BUY", "LIMIT", "0.010", filters.price_str(filters.price_ticks_floor(top.bid) - 300), "GTX",
+                symbol=SYMBOL, side=Side.BUY, order_type=OrderType.LIMIT, quantity="0.010",
+                price=filters.price_str(filters.price_ticks_floor(top.bid) - 300), time_in_force=TimeInForce.GTX,
                 client_order_id=cid("us"),
             )
             placed = await client.place_order(passive)
             await client.cancel_order(SYMBOL, order_id=placed.order_id)
-            taker = OrderRequest(SYMBOL, "BUY", "MARKET", "0.010", client_order_id=cid("ust"))
+            taker = OrderRequest(symbol=SYMBOL, side=Side.BUY, order_type=OrderType.MARKET, quantity="0.010",
+                                 client_order_id=cid("ust"))
             await client.place_order(taker)
-            flat = OrderRequest(SYMBOL, "SELL", "MARKET", "0.010", reduce_only=True, client_order_id=cid("usf"))
+            flat = OrderRequest(symbol=SYMBOL, side=Side.SELL, order_type=OrderType.MARKET, quantity="0.010",
+                                reduce_only=True, client_order_id=cid("usf"))
             await client.place_order(flat)
 
             def seen_all(events):

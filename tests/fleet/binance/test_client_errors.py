@@ -6,6 +6,7 @@ import pytest
 
 from fleet.binance import errors as E
 from fleet.binance.credentials import CredentialsError, load_credentials
+from fleet.binance.enums import OrderType, Side, TimeInForce
 from fleet.binance.models import ModifyRequest, OrderInfo, OrderRequest
 from fleet.config import AccountConfig
 
@@ -57,14 +58,17 @@ def test_errors_survive_pickling_with_their_fields():
 
 def test_order_request_refuses_floats_and_bad_client_ids():
     with pytest.raises(TypeError, match="quantity"):
-        OrderRequest("BTCUSDT", "BUY", "LIMIT", 0.001, "90000.1", "GTX")  # type: ignore[arg-type]
+        OrderRequest(symbol="BTCUSDT", side=Side.BUY, order_type=OrderType.LIMIT, quantity=0.001, price="90000.1",  # type: ignore[arg-type]
+                     time_in_force=TimeInForce.GTX)
     with pytest.raises(ValueError, match="client_order_id"):
-        OrderRequest("BTCUSDT", "BUY", "LIMIT", "0.001", "90000.1", "GTX", client_order_id="has space")
+        OrderRequest(symbol="BTCUSDT", side=Side.BUY, order_type=OrderType.LIMIT, quantity="0.001", price="90000.1",
+                     time_in_force=TimeInForce.GTX, client_order_id="has space")
     with pytest.raises(ValueError, match="time_in_force"):
-        OrderRequest("BTCUSDT", "BUY", "LIMIT", "0.001", "90000.1")
+        OrderRequest(symbol="BTCUSDT", side=Side.BUY, order_type=OrderType.LIMIT, quantity="0.001", price="90000.1")
     with pytest.raises(ValueError, match="order_id or client_order_id"):
-        ModifyRequest("BTCUSDT", "BUY", "0.001", "90000.1")
-    req = OrderRequest("BTCUSDT", "SELL", "LIMIT", "0.001", "90000.1", "GTX", reduce_only=True, client_order_id="e3-1")
+        ModifyRequest(symbol="BTCUSDT", side=Side.BUY, quantity="0.001", price="90000.1")
+    req = OrderRequest(symbol="BTCUSDT", side=Side.SELL, order_type=OrderType.LIMIT, quantity="0.001", price="90000.1",
+                       time_in_force=TimeInForce.GTX, reduce_only=True, client_order_id="e3-1")
     assert req.to_params() == {
         "symbol": "BTCUSDT", "side": "SELL", "type": "LIMIT", "timeInForce": "GTX", "quantity": "0.001",
         "price": "90000.1", "reduceOnly": "true", "newClientOrderId": "e3-1",

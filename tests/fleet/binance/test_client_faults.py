@@ -6,12 +6,14 @@ tests start a simulator with low limits (``sim_factory``), so a real 429/418 com
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import aiohttp
 import pytest
 
 from fleet.binance.client import BinanceClient
+from fleet.binance.enums import OrderType, Side, TimeInForce
 from fleet.binance.errors import (
     BannedError,
     BudgetExhaustedError,
@@ -57,7 +59,8 @@ async def passive_order(client, tag: str) -> OrderRequest:
     filters = await client.symbol_filters(SYMBOL)
     top = await client.book_ticker(SYMBOL)
     price = filters.price_str(filters.price_ticks_floor(top.bid) - 250)
-    return OrderRequest(SYMBOL, "BUY", "LIMIT", "0.010", price, "GTX", client_order_id=cid(tag))
+    return OrderRequest(symbol=SYMBOL, side=Side.BUY, order_type=OrderType.LIMIT, quantity="0.010", price=price,
+                        time_in_force=TimeInForce.GTX, client_order_id=cid(tag))
 
 
 # -- 5xx and unknown outcomes -------------------------------------------------------------------
@@ -192,7 +195,7 @@ async def test_a_refused_later_batch_request_is_reported_in_place_not_raised(sim
     async with BinanceClient(sim.rest_url, key, secret, budget=budget) as client:
         base = await passive_order(client, "chunk")
         orders = [
-            OrderRequest(SYMBOL, "BUY", "LIMIT", "0.010", base.price, "GTX", client_order_id=cid("chunk"))
+            dataclasses.replace(base, client_order_id=cid("chunk"))
             for _ in range(7)
         ]
         results = await client.batch_place(orders, wait=False)

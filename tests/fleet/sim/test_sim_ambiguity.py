@@ -354,6 +354,7 @@ async def test_the_client_never_resends_a_dropped_cancel_or_modify(sim):
     """A kept-alive connection dropped after a DELETE or PUT is an unknown outcome, not a silent resend."""
     from fleet.binance.client import BinanceClient
     from fleet.binance.errors import OutcomeUnknownError
+    from fleet.binance.enums import OrderType, Side, TimeInForce
     from fleet.binance.models import OrderRequest
 
     name, key, secret = sim.accounts[0]
@@ -361,7 +362,8 @@ async def test_the_client_never_resends_a_dropped_cancel_or_modify(sim):
         top = await client.book_ticker("ETHUSDC")
         f = await client.symbol_filters("ETHUSDC")
         px = f.price_str(f.price_ticks_floor(top.bid) - 300)
-        placed = await client.place_order(OrderRequest("ETHUSDC", "BUY", "LIMIT", "0.010", px, "GTX",
+        placed = await client.place_order(OrderRequest(symbol="ETHUSDC", side=Side.BUY, order_type=OrderType.LIMIT,
+                                                       quantity="0.010", price=px, time_in_force=TimeInForce.GTX,
                                                        client_order_id="resend-check-1"))
         before = (await (await http.get(sim.rest_url + "/sim/state")).json())["server"]["rest_requests"]
         await http.post(sim.rest_url + "/sim/fault/rest", json={"mode": "exec_then_error", "answer": "timeout",

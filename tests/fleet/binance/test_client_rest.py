@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 
 from fleet.binance.client import BinanceClient
+from fleet.binance.enums import OrderType, Side, TimeInForce
 from fleet.binance.errors import (
     BinanceError,
     InsufficientMarginError,
@@ -65,7 +66,8 @@ async def passive_bid(client, filters, ticks_away: int = 200) -> tuple[str, int]
 
 
 def limit_buy(price: str, qty: str = "0.010", tif: str = "GTX", tag: str = "buy", **kw) -> OrderRequest:
-    return OrderRequest(SYMBOL, "BUY", "LIMIT", qty, price, tif, client_order_id=cid(tag), **kw)
+    return OrderRequest(symbol=SYMBOL, side=Side.BUY, order_type=OrderType.LIMIT, quantity=qty, price=price,
+                        time_in_force=TimeInForce(tif), client_order_id=cid(tag), **kw)
 
 
 # -- public data --------------------------------------------------------------------------------
@@ -114,7 +116,7 @@ async def test_place_query_modify_cancel_a_post_only_order(client, filters):
 
     new_price = filters.price_str(ticks - 1)
     modified = await client.modify_order(
-        ModifyRequest(SYMBOL, "BUY", "0.020", new_price, client_order_id=req.client_order_id)
+        ModifyRequest(symbol=SYMBOL, side=Side.BUY, quantity="0.020", price=new_price, client_order_id=req.client_order_id)
     )
     assert modified.order_id == placed.order_id
     assert modified.price == Decimal(new_price) and modified.orig_qty == Decimal("0.020")
@@ -144,7 +146,7 @@ async def test_batch_place_modify_and_cancel_split_into_exchange_sized_requests(
     assert [r.client_order_id for r in placed] == [o.client_order_id for i, o in enumerate(orders) if i != 3]
 
     modifies = [
-        ModifyRequest(SYMBOL, "BUY", "0.011", filters.price_str(ticks - 10 - i), order_id=o.order_id)
+        ModifyRequest(symbol=SYMBOL, side=Side.BUY, quantity="0.011", price=filters.price_str(ticks - 10 - i), order_id=o.order_id)
         for i, o in enumerate(placed)
     ]
     modified = await client.batch_modify(modifies)
@@ -198,7 +200,8 @@ async def test_position_follows_a_fill(sim, filters):
         before = await client.position(SYMBOL)
         top = await client.book_ticker(SYMBOL)
         ioc = OrderRequest(
-            SYMBOL, "BUY", "LIMIT", "0.010", filters.price_str(filters.price_ticks_ceil(top.ask) + 20), "IOC",
+            symbol=SYMBOL, side=Side.BUY, order_type=OrderType.LIMIT, quantity="0.010",
+            price=filters.price_str(filters.price_ticks_ceil(top.ask) + 20), time_in_force=TimeInForce.IOC,
             client_order_id=cid("fill"),
         )
         filled = await client.place_order(ioc)
@@ -210,7 +213,8 @@ async def test_position_follows_a_fill(sim, filters):
 
         pos = await poll(moved)
         assert pos.symbol == SYMBOL and pos.entry_price > 0 and pos.mark_price > 0
-        back = OrderRequest(SYMBOL, "SELL", "MARKET", "0.010", reduce_only=True, client_order_id=cid("flat"))
+        back = OrderRequest(symbol=SYMBOL, side=Side.SELL, order_type=OrderType.MARKET, quantity="0.010", reduce_only=True,
+                            client_order_id=cid("flat"))
         await client.place_order(back)
         await poll(lambda: _amount_is(client, before.amount))
 
@@ -256,7 +260,8 @@ async def test_rejections_raise_their_own_classes(client, filters):
         await client.place_order(limit_buy(price, qty="0.001"))
     with pytest.raises(ReduceOnlyRejectedError):
         await client.place_order(
-            OrderRequest(SYMBOL, "SELL", "MARKET", "0.010", reduce_only=True, client_order_id=cid("ro"))
+            OrderRequest(symbol=SYMBOL, side=Side.SELL, order_type=OrderType.MARKET, quantity="0.010", reduce_only=True,
+                         client_order_id=cid("ro"))
         )
     with pytest.raises(InsufficientMarginError):
         await client.place_order(limit_buy(price, qty="9000.000", tif="GTC"))

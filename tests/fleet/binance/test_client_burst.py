@@ -17,6 +17,7 @@ import time
 from decimal import Decimal
 
 from fleet.binance.client import BinanceClient
+from fleet.binance.enums import OrderType, Side, TimeInForce
 from fleet.binance.errors import BinanceError, BudgetExhaustedError, RateLimitedError
 from fleet.binance.models import OrderInfo, OrderRequest
 from fleet.binance.ratelimit import RateBudget
@@ -33,7 +34,8 @@ async def far_ioc_orders(client: BinanceClient, tag: str, n: int) -> list[OrderR
     price = filters.price_str(filters.price_ticks_floor(top.bid * Decimal("0.97")))
     ids = itertools.count()
     return [
-        OrderRequest(SYMBOL, "BUY", "LIMIT", "0.010", price, "IOC", client_order_id=f"{tag}-{next(ids)}")
+        OrderRequest(symbol=SYMBOL, side=Side.BUY, order_type=OrderType.LIMIT, quantity="0.010", price=price,
+                     time_in_force=TimeInForce.IOC, client_order_id=f"{tag}-{next(ids)}")
         for _ in range(n)
     ]
 
