@@ -1,0 +1,107 @@
+"""Shared by the agent runtime's modules: its constants, the exchange endpoints, back-off, and small helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fleet.binance.errors import BinanceError
+from fleet.binance.streams import StreamError
+
+from .orders import Amend, parse_client_order_id
+from .lifecycle import Block
+
+
+# Reasons quoting is blocked (any one blocks; the kill state is the core's, not a block).
+BLOCK_STARTING = Block.STARTING
+BLOCK_USER_STREAM = Block.USER_STREAM
+BLOCK_MARKET_STREAM = Block.MARKET_STREAM
+BLOCK_MARKET_STALE = Block.MARKET_STALE
+BLOCK_RESYNC = Block.RESYNC
+BLOCK_LEASE = Block.LEASE
+BLOCK_STOPPING = Block.STOPPING
+
+LEASE_MARGIN_S = 1.0  # the lease is treated as lapsed this long before it really does
+# An ambiguous answer is settled by a look-up this long past the request's recvWindow: by then the
+# matching engine refuses the request (-5028), so what the look-up does not find never lands.
+LOOKUP_MARGIN_MS = 1_000
+# A quote pull re-lists the exchange's open orders (weight 1) until none of ours rest: first after
+# 0.5 s, then less often (x2 each round, at most every 5 s), so a long outage of market data across
+# many agents on one IP does not spend the IP's weight on listings.
+PULL_REPEAT_S = (0.5, 5.0)
+
+IN_FLIGHT_QUERY_MS = 3_000  # an order unanswered this long is looked up by client order id
+UNRESOLVED_QUERY_MS = 1_000  # an order the exchange called unknown, with no final frame this long: looked up
+WATCHDOG_S = 0.25
+LATENCY_KEEP = 20_000  # tick-to-order samples kept for the benchmark (bounded memory)
+LATENCY_RECENT = 2_048  # the window status() summarises (cheap enough to sort on every call)
+
+_TRANSIENT = (BinanceError, StreamError, OSError, asyncio.TimeoutError)
+# Answers that no retry will change: a wrong key or signature, a symbol the exchange does not list.
+FATAL_START_CODES = frozenset({-1002, -1022, -1121, -2014, -2015})
+
+# When the book frame behind the request being sent in this task was read: (perf_counter_ns,
+# thread_time_ns), for anything below the client that wants tick-to-wire latency (the benchmark's
+# aiohttp trace hook); the thread's CPU clock separates the agent's own work from time preempted.
+Tick = tuple[int, int]
+TICK_READ: contextvars.ContextVar[Tick | None] = contextvars.ContextVar("mmfleet_tick_read", default=None)
+
+
+@dataclass(frozen=True)
+class ExchangeEndpoints:
+    """Where the exchange is: REST base URL and WebSocket base URLs (market and user)."""
+
+    rest_url: str
+    ws_market_url: str
+    ws_user_url: str
+
+
+class Backoff:
+    """Growing, jittered delays: initial, 2x, 4x ... capped; ``reset`` after a success."""
+
+    def __init__(self, initial: float, cap: float, jitter: float = 0.2, rng: random.Random | None = None) -> None:
+        self.initial = initial
+        self.cap = max(cap, initial)
+        self.jitter = jitter
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        base = min(self.cap, self.initial * (2**self.attempt))
+        self.attempt += 1
+        return base * (1.0 + self._rng.uniform(-self.jitter, self.jitter))
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+
+
+def _reduces(a: Amend, o: Any) -> bool:
+    """An amend that takes risk off: no larger, and smaller or further from the market."""
+    if a.qty_steps > o.orig_steps:
+        return False
+    away = a.price_ticks < o.price_ticks if a.side == "BUY" else a.price_ticks > o.price_ticks
+    return a.qty_steps < o.orig_steps or away
+
+
+def _older_epoch(client_order_id: str, epoch: int) -> bool:
+    parsed = parse_client_order_id(client_order_id)
+    return parsed is not None and parsed[0] < epoch
+
+
+def _same_epoch(client_order_id: str, epoch: int) -> bool:
+    parsed = parse_client_order_id(client_order_id)
+    return parsed is not None and parsed[0] == epoch
+
+
+class _ListenKeyGone(Exception):
+    """The listenKey expired or was refused: a new key, a new stream, and a resync."""
