@@ -14,7 +14,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from fleet.binance.events import BUY, SELL
+from fleet.binance.enums import Side
 from fleet.binance.filters import SymbolFilters
 from fleet.config import SymbolParams
 
@@ -26,9 +26,9 @@ HOUR_MS = 3_600_000
 class GrindDecision:
     """One grind: a reduce-only market order now, a post-only re-entry once it has filled."""
 
-    side: str  # of the market order
+    side: Side  # of the market order
     qty_steps: int
-    reentry_side: str
+    reentry_side: Side
     funding_boost: bool
     mid: float
     rel_stddev: float
@@ -100,7 +100,8 @@ class GrindingEngine:
         self.count_total += 1
         self.active = True
         self.last_skip = ""
-        return GrindDecision(SELL if long else BUY, qty, BUY if long else SELL, favoured, mid, rel_stddev)
+        side = Side.SELL if long else Side.BUY
+        return GrindDecision(side, qty, side.opposite, favoured, mid, rel_stddev)
 
     def _blocked(self, now_ms: int, pos: int, mid: float, rel_std: float, span_ms: int) -> str:
         p = self.p
@@ -124,7 +125,7 @@ class GrindingEngine:
         """(price_ticks, qty_steps) of the re-entry: ``reentry_spread_bps`` better than mid, 2.1x the fill."""
         off = self.p.reentry_spread_bps / 10_000.0
         qty = int(filled_steps * self.p.reentry_size_multiplier + _EPS)
-        if decision.reentry_side == BUY:
+        if decision.reentry_side == Side.BUY:
             px = int(mid * (1.0 - off) / self.tick + _EPS)
         else:
             px = int(math.ceil(mid * (1.0 + off) / self.tick - _EPS))

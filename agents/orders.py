@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from enum import StrEnum
+from typing import Sequence
 
-from fleet.binance.events import BUY, SELL
+from fleet.binance.enums import OrderType, Side, TimeInForce
 from fleet.config import OrderParams
 
 PLACE_BATCH_MAX = 5
@@ -27,18 +28,43 @@ _SYMBOL_SHORT = 10  # mm- + 10 + -e + 10-digit epoch + - + 10-digit seq = 36
 # --- decisions --------------------------------------------------------------------------------
 
 
+class OrderReason(StrEnum):
+    """Why an order was placed or cancelled (logs, the journal, the store's ledger)."""
+
+    LADDER = "ladder"  # the quote ladder
+    GRIND = "grind"  # a grind's reduce-only market order (or a cancel making room for it)
+    GRIND_REENTRY = "grind_reentry"  # a grind's post-only re-entry
+    DRAWDOWN = "drawdown"  # a drawdown band's TWAP slice
+    FLATTEN = "flatten"  # flattening the position (operator or stop)
+    HALT = "halt"  # cancelled because the symbol is halted
+    CAP = "cap"  # cancelled because the worst case is beyond the cap
+    MODIFY_LIMIT = "modify_limit"  # cancelled to be replaced: the exchange will not amend it again (-5026)
+    EXTERNAL = "external"  # adopted from the exchange's listing: not placed by this agent
+
+
+class BatchKind(StrEnum):
+    """What one batch call does."""
+
+    CANCEL = "cancel"
+    PLACE = "place"
+    AMEND = "amend"
+
+
 @dataclass(frozen=True, slots=True)
 class Place:
-    """A new order. ``price_ticks`` is 0 for MARKET; ``layer`` is the ladder layer (-1: none)."""
+    """A new order. ``price_ticks`` is 0 for MARKET; ``layer`` is the ladder layer (-1: none).
+
+    ``time_in_force`` is ``""`` for MARKET (Binance takes none).
+    """
 
     client_order_id: str
-    side: str
+    side: Side
     price_ticks: int
     qty_steps: int
-    time_in_force: str = "GTX"
+    time_in_force: TimeInForce | str = TimeInForce.GTX
     reduce_only: bool = False
-    order_type: str = "LIMIT"
-    reason: str = "ladder"
+    order_type: OrderType = OrderType.LIMIT
+    reason: OrderReason = OrderReason.LADDER
     layer: int = -1
 
 
@@ -48,7 +74,7 @@ class Amend:
 
     client_order_id: str
     order_id: int | None
-    side: str
+    side: Side
     price_ticks: int
     qty_steps: int
     layer: int = -1
@@ -60,7 +86,7 @@ class Cancel:
 
     client_order_id: str
     order_id: int | None
-    reason: str = "ladder"
+    reason: OrderReason = OrderReason.LADDER
 
 
 Decision = Place | Amend | Cancel
@@ -68,15 +94,15 @@ Decision = Place | Amend | Cancel
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Requests the runtime sends as one batch call: ``kind`` is ``cancel``, ``place`` or ``amend``."""
+    """Requests the runtime sends as one batch call of one :class:`BatchKind`."""
 
-    kind: str
+    kind: BatchKind
     items: tuple[Decision, ...]
 
 
-def adds_exposure(side: str, position_steps: int) -> bool:
+def adds_exposure(side: Side, position_steps: int) -> bool:
     """A buy adds exposure unless short, a sell unless long."""
-    return position_steps <= 0 if side == SELL else position_steps >= 0
+    return position_steps <= 0 if side == Side.SELL else position_steps >= 0
 
 
 def _layer(d: Place | Amend) -> int:
@@ -93,10 +119,10 @@ def make_batches(
     """
     out: list[Batch] = []
     for i in range(0, len(cancels), CANCEL_BATCH_MAX):
-        out.append(Batch("cancel", tuple(cancels[i : i + CANCEL_BATCH_MAX])))
+        out.append(Batch(BatchKind.CANCEL, tuple(cancels[i : i + CANCEL_BATCH_MAX])))
     reducing_only = [p for p in places if p.reduce_only]
     for i in range(0, len(reducing_only), PLACE_BATCH_MAX):
-        out.append(Batch("place", tuple(reducing_only[i : i + PLACE_BATCH_MAX])))
+        out.append(Batch(BatchKind.PLACE, tuple(reducing_only[i : i + PLACE_BATCH_MAX])))
     # Reducing amends and places first, then adding ones (inner layers first); each kind in its own batches.
     groups: tuple[list, list, list, list] = ([], [], [], [])  # reducing amends, reducing places, adding ...
     for a in amends:
@@ -104,11 +130,12 @@ def make_batches(
     for p in places:
         if not p.reduce_only:
             groups[3 if adds_exposure(p.side, position_steps) else 1].append(p)
-    for kind, g in zip(("amend", "place", "amend", "place"), groups):
+    kinds = (BatchKind.AMEND, BatchKind.PLACE, BatchKind.AMEND, BatchKind.PLACE)
+    for kind, g in zip(kinds, groups):
         if not g:
             continue
         g.sort(key=_layer)
-        size = AMEND_BATCH_MAX if kind == "amend" else PLACE_BATCH_MAX
+        size = AMEND_BATCH_MAX if kind == BatchKind.AMEND else PLACE_BATCH_MAX
         for i in range(0, len(g), size):
             out.append(Batch(kind, tuple(g[i : i + size])))
     return tuple(out)
@@ -183,7 +210,7 @@ class OrderManager:
     Matching is a two-pointer walk per side, inner to outer, so a cycle costs O(layers).
     """
 
-    def __init__(self, params: OrderParams, ids: ClientOrderIds, time_in_force: str = "GTX") -> None:
+    def __init__(self, params: OrderParams, ids: ClientOrderIds, time_in_force: TimeInForce = TimeInForce.GTX) -> None:
         self.tol_ticks = params.tolerance_ticks
         self.tol_fraction = params.tolerance_spacing_fraction
         self.size_tol = params.size_tolerance
@@ -219,8 +246,8 @@ class OrderManager:
         cancels: list[Cancel] = []
         amends: list[Amend] = []
         places: list[Place] = []
-        kept = self._side(bids, live_bids, BUY, -1, center_ticks, cancels, amends, places)
-        kept += self._side(asks, live_asks, SELL, 1, center_ticks, cancels, amends, places)
+        kept = self._side(bids, live_bids, Side.BUY, -1, center_ticks, cancels, amends, places)
+        kept += self._side(asks, live_asks, Side.SELL, 1, center_ticks, cancels, amends, places)
         if budget is not None and len(amends) + len(places) > budget:
             reqs: list[Amend | Place] = sorted([*amends, *places], key=lambda d: d.layer)[: max(budget, 0)]
             amends = [d for d in reqs if isinstance(d, Amend)]
@@ -256,7 +283,7 @@ class OrderManager:
                 if -size_tol * want <= gap <= size_tol * want or o.busy:
                     kept += 1
                 elif o.amend_blocked:  # the exchange will not modify it again (-5026): replace it
-                    cancels.append(Cancel(o.client_order_id, o.order_id, "modify_limit"))
+                    cancels.append(Cancel(o.client_order_id, o.order_id, OrderReason.MODIFY_LIMIT))
                     replace.append(i)
                 else:
                     amends.append(Amend(o.client_order_id, o.order_id, side, d.price_ticks, o.filled_steps + want, d.layer))
@@ -286,7 +313,7 @@ class OrderManager:
                 skipped_d += 1
                 continue
             if o.amend_blocked:
-                cancels.append(Cancel(o.client_order_id, o.order_id, "modify_limit"))
+                cancels.append(Cancel(o.client_order_id, o.order_id, OrderReason.MODIFY_LIMIT))
                 replace.append(free_d[k])
                 continue
             amends.append(Amend(o.client_order_id, o.order_id, side, d.price_ticks, o.filled_steps + d.qty_steps, d.layer))
@@ -294,6 +321,7 @@ class OrderManager:
             if not o.busy:
                 cancels.append(Cancel(o.client_order_id, o.order_id))
         tif = self.time_in_force
+        limit, ladder = OrderType.LIMIT, OrderReason.LADDER
         ids = self.ids
         if replace:
             replace.extend(free_d[n_pair:])
@@ -303,10 +331,5 @@ class OrderManager:
             todo = free_d[n_pair:]
         for idx in todo:
             d = desired[idx]
-            places.append(Place(ids.next(), side, d.price_ticks, d.qty_steps, tif, False, "LIMIT", "ladder", d.layer))
+            places.append(Place(ids.next(), side, d.price_ticks, d.qty_steps, tif, False, limit, ladder, d.layer))
         return kept + skipped_d
-
-
-def flatten_batches(items: Iterable[Batch]) -> list[Decision]:
-    """Every decision of a batch list, in sending order."""
-    return [d for b in items for d in b.items]

@@ -18,9 +18,11 @@ Pure: the store and the listing in, a plan out (the runtime carries it out and l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Iterable
 
-from .orders import parse_client_order_id
+from fleet.binance.models import OrderInfo
+
+from .orders import OrderReason, parse_client_order_id
 from .store import PENDING_NEW, Store
 
 
@@ -41,7 +43,7 @@ class ReconcilePlan:
 
 def reconcile_orders(
     store: Store,
-    listed: Iterable[Any],
+    listed: Iterable[OrderInfo],
     *,
     epoch: int,
     listed_at_ms: int,
@@ -81,7 +83,7 @@ def reconcile_orders(
                 cancel.append((cid, oid))
             continue
         o = store.get(cid)
-        unplanned = o is None or o.reason == "external"  # ours by its id, but this agent has no record of placing it
+        unplanned = o is None or o.reason == OrderReason.EXTERNAL  # ours by its id, but this agent has no record of placing it
         if newly:
             adopted.append(cid)
         if may_cancel and (unplanned or (newly and not quoting)) and (o is None or o.cancel_sent_ms is None):

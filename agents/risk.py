@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from enum import StrEnum
 
-from fleet.binance.events import BUY, SELL
+from fleet.binance.enums import OrderType, Side
 from fleet.binance.filters import SymbolFilters
 from fleet.config import DrawdownParams, SymbolParams
 from fleet.vocabulary import KillState
@@ -21,6 +22,22 @@ from .store import LiveOrder, Store
 RUNNING, HALTED, FLATTENING = KillState.RUNNING, KillState.HALTED, KillState.FLATTENING
 
 _EPS = 1e-9
+
+
+class Refusal(StrEnum):
+    """Why the guard refused an order; the value is the ``reason`` label of ``mm_guard_refusals``."""
+
+    BAD_QUANTITY = "bad_quantity"
+    REDUCE_ONLY_NO_POSITION = "reduce_only_no_position"  # reduce-only, but nothing on that side to reduce
+    REDUCE_ONLY_EXCEEDS_POSITION = "reduce_only_exceeds_position"
+    HALTED = "halted"  # the kill state: nothing that adds exposure
+    FLATTENING = "flattening"  # the kill state: reduce-only orders only
+    REDUCE_ONLY_MODE = "reduce_only_mode"  # the fleet's notional is over its cap
+    WORST_CASE_LONG = "worst_case_long"
+    WORST_CASE_SHORT = "worst_case_short"
+    NO_REFERENCE_PRICE = "no_reference_price"  # neither mark nor mid yet
+    PRICE_BAND = "price_band"
+    MAX_NOTIONAL = "max_notional"
 
 
 class RiskGuard:
@@ -65,27 +82,32 @@ class RiskGuard:
 
     # ------------------------------------------------------------------ checks
 
-    def _refuse(self, reason: str) -> str:
-        self.refusals[reason] = self.refusals.get(reason, 0) + 1
+    def _refuse(self, reason: Refusal) -> Refusal:
+        key = str(reason)  # counted under the plain label (the metrics and JSON edges take str keys)
+        self.refusals[key] = self.refusals.get(key, 0) + 1
         return reason
 
-    def _price_notional(self, price_ticks: int, qty_steps: int, market: bool) -> str | None:
+    def _may_not_add(self) -> Refusal:
+        """Why an order that adds exposure may not: the kill state, else the fleet's reduce-only mode."""
+        return Refusal.REDUCE_ONLY_MODE if self.state == KillState.RUNNING else Refusal(self.state)
+
+    def _price_notional(self, price_ticks: int, qty_steps: int, market: bool) -> Refusal | None:
         s = self.store
         ref = s.mark or s.mid
         if ref <= 0.0:
-            return "no_reference_price"
+            return Refusal.NO_REFERENCE_PRICE
         if market:
             notional = ref * qty_steps * s.step
         else:
             price = price_ticks * self.tick
             if abs(price - ref) > self.band * ref:
-                return "price_band"
+                return Refusal.PRICE_BAND
             notional = price_ticks * qty_steps * self.notional_unit
         if notional > self.max_notional:
-            return "max_notional"
+            return Refusal.MAX_NOTIONAL
         return None
 
-    def check_place(self, p: Place, extra_buy: int = 0, extra_sell: int = 0) -> str | None:
+    def check_place(self, p: Place, extra_buy: int = 0, extra_sell: int = 0) -> Refusal | None:
         """``None`` if the order may be sent, else the refusal reason (counted).
 
         ``extra_buy``/``extra_sell``: steps already approved this cycle but not yet recorded as sent.
@@ -96,71 +118,71 @@ class RiskGuard:
         pos = s.position_steps
         q = p.qty_steps
         if q <= 0:
-            return self._refuse("bad_quantity")
+            return self._refuse(Refusal.BAD_QUANTITY)
         if p.reduce_only:
-            if not ((p.side == SELL and pos > 0) or (p.side == BUY and pos < 0)):
-                return self._refuse("reduce_only_no_position")
+            if not ((p.side == Side.SELL and pos > 0) or (p.side == Side.BUY and pos < 0)):
+                return self._refuse(Refusal.REDUCE_ONLY_NO_POSITION)
             if q > abs(pos):
-                return self._refuse("reduce_only_exceeds_position")
+                return self._refuse(Refusal.REDUCE_ONLY_EXCEEDS_POSITION)
         else:
             if self.state == KillState.FLATTENING:
-                return self._refuse(KillState.FLATTENING)
-            if p.side == BUY:
+                return self._refuse(Refusal.FLATTENING)
+            if p.side == Side.BUY:
                 worst = pos + s.pending_buy_steps + extra_buy + q
                 if not self.may_add_exposure:
                     # Only a buy that shrinks a short, and cannot flip it, may pass.
                     if pos >= 0 or worst > 0:
-                        return self._refuse(self.state if self.state != KillState.RUNNING else "reduce_only_mode")
+                        return self._refuse(self._may_not_add())
                 if worst > self.cap_steps:
-                    return self._refuse("worst_case_long")
+                    return self._refuse(Refusal.WORST_CASE_LONG)
             else:
                 worst = pos - s.pending_sell_steps - extra_sell - q
                 if not self.may_add_exposure:
                     if pos <= 0 or worst < 0:
-                        return self._refuse(self.state if self.state != KillState.RUNNING else "reduce_only_mode")
+                        return self._refuse(self._may_not_add())
                 if worst < -self.cap_steps:
-                    return self._refuse("worst_case_short")
-        why = self._price_notional(p.price_ticks, q, p.order_type == "MARKET")
+                    return self._refuse(Refusal.WORST_CASE_SHORT)
+        why = self._price_notional(p.price_ticks, q, p.order_type == OrderType.MARKET)
         if why is not None:
             return self._refuse(why)
         self.approved += 1
         return None
 
-    def check_amend(self, a: Amend, order: LiveOrder, extra_buy: int = 0, extra_sell: int = 0) -> str | None:
+    def check_amend(self, a: Amend, order: LiveOrder, extra_buy: int = 0, extra_sell: int = 0) -> Refusal | None:
         """An amendment counts as the larger of old and new: only the growth is checked against the cap."""
         s = self.store
         pos = s.position_steps
         new_rem = a.qty_steps - order.filled_steps
         if new_rem <= 0:
-            return self._refuse("bad_quantity")
+            return self._refuse(Refusal.BAD_QUANTITY)
         growth = order.amend_growth(a.qty_steps)
         if order.reduce_only:
             if new_rem > abs(pos):
-                return self._refuse("reduce_only_exceeds_position")
+                return self._refuse(Refusal.REDUCE_ONLY_EXCEEDS_POSITION)
         elif self.state == KillState.FLATTENING:
-            return self._refuse(KillState.FLATTENING)
-        elif a.side == BUY:
+            return self._refuse(Refusal.FLATTENING)
+        elif a.side == Side.BUY:
             worst = pos + s.pending_buy_steps + extra_buy + growth
             if growth and not self.may_add_exposure and (pos >= 0 or worst > 0):
-                return self._refuse(self.state if self.state != KillState.RUNNING else "reduce_only_mode")
+                return self._refuse(self._may_not_add())
             if growth and worst > self.cap_steps:
-                return self._refuse("worst_case_long")
+                return self._refuse(Refusal.WORST_CASE_LONG)
         else:
             worst = pos - s.pending_sell_steps - extra_sell - growth
             if growth and not self.may_add_exposure and (pos <= 0 or worst < 0):
-                return self._refuse(self.state if self.state != KillState.RUNNING else "reduce_only_mode")
+                return self._refuse(self._may_not_add())
             if growth and worst < -self.cap_steps:
-                return self._refuse("worst_case_short")
+                return self._refuse(Refusal.WORST_CASE_SHORT)
         why = self._price_notional(a.price_ticks, new_rem, False)
         if why is not None:
             return self._refuse(why)
         self.approved += 1
         return None
 
-    def room_steps(self, side: str, extra_buy: int = 0, extra_sell: int = 0) -> int:
+    def room_steps(self, side: Side, extra_buy: int = 0, extra_sell: int = 0) -> int:
         """How much more of ``side`` the worst-case cap allows now (for trimming an order)."""
         s = self.store
-        if side == BUY:
+        if side == Side.BUY:
             return max(0, self.cap_steps - (s.position_steps + s.pending_buy_steps + extra_buy))
         return max(0, self.cap_steps + (s.position_steps - s.pending_sell_steps - extra_sell))
 
@@ -174,7 +196,7 @@ TWAP_MAX_TRIES = 5  # a slice the guard keeps refusing is dropped after this man
 @dataclass(frozen=True, slots=True)
 class TwapSlice:
     due_ms: int
-    side: str
+    side: Side
     qty_steps: int
     tries: int = 0  # attempts the guard refused so far
 
@@ -202,7 +224,7 @@ class TwapPlan:
     band: int
     drawdown_pct: float
     fraction: float
-    side: str
+    side: Side
     total_steps: int
     slices: tuple[TwapSlice, ...]
 
@@ -252,7 +274,7 @@ class DrawdownBands:
         total = units * unit
         if total <= 0 or total < self.min_steps:
             return None
-        side = SELL if position_steps > 0 else BUY
+        side = Side.SELL if position_steps > 0 else Side.BUY
         n = max(1, min(self.slices, total // self.min_steps))
         base, extra = divmod(units, n)
         slices = tuple(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 from decimal import ROUND_CEILING
 
-from fleet.binance.events import BUY, SELL
+from fleet.binance.enums import Side
 from fleet.binance.filters import SymbolFilters
 from fleet.config import SymbolParams
 
@@ -32,7 +32,7 @@ class Quote(NamedTuple):
     A named tuple rather than a dataclass: up to 56 are built per cycle, and this is the cheap kind.
     """
 
-    side: str
+    side: Side
     layer: int
     price_ticks: int
     qty_steps: int
@@ -151,7 +151,7 @@ class GeometricV2:
                     px = prev - 1
                 if size < mq or px < min_px or px * size < mnu:
                     break  # outer layers are only smaller and lower: stop here
-                bids.append(new(Quote, (BUY, i, px, size)))
+                bids.append(new(Quote, (Side.BUY, i, px, size)))
                 prev = px
                 worst += size
                 room_b -= size
@@ -183,7 +183,7 @@ class GeometricV2:
                     px = prev + 1
                 if size < mq or px > maxp or px * size < mnu:
                     break
-                asks.append(new(Quote, (SELL, i, px, size)))
+                asks.append(new(Quote, (Side.SELL, i, px, size)))
                 prev = px
                 worst_s -= size
                 room_s -= size
