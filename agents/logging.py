@@ -20,9 +20,6 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
-# Fields the agent puts on records; formatters print them when present.
-CONTEXT_FIELDS = ("symbol", "epoch", "event", "client_order_id", "order_id", "side", "state")
-
 REDACTED = "***"
 
 # Wire shapes that hold a secret whatever its value: HMAC signatures, API key headers, secret-named

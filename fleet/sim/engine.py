@@ -477,9 +477,6 @@ class Engine(EngineViews):
         if want_all and arr:
             self._emit_market(all_stream, (render_list, arr))
 
-    def mark_frame(self, b: Book, t: int) -> dict[str, Any]:
-        return render_mark(b, b.mark, b.funding_rate, self.next_funding_ms, t)
-
     # -- faults and truth --------------------------------------------------------------------------
 
     def jump(self, symbol: str, pct: float, now: int) -> float:
