@@ -10,6 +10,7 @@ predicted funding makes holding the position cost), then rests a post-only re-en
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -45,21 +46,32 @@ class GrindingEngine:
     """Decides grinds and enforces their limits; the core turns decisions into orders."""
 
     def __init__(self, params: SymbolParams, filters: SymbolFilters) -> None:
-        g = params.grinding
-        self.p = g
+        self.filters = filters
         self.step = float(filters.step_size)
         self.tick = float(filters.tick_size)
-        self.trigger_steps = params.base.net_max * g.trigger_ratio / self.step - 1e-6
-        self.interval_ms = int(g.interval_sec * 1000)
-        self.min_gap_ms = int(g.min_interval_sec * 1000)
-        self.min_window_ms = int(g.min_window_sec * 1000)
         self.min_qty_steps = max(1, filters.min_qty_steps())
+        self._configure(params)
         self.times: deque[int] = deque()  # when each grind of the last hour fired
         self.next_check_ms: int | None = None
         self.count_total = 0
         self.cost_saved = 0.0
         self.active = False
         self.last_skip = ""
+
+    def _configure(self, params: SymbolParams) -> None:
+        g = params.grinding
+        self.p = g
+        self.trigger_steps = params.base.net_max * g.trigger_ratio / self.step - 1e-6
+        self.interval_ms = int(g.interval_sec * 1000)
+        self.min_gap_ms = int(g.min_interval_sec * 1000)
+        self.min_window_ms = int(g.min_window_sec * 1000)
+
+    def with_params(self, params: SymbolParams) -> "GrindingEngine":
+        """The engine under new grinding rules: the last hour's grinds, the next check's time, the
+        totals, the grind in progress and the last skip reason are kept."""
+        new = copy.copy(self)
+        new._configure(params)
+        return new
 
     def due(self, now_ms: int) -> bool:
         """The 55-second cadence (the first check runs at once)."""

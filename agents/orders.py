@@ -7,6 +7,7 @@ strings with :class:`~fleet.binance.filters.SymbolFilters` and sends them in Bin
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -211,11 +212,21 @@ class OrderManager:
     """
 
     def __init__(self, params: OrderParams, ids: ClientOrderIds, time_in_force: TimeInForce = TimeInForce.GTX) -> None:
+        self._configure(params)
+        self.ids = ids
+        self.time_in_force = time_in_force
+
+    def _configure(self, params: OrderParams) -> None:
         self.tol_ticks = params.tolerance_ticks
         self.tol_fraction = params.tolerance_spacing_fraction
         self.size_tol = params.size_tolerance
-        self.ids = ids
-        self.time_in_force = time_in_force
+
+    def with_params(self, params: OrderParams) -> "OrderManager":
+        """The manager under new tolerances: the same client order ids (their sequence goes on) and
+        time in force."""
+        new = copy.copy(self)
+        new._configure(params)
+        return new
 
     def tolerances(self, desired: Sequence, center_ticks: float) -> list[float]:
         """Per layer: max(tolerance_ticks, fraction x the gap to the inner neighbour (or center))."""

@@ -6,6 +6,7 @@ cap from the moment it is sent; within one cycle the caller passes what it has a
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -45,18 +46,32 @@ class RiskGuard:
 
     def __init__(self, params: SymbolParams, filters: SymbolFilters, store: Store) -> None:
         self.store = store
-        step = float(filters.step_size)
-        tick = float(filters.tick_size)
-        self.cap_steps = int(math.floor(params.worst_cap / step + _EPS))
-        self.band = params.risk.price_band
-        self.max_notional = params.risk.max_order_notional
-        self.notional_unit = tick * step
-        self.tick = tick
+        self.filters = filters
+        self._configure(params)
         self.state: KillState = KillState.RUNNING
         self.halt_reason = ""
         self.reduce_only_mode = False
         self.refusals: dict[str, int] = {}
         self.approved = 0
+
+    def _configure(self, params: SymbolParams) -> None:
+        step = float(self.filters.step_size)
+        tick = float(self.filters.tick_size)
+        self.cap_steps = int(math.floor(params.worst_cap / step + _EPS))
+        self.band = params.risk.price_band
+        self.max_notional = params.risk.max_order_notional
+        self.notional_unit = tick * step
+        self.tick = tick
+
+    def with_params(self, params: SymbolParams, store: Store | None = None) -> "RiskGuard":
+        """The guard under new limits (cap, price band, max notional), reading ``store`` (the store
+        handed over to the same parameters; this one's if None): its halt state and reason, the
+        fleet's reduce-only mode and its counts are kept."""
+        new = copy.copy(self)
+        new._configure(params)
+        if store is not None:
+            new.store = store
+        return new
 
     # ------------------------------------------------------------------ modes
 
@@ -242,14 +257,25 @@ class DrawdownBands:
         # and at least ``min_steps`` (MARKET_LOT_SIZE minQty), so none is rounded away when sent.
         self.unit = max(1, unit_steps)
         self.min_steps = max(self.unit, min_steps)
+        self._configure(params)
+        self.acted = -1  # highest band acted on in this excursion
+        self.last_action_ms: int | None = None
+        self.plans = 0
+
+    def with_params(self, params: DrawdownParams) -> "DrawdownBands":
+        """The bands under new drawdown parameters (same market step and minimum): the excursion's
+        highest band acted on (within the new bands), its last action time and the plan count are kept."""
+        new = copy.copy(self)
+        new._configure(params)
+        new.acted = min(self.acted, len(new.bands) - 1)
+        return new
+
+    def _configure(self, params: DrawdownParams) -> None:
         self.bands = tuple(params.drawdown_bands)
         self.fractions = tuple(params.reduce_fractions)
         self.slices = params.twap_slices
         self.interval_ms = params.twap_interval_ms
         self.cooldown_ms = int(params.cooldown_sec * 1000)
-        self.acted = -1  # highest band acted on in this excursion
-        self.last_action_ms: int | None = None
-        self.plans = 0
 
     def check(self, drawdown_pct: float, position_steps: int, now_ms: int) -> TwapPlan | None:
         crossed = -1

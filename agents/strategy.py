@@ -93,6 +93,11 @@ class GeometricV2:
             (i, 1.0 + self.offsets[i], self.base_steps * self.layer_decay[i]) for i in range(self.layers)
         )
 
+    def with_params(self, params: SymbolParams) -> "GeometricV2":
+        """The strategy under new parameters: it keeps no state but the memo of its last ladder,
+        which the new parameters make stale, so it is a new strategy on the same filters."""
+        return GeometricV2(params, self.filters)
+
     def quote(
         self,
         mid: float,
