@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from typing import Any, Awaitable, Callable
 
@@ -28,6 +27,7 @@ from fleet.binance.streams import MarketStream, UserStream
 from fleet.config import RuntimeParams, SymbolParams
 from journal.sink import NULL_SINK, JournalSink
 
+from .clock import WALL_CLOCK, Clock
 from .core import AgentCore
 from .logging import AgentLog
 from .metrics import AgentMetrics
@@ -46,7 +46,6 @@ from .agent_base import (  # noqa: F401 - ExchangeEndpoints, Backoff, TICK_READ,
     Backoff,
     ExchangeEndpoints,
     Tick,
-    _now_ms,
     _older_epoch,
 )
 from .agent_streams import Streams
@@ -71,7 +70,9 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
         ownership: Ownership,
         logger: logging.Logger | None = None,
         rate_share: float = 1.0,
+        clock: Clock = WALL_CLOCK,
     ) -> None:
+        self.clock = clock  # every time read and sleep of the runtime goes through it
         self.fleet_name = fleet_name
         self.symbol = symbol
         self.params = params
@@ -131,7 +132,7 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
             "start_attempts": 0,
             "rate_limited": 0,
         }
-        self._started_mono = time.monotonic()
+        self._started_mono = self.clock.monotonic()
         self._last_repair: dict[str, Any] | None = None  # the reconciliation's last repair, for status
         self._pull_task: asyncio.Task | None = None
         self._position_mismatch = False  # the last position check disagreed (a second one resyncs)
@@ -147,7 +148,7 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
         if self._stopping:
             self._done.set()
             return
-        send = time.monotonic()
+        send = self.clock.monotonic()
         grant = await self._ownership.acquire()  # OwnershipRefused propagates: never trade unowned
         if self._stopping:  # stopped while waiting for the symbol: give it straight back
             await self._ownership.release()
@@ -200,7 +201,7 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
 
     async def halt(self, reason: str = "") -> dict:
         """Stop quoting and cancel every open order; report the count the exchange confirms."""
-        t0 = time.monotonic()
+        t0 = self.clock.monotonic()
         self._record_kill_state("halted")
         self._kill_wanted = "halted"
         if self.core is not None:
@@ -208,18 +209,18 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
         self.log.event("halted", f"halted: {reason or 'operator'}", level=logging.WARNING)
         open_n = await self._cancel_all_confirmed(deadline_s=self.runtime.stop_timeout_sec / 2)
         self._keep_pulling("halt")  # a request of ours still in flight may land after this count
-        return {"open_orders": open_n, "elapsed_ms": int((time.monotonic() - t0) * 1000), "state": self.status()["state"]}
+        return {"open_orders": open_n, "elapsed_ms": int((self.clock.monotonic() - t0) * 1000), "state": self.status()["state"]}
 
     async def flatten(self, reason: str = "") -> dict:
         """Halt, then close the position with reduce-only market orders (they pass the guard)."""
-        t0 = time.monotonic()
+        t0 = self.clock.monotonic()
         out = await self.halt(reason or "flatten")
         self._record_kill_state("flattening")
         self._kill_wanted = "flattening"
         if self.core is not None:
             self.core.flatten(reason or "operator")
         position = await self._flatten_confirmed(deadline_s=self.runtime.stop_timeout_sec / 2)
-        out.update({"position": position, "elapsed_ms": int((time.monotonic() - t0) * 1000), "state": self.status()["state"]})
+        out.update({"position": position, "elapsed_ms": int((self.clock.monotonic() - t0) * 1000), "state": self.status()["state"]})
         return out
 
     async def resume(self) -> dict:
@@ -247,7 +248,7 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
 
     def status(self) -> dict:
         """JSON-serialisable state: lifecycle, epoch, streams, staleness, counters."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         core = self.core
         return {
             "symbol": self.symbol,
@@ -453,7 +454,7 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
         self.log.event("ownership_lost", f"ownership lost ({why}): quoting stopped; the dead-man switch cancels", level=logging.ERROR)
 
     def _lease_ok(self) -> bool:
-        return self._lease.ok(time.monotonic())
+        return self._lease.ok(self.clock.monotonic())
 
     def _state(self) -> str:
         core = self.core
@@ -472,7 +473,7 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
         return self._client.time_offset_ms if self._client is not None else 0
 
     def _exchange_ms(self) -> int:
-        return _now_ms() + self._offset()
+        return self.clock.time_ms() + self._offset()
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> None:
         task = asyncio.ensure_future(coro)
@@ -499,12 +500,12 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
                 self._spawn(restart(), task.get_name())
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
+        end = self.clock.monotonic() + seconds
         while not self._stopping:
-            left = end - time.monotonic()
+            left = end - self.clock.monotonic()
             if left <= 0:
                 return
-            await asyncio.sleep(min(left, 0.1))
+            await self.clock.sleep(min(left, 0.1))
 
     def _require_client(self) -> BinanceClient:
         if self._client is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import random
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,10 +76,6 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 

@@ -73,7 +73,7 @@ class OrderFlow:
             return
         delay, longest = PULL_REPEAT_S
         while not self._stopping and not self._quoting_live():
-            await asyncio.sleep(delay)
+            await self.clock.sleep(delay)
             delay = min(longest, delay * 2)
             if self._stopping or self._quoting_live():
                 return

@@ -8,7 +8,6 @@ A part of :class:`agents.agent.SymbolAgent` (it holds the state these methods us
 from __future__ import annotations
 
 import logging
-import time
 
 from fleet.binance.errors import (
     BinanceError,

@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 from fleet.binance.client import BinanceClient
 from fleet.binance.errors import BinanceError
 
 from .orders import Cancel
-from .agent_base import BLOCK_STOPPING, FATAL_START_CODES, _now_ms, _same_epoch
+from .agent_base import BLOCK_STOPPING, FATAL_START_CODES, _same_epoch
 
 
 class Shutdown:
@@ -27,7 +26,7 @@ class Shutdown:
         client = self._client
         if client is None or self.core is None:
             return 0
-        end = time.monotonic() + deadline_s
+        end = self.clock.monotonic() + deadline_s
         n = -1
         while True:
             try:
@@ -44,9 +43,9 @@ class Shutdown:
                 self.log.event("cancel_all_failed", f"cancel-all: {exc!r}", level=logging.WARNING)
                 if exc.code in FATAL_START_CODES:
                     break  # a wrong key or signature: no retry will get through
-            if n == 0 or time.monotonic() >= end:
+            if n == 0 or self.clock.monotonic() >= end:
                 break
-            await asyncio.sleep(0.2)
+            await self.clock.sleep(0.2)
         return n if n >= 0 else len(self.core.store.orders)
 
     async def _cancel_fenced(self, client: BinanceClient) -> bool:
@@ -73,7 +72,7 @@ class Shutdown:
         core = self.core
         if client is None or core is None or self.filters is None:
             return 0.0
-        end = time.monotonic() + deadline_s
+        end = self.clock.monotonic() + deadline_s
         while True:
             try:
                 pos = await client.position(self.symbol)
@@ -87,16 +86,16 @@ class Shutdown:
                 if pos.amount == 0:
                     return 0.0
                 if not any(o.reason == "flatten" for o in core.store.orders.values()) and self._lease_ok():
-                    actions = core.quote(_now_ms() + self._offset(), None)
+                    actions = core.quote(self.clock.time_ms() + self._offset(), None)
                     if actions:
-                        self._execute(actions, _now_ms() + self._offset(), None)
+                        self._execute(actions, self.clock.time_ms() + self._offset(), None)
                         await self._wait_inflight(2.0)
-            if time.monotonic() >= end:
+            if self.clock.monotonic() >= end:
                 return float(pos.amount) if pos is not None else core.store.position
-            await asyncio.sleep(0.25)
+            await self.clock.sleep(0.25)
 
     async def _stop(self, flatten: bool) -> dict:
-        t0 = time.monotonic()
+        t0 = self.clock.monotonic()
         self._stopping = True
         self._blocks.add(BLOCK_STOPPING)
         self.log.event("stopping", f"stopping (flatten={flatten})")
@@ -138,7 +137,7 @@ class Shutdown:
             "exchange_open_orders": open_n,
             "exchange_position": position,
             "flattened": bool(flatten),
-            "stop_elapsed_ms": int((time.monotonic() - t0) * 1000),
+            "stop_elapsed_ms": int((self.clock.monotonic() - t0) * 1000),
         }
         if open_n is not None:
             summary["open_orders"] = open_n  # the exchange's count, not the store's last view

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from typing import Any
 
 from fleet.binance.errors import (
@@ -26,7 +25,7 @@ from fleet.binance.events import (
 )
 from fleet.binance.streams import MarketStream, StreamError, UserStream
 
-from .agent_base import BLOCK_MARKET_STALE, BLOCK_MARKET_STREAM, BLOCK_USER_STREAM, Backoff, Tick, _ListenKeyGone, _TRANSIENT, _now_ms
+from .agent_base import BLOCK_MARKET_STALE, BLOCK_MARKET_STREAM, BLOCK_USER_STREAM, Backoff, Tick, _ListenKeyGone, _TRANSIENT
 
 
 class Streams:
@@ -39,7 +38,7 @@ class Streams:
         self._streams.append(stream)
         await stream.connect()
         self._user = stream
-        self._user_stream_opened = time.monotonic()
+        self._user_stream_opened = self.clock.monotonic()
         self._set_user_connected(True)
         self.log.event("user_stream_connected", "WebSocket UserStream connected")
 
@@ -65,7 +64,7 @@ class Streams:
             await old.close()
         else:
             self._market = stream
-        self._market_stream_opened = time.monotonic()
+        self._market_stream_opened = self.clock.monotonic()
         self._market_connected = True
         self._blocks.discard(BLOCK_MARKET_STREAM)
         self.log.event("market_stream_connected", "WebSocket MarketStream connected")
@@ -116,8 +115,8 @@ class Streams:
         if isinstance(ev, BookTicker):
             if ev.symbol != self.symbol:
                 return
-            now_ms = _now_ms() + self._offset()
-            self._last_book_mono = time.monotonic()
+            now_ms = self.clock.time_ms() + self._offset()
+            self._last_book_mono = self.clock.monotonic()
             changed = core.on_event(ev, now_ms)
             blocks = self._blocks
             if blocks:
@@ -130,7 +129,7 @@ class Streams:
                 self._quote(now_ms, t_read)
         elif isinstance(ev, MarkPrice):
             if ev.symbol == self.symbol:
-                core.on_event(ev, _now_ms() + self._offset())
+                core.on_event(ev, self.clock.time_ms() + self._offset())
 
     async def _user_loop(self) -> None:
         """Consume the user stream; on loss: block, cancel via REST after the grace, reconnect, resync."""
@@ -206,7 +205,7 @@ class Streams:
             return
         if isinstance(ev, TradeLite):
             return  # the full ORDER_TRADE_UPDATE follows
-        core.on_event(ev, _now_ms() + self._offset())
+        core.on_event(ev, self.clock.time_ms() + self._offset())
         self.journal.on_user_event(self, ev)
         if (
             isinstance(ev, FundingFee)
@@ -235,7 +234,7 @@ class Streams:
     def _on_user_lost(self, why: str) -> None:
         self._set_user_connected(False)
         self._blocks.add(BLOCK_USER_STREAM)
-        self._user_lost_at = time.monotonic()
+        self._user_lost_at = self.clock.monotonic()
         self.counters["user_stream_reconnects"] += 1
         self.log.event("user_stream_lost", f"user stream lost: {why}; quoting stopped", level=logging.WARNING)
 
@@ -263,7 +262,7 @@ class Streams:
         self._streams.append(stream)
         await stream.connect()
         old, self._user = self._user, stream
-        self._user_stream_opened = time.monotonic()
+        self._user_stream_opened = self.clock.monotonic()
         self.log.event("user_stream_swapped", "planned user stream reconnect")
         if old is not None:
             await old.close()  # its consumer drains what it queued, then moves to the new one
@@ -276,7 +275,7 @@ class Streams:
             await self._cancel_fenced(self._require_client())
         except BinanceError as exc:
             self.log.event("rest_fallback_failed", f"cancel-all via REST failed: {exc!r}", level=logging.ERROR)
-            self._user_lost_at = time.monotonic()  # try again after another grace
+            self._user_lost_at = self.clock.monotonic()  # try again after another grace
             return
         self.counters["rest_fallback_cancels"] += 1
         self.metrics.inc_rest_fallback()

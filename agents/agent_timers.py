@@ -6,15 +6,13 @@ A part of :class:`agents.agent.SymbolAgent` (it holds the state these methods us
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 
 from fleet.binance.errors import BinanceError
 
 from .ownership import OwnershipLost
 from .watchdog import Act, Seen, Timing, watch
-from .agent_base import BLOCK_LEASE, BLOCK_MARKET_STALE, BLOCK_STARTING, WATCHDOG_S, _now_ms
+from .agent_base import BLOCK_LEASE, BLOCK_MARKET_STALE, BLOCK_STARTING, WATCHDOG_S
 
 
 class Timers:
@@ -23,7 +21,7 @@ class Timers:
     async def _quote_loop(self) -> None:
         interval = self.params.base.quote_interval_ms / 1000.0
         while not self._stopping:
-            await asyncio.sleep(interval)
+            await self.clock.sleep(interval)
             core = self.core
             if core is None:
                 continue
@@ -34,7 +32,7 @@ class Timers:
                     if actions:
                         self._execute(actions, self._exchange_ms(), None)
                 continue
-            now_ms = _now_ms() + self._offset()
+            now_ms = self.clock.time_ms() + self._offset()
             if core.should_quote(now_ms):
                 self._quote(now_ms, None)
             interval = self.params.base.quote_interval_ms / 1000.0
@@ -76,7 +74,7 @@ class Timers:
             await self._sleep_unless_stopping(own.renew_interval_s)
             if self._stopping:
                 return
-            send = time.monotonic()
+            send = self.clock.monotonic()
             try:
                 grant = await own.renew()
             except OwnershipLost as exc:
@@ -92,8 +90,8 @@ class Timers:
         timing = Timing(self.runtime.market_stale_sec, self.runtime.user_stream_grace_sec,
                         self.runtime.stream_max_lifetime_sec)
         while not self._stopping:
-            await asyncio.sleep(WATCHDOG_S)
-            now = time.monotonic()
+            await self.clock.sleep(WATCHDOG_S)
+            now = self.clock.monotonic()
             for act in watch(self._seen(now), timing):
                 self._carry_out(act, now)
             core = self.core
