@@ -136,24 +136,9 @@ class AgentCore:
     def on_not_sent(self, decision: Decision) -> None:
         """``on_sent`` was called but the request never left (rate budget, shutdown): undo it, without
         counting an exchange rejection."""
-        st = self.store
-        if isinstance(decision, Place):
-            o = st.orders.get(decision.client_order_id)
-            if o is not None and o.status == "PENDING_NEW":
-                o.status = "REJECTED"
-                st._refresh(o)
-            self.orders_sent["place"] -= 1
-        elif isinstance(decision, Amend):
-            o = st.orders.get(decision.client_order_id)
-            if o is not None and o.amend_orig_steps is not None:
-                o.amend_orig_steps = o.amend_price_ticks = None
-                st._refresh(o)
-            self.orders_sent["amend"] -= 1
-        else:
-            o = st.orders.get(decision.client_order_id)
-            if o is not None:
-                o.cancel_sent_ms = None
-            self.orders_sent["cancel"] -= 1
+        self.store.on_not_sent(decision)
+        kind = "place" if isinstance(decision, Place) else "amend" if isinstance(decision, Amend) else "cancel"
+        self.orders_sent[kind] -= 1
 
     def on_order_info(self, info: Any) -> bool:
         """A REST order object (the answer to place/modify/cancel, or a query)."""
@@ -166,14 +151,12 @@ class AgentCore:
 
     def apply_params(self, params: SymbolParams) -> None:
         """New parameters, live: strategy, guard limits, grinding and drawdown rules, tolerances and
-        timers change; orders, position, halt state and the grinding/drawdown history stay."""
+        timers change; orders, position, prices, funding, halt state and the grinding/drawdown
+        history stay. Each part hands itself over (``with_params``), carrying its own state."""
         self.params = params
-        s = self.store
-        s.params = params
-        s._alpha = params.funding.predict_alpha
-        s._funding_sample_ms = int(params.funding.predict_sample_sec * 1000)
+        self.store = self.store.with_params(params)
         self.strategy = self.strategy.with_params(params)
-        self.guard = self.guard.with_params(params, s)
+        self.guard = self.guard.with_params(params, self.store)
         self.grinding = self.grinding.with_params(params)
         self.drawdown = self.drawdown.with_params(params.drawdown)
         self.manager = self.manager.with_params(params.orders)

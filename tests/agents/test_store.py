@@ -299,7 +299,7 @@ def test_price_stddev_30m_is_relative_and_matches_the_window(store):
 def test_price_window_samples_at_most_once_a_second(store):
     for k in range(100):
         store.apply(book(3000.0 + (k % 2), t=k * 100, update_id=k + 1))
-    assert len(store._win) == 10
+    assert store.market.window_samples == 10
 
 
 def test_funding_prediction_is_an_ema_sampled_once_a_minute(store):

@@ -1,0 +1,155 @@
+"""Funding of one symbol: the exchange's estimate, its EMA prediction, and the fees booked once.
+
+The estimate (markPrice stream, every second) is sampled into the EMA prediction once per
+``funding.predict_sample_sec`` (60 s), with weight ``predict_alpha``. Funding P&L is booked from the
+exchange's fees: a FUNDING_FEE frame that names this symbol (``a.S``), or, for the cross-margin
+frame that names none, the account's FUNDING_FEE income rows that the runtime reads when asked
+(``lookup_start`` / ``on_income``), once per ``tranId``. A fee seen both ways (a frame naming the
+symbol and its income row) is booked once: the two are paired by amount within ``FUNDING_MATCH_MS``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict, deque
+from decimal import Decimal
+from typing import Any, Iterable
+
+from fleet.config import SymbolParams
+
+_FUNDING_KEEP = 512
+# A frame and the income row of one funding fee carry the same settlement time (the simulator: the
+# same millisecond); fees of one symbol are at least the funding interval apart.
+FUNDING_MATCH_MS = 5_000
+# A fee without a symbol is looked up if this symbol held a position at most this long before it;
+# income rows are read from this long before the fee's frame.
+FUNDING_LOOKBACK_MS = 60_000
+# A look-up no income row has answered is given up once a fee this much newer needs one.
+FUNDING_LOOKUP_HORIZON_MS = 3_600_000
+_FUNDING_LOOKUPS_KEEP = 32
+
+
+class FundingBook:
+    """The funding estimate and prediction, the fees booked (frames and income rows), the look-ups due."""
+
+    def __init__(self, params: SymbolParams) -> None:
+        self.funding_rate_estimate = 0.0
+        self.predicted_funding = 0.0
+        self._samples = 0
+        self._last_sample = -(10**18)
+        self._sample_ms = 0
+        self._alpha = 0.0
+        self._configure(params)
+        self.funding_pnl = 0.0
+        self._total = Decimal(0)
+        self._seen: OrderedDict[tuple[int, str], None] = OrderedDict()  # frames already booked
+        # booked fees: [time, amount, source ("frame" / "income"), paired with the other source]
+        self._booked: deque[list[Any]] = deque(maxlen=_FUNDING_KEEP)
+        self._income_seen: OrderedDict[int, None] = OrderedDict()  # income tranIds already booked
+        self._lookups: deque[int] = deque(maxlen=_FUNDING_LOOKUPS_KEEP)  # times of symbol-less fees
+
+    def _configure(self, params: SymbolParams) -> None:
+        self._sample_ms = int(params.funding.predict_sample_sec * 1000)
+        self._alpha = params.funding.predict_alpha
+
+    def with_params(self, params: SymbolParams) -> "FundingBook":
+        """The funding book under new parameters (the prediction's sampling and weight): the
+        prediction so far, the fees booked and the look-ups due are kept (this one is handed over)."""
+        new = copy.copy(self)
+        new._configure(params)
+        return new
+
+    # ------------------------------------------------------------------ the estimate
+
+    def on_estimate(self, event_time: int, rate: float) -> None:
+        """The exchange's funding estimate of a mark price frame (already known to be newer)."""
+        self.funding_rate_estimate = rate
+        if event_time - self._last_sample >= self._sample_ms:
+            self._last_sample = event_time
+            if self._samples == 0:
+                self.predicted_funding = rate
+            else:
+                a = self._alpha
+                self.predicted_funding = a * rate + (1.0 - a) * self.predicted_funding
+            self._samples += 1
+
+    # ------------------------------------------------------------------ fees
+
+    def on_fee(self, t: int, amount: Decimal) -> bool:
+        """A FUNDING_FEE frame naming this symbol, in its margin asset: booked once."""
+        key = (t, str(amount))
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > _FUNDING_KEEP:
+            self._seen.popitem(last=False)
+        if self._pair(t, amount, "income"):
+            return False  # already booked from its income row
+        self._book(t, amount, "frame")
+        return True
+
+    def ask_lookup(self, t: int, held: bool) -> bool:
+        """A cross-margin FUNDING_FEE frame naming no symbol at ``t``: if this symbol held a position
+        then (``held``), its fee is among the account's income rows: a look-up is due."""
+        if held and t not in self._lookups:
+            while self._lookups and self._lookups[0] < t - FUNDING_LOOKUP_HORIZON_MS:
+                self._lookups.popleft()
+            self._lookups.append(t)
+            return True
+        return False
+
+    def lookup_start(self) -> int | None:
+        """Exchange ms from which the runtime should read this symbol's FUNDING_FEE income rows
+        (``GET /fapi/v1/income``) for fees whose frame named no symbol; None when nothing is due."""
+        if not self._lookups:
+            return None
+        return min(self._lookups) - FUNDING_LOOKBACK_MS
+
+    def on_income(self, rows: Iterable[Any], symbol: str, margin_asset: str) -> int:
+        """Income rows (Binance's ``{"symbol","incomeType","income","asset","time","tranId"}``): this
+        symbol's FUNDING_FEE rows are booked once each, by ``tranId``. A row whose fee was already
+        booked from a frame naming the symbol (no tranId there: the same amount, within
+        ``FUNDING_MATCH_MS``, paired one to one) is not booked again. A row settles the look-ups of
+        its time. Returns how many rows were booked."""
+        booked = 0
+        for r in rows:
+            if r.get("incomeType") != "FUNDING_FEE" or r.get("symbol") != symbol:
+                continue
+            if margin_asset and r.get("asset", margin_asset) != margin_asset:
+                continue
+            try:
+                tran = int(r["tranId"])
+                t = int(r["time"])
+                amount = Decimal(str(r["income"]))
+            except (KeyError, TypeError, ValueError, ArithmeticError):
+                continue
+            for lt in [x for x in self._lookups if abs(x - t) <= FUNDING_MATCH_MS]:
+                self._lookups.remove(lt)
+            if tran in self._income_seen:
+                continue
+            self._income_seen[tran] = None
+            if len(self._income_seen) > _FUNDING_KEEP:
+                self._income_seen.popitem(last=False)
+            if self._pair(t, amount, "frame"):
+                continue  # its frame named the symbol and was booked
+            self._book(t, amount, "income")
+            booked += 1
+        return booked
+
+    def _pair(self, t: int, amount: Decimal, source: str) -> bool:
+        """Pair a fee with the nearest unpaired one of ``source`` booked with the same amount within
+        ``FUNDING_MATCH_MS``: the same fee, seen the other way."""
+        best = None
+        for entry in self._booked:
+            if entry[2] == source and not entry[3] and entry[1] == amount and abs(entry[0] - t) <= FUNDING_MATCH_MS:
+                if best is None or abs(entry[0] - t) < abs(best[0] - t):
+                    best = entry
+        if best is None:
+            return False
+        best[3] = True
+        return True
+
+    def _book(self, t: int, amount: Decimal, source: str) -> None:
+        self._booked.append([t, amount, source, False])
+        self._total += amount
+        self.funding_pnl = float(self._total)

@@ -1,0 +1,216 @@
+"""Position and P&L of one symbol: trades booked once by id, the exchange's position figures, drawdown.
+
+The position moves by each trade frame once (by order and trade id) and is reset by the exchange's
+figure (ACCOUNT_UPDATE, REST) plus the trades newer than it. Realized P&L and commission are booked
+per trade as the exchange books them.
+
+Same-millisecond fills: a trade frame whose time equals the newest position figure's may or may not
+be inside it (the exchange sends a fill's ACCOUNT_UPDATE and ORDER_TRADE_UPDATE one after the other,
+in an order it does not document). If the figure's move within that millisecond accounts for it, it
+is inside; otherwise it is *unplaced* (never in the position; the store keeps its order's fill
+pending) until the next figure, or a frame of a later millisecond, shows where it went. Placed
+trades are handed back to the store (``place_unplaced``), which tells the order ledger.
+
+Drawdown is the symbol's own: equity = ``risk.capital`` + realized + funding - commission +
+unrealized, so a transfer on the shared wallet cannot move it. Its peak is tracked as the inputs
+arrive (``track_equity``), from the first exchange position figure with a price on; reads never
+change it. The price (mark, else mid) and the funding P&L are passed in by the store.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict, deque
+from decimal import Decimal
+
+from fleet.binance.events import BUY, OrderUpdate
+from fleet.binance.filters import SymbolFilters
+from fleet.config import SymbolParams
+
+_TRADES_KEEP = 50_000  # trade ids remembered, so a duplicated fill is never booked twice
+
+# ``book_trade``'s answers (None: a duplicate)
+UNPLACED = 0  # not (yet) known to be inside the position: its fill stays pending
+BOOKED = 1  # in the position (or inside the exchange's figure)
+BOOKED_ALL = 2  # inside the figure, and so is every unplaced trade of its millisecond
+
+Unplaced = tuple[int, str, int, int]  # (time, client id, order id, steps)
+
+
+class Position:
+    """Signed position in steps, average entry, realized P&L, commission, fills, drawdown peak."""
+
+    def __init__(self, filters: SymbolFilters, params: SymbolParams) -> None:
+        self.step = float(filters.step_size)
+        self.capital = params.risk.capital
+        self.position_steps = 0
+        self.entry_price = 0.0
+        self.position_time = -1  # exchange time of the last authoritative position figure
+        self.position_confirmed = False  # an exchange figure of the position has been applied
+        self._figure_closes_ms = False  # the figure (a REST snapshot) holds every trade of its millisecond
+        self._figure_steps = 0  # the newest stream figure, and the position just before its millisecond,
+        self._ms_base = 0  # and the trades of that millisecond seen so far: what the figure's move
+        self._ms_seen = 0  # within the millisecond accounts for
+        self.unplaced: list[Unplaced] = []  # trades of the figure's millisecond not known to be inside
+        self._nonflat_ms = -1  # the latest exchange time at which the position was known not to be flat
+        self._trades_since: deque[tuple[int, int]] = deque()  # (time, signed steps) booked after it
+        self.realized_pnl = 0.0
+        self.commission = 0.0
+        self._trade_ids: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self.fills_buy = 0
+        self.fills_sell = 0
+        self._peak_pnl: float | None = None  # the symbol's own P&L at its peak, once confirmed
+        self.max_drawdown_pct = 0.0
+        self.stale_updates = 0
+
+    def with_params(self, params: SymbolParams) -> "Position":
+        """The position under new parameters (a new ``risk.capital`` for the equity): every trade,
+        figure, P&L figure and the peak are kept (this one is handed over: use the returned one)."""
+        new = copy.copy(self)
+        new.capital = params.risk.capital
+        return new
+
+    # ------------------------------------------------------------------ P&L
+
+    def unrealized_pnl(self, price: float) -> float:
+        if not price or not self.position_steps:
+            return 0.0
+        return self.position_steps * self.step * (price - self.entry_price)
+
+    def pnl(self, price: float, funding_pnl: float) -> float:
+        """This symbol's own P&L: realized + funding - commission + unrealized at ``price``."""
+        return self.realized_pnl + funding_pnl - self.commission + self.unrealized_pnl(price)
+
+    @property
+    def peak_equity(self) -> float | None:
+        """The highest equity since a confirmed baseline (None before)."""
+        return None if self._peak_pnl is None else self.capital + self._peak_pnl
+
+    def drawdown_pct(self, price: float, funding_pnl: float) -> float:
+        """Percent below the peak equity (0 at a peak, and before a confirmed baseline). A pure read."""
+        peak_pnl = self._peak_pnl
+        if peak_pnl is None:
+            return 0.0
+        peak = self.capital + peak_pnl
+        if peak <= 0:
+            return 0.0
+        dd = (peak_pnl - self.pnl(price, funding_pnl)) / peak * 100.0
+        return dd if dd > 0.0 else 0.0
+
+    def track_equity(self, price: float, funding_pnl: float) -> None:
+        """Move the peak (and the deepest drawdown) by the current equity, once the baseline is
+        confirmed: an exchange figure of the position, and a price to value it at."""
+        if not self.position_confirmed or not price:
+            return
+        pnl = self.pnl(price, funding_pnl)
+        if self._peak_pnl is None or pnl > self._peak_pnl:
+            self._peak_pnl = pnl
+        dd = self.drawdown_pct(price, funding_pnl)
+        if dd > self.max_drawdown_pct:
+            self.max_drawdown_pct = dd
+
+    def held_within(self, t: int, lookback_ms: int) -> bool:
+        """The position is not flat, or was not at some time in the ``lookback_ms`` before ``t``."""
+        return self.position_steps != 0 or self._nonflat_ms >= t - lookback_ms
+
+    # ------------------------------------------------------------------ trades
+
+    def book_trade(
+        self, key: tuple[int, int], u: OrderUpdate, steps: int, count_commission: bool
+    ) -> int | None:
+        """Book one trade once (by ``key``: order and trade id): its commission (if in the margin
+        asset) and realized P&L, and its quantity into the position (``BOOKED``, ``BOOKED_ALL``) or
+        as unplaced (``UNPLACED``); None for a duplicate. Each trade carries its own quantity and
+        time, so the position is exact whatever order the trades of one order arrive in."""
+        if key in self._trade_ids:
+            return None
+        self._trade_ids[key] = None
+        if len(self._trade_ids) > _TRADES_KEEP:
+            self._trade_ids.popitem(last=False)
+        if count_commission:
+            self.commission += float(u.commission)
+        self.realized_pnl += float(u.realized_pnl)  # as the exchange books it, per trade
+        placed = self._on_fill(u.side, steps, float(u.last_filled_price), u.update_time)
+        if placed == UNPLACED:
+            self.unplaced.append((u.update_time, u.client_order_id, u.order_id, steps))
+        return placed
+
+    def _on_fill(self, side: str, qty_steps: int, price: float, t: int) -> int:
+        """Move the position (and the average entry) by one trade newer than the exchange's position
+        figure. An older trade is inside the figure. One of the figure's own millisecond is inside it
+        if the figure's move within that millisecond accounts for it (or the figure is a snapshot,
+        which holds its whole millisecond): then everything of that millisecond seen so far is inside
+        (``BOOKED_ALL``); otherwise it is ``UNPLACED``."""
+        if side == BUY:
+            self.fills_buy += 1
+        else:
+            self.fills_sell += 1
+        signed = qty_steps if side == BUY else -qty_steps
+        if t < self.position_time:
+            return BOOKED
+        if t == self.position_time:
+            if self._figure_closes_ms:
+                return BOOKED
+            self._ms_seen += signed
+            if self._figure_steps - self._ms_base == self._ms_seen:
+                return BOOKED_ALL
+            return UNPLACED
+        if self.position_steps and t > self._nonflat_ms:
+            self._nonflat_ms = t
+        self._trades_since.append((t, signed))
+        if len(self._trades_since) > _TRADES_KEEP:
+            self._trades_since.popleft()
+        pos = self.position_steps
+        new = pos + signed
+        if pos == 0 or (pos > 0) == (signed > 0):
+            self.entry_price = (abs(pos) * self.entry_price + abs(signed) * price) / abs(new)
+        elif new == 0:
+            self.entry_price = 0.0
+        elif (new > 0) != (pos > 0):
+            self.entry_price = price
+        self.position_steps = new
+        if new and t > self._nonflat_ms:
+            self._nonflat_ms = t
+        return BOOKED
+
+    def place_unplaced(self, until_ms: int | None = None) -> list[Unplaced]:
+        """Unplaced trades (of times up to ``until_ms``; all if None) are inside the exchange's
+        figure: they are handed back (their fills stop counting as pending) and forgotten here."""
+        keep: list[Unplaced] = []
+        out: list[Unplaced] = []
+        for item in self.unplaced:
+            (keep if until_ms is not None and item[0] > until_ms else out).append(item)
+        self.unplaced = keep
+        return out
+
+    # ------------------------------------------------------------------ the exchange's figures
+
+    def set_figure(self, fig_steps: int, entry_price: Decimal, t: int, snapshot: bool = False) -> bool:
+        """The exchange's position figure as of ``t``: a stream figure (ACCOUNT_UPDATE) as of its
+        frame's time (a later figure of the same millisecond is newer), or a snapshot holding its
+        whole millisecond (frames of it are older). Ignored (False) if older than the one held;
+        trades booked here after ``t`` stay added on top. The caller then places the unplaced
+        trades up to ``t`` (the figure holds them)."""
+        pt = self.position_time
+        if t < pt or (t == pt and self._figure_closes_ms and not snapshot):
+            self.stale_updates += 1
+            return False
+        if self.position_steps and t > self._nonflat_ms:
+            self._nonflat_ms = t
+        if snapshot or t > pt:
+            # trades of this millisecond booked already, and the position just before it
+            seen = sum(q for tq, q in self._trades_since if tq == t)
+            self._ms_base = self.position_steps - sum(q for tq, q in self._trades_since if tq >= t)
+            self._ms_seen = seen
+        self.position_time = t
+        self._figure_closes_ms = snapshot
+        self.position_confirmed = True
+        # Trades booked here that are newer than the exchange's figure are not in it yet.
+        later = deque(tr for tr in self._trades_since if tr[0] > t)
+        self._trades_since = later
+        self._figure_steps = fig_steps
+        self.position_steps = fig_steps + sum(q for _, q in later)
+        self.entry_price = float(entry_price) if self.position_steps else 0.0
+        if self.position_steps and t > self._nonflat_ms:
+            self._nonflat_ms = t
+        return True
