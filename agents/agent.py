@@ -29,6 +29,7 @@ from journal.sink import NULL_SINK, JournalSink
 
 from .clock import WALL_CLOCK, Clock
 from .core import AgentCore
+from .transport import NetworkTransport, Transport
 from .logging import AgentLog
 from .metrics import AgentMetrics
 from .ownership import Grant, Ownership
@@ -71,14 +72,16 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
         logger: logging.Logger | None = None,
         rate_share: float = 1.0,
         clock: Clock = WALL_CLOCK,
+        transport: Transport | None = None,
     ) -> None:
         self.clock = clock  # every time read and sleep of the runtime goes through it
+        # the client and the streams come from the transport (real sockets unless one is injected)
+        self.transport: Transport = transport or NetworkTransport(endpoints, credentials)
         self.fleet_name = fleet_name
         self.symbol = symbol
         self.params = params
         self.runtime = runtime
         self.endpoints = endpoints
-        self._credentials = credentials
         self._ownership = ownership
         self.log = AgentLog(logger or logging.getLogger("mmfleet.agent"), symbol)
         self.metrics = AgentMetrics(symbol)
@@ -157,9 +160,7 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
         self._take_grant(grant, send)
         self.log.epoch = grant.epoch
         self.log.event("ownership_acquired", f"owned {self.symbol} at epoch {grant.epoch}", state=grant.kill_state)
-        self._client = BinanceClient(
-            self.endpoints.rest_url, self._credentials.api_key, self._credentials.api_secret, budget=self.budget
-        )
+        self._client = self.transport.client(self.budget)
         await self._client.open()
         backoff = Backoff(self.runtime.reconnect_backoff_initial_sec, self.runtime.reconnect_backoff_max_sec)
         while not self._stopping:

@@ -34,7 +34,7 @@ class Streams:
     async def _connect_user(self) -> None:
         client = self._require_client()
         key = await client.create_listen_key()
-        stream = UserStream(self.endpoints.ws_user_url, key)
+        stream = self.transport.user_stream(key)
         self._streams.append(stream)
         await stream.connect()
         self._user = stream
@@ -51,12 +51,7 @@ class Streams:
                 self.log.event("market_event_failed", f"market event not applied: {exc!r}", level=logging.ERROR)
                 raise
 
-        stream = MarketStream(
-            self.endpoints.ws_market_url,
-            self.symbol,
-            ("bookTicker", "markPrice@1s"),
-            on_event=on_event,
-        )
+        stream = self.transport.market_stream(self.symbol, ("bookTicker", "markPrice@1s"), on_event)
         self._streams.append(stream)
         await stream.connect()
         if self._market is not None:
@@ -258,7 +253,7 @@ class Streams:
         """Before the exchange's 24-hour cut: open a new user stream, then drop the old (no gap)."""
         client = self._require_client()
         key = await client.create_listen_key()
-        stream = UserStream(self.endpoints.ws_user_url, key)
+        stream = self.transport.user_stream(key)
         self._streams.append(stream)
         await stream.connect()
         old, self._user = self._user, stream
