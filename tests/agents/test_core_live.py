@@ -8,7 +8,6 @@ bids again and again.
 from __future__ import annotations
 
 import asyncio
-import time
 from decimal import Decimal
 
 import aiohttp
@@ -18,6 +17,7 @@ from agents.agent import ExchangeEndpoints, SymbolAgent
 from agents.ownership import LockFileOwnership
 from fleet.binance.credentials import Credentials
 from fleet.config import RuntimeParams, SymbolParams
+from tests.polling import wait_for
 
 SYMBOL = "ETHUSDC"
 # 30 layers whose sizes all stay above the simulator's min notional (5 USDC) and step (0.001):
@@ -33,19 +33,6 @@ RUNTIME = RuntimeParams(
     reconnect_backoff_initial_sec=0.3, reconnect_backoff_max_sec=2.0, deadman_heartbeat_sec=1.0,
     deadman_countdown_ms=5_000, market_stale_sec=600.0,
 )
-
-
-async def poll(cond, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while True:
-        res = cond()
-        if asyncio.iscoroutine(res):
-            res = await res
-        if res:
-            return res
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_with_30_buy_layers_resting_worst_case_long_never_exceeds_0_23_at_the_exchange(sim, tmp_path):
@@ -86,8 +73,8 @@ async def test_with_30_buy_layers_resting_worst_case_long_never_exceeds_0_23_at_
             await asyncio.sleep(0)
 
     try:
-        await poll(lambda: task.done() or agent.status()["state"] == "quoting", 15, "the agent quoting")
-        await poll(_at_least(bids_resting, 30), 15, "30 buy layers resting")
+        await wait_for(lambda: task.done() or agent.status()["state"] == "quoting", 15, "the agent quoting")
+        await wait_for(_at_least(bids_resting, 30), 15, "30 buy layers resting")
         # Only the jumps below move the price from here on; the streams keep flowing, so the
         # agent never pulls its quotes as stale.
         freeze = {"frozen": True, "symbol": SYMBOL, "mode": "price"}
@@ -102,8 +89,8 @@ async def test_with_30_buy_layers_resting_worst_case_long_never_exceeds_0_23_at_
                 async with http.post(f"{sim.rest_url}/sim/market/jump", json={"symbol": SYMBOL, "pct": -1.5}) as r:
                     assert r.status == 200
                 before = len(samples)
-                await poll(lambda: len(samples) > before + 20, 15, "samples after a jump")
-                await poll(lambda: not any(o.busy for o in agent.core.store.orders.values()), 15, "requests answered")
+                await wait_for(lambda: len(samples) > before + 20, 15, "samples after a jump")
+                await wait_for(lambda: not any(o.busy for o in agent.core.store.orders.values()), 15, "requests answered")
         finally:
             done.set()
             await sampler

@@ -24,6 +24,7 @@ from agents.orders import parse_client_order_id
 from controller.controller import ControllerSettings, build_spec, find_controller
 from fleet.config import FleetConfig
 from fleet.fleet_cli import FleetAlreadyRunning, start_fleet, stop_fleet
+from tests import polling
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SYMBOLS = ("ETHUSDC", "BTCUSDT", "SOLUSDT")
@@ -37,20 +38,8 @@ def free_port() -> int:
 
 
 def poll(check: Callable[[], Any], timeout: float, what: str | Callable[[], str], interval: float = 0.25) -> Any:
-    """Call ``check`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except Exception as exc:  # noqa: BLE001 - e.g. an actor restarting: keep polling
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    what = what() if callable(what) else what
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last: {last!r}")
+    """:func:`tests.polling.poll`, an exception counting as "not yet" (an actor restarting)."""
+    return polling.poll(check, timeout, what, interval, retry_errors=True)
 
 
 def fleet_config(name: str, state_dir: Path, **extra: Any) -> FleetConfig:

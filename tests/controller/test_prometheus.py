@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 import requests
 import yaml
 
+from tests import polling
+
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "prometheus"
 
 
@@ -99,15 +101,8 @@ def start_prometheus(config: dict[str, Any], workdir: Path, *, ready_within_s: f
 
 
 def poll(condition, *, within_s: float, every_s: float = 0.5, what: str = "condition"):
-    """Call ``condition`` until it returns something truthy; fail with ``what`` after the deadline."""
-    deadline = time.monotonic() + within_s
-    last = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(every_s)
-    raise AssertionError(f"{what} not met within {within_s} s (last: {last!r})")
+    """:func:`tests.polling.poll` under the keyword names the Prometheus, dashboard and console tests use."""
+    return polling.poll(condition, within_s, what, every_s)
 
 
 # --- the shipped configs, pointed at the test's servers -------------------------------------------

@@ -11,7 +11,7 @@ import logging
 import re
 import time
 from decimal import Decimal
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -21,6 +21,7 @@ from agents.ownership import Grant, LockFileOwnership, OwnershipLost
 from fleet.binance.credentials import Credentials
 from fleet.config import BaseParams, GrindingParams, RuntimeParams, SymbolParams
 from fleet.sim.testkit import SimClient
+from tests.polling import wait_for  # noqa: F401 - the other e2e tests import it from here
 
 SYMBOL = "ETHUSDC"
 FAST = RuntimeParams(
@@ -34,28 +35,6 @@ FAST = RuntimeParams(
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-async def wait_for(
-    cond: Callable[[], Any],
-    timeout: float,
-    what: str,
-    interval: float = 0.05,
-    explain: Callable[[], Awaitable[str]] | None = None,
-) -> Any:
-    """Poll ``cond`` (sync or async) until truthy; fail naming ``what`` after ``timeout`` seconds."""
-    end = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = cond()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        if time.monotonic() > end:
-            detail = f"\n{await explain()}" if explain is not None else ""
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
-        await asyncio.sleep(interval)
 
 
 class Exchange:
@@ -669,7 +648,6 @@ async def test_planned_stream_reconnects_leave_no_gap(make_agent, exchange):
     assert agent.counters["resyncs"] == 0 and agent.counters["user_stream_reconnects"] == 0
     assert metric(agent, "mm_ws_connected") == 1.0
     assert agent.status()["state"] == "quoting"
-
 
 
 async def test_clock_skew_is_relearned_on_minus_1021(make_agent, exchange):

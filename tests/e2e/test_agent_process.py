@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from fleet.sim.testkit import SimClient
+from tests.polling import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SYMBOL = "ETHUSDC"
@@ -27,19 +28,6 @@ SYMBOL = "ETHUSDC"
 def _die_with_parent() -> None:
     """In the child: SIGTERM it if the test process dies, so no agent outlives an interrupted run."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-async def wait_for(cond, timeout: float, what: str, interval: float = 0.05) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 class AgentProcess:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from decimal import Decimal
 from typing import Any
 
@@ -17,6 +16,7 @@ from journal import pnl
 from journal.db import Target, make_engine
 from journal.recorder import attach_journal
 from journal.schema import fills, funding
+from tests.polling import wait_for  # noqa: F401 - the journal tests import it from here
 
 FAST = RuntimeParams(
     reconnect_backoff_initial_sec=0.3, reconnect_backoff_max_sec=2.0, deadman_heartbeat_sec=1.0,
@@ -103,18 +103,3 @@ async def sim_state(sim: Any, http: Any, symbol: str) -> dict:
     async with http.get(f"{sim.rest_url}/sim/state", params={"account": "main", "symbol": symbol}) as r:
         assert r.status == 200
         return await r.json()
-
-
-async def wait_for(cond: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
-    import time
-
-    end = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from decimal import Decimal
@@ -23,6 +22,7 @@ from fleet.binance.errors import (
     UnknownOrderError,
 )
 from fleet.binance.models import ModifyRequest, OrderInfo, OrderRequest
+from tests.polling import wait_for
 
 SYMBOL = "ETHUSDC"
 _ids = itertools.count(1)
@@ -31,18 +31,6 @@ _ids = itertools.count(1)
 def cid(tag: str) -> str:
     """A client order id unique within the test session (the agent puts its epoch here)."""
     return f"t-{tag}-{int(time.time() * 1000) % 10**9}-{next(_ids)}"
-
-
-async def poll(check, deadline: float = 10.0, interval: float = 0.05):
-    """Await ``check()`` until it returns a truthy value or the deadline passes."""
-    end = time.monotonic() + deadline
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"condition not met within {deadline}s (last value {value!r})")
-        await asyncio.sleep(interval)
 
 
 @pytest.fixture
@@ -183,7 +171,7 @@ async def test_countdown_cancel_all_cancels_when_not_renewed(client, filters):
     async def gone():
         return order.order_id not in {o.order_id for o in await client.open_orders(SYMBOL)}
 
-    await poll(gone)
+    await wait_for(gone, what="the order gone")
     assert (await client.query_order(SYMBOL, order_id=order.order_id)).status == "CANCELED"
     await client.countdown_cancel_all(SYMBOL, 0)  # disarmed: a new order stays
     kept = await client.place_order(limit_buy(price, tag="dms2"))
@@ -211,12 +199,12 @@ async def test_position_follows_a_fill(sim, filters):
             pos = await client.position(SYMBOL)
             return pos if pos.amount == before.amount + Decimal("0.010") else None
 
-        pos = await poll(moved)
+        pos = await wait_for(moved, what="the position moved")
         assert pos.symbol == SYMBOL and pos.entry_price > 0 and pos.mark_price > 0
         back = OrderRequest(symbol=SYMBOL, side=Side.SELL, order_type=OrderType.MARKET, quantity="0.010", reduce_only=True,
                             client_order_id=cid("flat"))
         await client.place_order(back)
-        await poll(lambda: _amount_is(client, before.amount))
+        await wait_for(lambda: _amount_is(client, before.amount), what="the position back")
 
 
 async def _amount_is(client, amount):

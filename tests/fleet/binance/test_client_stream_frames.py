@@ -20,6 +20,7 @@ from fleet.binance.streams import (
     market_urls,
     url_for,
 )
+from tests.polling import wait_for
 
 from .test_client_parse import BOOK, EXPIRED, MARK, ORDER_NEW
 
@@ -197,17 +198,10 @@ async def test_on_event_hands_events_over_in_order_and_survives_a_raising_handle
         if isinstance(event, MarkPrice):
             raise RuntimeError("handler bug")
 
-    async def until(condition, deadline=10.0):
-        loop = asyncio.get_running_loop()
-        end = loop.time() + deadline
-        while not condition():
-            assert loop.time() < end, "condition not met in time"
-            await asyncio.sleep(0.01)
-
     async with FrameServer(script) as srv:
         stream = MarketStream(srv.url, "BTCUSDT", idle_timeout=10, on_event=on_event)
         await stream.connect()
-        await until(lambda: len(got) == 3)
+        await wait_for(lambda: len(got) == 3, what="three events", interval=0.01)
         assert [type(e) for e, _ in got] == [BookTicker, MarkPrice, BookTicker]
         assert [e.update_id for e, _ in got if isinstance(e, BookTicker)] == [400900217, 400900218]
         stamps = [t for _, t in got]
@@ -215,7 +209,7 @@ async def test_on_event_hands_events_over_in_order_and_survives_a_raising_handle
         assert stream.handler_errors == 1 and stream.malformed == 1 and stream.events == 3
         assert stream.connected  # the raising handler did not end the feed
         await srv.conns[0].send(BOOK)
-        await until(lambda: len(got) == 4)
+        await wait_for(lambda: len(got) == 4, what="four events", interval=0.01)
         # iteration reports only the stream's end, never an event
         await srv.conns[0].close(code=1001, reason="going away")
         with pytest.raises(StreamClosedError, match="1001"):
