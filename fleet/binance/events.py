@@ -147,7 +147,7 @@ class PositionUpdate:
     accumulated_realized: Decimal
     unrealized_pnl: Decimal
     margin_type: str
-    position_side: str = "BOTH"
+    position_side: PositionSide | str = PositionSide.BOTH
 
 
 @dataclass(frozen=True, slots=True)

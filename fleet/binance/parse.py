@@ -194,7 +194,7 @@ def _positions(raw: Any) -> tuple[PositionUpdate, ...]:
             accumulated_realized=_od(p.get("cr")),
             unrealized_pnl=_od(p.get("up")),
             margin_type=p.get("mt", ""),
-            position_side=p.get("ps", "BOTH"),
+            position_side=enums.position_side(p.get("ps", "BOTH")),
         )
         for p in (raw or ())
     )
