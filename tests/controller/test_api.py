@@ -236,7 +236,7 @@ def test_ensure_api_token_creates_a_private_token_file_once(tmp_path, monkeypatc
 
 
 def test_fleet_totals_sum_only_what_answered_and_say_so():
-    from controller.api import fleet_totals
+    from controller.views import fleet_totals
 
     per_symbol = {
         "ETHUSDC": {"reachable": True, "notional": 300.0, "realized_pnl": 2.0, "unrealized_pnl": -1.0,

@@ -1,0 +1,223 @@
+"""Request bodies of the fleet's endpoint, taken strictly.
+
+The token is checked before a byte of the body is read (the routes call :func:`read_body` after
+their check, never through a FastAPI body parameter); a body over 64 KiB is a 413, the JSON is
+parsed without NaN, Infinity or out-of-range numbers and without duplicate keys, and the models are
+strict (a boolean is ``true`` or ``false``, never ``"yes"`` or ``1``; unknown fields are refused).
+A 422 names the field and never echoes a long input back.
+"""
+
+# No ``from __future__ import annotations``: the models' annotations are read by pydantic and FastAPI.
+
+import json
+import math
+from typing import Annotated, Any, Literal
+
+from fastapi import HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+Symbol = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{2,30}$")]
+
+
+class _Selection(BaseModel):
+    # strict: ``all`` is true or false, never "yes", "true", 1 or 1.0 (a mistyped resume must not resume all)
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    symbols: list[Symbol] | None = Field(
+        None, max_length=1000, description="symbols to act on, e.g. [\"ETHUSDC\"]"
+    )
+    all: bool = Field(False, description="act on every symbol of the fleet")
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> "_Selection":
+        if self.all and self.symbols:
+            raise ValueError("give either symbols or all=true, not both")
+        if not self.all and not self.symbols:
+            raise ValueError("give symbols (a non-empty list) or all=true")
+        return self
+
+
+class KillRequest(_Selection):
+    mode: Literal["halt", "flatten"] = Field("halt", description="halt: cancel all orders; flatten: also close")
+    reason: str = Field(min_length=1, max_length=500, description="why; kept with the kill state and logged")
+
+
+class ResumeRequest(_Selection):
+    reason: str = Field("", max_length=500)
+
+
+def _reason_given(reason: str) -> str:
+    if not reason.strip():
+        raise ValueError("give a reason: it is kept with the kill state and logged")
+    return reason
+
+
+class ConsoleKillRequest(KillRequest):
+    """A kill from the console: the reason must say something."""
+
+    @model_validator(mode="after")
+    def _reason(self) -> "ConsoleKillRequest":
+        _reason_given(self.reason)
+        return self
+
+
+class ConsoleResumeRequest(_Selection):
+    """A resume from the console: a reason is required, as for a kill."""
+
+    reason: str = Field(min_length=1, max_length=500, description="why; logged")
+
+    @model_validator(mode="after")
+    def _reason(self) -> "ConsoleResumeRequest":
+        _reason_given(self.reason)
+        return self
+
+
+MAX_BODY_BYTES = 64 * 1024   # a kill or resume body is a few hundred bytes
+INPUT_SHOWN = 80             # characters of an offending input a 422 shows
+
+
+class _NonFinite:
+    """A NaN, an Infinity or a number too large for a float, as written in the body."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _float_or_flag(text: str) -> Any:
+    value = float(text)
+    return value if math.isfinite(value) else _NonFinite(text)
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _non_finite(value: Any) -> tuple[tuple[Any, ...], str] | None:
+    """Where the first non-finite number of a parsed body is, and how it was written."""
+    todo: list[tuple[tuple[Any, ...], Any]] = [((), value)]
+    while todo:
+        loc, v = todo.pop()
+        if isinstance(v, _NonFinite):
+            return loc, v.text
+        if isinstance(v, dict):
+            todo.extend(((*loc, k), x) for k, x in reversed(v.items()))
+        elif isinstance(v, list):
+            todo.extend(((*loc, i), x) for i, x in reversed(list(enumerate(v))))
+    return None
+
+
+def shown_input(value: Any) -> Any:
+    """What a 422 may echo of an input: short values as they are, long ones trimmed or described."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)   # a JSON answer holds no NaN
+    if isinstance(value, int):
+        return value if abs(value) < 10**18 else f"<integer of {len(str(abs(value)))} digits>"
+    if isinstance(value, str):
+        return value if len(value) <= INPUT_SHOWN else value[:INPUT_SHOWN] + f"... ({len(value)} characters)"
+    if isinstance(value, dict | list):
+        try:
+            if len(json.dumps(value, allow_nan=False)) <= INPUT_SHOWN:
+                return value
+        except (TypeError, ValueError):
+            pass
+        return f"<object with {len(value)} keys>" if isinstance(value, dict) else f"<array of {len(value)} items>"
+    return shown_input(str(value))
+
+
+def _problem(kind: str, loc: tuple[Any, ...], msg: str, value: Any = None) -> dict[str, Any]:
+    return {"type": kind, "loc": ["body", *loc], "msg": msg, "input": shown_input(value)}
+
+
+def validation_detail(errors: list[dict[str, Any]], prefix: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    """Pydantic's errors as a 422 lists them: type, field, message and a trimmed input (no context)."""
+    return [
+        {"type": e.get("type"), "loc": [*prefix, *e.get("loc", ())], "msg": e.get("msg"),
+         "input": shown_input(e.get("input"))}
+        for e in errors
+    ]
+
+
+def parse_body(raw: bytes, model: type[BaseModel]) -> Any:
+    """``model`` from a JSON body, strictly; HTTPException(422) naming the field otherwise."""
+    if not raw.strip():
+        raise HTTPException(422, [_problem("missing", (), "Field required: send a JSON object")])
+    try:
+        data = json.loads(
+            raw,
+            parse_constant=_NonFinite,         # NaN, Infinity, -Infinity
+            parse_float=_float_or_flag,        # 1e999 and the like
+            object_pairs_hook=_object,
+        )
+    except _DuplicateKey as exc:
+        raise HTTPException(
+            422, [_problem("duplicate_key", (exc.key,), "duplicate key: give each field once")]
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise HTTPException(
+            422, [_problem("json_invalid", (exc.pos,), f"JSON decode error: {exc.msg}")]
+        ) from None
+    except (ValueError, RecursionError) as exc:   # bad encoding, huge integers, deep nesting
+        raise HTTPException(422, [_problem("json_invalid", (), f"JSON decode error: {_first_line(exc)}")]) from None
+    bad = _non_finite(data)
+    if bad is not None:
+        loc, text = bad
+        raise HTTPException(
+            422, [_problem("finite_number", loc, "Input should be a finite number (no NaN, Infinity or "
+                           "numbers beyond a float's range)", text)]
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise HTTPException(
+            422, validation_detail(exc.errors(include_url=False, include_context=False), ("body",))
+        ) from None
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of an endpoint that reads its body itself (after the token check)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES, *, form: bool = False) -> bytes:
+    """The body, at most ``limit`` bytes (413 beyond, without reading the rest); JSON or no content type
+    (``form``: a URL-encoded form, as the console's sign-in sends it)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if form:
+        if ctype != "application/x-www-form-urlencoded":
+            raise HTTPException(415, "send the sign-in form as application/x-www-form-urlencoded")
+    elif ctype and ctype != "application/json" and not ctype.endswith("+json"):
+        raise HTTPException(415, f"send the body as application/json, not {shown_input(ctype)}")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        declared = declared.strip()
+        if not (declared.isascii() and declared.isdigit()):
+            raise HTTPException(400, "invalid Content-Length header")
+        if int(declared) > limit:
+            raise HTTPException(413, f"request body of {int(declared)} bytes is over the limit of {limit} bytes")
+    size = 0
+    chunks = []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]

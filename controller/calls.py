@@ -1,0 +1,147 @@
+"""The endpoint's Ray calls: to the controller and the agent actors, each with a timeout.
+
+Every failure becomes an :class:`Answer` saying what went wrong (no actor, no answer in time, the
+actor refused the arguments, the actor failed), so one stuck agent is reported instead of stalling
+a page; :meth:`ActorCalls.from_controller` turns a failed controller call into the HTTP status it
+deserves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import HTTPException
+
+from controller.controller import AGENT_PREFIX, CONTROLLER_NAME
+
+log = logging.getLogger("mmfleet.api")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One actor's answer to one call, or why there is none."""
+
+    value: Any = None
+    error: str | None = None
+    elapsed_s: float = 0.0
+    refused: bool = False   # the actor answered by refusing the arguments (ValueError, LookupError)
+    raised: bool = False    # the actor answered by failing otherwise
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def mapping(self) -> dict[str, Any] | None:
+        """The answer when it is a mapping (what every view call returns), else None."""
+        return self.value if self.ok and isinstance(self.value, dict) else None
+
+
+class ActorCalls:
+    """Handles of one fleet's actors (cached, dropped when an actor is gone) and calls to them."""
+
+    def __init__(self, namespace: str, agent_timeout_s: float, controller_timeout_s: float) -> None:
+        self.namespace = namespace
+        self.agent_timeout_s = agent_timeout_s
+        self.controller_timeout_s = controller_timeout_s
+        self.handles: dict[str, Any] = {}       # actor name -> handle
+
+    def handle(self, name: str) -> Any:
+        import ray
+
+        handle = self.handles.get(name)
+        if handle is None:
+            handle = ray.get_actor(name, namespace=self.namespace)   # ValueError when absent
+            self.handles[name] = handle
+        return handle
+
+    async def call(self, name: str, method: str, timeout: float, *args: Any) -> Answer:
+        """Call ``name.method(*args)``; every failure becomes an :class:`Answer` saying what went wrong."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        started = time.monotonic()
+
+        def failed(msg: str, refused: bool = False, raised: bool = False) -> Answer:
+            return Answer(error=msg, elapsed_s=time.monotonic() - started, refused=refused, raised=raised)
+
+        try:
+            handle = self.handle(name)
+        except ValueError:
+            return failed(f"no actor {name} in namespace {self.namespace}")
+        try:
+            ref = getattr(handle, method).remote(*args)
+            value = await asyncio.wait_for(ref, timeout)
+        except asyncio.TimeoutError:
+            return failed(f"{name}.{method} did not answer within {timeout:g} s")
+        except RayActorError as exc:
+            self.handles.pop(name, None)
+            return failed(f"{name} is unavailable: {first_line(exc)}")
+        except RayTaskError as exc:
+            cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
+            if isinstance(cause, ValueError | LookupError):
+                return failed(f"{name}.{method} refused: {first_line(cause)}", refused=True)
+            return failed(f"{name}.{method} failed: {type(cause).__name__}: {first_line(cause)}", raised=True)
+        except ray.exceptions.RayError as exc:
+            return failed(f"{name}.{method} failed: {first_line(exc)}")
+        except Exception as exc:  # noqa: BLE001 - an agent's own error is reported, not raised
+            return failed(f"{name}.{method} failed: {type(exc).__name__}: {first_line(exc)}")
+        return Answer(value=value, elapsed_s=time.monotonic() - started)
+
+    async def agents(self, method: str, symbols: tuple[str, ...]) -> dict[str, Answer]:
+        """``method`` of every symbol's agent, concurrently."""
+        answers = await asyncio.gather(
+            *(self.call(AGENT_PREFIX + s, method, self.agent_timeout_s) for s in symbols)
+        )
+        return dict(zip(symbols, answers))
+
+    async def controller(self, method: str, *args: Any, timeout: float | None = None) -> Answer:
+        return await self.call(CONTROLLER_NAME, method, timeout or self.controller_timeout_s, *args)
+
+    async def from_controller(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        """The controller's answer, or the HTTP error it deserves (422 refused, 502 failed, 503 unreachable)."""
+        ans = await self.controller(method, *args, timeout=timeout)
+        if ans.refused:
+            raise HTTPException(422, f"the fleet controller refused: {ans.error}")
+        if ans.raised:
+            raise HTTPException(502, f"the fleet controller failed: {ans.error}")
+        if not ans.ok:
+            raise HTTPException(503, f"fleet controller not reachable: {ans.error}")
+        return ans.value
+
+    async def restarts(self, symbols: tuple[str, ...]) -> dict[str, int]:
+        """Restart counts as Ray's GCS records them (the agents themselves cannot know)."""
+        ids = {}
+        for sym in symbols:
+            try:
+                ids[sym] = self.handle(AGENT_PREFIX + sym)._actor_id.hex()
+            except ValueError:
+                continue
+        if not ids:
+            return {}
+
+        def lookup() -> dict[str, int]:
+            from ray._private import state
+
+            alive = state.actors(actor_state_name="ALIVE")   # one GCS call for the whole fleet
+            return {
+                sym: int(alive[actor_id].get("NumRestarts", 0)) for sym, actor_id in ids.items() if actor_id in alive
+            }
+
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(lookup), self.agent_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - restarts are informative; the page still renders
+            log.warning("restart counts unavailable: %s", first_line(exc))
+            return {}
+
+
+def as_text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes | bytearray) else str(value)
+
+
+def first_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]

@@ -1,0 +1,149 @@
+"""The console's live feed: one collector builds the fleet table while anyone watches, every stream pushes it.
+
+The collector asks the controller and the agents (through :class:`controller.calls.ActorCalls`)
+every ``push_s``, and fills, grinds and restarts (metrics pages, the GCS) every ``slow_s``; each open
+Server-Sent Events stream sends the latest snapshot when it changes, or at least every ``push_s``.
+The page, the sessions and the checks are in :mod:`controller.console`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from controller.calls import ActorCalls, as_text, first_line
+from controller.console import SymbolAnswers, console_snapshot, fills_and_grinds, sse_event
+from controller.views import controller_book
+
+log = logging.getLogger("mmfleet.api")
+
+
+class ConsoleFeed:
+    """The latest snapshot of the fleet table, its collector and the streams that push it."""
+
+    def __init__(self, calls: ActorCalls, fleet: str, max_total_notional: float,
+                 traded: Callable[[Any], tuple[str, ...]], *, push_s: float, slow_s: float) -> None:
+        self.calls = calls
+        self.fleet = fleet
+        self.max_total_notional = max_total_notional
+        self.traded = traded              # the controller's symbols -> the symbols the fleet trades now
+        self.push_s = push_s
+        self.slow_s = slow_s
+        self.latest: dict[str, Any] | None = None   # the last snapshot of the fleet table
+        self.seq = 0
+        self.streams: dict[int, float] = {}   # open stream -> when it last pushed
+        self.fresh = asyncio.Event()          # set (and replaced) on every new snapshot
+        self.collector: asyncio.Task | None = None
+        self.slow: tuple[float, dict[str, dict[str, float]], dict[str, int]] = (-math.inf, {}, {})
+
+    # --- streams ---
+
+    def open_streams(self) -> dict[int, float]:
+        """Streams that pushed lately (one whose client left without a goodbye ages out)."""
+        cutoff = time.monotonic() - max(10.0, 5 * self.push_s)
+        for sid in [s for s, t in self.streams.items() if t < cutoff]:
+            self.streams.pop(sid, None)
+        return self.streams
+
+    def stream(self, signed_in: Callable[[], bool]) -> AsyncIterator[str]:
+        """A new stream, registered at once (the collector starts with it): a snapshot on connect, then at
+        least every push_s, until ``signed_in()`` turns false."""
+        stream_id = secrets.randbits(63)
+        self.streams[stream_id] = time.monotonic()
+        self._ensure_collector()
+        return self._events(stream_id, signed_in)
+
+    async def _events(self, stream_id: int, signed_in: Callable[[], bool]) -> AsyncIterator[str]:
+        push_s = self.push_s
+        try:
+            yield f"retry: {int(push_s * 2000)}\n\n"
+            while True:
+                self.streams[stream_id] = time.monotonic()
+                if not signed_in():
+                    yield sse_event("signedout", {"reason": "the session ended"})
+                    return
+                snap = self.latest
+                if snap is None:
+                    yield ": waiting for the first snapshot\n\n"
+                else:
+                    yield sse_event("snapshot", snap, snap["seq"])
+                fresh = self.fresh
+                try:
+                    await asyncio.wait_for(fresh.wait(), push_s)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            self.streams.pop(stream_id, None)
+
+    # --- the collector ---
+
+    def _ensure_collector(self) -> None:
+        if self.collector is None or self.collector.done():
+            self.collector = asyncio.get_running_loop().create_task(self._collect())
+
+    async def _collect(self) -> None:
+        """One collector for every open stream: a snapshot each push_s while anyone watches."""
+        push_s = self.push_s
+        while self.open_streams():
+            started = time.monotonic()
+            try:
+                snap = await self.snapshot()
+            except Exception as exc:  # noqa: BLE001 - the streams keep the last snapshot
+                log.warning("console: snapshot failed: %s", first_line(exc))
+            else:
+                self.latest = snap
+                fresh, self.fresh = self.fresh, asyncio.Event()
+                fresh.set()
+            await asyncio.sleep(max(0.05, push_s - (time.monotonic() - started)))
+        # No await from the check above to here: a stream opening now starts a new collector.
+        self.latest = None
+
+    async def _counts(self, symbols: tuple[str, ...]) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+        """Fills and grinds (from the agents' metrics pages) and restarts, refreshed every slow_s."""
+        at, counts, restarts = self.slow
+        if time.monotonic() - at < self.slow_s and set(symbols) <= set(counts):
+            return counts, restarts
+        pages, restarts = await asyncio.gather(self.calls.agents("metrics", symbols), self.calls.restarts(symbols))
+        fresh = {s: fills_and_grinds(as_text(a.value)) for s, a in pages.items() if a.ok}
+        counts = {**{s: c for s, c in counts.items() if s in symbols}, **fresh}
+        self.slow = (time.monotonic(), counts, restarts)
+        return counts, restarts
+
+    async def snapshot(self) -> dict[str, Any]:
+        """The fleet table now: the controller's status and kill states, every agent's status and exposure."""
+        started = time.monotonic()
+        timeout = self.calls.agent_timeout_s
+        ctrl, kills = await asyncio.gather(
+            self.calls.controller("status", timeout=timeout), self.calls.controller("kill_states", timeout=timeout)
+        )
+        book = controller_book(ctrl)
+        symbols = self.traded(book)
+        status, exposure, (counts, restarts) = await asyncio.gather(
+            self.calls.agents("status", symbols), self.calls.agents("exposure", symbols), self._counts(symbols)
+        )
+        kill_map = kills.mapping() or {}
+        answers = {}
+        for sym in symbols:
+            kill = kill_map.get(sym)
+            answers[sym] = SymbolAnswers(
+                status=status[sym].mapping(),
+                status_error=status[sym].error,
+                exposure=exposure[sym].mapping(),
+                exposure_error=exposure[sym].error,
+                counts=counts.get(sym),
+                kill=kill if isinstance(kill, dict) else ({"state": kill} if isinstance(kill, str) else None),
+                lease=book.get(sym) if isinstance(book.get(sym), dict) else None,
+                restarts=restarts.get(sym),
+            )
+        self.seq += 1
+        problem = None if ctrl.ok and kills.ok else (ctrl.error or kills.error or "unexpected answer")
+        return console_snapshot(
+            self.fleet, symbols, answers, controller_error=problem,
+            max_total_notional=self.max_total_notional, seq=self.seq,
+            collected_ms=(time.monotonic() - started) * 1000,
+        )

@@ -1,0 +1,128 @@
+"""The endpoint's views, pure: the answers of the controller and the agents in, the HTTP answer out.
+
+The routes of :mod:`controller.api` gather the answers (:mod:`controller.calls`) and hand them here;
+nothing in this module awaits or calls Ray, so each view is tested as plain code.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from controller.calls import Answer
+
+_SUMMED = ("notional", "realized_pnl", "unrealized_pnl", "funding_pnl", "commission")
+
+
+def fleet_totals(per_symbol: dict[str, dict[str, Any]], max_total_notional: float) -> dict[str, Any]:
+    """Fleet sums over the symbols that answered; ``complete`` says whether all did."""
+    answered = [e for e in per_symbol.values() if e.get("reachable")]
+    totals: dict[str, Any] = {}
+    for key in _SUMMED:
+        totals[key] = sum(_num(e.get(key)) for e in answered)
+    gross = sum(abs(_num(e.get("notional"))) for e in answered)
+    totals["net_notional"] = totals.pop("notional")
+    totals["gross_notional"] = gross
+    totals["total_pnl"] = totals["realized_pnl"] + totals["unrealized_pnl"] + totals["funding_pnl"]
+    totals["net_pnl"] = totals["total_pnl"] - totals["commission"]
+    totals["max_total_notional"] = max_total_notional
+    totals["notional_used"] = gross / max_total_notional if max_total_notional else None
+    totals["symbols_answered"] = len(answered)
+    totals["symbols_missing"] = sorted(s for s, e in per_symbol.items() if not e.get("reachable"))
+    totals["complete"] = not totals["symbols_missing"]
+    return totals
+
+
+def _num(value: Any) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return out if math.isfinite(out) else 0.0
+
+
+def kill_state_map(value: Any) -> dict[str, str]:
+    """The controller's kill states as ``{symbol: state}``, whatever detail it adds per symbol."""
+    if not isinstance(value, dict):
+        return {}
+    source = value.get("kill_states", value) if isinstance(value.get("kill_states"), dict) else value
+    out = {}
+    for sym, state in source.items():
+        if isinstance(state, str):
+            out[sym] = state
+        elif isinstance(state, dict):
+            st = state.get("state") or state.get("kill_state")
+            if isinstance(st, str):
+                out[sym] = st
+    return out
+
+
+
+def controller_book(controller: Answer) -> dict[str, Any]:
+    """The per-symbol part of the controller's status (epoch, lease, kill state), or {} without one."""
+    value = controller.mapping()
+    return value.get("symbols", {}) if value is not None else {}
+
+
+def status_view(controller: Answer, agents: dict[str, Answer], restarts: dict[str, int]) -> dict[str, Any]:
+    """``/status`` without the fleet's name: per agent its answer (or error), restarts and lease; the controller."""
+    book = controller_book(controller)
+    per_symbol = {}
+    for sym, ans in agents.items():
+        entry: dict[str, Any] = {"reachable": ans.ok, "answer_ms": round(ans.elapsed_s * 1000, 1)}
+        entry.update(ans.mapping() or {})
+        if not ans.ok:
+            entry["error"] = ans.error
+        if sym in restarts:
+            entry["restarts"] = restarts[sym]
+        if sym in book:
+            entry["lease"] = book[sym]          # epoch, holder, expiry, kill state per the controller
+        per_symbol[sym] = entry
+    value = controller.mapping()
+    summary = (
+        {"reachable": True, **{k: v for k, v in value.items() if k != "symbols"}}
+        if value is not None
+        else {"reachable": False, "error": controller.error or "unexpected answer"}
+    )
+    return {
+        "agents_expected": len(agents),
+        "agents_up": sum(1 for a in agents.values() if a.ok),
+        "agents": per_symbol,
+        "controller": summary,
+    }
+
+
+def exposure_view(kill: Answer, agents: dict[str, Answer], max_total_notional: float) -> dict[str, Any]:
+    """``/exposure`` without the fleet's name: per symbol the agent's figures and the durable kill state."""
+    kill_states = kill_state_map(kill.value) if kill.ok else {}
+    per_symbol = {}
+    for sym, ans in agents.items():
+        entry: dict[str, Any] = {"reachable": ans.ok}
+        if ans.ok and isinstance(ans.value, dict):
+            entry.update(ans.value)
+        elif not ans.ok:
+            entry["error"] = ans.error
+        if sym in kill_states:
+            # The controller's state is the durable one; the agent's view is kept if it differs.
+            if "kill_state" in entry and entry["kill_state"] != kill_states[sym]:
+                entry["agent_kill_state"] = entry["kill_state"]
+            entry["kill_state"] = kill_states[sym]
+        per_symbol[sym] = entry
+    return {
+        "symbols": per_symbol,
+        "totals": fleet_totals(per_symbol, max_total_notional),
+        "kill_states_error": None if kill.ok else kill.error,
+    }
+
+
+def kill_view(mode: str, reason: str, elapsed_s: float, result: Any) -> dict[str, Any]:
+    """``/kill``'s answer: the controller's per-symbol outcomes and whether every one confirmed 0 open orders."""
+    per_symbol = result.get("symbols", {}) if isinstance(result, dict) else {}
+    return {
+        "mode": mode,
+        "reason": reason,
+        "elapsed_ms": round(elapsed_s * 1000, 1),
+        # every symbol confirmed with 0 open orders at the exchange
+        "confirmed": bool(per_symbol) and all(v.get("open_orders") == 0 for v in per_symbol.values()),
+        "symbols": per_symbol,
+    }
