@@ -5,6 +5,10 @@ It keeps every symbol's epoch, lease and kill state in Ray's GCS key-value store
 died for good, splits each account's order-rate limits among its agents); puts the whole fleet into
 reduce-only while its total absolute notional is over the cap; and, when an agent does not answer a
 kill in time, cancels that symbol's orders at the exchange itself, with keys read in ITS process.
+
+Its rooms: the applied spec (``controller/spec.py``, pure), the agents' handles
+(``controller/handles.py``), the lease book (``controller/lease.py``), the exchange path
+(``controller/emergency.py``). Results inside are frozen dataclasses; dicts only at the Ray edge.
 """
 
 from __future__ import annotations
@@ -12,25 +16,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import ray
 
+from controller.emergency import EmergencyDesk, KillOutcome, Outcome, first_line
+from controller.handles import AGENT_PREFIX, AgentHandles, agent_name
 from controller.lease import GcsStore, LeaseBook
-from fleet.config import FleetConfig, SymbolParams, migrate_stored_hard_caps, symbol_params, validate_symbol_params
+from controller.spec import build_spec, endpoints_of, parse_spec, rate_shares
+from fleet.config import FleetConfig, SymbolParams
 from fleet.vocabulary import KillState
 
 log = logging.getLogger("mmfleet.controller")
 
 CONTROLLER_NAME = "controller"
-AGENT_PREFIX = "agent."
 SPEC_DOC = "spec"
 FLAGS_DOC = "fleet_flags"
 
-
-def agent_name(symbol: str) -> str:
-    return f"{AGENT_PREFIX}{symbol}"
+# Imported from here by the commands, the bench and the tests.
+__all__ = ["AGENT_PREFIX", "CONTROLLER_NAME", "ControllerSettings", "FleetController", "agent_name", "build_spec",
+           "endpoints_of", "find_controller", "get_or_create_controller", "parse_spec", "rate_shares"]
 
 
 @dataclass(frozen=True)
@@ -46,63 +52,32 @@ class ControllerSettings:
     stop_timeout_s: float = 25.0      # graceful stop of one agent on down/remove
 
 
-# --- the applied spec (pure: built on the driver, where params files are readable) ----------------
+
+@dataclass(frozen=True)
+class FleetRisk:
+    """The fleet's gross notional against its cap, from the agents that answered."""
+
+    gross_notional: float
+    over: bool
 
 
-def build_spec(cfg: FleetConfig, config_path: str | None = None) -> dict[str, Any]:
-    """The document ``apply`` takes: the fleet config plus every symbol's resolved parameters."""
-    params = {}
-    for entry in cfg.symbols:
-        if config_path is not None:
-            params[entry.symbol] = symbol_params(cfg, entry.symbol, config_path).model_dump(mode="json")
-        else:
-            params[entry.symbol] = validate_symbol_params(cfg, entry.symbol, entry.params).model_dump(mode="json")
-    return {"fleet": cfg.model_dump(mode="json"), "params": params}
+def fleet_risk(exposures: list[Any], max_total_notional: float) -> FleetRisk:
+    gross = sum(abs(_num(a.get("notional"))) for a in exposures if isinstance(a, dict))
+    return FleetRisk(gross, gross > max_total_notional)
 
 
-def parse_spec(spec: dict[str, Any], *, stored: bool = False) -> tuple[FleetConfig, dict[str, SymbolParams]]:
-    """Validate an ``apply`` document (or a bare fleet config); raise ValueError naming what is wrong.
+@dataclass(frozen=True)
+class RetireOutcome:
+    """One agent stopped for good: whether it answered, what the exchange lists after, its summary."""
 
-    Every symbol's net_max is checked against the hard cap the fleet config (or code) holds for it;
-    params that set the cap themselves are refused. ``stored``: a spec read back from the GCS, which
-    may predate that rule (its caps are moved to the fleet entries, then checked the same way).
-    """
-    if not isinstance(spec, dict):
-        raise ValueError(f"apply takes a mapping, not {type(spec).__name__}")
-    fleet_doc = spec.get("fleet", spec) if "fleet" in spec else spec
-    raw_params = spec.get("params", {}) if "fleet" in spec else {}
-    if stored:
-        migrate_stored_hard_caps(fleet_doc, raw_params)
-    cfg = FleetConfig.model_validate(fleet_doc)
-    params = {}
-    for entry in cfg.symbols:
-        params[entry.symbol] = validate_symbol_params(cfg, entry.symbol, raw_params.get(entry.symbol, entry.params))
-    unknown = set(raw_params) - set(params)
-    if unknown:
-        raise ValueError(f"params given for symbols not in the fleet: {', '.join(sorted(unknown))}")
-    return cfg, params
+    stopped: bool
+    open_orders: int | None
+    summary: dict[str, Any] | None
+    error: str | None
+    elapsed_ms: float
 
-
-def rate_shares(cfg: FleetConfig) -> dict[str, float]:
-    """Each agent's share of its account's order-rate limits: the account's share split evenly."""
-    counts: dict[str, int] = {}
-    for e in cfg.symbols:
-        counts[e.account] = counts.get(e.account, 0) + 1
-    return {e.symbol: cfg.account(e.account).rate_share / counts[e.account] for e in cfg.symbols}
-
-
-def endpoints_of(cfg: FleetConfig) -> dict[str, str]:
-    ex = cfg.exchange
-    if not ex.rest_url or not ex.ws_market_url:
-        raise ValueError(
-            "exchange.rest_url and exchange.ws_market_url are needed to run agents "
-            "(for exchange.kind=sim, `up` fills them in from the simulator it starts)"
-        )
-    return {
-        "rest_url": ex.rest_url.rstrip("/"),
-        "ws_market_url": ex.ws_market_url.rstrip("/"),
-        "ws_user_url": (ex.ws_user_url or ex.ws_market_url).rstrip("/"),
-    }
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def journal_record(controller: Any, kind: str, **kw: Any) -> None:
@@ -112,17 +87,12 @@ def journal_record(controller: Any, kind: str, **kw: Any) -> None:
 
         record(controller, kind, **kw)
     except Exception as exc:  # noqa: BLE001
-        log.warning("journal: %s not recorded: %s", kind, _first_line(exc))
+        log.warning("journal: %s not recorded: %s", kind, first_line(exc))
 
 
 def _by(by: dict[str, Any] | None) -> dict[str, Any]:
     by = by or {}
     return {"actor": str(by.get("actor") or "ray")[:16], "token_fp": by.get("token_fp")}
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
 
 
 def _num(value: Any) -> float:
@@ -132,19 +102,8 @@ def _num(value: Any) -> float:
         return 0.0
 
 
-def _EmergencyBudget() -> Any:  # noqa: N802 - a class built lazily (the client is imported lazily)
-    """The controller's budget: its own few calls only, never the IP-wide counts the agents spend.
-
-    An emergency cancel must not queue behind the agents' quoting until the weight minute rolls
-    over; if the exchange really is over the limit it answers 429, which is reported.
-    """
-    from fleet.binance.ratelimit import RateBudget
-
-    class EmergencyBudget(RateBudget):
-        def observe_headers(self, headers: Any, now: float | None = None) -> None:
-            return None
-
-    return EmergencyBudget()
+def _ms_since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 1)
 
 
 # --- the actor -------------------------------------------------------------------------------------
@@ -163,6 +122,8 @@ class FleetController:
         self.namespace = namespace
         self.settings = ControllerSettings(**(settings or {}))
         self.book = LeaseBook(GcsStore(fleet_name), lease_ttl_s=self.settings.lease_ttl_s)
+        self.agents = AgentHandles(fleet_name, namespace, self.settings.agent_call_timeout_s)
+        self.desk = EmergencyDesk(lambda: self.cfg)
         self.cfg: FleetConfig | None = None
         self.params: dict[str, SymbolParams] = {}
         self.shares: dict[str, float] = {}
@@ -174,15 +135,12 @@ class FleetController:
         self.recreated: dict[str, int] = {}
         self.emergencies: dict[str, int] = {}
         self.last_error: str | None = None
-        self.exchange_clients: dict[str, Any] = {}
-        self.handles: dict[str, Any] = {}
-        self.sweeps: set[asyncio.Task] = set()
         self.loaded = False
         self.reconciler: asyncio.Task | None = None
         try:
             self.reconciler = asyncio.get_running_loop().create_task(self._reconcile_forever())
         except RuntimeError as exc:  # no loop yet: the first call starts it
-            self.last_error = _first_line(exc)
+            self.last_error = first_line(exc)
 
     # --- state --------------------------------------------------------------------------------
 
@@ -202,57 +160,6 @@ class FleetController:
 
     def _symbols(self) -> list[str]:
         return [e.symbol for e in self.cfg.symbols] if self.cfg else []
-
-    def _handle(self, symbol: str, *, fresh: bool = False) -> Any | None:
-        """The agent's handle, cached (a GCS lookup blocks this loop, which also serves leases)."""
-        if not fresh and symbol in self.handles:
-            return self.handles[symbol]
-        try:
-            handle = ray.get_actor(agent_name(symbol), namespace=self.namespace)
-        except ValueError:
-            self.handles.pop(symbol, None)
-            return None
-        self.handles[symbol] = handle
-        return handle
-
-    def _live_agents(self) -> set[str]:
-        """Symbols whose agent actor holds its name (alive or restarting), in one GCS call."""
-        names = ray.util.list_named_actors(all_namespaces=True)
-        live = {a["name"][len(AGENT_PREFIX):] for a in names
-                if a["namespace"] == self.namespace and a["name"].startswith(AGENT_PREFIX)}
-        for symbol in list(self.handles):
-            if symbol not in live:
-                self.handles.pop(symbol, None)
-        return live
-
-    def _create_agent(self, symbol: str) -> Any:
-        from agents.actor import AgentActor
-
-        placement = self.cfg.agent
-        handle = AgentActor.options(
-            name=agent_name(symbol),
-            namespace=self.namespace,
-            lifetime="detached",
-            get_if_exists=True,
-            max_restarts=-1,
-            max_task_retries=-1,
-            num_cpus=placement.num_cpus,
-            resources=dict(placement.resources) or None,
-        ).remote(self.fleet_name, self.namespace, symbol)
-        self.handles[symbol] = handle
-        return handle
-
-    async def _agent_call(self, symbol: str, method: str, *args: Any, timeout: float | None = None) -> Any:
-        handle = self._handle(symbol)
-        if handle is None:
-            raise LookupError(f"no actor {agent_name(symbol)} in namespace {self.namespace}")
-        try:
-            return await asyncio.wait_for(
-                getattr(handle, method).remote(*args), timeout or self.settings.agent_call_timeout_s
-            )
-        except ray.exceptions.ActorDiedError:
-            self.handles.pop(symbol, None)  # gone for good: the reconcile loop recreates it
-            raise
 
     # --- apply / reconcile --------------------------------------------------------------------
 
@@ -275,38 +182,40 @@ class FleetController:
         stops = await asyncio.gather(
             *(self._retire(s, flatten=False, account=old_cfg.entry(s).account) for s in removed)
         )
-        created, updated, unchanged, errors = [], [], [], {}
-        live = self._live_agents()
+        created, updated, unchanged = [], [], []
+        live = self.agents.live()
         for symbol in self._symbols():
             if symbol not in live:
-                self._create_agent(symbol)
+                self.agents.create(symbol, cfg.agent)
                 created.append(symbol)
             elif old_cfg is None or old_params.get(symbol) != params[symbol] or old_cfg.runtime != cfg.runtime:
                 updated.append(symbol)
             else:
                 unchanged.append(symbol)
-        pushes = await asyncio.gather(
-            *(self._agent_call(s, "apply_params", params[s].model_dump(mode="json"),
-                               timeout=self.settings.stop_timeout_s) for s in updated),
-            return_exceptions=True,
-        )
-        for s, r in zip(updated, pushes):
-            if isinstance(r, BaseException):
-                errors[s] = _first_line(r)
+        errors = await self._push_params(updated)
         await self._push_shares()
         return {
             "fleet": self.fleet_name,
             "created": created,
             "updated": updated,
             "unchanged": unchanged,
-            "removed": {s: r for s, r in zip(removed, stops)},
+            "removed": {s: r.to_dict() for s, r in zip(removed, stops)},
             "errors": errors,
             "rate_shares": self.shares,
         }
 
+    async def _push_params(self, symbols: list[str]) -> dict[str, str]:
+        """New parameters to the agents, live; the ones that failed, with why."""
+        pushes = await asyncio.gather(
+            *(self.agents.call(s, "apply_params", self.params[s].model_dump(mode="json"),
+                               timeout=self.settings.stop_timeout_s) for s in symbols),
+            return_exceptions=True,
+        )
+        return {s: first_line(r) for s, r in zip(symbols, pushes) if isinstance(r, BaseException)}
+
     async def _push_shares(self) -> None:
         await asyncio.gather(
-            *(self._agent_call(s, "set_rate_share", share) for s, share in self.shares.items()),
+            *(self.agents.call(s, "set_rate_share", share) for s, share in self.shares.items()),
             return_exceptions=True,
         )
 
@@ -315,7 +224,7 @@ class FleetController:
             try:
                 await self.reconcile()
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any one bad pass
-                self.last_error = _first_line(exc)
+                self.last_error = first_line(exc)
                 log.exception("reconcile failed")
             await asyncio.sleep(self.settings.reconcile_interval_s)
 
@@ -326,11 +235,11 @@ class FleetController:
         if self.cfg is None or self.stopping:
             return {"recreated": [], "reduce_only": self.reduce_only}
         recreated = []
-        live = self._live_agents()
+        live = self.agents.live()
         for symbol in self._symbols():
             if symbol not in live:
                 log.warning("agent %s is gone: recreating it", agent_name(symbol))
-                self._create_agent(symbol)
+                self.agents.create(symbol, self.cfg.agent)
                 self.recreated[symbol] = self.recreated.get(symbol, 0) + 1
                 recreated.append(symbol)
         if recreated:
@@ -340,17 +249,17 @@ class FleetController:
 
     async def _fleet_risk(self) -> None:
         symbols = self._symbols()
-        answers = await asyncio.gather(*(self._agent_call(s, "exposure") for s in symbols), return_exceptions=True)
-        gross = sum(abs(_num(a.get("notional"))) for a in answers if isinstance(a, dict))
-        self.gross_notional = gross
-        over = gross > self.cfg.risk.max_total_notional
-        if over != self.reduce_only:
-            log.warning("fleet gross notional %.2f %s cap %.2f: reduce-only %s", gross,
-                        "over" if over else "back under", self.cfg.risk.max_total_notional, "on" if over else "off")
-            self.reduce_only = over
-            self.book.put_doc(FLAGS_DOC, {"reduce_only": over})
+        answers = await asyncio.gather(*(self.agents.call(s, "exposure") for s in symbols), return_exceptions=True)
+        cap = self.cfg.risk.max_total_notional
+        risk = fleet_risk(list(answers), cap)
+        self.gross_notional = risk.gross_notional
+        if risk.over != self.reduce_only:
+            log.warning("fleet gross notional %.2f %s cap %.2f: reduce-only %s", risk.gross_notional,
+                        "over" if risk.over else "back under", cap, "on" if risk.over else "off")
+            self.reduce_only = risk.over
+            self.book.put_doc(FLAGS_DOC, {"reduce_only": risk.over})
         # Pushed every pass (idempotent) so a restarted agent learns it at once, not at its next renew.
-        await asyncio.gather(*(self._agent_call(s, "set_reduce_only", self.reduce_only) for s in symbols),
+        await asyncio.gather(*(self.agents.call(s, "set_reduce_only", self.reduce_only) for s in symbols),
                              return_exceptions=True)
 
     # --- leases (called by the agents) --------------------------------------------------------
@@ -406,8 +315,8 @@ class FleetController:
         return {
             "mode": mode,
             "reason": reason,
-            "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
-            "symbols": dict(zip(targets, results)),
+            "elapsed_ms": _ms_since(started),
+            "symbols": {s: r.to_dict() for s, r in zip(targets, results)},
         }
 
     def _targets(self, symbols: list[str] | None) -> list[str]:
@@ -419,52 +328,34 @@ class FleetController:
             raise ValueError(f"unknown symbol(s) {', '.join(unknown)}; fleet {self.fleet_name} trades {', '.join(known)}")
         return list(dict.fromkeys(symbols))
 
-    async def _kill_one(self, symbol: str, mode: str, reason: str, kill_seq: int) -> dict[str, Any]:
+    async def _kill_one(self, symbol: str, mode: str, reason: str, kill_seq: int) -> KillOutcome:
         started = time.monotonic()
         timeout = self.settings.kill_timeout_s if mode == "halt" else self.settings.flatten_timeout_s
         answer: Any = None
         problem = None
         try:
-            answer = await self._agent_call(symbol, mode, reason, kill_seq, timeout=timeout)
+            answer = await self.agents.call(symbol, mode, reason, kill_seq, timeout=timeout)
         except asyncio.TimeoutError:
             problem = f"agent did not answer the {mode} within {timeout:g} s"
         except Exception as exc:  # noqa: BLE001 - any failure leads to the emergency path
-            problem = f"agent failed the {mode}: {_first_line(exc)}"
+            problem = f"agent failed the {mode}: {first_line(exc)}"
         open_orders = answer.get("open_orders") if isinstance(answer, dict) else None
         if problem is None and open_orders == 0:
             if mode == "flatten" and _num(answer.get("position")) == 0 and answer.get("position") is not None:
                 self.book.set_kill_state(symbol, KillState.HALTED, reason or "flattened")
-            return {"outcome": "halted" if mode == "halt" else "flattened", "path": "agent", "open_orders": 0,
-                    "position": answer.get("position"), "elapsed_ms": round((time.monotonic() - started) * 1000, 1)}
+            return KillOutcome(Outcome.done(mode), "agent", 0, answer.get("position"), _ms_since(started))
         if problem is None and isinstance(answer, dict) and answer.get("outcome") == "not_started":
             # Not trading yet (it gets the kill state with its grant): empty the book, keep its lease.
             result = await self._emergency(symbol, mode, revoke=False)
-            result.update(path="controller", elapsed_ms=round((time.monotonic() - started) * 1000, 1))
-            if result["outcome"] == "emergency_cancelled":
-                result["outcome"] = "halted" if mode == "halt" else "flattened"
-            return result
+            outcome = Outcome.done(mode) if result.outcome == Outcome.EMERGENCY_CANCELLED else result.outcome
+            return replace(result, outcome=outcome, path="controller", elapsed_ms=_ms_since(started))
         if problem is None:
             problem = f"agent reported {open_orders!r} open orders after the {mode}"
         log.warning("%s: %s; cancelling at the exchange", symbol, problem)
         result = await self._emergency(symbol, mode)
-        result.update(problem=problem, elapsed_ms=round((time.monotonic() - started) * 1000, 1))
-        return result
+        return replace(result, problem=problem, elapsed_ms=_ms_since(started))
 
-    async def _exchange(self, account_name: str) -> Any:
-        """The controller's own client for an account, keys read in this process (env or key file)."""
-        client = self.exchange_clients.get(account_name)
-        if client is None:
-            from fleet.binance.client import BinanceClient
-            from fleet.binance.credentials import load_credentials
-
-            creds = load_credentials(self.cfg.account(account_name))
-            client = BinanceClient(endpoints_of(self.cfg)["rest_url"], creds.api_key, creds.api_secret,
-                                   budget=_EmergencyBudget())
-            await client.open()
-            self.exchange_clients[account_name] = client
-        return client
-
-    async def _emergency(self, symbol: str, mode: str, *, revoke: bool = True) -> dict[str, Any]:
+    async def _emergency(self, symbol: str, mode: str, *, revoke: bool = True) -> KillOutcome:
         """Revoke the lease (no more renewals), cancel every order of the symbol, confirm, sweep later."""
         lease = None
         if revoke:
@@ -472,45 +363,16 @@ class FleetController:
             lease = self.book.revoke(symbol)
             journal_record(self, "lease_revoked", symbol=symbol, reason=f"emergency {mode}")
         try:
-            client = await self._exchange(self.cfg.entry(symbol).account)
-            await client.cancel_all(symbol)
-            position = None
-            if mode == "flatten":
-                position = await self._close_position(client, symbol)
-            left = len(await client.open_orders(symbol))
-        except Exception as exc:  # noqa: BLE001 - reported to the operator, never swallowed
-            log.error("%s: emergency cancel failed: %s", symbol, _first_line(exc))
-            return {"outcome": "failed", "path": "emergency", "open_orders": None, "error": _first_line(exc)}
-        if lease is not None:
+            account = self.cfg.entry(symbol).account
+        except Exception as exc:  # noqa: BLE001 - the fleet changed under the kill: reported, never raised
+            return KillOutcome(Outcome.FAILED, "emergency", None, error=first_line(exc))
+        result = await self.desk.cancel(symbol, account, mode)
+        if lease is not None and result.outcome != Outcome.FAILED:
             # The stuck agent's lease was promised until expires_at: sweep again once it has lapsed.
             delay = max(0.0, lease.expires_at - time.time()) + 0.2
-            task = asyncio.get_running_loop().create_task(self._sweep(symbol, delay))
-            self.sweeps.add(task)
-            task.add_done_callback(self.sweeps.discard)
-        return {"outcome": "emergency_cancelled", "path": "emergency", "open_orders": left, "position": position}
-
-    async def _close_position(self, client: Any, symbol: str) -> float:
-        from decimal import Decimal
-
-        from fleet.binance.models import OrderRequest
-
-        pos = await client.position(symbol)
-        amount = Decimal(pos.amount)
-        if amount != 0:
-            side = "SELL" if amount > 0 else "BUY"
-            await client.place_order(OrderRequest(symbol=symbol, side=side, order_type="MARKET",
-                                                  quantity=format(abs(amount), "f"), reduce_only=True))
-            amount = Decimal((await client.position(symbol)).amount)
-        return float(amount)
-
-    async def _sweep(self, symbol: str, delay: float) -> None:
-        await asyncio.sleep(delay)
-        try:
-            client = await self._exchange(self.cfg.entry(symbol).account)
-            if self.book.kill_state(symbol) != KillState.RUNNING:
-                await client.cancel_all(symbol)
-        except Exception as exc:  # noqa: BLE001
-            log.error("%s: emergency sweep failed: %s", symbol, _first_line(exc))
+            self.desk.sweep_later(symbol, account, delay,
+                                  lambda: self.book.kill_state(symbol) != KillState.RUNNING)
+        return result
 
     async def resume(self, symbols: list[str] | None = None, by: dict[str, Any] | None = None) -> dict[str, Any]:
         self._load()
@@ -519,14 +381,14 @@ class FleetController:
             journal_record(self, "resume", symbol=s, reason=(by or {}).get("reason"), **_by(by))
         seqs = {s: self.book.set_kill_state(s, KillState.RUNNING, "resumed").seq for s in targets}
         answers = await asyncio.gather(
-            *(self._agent_call(s, "resume", seqs[s], timeout=self.settings.kill_timeout_s) for s in targets),
+            *(self.agents.call(s, "resume", seqs[s], timeout=self.settings.kill_timeout_s) for s in targets),
             return_exceptions=True,
         )
         out = {}
         for s, a in zip(targets, answers):
             if isinstance(a, BaseException):
                 # The state is durable: the agent picks it up at its next lease renewal.
-                out[s] = {"outcome": "resumed", "agent": f"not confirmed: {_first_line(a)}"}
+                out[s] = {"outcome": "resumed", "agent": f"not confirmed: {first_line(a)}"}
             else:
                 out[s] = {"outcome": "resumed", "agent": a}
         return {"symbols": out}
@@ -576,40 +438,30 @@ class FleetController:
 
     # --- shutdown -----------------------------------------------------------------------------
 
-    async def _retire(self, symbol: str, flatten: bool, account: str | None = None) -> dict[str, Any]:
+    async def _retire(self, symbol: str, flatten: bool, account: str | None = None) -> RetireOutcome:
         """Stop one agent gracefully, confirm its book is empty at the exchange, remove the actor."""
         started = time.monotonic()
-        handle = self._handle(symbol, fresh=True)
-        self.handles.pop(symbol, None)
+        handle = self.agents.get(symbol, fresh=True)
+        self.agents.drop(symbol)
         summary: Any = None
         error = None
         if handle is not None:
             try:
                 summary = await asyncio.wait_for(handle.stop.remote(flatten), self.settings.stop_timeout_s)
             except Exception as exc:  # noqa: BLE001 - fall back to the exchange below
-                error = _first_line(exc)
+                error = first_line(exc)
             ray.kill(handle, no_restart=True)
         open_orders = None
         try:
             account = account or (self.cfg.entry(symbol).account if self.cfg else None)
-            client = await self._exchange(account) if account else None
-            if client is not None:
-                if error is not None or (isinstance(summary, dict) and summary.get("open_orders")):
-                    await client.cancel_all(symbol)
-                open_orders = len(await client.open_orders(symbol))
-                if open_orders:
-                    await client.cancel_all(symbol)
-                    open_orders = len(await client.open_orders(symbol))
+            if account:
+                cancel_first = error is not None or bool(isinstance(summary, dict) and summary.get("open_orders"))
+                open_orders = await self.desk.confirm_empty(symbol, account, cancel_first=cancel_first)
         except Exception as exc:  # noqa: BLE001
-            error = (error + "; " if error else "") + f"exchange check failed: {_first_line(exc)}"
+            error = (error + "; " if error else "") + f"exchange check failed: {first_line(exc)}"
         self.book.forget(symbol)
-        return {
-            "stopped": handle is not None,
-            "open_orders": open_orders,
-            "summary": summary if isinstance(summary, dict) else None,
-            "error": error,
-            "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
-        }
+        return RetireOutcome(handle is not None, open_orders, summary if isinstance(summary, dict) else None,
+                             error, _ms_since(started))
 
     async def down(self, flatten: bool = False) -> dict[str, Any]:
         """Stop every agent (optionally flattening), confirm 0 open orders, forget the applied spec."""
@@ -618,15 +470,13 @@ class FleetController:
         symbols = self._symbols()
         results = await asyncio.gather(*(self._retire(s, flatten) for s in symbols))
         self.book.delete_doc(SPEC_DOC)
-        for task in list(self.sweeps):
-            task.cancel()
-        for client in self.exchange_clients.values():
-            await client.close()
-        self.exchange_clients.clear()
+        await self.desk.close()
         self.cfg, self.params, self.shares = None, {}, {}
-        return {"fleet": self.fleet_name, "symbols": dict(zip(symbols, results))}
+        return {"fleet": self.fleet_name, "symbols": {s: r.to_dict() for s, r in zip(symbols, results)}}
 
     async def ping(self) -> dict[str, Any]:
+        return {"fleet": self.fleet_name, "uptime_s": round(time.time() - self.started_at, 1)}
+
         return {"fleet": self.fleet_name, "uptime_s": round(time.time() - self.started_at, 1)}
 
 

@@ -139,20 +139,37 @@ def fleet_families(view: FleetView, scrapes: Iterable[AgentScrape]) -> list[Metr
     """The fleet's own series: agents up, halted, restarts, scrape health, kill latency."""
     by_symbol = {s.symbol: s for s in scrapes}
     symbols = sorted(set(view.symbols) | set(by_symbol))
+    expected, up_total, up, scrape_s = _agent_families(view, by_symbol, symbols)
+    halted_total, halted = _halted_families(view, symbols)
 
-    def gauge(name: str, doc: str) -> Metric:
-        return Metric(name, doc, "gauge")
+    restarts = _gauge("mmfleet_agent_restarts", "Times Ray restarted the symbol's agent actor.")
+    for sym in symbols:
+        if sym in view.restarts:
+            restarts.add_sample("mmfleet_agent_restarts", {_SYMBOL_LABEL: sym}, float(view.restarts[sym]))
 
-    expected = gauge("mmfleet_agents_expected", "Symbols the fleet is configured to trade.")
+    controller = _gauge("mmfleet_controller_up", "1 if the fleet controller answered.")
+    controller.add_sample("mmfleet_controller_up", {"fleet": view.fleet}, 1.0 if view.controller_up else 0.0)
+
+    latency = _kill_latency_family(view.kill_latency)
+    return [expected, up_total, up, scrape_s, halted_total, halted, restarts, controller, latency]
+
+
+def _gauge(name: str, doc: str) -> Metric:
+    return Metric(name, doc, "gauge")
+
+
+def _agent_families(view: FleetView, by_symbol: Mapping[str, AgentScrape], symbols: list[str]) -> list[Metric]:
+    """Agents expected and up (fleet), up and scrape time per symbol."""
+    expected = _gauge("mmfleet_agents_expected", "Symbols the fleet is configured to trade.")
     expected.add_sample("mmfleet_agents_expected", {"fleet": view.fleet}, float(len(view.symbols)))
 
-    up_total = gauge("mmfleet_agents_up", "Agents that answered the metrics request.")
+    up_total = _gauge("mmfleet_agents_up", "Agents that answered the metrics request.")
     up_total.add_sample(
         "mmfleet_agents_up", {"fleet": view.fleet}, float(sum(1 for s in by_symbol.values() if s.answered))
     )
 
-    up = gauge("mmfleet_agent_up", "1 if the symbol's agent answered the metrics request, else 0.")
-    scrape_s = gauge("mmfleet_agent_scrape_seconds", "Time the symbol's agent took to answer (or time waited).")
+    up = _gauge("mmfleet_agent_up", "1 if the symbol's agent answered the metrics request, else 0.")
+    scrape_s = _gauge("mmfleet_agent_scrape_seconds", "Time the symbol's agent took to answer (or time waited).")
     for sym in symbols:
         s = by_symbol.get(sym)
         # fleet too: the symbols of one fleet, for dashboards' and alerts' selectors
@@ -161,14 +178,18 @@ def fleet_families(view: FleetView, scrapes: Iterable[AgentScrape]) -> list[Metr
         )
         if s is not None:
             scrape_s.add_sample("mmfleet_agent_scrape_seconds", {_SYMBOL_LABEL: sym}, s.elapsed_s)
+    return [expected, up_total, up, scrape_s]
 
-    halted_total = gauge("mmfleet_agents_halted", "Symbols halted or flattening by kill switch.")
+
+def _halted_families(view: FleetView, symbols: list[str]) -> list[Metric]:
+    """Symbols halted or flattening by kill switch: the fleet's count and one series per symbol."""
+    halted_total = _gauge("mmfleet_agents_halted", "Symbols halted or flattening by kill switch.")
     halted_total.add_sample(
         "mmfleet_agents_halted",
         {"fleet": view.fleet},
         float(sum(1 for sym in view.symbols if KillState.stopped(view.kill_states.get(sym)))),
     )
-    halted = gauge("mmfleet_symbol_halted", "1 if the symbol is halted or flattening by kill switch.")
+    halted = _gauge("mmfleet_symbol_halted", "1 if the symbol is halted or flattening by kill switch.")
     for sym in symbols:
         if sym in view.kill_states:
             halted.add_sample(
@@ -176,28 +197,21 @@ def fleet_families(view: FleetView, scrapes: Iterable[AgentScrape]) -> list[Metr
                 {_SYMBOL_LABEL: sym, "kill_state": view.kill_states[sym]},
                 1.0 if KillState.stopped(view.kill_states[sym]) else 0.0,
             )
+    return [halted_total, halted]
 
-    restarts = gauge("mmfleet_agent_restarts", "Times Ray restarted the symbol's agent actor.")
-    for sym in symbols:
-        if sym in view.restarts:
-            restarts.add_sample("mmfleet_agent_restarts", {_SYMBOL_LABEL: sym}, float(view.restarts[sym]))
 
-    controller = gauge("mmfleet_controller_up", "1 if the fleet controller answered.")
-    controller.add_sample("mmfleet_controller_up", {"fleet": view.fleet}, 1.0 if view.controller_up else 0.0)
-
+def _kill_latency_family(lat: KillLatency) -> Metric:
     latency = Metric(
         "mmfleet_kill_latency_seconds",
         "HTTP kill latency: request to every symbol confirmed with 0 open orders at the exchange.",
         "histogram",
     )
-    lat = view.kill_latency
     for bound, count in zip(KILL_LATENCY_BUCKETS, lat.bucket_counts):
         latency.add_sample("mmfleet_kill_latency_seconds_bucket", {"le": _le(bound)}, float(count))
     latency.add_sample("mmfleet_kill_latency_seconds_bucket", {"le": "+Inf"}, float(lat.count))
     latency.add_sample("mmfleet_kill_latency_seconds_count", {}, float(lat.count))
     latency.add_sample("mmfleet_kill_latency_seconds_sum", {}, lat.total_s)
-
-    return [expected, up_total, up, scrape_s, halted_total, halted, restarts, controller, latency]
+    return latency
 
 
 def render_fleet_page(view: FleetView, scrapes: Iterable[AgentScrape]) -> MergedPage:

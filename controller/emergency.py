@@ -1,0 +1,163 @@
+"""The controller's own hands at the exchange: cancel a symbol's orders when its agent cannot.
+
+When an agent does not confirm a kill in time (or is not trading yet), the controller cancels that
+symbol's orders itself, optionally closes the position with a reduce-only MARKET order, confirms
+the book is empty, and sweeps once more after the stuck agent's lease has lapsed. It also confirms an
+empty book when an agent is retired. Keys are read in the controller's process (env or key file),
+never passed to it. The results are frozen; :meth:`KillOutcome.to_dict` makes the Ray answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from controller.spec import endpoints_of
+from fleet.config import FleetConfig
+
+log = logging.getLogger("mmfleet.controller")
+
+
+class Outcome(StrEnum):
+    """What a kill did to one symbol."""
+
+    HALTED = "halted"                            # the agent (or the controller for an idle agent) halted it
+    FLATTENED = "flattened"                      # ... flattened it
+    EMERGENCY_CANCELLED = "emergency_cancelled"  # the controller cancelled at the exchange itself
+    FAILED = "failed"                            # the emergency cancel failed: see error
+
+    @classmethod
+    def done(cls, mode: str) -> Outcome:
+        """The outcome of a kill of ``mode`` (halt or flatten) carried out."""
+        return cls.HALTED if mode == "halt" else cls.FLATTENED
+
+
+@dataclass(frozen=True)
+class KillOutcome:
+    """One symbol's answer to a kill: what happened, by which path, what the exchange lists after."""
+
+    outcome: Outcome
+    path: str                       # agent | controller | emergency
+    open_orders: int | None         # confirmed at the exchange (None: unknown)
+    position: Any = None
+    elapsed_ms: float | None = None
+    problem: str | None = None      # why the emergency path was taken
+    error: str | None = None        # why the emergency cancel failed
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"outcome": self.outcome.value, "path": self.path, "open_orders": self.open_orders,
+                               "position": self.position}
+        for key in ("elapsed_ms", "problem", "error"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+
+def _EmergencyBudget() -> Any:  # noqa: N802 - a class built lazily (the client is imported lazily)
+    """The controller's budget: its own few calls only, never the IP-wide counts the agents spend.
+
+    An emergency cancel must not queue behind the agents' quoting until the weight minute rolls
+    over; if the exchange really is over the limit it answers 429, which is reported.
+    """
+    from fleet.binance.ratelimit import RateBudget
+
+    class EmergencyBudget(RateBudget):
+        def observe_headers(self, headers: Any, now: float | None = None) -> None:
+            return None
+
+    return EmergencyBudget()
+
+
+class EmergencyDesk:
+    """The controller's exchange clients (one per account) and what it does with them."""
+
+    def __init__(self, config: Callable[[], FleetConfig | None]) -> None:
+        self.config = config          # the fleet config applied now
+        self.clients: dict[str, Any] = {}
+        self.sweeps: set[asyncio.Task] = set()
+
+    async def client(self, account_name: str) -> Any:
+        """The controller's own client for an account, keys read in this process (env or key file)."""
+        client = self.clients.get(account_name)
+        if client is None:
+            from fleet.binance.client import BinanceClient
+            from fleet.binance.credentials import load_credentials
+
+            cfg = self.config()
+            creds = load_credentials(cfg.account(account_name))
+            client = BinanceClient(endpoints_of(cfg)["rest_url"], creds.api_key, creds.api_secret,
+                                   budget=_EmergencyBudget())
+            await client.open()
+            self.clients[account_name] = client
+        return client
+
+    async def cancel(self, symbol: str, account: str, mode: str) -> KillOutcome:
+        """Cancel every order of the symbol (and close it for a flatten); confirm what the exchange lists."""
+        try:
+            client = await self.client(account)
+            await client.cancel_all(symbol)
+            position = None
+            if mode == "flatten":
+                position = await self._close_position(client, symbol)
+            left = len(await client.open_orders(symbol))
+        except Exception as exc:  # noqa: BLE001 - reported to the operator, never swallowed
+            log.error("%s: emergency cancel failed: %s", symbol, first_line(exc))
+            return KillOutcome(Outcome.FAILED, "emergency", None, error=first_line(exc))
+        return KillOutcome(Outcome.EMERGENCY_CANCELLED, "emergency", left, position)
+
+    async def _close_position(self, client: Any, symbol: str) -> float:
+        from decimal import Decimal
+
+        from fleet.binance.models import OrderRequest
+
+        pos = await client.position(symbol)
+        amount = Decimal(pos.amount)
+        if amount != 0:
+            side = "SELL" if amount > 0 else "BUY"
+            await client.place_order(OrderRequest(symbol=symbol, side=side, order_type="MARKET",
+                                                  quantity=format(abs(amount), "f"), reduce_only=True))
+            amount = Decimal((await client.position(symbol)).amount)
+        return float(amount)
+
+    def sweep_later(self, symbol: str, account: str, delay: float, still_stopped: Callable[[], bool]) -> None:
+        """Cancel the symbol's orders again after ``delay`` s, if it is still halted or flattening then."""
+        task = asyncio.get_running_loop().create_task(self._sweep(symbol, account, delay, still_stopped))
+        self.sweeps.add(task)
+        task.add_done_callback(self.sweeps.discard)
+
+    async def _sweep(self, symbol: str, account: str, delay: float, still_stopped: Callable[[], bool]) -> None:
+        await asyncio.sleep(delay)
+        try:
+            client = await self.client(account)
+            if still_stopped():
+                await client.cancel_all(symbol)
+        except Exception as exc:  # noqa: BLE001
+            log.error("%s: emergency sweep failed: %s", symbol, first_line(exc))
+
+    async def confirm_empty(self, symbol: str, account: str, *, cancel_first: bool) -> int:
+        """Open orders of the symbol left at the exchange, after cancelling them (twice if need be)."""
+        client = await self.client(account)
+        if cancel_first:
+            await client.cancel_all(symbol)
+        open_orders = len(await client.open_orders(symbol))
+        if open_orders:
+            await client.cancel_all(symbol)
+            open_orders = len(await client.open_orders(symbol))
+        return open_orders
+
+    async def close(self) -> None:
+        """Cancel pending sweeps and close every client (the fleet is going down)."""
+        for task in list(self.sweeps):
+            task.cancel()
+        for client in self.clients.values():
+            await client.close()
+        self.clients.clear()
+
+
+def first_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__

@@ -1,0 +1,121 @@
+"""The controller's and the endpoint's pure pieces as plain code: the kill state, kill outcomes, fleet
+risk, and the views the routes answer with (no Ray, no HTTP)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from controller.calls import Answer
+from controller.controller import RetireOutcome, fleet_risk
+from controller.emergency import KillOutcome, Outcome
+from controller.views import exposure_view, kill_state_map, kill_view, status_view
+from fleet.vocabulary import KillState
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed", "read", "stopped"),
+    [
+        ("running", KillState.RUNNING, KillState.RUNNING, False),
+        ("halted", KillState.HALTED, KillState.HALTED, True),
+        ("flattening", KillState.FLATTENING, KillState.FLATTENING, True),
+        ("paused", None, KillState.HALTED, False),     # unknown: refused, read as halted (fail safe)
+        ("", None, KillState.HALTED, False),
+        (None, None, KillState.HALTED, False),
+        (["halted"], None, KillState.HALTED, False),
+    ],
+)
+def test_kill_state_words(value, parsed, read, stopped):
+    if parsed is None:
+        with pytest.raises(ValueError, match="kill state must be one of"):
+            KillState.parse(value)
+    else:
+        assert KillState.parse(value) is parsed
+    assert KillState.read(value) is read
+    assert KillState.stopped(value) is stopped
+
+
+def test_a_kill_state_is_its_word_at_every_edge():
+    assert KillState.HALTED == "halted" and f"{KillState.FLATTENING}" == "flattening"
+    assert json.dumps({KillState.HALTED: KillState.RUNNING}) == '{"halted": "running"}'
+    assert {"halted": 1}[KillState.HALTED] == 1
+
+
+@pytest.mark.parametrize(
+    ("outcome", "keys"),
+    [
+        (KillOutcome(Outcome.HALTED, "agent", 0, "0", 12.5),
+         {"outcome": "halted", "path": "agent", "open_orders": 0, "position": "0", "elapsed_ms": 12.5}),
+        (KillOutcome(Outcome.EMERGENCY_CANCELLED, "emergency", 0, None, 40.0, problem="agent did not answer"),
+         {"outcome": "emergency_cancelled", "path": "emergency", "open_orders": 0, "position": None,
+          "elapsed_ms": 40.0, "problem": "agent did not answer"}),
+        (KillOutcome(Outcome.FAILED, "emergency", None, error="ConnectionError: refused"),
+         {"outcome": "failed", "path": "emergency", "open_orders": None, "position": None,
+          "error": "ConnectionError: refused"}),
+    ],
+)
+def test_a_kill_outcome_crosses_ray_as_a_dict(outcome, keys):
+    assert outcome.to_dict() == keys
+    assert json.loads(json.dumps(outcome.to_dict())) == keys
+
+
+def test_the_outcome_of_a_kill_carried_out():
+    assert Outcome.done("halt") is Outcome.HALTED
+    assert Outcome.done("flatten") is Outcome.FLATTENED
+
+
+def test_fleet_risk_sums_the_gross_notional_of_the_agents_that_answered():
+    answers = [{"notional": 600.0}, {"notional": -500.0}, TimeoutError("late"), {"notional": "nan?"}, {}]
+    risk = fleet_risk(answers, 1000.0)
+    assert risk.gross_notional == 1100.0 and risk.over
+    assert not fleet_risk(answers[:1], 1000.0).over
+    assert fleet_risk([], 1000.0).gross_notional == 0.0
+
+
+def test_a_retire_outcome_is_a_plain_dict():
+    out = RetireOutcome(True, 0, {"open_orders": 0}, None, 3.2).to_dict()
+    assert out == {"stopped": True, "open_orders": 0, "summary": {"open_orders": 0}, "error": None, "elapsed_ms": 3.2}
+
+
+def test_status_view_joins_the_agents_and_the_controllers_book():
+    controller = Answer(value={"fleet": "f", "reduce_only": False, "symbols": {"ETHUSDC": {"epoch": 3}}})
+    agents = {"ETHUSDC": Answer(value={"state": "quoting"}, elapsed_s=0.0123),
+              "BTCUSDC": Answer(error="no actor agent.BTCUSDC in namespace n", elapsed_s=0.001)}
+    view = status_view(controller, agents, {"ETHUSDC": 2})
+    assert view["agents_expected"] == 2 and view["agents_up"] == 1
+    assert view["agents"]["ETHUSDC"] == {"reachable": True, "answer_ms": 12.3, "state": "quoting", "restarts": 2,
+                                         "lease": {"epoch": 3}}
+    assert view["agents"]["BTCUSDC"]["error"].startswith("no actor")
+    assert view["controller"] == {"reachable": True, "fleet": "f", "reduce_only": False}
+    down = status_view(Answer(error="timeout"), {}, {})
+    assert down["controller"] == {"reachable": False, "error": "timeout"}
+
+
+def test_exposure_view_keeps_the_durable_kill_state_and_the_agents_own_if_it_differs():
+    kill = Answer(value={"ETHUSDC": {"state": KillState.HALTED, "reason": "r", "since": 1.0}})
+    agents = {"ETHUSDC": Answer(value={"notional": 100.0, "kill_state": "running"}),
+              "BTCUSDC": Answer(error="late")}
+    view = exposure_view(kill, agents, 1000.0)
+    eth = view["symbols"]["ETHUSDC"]
+    assert eth["kill_state"] == "halted" and eth["agent_kill_state"] == "running"
+    assert view["symbols"]["BTCUSDC"] == {"reachable": False, "error": "late"}
+    assert view["totals"]["gross_notional"] == 100.0 and not view["totals"]["complete"]
+    assert view["kill_states_error"] is None
+    assert exposure_view(Answer(error="down"), {}, 1.0)["kill_states_error"] == "down"
+
+
+def test_kill_state_map_takes_every_shape_the_controller_answers():
+    assert kill_state_map({"A": "halted", "B": {"state": "running"}, "C": {"kill_state": "flattening"}, "D": 3}) == {
+        "A": "halted", "B": "running", "C": "flattening"}
+    assert kill_state_map({"kill_states": {"A": "halted"}}) == {"A": "halted"}
+    assert kill_state_map(None) == {}
+
+
+def test_kill_view_confirms_only_when_every_symbol_has_no_open_order():
+    both = {"symbols": {"A": {"open_orders": 0}, "B": {"open_orders": 0}}}
+    assert kill_view("halt", "r", 0.0125, both) == {"mode": "halt", "reason": "r", "elapsed_ms": 12.5,
+                                                   "confirmed": True, "symbols": both["symbols"]}
+    assert not kill_view("halt", "r", 0.0, {"symbols": {"A": {"open_orders": 0}, "B": {"open_orders": None}}})["confirmed"]
+    assert not kill_view("halt", "r", 0.0, {"symbols": {}})["confirmed"]
+    assert not kill_view("halt", "r", 0.0, None)["confirmed"]
