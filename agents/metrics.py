@@ -102,19 +102,29 @@ class AgentMetrics:
         return []
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._runtime_families()
+        if self.budget is not None:
+            yield from self._budget_families()
+        if self.core is None:
+            yield from self._unbound_families()
+            return
+        yield from self._seed_families(self.core)
+        yield from self._position_families(self.core)
+        yield from self._count_families(self.core)
+
+    def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
+        g = GaugeMetricFamily(name, doc, labels=["symbol"])
+        g.add_metric([self.symbol], float(value))
+        return g
+
+    def _runtime_families(self) -> Iterator[Metric]:
+        """What the runtime counts: the user stream, resyncs, tick-to-order, unknown outcomes, repairs."""
         sym = [self.symbol]
-        L = ["symbol"]
-
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            g = GaugeMetricFamily(name, doc, labels=L)
-            g.add_metric(sym, float(value))
-            return g
-
-        core = self.core
+        gauge = self._gauge
         yield gauge("mm_ws_connected", "1 while the user data stream is connected", 1 if self.ws_connected else 0)
         yield gauge("mm_rest_fallback_count", "resyncs of orders and position from REST", self.rest_fallback_count)
         h = HistogramMetricFamily(
-            "mm_tick_to_order_seconds", "from a market event to the order request leaving the core", labels=L
+            "mm_tick_to_order_seconds", "from a market event to the order request leaving the core", labels=["symbol"]
         )
         cum = 0
         buckets = []
@@ -131,20 +141,22 @@ class AgentMetrics:
         for kind in RECONCILE_KINDS:
             rec.add_metric([self.symbol, kind], float(self.reconcile_discrepancies.get(kind, 0)))
         yield rec
-        if self.budget is not None:
-            yield from self._budget_families()
-        if core is None:
-            for name in SEED_METRICS:
-                if name in ("mm_ws_connected", "mm_rest_fallback_count"):
-                    continue
-                if name == "mm_grind_count_total":
-                    c = CounterMetricFamily("mm_grind_count", "grinds fired", labels=L)
-                    c.add_metric(sym, 0.0)
-                    yield c
-                else:
-                    yield gauge(name, "no core bound yet", 0.0)
-            return
 
+    def _unbound_families(self) -> Iterator[Metric]:
+        """The seed's metrics at zero while no core is bound yet (none may be missing from a page)."""
+        for name in SEED_METRICS:
+            if name in ("mm_ws_connected", "mm_rest_fallback_count"):
+                continue
+            if name == "mm_grind_count_total":
+                c = CounterMetricFamily("mm_grind_count", "grinds fired", labels=["symbol"])
+                c.add_metric([self.symbol], 0.0)
+                yield c
+            else:
+                yield self._gauge(name, "no core bound yet", 0.0)
+
+    def _seed_families(self, core: AgentCore) -> Iterator[Metric]:
+        """The seed's metrics from the core: worst cases and cap, decay, funding, grinding, volatility."""
+        gauge = self._gauge
         s = core.store
         lad = core.last_ladder
         eng = core.grinding
@@ -159,8 +171,8 @@ class AgentMetrics:
         )
         yield gauge("mm_funding_pnl_acc", "funding P&L summed from FUNDING_FEE balance changes", s.funding_pnl)
         yield gauge("mm_predicted_funding_rate", "EMA prediction of the next funding rate", s.predicted_funding)
-        c = CounterMetricFamily("mm_grind_count", "grinds fired", labels=L)
-        c.add_metric(sym, float(eng.count_total))
+        c = CounterMetricFamily("mm_grind_count", "grinds fired", labels=["symbol"])
+        c.add_metric([self.symbol], float(eng.count_total))
         yield c
         yield gauge("mm_grind_active", "1 while a grind awaits its fill and re-entry", 1 if eng.active else 0)
         yield gauge("mm_grind_cost_saved", "estimated quote-currency saving of all grinds", eng.cost_saved)
@@ -168,7 +180,11 @@ class AgentMetrics:
         yield gauge(
             "mm_quote_suppressed", "1 when a side stopped at the worst-case cap", 1 if lad is not None and lad.suppressed else 0
         )
-        # -- beyond the seed
+
+    def _position_families(self, core: AgentCore) -> Iterator[Metric]:
+        """Beyond the seed: position, pending sizes, prices, P&L, drawdown, halt state, reduce-only."""
+        gauge = self._gauge
+        s = core.store
         yield gauge("mm_position", "signed position (base units)", s.position)
         yield gauge("mm_entry_price", "average entry price", s.entry_price)
         yield gauge("mm_pending_buy", "remaining size of open and in-flight buys", s.pending_buy_size())
@@ -193,6 +209,11 @@ class AgentMetrics:
             state.add_metric([self.symbol, st.value], 1.0 if core.guard.state == st else 0.0)
         yield state
         yield gauge("mm_reduce_only", "1 while the fleet holds this symbol reduce-only", 1 if core.guard.reduce_only_mode else 0)
+
+    def _count_families(self, core: AgentCore) -> Iterator[Metric]:
+        """Counters: fills, requests sent, rejections, guard refusals, quote cycles, skipped frames."""
+        sym = [self.symbol]
+        s = core.store
         fills = CounterMetricFamily("mm_fills", "fills booked", labels=["symbol", "side"])
         fills.add_metric([self.symbol, "BUY"], float(s.fills_buy))
         fills.add_metric([self.symbol, "SELL"], float(s.fills_sell))
