@@ -1,0 +1,77 @@
+"""Room sizes: no class over 450 lines and no function over 60 in agents/, controller/ and fleet/binance/.
+
+Measured with ``ast`` (a definition's first line to its last, decorators and docstring included;
+methods and nested functions count as functions). What is not split yet is listed in ALLOWED with
+its size today: an entry may only shrink (a listed item that grows fails) and the list may only get
+shorter (a new item over the limit fails). Once an item is split, remove its entry: a stale entry is
+reported as a warning.
+"""
+
+from __future__ import annotations
+
+import ast
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ROOTS = ("agents", "controller", "fleet/binance")
+MAX_CLASS = 450
+MAX_FUNCTION = 60
+
+# (file, qualified name) -> lines today. Issue 10 ("the house") splits these; none may grow.
+ALLOWED: dict[tuple[str, str], int] = {
+    # the agent's runtime, being split by concern (issue 10, item 1)
+    ("agents/agent.py", "SymbolAgent"): 461,
+    ("agents/agent.py", "SymbolAgent.__init__"): 83,
+    ("agents/agent_orders.py", "OrderFlow._send_batch"): 63,
+    # the pure core's two long decisions (one side of the ladder, one quote)
+    ("agents/orders.py", "OrderManager._side"): 79,
+    ("agents/strategy.py", "GeometricV2.quote"): 110,
+    # the exchange client (the signed request and its answers in one method)
+    ("fleet/binance/client.py", "BinanceClient"): 468,
+    ("fleet/binance/client.py", "BinanceClient._send"): 65,
+}
+
+
+def measure() -> dict[tuple[str, str], tuple[str, int]]:
+    """Every class and function over its limit: (file, qualified name) -> (kind, lines)."""
+    found: dict[tuple[str, str], tuple[str, int]] = {}
+    for root in ROOTS:
+        for path in sorted((REPO / root).rglob("*.py")):
+            rel = path.relative_to(REPO).as_posix()
+            _walk(ast.parse(path.read_text(), rel), rel, "", found)
+    return found
+
+
+def _walk(node: ast.AST, rel: str, prefix: str, found: dict[tuple[str, str], tuple[str, int]]) -> None:
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            name = prefix + child.name
+            start = min([child.lineno, *(d.lineno for d in child.decorator_list)])
+            lines = (child.end_lineno or child.lineno) - start + 1
+            kind, limit = ("class", MAX_CLASS) if isinstance(child, ast.ClassDef) else ("function", MAX_FUNCTION)
+            if lines > limit:
+                found[(rel, name)] = (kind, lines)
+            _walk(child, rel, name + ".", found)
+        else:
+            _walk(child, rel, prefix, found)
+
+
+def test_no_class_or_function_over_its_limit_beyond_the_allow_list():
+    found = measure()
+    new = sorted(f"{rel} {name}: {kind} of {n} lines" for (rel, name), (kind, n) in found.items()
+                 if (rel, name) not in ALLOWED)
+    grown = sorted(f"{rel} {name}: {n} lines, allowed {ALLOWED[(rel, name)]}"
+                   for (rel, name), (_, n) in found.items() if (rel, name) in ALLOWED and n > ALLOWED[(rel, name)])
+    assert not new, f"over {MAX_CLASS} lines (class) or {MAX_FUNCTION} (function): split it\n" + "\n".join(new)
+    assert not grown, "an allow-listed item grew: it may only shrink\n" + "\n".join(grown)
+    stale = sorted(f"{rel} {name}" for rel, name in ALLOWED if (rel, name) not in found)
+    if stale:
+        warnings.warn("within the limits now, remove from ALLOWED: " + ", ".join(stale), stacklevel=1)
+
+
+def test_the_measure_sees_a_long_function_and_a_long_class(tmp_path):
+    src = "class Big:\n" + "    x = 1\n" * MAX_CLASS + "\n\ndef long():\n" + "    y = 1\n" * MAX_FUNCTION
+    found: dict[tuple[str, str], tuple[str, int]] = {}
+    _walk(ast.parse(src), "m.py", "", found)
+    assert found == {("m.py", "Big"): ("class", MAX_CLASS + 1), ("m.py", "long"): ("function", MAX_FUNCTION + 1)}
