@@ -320,3 +320,18 @@ def test_no_log_of_the_session_contains_the_token_or_the_exchange_keys(live):
         if p.is_file() and any(secret.encode() in p.read_bytes() for secret in live.secrets)
     }
     assert leaked == set()
+
+
+def test_pnl_comes_from_the_journal_and_its_split_adds_up(live):
+    assert live.get("/pnl", auth=False).status_code == 401
+    # the fills the flatten test made are in the journal once its writer has drained
+    body = poll(lambda: (lambda b: b if b.get("symbols", {}).get("ETHUSDC", {}).get("fills") else None)(
+        live.get("/pnl").json()), within_s=30, every_s=1.0, what="ETHUSDC fills in the journal")
+    assert body["fleet"] and set(body["symbols"]) <= set(SYMBOLS)
+    for sym, row in body["symbols"].items():
+        split = row["split"]
+        parts = split["spread"] + split["inventory"] + split["funding"] + split["fees"]
+        assert abs(parts - row["total"]) < 1e-9, (sym, row)
+    only = live.get("/pnl?symbol=ethusdc").json()
+    assert set(only["symbols"]) == {"ETHUSDC"}
+    assert live.get("/pnl?since=notanumber").status_code == 422
