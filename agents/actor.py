@@ -4,13 +4,15 @@ Its constructor does no I/O and cannot fail (a constructor that raises during a 
 actor for good): it only starts the agent's life on the default group's event loop, which fetches
 the symbol's spec from the controller, reads the keys inside this process, and runs the agent,
 starting over after any failure. Control calls run in their own concurrency group ("control"), with
-their own thread and loop, so they answer while the trading loop is busy; calls that must act on
-the agent hop onto the trading loop with ``run_coroutine_threadsafe``.
+their own thread and loop, so they answer while the trading loop is busy; kill commands (halt,
+flatten, resume) have a group of their own ("kill"), so a burst of status or metrics calls never
+queues them; calls that must act on the agent hop onto the trading loop with ``run_coroutine_threadsafe``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import socket
@@ -25,11 +27,22 @@ from fleet.vocabulary import KillState
 log = logging.getLogger("mmfleet.actor")
 
 CONTROL = "control"
+KILL = "kill"
 
 
 def _first_line(exc: BaseException) -> str:
     lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
     return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+
+
+def _published(agent: Any, part: str) -> dict[str, Any]:
+    """The agent's latest published snapshot (built whole on its loop, then only replaced): a copy of
+    its status or exposure, read from the control thread without racing the trading loop. Before the
+    first snapshot (the agent still starting), a careful live read."""
+    snap = agent.published
+    if snap is None:
+        return _read_consistently(getattr(agent, part))
+    return copy.deepcopy(getattr(snap, part))
 
 
 def _read_consistently(read: Callable[[], Any]) -> Any:
@@ -42,7 +55,7 @@ def _read_consistently(read: Callable[[], Any]) -> Any:
     return read()
 
 
-@ray.remote(concurrency_groups={CONTROL: 8})
+@ray.remote(concurrency_groups={CONTROL: 8, KILL: 2})
 class AgentActor:
     """One symbol's agent as a Ray actor. Methods are JSON in/out and idempotent."""
 
@@ -197,7 +210,7 @@ class AgentActor:
         if self.agent is None:
             out["state"] = "stopped" if self.stopping else "starting"
             return out
-        out.update(_read_consistently(self.agent.status))
+        out.update(_published(self.agent, "status"))
         if self.stopping:
             out["state"] = "stopped" if self.stop_summary is not None else "stopping"
         return out
@@ -206,7 +219,7 @@ class AgentActor:
     async def exposure(self) -> dict[str, Any]:
         if self.agent is None:
             return {"symbol": self.symbol, "state": "starting", "position": 0.0, "notional": 0.0}
-        return _read_consistently(self.agent.exposure)
+        return _published(self.agent, "exposure")
 
     @ray.method(concurrency_group=CONTROL)
     async def metrics(self) -> str:
@@ -215,7 +228,7 @@ class AgentActor:
         text = _read_consistently(self.agent.metrics_text)
         return text.decode() if isinstance(text, bytes | bytearray) else str(text)
 
-    @ray.method(concurrency_group=CONTROL)
+    @ray.method(concurrency_group=KILL)
     async def halt(self, reason: str = "", kill_seq: int | None = None) -> dict[str, Any]:
         self._note_direct(kill_seq, KillState.HALTED)
         agent = self.agent
@@ -227,7 +240,7 @@ class AgentActor:
             return {"outcome": "not_started", "open_orders": None}
         return await self._on_loop(lambda: agent.halt(reason))
 
-    @ray.method(concurrency_group=CONTROL)
+    @ray.method(concurrency_group=KILL)
     async def flatten(self, reason: str = "", kill_seq: int | None = None) -> dict[str, Any]:
         self._note_direct(kill_seq, KillState.FLATTENING)
         agent = self.agent
@@ -239,7 +252,7 @@ class AgentActor:
             return {"outcome": "not_started", "open_orders": None}
         return await self._on_loop(lambda: agent.flatten(reason))
 
-    @ray.method(concurrency_group=CONTROL)
+    @ray.method(concurrency_group=KILL)
     async def resume(self, kill_seq: int | None = None) -> dict[str, Any]:
         self._note_direct(kill_seq, KillState.RUNNING)
         if self.agent is None:

@@ -29,6 +29,7 @@ from journal.sink import NULL_SINK, JournalSink
 
 from .clock import WALL_CLOCK, Clock
 from .core import AgentCore
+from .snapshot import Snapshot, build_exposure, build_status
 from .transport import NetworkTransport, Transport
 from .logging import AgentLog
 from .metrics import AgentMetrics
@@ -39,6 +40,7 @@ from .agent_base import (  # noqa: F401 - ExchangeEndpoints, Backoff, TICK_READ,
     BLOCK_LEASE,
     BLOCK_RESYNC,
     BLOCK_STARTING,
+    COUNTERS,
     FATAL_START_CODES,
     LATENCY_KEEP,
     LATENCY_RECENT,
@@ -117,25 +119,9 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
         self._rearming = False  # a dead-man re-arm is under way before the lease block is lifted
         self.latencies_ns: deque[int] = deque(maxlen=LATENCY_KEEP)
         self._recent_latencies: deque[int] = deque(maxlen=LATENCY_RECENT)
-        self.counters: dict[str, int] = {
-            "user_stream_reconnects": 0,
-            "market_stream_reconnects": 0,
-            "resyncs": 0,
-            "rest_fallback_cancels": 0,
-            "listen_key_renewals": 0,
-            "listen_key_expired": 0,
-            "deadman_heartbeats": 0,
-            "unknown_outcomes": 0,
-            "unknown_outcomes_resolved": 0,
-            "reconciliations": 0,
-            "reconcile_repairs": 0,
-            "quote_pulls_confirmed": 0,
-            "stale_market_pulls": 0,
-            "foreign_events": 0,
-            "start_attempts": 0,
-            "rate_limited": 0,
-        }
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self._started_mono = self.clock.monotonic()
+        self.published: Snapshot | None = None  # the latest snapshot the loop published (publish())
         self._last_repair: dict[str, Any] | None = None  # the reconciliation's last repair, for status
         self._pull_task: asyncio.Task | None = None
         self._position_mismatch = False  # the last position check disagreed (a second one resyncs)
@@ -191,7 +177,7 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
             self._spawn(self._renew_loop(), "renew")
             self._spawn(self._watchdog_loop(), "watchdog")
             self._spawn(self._reconcile_loop(), "reconcile")
-            self.log.event("quoting_started", f"{self.symbol} started: state {self.status()['state']}")
+            self.log.event("quoting_started", f"{self.symbol} started: state {self.publish().status['state']}")
         await self._done.wait()
 
     async def stop(self, flatten: bool = False) -> dict:
@@ -210,7 +196,8 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
         self.log.event("halted", f"halted: {reason or 'operator'}", level=logging.WARNING)
         open_n = await self._cancel_all_confirmed(deadline_s=self.runtime.stop_timeout_sec / 2)
         self._keep_pulling("halt")  # a request of ours still in flight may land after this count
-        return {"open_orders": open_n, "elapsed_ms": int((self.clock.monotonic() - t0) * 1000), "state": self.status()["state"]}
+        return {"open_orders": open_n, "elapsed_ms": int((self.clock.monotonic() - t0) * 1000),
+                "state": self.publish().status["state"]}
 
     async def flatten(self, reason: str = "") -> dict:
         """Halt, then close the position with reduce-only market orders (they pass the guard)."""
@@ -221,7 +208,8 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
         if self.core is not None:
             self.core.flatten(reason or "operator")
         position = await self._flatten_confirmed(deadline_s=self.runtime.stop_timeout_sec / 2)
-        out.update({"position": position, "elapsed_ms": int((self.clock.monotonic() - t0) * 1000), "state": self.status()["state"]})
+        out.update({"position": position, "elapsed_ms": int((self.clock.monotonic() - t0) * 1000),
+                    "state": self.publish().status["state"]})
         return out
 
     async def resume(self) -> dict:
@@ -230,7 +218,7 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
         if self.core is not None:
             self.core.resume()
         self.log.event("resumed", "resumed quoting")
-        return self.status()
+        return self.publish().status
 
     async def apply_params(self, params: SymbolParams) -> None:
         """New parameters, live: the core keeps orders, position, kill state and grinding history."""
@@ -248,67 +236,19 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
         self.budget.set_share(share)
 
     def status(self) -> dict:
-        """JSON-serialisable state: lifecycle, epoch, streams, staleness, counters."""
-        now = self.clock.monotonic()
-        core = self.core
-        return {
-            "symbol": self.symbol,
-            "fleet": self.fleet_name,
-            "state": self._state(),
-            "stopping": self._stopping and not self._stopped,
-            "epoch": self.grant.epoch if self.grant else None,
-            "ownership_lost": self._lease.lost,
-            "kill_state": core.halt_state if core else (self.grant.kill_state if self.grant else "running"),
-            "blocks": sorted(self._blocks),
-            "user_stream_connected": self._user_connected,
-            "market_stream_connected": self._market_connected,
-            "last_book_age_s": round(now - self._last_book_mono, 3) if self._last_book_mono else None,
-            "lease_left_s": None if (left := self._lease.left(now)) is None else round(left, 3),
-            "open_orders": len(core.store.orders) if core else 0,
-            "requests_in_flight": len(self._sending),
-            "position": core.store.position if core else 0.0,
-            "uptime_s": round(now - self._started_mono, 3),
-            "tick_to_order_p50_ms": self._latency_ms(0.5),
-            "tick_to_order_p99_ms": self._latency_ms(0.99),
-            "rate_share": self.budget.share,
-            "last_reconcile_repair": self._last_repair,
-            "counters": {**self.counters, **self._frame_counts()},
-        }
+        """JSON-serialisable state: lifecycle, epoch, streams, staleness, counters (fresh, on the loop)."""
+        return build_status(self)
 
     def exposure(self) -> dict:
         """JSON-serialisable exposure: position, mark, notional, pending, worst case, cap, P&L, kill state."""
-        core = self.core
-        cap = self.params.worst_cap
-        if core is None:
-            return {
-                "symbol": self.symbol, "position": 0.0, "mark": 0.0, "notional": 0.0, "pending_buy": 0.0,
-                "pending_sell": 0.0, "worst_long": 0.0, "worst_short": 0.0, "cap": cap, "realized_pnl": 0.0,
-                "unrealized_pnl": 0.0, "funding_pnl": 0.0, "kill_state": self.grant.kill_state if self.grant else "running",
-                "open_orders": 0, "epoch": self.grant.epoch if self.grant else None,
-            }
-        s = core.store
-        price = s.mark or s.mid
-        return {
-            "symbol": self.symbol,
-            "epoch": core.epoch,
-            "position": s.position,
-            "entry_price": s.entry_price,
-            "mark": s.mark,
-            "mid": s.mid,
-            "notional": s.position * price,
-            "pending_buy": s.pending_buy_size(),
-            "pending_sell": s.pending_sell_size(),
-            "worst_long": s.worst_long,
-            "worst_short": s.worst_short,
-            "cap": cap,
-            "realized_pnl": s.realized_pnl,
-            "unrealized_pnl": s.unrealized_pnl(),
-            "funding_pnl": s.funding_pnl,
-            "commission": s.commission,
-            "kill_state": core.halt_state,
-            "reduce_only": core.guard.reduce_only_mode,
-            "open_orders": len(s.orders),
-        }
+        return build_exposure(self)
+
+    def publish(self) -> Snapshot:
+        """Build status and exposure on the trading loop and publish them as one immutable snapshot, so
+        another thread (the Ray actor's control calls) reads a finished object, never a half-changed one."""
+        snap = Snapshot(at=self.clock.monotonic(), status=self.status(), exposure=self.exposure())
+        self.published = snap
+        return snap
 
     def metrics_text(self) -> bytes:
         return self.metrics.render()

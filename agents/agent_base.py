@@ -39,6 +39,14 @@ WATCHDOG_S = 0.25
 LATENCY_KEEP = 20_000  # tick-to-order samples kept for the benchmark (bounded memory)
 LATENCY_RECENT = 2_048  # the window status() summarises (cheap enough to sort on every call)
 
+# What status()["counters"] counts (besides the streams' malformed frames and unknown events).
+COUNTERS = (
+    "user_stream_reconnects", "market_stream_reconnects", "resyncs", "rest_fallback_cancels",
+    "listen_key_renewals", "listen_key_expired", "deadman_heartbeats", "unknown_outcomes",
+    "unknown_outcomes_resolved", "reconciliations", "reconcile_repairs", "quote_pulls_confirmed",
+    "stale_market_pulls", "foreign_events", "start_attempts", "rate_limited",
+)
+
 _TRANSIENT = (BinanceError, StreamError, OSError, asyncio.TimeoutError)
 # Answers that no retry will change: a wrong key or signature, a symbol the exchange does not list.
 FATAL_START_CODES = frozenset({-1002, -1022, -1121, -2014, -2015})

@@ -144,6 +144,7 @@ class Shutdown:
         if position is not None:
             summary["position"] = position
         self._stop_summary = summary
+        self.publish()
         self.log.event("stopped", f"stopped in {summary['stop_elapsed_ms']} ms: {open_n} open orders, position {position}")
         if self._done is not None:
             self._done.set()

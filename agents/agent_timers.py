@@ -101,6 +101,7 @@ class Timers:
                     self._lookups = {k: v for k, v in self._lookups.items() if k in core.store.orders}
             if len(self._streams) > 4:
                 self._fold_streams()
+            self.publish()  # the snapshot other threads read (at most WATCHDOG_S old)
 
     def _seen(self, now: float) -> Seen:
         return Seen(

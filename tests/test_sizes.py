@@ -21,8 +21,7 @@ MAX_FUNCTION = 60
 # (file, qualified name) -> lines today. Issue 10 ("the house") splits these; none may grow.
 ALLOWED: dict[tuple[str, str], int] = {
     # the agent's runtime, being split by concern (issue 10, item 1)
-    ("agents/agent.py", "SymbolAgent"): 461,
-    ("agents/agent.py", "SymbolAgent.__init__"): 83,
+    ("agents/agent.py", "SymbolAgent.__init__"): 67,
     ("agents/agent_orders.py", "OrderFlow._send_batch"): 63,
     # the pure core's two long decisions (one side of the ladder, one quote)
     ("agents/orders.py", "OrderManager._side"): 79,

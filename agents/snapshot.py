@@ -1,0 +1,84 @@
+"""What an agent shows: its status and exposure as plain data, and the immutable snapshot of both
+that the trading loop publishes (``SymbolAgent.publish``) for readers on other threads.
+
+The builders read the agent's fields (on its loop); a :class:`Snapshot` is built whole and then only
+replaced, never changed, so a reader holding one sees a consistent picture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Status and exposure as of ``at`` (the agent's monotonic clock); never mutated after publishing."""
+
+    at: float
+    status: dict[str, Any]
+    exposure: dict[str, Any]
+
+
+def build_status(agent: Any) -> dict[str, Any]:
+    """JSON-serialisable state: lifecycle, epoch, streams, staleness, counters."""
+    now = agent.clock.monotonic()
+    core = agent.core
+    return {
+        "symbol": agent.symbol,
+        "fleet": agent.fleet_name,
+        "state": agent._state(),
+        "stopping": agent._stopping and not agent._stopped,
+        "epoch": agent.grant.epoch if agent.grant else None,
+        "ownership_lost": agent._lease.lost,
+        "kill_state": core.halt_state if core else (agent.grant.kill_state if agent.grant else "running"),
+        "blocks": sorted(agent._blocks),
+        "user_stream_connected": agent._user_connected,
+        "market_stream_connected": agent._market_connected,
+        "last_book_age_s": round(now - agent._last_book_mono, 3) if agent._last_book_mono else None,
+        "lease_left_s": None if (left := agent._lease.left(now)) is None else round(left, 3),
+        "open_orders": len(core.store.orders) if core else 0,
+        "requests_in_flight": len(agent._sending),
+        "position": core.store.position if core else 0.0,
+        "uptime_s": round(now - agent._started_mono, 3),
+        "tick_to_order_p50_ms": agent._latency_ms(0.5),
+        "tick_to_order_p99_ms": agent._latency_ms(0.99),
+        "rate_share": agent.budget.share,
+        "last_reconcile_repair": agent._last_repair,
+        "counters": {**agent.counters, **agent._frame_counts()},
+    }
+
+def build_exposure(agent: Any) -> dict[str, Any]:
+    """JSON-serialisable exposure: position, mark, notional, pending, worst case, cap, P&L, kill state."""
+    core = agent.core
+    cap = agent.params.worst_cap
+    if core is None:
+        return {
+            "symbol": agent.symbol, "position": 0.0, "mark": 0.0, "notional": 0.0, "pending_buy": 0.0,
+            "pending_sell": 0.0, "worst_long": 0.0, "worst_short": 0.0, "cap": cap, "realized_pnl": 0.0,
+            "unrealized_pnl": 0.0, "funding_pnl": 0.0, "kill_state": agent.grant.kill_state if agent.grant else "running",
+            "open_orders": 0, "epoch": agent.grant.epoch if agent.grant else None,
+        }
+    s = core.store
+    price = s.mark or s.mid
+    return {
+        "symbol": agent.symbol,
+        "epoch": core.epoch,
+        "position": s.position,
+        "entry_price": s.entry_price,
+        "mark": s.mark,
+        "mid": s.mid,
+        "notional": s.position * price,
+        "pending_buy": s.pending_buy_size(),
+        "pending_sell": s.pending_sell_size(),
+        "worst_long": s.worst_long,
+        "worst_short": s.worst_short,
+        "cap": cap,
+        "realized_pnl": s.realized_pnl,
+        "unrealized_pnl": s.unrealized_pnl(),
+        "funding_pnl": s.funding_pnl,
+        "commission": s.commission,
+        "kill_state": core.halt_state,
+        "reduce_only": core.guard.reduce_only_mode,
+        "open_orders": len(s.orders),
+    }
