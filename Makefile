@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench sim clean prometheus chromium postgresql
+.PHONY: demo test bench sim clean prometheus chromium postgresql redis
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,7 +41,15 @@ postgresql:
 	  $$SUDO apt-get update -qq >/dev/null && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }
 
-test: $(STAMP) prometheus chromium postgresql
+# The GCS fault-tolerance test keeps the Ray head's GCS tables in a real Redis; install Debian's package when missing.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing Debian's redis-server package (used by the GCS fault-tolerance test)"; \
+	  SUDO=$$(test "$$(id -u)" -eq 0 || echo sudo); \
+	  $$SUDO apt-get update -qq >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
+
+test: $(STAMP) prometheus chromium postgresql redis
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -1,0 +1,209 @@
+"""GCS fault tolerance backed by a real Redis: the fleet survives a GCS restart.
+
+Debian's ``redis-server`` (``make test`` installs it when missing) runs on a free loopback port with
+a temporary directory; the Ray head is started with ``RAY_REDIS_ADDRESS`` pointing at it (GCS
+storage in Redis), 0 CPU and no ``mmfleet_trader``, beside one trader worker node, all on 127.0.0.1.
+One symbol is halted, then the cluster's ``gcs_server`` process is SIGKILLed and started again
+(same port, same Redis). Throughout, the exchange never sees an order beyond a symbol's cap or a
+client order id twice; afterwards the halted symbol is still halted with an empty book, the other
+still quotes (the controller, restarted after the GCS, reads the kill state back from it), and
+resume and kill work.
+
+Like tests/controller/test_multinode.py this module runs a cluster of its own and starts the
+session's local cluster again afterwards. Waits poll generous deadlines; no duration is asserted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from controller.controller import ControllerSettings, build_spec
+from tests.controller.test_fleet import CONFIGS, Exchange, free_port, poll
+from tests.controller.test_multinode import (
+    SETTLE_S, SMALL_STORE, SYMBOLS, TRADER, Fleet, fleet_doc, no_duplicate_ids, own_cluster,
+    restore_session_cluster, start_exchange,
+)
+
+HALTED, QUOTING = SYMBOLS  # one symbol halted across the restart, one quoting through it
+OUTAGE_S = 6.0             # the GCS stays down this long (two lease lifetimes of 3 s)
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    if found is None:
+        pytest.fail("redis-server is missing: `make test` installs Debian's redis-server package "
+                    "(apt-get install redis-server)")
+    return found
+
+
+def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A private Redis on 127.0.0.1 (no persistence, no other client): (process, host:port)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir),
+         "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", str(workdir / "redis.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def answers() -> bool:
+        return redis_command(f"127.0.0.1:{port}", "PING") == "+PONG"
+
+    poll(answers, 20.0, f"redis-server answering on 127.0.0.1:{port}")
+    return proc, f"127.0.0.1:{port}"
+
+
+def gcs_pid(head: Any) -> int:
+    """The PID of this cluster's gcs_server process (the head node's record of what it started)."""
+    from ray._private import ray_constants
+
+    [info] = head.all_processes[ray_constants.PROCESS_TYPE_GCS_SERVER]
+    return info.process.pid
+
+
+def redis_command(address: str, command: str) -> str:
+    """One inline Redis command over a plain socket; the first line of the answer."""
+    host, port = address.split(":")
+    with socket.create_connection((host, int(port)), timeout=2) as sock:
+        sock.sendall(command.encode() + b"\r\n")
+        answer = b""
+        while not answer.endswith(b"\r\n"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return answer.decode().strip()
+
+
+def redis_keys(address: str) -> int:
+    return int(redis_command(address, "DBSIZE").lstrip(":"))
+
+
+def within_caps(fleet: Fleet, caps: dict[str, float]) -> dict[str, Any] | None:
+    """Per symbol at the exchange: position plus resting buys (and minus sells) within the cap.
+
+    None when every symbol is within; else what was seen.
+    """
+    bad = {}
+    for s, cap in caps.items():
+        st = fleet.exchange.state(s)
+        pos = float(st["positions"][s]["amount"])
+        rest = {side: sum(float(o["origQty"]) - float(o["executedQty"]) for o in st["open_orders"]
+                          if o["side"] == side) for side in ("BUY", "SELL")}
+        long_, short = pos + rest["BUY"], -pos + rest["SELL"]
+        if long_ > cap + 1e-9 or short > cap + 1e-9:
+            bad[s] = {"position": pos, "worst_long": long_, "worst_short": short, "cap": cap}
+    return bad or None
+
+
+@pytest.fixture(scope="module")
+def ft(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    workdir = tmp_path_factory.mktemp("gcs-ft")
+    was_up = own_cluster()
+    redis_proc = cluster = sim = fleet = None
+    try:
+        redis_proc, redis_address = start_redis(workdir)
+        before = os.environ.get("RAY_REDIS_ADDRESS")
+        os.environ["RAY_REDIS_ADDRESS"] = redis_address  # the head's GCS keeps its tables in this Redis
+        try:
+            cluster = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": 0, "include_dashboard": False, "object_store_memory": SMALL_STORE})
+        finally:
+            if before is None:
+                os.environ.pop("RAY_REDIS_ADDRESS", None)
+            else:
+                os.environ["RAY_REDIS_ADDRESS"] = before
+        worker = cluster.add_node(num_cpus=1, resources={TRADER: 2}, object_store_memory=SMALL_STORE)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
+        assert cluster.head_node.redis_address == redis_address
+        assert redis_keys(redis_address) > 0, "the GCS wrote nothing to Redis"
+
+        state_dir = workdir / "fleet"
+        sim, exchange, key_file = start_exchange(state_dir, SYMBOLS)
+        cfg = fleet_doc(f"gf{uuid.uuid4().hex[:6]}", state_dir, exchange, key_file)
+        spec = build_spec(cfg, str(CONFIGS / "fleet.demo.yaml"))
+        fleet = Fleet(ray, cfg, spec, Exchange(exchange["rest_url"], key_file))
+        fleet.start(ControllerSettings(kill_timeout_s=2.0))
+        yield {"cluster": cluster, "worker": worker, "fleet": fleet, "redis": redis_address}
+    finally:
+        try:
+            if fleet is not None and fleet.controller is not None:
+                fleet.stop()
+        finally:
+            if sim is not None:
+                sim.stop()
+            if ray.is_initialized():
+                ray.shutdown()
+            if cluster is not None:
+                cluster.shutdown()
+            if redis_proc is not None:
+                redis_proc.terminate()
+                redis_proc.wait(10)
+            restore_session_cluster(was_up)
+
+
+def test_a_gcs_restart_keeps_agents_quoting_safely_and_the_kill_state_intact(ft):
+    fleet: Fleet = ft["fleet"]
+    head = ft["cluster"].head_node
+    since_ms = int(time.time() * 1000) - 600_000
+    fleet.quoting()
+    caps = {s: float(fleet.ray.get(fleet.agent(s).exposure.remote(), timeout=15)["cap"]) for s in SYMBOLS}
+    pids = {s: fleet.status(s)["pid"] for s in SYMBOLS}
+
+    result = fleet.kill([HALTED], reason="halted across a GCS restart")
+    assert result["symbols"][HALTED]["open_orders"] == 0, result
+    assert fleet.exchange.open_orders(HALTED) == []
+
+    pid = gcs_pid(head)
+    os.kill(pid, signal.SIGKILL)
+    poll(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
+         10.0, f"gcs_server {pid} gone")
+    # While the GCS is down: nothing beyond a cap, no second use of an id, the halted book stays empty.
+    down_until = time.monotonic() + OUTAGE_S
+    samples = 0
+    while time.monotonic() < down_until:
+        assert within_caps(fleet, caps) is None, within_caps(fleet, caps)
+        assert fleet.exchange.open_orders(HALTED) == []
+        samples += 1
+        time.sleep(0.5)
+    head.kill_gcs_server(check_alive=False)   # forget the dead process, then start it again (same port, same Redis)
+    head.start_gcs_server()
+    new_pid = gcs_pid(head)
+    assert new_pid != pid
+
+    # After the restart: the kill state is read back from the GCS's storage (the controller is
+    # restarted too, so it holds nothing in memory), and the halted symbol has no order.
+    ctl_pid = fleet.ray.get(fleet.controller.__ray_call__.remote(lambda self: os.getpid()), timeout=SETTLE_S)
+    os.kill(ctl_pid, signal.SIGKILL)
+    states = poll(lambda: fleet.kill_states(), SETTLE_S, "the controller's kill states after the GCS restart")
+    assert fleet.ray.get(fleet.controller.__ray_call__.remote(lambda self: os.getpid()), timeout=30) != ctl_pid
+    assert states[HALTED]["state"] == "halted" and states[QUOTING]["state"] == "running", states
+    after = fleet.quoting((QUOTING,))
+    assert poll(lambda: fleet.status(HALTED)["state"] == "halted", SETTLE_S, f"{HALTED} halted")
+    assert fleet.exchange.open_orders(HALTED) == []
+    assert within_caps(fleet, caps) is None, within_caps(fleet, caps)
+    for s in SYMBOLS:
+        assert not no_duplicate_ids(fleet.exchange, s, since_ms), f"{s}: a client order id was used twice"
+
+    fleet.resume([HALTED])
+    fleet.quoting()
+    assert within_caps(fleet, caps) is None, within_caps(fleet, caps)
+    result = fleet.kill()
+    assert all(r["open_orders"] == 0 for r in result["symbols"].values()), result
+    fleet.books_empty()
+    fleet.resume()
+    restarted = {s: fleet.status(s)["pid"] != pids[s] for s in SYMBOLS}
+    print(f"GCS {pid} -> {new_pid}; {samples} samples while down; {QUOTING} epoch "
+          f"{after[QUOTING]['status']['epoch']}; agent processes restarted: {restarted}")
