@@ -73,6 +73,7 @@ from controller.console import (
 )
 from controller.console_feed import ConsoleFeed
 from controller.federation import AgentScrape, FleetView, KillLatency, render_fleet_page
+from controller.kill_path import DirectKill
 from controller.views import exposure_view, kill_state_map, kill_view, status_view
 from fleet.config import FleetConfig
 
@@ -93,6 +94,7 @@ class ApiSettings:
     agent_timeout_s: float = 2.0        # status / exposure / metrics per agent
     controller_timeout_s: float = 5.0   # kill states, status
     kill_timeout_s: float = 60.0        # kill / resume (includes the controller's emergency path)
+    kill_deadline_s: float = 0.3        # no answer from the controller by then: the endpoint's own kill routes
     console_session_s: float = SESSION_TTL_S   # a console sign-in lasts this long
     console_push_s: float = 1.0         # the console's table is pushed at least this often
     console_slow_s: float = 5.0         # fills, grinds and restarts (metrics pages, GCS) this often
@@ -158,6 +160,10 @@ class FleetApi:
         self.tokens = TokenSource(self.cfg.api.token_env, self.cfg.api.token_file)
         self.calls = ActorCalls(namespace, self.settings.agent_timeout_s, self.settings.controller_timeout_s)
         self.kill_latency = KillLatency()
+        # Its own kill routes (durable state in the GCS, keys read in this process), for a controller
+        # that does not answer within kill_deadline_s.
+        self.direct = DirectKill(self.cfg.name, lambda: self.cfg, self.calls, self.settings.agent_timeout_s)
+        self.behind: set[asyncio.Future] = set()   # controller kills still in flight after the answer
         self.sessions = ConsoleSessions(ttl_s=self.settings.console_session_s)
         self.signin_throttle = SignInThrottle()
         self.feed = ConsoleFeed(self.calls, self.cfg.name, self.cfg.risk.max_total_notional, self._traded,
@@ -303,13 +309,25 @@ class FleetApi:
         symbols = self._check_symbols(body.symbols)
         started = time.monotonic()
         log.warning("%skill %s of %s requested: %s", via, body.mode, symbols or "all symbols", body.reason)
-        result = await self.calls.from_controller(
-            "kill", symbols, body.mode, body.reason, self._journal_by(via), timeout=self.settings.kill_timeout_s
-        )
+        result = await self._kill_routes(symbols, body.mode, body.reason, via)
         elapsed = time.monotonic() - started
         self.kill_latency = self.kill_latency.observe(elapsed)
         log.warning("%skill %s done in %.1f ms", via, body.mode, elapsed * 1000)
         return kill_view(body.mode, body.reason, elapsed, result)
+
+    async def _kill_routes(self, symbols: list[str] | None, mode: str, reason: str, via: str) -> Any:
+        """The controller's kill; if it has not answered within ``kill_deadline_s`` (stopped, busy, gone),
+        the endpoint's own routes (controller/kill_path.py), the controller's call left running."""
+        ctl = asyncio.ensure_future(self.calls.controller(
+            "kill", symbols, mode, reason, self._journal_by(via), timeout=self.settings.kill_timeout_s))
+        done, _ = await asyncio.wait({ctl}, timeout=self.settings.kill_deadline_s)
+        if done:  # an answer, or a definite failure (no such actor: the fleet is not up) as before
+            return self.calls.value_of(ctl.result())
+        self.behind.add(ctl)
+        ctl.add_done_callback(self.behind.discard)
+        log.warning("%skill %s: no answer from the controller within %g s; the endpoint's own routes", via, mode,
+                    self.settings.kill_deadline_s)
+        return await self.direct.kill(symbols or list(self.known), mode, reason)
 
     def _journal_by(self, via: str) -> dict[str, Any]:
         """Who asked, for the journal's audit trail: the API or the console, and a fingerprint of the token."""

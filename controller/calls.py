@@ -103,7 +103,11 @@ class ActorCalls:
 
     async def from_controller(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         """The controller's answer, or the HTTP error it deserves (422 refused, 502 failed, 503 unreachable)."""
-        ans = await self.controller(method, *args, timeout=timeout)
+        return self.value_of(await self.controller(method, *args, timeout=timeout))
+
+    @staticmethod
+    def value_of(ans: Answer) -> Any:
+        """A controller's answer's value, or the HTTP error it deserves."""
         if ans.refused:
             raise HTTPException(422, f"the fleet controller refused: {ans.error}")
         if ans.raised:

@@ -3,12 +3,15 @@
 It keeps every symbol's epoch, lease and kill state in Ray's GCS key-value store (see
 ``controller/lease.py``), so a controller restart loses nothing; reconciles (recreates agents that
 died for good, splits each account's order-rate limits among its agents); puts the whole fleet into
-reduce-only while its total absolute notional is over the cap; and, when an agent does not answer a
-kill in time, cancels that symbol's orders at the exchange itself, with keys read in ITS process.
+reduce-only while its total absolute notional is over the cap. A halt races the agent and the
+exchange itself (cancel all, keys read in ITS process) per symbol, in its own concurrency group
+(``kill``); a lease that lapses unrenewed is fenced: that epoch's orders cancelled, a hung actor
+replaced.
 
 Its rooms: the applied spec (``controller/spec.py``, pure), the agents' handles
 (``controller/handles.py``), the lease book (``controller/lease.py``), the exchange path
-(``controller/emergency.py``). Results inside are frozen dataclasses; dicts only at the Ray edge.
+(``controller/emergency.py``), the kill's two routes (``controller/kill_path.py``), the fence
+(``controller/fence.py``). Results inside are frozen dataclasses; dicts only at the Ray edge.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from typing import Any
 import ray
 
 from controller.emergency import EmergencyDesk, KillOutcome, Outcome, first_line
+from controller.fence import Fence
 from controller.handles import AGENT_PREFIX, AgentHandles, agent_name
+from controller.kill_path import AGENT_ROUTE, EXCHANGE_ROUTE, agent_confirmed, first_empty, raced_outcome, \
+    write_kill_states
 from controller.lease import GcsStore, LeaseBook
 from controller.spec import build_spec, endpoints_of, parse_spec, rate_shares
 from fleet.config import FleetConfig, SymbolParams
@@ -31,6 +37,7 @@ from fleet.vocabulary import KillState
 log = logging.getLogger("mmfleet.controller")
 
 CONTROLLER_NAME = "controller"
+KILL_GROUP = "kill"  # kill and resume: their own thread and loop, never queued behind apply or a lease call
 SPEC_DOC = "spec"
 FLAGS_DOC = "fleet_flags"
 
@@ -50,6 +57,7 @@ class ControllerSettings:
     flatten_timeout_s: float = 15.0   # ... a flatten
     agent_call_timeout_s: float = 2.0  # status / exposure / params pushes
     stop_timeout_s: float = 25.0      # graceful stop of one agent on down/remove
+    fence_hung_agents: bool = True    # a lease lapsed unrenewed: cancel its epoch, replace a hung actor
 
 
 
@@ -109,7 +117,7 @@ def _ms_since(started: float) -> float:
 # --- the actor -------------------------------------------------------------------------------------
 
 
-@ray.remote(max_restarts=-1, max_task_retries=-1)
+@ray.remote(max_restarts=-1, max_task_retries=-1, concurrency_groups={KILL_GROUP: 4})
 class FleetController:
     """One per fleet, named ``controller`` in the fleet's namespace. All methods are JSON in/out."""
 
@@ -123,7 +131,12 @@ class FleetController:
         self.settings = ControllerSettings(**(settings or {}))
         self.book = LeaseBook(GcsStore(fleet_name), lease_ttl_s=self.settings.lease_ttl_s)
         self.agents = AgentHandles(fleet_name, namespace, self.settings.agent_call_timeout_s)
-        self.desk = EmergencyDesk(lambda: self.cfg)
+        self.desk = EmergencyDesk(lambda: self.cfg)        # the default loop's: retire, fence
+        self.kill_desk = EmergencyDesk(lambda: self.cfg)   # the kill group's: its own clients and budget
+        self.kill_loop: asyncio.AbstractEventLoop | None = None
+        self.behind: set[asyncio.Future] = set()           # kill routes still running after the answer
+        self.kill_lock: asyncio.Lock | None = None         # kill and resume write their states in call order
+        self.fence = Fence(self.book, self.agents, self.desk, self._account_of)
         self.cfg: FleetConfig | None = None
         self.params: dict[str, SymbolParams] = {}
         self.shares: dict[str, float] = {}
@@ -137,17 +150,23 @@ class FleetController:
         self.last_error: str | None = None
         self.loaded = False
         self.reconciler: asyncio.Task | None = None
+        self.fencer: asyncio.Task | None = None
         try:
-            self.reconciler = asyncio.get_running_loop().create_task(self._reconcile_forever())
+            self._start_loops()
         except RuntimeError as exc:  # no loop yet: the first call starts it
             self.last_error = first_line(exc)
 
     # --- state --------------------------------------------------------------------------------
 
-    def _load(self) -> None:
+    def _start_loops(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.reconciler = loop.create_task(self._reconcile_forever())
+        self.fencer = loop.create_task(self._fence_forever())
+
+    def _load(self, *, start_loops: bool = True) -> None:
         """Read the applied spec and fleet flags back from the GCS (after a restart)."""
-        if self.reconciler is None:  # the constructor found no running loop: start it from this call
-            self.reconciler = asyncio.get_running_loop().create_task(self._reconcile_forever())
+        if self.reconciler is None and start_loops:  # the constructor found no running loop: start them now
+            self._start_loops()
         if self.loaded:
             return
         doc = self.book.get_doc(SPEC_DOC)
@@ -160,6 +179,12 @@ class FleetController:
 
     def _symbols(self) -> list[str]:
         return [e.symbol for e in self.cfg.symbols] if self.cfg else []
+
+    def _account_of(self, symbol: str) -> str | None:
+        try:
+            return self.cfg.entry(symbol).account if self.cfg else None
+        except Exception:  # noqa: BLE001 - the fleet changed under the caller
+            return None
 
     # --- apply / reconcile --------------------------------------------------------------------
 
@@ -227,6 +252,19 @@ class FleetController:
                 self.last_error = first_line(exc)
                 log.exception("reconcile failed")
             await asyncio.sleep(self.settings.reconcile_interval_s)
+
+    async def _fence_forever(self) -> None:
+        """Every tick: leases that lapsed unrenewed are fenced (controller/fence.py)."""
+        while True:
+            try:
+                if self.settings.fence_hung_agents and self.cfg is not None and not self.stopping:
+                    for done in await self.fence.tick(self._symbols(), time.time()):
+                        journal_record(self, "lease_fenced", symbol=done.symbol,
+                                       reason=f"epoch {done.epoch} lapsed unrenewed: {done.verdict}")
+            except Exception as exc:  # noqa: BLE001 - the watch must outlive any one bad tick
+                self.last_error = first_line(exc)
+                log.exception("fence failed")
+            await asyncio.sleep(self.fence.tick_s)
 
     async def reconcile(self) -> dict[str, Any]:
         """One pass: recreate agents that died for good; fleet risk; returns what it did."""
@@ -298,20 +336,30 @@ class FleetController:
 
     # --- kill switches ------------------------------------------------------------------------
 
+    @ray.method(concurrency_group=KILL_GROUP)
     async def kill(self, symbols: list[str] | None, mode: str = "halt", reason: str = "",
                    by: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Halt or flatten; per symbol the outcome, open orders confirmed at the exchange, time taken."""
-        self._load()
+        """Halt or flatten; per symbol the outcome, open orders confirmed at the exchange, time taken.
+
+        A halt races two routes per symbol (controller/kill_path.py): the agent, and the exchange directly.
+        """
+        self._load(start_loops=False)
+        self.kill_loop = asyncio.get_running_loop()
         if mode not in ("halt", "flatten"):
             raise ValueError(f"mode must be 'halt' or 'flatten', not {mode!r}")
         targets = self._targets(symbols)
-        for s in targets:  # by: who asked ({"actor": "api", "token_fp": ...}); none: over Ray (the CLI)
-            journal_record(self, "kill", symbol=s, reason=reason, detail={"mode": mode}, **_by(by))
         started = time.monotonic()
         state = KillState.HALTED if mode == "halt" else KillState.FLATTENING
         # Durable first: a restart from here on comes back halted.
-        seqs = {s: self.book.set_kill_state(s, state, reason).seq for s in targets}
-        results = await asyncio.gather(*(self._kill_one(s, mode, reason, seqs[s]) for s in targets))
+        self.kill_lock = self.kill_lock or asyncio.Lock()
+        async with self.kill_lock:
+            seqs = await write_kill_states(self.book, targets, state, reason)
+        for s in targets:  # by: who asked ({"actor": "api", "token_fp": ...}); none: over Ray (the CLI)
+            journal_record(self, "kill", symbol=s, reason=reason, detail={"mode": mode}, **_by(by))
+        if mode == "halt":
+            results = await asyncio.gather(*(self._halt_one(s, reason, seqs[s], started) for s in targets))
+        else:
+            results = await asyncio.gather(*(self._kill_one(s, mode, reason, seqs[s]) for s in targets))
         return {
             "mode": mode,
             "reason": reason,
@@ -327,6 +375,32 @@ class FleetController:
         if unknown:
             raise ValueError(f"unknown symbol(s) {', '.join(unknown)}; fleet {self.fleet_name} trades {', '.join(known)}")
         return list(dict.fromkeys(symbols))
+
+    async def _halt_one(self, symbol: str, reason: str, kill_seq: int, started: float) -> KillOutcome:
+        """The agent and the exchange raced; answered by the first to see 0, the other left running."""
+        agent = asyncio.ensure_future(
+            self.agents.call(symbol, "halt", reason, kill_seq, timeout=self.settings.kill_timeout_s))
+        exchange = asyncio.ensure_future(self._exchange_route(symbol))
+        first, confirmed_ms = await first_empty({AGENT_ROUTE: agent, EXCHANGE_ROUTE: exchange}, started)
+        follow = asyncio.ensure_future(self._after_halt(symbol, agent, exchange))
+        self.behind.add(follow)
+        follow.add_done_callback(self.behind.discard)
+        return raced_outcome(first, confirmed_ms, agent, exchange, started)
+
+    async def _exchange_route(self, symbol: str) -> int:
+        return await self.kill_desk.cancel_until_empty(symbol, self.cfg.entry(symbol).account)
+
+    async def _after_halt(self, symbol: str, agent: asyncio.Future, exchange: asyncio.Future) -> None:
+        """Once both routes are done: an agent that did not confirm its halt gets the emergency path."""
+        await asyncio.wait({agent, exchange})
+        if not exchange.cancelled():
+            exchange.exception()  # read: a failed exchange route is in the answer already
+        answer = None if agent.cancelled() or agent.exception() is not None else agent.result()
+        if agent_confirmed(answer) or (isinstance(answer, dict) and answer.get("outcome") == "not_started"):
+            return  # halted by the agent, or not trading yet (it reads the kill state with its grant)
+        why = first_line(agent.exception()) if answer is None and not agent.cancelled() else f"answered {answer!r}"
+        log.warning("%s: the agent did not confirm its halt (%s); emergency path", symbol, why)
+        await self._emergency(symbol, "halt")
 
     async def _kill_one(self, symbol: str, mode: str, reason: str, kill_seq: int) -> KillOutcome:
         started = time.monotonic()
@@ -366,20 +440,23 @@ class FleetController:
             account = self.cfg.entry(symbol).account
         except Exception as exc:  # noqa: BLE001 - the fleet changed under the kill: reported, never raised
             return KillOutcome(Outcome.FAILED, "emergency", None, error=first_line(exc))
-        result = await self.desk.cancel(symbol, account, mode)
+        result = await self.kill_desk.cancel(symbol, account, mode)
         if lease is not None and result.outcome != Outcome.FAILED:
             # The stuck agent's lease was promised until expires_at: sweep again once it has lapsed.
             delay = max(0.0, lease.expires_at - time.time()) + 0.2
-            self.desk.sweep_later(symbol, account, delay,
+            self.kill_desk.sweep_later(symbol, account, delay,
                                   lambda: self.book.kill_state(symbol) != KillState.RUNNING)
         return result
 
+    @ray.method(concurrency_group=KILL_GROUP)
     async def resume(self, symbols: list[str] | None = None, by: dict[str, Any] | None = None) -> dict[str, Any]:
-        self._load()
+        self._load(start_loops=False)
         targets = self._targets(symbols)
         for s in targets:
             journal_record(self, "resume", symbol=s, reason=(by or {}).get("reason"), **_by(by))
-        seqs = {s: self.book.set_kill_state(s, KillState.RUNNING, "resumed").seq for s in targets}
+        self.kill_lock = self.kill_lock or asyncio.Lock()
+        async with self.kill_lock:
+            seqs = await write_kill_states(self.book, targets, KillState.RUNNING, "resumed")
         answers = await asyncio.gather(
             *(self.agents.call(s, "resume", seqs[s], timeout=self.settings.kill_timeout_s) for s in targets),
             return_exceptions=True,
@@ -417,6 +494,7 @@ class FleetController:
                 "rate_share": self.shares.get(s),
                 "recreated": self.recreated.get(s, 0),
                 "emergencies": self.emergencies.get(s, 0),
+                "fenced_epoch": self.fence.fenced.get(s),
             }
         return {
             "fleet": self.fleet_name,
@@ -471,12 +549,15 @@ class FleetController:
         results = await asyncio.gather(*(self._retire(s, flatten) for s in symbols))
         self.book.delete_doc(SPEC_DOC)
         await self.desk.close()
+        if self.kill_loop is not None and self.kill_loop is not asyncio.get_running_loop():
+            closing = asyncio.run_coroutine_threadsafe(self.kill_desk.close(), self.kill_loop)
+            await asyncio.wait_for(asyncio.wrap_future(closing), 10.0)
+        else:
+            await self.kill_desk.close()
         self.cfg, self.params, self.shares = None, {}, {}
         return {"fleet": self.fleet_name, "symbols": {s: r.to_dict() for s, r in zip(symbols, results)}}
 
     async def ping(self) -> dict[str, Any]:
-        return {"fleet": self.fleet_name, "uptime_s": round(time.time() - self.started_at, 1)}
-
         return {"fleet": self.fleet_name, "uptime_s": round(time.time() - self.started_at, 1)}
 
 

@@ -47,11 +47,13 @@ class KillOutcome:
     elapsed_ms: float | None = None
     problem: str | None = None      # why the emergency path was taken
     error: str | None = None        # why the emergency cancel failed
+    first: str | None = None        # the route that saw 0 open orders first: agent | exchange
+    confirmed_ms: float | None = None  # ms from the kill's start until the exchange listed 0 (by that route)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"outcome": self.outcome.value, "path": self.path, "open_orders": self.open_orders,
                                "position": self.position}
-        for key in ("elapsed_ms", "problem", "error"):
+        for key in ("elapsed_ms", "problem", "error", "first", "confirmed_ms"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
@@ -108,6 +110,51 @@ class EmergencyDesk:
             log.error("%s: emergency cancel failed: %s", symbol, first_line(exc))
             return KillOutcome(Outcome.FAILED, "emergency", None, error=first_line(exc))
         return KillOutcome(Outcome.EMERGENCY_CANCELLED, "emergency", left, position)
+
+    async def cancel_until_empty(self, symbol: str, account: str, *, within_s: float = 10.0,
+                                 pause_s: float = 0.05) -> int:
+        """Cancel every order of the symbol, repeated until the exchange lists none (or ``within_s``
+        passed: what it lists then). Both requests are in the budget's risk lane."""
+        client = await self.client(account)
+        deadline = asyncio.get_running_loop().time() + within_s
+        while True:
+            try:
+                await client.cancel_all(symbol)
+                left = len(await client.open_orders(symbol))
+            except Exception:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(pause_s)
+                continue
+            if left == 0 or asyncio.get_running_loop().time() > deadline:
+                return left
+            await asyncio.sleep(pause_s)
+
+    async def cancel_epoch(self, symbol: str, account: str, epoch: int, *, within_s: float = 5.0,
+                           pause_s: float = 0.1) -> int:
+        """Cancel the symbol's orders of ``epoch`` and older (by client order id; never a successor's),
+        repeated until the exchange lists none of them; how many it still lists then."""
+        from agents.orders import parse_client_order_id
+
+        def fenced(order: Any) -> bool:
+            parsed = parse_client_order_id(order.client_order_id)
+            return parsed is not None and parsed[0] <= epoch
+
+        client = await self.client(account)
+        deadline = asyncio.get_running_loop().time() + within_s
+        while True:
+            try:
+                ids = [o.client_order_id for o in await client.open_orders(symbol) if fenced(o)]
+                if ids:
+                    await client.batch_cancel(symbol, client_order_ids=ids)
+                    ids = [o.client_order_id for o in await client.open_orders(symbol) if fenced(o)]
+            except Exception:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                ids = ["?"]
+            if not ids or asyncio.get_running_loop().time() > deadline:
+                return len(ids)
+            await asyncio.sleep(pause_s)
 
     async def _close_position(self, client: Any, symbol: str) -> float:
         from decimal import Decimal

@@ -68,7 +68,7 @@ def live(ray_cluster, tmp_path_factory):
     """Simulator + controller + 3 agents + the endpoint; torn down with ``down`` (0 open orders)."""
     import ray
 
-    from controller.controller import build_spec, get_or_create_controller
+    from controller.controller import ControllerSettings, build_spec, get_or_create_controller
 
     work = tmp_path_factory.mktemp("live")
     api_key, api_secret = secrets.token_hex(32), secrets.token_hex(32)
@@ -92,7 +92,9 @@ def live(ray_cluster, tmp_path_factory):
         agent=AgentPlacement(num_cpus=0),
         runtime=RuntimeParams(deadman_heartbeat_sec=2.0, deadman_countdown_ms=10_000, stop_timeout_sec=15.0),
     )
-    controller = get_or_create_controller(cfg)
+    # This file's drills stop an agent to see it reported as not answering; the controller fencing a
+    # stopped agent (and replacing it) is tests/controller/test_kill_paths.py's.
+    controller = get_or_create_controller(cfg, ControllerSettings(fence_hung_agents=False))
     ray.get(controller.apply.remote(build_spec(cfg, str(DEMO_CONFIG))), timeout=120)
     url = deploy(cfg, route_prefix=f"/{cfg.name}", settings=ApiSettings(agent_timeout_s=AGENT_TIMEOUT_S))
     fleet = Live(url=url, token=token, cfg=cfg, sim=sim, secrets=(api_key, api_secret, token))

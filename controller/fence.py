@@ -1,0 +1,141 @@
+"""A hung owner is fenced, not waited for.
+
+The controller watches every symbol's lease. When one lapses without renewal, it cancels that
+epoch's orders (and older ones) at the exchange at once, by client order id, never a successor's;
+and it asks the agent actor, on its control group, who it is:
+
+- no answer (the process is stopped or stuck), or the same holder whose trading loop no longer
+  renews: the owner is hung. The lease is revoked and the actor killed so that Ray recreates it
+  (``ray.kill(handle, no_restart=False)``); the new process acquires a fresh, larger epoch.
+- another holder (the actor already restarted) or no actor: only the cancel.
+- the same holder still starting (renewals begin once it trades): nothing; it renews when started.
+
+A zombie that wakes finds its lease gone and cancels only its own epoch. After the controller's
+own loop stalled (stopped, overloaded, restarted), it waits one lease first, so owners whose
+renewals were stuck behind it are not taken for hung.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from controller.emergency import EmergencyDesk, first_line
+from controller.handles import AgentHandles
+from controller.lease import Lease, LeaseBook
+
+log = logging.getLogger("mmfleet.controller")
+
+HUNG, REPLACED, GONE, STARTING = "hung", "replaced", "gone", "starting"
+
+
+@dataclass(frozen=True)
+class Fenced:
+    """One lapsed lease dealt with: the epoch, what the agent turned out to be, what the exchange lists after."""
+
+    symbol: str
+    epoch: int
+    verdict: str
+    killed: bool
+    left: int | None
+    error: str | None = None
+
+
+def verdict_of(status: Any, holder: str) -> str:
+    """What a lapsed lease's actor is, from its status answer (an exception: it did not answer)."""
+    if isinstance(status, LookupError):
+        return GONE
+    if isinstance(status, BaseException) or not isinstance(status, dict):
+        return HUNG
+    if status.get("holder") != holder:
+        return REPLACED
+    if status.get("state") == "starting" or "starting" in (status.get("blocks") or ()):
+        return STARTING
+    return HUNG
+
+
+class Fence:
+    """The lapsed-lease watch of one controller (its default loop)."""
+
+    def __init__(self, book: LeaseBook, agents: AgentHandles, desk: EmergencyDesk,
+                 account_of: Callable[[str], str | None], *, probe_timeout_s: float = 0.5,
+                 tick_s: float = 0.25) -> None:
+        self.book = book
+        self.agents = agents
+        self.desk = desk
+        self.account_of = account_of
+        self.probe_timeout_s = probe_timeout_s
+        self.tick_s = tick_s
+        self.fenced: dict[str, int] = {}        # symbol -> the last epoch fenced
+        self.history: list[Fenced] = []         # the last few, for status
+        self.grace_until = time.time() + book.lease_ttl_s
+        self.last_tick = time.monotonic()
+
+    def lapsed(self, symbols: list[str], now: float) -> list[tuple[str, Lease]]:
+        """Leases that lapsed unrenewed and are not fenced yet (none during a grace after a stall)."""
+        gap, self.last_tick = time.monotonic() - self.last_tick, time.monotonic()
+        if gap > max(1.0, 4 * self.tick_s):
+            self.grace_until = max(self.grace_until, now + self.book.lease_ttl_s)
+        if now < self.grace_until:
+            return []
+        out = []
+        for symbol in symbols:
+            lease = self.book.lease(symbol)
+            if lease is not None and not lease.revoked and now >= lease.expires_at \
+                    and self.fenced.get(symbol) != lease.epoch:
+                out.append((symbol, lease))
+        return out
+
+    async def tick(self, symbols: list[str], now: float) -> list[Fenced]:
+        return list(await asyncio.gather(*(self.fence(s, lease) for s, lease in self.lapsed(symbols, now))))
+
+    async def fence(self, symbol: str, lease: Lease) -> Fenced:
+        self.fenced[symbol] = lease.epoch
+        account = self.account_of(symbol)
+        cancel = asyncio.ensure_future(self._cancel(symbol, account, lease.epoch))
+        try:
+            status: Any = await self.agents.call(symbol, "status", timeout=self.probe_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - no answer is the answer
+            status = exc
+        verdict = verdict_of(status, lease.holder)
+        killed = False
+        if verdict == HUNG:
+            killed = self._replace(symbol, lease)
+        left, error = await cancel
+        if verdict == HUNG and left:  # what the hung owner sent before it died
+            left, error = await self._cancel(symbol, account, lease.epoch)
+        done = Fenced(symbol, lease.epoch, verdict, killed, left, error)
+        log.warning("%s: lease of epoch %d lapsed unrenewed (%s): %s", symbol, lease.epoch, verdict, done)
+        self.history = [*self.history[-19:], done]
+        return done
+
+    def _replace(self, symbol: str, lease: Lease) -> bool:
+        """Revoke the hung owner's lease and kill its actor so that Ray recreates it."""
+        current = self.book.lease(symbol)
+        if current is not None and current.epoch == lease.epoch:
+            self.book.revoke(symbol)
+        handle = self.agents.get(symbol, fresh=True)
+        if handle is None:
+            return False
+        try:
+            ray.kill(handle, no_restart=False)
+        except Exception as exc:  # noqa: BLE001 - reported; the cancel still holds
+            log.error("%s: could not kill the hung agent: %s", symbol, first_line(exc))
+            return False
+        self.agents.drop(symbol)
+        return True
+
+    async def _cancel(self, symbol: str, account: str | None, epoch: int) -> tuple[int | None, str | None]:
+        if account is None:
+            return None, "no account for the symbol"
+        try:
+            return await self.desk.cancel_epoch(symbol, account, epoch), None
+        except Exception as exc:  # noqa: BLE001 - reported, never raised into the watch
+            log.error("%s: fencing epoch %d at the exchange failed: %s", symbol, epoch, first_line(exc))
+            return None, first_line(exc)

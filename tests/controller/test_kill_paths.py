@@ -1,0 +1,150 @@
+"""The kill path with no single slow link, and a hung owner fenced: on a live fleet (the controller,
+three real agent actors and the endpoint on the session's Ray cluster, the simulator over loopback).
+Processes are frozen with SIGSTOP; every claim is checked at the exchange (/sim/state); waits poll a
+deadline, no timing is asserted (the figures are bench/fleet_bench.py's)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import time
+import uuid
+from typing import Any
+
+import pytest
+import yaml
+
+from agents.orders import parse_client_order_id
+from controller.api import ApiSettings, deploy, undeploy
+from controller.lease import GcsStore, LeaseBook
+from fleet.config import AccountConfig, AgentPlacement, ApiConfig, ExchangeConfig, FleetConfig, RuntimeParams, SymbolEntry
+from tests import polling
+from tests.controller.test_api_fleet import AGENT_TIMEOUT_S, DEMO_CONFIG, DEMO_HARD_CAPS, SYMBOLS, Live, SimThread
+from tests.controller.test_prometheus import free_port
+
+LEASE_TTL_S = 3.0   # the controller's default
+
+
+def poll(check: Any, within_s: float, what: str) -> Any:
+    return polling.poll(check, within_s, what, 0.1, retry_errors=True)
+
+
+@pytest.fixture(scope="module")
+def fleet(ray_cluster, tmp_path_factory):
+    """Simulator + controller + 3 agents + the endpoint; the dead-man switch at its defaults (2 min), so
+    only the fleet's own paths can empty a book within these tests' deadlines."""
+    import ray
+
+    from controller.controller import build_spec, get_or_create_controller
+
+    work = tmp_path_factory.mktemp("killpaths")
+    api_key, api_secret = secrets.token_hex(32), secrets.token_hex(32)
+    key_file = work / "main.keys.yaml"
+    key_file.write_text(yaml.safe_dump({"api_key": api_key, "api_secret": api_secret}))
+    key_file.chmod(0o600)
+    token = secrets.token_urlsafe(24)
+    (work / "api.token").write_text(token)
+    sim = SimThread(api_key, api_secret)
+    cfg = FleetConfig(
+        name=f"kp{uuid.uuid4().hex[:6]}",
+        exchange=ExchangeConfig(kind="sim", rest_url=sim.server.rest_url, ws_market_url=sim.server.ws_url,
+                                ws_user_url=sim.server.ws_url),
+        accounts=(AccountConfig(name="main", key_file=str(key_file)),),
+        symbols=tuple(SymbolEntry(symbol=s, account="main", params_file=f"symbols/{s}.yaml",
+                                  net_max_hard_cap=DEMO_HARD_CAPS.get(s)) for s in SYMBOLS),
+        api=ApiConfig(port=free_port(), token_env=None, token_file=str(work / "api.token")),
+        agent=AgentPlacement(num_cpus=0),
+        runtime=RuntimeParams(stop_timeout_sec=15.0),
+    )
+    assert cfg.runtime.deadman_countdown_ms >= 60_000
+    controller = get_or_create_controller(cfg)
+    ray.get(controller.apply.remote(build_spec(cfg, str(DEMO_CONFIG))), timeout=120)
+    url = deploy(cfg, route_prefix=f"/{cfg.name}", settings=ApiSettings(agent_timeout_s=AGENT_TIMEOUT_S))
+    live = Live(url=url, token=token, cfg=cfg, sim=sim, secrets=(api_key, api_secret, token))
+    live.controller = controller
+    live.wait_quoting(within_s=90)
+    yield live
+    try:
+        undeploy(cfg)
+        ray.get(controller.down.remote(False), timeout=120)
+        ray.kill(controller, no_restart=True)
+    finally:
+        sim.stop()
+
+
+def _resume_once_the_controller_caught_up(fleet: Live, seqs: dict[str, int]) -> None:
+    """The controller, thawed, runs the kill the endpoint left in flight (its durable write comes after
+    the endpoint's); resume only after that, then every agent quotes again."""
+    book = LeaseBook(GcsStore(fleet.cfg.name))
+    poll(lambda: all(book.kill_seq(s) > seqs[s] for s in SYMBOLS), 60, "the controller's own kill written")
+    r = fleet.post("/resume", {"all": True, "reason": "drill over"})
+    assert r.status_code == 200, r.text
+    fleet.wait_quoting(within_s=90)
+
+
+def test_a_kill_while_the_controller_is_stopped_empties_every_book(fleet):
+    import ray
+
+    assert all(fleet.open_orders(s) > 0 for s in SYMBOLS)
+    pid = ray.get(fleet.controller.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        r = fleet.post("/kill", {"all": True, "mode": "halt", "reason": "controller stopped drill"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["confirmed"] is True, body
+        for sym in SYMBOLS:
+            answer = body["symbols"][sym]
+            assert answer["by"] == "endpoint" and answer["open_orders"] == 0, answer
+            assert answer["first"] in ("agent", "exchange") and answer["confirmed_ms"] > 0, answer
+            assert fleet.open_orders(sym) == 0                      # the exchange agrees
+        book = LeaseBook(GcsStore(fleet.cfg.name))                  # durable without the controller
+        assert {book.kill_state(s) for s in SYMBOLS} == {"halted"}
+        seqs = {s: book.kill_seq(s) for s in SYMBOLS}
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    _resume_once_the_controller_caught_up(fleet, seqs)
+
+
+def test_a_kill_with_the_controller_up_reports_the_first_route_per_symbol(fleet):
+    r = fleet.post("/kill", {"symbols": ["ETHUSDC"], "mode": "halt", "reason": "two routes drill"})
+    assert r.status_code == 200, r.text
+    answer = r.json()["symbols"]["ETHUSDC"]
+    assert answer["open_orders"] == 0 and answer["first"] in ("agent", "exchange"), answer
+    assert answer["path"] == {"agent": "agent", "exchange": "emergency"}[answer["first"]]
+    assert fleet.open_orders("ETHUSDC") == 0
+    assert fleet.post("/resume", {"symbols": ["ETHUSDC"]}).status_code == 200
+    fleet.wait_quoting(within_s=60)
+
+
+def _epochs(orders: list[dict[str, Any]]) -> set[int | None]:
+    return {(parse_client_order_id(o["clientOrderId"]) or (None,))[0] for o in orders}
+
+
+def test_an_agent_stopped_past_its_lease_is_fenced_and_a_successor_quotes(fleet):
+    sym = "BTCUSDT"
+    before = fleet.get("/status").json()["agents"][sym]
+    assert fleet.open_orders(sym) > 0
+    os.kill(before["pid"], signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        # Its lease lapses unrenewed: the controller cancels that epoch's orders at the exchange.
+        poll(lambda: fleet.open_orders(sym) == 0, LEASE_TTL_S + 1.0 + 20.0, f"{sym}'s orders gone")
+        print(f"\n{sym}: orders gone {time.monotonic() - stopped_at:.2f} s after SIGSTOP (lease {LEASE_TTL_S:g} s)")
+
+        def successor() -> dict[str, Any] | None:
+            agent = fleet.get("/status").json()["agents"][sym]
+            orders = fleet.sim.state(sym)["open_orders"]
+            fresh = (agent.get("epoch") or 0) > before["epoch"] and agent.get("pid") != before["pid"]
+            ok = fresh and agent.get("state") == "quoting" and orders and _epochs(orders) == {agent["epoch"]}
+            return agent if ok else None
+
+        agent = poll(successor, 90, f"a successor of {sym} quoting with a larger epoch")
+        print(f"{sym}: successor quoting at epoch {agent['epoch']} {time.monotonic() - stopped_at:.2f} s after SIGSTOP")
+    finally:
+        try:
+            os.kill(before["pid"], signal.SIGCONT)
+        except ProcessLookupError:
+            pass   # killed by the fence: Ray recreated the actor in a new process
+    fleet.wait_quoting(within_s=60)
