@@ -172,8 +172,15 @@ class RuntimeParams(_Model):
     reconnect_backoff_initial_sec: float = Field(3.0, gt=0)
     reconnect_backoff_max_sec: float = Field(60.0, gt=0)
     listen_key_keepalive_sec: float = Field(25 * 60.0, gt=0)
-    deadman_heartbeat_sec: float = Field(10.0, gt=0)
-    deadman_countdown_ms: int = Field(30_000, ge=1_000)
+    # The dead-man switch is the last net, for when both the agent and the controller are gone: a hung
+    # agent is fenced by the controller within its lease + ~1 s (controller/fence.py). countdownCancelAll
+    # weighs 10 per call, per symbol, from the IP's 2,400/min: a 30 s heartbeat costs 20/min per agent
+    # (0.8 %; 1,000/min at 50 symbols), where 10 s cost 60/min (3,000/min at 50: over the limit).
+    deadman_heartbeat_sec: float = Field(
+        30.0, gt=0, description="re-arm the dead-man switch this often (10 weight per call: 20/min per agent at 30 s)")
+    deadman_countdown_ms: int = Field(
+        120_000, ge=1_000, description="the exchange cancels everything this long after the last heartbeat "
+                                       "(four heartbeats: three may be lost, e.g. to a 429, before it fires)")
     market_stale_sec: float = Field(5.0, gt=0)
     stream_max_lifetime_sec: float = Field(23 * 3600.0, gt=0)
     stop_timeout_sec: float = Field(20.0, gt=0)
