@@ -320,6 +320,9 @@ class FleetApi:
         the endpoint's own routes (controller/kill_path.py), the controller's call left running."""
         ctl = asyncio.ensure_future(self.calls.controller(
             "kill", symbols, mode, reason, self._journal_by(via), timeout=self.settings.kill_timeout_s))
+        warm = asyncio.ensure_future(self.direct.warm(symbols or list(self.known)))   # meanwhile, just in case
+        self.behind.add(warm)
+        warm.add_done_callback(self.behind.discard)
         done, _ = await asyncio.wait({ctl}, timeout=self.settings.kill_deadline_s)
         if done:  # an answer, or a definite failure (no such actor: the fleet is not up) as before
             return self.calls.value_of(ctl.result())

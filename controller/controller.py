@@ -350,12 +350,15 @@ class FleetController:
         targets = self._targets(symbols)
         started = time.monotonic()
         state = KillState.HALTED if mode == "halt" else KillState.FLATTENING
+        warm = asyncio.ensure_future(self.kill_desk.warm({a for s in targets if (a := self._account_of(s))}))
         # Durable first: a restart from here on comes back halted.
         self.kill_lock = self.kill_lock or asyncio.Lock()
         async with self.kill_lock:
             seqs = await write_kill_states(self.book, targets, state, reason)
         for s in targets:  # by: who asked ({"actor": "api", "token_fp": ...}); none: over Ray (the CLI)
             journal_record(self, "kill", symbol=s, reason=reason, detail={"mode": mode}, **_by(by))
+        self.behind.add(warm)  # the exchange clients opening while the states are written; the routes share them
+        warm.add_done_callback(self.behind.discard)
         if mode == "halt":
             results = await asyncio.gather(*(self._halt_one(s, reason, seqs[s], started) for s in targets))
         else:

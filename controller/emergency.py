@@ -80,22 +80,38 @@ class EmergencyDesk:
     def __init__(self, config: Callable[[], FleetConfig | None]) -> None:
         self.config = config          # the fleet config applied now
         self.clients: dict[str, Any] = {}
+        self.opening: dict[str, asyncio.Future] = {}   # one client per account, even when asked at once
         self.sweeps: set[asyncio.Task] = set()
 
     async def client(self, account_name: str) -> Any:
         """The controller's own client for an account, keys read in this process (env or key file)."""
         client = self.clients.get(account_name)
-        if client is None:
-            from fleet.binance.client import BinanceClient
-            from fleet.binance.credentials import load_credentials
+        if client is not None:
+            return client
+        opening = self.opening.get(account_name)
+        if opening is None:
+            opening = self.opening[account_name] = asyncio.ensure_future(self._open(account_name))
+        try:
+            return await asyncio.shield(opening)
+        finally:
+            if opening.done():
+                self.opening.pop(account_name, None)
 
-            cfg = self.config()
-            creds = load_credentials(cfg.account(account_name))
-            client = BinanceClient(endpoints_of(cfg)["rest_url"], creds.api_key, creds.api_secret,
-                                   budget=_EmergencyBudget())
-            await client.open()
-            self.clients[account_name] = client
+    async def _open(self, account_name: str) -> Any:
+        from fleet.binance.client import BinanceClient
+        from fleet.binance.credentials import load_credentials
+
+        cfg = self.config()
+        creds = load_credentials(cfg.account(account_name))
+        client = BinanceClient(endpoints_of(cfg)["rest_url"], creds.api_key, creds.api_secret,
+                               budget=_EmergencyBudget())
+        await client.open()
+        self.clients[account_name] = client
         return client
+
+    async def warm(self, accounts: set[str]) -> None:
+        """Open the accounts' clients ahead of a route that will need them (failures: the route reports)."""
+        await asyncio.gather(*(self.client(a) for a in accounts if a not in self.clients), return_exceptions=True)
 
     async def cancel(self, symbol: str, account: str, mode: str) -> KillOutcome:
         """Cancel every order of the symbol (and close it for a flatten); confirm what the exchange lists."""

@@ -102,6 +102,16 @@ class DirectKill:
         self.flatten_timeout_s = flatten_timeout_s
         self.behind: set[asyncio.Future] = set()   # routes still running after the answer
 
+    async def warm(self, symbols: list[str]) -> None:
+        """The exchange clients opened (keys read) while the controller is still given its chance."""
+        accounts = set()
+        for s in symbols:
+            try:
+                accounts.add(self.config().entry(s).account)
+            except Exception:  # noqa: BLE001 - a symbol added after deploy: its route reports it
+                continue
+        await self.desk.warm(accounts)
+
     async def kill(self, symbols: list[str], mode: str, reason: str) -> dict[str, Any]:
         started = time.monotonic()
         state = KillState.HALTED if mode == "halt" else KillState.FLATTENING
