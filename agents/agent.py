@@ -18,6 +18,7 @@ import logging
 from collections import deque
 from typing import Any, Awaitable, Callable
 
+from fleet.vocabulary import KillState
 from fleet.binance.client import BinanceClient
 from fleet.binance.errors import BinanceError
 from fleet.binance.filters import SymbolFilters
@@ -189,8 +190,8 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
     async def halt(self, reason: str = "") -> dict:
         """Stop quoting and cancel every open order; report the count the exchange confirms."""
         t0 = self.clock.monotonic()
-        self._record_kill_state("halted")
-        self._kill_wanted = "halted"
+        self._record_kill_state(KillState.HALTED)
+        self._kill_wanted = KillState.HALTED
         if self.core is not None:
             self.core.halt(reason or "operator")
         self.log.event("halted", f"halted: {reason or 'operator'}", level=logging.WARNING)
@@ -203,8 +204,8 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
         """Halt, then close the position with reduce-only market orders (they pass the guard)."""
         t0 = self.clock.monotonic()
         out = await self.halt(reason or "flatten")
-        self._record_kill_state("flattening")
-        self._kill_wanted = "flattening"
+        self._record_kill_state(KillState.FLATTENING)
+        self._kill_wanted = KillState.FLATTENING
         if self.core is not None:
             self.core.flatten(reason or "operator")
         position = await self._flatten_confirmed(deadline_s=self.runtime.stop_timeout_sec / 2)
@@ -213,8 +214,8 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
         return out
 
     async def resume(self) -> dict:
-        self._record_kill_state("running")
-        self._kill_wanted = "running"
+        self._record_kill_state(KillState.RUNNING)
+        self._kill_wanted = KillState.RUNNING
         if self.core is not None:
             self.core.resume()
         self.log.event("resumed", "resumed quoting")
@@ -373,9 +374,9 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
         core = self.core
         if core is None or core.halt_state == kill_state:
             return
-        if kill_state == "halted":
+        if kill_state == KillState.HALTED:
             core.halt("durable kill state")
-        elif kill_state == "flattening":
+        elif kill_state == KillState.FLATTENING:
             core.flatten("durable kill state")
         else:
             core.resume()
@@ -401,7 +402,7 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
         core = self.core
         return derive_state(
             self._blocks, started=self._started, stopped=self._stopped, stopping=self._stopping,
-            ownership_lost=self._lease.lost, kill_state=core.halt_state if core is not None else "running",
+            ownership_lost=self._lease.lost, kill_state=core.halt_state if core is not None else KillState.RUNNING,
         ).value
 
     def _latency_ms(self, q: float) -> float | None:

@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from fleet.binance.enums import ErrorCode, Side
 from fleet.binance.errors import BinanceError
 from fleet.binance.streams import StreamError
 
@@ -49,7 +50,10 @@ COUNTERS = (
 
 _TRANSIENT = (BinanceError, StreamError, OSError, asyncio.TimeoutError)
 # Answers that no retry will change: a wrong key or signature, a symbol the exchange does not list.
-FATAL_START_CODES = frozenset({-1002, -1022, -1121, -2014, -2015})
+FATAL_START_CODES = frozenset({
+    ErrorCode.UNAUTHORIZED, ErrorCode.INVALID_SIGNATURE, ErrorCode.BAD_SYMBOL, ErrorCode.BAD_API_KEY_FMT,
+    ErrorCode.REJECTED_MBX_KEY,
+})
 
 # When the book frame behind the request being sent in this task was read: (perf_counter_ns,
 # thread_time_ns), for anything below the client that wants tick-to-wire latency (the benchmark's
@@ -92,7 +96,7 @@ def _reduces(a: Amend, o: Any) -> bool:
     """An amend that takes risk off: no larger, and smaller or further from the market."""
     if a.qty_steps > o.orig_steps:
         return False
-    away = a.price_ticks < o.price_ticks if a.side == "BUY" else a.price_ticks > o.price_ticks
+    away = a.price_ticks < o.price_ticks if a.side == Side.BUY else a.price_ticks > o.price_ticks
     return a.qty_steps < o.orig_steps or away
 
 

@@ -13,6 +13,8 @@ import math
 import time
 from typing import Any, Awaitable
 
+from fleet.vocabulary import KillState
+from fleet.binance.enums import ErrorCode, OrderType, TimeInForce
 from fleet.binance.errors import (
     BinanceError,
     BudgetExhaustedError,
@@ -25,6 +27,13 @@ from fleet.binance.models import ModifyRequest, OrderInfo, OrderRequest
 from .core import Actions, AgentCore
 from .orders import Amend, Batch, Cancel, Place
 from .agent_base import IN_FLIGHT_QUERY_MS, LOOKUP_MARGIN_MS, PULL_REPEAT_S, TICK_READ, Tick, UNRESOLVED_QUERY_MS, _reduces, _same_epoch
+
+
+# Rejections the quote cycle expects now and then (a post-only order that would take, a cancel of an
+# order already gone, an amend with nothing to change): counted, not logged as warnings.
+QUIET_REJECTIONS = frozenset({
+    ErrorCode.GTX_ORDER_REJECT, ErrorCode.CANCEL_REJECTED, ErrorCode.NO_SUCH_ORDER, ErrorCode.SAME_ORDER,
+})
 
 
 class OrderFlow:
@@ -62,7 +71,7 @@ class OrderFlow:
 
     def _quoting_live(self) -> bool:
         core = self.core
-        return core is not None and not self._blocks and core.halt_state == "running" and self._lease_ok()
+        return core is not None and not self._blocks and core.halt_state == KillState.RUNNING and self._lease_ok()
 
     async def _pull_until_clear(self, why: str) -> None:
         """Re-list and cancel until no order of this epoch rests and none may still land, or until
@@ -224,7 +233,7 @@ class OrderFlow:
                 continue
             elif isinstance(res, BinanceError):
                 core.on_rejected(d, res.code, self._exchange_ms())
-                if res.code not in (-5022, -2011, -2013, -5027):
+                if res.code not in QUIET_REJECTIONS:
                     self.log.event(
                         "order_rejected", f"{batch.kind} refused: {res!r}", level=logging.WARNING,
                         client_order_id=d.client_order_id,
@@ -319,14 +328,14 @@ class OrderFlow:
     def _order_request(self, p: Place) -> OrderRequest:
         f = self.filters
         assert f is not None
-        if p.order_type == "MARKET":
+        if p.order_type == OrderType.MARKET:
             return OrderRequest(
-                symbol=self.symbol, side=p.side, order_type="MARKET", quantity=f.qty_str(p.qty_steps),
+                symbol=self.symbol, side=p.side, order_type=OrderType.MARKET, quantity=f.qty_str(p.qty_steps),
                 reduce_only=p.reduce_only, client_order_id=p.client_order_id,
             )
         return OrderRequest(
-            symbol=self.symbol, side=p.side, order_type="LIMIT", quantity=f.qty_str(p.qty_steps),
-            price=f.price_str(p.price_ticks), time_in_force=p.time_in_force or "GTC",
+            symbol=self.symbol, side=p.side, order_type=OrderType.LIMIT, quantity=f.qty_str(p.qty_steps),
+            price=f.price_str(p.price_ticks), time_in_force=p.time_in_force or TimeInForce.GTC,
             reduce_only=p.reduce_only, client_order_id=p.client_order_id,
         )
 

@@ -11,6 +11,7 @@ import contextlib
 import logging
 from typing import Any
 
+from fleet.binance.enums import ExecType
 from fleet.binance.errors import (
     BinanceError,
     InvalidListenKeyError,
@@ -208,7 +209,7 @@ class Streams:
             and not any(t.get_name() == "funding-income" for t in self._tasks)
         ):
             self._spawn(self._book_funding_income(), "funding-income")
-        if isinstance(ev, OrderUpdate) and ev.exec_type == "TRADE":
+        if isinstance(ev, OrderUpdate) and ev.exec_type == ExecType.TRADE:
             self.log.event(
                 "fill",
                 f"fill {ev.side} {ev.last_filled_qty} @ {ev.last_filled_price} ({ev.status}), "

@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator
 
-from fleet.binance.events import BUY, SELL, AccountUpdate, FundingFee, MarkPrice
+from fleet.binance.enums import OrderType, TimeInForce
+from fleet.binance.events import BUY, SELL, AccountUpdate, FundingFee, MarketEvent, MarkPrice, UserEvent
 from fleet.binance.filters import SymbolFilters
+from fleet.binance.models import OrderInfo, PositionInfo
 from fleet.config import SymbolParams
 
 from .grinding import GrindDecision, GrindingEngine
@@ -23,6 +25,7 @@ from .orders import (
     ClientOrderIds,
     Decision,
     OrderManager,
+    OrderReason,
     Place,
     make_batches,
 )
@@ -52,7 +55,6 @@ class Actions:
         return sum(len(b.items) for b in self.batches)
 
 
-NO_ACTIONS = Actions(())
 
 
 class AgentCore:
@@ -94,7 +96,7 @@ class AgentCore:
 
     # ------------------------------------------------------------------ inputs
 
-    def on_event(self, event: Any, now_ms: int) -> bool:
+    def on_event(self, event: MarketEvent | UserEvent, now_ms: int) -> bool:
         """Apply one stream event; on mark/account changes also run the drawdown check."""
         changed = self.store.apply(event)
         if changed and isinstance(event, (MarkPrice, AccountUpdate, FundingFee)):
@@ -140,12 +142,13 @@ class AgentCore:
         kind = "place" if isinstance(decision, Place) else "amend" if isinstance(decision, Amend) else "cancel"
         self.orders_sent[kind] -= 1
 
-    def on_order_info(self, info: Any) -> bool:
+    def on_order_info(self, info: OrderInfo) -> bool:
         """A REST order object (the answer to place/modify/cancel, or a query)."""
         return self.store.on_order_info(info)
 
     def reset_from_snapshot(
-        self, position: Any | None, open_orders: Iterable[Any], now_ms: int, wallet_balance: float | None = None
+        self, position: PositionInfo | None, open_orders: Iterable[OrderInfo], now_ms: int,
+        wallet_balance: float | None = None
     ) -> None:
         self.store.reset_from_snapshot(position, open_orders, now_ms, wallet_balance=wallet_balance)
 
@@ -315,7 +318,7 @@ class AgentCore:
         refused = 0
         pieces = self.filters.market_split(abs(pos))
         for q in pieces:
-            p = Place(self.ids.next(), side, 0, q, "", True, "MARKET", "flatten")
+            p = Place(self.ids.next(), side, 0, q, "", True, OrderType.MARKET, OrderReason.FLATTEN)
             if self.guard.check_place(p, extra[0], extra[1]) is None:
                 places.append(p)
             else:
@@ -335,7 +338,7 @@ class AgentCore:
         px = f.price_ticks_floor(ref * (1 - edge)) if side == SELL else f.price_ticks_ceil(ref * (1 + edge))
         if px <= 0:
             return 0
-        p = Place(self.ids.next(), side, px, qty, "IOC", True, "LIMIT", "flatten")
+        p = Place(self.ids.next(), side, px, qty, TimeInForce.IOC, True, OrderType.LIMIT, OrderReason.FLATTEN)
         if self.guard.check_place(p, extra[0], extra[1]) is None:
             places.append(p)
             return 0
@@ -364,7 +367,7 @@ class AgentCore:
                 continue  # under one market step / minQty of what is left: nothing to send
             ok: list[Place] = []
             for q in pieces:
-                p = Place(self.ids.next(), sl.side, 0, q, "", True, "MARKET", "drawdown")
+                p = Place(self.ids.next(), sl.side, 0, q, "", True, OrderType.MARKET, OrderReason.DRAWDOWN)
                 if self.guard.check_place(p, extra[0], extra[1]) is None:
                     ok.append(p)
             if len(ok) == len(pieces):
@@ -407,7 +410,7 @@ class AgentCore:
             qty = min(qty, room)
             if qty < self.strategy.min_qty_steps or not self.filters.tradable(px, qty):
                 return 0
-            p = Place(self.ids.next(), side, px, qty, "GTX", False, "LIMIT", "grind_reentry")
+            p = Place(self.ids.next(), side, px, qty, TimeInForce.GTX, False, OrderType.LIMIT, OrderReason.GRIND_REENTRY)
             if self.guard.check_place(p, extra[0], extra[1]) is not None:
                 return 1
             extra[0 if side == BUY else 1] += qty
@@ -428,7 +431,7 @@ class AgentCore:
             eng.undo(now_ms)
             eng.last_skip = "below_market_min_qty"
             return 0
-        p = Place(self.ids.next(), res.side, 0, qty, "", True, "MARKET", "grind")
+        p = Place(self.ids.next(), res.side, 0, qty, "", True, OrderType.MARKET, OrderReason.GRIND)
         if self.guard.check_place(p, extra[0], extra[1]) is not None:
             eng.undo(now_ms)
             return 1

@@ -20,8 +20,10 @@ from collections import OrderedDict
 from decimal import Decimal
 from typing import Any, Iterable
 
+from fleet.binance.enums import ErrorCode, OrderStatus, OrderType, TimeInForce
 from fleet.binance.events import BUY, CLOSED_STATUSES, OrderUpdate
 from fleet.binance.filters import SymbolFilters
+from fleet.binance.models import OrderInfo
 from fleet.config import SymbolParams
 
 from .orders import Amend, Cancel, Place
@@ -30,8 +32,8 @@ PENDING_NEW = "PENDING_NEW"  # sent, not yet acknowledged
 MISSING = "MISSING"  # not among the open orders of a REST snapshot
 REJECTED = "REJECTED"
 _CLOSED = CLOSED_STATUSES | {MISSING}
-_UNKNOWN_ORDER_CODES = frozenset({-2011, -2013})
-MODIFY_LIMIT_CODE = -5026  # "Exceed maximum modify order limit": this order can never be amended again
+_UNKNOWN_ORDER_CODES = frozenset({ErrorCode.CANCEL_REJECTED, ErrorCode.NO_SUCH_ORDER})
+MODIFY_LIMIT_CODE = ErrorCode.EXCEED_MAXIMUM_MODIFY_ORDER_LIMIT  # -5026, "Exceed maximum modify order limit": this order can never be amended again
 _CLOSED_KEEP = 4096  # closed orders remembered, so their late duplicates are recognised
 _STAGE_NEW, _STAGE_AMEND, _STAGE_PARTIAL, _STAGE_FINAL = 0, 1, 2, 3
 
@@ -93,8 +95,8 @@ class LiveOrder:
         self.filled_steps = 0
         self.status = PENDING_NEW
         self.reduce_only = False
-        self.order_type = "LIMIT"
-        self.time_in_force = "GTC"
+        self.order_type: str = OrderType.LIMIT
+        self.time_in_force: str = TimeInForce.GTC
         self.reason = "external"
         self.layer = -1
         self.sent_ms = 0
@@ -468,7 +470,7 @@ class OrderLedger:
         recvWindow plus a margin has passed since the answer): a look-up now settles them."""
         return [o for o in self.orders.values() if o.unknown_ms is not None and now_ms - o.unknown_ms >= window_ms]
 
-    def on_lookup(self, client_order_id: str, info: Any | None, now_ms: int, window_ms: int) -> str:
+    def on_lookup(self, client_order_id: str, info: OrderInfo | None, now_ms: int, window_ms: int) -> str:
         """The answer to a look-up by client order id (``info``; None for "order does not exist").
 
         Before ``window_ms`` has passed since the send (or the ambiguous answer) a request may still
@@ -509,7 +511,7 @@ class OrderLedger:
         self.on_query_unknown(client_order_id, o.order_id)
         return "gone"
 
-    def adopt(self, info: Any) -> bool:
+    def adopt(self, info: OrderInfo) -> bool:
         """An order the exchange lists as open (reconciliation): True if the store did not count it
         (unknown here, or closed on our own inference), and it counts now. An order the exchange
         itself reported closed is left closed: the listing is older than that report."""
@@ -553,14 +555,14 @@ class OrderLedger:
 
     # ------------------------------------------------------------------ the exchange's word
 
-    def on_order_info(self, info: Any) -> bool:
+    def on_order_info(self, info: OrderInfo) -> bool:
         """A REST answer (place/modify/cancel/query): an order object with Binance's REST fields."""
         if getattr(info, "symbol", self.symbol) != self.symbol:
             return False
         status = info.status
         return self.apply_order(
             info.client_order_id, int(info.order_id), info.side, info.price, info.orig_qty, info.executed_qty,
-            status, int(info.update_time), _stage(status), getattr(info, "type", "LIMIT"),
+            status, int(info.update_time), _stage(status), getattr(info, "type", OrderType.LIMIT),
             getattr(info, "time_in_force", ""), bool(getattr(info, "reduce_only", False)),
         )
 
@@ -585,7 +587,7 @@ class OrderLedger:
             o.order_type = order_type
             o.time_in_force = tif
             o.reduce_only = reduce_only
-            o.status = "NEW"
+            o.status = OrderStatus.NEW
             self.orders[client_order_id] = o
         elif key <= o.key:
             self.stale_updates += 1
@@ -605,7 +607,7 @@ class OrderLedger:
         o.status = status
         o.inferred = False
         o.side = side
-        if order_type != "MARKET":
+        if order_type != OrderType.MARKET:
             o.price_ticks = self.ticks(price)
         o.orig_steps = self.steps(orig_qty)
         if o.amend_orig_steps is not None and o.orig_steps == o.amend_orig_steps and o.price_ticks == o.amend_price_ticks:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from fleet.vocabulary import KillState
+
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
@@ -31,7 +33,7 @@ def build_status(agent: Any) -> dict[str, Any]:
         "stopping": agent._stopping and not agent._stopped,
         "epoch": agent.grant.epoch if agent.grant else None,
         "ownership_lost": agent._lease.lost,
-        "kill_state": core.halt_state if core else (agent.grant.kill_state if agent.grant else "running"),
+        "kill_state": core.halt_state if core else (agent.grant.kill_state if agent.grant else KillState.RUNNING),
         "blocks": sorted(agent._blocks),
         "user_stream_connected": agent._user_connected,
         "market_stream_connected": agent._market_connected,
@@ -56,7 +58,7 @@ def build_exposure(agent: Any) -> dict[str, Any]:
         return {
             "symbol": agent.symbol, "position": 0.0, "mark": 0.0, "notional": 0.0, "pending_buy": 0.0,
             "pending_sell": 0.0, "worst_long": 0.0, "worst_short": 0.0, "cap": cap, "realized_pnl": 0.0,
-            "unrealized_pnl": 0.0, "funding_pnl": 0.0, "kill_state": agent.grant.kill_state if agent.grant else "running",
+            "unrealized_pnl": 0.0, "funding_pnl": 0.0, "kill_state": agent.grant.kill_state if agent.grant else KillState.RUNNING,
             "open_orders": 0, "epoch": agent.grant.epoch if agent.grant else None,
         }
     s = core.store

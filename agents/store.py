@@ -29,8 +29,18 @@ from decimal import Decimal
 from operator import attrgetter
 from typing import Any, Iterable
 
-from fleet.binance.events import AccountUpdate, BookTicker, FundingFee, MarkPrice, OrderUpdate
+from fleet.binance.enums import ExecType
+from fleet.binance.events import (
+    AccountUpdate,
+    BookTicker,
+    FundingFee,
+    MarketEvent,
+    MarkPrice,
+    OrderUpdate,
+    UserEvent,
+)
 from fleet.binance.filters import SymbolFilters
+from fleet.binance.models import OrderInfo
 from fleet.config import SymbolParams
 
 from .funding import (
@@ -58,7 +68,7 @@ __all__ = [
     "Store",
 ]
 
-_FILL_EXEC_TYPES = frozenset({"TRADE", "CALCULATED"})  # CALCULATED: a liquidation fill
+_FILL_EXEC_TYPES = frozenset({ExecType.TRADE, ExecType.CALCULATED})  # CALCULATED: a liquidation fill
 
 
 def _read(path: str, doc: str | None = None) -> property:
@@ -266,21 +276,21 @@ class Store:
     def on_outcome_unknown(self, client_order_id: str, now_ms: int) -> None:
         self.ledger.on_outcome_unknown(client_order_id, now_ms)
 
-    def on_lookup(self, client_order_id: str, info: Any | None, now_ms: int, window_ms: int) -> str:
+    def on_lookup(self, client_order_id: str, info: OrderInfo | None, now_ms: int, window_ms: int) -> str:
         """The answer to a look-up by client order id: "found", "pending", "never_placed" or "gone"."""
         return self.ledger.on_lookup(client_order_id, info, now_ms, window_ms)
 
-    def adopt(self, info: Any) -> bool:
+    def adopt(self, info: OrderInfo) -> bool:
         """An order the exchange lists as open: True if it was not counted here, and it counts now."""
         return self.ledger.adopt(info)
 
-    def on_order_info(self, info: Any) -> bool:
+    def on_order_info(self, info: OrderInfo) -> bool:
         """A REST answer (place/modify/cancel/query): an order object with Binance's REST fields."""
         return self.ledger.on_order_info(info)
 
     # ------------------------------------------------------------------ stream events
 
-    def apply(self, event: Any, now_ms: int | None = None) -> bool:
+    def apply(self, event: MarketEvent | UserEvent, now_ms: int | None = None) -> bool:
         """Apply one stream event; returns whether it changed anything."""
         if isinstance(event, BookTicker):
             if event.symbol != self.symbol:
