@@ -2,10 +2,13 @@
 
 Per fleet size: time from `up` until every agent quotes at the exchange; RSS per agent process; CPU
 of the whole fleet (agents, controller, simulator) while quoting; HTTP kill latency p50/p99 from
-the request to the answer confirming 0 open orders at the exchange for every symbol; recovery after
-SIGKILL of one agent until it quotes again (and older-epoch / duplicate orders then); `/metrics`
-scrape time. Reproduce: `RAY_AUTH_MODE=disabled .venv/bin/python bench/fleet_bench.py`
-(options: --sizes 1,10 --kills 5). Ten symbols per simulated account, so each agent gets a tenth of
+the request to the answer confirming 0 open orders at the exchange for every symbol (and, per kill,
+the slowest symbol's time until the exchange listed 0 and which route got there first: the agent or
+the exchange directly); the same kill with the controller process stopped (SIGSTOP: the endpoint's
+own routes); recovery after SIGKILL of one agent until it quotes again (and older-epoch / duplicate
+orders then); recovery after SIGSTOP of one agent beyond its lease (until its orders are gone, until a
+successor quotes); `/metrics` scrape time. Reproduce: `RAY_AUTH_MODE=disabled .venv/bin/python
+bench/fleet_bench.py` (options: --sizes 1,10 --kills 5 --stopped-kills 3). Ten symbols per simulated account, so each agent gets a tenth of
 its account's order limits; the simulator allows 10x Binance's IP weight for the shared loopback IP.
 """
 
@@ -31,6 +34,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # the local cluster liste
 
 from agents.orders import parse_client_order_id  # noqa: E402
 from controller.controller import ControllerSettings, build_spec, find_controller  # noqa: E402
+from controller.lease import GcsStore, LeaseBook  # noqa: E402
 from fleet.config import FleetConfig  # noqa: E402
 from fleet.fleet_cli import start_fleet, stop_fleet  # noqa: E402
 
@@ -139,7 +143,68 @@ class Bench:
         return requests.request(method, f"{self.url}{path}", headers={"Authorization": f"Bearer {self.token}"},
                                 timeout=120, **kw)
 
-    def run(self, kills: int) -> dict[str, Any]:
+    def kill_once(self, what: str) -> tuple[float, float, dict[str, int]]:
+        """POST /kill for every symbol; (HTTP latency s, slowest symbol's confirmed-0 ms, first routes)."""
+        t = time.monotonic()
+        r = self.http("POST", "/kill", json={"all": True, "mode": "halt", "reason": "bench"})
+        latency = time.monotonic() - t
+        body = r.json()
+        per = body.get("symbols", {}).values()
+        firsts: dict[str, int] = {}
+        for v in per:
+            key = f"{v.get('by', 'controller')}:{v.get('first') or v.get('path')}"
+            firsts[key] = firsts.get(key, 0) + 1
+        confirmed = max((v.get("confirmed_ms") or 0.0 for v in per), default=0.0)
+        print(f"   {what} {latency * 1000:.0f} ms, slowest 0 at {confirmed:.0f} ms ({firsts})", flush=True)
+        if not body.get("confirmed") or any(self.open_by_symbol().values()):
+            raise SystemExit(f"kill not confirmed at the exchange: {body}")
+        return latency, confirmed, firsts
+
+    def stopped_controller_kills(self, n: int) -> tuple[list[float], list[float]]:
+        """Kills with the controller process stopped; resumed once it has caught up with each."""
+        ctl = find_controller(self.cfg.namespace)
+        pid = self.ray.get(ctl.__ray_call__.remote(lambda s: os.getpid()))
+        book = LeaseBook(GcsStore(self.cfg.name))
+        latencies, confirmed = [], []
+        for _ in range(n):
+            wait(self.all_quoting, 150, "quoting before a kill", what_else=lambda: self.lagging)
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                lat, conf, _ = self.kill_once("kill, controller stopped:")
+                seqs = {s: book.kill_seq(s) for s in self.symbols}
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            latencies.append(lat)
+            confirmed.append(conf)
+            wait(lambda: all(book.kill_seq(s) > seqs[s] for s in self.symbols), 60, "the controller's own kill")
+            self.http("POST", "/resume", json={"all": True}).raise_for_status()
+        return latencies, confirmed
+
+    def hung_agent(self, victim: str) -> tuple[float, float]:
+        """SIGSTOP one agent beyond its lease: (s until its orders are gone, s until a successor quotes)."""
+        wait(self.all_quoting, 150, "quoting before the SIGSTOP", what_else=lambda: self.lagging)
+        before = self.ray.get(self.agent(victim).status.remote(), timeout=30)
+        os.kill(before["pid"], signal.SIGSTOP)
+        t = time.monotonic()
+        try:
+            wait(lambda: not self.open_by_symbol()[victim], 60, "the hung agent's orders gone", interval=0.05)
+            gone = time.monotonic() - t
+
+            def successor() -> bool:
+                st = self.ray.get(self.agent(victim).status.remote(), timeout=10)
+                orders = self.open_by_symbol()[victim]
+                return (st["pid"] != before["pid"] and (st.get("epoch") or 0) > before["epoch"]
+                        and st["state"] == "quoting" and bool(orders))
+
+            wait(successor, 120, "a successor quoting")
+            return gone, time.monotonic() - t
+        finally:
+            try:
+                os.kill(before["pid"], signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+    def run(self, kills: int, stopped_kills: int = 3) -> dict[str, Any]:
         out: dict[str, Any] = {"symbols": len(self.symbols)}
         t0 = time.monotonic()
         running = start_fleet(self.cfg, build_spec(self.cfg), controller_settings=ControllerSettings(),
@@ -171,20 +236,23 @@ class Bench:
             out["metrics_p50_ms"], out["metrics_max_ms"] = pct(scrapes, 0.5) * 1000, max(scrapes) * 1000
             out["metrics_bytes"] = len(r.content)
 
-            latencies = []
+            latencies, confirmed, firsts = [], [], {}
             for _ in range(kills):
                 wait(self.all_quoting, 150, "quoting before a kill", what_else=lambda: self.lagging)
-                t = time.monotonic()
-                r = self.http("POST", "/kill", json={"all": True, "mode": "halt", "reason": "bench"})
-                latencies.append(time.monotonic() - t)
-                body = r.json()
-                paths = sorted({v.get("path") for v in body.get("symbols", {}).values()})
-                print(f"   kill {latencies[-1] * 1000:.0f} ms ({', '.join(map(str, paths))})", flush=True)
-                if not body.get("confirmed") or any(self.open_by_symbol().values()):
-                    raise SystemExit(f"kill not confirmed at the exchange: {body}")
+                lat, conf, first = self.kill_once("kill")
+                latencies.append(lat)
+                confirmed.append(conf)
+                for k, v in first.items():
+                    firsts[k] = firsts.get(k, 0) + v
                 self.http("POST", "/resume", json={"all": True}).raise_for_status()
             out["kill_p50_ms"], out["kill_p99_ms"] = pct(latencies, 0.5) * 1000, pct(latencies, 0.99) * 1000
+            out["kill_zero_p50_ms"], out["kill_zero_p99_ms"] = pct(confirmed, 0.5), pct(confirmed, 0.99)
+            out["kill_first_routes"] = " ".join(f"{k}={v}" for k, v in sorted(firsts.items()))
             out["kills"] = len(latencies)
+            if stopped_kills:
+                lat, conf = self.stopped_controller_kills(stopped_kills)
+                out["stopped_kill_p50_ms"], out["stopped_kill_p99_ms"] = pct(lat, 0.5) * 1000, pct(lat, 0.99) * 1000
+                out["stopped_kill_zero_p99_ms"] = pct(conf, 0.99)
 
             wait(self.all_quoting, 150, "quoting before the SIGKILL", what_else=lambda: self.lagging)
             victim = self.symbols[0]
@@ -204,6 +272,9 @@ class Bench:
             older = [o for o in orders if (parse_client_order_id(o["clientOrderId"]) or (0,))[0] != st["epoch"]]
             out["recovery_old_epoch_orders"] = len(older)
             out["recovery_duplicate_ids"] = len(ids) - len(set(ids))
+
+            hung = self.symbols[1] if len(self.symbols) > 1 else victim
+            out["hung_orders_gone_s"], out["hung_successor_s"] = self.hung_agent(hung)
         finally:
             stop_fleet(self.cfg.namespace, self.cfg.name)
         return out
@@ -213,6 +284,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,10,30,50", help="fleet sizes (symbols)")
     parser.add_argument("--kills", type=int, default=5, help="kill/resume cycles per size")
+    parser.add_argument("--stopped-kills", type=int, default=3,
+                        help="kill/resume cycles per size with the controller process stopped (SIGSTOP)")
     args = parser.parse_args()
     import ray
 
@@ -222,20 +295,25 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as state_dir:
         for n in [int(x) for x in args.sizes.split(",") if x]:
             print(f"== {n} symbols", flush=True)
-            res = Bench(ray, n, state_dir).run(args.kills)
+            res = Bench(ray, n, state_dir).run(args.kills, args.stopped_kills)
             print("   " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()),
                   flush=True)
             results.append(res)
     ray.shutdown()
     print(f"\nfleet bench ({os.cpu_count()} cores, local Ray cluster, simulator on loopback)")
     print(f"{'symbols':>7} {'to quote s':>10} {'RSS/agent MiB':>13} {'fleet CPU':>9} {'kill p50 ms':>11} "
-          f"{'kill p99 ms':>11} {'recovery s':>10} {'old/dup':>7} {'/metrics ms':>11}")
+          f"{'kill p99 ms':>11} {'0 p99 ms':>8} {'ctl-stopped p50/p99 ms':>22} {'recovery s':>10} {'old/dup':>7} "
+          f"{'hung gone/successor s':>21} {'/metrics ms':>11}")
     for r in results:
+        stopped = (f"{r['stopped_kill_p50_ms']:.0f}/{r['stopped_kill_p99_ms']:.0f}" if "stopped_kill_p50_ms" in r
+                   else "-")
         print(f"{r['symbols']:>7} {r['time_to_quote_s']:>10.1f} {r['rss_mib_mean']:>13.0f} {r['fleet_cpu_cores']:>9.2f} "
-              f"{r['kill_p50_ms']:>11.0f} {r['kill_p99_ms']:>11.0f} {r['recovery_s']:>10.2f} "
-              f"{r['recovery_old_epoch_orders']}/{r['recovery_duplicate_ids']:<5} {r['metrics_p50_ms']:>11.0f}")
+              f"{r['kill_p50_ms']:>11.0f} {r['kill_p99_ms']:>11.0f} {r['kill_zero_p99_ms']:>8.0f} {stopped:>22} "
+              f"{r['recovery_s']:>10.2f} {r['recovery_old_epoch_orders']}/{r['recovery_duplicate_ids']:<5} "
+              f"{r['hung_orders_gone_s']:>10.2f}/{r['hung_successor_s']:<10.2f} {r['metrics_p50_ms']:>11.0f}")
+        print(f"{'':>7} kill: first route to 0 per symbol {r['kill_first_routes']}")
     print("command: RAY_AUTH_MODE=disabled .venv/bin/python bench/fleet_bench.py "
-          f"--sizes {args.sizes} --kills {args.kills}")
+          f"--sizes {args.sizes} --kills {args.kills} --stopped-kills {args.stopped_kills}")
     return 0
 
 

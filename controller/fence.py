@@ -8,7 +8,10 @@ and it asks the agent actor, on its control group, who it is:
   renews: the owner is hung. The lease is revoked and the actor killed so that Ray recreates it
   (``ray.kill(handle, no_restart=False)``); the new process acquires a fresh, larger epoch.
 - another holder (the actor already restarted) or no actor: only the cancel.
-- the same holder still starting (renewals begin once it trades): nothing; it renews when started.
+- the same holder still starting (renewals begin once it trades): nothing; it renews when started;
+  stopping (a retire): only the cancel.
+
+An actor Ray is already restarting (its node lost, its process dead) is not killed again.
 
 A zombie that wakes finds its lease gone and cancels only its own epoch. After the controller's
 own loop stalled (stopped, overloaded, restarted), it waits one lease first, so owners whose
@@ -32,7 +35,7 @@ from controller.lease import Lease, LeaseBook
 
 log = logging.getLogger("mmfleet.controller")
 
-HUNG, REPLACED, GONE, STARTING = "hung", "replaced", "gone", "starting"
+HUNG, REPLACED, GONE, STARTING, STOPPING = "hung", "replaced", "gone", "starting", "stopping"
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,20 @@ def verdict_of(status: Any, holder: str) -> str:
         return REPLACED
     if status.get("state") == "starting" or "starting" in (status.get("blocks") or ()):
         return STARTING
+    if status.get("state") in ("stopping", "stopped"):
+        return STOPPING
     return HUNG
+
+
+def alive_in_gcs(handle: Any) -> bool:
+    """Whether Ray holds the actor ALIVE (not already restarting or pending); True when unsure."""
+    try:
+        from ray._private import state
+
+        info = state.actors(actor_id=handle._actor_id.hex())
+    except Exception:  # noqa: BLE001 - the GCS did not say: act as for a live one
+        return True
+    return not info or info.get("State") == "ALIVE"
 
 
 class Fence:
@@ -106,7 +122,7 @@ class Fence:
         verdict = verdict_of(status, lease.holder)
         killed = False
         if verdict == HUNG:
-            killed = self._replace(symbol, lease)
+            killed = await self._replace(symbol, lease)
         left, error = await cancel
         if verdict == HUNG and left:  # what the hung owner sent before it died
             left, error = await self._cancel(symbol, account, lease.epoch)
@@ -115,13 +131,13 @@ class Fence:
         self.history = [*self.history[-19:], done]
         return done
 
-    def _replace(self, symbol: str, lease: Lease) -> bool:
+    async def _replace(self, symbol: str, lease: Lease) -> bool:
         """Revoke the hung owner's lease and kill its actor so that Ray recreates it."""
         current = self.book.lease(symbol)
         if current is not None and current.epoch == lease.epoch:
             self.book.revoke(symbol)
         handle = self.agents.get(symbol, fresh=True)
-        if handle is None:
+        if handle is None or not await asyncio.to_thread(alive_in_gcs, handle):
             return False
         try:
             ray.kill(handle, no_restart=False)

@@ -5,6 +5,7 @@ deadline, no timing is asserted (the figures are bench/fleet_bench.py's)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import signal
@@ -28,6 +29,46 @@ LEASE_TTL_S = 3.0   # the controller's default
 
 def poll(check: Any, within_s: float, what: str) -> Any:
     return polling.poll(check, within_s, what, 0.1, retry_errors=True)
+
+
+# --- the pure pieces ---------------------------------------------------------------------------------
+
+
+def test_the_first_route_to_see_zero_answers_and_a_failed_route_does_not():
+    from controller.kill_path import first_empty
+
+    async def route(delay: float, result: Any) -> Any:
+        await asyncio.sleep(delay)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def race(agent: tuple[float, Any], exchange: tuple[float, Any]) -> tuple[str | None, float | None]:
+        tasks = {"agent": asyncio.ensure_future(route(*agent)), "exchange": asyncio.ensure_future(route(*exchange))}
+        try:
+            return await first_empty(tasks, time.monotonic())
+        finally:
+            for t in tasks.values():
+                t.cancel()
+
+    assert asyncio.run(race((0.0, {"open_orders": 0}), (0.2, 0)))[0] == "agent"
+    assert asyncio.run(race((0.0, TimeoutError("hung")), (0.05, 0)))[0] == "exchange"
+    assert asyncio.run(race((0.0, {"outcome": "not_started", "open_orders": None}), (0.05, 0)))[0] == "exchange"
+    assert asyncio.run(race((0.0, {"open_orders": 2}), (0.0, 3))) == (None, None)
+
+
+def test_a_lapsed_lease_is_judged_by_who_answers_for_the_actor():
+    from controller.fence import GONE, HUNG, REPLACED, STARTING, STOPPING, verdict_of
+
+    assert verdict_of(TimeoutError(), "h1") == HUNG                       # a stopped process
+    assert verdict_of(LookupError("no actor"), "h1") == GONE
+    assert verdict_of({"holder": "h2", "state": "starting"}, "h1") == REPLACED   # Ray restarted it already
+    assert verdict_of({"holder": "h1", "state": "quoting", "blocks": ["lease"]}, "h1") == HUNG   # loop not renewing
+    assert verdict_of({"holder": "h1", "state": "paused", "blocks": ["starting"]}, "h1") == STARTING
+    assert verdict_of({"holder": "h1", "state": "stopping"}, "h1") == STOPPING
+
+
+# --- on a live fleet ------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
