@@ -25,7 +25,7 @@ from typing import Any
 import ray
 
 from controller.emergency import EmergencyDesk, KillOutcome, Outcome, first_line
-from controller.fence import Fence
+from controller.fence import Fence, Fenced
 from controller.handles import AGENT_PREFIX, AgentHandles, agent_name
 from controller.kill_path import AGENT_ROUTE, EXCHANGE_ROUTE, agent_confirmed, first_empty, raced_outcome, \
     write_kill_states
@@ -161,7 +161,7 @@ class FleetController:
     def _start_loops(self) -> None:
         loop = asyncio.get_running_loop()
         self.reconciler = loop.create_task(self._reconcile_forever())
-        self.fencer = loop.create_task(self._fence_forever())
+        self.fencer = loop.create_task(self.fence.run(self._fenced_symbols, self._fenced))
 
     def _load(self, *, start_loops: bool = True) -> None:
         """Read the applied spec and fleet flags back from the GCS (after a restart)."""
@@ -219,6 +219,7 @@ class FleetController:
                 unchanged.append(symbol)
         errors = await self._push_params(updated)
         await self._push_shares()
+        ray.get_runtime_context().current_actor.warm_kill_path.remote()  # the first kill need not open clients
         return {
             "fleet": self.fleet_name,
             "created": created,
@@ -253,18 +254,12 @@ class FleetController:
                 log.exception("reconcile failed")
             await asyncio.sleep(self.settings.reconcile_interval_s)
 
-    async def _fence_forever(self) -> None:
-        """Every tick: leases that lapsed unrenewed are fenced (controller/fence.py)."""
-        while True:
-            try:
-                if self.settings.fence_hung_agents and self.cfg is not None and not self.stopping:
-                    for done in await self.fence.tick(self._symbols(), time.time()):
-                        journal_record(self, "lease_fenced", symbol=done.symbol,
-                                       reason=f"epoch {done.epoch} lapsed unrenewed: {done.verdict}")
-            except Exception as exc:  # noqa: BLE001 - the watch must outlive any one bad tick
-                self.last_error = first_line(exc)
-                log.exception("fence failed")
-            await asyncio.sleep(self.fence.tick_s)
+    def _fenced_symbols(self) -> list[str]:
+        """What the fence watches now: nothing without a spec, while stopping, or when turned off."""
+        return self._symbols() if self.settings.fence_hung_agents and not self.stopping else []
+
+    def _fenced(self, done: Fenced) -> None:
+        journal_record(self, "lease_fenced", symbol=done.symbol, reason=f"epoch {done.epoch} lapsed: {done.verdict}")
 
     async def reconcile(self) -> dict[str, Any]:
         """One pass: recreate agents that died for good; fleet risk; returns what it did."""
@@ -378,6 +373,13 @@ class FleetController:
         if unknown:
             raise ValueError(f"unknown symbol(s) {', '.join(unknown)}; fleet {self.fleet_name} trades {', '.join(known)}")
         return list(dict.fromkeys(symbols))
+
+    @ray.method(concurrency_group=KILL_GROUP)
+    async def warm_kill_path(self) -> bool:
+        """The kill group's exchange clients opened (keys read in this process) before any kill needs them."""
+        self.kill_loop = asyncio.get_running_loop()
+        await self.kill_desk.warm({a for s in self._symbols() if (a := self._account_of(s))})
+        return True
 
     async def _halt_one(self, symbol: str, reason: str, kill_seq: int, started: float) -> KillOutcome:
         """The agent and the exchange raced; answered by the first to see 0, the other left running."""

@@ -108,6 +108,16 @@ class Fence:
                 out.append((symbol, lease))
         return out
 
+    async def run(self, symbols: Callable[[], list[str]], fenced: Callable[[Fenced], None]) -> None:
+        """Every ``tick_s``: the watched symbols' lapsed leases fenced, each result handed to ``fenced``."""
+        while True:
+            try:
+                for done in await self.tick(symbols(), time.time()):
+                    fenced(done)
+            except Exception:  # noqa: BLE001 - the watch must outlive any one bad tick
+                log.exception("fence failed")
+            await asyncio.sleep(self.tick_s)
+
     async def tick(self, symbols: list[str], now: float) -> list[Fenced]:
         return list(await asyncio.gather(*(self.fence(s, lease) for s, lease in self.lapsed(symbols, now))))
 
