@@ -324,6 +324,11 @@ class FleetApi:
         self.behind.add(warm)
         warm.add_done_callback(self.behind.discard)
         done, _ = await asyncio.wait({ctl}, timeout=self.settings.kill_deadline_s)
+        if not done and mode == "flatten":
+            alive = await self.calls.controller("ping", timeout=self.settings.kill_deadline_s)
+            if alive.ok:  # a flatten takes its time: a live controller carries it out alone (never two flatteners)
+                await ctl
+                done = {ctl}
         if done:  # an answer, or a definite failure (no such actor: the fleet is not up) as before
             return self.calls.value_of(ctl.result())
         self.behind.add(ctl)

@@ -420,7 +420,8 @@ class FleetController:
             problem = f"agent failed the {mode}: {first_line(exc)}"
         open_orders = answer.get("open_orders") if isinstance(answer, dict) else None
         if problem is None and open_orders == 0:
-            if mode == "flatten" and _num(answer.get("position")) == 0 and answer.get("position") is not None:
+            flat = mode == "flatten" and _num(answer.get("position")) == 0 and answer.get("position") is not None
+            if flat and self.book.kill_seq(symbol) == kill_seq:  # never over a resume or kill that came since
                 self.book.set_kill_state(symbol, KillState.HALTED, reason or "flattened")
             return KillOutcome(Outcome.done(mode), "agent", 0, answer.get("position"), _ms_since(started))
         if problem is None and isinstance(answer, dict) and answer.get("outcome") == "not_started":
