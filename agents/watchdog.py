@@ -11,7 +11,8 @@ Rules, checked in this order:
    then unblock: the countdown may have fired meanwhile);
 2. market: connected but silent (no book, nor a new connection) for 3x ``market_stale_sec`` ->
    ``SWAP_MARKET`` (a half-dead connection: a fresh one costs nothing); no book for
-   ``market_stale_sec`` while connected and not yet blocked -> ``MARKET_STALE`` (block, pull quotes);
+   ``market_stale_sec`` (since the last book, or since the connection opened if none came yet) while
+   connected and not yet blocked -> ``MARKET_STALE`` (block, pull quotes);
    a book again while blocked -> ``MARKET_FRESH``;
 3. user stream lost for ``user_stream_grace_sec`` -> ``REST_FALLBACK`` (cancel through REST);
 4. a stream open longer than ``stream_max_lifetime_sec`` (the exchange cuts at 24 h) ->
@@ -67,7 +68,8 @@ def watch(s: Seen, t: Timing) -> list[Act]:
     elif s.lease_ok and s.lease_blocked and not s.ownership_lost and not s.rearming:
         out.append(Act.REARM)
     silent = s.now - max(s.last_book or 0.0, s.market_opened)
-    stale = s.last_book is None or s.now - s.last_book > t.market_stale_sec
+    # no book yet: the connection has market_stale_sec from its opening to deliver the first one
+    stale = s.now - (s.last_book if s.last_book is not None else s.market_opened) > t.market_stale_sec
     swap_market = s.market_connected and silent > 3 * t.market_stale_sec
     if swap_market:
         out.append(Act.SWAP_MARKET)

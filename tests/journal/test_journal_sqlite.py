@@ -33,6 +33,7 @@ def target(tmp_path):
 
 async def trade_a_while(sim, http, agent, symbol: str = SYMBOL) -> None:
     """Fills both ways (jumps through a frozen book's ladder), then funding settlements on the position."""
+    await wait_for(lambda: agent.status()["last_book_age_s"] is not None, 15, "a first book")
     await post(sim, http, "/sim/market/freeze", {"frozen": True, "symbol": symbol})
     await wait_for(lambda: len(agent.core.store.orders) >= 4, 30, "a ladder resting")
     for pct in (-0.15, 0.3, -0.3, 0.2):
