@@ -50,7 +50,7 @@ redis:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
 
 test: $(STAMP) prometheus chromium postgresql redis
-	RAY_AUTH_MODE=disabled $(PY) -m pytest -q
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q --durations=15
 
 bench: $(STAMP)
 	@for b in bench/*_bench.py; do echo "== $$b"; $(PY) $$b || exit 1; done
