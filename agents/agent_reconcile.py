@@ -34,6 +34,7 @@ class Reconciliation:
             if BLOCK_RESYNC in self._blocks or BLOCK_USER_STREAM in self._blocks:
                 continue  # a resync is the stronger repair, and is under way
             n += 1
+            self._look_up_funding()  # a fee whose income rows could not be read yet
             try:
                 await self._reconcile_orders()
                 if n % self.runtime.reconcile_position_every == 0:

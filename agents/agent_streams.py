@@ -203,12 +203,8 @@ class Streams:
             return  # the full ORDER_TRADE_UPDATE follows
         core.on_event(ev, self.clock.time_ms() + self._offset())
         self.journal.on_user_event(self, ev)
-        if (
-            isinstance(ev, FundingFee)
-            and core.store.funding_lookup_start() is not None
-            and not any(t.get_name() == "funding-income" for t in self._tasks)
-        ):
-            self._spawn(self._book_funding_income(), "funding-income")
+        if isinstance(ev, FundingFee):
+            self._look_up_funding()
         if isinstance(ev, OrderUpdate) and ev.exec_type == ExecType.TRADE:
             self.log.event(
                 "fill",
@@ -277,10 +273,20 @@ class Streams:
         self.metrics.inc_rest_fallback()
         self.log.event("rest_fallback_cancel", "user stream down past grace: cancelled all via REST", level=logging.WARNING)
 
+    def _look_up_funding(self) -> None:
+        """Start reading this symbol's FUNDING_FEE income rows if the store waits for some and no
+        read is under way (after a symbol-less fee frame, and on every reconciliation beat)."""
+        core = self.core
+        if core is None or core.store.funding_lookup_start() is None:
+            return
+        if not any(t.get_name() == "funding-income" for t in self._tasks):
+            self._spawn(self._book_funding_income(), "funding-income")
+
     async def _book_funding_income(self) -> None:
         """A FUNDING_FEE frame that names no symbol (cross margin): the store asked for this symbol's
         FUNDING_FEE income rows; they are read and booked once per tranId. A few tries, as the
-        record may trail the frame; what is still missing is asked for again at the next fee."""
+        record may trail the frame, none of them waiting for rate-budget room (a busy ladder may hold
+        the weight: then the next try, or the reconciliation's next beat, asks again)."""
         for delay in (0.0, 2.0, 10.0, 30.0):
             await self._sleep_unless_stopping(delay)
             core = self.core
@@ -288,7 +294,9 @@ class Streams:
             if start is None:
                 return
             try:
-                rows = await self._require_client().income(self.symbol, "FUNDING_FEE", start_time=start, limit=1000)
+                rows = await self._require_client().income(
+                    self.symbol, "FUNDING_FEE", start_time=start, limit=1000, wait=False
+                )
             except BinanceError as exc:
                 self.log.event("funding_income_unavailable", f"funding income not read: {exc!r}", level=logging.WARNING)
                 continue

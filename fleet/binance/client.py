@@ -477,16 +477,13 @@ class BinanceClient:
         start_time: int | None = None,
         end_time: int | None = None,
         limit: int | None = None,
+        *,
+        wait: bool = True,
     ) -> list[dict[str, Any]]:
-        params = {
-            "symbol": symbol,
-            "incomeType": income_type,
-            "startTime": start_time,
-            "endTime": end_time,
-            "limit": limit,
-        }
-        params = {k: v for k, v in params.items() if v is not None}
-        return await self._request(ep.INCOME, params)
+        """Income records (``wait=False``: BudgetExhaustedError at once when the budget has no room)."""
+        given = {"symbol": symbol, "incomeType": income_type, "startTime": start_time, "endTime": end_time,
+                 "limit": limit}
+        return await self._request(ep.INCOME, {k: v for k, v in given.items() if v is not None}, wait=wait)
 
     async def user_trades(
         self,
