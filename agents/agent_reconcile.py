@@ -74,7 +74,7 @@ class Reconciliation:
         """A position that differs from positionRisk twice in a row (one may be a fill in flight) is
         repaired by a resync from REST."""
         core = self._require_core()
-        pos = await self._require_client().position(self.symbol)
+        pos = await self._require_client().position(self.symbol, risk=True)
         if core.store.steps(pos.amount) == core.store.position_steps:
             self._position_mismatch = False
             return

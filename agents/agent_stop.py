@@ -75,7 +75,7 @@ class Shutdown:
         end = self.clock.monotonic() + deadline_s
         while True:
             try:
-                pos = await client.position(self.symbol)
+                pos = await client.position(self.symbol, risk=True)
                 listed = await client.open_orders(self.symbol)
             except BinanceError as exc:
                 self.log.event("flatten_failed", f"position read failed: {exc!r}", level=logging.WARNING)
@@ -115,7 +115,7 @@ class Shutdown:
             with contextlib.suppress(Exception):
                 open_n = len(await asyncio.wait_for(self._client.open_orders(self.symbol), 1.5))
             with contextlib.suppress(Exception):
-                position = float((await asyncio.wait_for(self._client.position(self.symbol), 1.5)).amount)
+                position = float((await asyncio.wait_for(self._client.position(self.symbol, risk=True), 1.5)).amount)
         for task in self._tasks:
             task.cancel()
         for task in list(self._inflight):

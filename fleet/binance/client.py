@@ -432,13 +432,14 @@ class BinanceClient:
 
     # -- account -------------------------------------------------------------------------------
 
-    async def position(self, symbol: str) -> PositionInfo:
+    async def position(self, symbol: str, *, risk: bool = False) -> PositionInfo:
         """The one-way position of ``symbol`` (v3 positionRisk; v2 if the v3 path is missing), with
-        ``as_of`` = the exchange time just before the request (the figure holds every trade before it)."""
+        ``as_of`` = the exchange time just before the request (the figure holds every trade before it).
+        ``risk``: read to take risk off (flatten, stop, reconcile): the budget's reserve lane."""
         if not self._position_v2:
             as_of = self._timestamp()
             try:
-                data = await self._request(ep.POSITION_RISK_V3, {"symbol": symbol})
+                data = await self._request(ep.POSITION_RISK_V3, {"symbol": symbol}, risk=risk)
             except BinanceError as exc:
                 if exc.http_status != 404:
                     raise
@@ -447,7 +448,7 @@ class BinanceClient:
             else:
                 return _pick_position(data, symbol, as_of)
         as_of = self._timestamp()
-        data = await self._request(ep.POSITION_RISK_V2, {"symbol": symbol})
+        data = await self._request(ep.POSITION_RISK_V2, {"symbol": symbol}, risk=risk)
         return _pick_position(data, symbol, as_of)
 
     async def account(self) -> dict[str, Any]:
