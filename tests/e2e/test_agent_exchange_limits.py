@@ -27,12 +27,20 @@ async def test_an_order_at_its_modify_limit_is_replaced_not_amended_again(make_a
     caplog.set_level(logging.WARNING, logger="mmfleet.agent")
     agent = await make_agent(runtime=RUNTIME)
     await settled(agent, exchange)
-    await exchange.post("/sim/limits", {"max_modifies_per_order": 2})
-    for pct in (0.04, -0.04, 0.04, -0.04, 0.04, -0.04):  # small moves: the ladder amends its orders
+    await exchange.post("/sim/limits", {"max_modifies_per_order": 1})
+
+    def refusals() -> list[str]:
+        return [r.client_order_id for r in caplog.records
+                if getattr(r, "client_order_id", None) and "-5026" in r.getMessage()]
+
+    pct = 0.04
+    for _ in range(30):  # small moves, each followed by the agent's answer: the ladder amends its orders
+        if len(refusals()) >= 2:
+            break
+        pct = -pct
         await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": pct})
         await settled(agent, exchange)
-    refused = [r.client_order_id for r in caplog.records
-               if getattr(r, "client_order_id", None) and "-5026" in r.getMessage()]
+    refused = refusals()
     assert refused, "the drill never reached the modify limit"
     assert len(refused) == len(set(refused)), f"an order was amended again after -5026: {refused}"
     # a move every order must follow: the ones at their limit are cancelled and replaced
