@@ -36,7 +36,7 @@ from agents.orders import parse_client_order_id  # noqa: E402
 from controller.controller import ControllerSettings, build_spec, find_controller  # noqa: E402
 from controller.lease import GcsStore, LeaseBook  # noqa: E402
 from fleet.config import FleetConfig  # noqa: E402
-from fleet.fleet_cli import start_fleet, stop_fleet  # noqa: E402
+from fleet.ops.fleet_cli import start_fleet, stop_fleet  # noqa: E402
 
 SYMBOLS_PER_ACCOUNT = 10
 # A generic simulator symbol trades at ~100 with min notional 5. Every agent behind one IP shares

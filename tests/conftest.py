@@ -11,7 +11,7 @@ import os
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 # Every Ray cluster the tests start (in this process or in a `python -m fleet up` child) listens on
-# loopback only: Ray reads this when it is imported (see fleet.fleet_cli.LOOPBACK_ENV).
+# loopback only: Ray reads this when it is imported (see fleet.ops.fleet_cli.LOOPBACK_ENV).
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 import pytest

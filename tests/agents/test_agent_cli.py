@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet.agent_cli import AgentSetupError, add_arguments, prepare
+from fleet.ops.agent_cli import AgentSetupError, add_arguments, prepare
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "configs" / "fleet.demo.yaml"

@@ -23,7 +23,7 @@ import yaml
 from agents.orders import parse_client_order_id
 from controller.controller import ControllerSettings, build_spec, find_controller
 from fleet.config import FleetConfig
-from fleet.fleet_cli import FleetAlreadyRunning, start_fleet, stop_fleet
+from fleet.ops.fleet_cli import FleetAlreadyRunning, start_fleet, stop_fleet
 from tests import polling
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -395,7 +395,7 @@ def test_apply_removes_unlisted_symbols_and_resplits_the_accounts_rate_limits(fl
 def test_cli_status_exposure_kill_and_resume_talk_to_the_running_fleet(fleet, capsys):
     import json
 
-    from fleet.cli import main
+    from fleet.ops.cli import main
 
     fleet.all_quoting()
     assert main(["status", "--fleet", fleet.cfg.name, "--json"]) == 0

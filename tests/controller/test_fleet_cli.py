@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from controller.controller import build_spec, endpoints_of, parse_spec, rate_shares
-from fleet.cli import main
+from fleet.ops.cli import main
 from fleet.config import FleetConfig
-from fleet.fleet_cli import render_summary, render_table
+from fleet.ops.fleet_cli import render_summary, render_table
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -120,7 +120,7 @@ def sim_fleet_file(tmp_path: Path, symbols: list[str], sim_config: dict | None =
 @pytest.fixture
 def nothing_may_start(monkeypatch):
     """Fail the test if up gets as far as Ray, the simulator or the fleet."""
-    import fleet.fleet_cli as cli
+    import fleet.ops.fleet_cli as cli
 
     def forbidden(*_a, **_k):
         raise AssertionError("up started something although a symbol was refused")

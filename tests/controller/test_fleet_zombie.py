@@ -17,7 +17,7 @@ import ray as ray_module
 from agents.orders import parse_client_order_id
 from controller.controller import ControllerSettings, build_spec, get_or_create_controller
 from agents.lease_client import LeaseOwnership
-from fleet.fleet_cli import start_simulator, stop_fleet
+from fleet.ops.fleet_cli import start_simulator, stop_fleet
 from tests.controller.test_fleet import CONFIGS, Exchange, fleet_config, poll
 
 TTL_S = 3.0

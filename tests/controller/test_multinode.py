@@ -73,7 +73,7 @@ def start_exchange(state_dir: Path, symbols: tuple[str, ...]) -> tuple[Any, dict
 
     from fleet.sim.config import AccountSpec, load_sim_config
     from fleet.sim.thread import SimThread
-    from fleet.simhost import write_sim_keys
+    from fleet.ops.simhost import write_sim_keys
 
     key_file = str(write_sim_keys(state_dir / "main.sim-keys.yaml"))
     keys = yaml.safe_load(Path(key_file).read_text())

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fleet.demo.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "fleet.demo.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: Any) -> int:
-    from fleet.fleet_cli import up
+    from fleet.ops.fleet_cli import up
 
     code = up(argparse.Namespace(config=args.config, duration=args.duration, address=args.address, detach=False,
                                  refresh=args.refresh, quote_timeout=90.0))

@@ -13,16 +13,16 @@ import sys
 # command -> (module, function, help). The module exposes ``add_arguments(parser)`` and the function.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "sim": ("fleet.sim.__main__", "run", "run the Binance-compatible exchange simulator"),
-    "demo": ("fleet.demo", "run", "the demo: the fleet on the built-in simulator"),
-    "agent": ("fleet.agent_cli", "run", "run one symbol agent standalone (no Ray) until Ctrl-C"),
-    "up": ("fleet.fleet_cli", "up", "start the fleet on Ray (simulator, controller, agents, endpoint)"),
-    "apply": ("fleet.fleet_cli", "apply", "apply a changed config to the running fleet, live"),
-    "down": ("fleet.fleet_cli", "down", "stop the fleet: 0 open orders, no agents, no endpoint"),
-    "status": ("fleet.fleet_cli", "status", "the fleet's agents: state, epoch, lease, kill state"),
-    "exposure": ("fleet.fleet_cli", "exposure", "per symbol position, worst case vs cap, P&L"),
-    "kill": ("fleet.fleet_cli", "kill", "halt (or --flatten) symbols or the whole fleet"),
-    "resume": ("fleet.fleet_cli", "resume", "resume halted symbols"),
-    "validate": ("fleet.fleet_cli", "validate", "check a fleet config without starting anything"),
+    "demo": ("fleet.ops.demo", "run", "the demo: the fleet on the built-in simulator"),
+    "agent": ("fleet.ops.agent_cli", "run", "run one symbol agent standalone (no Ray) until Ctrl-C"),
+    "up": ("fleet.ops.fleet_cli", "up", "start the fleet on Ray (simulator, controller, agents, endpoint)"),
+    "apply": ("fleet.ops.fleet_cli", "apply", "apply a changed config to the running fleet, live"),
+    "down": ("fleet.ops.fleet_cli", "down", "stop the fleet: 0 open orders, no agents, no endpoint"),
+    "status": ("fleet.ops.fleet_cli", "status", "the fleet's agents: state, epoch, lease, kill state"),
+    "exposure": ("fleet.ops.fleet_cli", "exposure", "per symbol position, worst case vs cap, P&L"),
+    "kill": ("fleet.ops.fleet_cli", "kill", "halt (or --flatten) symbols or the whole fleet"),
+    "resume": ("fleet.ops.fleet_cli", "resume", "resume halted symbols"),
+    "validate": ("fleet.ops.fleet_cli", "validate", "check a fleet config without starting anything"),
     "journal": ("journal.cli", "run", "the trade journal: pnl, fills, events, export"),
 }
 

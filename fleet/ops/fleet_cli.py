@@ -313,7 +313,7 @@ def start_simulator(cfg: Any) -> tuple[Any, dict[str, str]]:
     """The simulator as a detached actor; each account's keys in a 0600 file under state_dir."""
     import ray
 
-    from fleet.simhost import SIM_ACTOR, SimHost, sim_key_file, write_sim_keys
+    from fleet.ops.simhost import SIM_ACTOR, SimHost, sim_key_file, write_sim_keys
 
     key_files = {a.name: str(write_sim_keys(sim_key_file(cfg.state_dir, cfg.name, a.name))) for a in cfg.accounts}
     sim_cfg = cfg.exchange.sim
@@ -340,7 +340,7 @@ def start_simulator(cfg: Any) -> tuple[Any, dict[str, str]]:
 def stop_simulator(namespace: str) -> None:
     import ray
 
-    from fleet.simhost import SIM_ACTOR
+    from fleet.ops.simhost import SIM_ACTOR
 
     try:
         host = ray.get_actor(SIM_ACTOR, namespace=namespace)
