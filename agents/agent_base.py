@@ -55,9 +55,12 @@ FATAL_START_CODES = frozenset({
     ErrorCode.REJECTED_MBX_KEY,
 })
 
-# When the book frame behind the request being sent in this task was read: (perf_counter_ns,
-# thread_time_ns), for anything below the client that wants tick-to-wire latency (the benchmark's
-# aiohttp trace hook); the thread's CPU clock separates the agent's own work from time preempted.
+# A measuring hook, documented in docs/architecture.md: when the book frame behind the request being
+# sent in this task was read, (perf_counter_ns, thread_time_ns), set by OrderFlow._send_batch for its
+# own task. Nothing in the project reads it; it is for an observer below the client that wants
+# tick-to-wire latency without widening the client's API (bench/agent_bench.py and journal_bench.py
+# read it in an aiohttp trace hook on the client's session). The thread's CPU clock separates the
+# agent's own work from time preempted. Its cost: one ContextVar.set per batch.
 Tick = tuple[int, int]
 TICK_READ: contextvars.ContextVar[Tick | None] = contextvars.ContextVar("mmfleet_tick_read", default=None)
 

@@ -233,17 +233,6 @@ class OrderLedger:
         asks.sort(key=_price)
         return bids, asks, ob, os_
 
-    def other_pending(self) -> tuple[int, int]:
-        """Pending (buy, sell) steps of open orders that are not the ladder's (or are being cancelled)."""
-        b = s = 0
-        for o in self.orders.values():
-            if o.reason != "ladder" or o.cancel_sent_ms is not None or o.status in _CLOSED:
-                if o.side == BUY:
-                    b += o.contrib
-                else:
-                    s += o.contrib
-        return b, s
-
     def get(self, client_order_id: str) -> LiveOrder | None:
         return self.orders.get(client_order_id) or self.closed.get(client_order_id)
 

@@ -222,9 +222,6 @@ class Store:
         """Live ladder bids and asks (inner to outer), and the pending (buy, sell) steps of the rest."""
         return self.ledger.ladder_view()
 
-    def other_pending(self) -> tuple[int, int]:
-        return self.ledger.other_pending()
-
     def get(self, client_order_id: str) -> LiveOrder | None:
         return self.ledger.get(client_order_id)
 
