@@ -27,8 +27,7 @@ ALLOWED: dict[tuple[str, str], int] = {
     ("agents/orders.py", "OrderManager._side"): 79,
     ("agents/strategy.py", "GeometricV2.quote"): 110,
     # the exchange client (the signed request and its answers in one method)
-    ("fleet/binance/client.py", "BinanceClient"): 468,
-    ("fleet/binance/client.py", "BinanceClient._send"): 65,
+    ("fleet/binance/client.py", "BinanceClient"): 463,
 }
 
 

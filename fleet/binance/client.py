@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 from decimal import Decimal
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import aiohttp
 import orjson
@@ -55,6 +55,16 @@ BATCH_PLACE_MAX = 5
 BATCH_CANCEL_MAX = 10
 
 
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def lost_answer(method: str, path: str, why: str, mutating: bool) -> ServerError:
+    """The request was sent and its answer never came: a write's outcome is unknown."""
+    what = f"{method} {path}: {why} after the request was sent"
+    return OutcomeUnknownError(0, what, None) if mutating else ServerError(0, what, None)
+
+
 def _dec(value: Any) -> Decimal:
     return Decimal(str(value)) if value not in (None, "") else Decimal(0)
 
@@ -77,6 +87,7 @@ class BinanceClient:
         recv_window: int = 5000,
         timeout: float = 10,
         params_in_body: bool = True,
+        clock_ms: Callable[[], int] | None = None,
     ) -> None:
         self.rest_url = rest_url.rstrip("/")
         self._api_key = api_key
@@ -85,6 +96,7 @@ class BinanceClient:
         self.recv_window = int(recv_window)
         self.timeout = float(timeout)
         self.params_in_body = params_in_body
+        self.clock_ms = clock_ms or _wall_ms  # local time in ms (a simulated run injects its clock)
         self.time_offset_ms = 0  # exchange time - local time
         self._session: aiohttp.ClientSession | None = None
         self._position_v2 = False
@@ -139,7 +151,7 @@ class BinanceClient:
     # -- the request core ----------------------------------------------------------------------
 
     def _timestamp(self) -> int:
-        return int(time.time() * 1000) + self.time_offset_ms
+        return self.clock_ms() + self.time_offset_ms
 
     async def _request(
         self,
@@ -195,31 +207,11 @@ class BinanceClient:
             body = encoded.encode()
         elif encoded:
             url = f"{url}?{encoded}"
+        self.requests_sent += 1
+        status, raw, resp_headers = await self._http(method, path, url, body, headers, endpoint.mutating)
+        self.budget.observe_headers(resp_headers)
         mutating = endpoint.mutating
-        try:
-            self.requests_sent += 1
-            # encoded=True: send the query exactly as signed (yarl would otherwise re-quote it)
-            async with self.session.request(method, URL(url, encoded=True), data=body, headers=headers) as resp:
-                status = resp.status
-                raw = await resp.read()
-                self.budget.observe_headers(resp.headers)
-                resp_headers = resp.headers
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            # the connection never opened: nothing reached the exchange
-            raise ServerError(0, f"cannot connect for {method} {path}: {type(exc).__name__}", None) from exc
-        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
-            what = f"{method} {path}: {type(exc).__name__} after the request was sent"
-            if mutating:
-                raise OutcomeUnknownError(0, what, None) from exc
-            raise ServerError(0, what, None) from exc
-        try:
-            payload = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            payload = raw[:300].decode("utf-8", "replace")
-        if 200 <= status < 300 and isinstance(payload, str):
-            # a success status without JSON (a proxy's page?): for a write we cannot tell what happened
-            what = f"{method} {path}: HTTP {status} with a non-JSON body: {payload[:100]!r}"
-            raise (OutcomeUnknownError if mutating else ServerError)(0, what, status)
+        payload = _decode(raw, status, method, path, mutating)
         if 200 <= status < 300 and not (isinstance(payload, dict) and _is_error_payload(payload)):
             return payload
         err = error_from_payload(payload, status, resp_headers)
@@ -237,6 +229,21 @@ class BinanceClient:
             err = for_write(err)  # a 5xx that is not a documented definite failure may have executed
         raise err
 
+    async def _http(self, method: str, path: str, url: str, body: bytes | None, headers: dict[str, str],
+                    mutating: bool) -> tuple[int, bytes, Mapping[str, str]]:
+        """One HTTP exchange on the session: (status, raw body, headers). A connection that never opened
+        is a :class:`ServerError` (nothing was sent); one lost after sending is an
+        :class:`OutcomeUnknownError` for a write. The in-process transport replaces only this method."""
+        try:
+            # encoded=True: send the query exactly as signed (yarl would otherwise re-quote it)
+            async with self.session.request(method, URL(url, encoded=True), data=body, headers=headers) as resp:
+                return resp.status, await resp.read(), resp.headers
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            # the connection never opened: nothing reached the exchange
+            raise ServerError(0, f"cannot connect for {method} {path}: {type(exc).__name__}", None) from exc
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            raise lost_answer(method, path, type(exc).__name__, mutating) from exc
+
     # -- time and market data ------------------------------------------------------------------
 
     async def server_time(self) -> int:
@@ -245,9 +252,9 @@ class BinanceClient:
 
     async def sync_time(self) -> int:
         """Learn the exchange clock's offset from ours (ms) from ``/fapi/v1/time``; returns it."""
-        before = time.time() * 1000
+        before = self.clock_ms()
         server = await self.server_time()
-        after = time.time() * 1000
+        after = self.clock_ms()
         self.time_offset_ms = int(round(server - (before + after) / 2))
         return self.time_offset_ms
 
@@ -528,6 +535,19 @@ class BinanceClient:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+
+def _decode(raw: bytes, status: int, method: str, path: str, mutating: bool) -> Any:
+    """The answer's JSON; a body that is not JSON comes back as its text (the start of it), except that a
+    success status without JSON (a proxy's page?) is an error: for a write we cannot tell what happened."""
+    try:
+        return orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        text = raw[:300].decode("utf-8", "replace")
+    if 200 <= status < 300:
+        what = f"{method} {path}: HTTP {status} with a non-JSON body: {text[:100]!r}"
+        raise (OutcomeUnknownError if mutating else ServerError)(0, what, status)
+    return text
 
 
 def _is_error_payload(payload: Mapping[str, Any]) -> bool:

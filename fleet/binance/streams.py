@@ -138,8 +138,10 @@ class _FrameStream:
         open_timeout: float = 10.0,
         max_queue: int = 10_000,
         on_event: EventHandler | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.urls = list(urls)
+        self._mono = clock or time.monotonic  # seconds; a simulated run injects its clock
         self._parser = parser
         self._on_event = on_event
         self.idle_timeout = idle_timeout
@@ -194,7 +196,7 @@ class _FrameStream:
         except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
             await self.close()
             raise StreamClosedError(f"{self.kind}: cannot connect: {type(exc).__name__}: {exc}") from exc
-        self.last_frame_monotonic = time.monotonic()
+        self.last_frame_monotonic = self._mono()
         self._readers = [asyncio.create_task(self._read(c), name=f"{self.kind}-reader") for c in self._conns]
 
     async def close(self) -> None:
@@ -222,7 +224,7 @@ class _FrameStream:
         """Seconds since the last frame (0 before connecting)."""
         if self.last_frame_monotonic is None:
             return 0.0
-        return time.monotonic() - self.last_frame_monotonic
+        return self._mono() - self.last_frame_monotonic
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -232,7 +234,7 @@ class _FrameStream:
         try:
             async for message in conn:
                 self.frames += 1
-                self.last_frame_monotonic = time.monotonic()
+                self.last_frame_monotonic = self._mono()
                 if self._on_event is not None:
                     self._deliver(message)
                     continue
@@ -249,10 +251,15 @@ class _FrameStream:
 
     def _handle(self, message: str | bytes) -> list[Any]:
         try:
-            obj = unwrap(decode(message))
+            obj = decode(message)
         except FrameError as exc:
             self._bad(message, exc)
             return []
+        return self._events_of(obj, message)
+
+    def _events_of(self, obj: Any, message: Any) -> list[Any]:
+        """The events of one decoded frame (a combined-stream envelope, an event or a list of them)."""
+        obj = unwrap(obj)
         items = obj if isinstance(obj, list) else [obj]
         out = []
         for item in items:
@@ -277,9 +284,12 @@ class _FrameStream:
         """Hand the frame's events to ``on_event`` at once, stamped with the frame's read time."""
         read_ns = time.perf_counter_ns()
         self.frame_read_cpu_ns = time.thread_time_ns()
+        self._hand_over(self._handle(message), read_ns)
+
+    def _hand_over(self, events: list[Any], read_ns: int) -> None:
         handler = self._on_event
         assert handler is not None
-        for event in self._handle(message):
+        for event in events:
             self.events += 1
             try:
                 handler(event, read_ns)
@@ -289,7 +299,10 @@ class _FrameStream:
 
     def _bad(self, message: str | bytes, exc: Exception) -> None:
         self.malformed += 1
-        text = message if isinstance(message, str) else message.decode("utf-8", "replace")
+        if isinstance(message, (bytes, bytearray)):
+            text = message.decode("utf-8", "replace")
+        else:
+            text = message if isinstance(message, str) else repr(message)
         log.warning("%s: skipped malformed frame (%s): %.200s", self.kind, exc, text)
 
     def __aiter__(self):

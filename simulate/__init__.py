@@ -1,0 +1,1 @@
+"""The whole agent on a simulated clock: ``python -m fleet simulate`` (see docs/architecture.md)."""
