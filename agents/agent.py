@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections import deque
 from typing import Any, Awaitable, Callable
 
@@ -76,8 +77,10 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
         rate_share: float = 1.0,
         clock: Clock = WALL_CLOCK,
         transport: Transport | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.clock = clock  # every time read and sleep of the runtime goes through it
+        self.rng = rng or random.Random()  # back-off jitter; a simulated run seeds it
         # the client and the streams come from the transport (real sockets unless one is injected)
         self.transport: Transport = transport or NetworkTransport(endpoints, credentials)
         self.fleet_name = fleet_name
@@ -88,7 +91,7 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
         self._ownership = ownership
         self.log = AgentLog(logger or logging.getLogger("mmfleet.agent"), symbol)
         self.metrics = AgentMetrics(symbol)
-        self.budget = RateBudget(share=rate_share)
+        self.budget = RateBudget(share=rate_share, clock=clock.monotonic)
         self.core: AgentCore | None = None
         self.filters: SymbolFilters | None = None
         self.grant: Grant | None = None
@@ -149,7 +152,8 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
         self.log.event("ownership_acquired", f"owned {self.symbol} at epoch {grant.epoch}", state=grant.kill_state)
         self._client = self.transport.client(self.budget)
         await self._client.open()
-        backoff = Backoff(self.runtime.reconnect_backoff_initial_sec, self.runtime.reconnect_backoff_max_sec)
+        backoff = Backoff(self.runtime.reconnect_backoff_initial_sec, self.runtime.reconnect_backoff_max_sec,
+                          rng=self.rng)
         while not self._stopping:
             self.counters["start_attempts"] += 1
             try:

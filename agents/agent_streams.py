@@ -66,7 +66,8 @@ class Streams:
         self.log.event("market_stream_connected", "WebSocket MarketStream connected")
 
     async def _market_loop(self) -> None:
-        backoff = Backoff(self.runtime.reconnect_backoff_initial_sec, self.runtime.reconnect_backoff_max_sec)
+        backoff = Backoff(self.runtime.reconnect_backoff_initial_sec, self.runtime.reconnect_backoff_max_sec,
+                          rng=self.rng)
         while not self._stopping:
             stream = self._market
             if stream is None:
@@ -129,7 +130,8 @@ class Streams:
 
     async def _user_loop(self) -> None:
         """Consume the user stream; on loss: block, cancel via REST after the grace, reconnect, resync."""
-        backoff = Backoff(self.runtime.reconnect_backoff_initial_sec, self.runtime.reconnect_backoff_max_sec)
+        backoff = Backoff(self.runtime.reconnect_backoff_initial_sec, self.runtime.reconnect_backoff_max_sec,
+                          rng=self.rng)
         while not self._stopping:
             stream = self._user
             if stream is not None:

@@ -81,6 +81,9 @@ class Engine(EngineViews):
         self._deadline = FAR_MS
         self.tran_id = 1
         self.max_modifies = config.max_modifies_per_order  # -5026 past this many modifies of one order
+        # an observer of every fill (b, order, qty steps, price ticks, maker, t, commission, realized), e.g.
+        # a simulated run's spread capture against the mid at the fill; None = nobody watches
+        self.on_fill: Any = None
 
     # -- small helpers ----------------------------------------------------------------------------
 
@@ -630,6 +633,8 @@ class Engine(EngineViews):
                                  s8(px * q_dec), s8(commission), asset, s8(realized), maker, t))
         if len(acct.trades) > 100000:
             del acct.trades[:20000]
+        if self.on_fill is not None:
+            self.on_fill(b, o, qty, price, maker, t, commission, realized)
         self._emit_user(acct.name, (render_trade_lite, b, o, o.orig, o.price, price, qty, trade_id, maker, t))
         self._emit_account_update(acct, b, "ORDER", t, ZERO)
         self._emit_order_update(acct, b, o, "TRADE", t, last_qty=qty, last_price=price, commission=commission,

@@ -1,0 +1,142 @@
+"""Faults and market events scheduled in a simulated run, from a small YAML file.
+
+A list of events, each with a time from the run's start (``at``: seconds, or ``90s``, ``15m``,
+``2h``) and what happens (``do``)::
+
+    - {at: 2h, do: drop, target: user}              # streams cut (market | user | all)
+    - {at: 3h, do: rest_fault, mode: late, count: 3, path: /fapi/v1/batchOrders}
+    - {at: 4h, do: jump, symbol: ETHUSDC, pct: -2.0}
+    - {at: 5h, do: freeze, symbol: ETHUSDC, seconds: 20}   # market data stops, then resumes
+    - {at: 6h, do: expire_listen_key}
+    - {at: 7h, do: funding_rate, symbol: ETHUSDC, rate: "0.0008"}   # null: wander again
+    - {at: 8h, do: latency, ms: 300}                # REST latency from now on (0: back to the config's)
+
+``rest_fault`` takes the fields of the simulator's ``POST /sim/fault/rest`` (mode, count, path,
+method, answer, status, delay_ms, hold_ms, entries, entry). A bad file is refused before the run
+starts, naming the event and the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fleet.sim.faults import parse_fault
+from fleet.sim.local import LocalExchange
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+class ScheduleError(ValueError):
+    """The schedule file is unreadable or names a bad event."""
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"15m"``, ``"2h"``, ``"1d"``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a duration (e.g. 90, 90s, 15m, 2h)")
+    return float(m.group(1)) * _UNIT_S[m.group(2)]
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    at: float = Field(..., ge=0, description="seconds from the run's start")
+    do: Literal["drop", "rest_fault", "jump", "freeze", "expire_listen_key", "funding_rate", "latency"]
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float:
+        return parse_duration(v)
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def load_schedule(source: str | Path | list[Any] | None) -> list[Event]:
+    """Events sorted by time; :class:`ScheduleError` naming the bad event and field."""
+    if source is None:
+        return []
+    data: Any = source
+    if isinstance(source, (str, Path)):
+        try:
+            data = yaml.safe_load(Path(source).read_text()) or []
+        except (OSError, yaml.YAMLError) as exc:
+            raise ScheduleError(f"cannot read schedule {source}: {exc}") from exc
+    if not isinstance(data, list):
+        raise ScheduleError("a schedule is a list of events ({at: 2h, do: drop, target: user}, ...)")
+    events = []
+    for i, item in enumerate(data):
+        try:
+            ev = Event.model_validate(item)
+            _check(ev)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or "(event)"
+            raise ScheduleError(f"schedule event {i}: {field}: {err['msg']}") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ScheduleError(f"schedule event {i} ({item!r}): {exc}") from None
+        events.append(ev)
+    return sorted(events, key=lambda e: e.at)
+
+
+def _check(ev: Event) -> None:
+    a = ev.args
+    if ev.do == "rest_fault":
+        parse_fault(a)
+    elif ev.do == "drop" and a.get("target", "all") not in ("market", "user", "all"):
+        raise ValueError("target must be market, user or all")
+    elif ev.do == "jump":
+        float(a["pct"])
+    elif ev.do == "freeze":
+        parse_duration(a.get("seconds", 10))
+    elif ev.do == "latency" and int(a.get("ms", 0)) < 0:
+        raise ValueError("ms must be >= 0")
+
+
+def _symbol(ex: LocalExchange, args: dict[str, Any]) -> str:
+    return ex.engine.book(args.get("symbol")).symbol
+
+
+def apply(ev: Event, ex: LocalExchange, now_ms: int) -> None:
+    """Carry out one event on the in-process exchange now."""
+    a = ev.args
+    e = ex.engine
+    if ev.do == "drop":
+        ex.drop(a.get("target", "all"), a.get("account"))
+    elif ev.do == "rest_fault":
+        ex.faults.append(parse_fault(a))
+    elif ev.do == "jump":
+        e.jump(_symbol(ex, a), float(a["pct"]), now_ms)
+    elif ev.do == "freeze":
+        symbol = _symbol(ex, a)
+        e.set_frozen(symbol, True, str(a.get("mode", "data")))
+        asyncio.get_running_loop().call_later(parse_duration(a.get("seconds", 10)), e.set_frozen, symbol, False,
+                                              str(a.get("mode", "data")))
+    elif ev.do == "expire_listen_key":
+        e.expire_listen_key(a.get("account", "main"), now_ms)
+    elif ev.do == "funding_rate":
+        e.set_funding_rate(_symbol(ex, a), a.get("rate"))
+    elif ev.do == "latency":
+        ms = int(a.get("ms", 0))
+        ex.latency = (ms, a.get("path")) if ms else (ex.config.rest_latency_ms, None)
+    ex._flush()
+
+
+async def play(events: list[Event], ex: LocalExchange, clock: Any, start: float) -> None:
+    """Carry out each event at its time (the run's clock, seconds from ``start``)."""
+    for ev in events:
+        wait = start + ev.at - clock.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        apply(ev, ex, clock.time_ms())
