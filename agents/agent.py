@@ -98,17 +98,15 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
         self._client: BinanceClient | None = None
         self._market: MarketStream | None = None
         self._user: UserStream | None = None
-        self._user_connected = False
-        self._market_connected = False
+        self._user_connected = self._market_connected = False
         self._blocks: set[str] = {BLOCK_STARTING}
         self._lease = LeaseClock(LEASE_MARGIN_S)
-        self._started = False
-        self._stopping = False
-        self._stopped = False
+        self._started = self._stopping = self._stopped = False
         self._done: asyncio.Event | None = None
         self._stop_task: asyncio.Task | None = None
         self._stop_summary: dict | None = None
         self._tasks: list[asyncio.Task] = []
+        self._sleepers: set[asyncio.Future] = set()  # timers' sleeps, cut short by the stop
         self._inflight: set[asyncio.Task] = set()
         self._lookups: dict[str, float] = {}
         self._sending: dict[str, int] = {}  # client order id -> requests about it still awaiting an answer
@@ -446,12 +444,16 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
                 self._spawn(restart(), task.get_name())
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
-        end = self.clock.monotonic() + seconds
-        while not self._stopping:
-            left = end - self.clock.monotonic()
-            if left <= 0:
-                return
-            await self.clock.sleep(min(left, 0.1))
+        """Sleep ``seconds`` on the injected clock, or less: the stop wakes every such sleep at once."""
+        if self._stopping or seconds <= 0:
+            return
+        sleep = asyncio.ensure_future(self.clock.sleep(seconds))
+        self._sleepers.add(sleep)
+        try:
+            await asyncio.wait((sleep,))  # returns when the sleep ends or the stop cancels it
+        finally:
+            self._sleepers.discard(sleep)
+            sleep.cancel()  # (this task itself was cancelled)
 
     def _require_client(self) -> BinanceClient:
         if self._client is None:

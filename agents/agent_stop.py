@@ -97,6 +97,8 @@ class Shutdown:
     async def _stop(self, flatten: bool) -> dict:
         t0 = self.clock.monotonic()
         self._stopping = True
+        for sleep in list(self._sleepers):  # the timers' loops see the stop now, not at their next beat
+            sleep.cancel()
         self._blocks.add(BLOCK_STOPPING)
         self.log.event("stopping", f"stopping (flatten={flatten})")
         budget = self.runtime.stop_timeout_sec

@@ -52,3 +52,17 @@ def sim_thread() -> Iterator[SimThread]:
         yield thread
     finally:
         thread.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One private local Ray cluster for the whole session (starting Ray costs ~8 s on two cores; tests
+    isolate themselves by fleet name / namespace); never attaches to a developer's running cluster."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")
+    yield ray
+    ray.shutdown()

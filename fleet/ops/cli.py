@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "resume": ("fleet.ops.fleet_cli", "resume", "resume halted symbols"),
     "validate": ("fleet.ops.fleet_cli", "validate", "check a fleet config without starting anything"),
     "journal": ("journal.cli", "run", "the trade journal: pnl, fills, events, export"),
+    "simulate": ("fleet.ops.simulate_cli", "run", "days of the agents in minutes on a simulated clock; sweeps"),
 }
 
 

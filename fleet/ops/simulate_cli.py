@@ -1,0 +1,143 @@
+"""``python -m fleet simulate``: days of the fleet's own agents in minutes, on a simulated clock.
+
+    python -m fleet simulate --config configs/fleet.demo.yaml --symbols ETHUSDC --hours 48 --seed 7 \\
+        [--schedule faults.yaml] [--report out.html] [--json out.json]
+    python -m fleet simulate --config ... --hours 24 --sweep size_decay_k=3.8,4.1 base_size=0.007,0.008 \\
+        [--objective pnl_total | --minimize worst_long_above_share] [--address RAY_ADDRESS]
+
+Prints the seed's tuning table per symbol and the tuning rules that apply; a sweep prints one row
+per combination, best first, after running them as Ray tasks (a loopback-only local cluster unless
+``--address`` names a running one). Exit codes: 0 done, 2 bad arguments or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_BAD = 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="fleet config YAML (its symbols and their params)")
+    parser.add_argument("--symbols", help="comma-separated symbols of the config (default: all of them)")
+    parser.add_argument("--hours", type=float, default=48.0, help="simulated hours (default 48)")
+    parser.add_argument("--seed", type=int, default=7, help="the run's seed: the same seed prints the same table")
+    parser.add_argument("--sim-config", help="simulator YAML (market model, funding); default: the fleet "
+                                             "config's simulator config, else the simulator's defaults")
+    parser.add_argument("--replay", help="a recording directory (python -m fleet record) to replay as the market")
+    parser.add_argument("--schedule", help="YAML list of faults and market events (see simulate/schedule.py)")
+    parser.add_argument("--rest-latency-ms", type=float, default=2.0, help="a REST round trip (default 2)")
+    parser.add_argument("--stream-latency-ms", type=float, default=1.0, help="engine -> agent frame delay (default 1)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a parameter for this run (e.g. size_decay_k=4.1); repeatable")
+    parser.add_argument("--sweep", nargs="+", metavar="NAME=V1,V2", help="run the grid of these values as Ray tasks")
+    parser.add_argument("--objective", default="pnl_total", help="table key a sweep is sorted by (default pnl_total)")
+    parser.add_argument("--minimize", action="store_true", help="sort the sweep ascending (e.g. a worst-case share)")
+    parser.add_argument("--address", default="local", help="Ray address for a sweep (default: a local cluster)")
+    parser.add_argument("--report", help="write the HTML report here (one self-contained offline file)")
+    parser.add_argument("--json", help="write the full result (tables and series) as JSON here")
+    parser.add_argument("--points", type=int, default=20_000, help="series rows kept per symbol (default 20,000)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--verbose", action="store_true", help="the agents' log on stderr (normally counted only)")
+
+
+def _options(args: argparse.Namespace) -> Any:
+    from simulate.run import RunOptions
+    from simulate.schedule import load_schedule
+
+    if args.hours <= 0:
+        raise ValueError("--hours must be positive")
+    sim_config: Any = args.sim_config
+    if args.replay:
+        from fleet.sim.config import load_sim_config
+
+        base = load_sim_config(args.sim_config) if args.sim_config else None
+        data = base.model_dump() if base is not None else {}
+        sim_config = {**data, "replay": str(Path(args.replay).resolve())}
+    return RunOptions(
+        hours=args.hours, seed=args.seed,
+        symbols=[s.strip().upper() for s in args.symbols.split(",") if s.strip()] if args.symbols else None,
+        rest_latency_ms=args.rest_latency_ms, stream_latency_ms=args.stream_latency_ms, sim_config=sim_config,
+        schedule=load_schedule(args.schedule) if args.schedule else [], points=args.points,
+        progress=None if args.no_progress else _progress_bar(args.hours))
+
+
+def _progress_bar(hours: float) -> Any:
+    tty = sys.stderr.isatty()
+
+    def show(done_h: float, wall_s: float) -> None:
+        share = min(done_h / hours, 1.0)
+        if not tty and round(share * 100) % 10:
+            return
+        bar = "#" * int(share * 30)
+        end = "\n" if not tty or share >= 1.0 else ""
+        sys.stderr.write(f"\r[{bar:<30}] {done_h:7.2f} / {hours:g} simulated h  {wall_s:6.1f} s wall{end}")
+        sys.stderr.flush()
+
+    return show
+
+
+def run(args: argparse.Namespace) -> int:
+    from fleet.config import ConfigError, load_fleet_config
+    from simulate.params import OverrideError, parse_sweep
+    from simulate.schedule import ScheduleError
+
+    try:
+        cfg = load_fleet_config(args.config)
+        opts = _options(args)
+        overrides = parse_sweep(args.set)[0] if args.set else {}
+        combos = parse_sweep(args.sweep) if args.sweep else []
+    except (ConfigError, OverrideError, ScheduleError, ValueError) as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
+        return EXIT_BAD
+    try:
+        if combos:
+            return _sweep(args, opts, [{**overrides, **c} for c in combos])
+        return _single(args, cfg, opts, overrides)
+    except (ConfigError, OverrideError, ValueError, KeyError) as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
+        return EXIT_BAD
+
+
+def _single(args: argparse.Namespace, cfg: Any, opts: Any, overrides: dict[str, Any]) -> int:
+    from simulate.run import simulate
+    from simulate.table import format_table
+
+    result = simulate(cfg, args.config, opts, overrides, verbose=args.verbose)
+    print(format_table(result))
+    print(f"\n{result.hours:g} simulated hours in {result.wall_s:.1f} s wall "
+          f"({result.hours / max(result.wall_s, 1e-9):.2f} simulated h/s, {result.events:,} events)")
+    _write(args, result)
+    return 0
+
+
+def _sweep(args: argparse.Namespace, opts: Any, combos: list[dict[str, Any]]) -> int:
+    from fleet.ops.fleet_cli import connect
+    from simulate.sweep import rank, run_sweep, sweep_table
+
+    connect(args.address, "mmfleet-simulate", start_local=True)
+    print(f"sweep: {len(combos)} combinations of {opts.hours:g} simulated hours as Ray tasks", file=sys.stderr)
+    done: list[Any] = []
+    results = run_sweep(args.config, opts, combos,
+                        on_done=lambda r: (done.append(r), print(f"  done {len(done)}/{len(combos)}: {r.overrides}",
+                                                                 file=sys.stderr)))
+    ranked = rank(results, args.objective, args.minimize)
+    print(sweep_table(ranked, args.objective))
+    _write(args, ranked[0])
+    return 0
+
+
+def _write(args: argparse.Namespace, result: Any) -> None:
+    if args.report:
+        from simulate.report import write_report
+
+        path = write_report(result, args.report)
+        print(f"report: {path}")
+    if args.json:
+        import orjson
+
+        Path(args.json).write_bytes(orjson.dumps(result.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY))
+        print(f"json: {args.json}")
