@@ -1,7 +1,9 @@
 """``python -m fleet sim``: run the exchange simulator until Ctrl-C / SIGTERM.
 
 Prints the REST and WS URLs and each account's key and secret (``--json``: one JSON line, for
-scripts), once the port is accepting connections.
+scripts), once the port is accepting connections. ``--replay DIR`` (or ``replay: DIR`` in the
+config) replays a recording (``python -m fleet record``, docs/recording.md) as the market instead of
+the model, its first line at the simulator's start.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "config's symbols, else ETHUSDC,BTCUSDT,SOLUSDT")
     parser.add_argument("--seed", type=int, default=7, help="seed of the market model")
     parser.add_argument("--config", default=None, help="simulator YAML (market, funding, limits, accounts)")
+    parser.add_argument("--replay", default=None, metavar="DIR",
+                        help="replay this recording (python -m fleet record; docs/recording.md) as the market "
+                             "instead of the model: recorded books, trades and marks, shifted to start now; "
+                             "the symbols default to the recording's")
     parser.add_argument("--accounts", default=None,
                         help="comma-separated account names (default: the config's, else 'main'); "
                              "each starts with 100,000 USDT and 100,000 USDC")
@@ -51,6 +57,8 @@ async def _serve(args: argparse.Namespace) -> None:
         config = load_sim_config(args.config)
     except SimConfigError as exc:
         raise SystemExit(f"sim: {exc}") from None
+    if args.replay is not None:
+        config = config.model_copy(update={"replay": args.replay})
     if args.accounts:
         from fleet.sim.config import AccountSpec
 
@@ -66,8 +74,11 @@ async def _serve(args: argparse.Namespace) -> None:
         if args.funding_interval <= 0:
             raise SystemExit("--funding-interval must be positive")
         config = config.model_copy(update={"funding_interval_s": args.funding_interval})
-    sim = SimServer(symbols=_symbols(args.symbols), seed=args.seed, host=args.host, port=args.port,
-                    config=config, api_key=args.api_key, api_secret=args.api_secret)
+    try:
+        sim = SimServer(symbols=_symbols(args.symbols), seed=args.seed, host=args.host, port=args.port,
+                        config=config, api_key=args.api_key, api_secret=args.api_secret)
+    except SimConfigError as exc:  # a recording that cannot be replayed (RecordingError)
+        raise SystemExit(f"sim: {exc}") from None
     await sim.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -146,6 +146,8 @@ class SimConfig(_Model):
                                                           "off = the real cross frame without a symbol")
     max_modifies_per_order: int = Field(10000, ge=1, description="PUT order answers -5026 once an order was "
                                                                  "modified this many times (Binance: < 10000)")
+    replay: str | None = Field(None, description="a recording directory (docs/recording.md) replayed as the "
+                                                 "market instead of the model; None = the model")
 
     def symbol_specs(self, names: list[str] | None = None) -> tuple[SymbolSpec, ...]:
         """The configured specs, plus defaults for names not configured (in the given order)."""

@@ -21,6 +21,7 @@ from fleet.sim.frames import (render, render_account_update, render_agg, render_
                               render_list, render_mark, render_order_update, render_trade_lite)
 from fleet.sim.market import MarketModel
 from fleet.sim.orders import CLIENT_ID_RE, Account, Order, Trade
+from fleet.sim.replay import ReplayMarket
 from fleet.sim.units import ZERO, decimals_in, fast_units, q8, s8
 from fleet.sim.views import EngineViews
 
@@ -49,7 +50,11 @@ class Engine(EngineViews):
         self._seq = 0
         self.maker_rate = Decimal(config.maker_commission)
         self.taker_rate = Decimal(config.taker_commission)
-        for i, spec in enumerate(config.symbol_specs(symbols)):
+        # the market: the model (default), or a recording replayed (config.replay; fleet/sim/replay.py)
+        self.replay = ReplayMarket(config, symbols, seed, now_ms) if config.replay else None
+        if self.replay is not None:
+            self.books.update(self.replay.books)
+        for i, spec in enumerate(() if self.replay is not None else config.symbol_specs(symbols)):
             mp = config.market.model_copy(update={
                 "start_price": spec.start_price,
                 **({"volatility": spec.volatility} if spec.volatility is not None else {}),
@@ -73,6 +78,8 @@ class Engine(EngineViews):
         self.next_step_ms = (now_ms // self.step_ms + 1) * self.step_ms
         self.funding_interval_ms = int(config.funding_interval_s * 1000)
         self.next_funding_ms = (now_ms // self.funding_interval_ms + 1) * self.funding_interval_ms
+        if self.replay is not None and self.replay.next_funding_ms < FAR_MS:
+            self.next_funding_ms = self.replay.next_funding_ms  # the recording's next funding time
         self.next_mark_ms = (now_ms // config.mark_interval_ms + 1) * config.mark_interval_ms
         self.next_mark3_ms = (now_ms // 3000 + 1) * 3000
         self.depth_due: dict[str, int] = {}
@@ -149,7 +156,11 @@ class Engine(EngineViews):
 
     def advance(self, now_ms: int) -> None:
         """Move the exchange to ``now_ms``: market steps, mark/funding, countdowns, key expiry, each at its
-        own time (so accelerated runs fire a dead-man switch at its deadline, not at the end of a jump)."""
+        own time (so accelerated runs fire a dead-man switch at its deadline, not at the end of a jump).
+        A replayed market moves by its recorded lines instead (:meth:`ReplayMarket.advance`)."""
+        if self.replay is not None:
+            self.replay.advance(self, now_ms)
+            return
         if now_ms < self.next_step_ms and now_ms < self._deadline:
             if now_ms > self.now_ms:
                 self.now_ms = now_ms

@@ -2,7 +2,9 @@
 
 The only I/O around :class:`fleet.sim.engine.Engine`: it parses and signs-checks requests, counts
 rate limits, injects faults, drives the engine with the wall clock every 10 ms and pushes the
-engine's frames to the connected sockets.
+engine's frames to the connected sockets. The market is the engine's regime model, or a recording
+replayed (config ``replay``: a recording directory, docs/recording.md; it starts when the server is
+constructed).
 
 Admin routes (never under /fapi; JSON body in, JSON out; no API key; HTTP 400 {"error": ...} on bad
 input, 404 on an unknown route)::
@@ -19,6 +21,9 @@ input, 404 on an unknown route)::
              "listen_key_active", "markets": {SYM: {"mid", "mark_price", "bid", "ask", "regime",
                                    "funding_rate", "funding_pinned", "frozen", "price_held", "next_funding_time",
                                    "funding_history"}},
+             "replay": null, or for a replayed market {"directory", "symbols", "start_ms", "shift_ms",
+                       "position_ms", "lines_applied", "done", "malformed", "out_of_order", "cut_short",
+                       "ignored"},
              "connections": {"market", "user", "total"}, "faults_pending": [...],
              "deferred": [{"method", "path", "account", "due_ms", "expires_ms", "newClientOrderId"}],
              "server": {"rest_requests", "ws_frames_sent", "ws_bad_messages", "ws_slow_dropped",
@@ -88,6 +93,7 @@ input, 404 on an unknown route)::
          "frozen": false undoes the given mode; symbol optional = all -> {"symbols": [...]}
     POST /sim/market/jump    {"symbol": "ETHUSDC", "pct": -2.0}
          move the mid at once; resting orders the move crosses fill at their price -> {"mid": new mid}
+         (a replayed market cannot jump: 400)
     POST /sim/funding/rate   {"symbol": "ETHUSDC", "rate": "0.0005"}  pin the rate (null: wander again)
     POST /sim/funding/settle {"symbol": "ETHUSDC"}   settle now (symbol optional: all)
          -> {"charged": [{"account", "symbol", "fee", "mark_price", "rate", "position"}]}
@@ -134,7 +140,9 @@ class SimServer(ExchangeGateway, StreamGateway, AdminRoutes):
     """The running simulator. ``async with SimServer(symbols=["ETHUSDC"], seed=7) as sim: ...``
 
     symbols: names (unknown ones get a generic spec; None = the config's or the three defaults);
-    config: a SimConfig, a dict or a YAML path; api_key/api_secret: fix the first account's keys;
+    config: a SimConfig, a dict or a YAML path (its ``replay``: a recording directory replayed as the
+    market, its first line now; symbols None = the recording's); api_key/api_secret: fix the first
+    account's keys;
     clock: ms since the epoch (default the wall clock; a test may pass its own). After ``start``:
     ``rest_url``, ``ws_url``, ``accounts`` [(name, api_key, api_secret)], ``engine``.
     """

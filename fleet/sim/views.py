@@ -18,6 +18,7 @@ class EngineViews:
     accounts: dict[str, Account]
     now_ms: int
     next_funding_ms: int
+    replay: Any  # a ReplayMarket when the market replays a recording, else None
 
     def book(self, symbol: str | None) -> Book:  # pragma: no cover - provided by Engine
         raise NotImplementedError
@@ -304,7 +305,8 @@ class EngineViews:
                 "commission_paid": s8(sum((Decimal(p["commission"]) for p in positions.values()), ZERO)),
                 "counters": dict(acct.counters),
                 "listen_key_active": acct.listen_key is not None,
-                "markets": markets}
+                "markets": markets,
+                "replay": self.replay.view() if self.replay is not None else None}
 
 
 def _limit(params: dict[str, str], default: int, maximum: int) -> int:

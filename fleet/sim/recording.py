@@ -1,0 +1,287 @@
+"""Recordings of Binance's public market streams: the files' format, the writer and the reader.
+
+The format is documented in docs/recording.md. A recording is a directory::
+
+    manifest.json                                   what, where from, when (format version 1)
+    ETHUSDC/ETHUSDC-20261201T130000.123Z.jsonl.gz   one symbol's frames from that receive time on
+    ETHUSDC/ETHUSDC-20261201T140000.004Z.jsonl.gz   rolled at each whole roll period (UTC)
+    BTCUSDT/...
+
+Each line is one frame: ``{"r": <receive time, ms since the epoch>, "s": <stream name>, "d": <the
+frame's raw data object>}``. ``r`` never decreases within a recording. The reader yields one
+symbol's lines in file order, or every symbol's merged by receive time (``heapq.merge``); a line it
+cannot read is logged (the file, the line, why), counted and skipped, and so is a file cut short.
+
+No sockets here: the recorder (``simulate/record.py``) owns the connections, the replay
+(:mod:`fleet.sim.replay`) the engine. Standard library and ``orjson`` only.
+"""
+
+from __future__ import annotations
+
+import gzip
+import heapq
+import logging
+import os
+import re
+import zlib
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any, Iterable, Iterator
+
+import orjson
+
+from fleet.sim.config import SimConfigError
+
+log = logging.getLogger("fleet.sim.recording")
+
+FORMAT = "mmfleet.recording"
+VERSION = 1
+MANIFEST = "manifest.json"
+HOUR_MS = 3_600_000
+STREAMS = ("bookTicker", "aggTrade", "markPrice@1s")  # what the recorder records, per symbol
+BOOK, TRADE, MARK = "bookTicker", "aggTrade", "markPrice"
+KINDS = {"bookTicker": BOOK, "aggTrade": TRADE, "markPrice@1s": MARK, "markPrice": MARK}
+SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,30}$")
+FILE_RE = re.compile(r"^(?P<symbol>[A-Z0-9]{2,30})-(?P<start>\d{8}T\d{6}\.\d{3}Z)\.jsonl\.gz$")
+LOGGED_PER_RECORDING = 20  # malformed lines logged one by one; past that, counted only
+
+# One line as read: (receive ms, kind, SYMBOL, raw data object, file, line number)
+Line = tuple[int, str, str, dict[str, Any], Path, int]
+
+
+class RecordingError(SimConfigError):
+    """A recording that cannot be replayed or written; the message names the path and what is wrong."""
+
+
+def file_name(symbol: str, start_ms: int) -> str:
+    """``ETHUSDC-20261201T130000.123Z.jsonl.gz``: the symbol and its first line's receive time (UTC)."""
+    t = datetime.fromtimestamp(start_ms / 1000, tz=timezone.utc)
+    return f"{symbol}-{t:%Y%m%dT%H%M%S}.{start_ms % 1000:03d}Z.jsonl.gz"
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    """Replace ``manifest.json`` atomically (a reader never sees half of one)."""
+    tmp = directory / (MANIFEST + ".tmp")
+    tmp.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
+    os.replace(tmp, directory / MANIFEST)
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+class _SymbolFile:
+    """One symbol's open gzip file and when it rolls."""
+
+    __slots__ = ("path", "fh", "ends_ms", "lines")
+
+    def __init__(self, path: Path, ends_ms: int) -> None:
+        self.path = path
+        self.fh: IO[bytes] = gzip.open(path, "wb", compresslevel=6)
+        self.ends_ms = ends_ms
+        self.lines = 0
+
+
+class RecordingWriter:
+    """Writes one recording: ``start()``, ``write()`` per frame, ``close()`` (which must run: it writes
+    the gzip trailers and the final manifest). ``flush_ms``: a killed recorder loses at most this much."""
+
+    def __init__(self, directory: str | Path, symbols: Iterable[str], *, source: str, urls: Iterable[str] = (),
+                 streams: Iterable[str] = STREAMS, roll_ms: int = HOUR_MS, flush_ms: int = 5_000) -> None:
+        if roll_ms < 1000:
+            raise RecordingError(f"roll period must be at least 1 s, got {roll_ms} ms")
+        self.directory = Path(directory)
+        self.symbols = list(symbols)
+        self.streams = list(streams)
+        self.roll_ms = roll_ms
+        self.flush_ms = flush_ms
+        self.manifest: dict[str, Any] = {
+            "format": FORMAT, "version": VERSION, "symbols": self.symbols, "streams": self.streams,
+            "source": source, "urls": list(urls), "roll_ms": roll_ms, "start_ms": None, "end_ms": None,
+            "lines": {s: {k: 0 for k in self.streams} for s in self.symbols}, "files": {s: [] for s in self.symbols}}
+        self._open: dict[str, _SymbolFile] = {}
+        self._last_r = 0
+        self._next_flush = 0
+
+    def start(self, now_ms: int) -> None:
+        """Create the directory (it must be new or empty) and the first manifest (``end_ms`` null)."""
+        d = self.directory
+        if d.exists() and not d.is_dir():
+            raise RecordingError(f"{d} is a file, not a directory")
+        if d.is_dir() and any(d.iterdir()):
+            raise RecordingError(f"{d} is not empty: record into a new directory")
+        d.mkdir(parents=True, exist_ok=True)
+        for s in self.symbols:
+            (d / s).mkdir(exist_ok=True)
+        self.manifest["start_ms"] = now_ms
+        write_manifest(d, self.manifest)
+        self._next_flush = now_ms + self.flush_ms
+
+    def write(self, r: int, symbol: str, stream: str, data: dict[str, Any]) -> None:
+        """One frame of ``symbol`` received at ``r`` (held at the last time if the wall clock stepped back)."""
+        if r < self._last_r:
+            r = self._last_r
+        self._last_r = r
+        f = self._open.get(symbol)
+        if f is None or r >= f.ends_ms:
+            f = self._roll(symbol, r)
+        f.fh.write(orjson.dumps({"r": r, "s": stream, "d": data}) + b"\n")
+        f.lines += 1
+        counts = self.manifest["lines"][symbol]
+        kind = stream.partition("@")[2]
+        counts[kind] = counts.get(kind, 0) + 1
+        if r >= self._next_flush:
+            self.flush(r)
+
+    def _roll(self, symbol: str, r: int) -> _SymbolFile:
+        old = self._open.pop(symbol, None)
+        if old is not None:
+            old.fh.close()
+        name = file_name(symbol, r)
+        f = _SymbolFile(self.directory / symbol / name, r - r % self.roll_ms + self.roll_ms)
+        self._open[symbol] = f
+        self.manifest["files"][symbol].append(f"{symbol}/{name}")
+        write_manifest(self.directory, self.manifest)
+        return f
+
+    def flush(self, now_ms: int) -> None:
+        """Push the compressed lines so far to the files (a sync flush: readable if the process dies)."""
+        for f in self._open.values():
+            f.fh.flush()
+        self._next_flush = now_ms + self.flush_ms
+
+    def close(self, end_ms: int, **extra: Any) -> dict[str, Any]:
+        """Close every file (gzip trailer included) and write the final manifest with ``end_ms``."""
+        for f in self._open.values():
+            f.fh.close()
+        self._open.clear()
+        self.manifest["end_ms"] = end_ms
+        self.manifest.update(extra)
+        write_manifest(self.directory, self.manifest)
+        return self.manifest
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+class ReadStats:
+    """What a reader skipped: malformed lines, lines out of time order, files cut short, other streams."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.malformed = 0
+        self.out_of_order = 0
+        self.cut_short = 0
+        self.ignored = 0
+        self.quiet = quiet
+
+    def bad(self, path: Path, lineno: int, why: str) -> None:
+        self.malformed += 1
+        if self.quiet:
+            return
+        if self.malformed <= LOGGED_PER_RECORDING:
+            log.warning("recording: skipped malformed line %d of %s: %s", lineno, path, why)
+            if self.malformed == LOGGED_PER_RECORDING:
+                log.warning("recording: %d malformed lines so far; further ones are counted only", self.malformed)
+
+    def view(self) -> dict[str, int]:
+        return {"malformed": self.malformed, "out_of_order": self.out_of_order, "cut_short": self.cut_short,
+                "ignored": self.ignored}
+
+
+class Recording:
+    """A recording directory opened for reading: its manifest checked, its files found per symbol."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = d = Path(directory)
+        if not d.exists():
+            raise RecordingError(f"replay: no recording at {d} (the directory does not exist)")
+        if not d.is_dir():
+            raise RecordingError(f"replay: {d} is a file; give the recording's directory")
+        manifest_path = d / MANIFEST
+        try:
+            self.manifest = orjson.loads(manifest_path.read_bytes())
+        except FileNotFoundError:
+            raise RecordingError(f"replay: {d} holds no {MANIFEST}: not a recording (docs/recording.md)") from None
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise RecordingError(f"replay: cannot read {manifest_path}: {exc}") from exc
+        self.symbols = self._check_manifest(manifest_path)
+
+    def _check_manifest(self, path: Path) -> list[str]:
+        m = self.manifest
+        if not isinstance(m, dict) or m.get("format") != FORMAT:
+            raise RecordingError(f"replay: {path} is not a recording manifest (format must be {FORMAT!r})")
+        if m.get("version") != VERSION:
+            raise RecordingError(f"replay: {path} has format version {m.get('version')!r}; this simulator "
+                                 f"reads version {VERSION}")
+        symbols = m.get("symbols")
+        if not isinstance(symbols, list) or not symbols or not all(
+                isinstance(s, str) and SYMBOL_RE.match(s) for s in symbols):
+            raise RecordingError(f"replay: {path}: 'symbols' must be a non-empty list of symbols like ETHUSDC, "
+                                 f"got {symbols!r}")
+        return list(symbols)
+
+    def files(self, symbol: str) -> list[Path]:
+        """The symbol's files in time order (their names sort by start time)."""
+        folder = self.directory / symbol
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.iterdir() if (m := FILE_RE.match(p.name)) and m["symbol"] == symbol)
+
+    def lines(self, symbol: str, stats: ReadStats) -> Iterator[Line]:
+        """One symbol's readable lines, file after file; ``r`` held at the last value if it steps back."""
+        last = 0
+        prefix = symbol.lower() + "@"
+        for path in self.files(symbol):
+            for line in _read_file(path, prefix, symbol, stats):
+                if line[0] < last:
+                    stats.out_of_order += 1
+                    line = (last, *line[1:])
+                last = line[0]
+                yield line
+
+    def events(self, symbols: Iterable[str], stats: ReadStats) -> Iterator[Line]:
+        """Every symbol's lines merged in receive-time order (ties: the order of ``symbols``)."""
+        return heapq.merge(*(self.lines(s, stats) for s in symbols), key=lambda line: line[0])
+
+
+def _read_file(path: Path, prefix: str, symbol: str, stats: ReadStats) -> Iterator[Line]:
+    lineno = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            for raw in fh:
+                lineno += 1
+                line = _parse_line(raw, path, lineno, prefix, symbol, stats)
+                if line is not None:
+                    yield line
+    except (EOFError, OSError, zlib.error) as exc:  # killed mid-write, or not gzip at all
+        stats.cut_short += 1
+        if not stats.quiet:
+            log.warning("recording: %s is cut short after line %d (%s); its remaining lines are skipped",
+                        path, lineno, exc)
+
+
+def _parse_line(raw: bytes, path: Path, lineno: int, prefix: str, symbol: str, stats: ReadStats) -> Line | None:
+    if not raw.strip():
+        return None
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        stats.bad(path, lineno, f"not JSON ({exc})")
+        return None
+    if type(obj) is not dict:
+        stats.bad(path, lineno, "not a JSON object")
+        return None
+    r, stream, data = obj.get("r"), obj.get("s"), obj.get("d")
+    if type(r) is not int or r < 0:
+        stats.bad(path, lineno, f"'r' must be the receive time in ms (an integer), got {r!r}")
+        return None
+    if type(stream) is not str or type(data) is not dict:
+        stats.bad(path, lineno, "'s' must be the stream name and 'd' the frame's data object")
+        return None
+    if not stream.startswith(prefix):
+        stats.bad(path, lineno, f"stream {stream!r} is not one of {symbol}'s")
+        return None
+    kind = KINDS.get(stream[len(prefix):])
+    if kind is None:
+        stats.ignored += 1  # another stream (depth, kline...): not replayed
+        return None
+    return r, kind, symbol, data, path, lineno

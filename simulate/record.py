@@ -1,0 +1,249 @@
+"""``python -m fleet record``: record Binance's public market streams to a recording directory.
+
+    python -m fleet record --symbols ETHUSDC,BTCUSDT --out DIR [--minutes N] [--ws-url URL]
+
+Per symbol it records bookTicker, aggTrade and markPrice@1s (combined streams, on the 2026 split
+layout for Binance's host: /public for books, /market for the rest), each frame's data object with
+its local receive time, into gzip JSON-lines files rolled every ``--roll-minutes`` (default 60), plus
+a manifest; the format is docs/recording.md. Binance cuts every connection after 24 h: a cut
+connection is reopened with back-off (0.5 s doubling to 30 s) and counted. A malformed frame is
+logged, counted and skipped. SIGINT/SIGTERM or the end of ``--minutes`` stop it cleanly: the files
+are closed (nothing buffered is lost) and the manifest gets its end time. Bad arguments: a message
+naming the argument and exit code 2.
+
+The simulator replays a recording as its market: ``python -m fleet sim --replay DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import urlsplit
+
+import orjson
+import websockets
+from websockets.asyncio.client import connect
+
+from fleet.binance.streams import market_urls
+from fleet.sim.recording import STREAMS, SYMBOL_RE, RecordingError, RecordingWriter
+
+log = logging.getLogger("simulate.record")
+
+BINANCE_WS = "wss://fstream.binance.com"  # the production market streams (binance-usdm.md section 1)
+STREAMS_PER_CONNECTION = 100  # well under Binance's 1024 streams per connection, and a short URL
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 30.0
+LOG_MALFORMED = 10  # malformed frames logged one by one; then every 1,000th
+
+
+class UsageError(ValueError):
+    """A bad command-line argument; the message names it."""
+
+
+@dataclass(frozen=True)
+class Options:
+    symbols: tuple[str, ...]
+    out: Path
+    minutes: float | None = None
+    ws_url: str = BINANCE_WS
+    roll_minutes: float = 60.0
+
+
+@dataclass
+class Counts:
+    frames: int = 0
+    malformed: int = 0
+    reconnects: int = 0
+    per_url: dict[str, int] = field(default_factory=dict)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--symbols", required=True, help="comma-separated symbols, e.g. ETHUSDC,BTCUSDT")
+    parser.add_argument("--out", required=True, help="the recording directory to create (new or empty)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="stop after this many minutes (default: until Ctrl-C / SIGTERM)")
+    parser.add_argument("--ws-url", default=BINANCE_WS,
+                        help=f"market stream base URL (default {BINANCE_WS}; a simulator's ws://127.0.0.1:PORT)")
+    parser.add_argument("--roll-minutes", type=float, default=60.0,
+                        help="start a new file per symbol every this many minutes (UTC-aligned; default 60)")
+    parser.add_argument("--log-level", default="INFO")
+
+
+def options_from(args: argparse.Namespace) -> Options:
+    """Checked options; a :class:`UsageError` names the bad argument."""
+    names = [s.strip().upper() for s in str(args.symbols).split(",") if s.strip()]
+    if not names:
+        raise UsageError("--symbols: give at least one symbol, e.g. ETHUSDC,BTCUSDT")
+    bad = [n for n in names if not SYMBOL_RE.match(n)]
+    if bad:
+        raise UsageError(f"--symbols: {', '.join(bad)} is not a symbol (letters and digits, e.g. ETHUSDC)")
+    if len(set(names)) != len(names):
+        raise UsageError("--symbols: a symbol is named twice")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"--out: {out} exists and is not an empty directory; record into a new one")
+    if args.minutes is not None and not args.minutes > 0:
+        raise UsageError(f"--minutes must be positive, got {args.minutes:g}")
+    if not args.roll_minutes * 60 >= 1:
+        raise UsageError(f"--roll-minutes must be at least 1 s (1/60), got {args.roll_minutes:g}")
+    parts = urlsplit(args.ws_url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise UsageError(f"--ws-url must be a ws:// or wss:// URL with a host, got {args.ws_url!r}")
+    return Options(tuple(names), out, args.minutes, args.ws_url.rstrip("/"), args.roll_minutes)
+
+
+def stream_urls(opts: Options) -> list[str]:
+    """The combined-stream URLs: the 2026 split on Binance's host, the classic paths elsewhere."""
+    names = [f"{s.lower()}@{k}" for s in opts.symbols for k in STREAMS]
+    urls: list[str] = []
+    for i in range(0, len(names), STREAMS_PER_CONNECTION):
+        urls += market_urls(opts.ws_url, names[i:i + STREAMS_PER_CONNECTION])
+    return urls
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Sink:
+    """Frames off the sockets into the writer: checked, counted, malformed ones logged and skipped."""
+
+    def __init__(self, writer: RecordingWriter, symbols: Sequence[str], counts: Counts) -> None:
+        self.writer = writer
+        self.symbols = {s.lower(): s for s in symbols}
+        self.kinds = set(STREAMS)
+        self.counts = counts
+
+    def frame(self, raw: str | bytes, url: str) -> None:
+        r = _now_ms()
+        why = None
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            msg, why = None, f"not JSON ({exc})"
+        if why is None:
+            stream = msg.get("stream") if type(msg) is dict else None
+            data = msg.get("data") if type(msg) is dict else None
+            sym, _, kind = stream.partition("@") if type(stream) is str else ("", "", "")
+            if type(data) is not dict or sym not in self.symbols or kind not in self.kinds:
+                why = "not a combined-stream frame of a recorded stream ({\"stream\": ..., \"data\": {...}})"
+        if why is not None:
+            self._malformed(why, raw)
+            return
+        self.writer.write(r, self.symbols[sym], stream, data)
+        self.counts.frames += 1
+        self.counts.per_url[url] = self.counts.per_url.get(url, 0) + 1
+
+    def _malformed(self, why: str, raw: str | bytes) -> None:
+        self.counts.malformed += 1
+        n = self.counts.malformed
+        if n <= LOG_MALFORMED or n % 1000 == 0:
+            text = raw if isinstance(raw, str) else raw.decode("utf-8", "backslashreplace")
+            log.warning("record: malformed frame %d skipped: %s: %r", n, why, text[:200])
+
+
+async def _pump(url: str, sink: _Sink, stop: asyncio.Event) -> None:
+    """One connection's frames into the sink, reopened with back-off whenever it ends, until ``stop``."""
+    backoff = BACKOFF_FIRST_S
+    while not stop.is_set():
+        try:
+            async with connect(url, open_timeout=10, ping_interval=20, ping_timeout=20, max_size=1 << 22,
+                               close_timeout=2) as ws:
+                log.info("record: connected %s", url)
+                async for raw in ws:
+                    sink.frame(raw, url)
+                    backoff = BACKOFF_FIRST_S
+            why = "closed by the server"
+        except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+        if stop.is_set():
+            return
+        sink.counts.reconnects += 1
+        log.warning("record: %s lost (%s); reconnecting in %.1f s", url, why, backoff)
+        try:
+            await asyncio.wait_for(stop.wait(), backoff)
+        except asyncio.TimeoutError:
+            pass
+        backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+
+async def record(opts: Options, stop: asyncio.Event | None = None) -> dict[str, Any]:
+    """Record until ``stop`` is set or ``opts.minutes`` pass; returns the final manifest."""
+    stop = stop or asyncio.Event()
+    urls = stream_urls(opts)
+    writer = RecordingWriter(opts.out, opts.symbols, source=opts.ws_url, urls=urls,
+                             roll_ms=int(opts.roll_minutes * 60_000))
+    writer.start(_now_ms())
+    counts = Counts()
+    sink = _Sink(writer, opts.symbols, counts)
+    tasks = [asyncio.create_task(_pump(u, sink, stop)) for u in urls]
+    log.info("record: %s into %s (%d connection(s))", ", ".join(opts.symbols), opts.out, len(urls))
+    try:
+        try:
+            await asyncio.wait_for(stop.wait(), None if opts.minutes is None else opts.minutes * 60)
+        except asyncio.TimeoutError:
+            pass
+    finally:
+        stop.set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        manifest = writer.close(_now_ms(), frames=counts.frames, malformed_frames=counts.malformed,
+                                reconnects=counts.reconnects)
+    return manifest
+
+
+def _summary(manifest: dict[str, Any]) -> str:
+    per = "; ".join(f"{s} " + ", ".join(f"{k} {n}" for k, n in kinds.items())
+                    for s, kinds in manifest["lines"].items())
+    secs = (manifest["end_ms"] - manifest["start_ms"]) / 1000
+    return (f"recorded {manifest['frames']} frames in {secs:.1f} s ({per}); malformed frames skipped: "
+            f"{manifest['malformed_frames']}; reconnects: {manifest['reconnects']}")
+
+
+async def _main(opts: Options) -> dict[str, Any]:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return await record(opts, stop)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The command (``python -m fleet record``): 0 when stopped cleanly, 2 on a bad argument."""
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        opts = options_from(args)
+    except UsageError as exc:
+        print(f"record: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        manifest = asyncio.run(_main(opts))
+    except RecordingError as exc:
+        print(f"record: error: {exc}", file=sys.stderr)
+        return 1
+    print(_summary(manifest), flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fleet record", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        options_from(args)
+    except UsageError as exc:
+        parser.error(str(exc))  # exit code 2, with the usage line
+    return run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

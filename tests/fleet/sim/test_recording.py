@@ -1,0 +1,221 @@
+"""Record from a running simulator over loopback (``python -m simulate.record``), then replay it.
+
+The recording (one per module, ~18 s, a market connection cut once midway) comes from a simulator
+whose ETHUSDC touch is 4 USDC wide (a quoting agent rests inside it, so the recorded trades go
+through its orders) and whose BTCUSDT is the usual one-tick book. The replay runs in an engine
+(exact: the published books and trades are the recorded ones at the recorded times) and in a second
+SimServer on loopback, where a real SymbolAgent quotes ETHUSDC and gets fills, while a second
+recorder shows BTCUSDT replayed frame for frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleet.sim.config import SimConfig
+from fleet.sim.engine import Engine, render
+from fleet.sim.recording import FILE_RE, ReadStats, Recording
+from fleet.sim.thread import SimThread
+from simulate.record import Options, main, record, stream_urls
+from tests.e2e.test_agent_live import exchange, in_sync, make_agent  # noqa: F401 - fixtures
+from tests.polling import poll, wait_for
+
+REPO = Path(__file__).resolve().parents[3]
+RECORD_S = 18
+SYMBOLS = ["ETHUSDC", "BTCUSDT"]
+ETH_WIDE = {"symbol": "ETHUSDC", "base_asset": "ETH", "quote_asset": "USDC", "tick_size": "0.01",
+            "step_size": "0.001", "min_notional": "5", "start_price": 3000.0, "spread_ticks": 400}
+
+
+def _admin(sim: SimThread, path: str, body: dict | None = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    with urllib.request.urlopen(urllib.request.Request(sim.rest_url + path, data=data), timeout=10) as r:
+        return json.load(r)
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory) -> tuple[Path, str]:
+    """A recording of ~18 s of ETHUSDC and BTCUSDT, rolled every 6 s, its connection cut once."""
+    out = tmp_path_factory.mktemp("recording") / "rec"
+    with SimThread(symbols=SYMBOLS, seed=11, host="127.0.0.1", port=0, config={"symbols": [ETH_WIDE]}) as sim:
+        proc = subprocess.Popen([sys.executable, "-m", "simulate.record", "--symbols", ",".join(SYMBOLS),
+                                 "--out", str(out), "--minutes", str(RECORD_S / 60), "--ws-url", sim.ws_url,
+                                 "--roll-minutes", "0.1"], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            poll(lambda: sim.server.stats["ws_frames_sent"] >= 100, 30, "the recorder receiving frames")
+            assert _admin(sim, "/sim/fault/drop", {"target": "market"})["dropped"] == 1
+            stdout, stderr = proc.communicate(timeout=RECORD_S + 60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, stderr
+    return out, stdout + stderr
+
+
+def read_lines(directory: Path) -> list[dict[str, Any]]:
+    """Every line of every file, by the documented format alone."""
+    lines = []
+    for path in sorted(directory.glob("*/*.jsonl.gz")):
+        with gzip.open(path, "rb") as fh:
+            lines += [json.loads(raw) for raw in fh]
+    return lines
+
+
+def book_path(items: list[tuple[int, str, str, str, str]]) -> list[tuple[int, str, str, str, str]]:
+    """(time, bid, bid size, ask, ask size), consecutive repeats of one book dropped (a connection
+    cut may lose the frames between two equal books; the engine publishes a book only when it changes)."""
+    out: list[tuple[int, str, str, str, str]] = []
+    for item in items:
+        if not out or out[-1][1:] != item[1:]:
+            out.append(item)
+    return out
+
+
+def recorded_books(lines: list[dict[str, Any]], symbol: str) -> list[tuple[int, str, str, str, str]]:
+    return book_path([(x["r"], x["d"]["b"], x["d"]["B"], x["d"]["a"], x["d"]["A"]) for x in lines
+                      if x["s"] == f"{symbol.lower()}@bookTicker"])
+
+
+def test_the_recording_holds_rolled_files_per_symbol_and_a_manifest(recording):
+    out, log_text = recording
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format"] == "mmfleet.recording" and manifest["version"] == 1
+    assert manifest["symbols"] == SYMBOLS and manifest["streams"] == ["bookTicker", "aggTrade", "markPrice@1s"]
+    assert manifest["source"].startswith("ws://127.0.0.1:") and manifest["urls"][0].startswith(manifest["source"])
+    assert manifest["end_ms"] - manifest["start_ms"] >= RECORD_S * 1000 - 500
+    assert manifest["reconnects"] == 1 and manifest["malformed_frames"] == 0
+    assert "reconnecting in" in log_text and "recorded" in log_text
+    lines = read_lines(out)
+    assert len(lines) == manifest["frames"]
+    for symbol in SYMBOLS:
+        files = sorted(p.name for p in (out / symbol).iterdir())
+        assert len(files) >= 3 and all(FILE_RE.match(f)["symbol"] == symbol for f in files)  # rolled every 6 s
+        assert [f"{symbol}/{f}" for f in files] == manifest["files"][symbol]
+        mine = [x for x in lines if x["s"].startswith(symbol.lower() + "@")]
+        for stream in ("bookTicker", "aggTrade", "markPrice@1s"):
+            n = sum(1 for x in mine if x["s"] == f"{symbol.lower()}@{stream}")
+            assert n == manifest["lines"][symbol][stream] and n > 0, (symbol, stream)
+        assert all(x["d"]["s"] == symbol for x in mine)
+    times = [x["r"] for x in sorted(lines, key=lambda x: x["r"])]
+    assert times[0] >= manifest["start_ms"] and times[-1] <= manifest["end_ms"]
+    merged = [line[0] for line in Recording(out).events(SYMBOLS, ReadStats())]
+    assert merged == times  # the reader merges the files and symbols in receive-time order
+
+
+def test_an_engine_replays_the_recorded_books_trades_and_marks_at_their_times(recording):
+    out, _ = recording
+    lines = read_lines(out)
+    start = min(x["r"] for x in lines)
+    now = start + 3_600_000  # the engine starts an hour later: every recorded time moves by that
+    e = Engine(SimConfig(replay=str(out)), now_ms=now)
+    e.watch(*(f"{s.lower()}@{k}" for s in SYMBOLS for k in ("bookTicker", "aggTrade", "markPrice@1s")))
+    e.advance(now + max(x["r"] for x in lines) - start)
+    assert e.replay.done and e.replay.view()["malformed"] == 0
+    shift = now - start
+    published = [(target, render(p)) for kind, target, p in e.drain() if kind == "m"]
+    for symbol in SYMBOLS:
+        low = symbol.lower()
+        books = book_path([(f["E"] - shift, f["b"], f["B"], f["a"], f["A"]) for t, f in published
+                           if t == f"{low}@bookTicker"])
+        assert books == recorded_books(lines, symbol)
+        trades = [(f["T"] - shift, f["p"], f["q"], f["m"]) for t, f in published if t == f"{low}@aggTrade"]
+        assert trades == [(x["r"], x["d"]["p"], x["d"]["q"], x["d"]["m"]) for x in lines
+                          if x["s"] == f"{low}@aggTrade"]
+        marks = [(f["E"] - shift, f["p"]) for t, f in published if t == f"{low}@markPrice@1s"]
+        assert marks == [(x["r"], x["d"]["p"]) for x in lines if x["s"] == f"{low}@markPrice@1s"]
+
+
+@pytest.fixture
+async def sim(sim_factory, recording):
+    """The recording replayed on loopback (the e2e fixtures' ``sim``): it starts when the server does."""
+    return await sim_factory(symbols=SYMBOLS, config={"replay": str(recording[0])})
+
+
+async def test_a_quoting_agent_gets_fills_on_the_replayed_market(recording, sim, make_agent, exchange, tmp_path):
+    stop = asyncio.Event()  # BTCUSDT (no agent) recorded again from the replaying simulator
+    again = asyncio.create_task(record(Options(("BTCUSDT",), tmp_path / "again", ws_url=sim.ws_url), stop))
+    agent = await make_agent()
+
+    async def filled() -> Any:
+        st = await exchange.state()
+        return st["counters"]["trades"] > 0 and agent.core.store.fills_buy + agent.core.store.fills_sell > 0
+
+    await wait_for(filled, RECORD_S + 10, "fills of the agent's orders from recorded trades")
+    await wait_for(lambda: sim.engine.replay.done, RECORD_S + 20, "the end of the replay")
+    await wait_for(lambda: in_sync(agent, exchange), 20, "the agent in step with the exchange")
+    st = await exchange.state()
+    assert st["replay"]["done"] and st["markets"]["ETHUSDC"]["regime"] == "replay"
+    async with exchange.http.post(f"{sim.rest_url}/sim/market/jump", json={"symbol": "ETHUSDC", "pct": 1}) as r:
+        assert r.status == 400 and "replays a recording" in (await r.json())["error"]
+    stop.set()
+    await again
+    # the untraded symbol's books over the socket: a stretch of the recording's, each shortly after its time
+    replayed = recorded_books(read_lines(tmp_path / "again"), "BTCUSDT")
+    original = recorded_books(read_lines(recording[0]), "BTCUSDT")
+    keys = [b[1:] for b in original]
+    first = keys.index(replayed[0][1:])
+    assert [b[1:] for b in replayed] == keys[first:first + len(replayed)] and len(replayed) > 20
+    assert replayed[-1][1:] == keys[-1]  # to the recording's end
+    lags = [r[0] - (o[0] + sim.engine.replay.shift_ms) for r, o in zip(replayed, original[first:])]
+    assert min(lags) >= 0 and max(lags) < 2000, lags
+
+
+async def test_the_recorder_stops_cleanly_on_sigint_keeping_its_buffered_tail(sim_factory, tmp_path):
+    sim = await sim_factory(symbols=SYMBOLS)
+    out = tmp_path / "rec"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "simulate.record", "--symbols", "ETHUSDC", "--out", str(out), "--ws-url",
+        sim.ws_url, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        await wait_for(lambda: sim.stats["ws_frames_sent"] >= 20, 30, "frames sent to the recorder")
+        proc.send_signal(signal.SIGINT)  # within the first 5 s: nothing flushed to the file yet
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, stderr.decode()
+    manifest = json.loads((out / "manifest.json").read_text())
+    stats = ReadStats()
+    lines = list(Recording(out).lines("ETHUSDC", stats))
+    assert stats.view() == {"malformed": 0, "out_of_order": 0, "cut_short": 0, "ignored": 0}
+    assert manifest["end_ms"] is not None and len(lines) == manifest["frames"] > 0
+    assert b"recorded" in stdout
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--symbols", "ETH-USDC", "--out", "{new}"], "--symbols: ETH-USDC is not a symbol"),
+    (["--symbols", "ETHUSDC,ETHUSDC", "--out", "{new}"], "--symbols: a symbol is named twice"),
+    (["--symbols", "ETHUSDC", "--out", "{full}"], "exists and is not an empty directory"),
+    (["--symbols", "ETHUSDC", "--out", "{new}", "--minutes", "0"], "--minutes must be positive"),
+    (["--symbols", "ETHUSDC", "--out", "{new}", "--ws-url", "https://fapi.binance.com"], "--ws-url must be a ws://"),
+    (["--symbols", "ETHUSDC"], "the following arguments are required: --out"),
+])
+def test_bad_arguments_name_the_argument_and_exit_2(argv, says, tmp_path, capsys):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    argv = [a.format(new=tmp_path / "new", full=tmp_path / "full") for a in argv]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_the_recorder_uses_binances_2026_split_layout_by_default():
+    urls = stream_urls(Options(("ETHUSDC", "BTCUSDT"), Path("unused")))
+    assert urls == ["wss://fstream.binance.com/market/stream?streams=ethusdc@aggTrade/ethusdc@markPrice@1s/"
+                    "btcusdt@aggTrade/btcusdt@markPrice@1s",
+                    "wss://fstream.binance.com/public/stream?streams=ethusdc@bookTicker/btcusdt@bookTicker"]

@@ -1,0 +1,193 @@
+"""The replayed market on hand-written recordings (the format of docs/recording.md, written here
+without the project's writer): the recorded queue ahead of our orders, trades through our price,
+books crossing our orders, mark price and funding, holding still before and after, bad lines and
+bad directories. The engine runs in-process; the sockets side is tests/fleet/sim/test_recording.py."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleet.sim.config import SimConfig
+from fleet.sim.engine import Engine, SimApiError, render
+from fleet.sim.recording import RecordingError
+from fleet.sim.server import SimServer
+
+REPO = Path(__file__).resolve().parents[3]
+T0 = 1_733_000_000_000  # the recording's first receive time
+NOW = 1_800_000_000_000  # the engine's start: recorded times are shifted by NOW - T0
+
+
+def bt(dt: int, b: str, bq: str, a: str, aq: str, sym: str = "ETHUSDC") -> dict[str, Any]:
+    r = T0 + dt
+    return {"r": r, "s": f"{sym.lower()}@bookTicker", "d": {"e": "bookTicker", "u": dt, "s": sym, "b": b, "B": bq,
+                                                              "a": a, "A": aq, "T": r - 2, "E": r - 1}}
+
+
+def agg(dt: int, p: str, q: str, buyer_maker: bool, sym: str = "ETHUSDC") -> dict[str, Any]:
+    r = T0 + dt
+    return {"r": r, "s": f"{sym.lower()}@aggTrade", "d": {"e": "aggTrade", "E": r - 1, "s": sym, "a": dt, "p": p,
+                                                            "q": q, "f": dt, "l": dt, "T": r - 2, "m": buyer_maker}}
+
+
+def mark(dt: int, p: str, rate: str, next_funding_dt: int, sym: str = "ETHUSDC") -> dict[str, Any]:
+    r = T0 + dt
+    return {"r": r, "s": f"{sym.lower()}@markPrice@1s", "d": {"e": "markPriceUpdate", "E": r - 1, "s": sym, "p": p,
+                                                                "i": p, "P": p, "r": rate, "T": T0 + next_funding_dt}}
+
+
+def write_recording(root: Path, files: dict[str, list[list[Any]]]) -> Path:
+    """{symbol: [file lines, ...]}; a line is a dict (one JSON line) or raw bytes (written as they are)."""
+    root.mkdir()
+    for sym, chunks in files.items():
+        (root / sym).mkdir()
+        for i, lines in enumerate(chunks):
+            name = f"{sym}-20241130T{i:02d}0000.000Z.jsonl.gz"  # the start time only orders the files
+            with gzip.open(root / sym / name, "wb") as fh:
+                for line in lines:
+                    fh.write(line if isinstance(line, bytes) else json.dumps(line).encode() + b"\n")
+    manifest = {"format": "mmfleet.recording", "version": 1, "symbols": list(files),
+                "streams": ["bookTicker", "aggTrade", "markPrice@1s"], "source": "by hand",
+                "start_ms": T0, "end_ms": None}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def order(e: Engine, side: str, price: str, qty: str, cid: str) -> Any:
+    return e.place_order("main", {"symbol": "ETHUSDC", "side": side, "type": "LIMIT", "timeInForce": "GTC",
+                                  "price": price, "quantity": qty, "newClientOrderId": cid}, e.now_ms)
+
+
+def frames(e: Engine, suffix: str) -> list[dict[str, Any]]:
+    return [render(p) for kind, target, p in e.drain() if kind == "m" and target.endswith(suffix)]
+
+
+def test_recorded_trades_fill_our_orders_behind_the_recorded_queue_and_through_our_price(tmp_path):
+    rec = write_recording(tmp_path / "rec", {
+        "ETHUSDC": [[bt(0, "3000.00", "2.000", "3000.01", "2.000"),
+                     agg(1000, "3000.00", "1.500", True),  # eats 1.5 of the 2.0 ahead of our bid
+                     bt(2000, "3000.00", "0.300", "3000.01", "2.000"),  # the queue ahead shrinks to 0.3
+                     agg(3000, "3000.00", "0.500", True),  # 0.3 ahead, then 0.2 of ours
+                     agg(4000, "2999.99", "0.010", True),  # through our price: the rest of ours, 0.3
+                     bt(5000, "3000.05", "1.000", "3000.06", "1.000"),  # the book goes through our ask
+                     agg(6000, "3000.09", "0.010", False)]],  # a buy through our second ask at 3000.08
+        "BTCUSDT": [[bt(500, "60000.0", "1.000", "60000.1", "1.000", "BTCUSDT")]]})
+    e = Engine(SimConfig(replay=str(rec)), now_ms=NOW)
+    e.watch("ethusdc@aggTrade")
+    assert list(e.books) == ["ETHUSDC", "BTCUSDT"] and e.replay.shift_ms == NOW - T0
+    assert e.book_ticker(e.books["BTCUSDT"])["bidPrice"] == "60000.0"  # its first book, before its time
+    e.advance(NOW)
+    bid = order(e, "BUY", "3000.00", "0.500", "b1")
+    ask = order(e, "SELL", "3000.04", "0.100", "a1")  # behind the touch: synthetic depth ahead
+    assert bid.ahead == 2000 and ask.ahead > 0
+    e.advance(NOW + 1000)
+    assert bid.filled == 0 and bid.ahead == 500
+    e.advance(NOW + 2000)
+    assert bid.ahead == 300
+    e.advance(NOW + 3000)
+    assert (bid.filled, bid.status, bid.ahead) == (200, "PARTIALLY_FILLED", 0)
+    e.advance(NOW + 4000)
+    assert bid.status == "FILLED" and bid.filled == 500
+    e.advance(NOW + 5000)
+    assert ask.status == "FILLED"  # the recorded bid 3000.05 went through our ask at 3000.04
+    ask2 = order(e, "SELL", "3000.08", "0.050", "a2")
+    e.advance(NOW + 6000)
+    assert ask2.status == "FILLED"
+    trades = [(t.side, t.price, t.qty, t.maker, t.time - NOW) for t in e.accounts["main"].trades]
+    assert trades == [("BUY", "3000.00", "0.200", True, 3000), ("BUY", "3000.00", "0.300", True, 4000),
+                      ("SELL", "3000.04", "0.100", True, 5000), ("SELL", "3000.08", "0.050", True, 6000)]
+    st = e.state("main", "ETHUSDC")
+    assert st["positions"]["ETHUSDC"]["amount"] == "0.350"
+    published = [(f["p"], f["q"], f["m"], f["T"] - NOW) for f in frames(e, "@aggTrade")]
+    assert ("3000.00", "1.500", True, 1000) in published and ("2999.99", "0.010", True, 4000) in published
+    assert ("3000.09", "0.010", False, 6000) in published  # every recorded trade, at its recorded time
+
+
+def test_marks_funding_and_the_book_hold_still_before_and_after_the_recording(tmp_path):
+    rec = write_recording(tmp_path / "rec", {"ETHUSDC": [
+        [mark(0, "2999.50000000", "0.00010000", 8000), bt(100, "3000.00", "1.000", "3000.02", "1.000")],
+        [mark(1000, "3000.50000000", "0.00020000", 8000), bt(2000, "3001.00", "1.000", "3001.02", "1.000"),
+         mark(9000, "3001.00000000", "0.00030000", 8000 + 8 * 3600_000)]]})
+    e = Engine(SimConfig(replay=str(rec)), now_ms=NOW)
+    e.watch("ethusdc@bookTicker", "ethusdc@markPrice@1s")
+    b = e.books["ETHUSDC"]
+    assert (b.mark, b.funding_rate, e.next_funding_ms) == (2999.5, Decimal("0.00010000"), NOW + 8000)
+    e.set_position("main", "ETHUSDC", "0.400", "3000", NOW)
+    e.advance(NOW + 50)  # between the first line and the first book: that book, held still
+    assert e.book_ticker(b)["bidPrice"] == "3000.00"
+    assert e.replay.next_event_ms == e.next_step_ms == NOW + 100  # a sleeping clock wakes for the next line
+    e.advance(NOW + 7999)
+    assert (b.mark, b.funding_rate) == (3000.5, Decimal("0.00020000"))
+    assert [f["p"] for f in frames(e, "@markPrice@1s")] == ["2999.50000000", "3000.50000000"]
+    assert e.state("main", "ETHUSDC")["positions"]["ETHUSDC"]["funding"] == "0.00000000"
+    e.advance(NOW + 8000)  # the recorded next funding time: -0.4 x 3000.5 x 0.0002
+    assert e.state("main", "ETHUSDC")["positions"]["ETHUSDC"]["funding"] == "-0.24004000"
+    assert b.funding_history[-1]["fundingTime"] == NOW + 8000
+    e.advance(NOW + 9000)
+    assert e.next_funding_ms == NOW + 8000 + 8 * 3600_000 and e.replay.done
+    e.drain()
+    e.advance(NOW + 3600_000)  # after the last line: the book and the mark hold still, silent
+    assert e.drain() == [] and e.book_ticker(b)["bidPrice"] == "3001.00" and b.mark == 3001.0
+    assert e.next_step_ms == NOW + 3600_000 + e.step_ms  # done: it still wakes every step, for what comes
+    assert e.state("main", "ETHUSDC")["replay"]["lines_applied"] == 5
+
+
+def test_a_malformed_line_is_counted_and_skipped_with_a_clear_log(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    good = [bt(dt, "3000.00", "1.000", f"3000.{dt // 1000:02d}", "1.000") for dt in range(1000, 6000, 1000)]
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb") as gz:  # a recorder killed after a flush
+        gz.write(json.dumps(good[3]).encode() + b"\n")
+        gz.flush()
+        flushed = buf.tell()
+        gz.write(json.dumps(good[4]).encode() + b"\n")
+    rec = write_recording(tmp_path / "rec", {"ETHUSDC": [
+        [bt(0, "3000.00", "1.000", "3000.01", "1.000"), b"{not json\n", good[0],
+         bt(1500, "3000.005", "1.000", "3000.02", "1.000"), good[1], good[2]], []]})
+    (rec / "ETHUSDC" / "ETHUSDC-20241130T010000.000Z.jsonl.gz").write_bytes(buf.getvalue()[:flushed + 3])
+    e = Engine(SimConfig(replay=str(rec)), now_ms=NOW)
+    e.advance(NOW + 10_000)
+    view = e.replay.view()
+    assert (view["malformed"], view["cut_short"]) == (2, 1)
+    assert e.book_ticker(e.books["ETHUSDC"])["askPrice"] == "3000.04"  # the good lines, the cut file's first
+    logs = [r.getMessage() for r in caplog.records]
+    first = rec / "ETHUSDC" / "ETHUSDC-20241130T000000.000Z.jsonl.gz"
+    assert any(f"line 2 of {first}: not JSON" in m for m in logs), logs
+    assert any(f"line 4 of {first}" in m and "'3000.005'" in m and "tick 0.01" in m for m in logs), logs
+    assert any("is cut short after line" in m for m in logs), logs
+
+
+def test_a_missing_or_foreign_directory_or_symbol_is_a_clear_error(tmp_path):
+    with pytest.raises(RecordingError, match=r"no recording at .*nope \(the directory does not exist\)"):
+        Engine(SimConfig(replay=str(tmp_path / "nope")))
+    with pytest.raises(RecordingError, match=r"no recording at .*nope"):
+        SimServer(config={"replay": str(tmp_path / "nope")})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RecordingError, match="holds no manifest.json: not a recording"):
+        Engine(SimConfig(replay=str(tmp_path / "empty")))
+    rec = write_recording(tmp_path / "rec", {"ETHUSDC": [[bt(0, "3000.00", "1.000", "3000.01", "1.000")]]})
+    with pytest.raises(RecordingError, match=r"SOLUSDT not in the recording .* \(it holds ETHUSDC\)"):
+        Engine(SimConfig(replay=str(rec)), symbols=["SOLUSDT"])
+    coarse = {"symbol": "ETHUSDC", "base_asset": "ETH", "quote_asset": "USDC", "tick_size": "0.10"}
+    with pytest.raises(RecordingError, match=r"recorded a='3000.01' .*tick_size 0.10"):
+        Engine(SimConfig(replay=str(rec), symbols=[coarse]))
+    proc = subprocess.run([sys.executable, "-m", "fleet.sim", "--replay", str(tmp_path / "nope")], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "no recording at" in proc.stderr and "nope" in proc.stderr
+
+
+def test_the_replayed_market_refuses_a_jump(tmp_path):
+    rec = write_recording(tmp_path / "rec", {"ETHUSDC": [[bt(0, "3000.00", "1.000", "3000.01", "1.000")]]})
+    e = Engine(SimConfig(replay=str(rec)), now_ms=NOW)
+    with pytest.raises(SimApiError, match="replays a recording"):
+        e.jump("ETHUSDC", 1.0, NOW)
+    assert e.book_ticker(e.books["ETHUSDC"])["bidPrice"] == "3000.00"
