@@ -91,6 +91,17 @@ class LogCount(logging.Handler):
         self.last = (self.last + [record.getMessage()[:300]])[-20:]
 
 
+def replay_start_ms(directory: str | Path, symbols: list[str] | None = None) -> int:
+    """The first line of a recording (of ``symbols``): a run that starts its clock there replays the
+    recorded times unchanged (funding at the recorded hours)."""
+    from fleet.sim.recording import ReadStats, Recording
+
+    rec = Recording(directory)
+    for line in rec.events(symbols or rec.symbols, ReadStats(quiet=True)):
+        return line[0]
+    raise ValueError(f"replay: the recording {directory} holds no lines")
+
+
 def sim_config_for(cfg: FleetConfig, opts: RunOptions) -> SimConfig:
     if opts.sim_config is not None:
         return load_sim_config(opts.sim_config)

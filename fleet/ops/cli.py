@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "validate": ("fleet.ops.fleet_cli", "validate", "check a fleet config without starting anything"),
     "journal": ("journal.cli", "run", "the trade journal: pnl, fills, events, export"),
     "simulate": ("fleet.ops.simulate_cli", "run", "days of the agents in minutes on a simulated clock; sweeps"),
+    "record": ("simulate.record", "run", "record Binance's market streams (bookTicker, aggTrade, markPrice) to a directory"),
 }
 
 

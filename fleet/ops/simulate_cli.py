@@ -23,7 +23,7 @@ EXIT_BAD = 2
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="fleet config YAML (its symbols and their params)")
     parser.add_argument("--symbols", help="comma-separated symbols of the config (default: all of them)")
-    parser.add_argument("--hours", type=float, default=48.0, help="simulated hours (default 48)")
+    parser.add_argument("--hours", type=float, help="simulated hours (default 48; with --replay the recording's span)")
     parser.add_argument("--seed", type=int, default=7, help="the run's seed: the same seed prints the same table")
     parser.add_argument("--sim-config", help="simulator YAML (market model, funding); default: the fleet "
                                              "config's simulator config, else the simulator's defaults")
@@ -48,17 +48,27 @@ def _options(args: argparse.Namespace) -> Any:
     from simulate.run import RunOptions
     from simulate.schedule import load_schedule
 
-    if args.hours <= 0:
-        raise ValueError("--hours must be positive")
     sim_config: Any = args.sim_config
+    start: dict[str, Any] = {}
+    hours = args.hours
     if args.replay:
         from fleet.sim.config import load_sim_config
+        from fleet.sim.recording import Recording
+        from simulate.run import replay_start_ms
 
+        symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()] if args.symbols else None
+        first = start["start_ms"] = replay_start_ms(args.replay, symbols)  # the recorded times, unchanged
+        last = Recording(args.replay).manifest.get("end_ms")
+        if hours is None and isinstance(last, int) and last > first:
+            hours = (last - first) / 3_600_000.0
         base = load_sim_config(args.sim_config) if args.sim_config else None
-        data = base.model_dump() if base is not None else {}
-        sim_config = {**data, "replay": str(Path(args.replay).resolve())}
+        sim_config = {**(base.model_dump() if base is not None else {}), "replay": str(Path(args.replay).resolve())}
+    hours = 48.0 if hours is None else hours
+    if hours <= 0:
+        raise ValueError("--hours must be positive")
+    args.hours = hours
     return RunOptions(
-        hours=args.hours, seed=args.seed,
+        **start, hours=hours, seed=args.seed,
         symbols=[s.strip().upper() for s in args.symbols.split(",") if s.strip()] if args.symbols else None,
         rest_latency_ms=args.rest_latency_ms, stream_latency_ms=args.stream_latency_ms, sim_config=sim_config,
         schedule=load_schedule(args.schedule) if args.schedule else [], points=args.points,
