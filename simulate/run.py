@@ -147,6 +147,7 @@ async def _simulate(cfg: FleetConfig, config_path: Path, opts: RunOptions, overr
         r.table["open_orders_after_stop"] = len(ex.engine.open_orders(w.account, a.symbol))
         for name in AGENT_COUNTERS:
             r.table[name] = a.counters.get(name, 0)
+        r.table["quote_cycles"] = a.core.cycles if a.core else 0
         r.table["warnings_logged"] = logs.counts["WARNING"]
         r.table["errors_logged"] = logs.counts["ERROR"] + logs.counts["CRITICAL"]
     events = ex.engine.events_emitted + ex.stats["rest_requests"] + ex.engine._step_count
