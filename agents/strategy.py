@@ -123,88 +123,109 @@ class GeometricV2:
             return self._last  # a still book: the same inputs give the same ladder
         center = mid * (1.0 - self.sensitivity * predicted_funding_rate)
         center_ticks = center * self.inv_tick
-        cap = self.cap_steps
-        # Bids must stay below the best ask and asks above the best bid (post-only would reject).
-        bid_ceiling = int(math.ceil(best_ask * self.inv_tick - _EPS)) - 1 if best_ask > 0 else 1 << 62
-        ask_floor = int(math.floor(best_bid * self.inv_tick + _EPS)) + 1 if best_bid > 0 else 0
+        worst_long = position_steps + other_buy_steps
+        worst_short = position_steps - other_sell_steps
+        bids, buy_suppressed, worst_long_after = self._bids(center_ticks, worst_long, best_ask, buy_limit_steps)
+        asks, sell_suppressed, worst_short_after = self._asks(center_ticks, worst_short, best_bid, sell_limit_steps)
+        dps = self.decay_per_step
+        decay_b = math.exp(-worst_long * dps) if worst_long > 0 else 1.0
+        decay_s = math.exp(worst_short * dps) if worst_short < 0 else 1.0
+        self._last_key = key
+        self._last = Ladder(
+            bids,
+            asks,
+            center,
+            center_ticks,
+            decay_b if decay_b < decay_s else decay_s,
+            buy_suppressed,
+            sell_suppressed,
+            worst_long_after,
+            worst_short_after,
+        )
+        return self._last
 
+    def _bids(
+        self, center_ticks: float, worst: int, best_ask: float, limit_steps: int | None
+    ) -> tuple[tuple[Quote, ...], bool, int]:
+        """The bid side, inner to outer: ``worst`` (the long worst case) grows with each layer proposed.
+
+        Returns the bids, whether the side stopped at its cap (or may not quote at all), and the
+        worst case with the bids in it. Bids stay below the best ask (post-only would reject).
+        """
+        room = self.cap_steps - worst
+        if limit_steps is not None and limit_steps < room:
+            room = limit_steps
+        if room <= 0:
+            return (), True, worst
         exp = math.exp
         eps = _EPS
         new = tuple.__new__  # Quote(...) without the named tuple's Python-level __new__
         dps = self.decay_per_step
         mnu = self.min_notional_units
         mq = self.min_qty_steps
-
-        # --- bids: worst_long grows with each proposed layer
-        worst = position_steps + other_buy_steps
-        decay_b = exp(-worst * dps) if worst > 0 else 1.0
+        min_px = self.min_price_ticks
+        suppressed = False
         bids: list[Quote] = []
-        room_b = cap - worst
-        if buy_limit_steps is not None and buy_limit_steps < room_b:
-            room_b = buy_limit_steps
-        buy_suppressed = room_b <= 0
-        if not buy_suppressed:
-            prev = bid_ceiling + 1
-            min_px = self.min_price_ticks
-            for i, mult, base in self._bid_layers:
-                size = int((base * exp(-worst * dps) if worst > 0 else base) + eps)
-                if size > room_b:
-                    size = room_b
-                    buy_suppressed = True
-                px = int(center_ticks * mult + eps)
-                if px >= prev:
-                    px = prev - 1
-                if size < mq or px < min_px or px * size < mnu:
-                    break  # outer layers are only smaller and lower: stop here
-                bids.append(new(Quote, (Side.BUY, i, px, size)))
-                prev = px
-                worst += size
-                room_b -= size
-                if buy_suppressed or room_b <= 0:
-                    buy_suppressed = True
-                    break
+        ceiling = int(math.ceil(best_ask * self.inv_tick - _EPS)) - 1 if best_ask > 0 else 1 << 62
+        prev = ceiling + 1  # the inner neighbour's price: the first bid is at most the ceiling
+        for i, mult, base in self._bid_layers:
+            size = int((base * exp(-worst * dps) if worst > 0 else base) + eps)
+            if size > room:
+                size = room
+                suppressed = True
+            px = int(center_ticks * mult + eps)
+            if px >= prev:
+                px = prev - 1
+            if size < mq or px < min_px or px * size < mnu:
+                break  # outer layers are only smaller and lower: stop here
+            bids.append(new(Quote, (Side.BUY, i, px, size)))
+            prev = px
+            worst += size
+            room -= size
+            if suppressed or room <= 0:
+                suppressed = True
+                break
+        return tuple(bids), suppressed, worst
 
-        # --- asks: worst_short falls with each proposed layer
-        worst_s = position_steps - other_sell_steps
-        decay_s = exp(worst_s * dps) if worst_s < 0 else 1.0
+    def _asks(
+        self, center_ticks: float, worst: int, best_bid: float, limit_steps: int | None
+    ) -> tuple[tuple[Quote, ...], bool, int]:
+        """The ask side, inner to outer: ``worst`` (the short worst case, negative when short) falls
+        with each layer proposed. Returns as :meth:`_bids` does; asks stay above the best bid."""
+        room = self.cap_steps + worst
+        if limit_steps is not None and limit_steps < room:
+            room = limit_steps
+        if room <= 0:
+            return (), True, worst
+        exp = math.exp
+        eps = _EPS
+        new = tuple.__new__
+        dps = self.decay_per_step
+        mnu = self.min_notional_units
+        mq = self.min_qty_steps
+        maxp = self.max_price_ticks
+        suppressed = False
         asks: list[Quote] = []
-        room_s = cap + worst_s
-        if sell_limit_steps is not None and sell_limit_steps < room_s:
-            room_s = sell_limit_steps
-        sell_suppressed = room_s <= 0
-        if not sell_suppressed:
-            prev = ask_floor - 1
-            maxp = self.max_price_ticks
-            for i, mult, base in self._ask_layers:
-                size = int((base * exp(worst_s * dps) if worst_s < 0 else base) + eps)
-                if size > room_s:
-                    size = room_s
-                    sell_suppressed = True
-                raw = center_ticks * mult - eps
-                px = int(raw)
-                if px < raw:
-                    px += 1  # asks round up
-                if px <= prev:
-                    px = prev + 1
-                if size < mq or px > maxp or px * size < mnu:
-                    break
-                asks.append(new(Quote, (Side.SELL, i, px, size)))
-                prev = px
-                worst_s -= size
-                room_s -= size
-                if sell_suppressed or room_s <= 0:
-                    sell_suppressed = True
-                    break
-        self._last_key = key
-        self._last = Ladder(
-            tuple(bids),
-            tuple(asks),
-            center,
-            center_ticks,
-            decay_b if decay_b < decay_s else decay_s,
-            buy_suppressed,
-            sell_suppressed,
-            worst,
-            worst_s,
-        )
-        return self._last
+        floor = int(math.floor(best_bid * self.inv_tick + _EPS)) + 1 if best_bid > 0 else 0
+        prev = floor - 1  # the inner neighbour's price: the first ask is at least the floor
+        for i, mult, base in self._ask_layers:
+            size = int((base * exp(worst * dps) if worst < 0 else base) + eps)
+            if size > room:
+                size = room
+                suppressed = True
+            raw = center_ticks * mult - eps
+            px = int(raw)
+            if px < raw:
+                px += 1  # asks round up
+            if px <= prev:
+                px = prev + 1
+            if size < mq or px > maxp or px * size < mnu:
+                break  # outer layers are only smaller and higher: stop here
+            asks.append(new(Quote, (Side.SELL, i, px, size)))
+            prev = px
+            worst -= size
+            room -= size
+            if suppressed or room <= 0:
+                suppressed = True
+                break
+        return tuple(asks), suppressed, worst
