@@ -266,6 +266,33 @@ class OrderManager:
         return OrderDiff(tuple(cancels), tuple(amends), tuple(places), kept)
 
     def _side(self, desired, live, side, sign, center_ticks, cancels, amends, places) -> int:
+        """One side, inner to outer (``sign``: -1 for bids, 1 for asks); returns how many orders stay.
+
+        Each desired layer is matched to a live order within its tolerance (:meth:`_match`); what is
+        left is paired inner with inner (:meth:`_pair`); live orders left over are cancelled and
+        desired layers left over placed, with the layers whose order may not be amended.
+        """
+        replace: list[int] = []  # desired layers whose order may not be amended: placed anew
+        kept, free_d, free_l = self._match(desired, live, side, sign, center_ticks, cancels, amends, replace)
+        n_pair = min(len(free_d), len(free_l))
+        kept += self._pair(desired, free_d, free_l, n_pair, side, cancels, amends, replace)
+        for o in free_l[n_pair:]:
+            if not o.busy:
+                cancels.append(Cancel(o.client_order_id, o.order_id))
+        if replace:
+            replace.extend(free_d[n_pair:])
+            replace.sort()
+            self._place(desired, replace, side, places)
+        else:
+            self._place(desired, free_d[n_pair:], side, places)
+        return kept
+
+    def _match(self, desired, live, side, sign, center_ticks, cancels, amends, replace) -> tuple[int, list[int], list]:
+        """The two-pointer walk: a live order within its layer's price tolerance is kept (its size
+        within tolerance, or busy), amended to size, or cancelled to be replaced (``amend_blocked``).
+
+        Returns the orders kept, and the desired layers (indices) and live orders left unmatched.
+        """
         size_tol = self.size_tol
         frac = self.tol_fraction
         floor = self.tol_ticks
@@ -273,7 +300,6 @@ class OrderManager:
         i = j = kept = 0
         free_d: list[int] = []
         free_l: list = []
-        replace: list[int] = []  # desired layers whose order may not be amended: placed anew
         prev = center_ticks
         tol = 0.0
         tol_i = -1
@@ -312,35 +338,31 @@ class OrderManager:
         while j < nl:
             free_l.append(live[j])
             j += 1
-        # Pair what is left, inner with inner: a moved order is amended, not cancelled and replaced.
-        k = 0
-        n_pair = min(len(free_d), len(free_l))
-        skipped_d = 0
+        return kept, free_d, free_l
+
+    def _pair(self, desired, free_d, free_l, n_pair, side, cancels, amends, replace) -> int:
+        """Pair the first ``n_pair`` unmatched layers and orders, inner with inner: a moved order is
+        amended, not cancelled and replaced. Returns the pairs left alone for a cycle (order busy)."""
+        skipped = 0
         for k in range(n_pair):
             o = free_l[k]
             d = desired[free_d[k]]
             if o.busy:
                 # In flight (new or amend not yet acknowledged): leave it and its slot for a cycle.
-                skipped_d += 1
+                skipped += 1
                 continue
             if o.amend_blocked:
                 cancels.append(Cancel(o.client_order_id, o.order_id, OrderReason.MODIFY_LIMIT))
                 replace.append(free_d[k])
                 continue
             amends.append(Amend(o.client_order_id, o.order_id, side, d.price_ticks, o.filled_steps + d.qty_steps, d.layer))
-        for o in free_l[n_pair:]:
-            if not o.busy:
-                cancels.append(Cancel(o.client_order_id, o.order_id))
+        return skipped
+
+    def _place(self, desired, layers, side, places) -> None:
+        """A new ladder order for each desired layer in ``layers`` (indices, inner to outer)."""
         tif = self.time_in_force
         limit, ladder = OrderType.LIMIT, OrderReason.LADDER
         ids = self.ids
-        if replace:
-            replace.extend(free_d[n_pair:])
-            replace.sort()
-            todo = replace
-        else:
-            todo = free_d[n_pair:]
-        for idx in todo:
+        for idx in layers:
             d = desired[idx]
             places.append(Place(ids.next(), side, d.price_ticks, d.qty_steps, tif, False, limit, ladder, d.layer))
-        return kept + skipped_d

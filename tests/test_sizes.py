@@ -23,8 +23,6 @@ ALLOWED: dict[tuple[str, str], int] = {
     # the agent's runtime, being split by concern (issue 10, item 1)
     ("agents/agent.py", "SymbolAgent.__init__"): 67,
     ("agents/agent_orders.py", "OrderFlow._send_batch"): 63,
-    # the pure core's long decision (one side of the ladder)
-    ("agents/orders.py", "OrderManager._side"): 79,
     # the exchange client (the signed request and its answers in one method)
     ("fleet/binance/client.py", "BinanceClient"): 463,
 }
