@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from fleet.config import load_fleet_config
+from simulate.report import CHART_NAMES, chart_id, write_report
 from simulate.run import RunOptions, simulate
 from simulate.schedule import ScheduleError, load_schedule
 from simulate.table import format_table
@@ -34,7 +35,7 @@ def test_the_same_seed_prints_the_same_table_and_another_seed_does_not():
     assert a.symbols[0].table != c.symbols[0].table
 
 
-def test_the_split_adds_up_to_the_exchange_and_the_book_is_empty_after_the_stop():
+def test_the_split_adds_up_to_the_exchange_and_the_book_is_empty_after_the_stop(tmp_path):
     result = _run(20, seed=2)
     sym = result.symbols[0]
     t = sym.table
@@ -48,6 +49,9 @@ def test_the_split_adds_up_to_the_exchange_and_the_book_is_empty_after_the_stop(
     assert t["worst_long_max"] <= sym.cap + 1e-9 and t["worst_short_max"] <= sym.cap + 1e-9
     assert len(s) > 100 and s.t_ms == sorted(s.t_ms)
     assert any(b is not None for b in s.bid_quote) and any(a is not None for a in s.ask_quote)
+    page = write_report(result, tmp_path / "run.html").read_text()  # the report of a real run
+    assert all(chart_id(name, "ETHUSDC") in page for name in CHART_NAMES)
+    assert 'src="http' not in page and f"{t['fills']}" in page
 
 
 def test_scheduled_faults_are_survived():
