@@ -92,13 +92,32 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
         self.log = AgentLog(logger or logging.getLogger("mmfleet.agent"), symbol)
         self.metrics = AgentMetrics(symbol)
         self.budget = RateBudget(share=rate_share, clock=clock.monotonic)
+        self.journal: JournalSink = NULL_SINK  # the trade journal (journal.recorder.attach_journal)
+        # what the start learns: the trading core, the symbol's filters, the lease grant
         self.core: AgentCore | None = None
         self.filters: SymbolFilters | None = None
         self.grant: Grant | None = None
+        self._init_connections()
+        self._init_life()
+        self._init_order_flow()
+        self._init_status()
+
+    def _init_connections(self) -> None:
+        """The REST client and the streams, opened by the start; what the feeds know of them."""
         self._client: BinanceClient | None = None
         self._market: MarketStream | None = None
         self._user: UserStream | None = None
         self._user_connected = self._market_connected = False
+        self._last_book_mono: float | None = None
+        self._user_lost_at: float | None = None
+        self._user_stream_opened: float = 0.0
+        self._market_stream_opened: float = 0.0
+        self._user_reconnect = asyncio.Event()
+        self._streams: list[Any] = []  # every stream not yet folded into the frame counts below
+        self._frames_retired = {"malformed_frames": 0, "unknown_events": 0}
+
+    def _init_life(self) -> None:
+        """Start to stop: what blocks quoting, the lease clock, the loops and the control asked for."""
         self._blocks: set[str] = {BLOCK_STARTING}
         self._lease = LeaseClock(LEASE_MARGIN_S)
         self._started = self._stopping = self._stopped = False
@@ -107,29 +126,27 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
         self._stop_summary: dict | None = None
         self._tasks: list[asyncio.Task] = []
         self._sleepers: set[asyncio.Future] = set()  # timers' sleeps, cut short by the stop
-        self._inflight: set[asyncio.Task] = set()
-        self._lookups: dict[str, float] = {}
-        self._sending: dict[str, int] = {}  # client order id -> requests about it still awaiting an answer
-        self._last_book_mono: float | None = None
-        self._user_lost_at: float | None = None
-        self._user_stream_opened: float = 0.0
-        self._market_stream_opened: float = 0.0
-        self._user_reconnect = asyncio.Event()
         self._kill_wanted: str | None = None  # a halt/flatten/resume asked for before the core existed
         self._reduce_only_wanted: bool | None = None
         self._resync_lock = asyncio.Lock()
         self._rearming = False  # a dead-man re-arm is under way before the lease block is lifted
+
+    def _init_order_flow(self) -> None:
+        """Requests out, look-ups and quote pulls (``agent_orders``)."""
+        self._inflight: set[asyncio.Task] = set()
+        self._lookups: dict[str, float] = {}
+        self._sending: dict[str, int] = {}  # client order id -> requests about it still awaiting an answer
+        self._pull_task: asyncio.Task | None = None
+
+    def _init_status(self) -> None:
+        """What the agent shows: latencies, counters, the published snapshot, the last repair."""
         self.latencies_ns: deque[int] = deque(maxlen=LATENCY_KEEP)
         self._recent_latencies: deque[int] = deque(maxlen=LATENCY_RECENT)
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self._started_mono = self.clock.monotonic()
         self.published: Snapshot | None = None  # the latest snapshot the loop published (publish())
         self._last_repair: dict[str, Any] | None = None  # the reconciliation's last repair, for status
-        self._pull_task: asyncio.Task | None = None
         self._position_mismatch = False  # the last position check disagreed (a second one resyncs)
-        self._streams: list[Any] = []  # every stream not yet folded into the frame counts below
-        self._frames_retired = {"malformed_frames": 0, "unknown_events": 0}
-        self.journal: JournalSink = NULL_SINK  # the trade journal (journal.recorder.attach_journal)
 
     # ================================================================== public API
 
