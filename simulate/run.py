@@ -148,6 +148,8 @@ async def _simulate(cfg: FleetConfig, config_path: Path, opts: RunOptions, overr
         for name in AGENT_COUNTERS:
             r.table[name] = a.counters.get(name, 0)
         r.table["quote_cycles"] = a.core.cycles if a.core else 0
+    for r in results:
+        r.table["stream_connections"] = ex.opened["market"] + ex.opened["user"]
         r.table["warnings_logged"] = logs.counts["WARNING"]
         r.table["errors_logged"] = logs.counts["ERROR"] + logs.counts["CRITICAL"]
     events = ex.engine.events_emitted + ex.stats["rest_requests"] + ex.engine._step_count

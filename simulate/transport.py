@@ -60,6 +60,8 @@ class _LocalConnection:
         self._exchange = exchange
         self._sub: Subscription | None = None
         self._lost = False
+        self._ended = False
+        self._queue = None
 
     def _subscribe(self) -> Subscription:
         raise NotImplementedError
@@ -79,6 +81,7 @@ class _LocalConnection:
         self._closing = True
         if self._sub is not None and not self._sub.closed:
             self._exchange.close(self._sub)
+        self._end()  # as a socket's reader does: whoever iterates sees the end after what was queued
 
     @property
     def connected(self) -> bool:
@@ -101,6 +104,11 @@ class _LocalConnection:
                 self._hand_over(events, time.perf_counter_ns())  # (latency metrics only)
             else:
                 for event in events:
+                    if self._queue.full():  # the exchange drops a reader this far behind (as fleet.sim does)
+                        self._exchange.stats["ws_slow_dropped"] += 1
+                        self._exchange.close(self._sub)
+                        self.lost("too slow: the exchange dropped the connection")
+                        return
                     self._queue.put_nowait(event)
 
     def lost(self, reason: str) -> None:
@@ -108,8 +116,16 @@ class _LocalConnection:
             return
         self._lost = True
         self.close_reason = f"connection closed: {reason}"
-        if self._queue is not None:
-            self._queue.put_nowait(_CLOSED)
+        self._end()
+
+    def _end(self) -> None:
+        queue = self._queue
+        if queue is None or self._ended:
+            return
+        self._ended = True
+        if queue.full():
+            queue.get_nowait()  # the connection is gone: the agent resyncs from REST after reconnecting
+        queue.put_nowait(_CLOSED)
 
 
 class LocalMarketStream(_LocalConnection, MarketStream):

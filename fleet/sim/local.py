@@ -73,6 +73,7 @@ class LocalExchange(ExchangeGateway):
         self._user: dict[str, list[Subscription]] = {}
         self.subscriptions: list[Subscription] = []
         self.frames_delivered = 0
+        self.opened = {"market": 0, "user": 0}  # connections accepted so far
         # an observer of every user frame (account, frame), listened to or not; None = nobody watches
         self.on_user_frame: Callable[[str, dict[str, Any]], None] | None = None
 
@@ -129,6 +130,7 @@ class LocalExchange(ExchangeGateway):
             self._market.setdefault(c, []).append(sub)
         self.engine.set_interest(set(self._market))
         self.subscriptions.append(sub)
+        self.opened["market"] += 1
         return sub
 
     def subscribe_user(self, listen_key: str, sink: Sink) -> Subscription:
@@ -138,6 +140,7 @@ class LocalExchange(ExchangeGateway):
         sub = Subscription(sink, (), listen_key, acct.name, self.clock())
         self._user.setdefault(acct.name, []).append(sub)
         self.subscriptions.append(sub)
+        self.opened["user"] += 1
         return sub
 
     def close(self, sub: Subscription) -> None:

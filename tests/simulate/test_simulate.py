@@ -70,6 +70,18 @@ def test_scheduled_faults_are_survived():
     assert t["worst_long_max"] <= result.symbols[0].cap + 1e-9
 
 
+def test_planned_stream_swaps_keep_the_agent_in_step():
+    """The runtime replaces its streams before the exchange's 24 h cut (here every 100 s): the old user
+    stream ends for its reader after what it queued, the new one carries on, nothing is missed."""
+    cfg = CFG.model_copy(update={"runtime": CFG.runtime.model_copy(update={"stream_max_lifetime_sec": 100.0})})
+    result = simulate(cfg, CONFIG, RunOptions(hours=0.1, seed=4, symbols=["ETHUSDC"]))
+    t = result.symbols[0].table
+    assert t["stream_connections"] >= 2 + 2 * 3  # the first two, then at least three swaps of each
+    assert t["resyncs"] == 0 and t["reconcile_repairs"] == 0 and t["errors_logged"] == 0
+    assert t["user_stream_reconnects"] == 0 and t["market_stream_reconnects"] == 0
+    assert max(result.symbols[0].samples.orders_1m[-30:]) > 0 and t["fills"] > 0  # still quoting at the end
+
+
 @pytest.mark.parametrize("events, message", [
     ([{"at": "2x", "do": "drop"}], "at"),
     ([{"at": 10, "do": "explode"}], "do"),
