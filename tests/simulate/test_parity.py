@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "fleet.demo.yaml"
 CFG = load_fleet_config(CONFIG)
 SEED = 21
-SPAN_S = 40.0
+SPAN_S = 25.0
 FACTOR = 2.0  # counts agree within this factor
 SIM = SimConfig(symbols=(default_symbol_spec("ETHUSDC").model_copy(update={"funding_rate": "0"}),),
                 funding_rate_wander=0.0, market=MarketParams(volatility=0.3))
