@@ -14,6 +14,7 @@ import time
 from typing import Any, Awaitable
 
 from fleet.vocabulary import KillState
+from fleet.binance.client import BinanceClient
 from fleet.binance.enums import ErrorCode, OrderType, TimeInForce
 from fleet.binance.errors import (
     BinanceError,
@@ -176,47 +177,61 @@ class OrderFlow:
             self.log.event("send_failed", f"sending failed: {task.exception()!r}", level=logging.ERROR)
 
     async def _send_batch(self, batch: Batch, tick: Tick | None, risk: bool = False) -> None:
+        """Send one batch and apply its answers: a failure of the whole call to every item of it, the
+        answers of a batch call (an order or a rejection each, in order) one by one."""
         client = self._require_client()
         core = self._require_core()
-        items = batch.items
         TICK_READ.set(tick)  # this task's own context
         try:
-            if batch.kind == "place":
-                reqs = [self._order_request(p) for p in items]  # type: ignore[arg-type]
-                self._mark_latency(tick)
-                if len(reqs) == 1:
-                    results: list[Any] = [await self._try(client.place_order(reqs[0], wait=False, risk=risk))]
-                else:
-                    results = await client.batch_place(reqs, wait=False, risk=risk)
-            elif batch.kind == "amend":
-                mods = [self._modify_request(a) for a in items]  # type: ignore[arg-type]
-                self._mark_latency(tick)
-                if len(mods) == 1:
-                    results = [await self._try(client.modify_order(mods[0], wait=False, risk=risk))]
-                else:
-                    results = await client.batch_modify(mods, wait=False, risk=risk)
-            else:
-                results = await self._cancel_items(items)  # type: ignore[arg-type]
-        except OutcomeUnknownError as exc:
-            self._outcome_unknown(batch.kind, items, exc)
+            results = await self._send_requests(client, batch, tick, risk)
+        except BinanceError as exc:
+            self._batch_failed(core, batch, exc)
             return
-        except BudgetExhaustedError as exc:
+        self.journal.on_results(self, batch, results)
+        self._apply_results(core, batch, results)
+
+    async def _send_requests(self, client: BinanceClient, batch: Batch, tick: Tick | None, risk: bool) -> list[Any]:
+        """The batch's one call (a single order or a batch call; cancels by id and by client id); the
+        tick-to-order latency is marked once the requests are built, before the send's first await."""
+        items = batch.items
+        if batch.kind == "place":
+            reqs = [self._order_request(p) for p in items]  # type: ignore[arg-type]
+            self._mark_latency(tick)
+            if len(reqs) == 1:
+                return [await self._try(client.place_order(reqs[0], wait=False, risk=risk))]
+            return await client.batch_place(reqs, wait=False, risk=risk)
+        if batch.kind == "amend":
+            mods = [self._modify_request(a) for a in items]  # type: ignore[arg-type]
+            self._mark_latency(tick)
+            if len(mods) == 1:
+                return [await self._try(client.modify_order(mods[0], wait=False, risk=risk))]
+            return await client.batch_modify(mods, wait=False, risk=risk)
+        return await self._cancel_items(items)  # type: ignore[arg-type]
+
+    def _batch_failed(self, core: AgentCore, batch: Batch, exc: BinanceError) -> None:
+        """The whole call failed: of unknown outcome (kept counted), refused by the local budget
+        (nothing sent), or rejected (429 pauses the budget)."""
+        items = batch.items
+        if isinstance(exc, OutcomeUnknownError):
+            self._outcome_unknown(batch.kind, items, exc)
+        elif isinstance(exc, BudgetExhaustedError):
             for d in items:
                 core.on_not_sent(d)  # refused locally, nothing left: not an exchange rejection
             self.log.event("budget_refused", f"{batch.kind} x{len(items)} not sent: {exc.msg}", level=logging.DEBUG)
-            return
-        except RateLimitedError as exc:
+        elif isinstance(exc, RateLimitedError):
             self.counters["rate_limited"] += 1
             for d in items:
                 core.on_rejected(d, exc.code, self._exchange_ms())
             self.log.event("rate_limited", f"429: pausing {exc.retry_after}s", level=logging.WARNING)
-            return
-        except BinanceError as exc:
+        else:
             for d in items:
                 core.on_rejected(d, exc.code, self._exchange_ms())
             self.log.event("request_failed", f"{batch.kind} x{len(items)}: {exc!r}", level=logging.WARNING)
-            return
-        self.journal.on_results(self, batch, results)
+
+    def _apply_results(self, core: AgentCore, batch: Batch, results: list[Any]) -> None:
+        """One answer per item: an order to the core, a rejection to the core (logged unless quiet),
+        the ambiguous ones kept counted until a look-up settles them."""
+        items = batch.items
         unknown = [d for d, res in zip(items, results) if isinstance(res, OutcomeUnknownError)]
         if unknown:
             first = next(r for r in results if isinstance(r, OutcomeUnknownError))

@@ -20,8 +20,6 @@ MAX_FUNCTION = 60
 
 # (file, qualified name) -> lines today. Issue 10 ("the house") splits these; none may grow.
 ALLOWED: dict[tuple[str, str], int] = {
-    # the agent's runtime, being split by concern (issue 10, item 1)
-    ("agents/agent_orders.py", "OrderFlow._send_batch"): 63,
     # the exchange client (the signed request and its answers in one method)
     ("fleet/binance/client.py", "BinanceClient"): 463,
 }
