@@ -1,5 +1,9 @@
 """The REST client: signed requests on one keep-alive aiohttp session, typed results and errors.
 
+Two rooms: :class:`RestCore` carries one request (charged to the rate budget, signed, sent, its answer
+decoded or raised as a typed error) and keeps the session and the exchange clock's offset;
+:class:`BinanceClient` builds on it one method per endpoint, with typed arguments and results.
+
 Every request is charged to a :class:`~fleet.binance.ratelimit.RateBudget` before it is sent, with
 the endpoint's documented weight (the table in :mod:`~fleet.binance.endpoints`), and the budget is
 corrected from the response headers. Order requests that may have executed without an answer raise
@@ -14,7 +18,7 @@ import dataclasses
 import logging
 import time
 from decimal import Decimal
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Self, Sequence
 
 import aiohttp
 import orjson
@@ -69,13 +73,9 @@ def _dec(value: Any) -> Decimal:
     return Decimal(str(value)) if value not in (None, "") else Decimal(0)
 
 
-class BinanceClient:
-    """Binance USD-M futures REST (``/fapi``), the same against production, testnet and ``fleet.sim``.
-
-    Use as ``async with BinanceClient(url, key, secret) as client:``; one aiohttp session is kept
-    for the client's life. ``wait=True`` on order calls waits for rate budget; ``wait=False`` raises
-    :class:`BudgetExhaustedError` instead (nothing sent).
-    """
+class RestCore:
+    """One request to Binance's REST API and its answer: the rate budget, the signature, the session,
+    the exchange clock's offset, the typed errors. The endpoints are :class:`BinanceClient`'s."""
 
     def __init__(
         self,
@@ -99,22 +99,12 @@ class BinanceClient:
         self.clock_ms = clock_ms or _wall_ms  # local time in ms (a simulated run injects its clock)
         self.time_offset_ms = 0  # exchange time - local time
         self._session: aiohttp.ClientSession | None = None
-        self._position_v2 = False
-        self._account_v2 = False
         self.requests_sent = 0
         self.resync_on_skew = True  # on -1021: re-learn the clock offset and send once more
 
-    def __repr__(self) -> str:  # never shows the key or the secret
-        return f"BinanceClient({self.rest_url!r}, signed={self._api_secret is not None})"
-
-    @property
-    def position_api(self) -> str:
-        """``"v3"`` until the exchange answers 404 on /fapi/v3/positionRisk, then ``"v2"``."""
-        return "v2" if self._position_v2 else "v3"
-
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def __aenter__(self) -> "BinanceClient":
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
 
@@ -184,6 +174,16 @@ class BinanceClient:
             return await self._send(endpoint, params)
 
     async def _send(self, endpoint: Endpoint, params: Mapping[str, Any] | None) -> Any:
+        """One HTTP exchange for ``endpoint``: the request built (and signed), sent, its answer read."""
+        url, body, headers = self._build(endpoint, params)
+        self.requests_sent += 1
+        status, raw, resp_headers = await self._http(endpoint.method, endpoint.path, url, body, headers,
+                                                     endpoint.mutating)
+        return self._answer(endpoint, status, raw, resp_headers)
+
+    def _build(self, endpoint: Endpoint, params: Mapping[str, Any] | None) -> tuple[str, bytes | None, dict[str, str]]:
+        """The URL, the body and the headers: the API key for a keyed or signed endpoint, and for a
+        signed one the recvWindow, the timestamp and the signature over the encoded parameters."""
         method, path, signed, keyed = endpoint.method, endpoint.path, endpoint.signed, endpoint.keyed
         headers: dict[str, str] = {}
         fields = dict(params or {})
@@ -207,10 +207,13 @@ class BinanceClient:
             body = encoded.encode()
         elif encoded:
             url = f"{url}?{encoded}"
-        self.requests_sent += 1
-        status, raw, resp_headers = await self._http(method, path, url, body, headers, endpoint.mutating)
+        return url, body, headers
+
+    def _answer(self, endpoint: Endpoint, status: int, raw: bytes, resp_headers: Mapping[str, str]) -> Any:
+        """The decoded answer of a success; otherwise its typed error, raised (after telling the budget
+        of a 429 or a ban); a write's error that may have executed becomes an unknown outcome."""
+        method, path, mutating = endpoint.method, endpoint.path, endpoint.mutating
         self.budget.observe_headers(resp_headers)
-        mutating = endpoint.mutating
         payload = _decode(raw, status, method, path, mutating)
         if 200 <= status < 300 and not (isinstance(payload, dict) and _is_error_payload(payload)):
             return payload
@@ -244,7 +247,7 @@ class BinanceClient:
         except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
             raise lost_answer(method, path, type(exc).__name__, mutating) from exc
 
-    # -- time and market data ------------------------------------------------------------------
+    # -- the exchange clock --------------------------------------------------------------------
 
     async def server_time(self) -> int:
         data = await self._request(ep.TIME)
@@ -257,6 +260,29 @@ class BinanceClient:
         after = self.clock_ms()
         self.time_offset_ms = int(round(server - (before + after) / 2))
         return self.time_offset_ms
+
+
+class BinanceClient(RestCore):
+    """Binance USD-M futures REST (``/fapi``), the same against production, testnet and ``fleet.sim``.
+
+    Use as ``async with BinanceClient(url, key, secret) as client:``; one aiohttp session is kept
+    for the client's life. ``wait=True`` on order calls waits for rate budget; ``wait=False`` raises
+    :class:`BudgetExhaustedError` instead (nothing sent).
+    """
+
+    # The v2 paths, set on the client once the exchange answers 404 on the v3 ones.
+    _position_v2 = False
+    _account_v2 = False
+
+    def __repr__(self) -> str:  # never shows the key or the secret
+        return f"BinanceClient({self.rest_url!r}, signed={self._api_secret is not None})"
+
+    @property
+    def position_api(self) -> str:
+        """``"v3"`` until the exchange answers 404 on /fapi/v3/positionRisk, then ``"v2"``."""
+        return "v2" if self._position_v2 else "v3"
+
+    # -- market data ---------------------------------------------------------------------------
 
     async def ping(self) -> None:
         await self._request(ep.PING)
