@@ -23,7 +23,7 @@ from typing import Any, Callable
 from agents.agent import SymbolAgent
 from agents.agent_base import ExchangeEndpoints
 from agents.ownership import Grant
-from fleet.config import FleetConfig, RuntimeParams, symbol_params
+from fleet.config import FleetConfig, symbol_params
 from fleet.sim.config import SimConfig, load_sim_config
 from fleet.sim.local import LocalExchange
 from fleet.vocabulary import KillState
@@ -168,26 +168,22 @@ def _agents(cfg: FleetConfig, config_path: Path, opts: RunOptions, overrides: di
             clock: SimClock, logger: logging.Logger, every: int) -> tuple[list[SymbolAgent], list[SymbolWatch]]:
     agents, watches = [], []
     keys = {name: (key, secret) for name, key, secret in ex.accounts}
+    entries = {e.symbol: e for e in cfg.symbols}
     for symbol in (b.symbol for b in ex.engine.books.values()):
-        account = cfg.entry(symbol).account if any(e.symbol == symbol for e in cfg.symbols) else cfg.accounts[0].name
-        if account not in keys:
-            raise ValueError(f"{symbol}: the simulator has no account {account!r} (its accounts: {sorted(keys)})")
-        base = symbol_params(cfg, symbol, config_path) if any(e.symbol == symbol for e in cfg.symbols) else None
-        if base is None:
+        entry = entries.get(symbol)
+        if entry is None:
             raise ValueError(f"{symbol} is not in the fleet config {config_path}")
-        params = overrides_of.apply(cfg, symbol, base, overrides)
-        key, secret = keys[account]
+        if entry.account not in keys:
+            raise ValueError(f"{symbol}: the simulator has no account {entry.account!r} (its accounts: {sorted(keys)})")
+        params = overrides_of.apply(cfg, symbol, symbol_params(cfg, symbol, config_path), overrides)
+        key, secret = keys[entry.account]
         agents.append(SymbolAgent(
-            fleet_name=cfg.name, symbol=symbol, params=params, runtime=_runtime(cfg.runtime),
+            fleet_name=cfg.name, symbol=symbol, params=params, runtime=cfg.runtime,
             endpoints=ExchangeEndpoints(SIM_URL, SIM_URL, SIM_URL), credentials=None, ownership=LocalLease(),
             logger=logger, clock=clock, rng=random.Random(f"{opts.seed}:{symbol}:agent"),
             transport=LocalTransport(ex, key, secret, clock=clock, rest_latency_ms=opts.rest_latency_ms)))
-        watches.append(SymbolWatch(symbol, account, params.worst_cap, params.model_dump(), every))
+        watches.append(SymbolWatch(symbol, entry.account, params.worst_cap, params.model_dump(), every))
     return agents, watches
-
-
-def _runtime(runtime: RuntimeParams) -> RuntimeParams:
-    return runtime
 
 
 def _observe(ex: LocalExchange, watches: list[SymbolWatch]) -> None:
