@@ -88,7 +88,7 @@ class LogCount(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.counts[record.levelname] = self.counts.get(record.levelname, 0) + 1
-        self.last = (self.last + [record.getMessage()[:300]])[-20:]
+        self.last = (self.last + [f"{record.levelname} {record.getMessage()[:300]}"])[-20:]
 
 
 def replay_start_ms(directory: str | Path, symbols: list[str] | None = None) -> int:
@@ -153,7 +153,8 @@ async def _simulate(cfg: FleetConfig, config_path: Path, opts: RunOptions, overr
         r.table["warnings_logged"] = logs.counts["WARNING"]
         r.table["errors_logged"] = logs.counts["ERROR"] + logs.counts["CRITICAL"]
     events = ex.engine.events_emitted + ex.stats["rest_requests"] + ex.engine._step_count
-    return RunResult(opts.seed, opts.hours, dict(overrides), results, events, time.perf_counter() - wall0)
+    return RunResult(opts.seed, opts.hours, dict(overrides), results, events, time.perf_counter() - wall0,
+                     list(logs.last))
 
 
 def _quiet_logger(counter: LogCount, verbose: bool) -> logging.Logger:

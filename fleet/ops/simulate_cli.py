@@ -118,6 +118,9 @@ def _single(args: argparse.Namespace, cfg: Any, opts: Any, overrides: dict[str, 
 
     result = simulate(cfg, args.config, opts, overrides, verbose=args.verbose)
     print(format_table(result))
+    if result.log_tail and not args.verbose:
+        print("\nthe agents' last warnings (--verbose shows their whole log):")
+        print("\n".join(f"  {line}" for line in result.log_tail))
     print(f"\n{result.hours:g} simulated hours in {result.wall_s:.1f} s wall "
           f"({result.hours / max(result.wall_s, 1e-9):.2f} simulated h/s, {result.events:,} events)")
     _write(args, result)
