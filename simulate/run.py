@@ -128,19 +128,23 @@ async def _simulate(cfg: FleetConfig, config_path: Path, opts: RunOptions, overr
     every = max(1, math.ceil(opts.hours * 3600.0 / max(opts.points, 1)))
     agents, watches = _agents(cfg, config_path, opts, overrides, ex, clock, logger, every)
     _observe(ex, watches)
-    tasks = [asyncio.create_task(ex.run(), name="exchange")]
-    tasks += [asyncio.create_task(a.run(), name=f"agent-{a.symbol}") for a in agents]
+    living = [asyncio.create_task(ex.run(), name="exchange")]
+    living += [asyncio.create_task(a.run(), name=f"agent {a.symbol}") for a in agents]
     start = clock.monotonic()
-    tasks.append(asyncio.create_task(_sample(ex, clock, agents, watches), name="sampler"))
-    tasks.append(asyncio.create_task(play(opts.schedule, ex, clock, start), name="schedule"))
+    tasks = living + [asyncio.create_task(_sample(ex, clock, agents, watches), name="sampler"),
+                      asyncio.create_task(play(opts.schedule, ex, clock, start), name="schedule")]
     if opts.progress is not None:
         tasks.append(asyncio.create_task(_progress(opts, clock, start, wall0), name="progress"))
-    await asyncio.sleep(opts.hours * 3600.0)
+    ended, _ = await asyncio.wait(living, timeout=opts.hours * 3600.0, return_when=asyncio.FIRST_COMPLETED)
     for a in agents:
         await a.stop()
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    for t in ended:  # nothing of the run may end before it: an agent or the exchange that did is a failure
+        exc = None if t.cancelled() else t.exception()
+        raise RuntimeError(f"the simulated run's {t.get_name()} ended after "
+                           f"{(clock.monotonic() - start) / 3600.0:.3f} simulated h: {exc!r}") from exc
     results = [w.result(opts.hours, ex.engine, a.core.grinding.count_total if a.core else 0,
                         float(a.core.grinding.cost_saved) if a.core else 0.0) for a, w in zip(agents, watches)]
     for r, a, w in zip(results, agents, watches):
