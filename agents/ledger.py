@@ -566,8 +566,9 @@ class OrderLedger:
         self, client_order_id: str, order_id: int, side: str, price: Decimal, orig_qty: Decimal, cum_qty: Decimal,
         status: str, update_time: int, stage: int, order_type: str, tif: str, reduce_only: bool,
     ) -> bool:
-        """One exchange view of an order, applied if newer than the one held (by update time,
-        cumulative filled, stage); returns whether it changed anything."""
+        """One exchange view of an order, applied if newer than the one held; returns whether it
+        changed anything. Newer: more of the order filled (its filled quantity only grows, whatever
+        the stamps say), else a later update time, else a later stage of the order's life."""
         cum = self.steps(cum_qty)
         key = (update_time, cum, stage)
         o = self.find(client_order_id, order_id)
@@ -578,7 +579,7 @@ class OrderLedger:
             o.reduce_only = reduce_only
             o.status = OrderStatus.NEW
             self.orders[client_order_id] = o
-        elif key <= o.key:
+        elif cum < o.key[1] or (cum == o.key[1] and key <= o.key):
             self.stale_updates += 1
             return False
         elif o.status in _CLOSED and stage != _STAGE_FINAL and not o.inferred:

@@ -94,6 +94,18 @@ def test_fill_reported_before_its_new_event_is_applied_once(store):
     assert not store.orders and store.fills_buy == 2
 
 
+def test_a_view_with_more_filled_is_newer_whatever_its_time(store):
+    # an amendment answered at t=15, then the fill the exchange stamped t=14: the order is filled,
+    # and a look-up answering the same stays applied (no ghost order keeps counting)
+    store.on_sent(place("a"), 10)
+    store.apply(order_update("a", 101, BUY, 300_000, 7, t=11))
+    store.on_order_info(order_info("a", 101, BUY, 300_010, 7, t=15))
+    store.apply(order_update("a", 101, BUY, 300_010, 7, status="FILLED", cum_steps=7, last_steps=7, t=14, trade_id=1))
+    assert store.position_steps == 7 and store.pending_buy_steps == 0 and not store.orders
+    store.on_order_info(order_info("a", 101, BUY, 300_010, 7, t=16))  # an older answer, later stamp
+    assert store.get("a").status == "FILLED" and not store.orders
+
+
 def test_a_fill_the_account_update_already_holds_is_not_added_again_even_out_of_order(store):
     # trades: 3 at t=11, then the exchange's position figure (3) at t=12, then 4 more at t=13;
     # they arrive: the t=13 trade, the account update, the t=11 trade.

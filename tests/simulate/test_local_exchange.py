@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
+import orjson
 import pytest
 
 from fleet.binance.enums import OrderType, Side, TimeInForce
 from fleet.binance.errors import OutcomeUnknownError
 from fleet.binance.models import OrderRequest
 from fleet.binance.ratelimit import RateBudget
+from fleet.binance.signing import sign
 from fleet.binance.streams import StreamClosedError
 from fleet.sim.faults import parse_fault
 from fleet.sim.local import LocalExchange
@@ -122,3 +124,39 @@ def test_a_listen_key_the_exchange_does_not_know_is_refused():
             await stream.connect()
     
     run(main)
+
+
+def test_the_market_moves_to_a_request_s_time_before_the_request_runs():
+    """No frame the exchange sends after an answer carries an earlier time than the answer: a fill of
+    a just-placed order (from a market step or a replayed trade due before the request arrived) is
+    stamped no earlier than the order itself. Requests arrive here with market steps still due."""
+    now = [START]
+    ex = LocalExchange(clock_ms=lambda: now[0], symbols=["ETHUSDC"], seed=5,
+                       config={"market": {"volatility": 3.0, "jump_rate_per_hour": 400.0}})
+    frames: list[dict] = []
+    ex.on_user_frame = lambda account, frame: frames.append(frame)
+    _, key, secret = ex.accounts[0]
+    book = ex.engine.books["ETHUSDC"]
+    answered: dict[str, int] = {}
+    for i in range(60):
+        now[0] += 310  # six market steps due and not yet run
+        side = "BUY" if i % 2 else "SELL"
+        price = book.best_bid() if side == "BUY" else book.best_ask()
+        query = (f"symbol=ETHUSDC&side={side}&type=LIMIT&timeInForce=GTX&quantity=0.010"
+                 f"&price={book.price_str(price)}&newClientOrderId=t-{i}&timestamp={now[0]}")
+        answer = ex.request("POST", "/fapi/v1/order", f"{query}&signature={sign(secret, query)}", b"", key)
+        body = orjson.loads(answer.body)
+        if answer.status == 400 and body["code"] == -5022:
+            continue  # the market moved through the price while the request travelled: post-only refused
+        assert answer.status == 200, body
+        answered[f"t-{i}"] = body["updateTime"]
+    now[0] += 5_000
+    ex.engine.advance(now[0])
+    ex._flush()
+    updates = [f["o"] for f in frames if f.get("e") == "ORDER_TRADE_UPDATE"]
+    fills = [o for o in updates if o["x"] == "TRADE"]
+    assert fills, "the market never reached an order: the check says nothing"
+    assert all(o["T"] >= answered[o["c"]] for o in updates), [
+        (o["c"], o["x"], o["T"], answered[o["c"]]) for o in updates if o["T"] < answered[o["c"]]]
+    times = [f["E"] for f in frames]
+    assert times == sorted(times)

@@ -27,7 +27,7 @@ from fleet.sim.engine import Engine, render
 from fleet.sim.recording import FILE_RE, ReadStats, Recording
 from fleet.sim.thread import SimThread
 from simulate.record import Options, main, record, stream_urls
-from tests.e2e.test_agent_live import exchange, in_sync, make_agent  # noqa: F401 - fixtures
+from tests.e2e.test_agent_live import describe, exchange, in_sync, make_agent  # noqa: F401 - fixtures
 from tests.polling import poll, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
@@ -154,7 +154,8 @@ async def test_a_quoting_agent_gets_fills_on_the_replayed_market(recording, sim,
 
     await wait_for(filled, RECORD_S + 10, "fills of the agent's orders from recorded trades")
     await wait_for(lambda: sim.engine.replay.done, RECORD_S + 20, "the end of the replay")
-    await wait_for(lambda: in_sync(agent, exchange), 20, "the agent in step with the exchange")
+    await wait_for(lambda: in_sync(agent, exchange), 20, "the agent in step with the exchange",
+                   explain=lambda: describe(agent, exchange))
     st = await exchange.state()
     assert st["replay"]["done"] and st["markets"]["ETHUSDC"]["regime"] == "replay"
     async with exchange.http.post(f"{sim.rest_url}/sim/market/jump", json={"symbol": "ETHUSDC", "pct": 1}) as r:
