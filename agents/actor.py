@@ -29,6 +29,25 @@ log = logging.getLogger("mmfleet.actor")
 CONTROL = "control"
 KILL = "kill"
 
+# Where an agent's start-up time goes, shown in status()["phases"] (wall clock, seconds since the
+# epoch) and status()["phase_cpu"] (this process's CPU seconds by then): the process spawned by Ray,
+# the actor constructed (Ray's worker start), the agent's modules imported, the spec fetched from the
+# controller, the agent built, the lease granted, the start done (streams, snapshot, older epochs
+# cancelled, dead-man armed), the first orders of its ladder sent (the last three sampled every 50 ms).
+PHASES = ("process", "actor_init", "imported", "spec", "built", "owned", "started", "quoting")
+
+
+def _process_started_at() -> float | None:
+    """This process's start time (Linux /proc), or None elsewhere."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
 
 def _first_line(exc: BaseException) -> str:
     lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
@@ -65,6 +84,10 @@ class AgentActor:
         self.symbol = symbol
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.started_at = time.time()
+        self.phases: dict[str, float] = {"actor_init": self.started_at}
+        self.phase_cpu: dict[str, float] = {"process": 0.0, "actor_init": time.process_time()}
+        if (spawned := _process_started_at()) is not None:
+            self.phases["process"] = spawned
         self.agent: Any = None
         self.ownership: Any = None
         self.stopping = False
@@ -74,6 +97,8 @@ class AgentActor:
         self.secret_filter: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.life: asyncio.Task | None = None
+        self.publisher: asyncio.Task | None = None
+        self.publish_s = 5.0  # api.metrics_publish_s, from the spec
         try:
             self.loop = asyncio.get_running_loop()
             self.life = self.loop.create_task(self._live())
@@ -89,6 +114,8 @@ class AgentActor:
         return True
 
     async def _live(self) -> None:
+        if self.publisher is None:
+            self.publisher = asyncio.ensure_future(self._publish_forever())
         backoff = 0.5
         while not self.stopping:
             began = time.monotonic()
@@ -120,7 +147,8 @@ class AgentActor:
         run = asyncio.ensure_future(agent.run())
         try:
             while not run.done():
-                await asyncio.wait({run}, timeout=0.25)
+                await asyncio.wait({run}, timeout=0.25 if "quoting" in self.phases else 0.05)
+                self._note_phases(agent)
                 if not self.stopping and agent.ownership_lost:
                     log.warning("%s: lease lost; stopping this incarnation and acquiring again", self.symbol)
                     await agent.stop()
@@ -133,6 +161,51 @@ class AgentActor:
         finally:
             if not run.done():
                 run.cancel()
+
+    async def _publish_forever(self) -> None:
+        """The agent's exposition rendered on this (the trading) loop and published for /metrics
+        (``agents/publish.py``) every ``publish_s``, and at once when the agent has started; a frozen
+        loop publishes nothing, so the endpoint soon shows the agent down."""
+        from agents.publish import PublishedExposition, publish
+
+        last, last_started, failures = 0.0, False, 0
+        while not self.stopping:
+            await asyncio.sleep(0.25)
+            agent = self.agent
+            if agent is None:
+                continue
+            started = bool(agent._started)
+            if time.monotonic() - last < self.publish_s and started == last_started:
+                continue
+            last, last_started = time.monotonic(), started
+            try:
+                text = agent.metrics_text()
+                record = PublishedExposition(self.symbol, self.holder, time.time(),
+                                             text.decode() if isinstance(text, bytes | bytearray) else str(text))
+                await asyncio.to_thread(publish, self.fleet_name, record)
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - the next beat tries again; the age shows it
+                failures += 1
+                if failures in (1, 10) or failures % 100 == 0:
+                    log.warning("%s: exposition not published (%d in a row): %s", self.symbol, failures,
+                                _first_line(exc))
+
+    def _note(self, phase: str) -> None:
+        if phase not in self.phases:
+            self.phases[phase] = time.time()
+            self.phase_cpu[phase] = time.process_time()
+
+    def _note_phases(self, agent: Any) -> None:
+        """This process's first agent's start-up phases, sampled on the trading loop."""
+        if "quoting" in self.phases:
+            return
+        if agent.grant is not None:
+            self._note("owned")
+        if agent._started:
+            self._note("started")
+            status = agent.status()  # on the trading loop: read live
+            if status.get("state") == "quoting" and status.get("open_orders"):
+                self._note("quoting")
 
     async def _spec(self) -> dict[str, Any]:
         """The symbol's current spec from the controller (fresh params after a restart)."""
@@ -150,8 +223,12 @@ class AgentActor:
         from agents.lease_client import LeaseOwnership
         from fleet.binance.credentials import load_credentials
         from fleet.config import AccountConfig, RuntimeParams, SymbolParams
+        from journal.recorder import attach_from_spec
 
+        self._note("imported")
         spec = await self._spec()
+        self._note("spec")
+        self.publish_s = float(spec.get("metrics_publish_s", self.publish_s))
         account = AccountConfig.model_validate(spec["account"])
         credentials = load_credentials(account)  # inside this process: env vars or key file
         if self.secret_filter is None:
@@ -172,9 +249,8 @@ class AgentActor:
             rate_share=float(spec.get("rate_share", 1.0)),
         )
         agent.metrics.bind_budget(agent.budget)  # the rate budget's windows on /metrics
-        from journal.recorder import attach_from_spec
-
         attach_from_spec(agent, spec, self.fleet_name)  # the trade journal, when the spec has one
+        self._note("built")
         return agent
 
     # --- hopping onto the trading loop ---------------------------------------------------------
@@ -193,6 +269,8 @@ class AgentActor:
             "node": socket.gethostname(),
             "incarnations": self.incarnations,
             "actor_started_at": self.started_at,
+            "phases": {k: round(self.phases[k], 3) for k in PHASES if k in self.phases},
+            "phase_cpu": {k: round(self.phase_cpu[k], 3) for k in PHASES if k in self.phase_cpu},
             "last_error": self.last_error,
         }
 

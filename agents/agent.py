@@ -165,6 +165,9 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
         self._take_grant(grant, send)
         self.log.epoch = grant.epoch
         self.log.event("ownership_acquired", f"owned {self.symbol} at epoch {grant.epoch}", state=grant.kill_state)
+        # Renewed from the grant on, not from the end of the start: a start slowed by a busy machine
+        # (50 agents starting on 2 cores) must not let the lease lapse and get the agent fenced as hung.
+        self._spawn(self._renew_loop(), "renew")
         self._client = self.transport.client(self.budget)
         await self._client.open()
         backoff = Backoff(self.runtime.reconnect_backoff_initial_sec, self.runtime.reconnect_backoff_max_sec,
@@ -194,7 +197,6 @@ class SymbolAgent(Streams, Timers, OrderFlow, Reconciliation, Shutdown):
             self._spawn(self._quote_loop(), "quote")
             self._spawn(self._deadman_loop(), "deadman")
             self._spawn(self._keepalive_loop(), "keepalive")
-            self._spawn(self._renew_loop(), "renew")
             self._spawn(self._watchdog_loop(), "watchdog")
             self._spawn(self._reconcile_loop(), "reconcile")
             self.log.event("quoting_started", f"{self.symbol} started: state {self.publish().status['state']}")

@@ -1,15 +1,20 @@
 """Fleet figures on the simulator: 1, 10, 30, 50 symbols on one local Ray cluster.
 
-Per fleet size: time from `up` until every agent quotes at the exchange; RSS per agent process; CPU
-of the whole fleet (agents, controller, simulator) while quoting; HTTP kill latency p50/p99 from
-the request to the answer confirming 0 open orders at the exchange for every symbol (and, per kill,
-the slowest symbol's time until the exchange listed 0 and which route got there first: the agent or
-the exchange directly); the same kill with the controller process stopped (SIGSTOP: the endpoint's
-own routes); recovery after SIGKILL of one agent until it quotes again (and older-epoch / duplicate
-orders then); recovery after SIGSTOP of one agent beyond its lease (until its orders are gone, until a
-successor quotes); `/metrics` scrape time. Reproduce: `RAY_AUTH_MODE=disabled .venv/bin/python
-bench/fleet_bench.py` (options: --sizes 1,10 --kills 5 --stopped-kills 3). Ten symbols per simulated account, so each agent gets a tenth of
-its account's order limits; the simulator allows 10x Binance's IP weight for the shared loopback IP.
+Per fleet size: time from `up` until every agent quotes at the exchange, and where it went (per agent:
+Ray's process spawn, the actor constructed, the agent's modules imported, spec, lease, start done,
+first orders; the CPU seconds each step cost the agent's process); how the endpoint (/status,
+/exposure over HTTP) and the controller (a Ray ping) answered while the agents started; RSS per agent
+process; CPU of the whole fleet (agents, controller, simulator) while quoting; HTTP kill latency
+p50/p99 from the request to the answer confirming 0 open orders at the exchange for every symbol
+(and, per kill, the slowest symbol's time until the exchange listed 0 and which route got there
+first: the agent or the exchange directly); the same kill with the controller process stopped
+(SIGSTOP: the endpoint's own routes); recovery after SIGKILL of one agent until it quotes again (and
+older-epoch / duplicate orders then); recovery after SIGSTOP of one agent beyond its lease (until its
+orders are gone, until a successor quotes); `/metrics` scrape time, scrapes 5.5 s apart so that every
+agent has published a new exposition in between (as for a Prometheus scraping every 15 s). Reproduce:
+`RAY_AUTH_MODE=disabled .venv/bin/python bench/fleet_bench.py` (options: --sizes 1,10 --kills 5
+--stopped-kills 3). Ten symbols per simulated account, so each agent gets a tenth of its account's
+order limits; the simulator allows 10x Binance's IP weight for the shared loopback IP.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -68,7 +74,12 @@ def wait(check: Callable[[], Any], timeout: float, what: str, interval: float = 
         if got:
             return got
         time.sleep(interval)
-    raise SystemExit(f"timed out after {timeout:g} s: {what}: {what_else() if what_else else ''}")
+    raise Unmeasured(f"timed out after {timeout:g} s: {what}: {what_else() if what_else else ''}")
+
+
+class Unmeasured(Exception):
+    """A wait that did not see its condition, or a kill not confirmed: the rest of that fleet size is
+    reported as not measured (with why), and the bench goes on with the next size."""
 
 
 def pct(values: list[float], q: float) -> float:
@@ -88,10 +99,80 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# An agent's start-up steps as its actor records them (agents/actor.py PHASES), each from the previous.
+PHASES = ("process", "actor_init", "imported", "spec", "built", "owned", "started", "quoting")
+STEP_NAMES = {"process": "spawn", "actor_init": "ray worker", "imported": "imports", "spec": "spec",
+              "built": "build", "owned": "lease", "started": "start", "quoting": "first orders"}
+METRICS_SCRAPES, METRICS_GAP_S = 6, 5.5   # every agent publishes a new exposition between two scrapes
+
+
+class StartWatch:
+    """While the agents start: /status and /exposure over HTTP, and a Ray ping of the controller, in turn."""
+
+    def __init__(self, bench: "Bench") -> None:
+        self.bench = bench
+        self.times: dict[str, list[float]] = {"status": [], "exposure": [], "controller": []}
+        self.failed: dict[str, int] = dict.fromkeys(self.times, 0)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="start-watch", daemon=True)
+
+    def _run(self) -> None:
+        ctl = find_controller(self.bench.cfg.namespace)
+        while not self.done.is_set():
+            for what, ask in (("status", lambda: self.bench.http("GET", "/status").raise_for_status()),
+                              ("exposure", lambda: self.bench.http("GET", "/exposure").raise_for_status()),
+                              ("controller", lambda: self.bench.ray.get(ctl.ping.remote(), timeout=30))):
+                t = time.monotonic()
+                try:
+                    ask()
+                    self.times[what].append(time.monotonic() - t)
+                except Exception:  # noqa: BLE001 - counted: the endpoint or controller did not answer
+                    self.failed[what] += 1
+            self.done.wait(1.0)
+
+    def __enter__(self) -> "StartWatch":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.done.set()
+        self.thread.join(timeout=60)
+
+    def figures(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for what, times in self.times.items():
+            if times:
+                out[f"start_{what}_p50_ms"] = pct(times, 0.5) * 1000
+                out[f"start_{what}_max_ms"] = max(times) * 1000
+            out[f"start_{what}_n"] = f"{len(times)} ok/{self.failed[what]} failed"
+        return out
+
+
+def start_phases(statuses: dict[str, dict[str, Any]], t0_wall: float) -> dict[str, Any]:
+    """Per step: when agents reached it (s after `up`, p50 and the last) and what it took them (wall and
+    CPU seconds of the agent's process, p50 and max)."""
+    out: dict[str, Any] = {}
+    rows = [(st.get("phases") or {}, st.get("phase_cpu") or {}) for st in statuses.values()]
+    rows = [(w, c) for w, c in rows if all(k in w for k in PHASES)]
+    out["phase_agents"] = len(rows)
+    if not rows:
+        return out
+    for prev, k in zip(PHASES, PHASES[1:]):
+        wall = [w[k] - w[prev] for w, _ in rows]
+        cpu = [c.get(k, 0.0) - c.get(prev, 0.0) for _, c in rows]
+        reached = [w[k] - t0_wall for w, _ in rows]
+        out[f"phase_{k}"] = (pct(reached, 0.5), max(reached), pct(wall, 0.5), max(wall), pct(cpu, 0.5), max(cpu))
+    spawned = [w["process"] - t0_wall for w, _ in rows]
+    out["phase_process"] = (pct(spawned, 0.5), max(spawned), 0.0, 0.0, 0.0, 0.0)
+    out["phase_cpu_total_p50"] = pct([c["quoting"] for _, c in rows], 0.5)
+    return out
+
+
 class Bench:
     def __init__(self, ray: Any, n: int, state_dir: str) -> None:
         self.ray = ray
         self.symbols = [f"B{i:03d}USDT" for i in range(n)]
+        self.lagging: dict[str, Any] = {}
         name = f"bench{n}x{uuid.uuid4().hex[:4]}"
         # One simulated account per SYMBOLS_PER_ACCOUNT symbols (orders are limited per account, and
         # each agent gets its account's limits / its agents); the loopback IP gets 10x Binance's weight.
@@ -107,9 +188,17 @@ class Bench:
                         for i, s in enumerate(self.symbols)],
             "api": {"host": "127.0.0.1", "port": free_port(), "token_env": None},
             "agent": {"num_cpus": 0.01},
-            # countdownCancelAll costs 10 weight: every 10 s for 50 agents would be 3000 of the IP's
-            # 2400 weight per minute. A 30 s heartbeat (120 s countdown) leaves room to trade.
-            "runtime": {"deadman_heartbeat_sec": 30, "deadman_countdown_ms": 120000},
+            # Every agent on this one loopback IP shares Binance's 2,400 weight per minute (the agents'
+            # budgets read the IP-wide count the exchange reports and hold quoting below 75 % of it,
+            # 1,800). With the defaults an agent spends 77 a minute before it quotes (countdownCancelAll
+            # every 30 s: 20; openOrders every 5 s: 12; positionRisk every 6th: 10; the journal's
+            # backfill every 60 s, userTrades and income: 35): 2,310 at 30 agents, 3,850 at 50, so
+            # after a kill nobody could quote again, and starting 50 (some 60 each) takes minutes of
+            # weight. Here: 18 a minute (heartbeat 60 s with a 180 s countdown: 10; openOrders every
+            # 20 s: 3; positionRisk every 3rd: 5; no journal), 900 at 50.
+            "runtime": {"deadman_heartbeat_sec": 60, "deadman_countdown_ms": 180000,
+                        "reconcile_interval_sec": 20.0, "reconcile_position_every": 3},
+            "journal": {"enabled": False},
             "state_dir": state_dir,
         })
 
@@ -139,6 +228,45 @@ class Bench:
                         for s in self.symbols if not (st[s]["state"] == "quoting" and book[s])}
         return not self.lagging
 
+    def settle(self, what: str, problems: list[str], timeout: float = 150) -> bool:
+        """Wait until every agent quotes; past ``timeout`` note who does not (and why) and go on."""
+        try:
+            wait(self.all_quoting, timeout, what, interval=0.5, what_else=self.explain)
+            return True
+        except Unmeasured as exc:
+            problems.append(f"{len(self.lagging)} of {len(self.symbols)} not quoting {timeout:g} s after: {what}")
+            print(f"   {str(exc)[:3000]}", flush=True)
+            return False
+
+    def ip_weight(self) -> float | None:
+        """The IP-wide weight of the last minute as the exchange last reported it to the agents (the most seen)."""
+        from agents.publish import read_published
+
+        seen = []
+        for rec in read_published(self.cfg.name, self.symbols).values():
+            for ln in rec.text.splitlines():
+                if ln.startswith("mm_rate_exchange_used{") and 'window="weight_1m"' in ln:
+                    seen.append(float(ln.rsplit(" ", 1)[1]))
+        return max(seen) if seen else None
+
+    def explain(self) -> str:
+        """The lagging agents, with what their published expositions say about quoting (on a timeout)."""
+        from agents.publish import read_published
+
+        wanted = ("mm_quote_suppressed", "mm_reduce_only", "mm_halt_state", "mm_rate_budget_used_ratio",
+                  "mm_rate_budget_refused_total", "mm_worst_case_long", "mm_worst_case_short", "mm_worst_case_cap",
+                  "mm_position", "mm_guard_refusals", "mm_quote_cycles", "mm_drawdown_pct", "mm_rejects",
+                  "mm_rate_exchange_used")
+        try:
+            published = read_published(self.cfg.name, list(self.lagging))
+        except Exception as exc:  # noqa: BLE001 - the explanation is best effort
+            return f"{self.lagging} (expositions not read: {exc})"
+        lines = [f"{self.lagging}"]
+        for sym, rec in published.items():
+            keep = [ln for ln in rec.text.splitlines() if ln.startswith(wanted) and not ln.endswith(" 0.0")]
+            lines.append(f"{sym} ({time.time() - rec.at:.0f} s old): " + "; ".join(keep))
+        return "\n".join(lines)
+
     def http(self, method: str, path: str, **kw: Any) -> requests.Response:
         return requests.request(method, f"{self.url}{path}", headers={"Authorization": f"Bearer {self.token}"},
                                 timeout=120, **kw)
@@ -157,17 +285,17 @@ class Bench:
         confirmed = max((v.get("confirmed_ms") or 0.0 for v in per), default=0.0)
         print(f"   {what} {latency * 1000:.0f} ms, slowest 0 at {confirmed:.0f} ms ({firsts})", flush=True)
         if not body.get("confirmed") or any(self.open_by_symbol().values()):
-            raise SystemExit(f"kill not confirmed at the exchange: {body}")
+            raise Unmeasured(f"kill not confirmed at the exchange: {str(body)[:1000]}")
         return latency, confirmed, firsts
 
-    def stopped_controller_kills(self, n: int) -> tuple[list[float], list[float]]:
+    def stopped_controller_kills(self, n: int, problems: list[str]) -> tuple[list[float], list[float]]:
         """Kills with the controller process stopped; resumed once it has caught up with each."""
         ctl = find_controller(self.cfg.namespace)
         pid = self.ray.get(ctl.__ray_call__.remote(lambda s: os.getpid()))
         book = LeaseBook(GcsStore(self.cfg.name))
         latencies, confirmed = [], []
         for _ in range(n):
-            wait(self.all_quoting, 150, "quoting before a kill", what_else=lambda: self.lagging)
+            self.settle("quoting before a kill with the controller stopped", problems)
             os.kill(pid, signal.SIGSTOP)
             try:
                 lat, conf, _ = self.kill_once("kill, controller stopped:")
@@ -180,9 +308,10 @@ class Bench:
             self.http("POST", "/resume", json={"all": True}).raise_for_status()
         return latencies, confirmed
 
-    def hung_agent(self, victim: str) -> tuple[float, float]:
+    def hung_agent(self, victim: str, problems: list[str]) -> tuple[float, float]:
         """SIGSTOP one agent beyond its lease: (s until its orders are gone, s until a successor quotes)."""
-        wait(self.all_quoting, 150, "quoting before the SIGSTOP", what_else=lambda: self.lagging)
+        if not self.settle("quoting before the SIGSTOP", problems):
+            raise Unmeasured("recovery after SIGSTOP: the fleet did not quote again first")
         before = self.ray.get(self.agent(victim).status.remote(), timeout=30)
         os.kill(before["pid"], signal.SIGSTOP)
         t = time.monotonic()
@@ -206,15 +335,34 @@ class Bench:
 
     def run(self, kills: int, stopped_kills: int = 3) -> dict[str, Any]:
         out: dict[str, Any] = {"symbols": len(self.symbols)}
-        t0 = time.monotonic()
+        problems: list[str] = []
+        out["problems"] = problems
+        try:
+            self._run(out, problems, kills, stopped_kills)
+        except Unmeasured as exc:
+            problems.append(f"not measured further: {str(exc)[:300]}")
+        return out
+
+    def _run(self, out: dict[str, Any], problems: list[str], kills: int, stopped_kills: int) -> None:
+        t0, t0_wall = time.monotonic(), time.time()
         running = start_fleet(self.cfg, build_spec(self.cfg), controller_settings=ControllerSettings(),
                               route_prefix=f"/{self.cfg.name}")
+        out["start_fleet_s"] = time.monotonic() - t0  # simulator, controller, endpoint, agents created
         self.sim = running.sim_urls["rest_url"]
         self.url = running.api_url
         self.token = Path(running.cfg.api.token_file).read_text().strip()
         try:
-            wait(self.all_quoting, 120 + 4 * len(self.symbols), "every agent quoting")
-            out["time_to_quote_s"] = time.monotonic() - t0
+            with StartWatch(self) as watch:
+                wait(self.all_quoting, 120 + 4 * len(self.symbols), "every agent quoting", interval=0.5,
+                     what_else=self.explain)
+                out["time_to_quote_s"] = time.monotonic() - t0
+            out.update(watch.figures())
+            statuses = self.statuses()
+            out.update(start_phases(statuses, t0_wall))
+            ctl_status = self.ray.get(find_controller(self.cfg.namespace).status.remote(), timeout=30)
+            out["start_fenced"] = sum(1 for v in ctl_status["symbols"].values() if v.get("fenced_epoch"))
+            out["start_epoch_gt1"] = sum(1 for v in ctl_status["symbols"].values() if (v.get("epoch") or 0) > 1)
+            print(f"   started: {out}", flush=True)
 
             pids = [st["pid"] for st in self.statuses().values()]
             rss = [rss_mib(p) for p in pids]
@@ -228,17 +376,22 @@ class Bench:
             out["fleet_cpu_cores"] = (sum(cpu_seconds(p) for p in procs) - c0) / (time.monotonic() - w0)
 
             scrapes = []
-            for _ in range(10):
+            for i in range(METRICS_SCRAPES):
+                if i:
+                    time.sleep(METRICS_GAP_S)  # every agent publishes anew meanwhile: no page split twice
                 t = time.monotonic()
                 r = self.http("GET", "/metrics")
                 r.raise_for_status()
                 scrapes.append(time.monotonic() - t)
             out["metrics_p50_ms"], out["metrics_max_ms"] = pct(scrapes, 0.5) * 1000, max(scrapes) * 1000
             out["metrics_bytes"] = len(r.content)
+            up = [ln for ln in r.text.splitlines() if ln.startswith("mmfleet_agents_up{")]
+            out["metrics_agents_up"] = up[0].rsplit(" ", 1)[1] if up else "?"
 
+            out["ip_weight_1m_after_start"] = self.ip_weight()
             latencies, confirmed, firsts = [], [], {}
             for _ in range(kills):
-                wait(self.all_quoting, 150, "quoting before a kill", what_else=lambda: self.lagging)
+                self.settle("quoting before a kill", problems)   # a book not full again still gets killed
                 lat, conf, first = self.kill_once("kill")
                 latencies.append(lat)
                 confirmed.append(conf)
@@ -249,12 +402,14 @@ class Bench:
             out["kill_zero_p50_ms"], out["kill_zero_p99_ms"] = pct(confirmed, 0.5), pct(confirmed, 0.99)
             out["kill_first_routes"] = " ".join(f"{k}={v}" for k, v in sorted(firsts.items()))
             out["kills"] = len(latencies)
+            out["ip_weight_1m_after_kills"] = self.ip_weight()
             if stopped_kills:
-                lat, conf = self.stopped_controller_kills(stopped_kills)
+                lat, conf = self.stopped_controller_kills(stopped_kills, problems)
                 out["stopped_kill_p50_ms"], out["stopped_kill_p99_ms"] = pct(lat, 0.5) * 1000, pct(lat, 0.99) * 1000
                 out["stopped_kill_zero_p99_ms"] = pct(conf, 0.99)
 
-            wait(self.all_quoting, 150, "quoting before the SIGKILL", what_else=lambda: self.lagging)
+            if not self.settle("quoting before the SIGKILL", problems):
+                raise Unmeasured("recovery after SIGKILL and SIGSTOP: the fleet did not quote again first")
             victim = self.symbols[0]
             before = self.agent(victim).status.remote()
             before = self.ray.get(before)
@@ -274,10 +429,56 @@ class Bench:
             out["recovery_duplicate_ids"] = len(ids) - len(set(ids))
 
             hung = self.symbols[1] if len(self.symbols) > 1 else victim
-            out["hung_orders_gone_s"], out["hung_successor_s"] = self.hung_agent(hung)
+            out["hung_orders_gone_s"], out["hung_successor_s"] = self.hung_agent(hung, problems)
         finally:
             stop_fleet(self.cfg.namespace, self.cfg.name)
-        return out
+
+
+def metrics_page(ray: Any, n: int, state_dir: str, scrapes: int = 12) -> dict[str, Any]:
+    """The endpoint's ``/metrics`` alone for ``n`` symbols: one real agent's exposition published for each
+    of them (its numbers changed before every scrape, so no page is split twice), placeholder actors
+    named like agents (Ray's restart counts), no controller (its kill states answered at once)."""
+    from agents.publish import PublishedExposition, publish
+    from controller.api import deploy, ensure_api_token, undeploy
+
+    one = Bench(ray, 1, state_dir)
+    running = start_fleet(one.cfg, build_spec(one.cfg), route_prefix=f"/{one.cfg.name}")
+    one.sim, one.url = running.sim_urls["rest_url"], running.api_url
+    one.token = Path(running.cfg.api.token_file).read_text().strip()
+    try:
+        wait(one.all_quoting, 120, "one agent quoting", interval=0.5)
+        text = one.ray.get(one.agent(one.symbols[0]).metrics.remote(), timeout=30)
+    finally:
+        stop_fleet(one.cfg.namespace, one.cfg.name)
+
+    @ray.remote(num_cpus=0)
+    class Placeholder:
+        def ping(self) -> bool:
+            return True
+
+    many = Bench(ray, n, state_dir)
+    actors = [Placeholder.options(name=f"agent.{s}", namespace=many.cfg.namespace, lifetime="detached").remote()
+              for s in many.symbols]
+    ray.get([a.ping.remote() for a in actors], timeout=300)
+    api_cfg, _ = ensure_api_token(many.cfg)
+    many.url, many.token = deploy(api_cfg, route_prefix=f"/{many.cfg.name}"), Path(api_cfg.api.token_file).read_text().strip()
+    times, size = [], 0
+    try:
+        for i in range(scrapes):
+            for s in many.symbols:
+                page = text.replace(one.symbols[0], s).replace(" 0.0\n", f" {i}.0\n")
+                publish(many.cfg.name, PublishedExposition(s, "bench:0:x", time.time(), page))
+            t = time.monotonic()
+            r = many.http("GET", "/metrics")
+            r.raise_for_status()
+            times.append(time.monotonic() - t)
+            size = len(r.content)
+    finally:
+        undeploy(api_cfg)
+        for a in actors:
+            ray.kill(a)
+    return {"symbols": n, "page_p50_ms": pct(times, 0.5) * 1000, "page_max_ms": max(times) * 1000,
+            "page_bytes": size, "exposition_lines": text.count("\n")}
 
 
 def main() -> int:
@@ -286,11 +487,23 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=5, help="kill/resume cycles per size")
     parser.add_argument("--stopped-kills", type=int, default=3,
                         help="kill/resume cycles per size with the controller process stopped (SIGSTOP)")
+    parser.add_argument("--metrics-page", type=int, default=0, metavar="N",
+                        help="instead: the endpoint's /metrics alone for N symbols (one real agent's exposition "
+                             "published for each, new before every scrape; no fleet running)")
     args = parser.parse_args()
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    if args.metrics_page:
+        with tempfile.TemporaryDirectory() as state_dir:
+            r = metrics_page(ray, args.metrics_page, state_dir)
+        ray.shutdown()
+        print(f"/metrics of the endpoint alone, {r['symbols']} published expositions of {r['exposition_lines']} lines, "
+              f"each new at every scrape: p50 {r['page_p50_ms']:.0f} ms, max {r['page_max_ms']:.0f} ms, "
+              f"{r['page_bytes']} bytes (load average {os.getloadavg()[0]:.1f})")
+        print(f"command: RAY_AUTH_MODE=disabled .venv/bin/python bench/fleet_bench.py --metrics-page {args.metrics_page}")
+        return 0
     results = []
     with tempfile.TemporaryDirectory() as state_dir:
         for n in [int(x) for x in args.sizes.split(",") if x]:
@@ -300,18 +513,42 @@ def main() -> int:
                   flush=True)
             results.append(res)
     ray.shutdown()
-    print(f"\nfleet bench ({os.cpu_count()} cores, local Ray cluster, simulator on loopback)")
-    print(f"{'symbols':>7} {'to quote s':>10} {'RSS/agent MiB':>13} {'fleet CPU':>9} {'kill p50 ms':>11} "
-          f"{'kill p99 ms':>11} {'0 p99 ms':>8} {'ctl-stopped p50/p99 ms':>22} {'recovery s':>10} {'old/dup':>7} "
-          f"{'hung gone/successor s':>21} {'/metrics ms':>11}")
+    print(f"\nfleet bench ({os.cpu_count()} cores, local Ray cluster, simulator on loopback; "
+          f"load average at the end {os.getloadavg()[0]:.1f})")
+    print(f"{'symbols':>7} {'to quote s':>10} {'RSS/agent MiB':>13} {'fleet CPU':>9} {'kill HTTP p50/p99 ms':>20} "
+          f"{'0 p50/p99 ms':>12} {'ctl-stopped HTTP p50/p99, 0 p99 ms':>34} {'recovery s':>10} {'old/dup':>7} "
+          f"{'hung gone/successor s':>21} {'/metrics p50/max ms':>19}")
+
+    def f(r: dict[str, Any], *keys: str, fmt: str = ".0f", sep: str = "/") -> str:
+        return sep.join(format(r[k], fmt) if isinstance(r.get(k), int | float) else "-" for k in keys)
+
     for r in results:
-        stopped = (f"{r['stopped_kill_p50_ms']:.0f}/{r['stopped_kill_p99_ms']:.0f}" if "stopped_kill_p50_ms" in r
-                   else "-")
-        print(f"{r['symbols']:>7} {r['time_to_quote_s']:>10.1f} {r['rss_mib_mean']:>13.0f} {r['fleet_cpu_cores']:>9.2f} "
-              f"{r['kill_p50_ms']:>11.0f} {r['kill_p99_ms']:>11.0f} {r['kill_zero_p99_ms']:>8.0f} {stopped:>22} "
-              f"{r['recovery_s']:>10.2f} {r['recovery_old_epoch_orders']}/{r['recovery_duplicate_ids']:<5} "
-              f"{r['hung_orders_gone_s']:>10.2f}/{r['hung_successor_s']:<10.2f} {r['metrics_p50_ms']:>11.0f}")
-        print(f"{'':>7} kill: first route to 0 per symbol {r['kill_first_routes']}")
+        print(f"{r['symbols']:>7} {f(r, 'time_to_quote_s', fmt='.1f'):>10} {f(r, 'rss_mib_mean'):>13} "
+              f"{f(r, 'fleet_cpu_cores', fmt='.2f'):>9} {f(r, 'kill_p50_ms', 'kill_p99_ms'):>20} "
+              f"{f(r, 'kill_zero_p50_ms', 'kill_zero_p99_ms'):>12} "
+              f"{f(r, 'stopped_kill_p50_ms', 'stopped_kill_p99_ms') + ', ' + f(r, 'stopped_kill_zero_p99_ms'):>34} "
+              f"{f(r, 'recovery_s', fmt='.2f'):>10} {f(r, 'recovery_old_epoch_orders', 'recovery_duplicate_ids'):>7} "
+              f"{f(r, 'hung_orders_gone_s', 'hung_successor_s', fmt='.2f'):>21} {f(r, 'metrics_p50_ms', 'metrics_max_ms'):>19}")
+        if "kill_first_routes" in r:
+            print(f"{'':>7} kill: first route to 0 per symbol {r['kill_first_routes']}; IP weight of the last minute "
+                  f"after the start {r.get('ip_weight_1m_after_start')}, after the kills {r.get('ip_weight_1m_after_kills')}")
+        steps = ", ".join(f"{STEP_NAMES[k]} {r[f'phase_{k}'][2]:.1f}/{r[f'phase_{k}'][3]:.1f} s "
+                          f"(CPU {r[f'phase_{k}'][4]:.2f}/{r[f'phase_{k}'][5]:.2f})"
+                          for k in PHASES[1:] if f"phase_{k}" in r)
+        if steps:
+            print(f"{'':>7} start: simulator+controller+endpoint+agents created {r['start_fleet_s']:.1f} s; "
+                  f"processes spawned by {r['phase_process'][1]:.1f} s (p50 {r['phase_process'][0]:.1f}); "
+                  f"first orders by {r['phase_quoting'][1]:.1f} s (p50 {r['phase_quoting'][0]:.1f}); "
+                  f"fenced {r['start_fenced']}, epoch > 1 {r['start_epoch_gt1']}")
+            print(f"{'':>7} start, per agent p50/max wall s (CPU s of its process): {steps}; "
+                  f"CPU until quoting p50 {r['phase_cpu_total_p50']:.2f} s")
+        during = ", ".join(f"{w} p50 {r[f'start_{w}_p50_ms']:.0f} / max {r[f'start_{w}_max_ms']:.0f} ms "
+                           f"({r[f'start_{w}_n']})" for w in ("status", "exposure", "controller")
+                           if f"start_{w}_p50_ms" in r)
+        if during:
+            print(f"{'':>7} while starting: HTTP {during}")
+        for problem in r.get("problems", ()):
+            print(f"{'':>7} NOT AS PLANNED: {problem}")
     print("command: RAY_AUTH_MODE=disabled .venv/bin/python bench/fleet_bench.py "
           f"--sizes {args.sizes} --kills {args.kills} --stopped-kills {args.stopped_kills}")
     return 0

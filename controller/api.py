@@ -1,9 +1,10 @@
 """The fleet's HTTP endpoint: a Ray Serve deployment with a FastAPI ingress.
 
 It shows the whole fleet (status, exposure, merged Prometheus metrics) and holds the kill switches.
-Reads go straight to the agent actors, concurrently and with a timeout, so one stuck agent is
-reported instead of stalling the page; kill, resume and kill state go through the controller, which
-owns the durable kill state. The bearer token is read inside the replica (env var or file), never
+Status and exposure go straight to the agent actors, concurrently and with a timeout, so one stuck
+agent is reported instead of stalling the page; metrics are the expositions the agents publish
+(``agents/publish.py``), read in one call, a stale one left off; kill, resume and kill state go
+through the controller, which owns the durable kill state. The bearer token is read inside the replica (env var or file), never
 passed as an argument, and compared in constant time.
 
 Request bodies are taken strictly: the token is checked before a byte of the body is read, a body
@@ -52,7 +53,7 @@ from controller.bodies import (
     read_body,
     validation_detail,
 )
-from controller.calls import ActorCalls, Answer, as_text, first_line
+from controller.calls import ActorCalls, Answer, first_line
 from controller.console import (
     ASSET_TYPES,
     COOKIE_NAME,
@@ -72,7 +73,7 @@ from controller.console import (
     signin_token,
 )
 from controller.console_feed import ConsoleFeed
-from controller.federation import AgentScrape, FleetView, KillLatency, render_fleet_page
+from controller.federation import FleetView, KillLatency, SplitCache, published_scrapes, render_fleet_page
 from controller.kill_path import DirectKill
 from controller.views import exposure_view, kill_state_map, kill_view, status_view
 from fleet.config import FleetConfig
@@ -97,7 +98,7 @@ class ApiSettings:
     kill_deadline_s: float = 0.3        # no answer from the controller by then: the endpoint's own kill routes
     console_session_s: float = SESSION_TTL_S   # a console sign-in lasts this long
     console_push_s: float = 1.0         # the console's table is pushed at least this often
-    console_slow_s: float = 5.0         # fills, grinds and restarts (metrics pages, GCS) this often
+    console_slow_s: float = 5.0         # fills and grinds (published expositions) this often
     console_max_streams: int = 16       # open console streams at once (each holds a request)
 
 
@@ -160,6 +161,8 @@ class FleetApi:
         self.tokens = TokenSource(self.cfg.api.token_env, self.cfg.api.token_file)
         self.calls = ActorCalls(namespace, self.settings.agent_timeout_s, self.settings.controller_timeout_s)
         self.kill_latency = KillLatency()
+        self.splits = SplitCache()                  # each agent's exposition, split once per version
+        self.metrics_down: dict[str, str | None] = {}   # agents left off /metrics, and why
         # Its own kill routes (durable state in the GCS, keys read in this process), for a controller
         # that does not answer within kill_deadline_s.
         self.direct = DirectKill(self.cfg.name, lambda: self.cfg, self.calls, self.settings.agent_timeout_s)
@@ -232,15 +235,16 @@ class FleetApi:
         self._authorize(creds)
         controller = await self.calls.controller("status", timeout=self.settings.agent_timeout_s)
         symbols = self._traded((controller.mapping() or {}).get("symbols", {}))
-        agents = await self.calls.agents("status", symbols)
-        restarts = await self.calls.restarts(symbols)
-        return {"fleet": self.cfg.name, "namespace": self.namespace, **status_view(controller, agents, restarts)}
+        alive = await self.calls.alive(symbols)   # an agent not running yet is not waited for
+        agents = await self.calls.agents("status", symbols, alive)
+        return {"fleet": self.cfg.name, "namespace": self.namespace,
+                **status_view(controller, agents, alive or {})}
 
     @api.get("/exposure", summary="per symbol position, notional, worst case vs cap, P&L; fleet totals")
     async def exposure(self, creds: Credentials) -> dict[str, Any]:
         self._authorize(creds)
-        kill, _ = await self._kill_states()
-        agents = await self.calls.agents("exposure", self.known)
+        (kill, _), alive = await asyncio.gather(self._kill_states(), self.calls.alive(self.known))
+        agents = await self.calls.agents("exposure", self.known, alive)
         return {"fleet": self.cfg.name, **exposure_view(kill, agents, self.cfg.risk.max_total_notional)}
 
     @api.get("/metrics", summary="every agent's metrics merged, plus fleet series (Prometheus text)")
@@ -248,25 +252,28 @@ class FleetApi:
         if self.cfg.api.metrics_require_auth:
             self._authorize(creds)
         started = time.monotonic()
-        kill, kill_states = await self._kill_states()
-        symbols = self.known
-        agents, restarts = await asyncio.gather(self.calls.agents("metrics", symbols), self.calls.restarts(symbols))
-        scrapes = [
-            AgentScrape(symbol=sym, exposition=as_text(ans.value) if ans.ok else None, error=ans.error,
-                        elapsed_s=ans.elapsed_s)
-            for sym, ans in agents.items()
-        ]
+        symbols = self.known  # as of the last answer from the controller; the kill states below update it
+        # The agents' own expositions are published (agents/publish.py), not asked for one by one.
+        (kill, kill_states), published, restarts = await asyncio.gather(
+            self._kill_states(), self.calls.published(self.cfg.name, symbols), self.calls.restarts(symbols))
+        scrapes = published_scrapes(symbols, published, now=time.time(), stale_s=self.cfg.api.metrics_stale_s)
         view = FleetView(fleet=self.cfg.name, symbols=symbols, kill_states=kill_states, restarts=restarts,
                          kill_latency=self.kill_latency, controller_up=kill.ok)
-        # Parsing 50 pages takes tens of ms: off the event loop, so a kill is not queued behind it.
-        page = await asyncio.to_thread(render_fleet_page, view, scrapes)
+        # Off the event loop, so a kill is not queued behind it; a page is split again only when it changed.
+        page = await asyncio.to_thread(render_fleet_page, view, scrapes, self.splits.split)
         for problem in page.dropped:
             log.warning("metrics: %s", problem)
-        for s in scrapes:
-            if not s.answered:
-                log.warning("metrics: %s did not answer: %s", s.symbol, s.error)
+        self._note_down({s.symbol: s.error for s in scrapes if not s.answered})
         log.debug("metrics page built in %.1f ms", (time.monotonic() - started) * 1000)
         return Response(content=page.body, media_type=CONTENT_TYPE_LATEST)
+
+    def _note_down(self, down: dict[str, str | None]) -> None:
+        """Log an agent's exposition going missing or stale, and coming back (not every scrape)."""
+        for sym in sorted(down.keys() - self.metrics_down.keys()):
+            log.warning("metrics: %s left off the page: %s", sym, down[sym])
+        for sym in sorted(self.metrics_down.keys() - down.keys()):
+            log.warning("metrics: %s back on the page", sym)
+        self.metrics_down = down
 
     @api.get("/kill", summary="kill state per symbol (from the controller)")
     async def kill_states(self, creds: Credentials) -> dict[str, Any]:

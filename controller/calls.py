@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import HTTPException
 
+from agents.publish import read_published
 from controller.controller import AGENT_PREFIX, CONTROLLER_NAME
 
 log = logging.getLogger("mmfleet.api")
@@ -91,11 +93,17 @@ class ActorCalls:
             return failed(f"{name}.{method} failed: {type(exc).__name__}: {first_line(exc)}")
         return Answer(value=value, elapsed_s=time.monotonic() - started)
 
-    async def agents(self, method: str, symbols: tuple[str, ...]) -> dict[str, Answer]:
-        """``method`` of every symbol's agent, concurrently."""
-        answers = await asyncio.gather(
-            *(self.call(AGENT_PREFIX + s, method, self.agent_timeout_s) for s in symbols)
-        )
+    async def agents(self, method: str, symbols: tuple[str, ...],
+                     alive: Mapping[str, int] | None = None) -> dict[str, Answer]:
+        """``method`` of every symbol's agent, concurrently; with ``alive`` (from :meth:`alive`), an agent
+        Ray does not hold alive (its process not started yet, restarting, gone) is answered at once
+        instead of waited for: while 50 agents start, a page is not held for the whole timeout."""
+        async def ask(s: str) -> Answer:
+            if alive is not None and s not in alive:
+                return Answer(error=f"{AGENT_PREFIX}{s} is not running in Ray (not started yet, restarting or gone)")
+            return await self.call(AGENT_PREFIX + s, method, self.agent_timeout_s)
+
+        answers = await asyncio.gather(*(ask(s) for s in symbols))
         return dict(zip(symbols, answers))
 
     async def controller(self, method: str, *args: Any, timeout: float | None = None) -> Answer:
@@ -116,8 +124,19 @@ class ActorCalls:
             raise HTTPException(503, f"fleet controller not reachable: {ans.error}")
         return ans.value
 
-    async def restarts(self, symbols: tuple[str, ...]) -> dict[str, int]:
-        """Restart counts as Ray's GCS records them (the agents themselves cannot know)."""
+    async def published(self, fleet_name: str, symbols: tuple[str, ...]) -> dict[str, Any] | str:
+        """The agents' published expositions (``agents/publish.py``: one GCS call), or why there are none."""
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(read_published, fleet_name, list(symbols)),
+                                          self.agent_timeout_s)
+        except asyncio.TimeoutError:
+            return f"the published expositions were not read within {self.agent_timeout_s:g} s"
+        except Exception as exc:  # noqa: BLE001 - the page still renders, every agent shown down
+            return f"the published expositions were not readable: {first_line(exc)}"
+
+    async def alive(self, symbols: tuple[str, ...]) -> dict[str, int] | None:
+        """The symbols whose agent Ray holds ALIVE, with its restart count as the GCS records it (the
+        agents themselves cannot know), in one GCS call; None when the GCS did not say."""
         ids = {}
         for sym in symbols:
             try:
@@ -136,14 +155,17 @@ class ActorCalls:
             }
 
         try:
-            return await asyncio.wait_for(asyncio.to_thread(lookup), self.agent_timeout_s)
+            found = await asyncio.wait_for(asyncio.to_thread(lookup), self.agent_timeout_s)
         except Exception as exc:  # noqa: BLE001 - restarts are informative; the page still renders
             log.warning("restart counts unavailable: %s", first_line(exc))
-            return {}
+            return None
+        for sym in ids.keys() - found.keys():
+            self.handles.pop(AGENT_PREFIX + sym, None)   # looked up afresh next time (a new actor, perhaps)
+        return found
 
-
-def as_text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes | bytearray) else str(value)
+    async def restarts(self, symbols: tuple[str, ...]) -> dict[str, int]:
+        """Restart counts of the agents Ray holds alive (see :meth:`alive`); empty when unknown."""
+        return await self.alive(symbols) or {}
 
 
 def first_line(exc: BaseException) -> str:

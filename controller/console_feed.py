@@ -1,8 +1,9 @@
 """The console's live feed: one collector builds the fleet table while anyone watches, every stream pushes it.
 
-The collector asks the controller and the agents (through :class:`controller.calls.ActorCalls`)
-every ``push_s``, and fills, grinds and restarts (metrics pages, the GCS) every ``slow_s``; each open
-Server-Sent Events stream sends the latest snapshot when it changes, or at least every ``push_s``.
+The collector asks the controller, the GCS (which agents run, their restarts) and the agents
+(through :class:`controller.calls.ActorCalls`) every ``push_s``, and reads fills and grinds (the
+agents' published expositions) every ``slow_s``; each open Server-Sent Events stream sends the
+latest snapshot when it changes, or at least every ``push_s``.
 The page, the sessions and the checks are in :mod:`controller.console`.
 """
 
@@ -16,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from controller.calls import ActorCalls, as_text, first_line
+from controller.calls import ActorCalls, first_line
 from controller.console import SymbolAnswers, console_snapshot, fills_and_grinds, sse_event
 from controller.views import controller_book
 
@@ -39,7 +40,7 @@ class ConsoleFeed:
         self.streams: dict[int, float] = {}   # open stream -> when it last pushed
         self.fresh = asyncio.Event()          # set (and replaced) on every new snapshot
         self.collector: asyncio.Task | None = None
-        self.slow: tuple[float, dict[str, dict[str, float]], dict[str, int]] = (-math.inf, {}, {})
+        self.slow: tuple[float, dict[str, dict[str, float]]] = (-math.inf, {})
 
     # --- streams ---
 
@@ -103,16 +104,16 @@ class ConsoleFeed:
         # No await from the check above to here: a stream opening now starts a new collector.
         self.latest = None
 
-    async def _counts(self, symbols: tuple[str, ...]) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
-        """Fills and grinds (from the agents' metrics pages) and restarts, refreshed every slow_s."""
-        at, counts, restarts = self.slow
+    async def _counts(self, symbols: tuple[str, ...]) -> dict[str, dict[str, float]]:
+        """Fills and grinds (from the agents' published expositions), refreshed every slow_s."""
+        at, counts = self.slow
         if time.monotonic() - at < self.slow_s and set(symbols) <= set(counts):
-            return counts, restarts
-        pages, restarts = await asyncio.gather(self.calls.agents("metrics", symbols), self.calls.restarts(symbols))
-        fresh = {s: fills_and_grinds(as_text(a.value)) for s, a in pages.items() if a.ok}
+            return counts
+        pages = await self.calls.published(self.fleet, symbols)
+        fresh = {s: fills_and_grinds(r.text) for s, r in pages.items()} if isinstance(pages, dict) else {}
         counts = {**{s: c for s, c in counts.items() if s in symbols}, **fresh}
-        self.slow = (time.monotonic(), counts, restarts)
-        return counts, restarts
+        self.slow = (time.monotonic(), counts)
+        return counts
 
     async def snapshot(self) -> dict[str, Any]:
         """The fleet table now: the controller's status and kill states, every agent's status and exposure."""
@@ -123,9 +124,12 @@ class ConsoleFeed:
         )
         book = controller_book(ctrl)
         symbols = self.traded(book)
-        status, exposure, (counts, restarts) = await asyncio.gather(
-            self.calls.agents("status", symbols), self.calls.agents("exposure", symbols), self._counts(symbols)
+        alive = await self.calls.alive(symbols)   # restarts, and agents not running yet answered at once
+        status, exposure, counts = await asyncio.gather(
+            self.calls.agents("status", symbols, alive), self.calls.agents("exposure", symbols, alive),
+            self._counts(symbols),
         )
+        restarts = alive or {}
         kill_map = kills.mapping() or {}
         answers = {}
         for sym in symbols:

@@ -24,12 +24,13 @@ from typing import Any
 
 import ray
 
+from agents.publish import forget_published
 from controller.emergency import EmergencyDesk, KillOutcome, Outcome, first_line
 from controller.fence import Fence, Fenced
 from controller.handles import AGENT_PREFIX, AgentHandles, agent_name
 from controller.kill_path import AGENT_ROUTE, EXCHANGE_ROUTE, agent_confirmed, first_empty, raced_outcome, \
     write_kill_states
-from controller.lease import GcsStore, LeaseBook
+from controller.lease import GcsStore, LeaseBook, WriteThroughStore
 from controller.spec import build_spec, endpoints_of, parse_spec, rate_shares
 from fleet.config import FleetConfig, SymbolParams
 from fleet.vocabulary import KillState
@@ -72,6 +73,20 @@ class FleetRisk:
 def fleet_risk(exposures: list[Any], max_total_notional: float) -> FleetRisk:
     gross = sum(abs(_num(a.get("notional"))) for a in exposures if isinstance(a, dict))
     return FleetRisk(gross, gross > max_total_notional)
+
+
+def reduce_only_behind(symbols: list[str], exposures: list[Any], flag: bool) -> list[str]:
+    """The agents to tell the fleet's reduce-only flag: those whose exposure does not show it (a
+    restarted agent learns it at once, not at its next renew), not all of them every pass."""
+    return [s for s, a in zip(symbols, exposures) if not isinstance(a, dict) or a.get("reduce_only", flag) != flag]
+
+
+async def forget_exposition(fleet_name: str, symbol: str) -> None:
+    """A retired symbol's published exposition removed (off /metrics at once)."""
+    try:
+        await asyncio.to_thread(forget_published, fleet_name, symbol)
+    except Exception as exc:  # noqa: BLE001 - it would age out past api.metrics_stale_s anyway
+        log.warning("%s: published exposition not removed: %s", symbol, first_line(exc))
 
 
 @dataclass(frozen=True)
@@ -129,7 +144,8 @@ class FleetController:
         self.fleet_name = fleet_name
         self.namespace = namespace
         self.settings = ControllerSettings(**(settings or {}))
-        self.book = LeaseBook(GcsStore(fleet_name), lease_ttl_s=self.settings.lease_ttl_s)
+        self.book = LeaseBook(WriteThroughStore(GcsStore(fleet_name), ("lease/", "epoch/")),  # only it writes them
+                              lease_ttl_s=self.settings.lease_ttl_s)
         self.agents = AgentHandles(fleet_name, namespace, self.settings.agent_call_timeout_s)
         self.desk = EmergencyDesk(lambda: self.cfg)        # the default loop's: retire, fence
         self.kill_desk = EmergencyDesk(lambda: self.cfg)   # the kill group's: its own clients and budget
@@ -291,9 +307,8 @@ class FleetController:
                         "over" if risk.over else "back under", cap, "on" if risk.over else "off")
             self.reduce_only = risk.over
             self.book.put_doc(FLAGS_DOC, {"reduce_only": risk.over})
-        # Pushed every pass (idempotent) so a restarted agent learns it at once, not at its next renew.
-        await asyncio.gather(*(self.agents.call(s, "set_reduce_only", self.reduce_only) for s in symbols),
-                             return_exceptions=True)
+        await asyncio.gather(*(self.agents.call(s, "set_reduce_only", self.reduce_only)
+                               for s in reduce_only_behind(symbols, answers, self.reduce_only)), return_exceptions=True)
 
     # --- leases (called by the agents) --------------------------------------------------------
 
@@ -327,6 +342,7 @@ class FleetController:
             "reduce_only": self.reduce_only,
             "rate_share": self.shares.get(symbol, 1.0),
             "journal": self.cfg.journal.model_dump(mode="json"),
+            "metrics_publish_s": self.cfg.api.metrics_publish_s,
         }
 
     # --- kill switches ------------------------------------------------------------------------
@@ -544,6 +560,7 @@ class FleetController:
         except Exception as exc:  # noqa: BLE001
             error = (error + "; " if error else "") + f"exchange check failed: {first_line(exc)}"
         self.book.forget(symbol)
+        await forget_exposition(self.fleet_name, symbol)
         return RetireOutcome(handle is not None, open_orders, summary if isinstance(summary, dict) else None,
                              error, _ms_since(started))
 

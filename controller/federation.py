@@ -1,19 +1,26 @@
 """Merging the agents' Prometheus expositions into the fleet's one ``/metrics`` page.
 
-Each agent renders its own registry; the Serve endpoint fetches them all and this module, pure and
-I/O-free, turns them into a single page: every series labelled by symbol, one HELP/TYPE per family,
-counters keep ``_total``, ``_created`` series are dropped, and fleet series say which agents answered.
+Each agent renders its own registry and publishes it (``agents/publish.py``); the Serve endpoint reads
+them all at once and this module, pure and I/O-free, turns them into a single page: every series
+labelled by symbol, one HELP/TYPE per family, counters keep ``_total``, ``_created`` series are
+dropped, and fleet series say which agents are up and how old each one's exposition is.
+
+The merge works on the text itself, line by line (each sample line checked against the exposition
+format and relabelled with its agent's symbol), instead of parsing every page into objects and
+rendering them again: at 50 agents that took 90-130 ms a scrape, the line merge a few ms; and an
+agent's split page is kept (``SplitCache``) until its text changes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import generate_latest
 from prometheus_client.core import Metric
-from prometheus_client.parser import text_string_to_metric_families
 
 from agents.metrics import SEED_METRICS
 from fleet.vocabulary import KillState
@@ -29,12 +36,13 @@ _SYMBOL_LABEL = "symbol"
 
 @dataclass(frozen=True)
 class AgentScrape:
-    """One agent's answer to a metrics request: its exposition, or why there is none."""
+    """One agent's exposition as the endpoint found it, or why there is none; ``age_s``: how old the
+    published exposition is (also when it was left off as too old), None when there is none."""
 
     symbol: str
     exposition: str | None
     error: str | None = None
-    elapsed_s: float = 0.0
+    age_s: float | None = None
 
     @property
     def answered(self) -> bool:
@@ -76,63 +84,165 @@ class MergedPage:
     dropped: tuple[str, ...]
 
 
-def _parse(scrape: AgentScrape) -> list[Metric]:
-    """Parse the whole exposition first, so that a page broken half-way contributes nothing."""
-    return list(text_string_to_metric_families(scrape.exposition or ""))
+# One sample line of the text format: name, optional {labels} (quoted values may hold any escaped
+# character), value, optional timestamp.
+_SAMPLE = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[^"}]|"(?:[^"\\\n]|\\.)*")*\})?[ \t]+(\S+)(?:[ \t]+-?[0-9]+)?[ \t]*')
+_SYMBOL_PAIR = re.compile(r'(?<=[{,])[ \t]*symbol[ \t]*=[ \t]*"(?:[^"\\\n]|\\.)*"')
+_SUFFIXES = ("_total", "_bucket", "_count", "_sum", "_created", "_info", "_gsum", "_gcount")
+_WITH_CREATED = ("counter", "histogram", "summary")
 
 
-def _counter_sample_name(family: Metric, sample_name: str) -> str:
-    """Counters are exposed as ``<family>_total``; a bare sample is normalised to that."""
-    if family.type == "counter" and sample_name == family.name:
-        return family.name + "_total"
-    return sample_name
+@dataclass
+class _Family:
+    """One family of one agent's page: its name (a counter's without ``_total``), type, help, samples."""
+
+    name: str
+    type: str = "untyped"
+    doc: str = ""
+    lines: list[str] = field(default_factory=list)
+
+    def owns(self, sample_name: str) -> bool:
+        if sample_name == self.name:
+            return True
+        base = self.name[:-6] if self.type == "counter" and self.name.endswith("_total") else self.name
+        return sample_name == base or (sample_name.startswith(base) and sample_name[len(base):] in _SUFFIXES)
+
+    def key(self) -> str:
+        """The family's name on the fleet page (prometheus_client's family name: a counter without _total)."""
+        return self.name[:-6] if self.type == "counter" and self.name.endswith("_total") else self.name
 
 
-def _is_created(family: Metric, sample_name: str) -> bool:
-    return sample_name == family.name + "_created"
+def _labelled(symbol_pair: str, match: re.Match[str], line: str, family: _Family) -> str:
+    """The sample line with its agent's symbol label (added, or put in place of another); a counter's
+    bare sample gets ``_total``."""
+    name, labels = match.group(1, 2)
+    if family.type == "counter" and name == family.key():
+        name += "_total"
+    elif labels is not None and ("{" + symbol_pair in labels or "," + symbol_pair in labels):
+        return line  # prometheus_client's own line, already labelled with this agent's symbol
+    rest = line[match.end(2) if labels is not None else match.end(1):]
+    if labels is None or labels.strip() == "{}":
+        return f"{name}{{{symbol_pair}}}{rest}"
+    if _SYMBOL_PAIR.search(labels):
+        return f"{name}{_SYMBOL_PAIR.sub(symbol_pair, labels, count=1)}{rest}"
+    return f"{name}{{{symbol_pair},{labels[1:]}{rest}"
 
 
-def _created_family_names(families: Iterable[Metric]) -> set[str]:
-    """Families that are only the ``_created`` timestamps of a counter, histogram or summary."""
-    fams = list(families)
-    owners = {f.name for f in fams if f.type in ("counter", "histogram", "summary")}
-    return {f.name for f in fams if f.name.endswith("_created") and f.name[: -len("_created")] in owners}
+def split_exposition(symbol: str, text: str) -> list[_Family]:
+    """One agent's page as families of sample lines labelled with its symbol, ``_created`` left out.
+
+    ValueError (naming the line) for anything that is not the text format: the page contributes nothing.
+    """
+    symbol_pair = 'symbol="' + symbol.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    families: list[_Family] = []
+    cur: _Family | None = None
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        if line.startswith("#"):
+            parts = line.split(None, 3)
+            if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                if cur is None or cur.name != parts[2] or (parts[1] == "HELP" and cur.lines):
+                    cur = _Family(parts[2])
+                    families.append(cur)
+                if parts[1] == "HELP":
+                    cur.doc = parts[3] if len(parts) > 3 else ""
+                else:
+                    cur.type = parts[3].strip() if len(parts) > 3 else "untyped"
+            continue
+        match = _SAMPLE.fullmatch(line)
+        if match is None:
+            raise ValueError(f"line {number}: {line[:80]!r} is not a sample")
+        try:
+            float(match.group(3))  # a number, +Inf, -Inf or NaN
+        except ValueError:
+            raise ValueError(f"line {number}: {line[:80]!r} has no number") from None
+        if cur is None or not cur.owns(match.group(1)):
+            cur = _Family(match.group(1))
+            families.append(cur)
+        if match.group(1) == cur.key() + "_created" and cur.type in _WITH_CREATED:
+            continue
+        cur.lines.append(_labelled(symbol_pair, match, line, cur))
+    created = {f.key() + "_created" for f in families if f.type in _WITH_CREATED}
+    return [f for f in families if f.name not in created]
 
 
-def merge_expositions(scrapes: Iterable[AgentScrape]) -> tuple[list[Metric], list[str]]:
-    """Merge agents' families; return the families and a list of what was dropped and why.
+class SplitCache:
+    """Each agent's last split page, kept until its text changes (the endpoint's; not thread-safe)."""
+
+    def __init__(self) -> None:
+        self.pages: dict[str, tuple[str, list[_Family] | ValueError]] = {}
+
+    def split(self, symbol: str, text: str) -> list[_Family]:
+        hit = self.pages.get(symbol)
+        if hit is None or hit[0] != text:
+            try:
+                result: list[_Family] | ValueError = split_exposition(symbol, text)
+            except ValueError as exc:
+                result = exc
+            hit = self.pages[symbol] = (text, result)
+        if isinstance(hit[1], ValueError):
+            raise hit[1]
+        return hit[1]
+
+
+Splitter = Callable[[str, str], list[_Family]]
+
+
+def published_scrapes(symbols: Iterable[str], published: Mapping[str, Any] | str, *, now: float,
+                      stale_s: float) -> list[AgentScrape]:
+    """Each symbol's published exposition (``agents/publish.py`` records) as it goes on the page: left
+    off with the reason when there is none, when it is older than ``stale_s`` (a stopped, hung or dead
+    agent publishes nothing: it must not look alive), or when they could not be read at all (a string)."""
+    out = []
+    for sym in symbols:
+        record = published.get(sym) if not isinstance(published, str) else None
+        if record is None:
+            why = published if isinstance(published, str) else "no exposition published"
+            out.append(AgentScrape(sym, None, why))
+            continue
+        age = record.age_s(now)
+        if age > stale_s:
+            out.append(AgentScrape(sym, None, f"exposition {age:.1f} s old (over {stale_s:g} s)", age))
+        else:
+            out.append(AgentScrape(sym, record.text, None, age))
+    return out
+
+
+def merge_expositions(scrapes: Iterable[AgentScrape],
+                      split: Splitter = split_exposition) -> tuple[dict[str, _Family], list[str]]:
+    """Merge agents' families; return them by name (first seen first) and what was dropped and why.
 
     The first agent to describe a family fixes its HELP and TYPE; a later agent whose family has
     another type is dropped for that family (reported), so the page always parses.
     """
-    merged: dict[str, Metric] = {}
+    merged: dict[str, _Family] = {}
     dropped: list[str] = []
     for scrape in scrapes:
         if not scrape.answered:
             continue
         try:
-            families = _parse(scrape)
-        except (ValueError, IndexError, TypeError) as exc:
+            families = split(scrape.symbol, scrape.exposition or "")
+        except ValueError as exc:
             dropped.append(f"{scrape.symbol}: unparseable exposition ({_first_line(exc)})")
             continue
-        created = _created_family_names(families)
         for fam in families:
-            if fam.name in created:
-                continue
-            out = merged.get(fam.name)
+            key = fam.key()
+            out = merged.get(key)
             if out is None:
-                out = merged[fam.name] = Metric(fam.name, fam.documentation, fam.type)
+                merged[key] = _Family(key, fam.type, fam.doc, list(fam.lines))
             elif out.type != fam.type:
-                dropped.append(
-                    f"{scrape.symbol}: family {fam.name} is a {fam.type}, the fleet page has it as {out.type}"
-                )
-                continue
-            for s in fam.samples:
-                if _is_created(fam, s.name):
-                    continue
-                labels = {**s.labels, _SYMBOL_LABEL: scrape.symbol}
-                out.add_sample(_counter_sample_name(fam, s.name), labels, s.value, s.timestamp, s.exemplar)
-    return list(merged.values()), dropped
+                dropped.append(f"{scrape.symbol}: family {key} is a {fam.type}, the fleet page has it as {out.type}")
+            else:
+                out.lines.extend(fam.lines)
+    return merged, dropped
+
+
+def _family_text(fam: _Family) -> str:
+    name = fam.name + "_total" if fam.type == "counter" else fam.name
+    body = "\n".join(fam.lines)
+    help_line = f"# HELP {name} {fam.doc}" if fam.doc else f"# HELP {name}"
+    return f"{help_line}\n# TYPE {name} {fam.type}\n" + (body + "\n" if body else "")
 
 
 def fleet_families(view: FleetView, scrapes: Iterable[AgentScrape]) -> list[Metric]:
@@ -163,22 +273,24 @@ def _agent_families(view: FleetView, by_symbol: Mapping[str, AgentScrape], symbo
     expected = _gauge("mmfleet_agents_expected", "Symbols the fleet is configured to trade.")
     expected.add_sample("mmfleet_agents_expected", {"fleet": view.fleet}, float(len(view.symbols)))
 
-    up_total = _gauge("mmfleet_agents_up", "Agents that answered the metrics request.")
+    up_total = _gauge("mmfleet_agents_up", "Agents whose exposition is on the page (published recently enough).")
     up_total.add_sample(
         "mmfleet_agents_up", {"fleet": view.fleet}, float(sum(1 for s in by_symbol.values() if s.answered))
     )
 
-    up = _gauge("mmfleet_agent_up", "1 if the symbol's agent answered the metrics request, else 0.")
-    scrape_s = _gauge("mmfleet_agent_scrape_seconds", "Time the symbol's agent took to answer (or time waited).")
+    up = _gauge("mmfleet_agent_up", "1 if the symbol's agent published an exposition recently enough "
+                "(api.metrics_stale_s), else 0.")
+    age = _gauge("mmfleet_agent_exposition_age_seconds",
+                 "Age of the symbol's agent's last published exposition (left off the page past api.metrics_stale_s).")
     for sym in symbols:
         s = by_symbol.get(sym)
         # fleet too: the symbols of one fleet, for dashboards' and alerts' selectors
         up.add_sample(
             "mmfleet_agent_up", {_SYMBOL_LABEL: sym, "fleet": view.fleet}, 1.0 if s is not None and s.answered else 0.0
         )
-        if s is not None:
-            scrape_s.add_sample("mmfleet_agent_scrape_seconds", {_SYMBOL_LABEL: sym}, s.elapsed_s)
-    return [expected, up_total, up, scrape_s]
+        if s is not None and s.age_s is not None:
+            age.add_sample("mmfleet_agent_exposition_age_seconds", {_SYMBOL_LABEL: sym}, round(s.age_s, 3))
+    return [expected, up_total, up, age]
 
 
 def _halted_families(view: FleetView, symbols: list[str]) -> list[Metric]:
@@ -214,17 +326,20 @@ def _kill_latency_family(lat: KillLatency) -> Metric:
     return latency
 
 
-def render_fleet_page(view: FleetView, scrapes: Iterable[AgentScrape]) -> MergedPage:
-    """The whole ``/metrics`` page: fleet series first, then every agent family merged."""
+def render_fleet_page(view: FleetView, scrapes: Iterable[AgentScrape],
+                      split: Splitter = split_exposition) -> MergedPage:
+    """The whole ``/metrics`` page: fleet series first, then every agent family merged
+    (``split``: how an agent's page is split, e.g. a :class:`SplitCache`'s)."""
     scrapes = list(scrapes)
-    agent_families, dropped = merge_expositions(scrapes)
+    agent_families, dropped = merge_expositions(scrapes, split)
     fleet = fleet_families(view, scrapes)
     reserved = {f.name for f in fleet}
-    for fam in agent_families:
-        if fam.name in reserved:
-            dropped.append(f"agents' family {fam.name} clashes with a fleet series")
-    families = fleet + [f for f in agent_families if f.name not in reserved]
-    return MergedPage(generate_latest(_StaticCollector(tuple(families))), tuple(dropped))
+    for name in agent_families:
+        if name in reserved:
+            dropped.append(f"agents' family {name} clashes with a fleet series")
+    body = generate_latest(_StaticCollector(tuple(fleet))).decode()
+    body += "".join(_family_text(f) for name, f in agent_families.items() if name not in reserved)
+    return MergedPage(body.encode(), tuple(dropped))
 
 
 @dataclass(frozen=True, eq=False)

@@ -4,11 +4,13 @@ The controller watches every symbol's lease. When one lapses without renewal, it
 epoch's orders (and older ones) at the exchange at once, by client order id, never a successor's;
 and it asks the agent actor, on its control group, who it is:
 
-- no answer (the process is stopped or stuck), or the same holder whose trading loop no longer
-  renews: the owner is hung. The lease is revoked and the actor killed so that Ray recreates it
-  (``ray.kill(handle, no_restart=False)``); the new process acquires a fresh, larger epoch.
+- no answer within ``probe_timeout_s`` (2 s: a process merely starved of CPU, e.g. while 50 agents
+  start on 2 cores, still answers), or a process this host shows stopped (SIGSTOP: no need to wait),
+  or the same holder whose trading loop no longer renews: the owner is hung. The lease is revoked
+  and the actor killed so that Ray recreates it (``ray.kill(handle, no_restart=False)``); the new
+  process acquires a fresh, larger epoch.
 - another holder (the actor already restarted) or no actor: only the cancel.
-- the same holder still starting (renewals begin once it trades): nothing; it renews when started;
+- the same holder still starting (it renews from its grant on, but a start may be slowed): nothing;
   stopping (a retire): only the cancel.
 
 An actor Ray is already restarting (its node lost, its process dead) is not killed again.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +68,19 @@ def verdict_of(status: Any, holder: str) -> str:
     return HUNG
 
 
+def stopped_here(holder: str) -> bool:
+    """Whether the holder (``host:pid:nonce``) is a process of this host that is stopped (SIGSTOP, a tracer)."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return False
+
+
 def alive_in_gcs(handle: Any) -> bool:
     """Whether Ray holds the actor ALIVE (not already restarting or pending); True when unsure."""
     try:
@@ -80,7 +96,7 @@ class Fence:
     """The lapsed-lease watch of one controller (its default loop)."""
 
     def __init__(self, book: LeaseBook, agents: AgentHandles, desk: EmergencyDesk,
-                 account_of: Callable[[str], str | None], *, probe_timeout_s: float = 0.5,
+                 account_of: Callable[[str], str | None], *, probe_timeout_s: float = 2.0,
                  tick_s: float = 0.25) -> None:
         self.book = book
         self.agents = agents
@@ -125,10 +141,12 @@ class Fence:
         self.fenced[symbol] = lease.epoch
         account = self.account_of(symbol)
         cancel = asyncio.ensure_future(self._cancel(symbol, account, lease.epoch))
-        try:
-            status: Any = await self.agents.call(symbol, "status", timeout=self.probe_timeout_s)
-        except Exception as exc:  # noqa: BLE001 - no answer is the answer
-            status = exc
+        status: Any = TimeoutError(f"{lease.holder} is stopped")
+        if not await asyncio.to_thread(stopped_here, lease.holder):
+            try:
+                status = await self.agents.call(symbol, "status", timeout=self.probe_timeout_s)
+            except Exception as exc:  # noqa: BLE001 - no answer is the answer
+                status = exc
         verdict = verdict_of(status, lease.holder)
         killed = False
         if verdict == HUNG:

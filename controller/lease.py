@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from agents.publish import kv_namespace
 from fleet.vocabulary import KillState
 
 log = logging.getLogger("mmfleet.lease")
@@ -37,13 +38,23 @@ class GcsStore:
     """Ray's GCS key-value store, one KV namespace per fleet. Needs a Ray connection (driver or actor)."""
 
     def __init__(self, fleet_name: str) -> None:
-        self.namespace = f"mmfleet/{fleet_name}"
+        self.namespace = kv_namespace(fleet_name)  # the agents' published expositions live there too
 
     def get(self, key: str) -> str | None:
         from ray.experimental import internal_kv
 
         raw = internal_kv._internal_kv_get(key, namespace=self.namespace)
         return None if raw is None else raw.decode()
+
+    def get_many(self, keys: list[str]) -> dict[str, str | None]:
+        """Several keys in one GCS round trip (a renewal reads the kill record and its sequence number)."""
+        from ray.experimental import internal_kv
+
+        multi_get = getattr(internal_kv.global_gcs_client, "internal_kv_multi_get", None)
+        if multi_get is None:  # an older Ray: one call per key
+            return {k: self.get(k) for k in keys}
+        raw = multi_get([k.encode() for k in keys], self.namespace.encode())
+        return {k: (raw[k.encode()].decode() if k.encode() in raw else None) for k in keys}
 
     def put(self, key: str, value: str) -> None:
         from ray.experimental import internal_kv
@@ -59,6 +70,64 @@ class GcsStore:
         from ray.experimental import internal_kv
 
         return sorted(k.decode() for k in internal_kv._internal_kv_list(prefix, namespace=self.namespace))
+
+
+class WriteThroughStore:
+    """A store whose keys under ``prefixes`` are kept in memory too: written through, read from memory.
+
+    For the keys only one process writes: the controller is the only writer of leases and epochs, so
+    its fence (every lease, every 0.25 s) and its renewals read them without a GCS round trip each
+    (at 50 symbols that was some 400 blocking calls a second on the controller's loop and the GCS).
+    Kill states are written by the endpoint too (its own kill route): never cached. A restarted
+    controller starts empty and reads each key once. An acquire reads afresh (``get_fresh``): while Ray
+    replaces a controller, the old process may still write for a moment, and an epoch must never be
+    granted twice.
+    """
+
+    _MISSING = object()
+
+    def __init__(self, store: KeyValueStore, prefixes: tuple[str, ...]) -> None:
+        self.store = store
+        self.prefixes = prefixes
+        self.cache: dict[str, str | None] = {}
+
+    def _cached(self, key: str) -> bool:
+        return key.startswith(self.prefixes)
+
+    def get(self, key: str) -> str | None:
+        if not self._cached(key):
+            return self.store.get(key)
+        value = self.cache.get(key, self._MISSING)
+        if value is self._MISSING:
+            value = self.cache[key] = self.store.get(key)
+        return value  # type: ignore[return-value]
+
+    def get_many(self, keys: list[str]) -> dict[str, str | None]:
+        out = {k: self.get(k) for k in keys if self._cached(k)}
+        rest = [k for k in keys if not self._cached(k)]
+        if rest:
+            get_many = getattr(self.store, "get_many", None)
+            out.update(get_many(rest) if get_many is not None else {k: self.store.get(k) for k in rest})
+        return out
+
+    def get_fresh(self, key: str) -> str | None:
+        value = self.store.get(key)
+        if self._cached(key):
+            self.cache[key] = value
+        return value
+
+    def put(self, key: str, value: str) -> None:
+        self.store.put(key, value)
+        if self._cached(key):
+            self.cache[key] = value
+
+    def delete(self, key: str) -> None:
+        self.store.delete(key)
+        if self._cached(key):
+            self.cache[key] = None
+
+    def keys(self, prefix: str) -> list[str]:
+        return self.store.keys(prefix)
 
 
 class MemoryStore:
@@ -135,12 +204,17 @@ class LeaseBook:
 
     # --- epochs and leases ---------------------------------------------------------------------
 
-    def epoch(self, symbol: str) -> int:
-        raw = self.store.get(f"epoch/{symbol}")
+    def _get(self, key: str, fresh: bool) -> str | None:
+        get_fresh = getattr(self.store, "get_fresh", None) if fresh else None
+        return get_fresh(key) if get_fresh is not None else self.store.get(key)
+
+    def epoch(self, symbol: str, *, fresh: bool = False) -> int:
+        raw = self._get(f"epoch/{symbol}", fresh)
         return int(raw) if raw else 0
 
-    def lease(self, symbol: str) -> Lease | None:
-        raw = self.store.get(f"lease/{symbol}")
+    def lease(self, symbol: str, *, fresh: bool = False) -> Lease | None:
+        """The symbol's lease (``fresh``: from the store itself, past any cache)."""
+        raw = self._get(f"lease/{symbol}", fresh)
         return Lease(**json.loads(raw)) if raw else None
 
     def acquire(self, symbol: str, holder: str, *, now: float, reduce_only: bool = False,
@@ -151,7 +225,7 @@ class LeaseBook:
         asks again while its own (unrevoked) lease is live: client order ids embed the epoch and must
         never repeat across incarnations. Only :meth:`renew` keeps an epoch.
         """
-        current = self.lease(symbol)
+        current = self.lease(symbol, fresh=True)
         same_holder = current is not None and current.holder == holder and not current.revoked
         if current is not None and current.live(now) and not same_holder:
             return LeaseAnswer(
@@ -160,7 +234,7 @@ class LeaseBook:
                 reason=f"{symbol} is leased to {current.holder} (epoch {current.epoch}) "
                 f"for another {current.expires_at - now:.2f} s",
             )
-        epoch = max(self.epoch(symbol), current.epoch if current else 0) + 1
+        epoch = max(self.epoch(symbol, fresh=True), current.epoch if current else 0) + 1
         self.store.put(f"epoch/{symbol}", str(epoch))
         lease = Lease(holder=holder, epoch=epoch, expires_at=now + self.lease_ttl_s)
         self._put_lease(symbol, lease)
@@ -207,8 +281,10 @@ class LeaseBook:
         return int(raw) if raw else 0
 
     def kill_record(self, symbol: str) -> KillRecord:
-        raw = self.store.get(f"kill/{symbol}")
-        seq = self.kill_seq(symbol)
+        keys = [f"kill/{symbol}", f"killseq/{symbol}"]
+        get_many = getattr(self.store, "get_many", None)   # one round trip for both, where the store can
+        got = get_many(keys) if get_many is not None else {k: self.store.get(k) for k in keys}
+        raw, seq = got.get(keys[0]), int(got.get(keys[1]) or 0)
         if not raw:
             return KillRecord(KillState.RUNNING, seq=seq)
         try:

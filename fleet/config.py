@@ -257,6 +257,18 @@ class ApiConfig(_Model):
     token_env: str | None = "MMFLEET_API_TOKEN"
     token_file: str | None = None
     metrics_require_auth: bool = False
+    metrics_publish_s: float = Field(
+        5.0, gt=0, le=60, description="every agent renders and publishes its exposition this often (for /metrics)")
+    metrics_stale_s: float = Field(
+        15.0, gt=0, le=600,
+        description="an exposition older than this is left off /metrics and its agent shown down (mmfleet_agent_up 0)")
+
+    @model_validator(mode="after")
+    def _stale_after_publish(self) -> "ApiConfig":
+        if self.metrics_stale_s <= 2 * self.metrics_publish_s:
+            raise ValueError("api.metrics_stale_s must be more than twice api.metrics_publish_s "
+                             f"({self.metrics_stale_s:g} <= 2 x {self.metrics_publish_s:g})")
+        return self
 
 
 class AgentPlacement(_Model):

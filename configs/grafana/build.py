@@ -196,8 +196,9 @@ ROWS: tuple[Row, ...] = (
         P("Tick to order p99", (Q(f"histogram_quantile(0.99, sum by (symbol, le) "
                                   f"(rate(mm_tick_to_order_seconds_bucket{{{SYM}}}[{RI}])))"),),
           "From a market event to the order request leaving the core.", unit="s", w=8),
-        P("Endpoint scrape of each agent", (Q(f"mmfleet_agent_scrape_seconds{{{SYM}}}"),),
-          "How long each agent took to answer the endpoint's metrics request.", unit="s", w=8),
+        P("Age of each agent's exposition", (Q(f"mmfleet_agent_exposition_age_seconds{{{SYM}}}"),),
+          "How old each agent's last published exposition was at the scrape (past api.metrics_stale_s "
+          "it is left off and the agent shown down).", unit="s", w=8),
     )),
     Row("Kill switch", (
         P("Kill latency", (Q("histogram_quantile(0.5, sum by (le) (rate(mmfleet_kill_latency_seconds_bucket[5m])))",

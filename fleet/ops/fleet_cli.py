@@ -354,7 +354,13 @@ def stop_simulator(namespace: str) -> None:
 
 def start_fleet(cfg: Any, spec: dict[str, Any], *, controller_settings: Any = None,
                 route_prefix: str = "/") -> RunningFleet:
-    """Simulator (if any), controller, agents, endpoint. Needs a Ray connection; refuses a running fleet."""
+    """Simulator (if any), controller, endpoint, then the agents. Needs a Ray connection; refuses a running fleet.
+
+    The endpoint is deployed before the agents are created: Ray starts worker processes a few at a
+    time (as many as the node has CPUs), so Serve's own actors created after 50 agents would wait
+    behind all of them (at 50 symbols Serve's proxy missed its start deadline), and the endpoint
+    answers /status and /kill while the agents start.
+    """
     import ray
 
     from controller.api import deploy, ensure_api_token
@@ -371,9 +377,9 @@ def start_fleet(cfg: Any, spec: dict[str, Any], *, controller_settings: Any = No
         cfg, sim_urls = start_simulator(cfg)
     spec = {**spec, "fleet": cfg.model_dump(mode="json")}
     controller = get_or_create_controller(cfg, controller_settings)
-    applied = ray.get(controller.apply.remote(spec), timeout=120)
     api_cfg, token_where = ensure_api_token(cfg)
     api_url = deploy(api_cfg, route_prefix=route_prefix)
+    applied = ray.get(controller.apply.remote(spec), timeout=120)
     return RunningFleet(cfg=api_cfg, api_url=api_url, token_where=token_where, sim_urls=sim_urls, applied=applied)
 
 

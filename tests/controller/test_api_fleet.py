@@ -193,6 +193,10 @@ def test_metrics_page_has_the_twelve_seed_names_for_every_symbol(live):
         missing = [n for n in SEED_METRIC_NAMES if n not in names.get(sym, set())]
         assert missing == [], f"{sym} lacks {missing}"
     assert fams["mmfleet_agents_halted"].samples[0].value == 0
+    # The agents publish their expositions (the endpoint asks none of them at scrape time); each
+    # page says how old each one is, within the bound past which it would be left off.
+    ages = {s.labels["symbol"]: s.value for s in fams["mmfleet_agent_exposition_age_seconds"].samples}
+    assert set(ages) == set(SYMBOLS) and all(0 <= a <= live.cfg.api.metrics_stale_s for a in ages.values()), ages
 
 
 def test_a_real_prometheus_scrapes_the_page_and_a_central_one_federates_it(live, tmp_path):
@@ -264,13 +268,22 @@ def test_an_agent_that_does_not_answer_is_reported_and_the_rest_still_served(liv
     pid = live.get("/status").json()["agents"]["SOLUSDT"]["pid"]
     os.kill(pid, signal.SIGSTOP)
     try:
-        # The stopped agent is down on every scrape; the others are up (polled: the box is shared).
+        # The stopped agent publishes nothing: once its last exposition is older than the bound it is
+        # down on every scrape, never up again while stopped; the others stay up (polled: the box is shared).
+        stale_s = live.cfg.api.metrics_stale_s
+        seen_down = []
+
         def reported() -> dict[str, Any] | None:
             r = live.get("/metrics", auth=False)
             assert r.status_code == 200
             fams = {f.name: f for f in text_string_to_metric_families(r.text)}
             up = {s.labels["symbol"]: s.value for s in fams["mmfleet_agent_up"].samples}
-            assert up["SOLUSDT"] == 0.0
+            age = {s.labels["symbol"]: s.value for s in fams["mmfleet_agent_exposition_age_seconds"].samples}
+            if abs(age["SOLUSDT"] - stale_s) > 0.01:   # up exactly while its exposition is within the bound
+                assert up["SOLUSDT"] == (1.0 if age["SOLUSDT"] < stale_s else 0.0), (up, age)
+            assert not (seen_down and up["SOLUSDT"] == 1.0), "a stopped agent came back up on /metrics"
+            if up["SOLUSDT"] == 0.0:
+                seen_down.append(age["SOLUSDT"])
             return fams if up == {"ETHUSDC": 1.0, "BTCUSDT": 1.0, "SOLUSDT": 0.0} else None
 
         fams = poll(reported, within_s=30, what="SOLUSDT down, the others up on /metrics")

@@ -15,7 +15,7 @@ import pytest
 
 from agents.ownership import OwnershipLost
 from agents.lease_client import LeaseOwnership, grant_from_answer
-from controller.lease import LeaseBook, MemoryStore
+from controller.lease import LeaseBook, MemoryStore, WriteThroughStore
 
 
 def book(ttl: float = 3.0) -> LeaseBook:
@@ -97,6 +97,45 @@ def test_unreadable_kill_record_fails_safe_to_halted():
     store = MemoryStore()
     store.put("kill/ETHUSDC", "{not json")
     assert LeaseBook(store).kill_state("ETHUSDC") == "halted"
+
+
+class CountingStore(MemoryStore):
+    """A MemoryStore that counts the reads that reach it (the GCS round trips a cache saves)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def get(self, key: str) -> str | None:
+        self.reads.append(key)
+        return super().get(key)
+
+
+def test_the_controllers_book_reads_leases_from_memory_but_kill_states_always_from_the_store():
+    store = CountingStore()
+    b = LeaseBook(WriteThroughStore(store, ("lease/", "epoch/")), lease_ttl_s=3.0)
+    grant = b.acquire("ETHUSDC", "a", now=0.0)
+    store.reads.clear()
+    for t in (1.0, 2.0, 3.0):
+        assert b.renew("ETHUSDC", "a", grant.epoch, now=t).granted
+        assert b.lease("ETHUSDC").expires_at == t + 3.0   # what the fence reads every tick
+    assert not [k for k in store.reads if k.startswith("lease/")]
+    assert {k for k in store.reads} == {"kill/ETHUSDC", "killseq/ETHUSDC"}  # the endpoint writes those too
+    store.put("kill/ETHUSDC", '{"state": "halted", "reason": "by the endpoint", "since": 1.0}')
+    assert b.renew("ETHUSDC", "a", grant.epoch, now=4.0).kill_state == "halted"
+    assert store.get("lease/ETHUSDC") is not None and b.lease("ETHUSDC").expires_at == 7.0  # written through
+
+
+def test_an_acquire_reads_the_lease_and_epoch_afresh_so_an_epoch_is_never_granted_twice():
+    store = MemoryStore()
+    b = LeaseBook(WriteThroughStore(store, ("lease/", "epoch/")), lease_ttl_s=3.0)
+    assert b.acquire("ETHUSDC", "a", now=0.0).epoch == 1
+    # Another copy of the controller (Ray replacing it) granted epoch 2 meanwhile, past this cache.
+    other = LeaseBook(store, lease_ttl_s=3.0)
+    assert other.acquire("ETHUSDC", "b", now=10.0).epoch == 2
+    assert b.acquire("ETHUSDC", "c", now=20.0).epoch == 3
+    b.forget("ETHUSDC")
+    assert b.lease("ETHUSDC") is None and store.get("lease/ETHUSDC") is None
 
 
 # --- the controller actor on a real local Ray cluster -------------------------------------------

@@ -4,14 +4,20 @@ risk, and the views the routes answer with (no Ray, no HTTP)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
 
 import pytest
 
 from controller.calls import Answer
-from controller.controller import RetireOutcome, fleet_risk
+from controller.controller import RetireOutcome, fleet_risk, reduce_only_behind
 from controller.emergency import KillOutcome, Outcome
+from controller.fence import stopped_here
 from controller.views import exposure_view, kill_state_map, kill_view, status_view
 from fleet.vocabulary import KillState
+from tests.polling import poll
 
 
 @pytest.mark.parametrize(
@@ -71,6 +77,41 @@ def test_fleet_risk_sums_the_gross_notional_of_the_agents_that_answered():
     assert risk.gross_notional == 1100.0 and risk.over
     assert not fleet_risk(answers[:1], 1000.0).over
     assert fleet_risk([], 1000.0).gross_notional == 0.0
+
+
+def test_the_reduce_only_flag_is_pushed_only_to_agents_that_do_not_show_it():
+    answers = [{"reduce_only": True}, {"reduce_only": False}, {"state": "starting"}, TimeoutError("no answer")]
+    # A starting agent (no core yet) reads the flag with its grant; one that did not answer is told.
+    assert reduce_only_behind(["A", "B", "C", "D"], answers, True) == ["B", "D"]
+    assert reduce_only_behind(["A", "B"], [{"reduce_only": False}, {"reduce_only": False}], False) == []
+
+
+def test_the_fence_sees_a_stopped_process_of_this_host_without_waiting_for_its_answer():
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        holder = f"{socket.gethostname()}:{proc.pid}:abcd1234"
+        assert not stopped_here(holder)
+        os.kill(proc.pid, signal.SIGSTOP)
+        poll(lambda: stopped_here(holder), 10, "the process shown stopped")
+        assert not stopped_here(f"another-host:{proc.pid}:abcd1234")   # not this host's to look at
+        assert not stopped_here("garbage")
+        os.kill(proc.pid, signal.SIGCONT)
+        poll(lambda: not stopped_here(holder), 10, "the process running again")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_an_agent_ray_does_not_hold_alive_is_answered_at_once_not_waited_for():
+    import asyncio
+
+    from controller.calls import ActorCalls
+
+    calls = ActorCalls("nowhere", agent_timeout_s=30.0, controller_timeout_s=30.0)
+    answers = asyncio.run(calls.agents("status", ("ETHUSDC", "BTCUSDT"), alive={}))  # no Ray call made
+    assert [a.error for a in answers.values()] == [
+        f"agent.{s} is not running in Ray (not started yet, restarting or gone)" for s in ("ETHUSDC", "BTCUSDT")]
+    assert not any(a.ok for a in answers.values())
 
 
 def test_a_retire_outcome_is_a_plain_dict():

@@ -115,17 +115,19 @@ def test_agent_histograms_keep_buckets_count_and_sum_per_symbol():
     assert {s.labels.get("le") for s in eth if s.name.endswith("_bucket")} == {"0.01", "0.1", "1.0", "+Inf"}
 
 
-def test_an_agent_that_did_not_answer_is_reported_not_hidden():
+def test_an_agent_whose_exposition_is_stale_or_missing_is_reported_down_not_hidden():
     scrapes = [
-        AgentScrape("ETHUSDC", agent_exposition("ETHUSDC"), elapsed_s=0.01),
-        AgentScrape("BTCUSDT", None, error="timed out after 2.0 s", elapsed_s=2.0),
-    ]  # SOLUSDT has no actor at all
+        AgentScrape("ETHUSDC", agent_exposition("ETHUSDC"), age_s=1.5),
+        AgentScrape("BTCUSDT", None, error="exposition 20 s old (over 15 s)", age_s=20.0),
+    ]  # SOLUSDT never published one
     fams = {f.name: f for f in parse(render_fleet_page(view(), scrapes).body)}
     up = {s.labels["symbol"]: s.value for s in fams["mmfleet_agent_up"].samples}
     assert up == {"ETHUSDC": 1.0, "BTCUSDT": 0.0, "SOLUSDT": 0.0}
     assert fams["mmfleet_agents_up"].samples[0].value == 1.0
     assert fams["mmfleet_agents_expected"].samples[0].value == 3.0
     assert {s.labels["symbol"] for s in fams["mm_worst_case_long"].samples} == {"ETHUSDC"}
+    ages = {s.labels["symbol"]: s.value for s in fams["mmfleet_agent_exposition_age_seconds"].samples}
+    assert ages == {"ETHUSDC": 1.5, "BTCUSDT": 20.0}  # the stale one's age shows how stale
 
 
 def test_a_broken_exposition_is_dropped_and_named_while_the_rest_still_merges():
@@ -184,3 +186,109 @@ def test_an_agent_family_named_like_a_fleet_series_cannot_break_the_page():
     assert page.dropped == ("agents' family mmfleet_agent_up clashes with a fleet series",)
     fams = {f.name: f for f in parse(page.body)}
     assert {s.labels["symbol"]: s.value for s in fams["mmfleet_agent_up"].samples}["ETHUSDC"] == 1.0
+
+
+# --- the line merge and the published expositions ------------------------------------------------
+
+
+def merged_samples(body: bytes) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+    return {(s.name, tuple(sorted(s.labels.items())), s.value) for f in parse(body) for s in f.samples}
+
+
+def test_the_line_merge_gives_what_parsing_every_page_would_for_a_real_agent():
+    from agents.metrics import AgentMetrics
+    from fleet.binance.ratelimit import RateBudget
+    from tests.agents.test_metrics import active_core
+
+    texts = {}
+    for sym in SYMBOLS:
+        metrics = AgentMetrics(sym, active_core())
+        metrics.bind_budget(RateBudget())
+        metrics.observe_tick_to_order(0.002)
+        texts[sym] = metrics.render().decode()
+    page = render_fleet_page(view(), [AgentScrape(sym, text) for sym, text in texts.items()])
+    assert page.dropped == ()
+    want = set()
+    for sym, text in texts.items():   # each agent's page parsed by prometheus_client, relabelled
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                want.add((s.name, tuple(sorted({**s.labels, "symbol": sym}.items())), s.value))
+    got = {x for x in merged_samples(page.body) if not x[0].startswith("mmfleet_")}
+    assert got == want
+
+
+def test_odd_but_valid_lines_are_kept_and_relabelled():
+    text = (
+        "# HELP mm_odd odd labels\n# TYPE mm_odd gauge\n"
+        'mm_odd{reason="a}b, \\"quoted\\"",symbol="WRONG"} 1.5 1700000000000\n'
+        "mm_odd{} +Inf\n"
+        "# TYPE mm_bare counter\n"
+        "mm_bare 3\n"
+    )
+    page = render_fleet_page(view(), [AgentScrape("ETHUSDC", text)])
+    assert page.dropped == ()
+    fams = {f.name: f for f in parse(page.body)}
+    odd = sorted((s.labels.get("reason", ""), s.labels["symbol"], s.value) for s in fams["mm_odd"].samples)
+    assert odd == [("", "ETHUSDC", float("inf")), ('a}b, "quoted"', "ETHUSDC", 1.5)]
+    assert [(s.name, s.labels, s.value) for s in fams["mm_bare"].samples] == [("mm_bare_total", {"symbol": "ETHUSDC"}, 3.0)]
+    assert "# TYPE mm_bare_total counter" in page.body.decode()
+
+
+@pytest.mark.parametrize("bad", ["mm_x{symbol=\"A\"} one\n", "mm_x{symbol=\"A\" 1\n", "1mm_x 1\n", "mm_x\n"])
+def test_a_line_that_is_not_a_sample_drops_the_whole_page_of_that_agent(bad):
+    text = agent_exposition("BTCUSDT") + bad
+    page = render_fleet_page(view(), [AgentScrape("ETHUSDC", agent_exposition("ETHUSDC")), AgentScrape("BTCUSDT", text)])
+    assert len(page.dropped) == 1 and page.dropped[0].startswith("BTCUSDT: unparseable exposition (line ")
+    assert not {n for n in samples_by_symbol(page.body)["BTCUSDT"] if n.startswith("mm_")}
+
+
+def test_the_split_cache_splits_a_page_again_only_when_its_text_changed(monkeypatch):
+    import controller.federation as federation
+
+    cache, calls, real = federation.SplitCache(), [], federation.split_exposition
+
+    def counting(symbol: str, text: str):
+        calls.append(symbol)
+        return real(symbol, text)
+
+    monkeypatch.setattr(federation, "split_exposition", counting)
+    first = [AgentScrape(s, agent_exposition(s)) for s in SYMBOLS]
+    render_fleet_page(view(), first, cache.split)
+    render_fleet_page(view(), first, cache.split)
+    assert sorted(calls) == sorted(SYMBOLS)
+    changed = [AgentScrape("ETHUSDC", agent_exposition("ETHUSDC", worst_long=0.7)), *first[1:]]
+    page = render_fleet_page(view(), changed, cache.split)
+    assert sorted(calls) == sorted([*SYMBOLS, "ETHUSDC"])
+    worst = {s.labels["symbol"]: s.value for f in parse(page.body) if f.name == "mm_worst_case_long" for s in f.samples}
+    assert worst["ETHUSDC"] == 0.7
+    broken = [AgentScrape("ETHUSDC", "garbage line\n")]
+    for _ in range(2):   # a broken page stays dropped, and is not split again either
+        assert render_fleet_page(view(), broken, cache.split).dropped[0].startswith("ETHUSDC: unparseable")
+    assert calls.count("ETHUSDC") == 3
+
+
+def test_published_expositions_past_the_bound_are_left_off_with_their_age():
+    from agents.publish import PublishedExposition
+    from controller.federation import published_scrapes
+
+    published = {
+        "ETHUSDC": PublishedExposition("ETHUSDC", "h:1:a", 95.0, agent_exposition("ETHUSDC")),
+        "BTCUSDT": PublishedExposition("BTCUSDT", "h:2:b", 70.0, agent_exposition("BTCUSDT")),
+    }
+    scrapes = {s.symbol: s for s in published_scrapes(SYMBOLS, published, now=100.0, stale_s=15.0)}
+    assert scrapes["ETHUSDC"].answered and scrapes["ETHUSDC"].age_s == 5.0
+    assert not scrapes["BTCUSDT"].answered and scrapes["BTCUSDT"].age_s == 30.0
+    assert scrapes["BTCUSDT"].error == "exposition 30.0 s old (over 15 s)"
+    assert scrapes["SOLUSDT"].error == "no exposition published" and scrapes["SOLUSDT"].age_s is None
+    unread = published_scrapes(SYMBOLS, "the published expositions were not readable: boom", now=100.0, stale_s=15.0)
+    assert {s.error for s in unread} == {"the published expositions were not readable: boom"}
+
+
+def test_a_published_record_round_trips_and_garbage_is_no_record():
+    from agents.publish import PublishedExposition
+
+    rec = PublishedExposition("ETHUSDC", "host:12:ab", 1700000000.25, agent_exposition("ETHUSDC"))
+    assert PublishedExposition.decode(rec.encode()) == rec
+    assert rec.age_s(1700000001.0) == 0.75 and rec.age_s(0.0) == 0.0
+    for garbage in (b"", b"{}", b"[1]", b'{"symbol": "X", "holder": "h", "at": "soon", "text": ""}'):
+        assert PublishedExposition.decode(garbage) is None
