@@ -100,7 +100,8 @@ class ActorCalls:
         instead of waited for: while 50 agents start, a page is not held for the whole timeout."""
         async def ask(s: str) -> Answer:
             if alive is not None and s not in alive:
-                return Answer(error=f"{AGENT_PREFIX}{s} is not running in Ray (not started yet, restarting or gone)")
+                return Answer(error=f"no actor {AGENT_PREFIX}{s} alive in namespace {self.namespace} "
+                                    "(not started yet, restarting or gone)")
             return await self.call(AGENT_PREFIX + s, method, self.agent_timeout_s)
 
         answers = await asyncio.gather(*(ask(s) for s in symbols))

@@ -90,7 +90,8 @@ def test_status_with_the_right_token_names_every_agent_that_is_missing(endpoint)
     for sym in SYMBOLS:
         agent = body["agents"][sym]
         assert agent["reachable"] is False
-        assert agent["error"] == f"no actor agent.{sym} in namespace {cfg.namespace}"
+        assert agent["error"] == (f"no actor agent.{sym} alive in namespace {cfg.namespace} "
+                                  "(not started yet, restarting or gone)")
     assert body["controller"] == {
         "reachable": False,
         "error": f"no actor controller in namespace {cfg.namespace}",

@@ -110,7 +110,8 @@ def test_an_agent_ray_does_not_hold_alive_is_answered_at_once_not_waited_for():
     calls = ActorCalls("nowhere", agent_timeout_s=30.0, controller_timeout_s=30.0)
     answers = asyncio.run(calls.agents("status", ("ETHUSDC", "BTCUSDT"), alive={}))  # no Ray call made
     assert [a.error for a in answers.values()] == [
-        f"agent.{s} is not running in Ray (not started yet, restarting or gone)" for s in ("ETHUSDC", "BTCUSDT")]
+        f"no actor agent.{s} alive in namespace nowhere (not started yet, restarting or gone)"
+        for s in ("ETHUSDC", "BTCUSDT")]
     assert not any(a.ok for a in answers.values())
 
 
