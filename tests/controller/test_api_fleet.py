@@ -88,7 +88,8 @@ def live(ray_cluster, tmp_path_factory):
         accounts=(AccountConfig(name="main", key_file=str(key_file)),),
         symbols=tuple(SymbolEntry(symbol=s, account="main", params_file=f"symbols/{s}.yaml",
                                   net_max_hard_cap=DEMO_HARD_CAPS.get(s)) for s in SYMBOLS),
-        api=ApiConfig(port=free_port(), token_env=None, token_file=str(token_file)),
+        api=ApiConfig(port=free_port(), token_env=None, token_file=str(token_file),
+                      metrics_publish_s=1.5, metrics_stale_s=6.0),  # a stopped agent goes stale in 6 s
         agent=AgentPlacement(num_cpus=0),
         runtime=RuntimeParams(deadman_heartbeat_sec=2.0, deadman_countdown_ms=10_000, stop_timeout_sec=15.0),
     )
