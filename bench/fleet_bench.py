@@ -190,11 +190,10 @@ class Bench:
             "agent": {"num_cpus": 0.01},
             # Every agent on this one loopback IP shares Binance's 2,400 weight per minute (the agents'
             # budgets read the IP-wide count the exchange reports and hold quoting below 75 % of it,
-            # 1,800). With the defaults an agent spends 77 a minute before it quotes (countdownCancelAll
+            # 1,800). With the defaults an agent spends 47.5 a minute before it quotes (countdownCancelAll
             # every 30 s: 20; openOrders every 5 s: 12; positionRisk every 6th: 10; the journal's
-            # backfill every 60 s, userTrades and income: 35): 2,310 at 30 agents, 3,850 at 50, so
-            # after a kill nobody could quote again, and starting 50 (some 60 each) takes minutes of
-            # weight. Here: 18 a minute (heartbeat 60 s with a 180 s countdown: 10; openOrders every
+            # userTrades every 60 s: 5, income hourly and after funding: 0.5): 1,425 at 30 agents,
+            # 2,375 at 50, so after a kill 50 could not all quote again. Here: 18 a minute (heartbeat 60 s with a 180 s countdown: 10; openOrders every
             # 20 s: 3; positionRisk every 3rd: 5; no journal), 900 at 50.
             "runtime": {"deadman_heartbeat_sec": 60, "deadman_countdown_ms": 180000,
                         "reconcile_interval_sec": 20.0, "reconcile_position_every": 3},

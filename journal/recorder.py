@@ -2,8 +2,10 @@
 and the backfill that makes the journal equal to the exchange's record after any gap.
 
 Hooks only append to the writer's queue; rows are built in the writer's thread. The recorder's own
-task on the agent's loop takes a snapshot every ``snapshot_interval_sec`` and backfills every
-``backfill_interval_sec``, at every start and resync, after each funding fee, and on stop.
+task on the agent's loop takes a snapshot every ``snapshot_interval_sec`` and backfills the trades
+every ``backfill_interval_sec``; the funding (income, 30 weight a read against userTrades' 5) at every
+start and resync, after each funding fee frame, on stop, and otherwise every
+``funding_backfill_interval_sec``.
 """
 
 from __future__ import annotations
@@ -64,10 +66,11 @@ class AgentJournal(JournalSink):
         self._task: asyncio.Task | None = None
         self._backfill_task: asyncio.Task | None = None
         self._backfill_again = False
+        self._funding_wanted = False  # the next backfill reads income too
         self._agent: Any = None
         self._trade_cursor: int | None = None  # newest trade id known to be handed to the writer
         self._funding_cursor: int | None = None
-        self.backfills = {"runs": 0, "trades": 0, "funding": 0, "errors": 0}
+        self.backfills = {"runs": 0, "trades": 0, "funding": 0, "income_reads": 0, "errors": 0}
 
     # ------------------------------------------------------------------ wiring
 
@@ -116,7 +119,7 @@ class AgentJournal(JournalSink):
     def on_resync(self, agent: Any, initial: bool) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._loop(agent))
-        self.request_backfill()
+        self.request_backfill(funding=True)
 
     async def on_stop(self, agent: Any) -> None:
         if self._task is not None:
@@ -127,7 +130,7 @@ class AgentJournal(JournalSink):
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(self._backfill_task), 2.0)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.backfill(agent), 3.0)
+            await asyncio.wait_for(self.backfill(agent, funding=True), 3.0)
         with contextlib.suppress(Exception):
             self.snapshot(agent)
         loop = asyncio.get_running_loop()
@@ -165,6 +168,7 @@ class AgentJournal(JournalSink):
         s = self.settings
         next_snap = time.monotonic() + s.snapshot_interval_sec
         next_fill = time.monotonic() + s.backfill_interval_sec
+        next_funding = time.monotonic() + s.funding_backfill_interval_sec
         while True:
             await asyncio.sleep(min(1.0, s.snapshot_interval_sec))
             now = time.monotonic()
@@ -173,13 +177,18 @@ class AgentJournal(JournalSink):
                 self.snapshot(agent)
             if now >= next_fill or (self._backfill_again and (self._backfill_task is None or self._backfill_task.done())):
                 next_fill = now + s.backfill_interval_sec
-                self.request_backfill()
+                funding = now >= next_funding
+                if funding:
+                    next_funding = now + s.funding_backfill_interval_sec
+                self.request_backfill(funding=funding)
 
-    def request_backfill(self) -> None:
-        """Backfill soon, off the caller's path; one at a time (a request during one runs after it)."""
+    def request_backfill(self, funding: bool = False) -> None:
+        """Backfill soon, off the caller's path; one at a time (a request during one runs after it).
+        ``funding``: read income too."""
         agent = self._agent
         if agent is None:
             return
+        self._funding_wanted = self._funding_wanted or funding
         if self._backfill_task is not None and not self._backfill_task.done():
             self._backfill_again = True
             return
@@ -190,19 +199,22 @@ class AgentJournal(JournalSink):
         async def later() -> None:
             for delay in FUNDING_DELAYS:
                 await asyncio.sleep(delay)
-                self.request_backfill()
+                self.request_backfill(funding=True)
         task = asyncio.ensure_future(later())
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _backfill_logged(self, agent: Any) -> None:
+        funding, self._funding_wanted = self._funding_wanted, False
         try:
-            await self.backfill(agent)
+            await self.backfill(agent, funding=funding)
         except Exception as exc:  # noqa: BLE001 - the next beat tries again
+            self._funding_wanted = self._funding_wanted or funding
             self.backfills["errors"] += 1
             log.warning("journal %s: backfill failed: %r", self.symbol, exc)
 
-    async def backfill(self, agent: Any) -> tuple[int, int]:
-        """What the journal lacks since its last record, from userTrades and income (FUNDING_FEE)."""
+    async def backfill(self, agent: Any, funding: bool = True) -> tuple[int, int]:
+        """What the journal lacks since its last record, from userTrades and (``funding``) income
+        (FUNDING_FEE)."""
         client = agent._client
         if client is None:
             return (0, 0)
@@ -235,8 +247,13 @@ class AgentJournal(JournalSink):
             start, from_id = None, trade_cur + 1  # type: ignore[operator]
         self._trade_cursor = _max(self._trade_cursor, trade_cur)
         n_fund = 0
+        if not funding:
+            self.backfills["runs"] += 1
+            self.backfills["trades"] += n_trades
+            return n_trades, 0
         start_ms = fund_cur if fund_cur is not None else agent._exchange_ms() - lookback_ms
         while True:
+            self.backfills["income_reads"] += 1
             rows = await client.income(self.symbol, "FUNDING_FEE", start_time=start_ms, limit=PAGE)
             for r in rows:
                 self.writer.put(("income", epoch, r))

@@ -25,14 +25,15 @@ FAST = RuntimeParams(
 SETTINGS = JournalConfig(snapshot_interval_sec=1.0, backfill_interval_sec=5.0, flush_interval_sec=0.1)
 
 
-def make_agent(sim: Any, target: Target, state_dir: Any, symbol: str, fleet: str = "t") -> SymbolAgent:
+def make_agent(sim: Any, target: Target, state_dir: Any, symbol: str, fleet: str = "t",
+               settings: JournalConfig = SETTINGS) -> SymbolAgent:
     _, key, secret = sim.accounts[0]
     agent = SymbolAgent(
         fleet_name=fleet, symbol=symbol, params=SymbolParams(), runtime=FAST,
         endpoints=ExchangeEndpoints(sim.rest_url, sim.ws_url, sim.ws_url), credentials=Credentials(key, secret),
         ownership=LockFileOwnership(state_dir, fleet, symbol),
     )
-    attach_journal(agent, target, fleet=fleet, account="main", symbol=symbol, settings=SETTINGS)
+    attach_journal(agent, target, fleet=fleet, account="main", symbol=symbol, settings=settings)
     return agent
 
 

@@ -13,6 +13,7 @@ from journal.db import Target, make_engine
 from journal.schema import events, fills, orders, snapshots
 
 from .helpers import (
+    SETTINGS,
     assert_equals_exchange,
     assert_split_adds_up,
     exchange_trades,
@@ -46,12 +47,20 @@ async def trade_a_while(sim, http, agent, symbol: str = SYMBOL) -> None:
 
 
 async def test_journal_equals_the_exchange_and_the_split_adds_up(sim, target, tmp_path):
-    agent = make_agent(sim, target, tmp_path / "state", SYMBOL)
+    """Also: the trades are read every beat, the funding (income, 30 weight a read) at start and after
+    a funding fee frame, not every beat."""
+    settings = SETTINGS.model_copy(update={"backfill_interval_sec": 0.5})
+    agent = make_agent(sim, target, tmp_path / "state", SYMBOL, settings=settings)
     task = asyncio.create_task(agent.run())
+    backfills = agent.journal.backfills
     async with aiohttp.ClientSession() as http:
         await wait_for(lambda: agent.status()["state"] == "quoting", 15, "quoting")
+        await wait_for(lambda: backfills["runs"] >= 3, 10, "three backfills")
+        assert backfills["income_reads"] == 1, backfills  # the start's
         await trade_a_while(sim, http, agent)
         assert agent.core.store.fills_buy > 0 and agent.core.store.fills_sell > 0
+        await wait_for(lambda: backfills["funding"] >= 2, 10, "the funding read after its frames")
+        assert backfills["income_reads"] < backfills["runs"], backfills
         await agent.stop()
         await asyncio.wait_for(task, 30)
         state = await sim_state(sim, http, SYMBOL)
