@@ -52,6 +52,7 @@ class AdminRoutes:
     async def _admin_route(self, method: str, path: str, body: dict[str, Any], query: Any) -> Any:
         e = self.engine
         now = self.clock()
+        e.advance(now)  # as for a REST request: what this does is stamped after every step due before it
         if method == "GET" and path == "/sim/state":
             st = e.state(query.get("account", "main"), query.get("symbol"))
             st["connections"] = {"market": sum(1 for c in self.conns if c.subs),

@@ -145,9 +145,6 @@ class ExchangeGateway(RestHandlers):
                 return _json(405, {"code": -1000, "msg": f"Method {method} is not allowed for {path}."})
             return _json(404, {"code": -5000, "msg": f"Path {path}, Method {method} is invalid"})
         fn, sec, weight_spec = route
-        # The matching engine is sequential: the market moves up to ``now`` before the request runs, so
-        # nothing it does later (a fill from the next step or a replayed trade) carries an earlier time.
-        self.engine.advance(now)
         headers: dict[str, str] = {}
         fault = self._match_fault(method, path) if self.faults else None
         if fault is not None and fault.mode not in EXEC_MODES:
@@ -165,6 +162,10 @@ class ExchangeGateway(RestHandlers):
             return _json(400, {"code": -1100, "msg": "Illegal characters found in a parameter."})
         exec_fault: RestFault | None = None
         try:
+            # The matching engine is sequential: the market moves up to ``now`` before the request
+            # runs, so nothing it does later (a fill from the next step, a replayed trade) carries an
+            # earlier time than the request's own answer.
+            self.engine.advance(now)
             account = self._gateway_checks(sec, weight_spec, params, raw_query, body_text, api_key, ip, now,
                                            headers)
             if fault is not None and fault.mode in EXEC_MODES and fault.count > 0:  # (not used up meanwhile)
