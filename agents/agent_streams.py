@@ -302,6 +302,7 @@ class Streams:
             except BinanceError as exc:
                 self.log.event("funding_income_unavailable", f"funding income not read: {exc!r}", level=logging.WARNING)
                 continue
+            self.journal.on_income_rows(self, rows)  # the journal need not read them again
             if core is self.core:
                 booked = core.store.on_funding_income(rows)
                 if booked:

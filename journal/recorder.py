@@ -4,7 +4,8 @@ and the backfill that makes the journal equal to the exchange's record after any
 Hooks only append to the writer's queue; rows are built in the writer's thread. The recorder's own
 task on the agent's loop takes a snapshot every ``snapshot_interval_sec`` and backfills the trades
 every ``backfill_interval_sec``; the funding (income, 30 weight a read against userTrades' 5) at every
-start and resync, after each funding fee frame, on stop, and otherwise every
+start and resync, after a funding fee frame of this symbol (not once the agent's own cross-margin
+look-up has handed the fee's row over: ``on_income_rows``), on stop, and otherwise every
 ``funding_backfill_interval_sec``.
 """
 
@@ -25,6 +26,7 @@ log = logging.getLogger("mmfleet.journal")
 
 PAGE = 1000  # userTrades and income rows per request (Binance's maximum)
 FUNDING_DELAYS = (2.0, 10.0, 30.0)  # an income record may trail the funding frame
+FUNDING_MATCH_MS = 5_000  # an income row this close to a fee frame's time is that fee's
 
 # Agent events kept in the audit trail (others are operational noise for the log only).
 AUDITED = frozenset({
@@ -70,6 +72,7 @@ class AgentJournal(JournalSink):
         self._agent: Any = None
         self._trade_cursor: int | None = None  # newest trade id known to be handed to the writer
         self._funding_cursor: int | None = None
+        self._fee_seen_ms: int | None = None  # the newest fee row the agent's own look-up handed over
         self.backfills = {"runs": 0, "trades": 0, "funding": 0, "income_reads": 0, "errors": 0}
 
     # ------------------------------------------------------------------ wiring
@@ -102,7 +105,23 @@ class AgentJournal(JournalSink):
             mark = store.mark if store is not None else None
             self.writer.put(("update", _epoch(agent), ev, mid or None, mark or None))
         elif isinstance(ev, FundingFee):
-            self._spawn_funding_backfill()
+            if ev.symbol is not None and ev.symbol != self.symbol:
+                return  # another symbol's fee
+            store = agent.core.store if agent.core is not None else None
+            if ev.symbol is None and store is not None and store.position_steps == 0:
+                return  # a cross-margin fee frame while this symbol is flat: no fee of ours in it
+            self._spawn_funding_backfill(ev.transaction_time)
+
+    def on_income_rows(self, agent: Any, rows: list[dict[str, Any]]) -> None:
+        # Written (idempotent by income id), and noted for the fee frame's pending reads only: the
+        # journal's own cursor stays, so its next read still covers any gap before these rows.
+        epoch = _epoch(agent)
+        for r in rows:
+            if r.get("incomeType") == "FUNDING_FEE" and r.get("symbol") == self.symbol:
+                self.writer.put(("income", epoch, r))
+                self.backfills["funding"] += 1
+                with contextlib.suppress(KeyError, TypeError, ValueError):
+                    self._fee_seen_ms = _max(self._fee_seen_ms, int(r["time"]))
 
     def on_log_event(self, agent: Any, event: str, msg: str, fields: dict[str, Any]) -> None:
         kind = event
@@ -195,10 +214,15 @@ class AgentJournal(JournalSink):
         self._backfill_again = False
         self._backfill_task = asyncio.ensure_future(self._backfill_logged(agent))
 
-    def _spawn_funding_backfill(self) -> None:
+    def _spawn_funding_backfill(self, t: int) -> None:
+        """Read the fee of the frame at ``t`` from income, a few times as its record may trail the
+        frame; no more once a row that recent is in (read here, or by the agent's own look-up)."""
         async def later() -> None:
             for delay in FUNDING_DELAYS:
                 await asyncio.sleep(delay)
+                seen = _max(self._fee_seen_ms, self._funding_cursor)
+                if seen is not None and seen >= t - FUNDING_MATCH_MS:
+                    return
                 self.request_backfill(funding=True)
         task = asyncio.ensure_future(later())
         task.add_done_callback(lambda t: t.cancelled() or t.exception())

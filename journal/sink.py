@@ -27,6 +27,9 @@ class JournalSink:
     def on_log_event(self, agent: Any, event: str, msg: str, fields: dict[str, Any]) -> None:
         """A named agent event (halted, resumed, params_applied, reconcile_repair, ownership ...)."""
 
+    def on_income_rows(self, agent: Any, rows: list[dict[str, Any]]) -> None:
+        """FUNDING_FEE income rows of this symbol the agent read itself (its cross-margin fee look-up)."""
+
     def on_resync(self, agent: Any, initial: bool) -> None:
         """A REST snapshot was taken (at start and at every resync): time to backfill the journal."""
 

@@ -59,7 +59,7 @@ async def test_journal_equals_the_exchange_and_the_split_adds_up(sim, target, tm
         assert backfills["income_reads"] == 1, backfills  # the start's
         await trade_a_while(sim, http, agent)
         assert agent.core.store.fills_buy > 0 and agent.core.store.fills_sell > 0
-        await wait_for(lambda: backfills["funding"] >= 2, 10, "the funding read after its frames")
+        await wait_for(lambda: backfills["funding"] >= 2, 10, "the funding rows after their frames")
         assert backfills["income_reads"] < backfills["runs"], backfills
         await agent.stop()
         await asyncio.wait_for(task, 30)
