@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import logging
 import os
 import socket
@@ -145,10 +146,19 @@ class AgentActor:
         """Run the agent; if the controller refuses its lease (revoked, superseded), stop it (fenced:
         it cancels only its own orders) so the next incarnation acquires a new epoch."""
         run = asyncio.ensure_future(agent.run())
+        frozen = False
         try:
             while not run.done():
                 await asyncio.wait({run}, timeout=0.25 if "quoting" in self.phases else 0.05)
                 self._note_phases(agent)
+                if not frozen and agent._started:
+                    # What exists once the agent has started (modules, config, client, core) lives as
+                    # long as this incarnation: out of the collector's reach, a full collection scans
+                    # only what trading makes. bench/agent_bench.py: tick-to-order p99.9 41 ms -> 2.8 ms
+                    # (a 39 ms full collection every ~40 s, gone).
+                    gc.collect()
+                    gc.freeze()
+                    frozen = True
                 if not self.stopping and agent.ownership_lost:
                     log.warning("%s: lease lost; stopping this incarnation and acquiring again", self.symbol)
                     await agent.stop()
@@ -161,6 +171,8 @@ class AgentActor:
         finally:
             if not run.done():
                 run.cancel()
+            if frozen:
+                gc.unfreeze()  # this incarnation's objects may be garbage now: collectable again
 
     async def _publish_forever(self) -> None:
         """The agent's exposition rendered on this (the trading) loop and published for /metrics

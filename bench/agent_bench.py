@@ -120,12 +120,16 @@ async def run(args: argparse.Namespace) -> None:
         agent._client.session._trace_configs.append(trace)  # bench-only hook on the client's session
 
         await asyncio.sleep(args.warmup)
+        if args.gc_freeze:  # as the Ray actor does once its agent quotes (agents/actor.py)
+            gc.collect()
+            gc.freeze()
         agent.latencies_ns.clear()
         to_wire.clear()
         to_wire_cpu.clear()
         for name in peak:
             peak[name] = 0
         gc_pauses: list[int] = []
+        gc_full: list[bool] = []
         gc_started = [0]
 
         def on_gc(phase: str, info: dict) -> None:
@@ -133,6 +137,7 @@ async def run(args: argparse.Namespace) -> None:
                 gc_started[0] = time.perf_counter_ns()
             else:
                 gc_pauses.append(time.perf_counter_ns() - gc_started[0])
+                gc_full.append(info.get("generation") == 2)
 
         gc.callbacks.append(on_gc)
         core = agent.core
@@ -176,7 +181,10 @@ async def run(args: argparse.Namespace) -> None:
     print(f"  tick-to-handoff (frame read -> request handed to the client), {len(handoff)} samples:")
     print(f"      p50 {pct(handoff, 0.50):.3f} ms   p99 {pct(handoff, 0.99):.3f} ms   p99.9 {pct(handoff, 0.999):.3f} ms")
     print(f"  CPU                         {100 * cpu / wall:8.2f} % of one core")
-    print(f"  garbage collections         {len(gc_pauses):8d}  longest {max(gc_pauses, default=0) / 1e6:.2f} ms")
+    full = [p for p, f in zip(gc_pauses, gc_full) if f]
+    print(f"  garbage collections         {len(gc_pauses):8d}  longest {max(gc_pauses, default=0) / 1e6:.2f} ms, "
+          f"{sum(gc_pauses) / 1e6:.1f} ms in all; full ones {len(full)}, longest {max(full, default=0) / 1e6:.2f} ms "
+          f"({'after gc.freeze()' if args.gc_freeze else 'no gc.freeze()'})")
     print(f"  load average at the end     {os.getloadavg()[0]:8.2f} (2 cores shared; the tail latencies follow it)")
     print(f"  resident memory             {rss:8.1f} MB")
     print(f"  decided by the core         {sent['place'] * per_min:8.0f} places/min  {sent['amend'] * per_min:6.0f} amends/min  "
@@ -200,6 +208,8 @@ def main() -> None:
     parser.add_argument("--volatility", type=float, default=8.0, help="simulator annualised volatility")
     parser.add_argument("--step-ms", type=int, default=20, help="simulator book step: 20 ms = 50 updates/s")
     parser.add_argument("--seed", type=int, default=7, help="simulator market seed")
+    parser.add_argument("--gc-freeze", action=argparse.BooleanOptionalAction, default=True,
+                        help="move what exists after the warm-up out of the collector's reach, as the actor does")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(run(args))
