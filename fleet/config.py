@@ -355,6 +355,10 @@ class FleetConfig(_Model):
                 )
         return self
 
+    def upkeep_weight_per_min(self) -> float:
+        """The IP weight one agent spends a minute on upkeep, quoting aside (see ``upkeep_weight``)."""
+        return upkeep_weight(self.runtime, self.journal)
+
     def hard_cap(self, symbol: str) -> tuple[float, str]:
         """The hard cap on ``symbol``'s net_max, and where it is held (for error messages)."""
         entry = self.entry(symbol)
@@ -489,3 +493,24 @@ def load_symbol_params(path: str | os.PathLike[str], symbol: str | None = None) 
     if params.base.net_max > cap:
         raise _net_max_error(symbol, params.base.net_max, cap, held_by, str(p))
     return params
+
+
+# Binance's weights for the upkeep calls (reference: Binance USD-M REST docs).
+WEIGHT_COUNTDOWN, WEIGHT_OPEN_ORDERS, WEIGHT_POSITION_RISK = 10, 1, 5
+WEIGHT_USER_TRADES, WEIGHT_INCOME, WEIGHT_LISTEN_KEY = 5, 30, 1
+IP_WEIGHT_PER_MIN = 2400  # per IP address, shared by every agent sending from it
+BUDGET_QUOTE_BELOW = 0.75  # the agents' budgets stop quoting above this share of the IP's count
+
+
+def upkeep_weight(runtime: RuntimeParams, journal: JournalConfig) -> float:
+    """The IP weight an agent spends a minute on its own upkeep, whatever it quotes: the dead-man
+    re-arm, the reconciliation's openOrders and positionRisk, the listenKey keep-alive and the
+    journal's userTrades and hourly income (funding fee frames' reads are shared with the agent's own)."""
+    w = WEIGHT_COUNTDOWN * 60.0 / runtime.deadman_heartbeat_sec
+    w += WEIGHT_OPEN_ORDERS * 60.0 / runtime.reconcile_interval_sec
+    w += WEIGHT_POSITION_RISK * 60.0 / (runtime.reconcile_interval_sec * runtime.reconcile_position_every)
+    w += WEIGHT_LISTEN_KEY * 60.0 / runtime.listen_key_keepalive_sec
+    if journal.enabled:
+        w += WEIGHT_USER_TRADES * 60.0 / journal.backfill_interval_sec
+        w += WEIGHT_INCOME * 60.0 / journal.funding_backfill_interval_sec
+    return w

@@ -25,7 +25,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from fleet.config import FleetConfig
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -556,6 +559,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         p = spec["params"][e.symbol]
         print(f"  {e.symbol:<10} account={e.account} net_max={p['base']['net_max']} "
               f"worst_cap={p['base']['net_max'] * p['worst_case']['multiplier']:.4f} rate_share={shares[e.symbol]:.3f}")
+    for line in upkeep_lines(cfg):
+        print(line)
     from fleet.binance.credentials import CredentialsError, load_credentials
 
     for account in cfg.accounts:
@@ -574,6 +579,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"  symbols: all {len(cfg.symbols)} listed by {listing.source}")
     print("ok")
     return EXIT_OK
+
+
+def upkeep_lines(cfg: FleetConfig) -> list[str]:
+    """What the agents' upkeep costs of one IP's weight, and a warning when, sharing one address,
+    it would leave the budgets no room to quote."""
+    from fleet.config import BUDGET_QUOTE_BELOW, IP_WEIGHT_PER_MIN
+
+    each = cfg.upkeep_weight_per_min()
+    total = each * len(cfg.symbols)
+    room = IP_WEIGHT_PER_MIN * BUDGET_QUOTE_BELOW
+    lines = [f"  upkeep weight: {each:.1f} a minute per agent, {total:.0f} for {len(cfg.symbols)} of one IP's "
+             f"{IP_WEIGHT_PER_MIN} (quoting holds above {room:.0f})"]
+    if total > room:
+        fit = int(room // each)
+        lines.append(f"  WARNING: sharing one IP address, these agents' upkeep alone passes {room:.0f} a minute: "
+                     f"none could quote. Run at most {fit} per address (agents on several nodes), or lengthen "
+                     f"runtime.deadman_heartbeat_sec / runtime.reconcile_interval_sec")
+    return lines
 
 
 def cmd_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
@@ -604,6 +627,8 @@ def cmd_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve resets it when it starts
         print(f"fleet {cfg.name}: {len(fleet.symbols)} agents in Ray namespace {fleet.namespace}", file=out)
+        for line in upkeep_lines(cfg):
+            print(line.strip(), file=out)
         if fleet.sim_urls:
             print(f"simulator: {fleet.sim_urls['rest_url']} (keys in {cfg.state_dir}, mode 0600)", file=out)
         print(f"endpoint: {fleet.api_url}  (docs {fleet.api_url}/docs); token in {fleet.token_where}", file=out,
