@@ -29,7 +29,7 @@ from controller.emergency import EmergencyDesk, KillOutcome, Outcome, first_line
 from controller.fence import Fence, Fenced
 from controller.handles import AGENT_PREFIX, AgentHandles, agent_name
 from controller.kill_path import AGENT_ROUTE, EXCHANGE_ROUTE, agent_confirmed, first_empty, raced_outcome, \
-    write_kill_states
+    sweep_until_halted, write_kill_states
 from controller.lease import GcsStore, LeaseBook, WriteThroughStore
 from controller.spec import build_spec, endpoints_of, parse_spec, rate_shares
 from fleet.config import FleetConfig, SymbolParams
@@ -406,6 +406,11 @@ class FleetController:
         follow = asyncio.ensure_future(self._after_halt(symbol, agent, exchange))
         self.behind.add(follow)
         follow.add_done_callback(self.behind.discard)
+        if first == EXCHANGE_ROUTE and not agent.done():
+            account = self.cfg.entry(symbol).account
+            sweep = asyncio.ensure_future(sweep_until_halted(agent, lambda: self.kill_desk.sweep(symbol, account)))
+            self.behind.add(sweep)
+            sweep.add_done_callback(self.behind.discard)
         return raced_outcome(first, confirmed_ms, agent, exchange, started)
 
     async def _exchange_route(self, symbol: str) -> int:

@@ -146,6 +146,10 @@ class EmergencyDesk:
                 return left
             await asyncio.sleep(pause_s)
 
+    async def sweep(self, symbol: str, account: str) -> None:
+        """One cancel of every order of the symbol (risk lane), unchecked: see ``sweep_until_halted``."""
+        await (await self.client(account)).cancel_all(symbol)
+
     async def cancel_epoch(self, symbol: str, account: str, epoch: int, *, within_s: float = 5.0,
                            pause_s: float = 0.1) -> int:
         """Cancel the symbol's orders of ``epoch`` and older (by client order id; never a successor's),

@@ -57,6 +57,28 @@ async def first_empty(routes: dict[str, asyncio.Future], started: float) -> tupl
     return None, None
 
 
+SWEEP_S = 0.5  # the symbol swept again this often while its agent has not answered the halt
+
+
+async def sweep_until_halted(agent: asyncio.Future, sweep: Callable[[], Awaitable[Any]],
+                             every_s: float = SWEEP_S) -> int:
+    """After the exchange route saw 0 first, the agent may not have heard the halt yet (busy, starved)
+    and may still send an order it decided before: the symbol's orders are cancelled again every
+    ``every_s`` (``DELETE allOpenOrders``, weight 1) until the agent's halt call ends, however it ends
+    (a hung agent's call times out; its lease's fence does the rest). Returns the sweeps made."""
+    sweeps = 0
+    while not agent.done():
+        await asyncio.wait({agent}, timeout=every_s)
+        if agent.done():
+            break
+        sweeps += 1
+        try:
+            await sweep()
+        except Exception:  # noqa: BLE001 - the next sweep tries again; the agent's answer decides
+            pass
+    return sweeps
+
+
 def route_error(task: asyncio.Future) -> str | None:
     if not task.done():
         return "still running"
@@ -137,7 +159,12 @@ class DirectKill:
         agent = asyncio.ensure_future(self._agent(symbol, "halt", self.agent_timeout_s, reason, seq))
         exchange = asyncio.ensure_future(self._exchange(symbol))
         first, confirmed_ms = await first_empty({AGENT_ROUTE: agent, EXCHANGE_ROUTE: exchange}, started)
-        for task in (agent, exchange):
+        background = [agent, exchange]
+        if first == EXCHANGE_ROUTE and not agent.done():
+            account = self.config().entry(symbol).account
+            background.append(asyncio.ensure_future(
+                sweep_until_halted(agent, lambda: self.desk.sweep(symbol, account))))
+        for task in background:
             if not task.done():
                 self.behind.add(task)
                 task.add_done_callback(self._settled)

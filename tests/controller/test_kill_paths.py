@@ -57,6 +57,40 @@ def test_the_first_route_to_see_zero_answers_and_a_failed_route_does_not():
     assert asyncio.run(race((0.0, {"open_orders": 2}), (0.0, 3))) == (None, None)
 
 
+def test_the_symbol_is_swept_until_its_agent_answers_the_halt():
+    """The exchange route saw 0 first; the agent has not answered: its symbol is cancelled again every
+    sweep until the halt call ends (answered, failed or timed out), then no more."""
+    from controller.kill_path import sweep_until_halted
+
+    async def run(agent_s: float, fail: bool = False) -> tuple[int, int]:
+        calls = []
+
+        async def sweep() -> None:
+            calls.append(time.monotonic())
+            if fail:
+                raise ConnectionError("exchange unreachable")
+
+        answered = []
+
+        async def halt() -> dict:
+            await asyncio.sleep(agent_s)
+            answered.append(time.monotonic())
+            return {"open_orders": 0}
+
+        agent = asyncio.ensure_future(halt())
+        made = await sweep_until_halted(agent, sweep, every_s=0.05)
+        assert agent.done()
+        await asyncio.sleep(0.12)
+        assert all(t < answered[0] for t in calls) if answered and calls else True  # none after the answer
+        return made, len(calls)
+
+    made, calls = asyncio.run(run(0.3))
+    assert made == calls and calls >= 1
+    assert asyncio.run(run(0.0)) == (0, 0)          # the agent answered at once: nothing to sweep
+    made, calls = asyncio.run(run(0.6, fail=True))  # a failing sweep does not end the sweeping
+    assert made == calls and calls >= 2
+
+
 def test_a_lapsed_lease_is_judged_by_who_answers_for_the_actor():
     from controller.fence import GONE, HUNG, REPLACED, STARTING, STOPPING, verdict_of
 
