@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import Any
 
 import ray
@@ -28,8 +29,8 @@ from agents.publish import forget_published
 from controller.emergency import EmergencyDesk, KillOutcome, Outcome, first_line
 from controller.fence import Fence, Fenced
 from controller.handles import AGENT_PREFIX, AgentHandles, agent_name
-from controller.kill_path import AGENT_ROUTE, EXCHANGE_ROUTE, agent_confirmed, first_empty, raced_outcome, \
-    sweep_until_halted, write_kill_states
+from controller.kill_path import AGENT_ROUTE, EXCHANGE_ROUTE, agent_confirmed, first_empty, keep_behind, \
+    raced_outcome, sweep_until_halted, write_kill_states
 from controller.lease import GcsStore, LeaseBook, WriteThroughStore
 from controller.spec import build_spec, endpoints_of, parse_spec, rate_shares
 from fleet.config import FleetConfig, SymbolParams
@@ -403,14 +404,9 @@ class FleetController:
             self.agents.call(symbol, "halt", reason, kill_seq, timeout=self.settings.kill_timeout_s))
         exchange = asyncio.ensure_future(self._exchange_route(symbol))
         first, confirmed_ms = await first_empty({AGENT_ROUTE: agent, EXCHANGE_ROUTE: exchange}, started)
-        follow = asyncio.ensure_future(self._after_halt(symbol, agent, exchange))
-        self.behind.add(follow)
-        follow.add_done_callback(self.behind.discard)
-        if first == EXCHANGE_ROUTE and not agent.done():
-            account = self.cfg.entry(symbol).account
-            sweep = asyncio.ensure_future(sweep_until_halted(agent, lambda: self.kill_desk.sweep(symbol, account)))
-            self.behind.add(sweep)
-            sweep.add_done_callback(self.behind.discard)
+        keep_behind(self.behind, self._after_halt(symbol, agent, exchange))
+        if first == EXCHANGE_ROUTE and not agent.done():  # the agent may still send what it decided before
+            keep_behind(self.behind, sweep_until_halted(agent, partial(self.kill_desk.sweep, symbol, self.cfg.entry(symbol).account)))
         return raced_outcome(first, confirmed_ms, agent, exchange, started)
 
     async def _exchange_route(self, symbol: str) -> int:

@@ -79,6 +79,14 @@ async def sweep_until_halted(agent: asyncio.Future, sweep: Callable[[], Awaitabl
     return sweeps
 
 
+def keep_behind(behind: set[asyncio.Future], work: Awaitable[Any]) -> asyncio.Future:
+    """``work`` run in the background, held in ``behind`` until it ends (what runs after an answer)."""
+    task = asyncio.ensure_future(work)
+    behind.add(task)
+    task.add_done_callback(behind.discard)
+    return task
+
+
 def route_error(task: asyncio.Future) -> str | None:
     if not task.done():
         return "still running"
