@@ -3,7 +3,8 @@
 Orders are tracked from the moment they are sent (``PENDING_NEW``) until the exchange proves them
 closed and every fill of them is in the position; then they move to ``closed`` (remembered, so late
 duplicates are recognised). Updates are idempotent and ordered per order by cumulative filled (it
-only grows, whatever the stamps say), then update time, then stage. ``pending_buy_steps`` / ``pending_sell_steps`` are kept incrementally: each order
+only grows, whatever the stamps say), then update time, then stage. ``pending_buy_steps`` /
+``pending_sell_steps`` are kept incrementally: each order
 contributes what may still fill plus what has filled but is not in the position yet
 (``LiveOrder.pending_steps``); ``recompute_pending`` is the invariant they must equal.
 

@@ -270,11 +270,16 @@ class AgentJournal(JournalSink):
                 break
             start, from_id = None, trade_cur + 1  # type: ignore[operator]
         self._trade_cursor = _max(self._trade_cursor, trade_cur)
+        n_fund = await self._backfill_funding(client, epoch, fund_cur, lookback_ms, agent) if funding else 0
+        self.backfills["runs"] += 1
+        self.backfills["trades"] += n_trades
+        self.backfills["funding"] += n_fund
+        return n_trades, n_fund
+
+    async def _backfill_funding(self, client: Any, epoch: int | None, fund_cur: int | None, lookback_ms: int,
+                                agent: Any) -> int:
+        """The FUNDING_FEE income rows since ``fund_cur`` (or the lookback), paged; how many."""
         n_fund = 0
-        if not funding:
-            self.backfills["runs"] += 1
-            self.backfills["trades"] += n_trades
-            return n_trades, 0
         start_ms = fund_cur if fund_cur is not None else agent._exchange_ms() - lookback_ms
         while True:
             self.backfills["income_reads"] += 1
@@ -288,10 +293,7 @@ class AgentJournal(JournalSink):
                 break
             start_ms = fund_cur
         self._funding_cursor = _max(self._funding_cursor, fund_cur)
-        self.backfills["runs"] += 1
-        self.backfills["trades"] += n_trades
-        self.backfills["funding"] += n_fund
-        return n_trades, n_fund
+        return n_fund
 
     # ------------------------------------------------------------------ the writer's thread
 
