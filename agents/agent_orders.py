@@ -55,10 +55,11 @@ class OrderFlow:
         core = self.core
         if core is None:
             return
-        actions = core.cancel_all(in_flight=True)
+        now_ms = self._exchange_ms()
+        actions = core.cancel_all(in_flight=True, now_ms=now_ms)
         if actions:
             self.log.event("quotes_pulled", f"pulling {len(actions)} orders: {why}")
-            self._execute(actions, self._exchange_ms(), None)
+            self._execute(actions, now_ms, None)
         self._keep_pulling(why)
 
     def _keep_pulling(self, why: str) -> None:
@@ -96,9 +97,10 @@ class OrderFlow:
             for info in mine:
                 if core.store.adopt(info):
                     self._note_repair("untracked", info.client_order_id, "listed while quotes were pulled")
-            actions = core.cancel_all(in_flight=True)
+            now_ms = self._exchange_ms()
+            actions = core.cancel_all(in_flight=True, now_ms=now_ms)
             if actions:
-                self._execute(actions, self._exchange_ms(), None)
+                self._execute(actions, now_ms, None)
             landing = self._may_still_land()
             if not mine and not landing:
                 self.counters["quote_pulls_confirmed"] += 1

@@ -28,9 +28,10 @@ class Timers:
             if self._blocks:
                 if BLOCK_STARTING not in self._blocks and self._lease_ok():
                     # no quoting, but what adds beyond the cap still goes at once (a cancel is always safe)
-                    actions = core.enforce_cap()
+                    now_ms = self._exchange_ms()
+                    actions = core.enforce_cap(now_ms)
                     if actions:
-                        self._execute(actions, self._exchange_ms(), None)
+                        self._execute(actions, now_ms, None)
                 continue
             now_ms = self.clock.time_ms() + self._offset()
             if core.should_quote(now_ms):

@@ -93,6 +93,7 @@ class AgentCore:
         self.orders_sent = {"place": 0, "amend": 0, "cancel": 0}
         self.cycles = 0
         self.cap_cancels = 0  # orders cancelled because the worst case was already beyond the cap
+        self.cancel_retries = 0  # cancels sent again after an ambiguous answer
 
     # ------------------------------------------------------------------ inputs
 
@@ -208,6 +209,7 @@ class AgentCore:
         refused = 0
         ladder: Ladder | None = None
 
+        self._retry_cancels_into(cancels, now_ms)
         if g.state != RUNNING:
             self._cancel_all_into(cancels, keep_reduce_only=True)
             if g.state == FLATTENING:
@@ -282,7 +284,8 @@ class AgentCore:
                 continue
             adding = [
                 o for o in s.orders.values()
-                if o.side == side and o.is_open and not o.reduce_only and o.cancel_sent_ms is None
+                if o.side == side and o.is_open and not o.reduce_only
+                and (o.cancel_sent_ms is None or o.client_order_id in going)
                 and o.client_order_id not in amending and self.ids.is_ours(o.client_order_id)
             ]
             excess -= sum(o.contrib for o in adding if o.client_order_id in going)
@@ -296,10 +299,16 @@ class AgentCore:
                 excess -= o.contrib
                 self.cap_cancels += 1
 
+    def _retry_cancels_into(self, cancels: list[Cancel], now_ms: int | None) -> None:
+        """Cancels answered ambiguously go again (``LiveOrder.cancel_retry_due``), given the time."""
+        again = self.store.cancels_due_again(now_ms) if now_ms is not None else []
+        self.cancel_retries += len(again)
+        cancels.extend(again)
+
     def _cancel_all_into(self, cancels: list[Cancel], keep_reduce_only: bool, in_flight: bool = False) -> None:
         for o in self.store.orders.values():
             if o.cancel_sent_ms is not None:
-                continue  # already going
+                continue  # already going (or going again: ``_retry_cancels_into``)
             if not in_flight and (o.unresolved_ms is not None or o.status == "PENDING_NEW"):
                 continue  # unknown to the exchange, or not acknowledged yet (next cycle)
             if keep_reduce_only and o.reduce_only:
@@ -442,21 +451,23 @@ class AgentCore:
         self._grind = (res, p.client_order_id, now_ms)
         return 0
 
-    def enforce_cap(self) -> Actions:
-        """Only the cancels that bring a worst case beyond the cap back inside (for a runtime that
-        may not quote now: a stream lost, a resync; taking risk off is still allowed)."""
+    def enforce_cap(self, now_ms: int | None = None) -> Actions:
+        """Only the cancels that bring a worst case beyond the cap back inside, and those due again
+        (for a runtime that may not quote now: a stream lost, a resync; taking risk off is allowed)."""
         cancels: list[Cancel] = []
+        self._retry_cancels_into(cancels, now_ms)
         self._enforce_cap_into(cancels, [])
         if not cancels:
             return Actions(())
         return Actions(make_batches(cancels, (), (), self.store.position_steps))
 
-    def cancel_all(self, in_flight: bool = False) -> Actions:
+    def cancel_all(self, in_flight: bool = False, now_ms: int | None = None) -> Actions:
         """Every open order we can cancel now (graceful stop; repeat until ``store.orders`` is empty).
 
         ``in_flight``: also orders not yet acknowledged or of unknown outcome (cancelled by client
-        id; an "unknown order" answer then leaves them counted until they settle)."""
+        id; an "unknown order" answer then leaves them counted until they settle); and those due again."""
         cancels: list[Cancel] = []
+        self._retry_cancels_into(cancels, now_ms)
         self._cancel_all_into(cancels, keep_reduce_only=False, in_flight=in_flight)
         return Actions(make_batches(cancels, (), (), self.store.position_steps))
 

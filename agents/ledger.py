@@ -27,7 +27,11 @@ from fleet.binance.filters import SymbolFilters
 from fleet.binance.models import OrderInfo
 from fleet.config import SymbolParams
 
-from .orders import Amend, Cancel, Place
+from .orders import Amend, Cancel, OrderReason, Place
+
+# How soon a cancel answered ambiguously is sent again (see ``LiveOrder.cancel_retry_due``): one
+# weight per retry (a batch of up to 10 cancels also weighs 1) while the order may still rest.
+CANCEL_RETRY_MS = 500
 
 PENDING_NEW = "PENDING_NEW"  # sent, not yet acknowledged
 MISSING = "MISSING"  # not among the open orders of a REST snapshot
@@ -135,6 +139,17 @@ class LiveOrder:
             or self.cancel_sent_ms is not None
             or self.unresolved_ms is not None
             or self.unknown_ms is not None
+        )
+
+    def cancel_retry_due(self, now_ms: int) -> bool:
+        """Our last cancel of it was answered ambiguously (it may or may not have taken, even later)
+        at least ``CANCEL_RETRY_MS`` ago: send it again. A cancel is idempotent at the exchange (a
+        second one takes, or is refused as "unknown order"), so nothing is waited for; new orders
+        and amendments are never resent, they are looked up."""
+        sent = self.cancel_sent_ms
+        return (
+            sent is not None and self.unknown_ms is not None and self.unknown_ms >= sent
+            and now_ms - sent >= CANCEL_RETRY_MS
         )
 
     def pending_steps(self) -> int:
@@ -454,6 +469,14 @@ class OrderLedger:
         o = self.orders.get(client_order_id)
         if o is not None and o.is_open:
             o.unknown_ms = now_ms if o.unknown_ms is None else max(o.unknown_ms, now_ms)
+
+    def cancels_due_again(self, now_ms: int) -> list[Cancel]:
+        """Open orders whose last cancel was answered ambiguously ``CANCEL_RETRY_MS`` ago: cancel
+        again (such an order still counts, and may still rest, until a look-up past the window)."""
+        return [
+            Cancel(o.client_order_id, o.order_id, OrderReason.RECANCEL)
+            for o in self.orders.values() if o.is_open and o.cancel_retry_due(now_ms)
+        ]
 
     def due_lookups(self, now_ms: int, window_ms: int) -> list[LiveOrder]:
         """Orders with an ambiguous answer whose request can no longer execute (``window_ms`` =

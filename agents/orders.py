@@ -40,6 +40,7 @@ class OrderReason(StrEnum):
     FLATTEN = "flatten"  # flattening the position (operator or stop)
     HALT = "halt"  # cancelled because the symbol is halted
     CAP = "cap"  # cancelled because the worst case is beyond the cap
+    RECANCEL = "recancel"  # a cancel sent again: the last one's answer was ambiguous
     MODIFY_LIMIT = "modify_limit"  # cancelled to be replaced: the exchange will not amend it again (-5026)
     EXTERNAL = "external"  # adopted from the exchange's listing: not placed by this agent
 

@@ -47,7 +47,10 @@ def build_status(agent: Any) -> dict[str, Any]:
         "tick_to_order_p99_ms": agent._latency_ms(0.99),
         "rate_share": agent.budget.share,
         "last_reconcile_repair": agent._last_repair,
-        "counters": {**agent.counters, **agent._frame_counts()},
+        "counters": {
+            **agent.counters, **agent._frame_counts(),
+            "cap_cancels": core.cap_cancels if core else 0, "cancel_retries": core.cancel_retries if core else 0,
+        },
     }
 
 def build_exposure(agent: Any) -> dict[str, Any]:

@@ -273,6 +273,9 @@ class Store:
     def on_outcome_unknown(self, client_order_id: str, now_ms: int) -> None:
         self.ledger.on_outcome_unknown(client_order_id, now_ms)
 
+    def cancels_due_again(self, now_ms: int) -> list[Cancel]:
+        return self.ledger.cancels_due_again(now_ms)
+
     def on_lookup(self, client_order_id: str, info: OrderInfo | None, now_ms: int, window_ms: int) -> str:
         """The answer to a look-up by client order id: "found", "pending", "never_placed" or "gone"."""
         return self.ledger.on_lookup(client_order_id, info, now_ms, window_ms)

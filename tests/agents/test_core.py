@@ -9,7 +9,8 @@ from decimal import Decimal
 import pytest
 
 from agents.core import AgentCore
-from agents.orders import Amend, Cancel, Place, parse_client_order_id
+from agents.ledger import CANCEL_RETRY_MS
+from agents.orders import Amend, Cancel, OrderReason, Place, parse_client_order_id
 from fleet.binance.events import BUY, SELL
 
 from .test_core_support import (
@@ -152,6 +153,51 @@ def test_orders_the_ladder_may_not_touch_are_cancelled_once_the_worst_case_is_be
     ex.send(acts)
     assert core.store.position_steps - core.store.pending_sell_steps >= -cap
     assert core.cap_cancels > 0
+
+
+def test_a_cancel_answered_ambiguously_is_sent_again_not_waited_for():
+    """Quotes pulled, the cancel of every bid answered "timeout" (it may or may not take, even
+    later); then a position moved from outside to near the long cap. The bids still rest, adding
+    beyond the cap: their cancel goes again once CANCEL_RETRY_MS has passed, in the quote cycle and
+    in the cap-only path alike, instead of after the look-up a recvWindow later (about 6 s)."""
+    core, ex = started()
+    ex.send(core.quote(2_000))
+    bids = {cid for cid, o in core.store.orders.items() if o.side == BUY}
+    pulled = [d for d in core.cancel_all(in_flight=True) if d.client_order_id in bids]
+    for d in pulled:
+        core.on_sent(d, 2_100)
+    for d in pulled:
+        core.on_outcome_unknown(d, 2_400)  # answered "timeout" 300 ms later; the bids still rest at the exchange
+    cap = core.guard.cap_steps
+    core.on_event(account_update(cap - 2, 3000.0, t=2_450), 2_450)
+    assert core.store.worst_long_steps > cap
+
+    early = 2_100 + CANCEL_RETRY_MS - 1
+    assert not {d.client_order_id for d in core.enforce_cap(early) if isinstance(d, Cancel)} & bids
+    assert not {d.client_order_id for d in core.quote(early) if isinstance(d, Cancel)} & bids
+
+    due = 2_100 + CANCEL_RETRY_MS
+    again = [d for d in core.enforce_cap(due) if isinstance(d, Cancel)]
+    assert {d.client_order_id for d in again} == bids
+    assert {d.reason for d in again} == {OrderReason.RECANCEL}
+    again = [d for d in core.quote(due) if isinstance(d, Cancel) and d.client_order_id in bids]
+    assert {d.client_order_id for d in again} == bids  # each once, not also as a cap cancel
+    assert len(again) == len(bids)
+    ex.send(again, due)
+    assert core.store.worst_long_steps <= cap
+    assert not [o for o in ex.book.values() if o[1] == BUY]
+
+    # a retry answered ambiguously again waits its own CANCEL_RETRY_MS; a cancel merely in flight is not resent
+    core2, ex2 = started()
+    ex2.send(core2.quote(2_000))
+    d = next(iter(core2.cancel_all()))
+    core2.on_sent(d, 2_100)
+    assert not [x for x in core2.cancel_all(now_ms=9_000) if x.client_order_id == d.client_order_id]
+    core2.on_outcome_unknown(d, 2_200)
+    core2.on_sent(d, 2_700)  # the retry
+    core2.on_outcome_unknown(d, 2_800)
+    assert not [x for x in core2.cancel_all(now_ms=2_700 + CANCEL_RETRY_MS - 1) if x.client_order_id == d.client_order_id]
+    assert [x for x in core2.cancel_all(now_ms=2_700 + CANCEL_RETRY_MS) if x.client_order_id == d.client_order_id]
 
 
 # --- modes ------------------------------------------------------------------------------------

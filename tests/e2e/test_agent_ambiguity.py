@@ -192,6 +192,33 @@ async def test_market_data_lost_with_late_cancels_leaves_none_of_ours_resting(ma
     await settled(agent, exchange)
 
 
+async def test_a_pull_whose_cancel_is_answered_unknown_is_sent_again_not_left_to_a_lookup(make_agent, exchange):
+    """Quotes pulled on stale data, the cancel answered -1007 (status unknown) and not executed: the
+    orders still rest. The agent cancels them again (a cancel is idempotent) instead of leaving them
+    resting until a look-up a recvWindow later settles the first cancel's fate."""
+    runtime = RUNTIME.model_copy(update={"market_stale_sec": 1.0})
+    agent = await make_agent(runtime=runtime)
+    await settled(agent, exchange)
+    assert (await exchange.state())["open_orders"]
+    await exchange.post("/sim/fault/rest", {"mode": "error", "answer": "-1007", "path": "/fapi/v1/",
+                                            "method": "DELETE", "count": 1})
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
+    try:
+        async def none_rest() -> bool:
+            return not (await exchange.state())["open_orders"]
+
+        await wait_for(none_rest, 15, "no order of ours resting at the exchange", explain=lambda: describe(agent, exchange))
+        st = await exchange.state()
+        assert not st["faults_pending"], "the pull's cancel never met the fault"
+        counters = agent.status()["counters"]
+        assert counters["unknown_outcomes"] > 0 and counters["cancel_retries"] > 0, counters
+        assert counters["unknown_outcomes_resolved"] == 0, "the orders went by a look-up, not by cancelling again"
+    finally:
+        await exchange.post("/sim/market/freeze", {"frozen": False, "symbol": SYMBOL})
+    await wait_for(lambda: agent.status()["state"] == "quoting", 10, "quoting again")
+    await settled(agent, exchange)
+
+
 async def test_reconciliation_adopts_and_cancels_an_order_the_agent_never_heard_of(make_agent, exchange, sim):
     from fleet.sim.testkit import SimClient
 
