@@ -200,6 +200,7 @@ class OrderLedger:
         self.pending_sell_steps = 0
         self.rejects: dict[int, int] = {}
         self.stale_updates = 0
+        self._doubtful: set[str] = set()  # client ids once answered ambiguously (pruned as they settle)
 
     def with_params(self, params: SymbolParams) -> "OrderLedger":
         """The ledger under new parameters: no parameter shapes it, so every order and sum is kept
@@ -220,16 +221,6 @@ class OrderLedger:
         return int((Decimal(price) / self._tick_d).to_integral_value())
 
     # ------------------------------------------------------------------ order views
-
-    def ladder_orders(self, side: str) -> list[LiveOrder]:
-        """Open ladder orders of one side, inner to outer (bids high to low, asks low to high)."""
-        out = [
-            o
-            for o in self.orders.values()
-            if o.side == side and o.reason == "ladder" and o.cancel_sent_ms is None and o.status not in _CLOSED
-        ]
-        out.sort(key=(lambda o: -o.price_ticks) if side == BUY else (lambda o: o.price_ticks))
-        return out
 
     def ladder_view(self) -> tuple[list[LiveOrder], list[LiveOrder], int, int]:
         """One pass for a quote cycle: live ladder bids and asks (inner to outer), and the pending
@@ -469,19 +460,24 @@ class OrderLedger:
         o = self.orders.get(client_order_id)
         if o is not None and o.is_open:
             o.unknown_ms = now_ms if o.unknown_ms is None else max(o.unknown_ms, now_ms)
+            self._doubtful.add(client_order_id)
+
+    def _doubtful_orders(self) -> list[LiveOrder]:
+        """Open orders with an ambiguous answer not yet settled (the set is pruned here, lazily)."""
+        live = [o for cid in self._doubtful if (o := self.orders.get(cid)) is not None and o.unknown_ms is not None]
+        self._doubtful = {o.client_order_id for o in live}
+        return live
 
     def cancels_due_again(self, now_ms: int) -> list[Cancel]:
-        """Open orders whose last cancel was answered ambiguously ``CANCEL_RETRY_MS`` ago: cancel
-        again (such an order still counts, and may still rest, until a look-up past the window)."""
-        return [
-            Cancel(o.client_order_id, o.order_id, OrderReason.RECANCEL)
-            for o in self.orders.values() if o.is_open and o.cancel_retry_due(now_ms)
-        ]
+        """Orders whose last cancel was answered ambiguously ``CANCEL_RETRY_MS`` ago: cancel again
+        (such an order still counts, and may still rest, until a look-up past the window)."""
+        return [Cancel(o.client_order_id, o.order_id, OrderReason.RECANCEL)
+                for o in self._doubtful_orders() if o.cancel_retry_due(now_ms)]
 
     def due_lookups(self, now_ms: int, window_ms: int) -> list[LiveOrder]:
         """Orders with an ambiguous answer whose request can no longer execute (``window_ms`` =
         recvWindow plus a margin has passed since the answer): a look-up now settles them."""
-        return [o for o in self.orders.values() if o.unknown_ms is not None and now_ms - o.unknown_ms >= window_ms]
+        return [o for o in self._doubtful_orders() if now_ms - o.unknown_ms >= window_ms]  # type: ignore[operator]
 
     def on_lookup(self, client_order_id: str, info: OrderInfo | None, now_ms: int, window_ms: int) -> str:
         """The answer to a look-up by client order id (``info``; None for "order does not exist").

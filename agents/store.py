@@ -214,10 +214,6 @@ class Store:
 
     # ------------------------------------------------------------------ order views (the ledger's)
 
-    def ladder_orders(self, side: str) -> list[LiveOrder]:
-        """Open ladder orders of one side, inner to outer (bids high to low, asks low to high)."""
-        return self.ledger.ladder_orders(side)
-
     def ladder_view(self) -> tuple[list[LiveOrder], list[LiveOrder], int, int]:
         """Live ladder bids and asks (inner to outer), and the pending (buy, sell) steps of the rest."""
         return self.ledger.ladder_view()

@@ -105,7 +105,7 @@ def bench_cycle(layers: int, cycles: int, seed: int) -> dict[str, float]:
     t = 1_000
     market_event(core, model.mid, t)
     ex.send(core.quote(t), t)
-    assert len(core.store.ladder_orders("BUY")) == layers, "the bench needs every layer on the book"
+    assert len(core.store.ladder_view()[0]) == layers, "the bench needs every layer on the book"
     still: list[float] = []
     moving: list[float] = []
     requests = 0
@@ -139,8 +139,8 @@ def within_tolerance(core: AgentCore) -> bool:
     """Every desired layer has a live order within price and size tolerance."""
     lad = core.last_ladder
     mgr = core.manager
-    for desired, side in ((lad.bids, "BUY"), (lad.asks, "SELL")):
-        live = core.store.ladder_orders(side)
+    live_bids, live_asks, _, _ = core.store.ladder_view()
+    for desired, live in ((lad.bids, live_bids), (lad.asks, live_asks)):
         tols = mgr.tolerances(desired, lad.center_ticks)
         for q, tol in zip(desired, tols):
             if not any(

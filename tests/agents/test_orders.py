@@ -86,25 +86,25 @@ def test_live_orders_within_tolerance_are_kept():
     store, ids, mgr = make(tolerance_ticks=2, fraction=0.0)
     rest(store, ids, BUY, 29_991, 7, 1)
     rest(store, ids, BUY, 29_978, 6, 2)
-    d = mgr.diff(bids((29_990, 7), (29_980, 6)), (), store.ladder_orders(BUY), [], 30_000.0)
+    d = mgr.diff(bids((29_990, 7), (29_980, 6)), (), store.ladder_view()[0], [], 30_000.0)
     assert d.requests == 0 and not d.cancels and d.kept == 2
 
 
 def test_tolerance_is_a_fraction_of_the_layer_spacing_when_larger():
     store, ids, mgr = make(tolerance_ticks=0, fraction=0.25)
     rest(store, ids, BUY, 29_987, 7, 1)  # 3 ticks off; layer 0 sits 10 ticks from center -> tolerance 2.5
-    d = mgr.diff(bids((29_990, 7)), (), store.ladder_orders(BUY), [], 30_000.0)
+    d = mgr.diff(bids((29_990, 7)), (), store.ladder_view()[0], [], 30_000.0)
     assert len(d.amends) == 1
     rest2 = make(tolerance_ticks=0, fraction=0.25)
     store, ids, mgr = rest2
     rest(store, ids, BUY, 29_988, 7, 1)  # 2 ticks off: kept
-    assert mgr.diff(bids((29_990, 7)), (), store.ladder_orders(BUY), [], 30_000.0).requests == 0
+    assert mgr.diff(bids((29_990, 7)), (), store.ladder_view()[0], [], 30_000.0).requests == 0
 
 
 def test_a_moved_layer_is_amended_in_place_not_cancelled_and_replaced():
     store, ids, mgr = make(fraction=0.0)
     cid = rest(store, ids, BUY, 29_990, 7, 11)
-    d = mgr.diff(bids((29_950, 7)), (), store.ladder_orders(BUY), [], 30_000.0)
+    d = mgr.diff(bids((29_950, 7)), (), store.ladder_view()[0], [], 30_000.0)
     assert d.amends == (Amend(cid, 11, BUY, 29_950, 7, 0),)
     assert not d.places and not d.cancels
 
@@ -113,7 +113,7 @@ def test_a_size_change_beyond_tolerance_is_amended_with_the_filled_part_kept():
     store, ids, mgr = make(size_tolerance=0.2)
     cid = rest(store, ids, BUY, 29_990, 10, 11)
     store.apply(order_update(cid, 11, BUY, 29_990, 10, status="PARTIALLY_FILLED", cum_steps=4, last_steps=4, t=3, trade_id=1))
-    d = mgr.diff(bids((29_990, 10)), (), store.ladder_orders(BUY), [], 30_000.0)
+    d = mgr.diff(bids((29_990, 10)), (), store.ladder_view()[0], [], 30_000.0)
     # remaining 6 vs desired 10: amend to a total of 4 filled + 10 remaining
     assert d.amends == (Amend(cid, 11, BUY, 29_990, 14, 0),)
 
@@ -123,18 +123,18 @@ def test_extra_live_orders_are_cancelled_and_missing_layers_placed():
     a = rest(store, ids, SELL, 30_010, 7, 1)
     b = rest(store, ids, SELL, 30_050, 5, 2)
     c = rest(store, ids, SELL, 30_090, 4, 3)
-    d = mgr.diff((), asks((30_010, 7), (30_050, 5)), [], store.ladder_orders(SELL), 30_000.0)
+    d = mgr.diff((), asks((30_010, 7), (30_050, 5)), [], store.ladder_view()[1], 30_000.0)
     assert d.cancels == (Cancel(c, 3),)
-    d2 = mgr.diff((), asks((30_010, 7), (30_050, 5), (30_090, 4), (30_130, 3)), [], store.ladder_orders(SELL), 30_000.0)
+    d2 = mgr.diff((), asks((30_010, 7), (30_050, 5), (30_090, 4), (30_130, 3)), [], store.ladder_view()[1], 30_000.0)
     assert [p.price_ticks for p in d2.places] == [30_130] and not d2.cancels
-    assert {a, b, c} == {o.client_order_id for o in store.ladder_orders(SELL)}
+    assert {a, b, c} == {o.client_order_id for o in store.ladder_view()[1]}
 
 
 def test_orders_in_flight_are_left_alone_for_a_cycle():
     store, ids, mgr = make(fraction=0.0)
     cid = ids.next()
     store.on_sent(Place(cid, BUY, 29_990, 7), 1)  # not acknowledged yet
-    d = mgr.diff(bids((29_900, 7)), (), store.ladder_orders(BUY), [], 30_000.0)
+    d = mgr.diff(bids((29_900, 7)), (), store.ladder_view()[0], [], 30_000.0)
     assert d.requests == 0 and not d.cancels
 
 
@@ -166,7 +166,7 @@ def test_a_steady_ladder_needs_no_requests_cycle_after_cycle():
         store.on_sent(p, 1)
         store.apply(order_update(p.client_order_id, 100 + n, BUY, p.price_ticks, p.qty_steps, t=2))
     for _ in range(3):
-        assert mgr.diff(desired, (), store.ladder_orders(BUY), [], 30_000.0).requests == 0
+        assert mgr.diff(desired, (), store.ladder_view()[0], [], 30_000.0).requests == 0
 
 
 def test_an_order_refused_a_modify_with_5026_is_cancelled_and_replaced_never_amended_again():
@@ -174,7 +174,7 @@ def test_an_order_refused_a_modify_with_5026_is_cancelled_and_replaced_never_ame
     moved = rest(store, ids, BUY, 29_990, 7, 11)
     resized = rest(store, ids, BUY, 29_980, 6, 12)
     want = bids((29_950, 7), (29_980, 20))
-    first = mgr.diff(want, (), store.ladder_orders(BUY), [], 30_000.0)
+    first = mgr.diff(want, (), store.ladder_view()[0], [], 30_000.0)
     assert {a.client_order_id for a in first.amends} == {moved, resized}  # amended while allowed
     for a in first.amends:
         store.on_amend_sent(a, 3)
@@ -182,7 +182,7 @@ def test_an_order_refused_a_modify_with_5026_is_cancelled_and_replaced_never_ame
     assert store.orders[moved].amend_blocked and store.orders[resized].amend_blocked
     assert not store.orders[moved].busy and store.rejects == {-5026: 2}
     for _ in range(2):  # every later cycle: cancel and place, never the same amend again
-        d = mgr.diff(want, (), store.ladder_orders(BUY), [], 30_000.0)
+        d = mgr.diff(want, (), store.ladder_view()[0], [], 30_000.0)
         assert not d.amends
         assert {c.client_order_id for c in d.cancels} == {moved, resized}
         assert [(p.price_ticks, p.qty_steps, p.layer) for p in d.places] == [(29_950, 7, 0), (29_980, 20, 1)]
@@ -191,8 +191,8 @@ def test_an_order_refused_a_modify_with_5026_is_cancelled_and_replaced_never_ame
 def test_other_amend_refusals_do_not_block_amending():
     store, ids, mgr = make(fraction=0.0)
     cid = rest(store, ids, BUY, 29_990, 7, 11)
-    a = mgr.diff(bids((29_950, 7)), (), store.ladder_orders(BUY), [], 30_000.0).amends[0]
+    a = mgr.diff(bids((29_950, 7)), (), store.ladder_view()[0], [], 30_000.0).amends[0]
     store.on_amend_sent(a, 3)
     store.on_amend_rejected(cid, -5028, 11, 4)  # a transient refusal
     assert not store.orders[cid].amend_blocked
-    assert mgr.diff(bids((29_950, 7)), (), store.ladder_orders(BUY), [], 30_000.0).amends == (a,)
+    assert mgr.diff(bids((29_950, 7)), (), store.ladder_view()[0], [], 30_000.0).amends == (a,)
