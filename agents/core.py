@@ -201,7 +201,7 @@ class AgentCore:
         self.last_quote_ms = now_ms
         s = self.store
         g = self.guard
-        self._last_quote_mid = s.mid
+        self._last_quote_mid = s.market.mid
         cancels: list[Cancel] = []
         amends: list[Amend] = []
         places: list[Place] = []
@@ -215,7 +215,7 @@ class AgentCore:
             if g.state == FLATTENING:
                 refused += self._flatten_into(places, extra)
         else:
-            live_bids, live_asks, other_b, other_s = s.ladder_view()
+            live_bids, live_asks, other_b, other_s = s.ledger.ladder_view()
             ladder = self._ladder(other_b, other_s)
             if ladder.bids or ladder.asks or live_bids or live_asks:
                 diff = self.manager.diff(
@@ -249,21 +249,14 @@ class AgentCore:
 
     def _ladder(self, other_b: int, other_s: int) -> Ladder:
         s = self.store
+        m = s.market  # the parts read directly: this runs every cycle
+        pos = s.position_book.position_steps
         buy_limit = sell_limit = None
         if not self.guard.may_add_exposure:
-            pos = s.position_steps
             buy_limit = max(0, -pos - other_b) if pos < 0 else 0
             sell_limit = max(0, pos - other_s) if pos > 0 else 0
         return self.strategy.quote(
-            s.mid,
-            s.position_steps,
-            other_b,
-            other_s,
-            s.predicted_funding,
-            s.bid,
-            s.ask,
-            buy_limit,
-            sell_limit,
+            m.mid, pos, other_b, other_s, s.funding.predicted_funding, m.bid, m.ask, buy_limit, sell_limit
         )
 
     def _enforce_cap_into(self, cancels: list[Cancel], amends: list[Amend]) -> None:
@@ -272,18 +265,19 @@ class AgentCore:
         runtime's to fence), also ones the ladder may not touch
         now (an amend or cancel awaiting its answer, an order not yet acknowledged): a cancel by id
         is always safe, and such an order would otherwise rest until its answer settles."""
-        s = self.store
+        led = self.store.ledger
         cap = self.guard.cap_steps
+        pos = self.store.position_book.position_steps
+        excesses = ((BUY, pos + led.pending_buy_steps - cap), (SELL, led.pending_sell_steps - pos - cap))
+        if excesses[0][1] <= 0 and excesses[1][1] <= 0:
+            return  # the common case, every cycle
         going = {c.client_order_id for c in cancels}
         amending = {a.client_order_id for a in amends}
-        for side, excess in (
-            (BUY, s.position_steps + s.pending_buy_steps - cap),
-            (SELL, s.pending_sell_steps - s.position_steps - cap),
-        ):
+        for side, excess in excesses:
             if excess <= 0:
                 continue
             adding = [
-                o for o in s.orders.values()
+                o for o in led.orders.values()
                 if o.side == side and o.is_open and not o.reduce_only
                 and (o.cancel_sent_ms is None or o.client_order_id in going)
                 and o.client_order_id not in amending and self.ids.is_ours(o.client_order_id)

@@ -464,6 +464,8 @@ class OrderLedger:
 
     def _doubtful_orders(self) -> list[LiveOrder]:
         """Open orders with an ambiguous answer not yet settled (the set is pruned here, lazily)."""
+        if not self._doubtful:
+            return []
         live = [o for cid in self._doubtful if (o := self.orders.get(cid)) is not None and o.unknown_ms is not None]
         self._doubtful = {o.client_order_id for o in live}
         return live

@@ -16,7 +16,7 @@ from typing import Sequence
 from fleet.binance.enums import OrderType, Side, TimeInForce
 from fleet.config import OrderParams
 
-_SELL = Side.SELL  # a module name: an enum member read off its class costs ~10x a global
+_BUY, _SELL = Side.BUY, Side.SELL  # module names: an enum member read off its class costs ~10x a global
 PLACE_BATCH_MAX = 5
 AMEND_BATCH_MAX = 5
 CANCEL_BATCH_MAX = 10
@@ -259,8 +259,8 @@ class OrderManager:
         cancels: list[Cancel] = []
         amends: list[Amend] = []
         places: list[Place] = []
-        kept = self._side(bids, live_bids, Side.BUY, -1, center_ticks, cancels, amends, places)
-        kept += self._side(asks, live_asks, Side.SELL, 1, center_ticks, cancels, amends, places)
+        kept = self._side(bids, live_bids, _BUY, -1, center_ticks, cancels, amends, places)
+        kept += self._side(asks, live_asks, _SELL, 1, center_ticks, cancels, amends, places)
         if budget is not None and len(amends) + len(places) > budget:
             reqs: list[Amend | Place] = sorted([*amends, *places], key=lambda d: d.layer)[: max(budget, 0)]
             amends = [d for d in reqs if isinstance(d, Amend)]
@@ -276,6 +276,8 @@ class OrderManager:
         """
         replace: list[int] = []  # desired layers whose order may not be amended: placed anew
         kept, free_d, free_l = self._match(desired, live, side, sign, center_ticks, cancels, amends, replace)
+        if not (free_d or free_l or replace):
+            return kept  # every layer matched: the usual cycle on a quiet book
         n_pair = min(len(free_d), len(free_l))
         kept += self._pair(desired, free_d, free_l, n_pair, side, cancels, amends, replace)
         for o in free_l[n_pair:]:

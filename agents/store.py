@@ -296,10 +296,10 @@ class Store:
             if changed and not self.market.mark:
                 self._track_equity()  # valued at the mid until a mark price arrives
             return changed
+        if isinstance(event, OrderUpdate):
+            return self._on_order_update(event)  # equity moves with its fills only: tracked there
         if isinstance(event, MarkPrice):
             changed = self._on_mark(event)
-        elif isinstance(event, OrderUpdate):
-            changed = self._on_order_update(event)
         elif isinstance(event, AccountUpdate):
             changed = self._on_account(event)
         elif isinstance(event, FundingFee):
@@ -339,6 +339,7 @@ class Store:
                 self._place_unplaced(None)  # everything of this millisecond seen so far is inside
             if placed:
                 led.mark_booked(u.client_order_id, u.order_id, steps)
+            self._track_equity()
             return True
         return changed
 
