@@ -139,6 +139,20 @@ class ExchangeGateway(RestHandlers):
                now: int) -> Answer:
         """Answer one REST request arriving at ``now`` (any injected latency already waited)."""
         self.stats["rest_requests"] += 1
+        try:
+            body_text = raw_body.decode("utf-8")
+            params = dict(parse_qsl(body_text, keep_blank_values=True))
+            params.update(parse_qsl(raw_query, keep_blank_values=True))
+        except (UnicodeDecodeError, ValueError):
+            params, body_text = None, ""
+        # signed: the query string followed by the body, as received, without the signature
+        payload = _strip_signature(raw_query) + _strip_signature(body_text)
+        return self.answer(method, path, params, payload, api_key, ip, now)
+
+    def answer(self, method: str, path: str, params: dict[str, str] | None, payload: str, api_key: str | None,
+               ip: str, now: int) -> Answer:
+        """One request at ``now``: ``params`` read from it (None: unreadable), ``payload`` the text its
+        signature signs. REST and the WebSocket API (``fleet.sim.wsapi``) both come through here."""
         route = self._routes.get((method, path))
         if route is None:
             if any(p == path for (_, p) in self._routes):
@@ -154,11 +168,7 @@ class ExchangeGateway(RestHandlers):
             if fault.mode == "429":
                 return _json(429, {"code": -1003, "msg": "Too many requests; please use the websocket for "
                                                          "live updates."}, {"Retry-After": "1"})
-        try:
-            body_text = raw_body.decode("utf-8")
-            params = dict(parse_qsl(body_text, keep_blank_values=True))
-            params.update(parse_qsl(raw_query, keep_blank_values=True))
-        except (UnicodeDecodeError, ValueError):
+        if params is None:
             return _json(400, {"code": -1100, "msg": "Illegal characters found in a parameter."})
         exec_fault: RestFault | None = None
         try:
@@ -166,8 +176,7 @@ class ExchangeGateway(RestHandlers):
             # runs, so nothing it does later (a fill from the next step, a replayed trade) carries an
             # earlier time than the request's own answer.
             self.engine.advance(now)
-            account = self._gateway_checks(sec, weight_spec, params, raw_query, body_text, api_key, ip, now,
-                                           headers)
+            account = self._gateway_checks(sec, weight_spec, params, payload, api_key, ip, now, headers)
             if fault is not None and fault.mode in EXEC_MODES and fault.count > 0:  # (not used up meanwhile)
                 # past the gateway (signed, in time, within limits): the fault takes this request
                 exec_fault = fault
@@ -190,7 +199,7 @@ class ExchangeGateway(RestHandlers):
             return self._reshaped(exec_fault, result, headers)
         return _json(200, result, headers)
 
-    def _gateway_checks(self, sec: str, weight_spec: Any, params: dict[str, str], raw_query: str, body: str,
+    def _gateway_checks(self, sec: str, weight_spec: Any, params: dict[str, str], payload: str,
                         api_key: str | None, ip: str, now: int, headers: dict[str, str]) -> str | None:
         """Charge the IP's weight, authenticate, charge the account's order counts; the account name."""
         if isinstance(weight_spec, tuple):
@@ -202,7 +211,7 @@ class ExchangeGateway(RestHandlers):
         headers["X-MBX-USED-WEIGHT-1M"] = str(used)
         account = None
         if sec != NONE:
-            account = self._authenticate(api_key, sec, params, raw_query, body, now)
+            account = self._authenticate(api_key, sec, params, payload, now)
         if o10 and account is not None:
             c10, c1m = self.limiter.charge_orders(account, o10, o1m, now)
             headers["X-MBX-ORDER-COUNT-10S"] = str(c10)
@@ -280,8 +289,7 @@ class ExchangeGateway(RestHandlers):
                 self.stats["late_rejected"] += 1
         self._flush()
 
-    def _authenticate(self, api_key: str | None, sec: str, params: dict[str, str], raw_query: str,
-                      raw_body: str, now: int) -> str:
+    def _authenticate(self, api_key: str | None, sec: str, params: dict[str, str], payload: str, now: int) -> str:
         key = api_key
         if not key:
             raise SimApiError(-2014, "API-key format invalid.", 401)
@@ -293,7 +301,6 @@ class ExchangeGateway(RestHandlers):
         sig = params.get("signature")
         if not sig:
             raise missing("signature")
-        payload = _strip_signature(raw_query) + _strip_signature(raw_body)
         expected = hmac.new(acct.api_secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
         if not hmac.compare_digest(expected, sig.lower()):
             raise SimApiError(-1022, "Signature for this request is not valid.")
