@@ -87,16 +87,15 @@ class AdminRoutes:
             return {"ok": True}
         if path == "/sim/fault/drop":
             target = body.get("target", "all")
-            if target not in ("market", "user", "all"):
-                raise ValueError("target must be market, user or all")
+            if target not in ("market", "user", "api", "all"):
+                raise ValueError("target must be market, user, api or all")
             account = body.get("account")
             n = 0
             for c in list(self.conns):
+                is_api = c.path_kind == "api"
                 is_user = bool(c.listen_keys)
-                is_market = bool(c.subs) or not is_user
-                if target == "user" and not is_user:
-                    continue
-                if target == "market" and not is_market:
+                is_market = not is_api and (bool(c.subs) or not is_user)
+                if target != "all" and not {"user": is_user, "market": is_market, "api": is_api}[target]:
                     continue
                 if account and account not in c.accounts:
                     continue

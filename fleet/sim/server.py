@@ -1,5 +1,10 @@
 """The simulator's aiohttp server: Binance USD-M REST + WebSocket on one loopback port, plus /sim admin.
 
+WebSocket: the market and user-data streams (``/ws``, ``/stream``, ``/public``, ``/market``,
+``/private``; :mod:`fleet.sim.ws`) and the WebSocket API for orders and account reads
+(``/ws-fapi/v1``; :mod:`fleet.sim.wsapi`: its methods, signature and replies). REST faults posted
+for a route also take the WebSocket API's method that mirrors it.
+
 The only I/O around :class:`fleet.sim.engine.Engine`: it parses and signs-checks requests, counts
 rate limits, injects faults, drives the engine with the wall clock every 10 ms and pushes the
 engine's frames to the connected sockets. The market is the engine's regime model, or a recording
@@ -76,8 +81,9 @@ input, 404 on an unknown route)::
                           answer cut in half (not parseable)
          -> {"ok": true, "pending": n}
     POST /sim/fault/latency  {"ms": 200, "path": "/fapi/v1/order"}   delay matching REST calls (0 clears)
-    POST /sim/fault/drop     {"target": "market"|"user"|"all", "account": "main"}
-         abort matching WebSocket connections (TCP reset, no close frame) -> {"dropped": n}
+    POST /sim/fault/drop     {"target": "market"|"user"|"api"|"all", "account": "main"}
+         abort matching WebSocket connections (TCP reset, no close frame; "api": the WebSocket API's)
+         -> {"dropped": n}
     POST /sim/fault/clear    {}       clear REST faults; latency back to the configured rest_latency_ms
                                       (late writes already accepted still execute: they are in the exchange)
     POST /sim/limits         {"max_modifies_per_order": 3}
@@ -240,6 +246,8 @@ class SimServer(ExchangeGateway, StreamGateway, AdminRoutes):
         path = request.path
         if path.startswith("/sim/"):
             return await self._admin(request)
+        if path == "/ws-fapi/v1":
+            return await self._ws_api(request)
         if path.startswith(("/ws", "/stream", "/public/", "/market/", "/private/")) or path in (
                 "/public", "/market", "/private"):
             return await self._websocket(request)

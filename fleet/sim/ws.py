@@ -15,11 +15,14 @@ from aiohttp import WSMsgType, web
 
 from fleet.sim.config import SimConfig
 from fleet.sim.engine import Engine, render
+from fleet.sim.errors import SimApiError
 from fleet.sim.streams import MARKET, PUBLIC, canonical_stream, path_allows
+from fleet.sim.wsapi import HANDSHAKE_WEIGHT, METHODS, WsApiGateway, WsApiReply
 
 log = logging.getLogger("fleet.sim")
 
 MAX_QUEUED_FRAMES = 20_000
+API = "api"  # a WebSocket API connection's path kind
 
 
 @dataclass(eq=False)
@@ -28,7 +31,7 @@ class Conn:
 
     ws: web.WebSocketResponse
     transport: Any
-    path_kind: str  # legacy | public | market | private
+    path_kind: str  # legacy | public | market | private | api
     combined: bool
     opened: float
     subs: dict[str, str] = field(default_factory=dict)  # canonical -> name as requested
@@ -43,8 +46,9 @@ class Conn:
     closed: bool = False
 
 
-class StreamGateway:
-    """Owns the connections; needs the engine, the config and a stats dict."""
+class StreamGateway(WsApiGateway):
+    """Owns the connections; needs the engine, the config, a stats dict, and (for the WebSocket API)
+    the REST gateway's ``answer``, ``limiter``, ``latency_ms`` and ``clock``."""
 
     engine: Engine
     config: SimConfig
@@ -180,6 +184,65 @@ class StreamGateway:
                 except Exception:  # noqa: BLE001 - already broken
                     pass
         return ws
+
+    async def _ws_api(self, request: web.Request) -> web.StreamResponse:
+        """A WebSocket API connection (``/ws-fapi/v1``, :mod:`fleet.sim.wsapi`): requests answered in
+        order; server pings, lifetime and drops as for the streams."""
+        ip = request.remote or "127.0.0.1"
+        try:
+            self.limiter.charge_weight(ip, HANDSHAKE_WEIGHT, self.clock())
+        except SimApiError as exc:
+            return self._json(exc.http_status, exc.body())
+        rate_limits = request.query.get("returnRateLimits", "true").lower() != "false"
+        ws = web.WebSocketResponse(autoping=False, max_msg_size=1 << 16)
+        await ws.prepare(request)
+        now = time.monotonic()
+        connected_ms = self.clock()
+        c = Conn(ws=ws, transport=request.transport, path_kind=API, combined=False, opened=now,
+                 last_pong=now, next_ping=now + self.config.ws_ping_interval_s)
+        self.conns.add(c)
+        writer = asyncio.create_task(self._writer(c))
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    reply = await self._ws_api_request(msg.data, ip, connected_ms, rate_limits)
+                    if reply.hold_ms is not None:  # no answer: hold, then drop the connection
+                        await asyncio.sleep(reply.hold_ms / 1000.0)
+                        await self._close_conn(c, abort=True)
+                        break
+                    self._send(c, reply.frame)  # type: ignore[arg-type]
+                elif msg.type == WSMsgType.PING:
+                    await ws.pong(msg.data)
+                elif msg.type == WSMsgType.PONG:
+                    c.last_pong = time.monotonic()
+                elif msg.type == WSMsgType.BINARY:
+                    self._send(c, self._ws_error(None, 400, -1013, "Invalid request: send JSON in text frames").frame)
+                elif msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                    break
+                if c.closed:
+                    break
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self._forget(c)
+            writer.cancel()
+            if not ws.closed:
+                try:
+                    await ws.close()
+                except Exception:  # noqa: BLE001 - already broken
+                    pass
+        return ws
+
+    async def _ws_api_request(self, raw: str, ip: str, connected_ms: int, rate_limits: bool) -> WsApiReply:
+        parsed = self.ws_api_parse(raw)
+        if isinstance(parsed, WsApiReply):
+            return parsed
+        rid, method, params = parsed
+        route = METHODS.get(method)
+        lat_ms = self.latency_ms(route[1]) if route else 0
+        if lat_ms:
+            await asyncio.sleep(lat_ms / 1000.0)
+        return self.ws_api_call(rid, method, params, ip, self.clock(), connected_ms, rate_limits)
 
     def _classify(self, name: str, path_kind: str, market: list[tuple[str, str]],
                   users: list[tuple[str, str]]) -> str | None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import aiohttp
 import ccxt
+import ccxt.pro
 
 from fleet.sim.thread import SimThread
 
@@ -49,3 +51,42 @@ def test_ccxt_binanceusdm_trades_against_the_simulator(sim_thread):
     balance = ex.fetch_balance()
     assert balance["USDT"]["total"] == 100000
     assert 99990 < balance["USDC"]["total"] < 100000  # the taker fee was charged
+
+
+async def test_ccxt_binanceusdm_trades_over_the_websocket_api(sim):
+    """ccxt's WebSocket-API methods (create/edit/fetch/cancel_order_ws, fetch_balance_ws,
+    fetch_positions_ws) against the simulator's /ws-fapi/v1, checked at the exchange."""
+    _, key, secret = sim.accounts[0]
+    ex = ccxt.pro.binanceusdm({"apiKey": key, "secret": secret, "enableRateLimit": False,
+                               "options": {"fetchCurrencies": False, "fetchMargins": False}})
+    api = dict(ex.urls["api"])
+    for name in list(api):
+        if name.startswith("fapi"):
+            version = {"fapiPublicV2": "v2", "fapiPrivateV2": "v2", "fapiPublicV3": "v3",
+                       "fapiPrivateV3": "v3"}.get(name, "v1")
+            api[name] = f"{sim.rest_url}/fapi/{version}" if name != "fapiData" else f"{sim.rest_url}/futures/data"
+    api["ws"] = {**api["ws"], "ws-api": {**api["ws"]["ws-api"], "linear": f"{sim.ws_url}/ws-fapi/v1"}}
+    ex.urls["api"] = api
+
+    async def resting() -> list[dict]:
+        async with aiohttp.ClientSession() as s, s.get(f"{sim.rest_url}/sim/state") as r:
+            return (await r.json())["open_orders"]
+
+    try:
+        await ex.load_markets()
+        bid = (await ex.fetch_order_book("ETH/USDC:USDC", limit=5))["bids"][0][0]
+        price = float(ex.price_to_precision("ETH/USDC:USDC", bid * 0.98))
+        order = await ex.create_order_ws("ETH/USDC:USDC", "limit", "buy", 0.01, price)
+        assert order["status"] == "open" and order["price"] == price
+        assert [(o["orderId"], o["origQty"]) for o in await resting()] == [(int(order["id"]), "0.010")]
+        edited = await ex.edit_order_ws(order["id"], "ETH/USDC:USDC", "limit", "buy", 0.02, price)
+        assert edited["amount"] == 0.02
+        assert [o["origQty"] for o in await resting()] == ["0.020"]
+        fetched = await ex.fetch_order_ws(order["id"], "ETH/USDC:USDC")
+        assert fetched["status"] == "open" and fetched["amount"] == 0.02
+        cancelled = await ex.cancel_order_ws(order["id"], "ETH/USDC:USDC")
+        assert cancelled["status"] == "canceled" and await resting() == []
+        assert (await ex.fetch_balance_ws())["USDC"]["total"] == 100000
+        assert isinstance(await ex.fetch_positions_ws(["ETH/USDC:USDC"]), list)
+    finally:
+        await ex.close()

@@ -1,0 +1,185 @@
+"""Binance's WebSocket API (ws-fapi, ``/ws-fapi/v1``), sans I/O: one JSON request in, one reply out.
+
+Each method mirrors a REST route (Binance: "WebSocket API and REST API are functionally equivalent:
+they provide the same features, accept the same parameters, return the same status and error
+codes") and goes through the same gateway (:meth:`fleet.sim.gateway.ExchangeGateway.answer`): the
+same weights and order counts, shared with REST; the same engine; the same injected faults (a fault
+posted for ``/fapi/v1/order`` also takes ``order.place``, ``order.modify``, ``order.cancel``). What
+differs is the frame and the signature:
+
+- request ``{"id": any, "method": "order.place", "params": {...}}``; reply ``{"id", "status",
+  "result" | "error": {"code", "msg"}, "rateLimits": [...]}`` (``status`` the REST answer's HTTP
+  status; ``rateLimits`` left out with ``returnRateLimits=false`` on the connection or in params);
+- signed methods carry ``apiKey``, ``timestamp`` and ``signature`` in ``params``: hex HMAC-SHA256 of
+  every param but ``signature`` (``apiKey`` included), sorted by name, as ``k=v`` joined with ``&``;
+  INT params as JSON numbers, DECIMAL ones as JSON strings (both are taken);
+- ``session.logon`` takes Ed25519 keys only, and the simulator's keys are HMAC: it is refused
+  (-4056); ``session.status`` / ``session.logout`` answer for an unauthenticated session;
+- an answer no WebSocket frame can carry (a gateway's HTML page, faults "502"/"504") becomes status
+  503 -1006 "An unexpected response was received from the message bus. Execution status unknown.";
+  the fault "timeout" sends nothing and closes the connection after its ``hold_ms``.
+
+Malformed requests (not JSON, not an object, ``params`` not an object, no method) get status 400
+-1013 and an unknown method 400 -1020 (the documents state neither; these are the codes' own
+meanings), with the request's ``id`` when it could be read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from fleet.sim.engine import SimApiError
+from fleet.sim.gateway import Answer
+
+__all__ = ["METHODS", "HANDSHAKE_WEIGHT", "WsApiGateway", "WsApiReply"]
+
+HANDSHAKE_WEIGHT = 5  # "WebSocket handshake attempt costs 5 weight"
+
+# method -> the REST route it mirrors
+METHODS: dict[str, tuple[str, str]] = {
+    "order.place": ("POST", "/fapi/v1/order"),
+    "order.modify": ("PUT", "/fapi/v1/order"),
+    "order.cancel": ("DELETE", "/fapi/v1/order"),
+    "order.status": ("GET", "/fapi/v1/order"),
+    "account.position": ("GET", "/fapi/v2/positionRisk"),
+    "v2/account.position": ("GET", "/fapi/v3/positionRisk"),
+    "account.balance": ("GET", "/fapi/v2/balance"),
+    "v2/account.balance": ("GET", "/fapi/v3/balance"),
+    "account.status": ("GET", "/fapi/v2/account"),
+    "v2/account.status": ("GET", "/fapi/v3/account"),
+    "userDataStream.start": ("POST", "/fapi/v1/listenKey"),
+    "userDataStream.ping": ("PUT", "/fapi/v1/listenKey"),
+    "userDataStream.stop": ("DELETE", "/fapi/v1/listenKey"),
+    "depth": ("GET", "/fapi/v1/depth"),
+    "ticker.price": ("GET", "/fapi/v1/ticker/price"),
+    "ticker.book": ("GET", "/fapi/v1/ticker/bookTicker"),
+}
+_ORDER_METHODS = frozenset({"order.place", "order.modify"})
+_SESSION_WEIGHT = 2
+_UNEXPECTED = {"code": -1006, "msg": "An unexpected response was received from the message bus. "
+                                     "Execution status unknown."}
+
+
+@dataclass
+class WsApiReply:
+    """What to do with one request: send ``frame``; or (``hold_ms`` set) send nothing, hold the
+    connection that long and close it."""
+
+    frame: bytes | None
+    hold_ms: int | None = None
+
+
+class WsApiGateway:
+    """The WebSocket API's requests; mixed into a gateway (``answer``, ``limiter``, ``config``)."""
+
+    def ws_api_parse(self, raw: str | bytes) -> tuple[Any, str, dict[str, Any]] | WsApiReply:
+        """A request frame read: (id, method, params), or the error reply to send instead."""
+        try:
+            req = json.loads(raw)
+        except ValueError as exc:
+            return self._ws_error(None, 400, -1013, f"Invalid JSON: {exc}")
+        if not isinstance(req, dict):
+            return self._ws_error(None, 400, -1013, "Invalid request: a request is a JSON object")
+        rid = req.get("id")
+        method = req.get("method")
+        params = req.get("params") or {}
+        if not isinstance(method, str) or not method:
+            return self._ws_error(rid, 400, -1013, "Invalid request: 'method' must be a non-empty string")
+        if not isinstance(params, dict):
+            return self._ws_error(rid, 400, -1013, "Invalid request: 'params' must be an object")
+        return rid, method, params
+
+    def ws_api_call(self, rid: Any, method: str, params: dict[str, Any], ip: str, now: int, connected_ms: int,
+                    rate_limits: bool = True) -> WsApiReply:
+        """One parsed request at ``now`` (``METHODS[method]``'s injected REST latency already waited)."""
+        if method.startswith("session."):
+            return self._ws_session(rid, method, ip, now, connected_ms)
+        route = METHODS.get(method)
+        if route is None:
+            return self._ws_error(rid, 400, -1020, f"This operation is not supported: unknown method {method[:64]!r}")
+        flat: dict[str, str] = {}
+        for k, v in params.items():
+            if v is None:
+                continue
+            if isinstance(v, bool):
+                flat[k] = "true" if v else "false"
+            elif isinstance(v, (int, float, str)):
+                flat[k] = str(v)
+            else:
+                return self._ws_error(rid, 400, -1130, f"Data sent for parameter '{str(k)[:64]}' is not valid.")
+        payload = "&".join(f"{k}={v}" for k, v in sorted(flat.items()) if k != "signature")  # all but it
+        returns = flat.pop("returnRateLimits", None)
+        if returns is not None:
+            rate_limits = returns == "true"
+        api_key = flat.pop("apiKey", None)
+        http_method, path = route
+        answer = self.answer(http_method, path, flat, payload, api_key, ip, now)  # type: ignore[attr-defined]
+        return self._ws_reply(rid, answer, method in _ORDER_METHODS, rate_limits)
+
+    # -- replies ---------------------------------------------------------------------------------
+
+    def _ws_reply(self, rid: Any, answer: Answer, orders: bool, rate_limits: bool) -> WsApiReply:
+        if answer.hold_ms is not None:
+            return WsApiReply(None, answer.hold_ms)
+        try:
+            body = orjson.loads(answer.body) if answer.content_type == "application/json" else None
+        except orjson.JSONDecodeError:
+            body = None  # a cut answer (batch_nonjson): not for these routes, but never a broken frame
+        out: dict[str, Any] = {"id": rid}
+        if answer.status == 200 and body is not None:
+            out["status"] = 200
+            out["result"] = body
+        elif isinstance(body, dict) and "code" in body:
+            out["status"] = answer.status
+            out["error"] = {"code": body["code"], "msg": body.get("msg", "")}
+        else:
+            out["status"] = 503
+            out["error"] = dict(_UNEXPECTED)
+        if rate_limits:
+            out["rateLimits"] = self._rate_limits(answer.headers, orders)
+        return WsApiReply(orjson.dumps(out))
+
+    def _rate_limits(self, headers: dict[str, str], orders: bool) -> list[dict[str, Any]]:
+        lim = self.config.rate_limits  # type: ignore[attr-defined]
+        out = [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
+                "limit": lim.weight_per_minute, "count": int(headers.get("X-MBX-USED-WEIGHT-1M", 0))}]
+        if orders and "X-MBX-ORDER-COUNT-10S" in headers:
+            out.append({"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10,
+                        "limit": lim.orders_per_10s, "count": int(headers["X-MBX-ORDER-COUNT-10S"])})
+            out.append({"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1,
+                        "limit": lim.orders_per_minute, "count": int(headers["X-MBX-ORDER-COUNT-1M"])})
+        return out
+
+    def _ws_error(self, rid: Any, status: int, code: int, msg: str) -> WsApiReply:
+        self.stats["ws_bad_messages"] += 1  # type: ignore[attr-defined]
+        return WsApiReply(orjson.dumps({"id": rid, "status": status, "error": {"code": code, "msg": msg}}))
+
+    def _ws_session(self, rid: Any, method: str, ip: str, now: int, connected_ms: int) -> WsApiReply:
+        """session.logon needs an Ed25519 key, and the simulator's are HMAC: refused; status and
+        logout answer for a session that is not authenticated."""
+        try:
+            used, _ = self.limiter.charge_weight(ip, _SESSION_WEIGHT, now)  # type: ignore[attr-defined]
+        except SimApiError as exc:  # 429 / 418
+            return WsApiReply(orjson.dumps({"id": rid, "status": exc.http_status, "error": exc.body()}))
+        if method == "session.logon":
+            return WsApiReply(orjson.dumps({"id": rid, "status": 400,
+                                            "error": {"code": -4056, "msg": "Invalid api key type."}}))
+        if method in ("session.status", "session.logout"):
+            return WsApiReply(orjson.dumps({"id": rid, "status": 200, "result": {
+                "apiKey": None, "authorizedSince": None, "connectedSince": connected_ms,
+                "returnRateLimits": False, "serverTime": now}, "rateLimits": [
+                {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
+                 "limit": self.config.rate_limits.weight_per_minute, "count": used}]}))  # type: ignore[attr-defined]
+        return self._ws_error(rid, 400, -1020, f"This operation is not supported: unknown method {method[:64]!r}")
+
+
+def sign(secret: str, params: dict[str, Any]) -> str:
+    """The signature a client sends: hex HMAC-SHA256 of the sorted ``k=v`` pairs (tests, examples)."""
+    payload = "&".join(f"{k}={v}" for k, v in sorted(params.items()) if k != "signature")
+    return hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()

@@ -1,0 +1,176 @@
+"""The simulator's WebSocket API (``/ws-fapi/v1``): orders placed, amended, looked up and cancelled
+over one connection, checked at the exchange (``/sim/state``); signatures, rate limits, malformed
+requests, the session methods, and the REST faults it shares."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from fleet.sim.wsapi import sign
+
+SYMBOL = "ETHUSDC"
+
+
+class Api:
+    """A bare ws-fapi client: one connection, requests signed as Binance documents."""
+
+    def __init__(self, sim: Any, ws: aiohttp.ClientWebSocketResponse) -> None:
+        _, self.key, self.secret = sim.accounts[0]
+        self.ws = ws
+        self.n = 0
+
+    async def call(self, method: str, params: dict[str, Any] | None = None, signed: bool = True,
+                   secret: str | None = None) -> dict[str, Any]:
+        self.n += 1
+        p = dict(params or {})
+        if signed:
+            p.update(apiKey=self.key, timestamp=int(time.time() * 1000))
+            p["signature"] = sign(secret or self.secret, p)
+        await self.ws.send_str(orjson.dumps({"id": f"r{self.n}", "method": method, "params": p}).decode())
+        reply = orjson.loads((await self.ws.receive(timeout=5)).data)
+        assert reply["id"] == f"r{self.n}"
+        return reply
+
+
+async def state(s: aiohttp.ClientSession, sim: Any) -> dict[str, Any]:
+    async with s.get(f"{sim.rest_url}/sim/state", params={"symbol": SYMBOL}) as r:
+        return await r.json()
+
+
+async def below_bid(s: aiohttp.ClientSession, sim: Any, ticks: int) -> str:
+    st = await state(s, sim)
+    return f"{float(st['markets'][SYMBOL]['bid']) - ticks * 0.01:.2f}"
+
+
+async def test_an_order_placed_amended_looked_up_and_cancelled_over_the_websocket_api(sim):
+    async with aiohttp.ClientSession() as s, s.ws_connect(f"{sim.ws_url}/ws-fapi/v1") as ws:
+        api = Api(sim, ws)
+        price = await below_bid(s, sim, 300)
+        placed = await api.call("order.place", {"symbol": SYMBOL, "side": "BUY", "type": "LIMIT",
+                                                "timeInForce": "GTX", "quantity": "0.010", "price": price,
+                                                "newClientOrderId": "ws-1"})
+        assert placed["status"] == 200, placed
+        order = placed["result"]
+        assert order["status"] == "NEW" and order["clientOrderId"] == "ws-1" and order["price"] == price
+        limits = {(x["rateLimitType"], x["interval"], x["intervalNum"]): x for x in placed["rateLimits"]}
+        assert limits[("ORDERS", "SECOND", 10)]["limit"] == 300 and limits[("ORDERS", "SECOND", 10)]["count"] >= 1
+        assert limits[("ORDERS", "MINUTE", 1)]["limit"] == 1200
+        assert limits[("REQUEST_WEIGHT", "MINUTE", 1)]["limit"] == 2400
+        [rest] = (await state(s, sim))["open_orders"]
+        assert (rest["orderId"], rest["price"], rest["origQty"]) == (order["orderId"], price, "0.010")
+
+        new_price = await below_bid(s, sim, 200)
+        amended = await api.call("order.modify", {"symbol": SYMBOL, "orderId": order["orderId"], "side": "BUY",
+                                                  "quantity": "0.020", "price": new_price})
+        assert amended["status"] == 200 and amended["result"]["price"] == new_price, amended
+        [rest] = (await state(s, sim))["open_orders"]
+        assert (rest["price"], rest["origQty"]) == (new_price, "0.020")
+
+        looked_up = await api.call("order.status", {"symbol": SYMBOL, "origClientOrderId": "ws-1"})
+        assert looked_up["result"]["origQty"] == "0.020" and looked_up["result"]["status"] == "NEW"
+        cancelled = await api.call("order.cancel", {"symbol": SYMBOL, "orderId": order["orderId"]})
+        assert cancelled["result"]["status"] == "CANCELED"
+        assert (await state(s, sim))["open_orders"] == []
+        again = await api.call("order.cancel", {"symbol": SYMBOL, "orderId": order["orderId"]})
+        assert again["status"] == 400 and again["error"]["code"] == -2011
+
+        positions = await api.call("v2/account.position", {"symbol": SYMBOL})
+        assert positions["status"] == 200 and isinstance(positions["result"], list)
+        balances = await api.call("account.balance")
+        assert any(b["asset"] == "USDC" for b in balances["result"])
+        book = await api.call("ticker.book", {"symbol": SYMBOL}, signed=False)
+        assert float(book["result"]["bidPrice"]) < float(book["result"]["askPrice"])
+        key = await api.call("userDataStream.start", {"apiKey": api.key}, signed=False)
+        async with s.post(f"{sim.rest_url}/fapi/v1/listenKey", headers={"X-MBX-APIKEY": api.key}) as r:
+            assert key["status"] == 200 and key["result"]["listenKey"] == (await r.json())["listenKey"]
+        kept = await api.call("userDataStream.ping", {"apiKey": api.key}, signed=False)
+        assert kept["result"]["listenKey"] == key["result"]["listenKey"]
+
+
+async def test_a_bad_signature_or_no_key_changes_nothing_and_says_why(sim):
+    async with aiohttp.ClientSession() as s, s.ws_connect(f"{sim.ws_url}/ws-fapi/v1") as ws:
+        api = Api(sim, ws)
+        order = {"symbol": SYMBOL, "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.010",
+                 "price": await below_bid(s, sim, 300)}
+        forged = await api.call("order.place", order, secret="0" * 64)
+        assert forged["status"] == 400 and forged["error"]["code"] == -1022, forged
+        unsigned = await api.call("order.place", order, signed=False)
+        assert unsigned["status"] == 401 and unsigned["error"]["code"] == -2014, unsigned
+        stale = dict(order, apiKey=api.key, timestamp=int(time.time() * 1000) - 60_000)
+        stale["signature"] = sign(api.secret, stale)
+        late = await api.call("order.place", stale, signed=False)
+        assert late["error"]["code"] == -1021, late
+        assert (await state(s, sim))["open_orders"] == []
+
+
+async def test_malformed_requests_unknown_methods_and_the_session_methods(sim):
+    async with aiohttp.ClientSession() as s, s.ws_connect(f"{sim.ws_url}/ws-fapi/v1?returnRateLimits=false") as ws:
+        await ws.send_str("{not json")
+        bad = orjson.loads((await ws.receive(timeout=5)).data)
+        assert bad["id"] is None and bad["status"] == 400 and bad["error"]["code"] == -1013
+        await ws.send_str(orjson.dumps({"id": 7, "method": "order.place", "params": ["x"]}).decode())
+        bad = orjson.loads((await ws.receive(timeout=5)).data)
+        assert bad == {"id": 7, "status": 400, "error": bad["error"]} and bad["error"]["code"] == -1013
+        api = Api(sim, ws)
+        unknown = await api.call("order.teleport", {})
+        assert unknown["status"] == 400 and unknown["error"]["code"] == -1020
+        logon = await api.call("session.logon")
+        assert logon["status"] == 400 and logon["error"]["code"] == -4056  # Ed25519 keys only
+        status = await api.call("session.status", signed=False)
+        assert status["status"] == 200 and status["result"]["apiKey"] is None
+        placed = await api.call("order.place", {"symbol": SYMBOL, "side": "BUY", "type": "LIMIT",
+                                                "timeInForce": "GTC", "quantity": "0.010",
+                                                "price": await below_bid(s, sim, 300)})
+        assert placed["status"] == 200 and "rateLimits" not in placed  # returnRateLimits=false on the URL
+        assert len((await state(s, sim))["open_orders"]) == 1
+
+
+async def test_the_rest_faults_reach_the_websocket_api_too(sim):
+    """An order placed and then answered 503 exists at the exchange; one whose answer never comes
+    (timeout) costs the connection, and executes late."""
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect(f"{sim.ws_url}/ws-fapi/v1") as ws:
+            api = Api(sim, ws)
+            order = {"symbol": SYMBOL, "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.010",
+                     "price": await below_bid(s, sim, 300)}
+            await s.post(f"{sim.rest_url}/sim/fault/rest", json={"mode": "exec_then_error", "answer": "503",
+                                                                 "path": "/fapi/v1/order", "method": "POST"})
+            unknown = await api.call("order.place", order)
+            assert unknown["status"] == 503 and unknown["error"]["code"] == -1000, unknown
+            assert len((await state(s, sim))["open_orders"]) == 1  # it executed
+            await s.post(f"{sim.rest_url}/sim/fault/rest", json={"mode": "exec_then_error", "answer": "502",
+                                                                 "path": "/fapi/v1/order", "method": "POST"})
+            gateway = await api.call("order.place", order)
+            assert gateway["status"] == 503 and gateway["error"]["code"] == -1006, gateway  # no HTML over WS
+            await s.post(f"{sim.rest_url}/sim/fault/rest", json={"mode": "late", "answer": "timeout", "hold_ms": 200,
+                                                                 "delay_ms": 100, "path": "/fapi/v1/order"})
+            p = dict(order, apiKey=api.key, timestamp=int(time.time() * 1000))
+            p["signature"] = sign(api.secret, p)
+            await ws.send_str(orjson.dumps({"id": "t", "method": "order.place", "params": p}).decode())
+            msg = await ws.receive(timeout=5)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR), msg
+        for _ in range(50):
+            if len((await state(s, sim))["open_orders"]) == 3:
+                break
+            await asyncio.sleep(0.05)
+        assert len((await state(s, sim))["open_orders"]) == 3  # the unanswered one executed late
+
+
+async def test_a_connection_costs_five_weight_and_the_drop_fault_reaches_it(sim):
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{sim.rest_url}/fapi/v1/ping") as r:
+            before = int(r.headers["X-MBX-USED-WEIGHT-1M"])
+        async with s.ws_connect(f"{sim.ws_url}/ws-fapi/v1") as ws:
+            async with s.get(f"{sim.rest_url}/fapi/v1/ping") as r:
+                assert int(r.headers["X-MBX-USED-WEIGHT-1M"]) == before + 5 + 1
+            async with s.post(f"{sim.rest_url}/sim/fault/drop", json={"target": "market"}) as r:
+                assert (await r.json())["dropped"] == 0  # not a market stream
+            async with s.post(f"{sim.rest_url}/sim/fault/drop", json={"target": "api"}) as r:
+                assert (await r.json())["dropped"] == 1
+            msg = await ws.receive(timeout=5)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
