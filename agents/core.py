@@ -134,7 +134,7 @@ class AgentCore:
     def on_outcome_unknown(self, decision: Decision, now_ms: int) -> None:
         """The answer to ``decision`` was ambiguous (it may have executed, even later): it stays
         counted until a frame or a look-up past its recvWindow settles it (never read as refused)."""
-        self.store.on_outcome_unknown(decision.client_order_id, now_ms)
+        self.store.on_outcome_unknown(decision.client_order_id, now_ms, isinstance(decision, Cancel))
 
     def on_not_sent(self, decision: Decision) -> None:
         """``on_sent`` was called but the request never left (rate budget, shutdown): undo it, without
@@ -300,9 +300,10 @@ class AgentCore:
         cancels.extend(again)
 
     def _cancel_all_into(self, cancels: list[Cancel], keep_reduce_only: bool, in_flight: bool = False) -> None:
+        going = {c.client_order_id for c in cancels}  # going again: ``_retry_cancels_into``
         for o in self.store.orders.values():
-            if o.cancel_sent_ms is not None:
-                continue  # already going (or going again: ``_retry_cancels_into``)
+            if o.cancel_sent_ms is not None or o.client_order_id in going:
+                continue  # already going
             if not in_flight and (o.unresolved_ms is not None or o.status == "PENDING_NEW"):
                 continue  # unknown to the exchange, or not acknowledged yet (next cycle)
             if keep_reduce_only and o.reduce_only:
@@ -439,7 +440,7 @@ class AgentCore:
             eng.undo(now_ms)
             return 1
         for o in s.orders.values():
-            if o.reason == "grind_reentry" and o.cancel_sent_ms is None and o.status != "PENDING_NEW":
+            if o.reason == "grind_reentry" and o.cancel_sent_ms is None and not o.cancel_doubt and o.status != "PENDING_NEW":
                 cancels.append(Cancel(o.client_order_id, o.order_id, "grind"))
         places.append(p)
         self._grind = (res, p.client_order_id, now_ms)

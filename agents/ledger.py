@@ -88,6 +88,7 @@ class LiveOrder:
         "contrib",
         "amend_blocked",
         "unknown_ms",
+        "cancel_doubt",
         "inferred",
     )
 
@@ -115,6 +116,7 @@ class LiveOrder:
         self.contrib = 0
         self.amend_blocked = False  # the exchange refused to modify it again (-5026): replace it instead
         self.unknown_ms: int | None = None  # a request about it got an ambiguous answer at this time
+        self.cancel_doubt = False  # our cancel of it was answered ambiguously: it is sent again
         self.inferred = False  # closed on the store's own inference, not on the exchange's word
 
     @property
@@ -142,15 +144,12 @@ class LiveOrder:
         )
 
     def cancel_retry_due(self, now_ms: int) -> bool:
-        """Our last cancel of it was answered ambiguously (it may or may not have taken, even later)
-        at least ``CANCEL_RETRY_MS`` ago: send it again. A cancel is idempotent at the exchange (a
-        second one takes, or is refused as "unknown order"), so nothing is waited for; new orders
-        and amendments are never resent, they are looked up."""
+        """Our cancel of it was answered ambiguously (it may or may not have taken, even later) and
+        none is out now, or the last went ``CANCEL_RETRY_MS`` ago: send it again. A cancel is
+        idempotent at the exchange (a second one takes, or is refused as "unknown order"), so
+        nothing is waited for; new orders and amendments are never resent, they are looked up."""
         sent = self.cancel_sent_ms
-        return (
-            sent is not None and self.unknown_ms is not None and self.unknown_ms >= sent
-            and now_ms - sent >= CANCEL_RETRY_MS
-        )
+        return self.cancel_doubt and (sent is None or now_ms - sent >= CANCEL_RETRY_MS)
 
     def pending_steps(self) -> int:
         """What may still fill, plus what has filled but is not in the position yet.
@@ -200,7 +199,7 @@ class OrderLedger:
         self.pending_sell_steps = 0
         self.rejects: dict[int, int] = {}
         self.stale_updates = 0
-        self._doubtful: set[str] = set()  # client ids once answered ambiguously (pruned as they settle)
+        self._doubtful: dict[str, None] = {}  # client ids once answered ambiguously, in order (pruned as they settle)
 
     def with_params(self, params: SymbolParams) -> "OrderLedger":
         """The ledger under new parameters: no parameter shapes it, so every order and sum is kept
@@ -293,6 +292,7 @@ class OrderLedger:
         if o.status in _CLOSED:
             o.amend_orig_steps = o.amend_price_ticks = None
             o.cancel_sent_ms = o.unresolved_ms = o.unknown_ms = None
+            o.cancel_doubt = False
             if o.booked_steps >= o.filled_steps:
                 if cid in self.orders:
                     del self.orders[cid]
@@ -426,8 +426,10 @@ class OrderLedger:
         if o is None or not o.is_open:
             return
         o.cancel_sent_ms = None
-        if code in _UNKNOWN_ORDER_CODES and o.status != PENDING_NEW:
-            o.unresolved_ms = now_ms
+        if code in _UNKNOWN_ORDER_CODES:
+            o.cancel_doubt = False  # not open at the exchange: nothing to cancel again
+            if o.status != PENDING_NEW:
+                o.unresolved_ms = now_ms
         self.refresh(o)
 
     def unresolved_orders(self, now_ms: int, older_than_ms: int = 0) -> list[LiveOrder]:
@@ -452,7 +454,7 @@ class OrderLedger:
 
     # ------------------------------------------------------------------ unknown outcomes
 
-    def on_outcome_unknown(self, client_order_id: str, now_ms: int) -> None:
+    def on_outcome_unknown(self, client_order_id: str, now_ms: int, cancel: bool = False) -> None:
         """A request about this order (place, amend or cancel) got an ambiguous answer: it may have
         executed, even later. Nothing changes in what the order counts: a new order stays pending,
         an amendment keeps the larger of old and new, a cancel keeps the order counted, until a
@@ -460,14 +462,15 @@ class OrderLedger:
         o = self.orders.get(client_order_id)
         if o is not None and o.is_open:
             o.unknown_ms = now_ms if o.unknown_ms is None else max(o.unknown_ms, now_ms)
-            self._doubtful.add(client_order_id)
+            o.cancel_doubt = o.cancel_doubt or cancel
+            self._doubtful[client_order_id] = None
 
     def _doubtful_orders(self) -> list[LiveOrder]:
         """Open orders with an ambiguous answer not yet settled (the set is pruned here, lazily)."""
         if not self._doubtful:
             return []
         live = [o for cid in self._doubtful if (o := self.orders.get(cid)) is not None and o.unknown_ms is not None]
-        self._doubtful = {o.client_order_id for o in live}
+        self._doubtful = dict.fromkeys(o.client_order_id for o in live)
         return live
 
     def cancels_due_again(self, now_ms: int) -> list[Cancel]:
@@ -508,6 +511,7 @@ class OrderLedger:
                 if o.cancel_sent_ms is not None:
                     o.cancel_sent_ms = None  # still open: the cancel did not take; the next cycle decides
                 o.unknown_ms = None
+                o.cancel_doubt = False
                 self.refresh(o)
             return "found"
         if o.status == PENDING_NEW:

@@ -266,8 +266,8 @@ class Store:
     def on_query_unknown(self, client_order_id: str, order_id: int | None = None) -> None:
         self.ledger.on_query_unknown(client_order_id, order_id)
 
-    def on_outcome_unknown(self, client_order_id: str, now_ms: int) -> None:
-        self.ledger.on_outcome_unknown(client_order_id, now_ms)
+    def on_outcome_unknown(self, client_order_id: str, now_ms: int, cancel: bool = False) -> None:
+        self.ledger.on_outcome_unknown(client_order_id, now_ms, cancel)
 
     def cancels_due_again(self, now_ms: int) -> list[Cancel]:
         return self.ledger.cancels_due_again(now_ms)

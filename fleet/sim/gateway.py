@@ -301,8 +301,12 @@ class ExchangeGateway(RestHandlers):
         sig = params.get("signature")
         if not sig:
             raise missing("signature")
-        expected = hmac.new(acct.api_secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, sig.lower()):
+        try:
+            signed = payload.encode()
+        except UnicodeEncodeError:  # a lone surrogate (the WebSocket API's JSON can carry one)
+            raise SimApiError(-1100, "Illegal characters found in a parameter.") from None
+        expected = hmac.new(acct.api_secret.encode(), signed, hashlib.sha256).hexdigest()
+        if not sig.isascii() or not hmac.compare_digest(expected, sig.lower()):
             raise SimApiError(-1022, "Signature for this request is not valid.")
         ts_raw = params.get("timestamp")
         if not ts_raw:

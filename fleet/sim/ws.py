@@ -205,7 +205,12 @@ class StreamGateway(WsApiGateway):
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
-                    reply = await self._ws_api_request(msg.data, ip, connected_ms, rate_limits)
+                    try:
+                        reply = await self._ws_api_request(msg.data, ip, connected_ms, rate_limits)
+                    except Exception as exc:  # noqa: BLE001 - a bug answers 500; the connection lives on
+                        log.error("websocket API request failed: %s", type(exc).__name__)
+                        reply = WsApiReply(orjson.dumps({"id": None, "status": 500, "error": {
+                            "code": -1000, "msg": "An unknown error occurred while processing the request."}}))
                     if reply.hold_ms is not None:  # no answer: hold, then drop the connection
                         await asyncio.sleep(reply.hold_ms / 1000.0)
                         await self._close_conn(c, abort=True)

@@ -12,16 +12,19 @@ differs is the frame and the signature:
   status; ``rateLimits`` left out with ``returnRateLimits=false`` on the connection or in params);
 - signed methods carry ``apiKey``, ``timestamp`` and ``signature`` in ``params``: hex HMAC-SHA256 of
   every param but ``signature`` (``apiKey`` included), sorted by name, as ``k=v`` joined with ``&``;
-  INT params as JSON numbers, DECIMAL ones as JSON strings (both are taken);
+  INT params as JSON numbers, DECIMAL ones as JSON strings (both are taken; a JSON ``true`` is signed
+  as ``true``);
 - ``session.logon`` takes Ed25519 keys only, and the simulator's keys are HMAC: it is refused
   (-4056); ``session.status`` / ``session.logout`` answer for an unauthenticated session;
 - an answer no WebSocket frame can carry (a gateway's HTML page, faults "502"/"504") becomes status
   503 -1006 "An unexpected response was received from the message bus. Execution status unknown.";
   the fault "timeout" sends nothing and closes the connection after its ``hold_ms``.
 
-Malformed requests (not JSON, not an object, ``params`` not an object, no method) get status 400
--1013 and an unknown method 400 -1020 (the documents state neither; these are the codes' own
-meanings), with the request's ``id`` when it could be read.
+Malformed requests (not JSON, too deeply nested, not an object, ``params`` not an object, no
+method, an ``id`` no reply can carry back: longer than 256 characters, past 64 bits, not text) get
+status 400 -1013 and an unknown method 400 -1020 (the documents state neither; these are the codes'
+own meanings), with the request's ``id`` when it could be read. A request the simulator fails on
+answers 500 -1000 and the connection stays.
 """
 
 from __future__ import annotations
@@ -82,11 +85,14 @@ class WsApiGateway:
         """A request frame read: (id, method, params), or the error reply to send instead."""
         try:
             req = json.loads(raw)
-        except ValueError as exc:
-            return self._ws_error(None, 400, -1013, f"Invalid JSON: {exc}")
+        except (ValueError, RecursionError) as exc:
+            return self._ws_error(None, 400, -1013, f"Invalid JSON: {str(exc)[:200]}")
         if not isinstance(req, dict):
             return self._ws_error(None, 400, -1013, "Invalid request: a request is a JSON object")
         rid = req.get("id")
+        if not _echoable(rid):
+            return self._ws_error(None, 400, -1013, "Invalid request: 'id' must be a string of at most 256 "
+                                                    "characters, a 64-bit integer or null")
         method = req.get("method")
         params = req.get("params") or {}
         if not isinstance(method, str) or not method:
@@ -99,7 +105,7 @@ class WsApiGateway:
                     rate_limits: bool = True) -> WsApiReply:
         """One parsed request at ``now`` (``METHODS[method]``'s injected REST latency already waited)."""
         if method.startswith("session."):
-            return self._ws_session(rid, method, ip, now, connected_ms)
+            return self._ws_session(rid, method, ip, now, connected_ms, rate_limits)
         route = METHODS.get(method)
         if route is None:
             return self._ws_error(rid, 400, -1020, f"This operation is not supported: unknown method {method[:64]!r}")
@@ -107,12 +113,9 @@ class WsApiGateway:
         for k, v in params.items():
             if v is None:
                 continue
-            if isinstance(v, bool):
-                flat[k] = "true" if v else "false"
-            elif isinstance(v, (int, float, str)):
-                flat[k] = str(v)
-            else:
+            if not isinstance(v, (bool, int, float, str)):
                 return self._ws_error(rid, 400, -1130, f"Data sent for parameter '{str(k)[:64]}' is not valid.")
+            flat[k] = _text(v)
         payload = "&".join(f"{k}={v}" for k, v in sorted(flat.items()) if k != "signature")  # all but it
         returns = flat.pop("returnRateLimits", None)
         if returns is not None:
@@ -158,11 +161,15 @@ class WsApiGateway:
 
     def _ws_error(self, rid: Any, status: int, code: int, msg: str) -> WsApiReply:
         self.stats["ws_bad_messages"] += 1  # type: ignore[attr-defined]
+        msg = msg.encode("utf-8", "backslashreplace").decode("utf-8")  # a client's text, made encodable
         return WsApiReply(orjson.dumps({"id": rid, "status": status, "error": {"code": code, "msg": msg}}))
 
-    def _ws_session(self, rid: Any, method: str, ip: str, now: int, connected_ms: int) -> WsApiReply:
+    def _ws_session(self, rid: Any, method: str, ip: str, now: int, connected_ms: int,
+                    rate_limits: bool) -> WsApiReply:
         """session.logon needs an Ed25519 key, and the simulator's are HMAC: refused; status and
         logout answer for a session that is not authenticated."""
+        if method not in ("session.logon", "session.status", "session.logout"):
+            return self._ws_error(rid, 400, -1020, f"This operation is not supported: unknown method {method[:64]!r}")
         try:
             used, _ = self.limiter.charge_weight(ip, _SESSION_WEIGHT, now)  # type: ignore[attr-defined]
         except SimApiError as exc:  # 429 / 418
@@ -170,16 +177,33 @@ class WsApiGateway:
         if method == "session.logon":
             return WsApiReply(orjson.dumps({"id": rid, "status": 400,
                                             "error": {"code": -4056, "msg": "Invalid api key type."}}))
-        if method in ("session.status", "session.logout"):
-            return WsApiReply(orjson.dumps({"id": rid, "status": 200, "result": {
-                "apiKey": None, "authorizedSince": None, "connectedSince": connected_ms,
-                "returnRateLimits": False, "serverTime": now}, "rateLimits": [
-                {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
-                 "limit": self.config.rate_limits.weight_per_minute, "count": used}]}))  # type: ignore[attr-defined]
-        return self._ws_error(rid, 400, -1020, f"This operation is not supported: unknown method {method[:64]!r}")
+        out: dict[str, Any] = {"id": rid, "status": 200, "result": {
+            "apiKey": None, "authorizedSince": None, "connectedSince": connected_ms,
+            "returnRateLimits": rate_limits, "serverTime": now}}
+        if rate_limits:
+            out["rateLimits"] = [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
+                                  "limit": self.config.rate_limits.weight_per_minute,  # type: ignore[attr-defined]
+                                  "count": used}]
+        return WsApiReply(orjson.dumps(out))
+
+
+def _echoable(rid: Any) -> bool:
+    """An id the reply can carry back as it came: null, a short string, a 64-bit integer."""
+    if rid is None:
+        return True
+    if isinstance(rid, str):
+        return len(rid) <= 256 and rid.encode("utf-8", "surrogatepass").decode("utf-8", "ignore") == rid
+    return isinstance(rid, int) and not isinstance(rid, bool) and -(2**63) <= rid < 2**64
+
+
+def _text(v: bool | int | float | str) -> str:
+    """A JSON parameter as the signed text holds it (a JSON ``true`` is ``true``)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
 
 
 def sign(secret: str, params: dict[str, Any]) -> str:
     """The signature a client sends: hex HMAC-SHA256 of the sorted ``k=v`` pairs (tests, examples)."""
-    payload = "&".join(f"{k}={v}" for k, v in sorted(params.items()) if k != "signature")
+    payload = "&".join(f"{k}={_text(v)}" for k, v in sorted(params.items()) if k != "signature")
     return hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()

@@ -198,6 +198,15 @@ def test_a_cancel_answered_ambiguously_is_sent_again_not_waited_for():
     core2.on_outcome_unknown(d, 2_800)
     assert not [x for x in core2.cancel_all(now_ms=2_700 + CANCEL_RETRY_MS - 1) if x.client_order_id == d.client_order_id]
     assert [x for x in core2.cancel_all(now_ms=2_700 + CANCEL_RETRY_MS) if x.client_order_id == d.client_order_id]
+    # a retry refused (429, or the local budget) goes again at the next cycle, once (not also as a halt cancel)
+    core2.on_sent(d, 3_300)
+    core2.on_rejected(d, -1003, 3_310)
+    core2.halt("operator")
+    assert [x.client_order_id for x in core2.quote(3_320)].count(d.client_order_id) == 1
+    # "unknown order": nothing left to cancel, no more retries
+    core2.on_sent(d, 3_320)
+    core2.on_rejected(d, -2011, 3_330)
+    assert not [x for x in core2.cancel_all(now_ms=9_000) if x.client_order_id == d.client_order_id]
 
 
 # --- modes ------------------------------------------------------------------------------------

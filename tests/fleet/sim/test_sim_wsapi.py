@@ -5,6 +5,7 @@ requests, the session methods, and the REST faults it shares."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -128,6 +129,21 @@ async def test_malformed_requests_unknown_methods_and_the_session_methods(sim):
                                                 "price": await below_bid(s, sim, 300)})
         assert placed["status"] == 200 and "rateLimits" not in placed  # returnRateLimits=false on the URL
         assert len((await state(s, sim))["open_orders"]) == 1
+        order = {"symbol": SYMBOL, "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.010",
+                 "price": await below_bid(s, sim, 300), "apiKey": api.key, "timestamp": int(time.time() * 1000)}
+        for frame in (json.dumps({"id": 10**30, "method": "order.place", "params": order}),  # no reply could carry it
+                      "[" * 60_000,  # nested past any parser's depth
+                      json.dumps({"id": 8, "method": "order.place",  # a lone surrogate: no signed text has it
+                                  "params": dict(order, symbol="\ud800", signature="0" * 64)})):
+            await ws.send_str(frame)
+            bad = orjson.loads((await ws.receive(timeout=5)).data)
+            assert bad["status"] == 400 and bad["error"]["code"] in (-1013, -1100, -1102, -1121), bad
+        assert len((await state(s, sim))["open_orders"]) == 1  # none of them placed anything
+        signed = dict(order, returnRateLimits=True)  # a client signs it with the rest (ccxt does)
+        signed["signature"] = sign(api.secret, signed)
+        await ws.send_str(orjson.dumps({"id": 9, "method": "order.place", "params": signed}).decode())
+        placed = orjson.loads((await ws.receive(timeout=5)).data)
+        assert placed["status"] == 200 and placed["rateLimits"], placed
 
 
 async def test_the_rest_faults_reach_the_websocket_api_too(sim):
