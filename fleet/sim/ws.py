@@ -206,7 +206,7 @@ class StreamGateway(WsApiGateway):
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
                     try:
-                        reply = await self._ws_api_request(msg.data, ip, connected_ms, rate_limits)
+                        reply = await self._ws_api_request(c, msg.data, ip, connected_ms, rate_limits)
                     except Exception as exc:  # noqa: BLE001 - a bug answers 500; the connection lives on
                         log.error("websocket API request failed: %s", type(exc).__name__)
                         reply = WsApiReply(orjson.dumps({"id": None, "status": 500, "error": {
@@ -238,11 +238,14 @@ class StreamGateway(WsApiGateway):
                     pass
         return ws
 
-    async def _ws_api_request(self, raw: str, ip: str, connected_ms: int, rate_limits: bool) -> WsApiReply:
+    async def _ws_api_request(self, c: Conn, raw: str, ip: str, connected_ms: int, rate_limits: bool) -> WsApiReply:
         parsed = self.ws_api_parse(raw)
         if isinstance(parsed, WsApiReply):
             return parsed
         rid, method, params = parsed
+        acct = self.engine.by_key.get(params.get("apiKey")) if isinstance(params.get("apiKey"), str) else None
+        if acct is not None:
+            c.accounts.add(acct.name)  # the connection now speaks for it (the drop fault's account filter)
         route = METHODS.get(method)
         lat_ms = self.latency_ms(route[1]) if route else 0
         if lat_ms:

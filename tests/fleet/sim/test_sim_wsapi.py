@@ -186,7 +186,10 @@ async def test_a_connection_costs_five_weight_and_the_drop_fault_reaches_it(sim)
                 assert int(r.headers["X-MBX-USED-WEIGHT-1M"]) == before + 5 + 1
             async with s.post(f"{sim.rest_url}/sim/fault/drop", json={"target": "market"}) as r:
                 assert (await r.json())["dropped"] == 0  # not a market stream
-            async with s.post(f"{sim.rest_url}/sim/fault/drop", json={"target": "api"}) as r:
+            async with s.post(f"{sim.rest_url}/sim/fault/drop", json={"target": "api", "account": "main"}) as r:
+                assert (await r.json())["dropped"] == 0  # no request has named an account yet
+            assert (await Api(sim, ws).call("account.balance"))["status"] == 200
+            async with s.post(f"{sim.rest_url}/sim/fault/drop", json={"target": "api", "account": "main"}) as r:
                 assert (await r.json())["dropped"] == 1
             msg = await ws.receive(timeout=5)
             assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
