@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -157,18 +157,26 @@ class StreamGateway(WsApiGateway):
             self._subscribe_market(c, canon, name)
         for key, acct in users:
             self._subscribe_user(c, key, acct)
+        binary = orjson.dumps({"error": {"code": 3, "msg": "Invalid JSON: binary frames are not accepted"},
+                               "id": None})
+        await self._serve(c, lambda data: self._on_message(c, data), binary)
+        return ws
+
+    async def _serve(self, c: Conn, on_text: Callable[[str], Awaitable[None]], binary_reply: bytes) -> None:
+        """Read one connection until it closes: text to ``on_text``, pings answered, pongs noted,
+        binary frames refused with ``binary_reply``; then forget it."""
+        ws = c.ws
         writer = asyncio.create_task(self._writer(c))
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
-                    await self._on_message(c, msg.data)
+                    await on_text(msg.data)
                 elif msg.type == WSMsgType.PING:
                     await ws.pong(msg.data)
                 elif msg.type == WSMsgType.PONG:
                     c.last_pong = time.monotonic()
                 elif msg.type == WSMsgType.BINARY:
-                    self._reply(c, {"error": {"code": 3, "msg": "Invalid JSON: binary frames are not accepted"},
-                                    "id": None})
+                    self._send(c, binary_reply)
                 elif msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
                     break
                 if c.closed:
@@ -183,7 +191,6 @@ class StreamGateway(WsApiGateway):
                     await ws.close()
                 except Exception:  # noqa: BLE001 - already broken
                     pass
-        return ws
 
     async def _ws_api(self, request: web.Request) -> web.StreamResponse:
         """A WebSocket API connection (``/ws-fapi/v1``, :mod:`fleet.sim.wsapi`): requests answered in
@@ -201,41 +208,22 @@ class StreamGateway(WsApiGateway):
         c = Conn(ws=ws, transport=request.transport, path_kind=API, combined=False, opened=now,
                  last_pong=now, next_ping=now + self.config.ws_ping_interval_s)
         self.conns.add(c)
-        writer = asyncio.create_task(self._writer(c))
-        try:
-            async for msg in ws:
-                if msg.type == WSMsgType.TEXT:
-                    try:
-                        reply = await self._ws_api_request(c, msg.data, ip, connected_ms, rate_limits)
-                    except Exception as exc:  # noqa: BLE001 - a bug answers 500; the connection lives on
-                        log.error("websocket API request failed: %s", type(exc).__name__)
-                        reply = WsApiReply(orjson.dumps({"id": None, "status": 500, "error": {
-                            "code": -1000, "msg": "An unknown error occurred while processing the request."}}))
-                    if reply.hold_ms is not None:  # no answer: hold, then drop the connection
-                        await asyncio.sleep(reply.hold_ms / 1000.0)
-                        await self._close_conn(c, abort=True)
-                        break
-                    self._send(c, reply.frame)  # type: ignore[arg-type]
-                elif msg.type == WSMsgType.PING:
-                    await ws.pong(msg.data)
-                elif msg.type == WSMsgType.PONG:
-                    c.last_pong = time.monotonic()
-                elif msg.type == WSMsgType.BINARY:
-                    self._send(c, self._ws_error(None, 400, -1013, "Invalid request: send JSON in text frames").frame)
-                elif msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
-                    break
-                if c.closed:
-                    break
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
-        finally:
-            self._forget(c)
-            writer.cancel()
-            if not ws.closed:
-                try:
-                    await ws.close()
-                except Exception:  # noqa: BLE001 - already broken
-                    pass
+
+        async def on_text(data: str) -> None:
+            try:
+                reply = await self._ws_api_request(c, data, ip, connected_ms, rate_limits)
+            except Exception as exc:  # noqa: BLE001 - a bug answers 500; the connection lives on
+                log.error("websocket API request failed: %s", type(exc).__name__)
+                reply = WsApiReply(orjson.dumps({"id": None, "status": 500, "error": {
+                    "code": -1000, "msg": "An unknown error occurred while processing the request."}}))
+            if reply.hold_ms is not None:  # no answer: hold, then drop the connection
+                await asyncio.sleep(reply.hold_ms / 1000.0)
+                await self._close_conn(c, abort=True)
+                return
+            self._send(c, reply.frame)  # type: ignore[arg-type]
+
+        binary = self._ws_error(None, 400, -1013, "Invalid request: send JSON in text frames").frame
+        await self._serve(c, on_text, binary)  # type: ignore[arg-type]
         return ws
 
     async def _ws_api_request(self, c: Conn, raw: str, ip: str, connected_ms: int, rate_limits: bool) -> WsApiReply:

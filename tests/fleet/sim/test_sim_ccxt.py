@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 import ccxt
 import ccxt.pro
 
+from fleet.sim.server import SimServer
 from fleet.sim.thread import SimThread
 
 
-def _client(sim: SimThread) -> ccxt.binanceusdm:
+def _client(sim: SimThread | SimServer, cls: type = ccxt.binanceusdm) -> Any:
+    """``cls`` (ccxt's binanceusdm, or ccxt.pro's) with its REST URLs on the simulator."""
     _, key, secret = sim.accounts[0]
-    ex = ccxt.binanceusdm({"apiKey": key, "secret": secret, "enableRateLimit": False,
-                           "options": {"fetchCurrencies": False, "fetchMargins": False}})
+    ex = cls({"apiKey": key, "secret": secret, "enableRateLimit": False,
+              "options": {"fetchCurrencies": False, "fetchMargins": False}})
     base = sim.rest_url
     api = dict(ex.urls["api"])
     for name in list(api):
@@ -56,17 +60,9 @@ def test_ccxt_binanceusdm_trades_against_the_simulator(sim_thread):
 async def test_ccxt_binanceusdm_trades_over_the_websocket_api(sim):
     """ccxt's WebSocket-API methods (create/edit/fetch/cancel_order_ws, fetch_balance_ws,
     fetch_positions_ws) against the simulator's /ws-fapi/v1, checked at the exchange."""
-    _, key, secret = sim.accounts[0]
-    ex = ccxt.pro.binanceusdm({"apiKey": key, "secret": secret, "enableRateLimit": False,
-                               "options": {"fetchCurrencies": False, "fetchMargins": False}})
-    api = dict(ex.urls["api"])
-    for name in list(api):
-        if name.startswith("fapi"):
-            version = {"fapiPublicV2": "v2", "fapiPrivateV2": "v2", "fapiPublicV3": "v3",
-                       "fapiPrivateV3": "v3"}.get(name, "v1")
-            api[name] = f"{sim.rest_url}/fapi/{version}" if name != "fapiData" else f"{sim.rest_url}/futures/data"
+    ex = _client(sim, ccxt.pro.binanceusdm)
+    api = ex.urls["api"]
     api["ws"] = {**api["ws"], "ws-api": {**api["ws"]["ws-api"], "linear": f"{sim.ws_url}/ws-fapi/v1"}}
-    ex.urls["api"] = api
 
     async def resting() -> list[dict]:
         async with aiohttp.ClientSession() as s, s.get(f"{sim.rest_url}/sim/state") as r:
