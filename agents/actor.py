@@ -151,7 +151,7 @@ class AgentActor:
             while not run.done():
                 await asyncio.wait({run}, timeout=0.25 if "quoting" in self.phases else 0.05)
                 self._note_phases(agent)
-                if not frozen and agent._started:
+                if not frozen and agent.started:
                     # What exists once the agent has started (modules, config, client, core) lives as
                     # long as this incarnation: out of the collector's reach, a full collection scans
                     # only what trading makes. bench/agent_bench.py: tick-to-order p99.9 41 ms -> 2.8 ms
@@ -186,7 +186,7 @@ class AgentActor:
             agent = self.agent
             if agent is None:
                 continue
-            started = bool(agent._started)
+            started = bool(agent.started)
             if time.monotonic() - last < self.publish_s and started == last_started:
                 continue
             last, last_started = time.monotonic(), started
@@ -213,7 +213,7 @@ class AgentActor:
             return
         if agent.grant is not None:
             self._note("owned")
-        if agent._started:
+        if agent.started:
             self._note("started")
             status = agent.status()  # on the trading loop: read live
             if status.get("state") == "quoting" and status.get("open_orders"):

@@ -8,9 +8,12 @@ replaced, never changed, so a reader holding one sees a consistent picture.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleet.vocabulary import KillState
+
+if TYPE_CHECKING:
+    from .agent import SymbolAgent
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,38 +25,38 @@ class Snapshot:
     exposure: dict[str, Any]
 
 
-def build_status(agent: Any) -> dict[str, Any]:
+def build_status(agent: SymbolAgent) -> dict[str, Any]:
     """JSON-serialisable state: lifecycle, epoch, streams, staleness, counters."""
     now = agent.clock.monotonic()
     core = agent.core
     return {
         "symbol": agent.symbol,
         "fleet": agent.fleet_name,
-        "state": agent._state(),
-        "stopping": agent._stopping and not agent._stopped,
+        "state": agent.state(),
+        "stopping": agent.stopping and not agent.stopped,
         "epoch": agent.grant.epoch if agent.grant else None,
-        "ownership_lost": agent._lease.lost,
+        "ownership_lost": agent.lease.lost,
         "kill_state": core.halt_state if core else (agent.grant.kill_state if agent.grant else KillState.RUNNING),
-        "blocks": sorted(agent._blocks),
-        "user_stream_connected": agent._user_connected,
-        "market_stream_connected": agent._market_connected,
-        "last_book_age_s": round(now - agent._last_book_mono, 3) if agent._last_book_mono else None,
-        "lease_left_s": None if (left := agent._lease.left(now)) is None else round(left, 3),
+        "blocks": sorted(agent.blocks),
+        "user_stream_connected": agent.user.connected,
+        "market_stream_connected": agent.market.connected,
+        "last_book_age_s": round(now - agent.market.last_book, 3) if agent.market.last_book else None,
+        "lease_left_s": None if (left := agent.lease.left(now)) is None else round(left, 3),
         "open_orders": len(core.store.orders) if core else 0,
-        "requests_in_flight": len(agent._sending),
+        "requests_in_flight": len(agent.sender.sending),
         "position": core.store.position if core else 0.0,
-        "uptime_s": round(now - agent._started_mono, 3),
-        "tick_to_order_p50_ms": agent._latency_ms(0.5),
-        "tick_to_order_p99_ms": agent._latency_ms(0.99),
+        "uptime_s": round(now - agent.started_mono, 3),
+        "tick_to_order_p50_ms": agent.latency.quantile_ms(0.5, now),
+        "tick_to_order_p99_ms": agent.latency.quantile_ms(0.99, now),
         "rate_share": agent.budget.share,
-        "last_reconcile_repair": agent._last_repair,
+        "last_reconcile_repair": agent.reconciler.last_repair,
         "counters": {
-            **agent.counters, **agent._frame_counts(),
+            **agent.counters, **agent.frames.counts(),
             "cap_cancels": core.cap_cancels if core else 0, "cancel_retries": core.cancel_retries if core else 0,
         },
     }
 
-def build_exposure(agent: Any) -> dict[str, Any]:
+def build_exposure(agent: SymbolAgent) -> dict[str, Any]:
     """JSON-serialisable exposure: position, mark, notional, pending, worst case, cap, P&L, kill state."""
     core = agent.core
     cap = agent.params.worst_cap

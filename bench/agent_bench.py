@@ -117,7 +117,7 @@ async def run(args: argparse.Namespace) -> None:
         trace.on_request_headers_sent.append(on_headers_sent)
         trace.on_request_end.append(on_request_end)
         trace.freeze()
-        agent._client.session._trace_configs.append(trace)  # bench-only hook on the client's session
+        agent.client.session._trace_configs.append(trace)  # bench-only hook on the client's session
 
         await asyncio.sleep(args.warmup)
         if args.gc_freeze:  # as the Ray actor does once its agent quotes (agents/actor.py)
@@ -144,13 +144,13 @@ async def run(args: argparse.Namespace) -> None:
         sent0 = dict(core.orders_sent)
         counters0 = await sim_counters(info["rest_url"])
         refused0 = agent.budget.refused
-        books0 = agent._market.events if agent._market else 0
+        books0 = agent.market.stream.events if agent.market.stream else 0
         cpu0 = time.process_time()
         wall0 = time.monotonic()
         await asyncio.sleep(args.seconds)
         wall = time.monotonic() - wall0
         cpu = time.process_time() - cpu0
-        books = (agent._market.events if agent._market else 0) - books0
+        books = (agent.market.stream.events if agent.market.stream else 0) - books0
         sent = {k: core.orders_sent[k] - sent0[k] for k in sent0}
         counters1 = await sim_counters(info["rest_url"])
         at_exchange = {k: counters1.get(k, 0) - counters0.get(k, 0) for k in counters1}

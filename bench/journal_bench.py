@@ -94,7 +94,7 @@ async def latency(args: argparse.Namespace, workdir: Path) -> dict[str, list[int
         trace = aiohttp.TraceConfig()
         trace.on_request_headers_sent.append(on_headers_sent)
         trace.freeze()
-        agent._client.session._trace_configs.append(trace)
+        agent.client.session._trace_configs.append(trace)
         await asyncio.sleep(args.warmup)
         window = args.seconds / 4
         for mode in ("off", "on", "off", "on"):

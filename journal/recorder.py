@@ -239,7 +239,7 @@ class AgentJournal(JournalSink):
     async def backfill(self, agent: Any, funding: bool = True) -> tuple[int, int]:
         """What the journal lacks since its last record, from userTrades and (``funding``) income
         (FUNDING_FEE)."""
-        client = agent._client
+        client = agent.client
         if client is None:
             return (0, 0)
         loop = asyncio.get_running_loop()
@@ -255,7 +255,7 @@ class AgentJournal(JournalSink):
         lookback_ms = int(self.settings.backfill_lookback_hours * 3_600_000)
         epoch = _epoch(agent)
         n_trades = 0
-        start = None if trade_cur is not None else agent._exchange_ms() - lookback_ms
+        start = None if trade_cur is not None else agent.exchange_ms() - lookback_ms
         from_id = None if trade_cur is None else trade_cur + 1
         while True:
             rows = await client.user_trades(self.symbol, start_time=start, from_id=from_id, limit=PAGE)
@@ -280,7 +280,7 @@ class AgentJournal(JournalSink):
                                 agent: Any) -> int:
         """The FUNDING_FEE income rows since ``fund_cur`` (or the lookback), paged; how many."""
         n_fund = 0
-        start_ms = fund_cur if fund_cur is not None else agent._exchange_ms() - lookback_ms
+        start_ms = fund_cur if fund_cur is not None else agent.exchange_ms() - lookback_ms
         while True:
             self.backfills["income_reads"] += 1
             rows = await client.income(self.symbol, "FUNDING_FEE", start_time=start_ms, limit=PAGE)

@@ -1,4 +1,5 @@
-"""Room sizes: no class over 450 lines and no function over 60 in agents/, controller/, fleet/binance/ and simulate/.
+"""Room sizes: no class over 450 lines and no function over 60 in agents/, controller/, fleet/binance/ and simulate/;
+a class assembled from two or more of the project's own classes (mixins) counts their lines too.
 
 Measured with ``ast`` (a definition's first line to its last, decorators and docstring included;
 methods and nested functions count as functions). ALLOWED, the list of what was not split yet with
@@ -64,3 +65,26 @@ def test_the_measure_sees_a_long_function_and_a_long_class(tmp_path):
     found: dict[tuple[str, str], tuple[str, int]] = {}
     _walk(ast.parse(src), "m.py", "", found)
     assert found == {("m.py", "Big"): ("class", MAX_CLASS + 1), ("m.py", "long"): ("function", MAX_FUNCTION + 1)}
+
+
+def assembled() -> dict[str, int]:
+    """Classes assembled from two or more of the project's own classes (mixins): name -> the lines of
+    the class and of every such base together. A room split into mixins is still one room."""
+    table: dict[str, list[tuple[int, list[str]]]] = {}
+    for root in ROOTS:
+        for path in sorted((REPO / root).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.ClassDef):
+                    lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                    bases = [ast.unparse(b).rsplit(".", 1)[-1] for b in node.bases]
+                    table.setdefault(node.name, []).append((lines, bases))
+    own = {name: rows[0] for name, rows in table.items() if len(rows) == 1}
+    return {
+        name: lines + sum(own[b][0] for b in bases if b in own)
+        for name, (lines, bases) in own.items() if sum(b in own for b in bases) >= 2
+    }
+
+
+def test_no_class_assembled_from_mixins_is_over_the_class_limit():
+    big = {name: n for name, n in assembled().items() if n > MAX_CLASS}
+    assert not big, f"classes whose own and mixed-in lines pass {MAX_CLASS}: compose parts instead\n{big}"

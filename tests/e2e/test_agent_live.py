@@ -641,8 +641,8 @@ async def test_rate_limit_answer_is_obeyed_and_recovered(make_agent, exchange):
 async def test_planned_stream_reconnects_leave_no_gap(make_agent, exchange):
     agent = await make_agent(runtime=FAST.model_copy(update={"stream_max_lifetime_sec": 1.0}))
     await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
-    first_user = agent._user
-    await wait_for(lambda: agent._user is not first_user and agent._user is not None, 5, "a planned user-stream swap")
+    first_user = agent.user.stream
+    await wait_for(lambda: agent.user.stream is not first_user and agent.user.stream is not None, 5, "a planned user-stream swap")
     await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": -0.2})  # fills across the swaps
     await wait_for(lambda: in_sync(agent, exchange), 10, "in sync across swaps", explain=lambda: describe(agent, exchange))
     assert agent.counters["resyncs"] == 0 and agent.counters["user_stream_reconnects"] == 0
@@ -653,9 +653,9 @@ async def test_planned_stream_reconnects_leave_no_gap(make_agent, exchange):
 async def test_clock_skew_is_relearned_on_minus_1021(make_agent, exchange):
     agent = await make_agent()
     await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
-    agent._client.time_offset_ms -= 120_000  # our clock now looks two minutes late to the exchange
+    agent.client.time_offset_ms -= 120_000  # our clock now looks two minutes late to the exchange
     await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": 0.3})
-    await wait_for(lambda: abs(agent._client.time_offset_ms) < 5_000, 10, "the offset relearned from /fapi/v1/time")
+    await wait_for(lambda: abs(agent.client.time_offset_ms) < 5_000, 10, "the offset relearned from /fapi/v1/time")
     await wait_for(lambda: resting(agent, exchange), 10, "quoting on", explain=lambda: describe(agent, exchange))
     assert agent.status()["state"] == "quoting"
 
@@ -663,11 +663,11 @@ async def test_clock_skew_is_relearned_on_minus_1021(make_agent, exchange):
 async def test_market_stream_drop_pulls_quotes_and_reconnects(make_agent, exchange):
     agent = await make_agent()
     await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
-    first = agent._market
+    first = agent.market.stream
     dropped = await exchange.post("/sim/fault/drop", {"target": "market"})
     assert dropped["dropped"] >= 1
     await wait_for(lambda: agent.counters["market_stream_reconnects"] >= 1, 5, "the loss noticed")
-    await wait_for(lambda: agent._market is not None and agent._market is not first, 10, "a new market stream")
+    await wait_for(lambda: agent.market.stream is not None and agent.market.stream is not first, 10, "a new market stream")
     await wait_for(lambda: resting(agent, exchange), 10, "quoting again", explain=lambda: describe(agent, exchange))
     assert metric(agent, "mm_ws_connected") == 1.0  # the user stream was never touched
 
@@ -716,13 +716,13 @@ async def test_start_is_retried_until_the_exchange_answers(sim_factory, tmp_path
 async def test_a_long_silent_market_stream_is_replaced(make_agent, exchange):
     agent = await make_agent(runtime=FAST.model_copy(update={"market_stale_sec": 1.0}))
     await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
-    first = agent._market
+    first = agent.market.stream
     await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})  # silence, connection open
-    await wait_for(lambda: agent._market is not first and agent._market is not None, 10, "a fresh market stream")
-    second = agent._market
+    await wait_for(lambda: agent.market.stream is not first and agent.market.stream is not None, 10, "a fresh market stream")
+    second = agent.market.stream
     await exchange.post("/sim/market/freeze", {"frozen": False, "symbol": SYMBOL})
     await wait_for(lambda: resting(agent, exchange), 10, "quoting once books flow", explain=lambda: describe(agent, exchange))
-    assert agent._market is second  # one replacement per silent spell, not a reconnect storm
+    assert agent.market.stream is second  # one replacement per silent spell, not a reconnect storm
 
 
 async def test_a_halt_asked_while_starting_holds_once_started(sim, exchange, tmp_path):
@@ -798,7 +798,7 @@ async def test_pulling_quotes_after_the_lease_lapsed_never_touches_a_successors_
     await wait_for(lambda: successor_id in agent.core.store.orders, 5, "the successor's order seen on the user stream")
     await exchange.post("/sim/fault/drop", {"target": "market"})
     await wait_for(lambda: agent.counters["market_stream_reconnects"] >= 1, 5, "the market stream loss noticed")
-    await wait_for(lambda: not agent._inflight, 10, "the pull's cancels answered")
+    await wait_for(lambda: not agent.sender.inflight, 10, "the pull's cancels answered")
     st = await exchange.state()
     assert successor_id in [o["clientOrderId"] for o in st["open_orders"]]
 

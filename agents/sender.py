@@ -2,7 +2,7 @@
 lane), their answers applied (an ambiguous answer kept counted), look-ups by client id, and quote pulls
 that repeat until the exchange lists none of this epoch's orders.
 
-A part of :class:`agents.agent.SymbolAgent` (it holds the state these methods use).
+A part of :class:`agents.agent.SymbolAgent`; it owns the requests in flight, the look-ups and the pull.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import asyncio
 import logging
 import math
 import time
-from typing import Any, Awaitable
+from typing import TYPE_CHECKING, Any, Awaitable
 
-from fleet.vocabulary import KillState
 from fleet.binance.client import BinanceClient
 from fleet.binance.enums import ErrorCode, OrderType, TimeInForce
 from fleet.binance.errors import (
@@ -29,6 +28,9 @@ from .core import Actions, AgentCore
 from .orders import Amend, Batch, Cancel, Place
 from .agent_base import IN_FLIGHT_QUERY_MS, LOOKUP_MARGIN_MS, PULL_REPEAT_S, TICK_READ, Tick, UNRESOLVED_QUERY_MS, _reduces, _same_epoch
 
+if TYPE_CHECKING:
+    from .agent import SymbolAgent
+
 
 # Rejections the quote cycle expects now and then (a post-only order that would take, a cancel of an
 # order already gone, an amend with nothing to change): counted, not logged as warnings.
@@ -37,97 +39,100 @@ QUIET_REJECTIONS = frozenset({
 })
 
 
-class OrderFlow:
+class OrderSender:
     """Decisions sent, answers applied, look-ups and quote pulls."""
 
-    def _quote(self, now_ms: int, tick: Tick | None) -> None:
-        """One quote cycle: decide synchronously, count as pending, send concurrently."""
-        core = self.core
-        if core is None or not self._lease_ok():
-            return
-        actions = core.quote(now_ms, self.budget.orders_available())
-        if actions:
-            self._execute(actions, now_ms, tick)
+    def __init__(self, agent: SymbolAgent) -> None:
+        self.agent = agent
+        self.inflight: set[asyncio.Task] = set()
+        self.sending: dict[str, int] = {}  # client order id -> requests about it still awaiting an answer
+        self._lookups: dict[str, float] = {}
+        self._pull_task: asyncio.Task | None = None
 
-    def _pull_quotes(self, why: str) -> None:
+    def quote(self, now_ms: int, tick: Tick | None) -> None:
+        """One quote cycle: decide synchronously, count as pending, send concurrently."""
+        core = self.agent.core
+        if core is None or not self.agent.lease_ok():
+            return
+        actions = core.quote(now_ms, self.agent.budget.orders_available())
+        if actions:
+            self.execute(actions, now_ms, tick)
+
+    def pull_quotes(self, why: str) -> None:
         """Cancel every order of ours, in flight ones included (by client id), and keep at it until
         the exchange lists none of this epoch's (a late-landing request is caught on a later round)."""
-        core = self.core
+        core = self.agent.core
         if core is None:
             return
-        now_ms = self._exchange_ms()
+        now_ms = self.agent.exchange_ms()
         actions = core.cancel_all(in_flight=True, now_ms=now_ms)
         if actions:
-            self.log.event("quotes_pulled", f"pulling {len(actions)} orders: {why}")
-            self._execute(actions, now_ms, None)
-        self._keep_pulling(why)
+            self.agent.log.event("quotes_pulled", f"pulling {len(actions)} orders: {why}")
+            self.execute(actions, now_ms, None)
+        self.keep_pulling(why)
 
-    def _keep_pulling(self, why: str) -> None:
+    def keep_pulling(self, why: str) -> None:
         """Until quoting is live again, re-list and cancel what of ours rests or lands late."""
-        if self._stopping:
+        if self.agent.stopping:
             return
         if self._pull_task is None or self._pull_task.done():
             self._pull_task = asyncio.ensure_future(self._pull_until_clear(why))
-            self._inflight.add(self._pull_task)
-            self._pull_task.add_done_callback(self._inflight.discard)
-
-    def _quoting_live(self) -> bool:
-        core = self.core
-        return core is not None and not self._blocks and core.halt_state == KillState.RUNNING and self._lease_ok()
+            self.inflight.add(self._pull_task)
+            self._pull_task.add_done_callback(self.inflight.discard)
 
     async def _pull_until_clear(self, why: str) -> None:
         """Re-list and cancel until no order of this epoch rests and none may still land, or until
         quoting is live again (the ladder then owns its orders)."""
-        client = self._client
-        core = self.core
+        client = self.agent.client
+        core = self.agent.core
         if client is None or core is None:
             return
         delay, longest = PULL_REPEAT_S
-        while not self._stopping and not self._quoting_live():
-            await self.clock.sleep(delay)
+        while not self.agent.stopping and not self.agent.quoting_live():
+            await self.agent.clock.sleep(delay)
             delay = min(longest, delay * 2)
-            if self._stopping or self._quoting_live():
+            if self.agent.stopping or self.agent.quoting_live():
                 return
             try:
-                listed = await client.open_orders(self.symbol)
+                listed = await client.open_orders(self.agent.symbol)
             except BinanceError as exc:
-                self.log.event("pull_list_failed", f"open orders not listed: {exc!r}", level=logging.WARNING)
+                self.agent.log.event("pull_list_failed", f"open orders not listed: {exc!r}", level=logging.WARNING)
                 continue
             mine = [o for o in listed if _same_epoch(o.client_order_id, core.epoch)]
             for info in mine:
                 if core.store.adopt(info):
-                    self._note_repair("untracked", info.client_order_id, "listed while quotes were pulled")
-            now_ms = self._exchange_ms()
+                    self.agent.reconciler.note_repair("untracked", info.client_order_id, "listed while quotes were pulled")
+            now_ms = self.agent.exchange_ms()
             actions = core.cancel_all(in_flight=True, now_ms=now_ms)
             if actions:
-                self._execute(actions, now_ms, None)
+                self.execute(actions, now_ms, None)
             landing = self._may_still_land()
             if not mine and not landing:
-                self.counters["quote_pulls_confirmed"] += 1
-                self.log.event("quotes_pulled_confirmed", f"no order of epoch {core.epoch} rests ({why})")
+                self.agent.counters["quote_pulls_confirmed"] += 1
+                self.agent.log.event("quotes_pulled_confirmed", f"no order of epoch {core.epoch} rests ({why})")
                 return
 
     def _may_still_land(self) -> list[str]:
         """Client ids of ours that the exchange may yet accept: unacknowledged and inside their window."""
-        core = self.core
+        core = self.agent.core
         if core is None:
             return []
-        now = self._exchange_ms()
-        window = self._window_ms()
+        now = self.agent.exchange_ms()
+        window = self.window_ms()
         return [
             o.client_order_id for o in core.store.orders.values()
             if o.status == "PENDING_NEW" and (o.unknown_ms is not None or now - o.sent_ms < window)
         ]
 
-    def _window_ms(self) -> int:
+    def window_ms(self) -> int:
         """How long after sending a request may still execute: its recvWindow, plus a margin."""
-        recv = self._client.recv_window if self._client is not None else 5_000
+        recv = self.agent.client.recv_window if self.agent.client is not None else 5_000
         return int(recv) + LOOKUP_MARGIN_MS
 
-    def _execute(self, actions: Actions, now_ms: int, tick: Tick | None) -> None:
-        core = self._require_core()
+    def execute(self, actions: Actions, now_ms: int, tick: Tick | None) -> None:
+        core = self.agent.require_core()
         for batch in actions.batches:
-            if not self._lease_ok():
+            if not self.agent.lease_ok():
                 if batch.kind != "cancel":
                     continue
                 # A lapsed lease may have a successor whose orders the store learned from the
@@ -138,13 +143,13 @@ class OrderFlow:
                 if len(own) != len(batch.items):
                     batch = Batch(batch.kind, own)
             for part, risk in self._lanes(batch):
-                self.journal.on_sent(self, part)
-                sending = self._sending
+                self.agent.journal.on_sent(self.agent, part)
+                sending = self.sending
                 for d in part.items:
                     core.on_sent(d, now_ms)
                     sending[d.client_order_id] = sending.get(d.client_order_id, 0) + 1
                 task = asyncio.ensure_future(self._send_batch(part, tick, risk))
-                self._inflight.add(task)
+                self.inflight.add(task)
                 task.add_done_callback(lambda t, items=part.items: self._sent(t, items))
 
     def _lanes(self, batch: Batch) -> list[tuple[Batch, bool]]:
@@ -154,7 +159,7 @@ class OrderFlow:
             return [(batch, True)]
         if batch.kind == "place":
             return [(batch, all(p.reduce_only for p in batch.items))]  # type: ignore[union-attr]
-        orders = self._require_core().store.orders
+        orders = self.agent.require_core().store.orders
         risk, other = [], []
         for a in batch.items:
             o = orders.get(a.client_order_id)
@@ -167,29 +172,29 @@ class OrderFlow:
         return out
 
     def _sent(self, task: asyncio.Task, items: tuple[Any, ...]) -> None:
-        self._inflight.discard(task)
-        sending = self._sending
+        self.inflight.discard(task)
+        sending = self.sending
         for d in items:
             n = sending.get(d.client_order_id, 0) - 1
             if n > 0:
                 sending[d.client_order_id] = n
             else:
                 sending.pop(d.client_order_id, None)
-        if not task.cancelled() and task.exception() is not None and not self._stopping:
-            self.log.event("send_failed", f"sending failed: {task.exception()!r}", level=logging.ERROR)
+        if not task.cancelled() and task.exception() is not None and not self.agent.stopping:
+            self.agent.log.event("send_failed", f"sending failed: {task.exception()!r}", level=logging.ERROR)
 
     async def _send_batch(self, batch: Batch, tick: Tick | None, risk: bool = False) -> None:
         """Send one batch and apply its answers: a failure of the whole call to every item of it, the
         answers of a batch call (an order or a rejection each, in order) one by one."""
-        client = self._require_client()
-        core = self._require_core()
+        client = self.agent.require_client()
+        core = self.agent.require_core()
         TICK_READ.set(tick)  # this task's own context
         try:
             results = await self._send_requests(client, batch, tick, risk)
         except BinanceError as exc:
             self._batch_failed(core, batch, exc)
             return
-        self.journal.on_results(self, batch, results)
+        self.agent.journal.on_results(self.agent, batch, results)
         self._apply_results(core, batch, results)
 
     async def _send_requests(self, client: BinanceClient, batch: Batch, tick: Tick | None, risk: bool) -> list[Any]:
@@ -219,16 +224,16 @@ class OrderFlow:
         elif isinstance(exc, BudgetExhaustedError):
             for d in items:
                 core.on_not_sent(d)  # refused locally, nothing left: not an exchange rejection
-            self.log.event("budget_refused", f"{batch.kind} x{len(items)} not sent: {exc.msg}", level=logging.DEBUG)
+            self.agent.log.event("budget_refused", f"{batch.kind} x{len(items)} not sent: {exc.msg}", level=logging.DEBUG)
         elif isinstance(exc, RateLimitedError):
-            self.counters["rate_limited"] += 1
+            self.agent.counters["rate_limited"] += 1
             for d in items:
-                core.on_rejected(d, exc.code, self._exchange_ms())
-            self.log.event("rate_limited", f"429: pausing {exc.retry_after}s", level=logging.WARNING)
+                core.on_rejected(d, exc.code, self.agent.exchange_ms())
+            self.agent.log.event("rate_limited", f"429: pausing {exc.retry_after}s", level=logging.WARNING)
         else:
             for d in items:
-                core.on_rejected(d, exc.code, self._exchange_ms())
-            self.log.event("request_failed", f"{batch.kind} x{len(items)}: {exc!r}", level=logging.WARNING)
+                core.on_rejected(d, exc.code, self.agent.exchange_ms())
+            self.agent.log.event("request_failed", f"{batch.kind} x{len(items)}: {exc!r}", level=logging.WARNING)
 
     def _apply_results(self, core: AgentCore, batch: Batch, results: list[Any]) -> None:
         """One answer per item: an order to the core, a rejection to the core (logged unless quiet),
@@ -242,16 +247,16 @@ class OrderFlow:
             if isinstance(res, OrderInfo):
                 core.on_order_info(res)
                 if isinstance(d, Place) and d.reason != "ladder":
-                    self.log.event(
+                    self.agent.log.event(
                         "order_placed", f"{d.reason}: {d.side} {res.orig_qty} {d.order_type} -> {res.status}",
                         client_order_id=res.client_order_id, order_id=res.order_id,
                     )
             elif isinstance(res, OutcomeUnknownError):
                 continue
             elif isinstance(res, BinanceError):
-                core.on_rejected(d, res.code, self._exchange_ms())
+                core.on_rejected(d, res.code, self.agent.exchange_ms())
                 if res.code not in QUIET_REJECTIONS:
-                    self.log.event(
+                    self.agent.log.event(
                         "order_rejected", f"{batch.kind} refused: {res!r}", level=logging.WARNING,
                         client_order_id=d.client_order_id,
                     )
@@ -259,13 +264,13 @@ class OrderFlow:
     def _outcome_unknown(self, kind: str, items: tuple[Any, ...], exc: BinanceError) -> None:
         """Ambiguous answers: the requests may have executed (even later). They stay counted, and
         a look-up once their recvWindow has passed settles them (the watchdog starts it)."""
-        core = self._require_core()
-        now = self._exchange_ms()
+        core = self.agent.require_core()
+        now = self.agent.exchange_ms()
         for d in items:
             core.on_outcome_unknown(d, now)
-        self.counters["unknown_outcomes"] += len(items)
-        self.metrics.inc_unknown_outcome(len(items))
-        self.log.event(
+        self.agent.counters["unknown_outcomes"] += len(items)
+        self.agent.metrics.inc_unknown_outcome(len(items))
+        self.agent.log.event(
             "outcome_unknown",
             f"{kind} x{len(items)}: {exc.msg or exc!r} (HTTP {exc.http_status}); kept counted until settled",
             level=logging.WARNING,
@@ -283,51 +288,51 @@ class OrderFlow:
             return exc
 
     async def _cancel_items(self, items: tuple[Cancel, ...]) -> list[OrderInfo | BinanceError]:
-        client = self._require_client()
+        client = self.agent.require_client()
         by_id = [c for c in items if c.order_id is not None]
         by_cid = [c for c in items if c.order_id is None]
         out: dict[str, OrderInfo | BinanceError] = {}
         if len(by_id) == 1 and not by_cid:
             c = by_id[0]
-            out[c.client_order_id] = await self._try(client.cancel_order(self.symbol, order_id=c.order_id))
+            out[c.client_order_id] = await self._try(client.cancel_order(self.agent.symbol, order_id=c.order_id))
         elif by_id:
-            res = await client.batch_cancel(self.symbol, order_ids=[c.order_id for c in by_id])  # type: ignore[misc]
+            res = await client.batch_cancel(self.agent.symbol, order_ids=[c.order_id for c in by_id])  # type: ignore[misc]
             out.update({c.client_order_id: r for c, r in zip(by_id, res)})
         if by_cid:
-            res = await client.batch_cancel(self.symbol, client_order_ids=[c.client_order_id for c in by_cid])
+            res = await client.batch_cancel(self.agent.symbol, client_order_ids=[c.client_order_id for c in by_cid])
             out.update({c.client_order_id: r for c, r in zip(by_cid, res)})
         return [out[c.client_order_id] for c in items]
 
-    async def _resolve(self, client_order_id: str) -> None:
+    async def resolve(self, client_order_id: str) -> None:
         """Look an order up by client order id (never resend); the store decides what the answer
         proves (``Store.on_lookup``: before the request's window has passed, "not found" proves nothing)."""
-        core = self.core
-        if core is None or self._client is None:
+        core = self.agent.core
+        if core is None or self.agent.client is None:
             return
         try:
-            info: OrderInfo | None = await self._client.query_order(self.symbol, client_order_id=client_order_id)
+            info: OrderInfo | None = await self.agent.client.query_order(self.agent.symbol, client_order_id=client_order_id)
         except UnknownOrderError:
             info = None
         except BinanceError as exc:
-            self.log.event("resolve_failed", f"lookup failed: {exc!r}; will retry", level=logging.WARNING, client_order_id=client_order_id)
+            self.agent.log.event("resolve_failed", f"lookup failed: {exc!r}; will retry", level=logging.WARNING, client_order_id=client_order_id)
             return
-        verdict = core.store.on_lookup(client_order_id, info, self._exchange_ms(), self._window_ms())
+        verdict = core.store.on_lookup(client_order_id, info, self.agent.exchange_ms(), self.window_ms())
         if verdict == "pending":
             return
-        self.counters["unknown_outcomes_resolved"] += 1
+        self.agent.counters["unknown_outcomes_resolved"] += 1
         level = logging.WARNING if verdict == "gone" else logging.INFO
         detail = {
             "found": f"found at the exchange: {info.status if info else '?'}",
             "never_placed": "not at the exchange past its recvWindow: never placed",
             "gone": "the exchange has no record of it: closed",
         }[verdict]
-        self.log.event("outcome_resolved", detail, level=level, client_order_id=client_order_id)
+        self.agent.log.event("outcome_resolved", detail, level=level, client_order_id=client_order_id)
 
-    def _start_lookups(self, core: AgentCore, now: float) -> None:
+    def start_lookups(self, core: AgentCore, now: float) -> None:
         """Look up, by client id, orders whose request went unanswered, that the exchange called
         unknown, or whose answer was ambiguous and whose recvWindow has now passed."""
-        ex_now = self._exchange_ms()
-        window = self._window_ms()
+        ex_now = self.agent.exchange_ms()
+        window = self.window_ms()
         due = (
             (core.store.stale_in_flight(ex_now, IN_FLIGHT_QUERY_MS), IN_FLIGHT_QUERY_MS),
             (core.store.unresolved_orders(ex_now, UNRESOLVED_QUERY_MS), UNRESOLVED_QUERY_MS),
@@ -335,32 +340,34 @@ class OrderFlow:
         )
         for orders, spacing_ms in due:
             for o in orders:
-                if o.client_order_id in self._sending:
+                if o.client_order_id in self.sending:
                     continue  # its request is still out: its answer (or its resolution) will tell
                 last = self._lookups.get(o.client_order_id, -math.inf)
                 if now - last >= spacing_ms / 1000:
                     self._lookups[o.client_order_id] = now
-                    self._spawn(self._resolve(o.client_order_id), "resolve")
+                    self.agent.tasks.spawn(self.resolve(o.client_order_id), "resolve")
+        if len(self._lookups) > 1000:
+            self._lookups = {k: v for k, v in self._lookups.items() if k in core.store.orders}
 
     def _order_request(self, p: Place) -> OrderRequest:
-        f = self.filters
+        f = self.agent.filters
         assert f is not None
         if p.order_type == OrderType.MARKET:
             return OrderRequest(
-                symbol=self.symbol, side=p.side, order_type=OrderType.MARKET, quantity=f.qty_str(p.qty_steps),
+                symbol=self.agent.symbol, side=p.side, order_type=OrderType.MARKET, quantity=f.qty_str(p.qty_steps),
                 reduce_only=p.reduce_only, client_order_id=p.client_order_id,
             )
         return OrderRequest(
-            symbol=self.symbol, side=p.side, order_type=OrderType.LIMIT, quantity=f.qty_str(p.qty_steps),
+            symbol=self.agent.symbol, side=p.side, order_type=OrderType.LIMIT, quantity=f.qty_str(p.qty_steps),
             price=f.price_str(p.price_ticks), time_in_force=p.time_in_force or TimeInForce.GTC,
             reduce_only=p.reduce_only, client_order_id=p.client_order_id,
         )
 
     def _modify_request(self, a: Amend) -> ModifyRequest:
-        f = self.filters
+        f = self.agent.filters
         assert f is not None
         return ModifyRequest(
-            symbol=self.symbol, side=a.side, quantity=f.qty_str(a.qty_steps), price=f.price_str(a.price_ticks),
+            symbol=self.agent.symbol, side=a.side, quantity=f.qty_str(a.qty_steps), price=f.price_str(a.price_ticks),
             order_id=a.order_id, client_order_id=None if a.order_id is not None else a.client_order_id,
         )
 
@@ -368,6 +375,5 @@ class OrderFlow:
         if tick is None:
             return
         dt = time.perf_counter_ns() - tick[0]
-        self.latencies_ns.append(dt)
-        self._recent_latencies.append(dt)
-        self.metrics.observe_tick_to_order(dt / 1e9)
+        self.agent.latency.add(dt)
+        self.agent.metrics.observe_tick_to_order(dt / 1e9)

@@ -1,0 +1,101 @@
+"""The reconciliation backstop's I/O: every ``reconcile_interval_sec`` the exchange's open orders (and,
+every Nth time, the position) compared through :func:`agents.reconcile.reconcile_orders`, whose plan
+is carried out, logged, counted and shown in status.
+
+A part of :class:`agents.agent.SymbolAgent`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from fleet.binance.errors import (
+    BinanceError,
+    OutcomeUnknownError,
+)
+from fleet.binance.models import OrderInfo
+
+from .reconcile import reconcile_orders
+from .agent_base import BLOCK_RESYNC, BLOCK_USER_STREAM
+
+if TYPE_CHECKING:
+    from .agent import SymbolAgent
+
+
+class Reconciler:
+    """The reconciliation backstop's loop and repairs."""
+
+    def __init__(self, agent: SymbolAgent) -> None:
+        self.agent = agent
+        self.last_repair: dict[str, Any] | None = None  # the last repair, for status
+        self._position_mismatch = False  # the last position check disagreed (a second one resyncs)
+
+    async def loop(self) -> None:
+        """The backstop: every ``reconcile_interval_sec`` the exchange's open orders against the
+        store (and, every Nth time, the position against positionRisk); differences are repaired,
+        logged, counted (``mm_reconcile_discrepancies_total``) and shown in status."""
+        n = 0
+        while not self.agent.stopping:
+            await self.agent.tasks.sleep(self.agent.runtime.reconcile_interval_sec)
+            if self.agent.stopping or self.agent.core is None or self.agent.client is None:
+                return
+            if BLOCK_RESYNC in self.agent.blocks or BLOCK_USER_STREAM in self.agent.blocks:
+                continue  # a resync is the stronger repair, and is under way
+            n += 1
+            self.agent.user.look_up_funding()  # a fee whose income rows could not be read yet
+            try:
+                await self._reconcile_orders()
+                if n % self.agent.runtime.reconcile_position_every == 0:
+                    await self._reconcile_position()
+            except BinanceError as exc:
+                self.agent.log.event("reconcile_failed", f"reconciliation skipped: {exc!r}", level=logging.WARNING)
+
+    async def _reconcile_orders(self) -> None:
+        client = self.agent.require_client()
+        core = self.agent.require_core()
+        listed_at = self.agent.exchange_ms()
+        listed = await client.open_orders(self.agent.symbol)
+        self.agent.counters["reconciliations"] += 1
+        plan = reconcile_orders(
+            core.store, listed, epoch=core.epoch, listed_at_ms=listed_at,
+            quoting=self.agent.quoting_live(), may_cancel=self.agent.lease_ok(),
+        )
+        for cid in plan.adopted:
+            self.note_repair("untracked", cid, "open at the exchange, not counted here: adopted")
+        for cid in plan.foreign:
+            self.note_repair("untracked", cid, "an order not placed by mmfleet: counted, left alone")
+        for cid in plan.old_epoch:
+            self.note_repair("old_epoch", cid, "an earlier epoch's order still open")
+        for cid in plan.lookup:
+            self.note_repair("missing", cid, "counted here, not listed by the exchange: looked up")
+            self.agent.tasks.spawn(self.agent.sender.resolve(cid), "resolve")
+        if plan.cancel:
+            results = await client.batch_cancel(self.agent.symbol, order_ids=[oid for _, oid in plan.cancel])
+            for (cid, oid), res in zip(plan.cancel, results):
+                if isinstance(res, OrderInfo):
+                    core.on_order_info(res)
+                    self.note_repair("orphan_cancelled", cid, "cancelled: no ladder of ours wants it")
+                elif isinstance(res, BinanceError) and not isinstance(res, OutcomeUnknownError):
+                    core.store.on_cancel_rejected(cid, res.code, oid, self.agent.exchange_ms())
+
+    async def _reconcile_position(self) -> None:
+        """A position that differs from positionRisk twice in a row (one may be a fill in flight) is
+        repaired by a resync from REST."""
+        core = self.agent.require_core()
+        pos = await self.agent.require_client().position(self.agent.symbol, risk=True)
+        if core.store.steps(pos.amount) == core.store.position_steps:
+            self._position_mismatch = False
+            return
+        if not self._position_mismatch:
+            self._position_mismatch = True
+            return
+        self._position_mismatch = False
+        self.note_repair("position", None, f"position {core.store.position} here, {pos.amount} at the exchange: resync")
+        await self.agent.starter.resync()
+
+    def note_repair(self, kind: str, client_order_id: str | None, detail: str) -> None:
+        self.agent.counters["reconcile_repairs"] += 1
+        self.agent.metrics.inc_discrepancy(kind)
+        self.last_repair = {"kind": kind, "client_order_id": client_order_id, "detail": detail, "time_ms": self.agent.exchange_ms()}
+        self.agent.log.event("reconcile_repair", f"{kind}: {detail}", level=logging.WARNING, client_order_id=client_order_id)

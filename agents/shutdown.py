@@ -1,0 +1,193 @@
+"""Halting and stopping: cancel-all confirmed at the exchange (fenced to this epoch once the lease has
+lapsed), reduce-only flattening until the exchange reports flat, and the ordered stop (cancel, flatten,
+disarm the dead-man switch while the lease holds, close, release).
+
+A part of :class:`agents.agent.SymbolAgent`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from fleet.binance.client import BinanceClient
+from fleet.binance.errors import BinanceError
+
+from .agent_base import BLOCK_STOPPING, FATAL_START_CODES, _same_epoch
+
+if TYPE_CHECKING:
+    from .agent import SymbolAgent
+
+
+class Shutdown:
+    """Cancel-all confirmed, flatten until flat, and the ordered stop."""
+
+    def __init__(self, agent: SymbolAgent) -> None:
+        self.agent = agent
+        self._task: asyncio.Task | None = None
+        self.summary: dict | None = None
+
+    async def cancel_all_confirmed(self, deadline_s: float) -> int:
+        """Cancel-all at the exchange, then poll open orders until none (or the deadline); returns the count."""
+        client = self.agent.client
+        if client is None or self.agent.core is None:
+            return 0
+        end = self.agent.clock.monotonic() + deadline_s
+        n = -1
+        while True:
+            try:
+                # Fenced cleanup: once the lease has lapsed a new owner may be quoting this symbol,
+                # so a symbol-wide cancel could hit its orders; cancel only the ones we placed.
+                fenced = await self.cancel_fenced(client)
+                listed = await client.open_orders(self.agent.symbol)
+                if fenced:
+                    listed = [o for o in listed if _same_epoch(o.client_order_id, self.agent.core.epoch)]
+                for info in listed:
+                    self.agent.core.store.adopt(info)  # counted, even if the store had closed it on inference
+                n = len(listed)
+            except BinanceError as exc:
+                self.agent.log.event("cancel_all_failed", f"cancel-all: {exc!r}", level=logging.WARNING)
+                if exc.code in FATAL_START_CODES:
+                    break  # a wrong key or signature: no retry will get through
+            if n == 0 or self.agent.clock.monotonic() >= end:
+                break
+            await self.agent.clock.sleep(0.2)
+        return n if n >= 0 else len(self.agent.core.store.orders)
+
+    async def cancel_fenced(self, client: BinanceClient) -> bool:
+        """Cancel-all while the lease holds; once it lapsed, only this epoch's orders (True then).
+
+        A lapsed lease may have a successor quoting this symbol, whose orders a symbol-wide cancel would hit.
+        """
+        if self.agent.lease_ok():
+            await client.cancel_all(self.agent.symbol)
+            return False
+        core = self.agent.require_core()
+        epoch = core.epoch  # the store also tracks other epochs' orders (they are exposure)
+        mine = [
+            o.order_id for o in core.store.open_orders()
+            if o.order_id is not None and _same_epoch(o.client_order_id, epoch)
+        ]
+        if mine:
+            await client.batch_cancel(self.agent.symbol, order_ids=mine)
+        return True
+
+    async def flatten_confirmed(self, deadline_s: float) -> float:
+        """Reduce-only market orders through the guard until the exchange reports flat (or the deadline)."""
+        client = self.agent.client
+        core = self.agent.core
+        if client is None or core is None or self.agent.filters is None:
+            return 0.0
+        end = self.agent.clock.monotonic() + deadline_s
+        while True:
+            try:
+                pos = await client.position(self.agent.symbol, risk=True)
+                listed = await client.open_orders(self.agent.symbol)
+            except BinanceError as exc:
+                self.agent.log.event("flatten_failed", f"position read failed: {exc!r}", level=logging.WARNING)
+                pos = None
+            if pos is not None:
+                # the exchange's word on what is left to close (the stream may lag behind a market fill)
+                core.reset_from_snapshot(pos, listed, self.agent.exchange_ms())
+                if pos.amount == 0:
+                    return 0.0
+                if not any(o.reason == "flatten" for o in core.store.orders.values()) and self.agent.lease_ok():
+                    actions = core.quote(self.agent.clock.time_ms() + self.agent.offset_ms(), None)
+                    if actions:
+                        self.agent.sender.execute(actions, self.agent.clock.time_ms() + self.agent.offset_ms(), None)
+                        await self._wait_inflight(2.0)
+            if self.agent.clock.monotonic() >= end:
+                return float(pos.amount) if pos is not None else core.store.position
+            await self.agent.clock.sleep(0.25)
+
+    async def stop(self, flatten: bool) -> dict:
+        """The ordered stop, once: later calls wait for the first one's summary."""
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._stop(flatten))
+        return await asyncio.shield(self._task)
+
+    async def _stop(self, flatten: bool) -> dict:
+        a = self.agent
+        t0 = a.clock.monotonic()
+        a.stopping = True
+        a.tasks.wake_sleepers()
+        a.blocks.add(BLOCK_STOPPING)
+        a.log.event("stopping", f"stopping (flatten={flatten})")
+        try:
+            await asyncio.wait_for(self._stop_trading(flatten), timeout=max(1.0, a.runtime.stop_timeout_sec - 2.0))
+        except asyncio.TimeoutError:
+            a.log.event("stop_slow", "graceful stop ran out of time: forcing cancel-all", level=logging.ERROR)
+            if a.client is not None and a.lease_ok():
+                try:
+                    await asyncio.wait_for(a.client.cancel_all(a.symbol), 1.5)
+                except (BinanceError, OSError, asyncio.TimeoutError) as exc:  # the dead-man switch is the last net
+                    a.log.event("stop_cancel_failed", f"forced cancel-all failed: {exc!r}", level=logging.ERROR)
+        open_n, position = await self._exchange_view()
+        await a.tasks.cancel_all(a.sender.inflight)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(a.journal.on_stop(a), 8.0)  # last backfill and flush; client open
+        await a.close_streams()
+        if a.client is not None:
+            await a.client.close()
+        try:
+            await a.ownership.release()
+        except Exception as exc:  # noqa: BLE001 - the lease then runs out on its own; say so
+            a.log.event("release_failed", f"ownership not released: {exc!r}", level=logging.WARNING)
+        a.stopped = True
+        summary = {
+            **a.status(),
+            "exposure": a.exposure(),
+            "exchange_open_orders": open_n,
+            "exchange_position": position,
+            "flattened": bool(flatten),
+            "stop_elapsed_ms": int((a.clock.monotonic() - t0) * 1000),
+        }
+        if open_n is not None:
+            summary["open_orders"] = open_n  # the exchange's count, not the store's last view
+        if position is not None:
+            summary["position"] = position
+        self.summary = summary
+        a.publish()
+        a.log.event("stopped", f"stopped in {summary['stop_elapsed_ms']} ms: {open_n} open orders, position {position}")
+        a.done()
+        return summary
+
+    async def _exchange_view(self) -> tuple[int | None, float | None]:
+        """What the exchange says is left: open orders and position (None where it did not answer)."""
+        client = self.agent.client
+        open_n = position = None
+        if client is not None:
+            symbol = self.agent.symbol
+            with contextlib.suppress(Exception):
+                open_n = len(await asyncio.wait_for(client.open_orders(symbol), 1.5))
+            with contextlib.suppress(Exception):
+                position = float((await asyncio.wait_for(client.position(symbol, risk=True), 1.5)).amount)
+        return open_n, position
+
+    async def _stop_trading(self, flatten: bool) -> None:
+        a = self.agent
+        for task in a.tasks.named("quote", "watchdog"):
+            task.cancel()
+        await self._wait_inflight(2.0)
+        if a.client is None or a.core is None:
+            return  # nothing of ours can be resting: the start never got as far as the symbol
+        if not a.started and a.grant is not None:
+            a.log.event("stop_during_start", "stopped while starting: cancelling whatever rests", level=logging.WARNING)
+        budget = a.runtime.stop_timeout_sec
+        await self.cancel_all_confirmed(deadline_s=budget / 3)
+        if flatten and a.lease_ok():
+            a.core.flatten("stop")
+            await self.flatten_confirmed(deadline_s=budget / 3)
+            await self.cancel_all_confirmed(deadline_s=2.0)
+        if a.lease_ok():  # a lapsed lease may have a successor whose dead-man switch this would disarm
+            try:
+                await a.client.countdown_cancel_all(a.symbol, 0)  # disarm the dead-man switch
+            except BinanceError as exc:  # still armed: it fires on an already emptied book
+                a.log.event("deadman_disarm_failed", f"dead-man switch not disarmed: {exc!r}", level=logging.WARNING)
+
+    async def _wait_inflight(self, timeout: float) -> None:
+        inflight = self.agent.sender.inflight
+        if inflight:
+            await asyncio.wait(list(inflight), timeout=timeout)

@@ -1,0 +1,123 @@
+"""The start and the resync: the symbol's filters and the trading core, the user stream first (its
+events buffered), the REST snapshot made the truth, older epochs' orders cancelled and confirmed
+gone, the market stream, the dead-man switch armed. The resync repeats the snapshot step.
+
+A part of :class:`agents.agent.SymbolAgent`; it owns the resync lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from fleet.binance.errors import BinanceError
+from fleet.binance.models import OrderInfo
+
+from .core import AgentCore
+from .agent_base import BLOCK_RESYNC, _older_epoch
+
+if TYPE_CHECKING:
+    from .agent import SymbolAgent
+
+
+class Starter:
+    """The start's steps, in their safe order, and the resync from a REST snapshot."""
+
+    def __init__(self, agent: SymbolAgent) -> None:
+        self.agent = agent
+        self._resync_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Filters, user stream (buffering), snapshot, old epochs cancelled, market streams, dead-man."""
+        a = self.agent
+        client = a.require_client()
+        await client.sync_time()
+        a.filters = await client.symbol_filters(a.symbol)
+        if a.core is None:
+            self._build_core()
+        await a.user.connect()
+        await self.resync(initial=True)
+        await self.cancel_older_epochs()
+        await a.market.connect()
+        await a.timers.heartbeat()
+
+    def _build_core(self) -> None:
+        a = self.agent
+        assert a.grant is not None and a.filters is not None
+        a.core = AgentCore(a.symbol, a.params, a.filters, a.grant.epoch)
+        a.metrics.bind(a.core)
+        # an explicit call made while starting wins over the grant read at acquire
+        a.apply_kill_state(a.kill_wanted or a.grant.kill_state)
+        reduce_only = a.reduce_only_wanted
+        if reduce_only is None:
+            reduce_only = bool(a.grant.reduce_only)
+        a.core.set_reduce_only(reduce_only)
+
+    async def resync(self, initial: bool = False) -> None:
+        """REST snapshot (position, open orders, wallet) made the truth, then the buffered user events."""
+        async with self._resync_lock:
+            await self._resync_locked(initial)
+
+    async def _resync_locked(self, initial: bool) -> None:
+        a = self.agent
+        client = a.require_client()
+        core = a.require_core()
+        a.blocks.add(BLOCK_RESYNC)
+        position = await client.position(a.symbol)
+        orders = await client.open_orders(a.symbol)
+        wallet = await self._wallet_balance()
+        # The user events buffered meanwhile are applied next by the consumer, in order; the store
+        # keeps per order the newest (update time, filled, stage), so the older ones change nothing.
+        core.reset_from_snapshot(position, orders, a.exchange_ms(), wallet_balance=wallet)
+        if not initial:
+            a.counters["resyncs"] += 1
+            a.metrics.inc_rest_fallback()
+        a.blocks.discard(BLOCK_RESYNC)
+        a.journal.on_resync(a, initial)
+        a.log.event(
+            "resynced",
+            f"snapshot: position {core.store.position}, {len(orders)} open orders",
+            position=core.store.position,
+        )
+
+    async def _wallet_balance(self) -> float | None:
+        a = self.agent
+        asset = a.filters.margin_asset if a.filters else ""
+        try:
+            rows = await a.require_client().balance()
+        except BinanceError as exc:
+            a.log.event("balance_unavailable", f"wallet balance not read: {exc!r}", level=logging.WARNING)
+            return None
+        for row in rows:
+            if row.get("asset") == asset:
+                try:
+                    return float(row.get("balance", row.get("walletBalance", 0)))
+                except (TypeError, ValueError):
+                    return None
+        return None
+
+    async def cancel_older_epochs(self) -> None:
+        """Orders of an older epoch (a previous owner of this symbol) are cancelled before any quote."""
+        a = self.agent
+        core = a.require_core()
+        client = a.require_client()
+        stale: list[tuple[str, int | None]] = []
+        for o in list(core.store.orders.values()):
+            if _older_epoch(o.client_order_id, core.epoch):
+                stale.append((o.client_order_id, o.order_id))
+        if not stale:
+            return
+        a.log.event("old_epoch_cancel", f"cancelling {len(stale)} orders of older epochs", level=logging.WARNING)
+        ids = [oid for _, oid in stale if oid is not None]
+        if ids:
+            results = await client.batch_cancel(a.symbol, order_ids=ids)
+            for (cid, oid), res in zip([s for s in stale if s[1] is not None], results):
+                if isinstance(res, OrderInfo):
+                    core.on_order_info(res)
+                else:
+                    core.store.on_cancel_rejected(cid, res.code, oid, a.exchange_ms())
+        # What the exchange still lists must be gone before quoting starts.
+        left = [o for o in await client.open_orders(a.symbol) if _older_epoch(o.client_order_id, core.epoch)]
+        if left:
+            raise BinanceError(0, f"{len(left)} older-epoch orders still open after cancel", None)

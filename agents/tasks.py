@@ -1,0 +1,83 @@
+"""The agent's tasks: its loops and one-off jobs spawned and named, a loop that fails logged and
+restarted (after its quotes are pulled), the timers' sleeps that the stop cuts short, and the end.
+
+A part of :class:`agents.agent.SymbolAgent`; it owns the task list and the sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+if TYPE_CHECKING:
+    from .agent import SymbolAgent
+
+# The loops of a started agent, in the order they are spawned; "renew" starts with the grant.
+LOOPS = ("market", "user", "quote", "deadman", "keepalive", "watchdog", "reconcile", "renew")
+
+
+class Tasks:
+    """Spawned, named, restarted when a loop fails, cancelled together at the stop."""
+
+    def __init__(self, agent: SymbolAgent) -> None:
+        self.agent = agent
+        self._tasks: list[asyncio.Task] = []
+        self._sleepers: set[asyncio.Future] = set()
+
+    def loop(self, name: str) -> Callable[[], Awaitable[None]]:
+        """The coroutine function of one of the ``LOOPS``."""
+        a = self.agent
+        return {
+            "market": a.market.loop, "user": a.user.loop, "quote": a.timers.quote_loop,
+            "deadman": a.timers.deadman_loop, "keepalive": a.user.keepalive_loop,
+            "watchdog": a.timers.watchdog_loop, "reconcile": a.reconciler.loop, "renew": a.timers.renew_loop,
+        }[name]
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.append(task)
+        task.add_done_callback(self._done)
+
+    def named(self, *names: str) -> list[asyncio.Task]:
+        return [t for t in self._tasks if t.get_name() in names]
+
+    def _done(self, task: asyncio.Task) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        a = self.agent
+        if exc is not None and not a.stopping:
+            name = task.get_name()
+            a.log.event("task_failed", f"task {name} failed: {exc!r}", level=logging.ERROR)
+            if name in LOOPS:
+                # a loop must never die silently: stop quoting, then restart it
+                a.sender.pull_quotes(f"{name} loop failed")
+                self.spawn(self.loop(name)(), name)
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds`` on the injected clock, or less: the stop wakes every such sleep at once."""
+        if self.agent.stopping or seconds <= 0:
+            return
+        sleep = asyncio.ensure_future(self.agent.clock.sleep(seconds))
+        self._sleepers.add(sleep)
+        try:
+            await asyncio.wait((sleep,))  # returns when the sleep ends or the stop cancels it
+        finally:
+            self._sleepers.discard(sleep)
+            sleep.cancel()  # (this task itself was cancelled)
+
+    def wake_sleepers(self) -> None:
+        """The stop: the timers' loops see it now, not at their next beat."""
+        for sleep in list(self._sleepers):
+            sleep.cancel()
+
+    async def cancel_all(self, also: set[asyncio.Task]) -> None:
+        """The stop's end: every task of the agent, and ``also`` (requests in flight), cancelled and awaited."""
+        for task in (*self._tasks, *also):
+            task.cancel()
+        await asyncio.gather(*self._tasks, *also, return_exceptions=True)

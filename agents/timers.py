@@ -1,0 +1,141 @@
+"""The agent's timers: the quote loop, the dead-man heartbeat and its re-arm, lease renewal, and the
+watchdog, whose decisions come from :func:`agents.watchdog.watch` and are carried out here.
+
+A part of :class:`agents.agent.SymbolAgent`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from fleet.binance.errors import BinanceError
+
+from .ownership import OwnershipLost
+from .watchdog import Act, Seen, Timing, watch
+from .agent_base import BLOCK_LEASE, BLOCK_MARKET_STALE, BLOCK_STARTING, WATCHDOG_S
+
+if TYPE_CHECKING:
+    from .agent import SymbolAgent
+
+
+class Timers:
+    """The quote loop, the dead-man switch, lease renewal and the watchdog."""
+
+    def __init__(self, agent: SymbolAgent) -> None:
+        self.agent = agent
+        self._rearming = False  # a dead-man re-arm is under way before the lease block is lifted
+
+    async def quote_loop(self) -> None:
+        """Every ``quote_interval_ms``: a quote cycle if nothing blocks and the core wants one; while
+        blocked, only the cancels of what adds beyond the cap (a cancel is always safe)."""
+        a = self.agent
+        while not a.stopping:
+            await a.clock.sleep(a.params.base.quote_interval_ms / 1000.0)
+            core = a.core
+            if core is None:
+                continue
+            if a.blocks:
+                if BLOCK_STARTING not in a.blocks and a.lease_ok():
+                    now_ms = a.exchange_ms()
+                    actions = core.enforce_cap(now_ms)
+                    if actions:
+                        a.sender.execute(actions, now_ms, None)
+                continue
+            now_ms = a.clock.time_ms() + a.offset_ms()
+            if core.should_quote(now_ms):
+                a.sender.quote(now_ms, None)
+
+    async def deadman_loop(self) -> None:
+        while not self.agent.stopping:
+            await self.agent.tasks.sleep(self.agent.runtime.deadman_heartbeat_sec)
+            if self.agent.stopping:
+                return
+            if not self.agent.lease_ok():
+                continue  # a lapsed lease: let the exchange's countdown cancel
+            try:
+                await self.heartbeat()
+            except BinanceError as exc:
+                self.agent.log.event("deadman_failed", f"dead-man heartbeat failed: {exc!r}", level=logging.WARNING)
+
+    async def _rearm_then_unblock(self) -> None:
+        """The lease is back: arm the dead-man switch first, then let quoting resume."""
+        try:
+            if self.agent.stopping:
+                return  # the stop disarms; arming now could outlive it
+            await self.heartbeat()
+        except BinanceError as exc:  # still blocked: the watchdog tries again on its next tick
+            self.agent.log.event("deadman_failed", f"dead-man re-arm failed: {exc!r}", level=logging.WARNING)
+            return
+        finally:
+            self._rearming = False
+        if self.agent.lease_ok() and not self.agent.lease.lost:
+            self.agent.blocks.discard(BLOCK_LEASE)
+            self.agent.log.event("lease_regained", "lease valid again: dead-man switch re-armed, quoting resumes")
+
+    async def heartbeat(self) -> None:
+        await self.agent.require_client().countdown_cancel_all(self.agent.symbol, self.agent.runtime.deadman_countdown_ms)
+        self.agent.counters["deadman_heartbeats"] += 1
+
+    async def renew_loop(self) -> None:
+        own = self.agent.ownership
+        while not self.agent.stopping and not self.agent.lease.lost:
+            await self.agent.tasks.sleep(own.renew_interval_s)
+            if self.agent.stopping:
+                return
+            send = self.agent.clock.monotonic()
+            try:
+                grant = await own.renew()
+            except OwnershipLost as exc:
+                self.agent.on_ownership_lost(str(exc))
+                return
+            except Exception as exc:  # noqa: BLE001 - the lease check decides; keep trying
+                self.agent.log.event("renew_failed", f"ownership renew failed: {exc!r}", level=logging.WARNING)
+                continue
+            self.agent.take_grant(grant, send)
+
+    async def watchdog_loop(self) -> None:
+        """Every ``WATCHDOG_S``: the watchdog's actions (``agents/watchdog.py``), then look-ups."""
+        a = self.agent
+        timing = Timing(a.runtime.market_stale_sec, a.runtime.user_stream_grace_sec, a.runtime.stream_max_lifetime_sec)
+        while not a.stopping:
+            await a.clock.sleep(WATCHDOG_S)
+            now = a.clock.monotonic()
+            for act in watch(self._seen(now), timing):
+                self._carry_out(act, now)
+            if a.core is not None:
+                a.sender.start_lookups(a.core, now)
+            a.frames.fold((a.market.stream, a.user.stream))
+            a.publish()  # the snapshot other threads read (at most WATCHDOG_S old)
+
+    def _seen(self, now: float) -> Seen:
+        a, market, user = self.agent, self.agent.market, self.agent.user
+        return Seen(
+            now=now, lease_ok=a.lease_ok(), lease_blocked=BLOCK_LEASE in a.blocks,
+            ownership_lost=a.lease.lost, rearming=self._rearming, last_book=market.last_book,
+            market_opened=market.opened_at, market_connected=market.connected and market.stream is not None,
+            market_stale_blocked=BLOCK_MARKET_STALE in a.blocks, user_lost_at=user.lost_at,
+            user_opened=user.opened_at, user_connected=user.connected,
+        )
+
+    def _carry_out(self, act: Act, now: float) -> None:
+        a = self.agent
+        if act is Act.LEASE_LAPSED:
+            a.blocks.add(BLOCK_LEASE)
+            a.log.event("lease_lapsed", "lease lapsed: quoting stopped", level=logging.ERROR)
+        elif act is Act.REARM:
+            self._rearming = True
+            a.tasks.spawn(self._rearm_then_unblock(), "deadman-rearm")
+        elif act is Act.SWAP_MARKET:
+            a.market.swap(now)
+        elif act is Act.MARKET_STALE:
+            a.blocks.add(BLOCK_MARKET_STALE)
+            a.counters["stale_market_pulls"] += 1
+            a.log.event("market_stale", "no book update: quotes pulled", level=logging.WARNING)
+            a.sender.pull_quotes("market_stale")
+        elif act is Act.MARKET_FRESH:
+            a.blocks.discard(BLOCK_MARKET_STALE)
+        elif act is Act.REST_FALLBACK:
+            a.user.fall_back()
+        elif act is Act.SWAP_USER:
+            a.user.swap(now)

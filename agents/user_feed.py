@@ -1,0 +1,253 @@
+"""The user feed and its listenKey's life: order, account and funding events to the core; the key
+kept alive, renewed when expired or refused, and the stream swapped before the exchange's 24-hour
+cut; its loss (quoting blocked, a REST cancel after the grace, reconnect, resync, older epochs
+cancelled) and the funding look-up a symbol-less fee frame asks for.
+
+A part of :class:`agents.agent.SymbolAgent`; it owns the user stream and what is known of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from fleet.binance.enums import ExecType
+from fleet.binance.errors import BinanceError, InvalidListenKeyError
+from fleet.binance.events import FundingFee, ListenKeyExpired, OrderUpdate, TradeLite
+from fleet.binance.streams import StreamError, UserStream
+
+from .agent_base import BLOCK_USER_STREAM, Backoff, _ListenKeyGone, _TRANSIENT
+
+if TYPE_CHECKING:
+    from .agent import SymbolAgent
+
+
+class UserFeed:
+    """One agent's user stream (the account's listenKey) and its life."""
+
+    def __init__(self, agent: SymbolAgent) -> None:
+        self.agent = agent
+        self.stream: UserStream | None = None
+        self.connected = False
+        self.opened_at: float = 0.0  # when the current connection opened (monotonic)
+        self.lost_at: float | None = None  # when it was lost (None: up, or the REST fallback ran)
+        self._new_key = asyncio.Event()  # the keepalive was refused: the consumer takes a new key
+
+    async def connect(self) -> None:
+        a = self.agent
+        key = await a.require_client().create_listen_key()
+        stream = a.transport.user_stream(key)
+        a.frames.track(stream)
+        await stream.connect()
+        self.stream = stream
+        self.opened_at = a.clock.monotonic()
+        self._set_connected(True)
+        a.log.event("user_stream_connected", "WebSocket UserStream connected")
+
+    async def loop(self) -> None:
+        """Consume the user stream; on loss: block, cancel via REST after the grace, reconnect, resync."""
+        a = self.agent
+        backoff = Backoff(a.runtime.reconnect_backoff_initial_sec, a.runtime.reconnect_backoff_max_sec, rng=a.rng)
+        while not a.stopping:
+            stream = self.stream
+            if stream is not None:
+                try:
+                    await self._consume(stream)
+                    continue  # returned: a planned swap put a new stream in place
+                except StreamError as exc:
+                    if a.stopping:
+                        return
+                    if stream is not self.stream:
+                        continue  # replaced by a planned swap
+                    await self._lost(stream, f"{exc}")
+                    await a.tasks.sleep(backoff.next())
+                    continue
+                except _ListenKeyGone as exc:
+                    await self._lost(stream, str(exc))
+                    continue  # a new key at once
+            if a.stopping:
+                return
+            try:
+                await self._reconnect()
+                backoff.reset()
+            except _TRANSIENT as exc:
+                self._set_connected(False)
+                await self.close()
+                delay = backoff.next()
+                a.log.event("user_reconnect_failed", f"{exc!r}; next try in {delay:.1f}s", level=logging.WARNING)
+                await a.tasks.sleep(delay)
+
+    async def _reconnect(self) -> None:
+        """A new key and stream, the snapshot made the truth, a zombie predecessor's late orders gone."""
+        a = self.agent
+        await self.connect()
+        await a.starter.resync()
+        await a.starter.cancel_older_epochs()
+        self.lost_at = None
+        a.blocks.discard(BLOCK_USER_STREAM)
+
+    async def _consume(self, stream: UserStream) -> None:
+        a = self.agent
+        while stream is self.stream:
+            try:
+                ev = await stream.__anext__()
+            except StopAsyncIteration:
+                if self._new_key.is_set():
+                    self._new_key.clear()
+                    raise _ListenKeyGone("listenKey refused: new key and resync") from None
+                if stream is not self.stream:
+                    return  # closed by a planned swap
+                raise StreamError("user stream closed") from None
+            if isinstance(ev, ListenKeyExpired):
+                a.counters["listen_key_expired"] += 1
+                raise _ListenKeyGone("listenKeyExpired: new key and resync")
+            self.on_event(ev)
+
+    def on_event(self, ev: Any) -> None:
+        a = self.agent
+        core = a.core
+        if core is None:
+            return
+        sym = getattr(ev, "symbol", None)
+        if isinstance(ev, (OrderUpdate, TradeLite)) and sym != a.symbol:
+            a.counters["foreign_events"] += 1
+            return
+        if isinstance(ev, FundingFee) and sym is not None and sym != a.symbol:
+            a.counters["foreign_events"] += 1
+            return
+        if isinstance(ev, TradeLite):
+            return  # the full ORDER_TRADE_UPDATE follows
+        core.on_event(ev, a.clock.time_ms() + a.offset_ms())
+        a.journal.on_user_event(a, ev)
+        if isinstance(ev, FundingFee):
+            self.look_up_funding()
+        if isinstance(ev, OrderUpdate):
+            self._log_order_update(ev)
+
+    def _log_order_update(self, ev: OrderUpdate) -> None:
+        a = self.agent
+        if ev.exec_type == ExecType.TRADE:
+            a.log.event(
+                "fill",
+                f"fill {ev.side} {ev.last_filled_qty} @ {ev.last_filled_price} ({ev.status}), "
+                f"position {a.core.store.position if a.core else '?'}",
+                client_order_id=ev.client_order_id, order_id=ev.order_id, side=ev.side,
+            )
+        else:
+            a.log.event(
+                "order_update", f"{ev.side} {ev.exec_type} {ev.status} {ev.cum_filled_qty}/{ev.orig_qty} @ {ev.price}",
+                level=logging.DEBUG, client_order_id=ev.client_order_id, order_id=ev.order_id,
+            )
+
+    async def _lost(self, stream: UserStream, why: str) -> None:
+        a = self.agent
+        self._set_connected(False)
+        a.blocks.add(BLOCK_USER_STREAM)
+        self.lost_at = a.clock.monotonic()
+        a.counters["user_stream_reconnects"] += 1
+        a.log.event("user_stream_lost", f"user stream lost: {why}; quoting stopped", level=logging.WARNING)
+        with contextlib.suppress(Exception):
+            await stream.close()
+        self.stream = None
+
+    async def keepalive_loop(self) -> None:
+        a = self.agent
+        while not a.stopping:
+            await a.tasks.sleep(a.runtime.listen_key_keepalive_sec)
+            if a.stopping:
+                return
+            try:
+                await a.require_client().keepalive_listen_key()
+                a.counters["listen_key_renewals"] += 1
+            except InvalidListenKeyError:
+                a.log.event("listen_key_invalid", "listenKey keepalive: -1125; new key", level=logging.WARNING)
+                self._new_key.set()
+                if self.stream is not None:
+                    await self.stream.close()  # wakes the consumer, which reconnects with a new key
+            except BinanceError as exc:
+                a.log.event("keepalive_failed", f"listenKey keepalive failed: {exc!r}", level=logging.WARNING)
+
+    def swap(self, now: float) -> None:
+        """The watchdog's ``SWAP_USER``: the stream nears the exchange's 24-hour cut."""
+        self.opened_at = now
+        self.agent.tasks.spawn(self._planned_swap(), "user-swap")
+
+    async def _planned_swap(self) -> None:
+        """Open a new user stream, then drop the old (no gap)."""
+        a = self.agent
+        key = await a.require_client().create_listen_key()
+        stream = a.transport.user_stream(key)
+        a.frames.track(stream)
+        await stream.connect()
+        old, self.stream = self.stream, stream
+        self.opened_at = a.clock.monotonic()
+        a.log.event("user_stream_swapped", "planned user stream reconnect")
+        if old is not None:
+            await old.close()  # its consumer drains what it queued, then moves to the new one
+
+    def fall_back(self) -> None:
+        """The watchdog's ``REST_FALLBACK``: the stream stayed down past the grace."""
+        self.lost_at = None
+        self.agent.tasks.spawn(self._rest_fallback_cancel(), "rest-fallback")
+
+    async def _rest_fallback_cancel(self) -> None:
+        """Cancel everything through REST (counted); fenced to this epoch once the lease has lapsed."""
+        a = self.agent
+        if self.connected or a.stopping or a.lease.lost:
+            return
+        try:
+            await a.shutdown.cancel_fenced(a.require_client())
+        except BinanceError as exc:
+            a.log.event("rest_fallback_failed", f"cancel-all via REST failed: {exc!r}", level=logging.ERROR)
+            self.lost_at = a.clock.monotonic()  # try again after another grace
+            return
+        a.counters["rest_fallback_cancels"] += 1
+        a.metrics.inc_rest_fallback()
+        a.log.event("rest_fallback_cancel", "user stream down past grace: cancelled all via REST", level=logging.WARNING)
+
+    def look_up_funding(self) -> None:
+        """Start reading this symbol's FUNDING_FEE income rows if the store waits for some and no
+        read is under way (after a symbol-less fee frame, and on every reconciliation beat)."""
+        a = self.agent
+        core = a.core
+        if core is None or core.store.funding_lookup_start() is None:
+            return
+        if not a.tasks.named("funding-income"):
+            a.tasks.spawn(self._book_funding_income(), "funding-income")
+
+    async def _book_funding_income(self) -> None:
+        """A FUNDING_FEE frame that names no symbol (cross margin): the store asked for this symbol's
+        FUNDING_FEE income rows; they are read and booked once per tranId. A few tries, as the
+        record may trail the frame, none of them waiting for rate-budget room (a busy ladder may hold
+        the weight: then the next try, or the reconciliation's next beat, asks again)."""
+        a = self.agent
+        for delay in (0.0, 2.0, 10.0, 30.0):
+            await a.tasks.sleep(delay)
+            core = a.core
+            start = core.store.funding_lookup_start() if core is not None and not a.stopping else None
+            if start is None:
+                return
+            try:
+                rows = await a.require_client().income(a.symbol, "FUNDING_FEE", start_time=start, limit=1000, wait=False)
+            except BinanceError as exc:
+                a.log.event("funding_income_unavailable", f"funding income not read: {exc!r}", level=logging.WARNING)
+                continue
+            a.journal.on_income_rows(a, rows)  # the journal need not read them again
+            if core is a.core:
+                booked = core.store.on_funding_income(rows)
+                if booked:
+                    a.log.event("funding_booked", f"{booked} funding fee(s) booked from income rows, "
+                                f"total {core.store.funding_pnl}")
+
+    async def close(self) -> None:
+        stream, self.stream = self.stream, None
+        self._set_connected(False)
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                await stream.close()
+
+    def _set_connected(self, on: bool) -> None:
+        self.connected = on
+        self.agent.metrics.set_ws_connected(on)
