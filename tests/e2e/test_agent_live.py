@@ -396,6 +396,40 @@ async def test_stale_market_pulls_quotes_until_fresh(make_agent, exchange):
     assert agent.counters["stale_market_pulls"] >= 1
 
 
+async def test_a_loop_that_fails_is_logged_its_quotes_pulled_and_it_starts_again(make_agent, exchange, caplog):
+    """No loop dies silently: a reconciliation that raises what it never expects ends its task; the
+    agent logs it, pulls its quotes at the exchange, starts the loop again, and quotes again."""
+    caplog.set_level(logging.INFO, logger="mmfleet.agent")
+    agent = await make_agent(runtime=FAST.model_copy(update={"reconcile_interval_sec": 0.3}))
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})  # the ladder then holds still
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting on the frozen book")
+    cancelled = {o["clientOrderId"] for o in await exchange.all_orders() if o["status"] == "CANCELED"}
+    resting_ids = set(truth_orders(await exchange.state()))
+    reconciler = agent.reconciler
+    original = reconciler._reconcile_orders
+    failures: list[str] = []
+
+    async def fails_once() -> None:
+        if not failures:
+            failures.append("raised")
+            raise RuntimeError("injected: a reconciliation meets what it never expected")
+        await original()
+
+    reconciler._reconcile_orders = fails_once  # type: ignore[method-assign]
+    await wait_for(lambda: failures, 5, "the injected failure")
+    after = agent.counters["reconciliations"]
+    await wait_for(lambda: agent.counters["reconciliations"] >= after + 2, 5, "the reconciliation loop at work again")
+    assert "task reconcile failed" in caplog.text and "injected" in caplog.text
+
+    async def pulled() -> bool:  # every order of the ladder, not only some
+        now_cancelled = {o["clientOrderId"] for o in await exchange.all_orders() if o["status"] == "CANCELED"}
+        return resting_ids <= now_cancelled - cancelled
+
+    await wait_for(pulled, 5, "the resting ladder cancelled at the exchange")
+    await wait_for(lambda: resting(agent, exchange), 10, "quoting again", explain=lambda: describe(agent, exchange))
+
+
 async def test_grinding_sends_the_market_order_and_the_reentry(make_agent, exchange):
     await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.180"})
     params = SymbolParams(grinding=GrindingParams(min_window_sec=0))  # ranging is judged at once
