@@ -305,6 +305,9 @@ class AgentActor:
             out["state"] = "stopped" if self.stopping else "starting"
             return out
         out.update(_published(self.agent, "status"))
+        snap = self.agent.published
+        if snap is not None:  # when its trading loop last published (wall clock): the fence's sign of life
+            out["loop_published_at"] = time.time() - (self.agent.clock.monotonic() - snap.at)
         if self.stopping:
             out["state"] = "stopped" if self.stop_summary is not None else "stopping"
         return out

@@ -420,7 +420,16 @@ class Bench:
                 orders = self.open_by_symbol()[victim]
                 return (st, orders) if st["pid"] != before["pid"] and st["state"] == "quoting" and orders else None
 
-            st, orders = wait(back, 60, "the killed agent quoting again")
+            def victim_now() -> str:
+                """What the restarted agent says of itself, and the IP's weight (a timeout's why)."""
+                try:
+                    st = self.ray.get(self.agent(victim).status.remote(), timeout=10)
+                except Exception as exc:  # noqa: BLE001 - still restarting
+                    return f"no status ({exc!r:.200}); IP weight of the last minute {self.ip_weight()}"
+                keep = ("pid", "state", "blocks", "epoch", "last_error", "phases", "counters")
+                return f"{ {k: st.get(k) for k in keep} }; IP weight of the last minute {self.ip_weight()}"
+
+            st, orders = wait(back, 60, "the killed agent quoting again", what_else=victim_now)
             out["recovery_s"] = time.monotonic() - t
             ids = [o["clientOrderId"] for o in orders]
             older = [o for o in orders if (parse_client_order_id(o["clientOrderId"]) or (0,))[0] != st["epoch"]]

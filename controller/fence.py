@@ -6,9 +6,13 @@ and it asks the agent actor, on its control group, who it is:
 
 - no answer within ``probe_timeout_s`` (2 s: a process merely starved of CPU, e.g. while 50 agents
   start on 2 cores, still answers), or a process this host shows stopped (SIGSTOP: no need to wait),
-  or the same holder whose trading loop no longer renews: the owner is hung. The lease is revoked
-  and the actor killed so that Ray recreates it (``ray.kill(handle, no_restart=False)``); the new
-  process acquires a fresh, larger epoch.
+  or the same holder whose trading loop publishes nothing after the lease expired (asked again for
+  up to ``probe_timeout_s`` if it published during the lease): the owner is hung. The lease is revoked and the actor killed so that Ray recreates it
+  (``ray.kill(handle, no_restart=False)``); the new process acquires a fresh, larger epoch.
+- the same holder whose trading loop published after the lease expired: its renewals are late, not
+  its loop (on a saturated node they queue behind the controller's own work): only the cancel; its
+  lease is not revoked, so a renewal that lands resumes it at the same epoch (it re-arms the
+  dead-man switch first). Still lapsed ``late_patience_s`` later, it is hung after all.
 - another holder (the actor already restarted) or no actor: only the cancel.
 - the same holder still starting (it renews from its grant on, but a start may be slowed): nothing;
   stopping (a retire): only the cancel.
@@ -38,7 +42,7 @@ from controller.lease import Lease, LeaseBook
 
 log = logging.getLogger("mmfleet.controller")
 
-HUNG, REPLACED, GONE, STARTING, STOPPING = "hung", "replaced", "gone", "starting", "stopping"
+HUNG, REPLACED, GONE, STARTING, STOPPING, LATE = "hung", "replaced", "gone", "starting", "stopping", "late"
 
 
 @dataclass(frozen=True)
@@ -53,8 +57,10 @@ class Fenced:
     error: str | None = None
 
 
-def verdict_of(status: Any, holder: str) -> str:
-    """What a lapsed lease's actor is, from its status answer (an exception: it did not answer)."""
+def verdict_of(status: Any, holder: str, expired_at: float | None = None) -> str:
+    """What a lapsed lease's actor is, from its status answer (an exception: it did not answer); a
+    trading loop that published after the lease expired (``loop_published_at``, wall clock) is alive,
+    its renewals merely late."""
     if isinstance(status, LookupError):
         return GONE
     if isinstance(status, BaseException) or not isinstance(status, dict):
@@ -65,7 +71,14 @@ def verdict_of(status: Any, holder: str) -> str:
         return STARTING
     if status.get("state") in ("stopping", "stopped"):
         return STOPPING
+    if expired_at is not None and _published_at(status) > expired_at:
+        return LATE
     return HUNG
+
+
+def _published_at(status: dict[str, Any]) -> float:
+    at = status.get("loop_published_at")
+    return float(at) if isinstance(at, int | float) and not isinstance(at, bool) else float("-inf")
 
 
 def stopped_here(holder: str) -> bool:
@@ -97,14 +110,18 @@ class Fence:
 
     def __init__(self, book: LeaseBook, agents: AgentHandles, desk: EmergencyDesk,
                  account_of: Callable[[str], str | None], *, probe_timeout_s: float = 2.0,
-                 tick_s: float = 0.25) -> None:
+                 tick_s: float = 0.25, late_patience_s: float | None = None) -> None:
         self.book = book
         self.agents = agents
         self.desk = desk
         self.account_of = account_of
         self.probe_timeout_s = probe_timeout_s
         self.tick_s = tick_s
+        # how long a live owner's lease may stay lapsed before it counts as hung (three leases)
+        self.late_patience_s = 3 * book.lease_ttl_s if late_patience_s is None else late_patience_s
         self.fenced: dict[str, int] = {}        # symbol -> the last epoch fenced
+        self._dealt: dict[str, tuple[int, float]] = {}  # symbol -> (epoch, expiry) of the lapse dealt with
+        self.late: dict[str, float] = {}        # symbol -> when its owner was found alive, renewals late
         self.history: list[Fenced] = []         # the last few, for status
         self.grace_until = time.time() + book.lease_ttl_s
         self.last_tick = time.monotonic()
@@ -119,9 +136,13 @@ class Fence:
         out = []
         for symbol in symbols:
             lease = self.book.lease(symbol)
-            if lease is not None and not lease.revoked and now >= lease.expires_at \
-                    and self.fenced.get(symbol) != lease.epoch:
-                out.append((symbol, lease))
+            if lease is None or lease.revoked or now < lease.expires_at:
+                self.late.pop(symbol, None)  # renewed (or gone) since
+                continue
+            if self._dealt.get(symbol) != (lease.epoch, lease.expires_at):
+                out.append((symbol, lease))  # a lapse not dealt with yet
+            elif symbol in self.late and now >= self.late[symbol] + self.late_patience_s:
+                out.append((symbol, lease))  # alive, but still not renewing: hung after all
         return out
 
     async def run(self, symbols: Callable[[], list[str]], fenced: Callable[[Fenced], None]) -> None:
@@ -135,19 +156,22 @@ class Fence:
             await asyncio.sleep(self.tick_s)
 
     async def tick(self, symbols: list[str], now: float) -> list[Fenced]:
-        return list(await asyncio.gather(*(self.fence(s, lease) for s, lease in self.lapsed(symbols, now))))
+        return list(await asyncio.gather(*(self.fence(s, lease, now) for s, lease in self.lapsed(symbols, now))))
 
-    async def fence(self, symbol: str, lease: Lease) -> Fenced:
+    async def fence(self, symbol: str, lease: Lease, now: float | None = None) -> Fenced:
+        again = self._dealt.get(symbol) == (lease.epoch, lease.expires_at)  # found late before
+        self._dealt[symbol] = (lease.epoch, lease.expires_at)
         self.fenced[symbol] = lease.epoch
         account = self.account_of(symbol)
         cancel = asyncio.ensure_future(self._cancel(symbol, account, lease.epoch))
-        status: Any = TimeoutError(f"{lease.holder} is stopped")
-        if not await asyncio.to_thread(stopped_here, lease.holder):
-            try:
-                status = await self.agents.call(symbol, "status", timeout=self.probe_timeout_s)
-            except Exception as exc:  # noqa: BLE001 - no answer is the answer
-                status = exc
-        verdict = verdict_of(status, lease.holder)
+        status = await self._probe(symbol, lease)
+        verdict = verdict_of(status, lease.holder, lease.expires_at)
+        if verdict == LATE and again:
+            verdict = HUNG  # its loop runs, but its lease stayed lapsed for late_patience_s
+        if verdict == LATE:
+            self.late.setdefault(symbol, time.time() if now is None else now)
+        else:
+            self.late.pop(symbol, None)
         killed = False
         if verdict == HUNG:
             killed = await self._replace(symbol, lease)
@@ -158,6 +182,23 @@ class Fence:
         log.warning("%s: lease of epoch %d lapsed unrenewed (%s): %s", symbol, lease.epoch, verdict, done)
         self.history = [*self.history[-19:], done]
         return done
+
+    async def _probe(self, symbol: str, lease: Lease) -> Any:
+        """The actor's status answer (or the exception that stands for none). An owner whose trading
+        loop published during the lease but not yet after its expiry is asked again, for up to
+        ``probe_timeout_s``: a loop that runs publishes every 0.25 s, a frozen one never."""
+        if await asyncio.to_thread(stopped_here, lease.holder):
+            return TimeoutError(f"{lease.holder} is stopped")
+        deadline = time.monotonic() + self.probe_timeout_s
+        while True:
+            try:
+                status = await self.agents.call(symbol, "status", timeout=self.probe_timeout_s)
+            except Exception as exc:  # noqa: BLE001 - no answer is the answer
+                return exc
+            if verdict_of(status, lease.holder, lease.expires_at) != HUNG or time.monotonic() >= deadline \
+                    or _published_at(status) <= lease.expires_at - self.book.lease_ttl_s:
+                return status
+            await asyncio.sleep(0.25)
 
     async def _replace(self, symbol: str, lease: Lease) -> bool:
         """Revoke the hung owner's lease and kill its actor so that Ray recreates it."""

@@ -92,7 +92,7 @@ def test_the_symbol_is_swept_until_its_agent_answers_the_halt():
 
 
 def test_a_lapsed_lease_is_judged_by_who_answers_for_the_actor():
-    from controller.fence import GONE, HUNG, REPLACED, STARTING, STOPPING, verdict_of
+    from controller.fence import GONE, HUNG, LATE, REPLACED, STARTING, STOPPING, verdict_of
 
     assert verdict_of(TimeoutError(), "h1") == HUNG                       # a stopped process
     assert verdict_of(LookupError("no actor"), "h1") == GONE
@@ -100,6 +100,33 @@ def test_a_lapsed_lease_is_judged_by_who_answers_for_the_actor():
     assert verdict_of({"holder": "h1", "state": "quoting", "blocks": ["lease"]}, "h1") == HUNG   # loop not renewing
     assert verdict_of({"holder": "h1", "state": "paused", "blocks": ["starting"]}, "h1") == STARTING
     assert verdict_of({"holder": "h1", "state": "stopping"}, "h1") == STOPPING
+    # the same holder, its lease lapsed at t=100: is its trading loop running?
+    late = {"holder": "h1", "state": "paused", "blocks": ["lease"]}
+    assert verdict_of({**late, "loop_published_at": 100.4}, "h1", 100.0) == LATE   # yes: renewals late
+    assert verdict_of({**late, "loop_published_at": 99.0}, "h1", 100.0) == HUNG    # not since it lapsed
+    assert verdict_of({**late, "loop_published_at": True}, "h1", 100.0) == HUNG    # not a time
+
+
+def test_an_owner_found_alive_is_fenced_again_if_its_lease_stays_lapsed():
+    """The fence's watch, on a lease book in memory: a lapse is dealt with once; an owner whose loop
+    runs (late) is looked at again only once ``late_patience_s`` passed without a renewal, and a
+    renewal ends the patience."""
+    from controller.fence import Fence
+    from controller.lease import MemoryStore
+
+    book = LeaseBook(MemoryStore(), lease_ttl_s=3.0)
+    book.acquire("X", "h1", now=1000.0)
+    fence = Fence(book, agents=None, desk=None, account_of=lambda s: None, late_patience_s=9.0)  # type: ignore[arg-type]
+    fence.grace_until = 0.0
+    lease = book.lease("X")
+    assert fence.lapsed(["X"], 1002.9) == []                      # not lapsed yet
+    assert fence.lapsed(["X"], 1003.1) == [("X", lease)]          # lapsed: dealt with once ...
+    fence._dealt["X"] = (lease.epoch, lease.expires_at)
+    fence.late["X"] = 1003.1                                      # ... and found alive, its renewals late
+    assert fence.lapsed(["X"], 1011.0) == []                      # within the patience: left alone
+    assert fence.lapsed(["X"], 1012.2) == [("X", lease)]          # past it, still lapsed: again (hung)
+    book.renew("X", "h1", lease.epoch, now=1012.3)                # a renewal lands
+    assert fence.lapsed(["X"], 1012.4) == [] and "X" not in fence.late
 
 
 # --- on a live fleet ------------------------------------------------------------------------------------
