@@ -36,15 +36,19 @@ class UserFeed:
         self._new_key = asyncio.Event()  # the keepalive was refused: the consumer takes a new key
 
     async def connect(self) -> None:
+        self.stream = await self._open()
+        self.opened_at = self.agent.clock.monotonic()
+        self._set_connected(True)
+        self.agent.log.event("user_stream_connected", "WebSocket UserStream connected")
+
+    async def _open(self) -> UserStream:
+        """A new listenKey and a connected stream on it (counted for the frame totals)."""
         a = self.agent
         key = await a.require_client().create_listen_key()
         stream = a.transport.user_stream(key)
         a.frames.track(stream)
         await stream.connect()
-        self.stream = stream
-        self.opened_at = a.clock.monotonic()
-        self._set_connected(True)
-        a.log.event("user_stream_connected", "WebSocket UserStream connected")
+        return stream
 
     async def loop(self) -> None:
         """Consume the user stream; on loss: block, cancel via REST after the grace, reconnect, resync."""
@@ -177,10 +181,7 @@ class UserFeed:
     async def _planned_swap(self) -> None:
         """Open a new user stream, then drop the old (no gap)."""
         a = self.agent
-        key = await a.require_client().create_listen_key()
-        stream = a.transport.user_stream(key)
-        a.frames.track(stream)
-        await stream.connect()
+        stream = await self._open()
         old, self.stream = self.stream, stream
         self.opened_at = a.clock.monotonic()
         a.log.event("user_stream_swapped", "planned user stream reconnect")
