@@ -204,15 +204,11 @@ class OrderSender:
         if batch.kind == "place":
             reqs = [self._order_request(p) for p in items]  # type: ignore[arg-type]
             self._mark_latency(tick)
-            if len(reqs) == 1:
-                return [await self._try(client.place_order(reqs[0], wait=False, risk=risk))]
-            return await client.batch_place(reqs, wait=False, risk=risk)
+            return await client.place_orders(reqs, wait=False, risk=risk)
         if batch.kind == "amend":
             mods = [self._modify_request(a) for a in items]  # type: ignore[arg-type]
             self._mark_latency(tick)
-            if len(mods) == 1:
-                return [await self._try(client.modify_order(mods[0], wait=False, risk=risk))]
-            return await client.batch_modify(mods, wait=False, risk=risk)
+            return await client.modify_orders(mods, wait=False, risk=risk)
         return await self._cancel_items(items)  # type: ignore[arg-type]
 
     def _batch_failed(self, core: AgentCore, batch: Batch, exc: BinanceError) -> None:
@@ -253,6 +249,11 @@ class OrderSender:
                     )
             elif isinstance(res, OutcomeUnknownError):
                 continue
+            elif isinstance(res, RateLimitedError):  # a single call of several, refused by a 429
+                self.agent.counters["rate_limited"] += 1
+                core.on_rejected(d, res.code, self.agent.exchange_ms())
+                self.agent.log.event("rate_limited", f"429: pausing {res.retry_after}s", level=logging.WARNING,
+                                     client_order_id=d.client_order_id)
             elif isinstance(res, BinanceError):
                 core.on_rejected(d, res.code, self.agent.exchange_ms())
                 if res.code not in QUIET_REJECTIONS:

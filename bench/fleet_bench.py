@@ -7,7 +7,8 @@ first orders; the CPU seconds each step cost the agent's process); how the endpo
 process; CPU of the whole fleet (agents, controller, simulator) while quoting; HTTP kill latency
 p50/p99 from the request to the answer confirming 0 open orders at the exchange for every symbol
 (and, per kill, the slowest symbol's time until the exchange listed 0 and which route got there
-first: the agent or the exchange directly); the same kill with the controller process stopped
+first: the agent or the exchange directly; orders that landed after the answer, and when the
+endpoint's sweep took them); the same kill with the controller process stopped
 (SIGSTOP: the endpoint's own routes); recovery after SIGKILL of one agent until it quotes again (and
 older-epoch / duplicate orders then); recovery after SIGSTOP of one agent beyond its lease (until its
 orders are gone, until a successor quotes); `/metrics` scrape time, scrapes 5.5 s apart so that every
@@ -173,6 +174,7 @@ class Bench:
         self.ray = ray
         self.symbols = [f"B{i:03d}USDT" for i in range(n)]
         self.lagging: dict[str, Any] = {}
+        self.late: list[tuple[int, float]] = []  # per kill with late landings: (orders, ms until all gone)
         name = f"bench{n}x{uuid.uuid4().hex[:4]}"
         # One simulated account per SYMBOLS_PER_ACCOUNT symbols (orders are limited per account, and
         # each agent gets its account's limits / its agents); the loopback IP gets 10x Binance's weight.
@@ -272,7 +274,7 @@ class Bench:
 
     def kill_once(self, what: str) -> tuple[float, float, dict[str, int]]:
         """POST /kill for every symbol; (HTTP latency s, slowest symbol's confirmed-0 ms, first routes)."""
-        t = time.monotonic()
+        t, t_wall_ms = time.monotonic(), time.time() * 1000
         r = self.http("POST", "/kill", json={"all": True, "mode": "halt", "reason": "bench"})
         latency = time.monotonic() - t
         body = r.json()
@@ -283,9 +285,26 @@ class Bench:
             firsts[key] = firsts.get(key, 0) + 1
         confirmed = max((v.get("confirmed_ms") or 0.0 for v in per), default=0.0)
         print(f"   {what} {latency * 1000:.0f} ms, slowest 0 at {confirmed:.0f} ms ({firsts})", flush=True)
-        if not body.get("confirmed") or any(self.open_by_symbol().values()):
+        if not body.get("confirmed"):
             raise Unmeasured(f"kill not confirmed at the exchange: {str(body)[:1000]}")
+        self.late_landings(t, t_wall_ms)
         return latency, confirmed, firsts
+
+    def late_landings(self, t: float, t_wall_ms: float) -> None:
+        """Orders resting after the answer confirmed 0: a request an agent sent before it heard the
+        halt, landed after the exchange route's cancel. The endpoint sweeps the symbol every 0.5 s
+        until the agent answers; recorded with when each was placed and when the sweep took it."""
+        resting = [o for orders in self.open_by_symbol().values() for o in orders]
+        if not resting:
+            return
+        seen = "; ".join(f"{o['symbol']} {o['clientOrderId']} placed {o['time'] - t_wall_ms:+.0f} ms"
+                         for o in resting[:5])
+        wait(lambda: not any(self.open_by_symbol().values()), 10, "late-landing orders swept", interval=0.05,
+             what_else=lambda: seen)
+        gone_ms = (time.monotonic() - t) * 1000
+        self.late.append((len(resting), gone_ms))
+        print(f"   late landings after the answer: {len(resting)} ({seen}); all gone {gone_ms:.0f} ms after the "
+              f"kill was sent", flush=True)
 
     def stopped_controller_kills(self, n: int, problems: list[str]) -> tuple[list[float], list[float]]:
         """Kills with the controller process stopped; resumed once it has caught up with each."""
@@ -406,6 +425,7 @@ class Bench:
                 lat, conf = self.stopped_controller_kills(stopped_kills, problems)
                 out["stopped_kill_p50_ms"], out["stopped_kill_p99_ms"] = pct(lat, 0.5) * 1000, pct(lat, 0.99) * 1000
                 out["stopped_kill_zero_p99_ms"] = pct(conf, 0.99)
+            out["late_landings"] = ", ".join(f"{n} gone by {ms:.0f} ms" for n, ms in self.late) or "none"
 
             if not self.settle("quoting before the SIGKILL", problems):
                 raise Unmeasured("recovery after SIGKILL and SIGSTOP: the fleet did not quote again first")
@@ -539,7 +559,8 @@ def main() -> int:
               f"{f(r, 'hung_orders_gone_s', 'hung_successor_s', fmt='.2f'):>21} {f(r, 'metrics_p50_ms', 'metrics_max_ms'):>19}")
         if "kill_first_routes" in r:
             print(f"{'':>7} kill: first route to 0 per symbol {r['kill_first_routes']}; IP weight of the last minute "
-                  f"after the start {r.get('ip_weight_1m_after_start')}, after the kills {r.get('ip_weight_1m_after_kills')}")
+                  f"after the start {r.get('ip_weight_1m_after_start')}, after the kills {r.get('ip_weight_1m_after_kills')}; "
+                  f"orders landed after an answer confirmed 0 (kills with any): {r.get('late_landings')}")
         steps = ", ".join(f"{STEP_NAMES[k]} {r[f'phase_{k}'][2]:.1f}/{r[f'phase_{k}'][3]:.1f} s "
                           f"(CPU {r[f'phase_{k}'][4]:.2f}/{r[f'phase_{k}'][5]:.2f})"
                           for k in PHASES[1:] if f"phase_{k}" in r)

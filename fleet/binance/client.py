@@ -57,6 +57,8 @@ log = logging.getLogger("fleet.binance.client")
 
 BATCH_PLACE_MAX = 5
 BATCH_CANCEL_MAX = 10
+PAID = Cost()  # a call whose cost was taken from the budget beforehand, with others: not charged again
+WEIGHT_SCARCE = 0.5  # orders go one call each once less than this share of the IP's weight is left
 
 
 def _wall_ms() -> int:
@@ -161,7 +163,8 @@ class RestCore:
         """
         cost = endpoint.cost if cost is None else cost
         risk = risk or endpoint.risk
-        await self.budget.acquire(cost, wait=wait, risk=risk)
+        if cost is not PAID:
+            await self.budget.acquire(cost, wait=wait, risk=risk)
         try:
             return await self._send(endpoint, params)
         except TimestampError:
@@ -170,7 +173,7 @@ class RestCore:
             # -1021 means the request was refused unexecuted: re-learn the clock and send once more
             log.warning("timestamp outside recvWindow on %s; re-syncing time", endpoint)
             await self.sync_time()
-            await self.budget.acquire(cost, wait=wait, risk=risk)
+            await self.budget.acquire(endpoint.cost if cost is PAID else cost, wait=wait, risk=risk)
             return await self._send(endpoint, params)
 
     async def _send(self, endpoint: Endpoint, params: Mapping[str, Any] | None) -> Any:
@@ -416,15 +419,74 @@ class BinanceClient(RestCore):
     ) -> list[OrderInfo | BinanceError]:
         """Modify orders 5 per request; results and failures as in :meth:`batch_place`."""
 
-        def entry(m: ModifyRequest) -> dict[str, Any]:
-            params: dict[str, Any] = m.to_params()
-            if m.order_id is not None:
-                params["orderId"] = int(m.order_id)
-            return params
-
         return await self._in_chunks(
-            modifies, BATCH_PLACE_MAX, ep.BATCH_MODIFY, lambda chunk: {"batchOrders": [entry(m) for m in chunk]}, wait, risk
+            modifies, BATCH_PLACE_MAX, ep.BATCH_MODIFY, lambda chunk: {"batchOrders": [_batch_modify_entry(m) for m in chunk]},
+            wait, risk,
         )
+
+    async def place_orders(
+        self, orders: Sequence[OrderRequest], *, wait: bool = True, risk: bool = False
+    ) -> list[OrderInfo | BinanceError]:
+        """Place ``orders``, 5 at a time, each group as one batch call or as one call per order (see
+        :meth:`_alone_is_cheaper`); results and failures as in :meth:`batch_place`, a single call's
+        rejection or failure in its order's place."""
+        return await self._write_many(
+            orders, ep.NEW_ORDER, ep.BATCH_PLACE, OrderRequest.to_params,
+            lambda chunk: {"batchOrders": [o.to_params() for o in chunk]}, wait, risk,
+        )
+
+    async def modify_orders(
+        self, modifies: Sequence[ModifyRequest], *, wait: bool = True, risk: bool = False
+    ) -> list[OrderInfo | BinanceError]:
+        """Modify orders as :meth:`place_orders` places them."""
+        return await self._write_many(
+            modifies, ep.MODIFY_ORDER, ep.BATCH_MODIFY, ModifyRequest.to_params,
+            lambda chunk: {"batchOrders": [_batch_modify_entry(m) for m in chunk]}, wait, risk,
+        )
+
+    def _alone_is_cheaper(self, n: int, risk: bool) -> bool:
+        """Whether ``n`` orders go as ``n`` single calls rather than one batch call. A batch call spends
+        5 IP weight, 5 of the account's 10-second order count and 1 of its minute's; a single call no
+        IP weight and 1 of each count. One order always goes alone (never dearer). Several go alone
+        when the IP's weight is the budget's scarcest window and less than half of it is left, as for
+        many agents behind one address: spending the account's counts instead leaves the weight to
+        the agents' starts and upkeep. Otherwise one request beats several."""
+        if n == 1:
+            return True
+        room = self.budget.room(risk=risk)
+        return min(room, key=room.__getitem__) == "weight_1m" and room["weight_1m"] < WEIGHT_SCARCE
+
+    async def _write_many(self, items, single: Endpoint, batch: Endpoint, one, many, wait: bool,
+                          risk: bool) -> list[OrderInfo | BinanceError]:
+        results: list[OrderInfo | BinanceError] = []
+        for index, chunk in enumerate(_chunks(items, BATCH_PLACE_MAX)):
+            try:
+                if self._alone_is_cheaper(len(chunk), risk):
+                    results.extend(await self._each_alone(single, [one(x) for x in chunk], wait, risk))
+                else:
+                    data = await self._request(batch, many(chunk), wait=wait, risk=risk)
+                    results.extend(_batch_results(data, len(chunk)))
+            except BinanceError as exc:
+                if index == 0:
+                    raise
+                results.extend([exc] * len(chunk))
+        return results
+
+    async def _each_alone(self, endpoint: Endpoint, params: list[dict[str, Any]], wait: bool,
+                          risk: bool) -> list[OrderInfo | BinanceError]:
+        """One call per order, concurrently, their cost taken from the budget at once (so that none
+        goes unless all may); each call's answer, rejection or failure in its place."""
+        await self.budget.acquire(endpoint.cost.times(len(params)), wait=wait, risk=risk)
+
+        async def call(p: dict[str, Any]) -> OrderInfo | BinanceError:
+            try:
+                return _write_answer(await self._request(endpoint, p, cost=PAID, risk=risk))
+            except BinanceError as exc:
+                return exc
+
+        if len(params) == 1:
+            return [await call(params[0])]  # in this task: no hop through the event loop
+        return list(await asyncio.gather(*(call(p) for p in params)))
 
     async def batch_cancel(
         self,
@@ -596,6 +658,13 @@ def _order_ref(symbol: str, order_id: int | None, client_order_id: str | None) -
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def _batch_modify_entry(m: ModifyRequest) -> dict[str, Any]:
+    params: dict[str, Any] = m.to_params()
+    if m.order_id is not None:
+        params["orderId"] = int(m.order_id)
+    return params
 
 
 def _write_answer(data: Any) -> OrderInfo:

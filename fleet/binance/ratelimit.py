@@ -33,6 +33,10 @@ class Cost:
     orders_10s: int = 0
     orders_1m: int = 0
 
+    def times(self, n: int) -> "Cost":
+        """What ``n`` such requests spend together."""
+        return Cost(self.weight * n, self.orders_10s * n, self.orders_1m * n)
+
 
 @dataclass(frozen=True, slots=True)
 class WindowUsage:
@@ -217,6 +221,21 @@ class RateBudget:
             lim(self._rep_1m.limit, risk) - self._rep_1m.estimate(self._orders_1m, now),
         )
         return max(0, min(local, reported))
+
+    def room(self, now: float | None = None, *, risk: bool = False) -> dict[str, float]:
+        """Per window (``weight_1m``, ``orders_10s``, ``orders_1m``), the share of its lane limit still
+        free, the smaller of our view and the exchange's report (below 0 when over)."""
+        now = self._clock() if now is None else now
+        lim = self._lane_limit
+        out = {}
+        for name, window, reported in (
+            ("weight_1m", self._weight, self._rep_weight),
+            ("orders_10s", self._orders_10s, self._rep_10s),
+            ("orders_1m", self._orders_1m, self._rep_1m),
+        ):
+            own, theirs = lim(window.limit, risk), lim(reported.limit, risk)
+            out[name] = min((own - window.used(now)) / own, (theirs - reported.estimate(window, now)) / theirs)
+        return out
 
     def blocked_for(self, now: float | None = None) -> float:
         """Seconds left of a Retry-After / ban pause (0 when none)."""

@@ -123,3 +123,21 @@ def test_the_exchange_count_keeps_the_reserve_too():
 def test_reserve_is_checked():
     with pytest.raises(ValueError, match="reserve"):
         RateBudget(reserve=1.0)
+
+
+def test_room_is_each_windows_lane_left_by_the_tighter_of_both_views():
+    clock = Clock()
+    budget = RateBudget(clock=clock, safety=1.0, reserve=0.0)  # 2,400 weight, 300 / 10 s, 1,200 / min
+    assert ORDER.times(3) == Cost(0, 3, 3)
+    assert budget.room() == {"weight_1m": 1.0, "orders_10s": 1.0, "orders_1m": 1.0}
+    budget.try_charge(Cost(weight=5, orders_10s=5, orders_1m=1))
+    assert budget.room() == pytest.approx({"weight_1m": 2395 / 2400, "orders_10s": 295 / 300, "orders_1m": 1199 / 1200})
+    # every agent behind the IP has spent its weight: the exchange's count is the tighter view
+    budget.observe_headers({"X-MBX-USED-WEIGHT-1M": "2390"})
+    assert budget.room()["weight_1m"] == pytest.approx(10 / 2400)
+    clock.t += 60.0  # both minutes rolled over
+    assert budget.room() == {"weight_1m": 1.0, "orders_10s": 1.0, "orders_1m": 1.0}
+    quoting = RateBudget(clock=clock, safety=1.0, reserve=0.25)
+    quoting.try_charge(Cost(weight=900))
+    assert quoting.room()["weight_1m"] == pytest.approx(900 / 1800)  # of the quoting lane's 1,800
+    assert quoting.room(risk=True)["weight_1m"] == pytest.approx(1500 / 2400)

@@ -22,6 +22,7 @@ from fleet.binance.errors import (
     UnknownOrderError,
 )
 from fleet.binance.models import ModifyRequest, OrderInfo, OrderRequest
+from fleet.binance.ratelimit import Cost
 from tests.polling import wait_for
 
 SYMBOL = "ETHUSDC"
@@ -148,6 +149,38 @@ async def test_batch_place_modify_and_cancel_split_into_exchange_sized_requests(
     assert all(isinstance(c, UnknownOrderError) for c in cancelled[6:])
     open_ids = {o.client_order_id for o in await client.open_orders(SYMBOL)}
     assert not open_ids & set(ids)
+
+
+async def test_orders_go_alone_while_the_ips_weight_is_the_scarcest_window(client, filters):
+    """A batch call spends 5 IP weight, 5 of the account's 10-second count and 1 of its minute's; a
+    single call no IP weight and 1 of each. Several orders go alone only while weight is the
+    budget's scarcest window (many agents behind one IP); a lone order always goes alone."""
+    _, ticks = await passive_bid(client, filters, ticks_away=350)
+
+    async def place(n: int, tag: str) -> tuple[int, list]:
+        before = client.requests_sent
+        results = await client.place_orders([limit_buy(filters.price_str(ticks - i), tag=tag) for i in range(n)])
+        assert all(isinstance(r, OrderInfo) for r in results), results
+        return client.requests_sent - before, results
+
+    sent, five = await place(5, "calm")
+    assert sent == 1
+    weight = client.budget.usage()["weight_1m"].used
+    sent, one = await place(1, "lone")
+    assert sent == 1 and client.budget.usage()["weight_1m"].used == weight  # POST order: no IP weight
+    client.budget.try_charge(Cost(weight=1500))  # the IP's weight: the scarcest window now
+    sent, three = await place(3, "weight")
+    assert sent == 3
+    modified = await client.modify_orders([
+        ModifyRequest(symbol=SYMBOL, side=Side.BUY, quantity="0.011", price=filters.price_str(ticks - 20 - i),
+                      order_id=o.order_id) for i, o in enumerate(three)])
+    assert [m.orig_qty for m in modified] == [Decimal("0.011")] * 3
+    client.budget.try_charge(Cost(orders_1m=800))  # now the account's minute is the scarcer
+    sent, two = await place(2, "minute")
+    assert sent == 1
+    placed = {o.client_order_id for o in five + one + three + two}
+    assert placed <= {o.client_order_id for o in await client.open_orders(SYMBOL)}
+    await client.batch_cancel(SYMBOL, client_order_ids=sorted(placed))
 
 
 async def test_batch_cancel_by_order_id_and_cancel_all(client, filters):
