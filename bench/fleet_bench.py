@@ -58,6 +58,14 @@ PARAMS = {
 }
 
 
+def top_routes(now: dict[str, int], before: dict[str, int], n: int = 6) -> str:
+    """The routes that spent the most IP weight between two readings, and the total."""
+    spent = {route: w - before.get(route, 0) for route, w in now.items()}
+    spent = {route: w for route, w in spent.items() if w > 0}
+    top = sorted(spent.items(), key=lambda kv: -kv[1])[:n]
+    return f"{sum(spent.values())} in all: " + ", ".join(f"{route} {w}" for route, w in top)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -207,6 +215,10 @@ class Bench:
         r = requests.get(f"{self.sim}/sim/state", params={"account": account}, timeout=30)
         r.raise_for_status()
         return r.json()
+
+    def weight_by_route(self) -> dict[str, int]:
+        """The IP weight the simulator has charged since it started, per route (every client)."""
+        return self.state(self.cfg.accounts[0].name)["weight_by_route"]
 
     def open_by_symbol(self) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {s: [] for s in self.symbols}
@@ -407,6 +419,8 @@ class Bench:
             out["metrics_agents_up"] = up[0].rsplit(" ", 1)[1] if up else "?"
 
             out["ip_weight_1m_after_start"] = self.ip_weight()
+            weight_before_kills = self.weight_by_route()
+            out["weight_start"] = top_routes(weight_before_kills, {})
             latencies, confirmed, firsts = [], [], {}
             for _ in range(kills):
                 self.settle("quoting before a kill", problems)   # a book not full again still gets killed
@@ -421,6 +435,7 @@ class Bench:
             out["kill_first_routes"] = " ".join(f"{k}={v}" for k, v in sorted(firsts.items()))
             out["kills"] = len(latencies)
             out["ip_weight_1m_after_kills"] = self.ip_weight()
+            out["weight_kills"] = top_routes(self.weight_by_route(), weight_before_kills)
             if stopped_kills:
                 lat, conf = self.stopped_controller_kills(stopped_kills, problems)
                 out["stopped_kill_p50_ms"], out["stopped_kill_p99_ms"] = pct(lat, 0.5) * 1000, pct(lat, 0.99) * 1000
@@ -561,6 +576,8 @@ def main() -> int:
             print(f"{'':>7} kill: first route to 0 per symbol {r['kill_first_routes']}; IP weight of the last minute "
                   f"after the start {r.get('ip_weight_1m_after_start')}, after the kills {r.get('ip_weight_1m_after_kills')}; "
                   f"orders landed after an answer confirmed 0 (kills with any): {r.get('late_landings')}")
+            print(f"{'':>7} IP weight by route, up to the kills: {r.get('weight_start')}; "
+                  f"the {r.get('kills')} kills and resumes: {r.get('weight_kills')}")
         steps = ", ".join(f"{STEP_NAMES[k]} {r[f'phase_{k}'][2]:.1f}/{r[f'phase_{k}'][3]:.1f} s "
                           f"(CPU {r[f'phase_{k}'][4]:.2f}/{r[f'phase_{k}'][5]:.2f})"
                           for k in PHASES[1:] if f"phase_{k}" in r)

@@ -422,7 +422,11 @@ class FleetController:
             return  # halted by the agent, or not trading yet (it reads the kill state with its grant)
         why = first_line(agent.exception()) if answer is None and not agent.cancelled() else f"answered {answer!r}"
         log.warning("%s: the agent did not confirm its halt (%s); emergency path", symbol, why)
-        await self._emergency(symbol, "halt")
+        # Its lease is kept: an agent merely slow to answer (50 on 2 cores, a kill the controller runs
+        # late after being stopped) halts on its next renewal, which carries the kill state; revoking
+        # would restart a healthy agent. A hung one lets its lease lapse, and the fence replaces it.
+        self.emergencies[symbol] = self.emergencies.get(symbol, 0) + 1
+        await self._emergency(symbol, "halt", revoke=False)
 
     async def _kill_one(self, symbol: str, mode: str, reason: str, kill_seq: int) -> KillOutcome:
         started = time.monotonic()
@@ -453,19 +457,21 @@ class FleetController:
         return replace(result, problem=problem, elapsed_ms=_ms_since(started))
 
     async def _emergency(self, symbol: str, mode: str, *, revoke: bool = True) -> KillOutcome:
-        """Revoke the lease (no more renewals), cancel every order of the symbol, confirm, sweep later."""
-        lease = None
+        """Cancel every order of the symbol, confirm, and sweep again once the lease has lapsed;
+        ``revoke``: first revoke the lease (no more renewals)."""
         if revoke:
             self.emergencies[symbol] = self.emergencies.get(symbol, 0) + 1
             lease = self.book.revoke(symbol)
             journal_record(self, "lease_revoked", symbol=symbol, reason=f"emergency {mode}")
+        else:
+            lease = self.book.lease(symbol)
         try:
             account = self.cfg.entry(symbol).account
         except Exception as exc:  # noqa: BLE001 - the fleet changed under the kill: reported, never raised
             return KillOutcome(Outcome.FAILED, "emergency", None, error=first_line(exc))
         result = await self.kill_desk.cancel(symbol, account, mode)
         if lease is not None and result.outcome != Outcome.FAILED:
-            # The stuck agent's lease was promised until expires_at: sweep again once it has lapsed.
+            # The agent's lease was promised until expires_at: sweep again once it has lapsed.
             delay = max(0.0, lease.expires_at - time.time()) + 0.2
             self.kill_desk.sweep_later(symbol, account, delay,
                                   lambda: self.book.kill_state(symbol) != KillState.RUNNING)

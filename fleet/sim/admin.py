@@ -60,6 +60,7 @@ class AdminRoutes:
             st["faults_pending"] = [vars(f) for f in self.faults]
             st["deferred"] = [d.view() for d in self.deferred]
             st["server"] = dict(self.stats)
+            st["weight_by_route"] = dict(self.weight_by_route)
             return st
         if method == "GET" and path == "/sim/accounts":
             return [{"name": n, "api_key": k, "api_secret": s} for n, k, s in self.accounts]

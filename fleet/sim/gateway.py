@@ -58,6 +58,7 @@ class ExchangeGateway(RestHandlers):
         self.latency: tuple[int, str | None] = (config.rest_latency_ms, None)
         self.stats = {"rest_requests": 0, "ws_frames_sent": 0, "ws_bad_messages": 0, "ws_slow_dropped": 0,
                       "late_executed": 0, "late_expired": 0, "late_rejected": 0}
+        self.weight_by_route: dict[str, int] = {}  # IP weight charged since start, per "METHOD path"
         self._routes = self._route_table()
 
     _flush: Callable[[], None]  # push the engine's frames: the server's sockets, or the in-process streams
@@ -176,7 +177,8 @@ class ExchangeGateway(RestHandlers):
             # runs, so nothing it does later (a fill from the next step, a replayed trade) carries an
             # earlier time than the request's own answer.
             self.engine.advance(now)
-            account = self._gateway_checks(sec, weight_spec, params, payload, api_key, ip, now, headers)
+            account = self._gateway_checks(f"{method} {path}", sec, weight_spec, params, payload, api_key, ip,
+                                           now, headers)
             if fault is not None and fault.mode in EXEC_MODES and fault.count > 0:  # (not used up meanwhile)
                 # past the gateway (signed, in time, within limits): the fault takes this request
                 exec_fault = fault
@@ -199,7 +201,7 @@ class ExchangeGateway(RestHandlers):
             return self._reshaped(exec_fault, result, headers)
         return _json(200, result, headers)
 
-    def _gateway_checks(self, sec: str, weight_spec: Any, params: dict[str, str], payload: str,
+    def _gateway_checks(self, route: str, sec: str, weight_spec: Any, params: dict[str, str], payload: str,
                         api_key: str | None, ip: str, now: int, headers: dict[str, str]) -> str | None:
         """Charge the IP's weight, authenticate, charge the account's order counts; the account name."""
         if isinstance(weight_spec, tuple):
@@ -207,6 +209,8 @@ class ExchangeGateway(RestHandlers):
         else:
             ip_weight = weight_spec(params) if callable(weight_spec) else weight_spec
             o10 = o1m = 0
+        by_route = self.weight_by_route
+        by_route[route] = by_route.get(route, 0) + ip_weight
         used, _ = self.limiter.charge_weight(ip, ip_weight, now)
         headers["X-MBX-USED-WEIGHT-1M"] = str(used)
         account = None

@@ -25,6 +25,7 @@ from tests.controller.test_api_fleet import AGENT_TIMEOUT_S, DEMO_CONFIG, DEMO_H
 from tests.controller.test_prometheus import free_port
 
 LEASE_TTL_S = 3.0   # the controller's default
+KILL_TIMEOUT_S = 0.5
 
 
 def poll(check: Any, within_s: float, what: str) -> Any:
@@ -138,7 +139,7 @@ def fleet(ray_cluster, tmp_path_factory):
     only the fleet's own paths can empty a book within these tests' deadlines."""
     import ray
 
-    from controller.controller import build_spec, get_or_create_controller
+    from controller.controller import ControllerSettings, build_spec, get_or_create_controller
 
     work = tmp_path_factory.mktemp("killpaths")
     api_key, api_secret = secrets.token_hex(32), secrets.token_hex(32)
@@ -160,7 +161,9 @@ def fleet(ray_cluster, tmp_path_factory):
         runtime=RuntimeParams(stop_timeout_sec=15.0),
     )
     assert cfg.runtime.deadman_countdown_ms >= 60_000
-    controller = get_or_create_controller(cfg)
+    # An agent that has not confirmed its halt within 0.5 s gets the emergency path (3 s by default),
+    # so that a drill can freeze one for less than its lease and still reach that path.
+    controller = get_or_create_controller(cfg, ControllerSettings(kill_timeout_s=KILL_TIMEOUT_S))
     ray.get(controller.apply.remote(build_spec(cfg, str(DEMO_CONFIG))), timeout=120)
     url = deploy(cfg, route_prefix=f"/{cfg.name}", settings=ApiSettings(agent_timeout_s=AGENT_TIMEOUT_S))
     live = Live(url=url, token=token, cfg=cfg, sim=sim, secrets=(api_key, api_secret, token))
@@ -250,3 +253,41 @@ def test_an_agent_stopped_past_its_lease_is_fenced_and_a_successor_quotes(fleet)
         except ProcessLookupError:
             pass   # killed by the fence: Ray recreated the actor in a new process
     fleet.wait_quoting(within_s=60)
+
+
+def test_an_agent_slow_to_confirm_its_halt_keeps_its_lease_and_halts_at_the_same_epoch(fleet):
+    """Frozen for less than its lease, an agent cannot answer the controller's halt in time: the
+    exchange route empties the book and the controller takes the emergency path, but keeps the lease
+    (revoking it would restart a healthy agent). Thawed, the agent is halted at its own epoch, in its
+    own process, and after a resume quotes again there."""
+    import ray
+
+    sym = SYMBOLS[-1]
+    before = fleet.get("/status").json()["agents"][sym]
+    assert fleet.open_orders(sym) > 0
+
+    def emergencies() -> int:
+        return ray.get(fleet.controller.status.remote(), timeout=10)["symbols"][sym]["emergencies"]
+
+    taken = emergencies()
+    os.kill(before["pid"], signal.SIGSTOP)
+    try:
+        r = fleet.post("/kill", {"symbols": [sym], "mode": "halt", "reason": "slow agent drill"})
+        assert r.status_code == 200, r.text
+        answer = r.json()["symbols"][sym]
+        assert answer["open_orders"] == 0 and answer["first"] == "exchange", answer
+        assert fleet.open_orders(sym) == 0
+        poll(lambda: emergencies() > taken, LEASE_TTL_S, f"the controller's emergency path for {sym}")
+    finally:
+        os.kill(before["pid"], signal.SIGCONT)
+    lease = LeaseBook(GcsStore(fleet.cfg.name)).lease(sym, fresh=True)
+    assert lease is not None and not lease.revoked and lease.epoch == before["epoch"], lease
+    halted = poll(lambda: (a := fleet.get("/status").json()["agents"][sym])["state"] == "halted" and a,
+                  30, f"{sym} halted")
+    assert (halted["pid"], halted["epoch"]) == (before["pid"], before["epoch"]), halted
+    assert fleet.open_orders(sym) == 0
+    assert fleet.post("/resume", {"symbols": [sym]}).status_code == 200
+    fleet.wait_quoting(within_s=60)
+    after = fleet.get("/status").json()["agents"][sym]
+    assert (after["pid"], after["epoch"]) == (before["pid"], before["epoch"]), after
+    assert _epochs(fleet.sim.state(sym)["open_orders"]) == {before["epoch"]}
