@@ -296,6 +296,18 @@ class AgentActor:
         if kill_seq is not None and own is not None and self.loop is not None:
             self.loop.call_soon_threadsafe(own.note_direct_kill_state, int(kill_seq), state)
 
+    async def _current(self, kill_seq: int | None, state: KillState, command: Callable[[], Any]) -> Any:
+        """On the trading loop: ``command`` runs unless a newer kill command already reached the agent
+        (directly or with a grant): a resume delivered after a later kill must not undo it."""
+        own = self.ownership
+        if kill_seq is not None and own is not None and not own.note_direct_kill_state(int(kill_seq), state):
+            agent = self.agent
+            if agent is not None:
+                agent.log.event("kill_command_superseded", f"{state} of kill_seq {kill_seq} superseded: not run",
+                                level=logging.WARNING)
+            return {"outcome": "superseded", "open_orders": None}
+        return await command()
+
     # --- control calls (own thread and loop) ----------------------------------------------------
 
     @ray.method(concurrency_group=CONTROL)
@@ -327,35 +339,35 @@ class AgentActor:
 
     @ray.method(concurrency_group=KILL)
     async def halt(self, reason: str = "", kill_seq: int | None = None) -> dict[str, Any]:
-        self._note_direct(kill_seq, KillState.HALTED)
         agent = self.agent
         if agent is None or getattr(agent, "core", None) is None:
+            self._note_direct(kill_seq, KillState.HALTED)
             # Not trading yet: the agent holds the command for its start (and the durable kill state
             # comes with its grant); the controller confirms the book at the exchange itself.
             if agent is not None:
                 await self._on_loop(lambda: agent.halt(reason), timeout=5.0)
             return {"outcome": "not_started", "open_orders": None}
-        return await self._on_loop(lambda: agent.halt(reason))
+        return await self._on_loop(lambda: self._current(kill_seq, KillState.HALTED, lambda: agent.halt(reason)))
 
     @ray.method(concurrency_group=KILL)
     async def flatten(self, reason: str = "", kill_seq: int | None = None) -> dict[str, Any]:
-        self._note_direct(kill_seq, KillState.FLATTENING)
         agent = self.agent
         if agent is None or getattr(agent, "core", None) is None:
+            self._note_direct(kill_seq, KillState.FLATTENING)
             # Not trading yet: the agent holds the command for its start (and the durable kill state
             # comes with its grant); the controller confirms the book at the exchange itself.
             if agent is not None:
                 await self._on_loop(lambda: agent.flatten(reason), timeout=5.0)
             return {"outcome": "not_started", "open_orders": None}
-        return await self._on_loop(lambda: agent.flatten(reason))
+        return await self._on_loop(lambda: self._current(kill_seq, KillState.FLATTENING, lambda: agent.flatten(reason)))
 
     @ray.method(concurrency_group=KILL)
     async def resume(self, kill_seq: int | None = None) -> dict[str, Any]:
-        self._note_direct(kill_seq, KillState.RUNNING)
         if self.agent is None:
+            self._note_direct(kill_seq, KillState.RUNNING)
             return {"outcome": "not_started"}
         agent = self.agent
-        return await self._on_loop(lambda: agent.resume())
+        return await self._on_loop(lambda: self._current(kill_seq, KillState.RUNNING, agent.resume))
 
     @ray.method(concurrency_group=CONTROL)
     async def apply_params(self, params: dict[str, Any]) -> dict[str, Any]:

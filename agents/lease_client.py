@@ -50,14 +50,22 @@ class LeaseOwnership:
         self.call_timeout_s = call_timeout_s
         self.grant: Grant | None = None
         self.direct: tuple[int, str] = (0, "")  # (kill_seq, state) of the last kill command delivered directly
+        self.granted_seq = 0  # the newest kill_seq a granted answer carried
 
-    def note_direct_kill_state(self, seq: int, state: str) -> None:
-        """A halt/flatten/resume reached the agent directly: answers older than ``seq`` must not undo it."""
+    def note_direct_kill_state(self, seq: int, state: str) -> bool:
+        """A halt/flatten/resume reached the agent directly: answers older than ``seq`` must not undo it.
+        False when the command is itself older than one already known, directly or with a grant (a
+        resume delivered after a later kill): it must not run."""
+        if seq < max(self.direct[0], self.granted_seq):
+            return False
         if seq > self.direct[0]:
             self.direct = (seq, state)
+        return True
 
     def _grant(self, answer: dict[str, Any]) -> Grant:
         seq, state = self.direct
+        if answer.get("granted"):
+            self.granted_seq = max(self.granted_seq, int(answer.get("kill_seq", 0)))
         if answer.get("granted") and state and int(answer.get("kill_seq", 0)) < seq:
             answer = {**answer, "kill_state": state}  # a renewal answered before the direct command
         return grant_from_answer(answer)

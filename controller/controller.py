@@ -413,19 +413,16 @@ class FleetController:
         return await self.kill_desk.cancel_until_empty(symbol, self.cfg.entry(symbol).account)
 
     async def _after_halt(self, symbol: str, agent: asyncio.Future, exchange: asyncio.Future) -> None:
-        """Once both routes are done: an agent that did not confirm its halt gets the emergency path."""
+        """Once both routes are done, an agent that did not confirm its halt gets the emergency path, its lease
+        kept: a slow one halts on its next renewal (it carries the kill state), a hung one is the fence's."""
         await asyncio.wait({agent, exchange})
         if not exchange.cancelled():
             exchange.exception()  # read: a failed exchange route is in the answer already
         answer = None if agent.cancelled() or agent.exception() is not None else agent.result()
-        if agent_confirmed(answer) or (isinstance(answer, dict) and answer.get("outcome") == "not_started"):
-            return  # halted by the agent, or not trading yet (it reads the kill state with its grant)
+        if agent_confirmed(answer) or (isinstance(answer, dict) and answer.get("outcome") in ("not_started", "superseded")):
+            return  # halted by the agent, not trading yet (it reads the kill state with its grant), or resumed since
         why = first_line(agent.exception()) if answer is None and not agent.cancelled() else f"answered {answer!r}"
         log.warning("%s: the agent did not confirm its halt (%s); emergency path", symbol, why)
-        # Its lease is kept: an agent merely slow to answer (50 on 2 cores, a kill the controller runs
-        # late after being stopped) halts on its next renewal, which carries the kill state; revoking
-        # would restart a healthy agent. A hung one lets its lease lapse, and the fence replaces it.
-        self.emergencies[symbol] = self.emergencies.get(symbol, 0) + 1
         await self._emergency(symbol, "halt", revoke=False)
 
     async def _kill_one(self, symbol: str, mode: str, reason: str, kill_seq: int) -> KillOutcome:
@@ -457,14 +454,11 @@ class FleetController:
         return replace(result, problem=problem, elapsed_ms=_ms_since(started))
 
     async def _emergency(self, symbol: str, mode: str, *, revoke: bool = True) -> KillOutcome:
-        """Cancel every order of the symbol, confirm, and sweep again once the lease has lapsed;
-        ``revoke``: first revoke the lease (no more renewals)."""
+        """Cancel the symbol's orders, confirm, sweep once the lease lapsed; ``revoke`` it first."""
+        self.emergencies[symbol] = self.emergencies.get(symbol, 0) + 1
+        lease = self.book.revoke(symbol) if revoke else self.book.lease(symbol)
         if revoke:
-            self.emergencies[symbol] = self.emergencies.get(symbol, 0) + 1
-            lease = self.book.revoke(symbol)
             journal_record(self, "lease_revoked", symbol=symbol, reason=f"emergency {mode}")
-        else:
-            lease = self.book.lease(symbol)
         try:
             account = self.cfg.entry(symbol).account
         except Exception as exc:  # noqa: BLE001 - the fleet changed under the kill: reported, never raised

@@ -240,3 +240,16 @@ def test_a_renewal_answered_before_a_direct_kill_command_cannot_undo_it():
     assert fresh.kill_state == "running"
     own.note_direct_kill_state(5, "running")  # an older command arriving late changes nothing
     assert own.direct == (7, "halted")
+
+
+def test_a_direct_command_older_than_one_known_is_refused_so_a_late_resume_cannot_undo_a_kill():
+    own = LeaseOwnership(None, "ETHUSDC", "h")
+    base = {"granted": True, "symbol": "ETHUSDC", "epoch": 4, "lease_ttl_s": 3.0, "reduce_only": False,
+            "rate_share": 1.0}
+    assert own.note_direct_kill_state(7, "halted") is True       # kill #7 reached the agent directly
+    assert own.note_direct_kill_state(6, "running") is False     # resume #6, delivered after it: not run
+    assert own.note_direct_kill_state(7, "halted") is True       # the same kill again (another route): runs
+    own._grant({**base, "kill_state": "running", "kill_seq": 9})  # resume #9 known only from a renewal
+    assert own.note_direct_kill_state(8, "halted") is False      # kill #8, delivered after it: not run
+    assert own.note_direct_kill_state(10, "halted") is True
+    assert own.direct == (10, "halted")
