@@ -316,17 +316,19 @@ class FleetApi:
         symbols = self._check_symbols(body.symbols)
         started = time.monotonic()
         log.warning("%skill %s of %s requested: %s", via, body.mode, symbols or "all symbols", body.reason)
-        result = await self._kill_routes(symbols, body.mode, body.reason, via)
+        result = await self._kill_routes(symbols, body.mode, body.reason, via, started)
         elapsed = time.monotonic() - started
         self.kill_latency = self.kill_latency.observe(elapsed)
         log.warning("%skill %s done in %.1f ms", via, body.mode, elapsed * 1000)
         return kill_view(body.mode, body.reason, elapsed, result)
 
-    async def _kill_routes(self, symbols: list[str] | None, mode: str, reason: str, via: str) -> Any:
+    async def _kill_routes(self, symbols: list[str] | None, mode: str, reason: str, via: str, started: float) -> Any:
         """The controller's kill; if it has not answered within ``kill_deadline_s`` (stopped, busy, gone),
-        the endpoint's own routes (controller/kill_path.py), the controller's call left running."""
+        the endpoint's own routes (controller/kill_path.py), the controller's call left running. Either
+        times its answer (``confirmed_ms``, ``elapsed_ms``) from this request's arrival, ``started``."""
         ctl = asyncio.ensure_future(self.calls.controller(
-            "kill", symbols, mode, reason, self._journal_by(via), timeout=self.settings.kill_timeout_s))
+            "kill", symbols, mode, reason, self._journal_by(via),
+            time.time() - (time.monotonic() - started), timeout=self.settings.kill_timeout_s))
         warm = asyncio.ensure_future(self.direct.warm(symbols or list(self.known)))   # meanwhile, just in case
         self.behind.add(warm)
         warm.add_done_callback(self.behind.discard)
@@ -342,7 +344,7 @@ class FleetApi:
         ctl.add_done_callback(self.behind.discard)
         log.warning("%skill %s: no answer from the controller within %g s; the endpoint's own routes", via, mode,
                     self.settings.kill_deadline_s)
-        return await self.direct.kill(symbols or list(self.known), mode, reason)
+        return await self.direct.kill(symbols or list(self.known), mode, reason, started)
 
     def _journal_by(self, via: str) -> dict[str, Any]:
         """Who asked, for the journal's audit trail: the API or the console, and a fingerprint of the token."""

@@ -350,17 +350,16 @@ class FleetController:
 
     @ray.method(concurrency_group=KILL_GROUP)
     async def kill(self, symbols: list[str] | None, mode: str = "halt", reason: str = "",
-                   by: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Halt or flatten; per symbol the outcome, open orders confirmed at the exchange, time taken.
-
-        A halt races two routes per symbol (controller/kill_path.py): the agent, and the exchange directly.
-        """
+                   by: dict[str, Any] | None = None, asked_at: float | None = None) -> dict[str, Any]:
+        """Halt or flatten; per symbol the outcome, open orders confirmed at the exchange, time taken (from
+        ``asked_at``, when the endpoint got the kill, wall clock). A halt races two routes per symbol
+        (controller/kill_path.py): the agent, and the exchange directly."""
         self._load(start_loops=False)
         self.kill_loop = asyncio.get_running_loop()
         if mode not in ("halt", "flatten"):
             raise ValueError(f"mode must be 'halt' or 'flatten', not {mode!r}")
         targets = self._targets(symbols)
-        started = time.monotonic()
+        started = time.monotonic() - (max(0.0, time.time() - asked_at) if asked_at is not None else 0.0)
         state = KillState.HALTED if mode == "halt" else KillState.FLATTENING
         warm = asyncio.ensure_future(self.kill_desk.warm({a for s in targets if (a := self._account_of(s))}))
         # Durable first: a restart from here on comes back halted.

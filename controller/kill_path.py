@@ -142,8 +142,9 @@ class DirectKill:
                 continue
         await self.desk.warm(accounts)
 
-    async def kill(self, symbols: list[str], mode: str, reason: str) -> dict[str, Any]:
-        started = time.monotonic()
+    async def kill(self, symbols: list[str], mode: str, reason: str, started: float | None = None) -> dict[str, Any]:
+        """``started``: when the kill was asked for (monotonic; default now), the origin of its times."""
+        started = time.monotonic() if started is None else started
         state = KillState.HALTED if mode == "halt" else KillState.FLATTENING
         seqs = await write_kill_states(self.book, symbols, state, reason)   # durable first
         one: Callable[[str], Awaitable[KillOutcome]] = (

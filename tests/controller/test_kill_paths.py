@@ -203,6 +203,8 @@ def test_a_kill_while_the_controller_is_stopped_empties_every_book(fleet):
             answer = body["symbols"][sym]
             assert answer["by"] == "endpoint" and answer["open_orders"] == 0, answer
             assert answer["first"] in ("agent", "exchange") and answer["confirmed_ms"] > 0, answer
+            # timed from the request: the endpoint took its own routes only after waiting for the controller
+            assert answer["confirmed_ms"] >= ApiSettings().kill_deadline_s * 1000, answer
             assert fleet.open_orders(sym) == 0                      # the exchange agrees
         book = LeaseBook(GcsStore(fleet.cfg.name))                  # durable without the controller
         assert {book.kill_state(s) for s in SYMBOLS} == {"halted"}
