@@ -341,24 +341,28 @@ class AgentActor:
     async def halt(self, reason: str = "", kill_seq: int | None = None) -> dict[str, Any]:
         agent = self.agent
         if agent is None or getattr(agent, "core", None) is None:
-            self._note_direct(kill_seq, KillState.HALTED)
             # Not trading yet: the agent holds the command for its start (and the durable kill state
             # comes with its grant); the controller confirms the book at the exchange itself.
-            if agent is not None:
-                await self._on_loop(lambda: agent.halt(reason), timeout=5.0)
-            return {"outcome": "not_started", "open_orders": None}
+            if agent is None:
+                self._note_direct(kill_seq, KillState.HALTED)
+                return {"outcome": "not_started", "open_orders": None}
+            done = await self._on_loop(lambda: self._current(kill_seq, KillState.HALTED, lambda: agent.halt(reason)),
+                                       timeout=5.0)
+            return done if done.get("outcome") == "superseded" else {"outcome": "not_started", "open_orders": None}
         return await self._on_loop(lambda: self._current(kill_seq, KillState.HALTED, lambda: agent.halt(reason)))
 
     @ray.method(concurrency_group=KILL)
     async def flatten(self, reason: str = "", kill_seq: int | None = None) -> dict[str, Any]:
         agent = self.agent
         if agent is None or getattr(agent, "core", None) is None:
-            self._note_direct(kill_seq, KillState.FLATTENING)
             # Not trading yet: the agent holds the command for its start (and the durable kill state
             # comes with its grant); the controller confirms the book at the exchange itself.
-            if agent is not None:
-                await self._on_loop(lambda: agent.flatten(reason), timeout=5.0)
-            return {"outcome": "not_started", "open_orders": None}
+            if agent is None:
+                self._note_direct(kill_seq, KillState.FLATTENING)
+                return {"outcome": "not_started", "open_orders": None}
+            done = await self._on_loop(lambda: self._current(kill_seq, KillState.FLATTENING, lambda: agent.flatten(reason)),
+                                       timeout=5.0)
+            return done if done.get("outcome") == "superseded" else {"outcome": "not_started", "open_orders": None}
         return await self._on_loop(lambda: self._current(kill_seq, KillState.FLATTENING, lambda: agent.flatten(reason)))
 
     @ray.method(concurrency_group=KILL)

@@ -249,6 +249,8 @@ class OrderSender:
                     )
             elif isinstance(res, OutcomeUnknownError):
                 continue
+            elif isinstance(res, BudgetExhaustedError):  # refused locally, nothing sent
+                core.on_not_sent(d)
             elif isinstance(res, RateLimitedError):  # a single call of several, refused by a 429
                 self.agent.counters["rate_limited"] += 1
                 core.on_rejected(d, res.code, self.agent.exchange_ms())

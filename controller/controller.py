@@ -351,9 +351,8 @@ class FleetController:
     @ray.method(concurrency_group=KILL_GROUP)
     async def kill(self, symbols: list[str] | None, mode: str = "halt", reason: str = "",
                    by: dict[str, Any] | None = None, asked_at: float | None = None) -> dict[str, Any]:
-        """Halt or flatten; per symbol the outcome, open orders confirmed at the exchange, time taken (from
-        ``asked_at``, when the endpoint got the kill, wall clock). A halt races two routes per symbol
-        (controller/kill_path.py): the agent, and the exchange directly."""
+        """Halt or flatten; per symbol the outcome, open orders confirmed, time taken (from ``asked_at``, when
+        the endpoint got it, wall clock). A halt races the agent and the exchange (controller/kill_path.py)."""
         self._load(start_loops=False)
         self.kill_loop = asyncio.get_running_loop()
         if mode not in ("halt", "flatten"):
@@ -373,7 +372,7 @@ class FleetController:
         if mode == "halt":
             results = await asyncio.gather(*(self._halt_one(s, reason, seqs[s], started) for s in targets))
         else:
-            results = await asyncio.gather(*(self._kill_one(s, mode, reason, seqs[s]) for s in targets))
+            results = await asyncio.gather(*(self._kill_one(s, mode, reason, seqs[s], started) for s in targets))
         return {
             "mode": mode,
             "reason": reason,
@@ -424,13 +423,15 @@ class FleetController:
         log.warning("%s: the agent did not confirm its halt (%s); emergency path", symbol, why)
         await self._emergency(symbol, "halt", revoke=False)
 
-    async def _kill_one(self, symbol: str, mode: str, reason: str, kill_seq: int) -> KillOutcome:
-        started = time.monotonic()
+    async def _kill_one(self, symbol: str, mode: str, reason: str, kill_seq: int, started: float) -> KillOutcome:
         timeout = self.settings.kill_timeout_s if mode == "halt" else self.settings.flatten_timeout_s
         answer: Any = None
-        problem = None
+        problem: str | None = "superseded by a later kill or resume"
         try:
             answer = await self.agents.call(symbol, mode, reason, kill_seq, timeout=timeout)
+            if isinstance(answer, dict) and answer.get("outcome") == "superseded":  # not carried out, nor due
+                return KillOutcome(Outcome.FAILED, "agent", None, None, _ms_since(started), problem=problem)
+            problem = None
         except asyncio.TimeoutError:
             problem = f"agent did not answer the {mode} within {timeout:g} s"
         except Exception as exc:  # noqa: BLE001 - any failure leads to the emergency path

@@ -197,8 +197,9 @@ class DirectKill:
                                round((time.monotonic() - started) * 1000, 1), problem=first_line(exc),
                                first=EXCHANGE_ROUTE, confirmed_ms=confirmed_ms)
         done = agent_confirmed(answer)
+        told = answer.get("open_orders") if isinstance(answer, dict) else None   # None: superseded, not started
         return KillOutcome(Outcome.FLATTENED if done else Outcome.EMERGENCY_CANCELLED, "agent" if done else "emergency",
-                           answer.get("open_orders", left) if isinstance(answer, dict) else left,
+                           left if told is None else told,
                            answer.get("position") if isinstance(answer, dict) else None,
                            round((time.monotonic() - started) * 1000, 1), first=EXCHANGE_ROUTE,
                            confirmed_ms=confirmed_ms)

@@ -480,9 +480,11 @@ class BinanceClient(RestCore):
 
         async def call(p: dict[str, Any]) -> OrderInfo | BinanceError:
             try:
-                return _write_answer(await self._request(endpoint, p, cost=PAID, risk=risk))
+                return _write_answer(await self._request(endpoint, p, cost=PAID, wait=wait, risk=risk))
             except BinanceError as exc:
                 return exc
+            except Exception as exc:  # noqa: BLE001 - sent or not (a session closing): unknown, looked up later
+                return OutcomeUnknownError(0, f"{type(exc).__name__}: {str(exc)[:120]}", None)
 
         if len(params) == 1:
             return [await call(params[0])]  # in this task: no hop through the event loop

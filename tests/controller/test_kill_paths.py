@@ -293,3 +293,23 @@ def test_an_agent_slow_to_confirm_its_halt_keeps_its_lease_and_halts_at_the_same
     after = fleet.get("/status").json()["agents"][sym]
     assert (after["pid"], after["epoch"]) == (before["pid"], before["epoch"]), after
     assert _epochs(fleet.sim.state(sym)["open_orders"]) == {before["epoch"]}
+
+
+def test_a_resume_older_than_the_kill_the_agent_knows_is_not_run(fleet):
+    """Kill commands reach an agent from several callers, so out of order: a resume sent before a kill
+    but delivered after it is refused (superseded) and the symbol stays halted at the exchange."""
+    import ray
+
+    from controller.handles import AGENT_PREFIX
+
+    sym = SYMBOLS[0]
+    assert fleet.post("/kill", {"symbols": [sym], "mode": "halt", "reason": "late resume drill"}).status_code == 200
+    seq = LeaseBook(GcsStore(fleet.cfg.name)).kill_seq(sym)
+    poll(lambda: fleet.get("/status").json()["agents"][sym]["state"] == "halted", 30, f"{sym} halted")
+    agent = ray.get_actor(AGENT_PREFIX + sym, namespace=fleet.cfg.namespace)
+    answer = ray.get(agent.resume.remote(seq - 1), timeout=30)
+    assert answer["outcome"] == "superseded", answer
+    assert fleet.get("/status").json()["agents"][sym]["state"] == "halted"
+    assert fleet.open_orders(sym) == 0
+    assert fleet.post("/resume", {"symbols": [sym]}).status_code == 200
+    fleet.wait_quoting(within_s=60)
