@@ -339,31 +339,25 @@ class AgentActor:
 
     @ray.method(concurrency_group=KILL)
     async def halt(self, reason: str = "", kill_seq: int | None = None) -> dict[str, Any]:
-        agent = self.agent
-        if agent is None or getattr(agent, "core", None) is None:
-            # Not trading yet: the agent holds the command for its start (and the durable kill state
-            # comes with its grant); the controller confirms the book at the exchange itself.
-            if agent is None:
-                self._note_direct(kill_seq, KillState.HALTED)
-                return {"outcome": "not_started", "open_orders": None}
-            done = await self._on_loop(lambda: self._current(kill_seq, KillState.HALTED, lambda: agent.halt(reason)),
-                                       timeout=5.0)
-            return done if done.get("outcome") == "superseded" else {"outcome": "not_started", "open_orders": None}
-        return await self._on_loop(lambda: self._current(kill_seq, KillState.HALTED, lambda: agent.halt(reason)))
+        return await self._stop_command(kill_seq, KillState.HALTED, lambda agent: agent.halt(reason))
 
     @ray.method(concurrency_group=KILL)
     async def flatten(self, reason: str = "", kill_seq: int | None = None) -> dict[str, Any]:
+        return await self._stop_command(kill_seq, KillState.FLATTENING, lambda agent: agent.flatten(reason))
+
+    async def _stop_command(self, kill_seq: int | None, state: KillState, command: Callable[[Any], Any]) -> dict[str, Any]:
+        """A halt or flatten, on the trading loop unless superseded (see ``_current``)."""
         agent = self.agent
-        if agent is None or getattr(agent, "core", None) is None:
-            # Not trading yet: the agent holds the command for its start (and the durable kill state
-            # comes with its grant); the controller confirms the book at the exchange itself.
-            if agent is None:
-                self._note_direct(kill_seq, KillState.FLATTENING)
-                return {"outcome": "not_started", "open_orders": None}
-            done = await self._on_loop(lambda: self._current(kill_seq, KillState.FLATTENING, lambda: agent.flatten(reason)),
-                                       timeout=5.0)
-            return done if done.get("outcome") == "superseded" else {"outcome": "not_started", "open_orders": None}
-        return await self._on_loop(lambda: self._current(kill_seq, KillState.FLATTENING, lambda: agent.flatten(reason)))
+        if agent is None:
+            self._note_direct(kill_seq, state)
+            return {"outcome": "not_started", "open_orders": None}
+        run = lambda: self._current(kill_seq, state, lambda: command(agent))  # noqa: E731
+        if getattr(agent, "core", None) is not None:
+            return await self._on_loop(run)
+        # Not trading yet: the agent holds the command for its start (and the durable kill state
+        # comes with its grant); the controller confirms the book at the exchange itself.
+        done = await self._on_loop(run, timeout=5.0)
+        return done if done.get("outcome") == "superseded" else {"outcome": "not_started", "open_orders": None}
 
     @ray.method(concurrency_group=KILL)
     async def resume(self, kill_seq: int | None = None) -> dict[str, Any]:
