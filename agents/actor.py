@@ -306,6 +306,9 @@ class AgentActor:
                 agent.log.event("kill_command_superseded", f"{state} of kill_seq {kill_seq} superseded: not run",
                                 level=logging.WARNING)
             return {"outcome": "superseded", "open_orders": None}
+        agent = self.agent
+        if agent is not None:   # a core not built yet starts in this state unless its grant is newer
+            agent.kill_wanted_seq = None if kill_seq is None else int(kill_seq)
         return await command()
 
     # --- control calls (own thread and loop) ----------------------------------------------------

@@ -111,6 +111,7 @@ class SymbolAgent:
         self.lease = LeaseClock(LEASE_MARGIN_S)
         self.started = self.stopping = self.stopped = False
         self.kill_wanted: str | None = None  # a halt/flatten/resume asked for before the core existed
+        self.kill_wanted_seq: int | None = None  # its kill_seq, when it carried one (see starter.held_kill_state)
         self.reduce_only_wanted: bool | None = None
         self._done: asyncio.Event | None = None
         # what it shows

@@ -21,6 +21,16 @@ if TYPE_CHECKING:
     from .agent import SymbolAgent
 
 
+def held_kill_state(wanted: str | None, wanted_seq: int | None, granted_seq: int, granted: str) -> str:
+    """The kill state a new core starts in. A halt, flatten or resume asked while the agent started wins
+    over the grant read at acquire, unless it carries a kill_seq older than the grant's: a stale command
+    delivered late (a call Ray retried on the restarted actor, a resume sent before a later kill) must
+    not undo the durable state. The grant itself already carries a newer direct command's state."""
+    if wanted is None or (wanted_seq is not None and wanted_seq < granted_seq):
+        return granted
+    return wanted
+
+
 class Starter:
     """The start's steps, in their safe order, and the resync from a REST snapshot."""
 
@@ -47,8 +57,8 @@ class Starter:
         assert a.grant is not None and a.filters is not None
         a.core = AgentCore(a.symbol, a.params, a.filters, a.grant.epoch)
         a.metrics.bind(a.core)
-        # an explicit call made while starting wins over the grant read at acquire
-        a.apply_kill_state(a.kill_wanted or a.grant.kill_state)
+        a.apply_kill_state(held_kill_state(a.kill_wanted, a.kill_wanted_seq, getattr(a.ownership, "granted_seq", 0),
+                                           a.grant.kill_state))
         reduce_only = a.reduce_only_wanted
         if reduce_only is None:
             reduce_only = bool(a.grant.reduce_only)

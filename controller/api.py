@@ -3,9 +3,11 @@
 It shows the whole fleet (status, exposure, merged Prometheus metrics) and holds the kill switches.
 Status and exposure go straight to the agent actors, concurrently and with a timeout, so one stuck
 agent is reported instead of stalling the page; metrics are the expositions the agents publish
-(``agents/publish.py``), read in one call, a stale one left off; kill, resume and kill state go
-through the controller, which owns the durable kill state. The bearer token is read inside the replica (env var or file), never
-passed as an argument, and compared in constant time.
+(``agents/publish.py``), read in one call, a stale one left off. A halt is run by the endpoint itself
+(the kill state made durable in the GCS, then the agent and the exchange raced per symbol:
+``controller/kill_path.py``) and the controller told afterwards; flatten, resume and kill states go
+through the controller. The bearer token is read inside the replica (env var or file), never passed
+as an argument, and compared in constant time.
 
 Request bodies are taken strictly: the token is checked before a byte of the body is read, a body
 over 64 KiB is a 413, the JSON is parsed without NaN, Infinity or out-of-range numbers and without
@@ -95,7 +97,8 @@ class ApiSettings:
     agent_timeout_s: float = 2.0        # status / exposure / metrics per agent
     controller_timeout_s: float = 5.0   # kill states, status
     kill_timeout_s: float = 60.0        # kill / resume (includes the controller's emergency path)
-    kill_deadline_s: float = 0.3        # no answer from the controller by then: the endpoint's own kill routes
+    kill_deadline_s: float = 0.3        # a flatten the controller does not answer by then (nor a ping): the endpoint's
+    halt_timeout_s: float = 3.0         # an agent that has not confirmed a halt by then: the controller's emergency path
     console_session_s: float = SESSION_TTL_S   # a console sign-in lasts this long
     console_push_s: float = 1.0         # the console's table is pushed at least this often
     console_slow_s: float = 5.0         # fills and grinds (published expositions) this often
@@ -163,15 +166,21 @@ class FleetApi:
         self.kill_latency = KillLatency()
         self.splits = SplitCache()                  # each agent's exposition, split once per version
         self.metrics_down: dict[str, str | None] = {}   # agents left off /metrics, and why
-        # Its own kill routes (durable state in the GCS, keys read in this process), for a controller
-        # that does not answer within kill_deadline_s.
-        self.direct = DirectKill(self.cfg.name, lambda: self.cfg, self.calls, self.settings.agent_timeout_s)
-        self.behind: set[asyncio.Future] = set()   # controller kills still in flight after the answer
+        # Its own kill routes (durable state in the GCS, keys read in this process): every halt, and a
+        # flatten the controller does not take up within kill_deadline_s.
+        self.direct = DirectKill(self.cfg, self.calls, self.settings.halt_timeout_s)
+        self.behind: set[asyncio.Future] = set()   # controller flattens still in flight after the answer
         self.sessions = ConsoleSessions(ttl_s=self.settings.console_session_s)
         self.signin_throttle = SignInThrottle()
         self.feed = ConsoleFeed(self.calls, self.cfg.name, self.cfg.risk.max_total_notional, self._traded,
                                 push_s=self.settings.console_push_s, slow_s=self.settings.console_slow_s)
         install_log_escaping()   # a kill reason with a newline cannot forge a log line
+        try:   # the kill path's modules imported and its exchange clients opened before the first kill
+            warming = asyncio.get_running_loop().create_task(self._warm_kill_path())
+            self.behind.add(warming)
+            warming.add_done_callback(self.behind.discard)
+        except RuntimeError:   # no loop running here: the first kill opens them
+            pass
         if self.tokens.read() is None:
             log.warning("no API token found in %s: protected endpoints answer 503", self.tokens.describe())
 
@@ -313,38 +322,50 @@ class FleetApi:
         return await self._kill(body)
 
     async def _kill(self, body: KillRequest, via: str = "") -> dict[str, Any]:
-        symbols = self._check_symbols(body.symbols)
         started = time.monotonic()
+        await self.direct.refresh()   # the fleet as applied: a symbol added since the deploy is known
+        self._traded({s: None for s in self.direct.symbols()})
+        symbols = self._check_symbols(body.symbols)
         log.warning("%skill %s of %s requested: %s", via, body.mode, symbols or "all symbols", body.reason)
-        result = await self._kill_routes(symbols, body.mode, body.reason, via, started)
+        result = await self._kill_routes(symbols or list(self.known), body.mode, body.reason, via, started)
         elapsed = time.monotonic() - started
         self.kill_latency = self.kill_latency.observe(elapsed)
         log.warning("%skill %s done in %.1f ms", via, body.mode, elapsed * 1000)
         return kill_view(body.mode, body.reason, elapsed, result)
 
-    async def _kill_routes(self, symbols: list[str] | None, mode: str, reason: str, via: str, started: float) -> Any:
-        """The controller's kill; if it has not answered within ``kill_deadline_s`` (stopped, busy, gone),
-        the endpoint's own routes (controller/kill_path.py), the controller's call left running. Either
-        times its answer (``confirmed_ms``, ``elapsed_ms``) from this request's arrival, ``started``."""
+    async def _kill_routes(self, symbols: list[str], mode: str, reason: str, via: str, started: float) -> Any:
+        """A halt: the endpoint's own routes at once (controller/kill_path.py), the controller told
+        afterwards. A flatten: the controller's, which carries it out alone while it answers (never two
+        flatteners); the endpoint's own only if it does not answer within ``kill_deadline_s`` (stopped,
+        gone). Either times its answer (``confirmed_ms``, ``elapsed_ms``) from this request's arrival."""
+        if mode == "halt":
+            return await self.direct.kill(symbols, mode, reason, started, self._journal_by(via))
         ctl = asyncio.ensure_future(self.calls.controller(
             "kill", symbols, mode, reason, self._journal_by(via),
             time.time() - (time.monotonic() - started), timeout=self.settings.kill_timeout_s))
-        warm = asyncio.ensure_future(self.direct.warm(symbols or list(self.known)))   # meanwhile, just in case
+        warm = asyncio.ensure_future(self.direct.warm(symbols))   # meanwhile, just in case
         self.behind.add(warm)
         warm.add_done_callback(self.behind.discard)
         done, _ = await asyncio.wait({ctl}, timeout=self.settings.kill_deadline_s)
-        if not done and mode == "flatten":
+        if not done:
             alive = await self.calls.controller("ping", timeout=self.settings.kill_deadline_s)
-            if alive.ok:  # a flatten takes its time: a live controller carries it out alone (never two flatteners)
+            if alive.ok:
                 await ctl
                 done = {ctl}
         if done:  # an answer, or a definite failure (no such actor: the fleet is not up) as before
             return self.calls.value_of(ctl.result())
         self.behind.add(ctl)
         ctl.add_done_callback(self.behind.discard)
-        log.warning("%skill %s: no answer from the controller within %g s; the endpoint's own routes", via, mode,
+        log.warning("%sflatten: no answer from the controller within %g s; the endpoint's own routes", via,
                     self.settings.kill_deadline_s)
-        return await self.direct.kill(symbols or list(self.known), mode, reason, started)
+        return await self.direct.kill(symbols, mode, reason, started, self._journal_by(via))
+
+    async def _warm_kill_path(self) -> None:
+        try:
+            await self.direct.refresh()
+            await self.direct.warm(self.direct.symbols())
+        except Exception as exc:  # noqa: BLE001 - the first kill opens what is missing, and reports it
+            log.warning("kill path not warmed: %s", exc)
 
     def _journal_by(self, via: str) -> dict[str, Any]:
         """Who asked, for the journal's audit trail: the API or the console, and a fingerprint of the token."""

@@ -3,10 +3,11 @@
 It keeps every symbol's epoch, lease and kill state in Ray's GCS key-value store (see
 ``controller/lease.py``), so a controller restart loses nothing; reconciles (recreates agents that
 died for good, splits each account's order-rate limits among its agents); puts the whole fleet into
-reduce-only while its total absolute notional is over the cap. A halt races the agent and the
-exchange itself (cancel all, keys read in ITS process) per symbol, in its own concurrency group
-(``kill``); a lease that lapses unrenewed is fenced: that epoch's orders cancelled, a hung actor
-replaced.
+reduce-only while its total absolute notional is over the cap. Its kill switches
+(``controller/kill_switches.py``, in their own concurrency group ``kill``): a halt asked over Ray
+races the agent and the exchange itself (cancel all, keys read in ITS process) per symbol; an HTTP
+halt is the endpoint's, which tells it afterwards. A lease that lapses unrenewed is fenced: that
+epoch's orders cancelled, a hung actor replaced.
 
 Its rooms: the applied spec (``controller/spec.py``, pure), the agents' handles
 (``controller/handles.py``), the lease book (``controller/lease.py``), the exchange path
@@ -19,28 +20,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
-from functools import partial
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import ray
 
 from agents.publish import forget_published
-from controller.emergency import EmergencyDesk, KillOutcome, Outcome, first_line
+from controller.emergency import EmergencyDesk, first_line
 from controller.fence import Fence, Fenced
 from controller.handles import AGENT_PREFIX, AgentHandles, agent_name
-from controller.kill_path import AGENT_ROUTE, EXCHANGE_ROUTE, agent_confirmed, first_empty, keep_behind, \
-    raced_outcome, sweep_until_halted, write_kill_states
+from controller.kill_switches import KILL_GROUP, KillSwitches, _ms_since, _num, journal_record
 from controller.lease import GcsStore, LeaseBook, WriteThroughStore
-from controller.spec import build_spec, endpoints_of, parse_spec, rate_shares
+from controller.spec import SPEC_DOC, build_spec, endpoints_of, parse_spec, rate_shares
 from fleet.config import FleetConfig, SymbolParams
-from fleet.vocabulary import KillState
 
 log = logging.getLogger("mmfleet.controller")
 
 CONTROLLER_NAME = "controller"
-KILL_GROUP = "kill"  # kill and resume: their own thread and loop, never queued behind apply or a lease call
-SPEC_DOC = "spec"
 FLAGS_DOC = "fleet_flags"
 
 # Imported from here by the commands, the bench and the tests.
@@ -104,37 +100,11 @@ class RetireOutcome:
         return asdict(self)
 
 
-def journal_record(controller: Any, kind: str, **kw: Any) -> None:
-    """An operator/controller event in the trade journal (never in the way of the action itself)."""
-    try:
-        from journal.audit import record
-
-        record(controller, kind, **kw)
-    except Exception as exc:  # noqa: BLE001
-        log.warning("journal: %s not recorded: %s", kind, first_line(exc))
-
-
-def _by(by: dict[str, Any] | None) -> dict[str, Any]:
-    by = by or {}
-    return {"actor": str(by.get("actor") or "ray")[:16], "token_fp": by.get("token_fp")}
-
-
-def _num(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return 0.0
-
-
-def _ms_since(started: float) -> float:
-    return round((time.monotonic() - started) * 1000, 1)
-
-
 # --- the actor -------------------------------------------------------------------------------------
 
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, concurrency_groups={KILL_GROUP: 4})
-class FleetController:
+class FleetController(KillSwitches):
     """One per fleet, named ``controller`` in the fleet's namespace. All methods are JSON in/out."""
 
     def __init__(self, fleet_name: str, namespace: str, settings: dict[str, float] | None = None) -> None:
@@ -345,160 +315,6 @@ class FleetController:
             "journal": self.cfg.journal.model_dump(mode="json"),
             "metrics_publish_s": self.cfg.api.metrics_publish_s,
         }
-
-    # --- kill switches ------------------------------------------------------------------------
-
-    @ray.method(concurrency_group=KILL_GROUP)
-    async def kill(self, symbols: list[str] | None, mode: str = "halt", reason: str = "",
-                   by: dict[str, Any] | None = None, asked_at: float | None = None) -> dict[str, Any]:
-        """Halt or flatten; per symbol the outcome, open orders confirmed, time taken (from ``asked_at``, when
-        the endpoint got it, wall clock). A halt races the agent and the exchange (controller/kill_path.py)."""
-        self._load(start_loops=False)
-        self.kill_loop = asyncio.get_running_loop()
-        if mode not in ("halt", "flatten"):
-            raise ValueError(f"mode must be 'halt' or 'flatten', not {mode!r}")
-        targets = self._targets(symbols)
-        started = time.monotonic() - (max(0.0, time.time() - asked_at) if asked_at is not None else 0.0)
-        state = KillState.HALTED if mode == "halt" else KillState.FLATTENING
-        warm = asyncio.ensure_future(self.kill_desk.warm({a for s in targets if (a := self._account_of(s))}))
-        # Durable first: a restart from here on comes back halted.
-        self.kill_lock = self.kill_lock or asyncio.Lock()
-        async with self.kill_lock:
-            seqs = await write_kill_states(self.book, targets, state, reason)
-        for s in targets:  # by: who asked ({"actor": "api", "token_fp": ...}); none: over Ray (the CLI)
-            journal_record(self, "kill", symbol=s, reason=reason, detail={"mode": mode}, **_by(by))
-        self.behind.add(warm)  # the exchange clients opening while the states are written; the routes share them
-        warm.add_done_callback(self.behind.discard)
-        if mode == "halt":
-            results = await asyncio.gather(*(self._halt_one(s, reason, seqs[s], started) for s in targets))
-        else:
-            results = await asyncio.gather(*(self._kill_one(s, mode, reason, seqs[s], started) for s in targets))
-        return {
-            "mode": mode,
-            "reason": reason,
-            "elapsed_ms": _ms_since(started),
-            "symbols": {s: r.to_dict() for s, r in zip(targets, results)},
-        }
-
-    def _targets(self, symbols: list[str] | None) -> list[str]:
-        known = self._symbols()
-        if not symbols:
-            return known
-        unknown = [s for s in symbols if s not in known]
-        if unknown:
-            raise ValueError(f"unknown symbol(s) {', '.join(unknown)}; fleet {self.fleet_name} trades {', '.join(known)}")
-        return list(dict.fromkeys(symbols))
-
-    @ray.method(concurrency_group=KILL_GROUP)
-    async def warm_kill_path(self) -> bool:
-        """The kill group's exchange clients opened (keys read in this process) before any kill needs them."""
-        self.kill_loop = asyncio.get_running_loop()
-        await self.kill_desk.warm({a for s in self._symbols() if (a := self._account_of(s))})
-        return True
-
-    async def _halt_one(self, symbol: str, reason: str, kill_seq: int, started: float) -> KillOutcome:
-        """The agent and the exchange raced; answered by the first to see 0, the other left running."""
-        agent = asyncio.ensure_future(
-            self.agents.call(symbol, "halt", reason, kill_seq, timeout=self.settings.kill_timeout_s))
-        exchange = asyncio.ensure_future(self._exchange_route(symbol))
-        first, confirmed_ms = await first_empty({AGENT_ROUTE: agent, EXCHANGE_ROUTE: exchange}, started)
-        keep_behind(self.behind, self._after_halt(symbol, agent, exchange))
-        if first == EXCHANGE_ROUTE and not agent.done():  # the agent may still send what it decided before
-            keep_behind(self.behind, sweep_until_halted(agent, partial(self.kill_desk.sweep, symbol, self.cfg.entry(symbol).account)))
-        return raced_outcome(first, confirmed_ms, agent, exchange, started)
-
-    async def _exchange_route(self, symbol: str) -> int:
-        return await self.kill_desk.cancel_until_empty(symbol, self.cfg.entry(symbol).account)
-
-    async def _after_halt(self, symbol: str, agent: asyncio.Future, exchange: asyncio.Future) -> None:
-        """Once both routes are done, an agent that did not confirm its halt gets the emergency path, its lease
-        kept: a slow one halts on its next renewal (it carries the kill state), a hung one is the fence's."""
-        await asyncio.wait({agent, exchange})
-        if not exchange.cancelled():
-            exchange.exception()  # read: a failed exchange route is in the answer already
-        answer = None if agent.cancelled() or agent.exception() is not None else agent.result()
-        if agent_confirmed(answer) or (isinstance(answer, dict) and answer.get("outcome") in ("not_started", "superseded")):
-            return  # halted by the agent, not trading yet (it reads the kill state with its grant), or resumed since
-        why = first_line(agent.exception()) if answer is None and not agent.cancelled() else f"answered {answer!r}"
-        log.warning("%s: the agent did not confirm its halt (%s); emergency path", symbol, why)
-        await self._emergency(symbol, "halt", revoke=False)
-
-    async def _kill_one(self, symbol: str, mode: str, reason: str, kill_seq: int, started: float) -> KillOutcome:
-        timeout = self.settings.kill_timeout_s if mode == "halt" else self.settings.flatten_timeout_s
-        answer: Any = None
-        problem: str | None = "superseded by a later kill or resume"
-        try:
-            answer = await self.agents.call(symbol, mode, reason, kill_seq, timeout=timeout)
-            if isinstance(answer, dict) and answer.get("outcome") == "superseded":  # not carried out, nor due
-                return KillOutcome(Outcome.FAILED, "agent", None, None, _ms_since(started), problem=problem)
-            problem = None
-        except asyncio.TimeoutError:
-            problem = f"agent did not answer the {mode} within {timeout:g} s"
-        except Exception as exc:  # noqa: BLE001 - any failure leads to the emergency path
-            problem = f"agent failed the {mode}: {first_line(exc)}"
-        open_orders = answer.get("open_orders") if isinstance(answer, dict) else None
-        if problem is None and open_orders == 0:
-            flat = mode == "flatten" and _num(answer.get("position")) == 0 and answer.get("position") is not None
-            if flat and self.book.kill_seq(symbol) == kill_seq:  # never over a resume or kill that came since
-                self.book.set_kill_state(symbol, KillState.HALTED, reason or "flattened")
-            return KillOutcome(Outcome.done(mode), "agent", 0, answer.get("position"), _ms_since(started))
-        if problem is None and isinstance(answer, dict) and answer.get("outcome") == "not_started":
-            # Not trading yet (it gets the kill state with its grant): empty the book, keep its lease.
-            result = await self._emergency(symbol, mode, revoke=False)
-            outcome = Outcome.done(mode) if result.outcome == Outcome.EMERGENCY_CANCELLED else result.outcome
-            return replace(result, outcome=outcome, path="controller", elapsed_ms=_ms_since(started))
-        if problem is None:
-            problem = f"agent reported {open_orders!r} open orders after the {mode}"
-        log.warning("%s: %s; cancelling at the exchange", symbol, problem)
-        result = await self._emergency(symbol, mode)
-        return replace(result, problem=problem, elapsed_ms=_ms_since(started))
-
-    async def _emergency(self, symbol: str, mode: str, *, revoke: bool = True) -> KillOutcome:
-        """Cancel the symbol's orders, confirm, sweep once the lease lapsed; ``revoke`` it first."""
-        self.emergencies[symbol] = self.emergencies.get(symbol, 0) + 1
-        lease = self.book.revoke(symbol) if revoke else self.book.lease(symbol)
-        if revoke:
-            journal_record(self, "lease_revoked", symbol=symbol, reason=f"emergency {mode}")
-        try:
-            account = self.cfg.entry(symbol).account
-        except Exception as exc:  # noqa: BLE001 - the fleet changed under the kill: reported, never raised
-            return KillOutcome(Outcome.FAILED, "emergency", None, error=first_line(exc))
-        result = await self.kill_desk.cancel(symbol, account, mode)
-        if lease is not None and result.outcome != Outcome.FAILED:
-            # The agent's lease was promised until expires_at: sweep again once it has lapsed.
-            delay = max(0.0, lease.expires_at - time.time()) + 0.2
-            self.kill_desk.sweep_later(symbol, account, delay,
-                                  lambda: self.book.kill_state(symbol) != KillState.RUNNING)
-        return result
-
-    @ray.method(concurrency_group=KILL_GROUP)
-    async def resume(self, symbols: list[str] | None = None, by: dict[str, Any] | None = None) -> dict[str, Any]:
-        self._load(start_loops=False)
-        targets = self._targets(symbols)
-        for s in targets:
-            journal_record(self, "resume", symbol=s, reason=(by or {}).get("reason"), **_by(by))
-        self.kill_lock = self.kill_lock or asyncio.Lock()
-        async with self.kill_lock:
-            seqs = await write_kill_states(self.book, targets, KillState.RUNNING, "resumed")
-        answers = await asyncio.gather(
-            *(self.agents.call(s, "resume", seqs[s], timeout=self.settings.kill_timeout_s) for s in targets),
-            return_exceptions=True,
-        )
-        out = {}
-        for s, a in zip(targets, answers):
-            if isinstance(a, BaseException):
-                # The state is durable: the agent picks it up at its next lease renewal.
-                out[s] = {"outcome": "resumed", "agent": f"not confirmed: {first_line(a)}"}
-            else:
-                out[s] = {"outcome": "resumed", "agent": a}
-        return {"symbols": out}
-
-    async def kill_states(self) -> dict[str, Any]:
-        self._load()
-        records = self.book.kill_records()
-        out = {s: {"state": KillState.RUNNING, "reason": "", "since": 0.0} for s in self._symbols()}
-        out.update({s: asdict(r) for s, r in records.items()})
-        return out
 
     # --- views --------------------------------------------------------------------------------
 

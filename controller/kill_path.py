@@ -4,29 +4,35 @@ For a halt, every symbol is acted on concurrently by two independent routes: the
 quoting, cancel, confirm) and the exchange directly (cancel all open orders of the symbol with the
 account's own credentials, repeated until the exchange lists none). The first route to see 0 open
 orders answers; the other goes on in the background. A busy, hung or dead agent therefore delays
-nothing, and the controller is not needed either: :class:`DirectKill` is the same path run by the
-endpoint itself when the controller does not answer within its deadline (the durable kill state
-written straight into the GCS key-value store, the keys read in the endpoint's own process).
+nothing, and neither does the controller: the endpoint runs every HTTP halt itself
+(:class:`DirectKill`: the durable kill state written straight into the GCS key-value store, the keys
+read in the endpoint's own process) and tells the controller afterwards. The controller runs the
+same path for a kill asked of it over Ray (the CLI).
 
 A flatten keeps its order (the agent flattens; its reduce-only orders must not be cancelled under
-it): the endpoint's own route cancels at the exchange first, then asks the agent to flatten.
+it) and goes to the controller first, which carries it out alone while it answers; only when it
+does not, the endpoint's own route cancels at the exchange first, then asks the agent to flatten.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from controller.emergency import EmergencyDesk, KillOutcome, Outcome, first_line
 from controller.handles import AGENT_PREFIX
-from controller.lease import GcsStore, LeaseBook
+from controller.lease import GcsStore, LeaseBook, aget_many
 from fleet.config import FleetConfig
 from fleet.vocabulary import KillState
 
 if TYPE_CHECKING:  # controller.calls imports controller.controller, which imports this module
     from controller.calls import ActorCalls
+
+log = logging.getLogger("mmfleet.kill")
 
 AGENT_ROUTE = "agent"
 EXCHANGE_ROUTE = "exchange"
@@ -57,6 +63,7 @@ async def first_empty(routes: dict[str, asyncio.Future], started: float) -> tupl
     return None, None
 
 
+TELL_TIMEOUT_S = 120.0  # a message to a stopped or restarting controller waits this long
 SWEEP_S = 0.5  # the symbol swept again this often while its agent has not answered the halt
 
 
@@ -87,6 +94,15 @@ def keep_behind(behind: set[asyncio.Future], work: Awaitable[Any]) -> asyncio.Fu
     return task
 
 
+def halt_not_confirmed(agent: asyncio.Future) -> str | None:
+    """Why a finished agent route did not confirm its halt; None when it did, or had nothing to halt
+    (not trading yet: it reads the kill state with its grant), or was superseded (resumed since)."""
+    answer = None if agent.cancelled() or agent.exception() is not None else agent.result()
+    if agent_confirmed(answer) or (isinstance(answer, dict) and answer.get("outcome") in ("not_started", "superseded")):
+        return None
+    return first_line(agent.exception()) if answer is None and not agent.cancelled() else f"answered {answer!r}"
+
+
 def route_error(task: asyncio.Future) -> str | None:
     if not task.done():
         return "still running"
@@ -114,46 +130,89 @@ def raced_outcome(first: str | None, confirmed_ms: float | None, agent: asyncio.
 
 
 async def write_kill_states(book: LeaseBook, symbols: list[str], state: KillState, reason: str) -> dict[str, int]:
-    """The kill state made durable for every symbol (GCS writes in threads, concurrently); their seqs."""
-    records = await asyncio.gather(*(asyncio.to_thread(book.set_kill_state, s, state, reason) for s in symbols))
-    return {s: r.seq for s, r in zip(symbols, records)}
+    """The kill state made durable for every symbol (asynchronous GCS writes, concurrently); their seqs."""
+    records = await book.set_kill_states(symbols, state, reason)
+    return {s: r.seq for s, r in records.items()}
 
 
 class DirectKill:
-    """The endpoint's own kill route, for when the controller does not answer within its deadline."""
+    """The endpoint's own kill: every halt at once, and a flatten the controller does not take up in time.
 
-    def __init__(self, fleet_name: str, config: Callable[[], FleetConfig], calls: "ActorCalls",
-                 agent_timeout_s: float, flatten_timeout_s: float = 15.0) -> None:
-        self.book = LeaseBook(GcsStore(fleet_name))
-        self.config = config
-        self.desk = EmergencyDesk(config)   # its own clients and budget: kills only, in the risk lane
+    The endpoint acts on a halt itself, without waiting for the controller: at 50 symbols the
+    controller, busy with 50 agents' leases, never answered within a 300 ms deadline, so every kill
+    paid that wait and then ran its routes twice. The controller is told afterwards, in the
+    background: it journals the kill (``kill_noted``) and takes its emergency path for an agent that
+    did not confirm its halt (``halt_unconfirmed``). Its symbols and accounts are the fleet as the
+    controller last applied it (read from the GCS), so a symbol added by an ``apply`` is killed too.
+    """
+
+    def __init__(self, deployed: FleetConfig, calls: "ActorCalls", halt_timeout_s: float,
+                 flatten_timeout_s: float = 15.0) -> None:
+        self.book = LeaseBook(GcsStore(deployed.name))
+        self.fleet = deployed               # as applied (from the GCS), else as deployed
+        self.applied: str | None = None     # the applied spec document it was read from
+        self.desk = EmergencyDesk(lambda: self.fleet)   # its own clients and budget: kills only, in the risk lane
         self.calls = calls
-        self.agent_timeout_s = agent_timeout_s
+        self.halt_timeout_s = halt_timeout_s
         self.flatten_timeout_s = flatten_timeout_s
-        self.behind: set[asyncio.Future] = set()   # routes still running after the answer
+        self.behind: set[asyncio.Future] = set()   # routes and messages still running after the answer
+
+    async def refresh(self) -> FleetConfig:
+        """The fleet as the controller last applied it; on any failure, the last one known (logged)."""
+        from controller.spec import SPEC_DOC, parse_spec
+
+        try:
+            raw = (await aget_many(self.book.store, [f"doc/{SPEC_DOC}"]))[f"doc/{SPEC_DOC}"]
+            if raw is not None and raw != self.applied:
+                self.fleet, _ = parse_spec(json.loads(raw), stored=True)
+                self.applied = raw
+        except Exception as exc:  # noqa: BLE001 - the kill goes on with the fleet it knows
+            log.warning("the applied spec was not read (%s); the kill uses the fleet as last known", first_line(exc))
+        return self.fleet
+
+    def symbols(self) -> list[str]:
+        return [e.symbol for e in self.fleet.symbols]
 
     async def warm(self, symbols: list[str]) -> None:
-        """The exchange clients opened (keys read) while the controller is still given its chance."""
+        """The exchange clients opened (keys read) ahead of a kill that will need them."""
         accounts = set()
         for s in symbols:
             try:
-                accounts.add(self.config().entry(s).account)
-            except Exception:  # noqa: BLE001 - a symbol added after deploy: its route reports it
+                accounts.add(self.fleet.entry(s).account)
+            except Exception:  # noqa: BLE001 - a symbol the fleet no longer trades: its route reports it
                 continue
         await self.desk.warm(accounts)
 
-    async def kill(self, symbols: list[str], mode: str, reason: str, started: float | None = None) -> dict[str, Any]:
-        """``started``: when the kill was asked for (monotonic; default now), the origin of its times."""
+    async def kill(self, symbols: list[str], mode: str, reason: str, started: float | None = None,
+                   by: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``started``: when the kill was asked for (monotonic; default now), the origin of its times;
+        ``by``: who asked, for the controller's journal."""
         started = time.monotonic() if started is None else started
         state = KillState.HALTED if mode == "halt" else KillState.FLATTENING
         seqs = await write_kill_states(self.book, symbols, state, reason)   # durable first
+        durable_ms = round((time.monotonic() - started) * 1000, 1)
+        self._tell("kill_noted", symbols, mode, reason, by, seqs)
         one: Callable[[str], Awaitable[KillOutcome]] = (
             (lambda s: self._halt(s, reason, seqs[s], started)) if mode == "halt"
             else (lambda s: self._flatten(s, reason, seqs[s], started)))
         results = await asyncio.gather(*(one(s) for s in symbols))
-        return {"mode": mode, "reason": reason, "by": "endpoint",
+        return {"mode": mode, "reason": reason, "by": "endpoint", "durable_ms": durable_ms,
                 "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
                 "symbols": {s: {**r.to_dict(), "by": "endpoint"} for s, r in zip(symbols, results)}}
+
+    def _tell(self, method: str, *args: Any) -> None:
+        """A message to the controller, in the background; a stopped one gets it when it runs again."""
+        async def send() -> None:
+            ans = await self.calls.controller(method, *args, timeout=TELL_TIMEOUT_S)
+            if not ans.ok:
+                log.warning("the controller was not told (%s): %s", method, ans.error)
+
+        self._keep(asyncio.ensure_future(send()))
+
+    def _keep(self, task: asyncio.Future) -> None:
+        if not task.done():
+            self.behind.add(task)
+            task.add_done_callback(self._settled)
 
     async def _agent(self, symbol: str, method: str, timeout: float, *args: Any) -> Any:
         ans = await self.calls.call(AGENT_PREFIX + symbol, method, timeout, *args)
@@ -161,23 +220,32 @@ class DirectKill:
             raise RuntimeError(ans.error)
         return ans.value
 
+    def _account(self, symbol: str) -> str:
+        return self.fleet.entry(symbol).account
+
     async def _exchange(self, symbol: str) -> int:
-        return await self.desk.cancel_until_empty(symbol, self.config().entry(symbol).account)
+        return await self.desk.cancel_until_empty(symbol, self._account(symbol))
 
     async def _halt(self, symbol: str, reason: str, seq: int, started: float) -> KillOutcome:
-        agent = asyncio.ensure_future(self._agent(symbol, "halt", self.agent_timeout_s, reason, seq))
+        agent = asyncio.ensure_future(self._agent(symbol, "halt", self.halt_timeout_s, reason, seq))
         exchange = asyncio.ensure_future(self._exchange(symbol))
         first, confirmed_ms = await first_empty({AGENT_ROUTE: agent, EXCHANGE_ROUTE: exchange}, started)
-        background = [agent, exchange]
+        for task in (agent, exchange):
+            self._keep(task)
+        self._keep(asyncio.ensure_future(self._after_halt(symbol, seq, agent)))
         if first == EXCHANGE_ROUTE and not agent.done():
-            account = self.config().entry(symbol).account
-            background.append(asyncio.ensure_future(
-                sweep_until_halted(agent, lambda: self.desk.sweep(symbol, account))))
-        for task in background:
-            if not task.done():
-                self.behind.add(task)
-                task.add_done_callback(self._settled)
+            account = self._account(symbol)
+            self._keep(asyncio.ensure_future(sweep_until_halted(agent, lambda: self.desk.sweep(symbol, account))))
         return raced_outcome(first, confirmed_ms, agent, exchange, started)
+
+    async def _after_halt(self, symbol: str, seq: int, agent: asyncio.Future) -> None:
+        """An agent that did not confirm its halt (hung, slow, failed): the controller's emergency path."""
+        await asyncio.wait({agent})
+        why = halt_not_confirmed(agent)
+        if why is None:
+            return
+        log.warning("%s: the agent did not confirm its halt (%s); the controller's emergency path", symbol, why)
+        self._tell("halt_unconfirmed", symbol, seq)
 
     def _settled(self, task: asyncio.Future) -> None:
         self.behind.discard(task)

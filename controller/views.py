@@ -122,6 +122,7 @@ def kill_view(mode: str, reason: str, elapsed_s: float, result: Any) -> dict[str
         "mode": mode,
         "reason": reason,
         "elapsed_ms": round(elapsed_s * 1000, 1),
+        "durable_ms": result.get("durable_ms") if isinstance(result, dict) else None,   # kill states written by then
         # every symbol confirmed with 0 open orders at the exchange
         "confirmed": bool(per_symbol) and all(v.get("open_orders") == 0 for v in per_symbol.values()),
         "symbols": per_symbol,

@@ -119,9 +119,29 @@ def test_metrics_is_open_and_reports_every_agent_down(endpoint):
     assert fams["mmfleet_controller_up"].samples[0].value == 0
 
 
-def test_kill_without_a_controller_is_503_naming_it(endpoint):
+def test_a_halt_without_a_controller_is_still_carried_out_and_says_per_symbol_why_it_is_not_confirmed(endpoint):
+    """The endpoint runs a halt itself: the kill state is made durable in the GCS with no controller,
+    and each symbol's answer names why neither route confirmed 0 (no agent; no keys for the account)."""
+    from controller.lease import GcsStore, LeaseBook
+
     url, token, cfg = endpoint
     r = requests.post(f"{url}/kill", json={"all": True, "reason": "drill"}, headers=auth(token), timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["confirmed"] is False and body["durable_ms"] > 0
+    for sym in SYMBOLS:
+        answer = body["symbols"][sym]
+        assert answer["outcome"] == "failed" and answer["by"] == "endpoint", answer
+        assert answer["problem"].startswith("agent: "), answer
+        assert f"no actor agent.{sym} in namespace {cfg.namespace}" in answer["problem"], answer
+        assert "MMFLEET_TEST_KEY" in answer["error"], answer        # the account's keys are not there
+    assert {LeaseBook(GcsStore(cfg.name)).kill_state(s) for s in SYMBOLS} == {"halted"}
+
+
+def test_a_flatten_without_a_controller_is_503_naming_it(endpoint):
+    url, token, cfg = endpoint
+    r = requests.post(f"{url}/kill", json={"all": True, "mode": "flatten", "reason": "drill"}, headers=auth(token),
+                      timeout=30)
     assert r.status_code == 503
     assert r.json()["detail"] == f"fleet controller not reachable: no actor controller in namespace {cfg.namespace}"
 
@@ -274,6 +294,10 @@ def guarded(ray_cluster, tmp_path_factory):
             self.calls.append(("kill", symbols, mode, reason))
             return {"symbols": {s: {"open_orders": 0} for s in (symbols or self.states)}}
 
+        def kill_noted(self, symbols, mode, reason, by, seqs):
+            self.calls.append(("kill_noted", symbols, mode, reason))
+            return True
+
         def resume(self, symbols, by=None):
             self.calls.append(("resume", symbols))
             return {"symbols": {s: {"state": "running"} for s in (symbols or self.states)}}
@@ -350,10 +374,10 @@ def test_strict_bodies_still_take_real_booleans_and_reach_the_controller(guarded
     url, token, ctl = guarded
     r = post_raw(url, "/resume", '{"symbols": ["ETHUSDC"]}', token)
     assert r.status_code == 200, r.text
-    r = post_raw(url, "/kill", '{"all": true, "reason": "drill", "mode": "halt"}', token)
+    r = post_raw(url, "/kill", '{"all": true, "reason": "drill", "mode": "flatten"}', token)
     assert r.status_code == 200 and r.json()["confirmed"] is True, r.text
     calls = ray.get(ctl.recorded.remote(), timeout=30)
-    assert calls[-2:] == [("resume", ["ETHUSDC"]), ("kill", None, "halt", "drill")]
+    assert calls[-2:] == [("resume", ["ETHUSDC"]), ("kill", list(SYMBOLS), "flatten", "drill")]
 
 
 def test_a_422_never_echoes_a_long_input(guarded):

@@ -229,6 +229,69 @@ def test_every_kill_state_change_gets_a_larger_sequence_number_kept_through_runn
     assert b.acquire("ETHUSDC", "a", now=0.0).kill_seq == third
 
 
+def test_a_kill_written_for_many_symbols_at_once_numbers_each_above_its_last():
+    b = book()
+    b.set_kill_state("ETHUSDC", "halted", "earlier")
+    records = asyncio.run(b.set_kill_states(["ETHUSDC", "BTCUSDT"], "halted", "desk"))
+    assert records["ETHUSDC"].seq == 2 and records["BTCUSDT"].seq == 1
+    assert {s: b.kill_record(s) for s in records} == records          # as read back, seq and reason
+    resumed = asyncio.run(b.set_kill_states(["ETHUSDC", "BTCUSDT"], "running"))
+    assert [r.seq for r in resumed.values()] == [3, 2]
+    assert {b.kill_state(s) for s in records} == {"running"}
+
+
+class RecordingStore(MemoryStore):
+    """A MemoryStore that keeps the order of its writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def put(self, key: str, value: str) -> None:
+        self.writes.append(key)
+        super().put(key, value)
+
+
+def test_a_reader_between_the_two_writes_of_a_kill_never_sees_the_new_number_with_the_old_state():
+    """The record (with its own number) is written before ``killseq/``; a renewal read in between
+    gets the new state with its own number, or the old state with the old number: never a mix, which
+    an agent would take for the new command."""
+    store = RecordingStore()
+    b = LeaseBook(store)
+    b.set_kill_state("ETHUSDC", "halted", "a")
+    asyncio.run(b.set_kill_states(["ETHUSDC"], "running"))
+    assert store.writes == ["kill/ETHUSDC", "killseq/ETHUSDC"] * 2
+    torn = MemoryStore()   # what a reader sees after the record's write and before the number's
+    torn.put("kill/ETHUSDC", store.get("kill/ETHUSDC"))
+    torn.put("killseq/ETHUSDC", "1")
+    assert LeaseBook(torn).kill_record("ETHUSDC").state == "running"
+    assert LeaseBook(torn).kill_record("ETHUSDC").seq == 2
+    legacy = MemoryStore()  # a record written before records carried their number
+    legacy.put("kill/ETHUSDC", '{"state": "halted", "reason": "old", "since": 1.0}')
+    legacy.put("killseq/ETHUSDC", "5")
+    assert LeaseBook(legacy).kill_record("ETHUSDC").seq == 5
+    assert LeaseBook(legacy).set_kill_state("ETHUSDC", "running").seq == 6
+
+
+def test_a_stale_command_held_while_starting_cannot_undo_the_grants_newer_kill_state():
+    """Seen at 50 symbols: a halt retried by Ray on the restarted actor reached it before its grant and
+    started it halted against a later resume. A held command with an older kill_seq gives way."""
+    from agents.starter import held_kill_state
+
+    base = {"granted": True, "symbol": "ETHUSDC", "epoch": 2, "lease_ttl_s": 3.0, "reduce_only": False,
+            "rate_share": 1.0}
+    own = LeaseOwnership(None, "ETHUSDC", "h")
+    assert own.note_direct_kill_state(7, "running")      # a stale resume, delivered before any grant
+    grant = own._grant({**base, "kill_state": "halted", "kill_seq": 8})
+    assert held_kill_state("running", 7, own.granted_seq, grant.kill_state) == "halted"
+    late = LeaseOwnership(None, "ETHUSDC", "h")
+    assert late.note_direct_kill_state(9, "halted")       # a halt newer than the grant's record
+    grant = late._grant({**base, "kill_state": "running", "kill_seq": 8})
+    assert grant.kill_state == "halted" and held_kill_state("halted", 9, late.granted_seq, grant.kill_state) == "halted"
+    assert held_kill_state("halted", None, 8, "running") == "halted"   # a command without a number holds
+    assert held_kill_state(None, None, 8, "running") == "running"
+
+
 def test_a_renewal_answered_before_a_direct_kill_command_cannot_undo_it():
     own = LeaseOwnership(None, "ETHUSDC", "h")
     base = {"granted": True, "symbol": "ETHUSDC", "epoch": 4, "lease_ttl_s": 3.0, "reduce_only": False,

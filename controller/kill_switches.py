@@ -1,0 +1,231 @@
+"""The controller's kill switches: kill, resume and what follows a kill (journal, emergency path).
+
+A mixin of :class:`controller.controller.FleetController`, kept apart so that each stays readable; it
+uses the controller's book, agents' handles, settings and applied spec. Kill, resume and the
+endpoint's messages run in the ``kill`` concurrency group: its own thread and loop, never queued
+behind ``apply`` or a lease call. A halt asked over Ray (the CLI) races the agent and the exchange per symbol
+(controller/kill_path.py); an HTTP halt is run by the endpoint itself, which then tells the
+controller (``kill_noted``, ``halt_unconfirmed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict, replace
+from functools import partial
+from typing import Any
+
+import ray
+
+from controller.emergency import KillOutcome, Outcome, first_line
+from controller.kill_path import AGENT_ROUTE, EXCHANGE_ROUTE, first_empty, halt_not_confirmed, keep_behind, \
+    raced_outcome, sweep_until_halted, write_kill_states
+from fleet.vocabulary import KillState
+
+log = logging.getLogger("mmfleet.controller")
+
+KILL_GROUP = "kill"  # kill and resume: their own thread and loop, never queued behind apply or a lease call
+
+
+def journal_record(controller: Any, kind: str, **kw: Any) -> None:
+    """An operator/controller event in the trade journal (never in the way of the action itself)."""
+    try:
+        from journal.audit import record
+
+        record(controller, kind, **kw)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("journal: %s not recorded: %s", kind, first_line(exc))
+
+
+def _by(by: dict[str, Any] | None) -> dict[str, Any]:
+    by = by or {}
+    return {"actor": str(by.get("actor") or "ray")[:16], "token_fp": by.get("token_fp")}
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _ms_since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 1)
+
+
+class KillSwitches:
+    """Kill, resume and kill states of the fleet (mixed into the controller actor)."""
+
+    @ray.method(concurrency_group=KILL_GROUP)
+    async def kill(self, symbols: list[str] | None, mode: str = "halt", reason: str = "",
+                   by: dict[str, Any] | None = None, asked_at: float | None = None) -> dict[str, Any]:
+        """Halt or flatten; per symbol the outcome, open orders confirmed, time taken (from ``asked_at``, when
+        the endpoint got it, wall clock). A halt races the agent and the exchange (controller/kill_path.py)."""
+        self._load(start_loops=False)
+        self.kill_loop = asyncio.get_running_loop()
+        if mode not in ("halt", "flatten"):
+            raise ValueError(f"mode must be 'halt' or 'flatten', not {mode!r}")
+        targets = self._targets(symbols)
+        started = time.monotonic() - (max(0.0, time.time() - asked_at) if asked_at is not None else 0.0)
+        state = KillState.HALTED if mode == "halt" else KillState.FLATTENING
+        warm = asyncio.ensure_future(self.kill_desk.warm({a for s in targets if (a := self._account_of(s))}))
+        # Durable first: a restart from here on comes back halted.
+        self.kill_lock = self.kill_lock or asyncio.Lock()
+        async with self.kill_lock:
+            seqs = await write_kill_states(self.book, targets, state, reason)
+        durable_ms = _ms_since(started)
+        for s in targets:  # by: who asked ({"actor": "api", "token_fp": ...}); none: over Ray (the CLI)
+            journal_record(self, "kill", symbol=s, reason=reason, detail={"mode": mode}, **_by(by))
+        self.behind.add(warm)  # the exchange clients opening while the states are written; the routes share them
+        warm.add_done_callback(self.behind.discard)
+        if mode == "halt":
+            results = await asyncio.gather(*(self._halt_one(s, reason, seqs[s], started) for s in targets))
+        else:
+            results = await asyncio.gather(*(self._kill_one(s, mode, reason, seqs[s], started) for s in targets))
+        return {
+            "mode": mode,
+            "reason": reason,
+            "durable_ms": durable_ms,   # the kill states written to the GCS (a restart from then on comes back halted)
+            "elapsed_ms": _ms_since(started),
+            "symbols": {s: r.to_dict() for s, r in zip(targets, results)},
+        }
+
+    @ray.method(concurrency_group=KILL_GROUP)
+    async def kill_noted(self, symbols: list[str], mode: str, reason: str, by: dict[str, Any] | None,
+                         seqs: dict[str, int]) -> bool:
+        """A kill the endpoint carried out itself (controller/kill_path.py), journaled here."""
+        for s in symbols:
+            journal_record(self, "kill", symbol=s, reason=reason, detail={"mode": mode, "by": "endpoint",
+                                                                          "kill_seq": seqs.get(s)}, **_by(by))
+        return True
+
+    @ray.method(concurrency_group=KILL_GROUP)
+    async def halt_unconfirmed(self, symbol: str, kill_seq: int) -> bool:
+        """The endpoint's halt was not confirmed by the agent: the emergency path, unless resumed since."""
+        self._load(start_loops=False)
+        self.kill_loop = asyncio.get_running_loop()
+        if symbol not in self._symbols() or self.book.kill_seq(symbol) != kill_seq:
+            return False
+        await self._emergency(symbol, "halt", revoke=False)
+        return True
+
+    def _targets(self, symbols: list[str] | None) -> list[str]:
+        known = self._symbols()
+        if not symbols:
+            return known
+        unknown = [s for s in symbols if s not in known]
+        if unknown:
+            raise ValueError(f"unknown symbol(s) {', '.join(unknown)}; fleet {self.fleet_name} trades {', '.join(known)}")
+        return list(dict.fromkeys(symbols))
+
+    @ray.method(concurrency_group=KILL_GROUP)
+    async def warm_kill_path(self) -> bool:
+        """The kill group's exchange clients opened (keys read in this process) before any kill needs them."""
+        self.kill_loop = asyncio.get_running_loop()
+        await self.kill_desk.warm({a for s in self._symbols() if (a := self._account_of(s))})
+        return True
+
+    async def _halt_one(self, symbol: str, reason: str, kill_seq: int, started: float) -> KillOutcome:
+        """The agent and the exchange raced; answered by the first to see 0, the other left running."""
+        agent = asyncio.ensure_future(
+            self.agents.call(symbol, "halt", reason, kill_seq, timeout=self.settings.kill_timeout_s))
+        exchange = asyncio.ensure_future(self._exchange_route(symbol))
+        first, confirmed_ms = await first_empty({AGENT_ROUTE: agent, EXCHANGE_ROUTE: exchange}, started)
+        keep_behind(self.behind, self._after_halt(symbol, agent, exchange))
+        if first == EXCHANGE_ROUTE and not agent.done():  # the agent may still send what it decided before
+            keep_behind(self.behind, sweep_until_halted(agent, partial(self.kill_desk.sweep, symbol, self.cfg.entry(symbol).account)))
+        return raced_outcome(first, confirmed_ms, agent, exchange, started)
+
+    async def _exchange_route(self, symbol: str) -> int:
+        return await self.kill_desk.cancel_until_empty(symbol, self.cfg.entry(symbol).account)
+
+    async def _after_halt(self, symbol: str, agent: asyncio.Future, exchange: asyncio.Future) -> None:
+        """Once both routes are done, an agent that did not confirm its halt gets the emergency path, its lease
+        kept: a slow one halts on its next renewal (it carries the kill state), a hung one is the fence's."""
+        await asyncio.wait({agent, exchange})
+        if not exchange.cancelled():
+            exchange.exception()  # read: a failed exchange route is in the answer already
+        why = halt_not_confirmed(agent)
+        if why is None:
+            return
+        log.warning("%s: the agent did not confirm its halt (%s); emergency path", symbol, why)
+        await self._emergency(symbol, "halt", revoke=False)
+
+    async def _kill_one(self, symbol: str, mode: str, reason: str, kill_seq: int, started: float) -> KillOutcome:
+        timeout = self.settings.kill_timeout_s if mode == "halt" else self.settings.flatten_timeout_s
+        answer: Any = None
+        problem: str | None = "superseded by a later kill or resume"
+        try:
+            answer = await self.agents.call(symbol, mode, reason, kill_seq, timeout=timeout)
+            if isinstance(answer, dict) and answer.get("outcome") == "superseded":  # not carried out, nor due
+                return KillOutcome(Outcome.FAILED, "agent", None, None, _ms_since(started), problem=problem)
+            problem = None
+        except asyncio.TimeoutError:
+            problem = f"agent did not answer the {mode} within {timeout:g} s"
+        except Exception as exc:  # noqa: BLE001 - any failure leads to the emergency path
+            problem = f"agent failed the {mode}: {first_line(exc)}"
+        open_orders = answer.get("open_orders") if isinstance(answer, dict) else None
+        if problem is None and open_orders == 0:
+            flat = mode == "flatten" and _num(answer.get("position")) == 0 and answer.get("position") is not None
+            if flat and self.book.kill_seq(symbol) == kill_seq:  # never over a resume or kill that came since
+                self.book.set_kill_state(symbol, KillState.HALTED, reason or "flattened")
+            return KillOutcome(Outcome.done(mode), "agent", 0, answer.get("position"), _ms_since(started))
+        if problem is None and isinstance(answer, dict) and answer.get("outcome") == "not_started":
+            # Not trading yet (it gets the kill state with its grant): empty the book, keep its lease.
+            result = await self._emergency(symbol, mode, revoke=False)
+            outcome = Outcome.done(mode) if result.outcome == Outcome.EMERGENCY_CANCELLED else result.outcome
+            return replace(result, outcome=outcome, path="controller", elapsed_ms=_ms_since(started))
+        if problem is None:
+            problem = f"agent reported {open_orders!r} open orders after the {mode}"
+        log.warning("%s: %s; cancelling at the exchange", symbol, problem)
+        result = await self._emergency(symbol, mode)
+        return replace(result, problem=problem, elapsed_ms=_ms_since(started))
+
+    async def _emergency(self, symbol: str, mode: str, *, revoke: bool = True) -> KillOutcome:
+        """Cancel the symbol's orders, confirm, sweep once the lease lapsed; ``revoke`` it first."""
+        self.emergencies[symbol] = self.emergencies.get(symbol, 0) + 1
+        lease = self.book.revoke(symbol) if revoke else self.book.lease(symbol)
+        if revoke:
+            journal_record(self, "lease_revoked", symbol=symbol, reason=f"emergency {mode}")
+        try:
+            account = self.cfg.entry(symbol).account
+        except Exception as exc:  # noqa: BLE001 - the fleet changed under the kill: reported, never raised
+            return KillOutcome(Outcome.FAILED, "emergency", None, error=first_line(exc))
+        result = await self.kill_desk.cancel(symbol, account, mode)
+        if lease is not None and result.outcome != Outcome.FAILED:
+            # The agent's lease was promised until expires_at: sweep again once it has lapsed.
+            delay = max(0.0, lease.expires_at - time.time()) + 0.2
+            self.kill_desk.sweep_later(symbol, account, delay,
+                                  lambda: self.book.kill_state(symbol) != KillState.RUNNING)
+        return result
+
+    @ray.method(concurrency_group=KILL_GROUP)
+    async def resume(self, symbols: list[str] | None = None, by: dict[str, Any] | None = None) -> dict[str, Any]:
+        self._load(start_loops=False)
+        targets = self._targets(symbols)
+        for s in targets:
+            journal_record(self, "resume", symbol=s, reason=(by or {}).get("reason"), **_by(by))
+        self.kill_lock = self.kill_lock or asyncio.Lock()
+        async with self.kill_lock:
+            seqs = await write_kill_states(self.book, targets, KillState.RUNNING, "resumed")
+        answers = await asyncio.gather(
+            *(self.agents.call(s, "resume", seqs[s], timeout=self.settings.kill_timeout_s) for s in targets),
+            return_exceptions=True,
+        )
+        out = {}
+        for s, a in zip(targets, answers):
+            if isinstance(a, BaseException):
+                # The state is durable: the agent picks it up at its next lease renewal.
+                out[s] = {"outcome": "resumed", "agent": f"not confirmed: {first_line(a)}"}
+            else:
+                out[s] = {"outcome": "resumed", "agent": a}
+        return {"symbols": out}
+
+    async def kill_states(self) -> dict[str, Any]:
+        self._load()
+        records = self.book.kill_records()
+        out = {s: {"state": KillState.RUNNING, "reason": "", "since": 0.0} for s in self._symbols()}
+        out.update({s: asdict(r) for s, r in records.items()})
+        return out
