@@ -8,7 +8,7 @@ Rules:
 - Quoting needs an empty set of blocks. Each block has one cause and one remedy: ``starting``
   (until the start completes), ``user_stream`` (lost: reconnect and resync), ``market_stream`` (lost:
   reconnect), ``market_stale`` (no book for ``market_stale_sec``: the next book), ``resync`` (a REST
-  snapshot under way), ``lease`` (lapsed: renewed, and the dead-man switch re-armed first),
+  snapshot under way), ``lease`` (lapsed: renewed, and the dead-man switch re-armed first unless still armed long enough),
   ``stopping`` (for good).
 - The state an operator sees follows from the blocks and the kill state, first match wins:
 

@@ -25,6 +25,7 @@ class Timers:
     def __init__(self, agent: SymbolAgent) -> None:
         self.agent = agent
         self._rearming = False  # a dead-man re-arm is under way before the lease block is lifted
+        self.armed_at: float | None = None  # when the last heartbeat that the exchange took was sent (monotonic)
 
     async def quote_loop(self) -> None:
         """Every ``quote_interval_ms``: a quote cycle if nothing blocks and the core wants one; while
@@ -63,7 +64,11 @@ class Timers:
         try:
             if self.agent.stopping:
                 return  # the stop disarms; arming now could outlive it
-            await self.heartbeat()
+            left = self.countdown_left()
+            if left is None or left < 2 * self.agent.runtime.deadman_heartbeat_sec:
+                await self.heartbeat()
+            else:   # a short lapse: the countdown armed before it still outlasts two heartbeats
+                self.agent.log.event("deadman_still_armed", f"dead-man switch still armed ({left:.0f} s left)")
         except BinanceError as exc:  # still blocked: the watchdog tries again on its next tick
             self.agent.log.event("deadman_failed", f"dead-man re-arm failed: {exc!r}", level=logging.WARNING)
             return
@@ -74,8 +79,19 @@ class Timers:
             self.agent.log.event("lease_regained", "lease valid again: dead-man switch re-armed, quoting resumes")
 
     async def heartbeat(self) -> None:
+        sent = self.agent.clock.monotonic()
         await self.agent.require_client().countdown_cancel_all(self.agent.symbol, self.agent.runtime.deadman_countdown_ms)
+        self.armed_at = sent
         self.agent.counters["deadman_heartbeats"] += 1
+
+    def countdown_left(self) -> float | None:
+        """Seconds the exchange's countdown has left at least (counted from the heartbeat's sending);
+        None before the first. A lease that lapses for a moment needs no re-arm (10 IP weight): at 50
+        symbols, re-arms after the start's lease blips used up the IP's minute and held the last starts
+        for some 60 s."""
+        if self.armed_at is None:
+            return None
+        return self.agent.runtime.deadman_countdown_ms / 1000 - (self.agent.clock.monotonic() - self.armed_at)
 
     async def renew_loop(self) -> None:
         own = self.agent.ownership

@@ -837,6 +837,34 @@ async def test_pulling_quotes_after_the_lease_lapsed_never_touches_a_successors_
     assert successor_id in [o["clientOrderId"] for o in st["open_orders"]]
 
 
+async def test_a_lapse_shorter_than_the_countdown_resumes_quoting_without_a_rearm(sim, exchange):
+    # countdownCancelAll weighs 10: a lease back after a moment, the countdown armed before it still
+    # outlasting two heartbeats, is not re-armed; the exchange keeps that countdown.
+    _, key, secret = sim.accounts[0]
+    lease = ControlledLease(ttl=2.0)
+    runtime = LEASED.model_copy(update={"deadman_heartbeat_sec": 5.0, "deadman_countdown_ms": 60_000})
+    agent = SymbolAgent(
+        fleet_name="t", symbol=SYMBOL, params=SymbolParams(), runtime=runtime,
+        endpoints=ExchangeEndpoints(sim.rest_url, sim.ws_url, sim.ws_url),
+        credentials=Credentials(key, secret), ownership=lease,
+    )
+    countdowns = sim.engine.accounts["main"].countdowns
+    task = asyncio.create_task(agent.run())
+    try:
+        await wait_for(lambda: agent.status()["state"] == "quoting", 10, "quoting")
+        await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+        beats = agent.counters["deadman_heartbeats"]
+        lease.hang.clear()
+        await wait_for(lambda: "lease" in agent.status()["blocks"], 5, "quoting blocked when the lease lapses")
+        lease.hang.set()
+        await wait_for(lambda: "lease" not in agent.status()["blocks"], 5, "quoting again once renewed")
+        assert agent.counters["deadman_heartbeats"] == beats and SYMBOL in countdowns
+        assert 50 < agent.timers.countdown_left() < 60
+    finally:
+        await agent.stop()
+        await asyncio.wait_for(task, 25)
+
+
 async def test_the_dead_man_switch_is_rearmed_before_quoting_resumes_after_a_lapse(sim, exchange):
     # A lapse long enough for the exchange's countdown to fire leaves the symbol unarmed; the first
     # order after the renewal must already rest under a fresh countdown (rule 6).
