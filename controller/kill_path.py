@@ -65,6 +65,7 @@ async def first_empty(routes: dict[str, asyncio.Future], started: float) -> tupl
 
 TELL_TIMEOUT_S = 120.0  # a message to a stopped or restarting controller waits this long
 SWEEP_S = 0.5  # the symbol swept again this often while its agent has not answered the halt
+LEASE_MARGIN_S = 0.2  # ... and, if it never confirms, until this long after its lease's end
 
 
 async def sweep_until_halted(agent: asyncio.Future, sweep: Callable[[], Awaitable[Any]],
@@ -239,13 +240,29 @@ class DirectKill:
         return raced_outcome(first, confirmed_ms, agent, exchange, started)
 
     async def _after_halt(self, symbol: str, seq: int, agent: asyncio.Future) -> None:
-        """An agent that did not confirm its halt (hung, slow, failed): the controller's emergency path."""
+        """An agent that did not confirm its halt (hung, slow, failed) may still send what it decided
+        before: its symbol is swept every ``SWEEP_S`` until its lease has lapsed (it cannot trade
+        after that, and this needs no controller), and the controller takes its emergency path."""
         await asyncio.wait({agent})
         why = halt_not_confirmed(agent)
         if why is None:
             return
-        log.warning("%s: the agent did not confirm its halt (%s); the controller's emergency path", symbol, why)
+        log.warning("%s: the agent did not confirm its halt (%s); swept until its lease lapses, and the "
+                    "controller's emergency path", symbol, why)
         self._tell("halt_unconfirmed", symbol, seq)
+        lease = await asyncio.to_thread(self.book.lease, symbol)
+        account = self._account(symbol)
+        until = (lease.expires_at if lease is not None else time.time()) + LEASE_MARGIN_S
+        while True:
+            if (await asyncio.to_thread(self.book.kill_record, symbol)).seq != seq:
+                return   # resumed or killed again since: that command's own routes take over
+            try:
+                await self.desk.sweep(symbol, account)
+            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+                log.warning("%s: sweep failed: %s", symbol, first_line(exc))
+            if time.time() >= until:
+                return
+            await asyncio.sleep(SWEEP_S)
 
     def _settled(self, task: asyncio.Future) -> None:
         self.behind.discard(task)
