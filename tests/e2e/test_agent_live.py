@@ -7,6 +7,7 @@ polls with a deadline, never sleeps that hope.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -570,6 +571,27 @@ class ControlledLease:
 LEASED = FAST.model_copy(update={"deadman_heartbeat_sec": 0.5, "deadman_countdown_ms": 2_500})
 
 
+@contextlib.asynccontextmanager
+async def quoting_on_lease(sim: Any, exchange: Exchange, lease: "ControlledLease", *, heartbeat_s: float,
+                           countdown_ms: int) -> Any:
+    """An agent on ``lease`` with this dead-man timing, quoting with a ladder resting; stopped after."""
+    _, key, secret = sim.accounts[0]
+    runtime = LEASED.model_copy(update={"deadman_heartbeat_sec": heartbeat_s, "deadman_countdown_ms": countdown_ms})
+    agent = SymbolAgent(
+        fleet_name="t", symbol=SYMBOL, params=SymbolParams(), runtime=runtime,
+        endpoints=ExchangeEndpoints(sim.rest_url, sim.ws_url, sim.ws_url),
+        credentials=Credentials(key, secret), ownership=lease,
+    )
+    task = asyncio.create_task(agent.run())
+    try:
+        await wait_for(lambda: agent.status()["state"] == "quoting", 10, "quoting")
+        await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+        yield agent
+    finally:
+        await agent.stop()
+        await asyncio.wait_for(task, 25)
+
+
 @pytest.fixture
 async def leased_agent(sim):
     made: list[tuple[SymbolAgent, asyncio.Task]] = []
@@ -840,19 +862,9 @@ async def test_pulling_quotes_after_the_lease_lapsed_never_touches_a_successors_
 async def test_a_lapse_shorter_than_the_countdown_resumes_quoting_without_a_rearm(sim, exchange):
     # countdownCancelAll weighs 10: a lease back after a moment, the countdown armed before it still
     # outlasting two heartbeats, is not re-armed; the exchange keeps that countdown.
-    _, key, secret = sim.accounts[0]
     lease = ControlledLease(ttl=2.0)
-    runtime = LEASED.model_copy(update={"deadman_heartbeat_sec": 5.0, "deadman_countdown_ms": 60_000})
-    agent = SymbolAgent(
-        fleet_name="t", symbol=SYMBOL, params=SymbolParams(), runtime=runtime,
-        endpoints=ExchangeEndpoints(sim.rest_url, sim.ws_url, sim.ws_url),
-        credentials=Credentials(key, secret), ownership=lease,
-    )
     countdowns = sim.engine.accounts["main"].countdowns
-    task = asyncio.create_task(agent.run())
-    try:
-        await wait_for(lambda: agent.status()["state"] == "quoting", 10, "quoting")
-        await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    async with quoting_on_lease(sim, exchange, lease, heartbeat_s=5.0, countdown_ms=60_000) as agent:
         beats = agent.counters["deadman_heartbeats"]
         lease.hang.clear()
         await wait_for(lambda: "lease" in agent.status()["blocks"], 5, "quoting blocked when the lease lapses")
@@ -860,27 +872,14 @@ async def test_a_lapse_shorter_than_the_countdown_resumes_quoting_without_a_rear
         await wait_for(lambda: "lease" not in agent.status()["blocks"], 5, "quoting again once renewed")
         assert agent.counters["deadman_heartbeats"] == beats and SYMBOL in countdowns
         assert 50 < agent.timers.countdown_left() < 60
-    finally:
-        await agent.stop()
-        await asyncio.wait_for(task, 25)
 
 
 async def test_the_dead_man_switch_is_rearmed_before_quoting_resumes_after_a_lapse(sim, exchange):
     # A lapse long enough for the exchange's countdown to fire leaves the symbol unarmed; the first
     # order after the renewal must already rest under a fresh countdown (rule 6).
-    _, key, secret = sim.accounts[0]
     lease = ControlledLease(ttl=2.0)
-    runtime = LEASED.model_copy(update={"deadman_heartbeat_sec": 3.0, "deadman_countdown_ms": 3_500})
-    agent = SymbolAgent(
-        fleet_name="t", symbol=SYMBOL, params=SymbolParams(), runtime=runtime,
-        endpoints=ExchangeEndpoints(sim.rest_url, sim.ws_url, sim.ws_url),
-        credentials=Credentials(key, secret), ownership=lease,
-    )
     countdowns = sim.engine.accounts["main"].countdowns
-    task = asyncio.create_task(agent.run())
-    try:
-        await wait_for(lambda: agent.status()["state"] == "quoting", 10, "quoting")
-        await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    async with quoting_on_lease(sim, exchange, lease, heartbeat_s=3.0, countdown_ms=3_500) as agent:
         lease.hang.clear()
         await wait_for(lambda: "lease" in agent.status()["blocks"], 5, "quoting blocked when the lease lapses")
         await wait_for(lambda: SYMBOL not in countdowns, 10, "the exchange's countdown fired")
@@ -896,6 +895,3 @@ async def test_the_dead_man_switch_is_rearmed_before_quoting_resumes_after_a_lap
 
         await wait_for(first_new_order, 10, "quoting again once renewed")
         assert armed_at_first_order == [True]
-    finally:
-        await agent.stop()
-        await asyncio.wait_for(task, 25)
