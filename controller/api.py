@@ -76,6 +76,7 @@ from controller.console import (
 )
 from controller.console_feed import ConsoleFeed
 from controller.federation import FleetView, KillLatency, SplitCache, published_scrapes, render_fleet_page
+from controller.handles import above_agents_env
 from controller.kill_path import DirectKill
 from controller.views import exposure_view, kill_state_map, kill_view, status_view
 from fleet.config import FleetConfig
@@ -83,6 +84,7 @@ from fleet.config import FleetConfig
 log = logging.getLogger("mmfleet.api")
 
 HEAD_NODE_RESOURCE = "node:__internal_head__"
+KILL_PATH_READY_S = 5.0   # how often the endpoint makes its kill path ready (controller/kill_path.py, prepare)
 
 
 def app_name(fleet_name: str) -> str:
@@ -175,8 +177,9 @@ class FleetApi:
         self.feed = ConsoleFeed(self.calls, self.cfg.name, self.cfg.risk.max_total_notional, self._traded,
                                 push_s=self.settings.console_push_s, slow_s=self.settings.console_slow_s)
         install_log_escaping()   # a kill reason with a newline cannot forge a log line
-        try:   # the kill path's modules imported and its exchange clients opened before the first kill
-            warming = asyncio.get_running_loop().create_task(self._warm_kill_path())
+        self.kill_path: dict[str, Any] = {}   # what DirectKill.prepare last found ready, and when
+        try:   # the kill path kept ready: modules imported, exchange clients open, agents' handles found
+            warming = asyncio.get_running_loop().create_task(self._keep_kill_path_ready())
             self.behind.add(warming)
             warming.add_done_callback(self.behind.discard)
         except RuntimeError:   # no loop running here: the first kill opens them
@@ -237,7 +240,14 @@ class FleetApi:
             "fleet": self.cfg.name,
             "symbols": len(self.known),
             "token_configured": self.tokens.read() is not None,
+            "kill_path": self._kill_path_view(),
         }
+
+    def _kill_path_view(self) -> dict[str, Any]:
+        """How ready a kill is: agents whose handles are found, accounts whose exchange clients are open."""
+        ready = dict(self.kill_path)
+        at = ready.pop("at", None)
+        return {**ready, "checked_s_ago": round(time.time() - at, 1) if at is not None else None}
 
     @api.get("/status", summary="per agent: state, epoch, lease, streams, book age, restarts")
     async def status(self, creds: Credentials) -> dict[str, Any]:
@@ -360,12 +370,20 @@ class FleetApi:
                     self.settings.kill_deadline_s)
         return await self.direct.kill(symbols, mode, reason, started, self._journal_by(via))
 
-    async def _warm_kill_path(self) -> None:
-        try:
-            await self.direct.refresh()
-            await self.direct.warm(self.direct.symbols())
-        except Exception as exc:  # noqa: BLE001 - the first kill opens what is missing, and reports it
-            log.warning("kill path not warmed: %s", exc)
+    async def _keep_kill_path_ready(self) -> None:
+        """Every ``KILL_PATH_READY_S``: the fleet as applied, its exchange clients and its agents'
+        handles ready for a kill (an agent created since, a restarted endpoint, an ``apply``)."""
+        failures = 0
+        while True:
+            try:
+                ready = await self.direct.prepare(time.monotonic())
+                self.kill_path = {**ready, "at": time.time()}
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - a kill opens what is missing, and reports it
+                failures += 1
+                if failures in (1, 10) or failures % 100 == 0:
+                    log.warning("kill path not made ready (%d in a row): %s", failures, first_line(exc))
+            await asyncio.sleep(KILL_PATH_READY_S)
 
     def _journal_by(self, via: str) -> dict[str, Any]:
         """Who asked, for the journal's audit trail: the API or the console, and a fingerprint of the token."""
@@ -576,9 +594,13 @@ def deploy(
         raise RuntimeError("deploy() needs a Ray connection: call ray.init(...) first")
     cfg = _resolved(fleet_cfg)
     ns = namespace or cfg.namespace
-    serve.start(proxy_location="HeadOnly", http_options={"host": cfg.api.host, "port": cfg.api.port})
+    # Serve's controller, and the HTTP proxy it starts, above the agents for CPU (a kill's request passes
+    # the proxy); only when this call starts Serve.
+    serve.start(proxy_location="HeadOnly", http_options={"host": cfg.api.host, "port": cfg.api.port},
+                controller_options={"runtime_env": above_agents_env()})
     app = FleetApi.options(
-        ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}},
+        ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001},
+                           "runtime_env": above_agents_env()},
     ).bind(cfg.model_dump(mode="json"), ns, asdict(settings))
     serve.run(app, name=app_name(cfg.name), route_prefix=route_prefix)
     http = _get_global_client().http_config

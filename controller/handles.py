@@ -20,6 +20,17 @@ def agent_name(symbol: str) -> str:
     return f"{AGENT_PREFIX}{symbol}"
 
 
+def above_agents_env() -> dict[str, Any]:
+    """The ``runtime_env`` of a process that must not wait behind the agents for CPU: the endpoint
+    (Serve's controller, its HTTP proxy, the replica) and a hosted simulator. The raylet starts it at
+    niceness 0, its own (``RAY_worker_niceness``), and every other worker, so every agent, at Ray's
+    default 15: on a node the agents saturate, a kill still gets its CPU turns first. The controller
+    and the agents take none: an actor inherits its creator's ``runtime_env``, and a worker with one
+    costs twice the CPU to start (0.31 -> 0.60 s measured here; 50 agents all quoting 43 -> 58 s).
+    Nothing secret goes here (it is visible cluster-wide)."""
+    return {"env_vars": {"RAY_worker_niceness": "0"}}
+
+
 class AgentHandles:
     """``agent.<SYMBOL>`` actors of one fleet's namespace."""
 

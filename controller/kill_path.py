@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from controller.emergency import EmergencyDesk, KillOutcome, Outcome, first_line
 from controller.handles import AGENT_PREFIX
 from controller.lease import GcsStore, LeaseBook, aget_many
-from fleet.config import FleetConfig
+from fleet.config import KILL_KEEP_OPEN_S, FleetConfig
 from fleet.vocabulary import KillState
 
 if TYPE_CHECKING:  # controller.calls imports controller.controller, which imports this module
@@ -66,6 +67,8 @@ async def first_empty(routes: dict[str, asyncio.Future], started: float) -> tupl
 TELL_TIMEOUT_S = 120.0  # a message to a stopped or restarting controller waits this long
 SWEEP_S = 0.5  # the symbol swept again this often while its agent has not answered the halt
 LEASE_MARGIN_S = 0.2  # ... and, if it never confirms, until this long after its lease's end
+KEEP_OPEN_S = KILL_KEEP_OPEN_S  # the kill path's connections used this often (a client holds an idle one 60 s)
+KEEP_OPEN_MAX = 64    # ... at most this many per account (the client's connection limit)
 
 
 async def sweep_until_halted(agent: asyncio.Future, sweep: Callable[[], Awaitable[Any]],
@@ -157,6 +160,8 @@ class DirectKill:
         self.halt_timeout_s = halt_timeout_s
         self.flatten_timeout_s = flatten_timeout_s
         self.behind: set[asyncio.Future] = set()   # routes and messages still running after the answer
+        self.kept_open_at = -math.inf                # when prepare last kept the connections open
+        self.connections = 0                        # connections it found or opened then
 
     async def refresh(self) -> FleetConfig:
         """The fleet as the controller last applied it; on any failure, the last one known (logged)."""
@@ -173,6 +178,26 @@ class DirectKill:
 
     def symbols(self) -> list[str]:
         return [e.symbol for e in self.fleet.symbols]
+
+    async def prepare(self, now: float) -> dict[str, int]:
+        """The kill path made ready ahead of a kill (run every few seconds): the fleet as applied, its
+        accounts' exchange clients open, its agents' handles looked up, and, every ``KEEP_OPEN_S``,
+        as many connections per account as a kill of its symbols sends at once (``keep_open``: at 50
+        symbols some 65 weight a minute, against the agents' upkeep of 47.5 each). What is ready."""
+        await self.refresh()
+        symbols = self.symbols()
+        await self.warm(symbols)
+        agents = await self.calls.resolve([AGENT_PREFIX + s for s in symbols])
+        per_account: dict[str, int] = {}
+        for e in self.fleet.symbols:
+            per_account[e.account] = per_account.get(e.account, 0) + 1
+        if now - self.kept_open_at >= KEEP_OPEN_S:
+            self.kept_open_at = now
+            kept = await asyncio.gather(*(self.desk.keep_open(a, min(n, KEEP_OPEN_MAX))
+                                          for a, n in per_account.items()), return_exceptions=True)
+            self.connections = sum(k for k in kept if isinstance(k, int))
+        return {"symbols": len(symbols), "agents_ready": agents, "accounts": len(per_account),
+                "accounts_open": len(set(per_account) & set(self.desk.clients)), "connections": self.connections}
 
     async def warm(self, symbols: list[str]) -> None:
         """The exchange clients opened (keys read) ahead of a kill that will need them."""

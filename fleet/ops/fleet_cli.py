@@ -316,6 +316,7 @@ def start_simulator(cfg: Any) -> tuple[Any, dict[str, str]]:
     """The simulator as a detached actor; each account's keys in a 0600 file under state_dir."""
     import ray
 
+    from controller.handles import above_agents_env
     from fleet.ops.simhost import SIM_ACTOR, SimHost, sim_key_file, write_sim_keys
 
     key_files = {a.name: str(write_sim_keys(sim_key_file(cfg.state_dir, cfg.name, a.name))) for a in cfg.accounts}
@@ -326,7 +327,8 @@ def start_simulator(cfg: Any) -> tuple[Any, dict[str, str]]:
         ray.kill(old)  # left over from a fleet that was not brought down
     except ValueError:
         pass
-    host = SimHost.options(name=SIM_ACTOR, namespace=cfg.namespace, lifetime="detached").remote(
+    host = SimHost.options(name=SIM_ACTOR, namespace=cfg.namespace, lifetime="detached",
+                           runtime_env=above_agents_env()).remote(
         [e.symbol for e in cfg.symbols], sim_cfg.seed, sim_cfg.host, sim_cfg.port, key_files, config_path
     )
     urls = ray.get(host.start.remote(), timeout=60)

@@ -160,6 +160,32 @@ def test_status_shows_every_agent_quoting_with_its_epoch_and_lease(live):
         assert agent["restarts"] == 0
 
 
+def process_of_replica(app: str) -> int:
+    """The pid of the endpoint's Serve replica (its process title names the application)."""
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"ServeReplica:" + app.encode() + b":" in title:
+            return pid
+    raise AssertionError(f"no process of the Serve replica of {app}")
+
+
+def test_the_kill_path_is_ready_before_any_kill_and_outranks_the_agents_for_cpu(live):
+    from controller.api import app_name
+
+    ready = poll(lambda: (lambda k: k if k.get("agents_ready") == 3 else None)(
+        live.get("/health", auth=False).json()["kill_path"]), within_s=30, what="every agent's handle found")
+    assert ready["symbols"] == 3 and ready["accounts"] == ready["accounts_open"] == 1, ready
+    assert ready["connections"] == 3, ready   # as many as a kill of the account's 3 symbols sends at once
+    assert ready["checked_s_ago"] is not None and ready["checked_s_ago"] < 60
+    # The endpoint at the raylet's niceness (0), every agent at Ray's default for a worker (15).
+    assert os.getpriority(os.PRIO_PROCESS, process_of_replica(app_name(live.cfg.name))) == 0
+    agents = live.get("/status").json()["agents"]
+    assert {s: os.getpriority(os.PRIO_PROCESS, agents[s]["pid"]) for s in SYMBOLS} == {s: 15 for s in SYMBOLS}
+
+
 def test_exposure_matches_the_exchange(live):
     def matches() -> dict[str, Any] | None:
         body = live.get("/exposure").json()
