@@ -63,3 +63,21 @@ async def test_stop_before_run_is_clean_and_idempotent(tmp_path):
     assert first["state"] == "stopped"
     assert await agent.stop() == first
     await agent.run()  # returns at once: it was stopped
+
+
+def test_the_latency_windows_quantiles_are_those_of_its_last_samples_sorted():
+    import random
+
+    from agents.agent_base import LATENCY_RECENT, LatencyWindow
+
+    window, rng, samples = LatencyWindow(), random.Random(5), []
+    assert window.quantile_ms(0.5) is None
+    for n in range(LATENCY_RECENT * 2 + 17):
+        ns = rng.choice([rng.randrange(10**5, 10**8), 3_000_000])   # repeats too: eviction by value
+        window.add(ns)
+        samples.append(ns)
+        if n % 97 == 0 or n > LATENCY_RECENT * 2:
+            recent = sorted(samples[-LATENCY_RECENT:])
+            for q in (0.0, 0.5, 0.99):
+                assert window.quantile_ms(q) == round(recent[min(len(recent) - 1, int(q * len(recent)))] / 1e6, 4)
+    assert len(window.all) == len(samples)
