@@ -572,11 +572,11 @@ LEASED = FAST.model_copy(update={"deadman_heartbeat_sec": 0.5, "deadman_countdow
 
 
 @contextlib.asynccontextmanager
-async def quoting_on_lease(sim: Any, exchange: Exchange, lease: "ControlledLease", *, heartbeat_s: float,
-                           countdown_ms: int) -> Any:
-    """An agent on ``lease`` with this dead-man timing, quoting with a ladder resting; stopped after."""
+async def quoting_on_lease(sim: Any, exchange: Exchange, lease: "ControlledLease", **runtime: Any) -> Any:
+    """An agent on ``lease`` with these runtime settings over ``LEASED``'s, quoting with a ladder
+    resting; stopped after."""
     _, key, secret = sim.accounts[0]
-    runtime = LEASED.model_copy(update={"deadman_heartbeat_sec": heartbeat_s, "deadman_countdown_ms": countdown_ms})
+    runtime = LEASED.model_copy(update=runtime)
     agent = SymbolAgent(
         fleet_name="t", symbol=SYMBOL, params=SymbolParams(), runtime=runtime,
         endpoints=ExchangeEndpoints(sim.rest_url, sim.ws_url, sim.ws_url),
@@ -803,18 +803,9 @@ async def test_a_halt_asked_while_starting_holds_once_started(sim, exchange, tmp
 async def test_rest_fallback_after_the_lease_lapsed_never_touches_a_successors_orders(sim, exchange):
     # A zombie (lease lapsed, controller silent) whose user stream then stays down past the grace:
     # its REST fallback must cancel only its own orders, not the symbol's (a successor's among them).
-    _, key, secret = sim.accounts[0]
     lease = ControlledLease(ttl=2.0)
-    runtime = LEASED.model_copy(update={"user_stream_grace_sec": 0.3, "reconnect_backoff_initial_sec": 3.0})
-    agent = SymbolAgent(
-        fleet_name="t", symbol=SYMBOL, params=SymbolParams(), runtime=runtime,
-        endpoints=ExchangeEndpoints(sim.rest_url, sim.ws_url, sim.ws_url),
-        credentials=Credentials(key, secret), ownership=lease,
-    )
-    task = asyncio.create_task(agent.run())
-    try:
-        await wait_for(lambda: agent.status()["state"] == "quoting", 10, "quoting")
-        await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    async with quoting_on_lease(sim, exchange, lease, user_stream_grace_sec=0.3,
+                                reconnect_backoff_initial_sec=3.0) as agent:
         lease.hang.clear()
         await wait_for(lambda: "lease" in agent.status()["blocks"], 5, "quoting blocked when the lease lapses")
         successor_id = await successor_takes_over(agent, exchange)
@@ -822,9 +813,6 @@ async def test_rest_fallback_after_the_lease_lapsed_never_touches_a_successors_o
         await wait_for(lambda: agent.counters["rest_fallback_cancels"] >= 1, 5, "the REST fallback after the grace")
         st = await exchange.state()
         assert [o["clientOrderId"] for o in st["open_orders"]] == [successor_id]
-    finally:
-        await agent.stop()
-        await asyncio.wait_for(task, 25)
 
 
 async def test_a_failed_dead_man_disarm_at_stop_is_loud(make_agent, exchange, caplog):
@@ -864,7 +852,7 @@ async def test_a_lapse_shorter_than_the_countdown_resumes_quoting_without_a_rear
     # outlasting two heartbeats, is not re-armed; the exchange keeps that countdown.
     lease = ControlledLease(ttl=2.0)
     countdowns = sim.engine.accounts["main"].countdowns
-    async with quoting_on_lease(sim, exchange, lease, heartbeat_s=5.0, countdown_ms=60_000) as agent:
+    async with quoting_on_lease(sim, exchange, lease, deadman_heartbeat_sec=5.0, deadman_countdown_ms=60_000) as agent:
         beats = agent.counters["deadman_heartbeats"]
         lease.hang.clear()
         await wait_for(lambda: "lease" in agent.status()["blocks"], 5, "quoting blocked when the lease lapses")
@@ -879,7 +867,7 @@ async def test_the_dead_man_switch_is_rearmed_before_quoting_resumes_after_a_lap
     # order after the renewal must already rest under a fresh countdown (rule 6).
     lease = ControlledLease(ttl=2.0)
     countdowns = sim.engine.accounts["main"].countdowns
-    async with quoting_on_lease(sim, exchange, lease, heartbeat_s=3.0, countdown_ms=3_500) as agent:
+    async with quoting_on_lease(sim, exchange, lease, deadman_heartbeat_sec=3.0, deadman_countdown_ms=3_500) as agent:
         lease.hang.clear()
         await wait_for(lambda: "lease" in agent.status()["blocks"], 5, "quoting blocked when the lease lapses")
         await wait_for(lambda: SYMBOL not in countdowns, 10, "the exchange's countdown fired")
