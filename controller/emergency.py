@@ -113,16 +113,19 @@ class EmergencyDesk:
         """Open the accounts' clients ahead of a route that will need them (failures: the route reports)."""
         await asyncio.gather(*(self.client(a) for a in accounts if a not in self.clients), return_exceptions=True)
 
-    async def keep_open(self, account: str, connections: int) -> int:
-        """Hold ``connections`` open to the exchange for ``account`` (as many as a kill of its symbols
-        sends at once): that many pings at once (``GET /fapi/v1/ping``, weight 1 each) reuse the open
-        ones and open what is missing. A kill on connections opened first costs both sides a handshake
-        each: at 50 symbols on this box some 150 ms of the first kill after a minute's quiet. How many
-        pings were answered."""
+    async def verify(self, account: str, symbols: list[str]) -> int:
+        """The kill's own confirmation tried ahead of a kill: one signed look-up of each symbol's open
+        orders, all at once (``GET /fapi/v1/openOrders``, weight 1 each, the risk lane). It proves what a
+        ping cannot (the key, its permissions, the signature, the clock within ``recvWindow``, no ban)
+        and holds open as many connections as a kill of these symbols sends at once (a kill on new
+        connections paid both sides' handshakes: some 150 ms of a first kill at 50 symbols here).
+        How many were answered; the first failure is raised."""
         client = await self.client(account)
-        answers = await asyncio.gather(*(client.ping() for _ in range(max(0, connections))),
-                                       return_exceptions=True)
-        return sum(1 for a in answers if not isinstance(a, BaseException))
+        answers = await asyncio.gather(*(client.open_orders(s) for s in symbols), return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+        return len(answers)
 
     async def cancel(self, symbol: str, account: str, mode: str) -> KillOutcome:
         """Cancel every order of the symbol (and close it for a flatten); confirm what the exchange lists."""

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from controller.emergency import EmergencyDesk, KillOutcome, Outcome, first_line
 from controller.handles import AGENT_PREFIX
 from controller.lease import GcsStore, LeaseBook, aget_many
-from fleet.config import KILL_KEEP_OPEN_S, FleetConfig
+from fleet.config import KILL_VERIFY_S, FleetConfig
 from fleet.vocabulary import KillState
 
 if TYPE_CHECKING:  # controller.calls imports controller.controller, which imports this module
@@ -67,8 +67,8 @@ async def first_empty(routes: dict[str, asyncio.Future], started: float) -> tupl
 TELL_TIMEOUT_S = 120.0  # a message to a stopped or restarting controller waits this long
 SWEEP_S = 0.5  # the symbol swept again this often while its agent has not answered the halt
 LEASE_MARGIN_S = 0.2  # ... and, if it never confirms, until this long after its lease's end
-KEEP_OPEN_S = KILL_KEEP_OPEN_S  # the kill path's connections used this often (a client holds an idle one 60 s)
-KEEP_OPEN_MAX = 64    # ... at most this many per account (the client's connection limit)
+VERIFY_S = KILL_VERIFY_S  # the kill path's requests tried this often (a client holds an idle connection 60 s)
+VERIFY_MAX = 64          # ... at most this many symbols per account at once (the client's connection limit)
 
 
 async def sweep_until_halted(agent: asyncio.Future, sweep: Callable[[], Awaitable[Any]],
@@ -160,8 +160,9 @@ class DirectKill:
         self.halt_timeout_s = halt_timeout_s
         self.flatten_timeout_s = flatten_timeout_s
         self.behind: set[asyncio.Future] = set()   # routes and messages still running after the answer
-        self.kept_open_at = -math.inf                # when prepare last kept the connections open
-        self.connections = 0                        # connections it found or opened then
+        self.verified_at = -math.inf                # when prepare last tried the kill's requests
+        self.connections = 0                        # requests answered then (connections held open)
+        self.unverified: dict[str, str] = {}        # account -> why its kill requests failed then
 
     async def refresh(self) -> FleetConfig:
         """The fleet as the controller last applied it; on any failure, the last one known (logged)."""
@@ -181,23 +182,38 @@ class DirectKill:
 
     async def prepare(self, now: float) -> dict[str, int]:
         """The kill path made ready ahead of a kill (run every few seconds): the fleet as applied, its
-        accounts' exchange clients open, its agents' handles looked up, and, every ``KEEP_OPEN_S``,
-        as many connections per account as a kill of its symbols sends at once (``keep_open``: at 50
-        symbols some 65 weight a minute, against the agents' upkeep of 47.5 each). What is ready."""
+        accounts' exchange clients open, its agents' handles looked up, and, every ``VERIFY_S``, the
+        kill's own confirmation tried for every symbol (``EmergencyDesk.verify``: 1.33 weight a minute
+        per symbol, in ``upkeep_weight``), so a revoked key or a skewed clock is found before a kill
+        needs it (logged, and counted in ``/health``). What is ready."""
         await self.refresh()
         symbols = self.symbols()
         await self.warm(symbols)
         agents = await self.calls.resolve([AGENT_PREFIX + s for s in symbols])
-        per_account: dict[str, int] = {}
+        per_account: dict[str, list[str]] = {}
         for e in self.fleet.symbols:
-            per_account[e.account] = per_account.get(e.account, 0) + 1
-        if now - self.kept_open_at >= KEEP_OPEN_S:
-            self.kept_open_at = now
-            kept = await asyncio.gather(*(self.desk.keep_open(a, min(n, KEEP_OPEN_MAX))
-                                          for a, n in per_account.items()), return_exceptions=True)
-            self.connections = sum(k for k in kept if isinstance(k, int))
+            per_account.setdefault(e.account, []).append(e.symbol)
+        if now - self.verified_at >= VERIFY_S:
+            self.verified_at = now
+            await self._verify(per_account)
         return {"symbols": len(symbols), "agents_ready": agents, "accounts": len(per_account),
-                "accounts_open": len(set(per_account) & set(self.desk.clients)), "connections": self.connections}
+                "accounts_open": len(set(per_account) & set(self.desk.clients)),
+                "accounts_verified": len(set(per_account) - set(self.unverified)), "connections": self.connections}
+
+    async def _verify(self, per_account: dict[str, list[str]]) -> None:
+        answered = await asyncio.gather(*(self.desk.verify(a, s[:VERIFY_MAX]) for a, s in per_account.items()),
+                                        return_exceptions=True)
+        unverified: dict[str, str] = {}
+        for account, answer in zip(per_account, answered):
+            if isinstance(answer, BaseException):
+                unverified[account] = first_line(answer)
+                if self.unverified.get(account) != unverified[account]:
+                    log.error("account %s: the kill path's requests fail (%s): a kill would reach its "
+                              "symbols only through their agents", account, unverified[account])
+            elif account in self.unverified:
+                log.warning("account %s: the kill path's requests answered again", account)
+        self.unverified = unverified
+        self.connections = sum(a for a in answered if isinstance(a, int))
 
     async def warm(self, symbols: list[str]) -> None:
         """The exchange clients opened (keys read) ahead of a kill that will need them."""

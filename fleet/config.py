@@ -498,7 +498,7 @@ def load_symbol_params(path: str | os.PathLike[str], symbol: str | None = None) 
 # Binance's weights for the upkeep calls (reference: Binance USD-M REST docs).
 WEIGHT_COUNTDOWN, WEIGHT_OPEN_ORDERS, WEIGHT_POSITION_RISK = 10, 1, 5
 WEIGHT_USER_TRADES, WEIGHT_INCOME, WEIGHT_LISTEN_KEY = 5, 30, 1
-KILL_KEEP_OPEN_S = 45.0  # the endpoint's kill path pings one connection per symbol this often (weight 1)
+KILL_VERIFY_S = 45.0  # the endpoint tries its kill's look-up of each symbol's open orders this often (weight 1)
 IP_WEIGHT_PER_MIN = 2400  # per IP address, shared by every agent sending from it
 BUDGET_QUOTE_BELOW = 0.75  # the agents' budgets stop quoting above this share of the IP's count
 
@@ -507,9 +507,9 @@ def upkeep_weight(runtime: RuntimeParams, journal: JournalConfig) -> float:
     """The IP weight an agent spends a minute on its own upkeep, whatever it quotes: the dead-man
     re-arm, the reconciliation's openOrders and positionRisk, the listenKey keep-alive and the
     journal's userTrades and hourly income (funding fee frames' reads are shared with the agent's own),
-    and the endpoint's ping that keeps a connection open for the symbol's kill."""
+    and the endpoint's look-up of the symbol's open orders that tries its kill ahead of one."""
     w = WEIGHT_COUNTDOWN * 60.0 / runtime.deadman_heartbeat_sec
-    w += 60.0 / KILL_KEEP_OPEN_S
+    w += WEIGHT_OPEN_ORDERS * 60.0 / KILL_VERIFY_S
     w += WEIGHT_OPEN_ORDERS * 60.0 / runtime.reconcile_interval_sec
     w += WEIGHT_POSITION_RISK * 60.0 / (runtime.reconcile_interval_sec * runtime.reconcile_position_every)
     w += WEIGHT_LISTEN_KEY * 60.0 / runtime.listen_key_keepalive_sec

@@ -178,7 +178,9 @@ def test_the_kill_path_is_ready_before_any_kill_and_outranks_the_agents_for_cpu(
     ready = poll(lambda: (lambda k: k if k.get("agents_ready") == 3 else None)(
         live.get("/health", auth=False).json()["kill_path"]), within_s=30, what="every agent's handle found")
     assert ready["symbols"] == 3 and ready["accounts"] == ready["accounts_open"] == 1, ready
-    assert ready["connections"] == 3, ready   # as many as a kill of the account's 3 symbols sends at once
+    # The kill's own look-ups tried with the account's key: answered for all 3 symbols at once (as many
+    # connections as a kill of them sends at once).
+    assert ready["accounts_verified"] == 1 and ready["connections"] == 3, ready
     assert ready["checked_s_ago"] is not None and ready["checked_s_ago"] < 60
     # The endpoint at the raylet's niceness (0), every agent at Ray's default for a worker (15).
     assert os.getpriority(os.PRIO_PROCESS, process_of_replica(app_name(live.cfg.name))) == 0

@@ -233,7 +233,7 @@ def test_validate_prints_the_upkeep_weight_and_warns_past_what_one_ip_holds(tmp_
 
     # the defaults: countdownCancelAll every 30 s (20), openOrders every 5 s (12), positionRisk every
     # 6th (10), listenKey keep-alive every 25 min (0.04), userTrades every 60 s (5), income hourly (0.5),
-    # and the endpoint keeping a connection open for the symbol's kill (a ping every 45 s: 1.33)
+    # and the endpoint trying the symbol's kill look-up ahead (its open orders every 45 s: 1.33)
     assert upkeep_weight(RuntimeParams(), JournalConfig()) == pytest.approx(48.87, abs=0.01)
     assert upkeep_weight(RuntimeParams(), JournalConfig(enabled=False)) == pytest.approx(43.37, abs=0.01)
     assert main(["validate", "--config", str(CONFIGS / "fleet.demo.yaml")]) == 0

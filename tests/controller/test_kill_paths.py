@@ -56,6 +56,43 @@ def test_the_endpoints_kill_knows_the_fleet_as_applied_not_only_as_deployed(ray_
     direct.book.delete_doc(SPEC_DOC)
 
 
+def test_the_kill_path_tries_its_requests_ahead_and_names_an_account_whose_key_fails(tmp_path, caplog):
+    """Ahead of any kill, the endpoint looks up every symbol's open orders with its account's key (the
+    kill's own confirmation): an account whose key the exchange refuses is found then, not in a kill."""
+    from controller.kill_path import DirectKill
+
+    api_key, api_secret = secrets.token_hex(32), secrets.token_hex(32)
+    sim = SimThread(api_key, api_secret)
+    try:
+        files = {}
+        for name, secret in (("good", api_secret), ("bad", secrets.token_hex(32))):
+            files[name] = tmp_path / f"{name}.keys.yaml"
+            files[name].write_text(yaml.safe_dump({"api_key": api_key, "api_secret": secret}))
+            files[name].chmod(0o600)
+        cfg = FleetConfig(
+            name=f"kpv{uuid.uuid4().hex[:6]}",
+            exchange=ExchangeConfig(kind="sim", rest_url=sim.server.rest_url, ws_market_url=sim.server.ws_url),
+            accounts=tuple(AccountConfig(name=n, key_file=str(f)) for n, f in files.items()),
+            symbols=(SymbolEntry(symbol=SYMBOLS[0], account="good"), SymbolEntry(symbol=SYMBOLS[1], account="good"),
+                     SymbolEntry(symbol=SYMBOLS[2], account="bad")))
+        direct = DirectKill(cfg, calls=None, halt_timeout_s=1.0)  # type: ignore[arg-type]
+
+        async def verify() -> None:
+            try:
+                await direct._verify({"good": list(SYMBOLS[:2]), "bad": [SYMBOLS[2]]})
+            finally:
+                await direct.desk.close()
+
+        with caplog.at_level("ERROR", logger="mmfleet.kill"):
+            asyncio.run(verify())
+        assert set(direct.unverified) == {"bad"} and "-1022" in direct.unverified["bad"], direct.unverified
+        assert direct.connections == 2                      # the good account's two look-ups answered
+        assert any("account bad" in r.getMessage() for r in caplog.records)
+        assert api_secret not in caplog.text and api_key not in caplog.text
+    finally:
+        sim.stop()
+
+
 def test_the_first_route_to_see_zero_answers_and_a_failed_route_does_not():
     from controller.kill_path import first_empty
 
