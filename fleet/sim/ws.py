@@ -86,19 +86,21 @@ class StreamGateway(WsApiGateway):
                 acct = self.engine.accounts[target]
                 payload = render(payload)
                 etype = payload.get("e")
+                key = payload["listenKey"] if etype == "listenKeyExpired" else acct.listen_key
+                raw = enveloped = None  # encoded once, whatever the number of connections
                 for c in conns:
-                    if etype == "listenKeyExpired":
-                        if payload["listenKey"] not in c.listen_keys:
-                            continue
-                    elif acct.listen_key not in c.listen_keys:
+                    if key not in c.listen_keys:
                         continue
                     if c.events is not None and etype not in c.events:
                         continue
                     if c.combined:
-                        key = payload["listenKey"] if etype == "listenKeyExpired" else acct.listen_key
-                        self._send(c, orjson.dumps({"stream": key, "data": payload}))
+                        if enveloped is None:
+                            enveloped = orjson.dumps({"stream": key, "data": payload})
+                        self._send(c, enveloped)
                     else:
-                        self._send(c, orjson.dumps(payload))
+                        if raw is None:
+                            raw = orjson.dumps(payload)
+                        self._send(c, raw)
 
     def _send(self, c: Conn, raw: bytes) -> None:
         if c.closed:
@@ -373,7 +375,7 @@ class StreamGateway(WsApiGateway):
         try:
             while True:
                 raw = await c.queue.get()
-                await ws.send_str(raw.decode())
+                await ws.send_frame(raw, WSMsgType.TEXT)   # JSON is UTF-8 already: no decode and re-encode
                 self.stats["ws_frames_sent"] += 1
         except (ConnectionResetError, RuntimeError, asyncio.CancelledError):
             pass
