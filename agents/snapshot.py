@@ -49,6 +49,7 @@ def build_status(agent: SymbolAgent) -> dict[str, Any]:
         "tick_to_order_p50_ms": agent.latency.quantile_ms(0.5, now),
         "tick_to_order_p99_ms": agent.latency.quantile_ms(0.99, now),
         "rate_share": agent.budget.share,
+        "rate_budget_waits": list(agent.budget.waiting.values()),  # requests held for room over 1 s: what for
         "last_reconcile_repair": agent.reconciler.last_repair,
         "counters": {
             **agent.counters, **agent.frames.counts(),

@@ -462,8 +462,8 @@ class Bench:
                     st = self.ray.get(self.agent(victim).status.remote(), timeout=10)
                 except Exception as exc:  # noqa: BLE001 - still restarting
                     return f"no status ({exc!r:.200}); IP weight of the last minute {self.ip_weight()}"
-                keep = ("pid", "state", "blocks", "epoch", "last_error", "phases", "counters")
-                return f"{ {k: st.get(k) for k in keep} }; IP weight of the last minute {self.ip_weight()}"
+                keep = ("rate_budget_waits", "last_error", "state", "blocks", "epoch", "pid", "phases", "counters")
+                return f"IP weight of the last minute {self.ip_weight()}; { {k: st.get(k) for k in keep} }"
 
             st, orders = wait(back, 60, "the killed agent quoting again", what_else=victim_now)
             out["recovery_s"] = time.monotonic() - t

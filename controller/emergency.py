@@ -68,7 +68,7 @@ def _EmergencyBudget() -> Any:  # noqa: N802 - a class built lazily (the client 
     from fleet.binance.ratelimit import RateBudget
 
     class EmergencyBudget(RateBudget):
-        def observe_headers(self, headers: Any, now: float | None = None) -> None:
+        def observe_headers(self, headers: Any, now: float | None = None, *, server_ms: int | None = None) -> None:
             return None
 
     return EmergencyBudget()

@@ -77,7 +77,7 @@ async def sweep_until_halted(agent: asyncio.Future, sweep: Callable[[], Awaitabl
     and may still send an order it decided before: the symbol's orders are cancelled again every
     ``every_s`` (``DELETE allOpenOrders``, weight 1) until the agent's halt call ends, however it ends
     (a hung agent's call times out; its lease's fence does the rest). Returns the sweeps made."""
-    sweeps = 0
+    sweeps = failed = 0
     while not agent.done():
         await asyncio.wait({agent}, timeout=every_s)
         if agent.done():
@@ -85,8 +85,10 @@ async def sweep_until_halted(agent: asyncio.Future, sweep: Callable[[], Awaitabl
         sweeps += 1
         try:
             await sweep()
-        except Exception:  # noqa: BLE001 - the next sweep tries again; the agent's answer decides
-            pass
+        except Exception as exc:  # noqa: BLE001 - the next sweep tries again; the agent's answer decides
+            failed += 1
+            if failed in (1, 10) or failed % 100 == 0:
+                log.warning("a sweep after the halt failed (%d of %d so far): %s", failed, sweeps, first_line(exc))
     return sweeps
 
 

@@ -100,6 +100,7 @@ class RestCore:
         self.params_in_body = params_in_body
         self.clock_ms = clock_ms or _wall_ms  # local time in ms (a simulated run injects its clock)
         self.time_offset_ms = 0  # exchange time - local time
+        self.time_synced = False  # the offset learned (sync_time): the rate budget may use the exchange's clock
         self._session: aiohttp.ClientSession | None = None
         self.requests_sent = 0
         self.resync_on_skew = True  # on -1021: re-learn the clock offset and send once more
@@ -216,7 +217,7 @@ class RestCore:
         """The decoded answer of a success; otherwise its typed error, raised (after telling the budget
         of a 429 or a ban); a write's error that may have executed becomes an unknown outcome."""
         method, path, mutating = endpoint.method, endpoint.path, endpoint.mutating
-        self.budget.observe_headers(resp_headers)
+        self.budget.observe_headers(resp_headers, server_ms=self._timestamp() if self.time_synced else None)
         payload = _decode(raw, status, method, path, mutating)
         if 200 <= status < 300 and not (isinstance(payload, dict) and _is_error_payload(payload)):
             return payload
@@ -262,6 +263,8 @@ class RestCore:
         server = await self.server_time()
         after = self.clock_ms()
         self.time_offset_ms = int(round(server - (before + after) / 2))
+        self.time_synced = True
+        self.budget.note_server_time(self._timestamp())  # the counts just seen end with their windows
         return self.time_offset_ms
 
 

@@ -11,11 +11,17 @@ market, reduce-only orders, the dead-man heartbeat, look-ups of unknown outcomes
 lane, which may use the whole budget; everything else (quoting) sees only ``1 - reserve`` of each
 limit, so a busy ladder can never hold back the request that takes risk off.
 A sliding window is stricter than Binance's fixed windows, so staying inside it stays inside theirs.
+
+The exchange's count lives in a fixed window aligned to its clock (the minute, the 10-second block):
+it ends at the window's next boundary. A budget that knows the exchange's clock (the client learns
+its offset from ``/fapi/v1/time``) waits for that boundary; one that does not waits a whole interval
+from the report (up to 60 s instead of what is left of the minute).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import deque
@@ -23,6 +29,14 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from .errors import BudgetExhaustedError
+
+log = logging.getLogger("fleet.binance.ratelimit")
+
+# Past a window's boundary on the exchange's clock as we know it, its count is taken as gone only
+# this much later: the error of the clock offset learned from /fapi/v1/time (half a round trip, and
+# the drift since) stays well inside it.
+BOUNDARY_MARGIN_S = 0.5
+LOUD_WAIT_S = 1.0  # a request held longer than this for room is logged (reads wait; quoting does not)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,21 +116,34 @@ class _Window:
 
 
 class _Reported:
-    """The exchange's last reported count for one fixed window, and when we saw it."""
+    """The exchange's last reported count for one fixed window, when we saw it, and when its window ends."""
 
-    __slots__ = ("interval", "limit", "count", "seen_at", "charged_at")
+    __slots__ = ("interval", "limit", "count", "seen_at", "resets_at", "charged_at")
 
     def __init__(self, interval: float, limit: int) -> None:
         self.interval = interval
         self.limit = limit
         self.count = 0
         self.seen_at = -math.inf
+        self.resets_at = -math.inf  # on our clock: the exchange's window holding ``count`` has ended
         self.charged_at = 0  # our window's total when the report arrived
 
     def estimate(self, local: _Window, now: float) -> int:
-        if now - self.seen_at >= self.interval:
+        if now >= self.resets_at:
             return 0  # the exchange's window has rolled over since
         return self.count + local.total - self.charged_at
+
+    def observe(self, count: int, now: float, charged_at: int) -> None:
+        self.count, self.seen_at, self.charged_at = count, now, charged_at
+        self.resets_at = now + self.interval  # at the latest, whatever the window's alignment
+
+    def align(self, now: float, server_ms: int) -> None:
+        """The exchange's clock reads ``server_ms`` at ``now``: the count seen ends at the next boundary
+        of its window at the latest. Never earlier than the truth: a count seen in an earlier window
+        ended at an earlier boundary."""
+        interval_ms = round(self.interval * 1000)
+        to_boundary = (interval_ms - server_ms % interval_ms) / 1000.0
+        self.resets_at = min(self.resets_at, now + to_boundary + BOUNDARY_MARGIN_S)
 
 
 class RateBudget:
@@ -157,6 +184,8 @@ class RateBudget:
         self.set_share(share)
         self.rate_limited = 0  # 429s seen
         self.refused = 0  # requests refused locally (wait=False)
+        self.waiting: dict[int, str] = {}  # requests held longer than LOUD_WAIT_S, now: what for
+        self._waits = 0
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -263,8 +292,37 @@ class RateBudget:
             if amount > rep_limit:
                 return math.inf
             if est + amount > rep_limit:
-                wait = max(wait, reported.seen_at + reported.interval - now + 1e-3)
+                wait = max(wait, reported.resets_at - now + 1e-3)
         return wait
+
+    def why_wait(self, cost: Cost, now: float | None = None, *, risk: bool = False) -> str:
+        """In words, what holds ``cost`` back now (the longest of the waits :meth:`wait_time` takes)."""
+        now = self._clock() if now is None else now
+        lim = self._lane_limit
+        reasons: list[tuple[float, str]] = []
+        if self._blocked_until > now:
+            reasons.append((self._blocked_until - now, "a 429 or 418 pause of the exchange"))
+        if (cost.orders_10s > 0 or cost.orders_1m > 0) and self._orders_blocked_until > now:
+            reasons.append((self._orders_blocked_until - now, "an order-count 429 pause of the exchange"))
+        for name, window, reported, amount in (
+            ("IP weight a minute", self._weight, self._rep_weight, cost.weight),
+            ("account orders in 10 s", self._orders_10s, self._rep_10s, cost.orders_10s),
+            ("account orders a minute", self._orders_1m, self._rep_1m, cost.orders_1m),
+        ):
+            if amount <= 0:
+                continue
+            own = window.wait_for(amount, now, lim(window.limit, risk))
+            if own > 0:
+                reasons.append((own, f"this budget's share of the {name}: {window.used(now)} + {amount} "
+                                     f"above {lim(window.limit, risk)}"))
+            est, rep_limit = reported.estimate(window, now), lim(reported.limit, risk)
+            if est + amount > rep_limit:
+                reasons.append((reported.resets_at - now, f"the {name} as the exchange counts it: {est} + "
+                                                          f"{amount} above {rep_limit} until its window ends"))
+        if not reasons:
+            return "nothing"
+        left, what = max(reasons)
+        return f"{what} (room in {left:.1f} s)"
 
     # -- spending ------------------------------------------------------------------------------
 
@@ -293,13 +351,26 @@ class RateBudget:
                     f"room in {delay:.3f}s",
                     wait_s=delay,
                 )
-            await asyncio.sleep(delay)
+            if delay >= LOUD_WAIT_S:
+                why = self.why_wait(cost, risk=risk)
+                log.warning("a request waits %.1f s for the rate budget: %s", delay, why)
+                self._waits += 1
+                key = self._waits
+                self.waiting[key] = why
+                try:
+                    await asyncio.sleep(delay)
+                finally:
+                    del self.waiting[key]
+            else:
+                await asyncio.sleep(delay)
             waited += delay
 
     # -- corrections from the exchange ---------------------------------------------------------
 
-    def observe_headers(self, headers: Mapping[str, str], now: float | None = None) -> None:
-        """Take the exchange's counts from ``X-MBX-USED-WEIGHT-1M`` / ``X-MBX-ORDER-COUNT-*``."""
+    def observe_headers(self, headers: Mapping[str, str], now: float | None = None, *,
+                        server_ms: int | None = None) -> None:
+        """Take the exchange's counts from ``X-MBX-USED-WEIGHT-1M`` / ``X-MBX-ORDER-COUNT-*``; with
+        ``server_ms``, the exchange's clock as the answer arrived (see :meth:`note_server_time`)."""
         now = self._clock() if now is None else now
         for name, reported, window in (
             ("X-MBX-USED-WEIGHT-1M", self._rep_weight, self._weight),
@@ -312,11 +383,19 @@ class RateBudget:
             if raw is None:
                 continue
             try:
-                reported.count = int(raw)
+                count = int(raw)
             except ValueError:
                 continue
-            reported.seen_at = now
-            reported.charged_at = window.total
+            reported.observe(count, now, window.total)
+        if server_ms is not None:
+            self.note_server_time(server_ms, now)
+
+    def note_server_time(self, server_ms: int, now: float | None = None) -> None:
+        """The exchange's clock reads ``server_ms`` at ``now``: every count it reported ends at its
+        window's next boundary at the latest."""
+        now = self._clock() if now is None else now
+        for reported in (self._rep_weight, self._rep_10s, self._rep_1m):
+            reported.align(now, server_ms)
 
     def note_retry_after(self, seconds: float, now: float | None = None, *, orders_only: bool = False) -> None:
         """After a 429: nothing goes out until ``seconds`` have passed.

@@ -6,6 +6,7 @@ from fleet.binance.errors import BudgetExhaustedError
 from fleet.binance.ratelimit import Cost, RateBudget
 
 ORDER = Cost(orders_10s=1, orders_1m=1)
+MINUTE = 1_796_000_040_000  # a minute's boundary on the exchange's clock (ms)
 
 
 class Clock:
@@ -141,3 +142,36 @@ def test_room_is_each_windows_lane_left_by_the_tighter_of_both_views():
     quoting.try_charge(Cost(weight=900))
     assert quoting.room()["weight_1m"] == pytest.approx(900 / 1800)  # of the quoting lane's 1,800
     assert quoting.room(risk=True)["weight_1m"] == pytest.approx(1500 / 2400)
+
+
+def test_a_count_the_exchange_reported_ends_at_its_windows_boundary_on_the_exchanges_clock():
+    clock = Clock()
+    weight = Cost(weight=5)
+    blind = RateBudget(clock=clock, safety=1.0, reserve=0.0)  # 2,400 a minute, the exchange's clock unknown
+    knows = RateBudget(clock=clock, safety=1.0, reserve=0.0)
+    # the exchange's clock reads 12:00:57.5 as the report arrives: its minute ends in 2.5 s
+    server_ms = MINUTE - 2_500
+    blind.observe_headers({"X-MBX-USED-WEIGHT-1M": "2398"})
+    knows.observe_headers({"X-MBX-USED-WEIGHT-1M": "2398"}, server_ms=server_ms)
+    assert blind.wait_time(weight) == pytest.approx(60.0, abs=0.01)  # a whole minute from the report
+    assert knows.wait_time(weight) == pytest.approx(2.5 + 0.5, abs=0.01)  # the boundary, and the margin
+    assert "IP weight a minute as the exchange counts it: 2398 + 5 above 2400" in knows.why_wait(weight)
+    clock.t += 3.0
+    assert knows.try_charge(weight) == 0 and blind.try_charge(weight) > 50
+    # learning the clock later (the client's first answer comes before it knows the offset) aligns
+    # a count already seen, and never to a boundary earlier than the window it was seen in
+    late = RateBudget(clock=clock, safety=1.0, reserve=0.0)
+    late.observe_headers({"X-MBX-USED-WEIGHT-1M": "2398"})
+    late.note_server_time(server_ms + 3_000)  # the next minute, 0.5 s in: the count's minute ended
+    assert late.wait_time(weight) == pytest.approx(59.5 + 0.5, abs=0.01)  # at most the next boundary
+    late.note_server_time(server_ms + 1_000)  # a reading from the report's own minute: 1.5 s left
+    assert late.wait_time(weight) == pytest.approx(1.5 + 0.5, abs=0.01)
+
+
+def test_the_10s_order_count_ends_at_its_10s_block():
+    clock = Clock()
+    budget = RateBudget(clock=clock, safety=1.0, reserve=0.0)
+    budget.observe_headers({"X-MBX-ORDER-COUNT-10S": "300"}, server_ms=MINUTE + 7_000)  # 3 s left of the block
+    assert budget.wait_time(ORDER) == pytest.approx(3.0 + 0.5, abs=0.01)
+    assert "account orders in 10 s as the exchange counts it" in budget.why_wait(ORDER)
+    assert budget.why_wait(Cost(weight=1)) == "nothing"

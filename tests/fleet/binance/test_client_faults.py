@@ -6,6 +6,7 @@ tests start a simulator with low limits (``sim_factory``), so a real 429/418 com
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 
@@ -23,6 +24,8 @@ from fleet.binance.errors import (
 )
 from fleet.binance.models import OrderInfo, OrderRequest
 from fleet.binance.ratelimit import Cost, RateBudget
+
+from tests.polling import wait_for
 
 from .test_client_rest import SYMBOL, cid
 
@@ -203,3 +206,33 @@ async def test_a_refused_later_batch_request_is_reported_in_place_not_raised(sim
         with pytest.raises(BudgetExhaustedError):  # nothing got through: raised, as for one order
             await client.batch_place(orders[5:], wait=False)
         await client.cancel_all(SYMBOL)
+
+
+async def test_a_read_held_by_the_ips_weight_goes_at_the_exchanges_next_minute_and_says_why(sim_factory):
+    # The simulator's clock runs 4 s before a minute's boundary; others on the IP have spent most of
+    # the minute's weight. A fresh client, which learns the exchange's clock first, holds its read
+    # until that minute ends (not a whole minute from the count it saw), says why while it waits,
+    # and the exchange counts the read in the new minute.
+    start = int(time.time() * 1000)
+    boundary = (start // 60_000 + 2) * 60_000
+    shift = boundary - 4_000 - start
+    small = await sim_factory(symbols=[SYMBOL], config={"rate_limits": {"weight_per_minute": 1000}},
+                              clock=lambda: int(time.time() * 1000) + shift)
+    async with BinanceClient(small.rest_url, budget=RateBudget(weight_per_min=1000)) as others:
+        for _ in range(40):
+            await others.book_ticker(SYMBOL)  # weight 2 each: 80 of the IP's minute
+    budget = RateBudget(weight_per_min=100)  # its quoting lane: 71 of Binance's (here 100) a minute
+    async with BinanceClient(small.rest_url, budget=budget) as client:
+        await client.sync_time()
+        assert budget.usage()["weight_1m"].exchange_used == 81  # the exchange's count, with our sync
+        left_s = (boundary - client._timestamp()) / 1000
+        assert 0 < left_s < 4
+        assert budget.wait_time(Cost(weight=2)) == pytest.approx(left_s + 0.5, abs=0.25)
+        read = asyncio.ensure_future(client.book_ticker(SYMBOL))
+        waits = await wait_for(lambda: list(budget.waiting.values()), what="the read held, and why")
+        assert "IP weight a minute as the exchange counts it: 81 + 2 above 71" in waits[0]
+        await read
+        assert budget.waiting == {}
+    async with aiohttp.ClientSession() as http:  # the exchange's own count: the read is in a new minute
+        async with http.get(small.rest_url + "/fapi/v1/ping") as resp:
+            assert resp.headers["X-MBX-USED-WEIGHT-1M"] == "3"  # the read's 2 and this ping's 1
