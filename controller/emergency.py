@@ -59,7 +59,7 @@ class KillOutcome:
         return out
 
 
-def _EmergencyBudget() -> Any:  # noqa: N802 - a class built lazily (the client is imported lazily)
+def _emergency_budget() -> Any:
     """The controller's budget: its own few calls only, never the IP-wide counts the agents spend.
 
     An emergency cancel must not queue behind the agents' quoting until the weight minute rolls
@@ -67,11 +67,7 @@ def _EmergencyBudget() -> Any:  # noqa: N802 - a class built lazily (the client 
     """
     from fleet.binance.ratelimit import RateBudget
 
-    class EmergencyBudget(RateBudget):
-        def observe_headers(self, headers: Any, now: float | None = None, *, server_ms: int | None = None) -> None:
-            return None
-
-    return EmergencyBudget()
+    return RateBudget(exchange_counts=False)
 
 
 class EmergencyDesk:
@@ -104,7 +100,7 @@ class EmergencyDesk:
         cfg = self.config()
         creds = load_credentials(cfg.account(account_name))
         client = BinanceClient(endpoints_of(cfg)["rest_url"], creds.api_key, creds.api_secret,
-                               budget=_EmergencyBudget())
+                               budget=_emergency_budget())
         await client.open()
         self.clients[account_name] = client
         return client

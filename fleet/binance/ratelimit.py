@@ -161,6 +161,7 @@ class RateBudget:
         clock: Callable[[], float] = time.monotonic,
         safety: float = 0.95,
         reserve: float = 0.25,
+        exchange_counts: bool = True,
     ) -> None:
         if not 0 < share <= 1:
             raise ValueError(f"share must be in (0, 1], got {share}")
@@ -169,6 +170,7 @@ class RateBudget:
         if not 0 <= reserve < 1:
             raise ValueError(f"reserve must be in [0, 1), got {reserve}")
         self.reserve = reserve  # the share of every limit only the risk lane may use
+        self.exchange_counts = exchange_counts  # False: only its own windows count (the headers are not read)
         self._clock = clock
         self._full = (int(weight_per_min), int(orders_per_10s), int(orders_per_min))
         self._safety = safety
@@ -371,6 +373,8 @@ class RateBudget:
                         server_ms: int | None = None) -> None:
         """Take the exchange's counts from ``X-MBX-USED-WEIGHT-1M`` / ``X-MBX-ORDER-COUNT-*``; with
         ``server_ms``, the exchange's clock as the answer arrived (see :meth:`note_server_time`)."""
+        if not self.exchange_counts:
+            return
         now = self._clock() if now is None else now
         for name, reported, window in (
             ("X-MBX-USED-WEIGHT-1M", self._rep_weight, self._weight),

@@ -175,3 +175,10 @@ def test_the_10s_order_count_ends_at_its_10s_block():
     assert budget.wait_time(ORDER) == pytest.approx(3.0 + 0.5, abs=0.01)
     assert "account orders in 10 s as the exchange counts it" in budget.why_wait(ORDER)
     assert budget.why_wait(Cost(weight=1)) == "nothing"
+
+
+def test_a_budget_told_not_to_read_the_exchanges_counts_spends_only_its_own_windows():
+    clock = Clock()
+    own = RateBudget(clock=clock, safety=1.0, reserve=0.0, exchange_counts=False)  # the kill path's
+    own.observe_headers({"X-MBX-USED-WEIGHT-1M": "2400"}, server_ms=MINUTE - 30_000)
+    assert own.try_charge(Cost(weight=1)) == 0
