@@ -176,9 +176,10 @@ class AgentActor:
 
     async def _publish_forever(self) -> None:
         """The agent's exposition rendered on this (the trading) loop and published for /metrics
-        (``agents/publish.py``) every ``publish_s``, and at once when the agent has started; a frozen
-        loop publishes nothing, so the endpoint soon shows the agent down."""
-        from agents.publish import PublishedExposition, publish
+        (``agents/publish.py``) every ``publish_s``, and at once when the agent has started; with it its
+        last status and exposure, for the pages to show when the agent does not answer in time. A
+        frozen loop publishes nothing, so the endpoint soon shows the agent down."""
+        from agents.publish import PublishedExposition, PublishedSnapshot, publish
 
         last, last_started, failures = 0.0, False, 0
         while not self.stopping:
@@ -192,9 +193,13 @@ class AgentActor:
             last, last_started = time.monotonic(), started
             try:
                 text = agent.metrics_text()
-                record = PublishedExposition(self.symbol, self.holder, time.time(),
+                now = time.time()
+                record = PublishedExposition(self.symbol, self.holder, now,
                                              text.decode() if isinstance(text, bytes | bytearray) else str(text))
-                await asyncio.to_thread(publish, self.fleet_name, record)
+                snap = agent.published   # built whole on this loop, never changed after: safe in the thread
+                snapshot = None if snap is None else PublishedSnapshot(
+                    self.symbol, self.holder, now, {**self._base(), **snap.status}, snap.exposure)
+                await asyncio.to_thread(publish, self.fleet_name, record, snapshot)
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - the next beat tries again; the age shows it
                 failures += 1

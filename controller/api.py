@@ -34,7 +34,7 @@ import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Awaitable, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -78,10 +78,11 @@ from controller.console_feed import ConsoleFeed
 from controller.federation import FleetView, KillLatency, SplitCache, published_scrapes, render_fleet_page
 from controller.handles import above_agents_env
 from controller.kill_path import DirectKill
-from controller.views import exposure_view, kill_state_map, kill_view, status_view
+from controller.views import AgentAnswers, exposure_view, kill_state_map, kill_view, status_view
 from fleet.config import FleetConfig
 
 log = logging.getLogger("mmfleet.api")
+T = TypeVar("T")
 
 HEAD_NODE_RESOURCE = "node:__internal_head__"
 KILL_PATH_READY_S = 5.0   # how often the endpoint makes its kill path ready (controller/kill_path.py, prepare)
@@ -96,7 +97,9 @@ def app_name(fleet_name: str) -> str:
 class ApiSettings:
     """Timeouts of the endpoint; plain values so they travel as deployment arguments."""
 
-    agent_timeout_s: float = 2.0        # status / exposure / metrics per agent
+    agent_timeout_s: float = 2.0        # the controller's part of a page, the published expositions and statuses
+    page_wait_s: float = 1.0            # /status, /exposure and the console wait this long for each agent's answer;
+                                        # a later one is shown with what it last published and how old that is
     controller_timeout_s: float = 5.0   # kill states, status
     kill_timeout_s: float = 60.0        # kill / resume (includes the controller's emergency path)
     kill_deadline_s: float = 0.3        # a flatten the controller does not answer by then (nor a ping): the endpoint's
@@ -164,7 +167,8 @@ class FleetApi:
         self.symbols: tuple[str, ...] = tuple(e.symbol for e in self.cfg.symbols)
         self.known: tuple[str, ...] = self.symbols   # last symbol list the controller reported
         self.tokens = TokenSource(self.cfg.api.token_env, self.cfg.api.token_file)
-        self.calls = ActorCalls(namespace, self.settings.agent_timeout_s, self.settings.controller_timeout_s)
+        self.calls = ActorCalls(namespace, self.settings.agent_timeout_s, self.settings.controller_timeout_s,
+                                self.settings.page_wait_s)
         self.kill_latency = KillLatency()
         self.splits = SplitCache()                  # each agent's exposition, split once per version
         self.metrics_down: dict[str, str | None] = {}   # agents left off /metrics, and why
@@ -230,6 +234,32 @@ class FleetApi:
         self._traded(kill_states)
         return kill, kill_states
 
+    async def _ask_agents(self, method: str, symbols: tuple[str, ...]) -> tuple[dict[str, int] | None, dict[str, Answer]]:
+        """Which of the symbols' agents Ray holds alive (with their restarts), and each one's answer to
+        ``method``; an agent not running yet is answered at once, not waited for."""
+        alive = await self.calls.alive(symbols)
+        return alive, await self.calls.agents(method, symbols, alive)
+
+    async def _with_agents(self, controller: Awaitable[T], method: str) -> tuple[T, AgentAnswers]:
+        """A page's controller part (which updates the traded symbols) and every traded agent's answer
+        to ``method``, asked at once: the page takes the slower of the two, not their sum. The agents of
+        the symbols known before are asked first; any the controller's answer adds, after it. For the
+        agents without an answer, what they last published (one GCS read)."""
+        head, (alive, agents) = await asyncio.gather(controller, self._ask_agents(method, self.known))
+        if added := tuple(s for s in self.known if s not in agents):
+            more_alive, more = await self._ask_agents(method, added)
+            alive = None if alive is None or more_alive is None else {**alive, **more_alive}
+            agents.update(more)
+        agents = {s: agents[s] for s in self.known}
+        last: dict[str, Any] = {}
+        if silent := tuple(s for s, a in agents.items() if not a.ok):
+            found = await self.calls.snapshots(self.cfg.name, silent)
+            if isinstance(found, str):
+                log.warning("%s: %s", method, found)
+            else:
+                last = found
+        return head, AgentAnswers(agents, alive or {}, last, time.time())
+
     # --- endpoints: views ---
 
     @api.get("/health", summary="liveness of the endpoint (open)")
@@ -252,18 +282,18 @@ class FleetApi:
     @api.get("/status", summary="per agent: state, epoch, lease, streams, book age, restarts")
     async def status(self, creds: Credentials) -> dict[str, Any]:
         self._authorize(creds)
-        controller = await self.calls.controller("status", timeout=self.settings.agent_timeout_s)
-        symbols = self._traded((controller.mapping() or {}).get("symbols", {}))
-        alive = await self.calls.alive(symbols)   # an agent not running yet is not waited for
-        agents = await self.calls.agents("status", symbols, alive)
-        return {"fleet": self.cfg.name, "namespace": self.namespace,
-                **status_view(controller, agents, alive or {})}
+        async def controller() -> Answer:
+            answer = await self.calls.controller("status", timeout=self.settings.agent_timeout_s)
+            self._traded((answer.mapping() or {}).get("symbols", {}))
+            return answer
+
+        ctl, agents = await self._with_agents(controller(), "status")
+        return {"fleet": self.cfg.name, "namespace": self.namespace, **status_view(ctl, agents)}
 
     @api.get("/exposure", summary="per symbol position, notional, worst case vs cap, P&L; fleet totals")
     async def exposure(self, creds: Credentials) -> dict[str, Any]:
         self._authorize(creds)
-        (kill, _), alive = await asyncio.gather(self._kill_states(), self.calls.alive(self.known))
-        agents = await self.calls.agents("exposure", self.known, alive)
+        (kill, _), agents = await self._with_agents(self._kill_states(), "exposure")
         return {"fleet": self.cfg.name, **exposure_view(kill, agents, self.cfg.risk.max_total_notional)}
 
     @api.get("/metrics", summary="every agent's metrics merged, plus fleet series (Prometheus text)")

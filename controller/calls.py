@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import HTTPException
 
-from agents.publish import read_published
+from agents.publish import read_published, read_snapshots
 from controller.controller import AGENT_PREFIX, CONTROLLER_NAME
 
 log = logging.getLogger("mmfleet.api")
@@ -45,10 +45,12 @@ class Answer:
 class ActorCalls:
     """Handles of one fleet's actors (cached, dropped when an actor is gone) and calls to them."""
 
-    def __init__(self, namespace: str, agent_timeout_s: float, controller_timeout_s: float) -> None:
+    def __init__(self, namespace: str, agent_timeout_s: float, controller_timeout_s: float,
+                 page_wait_s: float | None = None) -> None:
         self.namespace = namespace
         self.agent_timeout_s = agent_timeout_s
         self.controller_timeout_s = controller_timeout_s
+        self.page_wait_s = agent_timeout_s if page_wait_s is None else page_wait_s   # a page's wait for each agent
         self.handles: dict[str, Any] = {}       # actor name -> handle
 
     def handle(self, name: str) -> Any:
@@ -118,14 +120,15 @@ class ActorCalls:
 
     async def agents(self, method: str, symbols: tuple[str, ...],
                      alive: Mapping[str, int] | None = None) -> dict[str, Answer]:
-        """``method`` of every symbol's agent, concurrently; with ``alive`` (from :meth:`alive`), an agent
-        Ray does not hold alive (its process not started yet, restarting, gone) is answered at once
-        instead of waited for: while 50 agents start, a page is not held for the whole timeout."""
+        """``method`` of every symbol's agent, concurrently, each waited for ``page_wait_s``; with ``alive``
+        (from :meth:`alive`), an agent Ray does not hold alive (its process not started yet, restarting,
+        gone) is answered at once instead of waited for: while 50 agents start, a page is not held for
+        the whole wait."""
         async def ask(s: str) -> Answer:
             if alive is not None and s not in alive:
                 return Answer(error=f"no actor {AGENT_PREFIX}{s} alive in namespace {self.namespace} "
                                     "(not started yet, restarting or gone)")
-            return await self.call(AGENT_PREFIX + s, method, self.agent_timeout_s)
+            return await self.call(AGENT_PREFIX + s, method, self.page_wait_s)
 
         answers = await asyncio.gather(*(ask(s) for s in symbols))
         return dict(zip(symbols, answers))
@@ -150,13 +153,19 @@ class ActorCalls:
 
     async def published(self, fleet_name: str, symbols: tuple[str, ...]) -> dict[str, Any] | str:
         """The agents' published expositions (``agents/publish.py``: one GCS call), or why there are none."""
+        return await self._read_published(read_published, "expositions", fleet_name, symbols)
+
+    async def snapshots(self, fleet_name: str, symbols: tuple[str, ...]) -> dict[str, Any] | str:
+        """The agents' published status and exposure (one GCS call), or why there are none."""
+        return await self._read_published(read_snapshots, "statuses", fleet_name, symbols)
+
+    async def _read_published(self, read: Any, what: str, fleet_name: str, symbols: tuple[str, ...]) -> dict[str, Any] | str:
         try:
-            return await asyncio.wait_for(asyncio.to_thread(read_published, fleet_name, list(symbols)),
-                                          self.agent_timeout_s)
+            return await asyncio.wait_for(asyncio.to_thread(read, fleet_name, list(symbols)), self.agent_timeout_s)
         except asyncio.TimeoutError:
-            return f"the published expositions were not read within {self.agent_timeout_s:g} s"
-        except Exception as exc:  # noqa: BLE001 - the page still renders, every agent shown down
-            return f"the published expositions were not readable: {first_line(exc)}"
+            return f"the published {what} were not read within {self.agent_timeout_s:g} s"
+        except Exception as exc:  # noqa: BLE001 - the page still renders, without them
+            return f"the published {what} were not readable: {first_line(exc)}"
 
     async def alive(self, symbols: tuple[str, ...]) -> dict[str, int] | None:
         """The symbols whose agent Ray holds ALIVE, with its restart count as the GCS records it (the

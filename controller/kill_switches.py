@@ -225,7 +225,8 @@ class KillSwitches:
 
     async def kill_states(self) -> dict[str, Any]:
         self._load()
-        records = self.book.kill_records()
+        stored = await asyncio.to_thread(self.book.kill_record_symbols)   # off the loop: leases renew there
+        records = await self.book.akill_records(sorted(set(stored) | set(self._symbols())))
         out = {s: {"state": KillState.RUNNING, "reason": "", "since": 0.0} for s in self._symbols()}
         out.update({s: asdict(r) for s, r in records.items()})
         return out

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 from agents.publish import kv_namespace
 from fleet.vocabulary import KillState
@@ -390,6 +390,21 @@ class LeaseBook:
 
     def kill_records(self) -> dict[str, KillRecord]:
         return {k.split("/", 1)[1]: self.kill_record(k.split("/", 1)[1]) for k in self.store.keys("kill/")}
+
+    def kill_record_symbols(self) -> list[str]:
+        """The symbols with a stored kill record, those gone from the fleet too (one GCS call, blocking)."""
+        return [k.split("/", 1)[1] for k in self.store.keys("kill/")]
+
+    async def akill_records(self, symbols: Iterable[str]) -> dict[str, KillRecord]:
+        """The stored kill records of ``symbols`` (a symbol without one is absent), in one asynchronous
+        read on the caller's loop: the controller's status and kill states were a blocking GCS call per
+        symbol on its loop (at 50 symbols, 0.2-2.3 s while the agents start)."""
+        symbols = list(symbols)
+        if not symbols:
+            return {}
+        got = await aget_many(self.store, [k for s in symbols for k in (f"kill/{s}", f"killseq/{s}")])
+        return {s: parse_kill_record(got.get(f"kill/{s}"), got.get(f"killseq/{s}"))
+                for s in symbols if got.get(f"kill/{s}") is not None}
 
     # --- documents (the applied spec, fleet flags) ---------------------------------------------
 

@@ -7,6 +7,7 @@ nothing in this module awaits or calls Ray, so each view is tested as plain code
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 from controller.calls import Answer
@@ -64,17 +65,36 @@ def controller_book(controller: Answer) -> dict[str, Any]:
     return value.get("symbols", {}) if value is not None else {}
 
 
-def status_view(controller: Answer, agents: dict[str, Answer], restarts: dict[str, int]) -> dict[str, Any]:
-    """``/status`` without the fleet's name: per agent its answer (or error), restarts and lease; the controller."""
+@dataclass(frozen=True)
+class AgentAnswers:
+    """The agents' answers to one page's call, Ray's restart counts of those alive, and for those that
+    did not answer what they last published (``agents/publish.py`` snapshots) as of ``now`` (wall clock)."""
+
+    answers: dict[str, Answer]
+    restarts: dict[str, int] = field(default_factory=dict)
+    last: dict[str, Any] = field(default_factory=dict)
+    now: float = 0.0
+
+    def last_published(self, symbol: str, part: str) -> dict[str, Any] | None:
+        """What the silent agent of ``symbol`` last published of ``part``, with its age; None without one."""
+        snap = self.last.get(symbol)
+        return None if snap is None else snap.shown(part, self.now)
+
+
+def status_view(controller: Answer, agents: AgentAnswers) -> dict[str, Any]:
+    """``/status`` without the fleet's name: per agent its answer (or error, and what it last published),
+    restarts and lease; the controller."""
     book = controller_book(controller)
     per_symbol = {}
-    for sym, ans in agents.items():
+    for sym, ans in agents.answers.items():
         entry: dict[str, Any] = {"reachable": ans.ok, "answer_ms": round(ans.elapsed_s * 1000, 1)}
         entry.update(ans.mapping() or {})
         if not ans.ok:
             entry["error"] = ans.error
-        if sym in restarts:
-            entry["restarts"] = restarts[sym]
+            if (last := agents.last_published(sym, "status")) is not None:
+                entry["last_published"] = last
+        if sym in agents.restarts:
+            entry["restarts"] = agents.restarts[sym]
         if sym in book:
             entry["lease"] = book[sym]          # epoch, holder, expiry, kill state per the controller
         per_symbol[sym] = entry
@@ -85,23 +105,26 @@ def status_view(controller: Answer, agents: dict[str, Answer], restarts: dict[st
         else {"reachable": False, "error": controller.error or "unexpected answer"}
     )
     return {
-        "agents_expected": len(agents),
-        "agents_up": sum(1 for a in agents.values() if a.ok),
+        "agents_expected": len(agents.answers),
+        "agents_up": sum(1 for a in agents.answers.values() if a.ok),
         "agents": per_symbol,
         "controller": summary,
     }
 
 
-def exposure_view(kill: Answer, agents: dict[str, Answer], max_total_notional: float) -> dict[str, Any]:
-    """``/exposure`` without the fleet's name: per symbol the agent's figures and the durable kill state."""
+def exposure_view(kill: Answer, agents: AgentAnswers, max_total_notional: float) -> dict[str, Any]:
+    """``/exposure`` without the fleet's name: per symbol the agent's figures (or why there are none, and
+    what it last published: not in the totals) and the durable kill state."""
     kill_states = kill_state_map(kill.value) if kill.ok else {}
     per_symbol = {}
-    for sym, ans in agents.items():
+    for sym, ans in agents.answers.items():
         entry: dict[str, Any] = {"reachable": ans.ok}
         if ans.ok and isinstance(ans.value, dict):
             entry.update(ans.value)
         elif not ans.ok:
             entry["error"] = ans.error
+            if (last := agents.last_published(sym, "exposure")) is not None:
+                entry["last_published"] = last
         if sym in kill_states:
             # The controller's state is the durable one; the agent's view is kept if it differs.
             if "kill_state" in entry and entry["kill_state"] != kill_states[sym]:

@@ -97,7 +97,8 @@ def live(ray_cluster, tmp_path_factory):
     # stopped agent (and replacing it) is tests/controller/test_kill_paths.py's.
     controller = get_or_create_controller(cfg, ControllerSettings(fence_hung_agents=False))
     ray.get(controller.apply.remote(build_spec(cfg, str(DEMO_CONFIG))), timeout=120)
-    url = deploy(cfg, route_prefix=f"/{cfg.name}", settings=ApiSettings(agent_timeout_s=AGENT_TIMEOUT_S))
+    url = deploy(cfg, route_prefix=f"/{cfg.name}",
+                 settings=ApiSettings(agent_timeout_s=AGENT_TIMEOUT_S, page_wait_s=AGENT_TIMEOUT_S))
     fleet = Live(url=url, token=token, cfg=cfg, sim=sim, secrets=(api_key, api_secret, token))
     fleet.wait_quoting(within_s=90)
     yield fleet
@@ -294,7 +295,8 @@ def test_http_flatten_leaves_no_position_and_no_orders_at_the_exchange(live):
 
 
 def test_an_agent_that_does_not_answer_is_reported_and_the_rest_still_served(live):
-    pid = live.get("/status").json()["agents"]["SOLUSDT"]["pid"]
+    before = live.get("/status").json()["agents"]["SOLUSDT"]
+    pid = before["pid"]
     os.kill(pid, signal.SIGSTOP)
     try:
         # The stopped agent publishes nothing: once its last exposition is older than the bound it is
@@ -321,6 +323,16 @@ def test_an_agent_that_does_not_answer_is_reported_and_the_rest_still_served(liv
         status = live.get("/status").json()
         assert status["agents"]["SOLUSDT"]["reachable"] is False
         assert status["agents"]["SOLUSDT"]["error"] == f"agent.SOLUSDT.status did not answer within {AGENT_TIMEOUT_S:g} s"
+        # ... with what it last published and how old that is (older than the bound: it went down)
+        last = status["agents"]["SOLUSDT"]["last_published"]
+        assert last["holder"] == before["holder"] and last["pid"] == pid and last["symbol"] == "SOLUSDT"
+        assert last["age_s"] >= seen_down[0] - 0.5 and last["state"] in ("quoting", "halted", "starting")
+        assert status["agents_up"] == 2 and all(status["agents"][s]["reachable"] for s in ("ETHUSDC", "BTCUSDT"))
+        exposure = live.get("/exposure").json()
+        assert exposure["symbols"]["SOLUSDT"]["reachable"] is False
+        assert exposure["symbols"]["SOLUSDT"]["last_published"]["symbol"] == "SOLUSDT"
+        assert exposure["symbols"]["SOLUSDT"]["last_published"]["age_s"] >= seen_down[0] - 0.5
+        assert exposure["totals"]["symbols_missing"] == ["SOLUSDT"]   # a last publication is not in the totals
     finally:
         os.kill(pid, signal.SIGCONT)
     live.wait_quoting(within_s=60)

@@ -93,6 +93,19 @@ def test_kill_state_is_recorded_and_reported_in_grants():
         b.set_kill_state("ETHUSDC", "paused")
 
 
+def test_kill_records_read_at_once_equal_those_read_one_by_one():
+    b = book()
+    b.set_kill_state("ETHUSDC", "halted", "desk", now=5.0)
+    b.set_kill_state("BTCUSDC", "flattening", "drill", now=6.0)
+    b.set_kill_state("BTCUSDC", "running", "resumed", now=7.0)
+    b.store.put("kill/SOLUSDC", "{not json")
+    at_once = asyncio.run(b.akill_records(["ETHUSDC", "BTCUSDC", "SOLUSDC", "XRPUSDC"]))
+    assert at_once == {s: b.kill_record(s) for s in ("ETHUSDC", "BTCUSDC", "SOLUSDC")}   # XRPUSDC: none stored
+    assert at_once["BTCUSDC"].seq == 2 and at_once["SOLUSDC"].state == "halted"
+    assert sorted(b.kill_record_symbols()) == ["BTCUSDC", "ETHUSDC", "SOLUSDC"]
+    assert asyncio.run(b.akill_records([])) == {}
+
+
 def test_unreadable_kill_record_fails_safe_to_halted():
     store = MemoryStore()
     store.put("kill/ETHUSDC", "{not json")

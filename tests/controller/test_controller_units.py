@@ -11,11 +11,12 @@ import subprocess
 
 import pytest
 
+from agents.publish import PublishedSnapshot
 from controller.calls import Answer
 from controller.controller import RetireOutcome, fleet_risk, reduce_only_behind
 from controller.emergency import KillOutcome, Outcome
 from controller.fence import stopped_here
-from controller.views import exposure_view, kill_state_map, kill_view, status_view
+from controller.views import AgentAnswers, exposure_view, kill_state_map, kill_view, status_view
 from fleet.vocabulary import KillState
 from tests.polling import poll
 
@@ -124,27 +125,47 @@ def test_status_view_joins_the_agents_and_the_controllers_book():
     controller = Answer(value={"fleet": "f", "reduce_only": False, "symbols": {"ETHUSDC": {"epoch": 3}}})
     agents = {"ETHUSDC": Answer(value={"state": "quoting"}, elapsed_s=0.0123),
               "BTCUSDC": Answer(error="no actor agent.BTCUSDC in namespace n", elapsed_s=0.001)}
-    view = status_view(controller, agents, {"ETHUSDC": 2})
+    view = status_view(controller, AgentAnswers(agents, {"ETHUSDC": 2}))
     assert view["agents_expected"] == 2 and view["agents_up"] == 1
     assert view["agents"]["ETHUSDC"] == {"reachable": True, "answer_ms": 12.3, "state": "quoting", "restarts": 2,
                                          "lease": {"epoch": 3}}
     assert view["agents"]["BTCUSDC"]["error"].startswith("no actor")
+    assert "last_published" not in view["agents"]["BTCUSDC"]
     assert view["controller"] == {"reachable": True, "fleet": "f", "reduce_only": False}
-    down = status_view(Answer(error="timeout"), {}, {})
+    down = status_view(Answer(error="timeout"), AgentAnswers({}))
     assert down["controller"] == {"reachable": False, "error": "timeout"}
+
+
+def test_a_silent_agent_is_shown_with_what_it_last_published_and_its_age():
+    last = PublishedSnapshot("BTCUSDC", "host:1:ab", 100.0, {"state": "quoting", "open_orders": 18},
+                             {"notional": -250.0, "position": -0.1})
+    raw = PublishedSnapshot.decode(last.encode())
+    assert raw == last and PublishedSnapshot.decode(b'{"symbol": "BTCUSDC"}') is None
+    agents = AgentAnswers({"ETHUSDC": Answer(value={"state": "quoting", "notional": 100.0}),
+                           "BTCUSDC": Answer(error="agent.BTCUSDC.status did not answer within 2 s")},
+                          last={"BTCUSDC": raw, "ETHUSDC": raw}, now=112.34)
+    view = status_view(Answer(value={"symbols": {}}), agents)
+    assert view["agents"]["BTCUSDC"]["reachable"] is False and view["agents_up"] == 1
+    assert view["agents"]["BTCUSDC"]["last_published"] == {"state": "quoting", "open_orders": 18,
+                                                           "holder": "host:1:ab", "age_s": 12.3}
+    assert "last_published" not in view["agents"]["ETHUSDC"]    # it answered: its answer is shown
+    exposure = exposure_view(Answer(value={}), agents, 1000.0)
+    assert exposure["symbols"]["BTCUSDC"]["last_published"]["notional"] == -250.0
+    assert exposure["totals"]["gross_notional"] == 100.0            # the totals: what answered, nothing older
+    assert exposure["totals"]["symbols_missing"] == ["BTCUSDC"]
 
 
 def test_exposure_view_keeps_the_durable_kill_state_and_the_agents_own_if_it_differs():
     kill = Answer(value={"ETHUSDC": {"state": KillState.HALTED, "reason": "r", "since": 1.0}})
     agents = {"ETHUSDC": Answer(value={"notional": 100.0, "kill_state": "running"}),
               "BTCUSDC": Answer(error="late")}
-    view = exposure_view(kill, agents, 1000.0)
+    view = exposure_view(kill, AgentAnswers(agents), 1000.0)
     eth = view["symbols"]["ETHUSDC"]
     assert eth["kill_state"] == "halted" and eth["agent_kill_state"] == "running"
     assert view["symbols"]["BTCUSDC"] == {"reachable": False, "error": "late"}
     assert view["totals"]["gross_notional"] == 100.0 and not view["totals"]["complete"]
     assert view["kill_states_error"] is None
-    assert exposure_view(Answer(error="down"), {}, 1.0)["kill_states_error"] == "down"
+    assert exposure_view(Answer(error="down"), AgentAnswers({}), 1.0)["kill_states_error"] == "down"
 
 
 def test_kill_state_map_takes_every_shape_the_controller_answers():

@@ -224,7 +224,7 @@ def fleet(ray_cluster, tmp_path_factory):
     controller = get_or_create_controller(cfg, ControllerSettings(kill_timeout_s=KILL_TIMEOUT_S))
     ray.get(controller.apply.remote(build_spec(cfg, str(DEMO_CONFIG))), timeout=120)
     url = deploy(cfg, route_prefix=f"/{cfg.name}",
-                 settings=ApiSettings(agent_timeout_s=AGENT_TIMEOUT_S, halt_timeout_s=KILL_TIMEOUT_S))
+                 settings=ApiSettings(agent_timeout_s=AGENT_TIMEOUT_S, page_wait_s=AGENT_TIMEOUT_S, halt_timeout_s=KILL_TIMEOUT_S))
     live = Live(url=url, token=token, cfg=cfg, sim=sim, secrets=(api_key, api_secret, token))
     live.controller = controller
     live.wait_quoting(within_s=90)
