@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench sim clean prometheus chromium postgresql redis
+.PHONY: demo test bench sim clean bytecode prometheus chromium postgresql redis
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,13 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	@touch $(STAMP)
 
-demo: $(STAMP)
+# The project's modules compiled ahead (only the changed ones): every agent is a process of its own,
+# and where PYTHONDONTWRITEBYTECODE is set (this development box) each one compiled them again at
+# import, some 0.055 of its 0.24 CPU-s of our imports, 2.7 CPU-s of a 50-symbol start.
+bytecode: $(STAMP)
+	@$(PY) -m compileall -q agents controller fleet journal simulate >/dev/null
+
+demo: $(STAMP) bytecode
 	$(PY) -m fleet demo
 
 # The metrics tests start a real Prometheus; install Debian's package when it is missing.
@@ -49,14 +55,15 @@ redis:
 	  $$SUDO apt-get update -qq >/dev/null && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
 
-test: $(STAMP) prometheus chromium postgresql redis
+test: $(STAMP) bytecode prometheus chromium postgresql redis
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q --durations=15
 
-bench: $(STAMP)
+bench: $(STAMP) bytecode
 	@for b in bench/*_bench.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-sim: $(STAMP)
+sim: $(STAMP) bytecode
 	$(PY) -m fleet sim
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
+	find agents controller fleet journal simulate bench tests -name __pycache__ -type d -prune -exec rm -rf {} +

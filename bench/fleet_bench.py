@@ -21,6 +21,7 @@ order limits; the simulator allows 10x Binance's IP weight for the shared loopba
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import signal
 import socket
@@ -553,6 +554,10 @@ def main() -> int:
     args = parser.parse_args()
     import ray
 
+    # The project's modules compiled ahead, as `make` does: where PYTHONDONTWRITEBYTECODE is set every
+    # agent process would compile them again at import (0.055 CPU-s each here).
+    for package in ("agents", "controller", "fleet", "journal", "simulate"):
+        compileall.compile_dir(str(Path(__file__).resolve().parents[1] / package), quiet=2)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     if args.metrics_page:
