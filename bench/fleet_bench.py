@@ -121,11 +121,12 @@ METRICS_SCRAPES, METRICS_GAP_S = 6, 5.5   # every agent publishes a new expositi
 
 
 class StartWatch:
-    """While the agents start: /status and /exposure over HTTP, and a Ray ping of the controller, in turn."""
+    """While the agents start: /status and /exposure over HTTP, a Ray ping of the controller and its status
+    (what /status asks it), in turn."""
 
     def __init__(self, bench: "Bench") -> None:
         self.bench = bench
-        self.times: dict[str, list[float]] = {"status": [], "exposure": [], "controller": []}
+        self.times: dict[str, list[float]] = {"status": [], "exposure": [], "controller": [], "controller_status": []}
         self.failed: dict[str, int] = dict.fromkeys(self.times, 0)
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, name="start-watch", daemon=True)
@@ -135,7 +136,8 @@ class StartWatch:
         while not self.done.is_set():
             for what, ask in (("status", lambda: self.bench.http("GET", "/status").raise_for_status()),
                               ("exposure", lambda: self.bench.http("GET", "/exposure").raise_for_status()),
-                              ("controller", lambda: self.bench.ray.get(ctl.ping.remote(), timeout=30))):
+                              ("controller", lambda: self.bench.ray.get(ctl.ping.remote(), timeout=30)),
+                              ("controller_status", lambda: self.bench.ray.get(ctl.status.remote(), timeout=30))):
                 t = time.monotonic()
                 try:
                     ask()
@@ -614,7 +616,7 @@ def main() -> int:
             print(f"{'':>7} start, per agent p50/max wall s (CPU s of its process): {steps}; "
                   f"CPU until quoting p50 {r['phase_cpu_total_p50']:.2f} s")
         during = ", ".join(f"{w} p50 {r[f'start_{w}_p50_ms']:.0f} / max {r[f'start_{w}_max_ms']:.0f} ms "
-                           f"({r[f'start_{w}_n']})" for w in ("status", "exposure", "controller")
+                           f"({r[f'start_{w}_n']})" for w in ("status", "exposure", "controller", "controller_status")
                            if f"start_{w}_p50_ms" in r)
         if during:
             print(f"{'':>7} while starting: HTTP {during}")
