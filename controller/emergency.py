@@ -140,19 +140,35 @@ class EmergencyDesk:
     async def cancel_until_empty(self, symbol: str, account: str, *, within_s: float = 10.0,
                                  pause_s: float = 0.05) -> int:
         """Cancel every order of the symbol, repeated until the exchange lists none (or ``within_s``
-        passed: what it lists then). Both requests are in the budget's risk lane."""
+        passed: what it lists then). Both requests are in the budget's risk lane. A failing attempt is
+        retried (after the exchange's ``Retry-After`` when it gave one) and logged, the first and every
+        20th; the last failure is raised at the deadline, and a ban at once (retrying lengthens it)."""
+        from fleet.binance.errors import BannedError
+
         client = await self.client(account)
-        deadline = asyncio.get_running_loop().time() + within_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within_s
+        failures = 0
         while True:
             try:
                 await client.cancel_all(symbol)
                 left = len(await client.open_orders(symbol))
-            except Exception:
-                if asyncio.get_running_loop().time() > deadline:
+            except BannedError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried until the deadline, logged, then raised
+                failures += 1
+                if failures == 1 or failures % 20 == 0:
+                    log.warning("%s: cancelling every order failed (%d in a row; retried for up to %g s): %s",
+                                symbol, failures, within_s, first_line(exc))
+                if loop.time() > deadline:
                     raise
-                await asyncio.sleep(pause_s)
+                await asyncio.sleep(min(max(pause_s, float(getattr(exc, "retry_after", 0.0))),
+                                        max(pause_s, deadline - loop.time())))
                 continue
-            if left == 0 or asyncio.get_running_loop().time() > deadline:
+            if failures:
+                log.warning("%s: cancelling every order went through after %d failures", symbol, failures)
+                failures = 0
+            if left == 0 or loop.time() > deadline:
                 return left
             await asyncio.sleep(pause_s)
 
