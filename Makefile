@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml requirements.lock
 # and where PYTHONDONTWRITEBYTECODE is set (this development box) each one compiled them again at
 # import, some 0.055 of its 0.24 CPU-s of our imports, 2.7 CPU-s of a 50-symbol start.
 bytecode: $(STAMP)
-	@$(PY) -m compileall -q agents controller fleet journal simulate >/dev/null
+	@$(PY) -m compileall -q agents controller fleet journal simulate
 
 demo: $(STAMP) bytecode
 	$(PY) -m fleet demo

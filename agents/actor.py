@@ -198,14 +198,15 @@ class AgentActor:
                                              text.decode() if isinstance(text, bytes | bytearray) else str(text))
                 snap = agent.published   # built whole on this loop, never changed after: safe in the thread
                 snapshot = None if snap is None else PublishedSnapshot(
-                    self.symbol, self.holder, now, {**self._base(), **snap.status}, snap.exposure)
+                    self.symbol, self.holder, now - (agent.clock.monotonic() - snap.at),  # when it was built
+                    self._status_of(snap.status), snap.exposure)
                 await asyncio.to_thread(publish, self.fleet_name, record, snapshot)
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - the next beat tries again; the age shows it
                 failures += 1
                 if failures in (1, 10) or failures % 100 == 0:
-                    log.warning("%s: exposition not published (%d in a row): %s", self.symbol, failures,
-                                _first_line(exc))
+                    log.warning("%s: exposition and status not published (%d in a row): %s", self.symbol,
+                                failures, _first_line(exc))
 
     def _note(self, phase: str) -> None:
         if phase not in self.phases:
@@ -324,10 +325,15 @@ class AgentActor:
         if self.agent is None:
             out["state"] = "stopped" if self.stopping else "starting"
             return out
-        out.update(_published(self.agent, "status"))
+        out = self._status_of(_published(self.agent, "status"))
         snap = self.agent.published
         if snap is not None:  # when its trading loop last published (wall clock): the fence's sign of life
             out["loop_published_at"] = time.time() - (self.agent.clock.monotonic() - snap.at)
+        return out
+
+    def _status_of(self, agent_status: dict[str, Any]) -> dict[str, Any]:
+        """The actor's status around the agent's own: who and where, its phases; stopping for good."""
+        out = {**self._base(), **agent_status}
         if self.stopping:
             out["state"] = "stopped" if self.stop_summary is not None else "stopping"
         return out

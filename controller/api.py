@@ -242,15 +242,16 @@ class FleetApi:
 
     async def _with_agents(self, controller: Awaitable[T], method: str) -> tuple[T, AgentAnswers]:
         """A page's controller part (which updates the traded symbols) and every traded agent's answer
-        to ``method``, asked at once: the page takes the slower of the two, not their sum. The agents of
-        the symbols known before are asked first; any the controller's answer adds, after it. For the
+        to ``method``, asked at once: the page waits for the slower of the two, not their sum. The agents
+        of the symbols known before are asked first; any the controller's answer adds, after it. For the
         agents without an answer, what they last published (one GCS read)."""
         head, (alive, agents) = await asyncio.gather(controller, self._ask_agents(method, self.known))
-        if added := tuple(s for s in self.known if s not in agents):
+        symbols = self.known   # as the controller's answer left them (another page may change them meanwhile)
+        if added := tuple(s for s in symbols if s not in agents):
             more_alive, more = await self._ask_agents(method, added)
             alive = None if alive is None or more_alive is None else {**alive, **more_alive}
             agents.update(more)
-        agents = {s: agents[s] for s in self.known}
+        agents = {s: agents[s] for s in symbols}
         last: dict[str, Any] = {}
         if silent := tuple(s for s, a in agents.items() if not a.ok):
             found = await self.calls.snapshots(self.cfg.name, silent)

@@ -328,10 +328,11 @@ class FleetController(KillSwitches):
 
     async def status(self) -> dict[str, Any]:
         self._load()
-        kill_records = await self.book.akill_records(self._symbols())
+        traded = self._symbols()   # once: an apply may change them while the kill records are read
+        kill_records = await self.book.akill_records(traded)
         now = time.time()
         symbols = {}
-        for s in self._symbols():
+        for s in traded:
             lease = self.book.lease(s)
             symbols[s] = {
                 "epoch": self.book.epoch(s),

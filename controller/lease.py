@@ -388,9 +388,6 @@ class LeaseBook:
         await asyncio.gather(*(aput(self.store, f"killseq/{s}", str(r.seq)) for s, r in records.items()))
         return records
 
-    def kill_records(self) -> dict[str, KillRecord]:
-        return {k.split("/", 1)[1]: self.kill_record(k.split("/", 1)[1]) for k in self.store.keys("kill/")}
-
     def kill_record_symbols(self) -> list[str]:
         """The symbols with a stored kill record, those gone from the fleet too (one GCS call, blocking)."""
         return [k.split("/", 1)[1] for k in self.store.keys("kill/")]

@@ -326,6 +326,7 @@ def test_an_agent_that_does_not_answer_is_reported_and_the_rest_still_served(liv
         # ... with what it last published and how old that is (older than the bound: it went down)
         last = status["agents"]["SOLUSDT"]["last_published"]
         assert last["holder"] == before["holder"] and last["pid"] == pid and last["symbol"] == "SOLUSDT"
+        assert last["epoch"] == before["epoch"] and last["ownership_lost"] is False
         assert last["age_s"] >= seen_down[0] - 0.5 and last["state"] in ("quoting", "halted", "starting")
         assert status["agents_up"] == 2 and all(status["agents"][s]["reachable"] for s in ("ETHUSDC", "BTCUSDT"))
         exposure = live.get("/exposure").json()

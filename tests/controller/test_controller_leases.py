@@ -86,24 +86,11 @@ def test_kill_state_is_recorded_and_reported_in_grants():
     b.set_kill_state("ETHUSDC", "halted", "desk", now=5.0)
     g = b.acquire("ETHUSDC", "a", now=6.0)
     assert g.kill_state == "halted"
-    assert b.kill_records()["ETHUSDC"].reason == "desk"
+    assert b.kill_record("ETHUSDC").reason == "desk"
     b.set_kill_state("ETHUSDC", "running")
     assert b.renew("ETHUSDC", "a", g.epoch, now=7.0).kill_state == "running"
     with pytest.raises(ValueError, match="kill state must be one of"):
         b.set_kill_state("ETHUSDC", "paused")
-
-
-def test_kill_records_read_at_once_equal_those_read_one_by_one():
-    b = book()
-    b.set_kill_state("ETHUSDC", "halted", "desk", now=5.0)
-    b.set_kill_state("BTCUSDC", "flattening", "drill", now=6.0)
-    b.set_kill_state("BTCUSDC", "running", "resumed", now=7.0)
-    b.store.put("kill/SOLUSDC", "{not json")
-    at_once = asyncio.run(b.akill_records(["ETHUSDC", "BTCUSDC", "SOLUSDC", "XRPUSDC"]))
-    assert at_once == {s: b.kill_record(s) for s in ("ETHUSDC", "BTCUSDC", "SOLUSDC")}   # XRPUSDC: none stored
-    assert at_once["BTCUSDC"].seq == 2 and at_once["SOLUSDC"].state == "halted"
-    assert sorted(b.kill_record_symbols()) == ["BTCUSDC", "ETHUSDC", "SOLUSDC"]
-    assert asyncio.run(b.akill_records([])) == {}
 
 
 def test_unreadable_kill_record_fails_safe_to_halted():
@@ -122,6 +109,26 @@ class CountingStore(MemoryStore):
     def get(self, key: str) -> str | None:
         self.reads.append(key)
         return super().get(key)
+
+    async def aget_many(self, keys: list[str]) -> dict[str, str | None]:   # as the GCS store's: one round trip
+        self.reads.append(f"aget_many {len(keys)}")
+        return {k: self.data.get(k) for k in keys}
+
+
+def test_kill_records_read_at_once_equal_those_read_one_by_one():
+    store = CountingStore()
+    b = LeaseBook(WriteThroughStore(store, ("lease/", "epoch/")), lease_ttl_s=3.0)
+    b.set_kill_state("ETHUSDC", "halted", "desk", now=5.0)
+    b.set_kill_state("BTCUSDC", "flattening", "drill", now=6.0)
+    b.set_kill_state("BTCUSDC", "running", "resumed", now=7.0)
+    b.store.put("kill/SOLUSDC", "{not json")
+    store.reads.clear()
+    at_once = asyncio.run(b.akill_records(["ETHUSDC", "BTCUSDC", "SOLUSDC", "XRPUSDC"]))
+    assert store.reads == ["aget_many 8"]          # every record and its sequence number, in one call
+    assert at_once == {s: b.kill_record(s) for s in ("ETHUSDC", "BTCUSDC", "SOLUSDC")}   # XRPUSDC: none stored
+    assert at_once["BTCUSDC"].seq == 2 and at_once["SOLUSDC"].state == "halted"
+    assert sorted(b.kill_record_symbols()) == ["BTCUSDC", "ETHUSDC", "SOLUSDC"]
+    assert asyncio.run(b.akill_records([])) == {}
 
 
 def test_the_controllers_book_reads_leases_from_memory_but_kill_states_always_from_the_store():
