@@ -106,45 +106,38 @@ def publish(fleet_name: str, record: PublishedExposition, snapshot: PublishedSna
                                      namespace=kv_namespace(fleet_name))
 
 
-def _read(fleet_name: str, keys: list[str]) -> dict[str, bytes]:
-    """The values of ``keys`` that exist (one GCS call; blocking)."""
+def _records(fleet_name: str, symbols: list[str] | tuple[str, ...], prefix: str, decode: Any) -> dict[str, Any]:
+    """The records of ``symbols`` under ``prefix`` (one GCS call; blocking): those that decode and name
+    their own symbol; a symbol without one is absent."""
     from ray.experimental import internal_kv
 
+    if not symbols:
+        return {}
     namespace = kv_namespace(fleet_name).encode()
-    encoded = [k.encode() for k in keys]
+    keys = [f"{prefix}{s}".encode() for s in symbols]
     client: Any = internal_kv.global_gcs_client
     multi_get = getattr(client, "internal_kv_multi_get", None)
     if multi_get is not None:
-        raw = multi_get(encoded, namespace)
+        raw = multi_get(keys, namespace)
     else:  # an older Ray without the multi-get: one call per key
-        raw = {k: v for k in encoded if (v := client.internal_kv_get(k, namespace)) is not None}
-    return {k.decode(): v for k, v in raw.items()}
+        raw = {k: v for k in keys if (v := client.internal_kv_get(k, namespace)) is not None}
+    out = {}
+    for key, value in raw.items():
+        record = decode(value)
+        symbol = key.decode()[len(prefix):]
+        if record is not None and record.symbol == symbol:
+            out[symbol] = record
+    return out
 
 
 def read_published(fleet_name: str, symbols: list[str] | tuple[str, ...]) -> dict[str, PublishedExposition]:
     """The published expositions of ``symbols`` (one GCS call; blocking); a symbol without one is absent."""
-    if not symbols:
-        return {}
-    out = {}
-    for key, value in _read(fleet_name, [exposition_key(s) for s in symbols]).items():
-        record = PublishedExposition.decode(value)
-        symbol = key[len(KEY_PREFIX):]
-        if record is not None and record.symbol == symbol:
-            out[symbol] = record
-    return out
+    return _records(fleet_name, symbols, KEY_PREFIX, PublishedExposition.decode)
 
 
 def read_snapshots(fleet_name: str, symbols: list[str] | tuple[str, ...]) -> dict[str, PublishedSnapshot]:
     """The published status and exposure of ``symbols`` (one GCS call; blocking); a symbol without one is absent."""
-    if not symbols:
-        return {}
-    out = {}
-    for key, value in _read(fleet_name, [snapshot_key(s) for s in symbols]).items():
-        record = PublishedSnapshot.decode(value)
-        symbol = key[len(SNAPSHOT_PREFIX):]
-        if record is not None and record.symbol == symbol:
-            out[symbol] = record
-    return out
+    return _records(fleet_name, symbols, SNAPSHOT_PREFIX, PublishedSnapshot.decode)
 
 
 def forget_published(fleet_name: str, symbol: str) -> None:
