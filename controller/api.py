@@ -80,6 +80,7 @@ from controller.handles import above_agents_env
 from controller.kill_path import DirectKill
 from controller.views import AgentAnswers, exposure_view, kill_state_map, kill_view, status_view
 from fleet.config import FleetConfig
+from fleet.vocabulary import KillState
 
 log = logging.getLogger("mmfleet.api")
 T = TypeVar("T")
@@ -234,6 +235,28 @@ class FleetApi:
         self._traded(kill_states)
         return kill, kill_states
 
+    async def _durable_kill_states(self) -> tuple[Answer, dict[str, str]]:
+        """The durable kill states of the fleet as last applied, read by this endpoint from the GCS, where
+        the controller and the kill route write them (one asynchronous read each for the applied spec and
+        the records): ``/exposure`` and ``GET /kill`` show them with the controller busy, stopped or gone.
+        The traded symbols follow the applied fleet."""
+        started = time.monotonic()
+
+        async def read() -> dict[str, Any]:
+            symbols = [e.symbol for e in (await self.direct.refresh()).symbols]
+            records = await self.direct.book.akill_records(symbols)
+            return {s: asdict(records[s]) if s in records else {"state": KillState.RUNNING, "reason": "", "since": 0.0}
+                    for s in symbols}
+
+        try:
+            value = await asyncio.wait_for(read(), self.settings.agent_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - the page says why it has no kill states
+            why = "no answer" if isinstance(exc, asyncio.TimeoutError) else first_line(exc)
+            return Answer(error=f"the kill states were not read from the GCS: {why}",
+                          elapsed_s=time.monotonic() - started), {}
+        self._traded(value)
+        return Answer(value=value, elapsed_s=time.monotonic() - started), kill_state_map(value)
+
     async def _ask_agents(self, method: str, symbols: tuple[str, ...]) -> tuple[dict[str, int] | None, dict[str, Answer]]:
         """Which of the symbols' agents Ray holds alive (with their restarts), and each one's answer to
         ``method``; an agent not running yet is answered at once, not waited for."""
@@ -294,7 +317,7 @@ class FleetApi:
     @api.get("/exposure", summary="per symbol position, notional, worst case vs cap, P&L; fleet totals")
     async def exposure(self, creds: Credentials) -> dict[str, Any]:
         self._authorize(creds)
-        (kill, _), agents = await self._with_agents(self._kill_states(), "exposure")
+        (kill, _), agents = await self._with_agents(self._durable_kill_states(), "exposure")
         return {"fleet": self.cfg.name, **exposure_view(kill, agents, self.cfg.risk.max_total_notional)}
 
     @api.get("/metrics", summary="every agent's metrics merged, plus fleet series (Prometheus text)")
@@ -325,10 +348,13 @@ class FleetApi:
             log.warning("metrics: %s back on the page", sym)
         self.metrics_down = down
 
-    @api.get("/kill", summary="kill state per symbol (from the controller)")
+    @api.get("/kill", summary="durable kill state per symbol (read from the GCS: the controller is not asked)")
     async def kill_states(self, creds: Credentials) -> dict[str, Any]:
         self._authorize(creds)
-        return {"fleet": self.cfg.name, "kill_states": await self.calls.from_controller("kill_states")}
+        kill, _ = await self._durable_kill_states()
+        if not kill.ok:
+            raise HTTPException(503, kill.error)
+        return {"fleet": self.cfg.name, "kill_states": kill.value}
 
     @api.get("/pnl", summary="P&L per symbol and fleet from the trade journal, split into spread, inventory, funding, fees")
     async def pnl(self, creds: Credentials, since: int | None = None, symbol: str | None = None) -> dict[str, Any]:

@@ -321,7 +321,10 @@ def test_http_kill_halts_the_fleet_durably_across_restarts_until_resumed(fleet):
     # A controller restart keeps the kill state too.
     ctl_pid = fleet.ray.get(fleet.controller().__ray_call__.remote(lambda self: os.getpid()), timeout=15)
     os.kill(ctl_pid, signal.SIGKILL)
-    states = poll(lambda: fleet.http("GET", "/kill").json().get("kill_states"), 30.0, "GET /kill after the restart")
+    states = poll(lambda: fleet.ray.get(fleet.controller().kill_states.remote(), timeout=10), 30.0,
+                  "the restarted controller's kill states")
+    assert {s: states[s]["state"] for s in SYMBOLS} == {s: "halted" for s in SYMBOLS}
+    states = fleet.http("GET", "/kill").json()["kill_states"]     # the endpoint's own read of the GCS agrees
     assert {s: states[s]["state"] for s in SYMBOLS} == {s: "halted" for s in SYMBOLS}
     for s in SYMBOLS:
         assert fleet.exchange.open_orders(s) == []
