@@ -78,9 +78,9 @@ from controller.console_feed import ConsoleFeed
 from controller.federation import FleetView, KillLatency, SplitCache, published_scrapes, render_fleet_page
 from controller.handles import above_agents_env
 from controller.kill_path import DirectKill
+from controller.lease import kill_states_shown
 from controller.views import AgentAnswers, exposure_view, kill_state_map, kill_view, status_view
 from fleet.config import FleetConfig
-from fleet.vocabulary import KillState
 
 log = logging.getLogger("mmfleet.api")
 T = TypeVar("T")
@@ -244,9 +244,7 @@ class FleetApi:
 
         async def read() -> dict[str, Any]:
             symbols = [e.symbol for e in (await self.direct.refresh()).symbols]
-            records = await self.direct.book.akill_records(symbols)
-            return {s: asdict(records[s]) if s in records else {"state": KillState.RUNNING, "reason": "", "since": 0.0}
-                    for s in symbols}
+            return kill_states_shown(symbols, await self.direct.book.akill_records(symbols))
 
         try:
             value = await asyncio.wait_for(read(), self.settings.agent_timeout_s)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -22,6 +22,7 @@ import ray
 from controller.emergency import KillOutcome, Outcome, first_line
 from controller.kill_path import AGENT_ROUTE, EXCHANGE_ROUTE, first_empty, halt_not_confirmed, keep_behind, \
     raced_outcome, sweep_until_halted, write_kill_states
+from controller.lease import kill_states_shown
 from fleet.vocabulary import KillState
 
 log = logging.getLogger("mmfleet.controller")
@@ -226,7 +227,5 @@ class KillSwitches:
     async def kill_states(self) -> dict[str, Any]:
         self._load()
         stored = await asyncio.to_thread(self.book.kill_record_symbols)   # off the loop: leases renew there
-        records = await self.book.akill_records(sorted(set(stored) | set(self._symbols())))
-        out = {s: {"state": KillState.RUNNING, "reason": "", "since": 0.0} for s in self._symbols()}
-        out.update({s: asdict(r) for s, r in records.items()})
-        return out
+        symbols = list(dict.fromkeys([*self._symbols(), *stored]))          # retired symbols' records too
+        return kill_states_shown(symbols, await self.book.akill_records(symbols))

@@ -239,6 +239,13 @@ class LeaseAnswer:
         return asdict(self)
 
 
+def kill_states_shown(symbols: Iterable[str], records: dict[str, KillRecord]) -> dict[str, dict[str, Any]]:
+    """Kill states as the controller and the endpoint answer them: each symbol's stored record whole, a
+    symbol without one running."""
+    return {s: asdict(records[s]) if s in records else {"state": KillState.RUNNING, "reason": "", "since": 0.0}
+            for s in symbols}
+
+
 def parse_kill_record(raw: str | None, raw_seq: str | None) -> KillRecord:
     """A stored kill record; a record that cannot be read halts (safe), never runs.
 
