@@ -492,6 +492,7 @@ class Bench:
             out["recovery_duplicate_ids"] = len(ids) - len(set(ids))
 
             hung = self.symbols[1] if len(self.symbols) > 1 else victim
+            out["hung_ip_wait_s"] = self.calm_ip()   # the successor's start reads would wait for the IP's minute
             out["hung_orders_gone_s"], out["hung_successor_s"] = self.hung_agent(hung, problems)
         finally:
             stop_fleet(self.cfg.namespace, self.cfg.name)
@@ -601,8 +602,8 @@ def main() -> int:
                   f"first route to 0 per symbol {r['kill_first_routes']}; IP weight of the last minute "
                   f"after the start {r.get('ip_weight_1m_after_start')}, after the kills {r.get('ip_weight_1m_after_kills')}; "
                   f"orders landed after an answer confirmed 0 (kills with any): {r.get('late_landings')}; "
-                  f"before the SIGKILL, waited {f(r, 'recovery_ip_wait_s', fmt='.1f')} s for the IP's weight of "
-                  f"the minute to fall below {IP_CALM:g}")
+                  f"before the SIGKILL and the SIGSTOP, waited {f(r, 'recovery_ip_wait_s', fmt='.1f')} and "
+                  f"{f(r, 'hung_ip_wait_s', fmt='.1f')} s for the IP's weight of the minute to fall below {IP_CALM:g}")
             print(f"{'':>7} IP weight by route, up to the kills: {r.get('weight_start')}; "
                   f"the {r.get('kills')} kills and resumes: {r.get('weight_kills')}")
         steps = ", ".join(f"{STEP_NAMES[k]} {r[f'phase_{k}'][2]:.1f}/{r[f'phase_{k}'][3]:.1f} s "

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -30,7 +31,8 @@ import ray
 from agents.publish import forget_published
 from controller.emergency import EmergencyDesk, first_line
 from controller.fence import Fence, Fenced
-from controller.handles import AGENT_PREFIX, AgentHandles, agent_name
+from controller.handles import (AGENT_PREFIX, AgentHandles, above_agents_env, agent_name, find_spawner,
+                                get_or_create_spawner)
 from controller.kill_switches import KILL_GROUP, KillSwitches, _ms_since, _num, journal_record
 from controller.lease import GcsStore, LeaseBook, WriteThroughStore
 from controller.spec import SPEC_DOC, build_spec, endpoints_of, parse_spec, rate_shares
@@ -44,7 +46,8 @@ FLAGS_DOC = "fleet_flags"
 
 # Imported from here by the commands, the bench and the tests.
 __all__ = ["AGENT_PREFIX", "CONTROLLER_NAME", "ControllerSettings", "FleetController", "agent_name", "build_spec",
-           "endpoints_of", "find_controller", "get_or_create_controller", "parse_spec", "rate_shares"]
+           "endpoints_of", "find_controller", "get_or_create_controller", "parse_spec", "rate_shares",
+           "remove_controller"]
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ class FleetController(KillSwitches):
         self.book = LeaseBook(WriteThroughStore(GcsStore(fleet_name), ("lease/", "epoch/")),  # only it writes them
                               lease_ttl_s=self.settings.lease_ttl_s)
         self.agents = AgentHandles(fleet_name, namespace, self.settings.agent_call_timeout_s)
+        self.creating = asyncio.Lock()   # apply and reconcile look for missing agents and create them one at a time
         # The exchange client's modules (aiohttp and all, some 0.3 CPU-s) imported now, in a thread, while
         # the endpoint deploys: imported by the first apply's warm-up, they held the GIL against this
         # actor's loop while the agents started (17 % of its samples in a 50-symbol start).
@@ -203,16 +207,21 @@ class FleetController(KillSwitches):
             *(self._retire(s, flatten=False, account=old_cfg.entry(s).account) for s in removed)
         )
         created, updated, unchanged = [], [], []
-        live = self.agents.live()
-        for symbol in self._symbols():
-            if symbol not in live:
-                self.agents.create(symbol, cfg.agent)
-                created.append(symbol)
-            elif old_cfg is None or old_params.get(symbol) != params[symbol] or old_cfg.runtime != cfg.runtime:
-                updated.append(symbol)
-            else:
-                unchanged.append(symbol)
-        errors = await self._push_params(updated)
+        async with self.creating:
+            live = self.agents.live()
+            for symbol in self._symbols():
+                if symbol not in live:
+                    created.append(symbol)
+                elif old_cfg is None or old_params.get(symbol) != params[symbol] or old_cfg.runtime != cfg.runtime:
+                    updated.append(symbol)
+                else:
+                    unchanged.append(symbol)
+            try:
+                await self.agents.create(created, cfg.agent)
+                errors: dict[str, str] = {}
+            except Exception as exc:  # noqa: BLE001 - reported; the reconcile pass creates them
+                errors = {s: f"not created yet (the reconcile pass tries again): {first_line(exc)}" for s in created}
+        errors.update(await self._push_params(updated))
         await self._push_shares()
         ray.get_runtime_context().current_actor.warm_kill_path.remote()  # the first kill need not open clients
         return {
@@ -262,14 +271,14 @@ class FleetController(KillSwitches):
         self.reconciles += 1
         if self.cfg is None or self.stopping:
             return {"recreated": [], "reduce_only": self.reduce_only}
-        recreated = []
-        live = self.agents.live()
-        for symbol in self._symbols():
-            if symbol not in live:
-                log.warning("agent %s is gone: recreating it", agent_name(symbol))
-                self.agents.create(symbol, self.cfg.agent)
-                self.recreated[symbol] = self.recreated.get(symbol, 0) + 1
-                recreated.append(symbol)
+        async with self.creating:   # not while an apply creates them
+            live = self.agents.live()
+            recreated = [s for s in self._symbols() if s not in live]
+            if recreated:
+                log.warning("agents gone: recreating %s", ", ".join(agent_name(s) for s in recreated))
+                await self.agents.create(recreated, self.cfg.agent)
+                for symbol in recreated:
+                    self.recreated[symbol] = self.recreated.get(symbol, 0) + 1
         if recreated:
             await self._push_shares()
         await self._fleet_risk()
@@ -408,18 +417,29 @@ class FleetController(KillSwitches):
         return {"fleet": self.fleet_name, "symbols": {s: r.to_dict() for s, r in zip(symbols, results)}}
 
     async def ping(self) -> dict[str, Any]:
-        return {"fleet": self.fleet_name, "uptime_s": round(time.time() - self.started_at, 1)}
+        return {"fleet": self.fleet_name, "uptime_s": round(time.time() - self.started_at, 1), "pid": os.getpid(),
+                "agents_created_without_spawner": self.agents.unspawned}
 
 
 def get_or_create_controller(cfg: FleetConfig, settings: ControllerSettings | None = None) -> Any:
-    """The fleet's controller (created detached if missing). Needs a Ray connection."""
+    """The fleet's controller (created detached if missing), above the agents for CPU, and its agents'
+    spawner (``controller/handles.py``). Needs a Ray connection, from a process without a ``runtime_env``."""
+    get_or_create_spawner(cfg.namespace)
     return FleetController.options(
         name=CONTROLLER_NAME,
         namespace=cfg.namespace,
         lifetime="detached",
         get_if_exists=True,
         num_cpus=0,
+        runtime_env=above_agents_env(),
     ).remote(cfg.name, cfg.namespace, asdict(settings or ControllerSettings()))
+
+
+def remove_controller(namespace: str) -> None:
+    """The fleet's controller and spawner killed for good (``down`` has stopped the agents before)."""
+    for handle in (find_controller(namespace), find_spawner(namespace)):
+        if handle is not None:
+            ray.kill(handle, no_restart=True)
 
 
 def find_controller(namespace: str) -> Any | None:

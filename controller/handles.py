@@ -2,18 +2,29 @@
 
 A GCS lookup blocks the controller's loop (which also serves the leases), so handles are cached and
 dropped only when an actor is gone for good; the reconcile pass recreates it.
+
+The agents are created by the fleet's spawner (``agent-spawner``, a small detached actor the driver
+creates next to the controller), not by the controller: the controller runs above the agents for
+CPU (``above_agents_env``), an actor inherits its creator's ``runtime_env``, and an agent must take
+none (see ``above_agents_env``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 from typing import Any
 
 import ray
 
 from fleet.config import AgentPlacement
 
+log = logging.getLogger("mmfleet.controller")
+
 AGENT_PREFIX = "agent."
+SPAWNER_NAME = "agent-spawner"
+SPAWN_TIMEOUT_S = 60.0  # the spawner's answer for a batch of agents (one GCS lookup and one creation each)
 
 
 def agent_name(symbol: str) -> str:
@@ -22,13 +33,56 @@ def agent_name(symbol: str) -> str:
 
 def above_agents_env() -> dict[str, Any]:
     """The ``runtime_env`` of a process that must not wait behind the agents for CPU: the endpoint
-    (Serve's controller, its HTTP proxy, the replica) and a hosted simulator. The raylet starts it at
-    niceness 0, its own (``RAY_worker_niceness``), and every other worker, so every agent, at Ray's
-    default 15: on a node the agents saturate, a kill still gets its CPU turns first. The controller
-    and the agents take none: an actor inherits its creator's ``runtime_env``, and a worker with one
-    costs twice the CPU to start (0.31 -> 0.60 s measured here; 50 agents all quoting 43 -> 58 s).
-    Nothing secret goes here (it is visible cluster-wide)."""
+    (Serve's controller, its HTTP proxy, the replica), the controller and a hosted simulator. The
+    raylet starts it at niceness 0, its own (``RAY_worker_niceness``), and every other worker, so
+    every agent, at Ray's default 15: on a node the agents saturate, a kill, a lease renewal and a
+    page still get their CPU turns first. The agents take none: a worker with one costs twice the CPU
+    to start (0.31 -> 0.60 s measured here; 50 agents all quoting 43 -> 58 s), and since an actor
+    inherits its creator's ``runtime_env``, the spawner, which has none, creates them. Nothing secret
+    goes here (it is visible cluster-wide)."""
     return {"env_vars": {"RAY_worker_niceness": "0"}}
+
+
+def create_agents(fleet_name: str, namespace: str, symbols: list[str], placement: AgentPlacement) -> dict[str, Any]:
+    """Detached ``agent.<SYMBOL>`` actors (or the ones already holding the names); their handles."""
+    from agents.actor import AgentActor
+
+    return {symbol: AgentActor.options(
+        name=agent_name(symbol),
+        namespace=namespace,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+        max_task_retries=-1,
+        num_cpus=placement.num_cpus,
+        resources=dict(placement.resources) or None,
+    ).remote(fleet_name, namespace, symbol) for symbol in symbols}
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class AgentSpawner:
+    """Creates a fleet's agents for its controller, from a process without a ``runtime_env`` (at the
+    agents' niceness, like them)."""
+
+    def create(self, fleet_name: str, namespace: str, symbols: list[str], placement: dict[str, Any]) -> dict[str, Any]:
+        return create_agents(fleet_name, namespace, symbols, AgentPlacement(**placement))
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def get_or_create_spawner(namespace: str) -> Any:
+    """The fleet's spawner (created detached if missing), by a process that must have no ``runtime_env``
+    (a driver): its agents would inherit it."""
+    return AgentSpawner.options(name=SPAWNER_NAME, namespace=namespace, lifetime="detached",
+                                get_if_exists=True).remote()
+
+
+def find_spawner(namespace: str) -> Any | None:
+    try:
+        return ray.get_actor(SPAWNER_NAME, namespace=namespace)
+    except ValueError:
+        return None
 
 
 class AgentHandles:
@@ -39,6 +93,8 @@ class AgentHandles:
         self.namespace = namespace
         self.call_timeout_s = call_timeout_s
         self.cache: dict[str, Any] = {}
+        self.spawner: Any | None = None
+        self.unspawned = 0   # agents this process created itself, without a spawner
 
     def get(self, symbol: str, *, fresh: bool = False) -> Any | None:
         """The agent's handle, cached (``fresh``: asked of the GCS again); None when there is no such actor."""
@@ -65,22 +121,29 @@ class AgentHandles:
                 self.cache.pop(symbol, None)
         return live
 
-    def create(self, symbol: str, placement: AgentPlacement) -> Any:
-        """A detached ``agent.<SYMBOL>`` actor (or the one that already holds the name)."""
-        from agents.actor import AgentActor
-
-        handle = AgentActor.options(
-            name=agent_name(symbol),
-            namespace=self.namespace,
-            lifetime="detached",
-            get_if_exists=True,
-            max_restarts=-1,
-            max_task_retries=-1,
-            num_cpus=placement.num_cpus,
-            resources=dict(placement.resources) or None,
-        ).remote(self.fleet_name, self.namespace, symbol)
-        self.cache[symbol] = handle
-        return handle
+    async def create(self, symbols: list[str], placement: AgentPlacement) -> None:
+        """Detached ``agent.<SYMBOL>`` actors for ``symbols`` (those already holding their names kept),
+        created by the fleet's spawner. Without one (a fleet deployed by hand, or its spawner killed
+        for good) this process creates them itself, logged as an error: they then inherit its
+        ``runtime_env`` (run at its niceness, above the endpoint's share, and start at twice the CPU)."""
+        if not symbols:
+            return
+        if self.spawner is None:
+            self.spawner = find_spawner(self.namespace)
+        if self.spawner is not None:
+            try:
+                handles = await asyncio.wait_for(
+                    self.spawner.create.remote(self.fleet_name, self.namespace, symbols, placement.model_dump()),
+                    SPAWN_TIMEOUT_S)
+                self.cache.update(handles)
+                return
+            except ray.exceptions.ActorDiedError:
+                self.spawner = None   # gone for good: looked up again next time
+        self.unspawned += len(symbols)
+        log.error("no %s actor in namespace %s: the controller creates %s itself, so they inherit its runtime_env "
+                  "(niceness 0, a costlier start); deploy the fleet with `up` to have one", SPAWNER_NAME,
+                  self.namespace, ", ".join(agent_name(s) for s in symbols))
+        self.cache.update(create_agents(self.fleet_name, self.namespace, symbols, placement))
 
     async def call(self, symbol: str, method: str, *args: Any, timeout: float | None = None) -> Any:
         """``agent.<SYMBOL>.method(*args)``; LookupError without such an actor, TimeoutError past ``timeout``."""

@@ -392,13 +392,13 @@ def stop_fleet(namespace: str, fleet_name: str, *, flatten: bool = False) -> dic
     """``down``: agents stopped with 0 open orders confirmed, endpoint removed, controller and simulator gone."""
     import ray
 
-    from controller.controller import find_controller
+    from controller.controller import find_controller, remove_controller
 
     result: dict[str, Any] = {"fleet": fleet_name, "symbols": {}}
     ctl = find_controller(namespace)
     if ctl is not None:
         result = ray.get(ctl.down.remote(flatten), timeout=300)
-        ray.kill(ctl)
+    remove_controller(namespace)   # and the agents' spawner
     _undeploy(fleet_name)
     stop_simulator(namespace)
     return result

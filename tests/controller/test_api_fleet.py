@@ -68,7 +68,7 @@ def live(ray_cluster, tmp_path_factory):
     """Simulator + controller + 3 agents + the endpoint; torn down with ``down`` (0 open orders)."""
     import ray
 
-    from controller.controller import ControllerSettings, build_spec, get_or_create_controller
+    from controller.controller import ControllerSettings, build_spec, get_or_create_controller, remove_controller
 
     work = tmp_path_factory.mktemp("live")
     api_key, api_secret = secrets.token_hex(32), secrets.token_hex(32)
@@ -105,7 +105,7 @@ def live(ray_cluster, tmp_path_factory):
     try:
         undeploy(cfg)
         ray.get(controller.down.remote(False), timeout=120)
-        ray.kill(controller, no_restart=True)
+        remove_controller(cfg.namespace)   # and its spawner
     finally:
         sim.stop()
 
@@ -183,8 +183,20 @@ def test_the_kill_path_is_ready_before_any_kill_and_outranks_the_agents_for_cpu(
     # connections as a kill of them sends at once).
     assert ready["accounts_verified"] == 1 and ready["connections"] == 3, ready
     assert ready["checked_s_ago"] is not None and ready["checked_s_ago"] < 60
-    # The endpoint at the raylet's niceness (0), every agent at Ray's default for a worker (15).
+    # The endpoint and the controller at the raylet's niceness (0), every agent at Ray's default for a
+    # worker (15): the spawner that created them has no runtime_env for them to inherit.
+    import ray
+
+    from controller.controller import find_controller
+    from controller.handles import find_spawner
+
     assert os.getpriority(os.PRIO_PROCESS, process_of_replica(app_name(live.cfg.name))) == 0
+    ping = ray.get(find_controller(live.cfg.namespace).ping.remote(), timeout=30)
+    assert os.getpriority(os.PRIO_PROCESS, ping["pid"]) == 0 and ping["agents_created_without_spawner"] == 0, ping
+    assert os.getpriority(os.PRIO_PROCESS, ray.get(find_spawner(live.cfg.namespace).pid.remote(), timeout=30)) == 15
+    # Created once, by the apply: the reconcile pass, running meanwhile, did not take them for gone.
+    ctl_status = ray.get(find_controller(live.cfg.namespace).status.remote(), timeout=30)
+    assert {s: v["recreated"] for s, v in ctl_status["symbols"].items()} == {s: 0 for s in SYMBOLS}
     agents = live.get("/status").json()["agents"]
     assert {s: os.getpriority(os.PRIO_PROCESS, agents[s]["pid"]) for s in SYMBOLS} == {s: 15 for s in SYMBOLS}
 

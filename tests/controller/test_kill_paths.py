@@ -197,7 +197,7 @@ def fleet(ray_cluster, tmp_path_factory):
     only the fleet's own paths can empty a book within these tests' deadlines."""
     import ray
 
-    from controller.controller import ControllerSettings, build_spec, get_or_create_controller
+    from controller.controller import ControllerSettings, build_spec, get_or_create_controller, remove_controller
 
     work = tmp_path_factory.mktemp("killpaths")
     api_key, api_secret = secrets.token_hex(32), secrets.token_hex(32)
@@ -232,7 +232,7 @@ def fleet(ray_cluster, tmp_path_factory):
     try:
         undeploy(cfg)
         ray.get(controller.down.remote(False), timeout=120)
-        ray.kill(controller, no_restart=True)
+        remove_controller(cfg.namespace)   # and its spawner
     finally:
         sim.stop()
 

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from controller.controller import ControllerSettings, build_spec, get_or_create_controller
+from controller.controller import ControllerSettings, build_spec, get_or_create_controller, remove_controller
 from fleet.config import FleetConfig
 from tests.controller.test_fleet import CONFIGS, DEMO_HARD_CAPS, Exchange, _epoch, free_port, poll
 
@@ -106,7 +106,7 @@ class Fleet:
         try:
             self.ray.get(self.controller.down.remote(False), timeout=120)
         finally:
-            self.ray.kill(self.controller)
+            remove_controller(self.cfg.namespace)   # and its spawner
 
     def agent(self, symbol: str) -> Any:
         return self.ray.get_actor(f"agent.{symbol}", namespace=self.cfg.namespace)
