@@ -9,9 +9,9 @@ p50/p99 from the request to the answer confirming 0 open orders at the exchange 
 (and, per kill, the slowest symbol's time until the exchange listed 0 and which route got there
 first: the agent or the exchange directly; orders that landed after the answer, and when the
 endpoint's sweep took them); the same kill with the controller process stopped
-(SIGSTOP: the endpoint's own routes); recovery after SIGKILL of one agent until it quotes again (and
-older-epoch / duplicate orders then); recovery after SIGSTOP of one agent beyond its lease (until its
-orders are gone, until a successor quotes); `/metrics` scrape time, scrapes 5.5 s apart so that every
+(SIGSTOP: the endpoint's own routes), and a `/metrics` scrape then; recovery after SIGKILL of one
+agent until it quotes again (and older-epoch / duplicate orders then); recovery after SIGSTOP of
+one agent beyond its lease (until its orders are gone, until a successor quotes); `/metrics` scrape time, scrapes 5.5 s apart so that every
 agent has published a new exposition in between (as for a Prometheus scraping every 15 s). Reproduce:
 `RAY_AUTH_MODE=disabled .venv/bin/python bench/fleet_bench.py` (options: --sizes 1,10 --kills 5
 --stopped-kills 3). Ten symbols per simulated account, so each agent gets a tenth of its account's
@@ -338,23 +338,27 @@ class Bench:
         print(f"   late landings after the answer: {len(resting)} ({seen}); all gone {gone_ms:.0f} ms after the "
               f"kill was sent", flush=True)
 
-    def stopped_controller_kills(self, n: int, problems: list[str]) -> tuple[list[float], list[float]]:
+    def stopped_controller_kills(self, n: int, problems: list[str]) -> tuple[list[float], list[float], list[float]]:
         """Kills with the controller process stopped (the endpoint runs a halt itself; the controller,
-        thawed, only journals it); each resumed once the controller runs again."""
+        thawed, only journals it); each resumed once the controller runs again. Also a ``/metrics``
+        scrape after each kill, the controller still stopped: (kill s, confirmed-0 ms, scrape s)."""
         ctl = find_controller(self.cfg.namespace)
         pid = self.ray.get(ctl.__ray_call__.remote(lambda s: os.getpid()))
-        latencies, confirmed = [], []
+        latencies, confirmed, scrapes = [], [], []
         for _ in range(n):
             self.settle("quoting before a kill with the controller stopped", problems)
             os.kill(pid, signal.SIGSTOP)
             try:
                 lat, conf, _ = self.kill_once("kill, controller stopped:")
+                t = time.monotonic()
+                self.http("GET", "/metrics").raise_for_status()
+                scrapes.append(time.monotonic() - t)
             finally:
                 os.kill(pid, signal.SIGCONT)
             latencies.append(lat)
             confirmed.append(conf)
             self.http("POST", "/resume", json={"all": True}).raise_for_status()
-        return latencies, confirmed
+        return latencies, confirmed, scrapes
 
     def hung_agent(self, victim: str, problems: list[str]) -> tuple[float, float]:
         """SIGSTOP one agent beyond its lease: (s until its orders are gone, s until a successor quotes)."""
@@ -456,9 +460,10 @@ class Bench:
             out["ip_weight_1m_after_kills"] = self.ip_weight()
             out["weight_kills"] = top_routes(self.weight_by_route(), weight_before_kills)
             if stopped_kills:
-                lat, conf = self.stopped_controller_kills(stopped_kills, problems)
+                lat, conf, scrapes = self.stopped_controller_kills(stopped_kills, problems)
                 out["stopped_kill_p50_ms"], out["stopped_kill_p99_ms"] = pct(lat, 0.5) * 1000, pct(lat, 0.99) * 1000
                 out["stopped_kill_zero_p99_ms"] = pct(conf, 0.99)
+                out["stopped_metrics_max_ms"] = max(scrapes) * 1000
             out["late_landings"] = ", ".join(f"{n} gone by {ms:.0f} ms" for n, ms in self.late) or "none"
 
             if not self.settle("quoting before the SIGKILL", problems):
@@ -604,6 +609,7 @@ def main() -> int:
                   f"orders landed after an answer confirmed 0 (kills with any): {r.get('late_landings')}; "
                   f"before the SIGKILL and the SIGSTOP, waited {f(r, 'recovery_ip_wait_s', fmt='.1f')} and "
                   f"{f(r, 'hung_ip_wait_s', fmt='.1f')} s for the IP's weight of the minute to fall below {IP_CALM:g}")
+            print(f"{'':>7} /metrics with the controller stopped: max {f(r, 'stopped_metrics_max_ms')} ms")
             print(f"{'':>7} IP weight by route, up to the kills: {r.get('weight_start')}; "
                   f"the {r.get('kills')} kills and resumes: {r.get('weight_kills')}")
         steps = ", ".join(f"{STEP_NAMES[k]} {r[f'phase_{k}'][2]:.1f}/{r[f'phase_{k}'][3]:.1f} s "

@@ -87,6 +87,7 @@ T = TypeVar("T")
 
 HEAD_NODE_RESOURCE = "node:__internal_head__"
 KILL_PATH_READY_S = 5.0   # how often the endpoint makes its kill path ready (controller/kill_path.py, prepare)
+CONTROLLER_WATCH_S = 2.0  # how often the endpoint pings the controller (``mmfleet_controller_up``; /health)
 
 
 def app_name(fleet_name: str) -> str:
@@ -183,11 +184,14 @@ class FleetApi:
                                 push_s=self.settings.console_push_s, slow_s=self.settings.console_slow_s)
         install_log_escaping()   # a kill reason with a newline cannot forge a log line
         self.kill_path: dict[str, Any] = {}   # what DirectKill.prepare last found ready, and when
+        self.controller_seen: tuple[Answer, float] | None = None   # the controller's last ping answer, and when
         try:   # the kill path kept ready: modules imported, exchange clients open, agents' handles found
-            warming = asyncio.get_running_loop().create_task(self._keep_kill_path_ready())
-            self.behind.add(warming)
-            warming.add_done_callback(self.behind.discard)
-        except RuntimeError:   # no loop running here: the first kill opens them
+            loop = asyncio.get_running_loop()
+            for work in (self._keep_kill_path_ready(), self._watch_controller()):
+                task = loop.create_task(work)
+                self.behind.add(task)
+                task.add_done_callback(self.behind.discard)
+        except RuntimeError:   # no loop running here: the first kill opens them, a scrape pings
             pass
         if self.tokens.read() is None:
             log.warning("no API token found in %s: protected endpoints answer 503", self.tokens.describe())
@@ -227,13 +231,6 @@ class FleetApi:
                 404, f"unknown symbol(s): {', '.join(unknown)}; this fleet trades {', '.join(self.known)}"
             )
         return list(dict.fromkeys(symbols))
-
-    async def _kill_states(self) -> tuple[Answer, dict[str, str]]:
-        """The controller's kill states (its answer, and as ``{symbol: state}``); the traded symbols follow them."""
-        kill = await self.calls.controller("kill_states", timeout=self.settings.agent_timeout_s)
-        kill_states = kill_state_map(kill.value) if kill.ok else {}
-        self._traded(kill_states)
-        return kill, kill_states
 
     async def _durable_kill_states(self) -> tuple[Answer, dict[str, str]]:
         """The durable kill states of the fleet as last applied, read by this endpoint from the GCS, where
@@ -293,7 +290,36 @@ class FleetApi:
             "symbols": len(self.known),
             "token_configured": self.tokens.read() is not None,
             "kill_path": self._kill_path_view(),
+            "controller": self._controller_view(),
         }
+
+    async def _ping_controller(self) -> Answer:
+        answer = await self.calls.controller("ping", timeout=self.settings.agent_timeout_s)
+        self.controller_seen = (answer, time.time())
+        return answer
+
+    async def _watch_controller(self) -> None:
+        """Every ``CONTROLLER_WATCH_S``, the controller pinged, so that ``/metrics`` says whether it
+        answers without waiting on it (a stopped controller cost every scrape ``agent_timeout_s``)."""
+        while True:
+            answer = await self._ping_controller()
+            if not answer.ok:
+                await asyncio.sleep(CONTROLLER_WATCH_S)   # a failure returned at once is not retried in a spin
+            else:
+                await asyncio.sleep(max(0.0, CONTROLLER_WATCH_S - answer.elapsed_s))
+
+    def _controller_up(self) -> bool:
+        """The controller answered its last ping, and that ping is recent (the watch runs)."""
+        if self.controller_seen is None:
+            return False
+        answer, at = self.controller_seen
+        return answer.ok and time.time() - at <= 2 * CONTROLLER_WATCH_S + self.settings.agent_timeout_s
+
+    def _controller_view(self) -> dict[str, Any]:
+        if self.controller_seen is None:
+            return {"up": False, "pinged_s_ago": None, "error": "not pinged yet"}
+        answer, at = self.controller_seen
+        return {"up": self._controller_up(), "pinged_s_ago": round(time.time() - at, 1), "error": answer.error}
 
     def _kill_path_view(self) -> dict[str, Any]:
         """How ready a kill is: agents whose handles are found, accounts whose exchange clients are open."""
@@ -323,13 +349,17 @@ class FleetApi:
         if self.cfg.api.metrics_require_auth:
             self._authorize(creds)
         started = time.monotonic()
-        symbols = self.known  # as of the last answer from the controller; the kill states below update it
-        # The agents' own expositions are published (agents/publish.py), not asked for one by one.
-        (kill, kill_states), published, restarts = await asyncio.gather(
-            self._kill_states(), self.calls.published(self.cfg.name, symbols), self.calls.restarts(symbols))
+        symbols = self.known  # as of the applied fleet last read; the kill states below update it
+        if self.controller_seen is None:   # the watch has not answered yet (a scrape right after a deploy)
+            await self._ping_controller()
+        # The agents' own expositions are published (agents/publish.py), not asked for one by one; the
+        # kill states read from the GCS and the controller's liveness from its watch: nothing here waits
+        # on the controller.
+        (_, kill_states), published, restarts = await asyncio.gather(
+            self._durable_kill_states(), self.calls.published(self.cfg.name, symbols), self.calls.restarts(symbols))
         scrapes = published_scrapes(symbols, published, now=time.time(), stale_s=self.cfg.api.metrics_stale_s)
         view = FleetView(fleet=self.cfg.name, symbols=symbols, kill_states=kill_states, restarts=restarts,
-                         kill_latency=self.kill_latency, controller_up=kill.ok)
+                         kill_latency=self.kill_latency, controller_up=self._controller_up())
         # Off the event loop, so a kill is not queued behind it; a page is split again only when it changed.
         page = await asyncio.to_thread(render_fleet_page, view, scrapes, self.splits.split)
         for problem in page.dropped:

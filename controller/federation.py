@@ -257,7 +257,7 @@ def fleet_families(view: FleetView, scrapes: Iterable[AgentScrape]) -> list[Metr
         if sym in view.restarts:
             restarts.add_sample("mmfleet_agent_restarts", {_SYMBOL_LABEL: sym}, float(view.restarts[sym]))
 
-    controller = _gauge("mmfleet_controller_up", "1 if the fleet controller answered.")
+    controller = _gauge("mmfleet_controller_up", "1 if the fleet controller answered the endpoint's last ping (every 2 s).")
     controller.add_sample("mmfleet_controller_up", {"fleet": view.fleet}, 1.0 if view.controller_up else 0.0)
 
     latency = _kill_latency_family(view.kill_latency)

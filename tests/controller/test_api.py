@@ -65,8 +65,10 @@ def test_health_is_open(endpoint):
     r = requests.get(f"{url}/health", timeout=10)
     assert r.status_code == 200
     body = r.json()
-    kill_path = body.pop("kill_path")
+    kill_path, controller = body.pop("kill_path"), body.pop("controller")
     assert body == {"ok": True, "fleet": cfg.name, "symbols": 3, "token_configured": True}
+    # No controller here: the endpoint's own ping says so, with why.
+    assert controller["up"] is False and controller["error"], controller
     # No agent deployed: none of their handles found (the keys are read from variables not set here).
     assert kill_path.get("agents_ready", 0) == 0 and "checked_s_ago" in kill_path, kill_path
 

@@ -183,6 +183,10 @@ def test_the_kill_path_is_ready_before_any_kill_and_outranks_the_agents_for_cpu(
     # connections as a kill of them sends at once).
     assert ready["accounts_verified"] == 1 and ready["connections"] == 3, ready
     assert ready["checked_s_ago"] is not None and ready["checked_s_ago"] < 60
+    # The endpoint pings the controller on its own (what /metrics reports as mmfleet_controller_up).
+    seen = poll(lambda: (lambda c: c if c["up"] else None)(live.get("/health", auth=False).json()["controller"]),
+                within_s=30, what="the controller answering the endpoint's ping")
+    assert seen["error"] is None and seen["pinged_s_ago"] < 30, seen
     # The endpoint and the controller at the raylet's niceness (0), every agent at Ray's default for a
     # worker (15): the spawner that created them has no runtime_env for them to inherit.
     import ray
