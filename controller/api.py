@@ -55,7 +55,7 @@ from controller.bodies import (
     read_body,
     validation_detail,
 )
-from controller.calls import ActorCalls, Answer, first_line
+from controller.calls import ActorCalls, Answer, ControllerWatch, first_line
 from controller.console import (
     ASSET_TYPES,
     COOKIE_NAME,
@@ -87,7 +87,6 @@ T = TypeVar("T")
 
 HEAD_NODE_RESOURCE = "node:__internal_head__"
 KILL_PATH_READY_S = 5.0   # how often the endpoint makes its kill path ready (controller/kill_path.py, prepare)
-CONTROLLER_WATCH_S = 2.0  # how often the endpoint pings the controller (``mmfleet_controller_up``; /health)
 
 
 def app_name(fleet_name: str) -> str:
@@ -184,10 +183,10 @@ class FleetApi:
                                 push_s=self.settings.console_push_s, slow_s=self.settings.console_slow_s)
         install_log_escaping()   # a kill reason with a newline cannot forge a log line
         self.kill_path: dict[str, Any] = {}   # what DirectKill.prepare last found ready, and when
-        self.controller_seen: tuple[Answer, float] | None = None   # the controller's last ping answer, and when
+        self.controller = ControllerWatch(self.calls, self.settings.agent_timeout_s)   # /metrics' controller_up
         try:   # the kill path kept ready: modules imported, exchange clients open, agents' handles found
             loop = asyncio.get_running_loop()
-            for work in (self._keep_kill_path_ready(), self._watch_controller()):
+            for work in (self._keep_kill_path_ready(), self.controller.run()):
                 task = loop.create_task(work)
                 self.behind.add(task)
                 task.add_done_callback(self.behind.discard)
@@ -290,36 +289,8 @@ class FleetApi:
             "symbols": len(self.known),
             "token_configured": self.tokens.read() is not None,
             "kill_path": self._kill_path_view(),
-            "controller": self._controller_view(),
+            "controller": self.controller.view(),
         }
-
-    async def _ping_controller(self) -> Answer:
-        answer = await self.calls.controller("ping", timeout=self.settings.agent_timeout_s)
-        self.controller_seen = (answer, time.time())
-        return answer
-
-    async def _watch_controller(self) -> None:
-        """Every ``CONTROLLER_WATCH_S``, the controller pinged, so that ``/metrics`` says whether it
-        answers without waiting on it (a stopped controller cost every scrape ``agent_timeout_s``)."""
-        while True:
-            answer = await self._ping_controller()
-            if not answer.ok:
-                await asyncio.sleep(CONTROLLER_WATCH_S)   # a failure returned at once is not retried in a spin
-            else:
-                await asyncio.sleep(max(0.0, CONTROLLER_WATCH_S - answer.elapsed_s))
-
-    def _controller_up(self) -> bool:
-        """The controller answered its last ping, and that ping is recent (the watch runs)."""
-        if self.controller_seen is None:
-            return False
-        answer, at = self.controller_seen
-        return answer.ok and time.time() - at <= 2 * CONTROLLER_WATCH_S + self.settings.agent_timeout_s
-
-    def _controller_view(self) -> dict[str, Any]:
-        if self.controller_seen is None:
-            return {"up": False, "pinged_s_ago": None, "error": "not pinged yet"}
-        answer, at = self.controller_seen
-        return {"up": self._controller_up(), "pinged_s_ago": round(time.time() - at, 1), "error": answer.error}
 
     def _kill_path_view(self) -> dict[str, Any]:
         """How ready a kill is: agents whose handles are found, accounts whose exchange clients are open."""
@@ -350,8 +321,8 @@ class FleetApi:
             self._authorize(creds)
         started = time.monotonic()
         symbols = self.known  # as of the applied fleet last read; the kill states below update it
-        if self.controller_seen is None:   # the watch has not answered yet (a scrape right after a deploy)
-            await self._ping_controller()
+        if self.controller.seen is None:   # the watch has not answered yet (a scrape right after a deploy)
+            await self.controller.ping()
         # The agents' own expositions are published (agents/publish.py), not asked for one by one; the
         # kill states read from the GCS and the controller's liveness from its watch: nothing here waits
         # on the controller.
@@ -359,7 +330,7 @@ class FleetApi:
             self._durable_kill_states(), self.calls.published(self.cfg.name, symbols), self.calls.restarts(symbols))
         scrapes = published_scrapes(symbols, published, now=time.time(), stale_s=self.cfg.api.metrics_stale_s)
         view = FleetView(fleet=self.cfg.name, symbols=symbols, kill_states=kill_states, restarts=restarts,
-                         kill_latency=self.kill_latency, controller_up=self._controller_up())
+                         kill_latency=self.kill_latency, controller_up=self.controller.up())
         # Off the event loop, so a kill is not queued behind it; a page is split again only when it changed.
         page = await asyncio.to_thread(render_fleet_page, view, scrapes, self.splits.split)
         for problem in page.dropped:

@@ -201,6 +201,54 @@ class ActorCalls:
         return await self.alive(symbols) or {}
 
 
+class ControllerWatch:
+    """The endpoint's own ping of the controller every ``every_s``, so that ``/metrics`` says whether it
+    answers without waiting on it (a stopped controller cost every scrape ``timeout_s``): its last
+    answer, and when."""
+
+    def __init__(self, calls: ActorCalls, timeout_s: float, every_s: float = 2.0) -> None:
+        self.calls = calls
+        self.timeout_s = timeout_s
+        self.every_s = every_s
+        self.seen: tuple[Answer, float] | None = None
+
+    async def ping(self) -> Answer:
+        """The controller pinged; its handle looked up in a thread (a GCS call must not hold the loop,
+        which runs the kills), so one that is gone is answered without a call."""
+        if await self.calls.resolve([CONTROLLER_NAME]):
+            answer = await self.calls.controller("ping", timeout=self.timeout_s)
+        else:
+            answer = Answer(error=f"no actor {CONTROLLER_NAME} in namespace {self.calls.namespace}")
+        self.seen = (answer, time.time())
+        return answer
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self.ping()
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - the watch outlives any one failure; the page shows it
+                failures += 1
+                self.seen = (Answer(error=f"the ping failed: {first_line(exc)}"), time.time())
+                if failures in (1, 10) or failures % 100 == 0:
+                    log.warning("controller watch: the ping failed (%d in a row): %s", failures, first_line(exc))
+            await asyncio.sleep(self.every_s)
+
+    def up(self) -> bool:
+        """The controller answered its last ping, and that ping is recent (the watch runs)."""
+        if self.seen is None:
+            return False
+        answer, at = self.seen
+        return answer.ok and time.time() - at <= 2 * self.every_s + self.timeout_s
+
+    def view(self) -> dict[str, Any]:
+        if self.seen is None:
+            return {"up": False, "pinged_s_ago": None, "error": "not pinged yet"}
+        answer, at = self.seen
+        return {"up": self.up(), "pinged_s_ago": round(time.time() - at, 1), "error": answer.error}
+
+
 def first_line(exc: BaseException) -> str:
     lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
     return (lines[0] if lines else type(exc).__name__)[:300]

@@ -206,21 +206,22 @@ class FleetController(KillSwitches):
         stops = await asyncio.gather(
             *(self._retire(s, flatten=False, account=old_cfg.entry(s).account) for s in removed)
         )
-        created, updated, unchanged = [], [], []
-        async with self.creating:
-            live = self.agents.live()
-            for symbol in self._symbols():
-                if symbol not in live:
-                    created.append(symbol)
-                elif old_cfg is None or old_params.get(symbol) != params[symbol] or old_cfg.runtime != cfg.runtime:
-                    updated.append(symbol)
-                else:
-                    unchanged.append(symbol)
-            try:
-                await self.agents.create(created, cfg.agent)
-                errors: dict[str, str] = {}
-            except Exception as exc:  # noqa: BLE001 - reported; the reconcile pass creates them
-                errors = {s: f"not created yet (the reconcile pass tries again): {first_line(exc)}" for s in created}
+        updated, unchanged = [], []
+        live = self.agents.live()
+        for symbol in self._symbols():
+            if symbol not in live:
+                continue
+            if old_cfg is None or old_params.get(symbol) != params[symbol] or old_cfg.runtime != cfg.runtime:
+                updated.append(symbol)
+            else:
+                unchanged.append(symbol)
+        errors: dict[str, str] = {}
+        try:
+            created = await self._create_missing()
+        except Exception as exc:  # noqa: BLE001 - reported; the reconcile pass creates them
+            created = []
+            errors = {s: f"not created yet (the reconcile pass tries again): {first_line(exc)}"
+                      for s in self._symbols() if s not in live}
         errors.update(await self._push_params(updated))
         await self._push_shares()
         ray.get_runtime_context().current_actor.warm_kill_path.remote()  # the first kill need not open clients
@@ -271,18 +272,42 @@ class FleetController(KillSwitches):
         self.reconciles += 1
         if self.cfg is None or self.stopping:
             return {"recreated": [], "reduce_only": self.reduce_only}
-        async with self.creating:   # not while an apply creates them
-            live = self.agents.live()
-            recreated = [s for s in self._symbols() if s not in live]
-            if recreated:
-                log.warning("agents gone: recreating %s", ", ".join(agent_name(s) for s in recreated))
-                await self.agents.create(recreated, self.cfg.agent)
-                for symbol in recreated:
-                    self.recreated[symbol] = self.recreated.get(symbol, 0) + 1
+        try:
+            recreated = await self._create_missing(gone=True)
+        except Exception as exc:  # noqa: BLE001 - the next pass tries again; the fleet's risk is checked anyway
+            recreated = []
+            self.last_error = first_line(exc)
+            log.error("recreating agents failed: %s", self.last_error)
+        for symbol in recreated:
+            self.recreated[symbol] = self.recreated.get(symbol, 0) + 1
         if recreated:
             await self._push_shares()
         await self._fleet_risk()
         return {"recreated": recreated, "reduce_only": self.reduce_only, "gross_notional": self.gross_notional}
+
+    async def _create_missing(self, *, gone: bool = False) -> list[str]:
+        """The traded symbols whose agent Ray does not hold, created (by the spawner); what was created.
+        One pass at a time (apply and the reconcile pass). Creating awaits the spawner, so a symbol may
+        stop being traded meanwhile (an apply removed it, a ``down`` began, either finding no actor to
+        retire): its new actor is removed at once, before it could get a spec and trade."""
+        async with self.creating:
+            if self.cfg is None or self.stopping:
+                return []
+            live = self.agents.live()
+            missing = [s for s in self._symbols() if s not in live]
+            if not missing:
+                return []
+            if gone:
+                log.warning("agents gone: recreating %s", ", ".join(agent_name(s) for s in missing))
+            await self.agents.create(missing, self.cfg.agent)
+            traded = set() if self.stopping else set(self._symbols())
+            for symbol in (s for s in missing if s not in traded):
+                log.warning("%s is no longer traded: its agent, created meanwhile, is removed", symbol)
+                handle = self.agents.get(symbol)
+                self.agents.drop(symbol)
+                if handle is not None:
+                    ray.kill(handle, no_restart=True)
+            return [s for s in missing if s in traded]
 
     async def _fleet_risk(self) -> None:
         symbols = self._symbols()

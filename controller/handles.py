@@ -24,7 +24,7 @@ log = logging.getLogger("mmfleet.controller")
 
 AGENT_PREFIX = "agent."
 SPAWNER_NAME = "agent-spawner"
-SPAWN_TIMEOUT_S = 60.0  # the spawner's answer for a batch of agents (one GCS lookup and one creation each)
+SPAWN_TIMEOUT_S = 10.0  # the spawner's answer for a batch of agents (one GCS lookup and one creation each)
 
 
 def agent_name(symbol: str) -> str:
@@ -123,26 +123,30 @@ class AgentHandles:
 
     async def create(self, symbols: list[str], placement: AgentPlacement) -> None:
         """Detached ``agent.<SYMBOL>`` actors for ``symbols`` (those already holding their names kept),
-        created by the fleet's spawner. Without one (a fleet deployed by hand, or its spawner killed
-        for good) this process creates them itself, logged as an error: they then inherit its
-        ``runtime_env`` (run at its niceness, above the endpoint's share, and start at twice the CPU)."""
+        created by the fleet's spawner. Without one that answers within ``SPAWN_TIMEOUT_S`` (a fleet
+        deployed by hand; its spawner killed for good, restarting or stuck) this process creates them
+        itself, logged as an error: they then inherit its ``runtime_env`` (run at its niceness, level
+        with the endpoint, and start at twice the CPU). The spawner is looked up again next time."""
         if not symbols:
             return
         if self.spawner is None:
-            self.spawner = find_spawner(self.namespace)
+            self.spawner = await asyncio.to_thread(find_spawner, self.namespace)
+        why = f"no {SPAWNER_NAME} actor in namespace {self.namespace}"
         if self.spawner is not None:
+            ref = self.spawner.create.remote(self.fleet_name, self.namespace, symbols, placement.model_dump())
             try:
-                handles = await asyncio.wait_for(
-                    self.spawner.create.remote(self.fleet_name, self.namespace, symbols, placement.model_dump()),
-                    SPAWN_TIMEOUT_S)
-                self.cache.update(handles)
+                self.cache.update(await asyncio.wait_for(ref, SPAWN_TIMEOUT_S))
                 return
-            except ray.exceptions.ActorDiedError:
-                self.spawner = None   # gone for good: looked up again next time
+            except (ray.exceptions.RayActorError, asyncio.TimeoutError) as exc:
+                why = f"{SPAWNER_NAME} did not answer ({type(exc).__name__})"
+                self.spawner = None
+                try:
+                    ray.cancel(ref)   # if still queued; a late run finds the agents by name (get_if_exists)
+                except Exception:  # noqa: BLE001 - best effort: creating an existing agent again is harmless
+                    pass
         self.unspawned += len(symbols)
-        log.error("no %s actor in namespace %s: the controller creates %s itself, so they inherit its runtime_env "
-                  "(niceness 0, a costlier start); deploy the fleet with `up` to have one", SPAWNER_NAME,
-                  self.namespace, ", ".join(agent_name(s) for s in symbols))
+        log.error("%s: the controller creates %s itself, so they inherit its runtime_env (niceness 0, a costlier "
+                  "start); `up` deploys the fleet with a spawner", why, ", ".join(agent_name(s) for s in symbols))
         self.cache.update(create_agents(self.fleet_name, self.namespace, symbols, placement))
 
     async def call(self, symbol: str, method: str, *args: Any, timeout: float | None = None) -> Any:

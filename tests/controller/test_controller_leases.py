@@ -336,3 +336,36 @@ def test_a_direct_command_older_than_one_known_is_refused_so_a_late_resume_canno
     assert own.note_direct_kill_state(8, "halted") is False      # kill #8, delivered after it: not run
     assert own.note_direct_kill_state(10, "halted") is True
     assert own.direct == (10, "halted")
+
+
+def test_agents_are_created_by_the_controller_itself_when_the_spawner_does_not_answer(ray_cluster, monkeypatch,
+                                                                                       caplog):
+    """A spawner that is stuck (here: a stand-in that never returns) costs ``SPAWN_TIMEOUT_S``, not
+    the agent: the controller creates it itself, says so, and looks the spawner up again next time."""
+    import ray
+
+    from controller import handles
+    from fleet.config import AgentPlacement
+
+    ns = f"mmfleet-spawn{uuid.uuid4().hex[:6]}"
+
+    @ray.remote(num_cpus=0)
+    class StuckSpawner:
+        def create(self, *args: object) -> None:
+            time.sleep(60)
+
+    stuck = StuckSpawner.options(name=handles.SPAWNER_NAME, namespace=ns).remote()
+    monkeypatch.setattr(handles, "SPAWN_TIMEOUT_S", 1.0)
+    agents = handles.AgentHandles("spawn", ns, call_timeout_s=2.0)
+    try:
+        asyncio.run(agents.create(["BTCUSDT"], AgentPlacement(num_cpus=0)))
+        assert agents.unspawned == 1 and agents.spawner is None
+        assert ray.get_actor("agent.BTCUSDT", namespace=ns) is not None
+        assert f"{handles.SPAWNER_NAME} did not answer (TimeoutError)" in caplog.text
+        assert "creates agent.BTCUSDT itself" in caplog.text
+    finally:
+        ray.kill(stuck)
+        try:
+            ray.kill(ray.get_actor("agent.BTCUSDT", namespace=ns), no_restart=True)
+        except ValueError:
+            pass

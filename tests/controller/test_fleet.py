@@ -438,4 +438,7 @@ def test_down_leaves_no_open_orders_no_agents_and_no_endpoint(fleet):
             fleet.ray.get_actor(f"agent.{s}", namespace=fleet.ns)
     stop_fleet(fleet.ns, fleet.cfg.name)  # the endpoint, the controller and the simulator
     assert find_controller(fleet.ns) is None
+    from controller.handles import find_spawner
+
+    assert find_spawner(fleet.ns) is None   # the agents' spawner goes with it
     assert app_name(fleet.cfg.name) not in serve.status().applications

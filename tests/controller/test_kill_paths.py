@@ -260,7 +260,7 @@ def test_a_kill_while_the_controller_is_stopped_empties_every_book(fleet):
         assert {book.kill_state(s) for s in SYMBOLS} == {"halted"}
         # /metrics shows them too (read from the GCS), and the controller down once its watch sees it.
         fams = poll(lambda: (lambda f: f if f["mmfleet_controller_up"].samples[0].value == 0 else None)(
-            metric_families(fleet)), 2 * AGENT_TIMEOUT_S + 5.0, "mmfleet_controller_up 0")
+            fleet.metric_families()), 2 * AGENT_TIMEOUT_S + 5.0, "mmfleet_controller_up 0")
         assert fams["mmfleet_agents_halted"].samples[0].value == len(SYMBOLS)
         assert {m.labels["symbol"]: m.labels["kill_state"] for m in fams["mmfleet_symbol_halted"].samples} \
             == dict.fromkeys(SYMBOLS, "halted")
@@ -271,15 +271,7 @@ def test_a_kill_while_the_controller_is_stopped_empties_every_book(fleet):
     assert r.status_code == 200, r.text
     fleet.wait_quoting(within_s=90)
     assert {LeaseBook(GcsStore(fleet.cfg.name)).kill_state(s) for s in SYMBOLS} == {"running"}
-    poll(lambda: metric_families(fleet)["mmfleet_controller_up"].samples[0].value == 1, 30, "mmfleet_controller_up 1")
-
-
-def metric_families(fleet: Live) -> dict[str, Any]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    r = fleet.get("/metrics")
-    assert r.status_code == 200, r.text
-    return {f.name: f for f in text_string_to_metric_families(r.text)}
+    poll(lambda: fleet.metric_families()["mmfleet_controller_up"].samples[0].value == 1, 30, "mmfleet_controller_up 1")
 
 
 def test_a_kill_with_the_controller_up_reports_the_first_route_per_symbol(fleet):
