@@ -179,11 +179,13 @@ class FleetApi:
         self.behind: set[asyncio.Future] = set()   # controller flattens still in flight after the answer
         self.sessions = ConsoleSessions(ttl_s=self.settings.console_session_s)
         self.signin_throttle = SignInThrottle()
-        self.feed = ConsoleFeed(self.calls, self.cfg.name, self.cfg.risk.max_total_notional, self._traded,
+        self.controller = ControllerWatch(self.calls, self.settings.agent_timeout_s)   # /metrics' controller_up
+        self.feed = ConsoleFeed(self.calls, self.cfg.name, self.cfg.risk.max_total_notional,
+                                kill_states=self._durable_kill_states, traded=lambda: self.known,
+                                leases=self.direct.book.aleases, controller=self.controller,
                                 push_s=self.settings.console_push_s, slow_s=self.settings.console_slow_s)
         install_log_escaping()   # a kill reason with a newline cannot forge a log line
         self.kill_path: dict[str, Any] = {}   # what DirectKill.prepare last found ready, and when
-        self.controller = ControllerWatch(self.calls, self.settings.agent_timeout_s)   # /metrics' controller_up
         try:   # the kill path kept ready: modules imported, exchange clients open, agents' handles found
             loop = asyncio.get_running_loop()
             for work in (self._keep_kill_path_ready(), self.controller.run()):

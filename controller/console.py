@@ -298,15 +298,21 @@ class SymbolAnswers:
     exposure: dict[str, Any] | None = None
     exposure_error: str | None = None
     counts: dict[str, float] | None = None
-    kill: dict[str, Any] | None = None
-    lease: dict[str, Any] | None = None
+    kill: dict[str, Any] | None = None        # the durable kill record (GCS)
+    lease: dict[str, Any] | None = None       # the stored lease (GCS): epoch, lease_expires_in_s, lease_revoked
     restarts: int | None = None
+    published_status: dict[str, Any] | None = None     # what a silent agent last published, with its age_s
+    published_exposure: dict[str, Any] | None = None
 
 
 def console_row(symbol: str, a: SymbolAnswers) -> dict[str, Any]:
-    """One row of the fleet table from the agent's status and exposure and the controller's kill state."""
-    st, ex = a.status or {}, a.exposure or {}
+    """One row of the fleet table from the agent's status and exposure (those it last published when it
+    does not answer, with their age), the durable kill state and the stored lease."""
+    silent = a.status is None or a.exposure is None
+    st, ex = a.status or a.published_status or {}, a.exposure or a.published_exposure or {}
+    published_age = (a.published_status or a.published_exposure or {}).get("age_s") if silent else None
     kill = a.kill or {}
+    lease = a.lease or {}
     parts = [_finite(ex.get(k)) for k in ("realized_pnl", "unrealized_pnl", "funding_pnl")]
     commission = _finite(ex.get("commission")) or 0.0
     pnl = sum(p for p in parts if p is not None) - commission if any(p is not None for p in parts) else None
@@ -315,8 +321,9 @@ def console_row(symbol: str, a: SymbolAnswers) -> dict[str, Any]:
         "symbol": symbol,
         "reachable": a.status is not None and a.status_error is None,
         "error": error,
-        "state": st.get("state") or ("unreachable" if a.status_error else None),
-        "epoch": st.get("epoch", ex.get("epoch")),
+        "state": "unreachable" if a.status_error else st.get("state"),
+        "published_age_s": _finite(published_age),   # the figures are what it last published, this old
+        "epoch": st.get("epoch", ex.get("epoch", lease.get("epoch"))),
         "position": _finite(ex.get("position", st.get("position"))),
         "mark": _finite(ex.get("mark")),
         "notional": _finite(ex.get("notional")),
@@ -342,22 +349,27 @@ def console_row(symbol: str, a: SymbolAnswers) -> dict[str, Any]:
         "last_reconcile_repair": st.get("last_reconcile_repair"),
         "reconcile_repairs": (st.get("counters") or {}).get("reconcile_repairs"),
         "restarts": a.restarts,
-        "lease_expires_in_s": _finite((a.lease or {}).get("lease_expires_in_s")),
+        "lease_epoch": lease.get("epoch"),
+        "lease_expires_in_s": _finite(lease.get("lease_expires_in_s")),
+        "lease_revoked": lease.get("lease_revoked"),
     })
 
 
 def console_snapshot(fleet: str, symbols: tuple[str, ...], answers: dict[str, SymbolAnswers], *,
                      controller_error: str | None, max_total_notional: float, seq: int,
-                     collected_ms: float) -> dict[str, Any]:
+                     collected_ms: float, kill_states_error: str | None = None) -> dict[str, Any]:
+    """The fleet table; the totals count the agents that answered (a silent one's last published
+    figures are shown in its row, not added up)."""
     rows = [console_row(s, answers.get(s, SymbolAnswers())) for s in symbols]
-    answered = [r for r in rows if r["reachable"]]
+    answered = [r for r in rows if r["reachable"] and r["published_age_s"] is None]
     gross = sum(abs(r["notional"] or 0.0) for r in answered)
     return _clean({
         "fleet": fleet,
         "seq": seq,
         "time_ms": int(time.time() * 1000),
         "collected_ms": round(collected_ms, 1),
-        "controller_error": controller_error,
+        "controller_error": controller_error,       # the endpoint's watch: why the controller does not answer
+        "kill_states_error": kill_states_error,     # why the durable kill states were not read (rows show none)
         "rows": rows,
         "totals": {
             "symbols": len(rows),

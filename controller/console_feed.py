@@ -1,9 +1,13 @@
 """The console's live feed: one collector builds the fleet table while anyone watches, every stream pushes it.
 
-The collector asks the controller, the GCS (which agents run, their restarts) and the agents
-(through :class:`controller.calls.ActorCalls`) every ``push_s``, and reads fills and grinds (the
-agents' published expositions) every ``slow_s``; each open Server-Sent Events stream sends the
-latest snapshot when it changes, or at least every ``push_s``.
+The collector reads the GCS (the durable kill states and the leases, which agents run and their
+restarts) and asks the agents (through :class:`controller.calls.ActorCalls`) every ``push_s``, and
+reads fills and grinds (the agents' published expositions) every ``slow_s``; each open Server-Sent
+Events stream sends the latest snapshot when it changes, or at least every ``push_s``. It never
+waits on the controller: whether that answers comes from the endpoint's own watch
+(:class:`controller.calls.ControllerWatch`), so with the controller busy, stopped or gone the table
+still shows every symbol's kill state and lease as stored, and for an agent that does not answer,
+what it last published and how old that is.
 The page, the sessions and the checks are in :mod:`controller.console`.
 """
 
@@ -14,12 +18,12 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from controller.calls import ActorCalls, first_line
+from controller.calls import ActorCalls, Answer, ControllerWatch, first_line
 from controller.console import SymbolAnswers, console_snapshot, fills_and_grinds, sse_event
-from controller.views import controller_book
+from controller.lease import Lease
 
 log = logging.getLogger("mmfleet.api")
 
@@ -27,12 +31,17 @@ log = logging.getLogger("mmfleet.api")
 class ConsoleFeed:
     """The latest snapshot of the fleet table, its collector and the streams that push it."""
 
-    def __init__(self, calls: ActorCalls, fleet: str, max_total_notional: float,
-                 traded: Callable[[Any], tuple[str, ...]], *, push_s: float, slow_s: float) -> None:
+    def __init__(self, calls: ActorCalls, fleet: str, max_total_notional: float, *,
+                 kill_states: Callable[[], Awaitable[tuple[Answer, Any]]], traded: Callable[[], tuple[str, ...]],
+                 leases: Callable[[tuple[str, ...]], Awaitable[dict[str, Lease]]], controller: ControllerWatch,
+                 push_s: float, slow_s: float) -> None:
         self.calls = calls
         self.fleet = fleet
         self.max_total_notional = max_total_notional
-        self.traded = traded              # the controller's symbols -> the symbols the fleet trades now
+        self.kill_states = kill_states    # the durable kill states, read from the GCS (they update traded)
+        self.traded = traded              # the symbols the fleet trades now (as last applied)
+        self.leases = leases              # the stored leases of symbols, read from the GCS
+        self.controller = controller      # the endpoint's own watch of the controller
         self.push_s = push_s
         self.slow_s = slow_s
         self.latest: dict[str, Any] | None = None   # the last snapshot of the fleet table
@@ -115,22 +124,43 @@ class ConsoleFeed:
         self.slow = (time.monotonic(), counts)
         return counts
 
+    async def _stored_leases(self, symbols: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+        """Each symbol's lease as stored: epoch, seconds left (negative once lapsed), revoked."""
+        try:
+            leases = await asyncio.wait_for(self.leases(symbols), self.calls.agent_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - the rows show no lease, the table still renders
+            why = "no answer" if isinstance(exc, asyncio.TimeoutError) else first_line(exc)
+            log.warning("console: the leases were not read from the GCS: %s", why)
+            return {}
+        now = time.time()
+        return {s: {"epoch": lease.epoch, "lease_expires_in_s": round(lease.expires_at - now, 3),
+                    "lease_revoked": lease.revoked} for s, lease in leases.items()}
+
+    async def _published(self, silent: tuple[str, ...]) -> dict[str, Any]:
+        """What the agents that did not answer last published (one GCS read); {} if none or unreadable."""
+        if not silent:
+            return {}
+        found = await self.calls.snapshots(self.fleet, silent)
+        if isinstance(found, str):
+            log.warning("console: %s", found)
+            return {}
+        return found
+
     async def snapshot(self) -> dict[str, Any]:
-        """The fleet table now: the controller's status and kill states, every agent's status and exposure."""
+        """The fleet table now: the durable kill states and the leases (GCS), every agent's status and
+        exposure (or what it last published), and whether the controller answers (the watch)."""
         started = time.monotonic()
-        timeout = self.calls.agent_timeout_s
-        ctrl, kills = await asyncio.gather(
-            self.calls.controller("status", timeout=timeout), self.calls.controller("kill_states", timeout=timeout)
-        )
-        book = controller_book(ctrl)
-        symbols = self.traded(book)
+        kills, _ = await self.kill_states()
+        symbols = self.traded()
         alive = await self.calls.alive(symbols)   # restarts, and agents not running yet answered at once
-        status, exposure, counts = await asyncio.gather(
+        status, exposure, counts, leases = await asyncio.gather(
             self.calls.agents("status", symbols, alive), self.calls.agents("exposure", symbols, alive),
-            self._counts(symbols),
+            self._counts(symbols), self._stored_leases(symbols),
         )
+        last = await self._published(tuple(s for s in symbols if not (status[s].ok and exposure[s].ok)))
+        now = time.time()
         restarts = alive or {}
-        kill_map = kills.mapping() or {}
+        kill_map = (kills.mapping() or {}) if kills.ok else {}
         answers = {}
         for sym in symbols:
             kill = kill_map.get(sym)
@@ -140,14 +170,18 @@ class ConsoleFeed:
                 exposure=exposure[sym].mapping(),
                 exposure_error=exposure[sym].error,
                 counts=counts.get(sym),
-                kill=kill if isinstance(kill, dict) else ({"state": kill} if isinstance(kill, str) else None),
-                lease=book.get(sym) if isinstance(book.get(sym), dict) else None,
+                kill=kill if isinstance(kill, dict) else None,
+                lease=leases.get(sym),
                 restarts=restarts.get(sym),
+                published_status=last[sym].shown("status", now) if sym in last else None,
+                published_exposure=last[sym].shown("exposure", now) if sym in last else None,
             )
         self.seq += 1
-        problem = None if ctrl.ok and kills.ok else (ctrl.error or kills.error or "unexpected answer")
+        watch = self.controller.view()
         return console_snapshot(
-            self.fleet, symbols, answers, controller_error=problem,
+            self.fleet, symbols, answers,
+            controller_error=None if self.controller.up() else (watch["error"] or "not answering"),
+            kill_states_error=None if kills.ok else kills.error,
             max_total_notional=self.max_total_notional, seq=self.seq,
             collected_ms=(time.monotonic() - started) * 1000,
         )

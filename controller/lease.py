@@ -410,6 +410,13 @@ class LeaseBook:
         return {s: parse_kill_record(got.get(f"kill/{s}"), got.get(f"killseq/{s}"))
                 for s in symbols if got.get(f"kill/{s}") is not None}
 
+    async def aleases(self, symbols: Iterable[str]) -> dict[str, Lease]:
+        """The stored leases of ``symbols`` (a symbol without one is absent), in one asynchronous read on
+        the caller's loop: what the console shows with the controller busy, stopped or gone."""
+        symbols = list(symbols)
+        got = await aget_many(self.store, [f"lease/{s}" for s in symbols]) if symbols else {}
+        return {s: Lease(**json.loads(raw)) for s in symbols if (raw := got.get(f"lease/{s}"))}
+
     # --- documents (the applied spec, fleet flags) ---------------------------------------------
 
     def get_doc(self, name: str) -> Any:

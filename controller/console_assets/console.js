@@ -101,7 +101,14 @@
     c.state.replaceChildren(pill(row.state || "?", `st-${row.state || "unknown"}`));
     if (!row.reachable && row.error) c.state.append(el("span", "sub", row.error));
     else if (row.restarts) c.state.append(el("span", "sub", `${row.restarts} restart(s)`));
+    const stale = row.published_age_s !== null && row.published_age_s !== undefined;
+    r.tr.classList.toggle("stale", stale);
+    if (stale) c.state.append(el("span", "sub published", `figures as published ${row.published_age_s.toFixed(1)} s ago`));
     c.epoch.textContent = row.epoch ?? "–";
+    if (row.lease_revoked) c.epoch.append(el("span", "sub", "lease revoked"));
+    else if (row.lease_expires_in_s !== null && row.lease_expires_in_s !== undefined && row.lease_expires_in_s < 0) {
+      c.epoch.append(el("span", "sub", `lease lapsed ${(-row.lease_expires_in_s).toFixed(1)} s ago`));
+    }
     c.position.replaceChildren(document.createTextNode(qty(row.position)));
     c.position.append(el("span", "sub", `${row.open_orders ?? "–"} open orders`));
     setBar(r.long, row.worst_long, row.cap);
@@ -146,7 +153,8 @@
     $("t-pnl").textContent = money(t.pnl);
     $("t-gross").textContent = `${num(t.gross_notional, 0)} / ${num(t.max_total_notional, 0)}`;
     $("updated").textContent = `updated ${new Date(snap.time_ms).toLocaleTimeString()} (#${snap.seq}, collected in ${snap.collected_ms} ms)` +
-      (snap.controller_error ? ` · controller: ${snap.controller_error}` : "");
+      (snap.controller_error ? ` · controller not answering: ${snap.controller_error}` : "") +
+      (snap.kill_states_error ? ` · ${snap.kill_states_error}` : "");
     setConn("live", "live");
   }
 

@@ -140,6 +140,25 @@ def test_a_row_without_answers_says_so_and_holds_no_non_finite_number():
     assert [r["symbol"] for r in snap["rows"]] == ["ETHUSDC", "BTCUSDT"] and snap["totals"]["answered"] == 1
 
 
+def test_a_silent_agents_row_shows_what_it_last_published_with_its_age_and_stays_out_of_the_totals():
+    silent = SymbolAnswers(
+        status_error="agent.ETHUSDC.status did not answer within 2 s", exposure_error="no answer",
+        published_status={"state": "quoting", "epoch": 3, "open_orders": 18, "holder": "h", "age_s": 4.2},
+        published_exposure={"position": 0.05, "notional": 150.0, "worst_long": 0.2, "cap": 0.25, "age_s": 4.2},
+        kill={"state": "halted", "reason": "drill", "since": 1.0},
+        lease={"epoch": 3, "lease_expires_in_s": -1.5, "lease_revoked": False})
+    row = console_row("ETHUSDC", silent)
+    assert row["state"] == "unreachable" and row["reachable"] is False   # never the published "quoting"
+    assert row["published_age_s"] == 4.2 and row["position"] == 0.05 and row["open_orders"] == 18
+    assert row["kill_state"] == "halted" and row["lease_expires_in_s"] == -1.5 and row["lease_epoch"] == 3
+    answered = SymbolAnswers(status={"state": "quoting", "epoch": 1}, exposure={"notional": 40.0})
+    snap = console_snapshot("f", ("ETHUSDC", "BTCUSDT"), {"ETHUSDC": silent, "BTCUSDT": answered},
+                            controller_error="no answer", max_total_notional=1000.0, seq=1, collected_ms=2.0)
+    assert snap["totals"]["answered"] == 1 and snap["totals"]["gross_notional"] == 40.0
+    assert snap["totals"]["halted"] == 1 and snap["controller_error"] == "no answer"
+    assert console_row("BTCUSDT", answered)["published_age_s"] is None
+
+
 def test_the_pages_escape_what_they_show_and_load_only_the_apps_assets():
     page = render_console('<b>"x"</b>', "/f/console", "c&s", ("ETHUSDC",), 60)
     assert '<b>"x"</b>' not in page and "&lt;b&gt;" in page and 'content="c&amp;s"' in page

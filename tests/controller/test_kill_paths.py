@@ -237,6 +237,25 @@ def fleet(ray_cluster, tmp_path_factory):
         sim.stop()
 
 
+def console_snapshot_where(live: Live, check: Any, within_s: float) -> dict[str, Any]:
+    """The first snapshot the console's stream pushes that passes ``check`` (signed in as a browser)."""
+    from tests.controller.test_console import ConsoleClient, read_events
+
+    client = ConsoleClient(live)
+    assert client.sign_in().status_code == 303
+    deadline = time.monotonic() + within_s
+    seen: list[Any] = []
+    with client.http.get(f"{client.base}/events", stream=True, timeout=30) as r:
+        assert r.status_code == 200, r.text
+        while time.monotonic() < deadline:
+            for _, event, data in read_events(r, 1.0):
+                if event == "snapshot":
+                    seen.append(data)
+                    if check(data):
+                        return data
+    raise AssertionError(f"no console snapshot passed within {within_s} s; the last: {seen[-1:]}")
+
+
 def test_a_kill_while_the_controller_is_stopped_empties_every_book(fleet):
     import ray
 
@@ -264,6 +283,12 @@ def test_a_kill_while_the_controller_is_stopped_empties_every_book(fleet):
         assert fams["mmfleet_agents_halted"].samples[0].value == len(SYMBOLS)
         assert {m.labels["symbol"]: m.labels["kill_state"] for m in fams["mmfleet_symbol_halted"].samples} \
             == dict.fromkeys(SYMBOLS, "halted")
+        # So does the console (the kill states and leases read from the GCS), saying the controller is down.
+        snap = console_snapshot_where(fleet, lambda snap: snap["controller_error"] is not None, 15.0)
+        assert {r["symbol"]: (r["kill_state"], r["kill_reason"]) for r in snap["rows"]} \
+            == dict.fromkeys(SYMBOLS, ("halted", "controller stopped drill")), snap   # the durable record's
+        assert all(r["lease_epoch"] and r["lease_expires_in_s"] is not None for r in snap["rows"]), snap
+        assert snap["kill_states_error"] is None and snap["totals"]["halted"] == len(SYMBOLS)
     finally:
         os.kill(pid, signal.SIGCONT)
         # Thawed, the controller only journals the kill it missed: a resume right away holds.
