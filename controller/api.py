@@ -41,7 +41,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from ray import serve
 
 from agents.logging import install_log_escaping
@@ -86,6 +86,7 @@ log = logging.getLogger("mmfleet.api")
 T = TypeVar("T")
 
 HEAD_NODE_RESOURCE = "node:__internal_head__"
+CLI_VIA = "cli: "           # the log lines and journal entries of a kill asked through Ray (the CLI)
 KILL_PATH_READY_S = 5.0   # how often the endpoint makes its kill path ready (controller/kill_path.py, prepare)
 
 
@@ -176,7 +177,7 @@ class FleetApi:
         # Its own kill routes (durable state in the GCS, keys read in this process): every halt, and a
         # flatten the controller does not take up within kill_deadline_s.
         self.direct = DirectKill(self.cfg, self.calls, self.settings.halt_timeout_s)
-        self.behind: set[asyncio.Future] = set()   # controller flattens still in flight after the answer
+        self.behind: set[asyncio.Future] = set()   # its loops: the kill path kept ready, the controller's watch
         self.sessions = ConsoleSessions(ttl_s=self.settings.console_session_s)
         self.signin_throttle = SignInThrottle()
         self.controller = ControllerWatch(self.calls, self.settings.agent_timeout_s)   # /metrics' controller_up
@@ -389,44 +390,31 @@ class FleetApi:
         body: KillRequest = await self._body(request, KillRequest)
         return await self._kill(body)
 
+    async def kill_over_ray(self, symbols: list[str] | None, mode: str, reason: str) -> dict[str, Any]:
+        """The CLI's kill (``python -m fleet kill``), called through Ray by whoever may reach the cluster (no
+        HTTP, no token): the same path as ``POST /kill``, so it waits on no controller either. A bad
+        request raises ``ValueError`` with the reason (the CLI prints it)."""
+        try:
+            body = KillRequest(symbols=symbols or None, all=not symbols, mode=mode, reason=reason)
+            return await self._kill(body, via=CLI_VIA)
+        except ValidationError as exc:
+            raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        except HTTPException as exc:
+            raise ValueError(str(exc.detail)) from None
+
     async def _kill(self, body: KillRequest, via: str = "") -> dict[str, Any]:
         started = time.monotonic()
         await self.direct.refresh()   # the fleet as applied: a symbol added since the deploy is known
         self._traded({s: None for s in self.direct.symbols()})
         symbols = self._check_symbols(body.symbols)
         log.warning("%skill %s of %s requested: %s", via, body.mode, symbols or "all symbols", body.reason)
-        result = await self._kill_routes(symbols or list(self.known), body.mode, body.reason, via, started)
+        result = await self.direct.routed(symbols or list(self.known), body.mode, body.reason, started,
+                                          self._journal_by(via), kill_timeout_s=self.settings.kill_timeout_s,
+                                          kill_deadline_s=self.settings.kill_deadline_s)
         elapsed = time.monotonic() - started
         self.kill_latency = self.kill_latency.observe(elapsed)
         log.warning("%skill %s done in %.1f ms", via, body.mode, elapsed * 1000)
         return kill_view(body.mode, body.reason, elapsed, result)
-
-    async def _kill_routes(self, symbols: list[str], mode: str, reason: str, via: str, started: float) -> Any:
-        """A halt: the endpoint's own routes at once (controller/kill_path.py), the controller told
-        afterwards. A flatten: the controller's, which carries it out alone while it answers (never two
-        flatteners); the endpoint's own only if it does not answer within ``kill_deadline_s`` (stopped,
-        gone). Either times its answer (``confirmed_ms``, ``elapsed_ms``) from this request's arrival."""
-        if mode == "halt":
-            return await self.direct.kill(symbols, mode, reason, started, self._journal_by(via))
-        ctl = asyncio.ensure_future(self.calls.controller(
-            "kill", symbols, mode, reason, self._journal_by(via),
-            time.time() - (time.monotonic() - started), timeout=self.settings.kill_timeout_s))
-        warm = asyncio.ensure_future(self.direct.warm(symbols))   # meanwhile, just in case
-        self.behind.add(warm)
-        warm.add_done_callback(self.behind.discard)
-        done, _ = await asyncio.wait({ctl}, timeout=self.settings.kill_deadline_s)
-        if not done:
-            alive = await self.calls.controller("ping", timeout=self.settings.kill_deadline_s)
-            if alive.ok:
-                await ctl
-                done = {ctl}
-        if done:  # an answer, or a definite failure (no such actor: the fleet is not up) as before
-            return self.calls.value_of(ctl.result())
-        self.behind.add(ctl)
-        ctl.add_done_callback(self.behind.discard)
-        log.warning("%sflatten: no answer from the controller within %g s; the endpoint's own routes", via,
-                    self.settings.kill_deadline_s)
-        return await self.direct.kill(symbols, mode, reason, started, self._journal_by(via))
 
     async def _keep_kill_path_ready(self) -> None:
         """Every ``KILL_PATH_READY_S``: the fleet as applied, its exchange clients and its agents'
@@ -447,6 +435,8 @@ class FleetApi:
         """Who asked, for the journal's audit trail: the API or the console, and a fingerprint of the token."""
         from journal.audit import token_fingerprint
 
+        if via == CLI_VIA:   # through Ray: no token was used
+            return {"actor": "cli", "token_fp": None}
         return {"actor": "console" if via else "api", "token_fp": token_fingerprint(self.tokens.read())}
 
     @api.post("/resume", summary="resume halted symbols", openapi_extra=body_schema(ResumeRequest))

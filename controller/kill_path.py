@@ -6,8 +6,9 @@ account's own credentials, repeated until the exchange lists none). The first ro
 orders answers; the other goes on in the background. A busy, hung or dead agent therefore delays
 nothing, and neither does the controller: the endpoint runs every HTTP halt itself
 (:class:`DirectKill`: the durable kill state written straight into the GCS key-value store, the keys
-read in the endpoint's own process) and tells the controller afterwards. The controller runs the
-same path for a kill asked of it over Ray (the CLI).
+read in the endpoint's own process) and tells the controller afterwards. The CLI asks the endpoint
+through Ray; the controller runs the same path for a kill asked of it over Ray (the CLI, when the
+fleet has no endpoint or it does not answer).
 
 A flatten keeps its order (the agent flattens; its reduce-only orders must not be cancelled under
 it) and goes to the controller first, which carries it out alone while it answers; only when it
@@ -243,6 +244,30 @@ class DirectKill:
         return {"mode": mode, "reason": reason, "by": "endpoint", "durable_ms": durable_ms,
                 "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
                 "symbols": {s: {**r.to_dict(), "by": "endpoint"} for s, r in zip(symbols, results)}}
+
+    async def routed(self, symbols: list[str], mode: str, reason: str, started: float, by: dict[str, Any], *,
+                     kill_timeout_s: float, kill_deadline_s: float) -> Any:
+        """A kill asked of the endpoint (HTTP, the console, the CLI), timed from ``started``. A halt: these
+        routes at once, the controller told afterwards. A flatten: the controller's, which carries it out
+        alone while it answers (never two flatteners); these routes only if it does not answer within
+        ``kill_deadline_s`` (stopped, gone)."""
+        if mode == "halt":
+            return await self.kill(symbols, mode, reason, started, by)
+        ctl = asyncio.ensure_future(self.calls.controller(
+            "kill", symbols, mode, reason, by, time.time() - (time.monotonic() - started), timeout=kill_timeout_s))
+        self._keep(asyncio.ensure_future(self.warm(symbols)))   # meanwhile, just in case
+        done, _ = await asyncio.wait({ctl}, timeout=kill_deadline_s)
+        if not done:
+            alive = await self.calls.controller("ping", timeout=kill_deadline_s)
+            if alive.ok:
+                await ctl
+                done = {ctl}
+        if done:  # an answer, or a definite failure (no such actor: the fleet is not up) as before
+            return self.calls.value_of(ctl.result())
+        self._keep(ctl)
+        log.warning("flatten (%s): no answer from the controller within %g s; the endpoint's own routes",
+                    by.get("actor"), kill_deadline_s)
+        return await self.kill(symbols, mode, reason, started, by)
 
     def _tell(self, method: str, *args: Any) -> None:
         """A message to the controller, in the background; a stopped one gets it when it runs again."""

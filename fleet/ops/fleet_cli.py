@@ -757,18 +757,61 @@ def cmd_exposure(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+KILL_WAIT_S = 60.0   # the endpoint's answer to a kill (a halt answers once 0 is confirmed, a flatten takes longer)
+CONTROLLER_KILL_WAIT_S = 120.0
+
+
+def _endpoint_kill(fleet_name: str, symbols: list[str] | None, mode: str, reason: str) -> dict[str, Any] | None:
+    """The kill asked of the fleet's endpoint through Ray (the path of ``POST /kill``: the kill state made
+    durable, then the agent and the exchange raced per symbol, no controller waited on); None when the
+    fleet has no endpoint or it did not answer (said on stderr). A bad request raises FleetCliError."""
+    from ray import serve
+
+    from controller.api import app_name
+
+    try:
+        handle = serve.get_app_handle(app_name(fleet_name))
+    except Exception as exc:  # noqa: BLE001 - no Serve, or no such application: the controller's kill
+        print(f"no endpoint for fleet {fleet_name!r} ({_first_line(exc)}); asking the controller", file=sys.stderr)
+        return None
+    try:
+        return handle.kill_over_ray.remote(symbols, mode, reason).result(timeout_s=KILL_WAIT_S)
+    except ValueError as exc:   # the endpoint refused the request (an unknown symbol, an empty reason)
+        raise FleetCliError(_first_line(getattr(exc, "cause", None) or exc)) from None
+    except Exception as exc:  # noqa: BLE001 - a halt written twice is harmless: the controller's kill too
+        print(f"the endpoint did not answer the kill ({_first_line(exc)}); asking the controller", file=sys.stderr)
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 def cmd_kill(args: argparse.Namespace) -> int:
+    """Through the fleet's endpoint, which waits on no controller; through the controller when the fleet
+    has no endpoint or it does not answer."""
     import ray
 
-    ctl, _, _ = _controller(args)
+    name, ns = _namespace(args)
+    connect(args.address, ns, start_local=False)
     mode = "flatten" if args.flatten else "halt"
-    try:
-        result = ray.get(ctl.kill.remote(args.symbol, mode, args.reason), timeout=120)
-    except ray.exceptions.RayTaskError as exc:
-        raise FleetCliError(str(exc.cause if hasattr(exc, "cause") else exc)) from None
+    result = _endpoint_kill(name, args.symbol, mode, args.reason)
+    if result is not None:
+        result = {**result, "via": "endpoint"}
+    else:
+        ctl, _, _ = _controller(args)
+        try:
+            result = {**ray.get(ctl.kill.remote(args.symbol, mode, args.reason), timeout=CONTROLLER_KILL_WAIT_S),
+                      "via": "controller"}
+        except ray.exceptions.RayTaskError as exc:
+            raise FleetCliError(str(exc.cause if hasattr(exc, "cause") else exc)) from None
+        except ray.exceptions.GetTimeoutError:
+            raise FleetCliError(f"the controller did not answer the kill within {CONTROLLER_KILL_WAIT_S:g} s; "
+                                f"its state is unknown: check python -m fleet status", EXIT_FAILED) from None
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
     bad = [s for s, r in result["symbols"].items() if r.get("open_orders") != 0]
-    return EXIT_OK if not bad else EXIT_FAILED
+    return EXIT_OK if result["symbols"] and not bad else EXIT_FAILED
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -779,6 +822,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
         result = ray.get(ctl.resume.remote(args.symbol), timeout=60)
     except ray.exceptions.RayTaskError as exc:
         raise FleetCliError(str(exc.cause if hasattr(exc, "cause") else exc)) from None
+    except ray.exceptions.GetTimeoutError:
+        raise FleetCliError("the controller did not answer the resume within 60 s (a resume needs it: it "
+                            "grants the leases); the symbols stay as they were until it answers", EXIT_FAILED) from None
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
     return EXIT_OK
 

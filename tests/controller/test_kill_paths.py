@@ -6,9 +6,12 @@ deadline, no timing is asserted (the figures are bench/fleet_bench.py's)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from typing import Any
@@ -297,6 +300,40 @@ def test_a_kill_while_the_controller_is_stopped_empties_every_book(fleet):
     fleet.wait_quoting(within_s=90)
     assert {LeaseBook(GcsStore(fleet.cfg.name)).kill_state(s) for s in SYMBOLS} == {"running"}
     poll(lambda: fleet.metric_families()["mmfleet_controller_up"].samples[0].value == 1, 30, "mmfleet_controller_up 1")
+
+
+def test_the_clis_kill_goes_through_the_endpoint_and_waits_on_no_stopped_controller(fleet):
+    import ray
+
+    assert fleet.open_orders("SOLUSDT") > 0
+    pid = ray.get(fleet.controller.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "fleet", "kill", "--fleet", fleet.cfg.name, "--symbol", "SOLUSDT",
+             "--reason", "cli drill", "--address", ray.get_runtime_context().gcs_address],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        body = json.loads(done.stdout)
+        print(f"\nthe CLI's kill, controller stopped: {time.monotonic() - started:.2f} s for the command, "
+              f"0 confirmed {body['symbols']['SOLUSDT']['confirmed_ms']} ms after the endpoint got it")
+        assert body["via"] == "endpoint" and body["confirmed"] is True, body
+        assert body["symbols"]["SOLUSDT"]["open_orders"] == 0 and body["symbols"]["SOLUSDT"]["by"] == "endpoint"
+        assert fleet.open_orders("SOLUSDT") == 0                                     # the exchange agrees
+        assert LeaseBook(GcsStore(fleet.cfg.name)).kill_state("SOLUSDT") == "halted"   # durable
+        assert all(fleet.open_orders(s) > 0 for s in SYMBOLS if s != "SOLUSDT")        # only what was asked
+        # A bad request is refused with its reason, and nothing changes.
+        bad = subprocess.run(
+            [sys.executable, "-m", "fleet", "kill", "--fleet", fleet.cfg.name, "--symbol", "XRPUSDT",
+             "--address", ray.get_runtime_context().gcs_address],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+        assert bad.returncode != 0 and "unknown symbol(s): XRPUSDT" in bad.stderr, (bad.stdout, bad.stderr)
+        assert all(fleet.open_orders(s) > 0 for s in SYMBOLS if s != "SOLUSDT")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert fleet.post("/resume", {"symbols": ["SOLUSDT"], "reason": "drill over"}).status_code == 200
+    fleet.wait_quoting(within_s=90)
 
 
 def test_a_kill_with_the_controller_up_reports_the_first_route_per_symbol(fleet):
