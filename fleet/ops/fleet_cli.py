@@ -724,18 +724,63 @@ def cmd_down(args: argparse.Namespace) -> int:
     return EXIT_OK if not left else EXIT_FAILED
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+STATUS_WAIT_S = 5.0   # the controller's status; past this, what the GCS holds is shown instead
+
+
+def stored_status(fleet_name: str) -> dict[str, Any]:
+    """The controller's status as the GCS holds it, without the controller: the fleet as last applied and
+    per symbol its epoch, stored lease and durable kill state."""
+    from controller.lease import GcsStore, LeaseBook
+    from controller.spec import SPEC_DOC, parse_spec
+
+    book = LeaseBook(GcsStore(fleet_name))
+    doc = book.get_doc(SPEC_DOC)
+    if doc is None:
+        raise FleetCliError(f"fleet {fleet_name!r}: no applied spec in the GCS (was it ever applied?)", EXIT_NOT_RUNNING)
+    cfg, _ = parse_spec(doc, stored=True)
+    now = time.time()
+    symbols = {}
+    for e in cfg.symbols:
+        lease = book.lease(e.symbol)
+        symbols[e.symbol] = {
+            "epoch": book.epoch(e.symbol),
+            "lease_holder": lease.holder if lease else None,
+            "lease_expires_in_s": round(lease.expires_at - now, 3) if lease else None,
+            "lease_revoked": lease.revoked if lease else False,
+            "kill_state": str(book.kill_state(e.symbol)),
+            "rate_share": None,
+        }
+    return {"fleet": fleet_name, "reduce_only": None, "gross_notional": None,
+            "max_total_notional": cfg.risk.max_total_notional, "symbols": symbols}
+
+
+def _fleet_status(args: argparse.Namespace) -> tuple[dict[str, Any], str, str]:
+    """(the controller's status, fleet name, namespace); when the controller does not answer within
+    ``STATUS_WAIT_S`` (stopped, busy), the status the GCS holds, marked ``answered: false`` with why."""
     import ray
 
     ctl, name, ns = _controller(args)
-    status = ray.get(ctl.status.remote(), timeout=30)
+    try:
+        return {**ray.get(ctl.status.remote(), timeout=STATUS_WAIT_S), "answered": True}, name, ns
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as exc:
+        why = f"no answer within {STATUS_WAIT_S:g} s" if isinstance(exc, ray.exceptions.GetTimeoutError) \
+            else _first_line(exc)
+    print(f"the controller does not answer ({why}); kill states and leases as the GCS holds them", file=sys.stderr)
+    return {**stored_status(name), "answered": False, "error": why}, name, ns
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status, name, ns = _fleet_status(args)
     symbols = list(status.get("symbols", {}))
     agents = _gather(ns, symbols, "status")
     if args.json:
         print(json.dumps({"controller": status, "agents": agents}, indent=2, sort_keys=True, default=str))
         return EXIT_OK
-    print(f"fleet {name}: reduce_only={status['reduce_only']} gross notional {status['gross_notional']:.2f} "
-          f"/ cap {status['max_total_notional']}")
+    if status["answered"]:
+        print(f"fleet {name}: reduce_only={status['reduce_only']} gross notional {status['gross_notional']:.2f} "
+              f"/ cap {status['max_total_notional']}")
+    else:
+        print(f"fleet {name}: the controller does not answer ({status['error']}); as stored")
     print(f"{'SYMBOL':<10} {'STATE':<10} {'EPOCH':>5} {'LEASE LEFT':>10} {'KILL':<10} {'SHARE':>6} {'BOOK AGE':>8}")
     for s, c in status["symbols"].items():
         a = agents.get(s) if isinstance(agents.get(s), dict) else {"state": agents.get(s)}
@@ -745,11 +790,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_exposure(args: argparse.Namespace) -> int:
-    import ray
-
-    ctl, name, ns = _controller(args)
-    symbols = list(ray.get(ctl.status.remote(), timeout=30).get("symbols", {}))
-    rows = snapshot(ns, symbols)
+    status, _, ns = _fleet_status(args)
+    rows = snapshot(ns, list(status.get("symbols", {})))
     if args.json:
         print(json.dumps({s: r["exposure"] for s, r in rows.items()}, indent=2, sort_keys=True, default=str))
     else:

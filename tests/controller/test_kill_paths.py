@@ -302,7 +302,7 @@ def test_a_kill_while_the_controller_is_stopped_empties_every_book(fleet):
     poll(lambda: fleet.metric_families()["mmfleet_controller_up"].samples[0].value == 1, 30, "mmfleet_controller_up 1")
 
 
-def test_the_clis_kill_goes_through_the_endpoint_and_waits_on_no_stopped_controller(fleet):
+def test_the_clis_kill_and_status_wait_on_no_stopped_controller(fleet):
     import ray
 
     assert fleet.open_orders("SOLUSDT") > 0
@@ -330,6 +330,19 @@ def test_the_clis_kill_goes_through_the_endpoint_and_waits_on_no_stopped_control
             capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
         assert bad.returncode != 0 and "unknown symbol(s): XRPUSDT" in bad.stderr, (bad.stdout, bad.stderr)
         assert all(fleet.open_orders(s) > 0 for s in SYMBOLS if s != "SOLUSDT")
+        # The CLI's status says the controller does not answer and shows what the GCS holds.
+        st = subprocess.run(
+            [sys.executable, "-m", "fleet", "status", "--json", "--fleet", fleet.cfg.name,
+             "--address", ray.get_runtime_context().gcs_address],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+        assert st.returncode == 0, (st.stdout, st.stderr)
+        shown = json.loads(st.stdout)
+        assert shown["controller"]["answered"] is False and "does not answer" in st.stderr, shown
+        assert {s: c["kill_state"] for s, c in shown["controller"]["symbols"].items()} \
+            == {s: "halted" if s == "SOLUSDT" else "running" for s in SYMBOLS}
+        assert all(c["epoch"] >= 1 for c in shown["controller"]["symbols"].values())
+        assert shown["agents"]["SOLUSDT"]["state"] == "halted"   # the others pause once their leases lapse
+        assert all(isinstance(a, dict) and a["epoch"] >= 1 for a in shown["agents"].values()), shown["agents"]
     finally:
         os.kill(pid, signal.SIGCONT)
     assert fleet.post("/resume", {"symbols": ["SOLUSDT"], "reason": "drill over"}).status_code == 200
