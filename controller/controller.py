@@ -31,7 +31,7 @@ import ray
 from agents.publish import forget_published
 from controller.emergency import EmergencyDesk, first_line
 from controller.fence import Fence, Fenced
-from controller.handles import (AGENT_PREFIX, AgentHandles, above_agents_env, agent_name, find_spawner,
+from controller.handles import (AGENT_PREFIX, AgentHandles, above_agents_env, agent_name, find_spawner, named_actor,
                                 get_or_create_spawner)
 from controller.kill_switches import KILL_GROUP, KillSwitches, _ms_since, _num, journal_record
 from controller.lease import GcsStore, LeaseBook, WriteThroughStore
@@ -468,7 +468,4 @@ def remove_controller(namespace: str) -> None:
 
 
 def find_controller(namespace: str) -> Any | None:
-    try:
-        return ray.get_actor(CONTROLLER_NAME, namespace=namespace)
-    except ValueError:
-        return None
+    return named_actor(CONTROLLER_NAME, namespace)

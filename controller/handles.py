@@ -78,11 +78,16 @@ def get_or_create_spawner(namespace: str) -> Any:
                                 get_if_exists=True).remote()
 
 
-def find_spawner(namespace: str) -> Any | None:
+def named_actor(name: str, namespace: str) -> Any | None:
+    """The handle of the named actor, or None when there is no such actor (one GCS call)."""
     try:
-        return ray.get_actor(SPAWNER_NAME, namespace=namespace)
+        return ray.get_actor(name, namespace=namespace)
     except ValueError:
         return None
+
+
+def find_spawner(namespace: str) -> Any | None:
+    return named_actor(SPAWNER_NAME, namespace)
 
 
 class AgentHandles:
@@ -100,12 +105,11 @@ class AgentHandles:
         """The agent's handle, cached (``fresh``: asked of the GCS again); None when there is no such actor."""
         if not fresh and symbol in self.cache:
             return self.cache[symbol]
-        try:
-            handle = ray.get_actor(agent_name(symbol), namespace=self.namespace)
-        except ValueError:
+        handle = named_actor(agent_name(symbol), self.namespace)
+        if handle is None:
             self.cache.pop(symbol, None)
-            return None
-        self.cache[symbol] = handle
+        else:
+            self.cache[symbol] = handle
         return handle
 
     def drop(self, symbol: str) -> None:

@@ -316,17 +316,14 @@ def start_simulator(cfg: Any) -> tuple[Any, dict[str, str]]:
     """The simulator as a detached actor; each account's keys in a 0600 file under state_dir."""
     import ray
 
-    from controller.handles import above_agents_env
+    from controller.handles import above_agents_env, named_actor
     from fleet.ops.simhost import SIM_ACTOR, SimHost, sim_key_file, write_sim_keys
 
     key_files = {a.name: str(write_sim_keys(sim_key_file(cfg.state_dir, cfg.name, a.name))) for a in cfg.accounts}
     sim_cfg = cfg.exchange.sim
     config_path = str(Path(sim_cfg.config).absolute()) if sim_cfg.config else None
-    try:
-        old = ray.get_actor(SIM_ACTOR, namespace=cfg.namespace)
+    if (old := named_actor(SIM_ACTOR, cfg.namespace)) is not None:
         ray.kill(old)  # left over from a fleet that was not brought down
-    except ValueError:
-        pass
     host = SimHost.options(name=SIM_ACTOR, namespace=cfg.namespace, lifetime="detached",
                            runtime_env=above_agents_env()).remote(
         [e.symbol for e in cfg.symbols], sim_cfg.seed, sim_cfg.host, sim_cfg.port, key_files, config_path
@@ -345,11 +342,11 @@ def start_simulator(cfg: Any) -> tuple[Any, dict[str, str]]:
 def stop_simulator(namespace: str) -> None:
     import ray
 
+    from controller.handles import named_actor
     from fleet.ops.simhost import SIM_ACTOR
 
-    try:
-        host = ray.get_actor(SIM_ACTOR, namespace=namespace)
-    except ValueError:
+    host = named_actor(SIM_ACTOR, namespace)
+    if host is None:
         return
     try:
         ray.get(host.stop.remote(), timeout=20)
@@ -424,15 +421,15 @@ def _gather(namespace: str, symbols: list[str], method: str, timeout: float = 5.
     """Each agent's answer to ``method`` (or an error string), asked concurrently."""
     import ray
 
-    from controller.controller import agent_name
+    from controller.handles import agent_name, named_actor
 
     refs = {}
     out: dict[str, Any] = {}
     for s in symbols:
-        try:
-            refs[s] = getattr(ray.get_actor(agent_name(s), namespace=namespace), method).remote()
-        except ValueError:
+        if (agent := named_actor(agent_name(s), namespace)) is None:
             out[s] = "no actor"
+        else:
+            refs[s] = getattr(agent, method).remote()
     ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
     ready_set = set(ready)
     for s, ref in refs.items():
