@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import ray
 
+from fleet.text import named_line
 from fleet.vocabulary import KillState
 
 log = logging.getLogger("mmfleet.actor")
@@ -48,11 +49,6 @@ def _process_started_at() -> float | None:
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
 
 
 def _published(agent: Any, part: str) -> dict[str, Any]:
@@ -104,7 +100,7 @@ class AgentActor:
             self.loop = asyncio.get_running_loop()
             self.life = self.loop.create_task(self._live())
         except Exception as exc:  # noqa: BLE001 - never fail construction; ensure_started retries
-            self.last_error = _first_line(exc)
+            self.last_error = named_line(exc)
 
     # --- the agent's life (default group: the trading loop) -----------------------------------
 
@@ -130,7 +126,7 @@ class AgentActor:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - retried forever: the actor must stay up
-                self.last_error = _first_line(exc)
+                self.last_error = named_line(exc)
                 log.error("%s: agent failed: %s", self.symbol, self.last_error)
             finally:
                 if self.ownership is not None and not self.stopping:
@@ -206,7 +202,7 @@ class AgentActor:
                 failures += 1
                 if failures in (1, 10) or failures % 100 == 0:
                     log.warning("%s: exposition and status not published (%d in a row): %s", self.symbol,
-                                failures, _first_line(exc))
+                                failures, named_line(exc))
 
     def _note(self, phase: str) -> None:
         if phase not in self.phases:
@@ -232,7 +228,7 @@ class AgentActor:
                 controller = ray.get_actor("controller", namespace=self.namespace)
                 return await asyncio.wait_for(controller.agent_spec.remote(self.symbol), 10.0)
             except Exception as exc:  # noqa: BLE001 - the controller may be restarting
-                self.last_error = f"waiting for the controller: {_first_line(exc)}"
+                self.last_error = f"waiting for the controller: {named_line(exc)}"
                 await asyncio.sleep(1.0)
 
     async def _build(self) -> Any:

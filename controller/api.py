@@ -5,8 +5,9 @@ Status and exposure go straight to the agent actors, concurrently and with a tim
 agent is reported instead of stalling the page; metrics are the expositions the agents publish
 (``agents/publish.py``), read in one call, a stale one left off. A halt is run by the endpoint itself
 (the kill state made durable in the GCS, then the agent and the exchange raced per symbol:
-``controller/kill_path.py``) and the controller told afterwards; flatten, resume and kill states go
-through the controller. The bearer token is read inside the replica (env var or file), never passed
+``controller/kill_path.py``) and the controller told afterwards, whether asked over HTTP, by the
+console or by the CLI through Ray (``kill_over_ray``); a flatten and a resume go through the
+controller; the kill states and the symbols traded are read from the GCS. The bearer token is read inside the replica (env var or file), never passed
 as an argument, and compared in constant time.
 
 Request bodies are taken strictly: the token is checked before a byte of the body is read, a body
@@ -48,11 +49,13 @@ from agents.logging import install_log_escaping
 from controller.bodies import (
     ConsoleKillRequest,
     ConsoleResumeRequest,
+    KillRefused,
     KillRequest,
     ResumeRequest,
     body_schema,
     parse_body,
     read_body,
+    refusal,
     validation_detail,
 )
 from controller.calls import ActorCalls, Answer, ControllerWatch, first_line
@@ -76,7 +79,7 @@ from controller.console import (
 )
 from controller.console_feed import ConsoleFeed
 from controller.federation import FleetView, KillLatency, SplitCache, published_scrapes, render_fleet_page
-from controller.handles import above_agents_env
+from controller.handles import above_agents_env, app_name
 from controller.kill_path import DirectKill
 from controller.lease import kill_states_shown
 from controller.views import AgentAnswers, exposure_view, kill_state_map, kill_view, status_view
@@ -88,11 +91,6 @@ T = TypeVar("T")
 HEAD_NODE_RESOURCE = "node:__internal_head__"
 CLI_VIA = "cli: "           # the log lines and journal entries of a kill asked through Ray (the CLI)
 KILL_PATH_READY_S = 5.0   # how often the endpoint makes its kill path ready (controller/kill_path.py, prepare)
-
-
-def app_name(fleet_name: str) -> str:
-    """The Serve application name of a fleet's endpoint."""
-    return f"fleet-api-{fleet_name}"
 
 
 @dataclass(frozen=True)
@@ -167,7 +165,7 @@ class FleetApi:
         self.namespace = namespace
         self.settings = ApiSettings(**settings)
         self.symbols: tuple[str, ...] = tuple(e.symbol for e in self.cfg.symbols)
-        self.known: tuple[str, ...] = self.symbols   # last symbol list the controller reported
+        self.known: tuple[str, ...] = self.symbols   # the symbols traded as last read (applied spec, controller)
         self.tokens = TokenSource(self.cfg.api.token_env, self.cfg.api.token_file)
         self.calls = ActorCalls(namespace, self.settings.agent_timeout_s, self.settings.controller_timeout_s,
                                 self.settings.page_wait_s)
@@ -215,10 +213,11 @@ class FleetApi:
     # --- symbols ---
 
     def _traded(self, controller_symbols: Any) -> tuple[str, ...]:
-        """The symbols the fleet trades now: the controller's applied list, else the deployed config's.
+        """The symbols the fleet trades now: as last read (the applied spec in the GCS, or the controller's
+        status), else the deployed config's.
 
-        ``apply`` may add or remove symbols after the endpoint was deployed; what the controller
-        reports wins, and is remembered for validating kill and resume requests.
+        ``apply`` may add or remove symbols after the endpoint was deployed; the last list read wins, and
+        is remembered for validating kill and resume requests.
         """
         if isinstance(controller_symbols, dict) and controller_symbols:
             self.known = tuple(dict.fromkeys(str(s) for s in controller_symbols))
@@ -272,13 +271,7 @@ class FleetApi:
             alive = None if alive is None or more_alive is None else {**alive, **more_alive}
             agents.update(more)
         agents = {s: agents[s] for s in symbols}
-        last: dict[str, Any] = {}
-        if silent := tuple(s for s, a in agents.items() if not a.ok):
-            found = await self.calls.snapshots(self.cfg.name, silent)
-            if isinstance(found, str):
-                log.warning("%s: %s", method, found)
-            else:
-                last = found
+        last = await self.calls.last_published(self.cfg.name, tuple(s for s, a in agents.items() if not a.ok), method)
         return head, AgentAnswers(agents, alive or {}, last, time.time())
 
     # --- endpoints: views ---
@@ -392,15 +385,18 @@ class FleetApi:
 
     async def kill_over_ray(self, symbols: list[str] | None, mode: str, reason: str) -> dict[str, Any]:
         """The CLI's kill (``python -m fleet kill``), called through Ray by whoever may reach the cluster (no
-        HTTP, no token): the same path as ``POST /kill``, so it waits on no controller either. A bad
-        request raises ``ValueError`` with the reason (the CLI prints it)."""
+        HTTP, no token): the same path as ``POST /kill`` (a halt waits on no controller). A request refused
+        as asked raises :class:`KillRefused` with the reason, nothing done; a failure, ``RuntimeError``."""
         try:
-            body = KillRequest(symbols=symbols or None, all=not symbols, mode=mode, reason=reason)
-            return await self._kill(body, via=CLI_VIA)
+            body = ConsoleKillRequest(symbols=symbols or None, all=not symbols, mode=mode, reason=reason)
         except ValidationError as exc:
-            raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+            raise KillRefused(refusal(exc)) from None
+        try:
+            return await self._kill(body, via=CLI_VIA)
         except HTTPException as exc:
-            raise ValueError(str(exc.detail)) from None
+            if exc.status_code in (404, 422):
+                raise KillRefused(str(exc.detail)) from None
+            raise RuntimeError(f"HTTP {exc.status_code}: {exc.detail}") from None
 
     async def _kill(self, body: KillRequest, via: str = "") -> dict[str, Any]:
         started = time.monotonic()

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 from fastapi import HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
+from fleet.text import first_line
+
 Symbol = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{2,30}$")]
 
 
@@ -53,7 +55,7 @@ def _reason_given(reason: str) -> str:
 
 
 class ConsoleKillRequest(KillRequest):
-    """A kill from the console: the reason must say something."""
+    """A kill from the console or the CLI: the reason must say something."""
 
     @model_validator(mode="after")
     def _reason(self) -> "ConsoleKillRequest":
@@ -150,6 +152,20 @@ def validation_detail(errors: list[dict[str, Any]], prefix: tuple[Any, ...] = ()
     ]
 
 
+class KillRefused(ValueError):
+    """A kill refused as asked (an unknown symbol, a field out of its range): the reason says what to
+    change, and nothing was done. Raised to a caller over Ray (the CLI), which prints it."""
+
+
+def refusal(exc: ValidationError) -> str:
+    """A model's errors in one line: ``field: message; ...``."""
+    parts = []
+    for d in validation_detail(list(exc.errors())):
+        where = ".".join(str(x) for x in d["loc"][1:])
+        parts.append(f"{where}: {d['msg']}" if where else d["msg"])
+    return "; ".join(parts)
+
+
 def parse_body(raw: bytes, model: type[BaseModel]) -> Any:
     """``model`` from a JSON body, strictly; HTTPException(422) naming the field otherwise."""
     if not raw.strip():
@@ -170,7 +186,7 @@ def parse_body(raw: bytes, model: type[BaseModel]) -> Any:
             422, [_problem("json_invalid", (exc.pos,), f"JSON decode error: {exc.msg}")]
         ) from None
     except (ValueError, RecursionError) as exc:   # bad encoding, huge integers, deep nesting
-        raise HTTPException(422, [_problem("json_invalid", (), f"JSON decode error: {_first_line(exc)}")]) from None
+        raise HTTPException(422, [_problem("json_invalid", (), f"JSON decode error: {first_line(exc)}")]) from None
     bad = _non_finite(data)
     if bad is not None:
         loc, text = bad
@@ -215,9 +231,3 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES, *, form: bool
             raise HTTPException(413, f"request body is over the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:300]

@@ -19,6 +19,7 @@ from fastapi import HTTPException
 
 from agents.publish import read_published, read_snapshots
 from controller.controller import AGENT_PREFIX, CONTROLLER_NAME
+from fleet.text import first_line
 
 log = logging.getLogger("mmfleet.api")
 
@@ -159,6 +160,17 @@ class ActorCalls:
         """The agents' published status and exposure (one GCS call), or why there are none."""
         return await self._read_published(read_snapshots, "statuses", fleet_name, symbols)
 
+    async def last_published(self, fleet_name: str, silent: tuple[str, ...], context: str) -> dict[str, Any]:
+        """What the ``silent`` agents last published (one GCS read); {} when none or unreadable (logged,
+        ``context`` first)."""
+        if not silent:
+            return {}
+        found = await self.snapshots(fleet_name, silent)
+        if isinstance(found, str):
+            log.warning("%s: %s", context, found)
+            return {}
+        return found
+
     async def _read_published(self, read: Any, what: str, fleet_name: str, symbols: tuple[str, ...]) -> dict[str, Any] | str:
         try:
             return await asyncio.wait_for(asyncio.to_thread(read, fleet_name, list(symbols)), self.agent_timeout_s)
@@ -247,8 +259,3 @@ class ControllerWatch:
             return {"up": False, "pinged_s_ago": None, "error": "not pinged yet"}
         answer, at = self.seen
         return {"up": self.up(), "pinged_s_ago": round(time.time() - at, 1), "error": answer.error}
-
-
-def first_line(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:300]

@@ -342,10 +342,12 @@ def console_row(symbol: str, a: SymbolAnswers) -> dict[str, Any]:
         "market_stream": st.get("market_stream_connected"),
         "book_age_s": _finite(st.get("last_book_age_s")),
         "reduce_only": ex.get("reduce_only"),
-        "kill_state": kill.get("state") or ex.get("kill_state") or st.get("kill_state"),
+        # The durable record's; without it (the GCS not read) the agent's own, if it answered (never what
+        # it last published: that may predate the kill).
+        "kill_state": kill.get("state") or (a.exposure or {}).get("kill_state") or (a.status or {}).get("kill_state"),
         "kill_reason": kill.get("reason") or "",
         "kill_since": _finite(kill.get("since")),
-        "agent_kill_state": st.get("kill_state"),
+        "agent_kill_state": (a.status or {}).get("kill_state"),
         "last_reconcile_repair": st.get("last_reconcile_repair"),
         "reconcile_repairs": (st.get("counters") or {}).get("reconcile_repairs"),
         "restarts": a.restarts,
@@ -369,7 +371,7 @@ def console_snapshot(fleet: str, symbols: tuple[str, ...], answers: dict[str, Sy
         "time_ms": int(time.time() * 1000),
         "collected_ms": round(collected_ms, 1),
         "controller_error": controller_error,       # the endpoint's watch: why the controller does not answer
-        "kill_states_error": kill_states_error,     # why the durable kill states were not read (rows show none)
+        "kill_states_error": kill_states_error,     # why the durable kill states were not read (rows: the agents' own)
         "rows": rows,
         "totals": {
             "symbols": len(rows),

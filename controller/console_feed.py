@@ -133,18 +133,7 @@ class ConsoleFeed:
             log.warning("console: the leases were not read from the GCS: %s", why)
             return {}
         now = time.time()
-        return {s: {"epoch": lease.epoch, "lease_expires_in_s": round(lease.expires_at - now, 3),
-                    "lease_revoked": lease.revoked} for s, lease in leases.items()}
-
-    async def _published(self, silent: tuple[str, ...]) -> dict[str, Any]:
-        """What the agents that did not answer last published (one GCS read); {} if none or unreadable."""
-        if not silent:
-            return {}
-        found = await self.calls.snapshots(self.fleet, silent)
-        if isinstance(found, str):
-            log.warning("console: %s", found)
-            return {}
-        return found
+        return {s: {"epoch": lease.epoch, **lease.shown(now)} for s, lease in leases.items()}
 
     async def snapshot(self) -> dict[str, Any]:
         """The fleet table now: the durable kill states and the leases (GCS), every agent's status and
@@ -157,7 +146,8 @@ class ConsoleFeed:
             self.calls.agents("status", symbols, alive), self.calls.agents("exposure", symbols, alive),
             self._counts(symbols), self._stored_leases(symbols),
         )
-        last = await self._published(tuple(s for s in symbols if not (status[s].ok and exposure[s].ok)))
+        last = await self.calls.last_published(
+            self.fleet, tuple(s for s in symbols if not (status[s].ok and exposure[s].ok)), "console")
         now = time.time()
         restarts = alive or {}
         kill_map = (kills.mapping() or {}) if kills.ok else {}

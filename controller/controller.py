@@ -29,14 +29,15 @@ from typing import Any
 import ray
 
 from agents.publish import forget_published
-from controller.emergency import EmergencyDesk, first_line
+from controller.emergency import EmergencyDesk
 from controller.fence import Fence, Fenced
 from controller.handles import (AGENT_PREFIX, AgentHandles, above_agents_env, agent_name, find_spawner, named_actor,
                                 get_or_create_spawner)
 from controller.kill_switches import KILL_GROUP, KillSwitches, _ms_since, _num, journal_record
-from controller.lease import GcsStore, LeaseBook, WriteThroughStore
+from controller.lease import NO_LEASE_SHOWN, GcsStore, LeaseBook, WriteThroughStore
 from controller.spec import SPEC_DOC, build_spec, endpoints_of, parse_spec, rate_shares
 from fleet.config import FleetConfig, SymbolParams
+from fleet.text import named_line
 from fleet.vocabulary import KillState
 
 log = logging.getLogger("mmfleet.controller")
@@ -89,7 +90,7 @@ async def forget_exposition(fleet_name: str, symbol: str) -> None:
     try:
         await asyncio.to_thread(forget_published, fleet_name, symbol)
     except Exception as exc:  # noqa: BLE001 - it would age out past api.metrics_stale_s anyway
-        log.warning("%s: published exposition not removed: %s", symbol, first_line(exc))
+        log.warning("%s: published exposition not removed: %s", symbol, named_line(exc))
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ class FleetController(KillSwitches):
         try:
             self._start_loops()
         except RuntimeError as exc:  # no loop yet: the first call starts it
-            self.last_error = first_line(exc)
+            self.last_error = named_line(exc)
 
     # --- state --------------------------------------------------------------------------------
 
@@ -220,7 +221,7 @@ class FleetController(KillSwitches):
             created = await self._create_missing()
         except Exception as exc:  # noqa: BLE001 - reported; the reconcile pass creates them
             created = []
-            errors = {s: f"not created yet (the reconcile pass tries again): {first_line(exc)}"
+            errors = {s: f"not created yet (the reconcile pass tries again): {named_line(exc)}"
                       for s in self._symbols() if s not in live}
         errors.update(await self._push_params(updated))
         await self._push_shares()
@@ -242,7 +243,7 @@ class FleetController(KillSwitches):
                                timeout=self.settings.stop_timeout_s) for s in symbols),
             return_exceptions=True,
         )
-        return {s: first_line(r) for s, r in zip(symbols, pushes) if isinstance(r, BaseException)}
+        return {s: named_line(r) for s, r in zip(symbols, pushes) if isinstance(r, BaseException)}
 
     async def _push_shares(self) -> None:
         await asyncio.gather(
@@ -255,7 +256,7 @@ class FleetController(KillSwitches):
             try:
                 await self.reconcile()
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any one bad pass
-                self.last_error = first_line(exc)
+                self.last_error = named_line(exc)
                 log.exception("reconcile failed")
             await asyncio.sleep(self.settings.reconcile_interval_s)
 
@@ -276,7 +277,7 @@ class FleetController(KillSwitches):
             recreated = await self._create_missing(gone=True)
         except Exception as exc:  # noqa: BLE001 - the next pass tries again; the fleet's risk is checked anyway
             recreated = []
-            self.last_error = first_line(exc)
+            self.last_error = named_line(exc)
             log.error("recreating agents failed: %s", self.last_error)
         for symbol in recreated:
             self.recreated[symbol] = self.recreated.get(symbol, 0) + 1
@@ -370,9 +371,7 @@ class FleetController(KillSwitches):
             lease = self.book.lease(s)
             symbols[s] = {
                 "epoch": self.book.epoch(s),
-                "lease_holder": lease.holder if lease else None,
-                "lease_expires_in_s": round(lease.expires_at - now, 3) if lease else None,
-                "lease_revoked": lease.revoked if lease else False,
+                **(lease.shown(now) if lease else NO_LEASE_SHOWN),
                 "kill_state": kill_records[s].state if s in kill_records else KillState.RUNNING,
                 "rate_share": self.shares.get(s),
                 "recreated": self.recreated.get(s, 0),
@@ -410,7 +409,7 @@ class FleetController(KillSwitches):
             try:
                 summary = await asyncio.wait_for(handle.stop.remote(flatten), self.settings.stop_timeout_s)
             except Exception as exc:  # noqa: BLE001 - fall back to the exchange below
-                error = first_line(exc)
+                error = named_line(exc)
             ray.kill(handle, no_restart=True)
         open_orders = None
         try:
@@ -419,7 +418,7 @@ class FleetController(KillSwitches):
                 cancel_first = error is not None or bool(isinstance(summary, dict) and summary.get("open_orders"))
                 open_orders = await self.desk.confirm_empty(symbol, account, cancel_first=cancel_first)
         except Exception as exc:  # noqa: BLE001
-            error = (error + "; " if error else "") + f"exchange check failed: {first_line(exc)}"
+            error = (error + "; " if error else "") + f"exchange check failed: {named_line(exc)}"
         self.book.forget(symbol)
         await forget_exposition(self.fleet_name, symbol)
         return RetireOutcome(handle is not None, open_orders, summary if isinstance(summary, dict) else None,

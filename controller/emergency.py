@@ -18,6 +18,7 @@ from typing import Any
 
 from controller.spec import endpoints_of
 from fleet.config import FleetConfig
+from fleet.text import named_line
 
 log = logging.getLogger("mmfleet.controller")
 
@@ -133,8 +134,8 @@ class EmergencyDesk:
                 position = await self._close_position(client, symbol)
             left = len(await client.open_orders(symbol))
         except Exception as exc:  # noqa: BLE001 - reported to the operator, never swallowed
-            log.error("%s: emergency cancel failed: %s", symbol, first_line(exc))
-            return KillOutcome(Outcome.FAILED, "emergency", None, error=first_line(exc))
+            log.error("%s: emergency cancel failed: %s", symbol, named_line(exc))
+            return KillOutcome(Outcome.FAILED, "emergency", None, error=named_line(exc))
         return KillOutcome(Outcome.EMERGENCY_CANCELLED, "emergency", left, position)
 
     async def cancel_until_empty(self, symbol: str, account: str, *, within_s: float = 10.0,
@@ -159,7 +160,7 @@ class EmergencyDesk:
                 failures += 1
                 if failures == 1 or failures % 20 == 0:
                     log.warning("%s: cancelling every order failed (%d in a row; retried for up to %g s): %s",
-                                symbol, failures, within_s, first_line(exc))
+                                symbol, failures, within_s, named_line(exc))
                 if loop.time() > deadline:
                     raise
                 await asyncio.sleep(min(max(pause_s, float(getattr(exc, "retry_after", 0.0))),
@@ -229,7 +230,7 @@ class EmergencyDesk:
             if still_stopped():
                 await client.cancel_all(symbol)
         except Exception as exc:  # noqa: BLE001
-            log.error("%s: emergency sweep failed: %s", symbol, first_line(exc))
+            log.error("%s: emergency sweep failed: %s", symbol, named_line(exc))
 
     async def confirm_empty(self, symbol: str, account: str, *, cancel_first: bool) -> int:
         """Open orders of the symbol left at the exchange, after cancelling them (twice if need be)."""
@@ -249,8 +250,3 @@ class EmergencyDesk:
         for client in self.clients.values():
             await client.close()
         self.clients.clear()
-
-
-def first_line(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__

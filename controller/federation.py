@@ -23,6 +23,7 @@ from prometheus_client import generate_latest
 from prometheus_client.core import Metric
 
 from agents.metrics import SEED_METRICS
+from fleet.text import first_line
 from fleet.vocabulary import KillState
 
 # The seed's twelve metric names (SEED-EN, requirement 10): none may disappear from the page.
@@ -224,7 +225,7 @@ def merge_expositions(scrapes: Iterable[AgentScrape],
         try:
             families = split(scrape.symbol, scrape.exposition or "")
         except ValueError as exc:
-            dropped.append(f"{scrape.symbol}: unparseable exposition ({_first_line(exc)})")
+            dropped.append(f"{scrape.symbol}: unparseable exposition ({first_line(exc)})")
             continue
         for fam in families:
             key = fam.key()
@@ -354,8 +355,3 @@ class _StaticCollector:
 
 def _le(bound: float) -> str:
     return "+Inf" if math.isinf(bound) else repr(float(bound))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]

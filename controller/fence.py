@@ -36,9 +36,10 @@ from typing import Any
 
 import ray
 
-from controller.emergency import EmergencyDesk, first_line
+from controller.emergency import EmergencyDesk
 from controller.handles import AgentHandles
 from controller.lease import Lease, LeaseBook
+from fleet.text import named_line
 
 log = logging.getLogger("mmfleet.controller")
 
@@ -211,7 +212,7 @@ class Fence:
         try:
             ray.kill(handle, no_restart=False)
         except Exception as exc:  # noqa: BLE001 - reported; the cancel still holds
-            log.error("%s: could not kill the hung agent: %s", symbol, first_line(exc))
+            log.error("%s: could not kill the hung agent: %s", symbol, named_line(exc))
             return False
         self.agents.drop(symbol)
         return True
@@ -222,5 +223,5 @@ class Fence:
         try:
             return await self.desk.cancel_epoch(symbol, account, epoch), None
         except Exception as exc:  # noqa: BLE001 - reported, never raised into the watch
-            log.error("%s: fencing epoch %d at the exchange failed: %s", symbol, epoch, first_line(exc))
-            return None, first_line(exc)
+            log.error("%s: fencing epoch %d at the exchange failed: %s", symbol, epoch, named_line(exc))
+            return None, named_line(exc)

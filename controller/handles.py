@@ -27,6 +27,11 @@ SPAWNER_NAME = "agent-spawner"
 SPAWN_TIMEOUT_S = 10.0  # the spawner's answer for a batch of agents (one GCS lookup and one creation each)
 
 
+def app_name(fleet_name: str) -> str:
+    """The Serve application name of a fleet's endpoint."""
+    return f"fleet-api-{fleet_name}"
+
+
 def agent_name(symbol: str) -> str:
     return f"{AGENT_PREFIX}{symbol}"
 

@@ -25,10 +25,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from controller.emergency import EmergencyDesk, KillOutcome, Outcome, first_line
+from controller.emergency import EmergencyDesk, KillOutcome, Outcome
 from controller.handles import AGENT_PREFIX
 from controller.lease import GcsStore, LeaseBook, aget_many
 from fleet.config import KILL_VERIFY_S, FleetConfig
+from fleet.text import named_line
 from fleet.vocabulary import KillState
 
 if TYPE_CHECKING:  # controller.calls imports controller.controller, which imports this module
@@ -89,7 +90,7 @@ async def sweep_until_halted(agent: asyncio.Future, sweep: Callable[[], Awaitabl
         except Exception as exc:  # noqa: BLE001 - the next sweep tries again; the agent's answer decides
             failed += 1
             if failed in (1, 10) or failed % 100 == 0:
-                log.warning("a sweep after the halt failed (%d of %d so far): %s", failed, sweeps, first_line(exc))
+                log.warning("a sweep after the halt failed (%d of %d so far): %s", failed, sweeps, named_line(exc))
     return sweeps
 
 
@@ -107,7 +108,7 @@ def halt_not_confirmed(agent: asyncio.Future) -> str | None:
     answer = None if agent.cancelled() or agent.exception() is not None else agent.result()
     if agent_confirmed(answer) or (isinstance(answer, dict) and answer.get("outcome") in ("not_started", "superseded")):
         return None
-    return first_line(agent.exception()) if answer is None and not agent.cancelled() else f"answered {answer!r}"
+    return named_line(agent.exception()) if answer is None and not agent.cancelled() else f"answered {answer!r}"
 
 
 def route_error(task: asyncio.Future) -> str | None:
@@ -117,7 +118,7 @@ def route_error(task: asyncio.Future) -> str | None:
         return "cancelled"
     exc = task.exception()
     if exc is not None:
-        return first_line(exc) if str(exc) else f"{type(exc).__name__}"
+        return named_line(exc) if str(exc) else f"{type(exc).__name__}"
     result = task.result()
     return None if result == 0 or agent_confirmed(result) else f"answered {result!r}"
 
@@ -166,6 +167,7 @@ class DirectKill:
         self.verified_at = -math.inf                # when prepare last tried the kill's requests
         self.connections = 0                        # requests answered then (connections held open)
         self.unverified: dict[str, str] = {}        # account -> why its kill requests failed then
+        self.refresh_error: str | None = None       # why the applied spec was last not read (logged once)
 
     async def refresh(self) -> FleetConfig:
         """The fleet as the controller last applied it; on any failure, the last one known (logged)."""
@@ -177,7 +179,14 @@ class DirectKill:
                 self.fleet, _ = parse_spec(json.loads(raw), stored=True)
                 self.applied = raw
         except Exception as exc:  # noqa: BLE001 - the kill goes on with the fleet it knows
-            log.warning("the applied spec was not read (%s); the kill uses the fleet as last known", first_line(exc))
+            why = named_line(exc)
+            if why != self.refresh_error:   # read every second while the console is open: logged once a cause
+                log.warning("the applied spec was not read (%s); the fleet as last known is used", why)
+            self.refresh_error = why
+        else:
+            if self.refresh_error is not None:
+                log.warning("the applied spec was read again")
+            self.refresh_error = None
         return self.fleet
 
     def symbols(self) -> list[str]:
@@ -209,7 +218,7 @@ class DirectKill:
         unverified: dict[str, str] = {}
         for account, answer in zip(per_account, answered):
             if isinstance(answer, BaseException):
-                unverified[account] = first_line(answer)
+                unverified[account] = named_line(answer)
                 if self.unverified.get(account) != unverified[account]:
                     log.error("account %s: the kill path's requests fail (%s): a kill would reach its "
                               "symbols only through their agents", account, unverified[account])
@@ -327,7 +336,7 @@ class DirectKill:
             try:
                 await self.desk.sweep(symbol, account)
             except Exception as exc:  # noqa: BLE001 - the next sweep tries again
-                log.warning("%s: sweep failed: %s", symbol, first_line(exc))
+                log.warning("%s: sweep failed: %s", symbol, named_line(exc))
             if time.time() >= until:
                 return
             await asyncio.sleep(SWEEP_S)
@@ -341,13 +350,13 @@ class DirectKill:
         try:
             left = await self._exchange(symbol)
         except Exception as exc:  # noqa: BLE001 - reported per symbol
-            return KillOutcome(Outcome.FAILED, "emergency", None, error=first_line(exc))
+            return KillOutcome(Outcome.FAILED, "emergency", None, error=named_line(exc))
         confirmed_ms = round((time.monotonic() - started) * 1000, 1) if left == 0 else None
         try:
             answer = await self._agent(symbol, "flatten", self.flatten_timeout_s, reason, seq)
         except Exception as exc:  # noqa: BLE001 - the book is empty; the flatten is reported as not done
             return KillOutcome(Outcome.EMERGENCY_CANCELLED, "emergency", left, None,
-                               round((time.monotonic() - started) * 1000, 1), problem=first_line(exc),
+                               round((time.monotonic() - started) * 1000, 1), problem=named_line(exc),
                                first=EXCHANGE_ROUTE, confirmed_ms=confirmed_ms)
         done = agent_confirmed(answer)
         told = answer.get("open_orders") if isinstance(answer, dict) else None   # None: superseded, not started

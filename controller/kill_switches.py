@@ -19,10 +19,11 @@ from typing import Any
 
 import ray
 
-from controller.emergency import KillOutcome, Outcome, first_line
+from controller.emergency import KillOutcome, Outcome
 from controller.kill_path import AGENT_ROUTE, EXCHANGE_ROUTE, first_empty, halt_not_confirmed, keep_behind, \
     raced_outcome, sweep_until_halted, write_kill_states
 from controller.lease import kill_states_shown
+from fleet.text import named_line
 from fleet.vocabulary import KillState
 
 log = logging.getLogger("mmfleet.controller")
@@ -37,7 +38,7 @@ def journal_record(controller: Any, kind: str, **kw: Any) -> None:
 
         record(controller, kind, **kw)
     except Exception as exc:  # noqa: BLE001
-        log.warning("journal: %s not recorded: %s", kind, first_line(exc))
+        log.warning("journal: %s not recorded: %s", kind, named_line(exc))
 
 
 def _by(by: dict[str, Any] | None) -> dict[str, Any]:
@@ -166,7 +167,7 @@ class KillSwitches:
         except asyncio.TimeoutError:
             problem = f"agent did not answer the {mode} within {timeout:g} s"
         except Exception as exc:  # noqa: BLE001 - any failure leads to the emergency path
-            problem = f"agent failed the {mode}: {first_line(exc)}"
+            problem = f"agent failed the {mode}: {named_line(exc)}"
         open_orders = answer.get("open_orders") if isinstance(answer, dict) else None
         if problem is None and open_orders == 0:
             flat = mode == "flatten" and _num(answer.get("position")) == 0 and answer.get("position") is not None
@@ -193,7 +194,7 @@ class KillSwitches:
         try:
             account = self.cfg.entry(symbol).account
         except Exception as exc:  # noqa: BLE001 - the fleet changed under the kill: reported, never raised
-            return KillOutcome(Outcome.FAILED, "emergency", None, error=first_line(exc))
+            return KillOutcome(Outcome.FAILED, "emergency", None, error=named_line(exc))
         result = await self.kill_desk.cancel(symbol, account, mode)
         if lease is not None and result.outcome != Outcome.FAILED:
             # The agent's lease was promised until expires_at: sweep again once it has lapsed.
@@ -219,7 +220,7 @@ class KillSwitches:
         for s, a in zip(targets, answers):
             if isinstance(a, BaseException):
                 # The state is durable: the agent picks it up at its next lease renewal.
-                out[s] = {"outcome": "resumed", "agent": f"not confirmed: {first_line(a)}"}
+                out[s] = {"outcome": "resumed", "agent": f"not confirmed: {named_line(a)}"}
             else:
                 out[s] = {"outcome": "resumed", "agent": a}
         return {"symbols": out}

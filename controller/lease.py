@@ -207,6 +207,18 @@ class Lease:
     def live(self, now: float) -> bool:
         return now < self.expires_at
 
+    @classmethod
+    def parse(cls, raw: str) -> "Lease":
+        return cls(**json.loads(raw))
+
+    def shown(self, now: float) -> dict[str, Any]:
+        """As the status pages and the CLI show it: holder, seconds left (negative once lapsed), revoked."""
+        return {"lease_holder": self.holder, "lease_expires_in_s": round(self.expires_at - now, 3),
+                "lease_revoked": self.revoked}
+
+
+NO_LEASE_SHOWN: dict[str, Any] = {"lease_holder": None, "lease_expires_in_s": None, "lease_revoked": False}
+
 
 @dataclass(frozen=True)
 class KillRecord:
@@ -298,7 +310,7 @@ class LeaseBook:
     def lease(self, symbol: str, *, fresh: bool = False) -> Lease | None:
         """The symbol's lease (``fresh``: from the store itself, past any cache)."""
         raw = self._get(f"lease/{symbol}", fresh)
-        return Lease(**json.loads(raw)) if raw else None
+        return Lease.parse(raw) if raw else None
 
     def acquire(self, symbol: str, holder: str, *, now: float, reduce_only: bool = False,
                 rate_share: float = 1.0) -> LeaseAnswer:
@@ -415,7 +427,7 @@ class LeaseBook:
         the caller's loop: what the console shows with the controller busy, stopped or gone."""
         symbols = list(symbols)
         got = await aget_many(self.store, [f"lease/{s}" for s in symbols]) if symbols else {}
-        return {s: Lease(**json.loads(raw)) for s in symbols if (raw := got.get(f"lease/{s}"))}
+        return {s: Lease.parse(raw) for s in symbols if (raw := got.get(f"lease/{s}"))}
 
     # --- documents (the applied spec, fleet flags) ---------------------------------------------
 

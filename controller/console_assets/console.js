@@ -89,6 +89,9 @@
     b.b.title = `${(ratio * 100).toFixed(1)} % of the cap`;
   }
 
+  // A state as a CSS class name: a plain lower-case word, anything else "unknown".
+  const word = (v) => (typeof v === "string" && /^[a-z_]{1,32}$/.test(v)) ? v : "unknown";
+
   function pill(text, cls) {
     const p = el("span", `pill ${cls}`, text);
     return p;
@@ -98,7 +101,7 @@
     const r = ensureRow(row.symbol);
     const c = r.c;
     r.tr.classList.toggle("unreachable", !row.reachable);
-    c.state.replaceChildren(pill(row.state || "?", `st-${row.state || "unknown"}`));
+    c.state.replaceChildren(pill(row.state || "?", `st-${word(row.state)}`));
     if (!row.reachable && row.error) c.state.append(el("span", "sub", row.error));
     else if (row.restarts) c.state.append(el("span", "sub", `${row.restarts} restart(s)`));
     const stale = row.published_age_s !== null && row.published_age_s !== undefined;
@@ -125,7 +128,7 @@
     }
     c.streams.replaceChildren(streams,
       el("span", "sub", row.book_age_s === null || row.book_age_s === undefined ? "no book" : `book ${row.book_age_s.toFixed(2)} s old`));
-    c.kill.replaceChildren(pill(row.kill_state || "?", `ks-${row.kill_state || "unknown"}`));
+    c.kill.replaceChildren(pill(row.kill_state || "?", `ks-${word(row.kill_state)}`));
     if (row.kill_state && row.kill_state !== "running" && row.kill_reason) c.kill.append(el("span", "sub", row.kill_reason));
     const rep = row.last_reconcile_repair;
     if (rep && typeof rep === "object") {

@@ -404,7 +404,7 @@ def stop_fleet(namespace: str, fleet_name: str, *, flatten: bool = False) -> dic
 def _undeploy(fleet_name: str) -> None:
     from ray import serve
 
-    from controller.api import app_name
+    from controller.handles import app_name
 
     try:
         if app_name(fleet_name) in serve.status().applications:
@@ -727,26 +727,27 @@ STATUS_WAIT_S = 5.0   # the controller's status; past this, what the GCS holds i
 def stored_status(fleet_name: str) -> dict[str, Any]:
     """The controller's status as the GCS holds it, without the controller: the fleet as last applied and
     per symbol its epoch, stored lease and durable kill state."""
-    from controller.lease import GcsStore, LeaseBook
+    from controller.lease import NO_LEASE_SHOWN, GcsStore, LeaseBook
     from controller.spec import SPEC_DOC, parse_spec
+    from fleet.text import first_line
 
     book = LeaseBook(GcsStore(fleet_name))
-    doc = book.get_doc(SPEC_DOC)
-    if doc is None:
-        raise FleetCliError(f"fleet {fleet_name!r}: no applied spec in the GCS (was it ever applied?)", EXIT_NOT_RUNNING)
-    cfg, _ = parse_spec(doc, stored=True)
-    now = time.time()
-    symbols = {}
-    for e in cfg.symbols:
-        lease = book.lease(e.symbol)
-        symbols[e.symbol] = {
-            "epoch": book.epoch(e.symbol),
-            "lease_holder": lease.holder if lease else None,
-            "lease_expires_in_s": round(lease.expires_at - now, 3) if lease else None,
-            "lease_revoked": lease.revoked if lease else False,
-            "kill_state": str(book.kill_state(e.symbol)),
-            "rate_share": None,
-        }
+    try:
+        doc = book.get_doc(SPEC_DOC)
+        if doc is None:
+            raise FleetCliError(f"fleet {fleet_name!r}: no applied spec in the GCS (was it ever applied?)",
+                                EXIT_NOT_RUNNING)
+        cfg, _ = parse_spec(doc, stored=True)
+        now = time.time()
+        symbols = {}
+        for e in cfg.symbols:
+            lease = book.lease(e.symbol)
+            symbols[e.symbol] = {"epoch": book.epoch(e.symbol), **(lease.shown(now) if lease else NO_LEASE_SHOWN),
+                                 "kill_state": str(book.kill_state(e.symbol)), "rate_share": None}
+    except FleetCliError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the GCS did not answer, or holds what cannot be read
+        raise FleetCliError(f"fleet {fleet_name!r}: the GCS's record was not read: {first_line(exc)}", EXIT_FAILED) from None
     return {"fleet": fleet_name, "reduce_only": None, "gross_notional": None,
             "max_total_notional": cfg.risk.max_total_notional, "symbols": symbols}
 
@@ -756,12 +757,14 @@ def _fleet_status(args: argparse.Namespace) -> tuple[dict[str, Any], str, str]:
     ``STATUS_WAIT_S`` (stopped, busy), the status the GCS holds, marked ``answered: false`` with why."""
     import ray
 
+    from fleet.text import first_line
+
     ctl, name, ns = _controller(args)
     try:
         return {**ray.get(ctl.status.remote(), timeout=STATUS_WAIT_S), "answered": True}, name, ns
-    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as exc:
+    except ray.exceptions.RayError as exc:
         why = f"no answer within {STATUS_WAIT_S:g} s" if isinstance(exc, ray.exceptions.GetTimeoutError) \
-            else _first_line(exc)
+            else first_line(getattr(exc, "cause", None) or exc)
     print(f"the controller does not answer ({why}); kill states and leases as the GCS holds them", file=sys.stderr)
     return {**stored_status(name), "answered": False, "error": why}, name, ns
 
@@ -796,52 +799,60 @@ def cmd_exposure(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-KILL_WAIT_S = 60.0   # the endpoint's answer to a kill (a halt answers once 0 is confirmed, a flatten takes longer)
+HALT_WAIT_S = 15.0       # the endpoint's answer to a halt (it answers once 0 is confirmed, within a second or so)
+FLATTEN_WAIT_S = 90.0    # ... to a flatten (the controller's, up to its 60 s kill timeout, or the endpoint's own)
 CONTROLLER_KILL_WAIT_S = 120.0
+CLI_BY = {"actor": "cli", "token_fp": None}   # the journal's "who asked" of a kill through Ray
 
 
 def _endpoint_kill(fleet_name: str, symbols: list[str] | None, mode: str, reason: str) -> dict[str, Any] | None:
     """The kill asked of the fleet's endpoint through Ray (the path of ``POST /kill``: the kill state made
-    durable, then the agent and the exchange raced per symbol, no controller waited on); None when the
-    fleet has no endpoint or it did not answer (said on stderr). A bad request raises FleetCliError."""
+    durable, then the agent and the exchange raced per symbol, no controller waited on for a halt).
+    None when the fleet has no endpoint, or a halt was not answered (said on stderr): the controller's
+    kill then, a halt written twice being harmless. A flatten is never asked twice (one flattener): one
+    not answered is an error. A request refused as asked raises FleetCliError with the reason."""
     from ray import serve
 
-    from controller.api import app_name
+    from controller.bodies import KillRefused
+    from controller.handles import app_name
+    from fleet.text import first_line
 
     try:
         handle = serve.get_app_handle(app_name(fleet_name))
     except Exception as exc:  # noqa: BLE001 - no Serve, or no such application: the controller's kill
-        print(f"no endpoint for fleet {fleet_name!r} ({_first_line(exc)}); asking the controller", file=sys.stderr)
+        print(f"no endpoint for fleet {fleet_name!r} ({first_line(exc)}); asking the controller", file=sys.stderr)
         return None
+    wait_s = HALT_WAIT_S if mode == "halt" else FLATTEN_WAIT_S
     try:
-        return handle.kill_over_ray.remote(symbols, mode, reason).result(timeout_s=KILL_WAIT_S)
-    except ValueError as exc:   # the endpoint refused the request (an unknown symbol, an empty reason)
-        raise FleetCliError(_first_line(getattr(exc, "cause", None) or exc)) from None
-    except Exception as exc:  # noqa: BLE001 - a halt written twice is harmless: the controller's kill too
-        print(f"the endpoint did not answer the kill ({_first_line(exc)}); asking the controller", file=sys.stderr)
+        return handle.kill_over_ray.remote(symbols, mode, reason).result(timeout_s=wait_s)
+    except KillRefused as exc:   # an unknown symbol, an empty reason: nothing was done
+        raise FleetCliError(first_line(getattr(exc, "cause", None) or exc)) from None
+    except Exception as exc:  # noqa: BLE001 - no answer in time, its replica gone, a failure of its own
+        why = f"no answer within {wait_s:g} s" if isinstance(exc, TimeoutError) \
+            else first_line(getattr(exc, "cause", None) or exc)
+    if mode == "halt":
+        print(f"the endpoint did not carry out the halt ({why}); asking the controller", file=sys.stderr)
         return None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
+    raise FleetCliError(f"the endpoint did not carry out the flatten ({why}); it may still be doing so, and a "
+                        f"second flattener is never started: check python -m fleet status", EXIT_FAILED)
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    """Through the fleet's endpoint, which waits on no controller; through the controller when the fleet
-    has no endpoint or it does not answer."""
+    """Through the fleet's endpoint, which waits on no controller for a halt; through the controller when
+    the fleet has no endpoint or a halt is not answered."""
     import ray
 
     name, ns = _namespace(args)
     connect(args.address, ns, start_local=False)
     mode = "flatten" if args.flatten else "halt"
-    result = _endpoint_kill(name, args.symbol, mode, args.reason)
+    symbols = [s.strip().upper() for s in args.symbol] if args.symbol else None
+    result = _endpoint_kill(name, symbols, mode, args.reason)
     if result is not None:
         result = {**result, "via": "endpoint"}
     else:
         ctl, _, _ = _controller(args)
         try:
-            result = {**ray.get(ctl.kill.remote(args.symbol, mode, args.reason), timeout=CONTROLLER_KILL_WAIT_S),
+            result = {**ray.get(ctl.kill.remote(symbols, mode, args.reason, CLI_BY), timeout=CONTROLLER_KILL_WAIT_S),
                       "via": "controller"}
         except ray.exceptions.RayTaskError as exc:
             raise FleetCliError(str(exc.cause if hasattr(exc, "cause") else exc)) from None

@@ -302,6 +302,14 @@ def test_a_kill_while_the_controller_is_stopped_empties_every_book(fleet):
     poll(lambda: fleet.metric_families()["mmfleet_controller_up"].samples[0].value == 1, 30, "mmfleet_controller_up 1")
 
 
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m fleet ARGS`` against the session's Ray cluster, as an operator's shell runs it."""
+    import ray
+
+    return subprocess.run([sys.executable, "-m", "fleet", *args, "--address", ray.get_runtime_context().gcs_address],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+
+
 def test_the_clis_kill_and_status_wait_on_no_stopped_controller(fleet):
     import ray
 
@@ -310,10 +318,7 @@ def test_the_clis_kill_and_status_wait_on_no_stopped_controller(fleet):
     os.kill(pid, signal.SIGSTOP)
     try:
         started = time.monotonic()
-        done = subprocess.run(
-            [sys.executable, "-m", "fleet", "kill", "--fleet", fleet.cfg.name, "--symbol", "SOLUSDT",
-             "--reason", "cli drill", "--address", ray.get_runtime_context().gcs_address],
-            capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+        done = run_cli("kill", "--fleet", fleet.cfg.name, "--symbol", "solusdt", "--reason", "cli drill")
         assert done.returncode == 0, (done.stdout, done.stderr)
         body = json.loads(done.stdout)
         print(f"\nthe CLI's kill, controller stopped: {time.monotonic() - started:.2f} s for the command, "
@@ -323,18 +328,15 @@ def test_the_clis_kill_and_status_wait_on_no_stopped_controller(fleet):
         assert fleet.open_orders("SOLUSDT") == 0                                     # the exchange agrees
         assert LeaseBook(GcsStore(fleet.cfg.name)).kill_state("SOLUSDT") == "halted"   # durable
         assert all(fleet.open_orders(s) > 0 for s in SYMBOLS if s != "SOLUSDT")        # only what was asked
-        # A bad request is refused with its reason, and nothing changes.
-        bad = subprocess.run(
-            [sys.executable, "-m", "fleet", "kill", "--fleet", fleet.cfg.name, "--symbol", "XRPUSDT",
-             "--address", ray.get_runtime_context().gcs_address],
-            capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-        assert bad.returncode != 0 and "unknown symbol(s): XRPUSDT" in bad.stderr, (bad.stdout, bad.stderr)
+        # A request refused as asked says why, and nothing changes.
+        for args, why in ((("--symbol", "XRPUSDT"), "unknown symbol(s): XRPUSDT"),
+                          (("--symbol", "ETHUSDC", "--reason", "  "), "give a reason")):
+            bad = run_cli("kill", "--fleet", fleet.cfg.name, *args)
+            assert bad.returncode == 2 and why in bad.stderr, (args, bad.stdout, bad.stderr)
         assert all(fleet.open_orders(s) > 0 for s in SYMBOLS if s != "SOLUSDT")
+        assert {LeaseBook(GcsStore(fleet.cfg.name)).kill_state(s) for s in SYMBOLS if s != "SOLUSDT"} == {"running"}
         # The CLI's status says the controller does not answer and shows what the GCS holds.
-        st = subprocess.run(
-            [sys.executable, "-m", "fleet", "status", "--json", "--fleet", fleet.cfg.name,
-             "--address", ray.get_runtime_context().gcs_address],
-            capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+        st = run_cli("status", "--json", "--fleet", fleet.cfg.name)
         assert st.returncode == 0, (st.stdout, st.stderr)
         shown = json.loads(st.stdout)
         assert shown["controller"]["answered"] is False and "does not answer" in st.stderr, shown
