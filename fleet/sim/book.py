@@ -101,7 +101,8 @@ class Book:
         self.closed: dict[int, Order] = {}
         self.recent_trades: deque[tuple[int, int, int, int, bool]] = deque(maxlen=1000)
         # 1-minute candles of the mid: [open_time, o, h, l, c, volume, quote units, trades, taker buy
-        # volume, taker buy quote units]; volumes in steps, quote in price ticks x steps
+        # volume, taker buy quote units, first and last aggregate trade id (-1: none)]; volumes in steps,
+        # quote in price ticks x steps
         self.candles: deque[list[Any]] = deque(maxlen=1500)
         self.candle: list[Any] | None = None
         self.last_price = self.mid
@@ -155,31 +156,43 @@ class Book:
         if self.candle is not None:
             self.candles.append(self.candle)
         m = self.mid
-        self.candle = [t - t % 60_000, m, m, m, m, 0, 0, 0, 0, 0]
+        self.candle = [t - t % 60_000, m, m, m, m, 0, 0, 0, 0, 0, -1, -1]
 
-    def klines(self, minutes: int, start: int | None, end: int | None, limit: int) -> list[list[Any]]:
-        """Candles of ``minutes`` length (aggregated from 1-minute ones), Binance's kline arrays."""
+    def candle_groups(self, minutes: int, start: int | None, end: int | None, limit: int) -> list[list[Any]]:
+        """Candles of ``minutes`` length aggregated from the 1-minute ones (same layout), oldest first."""
         src = list(self.candles) + ([self.candle] if self.candle is not None else [])
         span = minutes * 60_000
         groups: dict[int, list[Any]] = {}
         for c in src:
             key = c[0] - c[0] % span
+            if (start is not None and key < start) or (end is not None and key > end):
+                continue
             g = groups.get(key)
             if g is None:
-                groups[key] = [key, c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9]]
+                groups[key] = [key, *c[1:]]
             else:
                 g[2] = max(g[2], c[2])
                 g[3] = min(g[3], c[3])
                 g[4] = c[4]
                 for i in range(5, 10):
                     g[i] += c[i]
-        rows = [g for k, g in sorted(groups.items()) if (start is None or k >= start) and (end is None or k <= end)]
-        rows = rows[:limit] if start is not None else rows[-limit:]
+                if g[10] < 0:
+                    g[10] = c[10]
+                if c[11] >= 0:
+                    g[11] = c[11]
+        rows = [g for _, g in sorted(groups.items())]
+        return rows[:limit] if start is not None else rows[-limit:]
+
+    def kline_row(self, g: list[Any], minutes: int) -> list[Any]:
+        """One aggregated candle as Binance's kline array (12 elements)."""
         pp = self.price_places + 2
         unit = self.notional_unit
-        return [[g[0], f"{g[1]:.{pp}f}", f"{g[2]:.{pp}f}", f"{g[3]:.{pp}f}", f"{g[4]:.{pp}f}", self.qty_str(g[5]),
-                 g[0] + span - 1, f"{unit * g[6]:f}", g[7], self.qty_str(g[8]), f"{unit * g[9]:f}", "0"]
-                for g in rows]
+        return [g[0], f"{g[1]:.{pp}f}", f"{g[2]:.{pp}f}", f"{g[3]:.{pp}f}", f"{g[4]:.{pp}f}", self.qty_str(g[5]),
+                g[0] + minutes * 60_000 - 1, f"{unit * g[6]:f}", g[7], self.qty_str(g[8]), f"{unit * g[9]:f}", "0"]
+
+    def klines(self, minutes: int, start: int | None, end: int | None, limit: int) -> list[list[Any]]:
+        """Candles of ``minutes`` length (aggregated from 1-minute ones), Binance's kline arrays."""
+        return [self.kline_row(g, minutes) for g in self.candle_groups(minutes, start, end, limit)]
 
     def synth_best_bid(self) -> int:
         """Highest synthetic bid with size left (takers may have eaten the top levels)."""

@@ -18,10 +18,11 @@ from fleet.sim.book import NO_ASK, Book
 from fleet.sim.config import SimConfig
 from fleet.sim.errors import SimApiError, int_param, invalid, missing
 from fleet.sim.frames import (render, render_account_update, render_agg, render_bt, render_depth, render_diff,
-                              render_list, render_mark, render_order_update, render_trade_lite)
+                              render_kline, render_list, render_mark, render_order_update, render_trade_lite)
 from fleet.sim.market import MarketModel
 from fleet.sim.orders import CLIENT_ID_RE, Account, Order, Trade
 from fleet.sim.replay import ReplayMarket
+from fleet.sim.streams import DEPTH_EVERY_MS, KLINE_EVERY_MS, KLINE_MINUTES
 from fleet.sim.units import ZERO, decimals_in, fast_units, q8, s8
 from fleet.sim.views import EngineViews
 
@@ -83,6 +84,9 @@ class Engine(EngineViews):
         self.next_mark_ms = (now_ms // config.mark_interval_ms + 1) * config.mark_interval_ms
         self.next_mark3_ms = (now_ms // 3000 + 1) * 3000
         self.depth_due: dict[str, int] = {}
+        self.kline_streams: list[tuple[Book, str, str, int]] = []   # (book, stream, interval, minutes) listened to
+        self.kline_open: dict[str, int] = {}   # stream -> the open time of the candle it last pushed
+        self.next_kline_ms = 0
         self._step_count = 0
         self.want_all_bt = False
         self._deadline = FAR_MS
@@ -123,7 +127,10 @@ class Engine(EngineViews):
     def set_interest(self, streams: set[str]) -> None:
         """Market frames are only built for streams someone listens to; cache what each book publishes."""
         self.interest = frozenset(streams)
-        every_of = {"@100ms": 100, "": 250, "@500ms": 500}
+        every_of = DEPTH_EVERY_MS
+        self.kline_streams = [(b, f"{b.lower}@kline_{i}", i, m) for b in self.books.values()
+                              for i, m in KLINE_MINUTES.items() if f"{b.lower}@kline_{i}" in self.interest]
+        self.kline_open = {s: t for s, t in self.kline_open.items() if s in self.interest}
         for b in self.books.values():
             b.want_bt = b.lower + "@bookTicker" in self.interest
             b.want_agg = b.lower + "@aggTrade" in self.interest
@@ -185,6 +192,9 @@ class Engine(EngineViews):
             if t >= self.next_mark3_ms:
                 self._publish_mark(t, "", 0.0)
                 self.next_mark3_ms += 3000
+            if self.kline_streams and t >= self.next_kline_ms:
+                self._publish_klines(t)
+                self.next_kline_ms = t - t % KLINE_EVERY_MS + KLINE_EVERY_MS
             if t >= self.next_funding_ms:
                 self.settle_funding(self.next_funding_ms)
                 self.next_funding_ms += self.funding_interval_ms
@@ -401,11 +411,29 @@ class Engine(EngineViews):
             c[5] += qty
             c[6] += price * qty
             c[7] += 1
+            if c[10] < 0:
+                c[10] = aid
+            c[11] = aid
             if not buyer_maker:
                 c[8] += qty
                 c[9] += price * qty
         if b.want_agg:
             self._emit_market(b.lower + "@aggTrade", (render_agg, b, aid, price, qty, t, buyer_maker))
+
+    def _publish_klines(self, t: int) -> None:
+        """Each kline stream listened to: its open candle, after the one it last pushed if that has closed
+        since (once more, ``x: true``)."""
+        for b, stream, interval, minutes in self.kline_streams:
+            start = t - t % (minutes * 60_000)
+            last = self.kline_open.get(stream)
+            if last is not None and last != start:
+                for g in b.candle_groups(minutes, last, last, 1):
+                    row = b.kline_row(g, minutes)
+                    self._emit_market(stream, (render_kline, b, interval, row, g[10], g[11], t, True))
+            self.kline_open[stream] = start
+            for g in b.candle_groups(minutes, start, None, 1):
+                row = b.kline_row(g, minutes)
+                self._emit_market(stream, (render_kline, b, interval, row, g[10], g[11], t, False))
 
     def _publish_book(self, b: Book, t: int) -> None:
         want_bt = b.want_bt or self.want_all_bt
@@ -450,13 +478,13 @@ class Engine(EngineViews):
             due = self.depth_due.get(stream, 0)
             if t < due:
                 continue
-            self.depth_due[stream] = t - t % every + every
+            self.depth_due[stream] = t - t % every + every if every else t + 1
             self._emit_market(stream, (render_depth, b, b.update_id, b.depth_levels(levels), t))
         for stream, every in b.diff_streams:
             due = self.depth_due.get(stream, 0)
             if t < due:
                 continue
-            self.depth_due[stream] = t - t % every + every
+            self.depth_due[stream] = t - t % every + every if every else t + 1
             last_u, last_bids, last_asks = b.diff_state.get(stream, (0, {}, {}))
             if last_u == b.update_id:
                 continue

@@ -27,6 +27,15 @@ def render_agg(b: Book, aid: int, price: int, qty: int, t: int, buyer_maker: boo
             "f": aid, "l": aid, "T": t, "m": buyer_maker}
 
 
+def render_kline(b: Book, interval: str, row: list[Any], first_id: int, last_id: int, t: int,
+                 closed: bool) -> dict[str, Any]:
+    """A ``<symbol>@kline_<interval>`` event from a kline array (``Book.kline_row``)."""
+    return {"e": "kline", "E": t, "s": b.symbol, "k": {
+        "t": row[0], "T": row[6], "s": b.symbol, "i": interval, "f": first_id, "L": last_id, "o": row[1],
+        "c": row[4], "h": row[2], "l": row[3], "v": row[5], "n": row[8], "x": closed, "q": row[7],
+        "V": row[9], "Q": row[10], "B": "0"}}
+
+
 def render_bt(b: Book, update_id: int, bt: tuple[int, int, int, int], t: int) -> dict[str, Any]:
     return {"e": "bookTicker", "u": update_id, "s": b.symbol, "b": b.price_str(bt[0]), "B": b.qty_str(bt[1]),
             "a": b.price_str(bt[2]), "A": b.qty_str(bt[3]), "T": t, "E": t}

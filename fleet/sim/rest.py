@@ -9,6 +9,7 @@ from typing import Any
 
 from fleet.sim.config import SimConfig
 from fleet.sim.engine import Engine, SimApiError, missing
+from fleet.sim.streams import KLINE_MINUTES
 
 
 class RestHandlers:
@@ -119,8 +120,7 @@ class RestHandlers:
         return [{"a": aid, "p": b.price_str(p), "q": b.qty_str(q), "nq": b.qty_str(q), "f": aid, "l": aid,
                  "T": t, "m": m} for aid, p, q, t, m in rows]
 
-    _KLINE_MINUTES = {"1m": 1, "3m": 3, "5m": 5, "15m": 15, "30m": 30, "1h": 60, "2h": 120, "4h": 240,
-                      "6h": 360, "8h": 480, "12h": 720, "1d": 1440}
+    _KLINE_MINUTES = KLINE_MINUTES
 
     @staticmethod
     def _klines_weight(params: dict[str, str]) -> int:

@@ -2,6 +2,12 @@
 
 Binance split its WebSocket host in 2026 into /public (books) and /market (everything else); the
 legacy /ws and /stream paths serve both. Names are case-insensitive on the symbol only.
+
+Besides the documented depth speeds (250 ms by default, ``@500ms``, ``@100ms``), ``@0ms`` is served
+too: Binance answers it and third-party engines ask for it by default; here it publishes on every
+market step. ``<symbol>@kline_<interval>`` pushes the open candle every 250 ms and each candle once
+more when it closes (``x: true``). ``<symbol>@forceOrder`` and ``!forceOrder@arr`` are served and stay
+silent: nobody is liquidated in the simulated market.
 """
 
 from __future__ import annotations
@@ -9,7 +15,11 @@ from __future__ import annotations
 PUBLIC = "public"
 MARKET = "market"
 
-_DEPTH_SPEEDS = {"": "", "@250ms": "", "@100ms": "@100ms", "@500ms": "@500ms"}
+_DEPTH_SPEEDS = {"": "", "@250ms": "", "@100ms": "@100ms", "@500ms": "@500ms", "@0ms": "@0ms"}
+DEPTH_EVERY_MS = {"@0ms": 0, "@100ms": 100, "": 250, "@500ms": 500}   # canonical suffix -> cadence (0: every step)
+KLINE_MINUTES = {"1m": 1, "3m": 3, "5m": 5, "15m": 15, "30m": 30, "1h": 60, "2h": 120, "4h": 240,
+                 "6h": 360, "8h": 480, "12h": 720, "1d": 1440}
+KLINE_EVERY_MS = 250   # a kline stream's cadence
 
 
 def canonical_stream(name: str, symbols_lower: set[str]) -> tuple[str, str] | None:
@@ -22,6 +32,8 @@ def canonical_stream(name: str, symbols_lower: set[str]) -> tuple[str, str] | No
             return "!markPrice@arr", MARKET
         if low == "!markprice@arr@1s":
             return "!markPrice@arr@1s", MARKET
+        if low == "!forceorder@arr":
+            return "!forceOrder@arr", MARKET
         return None
     sym, sep, rest = name.partition("@")
     sym = sym.lower()
@@ -35,6 +47,10 @@ def canonical_stream(name: str, symbols_lower: set[str]) -> tuple[str, str] | No
         return f"{sym}@markPrice@1s", MARKET
     if rest == "aggTrade":
         return f"{sym}@aggTrade", MARKET
+    if rest == "forceOrder":
+        return f"{sym}@forceOrder", MARKET
+    if rest.startswith("kline_") and rest[6:] in KLINE_MINUTES:
+        return f"{sym}@{rest}", MARKET
     if rest == "depth" or (rest.startswith("depth@") and rest[5:] in _DEPTH_SPEEDS):
         return f"{sym}@depth{_DEPTH_SPEEDS[rest[5:]]}", PUBLIC  # the diff stream
     for levels in ("5", "10", "20"):

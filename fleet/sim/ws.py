@@ -134,10 +134,11 @@ class StreamGateway(WsApiGateway):
         if request.query.get("streams"):
             names = [n for n in request.query["streams"].split("/") if n]
         events: set[str] | None = None
-        if path_kind == "private":
+        if path_kind in ("private", "legacy"):   # /ws?listenKey=K too: third-party engines connect so
             key = request.query.get("listenKey")
             if key:
                 names.append(key)
+        if path_kind == "private":
             if request.query.get("events"):
                 events = {e for e in request.query["events"].split("/") if e}
         if len(names) > self.config.ws_max_streams:

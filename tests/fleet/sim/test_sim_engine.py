@@ -302,3 +302,47 @@ def test_every_rest_route_answers_malformed_input_with_a_binance_error(params, s
             fn("main", clean, T0)
         except SimApiError as exc:
             assert exc.code < 0 and exc.msg, (method, path)
+
+
+def test_kline_stream_pushes_the_open_candle_and_each_closed_one_once_as_rest_shows_it():
+    e = _engine()
+    b = e.books["ETHUSDC"]
+    e.watch("ethusdc@kline_1m")
+    frames: list[dict] = []
+    now = T0
+    while now < T0 + 130_000:   # two candles close (T0 is a whole minute)
+        now += 50
+        e.advance(now)
+        frames.extend(p for k, s, p in e.drain_rendered() if k == "m" and s == "ethusdc@kline_1m")
+    opens = [f for f in frames if not f["k"]["x"]]
+    closed = [f for f in frames if f["k"]["x"]]
+    assert 4 * 125 <= len(opens) <= 4 * 131   # every 250 ms
+    assert [f["k"]["t"] for f in closed] == [T0, T0 + 60_000]   # each closed candle once
+    rest = {row[0]: row for row in b.klines(1, T0, None, 10)}
+    for f in closed:
+        k = f["k"]
+        row = rest[k["t"]]
+        assert (k["o"], k["h"], k["l"], k["c"], k["v"], k["n"], k["T"]) == (row[1], row[2], row[3], row[4], row[5],
+                                                                            row[8], row[6])
+        assert f["e"] == "kline" and k["i"] == "1m" and k["s"] == f["s"] == "ETHUSDC" and k["T"] == k["t"] + 59_999
+        assert k["n"] > 0 and k["L"] - k["f"] + 1 == k["n"]   # the candle's aggregate trades, first to last
+    assert closed[1]["k"]["f"] == closed[0]["k"]["L"] + 1
+    last = opens[-1]["k"]
+    assert last["t"] == T0 + 120_000 and last["x"] is False
+    e.unwatch("ethusdc@kline_1m")
+    e.advance(now + 1000)
+    assert not [p for k, s, p in e.drain_rendered() if s == "ethusdc@kline_1m"]
+
+
+def test_depth_at_0ms_publishes_on_every_market_step_that_changes_the_book():
+    e = _engine()
+    e.watch("ethusdc@depth@0ms", "ethusdc@depth5@0ms", "ethusdc@depth@100ms")
+    now = T0
+    counts: dict[str, int] = {}
+    for _ in range(200):   # 10 s of 50 ms steps
+        now += 50
+        e.advance(now)
+        for k, s, _ in e.drain():
+            counts[s] = counts.get(s, 0) + 1
+    assert counts["ethusdc@depth5@0ms"] == 200                       # every step
+    assert counts["ethusdc@depth@100ms"] <= 101 < counts["ethusdc@depth@0ms"] <= 200

@@ -284,3 +284,35 @@ async def test_diff_depth_stream_chains_update_ids_after_a_rest_snapshot(sim):
             prev = ev
         assert straddled
         await ws.close()
+
+
+async def test_streams_third_party_engines_ask_for_klines_depth_at_0ms_force_orders_and_ws_with_a_listen_key(sim):
+    async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
+        # An engine's default book stream, in the URL: served, not refused.
+        ws = await s.ws_connect(f"{sim.ws_url}/stream?streams=ethusdc@depth@0ms")
+        first = await _recv_json(ws)
+        assert first["stream"] == "ethusdc@depth@0ms" and first["data"]["e"] == "depthUpdate"
+        # Klines and liquidation orders, subscribed on /market: answered like any stream.
+        await ws.close()
+        ws = await s.ws_connect(f"{sim.ws_url}/market/stream")
+        await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@kline_1m", "btcusdt@forceOrder",
+                                                                         "!forceOrder@arr"], "id": 7}))
+        assert await _until(ws, lambda f: f.get("id") == 7) == {"result": None, "id": 7}
+        kline = (await _until(ws, lambda f: f.get("stream") == "btcusdt@kline_1m"))["data"]
+        k = kline["k"]
+        assert kline["e"] == "kline" and k["i"] == "1m" and k["s"] == "BTCUSDT" and k["x"] is False
+        assert {"t", "T", "f", "L", "o", "c", "h", "l", "v", "n", "q", "V", "Q", "B"} <= set(k)
+        rest = (await c.public("GET", "/fapi/v1/klines", {"symbol": "BTCUSDT", "interval": "1m", "limit": 1})).json
+        assert rest[0][0] in (k["t"], k["t"] + 60_000)   # the same open candle (unless one just opened)
+        await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@kline_7m"], "id": 8}))
+        refused = await _until(ws, lambda f: f.get("id") == 8)
+        assert refused["error"]["code"] == 2 and "kline_7m" in refused["error"]["msg"], refused   # no such interval
+        await ws.close()
+        # The user stream on /ws?listenKey=K, as engines connect to it.
+        key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
+        ws = await s.ws_connect(f"{sim.ws_url}/ws?listenKey={key}")
+        await _place_far(c, "q-1")
+        new = await _until(ws, lambda f: f.get("e") == "ORDER_TRADE_UPDATE")
+        assert new["o"]["c"] == "q-1" and new["o"]["x"] == "NEW"
+        await c.signed("DELETE", "/fapi/v1/order", {"symbol": "ETHUSDC", "origClientOrderId": "q-1"})
+        await ws.close()
