@@ -8,6 +8,7 @@ money (balances, entry prices, P&L, fees) is ``Decimal`` so the books balance ex
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from decimal import Decimal, InvalidOperation
@@ -90,6 +91,7 @@ class Engine(EngineViews):
         self._step_count = 0
         self.want_all_bt = False
         self._deadline = FAR_MS
+        self.gtd_heap: list[tuple[int, int, Order]] = []   # (expiry, seq, order) of resting GTD orders
         self.tran_id = 1
         self.max_modifies = config.max_modifies_per_order  # -5026 past this many modifies of one order
         # an observer of every fill (b, order, qty steps, price ticks, maker, t, commission, realized), e.g.
@@ -180,6 +182,7 @@ class Engine(EngineViews):
                     self.now_ms = d
                 self._fire_countdowns(d)
                 self._expire_listen_keys(d)
+                self._expire_gtd(d)
                 self._recompute_deadline()
                 continue
             if t > now_ms:
@@ -203,8 +206,11 @@ class Engine(EngineViews):
             self.now_ms = now_ms
 
     def _recompute_deadline(self) -> None:
-        """The earliest dead-man deadline or listenKey expiry: ``advance`` is cheap until then."""
-        d = FAR_MS
+        """The earliest dead-man deadline, listenKey expiry or GTD expiry: ``advance`` is cheap until then."""
+        heap = self.gtd_heap
+        while heap and not heap[0][2].is_open:   # closed since (filled, cancelled): forgotten
+            heapq.heappop(heap)
+        d = heap[0][0] if heap else FAR_MS
         for acct in self.accounts.values():
             for v in acct.countdowns.values():
                 if v < d:
@@ -227,6 +233,14 @@ class Engine(EngineViews):
                     del acct.countdowns[symbol]
                     acct.counters["countdown_fired"] += 1
                     self._cancel_all(acct, self.books[symbol], now)
+
+    def _expire_gtd(self, now: int) -> None:
+        """GTD orders whose time has come expire (``X: EXPIRED``), as Binance cancels them."""
+        heap = self.gtd_heap
+        while heap and heap[0][0] <= now:
+            _, _, o = heapq.heappop(heap)
+            if o.is_open:
+                self._expire(self.accounts[o.account], self.books[o.symbol], o, now, "0")
 
     def _expire_listen_keys(self, now: int) -> None:
         for acct in self.accounts.values():
@@ -939,9 +953,10 @@ class Engine(EngineViews):
             tif = params.get("timeInForce")
             if not tif:
                 raise missing("timeInForce")
-            if tif not in ("GTC", "IOC", "FOK", "GTX"):
+            if tif not in ("GTC", "IOC", "FOK", "GTX", "GTD"):
                 raise SimApiError(-1115, "Invalid timeInForce.")
             price = self._price_ticks(b, params.get("price"))
+        gtd = self._good_till(params, now) if tif == "GTD" else 0
         qty = self._qty_steps(b, params.get("quantity"), market)
         mark = b.mark
         if market:
@@ -981,6 +996,7 @@ class Engine(EngineViews):
         self._seq += 1
         o = Order(b.next_order_id, cid, acct.name, b.symbol, side, otype, tif, price, qty, reduce_only, now,
                   self._seq)
+        o.gtd = gtd
         b.next_order_id += 1
         self._open_insert(acct, o)
         acct.counters["orders_placed"] += 1
@@ -1003,7 +1019,24 @@ class Engine(EngineViews):
             self._rest(b, o)
         if reduce_only and o.is_open:
             self._cap_reduce_only(acct, b, now)
+        if gtd and o.is_open:
+            heapq.heappush(self.gtd_heap, (gtd, o.seq, o))
+            if gtd < self._deadline:
+                self._deadline = gtd
         return o, ack
+
+    @staticmethod
+    def _good_till(params: dict[str, str], now: int) -> int:
+        """A GTD order's ``goodTillDate``: mandatory, whole seconds (the milliseconds are dropped), more
+        than 600 s ahead and before 253402300799000 (year 9999)."""
+        gtd = int_param(params, "goodTillDate")
+        if gtd is None:
+            raise missing("goodTillDate")
+        gtd -= gtd % 1000
+        if gtd <= now + 600_000 or gtd >= 253402300799000:
+            raise SimApiError(-5040, "The goodTillDate timestamp must be greater than the current time plus 600 "
+                                     "seconds and smaller than 253402300799000")
+        return gtd
 
     def _available_to(self, b: Book, buy: bool, limit: int) -> int:
         total = 0

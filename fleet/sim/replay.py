@@ -269,6 +269,7 @@ class ReplayMarket:
                     e.now_ms = d
                 e._fire_countdowns(d)
                 e._expire_listen_keys(d)
+                e._expire_gtd(d)
                 e._recompute_deadline()
                 continue
             if f <= now_ms and f <= t:

@@ -47,7 +47,7 @@ class RestHandlers:
                     {"filterType": "PERCENT_PRICE", "multiplierUp": sp.multiplier_up,
                      "multiplierDown": sp.multiplier_down, "multiplierDecimal": "4"},
                 ],
-                "orderTypes": ["LIMIT", "MARKET"], "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
+                "orderTypes": ["LIMIT", "MARKET"], "timeInForce": ["GTC", "IOC", "FOK", "GTX", "GTD"],
                 "permissionSets": ["GRID", "COPY"]})
         return {"timezone": "UTC", "serverTime": now, "futuresType": "U_MARGINED",
                 "rateLimits": [

@@ -118,7 +118,7 @@ class EngineViews:
                 "type": o.type, "reduceOnly": o.reduce_only, "closePosition": False, "side": o.side,
                 "positionSide": "BOTH", "stopPrice": "0", "workingType": "CONTRACT_PRICE",
                 "priceProtect": False, "origType": o.type, "priceMatch": "NONE",
-                "selfTradePreventionMode": "EXPIRE_MAKER", "goodTillDate": 0, "time": o.time,
+                "selfTradePreventionMode": "EXPIRE_MAKER", "goodTillDate": o.gtd, "time": o.time,
                 "updateTime": o.update_time}
 
     # -- account views --------------------------------------------------------------------------------

@@ -346,3 +346,40 @@ def test_depth_at_0ms_publishes_on_every_market_step_that_changes_the_book():
             counts[s] = counts.get(s, 0) + 1
     assert counts["ethusdc@depth5@0ms"] == 200                       # every step
     assert counts["ethusdc@depth@100ms"] <= 101 < counts["ethusdc@depth@0ms"] <= 200
+
+
+def test_a_gtd_order_rests_until_its_date_then_expires_and_a_bad_date_is_refused():
+    e = _engine()
+    b = e.books["ETHUSDC"]
+    far = b.price_str(b.best_bid() * 7 // 10)   # 30 % below: never filled within the test's 12 minutes
+
+    def place(cid: str, **extra) -> dict:
+        return e.new_order("main", {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "price": far,
+                                    "quantity": "0.100", "newClientOrderId": cid, **extra}, e.now_ms)
+
+    for extra, code in (({"timeInForce": "GTD"}, -1102),
+                        ({"timeInForce": "GTD", "goodTillDate": str(T0 + 600_000)}, -5040),   # not past 600 s
+                        ({"timeInForce": "GTD", "goodTillDate": "253402300799000"}, -5040),
+                        ({"timeInForce": "GTD", "goodTillDate": "soon"}, -1130)):
+        try:
+            place("bad", **extra)
+        except SimApiError as err:
+            assert err.code == code, (extra, err)
+        else:
+            raise AssertionError(f"{extra} was accepted")
+    gtd = T0 + 700_000
+    shown = place("gtd-1", timeInForce="GTD", goodTillDate=str(gtd + 789))   # the milliseconds are dropped
+    assert shown["timeInForce"] == "GTD" and shown["goodTillDate"] == gtd and shown["status"] == "NEW"
+    place("gtd-2", timeInForce="GTD", goodTillDate=str(gtd))
+    e.cancel_order("main", {"symbol": "ETHUSDC", "origClientOrderId": "gtd-2"}, e.now_ms)
+    e.drain()
+    now = T0
+    while now < gtd - 50:
+        now += 1000 if now < gtd - 2000 else 50
+        e.advance(now)
+    assert e.order_json(b, e.accounts["main"].by_cid["gtd-1"])["status"] == "NEW"   # not before its time
+    e.advance(gtd + 10)
+    frames = [p for k, a, p in e.drain_rendered() if k == "u" and p.get("e") == "ORDER_TRADE_UPDATE"]
+    assert [(f["o"]["c"], f["o"]["x"], f["o"]["X"], f["o"]["gtd"], f["T"]) for f in frames] \
+        == [("gtd-1", "EXPIRED", "EXPIRED", gtd, gtd)]                       # once, at its date; the cancelled one not
+    assert not e.accounts["main"].open and not e.gtd_heap

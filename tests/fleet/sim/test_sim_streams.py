@@ -286,7 +286,7 @@ async def test_diff_depth_stream_chains_update_ids_after_a_rest_snapshot(sim):
         await ws.close()
 
 
-async def test_streams_third_party_engines_ask_for_klines_depth_at_0ms_force_orders_and_ws_with_a_listen_key(sim):
+async def test_what_third_party_engines_ask_for_klines_depth_at_0ms_force_orders_ws_with_a_listen_key_gtd(sim):
     async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
         # An engine's default book stream, in the URL: served, not refused.
         ws = await s.ws_connect(f"{sim.ws_url}/stream?streams=ethusdc@depth@0ms")
@@ -315,4 +315,19 @@ async def test_streams_third_party_engines_ask_for_klines_depth_at_0ms_force_ord
         new = await _until(ws, lambda f: f.get("e") == "ORDER_TRADE_UPDATE")
         assert new["o"]["c"] == "q-1" and new["o"]["x"] == "NEW"
         await c.signed("DELETE", "/fapi/v1/order", {"symbol": "ETHUSDC", "origClientOrderId": "q-1"})
+        # A GTD order (listed in exchangeInfo): its date in the answer, the query and the frame.
+        info = (await c.public("GET", "/fapi/v1/exchangeInfo")).json
+        assert all("GTD" in s["timeInForce"] for s in info["symbols"])
+        bt = (await c.public("GET", "/fapi/v1/ticker/bookTicker", {"symbol": "ETHUSDC"})).json
+        gtd = int(time.time() * 1000) // 1000 * 1000 + 3_600_000
+        r = await c.signed("POST", "/fapi/v1/order", {
+            "symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "GTD", "goodTillDate": str(gtd),
+            "price": str((Decimal(bt["bidPrice"]) * Decimal("0.98")).quantize(Decimal("0.01"))),
+            "quantity": "0.010", "newClientOrderId": "gtd-1"})
+        assert r.status == 200 and r.json["timeInForce"] == "GTD" and r.json["goodTillDate"] == gtd, r.json
+        frame = await _until(ws, lambda f: f.get("e") == "ORDER_TRADE_UPDATE" and f["o"]["c"] == "gtd-1")
+        assert frame["o"]["f"] == "GTD" and frame["o"]["gtd"] == gtd
+        got = (await c.signed("GET", "/fapi/v1/order", {"symbol": "ETHUSDC", "origClientOrderId": "gtd-1"})).json
+        assert got["goodTillDate"] == gtd and got["status"] == "NEW"
+        await c.signed("DELETE", "/fapi/v1/order", {"symbol": "ETHUSDC", "origClientOrderId": "gtd-1"})
         await ws.close()
