@@ -20,6 +20,19 @@ NO_ASK = 1 << 62  # "no resting ask" sentinel
 PROFILE_LEVELS = 64  # levels from the touch whose base size is precomputed
 
 
+
+def _merge_candle(g: list[Any], c: list[Any]) -> None:
+    """Fold the later 1-minute candle ``c`` into the aggregated candle ``g`` (same layout)."""
+    g[2] = max(g[2], c[2])
+    g[3] = min(g[3], c[3])
+    g[4] = c[4]
+    for i in range(5, 10):
+        g[i] += c[i]
+    if g[10] < 0:
+        g[10] = c[10]
+    if c[11] >= 0:
+        g[11] = c[11]
+
 class Book:
     """One symbol: its market model, synthetic book around the mid, and the resting orders."""
 
@@ -171,17 +184,28 @@ class Book:
             if g is None:
                 groups[key] = [key, *c[1:]]
             else:
-                g[2] = max(g[2], c[2])
-                g[3] = min(g[3], c[3])
-                g[4] = c[4]
-                for i in range(5, 10):
-                    g[i] += c[i]
-                if g[10] < 0:
-                    g[10] = c[10]
-                if c[11] >= 0:
-                    g[11] = c[11]
+                _merge_candle(g, c)
         rows = [g for _, g in sorted(groups.items())]
         return rows[:limit] if start is not None else rows[-limit:]
+
+    def candle_group(self, minutes: int, start: int) -> list[Any] | None:
+        """The candle of ``minutes`` opening at ``start``, as :meth:`candle_groups` builds it, or None
+        when no 1-minute candle falls in it. Walks back from the newest: it costs the candle's minutes,
+        not the history's (a kline stream asks four times a second)."""
+        span = minutes * 60_000
+        parts = [self.candle] if self.candle is not None and start <= self.candle[0] < start + span else []
+        for c in reversed(self.candles):
+            if c[0] < start:
+                break
+            if c[0] < start + span:
+                parts.append(c)
+        if not parts:
+            return None
+        parts.reverse()
+        g = [start, *parts[0][1:]]
+        for c in parts[1:]:
+            _merge_candle(g, c)
+        return g
 
     def kline_row(self, g: list[Any], minutes: int) -> list[Any]:
         """One aggregated candle as Binance's kline array (12 elements)."""

@@ -85,6 +85,7 @@ class Engine(EngineViews):
         self.next_mark_ms = (now_ms // config.mark_interval_ms + 1) * config.mark_interval_ms
         self.next_mark3_ms = (now_ms // 3000 + 1) * 3000
         self.depth_due: dict[str, int] = {}
+        self.depth_sent_u: dict[str, int] = {}   # @0ms partial depth: the book's update id last sent
         self.kline_streams: list[tuple[Book, str, str, int]] = []   # (book, stream, interval, minutes) listened to
         self.kline_open: dict[str, int] = {}   # stream -> the open time of the candle it last pushed
         self.next_kline_ms = 0
@@ -233,6 +234,20 @@ class Engine(EngineViews):
                     del acct.countdowns[symbol]
                     acct.counters["countdown_fired"] += 1
                     self._cancel_all(acct, self.books[symbol], now)
+
+    def _gtd_push(self, o: Order) -> None:
+        """A resting GTD order into the expiry heap. Orders closed since (filled, cancelled) stay in it
+        until they reach its top, or until they are most of it: then it is rebuilt without them, so a
+        long run that places and cancels GTD orders keeps it small."""
+        heap = self.gtd_heap
+        if len(heap) >= 64 and len(heap) % 64 == 0:   # every 64 entries: the closed ones dropped if most
+            still_open = [entry for entry in heap if entry[2].is_open]
+            if 2 * len(still_open) < len(heap):
+                heap[:] = still_open
+                heapq.heapify(heap)
+        heapq.heappush(heap, (o.gtd, o.seq, o))
+        if o.gtd < self._deadline:
+            self._deadline = o.gtd
 
     def _expire_gtd(self, now: int) -> None:
         """GTD orders whose time has come expire (``X: EXPIRED``), as Binance cancels them."""
@@ -438,14 +453,15 @@ class Engine(EngineViews):
         """Each kline stream listened to: its open candle, after the one it last pushed if that has closed
         since (once more, ``x: true``)."""
         for b, stream, interval, minutes in self.kline_streams:
+            if b.frozen:   # a "data" fault: the symbol's streams stop
+                continue
             start = t - t % (minutes * 60_000)
             last = self.kline_open.get(stream)
-            if last is not None and last != start:
-                for g in b.candle_groups(minutes, last, last, 1):
-                    row = b.kline_row(g, minutes)
-                    self._emit_market(stream, (render_kline, b, interval, row, g[10], g[11], t, True))
+            if last is not None and last != start and (g := b.candle_group(minutes, last)) is not None:
+                row = b.kline_row(g, minutes)
+                self._emit_market(stream, (render_kline, b, interval, row, g[10], g[11], t, True))
             self.kline_open[stream] = start
-            for g in b.candle_groups(minutes, start, None, 1):
+            if (g := b.candle_group(minutes, start)) is not None:
                 row = b.kline_row(g, minutes)
                 self._emit_market(stream, (render_kline, b, interval, row, g[10], g[11], t, False))
 
@@ -489,16 +505,20 @@ class Engine(EngineViews):
                 if self.want_all_bt:
                     self._emit_market("!bookTicker", frame)
         for stream, levels, every in b.depth_streams:
-            due = self.depth_due.get(stream, 0)
-            if t < due:
+            if not every:   # @0ms: every change of the book, once
+                if self.depth_sent_u.get(stream) == b.update_id:
+                    continue
+                self.depth_sent_u[stream] = b.update_id
+            elif t < self.depth_due.get(stream, 0):
                 continue
-            self.depth_due[stream] = t - t % every + every if every else t + 1
+            else:
+                self.depth_due[stream] = t - t % every + every
             self._emit_market(stream, (render_depth, b, b.update_id, b.depth_levels(levels), t))
         for stream, every in b.diff_streams:
-            due = self.depth_due.get(stream, 0)
-            if t < due:
-                continue
-            self.depth_due[stream] = t - t % every + every if every else t + 1
+            if every:   # @0ms: every change (an unchanged book is skipped below)
+                if t < self.depth_due.get(stream, 0):
+                    continue
+                self.depth_due[stream] = t - t % every + every
             last_u, last_bids, last_asks = b.diff_state.get(stream, (0, {}, {}))
             if last_u == b.update_id:
                 continue
@@ -1020,9 +1040,7 @@ class Engine(EngineViews):
         if reduce_only and o.is_open:
             self._cap_reduce_only(acct, b, now)
         if gtd and o.is_open:
-            heapq.heappush(self.gtd_heap, (gtd, o.seq, o))
-            if gtd < self._deadline:
-                self._deadline = gtd
+            self._gtd_push(o)
         return o, ack
 
     @staticmethod

@@ -36,6 +36,7 @@ from fleet.sim.errors import SimApiError
 from fleet.sim.frames import render_list, render_mark
 from fleet.sim.orders import Order
 from fleet.sim.recording import BOOK, MARK, TRADE, Line, ReadStats, Recording, RecordingError
+from fleet.sim.streams import KLINE_EVERY_MS
 from fleet.sim.units import fast_units
 
 if TYPE_CHECKING:
@@ -260,10 +261,18 @@ class ReplayMarket:
     # -- time ---------------------------------------------------------------------------------------
 
     def advance(self, e: Engine, now_ms: int) -> None:
-        """Move the engine to ``now_ms``: each recorded line, dead-man deadline, listenKey expiry and
-        funding settlement at its own time, in time order (deadlines first at a tie)."""
+        """Move the engine to ``now_ms``: each recorded line, dead-man deadline, listenKey expiry, GTD
+        expiry, funding settlement and kline push at its own time, in time order (deadlines first at a tie)."""
         while True:
             t, f, d = self._next_t, self.next_funding_ms, e._deadline
+            k = e.next_kline_ms if e.kline_streams else FAR_MS
+            if k <= now_ms and k <= t and k <= f and k < d:
+                if k > e.now_ms:
+                    e.now_ms = k
+                at = e.now_ms   # a first push (or one after a long sleep) comes now, not for every 250 ms missed
+                e._publish_klines(at)
+                e.next_kline_ms = at - at % KLINE_EVERY_MS + KLINE_EVERY_MS
+                continue
             if d <= now_ms and d <= t and d <= f:
                 if d > e.now_ms:
                     e.now_ms = d
@@ -288,7 +297,8 @@ class ReplayMarket:
         if now_ms > e.now_ms:
             e.now_ms = now_ms
         # when the market next moves, for a clock that sleeps until then (at least every step_ms)
-        e.next_step_ms = min(self._next_t, self.next_funding_ms, e.now_ms + e.step_ms)
+        e.next_step_ms = min(self._next_t, self.next_funding_ms, e.now_ms + e.step_ms,
+                             e.next_kline_ms if e.kline_streams else FAR_MS)
 
     def _pull(self) -> None:
         line = next(self._events, None)

@@ -191,3 +191,19 @@ def test_the_replayed_market_refuses_a_jump(tmp_path):
     with pytest.raises(SimApiError, match="replays a recording"):
         e.jump("ETHUSDC", 1.0, NOW)
     assert e.book_ticker(e.books["ETHUSDC"])["bidPrice"] == "3000.00"
+
+
+def test_a_replayed_market_pushes_kline_streams_every_250_ms_and_each_closed_candle_once(tmp_path):
+    rec = write_recording(tmp_path / "rec", {"ETHUSDC": [
+        [mark(0, "3000.00000000", "0.00010000", 8000), bt(100, "3000.00", "1.000", "3000.02", "1.000"),
+         agg(200, "3000.02", "0.500", False), agg(300, "3000.00", "0.250", True),
+         bt(61_000, "3001.00", "1.000", "3001.02", "1.000")]]})
+    e = Engine(SimConfig(replay=str(rec)), now_ms=NOW)
+    e.watch("ethusdc@kline_1m")
+    e.advance(NOW + 1000)
+    opens = frames(e, "@kline_1m")
+    assert 4 <= len(opens) <= 5 and all(f["k"]["t"] == NOW and f["k"]["x"] is False for f in opens)
+    assert opens[-1]["k"]["n"] == 2 and opens[-1]["k"]["v"] == "0.750"   # the recorded trades
+    e.advance(NOW + 61_500)
+    closed = [f for f in frames(e, "@kline_1m") if f["k"]["x"]]
+    assert [(f["k"]["t"], f["k"]["n"]) for f in closed] == [(NOW, 2)]

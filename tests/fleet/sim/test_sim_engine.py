@@ -327,6 +327,8 @@ def test_kline_stream_pushes_the_open_candle_and_each_closed_one_once_as_rest_sh
         assert f["e"] == "kline" and k["i"] == "1m" and k["s"] == f["s"] == "ETHUSDC" and k["T"] == k["t"] + 59_999
         assert k["n"] > 0 and k["L"] - k["f"] + 1 == k["n"]   # the candle's aggregate trades, first to last
     assert closed[1]["k"]["f"] == closed[0]["k"]["L"] + 1
+    for minutes, start in ((1, T0 + 60_000), (5, T0), (60, T0 - T0 % 3_600_000)):   # the walk back = the REST groups
+        assert b.candle_group(minutes, start) == b.candle_groups(minutes, start, start, 1)[0]
     last = opens[-1]["k"]
     assert last["t"] == T0 + 120_000 and last["x"] is False
     e.unwatch("ethusdc@kline_1m")
@@ -383,3 +385,31 @@ def test_a_gtd_order_rests_until_its_date_then_expires_and_a_bad_date_is_refused
     assert [(f["o"]["c"], f["o"]["x"], f["o"]["X"], f["o"]["gtd"], f["T"]) for f in frames] \
         == [("gtd-1", "EXPIRED", "EXPIRED", gtd, gtd)]                       # once, at its date; the cancelled one not
     assert not e.accounts["main"].open and not e.gtd_heap
+
+
+def test_gtd_orders_placed_and_cancelled_for_long_leave_the_expiry_heap_small():
+    e = _engine()
+    b = e.books["ETHUSDC"]
+    far = b.price_str(b.best_bid() * 7 // 10)
+
+    def place(cid: str, gtd: int) -> None:
+        e.new_order("main", {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "price": far, "quantity": "0.100",
+                             "timeInForce": "GTD", "goodTillDate": str(gtd), "newClientOrderId": cid}, e.now_ms)
+
+    place("anchor", T0 + 700_000)          # the heap's top, live throughout
+    for i in range(3000):
+        place(f"c{i}", T0 + 86_400_000)
+        e.cancel_order("main", {"symbol": "ETHUSDC", "origClientOrderId": f"c{i}"}, e.now_ms)
+    assert len(e.gtd_heap) <= 130, len(e.gtd_heap)   # the cancelled ones are dropped once they are most
+    e.advance(T0 + 700_050)
+    assert "anchor" not in e.accounts["main"].by_cid   # the anchor still expired at its date
+
+
+def test_klines_stop_with_the_other_streams_under_a_data_fault():
+    e = _engine()
+    e.watch("ethusdc@kline_1m", "ethusdc@bookTicker")
+    e.advance(T0 + 1000)
+    assert any(s == "ethusdc@kline_1m" for _, s, _ in e.drain())
+    e.set_frozen("ETHUSDC", True)
+    e.advance(T0 + 5000)
+    assert not [s for _, s, _ in e.drain() if s.startswith("ethusdc@")]
