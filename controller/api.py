@@ -7,8 +7,8 @@ agent is reported instead of stalling the page; metrics are the expositions the 
 (the kill state made durable in the GCS, then the agent and the exchange raced per symbol:
 ``controller/kill_path.py``) and the controller told afterwards, whether asked over HTTP, by the
 console or by the CLI through Ray (``kill_over_ray``); a flatten and a resume go through the
-controller; the kill states and the symbols traded are read from the GCS. The bearer token is read inside the replica (env var or file), never passed
-as an argument, and compared in constant time.
+controller; the kill states and the symbols traded are read from the GCS. The bearer token is read
+inside the replica (env var or file), never passed as an argument, and compared in constant time.
 
 Request bodies are taken strictly: the token is checked before a byte of the body is read, a body
 over 64 KiB is a 413, the JSON is parsed without NaN, Infinity or out-of-range numbers and without
@@ -271,7 +271,8 @@ class FleetApi:
             alive = None if alive is None or more_alive is None else {**alive, **more_alive}
             agents.update(more)
         agents = {s: agents[s] for s in symbols}
-        last = await self.calls.last_published(self.cfg.name, tuple(s for s, a in agents.items() if not a.ok), method)
+        silent = tuple(s for s, a in agents.items() if not a.ok)
+        last = await self.calls.last_published(self.cfg.name, silent, method)
         return head, AgentAnswers(agents, alive or {}, last, time.time())
 
     # --- endpoints: views ---

@@ -747,7 +747,8 @@ def stored_status(fleet_name: str) -> dict[str, Any]:
     except FleetCliError:
         raise
     except Exception as exc:  # noqa: BLE001 - the GCS did not answer, or holds what cannot be read
-        raise FleetCliError(f"fleet {fleet_name!r}: the GCS's record was not read: {first_line(exc)}", EXIT_FAILED) from None
+        raise FleetCliError(f"fleet {fleet_name!r}: the GCS's record was not read: {first_line(exc)}",
+                            EXIT_FAILED) from None
     return {"fleet": fleet_name, "reduce_only": None, "gross_notional": None,
             "max_total_notional": cfg.risk.max_total_notional, "symbols": symbols}
 
