@@ -19,11 +19,12 @@ from fleet.sim.book import NO_ASK, Book
 from fleet.sim.config import SimConfig
 from fleet.sim.errors import SimApiError, int_param, invalid, missing
 from fleet.sim.frames import (render, render_account_update, render_agg, render_bt, render_depth, render_diff,
-                              render_kline, render_list, render_mark, render_order_update, render_trade_lite)
+                              render_kline, render_list, render_mark, render_mini_ticker, render_order_update,
+                              render_ticker, render_trade_lite, ticker_24h)
 from fleet.sim.market import MarketModel
 from fleet.sim.orders import CLIENT_ID_RE, Account, Order, Trade
 from fleet.sim.replay import ReplayMarket
-from fleet.sim.streams import DEPTH_EVERY_MS, KLINE_EVERY_MS, KLINE_MINUTES
+from fleet.sim.streams import DEPTH_EVERY_MS, KLINE_EVERY_MS, KLINE_MINUTES, TICKER_EVERY_MS
 from fleet.sim.units import ZERO, decimals_in, fast_units, q8, s8
 from fleet.sim.views import EngineViews
 
@@ -88,7 +89,9 @@ class Engine(EngineViews):
         self.depth_sent_u: dict[str, int] = {}   # @0ms partial depth: the book's update id last sent
         self.kline_streams: list[tuple[Book, str, str, int]] = []   # (book, stream, interval, minutes) listened to
         self.kline_open: dict[str, int] = {}   # stream -> the open time of the candle it last pushed
-        self.next_kline_ms = 0
+        self.ticker_streams: list[tuple[Book, str, Any]] = []   # (book, stream, renderer) listened to
+        self.next_timed_ms = FAR_MS   # the next kline or ticker push (FAR_MS: nobody listens to one)
+        self.next_ticker_ms = 0
         self._step_count = 0
         self.want_all_bt = False
         self._deadline = FAR_MS
@@ -134,6 +137,13 @@ class Engine(EngineViews):
         self.kline_streams = [(b, f"{b.lower}@kline_{i}", i, m) for b in self.books.values()
                               for i, m in KLINE_MINUTES.items() if f"{b.lower}@kline_{i}" in self.interest]
         self.kline_open = {s: t for s, t in self.kline_open.items() if s in self.interest}
+        self.ticker_streams = [(b, f"{b.lower}@{kind}", render) for b in self.books.values()
+                               for kind, render in (("ticker", render_ticker), ("miniTicker", render_mini_ticker))
+                               if f"{b.lower}@{kind}" in self.interest]
+        if not (self.kline_streams or self.ticker_streams):
+            self.next_timed_ms = FAR_MS
+        elif self.next_timed_ms == FAR_MS:
+            self.next_timed_ms = 0   # the first push comes at once
         for b in self.books.values():
             b.want_bt = b.lower + "@bookTicker" in self.interest
             b.want_agg = b.lower + "@aggTrade" in self.interest
@@ -196,9 +206,8 @@ class Engine(EngineViews):
             if t >= self.next_mark3_ms:
                 self._publish_mark(t, "", 0.0)
                 self.next_mark3_ms += 3000
-            if self.kline_streams and t >= self.next_kline_ms:
-                self._publish_klines(t)
-                self.next_kline_ms = t - t % KLINE_EVERY_MS + KLINE_EVERY_MS
+            if t >= self.next_timed_ms:
+                self.publish_timed(t)
             if t >= self.next_funding_ms:
                 self.settle_funding(self.next_funding_ms)
                 self.next_funding_ms += self.funding_interval_ms
@@ -448,6 +457,22 @@ class Engine(EngineViews):
                 c[9] += price * qty
         if b.want_agg:
             self._emit_market(b.lower + "@aggTrade", (render_agg, b, aid, price, qty, t, buyer_maker))
+
+    def publish_timed(self, t: int) -> None:
+        """The streams pushed on a schedule: klines every 250 ms, tickers every 2 s."""
+        self.next_timed_ms = t - t % KLINE_EVERY_MS + KLINE_EVERY_MS
+        if self.kline_streams:
+            self._publish_klines(t)
+        if self.ticker_streams and t >= self.next_ticker_ms:
+            self.next_ticker_ms = t - t % TICKER_EVERY_MS + TICKER_EVERY_MS
+            stats: dict[str, dict[str, Any]] = {}
+            for b, stream, render in self.ticker_streams:
+                if b.frozen:   # a "data" fault: the symbol's streams stop
+                    continue
+                s = stats.get(b.symbol)
+                if s is None:
+                    s = stats[b.symbol] = ticker_24h(b, t)
+                self._emit_market(stream, (render, b, s, t))
 
     def _publish_klines(self, t: int) -> None:
         """Each kline stream listened to: its open candle, after the one it last pushed if that has closed

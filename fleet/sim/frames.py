@@ -36,6 +36,50 @@ def render_kline(b: Book, interval: str, row: list[Any], first_id: int, last_id:
         "V": row[9], "Q": row[10], "B": "0"}}
 
 
+DAY_MS = 86_400_000
+
+
+def ticker_24h(b: Book, t: int) -> dict[str, Any]:
+    """The rolling 24 h statistics of ``b`` at ``t``, by REST ``/ticker/24hr``'s names: folded from the
+    1-minute candles opened in the window (open, high and low of the mid, rounded to the tick), with the
+    last trade's price and size. High and low always hold the open and the last price."""
+    tick = b.tick_f
+    last = round(b.last_price / tick)
+    g = b.candle_group(1440, t - DAY_MS + 1)
+    if g is None:
+        open_ = high = low = last
+        vol = quote_units = trades = 0
+        first_id = last_id = -1
+    else:
+        open_ = round(g[1] / tick)
+        high = max(round(g[2] / tick), open_, last)
+        low = min(round(g[3] / tick), open_, last)
+        vol, quote_units, trades, first_id, last_id = g[5], g[6], g[7], g[10], g[11]
+    last_qty = b.recent_trades[-1][2] if b.recent_trades else 0
+    pp = b.price_places
+    avg = f"{quote_units / vol * tick:.{pp + 2}f}" if vol else b.price_str(last)
+    return {"symbol": b.symbol, "priceChange": b.price_str(last - open_),
+            "priceChangePercent": f"{(last / open_ - 1) * 100 if open_ else 0.0:.3f}", "weightedAvgPrice": avg,
+            "lastPrice": b.price_str(last), "lastQty": b.qty_str(last_qty),
+            "openPrice": b.price_str(open_), "highPrice": b.price_str(high), "lowPrice": b.price_str(low),
+            "volume": b.qty_str(vol), "quoteVolume": f"{b.notional_unit * quote_units:f}",
+            "openTime": t - DAY_MS, "closeTime": t, "firstId": first_id, "lastId": last_id, "count": trades}
+
+
+def render_ticker(b: Book, s: dict[str, Any], t: int) -> dict[str, Any]:
+    """A ``<symbol>@ticker`` event from :func:`ticker_24h`'s statistics."""
+    return {"e": "24hrTicker", "E": t, "s": b.symbol, "p": s["priceChange"], "P": s["priceChangePercent"],
+            "w": s["weightedAvgPrice"], "c": s["lastPrice"], "Q": s["lastQty"], "o": s["openPrice"],
+            "h": s["highPrice"], "l": s["lowPrice"], "v": s["volume"], "q": s["quoteVolume"], "O": s["openTime"],
+            "C": s["closeTime"], "F": s["firstId"], "L": s["lastId"], "n": s["count"]}
+
+
+def render_mini_ticker(b: Book, s: dict[str, Any], t: int) -> dict[str, Any]:
+    """A ``<symbol>@miniTicker`` event from :func:`ticker_24h`'s statistics."""
+    return {"e": "24hrMiniTicker", "E": t, "s": b.symbol, "c": s["lastPrice"], "o": s["openPrice"],
+            "h": s["highPrice"], "l": s["lowPrice"], "v": s["volume"], "q": s["quoteVolume"]}
+
+
 def render_bt(b: Book, update_id: int, bt: tuple[int, int, int, int], t: int) -> dict[str, Any]:
     return {"e": "bookTicker", "u": update_id, "s": b.symbol, "b": b.price_str(bt[0]), "B": b.qty_str(bt[1]),
             "a": b.price_str(bt[2]), "A": b.qty_str(bt[3]), "T": t, "E": t}

@@ -22,7 +22,7 @@ from fleet.sim.config import SimConfig, load_sim_config
 from fleet.sim.engine import Engine
 from fleet.sim.frames import render
 from fleet.sim.gateway import Answer, ExchangeGateway
-from fleet.sim.streams import canonical_stream
+from fleet.sim.streams import canonical_stream, unlisted_stream
 
 __all__ = ["LocalExchange", "Sink", "Subscription", "SubscriptionRefused"]
 
@@ -121,7 +121,7 @@ class LocalExchange(ExchangeGateway):
     def subscribe_market(self, names: list[str], sink: Sink) -> Subscription:
         canon: list[str] = []
         for name in names:
-            c = canonical_stream(name, self.symbols_lower)
+            c = canonical_stream(name, self.symbols_lower) or unlisted_stream(name)   # unlisted: silent
             if c is None:
                 raise SubscriptionRefused(f"Invalid stream name: {name}")
             canon.append(c[0])

@@ -36,7 +36,6 @@ from fleet.sim.errors import SimApiError
 from fleet.sim.frames import render_list, render_mark
 from fleet.sim.orders import Order
 from fleet.sim.recording import BOOK, MARK, TRADE, Line, ReadStats, Recording, RecordingError
-from fleet.sim.streams import KLINE_EVERY_MS
 from fleet.sim.units import fast_units
 
 if TYPE_CHECKING:
@@ -262,16 +261,15 @@ class ReplayMarket:
 
     def advance(self, e: Engine, now_ms: int) -> None:
         """Move the engine to ``now_ms``: each recorded line, dead-man deadline, listenKey expiry, GTD
-        expiry, funding settlement and kline push at its own time, in time order (deadlines first at a tie)."""
+        expiry, funding settlement and kline or ticker push at its own time, in time order (deadlines first
+        at a tie)."""
         while True:
             t, f, d = self._next_t, self.next_funding_ms, e._deadline
-            k = e.next_kline_ms if e.kline_streams else FAR_MS
+            k = e.next_timed_ms
             if k <= now_ms and k <= t and k <= f and k < d:
                 if k > e.now_ms:
                     e.now_ms = k
-                at = e.now_ms   # a first push (or one after a long sleep) comes now, not for every 250 ms missed
-                e._publish_klines(at)
-                e.next_kline_ms = at - at % KLINE_EVERY_MS + KLINE_EVERY_MS
+                e.publish_timed(e.now_ms)   # a first push, or one after a long sleep, comes now: once
                 continue
             if d <= now_ms and d <= t and d <= f:
                 if d > e.now_ms:
@@ -298,7 +296,7 @@ class ReplayMarket:
             e.now_ms = now_ms
         # when the market next moves, for a clock that sleeps until then (at least every step_ms)
         e.next_step_ms = min(self._next_t, self.next_funding_ms, e.now_ms + e.step_ms,
-                             e.next_kline_ms if e.kline_streams else FAR_MS)
+                             e.next_timed_ms)
 
     def _pull(self) -> None:
         line = next(self._events, None)

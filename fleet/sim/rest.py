@@ -9,6 +9,7 @@ from typing import Any
 
 from fleet.sim.config import SimConfig
 from fleet.sim.engine import Engine, SimApiError, missing
+from fleet.sim.frames import ticker_24h
 from fleet.sim.streams import KLINE_MINUTES
 
 
@@ -164,20 +165,9 @@ class RestHandlers:
 
     def _ticker_24h(self, account: Any, params: dict[str, str], now: int) -> Any:
         e = self.engine
-
-        def one(b: Any) -> dict[str, Any]:
-            last = b.price_str(round(b.last_price / b.tick_f))
-            open_ = f"{b.spec.start_price:.{b.price_places}f}"
-            vol = b.qty_str(b.volume_steps)
-            return {"symbol": b.symbol, "priceChange": f"{float(last) - float(open_):.{b.price_places}f}",
-                    "priceChangePercent": f"{(float(last) / float(open_) - 1) * 100:.3f}",
-                    "weightedAvgPrice": last, "lastPrice": last, "lastQty": b.qty_str(1), "openPrice": open_,
-                    "highPrice": last, "lowPrice": last, "volume": vol,
-                    "quoteVolume": f"{float(vol) * float(last):.2f}", "openTime": now - 86_400_000,
-                    "closeTime": now, "firstId": 1, "lastId": b.agg_id, "count": b.agg_id}
         if params.get("symbol"):
-            return one(e.book(params["symbol"]))
-        return [one(b) for b in e.books.values()]
+            return ticker_24h(e.book(params["symbol"]), now)
+        return [ticker_24h(b, now) for b in e.books.values()]
 
     def _funding_rate(self, account: Any, params: dict[str, str], now: int) -> Any:
         e = self.engine

@@ -6,8 +6,12 @@ legacy /ws and /stream paths serve both. Names are case-insensitive on the symbo
 Besides the documented depth speeds (250 ms by default, ``@500ms``, ``@100ms``), ``@0ms`` is served
 too: Binance answers it and third-party engines ask for it by default; here it publishes on every
 market step. ``<symbol>@kline_<interval>`` pushes the open candle every 250 ms and each candle once
-more when it closes (``x: true``). ``<symbol>@forceOrder`` and ``!forceOrder@arr`` are served and stay
-silent: nobody is liquidated in the simulated market.
+more when it closes (``x: true``). ``<symbol>@ticker`` and ``@miniTicker`` push the rolling 24 h
+statistics every 2 s (those of REST ``/ticker/24hr``). ``<symbol>@forceOrder`` and
+``!forceOrder@arr`` are served and stay silent: nobody is liquidated in the simulated market.
+
+A well-formed stream of a symbol the exchange does not list is accepted and stays silent, as Binance
+does (no error, no data); only a name no symbol could carry is refused (``unlisted_stream``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ DEPTH_EVERY_MS = {"@0ms": 0, "@100ms": 100, "": 250, "@500ms": 500}   # canonica
 KLINE_MINUTES = {"1m": 1, "3m": 3, "5m": 5, "15m": 15, "30m": 30, "1h": 60, "2h": 120, "4h": 240,
                  "6h": 360, "8h": 480, "12h": 720, "1d": 1440}
 KLINE_EVERY_MS = 250   # a kline stream's cadence
+TICKER_EVERY_MS = 2000   # <symbol>@ticker and @miniTicker: "Update Speed: 2000ms" (USD-M docs)
 
 
 def canonical_stream(name: str, symbols_lower: set[str]) -> tuple[str, str] | None:
@@ -47,8 +52,8 @@ def canonical_stream(name: str, symbols_lower: set[str]) -> tuple[str, str] | No
         return f"{sym}@markPrice@1s", MARKET
     if rest == "aggTrade":
         return f"{sym}@aggTrade", MARKET
-    if rest == "forceOrder":
-        return f"{sym}@forceOrder", MARKET
+    if rest in ("forceOrder", "ticker", "miniTicker"):
+        return f"{sym}@{rest}", MARKET
     if rest.startswith("kline_") and rest[6:] in KLINE_MINUTES:
         return f"{sym}@{rest}", MARKET
     if rest == "depth" or (rest.startswith("depth@") and rest[5:] in _DEPTH_SPEEDS):
@@ -60,6 +65,15 @@ def canonical_stream(name: str, symbols_lower: set[str]) -> tuple[str, str] | No
             if speed in _DEPTH_SPEEDS:
                 return f"{sym}@{head}{_DEPTH_SPEEDS[speed]}", PUBLIC
     return None
+
+
+def unlisted_stream(name: str) -> tuple[str, str] | None:
+    """``(canonical name, category)`` of a well-formed stream whatever its symbol, or None for a name no
+    symbol could carry (an unknown stream type, interval or speed)."""
+    sym = name.partition("@")[0].lower()
+    if not sym.replace("_", "").isalnum():
+        return None
+    return canonical_stream(name, {sym})
 
 
 def path_allows(path_kind: str, category: str) -> bool:

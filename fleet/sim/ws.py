@@ -16,7 +16,7 @@ from aiohttp import WSMsgType, web
 from fleet.sim.config import SimConfig
 from fleet.sim.engine import Engine, render
 from fleet.sim.errors import SimApiError
-from fleet.sim.streams import MARKET, PUBLIC, canonical_stream, path_allows
+from fleet.sim.streams import MARKET, PUBLIC, canonical_stream, path_allows, unlisted_stream
 from fleet.sim.wsapi import HANDSHAKE_WEIGHT, METHODS, WsApiGateway, WsApiReply
 
 log = logging.getLogger("fleet.sim")
@@ -252,6 +252,9 @@ class StreamGateway(WsApiGateway):
             users.append((name, acct.name))
             return None
         canon = canonical_stream(name, self.symbols_lower)
+        if canon is None and "@" in name and (canon := unlisted_stream(name)) is not None:
+            self.stats["ws_unlisted_symbol_streams"] += 1   # accepted and silent, as Binance does
+            log.info("a stream of a symbol the exchange does not list, accepted and silent: %r", name)
         if canon is None:
             if "@" in name or name.startswith("!"):
                 return f"Invalid stream name: {name}"

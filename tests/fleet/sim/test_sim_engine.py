@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from fleet.sim.config import SimConfig, load_sim_config
 from fleet.sim.engine import Engine, SimApiError
+from fleet.sim.frames import ticker_24h
 from fleet.sim.market import MarketModel, MarketParams
 
 T0 = 1_800_000_000_000
@@ -334,6 +335,44 @@ def test_kline_stream_pushes_the_open_candle_and_each_closed_one_once_as_rest_sh
     e.unwatch("ethusdc@kline_1m")
     e.advance(now + 1000)
     assert not [p for k, s, p in e.drain_rendered() if s == "ethusdc@kline_1m"]
+
+
+def test_ticker_streams_push_the_rolling_day_every_2_s_as_rest_shows_it():
+    e = _engine()
+    b = e.books["ETHUSDC"]
+    e.watch("ethusdc@ticker", "ethusdc@miniTicker")
+    frames: dict[str, list[dict]] = {"ethusdc@ticker": [], "ethusdc@miniTicker": []}
+    now = T0
+    while now < T0 + 10_000:
+        now += 50
+        e.advance(now)
+        for k, s, p in e.drain_rendered():
+            if s in frames:
+                frames[s].append(p)
+    ticks, minis = frames["ethusdc@ticker"], frames["ethusdc@miniTicker"]
+    assert [f["E"] for f in ticks] == [f["E"] for f in minis] and 5 <= len(ticks) <= 6   # every 2 s, together
+    assert all(b2["E"] - a["E"] == 2000 for a, b2 in zip(ticks[1:], ticks[2:]))
+    last = ticks[-1]
+    assert last["e"] == "24hrTicker" and last["s"] == "ETHUSDC" and last["C"] == last["E"] == last["O"] + 86_400_000
+    assert minis[-1] == {"e": "24hrMiniTicker", "E": last["E"], "s": "ETHUSDC", "c": last["c"], "o": last["o"],
+                         "h": last["h"], "l": last["l"], "v": last["v"], "q": last["q"]}
+    rows = b.klines(1, None, None, 1500)   # every candle of the run falls in the day
+    assert Decimal(last["v"]) == sum(Decimal(r[5]) for r in rows) > 0
+    assert last["n"] == sum(r[8] for r in rows) == last["L"] - last["F"] + 1
+    assert Decimal(last["l"]) <= Decimal(last["c"]) <= Decimal(last["h"])
+    assert Decimal(last["p"]) == Decimal(last["c"]) - Decimal(last["o"])
+    # the window rolls: a candle opened more than a day ago is out, one opened 23 h ago is in
+    old = [T0 - 25 * 3_600_000, 9000.0, 9500.0, 8500.0, 9000.0, 10**6, 9 * 10**11, 500, 0, 0, -1, -1]
+    young = [T0 - 23 * 3_600_000, 2000.0, 2000.0, 1500.0, 1900.0, 7, 7 * 200_000, 1, 0, 0, -1, -1]
+    b.candles.appendleft(young)
+    b.candles.appendleft(old)
+    day = ticker_24h(b, now)
+    assert day["openPrice"] == "2000.00" and day["lowPrice"] == "1500.00" and Decimal(day["highPrice"]) < 9000
+    assert Decimal(day["volume"]) == Decimal(last["v"]) + Decimal("0.007") and day["count"] == last["n"] + 1
+    assert day["firstId"] == last["F"]   # the young candle had no trade id of its own
+    e.unwatch("ethusdc@ticker", "ethusdc@miniTicker")
+    e.advance(now + 4000)
+    assert not [p for k, s, p in e.drain_rendered() if "icker" in s]
 
 
 def test_depth_at_0ms_publishes_on_every_market_step_that_changes_the_book():

@@ -331,3 +331,36 @@ async def test_what_third_party_engines_ask_for_klines_depth_at_0ms_force_orders
         assert got["goodTillDate"] == gtd and got["status"] == "NEW"
         await c.signed("DELETE", "/fapi/v1/order", {"symbol": "ETHUSDC", "origClientOrderId": "gtd-1"})
         await ws.close()
+
+
+async def test_day_tickers_every_2_s_and_a_stream_of_an_unlisted_symbol_accepted_and_silent(sim):
+    async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
+        # A symbol the exchange does not list: the handshake and a SUBSCRIBE succeed, as on Binance.
+        ws = await s.ws_connect(f"{sim.ws_url}/market/stream?streams=xrpxrp@ticker/ethusdc@ticker")
+        await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": ["ethusdc@miniTicker", "dogedoge@aggTrade"],
+                                      "id": 1}))
+        frames: list[dict] = []
+        while sum(1 for f in frames if f.get("stream") == "ethusdc@ticker") < 3:
+            frames.append(await _recv_json(ws))
+        assert {"result": None, "id": 1} in frames
+        streams = [f["stream"] for f in frames if "stream" in f]
+        assert set(streams) <= {"ethusdc@ticker", "ethusdc@miniTicker"}   # nothing for the unlisted ones
+        await ws.send_str(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 2}))
+        listed = await _until(ws, lambda f: f.get("id") == 2)
+        assert sorted(listed["result"]) == ["dogedoge@aggTrade", "ethusdc@miniTicker", "ethusdc@ticker",
+                                            "xrpxrp@ticker"]
+        ticks = [f["data"] for f in frames if f.get("stream") == "ethusdc@ticker"]
+        assert ticks[2]["E"] - ticks[1]["E"] == 2000 and ticks[2]["e"] == "24hrTicker"
+        t = ticks[2]
+        assert {"p", "P", "w", "c", "Q", "o", "h", "l", "v", "q", "O", "C", "F", "L", "n"} <= set(t)
+        assert Decimal(t["l"]) <= Decimal(t["c"]) <= Decimal(t["h"]) and t["C"] - t["O"] == 86_400_000
+        mini = (await _until(ws, lambda f: f.get("stream") == "ethusdc@miniTicker"))["data"]
+        assert mini["e"] == "24hrMiniTicker" and set(mini) == {"e", "E", "s", "c", "o", "h", "l", "v", "q"}
+        rest = (await c.public("GET", "/fapi/v1/ticker/24hr", {"symbol": "ETHUSDC"})).json
+        assert rest["openTime"] + 86_400_000 == rest["closeTime"] and rest["count"] >= t["n"]
+        # A name no symbol could carry is refused, and a day ticker lives on /market, not /public.
+        await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": ["ethusdc@ticker_1h"], "id": 3}))
+        assert (await _until(ws, lambda f: f.get("id") == 3))["error"]["code"] == 2
+        await ws.close()
+        assert (await s.get(f"{sim.rest_url}/public/ws/ethusdc@ticker")).status == 400
+        assert (await c.state())["server"]["ws_unlisted_symbol_streams"] == 2
