@@ -275,6 +275,12 @@ class Book:
             p += 1
         return bids, asks
 
+    def nth_price(self, buy: bool, n: int) -> int | None:
+        """The price of the ``n``-th best level of the bids (``buy``) or the asks (the deepest there is
+        if fewer), None for an empty side."""
+        levels = self._side_levels(n, buy)
+        return levels[-1][0] if levels else None
+
     def depth_levels(self, levels: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """The top ``levels`` of each side as (price ticks, size steps), for lazy rendering."""
         return self._side_levels(levels, True), self._side_levels(levels, False)

@@ -31,6 +31,11 @@ from fleet.sim.views import EngineViews
 __all__ = ["Engine", "SimApiError", "missing", "invalid", "render", "Order", "Account", "Book"]
 
 FAR_MS = 1 << 62
+# priceMatch: the order's price is the N-th best level of the other side (OPPONENT_N, a taker's price) or
+# of its own side (QUEUE_N), at placement; Binance's "Counterparty N" and "Queue N" (BBO orders)
+PRICE_MATCH = {"OPPONENT": (False, 1), "OPPONENT_5": (False, 5), "OPPONENT_10": (False, 10),
+               "OPPONENT_20": (False, 20), "QUEUE": (True, 1), "QUEUE_5": (True, 5), "QUEUE_10": (True, 10),
+               "QUEUE_20": (True, 20)}
 DIFF_LEVELS = 50  # the diff depth stream keeps this many levels per side exact (absolute sizes, "0" = gone)
 MAX_CLOSED_KEPT = 20000
 
@@ -835,6 +840,20 @@ class Engine(EngineViews):
         return int(ratio)
 
     @staticmethod
+    def _match_price(b: Book, buy: bool, pm: str, params: dict[str, str]) -> int:
+        """The price ``priceMatch`` gives an order of this side now (it is sent instead of ``price``)."""
+        where = PRICE_MATCH.get(pm)
+        if where is None:
+            raise invalid("priceMatch")
+        if params.get("price"):
+            raise SimApiError(-1106, "Parameter 'price' sent when not required.")
+        queue, n = where
+        price = b.nth_price(buy if queue else not buy, n)
+        if price is None:   # pragma: no cover - the synthetic book always holds levels
+            raise invalid("priceMatch")
+        return price
+
+    @staticmethod
     def _qty_steps(b: Book, raw: str | None, market: bool) -> int:
         if raw is None or raw == "":
             raise missing("quantity")
@@ -989,10 +1008,15 @@ class Engine(EngineViews):
             if cid in acct.by_cid:
                 raise SimApiError(-4116, "ClientOrderId is duplicated.")
         market = otype == "MARKET"
+        pm = params.get("priceMatch")
+        if pm == "NONE":
+            pm = None
         if market:
             tif = "GTC"
             if params.get("price"):
                 raise SimApiError(-1106, "Parameter 'price' sent when not required.")
+            if pm:
+                raise SimApiError(-1106, "Parameter 'priceMatch' sent when not required.")
             price = 0
         else:
             tif = params.get("timeInForce")
@@ -1000,7 +1024,8 @@ class Engine(EngineViews):
                 raise missing("timeInForce")
             if tif not in ("GTC", "IOC", "FOK", "GTX", "GTD"):
                 raise SimApiError(-1115, "Invalid timeInForce.")
-            price = self._price_ticks(b, params.get("price"))
+            price = (self._match_price(b, side == "BUY", pm, params) if pm
+                     else self._price_ticks(b, params.get("price")))
         gtd = self._good_till(params, now) if tif == "GTD" else 0
         qty = self._qty_steps(b, params.get("quantity"), market)
         mark = b.mark
@@ -1042,6 +1067,8 @@ class Engine(EngineViews):
         o = Order(b.next_order_id, cid, acct.name, b.symbol, side, otype, tif, price, qty, reduce_only, now,
                   self._seq)
         o.gtd = gtd
+        if pm:
+            o.price_match = pm
         b.next_order_id += 1
         self._open_insert(acct, o)
         acct.counters["orders_placed"] += 1
@@ -1159,7 +1186,10 @@ class Engine(EngineViews):
             raise SimApiError(-1117, "Invalid side.")
         if not params.get("quantity"):
             raise missing("quantity")
-        if not params.get("price"):
+        pm = params.get("priceMatch")
+        if pm == "NONE":
+            pm = None
+        if not pm and not params.get("price"):
             raise missing("price")
         o = self._find(acct, b, params)
         if not o.is_open:
@@ -1168,7 +1198,7 @@ class Engine(EngineViews):
             raise SimApiError(-4120, "Only LIMIT orders can be modified.")
         if side != o.side:
             raise SimApiError(-4061, "Order side does not match the original order.")
-        price = self._price_ticks(b, params.get("price"))
+        price = self._match_price(b, o.sign > 0, pm, params) if pm else self._price_ticks(b, params.get("price"))
         qty = self._qty_steps(b, params.get("quantity"), False)
         if price == o.price and qty == o.orig:
             raise SimApiError(-5027, "No need to modify the order.")
@@ -1190,6 +1220,7 @@ class Engine(EngineViews):
         b.closed.pop(o.order_id, None)
         o.price = price
         o.orig = qty
+        o.price_match = pm or "NONE"
         self._open_insert(acct, o)
         o.update_time = now
         self._seq += 1

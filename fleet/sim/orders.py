@@ -36,7 +36,7 @@ class Order:
 
     __slots__ = ("order_id", "client_id", "account", "symbol", "side", "sign", "type", "tif", "price",
                  "orig", "filled", "cum_quote", "status", "reduce_only", "time", "update_time",
-                 "ahead", "seq", "modifies", "expire_reason", "gtd")
+                 "ahead", "seq", "modifies", "expire_reason", "gtd", "price_match")
 
     def __init__(self, order_id: int, client_id: str, account: str, symbol: str, side: str, otype: str,
                  tif: str, price: int, orig: int, reduce_only: bool, now: int, seq: int) -> None:
@@ -61,6 +61,7 @@ class Order:
         self.modifies = 0
         self.expire_reason = "0"
         self.gtd = 0   # GTD: when it expires (ms, whole seconds); 0 otherwise
+        self.price_match = "NONE"   # the priceMatch mode its price was taken from (OPPONENT, QUEUE_5...)
 
     @property
     def remaining(self) -> int:

@@ -117,7 +117,7 @@ class EngineViews:
                 "cumQty": filled, "cumQuote": s8(o.cum_quote), "cumBase": filled, "timeInForce": o.tif,
                 "type": o.type, "reduceOnly": o.reduce_only, "closePosition": False, "side": o.side,
                 "positionSide": "BOTH", "stopPrice": "0", "workingType": "CONTRACT_PRICE",
-                "priceProtect": False, "origType": o.type, "priceMatch": "NONE",
+                "priceProtect": False, "origType": o.type, "priceMatch": o.price_match,
                 "selfTradePreventionMode": "EXPIRE_MAKER", "goodTillDate": o.gtd, "time": o.time,
                 "updateTime": o.update_time}
 

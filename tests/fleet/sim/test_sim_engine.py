@@ -375,6 +375,55 @@ def test_ticker_streams_push_the_rolling_day_every_2_s_as_rest_shows_it():
     assert not [p for k, s, p in e.drain_rendered() if "icker" in s]
 
 
+def test_price_match_takes_the_nth_level_of_either_side_at_placement_and_on_amendment():
+    e = _engine()
+    b = e.books["ETHUSDC"]
+    e.advance(T0 + 1000)
+    e.drain()
+
+    def order(**kw) -> dict:
+        return e.new_order("main", {"symbol": "ETHUSDC", "type": "LIMIT", "quantity": "0.050", **kw}, e.now_ms)
+
+    bids, asks = b.depth_levels(20)
+    queue = order(side="BUY", timeInForce="GTX", priceMatch="QUEUE", newOrderRespType="RESULT")
+    assert queue["price"] == b.price_str(bids[0][0]) and queue["status"] == "NEW" and queue["priceMatch"] == "QUEUE"
+    deep = order(side="SELL", timeInForce="GTC", priceMatch="QUEUE_5")
+    assert deep["price"] == b.price_str(asks[4][0]) and deep["priceMatch"] == "QUEUE_5"
+    frames = [p["o"] for k, s, p in e.drain_rendered() if k == "u" and p["e"] == "ORDER_TRADE_UPDATE"]
+    assert [(f["x"], f["pm"]) for f in frames] == [("NEW", "QUEUE"), ("NEW", "QUEUE_5")]
+    # OPPONENT is a taker's price: a post-only order is refused, an IOC one trades at the best ask
+    try:
+        order(side="BUY", timeInForce="GTX", priceMatch="OPPONENT")
+        raise AssertionError("a post-only order at the other side's price was accepted")
+    except SimApiError as exc:
+        assert exc.code == -5022
+    best_ask = b.best_ask()
+    taker = order(side="BUY", timeInForce="IOC", priceMatch="OPPONENT", newOrderRespType="RESULT")
+    assert taker["price"] == b.price_str(best_ask) and Decimal(taker["executedQty"]) > 0
+    assert Decimal(taker["avgPrice"]) == Decimal(b.price_str(best_ask))
+    # sent with a price, with a market order, or unknown: refused, nothing placed
+    for bad, code in (({"priceMatch": "QUEUE", "price": queue["price"]}, -1106),
+                      ({"priceMatch": "QUEUE_7"}, -1130), ({"priceMatch": "QUEUE", "type": "MARKET"}, -1106)):
+        try:
+            order(side="BUY", timeInForce="GTC", **bad)
+            raise AssertionError(f"accepted {bad}")
+        except SimApiError as exc:
+            assert exc.code == code, (bad, exc)
+    assert sorted(o.client_id for o in e.accounts["main"].open.values()) == sorted([queue["clientOrderId"],
+                                                                                   deep["clientOrderId"]])
+    # an amendment may take its price from priceMatch instead of price (one of the two is mandatory)
+    bids, _ = b.depth_levels(10)
+    moved = e.modify_order("main", {"symbol": "ETHUSDC", "orderId": str(queue["orderId"]), "side": "BUY",
+                                    "quantity": "0.050", "priceMatch": "QUEUE_10"}, e.now_ms)
+    assert moved["price"] == b.price_str(bids[9][0]) and moved["priceMatch"] == "QUEUE_10"
+    try:
+        e.modify_order("main", {"symbol": "ETHUSDC", "orderId": str(queue["orderId"]), "side": "BUY",
+                                "quantity": "0.050"}, e.now_ms)
+        raise AssertionError("an amendment with neither price nor priceMatch was accepted")
+    except SimApiError as exc:
+        assert exc.code == -1102
+
+
 def test_depth_at_0ms_publishes_on_every_market_step_that_changes_the_book():
     e = _engine()
     e.watch("ethusdc@depth@0ms", "ethusdc@depth5@0ms", "ethusdc@depth@100ms")

@@ -330,6 +330,14 @@ async def test_what_third_party_engines_ask_for_klines_depth_at_0ms_force_orders
         got = (await c.signed("GET", "/fapi/v1/order", {"symbol": "ETHUSDC", "origClientOrderId": "gtd-1"})).json
         assert got["goodTillDate"] == gtd and got["status"] == "NEW"
         await c.signed("DELETE", "/fapi/v1/order", {"symbol": "ETHUSDC", "origClientOrderId": "gtd-1"})
+        # A BBO order: priceMatch instead of a price, the price the book gives, the mode in the frame.
+        r = await c.signed("POST", "/fapi/v1/order", {
+            "symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "GTX", "priceMatch": "QUEUE_5",
+            "quantity": "0.010", "newClientOrderId": "bbo-1"})
+        assert r.status == 200 and r.json["priceMatch"] == "QUEUE_5" and Decimal(r.json["price"]) > 0, r.json
+        frame = await _until(ws, lambda f: f.get("e") == "ORDER_TRADE_UPDATE" and f["o"]["c"] == "bbo-1")
+        assert frame["o"]["pm"] == "QUEUE_5" and frame["o"]["p"] == r.json["price"]
+        await c.signed("DELETE", "/fapi/v1/order", {"symbol": "ETHUSDC", "origClientOrderId": "bbo-1"})
         await ws.close()
 
 
