@@ -81,7 +81,7 @@ from controller.console_feed import ConsoleFeed
 from controller.federation import FleetView, KillLatency, SplitCache, published_scrapes, render_fleet_page
 from controller.handles import above_agents_env, app_name
 from controller.kill_path import DirectKill
-from controller.lease import kill_states_shown
+from controller.lease import NO_LEASE_SHOWN, kill_states_shown, leases_shown
 from controller.views import AgentAnswers, exposure_view, kill_state_map, kill_view, status_view
 from fleet.config import FleetConfig
 
@@ -253,6 +253,21 @@ class FleetApi:
         self._traded(value)
         return Answer(value=value, elapsed_s=time.monotonic() - started), kill_state_map(value)
 
+    async def _stored_book(self, symbols: tuple[str, ...]) -> Answer:
+        """Each symbol's lease and durable kill state as the GCS holds them: ``/status`` shows them when the
+        controller does not answer (one asynchronous read each)."""
+        started = time.monotonic()
+        try:
+            leases, (_, kill_states) = await asyncio.wait_for(asyncio.gather(
+                self.direct.book.aleases(symbols), self._durable_kill_states()), self.settings.agent_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - the page says why it shows no lease
+            why = "no answer" if isinstance(exc, asyncio.TimeoutError) else first_line(exc)
+            return Answer(error=f"the leases were not read from the GCS: {why}", elapsed_s=time.monotonic() - started)
+        shown = leases_shown(leases, time.time())
+        book = {s: {**shown.get(s, {"epoch": None, **NO_LEASE_SHOWN}),
+                    **({"kill_state": kill_states[s]} if s in kill_states else {})} for s in symbols}
+        return Answer(value=book, elapsed_s=time.monotonic() - started)
+
     async def _ask_agents(self, method: str, symbols: tuple[str, ...]) -> tuple[dict[str, int] | None, dict[str, Answer]]:
         """Which of the symbols' agents Ray holds alive (with their restarts), and each one's answer to
         ``method``; an agent not running yet is answered at once, not waited for."""
@@ -304,7 +319,8 @@ class FleetApi:
             return answer
 
         ctl, agents = await self._with_agents(controller(), "status")
-        return {"fleet": self.cfg.name, "namespace": self.namespace, **status_view(ctl, agents)}
+        stored = None if ctl.ok else await self._stored_book(tuple(agents.answers))
+        return {"fleet": self.cfg.name, "namespace": self.namespace, **status_view(ctl, agents, stored)}
 
     @api.get("/exposure", summary="per symbol position, notional, worst case vs cap, P&L; fleet totals")
     async def exposure(self, creds: Credentials) -> dict[str, Any]:

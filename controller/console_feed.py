@@ -23,7 +23,7 @@ from typing import Any
 
 from controller.calls import ActorCalls, Answer, ControllerWatch, first_line
 from controller.console import SymbolAnswers, console_snapshot, fills_and_grinds, sse_event
-from controller.lease import Lease
+from controller.lease import Lease, leases_shown
 
 log = logging.getLogger("mmfleet.api")
 
@@ -132,8 +132,7 @@ class ConsoleFeed:
             why = "no answer" if isinstance(exc, asyncio.TimeoutError) else first_line(exc)
             log.warning("console: the leases were not read from the GCS: %s", why)
             return {}
-        now = time.time()
-        return {s: {"epoch": lease.epoch, **lease.shown(now)} for s, lease in leases.items()}
+        return leases_shown(leases, time.time())
 
     async def snapshot(self) -> dict[str, Any]:
         """The fleet table now: the durable kill states and the leases (GCS), every agent's status and

@@ -220,6 +220,11 @@ class Lease:
 NO_LEASE_SHOWN: dict[str, Any] = {"lease_holder": None, "lease_expires_in_s": None, "lease_revoked": False}
 
 
+def leases_shown(leases: dict[str, Lease], now: float) -> dict[str, dict[str, Any]]:
+    """Stored leases as the pages show them, per symbol: epoch, holder, seconds left, revoked."""
+    return {s: {"epoch": lease.epoch, **lease.shown(now)} for s, lease in leases.items()}
+
+
 @dataclass(frozen=True)
 class KillRecord:
     state: KillState  # a string is read as a KillState (ValueError if it is none)

@@ -81,10 +81,14 @@ class AgentAnswers:
         return None if snap is None else snap.shown(part, self.now)
 
 
-def status_view(controller: Answer, agents: AgentAnswers) -> dict[str, Any]:
+def status_view(controller: Answer, agents: AgentAnswers, stored: Answer | None = None) -> dict[str, Any]:
     """``/status`` without the fleet's name: per agent its answer (or error, and what it last published),
-    restarts and lease; the controller."""
+    restarts and lease; the controller. The leases and kill states are the controller's, or, when it does
+    not answer, those ``stored`` in the GCS (``leases_from`` says which)."""
     book = controller_book(controller)
+    leases_from = "controller" if controller.ok else None
+    if not controller.ok and stored is not None and stored.ok:
+        book, leases_from = stored.value, "gcs"
     per_symbol = {}
     for sym, ans in agents.answers.items():
         entry: dict[str, Any] = {"reachable": ans.ok, "answer_ms": round(ans.elapsed_s * 1000, 1)}
@@ -109,6 +113,8 @@ def status_view(controller: Answer, agents: AgentAnswers) -> dict[str, Any]:
         "agents_up": sum(1 for a in agents.answers.values() if a.ok),
         "agents": per_symbol,
         "controller": summary,
+        "leases_from": leases_from,
+        "leases_error": stored.error if stored is not None and not stored.ok else None,
     }
 
 

@@ -151,7 +151,7 @@ def test_status_shows_every_agent_quoting_with_its_epoch_and_lease(live):
     body = poll(lambda: (lambda b: b if b["agents_up"] == 3 else None)(live.get("/status").json()),
                 within_s=30, what="every agent answering /status")
     assert body["agents_expected"] == 3
-    assert body["controller"]["reachable"] is True
+    assert body["controller"]["reachable"] is True and body["leases_from"] == "controller"
     for sym in SYMBOLS:
         agent = body["agents"][sym]
         assert agent["reachable"] is True and agent["state"] == "quoting"

@@ -292,6 +292,12 @@ def test_a_kill_while_the_controller_is_stopped_empties_every_book(fleet):
             == dict.fromkeys(SYMBOLS, ("halted", "controller stopped drill")), snap   # the durable record's
         assert all(r["lease_epoch"] and r["lease_expires_in_s"] is not None for r in snap["rows"]), snap
         assert snap["kill_states_error"] is None and snap["totals"]["halted"] == len(SYMBOLS)
+        # And /status: each symbol's lease and kill state as the GCS holds them.
+        status = fleet.get("/status").json()
+        assert status["controller"]["reachable"] is False and status["leases_from"] == "gcs", status
+        for sym in SYMBOLS:
+            lease = status["agents"][sym]["lease"]
+            assert lease["epoch"] and lease["lease_holder"] and lease["kill_state"] == "halted", lease
     finally:
         os.kill(pid, signal.SIGCONT)
         # Thawed, the controller only journals the kill it missed: a resume right away holds.
