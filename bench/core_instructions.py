@@ -56,17 +56,19 @@ def run_cycles(tree: str, layers: int, n: int, mode: str) -> None:
             ex.send(core.quote(t), t)
 
 
-def instructions(tree: str, layers: int, n: int, mode: str) -> int:
-    cmd = [
-        "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-        sys.executable, __file__, "--run", tree, str(layers), str(n), mode,
-    ]
+def valgrind_instructions(script: str, args: list[str], tree: str) -> int:
+    """Instructions of ``python script --run ARGS`` with ``tree`` first on the path, counted by valgrind."""
+    cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, script, "--run", *args]
     env = {**os.environ, "PYTHONPATH": tree, "PYTHONHASHSEED": "0"}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stderr
     m = re.search(r"Collected : (\d+)", out)
     if m is None:
         raise RuntimeError(f"no instruction count in valgrind's output:\n{out[-2000:]}")
     return int(m.group(1))
+
+
+def instructions(tree: str, layers: int, n: int, mode: str) -> int:
+    return valgrind_instructions(__file__, [tree, str(layers), str(n), mode], tree)
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any, Awaitable, TypeVar
+from typing import Annotated, Any, Awaitable, Callable, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -155,6 +155,26 @@ async def _validation_failed(request: Request, exc: RequestValidationError) -> J
     return JSONResponse(status_code=422, content={"detail": validation_detail(list(exc.errors()))})
 
 
+async def stored_book(read_leases: Callable[[tuple[str, ...]], Awaitable[dict[str, Any]]],
+                      read_kill_states: Callable[[], Awaitable[tuple[Answer, dict[str, str]]]],
+                      symbols: tuple[str, ...], timeout_s: float) -> Answer:
+    """Each symbol's lease and durable kill state as the GCS holds them: ``/status`` shows them when the
+    controller does not answer (one asynchronous read each). Either read failing is an error."""
+    started = time.monotonic()
+    try:
+        leases, (kill, kill_states) = await asyncio.wait_for(
+            asyncio.gather(read_leases(symbols), read_kill_states()), timeout_s)
+    except Exception as exc:  # noqa: BLE001 - the page says why it shows no lease
+        why = "no answer" if isinstance(exc, asyncio.TimeoutError) else first_line(exc)
+        return Answer(error=f"the leases were not read from the GCS: {why}", elapsed_s=time.monotonic() - started)
+    if not kill.ok:
+        return Answer(error=kill.error, elapsed_s=time.monotonic() - started)
+    shown = leases_shown(leases, time.time())
+    book = {s: {**shown.get(s, {"epoch": None, **NO_LEASE_SHOWN}),
+                **({"kill_state": kill_states[s]} if s in kill_states else {})} for s in symbols}
+    return Answer(value=book, elapsed_s=time.monotonic() - started)
+
+
 @serve.deployment(num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class FleetApi:
@@ -253,21 +273,6 @@ class FleetApi:
         self._traded(value)
         return Answer(value=value, elapsed_s=time.monotonic() - started), kill_state_map(value)
 
-    async def _stored_book(self, symbols: tuple[str, ...]) -> Answer:
-        """Each symbol's lease and durable kill state as the GCS holds them: ``/status`` shows them when the
-        controller does not answer (one asynchronous read each)."""
-        started = time.monotonic()
-        try:
-            leases, (_, kill_states) = await asyncio.wait_for(asyncio.gather(
-                self.direct.book.aleases(symbols), self._durable_kill_states()), self.settings.agent_timeout_s)
-        except Exception as exc:  # noqa: BLE001 - the page says why it shows no lease
-            why = "no answer" if isinstance(exc, asyncio.TimeoutError) else first_line(exc)
-            return Answer(error=f"the leases were not read from the GCS: {why}", elapsed_s=time.monotonic() - started)
-        shown = leases_shown(leases, time.time())
-        book = {s: {**shown.get(s, {"epoch": None, **NO_LEASE_SHOWN}),
-                    **({"kill_state": kill_states[s]} if s in kill_states else {})} for s in symbols}
-        return Answer(value=book, elapsed_s=time.monotonic() - started)
-
     async def _ask_agents(self, method: str, symbols: tuple[str, ...]) -> tuple[dict[str, int] | None, dict[str, Answer]]:
         """Which of the symbols' agents Ray holds alive (with their restarts), and each one's answer to
         ``method``; an agent not running yet is answered at once, not waited for."""
@@ -318,8 +323,10 @@ class FleetApi:
             self._traded((answer.mapping() or {}).get("symbols", {}))
             return answer
 
-        ctl, agents = await self._with_agents(controller(), "status")
-        stored = None if ctl.ok else await self._stored_book(tuple(agents.answers))
+        # the GCS's leases are read meanwhile: shown if the controller does not answer
+        (ctl, agents), stored = await asyncio.gather(self._with_agents(controller(), "status"),
+                                                     stored_book(self.direct.book.aleases, self._durable_kill_states,
+                                                                 self.known, self.settings.agent_timeout_s))
         return {"fleet": self.cfg.name, "namespace": self.namespace, **status_view(ctl, agents, stored)}
 
     @api.get("/exposure", summary="per symbol position, notional, worst case vs cap, P&L; fleet totals")

@@ -15,6 +15,7 @@ from decimal import Decimal, InvalidOperation
 from itertools import islice
 from typing import Any
 
+from fleet.sim.algo import TYPES as ALGO_TYPES, AlgoService
 from fleet.sim.book import NO_ASK, Book
 from fleet.sim.config import SimConfig
 from fleet.sim.errors import SimApiError, int_param, invalid, missing
@@ -22,7 +23,7 @@ from fleet.sim.frames import (render, render_account_update, render_agg, render_
                               render_kline, render_list, render_mark, render_mini_ticker, render_order_update,
                               render_ticker, render_trade_lite, ticker_24h)
 from fleet.sim.market import MarketModel
-from fleet.sim.orders import CLIENT_ID_RE, Account, Order, Trade
+from fleet.sim.orders import CLIENT_ID_RE, PRICE_MATCH, Account, Order, Trade
 from fleet.sim.replay import ReplayMarket
 from fleet.sim.streams import DEPTH_EVERY_MS, KLINE_EVERY_MS, KLINE_MINUTES, TICKER_EVERY_MS
 from fleet.sim.units import ZERO, decimals_in, fast_units, q8, s8
@@ -31,11 +32,6 @@ from fleet.sim.views import EngineViews
 __all__ = ["Engine", "SimApiError", "missing", "invalid", "render", "Order", "Account", "Book"]
 
 FAR_MS = 1 << 62
-# priceMatch: the order's price is the N-th best level of the other side (OPPONENT_N, a taker's price) or
-# of its own side (QUEUE_N), at placement; Binance's "Counterparty N" and "Queue N" (BBO orders)
-PRICE_MATCH = {"OPPONENT": (False, 1), "OPPONENT_5": (False, 5), "OPPONENT_10": (False, 10),
-               "OPPONENT_20": (False, 20), "QUEUE": (True, 1), "QUEUE_5": (True, 5), "QUEUE_10": (True, 10),
-               "QUEUE_20": (True, 20)}
 DIFF_LEVELS = 50  # the diff depth stream keeps this many levels per side exact (absolute sizes, "0" = gone)
 MAX_CLOSED_KEPT = 20000
 
@@ -106,6 +102,7 @@ class Engine(EngineViews):
         # an observer of every fill (b, order, qty steps, price ticks, maker, t, commission, realized), e.g.
         # a simulated run's spread capture against the mid at the fill; None = nobody watches
         self.on_fill: Any = None
+        self.algo = AlgoService(self)   # conditional orders, outside the book until their trigger
 
     # -- small helpers ----------------------------------------------------------------------------
 
@@ -142,9 +139,12 @@ class Engine(EngineViews):
         self.kline_streams = [(b, f"{b.lower}@kline_{i}", i, m) for b in self.books.values()
                               for i, m in KLINE_MINUTES.items() if f"{b.lower}@kline_{i}" in self.interest]
         self.kline_open = {s: t for s, t in self.kline_open.items() if s in self.interest}
+        before = {stream for _, stream, _ in self.ticker_streams}
         self.ticker_streams = [(b, f"{b.lower}@{kind}", render) for b in self.books.values()
                                for kind, render in (("ticker", render_ticker), ("miniTicker", render_mini_ticker))
                                if f"{b.lower}@{kind}" in self.interest]
+        if any(stream not in before for _, stream, _ in self.ticker_streams):
+            self.next_ticker_ms = 0   # a new listener hears the day at once, not up to 2 s later
         if not (self.kline_streams or self.ticker_streams):
             self.next_timed_ms = FAR_MS
         elif self.next_timed_ms == FAR_MS:
@@ -205,6 +205,8 @@ class Engine(EngineViews):
                 break
             self.now_ms = t
             self._step_market(t, self.step_ms / 1000.0)
+            if self.algo.live:
+                self.algo.check(t)
             if t >= self.next_mark_ms:
                 self._publish_mark(t, "@1s", self.config.mark_interval_ms / 1000.0)
                 self.next_mark_ms += self.config.mark_interval_ms
@@ -977,9 +979,10 @@ class Engine(EngineViews):
         assert o is not None
         return o
 
-    def _new_order(self, acct: Account, params: dict[str, str], now: int, test: bool,
-                   want_json: bool) -> tuple[Order | None, dict[str, Any] | None]:
-        b = self.book(params.get("symbol"))
+    @staticmethod
+    def check_order_head(params: dict[str, str]) -> tuple[str, str]:
+        """An order's side and type (present, the side valid), its position side (one-way mode) and
+        response type: as every order route refuses them. Returns (side, type)."""
         side = params.get("side")
         if not side:
             raise missing("side")
@@ -988,18 +991,24 @@ class Engine(EngineViews):
         otype = params.get("type")
         if not otype:
             raise missing("type")
+        ps = params.get("positionSide", "BOTH")
+        if ps != "BOTH":
+            if ps not in ("LONG", "SHORT"):
+                raise SimApiError(-4006, "Invalid position side.")
+            raise SimApiError(-4061, "Order's position side does not match user's setting.")
+        if params.get("newOrderRespType", "ACK") not in ("ACK", "RESULT"):
+            raise invalid("newOrderRespType")
+        return side, otype
+
+    def _new_order(self, acct: Account, params: dict[str, str], now: int, test: bool,
+                   want_json: bool, gtd_checked: bool = False) -> tuple[Order | None, dict[str, Any] | None]:
+        b = self.book(params.get("symbol"))
+        side, otype = self.check_order_head(params)
         if otype not in ("LIMIT", "MARKET"):
-            if otype in ("STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET"):
+            if otype in ALGO_TYPES:
                 raise SimApiError(-4120, "Order type not supported for this endpoint. Please use the Algo Order API endpoints instead.")
             raise SimApiError(-1116, "Invalid orderType.")
-        ps = params.get("positionSide", "BOTH")
-        if ps not in ("BOTH", "LONG", "SHORT"):
-            raise SimApiError(-4006, "Invalid position side.")
-        if ps != "BOTH":
-            raise SimApiError(-4061, "Order's position side does not match user's setting.")
         resp_type = params.get("newOrderRespType", "ACK")
-        if resp_type not in ("ACK", "RESULT"):
-            raise invalid("newOrderRespType")
         reduce_only = self._bool(params, "reduceOnly")
         cid = params.get("newClientOrderId")
         if cid is not None:
@@ -1026,7 +1035,7 @@ class Engine(EngineViews):
                 raise SimApiError(-1115, "Invalid timeInForce.")
             price = (self._match_price(b, side == "BUY", pm, params) if pm
                      else self._price_ticks(b, params.get("price")))
-        gtd = self._good_till(params, now) if tif == "GTD" else 0
+        gtd = (int(params["goodTillDate"]) if gtd_checked else self._good_till(params, now)) if tif == "GTD" else 0
         qty = self._qty_steps(b, params.get("quantity"), market)
         mark = b.mark
         if market:

@@ -8,7 +8,9 @@ from typing import Any
 
 ORDER = "/fapi/v1/order"
 BATCH = "/fapi/v1/batchOrders"
-WRITE_ROUTES = frozenset((m, p) for m in ("POST", "PUT", "DELETE") for p in (ORDER, BATCH))
+ALGO = "/fapi/v1/algoOrder"
+WRITE_ROUTES = frozenset((m, p) for m in ("POST", "PUT", "DELETE") for p in (ORDER, BATCH)) | {("POST", ALGO),
+                                                                                             ("DELETE", ALGO)}
 BATCH_ROUTES = frozenset((m, BATCH) for m in ("POST", "PUT", "DELETE"))
 
 PRE_MODES = ("error", "429")  # answered before the request reaches the exchange (nothing executes)
@@ -128,4 +130,5 @@ class Deferred:
 
     def view(self) -> dict[str, Any]:
         return {"method": self.method, "path": self.path, "account": self.account, "due_ms": self.due_ms,
-                "expires_ms": self.expires_ms, "newClientOrderId": self.params.get("newClientOrderId")}
+                "expires_ms": self.expires_ms,
+                "newClientOrderId": self.params.get("newClientOrderId") or self.params.get("clientAlgoId")}

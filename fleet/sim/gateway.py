@@ -128,7 +128,13 @@ class ExchangeGateway(RestHandlers):
         add("GET", v1 + "/rateLimit/order", self._order_limits, SIGNED)
         add("GET", v1 + "/leverageBracket", self._leverage_bracket, SIGNED)
         add("GET", v1 + "/symbolConfig", self._symbol_config, SIGNED, 5)
-        add("GET", v1 + "/openAlgoOrders", self._open_algo_orders, SIGNED, lambda p: 1 if p.get("symbol") else 40)
+        add("POST", v1 + "/algoOrder", lambda a, p, n: e.algo.place(a, p, n), SIGNED, (0, 1, 1))
+        add("DELETE", v1 + "/algoOrder", lambda a, p, n: e.algo.cancel(a, p, n), SIGNED)
+        add("GET", v1 + "/algoOrder", lambda a, p, n: e.algo.query(a, p), SIGNED)
+        add("GET", v1 + "/openAlgoOrders", lambda a, p, n: e.algo.open_orders(a, p), SIGNED,
+            lambda p: 1 if p.get("symbol") else 40)
+        add("GET", v1 + "/allAlgoOrders", lambda a, p, n: e.algo.all_orders(a, p, n), SIGNED, 5)
+        add("DELETE", v1 + "/algoOpenOrders", lambda a, p, n: e.algo.cancel_all(a, p, n), SIGNED)
         add("GET", v1 + "/apiTradingStatus", lambda a, p, n: {"indicators": {}, "updateTime": n}, SIGNED)
         # user stream
         add("POST", v1 + "/listenKey", lambda a, p, n: {"listenKey": e.listen_key_start(a, n)}, KEY)

@@ -11,6 +11,11 @@ from fleet.sim.config import AccountSpec
 from fleet.sim.units import ZERO
 
 CLIENT_ID_RE = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
+# priceMatch: the order's price is the N-th best level of the other side (OPPONENT_N, a taker's price) or
+# of its own side (QUEUE_N), at placement; Binance's "Counterparty N" and "Queue N" (BBO orders)
+PRICE_MATCH = {"OPPONENT": (False, 1), "OPPONENT_5": (False, 5), "OPPONENT_10": (False, 10),
+               "OPPONENT_20": (False, 20), "QUEUE": (True, 1), "QUEUE_5": (True, 5), "QUEUE_10": (True, 10),
+               "QUEUE_20": (True, 20)}
 
 
 @dataclass(frozen=True)

@@ -292,8 +292,12 @@ class ReplayMarket:
             assert line is not None
             self._pull()
             self._apply(e, line, e.now_ms)
+            if e.algo.live:
+                e.algo.check(e.now_ms, line[2])   # the conditional orders of the line's symbol
         if now_ms > e.now_ms:
             e.now_ms = now_ms
+        if e.algo.live:   # every symbol's: finished orders and dates, after the last line too
+            e.algo.check(e.now_ms)
         # when the market next moves, for a clock that sleeps until then (at least every step_ms)
         e.next_step_ms = min(self._next_t, self.next_funding_ms, e.now_ms + e.step_ms,
                              e.next_timed_ms)

@@ -43,7 +43,6 @@ class RestHandlers:
                     {"filterType": "MARKET_LOT_SIZE", "minQty": f"{b.market_min_qty:f}",
                      "maxQty": sp.market_max_qty, "stepSize": sp.market_step_size or sp.step_size},
                     {"filterType": "MAX_NUM_ORDERS", "limit": sp.max_num_orders},
-                    {"filterType": "MAX_NUM_ALGO_ORDERS", "limit": 10},
                     {"filterType": "MIN_NOTIONAL", "notional": sp.min_notional},
                     {"filterType": "PERCENT_PRICE", "multiplierUp": sp.multiplier_up,
                      "multiplierDown": sp.multiplier_down, "multiplierDecimal": "4"},
@@ -267,12 +266,6 @@ class RestHandlers:
         books = [e.book(params["symbol"])] if params.get("symbol") else list(e.books.values())
         return [{"symbol": b.symbol, "marginType": "CROSSED", "isAutoAddMargin": False,
                  "leverage": e.leverage_of(acct, b.symbol), "maxNotionalValue": "1000000000"} for b in books]
-
-    def _open_algo_orders(self, account: str, params: dict[str, str], now: int) -> Any:
-        """GET /fapi/v1/openAlgoOrders: the simulator has no algo (conditional) orders, so always []."""
-        if params.get("symbol"):
-            self.engine.book(params["symbol"])
-        return []
 
     def _listen_key_close(self, account: str, params: dict[str, str], now: int) -> Any:
         acct = self.engine.accounts[account]

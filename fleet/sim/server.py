@@ -18,6 +18,7 @@ input, 404 on an unknown route)::
          -> {"time", "account", "symbol",
              "open_orders": [{"orderId", "clientOrderId", "symbol", "side", "type", "timeInForce", "price",
                               "origQty", "executedQty", "status", "reduceOnly", "queueAhead", "time", "updateTime"}],
+             "open_algo_orders": [conditional orders waiting for their trigger, as GET /fapi/v1/algoOrder shows them],
              "positions": {SYM: {"amount", "entry_price", "unrealized_pnl", "realized_pnl", "funding",
                                  "commission", "leverage", "countdown_deadline_ms"}},
              "balances": {ASSET: wallet}, "realized_pnl", "funding_paid", "commission_paid",

@@ -71,7 +71,7 @@ def unlisted_stream(name: str) -> tuple[str, str] | None:
     """``(canonical name, category)`` of a well-formed stream whatever its symbol, or None for a name no
     symbol could carry (an unknown stream type, interval or speed)."""
     sym = name.partition("@")[0].lower()
-    if not sym.replace("_", "").isalnum():
+    if not (sym.isascii() and sym.replace("_", "").isalnum()):
         return None
     return canonical_stream(name, {sym})
 

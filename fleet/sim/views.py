@@ -19,6 +19,7 @@ class EngineViews:
     now_ms: int
     next_funding_ms: int
     replay: Any  # a ReplayMarket when the market replays a recording, else None
+    algo: Any    # the AlgoService: conditional orders
 
     def book(self, symbol: str | None) -> Book:  # pragma: no cover - provided by Engine
         raise NotImplementedError
@@ -298,6 +299,8 @@ class EngineViews:
                               "funding_history": b.funding_history[-20:]} for b in books}
         return {"time": self.now_ms, "account": acct.name, "symbol": symbol.upper() if symbol else None,
                 "open_orders": orders, "positions": positions,
+                "open_algo_orders": [self.algo.order_json(a) for a in self.algo.open.values()
+                                     if a.account == acct.name and a.symbol in syms],
                 "balances": {a: s8(v) for a, v in sorted(acct.wallet.items())},
                 "realized_pnl": s8(sum((p["realized_pnl"] and Decimal(p["realized_pnl"])
                                          for p in positions.values()), ZERO)),

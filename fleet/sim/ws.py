@@ -252,15 +252,16 @@ class StreamGateway(WsApiGateway):
             users.append((name, acct.name))
             return None
         canon = canonical_stream(name, self.symbols_lower)
-        if canon is None and "@" in name and (canon := unlisted_stream(name)) is not None:
-            self.stats["ws_unlisted_symbol_streams"] += 1   # accepted and silent, as Binance does
-            log.info("a stream of a symbol the exchange does not list, accepted and silent: %r", name)
+        unlisted = canon is None and "@" in name and (canon := unlisted_stream(name)) is not None
         if canon is None:
             if "@" in name or name.startswith("!"):
                 return f"Invalid stream name: {name}"
             return "This listenKey does not exist."
         if path_kind == "private" or not path_allows(path_kind, canon[1]):
             return f"stream {name} is not served on /{path_kind}"
+        if unlisted:   # accepted and silent, as Binance does
+            self.stats["ws_unlisted_symbol_streams"] += 1
+            log.info("a stream of a symbol the exchange does not list, accepted and silent: %r", name)
         market.append((canon[0], name))
         return None
 

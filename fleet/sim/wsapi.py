@@ -50,6 +50,8 @@ METHODS: dict[str, tuple[str, str]] = {
     "order.modify": ("PUT", "/fapi/v1/order"),
     "order.cancel": ("DELETE", "/fapi/v1/order"),
     "order.status": ("GET", "/fapi/v1/order"),
+    "algoOrder.place": ("POST", "/fapi/v1/algoOrder"),
+    "algoOrder.cancel": ("DELETE", "/fapi/v1/algoOrder"),
     "account.position": ("GET", "/fapi/v2/positionRisk"),
     "v2/account.position": ("GET", "/fapi/v3/positionRisk"),
     "account.balance": ("GET", "/fapi/v2/balance"),
@@ -63,7 +65,7 @@ METHODS: dict[str, tuple[str, str]] = {
     "ticker.price": ("GET", "/fapi/v1/ticker/price"),
     "ticker.book": ("GET", "/fapi/v1/ticker/bookTicker"),
 }
-_ORDER_METHODS = frozenset({"order.place", "order.modify"})
+_ORDER_METHODS = frozenset({"order.place", "order.modify", "algoOrder.place"})
 _SESSION_WEIGHT = 2
 _UNEXPECTED = {"code": -1006, "msg": "An unexpected response was received from the message bus. "
                                      "Execution status unknown."}

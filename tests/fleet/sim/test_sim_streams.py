@@ -286,7 +286,7 @@ async def test_diff_depth_stream_chains_update_ids_after_a_rest_snapshot(sim):
         await ws.close()
 
 
-async def test_what_third_party_engines_ask_for_klines_depth_at_0ms_force_orders_ws_with_a_listen_key_gtd(sim):
+async def test_what_third_party_engines_ask_for_klines_depth_at_0ms_force_orders_gtd_bbo_and_algo_orders(sim):
     async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
         # An engine's default book stream, in the URL: served, not refused.
         ws = await s.ws_connect(f"{sim.ws_url}/stream?streams=ethusdc@depth@0ms")
@@ -338,6 +338,23 @@ async def test_what_third_party_engines_ask_for_klines_depth_at_0ms_force_orders
         frame = await _until(ws, lambda f: f.get("e") == "ORDER_TRADE_UPDATE" and f["o"]["c"] == "bbo-1")
         assert frame["o"]["pm"] == "QUEUE_5" and frame["o"]["p"] == r.json["price"]
         await c.signed("DELETE", "/fapi/v1/order", {"symbol": "ETHUSDC", "origClientOrderId": "bbo-1"})
+        # A conditional order, on the Algo Service's routes: listed, pushed as ALGO_UPDATE, cancelled.
+        far = str((Decimal(bt["askPrice"]) * Decimal("1.05")).quantize(Decimal("0.01")))
+        r = await c.signed("POST", "/fapi/v1/algoOrder", {
+            "algoType": "CONDITIONAL", "symbol": "ETHUSDC", "side": "BUY", "type": "STOP_MARKET",
+            "triggerPrice": far, "quantity": "0.010", "clientAlgoId": "algo-1"})
+        assert r.status == 200 and r.json["algoStatus"] == "NEW" and r.json["triggerPrice"] == far, r.json
+        frame = await _until(ws, lambda f: f.get("e") == "ALGO_UPDATE")
+        assert frame["o"]["caid"] == "algo-1" and frame["o"]["X"] == "NEW" and frame["o"]["aid"] == r.json["algoId"]
+        listed = (await c.signed("GET", "/fapi/v1/openAlgoOrders", {"symbol": "ETHUSDC"})).json
+        assert [a["clientAlgoId"] for a in listed] == ["algo-1"]
+        truth = await c.state(symbol="ETHUSDC")
+        assert [a["clientAlgoId"] for a in truth["open_algo_orders"]] == ["algo-1"] and truth["open_orders"] == []
+        gone = await c.signed("DELETE", "/fapi/v1/algoOrder", {"symbol": "ETHUSDC", "clientAlgoId": "algo-1"})
+        assert gone.json == {"algoId": r.json["algoId"], "clientAlgoId": "algo-1", "code": "200", "msg": "success"}
+        assert (await _until(ws, lambda f: f.get("e") == "ALGO_UPDATE"))["o"]["X"] == "CANCELED"
+        history = (await c.signed("GET", "/fapi/v1/allAlgoOrders", {"symbol": "ETHUSDC"})).json
+        assert [(a["clientAlgoId"], a["algoStatus"]) for a in history] == [("algo-1", "CANCELED")]
         await ws.close()
 
 

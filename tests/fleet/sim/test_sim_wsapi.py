@@ -79,6 +79,11 @@ async def test_an_order_placed_amended_looked_up_and_cancelled_over_the_websocke
         assert (await state(s, sim))["open_orders"] == []
         again = await api.call("order.cancel", {"symbol": SYMBOL, "orderId": order["orderId"]})
         assert again["status"] == 400 and again["error"]["code"] == -2011
+        algo = await api.call("algoOrder.place", {"algoType": "CONDITIONAL", "symbol": SYMBOL, "side": "SELL",
+                                                  "type": "STOP_MARKET", "triggerPrice": price, "quantity": "0.010"})
+        assert algo["status"] == 200 and algo["result"]["algoStatus"] == "NEW", algo
+        gone = await api.call("algoOrder.cancel", {"algoId": algo["result"]["algoId"]})
+        assert gone["status"] == 200 and gone["result"]["code"] == "200", gone
 
         positions = await api.call("v2/account.position", {"symbol": SYMBOL})
         assert positions["status"] == 200 and isinstance(positions["result"], list)
