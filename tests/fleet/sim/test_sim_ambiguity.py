@@ -372,3 +372,27 @@ async def test_the_client_never_resends_a_dropped_cancel_or_modify(sim):
             await client.cancel_order("ETHUSDC", order_id=placed.order_id)
         after = (await (await http.get(sim.rest_url + "/sim/state")).json())["server"]["rest_requests"]
         assert after - before == 1  # the cancel was sent once, never resent
+
+
+async def test_a_conditional_order_answered_5xx_may_be_at_the_exchange_at_once_or_later(sim):
+    async with SimClient.for_sim(sim) as c:
+        bt = (await c.public("GET", "/fapi/v1/ticker/bookTicker", {"symbol": "ETHUSDC"})).json
+        far = str((Decimal(bt["askPrice"]) * Decimal("1.05")).quantize(Decimal("0.01")))
+
+        def stop(cid: str) -> dict:
+            return {"algoType": "CONDITIONAL", "symbol": "ETHUSDC", "side": "BUY", "type": "STOP_MARKET",
+                    "triggerPrice": far, "quantity": "0.010", "clientAlgoId": cid}
+
+        def algo_ids(st: dict) -> list[str]:
+            return [a["clientAlgoId"] for a in st["open_algo_orders"]]
+
+        await c.admin("POST", "/sim/fault/rest", {"mode": "exec_then_error", "answer": "503",
+                                                  "path": "/fapi/v1/algoOrder", "method": "POST"})
+        r = await c.signed("POST", "/fapi/v1/algoOrder", stop("ete-algo"))
+        assert r.status == 503 and r.json["code"] == -1000
+        assert algo_ids(await c.state(symbol="ETHUSDC")) == ["ete-algo"]   # placed all the same
+        await c.admin("POST", "/sim/fault/rest", {"mode": "late", "answer": "503", "delay_ms": 500,
+                                                  "path": "/fapi/v1/algoOrder", "method": "POST"})
+        r = await c.signed("POST", "/fapi/v1/algoOrder", stop("late-algo"))
+        assert r.status == 503 and algo_ids(await c.state(symbol="ETHUSDC")) == ["ete-algo"]
+        await c.wait_state(lambda s: algo_ids(s) == ["ete-algo", "late-algo"], symbol="ETHUSDC")
