@@ -61,7 +61,7 @@ async def run(sim: dict, pid: int, conns: int, reps: int) -> list[tuple[float, f
         async for _ in ws:
             received[i] += 1
 
-    sockets = [await websockets.connect(f"{sim['ws_url']}/ws/{key}", compression=None, max_size=2**22)
+    sockets = [await websockets.connect(f"{sim['ws_url']}/private/ws/{key}", compression=None, max_size=2**22)
                for _ in range(conns)]
     readers = [asyncio.create_task(read(i, ws)) for i, ws in enumerate(sockets)]
 

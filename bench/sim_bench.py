@@ -117,7 +117,7 @@ async def rest_and_stream_latency(orders: int) -> tuple[list[float], list[float]
     async with SimServer(symbols=SYMBOLS, seed=7, config=UNLIMITED) as sim, SimClient.for_sim(sim) as c, \
             aiohttp.ClientSession() as s:
         key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
-        ws = await s.ws_connect(f"{sim.ws_url}/ws/{key}")
+        ws = await s.ws_connect(f"{sim.ws_url}/private/ws/{key}")
         await c.admin("POST", "/sim/market/freeze", {})
         bid = float((await c.public("GET", "/fapi/v1/ticker/bookTicker", {"symbol": "ETHUSDC"})).json["bidPrice"])
         rtts: list[float] = []
@@ -167,7 +167,7 @@ async def countdown_lateness(rounds: int) -> list[float]:
     async with SimServer(symbols=SYMBOLS, seed=7, config=UNLIMITED) as sim, SimClient.for_sim(sim) as c, \
             aiohttp.ClientSession() as s:
         key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
-        ws = await s.ws_connect(f"{sim.ws_url}/ws/{key}")
+        ws = await s.ws_connect(f"{sim.ws_url}/private/ws/{key}")
         bid = float((await c.public("GET", "/fapi/v1/ticker/bookTicker", {"symbol": "ETHUSDC"})).json["bidPrice"])
         late: list[float] = []
         for i in range(rounds):

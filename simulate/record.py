@@ -3,7 +3,7 @@
     python -m fleet record --symbols ETHUSDC,BTCUSDT --out DIR [--minutes N] [--ws-url URL]
 
 Per symbol it records bookTicker, aggTrade and markPrice@1s (combined streams, on the 2026 split
-layout for Binance's host: /public for books, /market for the rest), each frame's data object with
+layout: /public for books, /market for the rest), each frame's data object with
 its local receive time, into gzip JSON-lines files rolled every ``--roll-minutes`` (default 60), plus
 a manifest; the format is docs/recording.md. Binance cuts every connection after 24 h: a cut
 connection is reopened with back-off (0.5 s doubling to 30 s) and counted. A malformed frame is

@@ -5,8 +5,9 @@ policy, because a lost user stream means resyncing orders from REST first). Malf
 logged, counted and skipped; unknown event types are passed through as ``RawEvent`` and counted.
 Both URL layouts are supported: the classic ``/ws`` + ``/stream`` paths and the 2026 split into
 ``/public`` (book), ``/market`` (everything else) and ``/private`` (user data). ``layout="auto"``
-(the default) uses the split paths on ``fstream.binance.com``, where the classic ones were retired,
-and the classic paths elsewhere (the simulator serves both).
+(the default) is the split: since 2026-04-23 Binance's unrouted paths deliver /public streams only (a
+mark price or a user stream there is accepted and never arrives), and the simulator does the same;
+the testnet answers on both. ``classic`` is for a server that still serves every stream unrouted.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import asyncio
 import logging
 import time
 from typing import Any, Callable, Sequence
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
@@ -26,14 +27,12 @@ from .parse import FrameError, decode, parse_market, parse_user, unwrap
 log = logging.getLogger("fleet.binance.streams")
 
 LAYOUTS = ("classic", "2026")
-# Hosts whose classic paths Binance retired on 2026-04-23; "auto" picks the 2026 layout for them.
-SPLIT_HOSTS = frozenset({"fstream.binance.com"})
 
 
 def resolve_layout(ws_url: str, layout: str) -> str:
-    """``"auto"`` -> ``"2026"`` on hosts that only serve the split paths, else ``"classic"``."""
+    """``"auto"`` -> ``"2026"``: Binance's unrouted paths carry /public streams only since 2026-04-23."""
     if layout == "auto":
-        return "2026" if (urlsplit(ws_url).hostname or "") in SPLIT_HOSTS else "classic"
+        return "2026"
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS} or 'auto', got {layout!r}")
     return layout

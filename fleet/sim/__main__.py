@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-secret", default=None, help="fix the first account's API secret")
     parser.add_argument("--funding-interval", type=float, default=None,
                         help="funding interval in seconds (default 8 h, aligned to 00/08/16 UTC)")
+    parser.add_argument("--legacy-paths", choices=("public", "all"), default=None,
+                        help="what the unrouted /ws and /stream paths deliver: 'public' (book streams only, "
+                             "as Binance since 2026-04-23; the default) or 'all' (as the testnet)")
     parser.add_argument("--json", action="store_true", help="print one JSON line when ready")
     parser.add_argument("--log-level", default="WARNING")
 
@@ -70,6 +73,8 @@ async def _serve(args: argparse.Namespace) -> None:
         if not accounts or len(set(names)) != len(names):
             raise SystemExit("--accounts: give distinct names, e.g. main,hedge")
         config = config.model_copy(update={"accounts": accounts})
+    if args.legacy_paths is not None:
+        config = config.model_copy(update={"legacy_paths": args.legacy_paths})
     if args.funding_interval is not None:
         if args.funding_interval <= 0:
             raise SystemExit("--funding-interval must be positive")

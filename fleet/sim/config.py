@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -138,6 +138,10 @@ class SimConfig(_Model):
     ws_max_lifetime_s: float = Field(24 * 3600.0, gt=0)
     ws_max_incoming_per_s: int = Field(10, ge=1)
     ws_max_streams: int = Field(1024, ge=1)
+    legacy_paths: Literal["public", "all"] = Field(
+        "public", description="what the unrouted /ws and /stream paths deliver: 'public' (book streams only; "
+                              "a /market stream or a user stream there is accepted and stays silent, as on "
+                              "fstream.binance.com since 2026-04-23) or 'all' (as the testnet still does)")
     rate_limits: RateLimits = RateLimits()
     recv_window_max_ms: int = Field(60000, ge=1)
     rest_latency_ms: int = Field(0, ge=0, le=60_000, description="added to every REST call (a far exchange)")

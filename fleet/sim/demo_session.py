@@ -48,9 +48,9 @@ async def _session(seconds: float, seed: int) -> dict[str, Any]:
             SimClient.for_sim(sim) as rest, aiohttp.ClientSession() as http:
         print(f"simulator up: REST {sim.rest_url}  WS {sim.ws_url}  (seed {seed}, funding every 5 s)")
         key = (await rest.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
-        user = await http.ws_connect(f"{sim.ws_url}/ws/{key}")
+        user = await http.ws_connect(f"{sim.ws_url}/private/ws/{key}")
         streams = "/".join(f"{s.lower()}@bookTicker" for s in SYMBOLS)
-        market = await http.ws_connect(f"{sim.ws_url}/stream?streams={streams}")
+        market = await http.ws_connect(f"{sim.ws_url}/public/stream?streams={streams}")
         touch: dict[str, tuple[Decimal, Decimal]] = {}
         counts: Counter[str] = Counter()
         funding: dict[str, Decimal] = {}

@@ -1,7 +1,10 @@
 """Market stream names: which ones exist, how they are spelled, and which 2026 path serves them.
 
-Binance split its WebSocket host in 2026 into /public (books) and /market (everything else); the
-legacy /ws and /stream paths serve both. Names are case-insensitive on the symbol only.
+Binance split its WebSocket host in 2026 into /public (books) and /market (everything else), user
+data on /private. Since 2026-04-23 the unrouted /ws and /stream paths deliver /public streams only: a
+/market stream or a user stream there is accepted and never delivered ("This fails silently rather
+than erroring", Binance's docs). So here by default (``SimConfig.legacy_paths``, ``public``); ``all``
+serves every stream there, as the testnet still does. Names are case-insensitive on the symbol only.
 
 Besides the documented depth speeds (250 ms by default, ``@500ms``, ``@100ms``), ``@0ms`` is served
 too: Binance answers it and third-party engines ask for it by default; here it publishes on every
@@ -77,7 +80,8 @@ def unlisted_stream(name: str) -> tuple[str, str] | None:
 
 
 def path_allows(path_kind: str, category: str) -> bool:
-    """The legacy paths serve every stream; /public only books; /market everything but books."""
+    """The unrouted paths take every stream (a /market one stays silent there unless ``legacy_paths``
+    is ``all``); /public only books; /market everything but books."""
     if path_kind == "legacy":
         return True
     return path_kind == category

@@ -35,6 +35,7 @@ class Conn:
     combined: bool
     opened: float
     subs: dict[str, str] = field(default_factory=dict)  # canonical -> name as requested
+    silent: dict[str, str] = field(default_factory=dict)  # accepted, never delivered: canonical -> name
     listen_keys: set[str] = field(default_factory=set)
     accounts: set[str] = field(default_factory=set)
     events: set[str] | None = None
@@ -146,8 +147,9 @@ class StreamGateway(WsApiGateway):
                                                           "per connection."})
         market: list[tuple[str, str]] = []
         users: list[tuple[str, str]] = []
+        silent: list[tuple[str, str]] = []
         for n in names:
-            err = self._classify(n, path_kind, market, users)
+            err = self._classify(n, path_kind, market, users, silent)
             if err:
                 return self._json(400, {"code": -1121 if "stream" in err else -1125, "msg": err})
         ws = web.WebSocketResponse(autoping=False, max_msg_size=1 << 16)
@@ -156,10 +158,7 @@ class StreamGateway(WsApiGateway):
         c = Conn(ws=ws, transport=request.transport, path_kind=path_kind, combined=combined, opened=now,
                  events=events, last_pong=now, next_ping=now + self.config.ws_ping_interval_s)
         self.conns.add(c)
-        for canon, name in market:
-            self._subscribe_market(c, canon, name)
-        for key, acct in users:
-            self._subscribe_user(c, key, acct)
+        self._accept(c, market, users, silent)
         binary = orjson.dumps({"error": {"code": 3, "msg": "Invalid JSON: binary frames are not accepted"},
                                "id": None})
         await self._serve(c, lambda data: self._on_message(c, data), binary)
@@ -244,12 +243,17 @@ class StreamGateway(WsApiGateway):
         return self.ws_api_call(rid, method, params, ip, self.clock(), connected_ms, rate_limits)
 
     def _classify(self, name: str, path_kind: str, market: list[tuple[str, str]],
-                  users: list[tuple[str, str]]) -> str | None:
+                  users: list[tuple[str, str]], silent: list[tuple[str, str]]) -> str | None:
+        """Sort one requested name into ``market``, ``users`` or (accepted, never delivered) ``silent``;
+        the refusal's reason, or None."""
         acct = self.engine.account_of_listen_key(name)
         if acct is not None:
             if path_kind in (PUBLIC, MARKET):
                 return f"user data stream is served on /private, not /{path_kind}"
-            users.append((name, acct.name))
+            if path_kind == "legacy" and self.config.legacy_paths == "public":
+                silent.append((name, name))   # the unrouted paths carry /public streams only
+            else:
+                users.append((name, acct.name))
             return None
         canon = canonical_stream(name, self.symbols_lower)
         unlisted = canon is None and "@" in name and (canon := unlisted_stream(name)) is not None
@@ -262,8 +266,24 @@ class StreamGateway(WsApiGateway):
         if unlisted:   # accepted and silent, as Binance does
             self.stats["ws_unlisted_symbol_streams"] += 1
             log.info("a stream of a symbol the exchange does not list, accepted and silent: %r", name)
+        if path_kind == "legacy" and canon[1] == MARKET and self.config.legacy_paths == "public":
+            silent.append((canon[0], name))   # the unrouted paths carry /public streams only
+            return None
         market.append((canon[0], name))
         return None
+
+    def _accept(self, c: Conn, market: list[tuple[str, str]], users: list[tuple[str, str]],
+                silent: list[tuple[str, str]]) -> None:
+        for canon, name in market:
+            self._subscribe_market(c, canon, name)
+        for key, acct in users:
+            self._subscribe_user(c, key, acct)
+        for canon, name in silent:   # on an unrouted path: a /market or user stream, never delivered
+            c.silent[canon] = name
+            self.stats["ws_legacy_silent_streams"] += 1
+        if silent:
+            log.info("%d stream(s) on an unrouted path accepted and silent (only /public streams are served "
+                     "there; use /market or /private): %r", len(silent), [n for _, n in silent][:5])
 
     def _subscribe_market(self, c: Conn, canon: str, name: str) -> None:
         c.subs[canon] = name
@@ -335,28 +355,29 @@ class StreamGateway(WsApiGateway):
             if method == "SUBSCRIBE":
                 market: list[tuple[str, str]] = []
                 users: list[tuple[str, str]] = []
+                silent: list[tuple[str, str]] = []
                 for n in params:
-                    err = self._classify(n, c.path_kind, market, users)
+                    err = self._classify(n, c.path_kind, market, users, silent)
                     if err:
                         self._reply(c, {"error": {"code": 2, "msg": f"Invalid request: {err}"}, "id": rid})
                         return
-                if len(c.subs) + len(market) > self.config.ws_max_streams:
+                if len(c.subs) + len(c.silent) + len(market) + len(silent) > self.config.ws_max_streams:
                     self._reply(c, {"error": {"code": 2, "msg": "Invalid request: too many streams"}, "id": rid})
                     return
-                for canon, name in market:
-                    self._subscribe_market(c, canon, name)
-                for key, acct in users:
-                    self._subscribe_user(c, key, acct)
+                self._accept(c, market, users, silent)
             else:
                 for n in params:
-                    canon = canonical_stream(n, self.symbols_lower)
+                    canon = canonical_stream(n, self.symbols_lower) or unlisted_stream(n)
                     if canon is not None:
                         self._unsubscribe_market(c, canon[0])
-                    elif n in c.listen_keys:
+                        c.silent.pop(canon[0], None)
+                    else:
                         c.listen_keys.discard(n)
+                        c.silent.pop(n, None)
             self._reply(c, {"result": None, "id": rid})
         elif method == "LIST_SUBSCRIPTIONS":
-            self._reply(c, {"result": list(c.subs.values()) + sorted(c.listen_keys), "id": rid})
+            self._reply(c, {"result": list(c.subs.values()) + list(c.silent.values()) + sorted(c.listen_keys),
+                            "id": rid})
         elif method == "SET_PROPERTY":
             if not (isinstance(params, list) and len(params) == 2 and params[0] == "combined"):
                 self._reply(c, {"error": {"code": 0, "msg": "Unknown property"}, "id": rid})

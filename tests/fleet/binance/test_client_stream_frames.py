@@ -77,7 +77,7 @@ async def test_malformed_frames_are_counted_and_skipped_and_the_stream_stays_up(
         yield '{"stream":"btcusdt@markPrice@1s","data":' + MARK + "}"
 
     async with FrameServer(script) as srv:
-        async with MarketStream(srv.url, "BTCUSDT", idle_timeout=10) as stream:
+        async with MarketStream(srv.url, "BTCUSDT", idle_timeout=10, layout="classic") as stream:
             got = []
             async for event in stream:
                 got.append(event)
@@ -105,7 +105,7 @@ async def test_user_stream_parses_and_reports_expiry_as_an_event():
             assert isinstance(await next_of(stream, OrderUpdate), OrderUpdate)
             expired = await next_of(stream, ListenKeyExpired)
             assert expired.listen_key == "WsCMN0a4" and stream.malformed == 1
-    assert srv.paths == ["/ws/WsCMN0a4"]
+    assert srv.paths == ["/private/ws?listenKey=WsCMN0a4"]
 
 
 async def test_server_pings_are_answered():
@@ -158,11 +158,12 @@ def test_url_helpers_cover_both_layouts():
     base = "wss://fstream.binance.com"
     assert url_for(base, ["btcusdt@aggTrade"], layout="classic") == f"{base}/stream?streams=btcusdt@aggTrade"
     assert url_for(base, listen_key="abc", layout="classic") == f"{base}/ws/abc"
-    # auto: production only serves the split paths since 2026-04-23; anything else gets classic
+    # auto: the split paths, wherever (Binance's unrouted paths carry book streams only since 2026-04-23)
     assert url_for(base, ["btcusdt@aggTrade"]) == f"{base}/market/stream?streams=btcusdt@aggTrade"
     assert url_for(base, listen_key="abc") == f"{base}/private/ws?listenKey=abc"
-    assert url_for("ws://127.0.0.1:5000", listen_key="abc") == "ws://127.0.0.1:5000/ws/abc"
-    assert url_for("wss://fstream.binancefuture.com", ["x@aggTrade"]) == "wss://fstream.binancefuture.com/stream?streams=x@aggTrade"
+    assert url_for("ws://127.0.0.1:5000", listen_key="abc") == "ws://127.0.0.1:5000/private/ws?listenKey=abc"
+    assert url_for("wss://fstream.binancefuture.com", ["x@aggTrade"]) == (
+        "wss://fstream.binancefuture.com/market/stream?streams=x@aggTrade")
     assert url_for(base, listen_key="abc", layout="2026", events=["ORDER_TRADE_UPDATE", "listenKeyExpired"]) == (
         f"{base}/private/ws?listenKey=abc&events=ORDER_TRADE_UPDATE/listenKeyExpired"
     )
@@ -199,7 +200,7 @@ async def test_on_event_hands_events_over_in_order_and_survives_a_raising_handle
             raise RuntimeError("handler bug")
 
     async with FrameServer(script) as srv:
-        stream = MarketStream(srv.url, "BTCUSDT", idle_timeout=10, on_event=on_event)
+        stream = MarketStream(srv.url, "BTCUSDT", idle_timeout=10, on_event=on_event, layout="classic")
         await stream.connect()
         await wait_for(lambda: len(got) == 3, what="three events", interval=0.01)
         assert [type(e) for e, _ in got] == [BookTicker, MarkPrice, BookTicker]

@@ -57,7 +57,9 @@ async def sim_control(sim, path: str, **params):
 
 
 @pytest.mark.parametrize("layout", ["classic", "2026"])
-async def test_market_stream_parses_every_market_event(sim, layout):
+async def test_market_stream_parses_every_market_event(sim_factory, layout):
+    # the classic layout against a simulator that serves every stream unrouted, as the testnet does
+    sim = await sim_factory(config={"legacy_paths": "all" if layout == "classic" else "public"})
     streams = ("bookTicker", "markPrice@1s", "depth5@100ms", "aggTrade")
     async with MarketStream(sim.ws_url, SYMBOL, streams=streams, layout=layout, idle_timeout=10) as stream:
         assert stream.connected
@@ -73,7 +75,8 @@ async def test_market_stream_parses_every_market_event(sim, layout):
 
 
 @pytest.mark.parametrize("layout", ["classic", "2026"])
-async def test_user_stream_sees_orders_fills_account_updates(sim, layout):
+async def test_user_stream_sees_orders_fills_account_updates(sim_factory, layout):
+    sim = await sim_factory(config={"legacy_paths": "all" if layout == "classic" else "public"})
     name, key, secret = sim.accounts[0]
     async with BinanceClient(sim.rest_url, key, secret) as client:
         listen_key = await client.create_listen_key()
@@ -148,3 +151,16 @@ async def test_user_stream_sees_funding_fees_and_listen_key_expiry(sim):
             assert stream.malformed == 0
         with pytest.raises(InvalidListenKeyError):
             await client.keepalive_listen_key()
+
+
+async def test_the_classic_layout_on_binances_unrouted_paths_hears_the_book_and_never_the_mark(sim):
+    """Since 2026-04-23 (and in the simulator by default) the unrouted paths carry book streams only:
+    the mark price is accepted and never arrives. Judged on the exchange's own clock: 1.5 s of book
+    tickers and not one mark price, which comes every second when served."""
+    async with MarketStream(sim.ws_url, SYMBOL, streams=("bookTicker", "markPrice@1s"), layout="classic",
+                            idle_timeout=10) as stream:
+        events = await collect_until(
+            stream, lambda ev: len(ev) > 1 and ev[-1].event_time - ev[0].event_time >= 1500)
+    assert {type(e) for e in events} == {BookTicker}
+    async with aiohttp.ClientSession() as http, http.get(sim.rest_url + "/sim/state") as r:
+        assert (await r.json())["server"]["ws_legacy_silent_streams"] == 1

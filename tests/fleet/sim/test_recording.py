@@ -45,7 +45,7 @@ def _admin(sim: SimThread, path: str, body: dict | None = None) -> Any:
 
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory) -> tuple[Path, str]:
-    """A recording of ~18 s of ETHUSDC and BTCUSDT, rolled every 6 s, its connection cut once."""
+    """A recording of ~18 s of ETHUSDC and BTCUSDT, rolled every 6 s, its connections cut once."""
     out = tmp_path_factory.mktemp("recording") / "rec"
     with SimThread(symbols=SYMBOLS, seed=11, host="127.0.0.1", port=0, config={"symbols": [ETH_WIDE]}) as sim:
         proc = subprocess.Popen([sys.executable, "-m", "simulate.record", "--symbols", ",".join(SYMBOLS),
@@ -54,7 +54,7 @@ def recording(tmp_path_factory) -> tuple[Path, str]:
                                 stderr=subprocess.PIPE, text=True)
         try:
             poll(lambda: sim.server.stats["ws_frames_sent"] >= 100, 30, "the recorder receiving frames")
-            assert _admin(sim, "/sim/fault/drop", {"target": "market"})["dropped"] == 1
+            assert _admin(sim, "/sim/fault/drop", {"target": "market"})["dropped"] == 2   # /public and /market
             stdout, stderr = proc.communicate(timeout=RECORD_S + 60)
         finally:
             if proc.poll() is None:
@@ -95,7 +95,7 @@ def test_the_recording_holds_rolled_files_per_symbol_and_a_manifest(recording):
     assert manifest["symbols"] == SYMBOLS and manifest["streams"] == ["bookTicker", "aggTrade", "markPrice@1s"]
     assert manifest["source"].startswith("ws://127.0.0.1:") and manifest["urls"][0].startswith(manifest["source"])
     assert manifest["end_ms"] - manifest["start_ms"] >= RECORD_S * 1000 - 500
-    assert manifest["reconnects"] == 1 and manifest["malformed_frames"] == 0
+    assert manifest["reconnects"] == 2 and manifest["malformed_frames"] == 0   # each route reconnected once
     assert "reconnecting in" in log_text and "recorded" in log_text
     lines = read_lines(out)
     assert len(lines) == manifest["frames"]

@@ -306,7 +306,7 @@ async def test_funding_frame_is_the_real_cross_frame_unless_asked_for_the_symbol
         sockets = []
         for c, name in ((main, "main"), (sdk, "sdk")):
             key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
-            sockets.append(await s.ws_connect(f"{sim.ws_url}/ws/{key}"))
+            sockets.append(await s.ws_connect(f"{sim.ws_url}/private/ws/{key}"))
             await c.admin("POST", "/sim/position", {"account": name, "symbol": "ETHUSDC", "amount": "0.500"})
         await main.admin("POST", "/sim/funding/rate", {"symbol": "ETHUSDC", "rate": "0.0004"})
         [charge, _] = (await main.admin("POST", "/sim/funding/settle", {"symbol": "ETHUSDC"}))["charged"]
@@ -339,7 +339,7 @@ async def test_funding_frame_is_the_real_cross_frame_unless_asked_for_the_symbol
     sim = await sim_factory(config={"funding_frame_symbol": True})  # the global switch
     async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
         key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
-        ws = await s.ws_connect(f"{sim.ws_url}/ws/{key}")
+        ws = await s.ws_connect(f"{sim.ws_url}/private/ws/{key}")
         await c.admin("POST", "/sim/position", {"account": "main", "symbol": "SOLUSDT", "amount": "-3.00"})
         await c.admin("POST", "/sim/funding/settle", {"symbol": "SOLUSDT"})
         while True:

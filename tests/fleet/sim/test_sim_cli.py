@@ -9,6 +9,8 @@ import sys
 import time
 import urllib.request
 
+from websockets.sync.client import connect
+
 from fleet.sim.thread import SimThread
 
 
@@ -36,13 +38,16 @@ def test_cli_prints_one_json_line_when_ready_and_stops_on_sigterm():
             proc.wait()
 
 
-def test_cli_accounts_flag_creates_named_accounts():
+def test_cli_accounts_and_legacy_paths_flags():
     proc = subprocess.Popen([sys.executable, "-m", "fleet", "sim", "--json", "--symbols", "ETHUSDC",
-                             "--accounts", "main,hedge"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--accounts", "main,hedge", "--legacy-paths", "all"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         info = json.loads(proc.stdout.readline())
         assert [a["name"] for a in info["accounts"]] == ["main", "hedge"]
         assert info["accounts"][0]["api_key"] != info["accounts"][1]["api_key"]
+        with connect(info["ws_url"] + "/ws/ethusdc@markPrice@1s", open_timeout=10) as ws:   # served unrouted too
+            assert json.loads(ws.recv(timeout=10))["e"] == "markPriceUpdate"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=15) == 0
     finally:

@@ -18,7 +18,7 @@ async def test_funding_settlement_charges_exact_fee_and_pushes_the_real_cross_fr
     sim = await sim_factory(config={"funding_interval_s": 1.0})
     async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
         key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
-        ws = await s.ws_connect(f"{sim.ws_url}/ws/{key}")
+        ws = await s.ws_connect(f"{sim.ws_url}/private/ws/{key}")
         await c.admin("POST", "/sim/funding/rate", {"symbol": "ETHUSDC", "rate": "0.00050000"})
         await c.admin("POST", "/sim/funding/rate", {"symbol": "BTCUSDT", "rate": "0.00030000"})
         await c.admin("POST", "/sim/position", {"account": "main", "symbol": "ETHUSDC", "amount": "0.200",
@@ -153,7 +153,7 @@ async def test_freeze_stops_the_market_and_bad_admin_input_is_a_400(sim):
         res = await c.admin("POST", "/sim/market/freeze", {"frozen": True, "symbol": "ETHUSDC"})
         assert res == {"symbols": ["ETHUSDC"]}
         before = (await c.state(symbol="ETHUSDC"))["markets"]["ETHUSDC"]
-        ws = await s.ws_connect(f"{sim.ws_url}/ws/btcusdt@markPrice@1s")
+        ws = await s.ws_connect(f"{sim.ws_url}/market/ws/btcusdt@markPrice@1s")
         for _ in range(2):  # at least a second of market time passes
             assert json.loads((await ws.receive(timeout=10)).data)["s"] == "BTCUSDT"
         after = (await c.state(symbol="ETHUSDC"))["markets"]["ETHUSDC"]
@@ -175,7 +175,7 @@ async def test_price_hold_keeps_the_market_alive_without_moving_the_mid(sim):
     async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
         await c.admin("POST", "/sim/market/freeze", {"frozen": True, "symbol": "ETHUSDC", "mode": "price"})
         before = (await c.state(symbol="ETHUSDC"))["markets"]["ETHUSDC"]
-        ws = await s.ws_connect(f"{sim.ws_url}/stream?streams=ethusdc@markPrice@1s/ethusdc@aggTrade")
+        ws = await s.ws_connect(f"{sim.ws_url}/market/stream?streams=ethusdc@markPrice@1s/ethusdc@aggTrade")
         seen = set()
         while {"ethusdc@markPrice@1s", "ethusdc@aggTrade"} - seen:  # frames keep flowing
             seen.add(json.loads((await ws.receive(timeout=10)).data)["stream"])

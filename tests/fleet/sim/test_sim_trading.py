@@ -34,7 +34,7 @@ async def _limit(c: SimClient, side: str, price: str, qty: str = "0.010", **extr
 async def test_modify_requeues_pushes_amendment_and_rejects_no_op(sim):
     async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
         key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
-        ws = await s.ws_connect(f"{sim.ws_url}/ws/{key}")
+        ws = await s.ws_connect(f"{sim.ws_url}/private/ws/{key}")
         await c.admin("POST", "/sim/market/freeze", {"symbol": "ETHUSDC"})
         bid = Decimal((await _book(c))["bids"][0][0])
         o = await _limit(c, "BUY", _px(bid * Decimal("0.99")), newClientOrderId="m-1")
@@ -195,7 +195,7 @@ async def test_cancel_all_open_orders(sim):
 async def test_countdown_cancel_all_fires_after_expiry_and_zero_disarms(sim):
     async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
         key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
-        ws = await s.ws_connect(f"{sim.ws_url}/ws/{key}")
+        ws = await s.ws_connect(f"{sim.ws_url}/private/ws/{key}")
         eth_bid = Decimal((await _book(c))["bids"][0][0])
         sol_bid = Decimal((await _book(c, "SOLUSDT"))["bids"][0][0])
         await _limit(c, "BUY", _px(eth_bid * Decimal("0.98")))
