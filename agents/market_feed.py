@@ -29,6 +29,7 @@ class MarketFeed:
         self.connected = False
         self.opened_at: float = 0.0  # when the current connection opened (monotonic)
         self.last_book: float | None = None  # when the last book frame was read (monotonic)
+        self.last_mark: float | None = None  # when the last mark price was read (monotonic)
 
     async def connect(self) -> None:
         """A new connection; one already open is closed once the new one is up (a swap has no gap)."""
@@ -124,6 +125,7 @@ class MarketFeed:
                 a.sender.quote(now_ms, t_read)
         elif isinstance(ev, MarkPrice):
             if ev.symbol == a.symbol:
+                self.last_mark = a.clock.monotonic()
                 core.on_event(ev, a.clock.time_ms() + a.offset_ms())
 
     async def close(self) -> None:

@@ -131,7 +131,7 @@ class Timers:
             ownership_lost=a.lease.lost, rearming=self._rearming, last_book=market.last_book,
             market_opened=market.opened_at, market_connected=market.connected and market.stream is not None,
             market_stale_blocked=BLOCK_MARKET_STALE in a.blocks, user_lost_at=user.lost_at,
-            user_opened=user.opened_at, user_connected=user.connected,
+            user_opened=user.opened_at, user_connected=user.connected, last_mark=market.last_mark,
         )
 
     def _carry_out(self, act: Act, now: float) -> None:

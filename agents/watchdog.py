@@ -10,7 +10,9 @@ Rules, checked in this order:
    blocked by it, ownership not lost and no re-arm under way -> ``REARM`` (re-arm the dead-man switch,
    then unblock: the countdown may have fired meanwhile);
 2. market: connected but silent (no book, nor a new connection) for 3x ``market_stale_sec`` ->
-   ``SWAP_MARKET`` (a half-dead connection: a fresh one costs nothing); no book for
+   ``SWAP_MARKET`` (a half-dead connection: a fresh one costs nothing); the same when no mark price
+   came for 3x ``market_stale_sec`` while books do (the book and the marks come on two connections,
+   ``/public`` and ``/market``: one route can fall silent alone); no book for
    ``market_stale_sec`` (since the last book, or since the connection opened if none came yet) while
    connected and not yet blocked -> ``MARKET_STALE`` (block, pull quotes);
    a book again while blocked -> ``MARKET_FRESH``;
@@ -58,6 +60,7 @@ class Seen:
     user_lost_at: float | None  # when the user stream was lost (None: it is up, or the fallback ran)
     user_opened: float
     user_connected: bool
+    last_mark: float | None = None  # when the last mark price was read (None: never)
 
 
 def watch(s: Seen, t: Timing) -> list[Act]:
@@ -70,7 +73,8 @@ def watch(s: Seen, t: Timing) -> list[Act]:
     silent = s.now - max(s.last_book or 0.0, s.market_opened)
     # no book yet: the connection has market_stale_sec from its opening to deliver the first one
     stale = s.now - (s.last_book if s.last_book is not None else s.market_opened) > t.market_stale_sec
-    swap_market = s.market_connected and silent > 3 * t.market_stale_sec
+    marks_silent = s.now - max(s.last_mark or 0.0, s.market_opened)
+    swap_market = s.market_connected and max(silent, marks_silent) > 3 * t.market_stale_sec
     if swap_market:
         out.append(Act.SWAP_MARKET)
     if stale and s.market_connected and not s.market_stale_blocked:

@@ -100,7 +100,7 @@ def options_from(args: argparse.Namespace) -> Options:
 
 
 def stream_urls(opts: Options) -> list[str]:
-    """The combined-stream URLs: the 2026 split on Binance's host, the classic paths elsewhere."""
+    """The combined-stream URLs, on the 2026 split paths (/public for books, /market for the rest)."""
     names = [f"{s.lower()}@{k}" for s in opts.symbols for k in STREAMS]
     urls: list[str] = []
     for i in range(0, len(names), STREAMS_PER_CONNECTION):

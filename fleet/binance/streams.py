@@ -30,7 +30,8 @@ LAYOUTS = ("classic", "2026")
 
 
 def resolve_layout(ws_url: str, layout: str) -> str:
-    """``"auto"`` -> ``"2026"``: Binance's unrouted paths carry /public streams only since 2026-04-23."""
+    """``"auto"`` -> ``"2026"`` whatever ``ws_url``: Binance's unrouted paths carry /public streams only
+    since 2026-04-23 (the argument stays for a host that would differ)."""
     if layout == "auto":
         return "2026"
     if layout not in LAYOUTS:
@@ -245,7 +246,9 @@ class _FrameStream:
         except Exception as exc:  # noqa: BLE001 - reported to the consumer, never swallowed
             reason = f"reader failed: {type(exc).__name__}: {exc}"
             log.exception("%s reader failed", self.kind)
-        self.close_reason = reason
+        if self.close_reason is None:   # the first connection to end says why; close() ends the others
+            path = getattr(getattr(conn, "request", None), "path", None) or ""
+            self.close_reason = f"{path.split('?')[0]}: {reason}" if path else reason
         await self._queue.put(_CLOSED)  # after the events already queued (cancelled by close())
 
     def _handle(self, message: str | bytes) -> list[Any]:
@@ -341,10 +344,16 @@ class _FrameStream:
             except asyncio.TimeoutError:
                 continue  # re-check: frames handed to on_event keep the stream fresh
 
-    async def send_json(self, text: str) -> None:
-        """Send a control request (SUBSCRIBE etc.) on the first connection."""
+    async def send_json(self, text: str, route: str | None = None) -> None:
+        """Send a control request (SUBSCRIBE etc.): on the connection of ``route`` (``public`` or
+        ``market``, under the split layout), else on the first one."""
         if not self._conns:
             raise StreamError(f"{self.kind} is not connected")
+        if route is not None:
+            for conn in self._conns:
+                if f"/{route}/" in (getattr(getattr(conn, "request", None), "path", None) or ""):
+                    await conn.send(text)
+                    return
         await self._conns[0].send(text)
 
 

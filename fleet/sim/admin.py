@@ -55,8 +55,8 @@ class AdminRoutes:
         e.advance(now)  # as for a REST request: what this does is stamped after every step due before it
         if method == "GET" and path == "/sim/state":
             st = e.state(query.get("account", "main"), query.get("symbol"))
-            st["connections"] = {"market": sum(1 for c in self.conns if c.subs),
-                                 "user": sum(1 for c in self.conns if c.listen_keys), "total": len(self.conns)}
+            st["connections"] = {"market": sum(1 for c in self.conns if c.subs or (c.silent and not c.is_user)),
+                                 "user": sum(1 for c in self.conns if c.is_user), "total": len(self.conns)}
             st["faults_pending"] = [vars(f) for f in self.faults]
             st["deferred"] = [d.view() for d in self.deferred]
             st["server"] = dict(self.stats)
@@ -90,13 +90,18 @@ class AdminRoutes:
             target = body.get("target", "all")
             if target not in ("market", "user", "api", "all"):
                 raise ValueError("target must be market, user, api or all")
+            route = body.get("route")
+            if route not in (None, "public", "market", "legacy"):
+                raise ValueError("route must be public, market or legacy (the unrouted /ws and /stream)")
             account = body.get("account")
             n = 0
             for c in list(self.conns):
                 is_api = c.path_kind == "api"
-                is_user = bool(c.listen_keys)
-                is_market = not is_api and (bool(c.subs) or not is_user)
+                is_user = c.is_user
+                is_market = not is_api and (bool(c.subs or c.silent) or not is_user)
                 if target != "all" and not {"user": is_user, "market": is_market, "api": is_api}[target]:
+                    continue
+                if route is not None and c.path_kind != route:
                     continue
                 if account and account not in c.accounts:
                     continue

@@ -84,9 +84,11 @@ input, 404 on an unknown route)::
                           answer cut in half (not parseable)
          -> {"ok": true, "pending": n}
     POST /sim/fault/latency  {"ms": 200, "path": "/fapi/v1/order"}   delay matching REST calls (0 clears)
-    POST /sim/fault/drop     {"target": "market"|"user"|"api"|"all", "account": "main"}
+    POST /sim/fault/drop     {"target": "market"|"user"|"api"|"all", "account": "main", "route": null}
          abort matching WebSocket connections (TCP reset, no close frame; "api": the WebSocket API's,
-         which match `account` once one of their requests named that account's apiKey)
+         which match `account` once one of their requests named that account's apiKey); `route`
+         ("public", "market" or "legacy") keeps to the connections of that path, e.g. one of an
+         agent's two market connections
          -> {"dropped": n}
     POST /sim/fault/clear    {}       clear REST faults; latency back to the configured rest_latency_ms
                                       (late writes already accepted still execute: they are in the exchange)

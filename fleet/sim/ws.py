@@ -46,6 +46,11 @@ class Conn:
     msg_count: int = 0
     closed: bool = False
 
+    @property
+    def is_user(self) -> bool:
+        """A user-data connection: its listen keys, or (silent, on an unrouted path) its accounts."""
+        return bool(self.listen_keys) or (self.path_kind not in ("api",) and bool(self.accounts))
+
 
 class StreamGateway(WsApiGateway):
     """Owns the connections; needs the engine, the config, a stats dict, and (for the WebSocket API)
@@ -135,7 +140,7 @@ class StreamGateway(WsApiGateway):
         if request.query.get("streams"):
             names = [n for n in request.query["streams"].split("/") if n]
         events: set[str] | None = None
-        if path_kind in ("private", "legacy"):   # /ws?listenKey=K too: third-party engines connect so
+        if path_kind in ("private", "legacy"):   # ?listenKey=K (silent on the unrouted /ws by default)
             key = request.query.get("listenKey")
             if key:
                 names.append(key)
@@ -147,7 +152,7 @@ class StreamGateway(WsApiGateway):
                                                           "per connection."})
         market: list[tuple[str, str]] = []
         users: list[tuple[str, str]] = []
-        silent: list[tuple[str, str]] = []
+        silent: list[tuple[str, str, str]] = []
         for n in names:
             err = self._classify(n, path_kind, market, users, silent)
             if err:
@@ -243,7 +248,7 @@ class StreamGateway(WsApiGateway):
         return self.ws_api_call(rid, method, params, ip, self.clock(), connected_ms, rate_limits)
 
     def _classify(self, name: str, path_kind: str, market: list[tuple[str, str]],
-                  users: list[tuple[str, str]], silent: list[tuple[str, str]]) -> str | None:
+                  users: list[tuple[str, str]], silent: list[tuple[str, str, str]]) -> str | None:
         """Sort one requested name into ``market``, ``users`` or (accepted, never delivered) ``silent``;
         the refusal's reason, or None."""
         acct = self.engine.account_of_listen_key(name)
@@ -251,7 +256,7 @@ class StreamGateway(WsApiGateway):
             if path_kind in (PUBLIC, MARKET):
                 return f"user data stream is served on /private, not /{path_kind}"
             if path_kind == "legacy" and self.config.legacy_paths == "public":
-                silent.append((name, name))   # the unrouted paths carry /public streams only
+                silent.append((name, name, acct.name))   # the unrouted paths carry /public streams only
             else:
                 users.append((name, acct.name))
             return None
@@ -263,27 +268,38 @@ class StreamGateway(WsApiGateway):
             return "This listenKey does not exist."
         if path_kind == "private" or not path_allows(path_kind, canon[1]):
             return f"stream {name} is not served on /{path_kind}"
-        if unlisted:   # accepted and silent, as Binance does
-            self.stats["ws_unlisted_symbol_streams"] += 1
-            log.info("a stream of a symbol the exchange does not list, accepted and silent: %r", name)
         if path_kind == "legacy" and canon[1] == MARKET and self.config.legacy_paths == "public":
-            silent.append((canon[0], name))   # the unrouted paths carry /public streams only
-            return None
-        market.append((canon[0], name))
+            silent.append((canon[0], name, ""))   # the unrouted paths carry /public streams only
+        elif unlisted:   # accepted and silent, as Binance does
+            silent.append((canon[0], name, "?"))
+        else:
+            market.append((canon[0], name))
         return None
 
     def _accept(self, c: Conn, market: list[tuple[str, str]], users: list[tuple[str, str]],
-                silent: list[tuple[str, str]]) -> None:
+                silent: list[tuple[str, str, str]]) -> None:
         for canon, name in market:
             self._subscribe_market(c, canon, name)
         for key, acct in users:
             self._subscribe_user(c, key, acct)
-        for canon, name in silent:   # on an unrouted path: a /market or user stream, never delivered
-            c.silent[canon] = name
-            self.stats["ws_legacy_silent_streams"] += 1
-        if silent:
-            log.info("%d stream(s) on an unrouted path accepted and silent (only /public streams are served "
-                     "there; use /market or /private): %r", len(silent), [n for _, n in silent][:5])
+        legacy = unlisted = 0
+        for key, name, why in silent:   # accepted, never delivered: on an unrouted path, or an unlisted symbol
+            if key in c.silent:
+                continue
+            c.silent[key] = name
+            if why == "?":
+                unlisted += 1
+            else:
+                legacy += 1
+                if why:   # a user stream: its account, for the drop fault and the connection counts
+                    c.accounts.add(why)
+        self.stats["ws_legacy_silent_streams"] += legacy
+        self.stats["ws_unlisted_symbol_streams"] += unlisted
+        if legacy:
+            log.info("%d stream(s) on an unrouted path accepted and silent: only book streams are served "
+                     "there (Binance since 2026-04-23); use /market or /private", legacy)
+        if unlisted:
+            log.info("%d stream(s) of symbols the exchange does not list accepted and silent", unlisted)
 
     def _subscribe_market(self, c: Conn, canon: str, name: str) -> None:
         c.subs[canon] = name
@@ -355,7 +371,7 @@ class StreamGateway(WsApiGateway):
             if method == "SUBSCRIBE":
                 market: list[tuple[str, str]] = []
                 users: list[tuple[str, str]] = []
-                silent: list[tuple[str, str]] = []
+                silent: list[tuple[str, str, str]] = []
                 for n in params:
                     err = self._classify(n, c.path_kind, market, users, silent)
                     if err:

@@ -61,7 +61,7 @@ T = Timing(market_stale_sec=5.0, user_stream_grace_sec=2.0, stream_max_lifetime_
 def seen(**kw) -> Seen:
     base = dict(now=50.0, lease_ok=True, lease_blocked=False, ownership_lost=False, rearming=False, last_book=49.0,
                 market_opened=0.0, market_connected=True, market_stale_blocked=False, user_lost_at=None,
-                user_opened=0.0, user_connected=True)
+                user_opened=0.0, user_connected=True, last_mark=49.5)
     base.update(kw)
     return Seen(**base)
 
@@ -82,8 +82,14 @@ WATCH_TABLE = [
     ("silent 3x stale: swap", {"last_book": 30.0, "market_opened": 20.0, "market_stale_blocked": True}, [Act.SWAP_MARKET]),
     ("user stream lost within the grace", {"user_lost_at": 48.5, "user_connected": False}, []),
     ("user stream lost past the grace", {"user_lost_at": 48.0, "user_connected": False}, [Act.REST_FALLBACK]),
-    ("user stream at its lifetime", {"now": 100.5, "last_book": 100.0, "market_opened": 90.0}, [Act.SWAP_USER]),
-    ("market stream at its lifetime", {"now": 100.5, "last_book": 100.0, "user_opened": 90.0}, [Act.SWAP_MARKET]),
+    ("no mark for 3x stale while books come: swap", {"last_mark": 34.9}, [Act.SWAP_MARKET]),
+    ("no mark yet, the stream opened 10 s ago", {"last_mark": None, "market_opened": 40.0}, []),
+    ("no mark since the stream opened 15 s ago", {"last_mark": None, "market_opened": 34.9}, [Act.SWAP_MARKET]),
+    ("marks silent but the stream is down", {"last_mark": 30.0, "market_connected": False}, []),
+    ("user stream at its lifetime", {"now": 100.5, "last_book": 100.0, "last_mark": 100.0, "market_opened": 90.0},
+     [Act.SWAP_USER]),
+    ("market stream at its lifetime", {"now": 100.5, "last_book": 100.0, "last_mark": 100.0, "user_opened": 90.0},
+     [Act.SWAP_MARKET]),
 ]
 
 

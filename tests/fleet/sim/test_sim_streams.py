@@ -403,3 +403,29 @@ async def test_day_tickers_every_2_s_and_a_stream_of_an_unlisted_symbol_accepted
         await ws.close()
         assert (await s.get(f"{sim.rest_url}/public/ws/ethusdc@ticker")).status == 400
         assert (await c.state())["server"]["ws_unlisted_symbol_streams"] == 2
+
+
+async def test_silent_streams_are_counted_once_and_dropped_by_route_or_account(sim):
+    async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
+        key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
+        legacy_user = await s.ws_connect(f"{sim.ws_url}/ws/{key}")          # silent, the account's
+        legacy = await s.ws_connect(f"{sim.ws_url}/ws")
+        for rid in (1, 2):   # the same silent stream twice: one entry, counted once
+            await legacy.send_str(json.dumps({"method": "SUBSCRIBE", "params": ["ethusdc@aggTrade"], "id": rid}))
+            assert (await _until(legacy, lambda f: f.get("id") == rid))["result"] is None
+        refused = await s.get(f"{sim.rest_url}/market/stream?streams=xrpxrp@ticker/ethusdc@nosuch")
+        assert refused.status == 400   # refused whole: its unlisted stream is not counted
+        public = await s.ws_connect(f"{sim.ws_url}/public/ws/ethusdc@bookTicker")
+        market = await s.ws_connect(f"{sim.ws_url}/market/ws/ethusdc@aggTrade")
+        st = await c.state()
+        assert (st["server"]["ws_legacy_silent_streams"], st["server"]["ws_unlisted_symbol_streams"]) == (2, 0)
+        assert st["connections"] == {"market": 3, "user": 1, "total": 4}
+        # one route of an agent's two market connections, then the silent user stream by its account
+        assert (await c.admin("POST", "/sim/fault/drop", {"target": "market", "route": "market"}))["dropped"] == 1
+        assert (await market.receive(timeout=10)).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                                                           aiohttp.WSMsgType.ERROR)
+        assert (await c.admin("POST", "/sim/fault/drop", {"target": "user", "account": "main"}))["dropped"] == 1
+        assert (await c.state())["connections"] == {"market": 2, "user": 0, "total": 2}
+        assert (await _recv_json(public))["e"] == "bookTicker"   # the other route lives on
+        for ws in (legacy_user, legacy, public, market):
+            await ws.close()
