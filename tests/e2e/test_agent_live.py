@@ -716,16 +716,21 @@ async def test_clock_skew_is_relearned_on_minus_1021(make_agent, exchange):
     assert agent.status()["state"] == "quoting"
 
 
-async def test_market_stream_drop_pulls_quotes_and_reconnects(make_agent, exchange):
+@pytest.mark.parametrize("route", [None, "market", "public"])
+async def test_market_stream_drop_pulls_quotes_and_reconnects(make_agent, exchange, route):
+    """Both market connections, or one route alone (the book's or the marks'): the stream ends, says
+    which route, and a new one comes."""
     agent = await make_agent()
     await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
     first = agent.market.stream
-    dropped = await exchange.post("/sim/fault/drop", {"target": "market"})
-    assert dropped["dropped"] >= 1
+    dropped = await exchange.post("/sim/fault/drop", {"target": "market", "route": route})
+    assert dropped["dropped"] == (2 if route is None else 1)
     await wait_for(lambda: agent.counters["market_stream_reconnects"] >= 1, 5, "the loss noticed")
     await wait_for(lambda: agent.market.stream is not None and agent.market.stream is not first, 10, "a new market stream")
     await wait_for(lambda: resting(agent, exchange), 10, "quoting again", explain=lambda: describe(agent, exchange))
     assert metric(agent, "mm_ws_connected") == 1.0  # the user stream was never touched
+    if route is not None:
+        assert first.close_reason.startswith(f"/{route}/"), first.close_reason
 
 
 async def test_agents_sharing_an_account_keep_to_their_own_symbol(make_agent, exchange):
