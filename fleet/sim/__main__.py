@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--funding-interval", type=float, default=None,
                         help="funding interval in seconds (default 8 h, aligned to 00/08/16 UTC)")
     parser.add_argument("--legacy-paths", choices=("public", "all"), default=None,
-                        help="what the unrouted /ws and /stream paths deliver: 'public' (book streams only, "
+                        help="what the unrouted /ws and /stream paths deliver: 'public' (the /public streams only, books and trades, "
                              "as Binance since 2026-04-23; the default) or 'all' (as the testnet)")
     parser.add_argument("--json", action="store_true", help="print one JSON line when ready")
     parser.add_argument("--log-level", default="WARNING")

@@ -107,6 +107,7 @@ class Book:
         self.poisson_rate = -1.0
         self.poisson_p0 = 1.0
         self.want_agg = False
+        self.want_trade = False
         self.depth_streams: list[tuple[str, int, int]] = []
         self.diff_streams: list[tuple[str, int]] = []
         self.diff_state: dict[str, tuple[int, dict[int, int], dict[int, int]]] = {}

@@ -139,7 +139,7 @@ class SimConfig(_Model):
     ws_max_incoming_per_s: int = Field(10, ge=1)
     ws_max_streams: int = Field(1024, ge=1)
     legacy_paths: Literal["public", "all"] = Field(
-        "public", description="what the unrouted /ws and /stream paths deliver: 'public' (book streams only; "
+        "public", description="what the unrouted /ws and /stream paths deliver: 'public' (the /public streams only, books and trades; "
                               "a /market stream or a user stream there is accepted and stays silent, as on "
                               "fstream.binance.com since 2026-04-23) or 'all' (as the testnet still does)")
     rate_limits: RateLimits = RateLimits()

@@ -21,7 +21,7 @@ from fleet.sim.config import SimConfig
 from fleet.sim.errors import SimApiError, int_param, invalid, missing
 from fleet.sim.frames import (render, render_account_update, render_agg, render_bt, render_depth, render_diff,
                               render_kline, render_list, render_mark, render_mini_ticker, render_order_update,
-                              render_ticker, render_trade_lite, ticker_24h)
+                              render_ticker, render_trade, render_trade_lite, ticker_24h)
 from fleet.sim.market import MarketModel
 from fleet.sim.orders import CLIENT_ID_RE, PRICE_MATCH, Account, Order, Trade
 from fleet.sim.replay import ReplayMarket
@@ -152,6 +152,7 @@ class Engine(EngineViews):
         for b in self.books.values():
             b.want_bt = b.lower + "@bookTicker" in self.interest
             b.want_agg = b.lower + "@aggTrade" in self.interest
+            b.want_trade = b.lower + "@trade" in self.interest
             b.depth_streams = [(f"{b.lower}@depth{n}{sfx}", n, every) for n in (5, 10, 20)
                                for sfx, every in every_of.items() if f"{b.lower}@depth{n}{sfx}" in self.interest]
             b.diff_streams = [(f"{b.lower}@depth{sfx}", every) for sfx, every in every_of.items()
@@ -464,6 +465,8 @@ class Engine(EngineViews):
                 c[9] += price * qty
         if b.want_agg:
             self._emit_market(b.lower + "@aggTrade", (render_agg, b, aid, price, qty, t, buyer_maker))
+        if b.want_trade:
+            self._emit_market(b.lower + "@trade", (render_trade, b, aid, price, qty, t, buyer_maker))
 
     def publish_timed(self, t: int) -> None:
         """The streams pushed on a schedule: klines every 250 ms, tickers every 2 s."""

@@ -27,6 +27,12 @@ def render_agg(b: Book, aid: int, price: int, qty: int, t: int, buyer_maker: boo
             "f": aid, "l": aid, "T": t, "m": buyer_maker}
 
 
+def render_trade(b: Book, tid: int, price: int, qty: int, t: int, buyer_maker: bool) -> dict[str, Any]:
+    """``<symbol>@trade``; ``X`` is the taker's order type (MARKET; liquidations and ADL never happen here)."""
+    return {"e": "trade", "E": t, "T": t, "s": b.symbol, "t": tid, "p": b.price_str(price), "q": b.qty_str(qty),
+            "X": "MARKET", "m": buyer_maker}
+
+
 def render_kline(b: Book, interval: str, row: list[Any], first_id: int, last_id: int, t: int,
                  closed: bool) -> dict[str, Any]:
     """A ``<symbol>@kline_<interval>`` event from a kline array (``Book.kline_row``)."""

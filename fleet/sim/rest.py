@@ -106,7 +106,8 @@ class RestHandlers:
         b = self.engine.book(params.get("symbol"))
         limit = self._limit(params, 500, 1000)
         return [{"id": aid, "price": b.price_str(p), "qty": b.qty_str(q),
-                 "quoteQty": f"{b.notional_unit * p * q:f}", "time": t, "isBuyerMaker": m}
+                 "quoteQty": f"{b.notional_unit * p * q:f}", "time": t, "isBuyerMaker": m,
+                 "isRPITrade": False}
                 for aid, p, q, t, m in list(b.recent_trades)[-limit:]]
 
     def _agg_trades(self, account: Any, params: dict[str, str], now: int) -> Any:

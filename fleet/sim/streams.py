@@ -12,6 +12,8 @@ market step. ``<symbol>@kline_<interval>`` pushes the open candle every 250 ms a
 more when it closes (``x: true``). ``<symbol>@ticker`` and ``@miniTicker`` push the rolling 24 h
 statistics every 2 s (those of REST ``/ticker/24hr``). ``<symbol>@forceOrder`` and
 ``!forceOrder@arr`` are served and stay silent: nobody is liquidated in the simulated market.
+``<symbol>@trade`` is a /public stream (Binance lists it there, and its unrouted paths deliver it): one
+frame per trade, the trade id that of the aggregate trade (each price a taker meets is one trade here).
 
 A well-formed stream of a symbol the exchange does not list is accepted and stays silent, as Binance
 does (no error, no data); only a name no symbol could carry is refused (``unlisted_stream``).
@@ -47,8 +49,8 @@ def canonical_stream(name: str, symbols_lower: set[str]) -> tuple[str, str] | No
     sym = sym.lower()
     if not sep or sym not in symbols_lower:
         return None
-    if rest == "bookTicker":
-        return f"{sym}@bookTicker", PUBLIC
+    if rest in ("bookTicker", "trade"):
+        return f"{sym}@{rest}", PUBLIC
     if rest in ("markPrice", "markPrice@3s"):
         return f"{sym}@markPrice", MARKET
     if rest == "markPrice@1s":

@@ -296,8 +296,8 @@ class StreamGateway(WsApiGateway):
         self.stats["ws_legacy_silent_streams"] += legacy
         self.stats["ws_unlisted_symbol_streams"] += unlisted
         if legacy:
-            log.info("%d stream(s) on an unrouted path accepted and silent: only book streams are served "
-                     "there (Binance since 2026-04-23); use /market or /private", legacy)
+            log.info("%d stream(s) on an unrouted path accepted and silent: only /public streams "
+                     "(books, trades) are served there (Binance since 2026-04-23); use /market or /private", legacy)
         if unlisted:
             log.info("%d stream(s) of symbols the exchange does not list accepted and silent", unlisted)
 

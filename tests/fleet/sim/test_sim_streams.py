@@ -270,11 +270,25 @@ async def test_all_market_mark_prices_aggtrades_and_all_book_tickers(sim):
             seen.add((await _recv_json(ws))["s"])
         await ws.close()
         ws = await s.ws_connect(f"{sim.ws_url}/market/ws/solusdt@aggTrade")
-        await c.signed("POST", "/fapi/v1/order", {"symbol": "SOLUSDT", "side": "BUY", "type": "MARKET",
-                                                  "quantity": "1.00"})
-        trade = await _until(ws, lambda f: f["e"] == "aggTrade")
+        trades = await s.ws_connect(f"{sim.ws_url}/public/ws/solusdt@trade")   # a /public stream
+        unrouted = await s.ws_connect(f"{sim.ws_url}/ws/solusdt@trade")   # so delivered there too
+        r = await c.signed("POST", "/fapi/v1/order", {"symbol": "SOLUSDT", "side": "BUY", "type": "MARKET",
+                                                      "quantity": "1.00"})
+        trade = await _until(ws, lambda f: f["e"] == "aggTrade" and f["T"] >= r.json["updateTime"])
         assert trade["s"] == "SOLUSDT" and {"a", "p", "q", "f", "l", "T", "m"} <= set(trade)
+        for conn in (trades, unrouted):
+            raw = await _until(conn, lambda f: f["t"] == trade["a"])
+            assert set(raw) == {"e", "E", "T", "s", "t", "p", "q", "X", "m"} and raw["e"] == "trade"
+            assert (raw["p"], raw["q"], raw["m"], raw["T"], raw["X"]) == (trade["p"], trade["q"], trade["m"],
+                                                                          trade["T"], "MARKET")
+            await conn.close()
+        rest = (await c.public("GET", "/fapi/v1/trades", {"symbol": "SOLUSDT", "limit": 1000})).json
+        assert {"id": trade["a"], "price": trade["p"], "qty": trade["q"], "isBuyerMaker": trade["m"],
+                "isRPITrade": False}.items() <= next(x for x in rest if x["id"] == trade["a"]).items()
         await ws.close()
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:   # /public's, not /market's
+            await s.ws_connect(f"{sim.ws_url}/market/ws/solusdt@trade")
+        assert refused.value.status == 400
 
 
 async def test_diff_depth_stream_chains_update_ids_after_a_rest_snapshot(sim):
