@@ -25,7 +25,7 @@ from fleet.sim.frames import (render, render_account_update, render_agg, render_
 from fleet.sim.market import MarketModel
 from fleet.sim.orders import CLIENT_ID_RE, PRICE_MATCH, Account, Order, Trade
 from fleet.sim.replay import ReplayMarket
-from fleet.sim.streams import DEPTH_EVERY_MS, KLINE_EVERY_MS, KLINE_MINUTES, TICKER_EVERY_MS
+from fleet.sim.streams import ALL_TICKERS_EVERY_MS, DEPTH_EVERY_MS, KLINE_EVERY_MS, KLINE_MINUTES, TICKER_EVERY_MS
 from fleet.sim.units import ZERO, decimals_in, fast_units, q8, s8
 from fleet.sim.views import EngineViews
 
@@ -93,6 +93,9 @@ class Engine(EngineViews):
         self.ticker_streams: list[tuple[Book, str, Any]] = []   # (book, stream, renderer) listened to
         self.next_timed_ms = FAR_MS   # the next kline or ticker push (FAR_MS: nobody listens to one)
         self.next_ticker_ms = 0
+        self.all_ticker_streams: list[tuple[str, Any]] = []   # (!ticker@arr or !miniTicker@arr, renderer) listened to
+        self.next_all_ticker_ms = 0
+        self.all_ticker_seen: dict[str, int] = {}   # symbol -> its next trade id at the last all-market push
         self._step_count = 0
         self.want_all_bt = False
         self._deadline = FAR_MS
@@ -145,7 +148,10 @@ class Engine(EngineViews):
                                if f"{b.lower}@{kind}" in self.interest]
         if any(stream not in before for _, stream, _ in self.ticker_streams):
             self.next_ticker_ms = 0   # a new listener hears the day at once, not up to 2 s later
-        if not (self.kline_streams or self.ticker_streams):
+        self.all_ticker_streams = [(stream, render) for stream, render in (("!ticker@arr", render_ticker),
+                                                                          ("!miniTicker@arr", render_mini_ticker))
+                                   if stream in self.interest]
+        if not (self.kline_streams or self.ticker_streams or self.all_ticker_streams):
             self.next_timed_ms = FAR_MS
         elif self.next_timed_ms == FAR_MS:
             self.next_timed_ms = 0   # the first push comes at once
@@ -469,7 +475,8 @@ class Engine(EngineViews):
             self._emit_market(b.lower + "@trade", (render_trade, b, aid, price, qty, t, buyer_maker))
 
     def publish_timed(self, t: int) -> None:
-        """The streams pushed on a schedule: klines every 250 ms, tickers every 2 s."""
+        """The streams pushed on a schedule: klines every 250 ms, tickers every 2 s, the all-market
+        tickers every second."""
         self.next_timed_ms = t - t % KLINE_EVERY_MS + KLINE_EVERY_MS
         if self.kline_streams:
             self._publish_klines(t)
@@ -483,6 +490,23 @@ class Engine(EngineViews):
                 if s is None:
                     s = stats[b.symbol] = ticker_24h(b, t)
                 self._emit_market(stream, (render, b, s, t))
+        if self.all_ticker_streams and t >= self.next_all_ticker_ms:
+            self.next_all_ticker_ms = t - t % ALL_TICKERS_EVERY_MS + ALL_TICKERS_EVERY_MS
+            self._publish_all_tickers(t)
+
+    def _publish_all_tickers(self, t: int) -> None:
+        """``!ticker@arr`` and ``!miniTicker@arr``: the symbols that traded since the last push ("only
+        tickers that have changed will be present in the array"); nothing when none did."""
+        changed = []
+        seen = self.all_ticker_seen
+        for b in self.books.values():
+            if b.frozen or seen.get(b.symbol) == b.agg_id:
+                continue
+            seen[b.symbol] = b.agg_id
+            changed.append((b, ticker_24h(b, t)))
+        if changed:
+            for stream, render in self.all_ticker_streams:
+                self._emit_market(stream, (render_list, [(render, b, s, t) for b, s in changed]))
 
     def _publish_klines(self, t: int) -> None:
         """Each kline stream listened to: its open candle, after the one it last pushed if that has closed

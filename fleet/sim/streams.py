@@ -1,6 +1,6 @@
 """Market stream names: which ones exist, how they are spelled, and which 2026 path serves them.
 
-Binance split its WebSocket host in 2026 into /public (books) and /market (everything else), user
+Binance split its WebSocket host in 2026 into /public (books, trades) and /market (everything else), user
 data on /private. Since 2026-04-23 the unrouted /ws and /stream paths deliver /public streams only: a
 /market stream or a user stream there is accepted and never delivered ("This fails silently rather
 than erroring", Binance's docs). So here by default (``SimConfig.legacy_paths``, ``public``); ``all``
@@ -10,7 +10,9 @@ Besides the documented depth speeds (250 ms by default, ``@500ms``, ``@100ms``),
 too: Binance answers it and third-party engines ask for it by default; here it publishes on every
 market step. ``<symbol>@kline_<interval>`` pushes the open candle every 250 ms and each candle once
 more when it closes (``x: true``). ``<symbol>@ticker`` and ``@miniTicker`` push the rolling 24 h
-statistics every 2 s (those of REST ``/ticker/24hr``). ``<symbol>@forceOrder`` and
+statistics every 2 s (those of REST ``/ticker/24hr``); ``!ticker@arr`` and ``!miniTicker@arr`` every
+second, holding the symbols that traded since the last push (Binance: "only tickers that have changed
+will be present in the array"), and nothing when none did. ``<symbol>@forceOrder`` and
 ``!forceOrder@arr`` are served and stay silent: nobody is liquidated in the simulated market.
 ``<symbol>@trade`` is a /public stream (Binance lists it there, and its unrouted paths deliver it): one
 frame per trade, the trade id that of the aggregate trade (each price a taker meets is one trade here).
@@ -30,6 +32,7 @@ KLINE_MINUTES = {"1m": 1, "3m": 3, "5m": 5, "15m": 15, "30m": 30, "1h": 60, "2h"
                  "6h": 360, "8h": 480, "12h": 720, "1d": 1440}
 KLINE_EVERY_MS = 250   # a kline stream's cadence
 TICKER_EVERY_MS = 2000   # <symbol>@ticker and @miniTicker: "Update Speed: 2000ms" (USD-M docs)
+ALL_TICKERS_EVERY_MS = 1000   # !ticker@arr and !miniTicker@arr: "Update Speed: 1000ms" (USD-M docs)
 
 
 def canonical_stream(name: str, symbols_lower: set[str]) -> tuple[str, str] | None:
@@ -44,6 +47,10 @@ def canonical_stream(name: str, symbols_lower: set[str]) -> tuple[str, str] | No
             return "!markPrice@arr@1s", MARKET
         if low == "!forceorder@arr":
             return "!forceOrder@arr", MARKET
+        if low == "!ticker@arr":
+            return "!ticker@arr", MARKET
+        if low == "!miniticker@arr":
+            return "!miniTicker@arr", MARKET
         return None
     sym, sep, rest = name.partition("@")
     sym = sym.lower()

@@ -258,7 +258,7 @@ async def test_user_stream_as_a_stream_name_combined_and_sdk_style_subscribe(sim
         await sdk.close()
 
 
-async def test_all_market_mark_prices_aggtrades_and_all_book_tickers(sim):
+async def test_all_market_streams_trades_and_aggregate_trades(sim):
     async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
         ws = await s.ws_connect(f"{sim.ws_url}/market/ws/!markPrice@arr@1s")
         arr = await _recv_json(ws)
@@ -269,6 +269,8 @@ async def test_all_market_mark_prices_aggtrades_and_all_book_tickers(sim):
         while len(seen) < 3:
             seen.add((await _recv_json(ws))["s"])
         await ws.close()
+        tickers = await s.ws_connect(f"{sim.ws_url}/market/ws/!ticker@arr")
+        minis = await s.ws_connect(f"{sim.ws_url}/market/stream?streams=!miniTicker@arr")
         ws = await s.ws_connect(f"{sim.ws_url}/market/ws/solusdt@aggTrade")
         trades = await s.ws_connect(f"{sim.ws_url}/public/ws/solusdt@trade")   # a /public stream
         unrouted = await s.ws_connect(f"{sim.ws_url}/ws/solusdt@trade")   # so delivered there too
@@ -286,6 +288,21 @@ async def test_all_market_mark_prices_aggtrades_and_all_book_tickers(sim):
         assert {"id": trade["a"], "price": trade["p"], "qty": trade["q"], "isBuyerMaker": trade["m"],
                 "isRPITrade": False}.items() <= next(x for x in rest if x["id"] == trade["a"]).items()
         await ws.close()
+        # The all-market tickers: every second, only the symbols that traded since the push before.
+        last_id: dict[str, int] = {}
+        pushed_at: list[int] = []
+        while last_id.get("SOLUSDT", -1) < trade["a"]:
+            arr = await _recv_json(tickers)
+            assert arr and {x["e"] for x in arr} == {"24hrTicker"} and len({x["E"] for x in arr}) == 1
+            for x in arr:
+                assert x["L"] != last_id.get(x["s"]), f"{x['s']} pushed unchanged"
+                last_id[x["s"]] = x["L"]
+            pushed_at.append(arr[0]["E"])
+        assert all(b - a >= 1000 for a, b in zip(pushed_at, pushed_at[1:]))
+        mini = await _until(minis, lambda f: any(x["s"] == "SOLUSDT" for x in f["data"]))
+        assert mini["stream"] == "!miniTicker@arr" and {x["e"] for x in mini["data"]} == {"24hrMiniTicker"}
+        await tickers.close()
+        await minis.close()
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:   # /public's, not /market's
             await s.ws_connect(f"{sim.ws_url}/market/ws/solusdt@trade")
         assert refused.value.status == 400
