@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,11 +13,13 @@ ALGO = "/fapi/v1/algoOrder"
 WRITE_ROUTES = frozenset((m, p) for m in ("POST", "PUT", "DELETE") for p in (ORDER, BATCH)) | {("POST", ALGO),
                                                                                              ("DELETE", ALGO)}
 BATCH_ROUTES = frozenset((m, BATCH) for m in ("POST", "PUT", "DELETE"))
+# Binance's system-level protection (-1008) "applies to POST order, batchOrders and order/test"
+THROTTLE_ROUTES = frozenset({("POST", ORDER), ("POST", BATCH), ("POST", ORDER + "/test")})
 
 PRE_MODES = ("error", "429")  # answered before the request reaches the exchange (nothing executes)
 EXEC_MODES = ("late", "exec_then_error", "batch_short", "batch_malformed", "batch_nonjson")  # writes only
 BATCH_MODES = ("batch_short", "batch_malformed", "batch_nonjson")
-MODES = ("error", "unknown", "429") + EXEC_MODES
+MODES = ("error", "unknown", "429", "throttle") + EXEC_MODES
 
 
 def _html(status: int, reason: str) -> str:
@@ -40,6 +43,9 @@ ANSWERS: dict[str, tuple[int, Any]] = {
                                           "unknown; execution status unknown."}),
     # the definite failure the `error` mode has always answered (resending is safe)
     "-1001": (503, {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."}),
+    # system-level protection: a definite failure, not counted against the rate limits
+    "-1008": (503, {"code": -1008, "msg": "Request throttled by system-level protection. Reduce-only/close-position "
+                                          "orders are exempt. Please try again."}),
     "timeout": (0, None),
 }
 
@@ -59,11 +65,13 @@ class RestFault:
     entries: list[int] | None = None  # batch_short/batch_malformed: which answer entries (None = default)
     entry: Any = field(default_factory=dict)  # batch_malformed: what replaces each chosen entry
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, params: dict[str, str] | None = None) -> bool:
         if self.path is not None and not path.startswith(self.path):
             return False
         if self.method is not None and self.method.upper() != method:
             return False
+        if self.mode == "throttle":
+            return (method, path) in THROTTLE_ROUTES and params is not None and not _reduce_only(path, params)
         if self.mode in BATCH_MODES:
             return (method, path) in BATCH_ROUTES
         if self.mode in EXEC_MODES:
@@ -73,6 +81,8 @@ class RestFault:
     def answer_name(self) -> str:
         if self.answer is not None:
             return self.answer
+        if self.mode == "throttle":
+            return "-1008"
         return "-1001" if self.mode == "error" else "503"
 
     def reshape_batch(self, result: list[Any]) -> list[Any]:
@@ -83,6 +93,20 @@ class RestFault:
             return [r for i, r in enumerate(result) if i not in drop]
         chosen = {i % n for i in self.entries} if self.entries and n else set(range(n))
         return [self.entry if i in chosen else r for i, r in enumerate(result)]
+
+
+def _reduce_only(path: str, params: dict[str, str]) -> bool:
+    """Exempt from the throttle: a reduce-only or close-position order, or a batch of only those (a
+    batch holding one other order is refused whole)."""
+    if path != BATCH:
+        return "true" in (params.get("reduceOnly", "").lower(), params.get("closePosition", "").lower())
+    try:
+        orders = json.loads(params.get("batchOrders", ""))
+    except ValueError:
+        return False
+    return isinstance(orders, list) and bool(orders) and all(
+        isinstance(o, dict) and "true" in (str(o.get("reduceOnly", "")).lower(), str(o.get("closePosition", "")).lower())
+        for o in orders)
 
 
 def parse_fault(body: dict[str, Any]) -> RestFault:

@@ -58,7 +58,7 @@ class ExchangeGateway(RestHandlers):
         self.latency: tuple[int, str | None] = (config.rest_latency_ms, None)
         self.stats = {"rest_requests": 0, "ws_frames_sent": 0, "ws_bad_messages": 0, "ws_slow_dropped": 0,
                       "ws_unlisted_symbol_streams": 0, "ws_legacy_silent_streams": 0, "late_executed": 0,
-                      "late_expired": 0, "late_rejected": 0}
+                      "late_expired": 0, "late_rejected": 0, "throttled": 0}
         self.weight_by_route: dict[str, int] = {}  # IP weight charged since start, per "METHOD path"
         self._routes = self._route_table()
 
@@ -168,9 +168,12 @@ class ExchangeGateway(RestHandlers):
             return _json(404, {"code": -5000, "msg": f"Path {path}, Method {method} is invalid"})
         fn, sec, weight_spec = route
         headers: dict[str, str] = {}
-        fault = self._match_fault(method, path) if self.faults else None
+        fault = self._match_fault(method, path, params) if self.faults else None
         if fault is not None and fault.mode not in EXEC_MODES:
-            self._use_fault(fault)  # error, 429 and unknown take their turn whatever happens next
+            self._use_fault(fault)  # error, 429, throttle and unknown take their turn whatever happens next
+            if fault.mode == "throttle":   # refused before the gateway: no weight, no order count
+                self.stats["throttled"] += 1
+                return self._fault_answer(fault, {})
             if fault.mode == "error":
                 return self._fault_answer(fault, {})
             if fault.mode == "429":
@@ -253,9 +256,9 @@ class ExchangeGateway(RestHandlers):
 
     # -- injected faults -----------------------------------------------------------------------------
 
-    def _match_fault(self, method: str, path: str) -> RestFault | None:
+    def _match_fault(self, method: str, path: str, params: dict[str, str] | None) -> RestFault | None:
         for f in self.faults:
-            if f.count > 0 and f.matches(method, path):
+            if f.count > 0 and f.matches(method, path, params):
                 return f
         return None
 

@@ -34,12 +34,12 @@ input, 404 on an unknown route)::
              "deferred": [{"method", "path", "account", "due_ms", "expires_ms", "newClientOrderId"}],
              "server": {"rest_requests", "ws_frames_sent", "ws_bad_messages", "ws_slow_dropped",
                         "ws_unlisted_symbol_streams", "ws_legacy_silent_streams", "late_executed",
-                        "late_expired", "late_rejected"},
+                        "late_expired", "late_rejected", "throttled"},
              "weight_by_route": {"METHOD /path": IP weight charged since the start, every IP together}}
          (symbol optional: all symbols; account default "main"; money fields are decimal strings)
     GET  /sim/accounts                -> [{"name", "api_key", "api_secret"}]
-    POST /sim/fault/rest     {"mode": "error"|"unknown"|"429"|"late"|"exec_then_error"|"batch_short"|
-                              "batch_malformed"|"batch_nonjson", "count": 1, "path": "/fapi/v1/order",
+    POST /sim/fault/rest     {"mode": "error"|"unknown"|"429"|"throttle"|"late"|"exec_then_error"|
+                              "batch_short"|"batch_malformed"|"batch_nonjson", "count": 1, "path": "/fapi/v1/order",
                               "method": "POST", "status": null, "answer": "503", "delay_ms": 400,
                               "hold_ms": 500, "entries": null, "entry": {}}
          path (prefix) and method are optional filters; each matching request uses up one of `count`;
@@ -51,6 +51,12 @@ input, 404 on an unknown route)::
          unknown: execute, then answer 503 {"code": -1000, "msg": "Unknown error, please check your
                   request or try again later."} (the order really exists)
          429:     answer 429 {"code": -1003} with Retry-After: 1 (no ban)
+         throttle: Binance's system-level protection: a new order (POST /fapi/v1/order, order/test,
+                  batchOrders) is refused unexecuted, HTTP 503 {"code": -1008, "msg": "Request throttled
+                  by system-level protection. Reduce-only/close-position orders are exempt. Please try
+                  again."}, charged no weight nor order count; a reduce-only or close-position order (a
+                  batch of only those) passes and leaves the fault pending, as do cancels and amends.
+                  Counted in /sim/state "server" throttled.
          The modes below take only writes (POST/PUT/DELETE /fapi/v1/order and /fapi/v1/batchOrders; the
          batch_* ones only /fapi/v1/batchOrders) that passed the gateway (key, signature, timestamp,
          rate limits): a request rejected there is answered as usual and leaves the fault pending.
@@ -73,6 +79,8 @@ input, 404 on an unknown route)::
                       status unknown; execution status unknown."} (408 = "timeout waiting for the backend")
            "-1001":   HTTP 503 {"code":-1001,"msg":"Internal error; unable to process your request. Please
                       try again."} (a definite failure; only meaningful with mode error)
+           "-1008":   HTTP 503, the throttle's answer (a definite failure; with mode error it spares no
+                      order, reduce-only ones included)
            "timeout": no answer: the connection is held `hold_ms` (default 500) and then closed, so the
                       client sees a disconnect (or its own read timeout if that is shorter)
            `status` (optional) overrides the answer's HTTP status.

@@ -193,3 +193,42 @@ async def test_configured_rest_latency_applies_to_every_call(sim_factory):
         t0 = time.monotonic()
         assert (await c.public("GET", "/fapi/v1/time")).status == 200
         assert time.monotonic() - t0 >= 0.15
+
+
+async def test_system_throttle_refuses_new_orders_but_not_reduce_only_ones_cancels_or_amends(sim):
+    async with SimClient.for_sim(sim) as c:
+        bid = Decimal((await c.public("GET", "/fapi/v1/ticker/bookTicker", {"symbol": "ETHUSDC"})).json["bidPrice"])
+        low, high = (str((bid * Decimal(k)).quantize(Decimal("0.01"))) for k in ("0.97", "1.03"))
+        buy = {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.010",
+               "price": low}
+        reducing = {**buy, "side": "SELL", "price": high, "reduceOnly": "true"}
+        await c.admin("POST", "/sim/position", {"account": "main", "symbol": "ETHUSDC", "amount": "0.050"})
+        first = await c.signed("POST", "/fapi/v1/order", {**buy, "newClientOrderId": "t-before"})
+        counted = int(first.headers["X-MBX-ORDER-COUNT-10S"])
+        await c.admin("POST", "/sim/fault/rest", {"mode": "throttle", "count": 4})
+        refused = [await c.signed("POST", "/fapi/v1/order", {**buy, "newClientOrderId": "t-new"}),
+                   await c.signed("POST", "/fapi/v1/order/test", buy),
+                   await c.signed("POST", "/fapi/v1/batchOrders", {"batchOrders": json.dumps(
+                       [{**reducing, "newClientOrderId": "t-b1"}, {**buy, "newClientOrderId": "t-b2"}])})]
+        for r in refused:   # a batch holding one order that is not reduce-only is refused whole
+            assert (r.status, r.json["code"]) == (503, -1008) and "Reduce-only" in r.json["msg"]
+        # exempt, and the fault stays pending: a reduce-only order, a batch of them, an amend, a cancel
+        passed = await c.signed("POST", "/fapi/v1/order", {**reducing, "newClientOrderId": "t-ro"})
+        assert passed.status == 200 and int(passed.headers["X-MBX-ORDER-COUNT-10S"]) == counted + 1
+        batch = await c.signed("POST", "/fapi/v1/batchOrders", {"batchOrders": json.dumps(
+            [{**reducing, "newClientOrderId": "t-rb"}])})
+        assert batch.status == 200 and batch.json[0]["clientOrderId"] == "t-rb"
+        amended = await c.signed("PUT", "/fapi/v1/order", {"symbol": "ETHUSDC", "origClientOrderId": "t-before",
+                                                           "side": "BUY", "quantity": "0.020", "price": low})
+        assert amended.status == 200 and amended.json["origQty"] == "0.020"
+        cancelled = await c.signed("DELETE", "/fapi/v1/order", {"symbol": "ETHUSDC", "origClientOrderId": "t-ro"})
+        assert cancelled.status == 200
+        st = await c.state(symbol="ETHUSDC")
+        assert sorted(o["clientOrderId"] for o in st["open_orders"]) == ["t-before", "t-rb"]  # nothing refused ran
+        assert [f["count"] for f in st["faults_pending"]] == [1] and st["server"]["throttled"] == 3
+        last = await c.signed("POST", "/fapi/v1/order", {**buy, "newClientOrderId": "t-last"})
+        assert last.json["code"] == -1008
+        again = await c.signed("POST", "/fapi/v1/order", {**buy, "newClientOrderId": "t-after"})
+        assert again.status == 200   # the fault used up: orders pass again
+        st = await c.state(symbol="ETHUSDC")
+        assert st["faults_pending"] == [] and st["server"]["throttled"] == 4
