@@ -261,7 +261,6 @@ class AgentActor:
             logger=logging.getLogger(f"mmfleet.agent.{self.symbol}"),
             rate_share=float(spec.get("rate_share", 1.0)),
         )
-        agent.metrics.bind_budget(agent.budget)  # the rate budget's windows on /metrics
         if (spec.get("journal") or {}).get("enabled"):
             # the trade journal, when the spec has one: imported only then (SQLAlchemy costs every
             # agent process some 0.1 CPU-s, 5 of 2 cores' seconds when 50 agents start at once)

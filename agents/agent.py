@@ -100,6 +100,7 @@ class SymbolAgent:
         self.log = AgentLog(logger or logging.getLogger("mmfleet.agent"), symbol)
         self.metrics = AgentMetrics(symbol)
         self.budget = RateBudget(share=rate_share, clock=clock.monotonic)
+        self.metrics.bind_budget(self.budget)  # the rate budget's windows on /metrics
         self.journal: JournalSink = NULL_SINK  # the trade journal (journal.recorder.attach_journal)
         # what the start learns: the REST client, the trading core, the symbol's filters, the lease grant
         self.client: BinanceClient | None = None

@@ -258,6 +258,8 @@ class AgentMetrics:
         yield from fams.values()
         sym = [self.symbol]
         yield _counter("mm_rate_limited", "429 answers (Retry-After) the budget waited out", sym, budget.rate_limited)
+        yield _counter("mm_throttled", "-1008 answers (the exchange's system-level protection): quoting held 1 s",
+                       sym, budget.throttled)
         yield _counter("mm_rate_budget_refused", "requests the budget refused for want of room", sym, budget.refused)
 
 

@@ -50,7 +50,7 @@ from .models import (
     PositionInfo,
     PremiumIndex,
 )
-from .ratelimit import Cost, RateBudget
+from .ratelimit import THROTTLE_PAUSE_S, Cost, RateBudget
 from .signing import encode_params, sign
 
 log = logging.getLogger("fleet.binance.client")
@@ -225,6 +225,10 @@ class RestCore:
         if isinstance(err, RateLimitedError):
             self.budget.note_retry_after(err.retry_after, orders_only=err.code == ErrorCode.TOO_MANY_ORDERS)
             log.warning("rate limited on %s %s: backing off %.1fs", method, path, err.retry_after)
+        elif err.code == ErrorCode.REQUEST_THROTTLED:
+            self.budget.note_throttled()
+            log.warning("system-level protection (-1008) on %s %s: quoting orders held %.1fs", method, path,
+                        THROTTLE_PAUSE_S)
         elif isinstance(err, BannedError):
             until = err.until_ms
             seconds = (until - self._timestamp()) / 1000 if until else 120.0

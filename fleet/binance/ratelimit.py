@@ -5,6 +5,9 @@ Two views are kept and both must allow a request:
 - the exchange's count as last reported in ``X-MBX-*`` headers (which includes everybody else on
   the account/IP), plus what we spent since, capped at the full limit.
 After a 429 every request waits out ``Retry-After``; after a 418 everything waits for the ban to end.
+After a -1008 (Binance's system-level protection refusing new orders; reduce-only ones are exempt)
+the quoting lane's orders wait ``THROTTLE_PAUSE_S``: the exchange is overloaded, and a quote sent again
+at the next book tick would only be refused again.
 
 Risk first: requests that reduce risk (cancels, amends that shrink an order or move it away from the
 market, reduce-only orders, the dead-man heartbeat, look-ups of unknown outcomes) go in the ``risk``
@@ -37,6 +40,7 @@ log = logging.getLogger("fleet.binance.ratelimit")
 # the drift since) stays well inside it.
 BOUNDARY_MARGIN_S = 0.5
 LOUD_WAIT_S = 1.0  # a request held longer than this for room is logged (reads wait; quoting does not)
+THROTTLE_PAUSE_S = 1.0  # after a -1008 the quoting lane's orders wait this long (Binance sends no Retry-After)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +186,8 @@ class RateBudget:
         self._rep_1m = _Reported(60.0, 1)
         self._blocked_until = -math.inf  # every request (IP weight 429, or a 418 ban)
         self._orders_blocked_until = -math.inf  # new orders only (account order-count 429, -1015)
+        self._quotes_blocked_until = -math.inf  # the quoting lane's orders only (-1008, system protection)
+        self.throttled = 0  # -1008s seen
         self.share = share
         self.set_share(share)
         self.rate_limited = 0  # 429s seen
@@ -242,6 +248,8 @@ class RateBudget:
         now = self._clock() if now is None else now
         if now < max(self._blocked_until, self._orders_blocked_until):
             return 0
+        if not risk and now < self._quotes_blocked_until:
+            return 0
         lim = self._lane_limit
         local = min(
             lim(self._orders_10s.limit, risk) - self._orders_10s.used(now),
@@ -280,6 +288,8 @@ class RateBudget:
         wait = max(0.0, self._blocked_until - now)
         if cost.orders_10s > 0 or cost.orders_1m > 0:
             wait = max(wait, self._orders_blocked_until - now)
+            if not risk:
+                wait = max(wait, self._quotes_blocked_until - now)
         pairs = (
             (self._weight, self._rep_weight, cost.weight),
             (self._orders_10s, self._rep_10s, cost.orders_10s),
@@ -306,6 +316,8 @@ class RateBudget:
             reasons.append((self._blocked_until - now, "a 429 or 418 pause of the exchange"))
         if (cost.orders_10s > 0 or cost.orders_1m > 0) and self._orders_blocked_until > now:
             reasons.append((self._orders_blocked_until - now, "an order-count 429 pause of the exchange"))
+        if (cost.orders_10s > 0 or cost.orders_1m > 0) and not risk and self._quotes_blocked_until > now:
+            reasons.append((self._quotes_blocked_until - now, "the exchange's system-level protection (-1008)"))
         for name, window, reported, amount in (
             ("IP weight a minute", self._weight, self._rep_weight, cost.weight),
             ("account orders in 10 s", self._orders_10s, self._rep_10s, cost.orders_10s),
@@ -414,6 +426,13 @@ class RateBudget:
             self._orders_blocked_until = max(self._orders_blocked_until, until)
         else:
             self._blocked_until = max(self._blocked_until, until)
+
+    def note_throttled(self, seconds: float = THROTTLE_PAUSE_S, now: float | None = None) -> None:
+        """After a -1008: the quoting lane's orders wait ``seconds``; the risk lane (reduce-only orders,
+        which the exchange exempts, cancels, amends away from the market) goes on."""
+        now = self._clock() if now is None else now
+        self.throttled += 1
+        self._quotes_blocked_until = max(self._quotes_blocked_until, now + max(0.0, seconds))
 
     def note_banned(self, seconds: float, now: float | None = None) -> None:
         """After a 418: nothing goes out until the ban ends."""

@@ -24,6 +24,8 @@ from .test_agent_live import (  # noqa: F401 - fixtures
     exchange,
     in_sync,
     make_agent,
+    metric,
+    resting,
     wait_for,
     worst_long,
     worst_short,
@@ -242,3 +244,35 @@ async def test_reconciliation_adopts_and_cancels_an_order_the_agent_never_heard_
     assert status["counters"]["reconcile_repairs"] >= 1
     assert status["last_reconcile_repair"]["kind"] in ("untracked", "orphan_cancelled")
     await settled(agent, exchange)
+
+
+async def test_system_throttling_refuses_the_quotes_yet_a_flatten_goes_through(make_agent, exchange):
+    """Binance's -1008 ("Request throttled by system-level protection. Reduce-only/close-position orders
+    are exempt."): nothing refused is counted, the cap holds, the flatten's reduce-only orders pass
+    while the throttle lasts, and the agent quotes again once it ends."""
+    agent = await drill(make_agent, exchange, [], position="0.030")
+    cap = agent.params.worst_cap
+    async with CapWatch(exchange) as watch:
+        await exchange.post("/sim/fault/rest", {"mode": "throttle", "count": 1_000_000})
+        pct = 0.25
+
+        async def refused_some() -> bool:
+            nonlocal pct
+            if (await exchange.state())["server"]["throttled"] >= 5:
+                return True
+            pct = -pct
+            await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": pct})
+            return False
+
+        await wait_for(refused_some, 20, "the agent's new orders refused with -1008", interval=0.3)
+        await settled(agent, exchange)   # a refused order is not counted: nothing to settle
+        flat = await agent.flatten("drill")
+        st = await exchange.state()
+        assert flat["position"] == 0.0 and Decimal(st["positions"][SYMBOL]["amount"]) == 0
+        assert st["faults_pending"], "the flatten went through while the throttle still held"
+        assert metric(agent, "mm_throttled_total") == st["server"]["throttled"]   # each one heard, and held
+    assert_cap(watch, cap)
+    await exchange.post("/sim/fault/clear", {})
+    await agent.resume()
+    await wait_for(lambda: resting(agent, exchange), 15, "quoting again once the throttle ended",
+                   explain=lambda: describe(agent, exchange))

@@ -91,6 +91,20 @@ def test_an_order_count_429_pauses_orders_but_not_cancels():
     assert budget.try_charge(ORDER) == 0
 
 
+def test_a_throttle_holds_the_quoting_lanes_orders_a_second_but_not_the_risk_lane_nor_reads():
+    clock = Clock()
+    budget = RateBudget(clock=clock)
+    budget.note_throttled()   # -1008: the exchange's system-level protection
+    assert budget.wait_time(ORDER) == pytest.approx(1.0)
+    assert budget.orders_available() == 0
+    assert "system-level protection" in budget.why_wait(ORDER)
+    assert budget.try_charge(ORDER, risk=True) == 0   # reduce-only orders are exempt at the exchange
+    assert budget.orders_available(risk=True) > 0
+    assert budget.try_charge(Cost(weight=1)) == 0   # a cancel or a read
+    clock.t += 1.0
+    assert budget.try_charge(ORDER) == 0 and budget.throttled == 1
+
+
 def test_quoting_leaves_the_reserve_to_risk_reducing_requests():
     clock = Clock()
     budget = RateBudget(orders_per_10s=100, orders_per_min=1200, weight_per_min=400, clock=clock, safety=1.0,

@@ -192,6 +192,32 @@ async def test_an_order_count_429_pauses_new_orders_but_cancels_still_go_out(sim
         assert cancelled.status == "CANCELED"
 
 
+async def test_a_throttled_order_is_a_definite_failure_and_holds_quoting_but_not_a_reduce_only_order(sim):
+    name, key, secret = sim.accounts[0]
+    await admin(sim, "POST", "/sim/position", {"account": name, "symbol": SYMBOL, "amount": "0.050"})
+    await admin(sim, "POST", "/sim/fault/rest", {"mode": "throttle", "count": 100})
+    async with BinanceClient(sim.rest_url, key, secret) as client:
+        order = await passive_order(client, "thr")
+        with pytest.raises(ServerError) as info:   # not OutcomeUnknownError: nothing executed
+            await client.place_order(order)
+        assert (info.value.code, info.value.http_status) == (-1008, 503)
+        with pytest.raises(BudgetExhaustedError):   # held locally, not sent to be refused again
+            await client.place_order(dataclasses.replace(order, client_order_id=cid("thr")), wait=False)
+        top = await client.book_ticker(SYMBOL)   # reads go on
+        filters = await client.symbol_filters(SYMBOL)
+        reducing = OrderRequest(symbol=SYMBOL, side=Side.SELL, order_type=OrderType.LIMIT, quantity="0.010",
+                                price=filters.price_str(filters.price_ticks_floor(top.ask) + 250),
+                                time_in_force=TimeInForce.GTX, reduce_only=True, client_order_id=cid("thr"))
+        placed = await client.place_order(reducing, wait=False, risk=True)
+        assert placed.status == "NEW" and placed.reduce_only
+        assert client.budget.throttled == 1
+        state = await admin(sim, "GET", "/sim/state", params={"symbol": SYMBOL})
+        assert [o["clientOrderId"] for o in state["open_orders"]] == [reducing.client_order_id]
+        assert state["server"]["throttled"] == 1
+        await admin(sim, "POST", "/sim/fault/clear", {})
+        await client.cancel_all(SYMBOL)
+
+
 async def test_a_refused_later_batch_request_is_reported_in_place_not_raised(sim):
     name, key, secret = sim.accounts[0]
     budget = RateBudget(orders_per_10s=6, reserve=0.0)  # 95 %: room for exactly one batch of 5
