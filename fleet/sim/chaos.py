@@ -63,7 +63,7 @@ BATCH_MODES = ("batch_short", "batch_malformed", "batch_nonjson")
 
 # extra actions beyond the one-of-each: kind family -> weight
 WEIGHTS = {"late": 20, "exec_then_error": 12, "error": 6, "unknown": 4, "batch": 12, "drop": 8,
-           "listenkey": 3, "jump": 20, "freeze": 5, "position": 6}
+           "listenkey": 3, "jump": 20, "freeze": 5, "position": 6, "throttle": 3}
 
 
 # --------------------------------------------------------------------------- exchange arithmetic
@@ -126,7 +126,7 @@ def schedule(seed: int, seconds: float, symbol: str, cap: float, step: Decimal |
     rng = random.Random(seed)
     step = Decimal(str(step))
     families: list[tuple[str, Any]] = [("late", a) for a in ANSWERS] + [("exec_then_error", a) for a in ANSWERS]
-    families += [("error", "-1007"), ("unknown", None)] + [("batch", m) for m in BATCH_MODES]
+    families += [("error", "-1007"), ("unknown", None), ("throttle", None)] + [("batch", m) for m in BATCH_MODES]
     families += [("drop", "user"), ("drop", "market"), ("listenkey", None), ("jump", None), ("freeze", None),
                  ("position", None)]
     extra = max(0, int(seconds / mean_gap) - len(families))
@@ -163,6 +163,9 @@ def schedule(seed: int, seconds: float, symbol: str, cap: float, step: Decimal |
             if answer == "timeout":
                 body["hold_ms"] = rng.randint(200, 900)
             out.append(Action(at, rest_kind(body), "/sim/fault/rest", body))
+        elif fam == "throttle":   # the exchange's system-level protection: new orders refused (-1008)
+            body = {"mode": "throttle", "count": rng.randint(1, 4)}
+            out.append(Action(at, "throttle", "/sim/fault/rest", body))
         elif fam in ("error", "unknown"):
             method, path = route()
             body = {"mode": fam, "path": path, "method": method, "count": 1}

@@ -71,7 +71,7 @@ async def test_random_faults_never_breach_the_cap_nor_orphan_nor_reuse_an_id(mak
     assert summary["exchange_open_orders"] == 0, summary
     # every kind of fault fired, and the answers were really ambiguous to the agent
     assert {"late/timeout", "exec_then_error/-1007", "error/-1007", "batch_nonjson", "position", "freeze",
-            "drop/user", "drop/market", "listenkey_expire"} <= set(report.injected)
+            "drop/user", "drop/market", "listenkey_expire", "throttle"} <= set(report.injected)
     counters = summary["counters"]
     assert counters["unknown_outcomes"] > 0 and counters["stale_market_pulls"] > 0, counters
     assert report.graces, "no outside position move took effect"
