@@ -110,7 +110,8 @@ class Book:
         self.want_trade = False
         self.depth_streams: list[tuple[str, int, int]] = []
         self.diff_streams: list[tuple[str, int]] = []
-        self.diff_state: dict[str, tuple[int, dict[int, int], dict[int, int]]] = {}
+        # diff depth stream -> (update id last sent, its bids, its asks, prices a depth snapshot showed since)
+        self.diff_state: dict[str, tuple[int, dict[int, int], dict[int, int], set[int], set[int]]] = {}
         self.funding_history: list[dict[str, Any]] = []
         self.closed: dict[int, Order] = {}
         self.recent_trades: deque[tuple[int, int, int, int, bool]] = deque(maxlen=1000)

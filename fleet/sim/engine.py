@@ -165,6 +165,10 @@ class Engine(EngineViews):
                               if f"{b.lower}@depth{sfx}" in self.interest]
             for stale in [k for k in b.diff_state if k not in self.interest]:
                 del b.diff_state[stale]
+            for stream, _ in b.diff_streams:
+                if stream not in b.diff_state:   # the first event follows the book as it is now
+                    bids, asks = b.depth_levels(DIFF_LEVELS)
+                    b.diff_state[stream] = (b.update_id, dict(bids), dict(asks), set(), set())
         self.want_all_bt = "!bookTicker" in self.interest
 
     def book(self, symbol: str | None) -> Book:
@@ -578,17 +582,28 @@ class Engine(EngineViews):
                 if t < self.depth_due.get(stream, 0):
                     continue
                 self.depth_due[stream] = t - t % every + every
-            last_u, last_bids, last_asks = b.diff_state.get(stream, (0, {}, {}))
+            last_u, last_bids, last_asks, shown_b, shown_a = b.diff_state[stream]
             if last_u == b.update_id:
                 continue
             bids, asks = b.depth_levels(DIFF_LEVELS)
             now_bids, now_asks = dict(bids), dict(asks)
-            b.diff_state[stream] = (b.update_id, now_bids, now_asks)
-            gone_b = [(p, 0) for p in last_bids if p not in now_bids]
-            gone_a = [(p, 0) for p in last_asks if p not in now_asks]
-            first = last_u + 1 if last_u else b.update_id
-            self._emit_market(stream, (render_diff, b, first, b.update_id, last_u or b.update_id - 1,
-                                       bids + gone_b, asks + gone_a, t))
+            b.diff_state[stream] = (b.update_id, now_bids, now_asks, set(), set())
+            # "0" for every level gone: those of the last event, and those a snapshot taken since showed
+            gone_b = [(p, 0) for p in (shown_b.union(last_bids) if shown_b else last_bids) if p not in now_bids]
+            gone_a = [(p, 0) for p in (shown_a.union(last_asks) if shown_a else last_asks) if p not in now_asks]
+            self._emit_market(stream, (render_diff, b, last_u + 1, b.update_id, last_u, bids + gone_b, asks + gone_a,
+                                       t))
+
+    def note_depth_snapshot(self, b: Book) -> None:
+        """A depth snapshot is being served: the next event of each diff stream zeroes the levels it showed
+        that have gone by then (one may have come and gone between two events, our order placed and
+        cancelled meanwhile: without its "0" a client's book would keep it, and could cross)."""
+        if b.diff_streams:
+            bids, asks = b.depth_levels(DIFF_LEVELS)
+            for stream, _ in b.diff_streams:
+                _, _, _, shown_b, shown_a = b.diff_state[stream]
+                shown_b.update(p for p, _ in bids)
+                shown_a.update(p for p, _ in asks)
 
     def _publish_mark(self, t: int, suffix: str, dt_s: float) -> None:
         arr: list[Any] = []

@@ -17,6 +17,14 @@ will be present in the array"), and nothing when none did. ``<symbol>@forceOrder
 ``<symbol>@trade`` is a /public stream (Binance lists it there, and its unrouted paths deliver it): one
 frame per trade, the trade id that of the aggregate trade (each price a taker meets is one trade here).
 
+The diff depth stream (``<symbol>@depth[@speed]``) keeps the top 50 levels a side exact: each event
+gives their absolute sizes and a "0" for every level gone since the last event, or since a REST depth
+snapshot showed it, so a book built the documented way (snapshot, then the events chained by ``pu``)
+never keeps a stale level. A stream's first event follows the book as it was when it was watched.
+
+A path segment after ``/public/ws/`` or ``/market/ws/`` that names no stream (ccxt puts its connection
+number there) opens an empty connection for SUBSCRIBE to fill.
+
 A well-formed stream of a symbol the exchange does not list is accepted and stays silent, as Binance
 does (no error, no data); only a name no symbol could carry is refused (``unlisted_stream``).
 """

@@ -137,6 +137,8 @@ class StreamGateway(WsApiGateway):
         names: list[str] = []
         if mode == "ws" and len(parts) > 1:
             names = ["/".join(parts[1:])]
+            if path_kind in (PUBLIC, MARKET) and "@" not in names[0] and not names[0].startswith("!"):
+                names = []   # a segment that names no stream (ccxt puts its connection number there: /public/ws/0)
         if request.query.get("streams"):
             names = [n for n in request.query["streams"].split("/") if n]
         events: set[str] | None = None

@@ -325,6 +325,27 @@ async def test_diff_depth_stream_chains_update_ids_after_a_rest_snapshot(sim):
         await ws.close()
 
 
+async def test_a_level_a_snapshot_showed_is_zeroed_by_the_next_diff_event_once_gone(sim):
+    """The market jumps up and back between two events of a 500 ms diff stream, with a snapshot
+    taken at the top: the levels it showed there are in neither event's book, yet a client built its
+    book from that snapshot. The next event names every one of them ("0" if gone), or the client's
+    book would keep bids above the market."""
+    async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
+        ws = await s.ws_connect(f"{sim.ws_url}/public/ws/ethusdc@depth@500ms")
+        await _recv_json(ws)   # just after an event: 500 ms before the next
+        await c.admin("POST", "/sim/market/jump", {"symbol": "ETHUSDC", "pct": 0.3})
+        snap = (await c.public("GET", "/fapi/v1/depth", {"symbol": "ETHUSDC", "limit": 50})).json
+        await c.admin("POST", "/sim/market/jump", {"symbol": "ETHUSDC", "pct": -0.3})
+        ev = await _until(ws, lambda f: f["u"] >= snap["lastUpdateId"])
+        named = {p for p, _ in ev["b"]}, {p for p, _ in ev["a"]}
+        assert {p for p, _ in snap["bids"]} <= named[0] and {p for p, _ in snap["asks"]} <= named[1]
+        book = {p: q for p, q in snap["bids"]}
+        book.update(ev["b"])
+        best_bid = max(float(p) for p, q in book.items() if float(q) > 0)
+        assert best_bid < min(float(p) for p, q in ev["a"] if float(q) > 0)
+        await ws.close()
+
+
 async def test_what_third_party_engines_ask_for_klines_depth_at_0ms_force_orders_gtd_bbo_and_algo_orders(sim):
     async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
         # An engine's default book stream, in the URL: served, not refused.
