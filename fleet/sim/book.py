@@ -210,10 +210,11 @@ class Book:
         return g
 
     def kline_row(self, g: list[Any], minutes: int) -> list[Any]:
-        """One aggregated candle as Binance's kline array (12 elements)."""
-        pp = self.price_places + 2
-        unit = self.notional_unit
-        return [g[0], f"{g[1]:.{pp}f}", f"{g[2]:.{pp}f}", f"{g[3]:.{pp}f}", f"{g[4]:.{pp}f}", self.qty_str(g[5]),
+        """One aggregated candle as Binance's kline array (12 elements); its prices, those of the mid,
+        rounded to the tick as a trade's are."""
+        unit, tick, px = self.notional_unit, self.tick_f, self.price_str
+        return [g[0], px(round(g[1] / tick)), px(round(g[2] / tick)), px(round(g[3] / tick)), px(round(g[4] / tick)),
+                self.qty_str(g[5]),
                 g[0] + minutes * 60_000 - 1, f"{unit * g[6]:f}", g[7], self.qty_str(g[8]), f"{unit * g[9]:f}", "0"]
 
     def klines(self, minutes: int, start: int | None, end: int | None, limit: int) -> list[list[Any]]:

@@ -313,6 +313,10 @@ async def test_public_trades_agg_trades_and_klines(sim_factory):
         assert 1 <= len(k) <= 3
         open_time, o, h, low, close, volume, close_time = k[-1][:7]
         assert close_time == open_time + 59_999 and Decimal(low) <= Decimal(o) <= Decimal(h)
+        info = (await c.public("GET", "/fapi/v1/exchangeInfo")).json
+        tick = next(f["tickSize"] for s in info["symbols"] if s["symbol"] == "SOLUSDT" for f in s["filters"]
+                    if f["filterType"] == "PRICE_FILTER")
+        assert all(Decimal(x) % Decimal(tick) == 0 for x in (o, h, low, close))   # on the tick, as trades are
         assert Decimal(volume) >= Decimal("2.00")
         bad = await c.public("GET", "/fapi/v1/klines", {"symbol": "SOLUSDT", "interval": "7m"})
         assert bad.json["code"] == -1120
