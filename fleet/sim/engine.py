@@ -33,7 +33,27 @@ __all__ = ["Engine", "SimApiError", "missing", "invalid", "render", "Order", "Ac
 
 FAR_MS = 1 << 62
 DIFF_LEVELS = 50  # the diff depth stream keeps this many levels per side exact (absolute sizes, "0" = gone)
+SWEPT_MAX = 5000  # prices zeroed past the last event's window when the touch jumps (a 1000-level snapshot's span)
 MAX_CLOSED_KEPT = 20000
+
+
+def _gone(last: dict[int, int], shown: set[int], now: dict[int, int], levels: list[tuple[int, int]],
+          deeper: int) -> list[tuple[int, int]]:
+    """The "0"s of one side of a diff depth event (``deeper``: -1 bids, 1 asks). A level of the last
+    event, or one a snapshot showed since, that is no more within the top ``DIFF_LEVELS`` or beyond the
+    touch; not one that merely fell below the deepest level kept (it stays in a client's book, as on
+    Binance, where a 1000-level snapshot is the documented start). And when the touch moved past the
+    last event's deepest level, every price it swept: a client's snapshot held levels there."""
+    deepest = levels[-1][0] if len(levels) == DIFF_LEVELS else None
+    gone = [(p, 0) for p in (shown.union(last) if shown else last)
+            if p not in now and (deepest is None or (p - deepest) * deeper <= 0)]
+    if last and levels:
+        last_deepest = max(last) if deeper > 0 else min(last)
+        touch = levels[0][0]
+        if (last_deepest - touch) * deeper < -1:   # swept past the whole window of the last event
+            end = touch if abs(touch - last_deepest) <= SWEPT_MAX else last_deepest + deeper * SWEPT_MAX
+            gone += [(p, 0) for p in range(last_deepest + deeper, end, deeper)]
+    return gone
 
 
 class Engine(EngineViews):
@@ -588,9 +608,8 @@ class Engine(EngineViews):
             bids, asks = b.depth_levels(DIFF_LEVELS)
             now_bids, now_asks = dict(bids), dict(asks)
             b.diff_state[stream] = (b.update_id, now_bids, now_asks, set(), set())
-            # "0" for every level gone: those of the last event, and those a snapshot taken since showed
-            gone_b = [(p, 0) for p in (shown_b.union(last_bids) if shown_b else last_bids) if p not in now_bids]
-            gone_a = [(p, 0) for p in (shown_a.union(last_asks) if shown_a else last_asks) if p not in now_asks]
+            gone_b = _gone(last_bids, shown_b, now_bids, bids, -1)
+            gone_a = _gone(last_asks, shown_a, now_asks, asks, 1)
             self._emit_market(stream, (render_diff, b, last_u + 1, b.update_id, last_u, bids + gone_b, asks + gone_a,
                                        t))
 

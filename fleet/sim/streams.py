@@ -13,14 +13,20 @@ more when it closes (``x: true``). ``<symbol>@ticker`` and ``@miniTicker`` push 
 statistics every 2 s (those of REST ``/ticker/24hr``); ``!ticker@arr`` and ``!miniTicker@arr`` every
 second, holding the symbols that traded since the last push (Binance: "only tickers that have changed
 will be present in the array"), and nothing when none did. ``<symbol>@forceOrder`` and
-``!forceOrder@arr`` are served and stay silent: nobody is liquidated in the simulated market.
+``!forceOrder@arr`` are served and stay silent: nobody is liquidated in the simulated market. So are
+``!contractInfo``, ``!assetIndex@arr``, ``<symbol>@compositeIndex``, ``<symbol>@rpiDepth@500ms``,
+``<pair>_perpetual@continuousKline_<interval>`` and ``tradingSession`` (Binance's SDK subscribes to
+them): accepted, listed, and silent.
 ``<symbol>@trade`` is a /public stream (Binance lists it there, and its unrouted paths deliver it): one
 frame per trade, the trade id that of the aggregate trade (each price a taker meets is one trade here).
 
 The diff depth stream (``<symbol>@depth[@speed]``) keeps the top 50 levels a side exact: each event
-gives their absolute sizes and a "0" for every level gone since the last event, or since a REST depth
-snapshot showed it, so a book built the documented way (snapshot, then the events chained by ``pu``)
-never keeps a stale level. A stream's first event follows the book as it was when it was watched.
+gives their absolute sizes and a "0" for every level gone from them or beyond the touch since the last
+event, or since a REST depth snapshot showed it, and for every price the touch swept when it jumped
+past the last event's 50 levels. So a book built the documented way (a snapshot of up to 1000 levels,
+then the events chained by ``pu``) never crosses and holds the exchange's top 50; deeper levels keep
+the sizes the snapshot gave until the market reaches them. A stream's first event follows the book as
+it was when it was watched.
 
 A path segment after ``/public/ws/`` or ``/market/ws/`` that names no stream (ccxt puts its connection
 number there) opens an empty connection for SUBSCRIBE to fill.
@@ -41,6 +47,9 @@ KLINE_MINUTES = {"1m": 1, "3m": 3, "5m": 5, "15m": 15, "30m": 30, "1h": 60, "2h"
 KLINE_EVERY_MS = 250   # a kline stream's cadence
 TICKER_EVERY_MS = 2000   # <symbol>@ticker and @miniTicker: "Update Speed: 2000ms" (USD-M docs)
 ALL_TICKERS_EVERY_MS = 1000   # !ticker@arr and !miniTicker@arr: "Update Speed: 1000ms" (USD-M docs)
+# Served and silent: nothing in the simulated market changes a contract, an asset index, a composite
+# index or a trading session, and no order is RPI.
+_SILENT_ALL = {"!contractinfo": "!contractInfo", "!assetindex@arr": "!assetIndex@arr"}
 
 
 def canonical_stream(name: str, symbols_lower: set[str]) -> tuple[str, str] | None:
@@ -55,15 +64,24 @@ def canonical_stream(name: str, symbols_lower: set[str]) -> tuple[str, str] | No
             return "!markPrice@arr@1s", MARKET
         if low == "!forceorder@arr":
             return "!forceOrder@arr", MARKET
+        if low in _SILENT_ALL:
+            return _SILENT_ALL[low], MARKET
         if low == "!ticker@arr":
             return "!ticker@arr", MARKET
         if low == "!miniticker@arr":
             return "!miniTicker@arr", MARKET
         return None
+    if name == "tradingSession":
+        return name, MARKET
     sym, sep, rest = name.partition("@")
     sym = sym.lower()
+    if sep and sym.endswith("_perpetual") and sym[:-10] in symbols_lower and rest.startswith("continuousKline_") \
+            and rest[16:] in KLINE_MINUTES:
+        return f"{sym}@{rest}", MARKET
     if not sep or sym not in symbols_lower:
         return None
+    if rest in ("compositeIndex", "rpiDepth@500ms"):
+        return f"{sym}@{rest}", MARKET if rest == "compositeIndex" else PUBLIC
     if rest in ("bookTicker", "trade"):
         return f"{sym}@{rest}", PUBLIC
     if rest in ("markPrice", "markPrice@3s"):
@@ -93,7 +111,7 @@ def unlisted_stream(name: str) -> tuple[str, str] | None:
     sym = name.partition("@")[0].lower()
     if not (sym.isascii() and sym.replace("_", "").isalnum()):
         return None
-    return canonical_stream(name, {sym})
+    return canonical_stream(name, {sym, sym.removesuffix("_perpetual")})
 
 
 def path_allows(path_kind: str, category: str) -> bool:

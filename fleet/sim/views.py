@@ -196,6 +196,8 @@ class EngineViews:
                            "crossUnPnl": s8(upnl), "availableBalance": s8(avail),
                            "maxWithdrawAmount": s8(max(avail, ZERO)), "marginAvailable": True,
                            "updateTime": self.now_ms})
+            if asset != "USDT":   # single-asset mode: the account's totals are "only for USDT asset"
+                continue
             for k, v in (("wallet", wallet), ("upnl", upnl), ("im", im), ("oim", oim), ("mm", mm),
                          ("avail", avail)):
                 tot[k] += v

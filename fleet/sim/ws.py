@@ -265,7 +265,7 @@ class StreamGateway(WsApiGateway):
         canon = canonical_stream(name, self.symbols_lower)
         unlisted = canon is None and "@" in name and (canon := unlisted_stream(name)) is not None
         if canon is None:
-            if "@" in name or name.startswith("!"):
+            if "@" in name or name.startswith("!") or path_kind in (PUBLIC, MARKET):
                 return f"Invalid stream name: {name}"
             return "This listenKey does not exist."
         if path_kind == "private" or not path_allows(path_kind, canon[1]):
@@ -358,10 +358,14 @@ class StreamGateway(WsApiGateway):
                             "id": None})
             return
         rid = req.get("id")
-        if rid is not None and (not isinstance(rid, int) or isinstance(rid, bool) or rid < 0):
+        # The docs say an unsigned INT; Binance's own USD-M SDK sends a UUID string (binance-common's
+        # WebSocket streams, ``id_strict_int`` off but for Options, whose server refuses strings): both
+        # are answered, with the id echoed. Anything else is refused.
+        if rid is not None and not isinstance(rid, str) and (not isinstance(rid, int) or isinstance(rid, bool)
+                                                             or rid < 0):
             self.stats["ws_bad_messages"] += 1
             self._reply(c, {"error": {"code": 2, "msg": "Invalid request: request ID must be an unsigned "
-                                                        "integer"}, "id": None})
+                                                        "integer or a string"}, "id": None})
             return
         method = req.get("method")
         params = req.get("params", [])

@@ -42,6 +42,7 @@ ETH = "ETH/USDC:USDC"
 BTC = "BTC/USDT:USDT"
 SOL = "SOL/USDT:USDT"
 WATCH_S = 10.0   # deadline of one watch_* call
+JUMPS = {3: -0.5, 6: 1.0, 9: -0.3}   # after the n-th event applied: a jump of the market, in percent
 
 
 def _pro(sim: SimServer) -> Any:
@@ -148,8 +149,10 @@ async def test_a_routed_ws_path_with_a_connection_number_opens_an_empty_connecti
 async def test_a_book_built_from_a_snapshot_and_the_diff_events_never_keeps_a_gone_level(sim):
     """Binance's local-book procedure without ccxt: open the diff stream, take the REST snapshot
     before the first event, apply the events whose ``u`` >= lastUpdateId (chained by ``pu``): never
-    crossed, and equal to a later snapshot at the same update id. (The first event of a newly watched
-    stream used to claim to follow the update before it without a "0" for the levels gone since.)"""
+    crossed, and equal to a later snapshot at the same update id, through jumps of the market beyond the
+    stream's 50 levels (the snapshot's 1000 levels are zeroed as the touch sweeps past them). (The first
+    event of a newly watched stream used to claim to follow the update before it without a "0" for the
+    levels gone since; a jump left the snapshot's deep levels standing on the wrong side.)"""
     async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
         ws = await s.ws_connect(f"{sim.ws_url}/public/ws")
         await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": ["ethusdc@depth@100ms"], "id": 1}))
@@ -175,17 +178,19 @@ async def test_a_book_built_from_a_snapshot_and_the_diff_events_never_keeps_a_go
                         side[p] = q
             last_u = ev["u"]
             applied += 1
+            if applied in JUMPS:   # 0.5 % is 1,500 ticks of 0.01: far past the 50 levels kept exact
+                await c.admin("POST", "/sim/market/jump", {"symbol": "ETHUSDC", "pct": JUMPS[applied]})
             best_bid, best_ask = max(bids, key=float), min(asks, key=float)
             assert float(best_bid) < float(best_ask), (
                 f"crossed after event U={ev['U']} u={ev['u']} pu={ev['pu']} (snapshot {snap['lastUpdateId']}, "
                 f"top bid {snap['bids'][0]}): bid {best_bid} >= ask {best_ask}; the event's bids run "
                 f"{ev['b'][0]} .. {ev['b'][-1]}")
             rest = (await c.public("GET", "/fapi/v1/depth", {"symbol": "ETHUSDC", "limit": 1000})).json
-            if applied >= 5 and rest["lastUpdateId"] == last_u:
+            if applied > max(JUMPS) and rest["lastUpdateId"] == last_u:
                 break
-        top = lambda side, rev: sorted(((float(p), float(q)) for p, q in side.items()), reverse=rev)[:20]  # noqa: E731
-        assert top(bids, True) == [(float(p), float(q)) for p, q in rest["bids"][:20]]
-        assert top(asks, False) == [(float(p), float(q)) for p, q in rest["asks"][:20]]
+        top = lambda side, rev: sorted(((float(p), float(q)) for p, q in side.items()), reverse=rev)[:50]  # noqa: E731
+        assert top(bids, True) == [(float(p), float(q)) for p, q in rest["bids"][:50]]
+        assert top(asks, False) == [(float(p), float(q)) for p, q in rest["asks"][:50]]
         await ws.close()
 
 

@@ -268,6 +268,8 @@ async def test_account_views_v2_v3_balance_leverage_commission(sim):
             assets = {a["asset"]: a for a in acct["assets"]}
             assert assets["USDT"]["walletBalance"] == "100000.00000000"
             assert "totalWalletBalance" in acct and "positions" in acct
+            # single-asset mode: the totals are the USDT asset's alone (the USDC wallet is not in them)
+            assert acct["totalWalletBalance"] == assets["USDT"]["walletBalance"]
         bal = (await c.signed("GET", "/fapi/v3/balance")).json
         assert {b["asset"] for b in bal} == {"USDT", "USDC"}
         lev = (await c.signed("POST", "/fapi/v1/leverage", {"symbol": "BTCUSDT", "leverage": 5})).json

@@ -184,11 +184,34 @@ async def test_subscribe_unsubscribe_list_and_bad_requests(sim):
         assert (await _until(ws, lambda f: f.get("id") == 6))["error"]["code"] == 0
         await ws.send_str(json.dumps({"method": "SET_PROPERTY", "params": ["combined", True], "id": 7}))
         assert (await _until(ws, lambda f: f.get("id") == 7))["result"] is None
+        # a text id (Binance's own SDK sends a UUID) is answered and echoed; a negative one is refused
+        await ws.send_str(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": "0f8b-uuid"}))
+        assert sorted((await _until(ws, lambda f: f.get("id") == "0f8b-uuid"))["result"]) == ["ethusdc@aggTrade"]
+        await ws.send_str(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": -1}))
+        err = await _until(ws, lambda f: "error" in f)
+        assert err["error"]["code"] == 2 and err["id"] is None
         await ws.close()
         # the simulator keeps serving after bad frames
         ws = await s.ws_connect(f"{sim.ws_url}/ws/ethusdc@bookTicker")
         assert (await _recv_json(ws))["e"] == "bookTicker"
         await ws.close()
+
+
+async def test_the_streams_binances_sdk_names_are_accepted_listed_and_silent(sim):
+    quiet = {"market": ["!contractInfo", "!assetIndex@arr", "ethusdc_perpetual@continuousKline_1m",
+                        "ethusdc@compositeIndex", "tradingSession"],
+             "public": ["ethusdc@rpiDepth@500ms"]}
+    async with aiohttp.ClientSession() as s:
+        for path, names in quiet.items():
+            ws = await s.ws_connect(f"{sim.ws_url}/{path}/ws")
+            await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": names, "id": 1}))
+            assert await _until(ws, lambda f: f.get("id") == 1) == {"result": None, "id": 1}
+            await ws.send_str(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 2}))
+            assert sorted((await _until(ws, lambda f: f.get("id") == 2))["result"]) == sorted(names)
+            await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": ["nosuchstream"], "id": 3}))
+            err = await _until(ws, lambda f: f.get("id") == 3)   # a bare name here is no listen key
+            assert err["error"] == {"code": 2, "msg": "Invalid request: Invalid stream name: nosuchstream"}
+            await ws.close()
 
 
 async def test_more_than_ten_messages_a_second_closes_the_connection(sim):
@@ -328,8 +351,9 @@ async def test_diff_depth_stream_chains_update_ids_after_a_rest_snapshot(sim):
 async def test_a_level_a_snapshot_showed_is_zeroed_by_the_next_diff_event_once_gone(sim):
     """The market jumps up and back between two events of a 500 ms diff stream, with a snapshot
     taken at the top: the levels it showed there are in neither event's book, yet a client built its
-    book from that snapshot. The next event names every one of them ("0" if gone), or the client's
-    book would keep bids above the market."""
+    book from that snapshot. The next event names every bid it showed ("0" if gone), or the client's
+    book would keep bids above the market; its asks, now far above the touch, may stay (as deep asks
+    stay on Binance)."""
     async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
         ws = await s.ws_connect(f"{sim.ws_url}/public/ws/ethusdc@depth@500ms")
         await _recv_json(ws)   # just after an event: 500 ms before the next
@@ -337,12 +361,12 @@ async def test_a_level_a_snapshot_showed_is_zeroed_by_the_next_diff_event_once_g
         snap = (await c.public("GET", "/fapi/v1/depth", {"symbol": "ETHUSDC", "limit": 50})).json
         await c.admin("POST", "/sim/market/jump", {"symbol": "ETHUSDC", "pct": -0.3})
         ev = await _until(ws, lambda f: f["u"] >= snap["lastUpdateId"])
-        named = {p for p, _ in ev["b"]}, {p for p, _ in ev["a"]}
-        assert {p for p, _ in snap["bids"]} <= named[0] and {p for p, _ in snap["asks"]} <= named[1]
-        book = {p: q for p, q in snap["bids"]}
-        book.update(ev["b"])
-        best_bid = max(float(p) for p, q in book.items() if float(q) > 0)
-        assert best_bid < min(float(p) for p, q in ev["a"] if float(q) > 0)
+        assert {p for p, _ in snap["bids"]} <= {p for p, _ in ev["b"]}
+        bids, asks = dict(snap["bids"]), dict(snap["asks"])
+        bids.update(ev["b"])
+        asks.update(ev["a"])
+        best_bid = max(float(p) for p, q in bids.items() if float(q) > 0)
+        assert best_bid < min(float(p) for p, q in asks.items() if float(q) > 0)
         await ws.close()
 
 
