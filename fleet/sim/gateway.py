@@ -95,6 +95,7 @@ class ExchangeGateway(RestHandlers):
                                                          "symbol": e.book(p.get("symbol")).symbol, "time": n},
             NONE)
         add("GET", v1 + "/trades", self._trades, NONE, 5)
+        add("GET", v1 + "/historicalTrades", self._historical_trades, KEY, 20)
         add("GET", v1 + "/aggTrades", self._agg_trades, NONE, 20)
         add("GET", v1 + "/klines", self._klines, NONE, self._klines_weight)
         # trading

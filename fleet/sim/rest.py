@@ -106,10 +106,23 @@ class RestHandlers:
     def _trades(self, account: Any, params: dict[str, str], now: int) -> Any:
         b = self.engine.book(params.get("symbol"))
         limit = self._limit(params, 500, 1000)
+        return self._trade_rows(b, list(b.recent_trades)[-limit:])
+
+    def _historical_trades(self, account: Any, params: dict[str, str], now: int) -> Any:
+        """Old trades lookup (MARKET_DATA: the API key, no signature): from ``fromId`` on, or the latest;
+        the simulator keeps a symbol's last 1000 trades."""
+        b = self.engine.book(params.get("symbol"))
+        limit = self._limit(params, 100, 500)
+        from_id = self._int_param(params, "fromId")
+        rows = list(b.recent_trades)
+        rows = [r for r in rows if r[0] >= from_id][:limit] if from_id is not None else rows[-limit:]
+        return self._trade_rows(b, rows)
+
+    @staticmethod
+    def _trade_rows(b: Any, rows: list[tuple[int, int, int, int, bool]]) -> list[dict[str, Any]]:
         return [{"id": aid, "price": b.price_str(p), "qty": b.qty_str(q),
                  "quoteQty": f"{b.notional_unit * p * q:f}", "time": t, "isBuyerMaker": m,
-                 "isRPITrade": False}
-                for aid, p, q, t, m in list(b.recent_trades)[-limit:]]
+                 "isRPITrade": False} for aid, p, q, t, m in rows]
 
     def _agg_trades(self, account: Any, params: dict[str, str], now: int) -> Any:
         b = self.engine.book(params.get("symbol"))

@@ -311,6 +311,12 @@ async def test_public_trades_agg_trades_and_klines(sim_factory):
         assert trades[-1]["isBuyerMaker"] is False  # our market buy was the taker
         agg = (await c.public("GET", "/fapi/v1/aggTrades", {"symbol": "SOLUSDT"})).json
         assert agg[-1]["a"] == trades[-1]["id"] and agg[-1]["m"] is False
+        # the old trades lookup takes the API key (MARKET_DATA), no signature
+        unkeyed = await c.public("GET", "/fapi/v1/historicalTrades", {"symbol": "SOLUSDT"})
+        assert (unkeyed.status, unkeyed.json["code"]) == (401, -2014)
+        old = (await c.keyed("GET", "/fapi/v1/historicalTrades", {"symbol": "SOLUSDT",
+                                                                  "fromId": trades[-1]["id"], "limit": 1})).json
+        assert old == trades[-1:]
         k = (await c.public("GET", "/fapi/v1/klines", {"symbol": "SOLUSDT", "interval": "1m", "limit": 3})).json
         assert 1 <= len(k) <= 3
         open_time, o, h, low, close, volume, close_time = k[-1][:7]
