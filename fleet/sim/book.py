@@ -14,6 +14,7 @@ from typing import Any
 from fleet.sim.config import SymbolSpec
 from fleet.sim.market import MarketModel
 from fleet.sim.orders import Order
+from fleet.sim.streams import kline_next, kline_open
 from fleet.sim.units import places, fixed, s8
 
 NO_ASK = 1 << 62  # "no resting ask" sentinel
@@ -173,13 +174,12 @@ class Book:
         m = self.mid
         self.candle = [t - t % 60_000, m, m, m, m, 0, 0, 0, 0, 0, -1, -1]
 
-    def candle_groups(self, minutes: int, start: int | None, end: int | None, limit: int) -> list[list[Any]]:
-        """Candles of ``minutes`` length aggregated from the 1-minute ones (same layout), oldest first."""
+    def candle_groups(self, interval: str, start: int | None, end: int | None, limit: int) -> list[list[Any]]:
+        """Candles of ``interval`` aggregated from the 1-minute ones (same layout), oldest first."""
         src = list(self.candles) + ([self.candle] if self.candle is not None else [])
-        span = minutes * 60_000
         groups: dict[int, list[Any]] = {}
         for c in src:
-            key = c[0] - c[0] % span
+            key = kline_open(interval, c[0])
             if (start is not None and key < start) or (end is not None and key > end):
                 continue
             g = groups.get(key)
@@ -190,16 +190,15 @@ class Book:
         rows = [g for _, g in sorted(groups.items())]
         return rows[:limit] if start is not None else rows[-limit:]
 
-    def candle_group(self, minutes: int, start: int) -> list[Any] | None:
-        """The candle of ``minutes`` opening at ``start``, as :meth:`candle_groups` builds it, or None
-        when no 1-minute candle falls in it. Walks back from the newest: it costs the candle's minutes,
-        not the history's (a kline stream asks four times a second)."""
-        span = minutes * 60_000
-        parts = [self.candle] if self.candle is not None and start <= self.candle[0] < start + span else []
+    def candle_group(self, start: int, end: int) -> list[Any] | None:
+        """The candle of the 1-minute ones opening in [``start``, ``end``), as :meth:`candle_groups` builds
+        it, or None when none does. Walks back from the newest: it costs the candle's minutes, not the
+        history's (a kline stream asks four times a second)."""
+        parts = [self.candle] if self.candle is not None and start <= self.candle[0] < end else []
         for c in reversed(self.candles):
             if c[0] < start:
                 break
-            if c[0] < start + span:
+            if c[0] < end:
                 parts.append(c)
         if not parts:
             return None
@@ -209,17 +208,17 @@ class Book:
             _merge_candle(g, c)
         return g
 
-    def kline_row(self, g: list[Any], minutes: int) -> list[Any]:
+    def kline_row(self, g: list[Any], interval: str) -> list[Any]:
         """One aggregated candle as Binance's kline array (12 elements); its prices, those of the mid,
         rounded to the tick as a trade's are."""
         unit, tick, px = self.notional_unit, self.tick_f, self.price_str
         return [g[0], px(round(g[1] / tick)), px(round(g[2] / tick)), px(round(g[3] / tick)), px(round(g[4] / tick)),
                 self.qty_str(g[5]),
-                g[0] + minutes * 60_000 - 1, f"{unit * g[6]:f}", g[7], self.qty_str(g[8]), f"{unit * g[9]:f}", "0"]
+                kline_next(interval, g[0]) - 1, f"{unit * g[6]:f}", g[7], self.qty_str(g[8]), f"{unit * g[9]:f}", "0"]
 
-    def klines(self, minutes: int, start: int | None, end: int | None, limit: int) -> list[list[Any]]:
-        """Candles of ``minutes`` length (aggregated from 1-minute ones), Binance's kline arrays."""
-        return [self.kline_row(g, minutes) for g in self.candle_groups(minutes, start, end, limit)]
+    def klines(self, interval: str, start: int | None, end: int | None, limit: int) -> list[list[Any]]:
+        """Candles of ``interval`` (aggregated from 1-minute ones), Binance's kline arrays."""
+        return [self.kline_row(g, interval) for g in self.candle_groups(interval, start, end, limit)]
 
     def synth_best_bid(self) -> int:
         """Highest synthetic bid with size left (takers may have eaten the top levels)."""

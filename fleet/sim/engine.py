@@ -25,7 +25,8 @@ from fleet.sim.frames import (render, render_account_update, render_agg, render_
 from fleet.sim.market import MarketModel
 from fleet.sim.orders import CLIENT_ID_RE, PRICE_MATCH, Account, Order, Trade
 from fleet.sim.replay import ReplayMarket
-from fleet.sim.streams import ALL_TICKERS_EVERY_MS, DEPTH_EVERY_MS, KLINE_EVERY_MS, KLINE_MINUTES, TICKER_EVERY_MS
+from fleet.sim.streams import (ALL_TICKERS_EVERY_MS, DEPTH_EVERY_MS, KLINE_EVERY_MS, KLINE_MINUTES, TICKER_EVERY_MS,
+                               kline_next, kline_open)
 from fleet.sim.units import ZERO, decimals_in, fast_units, q8, s8
 from fleet.sim.views import EngineViews
 
@@ -108,7 +109,7 @@ class Engine(EngineViews):
         self.next_mark3_ms = (now_ms // 3000 + 1) * 3000
         self.depth_due: dict[str, int] = {}
         self.depth_sent_u: dict[str, int] = {}   # @0ms partial depth: the book's update id last sent
-        self.kline_streams: list[tuple[Book, str, str, int]] = []   # (book, stream, interval, minutes) listened to
+        self.kline_streams: list[tuple[Book, str, str]] = []   # (book, stream, interval) listened to
         self.kline_open: dict[str, int] = {}   # stream -> the open time of the candle it last pushed
         self.ticker_streams: list[tuple[Book, str, Any]] = []   # (book, stream, renderer) listened to
         self.next_timed_ms = FAR_MS   # the next kline or ticker push (FAR_MS: nobody listens to one)
@@ -159,8 +160,8 @@ class Engine(EngineViews):
         """Market frames are only built for streams someone listens to; cache what each book publishes."""
         self.interest = frozenset(streams)
         every_of = DEPTH_EVERY_MS
-        self.kline_streams = [(b, f"{b.lower}@kline_{i}", i, m) for b in self.books.values()
-                              for i, m in KLINE_MINUTES.items() if f"{b.lower}@kline_{i}" in self.interest]
+        self.kline_streams = [(b, f"{b.lower}@kline_{i}", i) for b in self.books.values()
+                              for i in KLINE_MINUTES if f"{b.lower}@kline_{i}" in self.interest]
         self.kline_open = {s: t for s, t in self.kline_open.items() if s in self.interest}
         before = {stream for _, stream, _ in self.ticker_streams}
         self.ticker_streams = [(b, f"{b.lower}@{kind}", render) for b in self.books.values()
@@ -535,17 +536,17 @@ class Engine(EngineViews):
     def _publish_klines(self, t: int) -> None:
         """Each kline stream listened to: its open candle, after the one it last pushed if that has closed
         since (once more, ``x: true``)."""
-        for b, stream, interval, minutes in self.kline_streams:
+        for b, stream, interval in self.kline_streams:
             if b.frozen:   # a "data" fault: the symbol's streams stop
                 continue
-            start = t - t % (minutes * 60_000)
+            start = kline_open(interval, t)
             last = self.kline_open.get(stream)
-            if last is not None and last != start and (g := b.candle_group(minutes, last)) is not None:
-                row = b.kline_row(g, minutes)
+            if last is not None and last != start and (g := b.candle_group(last, kline_next(interval, last))) is not None:
+                row = b.kline_row(g, interval)
                 self._emit_market(stream, (render_kline, b, interval, row, g[10], g[11], t, True))
             self.kline_open[stream] = start
-            if (g := b.candle_group(minutes, start)) is not None:
-                row = b.kline_row(g, minutes)
+            if (g := b.candle_group(start, kline_next(interval, start))) is not None:
+                row = b.kline_row(g, interval)
                 self._emit_market(stream, (render_kline, b, interval, row, g[10], g[11], t, False))
 
     def _publish_book(self, b: Book, t: int) -> None:

@@ -51,7 +51,7 @@ def ticker_24h(b: Book, t: int) -> dict[str, Any]:
     last trade's price and size. High and low always hold the open and the last price."""
     tick = b.tick_f
     last = round(b.last_price / tick)
-    g = b.candle_group(1440, t - DAY_MS + 1)
+    g = b.candle_group(t - DAY_MS + 1, t + 1)
     if g is None:
         open_ = high = low = last
         vol = quote_units = trades = 0

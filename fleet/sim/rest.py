@@ -150,11 +150,10 @@ class RestHandlers:
         interval = params.get("interval")
         if not interval:
             raise missing("interval")
-        minutes = self._KLINE_MINUTES.get(interval)
-        if minutes is None:
+        if interval not in self._KLINE_MINUTES:
             raise SimApiError(-1120, "Invalid interval.")
         limit = self._limit(params, 500, 1500)
-        return b.klines(minutes, self._int_param(params, "startTime"), self._int_param(params, "endTime"), limit)
+        return b.klines(interval, self._int_param(params, "startTime"), self._int_param(params, "endTime"), limit)
 
     def _book_ticker(self, account: Any, params: dict[str, str], now: int) -> Any:
         e = self.engine

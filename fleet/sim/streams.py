@@ -9,7 +9,8 @@ serves every stream there, as the testnet still does. Names are case-insensitive
 Besides the documented depth speeds (250 ms by default, ``@500ms``, ``@100ms``), ``@0ms`` is served
 too: Binance answers it and third-party engines ask for it by default; here it publishes on every
 market step. ``<symbol>@kline_<interval>`` pushes the open candle every 250 ms and each candle once
-more when it closes (``x: true``). ``<symbol>@ticker`` and ``@miniTicker`` push the rolling 24 h
+more when it closes (``x: true``); a week's candle opens on Monday, a month's on its first day (UTC),
+and ``3d`` is not served (I found no statement of where Binance starts its three days). ``<symbol>@ticker`` and ``@miniTicker`` push the rolling 24 h
 statistics every 2 s (those of REST ``/ticker/24hr``); ``!ticker@arr`` and ``!miniTicker@arr`` every
 second, holding the symbols that traded since the last push (Binance: "only tickers that have changed
 will be present in the array"), and nothing when none did. ``<symbol>@forceOrder`` and
@@ -37,19 +38,41 @@ does (no error, no data); only a name no symbol could carry is refused (``unlist
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 PUBLIC = "public"
 MARKET = "market"
 
 _DEPTH_SPEEDS = {"": "", "@250ms": "", "@100ms": "@100ms", "@500ms": "@500ms", "@0ms": "@0ms"}
 DEPTH_EVERY_MS = {"@0ms": 0, "@100ms": 100, "": 250, "@500ms": 500}   # canonical suffix -> cadence (0: every step)
 KLINE_MINUTES = {"1m": 1, "3m": 3, "5m": 5, "15m": 15, "30m": 30, "1h": 60, "2h": 120, "4h": 240,
-                 "6h": 360, "8h": 480, "12h": 720, "1d": 1440}
+                 "6h": 360, "8h": 480, "12h": 720, "1d": 1440, "1w": 10080, "1M": 43200}   # 1M: calendar months
+_MONDAY_MS = 4 * 86_400_000   # weekly candles open on Monday 00:00 UTC; 1970-01-05 was the first Monday
 KLINE_EVERY_MS = 250   # a kline stream's cadence
 TICKER_EVERY_MS = 2000   # <symbol>@ticker and @miniTicker: "Update Speed: 2000ms" (USD-M docs)
 ALL_TICKERS_EVERY_MS = 1000   # !ticker@arr and !miniTicker@arr: "Update Speed: 1000ms" (USD-M docs)
 # Served and silent: nothing in the simulated market changes a contract, an asset index, a composite
 # index or a trading session, and no order is RPI.
 _SILENT_ALL = {"!contractinfo": "!contractInfo", "!assetindex@arr": "!assetIndex@arr"}
+
+
+def kline_open(interval: str, t: int) -> int:
+    """The open time (ms) of the ``interval`` candle holding ``t``: a multiple of its length since the
+    epoch, a week from Monday, a month from its first day (UTC)."""
+    if interval == "1M":
+        d = datetime.fromtimestamp(t / 1000, timezone.utc)
+        return int(datetime(d.year, d.month, 1, tzinfo=timezone.utc).timestamp()) * 1000
+    span = KLINE_MINUTES[interval] * 60_000
+    return t - (t - _MONDAY_MS) % span if interval == "1w" else t - t % span
+
+
+def kline_next(interval: str, open_ms: int) -> int:
+    """The open time of the candle after the one opening at ``open_ms``."""
+    if interval == "1M":
+        d = datetime.fromtimestamp(open_ms / 1000, timezone.utc)
+        year, month = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
+        return int(datetime(year, month, 1, tzinfo=timezone.utc).timestamp()) * 1000
+    return open_ms + KLINE_MINUTES[interval] * 60_000
 
 
 def canonical_stream(name: str, symbols_lower: set[str]) -> tuple[str, str] | None:

@@ -12,6 +12,7 @@ from fleet.sim.config import SimConfig, load_sim_config
 from fleet.sim.engine import Engine, SimApiError
 from fleet.sim.frames import ticker_24h
 from fleet.sim.market import MarketModel, MarketParams
+from fleet.sim.streams import kline_next, kline_open
 
 T0 = 1_800_000_000_000
 
@@ -319,7 +320,7 @@ def test_kline_stream_pushes_the_open_candle_and_each_closed_one_once_as_rest_sh
     closed = [f for f in frames if f["k"]["x"]]
     assert 4 * 125 <= len(opens) <= 4 * 131   # every 250 ms
     assert [f["k"]["t"] for f in closed] == [T0, T0 + 60_000]   # each closed candle once
-    rest = {row[0]: row for row in b.klines(1, T0, None, 10)}
+    rest = {row[0]: row for row in b.klines("1m", T0, None, 10)}
     for f in closed:
         k = f["k"]
         row = rest[k["t"]]
@@ -328,8 +329,8 @@ def test_kline_stream_pushes_the_open_candle_and_each_closed_one_once_as_rest_sh
         assert f["e"] == "kline" and k["i"] == "1m" and k["s"] == f["s"] == "ETHUSDC" and k["T"] == k["t"] + 59_999
         assert k["n"] > 0 and k["L"] - k["f"] + 1 == k["n"]   # the candle's aggregate trades, first to last
     assert closed[1]["k"]["f"] == closed[0]["k"]["L"] + 1
-    for minutes, start in ((1, T0 + 60_000), (5, T0), (60, T0 - T0 % 3_600_000)):   # the walk back = the REST groups
-        assert b.candle_group(minutes, start) == b.candle_groups(minutes, start, start, 1)[0]
+    for interval, start in (("1m", T0 + 60_000), ("5m", T0), ("1h", T0 - T0 % 3_600_000)):   # the walk back = REST's
+        assert b.candle_group(start, kline_next(interval, start)) == b.candle_groups(interval, start, start, 1)[0]
     last = opens[-1]["k"]
     assert last["t"] == T0 + 120_000 and last["x"] is False
     e.unwatch("ethusdc@kline_1m")
@@ -356,7 +357,7 @@ def test_ticker_streams_push_the_rolling_day_every_2_s_as_rest_shows_it():
     assert last["e"] == "24hrTicker" and last["s"] == "ETHUSDC" and last["C"] == last["E"] == last["O"] + 86_400_000
     assert minis[-1] == {"e": "24hrMiniTicker", "E": last["E"], "s": "ETHUSDC", "c": last["c"], "o": last["o"],
                          "h": last["h"], "l": last["l"], "v": last["v"], "q": last["q"]}
-    rows = b.klines(1, None, None, 1500)   # every candle of the run falls in the day
+    rows = b.klines("1m", None, None, 1500)   # every candle of the run falls in the day
     assert Decimal(last["v"]) == sum(Decimal(r[5]) for r in rows) > 0
     assert last["n"] == sum(r[8] for r in rows) == last["L"] - last["F"] + 1
     assert Decimal(last["l"]) <= Decimal(last["c"]) <= Decimal(last["h"])

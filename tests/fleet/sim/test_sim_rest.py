@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
+from datetime import time as dt_time
 from decimal import Decimal
 
 import pytest
@@ -326,6 +328,14 @@ async def test_public_trades_agg_trades_and_klines(sim_factory):
                     if f["filterType"] == "PRICE_FILTER")
         assert all(Decimal(x) % Decimal(tick) == 0 for x in (o, h, low, close))   # on the tick, as trades are
         assert Decimal(volume) >= Decimal("2.00")
+        for interval, weekday in (("1w", 0), ("1M", None)):   # a week opens on Monday, a month on its 1st (UTC)
+            row = (await c.public("GET", "/fapi/v1/klines", {"symbol": "SOLUSDT", "interval": interval})).json[-1]
+            opened, closed = (datetime.fromtimestamp(ms / 1000, timezone.utc) for ms in (row[0], row[6] + 1))
+            assert opened.time() == closed.time() == dt_time(0) and Decimal(row[5]) >= Decimal("2.00")
+            if weekday is None:
+                assert opened.day == closed.day == 1 and (closed.month - opened.month) % 12 == 1
+            else:
+                assert opened.weekday() == weekday and (closed - opened).days == 7
         bad = await c.public("GET", "/fapi/v1/klines", {"symbol": "SOLUSDT", "interval": "7m"})
         assert bad.json["code"] == -1120
         bad = await c.public("GET", "/fapi/v1/trades", {"symbol": "SOLUSDT", "limit": 5000})
