@@ -106,6 +106,10 @@ class AccountSpec(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,40}$")
     api_key: str | None = None
     api_secret: str | None = None
+    key_type: Literal["HMAC", "ED25519"] = Field(
+        "HMAC", description="HMAC: api_secret signs (hex); ED25519: api_secret is the PEM private key (made "
+                            "from the seed unless given) and the exchange keeps its public half; signatures "
+                            "are base64, and only such a key logs a WebSocket API session on")
     balances: dict[str, str] = Field(default_factory=lambda: {"USDT": "100000", "USDC": "100000"})
     leverage: int = Field(20, ge=1, le=125)
     funding_frame_symbol: bool | None = Field(None, description="add the 2026 SDK a.S to this account's "

@@ -22,6 +22,7 @@ from fleet.sim.errors import SimApiError, int_param, invalid, missing
 from fleet.sim.frames import (render, render_account_update, render_agg, render_bt, render_depth, render_diff,
                               render_kline, render_list, render_mark, render_mini_ticker, render_order_update,
                               render_ticker, render_trade, render_trade_lite, ticker_24h)
+from fleet.sim.keys import ed25519_private_pem
 from fleet.sim.market import MarketModel
 from fleet.sim.orders import CLIENT_ID_RE, PRICE_MATCH, Account, Order, Trade
 from fleet.sim.replay import ReplayMarket
@@ -95,6 +96,8 @@ class Engine(EngineViews):
         for spec in config.accounts:
             key, secret = credentials.get(spec.name, (spec.api_key, spec.api_secret))
             key = key or self._token(64)
+            if spec.key_type == "ED25519":
+                secret = secret or ed25519_private_pem(bytes.fromhex(self._token(64)))
             secret = secret or self._token(64)
             acct = Account(spec, key, secret)
             self.accounts[spec.name] = acct

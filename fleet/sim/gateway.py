@@ -159,9 +159,10 @@ class ExchangeGateway(RestHandlers):
         return self.answer(method, path, params, payload, api_key, ip, now)
 
     def answer(self, method: str, path: str, params: dict[str, str] | None, payload: str, api_key: str | None,
-               ip: str, now: int) -> Answer:
+               ip: str, now: int, session_key: str | None = None) -> Answer:
         """One request at ``now``: ``params`` read from it (None: unreadable), ``payload`` the text its
-        signature signs. REST and the WebSocket API (``fleet.sim.wsapi``) both come through here."""
+        signature signs, ``session_key`` the key a WebSocket API session logged on with. REST and the
+        WebSocket API (``fleet.sim.wsapi``) both come through here."""
         route = self._routes.get((method, path))
         if route is None:
             if any(p == path for (_, p) in self._routes):
@@ -189,7 +190,7 @@ class ExchangeGateway(RestHandlers):
             # earlier time than the request's own answer.
             self.engine.advance(now)
             account = self._gateway_checks(f"{method} {path}", sec, weight_spec, params, payload, api_key, ip,
-                                           now, headers)
+                                           now, headers, session_key)
             if fault is not None and fault.mode in EXEC_MODES and fault.count > 0:  # (not used up meanwhile)
                 # past the gateway (signed, in time, within limits): the fault takes this request
                 exec_fault = fault
@@ -213,7 +214,8 @@ class ExchangeGateway(RestHandlers):
         return _json(200, result, headers)
 
     def _gateway_checks(self, route: str, sec: str, weight_spec: Any, params: dict[str, str], payload: str,
-                        api_key: str | None, ip: str, now: int, headers: dict[str, str]) -> str | None:
+                        api_key: str | None, ip: str, now: int, headers: dict[str, str],
+                        session_key: str | None = None) -> str | None:
         """Charge the IP's weight, authenticate, charge the account's order counts; the account name."""
         if isinstance(weight_spec, tuple):
             ip_weight, o10, o1m = weight_spec
@@ -226,7 +228,7 @@ class ExchangeGateway(RestHandlers):
         headers["X-MBX-USED-WEIGHT-1M"] = str(used)
         account = None
         if sec != NONE:
-            account = self._authenticate(api_key, sec, params, payload, now)
+            account = self._authenticate(api_key, sec, params, payload, now, session_key)
         if o10 and account is not None:
             c10, c1m = self.limiter.charge_orders(account, o10, o1m, now)
             headers["X-MBX-ORDER-COUNT-10S"] = str(c10)
@@ -304,8 +306,28 @@ class ExchangeGateway(RestHandlers):
                 self.stats["late_rejected"] += 1
         self._flush()
 
-    def _authenticate(self, api_key: str | None, sec: str, params: dict[str, str], payload: str, now: int) -> str:
-        key = api_key
+    @staticmethod
+    def _check_signature(acct: Any, sig: str | None, payload: str) -> None:
+        """HMAC: hex of HMAC-SHA256 over the payload; Ed25519: base64 of its Ed25519 signature."""
+        if not sig:
+            raise missing("signature")
+        try:
+            signed = payload.encode()
+        except UnicodeEncodeError:  # a lone surrogate (the WebSocket API's JSON can carry one)
+            raise SimApiError(-1100, "Illegal characters found in a parameter.") from None
+        if acct.verify is not None:
+            ok = sig.isascii() and acct.verify(signed, sig)
+        else:
+            expected = hmac.new(acct.api_secret.encode(), signed, hashlib.sha256).hexdigest()
+            ok = sig.isascii() and hmac.compare_digest(expected, sig.lower())
+        if not ok:
+            raise SimApiError(-1022, "Signature for this request is not valid.")
+
+    def _authenticate(self, api_key: str | None, sec: str, params: dict[str, str], payload: str, now: int,
+                      session_key: str | None = None) -> str:
+        # a WebSocket API session logged on: a request naming no key and sending no signature is its account's
+        by_session = session_key is not None and api_key is None and "signature" not in params
+        key = session_key if by_session else api_key
         if not key:
             raise SimApiError(-2014, "API-key format invalid.", 401)
         acct = self.engine.by_key.get(key)
@@ -313,16 +335,8 @@ class ExchangeGateway(RestHandlers):
             raise SimApiError(-2015, "Invalid API-key, IP, or permissions for action.", 401)
         if sec == KEY:
             return acct.name
-        sig = params.get("signature")
-        if not sig:
-            raise missing("signature")
-        try:
-            signed = payload.encode()
-        except UnicodeEncodeError:  # a lone surrogate (the WebSocket API's JSON can carry one)
-            raise SimApiError(-1100, "Illegal characters found in a parameter.") from None
-        expected = hmac.new(acct.api_secret.encode(), signed, hashlib.sha256).hexdigest()
-        if not sig.isascii() or not hmac.compare_digest(expected, sig.lower()):
-            raise SimApiError(-1022, "Signature for this request is not valid.")
+        if not by_session:
+            self._check_signature(acct, params.get("signature"), payload)
         ts_raw = params.get("timestamp")
         if not ts_raw:
             raise missing("timestamp")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Callable
 
 from fleet.sim.config import AccountSpec
+from fleet.sim.keys import ed25519_verifier
 from fleet.sim.units import ZERO
 
 CLIENT_ID_RE = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
@@ -96,6 +97,9 @@ class Account:
         self.name = spec.name
         self.api_key = api_key
         self.api_secret = api_secret
+        # an Ed25519 key: its signature check (None: HMAC)
+        self.verify: Callable[[bytes, str], bool] | None = (
+            ed25519_verifier(api_secret) if spec.key_type == "ED25519" else None)
         self.wallet: dict[str, Decimal] = {a: Decimal(v) for a, v in spec.balances.items()}
         self.default_leverage = spec.leverage
         self.funding_frame_symbol = spec.funding_frame_symbol  # None = the simulator's global switch

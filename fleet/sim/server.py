@@ -146,6 +146,7 @@ from fleet.sim.config import SimConfig, load_sim_config
 from fleet.sim.engine import Engine
 from fleet.sim.faults import RestFault
 from fleet.sim.gateway import ExchangeGateway
+from fleet.sim.keys import ed25519_private_pem
 from fleet.sim.ws import Conn, StreamGateway
 
 __all__ = ["SimServer", "RestFault"]
@@ -180,7 +181,9 @@ class SimServer(ExchangeGateway, StreamGateway, AdminRoutes):
             creds[first.name] = (api_key or first.api_key, api_secret or first.api_secret)
         for spec in self.config.accounts:
             k, s = creds.get(spec.name, (spec.api_key, spec.api_secret))
-            creds[spec.name] = (k or secrets.token_hex(32), s or secrets.token_hex(32))
+            if not s:   # an Ed25519 account's secret is its PEM private key
+                s = ed25519_private_pem(secrets.token_bytes(32)) if spec.key_type == "ED25519" else secrets.token_hex(32)
+            creds[spec.name] = (k or secrets.token_hex(32), s)
         engine = Engine(self.config, seed=seed, now_ms=self.clock(), symbols=symbols,
                         credentials=creds)  # type: ignore[arg-type]
         self._init_gateway(self.config, engine)

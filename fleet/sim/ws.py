@@ -17,7 +17,7 @@ from fleet.sim.config import SimConfig
 from fleet.sim.engine import Engine, render
 from fleet.sim.errors import SimApiError
 from fleet.sim.streams import MARKET, PUBLIC, canonical_stream, path_allows, unlisted_stream
-from fleet.sim.wsapi import HANDSHAKE_WEIGHT, METHODS, WsApiGateway, WsApiReply
+from fleet.sim.wsapi import HANDSHAKE_WEIGHT, METHODS, WsApiGateway, WsApiReply, WsSession
 
 log = logging.getLogger("fleet.sim")
 
@@ -213,14 +213,14 @@ class StreamGateway(WsApiGateway):
         ws = web.WebSocketResponse(autoping=False, max_msg_size=1 << 16)
         await ws.prepare(request)
         now = time.monotonic()
-        connected_ms = self.clock()
+        session = WsSession(self.clock())
         c = Conn(ws=ws, transport=request.transport, path_kind=API, combined=False, opened=now,
                  last_pong=now, next_ping=now + self.config.ws_ping_interval_s)
         self.conns.add(c)
 
         async def on_text(data: str) -> None:
             try:
-                reply = await self._ws_api_request(c, data, ip, connected_ms, rate_limits)
+                reply = await self._ws_api_request(c, data, ip, session, rate_limits)
             except Exception as exc:  # noqa: BLE001 - a bug answers 500; the connection lives on
                 log.error("websocket API request failed: %s", type(exc).__name__)
                 reply = WsApiReply(orjson.dumps({"id": None, "status": 500, "error": {
@@ -235,7 +235,7 @@ class StreamGateway(WsApiGateway):
         await self._serve(c, on_text, binary)  # type: ignore[arg-type]
         return ws
 
-    async def _ws_api_request(self, c: Conn, raw: str, ip: str, connected_ms: int, rate_limits: bool) -> WsApiReply:
+    async def _ws_api_request(self, c: Conn, raw: str, ip: str, session: WsSession, rate_limits: bool) -> WsApiReply:
         parsed = self.ws_api_parse(raw)
         if isinstance(parsed, WsApiReply):
             return parsed
@@ -247,7 +247,12 @@ class StreamGateway(WsApiGateway):
         lat_ms = self.latency_ms(route[1]) if route else 0
         if lat_ms:
             await asyncio.sleep(lat_ms / 1000.0)
-        return self.ws_api_call(rid, method, params, ip, self.clock(), connected_ms, rate_limits)
+        reply = self.ws_api_call(rid, method, params, ip, self.clock(), session, rate_limits)
+        if session.api_key is not None:
+            acct = self.engine.by_key.get(session.api_key)
+            if acct is not None:
+                c.accounts.add(acct.name)
+        return reply
 
     def _classify(self, name: str, path_kind: str, market: list[tuple[str, str]],
                   users: list[tuple[str, str]], silent: list[tuple[str, str, str]]) -> str | None:

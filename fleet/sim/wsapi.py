@@ -14,8 +14,10 @@ differs is the frame and the signature:
   every param but ``signature`` (``apiKey`` included), sorted by name, as ``k=v`` joined with ``&``;
   INT params as JSON numbers, DECIMAL ones as JSON strings (both are taken; a JSON ``true`` is signed
   as ``true``);
-- ``session.logon`` takes Ed25519 keys only, and the simulator's keys are HMAC: it is refused
-  (-4056); ``session.status`` / ``session.logout`` answer for an unauthenticated session;
+- an account whose key is Ed25519 (``AccountSpec.key_type``) signs with base64 Ed25519 signatures
+  instead, and may ``session.logon`` (signed as any request): the connection's later requests then
+  need neither ``apiKey`` nor ``signature`` (a ``timestamp`` still); an HMAC key's logon is refused
+  (-4056); ``session.status`` and ``session.logout`` answer the session as it is;
 - an answer no WebSocket frame can carry (a gateway's HTML page, faults "502"/"504") becomes status
   503 -1006 "An unexpected response was received from the message bus. Execution status unknown.";
   the fault "timeout" sends nothing and closes the connection after its ``hold_ms``.
@@ -40,7 +42,7 @@ import orjson
 from fleet.sim.engine import SimApiError
 from fleet.sim.gateway import Answer
 
-__all__ = ["METHODS", "HANDSHAKE_WEIGHT", "WsApiGateway", "WsApiReply"]
+__all__ = ["METHODS", "HANDSHAKE_WEIGHT", "WsApiGateway", "WsApiReply", "WsSession"]
 
 HANDSHAKE_WEIGHT = 5  # "WebSocket handshake attempt costs 5 weight"
 
@@ -69,6 +71,16 @@ _ORDER_METHODS = frozenset({"order.place", "order.modify", "algoOrder.place"})
 _SESSION_WEIGHT = 2
 _UNEXPECTED = {"code": -1006, "msg": "An unexpected response was received from the message bus. "
                                      "Execution status unknown."}
+
+
+@dataclass
+class WsSession:
+    """One WebSocket API connection: since when, and the key it logged on with (``session.logon``,
+    Ed25519 keys only), whose requests then need neither ``apiKey`` nor ``signature``."""
+
+    connected_ms: int
+    api_key: str | None = None
+    authorized_since: int | None = None
 
 
 @dataclass
@@ -103,13 +115,11 @@ class WsApiGateway:
             return self._ws_error(rid, 400, -1013, "Invalid request: 'params' must be an object")
         return rid, method, params
 
-    def ws_api_call(self, rid: Any, method: str, params: dict[str, Any], ip: str, now: int, connected_ms: int,
+    def ws_api_call(self, rid: Any, method: str, params: dict[str, Any], ip: str, now: int, session: WsSession,
                     rate_limits: bool = True) -> WsApiReply:
         """One parsed request at ``now`` (``METHODS[method]``'s injected REST latency already waited)."""
-        if method.startswith("session."):
-            return self._ws_session(rid, method, ip, now, connected_ms, rate_limits)
         route = METHODS.get(method)
-        if route is None:
+        if route is None and not method.startswith("session."):
             return self._ws_error(rid, 400, -1020, f"This operation is not supported: unknown method {method[:64]!r}")
         flat: dict[str, str] = {}
         for k, v in params.items():
@@ -123,8 +133,11 @@ class WsApiGateway:
         if returns is not None:
             rate_limits = returns == "true"
         api_key = flat.pop("apiKey", None)
+        if route is None:
+            return self._ws_session(rid, method, flat, payload, api_key, ip, now, session, rate_limits)
         http_method, path = route
-        answer = self.answer(http_method, path, flat, payload, api_key, ip, now)  # type: ignore[attr-defined]
+        answer = self.answer(http_method, path, flat, payload, api_key, ip, now,  # type: ignore[attr-defined]
+                             session.api_key)
         return self._ws_reply(rid, answer, method in _ORDER_METHODS, rate_limits)
 
     # -- replies ---------------------------------------------------------------------------------
@@ -166,10 +179,10 @@ class WsApiGateway:
         msg = msg.encode("utf-8", "backslashreplace").decode("utf-8")  # a client's text, made encodable
         return WsApiReply(orjson.dumps({"id": rid, "status": status, "error": {"code": code, "msg": msg}}))
 
-    def _ws_session(self, rid: Any, method: str, ip: str, now: int, connected_ms: int,
-                    rate_limits: bool) -> WsApiReply:
-        """session.logon needs an Ed25519 key, and the simulator's are HMAC: refused; status and
-        logout answer for a session that is not authenticated."""
+    def _ws_session(self, rid: Any, method: str, params: dict[str, str], payload: str, api_key: str | None,
+                    ip: str, now: int, session: WsSession, rate_limits: bool) -> WsApiReply:
+        """session.logon (an Ed25519 key, signed as any request; an HMAC key is refused with -4056),
+        session.status, session.logout; each answers the session as it then is."""
         if method not in ("session.logon", "session.status", "session.logout"):
             return self._ws_error(rid, 400, -1020, f"This operation is not supported: unknown method {method[:64]!r}")
         try:
@@ -177,11 +190,20 @@ class WsApiGateway:
         except SimApiError as exc:  # 429 / 418
             return WsApiReply(orjson.dumps({"id": rid, "status": exc.http_status, "error": exc.body()}))
         if method == "session.logon":
-            return WsApiReply(orjson.dumps({"id": rid, "status": 400,
-                                            "error": {"code": -4056, "msg": "Invalid api key type."}}))
+            acct = self.engine.by_key.get(api_key) if api_key else None  # type: ignore[attr-defined]
+            if acct is not None and acct.verify is None:
+                return WsApiReply(orjson.dumps({"id": rid, "status": 400,
+                                                "error": {"code": -4056, "msg": "Invalid api key type."}}))
+            try:
+                self._authenticate(api_key, "SIGNED", params, payload, now)  # type: ignore[attr-defined]
+            except SimApiError as exc:
+                return WsApiReply(orjson.dumps({"id": rid, "status": exc.http_status, "error": exc.body()}))
+            session.api_key, session.authorized_since = api_key, now
+        elif method == "session.logout":
+            session.api_key = session.authorized_since = None
         out: dict[str, Any] = {"id": rid, "status": 200, "result": {
-            "apiKey": None, "authorizedSince": None, "connectedSince": connected_ms,
-            "returnRateLimits": rate_limits, "serverTime": now}}
+            "apiKey": session.api_key, "authorizedSince": session.authorized_since,
+            "connectedSince": session.connected_ms, "returnRateLimits": rate_limits, "serverTime": now}}
         if rate_limits:
             out["rateLimits"] = [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
                                   "limit": self.config.rate_limits.weight_per_minute,  # type: ignore[attr-defined]

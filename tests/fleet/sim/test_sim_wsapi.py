@@ -198,3 +198,48 @@ async def test_a_connection_costs_five_weight_and_the_drop_fault_reaches_it(sim)
                 assert (await r.json())["dropped"] == 1
             msg = await ws.receive(timeout=5)
             assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+
+
+async def test_an_ed25519_key_signs_rest_and_websocket_requests_and_logs_a_session_on(sim_factory):
+    from urllib.parse import quote, urlencode
+
+    from fleet.sim.keys import ed25519_sign
+
+    sim = await sim_factory(config={"accounts": [{"name": "main", "key_type": "ED25519"}]})
+    _, key, pem = sim.accounts[0]
+    assert pem.startswith("-----BEGIN PRIVATE KEY-----")
+    async with aiohttp.ClientSession() as s:
+        query = urlencode({"timestamp": int(time.time() * 1000)})
+        for sig, status in ((ed25519_sign(pem, query), 200), (sign(pem, {"timestamp": 1}), 400)):
+            async with s.get(f"{sim.rest_url}/fapi/v3/balance?{query}&signature={quote(sig)}",
+                             headers={"X-MBX-APIKEY": key}) as r:   # base64 Ed25519 signs; a hex HMAC does not
+                body = await r.json()
+                assert r.status == status and (status == 200 or body["code"] == -1022), body
+        async with s.ws_connect(f"{sim.ws_url}/ws-fapi/v1") as ws:
+            n = 0
+
+            async def call(method: str, params: dict[str, Any], signed: bool) -> dict[str, Any]:
+                nonlocal n
+                n += 1
+                p = {**params, "timestamp": int(time.time() * 1000)}
+                if signed:
+                    p["apiKey"] = key
+                    p["signature"] = ed25519_sign(pem, "&".join(f"{k}={v}" for k, v in sorted(p.items())))
+                await ws.send_str(orjson.dumps({"id": n, "method": method, "params": p}).decode())
+                return orjson.loads((await ws.receive(timeout=5)).data)
+
+            order = {"symbol": SYMBOL, "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.010",
+                     "price": await below_bid(s, sim, 300)}
+            assert (await call("order.place", {**order, "newClientOrderId": "ed-1"}, signed=True))["status"] == 200
+            unsigned = await call("order.place", {**order, "newClientOrderId": "ed-2"}, signed=False)
+            assert unsigned["status"] == 401 and unsigned["error"]["code"] == -2014
+            logon = await call("session.logon", {}, signed=True)
+            assert logon["status"] == 200 and logon["result"]["apiKey"] == key, logon
+            # logged on: no key, no signature, only the timestamp
+            assert (await call("order.place", {**order, "newClientOrderId": "ed-3"}, signed=False))["status"] == 200
+            status = await call("session.status", {}, signed=False)
+            assert status["result"]["apiKey"] == key and status["result"]["authorizedSince"] is not None
+            assert (await call("session.logout", {}, signed=False))["result"]["apiKey"] is None
+            after = await call("order.place", {**order, "newClientOrderId": "ed-4"}, signed=False)
+            assert after["status"] == 401 and after["error"]["code"] == -2014
+        assert sorted(o["clientOrderId"] for o in (await state(s, sim))["open_orders"]) == ["ed-1", "ed-3"]
