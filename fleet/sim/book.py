@@ -34,6 +34,43 @@ def _merge_candle(g: list[Any], c: list[Any]) -> None:
     if c[11] >= 0:
         g[11] = c[11]
 
+class DiffState:
+    """What a diff depth stream's clients may hold: its last event's update id and levels, the prices a
+    snapshot showed since, and the lowest bid and highest ask it or a snapshot ever showed."""
+
+    __slots__ = ("u", "bids", "asks", "shown_b", "shown_a", "low_bid", "high_ask")
+
+    def __init__(self, u: int, bids: list[tuple[int, int]], asks: list[tuple[int, int]]) -> None:
+        self.u = u
+        self.bids: dict[int, int] = {}
+        self.asks: dict[int, int] = {}
+        self.shown_b: set[int] = set()
+        self.shown_a: set[int] = set()
+        self.low_bid: int | None = None
+        self.high_ask: int | None = None
+        self.advance(u, bids, asks)
+
+    def advance(self, u: int, bids: list[tuple[int, int]], asks: list[tuple[int, int]]) -> None:
+        """An event sent (or the stream's start): these are its levels now."""
+        self.u, self.bids, self.asks = u, dict(bids), dict(asks)
+        self.shown_b, self.shown_a = set(), set()
+        self._reach(bids, asks)
+
+    def show(self, bids: list[tuple[int, int]], asks: list[tuple[int, int]]) -> None:
+        """A snapshot showed these levels."""
+        self.shown_b.update(p for p, _ in bids)
+        self.shown_a.update(p for p, _ in asks)
+        self._reach(bids, asks)
+
+    def _reach(self, bids: list[tuple[int, int]], asks: list[tuple[int, int]]) -> None:
+        if bids:
+            low = bids[-1][0]
+            self.low_bid = low if self.low_bid is None else min(self.low_bid, low)
+        if asks:
+            high = asks[-1][0]
+            self.high_ask = high if self.high_ask is None else max(self.high_ask, high)
+
+
 class Book:
     """One symbol: its market model, synthetic book around the mid, and the resting orders."""
 
@@ -111,8 +148,7 @@ class Book:
         self.want_trade = False
         self.depth_streams: list[tuple[str, int, int]] = []
         self.diff_streams: list[tuple[str, int]] = []
-        # diff depth stream -> (update id last sent, its bids, its asks, prices a depth snapshot showed since)
-        self.diff_state: dict[str, tuple[int, dict[int, int], dict[int, int], set[int], set[int]]] = {}
+        self.diff_state: dict[str, DiffState] = {}   # diff depth stream -> what its clients may hold
         self.funding_history: list[dict[str, Any]] = []
         self.closed: dict[int, Order] = {}
         self.recent_trades: deque[tuple[int, int, int, int, bool]] = deque(maxlen=1000)

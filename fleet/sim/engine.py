@@ -16,7 +16,7 @@ from itertools import islice
 from typing import Any
 
 from fleet.sim.algo import TYPES as ALGO_TYPES, AlgoService
-from fleet.sim.book import NO_ASK, Book
+from fleet.sim.book import NO_ASK, Book, DiffState
 from fleet.sim.config import SimConfig
 from fleet.sim.errors import SimApiError, int_param, invalid, missing
 from fleet.sim.frames import (render, render_account_update, render_agg, render_bt, render_depth, render_diff,
@@ -35,27 +35,29 @@ __all__ = ["Engine", "SimApiError", "missing", "invalid", "render", "Order", "Ac
 
 FAR_MS = 1 << 62
 DIFF_LEVELS = 50  # the diff depth stream keeps this many levels per side exact (absolute sizes, "0" = gone)
-SWEPT_MAX = 5000  # prices zeroed past the last event's window when the touch jumps (a 1000-level snapshot's span)
 MAX_CLOSED_KEPT = 20000
 
 
 def _gone(last: dict[int, int], shown: set[int], now: dict[int, int], levels: list[tuple[int, int]],
-          deeper: int) -> list[tuple[int, int]]:
-    """The "0"s of one side of a diff depth event (``deeper``: -1 bids, 1 asks). A level of the last
-    event, or one a snapshot showed since, that is no more within the top ``DIFF_LEVELS`` or beyond the
-    touch; not one that merely fell below the deepest level kept (it stays in a client's book, as on
-    Binance, where a 1000-level snapshot is the documented start). And when the touch moved past the
-    last event's deepest level, every price it swept: a client's snapshot held levels there."""
+          deeper: int, reach: int | None) -> list[tuple[int, int]]:
+    """The "0"s of one side of a diff depth event (``deeper``: -1 bids, 1 asks): every price a client may
+    hold a level at that has none now, from beyond the touch to the deepest level kept (``DIFF_LEVELS``).
+    A client may hold the last event's levels, those a snapshot showed since, and any price out to
+    ``reach``, the deepest this stream or a snapshot ever showed: a touch that jumps past the last
+    event's levels sweeps past those too. Not a level that merely fell below the deepest kept: it stays
+    in a client's book, as on Binance, where a 1000-level snapshot is the documented start."""
+    maybe = shown.union(last) if shown else set(last)
     deepest = levels[-1][0] if len(levels) == DIFF_LEVELS else None
-    gone = [(p, 0) for p in (shown.union(last) if shown else last)
-            if p not in now and (deepest is None or (p - deepest) * deeper <= 0)]
-    if last and levels:
-        last_deepest = max(last) if deeper > 0 else min(last)
+    if levels and reach is not None:
         touch = levels[0][0]
-        if (last_deepest - touch) * deeper < -1:   # swept past the whole window of the last event
-            end = touch if abs(touch - last_deepest) <= SWEPT_MAX else last_deepest + deeper * SWEPT_MAX
-            gone += [(p, 0) for p in range(last_deepest + deeper, end, deeper)]
-    return gone
+        kept = touch if deepest is None else deepest
+        if deeper < 0:   # bids: from the deepest kept up through the touch to the last event's deepest
+            top = max(touch, min(last) - 1) if last else touch
+            maybe.update(range(max(kept, reach), top + 1))
+        else:   # asks: from the last event's deepest down through the touch to the deepest kept
+            bottom = min(touch, max(last) + 1) if last else touch
+            maybe.update(range(bottom, min(kept, reach) + 1))
+    return [(p, 0) for p in maybe if p not in now and (deepest is None or (p - deepest) * deeper <= 0)]
 
 
 class Engine(EngineViews):
@@ -191,8 +193,7 @@ class Engine(EngineViews):
                 del b.diff_state[stale]
             for stream, _ in b.diff_streams:
                 if stream not in b.diff_state:   # the first event follows the book as it is now
-                    bids, asks = b.depth_levels(DIFF_LEVELS)
-                    b.diff_state[stream] = (b.update_id, dict(bids), dict(asks), set(), set())
+                    b.diff_state[stream] = DiffState(b.update_id, *b.depth_levels(DIFF_LEVELS))
         self.want_all_bt = "!bookTicker" in self.interest
 
     def book(self, symbol: str | None) -> Book:
@@ -606,27 +607,27 @@ class Engine(EngineViews):
                 if t < self.depth_due.get(stream, 0):
                     continue
                 self.depth_due[stream] = t - t % every + every
-            last_u, last_bids, last_asks, shown_b, shown_a = b.diff_state[stream]
+            d = b.diff_state[stream]
+            last_u = d.u
             if last_u == b.update_id:
                 continue
             bids, asks = b.depth_levels(DIFF_LEVELS)
             now_bids, now_asks = dict(bids), dict(asks)
-            b.diff_state[stream] = (b.update_id, now_bids, now_asks, set(), set())
-            gone_b = _gone(last_bids, shown_b, now_bids, bids, -1)
-            gone_a = _gone(last_asks, shown_a, now_asks, asks, 1)
+            gone_b = _gone(d.bids, d.shown_b, now_bids, bids, -1, d.low_bid)
+            gone_a = _gone(d.asks, d.shown_a, now_asks, asks, 1, d.high_ask)
+            d.advance(b.update_id, bids, asks)
             self._emit_market(stream, (render_diff, b, last_u + 1, b.update_id, last_u, bids + gone_b, asks + gone_a,
                                        t))
 
-    def note_depth_snapshot(self, b: Book) -> None:
-        """A depth snapshot is being served: the next event of each diff stream zeroes the levels it showed
-        that have gone by then (one may have come and gone between two events, our order placed and
-        cancelled meanwhile: without its "0" a client's book would keep it, and could cross)."""
+    def note_depth_snapshot(self, b: Book, levels: int) -> None:
+        """A depth snapshot of ``levels`` is being served: the next event of each diff stream zeroes the
+        levels it showed that have gone by then (one may have come and gone between two events, our
+        order placed and cancelled meanwhile: without its "0" a client's book would keep it, and could
+        cross)."""
         if b.diff_streams:
-            bids, asks = b.depth_levels(DIFF_LEVELS)
+            bids, asks = b.depth_levels(levels)
             for stream, _ in b.diff_streams:
-                _, _, _, shown_b, shown_a = b.diff_state[stream]
-                shown_b.update(p for p, _ in bids)
-                shown_a.update(p for p, _ in asks)
+                b.diff_state[stream].show(bids, asks)
 
     def _publish_mark(self, t: int, suffix: str, dt_s: float) -> None:
         arr: list[Any] = []
@@ -661,6 +662,7 @@ class Engine(EngineViews):
         b.mark = b.mid
         b._mark_dec = None
         b.set_tops()
+        b.update_id += 1   # a new book: a snapshot taken now must not share the last event's id
         b.consumed_bid.clear()
         b.consumed_ask.clear()
         self._sweep_crossed(b, now)

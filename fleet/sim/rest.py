@@ -79,7 +79,7 @@ class RestHandlers:
         if limit not in (5, 10, 20, 50, 100, 500, 1000):
             raise SimApiError(-1130, "Data sent for parameter 'limit' is not valid.")
         bids, asks = b.depth(limit)
-        self.engine.note_depth_snapshot(b)
+        self.engine.note_depth_snapshot(b, limit)
         return {"lastUpdateId": b.update_id, "E": now, "T": now, "bids": bids, "asks": asks}
 
     @staticmethod

@@ -10,7 +10,7 @@ Besides the documented depth speeds (250 ms by default, ``@500ms``, ``@100ms``),
 too: Binance answers it and third-party engines ask for it by default; here it publishes on every
 market step. ``<symbol>@kline_<interval>`` pushes the open candle every 250 ms and each candle once
 more when it closes (``x: true``); a week's candle opens on Monday, a month's on its first day (UTC),
-and ``3d`` is not served (I found no statement of where Binance starts its three days). ``<symbol>@ticker`` and ``@miniTicker`` push the rolling 24 h
+each built from the 1500 one-minute candles kept (25 hours), and ``3d`` is not served (I found no statement of where Binance starts its three days). ``<symbol>@ticker`` and ``@miniTicker`` push the rolling 24 h
 statistics every 2 s (those of REST ``/ticker/24hr``); ``!ticker@arr`` and ``!miniTicker@arr`` every
 second, holding the symbols that traded since the last push (Binance: "only tickers that have changed
 will be present in the array"), and nothing when none did. ``<symbol>@forceOrder`` and
@@ -29,8 +29,8 @@ then the events chained by ``pu``) never crosses and holds the exchange's top 50
 the sizes the snapshot gave until the market reaches them. A stream's first event follows the book as
 it was when it was watched.
 
-A path segment after ``/public/ws/`` or ``/market/ws/`` that names no stream (ccxt puts its connection
-number there) opens an empty connection for SUBSCRIBE to fill.
+A number after ``/public/ws/`` or ``/market/ws/`` (ccxt puts its connection number there) opens an
+empty connection for SUBSCRIBE to fill.
 
 A well-formed stream of a symbol the exchange does not list is accepted and stays silent, as Binance
 does (no error, no data); only a name no symbol could carry is refused (``unlisted_stream``).

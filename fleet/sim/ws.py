@@ -17,7 +17,7 @@ from fleet.sim.config import SimConfig
 from fleet.sim.engine import Engine, render
 from fleet.sim.errors import SimApiError
 from fleet.sim.streams import MARKET, PUBLIC, canonical_stream, path_allows, unlisted_stream
-from fleet.sim.wsapi import HANDSHAKE_WEIGHT, METHODS, WsApiGateway, WsApiReply, WsSession
+from fleet.sim.wsapi import HANDSHAKE_WEIGHT, METHODS, WsApiGateway, WsApiReply, WsSession, echoable_id
 
 log = logging.getLogger("fleet.sim")
 
@@ -137,8 +137,8 @@ class StreamGateway(WsApiGateway):
         names: list[str] = []
         if mode == "ws" and len(parts) > 1:
             names = ["/".join(parts[1:])]
-            if path_kind in (PUBLIC, MARKET) and "@" not in names[0] and not names[0].startswith("!"):
-                names = []   # a segment that names no stream (ccxt puts its connection number there: /public/ws/0)
+            if path_kind in (PUBLIC, MARKET) and names[0].isdigit():
+                names = []   # ccxt's connection number, not a stream (/public/ws/0): SUBSCRIBE fills it
         if request.query.get("streams"):
             names = [n for n in request.query["streams"].split("/") if n]
         events: set[str] | None = None
@@ -366,8 +366,7 @@ class StreamGateway(WsApiGateway):
         # The docs say an unsigned INT; Binance's own USD-M SDK sends a UUID string (binance-common's
         # WebSocket streams, ``id_strict_int`` off but for Options, whose server refuses strings): both
         # are answered, with the id echoed. Anything else is refused.
-        if rid is not None and not isinstance(rid, str) and (not isinstance(rid, int) or isinstance(rid, bool)
-                                                             or rid < 0):
+        if not (echoable_id(rid) and (not isinstance(rid, int) or rid >= 0)):
             self.stats["ws_bad_messages"] += 1
             self._reply(c, {"error": {"code": 2, "msg": "Invalid request: request ID must be an unsigned "
                                                         "integer or a string"}, "id": None})

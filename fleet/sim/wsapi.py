@@ -104,7 +104,7 @@ class WsApiGateway:
         if not isinstance(req, dict):
             return self._ws_error(None, 400, -1013, "Invalid request: a request is a JSON object")
         rid = req.get("id")
-        if not _echoable(rid):
+        if not echoable_id(rid):
             return self._ws_error(None, 400, -1013, "Invalid request: 'id' must be a string of at most 256 "
                                                     "characters, a 64-bit integer or null")
         method = req.get("method")
@@ -211,7 +211,7 @@ class WsApiGateway:
         return WsApiReply(orjson.dumps(out))
 
 
-def _echoable(rid: Any) -> bool:
+def echoable_id(rid: Any) -> bool:
     """An id the reply can carry back as it came: null, a short string, a 64-bit integer."""
     if rid is None:
         return True

@@ -187,9 +187,12 @@ async def test_subscribe_unsubscribe_list_and_bad_requests(sim):
         # a text id (Binance's own SDK sends a UUID) is answered and echoed; a negative one is refused
         await ws.send_str(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": "0f8b-uuid"}))
         assert sorted((await _until(ws, lambda f: f.get("id") == "0f8b-uuid"))["result"]) == ["ethusdc@aggTrade"]
-        await ws.send_str(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": -1}))
-        err = await _until(ws, lambda f: "error" in f)
-        assert err["error"]["code"] == 2 and err["id"] is None
+        await ws.close()
+        ws = await s.ws_connect(f"{sim.ws_url}/market/ws")   # (10 messages a second per connection)
+        for bad_id in (-1, "\ud800", 2**64):   # negative, no reply could carry it (a lone surrogate), past 64 bits
+            await ws.send_str(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": bad_id}))
+            err = await _until(ws, lambda f: "error" in f)
+            assert err["error"]["code"] == 2 and err["id"] is None
         await ws.close()
         # the simulator keeps serving after bad frames
         ws = await s.ws_connect(f"{sim.ws_url}/ws/ethusdc@bookTicker")
@@ -349,24 +352,26 @@ async def test_diff_depth_stream_chains_update_ids_after_a_rest_snapshot(sim):
 
 
 async def test_a_level_a_snapshot_showed_is_zeroed_by_the_next_diff_event_once_gone(sim):
-    """The market jumps up and back between two events of a 500 ms diff stream, with a snapshot
-    taken at the top: the levels it showed there are in neither event's book, yet a client built its
-    book from that snapshot. The next event names every bid it showed ("0" if gone), or the client's
-    book would keep bids above the market; its asks, now far above the touch, may stay (as deep asks
-    stay on Binance)."""
+    """The market jumps up and back between two events of a 500 ms diff stream, with a 1000-level
+    snapshot taken at the top: the levels it showed there are in neither event's book, yet a client
+    built its book from that snapshot. The next event zeroes every bid it showed above the market (or
+    the client's book would cross), and the book then holds the exchange's top 50; its asks, now far
+    above the touch, may stay (as deep asks stay on Binance)."""
     async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
         ws = await s.ws_connect(f"{sim.ws_url}/public/ws/ethusdc@depth@500ms")
         await _recv_json(ws)   # just after an event: 500 ms before the next
         await c.admin("POST", "/sim/market/jump", {"symbol": "ETHUSDC", "pct": 0.3})
-        snap = (await c.public("GET", "/fapi/v1/depth", {"symbol": "ETHUSDC", "limit": 50})).json
+        snap = (await c.public("GET", "/fapi/v1/depth", {"symbol": "ETHUSDC", "limit": 1000})).json
         await c.admin("POST", "/sim/market/jump", {"symbol": "ETHUSDC", "pct": -0.3})
         ev = await _until(ws, lambda f: f["u"] >= snap["lastUpdateId"])
-        assert {p for p, _ in snap["bids"]} <= {p for p, _ in ev["b"]}
-        bids, asks = dict(snap["bids"]), dict(snap["asks"])
-        bids.update(ev["b"])
-        asks.update(ev["a"])
-        best_bid = max(float(p) for p, q in bids.items() if float(q) > 0)
-        assert best_bid < min(float(p) for p, q in asks.items() if float(q) > 0)
+        book = {}
+        for side, levels in (("b", snap["bids"]), ("a", snap["asks"])):
+            book[side] = {float(p): q for p, q in levels}
+            book[side].update((float(p), q) for p, q in ev[side])
+            book[side] = {p: q for p, q in book[side].items() if float(q) > 0}
+        top = sorted(book["b"], reverse=True)[:50], sorted(book["a"])[:50]
+        assert top[0][0] < top[1][0]   # not crossed
+        assert top == ([float(p) for p, q in ev["b"] if float(q) > 0], [float(p) for p, q in ev["a"] if float(q) > 0])
         await ws.close()
 
 
