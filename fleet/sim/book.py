@@ -48,13 +48,14 @@ class DiffState:
         self.shown_a: set[int] = set()
         self.low_bid: int | None = None
         self.high_ask: int | None = None
-        self.advance(u, bids, asks)
+        self.advance(u, dict(bids), dict(asks), bids, asks)
 
-    def advance(self, u: int, bids: list[tuple[int, int]], asks: list[tuple[int, int]]) -> None:
-        """An event sent (or the stream's start): these are its levels now."""
-        self.u, self.bids, self.asks = u, dict(bids), dict(asks)
+    def advance(self, u: int, bids: dict[int, int], asks: dict[int, int], bid_levels: list[tuple[int, int]],
+                ask_levels: list[tuple[int, int]]) -> None:
+        """An event sent (or the stream's start): these are its levels now (as dicts, and in order)."""
+        self.u, self.bids, self.asks = u, bids, asks
         self.shown_b, self.shown_a = set(), set()
-        self._reach(bids, asks)
+        self._reach(bid_levels, ask_levels)
 
     def show(self, bids: list[tuple[int, int]], asks: list[tuple[int, int]]) -> None:
         """A snapshot showed these levels."""

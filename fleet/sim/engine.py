@@ -615,7 +615,7 @@ class Engine(EngineViews):
             now_bids, now_asks = dict(bids), dict(asks)
             gone_b = _gone(d.bids, d.shown_b, now_bids, bids, -1, d.low_bid)
             gone_a = _gone(d.asks, d.shown_a, now_asks, asks, 1, d.high_ask)
-            d.advance(b.update_id, bids, asks)
+            d.advance(b.update_id, now_bids, now_asks, bids, asks)
             self._emit_market(stream, (render_diff, b, last_u + 1, b.update_id, last_u, bids + gone_b, asks + gone_a,
                                        t))
 
