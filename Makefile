@@ -55,8 +55,10 @@ redis:
 	  $$SUDO apt-get update -qq >/dev/null && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
 
+# Two pytest-xdist workers: most tests wait on sockets and timers, not the CPU. Each takes whole modules,
+# and the tests that start Ray share one worker and run one after another (tests/conftest.py).
 test: $(STAMP) bytecode prometheus chromium postgresql redis
-	RAY_AUTH_MODE=disabled $(PY) -m pytest -q --durations=15
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -n 2 --durations=15
 
 bench: $(STAMP) bytecode
 	@for b in bench/*_bench.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -1,5 +1,10 @@
 """Shared fixtures: the exchange simulator on a free loopback port, for every area's tests.
 
+``make test`` runs the suite on two pytest-xdist workers (most tests wait on sockets and timers, not
+the CPU). Each worker takes whole modules, so a module's fixtures are made once; the modules in
+``RAY_MODULES`` (every test that joins or starts a Ray cluster) go to one worker together and run one
+after another: one cluster at a time on two cores.
+
 ``sim`` is a running :class:`fleet.sim.server.SimServer` (ETHUSDC, BTCUSDT, SOLUSDT; seed 7; account
 "main"); ``sim_factory(**kwargs)`` starts one with special config (same arguments as SimServer);
 ``sim_thread`` is the same simulator on a background thread, for synchronous code.
@@ -52,6 +57,41 @@ def sim_thread() -> Iterator[SimThread]:
         yield thread
     finally:
         thread.stop()
+
+
+# The modules whose tests start or join a Ray cluster (``ray_cluster``, a cluster of their own, or a
+# ``fleet up`` child that starts one).
+RAY_MODULES = frozenset(f"tests/{m}.py" for m in (
+    "controller/test_api", "controller/test_api_fleet", "controller/test_console", "controller/test_controller_leases",
+    "controller/test_dashboard",
+    "controller/test_fleet", "controller/test_fleet_cli", "controller/test_fleet_up_cli", "controller/test_fleet_zombie",
+    "controller/test_gcs_ft", "controller/test_kill_paths", "controller/test_multinode", "simulate/test_sweep",
+))
+RAY_UNIT = "ray"
+
+
+def work_unit(nodeid: str) -> str:
+    """What one xdist worker runs as a whole: the Ray modules together, any other module by itself."""
+    module = nodeid.split("::", 1)[0]
+    return RAY_UNIT if module in RAY_MODULES else module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):
+        """Units go out largest first (by test count): the Ray unit, the longest, starts at once."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ByWorkUnit(config, log)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if "ray_cluster" in getattr(item, "fixturenames", ()) and work_unit(item.nodeid) != RAY_UNIT:
+        pytest.fail(f"{item.nodeid} uses ray_cluster: add its module to RAY_MODULES in tests/conftest.py")
 
 
 @pytest.fixture(scope="session")
