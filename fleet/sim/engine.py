@@ -76,6 +76,7 @@ class Engine(EngineViews):
         self.interest: frozenset[str] = frozenset()
         self.books: dict[str, Book] = {}
         self._seq = 0
+        self._amend_id = 0  # GET orderAmendment's amendmentId
         self.maker_rate = Decimal(config.maker_commission)
         self.taker_rate = Decimal(config.taker_commission)
         # the market: the model (default), or a recording replayed (config.replay; fleet/sim/replay.py)
@@ -1294,6 +1295,8 @@ class Engine(EngineViews):
             return self.order_json(b, o)
         self._remove_resting(b, o)
         b.closed.pop(o.order_id, None)
+        self._amend_id += 1
+        acct.amendments.append((self._amend_id, o.order_id, b.symbol, now, o.price, price, o.orig, qty, o.modifies))
         o.price = price
         o.orig = qty
         o.price_match = pm or "NONE"

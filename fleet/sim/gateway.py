@@ -130,6 +130,8 @@ class ExchangeGateway(RestHandlers):
         add("GET", v1 + "/rateLimit/order", self._order_limits, SIGNED)
         add("GET", v1 + "/leverageBracket", self._leverage_bracket, SIGNED)
         add("GET", v1 + "/symbolConfig", self._symbol_config, SIGNED, 5)
+        add("GET", v1 + "/accountConfig", lambda a, p, n: e.account_config(a, n), SIGNED, 5)
+        add("GET", v1 + "/orderAmendment", lambda a, p, n: e.order_amendments(a, p), SIGNED)
         add("POST", v1 + "/algoOrder", lambda a, p, n: e.algo.place(a, p, n), SIGNED, (0, 1, 1))
         add("DELETE", v1 + "/algoOrder", lambda a, p, n: e.algo.cancel(a, p, n), SIGNED)
         add("GET", v1 + "/algoOrder", lambda a, p, n: e.algo.query(a, p), SIGNED)

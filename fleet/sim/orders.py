@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import deque
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Callable
@@ -11,6 +12,9 @@ from fleet.sim.config import AccountSpec
 from fleet.sim.keys import ed25519_verifier
 from fleet.sim.units import ZERO
 
+# GET /fapi/v1/orderAmendment answers from the latest amendments of an account (Binance keeps three
+# months; an agent amends thousands of times an hour, so the simulator keeps a bounded number).
+AMENDMENTS_KEPT = 20_000
 CLIENT_ID_RE = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
 # priceMatch: the order's price is the N-th best level of the other side (OPPONENT_N, a taker's price) or
 # of its own side (QUEUE_N), at placement; Binance's "Counterparty N" and "Queue N" (BBO orders)
@@ -114,6 +118,8 @@ class Account:
         self.countdowns: dict[str, int] = {}
         self.income: list[dict[str, Any]] = []
         self.trades: list[Trade] = []
+        # (amendmentId, orderId, symbol, time, price before, after, qty before, after, modify count), in ticks/steps
+        self.amendments: deque[tuple[int, int, str, int, int, int, int, int, int]] = deque(maxlen=AMENDMENTS_KEPT)
         self.counters = {"orders_placed": 0, "orders_cancelled": 0, "orders_rejected": 0,
                          "orders_filled": 0, "orders_expired": 0, "orders_amended": 0, "trades": 0,
                          "countdown_fired": 0}

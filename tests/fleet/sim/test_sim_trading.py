@@ -66,6 +66,50 @@ async def test_modify_requeues_pushes_amendment_and_rejects_no_op(sim):
         await ws.close()
 
 
+async def test_an_orders_amendments_are_listed_with_before_after_and_count(sim):
+    async with SimClient.for_sim(sim) as c:
+        await c.admin("POST", "/sim/market/freeze", {"symbol": "ETHUSDC"})
+        bid = Decimal((await _book(c))["bids"][0][0])
+        prices = [_px(bid * Decimal(f)) for f in ("0.990", "0.992", "0.994")]
+        o = await _limit(c, "BUY", prices[0], newClientOrderId="am-1")
+        other = await _limit(c, "BUY", prices[0])
+        steps = [(prices[1], "0.010"), (prices[1], "0.020"), (prices[2], "0.030")]
+        for price, qty in steps:
+            r = await c.signed("PUT", "/fapi/v1/order", {"symbol": "ETHUSDC", "orderId": o["orderId"], "side": "BUY",
+                                                         "quantity": qty, "price": price})
+            assert r.status == 200, r.json
+        r = await c.signed("PUT", "/fapi/v1/order", {"symbol": "ETHUSDC", "orderId": o["orderId"], "side": "BUY",
+                                                     "quantity": "0.030", "price": prices[2]})
+        assert r.json["code"] == -5027  # refused: not an amendment
+        got = await c.signed("GET", "/fapi/v1/orderAmendment", {"symbol": "ETHUSDC", "origClientOrderId": "am-1"})
+        assert got.status == 200, got.json
+        assert [(a["amendment"]["price"]["before"], a["amendment"]["price"]["after"], a["amendment"]["origQty"]["before"],
+                 a["amendment"]["origQty"]["after"], a["amendment"]["count"]) for a in got.json] == [
+            (prices[0], prices[1], "0.010", "0.010", 1), (prices[1], prices[1], "0.010", "0.020", 2),
+            (prices[1], prices[2], "0.020", "0.030", 3)]
+        assert {(a["orderId"], a["clientOrderId"], a["symbol"]) for a in got.json} == {(o["orderId"], "am-1", "ETHUSDC")}
+        ids = [a["amendmentId"] for a in got.json]
+        assert ids == sorted(ids) and len(set(ids)) == 3
+        last = await c.signed("GET", "/fapi/v1/orderAmendment", {"symbol": "ETHUSDC", "orderId": o["orderId"],
+                                                                 "limit": 1})
+        assert [a["amendmentId"] for a in last.json] == ids[-1:]
+        since = await c.signed("GET", "/fapi/v1/orderAmendment", {"symbol": "ETHUSDC", "orderId": o["orderId"],
+                                                                  "startTime": got.json[-1]["time"] + 1})
+        assert since.json == []
+        none = await c.signed("GET", "/fapi/v1/orderAmendment", {"symbol": "ETHUSDC", "orderId": other["orderId"]})
+        assert none.json == []
+        unknown = await c.signed("GET", "/fapi/v1/orderAmendment", {"symbol": "ETHUSDC", "orderId": 999_999_999})
+        assert unknown.json["code"] == -2013
+        neither = await c.signed("GET", "/fapi/v1/orderAmendment", {"symbol": "ETHUSDC"})
+        assert neither.json["code"] == -1102
+        too_many = await c.signed("GET", "/fapi/v1/orderAmendment", {"symbol": "ETHUSDC", "orderId": o["orderId"],
+                                                                     "limit": 101})
+        assert too_many.status == 400
+        cfg = await c.signed("GET", "/fapi/v1/accountConfig", {})
+        assert cfg.json["dualSidePosition"] is False and cfg.json["multiAssetsMargin"] is False
+        assert cfg.json["canTrade"] is True and cfg.json["feeTier"] == 0
+
+
 async def test_modify_of_post_only_that_would_cross_cancels_it(sim):
     async with SimClient.for_sim(sim) as c:
         await c.admin("POST", "/sim/market/freeze", {"symbol": "ETHUSDC"})
