@@ -1296,7 +1296,7 @@ class Engine(EngineViews):
         self._remove_resting(b, o)
         b.closed.pop(o.order_id, None)
         self._amend_id += 1
-        acct.amendments.append((self._amend_id, o.order_id, b.symbol, now, o.price, price, o.orig, qty, o.modifies))
+        acct.amendments.append((self._amend_id, o.order_id, now, o.price, price, o.orig, qty, o.modifies))
         o.price = price
         o.orig = qty
         o.price_match = pm or "NONE"

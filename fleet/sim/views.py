@@ -96,13 +96,13 @@ class EngineViews:
         o = self._find(acct, b, params)
         start, end = int_param(params, "startTime"), int_param(params, "endTime")
         limit = _limit(params, 50, 100)
-        rows = [a for a in acct.amendments if a[1] == o.order_id and (start is None or a[3] >= start)
-                and (end is None or a[3] <= end)]
+        rows = [a for a in acct.amendments if a[1] == o.order_id and (start is None or a[2] >= start)
+                and (end is None or a[2] <= end)]
         return [{"amendmentId": aid, "symbol": b.symbol, "pair": b.symbol, "orderId": oid, "clientOrderId": o.client_id,
                  "time": t, "amendment": {"price": {"before": b.price_str(p0), "after": b.price_str(p1)},
                                           "origQty": {"before": b.qty_str(q0), "after": b.qty_str(q1)},
                                           "count": count}}
-                for aid, oid, _, t, p0, p1, q0, q1, count in rows[-limit:]]
+                for aid, oid, t, p0, p1, q0, q1, count in rows[-limit:]]
 
     def account_config(self, account: str, now: int) -> dict[str, Any]:
         """GET /fapi/v1/accountConfig: one-way, single-asset, fee tier 0 (the simulator's only settings)."""
