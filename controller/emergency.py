@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -217,17 +217,17 @@ class EmergencyDesk:
             amount = Decimal((await client.position(symbol)).amount)
         return float(amount)
 
-    def sweep_later(self, symbol: str, account: str, delay: float, still_stopped: Callable[[], bool]) -> None:
+    def sweep_later(self, symbol: str, account: str, delay: float, still_stopped: Callable[[], Awaitable[bool]]) -> None:
         """Cancel the symbol's orders again after ``delay`` s, if it is still halted or flattening then."""
         task = asyncio.get_running_loop().create_task(self._sweep(symbol, account, delay, still_stopped))
         self.sweeps.add(task)
         task.add_done_callback(self.sweeps.discard)
 
-    async def _sweep(self, symbol: str, account: str, delay: float, still_stopped: Callable[[], bool]) -> None:
+    async def _sweep(self, symbol: str, account: str, delay: float, still_stopped: Callable[[], Awaitable[bool]]) -> None:
         await asyncio.sleep(delay)
         try:
             client = await self.client(account)
-            if still_stopped():
+            if await still_stopped():
                 await client.cancel_all(symbol)
         except Exception as exc:  # noqa: BLE001
             log.error("%s: emergency sweep failed: %s", symbol, named_line(exc))

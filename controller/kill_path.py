@@ -67,22 +67,61 @@ async def first_empty(routes: dict[str, asyncio.Future], started: float) -> tupl
 
 
 TELL_TIMEOUT_S = 120.0  # a message to a stopped or restarting controller waits this long
-SWEEP_S = 0.5  # the symbol swept again this often while its agent has not answered the halt
+SWEEP_S = 0.5  # the symbol swept again this often while its agent has not confirmed the halt
 LEASE_MARGIN_S = 0.2  # ... and, if it never confirms, until this long after its lease's end
+READ_S = 1.0  # a GCS read the sweep makes (the lease, the kill record) waits this long (the GCS may be down)
 VERIFY_S = KILL_VERIFY_S  # the kill path's requests tried this often (a client holds an idle connection 60 s)
 VERIFY_MAX = 64          # ... at most this many symbols per account at once (the client's connection limit)
 
 
-async def sweep_until_halted(agent: asyncio.Future, sweep: Callable[[], Awaitable[Any]],
-                             every_s: float = SWEEP_S) -> int:
-    """After the exchange route saw 0 first, the agent may not have heard the halt yet (busy, starved)
-    and may still send an order it decided before: the symbol's orders are cancelled again every
-    ``every_s`` (``DELETE allOpenOrders``, weight 1) until the agent's halt call ends, however it ends
-    (a hung agent's call times out; its lease's fence does the rest). Returns the sweeps made."""
+async def lease_end(book: LeaseBook, symbol: str) -> float:
+    """When the symbol's agent can no longer trade (wall clock): its lease as stored once the kill state
+    is durable, plus ``LEASE_MARGIN_S`` for a request it sent just before. A renewal granted after the
+    kill state was written carries it, so no later lease need be waited for. A lease not read within
+    ``READ_S`` (the GCS down: then no renewal is granted either) counts as granted just now."""
+    try:
+        lease = (await asyncio.wait_for(book.aleases([symbol]), READ_S)).get(symbol)
+    except Exception as exc:  # noqa: BLE001 - the longest lease the book grants is assumed
+        log.warning("%s: the lease was not read (%s); swept for a whole lease", symbol, named_line(exc))
+        return time.time() + book.lease_ttl_s + LEASE_MARGIN_S
+    return (lease.expires_at if lease is not None else time.time()) + LEASE_MARGIN_S
+
+
+async def kill_unchanged(book: LeaseBook, symbol: str, seq: int) -> bool:
+    """The symbol's kill record is still the one numbered ``seq`` (not resumed or killed again since);
+    True when it cannot be read within ``READ_S``: sweeping a halted symbol once more is harmless."""
+    try:
+        record = (await asyncio.wait_for(book.akill_records([symbol]), READ_S)).get(symbol)
+    except Exception:  # noqa: BLE001 - the GCS down or slow: go on sweeping
+        return True
+    return record is not None and record.seq == seq
+
+
+async def kill_stopped(book: LeaseBook, symbol: str) -> bool:
+    """The symbol is still halted or flattening; True when its record cannot be read within ``READ_S``."""
+    try:
+        record = (await asyncio.wait_for(book.akill_records([symbol]), READ_S)).get(symbol)
+    except Exception:  # noqa: BLE001 - the GCS down or slow: a sweep too many is harmless
+        return True
+    return record is not None and record.state != KillState.RUNNING
+
+
+async def sweep_until_halted(agent: asyncio.Future, sweep: Callable[[], Awaitable[Any]], until: float,
+                             current: Callable[[], Awaitable[bool]], every_s: float = SWEEP_S) -> int:
+    """A halt its agent has not confirmed: the symbol's orders are cancelled again every ``every_s``
+    (``DELETE allOpenOrders``, weight 1) until the agent confirms (or had nothing to halt), or, if its
+    call ends without that (timed out, failed: a busy, starved or hung agent), until ``until``, when
+    its lease has lapsed (wall clock, :func:`lease_end`). Until it hears the halt, an agent still sends
+    what it decided, and quotes anew over the exchange route's cancels. Stops early once ``current()``
+    says the symbol was resumed or killed again (that command's own routes take over). Returns the
+    sweeps made."""
     sweeps = failed = 0
-    while not agent.done():
-        await asyncio.wait({agent}, timeout=every_s)
+    while True:
         if agent.done():
+            await asyncio.sleep(every_s)
+        else:
+            await asyncio.wait({agent}, timeout=every_s)
+        if (agent.done() and halt_not_confirmed(agent) is None) or not await current():
             break
         sweeps += 1
         try:
@@ -91,6 +130,8 @@ async def sweep_until_halted(agent: asyncio.Future, sweep: Callable[[], Awaitabl
             failed += 1
             if failed in (1, 10) or failed % 100 == 0:
                 log.warning("a sweep after the halt failed (%d of %d so far): %s", failed, sweeps, named_line(exc))
+        if agent.done() and time.time() >= until:
+            break
     return sweeps
 
 
@@ -311,15 +352,20 @@ class DirectKill:
         for task in (agent, exchange):
             self._keep(task)
         self._keep(asyncio.ensure_future(self._after_halt(symbol, seq, agent)))
-        if first == EXCHANGE_ROUTE and not agent.done():
-            account = self._account(symbol)
-            self._keep(asyncio.ensure_future(sweep_until_halted(agent, lambda: self.desk.sweep(symbol, account))))
+        if first != AGENT_ROUTE:
+            self._keep(asyncio.ensure_future(self._sweep_after_halt(symbol, seq, agent)))
         return raced_outcome(first, confirmed_ms, agent, exchange, started)
 
+    async def _sweep_after_halt(self, symbol: str, seq: int, agent: asyncio.Future) -> int:
+        """``sweep_until_halted``, on its own: it needs no controller."""
+        account = self._account(symbol)
+        return await sweep_until_halted(agent, lambda: self.desk.sweep(symbol, account),
+                                        await lease_end(self.book, symbol),
+                                        lambda: kill_unchanged(self.book, symbol, seq))
+
     async def _after_halt(self, symbol: str, seq: int, agent: asyncio.Future) -> None:
-        """An agent that did not confirm its halt (hung, slow, failed) may still send what it decided
-        before: its symbol is swept every ``SWEEP_S`` until its lease has lapsed (it cannot trade
-        after that, and this needs no controller), and the controller takes its emergency path."""
+        """An agent that did not confirm its halt (hung, slow, failed): the controller is told, for its
+        emergency path (the sweep goes on meanwhile: ``_sweep_after_halt``)."""
         await asyncio.wait({agent})
         why = halt_not_confirmed(agent)
         if why is None:
@@ -327,19 +373,6 @@ class DirectKill:
         log.warning("%s: the agent did not confirm its halt (%s); swept until its lease lapses, and the "
                     "controller's emergency path", symbol, why)
         self._tell("halt_unconfirmed", symbol, seq)
-        lease = await asyncio.to_thread(self.book.lease, symbol)
-        account = self._account(symbol)
-        until = (lease.expires_at if lease is not None else time.time()) + LEASE_MARGIN_S
-        while True:
-            if (await asyncio.to_thread(self.book.kill_record, symbol)).seq != seq:
-                return   # resumed or killed again since: that command's own routes take over
-            try:
-                await self.desk.sweep(symbol, account)
-            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
-                log.warning("%s: sweep failed: %s", symbol, named_line(exc))
-            if time.time() >= until:
-                return
-            await asyncio.sleep(SWEEP_S)
 
     def _settled(self, task: asyncio.Future) -> None:
         self.behind.discard(task)

@@ -21,7 +21,7 @@ import ray
 
 from controller.emergency import KillOutcome, Outcome
 from controller.kill_path import AGENT_ROUTE, EXCHANGE_ROUTE, first_empty, halt_not_confirmed, keep_behind, \
-    raced_outcome, sweep_until_halted, write_kill_states
+    kill_stopped, kill_unchanged, lease_end, raced_outcome, sweep_until_halted, write_kill_states
 from controller.lease import kill_states_shown
 from fleet.text import named_line
 from fleet.vocabulary import KillState
@@ -136,9 +136,14 @@ class KillSwitches:
         exchange = asyncio.ensure_future(self._exchange_route(symbol))
         first, confirmed_ms = await first_empty({AGENT_ROUTE: agent, EXCHANGE_ROUTE: exchange}, started)
         keep_behind(self.behind, self._after_halt(symbol, agent, exchange))
-        if first == EXCHANGE_ROUTE and not agent.done():  # the agent may still send what it decided before
-            keep_behind(self.behind, sweep_until_halted(agent, partial(self.kill_desk.sweep, symbol, self.cfg.entry(symbol).account)))
+        if first != AGENT_ROUTE:  # the agent may not have heard the halt: it may still send, and quote anew
+            keep_behind(self.behind, self._sweep_after_halt(symbol, kill_seq, agent))
         return raced_outcome(first, confirmed_ms, agent, exchange, started)
+
+    async def _sweep_after_halt(self, symbol: str, kill_seq: int, agent: asyncio.Future) -> int:
+        return await sweep_until_halted(agent, partial(self.kill_desk.sweep, symbol, self.cfg.entry(symbol).account),
+                                        await lease_end(self.book, symbol),
+                                        partial(kill_unchanged, self.book, symbol, kill_seq))
 
     async def _exchange_route(self, symbol: str) -> int:
         return await self.kill_desk.cancel_until_empty(symbol, self.cfg.entry(symbol).account)
@@ -199,8 +204,7 @@ class KillSwitches:
         if lease is not None and result.outcome != Outcome.FAILED:
             # The agent's lease was promised until expires_at: sweep again once it has lapsed.
             delay = max(0.0, lease.expires_at - time.time()) + 0.2
-            self.kill_desk.sweep_later(symbol, account, delay,
-                                  lambda: self.book.kill_state(symbol) != KillState.RUNNING)
+            self.kill_desk.sweep_later(symbol, account, delay, partial(kill_stopped, self.book, symbol))
         return result
 
     @ray.method(concurrency_group=KILL_GROUP)

@@ -69,6 +69,26 @@ def gcs_pid(head: Any) -> int:
     return info.process.pid
 
 
+def gcs_gone(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().split()[2] == "Z"
+
+
+def gcs_down(head: Any) -> bool:
+    """The head has no live gcs_server (a test failed while it was down, or between kill and start)."""
+    from ray._private import ray_constants
+
+    started = head.all_processes.get(ray_constants.PROCESS_TYPE_GCS_SERVER) or []
+    return not started or gcs_gone(started[0].process.pid)
+
+
+def restart_gcs(head: Any) -> int:
+    """Start the head's gcs_server again (same port, same Redis) after it died; its new PID."""
+    head.kill_gcs_server(check_alive=False)   # forget the dead process
+    head.start_gcs_server()
+    return gcs_pid(head)
+
+
 def redis_command(address: str, command: str) -> str:
     """One inline Redis command over a plain socket; the first line of the answer."""
     host, port = address.split(":")
@@ -138,6 +158,8 @@ def ft(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         fleet.start(ControllerSettings(kill_timeout_s=2.0))
         yield {"cluster": cluster, "worker": worker, "fleet": fleet, "redis": redis_address}
     finally:
+        if cluster is not None and gcs_down(cluster.head_node):
+            restart_gcs(cluster.head_node)  # a test that failed while it was down: the teardown needs it
         try:
             if fleet is not None and fleet.controller is not None:
                 fleet.stop()
@@ -164,12 +186,15 @@ def test_a_gcs_restart_keeps_agents_quoting_safely_and_the_kill_state_intact(ft)
 
     result = fleet.kill([HALTED], reason="halted across a GCS restart")
     assert result["symbols"][HALTED]["open_orders"] == 0, result
+    # The exchange route may answer before the agent heard the halt (a busy machine); until then the
+    # agent may quote again and be swept (tests/controller/test_kill_paths.py). Here the subject is
+    # the restart, so it starts from an agent that has halted.
+    assert poll(lambda: fleet.status(HALTED)["state"] == "halted", SETTLE_S, f"{HALTED} halted")
     assert fleet.exchange.open_orders(HALTED) == []
 
     pid = gcs_pid(head)
     os.kill(pid, signal.SIGKILL)
-    poll(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
-         10.0, f"gcs_server {pid} gone")
+    poll(lambda: gcs_gone(pid), 10.0, f"gcs_server {pid} gone")
     # While the GCS is down: nothing beyond a cap, no second use of an id, the halted book stays empty.
     down_until = time.monotonic() + OUTAGE_S
     samples = 0
@@ -178,9 +203,7 @@ def test_a_gcs_restart_keeps_agents_quoting_safely_and_the_kill_state_intact(ft)
         assert fleet.exchange.open_orders(HALTED) == []
         samples += 1
         time.sleep(0.5)
-    head.kill_gcs_server(check_alive=False)   # forget the dead process, then start it again (same port, same Redis)
-    head.start_gcs_server()
-    new_pid = gcs_pid(head)
+    new_pid = restart_gcs(head)
     assert new_pid != pid
 
     # After the restart: the kill state is read back from the GCS's storage (the controller is

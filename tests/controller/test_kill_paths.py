@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import secrets
 import signal
@@ -119,38 +120,57 @@ def test_the_first_route_to_see_zero_answers_and_a_failed_route_does_not():
     assert asyncio.run(race((0.0, {"open_orders": 2}), (0.0, 3))) == (None, None)
 
 
-def test_the_symbol_is_swept_until_its_agent_answers_the_halt():
-    """The exchange route saw 0 first; the agent has not answered: its symbol is cancelled again every
-    sweep until the halt call ends (answered, failed or timed out), then no more."""
+def test_the_symbol_is_swept_until_its_agent_confirms_the_halt_or_its_lease_lapsed():
+    """The agent has not confirmed the halt: its symbol is cancelled again every sweep until it does;
+    if its call ends without confirming (timed out, failed), until its lease has lapsed, and once more
+    after; never after a resume or a later kill."""
     from controller.kill_path import sweep_until_halted
 
-    async def run(agent_s: float, fail: bool = False) -> tuple[int, int]:
-        calls = []
+    async def run(agent_s: float, answer: object = None, *, lease_s: float = 0.0, fail: bool = False,
+                  resumed_after: int | None = None) -> tuple[int, list[float], float, float]:
+        calls: list[float] = []
+        answered: list[float] = []
 
         async def sweep() -> None:
             calls.append(time.monotonic())
             if fail:
                 raise ConnectionError("exchange unreachable")
 
-        answered = []
-
         async def halt() -> dict:
             await asyncio.sleep(agent_s)
             answered.append(time.monotonic())
-            return {"open_orders": 0}
+            if isinstance(answer, Exception):
+                raise answer
+            return {"open_orders": 0} if answer is None else answer  # type: ignore[return-value]
+
+        async def current() -> bool:
+            return resumed_after is None or len(calls) < resumed_after
 
         agent = asyncio.ensure_future(halt())
-        made = await sweep_until_halted(agent, sweep, every_s=0.05)
-        assert agent.done()
+        until_wall = time.time() + lease_s
+        made = await sweep_until_halted(agent, sweep, until_wall, current, every_s=0.05)
+        assert agent.done() or resumed_after is not None
+        agent.cancel()
         await asyncio.sleep(0.12)
-        assert all(t < answered[0] for t in calls) if answered and calls else True  # none after the answer
-        return made, len(calls)
+        return made, calls, answered[0] if answered else math.inf, until_wall
 
-    made, calls = asyncio.run(run(0.3))
-    assert made == calls and calls >= 1
-    assert asyncio.run(run(0.0)) == (0, 0)          # the agent answered at once: nothing to sweep
-    made, calls = asyncio.run(run(0.6, fail=True))  # a failing sweep does not end the sweeping
-    assert made == calls and calls >= 2
+    made, calls, answered, _ = asyncio.run(run(0.3))
+    assert made == len(calls) >= 1 and all(t <= answered for t in calls)      # none after the answer
+    assert asyncio.run(run(0.0))[0] == 0                                       # answered at once: no sweep
+    made, calls, _, _ = asyncio.run(run(0.6, fail=True))                       # a failing sweep: sweeping goes on
+    assert made == len(calls) >= 2
+    # The call timed out (or failed): swept on until the lease has lapsed, the last sweep after it.
+    for answer in (TimeoutError("agent hung"), {"open_orders": 3}):
+        made, calls, _, until_wall = asyncio.run(run(0.05, answer, lease_s=0.4))
+        assert made == len(calls) >= 2, made
+        assert time.time() - (time.monotonic() - calls[-1]) >= until_wall - 0.01
+    # Superseded (a later command reached it) or not started (it reads the kill state with its
+    # grant): nothing more to sweep for, though the lease still runs.
+    for answer in ({"outcome": "superseded", "open_orders": None}, {"outcome": "not_started", "open_orders": None}):
+        made, calls, answered, _ = asyncio.run(run(0.12, answer, lease_s=5.0))
+        assert made == len(calls) >= 1 and all(t <= answered for t in calls)
+    # Resumed (or killed again) since: that command's own routes take over.
+    assert asyncio.run(run(2.0, resumed_after=3))[0] == 3
 
 
 def test_a_lapsed_lease_is_judged_by_who_answers_for_the_actor():
