@@ -80,7 +80,7 @@ from controller.console import (
 from controller.console_feed import ConsoleFeed
 from controller.federation import FleetView, KillLatency, SplitCache, published_scrapes, render_fleet_page
 from controller.handles import above_agents_env, app_name
-from controller.kill_path import DirectKill
+from controller.kill_path import READ_S, DirectKill
 from controller.lease import NO_LEASE_SHOWN, kill_states_shown, leases_shown
 from controller.views import AgentAnswers, exposure_view, kill_state_map, kill_view, status_view
 from fleet.config import FleetConfig
@@ -424,7 +424,7 @@ class FleetApi:
 
     async def _kill(self, body: KillRequest, via: str = "") -> dict[str, Any]:
         started = time.monotonic()
-        await self.direct.refresh()   # the fleet as applied: a symbol added since the deploy is known
+        await self.direct.refresh(READ_S)   # the fleet as applied: a symbol added since the deploy is known
         self._traded({s: None for s in self.direct.symbols()})
         symbols = self._check_symbols(body.symbols)
         log.warning("%skill %s of %s requested: %s", via, body.mode, symbols or "all symbols", body.reason)

@@ -184,6 +184,71 @@ async def write_kill_states(book: LeaseBook, symbols: list[str], state: KillStat
     return {s: r.seq for s, r in records.items()}
 
 
+DURABLE_WAIT_S = 1.0   # a kill's routes wait this long for its state to be durable; then they act, the write goes on
+DURABLE_RETRY_S = 0.5  # a write the GCS refused is tried again after this long
+
+
+class DurableKill:
+    """A kill state being made durable: written at once, and tried again until the GCS takes it.
+
+    The kill waits at most ``DURABLE_WAIT_S`` for it. With the GCS down or restarting (a GCS fault
+    tolerance failover takes seconds), a kill that waited on the write would cancel nothing until the
+    GCS came back: the routes act meanwhile, the agents' halts carry no ``kill_seq`` (an agent runs a
+    halt without one, and keeps it until a newer command), and the answer says ``durable: false``.
+    ``lock``: a kill or resume of the controller's writes one at a time, so a resume asked after a kill
+    is never overwritten by that kill's late write.
+    """
+
+    def __init__(self, book: LeaseBook, symbols: list[str], state: KillState, reason: str,
+                 lock: asyncio.Lock | None = None) -> None:
+        self.what = f"kill state {state} of {', '.join(symbols)}"
+        self.write = asyncio.ensure_future(self._write(book, symbols, state, reason, lock))
+        self.waited: float | None = None   # how long the kill waited for it (ms), when it was durable by then
+
+    async def _write(self, book: LeaseBook, symbols: list[str], state: KillState, reason: str,
+                     lock: asyncio.Lock | None) -> dict[str, int]:
+        failures = 0
+        while True:
+            try:
+                if lock is None:
+                    seqs = await write_kill_states(book, symbols, state, reason)
+                else:
+                    async with lock:
+                        seqs = await write_kill_states(book, symbols, state, reason)
+            except Exception as exc:  # noqa: BLE001 - the GCS down or restarting: tried until it takes it
+                failures += 1
+                if failures in (1, 10) or failures % 100 == 0:
+                    log.error("%s not durable (%d attempts so far): %s", self.what, failures, named_line(exc))
+                await asyncio.sleep(DURABLE_RETRY_S)
+                continue
+            if failures:
+                log.warning("%s durable after %d failed attempts", self.what, failures)
+            return seqs
+
+    async def wait(self, started: float) -> bool:
+        """Wait for the write up to ``DURABLE_WAIT_S``; whether it is durable (logged when not)."""
+        await asyncio.wait({self.write}, timeout=DURABLE_WAIT_S)
+        if self.write.done():
+            self.waited = round((time.monotonic() - started) * 1000, 1)
+            return True
+        log.error("%s not durable within %g s (the GCS down?): the kill acts meanwhile; the write goes on",
+                  self.what, DURABLE_WAIT_S)
+        return False
+
+    def seq(self, symbol: str) -> int | None:
+        """The symbol's kill_seq once the state is durable, else None."""
+        return self.write.result().get(symbol) if self.write.done() and not self.write.cancelled() else None
+
+    async def seq_when_durable(self, symbol: str) -> int | None:
+        seqs = await asyncio.shield(self.write)
+        return seqs.get(symbol)
+
+    async def unchanged(self, book: LeaseBook, symbol: str) -> bool:
+        """``kill_unchanged`` for this kill (True while its own write is still going)."""
+        seq = self.seq(symbol)
+        return True if seq is None else await kill_unchanged(book, symbol, seq)
+
+
 class DirectKill:
     """The endpoint's own kill: every halt at once, and a flatten the controller does not take up in time.
 
@@ -210,12 +275,13 @@ class DirectKill:
         self.unverified: dict[str, str] = {}        # account -> why its kill requests failed then
         self.refresh_error: str | None = None       # why the applied spec was last not read (logged once)
 
-    async def refresh(self) -> FleetConfig:
-        """The fleet as the controller last applied it; on any failure, the last one known (logged)."""
+    async def refresh(self, wait_s: float | None = None) -> FleetConfig:
+        """The fleet as the controller last applied it; on any failure, or no answer within ``wait_s``
+        (a kill does not wait on a GCS that is down), the last one known (logged)."""
         from controller.spec import SPEC_DOC, parse_spec
 
         try:
-            raw = (await aget_many(self.book.store, [f"doc/{SPEC_DOC}"]))[f"doc/{SPEC_DOC}"]
+            raw = (await asyncio.wait_for(aget_many(self.book.store, [f"doc/{SPEC_DOC}"]), wait_s))[f"doc/{SPEC_DOC}"]
             if raw is not None and raw != self.applied:
                 self.fleet, _ = parse_spec(json.loads(raw), stored=True)
                 self.applied = raw
@@ -284,14 +350,16 @@ class DirectKill:
         ``by``: who asked, for the controller's journal."""
         started = time.monotonic() if started is None else started
         state = KillState.HALTED if mode == "halt" else KillState.FLATTENING
-        seqs = await write_kill_states(self.book, symbols, state, reason)   # durable first
-        durable_ms = round((time.monotonic() - started) * 1000, 1)
-        self._tell("kill_noted", symbols, mode, reason, by, seqs)
+        durable = DurableKill(self.book, symbols, state, reason)   # durable first, unless the GCS cannot take it
+        self._keep(durable.write)
+        is_durable = await durable.wait(started)
+        self._tell("kill_noted", symbols, mode, reason, by,
+                   {s: q for s in symbols if (q := durable.seq(s)) is not None})
         one: Callable[[str], Awaitable[KillOutcome]] = (
-            (lambda s: self._halt(s, reason, seqs[s], started)) if mode == "halt"
-            else (lambda s: self._flatten(s, reason, seqs[s], started)))
+            (lambda s: self._halt(s, reason, durable, started)) if mode == "halt"
+            else (lambda s: self._flatten(s, reason, durable.seq(s), started)))
         results = await asyncio.gather(*(one(s) for s in symbols))
-        return {"mode": mode, "reason": reason, "by": "endpoint", "durable_ms": durable_ms,
+        return {"mode": mode, "reason": reason, "by": "endpoint", "durable": is_durable, "durable_ms": durable.waited,
                 "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
                 "symbols": {s: {**r.to_dict(), "by": "endpoint"} for s, r in zip(symbols, results)}}
 
@@ -345,41 +413,41 @@ class DirectKill:
     async def _exchange(self, symbol: str) -> int:
         return await self.desk.cancel_until_empty(symbol, self._account(symbol))
 
-    async def _halt(self, symbol: str, reason: str, seq: int, started: float) -> KillOutcome:
-        agent = asyncio.ensure_future(self._agent(symbol, "halt", self.halt_timeout_s, reason, seq))
+    async def _halt(self, symbol: str, reason: str, durable: DurableKill, started: float) -> KillOutcome:
+        agent = asyncio.ensure_future(self._agent(symbol, "halt", self.halt_timeout_s, reason, durable.seq(symbol)))
         exchange = asyncio.ensure_future(self._exchange(symbol))
         first, confirmed_ms = await first_empty({AGENT_ROUTE: agent, EXCHANGE_ROUTE: exchange}, started)
         for task in (agent, exchange):
             self._keep(task)
-        self._keep(asyncio.ensure_future(self._after_halt(symbol, seq, agent)))
+        self._keep(asyncio.ensure_future(self._after_halt(symbol, durable, agent)))
         if first != AGENT_ROUTE:
-            self._keep(asyncio.ensure_future(self._sweep_after_halt(symbol, seq, agent)))
+            self._keep(asyncio.ensure_future(self._sweep_after_halt(symbol, durable, agent)))
         return raced_outcome(first, confirmed_ms, agent, exchange, started)
 
-    async def _sweep_after_halt(self, symbol: str, seq: int, agent: asyncio.Future) -> int:
+    async def _sweep_after_halt(self, symbol: str, durable: DurableKill, agent: asyncio.Future) -> int:
         """``sweep_until_halted``, on its own: it needs no controller."""
         account = self._account(symbol)
         return await sweep_until_halted(agent, lambda: self.desk.sweep(symbol, account),
                                         await lease_end(self.book, symbol),
-                                        lambda: kill_unchanged(self.book, symbol, seq))
+                                        lambda: durable.unchanged(self.book, symbol))
 
-    async def _after_halt(self, symbol: str, seq: int, agent: asyncio.Future) -> None:
+    async def _after_halt(self, symbol: str, durable: DurableKill, agent: asyncio.Future) -> None:
         """An agent that did not confirm its halt (hung, slow, failed): the controller is told, for its
-        emergency path (the sweep goes on meanwhile: ``_sweep_after_halt``)."""
+        emergency path, once the kill state is durable (the sweep goes on meanwhile: ``_sweep_after_halt``)."""
         await asyncio.wait({agent})
         why = halt_not_confirmed(agent)
         if why is None:
             return
         log.warning("%s: the agent did not confirm its halt (%s); swept until its lease lapses, and the "
                     "controller's emergency path", symbol, why)
-        self._tell("halt_unconfirmed", symbol, seq)
+        self._tell("halt_unconfirmed", symbol, await durable.seq_when_durable(symbol))
 
     def _settled(self, task: asyncio.Future) -> None:
         self.behind.discard(task)
         if not task.cancelled():
             task.exception()   # read, so a failed background route is not reported as never retrieved
 
-    async def _flatten(self, symbol: str, reason: str, seq: int, started: float) -> KillOutcome:
+    async def _flatten(self, symbol: str, reason: str, seq: int | None, started: float) -> KillOutcome:
         try:
             left = await self._exchange(symbol)
         except Exception as exc:  # noqa: BLE001 - reported per symbol

@@ -20,8 +20,8 @@ from typing import Any
 import ray
 
 from controller.emergency import KillOutcome, Outcome
-from controller.kill_path import AGENT_ROUTE, EXCHANGE_ROUTE, first_empty, halt_not_confirmed, keep_behind, \
-    kill_stopped, kill_unchanged, lease_end, raced_outcome, sweep_until_halted, write_kill_states
+from controller.kill_path import AGENT_ROUTE, EXCHANGE_ROUTE, DurableKill, first_empty, halt_not_confirmed, \
+    keep_behind, kill_stopped, lease_end, raced_outcome, sweep_until_halted, write_kill_states
 from controller.lease import kill_states_shown
 from fleet.text import named_line
 from fleet.vocabulary import KillState
@@ -73,23 +73,24 @@ class KillSwitches:
         started = time.monotonic() - (max(0.0, time.time() - asked_at) if asked_at is not None else 0.0)
         state = KillState.HALTED if mode == "halt" else KillState.FLATTENING
         warm = asyncio.ensure_future(self.kill_desk.warm({a for s in targets if (a := self._account_of(s))}))
-        # Durable first: a restart from here on comes back halted.
+        # Durable first (a restart from then on comes back halted), unless the GCS cannot take it now.
         self.kill_lock = self.kill_lock or asyncio.Lock()
-        async with self.kill_lock:
-            seqs = await write_kill_states(self.book, targets, state, reason)
-        durable_ms = _ms_since(started)
+        durable = DurableKill(self.book, targets, state, reason, self.kill_lock)
+        keep_behind(self.behind, durable.write)
+        is_durable = await durable.wait(started)
         for s in targets:  # by: who asked ({"actor": "api", "token_fp": ...}); none: over Ray (the CLI)
             journal_record(self, "kill", symbol=s, reason=reason, detail={"mode": mode}, **_by(by))
         self.behind.add(warm)  # the exchange clients opening while the states are written; the routes share them
         warm.add_done_callback(self.behind.discard)
         if mode == "halt":
-            results = await asyncio.gather(*(self._halt_one(s, reason, seqs[s], started) for s in targets))
+            results = await asyncio.gather(*(self._halt_one(s, reason, durable, started) for s in targets))
         else:
-            results = await asyncio.gather(*(self._kill_one(s, mode, reason, seqs[s], started) for s in targets))
+            results = await asyncio.gather(*(self._kill_one(s, mode, reason, durable.seq(s), started) for s in targets))
         return {
             "mode": mode,
             "reason": reason,
-            "durable_ms": durable_ms,   # the kill states written to the GCS (a restart from then on comes back halted)
+            "durable": is_durable,         # false: the GCS did not take the kill states in time; the write goes on
+            "durable_ms": durable.waited,  # the kill states written to the GCS (a restart from then on comes back halted)
             "elapsed_ms": _ms_since(started),
             "symbols": {s: r.to_dict() for s, r in zip(targets, results)},
         }
@@ -104,7 +105,7 @@ class KillSwitches:
         return True
 
     @ray.method(concurrency_group=KILL_GROUP)
-    async def halt_unconfirmed(self, symbol: str, kill_seq: int) -> bool:
+    async def halt_unconfirmed(self, symbol: str, kill_seq: int | None) -> bool:
         """The endpoint's halt was not confirmed by the agent: the emergency path, unless resumed since."""
         self._load(start_loops=False)
         self.kill_loop = asyncio.get_running_loop()
@@ -129,21 +130,20 @@ class KillSwitches:
         await self.kill_desk.warm({a for s in self._symbols() if (a := self._account_of(s))})
         return True
 
-    async def _halt_one(self, symbol: str, reason: str, kill_seq: int, started: float) -> KillOutcome:
+    async def _halt_one(self, symbol: str, reason: str, durable: DurableKill, started: float) -> KillOutcome:
         """The agent and the exchange raced; answered by the first to see 0, the other left running."""
         agent = asyncio.ensure_future(
-            self.agents.call(symbol, "halt", reason, kill_seq, timeout=self.settings.kill_timeout_s))
+            self.agents.call(symbol, "halt", reason, durable.seq(symbol), timeout=self.settings.kill_timeout_s))
         exchange = asyncio.ensure_future(self._exchange_route(symbol))
         first, confirmed_ms = await first_empty({AGENT_ROUTE: agent, EXCHANGE_ROUTE: exchange}, started)
         keep_behind(self.behind, self._after_halt(symbol, agent, exchange))
         if first != AGENT_ROUTE:  # the agent may not have heard the halt: it may still send, and quote anew
-            keep_behind(self.behind, self._sweep_after_halt(symbol, kill_seq, agent))
+            keep_behind(self.behind, self._sweep_after_halt(symbol, durable, agent))
         return raced_outcome(first, confirmed_ms, agent, exchange, started)
 
-    async def _sweep_after_halt(self, symbol: str, kill_seq: int, agent: asyncio.Future) -> int:
+    async def _sweep_after_halt(self, symbol: str, durable: DurableKill, agent: asyncio.Future) -> int:
         return await sweep_until_halted(agent, partial(self.kill_desk.sweep, symbol, self.cfg.entry(symbol).account),
-                                        await lease_end(self.book, symbol),
-                                        partial(kill_unchanged, self.book, symbol, kill_seq))
+                                        await lease_end(self.book, symbol), partial(durable.unchanged, self.book, symbol))
 
     async def _exchange_route(self, symbol: str) -> int:
         return await self.kill_desk.cancel_until_empty(symbol, self.cfg.entry(symbol).account)
@@ -160,7 +160,7 @@ class KillSwitches:
         log.warning("%s: the agent did not confirm its halt (%s); emergency path", symbol, why)
         await self._emergency(symbol, "halt", revoke=False)
 
-    async def _kill_one(self, symbol: str, mode: str, reason: str, kill_seq: int, started: float) -> KillOutcome:
+    async def _kill_one(self, symbol: str, mode: str, reason: str, kill_seq: int | None, started: float) -> KillOutcome:
         timeout = self.settings.kill_timeout_s if mode == "halt" else self.settings.flatten_timeout_s
         answer: Any = None
         problem: str | None = "superseded by a later kill or resume"

@@ -151,7 +151,9 @@ def kill_view(mode: str, reason: str, elapsed_s: float, result: Any) -> dict[str
         "mode": mode,
         "reason": reason,
         "elapsed_ms": round(elapsed_s * 1000, 1),
-        "durable_ms": result.get("durable_ms") if isinstance(result, dict) else None,   # kill states written by then
+        # the kill states written to the GCS by then (false: not in time, the GCS down; the write goes on)
+        "durable": result.get("durable") if isinstance(result, dict) else None,
+        "durable_ms": result.get("durable_ms") if isinstance(result, dict) else None,
         # every symbol confirmed with 0 open orders at the exchange
         "confirmed": bool(per_symbol) and all(v.get("open_orders") == 0 for v in per_symbol.values()),
         "symbols": per_symbol,

@@ -139,7 +139,7 @@ def test_a_halt_without_a_controller_is_still_carried_out_and_says_per_symbol_wh
     r = requests.post(f"{url}/kill", json={"all": True, "reason": "drill"}, headers=auth(token), timeout=30)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["confirmed"] is False and body["durable_ms"] > 0
+    assert body["confirmed"] is False and body["durable"] is True and body["durable_ms"] > 0
     for sym in SYMBOLS:
         answer = body["symbols"][sym]
         assert answer["outcome"] == "failed" and answer["by"] == "endpoint", answer

@@ -176,9 +176,9 @@ def test_kill_state_map_takes_every_shape_the_controller_answers():
 
 
 def test_kill_view_confirms_only_when_every_symbol_has_no_open_order():
-    both = {"durable_ms": 3.5, "symbols": {"A": {"open_orders": 0}, "B": {"open_orders": 0}}}
-    assert kill_view("halt", "r", 0.0125, both) == {"mode": "halt", "reason": "r", "elapsed_ms": 12.5, "durable_ms": 3.5,
-                                                   "confirmed": True, "symbols": both["symbols"]}
+    both = {"durable": True, "durable_ms": 3.5, "symbols": {"A": {"open_orders": 0}, "B": {"open_orders": 0}}}
+    assert kill_view("halt", "r", 0.0125, both) == {"mode": "halt", "reason": "r", "elapsed_ms": 12.5, "durable": True,
+                                                   "durable_ms": 3.5, "confirmed": True, "symbols": both["symbols"]}
     assert not kill_view("halt", "r", 0.0, {"symbols": {"A": {"open_orders": 0}, "B": {"open_orders": None}}})["confirmed"]
     assert not kill_view("halt", "r", 0.0, {"symbols": {}})["confirmed"]
     assert not kill_view("halt", "r", 0.0, None)["confirmed"]

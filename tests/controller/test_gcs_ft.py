@@ -5,9 +5,10 @@ a temporary directory; the Ray head is started with ``RAY_REDIS_ADDRESS`` pointi
 storage in Redis), 0 CPU and no ``mmfleet_trader``, beside one trader worker node, all on 127.0.0.1.
 One symbol is halted, then the cluster's ``gcs_server`` process is SIGKILLed and started again
 (same port, same Redis). Throughout, the exchange never sees an order beyond a symbol's cap or a
-client order id twice; afterwards the halted symbol is still halted with an empty book, the other
-still quotes (the controller, restarted after the GCS, reads the kill state back from it), and
-resume and kill work.
+client order id twice. While the GCS is down the other symbol is killed: the kill empties its book
+at once though its state cannot be written yet, and the state is durable once the GCS is back.
+Afterwards both are halted with empty books (the controller, restarted after the GCS, reads the kill
+states back from it), and resume and kill work.
 
 Like tests/controller/test_multinode.py this module runs a cluster of its own and starts the
 session's local cluster again afterwards. Waits poll generous deadlines; no duration is asserted.
@@ -36,6 +37,7 @@ from tests.controller.test_multinode import (
 
 HALTED, QUOTING = SYMBOLS  # one symbol halted across the restart, one quoting through it
 OUTAGE_S = 6.0             # the GCS stays down this long (two lease lifetimes of 3 s)
+OUTAGE_KILL = "killed while the GCS is down"
 
 
 def redis_server_binary() -> str:
@@ -203,23 +205,35 @@ def test_a_gcs_restart_keeps_agents_quoting_safely_and_the_kill_state_intact(ft)
         assert fleet.exchange.open_orders(HALTED) == []
         samples += 1
         time.sleep(0.5)
+    # A kill while the GCS is down (its lease lapsed, the agent's orders still rest: the dead-man
+    # countdown is far off) is carried out at once; its state cannot be written yet.
+    assert fleet.exchange.open_orders(QUOTING), "the quoting symbol had no order resting"
+    result = fleet.kill([QUOTING], reason=OUTAGE_KILL)
+    assert result["durable"] is False and result["symbols"][QUOTING]["open_orders"] == 0, result
+    fleet.books_empty()
     new_pid = restart_gcs(head)
     assert new_pid != pid
 
-    # After the restart: the kill state is read back from the GCS's storage (the controller is
-    # restarted too, so it holds nothing in memory), and the halted symbol has no order.
+    # After the restart: the kill states are read back from the GCS's storage (the controller is
+    # restarted too, so it holds nothing in memory), the outage's kill among them, and no book has an order.
     ctl_pid = fleet.ray.get(fleet.controller.__ray_call__.remote(lambda self: os.getpid()), timeout=SETTLE_S)
     os.kill(ctl_pid, signal.SIGKILL)
-    states = poll(lambda: fleet.kill_states(), SETTLE_S, "the controller's kill states after the GCS restart")
+
+    def both_halted() -> dict[str, Any] | None:
+        states = fleet.kill_states()
+        return states if all(states[s]["state"] == "halted" for s in SYMBOLS) else None
+
+    states = poll(both_halted, SETTLE_S, "both symbols halted in the kill states after the GCS restart")
     assert fleet.ray.get(fleet.controller.__ray_call__.remote(lambda self: os.getpid()), timeout=30) != ctl_pid
-    assert states[HALTED]["state"] == "halted" and states[QUOTING]["state"] == "running", states
-    after = fleet.quoting((QUOTING,))
-    assert poll(lambda: fleet.status(HALTED)["state"] == "halted", SETTLE_S, f"{HALTED} halted")
-    assert fleet.exchange.open_orders(HALTED) == []
+    assert states[QUOTING]["reason"] == OUTAGE_KILL, states
+    assert poll(lambda: all(fleet.status(s)["state"] == "halted" for s in SYMBOLS), SETTLE_S, "both agents halted")
+    fleet.books_empty()
     assert within_caps(fleet, caps) is None, within_caps(fleet, caps)
     for s in SYMBOLS:
         assert not no_duplicate_ids(fleet.exchange, s, since_ms), f"{s}: a client order id was used twice"
 
+    fleet.resume([QUOTING])
+    after = fleet.quoting((QUOTING,))
     fleet.resume([HALTED])
     fleet.quoting()
     assert within_caps(fleet, caps) is None, within_caps(fleet, caps)

@@ -289,7 +289,7 @@ def test_a_kill_while_the_controller_is_stopped_empties_every_book(fleet):
         r = fleet.post("/kill", {"all": True, "mode": "halt", "reason": "controller stopped drill"})
         assert r.status_code == 200, r.text
         body = r.json()
-        assert body["confirmed"] is True, body
+        assert body["confirmed"] is True and body["durable"] is True, body
         for sym in SYMBOLS:
             answer = body["symbols"][sym]
             assert answer["by"] == "endpoint" and answer["open_orders"] == 0, answer
