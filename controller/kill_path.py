@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from controller.emergency import EmergencyDesk, KillOutcome, Outcome
 from controller.handles import AGENT_PREFIX
-from controller.lease import GcsStore, LeaseBook, aget_many
+from controller.lease import GcsStore, Lease, LeaseBook, aget_many
 from fleet.config import KILL_VERIFY_S, FleetConfig
 from fleet.text import named_line
 from fleet.vocabulary import KillState
@@ -80,11 +80,16 @@ async def lease_end(book: LeaseBook, symbol: str) -> float:
     kill state was written carries it, so no later lease need be waited for. A lease not read within
     ``READ_S`` (the GCS down: then no renewal is granted either) counts as granted just now."""
     try:
-        lease = (await asyncio.wait_for(book.aleases([symbol]), READ_S)).get(symbol)
+        lease = await read_lease(book, symbol)
     except Exception as exc:  # noqa: BLE001 - the longest lease the book grants is assumed
         log.warning("%s: the lease was not read (%s); swept for a whole lease", symbol, named_line(exc))
         return time.time() + book.lease_ttl_s + LEASE_MARGIN_S
     return (lease.expires_at if lease is not None else time.time()) + LEASE_MARGIN_S
+
+
+async def read_lease(book: LeaseBook, symbol: str) -> Lease | None:
+    """The symbol's stored lease, read asynchronously within ``READ_S`` (else the error is raised)."""
+    return (await asyncio.wait_for(book.aleases([symbol]), READ_S)).get(symbol)
 
 
 async def kill_unchanged(book: LeaseBook, symbol: str, seq: int) -> bool:
@@ -106,31 +111,45 @@ async def kill_stopped(book: LeaseBook, symbol: str) -> bool:
     return record is not None and record.state != KillState.RUNNING
 
 
-async def sweep_until_halted(agent: asyncio.Future, sweep: Callable[[], Awaitable[Any]], until: float,
-                             current: Callable[[], Awaitable[bool]], every_s: float = SWEEP_S) -> int:
+async def sweep_until_halted(agent: asyncio.Future, sweep: Callable[[], Awaitable[Any]], durable: "DurableKill",
+                             book: LeaseBook, symbol: str, every_s: float = SWEEP_S) -> int:
     """A halt its agent has not confirmed: the symbol's orders are cancelled again every ``every_s``
-    (``DELETE allOpenOrders``, weight 1) until the agent confirms (or had nothing to halt), or, if its
-    call ends without that (timed out, failed: a busy, starved or hung agent), until ``until``, when
-    its lease has lapsed (wall clock, :func:`lease_end`). Until it hears the halt, an agent still sends
-    what it decided, and quotes anew over the exchange route's cancels. Stops early once ``current()``
-    says the symbol was resumed or killed again (that command's own routes take over). Returns the
-    sweeps made."""
+    (``DELETE allOpenOrders``, weight 1). Until it hears the halt, an agent still sends what it decided,
+    and quotes anew over the exchange route's cancels.
+
+    While the agent's call runs: until it confirms (or had nothing to halt, or was superseded). If
+    the call ends without that (timed out, failed: a busy, starved or hung agent): until its lease,
+    read once the kill state is durable, has lapsed (:func:`lease_end`); a renewal granted after
+    that write carries the kill state. While the write is still pending (the GCS down), no renewal
+    can be granted either: swept until the lease read then has lapsed, then waiting for the write.
+    Stops early once the symbol was resumed or killed again (that command's own routes take over).
+    Returns the sweeps made."""
     sweeps = failed = 0
+    ends: dict[bool, float] = {}   # the kill state still pending? -> when the agent's lease lapses, read then
     while True:
         if agent.done():
             await asyncio.sleep(every_s)
         else:
             await asyncio.wait({agent}, timeout=every_s)
-        if (agent.done() and halt_not_confirmed(agent) is None) or not await current():
-            break
+        end, pending = None, False
+        if agent.done():
+            if halt_settled(agent, durable.write.done()) or not await durable.unchanged(book, symbol):
+                break
+            pending = not durable.write.done()
+            if pending not in ends:
+                ends[pending] = await lease_end(book, symbol)
+            end = ends[pending]
+            if pending and time.time() >= end:
+                continue   # its lease lapsed and cannot be renewed before the kill state lands
         sweeps += 1
         try:
             await sweep()
         except Exception as exc:  # noqa: BLE001 - the next sweep tries again; the agent's answer decides
             failed += 1
             if failed in (1, 10) or failed % 100 == 0:
-                log.warning("a sweep after the halt failed (%d of %d so far): %s", failed, sweeps, named_line(exc))
-        if agent.done() and time.time() >= until:
+                log.warning("%s: a sweep after the halt failed (%d of %d so far): %s", symbol, failed, sweeps,
+                            named_line(exc))
+        if end is not None and not pending and time.time() >= end:
             break
     return sweeps
 
@@ -141,6 +160,15 @@ def keep_behind(behind: set[asyncio.Future], work: Awaitable[Any]) -> asyncio.Fu
     behind.add(task)
     task.add_done_callback(behind.discard)
     return task
+
+
+def halt_settled(agent: asyncio.Future, durable: bool) -> bool:
+    """A finished agent route that leaves nothing to sweep for: confirmed, superseded, or not trading
+    yet, which reads the kill state with its grant (so only once the kill state is durable)."""
+    if halt_not_confirmed(agent) is not None:
+        return False
+    answer = agent.result()
+    return durable or not (isinstance(answer, dict) and answer.get("outcome") == "not_started")
 
 
 def halt_not_confirmed(agent: asyncio.Future) -> str | None:
@@ -195,35 +223,33 @@ class DurableKill:
     tolerance failover takes seconds), a kill that waited on the write would cancel nothing until the
     GCS came back: the routes act meanwhile, the agents' halts carry no ``kill_seq`` (an agent runs a
     halt without one, and keeps it until a newer command), and the answer says ``durable: false``.
-    ``lock``: a kill or resume of the controller's writes one at a time, so a resume asked after a kill
-    is never overwritten by that kill's late write.
+    ``lock``: the process's kill-state writes one at a time, held across the retries, so that they
+    land in the order they were asked (the controller's resume takes it too: a resume asked after a
+    kill is never overwritten by that kill's late write).
     """
 
     def __init__(self, book: LeaseBook, symbols: list[str], state: KillState, reason: str,
-                 lock: asyncio.Lock | None = None) -> None:
+                 lock: asyncio.Lock) -> None:
         self.what = f"kill state {state} of {', '.join(symbols)}"
         self.write = asyncio.ensure_future(self._write(book, symbols, state, reason, lock))
         self.waited: float | None = None   # how long the kill waited for it (ms), when it was durable by then
 
     async def _write(self, book: LeaseBook, symbols: list[str], state: KillState, reason: str,
-                     lock: asyncio.Lock | None) -> dict[str, int]:
-        failures = 0
-        while True:
-            try:
-                if lock is None:
+                     lock: asyncio.Lock) -> dict[str, int]:
+        async with lock:   # held across the retries: the writes land in the order they were asked
+            failures = 0
+            while True:
+                try:
                     seqs = await write_kill_states(book, symbols, state, reason)
-                else:
-                    async with lock:
-                        seqs = await write_kill_states(book, symbols, state, reason)
-            except Exception as exc:  # noqa: BLE001 - the GCS down or restarting: tried until it takes it
-                failures += 1
-                if failures in (1, 10) or failures % 100 == 0:
-                    log.error("%s not durable (%d attempts so far): %s", self.what, failures, named_line(exc))
-                await asyncio.sleep(DURABLE_RETRY_S)
-                continue
-            if failures:
-                log.warning("%s durable after %d failed attempts", self.what, failures)
-            return seqs
+                except Exception as exc:  # noqa: BLE001 - the GCS down or restarting: tried until it takes it
+                    failures += 1
+                    if failures in (1, 10) or failures % 100 == 0:
+                        log.error("%s not durable (%d attempts so far): %s", self.what, failures, named_line(exc))
+                    await asyncio.sleep(DURABLE_RETRY_S)
+                    continue
+                if failures:
+                    log.warning("%s durable after %d failed attempts", self.what, failures)
+                return seqs
 
     async def wait(self, started: float) -> bool:
         """Wait for the write up to ``DURABLE_WAIT_S``; whether it is durable (logged when not)."""
@@ -270,6 +296,7 @@ class DirectKill:
         self.halt_timeout_s = halt_timeout_s
         self.flatten_timeout_s = flatten_timeout_s
         self.behind: set[asyncio.Future] = set()   # routes and messages still running after the answer
+        self.write_lock = asyncio.Lock()            # its kill-state writes, in order (``DurableKill``)
         self.verified_at = -math.inf                # when prepare last tried the kill's requests
         self.connections = 0                        # requests answered then (connections held open)
         self.unverified: dict[str, str] = {}        # account -> why its kill requests failed then
@@ -350,7 +377,7 @@ class DirectKill:
         ``by``: who asked, for the controller's journal."""
         started = time.monotonic() if started is None else started
         state = KillState.HALTED if mode == "halt" else KillState.FLATTENING
-        durable = DurableKill(self.book, symbols, state, reason)   # durable first, unless the GCS cannot take it
+        durable = DurableKill(self.book, symbols, state, reason, self.write_lock)   # durable first, unless the GCS cannot take it
         self._keep(durable.write)
         is_durable = await durable.wait(started)
         self._tell("kill_noted", symbols, mode, reason, by,
@@ -427,9 +454,7 @@ class DirectKill:
     async def _sweep_after_halt(self, symbol: str, durable: DurableKill, agent: asyncio.Future) -> int:
         """``sweep_until_halted``, on its own: it needs no controller."""
         account = self._account(symbol)
-        return await sweep_until_halted(agent, lambda: self.desk.sweep(symbol, account),
-                                        await lease_end(self.book, symbol),
-                                        lambda: durable.unchanged(self.book, symbol))
+        return await sweep_until_halted(agent, lambda: self.desk.sweep(symbol, account), durable, self.book, symbol)
 
     async def _after_halt(self, symbol: str, durable: DurableKill, agent: asyncio.Future) -> None:
         """An agent that did not confirm its halt (hung, slow, failed): the controller is told, for its

@@ -20,9 +20,10 @@ from typing import Any
 import ray
 
 from controller.emergency import KillOutcome, Outcome
-from controller.kill_path import AGENT_ROUTE, EXCHANGE_ROUTE, DurableKill, first_empty, halt_not_confirmed, \
-    keep_behind, kill_stopped, lease_end, raced_outcome, sweep_until_halted, write_kill_states
-from controller.lease import kill_states_shown
+from controller.kill_path import AGENT_ROUTE, EXCHANGE_ROUTE, READ_S, DurableKill, first_empty, \
+    halt_not_confirmed, keep_behind, kill_stopped, kill_unchanged, raced_outcome, read_lease, sweep_until_halted, \
+    write_kill_states
+from controller.lease import Lease, kill_states_shown
 from fleet.text import named_line
 from fleet.vocabulary import KillState
 
@@ -142,8 +143,10 @@ class KillSwitches:
         return raced_outcome(first, confirmed_ms, agent, exchange, started)
 
     async def _sweep_after_halt(self, symbol: str, durable: DurableKill, agent: asyncio.Future) -> int:
-        return await sweep_until_halted(agent, partial(self.kill_desk.sweep, symbol, self.cfg.entry(symbol).account),
-                                        await lease_end(self.book, symbol), partial(durable.unchanged, self.book, symbol))
+        account = self._account_of(symbol)
+        if account is None:   # the fleet changed under the kill: nothing of this fleet to sweep
+            return 0
+        return await sweep_until_halted(agent, partial(self.kill_desk.sweep, symbol, account), durable, self.book, symbol)
 
     async def _exchange_route(self, symbol: str) -> int:
         return await self.kill_desk.cancel_until_empty(symbol, self.cfg.entry(symbol).account)
@@ -176,7 +179,8 @@ class KillSwitches:
         open_orders = answer.get("open_orders") if isinstance(answer, dict) else None
         if problem is None and open_orders == 0:
             flat = mode == "flatten" and _num(answer.get("position")) == 0 and answer.get("position") is not None
-            if flat and self.book.kill_seq(symbol) == kill_seq:  # never over a resume or kill that came since
+            # never over a resume or kill that came since (nor when this kill's state is not durable yet)
+            if flat and kill_seq is not None and await kill_unchanged(self.book, symbol, kill_seq):
                 self.book.set_kill_state(symbol, KillState.HALTED, reason or "flattened")
             return KillOutcome(Outcome.done(mode), "agent", 0, answer.get("position"), _ms_since(started))
         if problem is None and isinstance(answer, dict) and answer.get("outcome") == "not_started":
@@ -191,21 +195,38 @@ class KillSwitches:
         return replace(result, problem=problem, elapsed_ms=_ms_since(started))
 
     async def _emergency(self, symbol: str, mode: str, *, revoke: bool = True) -> KillOutcome:
-        """Cancel the symbol's orders, confirm, sweep once the lease lapsed; ``revoke`` it first."""
+        """Cancel the symbol's orders and confirm (first: the way to the exchange waits on no GCS call),
+        ``revoke`` its lease, and sweep again once the lease has lapsed."""
         self.emergencies[symbol] = self.emergencies.get(symbol, 0) + 1
-        lease = self.book.revoke(symbol) if revoke else self.book.lease(symbol)
-        if revoke:
-            journal_record(self, "lease_revoked", symbol=symbol, reason=f"emergency {mode}")
         try:
             account = self.cfg.entry(symbol).account
         except Exception as exc:  # noqa: BLE001 - the fleet changed under the kill: reported, never raised
             return KillOutcome(Outcome.FAILED, "emergency", None, error=named_line(exc))
         result = await self.kill_desk.cancel(symbol, account, mode)
+        lease = await self._revoke(symbol, mode) if revoke else await self._lease(symbol)
         if lease is not None and result.outcome != Outcome.FAILED:
             # The agent's lease was promised until expires_at: sweep again once it has lapsed.
             delay = max(0.0, lease.expires_at - time.time()) + 0.2
             self.kill_desk.sweep_later(symbol, account, delay, partial(kill_stopped, self.book, symbol))
         return result
+
+    async def _revoke(self, symbol: str, mode: str) -> Lease | None:
+        """The symbol's lease revoked (a GCS write, in a thread, waited for ``READ_S``); the lease as known
+        when the GCS did not take it then (the write may still land; the lease lapses on its own)."""
+        try:
+            lease = await asyncio.wait_for(asyncio.to_thread(self.book.revoke, symbol), READ_S)
+        except Exception as exc:  # noqa: BLE001 - logged; the cancel is done, the sweep follows the lease
+            log.error("%s: the lease was not revoked within %g s (%s)", symbol, READ_S, named_line(exc))
+            return await self._lease(symbol)
+        journal_record(self, "lease_revoked", symbol=symbol, reason=f"emergency {mode}")
+        return lease
+
+    async def _lease(self, symbol: str) -> Lease | None:
+        try:
+            return await read_lease(self.book, symbol)
+        except Exception as exc:  # noqa: BLE001 - no later sweep then; the fence and the dead-man switch remain
+            log.error("%s: the lease was not read (%s): no sweep at its end", symbol, named_line(exc))
+            return None
 
     @ray.method(concurrency_group=KILL_GROUP)
     async def resume(self, symbols: list[str] | None = None, by: dict[str, Any] | None = None) -> dict[str, Any]:

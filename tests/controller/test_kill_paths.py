@@ -123,16 +123,28 @@ def test_the_first_route_to_see_zero_answers_and_a_failed_route_does_not():
 def test_the_symbol_is_swept_until_its_agent_confirms_the_halt_or_its_lease_lapsed():
     """The agent has not confirmed the halt: its symbol is cancelled again every sweep until it does;
     if its call ends without confirming (timed out, failed), until its lease has lapsed, and once more
-    after; never after a resume or a later kill."""
-    from controller.kill_path import sweep_until_halted
+    after; never after a resume or a later kill. While the kill state is not durable (the GCS down: no
+    lease can be renewed either), the sweeping pauses once the lease read then has lapsed, and goes on
+    once the state lands. The book is the controller's own (:class:`LeaseBook`) on an in-memory store."""
+    from controller.kill_path import DurableKill, sweep_until_halted
+    from controller.lease import LeaseBook, MemoryStore
+    from fleet.vocabulary import KillState
 
-    async def run(agent_s: float, answer: object = None, *, lease_s: float = 0.0, fail: bool = False,
-                  resumed_after: int | None = None) -> tuple[int, list[float], float, float]:
+    async def run(agent_s: float, answer: object = None, *, lease_s: float = 0.05, fail: bool = False,
+                  resumed_after: int | None = None, gcs_back_s: float | None = None) -> dict[str, Any]:
+        book = LeaseBook(MemoryStore(), lease_ttl_s=lease_s)
+        book.acquire("BTCUSDT", "agent-1", now=time.time())
+        lock = asyncio.Lock()
+        if gcs_back_s is not None:
+            await lock.acquire()   # the kill state cannot be written until it is released
+        durable = DurableKill(book, ["BTCUSDT"], KillState.HALTED, "drill", lock)
         calls: list[float] = []
         answered: list[float] = []
 
         async def sweep() -> None:
             calls.append(time.monotonic())
+            if resumed_after is not None and len(calls) == resumed_after:
+                book.set_kill_state("BTCUSDT", KillState.RUNNING, "resumed")
             if fail:
                 raise ConnectionError("exchange unreachable")
 
@@ -143,34 +155,46 @@ def test_the_symbol_is_swept_until_its_agent_confirms_the_halt_or_its_lease_laps
                 raise answer
             return {"open_orders": 0} if answer is None else answer  # type: ignore[return-value]
 
-        async def current() -> bool:
-            return resumed_after is None or len(calls) < resumed_after
+        async def gcs_back() -> float:
+            await asyncio.sleep(gcs_back_s or 0.0)
+            book.renew("BTCUSDT", "agent-1", 1, now=time.time())   # a renewal granted just before the state lands
+            lock.release()
+            return time.monotonic()
 
+        back = asyncio.ensure_future(gcs_back()) if gcs_back_s is not None else None
         agent = asyncio.ensure_future(halt())
-        until_wall = time.time() + lease_s
-        made = await sweep_until_halted(agent, sweep, until_wall, current, every_s=0.05)
-        assert agent.done() or resumed_after is not None
+        started = time.monotonic()
+        made = await sweep_until_halted(agent, sweep, durable, book, "BTCUSDT", every_s=0.05)
         agent.cancel()
         await asyncio.sleep(0.12)
-        return made, calls, answered[0] if answered else math.inf, until_wall
+        return {"made": made, "calls": calls, "answered": answered[0] if answered else math.inf,
+                "started": started, "lease_end": started + lease_s, "back": await back if back else None}
 
-    made, calls, answered, _ = asyncio.run(run(0.3))
-    assert made == len(calls) >= 1 and all(t <= answered for t in calls)      # none after the answer
-    assert asyncio.run(run(0.0))[0] == 0                                       # answered at once: no sweep
-    made, calls, _, _ = asyncio.run(run(0.6, fail=True))                       # a failing sweep: sweeping goes on
-    assert made == len(calls) >= 2
-    # The call timed out (or failed): swept on until the lease has lapsed, the last sweep after it.
+    r = asyncio.run(run(0.3))
+    assert r["made"] == len(r["calls"]) >= 1 and all(t <= r["answered"] for t in r["calls"])   # none after the answer
+    assert asyncio.run(run(0.0))["made"] == 0                                  # answered at once: no sweep
+    r = asyncio.run(run(0.6, fail=True))                                       # a failing sweep: sweeping goes on
+    assert r["made"] == len(r["calls"]) >= 2
+    # The call timed out (or failed, or did not confirm): swept on until the lease has lapsed, the last sweep after it.
     for answer in (TimeoutError("agent hung"), {"open_orders": 3}):
-        made, calls, _, until_wall = asyncio.run(run(0.05, answer, lease_s=0.4))
-        assert made == len(calls) >= 2, made
-        assert time.time() - (time.monotonic() - calls[-1]) >= until_wall - 0.01
+        r = asyncio.run(run(0.05, answer, lease_s=0.4))
+        assert r["made"] == len(r["calls"]) >= 2 and r["calls"][-1] >= r["lease_end"], r
     # Superseded (a later command reached it) or not started (it reads the kill state with its
     # grant): nothing more to sweep for, though the lease still runs.
     for answer in ({"outcome": "superseded", "open_orders": None}, {"outcome": "not_started", "open_orders": None}):
-        made, calls, answered, _ = asyncio.run(run(0.12, answer, lease_s=5.0))
-        assert made == len(calls) >= 1 and all(t <= answered for t in calls)
+        r = asyncio.run(run(0.12, answer, lease_s=5.0))
+        assert r["made"] == len(r["calls"]) >= 1 and all(t <= r["answered"] for t in r["calls"])
     # Resumed (or killed again) since: that command's own routes take over.
-    assert asyncio.run(run(2.0, resumed_after=3))[0] == 3
+    assert asyncio.run(run(0.05, TimeoutError("agent hung"), lease_s=5.0, resumed_after=3))["made"] == 3
+    # The kill state not durable yet (the GCS down) and the agent's call timed out: swept until the
+    # lease lapsed, then nothing while the state cannot be written (no renewal either); once it lands,
+    # until the lease read then (renewed just before, without the kill state) has lapsed.
+    r = asyncio.run(run(0.05, TimeoutError("agent hung"), lease_s=0.2, gcs_back_s=1.0))
+    paused = [t for t in r["calls"] if r["lease_end"] + 0.3 < t < r["back"]]
+    assert r["calls"][0] < r["lease_end"] and not paused and r["calls"][-1] >= r["back"] + 0.2, r
+    # A not-started agent gets the kill state with its grant once it is durable: swept until then.
+    r = asyncio.run(run(0.05, {"outcome": "not_started", "open_orders": None}, lease_s=0.2, gcs_back_s=1.0))
+    assert r["calls"] and not [t for t in r["calls"] if r["lease_end"] + 0.3 < t], r
 
 
 def test_a_lapsed_lease_is_judged_by_who_answers_for_the_actor():
