@@ -61,6 +61,11 @@ def _published(agent: Any, part: str) -> dict[str, Any]:
     return copy.deepcopy(getattr(snap, part))
 
 
+def _seq(kill_seq: int | None) -> int | None:
+    """A kill command's number as it travels (None: sent while its kill state was not durable)."""
+    return None if kill_seq is None else int(kill_seq)
+
+
 def _read_consistently(read: Callable[[], Any]) -> Any:
     """Read the agent's state from the control thread; retry if the loop mutated it mid-read."""
     for _ in range(5):
@@ -294,14 +299,14 @@ class AgentActor:
     def _note_direct(self, kill_seq: int | None, state: KillState) -> None:
         """Tell the lease client a kill command arrived directly, so a stale renewal cannot undo it."""
         own = self.ownership
-        if kill_seq is not None and own is not None and self.loop is not None:
-            self.loop.call_soon_threadsafe(own.note_direct_kill_state, int(kill_seq), state)
+        if own is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(own.note_direct_kill_state, _seq(kill_seq), state)
 
     async def _current(self, kill_seq: int | None, state: KillState, command: Callable[[], Any]) -> Any:
         """On the trading loop: ``command`` runs unless a newer kill command already reached the agent
         (directly or with a grant): a resume delivered after a later kill must not undo it."""
         own = self.ownership
-        if kill_seq is not None and own is not None and not own.note_direct_kill_state(int(kill_seq), state):
+        if own is not None and not own.note_direct_kill_state(_seq(kill_seq), state):
             agent = self.agent
             if agent is not None:
                 agent.log.event("kill_command_superseded", f"{state} of kill_seq {kill_seq} superseded: not run",

@@ -49,13 +49,20 @@ class LeaseOwnership:
         self.renew_interval_s = renew_interval_s
         self.call_timeout_s = call_timeout_s
         self.grant: Grant | None = None
-        self.direct: tuple[int, str] = (0, "")  # (kill_seq, state) of the last kill command delivered directly
+        self.direct: tuple[float, str] = (0, "")  # (kill_seq, state) of the last kill command delivered directly
         self.granted_seq = 0  # the newest kill_seq a granted answer carried
 
-    def note_direct_kill_state(self, seq: int, state: str) -> bool:
+    def note_direct_kill_state(self, seq: int | None, state: str) -> bool:
         """A halt/flatten/resume reached the agent directly: answers older than ``seq`` must not undo it.
         False when the command is itself older than one already known, directly or with a grant (a
-        resume delivered after a later kill): it must not run."""
+        resume delivered after a later kill): it must not run.
+
+        ``seq`` None: a kill sent while its state could not be made durable (the GCS down). It ranks
+        just above every number known (half a step), so neither a renewal already answered nor a
+        command numbered before it undoes it, and the number its state gets once written is above it."""
+        if seq is None:
+            self.direct = (max(self.direct[0], self.granted_seq) + 0.5, state)
+            return True
         if seq < max(self.direct[0], self.granted_seq):
             return False
         if seq > self.direct[0]:

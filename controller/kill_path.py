@@ -221,8 +221,9 @@ class DurableKill:
 
     The kill waits at most ``DURABLE_WAIT_S`` for it. With the GCS down or restarting (a GCS fault
     tolerance failover takes seconds), a kill that waited on the write would cancel nothing until the
-    GCS came back: the routes act meanwhile, the agents' halts carry no ``kill_seq`` (an agent runs a
-    halt without one, and keeps it until a newer command), and the answer says ``durable: false``.
+    GCS came back: the routes act meanwhile, the agents' halts carry no ``kill_seq`` (an agent ranks
+    such a command above every number it knows: ``LeaseOwnership.note_direct_kill_state``), and the
+    answer says ``durable: false``.
     ``lock``: the process's kill-state writes one at a time, held across the retries, so that they
     land in the order they were asked (the controller's resume takes it too: a resume asked after a
     kill is never overwritten by that kill's late write).

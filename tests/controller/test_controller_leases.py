@@ -338,6 +338,29 @@ def test_a_direct_command_older_than_one_known_is_refused_so_a_late_resume_canno
     assert own.direct == (10, "halted")
 
 
+def test_a_kill_without_a_number_ranks_above_every_number_known_until_its_state_is_written():
+    """A halt sent while the GCS could not take its kill state carries no kill_seq. A renewal answered
+    before it (or after, still without it), or a resume numbered before it, must not undo it; the
+    state it gets once written, and any later command, rank above it."""
+    from agents.starter import held_kill_state
+
+    own = LeaseOwnership(None, "ETHUSDC", "h")
+    base = {"granted": True, "symbol": "ETHUSDC", "epoch": 4, "lease_ttl_s": 3.0, "reduce_only": False,
+            "rate_share": 1.0}
+    assert own.note_direct_kill_state(6, "running") is True       # resume #6 reached the agent directly
+    assert own.note_direct_kill_state(None, "halted") is True     # then a kill the GCS could not take
+    assert own._grant({**base, "kill_state": "running", "kill_seq": 6}).kill_state == "halted"   # a stale renewal
+    assert own.note_direct_kill_state(6, "running") is False      # resume #6 again (retried): not run
+    assert own._grant({**base, "kill_state": "halted", "kill_seq": 7}).kill_state == "halted"    # the kill, written
+    assert own.note_direct_kill_state(8, "running") is True       # a later resume runs
+    assert own._grant({**base, "kill_state": "running", "kill_seq": 8}).kill_state == "running"
+    # Not started yet: the core starts in the held command's state, not the grant's read without it.
+    starting = LeaseOwnership(None, "ETHUSDC", "h")
+    starting.note_direct_kill_state(None, "halted")
+    grant = starting._grant({**base, "kill_state": "running", "kill_seq": 3})
+    assert held_kill_state("halted", None, starting.granted_seq, grant.kill_state) == "halted"
+
+
 def test_agents_are_created_by_the_controller_itself_when_the_spawner_does_not_answer(ray_cluster, monkeypatch,
                                                                                        caplog):
     """A spawner that is stuck (here: a stand-in that never returns) costs ``SPAWN_TIMEOUT_S``, not
