@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from controller.emergency import EmergencyDesk, KillOutcome, Outcome
 from controller.handles import AGENT_PREFIX
-from controller.lease import GcsStore, Lease, LeaseBook, aget_many
+from controller.lease import GcsStore, KillRecord, Lease, LeaseBook, aget_many
 from fleet.config import KILL_VERIFY_S, FleetConfig
 from fleet.text import named_line
 from fleet.vocabulary import KillState
@@ -95,20 +95,20 @@ async def read_lease(book: LeaseBook, symbol: str) -> Lease | None:
 async def kill_unchanged(book: LeaseBook, symbol: str, seq: int) -> bool:
     """The symbol's kill record is still the one numbered ``seq`` (not resumed or killed again since);
     True when it cannot be read within ``READ_S``: sweeping a halted symbol once more is harmless."""
-    try:
-        record = (await asyncio.wait_for(book.akill_records([symbol]), READ_S)).get(symbol)
-    except Exception:  # noqa: BLE001 - the GCS down or slow: go on sweeping
-        return True
-    return record is not None and record.seq == seq
+    return await _kill_record_says(book, symbol, lambda record: record.seq == seq)
 
 
 async def kill_stopped(book: LeaseBook, symbol: str) -> bool:
     """The symbol is still halted or flattening; True when its record cannot be read within ``READ_S``."""
+    return await _kill_record_says(book, symbol, lambda record: record.state != KillState.RUNNING)
+
+
+async def _kill_record_says(book: LeaseBook, symbol: str, test: Callable[[KillRecord], bool]) -> bool:
     try:
         record = (await asyncio.wait_for(book.akill_records([symbol]), READ_S)).get(symbol)
     except Exception:  # noqa: BLE001 - the GCS down or slow: a sweep too many is harmless
         return True
-    return record is not None and record.state != KillState.RUNNING
+    return record is not None and test(record)
 
 
 async def sweep_until_halted(agent: asyncio.Future, sweep: Callable[[], Awaitable[Any]], durable: "DurableKill",
