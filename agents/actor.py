@@ -296,17 +296,18 @@ class AgentActor:
             "last_error": self.last_error,
         }
 
-    def _note_direct(self, kill_seq: int | None, state: KillState) -> None:
+    def _note_direct(self, kill_seq: int | None, state: KillState, reason: str = "") -> None:
         """Tell the lease client a kill command arrived directly, so a stale renewal cannot undo it."""
         own = self.ownership
         if own is not None and self.loop is not None:
-            self.loop.call_soon_threadsafe(own.note_direct_kill_state, _seq(kill_seq), state)
+            self.loop.call_soon_threadsafe(own.note_direct_kill_state, _seq(kill_seq), state, reason)
 
-    async def _current(self, kill_seq: int | None, state: KillState, command: Callable[[], Any]) -> Any:
+    async def _current(self, kill_seq: int | None, state: KillState, command: Callable[[], Any],
+                       reason: str = "") -> Any:
         """On the trading loop: ``command`` runs unless a newer kill command already reached the agent
         (directly or with a grant): a resume delivered after a later kill must not undo it."""
         own = self.ownership
-        if own is not None and not own.note_direct_kill_state(_seq(kill_seq), state):
+        if own is not None and not own.note_direct_kill_state(_seq(kill_seq), state, reason):
             agent = self.agent
             if agent is not None:
                 agent.log.event("kill_command_superseded", f"{state} of kill_seq {kill_seq} superseded: not run",
@@ -353,19 +354,20 @@ class AgentActor:
 
     @ray.method(concurrency_group=KILL)
     async def halt(self, reason: str = "", kill_seq: int | None = None) -> dict[str, Any]:
-        return await self._stop_command(kill_seq, KillState.HALTED, lambda agent: agent.halt(reason))
+        return await self._stop_command(kill_seq, KillState.HALTED, lambda agent: agent.halt(reason), reason)
 
     @ray.method(concurrency_group=KILL)
     async def flatten(self, reason: str = "", kill_seq: int | None = None) -> dict[str, Any]:
-        return await self._stop_command(kill_seq, KillState.FLATTENING, lambda agent: agent.flatten(reason))
+        return await self._stop_command(kill_seq, KillState.FLATTENING, lambda agent: agent.flatten(reason), reason)
 
-    async def _stop_command(self, kill_seq: int | None, state: KillState, command: Callable[[Any], Any]) -> dict[str, Any]:
+    async def _stop_command(self, kill_seq: int | None, state: KillState, command: Callable[[Any], Any],
+                            reason: str) -> dict[str, Any]:
         """A halt or flatten, on the trading loop unless superseded (see ``_current``)."""
         agent = self.agent
         if agent is None:
-            self._note_direct(kill_seq, state)
+            self._note_direct(kill_seq, state, reason)
             return {"outcome": "not_started", "open_orders": None}
-        run = lambda: self._current(kill_seq, state, lambda: command(agent))  # noqa: E731
+        run = lambda: self._current(kill_seq, state, lambda: command(agent), reason)  # noqa: E731
         if getattr(agent, "core", None) is not None:
             return await self._on_loop(run)
         # Not trading yet: the agent holds the command for its start (and the durable kill state

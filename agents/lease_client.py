@@ -51,8 +51,12 @@ class LeaseOwnership:
         self.grant: Grant | None = None
         self.direct: tuple[float, str] = (0, "")  # (kill_seq, state) of the last kill command delivered directly
         self.granted_seq = 0  # the newest kill_seq a granted answer carried
+        # A kill without a number (its state not yet written): carried with every lease call until a
+        # granted answer shows a newer record, so that it is written even if the controller that sent
+        # it dies before the GCS takes it (``FleetController.kill_carried``).
+        self.unwritten: dict[str, Any] | None = None
 
-    def note_direct_kill_state(self, seq: int | None, state: str) -> bool:
+    def note_direct_kill_state(self, seq: int | None, state: str, reason: str = "") -> bool:
         """A halt/flatten/resume reached the agent directly: answers older than ``seq`` must not undo it.
         False when the command is itself older than one already known, directly or with a grant (a
         resume delivered after a later kill): it must not run.
@@ -61,18 +65,23 @@ class LeaseOwnership:
         just above every number known (half a step), so neither a renewal already answered nor a
         command numbered before it undoes it, and the number its state gets once written is above it."""
         if seq is None:
-            self.direct = (max(self.direct[0], self.granted_seq) + 0.5, state)
+            known = max(self.direct[0], self.granted_seq)
+            self.direct = (known + 0.5, state)
+            self.unwritten = {"state": str(state), "reason": reason, "after_seq": int(known)}
             return True
         if seq < max(self.direct[0], self.granted_seq):
             return False
         if seq > self.direct[0]:
             self.direct = (seq, state)
+            self.unwritten = None   # a numbered command newer than the unwritten kill supersedes it
         return True
 
     def _grant(self, answer: dict[str, Any]) -> Grant:
         seq, state = self.direct
         if answer.get("granted"):
             self.granted_seq = max(self.granted_seq, int(answer.get("kill_seq", 0)))
+            if self.unwritten is not None and self.granted_seq > self.unwritten["after_seq"]:
+                self.unwritten = None   # its state written (or a newer command's): no longer carried
         if answer.get("granted") and state and int(answer.get("kill_seq", 0)) < seq:
             answer = {**answer, "kill_state": state}  # a renewal answered before the direct command
         return grant_from_answer(answer)
@@ -88,7 +97,7 @@ class LeaseOwnership:
     async def acquire(self) -> Grant:
         while True:
             try:
-                answer = await self._call("acquire_lease", self.symbol, self.holder_id)
+                answer = await self._call("acquire_lease", self.symbol, self.holder_id, self.unwritten)
             except LeaseUnavailable:
                 await asyncio.sleep(0.5)
                 continue
@@ -100,7 +109,7 @@ class LeaseOwnership:
     async def renew(self) -> Grant:
         if self.grant is None:
             raise OwnershipLost(f"{self.symbol}: not acquired (or already released)")
-        answer = await self._call("renew_lease", self.symbol, self.holder_id, self.grant.epoch)
+        answer = await self._call("renew_lease", self.symbol, self.holder_id, self.grant.epoch, self.unwritten)
         self.grant = self._grant(answer)
         return self.grant
 

@@ -136,6 +136,7 @@ class FleetController(KillSwitches):
         self.kill_loop: asyncio.AbstractEventLoop | None = None
         self.behind: set[asyncio.Future] = set()           # kill routes still running after the answer
         self.kill_lock: asyncio.Lock | None = None         # kill and resume write their states in call order
+        self.carrying: set[str] = set()                    # symbols whose carried kill is being written
         self.fence = Fence(self.book, self.agents, self.desk, self._account_of)
         self.cfg: FleetConfig | None = None
         self.params: dict[str, SymbolParams] = {}
@@ -326,13 +327,17 @@ class FleetController(KillSwitches):
 
     # --- leases (called by the agents) --------------------------------------------------------
 
-    async def acquire_lease(self, symbol: str, holder: str) -> dict[str, Any]:
+    async def acquire_lease(self, symbol: str, holder: str, carried: dict[str, Any] | None = None) -> dict[str, Any]:
         self._load()
+        self._take_up(symbol, carried)
         return self.book.acquire(symbol, holder, now=time.time(), reduce_only=self.reduce_only,
                                  rate_share=self.shares.get(symbol, 1.0)).to_dict()
 
-    async def renew_lease(self, symbol: str, holder: str, epoch: int) -> dict[str, Any]:
+    async def renew_lease(self, symbol: str, holder: str, epoch: int,
+                          carried: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``carried``: a kill the agent holds whose state it has not seen written (``kill_carried``)."""
         self._load()
+        self._take_up(symbol, carried)
         return self.book.renew(symbol, holder, int(epoch), now=time.time(), reduce_only=self.reduce_only,
                                rate_share=self.shares.get(symbol, 1.0)).to_dict()
 

@@ -115,6 +115,41 @@ class KillSwitches:
         await self._emergency(symbol, "halt", revoke=False)
         return True
 
+    def _take_up(self, symbol: str, carried: dict[str, Any] | None) -> None:
+        """A lease call carried a kill the agent holds unwritten: ``kill_carried`` on the kill group (once at a time)."""
+        if carried and symbol not in self.carrying:
+            self.carrying.add(symbol)
+            ray.get_runtime_context().current_actor.kill_carried.remote(symbol, carried)
+
+    @ray.method(concurrency_group=KILL_GROUP)
+    async def kill_carried(self, symbol: str, carried: dict[str, Any]) -> bool:
+        """Write the kill state an agent carries: a kill sent while the GCS was down, whose write was lost
+        with the process that sent it (a controller stopped before the GCS came back). Not when a command
+        the agent did not know of has been written since (``after_seq``): that one is newer and stands.
+        A halt or flatten only; under the kill lock, so after any write of this process still pending."""
+        try:
+            self._load(start_loops=False)
+            state, after = KillState.parse(carried["state"]), int(carried["after_seq"])
+            reason = str(carried.get("reason") or "")[:200]
+            if symbol not in self._symbols() or state is KillState.RUNNING:
+                return False
+            self.kill_lock = self.kill_lock or asyncio.Lock()
+            async with self.kill_lock:
+                record = (await self.book.akill_records([symbol])).get(symbol)
+                if record is not None and record.seq > after:
+                    return False
+                seqs = await write_kill_states(self.book, [symbol], state, reason)
+            log.warning("%s: kill state %s (%r) written as its agent carried it: its kill was sent while the GCS "
+                        "was down and its write was lost; kill_seq %d", symbol, state, reason, seqs[symbol])
+            journal_record(self, "kill_state_carried", symbol=symbol, reason=reason,
+                           detail={"state": str(state), "kill_seq": seqs[symbol], "after_seq": after})
+            return True
+        except Exception as exc:  # noqa: BLE001 - the GCS still down: the agent carries it again at its next renewal
+            log.warning("%s: the kill state its agent carries not written yet: %s", symbol, named_line(exc))
+            return False
+        finally:
+            self.carrying.discard(symbol)
+
     def _targets(self, symbols: list[str] | None) -> list[str]:
         known = self._symbols()
         if not symbols:

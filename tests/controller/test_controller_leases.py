@@ -348,11 +348,17 @@ def test_a_kill_without_a_number_ranks_above_every_number_known_until_its_state_
     base = {"granted": True, "symbol": "ETHUSDC", "epoch": 4, "lease_ttl_s": 3.0, "reduce_only": False,
             "rate_share": 1.0}
     assert own.note_direct_kill_state(6, "running") is True       # resume #6 reached the agent directly
-    assert own.note_direct_kill_state(None, "halted") is True     # then a kill the GCS could not take
+    assert own.note_direct_kill_state(None, "halted", "drill") is True   # then a kill the GCS could not take
+    # carried with every lease call until written, should the process that sent it die before it is
+    assert own.unwritten == {"state": "halted", "reason": "drill", "after_seq": 6}
     assert own._grant({**base, "kill_state": "running", "kill_seq": 6}).kill_state == "halted"   # a stale renewal
     assert own.note_direct_kill_state(6, "running") is False      # resume #6 again (retried): not run
+    assert own.unwritten is not None
     assert own._grant({**base, "kill_state": "halted", "kill_seq": 7}).kill_state == "halted"    # the kill, written
-    assert own.note_direct_kill_state(8, "running") is True       # a later resume runs
+    assert own.unwritten is None
+    assert own.note_direct_kill_state(None, "halted", "again") is True   # another, GCS down again
+    assert own.note_direct_kill_state(8, "running") is True       # a later resume runs: no longer carried
+    assert own.unwritten is None
     assert own._grant({**base, "kill_state": "running", "kill_seq": 8}).kill_state == "running"
     # Not started yet: the core starts in the held command's state, not the grant's read without it.
     starting = LeaseOwnership(None, "ETHUSDC", "h")

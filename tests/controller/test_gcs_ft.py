@@ -6,9 +6,10 @@ storage in Redis), 0 CPU and no ``mmfleet_trader``, beside one trader worker nod
 One symbol is halted, then the cluster's ``gcs_server`` process is SIGKILLed and started again
 (same port, same Redis). Throughout, the exchange never sees an order beyond a symbol's cap or a
 client order id twice. While the GCS is down the other symbol is killed: the kill empties its book
-at once though its state cannot be written yet, and the state is durable once the GCS is back.
-Afterwards both are halted with empty books (the controller, restarted after the GCS, reads the kill
-states back from it), and resume and kill work.
+at once though its state cannot be written yet; then the controller that sent it is SIGKILLed, its
+write lost, and the state is durable once the GCS is back all the same (its halted agent carries the
+kill with its lease calls, and the restarted controller writes it). Afterwards both are halted with
+empty books (the restarted controller reads the kill states back from the GCS), and resume and kill work.
 
 Like tests/controller/test_multinode.py this module runs a cluster of its own and starts the
 session's local cluster again afterwards. Waits poll generous deadlines; no duration is asserted.
@@ -194,6 +195,8 @@ def test_a_gcs_restart_keeps_agents_quoting_safely_and_the_kill_state_intact(ft)
     assert poll(lambda: fleet.status(HALTED)["state"] == "halted", SETTLE_S, f"{HALTED} halted")
     assert fleet.exchange.open_orders(HALTED) == []
 
+    quoting_agent = fleet.agent(QUOTING)   # handles and the controller's process, found while the GCS is up
+    ctl_pid = fleet.ray.get(fleet.controller.__ray_call__.remote(lambda self: os.getpid()), timeout=SETTLE_S)
     pid = gcs_pid(head)
     os.kill(pid, signal.SIGKILL)
     poll(lambda: gcs_gone(pid), 10.0, f"gcs_server {pid} gone")
@@ -211,13 +214,18 @@ def test_a_gcs_restart_keeps_agents_quoting_safely_and_the_kill_state_intact(ft)
     result = fleet.kill([QUOTING], reason=OUTAGE_KILL)
     assert result["durable"] is False and result["symbols"][QUOTING]["open_orders"] == 0, result
     fleet.books_empty()
+    # Its agent halts and carries the kill, unwritten; the controller that would write it dies before
+    # the GCS is back, so only the agent's lease calls can have it written.
+    assert poll(lambda: fleet.ray.get(quoting_agent.status.remote(), timeout=15)["state"] == "halted",
+                SETTLE_S, f"{QUOTING} halted")
+    carried = fleet.ray.get(quoting_agent.__ray_call__.remote(lambda self: self.ownership.unwritten), timeout=15)
+    assert carried is not None and carried["state"] == "halted", carried
+    os.kill(ctl_pid, signal.SIGKILL)
     new_pid = restart_gcs(head)
     assert new_pid != pid
 
-    # After the restart: the kill states are read back from the GCS's storage (the controller is
-    # restarted too, so it holds nothing in memory), the outage's kill among them, and no book has an order.
-    ctl_pid = fleet.ray.get(fleet.controller.__ray_call__.remote(lambda self: os.getpid()), timeout=SETTLE_S)
-    os.kill(ctl_pid, signal.SIGKILL)
+    # After the restart: the kill states are read back from the GCS's storage (the controller was
+    # restarted, so it holds nothing in memory), the outage's kill among them, and no book has an order.
 
     def both_halted() -> dict[str, Any] | None:
         states = fleet.kill_states()
