@@ -25,6 +25,8 @@ class Timers:
     def __init__(self, agent: SymbolAgent) -> None:
         self.agent = agent
         self._rearming = False  # a dead-man re-arm is under way before the lease block is lifted
+        self._lapsed_at: float | None = None  # when the lease block was set (watchdog's clock)
+        self._lapse_pulled = False
         self.armed_at: float | None = None  # when the last heartbeat that the exchange took was sent (monotonic)
 
     async def quote_loop(self) -> None:
@@ -113,7 +115,8 @@ class Timers:
     async def watchdog_loop(self) -> None:
         """Every ``WATCHDOG_S``: the watchdog's actions (``agents/watchdog.py``), then look-ups."""
         a = self.agent
-        timing = Timing(a.runtime.market_stale_sec, a.runtime.user_stream_grace_sec, a.runtime.stream_max_lifetime_sec)
+        timing = Timing(a.runtime.market_stale_sec, a.runtime.user_stream_grace_sec, a.runtime.stream_max_lifetime_sec,
+                        a.runtime.lease_pull_sec)
         while not a.stopping:
             await a.clock.sleep(WATCHDOG_S)
             now = a.clock.monotonic()
@@ -129,6 +132,7 @@ class Timers:
         return Seen(
             now=now, lease_ok=a.lease_ok(), lease_blocked=BLOCK_LEASE in a.blocks,
             ownership_lost=a.lease.lost, rearming=self._rearming, last_book=market.last_book,
+            lease_lapsed_at=self._lapsed_at if BLOCK_LEASE in a.blocks else None, lease_pulled=self._lapse_pulled,
             market_opened=market.opened_at, market_connected=market.connected and market.stream is not None,
             market_stale_blocked=BLOCK_MARKET_STALE in a.blocks, user_lost_at=user.lost_at,
             user_opened=user.opened_at, user_connected=user.connected, last_mark=market.last_mark,
@@ -138,7 +142,12 @@ class Timers:
         a = self.agent
         if act is Act.LEASE_LAPSED:
             a.blocks.add(BLOCK_LEASE)
+            self._lapsed_at, self._lapse_pulled = now, False
             a.log.event("lease_lapsed", "lease lapsed: quoting stopped", level=logging.ERROR)
+        elif act is Act.LEASE_PULL:
+            self._lapse_pulled = True
+            a.counters["lease_pulls"] += 1
+            a.sender.pull_quotes(f"lease lapsed {now - (self._lapsed_at or now):.0f} s ago")
         elif act is Act.REARM:
             self._rearming = True
             a.tasks.spawn(self._rearm_then_unblock(), "deadman-rearm")

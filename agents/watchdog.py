@@ -6,9 +6,11 @@ it keeps, e.g. a swapped stream's opening time). It is asked every ``WATCHDOG_S`
 
 Rules, checked in this order:
 
-1. lease: lapsed while not blocked by it -> ``LEASE_LAPSED`` (block quoting); valid again while
-   blocked by it, ownership not lost and no re-arm under way -> ``REARM`` (re-arm the dead-man switch,
-   then unblock: the countdown may have fired meanwhile);
+1. lease: lapsed while not blocked by it -> ``LEASE_LAPSED`` (block quoting); still lapsed
+   ``lease_pull_sec`` after that, its quotes not yet pulled -> ``LEASE_PULL`` (cancel this epoch's
+   orders: quotes nobody re-prices must not wait for the dead-man countdown; a successor's are never
+   touched); valid again while blocked by it, ownership not lost and no re-arm under way -> ``REARM``
+   (re-arm the dead-man switch, then unblock: the countdown may have fired meanwhile);
 2. market: connected but silent (no book, nor a new connection) for 3x ``market_stale_sec`` ->
    ``SWAP_MARKET`` (a half-dead connection: a fresh one costs nothing); the same when no mark price
    came for 3x ``market_stale_sec`` while books do (the book and the marks come on two connections,
@@ -29,6 +31,7 @@ from enum import StrEnum
 
 class Act(StrEnum):
     LEASE_LAPSED = "lease_lapsed"
+    LEASE_PULL = "lease_pull"
     REARM = "rearm"
     SWAP_MARKET = "swap_market"
     MARKET_STALE = "market_stale"
@@ -42,6 +45,7 @@ class Timing:
     market_stale_sec: float
     user_stream_grace_sec: float
     stream_max_lifetime_sec: float
+    lease_pull_sec: float = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +65,8 @@ class Seen:
     user_opened: float
     user_connected: bool
     last_mark: float | None = None  # when the last mark price was read (None: never)
+    lease_lapsed_at: float | None = None  # when quoting was blocked by a lapsed lease (None: it holds)
+    lease_pulled: bool = False  # this lapse's quotes already pulled
 
 
 def watch(s: Seen, t: Timing) -> list[Act]:
@@ -68,6 +74,9 @@ def watch(s: Seen, t: Timing) -> list[Act]:
     out: list[Act] = []
     if not s.lease_ok and not s.lease_blocked:
         out.append(Act.LEASE_LAPSED)
+    elif (not s.lease_ok and s.lease_blocked and not s.lease_pulled and s.lease_lapsed_at is not None
+          and s.now - s.lease_lapsed_at >= t.lease_pull_sec):
+        out.append(Act.LEASE_PULL)
     elif s.lease_ok and s.lease_blocked and not s.ownership_lost and not s.rearming:
         out.append(Act.REARM)
     silent = s.now - max(s.last_book or 0.0, s.market_opened)

@@ -181,6 +181,11 @@ class RuntimeParams(_Model):
     deadman_countdown_ms: int = Field(
         120_000, ge=1_000, description="the exchange cancels everything this long after the last heartbeat "
                                        "(four heartbeats: three may be lost, e.g. to a 429, before it fires)")
+    lease_pull_sec: float = Field(
+        10.0, gt=0,
+        description="a lease lapsed this long (the controller or the GCS unreachable) has this epoch's orders "
+                    "cancelled by the agent: quotes it cannot re-price do not wait for the dead-man countdown "
+                    "(a hung agent is the controller's fence's; a successor's orders are never touched)")
     market_stale_sec: float = Field(5.0, gt=0)
     stream_max_lifetime_sec: float = Field(23 * 3600.0, gt=0)
     stop_timeout_sec: float = Field(20.0, gt=0)

@@ -55,7 +55,7 @@ def test_lease_clock_margin_renewal_and_loss():
     assert not clock.ok(14.5)
 
 
-T = Timing(market_stale_sec=5.0, user_stream_grace_sec=2.0, stream_max_lifetime_sec=100.0)
+T = Timing(market_stale_sec=5.0, user_stream_grace_sec=2.0, stream_max_lifetime_sec=100.0, lease_pull_sec=10.0)
 
 
 def seen(**kw) -> Seen:
@@ -70,6 +70,15 @@ WATCH_TABLE = [
     ("all well", {}, []),
     ("lease lapsed", {"lease_ok": False}, [Act.LEASE_LAPSED]),
     ("lease lapsed, already blocked", {"lease_ok": False, "lease_blocked": True}, []),
+    ("lease lapsed 9.9 s ago", {"lease_ok": False, "lease_blocked": True, "lease_lapsed_at": 40.1}, []),
+    ("lease lapsed 10 s ago: pull", {"lease_ok": False, "lease_blocked": True, "lease_lapsed_at": 40.0},
+     [Act.LEASE_PULL]),
+    ("lease lapsed 10 s ago, pulled", {"lease_ok": False, "lease_blocked": True, "lease_lapsed_at": 40.0,
+                                       "lease_pulled": True}, []),
+    ("ownership lost 10 s ago: pull", {"lease_ok": False, "lease_blocked": True, "ownership_lost": True,
+                                       "lease_lapsed_at": 40.0}, [Act.LEASE_PULL]),
+    ("lease back after a pull: re-arm", {"lease_blocked": True, "lease_lapsed_at": 30.0, "lease_pulled": True},
+     [Act.REARM]),
     ("lease back: re-arm first", {"lease_blocked": True}, [Act.REARM]),
     ("lease back, re-arm under way", {"lease_blocked": True, "rearming": True}, []),
     ("lease back but ownership lost", {"lease_blocked": True, "ownership_lost": True}, []),

@@ -208,9 +208,8 @@ def test_a_gcs_restart_keeps_agents_quoting_safely_and_the_kill_state_intact(ft)
         assert fleet.exchange.open_orders(HALTED) == []
         samples += 1
         time.sleep(0.5)
-    # A kill while the GCS is down (its lease lapsed, the agent's orders still rest: the dead-man
-    # countdown is far off) is carried out at once; its state cannot be written yet.
-    assert fleet.exchange.open_orders(QUOTING), "the quoting symbol had no order resting"
+    # A kill while the GCS is down (its lease lapsed; its agent pulls its own quotes only after
+    # lease_pull_sec, so they may still rest) is carried out at once; its state cannot be written yet.
     result = fleet.kill([QUOTING], reason=OUTAGE_KILL)
     assert result["durable"] is False and result["symbols"][QUOTING]["open_orders"] == 0, result
     fleet.books_empty()

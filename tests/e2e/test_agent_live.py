@@ -652,6 +652,27 @@ async def test_lapsed_lease_pulls_out_then_resumes_when_renewed(leased_agent, ex
     await wait_for(lambda: resting(agent, exchange), 10, "quoting again once renewed", explain=lambda: describe(agent, exchange))
 
 
+async def test_a_lease_lapsed_past_lease_pull_sec_pulls_this_epochs_quotes_and_spares_a_successors(sim, exchange):
+    """The controller (or the GCS) unreachable: after ``lease_pull_sec`` the agent cancels its own epoch's
+    quotes itself (the dead-man countdown, 60 s here, has not fired), and a successor's order stays."""
+    lease = ControlledLease(ttl=2.0)
+    async with quoting_on_lease(sim, exchange, lease, deadman_countdown_ms=60_000, lease_pull_sec=1.0) as agent:
+        ours = {o["clientOrderId"] for o in (await exchange.state())["open_orders"]}
+        lease.hang.clear()  # the controller stops answering
+        await wait_for(lambda: "lease" in agent.status()["blocks"], 5, "quoting blocked when the lease lapses")
+        successor_id = await successor_takes_over(agent, exchange)
+
+        async def only_the_successors() -> bool:
+            return [o["clientOrderId"] for o in (await exchange.state())["open_orders"]] == [successor_id]
+
+        await wait_for(only_the_successors, 10, "this epoch's quotes pulled, the successor's order kept")
+        assert agent.counters["lease_pulls"] == 1 and ours
+        assert "lease" in agent.status()["blocks"]
+        lease.hang.set()
+        await wait_for(lambda: resting(agent, exchange), 10, "quoting again once renewed",
+                       explain=lambda: describe(agent, exchange))
+
+
 async def successor_takes_over(agent: SymbolAgent, exchange: Exchange) -> str:
     """An epoch-2 owner arms its own dead-man switch and rests one order far from the touch."""
     successor_id = "mm-ETHUSDC-e2-1"
