@@ -214,9 +214,8 @@ class KillSwitches:
         open_orders = answer.get("open_orders") if isinstance(answer, dict) else None
         if problem is None and open_orders == 0:
             flat = mode == "flatten" and _num(answer.get("position")) == 0 and answer.get("position") is not None
-            # never over a resume or kill that came since (nor when this kill's state is not durable yet)
-            if flat and kill_seq is not None and await kill_unchanged(self.book, symbol, kill_seq):
-                self.book.set_kill_state(symbol, KillState.HALTED, reason or "flattened")
+            if flat and kill_seq is not None:   # not when this kill's state is not durable yet
+                await self._flattened(symbol, kill_seq, reason)
             return KillOutcome(Outcome.done(mode), "agent", 0, answer.get("position"), _ms_since(started))
         if problem is None and isinstance(answer, dict) and answer.get("outcome") == "not_started":
             # Not trading yet (it gets the kill state with its grant): empty the book, keep its lease.
@@ -228,6 +227,17 @@ class KillSwitches:
         log.warning("%s: %s; cancelling at the exchange", symbol, problem)
         result = await self._emergency(symbol, mode)
         return replace(result, problem=problem, elapsed_ms=_ms_since(started))
+
+    async def _flattened(self, symbol: str, kill_seq: int, reason: str) -> None:
+        """A flatten done: the symbol halted from now on, never over a resume or kill that came since (read
+        and written under the kill lock, asynchronously: the GCS down costs this symbol's answer, not the loop)."""
+        self.kill_lock = self.kill_lock or asyncio.Lock()
+        try:
+            async with self.kill_lock:
+                if await kill_unchanged(self.book, symbol, kill_seq):
+                    await write_kill_states(self.book, [symbol], KillState.HALTED, reason or "flattened")
+        except Exception as exc:  # noqa: BLE001 - it stays flattening: the agent keeps it flat
+            log.error("%s: flattened, but its kill state not written halted: %s", symbol, named_line(exc))
 
     async def _emergency(self, symbol: str, mode: str, *, revoke: bool = True) -> KillOutcome:
         """Cancel the symbol's orders and confirm (first: the way to the exchange waits on no GCS call),

@@ -362,6 +362,10 @@ def test_flatten_closes_every_position_at_the_exchange(fleet):
     for s in SYMBOLS:
         assert fleet.exchange.position(s) == 0.0
         assert fleet.exchange.open_orders(s) == []
+    # once flat, halted (a restart then does not flatten again), the reason kept
+    states = fleet.http("GET", "/kill").json()["kill_states"]
+    assert {s: (states[s]["state"], states[s]["reason"]) for s in SYMBOLS} == {
+        s: ("halted", "flatten drill") for s in SYMBOLS}, states
     fleet.http("POST", "/resume", json={"all": True}).raise_for_status()
     fleet.all_quoting(timeout=30.0)
 
