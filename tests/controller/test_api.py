@@ -15,14 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.api import deploy, is_deployed, undeploy
 from fleet.config import AccountConfig, ApiConfig, FleetConfig, SymbolEntry
+from tests.ports import free_port
 
 SYMBOLS = ("ETHUSDC", "BTCUSDT", "SOLUSDT")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fleet_config(name: str, token_file: str, **api: object) -> FleetConfig:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -20,17 +19,12 @@ import requests
 import yaml
 
 from tests import polling
+from tests.ports import free_port
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "prometheus"
 
 
 # --- a real Prometheus for tests -----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+from tests.ports import free_port
 
 
 def find_bin(name: str) -> str | None:
@@ -24,12 +25,6 @@ def find_bin(name: str) -> str | None:
         return found
     hits = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     return hits[-1] if hits else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PgServer:
@@ -46,7 +41,7 @@ class PgServer:
             self.as_user = "postgres"
         self.dir = Path(tempfile.mkdtemp(prefix="mmfleet-pg-"))
         self.data = self.dir / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.user = "mmfleet"
         self.password = secrets.token_urlsafe(16)
         pwfile = self.dir / "pw"
