@@ -10,6 +10,8 @@ at once though its state cannot be written yet; then the controller that sent it
 write lost, and the state is durable once the GCS is back all the same (its halted agent carries the
 kill with its lease calls, and the restarted controller writes it). Afterwards both are halted with
 empty books (the restarted controller reads the kill states back from the GCS), and resume and kill work.
+Then the endpoint is deployed and the GCS killed again: an HTTP kill of every symbol answers with
+every book empty (``durable: false``), and the kill states read halted once the GCS is back.
 
 Like tests/controller/test_multinode.py this module runs a cluster of its own and starts the
 session's local cluster again afterwards. Waits poll generous deadlines; no duration is asserted.
@@ -251,3 +253,54 @@ def test_a_gcs_restart_keeps_agents_quoting_safely_and_the_kill_state_intact(ft)
     restarted = {s: fleet.status(s)["pid"] != pids[s] for s in SYMBOLS}
     print(f"GCS {pid} -> {new_pid}; {samples} samples while down; {QUOTING} epoch "
           f"{after[QUOTING]['status']['epoch']}; agent processes restarted: {restarted}")
+
+
+HTTP_OUTAGE_KILL = "killed over HTTP while the GCS is down"
+
+
+def test_an_http_kill_while_the_gcs_is_down_empties_every_book_and_is_durable_once_it_is_back(ft, tmp_path):
+    """The desk's kill switch is the endpoint's HTTP kill: with the GCS down it still answers at once,
+    every book empty at the exchange (the answer says ``durable: false``); once the GCS is back the
+    kill states read halted with its reason."""
+    import requests
+
+    from controller.api import ApiSettings, deploy, undeploy
+
+    fleet: Fleet = ft["fleet"]
+    head = ft["cluster"].head_node
+    token = uuid.uuid4().hex
+    (tmp_path / "api.token").write_text(token)
+    cfg = fleet.cfg.model_copy(update={"api": fleet.cfg.api.model_copy(update={"token_file": str(tmp_path / "api.token")})})
+    url = deploy(cfg, route_prefix=f"/{cfg.name}", settings=ApiSettings(halt_timeout_s=2.0))
+    auth = {"Authorization": f"Bearer {token}"}
+    try:
+        fleet.quoting()
+        assert requests.get(f"{url}/kill", headers=auth, timeout=30).status_code == 200   # the endpoint ready
+        pid = gcs_pid(head)
+        os.kill(pid, signal.SIGKILL)
+        poll(lambda: gcs_gone(pid), 10.0, f"gcs_server {pid} gone")
+        r = requests.post(f"{url}/kill", json={"all": True, "mode": "halt", "reason": HTTP_OUTAGE_KILL},
+                          headers=auth, timeout=60)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["durable"] is False, body
+        assert all(body["symbols"][s]["open_orders"] == 0 for s in SYMBOLS), body
+        fleet.books_empty()
+        print(f"HTTP kill with the GCS down: answered in {r.elapsed.total_seconds() * 1000:.0f} ms; to 0 "
+              f"{ {s: body['symbols'][s].get('confirmed_ms') for s in SYMBOLS} } ms")
+        restart_gcs(head)
+
+        def both_halted() -> dict[str, Any] | None:
+            states = fleet.kill_states()
+            return states if all(states[s]["state"] == "halted" for s in SYMBOLS) else None
+
+        states = poll(both_halted, SETTLE_S, "both symbols halted in the kill states after the GCS restart")
+        assert {s: states[s]["reason"] for s in SYMBOLS} == dict.fromkeys(SYMBOLS, HTTP_OUTAGE_KILL), states
+        fleet.books_empty()
+        assert requests.post(f"{url}/resume", json={"all": True, "reason": "drill over"}, headers=auth,
+                             timeout=60).status_code == 200
+        fleet.quoting()
+    finally:
+        if gcs_down(head):
+            restart_gcs(head)
+        undeploy(cfg)
