@@ -253,8 +253,11 @@ class AgentActor:
             _, self.secret_filter = configure_logging(level=logging.INFO, logger_names=("mmfleet",))
         self.secret_filter.add_secrets([credentials.api_key, credentials.api_secret])
         controller = ray.get_actor("controller", namespace=self.namespace)
+        before = self.ownership
         self.ownership = LeaseOwnership(controller, self.symbol, self.holder,
                                         renew_interval_s=float(spec.get("renew_interval_s", 1.0)))
+        if before is not None:   # what the last incarnation knew of kill commands (a kill it carries unwritten too)
+            self.ownership.inherit(before)
         agent = SymbolAgent(
             fleet_name=self.fleet_name,
             symbol=self.symbol,

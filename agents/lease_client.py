@@ -56,6 +56,11 @@ class LeaseOwnership:
         # it dies before the GCS takes it (``FleetController.kill_carried``).
         self.unwritten: dict[str, Any] | None = None
 
+    def inherit(self, before: "LeaseOwnership") -> None:
+        """A new incarnation of the same actor keeps what the last one knew of kill commands: ranks, and
+        a kill it still carried unwritten (its process lives on; only a new process starts from the GCS)."""
+        self.direct, self.granted_seq, self.unwritten = before.direct, before.granted_seq, before.unwritten
+
     def note_direct_kill_state(self, seq: int | None, state: str, reason: str = "") -> bool:
         """A halt/flatten/resume reached the agent directly: answers older than ``seq`` must not undo it.
         False when the command is itself older than one already known, directly or with a grant (a

@@ -98,6 +98,8 @@ class OrderSender:
             except BinanceError as exc:
                 self.agent.log.event("pull_list_failed", f"open orders not listed: {exc!r}", level=logging.WARNING)
                 continue
+            if self.agent.stopping or self.agent.quoting_live():   # live again meanwhile: the ladder is its own
+                return
             mine = [o for o in listed if _same_epoch(o.client_order_id, core.epoch)]
             for info in mine:
                 if core.store.adopt(info):

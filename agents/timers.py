@@ -25,7 +25,7 @@ class Timers:
     def __init__(self, agent: SymbolAgent) -> None:
         self.agent = agent
         self._rearming = False  # a dead-man re-arm is under way before the lease block is lifted
-        self._lapsed_at: float | None = None  # when the lease block was set (watchdog's clock)
+        self._lapsed_at: float | None = None  # when the watchdog first saw the lease block (its clock)
         self._lapse_pulled = False
         self.armed_at: float | None = None  # when the last heartbeat that the exchange took was sent (monotonic)
 
@@ -129,10 +129,14 @@ class Timers:
 
     def _seen(self, now: float) -> Seen:
         a, market, user = self.agent, self.agent.market, self.agent.user
+        if BLOCK_LEASE not in a.blocks:   # the lease holds: no lapse under way
+            self._lapsed_at, self._lapse_pulled = None, False
+        elif self._lapsed_at is None:     # blocked by ownership lost, or a lapse this is the first look at
+            self._lapsed_at = now
         return Seen(
             now=now, lease_ok=a.lease_ok(), lease_blocked=BLOCK_LEASE in a.blocks,
             ownership_lost=a.lease.lost, rearming=self._rearming, last_book=market.last_book,
-            lease_lapsed_at=self._lapsed_at if BLOCK_LEASE in a.blocks else None, lease_pulled=self._lapse_pulled,
+            lease_lapsed_at=self._lapsed_at, lease_pulled=self._lapse_pulled,
             market_opened=market.opened_at, market_connected=market.connected and market.stream is not None,
             market_stale_blocked=BLOCK_MARKET_STALE in a.blocks, user_lost_at=user.lost_at,
             user_opened=user.opened_at, user_connected=user.connected, last_mark=market.last_mark,
@@ -142,7 +146,7 @@ class Timers:
         a = self.agent
         if act is Act.LEASE_LAPSED:
             a.blocks.add(BLOCK_LEASE)
-            self._lapsed_at, self._lapse_pulled = now, False
+            self._lapsed_at, self._lapse_pulled = now, False   # a lapse begins
             a.log.event("lease_lapsed", "lease lapsed: quoting stopped", level=logging.ERROR)
         elif act is Act.LEASE_PULL:
             self._lapse_pulled = True

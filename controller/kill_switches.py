@@ -30,6 +30,7 @@ from fleet.vocabulary import KillState
 log = logging.getLogger("mmfleet.controller")
 
 KILL_GROUP = "kill"  # kill and resume: their own thread and loop, never queued behind apply or a lease call
+CARRIED_WRITE_S = 3.0  # a carried kill's write waits this long (the read before it answered: the GCS is up)
 
 
 def journal_record(controller: Any, kind: str, **kw: Any) -> None:
@@ -119,14 +120,21 @@ class KillSwitches:
         """A lease call carried a kill the agent holds unwritten: ``kill_carried`` on the kill group (once at a time)."""
         if carried and symbol not in self.carrying:
             self.carrying.add(symbol)
-            ray.get_runtime_context().current_actor.kill_carried.remote(symbol, carried)
+            try:
+                ray.get_runtime_context().current_actor.kill_carried.remote(symbol, carried)
+            except Exception as exc:  # noqa: BLE001 - never in the way of the lease call; carried again next time
+                self.carrying.discard(symbol)
+                log.warning("%s: the kill its agent carries not taken up: %s", symbol, named_line(exc))
 
     @ray.method(concurrency_group=KILL_GROUP)
     async def kill_carried(self, symbol: str, carried: dict[str, Any]) -> bool:
         """Write the kill state an agent carries: a kill sent while the GCS was down, whose write was lost
         with the process that sent it (a controller stopped before the GCS came back). Not when a command
         the agent did not know of has been written since (``after_seq``): that one is newer and stands.
-        A halt or flatten only; under the kill lock, so after any write of this process still pending."""
+        A halt or flatten only; under the kill lock, and not while a write of this process holds it (a
+        kill's write retried through a GCS outage: it may be this very kill; the agent carries it again
+        at its next lease call). Each GCS call bounded, so that it holds one of the kill group's few
+        slots for seconds at most."""
         try:
             self._load(start_loops=False)
             state, after = KillState.parse(carried["state"]), int(carried["after_seq"])
@@ -134,11 +142,13 @@ class KillSwitches:
             if symbol not in self._symbols() or state is KillState.RUNNING:
                 return False
             self.kill_lock = self.kill_lock or asyncio.Lock()
+            if self.kill_lock.locked():
+                return False
             async with self.kill_lock:
-                record = (await self.book.akill_records([symbol])).get(symbol)
+                record = (await asyncio.wait_for(self.book.akill_records([symbol]), READ_S)).get(symbol)
                 if record is not None and record.seq > after:
                     return False
-                seqs = await write_kill_states(self.book, [symbol], state, reason)
+                seqs = await asyncio.wait_for(write_kill_states(self.book, [symbol], state, reason), CARRIED_WRITE_S)
             log.warning("%s: kill state %s (%r) written as its agent carried it: its kill was sent while the GCS "
                         "was down and its write was lost; kill_seq %d", symbol, state, reason, seqs[symbol])
             journal_record(self, "kill_state_carried", symbol=symbol, reason=reason,
@@ -214,8 +224,8 @@ class KillSwitches:
         open_orders = answer.get("open_orders") if isinstance(answer, dict) else None
         if problem is None and open_orders == 0:
             flat = mode == "flatten" and _num(answer.get("position")) == 0 and answer.get("position") is not None
-            if flat and kill_seq is not None:   # not when this kill's state is not durable yet
-                await self._flattened(symbol, kill_seq, reason)
+            if flat and kill_seq is not None:   # not when this kill's state is not durable yet; after the answer
+                keep_behind(self.behind, self._flattened(symbol, kill_seq, reason))
             return KillOutcome(Outcome.done(mode), "agent", 0, answer.get("position"), _ms_since(started))
         if problem is None and isinstance(answer, dict) and answer.get("outcome") == "not_started":
             # Not trading yet (it gets the kill state with its grant): empty the book, keep its lease.
@@ -230,7 +240,8 @@ class KillSwitches:
 
     async def _flattened(self, symbol: str, kill_seq: int, reason: str) -> None:
         """A flatten done: the symbol halted from now on, never over a resume or kill that came since (read
-        and written under the kill lock, asynchronously: the GCS down costs this symbol's answer, not the loop)."""
+        and written under the kill lock by asynchronous GCS calls, in the background: the GCS down holds
+        neither the loop nor the answer; a read that times out counts as unchanged, the safe side)."""
         self.kill_lock = self.kill_lock or asyncio.Lock()
         try:
             async with self.kill_lock:

@@ -360,6 +360,12 @@ def test_a_kill_without_a_number_ranks_above_every_number_known_until_its_state_
     assert own.note_direct_kill_state(8, "running") is True       # a later resume runs: no longer carried
     assert own.unwritten is None
     assert own._grant({**base, "kill_state": "running", "kill_seq": 8}).kill_state == "running"
+    # A new incarnation of the actor (same process) keeps it: a renewal read without it cannot undo it.
+    own.note_direct_kill_state(None, "halted", "once more")
+    reborn = LeaseOwnership(None, "ETHUSDC", "h2")
+    reborn.inherit(own)
+    assert reborn.unwritten == {"state": "halted", "reason": "once more", "after_seq": 8}
+    assert reborn._grant({**base, "kill_state": "running", "kill_seq": 8}).kill_state == "halted"
     # Not started yet: the core starts in the held command's state, not the grant's read without it.
     starting = LeaseOwnership(None, "ETHUSDC", "h")
     starting.note_direct_kill_state(None, "halted")

@@ -9,7 +9,6 @@ import hashlib
 import hmac
 import os
 import signal
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -25,16 +24,11 @@ from controller.controller import ControllerSettings, build_spec, find_controlle
 from fleet.config import FleetConfig
 from fleet.ops.fleet_cli import FleetAlreadyRunning, start_fleet, stop_fleet
 from tests import polling
+from tests.ports import free_port
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SYMBOLS = ("ETHUSDC", "BTCUSDT", "SOLUSDT")
 DEMO_HARD_CAPS = {"BTCUSDT": 0.03, "SOLUSDT": 10.0}  # as configs/fleet.demo.yaml holds them (ETHUSDC: code's)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def poll(check: Callable[[], Any], timeout: float, what: str | Callable[[], str], interval: float = 0.25) -> Any:
@@ -362,10 +356,13 @@ def test_flatten_closes_every_position_at_the_exchange(fleet):
     for s in SYMBOLS:
         assert fleet.exchange.position(s) == 0.0
         assert fleet.exchange.open_orders(s) == []
-    # once flat, halted (a restart then does not flatten again), the reason kept
-    states = fleet.http("GET", "/kill").json()["kill_states"]
-    assert {s: (states[s]["state"], states[s]["reason"]) for s in SYMBOLS} == {
-        s: ("halted", "flatten drill") for s in SYMBOLS}, states
+    # once flat, halted (a restart then does not flatten again), the reason kept; written after the answer
+    def halted_after_the_flatten() -> bool:
+        states = fleet.http("GET", "/kill").json()["kill_states"]
+        return {s: (states[s]["state"], states[s]["reason"]) for s in SYMBOLS} == {
+            s: ("halted", "flatten drill") for s in SYMBOLS}
+
+    poll(halted_after_the_flatten, 15.0, "every symbol halted with the flatten's reason")
     fleet.http("POST", "/resume", json={"all": True}).raise_for_status()
     fleet.all_quoting(timeout=30.0)
 
