@@ -313,7 +313,8 @@ class FleetApi:
         """How ready a kill is: agents whose handles are found, accounts whose exchange clients are open."""
         ready = dict(self.kill_path)
         at = ready.pop("at", None)
-        return {**ready, "checked_s_ago": round(time.time() - at, 1) if at is not None else None}
+        return {**ready, "checked_s_ago": round(time.time() - at, 1) if at is not None else None,
+                "gcs_error": self.direct.refresh_error}   # the applied spec's last read failed: why
 
     @api.get("/status", summary="per agent: state, epoch, lease, streams, book age, restarts")
     async def status(self, creds: Credentials) -> dict[str, Any]:
@@ -424,7 +425,8 @@ class FleetApi:
 
     async def _kill(self, body: KillRequest, via: str = "") -> dict[str, Any]:
         started = time.monotonic()
-        await self.direct.refresh(READ_S)   # the fleet as applied: a symbol added since the deploy is known
+        # the fleet as applied: a symbol added since the deploy is known (not waited for with the GCS down)
+        await self.direct.refresh(self.direct.gcs_wait(READ_S))
         self._traded({s: None for s in self.direct.symbols()})
         symbols = self._check_symbols(body.symbols)
         log.warning("%skill %s of %s requested: %s", via, body.mode, symbols or "all symbols", body.reason)

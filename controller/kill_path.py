@@ -214,6 +214,7 @@ async def write_kill_states(book: LeaseBook, symbols: list[str], state: KillStat
 
 DURABLE_WAIT_S = 1.0   # a kill's routes wait this long for its state to be durable; then they act, the write goes on
 DURABLE_RETRY_S = 0.5  # a write the GCS refused is tried again after this long
+GCS_DOWN_WAIT_S = 0.05  # the endpoint's kill, the GCS found down by its last read: its reads and write wait this long
 
 
 class DurableKill:
@@ -252,14 +253,14 @@ class DurableKill:
                     log.warning("%s durable after %d failed attempts", self.what, failures)
                 return seqs
 
-    async def wait(self, started: float) -> bool:
-        """Wait for the write up to ``DURABLE_WAIT_S``; whether it is durable (logged when not)."""
-        await asyncio.wait({self.write}, timeout=DURABLE_WAIT_S)
+    async def wait(self, started: float, timeout: float = DURABLE_WAIT_S) -> bool:
+        """Wait for the write up to ``timeout``; whether it is durable (logged when not)."""
+        await asyncio.wait({self.write}, timeout=timeout)
         if self.write.done():
             self.waited = round((time.monotonic() - started) * 1000, 1)
             return True
         log.error("%s not durable within %g s (the GCS down?): the kill acts meanwhile; the write goes on",
-                  self.what, DURABLE_WAIT_S)
+                  self.what, timeout)
         return False
 
     def seq(self, symbol: str) -> int | None:
@@ -327,6 +328,12 @@ class DirectKill:
     def symbols(self) -> list[str]:
         return [e.symbol for e in self.fleet.symbols]
 
+    def gcs_wait(self, normal_s: float) -> float:
+        """How long a kill waits on the GCS: ``normal_s``, or ``GCS_DOWN_WAIT_S`` while the last read of
+        the applied spec failed (the GCS down: measured, a kill of the whole fleet then answered after
+        2 s, its 1 s read and its 1 s durable wait one after the other)."""
+        return GCS_DOWN_WAIT_S if self.refresh_error is not None else normal_s
+
     async def prepare(self, now: float) -> dict[str, int]:
         """The kill path made ready ahead of a kill (run every few seconds): the fleet as applied, its
         accounts' exchange clients open, its agents' handles looked up, and, every ``VERIFY_S``, the
@@ -380,7 +387,7 @@ class DirectKill:
         state = KillState.HALTED if mode == "halt" else KillState.FLATTENING
         durable = DurableKill(self.book, symbols, state, reason, self.write_lock)   # durable first, unless the GCS cannot take it
         self._keep(durable.write)
-        is_durable = await durable.wait(started)
+        is_durable = await durable.wait(started, self.gcs_wait(DURABLE_WAIT_S))
         self._tell("kill_noted", symbols, mode, reason, by,
                    {s: q for s in symbols if (q := durable.seq(s)) is not None})
         one: Callable[[str], Awaitable[KillOutcome]] = (

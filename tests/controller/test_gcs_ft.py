@@ -10,8 +10,9 @@ at once though its state cannot be written yet; then the controller that sent it
 write lost, and the state is durable once the GCS is back all the same (its halted agent carries the
 kill with its lease calls, and the restarted controller writes it). Afterwards both are halted with
 empty books (the restarted controller reads the kill states back from the GCS), and resume and kill work.
-Then the endpoint is deployed and the GCS killed again: an HTTP kill of every symbol answers with
-every book empty (``durable: false``), and the kill states read halted once the GCS is back.
+Then the endpoint is deployed and the GCS killed again: the endpoint's ``/health`` names the GCS
+down, an HTTP kill of every symbol answers with every book empty (``durable: false``), and the kill
+states read halted once the GCS is back.
 
 Like tests/controller/test_multinode.py this module runs a cluster of its own and starts the
 session's local cluster again afterwards. Waits poll generous deadlines; no duration is asserted.
@@ -279,6 +280,10 @@ def test_an_http_kill_while_the_gcs_is_down_empties_every_book_and_is_durable_on
         pid = gcs_pid(head)
         os.kill(pid, signal.SIGKILL)
         poll(lambda: gcs_gone(pid), 10.0, f"gcs_server {pid} gone")
+        # The endpoint finds the GCS down at its next read (every few seconds; a read waits up to 10 s)
+        # and says so; a kill then waits on no GCS call.
+        why = poll(lambda: requests.get(f"{url}/health", timeout=5).json()["kill_path"]["gcs_error"], SETTLE_S,
+                   "the endpoint's health naming the GCS down")
         r = requests.post(f"{url}/kill", json={"all": True, "mode": "halt", "reason": HTTP_OUTAGE_KILL},
                           headers=auth, timeout=60)
         assert r.status_code == 200, r.text
@@ -286,6 +291,7 @@ def test_an_http_kill_while_the_gcs_is_down_empties_every_book_and_is_durable_on
         assert body["durable"] is False, body
         assert all(body["symbols"][s]["open_orders"] == 0 for s in SYMBOLS), body
         fleet.books_empty()
+        print(f"the endpoint's health: {why}")
         print(f"HTTP kill with the GCS down: answered in {r.elapsed.total_seconds() * 1000:.0f} ms; to 0 "
               f"{ {s: body['symbols'][s].get('confirmed_ms') for s in SYMBOLS} } ms")
         restart_gcs(head)
