@@ -24,7 +24,6 @@ import argparse
 import compileall
 import os
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from agents.orders import parse_client_order_id  # noqa: E402
 from controller.controller import ControllerSettings, build_spec, find_controller  # noqa: E402
 from fleet.config import FleetConfig  # noqa: E402
 from fleet.ops.fleet_cli import start_fleet, stop_fleet  # noqa: E402
+from fleet.ops.ports import free_port  # noqa: E402
 
 SYMBOLS_PER_ACCOUNT = 10
 # A generic simulator symbol trades at ~100 with min notional 5. Every agent behind one IP shares
@@ -64,12 +64,6 @@ def top_routes(now: dict[str, int], before: dict[str, int], n: int = 6) -> str:
     spent = {route: w for route, w in spent.items() if w > 0}
     top = sorted(spent.items(), key=lambda kv: -kv[1])[:n]
     return f"{sum(spent.values())} in all: " + ", ".join(f"{route} {w}" for route, w in top)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1,

@@ -189,14 +189,6 @@ def _namespace(args: argparse.Namespace) -> tuple[str, str]:
 # --- Ray connection -------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _ray_executable() -> str:
     beside = Path(sys.executable).with_name("ray")
     return str(beside) if beside.exists() else (shutil.which("ray") or "ray")
@@ -262,7 +254,9 @@ def connect(address: str, namespace: str, *, start_local: bool, detach: bool = F
                 raise FleetCliError("no running Ray cluster found (is the fleet up?)", EXIT_NOT_RUNNING) from None
     if detach:
         # A cluster that outlives this driver: `ray start --head`, then connect to it.
-        port = _free_port()
+        from fleet.ops.ports import free_port
+
+        port = free_port()
         cmd = [_ray_executable(), "start", "--head", f"--port={port}", "--include-dashboard=false",
                "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
         done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **LOOPBACK_ENV})

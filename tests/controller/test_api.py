@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.api import deploy, is_deployed, undeploy
 from fleet.config import AccountConfig, ApiConfig, FleetConfig, SymbolEntry
-from tests.ports import free_port
+from fleet.ops.ports import free_port
 
 SYMBOLS = ("ETHUSDC", "BTCUSDT", "SOLUSDT")
 

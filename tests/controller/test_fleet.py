@@ -24,7 +24,7 @@ from controller.controller import ControllerSettings, build_spec, find_controlle
 from fleet.config import FleetConfig
 from fleet.ops.fleet_cli import FleetAlreadyRunning, start_fleet, stop_fleet
 from tests import polling
-from tests.ports import free_port
+from fleet.ops.ports import free_port
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SYMBOLS = ("ETHUSDC", "BTCUSDT", "SOLUSDT")

@@ -19,7 +19,7 @@ import requests
 import yaml
 
 from tests import polling
-from tests.ports import free_port
+from fleet.ops.ports import free_port
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "prometheus"
 

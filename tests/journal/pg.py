@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.ports import free_port
+from fleet.ops.ports import free_port
 
 
 def find_bin(name: str) -> str | None:

@@ -1,9 +1,10 @@
-"""A free loopback port for a server a test starts later (the Serve proxy, Prometheus, Redis).
+"""A free loopback port for a server started a little later (the Serve proxy, Prometheus, a Ray head).
 
 Picked below the kernel's ephemeral range (``/proc/sys/net/ipv4/ip_local_port_range``, 32768-60999
 here): a port the kernel handed out for ``bind(0)`` may be handed out again, before the server
 binds it, to any process that binds port 0 meanwhile. Seen in ``make test``: a Ray worker's gRPC
-server took the port chosen for the Serve proxy 4 s before the proxy tried to bind it.
+server took the port chosen for the Serve proxy 4 s before the proxy tried to bind it. Used by the
+tests, the benchmarks and ``up --detach`` (its Ray head's port).
 """
 
 from __future__ import annotations
