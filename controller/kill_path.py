@@ -215,6 +215,7 @@ async def write_kill_states(book: LeaseBook, symbols: list[str], state: KillStat
 DURABLE_WAIT_S = 1.0   # a kill's routes wait this long for its state to be durable; then they act, the write goes on
 DURABLE_RETRY_S = 0.5  # a write the GCS refused is tried again after this long
 GCS_DOWN_WAIT_S = 0.05  # the endpoint's kill, the GCS found down by its last read: its reads and write wait this long
+PREPARE_READ_S = 2.0    # the kill path's upkeep reads the applied spec within this (else the GCS counts as down)
 
 
 class DurableKill:
@@ -315,7 +316,8 @@ class DirectKill:
                 self.fleet, _ = parse_spec(json.loads(raw), stored=True)
                 self.applied = raw
         except Exception as exc:  # noqa: BLE001 - the kill goes on with the fleet it knows
-            why = named_line(exc)
+            why = (f"the GCS did not answer within {wait_s:g} s" if isinstance(exc, asyncio.TimeoutError)
+                   else named_line(exc))
             if why != self.refresh_error:   # read every second while the console is open: logged once a cause
                 log.warning("the applied spec was not read (%s); the fleet as last known is used", why)
             self.refresh_error = why
@@ -340,7 +342,7 @@ class DirectKill:
         kill's own confirmation tried for every symbol (``EmergencyDesk.verify``: 1.33 weight a minute
         per symbol, in ``upkeep_weight``), so a revoked key or a skewed clock is found before a kill
         needs it (logged, and counted in ``/health``). What is ready."""
-        await self.refresh()
+        await self.refresh(PREPARE_READ_S)
         symbols = self.symbols()
         await self.warm(symbols)
         agents = await self.calls.resolve([AGENT_PREFIX + s for s in symbols])

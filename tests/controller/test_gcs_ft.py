@@ -282,8 +282,10 @@ def test_an_http_kill_while_the_gcs_is_down_empties_every_book_and_is_durable_on
         poll(lambda: gcs_gone(pid), 10.0, f"gcs_server {pid} gone")
         # The endpoint finds the GCS down at its next read (every few seconds; a read waits up to 10 s)
         # and says so; a kill then waits on no GCS call.
+        died = time.monotonic()
         why = poll(lambda: requests.get(f"{url}/health", timeout=5).json()["kill_path"]["gcs_error"], SETTLE_S,
                    "the endpoint's health naming the GCS down")
+        seen_s = time.monotonic() - died
         r = requests.post(f"{url}/kill", json={"all": True, "mode": "halt", "reason": HTTP_OUTAGE_KILL},
                           headers=auth, timeout=60)
         assert r.status_code == 200, r.text
@@ -291,7 +293,7 @@ def test_an_http_kill_while_the_gcs_is_down_empties_every_book_and_is_durable_on
         assert body["durable"] is False, body
         assert all(body["symbols"][s]["open_orders"] == 0 for s in SYMBOLS), body
         fleet.books_empty()
-        print(f"the endpoint's health: {why}")
+        print(f"the endpoint's health, {seen_s:.1f} s after the GCS died: {why}")
         print(f"HTTP kill with the GCS down: answered in {r.elapsed.total_seconds() * 1000:.0f} ms; to 0 "
               f"{ {s: body['symbols'][s].get('confirmed_ms') for s in SYMBOLS} } ms")
         restart_gcs(head)
