@@ -45,7 +45,7 @@ class Timing:
     market_stale_sec: float
     user_stream_grace_sec: float
     stream_max_lifetime_sec: float
-    lease_pull_sec: float = float("inf")
+    lease_pull_sec: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +65,7 @@ class Seen:
     user_opened: float
     user_connected: bool
     last_mark: float | None = None  # when the last mark price was read (None: never)
-    lease_lapsed_at: float | None = None  # when quoting was blocked by a lapsed lease (None: it holds)
+    lease_lapsed_at: float | None = None  # when quoting was blocked by the lease, lapsed or lost (None: it holds)
     lease_pulled: bool = False  # this lapse's quotes already pulled
 
 

@@ -129,8 +129,9 @@ class KillSwitches:
     @ray.method(concurrency_group=KILL_GROUP)
     async def kill_carried(self, symbol: str, carried: dict[str, Any]) -> bool:
         """Write the kill state an agent carries: a kill sent while the GCS was down, whose write was lost
-        with the process that sent it (a controller stopped before the GCS came back). Not when a command
-        the agent did not know of has been written since (``after_seq``): that one is newer and stands.
+        with the process that sent it (a controller stopped before the GCS came back). Not when a record
+        numbered above what the agent knew (``after_seq``) has been written since: it is taken as newer
+        (the window this leaves: docs/architecture.md, the kill path).
         A halt or flatten only; under the kill lock, and not while a write of this process holds it (a
         kill's write retried through a GCS outage: it may be this very kill; the agent carries it again
         at its next lease call). Each GCS call bounded, so that it holds one of the kill group's few
