@@ -46,6 +46,7 @@ class UserFeed:
         a = self.agent
         key = await a.require_client().create_listen_key()
         stream = a.transport.user_stream(key)
+        stream.keep_only(a.symbol, self._foreign)
         a.frames.track(stream)
         await stream.connect()
         return stream
@@ -108,6 +109,9 @@ class UserFeed:
                 a.counters["listen_key_expired"] += 1
                 raise _ListenKeyGone("listenKeyExpired: new key and resync")
             self.on_event(ev)
+
+    def _foreign(self) -> None:
+        self.agent.counters["foreign_events"] += 1
 
     def on_event(self, ev: Any) -> None:
         a = self.agent

@@ -392,7 +392,44 @@ class UserStream(_FrameStream):
         **kwargs: Any,
     ) -> None:
         self.listen_key = listen_key
+        self.symbol: str | None = None
+        self._on_foreign: Callable[[], None] | None = None
+        self.foreign = 0
         super().__init__([url_for(ws_url, layout=layout, listen_key=listen_key, events=events)], parse_user, **kwargs)
+
+    def keep_only(self, symbol: str, on_foreign: Callable[[], None] | None = None) -> None:
+        """Skip, unparsed, the order events of other symbols (``ORDER_TRADE_UPDATE``, ``TRADE_LITE``).
+
+        An account's user stream carries every symbol's orders; an agent trading one of ten symbols
+        on the account would parse and queue ten frames for each of its own. A skipped frame still
+        counts as a frame (the connection is alive) and in ``foreign``; ``on_foreign`` is told of each.
+        Account, funding and listenKey events always pass: they concern the whole account."""
+        self.symbol = symbol
+        self._on_foreign = on_foreign
+
+    def _events_of(self, obj: Any, message: Any) -> list[Any]:
+        if self.symbol is not None and _order_symbol(unwrap(obj)) not in (None, self.symbol):
+            self.foreign += 1
+            if self._on_foreign is not None:
+                self._on_foreign()
+            return []
+        return super()._events_of(obj, message)
 
     async def __anext__(self) -> UserEvent:
         return await super().__anext__()
+
+
+def _order_symbol(item: Any) -> str | None:
+    """The symbol of an order event read off the raw frame, or None (not one, or malformed: the
+    parser then judges it)."""
+    if not isinstance(item, dict):
+        return None
+    kind = item.get("e")
+    if kind == "ORDER_TRADE_UPDATE":
+        order = item.get("o")
+        symbol = order.get("s") if isinstance(order, dict) else None
+    elif kind == "TRADE_LITE":
+        symbol = item.get("s")
+    else:
+        return None
+    return symbol if isinstance(symbol, str) else None

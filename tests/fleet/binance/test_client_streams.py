@@ -119,6 +119,42 @@ async def test_user_stream_sees_orders_fills_account_updates(sim_factory, layout
         await client.close_listen_key()
 
 
+async def test_a_user_stream_kept_to_one_symbol_skips_the_other_symbols_orders_unparsed(sim):
+    """An account's stream carries every symbol's orders; kept to one symbol, the others' order events
+    are skipped and counted, while that symbol's orders and the account's updates still arrive."""
+    name, key, secret = sim.accounts[0]
+    other = "SOLUSDT"
+    skipped = []
+    async with BinanceClient(sim.rest_url, key, secret) as client:
+        listen_key = await client.create_listen_key()
+        filters = await client.symbol_filters(SYMBOL)
+        async with UserStream(sim.ws_url, listen_key, idle_timeout=15) as stream:
+            stream.keep_only(SYMBOL, lambda: skipped.append(1))
+            for side, reduce in ((Side.BUY, False), (Side.SELL, True)):   # a fill on the other symbol, flat after
+                await client.place_order(OrderRequest(symbol=other, side=side, order_type=OrderType.MARKET,
+                                                      quantity="1", reduce_only=reduce, client_order_id=cid("ko")))
+            top = await client.book_ticker(SYMBOL)
+            mine = OrderRequest(symbol=SYMBOL, side=Side.BUY, order_type=OrderType.LIMIT, quantity="0.010",
+                                price=filters.price_str(filters.price_ticks_floor(top.bid) - 300),
+                                time_in_force=TimeInForce.GTX, client_order_id=cid("km"))
+            placed = await client.place_order(mine)
+            await client.cancel_order(SYMBOL, order_id=placed.order_id)
+
+            def cancelled(events):   # delivered in order: the other symbol's frames came before
+                return any(isinstance(e, OrderUpdate) and e.client_order_id == mine.client_order_id
+                           and e.status == "CANCELED" for e in events)
+
+            events = await collect_until(stream, cancelled)
+        await client.close_listen_key()
+    orders = [e for e in events if isinstance(e, OrderUpdate | TradeLite)]
+    assert orders and {e.symbol for e in orders} == {SYMBOL}
+    # the other symbol's two fills: NEW and TRADE each (ORDER_TRADE_UPDATE) and a TRADE_LITE each
+    assert stream.foreign >= 4 and len(skipped) == stream.foreign
+    assert stream.malformed == 0 and stream.frames >= stream.foreign + len(events)
+    accounts = [e for e in events if isinstance(e, AccountUpdate)]
+    assert any(p.symbol == other for a in accounts for p in a.positions)   # the account's updates all pass
+
+
 async def test_user_stream_sees_funding_fees_and_listen_key_expiry(sim):
     name, key, secret = sim.accounts[0]
     symbol = "SOLUSDT"
