@@ -47,6 +47,13 @@ def agent_confirmed(answer: Any) -> bool:
     return isinstance(answer, dict) and answer.get("open_orders") == 0 and answer.get("outcome") != "not_started"
 
 
+def _flat(position: Any) -> bool:
+    try:
+        return float(position) == 0
+    except (TypeError, ValueError):
+        return False
+
+
 async def first_empty(routes: dict[str, asyncio.Future], started: float) -> tuple[str | None, float | None]:
     """The route that first saw 0 open orders and when (ms since ``started``); (None, None) if none did.
 
@@ -482,6 +489,19 @@ class DirectKill:
         if not task.cancelled():
             task.exception()   # read, so a failed background route is not reported as never retrieved
 
+    async def _flattened(self, symbol: str, seq: int, reason: str) -> None:
+        """A flatten these routes carried out: the symbol halted from now on (as the controller writes
+        after its own flattens), unless a resume or kill came since; in the background, after this
+        process's earlier kill-state writes (its write lock). A read that fails counts as unchanged (the
+        safe side: halted)."""
+        try:
+            async with self.write_lock:
+                if await kill_unchanged(self.book, symbol, seq):
+                    await asyncio.wait_for(write_kill_states(self.book, [symbol], KillState.HALTED,
+                                                             reason or "flattened"), READ_S)
+        except Exception as exc:  # noqa: BLE001 - it stays flattening: the agent keeps it flat
+            log.error("%s: flattened, but its kill state not written halted: %s", symbol, named_line(exc))
+
     async def _flatten(self, symbol: str, reason: str, seq: int | None, started: float) -> KillOutcome:
         try:
             left = await self._exchange(symbol)
@@ -496,6 +516,9 @@ class DirectKill:
                                first=EXCHANGE_ROUTE, confirmed_ms=confirmed_ms)
         done = agent_confirmed(answer)
         told = answer.get("open_orders") if isinstance(answer, dict) else None   # None: superseded, not started
+        position = answer.get("position") if isinstance(answer, dict) else None
+        if done and seq is not None and position is not None and _flat(position):
+            self._keep(asyncio.ensure_future(self._flattened(symbol, seq, reason)))
         return KillOutcome(Outcome.FLATTENED if done else Outcome.EMERGENCY_CANCELLED, "agent" if done else "emergency",
                            left if told is None else told,
                            answer.get("position") if isinstance(answer, dict) else None,

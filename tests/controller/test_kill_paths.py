@@ -18,6 +18,7 @@ import uuid
 from typing import Any
 
 import pytest
+import requests
 import yaml
 
 from agents.orders import parse_client_order_id
@@ -350,6 +351,37 @@ def test_a_kill_while_the_controller_is_stopped_empties_every_book(fleet):
     fleet.wait_quoting(within_s=90)
     assert {LeaseBook(GcsStore(fleet.cfg.name)).kill_state(s) for s in SYMBOLS} == {"running"}
     poll(lambda: fleet.metric_families()["mmfleet_controller_up"].samples[0].value == 1, 30, "mmfleet_controller_up 1")
+
+
+def test_a_flatten_while_the_controller_is_stopped_ends_halted(fleet):
+    """The endpoint carries out a flatten itself when the controller does not answer; once the agent has
+    closed the position it writes the symbol halted, as the controller does after its own flattens
+    (else the symbol would read flattening for good and flatten again at every restart)."""
+    import ray
+
+    sym = "ETHUSDC"
+    fleet.wait_quoting(within_s=90)
+    jump = requests.post(f"{fleet.sim.server.rest_url}/sim/market/jump", json={"symbol": sym, "pct": -0.5}, timeout=10)
+    assert jump.status_code == 200, jump.text
+    poll(lambda: float(fleet.sim.state(sym)["positions"][sym]["amount"]) != 0, 30, f"a position in {sym}")
+    book = LeaseBook(GcsStore(fleet.cfg.name))
+    pid = ray.get(fleet.controller.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        r = fleet.post("/kill", {"symbols": [sym], "mode": "flatten", "reason": "flatten drill, controller stopped"})
+        assert r.status_code == 200, r.text
+        answer = r.json()["symbols"][sym]
+        assert answer["by"] == "endpoint" and answer["outcome"] == "flattened" and answer["open_orders"] == 0, answer
+        truth = fleet.sim.state(sym)
+        assert float(truth["positions"][sym]["amount"]) == 0 and truth["open_orders"] == [], truth
+        record = poll(lambda: (lambda r: r if r.state == "halted" else None)(book.kill_record(sym)), 10,
+                      f"{sym} written halted with the controller still stopped")
+        assert record.reason == "flatten drill, controller stopped"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert fleet.post("/resume", {"symbols": [sym], "reason": "drill over"}).status_code == 200
+    fleet.wait_quoting(within_s=90)
+    assert book.kill_state(sym) == "running"
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
