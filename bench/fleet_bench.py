@@ -7,8 +7,8 @@ first orders; the CPU seconds each step cost the agent's process); how the endpo
 process; CPU of the whole fleet (agents, controller, simulator) while quoting; HTTP kill latency
 p50/p99 from the request to the answer confirming 0 open orders at the exchange for every symbol
 (and, per kill, the slowest symbol's time until the exchange listed 0 and which route got there
-first: the agent or the exchange directly; orders that landed after the answer, and when the
-endpoint's sweep took them); the same kill with the controller process stopped
+first: the agent or the exchange directly; the CPU each kind of process spent meanwhile, and the
+host's steal; orders that landed after the answer, and when the endpoint's sweep took them); the same kill with the controller process stopped
 (SIGSTOP: the endpoint's own routes), and a `/metrics` scrape then; recovery after SIGKILL of one
 agent until it quotes again (and older-epoch / duplicate orders then); recovery after SIGSTOP of
 one agent beyond its lease (until its orders are gone, until a successor quotes); `/metrics` scrape time, scrapes 5.5 s apart so that every
@@ -107,6 +107,38 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# Other processes by what their command line holds (Ray workers title themselves ray::<class>).
+ROLE_MARKS = (("ServeReplica", "endpoint"), ("ProxyActor", "serve"), ("ServeController", "serve"),
+              ("raylet", "raylet"), ("gcs_server", "gcs"))
+
+
+def steal_seconds() -> float:
+    """CPU seconds the hypervisor gave this machine's CPUs to others so far (/proc/stat ``steal``)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_role(known: dict[int, str]) -> dict[str, float]:
+    """CPU seconds so far of every process of this machine, summed by role: ``known`` pids by theirs,
+    the rest by their command line (``ROLE_MARKS``), else ``other`` (the bench itself among them); and
+    ``steal (host)``, the time the hypervisor ran something else on this machine's CPUs."""
+    out: dict[str, float] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        pid = int(proc.name)
+        try:
+            role = known.get(pid)
+            if role is None:
+                cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+                role = next((r for mark, r in ROLE_MARKS if mark in cmd), "other")
+            out[role] = out.get(role, 0.0) + cpu_seconds(pid)
+        except OSError:   # gone meanwhile
+            continue
+    out["steal (host)"] = steal_seconds()
+    return out
+
+
 # An agent's start-up steps as its actor records them (agents/actor.py PHASES), each from the previous.
 PHASES = ("process", "actor_init", "imported", "spec", "built", "owned", "started", "quoting")
 STEP_NAMES = {"process": "spawn", "actor_init": "ray worker", "imported": "imports", "spec": "spec",
@@ -185,6 +217,8 @@ class Bench:
         self.lagging: dict[str, Any] = {}
         self.late: list[tuple[int, float]] = []  # per kill with late landings: (orders, ms until all gone)
         self.durable: list[float] = []  # per kill: ms from the request until every kill state was durable
+        self.roles: dict[int, str] = {}   # pid -> agent / simulator / controller, once the fleet is up
+        self.kill_cpu: dict[str, list[float]] = {}   # per role, per kill: CPU ms spent until the answer
         name = f"bench{n}x{uuid.uuid4().hex[:4]}"
         # One simulated account per SYMBOLS_PER_ACCOUNT symbols (orders are limited per account, and
         # each agent gets its account's limits / its agents); the loopback IP gets 10x Binance's weight.
@@ -298,9 +332,15 @@ class Bench:
 
     def kill_once(self, what: str) -> tuple[float, float, dict[str, int]]:
         """POST /kill for every symbol; (HTTP latency s, slowest symbol's confirmed-0 ms, first routes)."""
+        cpu0 = cpu_by_role(self.roles)
         t, t_wall_ms = time.monotonic(), time.time() * 1000
         r = self.http("POST", "/kill", json={"all": True, "mode": "halt", "reason": "bench"})
         latency = time.monotonic() - t
+        cpu = cpu_by_role(self.roles)
+        spent = {role: 1000 * (c - cpu0.get(role, 0.0)) for role, c in cpu.items()}
+        for role, ms in spent.items():
+            if what == "kill":   # the figures of the kills with the controller running
+                self.kill_cpu.setdefault(role, []).append(ms)
         body = r.json()
         per = body.get("symbols", {}).values()
         firsts: dict[str, int] = {}
@@ -310,7 +350,9 @@ class Bench:
         confirmed = max((v.get("confirmed_ms") or 0.0 for v in per), default=0.0)
         self.durable.append(body.get("durable_ms") or 0.0)
         print(f"   {what} {latency * 1000:.0f} ms, kill states durable at {body.get('durable_ms')} ms, slowest 0 at "
-              f"{confirmed:.0f} ms ({firsts})", flush=True)
+              f"{confirmed:.0f} ms ({firsts}); CPU ms meanwhile: "
+              + ", ".join(f"{role} {ms:.0f}" for role, ms in sorted(spent.items(), key=lambda kv: -kv[1]) if ms > 0),
+              flush=True)
         if not body.get("confirmed"):
             raise Unmeasured(f"kill not confirmed at the exchange: {str(body)[:1000]}")
         self.late_landings(t, t_wall_ms)
@@ -417,9 +459,14 @@ class Bench:
             sim_pid = self.ray.get(self.ray.get_actor("sim", namespace=self.cfg.namespace).__ray_call__.remote(
                 lambda s: os.getpid()))
             procs = pids + [ctl_pid, sim_pid]
-            c0, w0 = sum(cpu_seconds(p) for p in procs), time.monotonic()
+            self.roles = {**{p: "agents" for p in pids}, ctl_pid: "controller", sim_pid: "simulator"}
+            c0, w0, roles0 = sum(cpu_seconds(p) for p in procs), time.monotonic(), cpu_by_role(self.roles)
             time.sleep(10.0)  # a measurement window, not a wait for a condition
-            out["fleet_cpu_cores"] = (sum(cpu_seconds(p) for p in procs) - c0) / (time.monotonic() - w0)
+            window = time.monotonic() - w0
+            out["fleet_cpu_cores"] = (sum(cpu_seconds(p) for p in procs) - c0) / window
+            spent = {role: 1000 * (c - roles0.get(role, 0.0)) / window for role, c in cpu_by_role(self.roles).items()}
+            out["quoting_cpu_ms_per_s"] = ", ".join(f"{role} {ms:.0f}" for role, ms in
+                                                   sorted(spent.items(), key=lambda kv: -kv[1]) if ms >= 0.5)
 
             scrapes = []
             for i in range(METRICS_SCRAPES):
@@ -450,6 +497,8 @@ class Bench:
             out["kill_zero_p50_ms"], out["kill_zero_p99_ms"] = pct(confirmed, 0.5), pct(confirmed, 0.99)
             out["kill_durable_p50_ms"], out["kill_durable_p99_ms"] = pct(self.durable, 0.5), pct(self.durable, 0.99)
             out["kill_first_routes"] = " ".join(f"{k}={v}" for k, v in sorted(firsts.items()))
+            out["kill_cpu_ms"] = ", ".join(f"{role} {statistics.median(ms):.0f}" for role, ms in
+                                           sorted(self.kill_cpu.items(), key=lambda kv: -statistics.median(kv[1])))
             out["kills"] = len(latencies)
             out["ip_weight_1m_after_kills"] = self.ip_weight()
             out["weight_kills"] = top_routes(self.weight_by_route(), weight_before_kills)
@@ -603,6 +652,10 @@ def main() -> int:
                   f"orders landed after an answer confirmed 0 (kills with any): {r.get('late_landings')}; "
                   f"before the SIGKILL and the SIGSTOP, waited {f(r, 'recovery_ip_wait_s', fmt='.1f')} and "
                   f"{f(r, 'hung_ip_wait_s', fmt='.1f')} s for the IP's weight of the minute to fall below {IP_CALM:g}")
+            print(f"{'':>7} CPU ms per second by each kind of process while every agent quotes, before the kills: "
+                  f"{r.get('quoting_cpu_ms_per_s')}")
+            print(f"{'':>7} CPU ms spent by each kind of process from a kill's request to its answer, median of the "
+                  f"kills (the machine has {os.cpu_count()} cores): {r.get('kill_cpu_ms')}")
             print(f"{'':>7} /metrics with the controller stopped: max {f(r, 'stopped_metrics_max_ms')} ms")
             print(f"{'':>7} IP weight by route, up to the kills: {r.get('weight_start')}; "
                   f"the {r.get('kills')} kills and resumes: {r.get('weight_kills')}")
