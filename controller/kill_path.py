@@ -491,14 +491,15 @@ class DirectKill:
 
     async def _flattened(self, symbol: str, seq: int, reason: str) -> None:
         """A flatten these routes carried out: the symbol halted from now on (as the controller writes
-        after its own flattens), unless a resume or kill came since; in the background, after this
-        process's earlier kill-state writes (its write lock). A read that fails counts as unchanged (the
-        safe side: halted)."""
+        after its own flattens), in the background, after this process's earlier kill-state writes (its
+        write lock). Only over this kill's own record, read first: resumes are the controller's, under
+        its lock, not this one, so a record that cannot be read is left alone (flattening: the agent
+        keeps the symbol flat). A resume landing between the read and the write is the one window left."""
         try:
             async with self.write_lock:
-                if await kill_unchanged(self.book, symbol, seq):
-                    await asyncio.wait_for(write_kill_states(self.book, [symbol], KillState.HALTED,
-                                                             reason or "flattened"), READ_S)
+                record = (await asyncio.wait_for(self.book.akill_records([symbol]), READ_S)).get(symbol)
+                if record is not None and record.seq == seq:
+                    await write_kill_states(self.book, [symbol], KillState.HALTED, reason or "flattened")
         except Exception as exc:  # noqa: BLE001 - it stays flattening: the agent keeps it flat
             log.error("%s: flattened, but its kill state not written halted: %s", symbol, named_line(exc))
 

@@ -366,6 +366,10 @@ def test_a_flatten_while_the_controller_is_stopped_ends_halted(fleet):
     poll(lambda: float(fleet.sim.state(sym)["positions"][sym]["amount"]) != 0, 30, f"a position in {sym}")
     book = LeaseBook(GcsStore(fleet.cfg.name))
     pid = ray.get(fleet.controller.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
+    # With the controller stopped the agent's lease is not renewed, and an agent sends orders only while
+    # it holds one: stop it just after a renewal, so that the flatten has the lease's whole span.
+    poll(lambda: (lambda lease: lease is not None and lease.expires_at - time.time() >= LEASE_TTL_S - 0.3)(
+        book.lease(sym, fresh=True)), 10, f"{sym}'s lease just renewed")
     os.kill(pid, signal.SIGSTOP)
     try:
         r = fleet.post("/kill", {"symbols": [sym], "mode": "flatten", "reason": "flatten drill, controller stopped"})
