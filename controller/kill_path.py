@@ -47,9 +47,10 @@ def agent_confirmed(answer: Any) -> bool:
     return isinstance(answer, dict) and answer.get("open_orders") == 0 and answer.get("outcome") != "not_started"
 
 
-def _flat(position: Any) -> bool:
+def flat_position(position: Any) -> bool:
+    """An agent's answer's position says flat (0); a missing or unreadable one does not."""
     try:
-        return float(position) == 0
+        return position is not None and float(position) == 0
     except (TypeError, ValueError):
         return False
 
@@ -518,10 +519,9 @@ class DirectKill:
         done = agent_confirmed(answer)
         told = answer.get("open_orders") if isinstance(answer, dict) else None   # None: superseded, not started
         position = answer.get("position") if isinstance(answer, dict) else None
-        if done and seq is not None and position is not None and _flat(position):
+        if done and seq is not None and flat_position(position):
             self._keep(asyncio.ensure_future(self._flattened(symbol, seq, reason)))
         return KillOutcome(Outcome.FLATTENED if done else Outcome.EMERGENCY_CANCELLED, "agent" if done else "emergency",
-                           left if told is None else told,
-                           answer.get("position") if isinstance(answer, dict) else None,
+                           left if told is None else told, position,
                            round((time.monotonic() - started) * 1000, 1), first=EXCHANGE_ROUTE,
                            confirmed_ms=confirmed_ms)

@@ -20,7 +20,7 @@ from typing import Any
 import ray
 
 from controller.emergency import KillOutcome, Outcome
-from controller.kill_path import AGENT_ROUTE, EXCHANGE_ROUTE, READ_S, DurableKill, first_empty, \
+from controller.kill_path import AGENT_ROUTE, EXCHANGE_ROUTE, READ_S, DurableKill, first_empty, flat_position, \
     halt_not_confirmed, keep_behind, kill_stopped, kill_unchanged, raced_outcome, read_lease, sweep_until_halted, \
     write_kill_states
 from controller.lease import Lease, kill_states_shown
@@ -224,7 +224,7 @@ class KillSwitches:
             problem = f"agent failed the {mode}: {named_line(exc)}"
         open_orders = answer.get("open_orders") if isinstance(answer, dict) else None
         if problem is None and open_orders == 0:
-            flat = mode == "flatten" and _num(answer.get("position")) == 0 and answer.get("position") is not None
+            flat = mode == "flatten" and flat_position(answer.get("position"))
             if flat and kill_seq is not None:   # not when this kill's state is not durable yet; after the answer
                 keep_behind(self.behind, self._flattened(symbol, kill_seq, reason))
             return KillOutcome(Outcome.done(mode), "agent", 0, answer.get("position"), _ms_since(started))
