@@ -381,9 +381,10 @@ def test_a_flatten_while_the_controller_is_stopped_ends_halted(fleet):
         record = poll(lambda: (lambda r: r if r.state == "halted" else None)(book.kill_record(sym)), 10,
                       f"{sym} written halted with the controller still stopped")
         assert record.reason == "flatten drill, controller stopped"
-    finally:
+    finally:   # thawed and resumed whatever happened, so that the later tests find the fleet quoting
         os.kill(pid, signal.SIGCONT)
-    assert fleet.post("/resume", {"symbols": [sym], "reason": "drill over"}).status_code == 200
+        resumed = fleet.post("/resume", {"symbols": [sym], "reason": "drill over"})
+    assert resumed.status_code == 200, resumed.text
     fleet.wait_quoting(within_s=90)
     assert book.kill_state(sym) == "running"
 
@@ -419,7 +420,9 @@ def test_the_clis_kill_and_status_wait_on_no_stopped_controller(fleet):
                           (("--symbol", "ETHUSDC", "--reason", "  "), "give a reason")):
             bad = run_cli("kill", "--fleet", fleet.cfg.name, *args)
             assert bad.returncode == 2 and why in bad.stderr, (args, bad.stdout, bad.stderr)
-        assert all(fleet.open_orders(s) > 0 for s in SYMBOLS if s != "SOLUSDT")
+        # (Not the others' books: with the controller stopped their leases lapse, and an agent pulls its
+        # quotes lease_pull_sec after that; CI's CLI runs took some 4 s each, 13 s in all. What a refused
+        # request could change is the kill states.)
         assert {LeaseBook(GcsStore(fleet.cfg.name)).kill_state(s) for s in SYMBOLS if s != "SOLUSDT"} == {"running"}
         # The CLI's status says the controller does not answer and shows what the GCS holds.
         st = run_cli("status", "--json", "--fleet", fleet.cfg.name)
@@ -431,9 +434,10 @@ def test_the_clis_kill_and_status_wait_on_no_stopped_controller(fleet):
         assert all(c["epoch"] >= 1 for c in shown["controller"]["symbols"].values())
         assert shown["agents"]["SOLUSDT"]["state"] == "halted"   # the others pause once their leases lapse
         assert all(isinstance(a, dict) and a["epoch"] >= 1 for a in shown["agents"].values()), shown["agents"]
-    finally:
+    finally:   # thawed and resumed whatever happened, so that the later tests find the fleet quoting
         os.kill(pid, signal.SIGCONT)
-    assert fleet.post("/resume", {"symbols": ["SOLUSDT"], "reason": "drill over"}).status_code == 200
+        resumed = fleet.post("/resume", {"symbols": ["SOLUSDT"], "reason": "drill over"})
+    assert resumed.status_code == 200, resumed.text
     fleet.wait_quoting(within_s=90)
 
 
