@@ -33,7 +33,8 @@ from controller.emergency import EmergencyDesk
 from controller.fence import Fence, Fenced
 from controller.handles import (AGENT_PREFIX, AgentHandles, above_agents_env, agent_name, find_spawner, named_actor,
                                 get_or_create_spawner)
-from controller.kill_switches import KILL_GROUP, KillSwitches, _ms_since, _num, journal_record
+from controller.kill_path import ms_since
+from controller.kill_switches import KILL_GROUP, KillSwitches, _num, journal_record
 from controller.lease import NO_LEASE_SHOWN, GcsStore, LeaseBook, WriteThroughStore
 from controller.spec import SPEC_DOC, build_spec, endpoints_of, parse_spec, rate_shares
 from fleet.config import FleetConfig, SymbolParams
@@ -427,7 +428,7 @@ class FleetController(KillSwitches):
         self.book.forget(symbol)
         await forget_exposition(self.fleet_name, symbol)
         return RetireOutcome(handle is not None, open_orders, summary if isinstance(summary, dict) else None,
-                             error, _ms_since(started))
+                             error, ms_since(started))
 
     async def down(self, flatten: bool = False) -> dict[str, Any]:
         """Stop every agent (optionally flattening), confirm 0 open orders, forget the applied spec."""

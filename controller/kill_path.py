@@ -12,7 +12,8 @@ fleet has no endpoint or it does not answer).
 
 A flatten keeps its order (the agent flattens; its reduce-only orders must not be cancelled under
 it) and goes to the controller first, which carries it out alone while it answers; only when it
-does not, the endpoint's own route cancels at the exchange first, then asks the agent to flatten.
+does not, the endpoint's own route cancels at the exchange first, then asks the agent to flatten, and
+closes the position at the exchange itself if the agent has not by the end of its lease.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ log = logging.getLogger("mmfleet.kill")
 AGENT_ROUTE = "agent"
 EXCHANGE_ROUTE = "exchange"
 PATH_OF = {AGENT_ROUTE: "agent", EXCHANGE_ROUTE: "emergency"}   # the answer's ``path`` words
+
+
+def ms_since(started: float) -> float:
+    """Milliseconds since ``started`` (monotonic), as the answers give them."""
+    return round((time.monotonic() - started) * 1000, 1)
 
 
 def agent_confirmed(answer: Any) -> bool:
@@ -70,7 +76,7 @@ async def first_empty(routes: dict[str, asyncio.Future], started: float) -> tupl
                 continue
             result = task.result()
             if result == 0 or agent_confirmed(result):
-                return names[task], round((time.monotonic() - started) * 1000, 1)
+                return names[task], ms_since(started)
     return None, None
 
 
@@ -203,7 +209,7 @@ def route_error(task: asyncio.Future) -> str | None:
 def raced_outcome(first: str | None, confirmed_ms: float | None, agent: asyncio.Future,
                   exchange: asyncio.Future, started: float) -> KillOutcome:
     """One symbol's answer to a raced halt: who confirmed 0 first and when, or why nobody did."""
-    elapsed = round((time.monotonic() - started) * 1000, 1)
+    elapsed = ms_since(started)
     answer = agent.result() if agent.done() and not agent.cancelled() and agent.exception() is None else None
     position = answer.get("position") if isinstance(answer, dict) else None
     if first is not None:
@@ -266,7 +272,7 @@ class DurableKill:
         """Wait for the write up to ``timeout``; whether it is durable (logged when not)."""
         await asyncio.wait({self.write}, timeout=timeout)
         if self.write.done():
-            self.waited = round((time.monotonic() - started) * 1000, 1)
+            self.waited = ms_since(started)
             return True
         log.error("%s not durable within %g s (the GCS down?): the kill acts meanwhile; the write goes on",
                   self.what, timeout)
@@ -405,7 +411,7 @@ class DirectKill:
             else (lambda s: self._flatten(s, reason, durable.seq(s), started)))
         results = await asyncio.gather(*(one(s) for s in symbols))
         return {"mode": mode, "reason": reason, "by": "endpoint", "durable": is_durable, "durable_ms": durable.waited,
-                "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
+                "elapsed_ms": ms_since(started),
                 "symbols": {s: {**r.to_dict(), "by": "endpoint"} for s, r in zip(symbols, results)}}
 
     async def routed(self, symbols: list[str], mode: str, reason: str, started: float, by: dict[str, Any], *,
@@ -505,23 +511,37 @@ class DirectKill:
             log.error("%s: flattened, but its kill state not written halted: %s", symbol, named_line(exc))
 
     async def _flatten(self, symbol: str, reason: str, seq: int | None, started: float) -> KillOutcome:
+        """The book emptied at the exchange, then the agent asked to flatten. An agent that has not done it
+        by the end of its lease (stored, plus ``LEASE_MARGIN_S``; no renewal comes while the controller is
+        stopped) can no longer send an order: the position is closed at the exchange with a reduce-only
+        MARKET order, as the controller's emergency path does (two reduce-only closes never overshoot)."""
         try:
             left = await self._exchange(symbol)
         except Exception as exc:  # noqa: BLE001 - reported per symbol
             return KillOutcome(Outcome.FAILED, "emergency", None, error=named_line(exc))
-        confirmed_ms = round((time.monotonic() - started) * 1000, 1) if left == 0 else None
-        try:
-            answer = await self._agent(symbol, "flatten", self.flatten_timeout_s, reason, seq)
-        except Exception as exc:  # noqa: BLE001 - the book is empty; the flatten is reported as not done
-            return KillOutcome(Outcome.EMERGENCY_CANCELLED, "emergency", left, None,
-                               round((time.monotonic() - started) * 1000, 1), problem=named_line(exc),
-                               first=EXCHANGE_ROUTE, confirmed_ms=confirmed_ms)
-        done = agent_confirmed(answer)
-        told = answer.get("open_orders") if isinstance(answer, dict) else None   # None: superseded, not started
+        confirmed_ms = ms_since(started) if left == 0 else None
+        agent = asyncio.ensure_future(self._agent(symbol, "flatten", self.flatten_timeout_s, reason, seq))
+        window = min(self.flatten_timeout_s, max(0.0, await lease_end(self.book, symbol) - time.time()))
+        await asyncio.wait({agent}, timeout=window)
+        problem = route_error(agent) if agent.done() else f"no answer from the agent within its lease ({window:.1f} s)"
+        answer = agent.result() if agent.done() and not agent.cancelled() and agent.exception() is None else None
+        self._keep(agent)
         position = answer.get("position") if isinstance(answer, dict) else None
-        if done and seq is not None and flat_position(position):
+        if problem is None and flat_position(position):
+            if seq is not None:
+                self._keep(asyncio.ensure_future(self._flattened(symbol, seq, reason)))
+            return KillOutcome(Outcome.FLATTENED, "agent", 0, position, ms_since(started), first=EXCHANGE_ROUTE,
+                               confirmed_ms=confirmed_ms)
+        if (isinstance(answer, dict) and answer.get("outcome") == "superseded") or \
+                (seq is not None and not await kill_unchanged(self.book, symbol, seq)):
+            return KillOutcome(Outcome.FAILED, "agent", left, position, ms_since(started), first=EXCHANGE_ROUTE,
+                               problem="superseded by a later kill or resume", confirmed_ms=confirmed_ms)
+        problem = problem or f"the agent answered position {position!r}"
+        log.warning("%s: the agent did not flatten (%s); closing at the exchange", symbol, problem)
+        closed = await self.desk.cancel(symbol, self._account(symbol), "flatten")
+        flat = closed.outcome != Outcome.FAILED and closed.open_orders == 0 and flat_position(closed.position)
+        if flat and seq is not None:
             self._keep(asyncio.ensure_future(self._flattened(symbol, seq, reason)))
-        return KillOutcome(Outcome.FLATTENED if done else Outcome.EMERGENCY_CANCELLED, "agent" if done else "emergency",
-                           left if told is None else told, position,
-                           round((time.monotonic() - started) * 1000, 1), first=EXCHANGE_ROUTE,
+        return KillOutcome(Outcome.FLATTENED if flat else closed.outcome, "emergency", closed.open_orders,
+                           closed.position, ms_since(started), problem=problem, error=closed.error, first=EXCHANGE_ROUTE,
                            confirmed_ms=confirmed_ms)

@@ -21,8 +21,8 @@ import ray
 
 from controller.emergency import KillOutcome, Outcome
 from controller.kill_path import AGENT_ROUTE, EXCHANGE_ROUTE, READ_S, DurableKill, first_empty, flat_position, \
-    halt_not_confirmed, keep_behind, kill_stopped, kill_unchanged, raced_outcome, read_lease, sweep_until_halted, \
-    write_kill_states
+    halt_not_confirmed, keep_behind, kill_stopped, kill_unchanged, ms_since, raced_outcome, read_lease, \
+    sweep_until_halted, write_kill_states
 from controller.lease import Lease, kill_states_shown
 from fleet.text import named_line
 from fleet.vocabulary import KillState
@@ -53,10 +53,6 @@ def _num(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return 0.0
-
-
-def _ms_since(started: float) -> float:
-    return round((time.monotonic() - started) * 1000, 1)
 
 
 class KillSwitches:
@@ -93,7 +89,7 @@ class KillSwitches:
             "reason": reason,
             "durable": is_durable,         # false: the GCS did not take the kill states in time; the write goes on
             "durable_ms": durable.waited,  # the kill states written to the GCS (a restart from then on comes back halted)
-            "elapsed_ms": _ms_since(started),
+            "elapsed_ms": ms_since(started),
             "symbols": {s: r.to_dict() for s, r in zip(targets, results)},
         }
 
@@ -216,7 +212,7 @@ class KillSwitches:
         try:
             answer = await self.agents.call(symbol, mode, reason, kill_seq, timeout=timeout)
             if isinstance(answer, dict) and answer.get("outcome") == "superseded":  # not carried out, nor due
-                return KillOutcome(Outcome.FAILED, "agent", None, None, _ms_since(started), problem=problem)
+                return KillOutcome(Outcome.FAILED, "agent", None, None, ms_since(started), problem=problem)
             problem = None
         except asyncio.TimeoutError:
             problem = f"agent did not answer the {mode} within {timeout:g} s"
@@ -227,17 +223,17 @@ class KillSwitches:
             flat = mode == "flatten" and flat_position(answer.get("position"))
             if flat and kill_seq is not None:   # not when this kill's state is not durable yet; after the answer
                 keep_behind(self.behind, self._flattened(symbol, kill_seq, reason))
-            return KillOutcome(Outcome.done(mode), "agent", 0, answer.get("position"), _ms_since(started))
+            return KillOutcome(Outcome.done(mode), "agent", 0, answer.get("position"), ms_since(started))
         if problem is None and isinstance(answer, dict) and answer.get("outcome") == "not_started":
             # Not trading yet (it gets the kill state with its grant): empty the book, keep its lease.
             result = await self._emergency(symbol, mode, revoke=False)
             outcome = Outcome.done(mode) if result.outcome == Outcome.EMERGENCY_CANCELLED else result.outcome
-            return replace(result, outcome=outcome, path="controller", elapsed_ms=_ms_since(started))
+            return replace(result, outcome=outcome, path="controller", elapsed_ms=ms_since(started))
         if problem is None:
             problem = f"agent reported {open_orders!r} open orders after the {mode}"
         log.warning("%s: %s; cancelling at the exchange", symbol, problem)
         result = await self._emergency(symbol, mode)
-        return replace(result, problem=problem, elapsed_ms=_ms_since(started))
+        return replace(result, problem=problem, elapsed_ms=ms_since(started))
 
     async def _flattened(self, symbol: str, kill_seq: int, reason: str) -> None:
         """A flatten done: the symbol halted from now on, never over a resume or kill that came since (read

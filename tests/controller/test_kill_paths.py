@@ -389,6 +389,42 @@ def test_a_flatten_while_the_controller_is_stopped_ends_halted(fleet):
     assert book.kill_state(sym) == "running"
 
 
+
+def test_a_flatten_whose_agent_is_hung_too_is_closed_at_the_exchange(fleet):
+    """Controller and agent both stopped: the endpoint empties the book, waits for the agent only until
+    its lease (not renewed meanwhile) has ended, and then closes the position itself with a reduce-only
+    MARKET order; the exchange shows it flat and the symbol is written halted."""
+    import ray
+
+    sym = "SOLUSDT"
+    fleet.wait_quoting(within_s=90)
+    agent_pid = fleet.get("/status").json()["agents"][sym]["pid"]
+    jump = requests.post(f"{fleet.sim.server.rest_url}/sim/market/jump", json={"symbol": sym, "pct": -0.5}, timeout=10)
+    assert jump.status_code == 200, jump.text
+    poll(lambda: float(fleet.sim.state(sym)["positions"][sym]["amount"]) != 0, 30, f"a position in {sym}")
+    book = LeaseBook(GcsStore(fleet.cfg.name))
+    pid = ray.get(fleet.controller.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
+    os.kill(pid, signal.SIGSTOP)
+    os.kill(agent_pid, signal.SIGSTOP)
+    try:
+        r = fleet.post("/kill", {"symbols": [sym], "mode": "flatten", "reason": "flatten drill, agent hung"})
+        assert r.status_code == 200, r.text
+        answer = r.json()["symbols"][sym]
+        assert answer["by"] == "endpoint" and answer["outcome"] == "flattened" and answer["path"] == "emergency", answer
+        assert answer["open_orders"] == 0 and float(answer["position"]) == 0, answer
+        truth = fleet.sim.state(sym)
+        assert float(truth["positions"][sym]["amount"]) == 0 and truth["open_orders"] == [], truth
+        record = poll(lambda: (lambda r: r if r.state == "halted" else None)(book.kill_record(sym)), 10,
+                      f"{sym} written halted with the controller still stopped")
+        assert record.reason == "flatten drill, agent hung"
+    finally:   # thawed and resumed whatever happened, so that the later tests find the fleet quoting
+        os.kill(agent_pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGCONT)
+        resumed = fleet.post("/resume", {"symbols": [sym], "reason": "drill over"})
+    assert resumed.status_code == 200, resumed.text
+    fleet.wait_quoting(within_s=90)
+    assert book.kill_state(sym) == "running"
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     """``python -m fleet ARGS`` against the session's Ray cluster, as an operator's shell runs it."""
     import ray
