@@ -341,19 +341,28 @@ def halted_across_restarts(fleet: Fleet) -> None:
 
 def test_a_hung_agent_is_emptied_by_the_controllers_emergency_path(fleet):
     fleet.all_quoting()
+    try:
+        hung_agent_emptied(fleet)
+    finally:   # the fleet quotes again for the tests after this one, whatever happened here
+        r = fleet.http("POST", "/resume", json={"symbols": ["SOLUSDT"]})
+    assert r.status_code == 200, r.text
+    fleet.all_quoting(timeout=30.0)
+
+
+def hung_agent_emptied(fleet: Fleet) -> None:
     assert fleet.ray.get(fleet.agent("SOLUSDT").freeze_loop.remote(6.0), timeout=15)
     r = fleet.http("POST", "/kill", json={"symbols": ["SOLUSDT"], "mode": "halt", "reason": "hung agent drill"})
     assert r.status_code == 200, r.text
     sol = r.json()["symbols"]["SOLUSDT"]
     assert sol["path"] == "emergency" and sol["open_orders"] == 0, sol
-    assert fleet.exchange.open_orders("SOLUSDT") == []
+    # A request the agent sent just before its loop froze may land after the answer's 0; the endpoint
+    # sweeps the symbol until the agent's lease has lapsed.
+    poll(lambda: fleet.exchange.open_orders("SOLUSDT") == [], LEASE_S + 1.0, "SOLUSDT's book empty after the kill")
     # Once the loop thaws, the agent's lease is refused: it comes back as a new, halted incarnation.
     old_epoch = fleet.ray.get(fleet.controller().status.remote(), timeout=15)["symbols"]["SOLUSDT"]["epoch"]
     poll(lambda: (fleet.status("SOLUSDT").get("epoch") or 0) > old_epoch
          and fleet.status("SOLUSDT")["state"] == "halted", 30.0, "SOLUSDT re-acquired, halted")
     assert fleet.exchange.open_orders("SOLUSDT") == []
-    fleet.http("POST", "/resume", json={"symbols": ["SOLUSDT"]}).raise_for_status()
-    fleet.all_quoting(timeout=30.0)
 
 
 def test_flatten_closes_every_position_at_the_exchange(fleet):
