@@ -299,18 +299,19 @@ class AgentActor:
             "last_error": self.last_error,
         }
 
-    def _note_direct(self, kill_seq: int | None, state: KillState, reason: str = "") -> None:
+    def _note_direct(self, kill_seq: int | None, state: KillState, reason: str = "",
+                     issued_at: float | None = None) -> None:
         """Tell the lease client a kill command arrived directly, so a stale renewal cannot undo it."""
         own = self.ownership
         if own is not None and self.loop is not None:
-            self.loop.call_soon_threadsafe(own.note_direct_kill_state, _seq(kill_seq), state, reason)
+            self.loop.call_soon_threadsafe(own.note_direct_kill_state, _seq(kill_seq), state, reason, issued_at)
 
     async def _current(self, kill_seq: int | None, state: KillState, command: Callable[[], Any],
-                       reason: str = "") -> Any:
+                       reason: str = "", issued_at: float | None = None) -> Any:
         """On the trading loop: ``command`` runs unless a newer kill command already reached the agent
         (directly or with a grant): a resume delivered after a later kill must not undo it."""
         own = self.ownership
-        if own is not None and not own.note_direct_kill_state(_seq(kill_seq), state, reason):
+        if own is not None and not own.note_direct_kill_state(_seq(kill_seq), state, reason, issued_at):
             agent = self.agent
             if agent is not None:
                 agent.log.event("kill_command_superseded", f"{state} of kill_seq {kill_seq} superseded: not run",
@@ -356,21 +357,25 @@ class AgentActor:
         return text.decode() if isinstance(text, bytes | bytearray) else str(text)
 
     @ray.method(concurrency_group=KILL)
-    async def halt(self, reason: str = "", kill_seq: int | None = None) -> dict[str, Any]:
-        return await self._stop_command(kill_seq, KillState.HALTED, lambda agent: agent.halt(reason), reason)
+    async def halt(self, reason: str = "", kill_seq: int | None = None,
+                   issued_at: float | None = None) -> dict[str, Any]:
+        """``issued_at``: when the kill was asked for (wall clock; its kill state's ``since``)."""
+        return await self._stop_command(kill_seq, KillState.HALTED, lambda agent: agent.halt(reason), reason, issued_at)
 
     @ray.method(concurrency_group=KILL)
-    async def flatten(self, reason: str = "", kill_seq: int | None = None) -> dict[str, Any]:
-        return await self._stop_command(kill_seq, KillState.FLATTENING, lambda agent: agent.flatten(reason), reason)
+    async def flatten(self, reason: str = "", kill_seq: int | None = None,
+                      issued_at: float | None = None) -> dict[str, Any]:
+        return await self._stop_command(kill_seq, KillState.FLATTENING, lambda agent: agent.flatten(reason), reason,
+                                        issued_at)
 
     async def _stop_command(self, kill_seq: int | None, state: KillState, command: Callable[[Any], Any],
-                            reason: str) -> dict[str, Any]:
+                            reason: str, issued_at: float | None) -> dict[str, Any]:
         """A halt or flatten, on the trading loop unless superseded (see ``_current``)."""
         agent = self.agent
         if agent is None:
-            self._note_direct(kill_seq, state, reason)
+            self._note_direct(kill_seq, state, reason, issued_at)
             return {"outcome": "not_started", "open_orders": None}
-        run = lambda: self._current(kill_seq, state, lambda: command(agent), reason)  # noqa: E731
+        run = lambda: self._current(kill_seq, state, lambda: command(agent), reason, issued_at)  # noqa: E731
         if getattr(agent, "core", None) is not None:
             return await self._on_loop(run)
         # Not trading yet: the agent holds the command for its start (and the durable kill state
@@ -379,12 +384,13 @@ class AgentActor:
         return done if done.get("outcome") == "superseded" else {"outcome": "not_started", "open_orders": None}
 
     @ray.method(concurrency_group=KILL)
-    async def resume(self, kill_seq: int | None = None) -> dict[str, Any]:
+    async def resume(self, kill_seq: int | None = None, issued_at: float | None = None) -> dict[str, Any]:
         if self.agent is None:
-            self._note_direct(kill_seq, KillState.RUNNING)
+            self._note_direct(kill_seq, KillState.RUNNING, issued_at=issued_at)
             return {"outcome": "not_started"}
         agent = self.agent
-        return await self._on_loop(lambda: self._current(kill_seq, KillState.RUNNING, agent.resume))
+        return await self._on_loop(lambda: self._current(kill_seq, KillState.RUNNING, agent.resume,
+                                                         issued_at=issued_at))
 
     @ray.method(concurrency_group=CONTROL)
     async def apply_params(self, params: dict[str, Any]) -> dict[str, Any]:

@@ -51,6 +51,7 @@ class LeaseOwnership:
         self.grant: Grant | None = None
         self.direct: tuple[float, str] = (0, "")  # (kill_seq, state) of the last kill command delivered directly
         self.granted_seq = 0  # the newest kill_seq a granted answer carried
+        self.known_at = 0.0   # when the newest numbered kill command known was issued (wall clock)
         # A kill without a number (its state not yet written): carried with every lease call until a
         # granted answer shows a newer record, so that it is written even if the controller that sent
         # it dies before the GCS takes it (``FleetController.kill_carried``).
@@ -60,20 +61,29 @@ class LeaseOwnership:
         """A new incarnation of the same actor keeps what the last one knew of kill commands: ranks, and
         a kill it still carried unwritten (its process lives on; only a new process starts from the GCS)."""
         self.direct, self.granted_seq, self.unwritten = before.direct, before.granted_seq, before.unwritten
+        self.known_at = before.known_at
 
-    def note_direct_kill_state(self, seq: int | None, state: str, reason: str = "") -> bool:
+    def note_direct_kill_state(self, seq: int | None, state: str, reason: str = "",
+                               issued_at: float | None = None) -> bool:
         """A halt/flatten/resume reached the agent directly: answers older than ``seq`` must not undo it.
         False when the command is itself older than one already known, directly or with a grant (a
         resume delivered after a later kill): it must not run.
 
         ``seq`` None: a kill sent while its state could not be made durable (the GCS down). It ranks
         just above every number known (half a step), so neither a renewal already answered nor a
-        command numbered before it undoes it, and the number its state gets once written is above it."""
+        command numbered before it undoes it, and the number its state gets once written is above it.
+        Unless it was issued (``issued_at``, wall clock) before a numbered command the agent knows: Ray
+        may deliver it seconds late (the GCS down), after a resume the operator gave once it was back,
+        which it must not undo."""
         if seq is None:
+            if issued_at is not None and issued_at < self.known_at:
+                return False
             known = max(self.direct[0], self.granted_seq)
             self.direct = (known + 0.5, state)
-            self.unwritten = {"state": str(state), "reason": reason, "after_seq": int(known)}
+            self.unwritten = {"state": str(state), "reason": reason, "after_seq": int(known), "issued_at": issued_at}
             return True
+        if issued_at is not None:
+            self.known_at = max(self.known_at, float(issued_at))
         if seq < max(self.direct[0], self.granted_seq):
             return False
         if seq > self.direct[0]:
@@ -85,6 +95,7 @@ class LeaseOwnership:
         seq, state = self.direct
         if answer.get("granted"):
             self.granted_seq = max(self.granted_seq, int(answer.get("kill_seq", 0)))
+            self.known_at = max(self.known_at, float(answer.get("kill_since") or 0.0))
             if self.unwritten is not None and self.granted_seq > self.unwritten["after_seq"]:
                 self.unwritten = None   # its state written (or a newer command's): no longer carried
         if answer.get("granted") and state and int(answer.get("kill_seq", 0)) < seq:

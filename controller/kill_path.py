@@ -220,9 +220,11 @@ def raced_outcome(first: str | None, confirmed_ms: float | None, agent: asyncio.
                        problem=f"agent: {route_error(agent)}", error=f"exchange: {route_error(exchange)}")
 
 
-async def write_kill_states(book: LeaseBook, symbols: list[str], state: KillState, reason: str) -> dict[str, int]:
-    """The kill state made durable for every symbol (asynchronous GCS writes, concurrently); their seqs."""
-    records = await book.set_kill_states(symbols, state, reason)
+async def write_kill_states(book: LeaseBook, symbols: list[str], state: KillState, reason: str, *,
+                            issued_at: float | None = None, unless_newer: bool = False) -> dict[str, int]:
+    """The kill state made durable for every symbol (asynchronous GCS writes, concurrently); the seqs of
+    those written (``LeaseBook.set_kill_states``: ``issued_at`` is its ``now``)."""
+    records = await book.set_kill_states(symbols, state, reason, now=issued_at, unless_newer=unless_newer)
     return {s: r.seq for s, r in records.items()}
 
 
@@ -242,12 +244,14 @@ class DurableKill:
     answer says ``durable: false``.
     ``lock``: the process's kill-state writes one at a time, held across the retries, so that they
     land in the order they were asked (the controller's resume takes it too: a resume asked after a
-    kill is never overwritten by that kill's late write).
+    kill is never overwritten by that kill's late write). A retry does not write over a record asked
+    for after ``issued_at`` (a resume the controller wrote while this process could not reach the GCS).
     """
 
     def __init__(self, book: LeaseBook, symbols: list[str], state: KillState, reason: str,
-                 lock: asyncio.Lock) -> None:
+                 lock: asyncio.Lock, issued_at: float | None = None) -> None:
         self.what = f"kill state {state} of {', '.join(symbols)}"
+        self.issued_at = time.time() if issued_at is None else issued_at   # the records' since (wall clock)
         self.write = asyncio.ensure_future(self._write(book, symbols, state, reason, lock))
         self.waited: float | None = None   # how long the kill waited for it (ms), when it was durable by then
 
@@ -257,7 +261,8 @@ class DurableKill:
             failures = 0
             while True:
                 try:
-                    seqs = await write_kill_states(book, symbols, state, reason)
+                    seqs = await write_kill_states(book, symbols, state, reason, issued_at=self.issued_at,
+                                                   unless_newer=failures > 0)
                 except Exception as exc:  # noqa: BLE001 - the GCS down or restarting: tried until it takes it
                     failures += 1
                     if failures in (1, 10) or failures % 100 == 0:
@@ -401,14 +406,15 @@ class DirectKill:
         ``by``: who asked, for the controller's journal."""
         started = time.monotonic() if started is None else started
         state = KillState.HALTED if mode == "halt" else KillState.FLATTENING
-        durable = DurableKill(self.book, symbols, state, reason, self.write_lock)   # durable first, unless the GCS cannot take it
+        durable = DurableKill(self.book, symbols, state, reason, self.write_lock,   # durable first, unless the GCS cannot take it
+                              issued_at=time.time() - (time.monotonic() - started))
         self._keep(durable.write)
         is_durable = await durable.wait(started, self.gcs_wait(DURABLE_WAIT_S))
         self._tell("kill_noted", symbols, mode, reason, by,
                    {s: q for s in symbols if (q := durable.seq(s)) is not None})
         one: Callable[[str], Awaitable[KillOutcome]] = (
             (lambda s: self._halt(s, reason, durable, started)) if mode == "halt"
-            else (lambda s: self._flatten(s, reason, durable.seq(s), started)))
+            else (lambda s: self._flatten(s, reason, durable, started)))
         results = await asyncio.gather(*(one(s) for s in symbols))
         return {"mode": mode, "reason": reason, "by": "endpoint", "durable": is_durable, "durable_ms": durable.waited,
                 "elapsed_ms": ms_since(started),
@@ -465,7 +471,8 @@ class DirectKill:
         return await self.desk.cancel_until_empty(symbol, self._account(symbol))
 
     async def _halt(self, symbol: str, reason: str, durable: DurableKill, started: float) -> KillOutcome:
-        agent = asyncio.ensure_future(self._agent(symbol, "halt", self.halt_timeout_s, reason, durable.seq(symbol)))
+        agent = asyncio.ensure_future(self._agent(symbol, "halt", self.halt_timeout_s, reason, durable.seq(symbol),
+                                                  durable.issued_at))
         exchange = asyncio.ensure_future(self._exchange(symbol))
         first, confirmed_ms = await first_empty({AGENT_ROUTE: agent, EXCHANGE_ROUTE: exchange}, started)
         for task in (agent, exchange):
@@ -510,17 +517,19 @@ class DirectKill:
         except Exception as exc:  # noqa: BLE001 - it stays flattening: the agent keeps it flat
             log.error("%s: flattened, but its kill state not written halted: %s", symbol, named_line(exc))
 
-    async def _flatten(self, symbol: str, reason: str, seq: int | None, started: float) -> KillOutcome:
+    async def _flatten(self, symbol: str, reason: str, durable: DurableKill, started: float) -> KillOutcome:
         """The book emptied at the exchange, then the agent asked to flatten. An agent that has not done it
         by the end of its lease (stored, plus ``LEASE_MARGIN_S``; no renewal comes while the controller is
         stopped) can no longer send an order: the position is closed at the exchange with a reduce-only
         MARKET order, as the controller's emergency path does (two reduce-only closes never overshoot)."""
+        seq = durable.seq(symbol)
         try:
             left = await self._exchange(symbol)
         except Exception as exc:  # noqa: BLE001 - reported per symbol
             return KillOutcome(Outcome.FAILED, "emergency", None, error=named_line(exc))
         confirmed_ms = ms_since(started) if left == 0 else None
-        agent = asyncio.ensure_future(self._agent(symbol, "flatten", self.flatten_timeout_s, reason, seq))
+        agent = asyncio.ensure_future(self._agent(symbol, "flatten", self.flatten_timeout_s, reason, seq,
+                                                  durable.issued_at))
         window = min(self.flatten_timeout_s, max(0.0, await lease_end(self.book, symbol) - time.time()))
         await asyncio.wait({agent}, timeout=window)
         problem = route_error(agent) if agent.done() else f"no answer from the agent within its lease ({window:.1f} s)"

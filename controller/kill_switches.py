@@ -73,7 +73,7 @@ class KillSwitches:
         warm = asyncio.ensure_future(self.kill_desk.warm({a for s in targets if (a := self._account_of(s))}))
         # Durable first (a restart from then on comes back halted), unless the GCS cannot take it now.
         self.kill_lock = self.kill_lock or asyncio.Lock()
-        durable = DurableKill(self.book, targets, state, reason, self.kill_lock)
+        durable = DurableKill(self.book, targets, state, reason, self.kill_lock, issued_at=asked_at)
         keep_behind(self.behind, durable.write)
         is_durable = await durable.wait(started)
         for s in targets:  # by: who asked ({"actor": "api", "token_fp": ...}); none: over Ray (the CLI)
@@ -83,7 +83,8 @@ class KillSwitches:
         if mode == "halt":
             results = await asyncio.gather(*(self._halt_one(s, reason, durable, started) for s in targets))
         else:
-            results = await asyncio.gather(*(self._kill_one(s, mode, reason, durable.seq(s), started) for s in targets))
+            results = await asyncio.gather(*(self._kill_one(s, mode, reason, durable.seq(s), started, durable.issued_at)
+                                             for s in targets))
         return {
             "mode": mode,
             "reason": reason,
@@ -145,7 +146,12 @@ class KillSwitches:
                 record = (await asyncio.wait_for(self.book.akill_records([symbol]), READ_S)).get(symbol)
                 if record is not None and record.seq > after:
                     return False
-                seqs = await asyncio.wait_for(write_kill_states(self.book, [symbol], state, reason), CARRIED_WRITE_S)
+                issued_at = carried.get("issued_at") if isinstance(carried.get("issued_at"), int | float) else None
+                seqs = await asyncio.wait_for(write_kill_states(
+                    self.book, [symbol], state, reason, issued_at=issued_at, unless_newer=issued_at is not None),
+                    CARRIED_WRITE_S)
+                if symbol not in seqs:   # a command asked for after it was written meanwhile
+                    return False
             log.warning("%s: kill state %s (%r) written as its agent carried it: its kill was sent while the GCS "
                         "was down and its write was lost; kill_seq %d", symbol, state, reason, seqs[symbol])
             journal_record(self, "kill_state_carried", symbol=symbol, reason=reason,
@@ -176,7 +182,8 @@ class KillSwitches:
     async def _halt_one(self, symbol: str, reason: str, durable: DurableKill, started: float) -> KillOutcome:
         """The agent and the exchange raced; answered by the first to see 0, the other left running."""
         agent = asyncio.ensure_future(
-            self.agents.call(symbol, "halt", reason, durable.seq(symbol), timeout=self.settings.kill_timeout_s))
+            self.agents.call(symbol, "halt", reason, durable.seq(symbol), durable.issued_at,
+                             timeout=self.settings.kill_timeout_s))
         exchange = asyncio.ensure_future(self._exchange_route(symbol))
         first, confirmed_ms = await first_empty({AGENT_ROUTE: agent, EXCHANGE_ROUTE: exchange}, started)
         keep_behind(self.behind, self._after_halt(symbol, agent, exchange))
@@ -205,12 +212,13 @@ class KillSwitches:
         log.warning("%s: the agent did not confirm its halt (%s); emergency path", symbol, why)
         await self._emergency(symbol, "halt", revoke=False)
 
-    async def _kill_one(self, symbol: str, mode: str, reason: str, kill_seq: int | None, started: float) -> KillOutcome:
+    async def _kill_one(self, symbol: str, mode: str, reason: str, kill_seq: int | None, started: float,
+                        issued_at: float) -> KillOutcome:
         timeout = self.settings.kill_timeout_s if mode == "halt" else self.settings.flatten_timeout_s
         answer: Any = None
         problem: str | None = "superseded by a later kill or resume"
         try:
-            answer = await self.agents.call(symbol, mode, reason, kill_seq, timeout=timeout)
+            answer = await self.agents.call(symbol, mode, reason, kill_seq, issued_at, timeout=timeout)
             if isinstance(answer, dict) and answer.get("outcome") == "superseded":  # not carried out, nor due
                 return KillOutcome(Outcome.FAILED, "agent", None, None, ms_since(started), problem=problem)
             problem = None
@@ -288,10 +296,11 @@ class KillSwitches:
         for s in targets:
             journal_record(self, "resume", symbol=s, reason=(by or {}).get("reason"), **_by(by))
         self.kill_lock = self.kill_lock or asyncio.Lock()
+        asked_at = time.time()
         async with self.kill_lock:
-            seqs = await write_kill_states(self.book, targets, KillState.RUNNING, "resumed")
+            seqs = await write_kill_states(self.book, targets, KillState.RUNNING, "resumed", issued_at=asked_at)
         answers = await asyncio.gather(
-            *(self.agents.call(s, "resume", seqs[s], timeout=self.settings.kill_timeout_s) for s in targets),
+            *(self.agents.call(s, "resume", seqs[s], asked_at, timeout=self.settings.kill_timeout_s) for s in targets),
             return_exceptions=True,
         )
         out = {}

@@ -248,6 +248,7 @@ class LeaseAnswer:
     reduce_only: bool = False
     rate_share: float = 1.0
     kill_seq: int = 0
+    kill_since: float = 0.0  # when that kill state was asked for (wall clock): orders an unnumbered command
     owner: str = ""
     wait_s: float = 0.0
     reason: str = ""
@@ -398,13 +399,17 @@ class LeaseBook:
         return rec
 
     async def set_kill_states(self, symbols: list[str], state: str, reason: str = "",
-                              *, now: float | None = None) -> dict[str, KillRecord]:
+                              *, now: float | None = None, unless_newer: bool = False) -> dict[str, KillRecord]:
         """Every symbol's kill state written at once: one read of all their records, then the writes
-        concurrently (asynchronous GCS calls on the caller's loop)."""
+        concurrently (asynchronous GCS calls on the caller's loop). ``now``: when the command was asked
+        for (the records' ``since``); ``unless_newer``: a symbol whose stored record was asked for later
+        is left alone (a write that lands late must not undo a command given meanwhile). The records written."""
         state = KillState.parse(state)
         keys = [k for s in symbols for k in (f"kill/{s}", f"killseq/{s}")]
         got = await aget_many(self.store, keys)
         since = time.time() if now is None else now
+        if unless_newer:
+            symbols = [s for s in symbols if parse_kill_record(got.get(f"kill/{s}"), got.get(f"killseq/{s}")).since <= since]
         records = {s: KillRecord(state=state, reason=reason, since=since,
                                  seq=next_kill_seq(got.get(f"kill/{s}"), got.get(f"killseq/{s}")))
                    for s in symbols}
@@ -458,7 +463,7 @@ class LeaseBook:
         return LeaseAnswer(
             granted=True, symbol=symbol, epoch=lease.epoch, lease_ttl_s=self.lease_ttl_s,
             kill_state=kill.state, reduce_only=reduce_only, rate_share=rate_share, kill_seq=kill.seq,
-            owner=lease.holder,
+            kill_since=kill.since, owner=lease.holder,
         )
 
     def _put_lease(self, symbol: str, lease: Lease) -> None:

@@ -350,7 +350,7 @@ def test_a_kill_without_a_number_ranks_above_every_number_known_until_its_state_
     assert own.note_direct_kill_state(6, "running") is True       # resume #6 reached the agent directly
     assert own.note_direct_kill_state(None, "halted", "drill") is True   # then a kill the GCS could not take
     # carried with every lease call until written, should the process that sent it die before it is
-    assert own.unwritten == {"state": "halted", "reason": "drill", "after_seq": 6}
+    assert own.unwritten == {"state": "halted", "reason": "drill", "after_seq": 6, "issued_at": None}
     assert own._grant({**base, "kill_state": "running", "kill_seq": 6}).kill_state == "halted"   # a stale renewal
     assert own.note_direct_kill_state(6, "running") is False      # resume #6 again (retried): not run
     assert own.unwritten is not None
@@ -364,7 +364,7 @@ def test_a_kill_without_a_number_ranks_above_every_number_known_until_its_state_
     own.note_direct_kill_state(None, "halted", "once more")
     reborn = LeaseOwnership(None, "ETHUSDC", "h2")
     reborn.inherit(own)
-    assert reborn.unwritten == {"state": "halted", "reason": "once more", "after_seq": 8}
+    assert reborn.unwritten == {"state": "halted", "reason": "once more", "after_seq": 8, "issued_at": None}
     assert reborn._grant({**base, "kill_state": "running", "kill_seq": 8}).kill_state == "halted"
     # Not started yet: the core starts in the held command's state, not the grant's read without it.
     starting = LeaseOwnership(None, "ETHUSDC", "h")
@@ -372,6 +372,36 @@ def test_a_kill_without_a_number_ranks_above_every_number_known_until_its_state_
     grant = starting._grant({**base, "kill_state": "running", "kill_seq": 3})
     assert held_kill_state("halted", None, starting.granted_seq, grant.kill_state) == "halted"
 
+
+def test_a_kill_without_a_number_delivered_after_a_later_resume_does_not_undo_it():
+    """Seen in CI across a GCS restart: the endpoint's halt, sent while the GCS was down (no kill_seq),
+    reached the agent 2 s late, after the resume the operator gave once the GCS was back; ranked above
+    every number, it halted the agent again and was written durably. A command without a number is
+    ordered by when it was asked for against the numbered ones the agent knows."""
+    base = {"granted": True, "symbol": "ETHUSDC", "epoch": 4, "lease_ttl_s": 3.0, "reduce_only": False,
+            "rate_share": 1.0}
+    own = LeaseOwnership(None, "ETHUSDC", "h")
+    assert own.note_direct_kill_state(6, "running", issued_at=1_000.0) is True     # the resume, asked at 1000
+    assert own.note_direct_kill_state(None, "halted", "outage", issued_at=998.0) is False   # the kill, asked at 998
+    assert own.unwritten is None and own.direct == (6, "running")
+    assert own.note_direct_kill_state(None, "halted", "later", issued_at=1_001.0) is True    # a kill asked after it
+    assert own.unwritten == {"state": "halted", "reason": "later", "after_seq": 6, "issued_at": 1_001.0}
+    # What the agent knows from a grant counts too: the record's since comes with its number.
+    granted = LeaseOwnership(None, "ETHUSDC", "h")
+    granted._grant({**base, "kill_state": "running", "kill_seq": 6, "kill_since": 1_000.0})
+    assert granted.note_direct_kill_state(None, "halted", "outage", issued_at=998.0) is False
+    assert granted.note_direct_kill_state(None, "halted", "outage") is True   # a caller that gives no time: ranked above
+
+
+def test_a_kill_state_write_that_lands_late_leaves_a_command_asked_for_since_alone():
+    b = book()
+    asyncio.run(b.set_kill_states(["ETHUSDC"], "running", "resumed", now=1_000.0))
+    late = asyncio.run(b.set_kill_states(["ETHUSDC", "BTCUSDT"], "halted", "outage", now=998.0, unless_newer=True))
+    assert set(late) == {"BTCUSDT"}
+    assert b.kill_record("ETHUSDC").state == "running" and b.kill_record("BTCUSDT").since == 998.0
+    assert b.acquire("ETHUSDC", "a", now=0.0).kill_since == 1_000.0
+    asked_later = asyncio.run(b.set_kill_states(["ETHUSDC"], "halted", "later", now=1_001.0, unless_newer=True))
+    assert asked_later["ETHUSDC"].seq == 2 and b.kill_state("ETHUSDC") == "halted"
 
 def test_agents_are_created_by_the_controller_itself_when_the_spawner_does_not_answer(ray_cluster, monkeypatch,
                                                                                        caplog):
