@@ -114,7 +114,7 @@ class Engine(EngineViews):
         self.next_mark_ms = (now_ms // config.mark_interval_ms + 1) * config.mark_interval_ms
         self.next_mark3_ms = (now_ms // 3000 + 1) * 3000
         self.depth_due: dict[str, int] = {}
-        self.depth_sent_u: dict[str, int] = {}   # @0ms partial depth: the book's update id last sent
+        self.depth_sent_u: dict[str, int] = {}   # partial depth: the book's update id last sent (u)
         self.kline_streams: list[tuple[Book, str, str]] = []   # (book, stream, interval) listened to
         self.kline_open: dict[str, int] = {}   # stream -> the open time of the candle it last pushed
         self.ticker_streams: list[tuple[Book, str, Any]] = []   # (book, stream, renderer) listened to
@@ -594,15 +594,19 @@ class Engine(EngineViews):
                 if self.want_all_bt:
                     self._emit_market("!bookTicker", frame)
         for stream, levels, every in b.depth_streams:
+            last_u = self.depth_sent_u.get(stream)
             if not every:   # @0ms: every change of the book, once
-                if self.depth_sent_u.get(stream) == b.update_id:
+                if last_u == b.update_id:
                     continue
-                self.depth_sent_u[stream] = b.update_id
             elif t < self.depth_due.get(stream, 0):
                 continue
             else:
                 self.depth_due[stream] = t - t % every + every
-            self._emit_market(stream, (render_depth, b, b.update_id, b.depth_levels(levels), t))
+            # U..u: the updates since the last push, pu: its u (as the diff stream); unchanged: U = u = pu
+            self.depth_sent_u[stream] = b.update_id
+            prev = b.update_id - 1 if last_u is None else min(last_u, b.update_id)
+            self._emit_market(stream, (render_depth, b, min(prev + 1, b.update_id), b.update_id, prev,
+                                       b.depth_levels(levels), t))
         for stream, every in b.diff_streams:
             if every:   # @0ms: every change (an unchanged book is skipped below)
                 if t < self.depth_due.get(stream, 0):

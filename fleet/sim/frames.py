@@ -91,11 +91,11 @@ def render_bt(b: Book, update_id: int, bt: tuple[int, int, int, int], t: int) ->
             "a": b.price_str(bt[2]), "A": b.qty_str(bt[3]), "T": t, "E": t}
 
 
-def render_depth(b: Book, update_id: int, levels: tuple[list[tuple[int, int]], list[tuple[int, int]]],
-                  t: int) -> dict[str, Any]:
+def render_depth(b: Book, first: int, last: int, prev: int,
+                 levels: tuple[list[tuple[int, int]], list[tuple[int, int]]], t: int) -> dict[str, Any]:
     ps, qs = b.price_str, b.qty_str
-    return {"e": "depthUpdate", "E": t, "T": t, "s": b.symbol, "U": update_id, "u": update_id,
-            "pu": update_id - 1, "b": [[ps(p), qs(q)] for p, q in levels[0]],
+    return {"e": "depthUpdate", "E": t, "T": t, "s": b.symbol, "U": first, "u": last,
+            "pu": prev, "b": [[ps(p), qs(q)] for p, q in levels[0]],
             "a": [[ps(p), qs(q)] for p, q in levels[1]]}
 
 

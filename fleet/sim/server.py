@@ -205,7 +205,10 @@ class SimServer(ExchangeGateway, StreamGateway, AdminRoutes):
     async def start(self) -> "SimServer":
         app = web.Application(client_max_size=1 << 20)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # A combined stream of up to ws_max_streams (1024) names is a ~20 kB request line: aiohttp's
+        # 8 kB default refused it as plain text before the simulator's own -1130 check saw it.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     max_line_size=65536, max_field_size=65536)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()

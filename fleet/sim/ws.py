@@ -38,7 +38,7 @@ class Conn:
     silent: dict[str, str] = field(default_factory=dict)  # accepted, never delivered: canonical -> name
     listen_keys: set[str] = field(default_factory=set)
     accounts: set[str] = field(default_factory=set)
-    events: set[str] | None = None
+    events: dict[str, set[str]] = field(default_factory=dict)  # listen key ("*": any) -> the events it delivers
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     last_pong: float = 0.0
     next_ping: float = 0.0
@@ -97,7 +97,8 @@ class StreamGateway(WsApiGateway):
                 for c in conns:
                     if key not in c.listen_keys:
                         continue
-                    if c.events is not None and etype not in c.events:
+                    allowed = c.events.get(key, c.events.get("*"))
+                    if allowed is not None and etype not in allowed:
                         continue
                     if c.combined:
                         if enveloped is None:
@@ -136,19 +137,14 @@ class StreamGateway(WsApiGateway):
         combined = mode == "stream"
         names: list[str] = []
         if mode == "ws" and len(parts) > 1:
-            names = ["/".join(parts[1:])]
-            if path_kind in (PUBLIC, MARKET) and names[0].isdigit():
+            names = parts[1:]   # /public/ws/a@depth/b@depth: each segment a raw stream, one connection
+            if path_kind in (PUBLIC, MARKET) and len(names) == 1 and names[0].isdigit():
                 names = []   # ccxt's connection number, not a stream (/public/ws/0): SUBSCRIBE fills it
         if request.query.get("streams"):
             names = [n for n in request.query["streams"].split("/") if n]
-        events: set[str] | None = None
+        events: dict[str, set[str]] = {}
         if path_kind in ("private", "legacy"):   # ?listenKey=K (silent on the unrouted /ws by default)
-            key = request.query.get("listenKey")
-            if key:
-                names.append(key)
-        if path_kind == "private":
-            if request.query.get("events"):
-                events = {e for e in request.query["events"].split("/") if e}
+            names += self._listen_keys(request, events if path_kind == "private" else None)
         if len(names) > self.config.ws_max_streams:
             return self._json(400, {"code": -1130, "msg": f"At most {self.config.ws_max_streams} streams "
                                                           "per connection."})
@@ -170,6 +166,19 @@ class StreamGateway(WsApiGateway):
                                "id": None})
         await self._serve(c, lambda data: self._on_message(c, data), binary)
         return ws
+
+    @staticmethod
+    def _listen_keys(request: web.Request, events: dict[str, set[str]] | None) -> list[str]:
+        """The ``listenKey`` parameters in order; ``events`` (``/private`` only): each key's own
+        ``events=A/B``, the one that follows it (``?listenKey=K1&events=A&listenKey=K2&events=B``); one
+        before any key is the connection's (``"*"``: keys subscribed later too)."""
+        keys: list[str] = []
+        for name, value in request.query.items():
+            if name == "listenKey" and value:
+                keys.append(value)
+            elif name == "events" and events is not None and value:
+                events[keys[-1] if keys else "*"] = {e for e in value.split("/") if e}
+        return keys
 
     async def _serve(self, c: Conn, on_text: Callable[[str], Awaitable[None]], binary_reply: bytes) -> None:
         """Read one connection until it closes: text to ``on_text``, pings answered, pongs noted,
@@ -362,6 +371,15 @@ class StreamGateway(WsApiGateway):
             self._reply(c, {"error": {"code": 2, "msg": "Invalid request: request must be a JSON object"},
                             "id": None})
             return
+        if "method" not in req:
+            self.stats["ws_bad_messages"] += 1
+            self._reply(c, {"error": {"code": 2, "msg": "Invalid request: missing field `method`"}, "id": req.get("id")})
+            return
+        if "id" not in req:
+            self.stats["ws_bad_messages"] += 1
+            self._reply(c, {"error": {"code": 2, "msg": "Invalid request: request ID must be an unsigned integer"},
+                            "id": None})
+            return
         rid = req.get("id")
         # The docs say an unsigned INT; Binance's own USD-M SDK sends a UUID string (binance-common's
         # WebSocket streams, ``id_strict_int`` off but for Options, whose server refuses strings): both
@@ -419,8 +437,9 @@ class StreamGateway(WsApiGateway):
                 self._reply(c, {"error": {"code": 0, "msg": "Unknown property"}, "id": rid})
         else:
             self.stats["ws_bad_messages"] += 1
-            self._reply(c, {"error": {"code": 2, "msg": f"Invalid request: unknown method {method!r}"},
-                            "id": rid})
+            self._reply(c, {"error": {"code": 2, "msg": f"Invalid request: unknown variant {str(method)[:64]!r}, "
+                                                        "expected one of `SUBSCRIBE`, `UNSUBSCRIBE`, `LIST_SUBSCRIPTIONS`, "
+                                                        "`SET_PROPERTY`, `GET_PROPERTY`"}, "id": rid})
 
     async def _writer(self, c: Conn) -> None:
         ws = c.ws

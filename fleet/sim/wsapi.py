@@ -117,7 +117,10 @@ class WsApiGateway:
 
     def ws_api_call(self, rid: Any, method: str, params: dict[str, Any], ip: str, now: int, session: WsSession,
                     rate_limits: bool = True) -> WsApiReply:
-        """One parsed request at ``now`` (``METHODS[method]``'s injected REST latency already waited)."""
+        """One parsed request at ``now`` (``METHODS[method]``'s injected REST latency already waited). A
+        name may carry its version (``v1/order.place``); ``v2/account.*`` are methods of their own."""
+        if method not in METHODS and method.startswith("v1/"):
+            method = method[3:]
         route = METHODS.get(method)
         if route is None and not method.startswith("session."):
             return self._ws_error(rid, 400, -1020, f"This operation is not supported: unknown method {method[:64]!r}")

@@ -119,6 +119,42 @@ async def test_private_events_filter_is_an_allow_list(sim):
         await ws.close()
 
 
+async def test_private_stream_with_several_listen_keys_each_with_its_own_events(sim_factory):
+    """Binance's 2026 form: ``/private/stream?listenKey=K1&events=A&listenKey=K2&events=B``; each
+    ``events`` belongs to the key before it (the simulator used to serve the first key only)."""
+    sim = await sim_factory(config={"accounts": [{"name": "main"}, {"name": "hedge"}]})
+    async with SimClient.for_sim(sim, 0) as main, SimClient.for_sim(sim, 1) as hedge, aiohttp.ClientSession() as s:
+        k1 = (await main.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
+        k2 = (await hedge.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
+        ws = await s.ws_connect(f"{sim.ws_url}/private/stream?listenKey={k1}&events=ORDER_TRADE_UPDATE"
+                                f"&listenKey={k2}&events=ACCOUNT_UPDATE")
+        for c in (main, hedge):
+            r = await c.signed("POST", "/fapi/v1/order", {"symbol": "ETHUSDC", "side": "BUY", "type": "MARKET",
+                                                          "quantity": "0.010"})
+            assert r.status == 200, r.json
+        seen: set[tuple[str, str]] = set()
+        while seen != {(k1, "ORDER_TRADE_UPDATE"), (k2, "ACCOUNT_UPDATE")}:
+            frame = await _recv_json(ws)
+            seen.add((frame["stream"], frame["data"]["e"]))
+            assert seen <= {(k1, "ORDER_TRADE_UPDATE"), (k2, "ACCOUNT_UPDATE")}, seen
+        await ws.close()
+
+
+async def test_several_streams_in_a_ws_path_and_partial_depth_frames_chain_their_update_ids(sim):
+    """``/public/ws/a/b`` (Binance's first example of the 2026 layout) is two raw streams on one
+    connection; a partial book's U..u covers the updates since its last push, and pu is that push's u."""
+    async with aiohttp.ClientSession() as s:
+        ws = await s.ws_connect(f"{sim.ws_url}/public/ws/btcusdt@depth5@100ms/ethusdc@depth5@100ms")
+        frames: list[dict] = []
+        while len(frames) < 12 or {f["s"] for f in frames} != {"BTCUSDT", "ETHUSDC"}:
+            frames.append(await _recv_json(ws))
+        await ws.close()
+    assert all(f["e"] == "depthUpdate" for f in frames)   # raw frames: the ws mode
+    for symbol in ("BTCUSDT", "ETHUSDC"):
+        pushes = [f for f in frames if f["s"] == symbol]
+        assert all(f["U"] <= f["u"] for f in pushes)
+        assert all(b["pu"] == a["u"] and b["U"] == min(a["u"] + 1, b["u"]) for a, b in zip(pushes, pushes[1:])), pushes
+
 async def test_market_streams_on_legacy_and_2026_paths(sim):
     async with aiohttp.ClientSession() as s:
         ws = await s.ws_connect(f"{sim.ws_url}/ws/ethusdc@bookTicker")
@@ -194,6 +230,20 @@ async def test_subscribe_unsubscribe_list_and_bad_requests(sim):
             err = await _until(ws, lambda f: "error" in f)
             assert err["error"]["code"] == 2 and err["id"] is None
         await ws.close()
+        ws = await s.ws_connect(f"{sim.ws_url}/market/ws")
+        await ws.send_str(json.dumps({"method": "LIST_SUBSCRIPTIONS"}))   # no id: refused, as Binance does
+        assert (await _recv_json(ws))["error"] == {"code": 2, "msg": "Invalid request: request ID must be an "
+                                                                     "unsigned integer"}
+        await ws.send_str(json.dumps({"params": [], "id": 8}))
+        assert (await _recv_json(ws)) == {"error": {"code": 2, "msg": "Invalid request: missing field `method`"},
+                                          "id": 8}
+        await ws.send_str(json.dumps({"method": "FOO", "params": [], "id": 9}))
+        assert (await _recv_json(ws))["error"]["msg"].startswith("Invalid request: unknown variant 'FOO', expected one of")
+        await ws.close()
+        # up to 1,024 streams a connection: a longer list is the simulator's own refusal, not the HTTP parser's
+        names = "/".join(f"s{i}usdt@markPrice" for i in range(1025))
+        async with s.get(f"{sim.rest_url}/market/stream?streams={names}") as r:
+            assert r.status == 400 and (await r.json())["code"] == -1130
         # the simulator keeps serving after bad frames
         ws = await s.ws_connect(f"{sim.ws_url}/ws/ethusdc@bookTicker")
         assert (await _recv_json(ws))["e"] == "bookTicker"

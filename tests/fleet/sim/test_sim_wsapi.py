@@ -74,6 +74,8 @@ async def test_an_order_placed_amended_looked_up_and_cancelled_over_the_websocke
 
         looked_up = await api.call("order.status", {"symbol": SYMBOL, "origClientOrderId": "ws-1"})
         assert looked_up["result"]["origQty"] == "0.020" and looked_up["result"]["status"] == "NEW"
+        versioned = await api.call("v1/order.status", {"symbol": SYMBOL, "origClientOrderId": "ws-1"})  # "v1/" prefix
+        assert versioned["status"] == 200 and versioned["result"]["orderId"] == looked_up["result"]["orderId"]
         cancelled = await api.call("order.cancel", {"symbol": SYMBOL, "orderId": order["orderId"]})
         assert cancelled["result"]["status"] == "CANCELED"
         assert (await state(s, sim))["open_orders"] == []
