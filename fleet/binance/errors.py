@@ -55,7 +55,7 @@ class PostOnlyRejectedError(BinanceError):
 
 
 class MinNotionalError(BinanceError):
-    """-4164: price * quantity is below the symbol's MIN_NOTIONAL."""
+    """-4164 (a new order) or -5029 (an amendment): price * quantity is below the symbol's MIN_NOTIONAL."""
 
 
 class FilterRejectedError(BinanceError):
@@ -121,6 +121,7 @@ _BY_CODE: dict[int, type[BinanceError]] = {
     ErrorCode.REDUCE_ONLY_REJECT: ReduceOnlyRejectedError,
     ErrorCode.GTX_ORDER_REJECT: PostOnlyRejectedError,
     ErrorCode.MIN_NOTIONAL: MinNotionalError,
+    ErrorCode.MODIFICATION_MIN_NOTIONAL: MinNotionalError,
     ErrorCode.BAD_PRECISION: FilterRejectedError,
     ErrorCode.FILTER_FAILURE: FilterRejectedError,
     ErrorCode.QTY_LESS_THAN_ZERO: FilterRejectedError,

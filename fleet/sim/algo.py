@@ -22,7 +22,7 @@ from itertools import chain
 from typing import TYPE_CHECKING, Any, Iterable
 
 from fleet.sim.errors import SimApiError, int_param, invalid, missing
-from fleet.sim.orders import CLIENT_ID_RE, PRICE_MATCH, Account
+from fleet.sim.orders import CLIENT_ID_RE, DEFAULT_STP, PRICE_MATCH, STP_MODES, Account
 
 if TYPE_CHECKING:
     from fleet.sim.book import Book
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("fleet.sim")
 
 TYPES = ("STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET")
-STP_MODES = ("NONE", "EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH")
 MAX_OPEN = 200   # "The conditional order limits is 200 across all symbols" (change log, 2025-12-29)
 CALLBACK_RANGE = (0.1, 20.0)   # percent; the maximum was raised from 10 to 20 on 2026-10-23
 HISTORY = 10_000   # closed algo orders kept per account for the queries (the open ones are all kept)
@@ -72,7 +71,7 @@ class AlgoOrder:
         self.reduce_only = False
         self.close_all = False
         self.protect = False
-        self.stp = "EXPIRE_MAKER"
+        self.stp = DEFAULT_STP
         self.activate = 0            # ticks; trailing stops only
         self.callback = ""           # percent as sent; trailing stops only
         self.back = 0.0              # the callback as a fraction
@@ -172,9 +171,9 @@ class AlgoService:
         a.working = params.get("workingType") or "CONTRACT_PRICE"
         if a.working not in ("CONTRACT_PRICE", "MARK_PRICE"):
             raise invalid("workingType")
-        a.stp = params.get("selfTradePreventionMode") or "EXPIRE_MAKER"
+        a.stp = params.get("selfTradePreventionMode") or DEFAULT_STP
         if a.stp not in STP_MODES:
-            raise invalid("selfTradePreventionMode")
+            raise SimApiError(-5039, "Invalid self trade prevention mode.")
         for name in (("triggerPrice",) if trailing else ("activatePrice", "callbackRate")):
             if params.get(name):
                 raise SimApiError(-1106, f"Parameter '{name}' sent when not required.")
@@ -333,6 +332,7 @@ class AlgoService:
                 params["priceMatch"] = a.price_match
             else:
                 params["price"] = b.price_str(a.price)
+        params["selfTradePreventionMode"] = a.stp
         try:
             # its date was checked at placement: the order may reach the engine in its last 600 s
             a.order, _ = e._new_order(acct, params, now, False, False, gtd_checked=True)

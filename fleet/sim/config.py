@@ -120,7 +120,9 @@ class RateLimits(_Model):
     weight_per_minute: int = Field(2400, ge=1)
     orders_per_10s: int = Field(300, ge=1)
     orders_per_minute: int = Field(1200, ge=1)
-    ban_base_s: float = Field(120.0, gt=0, description="first 418 ban; doubles each time, max 3 days")
+    ban_base_s: float = Field(120.0, gt=0, description="first 418 ban; doubles with each later ban, max 3 days")
+    ban_after_429s: int = Field(10, ge=1, description="429s an IP may get in one minute; a request after "
+                                                      "that many is banned (418)")
     ban_max_s: float = Field(3 * 24 * 3600.0, gt=0)
 
 

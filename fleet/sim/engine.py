@@ -18,13 +18,13 @@ from typing import Any
 from fleet.sim.algo import TYPES as ALGO_TYPES, AlgoService
 from fleet.sim.book import NO_ASK, Book, DiffState
 from fleet.sim.config import SimConfig
-from fleet.sim.errors import SimApiError, int_param, invalid, missing
+from fleet.sim.errors import SimApiError, check_number, int_param, invalid, missing
 from fleet.sim.frames import (render, render_account_update, render_agg, render_bt, render_depth, render_diff,
                               render_kline, render_list, render_mark, render_mini_ticker, render_order_update,
                               render_ticker, render_trade, render_trade_lite, ticker_24h)
 from fleet.sim.keys import ed25519_private_pem
 from fleet.sim.market import MarketModel
-from fleet.sim.orders import CLIENT_ID_RE, PRICE_MATCH, Account, Order, Trade
+from fleet.sim.orders import CLIENT_ID_RE, DEFAULT_STP, PRICE_MATCH, STP_MODES, Account, Order, Trade
 from fleet.sim.replay import ReplayMarket
 from fleet.sim.streams import (ALL_TICKERS_EVERY_MS, DEPTH_EVERY_MS, KLINE_EVERY_MS, KLINE_MINUTES, TICKER_EVERY_MS,
                                kline_next, kline_open)
@@ -434,11 +434,19 @@ class Engine(EngineViews):
             resting = levels.get(p)
             traded = 0
             eaten = 0
+            stp_stop = False
             if resting:
                 for o in list(resting):
-                    if taker is not None and o.account == taker.account:
-                        if o is not taker:  # self-trade prevention EXPIRE_MAKER (the "V" of every order)
+                    if taker is not None and o.account == taker.account and (o is taker or taker.stp != "NONE"):
+                        if o is taker:
+                            continue
+                        # self-trade prevention, as the taker's mode says: the maker expires (EXPIRE_MAKER,
+                        # EXPIRE_BOTH), the taker's remainder expires (EXPIRE_TAKER, EXPIRE_BOTH)
+                        if taker.stp != "EXPIRE_TAKER":
                             self._expire(self.accounts[o.account], b, o, t, "1")
+                        if taker.stp != "EXPIRE_MAKER":
+                            stp_stop = True
+                            break
                         continue
                     ahead = o.ahead if o.ahead < s_qty else s_qty
                     gap = ahead - eaten
@@ -460,7 +468,7 @@ class Engine(EngineViews):
                     self._fill(b, o, fill, p, True, t)
                     if v == 0:
                         break
-            if v > 0 and s_qty > eaten:
+            if v > 0 and s_qty > eaten and not stp_stop:
                 behind = s_qty - eaten
                 take = behind if behind < v else v
                 eaten += take
@@ -477,6 +485,10 @@ class Engine(EngineViews):
                 if taker is not None:
                     self._fill(b, taker, traded, p, False, t)
                 self._emit_agg(b, p, traded, t, not buy)
+            if stp_stop:
+                if taker.is_open:   # type: ignore[union-attr] - only a taker stops so
+                    self._expire(self.accounts[taker.account], b, taker, t, "3" if taker.tif == "IOC" else "1")  # type: ignore[union-attr]
+                return v
             p += direction
             walked += 1
         return v
@@ -899,6 +911,7 @@ class Engine(EngineViews):
             if units % b.price_mult:
                 raise SimApiError(-4014, "Price not increased by tick size.")
             return units // b.price_mult
+        check_number(raw, name)
         try:
             d = Decimal(raw)
         except InvalidOperation as exc:
@@ -943,6 +956,7 @@ class Engine(EngineViews):
             if steps > b.max_steps:
                 raise SimApiError(-4005, "Quantity greater than max quantity.")
             return steps
+        check_number(raw, "quantity")
         try:
             d = Decimal(raw)
         except InvalidOperation as exc:
@@ -1066,10 +1080,12 @@ class Engine(EngineViews):
         ps = params.get("positionSide", "BOTH")
         if ps != "BOTH":
             if ps not in ("LONG", "SHORT"):
-                raise SimApiError(-4006, "Invalid position side.")
+                raise SimApiError(-4060, "Invalid position side.")
             raise SimApiError(-4061, "Order's position side does not match user's setting.")
         if params.get("newOrderRespType", "ACK") not in ("ACK", "RESULT"):
-            raise invalid("newOrderRespType")
+            raise SimApiError(-1136, "Invalid newOrderRespType.")
+        if params.get("selfTradePreventionMode", DEFAULT_STP) not in STP_MODES:
+            raise SimApiError(-5039, "Invalid self trade prevention mode.")
         return side, otype
 
     def _new_order(self, acct: Account, params: dict[str, str], now: int, test: bool,
@@ -1148,6 +1164,7 @@ class Engine(EngineViews):
         o = Order(b.next_order_id, cid, acct.name, b.symbol, side, otype, tif, price, qty, reduce_only, now,
                   self._seq)
         o.gtd = gtd
+        o.stp = params.get("selfTradePreventionMode", DEFAULT_STP)
         if pm:
             o.price_match = pm
         b.next_order_id += 1
@@ -1286,7 +1303,7 @@ class Engine(EngineViews):
         if o.modifies >= self.max_modifies:
             raise SimApiError(-5026, "Exceed maximum modify order limit.")
         if not o.reduce_only and price * qty * b.notional_mult < b.min_notional_units:
-            raise SimApiError(-4164, f"Order's notional must be no smaller than {b.min_notional:f} (unless you choose reduce only).")
+            raise SimApiError(-5029, f"Order's notional must be no smaller than {b.min_notional:f}")  # an amendment's own code
         if o.sign > 0 and price * b.tick_f > b.mark * b.mult_up_f:
             raise SimApiError(-4016, "Price is higher than mark price multiplier cap.")
         if o.sign < 0 and price * b.tick_f < b.mark * b.mult_down_f:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -20,6 +21,17 @@ class SimApiError(Exception):
 
 def missing(name: str) -> SimApiError:
     return SimApiError(-1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
+
+
+NUMBER_RANGE = r"^([0-9]{1,20})(\.[0-9]{1,20})?$"   # what Binance's -1100 names as a price's or quantity's legal range
+_NUMBER = re.compile(NUMBER_RANGE)
+
+
+def check_number(raw: str, name: str) -> None:
+    """A price or quantity as Binance takes it (plain digits, an optional fraction): ``1e-05``, ``.01``,
+    ``+1`` or a padded ``1 `` is -1100 there, as a client formatting floats finds out."""
+    if not _NUMBER.match(raw):
+        raise SimApiError(-1100, f"Illegal characters found in parameter '{name}'; legal range is '{NUMBER_RANGE}'.")
 
 
 def invalid(name: str) -> SimApiError:

@@ -144,7 +144,7 @@ def render_order_update(b: Book, o: Order, exec_type: str, status: str, orig: in
         "n": s8(commission) if commission else "0", "T": t, "t": trade_id,
         "b": b.notional_str8(bid_units), "a": b.notional_str8(ask_units), "m": maker, "R": o.reduce_only,
         "wt": "CONTRACT_PRICE", "ot": o.type, "ps": "BOTH", "cp": False, "rp": s8(realized) if realized else "0",
-        "pP": False, "si": 0, "ss": 0, "V": "EXPIRE_MAKER", "pm": o.price_match, "gtd": o.gtd, "er": expire_reason}}
+        "pP": False, "si": 0, "ss": 0, "V": o.stp, "pm": o.price_match, "gtd": o.gtd, "er": expire_reason}}
 
 
 def render_diff(b: Book, first: int, final: int, prev: int, bids: list[tuple[int, int]],

@@ -85,7 +85,7 @@ class ExchangeGateway(RestHandlers):
         add("GET", v1 + "/exchangeInfo", lambda a, p, n: self._exchange_info(n), NONE)
         add("GET", v1 + "/depth", self._depth, NONE, self._depth_weight)
         add("GET", v1 + "/ticker/bookTicker", self._book_ticker, NONE, lambda p: 2 if p.get("symbol") else 5)
-        add("GET", v1 + "/premiumIndex", self._premium_index, NONE)
+        add("GET", v1 + "/premiumIndex", self._premium_index, NONE, lambda p: 1 if p.get("symbol") else 10)
         add("GET", v1 + "/fundingRate", self._funding_rate, NONE)
         add("GET", v1 + "/fundingInfo", lambda a, p, n: [], NONE, 0)
         add("GET", v1 + "/ticker/price", self._ticker_price, NONE, lambda p: 1 if p.get("symbol") else 2)
@@ -139,7 +139,8 @@ class ExchangeGateway(RestHandlers):
             lambda p: 1 if p.get("symbol") else 40)
         add("GET", v1 + "/allAlgoOrders", lambda a, p, n: e.algo.all_orders(a, p, n), SIGNED, 5)
         add("DELETE", v1 + "/algoOpenOrders", lambda a, p, n: e.algo.cancel_all(a, p, n), SIGNED)
-        add("GET", v1 + "/apiTradingStatus", lambda a, p, n: {"indicators": {}, "updateTime": n}, SIGNED)
+        add("GET", v1 + "/apiTradingStatus", lambda a, p, n: {"indicators": {}, "updateTime": n}, SIGNED,
+            lambda p: 1 if p.get("symbol") else 10)
         # user stream
         add("POST", v1 + "/listenKey", lambda a, p, n: {"listenKey": e.listen_key_start(a, n)}, KEY)
         add("PUT", v1 + "/listenKey", lambda a, p, n: {"listenKey": e.listen_key_keepalive(a, n)}, KEY)

@@ -41,12 +41,18 @@ class Trade:
     time: int
 
 
+# selfTradePreventionMode: the taker's mode decides. EXPIRE_MAKER unless asked: what Binance's own
+# frames show for an order placed without one ('V':'EXPIRE_MAKER', binance-usdm.md section 4).
+STP_MODES = ("NONE", "EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH")
+DEFAULT_STP = "EXPIRE_MAKER"
+
+
 class Order:
     """A live or closed order of an account. Mutable: the engine owns it."""
 
     __slots__ = ("order_id", "client_id", "account", "symbol", "side", "sign", "type", "tif", "price",
                  "orig", "filled", "cum_quote", "status", "reduce_only", "time", "update_time",
-                 "ahead", "seq", "modifies", "expire_reason", "gtd", "price_match")
+                 "ahead", "seq", "modifies", "expire_reason", "gtd", "price_match", "stp")
 
     def __init__(self, order_id: int, client_id: str, account: str, symbol: str, side: str, otype: str,
                  tif: str, price: int, orig: int, reduce_only: bool, now: int, seq: int) -> None:
@@ -72,6 +78,7 @@ class Order:
         self.expire_reason = "0"
         self.gtd = 0   # GTD: when it expires (ms, whole seconds); 0 otherwise
         self.price_match = "NONE"   # the priceMatch mode its price was taken from (OPPONENT, QUEUE_5...)
+        self.stp = DEFAULT_STP      # its selfTradePreventionMode: what happens when, as a taker, it meets its own
 
     @property
     def remaining(self) -> int:

@@ -1,5 +1,10 @@
 """Binance's request-weight and order-count limits, with 429 then growing 418 bans; pure, clocked by the caller.
 
+An IP over its weight gets 429s; one that keeps sending after ``ban_after_429s`` of them in a minute is
+banned (418, "banned until" a fixed time); requests during a ban get the same 418 and do not lengthen
+it (a client with requests in flight would otherwise be locked out for days); each later ban of the
+IP lasts twice the last ("scale in duration for repeat offenders, from 2 minutes to 3 days").
+
 Windows are fixed and aligned (the minute, the 10-second block), as the exchange counts them, so the
 X-MBX-USED-WEIGHT-1M header a client sees is the number the next request is judged against.
 """
@@ -34,7 +39,8 @@ class _IpState:
     weight: _Window = field(default_factory=_Window)
     banned_until: int = 0
     bans: int = 0
-    throttled_window: int = -1  # the minute in which this IP got a 429
+    throttled_window: int = -1  # the minute in which this IP got its last 429
+    throttled: int = 0          # how many 429s it got in that minute
 
 
 @dataclass
@@ -66,13 +72,19 @@ class RateLimiter:
         st = self._ips.setdefault(ip, _IpState())
         lim = self.limits
         if now_ms < st.banned_until:
-            self._ban(ip, st, now_ms)  # hammering during a ban makes it longer
+            raise self._banned(ip, st, now_ms)
         used = st.weight.count(now_ms, 60_000, weight)
         if used > lim.weight_per_minute:
             minute = now_ms - now_ms % 60_000
-            if st.throttled_window == minute:
-                self._ban(ip, st, now_ms)
-            st.throttled_window = minute
+            if st.throttled_window != minute:
+                st.throttled_window, st.throttled = minute, 0
+            if st.throttled >= lim.ban_after_429s:
+                duration_ms = int(min(lim.ban_max_s, lim.ban_base_s * (2 ** st.bans)) * 1000)
+                st.bans += 1
+                st.banned_until = now_ms + duration_ms
+                st.throttled = 0   # the ban is the sanction: after it, 429s again before another
+                raise self._banned(ip, st, now_ms)
+            st.throttled += 1
             retry = (minute + 60_000 - now_ms + 999) // 1000
             err = SimApiError(-1003, f"Too many requests; current limit of IP({ip}) is "
                                      f"{lim.weight_per_minute} requests per minute. Please use the websocket for "
@@ -82,16 +94,13 @@ class RateLimiter:
             raise err
         return used, None
 
-    def _ban(self, ip: str, st: _IpState, now_ms: int) -> None:
-        lim = self.limits
-        duration_ms = int(min(lim.ban_max_s, lim.ban_base_s * (2 ** st.bans)) * 1000)
-        st.bans += 1
-        st.banned_until = now_ms + duration_ms
+    @staticmethod
+    def _banned(ip: str, st: _IpState, now_ms: int) -> SimApiError:
         err = SimApiError(-1003, f"Way too many requests; IP({ip}) banned until {st.banned_until}. "
                                  "Please use the websocket for live updates to avoid bans.", 418)
-        err.retry_after = int((duration_ms + 999) // 1000)  # type: ignore[attr-defined]
+        err.retry_after = int((st.banned_until - now_ms + 999) // 1000)  # type: ignore[attr-defined]
         err.used_weight = st.weight.peek(now_ms, 60_000)  # type: ignore[attr-defined]
-        raise err
+        return err
 
     def charge_orders(self, account: str, n10: int, n1m: int, now_ms: int) -> tuple[int, int]:
         """Count new orders for ``account``; raises 429 -1015 when over either window."""

@@ -292,6 +292,8 @@ class RestHandlers:
 
 
 def _batch_list(params: dict[str, str], name: str, max_items: int) -> list[Any]:
+    """A batch's JSON list; too many items (or none) with Binance's own codes: -4082 for orders placed or
+    amended (at most 5), -4032 for ids cancelled (at most 10)."""
     raw = params.get(name)
     if not raw:
         raise missing(name)
@@ -299,10 +301,14 @@ def _batch_list(params: dict[str, str], name: str, max_items: int) -> list[Any]:
         items = json.loads(raw)
     except ValueError:
         raise SimApiError(-1130, f"Data sent for parameter '{name}' is not valid.") from None
-    if not isinstance(items, list) or not items:
+    if not isinstance(items, list):
+        raise SimApiError(-1130, f"Data sent for parameter '{name}' is not valid.")
+    if name == "batchOrders" and not 0 < len(items) <= max_items:
+        raise SimApiError(-4082, f"Invalid number of batch place orders: {len(items)}")
+    if not items:
         raise SimApiError(-1130, f"Data sent for parameter '{name}' is not valid.")
     if len(items) > max_items:
-        raise SimApiError(-1130, f"Data sent for parameter '{name}' is not valid: at most {max_items} items.")
+        raise SimApiError(-4032, "Exceed maximum cancel order size.")
     return items
 
 

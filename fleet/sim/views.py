@@ -86,7 +86,10 @@ class EngineViews:
         if end is not None:
             orders = [o for o in orders if o.time <= end]
         limit = _limit(params, 500, 1000)
-        return [self.order_json(b, o) for o in orders[-limit:]]
+        # "If orderId is set, it will get orders >= that orderId. Otherwise most recent orders are
+        # returned": from orderId (or startTime) on, the oldest first, so a client can page forward
+        orders = orders[:limit] if from_id is not None or start is not None else orders[-limit:]
+        return [self.order_json(b, o) for o in orders]
 
     def order_amendments(self, account: str, params: dict[str, str]) -> list[dict[str, Any]]:
         """GET /fapi/v1/orderAmendment: one order's amendments (by orderId or origClientOrderId), the
@@ -141,7 +144,7 @@ class EngineViews:
                 "type": o.type, "reduceOnly": o.reduce_only, "closePosition": False, "side": o.side,
                 "positionSide": "BOTH", "stopPrice": "0", "workingType": "CONTRACT_PRICE",
                 "priceProtect": False, "origType": o.type, "priceMatch": o.price_match,
-                "selfTradePreventionMode": "EXPIRE_MAKER", "goodTillDate": o.gtd, "time": o.time,
+                "selfTradePreventionMode": o.stp, "goodTillDate": o.gtd, "time": o.time,
                 "updateTime": o.update_time}
 
     # -- account views --------------------------------------------------------------------------------

@@ -157,7 +157,7 @@ async def test_429_backs_off_as_told_then_goes_on(sim, own_client):
 
 
 async def test_a_client_told_429_never_reaches_418_but_an_uncoordinated_one_is_banned(sim_factory):
-    config = {"rate_limits": {"weight_per_minute": 40, "ban_base_s": 5}}
+    config = {"rate_limits": {"weight_per_minute": 40, "ban_base_s": 5, "ban_after_429s": 1}}
     # the simulator's clock is pinned inside one minute, so the 429 and the ban share a window
     pinned = (int(time.time() * 1000) // 60_000 + 1) * 60_000 + 1_000
     small = await sim_factory(symbols=[SYMBOL], config=config, clock=lambda: pinned)

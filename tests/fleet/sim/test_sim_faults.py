@@ -79,22 +79,28 @@ async def test_forced_settlement_now(sim):
 
 async def test_weight_limit_answers_429_then_growing_418_bans(sim_factory):
     clock = ManualClock()
-    sim = await sim_factory(config={"rate_limits": {"weight_per_minute": 10, "ban_base_s": 2}}, clock=clock)
+    sim = await sim_factory(config={"rate_limits": {"weight_per_minute": 10, "ban_base_s": 2, "ban_after_429s": 3}},
+                            clock=clock)
     async with SimClient.for_sim(sim) as c:
         for i in range(10):
             r = await c.public("GET", "/fapi/v1/time")
             assert r.status == 200 and r.headers["X-MBX-USED-WEIGHT-1M"] == str(i + 1)
-        r = await c.public("GET", "/fapi/v1/time")
-        assert (r.status, r.json["code"]) == (429, -1003)
-        assert int(r.headers["Retry-After"]) == 59
-        r = await c.public("GET", "/fapi/v1/time")  # kept going after a 429: banned
+        for _ in range(3):   # up to ban_after_429s answers of 429
+            r = await c.public("GET", "/fapi/v1/time")
+            assert (r.status, r.json["code"]) == (429, -1003)
+            assert int(r.headers["Retry-After"]) == 59
+        r = await c.public("GET", "/fapi/v1/time")  # kept going after them: banned
         assert r.status == 418 and "banned until" in r.json["msg"]
+        until = r.json["msg"].split("banned until ")[1].split(".")[0]
         assert r.headers["Retry-After"] == "2"
-        r = await c.public("GET", "/fapi/v1/time")  # hammering during the ban doubles it
-        assert r.status == 418 and r.headers["Retry-After"] == "4"
-        clock.now += 3_000  # still inside the 4 s ban: it grows again
+        clock.now += 1_000
+        r = await c.public("GET", "/fapi/v1/time")  # during the ban: the same ban, not a longer one
+        assert r.status == 418 and r.headers["Retry-After"] == "1" and until in r.json["msg"]
+        clock.now += 1_500  # the ban over, the minute not: over the limit still, 429s, then a ban twice as long
+        for _ in range(3):
+            assert (await c.public("GET", "/fapi/v1/time")).status == 429
         r = await c.public("GET", "/fapi/v1/time")
-        assert r.status == 418 and r.headers["Retry-After"] == "8"
+        assert r.status == 418 and r.headers["Retry-After"] == "4"
         clock.now += 60_000  # ban over, new minute: served again
         r = await c.public("GET", "/fapi/v1/time")
         assert r.status == 200 and r.headers["X-MBX-USED-WEIGHT-1M"] == "1"

@@ -178,6 +178,11 @@ async def test_filter_violations_answer_binance_codes(sim):
         assert await code(price=far, quantity="0.010", newClientOrderId="bad id!") == -4015
         assert await code(price=far) == -1102
         assert await code(price=far, quantity="0.010", timeInForce="XYZ") == -1115
+        assert await code(price=far, quantity="0.010", positionSide="FOO") == -4060        # INVALID_POSITION_SIDE
+        assert await code(price=far, quantity="0.010", newOrderRespType="FULL") == -1136   # a spot value
+        for bad in ("1e-2", ".01", "+0.010", "0.010 "):   # what Binance's legal range refuses (floats as text)
+            assert await code(price=far, quantity=bad) == -1100, bad
+        assert await code(price=f" {far}", quantity="0.010") == -1100
         assert await code(price=far, quantity="0.010", side="UP") == -1117
         r = await c.signed("POST", "/fapi/v1/order", {**base, "symbol": "NOPEUSDT", "price": "1", "quantity": "1"})
         assert r.json["code"] == -1121
@@ -188,7 +193,7 @@ async def test_filter_violations_answer_binance_codes(sim):
                                                       "reduceOnly": "true"})
         assert r.status == 200, r.json
         st = await c.state(symbol="ETHUSDC")
-        assert st["counters"]["orders_rejected"] == 13 and st["counters"]["orders_placed"] == 1
+        assert st["counters"]["orders_rejected"] == 20 and st["counters"]["orders_placed"] == 1
 
 
 async def test_post_only_that_would_cross_is_rejected_without_a_trace(sim):
@@ -354,6 +359,19 @@ async def test_order_test_all_orders_tickers_and_account_settings(sim):
         await c.signed("DELETE", "/fapi/v1/order", {"symbol": "ETHUSDC", "orderId": placed["orderId"]})
         history = (await c.signed("GET", "/fapi/v1/allOrders", {"symbol": "ETHUSDC"})).json
         assert [(o["orderId"], o["status"]) for o in history] == [(placed["orderId"], "CANCELED")]
+        more = [(await c.signed("POST", "/fapi/v1/order", order)).json["orderId"] for _ in range(2)]
+        newest = (await c.signed("GET", "/fapi/v1/allOrders", {"symbol": "ETHUSDC", "limit": 1})).json
+        assert [o["orderId"] for o in newest] == more[-1:]   # no orderId: the most recent
+        page = (await c.signed("GET", "/fapi/v1/allOrders", {"symbol": "ETHUSDC", "orderId": placed["orderId"],
+                                                             "limit": 2})).json
+        assert [o["orderId"] for o in page] == [placed["orderId"], more[0]]   # from orderId on, oldest first
+        amend = await c.signed("PUT", "/fapi/v1/order", {"symbol": "ETHUSDC", "orderId": more[0], "side": "BUY",
+                                                         "quantity": "0.001", "price": price})
+        assert amend.json["code"] == -5029   # an amendment's own MIN_NOTIONAL code
+        await c.signed("DELETE", "/fapi/v1/allOpenOrders", {"symbol": "ETHUSDC"})
+        used = int((await c.public("GET", "/fapi/v1/premiumIndex", {"symbol": "ETHUSDC"})).headers["X-MBX-USED-WEIGHT-1M"])
+        r = await c.public("GET", "/fapi/v1/premiumIndex")   # every symbol: weight 10
+        assert int(r.headers["X-MBX-USED-WEIGHT-1M"]) - used == 10
         tp = (await c.public("GET", "/fapi/v1/ticker/price", {"symbol": "ETHUSDC"})).json
         assert tp["symbol"] == "ETHUSDC" and 2500 < float(tp["price"]) < 3500
         t24 = (await c.public("GET", "/fapi/v1/ticker/24hr")).json

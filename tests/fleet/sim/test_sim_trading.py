@@ -206,7 +206,7 @@ async def test_batch_orders_place_modify_cancel_with_errors_in_place(sim):
         assert r.json[2]["clientOrderId"] == "b-3"
         assert r.headers["X-MBX-ORDER-COUNT-10S"] == "5"
         too_many = await c.signed("POST", "/fapi/v1/batchOrders", {"batchOrders": json.dumps(items * 2)})
-        assert (too_many.status, too_many.json["code"]) == (400, -1130)
+        assert (too_many.status, too_many.json["code"]) == (400, -4082)   # INVALID_BATCH_PLACE_ORDER_SIZE
         mods = [{"symbol": "ETHUSDC", "orderId": r.json[0]["orderId"], "side": "BUY", "quantity": "0.020",
                  "price": p1},
                 {"symbol": "ETHUSDC", "orderId": 12345, "side": "BUY", "quantity": "0.020", "price": p1}]
@@ -218,7 +218,7 @@ async def test_batch_orders_place_modify_cancel_with_errors_in_place(sim):
         assert d.json[2] == {"code": -2011, "msg": "Unknown order sent."}
         big = await c.signed("DELETE", "/fapi/v1/batchOrders", {"symbol": "ETHUSDC",
                                                                "orderIdList": json.dumps(list(range(11)))})
-        assert big.json["code"] == -1130
+        assert big.json["code"] == -4032   # EXCEED_MAX_CANCEL_ORDER_SIZE
         o = await _limit(c, "BUY", p2, newClientOrderId="b-4")
         d = await c.signed("DELETE", "/fapi/v1/batchOrders", {"symbol": "ETHUSDC",
                                                              "origClientOrderIdList": json.dumps(["b-4"])})
@@ -324,3 +324,32 @@ async def test_self_trade_prevention_expires_the_resting_order(sim):
         assert (q.json["status"], q.json["executedQty"]) == ("EXPIRED", "0.000")
         st = await c.state(symbol="ETHUSDC")
         assert st["positions"]["ETHUSDC"]["amount"] == "0.100"  # all bought from others, none from itself
+
+
+async def test_self_trade_prevention_follows_the_takers_mode(sim):
+    """The taker's ``selfTradePreventionMode`` decides: EXPIRE_TAKER expires the taker's remainder and
+    leaves its own maker resting, EXPIRE_BOTH expires both, NONE trades with itself; the mode is echoed
+    (REST and ``V``); an unknown one is -5039."""
+    async with SimClient.for_sim(sim) as c:
+        await c.admin("POST", "/sim/market/freeze", {"symbol": "ETHUSDC"})
+        ask = Decimal((await _book(c))["asks"][0][0])
+        bad = await c.signed("POST", "/fapi/v1/order", {"symbol": "ETHUSDC", "side": "BUY", "type": "MARKET",
+                                                        "quantity": "0.010", "selfTradePreventionMode": "BOGUS"})
+        assert bad.json == {"code": -5039, "msg": "Invalid self trade prevention mode."}
+        for mode, maker_after, taker_status in (("EXPIRE_TAKER", "NEW", "EXPIRED"), ("EXPIRE_BOTH", "EXPIRED", "EXPIRED"),
+                                                ("NONE", "FILLED", "FILLED")):
+            own = await _limit(c, "SELL", str(ask), "0.010")
+            before = Decimal((await c.state(symbol="ETHUSDC"))["positions"]["ETHUSDC"]["amount"])
+            r = await c.signed("POST", "/fapi/v1/order", {
+                "symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "price": str(ask),
+                "quantity": "100.000", "newOrderRespType": "RESULT", "selfTradePreventionMode": mode})
+            assert r.status == 200 and r.json["selfTradePreventionMode"] == mode, r.json
+            assert r.json["status"] == taker_status if mode != "NONE" else r.json["status"] in ("NEW", "PARTIALLY_FILLED")
+            maker = (await c.signed("GET", "/fapi/v1/order", {"symbol": "ETHUSDC", "orderId": own["orderId"]})).json
+            assert maker["status"] == maker_after and maker["selfTradePreventionMode"] == "EXPIRE_MAKER", (mode, maker)
+            truth = await c.state(symbol="ETHUSDC")
+            bought = Decimal(truth["positions"]["ETHUSDC"]["amount"]) - before
+            # the others' volume queued ahead of our maker at the touch was taken either way; NONE also
+            # bought our own 0.010 (the position nets it: the maker sold what the taker bought)
+            assert bought == Decimal(r.json["executedQty"]) - (Decimal("0.010") if mode == "NONE" else 0), (mode, r.json)
+            await c.signed("DELETE", "/fapi/v1/allOpenOrders", {"symbol": "ETHUSDC"})
