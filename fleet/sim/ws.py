@@ -42,6 +42,7 @@ class Conn:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     last_pong: float = 0.0
     next_ping: float = 0.0
+    ping_payload: bytes | None = None   # the server's last ping: the WebSocket API counts only its pong
     msg_window: int = 0
     msg_count: int = 0
     closed: bool = False
@@ -192,7 +193,10 @@ class StreamGateway(WsApiGateway):
                 elif msg.type == WSMsgType.PING:
                     await ws.pong(msg.data)
                 elif msg.type == WSMsgType.PONG:
-                    c.last_pong = time.monotonic()
+                    # streams: any pong keeps the connection; the WebSocket API: "Unsolicited pong frames
+                    # are allowed, but will not prevent disconnection", only the answer to its ping
+                    if c.path_kind != API or (c.ping_payload is not None and msg.data == c.ping_payload):
+                        c.last_pong = time.monotonic()
                 elif msg.type == WSMsgType.BINARY:
                     self._send(c, binary_reply)
                 elif msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
@@ -480,7 +484,8 @@ class StreamGateway(WsApiGateway):
                     continue
                 if now >= c.next_ping:
                     c.next_ping = now + cfg.ws_ping_interval_s
+                    c.ping_payload = str(int(time.time() * 1000)).encode()
                     try:
-                        await c.ws.ping(str(int(time.time() * 1000)).encode())
+                        await c.ws.ping(c.ping_payload)
                     except Exception:  # noqa: BLE001 - broken socket
                         await self._close_conn(c, abort=True)

@@ -245,3 +245,31 @@ async def test_an_ed25519_key_signs_rest_and_websocket_requests_and_logs_a_sessi
             after = await call("order.place", {**order, "newClientOrderId": "ed-4"}, signed=False)
             assert after["status"] == 401 and after["error"]["code"] == -2014
         assert sorted(o["clientOrderId"] for o in (await state(s, sim))["open_orders"]) == ["ed-1", "ed-3"]
+
+
+async def test_unsolicited_pongs_keep_a_stream_but_not_a_websocket_api_connection(sim_factory):
+    """The WebSocket API: "Unsolicited pong frames are allowed, but will not prevent disconnection";
+    only the pong to the server's ping counts. A market stream takes any pong."""
+    import asyncio
+
+    sim = await sim_factory(config={"ws_ping_interval_s": 0.2, "ws_pong_timeout_s": 0.3})
+    async with aiohttp.ClientSession() as s:
+        api = await s.ws_connect(f"{sim.ws_url}/ws-fapi/v1", autoping=False)
+        stream = await s.ws_connect(f"{sim.ws_url}/market/ws/ethusdc@markPrice@1s", autoping=False)
+
+        async def pong_unasked(ws: aiohttp.ClientWebSocketResponse) -> aiohttp.WSMessage:
+            while True:   # never answers a ping; sends its own pong every 0.1 s
+                await ws.pong(b"unasked")
+                try:
+                    msg = await ws.receive(timeout=0.1)
+                except asyncio.TimeoutError:
+                    continue
+                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                    return msg
+
+        keeping = asyncio.ensure_future(pong_unasked(stream))
+        closed = await asyncio.wait_for(pong_unasked(api), timeout=10)
+        assert api.close_code == 1002 and closed.extra == "no pong", closed
+        assert not keeping.done() and not stream.closed   # the same pongs keep the stream
+        keeping.cancel()
+        await stream.close()
