@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from agents.ownership import Grant, OwnershipLost
+from fleet.vocabulary import CLOCK_SKEW_S, KillState
 
 log = logging.getLogger("mmfleet.lease")
 
@@ -72,18 +74,22 @@ class LeaseOwnership:
         ``seq`` None: a kill sent while its state could not be made durable (the GCS down). It ranks
         just above every number known (half a step), so neither a renewal already answered nor a
         command numbered before it undoes it, and the number its state gets once written is above it.
-        Unless it was issued (``issued_at``, wall clock) before a numbered command the agent knows: Ray
-        may deliver it seconds late (the GCS down), after a resume the operator gave once it was back,
-        which it must not undo."""
+        Unless it was issued (``issued_at``, wall clock) more than ``CLOCK_SKEW_S`` before a numbered
+        command the agent knows: Ray may deliver it seconds late (the GCS down), after a resume the
+        operator gave once it was back, which it must not undo. The other way round, a numbered resume
+        asked for that long before the kill the agent carries unwritten (its write landing late, in a
+        GCS failover) does not undo the kill either."""
         if seq is None:
-            if issued_at is not None and issued_at < self.known_at:
+            if issued_at is not None and issued_at < self.known_at - CLOCK_SKEW_S:
                 return False
             known = max(self.direct[0], self.granted_seq)
             self.direct = (known + 0.5, state)
             self.unwritten = {"state": str(state), "reason": reason, "after_seq": int(known), "issued_at": issued_at}
             return True
         if issued_at is not None:
-            self.known_at = max(self.known_at, float(issued_at))
+            if state == KillState.RUNNING and self._before_carried(issued_at):
+                return False
+            self._knows(issued_at)
         if seq < max(self.direct[0], self.granted_seq):
             return False
         if seq > self.direct[0]:
@@ -91,11 +97,26 @@ class LeaseOwnership:
             self.unwritten = None   # a numbered command newer than the unwritten kill supersedes it
         return True
 
+    def _knows(self, issued_at: float) -> None:
+        """A numbered command asked for at ``issued_at``; a time ahead of this host's clock (a node's
+        clock jumped) counts as now, so that it cannot outrank every kill to come."""
+        self.known_at = max(self.known_at, min(float(issued_at), time.time() + CLOCK_SKEW_S))
+
+    def _before_carried(self, issued_at: float) -> bool:
+        """A command asked for well before the kill the agent carries unwritten."""
+        carried = self.unwritten.get("issued_at") if self.unwritten is not None else None
+        return carried is not None and issued_at < carried - CLOCK_SKEW_S
+
     def _grant(self, answer: dict[str, Any]) -> Grant:
         seq, state = self.direct
         if answer.get("granted"):
             self.granted_seq = max(self.granted_seq, int(answer.get("kill_seq", 0)))
-            self.known_at = max(self.known_at, float(answer.get("kill_since") or 0.0))
+            since = float(answer.get("kill_since") or 0.0)
+            if self.unwritten is not None and since and self._before_carried(since):
+                # the record was asked for before the kill carried (a resume written late): the kill holds
+                return grant_from_answer({**answer, "kill_state": self.unwritten["state"]})
+            if since:
+                self._knows(since)
             if self.unwritten is not None and self.granted_seq > self.unwritten["after_seq"]:
                 self.unwritten = None   # its state written (or a newer command's): no longer carried
         if answer.get("granted") and state and int(answer.get("kill_seq", 0)) < seq:

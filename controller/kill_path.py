@@ -535,6 +535,7 @@ class DirectKill:
         problem = route_error(agent) if agent.done() else f"no answer from the agent within its lease ({window:.1f} s)"
         answer = agent.result() if agent.done() and not agent.cancelled() and agent.exception() is None else None
         self._keep(agent)
+        seq = durable.seq(symbol)   # again: the state may have become durable during the wait
         position = answer.get("position") if isinstance(answer, dict) else None
         if problem is None and flat_position(position):
             if seq is not None:

@@ -25,7 +25,7 @@ from controller.kill_path import AGENT_ROUTE, EXCHANGE_ROUTE, READ_S, DurableKil
     sweep_until_halted, write_kill_states
 from controller.lease import Lease, kill_states_shown
 from fleet.text import named_line
-from fleet.vocabulary import KillState
+from fleet.vocabulary import CLOCK_SKEW_S, KillState
 
 log = logging.getLogger("mmfleet.controller")
 
@@ -128,7 +128,8 @@ class KillSwitches:
         """Write the kill state an agent carries: a kill sent while the GCS was down, whose write was lost
         with the process that sent it (a controller stopped before the GCS came back). Not when a record
         numbered above what the agent knew (``after_seq``) has been written since: it is taken as newer
-        (the window this leaves: docs/architecture.md, the kill path).
+        (the window this leaves: docs/architecture.md, the kill path), unless that record was asked for
+        more than ``CLOCK_SKEW_S`` before the kill (a resume whose write landed late).
         A halt or flatten only; under the kill lock, and not while a write of this process holds it (a
         kill's write retried through a GCS outage: it may be this very kill; the agent carries it again
         at its next lease call). Each GCS call bounded, so that it holds one of the kill group's few
@@ -142,11 +143,12 @@ class KillSwitches:
             self.kill_lock = self.kill_lock or asyncio.Lock()
             if self.kill_lock.locked():
                 return False
+            issued_at = carried.get("issued_at") if isinstance(carried.get("issued_at"), int | float) else None
             async with self.kill_lock:
                 record = (await asyncio.wait_for(self.book.akill_records([symbol]), READ_S)).get(symbol)
-                if record is not None and record.seq > after:
-                    return False
-                issued_at = carried.get("issued_at") if isinstance(carried.get("issued_at"), int | float) else None
+                older = issued_at is not None and record is not None and record.since < issued_at - CLOCK_SKEW_S
+                if record is not None and record.seq > after and not older:
+                    return False   # a command written since the agent got the kill (not one asked for before it)
                 seqs = await asyncio.wait_for(write_kill_states(
                     self.book, [symbol], state, reason, issued_at=issued_at, unless_newer=issued_at is not None),
                     CARRIED_WRITE_S)

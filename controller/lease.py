@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Protocol
 
 from agents.publish import kv_namespace
-from fleet.vocabulary import KillState
+from fleet.vocabulary import CLOCK_SKEW_S, KillState
 
 log = logging.getLogger("mmfleet.lease")
 
@@ -402,14 +402,16 @@ class LeaseBook:
                               *, now: float | None = None, unless_newer: bool = False) -> dict[str, KillRecord]:
         """Every symbol's kill state written at once: one read of all their records, then the writes
         concurrently (asynchronous GCS calls on the caller's loop). ``now``: when the command was asked
-        for (the records' ``since``); ``unless_newer``: a symbol whose stored record was asked for later
-        is left alone (a write that lands late must not undo a command given meanwhile). The records written."""
+        for (the records' ``since``); ``unless_newer``: a symbol whose stored record was asked for more
+        than ``CLOCK_SKEW_S`` later is left alone (a write that lands late must not undo a command given
+        meanwhile). The records written."""
         state = KillState.parse(state)
         keys = [k for s in symbols for k in (f"kill/{s}", f"killseq/{s}")]
         got = await aget_many(self.store, keys)
         since = time.time() if now is None else now
         if unless_newer:
-            symbols = [s for s in symbols if parse_kill_record(got.get(f"kill/{s}"), got.get(f"killseq/{s}")).since <= since]
+            symbols = [s for s in symbols
+                       if parse_kill_record(got.get(f"kill/{s}"), got.get(f"killseq/{s}")).since <= since + CLOCK_SKEW_S]
         records = {s: KillRecord(state=state, reason=reason, since=since,
                                  seq=next_kill_seq(got.get(f"kill/{s}"), got.get(f"killseq/{s}")))
                    for s in symbols}

@@ -12,6 +12,11 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+# Kill commands asked for on different nodes are ordered by their wall clocks (``issued_at``, a kill
+# record's ``since``) only when they are further apart than this: a command is taken as older than
+# another only if it was asked for more than CLOCK_SKEW_S before it (clocks kept by NTP are ms apart).
+CLOCK_SKEW_S = 1.0
+
 
 class KillState(StrEnum):
     """A symbol's durable kill state: the controller's (or a standalone agent's kill file)."""

@@ -383,6 +383,9 @@ def test_a_kill_without_a_number_delivered_after_a_later_resume_does_not_undo_it
     own = LeaseOwnership(None, "ETHUSDC", "h")
     assert own.note_direct_kill_state(6, "running", issued_at=1_000.0) is True     # the resume, asked at 1000
     assert own.note_direct_kill_state(None, "halted", "outage", issued_at=998.0) is False   # the kill, asked at 998
+    skewed = LeaseOwnership(None, "ETHUSDC", "h")   # within CLOCK_SKEW_S (1 s) of it: the kill holds
+    skewed.note_direct_kill_state(6, "running", issued_at=1_000.0)
+    assert skewed.note_direct_kill_state(None, "halted", "outage", issued_at=999.5) is True
     assert own.unwritten is None and own.direct == (6, "running")
     assert own.note_direct_kill_state(None, "halted", "later", issued_at=1_001.0) is True    # a kill asked after it
     assert own.unwritten == {"state": "halted", "reason": "later", "after_seq": 6, "issued_at": 1_001.0}
@@ -391,6 +394,27 @@ def test_a_kill_without_a_number_delivered_after_a_later_resume_does_not_undo_it
     granted._grant({**base, "kill_state": "running", "kill_seq": 6, "kill_since": 1_000.0})
     assert granted.note_direct_kill_state(None, "halted", "outage", issued_at=998.0) is False
     assert granted.note_direct_kill_state(None, "halted", "outage") is True   # a caller that gives no time: ranked above
+    # A time ahead of this host's clock (a node's clock jumped) counts as now: it cannot outrank kills to come.
+    jumped = LeaseOwnership(None, "ETHUSDC", "h")
+    jumped.note_direct_kill_state(6, "running", issued_at=time.time() + 3_600)
+    assert jumped.note_direct_kill_state(None, "halted", "outage", issued_at=time.time()) is True
+
+
+def test_a_resume_asked_for_before_a_kill_carried_unwritten_does_not_undo_it():
+    """The other order: a kill sent while the GCS was down (carried, unwritten), then a resume asked for
+    before it whose write landed late (a GCS failover): neither the resume delivered directly nor a
+    grant carrying its record undoes the kill, which stays carried until written."""
+    base = {"granted": True, "symbol": "ETHUSDC", "epoch": 4, "lease_ttl_s": 3.0, "reduce_only": False,
+            "rate_share": 1.0}
+    own = LeaseOwnership(None, "ETHUSDC", "h")
+    own._grant({**base, "kill_state": "running", "kill_seq": 6, "kill_since": 990.0})
+    assert own.note_direct_kill_state(None, "halted", "outage", issued_at=1_000.0) is True
+    assert own.note_direct_kill_state(7, "running", issued_at=995.0) is False   # asked for 5 s before the kill
+    assert own._grant({**base, "kill_state": "running", "kill_seq": 7, "kill_since": 995.0}).kill_state == "halted"
+    assert own.unwritten is not None and own.unwritten["issued_at"] == 1_000.0     # still carried
+    assert own._grant({**base, "kill_state": "halted", "kill_seq": 8, "kill_since": 1_000.0}).kill_state == "halted"
+    assert own.unwritten is None                                                  # written: no longer carried
+    assert own.note_direct_kill_state(9, "running", issued_at=1_010.0) is True    # a resume asked for after it runs
 
 
 def test_a_kill_state_write_that_lands_late_leaves_a_command_asked_for_since_alone():
@@ -402,6 +426,9 @@ def test_a_kill_state_write_that_lands_late_leaves_a_command_asked_for_since_alo
     assert b.acquire("ETHUSDC", "a", now=0.0).kill_since == 1_000.0
     asked_later = asyncio.run(b.set_kill_states(["ETHUSDC"], "halted", "later", now=1_001.0, unless_newer=True))
     assert asked_later["ETHUSDC"].seq == 2 and b.kill_state("ETHUSDC") == "halted"
+    asyncio.run(b.set_kill_states(["ETHUSDC"], "running", "resumed", now=1_010.0))
+    within_skew = asyncio.run(b.set_kill_states(["ETHUSDC"], "halted", "skewed", now=1_009.5, unless_newer=True))
+    assert set(within_skew) == {"ETHUSDC"}   # within CLOCK_SKEW_S: the kill is written, the safe side
 
 def test_agents_are_created_by_the_controller_itself_when_the_spawner_does_not_answer(ray_cluster, monkeypatch,
                                                                                        caplog):
