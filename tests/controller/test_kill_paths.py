@@ -372,15 +372,7 @@ def test_a_flatten_while_the_controller_is_stopped_ends_halted(fleet):
         book.lease(sym, fresh=True)), 10, f"{sym}'s lease just renewed")
     os.kill(pid, signal.SIGSTOP)
     try:
-        r = fleet.post("/kill", {"symbols": [sym], "mode": "flatten", "reason": "flatten drill, controller stopped"})
-        assert r.status_code == 200, r.text
-        answer = r.json()["symbols"][sym]
-        assert answer["by"] == "endpoint" and answer["outcome"] == "flattened" and answer["open_orders"] == 0, answer
-        truth = fleet.sim.state(sym)
-        assert float(truth["positions"][sym]["amount"]) == 0 and truth["open_orders"] == [], truth
-        record = poll(lambda: (lambda r: r if r.state == "halted" else None)(book.kill_record(sym)), 10,
-                      f"{sym} written halted with the controller still stopped")
-        assert record.reason == "flatten drill, controller stopped"
+        flattened_by_the_endpoint(fleet, book, sym, "flatten drill, controller stopped")
     finally:   # thawed and resumed whatever happened, so that the later tests find the fleet quoting
         os.kill(pid, signal.SIGCONT)
         resumed = fleet.post("/resume", {"symbols": [sym], "reason": "drill over"})
@@ -388,6 +380,20 @@ def test_a_flatten_while_the_controller_is_stopped_ends_halted(fleet):
     fleet.wait_quoting(within_s=90)
     assert book.kill_state(sym) == "running"
 
+
+def flattened_by_the_endpoint(fleet: Any, book: LeaseBook, sym: str, reason: str) -> dict[str, Any]:
+    """A flatten over HTTP with the controller stopped: the endpoint's answer, once the exchange shows
+    the symbol flat with no order and the GCS holds it halted with the flatten's reason."""
+    r = fleet.post("/kill", {"symbols": [sym], "mode": "flatten", "reason": reason})
+    assert r.status_code == 200, r.text
+    answer = r.json()["symbols"][sym]
+    assert answer["by"] == "endpoint" and answer["outcome"] == "flattened" and answer["open_orders"] == 0, answer
+    truth = fleet.sim.state(sym)
+    assert float(truth["positions"][sym]["amount"]) == 0 and truth["open_orders"] == [], truth
+    record = poll(lambda: (lambda r: r if r.state == "halted" else None)(book.kill_record(sym)), 10,
+                  f"{sym} written halted with the controller still stopped")
+    assert record.reason == reason
+    return answer
 
 
 def test_a_flatten_whose_agent_is_hung_too_is_closed_at_the_exchange(fleet):
@@ -407,16 +413,8 @@ def test_a_flatten_whose_agent_is_hung_too_is_closed_at_the_exchange(fleet):
     os.kill(pid, signal.SIGSTOP)
     os.kill(agent_pid, signal.SIGSTOP)
     try:
-        r = fleet.post("/kill", {"symbols": [sym], "mode": "flatten", "reason": "flatten drill, agent hung"})
-        assert r.status_code == 200, r.text
-        answer = r.json()["symbols"][sym]
-        assert answer["by"] == "endpoint" and answer["outcome"] == "flattened" and answer["path"] == "emergency", answer
-        assert answer["open_orders"] == 0 and float(answer["position"]) == 0, answer
-        truth = fleet.sim.state(sym)
-        assert float(truth["positions"][sym]["amount"]) == 0 and truth["open_orders"] == [], truth
-        record = poll(lambda: (lambda r: r if r.state == "halted" else None)(book.kill_record(sym)), 10,
-                      f"{sym} written halted with the controller still stopped")
-        assert record.reason == "flatten drill, agent hung"
+        answer = flattened_by_the_endpoint(fleet, book, sym, "flatten drill, agent hung")
+        assert answer["path"] == "emergency" and float(answer["position"]) == 0, answer   # closed by the endpoint
     finally:   # thawed and resumed whatever happened, so that the later tests find the fleet quoting
         os.kill(agent_pid, signal.SIGCONT)
         os.kill(pid, signal.SIGCONT)
@@ -424,6 +422,7 @@ def test_a_flatten_whose_agent_is_hung_too_is_closed_at_the_exchange(fleet):
     assert resumed.status_code == 200, resumed.text
     fleet.wait_quoting(within_s=90)
     assert book.kill_state(sym) == "running"
+
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     """``python -m fleet ARGS`` against the session's Ray cluster, as an operator's shell runs it."""
