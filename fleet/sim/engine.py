@@ -437,17 +437,18 @@ class Engine(EngineViews):
             stp_stop = False
             if resting:
                 for o in list(resting):
-                    if taker is not None and o.account == taker.account and (o is taker or taker.stp != "NONE"):
+                    if taker is not None and o.account == taker.account:
                         if o is taker:
                             continue
-                        # self-trade prevention, as the taker's mode says: the maker expires (EXPIRE_MAKER,
-                        # EXPIRE_BOTH), the taker's remainder expires (EXPIRE_TAKER, EXPIRE_BOTH)
-                        if taker.stp != "EXPIRE_TAKER":
-                            self._expire(self.accounts[o.account], b, o, t, "1")
-                        if taker.stp != "EXPIRE_MAKER":
-                            stp_stop = True
-                            break
-                        continue
+                        if taker.stp != "NONE":   # NONE: it trades with itself, as with anyone
+                            # self-trade prevention, as the taker's mode says: the maker expires (EXPIRE_MAKER,
+                            # EXPIRE_BOTH), the taker's remainder expires (EXPIRE_TAKER, EXPIRE_BOTH)
+                            if taker.stp != "EXPIRE_TAKER":
+                                self._expire(self.accounts[o.account], b, o, t, "1")
+                            if taker.stp != "EXPIRE_MAKER":
+                                stp_stop = True
+                                break
+                            continue
                     ahead = o.ahead if o.ahead < s_qty else s_qty
                     gap = ahead - eaten
                     if gap > 0:
