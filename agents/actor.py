@@ -101,6 +101,8 @@ class AgentActor:
         self.life: asyncio.Task | None = None
         self.publisher: asyncio.Task | None = None
         self.publish_s = 5.0  # api.metrics_publish_s, from the spec
+        self.cpu_class = "background"  # agent.cpu_class, from the spec
+        self.scheduled: str | None = None   # what moving to it did (fleet/sched.py), once started
         try:
             self.loop = asyncio.get_running_loop()
             self.life = self.loop.create_task(self._live())
@@ -160,6 +162,7 @@ class AgentActor:
                     gc.collect()
                     gc.freeze()
                     frozen = True
+                    self._enter_cpu_class()
                 if not self.stopping and agent.ownership_lost:
                     log.warning("%s: lease lost; stopping this incarnation and acquiring again", self.symbol)
                     await agent.stop()
@@ -174,6 +177,22 @@ class AgentActor:
                 run.cancel()
             if frozen:
                 gc.unfreeze()  # this incarnation's objects may be garbage now: collectable again
+
+    def _enter_cpu_class(self) -> None:
+        """Once started, trade in the background class (``fleet/sched.py``): the start ran as an
+        ordinary worker, ahead of the agents already trading; from now on a kill, a lease renewal, a
+        page, an agent starting take a core before this one. Once per process: a changed
+        ``agent.cpu_class`` applies from the agent's next process."""
+        if self.scheduled is not None:
+            return
+        if self.cpu_class != "background":
+            self.scheduled = f"normal (niceness {os.nice(0)})"
+            return
+        from fleet.sched import run_in_background
+
+        self.scheduled = run_in_background()
+        if not self.scheduled.startswith("SCHED_IDLE"):
+            log.warning("%s: not in the background CPU class: %s", self.symbol, self.scheduled)
 
     async def _publish_forever(self) -> None:
         """The agent's exposition rendered on this (the trading) loop and published for /metrics
@@ -247,6 +266,7 @@ class AgentActor:
         spec = await self._spec()
         self._note("spec")
         self.publish_s = float(spec.get("metrics_publish_s", self.publish_s))
+        self.cpu_class = str(spec.get("cpu_class", self.cpu_class))
         account = AccountConfig.model_validate(spec["account"])
         credentials = load_credentials(account)  # inside this process: env vars or key file
         if self.secret_filter is None:
@@ -297,6 +317,7 @@ class AgentActor:
             "phases": {k: round(self.phases[k], 3) for k in PHASES if k in self.phases},
             "phase_cpu": {k: round(self.phase_cpu[k], 3) for k in PHASES if k in self.phase_cpu},
             "last_error": self.last_error,
+            "cpu_class": self.scheduled or f"{self.cpu_class} (not started)",
         }
 
     def _note_direct(self, kill_seq: int | None, state: KillState, reason: str = "",

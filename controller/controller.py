@@ -363,6 +363,7 @@ class FleetController(KillSwitches):
             "rate_share": self.shares.get(symbol, 1.0),
             "journal": self.cfg.journal.model_dump(mode="json"),
             "metrics_publish_s": self.cfg.api.metrics_publish_s,
+            "cpu_class": self.cfg.agent.cpu_class,
         }
 
     # --- views --------------------------------------------------------------------------------

@@ -278,6 +278,10 @@ class ApiConfig(_Model):
 
 class AgentPlacement(_Model):
     num_cpus: float = Field(0.1, ge=0)
+    cpu_class: Literal["background", "normal"] = Field(
+        "background", description="background: once started, an agent runs in Linux's SCHED_IDLE class, "
+        "so the kill path (endpoint, controller) takes a core the moment it wakes (fleet/sched.py); "
+        "normal: at Ray's worker niceness (15) only")
     resources: dict[str, float] = Field(default_factory=dict)
     metrics_port: int | None = None
 

@@ -26,12 +26,21 @@ def run_one(config_path: str, opts: RunOptions, overrides: dict[str, Any]) -> Ru
     return simulate(cfg, config_path, dataclasses.replace(opts, progress=None), overrides)
 
 
+def _run_one_in_background(config_path: str, opts: RunOptions, overrides: dict[str, Any]) -> RunResult:
+    """One combination as a Ray task, in the background CPU class (``fleet/sched.py``): a sweep on the
+    running cluster yields every core to the fleet's kill path and shares with the agents by weight."""
+    from fleet.sched import run_in_background
+
+    run_in_background()
+    return run_one(config_path, opts, overrides)
+
+
 def run_sweep(config_path: str | Path, opts: RunOptions, combos: list[dict[str, Any]], *,
               on_done: Callable[[RunResult], None] | None = None) -> list[RunResult]:
     """Every combination as a Ray task (one CPU each); results in the order of ``combos``."""
     import ray
 
-    task = ray.remote(num_cpus=1, max_retries=0)(run_one)
+    task = ray.remote(num_cpus=1, max_retries=0)(_run_one_in_background)
     refs = [task.remote(str(config_path), dataclasses.replace(opts, progress=None), combo) for combo in combos]
     index = {ref: i for i, ref in enumerate(refs)}
     results: list[RunResult | None] = [None] * len(refs)
