@@ -203,17 +203,26 @@ class EmergencyDesk:
                 return len(ids)
             await asyncio.sleep(pause_s)
 
-    async def _close_position(self, client: Any, symbol: str) -> float:
+    async def _close_position(self, client: Any, symbol: str, attempts: int = 3) -> float:
+        """Close the symbol's position with a reduce-only MARKET order; what the exchange lists after.
+        Refused -2022 (the position closed or turned meanwhile: the agent's own flatten may race this
+        one), the position is read again and closed again if still open."""
         from decimal import Decimal
 
+        from fleet.binance.errors import ReduceOnlyRejectedError
         from fleet.binance.models import OrderRequest
 
-        pos = await client.position(symbol)
-        amount = Decimal(pos.amount)
-        if amount != 0:
+        amount = Decimal((await client.position(symbol)).amount)
+        for _ in range(attempts):
+            if amount == 0:
+                break
             side = "SELL" if amount > 0 else "BUY"
-            await client.place_order(OrderRequest(symbol=symbol, side=side, order_type="MARKET",
-                                                  quantity=format(abs(amount), "f"), reduce_only=True))
+            try:
+                await client.place_order(OrderRequest(symbol=symbol, side=side, order_type="MARKET",
+                                                      quantity=format(abs(amount), "f"), reduce_only=True))
+            except ReduceOnlyRejectedError:
+                log.info("%s: the closing order was refused (-2022): the position changed meanwhile; read again",
+                         symbol)
             amount = Decimal((await client.position(symbol)).amount)
         return float(amount)
 

@@ -1,12 +1,15 @@
 """The controller's own exchange route (``controller/emergency.py``) against the simulator: a cancel of
-every order that the exchange fails is retried until the book is empty, and says so in the log."""
+every order that the exchange fails is retried until the book is empty, and says so in the log; a
+flatten whose close another close beat reads the position again."""
 
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 
-from controller.emergency import EmergencyDesk
+from controller.emergency import EmergencyDesk, Outcome
 from fleet.binance.client import BinanceClient
+from fleet.binance.models import OrderRequest, OrderType, Side
 from fleet.config import FleetConfig
 
 from tests.fleet.binance.test_client_faults import admin, fault, passive_order
@@ -51,3 +54,35 @@ async def test_a_cancel_of_every_order_the_exchange_fails_is_retried_logged_and_
     assert "-1001" in said[0] or "503" in said[0]             # the exchange's answer, named
     assert said[-1] == f"{SYMBOL}: cancelling every order went through after 3 failures"
     assert len(said) == 2                                   # the first failure and the recovery, not every retry
+
+
+async def test_a_flatten_whose_close_is_raced_reads_the_position_again_and_reports_it_flat(sim, monkeypatch):
+    """The desk's reduce-only close refused -2022 because another close (the agent's own flatten) got
+    there first: the position is read again, and the answer says flat, not failed."""
+    desk, account = desk_on(sim, monkeypatch)
+    _, key, secret = sim.accounts[0]
+    raced: list[str] = []
+    async with BinanceClient(sim.rest_url, key, secret, timeout=5) as own:
+        await own.sync_time()
+        await own.place_order(OrderRequest(symbol=SYMBOL, side=Side.BUY, order_type=OrderType.MARKET,
+                                           quantity="0.010"))
+        client = await desk.client(account)
+        read = client.position
+
+        async def read_then_closed_by_another(symbol: str):
+            pos = await read(symbol)
+            if Decimal(pos.amount) != 0 and not raced:   # between the desk's read and its order
+                raced.append(pos.amount)
+                await own.place_order(OrderRequest(symbol=SYMBOL, side=Side.SELL, order_type=OrderType.MARKET,
+                                                   quantity=format(abs(Decimal(pos.amount)), "f"), reduce_only=True))
+            return pos
+
+        monkeypatch.setattr(client, "position", read_then_closed_by_another)
+        try:
+            outcome = await desk.cancel(SYMBOL, account, "flatten")
+        finally:
+            await desk.close()
+    assert raced == [Decimal("0.010")]
+    assert outcome.outcome == Outcome.EMERGENCY_CANCELLED and outcome.position == 0 and outcome.open_orders == 0
+    state = await admin(sim, "GET", "/sim/state", params={"account": account, "symbol": SYMBOL})
+    assert float(state["positions"][SYMBOL]["amount"]) == 0      # the exchange's truth
