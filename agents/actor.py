@@ -101,8 +101,9 @@ class AgentActor:
         self.life: asyncio.Task | None = None
         self.publisher: asyncio.Task | None = None
         self.publish_s = 5.0  # api.metrics_publish_s, from the spec
-        self.cpu_class = "background"  # agent.cpu_class, from the spec
-        self.scheduled: str | None = None   # what moving to it did (fleet/sched.py), once started
+        self.cpu_class = "auto"  # agent.cpu_class, from the spec, with the controller's node for "auto"
+        self.controller_node: str | None = None
+        self.scheduled: str | None = None   # the CPU class this process trades in (fleet/sched.py), once started
         try:
             self.loop = asyncio.get_running_loop()
             self.life = self.loop.create_task(self._live())
@@ -179,20 +180,28 @@ class AgentActor:
                 gc.unfreeze()  # this incarnation's objects may be garbage now: collectable again
 
     def _enter_cpu_class(self) -> None:
-        """Once started, trade in the background class (``fleet/sched.py``): the start ran as an
-        ordinary worker, ahead of the agents already trading; from now on a kill, a lease renewal, a
-        page, an agent starting take a core before this one. Once per process: a changed
-        ``agent.cpu_class`` applies from the agent's next process."""
-        if self.scheduled is not None:
+        """Once started, trade in the class ``agent.cpu_class`` says (``fleet/sched.py``): in the
+        background, a process sharing its node with the kill path (the endpoint, the controller, a
+        hosted simulator) takes a core before this one the moment it wakes. The first start ran as an
+        ordinary worker, ahead of the agents already trading. Checked at every start of the agent;
+        leaving the background class takes a new process (the kernel lets only a privileged one out)."""
+        if self.scheduled is not None and self.scheduled.startswith("SCHED_IDLE"):
             return
-        if self.cpu_class != "background":
-            self.scheduled = f"normal (niceness {os.nice(0)})"
-            return
-        from fleet.sched import run_in_background
+        try:
+            wanted = self.cpu_class
+            if wanted == "auto":
+                here = ray.get_runtime_context().get_node_id()
+                wanted = "background" if self.controller_node and here == self.controller_node else "normal"
+            if wanted != "background":
+                self.scheduled = f"normal (niceness {os.getpriority(os.PRIO_PROCESS, 0)})"
+                return   # as asked: nothing to warn of
+            from fleet.sched import run_in_background
 
-        self.scheduled = run_in_background()
-        if not self.scheduled.startswith("SCHED_IDLE"):
-            log.warning("%s: not in the background CPU class: %s", self.symbol, self.scheduled)
+            self.scheduled = run_in_background()
+        except Exception as exc:  # noqa: BLE001 - a class not entered must not end the agent's run
+            self.scheduled = f"unchanged ({named_line(exc)})"
+        if not self.scheduled.startswith("SCHED_IDLE (") or "refused" in self.scheduled:
+            log.warning("%s: not (wholly) in the background CPU class: %s", self.symbol, self.scheduled)
 
     async def _publish_forever(self) -> None:
         """The agent's exposition rendered on this (the trading) loop and published for /metrics
@@ -267,6 +276,7 @@ class AgentActor:
         self._note("spec")
         self.publish_s = float(spec.get("metrics_publish_s", self.publish_s))
         self.cpu_class = str(spec.get("cpu_class", self.cpu_class))
+        self.controller_node = spec.get("controller_node")
         account = AccountConfig.model_validate(spec["account"])
         credentials = load_credentials(account)  # inside this process: env vars or key file
         if self.secret_filter is None:

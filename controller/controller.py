@@ -364,6 +364,7 @@ class FleetController(KillSwitches):
             "journal": self.cfg.journal.model_dump(mode="json"),
             "metrics_publish_s": self.cfg.api.metrics_publish_s,
             "cpu_class": self.cfg.agent.cpu_class,
+            "controller_node": ray.get_runtime_context().get_node_id(),
         }
 
     # --- views --------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from fleet.text import named_line
 
 log = logging.getLogger("mmfleet.controller")
 
+REFUSED_CLOSE_PAUSE_S = 0.05  # after a close refused -2022 (another close got there first), before reading again
+
 
 class Outcome(StrEnum):
     """What a kill did to one symbol."""
@@ -213,6 +215,7 @@ class EmergencyDesk:
         from fleet.binance.models import OrderRequest
 
         amount = Decimal((await client.position(symbol)).amount)
+        refused = 0
         for _ in range(attempts):
             if amount == 0:
                 break
@@ -221,9 +224,13 @@ class EmergencyDesk:
                 await client.place_order(OrderRequest(symbol=symbol, side=side, order_type="MARKET",
                                                       quantity=format(abs(amount), "f"), reduce_only=True))
             except ReduceOnlyRejectedError:
+                refused += 1
                 log.info("%s: the closing order was refused (-2022): the position changed meanwhile; read again",
                          symbol)
+                await asyncio.sleep(REFUSED_CLOSE_PAUSE_S)   # the other close's fill settling
             amount = Decimal((await client.position(symbol)).amount)
+        if amount != 0 and refused:
+            log.warning("%s: the position is still %s after %d closing orders refused -2022", symbol, amount, refused)
         return float(amount)
 
     def sweep_later(self, symbol: str, account: str, delay: float, still_stopped: Callable[[], Awaitable[bool]]) -> None:

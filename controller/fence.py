@@ -4,8 +4,9 @@ The controller watches every symbol's lease. When one lapses without renewal, it
 epoch's orders (and older ones) at the exchange at once, by client order id, never a successor's;
 and it asks the agent actor, on its control group, who it is:
 
-- no answer within ``probe_timeout_s`` (2 s: a process merely starved of CPU, e.g. while 50 agents
-  start on 2 cores, still answers), or a process this host shows stopped (SIGSTOP: no need to wait),
+- no answer within ``probe_timeout_s`` (2 s: a process at Ray's niceness merely starved of CPU, e.g.
+  while 50 agents start on 2 cores, still answers; an agent in ``SCHED_IDLE`` behind ordinary work may
+  not, and is taken for hung: docs/architecture.md, "The cost"), or a process this host shows stopped (SIGSTOP: no need to wait),
   or the same holder whose trading loop publishes nothing after the lease expired (asked again for
   up to ``probe_timeout_s`` if it published during the lease): the owner is hung. The lease is revoked and the actor killed so that Ray recreates it
   (``ray.kill(handle, no_restart=False)``); the new process acquires a fresh, larger epoch.

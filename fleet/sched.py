@@ -20,33 +20,37 @@ from __future__ import annotations
 import os
 
 
-def run_in_background() -> str:
+def run_in_background(passes: int = 3) -> str:
     """Move every thread of this process into ``SCHED_IDLE`` (threads started later inherit it from
-    the thread that starts them). What was done, for the log and the agent's status."""
+    the thread that starts them; the listing is read again, up to ``passes`` times, for one started
+    meanwhile by a thread not yet moved). What was done, for the log and the agent's status."""
     setter = getattr(os, "sched_setscheduler", None)
-    policy = getattr(os, "SCHED_IDLE", None)
-    if setter is None or policy is None:
-        return "normal (SCHED_IDLE is not available on this system)"
-    try:
-        threads = [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:
-        threads = [0]   # no /proc: this thread only
-    moved, refused = 0, None
-    for tid in threads:
-        try:
-            setter(tid, policy, os.sched_param(0))
-            moved += 1
-        except ProcessLookupError:   # the thread ended meanwhile
-            continue
-        except OSError as exc:
-            refused = exc
-    if refused is not None and not moved:
-        return f"normal (SCHED_IDLE refused: {refused})"
-    return f"SCHED_IDLE ({moved} threads)" + ("" if refused is None else f"; some refused: {refused}")
-
-
-def in_background() -> bool:
-    """Whether this thread runs in ``SCHED_IDLE``."""
     getter = getattr(os, "sched_getscheduler", None)
     policy = getattr(os, "SCHED_IDLE", None)
-    return getter is not None and policy is not None and getter(0) == policy
+    if setter is None or getter is None or policy is None:
+        return "normal (SCHED_IDLE is not available on this system)"
+    moved: set[int] = set()
+    refused: OSError | None = None
+    for _ in range(passes):
+        try:
+            threads = [int(t) for t in os.listdir("/proc/self/task")]
+        except OSError as exc:
+            return f"normal (no /proc/self/task to list this process's threads: {exc})"
+        left = 0
+        for tid in threads:
+            try:
+                if getter(tid) == policy:
+                    moved.add(tid)
+                    continue
+                left += 1
+                setter(tid, policy, os.sched_param(0))
+                moved.add(tid)
+            except ProcessLookupError:   # the thread ended meanwhile
+                continue
+            except OSError as exc:
+                refused = exc
+        if not left or refused is not None:
+            break
+    if refused is not None and not moved:
+        return f"normal (SCHED_IDLE refused: {refused})"
+    return f"SCHED_IDLE ({len(moved)} threads)" + ("" if refused is None else f"; some refused: {refused}")

@@ -40,7 +40,8 @@ def run_sweep(config_path: str | Path, opts: RunOptions, combos: list[dict[str, 
     """Every combination as a Ray task (one CPU each); results in the order of ``combos``."""
     import ray
 
-    task = ray.remote(num_cpus=1, max_retries=0)(_run_one_in_background)
+    # max_calls=1: the worker leaves with its task, so no later task of this job inherits its CPU class
+    task = ray.remote(num_cpus=1, max_retries=0, max_calls=1)(_run_one_in_background)
     refs = [task.remote(str(config_path), dataclasses.replace(opts, progress=None), combo) for combo in combos]
     index = {ref: i for i, ref in enumerate(refs)}
     results: list[RunResult | None] = [None] * len(refs)
