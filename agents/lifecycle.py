@@ -7,7 +7,8 @@ Rules:
 
 - Quoting needs an empty set of blocks. Each block has one cause and one remedy: ``starting``
   (until the start completes), ``user_stream`` (lost: reconnect and resync), ``market_stream`` (lost:
-  reconnect), ``market_stale`` (no book for ``market_stale_sec``: the next book), ``resync`` (a REST
+  reconnect), ``market_stale`` (no book for ``market_stale_sec``: the next book), ``market_lag`` (a
+  book older at the exchange than ``market_lag_max_ms``: a book within it), ``resync`` (a REST
   snapshot under way), ``lease`` (lapsed: renewed, and the dead-man switch re-armed first unless still armed long enough),
   ``stopping`` (for good).
 - The state an operator sees follows from the blocks and the kill state, first match wins:
@@ -20,7 +21,7 @@ Rules:
   ``resync`` or ``user_stream`` blocks      ``resyncing``
   kill state flattening                     ``flattening``
   stopping, ownership lost, or halted       ``halted``
-  ``market_stream``/``market_stale``/lease  ``paused``
+  ``market_*`` or ``lease`` blocks          ``paused``
   otherwise                                 ``quoting``
   ========================================  ==============
 
@@ -43,6 +44,7 @@ class Block(StrEnum):
     USER_STREAM = "user_stream"
     MARKET_STREAM = "market_stream"
     MARKET_STALE = "market_stale"
+    MARKET_LAG = "market_lag"
     RESYNC = "resync"
     LEASE = "lease"
     STOPPING = "stopping"
@@ -61,7 +63,7 @@ class State(StrEnum):
 
 
 RESYNCING_BLOCKS = frozenset({Block.RESYNC, Block.USER_STREAM})
-PAUSE_BLOCKS = frozenset({Block.MARKET_STREAM, Block.MARKET_STALE, Block.LEASE})
+PAUSE_BLOCKS = frozenset({Block.MARKET_STREAM, Block.MARKET_STALE, Block.MARKET_LAG, Block.LEASE})
 
 
 def derive_state(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from fleet.binance.events import BookTicker, MarkPrice
 from fleet.binance.streams import MarketStream, StreamError
 
-from .agent_base import BLOCK_MARKET_STALE, BLOCK_MARKET_STREAM, Backoff, Tick, _TRANSIENT
+from .agent_base import BLOCK_MARKET_LAG, BLOCK_MARKET_STALE, BLOCK_MARKET_STREAM, Backoff, Tick, _TRANSIENT
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
@@ -102,6 +102,19 @@ class MarketFeed:
                     return  # closed by a planned swap
                 raise StreamError("market stream closed") from None
 
+    def _lagging(self, lag_ms: int) -> None:
+        """A book older at the exchange than ``market_lag_max_ms``: this agent is behind its feed (its
+        process starved of CPU or paused, frames queued) or the feed lags. Quotes priced on it would be
+        stale however fresh the read: pulled, and quoting waits for a frame within the limit."""
+        a = self.agent
+        if BLOCK_MARKET_LAG in a.blocks:
+            return
+        a.blocks.add(BLOCK_MARKET_LAG)
+        a.counters["stale_market_pulls"] += 1
+        a.log.event("market_lag", f"a book {lag_ms} ms old at the exchange (limit {a.runtime.market_lag_max_ms} ms): "
+                    "quotes pulled", level=logging.WARNING)
+        a.sender.pull_quotes("market_lag")
+
     def on_event(self, t_read: Tick, ev: Any) -> None:
         """One market event, straight off the socket: store it, and quote at once on a large move."""
         a = self.agent
@@ -114,11 +127,18 @@ class MarketFeed:
             now_ms = a.clock.time_ms() + a.offset_ms()
             self.last_book = a.clock.monotonic()
             changed = core.on_event(ev, now_ms)
+            at_exchange = ev.transaction_time or ev.event_time
+            if at_exchange and now_ms - at_exchange > a.runtime.market_lag_max_ms:
+                self._lagging(now_ms - at_exchange)
+                return
             blocks = a.blocks
             if blocks:
                 if BLOCK_MARKET_STALE in blocks:
                     blocks.discard(BLOCK_MARKET_STALE)
                     a.log.event("market_fresh", "market data fresh again")
+                if BLOCK_MARKET_LAG in blocks:
+                    blocks.discard(BLOCK_MARKET_LAG)
+                    a.log.event("market_fresh", "book frames within market_lag_max_ms of the exchange again")
                 if blocks:
                     return
             if changed and core.should_quote(now_ms):

@@ -187,6 +187,11 @@ class RuntimeParams(_Model):
                     "cancelled by the agent: quotes it cannot re-price do not wait for the dead-man countdown "
                     "(a hung agent is the controller's fence's; a successor's orders are never touched)")
     market_stale_sec: float = Field(5.0, gt=0)
+    market_lag_max_ms: int = Field(
+        2_000, gt=0,
+        description="a book frame older than this at the exchange (its time against the agent's estimate of the "
+                    "exchange's clock: the agent fell behind, starved of CPU or paused, or the feed lags) pulls the "
+                    "quotes, and quoting waits for a frame within it; frames without a time are not judged")
     stream_max_lifetime_sec: float = Field(23 * 3600.0, gt=0)
     stop_timeout_sec: float = Field(20.0, gt=0)
     flatten_on_stop: bool = False

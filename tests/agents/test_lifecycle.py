@@ -15,6 +15,7 @@ STATE_TABLE = [
     ({B.STARTING}, False, False, False, False, "running", State.STARTING),
     (set(), True, False, False, False, "running", State.QUOTING),
     ({B.MARKET_STALE}, True, False, False, False, "running", State.PAUSED),
+    ({B.MARKET_LAG}, True, False, False, False, "running", State.PAUSED),
     ({B.MARKET_STREAM}, True, False, False, False, "running", State.PAUSED),
     ({B.LEASE}, True, False, False, False, "running", State.PAUSED),
     ({B.USER_STREAM, B.MARKET_STALE}, True, False, False, False, "running", State.RESYNCING),
@@ -36,8 +37,8 @@ def test_state_table(blocks, started, stopped, stopping, lost, kill, expected):
 
 
 def test_block_names_are_the_status_strings():
-    assert {b.value for b in Block} == {"starting", "user_stream", "market_stream", "market_stale", "resync",
-                                        "lease", "stopping"}
+    assert {b.value for b in Block} == {"starting", "user_stream", "market_stream", "market_stale", "market_lag",
+                                        "resync", "lease", "stopping"}
     assert "market_stale" in {Block.MARKET_STALE}
 
 

@@ -91,3 +91,14 @@ def test_planned_stream_swaps_keep_the_agent_in_step():
 def test_a_bad_schedule_is_refused_naming_the_problem(events, message):
     with pytest.raises(ScheduleError, match=message):
         load_schedule(events)
+
+
+def test_an_agent_behind_its_feed_does_not_quote_on_old_books():
+    """Every frame reaching the agent 2.5 s after the exchange sent it (market_lag_max_ms is 2 s): however
+    fresh the read, the books are old, so the agent pulls its quotes and places no order; 1 s late, it
+    quotes."""
+    late = _run(3, seed=2, stream_latency_ms=2500.0).symbols[0].table
+    assert late["stale_market_pulls"] >= 1
+    assert late["orders_per_min"] == 0 and late["fills"] == 0 and late["open_orders_after_stop"] == 0
+    behind = _run(3, seed=2, stream_latency_ms=1000.0).symbols[0].table
+    assert behind["stale_market_pulls"] == 0 and behind["orders_per_min"] > 0
