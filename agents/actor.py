@@ -101,7 +101,7 @@ class AgentActor:
         self.life: asyncio.Task | None = None
         self.publisher: asyncio.Task | None = None
         self.publish_s = 5.0  # api.metrics_publish_s, from the spec
-        self.cpu_class = "auto"  # agent.cpu_class, from the spec, with the controller's node for "auto"
+        self.cpu_class = "normal"  # agent.cpu_class, from the spec, with the controller's node for "auto"
         self.controller_node: str | None = None
         self.scheduled: str | None = None   # the CPU class this process trades in (fleet/sched.py), once started
         try:
@@ -188,10 +188,9 @@ class AgentActor:
         if self.scheduled is not None and self.scheduled.startswith("SCHED_IDLE"):
             return
         try:
-            wanted = self.cpu_class
-            if wanted == "auto":
-                here = ray.get_runtime_context().get_node_id()
-                wanted = "background" if self.controller_node and here == self.controller_node else "normal"
+            from fleet.sched import wanted_class
+
+            wanted = wanted_class(self.cpu_class, ray.get_runtime_context().get_node_id(), self.controller_node)
             if wanted != "background":
                 self.scheduled = f"normal (niceness {os.getpriority(os.PRIO_PROCESS, 0)})"
                 return   # as asked: nothing to warn of

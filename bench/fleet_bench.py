@@ -233,7 +233,9 @@ class Bench:
                          "net_max_hard_cap": NET_MAX_HARD_CAP}
                         for i, s in enumerate(self.symbols)],
             "api": {"host": "127.0.0.1", "port": free_port(), "token_env": None},
-            "agent": {"num_cpus": 0.01},
+            # The fleet on one machine: agents in the background CPU class, the kill path above them
+            # (docs/architecture.md, "Niceness shares the CPU by weight"); nothing else runs here.
+            "agent": {"num_cpus": 0.01, "cpu_class": "background"},
             # Every agent on this one loopback IP shares Binance's 2,400 weight per minute (the agents'
             # budgets read the IP-wide count the exchange reports and hold quoting below 75 % of it,
             # 1,800). With the defaults an agent spends 47.5 a minute before it quotes (countdownCancelAll

@@ -283,11 +283,11 @@ class ApiConfig(_Model):
 
 class AgentPlacement(_Model):
     num_cpus: float = Field(0.1, ge=0)
-    cpu_class: Literal["auto", "background", "normal"] = Field(
-        "auto", description="background: once started, an agent runs in Linux's SCHED_IDLE class, so the "
-        "kill path (endpoint, controller, a hosted simulator) takes a core the moment it wakes "
-        "(fleet/sched.py); normal: at Ray's worker niceness (15) only; auto: background on the controller's "
-        "node (a fleet on one machine), normal elsewhere (trader nodes, where no kill path runs)")
+    cpu_class: Literal["normal", "background", "auto"] = Field(
+        "normal", description="normal: agents at Ray's worker niceness (15); background: once started, an agent "
+        "runs in Linux's SCHED_IDLE class, so the kill path (endpoint, controller, a hosted simulator) takes a "
+        "core the moment it wakes, and any ordinary work on the node starves it (fleet/sched.py); auto: "
+        "background on the controller's node, normal elsewhere (trader nodes, where no kill path runs)")
     resources: dict[str, float] = Field(default_factory=dict)
     metrics_port: int | None = None
 

@@ -20,6 +20,13 @@ from __future__ import annotations
 import os
 
 
+def wanted_class(cpu_class: str, node: str | None, controller_node: str | None) -> str:
+    """``background`` or ``normal``: what ``agent.cpu_class`` asks of an agent on ``node``."""
+    if cpu_class == "auto":
+        return "background" if node and node == controller_node else "normal"
+    return "background" if cpu_class == "background" else "normal"
+
+
 def run_in_background(passes: int = 3) -> str:
     """Move every thread of this process into ``SCHED_IDLE`` (threads started later inherit it from
     the thread that starts them; the listing is read again, up to ``passes`` times, for one started

@@ -177,26 +177,17 @@ def test_up_quotes_every_symbol_within_30s_and_exposure_matches_the_exchange(fle
         assert body["symbols"][s]["cap"] > 0
 
 
-def test_a_trading_agent_runs_below_every_ordinary_process_and_the_kill_path_above_it(fleet):
-    """agent.cpu_class auto (the default), on one node with the controller: once started, every thread
-    of an agent's process is in SCHED_IDLE, so the controller and the endpoint (ordinary processes)
-    take a core the moment they wake."""
+def test_agents_trade_at_rays_niceness_and_the_kill_path_above_them(fleet):
+    """agent.cpu_class normal (the default): a started agent's threads stay ordinary at Ray's worker
+    niceness (15); the controller, a kill path, runs at 0. (The background class is opt-in: on this
+    shared box the test suite's other worker, ordinary work, starved SCHED_IDLE agents for minutes.)"""
     fleet.all_quoting(timeout=30.0)
-
-    def policies(pid: int) -> set[int]:
-        out = set()
-        for t in os.listdir(f"/proc/{pid}/task"):
-            try:
-                out.add(os.sched_getscheduler(int(t)))
-            except ProcessLookupError:   # a thread that ended meanwhile
-                continue
-        return out
-
     for s in SYMBOLS:
-        st = poll(lambda: (lambda x: x if x["cpu_class"].startswith("SCHED_IDLE") else None)(fleet.status(s)),
-                  10.0, f"{s} in the background CPU class")
-        assert policies(st["pid"]) == {os.SCHED_IDLE}, st["cpu_class"]
-    controller = fleet.ray.get(fleet.controller().__ray_call__.remote(lambda _: os.getpid()))  # a kill path
+        st = poll(lambda: (lambda x: x if not x["cpu_class"].endswith("(not started)") else None)(fleet.status(s)),
+                  10.0, f"{s}'s CPU class")
+        assert st["cpu_class"] == "normal (niceness 15)", st["cpu_class"]
+        assert os.sched_getscheduler(st["pid"]) == os.SCHED_OTHER
+    controller = fleet.ray.get(fleet.controller().__ray_call__.remote(lambda _: os.getpid()))
     assert os.sched_getscheduler(controller) == os.SCHED_OTHER and os.getpriority(os.PRIO_PROCESS, controller) == 0
 
 

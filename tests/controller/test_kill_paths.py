@@ -122,7 +122,7 @@ def test_the_first_route_to_see_zero_answers_and_a_failed_route_does_not():
 
 
 def test_the_symbol_is_swept_until_its_agent_confirms_the_halt_or_its_lease_lapsed():
-    """The agent has not confirmed the halt: its symbol is cancelled again every sweep until it does;
+    """The agent has not confirmed the halt: its symbol is cancelled again soon, then every sweep until it does;
     if its call ends without confirming (timed out, failed), until its lease has lapsed, and once more
     after; never after a resume or a later kill. While the kill state is not durable (the GCS down: no
     lease can be renewed either), the sweeping pauses once the lease read then has lapsed, and goes on
@@ -132,7 +132,8 @@ def test_the_symbol_is_swept_until_its_agent_confirms_the_halt_or_its_lease_laps
     from fleet.vocabulary import KillState
 
     async def run(agent_s: float, answer: object = None, *, lease_s: float = 0.05, fail: bool = False,
-                  resumed_after: int | None = None, gcs_back_s: float | None = None) -> dict[str, Any]:
+                  resumed_after: int | None = None, gcs_back_s: float | None = None, every_s: float = 0.05,
+                  first_s: float = 0.1) -> dict[str, Any]:
         book = LeaseBook(MemoryStore(), lease_ttl_s=lease_s)
         book.acquire("BTCUSDT", "agent-1", now=time.time())
         lock = asyncio.Lock()
@@ -165,7 +166,7 @@ def test_the_symbol_is_swept_until_its_agent_confirms_the_halt_or_its_lease_laps
         back = asyncio.ensure_future(gcs_back()) if gcs_back_s is not None else None
         agent = asyncio.ensure_future(halt())
         started = time.monotonic()
-        made = await sweep_until_halted(agent, sweep, durable, book, "BTCUSDT", every_s=0.05)
+        made = await sweep_until_halted(agent, sweep, durable, book, "BTCUSDT", every_s=every_s, first_s=first_s)
         agent.cancel()
         await asyncio.sleep(0.12)
         return {"made": made, "calls": calls, "answered": answered[0] if answered else math.inf,
@@ -173,6 +174,8 @@ def test_the_symbol_is_swept_until_its_agent_confirms_the_halt_or_its_lease_laps
 
     r = asyncio.run(run(0.3))
     assert r["made"] == len(r["calls"]) >= 1 and all(t <= r["answered"] for t in r["calls"])   # none after the answer
+    r = asyncio.run(run(0.3, every_s=1.0, first_s=0.05))   # the first pass soon, for an order landing just after 0
+    assert r["made"] == 1 and r["calls"][0] < r["answered"]
     assert asyncio.run(run(0.0))["made"] == 0                                  # answered at once: no sweep
     r = asyncio.run(run(0.6, fail=True))                                       # a failing sweep: sweeping goes on
     assert r["made"] == len(r["calls"]) >= 2

@@ -234,11 +234,6 @@ def test_agents_run_on_the_trader_nodes_never_on_the_head(multinode):
     ctl_node = fleet.ray.get(fleet.controller.__ray_call__.remote(
         lambda self: __import__("ray").get_runtime_context().get_node_id()), timeout=15)
     print(f"controller on {'the head' if ctl_node == nodes.head_id else ctl_node[:8]}")
-    for s in fleet.symbols:   # agent.cpu_class auto: background only on the controller's node
-        want = "SCHED_IDLE" if where[s] == ctl_node else "normal"
-        got = poll(lambda: (lambda c: c if not c.endswith("(not started)") else None)(fleet.status(s)["cpu_class"]),
-                   10.0, f"{s}'s CPU class")
-        assert got.startswith(want), (s, got, where[s][:8], ctl_node[:8])
     print(f"placement: {where} (head {nodes.head_id[:8]}; workers {sorted(i[:8] for i in worker_ids)})")
 
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fleet.sched import wanted_class
+
 ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = r"""
@@ -28,3 +30,11 @@ def test_every_thread_before_and_after_the_move_is_in_sched_idle():
     assert out[0] == "SCHED_IDLE (2 threads)"             # the main thread and the one started before
     assert out[1] == str([os.SCHED_IDLE])                # all three now, the one started after too
     assert os.sched_getscheduler(0) == os.SCHED_OTHER    # pytest's own process untouched
+
+
+def test_auto_is_background_only_on_the_controllers_node():
+    assert wanted_class("auto", "node-a", "node-a") == "background"
+    assert wanted_class("auto", "node-b", "node-a") == "normal"
+    assert wanted_class("auto", "node-a", None) == "normal"           # a controller that did not say
+    assert wanted_class("background", "node-b", "node-a") == "background"
+    assert wanted_class("normal", "node-a", "node-a") == "normal"
