@@ -188,14 +188,12 @@ class AgentActor:
         if self.scheduled is not None and self.scheduled.startswith("SCHED_IDLE"):
             return
         try:
-            from fleet.sched import wanted_class
+            from fleet.sched import run_in_background, wanted_class
 
             wanted = wanted_class(self.cpu_class, ray.get_runtime_context().get_node_id(), self.controller_node)
             if wanted != "background":
                 self.scheduled = f"normal (niceness {os.getpriority(os.PRIO_PROCESS, 0)})"
                 return   # as asked: nothing to warn of
-            from fleet.sched import run_in_background
-
             self.scheduled = run_in_background()
         except Exception as exc:  # noqa: BLE001 - a class not entered must not end the agent's run
             self.scheduled = f"unchanged ({named_line(exc)})"

@@ -1,4 +1,5 @@
-"""The CPU class a process runs in: the agents (and a sweep's runs) in Linux's ``SCHED_IDLE``.
+"""The CPU class a process runs in: Linux's ``SCHED_IDLE`` for the agents when ``agent.cpu_class``
+asks for it (``background``, or ``auto`` on the controller's node), and for a sweep's runs.
 
 Ray starts every worker at niceness 15 and the fleet's kill path (the endpoint, Serve's proxy, the
 controller, a hosted simulator) at 0. Niceness shares the CPU by weight, but it does not decide who
