@@ -49,7 +49,7 @@ COUNTERS = (
     "user_stream_reconnects", "market_stream_reconnects", "resyncs", "rest_fallback_cancels",
     "listen_key_renewals", "listen_key_expired", "deadman_heartbeats", "unknown_outcomes",
     "unknown_outcomes_resolved", "reconciliations", "reconcile_repairs", "quote_pulls_confirmed",
-    "stale_market_pulls", "foreign_events", "start_attempts", "rate_limited", "lease_pulls",
+    "stale_market_pulls", "foreign_events", "start_attempts", "rate_limited", "lease_pulls", "resync_failures",
 )
 
 _TRANSIENT = (BinanceError, StreamError, OSError, asyncio.TimeoutError)

@@ -1,6 +1,7 @@
 """The start and the resync: the symbol's filters and the trading core, the user stream first (its
 events buffered), the REST snapshot made the truth, older epochs' orders cancelled and confirmed
-gone, the market stream, the dead-man switch armed. The resync repeats the snapshot step.
+gone, the market stream, the dead-man switch armed. The resync repeats the snapshot step; one
+that fails leaves quoting blocked, pulls the quotes and is tried again until it succeeds.
 
 A part of :class:`agents.agent.SymbolAgent`; it owns the resync lock.
 """
@@ -15,7 +16,7 @@ from fleet.binance.errors import BinanceError
 from fleet.binance.models import OrderInfo
 
 from .core import AgentCore
-from .agent_base import BLOCK_RESYNC, _older_epoch
+from .agent_base import BLOCK_RESYNC, BLOCK_USER_STREAM, Backoff, _older_epoch
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
@@ -37,6 +38,7 @@ class Starter:
     def __init__(self, agent: SymbolAgent) -> None:
         self.agent = agent
         self._resync_lock = asyncio.Lock()
+        self._retrying = False
 
     async def start(self) -> None:
         """Filters, user stream (buffering), snapshot, old epochs cancelled, market streams, dead-man."""
@@ -67,7 +69,45 @@ class Starter:
     async def resync(self, initial: bool = False) -> None:
         """REST snapshot (position, open orders, wallet) made the truth, then the buffered user events."""
         async with self._resync_lock:
-            await self._resync_locked(initial)
+            try:
+                await self._resync_locked(initial)
+            except Exception as exc:
+                if not initial:   # a failed start is retried by the start itself
+                    self._failed(exc)
+                raise
+
+    def _failed(self, exc: BaseException) -> None:
+        """A resync that failed leaves its block: the store is not known to be the exchange's truth.
+        Quotes resting on it are pulled, and a retry owns the block (the reconciler skips while it is
+        set, so without one nothing would ever clear it)."""
+        a = self.agent
+        a.counters["resync_failures"] += 1
+        a.log.event("resync_failed", f"resync failed: {exc!r}; quoting stays stopped until a snapshot is read",
+                    level=logging.WARNING)
+        a.sender.pull_quotes("resync failed")
+        if not self._retrying and not a.stopping:
+            self._retrying = True
+            a.tasks.spawn(self._retry(), "resync-retry")
+
+    async def _retry(self) -> None:
+        """Resync again, with growing pauses, until one succeeds; a lost user stream's reconnect
+        resyncs by itself, so the retry waits while it is lost."""
+        a = self.agent
+        backoff = Backoff(a.runtime.reconnect_backoff_initial_sec, a.runtime.reconnect_backoff_max_sec, rng=a.rng)
+        try:
+            while not a.stopping and BLOCK_RESYNC in a.blocks:
+                await a.tasks.sleep(backoff.next())
+                if a.stopping or BLOCK_RESYNC not in a.blocks:
+                    return
+                if BLOCK_USER_STREAM in a.blocks or self._resync_lock.locked():
+                    continue
+                try:
+                    await self.resync()
+                except Exception:  # noqa: BLE001 - logged and counted by resync; try again
+                    continue
+                a.log.event("resync_recovered", "resync succeeded after a failure: quoting resumes")
+        finally:
+            self._retrying = False
 
     async def _resync_locked(self, initial: bool) -> None:
         a = self.agent

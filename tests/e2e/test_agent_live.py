@@ -20,6 +20,7 @@ import pytest
 from agents.agent import ExchangeEndpoints, SymbolAgent
 from agents.ownership import Grant, LockFileOwnership, OwnershipLost
 from fleet.binance.credentials import Credentials
+from fleet.binance.errors import BinanceError
 from fleet.config import BaseParams, GrindingParams, RuntimeParams, SymbolParams
 from fleet.sim.testkit import SimClient
 from tests.polling import wait_for  # noqa: F401 - the other e2e tests import it from here
@@ -358,6 +359,24 @@ async def test_listen_key_expired_is_recovered_without_duplicates(make_agent, ex
     assert st["listen_key_active"]
     assert set(truth_orders(st)) == set(agent.core.store.orders)
     assert before  # there was a ladder to lose
+
+
+async def test_a_failed_resync_is_tried_again_until_quoting_resumes(make_agent, exchange):
+    """The reconciler's repair (a resync from REST) meeting a 503: quoting stays stopped while the
+    store is not known to be the truth, and a retry, not a later repair, brings it back (the
+    reconciler skips while a resync is owed, so nothing else would)."""
+    agent = await make_agent()
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    await exchange.post("/sim/fault/rest", {"mode": "error", "count": 2, "path": "/fapi/v3/positionRisk", "status": 503})
+    with pytest.raises(BinanceError):
+        await agent.starter.resync()   # what the reconciler calls on a position that differs twice
+    assert agent.status()["state"] == "resyncing"
+    await wait_for(lambda: agent.counters["resync_failures"] >= 2, 10, "the retry meeting the second 503")
+    await wait_for(lambda: agent.status()["state"] == "quoting", 15, "quoting after a resync succeeded")
+    await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": 0.2})
+    await wait_for(lambda: resting(agent, exchange), 10, "a whole ladder in sync with the exchange",
+                   explain=lambda: describe(agent, exchange))
+    assert agent.counters["resync_failures"] == 2 and agent.counters["resyncs"] >= 1
 
 
 @pytest.mark.parametrize("mode", ["unknown", "error"])
