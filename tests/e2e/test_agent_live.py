@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import time
 from decimal import Decimal
@@ -359,6 +360,26 @@ async def test_listen_key_expired_is_recovered_without_duplicates(make_agent, ex
     assert st["listen_key_active"]
     assert set(truth_orders(st)) == set(agent.core.store.orders)
     assert before  # there was a ladder to lose
+
+
+async def test_orders_decided_before_the_lease_lapsed_are_not_sent_after(make_agent, exchange):
+    """A decision made while the lease held, the lease lapsing before the send (the process stopped
+    or starved between the two): nothing of it reaches the exchange, and the store does not wait for it."""
+    agent = await make_agent()
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    await agent.halt("test")
+    core = agent.core
+    core.resume()   # the decision, the sends spawned, the lapse: with no await in between
+    now_ms = agent.exchange_ms()
+    actions = core.quote(now_ms, agent.budget.orders_available())
+    decided = {d.client_order_id for b in actions.batches if b.kind == "place" for d in b.items}
+    assert decided, "a resumed core with no orders places a ladder"
+    agent.sender.execute(actions, now_ms, None)
+    agent.lease.valid_until = -math.inf
+    await wait_for(lambda: not agent.sender.inflight, 5, "the send tasks done")
+    seen = {o["clientOrderId"] for o in await exchange.all_orders()}
+    assert not decided & seen, "an order decided under the lapsed lease reached the exchange"
+    assert not decided & set(core.store.orders), "the store still counts orders that were never sent"
 
 
 async def test_a_failed_resync_is_tried_again_until_quoting_resumes(make_agent, exchange):
