@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import time
 from decimal import Decimal
-from typing import Any, Callable, Iterable, Mapping, Self, Sequence
+from typing import Any, Callable, Iterable, Mapping, Self, Sequence, TypeVar
 
 import aiohttp
 import orjson
@@ -53,6 +53,7 @@ from .models import (
 from .ratelimit import THROTTLE_PAUSE_S, Cost, RateBudget
 from .signing import encode_params, sign
 
+T = TypeVar("T")
 log = logging.getLogger("fleet.binance.client")
 
 BATCH_PLACE_MAX = 5
@@ -406,7 +407,7 @@ class BinanceClient(RestCore):
 
     async def open_orders(self, symbol: str) -> list[OrderInfo]:
         data = await self._request(ep.OPEN_ORDERS, {"symbol": symbol})
-        return [OrderInfo.from_api(o) for o in data]
+        return _read_rows(data, OrderInfo.from_api, "GET openOrders")
 
     async def batch_place(
         self, orders: Sequence[OrderRequest], *, wait: bool = True, risk: bool = False
@@ -702,10 +703,27 @@ def _batch_results(data: Any, expected: int) -> list[OrderInfo | BinanceError]:
     return out
 
 
+def _read_rows(data: Any, parse: Callable[[Any], T], what: str) -> list[T]:
+    """A read's list answer, each row parsed. Anything else (a 200 with no body, an object, a row that
+    does not parse) is a :class:`ServerError`: a read changes nothing and is tried again, where taking
+    it for an empty list would make a position flat or the open orders none."""
+    if not isinstance(data, list):
+        raise ServerError(0, f"{what}: HTTP 200 without a list ({type(data).__name__})", 200)
+    try:
+        return [parse(row) for row in data]
+    except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+        raise ServerError(0, f"{what}: unreadable row ({type(exc).__name__}): {str(exc)[:120]}", 200) from exc
+
+
 def _pick_position(data: Any, symbol: str, as_of: int = 0) -> PositionInfo:
     """The symbol's one-way row; ``as_of`` (the exchange time the request was sent) goes with it,
     so that a figure without a time of its own (flat: v3 omits the symbol) is as of the request."""
-    rows = [r for r in (data or ()) if r.get("symbol") == symbol and r.get("positionSide", PositionSide.BOTH) == PositionSide.BOTH]
+    listed = _read_rows(data, lambda r: (r["symbol"], r.get("positionSide", PositionSide.BOTH), r), "GET positionRisk")
+    rows = [r for sym, side, r in listed if sym == symbol and side == PositionSide.BOTH]
     if not rows:
         return PositionInfo.flat(symbol, as_of)  # v3 lists only symbols with a position or open orders
-    return dataclasses.replace(PositionInfo.from_api(rows[0]), as_of=as_of)
+    try:
+        info = PositionInfo.from_api(rows[0])
+    except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+        raise ServerError(0, f"GET positionRisk: unreadable row ({type(exc).__name__}): {str(rows[0])[:120]}", 200) from exc
+    return dataclasses.replace(info, as_of=as_of)

@@ -149,3 +149,28 @@ def test_a_short_or_malformed_batch_answer_leaves_its_orders_unknown():
         _batch_results("<html>", 1)
     out = _batch_results([{"orderId": 1}, "garbage", {"code": -1006, "msg": "unknown"}], 3)
     assert all(isinstance(r, E.OutcomeUnknownError) for r in out)
+
+
+@pytest.mark.parametrize("answer", [None, {}, "ok", [{"symbol": "ETHUSDC", "positionAmt": "x"}], ["garbage"]])
+def test_a_position_read_that_is_no_list_of_rows_is_an_error_not_flat(answer):
+    """A 200 without a list must not read as "flat": the resync would make the store's position 0."""
+    from fleet.binance.client import _pick_position
+
+    with pytest.raises(E.ServerError, match="positionRisk"):
+        _pick_position(answer, "ETHUSDC")
+
+
+def test_a_position_read_of_an_empty_list_or_other_symbols_is_flat():
+    from fleet.binance.client import _pick_position
+
+    assert _pick_position([], "ETHUSDC", 7).amount == 0   # v3 lists only symbols with a position
+    other = {"symbol": "BTCUSDC", "positionAmt": "1.0", "entryPrice": "1", "unRealizedProfit": "0", "markPrice": "1"}
+    assert _pick_position([other], "ETHUSDC").amount == 0
+
+
+@pytest.mark.parametrize("answer", [None, {"code": 200}, [{"orderId": 1}]])
+def test_an_open_orders_read_that_is_no_list_of_orders_is_an_error_not_none(answer):
+    from fleet.binance.client import _read_rows
+
+    with pytest.raises(E.ServerError, match="openOrders"):
+        _read_rows(answer, OrderInfo.from_api, "GET openOrders")
