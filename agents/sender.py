@@ -95,8 +95,9 @@ class OrderSender:
                 return
             try:
                 listed = await client.open_orders(self.agent.symbol)
-            except BinanceError as exc:
-                self.agent.log.event("pull_list_failed", f"open orders not listed: {exc!r}", level=logging.WARNING)
+            except Exception as exc:  # noqa: BLE001 - the pull must outlive any one answer
+                level = logging.WARNING if isinstance(exc, BinanceError) else logging.ERROR
+                self.agent.log.event("pull_list_failed", f"open orders not listed: {exc!r}", level=level)
                 continue
             if self.agent.stopping or self.agent.quoting_live():   # live again meanwhile: the ladder is its own
                 return

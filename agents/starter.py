@@ -84,10 +84,10 @@ class Starter:
         a.counters["resync_failures"] += 1
         a.log.event("resync_failed", f"resync failed: {exc!r}; quoting stays stopped until a snapshot is read",
                     level=logging.WARNING)
-        a.sender.pull_quotes("resync failed")
         if not self._retrying and not a.stopping:
             self._retrying = True
             a.tasks.spawn(self._retry(), "resync-retry")
+        a.sender.pull_quotes("resync failed")
 
     async def _retry(self) -> None:
         """Resync again, with growing pauses, until one succeeds; a lost user stream's reconnect

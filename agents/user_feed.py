@@ -77,11 +77,13 @@ class UserFeed:
             try:
                 await self._reconnect()
                 backoff.reset()
-            except _TRANSIENT as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever failed, the next try starts from a new stream
+                # (a stream left open would be consumed by the next pass with its block never cleared)
                 self._set_connected(False)
                 await self.close()
                 delay = backoff.next()
-                a.log.event("user_reconnect_failed", f"{exc!r}; next try in {delay:.1f}s", level=logging.WARNING)
+                level = logging.WARNING if isinstance(exc, _TRANSIENT) else logging.ERROR
+                a.log.event("user_reconnect_failed", f"{exc!r}; next try in {delay:.1f}s", level=level)
                 await a.tasks.sleep(delay)
 
     async def _reconnect(self) -> None:
@@ -185,7 +187,17 @@ class UserFeed:
     async def _planned_swap(self) -> None:
         """Open a new user stream, then drop the old (no gap)."""
         a = self.agent
+        before = self.stream
+        if before is None or not self.connected:
+            return   # lost meanwhile: the reconnect opens a new stream and resyncs
         stream = await self._open()
+        if self.stream is not before or not self.connected:
+            # Lost (or reconnected) while the new one opened: the reconnect owns the stream, its
+            # resync and the block; installing this one would leave the block set with no owner.
+            with contextlib.suppress(Exception):
+                await stream.close()
+            a.log.event("user_swap_abandoned", "planned user stream swap dropped: the stream was lost meanwhile")
+            return
         old, self.stream = self.stream, stream
         self.opened_at = a.clock.monotonic()
         a.log.event("user_stream_swapped", "planned user stream reconnect")
@@ -211,6 +223,9 @@ class UserFeed:
         a.counters["rest_fallback_cancels"] += 1
         a.metrics.inc_rest_fallback()
         a.log.event("rest_fallback_cancel", "user stream down past grace: cancelled all via REST", level=logging.WARNING)
+        # A request in flight may still land after that cancel (up to its recvWindow), unseen without the
+        # stream: re-list and cancel until none of this epoch rests, as a quote pull does.
+        a.sender.keep_pulling("user stream down past grace")
 
     def look_up_funding(self) -> None:
         """Start reading this symbol's FUNDING_FEE income rows if the store waits for some and no

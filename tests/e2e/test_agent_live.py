@@ -346,6 +346,39 @@ async def test_user_stream_down_past_grace_cancels_all_through_rest(make_agent, 
     await wait_for(lambda: resting(agent, exchange), 10, "a whole ladder after resume", explain=lambda: describe(agent, exchange))
 
 
+async def test_orders_landing_after_the_rest_fallback_cancel_are_cancelled_while_the_stream_is_down(
+        make_agent, exchange):
+    """A batch answered 503 and executed 1.5 s later lands after the REST fallback's cancel-all, with
+    the user stream still down (its reconnect waits ~10 s): unseen by the stream, it must not rest
+    until the reconnect. The fallback keeps re-listing and cancelling until nothing of ours may land."""
+    runtime = FAST.model_copy(update={"user_stream_grace_sec": 0.3, "reconnect_backoff_initial_sec": 10.0,
+                                      "reconnect_backoff_max_sec": 10.0})
+    agent = await make_agent(runtime=runtime)
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    await agent.halt("test")
+    await wait_for(lambda: agent.counters["quote_pulls_confirmed"] >= 1, 10, "the halt's pull over")
+    await exchange.post("/sim/fault/rest", {"mode": "late", "count": 1, "path": "/fapi/v1/batchOrders",
+                                            "method": "POST", "answer": "503", "delay_ms": 1500})
+    await agent.resume()
+    await wait_for(lambda: not exchange.sim.faults, 5, "the ladder's first batch answered 503, executing later")
+    await exchange.post("/sim/fault/drop", {"target": "user", "account": "main"})
+    late = {o.client_order_id for o in agent.core.store.orders.values() if o.unknown_ms is not None}
+    assert late and (await exchange.state())["deferred"], "a place batch of unknown outcome is due to execute late"
+
+    async def late_ones_cancelled() -> bool:
+        st = await exchange.state()
+        if st["deferred"] or st["open_orders"]:
+            return False
+        done = {o["clientOrderId"]: o["status"] for o in await exchange.all_orders()}
+        return all(done.get(cid) == "CANCELED" for cid in late)
+
+    await wait_for(late_ones_cancelled, 6, "the late batch cancelled while the user stream is still down",
+                   explain=lambda: describe(agent, exchange))
+    assert not agent.user.connected and agent.counters["rest_fallback_cancels"] == 1
+    await wait_for(lambda: agent.status()["state"] == "quoting", 20, "quoting again after the reconnect")
+    await wait_for(lambda: resting(agent, exchange), 10, "a whole ladder after resume", explain=lambda: describe(agent, exchange))
+
+
 async def test_listen_key_expired_is_recovered_without_duplicates(make_agent, exchange):
     agent = await make_agent()
     await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
