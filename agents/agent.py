@@ -152,6 +152,7 @@ class SymbolAgent:
         # (50 agents starting on 2 cores) must not let the lease lapse and get the agent fenced as hung.
         self.tasks.spawn(self.timers.renew_loop(), "renew")
         self.client = self.transport.client(self.budget)
+        self.client.order_gate = self.lease_ok  # no order signed under a lapsed lease, resends included
         await self.client.open()
         if await self._start_until_done():
             self.started = True

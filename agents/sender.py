@@ -17,7 +17,7 @@ from fleet.binance.client import BinanceClient
 from fleet.binance.enums import ErrorCode, OrderType, TimeInForce
 from fleet.binance.errors import (
     BinanceError,
-    BudgetExhaustedError,
+    NotSentError,
     OutcomeUnknownError,
     RateLimitedError,
     UnknownOrderError,
@@ -225,15 +225,15 @@ class OrderSender:
         return await self._cancel_items(items)  # type: ignore[arg-type]
 
     def _batch_failed(self, core: AgentCore, batch: Batch, exc: BinanceError) -> None:
-        """The whole call failed: of unknown outcome (kept counted), refused by the local budget
-        (nothing sent), or rejected (429 pauses the budget)."""
+        """The whole call failed: of unknown outcome (kept counted), refused here by the budget or
+        the lease's order gate (nothing sent), or rejected (429 pauses the budget)."""
         items = batch.items
         if isinstance(exc, OutcomeUnknownError):
             self._outcome_unknown(batch.kind, items, exc)
-        elif isinstance(exc, BudgetExhaustedError):
+        elif isinstance(exc, NotSentError):
             for d in items:
-                core.on_not_sent(d)  # refused locally, nothing left: not an exchange rejection
-            self.agent.log.event("budget_refused", f"{batch.kind} x{len(items)} not sent: {exc.msg}", level=logging.DEBUG)
+                core.on_not_sent(d)  # refused here (budget, lease), nothing left: not an exchange rejection
+            self.agent.log.event("not_sent", f"{batch.kind} x{len(items)} not sent: {exc.msg}", level=logging.DEBUG)
         elif isinstance(exc, RateLimitedError):
             self.agent.counters["rate_limited"] += 1
             for d in items:
@@ -262,7 +262,7 @@ class OrderSender:
                     )
             elif isinstance(res, OutcomeUnknownError):
                 continue
-            elif isinstance(res, BudgetExhaustedError):  # refused locally, nothing sent
+            elif isinstance(res, NotSentError):  # refused here (budget, lease), nothing sent
                 core.on_not_sent(d)
             elif isinstance(res, RateLimitedError):  # a single call of several, refused by a 429
                 self.agent.counters["rate_limited"] += 1
@@ -298,7 +298,7 @@ class OrderSender:
         # if it did not land, the next quote cycle decides again, after its lease check.
         try:
             return await aw
-        except (OutcomeUnknownError, BudgetExhaustedError, RateLimitedError):
+        except (OutcomeUnknownError, NotSentError, RateLimitedError):
             raise
         except BinanceError as exc:
             return exc

@@ -63,6 +63,8 @@ BATCH_MODIFY = Endpoint("PUT", "/fapi/v1/batchOrders", BATCH_ORDERS, signed=True
 BATCH_CANCEL = Endpoint("DELETE", "/fapi/v1/batchOrders", W1, signed=True, risk=True)
 CANCEL_ALL = Endpoint("DELETE", "/fapi/v1/allOpenOrders", W1, signed=True, risk=True)
 COUNTDOWN_CANCEL_ALL = Endpoint("POST", "/fapi/v1/countdownCancelAll", Cost(weight=10), signed=True, risk=True)
+# the writes that can open an order or move one: what a client's order gate holds back
+ORDER_OPENERS = frozenset({NEW_ORDER, MODIFY_ORDER, BATCH_PLACE, BATCH_MODIFY})
 
 # -- account (signed) -----------------------------------------------------------------------------
 POSITION_RISK_V3 = _get("/fapi/v3/positionRisk", ACCOUNT, signed=True)

@@ -101,11 +101,21 @@ class ServerError(BinanceError):
     """Other 5xx: the exchange failed to process the request; safe to retry with back-off."""
 
 
-class BudgetExhaustedError(BinanceError):
+class NotSentError(BinanceError):
+    """Refused here, before sending: nothing reached the exchange."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(0, msg, None)
+
+    def __reduce__(self):
+        return (type(self), (self.msg,))
+
+
+class BudgetExhaustedError(NotSentError):
     """Refused locally by the rate budget: nothing was sent."""
 
     def __init__(self, msg: str, wait_s: float = 0.0) -> None:
-        super().__init__(0, msg, None)
+        super().__init__(msg)
         self.wait_s = float(wait_s)
 
     def __reduce__(self):

@@ -15,6 +15,7 @@ from fleet.binance.errors import (
     InsufficientMarginError,
     InvalidListenKeyError,
     MinNotionalError,
+    NotSentError,
     FilterRejectedError,
     PostOnlyRejectedError,
     ReduceOnlyRejectedError,
@@ -301,6 +302,31 @@ async def test_clock_skew_is_learned_again_on_minus_1021(client, filters):
     client.resync_on_skew = True
     assert isinstance(await client.open_orders(SYMBOL), list)  # re-synced, then sent again
     assert abs(client.time_offset_ms) < 60_000
+
+
+async def test_the_order_gate_holds_back_a_resend_after_minus_1021(client, filters):
+    """An agent's gate is its lease: an order refused -1021 is sent again after the clock re-sync,
+    one round trip later; if the gate closed meanwhile it is not sent at all."""
+    price, _ = await passive_bid(client, filters)
+    asked = []
+
+    def gate() -> bool:
+        asked.append(len(asked))
+        return len(asked) == 1   # open for the first send, closed for the resend
+
+    client.order_gate = gate
+    client.time_offset_ms = -120_000  # the first send is refused -1021
+    order = limit_buy(price, tag="gated")
+    with pytest.raises(NotSentError, match="order gate"):
+        await client.place_order(order)
+    assert len(asked) == 2
+    with pytest.raises(UnknownOrderError):   # the exchange never saw it
+        await client.query_order(SYMBOL, client_order_id=order.client_order_id)
+    assert isinstance(await client.open_orders(SYMBOL), list)   # reads and cancels pass a closed gate
+    client.order_gate = lambda: True
+    placed = await client.place_order(limit_buy(price, tag="gate-open"))
+    assert placed.status == "NEW"
+    await client.cancel_order(SYMBOL, order_id=placed.order_id)
 
 
 async def test_unsigned_client_refuses_signed_calls_before_sending(sim):
