@@ -471,7 +471,9 @@ class FleetApi:
         symbols = self._check_symbols(body.symbols)
         started = time.monotonic()
         log.warning("%sresume of %s requested: %s", via, symbols or "all symbols", body.reason or "(no reason)")
+        asked_at = time.time()   # a resume run after this call gave up (Ray retries it) is not carried out
         result = await self.calls.from_controller("resume", symbols, {**self._journal_by(via), "reason": body.reason},
+                                                  asked_at, asked_at + self.settings.kill_timeout_s,
                                                   timeout=self.settings.kill_timeout_s)
         per_symbol = result.get("symbols", {}) if isinstance(result, dict) else {}
         return {"elapsed_ms": round((time.monotonic() - started) * 1000, 1), "symbols": per_symbol}

@@ -229,15 +229,20 @@ class KillSwitches:
         except Exception as exc:  # noqa: BLE001 - any failure leads to the emergency path
             problem = f"agent failed the {mode}: {named_line(exc)}"
         open_orders = answer.get("open_orders") if isinstance(answer, dict) else None
+        if problem is None and open_orders == 0 and mode == "flatten" and not flat_position(answer.get("position")):
+            # its flatten ran out of time (a lapsed lease sends nothing; throttled or refused closes):
+            # the orders are gone, the position is not, and the exchange route closes it
+            problem = f"agent reported position {answer.get('position')!r} after the flatten"
         if problem is None and open_orders == 0:
-            flat = mode == "flatten" and flat_position(answer.get("position"))
-            if flat and kill_seq is not None:   # not when this kill's state is not durable yet; after the answer
+            if mode == "flatten" and kill_seq is not None:   # not when this kill's state is not durable yet
                 keep_behind(self.behind, self._flattened(symbol, kill_seq, reason))
             return KillOutcome(Outcome.done(mode), "agent", 0, answer.get("position"), ms_since(started))
         if problem is None and isinstance(answer, dict) and answer.get("outcome") == "not_started":
             # Not trading yet (it gets the kill state with its grant): empty the book, keep its lease.
             result = await self._emergency(symbol, mode, revoke=False)
-            outcome = Outcome.done(mode) if result.outcome == Outcome.EMERGENCY_CANCELLED else result.outcome
+            carried_out = result.outcome == Outcome.EMERGENCY_CANCELLED and result.open_orders == 0 and (
+                mode == "halt" or flat_position(result.position))
+            outcome = Outcome.done(mode) if carried_out else result.outcome
             return replace(result, outcome=outcome, path="controller", elapsed_ms=ms_since(started))
         if problem is None:
             problem = f"agent reported {open_orders!r} open orders after the {mode}"
@@ -292,21 +297,39 @@ class KillSwitches:
             return None
 
     @ray.method(concurrency_group=KILL_GROUP)
-    async def resume(self, symbols: list[str] | None = None, by: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def resume(self, symbols: list[str] | None = None, by: dict[str, Any] | None = None,
+                     asked_at: float | None = None, expires_at: float | None = None) -> dict[str, Any]:
+        """Resume quoting. ``asked_at``: when the operator asked (wall clock; default now), so that a
+        resume run late (queued behind kills, or retried by Ray after a controller restart) never
+        writes over a kill asked for after it; ``expires_at``: when its caller stopped waiting (it
+        was told nothing changed): past it the resume is not carried out."""
         self._load(start_loops=False)
         targets = self._targets(symbols)
+        now = time.time()
+        asked_at = now if asked_at is None else float(asked_at)
+        if expires_at is not None and now > float(expires_at):
+            log.warning("a resume of %s asked %.1f s ago, after its caller stopped waiting: not carried out",
+                        ", ".join(targets), now - asked_at)
+            return {"symbols": {s: {"outcome": "expired", "agent": None} for s in targets}}
         for s in targets:
             journal_record(self, "resume", symbol=s, reason=(by or {}).get("reason"), **_by(by))
         self.kill_lock = self.kill_lock or asyncio.Lock()
-        asked_at = time.time()
         async with self.kill_lock:
-            seqs = await write_kill_states(self.book, targets, KillState.RUNNING, "resumed", issued_at=asked_at)
+            to_write = targets
+            if asked_at < now:   # asked before it runs: a kill or flatten asked for since then stands
+                stored = await asyncio.wait_for(self.book.akill_records(targets), READ_S)
+                to_write = [s for s in targets if s not in stored or stored[s].state is KillState.RUNNING
+                            or stored[s].since <= asked_at]
+            seqs = await write_kill_states(self.book, to_write, KillState.RUNNING, "resumed", issued_at=asked_at,
+                                           unless_newer=True) if to_write else {}
+        written = [s for s in targets if s in seqs]
         answers = await asyncio.gather(
-            *(self.agents.call(s, "resume", seqs[s], asked_at, timeout=self.settings.kill_timeout_s) for s in targets),
+            *(self.agents.call(s, "resume", seqs[s], asked_at, timeout=self.settings.kill_timeout_s) for s in written),
             return_exceptions=True,
         )
-        out = {}
-        for s, a in zip(targets, answers):
+        out: dict[str, Any] = {s: {"outcome": "superseded", "agent": "a kill asked for after this resume stands"}
+                               for s in targets if s not in seqs}
+        for s, a in zip(written, answers):
             if isinstance(a, BaseException):
                 # The state is durable: the agent picks it up at its next lease renewal.
                 out[s] = {"outcome": "resumed", "agent": f"not confirmed: {named_line(a)}"}

@@ -864,14 +864,17 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     ctl, _, _ = _controller(args)
     try:
-        result = ray.get(ctl.resume.remote(args.symbol), timeout=60)
+        asked_at = time.time()   # past the wait below the controller does not carry it out (see its resume)
+        result = ray.get(ctl.resume.remote(args.symbol, None, asked_at, asked_at + 60), timeout=60)
     except ray.exceptions.RayTaskError as exc:
         raise FleetCliError(str(exc.cause if hasattr(exc, "cause") else exc)) from None
     except ray.exceptions.GetTimeoutError:
         raise FleetCliError("the controller did not answer the resume within 60 s (a resume needs it: it "
-                            "grants the leases); the symbols stay as they were until it answers", EXIT_FAILED) from None
+                            "grants the leases); the symbols stay as they were (it does not carry out a resume it reaches later)",
+                            EXIT_FAILED) from None
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
-    return EXIT_OK
+    outcomes = {v.get("outcome") for v in (result.get("symbols") or {}).values()} if isinstance(result, dict) else set()
+    return EXIT_OK if outcomes <= {"resumed"} else EXIT_FAILED   # superseded by a later kill, or expired
 
 
 def _guard(func: Any, args: argparse.Namespace) -> int:

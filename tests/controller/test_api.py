@@ -306,7 +306,7 @@ def guarded(ray_cluster, tmp_path_factory):
             self.calls.append(("kill_noted", symbols, mode, reason))
             return True
 
-        def resume(self, symbols, by=None):
+        def resume(self, symbols, by=None, asked_at=None, expires_at=None):
             self.calls.append(("resume", symbols))
             return {"symbols": {s: {"state": "running"} for s in (symbols or self.states)}}
 

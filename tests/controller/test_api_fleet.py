@@ -9,6 +9,7 @@ import os
 import secrets
 import signal
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -288,6 +289,31 @@ def test_http_kill_halts_with_zero_open_orders_at_the_exchange_and_resume_quotes
     r = live.post("/resume", {"symbols": ["ETHUSDC", "SOLUSDT"], "reason": "drill over"})
     assert r.status_code == 200, r.text
     assert {v["outcome"] for v in r.json()["symbols"].values()} == {"resumed"}
+    live.wait_quoting(within_s=60)
+
+
+def test_a_resume_run_after_a_later_kill_never_undoes_it(live):
+    """A resume queued or retried by Ray (a controller restart, a busy kill group) runs after a kill
+    the operator asked for later: the kill stands. One whose caller stopped waiting is not carried out."""
+    import ray
+
+    from controller.controller import find_controller
+
+    ctl = find_controller(live.cfg.namespace)
+    asked = time.time()
+    r = live.post("/kill", {"symbols": ["ETHUSDC"], "mode": "halt", "reason": "late resume drill"})
+    assert r.status_code == 200 and r.json()["confirmed"] is True, r.text
+    late = ray.get(ctl.resume.remote(["ETHUSDC"], None, asked, None), timeout=60)
+    assert late["symbols"]["ETHUSDC"]["outcome"] == "superseded", late
+    now = time.time()
+    expired = ray.get(ctl.resume.remote(["ETHUSDC"], None, now - 120, now - 60), timeout=60)
+    assert expired["symbols"]["ETHUSDC"]["outcome"] == "expired", expired
+    assert live.get("/kill").json()["kill_states"]["ETHUSDC"]["state"] == "halted"
+    assert live.get("/status").json()["agents"]["ETHUSDC"]["kill_state"] == "halted"
+    assert live.open_orders("ETHUSDC") == 0
+
+    r = live.post("/resume", {"symbols": ["ETHUSDC"], "reason": "drill over"})
+    assert r.status_code == 200 and r.json()["symbols"]["ETHUSDC"]["outcome"] == "resumed", r.text
     live.wait_quoting(within_s=60)
 
 
