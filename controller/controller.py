@@ -35,7 +35,7 @@ from controller.handles import (AGENT_PREFIX, AgentHandles, above_agents_env, ag
                                 get_or_create_spawner)
 from controller.kill_path import ms_since
 from controller.kill_switches import KILL_GROUP, KillSwitches, _num, journal_record
-from controller.lease import NO_LEASE_SHOWN, GcsStore, LeaseBook, WriteThroughStore
+from controller.lease import NO_LEASE_SHOWN, GcsStore, LeaseAnswer, LeaseBook, WriteThroughStore
 from controller.spec import SPEC_DOC, build_spec, endpoints_of, parse_spec, rate_shares
 from fleet.config import FleetConfig, SymbolParams
 from fleet.text import named_line
@@ -336,8 +336,14 @@ class FleetController(KillSwitches):
 
     async def renew_lease(self, symbol: str, holder: str, epoch: int,
                           carried: dict[str, Any] | None = None) -> dict[str, Any]:
-        """``carried``: a kill the agent holds whose state it has not seen written (``kill_carried``)."""
+        """``carried``: a kill the agent holds whose state it has not seen written (``kill_carried``).
+        A symbol the applied spec no longer has is refused: an agent that outlived its retirement (its
+        stop failed, say a GCS blip during ``apply``) stops trading at its next renewal."""
         self._load()
+        if self.cfg is not None and symbol not in self.params:
+            log.error("%s: lease renewal refused: not part of fleet %s (an agent left over)", symbol, self.fleet_name)
+            return LeaseAnswer(granted=False, symbol=symbol, owner=holder,
+                               reason=f"{symbol} is not part of fleet {self.fleet_name}").to_dict()
         self._take_up(symbol, carried)
         return self.book.renew(symbol, holder, int(epoch), now=time.time(), reduce_only=self.reduce_only,
                                rate_share=self.shares.get(symbol, 1.0)).to_dict()
@@ -409,16 +415,22 @@ class FleetController(KillSwitches):
     async def _retire(self, symbol: str, flatten: bool, account: str | None = None) -> RetireOutcome:
         """Stop one agent gracefully, confirm its book is empty at the exchange, remove the actor."""
         started = time.monotonic()
-        handle = self.agents.get(symbol, fresh=True)
-        self.agents.drop(symbol)
         summary: Any = None
         error = None
+        try:
+            handle = self.agents.get(symbol, fresh=True)
+        except Exception as exc:  # noqa: BLE001 - its book is still emptied; a renewal refuses a left-over agent
+            handle, error = None, f"agent not looked up: {named_line(exc)}"
+        self.agents.drop(symbol)
         if handle is not None:
             try:
                 summary = await asyncio.wait_for(handle.stop.remote(flatten), self.settings.stop_timeout_s)
             except Exception as exc:  # noqa: BLE001 - fall back to the exchange below
                 error = named_line(exc)
-            ray.kill(handle, no_restart=True)
+            try:
+                ray.kill(handle, no_restart=True)
+            except Exception as exc:  # noqa: BLE001 - reported; a renewal refuses a left-over agent
+                error = (error + "; " if error else "") + f"not killed: {named_line(exc)}"
         open_orders = None
         try:
             account = account or (self.cfg.entry(symbol).account if self.cfg else None)
@@ -427,8 +439,11 @@ class FleetController(KillSwitches):
                 open_orders = await self.desk.confirm_empty(symbol, account, cancel_first=cancel_first)
         except Exception as exc:  # noqa: BLE001
             error = (error + "; " if error else "") + f"exchange check failed: {named_line(exc)}"
-        self.book.forget(symbol)
-        await forget_exposition(self.fleet_name, symbol)
+        try:
+            self.book.forget(symbol)
+            await forget_exposition(self.fleet_name, symbol)
+        except Exception as exc:  # noqa: BLE001 - the stop is done; what the GCS keeps of it is reported
+            error = (error + "; " if error else "") + f"not forgotten: {named_line(exc)}"
         return RetireOutcome(handle is not None, open_orders, summary if isinstance(summary, dict) else None,
                              error, ms_since(started))
 

@@ -124,6 +124,7 @@ class Fence:
         self.fenced: dict[str, int] = {}        # symbol -> the last epoch fenced
         self._dealt: dict[str, tuple[int, float]] = {}  # symbol -> (epoch, expiry) of the lapse dealt with
         self.late: dict[str, float] = {}        # symbol -> when its owner was found alive, renewals late
+        self.owed: dict[str, Lease] = {}        # symbol -> a hung owner's lease whose replacement failed: retried
         self.history: list[Fenced] = []         # the last few, for status
         self.grace_until = time.time() + book.lease_ttl_s
         self.last_tick = time.monotonic()
@@ -158,7 +159,24 @@ class Fence:
             await asyncio.sleep(self.tick_s)
 
     async def tick(self, symbols: list[str], now: float) -> list[Fenced]:
+        for symbol in [s for s in self.owed if s in symbols]:
+            await self._replace_owed(symbol)
         return list(await asyncio.gather(*(self.fence(s, lease, now) for s, lease in self.lapsed(symbols, now))))
+
+    async def _replace_owed(self, symbol: str) -> None:
+        """A hung owner whose replacement failed (its lapse is dealt with, so never found again): tried
+        every tick until it is done, or until the symbol has another owner."""
+        lease = self.owed[symbol]
+        current = self.book.lease(symbol)
+        if current is None or current.epoch != lease.epoch:
+            del self.owed[symbol]   # a successor owns it (or the symbol is gone)
+            return
+        try:
+            killed = await self._replace(symbol, lease)
+        except Exception:  # noqa: BLE001 - still owed; it was logged when it first failed
+            return
+        del self.owed[symbol]
+        log.warning("%s: the hung agent of epoch %d replaced on a retry (killed: %s)", symbol, lease.epoch, killed)
 
     async def fence(self, symbol: str, lease: Lease, now: float | None = None) -> Fenced:
         again = self._dealt.get(symbol) == (lease.epoch, lease.expires_at)  # found late before
@@ -176,7 +194,12 @@ class Fence:
             self.late.pop(symbol, None)
         killed = False
         if verdict == HUNG:
-            killed = await self._replace(symbol, lease)
+            try:
+                killed = await self._replace(symbol, lease)
+            except Exception as exc:  # noqa: BLE001 - the cancel goes on; the replacement is retried
+                self.owed[symbol] = lease
+                log.error("%s: the hung agent of epoch %d not replaced (%s): tried again every tick", symbol,
+                          lease.epoch, named_line(exc))
         left, error = await cancel
         if verdict == HUNG and left:  # what the hung owner sent before it died
             left, error = await self._cancel(symbol, account, lease.epoch)

@@ -421,6 +421,9 @@ def test_apply_removes_unlisted_symbols_and_resplits_the_accounts_rate_limits(fl
     with pytest.raises(ValueError):
         fleet.ray.get_actor("agent.SOLUSDT", namespace=fleet.ns)
     assert fleet.exchange.open_orders("SOLUSDT") == []
+    # an agent that outlived its retirement (its stop failed) would stop at its next renewal
+    refused = fleet.ray.get(ctl.renew_lease.remote("SOLUSDT", "left-over", 1), timeout=15)
+    assert not refused["granted"] and "not part of fleet" in refused["reason"]
     poll(lambda: all(fleet.status(s)["rate_share"] == 0.5 for s in ("ETHUSDC", "BTCUSDT")), 10.0,
          "the two remaining agents at half the account's limits each")
     result = fleet.ray.get(ctl.apply.remote(spec), timeout=120)

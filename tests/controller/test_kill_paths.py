@@ -239,6 +239,27 @@ def test_an_owner_found_alive_is_fenced_again_if_its_lease_stays_lapsed():
     assert fence.lapsed(["X"], 1012.4) == [] and "X" not in fence.late
 
 
+def test_a_hung_owner_whose_replacement_failed_is_retried_until_a_successor_owns_the_symbol():
+    """The fence's replacement of a hung owner (revoke, kill its actor) raising (here: no actor
+    registry at all, as a GCS failover would make it fail) is not forgotten with its lapse: each tick
+    tries again, until the symbol has another owner."""
+    from controller.fence import HUNG, Fence
+    from controller.lease import MemoryStore
+
+    book = LeaseBook(MemoryStore(), lease_ttl_s=3.0)
+    book.acquire("X", "h1", now=1000.0)
+    lease = book.lease("X")
+    fence = Fence(book, agents=None, desk=None, account_of=lambda s: None, probe_timeout_s=0.1)  # type: ignore[arg-type]
+    fence.grace_until = 0.0
+    [done] = asyncio.run(fence.tick(["X"], 1004.0))
+    assert done.verdict == HUNG and not done.killed
+    assert fence.owed["X"].epoch == lease.epoch              # owed, though its lapse is dealt with
+    assert asyncio.run(fence.tick(["X"], 1004.5)) == [] and "X" in fence.owed   # tried again, still failing
+    book.acquire("X", "h2", now=1005.0)                      # a successor owns it
+    asyncio.run(fence.tick(["X"], 1005.5))
+    assert "X" not in fence.owed
+
+
 # --- on a live fleet ------------------------------------------------------------------------------------
 
 
