@@ -154,8 +154,8 @@ class SimConfig(_Model):
     funding_frame_symbol: bool = Field(False, description="add a.S (the 2026 SDK's symbol of a FUNDING_FEE "
                                                           "ACCOUNT_UPDATE) to every account's funding frames; "
                                                           "off = the real cross frame without a symbol")
-    max_modifies_per_order: int = Field(10000, ge=1, description="PUT order answers -5026 once an order was "
-                                                                 "modified this many times (Binance: < 10000)")
+    max_modifies_per_order: int = Field(9999, ge=1, description="PUT order answers -5026 once an order was "
+                                                                "modified this many times (Binance: fewer than 10000)")
     replay: str | None = Field(None, description="a recording directory (docs/recording.md) replayed as the "
                                                  "market instead of the model; None = the model")
 

@@ -953,7 +953,7 @@ class Engine(EngineViews):
             if market:
                 return Engine._market_lot(b, steps)
             if steps < b.min_qty_steps:
-                raise SimApiError(-4003, "Quantity less than or equal to zero.")
+                raise SimApiError(-4004, "Quantity less than min quantity.")
             if steps > b.max_steps:
                 raise SimApiError(-4005, "Quantity greater than max quantity.")
             return steps
@@ -972,7 +972,7 @@ class Engine(EngineViews):
         if market:
             return Engine._market_lot(b, int(ratio))
         if d < b.min_qty:
-            raise SimApiError(-4003, "Quantity less than or equal to zero.")
+            raise SimApiError(-4004, "Quantity less than min quantity.")
         if d > b.max_qty:
             raise SimApiError(-4005, "Quantity greater than max quantity.")
         return int(ratio)
@@ -983,7 +983,8 @@ class Engine(EngineViews):
         if b.market_step_mult != 1 and steps % b.market_step_mult:
             raise SimApiError(-4023, "Qty not increased by step size.")
         if steps < b.market_min_steps:
-            raise SimApiError(-4003, "Quantity less than or equal to zero.")
+            raise SimApiError(-4003 if steps <= 0 else -4004,
+                              "Quantity less than or equal to zero." if steps <= 0 else "Quantity less than min quantity.")
         if steps > b.market_max_steps:
             raise SimApiError(-4005, "Quantity greater than max quantity.")
         return steps
@@ -1230,7 +1231,9 @@ class Engine(EngineViews):
                 self._expire(acct, b, o, now, "4")
 
     def _expire(self, acct: Account, b: Book, o: Order, now: int, reason: str) -> None:
-        o.status = "EXPIRED"
+        # status EXPIRED_IN_MATCH when self-trade prevention expired it ("1" STP, "3" IOC + STP), as
+        # Binance's order statuses say; the execution type (x) is EXPIRED either way
+        o.status = "EXPIRED_IN_MATCH" if reason in ("1", "3") else "EXPIRED"
         o.expire_reason = reason
         o.update_time = now
         self._remove_resting(b, o)

@@ -108,14 +108,16 @@ class RateLimiter:
         lim = self.limits
         c10 = st.ten_s.count(now_ms, 10_000, n10)
         c1m = st.minute.count(now_ms, 60_000, n1m)
+        err = None
         if c10 > lim.orders_per_10s:
             err = SimApiError(-1015, f"Too many new orders; current limit is {lim.orders_per_10s} orders per "
                                      "10 SECOND.", 429)
             err.retry_after = int((10_000 - now_ms % 10_000 + 999) // 1000)  # type: ignore[attr-defined]
-            raise err
-        if c1m > lim.orders_per_minute:
+        elif c1m > lim.orders_per_minute:
             err = SimApiError(-1015, f"Too many new orders; current limit is {lim.orders_per_minute} orders "
                                      "per MINUTE.", 429)
             err.retry_after = int((60_000 - now_ms % 60_000 + 999) // 1000)  # type: ignore[attr-defined]
+        if err is not None:
+            err.order_counts = (c10, c1m)  # type: ignore[attr-defined]  # the refusal carries the counts' headers too
             raise err
         return c10, c1m

@@ -102,7 +102,7 @@ input, 404 on an unknown route)::
                                       (late writes already accepted still execute: they are in the exchange)
     POST /sim/limits         {"max_modifies_per_order": 3}
          PUT order answers -5026 "Exceed maximum modify order limit." once an order was modified this
-         many times (default the config's max_modifies_per_order, 10000: Binance allows fewer than
+         many times (default the config's max_modifies_per_order, 9999: Binance allows fewer than
          10000) -> {"max_modifies_per_order": n}; {} just reads it
     POST /sim/listenkey/expire {"account": "main"}
          expire the account's key now: listenKeyExpired is pushed -> {"listenKey": key or null}

@@ -118,6 +118,8 @@ async def test_order_count_limit_answers_429_with_the_counters(sim_factory):
             assert r.status == 200 and r.headers["X-MBX-ORDER-COUNT-10S"] == str(i + 1)
         r = await c.signed("POST", "/fapi/v1/order", params, timestamp=clock.now)
         assert (r.status, r.json["code"]) == (429, -1015) and "10 SECOND" in r.json["msg"]
+        # the refusal says the counts too: a client that throttles on them needs them most now
+        assert (r.headers["X-MBX-ORDER-COUNT-10S"], r.headers["X-MBX-ORDER-COUNT-1M"]) == ("4", "4")
         clock.now += 10_000
         r = await c.signed("POST", "/fapi/v1/order", params, timestamp=clock.now)
         assert r.status == 200 and r.headers["X-MBX-ORDER-COUNT-10S"] == "1"

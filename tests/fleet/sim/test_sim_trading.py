@@ -312,6 +312,21 @@ async def test_quantity_off_the_step_within_precision_is_4023(sim_factory):
         assert r.json["status"] == "NEW"
 
 
+async def test_quantity_under_the_minimum_is_4004_and_zero_is_4003(sim_factory):
+    sim = await sim_factory(symbols=["XRPUSDT"], config={"symbols": [
+        {"symbol": "XRPUSDT", "base_asset": "XRP", "quote_asset": "USDT", "tick_size": "0.0001", "step_size": "0.5",
+         "min_qty": "10", "quantity_precision": 1, "start_price": 0.6}]})
+    async with SimClient.for_sim(sim) as c:
+        bid = Decimal((await _book(c, "XRPUSDT"))["bids"][0][0])
+        params = {"symbol": "XRPUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
+                  "price": str((bid * Decimal("0.99")).quantize(Decimal("0.0001")))}
+        for qty, code in (("9.5", -4004), ("0", -4003)):
+            r = await c.signed("POST", "/fapi/v1/order", {**params, "quantity": qty})
+            assert r.json["code"] == code, (qty, r.json)
+        r = await c.signed("POST", "/fapi/v1/order", {**params, "quantity": "10"})
+        assert r.json["status"] == "NEW"
+
+
 async def test_self_trade_prevention_expires_the_resting_order(sim):
     async with SimClient.for_sim(sim) as c:
         await c.admin("POST", "/sim/market/freeze", {"symbol": "ETHUSDC"})
@@ -321,7 +336,7 @@ async def test_self_trade_prevention_expires_the_resting_order(sim):
                                                       "quantity": "0.100", "newOrderRespType": "RESULT"})
         assert r.json["status"] == "FILLED"
         q = await c.signed("GET", "/fapi/v1/order", {"symbol": "ETHUSDC", "orderId": own["orderId"]})
-        assert (q.json["status"], q.json["executedQty"]) == ("EXPIRED", "0.000")
+        assert (q.json["status"], q.json["executedQty"]) == ("EXPIRED_IN_MATCH", "0.000")   # expired by STP
         st = await c.state(symbol="ETHUSDC")
         assert st["positions"]["ETHUSDC"]["amount"] == "0.100"  # all bought from others, none from itself
 
@@ -336,7 +351,8 @@ async def test_self_trade_prevention_follows_the_takers_mode(sim):
         bad = await c.signed("POST", "/fapi/v1/order", {"symbol": "ETHUSDC", "side": "BUY", "type": "MARKET",
                                                         "quantity": "0.010", "selfTradePreventionMode": "BOGUS"})
         assert bad.json == {"code": -5039, "msg": "Invalid self trade prevention mode."}
-        for mode, maker_after, taker_status in (("EXPIRE_TAKER", "NEW", "EXPIRED"), ("EXPIRE_BOTH", "EXPIRED", "EXPIRED"),
+        for mode, maker_after, taker_status in (("EXPIRE_TAKER", "NEW", "EXPIRED_IN_MATCH"),
+                                                ("EXPIRE_BOTH", "EXPIRED_IN_MATCH", "EXPIRED_IN_MATCH"),
                                                 ("NONE", "FILLED", "FILLED")):
             own = await _limit(c, "SELL", str(ask), "0.010")
             before = Decimal((await c.state(symbol="ETHUSDC"))["positions"]["ETHUSDC"]["amount"])
