@@ -226,8 +226,10 @@ class OrderSender:
 
     def _batch_failed(self, core: AgentCore, batch: Batch, exc: BinanceError) -> None:
         """The whole call failed: of unknown outcome (kept counted), refused here by the budget or
-        the lease's order gate (nothing sent), or rejected (429 pauses the budget)."""
+        the lease's order gate (nothing sent), or rejected (429 pauses the budget). Journaled per
+        item, as a batch's answers are: no request sent is left without its answer in the record."""
         items = batch.items
+        self.agent.journal.on_results(self.agent, batch, [exc] * len(items))
         if isinstance(exc, OutcomeUnknownError):
             self._outcome_unknown(batch.kind, items, exc)
         elif isinstance(exc, NotSentError):

@@ -89,6 +89,39 @@ async def test_journal_equals_the_exchange_and_the_split_adds_up(sim, target, tm
     assert_no_secret(target, [key, secret])
 
 
+async def test_every_request_sent_has_its_answer_in_the_journal(sim, target, tmp_path):
+    """Whole calls refused (a definite -1001 on amends) or of unknown outcome (a 503 on places and
+    cancels) are journaled per order, as a batch's answers are: each request journaled as sent has
+    its answer, rejection or unknown outcome after it."""
+    agent = make_agent(sim, target, tmp_path / "state", SYMBOL)
+    task = asyncio.create_task(agent.run())
+    async with aiohttp.ClientSession() as http:
+        await wait_for(lambda: agent.status()["state"] == "quoting", 15, "quoting")
+        await post(sim, http, "/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
+        await wait_for(lambda: len(agent.core.store.orders) >= 4, 30, "a ladder resting")
+        await post(sim, http, "/sim/fault/rest", {"mode": "error", "count": 2, "path": "/fapi/v1/", "method": "PUT"})
+        await post(sim, http, "/sim/fault/rest", {"mode": "unknown", "count": 2, "path": "/fapi/v1/batchOrders"})
+        for pct in (0.2, -0.2, 0.2):
+            await post(sim, http, "/sim/market/jump", {"symbol": SYMBOL, "pct": pct})
+            await asyncio.sleep(0.5)
+        await wait_for(lambda: not sim.faults, 10, "the faults used")
+        await agent.stop()
+        await asyncio.wait_for(task, 30)
+    engine = make_engine(target)
+    with engine.connect() as conn:
+        rows = conn.execute(select(orders.c.client_order_id, orders.c.request, orders.c.event, orders.c.detail)
+                            .where(orders.c.event.in_(("sent", "answer", "rejected", "unknown")))).all()
+    engine.dispose()
+    sent: dict[tuple[str, str], int] = {}
+    answered: dict[tuple[str, str], int] = {}
+    for cid, request, event, _ in rows:
+        book = sent if event == "sent" else answered
+        book[(cid, request)] = book.get((cid, request), 0) + 1
+    assert sent and sent == answered, {k: (n, answered.get(k, 0)) for k, n in sent.items() if answered.get(k) != n}
+    details = {d for *_, e, d in rows if e == "rejected"} | {d for *_, e, d in rows if e == "unknown"}
+    assert any(d and d.startswith("-1001") for d in details), details   # the refused amends are there
+
+
 def assert_no_secret(target: Target, secrets: list[str]) -> None:
     engine = make_engine(target)
     with engine.connect() as conn:
