@@ -97,7 +97,6 @@ async def test_every_request_sent_has_its_answer_in_the_journal(sim, target, tmp
     task = asyncio.create_task(agent.run())
     async with aiohttp.ClientSession() as http:
         await wait_for(lambda: agent.status()["state"] == "quoting", 15, "quoting")
-        await post(sim, http, "/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
         await wait_for(lambda: len(agent.core.store.orders) >= 4, 30, "a ladder resting")
         await post(sim, http, "/sim/fault/rest", {"mode": "error", "count": 2, "path": "/fapi/v1/", "method": "PUT"})
         await post(sim, http, "/sim/fault/rest", {"mode": "unknown", "count": 2, "path": "/fapi/v1/batchOrders"})
