@@ -149,9 +149,10 @@ class AgentCore:
 
     def reset_from_snapshot(
         self, position: PositionInfo | None, open_orders: Iterable[OrderInfo], now_ms: int,
-        wallet_balance: float | None = None
+        wallet_balance: float | None = None, listed_at_ms: int | None = None
     ) -> None:
-        self.store.reset_from_snapshot(position, open_orders, now_ms, wallet_balance=wallet_balance)
+        self.store.reset_from_snapshot(position, open_orders, now_ms, wallet_balance=wallet_balance,
+                                       listed_at_ms=listed_at_ms)
 
     def apply_params(self, params: SymbolParams) -> None:
         """New parameters, live: strategy, guard limits, grinding and drawdown rules, tolerances and

@@ -498,8 +498,8 @@ class OrderLedger:
                 self.on_order_info(info)
             return "found" if info is not None else "gone"
         since = o.unknown_ms if o.unknown_ms is not None else o.sent_ms
-        if o.status == PENDING_NEW and o.unknown_ms is None:
-            since = o.sent_ms
+        if o.amend_orig_steps is not None:   # an amendment in flight may land until its own window ends
+            since = max(since, o.amend_sent_ms)
         final = now_ms - since >= window_ms
         if info is not None:
             self.on_order_info(info)
@@ -541,18 +541,19 @@ class OrderLedger:
         self.on_order_info(info)
         return True
 
-    def sync_listing(self, listed: Iterable[Any], now_ms: int, in_flight_grace_ms: int) -> None:
-        """A REST snapshot's open orders (this symbol's) are the truth: orders held here that it
-        lacks are closed (on inference: a later frame reopens them), except new orders sent within
-        ``in_flight_grace_ms`` and orders with an unsettled ambiguous answer; listed ones are
-        applied (and reopened if closed here)."""
+    def sync_listing(self, listed: Iterable[Any], now_ms: int, grace_ms: int, listed_at_ms: int | None = None) -> None:
+        """A REST snapshot's open orders (this symbol's) are the truth: orders it lacks are closed (on
+        inference: a later frame reopens them), except new ones sent within ``grace_ms``, those of an
+        unsettled ambiguous answer and those changed since ``listed_at_ms`` (when the listing was asked
+        for, exchange time); listed ones are applied (and reopened if closed here)."""
         snap = [o for o in listed if getattr(o, "symbol", self.symbol) == self.symbol]
         present_cids = {o.client_order_id for o in snap}
         present_ids = {int(o.order_id) for o in snap}
         for o in list(self.orders.values()):
             if o.client_order_id in present_cids or (o.order_id is not None and o.order_id in present_ids):
                 continue
-            if o.status == PENDING_NEW and (now_ms - o.sent_ms <= in_flight_grace_ms or o.unknown_ms is not None):
+            if o.status == PENDING_NEW and (now_ms - o.sent_ms <= grace_ms or o.unknown_ms is not None) \
+                    or listed_at_ms is not None and o.key[0] >= listed_at_ms:
                 continue
             o.status = MISSING
             o.inferred = True

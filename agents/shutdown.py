@@ -83,14 +83,15 @@ class Shutdown:
         end = self.agent.clock.monotonic() + deadline_s
         while True:
             try:
+                listed_at = self.agent.exchange_ms()
+                listed = await client.open_orders(self.agent.symbol)   # before the position: see Starter.resync
                 pos = await client.position(self.agent.symbol, risk=True)
-                listed = await client.open_orders(self.agent.symbol)
             except BinanceError as exc:
                 self.agent.log.event("flatten_failed", f"position read failed: {exc!r}", level=logging.WARNING)
                 pos = None
             if pos is not None:
                 # the exchange's word on what is left to close (the stream may lag behind a market fill)
-                core.reset_from_snapshot(pos, listed, self.agent.exchange_ms())
+                core.reset_from_snapshot(pos, listed, self.agent.exchange_ms(), listed_at_ms=listed_at)
                 if pos.amount == 0:
                     return 0.0
                 if not any(o.reason == "flatten" for o in core.store.orders.values()) and self.agent.lease_ok():

@@ -114,12 +114,15 @@ class Starter:
         client = a.require_client()
         core = a.require_core()
         a.blocks.add(BLOCK_RESYNC)
-        position = await client.position(a.symbol)
+        # The open orders first, then the position: an order that fills between the two reads is
+        # then listed open and inside the position (counted twice, the safe side) instead of neither.
+        listed_at = a.exchange_ms()
         orders = await client.open_orders(a.symbol)
+        position = await client.position(a.symbol)
         wallet = await self._wallet_balance()
         # The user events buffered meanwhile are applied next by the consumer, in order; the store
         # keeps per order the newest (update time, filled, stage), so the older ones change nothing.
-        core.reset_from_snapshot(position, orders, a.exchange_ms(), wallet_balance=wallet)
+        core.reset_from_snapshot(position, orders, a.exchange_ms(), wallet_balance=wallet, listed_at_ms=listed_at)
         if not initial:
             a.counters["resyncs"] += 1
             a.metrics.inc_rest_fallback()

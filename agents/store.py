@@ -429,6 +429,7 @@ class Store:
         now_ms: int,
         in_flight_grace_ms: int = 6_000,
         wallet_balance: float | None = None,
+        listed_at_ms: int | None = None,
     ) -> None:
         """Make the exchange's REST view the truth (after a reconnect or at start).
 
@@ -437,7 +438,10 @@ class Store:
         ``executed_qty``, ``avg_price``, ``status``, ``update_time``). Orders we hold that the
         snapshot lacks are closed (on inference: a later frame reopens them), except new orders
         sent within ``in_flight_grace_ms`` (the request's recvWindow plus a margin: they may still
-        land) and orders with an unsettled ambiguous answer (their look-up decides).
+        land), orders with an unsettled ambiguous answer (their look-up decides) and orders changed
+        at or after ``listed_at_ms``, the exchange time the listing was asked for (read the listing
+        before the position: an order that fills between the two is then counted twice, never
+        missed).
         """
         if position is not None:
             # The figure holds every trade up to its own time (the position's last change) and up to
@@ -451,7 +455,7 @@ class Store:
             self._set_position(Decimal(position.amount), Decimal(position.entry_price), t, snapshot=True)
         if wallet_balance is not None:
             self.wallet_balance = wallet_balance
-        self.ledger.sync_listing(open_orders, now_ms, in_flight_grace_ms)
+        self.ledger.sync_listing(open_orders, now_ms, in_flight_grace_ms, listed_at_ms)
         # The snapshot's position holds the fills up to its time: nothing of these orders is unbooked.
         # An order with a frame (or REST answer) newer than the figure may have filled after it: its
         # fills not booked keep counting as pending until a frame or a later figure places them.

@@ -273,6 +273,19 @@ def test_snapshot_reset_closes_missing_orders_keeps_fresh_in_flight_and_sets_pos
     assert_pending_consistent(store)
 
 
+def test_a_snapshot_does_not_close_orders_acknowledged_after_its_listing_was_asked(store):
+    """The listing asked at 5,000 cannot show an order the exchange acknowledged at 5,100: it stays
+    counted (the reconciler's look-up settles it), where one it lacks from before is closed."""
+    store.on_sent(place("late"), 1_000)
+    store.apply(order_update("late", 5, BUY, 300_000, 7, t=5_100))
+    store.on_sent(place("gone"), 1_000)
+    store.apply(order_update("gone", 6, BUY, 299_000, 4, t=1_001))
+    store.reset_from_snapshot(position_info(0, 0.0, 5_050), [], now_ms=10_000, listed_at_ms=5_000)
+    assert store.get("gone").status == MISSING
+    assert store.get("late").status != MISSING and store.pending_buy_steps == 7
+    assert_pending_consistent(store)
+
+
 def test_after_a_snapshot_late_trade_frames_are_not_counted_twice(store):
     snap = [order_info("a", 7, BUY, 300_000, 10, status="PARTIALLY_FILLED", executed_steps=3, avg_ticks=300_000, t=4_000)]
     store.reset_from_snapshot(position_info(3, 3000.0, 4_000), snap, now_ms=5_000)

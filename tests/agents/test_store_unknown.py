@@ -81,6 +81,20 @@ def test_an_unknown_amend_keeps_the_larger_size_until_settled():
     consistent(s)
 
 
+def test_a_lookup_of_an_old_order_keeps_its_amendment_in_flight_counted():
+    """The reconciler looks an order up (the listing lacked it) while an upsize of it is in flight:
+    the order is old, the amendment is not, and it may still land within its own window."""
+    s = make_store()
+    s.on_sent(place("a", steps=5), 1_000)
+    s.apply(order_update("a", 77, BUY, 300_000, 5, t=1_001))
+    s.on_amend_sent(Amend("a", 77, BUY, 300_010, 9, 0), 20_000)
+    s.on_lookup("a", order_info("a", 77, BUY, 300_000, 5, t=1_001), 20_100, WINDOW)
+    assert s.pending_buy_steps == 9 and s.orders["a"].amend_orig_steps is not None
+    s.on_lookup("a", order_info("a", 77, BUY, 300_000, 5, t=1_001), 20_000 + WINDOW, WINDOW)
+    assert s.pending_buy_steps == 5   # past the amendment's window: it did not take
+    consistent(s)
+
+
 def test_an_unknown_cancel_keeps_the_order_counted_and_is_forgotten_if_it_did_not_take():
     s = make_store()
     s.on_sent(place("a", SELL, steps=4), 1_000)
