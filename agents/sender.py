@@ -191,16 +191,6 @@ class OrderSender:
         answers of a batch call (an order or a rejection each, in order) one by one."""
         client = self.agent.require_client()
         core = self.agent.require_core()
-        if batch.kind != "cancel" and not self.agent.lease_ok():
-            # Decided while the lease held, and it lapsed before this task ran (the process was
-            # stopped or starved between the two): a successor may own the symbol now.
-            for d in batch.items:
-                core.on_not_sent(d)
-            unsent = BinanceError(0, "not sent: the lease lapsed after the decision", None)
-            self.agent.journal.on_results(self.agent, batch, [unsent] * len(batch.items))
-            self.agent.log.event("unsent_lease", f"{batch.kind} x{len(batch.items)} not sent: the lease lapsed "
-                                 "after the decision", level=logging.WARNING)
-            return
         TICK_READ.set(tick)  # this task's own context
         try:
             results = await self._send_requests(client, batch, tick, risk)

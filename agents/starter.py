@@ -67,7 +67,7 @@ class Starter:
         a.core.set_reduce_only(reduce_only)
 
     async def resync(self, initial: bool = False) -> None:
-        """REST snapshot (position, open orders, wallet) made the truth, then the buffered user events."""
+        """REST snapshot (open orders, position, wallet) made the truth, then the buffered user events."""
         async with self._resync_lock:
             try:
                 await self._resync_locked(initial)
