@@ -113,6 +113,7 @@ class SymbolAgent:
         self.started = self.stopping = self.stopped = False
         self.kill_wanted: str | None = None  # a halt/flatten/resume asked for before the core existed
         self.kill_wanted_seq: int | None = None  # its kill_seq, when it carried one (see starter.held_kill_state)
+        self._resumes = 0  # resumes so far, by command or grant (``_note_kill_change``)
         self.reduce_only_wanted: bool | None = None
         self._done: asyncio.Event | None = None
         # what it shows
@@ -190,28 +191,53 @@ class SymbolAgent:
         return await self.shutdown.stop(flatten)
 
     async def halt(self, reason: str = "") -> dict:
-        """Stop quoting and cancel every open order; report the count the exchange confirms."""
+        """Stop quoting and cancel every open order; report the count the exchange confirms, or
+        ``superseded`` when a resume came while it waited (``_note_kill_change``)."""
         t0 = self.clock.monotonic()
+        mark = self._halted_now(reason or "operator")
+        return await self._halt_confirmed(t0, mark)
+
+    async def flatten(self, reason: str = "") -> dict:
+        """Halt, then close the position with reduce-only market orders (they pass the guard). A resume
+        that comes meanwhile ends it, answered ``superseded``: carrying on would set the symbol
+        flattening over the later command, and close the position it resumed quoting around."""
+        t0 = self.clock.monotonic()
+        mark = self._halted_now(reason or "flatten")
+        out = await self._halt_confirmed(t0, mark)
+        if self._resumes != mark:
+            return out
+        self._want_kill_state(KillState.FLATTENING)
+        if self.core is not None:
+            self.core.flatten(reason or "operator")
+        position = await self.shutdown.flatten_confirmed(deadline_s=self.runtime.stop_timeout_sec / 2,
+                                                         until=lambda: self._resumes != mark)
+        if self._resumes != mark:
+            return self._superseded("flatten")
+        out.update({"position": position, "elapsed_ms": int((self.clock.monotonic() - t0) * 1000),
+                    "state": self.publish().status["state"]})
+        return out
+
+    def _halted_now(self, reason: str) -> int:
+        """The halt itself (the wait for the exchange's count follows); the resumes counted so far."""
         self._want_kill_state(KillState.HALTED)
         if self.core is not None:
-            self.core.halt(reason or "operator")
-        self.log.event("halted", f"halted: {reason or 'operator'}", level=logging.WARNING)
-        open_n = await self.shutdown.cancel_all_confirmed(deadline_s=self.runtime.stop_timeout_sec / 2)
+            self.core.halt(reason)
+        self.log.event("halted", f"halted: {reason}", level=logging.WARNING)
+        return self._resumes
+
+    async def _halt_confirmed(self, t0: float, mark: int) -> dict:
+        open_n = await self.shutdown.cancel_all_confirmed(deadline_s=self.runtime.stop_timeout_sec / 2,
+                                                          until=lambda: self._resumes != mark)
+        if self._resumes != mark:
+            return self._superseded("halt")
         self.sender.keep_pulling("halt")  # a request of ours still in flight may land after this count
         return {"open_orders": open_n, "elapsed_ms": int((self.clock.monotonic() - t0) * 1000),
                 "state": self.publish().status["state"]}
 
-    async def flatten(self, reason: str = "") -> dict:
-        """Halt, then close the position with reduce-only market orders (they pass the guard)."""
-        t0 = self.clock.monotonic()
-        out = await self.halt(reason or "flatten")
-        self._want_kill_state(KillState.FLATTENING)
-        if self.core is not None:
-            self.core.flatten(reason or "operator")
-        position = await self.shutdown.flatten_confirmed(deadline_s=self.runtime.stop_timeout_sec / 2)
-        out.update({"position": position, "elapsed_ms": int((self.clock.monotonic() - t0) * 1000),
-                    "state": self.publish().status["state"]})
-        return out
+    def _superseded(self, what: str) -> dict:
+        self.log.event("kill_command_superseded", f"{what} superseded midway by a resume: not carried on",
+                       level=logging.WARNING)
+        return {"outcome": "superseded", "open_orders": None}
 
     async def resume(self) -> dict:
         self._want_kill_state(KillState.RUNNING)
@@ -283,6 +309,7 @@ class SymbolAgent:
         core = self.core
         if core is None or core.halt_state == kill_state:
             return
+        self._note_kill_change(kill_state)
         if kill_state == KillState.HALTED:
             core.halt("durable kill state")
         elif kill_state == KillState.FLATTENING:
@@ -293,6 +320,7 @@ class SymbolAgent:
 
     def _want_kill_state(self, state: KillState) -> None:
         """An operator's kill state: recorded durably (when the ownership can), and kept for a core not built yet."""
+        self._note_kill_change(state)
         self.kill_wanted = state
         record: Callable[[str], None] | None = getattr(self.ownership, "record_kill_state", None)
         if record is not None:
@@ -300,6 +328,14 @@ class SymbolAgent:
                 record(state)
             except OSError as exc:
                 self.log.event("kill_state_unsaved", f"kill state not saved: {exc!r}", level=logging.ERROR)
+
+    def _note_kill_change(self, state: str) -> None:
+        """Count a resume (a command, or a grant with a resume stored since): a halt or flatten still
+        waiting on the exchange stops when one came after it started. A later halt or flatten (or the
+        grant carrying this very kill) does not stop it: both want the book empty."""
+        now = self.core.halt_state if self.core is not None else self.kill_wanted
+        if state == KillState.RUNNING and now != KillState.RUNNING:
+            self._resumes += 1
 
     def on_ownership_lost(self, why: str) -> None:
         self.lease.lose()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from fleet.binance.client import BinanceClient
 from fleet.binance.errors import BinanceError
@@ -29,14 +29,15 @@ class Shutdown:
         self._task: asyncio.Task | None = None
         self.summary: dict | None = None
 
-    async def cancel_all_confirmed(self, deadline_s: float) -> int:
-        """Cancel-all at the exchange, then poll open orders until none (or the deadline); returns the count."""
+    async def cancel_all_confirmed(self, deadline_s: float, until: Callable[[], bool] | None = None) -> int:
+        """Cancel-all at the exchange, then poll open orders until none (or the deadline, or ``until()``:
+        a halt superseded by a resume must not cancel the quotes that follow it); returns the count."""
         client = self.agent.client
         if client is None or self.agent.core is None:
             return 0
         end = self.agent.clock.monotonic() + deadline_s
         n = -1
-        while True:
+        while until is None or not until():
             try:
                 # Fenced cleanup: once the lease has lapsed a new owner may be quoting this symbol,
                 # so a symbol-wide cancel could hit its orders; cancel only the ones we placed.
@@ -74,14 +75,16 @@ class Shutdown:
             await client.batch_cancel(self.agent.symbol, order_ids=mine)
         return True
 
-    async def flatten_confirmed(self, deadline_s: float) -> float:
-        """Reduce-only market orders through the guard until the exchange reports flat (or the deadline)."""
+    async def flatten_confirmed(self, deadline_s: float, until: Callable[[], bool] | None = None) -> float:
+        """Reduce-only market orders through the guard until the exchange reports flat (or the deadline,
+        or ``until()``)."""
         client = self.agent.client
         core = self.agent.core
         if client is None or core is None or self.agent.filters is None:
             return 0.0
         end = self.agent.clock.monotonic() + deadline_s
-        while True:
+        superseded = until or (lambda: False)
+        while not superseded():
             try:
                 listed_at = self.agent.exchange_ms()
                 listed = await client.open_orders(self.agent.symbol)   # before the position: see Starter.resync
@@ -89,6 +92,8 @@ class Shutdown:
             except BinanceError as exc:
                 self.agent.log.event("flatten_failed", f"position read failed: {exc!r}", level=logging.WARNING)
                 pos = None
+            if superseded():   # resumed while it read: the core quotes again, and the ladder is its own
+                break
             if pos is not None:
                 # the exchange's word on what is left to close (the stream may lag behind a market fill)
                 core.reset_from_snapshot(pos, listed, self.agent.exchange_ms(), listed_at_ms=listed_at)
@@ -102,6 +107,7 @@ class Shutdown:
             if self.agent.clock.monotonic() >= end:
                 return float(pos.amount) if pos is not None else core.store.position
             await self.agent.clock.sleep(0.25)
+        return core.store.position
 
     async def stop(self, flatten: bool) -> dict:
         """The ordered stop, once: later calls wait for the first one's summary."""

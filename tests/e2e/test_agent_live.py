@@ -583,6 +583,26 @@ async def test_halt_resume_flatten_calls(make_agent, exchange, tmp_path):
     assert exposure["kill_state"] == "flattening" and exposure["position"] == 0.0
 
 
+async def test_a_resume_while_a_flatten_waits_on_the_exchange_ends_the_flatten(make_agent, exchange):
+    """A flatten halts, waits for the exchange to list the book empty, then closes the position. A resume
+    that comes during the wait is the later command: the flatten answers superseded and sends no close,
+    and the agent quotes again (it once carried on and left the symbol flattening over the resume)."""
+    await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.040"})
+    agent = await make_agent()
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    await exchange.post("/sim/fault/latency", {"ms": 1500, "path": "/fapi/v1/openOrders"})
+    flatten = asyncio.ensure_future(agent.flatten("drill"))
+    await wait_for(lambda: agent.status()["state"] == "halted", 5, "the flatten's halt")
+    resumed = await agent.resume()
+    assert resumed["kill_state"] == "running"
+    await exchange.post("/sim/fault/clear", {})
+    out = await asyncio.wait_for(flatten, 20)
+    assert out == {"outcome": "superseded", "open_orders": None}, out
+    assert agent.status()["kill_state"] == "running" and agent.exposure()["kill_state"] == "running"
+    await wait_for(lambda: resting(agent, exchange), 10, "quoting after the resume", explain=lambda: describe(agent, exchange))
+    assert [o for o in await exchange.all_orders() if o["type"] == "MARKET"] == []   # no close was sent
+
+
 async def test_a_recorded_halt_survives_a_restart(make_agent, exchange, tmp_path):
     state_dir = tmp_path / "state"
     state_dir.mkdir()
