@@ -430,11 +430,12 @@ class DirectKill:
         """A kill asked of the endpoint (HTTP, the console, the CLI), timed from ``started``. A halt: these
         routes at once, the controller told afterwards. A flatten: the controller's, which carries it out
         alone while it answers (never two flatteners); these routes only if it does not answer within
-        ``kill_deadline_s`` (stopped, gone)."""
+        ``kill_deadline_s`` (stopped, gone) or answers that it began past that deadline and left it."""
         if mode == "halt":
             return await self.kill(symbols, mode, reason, started, by)
+        asked_at = time.time() - (time.monotonic() - started)
         ctl = asyncio.ensure_future(self.calls.controller(
-            "kill", symbols, mode, reason, by, time.time() - (time.monotonic() - started), timeout=kill_timeout_s))
+            "kill", symbols, mode, reason, by, asked_at, asked_at + kill_deadline_s, timeout=kill_timeout_s))
         self._keep(asyncio.ensure_future(self.warm(symbols)))   # meanwhile, just in case
         done, _ = await asyncio.wait({ctl}, timeout=kill_deadline_s)
         if not done:
@@ -443,10 +444,17 @@ class DirectKill:
                 await ctl
                 done = {ctl}
         if done:  # an answer, or a definite failure (no such actor: the fleet is not up) as before
-            return self.calls.value_of(ctl.result())
-        self._keep(ctl)
-        log.warning("flatten (%s): no answer from the controller within %g s; the endpoint's own routes",
-                    by.get("actor"), kill_deadline_s)
+            answer = self.calls.value_of(ctl.result())
+            if not (isinstance(answer, dict) and answer.get("expired")):
+                return answer
+            log.warning("flatten (%s): the controller began it past its deadline (%g s) and left it; the "
+                        "endpoint's own routes", by.get("actor"), kill_deadline_s)
+        else:
+            # Past its deadline the controller does not carry it out (its kill's ``expires_at``): a
+            # stopped one, thawed, would otherwise flatten again over a resume given since.
+            self._keep(ctl)
+            log.warning("flatten (%s): no answer from the controller within %g s; the endpoint's own routes",
+                        by.get("actor"), kill_deadline_s)
         return await self.kill(symbols, mode, reason, started, by)
 
     def _tell(self, method: str, *args: Any) -> None:

@@ -60,14 +60,24 @@ class KillSwitches:
 
     @ray.method(concurrency_group=KILL_GROUP)
     async def kill(self, symbols: list[str] | None, mode: str = "halt", reason: str = "",
-                   by: dict[str, Any] | None = None, asked_at: float | None = None) -> dict[str, Any]:
+                   by: dict[str, Any] | None = None, asked_at: float | None = None,
+                   expires_at: float | None = None) -> dict[str, Any]:
         """Halt or flatten; per symbol the outcome, open orders confirmed, time taken (from ``asked_at``, when
-        the endpoint got it, wall clock). A halt races the agent and the exchange (controller/kill_path.py)."""
+        the endpoint got it, wall clock). A halt races the agent and the exchange (controller/kill_path.py).
+        ``expires_at``: not begun by then (wall clock), it is not carried out (outcome ``expired``): its
+        caller carries it out itself (the endpoint, whose flatten this stopped controller did not take up
+        in time; run once thawed, it would flatten again over whatever the operator did since)."""
         self._load(start_loops=False)
         self.kill_loop = asyncio.get_running_loop()
         if mode not in ("halt", "flatten"):
             raise ValueError(f"mode must be 'halt' or 'flatten', not {mode!r}")
         targets = self._targets(symbols)
+        if expires_at is not None and time.time() > float(expires_at):
+            late = time.time() - float(expires_at)
+            log.warning("a %s of %s begun %.2f s after its caller's deadline: not carried out (its caller's)",
+                        mode, ", ".join(targets), late)
+            return {"mode": mode, "reason": reason, "expired": True,
+                    "symbols": {s: {"outcome": "expired", "open_orders": None} for s in targets}}
         started = time.monotonic() - (max(0.0, time.time() - asked_at) if asked_at is not None else 0.0)
         state = KillState.HALTED if mode == "halt" else KillState.FLATTENING
         warm = asyncio.ensure_future(self.kill_desk.warm({a for s in targets if (a := self._account_of(s))}))

@@ -298,7 +298,7 @@ def guarded(ray_cluster, tmp_path_factory):
             self.states = dict.fromkeys(symbols, "running")
             self.calls: list[tuple] = []
 
-        def kill(self, symbols, mode, reason, by=None, asked_at=None):
+        def kill(self, symbols, mode, reason, by=None, asked_at=None, expires_at=None):
             self.calls.append(("kill", symbols, mode, reason))
             return {"symbols": {s: {"open_orders": 0} for s in (symbols or self.states)}}
 

@@ -133,14 +133,21 @@ class Live:
         return len(self.sim.state(symbol)["open_orders"])
 
     def wait_quoting(self, within_s: float, symbols: tuple[str, ...] = SYMBOLS) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+
         def quoting() -> dict[str, Any] | None:
             body = self.get("/status").json()
             agents = body["agents"]
-            ok = all(agents[s].get("state") == "quoting" for s in symbols)
-            ok = ok and all(self.open_orders(s) > 0 for s in symbols)
+            book = (body.get("controller") or {}).get("symbols") or {}
+            seen.update({s: ((agents[s].get("state"), agents[s].get("kill_state")) if isinstance(agents[s], dict)
+                             else (agents[s], None), (book.get(s) or {}).get("kill_state"), self.open_orders(s))
+                         for s in symbols})
+            ok = all(agent[0] == "quoting" and orders > 0 for agent, _, orders in seen.values())
             return body if ok else None
 
-        return poll(quoting, within_s=within_s, every_s=0.5, what=f"{', '.join(symbols)} quoting")
+        return poll(quoting, within_s=within_s, every_s=0.5,
+                    what=lambda: f"{', '.join(symbols)} quoting; seen, per symbol: (the agent's state and kill "
+                                 f"state), the stored kill state, open orders: {seen}")
 
     def metric_families(self) -> dict[str, Any]:
         r = self.get("/metrics", auth=False)

@@ -401,6 +401,7 @@ def test_a_flatten_while_the_controller_is_stopped_ends_halted(fleet):
         os.kill(pid, signal.SIGCONT)
         resumed = fleet.post("/resume", {"symbols": [sym], "reason": "drill over"})
     assert resumed.status_code == 200, resumed.text
+    assert resumed.json()["symbols"][sym]["outcome"] == "resumed", resumed.text
     fleet.wait_quoting(within_s=90)
     assert book.kill_state(sym) == "running"
 
@@ -444,6 +445,7 @@ def test_a_flatten_whose_agent_is_hung_too_is_closed_at_the_exchange(fleet):
         os.kill(pid, signal.SIGCONT)
         resumed = fleet.post("/resume", {"symbols": [sym], "reason": "drill over"})
     assert resumed.status_code == 200, resumed.text
+    assert resumed.json()["symbols"][sym]["outcome"] == "resumed", resumed.text
     fleet.wait_quoting(within_s=90)
     assert book.kill_state(sym) == "running"
 
@@ -497,7 +499,25 @@ def test_the_clis_kill_and_status_wait_on_no_stopped_controller(fleet):
         os.kill(pid, signal.SIGCONT)
         resumed = fleet.post("/resume", {"symbols": ["SOLUSDT"], "reason": "drill over"})
     assert resumed.status_code == 200, resumed.text
+    assert resumed.json()["symbols"]["SOLUSDT"]["outcome"] == "resumed", resumed.text
     fleet.wait_quoting(within_s=90)
+
+
+def test_a_flatten_the_controller_begins_past_its_callers_deadline_is_not_carried_out(fleet):
+    """The endpoint gives the controller ``kill_deadline_s`` to begin a flatten, then carries it out itself.
+    A controller that begins it later (stopped meanwhile, then thawed, with the call still queued) leaves
+    it: run then, it flattened a second time, over the resume the operator had given since."""
+    import ray
+
+    sym = "BTCUSDT"
+    fleet.wait_quoting(within_s=90)
+    book = LeaseBook(GcsStore(fleet.cfg.name))
+    before = book.kill_record(sym)
+    asked = time.time() - 1.0
+    answer = ray.get(fleet.controller.kill.remote([sym], "flatten", "late drill", None, asked, asked + 0.3), timeout=30)
+    assert answer.get("expired") is True and answer["symbols"][sym]["outcome"] == "expired", answer
+    assert book.kill_record(sym) == before                          # no kill state written
+    assert fleet.get("/status").json()["agents"][sym]["state"] == "quoting" and fleet.open_orders(sym) > 0
 
 
 def test_a_kill_with_the_controller_up_reports_the_first_route_per_symbol(fleet):
