@@ -433,9 +433,10 @@ class DirectKill:
         ``kill_deadline_s`` (stopped, gone) or answers that it began past that deadline and left it."""
         if mode == "halt":
             return await self.kill(symbols, mode, reason, started, by)
-        asked_at = time.time() - (time.monotonic() - started)
+        sent_at = time.time()   # the deadline runs from the call, not from the request (the spec's read came between)
         ctl = asyncio.ensure_future(self.calls.controller(
-            "kill", symbols, mode, reason, by, asked_at, asked_at + kill_deadline_s, timeout=kill_timeout_s))
+            "kill", symbols, mode, reason, by, sent_at - (time.monotonic() - started), sent_at + kill_deadline_s,
+            timeout=kill_timeout_s))
         self._keep(asyncio.ensure_future(self.warm(symbols)))   # meanwhile, just in case
         done, _ = await asyncio.wait({ctl}, timeout=kill_deadline_s)
         if not done:

@@ -847,8 +847,9 @@ def cmd_kill(args: argparse.Namespace) -> int:
     else:
         ctl, _, _ = _controller(args)
         try:
-            result = {**ray.get(ctl.kill.remote(symbols, mode, args.reason, CLI_BY), timeout=CONTROLLER_KILL_WAIT_S),
-                      "via": "controller"}
+            asked_at = time.time()   # its kill state's since: a resume asked after it stands, whenever it runs
+            result = {**ray.get(ctl.kill.remote(symbols, mode, args.reason, CLI_BY, asked_at),
+                                timeout=CONTROLLER_KILL_WAIT_S), "via": "controller"}
         except ray.exceptions.RayTaskError as exc:
             raise FleetCliError(str(exc.cause if hasattr(exc, "cause") else exc)) from None
         except ray.exceptions.GetTimeoutError:
