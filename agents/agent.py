@@ -222,6 +222,7 @@ class SymbolAgent:
         self._want_kill_state(KillState.HALTED)
         if self.core is not None:
             self.core.halt(reason)
+            self.publish()   # the status says halted now, not after the next cycle
         self.log.event("halted", f"halted: {reason}", level=logging.WARNING)
         return self._resumes
 
