@@ -249,8 +249,11 @@ class DurableKill:
     answer says ``durable: false``.
     ``lock``: the process's kill-state writes one at a time, held across the retries, so that they
     land in the order they were asked (the controller's resume takes it too: a resume asked after a
-    kill is never overwritten by that kill's late write). A retry does not write over a record asked
-    for after ``issued_at`` (a resume the controller wrote while this process could not reach the GCS).
+    kill is never overwritten by that kill's late write). No write, the first or a retry, goes over a
+    record asked for after ``issued_at`` (``LeaseBook.set_kill_states``' ``unless_newer``): a resume
+    the controller wrote while this process could not reach the GCS, or one that ran before this kill
+    though asked after it (a stopped controller runs the calls queued for it in any order). Such a
+    symbol is ``superseded``: its kill is not carried out.
     """
 
     def __init__(self, book: LeaseBook, symbols: list[str], state: KillState, reason: str,
@@ -267,7 +270,7 @@ class DurableKill:
             while True:
                 try:
                     seqs = await write_kill_states(book, symbols, state, reason, issued_at=self.issued_at,
-                                                   unless_newer=failures > 0)
+                                                   unless_newer=True)
                 except Exception as exc:  # noqa: BLE001 - the GCS down or restarting: tried until it takes it
                     failures += 1
                     if failures in (1, 10) or failures % 100 == 0:
@@ -291,6 +294,10 @@ class DurableKill:
     def seq(self, symbol: str) -> int | None:
         """The symbol's kill_seq once the state is durable, else None."""
         return self.write.result().get(symbol) if self.write.done() and not self.write.cancelled() else None
+
+    def superseded(self, symbol: str) -> bool:
+        """The write is done and left ``symbol`` alone: a command asked after this kill stands."""
+        return self.write.done() and not self.write.cancelled() and symbol not in self.write.result()
 
     async def seq_when_durable(self, symbol: str) -> int | None:
         seqs = await asyncio.shield(self.write)

@@ -90,18 +90,27 @@ class KillSwitches:
             journal_record(self, "kill", symbol=s, reason=reason, detail={"mode": mode}, **_by(by))
         self.behind.add(warm)  # the exchange clients opening while the states are written; the routes share them
         warm.add_done_callback(self.behind.discard)
+        stale = [s for s in targets if durable.superseded(s)]   # run late, after a command asked later
+        if stale:
+            log.warning("a %s of %s asked %.1f s ago: a resume or kill asked after it stands; not carried out",
+                        mode, ", ".join(stale), time.time() - durable.issued_at)
+        acting = [s for s in targets if s not in stale]
         if mode == "halt":
-            results = await asyncio.gather(*(self._halt_one(s, reason, durable, started) for s in targets))
+            results = await asyncio.gather(*(self._halt_one(s, reason, durable, started) for s in acting))
         else:
             results = await asyncio.gather(*(self._kill_one(s, mode, reason, durable.seq(s), started, durable.issued_at)
-                                             for s in targets))
+                                             for s in acting))
+        done = dict(zip(acting, results))
+        for s in stale:
+            done[s] = KillOutcome(Outcome.FAILED, "controller", None, None, ms_since(started),
+                                  problem="superseded by a later kill or resume")
         return {
             "mode": mode,
             "reason": reason,
             "durable": is_durable,         # false: the GCS did not take the kill states in time; the write goes on
             "durable_ms": durable.waited,  # the kill states written to the GCS (a restart from then on comes back halted)
             "elapsed_ms": ms_since(started),
-            "symbols": {s: r.to_dict() for s, r in zip(targets, results)},
+            "symbols": {s: done[s].to_dict() for s in targets},
         }
 
     @ray.method(concurrency_group=KILL_GROUP)

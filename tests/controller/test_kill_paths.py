@@ -520,6 +520,29 @@ def test_a_flatten_the_controller_begins_past_its_callers_deadline_is_not_carrie
     assert fleet.get("/status").json()["agents"][sym]["state"] == "quoting" and fleet.open_orders(sym) > 0
 
 
+def test_a_halt_the_controller_runs_after_a_resume_asked_later_is_not_carried_out(fleet):
+    """The calls queued for a stopped controller run in any order once it is thawed (an async actor),
+    and Ray retries a call on a restarted one: a halt asked before a resume but run after it must not
+    undo it. Its kill state is not written over the resume's, no route acts, and the symbol quotes on."""
+    import ray
+
+    sym = "SOLUSDT"
+    fleet.wait_quoting(within_s=90)
+    asked = time.time() - 5.0   # the halt was asked 5 s ago; the resume below, now
+    resumed = fleet.post("/resume", {"symbols": [sym], "reason": "asked after the halt"})
+    assert resumed.status_code == 200 and resumed.json()["symbols"][sym]["outcome"] == "resumed", resumed.text
+    book = LeaseBook(GcsStore(fleet.cfg.name))
+    before = book.kill_record(sym)
+    orders = {o["clientOrderId"] for o in fleet.sim.state(sym)["open_orders"]}
+    answer = ray.get(fleet.controller.kill.remote([sym], "halt", "stale halt drill", None, asked), timeout=30)
+    one = answer["symbols"][sym]
+    assert one["outcome"] == "failed" and one["problem"] == "superseded by a later kill or resume", answer
+    assert book.kill_record(sym) == before and before.state == "running"     # nothing written over the resume
+    left = {o["clientOrderId"] for o in fleet.sim.state(sym)["open_orders"]}
+    assert orders and orders & left, (orders, left)        # no cancel-all at the exchange: the ladder stayed
+    assert fleet.get("/status").json()["agents"][sym]["state"] == "quoting"
+
+
 def test_a_kill_with_the_controller_up_reports_the_first_route_per_symbol(fleet):
     r = fleet.post("/kill", {"symbols": ["ETHUSDC"], "mode": "halt", "reason": "two routes drill"})
     assert r.status_code == 200, r.text
