@@ -226,10 +226,12 @@ def raced_outcome(first: str | None, confirmed_ms: float | None, agent: asyncio.
 
 
 async def write_kill_states(book: LeaseBook, symbols: list[str], state: KillState, reason: str, *,
-                            issued_at: float | None = None, unless_newer: bool = False) -> dict[str, int]:
+                            issued_at: float | None = None, unless_newer: bool = False,
+                            unless_resumed: bool = False) -> dict[str, int]:
     """The kill state made durable for every symbol (asynchronous GCS writes, concurrently); the seqs of
     those written (``LeaseBook.set_kill_states``: ``issued_at`` is its ``now``)."""
-    records = await book.set_kill_states(symbols, state, reason, now=issued_at, unless_newer=unless_newer)
+    records = await book.set_kill_states(symbols, state, reason, now=issued_at, unless_newer=unless_newer,
+                                         unless_resumed=unless_resumed)
     return {s: r.seq for s, r in records.items()}
 
 
@@ -249,11 +251,11 @@ class DurableKill:
     answer says ``durable: false``.
     ``lock``: the process's kill-state writes one at a time, held across the retries, so that they
     land in the order they were asked (the controller's resume takes it too: a resume asked after a
-    kill is never overwritten by that kill's late write). No write, the first or a retry, goes over a
-    record asked for after ``issued_at`` (``LeaseBook.set_kill_states``' ``unless_newer``): a resume
-    the controller wrote while this process could not reach the GCS, or one that ran before this kill
-    though asked after it (a stopped controller runs the calls queued for it in any order). Such a
-    symbol is ``superseded``: its kill is not carried out.
+    kill is never overwritten by that kill's late write). A retry does not write over a record asked
+    for after ``issued_at`` (a resume the controller wrote while this process could not reach the GCS);
+    no write, the first included, goes over a resume asked after it (``unless_resumed``: one that ran
+    before this kill though asked after it, as a stopped controller runs the calls queued for it in any
+    order). Such a symbol is ``superseded``: its kill is not carried out.
     """
 
     def __init__(self, book: LeaseBook, symbols: list[str], state: KillState, reason: str,
@@ -270,7 +272,7 @@ class DurableKill:
             while True:
                 try:
                     seqs = await write_kill_states(book, symbols, state, reason, issued_at=self.issued_at,
-                                                   unless_newer=True)
+                                                   unless_newer=failures > 0, unless_resumed=True)
                 except Exception as exc:  # noqa: BLE001 - the GCS down or restarting: tried until it takes it
                     failures += 1
                     if failures in (1, 10) or failures % 100 == 0:

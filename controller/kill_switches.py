@@ -92,7 +92,7 @@ class KillSwitches:
         warm.add_done_callback(self.behind.discard)
         stale = [s for s in targets if durable.superseded(s)]   # run late, after a command asked later
         if stale:
-            log.warning("a %s of %s asked %.1f s ago: a resume or kill asked after it stands; not carried out",
+            log.warning("a %s of %s asked %.1f s ago: a resume asked after it stands; not carried out",
                         mode, ", ".join(stale), time.time() - durable.issued_at)
         acting = [s for s in targets if s not in stale]
         if mode == "halt":

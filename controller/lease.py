@@ -398,20 +398,27 @@ class LeaseBook:
         self.store.put(f"killseq/{symbol}", str(rec.seq))
         return rec
 
-    async def set_kill_states(self, symbols: list[str], state: str, reason: str = "",
-                              *, now: float | None = None, unless_newer: bool = False) -> dict[str, KillRecord]:
+    async def set_kill_states(self, symbols: list[str], state: str, reason: str = "", *, now: float | None = None,
+                              unless_newer: bool = False, unless_resumed: bool = False) -> dict[str, KillRecord]:
         """Every symbol's kill state written at once: one read of all their records, then the writes
         concurrently (asynchronous GCS calls on the caller's loop). ``now``: when the command was asked
         for (the records' ``since``); ``unless_newer``: a symbol whose stored record was asked for more
         than ``CLOCK_SKEW_S`` later is left alone (a write that lands late must not undo a command given
-        meanwhile). The records written."""
+        meanwhile); ``unless_resumed``: only when that record is a resume (a kill asked later still
+        stands: a flatten is never skipped for a later halt), and one dated more than ``CLOCK_SKEW_S``
+        ahead of this host's clock is not believed (a clock that jumped must not outrank every kill to
+        come). The records written."""
         state = KillState.parse(state)
         keys = [k for s in symbols for k in (f"kill/{s}", f"killseq/{s}")]
         got = await aget_many(self.store, keys)
         since = time.time() if now is None else now
+        stored = {s: parse_kill_record(got.get(f"kill/{s}"), got.get(f"killseq/{s}")) for s in symbols}
         if unless_newer:
-            symbols = [s for s in symbols
-                       if parse_kill_record(got.get(f"kill/{s}"), got.get(f"killseq/{s}")).since <= since + CLOCK_SKEW_S]
+            symbols = [s for s in symbols if stored[s].since <= since + CLOCK_SKEW_S]
+        if unless_resumed:
+            ahead = time.time() + CLOCK_SKEW_S
+            symbols = [s for s in symbols if not (stored[s].state is KillState.RUNNING
+                                                  and since + CLOCK_SKEW_S < stored[s].since <= ahead)]
         records = {s: KillRecord(state=state, reason=reason, since=since,
                                  seq=next_kill_seq(got.get(f"kill/{s}"), got.get(f"killseq/{s}")))
                    for s in symbols}

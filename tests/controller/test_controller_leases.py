@@ -430,6 +430,20 @@ def test_a_kill_state_write_that_lands_late_leaves_a_command_asked_for_since_alo
     within_skew = asyncio.run(b.set_kill_states(["ETHUSDC"], "halted", "skewed", now=1_009.5, unless_newer=True))
     assert set(within_skew) == {"ETHUSDC"}   # within CLOCK_SKEW_S: the kill is written, the safe side
 
+
+def test_a_kill_run_late_leaves_only_a_resume_asked_after_it_alone():
+    """A kill whose write lands after a resume asked later leaves it (``unless_resumed``); a halt asked later
+    does not stop an earlier flatten's write, nor does a resume dated ahead of this host's clock."""
+    b = book()
+    now = time.time()
+    asyncio.run(b.set_kill_states(["ETHUSDC"], "running", "resumed", now=now - 10))
+    asyncio.run(b.set_kill_states(["BTCUSDT"], "halted", "a later halt", now=now - 10))
+    asyncio.run(b.set_kill_states(["SOLUSDT"], "running", "a clock ahead", now=now + 60))
+    written = asyncio.run(b.set_kill_states(["ETHUSDC", "BTCUSDT", "SOLUSDT"], "flattening", "asked first",
+                                            now=now - 20, unless_resumed=True))
+    assert set(written) == {"BTCUSDT", "SOLUSDT"}
+    assert [b.kill_state(s) for s in ("ETHUSDC", "BTCUSDT", "SOLUSDT")] == ["running", "flattening", "flattening"]
+
 def test_agents_are_created_by_the_controller_itself_when_the_spawner_does_not_answer(ray_cluster, monkeypatch,
                                                                                        caplog):
     """A spawner that is stuck (here: a stand-in that never returns) costs ``SPAWN_TIMEOUT_S``, not

@@ -543,6 +543,27 @@ def test_a_halt_the_controller_runs_after_a_resume_asked_later_is_not_carried_ou
     assert fleet.get("/status").json()["agents"][sym]["state"] == "quoting"
 
 
+def test_a_flatten_run_after_a_halt_asked_later_still_flattens(fleet):
+    """Only a resume asked later makes a kill run late stand down: a halt asked later does not cancel an
+    earlier flatten (the operator wants the symbol flat and halted)."""
+    import ray
+
+    sym = "BTCUSDT"
+    fleet.wait_quoting(within_s=90)
+    asked = time.time() - 5.0   # the flatten was asked 5 s ago; the halt below, now
+    halted = fleet.post("/kill", {"symbols": [sym], "mode": "halt", "reason": "a later halt"})
+    assert halted.status_code == 200, halted.text
+    answer = ray.get(fleet.controller.kill.remote([sym], "flatten", "flatten asked first", None, asked), timeout=60)
+    assert answer["symbols"][sym]["outcome"] == "flattened", answer
+    truth = fleet.sim.state(sym)
+    assert float(truth["positions"][sym]["amount"]) == 0 and truth["open_orders"] == [], truth
+    book = LeaseBook(GcsStore(fleet.cfg.name))
+    poll(lambda: book.kill_record(sym).state == "halted", 10, f"{sym} written halted once flat")
+    resumed = fleet.post("/resume", {"symbols": [sym], "reason": "drill over"})
+    assert resumed.status_code == 200 and resumed.json()["symbols"][sym]["outcome"] == "resumed", resumed.text
+    fleet.wait_quoting(within_s=90)
+
+
 def test_a_kill_with_the_controller_up_reports_the_first_route_per_symbol(fleet):
     r = fleet.post("/kill", {"symbols": ["ETHUSDC"], "mode": "halt", "reason": "two routes drill"})
     assert r.status_code == 200, r.text
