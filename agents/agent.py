@@ -205,7 +205,7 @@ class SymbolAgent:
         mark = self._halted_now(reason or "flatten")
         out = await self._halt_confirmed(t0, mark)
         if self._resumes != mark:
-            return out
+            return out   # superseded
         self._want_kill_state(KillState.FLATTENING)
         if self.core is not None:
             self.core.flatten(reason or "operator")

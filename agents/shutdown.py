@@ -36,8 +36,9 @@ class Shutdown:
         if client is None or self.agent.core is None:
             return 0
         end = self.agent.clock.monotonic() + deadline_s
+        superseded = until or (lambda: False)
         n = -1
-        while until is None or not until():
+        while not superseded():
             try:
                 # Fenced cleanup: once the lease has lapsed a new owner may be quoting this symbol,
                 # so a symbol-wide cancel could hit its orders; cancel only the ones we placed.

@@ -298,7 +298,8 @@ class DurableKill:
         return self.write.result().get(symbol) if self.write.done() and not self.write.cancelled() else None
 
     def superseded(self, symbol: str) -> bool:
-        """The write is done and left ``symbol`` alone: a command asked after this kill stands."""
+        """The write is done and left ``symbol`` alone: a resume asked after this kill stands (on a
+        retry, any record asked after it)."""
         return self.write.done() and not self.write.cancelled() and symbol not in self.write.result()
 
     async def seq_when_durable(self, symbol: str) -> int | None:

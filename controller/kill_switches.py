@@ -72,8 +72,8 @@ class KillSwitches:
         if mode not in ("halt", "flatten"):
             raise ValueError(f"mode must be 'halt' or 'flatten', not {mode!r}")
         targets = self._targets(symbols)
-        if expires_at is not None and time.time() > float(expires_at):
-            late = time.time() - float(expires_at)
+        late = time.time() - float(expires_at) if expires_at is not None else 0.0
+        if late > 0:
             log.warning("a %s of %s begun %.2f s after its caller's deadline: not carried out (its caller's)",
                         mode, ", ".join(targets), late)
             return {"mode": mode, "reason": reason, "expired": True,
@@ -90,7 +90,7 @@ class KillSwitches:
             journal_record(self, "kill", symbol=s, reason=reason, detail={"mode": mode}, **_by(by))
         self.behind.add(warm)  # the exchange clients opening while the states are written; the routes share them
         warm.add_done_callback(self.behind.discard)
-        stale = [s for s in targets if durable.superseded(s)]   # run late, after a command asked later
+        stale = [s for s in targets if durable.superseded(s)]   # run late, after a resume asked later
         if stale:
             log.warning("a %s of %s asked %.1f s ago: a resume asked after it stands; not carried out",
                         mode, ", ".join(stale), time.time() - durable.issued_at)
