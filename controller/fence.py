@@ -15,8 +15,10 @@ and it asks the agent actor, on its control group, who it is:
   lease is not revoked, so a renewal that lands resumes it at the same epoch (it re-arms the
   dead-man switch first). Still lapsed ``late_patience_s`` later, it is hung after all.
 - another holder (the actor already restarted) or no actor: only the cancel.
-- the same holder still starting (it renews from its grant on, but a start may be slowed): nothing;
-  stopping (a retire): only the cancel.
+- the same holder still starting (it renews from its grant on, but a start may be slowed): only the
+  cancel; still lapsed ``late_patience_s`` later, it is hung after all (a start that renews nothing
+  for three leases is stuck, and without this nothing would ever replace it). Stopping (a retire):
+  only the cancel.
 
 An actor Ray is already restarting (its node lost, its process dead) is not killed again.
 
@@ -45,6 +47,7 @@ from fleet.text import named_line
 log = logging.getLogger("mmfleet.controller")
 
 HUNG, REPLACED, GONE, STARTING, STOPPING, LATE = "hung", "replaced", "gone", "starting", "stopping", "late"
+PATIENT = (LATE, STARTING)  # alive, its renewals late: looked at again after late_patience_s, then hung
 
 
 @dataclass(frozen=True)
@@ -186,9 +189,9 @@ class Fence:
         cancel = asyncio.ensure_future(self._cancel(symbol, account, lease.epoch))
         status = await self._probe(symbol, lease)
         verdict = verdict_of(status, lease.holder, lease.expires_at)
-        if verdict == LATE and again:
-            verdict = HUNG  # its loop runs, but its lease stayed lapsed for late_patience_s
-        if verdict == LATE:
+        if verdict in PATIENT and again:
+            verdict = HUNG  # it answers, but its lease stayed lapsed for late_patience_s
+        if verdict in PATIENT:
             self.late.setdefault(symbol, time.time() if now is None else now)
         else:
             self.late.pop(symbol, None)

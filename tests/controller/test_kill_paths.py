@@ -239,6 +239,43 @@ def test_an_owner_found_alive_is_fenced_again_if_its_lease_stays_lapsed():
     assert fence.lapsed(["X"], 1012.4) == [] and "X" not in fence.late
 
 
+class StatusOnly:
+    """The actors' registry as the fence sees it when an actor answers ``status`` but no actor can be
+    looked up to kill (the answer given here: a start that never gets further)."""
+
+    def __init__(self, status: dict) -> None:
+        self.status = status
+
+    async def call(self, symbol: str, method: str, *args, timeout: float) -> dict:
+        assert method == "status"
+        return self.status
+
+    def get(self, symbol: str, fresh: bool = False) -> None:
+        return None
+
+
+def test_an_owner_still_starting_whose_lease_stays_lapsed_is_hung_after_all():
+    """An owner that answers "starting" while its lease lapsed is left alone once (a start may be slow),
+    but it renews from its grant on: still lapsed ``late_patience_s`` later, its start is stuck, and
+    the fence revokes its lease to replace it. Before, "starting" was never looked at again, and the
+    symbol stayed unowned with no successor."""
+    from controller.fence import HUNG, STARTING, Fence
+    from controller.lease import MemoryStore
+
+    book = LeaseBook(MemoryStore(), lease_ttl_s=3.0)
+    book.acquire("X", "h1", now=1000.0)
+    lease = book.lease("X")
+    starting = StatusOnly({"holder": "h1", "state": "starting", "blocks": ["starting"]})
+    fence = Fence(book, agents=starting, desk=None, account_of=lambda s: None,  # type: ignore[arg-type]
+                  late_patience_s=9.0)
+    fence.grace_until = 0.0
+    [first] = asyncio.run(fence.tick(["X"], 1003.5))
+    assert first.verdict == STARTING and not book.lease("X").revoked
+    assert asyncio.run(fence.tick(["X"], 1010.0)) == []            # within the patience: left alone
+    [again] = asyncio.run(fence.tick(["X"], 1012.6))
+    assert again.verdict == HUNG and book.lease("X").revoked and book.lease("X").epoch == lease.epoch
+
+
 def test_a_hung_owner_whose_replacement_failed_is_retried_until_a_successor_owns_the_symbol():
     """The fence's replacement of a hung owner (revoke, kill its actor) raising (here: no actor
     registry at all, as a GCS failover would make it fail) is not forgotten with its lapse: each tick
