@@ -9,6 +9,10 @@ from fleet.sim.book import Book
 from fleet.sim.orders import Order
 from fleet.sim.units import Q8, ZERO, s8
 
+# The 2026 market frames' "st" (1 for USD-M) and, in book frames, "ps" (the pair: the symbol itself for a
+# perpetual), as Binance's SDK models and live frames carry them.
+UM = 1
+
 
 def render(payload: Any) -> Any:
     """The wire frame (a dict, or a list for array streams) of one outbox payload."""
@@ -24,7 +28,7 @@ def render_list(items: list[Any]) -> list[Any]:
 def render_agg(b: Book, aid: int, price: int, qty: int, t: int, buyer_maker: bool) -> dict[str, Any]:
     q = b.qty_str(qty)
     return {"e": "aggTrade", "E": t, "a": aid, "s": b.symbol, "p": b.price_str(price), "q": q, "nq": q,
-            "f": aid, "l": aid, "T": t, "m": buyer_maker}
+            "f": aid, "l": aid, "T": t, "m": buyer_maker, "st": UM}
 
 
 def render_trade(b: Book, tid: int, price: int, qty: int, t: int, buyer_maker: bool) -> dict[str, Any]:
@@ -87,14 +91,14 @@ def render_mini_ticker(b: Book, s: dict[str, Any], t: int) -> dict[str, Any]:
 
 
 def render_bt(b: Book, update_id: int, bt: tuple[int, int, int, int], t: int) -> dict[str, Any]:
-    return {"e": "bookTicker", "u": update_id, "s": b.symbol, "b": b.price_str(bt[0]), "B": b.qty_str(bt[1]),
-            "a": b.price_str(bt[2]), "A": b.qty_str(bt[3]), "T": t, "E": t}
+    return {"e": "bookTicker", "u": update_id, "s": b.symbol, "ps": b.symbol, "b": b.price_str(bt[0]),
+            "B": b.qty_str(bt[1]), "a": b.price_str(bt[2]), "A": b.qty_str(bt[3]), "T": t, "E": t, "st": UM}
 
 
 def render_depth(b: Book, first: int, last: int, prev: int,
                  levels: tuple[list[tuple[int, int]], list[tuple[int, int]]], t: int) -> dict[str, Any]:
     ps, qs = b.price_str, b.qty_str
-    return {"e": "depthUpdate", "E": t, "T": t, "s": b.symbol, "U": first, "u": last,
+    return {"e": "depthUpdate", "E": t, "T": t, "s": b.symbol, "ps": b.symbol, "st": UM, "U": first, "u": last,
             "pu": prev, "b": [[ps(p), qs(q)] for p, q in levels[0]],
             "a": [[ps(p), qs(q)] for p, q in levels[1]]}
 
@@ -103,7 +107,7 @@ def render_mark(b: Book, mark: float, rate: Decimal, next_funding: int, t: int) 
     m = f"{mark:.8f}"
     idx = f"{mark * 0.99995:.8f}"
     return {"e": "markPriceUpdate", "E": t, "s": b.symbol, "p": m, "ap": m, "P": idx, "i": idx,
-            "r": f"{rate:.8f}", "T": next_funding}
+            "r": f"{rate:.8f}", "T": next_funding, "st": UM}
 
 
 def render_trade_lite(b: Book, o: Order, orig: int, price: int, fill_price: int, qty: int, trade_id: int,
@@ -150,5 +154,5 @@ def render_order_update(b: Book, o: Order, exec_type: str, status: str, orig: in
 def render_diff(b: Book, first: int, final: int, prev: int, bids: list[tuple[int, int]],
                  asks: list[tuple[int, int]], t: int) -> dict[str, Any]:
     ps, qs = b.price_str, b.qty_str
-    return {"e": "depthUpdate", "E": t, "T": t, "s": b.symbol, "U": first, "u": final, "pu": prev,
+    return {"e": "depthUpdate", "E": t, "T": t, "s": b.symbol, "ps": b.symbol, "st": UM, "U": first, "u": final, "pu": prev,
             "b": [[ps(p), qs(q)] for p, q in bids], "a": [[ps(p), qs(q)] for p, q in asks]}

@@ -21,7 +21,7 @@ import orjson
 from fleet.sim.config import SimConfig
 from fleet.sim.engine import Engine, SimApiError, missing
 from fleet.sim.faults import ANSWERS, EXEC_MODES, Deferred, RestFault
-from fleet.sim.ratelimit import RateLimiter
+from fleet.sim.ratelimit import RateLimiter, too_many_requests
 from fleet.sim.rest import RestHandlers
 
 __all__ = ["Answer", "ExchangeGateway"]
@@ -182,8 +182,8 @@ class ExchangeGateway(RestHandlers):
             if fault.mode == "error":
                 return self._fault_answer(fault, {})
             if fault.mode == "429":
-                return _json(429, {"code": -1003, "msg": "Too many requests; please use the websocket for "
-                                                         "live updates."}, {"Retry-After": "1"})
+                return _json(429, {"code": -1003, "msg": too_many_requests(ip, self.config.rate_limits.weight_per_minute)},
+                             {"Retry-After": "1"})
         if params is None:
             return _json(400, {"code": -1100, "msg": "Illegal characters found in a parameter."})
         exec_fault: RestFault | None = None

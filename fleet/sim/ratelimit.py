@@ -17,6 +17,12 @@ from fleet.sim.config import RateLimits
 from fleet.sim.engine import SimApiError
 
 
+def too_many_requests(ip: str, weight_per_minute: int) -> str:
+    """Binance's -1003 message, the IP and its minute's limit named."""
+    return (f"Too many requests; current limit of IP({ip}) is {weight_per_minute} requests per minute. Please "
+            "use the websocket for live updates to avoid polling the API.")
+
+
 @dataclass
 class _Window:
     start: int = 0
@@ -86,9 +92,7 @@ class RateLimiter:
                 raise self._banned(ip, st, now_ms)
             st.throttled += 1
             retry = (minute + 60_000 - now_ms + 999) // 1000
-            err = SimApiError(-1003, f"Too many requests; current limit of IP({ip}) is "
-                                     f"{lim.weight_per_minute} requests per minute. Please use the websocket for "
-                                     "live updates to avoid polling the API.", 429)
+            err = SimApiError(-1003, too_many_requests(ip, lim.weight_per_minute), 429)
             err.retry_after = int(retry)  # type: ignore[attr-defined]
             err.used_weight = used  # type: ignore[attr-defined]
             raise err

@@ -46,9 +46,13 @@ class RestHandlers:
                     {"filterType": "MIN_NOTIONAL", "notional": sp.min_notional},
                     {"filterType": "PERCENT_PRICE", "multiplierUp": sp.multiplier_up,
                      "multiplierDown": sp.multiplier_down, "multiplierDecimal": "4"},
+                    {"filterType": "POSITION_RISK_CONTROL", "positionControlSide": "NONE"},
                 ],
-                "orderTypes": ["LIMIT", "MARKET"], "timeInForce": ["GTC", "IOC", "FOK", "GTX", "GTD"],
-                "permissionSets": ["GRID", "COPY"]})
+                # as live lists them (2026-09): the conditional ones are the Algo Service's since 2025-12
+                "orderTypes": ["LIMIT", "MARKET", "STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET",
+                               "TRAILING_STOP_MARKET"],
+                "timeInForce": ["GTC", "IOC", "FOK", "GTX", "GTD"],
+                "permissionSets": ["GRID", "COPY", "DCA", "PSB"]})
         return {"timezone": "UTC", "serverTime": now, "futuresType": "U_MARGINED",
                 "rateLimits": [
                     {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,

@@ -145,7 +145,8 @@ async def test_rest_faults_error_unknown_429_and_latency(sim):
         assert [o["clientOrderId"] for o in st["open_orders"]] == ["f-unk"]  # but it was executed
         await c.admin("POST", "/sim/fault/rest", {"mode": "429", "count": 1, "path": "/fapi/v1/depth"})
         r = await c.public("GET", "/fapi/v1/depth", {"symbol": "ETHUSDC"})
-        assert r.status == 429 and r.headers["Retry-After"] == "1"
+        assert r.status == 429 and r.headers["Retry-After"] == "1" and r.json["code"] == -1003
+        assert r.json["msg"].startswith("Too many requests; current limit of IP(127.0.0.1) is 2400 requests")
         assert (await c.public("GET", "/fapi/v1/depth", {"symbol": "ETHUSDC"})).status == 200
         await c.admin("POST", "/sim/fault/latency", {"ms": 300, "path": "/fapi/v1/ping"})
         t0 = time.monotonic()

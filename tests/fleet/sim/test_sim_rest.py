@@ -38,6 +38,9 @@ async def test_public_endpoints_answer_in_binance_shapes(sim):
         assert filters["LOT_SIZE"]["stepSize"] == "0.001"
         assert filters["MIN_NOTIONAL"]["notional"] == "5"
         assert {"MARKET_LOT_SIZE", "PERCENT_PRICE", "MAX_NUM_ORDERS"} <= set(filters)
+        assert filters["POSITION_RISK_CONTROL"] == {"filterType": "POSITION_RISK_CONTROL", "positionControlSide": "NONE"}
+        assert eth["orderTypes"] == ["LIMIT", "MARKET", "STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET",
+                                     "TRAILING_STOP_MARKET"]   # as live lists them: the Algo Service's too
         assert eth["marginAsset"] == "USDC"
         limits = {(x["rateLimitType"], x["interval"], x["intervalNum"]): x["limit"] for x in info["rateLimits"]}
         assert limits == {("REQUEST_WEIGHT", "MINUTE", 1): 2400, ("ORDERS", "MINUTE", 1): 1200,

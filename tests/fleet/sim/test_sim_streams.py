@@ -161,6 +161,7 @@ async def test_market_streams_on_legacy_and_2026_paths(sim):
         bt = await _recv_json(ws)
         assert bt["e"] == "bookTicker" and bt["s"] == "ETHUSDC" and Decimal(bt["b"]) < Decimal(bt["a"])
         assert {"u", "b", "B", "a", "A", "T", "E"} <= set(bt)
+        assert (bt["ps"], bt["st"]) == ("ETHUSDC", 1)   # the 2026 fields: the pair, and 1 for USD-M
         await ws.close()
         # The unrouted path, as on Binance since 2026-04-23: the book streams only; a mark price is
         # accepted and never delivered (none in 1.5 s of the exchange's time, at one a second).
@@ -171,6 +172,7 @@ async def test_market_streams_on_legacy_and_2026_paths(sim):
         assert {f["stream"] for f in frames} == {"btcusdt@depth5@100ms"}
         d5 = frames[0]["data"]
         assert d5["e"] == "depthUpdate" and len(d5["b"]) == 5 and len(d5["a"]) == 5
+        assert (d5["ps"], d5["st"]) == ("BTCUSDT", 1)
         await ws.send_str(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 1}))
         listed = await _until(ws, lambda f: f.get("id") == 1)
         assert sorted(listed["result"]) == ["btcusdt@depth5@100ms", "btcusdt@markPrice@1s"]
@@ -179,7 +181,7 @@ async def test_market_streams_on_legacy_and_2026_paths(sim):
             assert (await r.json())["server"]["ws_legacy_silent_streams"] == 1
         ws = await s.ws_connect(f"{sim.ws_url}/market/stream?streams=btcusdt@markPrice@1s")
         mp = (await _recv_json(ws))["data"]
-        assert mp["e"] == "markPriceUpdate" and {"p", "i", "P", "r", "T"} <= set(mp)
+        assert mp["e"] == "markPriceUpdate" and {"p", "i", "P", "r", "T", "ap"} <= set(mp) and mp["st"] == 1
         assert mp["T"] % (8 * 3600 * 1000) == 0
         await ws.close()
         ws = await s.ws_connect(f"{sim.ws_url}/public/ws/solusdt@bookTicker")
@@ -353,7 +355,7 @@ async def test_all_market_streams_trades_and_aggregate_trades(sim):
         r = await c.signed("POST", "/fapi/v1/order", {"symbol": "SOLUSDT", "side": "BUY", "type": "MARKET",
                                                       "quantity": "1.00"})
         trade = await _until(ws, lambda f: f["e"] == "aggTrade" and f["T"] >= r.json["updateTime"])
-        assert trade["s"] == "SOLUSDT" and {"a", "p", "q", "f", "l", "T", "m"} <= set(trade)
+        assert trade["s"] == "SOLUSDT" and {"a", "p", "q", "f", "l", "T", "m", "nq"} <= set(trade) and trade["st"] == 1
         for conn in (trades, unrouted):
             raw = await _until(conn, lambda f: f["t"] == trade["a"])
             assert set(raw) == {"e", "E", "T", "s", "t", "p", "q", "X", "m"} and raw["e"] == "trade"
