@@ -87,7 +87,8 @@ fills = Table(
     Column("mid", Float, nullable=True),  # at fill time (a stream fill); null when only the backfill saw it
     Column("mark", Float, nullable=True),
     Column("source", String(8), nullable=False),  # stream / backfill
-    UniqueConstraint("account", "symbol", "trade_id"),
+    # one side of a trade: a self-trade gives the account both sides under the trade's one id
+    UniqueConstraint("account", "symbol", "trade_id", "side"),
     Index(None, "symbol", "ts_ms"),
 )
 

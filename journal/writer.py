@@ -47,7 +47,7 @@ def _insert(engine: Engine, table: Any) -> Any:
         # A fill the backfill wrote first gets the stream's mid and mark when the frame comes later.
         ex = stmt.excluded
         return stmt.on_conflict_do_update(
-            index_elements=["account", "symbol", "trade_id"],
+            index_elements=["account", "symbol", "trade_id", "side"],
             set_={
                 "mid": func.coalesce(table.c.mid, ex.mid),
                 "mark": func.coalesce(table.c.mark, ex.mark),

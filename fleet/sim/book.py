@@ -135,7 +135,6 @@ class Book:
         self.next_order_id = base_order_id
         self.update_id = 1_000_000
         self.agg_id = 1
-        self.trade_id = 1
         self.funding_rate = Decimal(spec.funding_rate)
         self.base_rate = self.funding_rate
         self.rate_pinned = False

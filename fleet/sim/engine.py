@@ -385,16 +385,14 @@ class Engine(EngineViews):
                 for o in list(b.bids.get(price, ())):
                     qty = self._fillable(b, o, o.remaining, t)
                     if qty:
-                        self._fill(b, o, qty, price, True, t)
-                        self._emit_agg(b, price, qty, t, True)
+                        self._fill(b, o, qty, price, True, t, self._emit_agg(b, price, qty, t, True))
         if b.our_ask <= b.bid_top:
             bid = b.synth_best_bid()
             for price in sorted(p for p in b.asks if p <= bid):
                 for o in list(b.asks.get(price, ())):
                     qty = self._fillable(b, o, o.remaining, t)
                     if qty:
-                        self._fill(b, o, qty, price, True, t)
-                        self._emit_agg(b, price, qty, t, False)
+                        self._fill(b, o, qty, price, True, t, self._emit_agg(b, price, qty, t, False))
 
     def _fillable(self, b: Book, o: Order, qty: int, t: int) -> int:
         """How much of ``qty`` the order may fill: a reduce-only order never grows or flips the position
@@ -432,11 +430,12 @@ class Engine(EngineViews):
                 break
             s_qty = synth(p)
             resting = levels.get(p)
-            traded = 0
             eaten = 0
             stp_stop = False
             if resting:
                 for o in list(resting):
+                    if not o.is_open:   # cancelled by a fill before it in this walk (reduce-only capped)
+                        continue
                     if taker is not None and o.account == taker.account:
                         if o is taker:
                             continue
@@ -465,8 +464,11 @@ class Engine(EngineViews):
                         if not fill:
                             continue
                     v -= fill
-                    traded += fill
-                    self._fill(b, o, fill, p, True, t)
+                    # a trade of its own, on the tape and in both sides' fills under one id, as Binance's
+                    trade_id = self._emit_agg(b, p, fill, t, not buy)
+                    self._fill(b, o, fill, p, True, t, trade_id)
+                    if taker is not None:
+                        self._fill(b, taker, fill, p, False, t, trade_id)
                     if v == 0:
                         break
             if v > 0 and s_qty > eaten and not stp_stop:
@@ -481,11 +483,9 @@ class Engine(EngineViews):
                     for o in rest:
                         a = o.ahead if o.ahead < s_qty else s_qty
                         o.ahead = a - eaten if a > eaten else 0
-            traded += eaten
-            if traded:
+                trade_id = self._emit_agg(b, p, eaten, t, not buy)   # the book's own liquidity: one trade
                 if taker is not None:
-                    self._fill(b, taker, traded, p, False, t)
-                self._emit_agg(b, p, traded, t, not buy)
+                    self._fill(b, taker, eaten, p, False, t, trade_id)
             if stp_stop:
                 if taker.is_open:   # type: ignore[union-attr] - only a taker stops so
                     self._expire(self.accounts[taker.account], b, taker, t, "3" if taker.tif == "IOC" else "1")  # type: ignore[union-attr]
@@ -494,7 +494,9 @@ class Engine(EngineViews):
             walked += 1
         return v
 
-    def _emit_agg(self, b: Book, price: int, qty: int, t: int, buyer_maker: bool) -> None:
+    def _emit_agg(self, b: Book, price: int, qty: int, t: int, buyer_maker: bool) -> int:
+        """One trade on the public tape (``@aggTrade``, ``@trade``, the REST trade lists, the candle); its
+        id, which the fills of the orders in it carry (``t``, userTrades ``id``): one sequence a symbol."""
         b.last_price = price * b.tick_f
         b.volume_steps += qty
         aid = b.agg_id
@@ -516,6 +518,7 @@ class Engine(EngineViews):
             self._emit_market(b.lower + "@aggTrade", (render_agg, b, aid, price, qty, t, buyer_maker))
         if b.want_trade:
             self._emit_market(b.lower + "@trade", (render_trade, b, aid, price, qty, t, buyer_maker))
+        return aid
 
     def publish_timed(self, t: int) -> None:
         """The streams pushed on a schedule: klines every 250 ms, tickers every 2 s, the all-market
@@ -773,7 +776,7 @@ class Engine(EngineViews):
 
     # -- fills and positions -----------------------------------------------------------------------
 
-    def _fill(self, b: Book, o: Order, qty: int, price: int, maker: bool, t: int) -> None:
+    def _fill(self, b: Book, o: Order, qty: int, price: int, maker: bool, t: int, trade_id: int) -> None:
         if qty <= 0:
             return
         acct = self.accounts[o.account]
@@ -806,8 +809,6 @@ class Engine(EngineViews):
         o.filled += qty
         o.cum_quote += px * q_dec
         o.update_time = t
-        b.trade_id += 1
-        trade_id = b.trade_id
         if o.filled >= o.orig:
             o.status = "FILLED"
             self._remove_resting(b, o)

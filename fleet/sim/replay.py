@@ -377,14 +377,14 @@ class ReplayMarket:
             self.stats.bad(path, lineno, f"aggTrade p/q/m {d.get('p')!r}/{d.get('q')!r}/{sell!r} is not a trade "
                                          f"on {b.symbol}'s tick {b.tick} and step {b.step}")
             return
-        e._emit_agg(b, price, qty, t, sell)
+        trade_id = e._emit_agg(b, price, qty, t, sell)
         if (b.our_bid >= price) if sell else (b.our_ask <= price):
-            if self._take(e, b, price, qty, sell, t):
+            if self._take(e, b, price, qty, sell, t, trade_id):
                 e._publish_book(b, t)
 
-    def _take(self, e: Engine, b: ReplayBook, price: int, qty: int, sell: bool, t: int) -> bool:
-        """The recorded taker against our orders: through the better prices in full, at its price behind
-        the recorded queue. True if anything filled."""
+    def _take(self, e: Engine, b: ReplayBook, price: int, qty: int, sell: bool, t: int, trade_id: int) -> bool:
+        """The recorded taker against our orders: through the better prices in full (a trade each), at its
+        price behind the recorded queue (within the recorded trade ``trade_id``). True if anything filled."""
         levels = b.bids if sell else b.asks
         crossed = sorted((p for p in levels if (p >= price if sell else p <= price)), reverse=sell)
         filled = False
@@ -393,13 +393,12 @@ class ReplayMarket:
             if not orders:
                 continue
             if p == price:
-                filled = _queue_fill(e, b, orders, price, qty, t) or filled
+                filled = _queue_fill(e, b, orders, price, qty, t, trade_id) or filled
                 continue
             for o in list(orders):  # the trade went through this price: the order was hit first
                 n = e._fillable(b, o, o.remaining, t)
                 if n:
-                    e._fill(b, o, n, p, True, t)
-                    e._emit_agg(b, p, n, t, sell)
+                    e._fill(b, o, n, p, True, t, e._emit_agg(b, p, n, t, sell))
                     filled = True
         return filled
 
@@ -446,7 +445,7 @@ class ReplayMarket:
                 e._emit_market(every, (render_list, [frame]))
 
 
-def _queue_fill(e: Engine, b: Book, orders: list[Order], price: int, qty: int, t: int) -> bool:
+def _queue_fill(e: Engine, b: Book, orders: list[Order], price: int, qty: int, t: int, trade_id: int) -> bool:
     """A recorded trade of ``qty`` at our orders' price: it eats the recorded size ahead of each order
     first, then fills the orders in time order. True if anything filled."""
     eaten = 0  # the recorded size this trade took at this price
@@ -463,7 +462,7 @@ def _queue_fill(e: Engine, b: Book, orders: list[Order], price: int, qty: int, t
         n = e._fillable(b, o, o.remaining if o.remaining < left else left, t)
         if n:
             left -= n
-            e._fill(b, o, n, price, True, t)
+            e._fill(b, o, n, price, True, t, trade_id)
             filled = True
             if left == 0:
                 break

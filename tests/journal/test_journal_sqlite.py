@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from decimal import Decimal
 
 import aiohttp
 import pytest
 from sqlalchemy import select
 
+from fleet.sim.testkit import SimClient
 from journal.db import Target, make_engine
 from journal.schema import events, fills, orders, snapshots
 
@@ -130,6 +132,46 @@ def assert_no_secret(target: Target, secrets: list[str]) -> None:
                 for s in secrets:
                     assert s not in text, f"a secret in the journal's {table}"
     engine.dispose()
+
+
+async def self_trade(sim, symbol: str = SYMBOL) -> int:
+    """The account's sell that meets its own resting buy, asking for no self-trade prevention (Binance's
+    default, EXPIRE_MAKER, would expire the buy instead); returns the trade's id."""
+    async with SimClient.for_sim(sim) as c:
+        book = (await c.public("GET", "/fapi/v1/depth", {"symbol": symbol, "limit": 20})).json
+        price = book["bids"][3][0]
+        buy = await c.signed("POST", "/fapi/v1/order", {"symbol": symbol, "side": "BUY", "type": "LIMIT",
+                                                         "timeInForce": "GTC", "price": price, "quantity": "0.010"})
+        assert buy.status == 200, buy.json
+        book = (await c.public("GET", "/fapi/v1/depth", {"symbol": symbol, "limit": 20})).json
+        through = sum(Decimal(q) for p, q in book["bids"] if Decimal(p) >= Decimal(price))
+        sell = await c.signed("POST", "/fapi/v1/order", {"symbol": symbol, "side": "SELL", "type": "LIMIT",
+                                                          "timeInForce": "IOC", "price": price,
+                                                          "quantity": str(through), "selfTradePreventionMode": "NONE"})
+        assert sell.status == 200, sell.json
+        mine = (await c.signed("GET", "/fapi/v1/userTrades", {"symbol": symbol, "orderId": buy.json["orderId"]})).json
+    assert len(mine) == 1 and mine[0]["qty"] == "0.010", mine
+    return int(mine[0]["id"])
+
+
+async def test_a_self_trade_is_journaled_on_both_sides(sim, target, tmp_path):
+    """Both sides of a self-trade are the account's fills under the trade's one id, as on Binance (the
+    id is the public tape's): the journal keeps both. Keyed by the trade id alone, it kept one, and its
+    realized P&L and fees no longer added up to the exchange's."""
+    async with aiohttp.ClientSession() as http:
+        await post(sim, http, "/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
+        trade_id = await self_trade(sim)
+        agent = make_agent(sim, target, tmp_path / "state", SYMBOL)
+        task = asyncio.create_task(agent.run())
+        await wait_for(lambda: agent.journal.backfills["runs"] >= 1, 20, "a backfill")
+        await agent.stop()
+        await asyncio.wait_for(task, 30)
+        state = await sim_state(sim, http, SYMBOL)
+    trades = await exchange_trades(sim, SYMBOL)
+    assert sorted(t["side"] for t in trades if int(t["id"]) == trade_id) == ["BUY", "SELL"]
+    sums = journal_sums(target, SYMBOL)
+    assert (trade_id, "BUY") in sums["fills"] and (trade_id, "SELL") in sums["fills"]
+    assert_equals_exchange(state, sums, SYMBOL, trades)
 
 
 async def test_an_empty_journal_is_backfilled_from_the_exchange(sim, target, tmp_path):

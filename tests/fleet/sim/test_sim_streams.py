@@ -365,6 +365,10 @@ async def test_all_market_streams_trades_and_aggregate_trades(sim):
         rest = (await c.public("GET", "/fapi/v1/trades", {"symbol": "SOLUSDT", "limit": 1000})).json
         assert {"id": trade["a"], "price": trade["p"], "qty": trade["q"], "isBuyerMaker": trade["m"],
                 "isRPITrade": False}.items() <= next(x for x in rest if x["id"] == trade["a"]).items()
+        # the order's fills are trades of the tape: one id sequence a symbol, as on Binance
+        tape = {x["id"]: (x["price"], x["qty"]) for x in rest}
+        mine = (await c.signed("GET", "/fapi/v1/userTrades", {"symbol": "SOLUSDT", "orderId": r.json["orderId"]})).json
+        assert mine and all(tape[m["id"]] == (m["price"], m["qty"]) for m in mine), (mine, rest[-5:])
         await ws.close()
         # The all-market tickers: every second, only the symbols that traded since the push before.
         last_id: dict[str, int] = {}
