@@ -702,6 +702,10 @@ def test_a_resume_older_than_the_kill_the_agent_knows_is_not_run(fleet):
     answer = ray.get(agent.resume.remote(seq - 1), timeout=30)
     assert answer["outcome"] == "superseded", answer
     assert fleet.get("/status").json()["agents"][sym]["state"] == "halted"
-    assert fleet.open_orders(sym) == 0
+    # Empty, and it stays so: a batch the agent sent just before it heard the halt may land after the
+    # kill's count of 0 (the sim's REST latency; 13 orders once under load), and the halted agent's
+    # pull cancels it. Had the resume run, the ladder would be placed again and never gone.
+    poll(lambda: fleet.open_orders(sym) == 0, 10, f"{sym}'s book empty after the refused resume")
+    assert fleet.get("/status").json()["agents"][sym]["state"] == "halted"
     assert fleet.post("/resume", {"symbols": [sym]}).status_code == 200
     fleet.wait_quoting(within_s=60)
