@@ -47,6 +47,7 @@ from .ownership import Grant, Ownership
 from .lifecycle import LeaseClock, derive_state
 from .agent_base import (  # noqa: F401 - ExchangeEndpoints, Backoff, TICK_READ, Tick: re-exported
     _TRANSIENT,
+    BLOCK_ASKING,
     BLOCK_LEASE,
     BLOCK_STARTING,
     COUNTERS,
@@ -337,6 +338,17 @@ class SymbolAgent:
         now = self.core.halt_state if self.core is not None else self.kill_wanted
         if state == KillState.RUNNING and now != KillState.RUNNING:
             self._resumes += 1
+
+    def ask_owner(self, why: str) -> None:
+        """Orders of ours cancelled by another hand while we quote (a kill's exchange route, the fence,
+        the dead-man switch): quoting waits for the owner's answer to a renewal sent now, so a book a
+        kill emptied is not quoted again before the kill reaches this agent by its own route."""
+        if BLOCK_ASKING in self.blocks or self.stopping:
+            return
+        self.blocks.add(BLOCK_ASKING)
+        self.counters["owner_asks"] += 1
+        self.log.event("asking_owner", f"{why}: quoting held until the owner answers", level=logging.WARNING)
+        self.tasks.spawn(self.timers.ask_owner(), "ask-owner")
 
     def on_ownership_lost(self, why: str) -> None:
         self.lease.lose()

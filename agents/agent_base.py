@@ -27,6 +27,7 @@ BLOCK_MARKET_STALE = Block.MARKET_STALE
 BLOCK_MARKET_LAG = Block.MARKET_LAG
 BLOCK_RESYNC = Block.RESYNC
 BLOCK_LEASE = Block.LEASE
+BLOCK_ASKING = Block.ASKING
 BLOCK_STOPPING = Block.STOPPING
 
 LEASE_MARGIN_S = 1.0  # the lease is treated as lapsed this long before it really does
@@ -50,6 +51,7 @@ COUNTERS = (
     "listen_key_renewals", "listen_key_expired", "deadman_heartbeats", "unknown_outcomes",
     "unknown_outcomes_resolved", "reconciliations", "reconcile_repairs", "quote_pulls_confirmed",
     "stale_market_pulls", "foreign_events", "start_attempts", "rate_limited", "lease_pulls", "resync_failures",
+    "owner_asks",
 )
 
 _TRANSIENT = (BinanceError, StreamError, OSError, asyncio.TimeoutError)

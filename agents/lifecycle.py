@@ -10,7 +10,8 @@ Rules:
   reconnect), ``market_stale`` (no book for ``market_stale_sec``: the next book), ``market_lag`` (a
   book older at the exchange than ``market_lag_max_ms``: a book within it), ``resync`` (a REST
   snapshot under way), ``lease`` (lapsed: renewed, and the dead-man switch re-armed first unless still armed long enough),
-  ``stopping`` (for good).
+  ``asking`` (orders of ours cancelled by another hand while quoting: the owner's answer to a renewal,
+  which carries a kill state made durable before any kill route acted), ``stopping`` (for good).
 - The state an operator sees follows from the blocks and the kill state, first match wins:
 
   ========================================  ==============
@@ -21,7 +22,7 @@ Rules:
   ``resync`` or ``user_stream`` blocks      ``resyncing``
   kill state flattening                     ``flattening``
   stopping, ownership lost, or halted       ``halted``
-  ``market_*`` or ``lease`` blocks          ``paused``
+  ``market_*``, ``lease``, ``asking``       ``paused``
   otherwise                                 ``quoting``
   ========================================  ==============
 
@@ -47,6 +48,7 @@ class Block(StrEnum):
     MARKET_LAG = "market_lag"
     RESYNC = "resync"
     LEASE = "lease"
+    ASKING = "asking"
     STOPPING = "stopping"
 
 
@@ -63,7 +65,7 @@ class State(StrEnum):
 
 
 RESYNCING_BLOCKS = frozenset({Block.RESYNC, Block.USER_STREAM})
-PAUSE_BLOCKS = frozenset({Block.MARKET_STREAM, Block.MARKET_STALE, Block.MARKET_LAG, Block.LEASE})
+PAUSE_BLOCKS = frozenset({Block.MARKET_STREAM, Block.MARKET_STALE, Block.MARKET_LAG, Block.LEASE, Block.ASKING})
 
 
 def derive_state(

@@ -13,7 +13,7 @@ from fleet.binance.errors import BinanceError
 
 from .ownership import OwnershipLost
 from .watchdog import Act, Seen, Timing, watch
-from .agent_base import BLOCK_LEASE, BLOCK_MARKET_STALE, BLOCK_STARTING, WATCHDOG_S
+from .agent_base import BLOCK_ASKING, BLOCK_LEASE, BLOCK_MARKET_STALE, BLOCK_STARTING, WATCHDOG_S
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
@@ -101,16 +101,31 @@ class Timers:
             await self.agent.tasks.sleep(own.renew_interval_s)
             if self.agent.stopping:
                 return
-            send = self.agent.clock.monotonic()
-            try:
-                grant = await own.renew()
-            except OwnershipLost as exc:
-                self.agent.on_ownership_lost(str(exc))
-                return
-            except Exception as exc:  # noqa: BLE001 - the lease check decides; keep trying
-                self.agent.log.event("renew_failed", f"ownership renew failed: {exc!r}", level=logging.WARNING)
-                continue
-            self.agent.take_grant(grant, send)
+            await self.renew_once()
+
+    async def renew_once(self) -> None:
+        """One renewal: its grant taken (a kill state the owner holds with it), or the lease's clock
+        left to decide (a failure), or ownership lost (a refusal)."""
+        send = self.agent.clock.monotonic()
+        try:
+            grant = await self.agent.ownership.renew()
+        except OwnershipLost as exc:
+            self.agent.on_ownership_lost(str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - the lease check decides; keep trying
+            self.agent.log.event("renew_failed", f"ownership renew failed: {exc!r}", level=logging.WARNING)
+            return
+        self.agent.take_grant(grant, send)
+
+    async def ask_owner(self) -> None:
+        """Quoting held (``asking``) until a renewal sent now is answered or fails: our orders were
+        cancelled by another hand, which a kill's exchange route is, and its kill state was made
+        durable before that route acted, so the answer carries it. A renewal that fails leaves the
+        lease's clock to stop quoting if the owner stays silent."""
+        try:
+            await self.renew_once()
+        finally:
+            self.agent.blocks.discard(BLOCK_ASKING)
 
     async def watchdog_loop(self) -> None:
         """Every ``WATCHDOG_S``: the watchdog's actions (``agents/watchdog.py``), then look-ups."""

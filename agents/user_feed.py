@@ -13,7 +13,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from fleet.binance.enums import ExecType
+from fleet.binance.enums import ExecType, OrderStatus
 from fleet.binance.errors import BinanceError, InvalidListenKeyError
 from fleet.binance.events import FundingFee, ListenKeyExpired, OrderUpdate, TradeLite
 from fleet.binance.streams import StreamError, UserStream
@@ -129,6 +129,10 @@ class UserFeed:
             return
         if isinstance(ev, TradeLite):
             return  # the full ORDER_TRADE_UPDATE follows
+        if isinstance(ev, OrderUpdate) and ev.status == OrderStatus.CANCELED and a.quoting_live():
+            o = core.store.get(ev.client_order_id)
+            if o is not None and o.is_open and o.cancel_sent_ms is None and o.amend_orig_steps is None:
+                a.ask_owner(f"{ev.client_order_id} cancelled by another hand")
         core.on_event(ev, a.clock.time_ms() + a.offset_ms())
         a.journal.on_user_event(a, ev)
         if isinstance(ev, FundingFee):

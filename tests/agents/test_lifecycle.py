@@ -18,6 +18,7 @@ STATE_TABLE = [
     ({B.MARKET_LAG}, True, False, False, False, "running", State.PAUSED),
     ({B.MARKET_STREAM}, True, False, False, False, "running", State.PAUSED),
     ({B.LEASE}, True, False, False, False, "running", State.PAUSED),
+    ({B.ASKING}, True, False, False, False, "running", State.PAUSED),
     ({B.USER_STREAM, B.MARKET_STALE}, True, False, False, False, "running", State.RESYNCING),
     ({B.RESYNC}, True, False, False, False, "halted", State.RESYNCING),
     (set(), True, False, False, False, "halted", State.HALTED),
@@ -38,7 +39,7 @@ def test_state_table(blocks, started, stopped, stopping, lost, kill, expected):
 
 def test_block_names_are_the_status_strings():
     assert {b.value for b in Block} == {"starting", "user_stream", "market_stream", "market_stale", "market_lag",
-                                        "resync", "lease", "stopping"}
+                                        "resync", "lease", "asking", "stopping"}
     assert "market_stale" in {Block.MARKET_STALE}
 
 

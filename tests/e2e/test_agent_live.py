@@ -300,6 +300,26 @@ async def test_worst_case_never_exceeds_the_cap_through_a_sweep(make_agent, exch
     assert abs(Decimal(st["positions"][SYMBOL]["amount"])) >= cap * Decimal("0.5")  # the sweep really loaded it
 
 
+async def test_a_book_emptied_by_another_hand_is_not_quoted_again_before_the_owner_answers(make_agent, exchange):
+    """A kill makes its state durable, then its exchange route cancels every order while its route to
+    the agent is still on the way. The agent, seeing its orders cancelled by another hand, asks its
+    owner before quoting again, and the answer carries the kill: nothing is placed after the cancel.
+    (Before, it quoted its ladder again at once, on the book the kill had just emptied, until the kill
+    reached it: 13 orders in one CI-like run.)"""
+    agent = await make_agent()
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})  # the ladder holds still
+    await wait_for(lambda: resting(agent, exchange), 10, "a ladder resting on both sides")
+    agent.ownership.record_kill_state("halted")   # the kill's durable write, the agent not told
+    async with SimClient.for_sim(exchange.sim) as c:
+        cancel_at = (await c.public("GET", "/fapi/v1/time")).json["serverTime"]
+        assert (await c.signed("DELETE", "/fapi/v1/allOpenOrders", {"symbol": SYMBOL})).status == 200
+    await wait_for(lambda: agent.status()["state"] == "halted", 10, "halted on the owner's answer")
+    placed = [o for o in await exchange.all_orders() if o["time"] >= cancel_at]
+    assert placed == [], placed
+    assert agent.counters["owner_asks"] == 1
+    assert (await exchange.state())["open_orders"] == []
+
+
 async def test_user_stream_drop_reconnects_and_resyncs_without_duplicates(make_agent, exchange):
     agent = await make_agent()
     await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
