@@ -6,6 +6,7 @@ A part of :class:`agents.agent.SymbolAgent`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,9 @@ class Timers:
         self._lapsed_at: float | None = None  # when the watchdog first saw the lease block (its clock)
         self._lapse_pulled = False
         self.armed_at: float | None = None  # when the last heartbeat that the exchange took was sent (monotonic)
+        # One renewal at a time: answers taken in the order they were asked, so that an older one (its
+        # kill state read before a kill's write) never lands after a newer one and undoes the kill.
+        self._renewing = asyncio.Lock()
 
     async def quote_loop(self) -> None:
         """Every ``quote_interval_ms``: a quote cycle if nothing blocks and the core wants one; while
@@ -106,22 +110,23 @@ class Timers:
     async def renew_once(self) -> None:
         """One renewal: its grant taken (a kill state the owner holds with it), or the lease's clock
         left to decide (a failure), or ownership lost (a refusal)."""
-        send = self.agent.clock.monotonic()
-        try:
-            grant = await self.agent.ownership.renew()
-        except OwnershipLost as exc:
-            self.agent.on_ownership_lost(str(exc))
-            return
-        except Exception as exc:  # noqa: BLE001 - the lease check decides; keep trying
-            self.agent.log.event("renew_failed", f"ownership renew failed: {exc!r}", level=logging.WARNING)
-            return
-        self.agent.take_grant(grant, send)
+        async with self._renewing:
+            send = self.agent.clock.monotonic()
+            try:
+                grant = await self.agent.ownership.renew()
+            except OwnershipLost as exc:
+                self.agent.on_ownership_lost(str(exc))
+                return
+            except Exception as exc:  # noqa: BLE001 - the lease check decides; keep trying
+                self.agent.log.event("renew_failed", f"ownership renew failed: {exc!r}", level=logging.WARNING)
+                return
+            self.agent.take_grant(grant, send)
 
     async def ask_owner(self) -> None:
-        """Quoting held (``asking``) until a renewal sent now is answered or fails: our orders were
-        cancelled by another hand, which a kill's exchange route is, and its kill state was made
-        durable before that route acted, so the answer carries it. A renewal that fails leaves the
-        lease's clock to stop quoting if the owner stays silent."""
+        """Quoting held (``asking``) until a renewal sent now (after any under way) is answered or
+        fails: our orders were cancelled by another hand, which a kill's exchange route is, and its
+        kill state was made durable before that route acted, so the answer carries it. A renewal that
+        fails leaves the lease's clock to stop quoting if the owner stays silent."""
         try:
             await self.renew_once()
         finally:
