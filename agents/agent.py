@@ -302,10 +302,16 @@ class SymbolAgent:
         if abs(self.budget.share - grant.rate_share) > 1e-12:
             self.budget.set_share(grant.rate_share)
         if self.core is not None:
-            if previous is None or previous.kill_state != grant.kill_state:
+            # A kill state the grant changed; or a halt or flatten the grant holds while the core
+            # quotes: the previous grant may say the same where a direct resume came between (it
+            # changes the core, not the grant), and a kill asked after that resume must still stop
+            # it. Only ever towards stopping: stand-in owners that always say running undo nothing.
+            if previous is None or previous.kill_state != grant.kill_state or (
+                    grant.kill_state != KillState.RUNNING and self.core.halt_state == KillState.RUNNING):
                 self.apply_kill_state(grant.kill_state)
             if previous is None or previous.reduce_only != grant.reduce_only:
                 self.core.set_reduce_only(grant.reduce_only)
+        self.blocks.discard(BLOCK_ASKING)   # the owner answered (``ask_owner``)
 
     def apply_kill_state(self, kill_state: str) -> None:
         core = self.core

@@ -14,7 +14,7 @@ from fleet.binance.errors import BinanceError
 
 from .ownership import OwnershipLost
 from .watchdog import Act, Seen, Timing, watch
-from .agent_base import BLOCK_ASKING, BLOCK_LEASE, BLOCK_MARKET_STALE, BLOCK_STARTING, WATCHDOG_S
+from .agent_base import BLOCK_LEASE, BLOCK_MARKET_STALE, BLOCK_STARTING, WATCHDOG_S
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
@@ -123,14 +123,12 @@ class Timers:
             self.agent.take_grant(grant, send)
 
     async def ask_owner(self) -> None:
-        """Quoting held (``asking``) until a renewal sent now (after any under way) is answered or
-        fails: our orders were cancelled by another hand, which a kill's exchange route is, and its
-        kill state was made durable before that route acted, so the answer carries it. A renewal that
-        fails leaves the lease's clock to stop quoting if the owner stays silent."""
-        try:
-            await self.renew_once()
-        finally:
-            self.agent.blocks.discard(BLOCK_ASKING)
+        """A renewal sent now (after any under way): our orders were cancelled by another hand, which
+        a kill's exchange route is, and its kill state was made durable before that route acted, so
+        the answer carries it. Quoting stays held (``asking``) until a grant is taken, this one or the
+        renewal loop's: a renewal that fails (the controller restarting, the GCS failing) lifts
+        nothing, and if the owner stays silent the lease's clock stops quoting for good."""
+        await self.renew_once()
 
     async def watchdog_loop(self) -> None:
         """Every ``WATCHDOG_S``: the watchdog's actions (``agents/watchdog.py``), then look-ups."""

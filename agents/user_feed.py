@@ -18,7 +18,7 @@ from fleet.binance.errors import BinanceError, InvalidListenKeyError
 from fleet.binance.events import FundingFee, ListenKeyExpired, OrderUpdate, TradeLite
 from fleet.binance.streams import StreamError, UserStream
 
-from .agent_base import BLOCK_USER_STREAM, Backoff, _ListenKeyGone, _TRANSIENT
+from .agent_base import BLOCK_USER_STREAM, Backoff, _ListenKeyGone, _TRANSIENT, _same_epoch
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
@@ -131,7 +131,8 @@ class UserFeed:
             return  # the full ORDER_TRADE_UPDATE follows
         if isinstance(ev, OrderUpdate) and ev.status == OrderStatus.CANCELED and a.quoting_live():
             o = core.store.get(ev.client_order_id)
-            if o is not None and o.is_open and o.cancel_sent_ms is None and o.amend_orig_steps is None:
+            if o is not None and o.is_open and o.cancel_sent_ms is None and o.amend_orig_steps is None \
+                    and _same_epoch(ev.client_order_id, core.epoch):
                 a.ask_owner(f"{ev.client_order_id} cancelled by another hand")
         core.on_event(ev, a.clock.time_ms() + a.offset_ms())
         a.journal.on_user_event(a, ev)

@@ -33,7 +33,7 @@ AUDITED = frozenset({
     "ownership_acquired", "ownership_lost", "lease_lapsed", "lease_regained", "kill_state", "halted",
     "resumed", "params_applied", "reconcile_repair", "resynced", "quoting_started", "stopping", "stopped",
     "start_fatal", "outcome_unknown", "outcome_resolved", "user_stream_lost", "market_stale", "market_lag",
-    "old_epoch_cancel", "funding_booked",
+    "old_epoch_cancel", "funding_booked", "asking_owner",
 })
 ORDER_REASON_EVENTS = {"drawdown": "drawdown_cut", "grind": "grind", "grind_reentry": "grind_reentry",
                        "flatten": "flatten_order"}
