@@ -347,14 +347,17 @@ class SymbolAgent:
 
     def ask_owner(self, why: str) -> None:
         """Orders of ours cancelled by another hand while we quote (a kill's exchange route, the fence,
-        the dead-man switch): quoting waits for the owner's answer to a renewal sent now, so a book a
-        kill emptied is not quoted again before the kill reaches this agent by its own route."""
+        the dead-man switch): a renewal sent now (after any under way), and quoting held until a grant
+        is taken (``take_grant``; this one or the loop's). A kill's state is durable before its routes
+        act, so the answer carries it, and a book the kill emptied is not quoted again before the kill
+        reaches this agent by its own route. A renewal that fails lifts nothing; if the owner stays
+        silent, the lease's clock stops quoting for good."""
         if BLOCK_ASKING in self.blocks or self.stopping:
             return
         self.blocks.add(BLOCK_ASKING)
         self.counters["owner_asks"] += 1
         self.log.event("asking_owner", f"{why}: quoting held until the owner answers", level=logging.WARNING)
-        self.tasks.spawn(self.timers.ask_owner(), "ask-owner")
+        self.tasks.spawn(self.timers.renew_once(), "ask-owner")
 
     def on_ownership_lost(self, why: str) -> None:
         self.lease.lose()

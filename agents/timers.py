@@ -122,14 +122,6 @@ class Timers:
                 return
             self.agent.take_grant(grant, send)
 
-    async def ask_owner(self) -> None:
-        """A renewal sent now (after any under way): our orders were cancelled by another hand, which
-        a kill's exchange route is, and its kill state was made durable before that route acted, so
-        the answer carries it. Quoting stays held (``asking``) until a grant is taken, this one or the
-        renewal loop's: a renewal that fails (the controller restarting, the GCS failing) lifts
-        nothing, and if the owner stays silent the lease's clock stops quoting for good."""
-        await self.renew_once()
-
     async def watchdog_loop(self) -> None:
         """Every ``WATCHDOG_S``: the watchdog's actions (``agents/watchdog.py``), then look-ups."""
         a = self.agent
