@@ -27,10 +27,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from fleet.vocabulary import KillState
 from fleet.binance.client import BinanceClient
+from fleet.binance.endpoints import Endpoint, places_reduce_only
 from fleet.binance.errors import BinanceError
 from fleet.binance.filters import SymbolFilters
 from fleet.binance.ratelimit import RateBudget
@@ -154,7 +155,7 @@ class SymbolAgent:
         # (50 agents starting on 2 cores) must not let the lease lapse and get the agent fenced as hung.
         self.tasks.spawn(self.timers.renew_loop(), "renew")
         self.client = self.transport.client(self.budget)
-        self.client.order_gate = self.lease_ok  # no order signed under a lapsed lease, resends included
+        self.client.order_gate = self.order_gate  # asked before any order is signed, resends included
         await self.client.open()
         if await self._start_until_done():
             self.started = True
@@ -368,6 +369,17 @@ class SymbolAgent:
 
     def lease_ok(self) -> bool:
         return self.lease.ok(self.clock.monotonic())
+
+    def order_gate(self, endpoint: Endpoint, params: Mapping[str, Any]) -> str | None:
+        """Why an order about to be signed must not go (None: it may): none under a lapsed lease, and
+        once the symbol is halted or flattening none but reduce-only places. An order decided before
+        a halt and sent after it would rest on the book the halt empties."""
+        if not self.lease_ok():
+            return "the lease has lapsed"
+        core = self.core
+        if core is None or core.halt_state == KillState.RUNNING or places_reduce_only(endpoint, params):
+            return None
+        return f"{self.symbol} is {core.halt_state}: reduce-only places only"
 
     def quoting_live(self) -> bool:
         core = self.core

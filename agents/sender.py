@@ -215,16 +215,17 @@ class OrderSender:
         return await self._cancel_items(items)  # type: ignore[arg-type]
 
     def _batch_failed(self, core: AgentCore, batch: Batch, exc: BinanceError) -> None:
-        """The whole call failed: of unknown outcome (kept counted), refused here by the budget or
-        the lease's order gate (nothing sent), or rejected (429 pauses the budget). Journaled per
-        item, as a batch's answers are: no request sent is left without its answer in the record."""
+        """The whole call failed: of unknown outcome (kept counted), refused here by the budget or the
+        agent's order gate (lease, kill state; nothing sent), or rejected (429 pauses the budget).
+        Journaled per item, as a batch's answers are: no request sent is left without its answer in
+        the record."""
         items = batch.items
         self.agent.journal.on_results(self.agent, batch, [exc] * len(items))
         if isinstance(exc, OutcomeUnknownError):
             self._outcome_unknown(batch.kind, items, exc)
         elif isinstance(exc, NotSentError):
             for d in items:
-                core.on_not_sent(d)  # refused here (budget, lease), nothing left: not an exchange rejection
+                core.on_not_sent(d)  # refused here (budget, order gate), nothing left: not an exchange rejection
             self.agent.log.event("not_sent", f"{batch.kind} x{len(items)} not sent: {exc.msg}", level=logging.DEBUG)
         elif isinstance(exc, RateLimitedError):
             self.agent.counters["rate_limited"] += 1
@@ -254,7 +255,7 @@ class OrderSender:
                     )
             elif isinstance(res, OutcomeUnknownError):
                 continue
-            elif isinstance(res, NotSentError):  # refused here (budget, lease), nothing sent
+            elif isinstance(res, NotSentError):  # refused here (budget, order gate), nothing sent
                 core.on_not_sent(d)
             elif isinstance(res, RateLimitedError):  # a single call of several, refused by a 429
                 self.agent.counters["rate_limited"] += 1

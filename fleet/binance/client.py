@@ -106,9 +106,10 @@ class RestCore:
         self._session: aiohttp.ClientSession | None = None
         self.requests_sent = 0
         self.resync_on_skew = True  # on -1021: re-learn the clock offset and send once more
-        # Asked just before an order is placed or amended is signed, resends included; False: not
-        # sent (NotSentError). An agent's is its lease: no order goes out under a lapsed one.
-        self.order_gate: Callable[[], bool] | None = None
+        # Asked with the endpoint and its parameters just before an order placed or amended is
+        # signed, resends included: None lets it go, a reason keeps it here (NotSentError naming the
+        # reason). An agent's is its lease and its kill state (SymbolAgent.order_gate).
+        self.order_gate: Callable[[Endpoint, Mapping[str, Any]], str | None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -184,8 +185,10 @@ class RestCore:
 
     async def _send(self, endpoint: Endpoint, params: Mapping[str, Any] | None) -> Any:
         """One HTTP exchange for ``endpoint``: the request built (and signed), sent, its answer read."""
-        if self.order_gate is not None and endpoint in ep.ORDER_OPENERS and not self.order_gate():
-            raise NotSentError(f"{endpoint} not sent: the order gate is closed")
+        if self.order_gate is not None and endpoint in ep.ORDER_OPENERS:
+            closed = self.order_gate(endpoint, params or {})
+            if closed is not None:
+                raise NotSentError(f"{endpoint} not sent: the order gate is closed ({closed})")
         url, body, headers = self._build(endpoint, params)
         self.requests_sent += 1
         status, raw, resp_headers = await self._http(endpoint.method, endpoint.path, url, body, headers,

@@ -12,6 +12,7 @@ the dead-man switch), so it may use the rate budget's reserve; an order write de
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 from .ratelimit import Cost
 
@@ -65,6 +66,21 @@ CANCEL_ALL = Endpoint("DELETE", "/fapi/v1/allOpenOrders", W1, signed=True, risk=
 COUNTDOWN_CANCEL_ALL = Endpoint("POST", "/fapi/v1/countdownCancelAll", Cost(weight=10), signed=True, risk=True)
 # the writes that can open an order or move one: what a client's order gate holds back
 ORDER_OPENERS = frozenset({NEW_ORDER, MODIFY_ORDER, BATCH_PLACE, BATCH_MODIFY})
+
+
+def places_reduce_only(endpoint: Endpoint, params: Mapping[str, Any]) -> bool:
+    """Whether a request of :data:`ORDER_OPENERS` places reduce-only orders and nothing else: a new
+    order, or every order of a batch, with ``reduceOnly=true`` (an amend never counts)."""
+    if endpoint == NEW_ORDER:
+        return _reduce_only(params)
+    if endpoint == BATCH_PLACE:
+        orders = params.get("batchOrders")
+        return isinstance(orders, list) and bool(orders) and all(_reduce_only(o) for o in orders)
+    return False
+
+
+def _reduce_only(order: Any) -> bool:
+    return isinstance(order, Mapping) and str(order.get("reduceOnly", "")).lower() == "true"
 
 # -- account (signed) -----------------------------------------------------------------------------
 POSITION_RISK_V3 = _get("/fapi/v3/positionRisk", ACCOUNT, signed=True)

@@ -22,7 +22,7 @@ from agents.agent import ExchangeEndpoints, SymbolAgent
 from agents.ownership import Grant, LockFileOwnership, OwnershipLost
 from fleet.binance.credentials import Credentials
 from fleet.binance.errors import BinanceError
-from fleet.config import BaseParams, GrindingParams, RuntimeParams, SymbolParams
+from fleet.config import BaseParams, GridParams, GrindingParams, RuntimeParams, SymbolParams
 from fleet.sim.testkit import SimClient
 from tests.polling import wait_for  # noqa: F401 - the other e2e tests import it from here
 
@@ -323,6 +323,28 @@ async def test_a_book_emptied_by_another_hand_is_not_quoted_again_before_the_own
         # A direct resume changes the core, not the last grant (still "halted"): the second kill's
         # answer says what the last grant said, and must stop the quoting core all the same.
         await agent.resume()
+
+
+async def test_an_order_decided_before_a_halt_is_not_sent_after_it(make_agent, exchange):
+    """The quote cycle decides and hands its batches to tasks; a halt that comes before they run
+    keeps them here (the client's order gate asks the kill state before it signs), so nothing lands
+    on the book the halt empties. Cancels still go, and the halt confirms 0."""
+    agent = await make_agent(params=SymbolParams(grid=GridParams(max_layers=4)))
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
+    await wait_for(lambda: resting(agent, exchange), 10, "a short ladder resting on both sides")
+    # One synchronous stretch, as a halt arriving between a cycle's decision and its sends:
+    await agent.apply_params(SymbolParams(grid=GridParams(max_layers=8)))   # a longer ladder wanted
+    now = agent.exchange_ms()
+    actions = agent.core.quote(now, agent.budget.orders_available())
+    places = {p.client_order_id for b in actions.batches if b.kind == "place" for p in b.items}
+    assert places, actions
+    agent.sender.execute(actions, now, None)
+    out = await agent.halt("drill")
+    assert out["open_orders"] == 0, out
+    seen = {o["clientOrderId"] for o in await exchange.all_orders()}
+    assert not places & seen, sorted(places & seen)   # none of them reached the exchange
+    assert not places & set(agent.core.store.orders)   # and none is left counted as pending
+    assert (await exchange.state())["open_orders"] == []
 
 
 async def test_user_stream_drop_reconnects_and_resyncs_without_duplicates(make_agent, exchange):

@@ -305,25 +305,25 @@ async def test_clock_skew_is_learned_again_on_minus_1021(client, filters):
 
 
 async def test_the_order_gate_holds_back_a_resend_after_minus_1021(client, filters):
-    """An agent's gate is its lease: an order refused -1021 is sent again after the clock re-sync,
+    """An agent's gate is its lease and kill state: an order refused -1021 is sent again after the clock re-sync,
     one round trip later; if the gate closed meanwhile it is not sent at all."""
     price, _ = await passive_bid(client, filters)
     asked = []
 
-    def gate() -> bool:
-        asked.append(len(asked))
-        return len(asked) == 1   # open for the first send, closed for the resend
+    def gate(endpoint, params) -> str | None:
+        asked.append((endpoint.path, params.get("newClientOrderId")))
+        return None if len(asked) == 1 else "closed by the test"   # open for the first send, closed for the resend
 
     client.order_gate = gate
     client.time_offset_ms = -120_000  # the first send is refused -1021
     order = limit_buy(price, tag="gated")
-    with pytest.raises(NotSentError, match="order gate"):
+    with pytest.raises(NotSentError, match=r"order gate is closed \(closed by the test\)"):
         await client.place_order(order)
-    assert len(asked) == 2
+    assert asked == [("/fapi/v1/order", order.client_order_id)] * 2
     with pytest.raises(UnknownOrderError):   # the exchange never saw it
         await client.query_order(SYMBOL, client_order_id=order.client_order_id)
     assert isinstance(await client.open_orders(SYMBOL), list)   # reads and cancels pass a closed gate
-    client.order_gate = lambda: True
+    client.order_gate = lambda endpoint, params: None
     placed = await client.place_order(limit_buy(price, tag="gate-open"))
     assert placed.status == "NEW"
     await client.cancel_order(SYMBOL, order_id=placed.order_id)

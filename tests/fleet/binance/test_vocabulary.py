@@ -84,3 +84,16 @@ def test_what_only_takes_risk_off_is_in_the_risk_lane_and_writes_are_mutating():
     assert ep.NEW_ORDER.mutating and not ep.QUERY_ORDER.mutating
     assert ep.LISTEN_KEY_CREATE.keyed and not ep.LISTEN_KEY_CREATE.signed and ep.NEW_ORDER.signed
     assert [ep.depth_cost(n).weight for n in (5, 50, 100, 500, 1000)] == [2, 2, 5, 10, 20]
+
+
+def test_only_reduce_only_places_count_as_reducing():
+    def order(reduce_only: bool) -> dict[str, str]:
+        return OrderRequest(symbol="ETHUSDC", side=Side.SELL, order_type=OrderType.MARKET, quantity="0.01",
+                            reduce_only=reduce_only).to_params()
+
+    assert ep.places_reduce_only(ep.NEW_ORDER, order(True))
+    assert not ep.places_reduce_only(ep.NEW_ORDER, order(False))
+    assert ep.places_reduce_only(ep.BATCH_PLACE, {"batchOrders": [order(True), order(True)]})
+    assert not ep.places_reduce_only(ep.BATCH_PLACE, {"batchOrders": [order(True), order(False)]})
+    assert not ep.places_reduce_only(ep.BATCH_PLACE, {"batchOrders": []})
+    assert not ep.places_reduce_only(ep.MODIFY_ORDER, {"symbol": "ETHUSDC", "reduceOnly": "true"})  # an amend never
