@@ -41,6 +41,7 @@ class OrderReason(StrEnum):
     HALT = "halt"  # cancelled because the symbol is halted
     CAP = "cap"  # cancelled because the worst case is beyond the cap
     RECANCEL = "recancel"  # a cancel sent again: the last one's answer was ambiguous
+    RECONCILE = "reconcile"  # cancelled by the reconciliation: an earlier epoch's, or one no ladder of ours wants
     MODIFY_LIMIT = "modify_limit"  # cancelled to be replaced: the exchange will not amend it again (-5026)
     EXTERNAL = "external"  # adopted from the exchange's listing: not placed by this agent
 

@@ -10,12 +10,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from fleet.binance.errors import (
-    BinanceError,
-    OutcomeUnknownError,
-)
-from fleet.binance.models import OrderInfo
+from fleet.binance.errors import BinanceError
 
+from .core import Actions
+from .orders import Batch, BatchKind, Cancel, OrderReason
 from .reconcile import reconcile_orders
 from .agent_base import BLOCK_RESYNC, BLOCK_USER_STREAM
 
@@ -71,13 +69,12 @@ class Reconciler:
             self.note_repair("missing", cid, "counted here, not listed by the exchange: looked up")
             self.agent.tasks.spawn(self.agent.sender.resolve(cid), "resolve")
         if plan.cancel:
-            results = await client.batch_cancel(self.agent.symbol, order_ids=[oid for _, oid in plan.cancel])
-            for (cid, oid), res in zip(plan.cancel, results):
-                if isinstance(res, OrderInfo):
-                    core.on_order_info(res)
-                    self.note_repair("orphan_cancelled", cid, "cancelled: no ladder of ours wants it")
-                elif isinstance(res, BinanceError) and not isinstance(res, OutcomeUnknownError):
-                    core.store.on_cancel_rejected(cid, res.code, oid, self.agent.exchange_ms())
+            # Sent as the quote cycle's cancels are: marked in the store first (so the user stream's
+            # CANCELED is ours, not another hand's), journaled, an ambiguous answer cancelled again.
+            cancels = tuple(Cancel(cid, oid, OrderReason.RECONCILE) for cid, oid in plan.cancel)
+            for c in cancels:
+                self.note_repair("orphan_cancelled", c.client_order_id, "cancel sent: no ladder of ours wants it")
+            self.agent.sender.execute(Actions((Batch(BatchKind.CANCEL, cancels),)), self.agent.exchange_ms(), None)
 
     async def _reconcile_position(self) -> None:
         """A position that differs from positionRisk twice in a row (one may be a fill in flight) is

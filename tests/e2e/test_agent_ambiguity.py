@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from fleet.config import RuntimeParams
+from fleet.config import GridParams, RuntimeParams, SymbolParams
 
 from .test_agent_live import (  # noqa: F401 - fixtures
     SYMBOL,
@@ -221,13 +221,22 @@ async def test_a_pull_whose_cancel_is_answered_unknown_is_sent_again_not_left_to
     await settled(agent, exchange)
 
 
-async def test_reconciliation_adopts_and_cancels_an_order_the_agent_never_heard_of(make_agent, exchange, sim):
+@pytest.mark.parametrize("fault", [None, "exec_then_error"])
+async def test_reconciliation_adopts_and_cancels_an_order_the_agent_never_heard_of(make_agent, exchange, sim, fault):
+    """With ``exec_then_error`` the reconciliation's cancel executes and is answered 5xx: its CANCELED
+    frame comes with no answer to settle it first, and must still be read as the agent's own cancel
+    (before, it was read as another hand's, and quoting was held to ask the owner)."""
     from fleet.sim.testkit import SimClient
 
-    agent = await make_agent(runtime=RUNTIME)
+    # a short ladder, far below the cap: the order below takes no ladder order's room
+    agent = await make_agent(runtime=RUNTIME, params=SymbolParams(grid=GridParams(max_layers=2)))
     await settled(agent, exchange)
+    if fault is not None:   # the ladder holds still: the one DELETE to come is the reconciliation's
+        await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
+        await exchange.post("/sim/fault/rest", {"mode": fault, "path": "/fapi/v1/", "method": "DELETE", "count": 1})
     # an order of this epoch the agent did not place (its record lost): the agent counts it from its
     # frame or the listing, and cancels it, since no ladder of its wants it
+    assert agent.status()["counters"]["owner_asks"] == 0
     cid = f"mm-{SYMBOL}-e{agent.core.epoch}-999999"
     async with SimClient.for_sim(sim) as c:
         bid = Decimal((await c.public("GET", "/fapi/v1/ticker/bookTicker", {"symbol": SYMBOL})).json["bidPrice"])
@@ -243,6 +252,12 @@ async def test_reconciliation_adopts_and_cancels_an_order_the_agent_never_heard_
     status = agent.status()
     assert status["counters"]["reconcile_repairs"] >= 1
     assert status["last_reconcile_repair"]["kind"] in ("untracked", "orphan_cancelled")
+    # its own cancel, marked as sent before it went: not read as another hand's, so no owner asked
+    assert status["counters"]["owner_asks"] == 0, status["counters"]
+    if fault is not None:
+        assert not (await exchange.state())["faults_pending"], "the reconciliation's cancel never met the fault"
+        assert status["counters"]["unknown_outcomes"] >= 1, status["counters"]
+        await exchange.post("/sim/market/freeze", {"frozen": False, "symbol": SYMBOL})
     await settled(agent, exchange)
 
 
