@@ -224,11 +224,13 @@ class RestHandlers:
     def _batch_cancel(self, account: str, params: dict[str, str], now: int) -> list[Any]:
         symbol = params.get("symbol")
         self.engine.book(symbol)
-        if params.get("orderIdList"):
-            ids = _batch_list(params, "orderIdList", 10)
+        ids_name = _spelled(params, "orderIdList")
+        cids_name = _spelled(params, "origClientOrderIdList")
+        if ids_name is not None:
+            ids = _batch_list(params, ids_name, 10)
             reqs = [{"symbol": symbol, "orderId": str(i)} for i in ids]
-        elif params.get("origClientOrderIdList"):
-            cids = _batch_list(params, "origClientOrderIdList", 10)
+        elif cids_name is not None:
+            cids = _batch_list(params, cids_name, 10)
             reqs = [{"symbol": symbol, "origClientOrderId": str(c)} for c in cids]
         else:
             raise SimApiError(-1102, "Param 'orderIdList' or 'origClientOrderIdList' must be sent, but both "
@@ -293,6 +295,16 @@ class RestHandlers:
             if key in c.listen_keys:
                 asyncio.ensure_future(self._close_conn(c))
         return {}
+
+
+def _spelled(params: dict[str, str], name: str) -> str | None:
+    """The name under which a batch cancel's id list came, if it came with a value: Binance documents
+    camelCase (``orderIdList``) and takes the all-lower-case spelling too (``orderidlist``, which
+    ccxt's binanceusdm sends)."""
+    for spelling in (name, name.lower()):
+        if params.get(spelling):
+            return spelling
+    return None
 
 
 def _batch_list(params: dict[str, str], name: str, max_items: int) -> list[Any]:

@@ -57,6 +57,24 @@ def test_ccxt_binanceusdm_trades_against_the_simulator(sim_thread):
     assert 99990 < balance["USDC"]["total"] < 100000  # the taker fee was charged
 
 
+def test_ccxt_binanceusdm_cancels_several_orders_at_once(sim_thread):
+    """ccxt's cancelOrders sends Binance's batch cancel with the lower-case spellings ``orderidlist`` and
+    ``origclientorderidlist``, which Binance takes as it takes its documented camelCase ones."""
+    ex = _client(sim_thread)
+    ex.load_markets()
+    bid = ex.fetch_order_book("ETH/USDC:USDC", limit=5)["bids"][0][0]
+    prices = [float(ex.price_to_precision("ETH/USDC:USDC", bid * f)) for f in (0.97, 0.96, 0.95, 0.94)]
+    orders = [ex.create_order("ETH/USDC:USDC", "limit", "buy", 0.01, p, {"clientOrderId": f"ccxt-batch-{i}"})
+              for i, p in enumerate(prices)]
+    by_id = ex.cancel_orders([o["id"] for o in orders[:2]], "ETH/USDC:USDC")
+    assert sorted(o["id"] for o in by_id) == sorted(o["id"] for o in orders[:2])
+    assert all(o["status"] == "canceled" for o in by_id)
+    by_client_id = ex.cancel_orders([], "ETH/USDC:USDC", {"clientOrderIds": ["ccxt-batch-2", "ccxt-batch-3"]})
+    assert sorted(o["clientOrderId"] for o in by_client_id) == ["ccxt-batch-2", "ccxt-batch-3"]
+    assert all(o["status"] == "canceled" for o in by_client_id)
+    assert ex.fetch_open_orders("ETH/USDC:USDC") == []
+
+
 async def test_ccxt_binanceusdm_trades_over_the_websocket_api(sim):
     """ccxt's WebSocket-API methods (create/edit/fetch/cancel_order_ws, fetch_balance_ws,
     fetch_positions_ws) against the simulator's /ws-fapi/v1, checked at the exchange."""
