@@ -17,6 +17,11 @@ from fleet.sim.orders import Order
 from fleet.sim.streams import kline_next, kline_open
 from fleet.sim.units import places, fixed, s8
 
+# The simulated index price sits this far below the mark (the mark is the mid): one constant basis,
+# so the premium index is 1 / INDEX_RATIO - 1 (0.00005) at every moment.
+INDEX_RATIO = 0.99995
+PRICE_KLINE_KINDS = ("mark", "index", "premium")
+
 NO_ASK = 1 << 62  # "no resting ask" sentinel
 PROFILE_LEVELS = 64  # levels from the touch whose base size is precomputed
 
@@ -255,6 +260,23 @@ class Book:
     def klines(self, interval: str, start: int | None, end: int | None, limit: int) -> list[list[Any]]:
         """Candles of ``interval`` (aggregated from 1-minute ones), Binance's kline arrays."""
         return [self.kline_row(g, interval) for g in self.candle_groups(interval, start, end, limit)]
+
+    def price_klines(self, kind: str, interval: str, start: int | None, end: int | None,
+                     limit: int) -> list[list[Any]]:
+        """``/markPriceKlines``, ``/indexPriceKlines`` or ``/premiumIndexKlines`` (``kind``): the mark's
+        candles (the mark is the mid), the index's (``INDEX_RATIO`` below it) or the premium index's
+        (constant here), as Binance's 12-element arrays: no volume, the seconds of the candle in place
+        of a count, the "ignore" fields "0"."""
+        if kind not in PRICE_KLINE_KINDS:
+            raise ValueError(f"price kline kind must be one of {PRICE_KLINE_KINDS}, not {kind!r}")
+        premium = f"{1.0 / INDEX_RATIO - 1.0:.8f}"
+        ratio = INDEX_RATIO if kind == "index" else 1.0
+        rows = []
+        for g in self.candle_groups(interval, start, end, limit):
+            close = kline_next(interval, g[0])
+            o, h, lo, c = (premium,) * 4 if kind == "premium" else (f"{v * ratio:.8f}" for v in g[1:5])
+            rows.append([g[0], o, h, lo, c, "0", close - 1, "0", (close - g[0]) // 1000, "0", "0", "0"])
+        return rows
 
     def synth_best_bid(self) -> int:
         """Highest synthetic bid with size left (takers may have eaten the top levels)."""

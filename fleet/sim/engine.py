@@ -19,9 +19,9 @@ from fleet.sim.algo import TYPES as ALGO_TYPES, AlgoService
 from fleet.sim.book import NO_ASK, Book, DiffState
 from fleet.sim.config import SimConfig
 from fleet.sim.errors import SimApiError, check_number, int_param, invalid, missing
-from fleet.sim.frames import (render, render_account_update, render_agg, render_bt, render_depth, render_diff,
-                              render_kline, render_list, render_mark, render_mini_ticker, render_order_update,
-                              render_ticker, render_trade, render_trade_lite, ticker_24h)
+from fleet.sim.frames import (render, render_account_update, render_agg, render_bt, render_continuous_kline,
+                              render_depth, render_diff, render_kline, render_list, render_mark, render_mini_ticker,
+                              render_order_update, render_ticker, render_trade, render_trade_lite, ticker_24h)
 from fleet.sim.keys import ed25519_private_pem
 from fleet.sim.market import MarketModel
 from fleet.sim.orders import CLIENT_ID_RE, DEFAULT_STP, PRICE_MATCH, STP_MODES, Account, Order, Trade
@@ -115,7 +115,7 @@ class Engine(EngineViews):
         self.next_mark3_ms = (now_ms // 3000 + 1) * 3000
         self.depth_due: dict[str, int] = {}
         self.depth_sent_u: dict[str, int] = {}   # partial depth: the book's update id last sent (u)
-        self.kline_streams: list[tuple[Book, str, str]] = []   # (book, stream, interval) listened to
+        self.kline_streams: list[tuple[Book, str, str, Any]] = []   # (book, stream, interval, renderer) listened to
         self.kline_open: dict[str, int] = {}   # stream -> the open time of the candle it last pushed
         self.ticker_streams: list[tuple[Book, str, Any]] = []   # (book, stream, renderer) listened to
         self.next_timed_ms = FAR_MS   # the next kline or ticker push (FAR_MS: nobody listens to one)
@@ -166,8 +166,10 @@ class Engine(EngineViews):
         """Market frames are only built for streams someone listens to; cache what each book publishes."""
         self.interest = frozenset(streams)
         every_of = DEPTH_EVERY_MS
-        self.kline_streams = [(b, f"{b.lower}@kline_{i}", i) for b in self.books.values()
-                              for i in KLINE_MINUTES if f"{b.lower}@kline_{i}" in self.interest]
+        self.kline_streams = [(b, name, i, render) for b in self.books.values() for i in KLINE_MINUTES
+                              for name, render in ((f"{b.lower}@kline_{i}", render_kline),
+                                                   (f"{b.lower}_perpetual@continuousKline_{i}", render_continuous_kline))
+                              if name in self.interest]
         self.kline_open = {s: t for s, t in self.kline_open.items() if s in self.interest}
         before = {stream for _, stream, _ in self.ticker_streams}
         self.ticker_streams = [(b, f"{b.lower}@{kind}", render) for b in self.books.values()
@@ -557,18 +559,18 @@ class Engine(EngineViews):
     def _publish_klines(self, t: int) -> None:
         """Each kline stream listened to: its open candle, after the one it last pushed if that has closed
         since (once more, ``x: true``)."""
-        for b, stream, interval in self.kline_streams:
+        for b, stream, interval, render in self.kline_streams:
             if b.frozen:   # a "data" fault: the symbol's streams stop
                 continue
             start = kline_open(interval, t)
             last = self.kline_open.get(stream)
             if last is not None and last != start and (g := b.candle_group(last, kline_next(interval, last))) is not None:
                 row = b.kline_row(g, interval)
-                self._emit_market(stream, (render_kline, b, interval, row, g[10], g[11], t, True))
+                self._emit_market(stream, (render, b, interval, row, g[10], g[11], t, True))
             self.kline_open[stream] = start
             if (g := b.candle_group(start, kline_next(interval, start))) is not None:
                 row = b.kline_row(g, interval)
-                self._emit_market(stream, (render_kline, b, interval, row, g[10], g[11], t, False))
+                self._emit_market(stream, (render, b, interval, row, g[10], g[11], t, False))
 
     def _publish_book(self, b: Book, t: int) -> None:
         want_bt = b.want_bt or self.want_all_bt

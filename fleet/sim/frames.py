@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from fleet.sim.book import Book
+from fleet.sim.book import INDEX_RATIO, Book
 from fleet.sim.orders import Order
 from fleet.sim.units import Q8, ZERO, s8
 
@@ -42,6 +42,16 @@ def render_kline(b: Book, interval: str, row: list[Any], first_id: int, last_id:
     """A ``<symbol>@kline_<interval>`` event from a kline array (``Book.kline_row``)."""
     return {"e": "kline", "E": t, "s": b.symbol, "k": {
         "t": row[0], "T": row[6], "s": b.symbol, "i": interval, "f": first_id, "L": last_id, "o": row[1],
+        "c": row[4], "h": row[2], "l": row[3], "v": row[5], "n": row[8], "x": closed, "q": row[7],
+        "V": row[9], "Q": row[10], "B": "0"}}
+
+
+def render_continuous_kline(b: Book, interval: str, row: list[Any], first_id: int, last_id: int, t: int,
+                            closed: bool) -> dict[str, Any]:
+    """A ``<pair>_perpetual@continuousKline_<interval>`` event: the perpetual's candle, named by pair
+    and contract type (no symbol)."""
+    return {"e": "continuous_kline", "E": t, "ps": b.symbol, "ct": "PERPETUAL", "k": {
+        "t": row[0], "T": row[6], "i": interval, "f": first_id, "L": last_id, "o": row[1],
         "c": row[4], "h": row[2], "l": row[3], "v": row[5], "n": row[8], "x": closed, "q": row[7],
         "V": row[9], "Q": row[10], "B": "0"}}
 
@@ -105,7 +115,7 @@ def render_depth(b: Book, first: int, last: int, prev: int,
 
 def render_mark(b: Book, mark: float, rate: Decimal, next_funding: int, t: int) -> dict[str, Any]:
     m = f"{mark:.8f}"
-    idx = f"{mark * 0.99995:.8f}"
+    idx = f"{mark * INDEX_RATIO:.8f}"
     return {"e": "markPriceUpdate", "E": t, "s": b.symbol, "p": m, "ap": m, "P": idx, "i": idx,
             "r": f"{rate:.8f}", "T": next_funding, "st": UM}
 

@@ -98,6 +98,10 @@ class ExchangeGateway(RestHandlers):
         add("GET", v1 + "/historicalTrades", self._historical_trades, KEY, 20)
         add("GET", v1 + "/aggTrades", self._agg_trades, NONE, 20)
         add("GET", v1 + "/klines", self._klines, NONE, self._klines_weight)
+        add("GET", v1 + "/continuousKlines", self._continuous_klines, NONE, self._klines_weight)
+        add("GET", v1 + "/markPriceKlines", self._price_klines("mark", "symbol"), NONE, self._klines_weight)
+        add("GET", v1 + "/indexPriceKlines", self._price_klines("index", "pair"), NONE, self._klines_weight)
+        add("GET", v1 + "/premiumIndexKlines", self._price_klines("premium", "symbol"), NONE, self._klines_weight)
         # trading
         add("POST", v1 + "/order", lambda a, p, n: e.new_order(a, p, n), SIGNED, (0, 1, 1))
         add("POST", v1 + "/order/test", lambda a, p, n: e.new_order(a, p, n, test=True), SIGNED, 1)

@@ -12,6 +12,10 @@ from fleet.sim.engine import Engine, SimApiError, missing
 from fleet.sim.frames import ticker_24h
 from fleet.sim.streams import KLINE_MINUTES
 
+# Binance's contract types (exchangeInfo's contractType, continuousKlines' contractType)
+CONTRACT_TYPES = ("PERPETUAL", "CURRENT_MONTH", "NEXT_MONTH", "CURRENT_QUARTER", "NEXT_QUARTER",
+                  "PERPETUAL_DELIVERING")
+
 
 class RestHandlers:
     """Handlers take (account, params, now) and return the JSON body; errors raise SimApiError."""
@@ -149,15 +153,44 @@ class RestHandlers:
             return 1
         return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
 
-    def _klines(self, account: Any, params: dict[str, str], now: int) -> Any:
-        b = self.engine.book(params.get("symbol"))
+    def _kline_window(self, params: dict[str, str]) -> tuple[str, int | None, int | None, int]:
+        """A kline query's interval, start, end and limit (500 by default, at most 1500)."""
         interval = params.get("interval")
         if not interval:
             raise missing("interval")
         if interval not in self._KLINE_MINUTES:
             raise SimApiError(-1120, "Invalid interval.")
         limit = self._limit(params, 500, 1500)
-        return b.klines(interval, self._int_param(params, "startTime"), self._int_param(params, "endTime"), limit)
+        return interval, self._int_param(params, "startTime"), self._int_param(params, "endTime"), limit
+
+    def _klines(self, account: Any, params: dict[str, str], now: int) -> Any:
+        b = self.engine.book(params.get("symbol"))
+        return b.klines(*self._kline_window(params))
+
+    def _continuous_klines(self, account: Any, params: dict[str, str], now: int) -> Any:
+        """GET /fapi/v1/continuousKlines: a pair's candles by contract type; the simulator's symbols are
+        perpetuals, so PERPETUAL is the one contract each pair has."""
+        pair = params.get("pair")
+        if not pair:
+            raise missing("pair")
+        b = self.engine.book(pair)
+        contract = params.get("contractType")
+        if not contract:
+            raise missing("contractType")
+        if contract not in CONTRACT_TYPES:
+            raise SimApiError(-1130, "Data sent for parameter 'contractType' is not valid.")
+        if contract != "PERPETUAL":
+            raise SimApiError(-1121, "Invalid symbol.")   # no delivery contract of the pair is listed
+        return b.klines(*self._kline_window(params))
+
+    def _price_klines(self, kind: str, by: str) -> Any:
+        """GET /fapi/v1/markPriceKlines, /indexPriceKlines (by ``pair``) and /premiumIndexKlines."""
+        def handler(account: Any, params: dict[str, str], now: int) -> Any:
+            name = params.get(by)
+            if not name:
+                raise missing(by)
+            return self.engine.book(name).price_klines(kind, *self._kline_window(params))
+        return handler
 
     def _book_ticker(self, account: Any, params: dict[str, str], now: int) -> Any:
         e = self.engine

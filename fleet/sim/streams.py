@@ -10,14 +10,15 @@ Besides the documented depth speeds (250 ms by default, ``@500ms``, ``@100ms``),
 too: Binance answers it and third-party engines ask for it by default; here it publishes on every
 market step. ``<symbol>@kline_<interval>`` pushes the open candle every 250 ms and each candle once
 more when it closes (``x: true``); a week's candle opens on Monday, a month's on its first day (UTC),
-each built from the 1500 one-minute candles kept (25 hours), and ``3d`` is not served (I found no statement of where Binance starts its three days). ``<symbol>@ticker`` and ``@miniTicker`` push the rolling 24 h
+each built from the 1500 one-minute candles kept (25 hours), and ``3d`` is not served (I found no statement of where Binance starts its three days).
+``<pair>_perpetual@continuousKline_<interval>`` pushes the same candles as ``continuous_kline`` events
+(named by pair and contract type). ``<symbol>@ticker`` and ``@miniTicker`` push the rolling 24 h
 statistics every 2 s (those of REST ``/ticker/24hr``); ``!ticker@arr`` and ``!miniTicker@arr`` every
 second, holding the symbols that traded since the last push (Binance: "only tickers that have changed
 will be present in the array"), and nothing when none did. ``<symbol>@forceOrder`` and
 ``!forceOrder@arr`` are served and stay silent: nobody is liquidated in the simulated market. So are
-``!contractInfo``, ``!assetIndex@arr``, ``<symbol>@compositeIndex``, ``<symbol>@rpiDepth@500ms``,
-``<pair>_perpetual@continuousKline_<interval>`` and ``tradingSession`` (Binance's SDK subscribes to
-them): accepted, listed, and silent.
+``!contractInfo``, ``!assetIndex@arr``, ``<symbol>@compositeIndex``, ``<symbol>@rpiDepth@500ms`` and
+``tradingSession`` (Binance's SDK subscribes to them): accepted, listed, and silent.
 ``<symbol>@trade`` is a /public stream (Binance lists it there, and its unrouted paths deliver it): one
 frame per trade, the trade id that of the aggregate trade (each price a taker meets is one trade here).
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from fleet.sim.book import Book
+from fleet.sim.book import INDEX_RATIO, Book
 from fleet.sim.errors import int_param, invalid
 from fleet.sim.orders import Account, Order, Position
 from fleet.sim.units import Q8, ZERO, s8
@@ -283,8 +283,8 @@ class EngineViews:
 
     def premium_index(self, b: Book) -> dict[str, Any]:
         mark = f"{b.mark:.8f}"
-        return {"symbol": b.symbol, "markPrice": mark, "indexPrice": f"{b.mark * 0.99995:.8f}",
-                "estimatedSettlePrice": f"{b.mark * 0.99995:.8f}", "lastFundingRate": f"{b.funding_rate:.8f}",
+        return {"symbol": b.symbol, "markPrice": mark, "indexPrice": f"{b.mark * INDEX_RATIO:.8f}",
+                "estimatedSettlePrice": f"{b.mark * INDEX_RATIO:.8f}", "lastFundingRate": f"{b.funding_rate:.8f}",
                 "interestRate": "0.00010000", "nextFundingTime": self.next_funding_ms, "time": self.now_ms}
 
     def book_ticker(self, b: Book) -> dict[str, Any]:

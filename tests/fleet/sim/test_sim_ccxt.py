@@ -75,6 +75,18 @@ def test_ccxt_binanceusdm_cancels_several_orders_at_once(sim_thread):
     assert ex.fetch_open_orders("ETH/USDC:USDC") == []
 
 
+def test_ccxt_binanceusdm_reads_mark_index_and_premium_candles(sim_thread):
+    """What futures engines on ccxt read for funding: the mark's, the index's and the premium index's
+    candles beside the trade candles."""
+    ex = _client(sim_thread)
+    ex.load_markets()
+    trades = ex.fetch_ohlcv("ETH/USDC:USDC", "1m", limit=2)
+    for price in ("mark", "index", "premiumIndex"):
+        rows = ex.fetch_ohlcv("ETH/USDC:USDC", "1m", limit=2, params={"price": price})
+        assert [r[0] for r in rows] == [r[0] for r in trades], price
+        assert all(r[3] <= r[1] <= r[2] and r[3] <= r[4] <= r[2] for r in rows), (price, rows)
+
+
 async def test_ccxt_binanceusdm_trades_over_the_websocket_api(sim):
     """ccxt's WebSocket-API methods (create/edit/fetch/cancel_order_ws, fetch_balance_ws,
     fetch_positions_ws) against the simulator's /ws-fapi/v1, checked at the exchange."""

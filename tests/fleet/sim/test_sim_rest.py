@@ -350,6 +350,40 @@ async def test_public_trades_agg_trades_and_klines(sim_factory):
         assert bad.json["code"] == -1130
 
 
+async def test_continuous_mark_index_and_premium_klines(sim_factory):
+    """The kline families Binance serves beside /klines (engines read the mark's candles for funding):
+    the perpetual's continuous candles are its klines; the mark's follow the mid (the mark), the
+    index's sit INDEX_RATIO below them, the premium index's is the constant basis between the two."""
+    sim = await sim_factory(symbols=["SOLUSDT"])
+    async with SimClient.for_sim(sim) as c:
+        async def get(path: str, **params: str) -> object:
+            return (await c.public("GET", f"/fapi/v1/{path}", {"interval": "1m", "limit": "3", **params})).json
+
+        plain = await get("klines", symbol="SOLUSDT")
+        cont = await get("continuousKlines", pair="SOLUSDT", contractType="PERPETUAL")
+        assert [r[0] for r in cont] == [r[0] for r in plain] and cont[:-1] == plain[:-1]   # the open one may move
+        mark, index = await get("markPriceKlines", symbol="SOLUSDT"), await get("indexPriceKlines", pair="SOLUSDT")
+        premium = await get("premiumIndexKlines", symbol="SOLUSDT")
+        for rows in (mark, index, premium):
+            assert [r[0] for r in rows] == [r[0] for r in plain]
+            assert all(len(r) == 12 and r[6] == r[0] + 59_999 and r[5] == "0" for r in rows)
+        for m, i in zip(mark[:-1], index[:-1]):
+            assert Decimal(m[3]) <= Decimal(m[1]) <= Decimal(m[2]) and Decimal(m[3]) <= Decimal(m[4]) <= Decimal(m[2])
+            assert abs(Decimal(i[4]) - Decimal(m[4]) * Decimal("0.99995")) < Decimal("0.00000002")
+        assert {r[4] for r in premium} == {"0.00005000"}
+        live = (await c.public("GET", "/fapi/v1/premiumIndex", {"symbol": "SOLUSDT"})).json
+        tick = Decimal("0.01")
+        assert abs(Decimal(mark[-1][2]) - Decimal(live["markPrice"])) < 1000 * tick   # the same price, not another
+        for path, params, code in (("continuousKlines", {"pair": "SOLUSDT", "contractType": "CURRENT_QUARTER"}, -1121),
+                                   ("continuousKlines", {"pair": "SOLUSDT", "contractType": "SOON"}, -1130),
+                                   ("continuousKlines", {"pair": "SOLUSDT"}, -1102),
+                                   ("indexPriceKlines", {"symbol": "SOLUSDT"}, -1102),
+                                   ("markPriceKlines", {"symbol": "SOLUSDT", "interval": "7m"}, -1120),
+                                   ("premiumIndexKlines", {"symbol": "NOPEUSDT"}, -1121)):
+            bad = await c.public("GET", f"/fapi/v1/{path}", {"interval": "1m", **params})
+            assert bad.status == 400 and bad.json["code"] == code, (path, params, bad.json)
+
+
 async def test_order_test_all_orders_tickers_and_account_settings(sim):
     async with SimClient.for_sim(sim) as c:
         price = await _far_bid(c)

@@ -253,8 +253,7 @@ async def test_subscribe_unsubscribe_list_and_bad_requests(sim):
 
 
 async def test_the_streams_binances_sdk_names_are_accepted_listed_and_silent(sim):
-    quiet = {"market": ["!contractInfo", "!assetIndex@arr", "ethusdc_perpetual@continuousKline_1m",
-                        "ethusdc@compositeIndex", "tradingSession"],
+    quiet = {"market": ["!contractInfo", "!assetIndex@arr", "ethusdc@compositeIndex", "tradingSession"],
              "public": ["ethusdc@rpiDepth@500ms"]}
     async with aiohttp.ClientSession() as s:
         for path, names in quiet.items():
@@ -451,6 +450,14 @@ async def test_what_third_party_engines_ask_for_klines_depth_at_0ms_force_orders
         assert {"t", "T", "f", "L", "o", "c", "h", "l", "v", "n", "q", "V", "Q", "B"} <= set(k)
         rest = (await c.public("GET", "/fapi/v1/klines", {"symbol": "BTCUSDT", "interval": "1m", "limit": 1})).json
         assert rest[0][0] in (k["t"], k["t"] + 60_000)   # the same open candle (unless one just opened)
+        # The perpetual's continuous candles: the same candle, named by pair and contract type.
+        await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": ["btcusdt_perpetual@continuousKline_1m"],
+                                      "id": 6}))
+        assert await _until(ws, lambda f: f.get("id") == 6) == {"result": None, "id": 6}
+        cont = (await _until(ws, lambda f: f.get("stream") == "btcusdt_perpetual@continuousKline_1m"))["data"]
+        assert cont["e"] == "continuous_kline" and cont["ps"] == "BTCUSDT" and cont["ct"] == "PERPETUAL"
+        assert "s" not in cont and "s" not in cont["k"] and cont["k"]["i"] == "1m"
+        assert cont["k"]["t"] in (k["t"], k["t"] + 60_000) and set(cont["k"]) == set(k) - {"s"}
         await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@kline_7m"], "id": 8}))
         refused = await _until(ws, lambda f: f.get("id") == 8)
         assert refused["error"]["code"] == 2 and "kline_7m" in refused["error"]["msg"], refused   # no such interval
