@@ -38,7 +38,8 @@ START_MS = 1_767_225_600_000  # 2026-01-01 00:00:00 UTC: funding at 00/08/16 fal
 IP = "127.0.0.1"
 # the agent's own counters a run's table shows (how often its fault handling acted)
 AGENT_COUNTERS = ("user_stream_reconnects", "market_stream_reconnects", "resyncs", "unknown_outcomes",
-                  "unknown_outcomes_resolved", "listen_key_expired", "stale_market_pulls", "reconcile_repairs")
+                  "unknown_outcomes_resolved", "listen_key_expired", "stale_market_pulls", "reconcile_repairs",
+                  "owner_asks")
 
 
 @dataclass

@@ -77,7 +77,7 @@ def test_planned_stream_swaps_keep_the_agent_in_step():
     result = simulate(cfg, CONFIG, RunOptions(hours=0.1, seed=4, symbols=["ETHUSDC"]))
     t = result.symbols[0].table
     assert t["stream_connections"] >= 2 + 2 * 3  # the first two, then at least three swaps of each
-    assert t["resyncs"] == 0 and t["reconcile_repairs"] == 0 and t["errors_logged"] == 0
+    assert t["resyncs"] == 0 and t["reconcile_repairs"] == 0 and t["errors_logged"] == 0 and t["owner_asks"] == 0
     assert t["user_stream_reconnects"] == 0 and t["market_stream_reconnects"] == 0
     assert max(result.symbols[0].samples.orders_1m[-30:]) > 0 and t["fills"] > 0  # still quoting at the end
 
