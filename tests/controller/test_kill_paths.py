@@ -709,3 +709,37 @@ def test_a_resume_older_than_the_kill_the_agent_knows_is_not_run(fleet):
     assert fleet.get("/status").json()["agents"][sym]["state"] == "halted"
     assert fleet.post("/resume", {"symbols": [sym]}).status_code == 200
     fleet.wait_quoting(within_s=60)
+
+
+def test_a_book_the_exchange_route_empties_first_is_not_quoted_again_the_renewal_carries_the_kill(fleet):
+    """A kill is durable before either route acts; its exchange route may empty a book while its route
+    to the agent is still on the way. The agent, seeing its orders cancelled by another hand, holds
+    quoting and asks the controller (a lease renewal over Ray), whose answer reads the kill state from
+    the GCS: the agent halts, and nothing is placed after the cancel. (Here the durable write and the
+    cancel are made by the test, and the agent is told nothing.)"""
+    from fleet.sim.testkit import SimClient
+
+    sym = SYMBOLS[0]
+    poll(lambda: fleet.open_orders(sym) > 0, 30, f"{sym} quoting")
+    asks = fleet.get("/status").json()["agents"][sym]["counters"]["owner_asks"]
+    LeaseBook(GcsStore(fleet.cfg.name)).set_kill_state(sym, "halted", "the exchange route first, drill")
+
+    async def cancel_all() -> int:
+        async with SimClient.for_sim(fleet.sim.server) as c:
+            at = (await c.public("GET", "/fapi/v1/time")).json["serverTime"]
+            assert (await c.signed("DELETE", "/fapi/v1/allOpenOrders", {"symbol": sym})).status == 200
+            return at
+
+    async def placed_since(ms: int) -> list[dict[str, Any]]:
+        async with SimClient.for_sim(fleet.sim.server) as c:
+            reply = await c.signed("GET", "/fapi/v1/allOrders", {"symbol": sym, "startTime": ms, "limit": 1000})
+            assert reply.status == 200, reply.json
+            return [o for o in reply.json if o["time"] >= ms]
+
+    cancel_at = fleet.sim.run(cancel_all())
+    poll(lambda: fleet.get("/status").json()["agents"][sym]["state"] == "halted", 30, f"{sym} halted")
+    assert fleet.sim.run(placed_since(cancel_at)) == []
+    assert fleet.open_orders(sym) == 0
+    assert fleet.get("/status").json()["agents"][sym]["counters"]["owner_asks"] > asks
+    assert fleet.post("/resume", {"symbols": [sym]}).status_code == 200
+    fleet.wait_quoting(within_s=60)
