@@ -39,7 +39,7 @@ SEED_METRICS = (
 # Tick (market event received) to order (request handed to the client), in seconds.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 # What the reconciliation backstop finds (agents/reconcile.py): an open order the store did not count
-# (adopted), one of ours it then cancelled (orphan), one the store counted that the exchange no
+# (adopted), one of ours it then sends a cancel for (orphan), one the store counted that the exchange no
 # longer lists (missing: looked up), an older epoch's order, and a position that differs.
 RECONCILE_KINDS = ("untracked", "orphan_cancelled", "missing", "old_epoch", "position")
 # The rate budget's windows (fleet/binance/ratelimit.py): IP weight per minute, account orders per 10 s and 1 min.

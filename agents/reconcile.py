@@ -18,7 +18,7 @@ Pure: the store and the listing in, a plan out (the runtime carries it out and l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 from fleet.binance.models import OrderInfo
 
@@ -77,16 +77,16 @@ def reconcile_orders(
             continue
         if parsed[0] > epoch:
             continue  # a successor's order: its exposure is counted, the order is not ours to touch
+        o = store.get(cid)
         if parsed[0] < epoch:
             old.append(cid)
-            if may_cancel:
+            if may_cancel and not _cancel_out(o):
                 cancel.append((cid, oid))
             continue
-        o = store.get(cid)
         unplanned = o is None or o.reason == OrderReason.EXTERNAL  # ours by its id, but this agent has no record of placing it
         if newly:
             adopted.append(cid)
-        if may_cancel and (unplanned or (newly and not quoting)) and (o is None or o.cancel_sent_ms is None):
+        if may_cancel and (unplanned or (newly and not quoting)) and not _cancel_out(o):
             cancel.append((cid, oid))
     lookup: list[str] = []
     for o in store.open_orders():
@@ -98,3 +98,9 @@ def reconcile_orders(
             continue  # may not have landed yet (the in-flight look-ups cover it), or changed since the listing
         lookup.append(o.client_order_id)
     return ReconcilePlan(tuple(adopted), tuple(cancel), tuple(old), tuple(lookup), tuple(foreign))
+
+
+def _cancel_out(o: Any) -> bool:
+    """A cancel of ``o`` is under way: sent and unanswered, or answered ambiguously (it goes again by
+    itself, ``Store.cancels_due_again``)."""
+    return o is not None and (o.cancel_sent_ms is not None or o.cancel_doubt)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from fleet.binance.errors import BinanceError
 
 from .core import Actions
-from .orders import Batch, BatchKind, Cancel, OrderReason
+from .orders import Cancel, OrderReason, make_batches
 from .reconcile import reconcile_orders
 from .agent_base import BLOCK_RESYNC, BLOCK_USER_STREAM
 
@@ -71,10 +71,11 @@ class Reconciler:
         if plan.cancel:
             # Sent as the quote cycle's cancels are: marked in the store first (so the user stream's
             # CANCELED is ours, not another hand's), journaled, an ambiguous answer cancelled again.
-            cancels = tuple(Cancel(cid, oid, OrderReason.RECONCILE) for cid, oid in plan.cancel)
+            cancels = [Cancel(cid, oid, OrderReason.RECONCILE) for cid, oid in plan.cancel]
             for c in cancels:
                 self.note_repair("orphan_cancelled", c.client_order_id, "cancel sent: no ladder of ours wants it")
-            self.agent.sender.execute(Actions((Batch(BatchKind.CANCEL, cancels),)), self.agent.exchange_ms(), None)
+            batches = make_batches(cancels, (), (), core.store.position_steps)   # 10 a call, as the cycle's
+            self.agent.sender.execute(Actions(batches), self.agent.exchange_ms(), None)
 
     async def _reconcile_position(self) -> None:
         """A position that differs from positionRisk twice in a row (one may be a fill in flight) is

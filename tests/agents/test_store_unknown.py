@@ -8,6 +8,7 @@ look-up past that window, and lets any later exchange frame reopen what it close
 from __future__ import annotations
 
 from agents.orders import Amend, Cancel, Place
+from agents.reconcile import ReconcilePlan, reconcile_orders
 from agents.store import PENDING_NEW, REJECTED, Store
 from fleet.binance.events import BUY, SELL
 
@@ -131,4 +132,29 @@ def test_reconciliation_adopts_only_what_the_store_does_not_count():
     assert s.pending_sell_steps == 3
     s.apply(order_update("a", 77, BUY, 300_000, 7, status="CANCELED", t=1_100))
     assert s.adopt(order_info("a", 77, BUY, 300_000, 7, t=1_001)) is False  # the listing is older
+    consistent(s)
+
+
+def test_the_reconciliation_plans_one_cancel_per_order_until_it_is_answered():
+    """An earlier epoch's order and an order of this epoch the agent has no record of placing are
+    cancelled; once a cancel of one is out (sent, or answered ambiguously: it goes again by itself),
+    the next round does not send another."""
+    s = make_store()
+    old, stray = f"mm-{SYMBOL}-e1-4", f"mm-{SYMBOL}-e2-99"
+    listed = [order_info(old, 11, BUY, 299_000, 5, t=900), order_info(stray, 12, SELL, 301_000, 3, t=950)]
+
+    def plan() -> ReconcilePlan:
+        return reconcile_orders(s, listed, epoch=2, listed_at_ms=1_000, quoting=True, may_cancel=True)
+
+    first = plan()
+    assert first.old_epoch == (old,) and first.adopted == (stray,)
+    assert first.cancel == ((old, 11), (stray, 12))
+    assert plan().cancel == first.cancel   # nothing sent yet: planned again
+    s.on_cancel_sent(Cancel(old, 11), 1_100)
+    s.on_cancel_sent(Cancel(stray, 12), 1_100)
+    assert plan().cancel == ()   # both under way
+    s.on_outcome_unknown(old, 1_200, True)   # ambiguous: the store sends it again when due
+    assert s.get(old).cancel_doubt
+    assert plan().cancel == ()
+    assert reconcile_orders(s, listed, epoch=2, listed_at_ms=1_000, quoting=True, may_cancel=False).cancel == ()
     consistent(s)
