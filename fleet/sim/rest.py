@@ -12,9 +12,8 @@ from fleet.sim.engine import Engine, SimApiError, missing
 from fleet.sim.frames import ticker_24h
 from fleet.sim.streams import KLINE_MINUTES
 
-# Binance's contract types (exchangeInfo's contractType, continuousKlines' contractType)
-CONTRACT_TYPES = ("PERPETUAL", "CURRENT_MONTH", "NEXT_MONTH", "CURRENT_QUARTER", "NEXT_QUARTER",
-                  "PERPETUAL_DELIVERING")
+# The contract types continuousKlines documents (exchangeInfo's list has more: CURRENT_MONTH, ...)
+CONTINUOUS_CONTRACT_TYPES = ("PERPETUAL", "CURRENT_QUARTER", "NEXT_QUARTER")
 
 
 class RestHandlers:
@@ -177,7 +176,7 @@ class RestHandlers:
         contract = params.get("contractType")
         if not contract:
             raise missing("contractType")
-        if contract not in CONTRACT_TYPES:
+        if contract not in CONTINUOUS_CONTRACT_TYPES:
             raise SimApiError(-1130, "Data sent for parameter 'contractType' is not valid.")
         if contract != "PERPETUAL":
             raise SimApiError(-1121, "Invalid symbol.")   # no delivery contract of the pair is listed

@@ -6,6 +6,7 @@ from typing import Any
 
 import aiohttp
 import ccxt
+import requests
 import ccxt.pro
 
 from fleet.sim.server import SimServer
@@ -80,11 +81,16 @@ def test_ccxt_binanceusdm_reads_mark_index_and_premium_candles(sim_thread):
     candles beside the trade candles."""
     ex = _client(sim_thread)
     ex.load_markets()
-    trades = ex.fetch_ohlcv("ETH/USDC:USDC", "1m", limit=2)
-    for price in ("mark", "index", "premiumIndex"):
-        rows = ex.fetch_ohlcv("ETH/USDC:USDC", "1m", limit=2, params={"price": price})
-        assert [r[0] for r in rows] == [r[0] for r in trades], price
-        assert all(r[3] <= r[1] <= r[2] and r[3] <= r[4] <= r[2] for r in rows), (price, rows)
+    freeze = f"{sim_thread.rest_url}/sim/market/freeze"
+    requests.post(freeze, json={"frozen": True, "symbol": "ETHUSDC"}, timeout=10).raise_for_status()  # one minute
+    try:
+        trades = ex.fetch_ohlcv("ETH/USDC:USDC", "1m", limit=2)
+        for price in ("mark", "index", "premiumIndex"):
+            rows = ex.fetch_ohlcv("ETH/USDC:USDC", "1m", limit=2, params={"price": price})
+            assert [r[0] for r in rows] == [r[0] for r in trades], price
+            assert all(r[3] <= r[1] <= r[2] and r[3] <= r[4] <= r[2] for r in rows), (price, rows)
+    finally:
+        requests.post(freeze, json={"frozen": False, "symbol": "ETHUSDC"}, timeout=10).raise_for_status()
 
 
 async def test_ccxt_binanceusdm_trades_over_the_websocket_api(sim):
