@@ -11,6 +11,7 @@ from fleet.sim.config import SimConfig
 from fleet.sim.engine import Engine, SimApiError, missing
 from fleet.sim.frames import ticker_24h
 from fleet.sim.streams import KLINE_MINUTES
+from fleet.sim.views import MAINT_MARGIN_RATE
 
 # The contract types continuousKlines documents (exchangeInfo's list has more: CURRENT_MONTH, ...)
 CONTINUOUS_CONTRACT_TYPES = ("PERPETUAL", "CURRENT_QUARTER", "NEXT_QUARTER")
@@ -309,7 +310,7 @@ class RestHandlers:
         books = [e.book(params["symbol"])] if params.get("symbol") else list(e.books.values())
         return [{"symbol": b.symbol, "brackets": [
             {"bracket": 1, "initialLeverage": 125, "notionalCap": 1_000_000_000, "notionalFloor": 0,
-             "maintMarginRatio": 0.004, "cum": 0.0}]} for b in books]
+             "maintMarginRatio": float(MAINT_MARGIN_RATE), "cum": 0.0}]} for b in books]
 
     def _symbol_config(self, account: str, params: dict[str, str], now: int) -> Any:
         """GET /fapi/v1/symbolConfig: the account's per-symbol settings (cross only in the simulator)."""

@@ -10,6 +10,9 @@ from fleet.sim.errors import int_param, invalid
 from fleet.sim.orders import Account, Order, Position
 from fleet.sim.units import Q8, ZERO, s8
 
+# The one leverage bracket's maintenance margin rate (/fapi/v1/leverageBracket's maintMarginRatio)
+MAINT_MARGIN_RATE = Decimal("0.004")
+
 
 class EngineViews:
     """Mixed into :class:`fleet.sim.engine.Engine`; needs its books, accounts and clock."""
@@ -160,7 +163,26 @@ class EngineViews:
         return {"symbol": b.symbol, "amt": amt, "entry": pos.entry if pos.amount else ZERO, "upnl": upnl,
                 "mark": mark, "lev": lev, "notional": notional, "bids": bids, "asks": asks,
                 "update": pos.update_time, "im": abs(notional) / lev, "oim": (bids + asks) / lev,
-                "mm": abs(notional) * Decimal("0.004")}
+                "mm": abs(notional) * MAINT_MARGIN_RATE}
+
+    def _liquidation_price(self, acct: Account, b: Book, v: dict[str, Any]) -> str:
+        """Where the cross position of ``b`` would be liquidated, by Binance's single-asset cross formula:
+        (wallet - others' maintenance + others' unrealized P&L + cum - side x size x entry) /
+        (size x maintenance rate - side x size), the others being the margin asset's other positions
+        (one bracket here: maintenance rate MAINT_MARGIN_RATE, cum 0). "0" when flat, or when no price
+        would do it (a long whose margin outlasts a fall to 0). The simulator reports it and liquidates
+        nobody."""
+        if not v["amt"]:
+            return "0"
+        asset = b.spec.margin_asset
+        others = [self._position_view(acct, o) for o in self.books.values()
+                  if o is not b and o.spec.margin_asset == asset]
+        size = abs(v["amt"])
+        side = 1 if v["amt"] > 0 else -1
+        free = (acct.wallet.get(asset, ZERO) - sum((o["mm"] for o in others), ZERO)
+                + sum((o["upnl"] for o in others), ZERO) - side * size * v["entry"])
+        price = free / (size * MAINT_MARGIN_RATE - side * size)
+        return s8(price) if price > 0 else "0"
 
     def position_risk(self, account: str, symbol: str | None, version: int) -> list[dict[str, Any]]:
         acct = self.account(account)
@@ -174,7 +196,7 @@ class EngineViews:
             entry = f"{v['entry']:f}" if v["amt"] else "0.0"
             common = {"symbol": b.symbol, "positionSide": "BOTH", "positionAmt": f"{v['amt']:f}",
                       "entryPrice": entry, "breakEvenPrice": entry, "markPrice": f"{v['mark']:f}",
-                      "unRealizedProfit": s8(v["upnl"]), "liquidationPrice": "0",
+                      "unRealizedProfit": s8(v["upnl"]), "liquidationPrice": self._liquidation_price(acct, b, v),
                       "isolatedMargin": "0.00000000", "notional": s8(v["notional"]),
                       "isolatedWallet": "0", "updateTime": v["update"]}
             if version >= 3:

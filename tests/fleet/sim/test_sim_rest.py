@@ -291,6 +291,33 @@ async def test_account_views_v2_v3_balance_leverage_commission(sim):
         assert (await c.signed("GET", "/fapi/v1/positionSide/dual")).json == {"dualSidePosition": False}
 
 
+@pytest.mark.parametrize("amount, entry, has_one", [("-0.010", "60000", True), ("-30.000", "60000", True),
+                                                    ("30.000", "60000", True), ("0.010", "60000", False)])
+async def test_position_risk_names_the_cross_liquidation_price(sim_factory, amount, entry, has_one):
+    """Binance's single-asset cross formula: at the price, the wallet plus the position's loss is its
+    maintenance margin. A long the wallet carries to a price of 0 has none ("0"), a short always has one."""
+    sim = await sim_factory(symbols=["BTCUSDT", "ETHUSDC"])
+    async with SimClient.for_sim(sim) as c:
+        await c.admin("POST", "/sim/position", {"account": "main", "symbol": "BTCUSDT", "amount": amount,
+                                                "entry_price": entry})
+        await c.admin("POST", "/sim/position", {"account": "main", "symbol": "ETHUSDC", "amount": "1.000"})  # another asset's
+        wallet = next(Decimal(b["crossWalletBalance"]) for b in (await c.signed("GET", "/fapi/v2/balance")).json
+                      if b["asset"] == "USDT")
+        size, side = abs(Decimal(amount)), (1 if Decimal(amount) > 0 else -1)
+        expected = (wallet - side * size * Decimal(entry)) / (size * Decimal("0.004") - side * size)
+        for version in (2, 3):
+            btc = next(p for p in (await c.signed("GET", f"/fapi/v{version}/positionRisk")).json
+                       if p["symbol"] == "BTCUSDT")
+            liq = Decimal(btc["liquidationPrice"])
+            if expected > 0:
+                assert abs(liq - expected) < Decimal("0.00000001"), (btc, expected)
+                equity = wallet + side * size * (liq - Decimal(entry))
+                assert abs(equity - size * liq * Decimal("0.004")) < Decimal("0.001")   # maintenance, no more
+            else:
+                assert btc["liquidationPrice"] == "0"
+        assert (expected > 0) == has_one   # a short always; a long only when the wallet cannot carry it to 0
+
+
 async def test_unknown_path_and_malformed_parameters_get_4xx_and_the_sim_keeps_running(sim):
     async with SimClient.for_sim(sim) as c:
         r = await c.public("GET", "/fapi/v1/nothing")
