@@ -736,19 +736,28 @@ def test_a_book_the_exchange_route_empties_first_is_not_quoted_again_the_renewal
             assert reply.status == 200, reply.json
             return [o for o in reply.json if o["time"] >= ms]
 
-    def asks() -> int:
-        return fleet.get("/status").json()["agents"][sym]["counters"]["owner_asks"]
+    def agent() -> dict[str, Any]:
+        return fleet.get("/status").json()["agents"][sym]
 
-    for _ in range(3):
-        poll(lambda: fleet.open_orders(sym) > 0, 60, f"{sym} quoting")
-        before = asks()
-        cancelled_at = fleet.sim.run(cancel_all())
-        poll(lambda: fleet.get("/status").json()["agents"][sym]["state"] == "halted", 30, f"{sym} halted")
-        assert fleet.sim.run(placed_since(cancelled_at)) == []
-        assert fleet.open_orders(sym) == 0
-        asked = asks() > before
-        assert fleet.post("/resume", {"symbols": [sym]}).status_code == 200
-        fleet.wait_quoting(within_s=60)
-        if asked:
-            break
-    assert asked, "three routine renewals in a row carried the kill before the cancel: no ask was ever needed"
+    def still() -> bool:   # the ladder placed and nothing of it in flight: no order sent before the cancel lands after
+        a = agent()
+        return a["state"] == "quoting" and a["requests_in_flight"] == 0 and fleet.open_orders(sym) == a["open_orders"] > 0
+
+    freeze = f"{fleet.sim.server.rest_url}/sim/market/freeze"
+    requests.post(freeze, json={"frozen": True, "symbol": sym}, timeout=10).raise_for_status()   # the ladder holds still
+    try:
+        for _ in range(3):
+            poll(still, 60, f"{sym}'s ladder resting, nothing in flight")
+            before = agent()["counters"]["owner_asks"]
+            cancelled_at = fleet.sim.run(cancel_all())
+            poll(lambda: agent()["state"] == "halted", 30, f"{sym} halted")
+            assert fleet.sim.run(placed_since(cancelled_at)) == []
+            assert fleet.open_orders(sym) == 0
+            asked = agent()["counters"]["owner_asks"] > before
+            assert fleet.post("/resume", {"symbols": [sym]}).status_code == 200
+            if asked:
+                break
+        assert asked, "three routine renewals in a row carried the kill before the cancel: no ask was ever needed"
+    finally:
+        requests.post(freeze, json={"frozen": False, "symbol": sym}, timeout=10).raise_for_status()
+    fleet.wait_quoting(within_s=60)
