@@ -22,6 +22,7 @@ from fleet.sim.errors import SimApiError, check_number, int_param, invalid, miss
 from fleet.sim.frames import (render, render_account_update, render_agg, render_bt, render_continuous_kline,
                               render_depth, render_diff, render_kline, render_list, render_mark, render_mini_ticker,
                               render_order_update, render_ticker, render_trade, render_trade_lite, ticker_24h)
+from fleet.sim.history import backfill
 from fleet.sim.keys import ed25519_private_pem
 from fleet.sim.market import MarketModel
 from fleet.sim.orders import CLIENT_ID_RE, DEFAULT_STP, PRICE_MATCH, STP_MODES, Account, Order, Trade
@@ -111,6 +112,10 @@ class Engine(EngineViews):
         self.next_funding_ms = (now_ms // self.funding_interval_ms + 1) * self.funding_interval_ms
         if self.replay is not None and self.replay.next_funding_ms < FAR_MS:
             self.next_funding_ms = self.replay.next_funding_ms  # the recording's next funding time
+        if config.history and self.replay is None:   # the day before the start (fleet/sim/history.py)
+            for b in self.books.values():
+                backfill(b, now_ms, b.model.params.volatility, self.funding_interval_ms, config.funding_rate_wander,
+                         random.Random(f"{seed}:{b.symbol}:history"))
         self.next_mark_ms = (now_ms // config.mark_interval_ms + 1) * config.mark_interval_ms
         self.next_mark3_ms = (now_ms // 3000 + 1) * 3000
         self.depth_due: dict[str, int] = {}

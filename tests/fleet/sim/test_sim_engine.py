@@ -339,7 +339,7 @@ def test_kline_stream_pushes_the_open_candle_and_each_closed_one_once_as_rest_sh
 
 
 def test_ticker_streams_push_the_rolling_day_every_2_s_as_rest_shows_it():
-    e = _engine()
+    e = _engine(history=False)   # the day holds the run's candles and the two made below, nothing before
     b = e.books["ETHUSDC"]
     e.watch("ethusdc@ticker", "ethusdc@miniTicker")
     frames: dict[str, list[dict]] = {"ethusdc@ticker": [], "ethusdc@miniTicker": []}
@@ -502,3 +502,24 @@ def test_klines_stop_with_the_other_streams_under_a_data_fault():
     e.set_frozen("ETHUSDC", True)
     e.advance(T0 + 5000)
     assert not [s for _, s, _ in e.drain() if s.startswith("ethusdc@")]
+
+
+def test_the_past_is_drawn_apart_from_the_live_market():
+    """A fresh engine starts with a day of candles and a month of funding (fleet/sim/history.py), the
+    same for a seed every time; the live market that follows is the one the seed gives without it."""
+    with_past, again, without = _engine(), _engine(), _engine(history=False)
+    b, b2, bare = (e.books["ETHUSDC"] for e in (with_past, again, without))
+    assert len(b.candles) == 1499 and not bare.candles and not bare.funding_history
+    assert len(b.funding_history) == 1000   # a settlement every 5 s here: the page's 1,000, not 30 days of them
+    assert list(b.candles) == list(b2.candles) and b.funding_history == b2.funding_history
+    assert b.candles[-1][4] == b.candle[1] and b.candles[-1][0] + 60_000 == b.candle[0]   # it ends at the start
+    assert b.candles[-1][11] + 1 == b.agg_id   # the live tape's ids follow the past's
+    mids = {}
+    for e in (with_past, without):
+        now, path = T0, []
+        while now < T0 + 10_000:
+            now += 50
+            e.advance(now)
+            path.append(e.books["ETHUSDC"].mid)
+        mids[e is without] = path
+    assert mids[False] == mids[True]

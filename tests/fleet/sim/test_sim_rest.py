@@ -60,7 +60,21 @@ async def test_public_endpoints_answer_in_binance_shapes(sim):
         assert pi["nextFundingTime"] % (8 * 3600 * 1000) == 0 and pi["nextFundingTime"] > t
         all_pi = (await c.public("GET", "/fapi/v1/premiumIndex")).json
         assert len(all_pi) == 3
-        assert (await c.public("GET", "/fapi/v1/fundingRate", {"symbol": "ETHUSDC"})).json == []
+        # the past a fresh start comes with (fleet/sim/history.py): a month of settlements, a day of candles
+        funding = (await c.public("GET", "/fapi/v1/fundingRate", {"symbol": "ETHUSDC"})).json
+        eight_h = 8 * 3600 * 1000
+        assert len(funding) == 90 and funding[-1]["fundingTime"] == pi["nextFundingTime"] - eight_h
+        assert all(b["fundingTime"] - a["fundingTime"] == eight_h for a, b in zip(funding, funding[1:]))
+        assert all(set(r) == {"symbol", "fundingRate", "fundingTime", "markPrice", "rateType"} for r in funding)
+        assert all(abs(Decimal(r["fundingRate"])) < Decimal("0.003") and 1000 < float(r["markPrice"]) < 9000
+                   for r in funding)
+        day = (await c.public("GET", "/fapi/v1/klines", {"symbol": "ETHUSDC", "interval": "1m", "limit": 1500})).json
+        assert len(day) == 1500 and all(b[0] - a[0] == 60_000 for a, b in zip(day, day[1:]))
+        assert day[-2][4] == day[-1][1]   # the past ends where the market started
+        assert all(Decimal(r[3]) <= min(Decimal(r[1]), Decimal(r[4])) and Decimal(r[2]) >= max(Decimal(r[1]), Decimal(r[4]))
+                   and Decimal(r[5]) > 0 and r[8] > 0 for r in day[:-1])
+        ticker = (await c.public("GET", "/fapi/v1/ticker/24hr", {"symbol": "ETHUSDC"})).json
+        assert ticker["count"] == ticker["lastId"] - ticker["firstId"] + 1 > 1000
 
 
 async def test_weight_header_counts_each_request_by_endpoint_weight(sim_factory):
