@@ -10,8 +10,8 @@ minutes before the open one, about 25 hours) and the settlements of ``FUNDING_DA
   the model's regimes and jumps are for the live market), each minute's high and low a half-minute's
   move beyond its open and close;
 - the synthetic takers' flow of the live market (``taker_rate`` arrivals a second, ``taker_mean_qty``
-  each, one in 30 ten times that, buyers and sellers alike): each minute's count, volume and taker-buy
-  volume drawn from it, at the minute's mean price. Their trade ids come first (1, 2, ...), the live
+  each, 3 in 100 ten times that, buyers and sellers alike): each minute's count, volume and taker-buy
+  volume drawn from it, priced at the mean of the minute's open and close. Their trade ids come first (1, 2, ...), the live
   tape's after them, so a day's count is its last id less its first plus one, as Binance's is; the
   trade lists themselves hold only the live trades;
 - the funding rate reverts to the symbol's base rate, by hour, with ``funding_rate_wander``, ending
