@@ -137,6 +137,8 @@ class RestHandlers:
         limit = self._limit(params, 500, 1000)
         from_id = self._int_param(params, "fromId")
         start, end = self._int_param(params, "startTime"), self._int_param(params, "endTime")
+        if start is not None and end is not None and end - start > 3_600_000:   # Binance: less than an hour
+            raise SimApiError(-1127, "More than 1 hours between startTime and endTime.")
         rows = [r for r in b.recent_trades if (from_id is None or r[0] >= from_id)
                 and (start is None or r[3] >= start) and (end is None or r[3] <= end)]
         rows = rows[:limit] if (from_id is not None or start is not None) else rows[-limit:]

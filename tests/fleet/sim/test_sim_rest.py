@@ -361,6 +361,10 @@ async def test_public_trades_agg_trades_and_klines(sim_factory):
         assert trades and {"id", "price", "qty", "quoteQty", "time", "isBuyerMaker"} <= set(trades[-1])
         assert trades[-1]["isBuyerMaker"] is False  # our market buy was the taker
         agg = (await c.public("GET", "/fapi/v1/aggTrades", {"symbol": "SOLUSDT"})).json
+        hour = {"symbol": "SOLUSDT", "startTime": agg[-1]["T"] - 3_600_000, "endTime": agg[-1]["T"]}
+        assert (await c.public("GET", "/fapi/v1/aggTrades", hour)).json[-1] == agg[-1]
+        wide = await c.public("GET", "/fapi/v1/aggTrades", {**hour, "startTime": hour["startTime"] - 1})
+        assert (wide.status, wide.json["code"]) == (400, -1127)   # a window of an hour at most, as Binance's
         assert agg[-1]["a"] == trades[-1]["id"] and agg[-1]["m"] is False
         # the old trades lookup takes the API key (MARKET_DATA), no signature
         unkeyed = await c.public("GET", "/fapi/v1/historicalTrades", {"symbol": "SOLUSDT"})
