@@ -21,7 +21,7 @@ from collections import deque
 from itertools import chain
 from typing import TYPE_CHECKING, Any, Iterable
 
-from fleet.sim.errors import SimApiError, int_param, invalid, missing
+from fleet.sim.errors import WEEK_MS, SimApiError, int_param, invalid, missing, within_a_week
 from fleet.sim.orders import CLIENT_ID_RE, DEFAULT_STP, PRICE_MATCH, STP_MODES, Account
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ TYPES = ("STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_S
 MAX_OPEN = 200   # "The conditional order limits is 200 across all symbols" (change log, 2025-12-29)
 CALLBACK_RANGE = (0.1, 20.0)   # percent; the maximum was raised from 10 to 20 on 2026-10-23
 HISTORY = 10_000   # closed algo orders kept per account for the queries (the open ones are all kept)
-WEEK_MS = 7 * 86_400_000
 
 
 def _zero(raw: str) -> bool:
@@ -258,8 +257,7 @@ class AlgoService:
         if from_id is not None:
             return [self.order_json(a) for a in rows if a.algo_id >= from_id][:limit]
         start, end = int_param(params, "startTime"), int_param(params, "endTime")
-        if start is not None and end is not None and end - start > WEEK_MS:
-            raise SimApiError(-1127, "More than 168 hours between startTime and endTime.")
+        within_a_week(start, end)
         end = end if end is not None else (start + WEEK_MS if start is not None else now)
         start = start if start is not None else end - WEEK_MS
         rows = [a for a in rows if start <= a.created <= end]

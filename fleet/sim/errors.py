@@ -47,3 +47,12 @@ def int_param(params: dict[str, str], name: str, default: int | None = None) -> 
     if not (digits.isascii() and digits.isdigit()):
         raise invalid(name)
     return int(raw)
+
+
+WEEK_MS = 7 * 86_400_000
+
+
+def within_a_week(start: int | None, end: int | None) -> None:
+    """allOrders, userTrades and allAlgoOrders take a startTime-endTime window of 7 days at most."""
+    if start is not None and end is not None and end - start > WEEK_MS:
+        raise SimApiError(-1127, "More than 168 hours between startTime and endTime.")

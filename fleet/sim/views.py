@@ -6,7 +6,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from fleet.sim.book import INDEX_RATIO, Book
-from fleet.sim.errors import int_param, invalid
+from fleet.sim.errors import int_param, invalid, within_a_week
 from fleet.sim.orders import Account, Order, Position
 from fleet.sim.units import Q8, ZERO, s8
 
@@ -82,6 +82,7 @@ class EngineViews:
         orders.sort(key=lambda o: o.order_id)
         from_id = int_param(params, "orderId")
         start, end = int_param(params, "startTime"), int_param(params, "endTime")
+        within_a_week(start, end)
         if from_id is not None:
             orders = [o for o in orders if o.order_id >= from_id]
         if start is not None:
@@ -121,6 +122,7 @@ class EngineViews:
         b = self.book(params.get("symbol"))
         trades = [t for t in acct.trades if t.symbol == b.symbol]
         start, end = int_param(params, "startTime"), int_param(params, "endTime")
+        within_a_week(start, end)
         order_id, from_id = int_param(params, "orderId"), int_param(params, "fromId")
         if start is not None:
             trades = [t for t in trades if t.time >= start]

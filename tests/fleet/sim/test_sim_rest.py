@@ -449,6 +449,12 @@ async def test_order_test_all_orders_tickers_and_account_settings(sim):
         page = (await c.signed("GET", "/fapi/v1/allOrders", {"symbol": "ETHUSDC", "orderId": placed["orderId"],
                                                              "limit": 2})).json
         assert [o["orderId"] for o in page] == [placed["orderId"], more[0]]   # from orderId on, oldest first
+        week = 7 * 86_400_000
+        for path in ("/fapi/v1/allOrders", "/fapi/v1/userTrades"):   # a window of 7 days at most
+            t = placed["updateTime"]
+            assert (await c.signed("GET", path, {"symbol": "ETHUSDC", "startTime": t - week, "endTime": t})).status == 200
+            wide = await c.signed("GET", path, {"symbol": "ETHUSDC", "startTime": t - week - 1, "endTime": t})
+            assert (wide.status, wide.json["code"]) == (400, -1127), (path, wide.json)
         amend = await c.signed("PUT", "/fapi/v1/order", {"symbol": "ETHUSDC", "orderId": more[0], "side": "BUY",
                                                          "quantity": "0.001", "price": price})
         assert amend.json["code"] == -5029   # an amendment's own MIN_NOTIONAL code
