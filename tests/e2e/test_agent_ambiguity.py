@@ -200,6 +200,8 @@ async def test_a_pull_whose_cancel_is_answered_unknown_is_sent_again_not_left_to
     resting until a look-up a recvWindow later settles the first cancel's fate."""
     runtime = RUNTIME.model_copy(update={"market_stale_sec": 1.0})
     agent = await make_agent(runtime=runtime)
+    # "quoting" comes before the first ladder lands: in sync with an empty book is not yet quoting
+    await wait_for(lambda: resting(agent, exchange), 10, "a ladder resting on both sides")
     await settled(agent, exchange)
     assert (await exchange.state())["open_orders"]
     await exchange.post("/sim/fault/rest", {"mode": "error", "answer": "-1007", "path": "/fapi/v1/",
