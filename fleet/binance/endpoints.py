@@ -82,6 +82,7 @@ def places_reduce_only(endpoint: Endpoint, params: Mapping[str, Any]) -> bool:
 def _reduce_only(order: Any) -> bool:
     return isinstance(order, Mapping) and str(order.get("reduceOnly", "")).lower() == "true"
 
+
 # -- account (signed) -----------------------------------------------------------------------------
 POSITION_RISK_V3 = _get("/fapi/v3/positionRisk", ACCOUNT, signed=True)
 POSITION_RISK_V2 = _get("/fapi/v2/positionRisk", ACCOUNT, signed=True)

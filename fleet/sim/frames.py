@@ -50,10 +50,9 @@ def render_continuous_kline(b: Book, interval: str, row: list[Any], first_id: in
                             closed: bool) -> dict[str, Any]:
     """A ``<pair>_perpetual@continuousKline_<interval>`` event: the perpetual's candle, named by pair
     and contract type (no symbol)."""
-    return {"e": "continuous_kline", "E": t, "ps": b.symbol, "ct": "PERPETUAL", "k": {
-        "t": row[0], "T": row[6], "i": interval, "f": first_id, "L": last_id, "o": row[1],
-        "c": row[4], "h": row[2], "l": row[3], "v": row[5], "n": row[8], "x": closed, "q": row[7],
-        "V": row[9], "Q": row[10], "B": "0"}}
+    k = render_kline(b, interval, row, first_id, last_id, t, closed)["k"]
+    del k["s"]
+    return {"e": "continuous_kline", "E": t, "ps": b.symbol, "ct": "PERPETUAL", "k": k}
 
 
 DAY_MS = 86_400_000

@@ -11,9 +11,9 @@ minutes before the open one, about 25 hours) and the settlements of ``FUNDING_DA
   move beyond its open and close;
 - the synthetic takers' flow of the live market (``taker_rate`` arrivals a second, ``taker_mean_qty``
   each, 3 in 100 ten times that, buyers and sellers alike): each minute's count, volume and taker-buy
-  volume drawn from it, priced at the mean of the minute's open and close. Their trade ids come first (1, 2, ...), the live
-  tape's after them, so a day's count is its last id less its first plus one, as Binance's is; the
-  trade lists themselves hold only the live trades;
+  volume drawn from it, priced at the mean of the minute's open and close. Their trade ids come first
+  (1, 2, ...), the live tape's after them, so a day's count is its last id less its first plus one, as
+  Binance's is; the trade lists themselves hold only the live trades;
 - the funding rate reverts to the symbol's base rate, by hour, with ``funding_rate_wander``, ending
   at the rate the symbol starts with; each settlement's mark is the walk's price at that time.
 
@@ -71,6 +71,7 @@ def _add_flow(b: Book, candles: list[list], rng: random.Random) -> None:
         c[5:12] = [volume, price_ticks * volume, n, bought, price_ticks * bought, next_id, next_id + n - 1]
         next_id += n
     b.agg_id = next_id
+
 
 def _walk_back(start: float, n: int, sigma: float, rng: random.Random) -> list[float]:
     """``start`` and the ``n`` prices before it, a step of ``sigma`` (log) each, newest first."""

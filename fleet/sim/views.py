@@ -177,8 +177,8 @@ class EngineViews:
         if not v["amt"]:
             return "0"
         asset = b.spec.margin_asset
-        others = [self._position_view(acct, o) for o in self.books.values()
-                  if o is not b and o.spec.margin_asset == asset]
+        others = [self._position_view(acct, self.books[sym]) for sym, pos in acct.positions.items()
+                  if pos.amount and sym != b.symbol and self.books[sym].spec.margin_asset == asset]   # flat ones add 0
         size = abs(v["amt"])
         side = 1 if v["amt"] > 0 else -1
         free = (acct.wallet.get(asset, ZERO) - sum((o["mm"] for o in others), ZERO)
