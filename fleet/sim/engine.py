@@ -24,8 +24,9 @@ from fleet.sim.frames import (render, render_account_update, render_agg, render_
                               render_order_update, render_ticker, render_trade, render_trade_lite, ticker_24h)
 from fleet.sim.history import backfill
 from fleet.sim.keys import ed25519_private_pem
+from fleet.sim.margin import IsolatedMargin
 from fleet.sim.market import MarketModel
-from fleet.sim.orders import CLIENT_ID_RE, DEFAULT_STP, PRICE_MATCH, STP_MODES, Account, Order, Trade
+from fleet.sim.orders import CLIENT_ID_RE, DEFAULT_STP, PRICE_MATCH, STP_MODES, Account, Order, Position, Trade
 from fleet.sim.replay import ReplayMarket
 from fleet.sim.streams import (ALL_TICKERS_EVERY_MS, DEPTH_EVERY_MS, KLINE_EVERY_MS, KLINE_MINUTES, TICKER_EVERY_MS,
                                kline_next, kline_open)
@@ -61,7 +62,7 @@ def _gone(last: dict[int, int], shown: set[int], now: dict[int, int], levels: li
     return [(p, 0) for p in maybe if p not in now and (deepest is None or (p - deepest) * deeper <= 0)]
 
 
-class Engine(EngineViews):
+class Engine(EngineViews, IsolatedMargin):
     """The exchange: call its methods with an account name, parameters and ``now_ms``."""
 
     def __init__(self, config: SimConfig, seed: int = 7, now_ms: int = 0,
@@ -720,6 +721,8 @@ class Engine(EngineViews):
         pos.amount = steps
         pos.entry = entry if steps else ZERO
         pos.update_time = now
+        if b.symbol in acct.isolated:   # the initial margin at the entry, from the cross wallet
+            pos.isolated_wallet = q8(abs(entry * b.step * steps) / self.leverage_of(acct, b.symbol))
         self._emit_account_update(acct, b, "ADJUSTMENT", now, ZERO)
 
     def set_frozen(self, symbol: str | None, frozen: bool, mode: str = "data") -> list[str]:
@@ -758,19 +761,28 @@ class Engine(EngineViews):
                 pos.funding += fee
                 acct.wallet[asset] = acct.wallet.get(asset, ZERO) + fee
                 self._income(acct, b.symbol, "FUNDING_FEE", fee, asset, t, "")
-                wb = s8(acct.wallet[asset])
-                # the real cross-margin frame (key order as captured): the margin asset only, no symbol;
-                # a client attributes it through GET /fapi/v1/income (same time, asset and amount)
-                frame: dict[str, Any] = {"B": [{"a": asset, "wb": wb, "cw": wb, "bc": s8(fee)}], "P": [],
-                                         "m": "FUNDING_FEE"}
-                with_symbol = acct.funding_frame_symbol
-                if with_symbol if with_symbol is not None else self.config.funding_frame_symbol:
-                    frame["S"] = b.symbol  # the 2026 SDK's "Symbol associated with FUNDING_FEE event"
-                self._emit_user(acct.name, {"e": "ACCOUNT_UPDATE", "T": t, "E": t, "a": frame})
+                self._emit_funding(acct, b, pos, fee, t)
                 charged.append({"account": acct.name, "symbol": b.symbol, "fee": s8(fee),
                                 "mark_price": f"{mark:f}", "rate": f"{rate:.8f}",
                                 "position": b.qty_str(pos.amount)})
         return charged
+
+    def _emit_funding(self, acct: Account, b: Book, pos: Position, fee: Decimal, t: int) -> None:
+        """The FUNDING_FEE ACCOUNT_UPDATE. Cross: the real frame (key order as captured), the margin asset
+        only, no symbol (a client attributes it through GET /fapi/v1/income: same time, asset and
+        amount). Isolated: the position's wallet pays it, and the frame carries that one position."""
+        asset = b.spec.margin_asset
+        if b.symbol in acct.isolated:
+            pos.isolated_wallet += fee
+            frame = render_account_update(b, "FUNDING_FEE", acct.wallet[asset], self.cross_wallet(acct, asset), fee,
+                                          pos.amount, pos.entry, pos.realized, b.mark, t, pos.isolated_wallet)["a"]
+        else:
+            wb = s8(acct.wallet[asset])
+            frame = {"B": [{"a": asset, "wb": wb, "cw": wb, "bc": s8(fee)}], "P": [], "m": "FUNDING_FEE"}
+        with_symbol = acct.funding_frame_symbol
+        if with_symbol if with_symbol is not None else self.config.funding_frame_symbol:
+            frame["S"] = b.symbol  # the 2026 SDK's "Symbol associated with FUNDING_FEE event"
+        self._emit_user(acct.name, {"e": "ACCOUNT_UPDATE", "T": t, "E": t, "a": frame})
 
     def _income(self, acct: Account, symbol: str, kind: str, amount: Decimal, asset: str, t: int,
                 trade_id: str) -> None:
@@ -804,6 +816,8 @@ class Engine(EngineViews):
             elif qty == abs(old):
                 pos.entry = ZERO
         pos.amount = old + sign * qty
+        if acct.isolated and b.symbol in acct.isolated:
+            self._isolated_fill(acct, b, pos, old, sign * qty, px, t)
         pos.realized += realized
         pos.update_time = t
         rate = self.maker_rate if maker else self.taker_rate
@@ -842,8 +856,11 @@ class Engine(EngineViews):
 
     def _emit_account_update(self, acct: Account, b: Book, reason: str, t: int, change: Decimal) -> None:
         pos = acct.position(b.symbol)
-        self._emit_user(acct.name, (render_account_update, b, reason, acct.wallet.get(b.spec.margin_asset, ZERO),
-                                    change, pos.amount, pos.entry, pos.realized, b.mark, t))
+        asset = b.spec.margin_asset
+        cross = self.cross_wallet(acct, asset) if acct.isolated else acct.wallet.get(asset, ZERO)
+        self._emit_user(acct.name, (render_account_update, b, reason, acct.wallet.get(asset, ZERO), cross,
+                                    change, pos.amount, pos.entry, pos.realized, b.mark, t,
+                                    self.isolated_wallet(acct, b.symbol)))
 
     @staticmethod
     def _open_insert(acct: Account, o: Order) -> None:
@@ -1035,10 +1052,11 @@ class Engine(EngineViews):
 
     def _available_fast(self, acct: Account, asset: str) -> float:
         """available_balance in floats: the pre-trade margin check runs on every order."""
-        avail = float(acct.wallet.get(asset, ZERO))
+        isolated = acct.isolated
+        avail = float(self.cross_wallet(acct, asset) if isolated else acct.wallet.get(asset, ZERO))
         books = self.books
         for symbol, pos in acct.positions.items():
-            if pos.amount:
+            if pos.amount and not (isolated and symbol in isolated):
                 b = books[symbol]
                 if b.spec.margin_asset == asset:
                     qty = pos.amount * b.step_f

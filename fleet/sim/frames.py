@@ -126,9 +126,11 @@ def render_trade_lite(b: Book, o: Order, orig: int, price: int, fill_price: int,
             "L": b.price_str(fill_price), "l": b.qty_str(qty), "t": trade_id, "i": o.order_id}
 
 
-def render_account_update(b: Book, reason: str, wallet: Decimal, change: Decimal, amount: int, entry: Decimal,
-                           realized: Decimal, mark: float, t: int) -> dict[str, Any]:
-    wb = s8(wallet)
+def render_account_update(b: Book, reason: str, wallet: Decimal, cross: Decimal, change: Decimal, amount: int,
+                          entry: Decimal, realized: Decimal, mark: float, t: int,
+                          isolated_wallet: Decimal | None) -> dict[str, Any]:
+    """``cross``: the cross wallet (the wallet less the isolated positions' wallets); ``isolated_wallet``:
+    the position's, None when its symbol is in cross margin."""
     if amount:
         upnl = (Decimal(f"{mark:.8f}") - entry) * (b.step * amount)
         ep = f"{entry:f}"
@@ -136,9 +138,11 @@ def render_account_update(b: Book, reason: str, wallet: Decimal, change: Decimal
         upnl = ZERO
         ep = "0"
     return {"e": "ACCOUNT_UPDATE", "E": t, "T": t, "a": {
-        "m": reason, "B": [{"a": b.spec.margin_asset, "wb": wb, "cw": wb, "bc": s8(change)}],
+        "m": reason, "B": [{"a": b.spec.margin_asset, "wb": s8(wallet), "cw": s8(cross), "bc": s8(change)}],
         "P": [{"s": b.symbol, "pa": b.qty_str(amount), "ep": ep, "bep": ep, "cr": s8(realized), "up": s8(upnl),
-               "mt": "cross", "iw": "0", "ps": "BOTH", "ma": b.spec.margin_asset}]}}
+               "mt": "cross" if isolated_wallet is None else "isolated",
+               "iw": "0" if isolated_wallet is None else s8(isolated_wallet), "ps": "BOTH",
+               "ma": b.spec.margin_asset}]}}
 
 
 def render_order_update(b: Book, o: Order, exec_type: str, status: str, orig: int, price: int, filled: int,

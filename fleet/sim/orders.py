@@ -90,7 +90,7 @@ class Order:
 
 
 class Position:
-    __slots__ = ("amount", "entry", "realized", "funding", "commission", "update_time")
+    __slots__ = ("amount", "entry", "realized", "funding", "commission", "update_time", "isolated_wallet")
 
     def __init__(self) -> None:
         self.amount = 0  # steps, signed
@@ -99,6 +99,7 @@ class Position:
         self.funding = ZERO  # accumulated funding (negative = paid)
         self.commission = ZERO  # accumulated commissions paid (positive)
         self.update_time = 0
+        self.isolated_wallet = ZERO  # the margin held by an isolated position (fleet.sim.margin)
 
 
 class Account:
@@ -115,6 +116,8 @@ class Account:
         self.default_leverage = spec.leverage
         self.funding_frame_symbol = spec.funding_frame_symbol  # None = the simulator's global switch
         self.leverage: dict[str, int] = {}
+        self.isolated: set[str] = set()  # the symbols in isolated margin mode (cross otherwise)
+        self.margin_history: list[dict[str, Any]] = []  # POST /fapi/v1/positionMargin's transfers
         self.positions: dict[str, Position] = {}
         self.open: dict[int, Order] = {}
         self.by_cid: dict[str, Order] = {}  # open orders by clientOrderId

@@ -278,17 +278,6 @@ class RestHandlers:
                 out.append(exc.body())
         return out
 
-    def _margin_type(self, account: str, params: dict[str, str], now: int) -> Any:
-        self.engine.book(params.get("symbol"))
-        mt = params.get("marginType")
-        if not mt:
-            raise missing("marginType")
-        if mt.upper() == "CROSSED":
-            raise SimApiError(-4046, "No need to change margin type.")
-        if mt.upper() == "ISOLATED":
-            raise SimApiError(-4048, "Margin type cannot be changed: the simulator supports cross margin only.")
-        raise SimApiError(-1130, "Data sent for parameter 'marginType' is not valid.")
-
     def _position_side(self, account: str, params: dict[str, str], now: int) -> Any:
         raw = (params.get("dualSidePosition") or "").lower()
         if raw == "false":
@@ -315,11 +304,12 @@ class RestHandlers:
              "maintMarginRatio": float(MAINT_MARGIN_RATE), "cum": 0.0}]} for b in books]
 
     def _symbol_config(self, account: str, params: dict[str, str], now: int) -> Any:
-        """GET /fapi/v1/symbolConfig: the account's per-symbol settings (cross only in the simulator)."""
+        """GET /fapi/v1/symbolConfig: the account's per-symbol settings."""
         e = self.engine
         acct = e.account(account)
         books = [e.book(params["symbol"])] if params.get("symbol") else list(e.books.values())
-        return [{"symbol": b.symbol, "marginType": "CROSSED", "isAutoAddMargin": False,
+        return [{"symbol": b.symbol, "marginType": "ISOLATED" if b.symbol in acct.isolated else "CROSSED",
+                 "isAutoAddMargin": False,
                  "leverage": e.leverage_of(acct, b.symbol), "maxNotionalValue": "1000000000"} for b in books]
 
     def _listen_key_close(self, account: str, params: dict[str, str], now: int) -> Any:

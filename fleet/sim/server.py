@@ -123,8 +123,9 @@ input, 404 on an unknown route)::
           "P":[],"m":"FUNDING_FEE"}}, plus an income record {"symbol","incomeType":"FUNDING_FEE","income",
          "asset","info","time":t,"tranId","tradeId":""} (GET /fapi/v1/income: symbol, incomeType,
          startTime, endTime, limit) by which a client attributes it. Config funding_frame_symbol: true
-         (global, or per account) adds the 2026 SDK's a.S. (The simulator is cross-only: marginType
-         ISOLATED is refused, so Binance's isolated shape, B plus that position, does not occur.)
+         (global, or per account) adds the 2026 SDK's a.S. A symbol in isolated margin (POST
+         /fapi/v1/marginType) gets Binance's isolated shape instead: B plus that position, whose isolated
+         wallet paid it (fleet/sim/margin.py).
     POST /sim/position       {"account": "main", "symbol": "ETHUSDC", "amount": "0.18", "entry_price": "3000"}
          set a position directly (entry optional: the mark); pushes ACCOUNT_UPDATE m=ADJUSTMENT
     POST /sim/countdown/check {}      run due dead-man switches now (the clock also wakes for them)

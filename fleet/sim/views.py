@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Any, Callable
 
 from fleet.sim.book import INDEX_RATIO, Book
 from fleet.sim.errors import int_param, invalid, within_a_week
@@ -23,6 +23,7 @@ class EngineViews:
     next_funding_ms: int
     replay: Any  # a ReplayMarket when the market replays a recording, else None
     algo: Any    # the AlgoService: conditional orders
+    cross_wallet: Callable[[Account, str], Decimal]   # fleet.sim.margin.IsolatedMargin's
 
     def book(self, symbol: str | None) -> Book:  # pragma: no cover - provided by Engine
         raise NotImplementedError
@@ -34,12 +35,13 @@ class EngineViews:
         raise NotImplementedError
 
     def available_balance(self, acct: Account, asset: str) -> Decimal:
-        wallet = acct.wallet.get(asset, ZERO)
+        """The cross side's: its wallet and positions, less every open order's initial margin."""
+        wallet = self.cross_wallet(acct, asset)
         used = ZERO
         upnl = ZERO
         for symbol, pos in acct.positions.items():
             b = self.books[symbol]
-            if b.spec.margin_asset != asset or not pos.amount:
+            if b.spec.margin_asset != asset or not pos.amount or symbol in acct.isolated:
                 continue
             lev = self.leverage_of(acct, symbol)
             notional = b.step * abs(pos.amount) * b.mark_dec()
@@ -162,26 +164,34 @@ class EngineViews:
         lev = self.leverage_of(acct, b.symbol)
         notional = mark * amt
         bids, asks = self._open_notional(acct, b.symbol)
+        isolated = b.symbol in acct.isolated
         return {"symbol": b.symbol, "amt": amt, "entry": pos.entry if pos.amount else ZERO, "upnl": upnl,
                 "mark": mark, "lev": lev, "notional": notional, "bids": bids, "asks": asks,
                 "update": pos.update_time, "im": abs(notional) / lev, "oim": (bids + asks) / lev,
-                "mm": abs(notional) * MAINT_MARGIN_RATE}
+                "mm": abs(notional) * MAINT_MARGIN_RATE, "isolated": isolated,
+                "iw": pos.isolated_wallet if isolated else ZERO}
 
     def _liquidation_price(self, acct: Account, b: Book, v: dict[str, Any]) -> str:
-        """Where the cross position of ``b`` would be liquidated, by Binance's single-asset cross formula:
+        """Where the position of ``b`` would be liquidated, by Binance's single-asset formula:
         (wallet - others' maintenance + others' unrealized P&L + cum - side x size x entry) /
-        (size x maintenance rate - side x size), the others being the margin asset's other positions
-        (one bracket here: maintenance rate MAINT_MARGIN_RATE, cum 0). "0" when flat, or when no price
-        would do it (a long whose margin outlasts a fall to 0). The simulator reports it and liquidates
-        nobody."""
+        (size x maintenance rate - side x size). Cross: the wallet is the cross wallet and the others
+        are the margin asset's other cross positions; isolated: the wallet is the position's isolated
+        wallet and there are no others. One bracket here: maintenance rate MAINT_MARGIN_RATE, cum 0.
+        "0" when flat, or when no price would do it (a long whose margin outlasts a fall to 0). The
+        simulator reports it and liquidates nobody."""
         if not v["amt"]:
             return "0"
         asset = b.spec.margin_asset
-        others = [self._position_view(acct, self.books[sym]) for sym, pos in acct.positions.items()
-                  if pos.amount and sym != b.symbol and self.books[sym].spec.margin_asset == asset]   # flat ones add 0
+        if v["isolated"]:
+            wallet, others = v["iw"], []
+        else:
+            wallet = self.cross_wallet(acct, asset)
+            others = [self._position_view(acct, self.books[sym]) for sym, pos in acct.positions.items()
+                      if pos.amount and sym != b.symbol and sym not in acct.isolated
+                      and self.books[sym].spec.margin_asset == asset]   # flat ones add 0
         size = abs(v["amt"])
         side = 1 if v["amt"] > 0 else -1
-        free = (acct.wallet.get(asset, ZERO) - sum((o["mm"] for o in others), ZERO)
+        free = (wallet - sum((o["mm"] for o in others), ZERO)
                 + sum((o["upnl"] for o in others), ZERO) - side * size * v["entry"])
         price = free / (size * MAINT_MARGIN_RATE - side * size)
         return s8(price) if price > 0 else "0"
@@ -199,15 +209,17 @@ class EngineViews:
             common = {"symbol": b.symbol, "positionSide": "BOTH", "positionAmt": f"{v['amt']:f}",
                       "entryPrice": entry, "breakEvenPrice": entry, "markPrice": f"{v['mark']:f}",
                       "unRealizedProfit": s8(v["upnl"]), "liquidationPrice": self._liquidation_price(acct, b, v),
-                      "isolatedMargin": "0.00000000", "notional": s8(v["notional"]),
-                      "isolatedWallet": "0", "updateTime": v["update"]}
+                      "isolatedMargin": s8(v["iw"] + v["upnl"] if v["isolated"] else ZERO),
+                      "notional": s8(v["notional"]), "isolatedWallet": s8(v["iw"]) if v["isolated"] else "0",
+                      "updateTime": v["update"]}
             if version >= 3:
                 common.update({"marginAsset": b.spec.margin_asset, "initialMargin": s8(v["im"] + v["oim"]),
                                "maintMargin": s8(v["mm"]), "positionInitialMargin": s8(v["im"]),
                                "openOrderInitialMargin": s8(v["oim"]), "adl": 0,
                                "bidNotional": s8(v["bids"]), "askNotional": s8(v["asks"])})
             else:
-                common.update({"marginType": "cross", "isAutoAddMargin": "false", "leverage": str(v["lev"]),
+                common.update({"marginType": "isolated" if v["isolated"] else "cross", "isAutoAddMargin": "false",
+                               "leverage": str(v["lev"]),
                                "maxNotionalValue": "1000000000"})
             out.append(common)
         return out
@@ -217,11 +229,11 @@ class EngineViews:
         out = []
         for asset in sorted(acct.wallet):
             wallet = acct.wallet[asset]
-            upnl = sum((self._position_view(acct, b)["upnl"] for b in self.books.values()
-                        if b.spec.margin_asset == asset), ZERO)
+            upnl = sum((v["upnl"] for v in (self._position_view(acct, b) for b in self.books.values()
+                                            if b.spec.margin_asset == asset) if not v["isolated"]), ZERO)
             avail = self.available_balance(acct, asset)
             out.append({"accountAlias": "SimAccount", "asset": asset, "balance": s8(wallet),
-                        "crossWalletBalance": s8(wallet), "crossUnPnl": s8(upnl),
+                        "crossWalletBalance": s8(self.cross_wallet(acct, asset)), "crossUnPnl": s8(upnl),
                         "availableBalance": s8(avail), "maxWithdrawAmount": s8(max(avail, ZERO)),
                         "marginAvailable": True, "updateTime": self.now_ms})
         return out
@@ -229,11 +241,12 @@ class EngineViews:
     def account_info(self, account: str, version: int) -> dict[str, Any]:
         acct = self.account(account)
         assets = []
-        tot = {k: ZERO for k in ("wallet", "upnl", "im", "oim", "mm", "avail")}
+        tot = {k: ZERO for k in ("wallet", "upnl", "im", "oim", "mm", "avail", "cross", "cross_upnl")}
         for asset in sorted(acct.wallet):
             wallet = acct.wallet[asset]
             views = [self._position_view(acct, b) for b in self.books.values() if b.spec.margin_asset == asset]
             upnl = sum((v["upnl"] for v in views), ZERO)
+            cross, cross_upnl = self.cross_wallet(acct, asset), sum((v["upnl"] for v in views if not v["isolated"]), ZERO)
             im = sum((v["im"] for v in views), ZERO)
             oim = sum((v["oim"] for v in views), ZERO)
             mm = sum((v["mm"] for v in views), ZERO)
@@ -241,14 +254,14 @@ class EngineViews:
             assets.append({"asset": asset, "walletBalance": s8(wallet), "unrealizedProfit": s8(upnl),
                            "marginBalance": s8(wallet + upnl), "maintMargin": s8(mm),
                            "initialMargin": s8(im + oim), "positionInitialMargin": s8(im),
-                           "openOrderInitialMargin": s8(oim), "crossWalletBalance": s8(wallet),
-                           "crossUnPnl": s8(upnl), "availableBalance": s8(avail),
+                           "openOrderInitialMargin": s8(oim), "crossWalletBalance": s8(cross),
+                           "crossUnPnl": s8(cross_upnl), "availableBalance": s8(avail),
                            "maxWithdrawAmount": s8(max(avail, ZERO)), "marginAvailable": True,
                            "updateTime": self.now_ms})
             if asset != "USDT":   # single-asset mode: the account's totals are "only for USDT asset"
                 continue
             for k, v in (("wallet", wallet), ("upnl", upnl), ("im", im), ("oim", oim), ("mm", mm),
-                         ("avail", avail)):
+                         ("avail", avail), ("cross", cross), ("cross_upnl", cross_upnl)):
                 tot[k] += v
         positions = []
         for b in self.books.values():
@@ -257,12 +270,14 @@ class EngineViews:
             if version >= 3 and v["amt"] == 0 and not has_orders:
                 continue
             p = {"symbol": b.symbol, "positionSide": "BOTH", "positionAmt": f"{v['amt']:f}",
-                 "unrealizedProfit": s8(v["upnl"]), "isolatedMargin": "0", "notional": s8(v["notional"]),
-                 "isolatedWallet": "0", "initialMargin": s8(v["im"] + v["oim"]), "maintMargin": s8(v["mm"]),
+                 "unrealizedProfit": s8(v["upnl"]),
+                 "isolatedMargin": s8(v["iw"] + v["upnl"]) if v["isolated"] else "0", "notional": s8(v["notional"]),
+                 "isolatedWallet": s8(v["iw"]) if v["isolated"] else "0",
+                 "initialMargin": s8(v["im"] + v["oim"]), "maintMargin": s8(v["mm"]),
                  "updateTime": v["update"]}
             if version < 3:
                 p.update({"positionInitialMargin": s8(v["im"]), "openOrderInitialMargin": s8(v["oim"]),
-                          "leverage": str(v["lev"]), "isolated": False,
+                          "leverage": str(v["lev"]), "isolated": v["isolated"],
                           "entryPrice": f"{v['entry']:f}" if v["amt"] else "0.0",
                           "breakEvenPrice": f"{v['entry']:f}" if v["amt"] else "0.0",
                           "maxNotional": "1000000000", "bidNotional": s8(v["bids"]),
@@ -277,7 +292,7 @@ class EngineViews:
                     "totalMarginBalance": s8(tot["wallet"] + tot["upnl"]),
                     "totalPositionInitialMargin": s8(tot["im"]),
                     "totalOpenOrderInitialMargin": s8(tot["oim"]),
-                    "totalCrossWalletBalance": s8(tot["wallet"]), "totalCrossUnPnl": s8(tot["upnl"]),
+                    "totalCrossWalletBalance": s8(tot["cross"]), "totalCrossUnPnl": s8(tot["cross_upnl"]),
                     "availableBalance": s8(tot["avail"]), "maxWithdrawAmount": s8(max(tot["avail"], ZERO)),
                     "assets": assets, "positions": positions})
         return out
@@ -331,6 +346,8 @@ class EngineViews:
                 "unrealized_pnl": s8((mark - pos.entry) * (b.step * pos.amount) if pos.amount else ZERO),
                 "realized_pnl": s8(pos.realized), "funding": s8(pos.funding),
                 "commission": s8(pos.commission), "leverage": self.leverage_of(acct, b.symbol),
+                "margin_type": "isolated" if b.symbol in acct.isolated else "cross",
+                "isolated_wallet": s8(pos.isolated_wallet) if b.symbol in acct.isolated else "0",
                 "countdown_deadline_ms": acct.countdowns.get(b.symbol)}
         orders = []
         for o in sorted(acct.open.values(), key=lambda o: o.seq):

@@ -122,3 +122,35 @@ async def test_ccxt_binanceusdm_trades_over_the_websocket_api(sim):
         assert isinstance(await ex.fetch_positions_ws(["ETH/USDC:USDC"]), list)
     finally:
         await ex.close()
+
+
+def test_ccxt_binanceusdm_trades_in_isolated_margin_and_moves_its_margin(sim_thread):
+    """A client that trades isolated (freqtrade's usual futures setting) sets the mode, opens a position
+    whose collateral is its own, adds and reduces that margin and reads the moves back."""
+    ex = _client(sim_thread)
+    ex.load_markets()
+    sym = "ETH/USDC:USDC"
+    ex.set_margin_mode("isolated", sym)
+    ex.set_leverage(5, sym)
+    assert ex.fetch_margin_mode(sym)["marginMode"] == "isolated"
+    ex.create_order(sym, "market", "buy", 0.5)
+    pos = next(p for p in ex.fetch_positions([sym]) if p["symbol"] == sym)
+    assert pos["marginMode"] == "isolated" and pos["contracts"] == 0.5
+    entry = pos["entryPrice"]
+    truth = requests.get(f"{sim_thread.rest_url}/sim/state", params={"symbol": "ETHUSDC"}, timeout=5).json()
+    iw = float(truth["positions"]["ETHUSDC"]["isolated_wallet"])
+    assert truth["positions"]["ETHUSDC"]["margin_type"] == "isolated"
+    assert abs(iw - entry * 0.5 / 5) < 0.01                      # the initial margin of the fill, at 5x
+    assert pos["collateral"] == round(iw + pos["unrealizedPnl"], 8)
+    assert entry * 0.8 < pos["liquidationPrice"] < entry * 0.81   # 5x: some 20 % below, the maintenance nearer
+    assert ex.add_margin(sym, 25)["status"] == "ok"
+    assert ex.reduce_margin(sym, 10)["status"] == "ok"
+    truth = requests.get(f"{sim_thread.rest_url}/sim/state", params={"symbol": "ETHUSDC"}, timeout=5).json()
+    assert abs(float(truth["positions"]["ETHUSDC"]["isolated_wallet"]) - (iw + 15)) < 1e-8
+    moves = ex.fetch_margin_adjustment_history(sym)
+    assert [(m["type"], m["amount"]) for m in moves if m["info"]["deltaType"] == "USER_ADJUST"] == [
+        ("add", 25.0), ("reduce", 10.0)]
+    ex.create_order(sym, "market", "sell", 0.5, None, {"reduceOnly": True})
+    ex.set_margin_mode("cross", sym)
+    truth = requests.get(f"{sim_thread.rest_url}/sim/state", params={"symbol": "ETHUSDC"}, timeout=5).json()
+    assert truth["positions"]["ETHUSDC"]["margin_type"] == "cross" and float(truth["positions"]["ETHUSDC"]["amount"]) == 0

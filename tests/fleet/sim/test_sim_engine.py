@@ -260,7 +260,7 @@ def test_diff_depth_stream_keeps_a_local_book_in_sync_the_binance_way():
 
 junk = st.one_of(st.none(), st.text(max_size=12), st.sampled_from(
     ["", "0", "-1", "1e3", "NaN", "inf", "0.010", "3000.00", "BUY", "SELL", "LIMIT", "MARKET", "GTX", "true",
-     "ETHUSDC", "ethusdc", "99999999999999999999", "1.2.3", " 1", "١٢"]))
+     "ETHUSDC", "ethusdc", "99999999999999999999", "1.2.3", " 1", "١٢", "1", "2", "ISOLATED", "CROSSED"]))
 fields = ["symbol", "side", "type", "timeInForce", "price", "quantity", "reduceOnly", "newClientOrderId",
           "newOrderRespType", "orderId", "origClientOrderId", "countdownTime", "leverage", "limit", "startTime",
           "endTime", "incomeType", "positionSide"]
@@ -288,7 +288,8 @@ def test_malformed_parameters_always_answer_a_binance_error_never_crash(params, 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(params=st.dictionaries(st.sampled_from(fields + ["interval", "fromId", "batchOrders", "orderIdList",
-                                                        "origClientOrderIdList", "marginType", "dualSidePosition"]),
+                                                        "origClientOrderIdList", "marginType", "dualSidePosition",
+                                                        "amount"]),
                               st.one_of(junk, st.sampled_from(['[{"symbol":"ETHUSDC"}]', "[1,2]", "[]", "{}", "[",
                                                                '["a"]', "1m"])), max_size=8),
        symbol=st.one_of(st.just("ETHUSDC"), junk))

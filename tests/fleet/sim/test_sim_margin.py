@@ -1,0 +1,188 @@
+"""Isolated margin in the engine: the margin type, the isolated wallet through fills, transfers and
+funding, and every total Binance reports adding up (fleet/sim/margin.py states the bookkeeping)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from fleet.sim.config import load_sim_config
+from fleet.sim.engine import Engine, SimApiError
+from fleet.sim.units import q8
+from fleet.sim.views import MAINT_MARGIN_RATE
+
+T0 = 1_800_000_000_000
+SYM = "ETHUSDC"
+
+
+def _engine() -> Engine:
+    cfg = {"history": False, "symbols": [{"symbol": SYM, "base_asset": "ETH", "quote_asset": "USDC",
+                                          "start_price": 3000, "taker_rate": 0.0, "level_qty": 0.5}]}
+    return Engine(load_sim_config(cfg), seed=5, now_ms=T0)
+
+
+def _code(call) -> int:
+    with pytest.raises(SimApiError) as err:
+        call()
+    return err.value.code
+
+
+def _market(e: Engine, side: str, qty: str) -> None:
+    e.new_order("main", {"symbol": SYM, "side": side, "type": "MARKET", "quantity": qty}, T0)
+
+
+def _isolate(e: Engine) -> None:
+    assert e.set_margin_type("main", {"symbol": SYM, "marginType": "ISOLATED"}, T0) == {"code": 200, "msg": "success"}
+
+
+def _usdc(e: Engine) -> dict[str, Decimal]:
+    row = next(r for r in e.balances("main") if r["asset"] == "USDC")
+    return {k: Decimal(row[k]) for k in ("balance", "crossWalletBalance", "crossUnPnl", "availableBalance")}
+
+
+def _risk(e: Engine, version: int = 2) -> dict:
+    return e.position_risk("main", SYM, version)[0]
+
+
+def _updates(e: Engine) -> list[dict]:
+    return [p for k, _, p in e.drain_rendered() if k == "u" and p["e"] == "ACCOUNT_UPDATE"]
+
+
+def test_the_margin_type_changes_only_with_no_position_and_no_open_order():
+    e = _engine()
+    b = e.books[SYM]
+    assert _code(lambda: e.set_margin_type("main", {"symbol": SYM, "marginType": "CROSSED"}, T0)) == -4046
+    assert _code(lambda: e.set_margin_type("main", {"symbol": SYM, "marginType": "HALF"}, T0)) == -1130
+    assert _code(lambda: e.set_margin_type("main", {"symbol": SYM}, T0)) == -1102
+    e.new_order("main", {"symbol": SYM, "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
+                         "price": b.price_str(b.best_bid() - 50), "quantity": "0.1"}, T0)
+    assert _code(lambda: e.set_margin_type("main", {"symbol": SYM, "marginType": "ISOLATED"}, T0)) == -4047
+    e.cancel_all("main", {"symbol": SYM}, T0)
+    _market(e, "BUY", "0.1")
+    assert _code(lambda: e.set_margin_type("main", {"symbol": SYM, "marginType": "ISOLATED"}, T0)) == -4048
+    _market(e, "SELL", "0.1")
+    e.drain()
+    _isolate(e)
+    assert _code(lambda: e.set_margin_type("main", {"symbol": SYM, "marginType": "ISOLATED"}, T0)) == -4046
+    [update] = _updates(e)
+    assert update["a"]["m"] == "MARGIN_TYPE_CHANGE" and update["a"]["P"][0]["mt"] == "isolated"
+    assert _risk(e)["marginType"] == "isolated" and e.state("main", SYM)["positions"][SYM]["margin_type"] == "isolated"
+    assert e.set_margin_type("main", {"symbol": SYM, "marginType": "CROSSED"}, T0)["code"] == 200
+    assert _risk(e)["marginType"] == "cross"
+
+
+def test_an_isolated_position_holds_its_fills_margin_apart_and_the_totals_add_up():
+    e = _engine()
+    acct = e.accounts["main"]
+    start = _usdc(e)["balance"]
+    _isolate(e)
+    e.drain()
+    _market(e, "BUY", "0.4")
+    lev = e.leverage_of(acct, SYM)
+    fills = [t for t in acct.trades if t.symbol == SYM]
+    iw = sum((q8(Decimal(t.price) * Decimal(t.qty) / lev) for t in fills), Decimal(0))
+    fees = sum((Decimal(t.commission) for t in fills), Decimal(0))
+    money = _usdc(e)
+    assert money["balance"] == start - fees                     # the wallet: every asset's money
+    assert money["crossWalletBalance"] == money["balance"] - iw  # less the isolated wallet
+    assert money["crossUnPnl"] == 0                             # the isolated position's P&L is its own
+    assert money["availableBalance"] == money["crossWalletBalance"]
+    risk = _risk(e)
+    assert Decimal(risk["isolatedWallet"]) == iw
+    assert Decimal(risk["isolatedMargin"]) == iw + Decimal(risk["unRealizedProfit"])
+    # the isolated liquidation price reads the isolated wallet alone: (iw - size x entry) / (size x mmr - size)
+    size, entry = Decimal("0.4"), Decimal(risk["entryPrice"])
+    liq = Decimal(risk["liquidationPrice"])
+    assert liq == q8((iw - size * entry) / (size * MAINT_MARGIN_RATE - size))
+    assert entry * (1 - Decimal(1) / lev) < liq < entry   # within the leverage's reach below the entry
+    account = e.account_info("main", 2)
+    row = next(p for p in account["positions"] if p["symbol"] == SYM)
+    assert row["isolated"] is True and Decimal(row["isolatedWallet"]) == iw
+    frame = _updates(e)[-1]["a"]
+    assert frame["P"][0]["mt"] == "isolated" and Decimal(frame["P"][0]["iw"]) == iw
+    assert Decimal(frame["B"][0]["cw"]) == Decimal(frame["B"][0]["wb"]) - iw
+    # a fill that closes a quarter returns a quarter of the isolated wallet; the rest closes it all
+    _market(e, "SELL", "0.1")
+    assert Decimal(_risk(e)["isolatedWallet"]) == iw - q8(iw / 4)
+    _market(e, "SELL", "0.3")
+    money = _usdc(e)
+    assert _risk(e)["isolatedWallet"] == "0.00000000" and money["crossWalletBalance"] == money["balance"]
+    realized = sum((Decimal(t.realized_pnl) - Decimal(t.commission) for t in acct.trades), Decimal(0))
+    assert money["balance"] == start + realized                 # nothing was lost in the transfers
+    moves = e.margin_history("main", {"symbol": SYM})
+    assert {m["deltaType"] for m in moves} == {"TRADE"}
+    assert sum((Decimal(m["amount"]) * (1 if m["type"] == 1 else -1) for m in moves), Decimal(0)) == 0
+
+
+def test_position_margin_moves_money_within_what_each_side_holds():
+    e = _engine()
+
+    def modify(kind: str, amount: str) -> dict:
+        return e.modify_position_margin("main", {"symbol": SYM, "type": kind, "amount": amount}, T0)
+
+    assert _code(lambda: modify("1", "10")) == -4049          # a cross symbol
+    _isolate(e)
+    assert _code(lambda: modify("1", "10")) == -4054          # no position
+    _market(e, "SELL", "0.2")
+    iw = Decimal(_risk(e)["isolatedWallet"])
+    before = _usdc(e)
+    assert _code(lambda: modify("1", str(before["availableBalance"] + 1))) == -4050
+    assert _code(lambda: modify("3", "10")) == -1130
+    assert _code(lambda: modify("1", "0")) == -4055
+    assert _code(lambda: modify("1", "1.123456789")) == -1111
+    assert _code(lambda: modify("1", "1e3")) == -1100
+    e.drain()
+    assert modify("1", "100") == {"amount": 100.0, "code": 200, "msg": "Successfully modify position margin.", "type": 1}
+    after = _usdc(e)
+    assert Decimal(_risk(e)["isolatedWallet"]) == iw + 100
+    assert after["availableBalance"] == before["availableBalance"] - 100 and after["balance"] == before["balance"]
+    [update] = _updates(e)
+    assert update["a"]["m"] == "MARGIN_TRANSFER" and Decimal(update["a"]["P"][0]["iw"]) == iw + 100
+    removable = e.removable_margin(e.accounts["main"], e.books[SYM], e.accounts["main"].positions[SYM])
+    assert 90 < removable < iw + 100          # about the 100 added: the rest holds the initial margin
+    assert _code(lambda: modify("2", str(q8(removable) + 1))) == -4051
+    assert modify("2", "60")["type"] == 2
+    assert Decimal(_risk(e)["isolatedWallet"]) == iw + 40
+    history = e.margin_history("main", {"symbol": SYM})
+    opened = sum((Decimal(h["amount"]) for h in history if h["deltaType"] == "TRADE"), Decimal(0))
+    assert opened == iw and {h["type"] for h in history if h["deltaType"] == "TRADE"} == {1}   # the sale's fills
+    assert [(h["type"], h["amount"]) for h in history if h["deltaType"] == "USER_ADJUST"] == [
+        (1, "100.00000000"), (2, "60.00000000")]
+    assert e.margin_history("main", {"symbol": SYM, "type": "2"}) == history[-1:]
+    assert _code(lambda: e.margin_history("main", {"symbol": SYM, "startTime": "0",
+                                                   "endTime": str(31 * 86_400_000)})) == -1127
+
+
+def test_an_isolated_position_pays_its_funding_from_its_own_wallet():
+    e = _engine()
+    _isolate(e)
+    _market(e, "BUY", "0.2")
+    e.set_funding_rate(SYM, "0.001")
+    iw = Decimal(_risk(e)["isolatedWallet"])
+    wallet = _usdc(e)["balance"]
+    e.drain()
+    [charge] = e.settle_funding(T0 + 1000, SYM)
+    fee = Decimal(charge["fee"])
+    assert fee < 0                                               # a long pays a positive rate
+    assert Decimal(_risk(e)["isolatedWallet"]) == iw + fee
+    money = _usdc(e)
+    assert money["balance"] == wallet + fee and money["crossWalletBalance"] == wallet - iw
+    [update] = _updates(e)
+    a = update["a"]
+    assert a["m"] == "FUNDING_FEE" and Decimal(a["B"][0]["bc"]) == fee
+    assert [(p["s"], p["mt"], Decimal(p["iw"])) for p in a["P"]] == [(SYM, "isolated", iw + fee)]
+
+
+def test_an_order_takes_its_margin_from_the_cross_side_only():
+    e = _engine()
+    acct = e.accounts["main"]
+    acct.wallet["USDC"] = Decimal(1000)
+    e.set_leverage("main", {"symbol": SYM, "leverage": "10"}, T0)
+    _isolate(e)
+    _market(e, "BUY", "3")        # 9,000 of notional at 10x: some 900 of the 1,000 go to the isolated wallet
+    avail = _usdc(e)["availableBalance"]
+    assert 0 < avail < 100
+    b = e.books[SYM]
+    too_much = b.qty_str(int(avail * e.leverage_of(acct, SYM) / (b.mark_dec() * b.step)) + 10)
+    assert _code(lambda: _market(e, "BUY", too_much)) == -2019
