@@ -156,6 +156,8 @@ class SimConfig(_Model):
                                                           "off = the real cross frame without a symbol")
     max_modifies_per_order: int = Field(9999, ge=1, description="PUT order answers -5026 once an order was "
                                                                 "modified this many times (Binance: fewer than 10000)")
+    liquidation: bool = Field(True, description="close a position whose margin falls to its maintenance at the "
+                                                "mark, as Binance does (fleet/sim/liquidation.py); off = never")
     history: bool = Field(True, description="start with the market's past: a day of 1-minute candles and a "
                                             "month of funding rates (fleet/sim/history.py); a replay has its own")
     replay: str | None = Field(None, description="a recording directory (docs/recording.md) replayed as the "

@@ -24,6 +24,7 @@ from fleet.sim.frames import (render, render_account_update, render_agg, render_
                               render_order_update, render_ticker, render_trade, render_trade_lite, ticker_24h)
 from fleet.sim.history import backfill
 from fleet.sim.keys import ed25519_private_pem
+from fleet.sim.liquidation import Liquidation
 from fleet.sim.margin import IsolatedMargin
 from fleet.sim.market import MarketModel
 from fleet.sim.orders import CLIENT_ID_RE, DEFAULT_STP, PRICE_MATCH, STP_MODES, Account, Order, Position, Trade
@@ -62,7 +63,7 @@ def _gone(last: dict[int, int], shown: set[int], now: dict[int, int], levels: li
     return [(p, 0) for p in maybe if p not in now and (deepest is None or (p - deepest) * deeper <= 0)]
 
 
-class Engine(EngineViews, IsolatedMargin):
+class Engine(EngineViews, IsolatedMargin, Liquidation):
     """The exchange: call its methods with an account name, parameters and ``now_ms``."""
 
     def __init__(self, config: SimConfig, seed: int = 7, now_ms: int = 0,
@@ -255,6 +256,8 @@ class Engine(EngineViews, IsolatedMargin):
             if t >= self.next_mark_ms:
                 self._publish_mark(t, "@1s", self.config.mark_interval_ms / 1000.0)
                 self.next_mark_ms += self.config.mark_interval_ms
+                if self.config.liquidation:
+                    self._check_liquidations(t)
             if t >= self.next_mark3_ms:
                 self._publish_mark(t, "", 0.0)
                 self.next_mark3_ms += 3000

@@ -31,8 +31,15 @@ def render_agg(b: Book, aid: int, price: int, qty: int, t: int, buyer_maker: boo
             "f": aid, "l": aid, "T": t, "m": buyer_maker, "st": UM}
 
 
+def render_force_order(b: Book, side: str, qty: int, price: int, t: int) -> dict[str, Any]:
+    """``<symbol>@forceOrder`` / ``!forceOrder@arr``: a liquidation order, filled at once at ``price``."""
+    q, p = b.qty_str(qty), b.price_str(price)
+    return {"e": "forceOrder", "E": t, "o": {"s": b.symbol, "S": side, "o": "LIMIT", "f": "IOC", "q": q, "p": p,
+                                             "ap": p, "X": "FILLED", "l": q, "z": q, "T": t}}
+
+
 def render_trade(b: Book, tid: int, price: int, qty: int, t: int, buyer_maker: bool) -> dict[str, Any]:
-    """``<symbol>@trade``; ``X`` is the taker's order type (MARKET; liquidations and ADL never happen here)."""
+    """``<symbol>@trade``; ``X`` is the taker's order type (MARKET, a liquidation's too; ADL never happens here)."""
     return {"e": "trade", "E": t, "T": t, "s": b.symbol, "t": tid, "p": b.price_str(price), "q": b.qty_str(qty),
             "X": "MARKET", "m": buyer_maker}
 

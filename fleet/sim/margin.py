@@ -15,9 +15,8 @@ simulator's bookkeeping, which keeps every total Binance reports exact:
 - An isolated position's funding is paid from (or into) its isolated wallet.
 - The available balance is the cross wallet's: an isolated position's margin and unrealized P&L are
   its own, and every order's initial margin comes from the cross side.
-- An isolated position's liquidation price reads its isolated wallet alone (views.py).
-
-The simulator liquidates nobody, cross or isolated: it reports the liquidation price and stops there.
+- An isolated position's liquidation price reads its isolated wallet alone (views.py), and so does its
+  liquidation (liquidation.py): it costs the isolated wallet, the cross side keeps the rest.
 """
 
 from __future__ import annotations

@@ -341,6 +341,8 @@ class ReplayMarket:
         elif kind == MARK:
             if self._take_mark(b, d, e):
                 self._publish_mark(e, b, t)
+                if e.config.liquidation:
+                    e._check_liquidations(t)
             else:
                 self.stats.bad(path, lineno, f"markPrice p={d.get('p')!r} is not a price")
 

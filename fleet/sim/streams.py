@@ -16,7 +16,8 @@ each built from the 1500 one-minute candles kept (25 hours), and ``3d`` is not s
 statistics every 2 s (those of REST ``/ticker/24hr``); ``!ticker@arr`` and ``!miniTicker@arr`` every
 second, holding the symbols that traded since the last push (Binance: "only tickers that have changed
 will be present in the array"), and nothing when none did. ``<symbol>@forceOrder`` and
-``!forceOrder@arr`` are served and stay silent: nobody is liquidated in the simulated market. So are
+``!forceOrder@arr`` push each liquidation order of the simulated accounts (fleet/sim/liquidation.py);
+the synthetic market's own takers are never liquidated. Served and silent:
 ``!contractInfo``, ``!assetIndex@arr``, ``<symbol>@compositeIndex``, ``<symbol>@rpiDepth@500ms`` and
 ``tradingSession`` (Binance's SDK subscribes to them): accepted, listed, and silent.
 ``<symbol>@trade`` is a /public stream (Binance lists it there, and its unrouted paths deliver it): one

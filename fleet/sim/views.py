@@ -178,7 +178,7 @@ class EngineViews:
         are the margin asset's other cross positions; isolated: the wallet is the position's isolated
         wallet and there are no others. One bracket here: maintenance rate MAINT_MARGIN_RATE, cum 0.
         "0" when flat, or when no price would do it (a long whose margin outlasts a fall to 0). The
-        simulator reports it and liquidates nobody."""
+        mark reaching it liquidates the position (fleet/sim/liquidation.py)."""
         if not v["amt"]:
             return "0"
         asset = b.spec.margin_asset

@@ -186,3 +186,79 @@ def test_an_order_takes_its_margin_from_the_cross_side_only():
     b = e.books[SYM]
     too_much = b.qty_str(int(avail * e.leverage_of(acct, SYM) / (b.mark_dec() * b.step)) + 10)
     assert _code(lambda: _market(e, "BUY", too_much)) == -2019
+
+
+def _liquidation_frames(e: Engine) -> tuple[list[dict], list[dict]]:
+    frames = e.drain_rendered()
+    return ([p for k, _, p in frames if k == "u"], [p for k, s, p in frames if k == "m" and "forceOrder" in s])
+
+
+def test_an_isolated_position_the_mark_puts_under_its_maintenance_is_liquidated_for_its_wallet_only():
+    e = _engine()
+    acct = e.accounts["main"]
+    b = e.books[SYM]
+    e.watch("ethusdc@forceOrder", "!forceOrder@arr")
+    e.set_leverage("main", {"symbol": SYM, "leverage": "20"}, T0)
+    _isolate(e)
+    _market(e, "BUY", "1")
+    resting = e.new_order("main", {"symbol": SYM, "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
+                                   "price": b.price_str(b.best_bid() - 20000), "quantity": "0.1"}, T0)
+    iw = Decimal(_risk(e)["isolatedWallet"])
+    wallet = acct.wallet["USDC"]
+    e.drain()
+    e.advance(T0 + 3000)
+    assert acct.counters["liquidations"] == 0                    # a quiet market: nothing yet
+    e.jump(SYM, -4.0, T0 + 3000)                                 # 20x: 5 % less the maintenance would do it;
+    e.advance(T0 + 5000)                                         # 4 % more the mark's next tick does not
+    assert acct.counters["liquidations"] == 0
+    e.jump(SYM, -1.5, T0 + 5000)
+    e.advance(T0 + 7000)
+    assert acct.counters["liquidations"] == 1
+    user, public = _liquidation_frames(e)
+    orders = [f["o"] for f in user if f["e"] == "ORDER_TRADE_UPDATE"]
+    assert [(o["i"], o["x"]) for o in orders[:1]] == [(resting["orderId"], "CANCELED")]
+    liq = orders[-1]
+    assert (liq["o"], liq["ot"], liq["x"], liq["X"], liq["S"], liq["z"]) == (
+        "LIQUIDATION", "LIQUIDATION", "CALCULATED", "FILLED", "SELL", "1.000")
+    assert liq["c"].startswith("autoclose-")
+    [update] = [f["a"] for f in user if f["e"] == "ACCOUNT_UPDATE"]
+    assert update["P"][0]["pa"] == "0.000" and update["P"][0]["iw"] == "0.00000000"
+    assert acct.wallet["USDC"] == wallet - iw                   # the isolated wallet, neither more nor less
+    fee = next(i for i in acct.income if i["incomeType"] == "INSURANCE_CLEAR")
+    realized = Decimal(liq["rp"])
+    assert realized - Decimal(fee["income"]).copy_negate() == -iw and Decimal(fee["income"]) <= 0
+    assert [f["o"]["S"] for f in public] == ["SELL", "SELL"]     # the symbol's stream and the market's
+    assert e.state("main", SYM)["open_orders"] == [] and _risk(e)["positionAmt"] == "0.000"
+    trade = e.user_trades("main", {"symbol": SYM})[-1]
+    assert trade["orderId"] == liq["i"] and Decimal(trade["realizedPnl"]) == realized
+    assert next(o for o in e.all_orders("main", {"symbol": SYM}) if o["orderId"] == liq["i"])["type"] == "LIQUIDATION"
+
+
+def test_cross_positions_are_liquidated_together_when_the_cross_margin_runs_out():
+    e = _engine()
+    acct = e.accounts["main"]
+    acct.wallet["USDC"] = Decimal(400)
+    e.set_leverage("main", {"symbol": SYM, "leverage": "20"}, T0)
+    _market(e, "SELL", "1")                                      # 3,000 short on 400: about 13 % to ruin
+    liquidation = Decimal(_risk(e)["liquidationPrice"])
+    now = T0
+    while not acct.counters["liquidations"]:                     # the price creeps up 0.2 % a second
+        assert e.books[SYM].mark < liquidation * Decimal("1.003") and now < T0 + 200_000
+        e.jump(SYM, 0.2, now)
+        now += 1000
+        e.advance(now)
+    assert _risk(e)["positionAmt"] == "0.000" and e.books[SYM].mark >= liquidation * Decimal("0.999")
+    left = acct.wallet["USDC"]
+    fee = -Decimal(next(i for i in acct.income if i["incomeType"] == "INSURANCE_CLEAR")["income"])
+    assert left >= 0 and fee > 0 and left + fee <= Decimal("0.004") * 3500   # the maintenance, about, was left
+
+
+def test_no_liquidation_when_the_simulator_is_told_so():
+    cfg = {"history": False, "liquidation": False,
+           "symbols": [{"symbol": SYM, "base_asset": "ETH", "quote_asset": "USDC", "start_price": 3000}]}
+    e = Engine(load_sim_config(cfg), seed=5, now_ms=T0)
+    e.accounts["main"].wallet["USDC"] = Decimal(400)
+    _market(e, "SELL", "1")
+    e.jump(SYM, 20.0, T0)
+    e.advance(T0 + 2000)
+    assert e.accounts["main"].counters["liquidations"] == 0 and _risk(e)["positionAmt"] == "-1.000"

@@ -1,0 +1,159 @@
+"""Liquidation: a position whose margin no longer covers its maintenance is closed by the exchange.
+
+Binance liquidates when a position's margin balance falls to its maintenance margin, at the mark
+price: an isolated position alone (its isolated wallet and unrealized P&L against its own maintenance),
+a margin asset's cross positions together (the cross wallet and their unrealized P&L against their
+maintenance). The simulator checks every account at each mark-price tick (``mark_interval_ms``, 1 s),
+``SimConfig.liquidation`` (on by default). What a client sees, in order:
+
+- its open orders of the symbols concerned cancelled (``CANCELED``);
+- per position an order it never sent: ``c`` ``autoclose-<ms><n>``, type ``LIQUIDATION``, IOC, filled
+  at once with execution type ``CALCULATED`` (not ``TRADE``), at the mark price, or at the bankruptcy
+  price (where the isolated wallet is spent) when the mark has passed it: the insurance fund takes
+  the rest of an isolated loss. Its trade is on the public tape, and on ``<symbol>@forceOrder`` and
+  ``!forceOrder@arr``;
+- the liquidation clearance fee, income ``INSURANCE_CLEAR``: what margin is left after the close, at
+  most the symbol's ``liquidationFee`` (1.25 %) of the notional; an isolated liquidation so costs the
+  isolated wallet, neither more nor less;
+- an ``ACCOUNT_UPDATE`` (``m`` ``ORDER``) with the position at 0.
+
+A cross account that is bankrupt at the mark keeps its negative balance (no insurance fund here).
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+from typing import Any, Callable
+
+from fleet.sim.book import Book
+from fleet.sim.frames import render_force_order
+from fleet.sim.orders import Account, Order, Position, Trade
+from fleet.sim.units import ZERO, q8, s8
+from fleet.sim.views import MAINT_MARGIN_RATE
+
+LIQUIDATION_FEE_RATE = Decimal("0.0125")   # exchangeInfo's liquidationFee
+
+
+class Liquidation:
+    """Mixed into :class:`fleet.sim.engine.Engine`."""
+
+    books: dict[str, Book]
+    accounts: dict[str, Account]
+    interest: frozenset[str]
+    _seq: int
+    cross_wallet: Callable[[Account, str], Decimal]   # fleet.sim.margin.IsolatedMargin's
+
+    def _check_liquidations(self, t: int) -> None:
+        """Liquidate what the mark has put under its maintenance margin."""
+        for acct in self.accounts.values():
+            if not acct.positions:
+                continue
+            cross: dict[str, list[tuple[Book, Position]]] = {}
+            for symbol, pos in acct.positions.items():
+                if not pos.amount:
+                    continue
+                b = self.books[symbol]
+                if symbol in acct.isolated:
+                    if pos.isolated_wallet + _upnl(b, pos) <= _maint(b, pos):
+                        self._liquidate(acct, [(b, pos)], pos.isolated_wallet, t)
+                else:
+                    cross.setdefault(b.spec.margin_asset, []).append((b, pos))
+            for asset, held in cross.items():
+                balance = self.cross_wallet(acct, asset) + sum((_upnl(b, p) for b, p in held), ZERO)
+                if balance <= sum((_maint(b, p) for b, p in held), ZERO):
+                    self._liquidate(acct, held, None, t)
+
+    def _liquidate(self, acct: Account, held: list[tuple[Book, Position]], isolated_wallet: Decimal | None,
+                   t: int) -> None:
+        """Cancel the symbols' orders, close each position by a LIQUIDATION order, charge the fee."""
+        acct.counters["liquidations"] += 1
+        for b, _ in held:
+            self._cancel_all(acct, b, t)
+        asset = held[0][0].spec.margin_asset
+        left = isolated_wallet if isolated_wallet is not None else self.cross_wallet(acct, asset)
+        closes = []
+        for b, pos in held:
+            realized, notional = self._close_by_liquidation(acct, b, pos, isolated_wallet, t)
+            left += realized
+            closes.append((b, pos, notional))
+        for b, pos, notional in closes:
+            fee = max(min(left, q8(notional * LIQUIDATION_FEE_RATE)), ZERO)
+            left -= fee
+            if fee:
+                acct.wallet[asset] -= fee
+                self._income(acct, b.symbol, "INSURANCE_CLEAR", -fee, asset, t, "")
+            pos.isolated_wallet = ZERO
+            self._emit_account_update(acct, b, "ORDER", t, ZERO)
+
+    def _close_by_liquidation(self, acct: Account, b: Book, pos: Position, isolated_wallet: Decimal | None,
+                              t: int) -> tuple[Decimal, Decimal]:
+        """Close ``pos`` at the mark (an isolated one no worse than its bankruptcy price): the order, its
+        fill and trade, the realized P&L into the wallet. Returns (realized, notional)."""
+        old = pos.amount
+        amt = b.step * old
+        price = round(b.mark / b.tick_f)
+        if isolated_wallet is not None:   # the price at which the isolated wallet is spent
+            bankrupt = (pos.entry - isolated_wallet / amt) / b.tick
+            price = max(price, math.ceil(bankrupt)) if old > 0 else min(price, math.floor(bankrupt))
+        px = b.tick * price
+        realized = q8((px - pos.entry) * amt)
+        self._seq += 1
+        side = "SELL" if old > 0 else "BUY"
+        o = Order(b.next_order_id, f"autoclose-{t}{self._seq % 1_000_000:06d}", acct.name, b.symbol, side,
+                  "LIQUIDATION", "IOC", price, abs(old), False, t, self._seq)
+        b.next_order_id += 1
+        o.filled = o.orig
+        o.cum_quote = px * abs(amt)
+        o.status = "FILLED"
+        b.closed[o.order_id] = o
+        trade_id = self._emit_agg(b, price, abs(old), t, side == "SELL")
+        pos.amount = 0
+        pos.entry = ZERO
+        pos.realized += realized
+        pos.update_time = t
+        asset = b.spec.margin_asset
+        acct.wallet[asset] = acct.wallet.get(asset, ZERO) + realized
+        acct.counters["trades"] += 1
+        if realized:
+            self._income(acct, b.symbol, "REALIZED_PNL", realized, asset, t, str(trade_id))
+        acct.trades.append(Trade(trade_id, o.order_id, b.symbol, side, b.price_str(price), b.qty_str(o.orig),
+                                 s8(o.cum_quote), s8(ZERO), asset, s8(realized), False, t))
+        self._emit_order_update(acct, b, o, "CALCULATED", t, last_qty=o.orig, last_price=price,
+                                trade_id=trade_id, realized=realized)
+        frame = (render_force_order, b, side, o.orig, price, t)
+        if b.lower + "@forceOrder" in self.interest:
+            self._emit_market(b.lower + "@forceOrder", frame)
+        if "!forceOrder@arr" in self.interest:
+            self._emit_market("!forceOrder@arr", frame)
+        return realized, abs(px * amt)
+
+    # provided by Engine
+    def _cancel_all(self, acct: Account, b: Book, now: int) -> int:  # pragma: no cover
+        raise NotImplementedError
+
+    def _income(self, acct: Account, symbol: str, kind: str, amount: Decimal, asset: str, t: int,
+                trade_id: str) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _emit_account_update(self, acct: Account, b: Book, reason: str, t: int,
+                             change: Decimal) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _emit_order_update(self, acct: Account, b: Book, o: Order, exec_type: str, t: int,
+                           **fill: Any) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _emit_agg(self, b: Book, price: int, qty: int, t: int, buyer_maker: bool) -> int:  # pragma: no cover
+        raise NotImplementedError
+
+    def _emit_market(self, stream: str, payload: Any) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+def _upnl(b: Book, pos: Position) -> Decimal:
+    return (b.mark_dec() - pos.entry) * (b.step * pos.amount)
+
+
+def _maint(b: Book, pos: Position) -> Decimal:
+    return abs(b.mark_dec() * b.step * pos.amount) * MAINT_MARGIN_RATE
