@@ -192,6 +192,17 @@ class SymbolAgent:
         """Stop quoting, cancel all, optionally flatten, disarm, close, release; idempotent."""
         return await self.shutdown.stop(flatten)
 
+    def liquidated(self, ev: Any) -> None:
+        """The exchange closed (part of) the position by liquidation: said loudly, and the symbol halted
+        (recorded where the ownership can) until an operator resumes it. Quoting on would trade the
+        same margin into the next liquidation."""
+        self.log.event(
+            "liquidated",
+            f"liquidated by the exchange: {ev.side} {ev.last_filled_qty} @ {ev.last_filled_price} "
+            f"({ev.client_order_id}), realized {ev.realized_pnl}; position {self.core.store.position if self.core else '?'}; "
+            "halted until resumed", level=logging.ERROR, client_order_id=ev.client_order_id, order_id=ev.order_id)
+        self._halted_now("liquidated by the exchange")
+
     async def halt(self, reason: str = "") -> dict:
         """Stop quoting and cancel every open order; report the count the exchange confirms, or
         ``superseded`` when a resume came while it waited (``_note_kill_change``)."""

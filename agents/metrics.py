@@ -233,6 +233,8 @@ class AgentMetrics:
         yield _counter("mm_quote_cycles", "quote cycles run", sym, core.cycles)
         yield _counter("mm_stale_frames", "duplicate or older exchange frames skipped", sym, s.stale_updates)
         yield _counter("mm_foreign_frames", "frames for another symbol skipped", sym, s.foreign_events)
+        yield _counter("mm_liquidations", "fills of the exchange's liquidation orders (each halts the symbol)", sym,
+                       s.liquidations)
 
     def _budget_families(self) -> Iterator[Metric]:
         """The rate budget's windows: this agent's share, and the exchange's count against Binance's limit."""

@@ -92,6 +92,7 @@ class Store:
         self.funding = FundingBook(params)
         self.wallet_balance: float | None = None  # the shared account's wallet (informational)
         self.foreign_events = 0
+        self.liquidations = 0  # fills of the exchange's own closing orders (execution type CALCULATED)
 
     def with_params(self, params: SymbolParams) -> "Store":
         """The store under new parameters, every part's state kept (orders, position and P&L, the
@@ -335,6 +336,8 @@ class Store:
             placed = pos.book_trade(key, u, steps, counts)
             if placed is None:
                 return changed  # a duplicate
+            if u.exec_type == ExecType.CALCULATED:
+                self.liquidations += 1
             if placed == BOOKED_ALL:
                 self._place_unplaced(None)  # everything of this millisecond seen so far is inside
             if placed:

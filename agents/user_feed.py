@@ -134,7 +134,10 @@ class UserFeed:
             if o is not None and o.is_open and o.cancel_sent_ms is None and o.amend_orig_steps is None \
                     and _same_epoch(ev.client_order_id, core.epoch):
                 a.ask_owner(f"{ev.client_order_id} cancelled by another hand")
+        liquidations = core.store.liquidations
         core.on_event(ev, a.clock.time_ms() + a.offset_ms())
+        if core.store.liquidations != liquidations:
+            a.liquidated(ev)
         a.journal.on_user_event(a, ev)
         if isinstance(ev, FundingFee):
             self.look_up_funding()

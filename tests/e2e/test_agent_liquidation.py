@@ -1,0 +1,64 @@
+"""The exchange liquidates the agent's position: the agent books it as the exchange did, says so,
+and holds the symbol halted until an operator resumes it.
+
+The account runs the symbol in isolated margin at 125x (a desk's setting the agent does not choose),
+so a 1 % move against a position the agent holds is a liquidation at the simulator's next mark tick,
+as on Binance: the open orders cancelled by the exchange, an ``autoclose-`` order of type LIQUIDATION
+filled as CALCULATED, the isolated wallet gone.
+"""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+
+from fleet.sim.testkit import SimClient
+
+from .test_agent_live import (  # noqa: F401 - fixtures
+    SYMBOL,
+    describe,
+    exchange,
+    in_sync,
+    make_agent,
+    metric,
+    resting,
+    wait_for,
+)
+
+
+async def test_a_liquidation_is_booked_as_the_exchange_did_and_halts_the_symbol(sim, make_agent, exchange, caplog):
+    async with SimClient.for_sim(sim) as c:
+        assert (await c.signed("POST", "/fapi/v1/marginType", {"symbol": SYMBOL, "marginType": "ISOLATED"})).status == 200
+        assert (await c.signed("POST", "/fapi/v1/leverage", {"symbol": SYMBOL, "leverage": "125"})).status == 200
+    agent = await make_agent()
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL, "mode": "price"})
+    await wait_for(lambda: resting(agent, exchange), 10, "a ladder resting on both sides")
+    # a long the agent holds (under its cap), its isolated margin that of 125x
+    await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.1"})
+    await wait_for(lambda: in_sync(agent, exchange), 10, "the position seen")
+    wallet = Decimal((await exchange.state())["balances"]["USDC"])
+    isolated = Decimal((await exchange.state())["positions"][SYMBOL]["isolated_wallet"])
+    assert isolated > 0
+    await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": -1.5})
+
+    async def liquidated() -> bool:
+        return (await exchange.state())["counters"]["liquidations"] == 1 and agent.status()["state"] == "halted"
+
+    await wait_for(liquidated, 10, "liquidated and halted")
+    await wait_for(lambda: in_sync(agent, exchange), 10, "the agent's book equals the exchange's",
+                   explain=lambda: describe(agent, exchange))
+    st = await exchange.state()
+    assert st["open_orders"] == []
+    assert metric(agent, "mm_liquidations_total") == 1
+    events = [r for r in caplog.records if getattr(r, "event", None) == "liquidated"]
+    assert [r.levelno for r in events] == [logging.ERROR]
+    # what the liquidation cost is the exchange's: the wallet less the ladder's fills meanwhile
+    assert Decimal(st["balances"]["USDC"]) < wallet
+    liquidation = [o for o in await exchange.all_orders() if o["type"] == "LIQUIDATION"]
+    assert len(liquidation) == 1 and liquidation[0]["clientOrderId"].startswith("autoclose-")
+    # halted means nothing placed after the liquidation, until an operator resumes
+    placed_after = [o for o in await exchange.all_orders() if o["time"] > liquidation[0]["time"]
+                    and o["type"] == "LIMIT"]
+    assert placed_after == []
+    await agent.resume()
+    await wait_for(lambda: resting(agent, exchange), 10, "quoting again once resumed")
