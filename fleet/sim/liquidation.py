@@ -4,7 +4,13 @@ Binance liquidates when a position's margin balance falls to its maintenance mar
 price: an isolated position alone (its isolated wallet and unrealized P&L against its own maintenance),
 a margin asset's cross positions together (the cross wallet and their unrealized P&L against their
 maintenance). The simulator checks every account at each mark-price tick (``mark_interval_ms``, 1 s),
-``SimConfig.liquidation`` (on by default). What a client sees, in order:
+``SimConfig.liquidation`` (on by default).
+
+Before that, a margin ratio (maintenance over margin balance) of MARGIN_CALL_RATIO (80 %) or more
+pushes a ``MARGIN_CALL`` user frame, at most once a minute for the same isolated position or cross
+asset: ``cw`` (cross only) and per position ``s``, ``ps``, ``pa``, ``mt`` (``CROSSED`` or
+``ISOLATED``, spelled so there), ``iw``, ``mp`` (the mark), ``up``, ``mm``. What a liquidation shows a
+client, in order:
 
 - its open orders of the symbols concerned cancelled (``CANCELED``);
 - per position an order it never sent: ``c`` ``autoclose-<ms><n>``, type ``LIQUIDATION``, IOC, filled
@@ -33,6 +39,8 @@ from fleet.sim.units import ZERO, q8, s8
 from fleet.sim.views import MAINT_MARGIN_RATE
 
 LIQUIDATION_FEE_RATE = Decimal("0.0125")   # exchangeInfo's liquidationFee
+MARGIN_CALL_RATIO = Decimal("0.8")
+MARGIN_CALL_EVERY_MS = 60_000
 
 
 class Liquidation:
@@ -55,14 +63,24 @@ class Liquidation:
                     continue
                 b = self.books[symbol]
                 if symbol in acct.isolated:
-                    if pos.isolated_wallet + _upnl(b, pos) <= _maint(b, pos):
-                        self._liquidate(acct, [(b, pos)], pos.isolated_wallet, t)
+                    self._check(acct, symbol, [(b, pos)], pos.isolated_wallet, pos.isolated_wallet, t)
                 else:
                     cross.setdefault(b.spec.margin_asset, []).append((b, pos))
             for asset, held in cross.items():
-                balance = self.cross_wallet(acct, asset) + sum((_upnl(b, p) for b, p in held), ZERO)
-                if balance <= sum((_maint(b, p) for b, p in held), ZERO):
-                    self._liquidate(acct, held, None, t)
+                self._check(acct, asset, held, self.cross_wallet(acct, asset), None, t)
+
+    def _check(self, acct: Account, key: str, held: list[tuple[Book, Position]], wallet: Decimal,
+               isolated_wallet: Decimal | None, t: int) -> None:
+        """``held``: one isolated position (``isolated_wallet`` its wallet) or an asset's cross positions."""
+        balance = wallet + sum((_upnl(b, p) for b, p in held), ZERO)
+        maint = sum((_maint(b, p) for b, p in held), ZERO)
+        if balance <= maint:
+            acct.margin_calls.pop(key, None)
+            self._liquidate(acct, held, isolated_wallet, t)
+        elif maint >= MARGIN_CALL_RATIO * balance and t - acct.margin_calls.get(key, -MARGIN_CALL_EVERY_MS) \
+                >= MARGIN_CALL_EVERY_MS:
+            acct.margin_calls[key] = t
+            self._emit_user(acct.name, _margin_call(held, isolated_wallet, wallet, t))
 
     def _liquidate(self, acct: Account, held: list[tuple[Book, Position]], isolated_wallet: Decimal | None,
                    t: int) -> None:
@@ -149,6 +167,21 @@ class Liquidation:
 
     def _emit_market(self, stream: str, payload: Any) -> None:  # pragma: no cover
         raise NotImplementedError
+
+    def _emit_user(self, account: str, payload: dict[str, Any]) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+def _margin_call(held: list[tuple[Book, Position]], isolated_wallet: Decimal | None, wallet: Decimal,
+                 t: int) -> dict[str, Any]:
+    frame: dict[str, Any] = {"e": "MARGIN_CALL", "E": t}
+    if isolated_wallet is None:
+        frame["cw"] = s8(wallet)
+    frame["p"] = [{"s": b.symbol, "ps": "BOTH", "pa": b.qty_str(p.amount),
+                   "mt": "CROSSED" if isolated_wallet is None else "ISOLATED",
+                   "iw": "0" if isolated_wallet is None else s8(isolated_wallet), "mp": s8(b.mark_dec()),
+                   "up": s8(_upnl(b, p)), "mm": s8(_maint(b, p))} for b, p in held]
+    return frame
 
 
 def _upnl(b: Book, pos: Position) -> Decimal:

@@ -118,6 +118,7 @@ class Account:
         self.leverage: dict[str, int] = {}
         self.isolated: set[str] = set()  # the symbols in isolated margin mode (cross otherwise)
         self.margin_history: list[dict[str, Any]] = []  # POST /fapi/v1/positionMargin's transfers
+        self.margin_calls: dict[str, int] = {}  # an isolated symbol, or a cross margin asset -> last MARGIN_CALL
         self.positions: dict[str, Position] = {}
         self.open: dict[int, Order] = {}
         self.by_cid: dict[str, Order] = {}  # open orders by clientOrderId

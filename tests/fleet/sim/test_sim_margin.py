@@ -241,13 +241,22 @@ def test_cross_positions_are_liquidated_together_when_the_cross_margin_runs_out(
     e.set_leverage("main", {"symbol": SYM, "leverage": "20"}, T0)
     _market(e, "SELL", "1")                                      # 3,000 short on 400: about 13 % to ruin
     liquidation = Decimal(_risk(e)["liquidationPrice"])
+    e.jump(SYM, 11.0, T0)
     now = T0
-    while not acct.counters["liquidations"]:                     # the price creeps up 0.2 % a second
-        assert e.books[SYM].mark < liquidation * Decimal("1.003") and now < T0 + 200_000
-        e.jump(SYM, 0.2, now)
+    e.drain()
+    calls = []
+    while not acct.counters["liquidations"]:                     # the price creeps up 0.02 % a second
+        assert e.books[SYM].mark < liquidation * Decimal("1.003") and now < T0 + 600_000
+        e.jump(SYM, 0.02, now)
         now += 1000
         e.advance(now)
+        calls += [p for k, _, p in e.drain_rendered() if k == "u" and p["e"] == "MARGIN_CALL"]
     assert _risk(e)["positionAmt"] == "0.000" and e.books[SYM].mark >= liquidation * Decimal("0.999")
+    # the margin ratio passed 80 % on the way: one MARGIN_CALL (at most one a minute), the cross shape
+    [call] = calls
+    [row] = call["p"]
+    assert set(call) == {"e", "E", "cw", "p"} and (row["s"], row["mt"], row["pa"], row["iw"]) == (SYM, "CROSSED", "-1.000", "0")
+    assert Decimal(row["mm"]) >= Decimal("0.8") * (Decimal(call["cw"]) + Decimal(row["up"]))
     left = acct.wallet["USDC"]
     fee = -Decimal(next(i for i in acct.income if i["incomeType"] == "INSURANCE_CLEAR")["income"])
     assert left >= 0 and fee > 0 and left + fee <= Decimal("0.004") * 3500   # the maintenance, about, was left
