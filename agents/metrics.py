@@ -58,6 +58,7 @@ class AgentMetrics:
         self.ws_connected = False
         self.rest_fallback_count = 0
         self.unknown_outcomes = 0  # requests answered ambiguously (execution status unknown)
+        self.margin_calls = 0  # MARGIN_CALL frames naming this symbol
         self.reconcile_discrepancies: dict[str, int] = {}  # by kind, found by the reconciliation backstop
         self._lat_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self._lat_sum = 0.0
@@ -83,6 +84,9 @@ class AgentMetrics:
 
     def inc_unknown_outcome(self, n: int = 1) -> None:
         self.unknown_outcomes += n
+
+    def inc_margin_call(self) -> None:
+        self.margin_calls += 1
 
     def inc_discrepancy(self, kind: str, n: int = 1) -> None:
         """A difference between the exchange and the store, found and repaired by reconciliation."""
@@ -135,6 +139,7 @@ class AgentMetrics:
         h.add_metric(sym, buckets, self._lat_sum)
         yield h
         yield _counter("mm_unknown_outcomes", "requests answered with execution status unknown", sym, self.unknown_outcomes)
+        yield _counter("mm_margin_calls", "the exchange's MARGIN_CALL frames naming this symbol", sym, self.margin_calls)
         rec = CounterMetricFamily(
             "mm_reconcile_discrepancies", "differences the reconciliation found and repaired, by kind", labels=["symbol", "kind"]
         )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from fleet.binance.enums import ExecType, OrderStatus
 from fleet.binance.errors import BinanceError, InvalidListenKeyError
-from fleet.binance.events import FundingFee, ListenKeyExpired, OrderUpdate, TradeLite
+from fleet.binance.events import FundingFee, ListenKeyExpired, MarginCall, OrderUpdate, TradeLite
 from fleet.binance.streams import StreamError, UserStream
 
 from .agent_base import BLOCK_USER_STREAM, Backoff, _ListenKeyGone, _TRANSIENT, _same_epoch
@@ -129,6 +129,9 @@ class UserFeed:
             return
         if isinstance(ev, TradeLite):
             return  # the full ORDER_TRADE_UPDATE follows
+        if isinstance(ev, MarginCall):
+            self._margin_call(ev)
+            return
         if isinstance(ev, OrderUpdate) and ev.status == OrderStatus.CANCELED and a.quoting_live():
             o = core.store.get(ev.client_order_id)
             if o is not None and o.is_open and o.cancel_sent_ms is None and o.amend_orig_steps is None \
@@ -143,6 +146,24 @@ class UserFeed:
             self.look_up_funding()
         if isinstance(ev, OrderUpdate):
             self._log_order_update(ev)
+
+    def _margin_call(self, ev: MarginCall) -> None:
+        """The exchange warns that positions are close to liquidation: this symbol's is said loudly and
+        counted (alert ``MmMarginCall``); another symbol's is its own agent's."""
+        a = self.agent
+        mine = [p for p in ev.positions if p.get("s") == a.symbol]
+        if not mine:
+            a.counters["foreign_events"] += 1
+            return
+        p = mine[0]
+        a.counters["margin_calls"] += 1
+        a.metrics.inc_margin_call()
+        a.log.event(
+            "margin_call",
+            f"margin call: the position {p.get('pa')} ({p.get('mt')}) is close to liquidation: maintenance "
+            f"{p.get('mm')} at the mark {p.get('mp')}, unrealized {p.get('up')}",
+            level=logging.WARNING,
+        )
 
     def _log_order_update(self, ev: OrderUpdate) -> None:
         a = self.agent

@@ -62,3 +62,32 @@ async def test_a_liquidation_is_booked_as_the_exchange_did_and_halts_the_symbol(
     assert placed_after == []
     await agent.resume()
     await wait_for(lambda: resting(agent, exchange), 10, "quoting again once resumed")
+
+
+async def test_a_margin_call_for_the_symbol_is_said_and_counted(sim, make_agent, exchange, caplog):
+    """The exchange's MARGIN_CALL (margin ratio at 80 %) reaches the agent before the liquidation: a
+    WARNING event ``margin_call``, ``margin_calls`` in its status and ``mm_margin_calls_total``. The
+    agent is halted first, so no ladder's fills move the margin between the two moves."""
+    async with SimClient.for_sim(sim) as c:
+        assert (await c.signed("POST", "/fapi/v1/marginType", {"symbol": SYMBOL, "marginType": "ISOLATED"})).status == 200
+        assert (await c.signed("POST", "/fapi/v1/leverage", {"symbol": SYMBOL, "leverage": "125"})).status == 200
+    agent = await make_agent()
+    await agent.halt("a quiet book for the test")
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL, "mode": "price"})
+    await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.1"})
+    await wait_for(lambda: in_sync(agent, exchange), 10, "the position seen")
+    # 125x isolated: the margin is 0.8 % of the notional, the maintenance 0.4 %: a fall of 0.35 % puts
+    # the ratio between 80 and 100 %
+    await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": -0.35})
+    await wait_for(lambda: agent.status()["counters"]["margin_calls"] == 1, 10, "the margin call heard")
+    assert metric(agent, "mm_margin_calls_total") == 1
+    events = [r for r in caplog.records if getattr(r, "event", None) == "margin_call"]
+    assert [r.levelno for r in events] == [logging.WARNING]
+    assert (await exchange.state())["counters"]["liquidations"] == 0
+    await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": -1.0})
+
+    async def liquidated() -> bool:
+        return (await exchange.state())["counters"]["liquidations"] == 1 and agent.core.store.position_steps == 0
+
+    await wait_for(liquidated, 10, "liquidated, the agent's position 0")
+    assert metric(agent, "mm_liquidations_total") == 1 and agent.status()["state"] == "halted"
