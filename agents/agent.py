@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 
 from fleet.vocabulary import KillState
 from fleet.binance.client import BinanceClient
-from fleet.binance.endpoints import Endpoint, places_reduce_only
+from fleet.binance.endpoints import BATCH_PLACE, NEW_ORDER, Endpoint, places_reduce_only
 from fleet.binance.errors import BinanceError
 from fleet.binance.filters import SymbolFilters
 from fleet.binance.ratelimit import RateBudget
@@ -59,6 +59,7 @@ from .agent_base import (  # noqa: F401 - ExchangeEndpoints, Backoff, TICK_READ,
     ExchangeEndpoints,
     FrameCounts,
     LatencyWindow,
+    MarginHold,
     Tick,
 )
 from .starter import Starter
@@ -117,6 +118,7 @@ class SymbolAgent:
         self.kill_wanted_seq: int | None = None  # its kill_seq, when it carried one (see starter.held_kill_state)
         self._resumes = 0  # resumes so far, by command or grant (``_note_kill_change``)
         self.reduce_only_wanted: bool | None = None
+        self.margin_hold = MarginHold()
         self._done: asyncio.Event | None = None
         # what it shows
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
@@ -202,6 +204,14 @@ class SymbolAgent:
             f"({ev.client_order_id}), realized {ev.realized_pnl}; position {self.core.store.position if self.core else '?'}; "
             "halted until resumed", level=logging.ERROR, client_order_id=ev.client_order_id, order_id=ev.order_id)
         self._halted_now("liquidated by the exchange")
+
+    def margin_short(self) -> None:
+        """The exchange refused an order for margin (-2019): new orders held (``MarginHold``)."""
+        hold = self.margin_hold.short(self.clock.monotonic())
+        if hold is not None:
+            self.counters["margin_holds"] += 1
+            self.log.event("margin_short", f"margin insufficient (-2019): new orders held {hold:.0f} s, "
+                                           "reduce-only ones excepted", level=logging.WARNING)
 
     async def halt(self, reason: str = "") -> dict:
         """Stop quoting and cancel every open order; report the count the exchange confirms, or
@@ -387,8 +397,13 @@ class SymbolAgent:
         a halt and sent after it would rest on the book the halt empties."""
         if not self.lease_ok():
             return "the lease has lapsed"
+        if places_reduce_only(endpoint, params):
+            return None
+        held = self.margin_hold.left(self.clock.monotonic())
+        if held and endpoint in (NEW_ORDER, BATCH_PLACE):
+            return f"margin insufficient (-2019): new orders held {held:.1f} s more"
         core = self.core
-        if core is None or core.halt_state == KillState.RUNNING or places_reduce_only(endpoint, params):
+        if core is None or core.halt_state == KillState.RUNNING:
             return None
         return f"{self.symbol} is {core.halt_state}: reduce-only places only"
 

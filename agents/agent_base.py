@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextvars
+import math
 import random
 from collections import deque
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ COUNTERS = (
     "listen_key_renewals", "listen_key_expired", "deadman_heartbeats", "unknown_outcomes",
     "unknown_outcomes_resolved", "reconciliations", "reconcile_repairs", "quote_pulls_confirmed",
     "stale_market_pulls", "foreign_events", "start_attempts", "rate_limited", "lease_pulls", "resync_failures",
-    "owner_asks", "margin_calls",
+    "owner_asks", "margin_calls", "margin_holds",
 )
 
 _TRANSIENT = (BinanceError, StreamError, OSError, asyncio.TimeoutError)
@@ -98,6 +99,35 @@ class Backoff:
     def reset(self) -> None:
         self.attempt = 0
 
+
+
+class MarginHold:
+    """After -2019 (margin insufficient) new orders are held, reduce-only ones excepted: 1 s at first,
+    twice as long at each -2019 after a hold ended, at most ``cap_s``; a -2019 more than twice
+    ``cap_s`` after the last starts again at 1 s. Sending again at the next book tick would only be
+    refused again (16 refusals a second on an account short of margin, before this), each counted
+    against the account's order limits. A ladder that partly fits keeps what landed."""
+
+    def __init__(self, initial_s: float = 1.0, cap_s: float = 60.0) -> None:
+        self.backoff = Backoff(initial_s, cap_s, jitter=0.0)
+        self.until = -math.inf
+        self.last_short = -math.inf
+
+    def short(self, now: float) -> float | None:
+        """A -2019: the hold started now (its length), or None while one holds (answers to orders sent
+        before it)."""
+        if now < self.until:
+            return None
+        if now - self.last_short > 2 * self.backoff.cap:
+            self.backoff.reset()
+        self.last_short = now
+        hold = self.backoff.next()
+        self.until = now + hold
+        return hold
+
+    def left(self, now: float) -> float:
+        """Seconds the hold still lasts (0: none)."""
+        return max(0.0, self.until - now)
 
 
 class LatencyWindow:

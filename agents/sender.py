@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 # order already gone, an amend with nothing to change): counted, not logged as warnings.
 QUIET_REJECTIONS = frozenset({
     ErrorCode.GTX_ORDER_REJECT, ErrorCode.CANCEL_REJECTED, ErrorCode.NO_SUCH_ORDER, ErrorCode.SAME_ORDER,
+    ErrorCode.MARGIN_NOT_SUFFICIEN,   # said once per hold (``SymbolAgent.margin_short``)
 })
 
 
@@ -235,7 +236,10 @@ class OrderSender:
         else:
             for d in items:
                 core.on_rejected(d, exc.code, self.agent.exchange_ms())
-            self.agent.log.event("request_failed", f"{batch.kind} x{len(items)}: {exc!r}", level=logging.WARNING)
+            if exc.code == ErrorCode.MARGIN_NOT_SUFFICIEN:
+                self.agent.margin_short()
+            else:
+                self.agent.log.event("request_failed", f"{batch.kind} x{len(items)}: {exc!r}", level=logging.WARNING)
 
     def _apply_results(self, core: AgentCore, batch: Batch, results: list[Any]) -> None:
         """One answer per item: an order to the core, a rejection to the core (logged unless quiet),
@@ -264,6 +268,8 @@ class OrderSender:
                                      client_order_id=d.client_order_id)
             elif isinstance(res, BinanceError):
                 core.on_rejected(d, res.code, self.agent.exchange_ms())
+                if res.code == ErrorCode.MARGIN_NOT_SUFFICIEN:
+                    self.agent.margin_short()
                 if res.code not in QUIET_REJECTIONS:
                     self.agent.log.event(
                         "order_rejected", f"{batch.kind} refused: {res!r}", level=logging.WARNING,

@@ -39,7 +39,7 @@ IP = "127.0.0.1"
 # the agent's own counters a run's table shows (how often its fault handling acted)
 AGENT_COUNTERS = ("user_stream_reconnects", "market_stream_reconnects", "resyncs", "unknown_outcomes",
                   "unknown_outcomes_resolved", "listen_key_expired", "stale_market_pulls", "reconcile_repairs",
-                  "owner_asks")
+                  "owner_asks", "margin_holds", "margin_calls")
 
 
 @dataclass
@@ -152,6 +152,7 @@ async def _simulate(cfg: FleetConfig, config_path: Path, opts: RunOptions, overr
         r.table["open_orders_after_stop"] = len(ex.engine.open_orders(w.account, a.symbol))
         for name in AGENT_COUNTERS:
             r.table[name] = a.counters.get(name, 0)
+        r.table["liquidations"] = a.core.store.liquidations if a.core else 0
         r.table["quote_cycles"] = a.core.cycles if a.core else 0
     for r in results:
         r.table["stream_connections"] = ex.opened["market"] + ex.opened["user"]

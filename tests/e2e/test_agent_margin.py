@@ -1,10 +1,11 @@
-"""The exchange liquidates the agent's position: the agent books it as the exchange did, says so,
-and holds the symbol halted until an operator resumes it.
+"""The account's margin as the exchange sees it: called and liquidated (short of it: test_agent_margin_short.py).
 
-The account runs the symbol in isolated margin at 125x (a desk's setting the agent does not choose),
-so a 1 % move against a position the agent holds is a liquidation at the simulator's next mark tick,
-as on Binance: the open orders cancelled by the exchange, an ``autoclose-`` order of type LIQUIDATION
-filled as CALCULATED, the isolated wallet gone.
+- A margin call (MARGIN_CALL): said and counted.
+- A liquidation: the agent books it as the exchange did, says so, and holds the symbol halted until an
+  operator resumes it. The account runs the symbol in isolated margin at 125x (a desk's setting the
+  agent does not choose), so a 1 % move against a position the agent holds is a liquidation at the
+  simulator's next mark tick, as on Binance: the open orders cancelled by the exchange, an
+  ``autoclose-`` order of type LIQUIDATION filled as CALCULATED, the isolated wallet gone.
 """
 
 from __future__ import annotations
@@ -91,3 +92,4 @@ async def test_a_margin_call_for_the_symbol_is_said_and_counted(sim, make_agent,
 
     await wait_for(liquidated, 10, "liquidated, the agent's position 0")
     assert metric(agent, "mm_liquidations_total") == 1 and agent.status()["state"] == "halted"
+
