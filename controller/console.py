@@ -348,6 +348,9 @@ def console_row(symbol: str, a: SymbolAnswers) -> dict[str, Any]:
         "kill_reason": kill.get("reason") or "",
         "kill_since": _finite(kill.get("since")),
         "agent_kill_state": (a.status or {}).get("kill_state"),
+        # why the agent is halted or flattening: a halt of its own (a liquidation) while the durable
+        # record says running is shown as the agent's
+        "agent_halt_reason": (a.status or {}).get("halt_reason") or "",
         "last_reconcile_repair": st.get("last_reconcile_repair"),
         "reconcile_repairs": (st.get("counters") or {}).get("reconcile_repairs"),
         "restarts": a.restarts,
@@ -376,7 +379,8 @@ def console_snapshot(fleet: str, symbols: tuple[str, ...], answers: dict[str, Sy
         "totals": {
             "symbols": len(rows),
             "answered": len(answered),
-            "halted": sum(1 for r in rows if KillState.stopped(r["kill_state"])),
+            "halted": sum(1 for r in rows if KillState.stopped(r["kill_state"])
+                          or KillState.stopped(r.get("agent_kill_state"))),
             "pnl": sum(r["pnl"] or 0.0 for r in answered),
             "gross_notional": gross,
             "max_total_notional": max_total_notional,

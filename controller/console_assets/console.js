@@ -128,8 +128,12 @@
     }
     c.streams.replaceChildren(streams,
       el("span", "sub", row.book_age_s === null || row.book_age_s === undefined ? "no book" : `book ${row.book_age_s.toFixed(2)} s old`));
-    c.kill.replaceChildren(pill(row.kill_state || "?", `ks-${word(row.kill_state)}`));
-    if (row.kill_state && row.kill_state !== "running" && row.kill_reason) c.kill.append(el("span", "sub", row.kill_reason));
+    // the durable kill state; an agent halted on its own (a liquidation) under a durable "running" shows its own
+    const own = row.agent_kill_state && row.agent_kill_state !== "running" && (!row.kill_state || row.kill_state === "running");
+    const shown = own ? row.agent_kill_state : row.kill_state;
+    const reason = own ? `the agent's own: ${row.agent_halt_reason || "no reason given"}` : row.kill_reason;
+    c.kill.replaceChildren(pill(shown || "?", `ks-${word(shown)}`));
+    if (shown && shown !== "running" && reason) c.kill.append(el("span", "sub", reason));
     const rep = row.last_reconcile_repair;
     if (rep && typeof rep === "object") {
       c.repair.replaceChildren(document.createTextNode(`${rep.kind || "repair"}${rep.client_order_id ? " " + rep.client_order_id : ""}`));

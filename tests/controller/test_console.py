@@ -161,6 +161,19 @@ def test_a_silent_agents_row_shows_what_it_last_published_with_its_age_and_stays
     assert console_row("BTCUSDT", answered)["published_age_s"] is None
 
 
+def test_an_agent_halted_on_its_own_under_a_durable_running_shows_its_halt_and_counts_as_halted():
+    """A liquidation halts the agent by itself: the durable record still says running, the row carries
+    the agent's own state and reason (the page shows them), and the totals count the symbol halted."""
+    own = SymbolAnswers(status={"state": "halted", "kill_state": "halted", "halt_reason": "liquidated by the exchange"},
+                        exposure={"notional": 0.0}, kill={"state": "running", "reason": "", "since": 1.0})
+    row = console_row("ETHUSDC", own)
+    assert (row["kill_state"], row["agent_kill_state"], row["agent_halt_reason"]) == (
+        "running", "halted", "liquidated by the exchange")
+    snap = console_snapshot("f", ("ETHUSDC",), {"ETHUSDC": own}, controller_error=None,
+                            max_total_notional=1000.0, seq=1, collected_ms=2.0)
+    assert snap["totals"]["halted"] == 1
+
+
 def test_the_pages_escape_what_they_show_and_load_only_the_apps_assets():
     page = render_console('<b>"x"</b>', "/f/console", "c&s", ("ETHUSDC",), 60)
     assert '<b>"x"</b>' not in page and "&lt;b&gt;" in page and 'content="c&amp;s"' in page

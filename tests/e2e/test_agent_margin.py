@@ -51,6 +51,7 @@ async def test_a_liquidation_is_booked_as_the_exchange_did_and_halts_the_symbol(
     st = await exchange.state()
     assert st["open_orders"] == []
     assert metric(agent, "mm_liquidations_total") == 1
+    assert agent.status()["halt_reason"] == "liquidated by the exchange"
     events = [r for r in caplog.records if getattr(r, "event", None) == "liquidated"]
     assert [r.levelno for r in events] == [logging.ERROR]
     # what the liquidation cost is the exchange's: the wallet less the ladder's fills meanwhile
