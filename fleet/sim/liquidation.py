@@ -46,11 +46,19 @@ MARGIN_CALL_EVERY_MS = 60_000
 class Liquidation:
     """Mixed into :class:`fleet.sim.engine.Engine`."""
 
+    # the Engine's (and its other mixins')
     books: dict[str, Book]
     accounts: dict[str, Account]
     interest: frozenset[str]
     _seq: int
-    cross_wallet: Callable[[Account, str], Decimal]   # fleet.sim.margin.IsolatedMargin's
+    cross_wallet: Callable[[Account, str], Decimal]
+    _cancel_all: Callable[[Account, Book, int], int]
+    _income: Callable[[Account, str, str, Decimal, str, int, str], None]
+    _emit_account_update: Callable[[Account, Book, str, int, Decimal], None]
+    _emit_order_update: Callable[..., None]
+    _emit_agg: Callable[[Book, int, int, int, bool], int]
+    _emit_market: Callable[[str, Any], None]
+    _emit_user: Callable[[str, Any], None]
 
     def _check_liquidations(self, t: int) -> None:
         """Liquidate what the mark has put under its maintenance margin."""
@@ -145,31 +153,6 @@ class Liquidation:
         if "!forceOrder@arr" in self.interest:
             self._emit_market("!forceOrder@arr", frame)
         return realized, abs(px * amt)
-
-    # provided by Engine
-    def _cancel_all(self, acct: Account, b: Book, now: int) -> int:  # pragma: no cover
-        raise NotImplementedError
-
-    def _income(self, acct: Account, symbol: str, kind: str, amount: Decimal, asset: str, t: int,
-                trade_id: str) -> None:  # pragma: no cover
-        raise NotImplementedError
-
-    def _emit_account_update(self, acct: Account, b: Book, reason: str, t: int,
-                             change: Decimal) -> None:  # pragma: no cover
-        raise NotImplementedError
-
-    def _emit_order_update(self, acct: Account, b: Book, o: Order, exec_type: str, t: int,
-                           **fill: Any) -> None:  # pragma: no cover
-        raise NotImplementedError
-
-    def _emit_agg(self, b: Book, price: int, qty: int, t: int, buyer_maker: bool) -> int:  # pragma: no cover
-        raise NotImplementedError
-
-    def _emit_market(self, stream: str, payload: Any) -> None:  # pragma: no cover
-        raise NotImplementedError
-
-    def _emit_user(self, account: str, payload: dict[str, Any]) -> None:  # pragma: no cover
-        raise NotImplementedError
 
 
 def _margin_call(held: list[tuple[Book, Position]], isolated_wallet: Decimal | None, wallet: Decimal,

@@ -38,22 +38,14 @@ HISTORY_KEPT = 10_000
 class IsolatedMargin:
     """Mixed into :class:`fleet.sim.engine.Engine`; needs its books, accounts, algo service and frames."""
 
+    # the Engine's (and its views')
     books: dict[str, Book]
     algo: Any
-    available_balance: Callable[[Account, str], Decimal]   # fleet.sim.views.EngineViews's
-
-    def book(self, symbol: str | None) -> Book:  # pragma: no cover - provided by Engine
-        raise NotImplementedError
-
-    def account(self, name: str) -> Account:  # pragma: no cover - provided by Engine
-        raise NotImplementedError
-
-    def leverage_of(self, acct: Account, symbol: str) -> int:  # pragma: no cover - provided by Engine
-        raise NotImplementedError
-
-    def _emit_account_update(self, acct: Account, b: Book, reason: str, t: int,
-                             change: Decimal) -> None:  # pragma: no cover - provided by Engine
-        raise NotImplementedError
+    book: Callable[[str | None], Book]
+    account: Callable[[str], Account]
+    leverage_of: Callable[[Account, str], int]
+    available_balance: Callable[[Account, str], Decimal]
+    _emit_account_update: Callable[[Account, Book, str, int, Decimal], None]
 
     def cross_wallet(self, acct: Account, asset: str) -> Decimal:
         """The wallet balance of ``asset`` less its isolated positions' wallets."""
