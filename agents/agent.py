@@ -71,6 +71,9 @@ from .reconciler import Reconciler
 from .shutdown import Shutdown
 from .tasks import LOOPS, Tasks
 
+LIQUIDATED = "liquidated by the exchange"   # the halt reason a liquidation gives
+
+
 class SymbolAgent:
     """One symbol, live, end to end: start, quote, survive faults, stop (docs/architecture.md)."""
 
@@ -203,7 +206,12 @@ class SymbolAgent:
             f"liquidated by the exchange: {ev.side} {ev.last_filled_qty} @ {ev.last_filled_price} "
             f"({ev.client_order_id}), realized {ev.realized_pnl}; position {self.core.store.position if self.core else '?'}; "
             "halted until resumed", level=logging.ERROR, client_order_id=ev.client_order_id, order_id=ev.order_id)
-        self._halted_now("liquidated by the exchange")
+        self._halted_now(LIQUIDATED)
+        # The fleet's lease: the halt is carried with every lease call until the controller has written
+        # it (``kill_carried``), so it is durable and shown like any kill, and a restart keeps it.
+        carry = getattr(self.ownership, "note_direct_kill_state", None)
+        if carry is not None:
+            carry(None, KillState.HALTED, LIQUIDATED, issued_at=self.clock.time_ms() / 1000.0)
 
     def margin_short(self) -> None:
         """The exchange refused an order for margin (-2019): new orders held (``MarginHold``)."""

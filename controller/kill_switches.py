@@ -145,7 +145,8 @@ class KillSwitches:
     @ray.method(concurrency_group=KILL_GROUP)
     async def kill_carried(self, symbol: str, carried: dict[str, Any]) -> bool:
         """Write the kill state an agent carries: a kill sent while the GCS was down, whose write was lost
-        with the process that sent it (a controller stopped before the GCS came back). Not when a record
+        with the process that sent it (a controller stopped before the GCS came back), or the agent's own
+        halt (a liquidation by the exchange, ``SymbolAgent.liquidated``). Not when a record
         numbered above what the agent knew (``after_seq``) has been written since: it is taken as newer
         (the window this leaves: docs/architecture.md, the kill path), unless that record was asked for
         more than ``CLOCK_SKEW_S`` before the kill (a resume whose write landed late).
@@ -173,8 +174,9 @@ class KillSwitches:
                     CARRIED_WRITE_S)
                 if symbol not in seqs:   # a command asked for after it was written meanwhile
                     return False
-            log.warning("%s: kill state %s (%r) written as its agent carried it: its kill was sent while the GCS "
-                        "was down and its write was lost; kill_seq %d", symbol, state, reason, seqs[symbol])
+            log.warning("%s: kill state %s (%r) written as its agent carried it (the agent's own halt, or a kill "
+                        "sent while the GCS was down whose write was lost); kill_seq %d", symbol, state, reason,
+                        seqs[symbol])
             journal_record(self, "kill_state_carried", symbol=symbol, reason=reason,
                            detail={"state": str(state), "kill_seq": seqs[symbol], "after_seq": after})
             return True

@@ -761,3 +761,53 @@ def test_a_book_the_exchange_route_empties_first_is_not_quoted_again_the_renewal
     finally:
         requests.post(freeze, json={"frozen": False, "symbol": sym}, timeout=10).raise_for_status()
     fleet.wait_quoting(within_s=60)
+
+
+def test_a_liquidation_halts_the_symbol_durably_as_a_kill_with_its_reason(fleet):
+    """The exchange liquidates an agent's position: the agent halts at once and carries the halt with
+    its lease calls until the controller writes it. So the symbol's durable kill state is halted with
+    the reason "liquidated by the exchange" (what GET /kill, the console and a restarted agent read),
+    and the usual resume lifts it. The symbol is set up as a desk might have it: isolated at 125x,
+    where a 1.5 % fall liquidates a long."""
+    from fleet.sim.testkit import SimClient
+
+    sym = SYMBOLS[2]
+    sim = fleet.sim.server
+
+    async def margin(margin_type: str, leverage: str) -> None:
+        async with SimClient.for_sim(sim) as c:
+            r = await c.signed("POST", "/fapi/v1/marginType", {"symbol": sym, "marginType": margin_type})
+            assert r.status == 200 or r.json["code"] == -4046, r.json
+            assert (await c.signed("POST", "/fapi/v1/leverage", {"symbol": sym, "leverage": leverage})).status == 200
+
+    def admin(path: str, body: dict[str, Any]) -> None:
+        requests.post(f"{sim.rest_url}{path}", json=body, timeout=10).raise_for_status()
+
+    def kill_record() -> dict[str, Any]:
+        return fleet.get("/kill").json()["kill_states"][sym]
+
+    leverage = str(fleet.sim.state(sym)["positions"][sym]["leverage"])
+    assert fleet.post("/kill", {"symbols": [sym], "mode": "halt", "reason": "set up isolated margin"}).status_code == 200
+    try:
+        fleet.sim.run(margin("ISOLATED", "125"))   # no order rests: the margin type may change
+        admin("/sim/market/freeze", {"frozen": True, "symbol": sym, "mode": "price"})
+        admin("/sim/position", {"account": "main", "symbol": sym, "amount": "0.1"})
+        assert fleet.post("/resume", {"symbols": [sym]}).status_code == 200
+        fleet.wait_quoting(within_s=60)
+        admin("/sim/market/jump", {"symbol": sym, "pct": -1.5})
+        poll(lambda: fleet.sim.state(sym)["counters"]["liquidations"] == 1, 15, f"{sym} liquidated")
+        record = poll(lambda: (r := kill_record())["state"] == "halted" and r, 15, "the halt written durably")
+        assert record["reason"] == "liquidated by the exchange"
+        status = fleet.get("/status").json()["agents"][sym]
+        assert status["state"] == "halted" and status["halt_reason"] == "liquidated by the exchange"
+        assert fleet.open_orders(sym) == 0
+        assert float(fleet.sim.state(sym)["positions"][sym]["amount"]) == 0
+    finally:
+        fleet.post("/kill", {"symbols": [sym], "mode": "halt", "reason": "restore cross margin"})
+        poll(lambda: fleet.open_orders(sym) == 0, 30, f"{sym} empty")
+        admin("/sim/position", {"account": "main", "symbol": sym, "amount": "0"})
+        fleet.sim.run(margin("CROSSED", leverage))
+        admin("/sim/market/freeze", {"frozen": False, "symbol": sym, "mode": "price"})
+        assert fleet.post("/resume", {"symbols": [sym]}).status_code == 200
+    fleet.wait_quoting(within_s=60)
+    assert kill_record()["state"] == "running"
