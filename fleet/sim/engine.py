@@ -1341,6 +1341,8 @@ class Engine(EngineViews, IsolatedMargin, Liquidation):
             raise SimApiError(-4016, "Price is higher than mark price multiplier cap.")
         if o.sign < 0 and price * b.tick_f < b.mark * b.mult_down_f:
             raise SimApiError(-4024, "Price is lower than mark price multiplier floor.")
+        if not o.reduce_only and price * (qty - o.filled) > o.price * o.remaining:
+            self._amend_margin(acct, b, o, price, qty)
         o.modifies += 1
         acct.counters["orders_amended"] += 1
         crosses = (o.sign > 0 and price >= b.best_ask()) or (o.sign < 0 and price <= b.best_bid())
@@ -1366,6 +1368,16 @@ class Engine(EngineViews, IsolatedMargin, Liquidation):
         else:
             self._rest(b, o)
         return self.order_json(b, o)
+
+    def _amend_margin(self, acct: Account, b: Book, o: Order, price: int, qty: int) -> None:
+        """An amendment that holds more notional than the order did needs the difference's initial
+        margin, as a new order does, unless the order only reduces the position: -2019 otherwise."""
+        pos = acct.position(b.symbol).amount
+        if pos and (pos > 0) != (o.sign > 0) and qty - o.filled <= abs(pos):
+            return
+        extra = (price * (qty - o.filled) - o.price * o.remaining) * b.tick_f * b.step_f
+        if extra / self.leverage_of(acct, b.symbol) > self._available_fast(acct, b.spec.margin_asset):
+            raise SimApiError(-2019, "Margin is insufficient.")
 
     def countdown_cancel_all(self, account: str, params: dict[str, str], now: int) -> dict[str, Any]:
         acct = self.account(account)

@@ -162,7 +162,7 @@ def render_order_update(b: Book, o: Order, exec_type: str, status: str, orig: in
         avg = "0"
     return {"e": "ORDER_TRADE_UPDATE", "E": t, "T": t, "o": {
         "s": b.symbol, "c": o.client_id, "S": o.side, "o": o.type, "f": o.tif, "q": b.qty_str(orig),
-        "p": b.price_str(price) if o.type == "LIMIT" else "0", "ap": avg, "sp": "0", "x": exec_type, "X": status,
+        "p": b.price_str(price) if o.type == "LIMIT" or o.type == "LIQUIDATION" else "0", "ap": avg, "sp": "0", "x": exec_type, "X": status,
         "i": o.order_id, "l": b.qty_str(last_qty), "z": b.qty_str(filled),
         "L": b.price_str(last_price) if last_qty else "0", "N": b.spec.margin_asset,
         "n": s8(commission) if commission else "0", "T": t, "t": trade_id,

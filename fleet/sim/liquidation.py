@@ -12,7 +12,9 @@ asset: ``cw`` (cross only) and per position ``s``, ``ps``, ``pa``, ``mt`` (``CRO
 ``ISOLATED``, spelled so there), ``iw``, ``mp`` (the mark), ``up``, ``mm``. What a liquidation shows a
 client, in order:
 
-- its open orders of the symbols concerned cancelled (``CANCELED``);
+- its open orders cancelled (``CANCELED``), conditional ones too: an isolated position's symbol's, or
+  every cross symbol's of the margin asset, flat ones included (an order resting there would fill
+  into the emptied account);
 - per position an order it never sent: ``c`` ``autoclose-<ms><n>``, type ``LIQUIDATION``, IOC, filled
   at once with execution type ``CALCULATED`` (not ``TRADE``), at the mark price, or at the bankruptcy
   price (where the isolated wallet is spent) when the mark has passed it: the insurance fund takes
@@ -34,6 +36,7 @@ from typing import Any, Callable
 
 from fleet.sim.book import Book
 from fleet.sim.frames import render_force_order
+from fleet.sim.margin import note_margin
 from fleet.sim.orders import Account, Order, Position, Trade
 from fleet.sim.units import ZERO, q8, s8
 from fleet.sim.views import MAINT_MARGIN_RATE
@@ -50,6 +53,8 @@ class Liquidation:
     books: dict[str, Book]
     accounts: dict[str, Account]
     interest: frozenset[str]
+    algo: Any
+    on_fill: Any
     _seq: int
     cross_wallet: Callable[[Account, str], Decimal]
     _cancel_all: Callable[[Account, Book, int], int]
@@ -94,9 +99,15 @@ class Liquidation:
                    t: int) -> None:
         """Cancel the symbols' orders, close each position by a LIQUIDATION order, charge the fee."""
         acct.counters["liquidations"] += 1
-        for b, _ in held:
-            self._cancel_all(acct, b, t)
         asset = held[0][0].spec.margin_asset
+        if isolated_wallet is not None:   # an isolated position: its symbol's orders
+            books = [held[0][0]]
+        else:                             # the cross side: every cross symbol of the asset, flat ones too
+            books = [b for b in self.books.values() if b.spec.margin_asset == asset and b.symbol not in acct.isolated]
+        for b in books:
+            self._cancel_all(acct, b, t)
+            for a in [a for a in self.algo.open.values() if a.account == acct.name and a.symbol == b.symbol]:
+                self.algo._close(a, "CANCELED", t)
         left = isolated_wallet if isolated_wallet is not None else self.cross_wallet(acct, asset)
         closes = []
         for b, pos in held:
@@ -109,6 +120,8 @@ class Liquidation:
             if fee:
                 acct.wallet[asset] -= fee
                 self._income(acct, b.symbol, "INSURANCE_CLEAR", -fee, asset, t, "")
+            if pos.isolated_wallet:
+                note_margin(acct, b, 2, "TRADE", pos.isolated_wallet, t)   # the whole wallet leaves it
             pos.isolated_wallet = ZERO
             self._emit_account_update(acct, b, "ORDER", t, ZERO)
 
@@ -132,7 +145,7 @@ class Liquidation:
         o.filled = o.orig
         o.cum_quote = px * abs(amt)
         o.status = "FILLED"
-        b.closed[o.order_id] = o
+        b.closed[o.order_id] = o   # trimmed with the book's next closed order (_remove_resting)
         trade_id = self._emit_agg(b, price, abs(old), t, side == "SELL")
         pos.amount = 0
         pos.entry = ZERO
@@ -141,6 +154,9 @@ class Liquidation:
         asset = b.spec.margin_asset
         acct.wallet[asset] = acct.wallet.get(asset, ZERO) + realized
         acct.counters["trades"] += 1
+        acct.counters["orders_filled"] += 1
+        if self.on_fill is not None:
+            self.on_fill(b, o, o.orig, price, False, t, ZERO, realized)
         if realized:
             self._income(acct, b.symbol, "REALIZED_PNL", realized, asset, t, str(trade_id))
         acct.trades.append(Trade(trade_id, o.order_id, b.symbol, side, b.price_str(price), b.qty_str(o.orig),

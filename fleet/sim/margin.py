@@ -119,7 +119,7 @@ class IsolatedMargin:
             if amount > self.removable_margin(acct, b, pos):
                 raise SimApiError(-4051, "Isolated balance insufficient.")
             pos.isolated_wallet -= amount
-        _note(acct, b, int(kind), "USER_ADJUST", amount, now)
+        note_margin(acct, b, int(kind), "USER_ADJUST", amount, now)
         self._emit_account_update(acct, b, "MARGIN_TRANSFER", now, ZERO)
         return {"amount": float(amount), "code": 200, "msg": "Successfully modify position margin.",
                 "type": int(kind)}
@@ -134,8 +134,9 @@ class IsolatedMargin:
 
     def margin_history(self, account: str, params: dict[str, str]) -> list[dict[str, Any]]:
         """GET /fapi/v1/positionMargin/history: one symbol's moves (a user's transfers, USER_ADJUST, and
-        the fills', TRADE), optionally of one ``type``, within
-        startTime..endTime (30 days at most), the first ``limit`` (500) of them."""
+        the fills', TRADE; funding paid from the isolated wallet is not a row), optionally of one
+        ``type``, within startTime..endTime (30 days at most): ``limit`` (500) of them, the first from
+        startTime on, else the latest."""
         acct = self.account(account)
         b = self.book(params.get("symbol"))
         kind = int_param(params, "type")
@@ -148,7 +149,7 @@ class IsolatedMargin:
             raise invalid("limit")
         rows = [r for r in acct.margin_history if r["symbol"] == b.symbol and (kind is None or r["type"] == kind)
                 and (start is None or r["time"] >= start) and (end is None or r["time"] <= end)]
-        return rows[:limit]
+        return rows[:limit] if start is not None else rows[-limit:]   # from startTime on, else the latest
 
     def _isolated_fill(self, acct: Account, b: Book, pos: Position, old: int, delta: int, px: Decimal,
                        t: int) -> None:
@@ -163,14 +164,14 @@ class IsolatedMargin:
             pos.isolated_wallet = iw - back
             opened -= closed
             if back:
-                _note(acct, b, 2, "TRADE", back, t)
+                note_margin(acct, b, 2, "TRADE", back, t)
         if opened:
             margin = q8(px * (b.step * opened) / self.leverage_of(acct, b.symbol))
             pos.isolated_wallet += margin
-            _note(acct, b, 1, "TRADE", margin, t)
+            note_margin(acct, b, 1, "TRADE", margin, t)
 
 
-def _note(acct: Account, b: Book, kind: int, delta_type: str, amount: Decimal, t: int) -> None:
+def note_margin(acct: Account, b: Book, kind: int, delta_type: str, amount: Decimal, t: int) -> None:
     """A row of GET /fapi/v1/positionMargin/history: type 1 added to the isolated wallet, 2 taken out."""
     acct.margin_history.append({"symbol": b.symbol, "type": kind, "deltaType": delta_type, "amount": s8(amount),
                                 "asset": b.spec.margin_asset, "time": t, "positionSide": "BOTH",

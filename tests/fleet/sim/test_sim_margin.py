@@ -229,6 +229,8 @@ def test_an_isolated_position_the_mark_puts_under_its_maintenance_is_liquidated_
     assert realized - Decimal(fee["income"]).copy_negate() == -iw and Decimal(fee["income"]) <= 0
     assert [f["o"]["S"] for f in public] == ["SELL", "SELL"]     # the symbol's stream and the market's
     assert e.state("main", SYM)["open_orders"] == [] and _risk(e)["positionAmt"] == "0.000"
+    moves = e.margin_history("main", {"symbol": SYM})   # the fills' margin in, the whole wallet out
+    assert sum((Decimal(m["amount"]) * (1 if m["type"] == 1 else -1) for m in moves), Decimal(0)) == 0
     trade = e.user_trades("main", {"symbol": SYM})[-1]
     assert trade["orderId"] == liq["i"] and Decimal(trade["realizedPnl"]) == realized
     assert next(o for o in e.all_orders("main", {"symbol": SYM}) if o["orderId"] == liq["i"])["type"] == "LIQUIDATION"
@@ -271,3 +273,57 @@ def test_no_liquidation_when_the_simulator_is_told_so():
     e.jump(SYM, 20.0, T0)
     e.advance(T0 + 2000)
     assert e.accounts["main"].counters["liquidations"] == 0 and _risk(e)["positionAmt"] == "-1.000"
+
+
+def test_a_cross_liquidation_takes_every_cross_symbol_of_the_asset_and_spares_an_isolated_one():
+    """Two cross positions and a flat cross symbol with an order resting, beside an isolated position,
+    all in USDC: the cross side's ruin closes both cross positions, cancels every cross order (the flat
+    symbol's, and a conditional one: an order left there would fill into the emptied account), and
+    leaves the isolated position, its order and its wallet alone."""
+    cfg = {"history": False, "symbols": [
+        {"symbol": s, "base_asset": s[:-4], "quote_asset": "USDC", "start_price": p, "taker_rate": 0.0}
+        for s, p in (("ETHUSDC", 3000), ("SOLUSDC", 150), ("XRPUSDC", 2), ("BNBUSDC", 600))]}
+    e = Engine(load_sim_config(cfg), seed=5, now_ms=T0)
+    acct = e.accounts["main"]
+    acct.wallet["USDC"] = Decimal(2000)
+    e.set_margin_type("main", {"symbol": "BNBUSDC", "marginType": "ISOLATED"}, T0)
+    for sym, qty in (("ETHUSDC", "5"), ("SOLUSDC", "20"), ("BNBUSDC", "1")):
+        e.new_order("main", {"symbol": sym, "side": "BUY", "type": "MARKET", "quantity": qty}, T0)
+
+    def limit(sym: str, qty: str) -> dict:
+        b = e.books[sym]
+        return e.new_order("main", {"symbol": sym, "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
+                                    "price": b.price_str(b.best_bid() * 8 // 10), "quantity": qty}, T0)
+
+    flat_order, isolated_order = limit("XRPUSDC", "10"), limit("BNBUSDC", "0.05")
+    e.algo.place("main", {"algoType": "CONDITIONAL", "symbol": "XRPUSDC", "side": "BUY", "type": "STOP_MARKET",
+                          "triggerPrice": "3", "quantity": "50"}, T0)
+    bnb_wallet = acct.positions["BNBUSDC"].isolated_wallet
+    now = T0
+    while not acct.counters["liquidations"]:          # ETH and SOL fall 0.5 % a second
+        assert now < T0 + 300_000
+        e.jump("ETHUSDC", -0.5, now)
+        e.jump("SOLUSDC", -0.5, now)
+        now += 1000
+        e.advance(now)
+    assert acct.counters["liquidations"] == 1
+    assert acct.positions["ETHUSDC"].amount == 0 and acct.positions["SOLUSDC"].amount == 0
+    open_ids = {o.order_id for o in acct.open.values()}
+    assert flat_order["orderId"] not in open_ids and isolated_order["orderId"] in open_ids
+    assert not [a for a in e.algo.open.values() if a.account == "main"]
+    bnb = e.books["BNBUSDC"]
+    assert bnb.step * acct.positions["BNBUSDC"].amount == 1 and acct.positions["BNBUSDC"].isolated_wallet == bnb_wallet
+    assert e.cross_wallet(acct, "USDC") >= 0
+
+
+def test_an_amendment_that_needs_more_margin_than_is_left_is_refused():
+    e = _engine()
+    acct = e.accounts["main"]
+    acct.wallet["USDC"] = Decimal(100)
+    b = e.books[SYM]
+    o = e.new_order("main", {"symbol": SYM, "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
+                             "price": b.price_str(b.best_bid() - 500), "quantity": "0.5"}, T0)   # 1,500 of 2,000 at 20x
+    amend = {"symbol": SYM, "orderId": str(o["orderId"]), "side": "BUY", "price": o["price"]}
+    assert _code(lambda: e.modify_order("main", {**amend, "quantity": "0.7"}, T0)) == -2019
+    assert e.modify_order("main", {**amend, "quantity": "0.6"}, T0)["origQty"] == "0.600"   # 1,800: it fits
+    assert e.modify_order("main", {**amend, "quantity": "0.2"}, T0)["origQty"] == "0.200"   # smaller: always
