@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 
 from fleet.vocabulary import KillState
 from fleet.binance.client import BinanceClient
-from fleet.binance.endpoints import BATCH_PLACE, NEW_ORDER, Endpoint, places_reduce_only
+from fleet.binance.endpoints import Endpoint, places_reduce_only
 from fleet.binance.errors import BinanceError
 from fleet.binance.filters import SymbolFilters
 from fleet.binance.ratelimit import RateBudget
@@ -218,8 +218,8 @@ class SymbolAgent:
         hold = self.margin_hold.short(self.clock.monotonic())
         if hold is not None:
             self.counters["margin_holds"] += 1
-            self.log.event("margin_short", f"margin insufficient (-2019): new orders held {hold:.0f} s, "
-                                           "reduce-only ones excepted", level=logging.WARNING)
+            self.log.event("margin_short", f"margin insufficient (-2019): quoting held {hold:.0f} s but for "
+                                           "orders that reduce the position", level=logging.WARNING)
 
     async def halt(self, reason: str = "") -> dict:
         """Stop quoting and cancel every open order; report the count the exchange confirms, or
@@ -405,13 +405,8 @@ class SymbolAgent:
         a halt and sent after it would rest on the book the halt empties."""
         if not self.lease_ok():
             return "the lease has lapsed"
-        if places_reduce_only(endpoint, params):
-            return None
-        held = self.margin_hold.left(self.clock.monotonic())
-        if held and endpoint in (NEW_ORDER, BATCH_PLACE):
-            return f"margin insufficient (-2019): new orders held {held:.1f} s more"
         core = self.core
-        if core is None or core.halt_state == KillState.RUNNING:
+        if core is None or core.halt_state == KillState.RUNNING or places_reduce_only(endpoint, params):
             return None
         return f"{self.symbol} is {core.halt_state}: reduce-only places only"
 

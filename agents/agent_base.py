@@ -92,7 +92,8 @@ class Backoff:
         self._rng = rng or random.Random()
 
     def next(self) -> float:
-        base = min(self.cap, self.initial * (2**self.attempt))
+        # the exponent capped: 2 ** 1024 overflows a float (after 1,024 tries of a long outage)
+        base = min(self.cap, self.initial * (2 ** min(self.attempt, 60)))
         self.attempt += 1
         return base * (1.0 + self._rng.uniform(-self.jitter, self.jitter))
 
@@ -100,9 +101,9 @@ class Backoff:
         self.attempt = 0
 
 
-
 class MarginHold:
-    """After -2019 (margin insufficient) new orders are held, reduce-only ones excepted: 1 s at first,
+    """After -2019 (margin insufficient) the quoting lane's requests are held (``OrderSender``: all
+    but the places that reduce the position; the risk lane goes on): 1 s at first,
     twice as long at each -2019 after a hold ended, at most ``cap_s``; a -2019 more than twice
     ``cap_s`` after the last starts again at 1 s. Sending again at the next book tick would only be
     refused again (16 refusals a second on an account short of margin, before this), each counted

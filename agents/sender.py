@@ -147,6 +147,10 @@ class OrderSender:
                 if len(own) != len(batch.items):
                     batch = Batch(batch.kind, own)
             for part, risk in self._lanes(batch):
+                if not risk and self.agent.margin_hold.left(self.agent.clock.monotonic()):
+                    part = self._within_margin(core, part)
+                    if part is None:
+                        continue
                 self.agent.journal.on_sent(self.agent, part)
                 sending = self.sending
                 for d in part.items:
@@ -174,6 +178,25 @@ class OrderSender:
         if other:
             out.append((Batch(batch.kind, tuple(other)), False))
         return out
+
+    @staticmethod
+    def _within_margin(core: AgentCore, part: Batch) -> Batch | None:
+        """While the account is short of margin (``MarginHold``), of the quoting lane only the places
+        that reduce the position go (up to its size, less what rests on that side): they take no
+        margin. The rest waits, what the exchange would refuse again (-2019): places that add exposure,
+        amends towards the market or larger."""
+        if part.kind != "place":
+            return None
+        s = core.store
+        pos = s.position_steps
+        reducing = "SELL" if pos > 0 else "BUY"
+        room = abs(pos) - (s.pending_sell_steps if pos > 0 else s.pending_buy_steps)
+        keep = []
+        for p in part.items:
+            if pos and p.side == reducing and p.qty_steps <= room:   # type: ignore[union-attr]
+                keep.append(p)
+                room -= p.qty_steps   # type: ignore[union-attr]
+        return Batch(part.kind, tuple(keep)) if keep else None
 
     def _sent(self, task: asyncio.Task, items: tuple[Any, ...]) -> None:
         self.inflight.discard(task)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from agents.agent import Backoff, ExchangeEndpoints, SymbolAgent
+from agents.agent import Backoff, ExchangeEndpoints, MarginHold, SymbolAgent
 from agents.ownership import LockFileOwnership, OwnershipRefused
 from fleet.binance.credentials import Credentials
 from fleet.config import RuntimeParams, SymbolParams
@@ -17,6 +17,46 @@ def test_backoff_grows_3_6_12_and_is_capped():
     assert [b.next() for _ in range(5)] == [3.0, 6.0, 12.0, 20.0, 20.0]
     b.reset()
     assert b.next() == 3.0
+
+
+def test_backoff_stays_at_its_cap_however_long_it_lasts():
+    """2 ** 1024 overflows a float: a hold or a reconnect tried that often must still answer the cap."""
+    b = Backoff(1.0, 60.0, jitter=0.0)
+    assert {b.next() for _ in range(3000)} >= {60.0} and b.next() == 60.0
+
+
+def test_the_margin_hold_doubles_to_its_cap_and_starts_again_after_a_quiet_spell():
+    hold = MarginHold(1.0, 8.0)
+    now, lengths = 0.0, []
+    for _ in range(6):
+        length = hold.short(now)
+        assert hold.short(now + 0.1) is None            # answers to orders sent before the hold
+        lengths.append(length)
+        now += length                                    # the next -2019 as soon as the hold ends
+    assert lengths == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0] and hold.left(now - 1.0) == 1.0
+    assert hold.short(now + 17.0) == 1.0                 # two caps without a -2019: from 1 s again
+
+
+def test_while_short_of_margin_only_places_that_reduce_the_position_go():
+    from agents.core import Actions
+    from agents.orders import Batch, Cancel, Place
+    from agents.sender import OrderSender
+    from tests.agents.test_core import started
+
+    core, ex = started()
+    ex.send(core.quote(2_000), 2_000)
+    ex.sweep("BUY")                                      # a long, and the ladder's sells resting
+    sells = [Cancel(cid, o[0]) for cid, o in ex.book.items() if o[1] == "SELL"]
+    ex.send(Actions((Batch("cancel", tuple(sells)),)))
+    long = core.store.position_steps
+    assert long >= 3 and core.store.pending_sell_steps == 0
+    places = (Place("b0", "BUY", 290_000, 1), Place("s0", "SELL", 310_000, long - 1),
+              Place("s1", "SELL", 310_000, 2), Place("s2", "SELL", 310_000, 1))
+    kept = OrderSender._within_margin(core, Batch("place", places))
+    assert kept is not None and [p.client_order_id for p in kept.items] == ["s0", "s2"]   # up to the long
+    ex.send(Actions((Batch("place", (Place("s3", "SELL", 310_000, long),)),)))    # a sell resting for it all
+    assert OrderSender._within_margin(core, Batch("place", places)) is None
+    assert OrderSender._within_margin(core, Batch("amend", ())) is None   # the quoting lane's amends wait
 
 
 def test_backoff_is_jittered_within_bounds():
