@@ -59,7 +59,6 @@ from .agent_base import (  # noqa: F401 - ExchangeEndpoints, Backoff, TICK_READ,
     ExchangeEndpoints,
     FrameCounts,
     LatencyWindow,
-    MarginHold,
     Tick,
 )
 from .starter import Starter
@@ -121,7 +120,6 @@ class SymbolAgent:
         self.kill_wanted_seq: int | None = None  # its kill_seq, when it carried one (see starter.held_kill_state)
         self._resumes = 0  # resumes so far, by command or grant (``_note_kill_change``)
         self.reduce_only_wanted: bool | None = None
-        self.margin_hold = MarginHold()
         self._done: asyncio.Event | None = None
         # what it shows
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
@@ -215,7 +213,7 @@ class SymbolAgent:
 
     def margin_short(self) -> None:
         """The exchange refused an order for margin (-2019): new orders held (``MarginHold``)."""
-        hold = self.margin_hold.short(self.clock.monotonic())
+        hold = self.sender.margin_hold.short(self.clock.monotonic())
         if hold is not None:
             self.counters["margin_holds"] += 1
             self.log.event("margin_short", f"margin insufficient (-2019): quoting held {hold:.0f} s but for "

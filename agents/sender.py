@@ -26,7 +26,8 @@ from fleet.binance.models import ModifyRequest, OrderInfo, OrderRequest
 
 from .core import Actions, AgentCore
 from .orders import Amend, Batch, Cancel, Place
-from .agent_base import IN_FLIGHT_QUERY_MS, LOOKUP_MARGIN_MS, PULL_REPEAT_S, TICK_READ, Tick, UNRESOLVED_QUERY_MS, _reduces, _same_epoch
+from .agent_base import (IN_FLIGHT_QUERY_MS, LOOKUP_MARGIN_MS, PULL_REPEAT_S, TICK_READ, UNRESOLVED_QUERY_MS, MarginHold,
+                         Tick, _reduces, _same_epoch)
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
@@ -49,6 +50,7 @@ class OrderSender:
         self.sending: dict[str, int] = {}  # client order id -> requests about it still awaiting an answer
         self._lookups: dict[str, float] = {}
         self._pull_task: asyncio.Task | None = None
+        self.margin_hold = MarginHold()   # after -2019: the quoting lane waits (``_within_margin``)
 
     def quote(self, now_ms: int, tick: Tick | None) -> None:
         """One quote cycle: decide synchronously, count as pending, send concurrently."""
@@ -147,7 +149,7 @@ class OrderSender:
                 if len(own) != len(batch.items):
                     batch = Batch(batch.kind, own)
             for part, risk in self._lanes(batch):
-                if not risk and self.agent.margin_hold.left(self.agent.clock.monotonic()):
+                if not risk and self.margin_hold.left(self.agent.clock.monotonic()):
                     part = self._within_margin(core, part)
                     if part is None:
                         continue

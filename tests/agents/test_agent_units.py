@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from agents.agent import Backoff, ExchangeEndpoints, MarginHold, SymbolAgent
+from agents.agent import Backoff, ExchangeEndpoints, SymbolAgent
+from agents.agent_base import MarginHold
 from agents.ownership import LockFileOwnership, OwnershipRefused
 from fleet.binance.credentials import Credentials
 from fleet.config import RuntimeParams, SymbolParams
