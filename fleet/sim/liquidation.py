@@ -23,7 +23,9 @@ client, in order:
 - the liquidation clearance fee, income ``INSURANCE_CLEAR``: what margin is left after the close, at
   most the symbol's ``liquidationFee`` (1.25 %) of the notional; an isolated liquidation so costs the
   isolated wallet, neither more nor less;
-- an ``ACCOUNT_UPDATE`` (``m`` ``ORDER``) with the position at 0.
+- an ``ACCOUNT_UPDATE`` (``m`` ``ORDER``) with the position at 0;
+- the order in ``GET /fapi/v1/forceOrders`` (and allOrders, userTrades, the income of its realized
+  P&L and fee).
 
 A cross account that is bankrupt at the mark keeps its negative balance (no insurance fund here).
 """
@@ -35,6 +37,7 @@ from decimal import Decimal
 from typing import Any, Callable
 
 from fleet.sim.book import Book
+from fleet.sim.errors import WEEK_MS, int_param, invalid, within_a_week
 from fleet.sim.frames import render_force_order
 from fleet.sim.margin import note_margin
 from fleet.sim.orders import Account, Order, Position, Trade
@@ -64,6 +67,9 @@ class Liquidation:
     _emit_agg: Callable[[Book, int, int, int, bool], int]
     _emit_market: Callable[[str, Any], None]
     _emit_user: Callable[[str, Any], None]
+    account: Callable[[str], Account]
+    book: Callable[[str | None], Book]
+    order_json: Callable[[Book, Order], dict[str, Any]]
 
     def _check_liquidations(self, t: int) -> None:
         """Liquidate what the mark has put under its maintenance margin."""
@@ -94,6 +100,27 @@ class Liquidation:
                 >= MARGIN_CALL_EVERY_MS:
             acct.margin_calls[key] = t
             self._emit_user(acct.name, _margin_call(held, isolated_wallet, wallet, t))
+
+    def force_orders(self, account: str, params: dict[str, str], now: int) -> list[dict[str, Any]]:
+        """GET /fapi/v1/forceOrders: the account's liquidation orders (``autoCloseType`` LIQUIDATION; ADL
+        never happens here), of one symbol or all, within startTime..endTime (7 days at most; without
+        startTime, the 7 days before endTime or now), the latest ``limit`` (50, at most 100)."""
+        acct = self.account(account)
+        symbol = self.book(params["symbol"]).symbol if params.get("symbol") else None
+        kind = params.get("autoCloseType")
+        if kind not in (None, "", "LIQUIDATION", "ADL"):
+            raise invalid("autoCloseType")
+        start, end = int_param(params, "startTime"), int_param(params, "endTime")
+        within_a_week(start, end)
+        end = now if end is None else end
+        start = end - WEEK_MS if start is None else start
+        limit = int_param(params, "limit", 50)
+        assert limit is not None
+        if not 1 <= limit <= 100:
+            raise invalid("limit")
+        rows = [o for o in acct.force_orders if kind != "ADL" and (symbol is None or o.symbol == symbol)
+                and start <= o.time <= end]
+        return [self.order_json(self.books[o.symbol], o) for o in rows[-limit:]]
 
     def _liquidate(self, acct: Account, held: list[tuple[Book, Position]], isolated_wallet: Decimal | None,
                    t: int) -> None:
@@ -146,6 +173,7 @@ class Liquidation:
         o.cum_quote = px * abs(amt)
         o.status = "FILLED"
         b.closed[o.order_id] = o   # trimmed with the book's next closed order (_remove_resting)
+        acct.force_orders.append(o)
         trade_id = self._emit_agg(b, price, abs(old), t, side == "SELL")
         pos.amount = 0
         pos.entry = ZERO

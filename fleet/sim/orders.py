@@ -15,6 +15,7 @@ from fleet.sim.units import ZERO
 # GET /fapi/v1/orderAmendment answers from the latest amendments of an account (Binance keeps three
 # months; an agent amends thousands of times an hour, so the simulator keeps a bounded number).
 AMENDMENTS_KEPT = 20_000
+FORCE_ORDERS_KEPT = 1_000
 CLIENT_ID_RE = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
 # priceMatch: the order's price is the N-th best level of the other side (OPPONENT_N, a taker's price) or
 # of its own side (QUEUE_N), at placement; Binance's "Counterparty N" and "Queue N" (BBO orders)
@@ -119,6 +120,7 @@ class Account:
         self.isolated: set[str] = set()  # the symbols in isolated margin mode (cross otherwise)
         self.margin_history: list[dict[str, Any]] = []  # POST /fapi/v1/positionMargin's transfers
         self.margin_calls: dict[str, int] = {}  # an isolated symbol, or a cross margin asset -> last MARGIN_CALL
+        self.force_orders: deque[Order] = deque(maxlen=FORCE_ORDERS_KEPT)  # its liquidation orders (forceOrders)
         self.positions: dict[str, Position] = {}
         self.open: dict[int, Order] = {}
         self.by_cid: dict[str, Order] = {}  # open orders by clientOrderId

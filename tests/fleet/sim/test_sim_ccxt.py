@@ -154,3 +154,25 @@ def test_ccxt_binanceusdm_trades_in_isolated_margin_and_moves_its_margin(sim_thr
     ex.set_margin_mode("cross", sym)
     truth = requests.get(f"{sim_thread.rest_url}/sim/state", params={"symbol": "ETHUSDC"}, timeout=5).json()
     assert truth["positions"]["ETHUSDC"]["margin_type"] == "cross" and float(truth["positions"]["ETHUSDC"]["amount"]) == 0
+
+
+def test_ccxt_binanceusdm_reads_its_liquidations(sim_thread):
+    """A 50x isolated long, a 3 % fall: the simulator liquidates it at the next mark tick, and ccxt's
+    fetch_my_liquidations (GET /fapi/v1/forceOrders) reads the liquidation order back."""
+    from tests.polling import poll
+
+    ex = _client(sim_thread)
+    ex.load_markets()
+    sym = "ETH/USDC:USDC"
+    ex.set_margin_mode("isolated", sym)
+    ex.set_leverage(50, sym)
+    ex.create_order(sym, "market", "buy", 0.5)
+    requests.post(f"{sim_thread.rest_url}/sim/market/jump", json={"symbol": "ETHUSDC", "pct": -3}, timeout=5)
+
+    def state() -> dict:
+        return requests.get(f"{sim_thread.rest_url}/sim/state", params={"symbol": "ETHUSDC"}, timeout=5).json()
+
+    poll(lambda: state()["counters"]["liquidations"] == 1, 10, "the liquidation")
+    [liq] = ex.fetch_my_liquidations(sym)
+    assert liq["side"] == "sell" and liq["contracts"] == 0.5 and liq["info"]["clientOrderId"].startswith("autoclose-")
+    assert float(state()["positions"]["ETHUSDC"]["amount"]) == 0

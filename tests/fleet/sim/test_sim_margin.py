@@ -234,6 +234,12 @@ def test_an_isolated_position_the_mark_puts_under_its_maintenance_is_liquidated_
     trade = e.user_trades("main", {"symbol": SYM})[-1]
     assert trade["orderId"] == liq["i"] and Decimal(trade["realizedPnl"]) == realized
     assert next(o for o in e.all_orders("main", {"symbol": SYM}) if o["orderId"] == liq["i"])["type"] == "LIQUIDATION"
+    # GET /fapi/v1/forceOrders: the liquidation orders (ADL: none here; 7 days at most)
+    [forced] = e.force_orders("main", {"symbol": SYM}, T0 + 7000)
+    assert forced["orderId"] == liq["i"] and forced["status"] == "FILLED" and forced["executedQty"] == "1.000"
+    assert e.force_orders("main", {"autoCloseType": "ADL"}, T0 + 7000) == []
+    assert e.force_orders("main", {}, T0 + 8 * 86_400_000) == []                   # older than the week before now
+    assert _code(lambda: e.force_orders("main", {"startTime": "0", "endTime": str(8 * 86_400_000)}, T0)) == -1127
 
 
 def test_cross_positions_are_liquidated_together_when_the_cross_margin_runs_out():
