@@ -195,15 +195,15 @@ class SymbolAgent:
         """Stop quoting, cancel all, optionally flatten, disarm, close, release; idempotent."""
         return await self.shutdown.stop(flatten)
 
-    def liquidated(self, ev: Any) -> None:
-        """The exchange closed (part of) the position by liquidation: said loudly, and the symbol halted
-        (recorded where the ownership can) until an operator resumes it. Quoting on would trade the
-        same margin into the next liquidation."""
+    def liquidated(self, what: str, client_order_id: str, order_id: int) -> None:
+        """The exchange closed (part of) the position by liquidation (``UserFeed.liquidation``): said
+        loudly, and the symbol halted (recorded where the ownership can) until an operator resumes it.
+        Quoting on would trade the same margin into the next liquidation."""
         self.log.event(
             "liquidated",
-            f"liquidated by the exchange: {ev.side} {ev.last_filled_qty} @ {ev.last_filled_price} "
-            f"({ev.client_order_id}), realized {ev.realized_pnl}; position {self.core.store.position if self.core else '?'}; "
-            "halted until resumed", level=logging.ERROR, client_order_id=ev.client_order_id, order_id=ev.order_id)
+            f"liquidated by the exchange: {what} ({client_order_id}); position "
+            f"{self.core.store.position if self.core else '?'}; halted until resumed", level=logging.ERROR,
+            client_order_id=client_order_id, order_id=order_id)
         self._halted_now(LIQUIDATED)
         # The fleet's lease: the halt is carried with every lease call until the controller has written
         # it (``kill_carried``), so it is durable and shown like any kill, and a restart keeps it.

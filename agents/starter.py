@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fleet.binance.errors import BinanceError
 from fleet.binance.models import OrderInfo
@@ -117,6 +117,7 @@ class Starter:
         # The open orders first, then the position: an order that fills between the two reads is
         # then listed open and inside the position (counted twice, the safe side) instead of neither.
         listed_at = a.exchange_ms()
+        before = core.store.position_steps
         orders = await client.open_orders(a.symbol)
         position = await client.position(a.symbol)
         wallet = await self._wallet_balance()
@@ -126,6 +127,8 @@ class Starter:
         if not initial:
             a.counters["resyncs"] += 1
             a.metrics.inc_rest_fallback()
+        if not initial and before and core.store.position_steps != before:
+            await self._liquidations_missed(client, a.user.last_lost_ms or listed_at - 60_000)
         a.blocks.discard(BLOCK_RESYNC)
         a.journal.on_resync(a, initial)
         a.log.event(
@@ -133,6 +136,19 @@ class Starter:
             f"snapshot: position {core.store.position}, {len(orders)} open orders",
             position=core.store.position,
         )
+
+    async def _liquidations_missed(self, client: Any, since_ms: int) -> None:
+        """The snapshot shows the position changed while the stream was away: a liquidation whose
+        CALCULATED frame was lost with it is in forceOrders (weight 20, read only then)."""
+        a = self.agent
+        try:
+            rows = await client.force_orders(a.symbol, since_ms - 5_000)
+        except BinanceError as exc:
+            a.log.event("force_orders_unread", f"forceOrders not read after a resync: {exc!r}", level=logging.WARNING)
+            return
+        for r in rows:
+            a.user.liquidation(int(r.get("orderId") or 0), str(r.get("clientOrderId") or ""), False,
+                               f"{r.get('side')} {r.get('executedQty')} @ {r.get('avgPrice')} (seen in forceOrders)")
 
     async def _wallet_balance(self) -> float | None:
         a = self.agent

@@ -33,6 +33,8 @@ class UserFeed:
         self.connected = False
         self.opened_at: float = 0.0  # when the current connection opened (monotonic)
         self.lost_at: float | None = None  # when it was lost (None: up, or the REST fallback ran)
+        self.last_lost_ms: int | None = None  # the exchange's time when it was last lost (never reset)
+        self.liquidations_seen: set[int] = set()  # liquidation orders handled, from a frame or forceOrders
         self._new_key = asyncio.Event()  # the keepalive was refused: the consumer takes a new key
 
     async def connect(self) -> None:
@@ -140,12 +142,25 @@ class UserFeed:
         liquidations = core.store.liquidations
         core.on_event(ev, a.clock.time_ms() + a.offset_ms())
         if core.store.liquidations != liquidations:
-            a.liquidated(ev)
+            self.liquidation(ev.order_id, ev.client_order_id, True,
+                             f"{ev.side} {ev.last_filled_qty} @ {ev.last_filled_price}, realized {ev.realized_pnl}")
         a.journal.on_user_event(a, ev)
         if isinstance(ev, FundingFee):
             self.look_up_funding()
         if isinstance(ev, OrderUpdate):
             self._log_order_update(ev)
+
+    def liquidation(self, order_id: int, client_order_id: str, booked: bool, what: str) -> None:
+        """A liquidation order of the exchange, seen in its CALCULATED frame (``booked``: the store
+        counted its fill) or, when that frame was lost with the stream, in forceOrders after the resync:
+        the agent halts once per order."""
+        if order_id in self.liquidations_seen:
+            return
+        self.liquidations_seen.add(order_id)
+        a = self.agent
+        if not booked and a.core is not None:
+            a.core.store.liquidations += 1   # the snapshot took the position; the fill was never a frame
+        a.liquidated(what, client_order_id, order_id)
 
     def _margin_call(self, ev: MarginCall) -> None:
         """The exchange warns that positions are close to liquidation: this symbol's is said loudly and
@@ -185,6 +200,7 @@ class UserFeed:
         self._set_connected(False)
         a.blocks.add(BLOCK_USER_STREAM)
         self.lost_at = a.clock.monotonic()
+        self.last_lost_ms = a.exchange_ms()
         a.counters["user_stream_reconnects"] += 1
         a.log.event("user_stream_lost", f"user stream lost: {why}; quoting stopped", level=logging.WARNING)
         with contextlib.suppress(Exception):

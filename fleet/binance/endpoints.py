@@ -92,6 +92,7 @@ BALANCE_V3 = _get("/fapi/v3/balance", ACCOUNT, signed=True)
 BALANCE_V2 = _get("/fapi/v2/balance", ACCOUNT, signed=True)
 INCOME = _get("/fapi/v1/income", Cost(weight=30), signed=True)
 USER_TRADES = _get("/fapi/v1/userTrades", Cost(weight=5), signed=True)
+FORCE_ORDERS = _get("/fapi/v1/forceOrders", Cost(weight=20), signed=True)   # with a symbol (50 without)
 COMMISSION_RATE = _get("/fapi/v1/commissionRate", Cost(weight=20), signed=True)
 LEVERAGE = Endpoint("POST", "/fapi/v1/leverage", W1, signed=True)
 

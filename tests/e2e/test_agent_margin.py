@@ -94,3 +94,34 @@ async def test_a_margin_call_for_the_symbol_is_said_and_counted(sim, make_agent,
     await wait_for(liquidated, 10, "liquidated, the agent's position 0")
     assert metric(agent, "mm_liquidations_total") == 1 and agent.status()["state"] == "halted"
 
+
+
+async def test_a_liquidation_whose_frame_was_lost_with_the_stream_is_found_after_the_resync(
+        sim, make_agent, exchange, caplog):
+    """The user stream is down when the exchange liquidates (its reconnects refused a while): the
+    CALCULATED frame never reaches the agent, and the resync's snapshot shows only a position gone.
+    The agent reads forceOrders then, finds the liquidation and halts, as if it had seen the frame."""
+    async with SimClient.for_sim(sim) as c:
+        assert (await c.signed("POST", "/fapi/v1/marginType", {"symbol": SYMBOL, "marginType": "ISOLATED"})).status == 200
+        assert (await c.signed("POST", "/fapi/v1/leverage", {"symbol": SYMBOL, "leverage": "125"})).status == 200
+    agent = await make_agent()
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL, "mode": "price"})
+    await wait_for(lambda: resting(agent, exchange), 10, "a ladder resting on both sides")
+    await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.1"})
+    await wait_for(lambda: in_sync(agent, exchange), 10, "the position seen")
+    await exchange.post("/sim/fault/rest", {"mode": "error", "path": "/fapi/v1/listenKey", "method": "POST", "count": 4})
+    assert (await exchange.post("/sim/fault/drop", {"target": "user"}))["dropped"] >= 1
+    await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": -1.5})
+
+    async def liquidated() -> bool:
+        return (await exchange.state())["counters"]["liquidations"] == 1
+
+    await wait_for(liquidated, 10, "liquidated at the exchange")
+    assert agent.status()["counters"]["user_stream_reconnects"] >= 1 and not agent.user.connected
+    await wait_for(lambda: agent.status()["state"] == "halted", 20, "halted once the resync read forceOrders")
+    await wait_for(lambda: in_sync(agent, exchange), 10, "the agent's book equals the exchange's",
+                   explain=lambda: describe(agent, exchange))
+    assert agent.status()["halt_reason"] == "liquidated by the exchange"
+    assert metric(agent, "mm_liquidations_total") == 1
+    [event] = [r for r in caplog.records if getattr(r, "event", None) == "liquidated"]
+    assert event.levelno == logging.ERROR and "seen in forceOrders" in event.getMessage()
