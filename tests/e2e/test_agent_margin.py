@@ -27,16 +27,26 @@ from .test_agent_live import (  # noqa: F401 - fixtures
 )
 
 
-async def test_a_liquidation_is_booked_as_the_exchange_did_and_halts_the_symbol(sim, make_agent, exchange, caplog):
+async def _isolated_at_125x(sim) -> None:
     async with SimClient.for_sim(sim) as c:
         assert (await c.signed("POST", "/fapi/v1/marginType", {"symbol": SYMBOL, "marginType": "ISOLATED"})).status == 200
         assert (await c.signed("POST", "/fapi/v1/leverage", {"symbol": SYMBOL, "leverage": "125"})).status == 200
+
+
+async def _long_at_125x_isolated(sim, make_agent, exchange):
+    """The symbol isolated at 125x, an agent quoting on a held price, and a long of 0.1 it holds (under
+    its cap) with the isolated margin of 125x."""
+    await _isolated_at_125x(sim)
     agent = await make_agent()
     await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL, "mode": "price"})
     await wait_for(lambda: resting(agent, exchange), 10, "a ladder resting on both sides")
-    # a long the agent holds (under its cap), its isolated margin that of 125x
     await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.1"})
     await wait_for(lambda: in_sync(agent, exchange), 10, "the position seen")
+    return agent
+
+
+async def test_a_liquidation_is_booked_as_the_exchange_did_and_halts_the_symbol(sim, make_agent, exchange, caplog):
+    agent = await _long_at_125x_isolated(sim, make_agent, exchange)
     wallet = Decimal((await exchange.state())["balances"]["USDC"])
     isolated = Decimal((await exchange.state())["positions"][SYMBOL]["isolated_wallet"])
     assert isolated > 0
@@ -70,9 +80,7 @@ async def test_a_margin_call_for_the_symbol_is_said_and_counted(sim, make_agent,
     """The exchange's MARGIN_CALL (margin ratio at 80 %) reaches the agent before the liquidation: a
     WARNING event ``margin_call``, ``margin_calls`` in its status and ``mm_margin_calls_total``. The
     agent is halted first, so no ladder's fills move the margin between the two moves."""
-    async with SimClient.for_sim(sim) as c:
-        assert (await c.signed("POST", "/fapi/v1/marginType", {"symbol": SYMBOL, "marginType": "ISOLATED"})).status == 200
-        assert (await c.signed("POST", "/fapi/v1/leverage", {"symbol": SYMBOL, "leverage": "125"})).status == 200
+    await _isolated_at_125x(sim)
     agent = await make_agent()
     await agent.halt("a quiet book for the test")
     await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL, "mode": "price"})
@@ -101,14 +109,7 @@ async def test_a_liquidation_whose_frame_was_lost_with_the_stream_is_found_after
     """The user stream is down when the exchange liquidates (its reconnects refused a while): the
     CALCULATED frame never reaches the agent, and the resync's snapshot shows only a position gone.
     The agent reads forceOrders then, finds the liquidation and halts, as if it had seen the frame."""
-    async with SimClient.for_sim(sim) as c:
-        assert (await c.signed("POST", "/fapi/v1/marginType", {"symbol": SYMBOL, "marginType": "ISOLATED"})).status == 200
-        assert (await c.signed("POST", "/fapi/v1/leverage", {"symbol": SYMBOL, "leverage": "125"})).status == 200
-    agent = await make_agent()
-    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL, "mode": "price"})
-    await wait_for(lambda: resting(agent, exchange), 10, "a ladder resting on both sides")
-    await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.1"})
-    await wait_for(lambda: in_sync(agent, exchange), 10, "the position seen")
+    agent = await _long_at_125x_isolated(sim, make_agent, exchange)
     await exchange.post("/sim/fault/rest", {"mode": "error", "path": "/fapi/v1/listenKey", "method": "POST", "count": 4})
     assert (await exchange.post("/sim/fault/drop", {"target": "user"}))["dropped"] >= 1
     await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": -1.5})
