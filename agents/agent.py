@@ -204,7 +204,10 @@ class SymbolAgent:
             f"liquidated by the exchange: {what} ({client_order_id}); position "
             f"{self.core.store.position if self.core else '?'}; halted until resumed", level=logging.ERROR,
             client_order_id=client_order_id, order_id=order_id)
-        self._halted_now(LIQUIDATED)
+        mark = self._halted_now(LIQUIDATED)
+        # what rests is cancelled and confirmed, as an operator's halt does: orders sent before the
+        # liquidation's frame may land after the exchange's own cancels
+        self.tasks.spawn(self._halt_confirmed(self.clock.monotonic(), mark), "liquidation-halt")
         # The fleet's lease: the halt is carried with every lease call until the controller has written
         # it (``kill_carried``), so it is durable and shown like any kill, and a restart keeps it.
         carry = getattr(self.ownership, "note_direct_kill_state", None)
