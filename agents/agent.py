@@ -215,7 +215,8 @@ class SymbolAgent:
             carry(None, KillState.HALTED, LIQUIDATED, issued_at=self.clock.time_ms() / 1000.0)
 
     def margin_short(self) -> None:
-        """The exchange refused an order for margin (-2019): new orders held (``MarginHold``)."""
+        """The exchange refused an order or an amendment for margin (-2019): the sender holds its
+        quoting lane but for the places that reduce the position (``MarginHold``)."""
         hold = self.sender.margin_hold.short(self.clock.monotonic())
         if hold is not None:
             self.counters["margin_holds"] += 1
