@@ -11,6 +11,7 @@ from collections import deque
 from decimal import Decimal
 from typing import Any
 
+from fleet.sim.brackets import Brackets
 from fleet.sim.config import SymbolSpec
 from fleet.sim.market import MarketModel
 from fleet.sim.orders import Order
@@ -83,6 +84,7 @@ class Book:
     def __init__(self, spec: SymbolSpec, model: MarketModel, salt: int, base_order_id: int) -> None:
         self.spec = spec
         self.symbol = spec.symbol
+        self.brackets = Brackets(spec.bracket_rows())
         self.lower = spec.symbol.lower()
         self.model = model
         self.tick = Decimal(spec.tick_size)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fleet.sim.brackets import DEFAULT_BRACKETS, check_rows
 from fleet.sim.market import MarketParams
 
 
@@ -22,6 +23,14 @@ class SimConfigError(ValueError):
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BracketSpec(_Model):
+    """One notional bracket (GET /fapi/v1/leverageBracket; fleet/sim/brackets.py)."""
+
+    notional_cap: str
+    initial_leverage: int = Field(ge=1, le=125)
+    maint_margin_ratio: str
 
 
 class SymbolSpec(_Model):
@@ -52,6 +61,8 @@ class SymbolSpec(_Model):
     taker_rate: float = Field(4.0, ge=0, description="synthetic taker arrivals per second")
     taker_mean_qty: float = Field(0.0, ge=0, description="mean synthetic taker size; 0 = ~5k notional")
     funding_rate: str = "0.0001"
+    brackets: tuple[BracketSpec, ...] | None = Field(
+        None, description="notional brackets, lowest first; None = Binance's BTCUSDT table (125x up to 50,000)")
 
     @field_validator("tick_size", "step_size", "min_notional", "max_qty", "market_max_qty")
     @classmethod
@@ -75,9 +86,21 @@ class SymbolSpec(_Model):
                 raise ValueError("market_step_size must be a whole multiple of step_size")
         return self
 
+    @field_validator("brackets")
+    @classmethod
+    def _bracket_table(cls, v: tuple[BracketSpec, ...] | None) -> tuple[BracketSpec, ...] | None:
+        if v is not None:
+            check_rows(tuple((b.notional_cap, b.initial_leverage, b.maint_margin_ratio) for b in v))
+        return v
+
     @property
     def margin_asset(self) -> str:
         return self.quote_asset
+
+    def bracket_rows(self) -> tuple[tuple[str, int, str], ...]:
+        if self.brackets is None:
+            return DEFAULT_BRACKETS
+        return tuple((b.notional_cap, b.initial_leverage, b.maint_margin_ratio) for b in self.brackets)
 
 
 def default_symbol_spec(symbol: str) -> SymbolSpec:

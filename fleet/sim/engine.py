@@ -1179,6 +1179,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation):
         if not reduce_only:
             increases = pos.amount == 0 or (pos.amount > 0) == (sign > 0) or qty > abs(pos.amount)
             if increases:
+                self._within_bracket(acct, b, sign, notional_f)
                 need = notional_f / self.leverage_of(acct, b.symbol)
                 if need > self._available_fast(acct, b.spec.margin_asset):
                     raise SimApiError(-2019, "Margin is insufficient.")
@@ -1376,8 +1377,18 @@ class Engine(EngineViews, IsolatedMargin, Liquidation):
         if pos and (pos > 0) != (o.sign > 0) and qty - o.filled <= abs(pos):
             return
         extra = (price * (qty - o.filled) - o.price * o.remaining) * b.tick_f * b.step_f
+        self._within_bracket(acct, b, o.sign, extra)
         if extra / self.leverage_of(acct, b.symbol) > self._available_fast(acct, b.spec.margin_asset):
             raise SimApiError(-2019, "Margin is insufficient.")
+
+    def _within_bracket(self, acct: Account, b: Book, sign: int, add_f: float) -> None:
+        """-2027 when ``add_f`` more notional on the side of ``sign`` would take the position and the
+        orders resting on that side beyond what the leverage allows (fleet/sim/brackets.py)."""
+        units = acct.open_units.get(b.symbol)
+        resting = units[0 if sign > 0 else 1] * b.tick_f * b.step_f if units else 0.0
+        held = sign * acct.position(b.symbol).amount * b.step_f * b.mark
+        if held + resting + add_f > b.brackets.max_notional_f(self.leverage_of(acct, b.symbol)):
+            raise SimApiError(-2027, "Exceeded the maximum allowable position at current leverage.")
 
     def countdown_cancel_all(self, account: str, params: dict[str, str], now: int) -> dict[str, Any]:
         acct = self.account(account)
@@ -1416,12 +1427,31 @@ class Engine(EngineViews, IsolatedMargin, Liquidation):
             lev = int(raw)
         except ValueError as exc:
             raise missing("leverage") from exc
-        if not 1 <= lev <= 125:
+        if not 1 <= lev <= b.brackets.max_leverage:
             raise SimApiError(-4028, f"Leverage {lev} is not valid")
+        old = self.leverage_of(acct, b.symbol)
+        if lev != old:
+            self._leverage_allows(acct, b, old, lev)
         acct.leverage[b.symbol] = lev
         self._emit_user(acct.name, {"e": "ACCOUNT_CONFIG_UPDATE", "E": now, "T": now,
                                     "ac": {"s": b.symbol, "l": lev}})
-        return {"leverage": lev, "maxNotionalValue": "1000000000", "symbol": b.symbol}
+        return {"leverage": lev, "maxNotionalValue": f"{b.brackets.max_notional(lev):f}", "symbol": b.symbol}
+
+    def _leverage_allows(self, acct: Account, b: Book, old: int, lev: int) -> None:
+        """A new leverage must allow what the account holds on each side (-2027) and, lower, find the
+        margin it takes more: -4161 with an isolated position, -2028 when the cross side lacks it."""
+        held = b.mark_dec() * b.step * acct.position(b.symbol).amount
+        units = acct.open_units.get(b.symbol) or (0, 0)
+        bids, asks = b.notional_unit * units[0], b.notional_unit * units[1]
+        if max(held + bids, asks - held) > b.brackets.max_notional(lev):
+            raise SimApiError(-2027, "Exceeded the maximum allowable position at current leverage.")
+        if lev > old:
+            return
+        if held and b.symbol in acct.isolated:
+            raise SimApiError(-4161, "Leverage reduction is not supported in Isolated Margin Mode with open positions")
+        more = (abs(held) + bids + asks) * (Decimal(1) / lev - Decimal(1) / old)
+        if more > self.available_balance(acct, b.spec.margin_asset):
+            raise SimApiError(-2028, "Leverage is smaller than permitted: insufficient margin balance.")
 
     # -- listen keys --------------------------------------------------------------------------------
 

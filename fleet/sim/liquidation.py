@@ -42,7 +42,6 @@ from fleet.sim.frames import render_force_order
 from fleet.sim.margin import note_margin
 from fleet.sim.orders import Account, Order, Position, Trade
 from fleet.sim.units import ZERO, q8, s8
-from fleet.sim.views import MAINT_MARGIN_RATE
 
 LIQUIDATION_FEE_RATE = Decimal("0.0125")   # exchangeInfo's liquidationFee
 MARGIN_CALL_RATIO = Decimal("0.8")
@@ -216,4 +215,4 @@ def _upnl(b: Book, pos: Position) -> Decimal:
 
 
 def _maint(b: Book, pos: Position) -> Decimal:
-    return abs(b.mark_dec() * b.step * pos.amount) * MAINT_MARGIN_RATE
+    return b.brackets.maintenance(b.mark_dec() * b.step * pos.amount)

@@ -11,7 +11,6 @@ from fleet.sim.config import SimConfig
 from fleet.sim.engine import Engine, SimApiError, missing
 from fleet.sim.frames import ticker_24h
 from fleet.sim.streams import KLINE_MINUTES
-from fleet.sim.views import MAINT_MARGIN_RATE
 
 # The contract types continuousKlines documents (exchangeInfo's list has more: CURRENT_MONTH, ...)
 CONTINUOUS_CONTRACT_TYPES = ("PERPETUAL", "CURRENT_QUARTER", "NEXT_QUARTER")
@@ -299,9 +298,7 @@ class RestHandlers:
     def _leverage_bracket(self, account: str, params: dict[str, str], now: int) -> Any:
         e = self.engine
         books = [e.book(params["symbol"])] if params.get("symbol") else list(e.books.values())
-        return [{"symbol": b.symbol, "brackets": [
-            {"bracket": 1, "initialLeverage": 125, "notionalCap": 1_000_000_000, "notionalFloor": 0,
-             "maintMarginRatio": float(MAINT_MARGIN_RATE), "cum": 0.0}]} for b in books]
+        return [{"symbol": b.symbol, "brackets": b.brackets.json()} for b in books]
 
     def _symbol_config(self, account: str, params: dict[str, str], now: int) -> Any:
         """GET /fapi/v1/symbolConfig: the account's per-symbol settings."""
@@ -310,7 +307,8 @@ class RestHandlers:
         books = [e.book(params["symbol"])] if params.get("symbol") else list(e.books.values())
         return [{"symbol": b.symbol, "marginType": "ISOLATED" if b.symbol in acct.isolated else "CROSSED",
                  "isAutoAddMargin": False,
-                 "leverage": e.leverage_of(acct, b.symbol), "maxNotionalValue": "1000000000"} for b in books]
+                 "leverage": e.leverage_of(acct, b.symbol),
+                 "maxNotionalValue": f"{b.brackets.max_notional(e.leverage_of(acct, b.symbol)):f}"} for b in books]
 
     def _listen_key_close(self, account: str, params: dict[str, str], now: int) -> Any:
         acct = self.engine.accounts[account]

@@ -10,8 +10,6 @@ from fleet.sim.errors import int_param, invalid, within_a_week
 from fleet.sim.orders import Account, Order, Position
 from fleet.sim.units import Q8, ZERO, s8
 
-# The one leverage bracket's maintenance margin rate (/fapi/v1/leverageBracket's maintMarginRatio)
-MAINT_MARGIN_RATE = Decimal("0.004")
 
 
 class EngineViews:
@@ -168,7 +166,7 @@ class EngineViews:
         return {"symbol": b.symbol, "amt": amt, "entry": pos.entry if pos.amount else ZERO, "upnl": upnl,
                 "mark": mark, "lev": lev, "notional": notional, "bids": bids, "asks": asks,
                 "update": pos.update_time, "im": abs(notional) / lev, "oim": (bids + asks) / lev,
-                "mm": abs(notional) * MAINT_MARGIN_RATE, "isolated": isolated,
+                "mm": b.brackets.maintenance(notional), "isolated": isolated,
                 "iw": pos.isolated_wallet if isolated else ZERO}
 
     def _liquidation_price(self, acct: Account, b: Book, v: dict[str, Any]) -> str:
@@ -176,7 +174,8 @@ class EngineViews:
         (wallet - others' maintenance + others' unrealized P&L + cum - side x size x entry) /
         (size x maintenance rate - side x size). Cross: the wallet is the cross wallet and the others
         are the margin asset's other cross positions; isolated: the wallet is the position's isolated
-        wallet and there are no others. One bracket here: maintenance rate MAINT_MARGIN_RATE, cum 0.
+        wallet and there are no others. The maintenance rate and cum are those of the position's
+        bracket (fleet/sim/brackets.py).
         "0" when flat, or when no price would do it (a long whose margin outlasts a fall to 0). The
         mark reaching it liquidates the position (fleet/sim/liquidation.py)."""
         if not v["amt"]:
@@ -191,9 +190,10 @@ class EngineViews:
                       and self.books[sym].spec.margin_asset == asset]   # flat ones add 0
         size = abs(v["amt"])
         side = 1 if v["amt"] > 0 else -1
+        bracket = b.brackets.of(v["notional"])
         free = (wallet - sum((o["mm"] for o in others), ZERO)
-                + sum((o["upnl"] for o in others), ZERO) - side * size * v["entry"])
-        price = free / (size * MAINT_MARGIN_RATE - side * size)
+                + sum((o["upnl"] for o in others), ZERO) + bracket.cum - side * size * v["entry"])
+        price = free / (size * bracket.rate - side * size)
         return s8(price) if price > 0 else "0"
 
     def position_risk(self, account: str, symbol: str | None, version: int) -> list[dict[str, Any]]:
@@ -220,7 +220,7 @@ class EngineViews:
             else:
                 common.update({"marginType": "isolated" if v["isolated"] else "cross", "isAutoAddMargin": "false",
                                "leverage": str(v["lev"]),
-                               "maxNotionalValue": "1000000000"})
+                               "maxNotionalValue": f"{b.brackets.max_notional(v['lev']):f}"})
             out.append(common)
         return out
 
@@ -280,7 +280,7 @@ class EngineViews:
                           "leverage": str(v["lev"]), "isolated": v["isolated"],
                           "entryPrice": f"{v['entry']:f}" if v["amt"] else "0.0",
                           "breakEvenPrice": f"{v['entry']:f}" if v["amt"] else "0.0",
-                          "maxNotional": "1000000000", "bidNotional": s8(v["bids"]),
+                          "maxNotional": f"{b.brackets.max_notional(v['lev']):f}", "bidNotional": s8(v["bids"]),
                           "askNotional": s8(v["asks"])})
             positions.append(p)
         out: dict[str, Any] = {}

@@ -286,7 +286,7 @@ async def test_rejections_raise_their_own_classes(client, filters):
                          client_order_id=cid("ro"))
         )
     with pytest.raises(InsufficientMarginError):
-        await client.place_order(limit_buy(price, qty="9000.000", tif="GTC"))
+        await client.place_order(limit_buy(price, qty="3000.000", tif="GTC"))   # 9 M: within 20x's 20 M
     with pytest.raises(FilterRejectedError):
         await client.place_order(limit_buy(price + "5"))  # one decimal more than the tick allows
     with pytest.raises(FilterRejectedError):

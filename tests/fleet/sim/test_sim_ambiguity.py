@@ -228,7 +228,7 @@ async def test_symbol_config_and_open_algo_orders(sim):
         rows = {row["symbol"]: row for row in r.json}
         assert set(rows) == {"ETHUSDC", "BTCUSDT", "SOLUSDT"}
         assert rows["BTCUSDT"] == {"symbol": "BTCUSDT", "marginType": "CROSSED", "isAutoAddMargin": False,
-                                   "leverage": 7, "maxNotionalValue": "1000000000"}
+                                   "leverage": 7, "maxNotionalValue": "40000000"}   # 10x's bracket: 7x up to 40 M
         assert rows["ETHUSDC"]["leverage"] == 20 and rows["ETHUSDC"]["isAutoAddMargin"] is False
         used = int(r.headers["X-MBX-USED-WEIGHT-1M"])
         r = await c.signed("GET", "/fapi/v1/symbolConfig", {"symbol": "ETHUSDC"})

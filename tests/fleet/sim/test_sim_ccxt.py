@@ -176,3 +176,25 @@ def test_ccxt_binanceusdm_reads_its_liquidations(sim_thread):
     [liq] = ex.fetch_my_liquidations(sym)
     assert liq["side"] == "sell" and liq["contracts"] == 0.5 and liq["info"]["clientOrderId"].startswith("autoclose-")
     assert float(state()["positions"]["ETHUSDC"]["amount"]) == 0
+
+
+def test_ccxt_binanceusdm_reads_the_leverage_tiers_and_meets_their_allowance(sim_thread):
+    """fetch_leverage_tiers reads GET /fapi/v1/leverageBracket; at 125x an order beyond the first
+    tier's 50,000 is refused with Binance's -2027, and set_leverage below what is held with -2027 too."""
+    import pytest
+
+    ex = _client(sim_thread)
+    ex.load_markets()
+    sym = "BTC/USDT:USDT"
+    tiers = ex.fetch_leverage_tiers([sym])[sym]
+    assert [(t["tier"], t["maxLeverage"], t["minNotional"], t["maxNotional"]) for t in tiers[:2]] == [
+        (1, 125, 0, 50_000), (2, 100, 50_000, 250_000)]
+    assert tiers[0]["maintenanceMarginRate"] == 0.004
+    assert ex.set_leverage(125, sym)["maxNotionalValue"] == "50000"
+    with pytest.raises(ccxt.ExchangeError, match="-2027"):
+        ex.create_order(sym, "market", "buy", 1.0)            # ~60,000
+    ex.set_leverage(20, sym)
+    ex.create_order(sym, "market", "buy", 1.0)
+    with pytest.raises(ccxt.ExchangeError, match="-2027"):
+        ex.set_leverage(125, sym)
+    ex.create_order(sym, "market", "sell", 1.0, params={"reduceOnly": True})

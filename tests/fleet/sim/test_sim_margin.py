@@ -10,7 +10,6 @@ import pytest
 from fleet.sim.config import load_sim_config
 from fleet.sim.engine import Engine, SimApiError
 from fleet.sim.units import q8
-from fleet.sim.views import MAINT_MARGIN_RATE
 
 T0 = 1_800_000_000_000
 SYM = "ETHUSDC"
@@ -91,10 +90,13 @@ def test_an_isolated_position_holds_its_fills_margin_apart_and_the_totals_add_up
     risk = _risk(e)
     assert Decimal(risk["isolatedWallet"]) == iw
     assert Decimal(risk["isolatedMargin"]) == iw + Decimal(risk["unRealizedProfit"])
-    # the isolated liquidation price reads the isolated wallet alone: (iw - size x entry) / (size x mmr - size)
+    # the isolated liquidation price reads the isolated wallet alone:
+    # (iw + cum - size x entry) / (size x mmr - size), mmr and cum the position's bracket's
     size, entry = Decimal("0.4"), Decimal(risk["entryPrice"])
     liq = Decimal(risk["liquidationPrice"])
-    assert liq == q8((iw - size * entry) / (size * MAINT_MARGIN_RATE - size))
+    bracket = e.books[SYM].brackets.of(size * Decimal(risk["markPrice"]))
+    assert bracket.number == 1 and bracket.rate == Decimal("0.004")
+    assert liq == q8((iw + bracket.cum - size * entry) / (size * bracket.rate - size))
     assert entry * (1 - Decimal(1) / lev) < liq < entry   # within the leverage's reach below the entry
     account = e.account_info("main", 2)
     row = next(p for p in account["positions"] if p["symbol"] == SYM)

@@ -297,7 +297,7 @@ async def test_account_views_v2_v3_balance_leverage_commission(sim):
         bal = (await c.signed("GET", "/fapi/v3/balance")).json
         assert {b["asset"] for b in bal} == {"USDT", "USDC"}
         lev = (await c.signed("POST", "/fapi/v1/leverage", {"symbol": "BTCUSDT", "leverage": 5})).json
-        assert lev == {"leverage": 5, "maxNotionalValue": "1000000000", "symbol": "BTCUSDT"}
+        assert lev == {"leverage": 5, "maxNotionalValue": "100000000", "symbol": "BTCUSDT"}  # bracket 6: 5x up to 100 M
         bad = (await c.signed("POST", "/fapi/v1/leverage", {"symbol": "BTCUSDT", "leverage": 200})).json
         assert bad["code"] == -4028
         cr = (await c.signed("GET", "/fapi/v1/commissionRate", {"symbol": "ETHUSDC"})).json
@@ -309,7 +309,8 @@ async def test_account_views_v2_v3_balance_leverage_commission(sim):
                                                     ("30.000", "60000", True), ("0.010", "60000", False)])
 async def test_position_risk_names_the_cross_liquidation_price(sim_factory, amount, entry, has_one):
     """Binance's single-asset cross formula: at the price, the wallet plus the position's loss is its
-    maintenance margin. A long the wallet carries to a price of 0 has none ("0"), a short always has one."""
+    maintenance margin (notional x rate - cum, of the position's bracket). A long the wallet carries
+    to a price of 0 has none ("0"), a short always has one."""
     sim = await sim_factory(symbols=["BTCUSDT", "ETHUSDC"])
     async with SimClient.for_sim(sim) as c:
         await c.admin("POST", "/sim/position", {"account": "main", "symbol": "BTCUSDT", "amount": amount,
@@ -318,7 +319,12 @@ async def test_position_risk_names_the_cross_liquidation_price(sim_factory, amou
         wallet = next(Decimal(b["crossWalletBalance"]) for b in (await c.signed("GET", "/fapi/v2/balance")).json
                       if b["asset"] == "USDT")
         size, side = abs(Decimal(amount)), (1 if Decimal(amount) > 0 else -1)
-        expected = (wallet - side * size * Decimal(entry)) / (size * Decimal("0.004") - side * size)
+        table = (await c.signed("GET", "/fapi/v1/leverageBracket", {"symbol": "BTCUSDT"})).json[0]["brackets"]
+        mark = Decimal((await c.public("GET", "/fapi/v1/premiumIndex", {"symbol": "BTCUSDT"})).json["markPrice"])
+        row = next(r for r in table if r["notionalFloor"] <= size * mark < r["notionalCap"])
+        rate, cum = Decimal(str(row["maintMarginRatio"])), Decimal(str(row["cum"]))
+        assert (row["bracket"] == 1) == (size < 1)   # 0.01 BTC in the first; 30 BTC (1.8 M) in the third
+        expected = (wallet + cum - side * size * Decimal(entry)) / (size * rate - side * size)
         for version in (2, 3):
             btc = next(p for p in (await c.signed("GET", f"/fapi/v{version}/positionRisk")).json
                        if p["symbol"] == "BTCUSDT")
@@ -326,7 +332,7 @@ async def test_position_risk_names_the_cross_liquidation_price(sim_factory, amou
             if expected > 0:
                 assert abs(liq - expected) < Decimal("0.00000001"), (btc, expected)
                 equity = wallet + side * size * (liq - Decimal(entry))
-                assert abs(equity - size * liq * Decimal("0.004")) < Decimal("0.001")   # maintenance, no more
+                assert abs(equity - (size * liq * rate - cum)) < Decimal("0.001")   # maintenance, no more
             else:
                 assert btc["liquidationPrice"] == "0"
         assert (expected > 0) == has_one   # a short always; a long only when the wallet cannot carry it to 0
