@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping
 from fleet.vocabulary import KillState
 from fleet.binance.client import BinanceClient
 from fleet.binance.endpoints import Endpoint, places_reduce_only
+from fleet.binance.enums import ErrorCode
 from fleet.binance.errors import BinanceError
 from fleet.binance.filters import SymbolFilters
 from fleet.binance.ratelimit import RateBudget
@@ -214,13 +215,16 @@ class SymbolAgent:
         if carry is not None:
             carry(None, KillState.HALTED, LIQUIDATED, issued_at=self.clock.time_ms() / 1000.0)
 
-    def margin_short(self) -> None:
-        """The exchange refused an order or an amendment for margin (-2019): the sender holds its
-        quoting lane but for the places that reduce the position (``MarginHold``)."""
+    def margin_short(self, code: int) -> None:
+        """The exchange refused an order or an amendment that adds exposure: no margin for it (-2019),
+        or the leverage's bracket allows no more (-2027). The sender holds its quoting lane but for the
+        places that reduce the position (``MarginHold``)."""
         hold = self.sender.margin_hold.short(self.clock.monotonic())
         if hold is not None:
             self.counters["margin_holds"] += 1
-            self.log.event("margin_short", f"margin insufficient (-2019): quoting held {hold:.0f} s but for "
+            why = ("margin insufficient" if code == ErrorCode.MARGIN_NOT_SUFFICIEN
+                   else "the position allowed at this leverage reached")
+            self.log.event("margin_short", f"{why} ({code}): quoting held {hold:.0f} s but for "
                                            "orders that reduce the position", level=logging.WARNING)
 
     async def halt(self, reason: str = "") -> dict:

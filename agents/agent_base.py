@@ -102,10 +102,10 @@ class Backoff:
 
 
 class MarginHold:
-    """After -2019 (margin insufficient) the quoting lane's requests are held (``OrderSender``: all
-    but the places that reduce the position; the risk lane goes on): 1 s at first,
-    twice as long at each -2019 after a hold ended, at most ``cap_s``; a -2019 more than twice
-    ``cap_s`` after the last starts again at 1 s. Sending again at the next book tick would only be
+    """After -2019 (margin insufficient) or -2027 (the leverage's bracket full) the quoting lane's
+    requests are held (``OrderSender``: all but the places that reduce the position; the risk lane
+    goes on): 1 s at first, twice as long at each refusal after a hold ended, at most ``cap_s``; a
+    refusal more than twice ``cap_s`` after the last starts again at 1 s. Sending again at the next book tick would only be
     refused again (16 refusals a second on an account short of margin, before this), each counted
     against the account's order limits. A ladder that partly fits keeps what landed."""
 

@@ -37,8 +37,11 @@ if TYPE_CHECKING:
 # order already gone, an amend with nothing to change): counted, not logged as warnings.
 QUIET_REJECTIONS = frozenset({
     ErrorCode.GTX_ORDER_REJECT, ErrorCode.CANCEL_REJECTED, ErrorCode.NO_SUCH_ORDER, ErrorCode.SAME_ORDER,
-    ErrorCode.MARGIN_NOT_SUFFICIEN,   # said once per hold (``SymbolAgent.margin_short``)
+    ErrorCode.MARGIN_NOT_SUFFICIEN, ErrorCode.MAX_LEVERAGE_RATIO,   # said once per hold (``SymbolAgent.margin_short``)
 })
+# Refusals of exposure the account cannot add now: no margin for it (-2019), or the position and the
+# orders on its side at the most the leverage's bracket allows (-2027). Both hold the quoting lane.
+MARGIN_REFUSALS = frozenset({ErrorCode.MARGIN_NOT_SUFFICIEN, ErrorCode.MAX_LEVERAGE_RATIO})
 
 
 class OrderSender:
@@ -261,8 +264,8 @@ class OrderSender:
         else:
             for d in items:
                 core.on_rejected(d, exc.code, self.agent.exchange_ms())
-            if exc.code == ErrorCode.MARGIN_NOT_SUFFICIEN:
-                self.agent.margin_short()
+            if exc.code in MARGIN_REFUSALS:
+                self.agent.margin_short(exc.code)
             else:
                 self.agent.log.event("request_failed", f"{batch.kind} x{len(items)}: {exc!r}", level=logging.WARNING)
 
@@ -293,8 +296,8 @@ class OrderSender:
                                      client_order_id=d.client_order_id)
             elif isinstance(res, BinanceError):
                 core.on_rejected(d, res.code, self.agent.exchange_ms())
-                if res.code == ErrorCode.MARGIN_NOT_SUFFICIEN:
-                    self.agent.margin_short()
+                if res.code in MARGIN_REFUSALS:
+                    self.agent.margin_short(res.code)
                 if res.code not in QUIET_REJECTIONS:
                     self.agent.log.event(
                         "order_rejected", f"{batch.kind} refused: {res!r}", level=logging.WARNING,

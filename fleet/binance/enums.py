@@ -96,6 +96,7 @@ class ErrorCode(IntEnum):
     MARGIN_NOT_SUFFICIEN = -2019  # sic: Binance's own spelling
     ORDER_WOULD_IMMEDIATELY_TRIGGER = -2021
     REDUCE_ONLY_REJECT = -2022
+    MAX_LEVERAGE_RATIO = -2027  # "Exceeded the maximum allowable position at current leverage."
     QTY_LESS_THAN_ZERO = -4003
     QTY_LESS_THAN_MIN_QTY = -4004
     QTY_GREATER_THAN_MAX_QTY = -4005

@@ -1,5 +1,6 @@
 """An account short of margin: the exchange refuses new orders with -2019, and the agent holds them
-with a back-off (``MarginHold``) instead of sending them again at every book tick."""
+with a back-off (``MarginHold``) instead of sending them again at every book tick. The same hold for
+a side the leverage's bracket allows no more of: test_agent_bracket.py."""
 
 from __future__ import annotations
 
