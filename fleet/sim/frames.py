@@ -9,8 +9,8 @@ from fleet.sim.book import INDEX_RATIO, Book
 from fleet.sim.orders import Order
 from fleet.sim.units import Q8, ZERO, s8
 
-# The 2026 market frames' "st" (1 for USD-M) and, in book frames, "ps" (the pair: the symbol itself for a
-# perpetual), as Binance's SDK models and live frames carry them.
+# The 2026 market frames' "st" (1 for USD-M) and, in book and 24 h ticker frames, "ps" (the pair: the symbol
+# itself for a perpetual), as Binance's SDK models and live frames carry them.
 UM = 1
 
 
@@ -97,13 +97,14 @@ def render_ticker(b: Book, s: dict[str, Any], t: int) -> dict[str, Any]:
     return {"e": "24hrTicker", "E": t, "s": b.symbol, "p": s["priceChange"], "P": s["priceChangePercent"],
             "w": s["weightedAvgPrice"], "c": s["lastPrice"], "Q": s["lastQty"], "o": s["openPrice"],
             "h": s["highPrice"], "l": s["lowPrice"], "v": s["volume"], "q": s["quoteVolume"], "O": s["openTime"],
-            "C": s["closeTime"], "F": s["firstId"], "L": s["lastId"], "n": s["count"]}
+            "C": s["closeTime"], "F": s["firstId"], "L": s["lastId"], "n": s["count"], "ps": b.symbol, "st": UM}
 
 
 def render_mini_ticker(b: Book, s: dict[str, Any], t: int) -> dict[str, Any]:
     """A ``<symbol>@miniTicker`` event from :func:`ticker_24h`'s statistics."""
     return {"e": "24hrMiniTicker", "E": t, "s": b.symbol, "c": s["lastPrice"], "o": s["openPrice"],
-            "h": s["highPrice"], "l": s["lowPrice"], "v": s["volume"], "q": s["quoteVolume"]}
+            "h": s["highPrice"], "l": s["lowPrice"], "v": s["volume"], "q": s["quoteVolume"], "ps": b.symbol,
+            "st": UM}
 
 
 def render_bt(b: Book, update_id: int, bt: tuple[int, int, int, int], t: int) -> dict[str, Any]:

@@ -130,6 +130,8 @@ class ExchangeGateway(RestHandlers):
         add("GET", v1 + "/positionMargin/history", lambda a, p, n: e.margin_history(a, p), SIGNED)
         add("GET", v1 + "/forceOrders", lambda a, p, n: e.force_orders(a, p, n), SIGNED,
             lambda p: 20 if p.get("symbol") else 50)
+        add("GET", v1 + "/adlQuantile", lambda a, p, n: e.adl_quantiles(a, p), SIGNED, 5)
+        add("GET", v1 + "/symbolAdlRisk", lambda a, p, n: e.symbol_adl_risk(p, n), NONE)
         add("GET", v1 + "/positionSide/dual", lambda a, p, n: {"dualSidePosition": False}, SIGNED, 30)
         add("POST", v1 + "/positionSide/dual", self._position_side, SIGNED)
         add("GET", v1 + "/multiAssetsMargin", lambda a, p, n: {"multiAssetsMargin": False}, SIGNED, 30)

@@ -28,6 +28,11 @@ client, in order:
   P&L and fee).
 
 A cross account that is bankrupt at the mark keeps its negative balance (no insurance fund here).
+
+Auto-deleveraging never happens here, but ``GET /fapi/v1/adlQuantile`` (and positionRisk v3's
+``adl``) estimate a position's place in its queue as Binance's 0-4: 0 flat; else by the position's
+return on its initial margin (unrealized P&L over notional / leverage), the simulator's own scale:
+1 below 25 % (a loss too), 2 below 50 %, 3 below 100 %, 4 from there.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from fleet.sim.units import ZERO, q8, s8
 LIQUIDATION_FEE_RATE = Decimal("0.0125")   # exchangeInfo's liquidationFee
 MARGIN_CALL_RATIO = Decimal("0.8")
 MARGIN_CALL_EVERY_MS = 60_000
+ADL_EDGES = (Decimal("0.25"), Decimal("0.5"), Decimal(1))   # return on initial margin: quantile 1 | 2 | 3 | 4
 
 
 class Liquidation:
@@ -68,6 +74,7 @@ class Liquidation:
     _emit_user: Callable[[str, Any], None]
     account: Callable[[str], Account]
     book: Callable[[str | None], Book]
+    leverage_of: Callable[[Account, str], int]
     order_json: Callable[[Book, Order], dict[str, Any]]
 
     def _check_liquidations(self, t: int) -> None:
@@ -120,6 +127,33 @@ class Liquidation:
         rows = [o for o in acct.force_orders if kind != "ADL" and (symbol is None or o.symbol == symbol)
                 and start <= o.time <= end]
         return [self.order_json(self.books[o.symbol], o) for o in rows[-limit:]]
+
+    def adl_quantile(self, acct: Account, b: Book) -> int:
+        """The position's estimated auto-deleveraging quantile, 0-4 (the module's scale)."""
+        pos = acct.positions.get(b.symbol)
+        if pos is None or not pos.amount:
+            return 0
+        notional = abs(b.mark_dec() * b.step * pos.amount)
+        roe = _upnl(b, pos) * self.leverage_of(acct, b.symbol) / notional
+        return 1 + sum(roe >= edge for edge in ADL_EDGES)
+
+    def adl_quantiles(self, account: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        """GET /fapi/v1/adlQuantile: one-way mode, so ``BOTH`` carries the quantile and ``LONG`` and
+        ``SHORT`` are 0 (as live answers show); every symbol with a position, or the one asked for."""
+        acct = self.account(account)
+        if params.get("symbol"):
+            books = [self.book(params["symbol"])]
+        else:
+            books = [self.books[sym] for sym, pos in acct.positions.items() if pos.amount]
+        out = []
+        return [{"symbol": b.symbol, "adlQuantile": {"LONG": 0, "SHORT": 0, "BOTH": self.adl_quantile(acct, b)}}
+                for b in books]
+
+    def symbol_adl_risk(self, params: dict[str, str], now: int) -> Any:
+        """GET /fapi/v1/symbolAdlRisk: each symbol's ADL risk, LOW here where ADL never happens."""
+        books = [self.book(params["symbol"])] if params.get("symbol") else list(self.books.values())
+        rows = [{"symbol": b.symbol, "adlRisk": "LOW", "updateTime": now - now % 60_000} for b in books]
+        return rows[0] if params.get("symbol") else rows
 
     def _liquidate(self, acct: Account, held: list[tuple[Book, Position]], isolated_wallet: Decimal | None,
                    t: int) -> None:

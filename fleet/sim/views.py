@@ -22,6 +22,7 @@ class EngineViews:
     replay: Any  # a ReplayMarket when the market replays a recording, else None
     algo: Any    # the AlgoService: conditional orders
     cross_wallet: Callable[[Account, str], Decimal]   # fleet.sim.margin.IsolatedMargin's
+    adl_quantile: Callable[[Account, Book], int]      # fleet.sim.liquidation.Liquidation's
 
     def book(self, symbol: str | None) -> Book:  # pragma: no cover - provided by Engine
         raise NotImplementedError
@@ -215,7 +216,7 @@ class EngineViews:
             if version >= 3:
                 common.update({"marginAsset": b.spec.margin_asset, "initialMargin": s8(v["im"] + v["oim"]),
                                "maintMargin": s8(v["mm"]), "positionInitialMargin": s8(v["im"]),
-                               "openOrderInitialMargin": s8(v["oim"]), "adl": 0,
+                               "openOrderInitialMargin": s8(v["oim"]), "adl": self.adl_quantile(acct, b),
                                "bidNotional": s8(v["bids"]), "askNotional": s8(v["asks"])})
             else:
                 common.update({"marginType": "isolated" if v["isolated"] else "cross", "isAutoAddMargin": "false",

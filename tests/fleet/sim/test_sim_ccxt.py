@@ -198,3 +198,17 @@ def test_ccxt_binanceusdm_reads_the_leverage_tiers_and_meets_their_allowance(sim
     with pytest.raises(ccxt.ExchangeError, match="-2027"):
         ex.set_leverage(125, sym)
     ex.create_order(sym, "market", "sell", 1.0, params={"reduceOnly": True})
+
+
+def test_ccxt_binanceusdm_reads_the_adl_rank_of_a_position_and_a_symbol(sim_thread):
+    """fetch_positions_adl_rank (GET /fapi/v1/adlQuantile, one-way: BOTH) and fetch_adl_rank
+    (GET /fapi/v1/symbolAdlRisk)."""
+    ex = _client(sim_thread)
+    ex.load_markets()
+    sym = "ETH/USDC:USDC"
+    assert ex.fetch_positions_adl_rank() == []
+    ex.create_order(sym, "market", "buy", 0.1)
+    [rank] = ex.fetch_positions_adl_rank([sym])
+    assert rank["symbol"] == sym and rank["rank"] == 1 and rank["info"]["adlQuantile"]["LONG"] == 0
+    assert ex.fetch_adl_rank(sym)["rating"] == "low"
+    ex.create_order(sym, "market", "sell", 0.1, params={"reduceOnly": True})

@@ -356,8 +356,9 @@ def test_ticker_streams_push_the_rolling_day_every_2_s_as_rest_shows_it():
     assert all(b2["E"] - a["E"] == 2000 for a, b2 in zip(ticks[1:], ticks[2:]))
     last = ticks[-1]
     assert last["e"] == "24hrTicker" and last["s"] == "ETHUSDC" and last["C"] == last["E"] == last["O"] + 86_400_000
+    assert (last["ps"], last["st"]) == ("ETHUSDC", 1)   # the 2026 frames' pair and UM type
     assert minis[-1] == {"e": "24hrMiniTicker", "E": last["E"], "s": "ETHUSDC", "c": last["c"], "o": last["o"],
-                         "h": last["h"], "l": last["l"], "v": last["v"], "q": last["q"]}
+                         "h": last["h"], "l": last["l"], "v": last["v"], "q": last["q"], "ps": "ETHUSDC", "st": 1}
     rows = b.klines("1m", None, None, 1500)   # every candle of the run falls in the day
     assert Decimal(last["v"]) == sum(Decimal(r[5]) for r in rows) > 0
     assert last["n"] == sum(r[8] for r in rows) == last["L"] - last["F"] + 1

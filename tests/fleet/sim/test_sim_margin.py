@@ -335,3 +335,19 @@ def test_an_amendment_that_needs_more_margin_than_is_left_is_refused():
     assert _code(lambda: e.modify_order("main", {**amend, "quantity": "0.7"}, T0)) == -2019
     assert e.modify_order("main", {**amend, "quantity": "0.6"}, T0)["origQty"] == "0.600"   # 1,800: it fits
     assert e.modify_order("main", {**amend, "quantity": "0.2"}, T0)["origQty"] == "0.200"   # smaller: always
+
+
+def test_the_adl_quantile_estimates_the_positions_place_by_its_return_on_margin():
+    e = _engine()
+    flat = {"symbol": SYM, "adlQuantile": {"LONG": 0, "SHORT": 0, "BOTH": 0}}
+    assert e.adl_quantiles("main", {"symbol": SYM}) == [flat] and e.adl_quantiles("main", {}) == []
+    e.set_leverage("main", {"symbol": SYM, "leverage": "20"}, T0)
+    _market(e, "SELL", "1")
+    assert e.adl_quantiles("main", {}) == [{"symbol": SYM, "adlQuantile": {"LONG": 0, "SHORT": 0, "BOTH": 1}}]
+    e.jump(SYM, -2.0, T0)                 # 20x: some 40 % on the margin
+    e.advance(T0 + 2000)
+    [row] = e.adl_quantiles("main", {"symbol": SYM})
+    assert row["adlQuantile"] == {"LONG": 0, "SHORT": 0, "BOTH": 2} and _risk(e, 3)["adl"] == 2
+    e.jump(SYM, -5.0, T0 + 2000)          # some 140 %
+    e.advance(T0 + 4000)
+    assert e.adl_quantiles("main", {})[0]["adlQuantile"]["BOTH"] == 4 and _risk(e, 3)["adl"] == 4
