@@ -723,6 +723,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation):
         pos = acct.position(b.symbol)
         pos.amount = steps
         pos.entry = entry if steps else ZERO
+        pos.cost = ZERO
         pos.update_time = now
         if b.symbol in acct.isolated:   # the initial margin at the entry, from the cross wallet
             pos.isolated_wallet = q8(abs(entry * b.step * steps) / self.leverage_of(acct, b.symbol))
@@ -762,6 +763,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation):
                     continue
                 fee = q8(-(b.step * pos.amount) * mark * rate)
                 pos.funding += fee
+                pos.cost -= fee
                 acct.wallet[asset] = acct.wallet.get(asset, ZERO) + fee
                 self._income(acct, b.symbol, "FUNDING_FEE", fee, asset, t, "")
                 self._emit_funding(acct, b, pos, fee, t)
@@ -778,7 +780,8 @@ class Engine(EngineViews, IsolatedMargin, Liquidation):
         if b.symbol in acct.isolated:
             pos.isolated_wallet += fee
             frame = render_account_update(b, "FUNDING_FEE", acct.wallet[asset], self.cross_wallet(acct, asset), fee,
-                                          pos.amount, pos.entry, pos.realized, b.mark, t, pos.isolated_wallet)["a"]
+                                          pos.amount, pos.entry, pos.realized, b.mark, t, pos.isolated_wallet,
+                                          pos.break_even(b.step))["a"]
         else:
             wb = s8(acct.wallet[asset])
             frame = {"B": [{"a": asset, "wb": wb, "cw": wb, "bc": s8(fee)}], "P": [], "m": "FUNDING_FEE"}
@@ -808,23 +811,28 @@ class Engine(EngineViews, IsolatedMargin, Liquidation):
         old = pos.amount
         sign = o.sign
         realized = ZERO
+        rate = self.maker_rate if maker else self.taker_rate
+        commission = q8(px * q_dec * rate)
         if old == 0 or (old > 0) == (sign > 0):
             total = abs(old) + qty
             pos.entry = q8((pos.entry * abs(old) + px * qty) / total)
+            pos.cost += commission
         else:
             closed = qty if qty < abs(old) else abs(old)
             realized = q8((px - pos.entry) * (b.step * closed) * (1 if old > 0 else -1))
-            if qty > abs(old):
+            if qty > abs(old):   # a flip: the new side's cost is its share of this fill's fee
                 pos.entry = px
+                pos.cost = q8(commission * (qty - abs(old)) / qty)
             elif qty == abs(old):
                 pos.entry = ZERO
+                pos.cost = ZERO
+            else:                # the closed share's cost goes with it
+                pos.cost = q8(pos.cost * (abs(old) - qty) / abs(old))
         pos.amount = old + sign * qty
         if acct.isolated and b.symbol in acct.isolated:
             self._isolated_fill(acct, b, pos, old, sign * qty, px, t)
         pos.realized += realized
         pos.update_time = t
-        rate = self.maker_rate if maker else self.taker_rate
-        commission = q8(px * q_dec * rate)
         pos.commission += commission
         asset = b.spec.margin_asset
         acct.wallet[asset] = acct.wallet.get(asset, ZERO) + realized - commission
@@ -863,7 +871,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation):
         cross = self.cross_wallet(acct, asset) if acct.isolated else acct.wallet.get(asset, ZERO)
         self._emit_user(acct.name, (render_account_update, b, reason, acct.wallet.get(asset, ZERO), cross,
                                     change, pos.amount, pos.entry, pos.realized, b.mark, t,
-                                    self.isolated_wallet(acct, b.symbol)))
+                                    self.isolated_wallet(acct, b.symbol), pos.break_even(b.step)))
 
     @staticmethod
     def _open_insert(acct: Account, o: Order) -> None:

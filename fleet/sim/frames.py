@@ -136,18 +136,18 @@ def render_trade_lite(b: Book, o: Order, orig: int, price: int, fill_price: int,
 
 def render_account_update(b: Book, reason: str, wallet: Decimal, cross: Decimal, change: Decimal, amount: int,
                           entry: Decimal, realized: Decimal, mark: float, t: int,
-                          isolated_wallet: Decimal | None) -> dict[str, Any]:
+                          isolated_wallet: Decimal | None, break_even: Decimal) -> dict[str, Any]:
     """``cross``: the cross wallet (the wallet less the isolated positions' wallets); ``isolated_wallet``:
-    the position's, None when its symbol is in cross margin."""
+    the position's, None when its symbol is in cross margin; ``break_even``: ``Position.break_even``."""
     if amount:
         upnl = (Decimal(f"{mark:.8f}") - entry) * (b.step * amount)
-        ep = f"{entry:f}"
+        ep, bep = f"{entry:f}", f"{break_even:f}"
     else:
         upnl = ZERO
-        ep = "0"
+        ep = bep = "0"
     return {"e": "ACCOUNT_UPDATE", "E": t, "T": t, "a": {
         "m": reason, "B": [{"a": b.spec.margin_asset, "wb": s8(wallet), "cw": s8(cross), "bc": s8(change)}],
-        "P": [{"s": b.symbol, "pa": b.qty_str(amount), "ep": ep, "bep": ep, "cr": s8(realized), "up": s8(upnl),
+        "P": [{"s": b.symbol, "pa": b.qty_str(amount), "ep": ep, "bep": bep, "cr": s8(realized), "up": s8(upnl),
                "mt": "cross" if isolated_wallet is None else "isolated",
                "iw": "0" if isolated_wallet is None else s8(isolated_wallet), "ps": "BOTH",
                "ma": b.spec.margin_asset}]}}

@@ -210,6 +210,7 @@ class Liquidation:
         trade_id = self._emit_agg(b, price, abs(old), t, side == "SELL")
         pos.amount = 0
         pos.entry = ZERO
+        pos.cost = ZERO
         pos.realized += realized
         pos.update_time = t
         asset = b.spec.margin_asset

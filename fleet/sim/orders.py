@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from fleet.sim.config import AccountSpec
 from fleet.sim.keys import ed25519_verifier
-from fleet.sim.units import ZERO
+from fleet.sim.units import ZERO, q8
 
 # GET /fapi/v1/orderAmendment answers from the latest amendments of an account (Binance keeps three
 # months; an agent amends thousands of times an hour, so the simulator keeps a bounded number).
@@ -91,7 +91,7 @@ class Order:
 
 
 class Position:
-    __slots__ = ("amount", "entry", "realized", "funding", "commission", "update_time", "isolated_wallet")
+    __slots__ = ("amount", "entry", "realized", "funding", "commission", "update_time", "isolated_wallet", "cost")
 
     def __init__(self) -> None:
         self.amount = 0  # steps, signed
@@ -101,6 +101,14 @@ class Position:
         self.commission = ZERO  # accumulated commissions paid (positive)
         self.update_time = 0
         self.isolated_wallet = ZERO  # the margin held by an isolated position (fleet.sim.margin)
+        self.cost = ZERO  # the open position's share of the fees that opened it, and its funding paid (net)
+
+    def break_even(self, step: Decimal) -> Decimal:
+        """Binance's breakEvenPrice: the entry moved by what the open position has cost in fees and
+        funding, per unit (up for a long, down for a short); the entry while it has cost nothing."""
+        if not self.amount or not self.cost:
+            return self.entry
+        return q8(self.entry + self.cost / (step * self.amount))
 
 
 class Account:

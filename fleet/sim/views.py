@@ -168,7 +168,7 @@ class EngineViews:
                 "mark": mark, "lev": lev, "notional": notional, "bids": bids, "asks": asks,
                 "update": pos.update_time, "im": abs(notional) / lev, "oim": (bids + asks) / lev,
                 "mm": b.brackets.maintenance(notional), "isolated": isolated,
-                "iw": pos.isolated_wallet if isolated else ZERO}
+                "iw": pos.isolated_wallet if isolated else ZERO, "bep": pos.break_even(b.step)}
 
     def _liquidation_price(self, acct: Account, b: Book, v: dict[str, Any]) -> str:
         """Where the position of ``b`` would be liquidated, by Binance's single-asset formula:
@@ -208,7 +208,8 @@ class EngineViews:
                 continue
             entry = f"{v['entry']:f}" if v["amt"] else "0.0"
             common = {"symbol": b.symbol, "positionSide": "BOTH", "positionAmt": f"{v['amt']:f}",
-                      "entryPrice": entry, "breakEvenPrice": entry, "markPrice": f"{v['mark']:f}",
+                      "entryPrice": entry, "breakEvenPrice": f"{v['bep']:f}" if v["amt"] else "0.0",
+                      "markPrice": f"{v['mark']:f}",
                       "unRealizedProfit": s8(v["upnl"]), "liquidationPrice": self._liquidation_price(acct, b, v),
                       "isolatedMargin": s8(v["iw"] + v["upnl"] if v["isolated"] else ZERO),
                       "notional": s8(v["notional"]), "isolatedWallet": s8(v["iw"]) if v["isolated"] else "0",
@@ -280,7 +281,7 @@ class EngineViews:
                 p.update({"positionInitialMargin": s8(v["im"]), "openOrderInitialMargin": s8(v["oim"]),
                           "leverage": str(v["lev"]), "isolated": v["isolated"],
                           "entryPrice": f"{v['entry']:f}" if v["amt"] else "0.0",
-                          "breakEvenPrice": f"{v['entry']:f}" if v["amt"] else "0.0",
+                          "breakEvenPrice": f"{v['bep']:f}" if v["amt"] else "0.0",
                           "maxNotional": f"{b.brackets.max_notional(v['lev']):f}", "bidNotional": s8(v["bids"]),
                           "askNotional": s8(v["asks"])})
             positions.append(p)

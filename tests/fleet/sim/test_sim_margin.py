@@ -351,3 +351,37 @@ def test_the_adl_quantile_estimates_the_positions_place_by_its_return_on_margin(
     e.jump(SYM, -5.0, T0 + 2000)          # some 140 %
     e.advance(T0 + 4000)
     assert e.adl_quantiles("main", {})[0]["adlQuantile"]["BOTH"] == 4 and _risk(e, 3)["adl"] == 4
+
+
+def test_the_break_even_price_moves_the_entry_by_the_open_positions_fees_and_funding():
+    """Binance's examples: an entry of 58,039.5 breaks even at 58,062.7158 (x 1.0004, the taker fee)."""
+    e = _engine()
+    acct = e.accounts["main"]
+    _market(e, "BUY", "1")
+    fee = sum((Decimal(t.commission) for t in acct.trades), Decimal(0))
+    risk, entry = _risk(e, 3), Decimal(_risk(e, 3)["entryPrice"])
+    assert Decimal(risk["breakEvenPrice"]) == q8(entry + fee)
+    assert abs(fee - entry * Decimal("0.0004")) <= Decimal("0.00000002")   # the fills' fee, the taker's
+    assert _risk(e, 2)["breakEvenPrice"] == risk["breakEvenPrice"]
+    update = _updates(e)[-1]
+    assert update["a"]["P"][0]["bep"] == risk["breakEvenPrice"] != update["a"]["P"][0]["ep"]
+    _market(e, "SELL", "0.5")                    # the closed half takes half the cost: the same per unit
+    assert abs(Decimal(_risk(e)["breakEvenPrice"]) - (entry + fee)) <= Decimal("0.00000002")
+    e.set_funding_rate(SYM, "0.001")
+    [charge] = e.settle_funding(T0 + 1000, SYM)  # the long pays: its break-even rises by the fee per unit
+    paid = -Decimal(charge["fee"])
+    assert paid > 0
+    assert abs(Decimal(_risk(e)["breakEvenPrice"]) - (entry + fee + paid / Decimal("0.5"))) <= Decimal("0.00000004")
+    before = len(acct.trades)
+    _market(e, "SELL", "1.5")                    # a flip to a short of 1: the fees of what opened it, below its entry
+    long_left, opened_fee = Decimal("0.5"), Decimal(0)
+    for t in acct.trades[before:]:
+        qty = Decimal(t.qty)
+        if qty > long_left:
+            opened_fee += Decimal(t.commission) * (qty - long_left) / qty
+        long_left = max(long_left - qty, Decimal(0))
+    short = _risk(e, 3)
+    assert short["positionAmt"] == "-1.000" and opened_fee > 0
+    assert abs(Decimal(short["breakEvenPrice"]) - (Decimal(short["entryPrice"]) - opened_fee)) <= Decimal("0.00000004")
+    _market(e, "BUY", "1")
+    assert _risk(e, 2)["breakEvenPrice"] == "0.0"
