@@ -97,6 +97,7 @@ class Book:
         self.qty_mult = int(self.step * (10 ** self.qty_places))
         self.notional_unit = self.tick * self.step
         self.notional_mult = self.price_mult * self.qty_mult
+        self.half_unit_f = float(self.notional_unit) / 2
         self.notional_places = self.price_places + self.qty_places
         self.price_precision = spec.price_precision if spec.price_precision is not None else self.price_places
         self.qty_precision = spec.quantity_precision if spec.quantity_precision is not None else self.qty_places

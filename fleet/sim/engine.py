@@ -221,7 +221,12 @@ class Engine(EngineViews, IsolatedMargin, Liquidation):
         return acct
 
     def leverage_of(self, acct: Account, symbol: str) -> int:
-        return acct.leverage.get(symbol, acct.default_leverage)
+        """The symbol's leverage: as set, else the account's default within the symbol's table (a
+        symbol whose brackets stop below it starts at their most, as Binance's do)."""
+        lev = acct.leverage.get(symbol)
+        if lev is None:
+            lev = min(acct.default_leverage, self.books[symbol].brackets.max_leverage)
+        return lev
 
     # -- time -------------------------------------------------------------------------------------
 
@@ -1185,9 +1190,9 @@ class Engine(EngineViews, IsolatedMargin, Liquidation):
         if acct.open_count.get(b.symbol, 0) >= b.spec.max_num_orders and not market:
             raise SimApiError(-2025, "Reach max open order limit.")
         if not reduce_only:
+            self._within_bracket(acct, b, sign, notional_f)   # the side's orders count, the position nets
             increases = pos.amount == 0 or (pos.amount > 0) == (sign > 0) or qty > abs(pos.amount)
             if increases:
-                self._within_bracket(acct, b, sign, notional_f)
                 need = notional_f / self.leverage_of(acct, b.symbol)
                 if need > self._available_fast(acct, b.spec.margin_asset):
                     raise SimApiError(-2019, "Margin is insufficient.")
@@ -1379,23 +1384,27 @@ class Engine(EngineViews, IsolatedMargin, Liquidation):
         return self.order_json(b, o)
 
     def _amend_margin(self, acct: Account, b: Book, o: Order, price: int, qty: int) -> None:
-        """An amendment that holds more notional than the order did needs the difference's initial
-        margin, as a new order does, unless the order only reduces the position: -2019 otherwise."""
+        """An amendment that holds more notional than the order did must fit the leverage's allowance
+        (-2027) and needs the difference's initial margin, as a new order does, unless the order only
+        reduces the position: -2019 otherwise."""
+        extra = (price * (qty - o.filled) - o.price * o.remaining) * b.tick_f * b.step_f
+        self._within_bracket(acct, b, o.sign, extra)
         pos = acct.position(b.symbol).amount
         if pos and (pos > 0) != (o.sign > 0) and qty - o.filled <= abs(pos):
             return
-        extra = (price * (qty - o.filled) - o.price * o.remaining) * b.tick_f * b.step_f
-        self._within_bracket(acct, b, o.sign, extra)
         if extra / self.leverage_of(acct, b.symbol) > self._available_fast(acct, b.spec.margin_asset):
             raise SimApiError(-2019, "Margin is insufficient.")
 
     def _within_bracket(self, acct: Account, b: Book, sign: int, add_f: float) -> None:
         """-2027 when ``add_f`` more notional on the side of ``sign`` would take the position and the
-        orders resting on that side beyond what the leverage allows (fleet/sim/brackets.py)."""
+        orders resting on that side beyond what the leverage allows (fleet/sim/brackets.py). Reduce-only
+        orders resting on the side count, as they do for margin. In floats, as the margin check: half a
+        unit of tick x step of slack keeps an order landing on the cap exactly from being refused."""
         units = acct.open_units.get(b.symbol)
         resting = units[0 if sign > 0 else 1] * b.tick_f * b.step_f if units else 0.0
         held = sign * acct.position(b.symbol).amount * b.step_f * b.mark
-        if held + resting + add_f > b.brackets.max_notional_f(self.leverage_of(acct, b.symbol)):
+        cap = b.brackets.max_notional_f(self.leverage_of(acct, b.symbol))
+        if held + resting + add_f > cap + b.half_unit_f:
             raise SimApiError(-2027, "Exceeded the maximum allowable position at current leverage.")
 
     def countdown_cancel_all(self, account: str, params: dict[str, str], now: int) -> dict[str, Any]:

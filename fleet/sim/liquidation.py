@@ -145,7 +145,6 @@ class Liquidation:
             books = [self.book(params["symbol"])]
         else:
             books = [self.books[sym] for sym, pos in acct.positions.items() if pos.amount]
-        out = []
         return [{"symbol": b.symbol, "adlQuantile": {"LONG": 0, "SHORT": 0, "BOTH": self.adl_quantile(acct, b)}}
                 for b in books]
 

@@ -129,3 +129,38 @@ def test_a_symbol_brings_its_own_table_and_a_bad_one_is_refused_by_name():
                           {"notional_cap": "100000", "initial_leverage": 80, "maint_margin_ratio": "0.01"}])
     with pytest.raises(SimConfigError, match="bracket 1: notional cap 'lots'"):
         _engine(brackets=[{"notional_cap": "lots", "initial_leverage": 75, "maint_margin_ratio": "0.0065"}])
+
+
+
+def test_orders_on_the_side_opposite_a_position_count_against_that_sides_allowance():
+    """A sell while long is checked too: the short side's exposure is its asks less the long."""
+    e = _engine()
+    e.accounts["main"].wallet["USDT"] = Decimal(1_000_000)
+    _leverage(e, 125)
+    _market(e, "BUY", "0.9")                                  # a long of ~45,000
+    _limit(e, "SELL", "0.9")                                  # reduces it all: no short exposure
+    _limit(e, "SELL", "0.9")                                  # ~45,000 short once both fill
+    assert _code(lambda: _limit(e, "SELL", "0.2")) == -2027   # ~55,000
+    risk = e.position_risk("main", SYM, 3)[0]
+    assert Decimal(risk["askNotional"]) - Decimal(risk["notional"]) <= 50_000
+
+
+def test_an_order_landing_on_the_allowance_exactly_is_accepted():
+    """At 160.00 with tick and step 0.01, 312.50 makes 50,000 exactly: it fits 125x's allowance,
+    one step more does not (the floats' rounding once refused the exact fit)."""
+    e = _engine(tick_size="0.01", step_size="0.01", start_price=170)
+    _leverage(e, 125)
+    b = e.books[SYM]
+    price = b.price_str(int(Decimal(160) / b.tick))
+    for qty in ("1.28", "311.22"):                            # 204.80 + 49,795.20
+        e.new_order("main", {"symbol": SYM, "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
+                             "price": price, "quantity": qty}, T0)
+    assert Decimal(e.position_risk("main", SYM, 3)[0]["bidNotional"]) == 50_000
+    assert _code(lambda: _limit(e, "BUY", "0.05")) == -2027   # the least the minimum notional allows
+
+
+def test_an_accounts_default_leverage_above_a_symbols_table_starts_at_the_tables_most():
+    e = _engine(brackets=[{"notional_cap": "100000", "initial_leverage": 10, "maint_margin_ratio": "0.01"}])
+    assert e.leverage_of(e.accounts["main"], SYM) == 10       # the account's default is 20
+    assert e.position_risk("main", SYM, 2)[0]["maxNotionalValue"] == "100000"
+    _limit(e, "BUY", "0.5")                                   # not refused for a leverage the table lacks
