@@ -215,17 +215,20 @@ class SymbolAgent:
         if carry is not None:
             carry(None, KillState.HALTED, LIQUIDATED, issued_at=self.clock.time_ms() / 1000.0)
 
-    def margin_short(self, code: int) -> None:
-        """The exchange refused an order or an amendment that adds exposure: no margin for it (-2019),
-        or the leverage's bracket allows no more (-2027). The sender holds its quoting lane but for the
-        places that reduce the position (``MarginHold``)."""
-        hold = self.sender.margin_hold.short(self.clock.monotonic())
+    def margin_short(self, code: int, side: str | None) -> None:
+        """The exchange refused an order or an amendment of ``side`` that adds exposure: no margin for
+        it (-2019: both sides held), or the leverage's bracket allows that side no more (-2027: that
+        side held). The sender holds its quoting lane but for the places that reduce the position
+        (``MarginHold``)."""
+        one_side = side if code == ErrorCode.MAX_LEVERAGE_RATIO else None
+        hold = self.sender.margin_hold.short(self.clock.monotonic(), one_side)
         if hold is not None:
             self.counters["margin_holds"] += 1
-            why = ("margin insufficient" if code == ErrorCode.MARGIN_NOT_SUFFICIEN
-                   else "the position allowed at this leverage reached")
-            self.log.event("margin_short", f"{why} ({code}): quoting held {hold:.0f} s but for "
-                                           "orders that reduce the position", level=logging.WARNING)
+            why = (f"the position allowed at this leverage reached on the {one_side} side" if one_side
+                   else "margin insufficient")
+            self.log.event("margin_short", f"{why} ({code}): quoting held {hold:.0f} s"
+                                           f"{' on that side' if one_side else ''} but for orders that reduce "
+                                           "the position", level=logging.WARNING)
 
     async def halt(self, reason: str = "") -> dict:
         """Stop quoting and cancel every open order; report the count the exchange confirms, or

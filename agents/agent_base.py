@@ -105,7 +105,8 @@ class MarginHold:
     """After -2019 (margin insufficient) or -2027 (the leverage's bracket full) the quoting lane's
     requests are held (``OrderSender``: all but the places that reduce the position; the risk lane
     goes on): 1 s at first, twice as long at each refusal after a hold ended, at most ``cap_s``; a
-    refusal more than twice ``cap_s`` after the last starts again at 1 s. Sending again at the next book tick would only be
+    refusal more than twice ``cap_s`` after the last starts again at 1 s. A -2027 is one side's: the
+    hold is that side's (``side``) unless the other side, or the margin, is refused during it. Sending again at the next book tick would only be
     refused again (16 refusals a second on an account short of margin, before this), each counted
     against the account's order limits. A ladder that partly fits keeps what landed."""
 
@@ -113,17 +114,22 @@ class MarginHold:
         self.backoff = Backoff(initial_s, cap_s, jitter=0.0)
         self.until = -math.inf
         self.last_short = -math.inf
+        self.side: str | None = None   # the one side held (a -2027's), or None: both
 
-    def short(self, now: float) -> float | None:
-        """A -2019: the hold started now (its length), or None while one holds (answers to orders sent
-        before it)."""
+    def short(self, now: float, side: str | None = None) -> float | None:
+        """A refusal, of ``side`` alone (-2027) or of both (None: -2019): the hold started now (its
+        length), or None while one holds (answers to orders sent before it; a refusal of another
+        side widens the hold to both)."""
         if now < self.until:
+            if side != self.side:
+                self.side = None
             return None
         if now - self.last_short > 2 * self.backoff.cap:
             self.backoff.reset()
         self.last_short = now
         hold = self.backoff.next()
         self.until = now + hold
+        self.side = side
         return hold
 
     def left(self, now: float) -> float:

@@ -153,7 +153,7 @@ class OrderSender:
                     batch = Batch(batch.kind, own)
             for part, risk in self._lanes(batch):
                 if not risk and self.margin_hold.left(self.agent.clock.monotonic()):
-                    part = self._within_margin(core, part)
+                    part = self._within_margin(core, part, self.margin_hold.side)
                     if part is None:
                         continue
                 self.agent.journal.on_sent(self.agent, part)
@@ -185,20 +185,24 @@ class OrderSender:
         return out
 
     @staticmethod
-    def _within_margin(core: AgentCore, part: Batch) -> Batch | None:
+    def _within_margin(core: AgentCore, part: Batch, held_side: str | None = None) -> Batch | None:
         """While the account is short of margin (``MarginHold``), of the quoting lane only the places
         that reduce the position go (up to its size, less what rests on that side): they take no
         margin. The rest waits, what the exchange would refuse again (-2019): places that add exposure,
-        amends towards the market or larger."""
+        amends towards the market or larger. A hold of one side (``held_side``, a -2027) lets the
+        other side's places and amends go too."""
         if part.kind != "place":
-            return None
+            keep = [d for d in part.items if held_side and d.side != held_side]   # type: ignore[union-attr]
+            return Batch(part.kind, tuple(keep)) if keep else None
         s = core.store
         pos = s.position_steps
         reducing = "SELL" if pos > 0 else "BUY"
         room = abs(pos) - (s.pending_sell_steps if pos > 0 else s.pending_buy_steps)
         keep = []
         for p in part.items:
-            if pos and p.side == reducing and p.qty_steps <= room:   # type: ignore[union-attr]
+            if held_side and p.side != held_side:   # type: ignore[union-attr]
+                keep.append(p)
+            elif pos and p.side == reducing and p.qty_steps <= room:   # type: ignore[union-attr]
                 keep.append(p)
                 room -= p.qty_steps   # type: ignore[union-attr]
         return Batch(part.kind, tuple(keep)) if keep else None
@@ -265,7 +269,8 @@ class OrderSender:
             for d in items:
                 core.on_rejected(d, exc.code, self.agent.exchange_ms())
             if exc.code in MARGIN_REFUSALS:
-                self.agent.margin_short(exc.code)
+                sides = {getattr(d, "side", None) for d in items}
+                self.agent.margin_short(exc.code, sides.pop() if len(sides) == 1 else None)
             else:
                 self.agent.log.event("request_failed", f"{batch.kind} x{len(items)}: {exc!r}", level=logging.WARNING)
 
@@ -297,7 +302,7 @@ class OrderSender:
             elif isinstance(res, BinanceError):
                 core.on_rejected(d, res.code, self.agent.exchange_ms())
                 if res.code in MARGIN_REFUSALS:
-                    self.agent.margin_short(res.code)
+                    self.agent.margin_short(res.code, getattr(d, "side", None))
                 if res.code not in QUIET_REJECTIONS:
                     self.agent.log.event(
                         "order_rejected", f"{batch.kind} refused: {res!r}", level=logging.WARNING,

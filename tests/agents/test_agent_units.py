@@ -38,6 +38,30 @@ def test_the_margin_hold_doubles_to_its_cap_and_starts_again_after_a_quiet_spell
     assert hold.short(now + 17.0) == 1.0                 # two caps without a -2019: from 1 s again
 
 
+def test_a_hold_of_one_side_widens_to_both_when_the_other_side_or_the_margin_is_refused_during_it():
+    hold = MarginHold(1.0, 8.0)
+    assert hold.short(0.0, "BUY") == 1.0 and hold.side == "BUY"
+    assert hold.short(0.5, "BUY") is None and hold.side == "BUY"
+    assert hold.short(0.6, "SELL") is None and hold.side is None    # both sides full
+    assert hold.short(1.0, "SELL") == 2.0 and hold.side == "SELL"   # a new hold: its own side
+    assert hold.short(1.5, None) is None and hold.side is None      # margin short: both
+
+
+def test_a_hold_of_one_side_lets_the_other_sides_places_and_amends_go():
+    from agents.orders import Amend, Batch, Place
+    from agents.sender import OrderSender
+    from tests.agents.test_core import started
+
+    core, _ = started()                                   # flat: no place reduces a position
+    places = Batch("place", (Place("b0", "BUY", 290_000, 1), Place("s0", "SELL", 310_000, 1)))
+    amends = Batch("amend", (Amend("b1", 7, "BUY", 290_100, 1), Amend("s1", 8, "SELL", 309_900, 1)))
+    assert OrderSender._within_margin(core, places) is None and OrderSender._within_margin(core, amends) is None
+    kept = OrderSender._within_margin(core, places, "BUY")
+    assert kept is not None and [p.client_order_id for p in kept.items] == ["s0"]
+    kept = OrderSender._within_margin(core, amends, "SELL")
+    assert kept is not None and [a.client_order_id for a in kept.items] == ["b1"]
+
+
 def test_while_short_of_margin_only_places_that_reduce_the_position_go():
     from agents.core import Actions
     from agents.orders import Batch, Cancel, Place

@@ -20,8 +20,10 @@ BRACKETS = [{"notional_cap": str(CAP), "initial_leverage": 20, "maint_margin_rat
 
 
 @pytest.fixture
-async def sim(sim_factory):
-    spec = default_symbol_spec(SYMBOL).model_dump() | {"brackets": BRACKETS}
+async def sim(sim_factory, request):
+    """ETHUSDC whose first bracket (20x) stops at ``CAP``, or at the test's parameter."""
+    brackets = [dict(BRACKETS[0], notional_cap=str(getattr(request, "param", CAP))), BRACKETS[1]]
+    spec = default_symbol_spec(SYMBOL).model_dump() | {"brackets": brackets}
     return await sim_factory(symbols=[SYMBOL], config={"symbols": [spec]})
 
 
@@ -30,16 +32,44 @@ async def test_a_ladder_beyond_the_leverage_bracket_is_held_like_a_margin_shortf
     agent = await make_agent()
     await wait_for(lambda: agent.counters["margin_holds"] >= 1, 10, "a first -2027")
     rejects_at_first = metric(agent, "mm_rejects_total")
-    await asyncio.sleep(3.0)   # an observation window: only upper bounds are asserted over it
+    await asyncio.sleep(2.5)   # an observation window: only upper bounds are asserted over it
     holds = agent.counters["margin_holds"]
     assert 1 <= holds <= 2, holds                               # 1 s, then 2 s: a 3rd starts by 3 s at the earliest
     ladder = 2 * agent.params.grid.max_layers
     assert metric(agent, "mm_rejects_total") - rejects_at_first <= (holds - 1) * ladder
-    orders = (await exchange.state())["open_orders"]
-    assert orders, "what fits the bracket rests"
-    for side in ("BUY", "SELL"):   # the exchange's own truth: no side beyond the allowance
-        assert sum(Decimal(o["price"]) * Decimal(o["origQty"]) for o in orders if o["side"] == side) <= CAP
+    st = await exchange.state()
+    assert st["open_orders"], "what fits the bracket rests"
+    # the exchange's own truth: no side beyond the allowance, the position netted at the mark
+    held = Decimal(st["positions"][SYMBOL]["amount"]) * Decimal(st["markets"][SYMBOL]["mark_price"])
+
+    def side(name: str) -> Decimal:
+        return sum((Decimal(o["price"]) * (Decimal(o["origQty"]) - Decimal(o["executedQty"]))
+                    for o in st["open_orders"] if o["side"] == name), Decimal(0))
+
+    assert held + side("BUY") <= CAP and side("SELL") - held <= CAP
     events = [r for r in caplog.records if getattr(r, "event", None) == "margin_short"]
     assert len(events) == holds and all(r.levelno == logging.WARNING for r in events)
     assert all("(-2027)" in r.getMessage() for r in events)
     assert not [r for r in caplog.records if getattr(r, "event", None) == "order_rejected"]   # said once a hold
+
+
+
+@pytest.mark.parametrize("sim", [160], indirect=True)
+async def test_a_full_side_holds_that_side_alone_and_the_other_side_quotes_on(sim, make_agent, exchange, caplog):
+    """Long near 20x's allowance of 160 on the bid side, with room on the ask side: the bids the
+    exchange refuses (-2027) hold the BUY side alone, said so; the ask ladder rests and its amends go
+    on during the hold."""
+    st = await exchange.state()
+    mark = Decimal(st["markets"][SYMBOL]["mark_price"])
+    long = (Decimal(150) / mark).quantize(Decimal("0.001"))   # ~150 of 160: a bid or two more at most
+    await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": f"{long:f}"})
+    agent = await make_agent()
+    await wait_for(lambda: agent.counters["margin_holds"] >= 1, 10, "a first -2027")
+    hold = agent.sender.margin_hold
+    amends = agent.core.orders_sent["amend"]
+    await wait_for(lambda: agent.core.orders_sent["amend"] > amends and hold.left(agent.clock.monotonic()) > 0
+                   and hold.side == "BUY", 10, "asks moved during the BUY side's hold")
+    asks = [o for o in (await exchange.state())["open_orders"] if o["side"] == "SELL"]
+    assert len(asks) >= agent.params.grid.max_layers // 2, "the ask ladder rests"
+    events = [r for r in caplog.records if getattr(r, "event", None) == "margin_short"]
+    assert events and all("BUY side" in r.getMessage() for r in events)
