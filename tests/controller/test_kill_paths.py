@@ -789,7 +789,8 @@ def test_a_liquidation_halts_the_symbol_durably_as_a_kill_with_its_reason(fleet)
     leverage = str(fleet.sim.state(sym)["positions"][sym]["leverage"])
     assert fleet.post("/kill", {"symbols": [sym], "mode": "halt", "reason": "set up isolated margin"}).status_code == 200
     try:
-        fleet.sim.run(margin("ISOLATED", "125"))   # no order rests: the margin type may change
+        admin("/sim/position", {"account": "main", "symbol": sym, "amount": "0"})   # what it traded so far
+        fleet.sim.run(margin("ISOLATED", "125"))   # no order rests, no position: the margin type may change
         admin("/sim/market/freeze", {"frozen": True, "symbol": sym, "mode": "price"})
         admin("/sim/position", {"account": "main", "symbol": sym, "amount": "0.1"})
         assert fleet.post("/resume", {"symbols": [sym]}).status_code == 200
