@@ -124,6 +124,9 @@ class AdminRoutes:
             e.set_position(body.get("account", "main"), body["symbol"], str(body["amount"]),
                            None if body.get("entry_price") is None else str(body["entry_price"]), now)
             return {"ok": True}
+        if path == "/sim/adl":
+            return e.deleverage(body.get("account", "main"), body["symbol"],
+                                None if body.get("qty") is None else str(body["qty"]), now)
         if path == "/sim/countdown/check":
             e.advance(now)
             return {"ok": True}

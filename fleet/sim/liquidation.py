@@ -29,16 +29,20 @@ client, in order:
 
 A cross account that is bankrupt at the mark keeps its negative balance (no insurance fund here).
 
-Auto-deleveraging never happens here, but ``GET /fapi/v1/adlQuantile`` (and positionRisk v3's
-``adl``) estimate a position's place in its queue as Binance's 0-4: 0 flat; else by the position's
-return on its initial margin (unrealized P&L over notional / leverage), the simulator's own scale:
-1 below 25 % (a loss too), 2 below 50 %, 3 below 100 %, 4 from there.
+Auto-deleveraging happens on demand only (``POST /sim/adl``: the market model has no counterparties
+to go bankrupt): the exchange closes part or all of a position at the mark by an order ``c``
+``adl_autoclose`` (Binance's spelling), type ``LIQUIDATION``, filled as ``CALCULATED``, with no fee;
+the rest of the position keeps its entry, an isolated one gives the closed share of its wallet back.
+``GET /fapi/v1/forceOrders`` lists it under ``autoCloseType`` ADL. ``GET /fapi/v1/adlQuantile`` (and
+positionRisk v3's ``adl``) estimate a position's place in the queue as Binance's 0-4: 0 flat; else by
+the position's return on its initial margin (unrealized P&L over notional / leverage), the
+simulator's own scale: 1 below 25 % (a loss too), 2 below 50 %, 3 below 100 %, 4 from there.
 """
 
 from __future__ import annotations
 
 import math
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
 from fleet.sim.book import Book
@@ -51,6 +55,7 @@ from fleet.sim.units import ZERO, q8, s8
 LIQUIDATION_FEE_RATE = Decimal("0.0125")   # exchangeInfo's liquidationFee
 MARGIN_CALL_RATIO = Decimal("0.8")
 MARGIN_CALL_EVERY_MS = 60_000
+ADL_CLIENT_ID = "adl_autoclose"
 ADL_EDGES = (Decimal("0.25"), Decimal("0.5"), Decimal(1))   # return on initial margin: quantile 1 | 2 | 3 | 4
 
 
@@ -72,6 +77,8 @@ class Liquidation:
     _emit_agg: Callable[[Book, int, int, int, bool], int]
     _emit_market: Callable[[str, Any], None]
     _emit_user: Callable[[str, Any], None]
+    _isolated_fill: Callable[[Account, Book, Position, int, int, Decimal, int], None]
+    _cap_reduce_only: Callable[[Account, Book, int], None]
     account: Callable[[str], Account]
     book: Callable[[str | None], Book]
     leverage_of: Callable[[Account, str], int]
@@ -108,8 +115,8 @@ class Liquidation:
             self._emit_user(acct.name, _margin_call(held, isolated_wallet, wallet, t))
 
     def force_orders(self, account: str, params: dict[str, str], now: int) -> list[dict[str, Any]]:
-        """GET /fapi/v1/forceOrders: the account's liquidation orders (``autoCloseType`` LIQUIDATION; ADL
-        never happens here), of one symbol or all, within startTime..endTime (7 days at most; without
+        """GET /fapi/v1/forceOrders: the account's liquidation and ADL orders (``autoCloseType``
+        LIQUIDATION or ADL; both when not sent), of one symbol or all, within startTime..endTime (7 days at most; without
         startTime, the 7 days before endTime or now), the latest ``limit`` (50, at most 100)."""
         acct = self.account(account)
         symbol = self.book(params["symbol"]).symbol if params.get("symbol") else None
@@ -124,8 +131,8 @@ class Liquidation:
         assert limit is not None
         if not 1 <= limit <= 100:
             raise invalid("limit")
-        rows = [o for o in acct.force_orders if kind != "ADL" and (symbol is None or o.symbol == symbol)
-                and start <= o.time <= end]
+        rows = [o for o in acct.force_orders if (symbol is None or o.symbol == symbol) and start <= o.time <= end
+                and (not kind or (o.client_id == ADL_CLIENT_ID) == (kind == "ADL"))]
         return [self.order_json(self.books[o.symbol], o) for o in rows[-limit:]]
 
     def adl_quantile(self, acct: Account, b: Book) -> int:
@@ -147,6 +154,27 @@ class Liquidation:
             books = [self.books[sym] for sym, pos in acct.positions.items() if pos.amount]
         return [{"symbol": b.symbol, "adlQuantile": {"LONG": 0, "SHORT": 0, "BOTH": self.adl_quantile(acct, b)}}
                 for b in books]
+
+    def deleverage(self, account: str, symbol: str, qty: str | None, t: int) -> dict[str, Any]:
+        """POST /sim/adl: the exchange closes ``qty`` (all when None) of the position at the mark."""
+        acct = self.account(account)
+        b = self.book(symbol)
+        pos = acct.position(b.symbol)
+        try:
+            steps = abs(pos.amount) if qty is None else int(Decimal(qty) / b.step)
+        except (InvalidOperation, TypeError) as exc:
+            raise invalid("qty") from exc
+        if not 0 < steps <= abs(pos.amount):
+            raise invalid("qty")
+        acct.counters["deleveraged"] += 1
+        old = pos.amount
+        o, _ = self._close_by_exchange(acct, b, pos, steps, round(b.mark / b.tick_f), ADL_CLIENT_ID, t)
+        if b.symbol in acct.isolated:
+            self._isolated_fill(acct, b, pos, old, pos.amount - old, b.tick * o.price, t)
+        self._emit_account_update(acct, b, "ORDER", t, ZERO)
+        if pos.amount == 0:
+            self._cap_reduce_only(acct, b, t)
+        return self.order_json(b, o)
 
     def symbol_adl_risk(self, params: dict[str, str], now: int) -> Any:
         """GET /fapi/v1/symbolAdlRisk: each symbol's ADL risk, LOW here where ADL never happens."""
@@ -194,22 +222,42 @@ class Liquidation:
         if isolated_wallet is not None:   # the price at which the isolated wallet is spent
             bankrupt = (pos.entry - isolated_wallet / amt) / b.tick
             price = max(price, math.ceil(bankrupt)) if old > 0 else min(price, math.floor(bankrupt))
+        self._seq += 1
+        _, realized = self._close_by_exchange(acct, b, pos, abs(old), price,
+                                              f"autoclose-{t}{self._seq % 1_000_000:06d}", t)
+        frame = (render_force_order, b, "SELL" if old > 0 else "BUY", abs(old), price, t)
+        if b.lower + "@forceOrder" in self.interest:
+            self._emit_market(b.lower + "@forceOrder", frame)
+        if "!forceOrder@arr" in self.interest:
+            self._emit_market("!forceOrder@arr", frame)
+        return realized, abs(b.tick * price * amt)
+
+    def _close_by_exchange(self, acct: Account, b: Book, pos: Position, steps: int, price: int, client_id: str,
+                           t: int) -> tuple[Order, Decimal]:
+        """The exchange's own closing order of ``steps`` of ``pos`` at ``price`` (ticks): filled at once as
+        CALCULATED, no fee, its trade on the tape, the realized P&L into the wallet. Returns the order
+        and the realized P&L."""
+        old = pos.amount
         px = b.tick * price
-        realized = q8((px - pos.entry) * amt)
+        closed = b.step * (steps if old > 0 else -steps)
+        realized = q8((px - pos.entry) * closed)
         self._seq += 1
         side = "SELL" if old > 0 else "BUY"
-        o = Order(b.next_order_id, f"autoclose-{t}{self._seq % 1_000_000:06d}", acct.name, b.symbol, side,
-                  "LIQUIDATION", "IOC", price, abs(old), False, t, self._seq)
+        o = Order(b.next_order_id, client_id, acct.name, b.symbol, side, "LIQUIDATION", "IOC", price, steps, False,
+                  t, self._seq)
         b.next_order_id += 1
         o.filled = o.orig
-        o.cum_quote = px * abs(amt)
+        o.cum_quote = px * abs(closed)
         o.status = "FILLED"
         b.closed[o.order_id] = o   # trimmed with the book's next closed order (_remove_resting)
         acct.force_orders.append(o)
-        trade_id = self._emit_agg(b, price, abs(old), t, side == "SELL")
-        pos.amount = 0
-        pos.entry = ZERO
-        pos.cost = ZERO
+        trade_id = self._emit_agg(b, price, steps, t, side == "SELL")
+        pos.amount = old - (steps if old > 0 else -steps)
+        if pos.amount:
+            pos.cost = q8(pos.cost * abs(pos.amount) / abs(old))
+        else:
+            pos.entry = ZERO
+            pos.cost = ZERO
         pos.realized += realized
         pos.update_time = t
         asset = b.spec.margin_asset
@@ -224,12 +272,7 @@ class Liquidation:
                                  s8(o.cum_quote), s8(ZERO), asset, s8(realized), False, t))
         self._emit_order_update(acct, b, o, "CALCULATED", t, last_qty=o.orig, last_price=price,
                                 trade_id=trade_id, realized=realized)
-        frame = (render_force_order, b, side, o.orig, price, t)
-        if b.lower + "@forceOrder" in self.interest:
-            self._emit_market(b.lower + "@forceOrder", frame)
-        if "!forceOrder@arr" in self.interest:
-            self._emit_market("!forceOrder@arr", frame)
-        return realized, abs(px * amt)
+        return o, realized
 
 
 def _margin_call(held: list[tuple[Book, Position]], isolated_wallet: Decimal | None, wallet: Decimal,

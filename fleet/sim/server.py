@@ -127,6 +127,7 @@ input, 404 on an unknown route)::
          /fapi/v1/marginType) gets Binance's isolated shape instead: B plus that position, whose isolated
          wallet paid it (fleet/sim/margin.py).
     POST /sim/position       {"account": "main", "symbol": "ETHUSDC", "amount": "0.18", "entry_price": "3000"}
+    POST /sim/adl            {"account": "main", "symbol": "ETHUSDC", "qty": "0.05"} (no qty: all) ADL at the mark
          set a position directly (entry optional: the mark); pushes ACCOUNT_UPDATE m=ADJUSTMENT
     POST /sim/countdown/check {}      run due dead-man switches now (the clock also wakes for them)
 """

@@ -385,3 +385,32 @@ def test_the_break_even_price_moves_the_entry_by_the_open_positions_fees_and_fun
     assert abs(Decimal(short["breakEvenPrice"]) - (Decimal(short["entryPrice"]) - opened_fee)) <= Decimal("0.00000004")
     _market(e, "BUY", "1")
     assert _risk(e, 2)["breakEvenPrice"] == "0.0"
+
+
+def test_auto_deleveraging_closes_part_of_a_position_at_the_mark_without_a_fee():
+    e = _engine()
+    acct = e.accounts["main"]
+    b = e.books[SYM]
+    _isolate(e)
+    _market(e, "BUY", "1")
+    iw = Decimal(_risk(e)["isolatedWallet"])
+    wallet, entry = acct.wallet["USDC"], Decimal(_risk(e)["entryPrice"])
+    e.drain()
+    order = e.deleverage("main", SYM, "0.4", T0 + 1000)
+    assert order["clientOrderId"] == "adl_autoclose" and order["type"] == "LIQUIDATION"
+    assert order["status"] == "FILLED" and order["executedQty"] == "0.400"
+    px = Decimal(order["avgPrice"])
+    assert px == b.mark_dec().quantize(b.tick)
+    assert acct.wallet["USDC"] == wallet + q8((px - entry) * Decimal("0.4"))   # the realized P&L, no fee
+    risk = _risk(e)
+    assert risk["positionAmt"] == "0.600" and Decimal(risk["entryPrice"]) == entry
+    assert Decimal(risk["isolatedWallet"]) == iw - q8(iw * Decimal("0.4"))     # the closed share went back
+    frames = [p for k, _, p in e.drain_rendered() if k == "u" and p["e"] == "ORDER_TRADE_UPDATE"]
+    assert [(f["o"]["c"], f["o"]["x"], f["o"]["X"], f["o"]["n"]) for f in frames] == [
+        ("adl_autoclose", "CALCULATED", "FILLED", "0")]
+    assert [o["clientOrderId"] for o in e.force_orders("main", {"autoCloseType": "ADL"}, T0 + 2000)] == ["adl_autoclose"]
+    assert e.force_orders("main", {"autoCloseType": "LIQUIDATION"}, T0 + 2000) == []
+    assert len(e.force_orders("main", {}, T0 + 2000)) == 1 and acct.counters["deleveraged"] == 1
+    assert _code(lambda: e.deleverage("main", SYM, "0.7", T0 + 2000)) == -1130   # more than is held
+    e.deleverage("main", SYM, None, T0 + 3000)
+    assert _risk(e)["positionAmt"] == "0.000" and Decimal(_risk(e)["isolatedWallet"]) == 0
