@@ -215,6 +215,17 @@ class SymbolAgent:
         if carry is not None:
             carry(None, KillState.HALTED, LIQUIDATED, issued_at=self.clock.time_ms() / 1000.0)
 
+    def deleveraged(self, what: str, client_order_id: str, order_id: int) -> None:
+        """The exchange auto-deleveraged (part of) the position (ADL: it closes profitable positions
+        when a liquidation's loss outruns its insurance fund): the fill is booked as any, said loudly
+        and counted (``mm_deleveraged_total``). Not a margin failure of this account: quoting goes on
+        with the position that is left."""
+        self.log.event(
+            "deleveraged",
+            f"auto-deleveraged by the exchange: {what} ({client_order_id}); position now "
+            f"{self.core.store.position if self.core else '?'}; quoting on", level=logging.WARNING,
+            client_order_id=client_order_id, order_id=order_id)
+
     def margin_short(self, code: int, side: str | None) -> None:
         """The exchange refused an order or an amendment of ``side`` that adds exposure: no margin for
         it (-2019: both sides held), or the leverage's bracket allows that side no more (-2027: that

@@ -240,6 +240,7 @@ class AgentMetrics:
         yield _counter("mm_foreign_frames", "frames for another symbol skipped", sym, s.foreign_events)
         yield _counter("mm_liquidations", "fills of the exchange's liquidation orders (each halts the symbol)", sym,
                        s.liquidations)
+        yield _counter("mm_deleveraged", "fills of the exchange's auto-deleveraging (ADL) orders", sym, s.deleveraged)
 
     def _budget_families(self) -> Iterator[Metric]:
         """The rate budget's windows: this agent's share, and the exchange's count against Binance's limit."""

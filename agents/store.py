@@ -29,7 +29,7 @@ from decimal import Decimal
 from operator import attrgetter
 from typing import Any, Iterable
 
-from fleet.binance.enums import ExecType
+from fleet.binance.enums import ADL_CLIENT_ORDER_ID, ExecType
 from fleet.binance.events import (
     AccountUpdate,
     BookTicker,
@@ -92,7 +92,8 @@ class Store:
         self.funding = FundingBook(params)
         self.wallet_balance: float | None = None  # the shared account's wallet (informational)
         self.foreign_events = 0
-        self.liquidations = 0  # fills of the exchange's own closing orders (execution type CALCULATED)
+        self.liquidations = 0  # fills of the exchange's liquidation orders (execution type CALCULATED)
+        self.deleveraged = 0   # fills of its auto-deleveraging orders (CALCULATED, ``adl_autoclose``)
 
     def with_params(self, params: SymbolParams) -> "Store":
         """The store under new parameters, every part's state kept (orders, position and P&L, the
@@ -337,7 +338,10 @@ class Store:
             if placed is None:
                 return changed  # a duplicate
             if u.exec_type == ExecType.CALCULATED:
-                self.liquidations += 1
+                if u.client_order_id.startswith(ADL_CLIENT_ORDER_ID):
+                    self.deleveraged += 1
+                else:
+                    self.liquidations += 1
             if placed == BOOKED_ALL:
                 self._place_unplaced(None)  # everything of this millisecond seen so far is inside
             if placed:

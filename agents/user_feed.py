@@ -13,7 +13,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from fleet.binance.enums import ExecType, OrderStatus
+from fleet.binance.enums import ADL_CLIENT_ORDER_ID, ExecType, OrderStatus
 from fleet.binance.errors import BinanceError, InvalidListenKeyError
 from fleet.binance.events import FundingFee, ListenKeyExpired, MarginCall, OrderUpdate, TradeLite
 from fleet.binance.streams import StreamError, UserStream
@@ -139,9 +139,9 @@ class UserFeed:
             if o is not None and o.is_open and o.cancel_sent_ms is None and o.amend_orig_steps is None \
                     and _same_epoch(ev.client_order_id, core.epoch):
                 a.ask_owner(f"{ev.client_order_id} cancelled by another hand")
-        liquidations = core.store.liquidations
+        closes = core.store.liquidations + core.store.deleveraged
         core.on_event(ev, a.clock.time_ms() + a.offset_ms())
-        if core.store.liquidations != liquidations:
+        if core.store.liquidations + core.store.deleveraged != closes:
             self.liquidation(ev.order_id, ev.client_order_id, True,
                              f"{ev.side} {ev.last_filled_qty} @ {ev.last_filled_price}, realized {ev.realized_pnl}")
         a.journal.on_user_event(a, ev)
@@ -151,16 +151,23 @@ class UserFeed:
             self._log_order_update(ev)
 
     def liquidation(self, order_id: int, client_order_id: str, booked: bool, what: str) -> None:
-        """A liquidation order of the exchange, seen in its CALCULATED frame (``booked``: the store
-        counted its fill) or, when that frame was lost with the stream, in forceOrders after the resync:
-        the agent halts once per order."""
+        """A liquidation or auto-deleveraging order of the exchange, seen in its CALCULATED frame
+        (``booked``: the store counted its fill) or, when that frame was lost with the stream, in
+        forceOrders after the resync: once per order, a liquidation halts the agent, an ADL is said."""
         if order_id in self.liquidations_seen:
             return
         self.liquidations_seen.add(order_id)
         a = self.agent
-        if not booked and a.core is not None:
-            a.core.store.liquidations += 1   # the snapshot took the position; the fill was never a frame
-        a.liquidated(what, client_order_id, order_id)
+        adl = client_order_id.startswith(ADL_CLIENT_ORDER_ID)
+        if not booked and a.core is not None:   # the snapshot took the position; the fill was never a frame
+            if adl:
+                a.core.store.deleveraged += 1
+            else:
+                a.core.store.liquidations += 1
+        if adl:
+            a.deleveraged(what, client_order_id, order_id)
+        else:
+            a.liquidated(what, client_order_id, order_id)
 
     def _margin_call(self, ev: MarginCall) -> None:
         """The exchange warns that positions are close to liquidation: this symbol's is said loudly and

@@ -601,10 +601,10 @@ class BinanceClient(RestCore):
         return await self._request(ep.INCOME, {k: v for k, v in given.items() if v is not None}, wait=wait)
 
     async def force_orders(self, symbol: str, start_time: int) -> list[dict[str, Any]]:
-        """GET /fapi/v1/forceOrders: the account's liquidation orders of ``symbol`` since ``start_time``
-        (at most 7 days back), in the risk lane: read to know whether the exchange closed a position."""
-        data = await self._request(ep.FORCE_ORDERS, {"symbol": symbol, "autoCloseType": "LIQUIDATION",
-                                                     "startTime": start_time}, risk=True)
+        """GET /fapi/v1/forceOrders: the account's liquidation and auto-deleveraging orders of
+        ``symbol`` since ``start_time`` (at most 7 days back; both kinds, no ``autoCloseType``), in the
+        risk lane: read to know whether the exchange closed a position."""
+        data = await self._request(ep.FORCE_ORDERS, {"symbol": symbol, "startTime": start_time}, risk=True)
         return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
 
     async def user_trades(

@@ -17,6 +17,11 @@ from enum import Enum, IntEnum, StrEnum
 from typing import TypeVar
 
 
+# The client order id of the exchange's auto-deleveraging orders (ADL; its liquidation orders' start
+# with "autoclose-"), both filled with execution type CALCULATED.
+ADL_CLIENT_ORDER_ID = "adl_autoclose"
+
+
 class Side(StrEnum):
     BUY = "BUY"
     SELL = "SELL"

@@ -6,6 +6,8 @@
   agent does not choose), so a 1 % move against a position the agent holds is a liquidation at the
   simulator's next mark tick, as on Binance: the open orders cancelled by the exchange, an
   ``autoclose-`` order of type LIQUIDATION filled as CALCULATED, the isolated wallet gone.
+- An auto-deleveraging (ADL, an ``adl_autoclose`` order, CALCULATED too): booked, said, and quoting
+  goes on with the position left; found in forceOrders too when its frame is lost.
 """
 
 from __future__ import annotations
@@ -128,3 +130,26 @@ async def test_a_liquidation_whose_frame_was_lost_with_the_stream_is_found_after
     assert metric(agent, "mm_liquidations_total") == 1
     [event] = [r for r in caplog.records if getattr(r, "event", None) == "liquidated"]
     assert event.levelno == logging.ERROR and "seen in forceOrders" in event.getMessage()
+
+
+async def test_an_auto_deleveraging_is_booked_and_said_and_quoting_goes_on(sim, make_agent, exchange, caplog):
+    """The exchange closes part of the position by ADL: the agent books the fill as the exchange did,
+    says so as a WARNING (not a liquidation), and quotes on; the same once more while its user stream
+    is down, found in forceOrders by the resync."""
+    agent = await _long_at_125x_isolated(sim, make_agent, exchange)
+    await exchange.post("/sim/adl", {"symbol": SYMBOL, "qty": "0.04"})
+    await wait_for(lambda: metric(agent, "mm_deleveraged_total") == 1, 10, "the ADL booked")
+    await wait_for(lambda: in_sync(agent, exchange), 10, "the agent's book equals the exchange's",
+                   explain=lambda: describe(agent, exchange))
+    assert agent.core.store.position_steps == 60 and agent.status()["state"] == "quoting"
+    await exchange.post("/sim/fault/rest", {"mode": "error", "path": "/fapi/v1/listenKey", "method": "POST", "count": 4})
+    assert (await exchange.post("/sim/fault/drop", {"target": "user"}))["dropped"] >= 1
+    await exchange.post("/sim/adl", {"symbol": SYMBOL})
+    await wait_for(lambda: metric(agent, "mm_deleveraged_total") == 2, 20, "the second ADL found after the resync")
+    await wait_for(lambda: in_sync(agent, exchange), 10, "the agent's book equals the exchange's",
+                   explain=lambda: describe(agent, exchange))
+    assert agent.status()["state"] == "quoting" and metric(agent, "mm_liquidations_total") == 0
+    events = [r for r in caplog.records if getattr(r, "event", None) == "deleveraged"]
+    assert [r.levelno for r in events] == [logging.WARNING] * 2 and "seen in forceOrders" in events[1].getMessage()
+    assert not [r for r in caplog.records if getattr(r, "event", None) == "liquidated"]
+    await wait_for(lambda: resting(agent, exchange), 10, "quoting on")
