@@ -116,8 +116,9 @@ class Liquidation:
 
     def force_orders(self, account: str, params: dict[str, str], now: int) -> list[dict[str, Any]]:
         """GET /fapi/v1/forceOrders: the account's liquidation and ADL orders (``autoCloseType``
-        LIQUIDATION or ADL; both when not sent), of one symbol or all, within startTime..endTime (7 days at most; without
-        startTime, the 7 days before endTime or now), the latest ``limit`` (50, at most 100)."""
+        LIQUIDATION or ADL; both when not sent), of one symbol or all, within startTime..endTime (7
+        days at most; without startTime, the 7 days before endTime or now), the latest ``limit`` (50,
+        at most 100)."""
         acct = self.account(account)
         symbol = self.book(params["symbol"]).symbol if params.get("symbol") else None
         kind = params.get("autoCloseType")
@@ -222,9 +223,8 @@ class Liquidation:
         if isolated_wallet is not None:   # the price at which the isolated wallet is spent
             bankrupt = (pos.entry - isolated_wallet / amt) / b.tick
             price = max(price, math.ceil(bankrupt)) if old > 0 else min(price, math.floor(bankrupt))
-        self._seq += 1
-        _, realized = self._close_by_exchange(acct, b, pos, abs(old), price,
-                                              f"autoclose-{t}{self._seq % 1_000_000:06d}", t)
+        _, realized = self._close_by_exchange(acct, b, pos, abs(old), price,   # the order's own sequence number
+                                              f"autoclose-{t}{(self._seq + 1) % 1_000_000:06d}", t)
         frame = (render_force_order, b, "SELL" if old > 0 else "BUY", abs(old), price, t)
         if b.lower + "@forceOrder" in self.interest:
             self._emit_market(b.lower + "@forceOrder", frame)
