@@ -127,6 +127,9 @@ class AdminRoutes:
         if path == "/sim/adl":
             return e.deleverage(body.get("account", "main"), body["symbol"],
                                 None if body.get("qty") is None else str(body["qty"]), now)
+        if path == "/sim/delist":
+            at_ms = int(body["at_ms"]) if "at_ms" in body else now + int(float(body["in_s"]) * 1000)
+            return e.schedule_delisting(body["symbol"], at_ms, now)
         if path == "/sim/countdown/check":
             e.advance(now)
             return {"ok": True}

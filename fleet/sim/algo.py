@@ -109,6 +109,7 @@ class AlgoService:
             raise invalid("algoType")
         b = e.book(params.get("symbol"))
         side, otype = e.check_order_head(params)
+        e.tradable(b)
         if otype not in TYPES:
             raise SimApiError(-1116, "Invalid orderType.")
         cid = params.get("clientAlgoId")

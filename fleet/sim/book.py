@@ -18,6 +18,8 @@ from fleet.sim.orders import Order
 from fleet.sim.streams import kline_next, kline_open
 from fleet.sim.units import places, fixed, s8
 
+PERPETUAL_DELIVERY_MS = 4133404800000   # a perpetual's deliveryDate while no settlement is planned
+
 # The simulated index price sits this far below the mark (the mark is the mid): one constant basis,
 # so the premium index is 1 / INDEX_RATIO - 1 (0.00005) at every moment.
 INDEX_RATIO = 0.99995
@@ -147,6 +149,8 @@ class Book:
         self.base_rate = self.funding_rate
         self.rate_pinned = False
         self.frozen = False  # market stopped and silent
+        self.status = "TRADING"   # exchangeInfo's; SETTLING, then CLOSE, once delisted (fleet/sim/delisting.py)
+        self.delivery_ms = PERPETUAL_DELIVERY_MS   # deliveryDate: the settlement time once a delisting is announced
         self.price_held = False  # mid held still, market alive
         self.last_bt: tuple[int, int, int, int] | None = None
         self.want_bt = False

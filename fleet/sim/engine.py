@@ -24,6 +24,7 @@ from fleet.sim.frames import (render, render_account_update, render_agg, render_
                               render_order_update, render_ticker, render_trade, render_trade_lite, ticker_24h)
 from fleet.sim.history import backfill
 from fleet.sim.keys import ed25519_private_pem
+from fleet.sim.delisting import Delisting
 from fleet.sim.liquidation import Liquidation
 from fleet.sim.margin import IsolatedMargin
 from fleet.sim.market import MarketModel
@@ -63,7 +64,7 @@ def _gone(last: dict[int, int], shown: set[int], now: dict[int, int], levels: li
     return [(p, 0) for p in maybe if p not in now and (deepest is None or (p - deepest) * deeper <= 0)]
 
 
-class Engine(EngineViews, IsolatedMargin, Liquidation):
+class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting):
     """The exchange: call its methods with an account name, parameters and ``now_ms``."""
 
     def __init__(self, config: SimConfig, seed: int = 7, now_ms: int = 0,
@@ -140,6 +141,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation):
         # a simulated run's spread capture against the mid at the fill; None = nobody watches
         self.on_fill: Any = None
         self.algo = AlgoService(self)   # conditional orders, outside the book until their trigger
+        self.next_delivery_ms = FAR_MS   # the earliest announced settlement (fleet/sim/delisting.py)
 
     # -- small helpers ----------------------------------------------------------------------------
 
@@ -271,6 +273,8 @@ class Engine(EngineViews, IsolatedMargin, Liquidation):
             if t >= self.next_funding_ms:
                 self.settle_funding(self.next_funding_ms)
                 self.next_funding_ms += self.funding_interval_ms
+            if t >= self.next_delivery_ms:
+                self.settle_due(t)
             self.next_step_ms += self.step_ms
         if now_ms > self.now_ms:
             self.now_ms = now_ms
@@ -1136,6 +1140,8 @@ class Engine(EngineViews, IsolatedMargin, Liquidation):
                    want_json: bool, gtd_checked: bool = False) -> tuple[Order | None, dict[str, Any] | None]:
         b = self.book(params.get("symbol"))
         side, otype = self.check_order_head(params)
+        if b.status != "TRADING":
+            self.tradable(b)   # -4108
         if otype not in ("LIMIT", "MARKET"):
             if otype in ALGO_TYPES:
                 raise SimApiError(-4120, "Order type not supported for this endpoint. Please use the Algo Order API endpoints instead.")
@@ -1336,6 +1342,8 @@ class Engine(EngineViews, IsolatedMargin, Liquidation):
             pm = None
         if not pm and not params.get("price"):
             raise missing("price")
+        if b.status != "TRADING":
+            self.tradable(b)   # -4108
         o = self._find(acct, b, params)
         if not o.is_open:
             raise SimApiError(-2013, "Order does not exist.")

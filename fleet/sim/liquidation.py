@@ -233,10 +233,11 @@ class Liquidation:
         return realized, abs(b.tick * price * amt)
 
     def _close_by_exchange(self, acct: Account, b: Book, pos: Position, steps: int, price: int, client_id: str,
-                           t: int) -> tuple[Order, Decimal]:
+                           t: int, forced: bool = True) -> tuple[Order, Decimal]:
         """The exchange's own closing order of ``steps`` of ``pos`` at ``price`` (ticks): filled at once as
-        CALCULATED, no fee, its trade on the tape, the realized P&L into the wallet. Returns the order
-        and the realized P&L."""
+        CALCULATED, no fee, its trade on the tape, the realized P&L into the wallet; a ``forced`` one (a
+        liquidation or an ADL, not a settlement) listed in forceOrders. Returns the order and the
+        realized P&L."""
         old = pos.amount
         px = b.tick * price
         closed = b.step * (steps if old > 0 else -steps)
@@ -250,7 +251,8 @@ class Liquidation:
         o.cum_quote = px * abs(closed)
         o.status = "FILLED"
         b.closed[o.order_id] = o   # trimmed with the book's next closed order (_remove_resting)
-        acct.force_orders.append(o)
+        if forced:
+            acct.force_orders.append(o)
         trade_id = self._emit_agg(b, price, steps, t, side == "SELL")
         pos.amount = old - (steps if old > 0 else -steps)
         if pos.amount:

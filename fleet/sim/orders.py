@@ -143,7 +143,7 @@ class Account:
         self.amendments: deque[tuple[int, int, int, int, int, int, int, int]] = deque(maxlen=AMENDMENTS_KEPT)
         self.counters = {"orders_placed": 0, "orders_cancelled": 0, "orders_rejected": 0,
                          "orders_filled": 0, "orders_expired": 0, "orders_amended": 0, "trades": 0,
-                         "countdown_fired": 0, "liquidations": 0, "deleveraged": 0}
+                         "countdown_fired": 0, "liquidations": 0, "deleveraged": 0, "settled": 0}
 
     def position(self, symbol: str) -> Position:
         pos = self.positions.get(symbol)

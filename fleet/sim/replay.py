@@ -284,6 +284,11 @@ class ReplayMarket:
                     e.now_ms = f
                 self._settle(e, f)
                 continue
+            if e.next_delivery_ms <= now_ms and e.next_delivery_ms <= t:
+                if e.next_delivery_ms > e.now_ms:
+                    e.now_ms = e.next_delivery_ms
+                e.settle_due(e.now_ms)   # a delisting announced (fleet/sim/delisting.py)
+                continue
             if t > now_ms:
                 break
             if t > e.now_ms:

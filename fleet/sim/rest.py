@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from fleet.sim.config import SimConfig
+from fleet.sim.delisting import ONBOARD_MS
 from fleet.sim.engine import Engine, SimApiError, missing
 from fleet.sim.frames import ticker_24h
 from fleet.sim.streams import KLINE_MINUTES
@@ -31,8 +32,8 @@ class RestHandlers:
             sp = b.spec
             assets.update({sp.quote_asset})
             symbols.append({
-                "symbol": b.symbol, "pair": b.symbol, "contractType": "PERPETUAL", "deliveryDate": 4133404800000,
-                "onboardDate": 1569398400000, "status": "TRADING", "maintMarginPercent": "2.5000",
+                "symbol": b.symbol, "pair": b.symbol, "contractType": "PERPETUAL", "deliveryDate": b.delivery_ms,
+                "onboardDate": ONBOARD_MS, "status": b.status, "maintMarginPercent": "2.5000",
                 "requiredMarginPercent": "5.0000", "baseAsset": sp.base_asset, "quoteAsset": sp.quote_asset,
                 "marginAsset": sp.margin_asset, "pricePrecision": b.price_precision,
                 "quantityPrecision": b.qty_precision, "baseAssetPrecision": 8, "quotePrecision": 8,

@@ -129,6 +129,8 @@ input, 404 on an unknown route)::
     POST /sim/position       {"account": "main", "symbol": "ETHUSDC", "amount": "0.18", "entry_price": "3000"}
     POST /sim/adl            {"account": "main", "symbol": "ETHUSDC", "qty": "0.05"} (no qty: all) ADL at the mark
          set a position directly (entry optional: the mark); pushes ACCOUNT_UPDATE m=ADJUSTMENT
+    POST /sim/delist         {"symbol": "ETHUSDC", "in_s": 3600} (or "at_ms") announce a delisting; the
+         exchange settles the symbol at that time (fleet/sim/delisting.py)
     POST /sim/countdown/check {}      run due dead-man switches now (the clock also wakes for them)
 """
 

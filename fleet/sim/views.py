@@ -363,6 +363,7 @@ class EngineViews:
                            "time": o.time, "updateTime": o.update_time})
         markets = {b.symbol: {"mid": b.mid, "mark_price": f"{b.mark:.8f}",
                               "bid": b.price_str(b.best_bid()), "ask": b.price_str(b.best_ask()),
+                              "status": b.status, "delivery_date": b.delivery_ms,
                               "regime": b.model.regime, "funding_rate": f"{b.funding_rate:.8f}",
                               "funding_pinned": b.rate_pinned, "frozen": b.frozen, "price_held": b.price_held,
                               "next_funding_time": self.next_funding_ms,

@@ -1,0 +1,105 @@
+"""Delisting: the exchange settles a perpetual at an announced time, and the symbol trades no more.
+
+Binance delists USD-M perpetuals with notice: the symbol's ``deliveryDate`` in exchangeInfo (a far
+4133404800000 for a perpetual that is not leaving) becomes the settlement time, and ``!contractInfo``
+pushes the change (``dt``; ``cs`` the contract's status; ``bks`` only when brackets change, never here).
+At that time the exchange cancels every open order of the symbol and closes every position at its
+settlement price by an order it writes itself, ``c`` ``settlement_autoclose-<ms><n>`` (Binance's
+special client order id "for delisting or delivery"). The symbol's status leaves ``TRADING``: here
+``SETTLING`` while it settles, then ``CLOSE``; each change is a ``!contractInfo`` frame. An order on a
+symbol that is not ``TRADING`` is refused -4108; cancels and reads still answer.
+
+What the simulator chooses where Binance's documents are silent: the settlement price is the mark at
+the settlement time (Binance uses an average of the index before it); the closing order is written as
+an ADL's (type ``LIQUIDATION``, filled at once as ``CALCULATED``, no fee, its trade on the tape, not
+in ``forceOrders``); a closed symbol's market stops (no book, trade or mark frames) and stays listed.
+``POST /sim/delist {"symbol", "in_s" | "at_ms"}`` announces a delisting (fleet/sim/server.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from fleet.sim.book import PERPETUAL_DELIVERY_MS, Book
+from fleet.sim.errors import SimApiError
+from fleet.sim.orders import Account, Order, Position
+from fleet.sim.units import ZERO
+
+SETTLEMENT_CLIENT_ID = "settlement_autoclose-"
+CONTRACT_INFO = "!contractInfo"
+ONBOARD_MS = 1569398400000   # exchangeInfo's onboardDate of every simulated symbol
+NOT_TRADING = SimApiError(-4108, "Symbol is on delivering or delivered or settle or closed or pre-trading.")
+
+
+class Delisting:
+    """Mixed into :class:`fleet.sim.engine.Engine`."""
+
+    # the Engine's (and its other mixins')
+    books: dict[str, Book]
+    accounts: dict[str, Account]
+    interest: frozenset[str]
+    algo: Any
+    _seq: int
+    next_delivery_ms: int
+    _cancel_all: Callable[[Account, Book, int], int]
+    _emit_account_update: Callable[..., None]
+    _emit_market: Callable[[str, Any], None]
+    _isolated_fill: Callable[[Account, Book, Position, int, int, Any, int], None]
+    _close_by_exchange: Callable[..., tuple[Order, Any]]
+    book: Callable[[str | None], Book]
+
+    @staticmethod
+    def tradable(b: Book) -> None:
+        """Raise -4108 unless ``b`` is ``TRADING``: an order, an amendment or a conditional order."""
+        if b.status != "TRADING":
+            raise SimApiError(NOT_TRADING.code, NOT_TRADING.msg)
+
+    def schedule_delisting(self, symbol: str, at_ms: int, now: int) -> dict[str, Any]:
+        """Announce that ``symbol`` settles at ``at_ms``: its deliveryDate, a ``!contractInfo`` frame."""
+        b = self.book(symbol)
+        if b.status != "TRADING":
+            raise ValueError(f"{b.symbol} is {b.status}, not TRADING")
+        if at_ms <= now:
+            raise ValueError(f"at_ms {at_ms} is not after now ({now})")
+        b.delivery_ms = at_ms
+        self.next_delivery_ms = min(self.next_delivery_ms, at_ms)
+        self._contract_info(b, now)
+        return {"symbol": b.symbol, "deliveryDate": at_ms, "status": b.status}
+
+    def settle_due(self, t: int) -> None:
+        """Settle every symbol whose delivery time has come (called as the exchange's time moves)."""
+        for b in self.books.values():
+            if b.status == "TRADING" and b.delivery_ms <= t:
+                self._settle(b, t)
+        self.next_delivery_ms = min((b.delivery_ms for b in self.books.values() if b.status == "TRADING"),
+                                    default=PERPETUAL_DELIVERY_MS)
+
+    def _settle(self, b: Book, t: int) -> None:
+        b.status = "SETTLING"
+        self._contract_info(b, t)
+        price = round(b.mark / b.tick_f)
+        for acct in self.accounts.values():
+            self._cancel_all(acct, b, t)
+            for a in [a for a in self.algo.open.values() if a.account == acct.name and a.symbol == b.symbol]:
+                self.algo._close(a, "CANCELED", t)
+            pos = acct.positions.get(b.symbol)
+            if pos is None or not pos.amount:
+                continue
+            acct.counters["settled"] += 1
+            old = pos.amount
+            o, _ = self._close_by_exchange(acct, b, pos, abs(old), price,   # the order's own sequence number
+                                           f"{SETTLEMENT_CLIENT_ID}{t}{(self._seq + 1) % 1_000_000:06d}", t,
+                                           forced=False)
+            if b.symbol in acct.isolated:
+                self._isolated_fill(acct, b, pos, old, -old, b.tick * o.price, t)
+            self._emit_account_update(acct, b, "ORDER", t, ZERO)
+        b.status = "CLOSE"
+        b.frozen = True   # its market stops
+        self._contract_info(b, t)
+
+    def _contract_info(self, b: Book, t: int) -> None:
+        if CONTRACT_INFO in self.interest:
+            self._emit_market(CONTRACT_INFO, {"e": "contractInfo", "E": t, "s": b.symbol, "ps": b.symbol,
+                                              "ct": "PERPETUAL", "dt": b.delivery_ms, "ot": ONBOARD_MS,
+                                              "cs": b.status})
+
