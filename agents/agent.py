@@ -63,6 +63,7 @@ from .agent_base import (  # noqa: F401 - ExchangeEndpoints, Backoff, TICK_READ,
     Tick,
 )
 from .starter import Starter
+from .delisting import ContractWatch
 from .market_feed import MarketFeed
 from .user_feed import UserFeed
 from .sender import OrderSender
@@ -136,7 +137,7 @@ class SymbolAgent:
         self.sender = OrderSender(self)
         self.timers = Timers(self)
         self.reconciler = Reconciler(self)
-        self.shutdown = Shutdown(self)
+        self.shutdown, self.contract = Shutdown(self), ContractWatch(self)
 
     # ================================================================== public API
 
@@ -205,15 +206,24 @@ class SymbolAgent:
             f"liquidated by the exchange: {what} ({client_order_id}); position "
             f"{self.core.store.position if self.core else '?'}; halted until resumed", level=logging.ERROR,
             client_order_id=client_order_id, order_id=order_id)
-        mark = self._halted_now(LIQUIDATED)
+        self.halt_by_exchange(LIQUIDATED, "liquidation-halt")
+
+    def halt_by_exchange(self, reason: str, task: str) -> None:
+        """A halt the exchange's own act calls for (a liquidation, a settlement, a symbol no longer
+        trading): now, confirmed in the background, and made durable as an operator's halt is."""
+        mark = self._halted_now(reason)
         # what rests is cancelled and confirmed, as an operator's halt does: orders sent before the
-        # liquidation's frame may land after the exchange's own cancels
-        self.tasks.spawn(self._halt_confirmed(self.clock.monotonic(), mark), "liquidation-halt")
-        # The fleet's lease: the halt is carried with every lease call until the controller has written
-        # it (``kill_carried``), so it is durable and shown like any kill, and a restart keeps it.
+        # exchange's frame may land after its own cancels
+        self.tasks.spawn(self._halt_confirmed(self.clock.monotonic(), mark), task)
+        self.carry_kill_state(KillState.HALTED, reason)
+
+    def carry_kill_state(self, state: KillState, reason: str) -> None:
+        """The fleet's lease: a kill state the agent decided itself is carried with every lease call until
+        the controller has written it (``kill_carried``), so it is durable and shown like any kill, and a
+        restart keeps it."""
         carry = getattr(self.ownership, "note_direct_kill_state", None)
         if carry is not None:
-            carry(None, KillState.HALTED, LIQUIDATED, issued_at=self.clock.time_ms() / 1000.0)
+            carry(None, state, reason, issued_at=self.clock.time_ms() / 1000.0)
 
     def deleveraged(self, what: str, client_order_id: str, order_id: int) -> None:
         """The exchange auto-deleveraged (part of) the position (ADL: it closes profitable positions

@@ -56,10 +56,11 @@ COUNTERS = (
 )
 
 _TRANSIENT = (BinanceError, StreamError, OSError, asyncio.TimeoutError)
-# Answers that no retry will change: a wrong key or signature, a symbol the exchange does not list.
+# Answers that no retry will change: a wrong key or signature, a symbol the exchange does not list or
+# no longer trades (agents/delisting.py).
 FATAL_START_CODES = frozenset({
     ErrorCode.UNAUTHORIZED, ErrorCode.INVALID_SIGNATURE, ErrorCode.BAD_SYMBOL, ErrorCode.BAD_API_KEY_FMT,
-    ErrorCode.REJECTED_MBX_KEY,
+    ErrorCode.REJECTED_MBX_KEY, ErrorCode.SYMBOL_NOT_TRADING,
 })
 
 # A measuring hook, documented in docs/architecture.md: when the book frame behind the request being

@@ -1,6 +1,7 @@
 """The market feed: bookTicker and markPrice frames applied to the core as they are read (no queue
 hop; the read time starts the tick-to-order clock), a quote at once on a move the core calls large,
 the stream's loss (quotes pulled, reconnect with back-off) and its swap (planned, or when silent).
+``!contractInfo`` frames of the symbol go to its contract watch (agents/delisting.py).
 
 A part of :class:`agents.agent.SymbolAgent`; it owns the market stream and what is known of it.
 """
@@ -11,13 +12,16 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from fleet.binance.events import BookTicker, MarkPrice
+from fleet.binance.events import BookTicker, ContractInfo, MarkPrice
 from fleet.binance.streams import MarketStream, StreamError
 
 from .agent_base import BLOCK_MARKET_LAG, BLOCK_MARKET_STALE, BLOCK_MARKET_STREAM, Backoff, Tick, _TRANSIENT
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
+
+# the book, the mark, and every symbol's contract changes (a delisting announced, a status changed)
+MARKET_STREAMS = ("bookTicker", "markPrice@1s", "!contractInfo")
 
 
 class MarketFeed:
@@ -42,7 +46,7 @@ class MarketFeed:
                 a.log.event("market_event_failed", f"market event not applied: {exc!r}", level=logging.ERROR)
                 raise
 
-        stream = a.transport.market_stream(a.symbol, ("bookTicker", "markPrice@1s"), on_event)
+        stream = a.transport.market_stream(a.symbol, MARKET_STREAMS, on_event)
         a.frames.track(stream)
         await stream.connect()
         old, self.stream = self.stream, stream
@@ -147,6 +151,9 @@ class MarketFeed:
             if ev.symbol == a.symbol:
                 self.last_mark = a.clock.monotonic()
                 core.on_event(ev, a.clock.time_ms() + a.offset_ms())
+        elif isinstance(ev, ContractInfo):
+            if ev.symbol == a.symbol:
+                a.contract.seen(ev.status, ev.delivery_ms, "contractInfo")
 
     async def close(self) -> None:
         stream, self.stream = self.stream, None

@@ -59,6 +59,7 @@ class AgentMetrics:
         self.rest_fallback_count = 0
         self.unknown_outcomes = 0  # requests answered ambiguously (execution status unknown)
         self.margin_calls = 0  # MARGIN_CALL frames naming this symbol
+        self.delisting_at_s = 0.0  # the exchange's announced settlement time (Unix s; agents/delisting.py)
         self.reconcile_discrepancies: dict[str, int] = {}  # by kind, found by the reconciliation backstop
         self._lat_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self._lat_sum = 0.0
@@ -140,6 +141,8 @@ class AgentMetrics:
         yield h
         yield _counter("mm_unknown_outcomes", "requests answered with execution status unknown", sym, self.unknown_outcomes)
         yield _counter("mm_margin_calls", "the exchange's MARGIN_CALL frames naming this symbol", sym, self.margin_calls)
+        yield gauge("mm_delisting_timestamp_seconds", "the exchange's announced settlement (delisting) time of the "
+                    "symbol, Unix seconds; 0 while none is announced", self.delisting_at_s)
         rec = CounterMetricFamily(
             "mm_reconcile_discrepancies", "differences the reconciliation found and repaired, by kind", labels=["symbol", "kind"]
         )
@@ -241,6 +244,8 @@ class AgentMetrics:
         yield _counter("mm_liquidations", "fills of the exchange's liquidation orders (each halts the symbol)", sym,
                        s.liquidations)
         yield _counter("mm_deleveraged", "fills of the exchange's auto-deleveraging (ADL) orders", sym, s.deleveraged)
+        yield _counter("mm_settled", "fills of the exchange's settlement orders (a delisting; each halts the symbol)",
+                       sym, s.settled)
 
     def _budget_families(self) -> Iterator[Metric]:
         """The rate budget's windows: this agent's share, and the exchange's count against Binance's limit."""

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 QUIET_REJECTIONS = frozenset({
     ErrorCode.GTX_ORDER_REJECT, ErrorCode.CANCEL_REJECTED, ErrorCode.NO_SUCH_ORDER, ErrorCode.SAME_ORDER,
     ErrorCode.MARGIN_NOT_SUFFICIEN, ErrorCode.MAX_LEVERAGE_RATIO,   # said once per hold (``SymbolAgent.margin_short``)
+    ErrorCode.SYMBOL_NOT_TRADING,   # said once: it halts the symbol (agents/delisting.py)
 })
 # Refusals of exposure the account cannot add now: no margin for it (-2019), or the position and the
 # orders on its side at the most the leverage's bracket allows (-2027). Both hold the quoting lane.
@@ -271,6 +272,8 @@ class OrderSender:
             if exc.code in MARGIN_REFUSALS:
                 sides = {getattr(d, "side", None) for d in items}
                 self.agent.margin_short(exc.code, sides.pop() if len(sides) == 1 else None)
+            elif exc.code == ErrorCode.SYMBOL_NOT_TRADING:
+                self.agent.contract.refused(exc.code)
             else:
                 self.agent.log.event("request_failed", f"{batch.kind} x{len(items)}: {exc!r}", level=logging.WARNING)
 
@@ -303,6 +306,8 @@ class OrderSender:
                 core.on_rejected(d, res.code, self.agent.exchange_ms())
                 if res.code in MARGIN_REFUSALS:
                     self.agent.margin_short(res.code, getattr(d, "side", None))
+                elif res.code == ErrorCode.SYMBOL_NOT_TRADING:
+                    self.agent.contract.refused(res.code)
                 if res.code not in QUIET_REJECTIONS:
                     self.agent.log.event(
                         "order_rejected", f"{batch.kind} refused: {res!r}", level=logging.WARNING,

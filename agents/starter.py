@@ -46,6 +46,7 @@ class Starter:
         client = a.require_client()
         await client.sync_time()
         a.filters = await client.symbol_filters(a.symbol)
+        a.contract.at_start(a.filters)   # not TRADING: a fatal start; a delisting announced: noted
         if a.core is None:
             self._build_core()
         await a.user.connect()

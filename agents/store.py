@@ -29,7 +29,7 @@ from decimal import Decimal
 from operator import attrgetter
 from typing import Any, Iterable
 
-from fleet.binance.enums import ADL_CLIENT_ORDER_ID, ExecType
+from fleet.binance.enums import ADL_CLIENT_ORDER_ID, SETTLEMENT_CLIENT_ORDER_ID, ExecType
 from fleet.binance.events import (
     AccountUpdate,
     BookTicker,
@@ -94,6 +94,7 @@ class Store:
         self.foreign_events = 0
         self.liquidations = 0  # fills of the exchange's liquidation orders (execution type CALCULATED)
         self.deleveraged = 0   # fills of its auto-deleveraging orders (CALCULATED, ``adl_autoclose``)
+        self.settled = 0       # fills of its settlement orders (``settlement_autoclose-``: a delisting)
 
     def with_params(self, params: SymbolParams) -> "Store":
         """The store under new parameters, every part's state kept (orders, position and P&L, the
@@ -337,7 +338,9 @@ class Store:
             placed = pos.book_trade(key, u, steps, counts)
             if placed is None:
                 return changed  # a duplicate
-            if u.exec_type == ExecType.CALCULATED:
+            if u.client_order_id.startswith(SETTLEMENT_CLIENT_ORDER_ID):   # whatever its execution type
+                self.settled += 1
+            elif u.exec_type == ExecType.CALCULATED:
                 if u.client_order_id.startswith(ADL_CLIENT_ORDER_ID):
                     self.deleveraged += 1
                 else:

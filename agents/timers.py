@@ -134,6 +134,7 @@ class Timers:
                 self._carry_out(act, now)
             if a.core is not None:
                 a.sender.start_lookups(a.core, now)
+                a.contract.check(a.exchange_ms())
             a.frames.fold((a.market.stream, a.user.stream))
             a.publish()  # the snapshot other threads read (at most WATCHDOG_S old)
 
@@ -166,7 +167,8 @@ class Timers:
             self._rearming = True
             a.tasks.spawn(self._rearm_then_unblock(), "deadman-rearm")
         elif act is Act.SWAP_MARKET:
-            a.market.swap(now)
+            if not a.contract.closed():   # a symbol the exchange trades no more has no book to wait for
+                a.market.swap(now)
         elif act is Act.MARKET_STALE:
             a.blocks.add(BLOCK_MARKET_STALE)
             a.counters["stale_market_pulls"] += 1

@@ -13,7 +13,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from fleet.binance.enums import ADL_CLIENT_ORDER_ID, ExecType, OrderStatus
+from fleet.binance.enums import ADL_CLIENT_ORDER_ID, SETTLEMENT_CLIENT_ORDER_ID, ExecType, OrderStatus
 from fleet.binance.errors import BinanceError, InvalidListenKeyError
 from fleet.binance.events import FundingFee, ListenKeyExpired, MarginCall, OrderUpdate, TradeLite
 from fleet.binance.streams import StreamError, UserStream
@@ -139,9 +139,10 @@ class UserFeed:
             if o is not None and o.is_open and o.cancel_sent_ms is None and o.amend_orig_steps is None \
                     and _same_epoch(ev.client_order_id, core.epoch):
                 a.ask_owner(f"{ev.client_order_id} cancelled by another hand")
-        closes = core.store.liquidations + core.store.deleveraged
+        store = core.store
+        closes = store.liquidations + store.deleveraged + store.settled
         core.on_event(ev, a.clock.time_ms() + a.offset_ms())
-        if core.store.liquidations + core.store.deleveraged != closes:
+        if store.liquidations + store.deleveraged + store.settled != closes:
             self.liquidation(ev.order_id, ev.client_order_id, True,
                              f"{ev.side} {ev.last_filled_qty} @ {ev.last_filled_price}, realized {ev.realized_pnl}")
         a.journal.on_user_event(a, ev)
@@ -151,9 +152,10 @@ class UserFeed:
             self._log_order_update(ev)
 
     def liquidation(self, order_id: int, client_order_id: str, booked: bool, what: str) -> None:
-        """A liquidation or auto-deleveraging order of the exchange, seen in its CALCULATED frame
+        """A liquidation, auto-deleveraging or settlement order of the exchange, seen in its frame
         (``booked``: the store counted its fill) or, when that frame was lost with the stream, in
-        forceOrders after the resync: once per order, a liquidation halts the agent, an ADL is said."""
+        forceOrders after the resync: once per order, a liquidation halts the agent, an ADL is said, a
+        settlement halts the symbol as no longer trading (agents/delisting.py)."""
         if order_id in self.liquidations_seen:
             return
         self.liquidations_seen.add(order_id)
@@ -164,7 +166,9 @@ class UserFeed:
                 a.core.store.deleveraged += 1
             else:
                 a.core.store.liquidations += 1
-        if adl:
+        if client_order_id.startswith(SETTLEMENT_CLIENT_ORDER_ID):
+            a.contract.settled(what, client_order_id, order_id)
+        elif adl:
             a.deleveraged(what, client_order_id, order_id)
         else:
             a.liquidated(what, client_order_id, order_id)

@@ -195,6 +195,11 @@ class RuntimeParams(_Model):
     stream_max_lifetime_sec: float = Field(23 * 3600.0, gt=0)
     stop_timeout_sec: float = Field(20.0, gt=0)
     flatten_on_stop: bool = False
+    delisting_exit_lead_sec: float = Field(
+        1800.0, ge=0,
+        description="this long before the exchange settles a delisted symbol (its announced deliveryDate) the agent "
+                    "flattens it, so the position is closed at prices the agent chose, not at the settlement price "
+                    "(agents/delisting.py); 0 leaves the position to the exchange's settlement")
     reconcile_interval_sec: float = Field(
         5.0, gt=0,
         description="the exchange's open orders compared with the store's (GET openOrders with a symbol: weight 1; "

@@ -10,6 +10,7 @@ A list of events, each with a time from the run's start (``at``: seconds, or ``9
     - {at: 6h, do: expire_listen_key}
     - {at: 7h, do: funding_rate, symbol: ETHUSDC, rate: "0.0008"}   # null: wander again
     - {at: 8h, do: latency, ms: 300}                # REST latency from now on (0: back to the config's)
+    - {at: 9h, do: delist, symbol: ETHUSDC, in: 2h}   # announced now, settled by the exchange 2 h later
 
 ``rest_fault`` takes the fields of the simulator's ``POST /sim/fault/rest`` (mode, count, path,
 method, answer, status, delay_ms, hold_ms, entries, entry). A bad file is refused before the run
@@ -51,7 +52,7 @@ class Event(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     at: float = Field(..., ge=0, description="seconds from the run's start")
-    do: Literal["drop", "rest_fault", "jump", "freeze", "expire_listen_key", "funding_rate", "latency"]
+    do: Literal["drop", "rest_fault", "jump", "freeze", "expire_listen_key", "funding_rate", "latency", "delist"]
 
     @field_validator("at", mode="before")
     @classmethod
@@ -102,6 +103,8 @@ def _check(ev: Event) -> None:
         parse_duration(a.get("seconds", 10))
     elif ev.do == "latency" and int(a.get("ms", 0)) < 0:
         raise ValueError("ms must be >= 0")
+    elif ev.do == "delist" and parse_duration(a.get("in", "1h")) <= 0:
+        raise ValueError("in must be a duration after the announcement")
 
 
 def _symbol(ex: LocalExchange, args: dict[str, Any]) -> str:
@@ -130,6 +133,8 @@ def apply(ev: Event, ex: LocalExchange, now_ms: int) -> None:
     elif ev.do == "latency":
         ms = int(a.get("ms", 0))
         ex.latency = (ms, a.get("path")) if ms else (ex.config.rest_latency_ms, None)
+    elif ev.do == "delist":
+        e.schedule_delisting(_symbol(ex, a), now_ms + int(parse_duration(a.get("in", "1h")) * 1000), now_ms)
     ex._flush()
 
 

@@ -20,6 +20,11 @@ from typing import TypeVar
 # The client order id of the exchange's auto-deleveraging orders (ADL; its liquidation orders' start
 # with "autoclose-"), both filled with execution type CALCULATED.
 ADL_CLIENT_ORDER_ID = "adl_autoclose"
+# The start of the client order id of the exchange's settlement orders, "for delisting or delivery": they
+# close every position of a symbol the exchange settles (its deliveryDate reached).
+SETTLEMENT_CLIENT_ORDER_ID = "settlement_autoclose-"
+# A perpetual's deliveryDate (exchangeInfo, ``!contractInfo``) while no settlement is planned: 2100-12-25 08:00 UTC.
+PERPETUAL_DELIVERY_MS = 4133404800000
 
 
 class Side(StrEnum):
@@ -102,6 +107,7 @@ class ErrorCode(IntEnum):
     ORDER_WOULD_IMMEDIATELY_TRIGGER = -2021
     REDUCE_ONLY_REJECT = -2022
     MAX_LEVERAGE_RATIO = -2027  # "Exceeded the maximum allowable position at current leverage."
+    SYMBOL_NOT_TRADING = -4108  # "Symbol is on delivering or delivered or settle or closed or pre-trading."
     QTY_LESS_THAN_ZERO = -4003
     QTY_LESS_THAN_MIN_QTY = -4004
     QTY_GREATER_THAN_MAX_QTY = -4005

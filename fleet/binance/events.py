@@ -72,6 +72,18 @@ class MarkPrice:
 
 
 @dataclass(frozen=True, slots=True)
+class ContractInfo:
+    """``!contractInfo``: a symbol's contract changed: its status (listing, delisting) or its
+    ``deliveryDate`` (a perpetual's settlement announced); brackets (``bks``) are not read here."""
+
+    symbol: str
+    event_time: int
+    status: str              # cs: TRADING, SETTLING, CLOSE, PENDING_TRADING, ...
+    delivery_ms: int         # dt: 4133404800000 for a perpetual with no settlement planned
+    contract_type: str = ""  # ct: PERPETUAL, ...
+
+
+@dataclass(frozen=True, slots=True)
 class AggTrade:
     """``<symbol>@aggTrade``: a public trade (aggregated by taker order)."""
 
@@ -223,7 +235,7 @@ class RawEvent:
     data: dict[str, Any] = field(hash=False, compare=False)
 
 
-MarketEvent = BookTicker | DepthUpdate | MarkPrice | AggTrade | RawEvent
+MarketEvent = BookTicker | DepthUpdate | MarkPrice | AggTrade | ContractInfo | RawEvent
 UserEvent = (
     OrderUpdate
     | AccountUpdate

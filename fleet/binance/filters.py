@@ -12,6 +12,8 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+from .enums import PERPETUAL_DELIVERY_MS
+
 # A float ratio this close to an integer is taken as that integer (absorbs 0.1 + 0.2 style noise).
 _SNAP = 1e-9
 # ...but never more than this many units, so a huge ratio cannot snap a real fraction of a tick.
@@ -60,6 +62,8 @@ class SymbolFilters:
     base_asset: str = ""
     quote_asset: str = ""
     margin_asset: str = ""
+    status: str = "TRADING"   # the symbol's status: TRADING, or SETTLING, CLOSE, PENDING_TRADING, ...
+    delivery_ms: int = PERPETUAL_DELIVERY_MS   # deliveryDate: a settlement time once a delisting is announced
 
     # -- construction --------------------------------------------------------------------------
 
@@ -92,8 +96,10 @@ class SymbolFilters:
                 base_asset=entry.get("baseAsset", ""),
                 quote_asset=entry.get("quoteAsset", ""),
                 margin_asset=entry.get("marginAsset", entry.get("quoteAsset", "")),
+                status=str(entry.get("status", "TRADING")),
+                delivery_ms=int(entry.get("deliveryDate", PERPETUAL_DELIVERY_MS)),
             )
-        except (KeyError, TypeError, ArithmeticError) as exc:
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
             raise FilterError(f"malformed exchangeInfo entry for {entry.get('symbol')!r}: {exc!r}") from exc
 
     def __post_init__(self) -> None:

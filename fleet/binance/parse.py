@@ -19,6 +19,7 @@ from .events import (
     AggTrade,
     BalanceUpdate,
     BookTicker,
+    ContractInfo,
     DepthUpdate,
     FundingFee,
     ListenKeyExpired,
@@ -125,11 +126,22 @@ def _agg_trade(o: dict[str, Any]) -> AggTrade:
     )
 
 
+def _contract_info(o: dict[str, Any]) -> ContractInfo:
+    return ContractInfo(
+        symbol=o["s"],
+        event_time=int(o["E"]),
+        status=str(o["cs"]),
+        delivery_ms=int(o["dt"]),
+        contract_type=str(o.get("ct", "")),
+    )
+
+
 _MARKET: dict[str, Callable[[dict[str, Any]], MarketEvent]] = {
     "bookTicker": _book_ticker,
     "depthUpdate": _depth,
     "markPriceUpdate": _mark_price,
     "aggTrade": _agg_trade,
+    "contractInfo": _contract_info,
 }
 
 

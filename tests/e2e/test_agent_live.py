@@ -172,6 +172,8 @@ async def make_agent(sim, tmp_path):
     yield start
     for agent, task in running:
         await agent.stop()
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            continue   # a start that failed: the test saw its error (start() raised it)
         await asyncio.wait_for(task, 25)
 
 

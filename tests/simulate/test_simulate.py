@@ -70,6 +70,24 @@ def test_scheduled_faults_are_survived():
     assert t["worst_long_max"] <= result.symbols[0].cap + 1e-9
 
 
+def test_a_scheduled_delisting_is_flattened_ahead_of_its_settlement_on_the_simulated_clock():
+    """Announced at 1 min for 6 min, with a 2 min lead: the agent quotes until 4 min, then is flat and
+    quotes nothing; the exchange's settlement at 6 min finds nothing of it, and the run ends clean."""
+    cfg = CFG.model_copy(update={"runtime": CFG.runtime.model_copy(update={"delisting_exit_lead_sec": 120.0})})
+    schedule = load_schedule([{"at": "1m", "do": "delist", "symbol": "ETHUSDC", "in": "5m"}])
+    result = simulate(cfg, CONFIG, RunOptions(hours=8 / 60, seed=3, symbols=["ETHUSDC"], schedule=schedule))
+    s, t = result.symbols[0].samples, result.symbols[0].table
+    start = s.t_ms[0]
+    before = [i for i, ms in enumerate(s.t_ms) if ms - start < 3.5 * 60_000]
+    after = [i for i, ms in enumerate(s.t_ms) if ms - start > 4.5 * 60_000]
+    assert before and after
+    assert any(s.bid_quote[i] is not None for i in before)
+    assert all(s.position[i] == 0 and s.bid_quote[i] is None and s.ask_quote[i] is None for i in after)
+    assert t["open_orders_after_stop"] == 0 and t["liquidations"] == 0
+    assert any("flattening now" in line for line in result.log_tail)
+    assert any("as SETTLING" in line for line in result.log_tail)
+
+
 def test_planned_stream_swaps_keep_the_agent_in_step():
     """The runtime replaces its streams before the exchange's 24 h cut (here every 100 s): the old user
     stream ends for its reader after what it queued, the new one carries on, nothing is missed."""

@@ -1,0 +1,113 @@
+"""The symbol's contract as the exchange announces it: a delisting ahead, or a symbol that trades no more.
+
+Binance delists USD-M perpetuals with notice: the symbol's ``deliveryDate`` (exchangeInfo; pushed by
+``!contractInfo`` as ``dt``) becomes the settlement time, where it is a far 2100 date for a perpetual
+that is staying. At that time the exchange cancels the symbol's orders and closes every position at its
+settlement price by its own orders (``settlement_autoclose-``), and the symbol's status leaves
+``TRADING``; after it, every order is refused -4108. A market maker must not be the one holding a
+position into a settlement price it does not choose:
+
+- an announced settlement is said once (WARNING event ``delisting_scheduled``, the gauge
+  ``mm_delisting_timestamp_seconds``, alert ``MmDelistingScheduled``);
+- ``runtime.delisting_exit_lead_sec`` before it, the agent flattens the symbol as an operator's flatten
+  does (quotes cancelled, the position closed by reduce-only orders), and the kill state FLATTENING is
+  carried to the controller, so it is durable and a restarted agent does not quote again (a lead of 0
+  leaves the position to the exchange's settlement);
+- a status other than ``TRADING`` (at the start, or pushed), an order refused -4108, or a settlement
+  fill (the exchange closed the position itself) halts the symbol (ERROR event ``symbol_not_trading``
+  or ``settled``) until an operator resumes it; a start on a symbol that is not ``TRADING`` fails.
+
+A part of :class:`agents.agent.SymbolAgent`.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from fleet.binance.enums import PERPETUAL_DELIVERY_MS, ErrorCode
+from fleet.binance.errors import BinanceError
+from fleet.binance.filters import SymbolFilters
+from fleet.vocabulary import KillState
+
+if TYPE_CHECKING:
+    from .agent import SymbolAgent
+
+TRADING = "TRADING"
+
+
+def _utc(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+class ContractWatch:
+    """Delisting and symbol status: what the exchange says of the contract, and what the agent does."""
+
+    def __init__(self, agent: SymbolAgent) -> None:
+        self.agent = agent
+        self.settles_at_ms: int | None = None   # the announced settlement time, if any
+        self.exiting = False                    # the flatten ahead of it has begun
+        self.not_trading: str | None = None     # why the symbol was halted as no longer trading
+
+    def at_start(self, filters: SymbolFilters) -> None:
+        """exchangeInfo at the start: a symbol that is not TRADING refuses the start (BinanceError
+        -4108, fatal); an announced settlement is noted."""
+        if filters.status != TRADING:
+            raise BinanceError(ErrorCode.SYMBOL_NOT_TRADING,
+                               f"{filters.symbol} is {filters.status} on the exchange, not TRADING: nothing to quote",
+                               None)
+        self.seen(filters.status, filters.delivery_ms, "exchangeInfo")
+
+    def seen(self, status: str, delivery_ms: int, source: str) -> None:
+        """The contract's status and deliveryDate, from exchangeInfo or a ``!contractInfo`` frame."""
+        a = self.agent
+        if status != TRADING:
+            self.halt(f"the exchange lists {a.symbol} as {status} ({source})", "symbol_not_trading")
+            return
+        if delivery_ms >= PERPETUAL_DELIVERY_MS or delivery_ms == self.settles_at_ms:
+            return
+        self.settles_at_ms = delivery_ms
+        a.metrics.delisting_at_s = delivery_ms / 1000
+        lead = a.runtime.delisting_exit_lead_sec
+        then = (f"the agent flattens it {lead:.0f} s before" if lead > 0 else
+                "delisting_exit_lead_sec is 0: the exchange's settlement will close the position")
+        a.log.event("delisting_scheduled", f"the exchange settles {a.symbol} at {_utc(delivery_ms)} ({source}): {then}",
+                    level=logging.WARNING)
+
+    def check(self, now_ms: int) -> None:
+        """From the watchdog loop: within the lead of an announced settlement, flatten, once."""
+        a = self.agent
+        at, lead = self.settles_at_ms, a.runtime.delisting_exit_lead_sec
+        if at is None or self.exiting or a.core is None or lead <= 0 or now_ms < at - lead * 1000:
+            return
+        self.exiting = True
+        reason = f"delisting: the exchange settles {a.symbol} at {_utc(at)}"
+        a.log.event("delisting_exit", f"{reason}: flattening now", level=logging.WARNING)
+        a.carry_kill_state(KillState.FLATTENING, reason)
+        a.tasks.spawn(a.flatten(reason), "delisting-exit")
+
+    def refused(self, code: int) -> None:
+        """An order refused -4108 (the symbol is settling, closed or not yet trading)."""
+        self.halt(f"an order refused {code}: {self.agent.symbol} is not trading on the exchange", "symbol_not_trading")
+
+    def settled(self, what: str, client_order_id: str, order_id: int) -> None:
+        """The exchange's settlement order closed (part of) the position: the symbol trades no more."""
+        a = self.agent
+        a.log.event("settled", f"settled by the exchange: {what} ({client_order_id}); position "
+                               f"{a.core.store.position if a.core else '?'}", level=logging.ERROR,
+                    client_order_id=client_order_id, order_id=order_id)
+        self.halt(f"{a.symbol} settled by the exchange", None)
+
+    def closed(self) -> bool:
+        """Halted because the exchange no longer trades the symbol (until an operator resumes it)."""
+        core = self.agent.core
+        return self.not_trading is not None and core is not None and core.halt_state != KillState.RUNNING
+
+    def halt(self, why: str, event: str | None) -> None:
+        if self.closed():
+            return   # halted for it already: the rest of a batch's refusals, the CLOSE after SETTLING
+        self.not_trading = why
+        if event is not None:
+            self.agent.log.event(event, f"{why}: halted until resumed", level=logging.ERROR)
+        self.agent.halt_by_exchange(why, "not-trading-halt")
