@@ -8,7 +8,8 @@ settlement price by its own orders (``settlement_autoclose-``), and the symbol's
 position into a settlement price it does not choose:
 
 - an announced settlement is said once (WARNING event ``delisting_scheduled``, the gauge
-  ``mm_delisting_timestamp_seconds``, alert ``MmDelistingScheduled``);
+  ``mm_delisting_timestamp_seconds``, alert ``MmDelistingScheduled``); exchangeInfo is read again
+  after the market stream was lost, for a frame lost with it;
 - ``runtime.delisting_exit_lead_sec`` before it, the agent flattens the symbol as an operator's flatten
   does (quotes cancelled, the position closed by reduce-only orders), and the kill state FLATTENING is
   carried to the controller, so it is durable and a restarted agent does not quote again (a lead of 0
@@ -74,6 +75,18 @@ class ContractWatch:
                 "delisting_exit_lead_sec is 0: the exchange's settlement will close the position")
         a.log.event("delisting_scheduled", f"the exchange settles {a.symbol} at {_utc(delivery_ms)} ({source}): {then}",
                     level=logging.WARNING)
+
+    async def recheck(self) -> None:
+        """After a market stream was lost: a ``!contractInfo`` frame may have gone with it, and an
+        announcement comes once. exchangeInfo (weight 1) says what the frame said."""
+        a = self.agent
+        try:
+            filters = await a.require_client().symbol_filters(a.symbol)
+        except Exception as exc:  # noqa: BLE001 - the next gap, or the next start, reads it again
+            a.log.event("contract_recheck_failed", f"exchangeInfo after a market stream gap: {exc!r}",
+                        level=logging.WARNING)
+            return
+        self.seen(filters.status, filters.delivery_ms, "exchangeInfo after a market stream gap")
 
     def check(self, now_ms: int) -> None:
         """From the watchdog loop: within the lead of an announced settlement, flatten, once."""

@@ -88,6 +88,20 @@ def test_a_scheduled_delisting_is_flattened_ahead_of_its_settlement_on_the_simul
     assert any("as SETTLING" in line for line in result.log_tail)
 
 
+def test_a_delisting_announced_while_the_market_stream_is_down_is_read_from_exchange_info_after_it():
+    """The announcement's frame goes out while the agent's market stream is cut (both at the same
+    simulated instant): the agent learns of it from exchangeInfo once reconnected, and flattens."""
+    cfg = CFG.model_copy(update={"runtime": CFG.runtime.model_copy(update={"delisting_exit_lead_sec": 120.0})})
+    schedule = load_schedule([{"at": "1m", "do": "drop", "target": "market"},
+                              {"at": "1m", "do": "delist", "symbol": "ETHUSDC", "in": "5m"}])
+    result = simulate(cfg, CONFIG, RunOptions(hours=6 / 60, seed=3, symbols=["ETHUSDC"], schedule=schedule))
+    t = result.symbols[0].table
+    assert t["market_stream_reconnects"] == 1 and t["open_orders_after_stop"] == 0
+    assert any("exchangeInfo after a market stream gap" in line for line in result.log_tail)
+    assert not any("settles ETHUSDC at" in line and "(contractInfo)" in line for line in result.log_tail)
+    assert any("flattening now" in line for line in result.log_tail)
+
+
 def test_planned_stream_swaps_keep_the_agent_in_step():
     """The runtime replaces its streams before the exchange's 24 h cut (here every 100 s): the old user
     stream ends for its reader after what it queued, the new one carries on, nothing is missed."""
