@@ -18,6 +18,14 @@ position into a settlement price it does not choose:
   fill (the exchange closed the position itself) halts the symbol (ERROR event ``symbol_not_trading``
   or ``settled``) until an operator resumes it; a start on a symbol that is not ``TRADING`` fails.
 
+The exchange's terms for the account are read at the start too: ``GET /fapi/v1/symbolConfig`` (weight
+5) gives the leverage and the notional its bracket allows one side (``maxNotionalValue``; the position
+and the orders resting on that side count, much as the worst case does). A worst-case cap worth more
+than that at the mark cannot be reached: the exchange refuses -2027 first and the sender holds that
+side (``MarginHold``). Said once as the WARNING event ``cap_beyond_leverage``, and shown
+(``mm_max_notional``, ``mm_leverage``; alert ``MmCapBeyondLeverage``). A start does not fail for it, nor
+for a symbolConfig the exchange does not answer.
+
 A part of :class:`agents.agent.SymbolAgent`.
 """
 
@@ -25,11 +33,14 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from fleet.binance.enums import PERPETUAL_DELIVERY_MS, ErrorCode
 from fleet.binance.errors import BinanceError
+from fleet.binance.client import BinanceClient
 from fleet.binance.filters import SymbolFilters
+from fleet.binance.models import SymbolConfig
 from fleet.vocabulary import KillState
 
 if TYPE_CHECKING:
@@ -50,6 +61,8 @@ class ContractWatch:
         self.settles_at_ms: int | None = None   # the announced settlement time, if any
         self.exiting = False                    # the flatten ahead of it has begun
         self.not_trading: str | None = None     # why the symbol was halted as no longer trading
+        self.allowance: SymbolConfig | None = None   # the leverage and its maxNotionalValue, read at the start
+        self._allowance_said = False
 
     def at_start(self, filters: SymbolFilters) -> None:
         """exchangeInfo at the start: a symbol that is not TRADING refuses the start (BinanceError
@@ -59,6 +72,32 @@ class ContractWatch:
                                f"{filters.symbol} is {filters.status} on the exchange, not TRADING: nothing to quote",
                                None)
         self.seen(filters.status, filters.delivery_ms, "exchangeInfo")
+
+    async def read_allowance(self, client: BinanceClient) -> None:
+        """symbolConfig at the start: the leverage and the notional it allows a side, on /metrics."""
+        a = self.agent
+        try:
+            cfg = await client.symbol_config(a.symbol)
+        except Exception as exc:  # noqa: BLE001 - informative only: the exchange's -2027 still holds
+            a.log.event("symbol_config_unread", f"symbolConfig not read: {exc!r}", level=logging.WARNING)
+            return
+        self.allowance = cfg
+        a.metrics.leverage, a.metrics.max_notional = cfg.leverage, float(cfg.max_notional)
+
+    def check_allowance(self) -> None:
+        """Once a mark is known: the worst-case cap against the leverage's allowance, said once if over."""
+        a, cfg = self.agent, self.allowance
+        if self._allowance_said or cfg is None or a.core is None or a.core.store.mark <= 0:
+            return
+        self._allowance_said = True
+        cap = Decimal(str(a.params.worst_cap))
+        notional = cap * Decimal(str(a.core.store.mark))
+        if notional > cfg.max_notional:
+            a.log.event("cap_beyond_leverage",
+                        f"the worst-case cap {cap} is {notional:.2f} of notional at the mark, more than the "
+                        f"{cfg.max_notional} the exchange allows a side at {cfg.leverage}x (maxNotionalValue): "
+                        "its -2027 refusals will hold quoting before the cap; lower the leverage or the cap",
+                        level=logging.WARNING)
 
     def seen(self, status: str, delivery_ms: int, source: str) -> None:
         """The contract's status and deliveryDate, from exchangeInfo or a ``!contractInfo`` frame."""
@@ -89,7 +128,9 @@ class ContractWatch:
         self.seen(filters.status, filters.delivery_ms, "exchangeInfo after a market stream gap")
 
     def check(self, now_ms: int) -> None:
-        """From the watchdog loop: within the lead of an announced settlement, flatten, once."""
+        """From the watchdog loop: the allowance against the cap; within the lead of an announced
+        settlement, flatten, once."""
+        self.check_allowance()
         a = self.agent
         at, lead = self.settles_at_ms, a.runtime.delisting_exit_lead_sec
         if at is None or self.exiting or a.core is None or lead <= 0 or now_ms < at - lead * 1000:

@@ -60,6 +60,8 @@ class AgentMetrics:
         self.unknown_outcomes = 0  # requests answered ambiguously (execution status unknown)
         self.margin_calls = 0  # MARGIN_CALL frames naming this symbol
         self.delisting_at_s = 0.0  # the exchange's announced settlement time (Unix s; agents/delisting.py)
+        self.leverage = 0  # the account's leverage for the symbol, and the notional it allows a side (symbolConfig)
+        self.max_notional = 0.0
         self.reconcile_discrepancies: dict[str, int] = {}  # by kind, found by the reconciliation backstop
         self._lat_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self._lat_sum = 0.0
@@ -143,6 +145,9 @@ class AgentMetrics:
         yield _counter("mm_margin_calls", "the exchange's MARGIN_CALL frames naming this symbol", sym, self.margin_calls)
         yield gauge("mm_delisting_timestamp_seconds", "the exchange's announced settlement (delisting) time of the "
                     "symbol, Unix seconds; 0 while none is announced", self.delisting_at_s)
+        yield gauge("mm_leverage", "the account's leverage for the symbol, read at the start (0: unread)", self.leverage)
+        yield gauge("mm_max_notional", "the notional the leverage's bracket allows one side (maxNotionalValue, quote "
+                    "currency), read at the start; 0: unread", self.max_notional)
         rec = CounterMetricFamily(
             "mm_reconcile_discrepancies", "differences the reconciliation found and repaired, by kind", labels=["symbol", "kind"]
         )

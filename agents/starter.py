@@ -47,6 +47,7 @@ class Starter:
         await client.sync_time()
         a.filters = await client.symbol_filters(a.symbol)
         a.contract.at_start(a.filters)   # not TRADING: a fatal start; a delisting announced: noted
+        await a.contract.read_allowance(client)
         if a.core is None:
             self._build_core()
         await a.user.connect()

@@ -50,6 +50,7 @@ from .models import (
     OrderRequest,
     PositionInfo,
     PremiumIndex,
+    SymbolConfig,
 )
 from .ratelimit import THROTTLE_PAUSE_S, Cost, RateBudget
 from .signing import encode_params, sign
@@ -627,6 +628,15 @@ class BinanceClient(RestCore):
             maker=_dec(data["makerCommissionRate"]),
             taker=_dec(data["takerCommissionRate"]),
         )
+
+    async def symbol_config(self, symbol: str) -> SymbolConfig:
+        """The account's margin type and leverage for ``symbol``, and the notional its bracket allows."""
+        data = await self._request(ep.SYMBOL_CONFIG, {"symbol": symbol})
+        for row in data if isinstance(data, list) else [data]:
+            if isinstance(row, dict) and row.get("symbol") == symbol:
+                return SymbolConfig(symbol=symbol, margin_type=str(row.get("marginType", "")),
+                                    leverage=int(row["leverage"]), max_notional=_dec(row["maxNotionalValue"]))
+        raise BinanceError(ErrorCode.BAD_SYMBOL, f"symbolConfig has no row for {symbol!r}", None)
 
     async def set_leverage(self, symbol: str, leverage: int) -> dict[str, Any]:
         if not 1 <= int(leverage) <= 125:

@@ -95,6 +95,7 @@ USER_TRADES = _get("/fapi/v1/userTrades", Cost(weight=5), signed=True)
 FORCE_ORDERS = _get("/fapi/v1/forceOrders", Cost(weight=20), signed=True)   # with a symbol (50 without)
 COMMISSION_RATE = _get("/fapi/v1/commissionRate", Cost(weight=20), signed=True)
 LEVERAGE = Endpoint("POST", "/fapi/v1/leverage", W1, signed=True)
+SYMBOL_CONFIG = _get("/fapi/v1/symbolConfig", Cost(weight=5), signed=True)   # with a symbol
 
 # -- listenKey (API key only) ---------------------------------------------------------------------
 LISTEN_KEY_CREATE = Endpoint("POST", "/fapi/v1/listenKey", W1, keyed=True)

@@ -231,6 +231,17 @@ class CommissionRate:
 
 
 @dataclass(frozen=True, slots=True)
+class SymbolConfig:
+    """GET /fapi/v1/symbolConfig, one symbol: the account's margin type and leverage for it, and the
+    notional the leverage's bracket allows a side (``maxNotionalValue``)."""
+
+    symbol: str
+    margin_type: str
+    leverage: int
+    max_notional: Decimal
+
+
+@dataclass(frozen=True, slots=True)
 class BookTop:
     """REST bookTicker: best bid/ask as strings turned into Decimal."""
 

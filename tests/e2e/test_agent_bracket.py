@@ -51,6 +51,12 @@ async def test_a_ladder_beyond_the_leverage_bracket_is_held_like_a_margin_shortf
     assert len(events) == holds and all(r.levelno == logging.WARNING for r in events)
     assert all("(-2027)" in r.getMessage() for r in events)
     assert not [r for r in caplog.records if getattr(r, "event", None) == "order_rejected"]   # said once a hold
+    # and said at the start: the worst-case cap is worth more than the leverage allows a side
+    assert metric(agent, "mm_max_notional") == CAP and metric(agent, "mm_leverage") == 20
+    await wait_for(lambda: [r for r in caplog.records if getattr(r, "event", None) == "cap_beyond_leverage"], 5,
+                   "the cap said to be beyond the leverage's allowance")
+    [said] = [r for r in caplog.records if getattr(r, "event", None) == "cap_beyond_leverage"]
+    assert said.levelno == logging.WARNING and f"the {CAP} the exchange allows a side at 20x" in said.getMessage()
 
 
 

@@ -194,6 +194,8 @@ async def test_starts_and_quotes_both_sides_within_5s(make_agent, exchange, capl
     assert metric(agent, "mm_ws_connected") == 1.0
     epoch = agent.status()["epoch"]
     assert all(cid.startswith(f"mm-{SYMBOL}-e{epoch}-") for cid in truth_orders(await exchange.state()))
+    assert metric(agent, "mm_max_notional") > 0 and metric(agent, "mm_leverage") == 20   # symbolConfig read
+    assert "cap_beyond_leverage" not in [getattr(r, "event", None) for r in caplog.records]
 
 
 async def ladder_mismatches(agent: SymbolAgent, ex: Exchange) -> list[str]:
