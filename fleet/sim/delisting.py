@@ -12,7 +12,8 @@ symbol that is not ``TRADING`` is refused -4108; cancels and reads still answer.
 What the simulator chooses where Binance's documents are silent: the settlement price is the mark at
 the settlement time (Binance uses an average of the index before it); the closing order is written as
 an ADL's (type ``LIQUIDATION``, filled at once as ``CALCULATED``, no fee, its trade on the tape, not
-in ``forceOrders``); a closed symbol's market stops (no book, trade or mark frames) and stays listed.
+in ``forceOrders``); a closed symbol's market stops (no book, trade or mark frames; unfreezing, a jump or a replayed
+line do not move it again) and stays listed.
 ``POST /sim/delist {"symbol", "in_s" | "at_ms"}`` announces a delisting (fleet/sim/server.py).
 """
 
@@ -27,6 +28,7 @@ from fleet.sim.units import ZERO
 
 SETTLEMENT_CLIENT_ID = "settlement_autoclose-"
 CONTRACT_INFO = "!contractInfo"
+NEVER_MS = 1 << 62   # no settlement announced
 ONBOARD_MS = 1569398400000   # exchangeInfo's onboardDate of every simulated symbol
 NOT_TRADING = SimApiError(-4108, "Symbol is on delivering or delivered or settle or closed or pre-trading.")
 
@@ -71,8 +73,9 @@ class Delisting:
         for b in self.books.values():
             if b.status == "TRADING" and b.delivery_ms <= t:
                 self._settle(b, t)
-        self.next_delivery_ms = min((b.delivery_ms for b in self.books.values() if b.status == "TRADING"),
-                                    default=PERPETUAL_DELIVERY_MS)
+        self.next_delivery_ms = min((b.delivery_ms for b in self.books.values()
+                                     if b.status == "TRADING" and b.delivery_ms < PERPETUAL_DELIVERY_MS),
+                                    default=NEVER_MS)
 
     def _settle(self, b: Book, t: int) -> None:
         b.status = "SETTLING"

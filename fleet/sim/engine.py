@@ -699,6 +699,8 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting):
         b = self.book(symbol)
         if pct <= -100:
             raise invalid("pct")
+        if b.status != "TRADING":
+            raise ValueError(f"{b.symbol} is {b.status}: its market is closed")
         b.mid = b.model.jump(math.log1p(pct / 100.0))
         b.mark = b.mid
         b._mark_dec = None
@@ -745,6 +747,8 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting):
             raise invalid("mode")
         books = [self.book(symbol)] if symbol else list(self.books.values())
         for b in books:
+            if b.status != "TRADING":
+                continue   # a delisted symbol's market stays stopped (fleet/sim/delisting.py)
             if mode == "data":
                 b.frozen = frozen
             else:

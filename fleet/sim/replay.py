@@ -261,17 +261,17 @@ class ReplayMarket:
 
     def advance(self, e: Engine, now_ms: int) -> None:
         """Move the engine to ``now_ms``: each recorded line, dead-man deadline, listenKey expiry, GTD
-        expiry, funding settlement and kline or ticker push at its own time, in time order (deadlines first
-        at a tie)."""
+        expiry, delisting settlement, funding settlement and kline or ticker push at its own time, in time
+        order (deadlines first at a tie, then a settlement)."""
         while True:
             t, f, d = self._next_t, self.next_funding_ms, e._deadline
-            k = e.next_timed_ms
-            if k <= now_ms and k <= t and k <= f and k < d:
+            k, v = e.next_timed_ms, e.next_delivery_ms
+            if k <= now_ms and k <= t and k <= f and k < d and k < v:
                 if k > e.now_ms:
                     e.now_ms = k
                 e.publish_timed(e.now_ms)   # a first push, or one after a long sleep, comes now: once
                 continue
-            if d <= now_ms and d <= t and d <= f:
+            if d <= now_ms and d <= t and d <= f and d <= v:
                 if d > e.now_ms:
                     e.now_ms = d
                 e._fire_countdowns(d)
@@ -279,15 +279,15 @@ class ReplayMarket:
                 e._expire_gtd(d)
                 e._recompute_deadline()
                 continue
+            if v <= now_ms and v <= t and v <= f:
+                if v > e.now_ms:
+                    e.now_ms = v
+                e.settle_due(e.now_ms)   # a delisting announced (fleet/sim/delisting.py)
+                continue
             if f <= now_ms and f <= t:
                 if f > e.now_ms:
                     e.now_ms = f
                 self._settle(e, f)
-                continue
-            if e.next_delivery_ms <= now_ms and e.next_delivery_ms <= t:
-                if e.next_delivery_ms > e.now_ms:
-                    e.now_ms = e.next_delivery_ms
-                e.settle_due(e.now_ms)   # a delisting announced (fleet/sim/delisting.py)
                 continue
             if t > now_ms:
                 break
@@ -305,7 +305,7 @@ class ReplayMarket:
             e.algo.check(e.now_ms)
         # when the market next moves, for a clock that sleeps until then (at least every step_ms)
         e.next_step_ms = min(self._next_t, self.next_funding_ms, e.now_ms + e.step_ms,
-                             e.next_timed_ms)
+                             e.next_timed_ms, e.next_delivery_ms)
 
     def _pull(self) -> None:
         line = next(self._events, None)

@@ -17,8 +17,9 @@ statistics every 2 s (those of REST ``/ticker/24hr``); ``!ticker@arr`` and ``!mi
 second, holding the symbols that traded since the last push (Binance: "only tickers that have changed
 will be present in the array"), and nothing when none did. ``<symbol>@forceOrder`` and
 ``!forceOrder@arr`` push each liquidation order of the simulated accounts (fleet/sim/liquidation.py);
-the synthetic market's own takers are never liquidated. Served and silent:
-``!contractInfo``, ``!assetIndex@arr``, ``<symbol>@compositeIndex``, ``<symbol>@rpiDepth@500ms`` and
+the synthetic market's own takers are never liquidated. ``!contractInfo`` pushes a symbol's contract
+changes: a delisting announced, its settlement's SETTLING and CLOSE (fleet/sim/delisting.py). Served
+and silent: ``!assetIndex@arr``, ``<symbol>@compositeIndex``, ``<symbol>@rpiDepth@500ms`` and
 ``tradingSession`` (Binance's SDK subscribes to them): accepted, listed, and silent.
 ``<symbol>@trade`` is a /public stream (Binance lists it there, and its unrouted paths deliver it): one
 frame per trade, the trade id that of the aggregate trade (each price a taker meets is one trade here).
@@ -53,8 +54,8 @@ _MONDAY_MS = 4 * 86_400_000   # weekly candles open on Monday 00:00 UTC; 1970-01
 KLINE_EVERY_MS = 250   # a kline stream's cadence
 TICKER_EVERY_MS = 2000   # <symbol>@ticker and @miniTicker: "Update Speed: 2000ms" (USD-M docs)
 ALL_TICKERS_EVERY_MS = 1000   # !ticker@arr and !miniTicker@arr: "Update Speed: 1000ms" (USD-M docs)
-# Served and silent: nothing in the simulated market changes a contract, an asset index, a composite
-# index or a trading session, and no order is RPI.
+# Served and silent: nothing in the simulated market changes an asset index, a composite index or a
+# trading session, and no order is RPI (!contractInfo is served here too: fleet/sim/delisting.py).
 _SILENT_ALL = {"!contractinfo": "!contractInfo", "!assetindex@arr": "!assetIndex@arr"}
 
 

@@ -98,6 +98,9 @@ def test_a_delisting_is_announced_then_settles_every_account_at_its_time_and_the
                                       at + 2000)) == -4108
     assert e.cancel_all("main", {"symbol": SYM}, at + 2000)["code"] == 200
     mid = b.mid
+    assert e.set_frozen(None, False) == [SYM, OTHER]   # an unfreeze of every symbol does not reopen it
+    with pytest.raises(ValueError):
+        e.jump(SYM, 1.0, at + 2000)
     e.advance(at + 10_000)
     assert b.mid == mid and not [s for k, s, _ in e.drain() if k == "m" and s.startswith(SYM.lower())]
     # the other symbol trades on
