@@ -76,6 +76,19 @@ def _read_consistently(read: Callable[[], Any]) -> Any:
     return read()
 
 
+# A start the exchange refused for a reason no retry changes (agents/agent_base.py FATAL_START_CODES: a
+# wrong key or signature, a symbol it does not list or no longer trades) is tried again this seldom,
+# not every 10 s: the desk fixes the key or takes the symbol out of the config.
+FATAL_RETRY_S = 300.0
+
+
+def _no_retry_changes(exc: BaseException) -> bool:
+    from agents.agent_base import FATAL_START_CODES
+    from fleet.binance.errors import BinanceError
+
+    return isinstance(exc, BinanceError) and exc.code in FATAL_START_CODES
+
+
 @ray.remote(concurrency_groups={CONTROL: 8, KILL: 2})
 class AgentActor:
     """One symbol's agent as a Ray actor. Methods are JSON in/out and idempotent."""
@@ -124,6 +137,7 @@ class AgentActor:
         backoff = 0.5
         while not self.stopping:
             began = time.monotonic()
+            wait: float | None = None
             try:
                 agent = await self._build()
                 if self.stopping:
@@ -135,6 +149,9 @@ class AgentActor:
                 raise
             except Exception as exc:  # noqa: BLE001 - retried forever: the actor must stay up
                 self.last_error = named_line(exc)
+                if _no_retry_changes(exc):   # a wrong key, a symbol not listed or no longer trading
+                    wait = FATAL_RETRY_S
+                    self.last_error += f" (no retry changes this; tried again every {FATAL_RETRY_S:.0f} s)"
                 log.error("%s: agent failed: %s", self.symbol, self.last_error)
             finally:
                 if self.ownership is not None and not self.stopping:
@@ -143,7 +160,7 @@ class AgentActor:
                 break
             if time.monotonic() - began > 30:
                 backoff = 0.5
-            await asyncio.sleep(backoff)
+            await asyncio.sleep(backoff if wait is None else wait)
             backoff = min(backoff * 2, 10.0)
 
     async def _run_until_owned_or_stopped(self, agent: Any) -> None:

@@ -265,8 +265,8 @@ class SymbolAgent:
         t0 = self.clock.monotonic()
         mark = self._halted_now(reason or "flatten")
         out = await self._halt_confirmed(t0, mark)
-        if self._resumes != mark:
-            return out   # superseded
+        if self._resumes != mark or self.contract.closed():
+            return out   # superseded; or the exchange closed the symbol meanwhile: it stays halted
         self._want_kill_state(KillState.FLATTENING)
         if self.core is not None:
             self.core.flatten(reason or "operator")

@@ -105,7 +105,16 @@ class ContractWatch:
         if status != TRADING:
             self.halt(f"the exchange lists {a.symbol} as {status} ({source})", "symbol_not_trading")
             return
-        if delivery_ms >= PERPETUAL_DELIVERY_MS or delivery_ms == self.settles_at_ms:
+        if delivery_ms >= PERPETUAL_DELIVERY_MS:
+            if self.settles_at_ms is not None:   # the exchange took the settlement back
+                self.settles_at_ms = None
+                a.metrics.delisting_at_s = 0.0
+                a.log.event("delisting_cancelled", f"the exchange no longer settles {a.symbol} ({source})"
+                            f"{': a flatten it caused stays until an operator resumes' if self.exiting else ''}",
+                            level=logging.WARNING)
+                self.exiting = False
+            return
+        if delivery_ms == self.settles_at_ms:
             return
         self.settles_at_ms = delivery_ms
         a.metrics.delisting_at_s = delivery_ms / 1000
@@ -115,17 +124,17 @@ class ContractWatch:
         a.log.event("delisting_scheduled", f"the exchange settles {a.symbol} at {_utc(delivery_ms)} ({source}): {then}",
                     level=logging.WARNING)
 
-    async def recheck(self) -> None:
-        """After a market stream was lost: a ``!contractInfo`` frame may have gone with it, and an
-        announcement comes once. exchangeInfo (weight 1) says what the frame said."""
+    async def recheck(self, gap: str) -> None:
+        """After a ``gap`` in what the streams told: a ``!contractInfo`` frame (an announcement comes
+        once) or a settlement's fill (not in forceOrders) may have gone with it. exchangeInfo (weight 1)
+        says what they said."""
         a = self.agent
         try:
             filters = await a.require_client().symbol_filters(a.symbol)
         except Exception as exc:  # noqa: BLE001 - the next gap, or the next start, reads it again
-            a.log.event("contract_recheck_failed", f"exchangeInfo after a market stream gap: {exc!r}",
-                        level=logging.WARNING)
+            a.log.event("contract_recheck_failed", f"exchangeInfo after {gap}: {exc!r}", level=logging.WARNING)
             return
-        self.seen(filters.status, filters.delivery_ms, "exchangeInfo after a market stream gap")
+        self.seen(filters.status, filters.delivery_ms, f"exchangeInfo after {gap}")
 
     def check(self, now_ms: int) -> None:
         """From the watchdog loop: the allowance against the cap; within the lead of an announced
@@ -133,7 +142,7 @@ class ContractWatch:
         self.check_allowance()
         a = self.agent
         at, lead = self.settles_at_ms, a.runtime.delisting_exit_lead_sec
-        if at is None or self.exiting or a.core is None or lead <= 0 or now_ms < at - lead * 1000:
+        if at is None or self.exiting or a.core is None or lead <= 0 or now_ms < at - lead * 1000 or self.closed():
             return
         self.exiting = True
         reason = f"delisting: the exchange settles {a.symbol} at {_utc(at)}"

@@ -76,7 +76,7 @@ class MarketFeed:
                 try:
                     await self.connect()
                     backoff.reset()
-                    a.tasks.spawn(a.contract.recheck(), "contract-recheck")   # a !contractInfo lost with it
+                    a.tasks.spawn(a.contract.recheck("a market stream gap"), "contract-recheck")
                 except _TRANSIENT as exc:
                     a.log.event("market_reconnect_failed", repr(exc), level=logging.WARNING)
                     await a.tasks.sleep(backoff.next())

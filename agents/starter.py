@@ -131,6 +131,8 @@ class Starter:
             a.metrics.inc_rest_fallback()
         if not initial and before and core.store.position_steps != before:
             await self._liquidations_missed(client, a.user.last_lost_ms or listed_at - 60_000)
+            # a settlement is not in forceOrders: the symbol's status says it (agents/delisting.py)
+            a.tasks.spawn(a.contract.recheck("a user stream gap that changed the position"), "contract-recheck")
         a.blocks.discard(BLOCK_RESYNC)
         a.journal.on_resync(a, initial)
         a.log.event(

@@ -161,12 +161,15 @@ class UserFeed:
         self.liquidations_seen.add(order_id)
         a = self.agent
         adl = client_order_id.startswith(ADL_CLIENT_ORDER_ID)
+        settled = client_order_id.startswith(SETTLEMENT_CLIENT_ORDER_ID)
         if not booked and a.core is not None:   # the snapshot took the position; the fill was never a frame
-            if adl:
+            if settled:
+                a.core.store.settled += 1
+            elif adl:
                 a.core.store.deleveraged += 1
             else:
                 a.core.store.liquidations += 1
-        if client_order_id.startswith(SETTLEMENT_CLIENT_ORDER_ID):
+        if settled:
             a.contract.settled(what, client_order_id, order_id)
         elif adl:
             a.deleveraged(what, client_order_id, order_id)

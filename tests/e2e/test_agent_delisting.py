@@ -5,6 +5,7 @@
   position and no order of ours, and the flatten is durable.
 - With no lead, the exchange's settlement order closes the position: the agent books it as the exchange
   did, halts, and a new agent refuses to start on the closed symbol.
+- A delisting taken back is forgotten.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import pytest
 
 from fleet.binance.errors import BinanceError
-from fleet.binance.enums import ErrorCode
+from fleet.binance.enums import PERPETUAL_DELIVERY_MS, ErrorCode
 
 from .test_agent_live import (  # noqa: F401 - fixtures
     FAST,
@@ -97,3 +98,20 @@ async def test_a_settlement_that_finds_a_position_is_booked_and_the_closed_symbo
     with pytest.raises(BinanceError) as err:
         await make_agent()
     assert err.value.code == ErrorCode.SYMBOL_NOT_TRADING and "CLOSE" in str(err.value)
+
+
+async def test_a_delisting_taken_back_before_its_time_is_forgotten(make_agent, exchange, caplog):
+    """The exchange moves the deliveryDate back to a perpetual's (a delisting postponed sine die): the
+    agent says so, clears the gauge, and quotes on past the lead it would have flattened at."""
+    agent = await make_agent(runtime=FAST.model_copy(update={"delisting_exit_lead_sec": 60.0}))
+    await wait_for(lambda: resting(agent, exchange), 10, "a ladder resting on both sides")
+    at = (await exchange.post("/sim/delist", {"symbol": SYMBOL, "in_s": 120}))["deliveryDate"]
+    await wait_for(lambda: metric(agent, "mm_delisting_timestamp_seconds") == at / 1000, 10, "the announcement seen")
+    await exchange.post("/sim/delist", {"symbol": SYMBOL, "at_ms": PERPETUAL_DELIVERY_MS})
+    await wait_for(lambda: metric(agent, "mm_delisting_timestamp_seconds") == 0, 10, "the announcement taken back")
+    [taken_back] = _events(caplog, "delisting_cancelled")
+    assert taken_back.levelno == logging.WARNING
+    assert agent.contract.settles_at_ms is None and not agent.contract.exiting
+    agent.contract.check(at)   # the watchdog at the old settlement time: nothing to do
+    assert not _events(caplog, "delisting_exit") and agent.status()["state"] == "quoting"
+    await wait_for(lambda: resting(agent, exchange), 10, "still quoting")

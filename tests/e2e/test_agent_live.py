@@ -146,6 +146,7 @@ async def exchange(sim):
 async def make_agent(sim, tmp_path):
     """Start agents on the simulator; every one is stopped at the end."""
     running: list[tuple[SymbolAgent, asyncio.Task]] = []
+    failed: set[asyncio.Task] = set()   # starts that raised: the test saw their error
 
     async def start(
         params: SymbolParams | None = None, runtime: RuntimeParams = FAST, symbol: str = SYMBOL,
@@ -165,6 +166,7 @@ async def make_agent(sim, tmp_path):
         running.append((agent, task))
         await wait_for(lambda: task.done() or agent.status()["state"] in ("quoting", "halted"), 10, "started")
         if task.done():
+            failed.add(task)
             task.result()
         await wait_for(lambda: agent.status()["last_book_age_s"] is not None, 10, "a first book update")
         return agent
@@ -172,7 +174,7 @@ async def make_agent(sim, tmp_path):
     yield start
     for agent, task in running:
         await agent.stop()
-        if task.done() and not task.cancelled() and task.exception() is not None:
+        if task in failed:
             continue   # a start that failed: the test saw its error (start() raised it)
         await asyncio.wait_for(task, 25)
 
