@@ -104,6 +104,9 @@
     c.state.replaceChildren(pill(row.state || "?", `st-${word(row.state)}`));
     if (!row.reachable && row.error) c.state.append(el("span", "sub", row.error));
     else if (row.restarts) c.state.append(el("span", "sub", `${row.restarts} restart(s)`));
+    if (row.settles_at_ms) {
+      c.state.append(el("span", "sub delisting", `delisted: settled by the exchange at ${new Date(row.settles_at_ms).toISOString()}`));
+    }
     const stale = row.published_age_s !== null && row.published_age_s !== undefined;
     r.tr.classList.toggle("stale", stale);
     if (stale) c.state.append(el("span", "sub published", `figures as published ${row.published_age_s.toFixed(1)} s ago`));

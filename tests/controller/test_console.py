@@ -174,6 +174,16 @@ def test_an_agent_halted_on_its_own_under_a_durable_running_shows_its_halt_and_c
     assert snap["totals"]["halted"] == 1
 
 
+def test_a_delisting_the_exchange_announced_is_in_the_row():
+    """The agent's status carries the settlement time it read (agents/delisting.py); the row passes it
+    on for the page to show, and a row without one carries none."""
+    at = 1_800_000_000_000
+    row = console_row("ETHUSDC", SymbolAnswers(status={"state": "quoting", "settles_at_ms": at}, exposure={}))
+    assert row["settles_at_ms"] == at
+    assert console_row("ETHUSDC", SymbolAnswers(status={"state": "quoting", "settles_at_ms": None},
+                                                exposure={})).get("settles_at_ms") is None
+
+
 def test_the_pages_escape_what_they_show_and_load_only_the_apps_assets():
     page = render_console('<b>"x"</b>', "/f/console", "c&s", ("ETHUSDC",), 60)
     assert '<b>"x"</b>' not in page and "&lt;b&gt;" in page and 'content="c&amp;s"' in page

@@ -48,6 +48,7 @@ async def test_an_announced_delisting_is_flattened_before_the_exchange_settles_i
     agent = await _quoting_long(make_agent, exchange, lead_s=10.0)
     at = (await exchange.post("/sim/delist", {"symbol": SYMBOL, "in_s": 14}))["deliveryDate"]
     await wait_for(lambda: metric(agent, "mm_delisting_timestamp_seconds") == at / 1000, 10, "the announcement seen")
+    assert agent.status()["settles_at_ms"] == at   # the console's row shows it
     [announced] = _events(caplog, "delisting_scheduled")
     assert announced.levelno == logging.WARNING and "contractInfo" in announced.getMessage()
 
