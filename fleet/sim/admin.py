@@ -130,6 +130,10 @@ class AdminRoutes:
         if path == "/sim/delist":
             at_ms = int(body["at_ms"]) if "at_ms" in body else now + int(float(body["in_s"]) * 1000)
             return e.schedule_delisting(body["symbol"], at_ms, now)
+        if path == "/sim/brackets":
+            rows = [(str(r["notional_cap"]), int(r["initial_leverage"]), str(r["maint_margin_ratio"]))
+                    for r in body["brackets"]]
+            return e.set_brackets(body["symbol"], rows, now)
         if path == "/sim/countdown/check":
             e.advance(now)
             return {"ok": True}

@@ -15,6 +15,14 @@ an ADL's (type ``LIQUIDATION``, filled at once as ``CALCULATED``, no fee, its tr
 in ``forceOrders``); a closed symbol's market stops (no book, trade or mark frames; unfreezing, a jump or a replayed
 line do not move it again) and stays listed.
 ``POST /sim/delist {"symbol", "in_s" | "at_ms"}`` announces a delisting (fleet/sim/server.py).
+
+The other contract change ``!contractInfo`` pushes is a new bracket table (Binance adjusts a symbol's
+brackets with notice): ``POST /sim/brackets {"symbol", "brackets": [{"notional_cap",
+"initial_leverage", "maint_margin_ratio"}, ...]}`` replaces the table, and the frame carries ``bks``
+(per bracket ``bs``, ``bnf`` floor, ``bnc`` cap, ``mmr``, ``cf`` its cum, ``mi``..``ma`` its leverage
+range). From then on orders, amendments, leverage changes and the maintenance margin follow the new
+table; a leverage set above its first bracket's is lowered to it (``ACCOUNT_CONFIG_UPDATE``); what
+rests and what is held stay.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from fleet.sim.book import PERPETUAL_DELIVERY_MS, Book
+from fleet.sim.brackets import Brackets
 from fleet.sim.errors import SimApiError
 from fleet.sim.orders import Account, Order, Position
 from fleet.sim.units import ZERO
@@ -46,6 +55,7 @@ class Delisting:
     _cancel_all: Callable[[Account, Book, int], int]
     _emit_account_update: Callable[..., None]
     _emit_market: Callable[[str, Any], None]
+    _emit_user: Callable[[str, Any], None]
     _isolated_fill: Callable[[Account, Book, Position, int, int, Any, int], None]
     _close_by_exchange: Callable[..., tuple[Order, Any]]
     book: Callable[[str | None], Book]
@@ -100,9 +110,28 @@ class Delisting:
         b.frozen = True   # its market stops
         self._contract_info(b, t)
 
-    def _contract_info(self, b: Book, t: int) -> None:
+    def set_brackets(self, symbol: str, rows: list[tuple[str, int, str]], now: int) -> dict[str, Any]:
+        """A new bracket table for ``symbol`` (ValueError naming a bad bracket), pushed with ``bks``."""
+        b = self.book(symbol)
+        b.brackets = Brackets(rows)
+        top = b.brackets.max_leverage
+        for acct in self.accounts.values():
+            if acct.leverage.get(b.symbol, 0) > top:
+                acct.leverage[b.symbol] = top
+                self._emit_user(acct.name, {"e": "ACCOUNT_CONFIG_UPDATE", "E": now, "T": now,
+                                            "ac": {"s": b.symbol, "l": top}})
+        rs = b.brackets.rows
+        bks = [{"bs": r.number, "bnf": int(r.floor), "bnc": int(r.cap), "mmr": float(r.rate), "cf": float(r.cum),
+                "mi": rs[i + 1].initial_leverage + 1 if i + 1 < len(rs) else 1, "ma": r.initial_leverage}
+               for i, r in enumerate(rs)]
+        self._contract_info(b, now, bks)
+        return {"symbol": b.symbol, "brackets": b.brackets.json()}
+
+    def _contract_info(self, b: Book, t: int, bks: list[dict[str, Any]] | None = None) -> None:
         if CONTRACT_INFO in self.interest:
-            self._emit_market(CONTRACT_INFO, {"e": "contractInfo", "E": t, "s": b.symbol, "ps": b.symbol,
-                                              "ct": "PERPETUAL", "dt": b.delivery_ms, "ot": ONBOARD_MS,
-                                              "cs": b.status})
+            frame = {"e": "contractInfo", "E": t, "s": b.symbol, "ps": b.symbol, "ct": "PERPETUAL",
+                     "dt": b.delivery_ms, "ot": ONBOARD_MS, "cs": b.status}
+            if bks is not None:
+                frame["bks"] = bks
+            self._emit_market(CONTRACT_INFO, frame)
 

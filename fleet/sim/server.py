@@ -131,6 +131,8 @@ input, 404 on an unknown route)::
          set a position directly (entry optional: the mark); pushes ACCOUNT_UPDATE m=ADJUSTMENT
     POST /sim/delist         {"symbol": "ETHUSDC", "in_s": 3600} (or "at_ms") announce a delisting; the
          exchange settles the symbol at that time (fleet/sim/delisting.py)
+    POST /sim/brackets       {"symbol": "ETHUSDC", "brackets": [{"notional_cap": "5000", "initial_leverage": 50,
+         "maint_margin_ratio": "0.01"}, ...]} a new bracket table, pushed on !contractInfo with bks
     POST /sim/countdown/check {}      run due dead-man switches now (the clock also wakes for them)
 """
 

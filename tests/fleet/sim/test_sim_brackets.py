@@ -164,3 +164,28 @@ def test_an_accounts_default_leverage_above_a_symbols_table_starts_at_the_tables
     assert e.leverage_of(e.accounts["main"], SYM) == 10       # the account's default is 20
     assert e.position_risk("main", SYM, 2)[0]["maxNotionalValue"] == "100000"
     _limit(e, "BUY", "0.5")                                   # not refused for a leverage the table lacks
+
+
+def test_a_new_table_is_pushed_with_its_brackets_and_holds_from_then_on():
+    """Binance adjusts a symbol's brackets with notice: !contractInfo carries the new table (bks), a
+    leverage above its first bracket's comes down to it (ACCOUNT_CONFIG_UPDATE), and orders follow it."""
+    e = _engine()
+    e.watch("!contractInfo")
+    _leverage(e, 100)
+    e.drain()
+    rows = [("20000", 50, "0.01"), ("100000", 20, "0.025"), ("1000000", 5, "0.1")]
+    answer = e.set_brackets(SYM, rows, T0 + 1000)
+    assert [b["notionalCap"] for b in answer["brackets"]] == [20000, 100000, 1000000]
+    frames = e.drain_rendered()
+    [info] = [p for k, s, p in frames if s == "!contractInfo"]
+    assert (info["s"], info["cs"], info["dt"]) == (SYM, "TRADING", 4133404800000)
+    assert [(x["bs"], x["bnf"], x["bnc"], x["mmr"], x["mi"], x["ma"]) for x in info["bks"]] == [
+        (1, 0, 20000, 0.01, 21, 50), (2, 20000, 100000, 0.025, 6, 20), (3, 100000, 1000000, 0.1, 1, 5)]
+    assert info["bks"][1]["cf"] == 20000 * (0.025 - 0.01)   # the cum keeps the maintenance continuous
+    assert [p["ac"] for k, a, p in frames if k == "u" and p["e"] == "ACCOUNT_CONFIG_UPDATE"] == [{"s": SYM, "l": 50}]
+    assert e.leverage_of(e.accounts["main"], SYM) == 50
+    assert _code(lambda: _limit(e, "BUY", "0.5")) == -2027   # ~25,000 of bids: beyond 50x's 20,000 now
+    _limit(e, "BUY", "0.3")
+    assert _code(lambda: _leverage(e, 51)) == -4028
+    with pytest.raises(ValueError, match="bracket 2"):
+        e.set_brackets(SYM, [("20000", 50, "0.01"), ("10000", 20, "0.025")], T0 + 2000)
