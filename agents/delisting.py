@@ -24,7 +24,8 @@ and the orders resting on that side count, much as the worst case does). A worst
 than that at the mark cannot be reached: the exchange refuses -2027 first and the sender holds that
 side (``MarginHold``). Said once as the WARNING event ``cap_beyond_leverage``, and shown
 (``mm_max_notional``, ``mm_leverage``; alert ``MmCapBeyondLeverage``). A start does not fail for it, nor
-for a symbolConfig the exchange does not answer.
+for a symbolConfig the exchange does not answer. New brackets (``!contractInfo`` with ``bks``) or a
+leverage changed (``ACCOUNT_CONFIG_UPDATE`` naming the symbol) read it again.
 
 A part of :class:`agents.agent.SymbolAgent`.
 """
@@ -83,6 +84,16 @@ class ContractWatch:
             return
         self.allowance = cfg
         a.metrics.leverage, a.metrics.max_notional = cfg.leverage, float(cfg.max_notional)
+
+    def allowance_changed(self, why: str) -> None:
+        """New brackets, or a leverage changed: symbolConfig read again, the cap checked again."""
+        a = self.agent
+        client = a.client
+        if client is None or a.stopping:
+            return
+        self._allowance_said, self.allowance = False, None   # checked again once read again
+        a.log.event("allowance_changed", f"{why}: symbolConfig read again")
+        a.tasks.spawn(self.read_allowance(client), "symbol-config")
 
     def check_allowance(self) -> None:
         """Once a mark is known: the worst-case cap against the leverage's allowance, said once if over."""

@@ -155,6 +155,8 @@ class MarketFeed:
         elif isinstance(ev, ContractInfo):
             if ev.symbol == a.symbol:
                 a.contract.seen(ev.status, ev.delivery_ms, "contractInfo")
+                if ev.brackets_changed:
+                    a.contract.allowance_changed("the exchange's new brackets")
 
     async def close(self) -> None:
         stream, self.stream = self.stream, None

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from fleet.binance.enums import ADL_CLIENT_ORDER_ID, SETTLEMENT_CLIENT_ORDER_ID, ExecType, OrderStatus
 from fleet.binance.errors import BinanceError, InvalidListenKeyError
-from fleet.binance.events import FundingFee, ListenKeyExpired, MarginCall, OrderUpdate, TradeLite
+from fleet.binance.events import FundingFee, ListenKeyExpired, MarginCall, OrderUpdate, RawEvent, TradeLite
 from fleet.binance.streams import StreamError, UserStream
 
 from .agent_base import BLOCK_USER_STREAM, Backoff, _ListenKeyGone, _TRANSIENT, _same_epoch
@@ -134,6 +134,10 @@ class UserFeed:
         if isinstance(ev, MarginCall):
             self._margin_call(ev)
             return
+        if isinstance(ev, RawEvent) and ev.event_type == "ACCOUNT_CONFIG_UPDATE":
+            ac = ev.data.get("ac")
+            if isinstance(ac, dict) and ac.get("s") == a.symbol:   # the symbol's leverage changed
+                a.contract.allowance_changed(f"the leverage set to {ac.get('l')}")
         if isinstance(ev, OrderUpdate) and ev.status == OrderStatus.CANCELED and a.quoting_live():
             o = core.store.get(ev.client_order_id)
             if o is not None and o.is_open and o.cancel_sent_ms is None and o.amend_orig_steps is None \

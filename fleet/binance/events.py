@@ -73,14 +73,16 @@ class MarkPrice:
 
 @dataclass(frozen=True, slots=True)
 class ContractInfo:
-    """``!contractInfo``: a symbol's contract changed: its status (listing, delisting) or its
-    ``deliveryDate`` (a perpetual's settlement announced); brackets (``bks``) are not read here."""
+    """``!contractInfo``: a symbol's contract changed: its status (listing, delisting), its
+    ``deliveryDate`` (a perpetual's settlement announced) or its brackets (``bks``: only said to be
+    new here; symbolConfig gives what they allow the account)."""
 
     symbol: str
     event_time: int
     status: str              # cs: TRADING, SETTLING, CLOSE, PENDING_TRADING, ...
     delivery_ms: int         # dt: 4133404800000 for a perpetual with no settlement planned
     contract_type: str = ""  # ct: PERPETUAL, ...
+    brackets_changed: bool = False   # the frame carries bks: a new bracket table
 
 
 @dataclass(frozen=True, slots=True)

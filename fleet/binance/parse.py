@@ -133,6 +133,7 @@ def _contract_info(o: dict[str, Any]) -> ContractInfo:
         status=str(o["cs"]),
         delivery_ms=int(o["dt"]),
         contract_type=str(o.get("ct", "")),
+        brackets_changed="bks" in o,
     )
 
 

@@ -11,6 +11,7 @@ from decimal import Decimal
 import pytest
 
 from fleet.sim.config import default_symbol_spec
+from fleet.sim.testkit import SimClient
 
 from .test_agent_live import SYMBOL, exchange, make_agent, metric, wait_for  # noqa: F401 - fixtures
 
@@ -79,3 +80,25 @@ async def test_a_full_side_holds_that_side_alone_and_the_other_side_quotes_on(si
     assert len(asks) >= agent.params.grid.max_layers // 2, "the ask ladder rests"
     events = [r for r in caplog.records if getattr(r, "event", None) == "margin_short"]
     assert events and all("BUY side" in r.getMessage() for r in events)
+
+
+async def test_new_brackets_and_a_new_leverage_are_read_again_and_the_cap_checked_again(make_agent, exchange, caplog):
+    """The exchange pushes a new table (!contractInfo with bks) whose first bracket allows the cap; then
+    the account's leverage is raised at the exchange (ACCOUNT_CONFIG_UPDATE): symbolConfig is read again
+    each time, the gauges follow, and the cap is said beyond the allowance only while it is."""
+    caplog.set_level(logging.INFO, logger="mmfleet.agent")
+    agent = await make_agent()
+    await wait_for(lambda: metric(agent, "mm_max_notional") == CAP, 10, "the start's symbolConfig")
+    await wait_for(lambda: [r for r in caplog.records if getattr(r, "event", None) == "cap_beyond_leverage"], 5,
+                   "the cap said to be beyond the start's allowance")
+    await exchange.post("/sim/brackets", {"symbol": SYMBOL, "brackets": [
+        {"notional_cap": "100000", "initial_leverage": 20, "maint_margin_ratio": "0.004"},
+        {"notional_cap": "1000000", "initial_leverage": 10, "maint_margin_ratio": "0.01"}]})
+    await wait_for(lambda: metric(agent, "mm_max_notional") == 100000, 10, "the new table's allowance read")
+    async with SimClient.for_sim(exchange.sim) as c:   # 10x allows the second bracket's cap
+        assert (await c.signed("POST", "/fapi/v1/leverage", {"symbol": SYMBOL, "leverage": "10"})).status == 200
+    await wait_for(lambda: metric(agent, "mm_leverage") == 10 and metric(agent, "mm_max_notional") == 1000000, 10,
+                   "the new leverage's allowance read")
+    said = [r for r in caplog.records if getattr(r, "event", None) == "cap_beyond_leverage"]
+    assert len(said) == 1   # at the start only (60 < the cap's notional); not under the new tables
+    assert len([r for r in caplog.records if getattr(r, "event", None) == "allowance_changed"]) == 2
