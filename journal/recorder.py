@@ -34,6 +34,9 @@ AUDITED = frozenset({
     "resumed", "params_applied", "reconcile_repair", "resynced", "quoting_started", "stopping", "stopped",
     "start_fatal", "outcome_unknown", "outcome_resolved", "user_stream_lost", "market_stale", "market_lag",
     "old_epoch_cancel", "funding_booked", "asking_owner",
+    # what the exchange did to the account or the symbol, and what the agent made of it
+    "liquidated", "deleveraged", "margin_call", "margin_short", "settled", "symbol_not_trading",
+    "delisting_scheduled", "delisting_exit", "delisting_cancelled", "cap_beyond_leverage",
 })
 ORDER_REASON_EVENTS = {"drawdown": "drawdown_cut", "grind": "grind", "grind_reentry": "grind_reentry",
                        "flatten": "flatten_order"}

@@ -199,3 +199,41 @@ async def test_an_empty_journal_is_backfilled_from_the_exchange(sim, target, tmp
     sums = journal_sums(target, SYMBOL)
     assert_equals_exchange(state, sums, SYMBOL, trades)
     assert_split_adds_up(sums["report"])
+
+
+async def test_a_delisting_and_its_settlement_are_in_the_journal(sim, target, tmp_path):
+    """What the exchange did is recorded with what the agent made of it: a delisting announced, the
+    flatten ahead of it (its orders and fills), the symbol closed; the journal still equals the
+    exchange's record."""
+    agent = make_agent(sim, target, tmp_path / "state", SYMBOL)   # the default lead: 30 min, so at once
+    task = asyncio.create_task(agent.run())
+    async with aiohttp.ClientSession() as http:
+        await wait_for(lambda: agent.status()["state"] == "quoting", 15, "quoting")
+        await wait_for(lambda: len(agent.core.store.orders) >= 4, 30, "a ladder resting")
+        await post(sim, http, "/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.05"})
+        await wait_for(lambda: agent.core.store.position == 0.05, 10, "the position seen")
+        await post(sim, http, "/sim/delist", {"symbol": SYMBOL, "in_s": 4})
+
+        async def closed_and_flat() -> bool:
+            st = await sim_state(sim, http, SYMBOL)
+            return st["markets"][SYMBOL]["status"] == "CLOSE" and st["positions"][SYMBOL]["amount"] == "0.000"
+
+        await wait_for(closed_and_flat, 15, "flattened ahead, then settled and closed")
+        await wait_for(lambda: agent.status()["state"] == "halted", 10, "halted once closed")
+        await agent.stop()
+        await asyncio.wait_for(task, 30)
+        state = await sim_state(sim, http, SYMBOL)
+    assert state["counters"]["settled"] == 0   # the flatten came first
+    trades = await exchange_trades(sim, SYMBOL)
+    sums = journal_sums(target, SYMBOL)
+    assert_equals_exchange(state, sums, SYMBOL, trades)
+    engine = make_engine(target)
+    with engine.connect() as conn:
+        kinds = list(conn.execute(select(events.c.kind).order_by(events.c.id)).scalars())
+        flatten_sent = conn.execute(select(orders).where((orders.c.event == "sent") & (orders.c.reason == "flatten"))
+                                    ).mappings().all()
+    engine.dispose()
+    for kind in ("delisting_scheduled", "delisting_exit", "symbol_not_trading"):
+        assert kind in kinds, kinds
+    assert kinds.index("delisting_scheduled") < kinds.index("delisting_exit") < kinds.index("symbol_not_trading")
+    assert flatten_sent and all(r["side"] == "SELL" for r in flatten_sent)
