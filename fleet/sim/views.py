@@ -204,8 +204,8 @@ class EngineViews:
         for b in books:
             v = self._position_view(acct, b)
             has_orders = any(o.symbol == b.symbol for o in acct.open.values())
-            if version >= 3 and not symbol and v["amt"] == 0 and not has_orders:
-                continue
+            if version >= 3 and v["amt"] == 0 and not has_orders:
+                continue   # v3: "only symbol that has position or open orders will be returned", named or not
             entry = f"{v['entry']:f}" if v["amt"] else "0.0"
             common = {"symbol": b.symbol, "positionSide": "BOTH", "positionAmt": f"{v['amt']:f}",
                       "entryPrice": entry, "breakEvenPrice": f"{v['bep']:f}" if v["amt"] else "0.0",
