@@ -812,3 +812,37 @@ def test_a_liquidation_halts_the_symbol_durably_as_a_kill_with_its_reason(fleet)
         assert fleet.post("/resume", {"symbols": [sym]}).status_code == 200
     fleet.wait_quoting(within_s=60)
     assert kill_record()["state"] == "running"
+
+
+def test_a_delisting_exit_is_a_durable_flatten_with_its_reason(fleet):
+    """The exchange announces a delisting inside the agents' exit lead (30 min by default): the agent
+    flattens the symbol at once and carries the flatten with its lease calls until the controller
+    writes it. So the durable kill state is flattening, the delisting its reason, and the symbol is
+    flat and empty at the exchange; taken back by the exchange and resumed, it quotes again."""
+    sym = SYMBOLS[1]
+    sim = fleet.sim.server
+
+    def admin(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        r = requests.post(f"{sim.rest_url}{path}", json=body, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def kill_record() -> dict[str, Any]:
+        return fleet.get("/kill").json()["kill_states"][sym]
+
+    def announced() -> Any:
+        return fleet.get("/status").json()["agents"][sym].get("settles_at_ms")
+
+    try:
+        at = admin("/sim/delist", {"symbol": sym, "in_s": 600})["deliveryDate"]
+        record = poll(lambda: (r := kill_record())["state"] == "flattening" and r, 20, "the flatten written durably")
+        assert record["reason"].startswith(f"delisting: the exchange settles {sym} at ")
+        poll(lambda: fleet.open_orders(sym) == 0 and float(fleet.sim.state(sym)["positions"][sym]["amount"]) == 0,
+             20, f"{sym} flat and empty at the exchange")
+        assert poll(lambda: announced() == at, 10, "the settlement time in the status")
+    finally:
+        admin("/sim/delist", {"symbol": sym, "at_ms": 4133404800000})   # the exchange takes it back
+        poll(lambda: announced() is None, 20, "the retraction seen")
+        assert fleet.post("/resume", {"symbols": [sym]}).status_code == 200
+    fleet.wait_quoting(within_s=60)
+    assert kill_record()["state"] == "running"
