@@ -77,16 +77,22 @@ def _read_consistently(read: Callable[[], Any]) -> Any:
 
 
 # A start the exchange refused for a reason no retry changes (agents/agent_base.py FATAL_START_CODES: a
-# wrong key or signature, a symbol it does not list or no longer trades) is tried again this seldom,
-# not every 10 s: the desk fixes the key or takes the symbol out of the config.
+# wrong key or signature, a symbol it does not list) is tried again this seldom, not every 10 s: the desk
+# fixes the key or the config. A symbol listed but not trading (-4108) is tried twice a minute: one
+# about to list (PENDING_TRADING) quotes within 30 s of its opening, a closed one costs 2 weight a try.
 FATAL_RETRY_S = 300.0
+NOT_TRADING_RETRY_S = 30.0
 
 
-def _no_retry_changes(exc: BaseException) -> bool:
+def _retry_after(exc: BaseException) -> float | None:
+    """How long to wait before the next start after ``exc``; None: the usual back-off."""
     from agents.agent_base import FATAL_START_CODES
+    from fleet.binance.enums import ErrorCode
     from fleet.binance.errors import BinanceError
 
-    return isinstance(exc, BinanceError) and exc.code in FATAL_START_CODES
+    if not isinstance(exc, BinanceError) or exc.code not in FATAL_START_CODES:
+        return None
+    return NOT_TRADING_RETRY_S if exc.code == ErrorCode.SYMBOL_NOT_TRADING else FATAL_RETRY_S
 
 
 @ray.remote(concurrency_groups={CONTROL: 8, KILL: 2})
@@ -149,9 +155,9 @@ class AgentActor:
                 raise
             except Exception as exc:  # noqa: BLE001 - retried forever: the actor must stay up
                 self.last_error = named_line(exc)
-                if _no_retry_changes(exc):   # a wrong key, a symbol not listed or no longer trading
-                    wait = FATAL_RETRY_S
-                    self.last_error += f" (no retry changes this; tried again every {FATAL_RETRY_S:.0f} s)"
+                wait = _retry_after(exc)   # a wrong key, a symbol not listed, or not trading
+                if wait is not None:
+                    self.last_error += f" (tried again every {wait:.0f} s)"
                 log.error("%s: agent failed: %s", self.symbol, self.last_error)
             finally:
                 if self.ownership is not None and not self.stopping:

@@ -146,3 +146,15 @@ def test_the_latency_windows_quantiles_are_those_of_its_last_samples_sorted():
             for q in (0.0, 0.5, 0.99):
                 assert window.quantile_ms(q) == round(recent[min(len(recent) - 1, int(q * len(recent)))] / 1e6, 4)
     assert len(window.all) == len(samples)
+
+
+def test_an_actor_waits_after_a_start_no_retry_changes_and_sooner_for_a_symbol_not_trading_yet():
+    from agents.actor import FATAL_RETRY_S, NOT_TRADING_RETRY_S, _retry_after
+    from fleet.binance.enums import ErrorCode
+    from fleet.binance.errors import BinanceError
+
+    assert _retry_after(BinanceError(ErrorCode.SYMBOL_NOT_TRADING, "ETHUSDC is PENDING_TRADING", None)) == \
+        NOT_TRADING_RETRY_S == 30
+    assert _retry_after(BinanceError(ErrorCode.REJECTED_MBX_KEY, "Invalid API-key", 401)) == FATAL_RETRY_S == 300
+    assert _retry_after(BinanceError(ErrorCode.UNKNOWN, "unknown", 503)) is None   # the usual back-off
+    assert _retry_after(OSError("connection refused")) is None
