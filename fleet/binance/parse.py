@@ -127,11 +127,14 @@ def _agg_trade(o: dict[str, Any]) -> AggTrade:
 
 
 def _contract_info(o: dict[str, Any]) -> ContractInfo:
+    status, delivery_ms = str(o["cs"]), int(o["dt"])
+    if not status or delivery_ms <= 0:   # read as a status or a settlement time, either would stop quoting
+        raise ValueError(f"cs {o['cs']!r} and dt {o['dt']!r} must be a status and a time")
     return ContractInfo(
         symbol=o["s"],
         event_time=int(o["E"]),
-        status=str(o["cs"]),
-        delivery_ms=int(o["dt"]),
+        status=status,
+        delivery_ms=delivery_ms,
         contract_type=str(o.get("ct", "")),
         brackets_changed="bks" in o,
     )

@@ -9,6 +9,7 @@ from fleet.binance.events import (
     AccountUpdate,
     AggTrade,
     BookTicker,
+    ContractInfo,
     DepthUpdate,
     FundingFee,
     ListenKeyExpired,
@@ -55,6 +56,27 @@ def test_market_frames_become_typed_events():
     assert isinstance(mark, MarkPrice) and mark.funding_rate == 0.00038167 and mark.next_funding_time == 1562306400000
     agg = parse_market(decode(AGG))
     assert isinstance(agg, AggTrade) and agg.buyer_is_maker and agg.qty == 100.0
+
+
+CONTRACT = ('{"e":"contractInfo","E":1669356423908,"s":"IOTAUSDT","ps":"IOTAUSDT","ct":"PERPETUAL","dt":4133404800000,'
+            '"ot":1569398400000,"cs":"TRADING","bks":[{"bs":1,"bnf":0,"bnc":5000,"mmr":0.01,"cf":0,"mi":21,"ma":50},'
+            '{"bs":2,"bnf":5000,"bnc":25000,"mmr":0.025,"cf":75,"mi":11,"ma":20}]}')
+
+
+def test_contract_info_frames_say_the_status_the_settlement_time_and_new_brackets():
+    """The docs' example (brackets adjusted), a delisting announced, and frames whose status or time
+    cannot be read: skipped as bad frames, never taken for a symbol that stopped trading."""
+    info = parse_market(decode(CONTRACT))
+    assert info == ContractInfo("IOTAUSDT", 1669356423908, "TRADING", 4133404800000, "PERPETUAL", True)
+    delisting = orjson.loads(CONTRACT)
+    del delisting["bks"]
+    delisting["dt"] = 1800000000000
+    assert parse_market(delisting) == ContractInfo("IOTAUSDT", 1669356423908, "TRADING", 1800000000000, "PERPETUAL")
+    for field, value in (("cs", ""), ("dt", 0), ("dt", "soon")):
+        with pytest.raises(FrameError, match="contractInfo"):
+            parse_market({**delisting, field: value})
+    with pytest.raises(FrameError, match="contractInfo"):
+        parse_market({k: v for k, v in delisting.items() if k != "cs"})
 
 
 def test_combined_stream_envelope_is_unwrapped():
