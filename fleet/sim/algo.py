@@ -21,6 +21,7 @@ from collections import deque
 from itertools import chain
 from typing import TYPE_CHECKING, Any, Iterable
 
+from fleet.sim.delisting import not_trading
 from fleet.sim.errors import WEEK_MS, SimApiError, int_param, invalid, missing, within_a_week
 from fleet.sim.orders import CLIENT_ID_RE, DEFAULT_STP, PRICE_MATCH, STP_MODES, Account
 
@@ -109,7 +110,8 @@ class AlgoService:
             raise invalid("algoType")
         b = e.book(params.get("symbol"))
         side, otype = e.check_order_head(params)
-        e.tradable(b)
+        if b.status != "TRADING":
+            raise not_trading()
         if otype not in TYPES:
             raise SimApiError(-1116, "Invalid orderType.")
         cid = params.get("clientAlgoId")

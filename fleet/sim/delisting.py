@@ -39,7 +39,11 @@ SETTLEMENT_CLIENT_ID = "settlement_autoclose-"
 CONTRACT_INFO = "!contractInfo"
 NEVER_MS = 1 << 62   # no settlement announced
 ONBOARD_MS = 1569398400000   # exchangeInfo's onboardDate of every simulated symbol
-NOT_TRADING = SimApiError(-4108, "Symbol is on delivering or delivered or settle or closed or pre-trading.")
+
+
+def not_trading() -> SimApiError:
+    """-4108: an order, an amendment or a conditional order on a symbol that is not TRADING."""
+    return SimApiError(-4108, "Symbol is on delivering or delivered or settle or closed or pre-trading.")
 
 
 class Delisting:
@@ -59,12 +63,6 @@ class Delisting:
     _isolated_fill: Callable[[Account, Book, Position, int, int, Any, int], None]
     _close_by_exchange: Callable[..., tuple[Order, Any]]
     book: Callable[[str | None], Book]
-
-    @staticmethod
-    def tradable(b: Book) -> None:
-        """Raise -4108 unless ``b`` is ``TRADING``: an order, an amendment or a conditional order."""
-        if b.status != "TRADING":
-            raise SimApiError(NOT_TRADING.code, NOT_TRADING.msg)
 
     def schedule_delisting(self, symbol: str, at_ms: int, now: int) -> dict[str, Any]:
         """Announce that ``symbol`` settles at ``at_ms``: its deliveryDate, a ``!contractInfo`` frame."""

@@ -24,7 +24,7 @@ from fleet.sim.frames import (render, render_account_update, render_agg, render_
                               render_order_update, render_ticker, render_trade, render_trade_lite, ticker_24h)
 from fleet.sim.history import backfill
 from fleet.sim.keys import ed25519_private_pem
-from fleet.sim.delisting import Delisting
+from fleet.sim.delisting import Delisting, not_trading
 from fleet.sim.liquidation import Liquidation
 from fleet.sim.margin import IsolatedMargin
 from fleet.sim.market import MarketModel
@@ -1145,7 +1145,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting):
         b = self.book(params.get("symbol"))
         side, otype = self.check_order_head(params)
         if b.status != "TRADING":
-            self.tradable(b)   # -4108
+            raise not_trading()
         if otype not in ("LIMIT", "MARKET"):
             if otype in ALGO_TYPES:
                 raise SimApiError(-4120, "Order type not supported for this endpoint. Please use the Algo Order API endpoints instead.")
@@ -1347,7 +1347,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting):
         if not pm and not params.get("price"):
             raise missing("price")
         if b.status != "TRADING":
-            self.tradable(b)   # -4108
+            raise not_trading()
         o = self._find(acct, b, params)
         if not o.is_open:
             raise SimApiError(-2013, "Order does not exist.")
