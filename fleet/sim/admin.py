@@ -118,6 +118,8 @@ class AdminRoutes:
         if path == "/sim/funding/rate":
             e.set_funding_rate(body["symbol"], body.get("rate"))
             return {"ok": True}
+        if path == "/sim/funding/interval":
+            return e.set_funding_interval(body["symbol"], body["hours"], now, body.get("next_ms"))
         if path == "/sim/funding/settle":
             return {"charged": e.settle_funding(now, body.get("symbol"))}
         if path == "/sim/position":

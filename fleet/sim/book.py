@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from fleet.sim.brackets import Brackets
-from fleet.sim.config import SymbolSpec
+from fleet.sim.config import DEFAULT_FUNDING_CAP, SymbolSpec
 from fleet.sim.market import MarketModel
 from fleet.sim.orders import Order
 from fleet.sim.streams import kline_next, kline_open
@@ -148,6 +148,13 @@ class Book:
         self.funding_rate = Decimal(spec.funding_rate)
         self.base_rate = self.funding_rate
         self.rate_pinned = False
+        self.rate_cap = float(spec.funding_rate_cap or DEFAULT_FUNDING_CAP)   # the rate's bound, both ways
+        # the funding schedule, set by the engine: the spec's interval, else the simulator's; the next settlement
+        self.funding_interval_ms = 0
+        self.next_funding_ms = 0
+        self.funding_info_ms = 0   # when the interval or the cap was last set (fundingInfo's updateTime)
+        # listed by fundingInfo: an interval or a cap of its own (the spec's, or an interval changed since)
+        self.funding_listed = spec.funding_interval_hours is not None or spec.funding_rate_cap is not None
         self.frozen = False  # market stopped and silent
         self.status = "TRADING"   # exchangeInfo's; SETTLING, then CLOSE, once delisted (fleet/sim/delisting.py)
         self.delivery_ms = PERPETUAL_DELIVERY_MS   # deliveryDate: the settlement time once a delisting is announced

@@ -16,6 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fleet.sim.brackets import DEFAULT_BRACKETS, check_rows
 from fleet.sim.market import MarketParams
 
+# The rate's bound where a symbol sets no adjustedFundingRateCap (the simulator's; Binance's caps run from
+# a fraction of a percent for the majors to 3 % and more for small symbols)
+DEFAULT_FUNDING_CAP = "0.003"
+
 
 class SimConfigError(ValueError):
     """A simulator config that cannot be used; the message names the field."""
@@ -61,6 +65,12 @@ class SymbolSpec(_Model):
     taker_rate: float = Field(4.0, ge=0, description="synthetic taker arrivals per second")
     taker_mean_qty: float = Field(0.0, ge=0, description="mean synthetic taker size; 0 = ~5k notional")
     funding_rate: str = "0.0001"
+    funding_interval_hours: int | None = Field(
+        None, description="the symbol's own funding interval, a whole number of hours dividing 24 (Binance uses "
+                          "1, 2, 4 and 8; GET /fapi/v1/fundingInfo lists it); None = funding_interval_s")
+    funding_rate_cap: str | None = Field(
+        None, description="adjustedFundingRateCap; the floor is its negative (fundingInfo lists it); None = "
+                          f"{DEFAULT_FUNDING_CAP}, not listed")
     brackets: tuple[BracketSpec, ...] | None = Field(
         None, description="notional brackets, lowest first; None = Binance's BTCUSDT table (125x up to 50,000)")
 
@@ -69,6 +79,24 @@ class SymbolSpec(_Model):
     def _positive_decimal(cls, v: str) -> str:
         if Decimal(v) <= 0:
             raise ValueError(f"must be a positive decimal string, got {v!r}")
+        return v
+
+    @field_validator("funding_interval_hours")
+    @classmethod
+    def _funding_hours(cls, v: int | None) -> int | None:
+        if v is not None and (v <= 0 or 24 % v):
+            raise ValueError(f"must be a whole number of hours dividing 24 (1, 2, 4, 8...), got {v}")
+        return v
+
+    @field_validator("funding_rate_cap")
+    @classmethod
+    def _funding_cap(cls, v: str | None) -> str | None:
+        try:
+            ok = v is None or 0 < Decimal(v) < 1
+        except ArithmeticError:
+            ok = False
+        if not ok:
+            raise ValueError(f"must be a rate between 0 and 1, got {v!r}")
         return v
 
     @field_validator("market_step_size", "market_min_qty")

@@ -22,6 +22,7 @@ from fleet.sim.errors import SimApiError, check_number, int_param, invalid, miss
 from fleet.sim.frames import (render, render_account_update, render_agg, render_bt, render_continuous_kline,
                               render_depth, render_diff, render_kline, render_list, render_mark, render_mini_ticker,
                               render_order_update, render_ticker, render_trade, render_trade_lite, ticker_24h)
+from fleet.sim.funding import FundingSchedule
 from fleet.sim.history import backfill
 from fleet.sim.keys import ed25519_private_pem
 from fleet.sim.delisting import Delisting, not_trading
@@ -64,7 +65,7 @@ def _gone(last: dict[int, int], shown: set[int], now: dict[int, int], levels: li
     return [(p, 0) for p in maybe if p not in now and (deepest is None or (p - deepest) * deeper <= 0)]
 
 
-class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting):
+class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedule):
     """The exchange: call its methods with an account name, parameters and ``now_ms``."""
 
     def __init__(self, config: SimConfig, seed: int = 7, now_ms: int = 0,
@@ -111,13 +112,12 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting):
             self.by_key[key] = acct
         self.step_ms = config.step_ms
         self.next_step_ms = (now_ms // self.step_ms + 1) * self.step_ms
-        self.funding_interval_ms = int(config.funding_interval_s * 1000)
-        self.next_funding_ms = (now_ms // self.funding_interval_ms + 1) * self.funding_interval_ms
-        if self.replay is not None and self.replay.next_funding_ms < FAR_MS:
-            self.next_funding_ms = self.replay.next_funding_ms  # the recording's next funding time
+        self._init_funding(now_ms)   # every symbol's schedule (fleet/sim/funding.py)
+        if self.replay is not None:
+            self.replay.funding_known(self)   # the recording's next funding times
         if config.history and self.replay is None:   # the day before the start (fleet/sim/history.py)
             for b in self.books.values():
-                backfill(b, now_ms, b.model.params.volatility, self.funding_interval_ms, config.funding_rate_wander,
+                backfill(b, now_ms, b.model.params.volatility, b.funding_interval_ms, config.funding_rate_wander,
                          random.Random(f"{seed}:{b.symbol}:history"))
         self.next_mark_ms = (now_ms // config.mark_interval_ms + 1) * config.mark_interval_ms
         self.next_mark3_ms = (now_ms // 3000 + 1) * 3000
@@ -271,8 +271,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting):
             if t >= self.next_timed_ms:
                 self.publish_timed(t)
             if t >= self.next_funding_ms:
-                self.settle_funding(self.next_funding_ms)
-                self.next_funding_ms += self.funding_interval_ms
+                self.settle_due_funding(t)
             if t >= self.next_delivery_ms:
                 self.settle_due(t)
             self.next_step_ms += self.step_ms
@@ -676,16 +675,12 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting):
         want_all = all_stream in self.interest
         for b in self.books.values():
             if dt_s > 0 and not b.rate_pinned and self.config.funding_rate_wander > 0:
-                drift = self.rng.gauss(0.0, self.config.funding_rate_wander * math.sqrt(dt_s / 3600.0))
-                rev = (float(b.base_rate) - float(b.funding_rate)) * min(1.0, dt_s / 3600.0)
-                new = float(b.funding_rate) + drift + rev
-                new = max(-0.003, min(0.003, new))
-                b.funding_rate = Decimal(f"{new:.8f}")
+                self.wander_rate(b, dt_s)
             if b.frozen:
                 continue
             stream = b.lower + "@markPrice" + suffix
             if stream in self.interest or want_all:
-                frame = (render_mark, b, b.mark, b.funding_rate, self.next_funding_ms, t)
+                frame = (render_mark, b, b.mark, b.funding_rate, b.next_funding_ms, t)
                 if stream in self.interest:
                     self._emit_market(stream, frame)
                 arr.append(frame)
@@ -711,17 +706,6 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting):
         self._sweep_crossed(b, now)
         self._publish_book(b, now)
         return b.mid
-
-    def set_funding_rate(self, symbol: str, rate: str | None) -> None:
-        b = self.book(symbol)
-        if rate is None:
-            b.rate_pinned = False
-            return
-        try:
-            b.funding_rate = Decimal(str(rate))
-        except InvalidOperation as exc:
-            raise invalid("rate") from exc
-        b.rate_pinned = True
 
     def set_position(self, account: str, symbol: str, amount: str, entry_price: str | None, now: int) -> None:
         acct = self.account(account)
@@ -755,53 +739,6 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting):
                 b.price_held = frozen
             b.last_bt = None
         return [b.symbol for b in books]
-
-    # -- funding ----------------------------------------------------------------------------------
-
-    def settle_funding(self, t: int, symbol: str | None = None) -> list[dict[str, Any]]:
-        """Charge fee = -position x mark x rate to every open position; push FUNDING_FEE updates."""
-        charged = []
-        books = [self.book(symbol)] if symbol else list(self.books.values())
-        for b in books:
-            mark = b.mark_dec()
-            rate = b.funding_rate
-            b.funding_history.append({"symbol": b.symbol, "fundingRate": f"{rate:.8f}", "fundingTime": t,
-                                      "markPrice": f"{mark:f}", "rateType": "Regular"})
-            if len(b.funding_history) > 5000:
-                del b.funding_history[:1000]
-            asset = b.spec.margin_asset
-            for acct in self.accounts.values():
-                pos = acct.positions.get(b.symbol)
-                if pos is None or pos.amount == 0:
-                    continue
-                fee = q8(-(b.step * pos.amount) * mark * rate)
-                pos.funding += fee
-                pos.cost -= fee
-                acct.wallet[asset] = acct.wallet.get(asset, ZERO) + fee
-                self._income(acct, b.symbol, "FUNDING_FEE", fee, asset, t, "")
-                self._emit_funding(acct, b, pos, fee, t)
-                charged.append({"account": acct.name, "symbol": b.symbol, "fee": s8(fee),
-                                "mark_price": f"{mark:f}", "rate": f"{rate:.8f}",
-                                "position": b.qty_str(pos.amount)})
-        return charged
-
-    def _emit_funding(self, acct: Account, b: Book, pos: Position, fee: Decimal, t: int) -> None:
-        """The FUNDING_FEE ACCOUNT_UPDATE. Cross: the real frame (key order as captured), the margin asset
-        only, no symbol (a client attributes it through GET /fapi/v1/income: same time, asset and
-        amount). Isolated: the position's wallet pays it, and the frame carries that one position."""
-        asset = b.spec.margin_asset
-        if b.symbol in acct.isolated:
-            pos.isolated_wallet += fee
-            frame = render_account_update(b, "FUNDING_FEE", acct.wallet[asset], self.cross_wallet(acct, asset), fee,
-                                          pos.amount, pos.entry, pos.realized, b.mark, t, pos.isolated_wallet,
-                                          pos.break_even(b.step))["a"]
-        else:
-            wb = s8(acct.wallet[asset])
-            frame = {"B": [{"a": asset, "wb": wb, "cw": wb, "bc": s8(fee)}], "P": [], "m": "FUNDING_FEE"}
-        with_symbol = acct.funding_frame_symbol
-        if with_symbol if with_symbol is not None else self.config.funding_frame_symbol:
-            frame["S"] = b.symbol  # the 2026 SDK's "Symbol associated with FUNDING_FEE event"
-        self._emit_user(acct.name, {"e": "ACCOUNT_UPDATE", "T": t, "E": t, "a": frame})
 
     def _income(self, acct: Account, symbol: str, kind: str, amount: Decimal, asset: str, t: int,
                 trade_id: str) -> None:

@@ -87,7 +87,7 @@ class ExchangeGateway(RestHandlers):
         add("GET", v1 + "/ticker/bookTicker", self._book_ticker, NONE, lambda p: 2 if p.get("symbol") else 5)
         add("GET", v1 + "/premiumIndex", self._premium_index, NONE, lambda p: 1 if p.get("symbol") else 10)
         add("GET", v1 + "/fundingRate", self._funding_rate, NONE)
-        add("GET", v1 + "/fundingInfo", lambda a, p, n: [], NONE, 0)
+        add("GET", v1 + "/fundingInfo", lambda a, p, n: e.funding_info(), NONE, 0)
         add("GET", v1 + "/ticker/price", self._ticker_price, NONE, lambda p: 1 if p.get("symbol") else 2)
         add("GET", "/fapi/v2/ticker/price", self._ticker_price, NONE, lambda p: 1 if p.get("symbol") else 2)
         add("GET", v1 + "/ticker/24hr", self._ticker_24h, NONE, lambda p: 1 if p.get("symbol") else 40)

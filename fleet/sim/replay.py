@@ -322,13 +322,21 @@ class ReplayMarket:
             if at <= t:
                 e.settle_funding(at, symbol)
                 self.settled[symbol] = at
-                self.funding_at[symbol] = at + e.funding_interval_ms
+                self.funding_at[symbol] = at + e.books[symbol].funding_interval_ms
+        self._funding_changed(e)
+
+    def funding_known(self, e: Engine) -> None:
+        """The engine's books take the recording's next funding times (the model's where it has none)."""
         self._funding_changed(e)
 
     def _funding_changed(self, e: Engine | None) -> None:
         self.next_funding_ms = min(self.funding_at.values())
-        if e is not None and self.next_funding_ms < FAR_MS:
-            e.next_funding_ms = self.next_funding_ms
+        if e is not None:
+            for symbol, at in self.funding_at.items():
+                if at < FAR_MS:
+                    e.books[symbol].next_funding_ms = at
+            if self.next_funding_ms < FAR_MS:
+                e.next_funding_ms = self.next_funding_ms
 
     # -- lines --------------------------------------------------------------------------------------
 
@@ -440,7 +448,7 @@ class ReplayMarket:
     def _publish_mark(self, e: Engine, b: ReplayBook, t: int) -> None:
         interest = e.interest
         at = self.funding_at[b.symbol]
-        frame = (render_mark, b, b.mark, b.funding_rate, at if at < FAR_MS else e.next_funding_ms, t)
+        frame = (render_mark, b, b.mark, b.funding_rate, at if at < FAR_MS else b.next_funding_ms, t)
         streams = [(b.lower + "@markPrice@1s", "!markPrice@arr@1s")]
         if t >= self.mark3_due[b.symbol]:  # the 3 s stream: at most one frame per 3 s
             self.mark3_due[b.symbol] = t + 3000

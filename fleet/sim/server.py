@@ -26,7 +26,7 @@ input, 404 on an unknown route)::
                           "orders_expired", "orders_amended", "trades", "countdown_fired"},
              "listen_key_active", "markets": {SYM: {"mid", "mark_price", "bid", "ask", "regime",
                                    "funding_rate", "funding_pinned", "frozen", "price_held", "next_funding_time",
-                                   "funding_history"}},
+                                   "funding_interval_ms", "funding_history"}},
              "replay": null, or for a replayed market {"directory", "symbols", "start_ms", "shift_ms",
                        "position_ms", "lines_applied", "done", "malformed", "out_of_order", "cut_short",
                        "ignored"},
@@ -114,7 +114,13 @@ input, 404 on an unknown route)::
     POST /sim/market/jump    {"symbol": "ETHUSDC", "pct": -2.0}
          move the mid at once; resting orders the move crosses fill at their price -> {"mid": new mid}
          (a replayed market cannot jump: 400)
-    POST /sim/funding/rate   {"symbol": "ETHUSDC", "rate": "0.0005"}  pin the rate (null: wander again)
+    POST /sim/funding/rate   {"symbol": "ETHUSDC", "rate": "0.0005"}  pin the rate, within the symbol's
+         cap and floor (null: wander again)
+    POST /sim/funding/interval {"symbol": "ETHUSDC", "hours": 4, "next_ms": optional}  the exchange moves the
+         symbol to settle every 4 hours: the next settlement is the first whole multiple of the interval
+         after now (or next_ms); mark frames' T and premiumIndex follow at once, and GET
+         /fapi/v1/fundingInfo lists the symbol -> {"symbol", "fundingIntervalHours", "nextFundingTime"}
+         (fleet/sim/funding.py)
     POST /sim/funding/settle {"symbol": "ETHUSDC"}   settle now (symbol optional: all)
          -> {"charged": [{"account", "symbol", "fee", "mark_price", "rate", "position"}]}
          Each charge pushes the real cross-margin frame (Binance's captured example): no a.S, "P": [],

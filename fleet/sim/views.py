@@ -319,14 +319,11 @@ class EngineViews:
 
     # -- public views -------------------------------------------------------------------------------
 
-    def next_funding_time(self) -> int:
-        return self.next_funding_ms
-
     def premium_index(self, b: Book) -> dict[str, Any]:
         mark = f"{b.mark:.8f}"
         return {"symbol": b.symbol, "markPrice": mark, "indexPrice": f"{b.mark * INDEX_RATIO:.8f}",
                 "estimatedSettlePrice": f"{b.mark * INDEX_RATIO:.8f}", "lastFundingRate": f"{b.funding_rate:.8f}",
-                "interestRate": "0.00010000", "nextFundingTime": self.next_funding_ms, "time": self.now_ms}
+                "interestRate": "0.00010000", "nextFundingTime": b.next_funding_ms, "time": self.now_ms}
 
     def book_ticker(self, b: Book) -> dict[str, Any]:
         bb, ba = b.best_bid(), b.best_ask()
@@ -366,7 +363,8 @@ class EngineViews:
                               "status": b.status, "delivery_date": b.delivery_ms,
                               "regime": b.model.regime, "funding_rate": f"{b.funding_rate:.8f}",
                               "funding_pinned": b.rate_pinned, "frozen": b.frozen, "price_held": b.price_held,
-                              "next_funding_time": self.next_funding_ms,
+                              "next_funding_time": b.next_funding_ms,
+                              "funding_interval_ms": b.funding_interval_ms,
                               "funding_history": b.funding_history[-20:]} for b in books}
         return {"time": self.now_ms, "account": acct.name, "symbol": symbol.upper() if symbol else None,
                 "open_orders": orders, "positions": positions,
