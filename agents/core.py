@@ -257,7 +257,7 @@ class AgentCore:
             buy_limit = max(0, -pos - other_b) if pos < 0 else 0
             sell_limit = max(0, pos - other_s) if pos > 0 else 0
         return self.strategy.quote(
-            m.mid, pos, other_b, other_s, s.funding.predicted_funding, m.bid, m.ask, buy_limit, sell_limit
+            m.mid, pos, other_b, other_s, s.funding.shift_rate, m.bid, m.ask, buy_limit, sell_limit
         )
 
     def _enforce_cap_into(self, cancels: list[Cancel], amends: list[Amend]) -> None:
@@ -498,6 +498,7 @@ class AgentCore:
             "unrealized_pnl": s.unrealized_pnl(),
             "funding_pnl": s.funding_pnl,
             "predicted_funding_rate": s.predicted_funding,
+            "funding_interval_s": s.funding.interval_ms // 1000,
             "price_stddev_30m": s.price_stddev_30m(),
             "quote_suppressed": bool(lad.suppressed) if lad else False,
             "grind_count": self.grinding.count_total,

@@ -27,6 +27,12 @@ side (``MarginHold``). Said once as the WARNING event ``cap_beyond_leverage``, a
 for a symbolConfig the exchange does not answer. New brackets (``!contractInfo`` with ``bks``) or a
 leverage changed (``ACCOUNT_CONFIG_UPDATE`` naming the symbol) read it again.
 
+So is the symbol's funding interval: ``GET /fapi/v1/fundingInfo`` lists the symbols that do not settle
+every 8 hours, and the quotes' funding shift scales the predicted rate to 8 hours by it
+(agents/funding.py). The exchange moves a symbol to another interval with little notice; a mark
+frame's next settlement time that is not the last one plus the interval reads it again (at most once
+a minute), and a change is said (WARNING event ``funding_interval``; ``mm_funding_interval_seconds``).
+
 A part of :class:`agents.agent.SymbolAgent`.
 """
 
@@ -48,6 +54,8 @@ if TYPE_CHECKING:
     from .agent import SymbolAgent
 
 TRADING = "TRADING"
+HOUR_MS = 3_600_000
+FUNDING_REREAD_GAP_MS = 60_000   # fundingInfo read again after the schedule moved, at most this often
 
 
 def _utc(ms: int) -> str:
@@ -64,6 +72,7 @@ class ContractWatch:
         self.not_trading: str | None = None     # why the symbol was halted as no longer trading
         self.allowance: SymbolConfig | None = None   # the leverage and its maxNotionalValue, read at the start
         self._allowance_said = False
+        self._funding_read_ms = -FUNDING_REREAD_GAP_MS   # exchange ms of the last read the schedule asked for
 
     def at_start(self, filters: SymbolFilters) -> None:
         """exchangeInfo at the start: a symbol that is not TRADING refuses the start (BinanceError
@@ -84,6 +93,23 @@ class ContractWatch:
             return
         self.allowance = cfg
         a.metrics.leverage, a.metrics.max_notional = cfg.leverage, float(cfg.max_notional)
+
+    async def read_funding(self, client: BinanceClient, why: str) -> None:
+        """fundingInfo: the symbol's funding interval (8 hours when it is not listed), into the funding
+        book; a change is said. An unanswered read keeps the interval known (8 hours at the start)."""
+        a = self.agent
+        try:
+            terms = await client.funding_terms(a.symbol)
+        except Exception as exc:  # noqa: BLE001 - the next move of the schedule reads it again
+            a.log.event("funding_info_unread", f"fundingInfo not read ({why}): {exc!r}", level=logging.WARNING)
+            return
+        if a.core is None:
+            return
+        hours = terms.interval_hours if terms is not None else 8
+        if a.core.store.funding.set_interval(hours * HOUR_MS):
+            a.log.event("funding_interval", f"{a.symbol} settles funding every {hours} h ({why}): the quotes' "
+                        f"funding shift takes the predicted rate x{8 / hours:g}",
+                        level=logging.INFO if why == "start" else logging.WARNING)
 
     def allowance_changed(self, why: str) -> None:
         """New brackets, or a leverage changed: symbolConfig read again, the cap checked again."""
@@ -152,6 +178,11 @@ class ContractWatch:
         settlement, flatten, once."""
         self.check_allowance()
         a = self.agent
+        funding = a.core.store.funding if a.core is not None else None
+        if (funding is not None and funding.schedule_moved and a.client is not None
+                and now_ms - self._funding_read_ms >= FUNDING_REREAD_GAP_MS):
+            funding.schedule_moved, self._funding_read_ms = False, now_ms
+            a.tasks.spawn(self.read_funding(a.client, "its next funding time moved"), "funding-info")
         at, lead = self.settles_at_ms, a.runtime.delisting_exit_lead_sec
         if at is None or self.exiting or a.core is None or lead <= 0 or now_ms < at - lead * 1000 or self.closed():
             return

@@ -1,4 +1,4 @@
-"""Funding of one symbol: the exchange's estimate, its EMA prediction, and the fees booked once.
+"""Funding of one symbol: the exchange's estimate, its EMA prediction, its interval, and the fees booked once.
 
 The estimate (markPrice stream, every second) is sampled into the EMA prediction once per
 ``funding.predict_sample_sec`` (60 s), with weight ``predict_alpha``. Funding P&L is booked from the
@@ -6,6 +6,15 @@ exchange's fees: a FUNDING_FEE frame that names this symbol (``a.S``), or, for t
 frame that names none, the account's FUNDING_FEE income rows that the runtime reads when asked
 (``lookup_start`` / ``on_income``), once per ``tranId``. A fee seen both ways (a frame naming the
 symbol and its income row) is booked once: the two are paired by amount within ``FUNDING_MATCH_MS``.
+
+A rate is per funding interval, and intervals differ: most symbols settle every 8 hours, many every 4,
+some every 2 or every hour, and the exchange moves a symbol between them when its rate runs to the cap
+(``GET /fapi/v1/fundingInfo`` lists the symbols that do not settle every 8 hours). The same 0.01 % costs
+a position eight times as much a day on an hourly symbol. ``funding.sensitivity`` is tuned on 8 hours,
+so the quotes' funding shift takes the prediction scaled to 8 hours (``shift_rate``); the prediction
+and ``mm_predicted_funding_rate`` stay in the exchange's units. The interval is the runtime's to read
+(at the start, and when a mark frame's next settlement time ``T`` is not the last one plus the interval:
+the schedule moved, ``schedule_moved``).
 """
 
 from __future__ import annotations
@@ -18,6 +27,9 @@ from typing import Any, Iterable
 from fleet.config import SymbolParams
 
 _FUNDING_KEEP = 512
+HOUR_MS = 3_600_000
+# the interval the funding parameters speak of (Binance's default); a symbol not in fundingInfo settles so
+REFERENCE_INTERVAL_MS = 8 * HOUR_MS
 # A frame and the income row of one funding fee carry the same settlement time (the simulator: the
 # same millisecond); fees of one symbol are at least the funding interval apart.
 FUNDING_MATCH_MS = 5_000
@@ -47,6 +59,10 @@ class FundingBook:
         self._booked: deque[list[Any]] = deque(maxlen=_FUNDING_KEEP)
         self._income_seen: OrderedDict[int, None] = OrderedDict()  # income tranIds already booked
         self._lookups: deque[int] = deque(maxlen=_FUNDING_LOOKUPS_KEEP)  # times of symbol-less fees
+        self.interval_ms = REFERENCE_INTERVAL_MS   # as the runtime last read it (fundingInfo)
+        self.next_funding_ms = 0                   # the next settlement, as the mark frames last said
+        self.schedule_moved = False                # a next settlement off the interval: the runtime reads it again
+        self._last_step = 0                        # the last move of the next settlement time
 
     def _configure(self, params: SymbolParams) -> None:
         self._sample_ms = int(params.funding.predict_sample_sec * 1000)
@@ -72,6 +88,35 @@ class FundingBook:
                 a = self._alpha
                 self.predicted_funding = a * rate + (1.0 - a) * self.predicted_funding
             self._samples += 1
+
+    @property
+    def shift_rate(self) -> float:
+        """The predicted rate over the 8 hours ``funding.sensitivity`` is tuned on."""
+        return self.predicted_funding * (REFERENCE_INTERVAL_MS / self.interval_ms)
+
+    # ------------------------------------------------------------------ the schedule
+
+    def set_interval(self, interval_ms: int) -> bool:
+        """The symbol's funding interval, as the exchange lists it. Returns whether it changed."""
+        if interval_ms <= 0 or interval_ms == self.interval_ms:
+            return False
+        self.interval_ms = interval_ms
+        return True
+
+    def on_schedule(self, next_ms: int) -> None:
+        """A mark frame's next settlement time (``T``): a move that is neither the interval nor the move
+        before it means the interval may have changed (or frames were lost across a settlement). A
+        schedule fundingInfo cannot state (an exchange settling every few seconds, in tests) is read
+        once, not at every settlement."""
+        prev = self.next_funding_ms
+        if next_ms <= 0 or next_ms == prev:
+            return
+        self.next_funding_ms = next_ms
+        if prev:
+            step = next_ms - prev
+            if step != self.interval_ms and step != self._last_step:
+                self.schedule_moved = True
+            self._last_step = step
 
     # ------------------------------------------------------------------ fees
 

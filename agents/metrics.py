@@ -184,6 +184,8 @@ class AgentMetrics:
         )
         yield gauge("mm_funding_pnl_acc", "funding P&L summed from FUNDING_FEE balance changes", s.funding_pnl)
         yield gauge("mm_predicted_funding_rate", "EMA prediction of the next funding rate", s.predicted_funding)
+        yield gauge("mm_funding_interval_seconds", "the symbol's funding interval as the exchange lists it (the "
+                    "quotes' funding shift scales the predicted rate to 8 hours)", s.funding.interval_ms / 1000)
         c = CounterMetricFamily("mm_grind_count", "grinds fired", labels=["symbol"])
         c.add_metric([self.symbol], float(eng.count_total))
         yield c

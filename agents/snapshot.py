@@ -39,6 +39,7 @@ def build_status(agent: SymbolAgent) -> dict[str, Any]:
         "kill_state": core.halt_state if core else (agent.grant.kill_state if agent.grant else KillState.RUNNING),
         "halt_reason": core.guard.halt_reason if core else "",   # why halted or flattening ("" when running)
         "settles_at_ms": agent.contract.settles_at_ms,   # a delisting the exchange announced (None: none)
+        "funding_interval_s": core.store.funding.interval_ms // 1000 if core else None,   # as fundingInfo lists it
         "blocks": sorted(agent.blocks),
         "user_stream_connected": agent.user.connected,
         "market_stream_connected": agent.market.connected,

@@ -47,9 +47,10 @@ class Starter:
         await client.sync_time()
         a.filters = await client.symbol_filters(a.symbol)
         a.contract.at_start(a.filters)   # not TRADING: a fatal start; a delisting announced: noted
-        await a.contract.read_allowance(client)
         if a.core is None:
             self._build_core()
+        # the exchange's terms, read together: the leverage's allowance (symbolConfig) and the funding interval
+        await asyncio.gather(a.contract.read_allowance(client), a.contract.read_funding(client, "start"))
         await a.user.connect()
         await self.resync(initial=True)
         await self.cancel_older_epochs()

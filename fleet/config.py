@@ -72,7 +72,10 @@ class WorstCaseParams(_Model):
 
 
 class FundingParams(_Model):
-    sensitivity: float = Field(2.2, ge=0)
+    sensitivity: float = Field(
+        2.2, ge=0, description="the quotes' center moves by this times the predicted rate, scaled to 8 hours "
+                               "(a symbol settling every hour counts its rate 8 times)"
+    )
     predict_alpha: float = Field(0.25, gt=0, le=1)
     predict_sample_sec: float = Field(
         60.0, gt=0, description="the EMA prediction takes one sample of the exchange's estimate this often"

@@ -36,7 +36,7 @@ AUDITED = frozenset({
     "old_epoch_cancel", "funding_booked", "asking_owner",
     # what the exchange did to the account or the symbol, and what the agent made of it
     "liquidated", "deleveraged", "margin_call", "margin_short", "settled", "symbol_not_trading",
-    "delisting_scheduled", "delisting_exit", "delisting_cancelled", "cap_beyond_leverage",
+    "delisting_scheduled", "delisting_exit", "delisting_cancelled", "cap_beyond_leverage", "funding_interval",
 })
 ORDER_REASON_EVENTS = {"drawdown": "drawdown_cut", "grind": "grind", "grind_reentry": "grind_reentry",
                        "flatten": "flatten_order"}

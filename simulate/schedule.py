@@ -11,6 +11,7 @@ A list of events, each with a time from the run's start (``at``: seconds, or ``9
     - {at: 7h, do: funding_rate, symbol: ETHUSDC, rate: "0.0008"}   # null: wander again
     - {at: 8h, do: latency, ms: 300}                # REST latency from now on (0: back to the config's)
     - {at: 9h, do: delist, symbol: ETHUSDC, in: 2h}   # announced now, settled by the exchange 2 h later
+    - {at: 10h, do: funding_interval, symbol: ETHUSDC, hours: 1}   # funding every hour from the next whole hour
 
 ``rest_fault`` takes the fields of the simulator's ``POST /sim/fault/rest`` (mode, count, path,
 method, answer, status, delay_ms, hold_ms, entries, entry). A bad file is refused before the run
@@ -52,7 +53,8 @@ class Event(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     at: float = Field(..., ge=0, description="seconds from the run's start")
-    do: Literal["drop", "rest_fault", "jump", "freeze", "expire_listen_key", "funding_rate", "latency", "delist"]
+    do: Literal["drop", "rest_fault", "jump", "freeze", "expire_listen_key", "funding_rate", "latency", "delist",
+                "funding_interval"]
 
     @field_validator("at", mode="before")
     @classmethod
@@ -105,6 +107,8 @@ def _check(ev: Event) -> None:
         raise ValueError("ms must be >= 0")
     elif ev.do == "delist" and parse_duration(a.get("in", "1h")) <= 0:
         raise ValueError("in must be a duration after the announcement")
+    elif ev.do == "funding_interval" and (type(a.get("hours")) is not int or a["hours"] <= 0 or 24 % a["hours"]):
+        raise ValueError(f"hours must be a whole number of hours dividing 24 (1, 2, 4, 8...), got {a.get('hours')!r}")
 
 
 def _symbol(ex: LocalExchange, args: dict[str, Any]) -> str:
@@ -135,6 +139,8 @@ def apply(ev: Event, ex: LocalExchange, now_ms: int) -> None:
         ex.latency = (ms, a.get("path")) if ms else (ex.config.rest_latency_ms, None)
     elif ev.do == "delist":
         e.schedule_delisting(_symbol(ex, a), now_ms + int(parse_duration(a.get("in", "1h")) * 1000), now_ms)
+    elif ev.do == "funding_interval":
+        e.set_funding_interval(_symbol(ex, a), a["hours"], now_ms)
     ex._flush()
 
 

@@ -45,6 +45,7 @@ from .models import (
     BookTop,
     CommissionRate,
     DepthSnapshot,
+    FundingTerms,
     ModifyRequest,
     OrderInfo,
     OrderRequest,
@@ -637,6 +638,20 @@ class BinanceClient(RestCore):
                 return SymbolConfig(symbol=symbol, margin_type=str(row.get("marginType", "")),
                                     leverage=int(row["leverage"]), max_notional=_dec(row["maxNotionalValue"]))
         raise BinanceError(ErrorCode.BAD_SYMBOL, f"symbolConfig has no row for {symbol!r}", None)
+
+    async def funding_terms(self, symbol: str) -> FundingTerms | None:
+        """The symbol's own funding interval, cap and floor (fundingInfo); None: it has none, it settles
+        every 8 hours. A row whose interval is not a positive whole number of hours is a ValueError."""
+        data = await self._request(ep.FUNDING_INFO)
+        for row in data if isinstance(data, list) else ():
+            if isinstance(row, dict) and row.get("symbol") == symbol:
+                hours = row.get("fundingIntervalHours")
+                if type(hours) is not int or hours <= 0:
+                    raise ValueError(f"fundingInfo's fundingIntervalHours for {symbol} is {hours!r}")
+                return FundingTerms(symbol=symbol, interval_hours=hours,
+                                    cap=_dec(row.get("adjustedFundingRateCap", "0")),
+                                    floor=_dec(row.get("adjustedFundingRateFloor", "0")))
+        return None
 
     async def set_leverage(self, symbol: str, leverage: int) -> dict[str, Any]:
         if not 1 <= int(leverage) <= 125:

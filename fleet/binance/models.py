@@ -242,6 +242,17 @@ class SymbolConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FundingTerms:
+    """GET /fapi/v1/fundingInfo, one symbol's row: its funding interval and the rate's cap and floor.
+    Only symbols with terms of their own are listed; the others settle every 8 hours."""
+
+    symbol: str
+    interval_hours: int
+    cap: Decimal
+    floor: Decimal
+
+
+@dataclass(frozen=True, slots=True)
 class BookTop:
     """REST bookTicker: best bid/ask as strings turned into Decimal."""
 

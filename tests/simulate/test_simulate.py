@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.config import load_fleet_config
+from fleet.config import load_fleet_config, symbol_params
 from simulate.report import CHART_NAMES, chart_id, write_report
 from simulate.run import RunOptions, simulate
 from simulate.schedule import ScheduleError, load_schedule
@@ -100,6 +100,28 @@ def test_a_delisting_announced_while_the_market_stream_is_down_is_read_from_exch
     assert any("exchangeInfo after a market stream gap" in line for line in result.log_tail)
     assert not any("settles ETHUSDC at" in line and "(contractInfo)" in line for line in result.log_tail)
     assert any("flattening now" in line for line in result.log_tail)
+
+
+def test_a_symbol_moved_to_hourly_funding_is_read_again_and_its_quotes_shift_by_the_hourly_rate():
+    """The rate pinned at 0.02 % an interval; at 3 min the exchange moves ETHUSDC from 8-hourly (here
+    every 30 s) to hourly funding: the agent reads fundingInfo again and its bids sit lower against the
+    mid by about sensitivity x 0.02 % x 7 (the rate now counts 8 times)."""
+    schedule = load_schedule([{"at": 0, "do": "funding_rate", "symbol": "ETHUSDC", "rate": "0.0002"},
+                              {"at": "3m", "do": "funding_interval", "symbol": "ETHUSDC", "hours": 1}])
+    result = _run(7, seed=3, schedule=schedule)
+    s, t = result.symbols[0].samples, result.symbols[0].table
+    start = s.t_ms[0]
+
+    def bid_over_mid(lo: float, hi: float) -> float:
+        ratios = sorted(s.bid_quote[i] / s.mid[i] for i, ms in enumerate(s.t_ms)
+                        if lo * 60_000 <= ms - start < hi * 60_000 and s.bid_quote[i] is not None)
+        assert ratios, (lo, hi)
+        return ratios[len(ratios) // 2]
+
+    expected = symbol_params(CFG, "ETHUSDC", CONFIG).funding.sensitivity * 0.0002 * 7
+    assert bid_over_mid(1, 3) - bid_over_mid(4, 7) == pytest.approx(expected, rel=0.3)
+    assert any("settles funding every 1 h (its next funding time moved)" in line for line in result.log_tail)
+    assert t["open_orders_after_stop"] == 0
 
 
 def test_planned_stream_swaps_keep_the_agent_in_step():

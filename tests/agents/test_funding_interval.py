@@ -1,0 +1,66 @@
+"""The funding interval: the quotes' funding shift scales the predicted rate to the 8 hours the
+parameters speak of, and a next settlement time off the interval asks the runtime to read it again."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.core import AgentCore
+from agents.funding import HOUR_MS, FundingBook
+from fleet.binance.events import MarkPrice
+
+from .test_core_support import SYMBOL, book, eth_filters, seed_params
+
+
+def _mark(price: float, t: int, rate: float, next_ms: int) -> MarkPrice:
+    return MarkPrice(SYMBOL, t, price, price, price, rate, next_ms)
+
+
+@pytest.mark.parametrize("hours, scale", [(8, 1.0), (4, 2.0), (1, 8.0)])
+def test_the_quotes_center_takes_the_predicted_rate_scaled_to_8_hours(hours, scale):
+    params = seed_params()
+    core = AgentCore(SYMBOL, params, eth_filters(), 1)
+    assert core.store.funding.set_interval(hours * HOUR_MS) is (hours != 8)
+    rate, mid = 0.0002, 3000.0
+    core.on_event(book(mid, t=1_000), 1_000)
+    core.on_event(_mark(mid, 1_000, rate, 8 * HOUR_MS), 1_000)
+    core.quote(1_000)
+    ladder = core.last_ladder
+    assert ladder is not None
+    assert core.store.predicted_funding == rate   # the exchange's units
+    assert ladder.center == pytest.approx(mid * (1 - params.funding.sensitivity * rate * scale))
+    assert core.status()["funding_interval_s"] == hours * 3600
+
+
+def test_a_schedule_on_its_interval_asks_nothing_a_moved_one_asks_once():
+    f = FundingBook(seed_params())
+    t0 = 10 * 8 * HOUR_MS
+    for i in range(3):   # settlements every 8 hours, each frame repeating the next time
+        f.on_schedule(t0 + i * 8 * HOUR_MS)
+        f.on_schedule(t0 + i * 8 * HOUR_MS)
+    assert not f.schedule_moved
+    f.on_schedule(t0 + 2 * 8 * HOUR_MS - 4 * HOUR_MS)   # moved before its time: an interval of 4 hours
+    assert f.schedule_moved
+    f.schedule_moved = False
+    assert f.set_interval(4 * HOUR_MS) and not f.set_interval(4 * HOUR_MS)
+    f.on_schedule(f.next_funding_ms + 4 * HOUR_MS)
+    assert not f.schedule_moved
+    f.on_schedule(0)   # a frame without its T says nothing
+    assert not f.schedule_moved and f.next_funding_ms > 0
+
+
+def test_frames_lost_across_settlements_ask_once_and_a_schedule_fundinginfo_cannot_state_asks_once():
+    f = FundingBook(seed_params())
+    f.on_schedule(8 * HOUR_MS)
+    f.on_schedule(24 * HOUR_MS)   # two settlements passed unseen
+    assert f.schedule_moved
+    f.schedule_moved = False
+    f.on_schedule(32 * HOUR_MS)
+    assert not f.schedule_moved
+    g = FundingBook(seed_params())   # an exchange settling every 30 s (the demo's simulator)
+    for i in range(1, 6):
+        g.on_schedule(i * 30_000)
+        if i == 2:
+            assert g.schedule_moved
+            g.schedule_moved = False
+    assert not g.schedule_moved and g.interval_ms == 8 * HOUR_MS
