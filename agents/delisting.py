@@ -31,7 +31,9 @@ So is the symbol's funding interval: ``GET /fapi/v1/fundingInfo`` lists the symb
 every 8 hours, and the quotes' funding shift scales the predicted rate to 8 hours by it
 (agents/funding.py). The exchange moves a symbol to another interval with little notice; a mark
 frame's next settlement time that is not the last one plus the interval reads it again (at most once
-a minute), and a change is said (WARNING event ``funding_interval``; ``mm_funding_interval_seconds``).
+a minute, and again while the schedule moves by another interval than the one listed, or after a read
+that failed), as does an hourly check (a change that did not move the next settlement time); a change
+is said (event ``funding_interval``: INFO at the start, WARNING after; ``mm_funding_interval_seconds``).
 
 A part of :class:`agents.agent.SymbolAgent`.
 """
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
 TRADING = "TRADING"
 HOUR_MS = 3_600_000
 FUNDING_REREAD_GAP_MS = 60_000   # fundingInfo read again after the schedule moved, at most this often
+FUNDING_REREAD_EVERY_MS = 3_600_000   # and at least this often: a change that did not move the next time
 
 
 def _utc(ms: int) -> str:
@@ -73,6 +76,7 @@ class ContractWatch:
         self.allowance: SymbolConfig | None = None   # the leverage and its maxNotionalValue, read at the start
         self._allowance_said = False
         self._funding_read_ms = -FUNDING_REREAD_GAP_MS   # exchange ms of the last read the schedule asked for
+        self._funding_checked_ms = 0                     # exchange ms of the last read of any kind
 
     def at_start(self, filters: SymbolFilters) -> None:
         """exchangeInfo at the start: a symbol that is not TRADING refuses the start (BinanceError
@@ -98,18 +102,24 @@ class ContractWatch:
         """fundingInfo: the symbol's funding interval (8 hours when it is not listed), into the funding
         book; a change is said. An unanswered read keeps the interval known (8 hours at the start)."""
         a = self.agent
+        self._funding_checked_ms = a.exchange_ms()
         try:
             terms = await client.funding_terms(a.symbol)
-        except Exception as exc:  # noqa: BLE001 - the next move of the schedule reads it again
+        except Exception as exc:  # noqa: BLE001 - read again a minute on (the watchdog's check)
             a.log.event("funding_info_unread", f"fundingInfo not read ({why}): {exc!r}", level=logging.WARNING)
+            if a.core is not None:
+                a.core.store.funding.schedule_moved = True
             return
         if a.core is None:
             return
+        funding = a.core.store.funding
         hours = terms.interval_hours if terms is not None else 8
-        if a.core.store.funding.set_interval(hours * HOUR_MS):
+        if funding.set_interval(hours * HOUR_MS):
             a.log.event("funding_interval", f"{a.symbol} settles funding every {hours} h ({why}): the quotes' "
                         f"funding shift takes the predicted rate x{8 / hours:g}",
                         level=logging.INFO if why == "start" else logging.WARNING)
+        if funding.unexplained():   # the schedule moved by another interval than the one listed: not yet listed?
+            funding.schedule_moved = True
 
     def allowance_changed(self, why: str) -> None:
         """New brackets, or a leverage changed: symbolConfig read again, the cap checked again."""
@@ -179,10 +189,13 @@ class ContractWatch:
         self.check_allowance()
         a = self.agent
         funding = a.core.store.funding if a.core is not None else None
-        if (funding is not None and funding.schedule_moved and a.client is not None
-                and now_ms - self._funding_read_ms >= FUNDING_REREAD_GAP_MS):
-            funding.schedule_moved, self._funding_read_ms = False, now_ms
-            a.tasks.spawn(self.read_funding(a.client, "its next funding time moved"), "funding-info")
+        if funding is not None and a.client is not None:
+            if funding.schedule_moved and now_ms - self._funding_read_ms >= FUNDING_REREAD_GAP_MS:
+                funding.schedule_moved, self._funding_read_ms = False, now_ms
+                a.tasks.spawn(self.read_funding(a.client, "its next funding time moved"), "funding-info")
+            elif now_ms - self._funding_checked_ms >= FUNDING_REREAD_EVERY_MS:
+                self._funding_checked_ms = now_ms
+                a.tasks.spawn(self.read_funding(a.client, "the hourly check"), "funding-info")
         at, lead = self.settles_at_ms, a.runtime.delisting_exit_lead_sec
         if at is None or self.exiting or a.core is None or lead <= 0 or now_ms < at - lead * 1000 or self.closed():
             return

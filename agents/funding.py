@@ -30,6 +30,7 @@ _FUNDING_KEEP = 512
 HOUR_MS = 3_600_000
 # the interval the funding parameters speak of (Binance's default); a symbol not in fundingInfo settles so
 REFERENCE_INTERVAL_MS = 8 * HOUR_MS
+DAY_MS = 24 * HOUR_MS
 # A frame and the income row of one funding fee carry the same settlement time (the simulator: the
 # same millisecond); fees of one symbol are at least the funding interval apart.
 FUNDING_MATCH_MS = 5_000
@@ -117,6 +118,12 @@ class FundingBook:
             if step != self.interval_ms and step != self._last_step:
                 self.schedule_moved = True
             self._last_step = step
+
+    def unexplained(self) -> bool:
+        """The last move of the next settlement time is an interval Binance uses (whole hours dividing
+        24) other than the one read: fundingInfo has not caught up yet, so it is read again."""
+        step = self._last_step
+        return step > 0 and step != self.interval_ms and step % HOUR_MS == 0 and DAY_MS % step == 0
 
     # ------------------------------------------------------------------ fees
 

@@ -85,6 +85,7 @@ class GeometricV2:
         self.max_price_ticks = filters.price_ticks_floor(filters.max_price) if filters.max_price > 0 else 1 << 62
         self.min_price_ticks = max(1, filters.price_ticks_ceil(filters.min_price)) if filters.min_price > 0 else 1
         self.sensitivity = params.funding.sensitivity
+        self.max_shift = params.funding.max_shift
         self._last_key: tuple | None = None
         self._last = EMPTY_LADDER
         # Per layer: (index, price multiplier, base size x layer decay), one tuple per side.
@@ -123,7 +124,10 @@ class GeometricV2:
                buy_limit_steps, sell_limit_steps)
         if key == self._last_key:
             return self._last  # a still book: the same inputs give the same ladder
-        center = mid * (1.0 - self.sensitivity * predicted_funding_rate)
+        shift = self.sensitivity * predicted_funding_rate
+        if not -self.max_shift <= shift <= self.max_shift:
+            shift = self.max_shift if shift > 0 else -self.max_shift
+        center = mid * (1.0 - shift)
         center_ticks = center * self.inv_tick
         worst_long = position_steps + other_buy_steps
         worst_short = position_steps - other_sell_steps

@@ -76,6 +76,10 @@ class FundingParams(_Model):
         2.2, ge=0, description="the quotes' center moves by this times the predicted rate, scaled to 8 hours "
                                "(a symbol settling every hour counts its rate 8 times)"
     )
+    max_shift: float = Field(
+        0.01, gt=0, lt=0.5, description="the most the funding shift moves the quotes' center, a fraction of the mid "
+                                        "(an hourly symbol's rate near its cap would move it by tens of percent)"
+    )
     predict_alpha: float = Field(0.25, gt=0, le=1)
     predict_sample_sec: float = Field(
         60.0, gt=0, description="the EMA prediction takes one sample of the exchange's estimate this often"

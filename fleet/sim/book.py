@@ -145,10 +145,11 @@ class Book:
         self.next_order_id = base_order_id
         self.update_id = 1_000_000
         self.agg_id = 1
-        self.funding_rate = Decimal(spec.funding_rate)
+        cap = Decimal(spec.funding_rate_cap or DEFAULT_FUNDING_CAP)
+        self.rate_cap = float(cap)   # the rate's bound, both ways
+        self.funding_rate = max(-cap, min(cap, Decimal(spec.funding_rate)))
         self.base_rate = self.funding_rate
         self.rate_pinned = False
-        self.rate_cap = float(spec.funding_rate_cap or DEFAULT_FUNDING_CAP)   # the rate's bound, both ways
         # the funding schedule, set by the engine: the spec's interval, else the simulator's; the next settlement
         self.funding_interval_ms = 0
         self.next_funding_ms = 0

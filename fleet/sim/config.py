@@ -92,11 +92,11 @@ class SymbolSpec(_Model):
     @classmethod
     def _funding_cap(cls, v: str | None) -> str | None:
         try:
-            ok = v is None or 0 < Decimal(v) < 1
+            ok = v is None or Decimal("0.00000001") <= Decimal(v) < 1
         except ArithmeticError:
             ok = False
         if not ok:
-            raise ValueError(f"must be a rate between 0 and 1, got {v!r}")
+            raise ValueError(f"must be a rate from 0.00000001 up to 1, got {v!r}")
         return v
 
     @field_validator("market_step_size", "market_min_qty")

@@ -11,11 +11,14 @@ on a symbol settling every hour as on one settling every 8 hours.
 
 Here a symbol's spec may set ``funding_interval_hours`` and ``funding_rate_cap`` (the floor is its
 negative); otherwise it settles every ``funding_interval_s`` of the simulator (tests use seconds) and
-its rate stays within the simulator's bound, and fundingInfo does not list it. At each settlement
+its rate stays within the simulator's bound, and fundingInfo does not list it (nor a symbol whose
+interval is not a whole number of hours: fundingInfo cannot state it). At each settlement
 every open position pays or receives ``-position x mark x rate`` (``ACCOUNT_UPDATE`` ``FUNDING_FEE`` and
 an income row). ``POST /sim/funding/interval {"symbol", "hours"[, "next_ms"]}`` changes a symbol's
 interval as the exchange does: the next settlement becomes the first whole multiple of the new
-interval after now (or ``next_ms``), and fundingInfo lists the symbol from then on.
+interval after now (or ``next_ms``), and fundingInfo lists the symbol from then on; a settlement due
+at that very time is made first. A replayed market's funding times are the recording's
+(fleet/sim/replay.py): its intervals are not changed, they are learnt from the recorded times.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from fleet.sim.orders import Account, Position
 from fleet.sim.units import ZERO, q8, s8
 
 HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
 FUNDING_HISTORY_KEPT = 5000
 
 
@@ -50,6 +54,7 @@ class FundingSchedule:
     _income: Callable[..., None]
     book: Callable[[str | None], Book]
     rng: Any
+    replay: Any
 
     def _init_funding(self, now_ms: int) -> None:
         """Every book's interval (its spec's, else the simulator's) and its next settlement, aligned to
@@ -88,6 +93,8 @@ class FundingSchedule:
         """The exchange moves ``symbol`` to settle every ``hours``: its next settlement is the first whole
         multiple of the new interval after ``now`` (or ``next_ms``); fundingInfo lists it from now on."""
         b = self.book(symbol)
+        if self.replay is not None:
+            raise ValueError("a replayed market's funding times are the recording's")
         if type(hours) is not int or hours <= 0 or 24 % hours:
             raise ValueError(f"hours must be a whole number of hours dividing 24 (1, 2, 4, 8...), got {hours!r}")
         interval = hours * HOUR_MS
@@ -95,6 +102,8 @@ class FundingSchedule:
             next_ms = (now // interval + 1) * interval
         elif type(next_ms) is not int or next_ms <= now:
             raise ValueError(f"next_ms must be a time after now ({now}), got {next_ms!r}")
+        if b.next_funding_ms <= now:   # a settlement due at this very time is not skipped by the change
+            self.settle_due_funding(now)
         b.funding_interval_ms, b.next_funding_ms, b.funding_info_ms = interval, next_ms, now
         b.funding_listed = True
         self._funding_due()

@@ -14,8 +14,10 @@ whose clock starts at the recording's start sees the recorded times unchanged):
   the recorded size ahead of our orders at that price, then fills them in time order; our orders at a
   better price than the trade's (the trade went through them) fill in full.
 - markPrice: the mark price, the funding rate and the next funding time; funding settles at the
-  recorded next funding time with the latest rate (then every ``funding_interval_s`` until a frame
-  names another time).
+  recorded next funding time with the latest rate (then every interval until a frame names another
+  time: the symbol's, as the step of the recorded times after a settlement shows it, else the spec's
+  ``funding_interval_hours`` or ``funding_interval_s``; fundingInfo lists a recorded symbol that does
+  not settle every 8 hours).
 
 Not modelled: depth beyond the touch (the levels behind it are the simulator's synthetic profile, for
 our own market orders), and our own impact (what our orders take from the book lasts until the next
@@ -34,6 +36,7 @@ from fleet.sim.book import Book
 from fleet.sim.config import SimConfig, SymbolSpec
 from fleet.sim.errors import SimApiError
 from fleet.sim.frames import render_list, render_mark
+from fleet.sim.funding import DAY_MS, HOUR_MS
 from fleet.sim.orders import Order
 from fleet.sim.recording import BOOK, MARK, TRADE, Line, ReadStats, Recording, RecordingError
 from fleet.sim.units import fast_units
@@ -325,6 +328,16 @@ class ReplayMarket:
                 self.funding_at[symbol] = at + e.books[symbol].funding_interval_ms
         self._funding_changed(e)
 
+    def _learn_interval(self, b: ReplayBook, at: int) -> None:
+        """The recorded next funding time after a settlement: the step is the symbol's interval, when it is a
+        whole number of hours dividing 24 (a frame lost across two settlements is not); fundingInfo lists
+        a symbol that does not settle every 8 hours, as Binance's does."""
+        step = at - self.settled[b.symbol]
+        if self.settled[b.symbol] and step % HOUR_MS == 0 and DAY_MS % step == 0 and step != b.funding_interval_ms:
+            b.funding_interval_ms = step
+            b.funding_listed = b.funding_listed or step != 8 * HOUR_MS
+            b.funding_info_ms = at - step
+
     def funding_known(self, e: Engine) -> None:
         """The engine's books take the recording's next funding times (the model's where it has none)."""
         self._funding_changed(e)
@@ -442,6 +455,7 @@ class ReplayMarket:
             at += self.shift_ms
             if at > self.settled[b.symbol] and at != self.funding_at[b.symbol]:
                 self.funding_at[b.symbol] = at
+                self._learn_interval(b, at)
                 self._funding_changed(e)
         return True
 

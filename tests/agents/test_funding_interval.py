@@ -64,3 +64,30 @@ def test_frames_lost_across_settlements_ask_once_and_a_schedule_fundinginfo_cann
             assert g.schedule_moved
             g.schedule_moved = False
     assert not g.schedule_moved and g.interval_ms == 8 * HOUR_MS
+
+
+def test_a_move_by_another_interval_binance_uses_stays_unexplained_until_the_interval_read_says_it():
+    f = FundingBook(seed_params())
+    f.on_schedule(8 * HOUR_MS)
+    f.on_schedule(12 * HOUR_MS)   # 4 hours on: fundingInfo may not list it yet
+    assert f.unexplained()
+    f.set_interval(4 * HOUR_MS)
+    assert not f.unexplained()
+    g = FundingBook(seed_params())
+    g.on_schedule(30_000)
+    g.on_schedule(60_000)   # 30 s: no interval Binance uses, nothing to read again
+    assert not g.unexplained()
+
+
+def test_the_funding_shift_is_bounded_by_max_shift():
+    """An hourly symbol near a 2 % cap: 2.2 x 2 % x 8 would move the center by a third of the mid."""
+    params = seed_params()
+    params = params.model_copy(update={"funding": params.funding.model_copy(update={"max_shift": 0.01})})
+    core = AgentCore(SYMBOL, params, eth_filters(), 1)
+    core.store.funding.set_interval(HOUR_MS)
+    mid = 3000.0
+    for rate, center in ((0.02, mid * 0.99), (-0.02, mid * 1.01), (0.0002, mid * (1 - 2.2 * 0.0002 * 8))):
+        core.on_event(book(mid, t=1_000), 1_000)
+        core.store.funding.predicted_funding = rate
+        core.quote(1_000)
+        assert core.last_ladder.center == pytest.approx(center)

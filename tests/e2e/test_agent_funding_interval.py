@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import pytest
 
+from agents import delisting
 from fleet.config import SymbolParams
 from fleet.sim.config import default_symbol_spec
 
@@ -30,8 +31,11 @@ def _top_bid_over_mid(state: dict) -> float:
     return float(max(bids)) / float(state["markets"][SYMBOL]["mid"])
 
 
-async def test_the_funding_shift_follows_the_interval_the_exchange_lists_and_moves(make_agent, exchange, caplog):
+async def test_the_funding_shift_follows_the_interval_the_exchange_lists_and_moves(make_agent, exchange, caplog,
+                                                                                    monkeypatch):
+    """The read after the move fails once (-1001): it is read again (here after 0.5 s; a minute live)."""
     caplog.set_level(logging.INFO, logger="mmfleet.agent")
+    monkeypatch.setattr(delisting, "FUNDING_REREAD_GAP_MS", 500)
     await exchange.post("/sim/funding/rate", {"symbol": SYMBOL, "rate": str(RATE)})
     params = SymbolParams()
     agent = await make_agent(params=params)
@@ -45,10 +49,12 @@ async def test_the_funding_shift_follows_the_interval_the_exchange_lists_and_mov
     before = _top_bid_over_mid(await exchange.state())
     assert before > hourly_center   # the inner bid sits above where the hourly center will be
 
+    await exchange.post("/sim/fault/rest", {"mode": "error", "count": 1, "path": "/fapi/v1/fundingInfo"})
     now = (await exchange.state())["time"]
     moved = await exchange.post("/sim/funding/interval", {"symbol": SYMBOL, "hours": 1, "next_ms": now + 600_000})
     assert moved["fundingIntervalHours"] == 1
     await wait_for(lambda: metric(agent, "mm_funding_interval_seconds") == 3600, 10, "the new interval read")
+    assert [r for r in caplog.records if getattr(r, "event", None) == "funding_info_unread"], "the failed read said"
     said = [r for r in caplog.records if getattr(r, "event", None) == "funding_interval"]
     assert len(said) == 2 and said[1].levelno == logging.WARNING and "every 1 h" in said[1].getMessage()
 

@@ -185,6 +185,25 @@ def test_a_missing_or_foreign_directory_or_symbol_is_a_clear_error(tmp_path):
     assert proc.returncode == 1 and "no recording at" in proc.stderr and "nope" in proc.stderr
 
 
+def test_a_recorded_symbol_settling_every_4_hours_is_listed_so_and_its_interval_is_not_changed(tmp_path):
+    """The step of the recorded next funding times after a settlement is the symbol's interval: it
+    settles on it past the recording's last time, and fundingInfo lists it as Binance's does."""
+    h4 = 4 * 3600_000
+    rec = write_recording(tmp_path / "rec", {"ETHUSDC": [
+        [mark(0, "3000.00000000", "0.00010000", 8000), bt(100, "3000.00", "1.000", "3000.02", "1.000")],
+        [mark(9000, "3000.00000000", "0.00010000", 8000 + h4)]]})
+    e = Engine(SimConfig(replay=str(rec)), now_ms=NOW)
+    assert e.funding_info() == []
+    e.set_position("main", "ETHUSDC", "0.400", "3000", NOW)
+    e.advance(NOW + 9000)
+    b = e.books["ETHUSDC"]
+    assert b.funding_interval_ms == h4 and [r["fundingIntervalHours"] for r in e.funding_info()] == [4]
+    e.advance(NOW + 8000 + 2 * h4)
+    assert [h["fundingTime"] - NOW for h in b.funding_history[-3:]] == [8000, 8000 + h4, 8000 + 2 * h4]
+    with pytest.raises(ValueError, match="recording"):
+        e.set_funding_interval("ETHUSDC", 1, e.now_ms)
+
+
 def test_the_replayed_market_refuses_a_jump(tmp_path):
     rec = write_recording(tmp_path / "rec", {"ETHUSDC": [[bt(0, "3000.00", "1.000", "3000.01", "1.000")]]})
     e = Engine(SimConfig(replay=str(rec)), now_ms=NOW)

@@ -85,8 +85,18 @@ def test_the_exchange_moves_a_symbol_to_another_interval_from_the_next_whole_mul
     assert e.books[DEFAULT].funding_interval_ms == 4 * HOUR_MS
 
 
+def test_a_change_at_the_very_time_of_a_settlement_makes_that_settlement_first():
+    e = _engine()
+    due = e.books[DEFAULT].next_funding_ms
+    e.advance(due - 1)   # the engine has not yet reached the settlement's step
+    e.set_funding_interval(DEFAULT, 4, due)
+    assert _settled(e, DEFAULT) == [due]
+    assert e.books[DEFAULT].next_funding_ms == due + 4 * HOUR_MS
+
+
 @pytest.mark.parametrize("field, value", [("funding_interval_hours", 5), ("funding_interval_hours", 0),
-                                          ("funding_rate_cap", "1.5"), ("funding_rate_cap", "abc")])
+                                          ("funding_rate_cap", "1.5"), ("funding_rate_cap", "abc"),
+                                          ("funding_rate_cap", "1e-10")])
 def test_a_symbol_with_an_impossible_funding_term_refuses_to_start_naming_it(field, value):
     cfg = _config()
     cfg["symbols"][1][field] = value
