@@ -9,6 +9,7 @@ Wire words (side, order type, status, ...) become :mod:`fleet.binance.enums` mem
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
+from math import isfinite
 from typing import Any, Callable
 
 import orjson
@@ -65,12 +66,20 @@ def _d(value: Any) -> Decimal:
     return d
 
 
+def _f(value: Any) -> float:
+    """A market price, size or rate: a finite number ("NaN" or "Infinity" is a bad frame, never a price)."""
+    x = float(value)
+    if not isfinite(x):
+        raise FrameError(f"not a finite number: {value!r}")
+    return x
+
+
 def _od(value: Any) -> Decimal:
     return Decimal(0) if value is None or value == "" else _d(value)
 
 
 def _levels(raw: Any) -> tuple[tuple[float, float], ...]:
-    return tuple((float(p), float(q)) for p, q in raw)
+    return tuple((_f(p), _f(q)) for p, q in raw)
 
 
 # -- market --------------------------------------------------------------------------------------
@@ -80,10 +89,10 @@ def _book_ticker(o: dict[str, Any]) -> BookTicker:
     return BookTicker(
         symbol=o["s"],
         update_id=int(o["u"]),
-        bid=float(o["b"]),
-        bid_qty=float(o["B"]),
-        ask=float(o["a"]),
-        ask_qty=float(o["A"]),
+        bid=_f(o["b"]),
+        bid_qty=_f(o["B"]),
+        ask=_f(o["a"]),
+        ask_qty=_f(o["A"]),
         event_time=int(o.get("E", 0)),
         transaction_time=int(o.get("T", 0)),
     )
@@ -106,10 +115,10 @@ def _mark_price(o: dict[str, Any]) -> MarkPrice:
     return MarkPrice(
         symbol=o["s"],
         event_time=int(o["E"]),
-        mark_price=float(o["p"]),
-        index_price=float(o.get("i") or 0.0),
-        estimated_settle_price=float(o.get("P") or 0.0),
-        funding_rate=float(o.get("r") or 0.0),
+        mark_price=_f(o["p"]),
+        index_price=_f(o.get("i") or 0.0),
+        estimated_settle_price=_f(o.get("P") or 0.0),
+        funding_rate=_f(o.get("r") or 0.0),
         next_funding_time=int(o.get("T") or 0),
     )
 
@@ -120,8 +129,8 @@ def _agg_trade(o: dict[str, Any]) -> AggTrade:
         event_time=int(o["E"]),
         trade_time=int(o["T"]),
         agg_id=int(o["a"]),
-        price=float(o["p"]),
-        qty=float(o["q"]),
+        price=_f(o["p"]),
+        qty=_f(o["q"]),
         buyer_is_maker=bool(o["m"]),
     )
 

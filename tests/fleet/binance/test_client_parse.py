@@ -147,6 +147,16 @@ def test_missing_or_bad_fields_raise_frame_error_naming_the_event():
         parse_user([1, 2])
 
 
+@pytest.mark.parametrize("frame, field", [(BOOK, "b"), (BOOK, "A"), (MARK, "p"), (MARK, "r"), (AGG, "p"), (DEPTH, "b")])
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-inf", "1e999"])
+def test_a_price_size_or_rate_that_is_not_a_finite_number_is_a_bad_frame(frame, field, value):
+    """float() reads these; a book, mark or rate of NaN would pass every comparison that guards a quote."""
+    obj = orjson.loads(frame)
+    obj[field] = [[value, "1"]] if field == "b" and obj["e"] == "depthUpdate" else value
+    with pytest.raises(FrameError, match="not a finite number"):
+        parse_market(obj)
+
+
 # -- fuzz: whatever the exchange sends, a parser returns an event or raises FrameError -----------
 
 from hypothesis import given, settings  # noqa: E402
