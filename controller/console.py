@@ -352,6 +352,7 @@ def console_row(symbol: str, a: SymbolAnswers) -> dict[str, Any]:
         # record says running is shown as the agent's
         "agent_halt_reason": (a.status or {}).get("halt_reason") or "",
         "settles_at_ms": _finite(st.get("settles_at_ms")),   # the exchange's announced delisting, if any
+        "funding_interval_s": _finite(st.get("funding_interval_s")),   # the symbol's, as fundingInfo lists it
         "last_reconcile_repair": st.get("last_reconcile_repair"),
         "reconcile_repairs": (st.get("counters") or {}).get("reconcile_repairs"),
         "restarts": a.restarts,

@@ -123,6 +123,10 @@
     c.pnl.className = "num pnl " + (row.pnl > 0 ? "gain" : row.pnl < 0 ? "neg" : "");
     c.pnl.title = `realized ${money(row.realized_pnl)}, unrealized ${money(row.unrealized_pnl)}, ` +
       `funding ${money(row.funding_pnl)}, commission ${num(row.commission, 4)}`;
+    // a symbol that does not settle funding every 8 hours: its rate counts more (or less) a day
+    if (row.funding_interval_s && row.funding_interval_s !== 28800) {
+      c.pnl.append(el("span", "sub", `funding every ${num(row.funding_interval_s / 3600, 0)} h`));
+    }
     c.fills.textContent = row.fills ?? "–";
     c.grinds.textContent = row.grinds ?? "–";
     const streams = el("span", "streams");

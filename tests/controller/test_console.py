@@ -184,6 +184,14 @@ def test_a_delisting_the_exchange_announced_is_in_the_row():
                                                 exposure={})).get("settles_at_ms") is None
 
 
+def test_the_symbols_funding_interval_is_in_the_row():
+    """The interval the agent read from fundingInfo (agents/delisting.py): the page says it under the
+    P&L when it is not 8 hours."""
+    row = console_row("ETHUSDC", SymbolAnswers(status={"state": "quoting", "funding_interval_s": 3600}, exposure={}))
+    assert row["funding_interval_s"] == 3600
+    assert console_row("ETHUSDC", SymbolAnswers(status={"state": "starting"}, exposure={})).get("funding_interval_s") is None
+
+
 def test_the_pages_escape_what_they_show_and_load_only_the_apps_assets():
     page = render_console('<b>"x"</b>', "/f/console", "c&s", ("ETHUSDC",), 60)
     assert '<b>"x"</b>' not in page and "&lt;b&gt;" in page and 'content="c&amp;s"' in page
