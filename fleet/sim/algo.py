@@ -109,7 +109,7 @@ class AlgoService:
         if params["algoType"] != "CONDITIONAL":
             raise invalid("algoType")
         b = e.book(params.get("symbol"))
-        side, otype = e.check_order_head(params)
+        side, otype = e.check_order_head(params, acct.dual_side)
         if b.status != "TRADING":
             raise not_trading()
         if otype not in TYPES:

@@ -165,6 +165,11 @@ class AccountSpec(_Model):
     leverage: int = Field(20, ge=1, le=125)
     funding_frame_symbol: bool | None = Field(None, description="add the 2026 SDK a.S to this account's "
                                                                 "FUNDING_FEE frames; None = the global switch")
+    position_mode: Literal["one_way", "hedge"] = Field(
+        "one_way", description="hedge: an account another tool left in Hedge Mode (dualSidePosition), to test a "
+                               "client against it: an order without a position side is refused -4061, and POST "
+                               "/fapi/v1/positionSide/dual switches it to one-way; the simulator trades one-way "
+                               "only (an order for a LONG or SHORT position is refused -1000)")
 
 
 class RateLimits(_Model):

@@ -1055,9 +1055,9 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         return o
 
     @staticmethod
-    def check_order_head(params: dict[str, str]) -> tuple[str, str]:
-        """An order's side and type (present, the side valid), its position side (one-way mode) and
-        response type: as every order route refuses them. Returns (side, type)."""
+    def check_order_head(params: dict[str, str], dual_side: bool = False) -> tuple[str, str]:
+        """An order's side and type (present, the side valid), its position side (against the account's
+        mode) and response type: as every order route refuses them. Returns (side, type)."""
         side = params.get("side")
         if not side:
             raise missing("side")
@@ -1067,10 +1067,13 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         if not otype:
             raise missing("type")
         ps = params.get("positionSide", "BOTH")
-        if ps != "BOTH":
-            if ps not in ("LONG", "SHORT"):
-                raise SimApiError(-4060, "Invalid position side.")
+        if ps not in ("BOTH", "LONG", "SHORT"):
+            raise SimApiError(-4060, "Invalid position side.")
+        if (ps == "BOTH") == dual_side:
             raise SimApiError(-4061, "Order's position side does not match user's setting.")
+        if dual_side:
+            raise SimApiError(-1000, "Hedge Mode positions are not simulated: switch the account to one-way mode "
+                                     "(POST /fapi/v1/positionSide/dual dualSidePosition=false).")
         if params.get("newOrderRespType", "ACK") not in ("ACK", "RESULT"):
             raise SimApiError(-1136, "Invalid newOrderRespType.")
         if params.get("selfTradePreventionMode", DEFAULT_STP) not in STP_MODES:
@@ -1080,7 +1083,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
     def _new_order(self, acct: Account, params: dict[str, str], now: int, test: bool,
                    want_json: bool, gtd_checked: bool = False) -> tuple[Order | None, dict[str, Any] | None]:
         b = self.book(params.get("symbol"))
-        side, otype = self.check_order_head(params)
+        side, otype = self.check_order_head(params, acct.dual_side)
         if b.status != "TRADING":
             raise not_trading()
         if otype not in ("LIMIT", "MARKET"):

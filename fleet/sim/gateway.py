@@ -132,7 +132,8 @@ class ExchangeGateway(RestHandlers):
             lambda p: 20 if p.get("symbol") else 50)
         add("GET", v1 + "/adlQuantile", lambda a, p, n: e.adl_quantiles(a, p), SIGNED, 5)
         add("GET", v1 + "/symbolAdlRisk", lambda a, p, n: e.symbol_adl_risk(p, n), NONE)
-        add("GET", v1 + "/positionSide/dual", lambda a, p, n: {"dualSidePosition": False}, SIGNED, 30)
+        add("GET", v1 + "/positionSide/dual", lambda a, p, n: {"dualSidePosition": e.account(a).dual_side}, SIGNED,
+            30)
         add("POST", v1 + "/positionSide/dual", self._position_side, SIGNED)
         add("GET", v1 + "/multiAssetsMargin", lambda a, p, n: {"multiAssetsMargin": False}, SIGNED, 30)
         add("GET", v1 + "/commissionRate", self._commission_rate, SIGNED, 20)

@@ -10,6 +10,7 @@ from typing import Any
 from fleet.sim.config import SimConfig
 from fleet.sim.delisting import ONBOARD_MS
 from fleet.sim.engine import Engine, SimApiError, missing
+from fleet.sim.errors import invalid
 from fleet.sim.frames import ticker_24h
 from fleet.sim.streams import KLINE_MINUTES
 
@@ -279,12 +280,23 @@ class RestHandlers:
         return out
 
     def _position_side(self, account: str, params: dict[str, str], now: int) -> Any:
+        """The account's position mode, for every symbol: only while it holds no position and no open order.
+        The simulator trades one-way mode only: an account configured in Hedge Mode may leave it, none
+        may enter it."""
         raw = (params.get("dualSidePosition") or "").lower()
-        if raw == "false":
+        if raw not in ("true", "false"):
+            raise missing("dualSidePosition") if not raw else invalid("dualSidePosition")
+        acct = self.engine.account(account)
+        if (raw == "true") == acct.dual_side:
             raise SimApiError(-4059, "No need to change position side.")
         if raw == "true":
             raise SimApiError(-4068, "Position side cannot be changed: the simulator runs one-way mode only.")
-        raise missing("dualSidePosition")
+        if any(p.amount for p in acct.positions.values()):
+            raise SimApiError(-4068, "Position side cannot be changed if there exists position.")
+        if acct.open or any(a.account == acct.name for a in self.engine.algo.open.values()):
+            raise SimApiError(-4067, "Position side cannot be changed if there exists open orders.")
+        acct.dual_side = False
+        return {"code": 200, "msg": "success"}
 
     def _commission_rate(self, account: str, params: dict[str, str], now: int) -> Any:
         b = self.engine.book(params.get("symbol"))

@@ -113,9 +113,10 @@ class EngineViews:
                 for aid, oid, t, p0, p1, q0, q1, count in rows[-limit:]]
 
     def account_config(self, account: str, now: int) -> dict[str, Any]:
-        """GET /fapi/v1/accountConfig: one-way, single-asset, fee tier 0 (the simulator's only settings)."""
-        self.account(account)
-        return {"feeTier": 0, "canTrade": True, "canDeposit": True, "canWithdraw": True, "dualSidePosition": False,
+        """GET /fapi/v1/accountConfig: the position mode, single-asset, fee tier 0 (the simulator's only settings)."""
+        acct = self.account(account)
+        return {"feeTier": 0, "canTrade": True, "canDeposit": True, "canWithdraw": True,
+                "dualSidePosition": acct.dual_side,
                 "updateTime": 0, "multiAssetsMargin": False, "tradeGroupId": -1}
 
     def user_trades(self, account: str, params: dict[str, str]) -> list[dict[str, Any]]:
