@@ -35,6 +35,10 @@ a minute, and again while the schedule moves by another interval than the one li
 that failed), as does an hourly check (a change that did not move the next settlement time); a change
 is said (event ``funding_interval``: INFO at the start, WARNING after; ``mm_funding_interval_seconds``).
 
+And the account's position mode: the agent quotes in One-way Mode (no position side). An account another
+tool left in Hedge Mode refuses every such order -4061: the first refusal halts the symbol (ERROR event
+``hedge_mode``, the halt made durable) until an operator has switched the account and resumes.
+
 A part of :class:`agents.agent.SymbolAgent`.
 """
 
@@ -208,6 +212,19 @@ class ContractWatch:
     def refused(self, code: int) -> None:
         """An order refused -4108 (the symbol is settling, closed or not yet trading)."""
         self.halt(f"an order refused {code}: {self.agent.symbol} is not trading on the exchange", "symbol_not_trading")
+
+    def position_mode_refused(self) -> None:
+        """An order refused -4061: the account is in Hedge Mode (another tool set it, for every symbol), so
+        every order of the agent's (one-way: no position side) will be. Halted, said once a halt, until an
+        operator has switched the account to one-way mode and resumes."""
+        a = self.agent
+        if a.core is None or a.core.halt_state != KillState.RUNNING:
+            return   # halted already: the rest of a batch's refusals, or a flatten's
+        why = "the account is in Hedge Mode (dualSidePosition): every order without a position side is refused -4061"
+        a.log.event("hedge_mode", f"{why}; switch the account to one-way mode (POST /fapi/v1/positionSide/dual "
+                                  "dualSidePosition=false, with no position or open order) and resume: halted",
+                    level=logging.ERROR)
+        a.halt_by_exchange(why, "hedge-mode-halt")
 
     def settled(self, what: str, client_order_id: str, order_id: int) -> None:
         """The exchange's settlement order closed (part of) the position: the symbol trades no more."""

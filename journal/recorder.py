@@ -37,6 +37,7 @@ AUDITED = frozenset({
     # what the exchange did to the account or the symbol, and what the agent made of it
     "liquidated", "deleveraged", "margin_call", "margin_short", "settled", "symbol_not_trading",
     "delisting_scheduled", "delisting_exit", "delisting_cancelled", "cap_beyond_leverage", "funding_interval",
+    "hedge_mode",
 })
 ORDER_REASON_EVENTS = {"drawdown": "drawdown_cut", "grind": "grind", "grind_reentry": "grind_reentry",
                        "flatten": "flatten_order"}
