@@ -116,8 +116,9 @@ class AdminRoutes:
         if path == "/sim/market/jump":
             return {"mid": e.jump(body["symbol"], float(body["pct"]), now)}
         if path == "/sim/funding/rate":
-            e.set_funding_rate(body["symbol"], body.get("rate"))
-            return {"ok": True}
+            b = e.book(body["symbol"])
+            e.set_funding_rate(b.symbol, body.get("rate"))
+            return {"ok": True, "rate": f"{b.funding_rate:.8f}", "pinned": b.rate_pinned}
         if path == "/sim/funding/interval":
             return e.set_funding_interval(body["symbol"], body["hours"], now, body.get("next_ms"))
         if path == "/sim/funding/settle":

@@ -115,7 +115,8 @@ input, 404 on an unknown route)::
          move the mid at once; resting orders the move crosses fill at their price -> {"mid": new mid}
          (a replayed market cannot jump: 400)
     POST /sim/funding/rate   {"symbol": "ETHUSDC", "rate": "0.0005"}  pin the rate, within the symbol's
-         cap and floor (null: wander again)
+         cap and floor (null: wander again) -> {"ok", "rate" (as pinned: a rate beyond the cap is the cap),
+         "pinned"}
     POST /sim/funding/interval {"symbol": "ETHUSDC", "hours": 4, "next_ms": optional}  the exchange moves the
          symbol to settle every 4 hours: the next settlement is the first whole multiple of the interval
          after now (or next_ms); mark frames' T and premiumIndex follow at once, and GET

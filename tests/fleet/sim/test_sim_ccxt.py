@@ -76,6 +76,27 @@ def test_ccxt_binanceusdm_cancels_several_orders_at_once(sim_thread):
     assert ex.fetch_open_orders("ETH/USDC:USDC") == []
 
 
+def test_ccxt_binanceusdm_reads_each_symbols_funding_interval():
+    """fundingInfo as ccxt reads it: a symbol settling every 4 hours says so, and its next funding time
+    is on its own schedule; one settling every 8 hours is not listed (ccxt takes 8 h for it)."""
+    from fleet.sim.config import default_symbol_spec
+
+    specs = [default_symbol_spec("ETHUSDC").model_dump(),
+             default_symbol_spec("SOLUSDT").model_dump() | {"funding_interval_hours": 4}]
+    thread = SimThread(symbols=["ETHUSDC", "SOLUSDT"], seed=7, host="127.0.0.1", port=0,
+                       config={"symbols": specs}).start()
+    try:
+        ex = _client(thread)
+        ex.load_markets()
+        intervals = ex.fetch_funding_intervals()
+        assert {s: i["interval"] for s, i in intervals.items()} == {"SOL/USDT:USDT": "4h"}
+        sol, eth = ex.fetch_funding_rate("SOL/USDT:USDT"), ex.fetch_funding_rate("ETH/USDC:USDC")
+        assert sol["fundingTimestamp"] % (4 * 3600_000) == 0 and eth["fundingTimestamp"] % (8 * 3600_000) == 0
+        assert sol["fundingTimestamp"] - eth["fundingTimestamp"] in range(-8 * 3600_000, 1)
+    finally:
+        thread.stop()
+
+
 def test_ccxt_binanceusdm_reads_mark_index_and_premium_candles(sim_thread):
     """What futures engines on ccxt read for funding: the mark's, the index's and the premium index's
     candles beside the trade candles."""

@@ -124,6 +124,8 @@ async def test_over_loopback_fundinginfo_the_mark_frames_and_a_change_by_the_adm
         assert frame["T"] == at
         listed = (await c.public("GET", "/fapi/v1/fundingInfo")).json
         assert [(r["symbol"], r["fundingIntervalHours"]) for r in listed] == [(DEFAULT, 2), (HOURLY, 1)]
+        pinned = await c.admin("POST", "/sim/funding/rate", {"symbol": HOURLY, "rate": "0.05"})
+        assert pinned == {"ok": True, "rate": "0.02000000", "pinned": True}   # the cap, said
         for bad in ({"symbol": DEFAULT, "hours": 3.5}, {"symbol": DEFAULT, "hours": 2, "next_ms": now - 1},
                     {"symbol": "NOPEUSDT", "hours": 2}, {"symbol": DEFAULT}):
             async with s.post(f"{sim.rest_url}/sim/funding/interval", json=bad) as resp:
