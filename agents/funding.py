@@ -175,6 +175,8 @@ class FundingBook:
                 amount = Decimal(str(r["income"]))
             except (KeyError, TypeError, ValueError, ArithmeticError):
                 continue
+            if not amount.is_finite():   # "NaN" reads as a Decimal: a fee of NaN would poison the P&L
+                continue
             for lt in [x for x in self._lookups if abs(x - t) <= FUNDING_MATCH_MS]:
                 self._lookups.remove(lt)
             if tran in self._income_seen:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import TYPE_CHECKING, Any
 
 from fleet.binance.errors import BinanceError
@@ -166,9 +167,10 @@ class Starter:
         for row in rows:
             if row.get("asset") == asset:
                 try:
-                    return float(row.get("balance", row.get("walletBalance", 0)))
+                    value = float(row.get("balance", row.get("walletBalance", 0)))
                 except (TypeError, ValueError):
                     return None
+                return value if math.isfinite(value) else None
         return None
 
     async def cancel_older_epochs(self) -> None:

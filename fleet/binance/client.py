@@ -17,7 +17,6 @@ import asyncio
 import dataclasses
 import logging
 import time
-from decimal import Decimal
 from typing import Any, Callable, Iterable, Mapping, Self, Sequence, TypeVar
 
 import aiohttp
@@ -52,6 +51,7 @@ from .models import (
     PositionInfo,
     PremiumIndex,
     SymbolConfig,
+    exchange_decimal,
 )
 from .ratelimit import THROTTLE_PAUSE_S, Cost, RateBudget
 from .signing import encode_params, sign
@@ -73,10 +73,6 @@ def lost_answer(method: str, path: str, why: str, mutating: bool) -> ServerError
     """The request was sent and its answer never came: a write's outcome is unknown."""
     what = f"{method} {path}: {why} after the request was sent"
     return OutcomeUnknownError(0, what, None) if mutating else ServerError(0, what, None)
-
-
-def _dec(value: Any) -> Decimal:
-    return Decimal(str(value)) if value not in (None, "") else Decimal(0)
 
 
 class RestCore:
@@ -325,18 +321,18 @@ class BinanceClient(RestCore):
             last_update_id=int(data["lastUpdateId"]),
             event_time=int(data.get("E", 0)),
             transaction_time=int(data.get("T", 0)),
-            bids=tuple((Decimal(p), Decimal(q)) for p, q in data["bids"]),
-            asks=tuple((Decimal(p), Decimal(q)) for p, q in data["asks"]),
+            bids=tuple((exchange_decimal(p), exchange_decimal(q)) for p, q in data["bids"]),
+            asks=tuple((exchange_decimal(p), exchange_decimal(q)) for p, q in data["asks"]),
         )
 
     async def book_ticker(self, symbol: str) -> BookTop:
         data = await self._request(ep.BOOK_TICKER, {"symbol": symbol})
         return BookTop(
             symbol=data["symbol"],
-            bid=_dec(data["bidPrice"]),
-            bid_qty=_dec(data["bidQty"]),
-            ask=_dec(data["askPrice"]),
-            ask_qty=_dec(data["askQty"]),
+            bid=exchange_decimal(data["bidPrice"]),
+            bid_qty=exchange_decimal(data["bidQty"]),
+            ask=exchange_decimal(data["askPrice"]),
+            ask_qty=exchange_decimal(data["askQty"]),
             time=int(data.get("time", 0)),
         )
 
@@ -344,11 +340,11 @@ class BinanceClient(RestCore):
         data = await self._request(ep.PREMIUM_INDEX, {"symbol": symbol})
         return PremiumIndex(
             symbol=data["symbol"],
-            mark_price=_dec(data["markPrice"]),
-            index_price=_dec(data.get("indexPrice")),
-            estimated_settle_price=_dec(data.get("estimatedSettlePrice")),
-            last_funding_rate=_dec(data.get("lastFundingRate")),
-            interest_rate=_dec(data.get("interestRate")),
+            mark_price=exchange_decimal(data["markPrice"]),
+            index_price=exchange_decimal(data.get("indexPrice")),
+            estimated_settle_price=exchange_decimal(data.get("estimatedSettlePrice")),
+            last_funding_rate=exchange_decimal(data.get("lastFundingRate")),
+            interest_rate=exchange_decimal(data.get("interestRate")),
             next_funding_time=int(data.get("nextFundingTime", 0)),
             time=int(data.get("time", 0)),
         )
@@ -626,8 +622,8 @@ class BinanceClient(RestCore):
         data = await self._request(ep.COMMISSION_RATE, {"symbol": symbol})
         return CommissionRate(
             symbol=data["symbol"],
-            maker=_dec(data["makerCommissionRate"]),
-            taker=_dec(data["takerCommissionRate"]),
+            maker=exchange_decimal(data["makerCommissionRate"]),
+            taker=exchange_decimal(data["takerCommissionRate"]),
         )
 
     async def symbol_config(self, symbol: str) -> SymbolConfig:
@@ -636,7 +632,7 @@ class BinanceClient(RestCore):
         for row in data if isinstance(data, list) else [data]:
             if isinstance(row, dict) and row.get("symbol") == symbol:
                 return SymbolConfig(symbol=symbol, margin_type=str(row.get("marginType", "")),
-                                    leverage=int(row["leverage"]), max_notional=_dec(row["maxNotionalValue"]))
+                                    leverage=int(row["leverage"]), max_notional=exchange_decimal(row["maxNotionalValue"]))
         raise BinanceError(ErrorCode.BAD_SYMBOL, f"symbolConfig has no row for {symbol!r}", None)
 
     async def funding_terms(self, symbol: str) -> FundingTerms | None:
@@ -649,8 +645,8 @@ class BinanceClient(RestCore):
                 if type(hours) is not int or hours <= 0:
                     raise ValueError(f"fundingInfo's fundingIntervalHours for {symbol} is {hours!r}")
                 return FundingTerms(symbol=symbol, interval_hours=hours,
-                                    cap=_dec(row.get("adjustedFundingRateCap", "0")),
-                                    floor=_dec(row.get("adjustedFundingRateFloor", "0")))
+                                    cap=exchange_decimal(row.get("adjustedFundingRateCap", "0")),
+                                    floor=exchange_decimal(row.get("adjustedFundingRateFloor", "0")))
         return None
 
     async def set_leverage(self, symbol: str, leverage: int) -> dict[str, Any]:

@@ -28,13 +28,19 @@ def _check_decimal_str(name: str, value: Any) -> None:
         raise ValueError(f"{name} {value!r} is not a plain positive decimal string")
 
 
-def _dec(value: Any, default: str = "0") -> Decimal:
+def exchange_decimal(value: Any, default: str = "0") -> Decimal:
+    """A decimal field of an exchange answer (absent or empty: ``default``); one that is not a finite
+    decimal ("NaN", "Infinity", "12,5") is a ValueError: a position or price of NaN would pass every
+    comparison that guards an order."""
     if value is None or value == "":
         return Decimal(default)
     try:
-        return Decimal(str(value))
+        d = Decimal(str(value))
     except InvalidOperation as exc:
         raise ValueError(f"not a decimal: {value!r}") from exc
+    if not d.is_finite():
+        raise ValueError(f"not a finite decimal: {value!r}")
+    return d
 
 
 def _bool(value: Any) -> bool:
@@ -170,10 +176,10 @@ class OrderInfo:
                 side=enums.side(obj["side"]),
                 type=enums.order_type(str(obj.get("type", obj.get("origType", "")))),
                 time_in_force=enums.time_in_force(str(obj.get("timeInForce", ""))),
-                price=_dec(obj.get("price")),
-                orig_qty=_dec(obj.get("origQty")),
-                executed_qty=_dec(obj.get("executedQty")),
-                avg_price=_dec(obj.get("avgPrice")),
+                price=exchange_decimal(obj.get("price")),
+                orig_qty=exchange_decimal(obj.get("origQty")),
+                executed_qty=exchange_decimal(obj.get("executedQty")),
+                avg_price=exchange_decimal(obj.get("avgPrice")),
                 status=enums.order_status(str(obj["status"])),
                 reduce_only=_bool(obj.get("reduceOnly", False)),
                 update_time=int(obj.get("updateTime") or obj.get("time") or 0),
@@ -211,12 +217,12 @@ class PositionInfo:
         try:
             return cls(
                 symbol=str(obj["symbol"]),
-                amount=_dec(obj.get("positionAmt")),
-                entry_price=_dec(obj.get("entryPrice")),
-                unrealized_pnl=_dec(obj.get("unRealizedProfit", obj.get("unrealizedProfit"))),
-                mark_price=_dec(obj.get("markPrice")),
+                amount=exchange_decimal(obj.get("positionAmt")),
+                entry_price=exchange_decimal(obj.get("entryPrice")),
+                unrealized_pnl=exchange_decimal(obj.get("unRealizedProfit", obj.get("unrealizedProfit"))),
+                mark_price=exchange_decimal(obj.get("markPrice")),
                 update_time=int(obj.get("updateTime") or 0),
-                break_even_price=_dec(obj.get("breakEvenPrice")),
+                break_even_price=exchange_decimal(obj.get("breakEvenPrice")),
                 position_side=enums.position_side(str(obj.get("positionSide", "BOTH"))),
             )
         except (KeyError, TypeError, ValueError) as exc:

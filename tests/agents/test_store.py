@@ -450,6 +450,8 @@ def test_the_real_cross_margin_fee_frame_is_booked_from_its_income_row_once(stor
     assert store.funding_lookup_start() is None
     assert store.on_funding_income(rows) == 0  # the same rows again: each tranId once
     assert store.funding_pnl == pytest.approx(-0.00085067)
+    assert store.on_funding_income([income_row("NaN", t + 1, 904), income_row("Infinity", t + 2, 905)]) == 0
+    assert store.funding_pnl == pytest.approx(-0.00085067)   # a fee that is not a number is not booked
 
 
 def test_a_fee_without_a_symbol_while_this_symbol_is_and_was_flat_asks_for_nothing(store):

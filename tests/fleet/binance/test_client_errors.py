@@ -7,7 +7,7 @@ import pytest
 from fleet.binance import errors as E
 from fleet.binance.credentials import CredentialsError, load_credentials
 from fleet.binance.enums import OrderType, Side, TimeInForce
-from fleet.binance.models import ModifyRequest, OrderInfo, OrderRequest
+from fleet.binance.models import ModifyRequest, OrderInfo, OrderRequest, PositionInfo
 from fleet.config import AccountConfig
 
 
@@ -85,6 +85,16 @@ def test_order_info_reads_the_documented_order_object():
     assert info.order_id == 22542179 and str(info.orig_qty) == "10" and info.remaining_qty == 10
     with pytest.raises(ValueError, match="malformed order"):
         OrderInfo.from_api({"symbol": "BTCUSDT"})
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-inf", "sNaN"])
+def test_an_order_or_position_answer_with_a_number_that_is_not_finite_is_malformed(value):
+    """A position of NaN would pass every comparison that guards an order: refused as malformed, loudly."""
+    with pytest.raises(ValueError, match="not a finite decimal"):
+        PositionInfo.from_api({"symbol": "ETHUSDC", "positionAmt": value, "entryPrice": "3000"})
+    with pytest.raises(ValueError, match="not a finite decimal"):
+        OrderInfo.from_api({"symbol": "ETHUSDC", "orderId": 1, "side": "BUY", "type": "LIMIT", "status": "NEW",
+                            "price": "3000", "origQty": "0.01", "executedQty": value})
 
 
 def test_credentials_come_from_env_or_file_and_never_show_the_secret(tmp_path):
