@@ -403,14 +403,14 @@ class BinanceClient(RestCore):
     ) -> OrderInfo:
         params = _order_ref(symbol, order_id, client_order_id)
         data = await self._request(ep.CANCEL_ORDER, params)
-        return OrderInfo.from_api(data)
+        return _write_answer(data)
 
     async def query_order(
         self, symbol: str, order_id: int | None = None, client_order_id: str | None = None
     ) -> OrderInfo:
         params = _order_ref(symbol, order_id, client_order_id)
         data = await self._request(ep.QUERY_ORDER, params)
-        return OrderInfo.from_api(data)
+        return _read_one(data, OrderInfo.from_api, "GET order")
 
     async def open_orders(self, symbol: str) -> list[OrderInfo]:
         data = await self._request(ep.OPEN_ORDERS, {"symbol": symbol})
@@ -750,6 +750,14 @@ def _read_rows(data: Any, parse: Callable[[Any], T], what: str) -> list[T]:
         return [parse(row) for row in data]
     except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
         raise ServerError(0, f"{what}: unreadable row ({type(exc).__name__}): {str(exc)[:120]}", 200) from exc
+
+
+def _read_one(data: Any, parse: Callable[[Any], T], what: str) -> T:
+    """A read's one-object answer, parsed; one that does not parse is a :class:`ServerError` (tried again)."""
+    try:
+        return parse(data)
+    except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+        raise ServerError(0, f"{what}: unreadable answer ({type(exc).__name__}): {str(exc)[:120]}", 200) from exc
 
 
 def _pick_position(data: Any, symbol: str, as_of: int = 0) -> PositionInfo:

@@ -41,6 +41,10 @@ def _to_units(value: float | Decimal | str, unit: Decimal, unit_f: float, mode: 
     return int(integral)
 
 
+_DECIMALS = ("tick_size", "min_price", "max_price", "step_size", "min_qty", "max_qty", "market_step_size",
+             "market_min_qty", "market_max_qty", "min_notional", "multiplier_up", "multiplier_down")
+
+
 @dataclass(frozen=True)
 class SymbolFilters:
     """The trading rules of one symbol, as exchangeInfo publishes them."""
@@ -103,6 +107,9 @@ class SymbolFilters:
             raise FilterError(f"malformed exchangeInfo entry for {entry.get('symbol')!r}: {exc!r}") from exc
 
     def __post_init__(self) -> None:
+        for name in _DECIMALS:
+            if not getattr(self, name).is_finite():   # "NaN" reads as a Decimal, and fails every comparison after
+                raise FilterError(f"{self.symbol}: {name} is not a finite number ({getattr(self, name)})")
         if self.tick_size <= 0 or self.step_size <= 0:
             raise FilterError(f"{self.symbol}: tick_size and step_size must be positive")
         if self.market_step_size <= 0:

@@ -50,6 +50,16 @@ def test_malformed_entry_names_the_symbol():
         SymbolFilters.from_exchange_info({"symbol": "BTCUSDT", "filters": [{"filterType": "LOT_SIZE"}]})
 
 
+@pytest.mark.parametrize("filter_type, field", [("PRICE_FILTER", "minPrice"), ("LOT_SIZE", "stepSize"),
+                                                ("MIN_NOTIONAL", "notional"), ("PERCENT_PRICE", "multiplierUp")])
+def test_a_filter_that_is_not_a_finite_number_is_refused_by_name(filter_type, field):
+    """Decimal reads "NaN", and every comparison after it fails: refused at the start, naming the field."""
+    entry = {**LIVE_BTCUSDT, "filters": [dict(f, **({field: "NaN"} if f["filterType"] == filter_type else {}))
+                                         for f in LIVE_BTCUSDT["filters"]]}
+    with pytest.raises(FilterError, match="not a finite number"):
+        SymbolFilters.from_exchange_info(entry)
+
+
 def test_point_one_plus_point_two_is_three_ticks():
     f = filters_with("0.1", "0.1")
     assert f.price_ticks_floor(0.1 + 0.2) == 3
