@@ -18,6 +18,8 @@ import time
 import uuid
 from typing import Any, Iterable
 
+from fleet.binance.models import exchange_decimal
+
 from .db import Target
 from .sink import JournalSink
 from .writer import JournalWriter, Row, cursors
@@ -78,6 +80,7 @@ class AgentJournal(JournalSink):
         self._funding_cursor: int | None = None
         self._fee_seen_ms: int | None = None  # the newest fee row the agent's own look-up handed over
         self.backfills = {"runs": 0, "trades": 0, "funding": 0, "income_reads": 0, "errors": 0}
+        self.bad_rows = 0   # the exchange's trade or income rows that did not read: skipped, each logged
 
     # ------------------------------------------------------------------ wiring
 
@@ -311,10 +314,13 @@ class AgentJournal(JournalSink):
             return self._answer_rows(*item[1:])
         if kind == "update":
             return self._update_rows(*item[1:])
-        if kind == "trade":
-            return (self._trade_row(item[1], item[2]),)
-        if kind == "income":
-            return self._income_rows(item[1], item[2])
+        if kind in ("trade", "income"):   # the exchange's rows, as read: one that does not read is skipped
+            try:
+                return (self._trade_row(item[1], item[2]),) if kind == "trade" else self._income_rows(item[1], item[2])
+            except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+                self.bad_rows += 1
+                log.warning("journal %s-%s: an exchange %s row that does not read is skipped: %r", self._scope["fleet"],
+                            self.symbol, kind, exc)
         return ()
 
     def _sent_rows(self, ts: int, epoch: int | None, batch: Any, filters: Any) -> list[Row]:
@@ -375,9 +381,9 @@ class AgentJournal(JournalSink):
         return ("fills", {
             "ts_ms": int(r["time"]), **self._scope, "epoch": None, "trade_id": int(r["id"]),
             "order_id": int(r["orderId"]) if r.get("orderId") is not None else None, "client_order_id": None,
-            "side": str(r["side"]), "price": str(r["price"]), "qty": str(r["qty"]),
-            "fee": str(r.get("commission", "0")), "fee_asset": r.get("commissionAsset"),
-            "maker": bool(r.get("maker")), "realized_pnl": str(r.get("realizedPnl", "0")),
+            "side": str(r["side"]), "price": _money(r["price"]), "qty": _money(r["qty"]),
+            "fee": _money(r.get("commission")), "fee_asset": r.get("commissionAsset"),
+            "maker": bool(r.get("maker")), "realized_pnl": _money(r.get("realizedPnl")),
             "mid": None, "mark": None, "source": "backfill",
         })
 
@@ -386,8 +392,14 @@ class AgentJournal(JournalSink):
             return []
         return [("funding", {
             "ts_ms": int(r["time"]), **self._scope, "epoch": epoch, "income_id": int(r["tranId"]),
-            "amount": str(r["income"]), "asset": r.get("asset"),
+            "amount": _money(r["income"]), "asset": r.get("asset"),
         })]
+
+
+def _money(value: Any) -> str:
+    """An amount of an exchange row as the exchange wrote it (absent: "0"); "NaN" or "Infinity" is a
+    ValueError: a P&L summed over it would be NaN for good (rows are unique by their ids)."""
+    return str(exchange_decimal(value))
 
 
 def _epoch(agent: Any) -> int | None:

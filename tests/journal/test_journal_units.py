@@ -88,6 +88,24 @@ def test_an_unreachable_database_spools_and_replays(tmp_path):
         assert conn.exec_driver_sql("SELECT count(*) FROM fills").scalar() == 10
 
 
+def test_an_exchange_row_that_is_not_a_number_is_skipped_and_the_others_written(tmp_path):
+    """A userTrades or income row with "NaN" would make the journal's P&L NaN for good (rows are unique
+    by their ids, a later read never corrects them): skipped, counted, logged; the batch's others stay."""
+    from journal.recorder import AgentJournal
+
+    target = Target(url=f"sqlite:///{tmp_path / 'j.sqlite'}", spool_dir=str(tmp_path / "spool"))
+    j = AgentJournal(target, fleet="f", account="main", symbol="ETHUSDC")
+    trade = {"time": 1_000, "id": 7, "orderId": 3, "side": "BUY", "price": "3000.5", "qty": "0.010",
+             "commission": "0.006", "commissionAsset": "USDC", "maker": True, "realizedPnl": "0"}
+    fee = {"incomeType": "FUNDING_FEE", "symbol": "ETHUSDC", "time": 2_000, "tranId": 9, "income": "-0.01",
+           "asset": "USDC"}
+    rows = [r for item in (("trade", 1, trade), ("trade", 1, {**trade, "id": 8, "price": "NaN"}),
+                           ("income", 1, fee), ("income", 1, {**fee, "tranId": 10, "income": "Infinity"}))
+            for r in j._convert(item)]
+    assert [(kind, row.get("trade_id", row.get("income_id"))) for kind, row in rows] == [("fills", 7), ("funding", 9)]
+    assert rows[0][1]["price"] == "3000.5" and rows[1][1]["amount"] == "-0.01" and j.bad_rows == 2
+
+
 def test_since_parsing():
     assert parse_since("90m", now_ms=10_000_000) == 10_000_000 - 90 * 60_000
     assert parse_since("1700000000000") == 1_700_000_000_000
