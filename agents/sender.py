@@ -274,7 +274,7 @@ class OrderSender:
                 self.agent.margin_short(exc.code, sides.pop() if len(sides) == 1 else None)
             elif exc.code == ErrorCode.SYMBOL_NOT_TRADING:
                 self.agent.contract.refused(exc.code)
-            elif exc.code == ErrorCode.POSITION_SIDE_NOT_MATCH:
+            elif exc.code == ErrorCode.POSITION_SIDE_NOT_MATCH and batch.kind == "place":   # an amend's -4061: its side
                 self.agent.contract.position_mode_refused()
             else:
                 self.agent.log.event("request_failed", f"{batch.kind} x{len(items)}: {exc!r}", level=logging.WARNING)
@@ -310,8 +310,9 @@ class OrderSender:
                     self.agent.margin_short(res.code, getattr(d, "side", None))
                 elif res.code == ErrorCode.SYMBOL_NOT_TRADING:
                     self.agent.contract.refused(res.code)
-                elif res.code == ErrorCode.POSITION_SIDE_NOT_MATCH:
-                    self.agent.contract.position_mode_refused()
+                elif res.code == ErrorCode.POSITION_SIDE_NOT_MATCH and batch.kind == "place":
+                    self.agent.contract.position_mode_refused()   # said once: it halts the symbol
+                    continue
                 if res.code not in QUIET_REJECTIONS:
                     self.agent.log.event(
                         "order_rejected", f"{batch.kind} refused: {res!r}", level=logging.WARNING,

@@ -23,6 +23,7 @@ async def test_a_hedge_mode_account_halts_the_symbol_until_switched_and_resumed(
     assert "Hedge Mode" in agent.status()["halt_reason"]
     events = [r for r in caplog.records if getattr(r, "event", None) == "hedge_mode"]
     assert len(events) == 1 and events[0].levelno == logging.ERROR
+    assert not [r for r in caplog.records if getattr(r, "event", None) == "order_rejected"]   # said once, as hedge_mode
     placed = agent.core.orders_sent["place"]
     assert placed <= 2 * agent.params.grid.max_layers   # one cycle's worth at most, then nothing
     st = await exchange.state()
