@@ -47,7 +47,13 @@ class SimThread:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="sim", daemon=True)
         self.thread.start()
-        self.server = SimServer(symbols=list(SYMBOLS), seed=11, api_key=api_key, api_secret=api_secret)
+        from fleet.sim.config import default_symbol_spec
+
+        # SOLUSDT settles funding every 4 hours, as many alt perpetuals do (the console says so)
+        specs = [default_symbol_spec(s).model_dump() | ({"funding_interval_hours": 4} if s == "SOLUSDT" else {})
+                 for s in SYMBOLS]
+        self.server = SimServer(symbols=list(SYMBOLS), seed=11, api_key=api_key, api_secret=api_secret,
+                                config={"symbols": specs})
         self.run(self.server.start())
 
     def run(self, coro: Any, timeout: float = 30.0) -> Any:

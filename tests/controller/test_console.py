@@ -504,6 +504,9 @@ def test_the_console_in_a_real_browser(live, chromium, tmp_path):
     for sym in SYMBOLS:
         assert cell(driver, sym, "kill").strip() == "running"
         assert "/" in cell(driver, sym, "worst")                          # figure against the cap
+    # the fixture's SOLUSDT settles funding every 4 hours: said under its P&L, and under no other's
+    wait.until(lambda d: "funding every 4 h" in cell(d, "SOLUSDT", "pnl"))
+    assert not [s for s in SYMBOLS if s != "SOLUSDT" and "funding every" in cell(driver, s, "pnl")]
     watch.look()
 
     # a trade at the exchange shows up in the row: position (as /sim/state has it) and fills
