@@ -6,6 +6,7 @@ import itertools
 import time
 from decimal import Decimal
 
+import aiohttp
 import pytest
 
 from fleet.binance.client import BinanceClient
@@ -121,7 +122,11 @@ async def test_place_query_modify_cancel_a_post_only_order(client, filters):
     assert info.value.code == -2013
 
 
-async def test_batch_place_modify_and_cancel_split_into_exchange_sized_requests(client, filters):
+async def test_batch_place_modify_and_cancel_split_into_exchange_sized_requests(client, filters, sim):
+    # the mid held still (takers trade on): the bid priced to cross still crosses when the batch lands
+    async with aiohttp.ClientSession() as http, http.post(f"{sim.rest_url}/sim/market/freeze",
+                                                          json={"symbol": SYMBOL, "mode": "price"}) as frozen:
+        assert frozen.status == 200
     price, ticks = await passive_bid(client, filters, ticks_away=300)
     top = await client.book_ticker(SYMBOL)
     crossing = filters.price_str(filters.price_ticks_ceil(top.ask) + 5)

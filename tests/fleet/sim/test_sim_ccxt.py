@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+import pytest
 import ccxt
 import requests
 import ccxt.pro
@@ -162,7 +163,7 @@ def test_ccxt_binanceusdm_trades_in_isolated_margin_and_moves_its_margin(sim_thr
     iw = float(truth["positions"]["ETHUSDC"]["isolated_wallet"])
     assert truth["positions"]["ETHUSDC"]["margin_type"] == "isolated"
     assert abs(iw - entry * 0.5 / 5) < 0.01                      # the initial margin of the fill, at 5x
-    assert pos["collateral"] == round(iw + pos["unrealizedPnl"], 8)
+    assert pos["collateral"] == pytest.approx(iw + pos["unrealizedPnl"], abs=2e-8)   # ccxt adds them as floats
     assert entry * 0.8 < pos["liquidationPrice"] < entry * 0.81   # 5x: some 20 % below, the maintenance nearer
     assert ex.add_margin(sym, 25)["status"] == "ok"
     assert ex.reduce_margin(sym, 10)["status"] == "ok"
