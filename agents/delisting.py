@@ -56,11 +56,12 @@ from fleet.binance.filters import SymbolFilters
 from fleet.binance.models import SymbolConfig
 from fleet.vocabulary import KillState
 
+from .funding import HOUR_MS
+
 if TYPE_CHECKING:
     from .agent import SymbolAgent
 
 TRADING = "TRADING"
-HOUR_MS = 3_600_000
 FUNDING_REREAD_GAP_MS = 60_000   # fundingInfo read again after the schedule moved, at most this often
 FUNDING_REREAD_EVERY_MS = 3_600_000   # and at least this often: a change that did not move the next time
 

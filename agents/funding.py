@@ -13,8 +13,8 @@ some every 2 or every hour, and the exchange moves a symbol between them when it
 a position eight times as much a day on an hourly symbol. ``funding.sensitivity`` is tuned on 8 hours,
 so the quotes' funding shift takes the prediction scaled to 8 hours (``shift_rate``); the prediction
 and ``mm_predicted_funding_rate`` stay in the exchange's units. The interval is the runtime's to read
-(at the start, and when a mark frame's next settlement time ``T`` is not the last one plus the interval:
-the schedule moved, ``schedule_moved``).
+(at the start, every hour, and when a mark frame's next settlement time ``T`` is not the last one plus
+the interval: the schedule moved, ``schedule_moved``).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fleet.sim.config import check_interval_hours
 from fleet.sim.faults import parse_fault
 from fleet.sim.local import LocalExchange
 
@@ -107,8 +108,8 @@ def _check(ev: Event) -> None:
         raise ValueError("ms must be >= 0")
     elif ev.do == "delist" and parse_duration(a.get("in", "1h")) <= 0:
         raise ValueError("in must be a duration after the announcement")
-    elif ev.do == "funding_interval" and (type(a.get("hours")) is not int or a["hours"] <= 0 or 24 % a["hours"]):
-        raise ValueError(f"hours must be a whole number of hours dividing 24 (1, 2, 4, 8...), got {a.get('hours')!r}")
+    elif ev.do == "funding_interval":
+        check_interval_hours(a.get("hours"))
 
 
 def _symbol(ex: LocalExchange, args: dict[str, Any]) -> str:

@@ -746,18 +746,16 @@ def _read_rows(data: Any, parse: Callable[[Any], T], what: str) -> list[T]:
     it for an empty list would make a position flat or the open orders none."""
     if not isinstance(data, list):
         raise ServerError(0, f"{what}: HTTP 200 without a list ({type(data).__name__})", 200)
-    try:
-        return [parse(row) for row in data]
-    except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
-        raise ServerError(0, f"{what}: unreadable row ({type(exc).__name__}): {str(exc)[:120]}", 200) from exc
+    return [_read_one(row, parse, what) for row in data]
 
 
 def _read_one(data: Any, parse: Callable[[Any], T], what: str) -> T:
-    """A read's one-object answer, parsed; one that does not parse is a :class:`ServerError` (tried again)."""
+    """A read's one object (an answer, or a row of one), parsed; one that does not parse is a
+    :class:`ServerError` (tried again)."""
     try:
         return parse(data)
     except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
-        raise ServerError(0, f"{what}: unreadable answer ({type(exc).__name__}): {str(exc)[:120]}", 200) from exc
+        raise ServerError(0, f"{what}: unreadable ({type(exc).__name__}): {str(exc)[:120]}", 200) from exc
 
 
 def _pick_position(data: Any, symbol: str, as_of: int = 0) -> PositionInfo:

@@ -53,7 +53,7 @@ DEPTH = _get("/fapi/v1/depth", Cost(weight=5))  # weight by limit: see depth_cos
 BOOK_TICKER = _get("/fapi/v1/ticker/bookTicker", Cost(weight=2))  # one symbol
 PREMIUM_INDEX = _get("/fapi/v1/premiumIndex")
 # no weight: its own limit of 500 a 5 minutes per IP, shared with fundingRate (an agent reads it at the
-# start and at most once a minute after its funding schedule moved)
+# start, every hour, and at most once a minute after its funding schedule moved)
 FUNDING_INFO = _get("/fapi/v1/fundingInfo", Cost(weight=0))
 
 # -- trading (signed) -----------------------------------------------------------------------------

@@ -21,6 +21,13 @@ from fleet.sim.market import MarketParams
 DEFAULT_FUNDING_CAP = "0.003"
 
 
+def check_interval_hours(hours: object) -> int:
+    """A funding interval as Binance sets them: a whole number of hours dividing 24 (1, 2, 4, 8...)."""
+    if type(hours) is not int or hours <= 0 or 24 % hours:
+        raise ValueError(f"hours must be a whole number of hours dividing 24 (1, 2, 4, 8...), got {hours!r}")
+    return hours
+
+
 class SimConfigError(ValueError):
     """A simulator config that cannot be used; the message names the field."""
 
@@ -84,9 +91,7 @@ class SymbolSpec(_Model):
     @field_validator("funding_interval_hours")
     @classmethod
     def _funding_hours(cls, v: int | None) -> int | None:
-        if v is not None and (v <= 0 or 24 % v):
-            raise ValueError(f"must be a whole number of hours dividing 24 (1, 2, 4, 8...), got {v}")
-        return v
+        return v if v is None else check_interval_hours(v)
 
     @field_validator("funding_rate_cap")
     @classmethod

@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any, Callable
 
 from fleet.sim.book import Book
-from fleet.sim.config import SimConfig
+from fleet.sim.config import SimConfig, check_interval_hours
 from fleet.sim.errors import invalid
 from fleet.sim.frames import render_account_update
 from fleet.sim.orders import Account, Position
@@ -95,9 +95,7 @@ class FundingSchedule:
         b = self.book(symbol)
         if self.replay is not None:
             raise ValueError("a replayed market's funding times are the recording's")
-        if type(hours) is not int or hours <= 0 or 24 % hours:
-            raise ValueError(f"hours must be a whole number of hours dividing 24 (1, 2, 4, 8...), got {hours!r}")
-        interval = hours * HOUR_MS
+        interval = check_interval_hours(hours) * HOUR_MS
         if next_ms is None:
             next_ms = (now // interval + 1) * interval
         elif type(next_ms) is not int or next_ms <= now:
