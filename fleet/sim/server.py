@@ -33,8 +33,9 @@ input, 404 on an unknown route)::
              "connections": {"market", "user", "total"}, "faults_pending": [...],
              "deferred": [{"method", "path", "account", "due_ms", "expires_ms", "newClientOrderId"}],
              "server": {"rest_requests", "ws_frames_sent", "ws_bad_messages", "ws_slow_dropped",
-                        "ws_unlisted_symbol_streams", "ws_legacy_silent_streams", "late_executed",
-                        "late_expired", "late_rejected", "throttled"},
+                        "ws_unlisted_symbol_streams", "ws_legacy_silent_streams",
+                        "ws_misrouted_silent_streams", "late_executed", "late_expired", "late_rejected",
+                        "throttled"},
              "weight_by_route": {"METHOD /path": IP weight charged since the start, every IP together}}
          (symbol optional: all symbols; account default "main"; money fields are decimal strings)
     GET  /sim/accounts                -> [{"name", "api_key", "api_secret"}]

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, NamedTuple
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -51,6 +51,17 @@ class Conn:
     def is_user(self) -> bool:
         """A user-data connection: its listen keys, or (silent, on an unrouted path) its accounts."""
         return bool(self.listen_keys) or (self.path_kind not in ("api",) and bool(self.accounts))
+
+
+class Silent(NamedTuple):
+    """A stream accepted and never delivered: ``why`` is "legacy" (a /market or user stream on an unrouted
+    path; ``where``: a user stream's account), "unlisted" (a symbol the exchange does not list) or
+    "misrouted" (a stream of the other route; ``where``: the route that serves it)."""
+
+    key: str
+    name: str
+    why: str
+    where: str = ""
 
 
 class StreamGateway(WsApiGateway):
@@ -151,7 +162,7 @@ class StreamGateway(WsApiGateway):
                                                           "per connection."})
         market: list[tuple[str, str]] = []
         users: list[tuple[str, str]] = []
-        silent: list[tuple[str, str, str]] = []
+        silent: list[Silent] = []
         for n in names:
             err = self._classify(n, path_kind, market, users, silent)
             if err:
@@ -268,7 +279,7 @@ class StreamGateway(WsApiGateway):
         return reply
 
     def _classify(self, name: str, path_kind: str, market: list[tuple[str, str]],
-                  users: list[tuple[str, str]], silent: list[tuple[str, str, str]]) -> str | None:
+                  users: list[tuple[str, str]], silent: list[Silent]) -> str | None:
         """Sort one requested name into ``market``, ``users`` or (accepted, never delivered) ``silent``;
         the refusal's reason, or None."""
         acct = self.engine.account_of_listen_key(name)
@@ -276,7 +287,7 @@ class StreamGateway(WsApiGateway):
             if path_kind in (PUBLIC, MARKET):
                 return f"user data stream is served on /private, not /{path_kind}"
             if path_kind == "legacy" and self.config.legacy_paths == "public":
-                silent.append((name, name, acct.name))   # the unrouted paths carry /public streams only
+                silent.append(Silent(name, name, "legacy", acct.name))   # the unrouted paths carry /public only
             else:
                 users.append((name, acct.name))
             return None
@@ -286,40 +297,46 @@ class StreamGateway(WsApiGateway):
             if "@" in name or name.startswith("!") or path_kind in (PUBLIC, MARKET):
                 return f"Invalid stream name: {name}"
             return "This listenKey does not exist."
-        if path_kind == "private" or not path_allows(path_kind, canon[1]):
-            return f"stream {name} is not served on /{path_kind}"
-        if path_kind == "legacy" and canon[1] == MARKET and self.config.legacy_paths == "public":
-            silent.append((canon[0], name, ""))   # the unrouted paths carry /public streams only
+        if path_kind == "private":
+            return f"stream {name} is not served on /private"
+        if not path_allows(path_kind, canon[1]):
+            # a book on /market or a mark on /public: Binance acknowledges it and never pushes it (it pushes
+            # no stream of the other route on a connection; node-binance-api #991 after testing it)
+            silent.append(Silent(canon[0], name, "misrouted", canon[1]))
+        elif path_kind == "legacy" and canon[1] == MARKET and self.config.legacy_paths == "public":
+            silent.append(Silent(canon[0], name, "legacy"))   # the unrouted paths carry /public streams only
         elif unlisted:   # accepted and silent, as Binance does
-            silent.append((canon[0], name, "?"))
+            silent.append(Silent(canon[0], name, "unlisted"))
         else:
             market.append((canon[0], name))
         return None
 
     def _accept(self, c: Conn, market: list[tuple[str, str]], users: list[tuple[str, str]],
-                silent: list[tuple[str, str, str]]) -> None:
+                silent: list[Silent]) -> None:
         for canon, name in market:
             self._subscribe_market(c, canon, name)
         for key, acct in users:
             self._subscribe_user(c, key, acct)
-        legacy = unlisted = 0
-        for key, name, why in silent:   # accepted, never delivered: on an unrouted path, or an unlisted symbol
-            if key in c.silent:
+        counts = {"legacy": 0, "unlisted": 0, "misrouted": 0}
+        for entry in silent:   # accepted, never delivered
+            if entry.key in c.silent:
                 continue
-            c.silent[key] = name
-            if why == "?":
-                unlisted += 1
-            else:
-                legacy += 1
-                if why:   # a user stream: its account, for the drop fault and the connection counts
-                    c.accounts.add(why)
-        self.stats["ws_legacy_silent_streams"] += legacy
-        self.stats["ws_unlisted_symbol_streams"] += unlisted
-        if legacy:
-            log.info("%d stream(s) on an unrouted path accepted and silent: only /public streams "
-                     "(books, trades) are served there (Binance since 2026-04-23); use /market or /private", legacy)
-        if unlisted:
-            log.info("%d stream(s) of symbols the exchange does not list accepted and silent", unlisted)
+            c.silent[entry.key] = entry.name
+            counts[entry.why] += 1
+            if entry.why == "legacy" and entry.where:   # a user stream: its account, for the drop fault and counts
+                c.accounts.add(entry.where)
+            if entry.why == "misrouted":
+                log.warning("stream %r on /%s accepted and silent: Binance serves it on /%s only",
+                            entry.name, c.path_kind, entry.where)
+        self.stats["ws_legacy_silent_streams"] += counts["legacy"]
+        self.stats["ws_unlisted_symbol_streams"] += counts["unlisted"]
+        self.stats["ws_misrouted_silent_streams"] += counts["misrouted"]
+        if counts["legacy"]:
+            log.warning("%d stream(s) on an unrouted path (/ws, /stream) accepted and silent: only /public "
+                        "streams (books, trades) are served there (Binance since 2026-04-23); use /market or "
+                        "/private, or start the simulator with --legacy-paths all", counts["legacy"])
+        if counts["unlisted"]:
+            log.info("%d stream(s) of symbols the exchange does not list accepted and silent", counts["unlisted"])
 
     def _subscribe_market(self, c: Conn, canon: str, name: str) -> None:
         c.subs[canon] = name
@@ -403,7 +420,7 @@ class StreamGateway(WsApiGateway):
             if method == "SUBSCRIBE":
                 market: list[tuple[str, str]] = []
                 users: list[tuple[str, str]] = []
-                silent: list[tuple[str, str, str]] = []
+                silent: list[Silent] = []
                 for n in params:
                     err = self._classify(n, c.path_kind, market, users, silent)
                     if err:
