@@ -134,6 +134,21 @@ class OrderSender:
             if o.status == "PENDING_NEW" and (o.unknown_ms is not None or now - o.sent_ms < window)
         ]
 
+    def may_yet_rest(self) -> list[str]:
+        """Client ids of our new orders that the exchange may still accept and rest, whatever it answered:
+        not acknowledged, sent inside their window, and of a kind that rests (not a market order, not
+        IOC or FOK). A stop outwaits them, cancelling whatever lands."""
+        core = self.agent.core
+        if core is None:
+            return []
+        now = self.agent.exchange_ms()
+        window = self.window_ms()
+        return [
+            o.client_order_id for o in core.store.orders.values()
+            if o.status == "PENDING_NEW" and now - o.sent_ms < window and o.order_type != OrderType.MARKET
+            and o.time_in_force not in (TimeInForce.IOC, TimeInForce.FOK)
+        ]
+
     def window_ms(self) -> int:
         """How long after sending a request may still execute: its recvWindow, plus a margin."""
         recv = self.agent.client.recv_window if self.agent.client is not None else 5_000

@@ -1,6 +1,6 @@
 """Halting and stopping: cancel-all confirmed at the exchange (fenced to this epoch once the lease has
-lapsed), reduce-only flattening until the exchange reports flat, and the ordered stop (cancel, flatten,
-disarm the dead-man switch while the lease holds, close, release).
+lapsed), reduce-only flattening until the exchange reports flat, and the ordered stop (cancel until no
+order of ours may still land, flatten, disarm the dead-man switch while the lease holds, close, release).
 
 A part of :class:`agents.agent.SymbolAgent`.
 """
@@ -16,6 +16,8 @@ from fleet.binance.client import BinanceClient
 from fleet.binance.errors import BinanceError
 
 from .agent_base import BLOCK_STOPPING, FATAL_START_CODES, _same_epoch
+
+LANDING_POLL_S = 0.5  # the stop's cancel-all round while an order of ours may still land
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
@@ -57,6 +59,20 @@ class Shutdown:
                 break
             await self.agent.clock.sleep(0.2)
         return n if n >= 0 else len(self.agent.core.store.orders)
+
+    async def cancel_until_none_may_land(self, deadline_s: float) -> list[str]:
+        """Cancel-all confirmed, again every ``LANDING_POLL_S`` while an order of ours may still land and
+        rest: a place answered 503, or not at all, may execute until its recvWindow closes, after the
+        book was emptied. Returns the client ids that might still land at the deadline (none: the book
+        is empty for good)."""
+        a = self.agent
+        end = a.clock.monotonic() + deadline_s
+        while True:
+            landing = a.sender.may_yet_rest()   # before the round: whatever lands later, lands inside it
+            await self.cancel_all_confirmed(deadline_s=max(0.5, end - a.clock.monotonic()))
+            if not landing or a.clock.monotonic() >= end:
+                return landing
+            await a.clock.sleep(LANDING_POLL_S)
 
     async def cancel_fenced(self, client: BinanceClient) -> bool:
         """Cancel-all while the lease holds; once it lapsed, only this epoch's orders (True then).
@@ -184,12 +200,16 @@ class Shutdown:
         if not a.started and a.grant is not None:
             a.log.event("stop_during_start", "stopped while starting: cancelling whatever rests", level=logging.WARNING)
         budget = a.runtime.stop_timeout_sec
-        await self.cancel_all_confirmed(deadline_s=budget / 3)
+        landing = await self.cancel_until_none_may_land(deadline_s=budget / 3)
         if flatten and a.lease_ok():
             a.core.flatten("stop")
             await self.flatten_confirmed(deadline_s=budget / 3)
-            await self.cancel_all_confirmed(deadline_s=2.0)
-        if a.lease_ok():  # a lapsed lease may have a successor whose dead-man switch this would disarm
+            landing = await self.cancel_until_none_may_land(deadline_s=2.0)
+        if landing:   # the switch stays armed: it cancels what lands after this process is gone
+            a.log.event("stop_landing", f"{len(landing)} order(s) may still land at the exchange after the stop "
+                        f"(answered ambiguously, inside their recvWindow): the dead-man switch stays armed",
+                        level=logging.WARNING)
+        elif a.lease_ok():  # a lapsed lease may have a successor whose dead-man switch this would disarm
             try:
                 await a.client.countdown_cancel_all(a.symbol, 0)  # disarm the dead-man switch
             except BinanceError as exc:  # still armed: it fires on an already emptied book

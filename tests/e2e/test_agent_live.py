@@ -616,6 +616,30 @@ async def test_graceful_stop_with_flatten_leaves_nothing_within_20s(make_agent, 
     assert await agent.stop() == summary  # idempotent
 
 
+async def test_a_stop_outwaits_new_orders_answered_503_that_execute_after_it_emptied_the_book(make_agent, exchange):
+    """A ladder's batch answered 503 and executed 2 s later: a stop right after the answer empties the
+    book before they land. It must cancel them when they do, and not leave the exchange, dead-man switch
+    disarmed, with a ladder nobody manages."""
+    agent = await make_agent()
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    await agent.halt("test")
+    await wait_for(lambda: agent.counters["quote_pulls_confirmed"] >= 1, 10, "the halt's pull over")
+    await exchange.post("/sim/fault/rest", {"mode": "late", "count": 1, "path": "/fapi/v1/batchOrders",
+                                            "method": "POST", "answer": "503", "delay_ms": 2000})
+    await agent.resume()
+    await wait_for(lambda: not exchange.sim.faults, 5, "the ladder's first batch answered 503, executing later")
+    late = {o.client_order_id for o in agent.core.store.orders.values() if o.unknown_ms is not None}
+    assert late and (await exchange.state())["deferred"], "a place batch of unknown outcome is due to execute late"
+    summary = await agent.stop()
+    st = await exchange.state()
+    assert st["deferred"] == [] and st["server"]["late_executed"] == 1   # landed during the stop
+    assert st["open_orders"] == [], st["open_orders"]
+    done = {o["clientOrderId"]: o["status"] for o in await exchange.all_orders()}
+    assert all(done.get(cid) == "CANCELED" for cid in late), {cid: done.get(cid) for cid in late}
+    assert summary["exchange_open_orders"] == 0
+    assert st["positions"][SYMBOL]["countdown_deadline_ms"] in (None, 0)  # disarmed once nothing may land
+
+
 async def test_halt_resume_flatten_calls(make_agent, exchange, tmp_path):
     await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "-0.040"})
     agent = await make_agent()
