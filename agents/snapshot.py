@@ -41,6 +41,7 @@ def build_status(agent: SymbolAgent) -> dict[str, Any]:
         "settles_at_ms": agent.contract.settles_at_ms,   # a delisting the exchange announced (None: none)
         "funding_interval_s": core.store.funding.interval_ms // 1000 if core else None,   # as fundingInfo lists it
         "blocks": sorted(agent.blocks),
+        "exchange_holds": agent.budget.holds(),   # the exchange refusing our orders for now (429, 418, -1008)
         "user_stream_connected": agent.user.connected,
         "market_stream_connected": agent.market.connected,
         "last_book_age_s": round(now - agent.market.last_book, 3) if agent.market.last_book else None,

@@ -33,6 +33,7 @@ from urllib.parse import parse_qs
 
 from fleet.vocabulary import KillState
 
+_WORD = re.compile(r"[a-z_]{1,32}")
 COOKIE_NAME = "mmfleet_console"
 CSRF_HEADER = "X-CSRF-Token"
 SESSION_TTL_S = 8 * 3600.0     # a working day; sign in again after it
@@ -352,6 +353,8 @@ def console_row(symbol: str, a: SymbolAnswers) -> dict[str, Any]:
         # record says running is shown as the agent's
         "agent_halt_reason": (a.status or {}).get("halt_reason") or "",
         "settles_at_ms": _finite(st.get("settles_at_ms")),   # the exchange's announced delisting, if any
+        # the exchange refusing its orders for now (a 429, a 418 ban, -1008): plain words only
+        "exchange_holds": [h for h in st.get("exchange_holds") or () if isinstance(h, str) and _WORD.fullmatch(h)],
         "funding_interval_s": _finite(st.get("funding_interval_s")),   # the symbol's, as fundingInfo lists it
         "last_reconcile_repair": st.get("last_reconcile_repair"),
         "reconcile_repairs": (st.get("counters") or {}).get("reconcile_repairs"),

@@ -97,6 +97,10 @@
     return p;
   }
 
+  const HOLDS = {
+    rate_limited: "rate limited (429/418)", orders_limited: "order count (429)", throttled: "throttled (-1008)",
+  };
+
   function renderRow(row) {
     const r = ensureRow(row.symbol);
     const c = r.c;
@@ -106,6 +110,10 @@
     else if (row.restarts) c.state.append(el("span", "sub", `${row.restarts} restart(s)`));
     if (row.settles_at_ms) {
       c.state.append(el("span", "sub delisting", `delisted: settled by the exchange at ${new Date(row.settles_at_ms).toISOString()}`));
+    }
+    // the exchange refusing its orders for now: a 429 or 418 (rate_limited), an order-count 429, a -1008
+    if (row.exchange_holds && row.exchange_holds.length) {
+      c.state.append(el("span", "sub held", `held by the exchange: ${row.exchange_holds.map((h) => HOLDS[h] || h).join(", ")}`));
     }
     const stale = row.published_age_s !== null && row.published_age_s !== undefined;
     r.tr.classList.toggle("stale", stale);

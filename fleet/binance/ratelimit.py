@@ -41,6 +41,7 @@ log = logging.getLogger("fleet.binance.ratelimit")
 BOUNDARY_MARGIN_S = 0.5
 LOUD_WAIT_S = 1.0  # a request held longer than this for room is logged (reads wait; quoting does not)
 THROTTLE_PAUSE_S = 1.0  # after a -1008 the quoting lane's orders wait this long (Binance sends no Retry-After)
+THROTTLE_SHOWN_S = 5.0  # a -1008 is shown as a hold this long: the lane's short holds follow one another
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +189,7 @@ class RateBudget:
         self._orders_blocked_until = -math.inf  # new orders only (account order-count 429, -1015)
         self._quotes_blocked_until = -math.inf  # the quoting lane's orders only (-1008, system protection)
         self.throttled = 0  # -1008s seen
+        self._throttled_at = -math.inf
         self.share = share
         self.set_share(share)
         self.rate_limited = 0  # 429s seen
@@ -280,6 +282,20 @@ class RateBudget:
         """Seconds left of a Retry-After / ban pause (0 when none)."""
         now = self._clock() if now is None else now
         return max(0.0, self._blocked_until - now)
+
+    def holds(self, now: float | None = None) -> list[str]:
+        """The exchange's holds in force, for ``status()``: "rate_limited" (a 429 on the IP's weight or a
+        418 ban: nothing goes out), "orders_limited" (an order-count 429: no new order goes out) and
+        "throttled" (a -1008 in the last ``THROTTLE_SHOWN_S``: the quoting lane's orders wait)."""
+        now = self._clock() if now is None else now
+        held = []
+        if now < self._blocked_until:
+            held.append("rate_limited")
+        if now < self._orders_blocked_until:
+            held.append("orders_limited")
+        if now < max(self._quotes_blocked_until, self._throttled_at + THROTTLE_SHOWN_S):
+            held.append("throttled")
+        return held
 
     def wait_time(self, cost: Cost, now: float | None = None, *, risk: bool = False) -> float:
         """Seconds until ``cost`` fits every limit of its lane (0 = now; inf = never)."""
@@ -432,6 +448,7 @@ class RateBudget:
         which the exchange exempts, cancels, amends away from the market) goes on."""
         now = self._clock() if now is None else now
         self.throttled += 1
+        self._throttled_at = now
         self._quotes_blocked_until = max(self._quotes_blocked_until, now + max(0.0, seconds))
 
     def note_banned(self, seconds: float, now: float | None = None) -> None:

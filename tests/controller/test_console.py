@@ -189,6 +189,8 @@ def test_the_symbols_funding_interval_is_in_the_row():
     P&L when it is not 8 hours."""
     row = console_row("ETHUSDC", SymbolAnswers(status={"state": "quoting", "funding_interval_s": 3600}, exposure={}))
     assert row["funding_interval_s"] == 3600
+    held = SymbolAnswers(status={"state": "quoting", "exchange_holds": ["throttled", "<b>x</b>", 7]}, exposure={})
+    assert console_row("ETHUSDC", held)["exchange_holds"] == ["throttled"]   # plain words only
     assert console_row("ETHUSDC", SymbolAnswers(status={"state": "starting"}, exposure={})).get("funding_interval_s") is None
 
 

@@ -282,6 +282,7 @@ async def test_system_throttling_refuses_the_quotes_yet_a_flatten_goes_through(m
             return False
 
         await wait_for(refused_some, 20, "the agent's new orders refused with -1008", interval=0.3)
+        await wait_for(lambda: "throttled" in agent.status()["exchange_holds"], 5, "status() says the exchange throttles")
         await settled(agent, exchange)   # a refused order is not counted: nothing to settle
         flat = await agent.flatten("drill")
         st = await exchange.state()
@@ -293,3 +294,4 @@ async def test_system_throttling_refuses_the_quotes_yet_a_flatten_goes_through(m
     await agent.resume()
     await wait_for(lambda: resting(agent, exchange), 15, "quoting again once the throttle ended",
                    explain=lambda: describe(agent, exchange))
+    await wait_for(lambda: agent.status()["exchange_holds"] == [], 10, "no hold shown once quoting is back")

@@ -3,7 +3,7 @@
 import pytest
 
 from fleet.binance.errors import BudgetExhaustedError
-from fleet.binance.ratelimit import Cost, RateBudget
+from fleet.binance.ratelimit import THROTTLE_SHOWN_S, Cost, RateBudget
 
 ORDER = Cost(orders_10s=1, orders_1m=1)
 MINUTE = 1_796_000_040_000  # a minute's boundary on the exchange's clock (ms)
@@ -103,6 +103,20 @@ def test_a_throttle_holds_the_quoting_lanes_orders_a_second_but_not_the_risk_lan
     assert budget.try_charge(Cost(weight=1)) == 0   # a cancel or a read
     clock.t += 1.0
     assert budget.try_charge(ORDER) == 0 and budget.throttled == 1
+
+
+def test_holds_name_what_the_exchange_refuses_for_now_and_a_throttle_stays_shown_between_its_short_holds():
+    clock = Clock()
+    budget = RateBudget(clock=clock)
+    assert budget.holds() == []
+    budget.note_throttled()
+    budget.note_retry_after(2.0, orders_only=True)
+    budget.note_banned(3.0)
+    assert budget.holds() == ["rate_limited", "orders_limited", "throttled"]
+    clock.t += 3.0
+    assert budget.holds() == ["throttled"]   # its 1 s hold is over, but it came 3 s ago: quotes are refused
+    clock.t += THROTTLE_SHOWN_S - 3.0
+    assert budget.holds() == []
 
 
 def test_quoting_leaves_the_reserve_to_risk_reducing_requests():
