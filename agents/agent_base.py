@@ -52,7 +52,7 @@ COUNTERS = (
     "listen_key_renewals", "listen_key_expired", "deadman_heartbeats", "unknown_outcomes",
     "unknown_outcomes_resolved", "reconciliations", "reconcile_repairs", "quote_pulls_confirmed",
     "stale_market_pulls", "foreign_events", "start_attempts", "rate_limited", "lease_pulls", "resync_failures",
-    "owner_asks", "margin_calls", "margin_holds",
+    "owner_asks", "margin_calls", "margin_holds", "foreign_orders",
 )
 
 _TRANSIENT = (BinanceError, StreamError, OSError, asyncio.TimeoutError)

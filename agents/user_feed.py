@@ -18,10 +18,17 @@ from fleet.binance.errors import BinanceError, InvalidListenKeyError
 from fleet.binance.events import FundingFee, ListenKeyExpired, MarginCall, OrderUpdate, RawEvent, TradeLite
 from fleet.binance.streams import StreamError, UserStream
 
+from .orders import parse_client_order_id
 from .agent_base import BLOCK_USER_STREAM, Backoff, _ListenKeyGone, _TRANSIENT, _same_epoch
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
+
+
+def _not_ours(client_order_id: str) -> bool:
+    """Placed by another hand than mmfleet's and than the exchange's own (liquidation, ADL, settlement)."""
+    return parse_client_order_id(client_order_id) is None and not client_order_id.startswith(
+        ("autoclose-", ADL_CLIENT_ORDER_ID, SETTLEMENT_CLIENT_ORDER_ID))
 
 
 class UserFeed:
@@ -145,7 +152,15 @@ class UserFeed:
                 a.ask_owner(f"{ev.client_order_id} cancelled by another hand")
         store = core.store
         closes = store.liquidations + store.deleveraged + store.settled
+        foreign = isinstance(ev, OrderUpdate) and ev.status == OrderStatus.NEW and _not_ours(ev.client_order_id) \
+            and store.get(ev.client_order_id) is None
         core.on_event(ev, a.clock.time_ms() + a.offset_ms())
+        if foreign:
+            a.counters["foreign_orders"] += 1
+            a.log.event("foreign_order", f"an order mmfleet did not place rests on {a.symbol}: {ev.client_order_id!r} "
+                        f"{ev.side} {ev.orig_qty} at {ev.price}, counted in the worst case and left alone while "
+                        f"quoting (a stop or a kill cancels every order of the symbol): one owner per symbol",
+                        level=logging.WARNING)
         if store.liquidations + store.deleveraged + store.settled != closes:
             self.liquidation(ev.order_id, ev.client_order_id, True,
                              f"{ev.side} {ev.last_filled_qty} @ {ev.last_filled_price}, realized {ev.realized_pnl}")

@@ -640,6 +640,36 @@ async def test_a_stop_outwaits_new_orders_answered_503_that_execute_after_it_emp
     assert st["positions"][SYMBOL]["countdown_deadline_ms"] in (None, 0)  # disarmed once nothing may land
 
 
+async def test_an_order_another_tool_rests_on_the_symbol_is_said_counted_and_cancelled_by_the_stop(
+        make_agent, exchange, caplog):
+    """One owner per symbol: an order placed by another hand on the same account and symbol is counted
+    in the worst case (the exchange counts it), left alone while quoting, said once as a WARNING (the
+    agent's ladder may shrink to nothing under it), and cancelled by the stop with everything else."""
+    caplog.set_level(logging.INFO, logger="mmfleet.agent")
+    agent = await make_agent()
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    price = f"{agent.core.store.mid_price() * 0.95:.2f}"
+    async with SimClient.for_sim(exchange.sim) as c:
+        placed = await c.signed("POST", "/fapi/v1/order", {
+            "symbol": SYMBOL, "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.050",
+            "price": price, "newClientOrderId": "desk-manual-1"})
+        assert placed.status == 200, placed.json
+    await wait_for(lambda: agent.counters["foreign_orders"] == 1, 5, "the other hand's order seen on the user stream")
+    said = [r for r in caplog.records if getattr(r, "event", None) == "foreign_order"]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING and "'desk-manual-1'" in said[0].getMessage()
+
+    async def counted() -> bool:
+        st = await exchange.state()
+        bids = sum(Decimal(o["origQty"]) - Decimal(o["executedQty"]) for o in st["open_orders"] if o["side"] == "BUY")
+        return Decimal(str(agent.exposure()["pending_buy"])) == bids and bids >= Decimal("0.050")
+
+    await wait_for(counted, 10, "its 0.050 counted in the agent's pending bids as at the exchange")
+    assert "desk-manual-1" in {o["clientOrderId"] for o in (await exchange.state())["open_orders"]}   # left alone
+    await agent.stop()
+    assert (await exchange.state())["open_orders"] == []
+    assert agent.counters["foreign_orders"] == 1   # said once
+
+
 async def test_halt_resume_flatten_calls(make_agent, exchange, tmp_path):
     await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "-0.040"})
     agent = await make_agent()
