@@ -69,8 +69,8 @@ class Shutdown:
         end = a.clock.monotonic() + deadline_s
         while True:
             landing = a.sender.may_yet_rest()   # before the round: whatever lands later, lands inside it
-            await self.cancel_all_confirmed(deadline_s=max(0.5, end - a.clock.monotonic()))
-            if not landing or a.clock.monotonic() >= end:
+            await self.cancel_all_confirmed(deadline_s=max(0.0, end - a.clock.monotonic()))   # one round at least
+            if not landing or a.clock.monotonic() + LANDING_POLL_S >= end:
                 return landing
             await a.clock.sleep(LANDING_POLL_S)
 
@@ -200,15 +200,18 @@ class Shutdown:
         if not a.started and a.grant is not None:
             a.log.event("stop_during_start", "stopped while starting: cancelling whatever rests", level=logging.WARNING)
         budget = a.runtime.stop_timeout_sec
-        landing = await self.cancel_until_none_may_land(deadline_s=budget / 3)
-        if flatten and a.lease_ok():
+        if flatten and a.lease_ok():   # risk off first: what may still land is outwaited after the flatten
+            await self.cancel_all_confirmed(deadline_s=budget / 3)
             a.core.flatten("stop")
             await self.flatten_confirmed(deadline_s=budget / 3)
-            landing = await self.cancel_until_none_may_land(deadline_s=2.0)
-        if landing:   # the switch stays armed: it cancels what lands after this process is gone
+            landing = await self.cancel_until_none_may_land(deadline_s=2.5)
+        else:
+            landing = await self.cancel_until_none_may_land(deadline_s=budget / 3)
+        if landing:
+            then = ("the dead-man switch stays armed" if a.lease_ok()
+                    else "the lease lapsed: its successor's reconciliation cancels an earlier epoch's order")
             a.log.event("stop_landing", f"{len(landing)} order(s) may still land at the exchange after the stop "
-                        f"(answered ambiguously, inside their recvWindow): the dead-man switch stays armed",
-                        level=logging.WARNING)
+                        f"(answered ambiguously, inside their recvWindow): {then}", level=logging.WARNING)
         elif a.lease_ok():  # a lapsed lease may have a successor whose dead-man switch this would disarm
             try:
                 await a.client.countdown_cancel_all(a.symbol, 0)  # disarm the dead-man switch

@@ -627,15 +627,17 @@ async def test_a_stop_outwaits_new_orders_answered_503_that_execute_after_it_emp
     await exchange.post("/sim/fault/rest", {"mode": "late", "count": 1, "path": "/fapi/v1/batchOrders",
                                             "method": "POST", "answer": "503", "delay_ms": 2000})
     await agent.resume()
-    await wait_for(lambda: not exchange.sim.faults, 5, "the ladder's first batch answered 503, executing later")
+    await wait_for(lambda: any(o.unknown_ms is not None for o in agent.core.store.orders.values()), 5,
+                   "the ladder's first batch answered 503, executing later")
     late = {o.client_order_id for o in agent.core.store.orders.values() if o.unknown_ms is not None}
-    assert late and (await exchange.state())["deferred"], "a place batch of unknown outcome is due to execute late"
+    assert (await exchange.state())["deferred"], "a place batch of unknown outcome is due to execute late"
     summary = await agent.stop()
     st = await exchange.state()
     assert st["deferred"] == [] and st["server"]["late_executed"] == 1   # landed during the stop
     assert st["open_orders"] == [], st["open_orders"]
     done = {o["clientOrderId"]: o["status"] for o in await exchange.all_orders()}
-    assert all(done.get(cid) == "CANCELED" for cid in late), {cid: done.get(cid) for cid in late}
+    # cancelled (or, the market having moved in 2 s, refused as crossing, or filled): none left open
+    assert not {cid: done[cid] for cid in late if done.get(cid) in ("NEW", "PARTIALLY_FILLED")}
     assert summary["exchange_open_orders"] == 0
     assert st["positions"][SYMBOL]["countdown_deadline_ms"] in (None, 0)  # disarmed once nothing may land
 
