@@ -63,6 +63,7 @@ class Reconciler:
             self.note_repair("untracked", cid, "open at the exchange, not counted here: adopted")
         for cid in plan.foreign:
             self.note_repair("untracked", cid, "an order not placed by mmfleet: counted, left alone")
+            self.agent.user.foreign_order(cid, "listed by the reconciliation", say=False)
         for cid in plan.old_epoch:
             self.note_repair("old_epoch", cid, "an earlier epoch's order still open")
         for cid in plan.lookup:

@@ -127,7 +127,11 @@ class Starter:
         wallet = await self._wallet_balance()
         # The user events buffered meanwhile are applied next by the consumer, in order; the store
         # keeps per order the newest (update time, filled, stage), so the older ones change nothing.
+        known = set(core.store.orders)
         core.reset_from_snapshot(position, orders, a.exchange_ms(), wallet_balance=wallet, listed_at_ms=listed_at)
+        for info in orders:
+            if info.client_order_id not in known:
+                a.user.foreign_listed(info)   # another hand's order resting on the symbol is said
         if not initial:
             a.counters["resyncs"] += 1
             a.metrics.inc_rest_fallback()

@@ -13,9 +13,11 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from fleet.binance.enums import ADL_CLIENT_ORDER_ID, SETTLEMENT_CLIENT_ORDER_ID, ExecType, OrderStatus
+from fleet.binance.enums import (ADL_CLIENT_ORDER_ID, SETTLEMENT_CLIENT_ORDER_ID, ExecType, OrderStatus, OrderType,
+                                 TimeInForce)
 from fleet.binance.errors import BinanceError, InvalidListenKeyError
 from fleet.binance.events import FundingFee, ListenKeyExpired, MarginCall, OrderUpdate, RawEvent, TradeLite
+from fleet.binance.models import OrderInfo
 from fleet.binance.streams import StreamError, UserStream
 
 from .orders import parse_client_order_id
@@ -23,6 +25,15 @@ from .agent_base import BLOCK_USER_STREAM, Backoff, _ListenKeyGone, _TRANSIENT, 
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
+
+
+FOREIGN_SAY_S = 600.0  # an order another hand rests on the symbol is said at most this often (each counted)
+
+
+def _rests(ev: OrderUpdate | OrderInfo) -> bool:
+    """A limit order that stays on the book (not IOC or FOK)."""
+    kind = ev.order_type if isinstance(ev, OrderUpdate) else ev.type
+    return kind == OrderType.LIMIT and ev.time_in_force not in (TimeInForce.IOC, TimeInForce.FOK)
 
 
 def _not_ours(client_order_id: str) -> bool:
@@ -43,6 +54,7 @@ class UserFeed:
         self.last_lost_ms: int | None = None  # the exchange's time when it was last lost (never reset)
         self.liquidations_seen: set[int] = set()  # liquidation orders handled, from a frame or forceOrders
         self._new_key = asyncio.Event()  # the keepalive was refused: the consumer takes a new key
+        self._foreign_said = -FOREIGN_SAY_S  # when an order of another hand was last said
 
     async def connect(self) -> None:
         self.stream = await self._open()
@@ -152,15 +164,11 @@ class UserFeed:
                 a.ask_owner(f"{ev.client_order_id} cancelled by another hand")
         store = core.store
         closes = store.liquidations + store.deleveraged + store.settled
-        foreign = isinstance(ev, OrderUpdate) and ev.status == OrderStatus.NEW and _not_ours(ev.client_order_id) \
-            and store.get(ev.client_order_id) is None
+        foreign = isinstance(ev, OrderUpdate) and ev.status == OrderStatus.NEW and _rests(ev) \
+            and _not_ours(ev.client_order_id) and store.get(ev.client_order_id) is None
         core.on_event(ev, a.clock.time_ms() + a.offset_ms())
         if foreign:
-            a.counters["foreign_orders"] += 1
-            a.log.event("foreign_order", f"an order mmfleet did not place rests on {a.symbol}: {ev.client_order_id!r} "
-                        f"{ev.side} {ev.orig_qty} at {ev.price}, counted in the worst case and left alone while "
-                        f"quoting (a stop or a kill cancels every order of the symbol): one owner per symbol",
-                        level=logging.WARNING)
+            self.foreign_order(ev.client_order_id, f"{ev.side} {ev.orig_qty} at {ev.price}")
         if store.liquidations + store.deleveraged + store.settled != closes:
             self.liquidation(ev.order_id, ev.client_order_id, True,
                              f"{ev.side} {ev.last_filled_qty} @ {ev.last_filled_price}, realized {ev.realized_pnl}")
@@ -169,6 +177,24 @@ class UserFeed:
             self.look_up_funding()
         if isinstance(ev, OrderUpdate):
             self._log_order_update(ev)
+
+    def foreign_order(self, client_order_id: str, what: str, *, say: bool = True) -> None:
+        """An order mmfleet did not place rests on the symbol (another tool on the same account): counted,
+        and said as a WARNING at most every ``FOREIGN_SAY_S`` (a grid bot beside us would flood the log)."""
+        a = self.agent
+        a.counters["foreign_orders"] += 1
+        now = a.clock.monotonic()
+        if not say or now - self._foreign_said < FOREIGN_SAY_S:
+            return
+        self._foreign_said = now
+        a.log.event("foreign_order", f"an order mmfleet did not place rests on {a.symbol}: {client_order_id!r} {what}, "
+                    f"counted in the worst case and left alone while quoting (a kill, or a stop while the lease "
+                    f"holds, cancels every order of the symbol): one owner per symbol", level=logging.WARNING)
+
+    def foreign_listed(self, info: OrderInfo) -> None:
+        """An order a snapshot listed that the store did not hold: said if another hand rests it."""
+        if _rests(info) and _not_ours(info.client_order_id):
+            self.foreign_order(info.client_order_id, f"{info.side} {info.orig_qty} at {info.price}, listed")
 
     def liquidation(self, order_id: int, client_order_id: str, booked: bool, what: str) -> None:
         """A liquidation, auto-deleveraging or settlement order of the exchange, seen in its frame
