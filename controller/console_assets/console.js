@@ -113,7 +113,7 @@
     }
     // the exchange refusing its orders for now: a 429 or 418 (rate_limited), an order-count 429, a -1008
     if (row.exchange_holds && row.exchange_holds.length) {
-      c.state.append(el("span", "sub held", `held by the exchange: ${row.exchange_holds.map((h) => HOLDS[h] || h).join(", ")}`));
+      c.state.append(el("span", "sub held", `held by the exchange: ${row.exchange_holds.map((h) => (Object.hasOwn(HOLDS, h) ? HOLDS[h] : h)).join(", ")}`));
     }
     const stale = row.published_age_s !== null && row.published_age_s !== undefined;
     r.tr.classList.toggle("stale", stale);

@@ -37,7 +37,7 @@ def resolve_layout(ws_url: str, layout: str) -> str:
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS} or 'auto', got {layout!r}")
     return layout
-_PUBLIC_MARKERS = ("@depth", "@bookticker", "!bookticker", "rpidepth")
+_PUBLIC_MARKERS = ("@depth", "@bookticker", "!bookticker", "rpidepth", "@trade")   # @trade: not @aggTrade
 
 
 class StreamError(Exception):

@@ -177,6 +177,8 @@ async def make_agent(sim, tmp_path):
         if task in failed:
             continue   # a start that failed: the test saw its error (start() raised it)
         await asyncio.wait_for(task, 25)
+    # the simulator acknowledges a stream asked on the wrong route and never pushes it: none of ours was
+    assert sim.stats["ws_misrouted_silent_streams"] == 0
 
 
 # --------------------------------------------------------------------------- tests

@@ -167,9 +167,9 @@ def test_url_helpers_cover_both_layouts():
     assert url_for(base, listen_key="abc", layout="2026", events=["ORDER_TRADE_UPDATE", "listenKeyExpired"]) == (
         f"{base}/private/ws?listenKey=abc&events=ORDER_TRADE_UPDATE/listenKeyExpired"
     )
-    assert market_urls(base, ["btcusdt@depth5@100ms", "btcusdt@aggTrade"], "2026") == [
+    assert market_urls(base, ["btcusdt@depth5@100ms", "btcusdt@aggTrade", "btcusdt@trade"], "2026") == [
         f"{base}/market/stream?streams=btcusdt@aggTrade",
-        f"{base}/public/stream?streams=btcusdt@depth5@100ms",
+        f"{base}/public/stream?streams=btcusdt@depth5@100ms/btcusdt@trade",   # trades are /public's, as the book
     ]
     with pytest.raises(ValueError, match="layout"):
         url_for(base, ["x"], layout="2025")
