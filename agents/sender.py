@@ -241,11 +241,15 @@ class OrderSender:
         client = self.agent.require_client()
         core = self.agent.require_core()
         TICK_READ.set(tick)  # this task's own context
+        offset = client.time_offset_ms
         try:
             results = await self._send_requests(client, batch, tick, risk)
         except BinanceError as exc:
             self._batch_failed(core, batch, exc)
             return
+        finally:   # re-signed after a -1021 with our clock found behind: the exchange's window is later
+            if client.time_offset_ms > offset and batch.kind == "place":
+                core.store.on_signed_later([d.client_order_id for d in batch.items], client.time_offset_ms - offset)
         self.agent.journal.on_results(self.agent, batch, results)
         self._apply_results(core, batch, results)
 

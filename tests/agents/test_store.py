@@ -50,6 +50,16 @@ def test_an_order_counts_as_pending_from_the_moment_it_is_sent(store):
     assert store.worst_long_steps == 7 and store.worst_short_steps == -5
 
 
+def test_an_order_signed_again_later_has_its_window_run_from_the_second_signature(store):
+    """A -1021 (our clock behind) makes the client learn the offset again and resend: on the exchange's
+    clock the request is signed later, so it may land later; only what is still pending moves."""
+    store.on_sent(place("a"), 10)
+    store.on_sent(place("b"), 10)
+    store.apply(order_update("b", 102, BUY, 300_000, 7, t=11))
+    store.on_signed_later(["a", "b", "gone"], 120_000)
+    assert (store.orders["a"].sent_ms, store.orders["b"].sent_ms) == (120_010, 10)
+
+
 def test_ack_keeps_pending_and_learns_the_exchange_id(store):
     store.on_sent(place("a"), 10)
     store.apply(order_update("a", 101, BUY, 300_000, 7, t=11))

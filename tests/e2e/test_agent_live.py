@@ -19,9 +19,12 @@ import aiohttp
 import pytest
 
 from agents.agent import ExchangeEndpoints, SymbolAgent
+from agents.core import Actions
+from agents.orders import Batch, BatchKind, OrderReason, Place
 from agents.ownership import Grant, LockFileOwnership, OwnershipLost
 from fleet.binance.credentials import Credentials
 from fleet.binance.errors import BinanceError
+from fleet.binance.events import BUY
 from fleet.config import BaseParams, GridParams, GrindingParams, RuntimeParams, SymbolParams
 from fleet.sim.testkit import SimClient
 from tests.polling import wait_for  # noqa: F401 - the other e2e tests import it from here
@@ -642,6 +645,29 @@ async def test_a_stop_outwaits_new_orders_answered_503_that_execute_after_it_emp
     assert not {cid: done[cid] for cid in late if done.get(cid) in ("NEW", "PARTIALLY_FILLED")}
     assert summary["exchange_open_orders"] == 0
     assert st["positions"][SYMBOL]["countdown_deadline_ms"] in (None, 0)  # disarmed once nothing may land
+
+
+async def test_a_stop_outwaits_a_503_whose_request_was_signed_again_after_a_minus_1021(make_agent, exchange):
+    """An order decided while our clock ran two minutes behind: refused -1021, signed again with the
+    offset learned anew, answered 503, executed 2 s later. On the exchange's clock it may land until
+    the second signature's window closes, long after the one its decision time gives: the stop waits."""
+    agent = await make_agent()
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    await exchange.post("/sim/market/freeze", {"symbol": SYMBOL, "mode": "price"})   # the ladder stays as it is
+    await exchange.post("/sim/fault/rest", {"mode": "late", "count": 1, "path": "/fapi/v1/order",
+                                            "method": "POST", "answer": "503", "delay_ms": 2000})
+    core = agent.core
+    far = agent.filters.price_ticks_floor(core.store.mid_price() * 0.9)
+    place = Place(core.ids.next(), BUY, far, agent.filters.qty_steps_exact("0.010"), reason=OrderReason.LADDER)
+    agent.client.time_offset_ms -= 120_000   # no await from here to the send: its first signature is stale
+    agent.sender.execute(Actions(batches=(Batch(BatchKind.PLACE, (place,)),)), agent.exchange_ms(), None)
+    await wait_for(lambda: core.store.orders[place.client_order_id].unknown_ms is not None, 5,
+                   "refused -1021, sent again, answered 503 and executing later")
+    assert abs(agent.client.time_offset_ms) < 5_000 and (await exchange.state())["deferred"]
+    await agent.stop()
+    st = await exchange.state()
+    assert st["deferred"] == [] and st["server"]["late_executed"] == 1   # landed during the stop
+    assert st["open_orders"] == [], st["open_orders"]
 
 
 async def test_an_order_another_tool_rests_on_the_symbol_is_said_counted_and_cancelled_by_the_stop(
