@@ -31,6 +31,7 @@ from .agent_base import (IN_FLIGHT_QUERY_MS, LOOKUP_MARGIN_MS, PULL_REPEAT_S, TI
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
+    from .ledger import LiveOrder
 
 
 # Rejections the quote cycle expects now and then (a post-only order that would take, a cancel of an
@@ -123,31 +124,27 @@ class OrderSender:
                 return
 
     def _may_still_land(self) -> list[str]:
-        """Client ids of ours that the exchange may yet accept: unacknowledged and inside their window."""
-        core = self.agent.core
-        if core is None:
-            return []
-        now = self.agent.exchange_ms()
-        window = self.window_ms()
-        return [
-            o.client_order_id for o in core.store.orders.values()
-            if o.status == "PENDING_NEW" and (o.unknown_ms is not None or now - o.sent_ms < window)
-        ]
+        """Client ids of ours that the exchange may yet accept: unacknowledged and inside their window
+        (or of unknown outcome: its look-up settles it)."""
+        return [o.client_order_id for o, inside in self._unacknowledged() if inside or o.unknown_ms is not None]
 
     def may_yet_rest(self) -> list[str]:
         """Client ids of our new orders that the exchange may still accept and rest, whatever it answered:
         not acknowledged, sent inside their window, and of a kind that rests (not a market order, not
         IOC or FOK). A stop outwaits them, cancelling whatever lands."""
+        return [
+            o.client_order_id for o, inside in self._unacknowledged()
+            if inside and o.order_type != OrderType.MARKET and o.time_in_force not in (TimeInForce.IOC, TimeInForce.FOK)
+        ]
+
+    def _unacknowledged(self) -> list[tuple[LiveOrder, bool]]:
+        """Our new orders the exchange has not acknowledged, each with whether it is inside its window."""
         core = self.agent.core
         if core is None:
             return []
         now = self.agent.exchange_ms()
         window = self.window_ms()
-        return [
-            o.client_order_id for o in core.store.orders.values()
-            if o.status == "PENDING_NEW" and now - o.sent_ms < window and o.order_type != OrderType.MARKET
-            and o.time_in_force not in (TimeInForce.IOC, TimeInForce.FOK)
-        ]
+        return [(o, now - o.sent_ms < window) for o in core.store.orders.values() if o.status == "PENDING_NEW"]
 
     def window_ms(self) -> int:
         """How long after sending a request may still execute: its recvWindow, plus a margin."""

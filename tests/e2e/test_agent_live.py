@@ -404,6 +404,21 @@ async def test_user_stream_down_past_grace_cancels_all_through_rest(make_agent, 
     await wait_for(lambda: resting(agent, exchange), 10, "a whole ladder after resume", explain=lambda: describe(agent, exchange))
 
 
+async def a_ladder_batch_answered_503(agent: SymbolAgent, ex: Exchange, delay_ms: int) -> set[str]:
+    """The ladder pulled by a halt, then quoted again on a resume: its first batch is answered 503 and
+    executes ``delay_ms`` later. Returns its orders' client ids, once the agent holds them as unknown."""
+    await wait_for(lambda: resting(agent, ex), 10, "ladder resting", explain=lambda: describe(agent, ex))
+    await agent.halt("test")
+    await wait_for(lambda: agent.counters["quote_pulls_confirmed"] >= 1, 10, "the halt's pull over")
+    await ex.post("/sim/fault/rest", {"mode": "late", "count": 1, "path": "/fapi/v1/batchOrders",
+                                      "method": "POST", "answer": "503", "delay_ms": delay_ms})
+    await agent.resume()
+    await wait_for(lambda: any(o.unknown_ms is not None for o in agent.core.store.orders.values()), 5,
+                   "the ladder's first batch answered 503, executing later")
+    assert (await ex.state())["deferred"], "a place batch of unknown outcome is due to execute late"
+    return {o.client_order_id for o in agent.core.store.orders.values() if o.unknown_ms is not None}
+
+
 async def test_orders_landing_after_the_rest_fallback_cancel_are_cancelled_while_the_stream_is_down(
         make_agent, exchange):
     """A batch answered 503 and executed 1.5 s later lands after the REST fallback's cancel-all, with
@@ -412,16 +427,8 @@ async def test_orders_landing_after_the_rest_fallback_cancel_are_cancelled_while
     runtime = FAST.model_copy(update={"user_stream_grace_sec": 0.3, "reconnect_backoff_initial_sec": 10.0,
                                       "reconnect_backoff_max_sec": 10.0})
     agent = await make_agent(runtime=runtime)
-    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
-    await agent.halt("test")
-    await wait_for(lambda: agent.counters["quote_pulls_confirmed"] >= 1, 10, "the halt's pull over")
-    await exchange.post("/sim/fault/rest", {"mode": "late", "count": 1, "path": "/fapi/v1/batchOrders",
-                                            "method": "POST", "answer": "503", "delay_ms": 1500})
-    await agent.resume()
-    await wait_for(lambda: not exchange.sim.faults, 5, "the ladder's first batch answered 503, executing later")
+    late = await a_ladder_batch_answered_503(agent, exchange, delay_ms=1500)
     await exchange.post("/sim/fault/drop", {"target": "user", "account": "main"})
-    late = {o.client_order_id for o in agent.core.store.orders.values() if o.unknown_ms is not None}
-    assert late and (await exchange.state())["deferred"], "a place batch of unknown outcome is due to execute late"
 
     async def late_ones_cancelled() -> bool:
         st = await exchange.state()
@@ -626,16 +633,7 @@ async def test_a_stop_outwaits_new_orders_answered_503_that_execute_after_it_emp
     book before they land. It must cancel them when they do, and not leave the exchange, dead-man switch
     disarmed, with a ladder nobody manages."""
     agent = await make_agent()
-    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
-    await agent.halt("test")
-    await wait_for(lambda: agent.counters["quote_pulls_confirmed"] >= 1, 10, "the halt's pull over")
-    await exchange.post("/sim/fault/rest", {"mode": "late", "count": 1, "path": "/fapi/v1/batchOrders",
-                                            "method": "POST", "answer": "503", "delay_ms": 2000})
-    await agent.resume()
-    await wait_for(lambda: any(o.unknown_ms is not None for o in agent.core.store.orders.values()), 5,
-                   "the ladder's first batch answered 503, executing later")
-    late = {o.client_order_id for o in agent.core.store.orders.values() if o.unknown_ms is not None}
-    assert (await exchange.state())["deferred"], "a place batch of unknown outcome is due to execute late"
+    late = await a_ladder_batch_answered_503(agent, exchange, delay_ms=2000)
     summary = await agent.stop()
     st = await exchange.state()
     assert st["deferred"] == [] and st["server"]["late_executed"] == 1   # landed during the stop
