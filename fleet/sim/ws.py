@@ -318,6 +318,7 @@ class StreamGateway(WsApiGateway):
         for key, acct in users:
             self._subscribe_user(c, key, acct)
         counts = {"legacy": 0, "unlisted": 0, "misrouted": 0}
+        first: Silent | None = None   # the first stream of the other route: named in the log's one line
         for entry in silent:   # accepted, never delivered
             if entry.key in c.silent:
                 continue
@@ -325,9 +326,8 @@ class StreamGateway(WsApiGateway):
             counts[entry.why] += 1
             if entry.why == "legacy" and entry.where:   # a user stream: its account, for the drop fault and counts
                 c.accounts.add(entry.where)
-            if entry.why == "misrouted":
-                log.warning("stream %r on /%s accepted and silent: Binance serves it on /%s only",
-                            entry.name, c.path_kind, entry.where)
+            if entry.why == "misrouted" and counts["misrouted"] == 1:
+                first = entry
         self.stats["ws_legacy_silent_streams"] += counts["legacy"]
         self.stats["ws_unlisted_symbol_streams"] += counts["unlisted"]
         self.stats["ws_misrouted_silent_streams"] += counts["misrouted"]
@@ -337,6 +337,9 @@ class StreamGateway(WsApiGateway):
                         "/private, or start the simulator with --legacy-paths all", counts["legacy"])
         if counts["unlisted"]:
             log.info("%d stream(s) of symbols the exchange does not list accepted and silent", counts["unlisted"])
+        if first is not None:
+            log.warning("%d stream(s) on /%s accepted and silent, Binance serving them on another route: %r on "
+                        "/%s only", counts["misrouted"], c.path_kind, first.name, first.where)
 
     def _subscribe_market(self, c: Conn, canon: str, name: str) -> None:
         c.subs[canon] = name
