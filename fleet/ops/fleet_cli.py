@@ -230,11 +230,22 @@ def _local_cluster_expected() -> bool:
     return not found or found.split(":")[0] in ("127.0.0.1", "localhost")
 
 
+def loopback_wanted(address: str) -> bool:
+    """Whether this driver takes the loopback-only setting before Ray is imported: it starts a local
+    cluster, or joins one on loopback (``up --detach`` started it). Without the setting a driver looks
+    for that cluster at the machine's network address and waits for ever (a ``kill`` that never comes)."""
+    if address == "local":
+        return True
+    if address == "auto":
+        return _local_cluster_expected()
+    return address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost")
+
+
 def connect(address: str, namespace: str, *, start_local: bool, detach: bool = False) -> bool:
     """Connect this driver to Ray; returns True if it started a cluster that ends with the driver."""
     import logging
 
-    if address == "local" or (address == "auto" and start_local and _local_cluster_expected()):
+    if loopback_wanted(address):
         loopback_only()
     import ray
 
@@ -879,6 +890,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _guard(func: Any, args: argparse.Namespace) -> int:
+    if loopback_wanted(getattr(args, "address", "auto")):   # before anything imports Ray
+        loopback_only()
     from agents.logging import install_log_escaping
 
     install_log_escaping()   # the CLI's own mmfleet records: one line each, control characters escaped

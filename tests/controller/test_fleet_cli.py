@@ -189,6 +189,27 @@ def test_an_unreachable_exchange_is_said_by_validate_and_refused_by_up(tmp_path,
     assert "cannot check the symbols" in err and f"127.0.0.1:{port}" in err and "nothing started" in err
 
 
+def test_every_command_joining_a_loopback_cluster_takes_the_loopback_setting(monkeypatch, tmp_path):
+    """A cluster `up --detach` started listens on 127.0.0.1; `kill`, `status`, `apply` and `down` join
+    it with address "auto". A driver without the loopback setting looks for it at the machine's
+    network address and hangs (a kill that never comes): each takes the setting, whatever it does."""
+    from fleet.ops.fleet_cli import loopback_wanted
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert loopback_wanted("auto") and loopback_wanted("local")   # no cluster: one starts here, on loopback
+    (tmp_path / "ray").mkdir()
+    current = tmp_path / "ray" / "ray_current_cluster"
+    current.write_text("127.0.0.1:30346\n")   # what `ray start --node-ip-address=127.0.0.1` leaves
+    assert loopback_wanted("auto")
+    current.write_text("192.0.2.2:30346\n")   # a cluster of the network: joined as it is
+    assert not loopback_wanted("auto")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert loopback_wanted("auto")
+    assert loopback_wanted("127.0.0.1:6379") and loopback_wanted("localhost:6379")
+    assert not loopback_wanted("10.0.0.5:6379")
+
+
 def test_a_local_cluster_listens_on_loopback_only(ray_cluster):
     """Every Ray cluster the project starts on one machine binds 127.0.0.1 (fleet_cli.LOOPBACK_ENV)."""
     import ray
