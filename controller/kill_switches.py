@@ -255,8 +255,7 @@ class KillSwitches:
             # the orders are gone, the position is not, and the exchange route closes it
             problem = f"agent reported position {answer.get('position')!r} after the flatten"
         if problem is None and open_orders == 0:
-            if mode == "flatten" and kill_seq is not None:   # not when this kill's state is not durable yet
-                keep_behind(self.behind, self._flattened(symbol, kill_seq, reason))
+            self._halt_when_flat(symbol, mode, kill_seq, reason, 0, answer.get("position"))
             return KillOutcome(Outcome.done(mode), "agent", 0, answer.get("position"), ms_since(started))
         if problem is None and isinstance(answer, dict) and answer.get("outcome") == "not_started":
             # Not trading yet (it gets the kill state with its grant): empty the book, keep its lease.
@@ -264,12 +263,24 @@ class KillSwitches:
             carried_out = result.outcome == Outcome.EMERGENCY_CANCELLED and result.open_orders == 0 and (
                 mode == "halt" or flat_position(result.position))
             outcome = Outcome.done(mode) if carried_out else result.outcome
+            if carried_out:
+                self._halt_when_flat(symbol, mode, kill_seq, reason, result.open_orders, result.position)
             return replace(result, outcome=outcome, path="controller", elapsed_ms=ms_since(started))
         if problem is None:
             problem = f"agent reported {open_orders!r} open orders after the {mode}"
         log.warning("%s: %s; cancelling at the exchange", symbol, problem)
         result = await self._emergency(symbol, mode)
+        if result.outcome != Outcome.FAILED:
+            self._halt_when_flat(symbol, mode, kill_seq, reason, result.open_orders, result.position)
         return replace(result, problem=problem, elapsed_ms=ms_since(started))
+
+    def _halt_when_flat(self, symbol: str, mode: str, kill_seq: int | None, reason: str, open_orders: Any,
+                        position: Any) -> None:
+        """A flatten that left no order and a flat position, by whichever route (the agent's, or the
+        exchange's when the agent was not trading or did not answer): the symbol halted from now on, so
+        that it does not read flattening for good. Not when this kill's state is not durable yet."""
+        if mode == "flatten" and kill_seq is not None and open_orders == 0 and flat_position(position):
+            keep_behind(self.behind, self._flattened(symbol, kill_seq, reason))
 
     async def _flattened(self, symbol: str, kill_seq: int, reason: str) -> None:
         """A flatten done: the symbol halted from now on, never over a resume or kill that came since (read

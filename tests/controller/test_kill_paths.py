@@ -487,6 +487,35 @@ def test_a_flatten_whose_agent_is_hung_too_is_closed_at_the_exchange(fleet):
     assert book.kill_state(sym) == "running"
 
 
+def test_a_flatten_sent_while_the_agent_restarts_ends_halted(fleet):
+    """A flatten that reaches the agent while it restarts (SIGKILLed just before; Ray runs the call on
+    the new process, which is not trading yet): the exchange route closes the position, and once flat
+    the symbol is written halted, as after an agent's own flatten. It read flattening for good, and its
+    successor sat flattening until a resume."""
+    import ray
+
+    sym = "ETHUSDC"
+    fleet.wait_quoting(within_s=90)
+    jump = requests.post(f"{fleet.sim.server.rest_url}/sim/market/jump", json={"symbol": sym, "pct": 0.5}, timeout=10)
+    assert jump.status_code == 200, jump.text
+    poll(lambda: float(fleet.sim.state(sym)["positions"][sym]["amount"]) != 0, 30, f"a position in {sym}")
+    book = LeaseBook(GcsStore(fleet.cfg.name))
+    os.kill(fleet.get("/status").json()["agents"][sym]["pid"], signal.SIGKILL)
+    try:
+        answer = ray.get(fleet.controller.kill.remote([sym], "flatten", "flatten drill, agent restarting", None,
+                                                      time.time()), timeout=90)
+        one = answer["symbols"][sym]
+        assert one["outcome"] == "flattened" and one["open_orders"] == 0 and float(one["position"]) == 0, answer
+        truth = fleet.sim.state(sym)
+        assert float(truth["positions"][sym]["amount"]) == 0 and truth["open_orders"] == [], truth
+        poll(lambda: book.kill_record(sym).state == "halted", 10, f"{sym} written halted once flat ({one['path']})")
+        assert book.kill_record(sym).reason == "flatten drill, agent restarting"
+    finally:   # resumed whatever happened, so that the later tests find the fleet quoting
+        resumed = fleet.post("/resume", {"symbols": [sym], "reason": "drill over"})
+    assert resumed.status_code == 200, resumed.text
+    fleet.wait_quoting(within_s=90)
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     """``python -m fleet ARGS`` against the session's Ray cluster, as an operator's shell runs it."""
     import ray
