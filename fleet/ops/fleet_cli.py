@@ -133,14 +133,15 @@ class ExchangeListing:
 EXCHANGE_INFO = "/fapi/v1/exchangeInfo"
 
 
-def exchange_listing(cfg: Any, timeout: float = 10.0) -> ExchangeListing:
+def exchange_listing(cfg: Any, timeout: float = 10.0, *, running: bool = False) -> ExchangeListing:
     """What the fleet's exchange lists: Binance's exchangeInfo, or the simulator's own symbols.
 
     ``up`` starts the simulator with the fleet's symbols, and it makes up a generic contract for any
     name it is given; what counts as listed is what it has a spec for: its built-in three and the
-    symbols its config lists.
+    symbols its config lists. ``running``: the fleet is up, so its exchange (the simulator ``up``
+    started, serving the symbols it was started with) answers exchangeInfo itself.
     """
-    if cfg.exchange.kind == "sim":
+    if cfg.exchange.kind == "sim" and not (running and cfg.exchange.rest_url):
         from fleet.sim.config import SimConfigError, load_sim_config
 
         try:
@@ -699,11 +700,18 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
         live = FleetConfig.model_validate(running_cfg)
         cfg = cfg.model_copy(update={"exchange": live.exchange, "accounts": live.accounts})
+    # As `up` does: every symbol must be one the running exchange lists, or nothing changes.
+    listing = exchange_listing(cfg, running=True)
+    if listing.symbols is None:
+        raise FleetCliError(f"cannot check the symbols against the exchange ({listing.source}: {listing.error}); "
+                            f"nothing applied", EXIT_FAILED)
+    check_symbols(cfg, listing, "; nothing applied")
     result = ray.get(ctl.apply.remote({**spec, "fleet": cfg.model_dump(mode="json")}), timeout=300)
     api_cfg, _ = ensure_api_token(cfg)
     deploy(api_cfg)
     print(json.dumps(result, indent=2, sort_keys=True))
-    return EXIT_OK if not result.get("errors") else EXIT_FAILED
+    retired_badly = [s for s, r in (result.get("removed") or {}).items() if isinstance(r, dict) and r.get("error")]
+    return EXIT_OK if not (result.get("errors") or retired_badly) else EXIT_FAILED
 
 
 def _controller(args: argparse.Namespace) -> tuple[Any, str, str]:

@@ -459,6 +459,27 @@ def test_cli_status_exposure_kill_and_resume_talk_to_the_running_fleet(fleet, ca
     assert "not running" in capsys.readouterr().err
 
 
+def test_cli_apply_refuses_a_symbol_the_running_exchange_does_not_list_and_changes_nothing(fleet, tmp_path, capsys):
+    """As `up` and `validate` do: a symbol the running exchange does not list (the simulator `up`
+    started serves its symbols) is refused before anything changes. Applied, it swapped an agent for
+    one that never starts, and the account's kill path failed on its -1121."""
+    from fleet.ops.cli import main
+
+    doc = fleet.cfg.model_dump(mode="json", exclude_none=True)
+    doc["symbols"] = [{"symbol": s, "account": "main", "params_file": str(CONFIGS / "symbols" / f"{p}.yaml"),
+                       "net_max_hard_cap": DEMO_HARD_CAPS.get(p)}
+                      for s, p in (("ETHUSDC", "ETHUSDC"), ("BTCUSDT", "BTCUSDT"), ("DOGEUSDT", "SOLUSDT"))]
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    ctl = fleet.controller()
+    before = fleet.ray.get(ctl.spec.remote(), timeout=15)
+    assert main(["apply", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "DOGEUSDT is not listed by the exchange" in err and "nothing applied" in err, err
+    assert fleet.ray.get(ctl.spec.remote(), timeout=15) == before
+    fleet.all_quoting(timeout=30.0)
+
+
 # --- down ----------------------------------------------------------------------------------------
 
 
