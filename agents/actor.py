@@ -396,8 +396,8 @@ class AgentActor:
 
     @ray.method(concurrency_group=CONTROL)
     async def exposure(self) -> dict[str, Any]:
-        if self.agent is None:
-            return {"symbol": self.symbol, "state": "starting", "position": 0.0, "notional": 0.0}
+        if self.agent is None:   # no figures: the views show what it last published
+            return {"symbol": self.symbol, "state": "starting", "starting": True}
         return _published(self.agent, "exposure")
 
     @ray.method(concurrency_group=CONTROL)

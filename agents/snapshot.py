@@ -67,7 +67,7 @@ def build_exposure(agent: SymbolAgent) -> dict[str, Any]:
     cap = agent.params.worst_cap
     if core is None:
         return {
-            "symbol": agent.symbol, "position": 0.0, "mark": 0.0, "notional": 0.0, "pending_buy": 0.0,
+            "symbol": agent.symbol, "starting": True, "position": 0.0, "mark": 0.0, "notional": 0.0, "pending_buy": 0.0,
             "pending_sell": 0.0, "worst_long": 0.0, "worst_short": 0.0, "cap": cap, "realized_pnl": 0.0,
             "unrealized_pnl": 0.0, "funding_pnl": 0.0, "kill_state": agent.grant.kill_state if agent.grant else KillState.RUNNING,
             "open_orders": 0, "epoch": agent.grant.epoch if agent.grant else None,
@@ -76,6 +76,7 @@ def build_exposure(agent: SymbolAgent) -> dict[str, Any]:
     price = s.mark or s.mid
     return {
         "symbol": agent.symbol,
+        "starting": not agent.started,   # before its first snapshot of the exchange: not its figures yet
         "epoch": core.epoch,
         "position": s.position,
         "entry_price": s.entry_price,

@@ -7,7 +7,7 @@ nothing in this module awaits or calls Ray, so each view is tested as plain code
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from controller.calls import Answer
@@ -81,6 +81,19 @@ class AgentAnswers:
         return None if snap is None else snap.shown(part, self.now)
 
 
+NO_FIGURES_YET = "starting: no figures of the exchange yet"
+
+
+def _with_figures(ans: Answer) -> tuple[Answer, bool]:
+    """An agent still starting (a new process, a restart, before its first snapshot of the exchange)
+    answers, but its figures are not the exchange's: it is shown as not answering, with what it last
+    published, and kept out of the totals. Returns the answer to show, and whether it was starting."""
+    value = ans.mapping()
+    if value is not None and (value.get("starting") or value.get("state") == "starting"):
+        return replace(ans, value=None, error=NO_FIGURES_YET), True
+    return ans, False
+
+
 def status_view(controller: Answer, agents: AgentAnswers, stored: Answer | None = None) -> dict[str, Any]:
     """``/status`` without the fleet's name: per agent its answer (or error, and what it last published),
     restarts and lease; the controller. The leases and kill states are the controller's, or, when it does
@@ -90,9 +103,12 @@ def status_view(controller: Answer, agents: AgentAnswers, stored: Answer | None 
     if not controller.ok and stored is not None and stored.ok:
         book, leases_from = stored.value, "gcs"
     per_symbol = {}
-    for sym, ans in agents.answers.items():
+    for sym, answer in agents.answers.items():
+        ans, starting = _with_figures(answer)
         entry: dict[str, Any] = {"reachable": ans.ok, "answer_ms": round(ans.elapsed_s * 1000, 1)}
         entry.update(ans.mapping() or {})
+        if starting:
+            entry["state"] = "starting"
         if not ans.ok:
             entry["error"] = ans.error
             if (last := agents.last_published(sym, "status")) is not None:
@@ -110,7 +126,7 @@ def status_view(controller: Answer, agents: AgentAnswers, stored: Answer | None 
     )
     return {
         "agents_expected": len(agents.answers),
-        "agents_up": sum(1 for a in agents.answers.values() if a.ok),
+        "agents_up": sum(1 for e in per_symbol.values() if e["reachable"]),
         "agents": per_symbol,
         "controller": summary,
         "leases_from": leases_from,
@@ -123,7 +139,8 @@ def exposure_view(kill: Answer, agents: AgentAnswers, max_total_notional: float)
     what it last published: not in the totals) and the durable kill state."""
     kill_states = kill_state_map(kill.value) if kill.ok else {}
     per_symbol = {}
-    for sym, ans in agents.answers.items():
+    for sym, answer in agents.answers.items():
+        ans, _ = _with_figures(answer)
         entry: dict[str, Any] = {"reachable": ans.ok}
         if ans.ok and isinstance(ans.value, dict):
             entry.update(ans.value)

@@ -16,7 +16,7 @@ from controller.calls import Answer
 from controller.controller import RetireOutcome, fleet_risk, reduce_only_behind
 from controller.emergency import KillOutcome, Outcome
 from controller.fence import stopped_here
-from controller.views import AgentAnswers, exposure_view, kill_state_map, kill_view, status_view
+from controller.views import NO_FIGURES_YET, AgentAnswers, exposure_view, kill_state_map, kill_view, status_view
 from fleet.vocabulary import KillState
 from tests.polling import poll
 
@@ -153,6 +153,29 @@ def test_a_silent_agent_is_shown_with_what_it_last_published_and_its_age():
     assert exposure["symbols"]["BTCUSDC"]["last_published"]["notional"] == -250.0
     assert exposure["totals"]["gross_notional"] == 100.0            # the totals: what answered, nothing older
     assert exposure["totals"]["symbols_missing"] == ["BTCUSDC"]
+
+
+def test_an_agent_still_starting_is_shown_with_what_it_last_published_and_kept_out_of_the_totals():
+    """A restart's new process answers before its first snapshot of the exchange: its zeros are not the
+    exchange's figures (a position and 15 orders rested meanwhile), so it reads as not answering."""
+    last = PublishedSnapshot("ETHUSDC", "host:1:ab", 100.0, {"state": "quoting", "open_orders": 15},
+                             {"notional": -186.0, "position": -0.062})
+    agents = AgentAnswers({"ETHUSDC": Answer(value={"symbol": "ETHUSDC", "state": "starting", "starting": True}),
+                           "BTCUSDC": Answer(value={"starting": True, "position": 0.0, "notional": 0.0}),
+                           "SOLUSDT": Answer(value={"starting": False, "position": 1.0, "notional": 150.0})},
+                          last={"ETHUSDC": last}, now=102.0)
+    exposure = exposure_view(Answer(value={}), agents, 1000.0)
+    eth = exposure["symbols"]["ETHUSDC"]
+    assert eth["reachable"] is False and eth["error"] == NO_FIGURES_YET and "position" not in eth
+    assert eth["last_published"]["position"] == -0.062 and eth["last_published"]["age_s"] == 2.0
+    assert exposure["totals"]["symbols_missing"] == ["BTCUSDC", "ETHUSDC"]
+    assert exposure["totals"]["gross_notional"] == 150.0 and not exposure["totals"]["complete"]
+    status = status_view(Answer(value={"symbols": {}}), AgentAnswers(
+        {"ETHUSDC": Answer(value={"state": "starting", "open_orders": 0, "position": 0.0})},
+        last={"ETHUSDC": last}, now=102.0))
+    entry = status["agents"]["ETHUSDC"]
+    assert (entry["reachable"], entry["state"], entry["error"]) == (False, "starting", NO_FIGURES_YET)
+    assert "open_orders" not in entry and entry["last_published"]["open_orders"] == 15 and status["agents_up"] == 0
 
 
 def test_exposure_view_keeps_the_durable_kill_state_and_the_agents_own_if_it_differs():
