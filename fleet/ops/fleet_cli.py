@@ -150,7 +150,7 @@ def exchange_listing(cfg: Any, timeout: float = 10.0, *, running: bool = False) 
             raise FleetCliError(str(exc)) from None
         from fleet.sim.config import SimConfig
 
-        listed = [spec.symbol for spec in (*SimConfig().symbol_specs(), *sim.symbols)]
+        listed = list(dict.fromkeys(spec.symbol for spec in (*SimConfig().symbol_specs(), *sim.symbols)))
         where = cfg.exchange.sim.config or "its config (exchange.sim.config)"
         source = (f"the simulator (it lists {', '.join(listed)}: its built-in symbols plus those under "
                   f"symbols: in {where})")

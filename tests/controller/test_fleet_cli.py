@@ -154,6 +154,12 @@ def test_the_simulators_config_adds_the_symbols_it_lists(tmp_path, capsys):
     path = sim_fleet_file(tmp_path, ["DOGEUSDT", "ETHUSDC"], sim_config=sim)
     assert main(["validate", "--config", str(path)]) == 0
     assert "symbols: all 2 listed by the simulator" in capsys.readouterr().out
+    # a built-in symbol the simulator's config gives terms of its own is listed once
+    sim["symbols"].append({"symbol": "ETHUSDC", "base_asset": "ETH", "quote_asset": "USDC", "tick_size": "0.01",
+                           "step_size": "0.001", "start_price": 3000.0})
+    path = sim_fleet_file(tmp_path, ["ETHUSDC", "NOSUCHCOIN"], sim_config=sim)
+    assert main(["validate", "--config", str(path)]) == 2
+    assert "(it lists ETHUSDC, BTCUSDT, SOLUSDT, DOGEUSDT:" in capsys.readouterr().err
 
 
 def test_validate_and_up_check_symbols_against_binance_exchange_info(tmp_path, capsys, nothing_may_start):
