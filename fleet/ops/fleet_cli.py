@@ -605,8 +605,6 @@ def upkeep_lines(cfg: FleetConfig) -> list[str]:
 
 
 def cmd_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    if args.address == "local" or (args.address == "auto" and _local_cluster_expected()):
-        loopback_only()  # before anything imports Ray
     cfg, spec = load(args.config)
     # Before anything starts (Ray included): every symbol must be one the exchange lists.
     listing = exchange_listing(cfg)
