@@ -496,9 +496,9 @@ def test_a_flatten_sent_while_the_agent_restarts_ends_halted(fleet):
 
     sym = "ETHUSDC"
     fleet.wait_quoting(within_s=90)
-    jump = requests.post(f"{fleet.sim.server.rest_url}/sim/market/jump", json={"symbol": sym, "pct": 0.5}, timeout=10)
-    assert jump.status_code == 200, jump.text
-    poll(lambda: float(fleet.sim.state(sym)["positions"][sym]["amount"]) != 0, 30, f"a position in {sym}")
+    held = requests.post(f"{fleet.sim.server.rest_url}/sim/position",
+                         json={"account": "main", "symbol": sym, "amount": "0.050"}, timeout=10)
+    assert held.status_code == 200, held.text   # a position to close (a jump's fills are left to chance)
     book = LeaseBook(GcsStore(fleet.cfg.name))
     os.kill(fleet.get("/status").json()["agents"][sym]["pid"], signal.SIGKILL)
     try:
