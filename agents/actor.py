@@ -228,6 +228,7 @@ class AgentActor:
         (``agents/publish.py``) every ``publish_s``, and at once when the agent has started; with it its
         last status and exposure, for the pages to show when the agent does not answer in time. A
         frozen loop publishes nothing, so the endpoint soon shows the agent down."""
+        from agents.carry import carry_of, publish_carry
         from agents.publish import PublishedExposition, PublishedSnapshot, publish
 
         last, last_started, failures = 0.0, False, 0
@@ -249,7 +250,12 @@ class AgentActor:
                 snapshot = None if snap is None else PublishedSnapshot(
                     self.symbol, self.holder, now - (agent.clock.monotonic() - snap.at),  # when it was built
                     self._status_of(snap.status), snap.exposure)
+                # the books, while this agent holds the lease (a zombie waking up must not overwrite its successor's)
+                left = agent.lease.left(agent.clock.monotonic())
+                carry = carry_of(agent) if left is not None and left > 0 and not agent.ownership_lost else None
                 await asyncio.to_thread(publish, self.fleet_name, record, snapshot)
+                if carry is not None:
+                    await asyncio.to_thread(publish_carry, self.fleet_name, carry)
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - the next beat tries again; the age shows it
                 failures += 1
@@ -283,6 +289,20 @@ class AgentActor:
             except Exception as exc:  # noqa: BLE001 - the controller may be restarting
                 self.last_error = f"waiting for the controller: {named_line(exc)}"
                 await asyncio.sleep(1.0)
+
+    async def _carried(self) -> Any:
+        """The books the symbol's last agent left (``agents/carry.py``): this process's last incarnation's
+        as they stand now, else the last record published (another process's, before a restart)."""
+        from agents.carry import carry_of, read_carry
+
+        last = self.agent
+        if last is not None and (mine := carry_of(last) or last.carried) is not None:
+            return mine   # its books, or those it was handed and never took in (its start failed)
+        try:
+            return await asyncio.to_thread(read_carry, self.fleet_name, self.symbol)
+        except Exception as exc:  # noqa: BLE001 - the books then start at 0, and the log says why
+            log.warning("%s: the last agent's books not read, they start at 0: %s", self.symbol, named_line(exc))
+            return None
 
     async def _build(self) -> Any:
         from agents.agent import ExchangeEndpoints, SymbolAgent
@@ -319,6 +339,8 @@ class AgentActor:
             logger=logging.getLogger(f"mmfleet.agent.{self.symbol}"),
             rate_share=float(spec.get("rate_share", 1.0)),
         )
+        agent.account_name = account.name
+        agent.carried = await self._carried()
         if (spec.get("journal") or {}).get("enabled"):
             # the trade journal, when the spec has one: imported only then (SQLAlchemy costs every
             # agent process some 0.1 CPU-s, 5 of 2 cores' seconds when 50 agents start at once)

@@ -39,6 +39,7 @@ from fleet.binance.ratelimit import RateBudget
 from fleet.config import RuntimeParams, SymbolParams
 from journal.sink import NULL_SINK, JournalSink
 
+from .carry import Carry
 from .clock import WALL_CLOCK, Clock
 from .core import AgentCore
 from .snapshot import Snapshot, build_exposure, build_status
@@ -98,12 +99,8 @@ class SymbolAgent:
         self.rng = rng or random.Random()  # back-off jitter; a simulated run seeds it
         # the client and the streams come from the transport (real sockets unless one is injected)
         self.transport: Transport = transport or NetworkTransport(endpoints, credentials)
-        self.fleet_name = fleet_name
-        self.symbol = symbol
-        self.params = params
-        self.runtime = runtime
-        self.endpoints = endpoints
-        self.ownership = ownership
+        self.fleet_name, self.symbol, self.account_name = fleet_name, symbol, ""   # the account's name: the actor's
+        self.params, self.runtime, self.endpoints, self.ownership = params, runtime, endpoints, ownership
         self.log = AgentLog(logger or logging.getLogger("mmfleet.agent"), symbol)
         self.metrics = AgentMetrics(symbol)
         self.budget = RateBudget(share=rate_share, clock=clock.monotonic)
@@ -129,6 +126,8 @@ class SymbolAgent:
         self.frames = FrameCounts()
         self.started_mono = clock.monotonic()
         self.published: Snapshot | None = None  # the latest snapshot the loop published (publish())
+        self.carried: Carry | None = None   # the books a previous agent of the symbol left (agents/carry.py)
+        self.books_since_ms: int | None = None   # since when they count (exchange ms), once the start took them in
         # the parts
         self.tasks = Tasks(self)
         self.starter = Starter(self)

@@ -55,6 +55,7 @@ class FundingBook:
         self._configure(params)
         self.funding_pnl = 0.0
         self._total = Decimal(0)
+        self.last_fee_ms = 0   # the newest fee booked (exchange time)
         self._seen: OrderedDict[tuple[int, str], None] = OrderedDict()  # frames already booked
         # booked fees: [time, amount, source ("frame" / "income"), paired with the other source]
         self._booked: deque[list[Any]] = deque(maxlen=_FUNDING_KEEP)
@@ -207,3 +208,15 @@ class FundingBook:
         self._booked.append([t, amount, source, False])
         self._total += amount
         self.funding_pnl = float(self._total)
+        self.last_fee_ms = max(self.last_fee_ms, t)
+
+    @property
+    def total(self) -> Decimal:
+        """The fees booked, exactly."""
+        return self._total
+
+    def restore(self, total: Decimal, last_fee_ms: int) -> None:
+        """The fees a previous agent of the symbol booked (agents/carry.py), before any of this one's."""
+        self._total += total
+        self.funding_pnl = float(self._total)
+        self.last_fee_ms = max(self.last_fee_ms, last_fee_ms)

@@ -57,6 +57,9 @@ class Position:
         self.realized_pnl = 0.0
         self.commission = 0.0
         self._trade_ids: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self._carried: set[tuple[int, int]] = set()  # trades whose P&L came with the carried books
+        self.last_trade_id: int | None = None  # the newest trade booked, and its orders booked (agents/carry.py)
+        self.last_trade_orders: list[int] = []
         self.fills_buy = 0
         self.fills_sell = 0
         self._peak_pnl: float | None = None  # the symbol's own P&L at its peak, once confirmed
@@ -80,6 +83,10 @@ class Position:
     def pnl(self, price: float, funding_pnl: float) -> float:
         """This symbol's own P&L: realized + funding - commission + unrealized at ``price``."""
         return self.realized_pnl + funding_pnl - self.commission + self.unrealized_pnl(price)
+
+    @property
+    def peak_pnl(self) -> float | None:
+        return self._peak_pnl
 
     @property
     def peak_equity(self) -> float | None:
@@ -124,16 +131,55 @@ class Position:
         time, so the position is exact whatever order the trades of one order arrive in."""
         if key in self._trade_ids:
             return None
-        self._trade_ids[key] = None
-        if len(self._trade_ids) > _TRADES_KEEP:
-            self._trade_ids.popitem(last=False)
-        if count_commission:
-            self.commission += float(u.commission)
-        self.realized_pnl += float(u.realized_pnl)  # as the exchange books it, per trade
+        self._remember(key)
+        if key in self._carried:   # its P&L came with the carried books: only the position moves
+            self._carried.discard(key)
+        else:
+            if count_commission:
+                self.commission += float(u.commission)
+            self.realized_pnl += float(u.realized_pnl)  # as the exchange books it, per trade
         placed = self._on_fill(u.side, steps, float(u.last_filled_price), u.update_time)
         if placed == UNPLACED:
             self.unplaced.append((u.update_time, u.client_order_id, u.order_id, steps))
         return placed
+
+    def _remember(self, key: tuple[int, int]) -> None:
+        self._trade_ids[key] = None
+        if len(self._trade_ids) > _TRADES_KEEP:
+            self._trade_ids.popitem(last=False)
+        order_id, trade_id = key
+        if trade_id > 0:   # a frame without a trade id has none to mark
+            if self.last_trade_id is None or trade_id > self.last_trade_id:
+                self.last_trade_id, self.last_trade_orders = trade_id, [order_id]
+            elif trade_id == self.last_trade_id:
+                self.last_trade_orders.append(order_id)
+
+    # ------------------------------------------------------------------ books carried (agents/carry.py)
+
+    def restore(self, realized: float, commission: float, fills_buy: int, fills_sell: int,
+                peak_pnl: float | None, max_drawdown_pct: float) -> None:
+        """The books a previous agent of the symbol left, taken in before any trade of this one."""
+        self.realized_pnl += realized
+        self.commission += commission
+        self.fills_buy += fills_buy
+        self.fills_sell += fills_sell
+        if peak_pnl is not None and (self._peak_pnl is None or peak_pnl > self._peak_pnl):
+            self._peak_pnl = peak_pnl
+        self.max_drawdown_pct = max(self.max_drawdown_pct, max_drawdown_pct)
+
+    def carry_trade(self, key: tuple[int, int], realized: float, commission: float, buy: bool) -> bool:
+        """A trade the exchange lists after the carried books (``userTrades``): its P&L and commission
+        added once, unless a frame booked it already; a frame of it later moves only the position."""
+        if key in self._trade_ids or key in self._carried:
+            return False
+        self._carried.add(key)
+        self.realized_pnl += realized
+        self.commission += commission
+        if buy:
+            self.fills_buy += 1
+        else:
+            self.fills_sell += 1
+        return True
 
     def _on_fill(self, side: str, qty_steps: int, price: float, t: int) -> int:
         """Move the position (and the average entry) by one trade newer than the exchange's position

@@ -141,8 +141,10 @@ def read_snapshots(fleet_name: str, symbols: list[str] | tuple[str, ...]) -> dic
 
 
 def forget_published(fleet_name: str, symbol: str) -> None:
-    """Remove a symbol's exposition and snapshot (the symbol left the fleet); blocking."""
+    """Remove a symbol's exposition, snapshot and carried books (the symbol left the fleet); blocking."""
     from ray.experimental import internal_kv
 
-    for key in (exposition_key(symbol), snapshot_key(symbol)):
+    from .carry import carry_key
+
+    for key in (exposition_key(symbol), snapshot_key(symbol), carry_key(symbol)):
         internal_kv._internal_kv_del(key, namespace=kv_namespace(fleet_name))

@@ -92,6 +92,9 @@ def build_exposure(agent: SymbolAgent) -> dict[str, Any]:
         "unrealized_pnl": s.unrealized_pnl(),
         "funding_pnl": s.funding_pnl,
         "commission": s.commission,
+        "pnl_since_ms": agent.books_since_ms,   # the P&L counts from here (exchange ms): the run's first agent
+        "drawdown_pct": s.drawdown_pct(),   # below the peak of the symbol's own equity, carried across restarts
+        "max_drawdown_pct": s.max_drawdown_pct,
         "kill_state": core.halt_state,
         "reduce_only": core.guard.reduce_only_mode,
         "open_orders": len(s.orders),

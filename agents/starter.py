@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from fleet.binance.errors import BinanceError
 from fleet.binance.models import OrderInfo
 
+from .carry import take_in
 from .core import AgentCore
 from .agent_base import BLOCK_RESYNC, BLOCK_USER_STREAM, Backoff, _older_epoch
 
@@ -54,6 +55,7 @@ class Starter:
         await asyncio.gather(a.contract.read_allowance(client), a.contract.read_funding(client, "start"))
         await a.user.connect()
         await self.resync(initial=True)
+        await take_in(a)   # the books a previous agent of the symbol left, and the trades since (agents/carry.py)
         await self.cancel_older_epochs()
         await a.market.connect()
         await a.timers.heartbeat()

@@ -212,7 +212,7 @@ class Store:
         """Percent below the peak equity (0 at a peak, and before a confirmed baseline). A pure read."""
         return self.position_book.drawdown_pct(self.market.price, self.funding.funding_pnl)
 
-    def _track_equity(self) -> None:
+    def track_equity(self) -> None:
         self.position_book.track_equity(self.market.price, self.funding.funding_pnl)
 
     # ------------------------------------------------------------------ order views (the ledger's)
@@ -306,7 +306,7 @@ class Store:
                 return False
             changed = self.market.on_book(event)
             if changed and not self.market.mark:
-                self._track_equity()  # valued at the mid until a mark price arrives
+                self.track_equity()  # valued at the mid until a mark price arrives
             return changed
         if isinstance(event, OrderUpdate):
             return self._on_order_update(event)  # equity moves with its fills only: tracked there
@@ -319,7 +319,7 @@ class Store:
         else:
             return False
         if changed:
-            self._track_equity()
+            self.track_equity()
         return changed
 
     def _on_mark(self, ev: MarkPrice) -> bool:
@@ -359,7 +359,7 @@ class Store:
                 self._place_unplaced(None)  # everything of this millisecond seen so far is inside
             if placed:
                 led.mark_booked(u.client_order_id, u.order_id, steps)
-            self._track_equity()
+            self.track_equity()
             return True
         return changed
 
@@ -437,7 +437,7 @@ class Store:
         """This symbol's FUNDING_FEE income rows, booked once each (``FundingBook.on_income``)."""
         booked = self.funding.on_income(rows, self.symbol, self.margin_asset)
         if booked:
-            self._track_equity()
+            self.track_equity()
         return booked
 
     # ------------------------------------------------------------------ REST snapshot

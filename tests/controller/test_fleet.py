@@ -71,21 +71,36 @@ class Exchange:
     def position(self, symbol: str) -> float:
         return float(self.state(symbol)["positions"][symbol]["amount"])
 
-    def set_position(self, symbol: str, amount: float) -> None:
-        r = requests.post(f"{self.rest_url}/sim/position",
-                          json={"account": "main", "symbol": symbol, "amount": str(amount)}, timeout=10)
+    def set_position(self, symbol: str, amount: float, entry_price: float | None = None) -> None:
+        body = {"account": "main", "symbol": symbol, "amount": str(amount)}
+        if entry_price is not None:
+            body["entry_price"] = str(entry_price)
+        r = requests.post(f"{self.rest_url}/sim/position", json=body, timeout=10)
         r.raise_for_status()
 
-    def all_orders(self, symbol: str, start_ms: int = 0) -> list[dict[str, Any]]:
-        params = {"symbol": symbol, "limit": 1000, "timestamp": int(time.time() * 1000)}
-        if start_ms:
-            params["startTime"] = start_ms
-        query = urlencode(params)
+    def signed_get(self, path: str, params: dict[str, Any]) -> Any:
+        query = urlencode({**params, "timestamp": int(time.time() * 1000)})
         sig = hmac.new(self.secret.encode(), query.encode(), hashlib.sha256).hexdigest()
-        r = requests.get(f"{self.rest_url}/fapi/v1/allOrders?{query}&signature={sig}",
-                         headers={"X-MBX-APIKEY": self.key}, timeout=10)
+        r = requests.get(f"{self.rest_url}{path}?{query}&signature={sig}", headers={"X-MBX-APIKEY": self.key},
+                         timeout=10)
         r.raise_for_status()
         return r.json()
+
+    def all_orders(self, symbol: str, start_ms: int = 0) -> list[dict[str, Any]]:
+        return self.signed_get("/fapi/v1/allOrders", {"symbol": symbol, "limit": 1000,
+                                                       **({"startTime": start_ms} if start_ms else {})})
+
+    def trade_sums(self, symbol: str, since_ms: int) -> tuple[float, float]:
+        """The realized P&L and commission the exchange booked for the symbol's trades since ``since_ms``."""
+        rows: list[dict[str, Any]] = []
+        page = self.signed_get("/fapi/v1/userTrades", {"symbol": symbol, "startTime": since_ms, "limit": 1000})
+        while True:
+            rows += page
+            if len(page) < 1000:
+                break
+            page = self.signed_get("/fapi/v1/userTrades", {"symbol": symbol, "fromId": int(page[-1]["id"]) + 1,
+                                                            "limit": 1000})
+        return sum(float(r["realizedPnl"]) for r in rows), sum(float(r["commission"]) for r in rows)
 
 
 class Fleet:
@@ -310,6 +325,48 @@ def test_sigkilled_agent_comes_back_with_a_new_epoch_and_no_duplicate_orders(fle
     assert all(_epoch(o) == seen["status"]["epoch"] for o in orders), "older-epoch orders left on the book"
     assert _no_duplicates(orders, max_layers)
     print(f"recovery after SIGKILL: {recovery:.2f} s")
+
+
+def test_a_restarted_agent_carries_its_books_as_the_exchange_booked_them(fleet):
+    """Realized P&L, commission and the drawdown's depth survive a SIGKILL of the agent: its successor
+    starts from the books it published and the trades the exchange lists after them, equal to the
+    exchange's own record since the run began."""
+    sym = "SOLUSDT"
+    fleet.all_quoting()
+    agent_exposure = lambda: fleet.ray.get(fleet.agent(sym).exposure.remote(), timeout=15)  # noqa: E731
+    since = agent_exposure()["pnl_since_ms"]
+    assert isinstance(since, int) and since > 0
+    # a long bought 5 % above the market, flattened by the kill switch: a loss, a taker fee, a drawdown
+    mark = float(fleet.exchange.state(sym)["markets"][sym]["mark_price"])
+    fleet.exchange.set_position(sym, 1.0, entry_price=round(mark * 1.05, 2))
+    r = fleet.http("POST", "/kill", json={"symbols": [sym], "mode": "flatten", "reason": "books drill"})
+    assert r.status_code == 200, r.text
+    poll(lambda: fleet.exchange.position(sym) == 0.0, 20.0, f"{sym} flat at the exchange")
+
+    def agreeing(pid: int | None = None) -> Callable[[], dict[str, Any] | None]:
+        def check() -> dict[str, Any] | None:
+            if pid is not None and fleet.status(sym)["pid"] == pid:
+                return None
+            seen = agent_exposure()
+            realized, commission = fleet.exchange.trade_sums(sym, since)
+            if seen.get("starting") or abs(seen["realized_pnl"] - realized) > 1e-6 \
+                    or abs(seen["commission"] - commission) > 1e-6 or not seen["mark"]:
+                return None   # (and a price: the peak moves with the books valued at one)
+            return seen
+        return check
+
+    try:
+        pid = fleet.status(sym)["pid"]
+        os.kill(pid, signal.SIGKILL)   # at once: the flatten's trade may be newer than the last books published
+        after = poll(agreeing(pid), 40.0, f"{sym}'s successor with the exchange's realized P&L and commission")
+        assert after["pnl_since_ms"] == since
+        assert after["realized_pnl"] < 0 and after["commission"] > 0
+        # the loss, 5 % of 1 SOL's price, is a drawdown from the peak before it, on 1,000 of capital
+        assert after["drawdown_pct"] > 0.5 and after["max_drawdown_pct"] >= after["drawdown_pct"], str(after)
+    finally:
+        r = fleet.http("POST", "/resume", json={"symbols": [sym]})
+    assert r.status_code == 200, r.text
+    fleet.all_quoting()
 
 
 def test_http_kill_halts_the_fleet_durably_across_restarts_until_resumed(fleet):

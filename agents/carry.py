@@ -1,0 +1,206 @@
+"""A symbol's books carried from one agent to the next: P&L, funding, fills and the drawdown peak.
+
+An agent that is restarted (SIGKILLed and recreated by Ray, fenced as hung, moved off a lost node,
+or a new incarnation after a lost lease) used to start its books at 0: its realized P&L, commission
+and funding in ``/exposure`` and on ``/metrics`` began again, and so did the drawdown's peak, so a
+symbol 10 % below its peak got a fresh peak at the restart and its next drawdown band acted only 6 %
+further down. Now every agent of the fleet publishes what its books hold (``carry/<SYMBOL>`` in the
+GCS key-value store, beside its snapshot, every ``metrics_publish_s``) and the next agent of the
+symbol starts from it:
+
+- the figures of the last record (realized P&L, commission, funding, fills, the peak of the symbol's
+  own P&L, the deepest drawdown), counted since ``since_ms``, the exchange time the symbol's first
+  agent of this run started (a run: from the symbol's ``up`` or ``apply`` to its retirement, which
+  forgets the record);
+- the trades the exchange booked after the record's newest trade (``GET /fapi/v1/userTrades`` from
+  its id on, weight 5 a page), read once, after the start's snapshot: those not booked from a frame
+  already add their realized P&L and commission (``Position.carry_trade``); a frame of one of them
+  that comes later still moves the position, but not the P&L again;
+- the funding fees settled after the record's newest fee, when a settlement fell in the gap
+  (``GET /fapi/v1/income``, weight 30, read only then).
+
+Not carried: which drawdown band already acted (a band cut short by the restart acts again on the
+position as it is: the reduction errs on the side of less risk), grinds per hour, counters. The
+single-symbol command (``python -m fleet agent``) carries nothing: each start begins its books.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .agent import SymbolAgent
+
+CARRY_PREFIX = "carry/"
+PAGE = 1000          # userTrades rows a request (Binance's maximum)
+MAX_PAGES = 20       # 20,000 trades in the gap: beyond that the carry is partial, and says so
+
+
+def carry_key(symbol: str) -> str:
+    return f"{CARRY_PREFIX}{symbol}"
+
+
+@dataclass(frozen=True)
+class Carry:
+    """What one agent's books held when it published them (the record of ``carry/<SYMBOL>``)."""
+
+    symbol: str
+    account: str            # the account's name in the config: another account's books are not carried
+    since_ms: int           # exchange time the run's books start from
+    realized_pnl: float
+    commission: float       # in the margin asset
+    funding: str            # the funding fees booked, an exact decimal
+    fills_buy: int
+    fills_sell: int
+    peak_pnl: float | None  # the symbol's own P&L at its peak (None: no confirmed baseline yet)
+    max_drawdown_pct: float
+    trade_id: int | None    # the newest trade booked (Binance's ids grow per symbol)
+    trade_orders: tuple[int, ...] = field(default=())   # orders of its trade booked (a self-trade has two)
+    funding_ms: int = 0     # the newest fee booked (exchange time)
+    next_funding_ms: int = 0   # the settlement the record's agent expected next
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Carry | None:
+        """The record, or None when it is not one (never raises)."""
+        try:
+            doc = json.loads(raw)
+            Decimal(str(doc["funding"]))
+            return cls(
+                symbol=str(doc["symbol"]), account=str(doc["account"]), since_ms=int(doc["since_ms"]),
+                realized_pnl=float(doc["realized_pnl"]), commission=float(doc["commission"]),
+                funding=str(doc["funding"]), fills_buy=int(doc["fills_buy"]), fills_sell=int(doc["fills_sell"]),
+                peak_pnl=None if doc["peak_pnl"] is None else float(doc["peak_pnl"]),
+                max_drawdown_pct=float(doc["max_drawdown_pct"]),
+                trade_id=None if doc["trade_id"] is None else int(doc["trade_id"]),
+                trade_orders=tuple(int(o) for o in doc.get("trade_orders", ())),
+                funding_ms=int(doc.get("funding_ms", 0)), next_funding_ms=int(doc.get("next_funding_ms", 0)))
+        except (ValueError, TypeError, KeyError, ArithmeticError):
+            return None
+
+
+def carry_of(agent: SymbolAgent) -> Carry | None:
+    """The agent's books as a record, once its start has taken the last one in (None before)."""
+    core = agent.core
+    if core is None or agent.books_since_ms is None:
+        return None
+    s = core.store
+    pos, fund = s.position_book, s.funding
+    return Carry(
+        symbol=agent.symbol, account=agent.account_name, since_ms=agent.books_since_ms,
+        realized_pnl=pos.realized_pnl, commission=pos.commission, funding=str(fund.total), fills_buy=pos.fills_buy,
+        fills_sell=pos.fills_sell, peak_pnl=pos.peak_pnl, max_drawdown_pct=pos.max_drawdown_pct,
+        trade_id=pos.last_trade_id, trade_orders=tuple(pos.last_trade_orders), funding_ms=fund.last_fee_ms,
+        next_funding_ms=fund.next_funding_ms)
+
+
+async def take_in(agent: SymbolAgent) -> None:
+    """At the start, after its first snapshot: the books from the carried record and the gap after it
+    (nothing carried: the books start now). Once per agent; a read that fails leaves the carry partial,
+    said as a WARNING, and never fails the start."""
+    if agent.books_since_ms is not None:
+        return
+    carried, agent.carried = agent.carried, None
+    core = agent.core
+    assert core is not None
+    if carried is None or carried.symbol != agent.symbol or carried.account != agent.account_name:
+        agent.books_since_ms = agent.exchange_ms()
+        return
+    s = core.store
+    s.position_book.restore(carried.realized_pnl, carried.commission, carried.fills_buy, carried.fills_sell,
+                            carried.peak_pnl, carried.max_drawdown_pct)
+    s.funding.restore(Decimal(carried.funding), carried.funding_ms)
+    agent.books_since_ms = carried.since_ms
+    try:
+        trades = await _gap_trades(agent, carried)
+        fees = await _gap_funding(agent, carried)
+    except Exception as exc:  # noqa: BLE001 - a read that failed: the start goes on with the record alone
+        agent.log.event("carry_partial", f"books carried from the last agent without the gap after it: {exc!r}",
+                        level=logging.WARNING)
+        return
+    finally:
+        s.track_equity()   # the peak and the deepest drawdown, by the books as they now stand
+    agent.log.event("books_carried", f"books carried since {carried.since_ms}: realized {s.realized_pnl:.4f}, "
+                    f"funding {s.funding_pnl:.4f}, commission {s.commission:.4f}; {trades} trades and {fees} fees "
+                    f"of the gap added")
+
+
+async def _gap_trades(agent: SymbolAgent, carried: Carry) -> int:
+    """The trades after the record's newest one, each added once (weight 5 a page)."""
+    client = agent.require_client()
+    store = agent.require_core().store
+    pos, margin_asset = store.position_book, store.margin_asset
+    start = carried.since_ms if carried.trade_id is None else None
+    from_id = None if carried.trade_id is None else carried.trade_id
+    added = 0
+    for _ in range(MAX_PAGES):
+        rows = await client.user_trades(agent.symbol, start_time=start, from_id=from_id, limit=PAGE)
+        for r in rows:
+            added += _add_trade(pos, carried, r, margin_asset)
+        if len(rows) < PAGE:
+            return added
+        start, from_id = None, max(int(r["id"]) for r in rows) + 1
+    agent.log.event("carry_partial", f"more than {MAX_PAGES * PAGE} trades since the last agent's books: "
+                    "the rest are not in the carried P&L", level=logging.WARNING)
+    return added
+
+
+def _add_trade(pos: Any, carried: Carry, row: dict[str, Any], margin_asset: str) -> int:
+    try:
+        trade_id, order_id = int(row["id"]), int(row["orderId"])
+        realized, commission = float(row["realizedPnl"]), float(row["commission"])
+    except (KeyError, TypeError, ValueError):
+        return 0
+    if carried.trade_id is not None and (trade_id < carried.trade_id or
+                                         (trade_id == carried.trade_id and order_id in carried.trade_orders)):
+        return 0   # inside the record
+    counts = not margin_asset or row.get("commissionAsset", margin_asset) == margin_asset
+    return int(pos.carry_trade((order_id, trade_id), realized, commission if counts else 0.0,
+                               str(row.get("side", "")).upper() == "BUY"))
+
+
+async def _gap_funding(agent: SymbolAgent, carried: Carry) -> int:
+    """The fees settled after the record's newest one, when a settlement fell after the record
+    (weight 30; not read otherwise)."""
+    due = carried.next_funding_ms
+    if due <= 0 or due > agent.exchange_ms():
+        return 0
+    store = agent.require_core().store
+    rows = await agent.require_client().income(agent.symbol, "FUNDING_FEE", start_time=carried.funding_ms + 1,
+                                               limit=PAGE)
+    later = [r for r in rows if _row_time(r) > carried.funding_ms]
+    return store.funding.on_income(later, agent.symbol, store.margin_asset)
+
+
+def _row_time(row: dict[str, Any]) -> int:
+    try:
+        return int(row["time"])
+    except (KeyError, TypeError, ValueError):
+        return -1
+
+
+def publish_carry(fleet_name: str, carry: Carry) -> None:
+    """Put the record into the GCS key-value store (blocking; needs a Ray connection)."""
+    from ray.experimental import internal_kv
+
+    from .publish import kv_namespace
+
+    internal_kv._internal_kv_put(carry_key(carry.symbol), carry.encode(), overwrite=True,
+                                 namespace=kv_namespace(fleet_name))
+
+
+def read_carry(fleet_name: str, symbol: str) -> Carry | None:
+    """The symbol's last published record (blocking); None when there is none or it does not decode."""
+    from ray.experimental import internal_kv
+
+    from .publish import kv_namespace
+
+    raw = internal_kv._internal_kv_get(carry_key(symbol), namespace=kv_namespace(fleet_name))
+    record = None if raw is None else Carry.decode(raw)
+    return record if record is not None and record.symbol == symbol else None

@@ -1,0 +1,101 @@
+"""The books carried from one agent of a symbol to the next (agents/carry.py): the record, the trades
+of the gap added once whichever of frame and listing comes first, the funding booked after the
+record's newest fee, and the drawdown's peak kept."""
+
+from __future__ import annotations
+
+from decimal import Decimal as D
+
+import pytest
+
+from agents.carry import Carry, _add_trade
+from agents.store import Store
+from fleet.binance.events import BUY, SELL
+
+from .test_core_support import SYMBOL, account_update, eth_filters, mark, order_update, seed_params
+
+
+def record(**kw) -> Carry:
+    doc = dict(symbol=SYMBOL, account="main", since_ms=1_000, realized_pnl=12.5, commission=1.25, funding="-0.7",
+               fills_buy=3, fills_sell=4, peak_pnl=20.0, max_drawdown_pct=2.5, trade_id=40, trade_orders=(7,),
+               funding_ms=5_000, next_funding_ms=9_000)
+    doc.update(kw)
+    return Carry(**doc)
+
+
+def trade_row(trade_id: int, order_id: int, realized: str, commission: str, side: str = "SELL",
+              asset: str = "USDC") -> dict:
+    return {"id": trade_id, "orderId": order_id, "realizedPnl": realized, "commission": commission,
+            "commissionAsset": asset, "side": side, "symbol": SYMBOL}
+
+
+def test_a_record_decodes_to_itself_and_a_bad_one_to_none():
+    r = record()
+    assert Carry.decode(r.encode()) == r
+    assert Carry.decode(record(peak_pnl=None, trade_id=None, trade_orders=()).encode()).peak_pnl is None
+    for bad in (b"", b"{}", b'{"symbol": 1}', record().encode().replace(b'"-0.7"', b'"x"'), b"[1]"):
+        assert Carry.decode(bad) is None
+
+
+def test_restored_books_add_to_the_new_agents_and_keep_the_peak():
+    s = Store(SYMBOL, eth_filters(), seed_params())
+    pos = s.position_book
+    pos.restore(12.5, 1.25, 3, 4, 20.0, 2.5)
+    s.funding.restore(D("-0.7"), 5_000)
+    assert (s.realized_pnl, s.commission, s.fills_buy, s.fills_sell) == (12.5, 1.25, 3, 4)
+    assert s.funding_pnl == pytest.approx(-0.7) and s.funding.total == D("-0.7")
+    assert pos.peak_pnl == 20.0 and s.max_drawdown_pct == 2.5
+    # the position confirmed flat at 3000: the symbol's own P&L is 12.5 - 0.7 - 1.25 = 10.55, under the peak of 20
+    s.apply(account_update(0, 0.0, 10))
+    s.apply(mark(3000.0, 11))
+    capital = seed_params().risk.capital
+    assert s.drawdown_pct() == pytest.approx((20.0 - 10.55) / (capital + 20.0) * 100)
+
+
+def test_a_gap_trade_listed_before_its_frame_counts_once_and_its_frame_still_moves_the_position():
+    s = Store(SYMBOL, eth_filters(), seed_params())
+    s.apply(account_update(0, 0.0, 10))
+    carried = record()
+    assert _add_trade(s.position_book, carried, trade_row(41, 8, "2.0", "0.1", side="BUY"), "USDC") == 1
+    assert _add_trade(s.position_book, carried, trade_row(41, 8, "2.0", "0.1", side="BUY"), "USDC") == 0
+    assert (s.realized_pnl, s.commission, s.fills_buy) == (2.0, 0.1, 1)
+    # its frame, after the snapshot: the position moves, the P&L does not again
+    s.apply(order_update("x", 8, BUY, 300_000, 5, status="FILLED", cum_steps=5, last_steps=5, t=20, trade_id=41,
+                         realized="2.0", commission="0.1"))
+    assert s.position_steps == 5
+    assert (s.realized_pnl, s.commission) == (2.0, pytest.approx(0.1))
+
+
+def test_a_gap_trade_whose_frame_came_first_is_not_added_again_nor_one_inside_the_record():
+    s = Store(SYMBOL, eth_filters(), seed_params())
+    s.apply(account_update(0, 0.0, 10))
+    s.apply(order_update("x", 9, SELL, 300_000, 5, status="FILLED", cum_steps=5, last_steps=5, t=20, trade_id=42,
+                         realized="-1.5", commission="0.2"))
+    carried = record()
+    pos = s.position_book
+    assert _add_trade(pos, carried, trade_row(42, 9, "-1.5", "0.2"), "USDC") == 0   # booked from its frame
+    assert _add_trade(pos, carried, trade_row(40, 7, "5", "1"), "USDC") == 0        # in the record
+    assert _add_trade(pos, carried, trade_row(39, 6, "5", "1"), "USDC") == 0        # older than the record
+    assert _add_trade(pos, carried, trade_row(40, 11, "0.5", "0.05", asset="BNB"), "USDC") == 1  # its other side
+    assert s.realized_pnl == pytest.approx(-1.5 + 0.5)
+    assert s.commission == pytest.approx(0.2)    # a fee in another asset is not the margin asset's
+    assert (pos.last_trade_id, pos.last_trade_orders) == (42, [9])
+
+
+def test_the_newest_trade_booked_is_marked_with_every_order_of_it():
+    s = Store(SYMBOL, eth_filters(), seed_params())
+    s.apply(account_update(0, 0.0, 10))
+    for oid, side in ((1, BUY), (2, SELL)):   # a self-trade: both sides under one id
+        s.apply(order_update(f"c{oid}", oid, side, 300_000, 5, status="FILLED", cum_steps=5, last_steps=5, t=20,
+                             trade_id=77))
+    assert (s.position_book.last_trade_id, s.position_book.last_trade_orders) == (77, [1, 2])
+
+
+def test_funding_of_the_gap_is_booked_once_after_the_record():
+    s = Store(SYMBOL, eth_filters(), seed_params())
+    s.funding.restore(D("-0.7"), 5_000)
+    rows = [{"symbol": SYMBOL, "incomeType": "FUNDING_FEE", "income": "-0.3", "asset": "USDC", "time": 9_000,
+             "tranId": 3}]
+    assert s.funding.on_income(rows, SYMBOL, "USDC") == 1
+    assert s.funding.on_income(rows, SYMBOL, "USDC") == 0
+    assert s.funding.total == D("-1.0") and s.funding.last_fee_ms == 9_000
