@@ -58,7 +58,7 @@ __all__ = ["Action", "Probe", "Report", "Soak", "schedule", "worst_long", "worst
 
 ORDER, BATCH = "/fapi/v1/order", "/fapi/v1/batchOrders"
 WRITES = [(m, p) for p in (ORDER, BATCH) for m in ("POST", "PUT", "DELETE")]
-ANSWERS = ("503", "500", "502", "504", "-1006", "-1007", "timeout")
+ANSWERS = ("503", "503-nocode", "500", "502", "504", "-1006", "-1007", "timeout")
 BATCH_MODES = ("batch_short", "batch_malformed", "batch_nonjson")
 
 # extra actions beyond the one-of-each: kind family -> weight
@@ -126,7 +126,8 @@ def schedule(seed: int, seconds: float, symbol: str, cap: float, step: Decimal |
     rng = random.Random(seed)
     step = Decimal(str(step))
     families: list[tuple[str, Any]] = [("late", a) for a in ANSWERS] + [("exec_then_error", a) for a in ANSWERS]
-    families += [("error", "-1007"), ("unknown", None), ("throttle", None)] + [("batch", m) for m in BATCH_MODES]
+    families += [("error", "-1007"), ("error", "503-unavailable"), ("unknown", None), ("throttle", None)]
+    families += [("batch", m) for m in BATCH_MODES]
     families += [("drop", "user"), ("drop", "market"), ("listenkey", None), ("jump", None), ("freeze", None),
                  ("position", None)]
     extra = max(0, int(seconds / mean_gap) - len(families))
@@ -170,7 +171,7 @@ def schedule(seed: int, seconds: float, symbol: str, cap: float, step: Decimal |
             method, path = route()
             body = {"mode": fam, "path": path, "method": method, "count": 1}
             if fam == "error":
-                body["answer"] = "-1007"
+                body["answer"] = arg or "-1007"
             out.append(Action(at, rest_kind(body), "/sim/fault/rest", body))
         elif fam == "batch":
             mode = arg or rng.choice(BATCH_MODES)

@@ -41,6 +41,9 @@ __all__ = ["Engine", "SimApiError", "missing", "invalid", "render", "Order", "Ac
 FAR_MS = 1 << 62
 DIFF_LEVELS = 50  # the diff depth stream keeps this many levels per side exact (absolute sizes, "0" = gone)
 MAX_CLOSED_KEPT = 20000
+# a conditional order's parameters, refused on LIMIT and MARKET with -1106 ("sent when not required"), as
+# Binance answers stopPrice on a LIMIT; closePosition only when "true" (its code there is not documented)
+NOT_FOR_LIMIT_OR_MARKET = ("stopPrice", "activationPrice", "callbackRate", "closePosition")
 
 
 def _gone(last: dict[int, int], shown: set[int], now: dict[int, int], levels: list[tuple[int, int]],
@@ -453,20 +456,10 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
             stp_stop = False
             if resting:
                 for o in list(resting):
-                    if not o.is_open:   # cancelled by a fill before it in this walk (reduce-only capped)
+                    if not o.is_open or o is taker:   # cancelled by a fill before it in this walk (reduce-only capped)
                         continue
-                    if taker is not None and o.account == taker.account:
-                        if o is taker:
-                            continue
-                        if taker.stp != "NONE":   # NONE: it trades with itself, as with anyone
-                            # self-trade prevention, as the taker's mode says: the maker expires (EXPIRE_MAKER,
-                            # EXPIRE_BOTH), the taker's remainder expires (EXPIRE_TAKER, EXPIRE_BOTH)
-                            if taker.stp != "EXPIRE_TAKER":
-                                self._expire(self.accounts[o.account], b, o, t, "1")
-                            if taker.stp != "EXPIRE_MAKER":
-                                stp_stop = True
-                                break
-                            continue
+                    # the book's liquidity queued ahead of this order trades first: a taker it stops short
+                    # of this order never meets it, whoever's it is
                     ahead = o.ahead if o.ahead < s_qty else s_qty
                     gap = ahead - eaten
                     if gap > 0:
@@ -475,6 +468,16 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
                         v -= take
                         if v == 0:
                             break
+                    if taker is not None and o.account == taker.account and taker.stp != "NONE":
+                        # NONE: it trades with itself, as with anyone. Otherwise self-trade prevention, as the
+                        # taker's mode says: the maker expires (EXPIRE_MAKER, EXPIRE_BOTH), the taker's
+                        # remainder expires (EXPIRE_TAKER, EXPIRE_BOTH)
+                        if taker.stp != "EXPIRE_TAKER":
+                            self._expire(self.accounts[o.account], b, o, t, "1")
+                        if taker.stp != "EXPIRE_MAKER":
+                            stp_stop = True
+                            break
+                        continue
                     fill = o.orig - o.filled
                     if fill > v:
                         fill = v
@@ -1072,7 +1075,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         if (ps == "BOTH") == dual_side:
             raise SimApiError(-4061, "Order's position side does not match user's setting.")
         if dual_side:
-            raise SimApiError(-1000, "Hedge Mode positions are not simulated: switch the account to one-way mode "
+            raise SimApiError(-1020, "Hedge Mode positions are not simulated: switch the account to one-way mode "
                                      "(POST /fapi/v1/positionSide/dual dualSidePosition=false).")
         if params.get("newOrderRespType", "ACK") not in ("ACK", "RESULT"):
             raise SimApiError(-1136, "Invalid newOrderRespType.")
@@ -1102,8 +1105,13 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         pm = params.get("priceMatch")
         if pm == "NONE":
             pm = None
+        for name in NOT_FOR_LIMIT_OR_MARKET:   # a conditional order's parameters (the Algo Service's now)
+            if params.get(name) and (name != "closePosition" or params[name].lower() == "true"):
+                raise SimApiError(-1106, f"Parameter '{name}' sent when not required.")
         if market:
             tif = "GTC"
+            if params.get("timeInForce"):
+                raise SimApiError(-1106, "Parameter 'timeInForce' sent when not required.")
             if params.get("price"):
                 raise SimApiError(-1106, "Parameter 'price' sent when not required.")
             if pm:

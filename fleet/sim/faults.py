@@ -32,6 +32,12 @@ ANSWERS: dict[str, tuple[int, Any]] = {
     # the 503 Binance documents as "execution status UNKNOWN"
     "503": (503, {"code": -1000, "msg": "Unknown error, please check your request or try again later."}),
     "500": (500, {"code": -1000, "msg": "An unknown error occurred while processing the request."}),
+    # the same 503, as Binance's front has answered it: the message with no code (a client that reads the
+    # code alone sees none; the message says the execution status is unknown)
+    "503-nocode": (503, {"msg": "Unknown error, please check your request or try again later."}),
+    # the 503 Binance documents as a 100% failure, safe to retry and not counted against the limits; its
+    # code is not documented: the message alone. Offered before execution only (mode "error")
+    "503-unavailable": (503, {"msg": "Service Unavailable."}),
     # a gateway in front of the API, not the API: an HTML page, not JSON
     "502": (502, _html(502, "Bad Gateway")),
     "504": (504, _html(504, "Gateway Time-out")),
@@ -48,6 +54,9 @@ ANSWERS: dict[str, tuple[int, Any]] = {
                                           "orders are exempt. Please try again."}),
     "timeout": (0, None),
 }
+
+
+NOT_EXECUTED_ANSWERS = ("503-unavailable",)   # answers Binance documents as definite failures
 
 
 @dataclass
@@ -124,6 +133,8 @@ def parse_fault(body: dict[str, Any]) -> RestFault:
             raise ValueError(f"answer must be one of {', '.join(ANSWERS)}")
         if mode not in ("error", "late", "exec_then_error"):
             raise ValueError("answer applies to the modes error, late and exec_then_error")
+        if answer in NOT_EXECUTED_ANSWERS and mode != "error":
+            raise ValueError(f"answer {answer} says nothing was executed: it applies to the mode error only")
     status = body.get("status")
     status = None if status is None else int(status)
     if status is not None and not 100 <= status <= 599:

@@ -165,10 +165,19 @@ class ExchangeGateway(RestHandlers):
         self.stats["rest_requests"] += 1
         try:
             body_text = raw_body.decode("utf-8")
-            params = dict(parse_qsl(body_text, keep_blank_values=True))
-            params.update(parse_qsl(raw_query, keep_blank_values=True))
+            body_pairs = parse_qsl(body_text, keep_blank_values=True)
+            query_pairs = parse_qsl(raw_query, keep_blank_values=True)
         except (UnicodeDecodeError, ValueError):
-            params, body_text = None, ""
+            body_pairs, query_pairs, body_text = None, None, ""
+        if body_pairs is None or query_pairs is None:
+            params = None
+        else:
+            # a name twice in the query, or twice in the body, is refused; in both, the query's wins
+            twice = _twice(query_pairs) or _twice(body_pairs)
+            if twice is not None and any(p == path for (_, p) in self._routes):
+                return _json(400, {"code": -1101, "msg": "Duplicate values for a parameter detected."})
+            params = dict(body_pairs)
+            params.update(query_pairs)
         # signed: the query string followed by the body, as received, without the signature
         payload = _strip_signature(raw_query) + _strip_signature(body_text)
         return self.answer(method, path, params, payload, api_key, ip, now)
@@ -376,6 +385,16 @@ class ExchangeGateway(RestHandlers):
             raise SimApiError(-1021, "Timestamp for this request is outside of the recvWindow.")
         return acct.name
 
+
+
+def _twice(pairs: list[tuple[str, str]]) -> str | None:
+    """A parameter name given more than once, if any."""
+    seen: set[str] = set()
+    for name, _ in pairs:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
 
 
 def _strip_signature(raw: str) -> str:

@@ -91,6 +91,12 @@ class SimClient:
             return await self._do(method, path, "", payload, headers)
         return await self._do(method, path, payload, "", headers)
 
+    async def signed_raw(self, method: str, path: str, query: str) -> Reply:
+        """A signed request whose query is ``query`` as given (a name may repeat), the timestamp added."""
+        payload = f"{query}&timestamp={int(time.time() * 1000)}"
+        payload += "&signature=" + sign(self.api_secret, payload)
+        return await self._do(method, path, payload, "", {"X-MBX-APIKEY": self.api_key})
+
     async def admin(self, method: str, path: str, body: dict[str, Any] | None = None,
                     params: dict[str, Any] | None = None) -> Any:
         url = self.rest_url + path

@@ -41,7 +41,9 @@ POW10 = [10 ** i for i in range(19)]
 def fast_units(raw: str, places: int) -> int | None:
     """Plain ``123.45`` (ASCII digits, at most ``places`` decimals) as integer units of 10^-places;
     None for anything else, which then takes the careful Decimal path and its precise error codes."""
-    ip, _, fp = raw.partition(".")
+    ip, dot, fp = raw.partition(".")
+    if (dot and not fp) or len(ip) > 20 or len(fp) > 20:   # "1." or over 20 digits: Binance's -1100
+        return None
     if fp:
         fp = fp.rstrip("0")
     if len(fp) > places or not ip.isascii() or not ip.isdigit() or (fp and not (fp.isascii() and fp.isdigit())):

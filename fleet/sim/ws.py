@@ -22,6 +22,7 @@ from fleet.sim.wsapi import HANDSHAKE_WEIGHT, METHODS, WsApiGateway, WsApiReply,
 log = logging.getLogger("fleet.sim")
 
 MAX_QUEUED_FRAMES = 20_000
+FLUSH_BEFORE_CLOSE_S = 1.0  # a connection closed for its message rate gets what was queued before, for so long
 API = "api"  # a WebSocket API connection's path kind
 
 
@@ -382,6 +383,11 @@ class StreamGateway(WsApiGateway):
         if c.msg_count > self.config.ws_max_incoming_per_s:
             log.info("closing a connection that sent more than %d messages in a second",
                      self.config.ws_max_incoming_per_s)
+            self._forget(c)   # nothing more is queued; the answers to the messages before this one still go
+            try:
+                await asyncio.wait_for(c.queue.join(), FLUSH_BEFORE_CLOSE_S)
+            except asyncio.TimeoutError:
+                pass
             await self._close_conn(c, code=1008, message=b"Too many requests")
             return
         try:
@@ -470,7 +476,10 @@ class StreamGateway(WsApiGateway):
         try:
             while True:
                 raw = await c.queue.get()
-                await ws.send_frame(raw, WSMsgType.TEXT)   # JSON is UTF-8 already: no decode and re-encode
+                try:
+                    await ws.send_frame(raw, WSMsgType.TEXT)   # JSON is UTF-8 already: no decode and re-encode
+                finally:
+                    c.queue.task_done()
                 self.stats["ws_frames_sent"] += 1
         except (ConnectionResetError, RuntimeError, asyncio.CancelledError):
             pass

@@ -128,7 +128,7 @@ async def drill(make_agent, exchange, faults: list[dict[str, Any]], position: st
     return agent
 
 
-@pytest.mark.parametrize("answer", ["503", "500", "502", "-1006", "-1007"])
+@pytest.mark.parametrize("answer", ["503", "503-nocode", "500", "502", "-1006", "-1007"])
 async def test_a_batch_answered_at_once_and_executed_later_is_counted_not_orphaned(make_agent, exchange, answer):
     agent = await drill(make_agent, exchange, [
         {"mode": "late", "answer": answer, "delay_ms": 400, "path": BATCH, "count": 3},
@@ -143,6 +143,13 @@ async def test_a_write_executed_then_answered_with_an_error_is_counted(make_agen
         {"mode": "exec_then_error", "answer": answer, "path": ORDER, "count": 2},
     ], position="-0.19")
     assert agent.status()["counters"]["unknown_outcomes"] > 0
+
+
+async def test_service_unavailable_is_a_definite_failure_and_nothing_waits_on_it(make_agent, exchange):
+    """503 "Service Unavailable." (Binance: a 100 % failure, safe to retry): no outcome left unknown."""
+    agent = await drill(make_agent, exchange, [{"mode": "error", "answer": "503-unavailable", "path": BATCH,
+                                                "count": 3}])
+    assert agent.status()["counters"]["unknown_outcomes"] == 0
 
 
 async def test_minus_1007_without_execution_is_settled_by_a_lookup_past_the_window(make_agent, exchange):

@@ -157,6 +157,27 @@ async def test_rest_faults_error_unknown_429_and_latency(sim):
         assert st["faults_pending"] == []
 
 
+async def test_the_503s_binance_documents_by_their_message_alone(sim):
+    """"Service Unavailable." (a definite failure: nothing executed) and the unknown-outcome 503 with no
+    code (executed when the fault says so); the definite failure is not offered after an execution."""
+    async with SimClient.for_sim(sim) as c:
+        bid = Decimal((await c.public("GET", "/fapi/v1/ticker/bookTicker", {"symbol": "ETHUSDC"})).json["bidPrice"])
+        params = {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.010",
+                  "price": str((bid * Decimal("0.98")).quantize(Decimal("0.01")))}
+        await c.admin("POST", "/sim/fault/rest", {"mode": "error", "answer": "503-unavailable", "count": 1,
+                                                  "path": "/fapi/v1/order"})
+        r = await c.signed("POST", "/fapi/v1/order", {**params, "newClientOrderId": "f-una"})
+        assert (r.status, r.json) == (503, {"msg": "Service Unavailable."})
+        await c.admin("POST", "/sim/fault/rest", {"mode": "exec_then_error", "answer": "503-nocode", "count": 1,
+                                                  "path": "/fapi/v1/order"})
+        r = await c.signed("POST", "/fapi/v1/order", {**params, "newClientOrderId": "f-noc"})
+        assert (r.status, r.json) == (503, {"msg": "Unknown error, please check your request or try again later."})
+        st = await c.state(symbol="ETHUSDC")
+        assert [o["clientOrderId"] for o in st["open_orders"]] == ["f-noc"]
+        with pytest.raises(AssertionError, match="mode error only"):
+            await c.admin("POST", "/sim/fault/rest", {"mode": "late", "answer": "503-unavailable"})
+
+
 async def test_freeze_stops_the_market_and_bad_admin_input_is_a_400(sim):
     async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
         res = await c.admin("POST", "/sim/market/freeze", {"frozen": True, "symbol": "ETHUSDC"})

@@ -19,7 +19,7 @@ async def test_a_hedge_mode_account_refuses_one_way_orders_and_switches_back_onl
         assert (await c.signed("GET", "/fapi/v1/accountConfig")).json["dualSidePosition"] is True
         order = {"symbol": SYMBOL, "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "price": "2000",
                  "quantity": "0.010"}
-        for extra, code in (({}, -4061), ({"positionSide": "BOTH"}, -4061), ({"positionSide": "LONG"}, -1000),
+        for extra, code in (({}, -4061), ({"positionSide": "BOTH"}, -4061), ({"positionSide": "LONG"}, -1020),
                             ({"positionSide": "UP"}, -4060)):
             r = await c.signed("POST", "/fapi/v1/order", {**order, **extra})
             assert (r.status, r.json["code"]) == (400, code), extra

@@ -197,7 +197,7 @@ async def test_filter_violations_answer_binance_codes(sim):
         assert await code(price=far, quantity="0.010", timeInForce="XYZ") == -1115
         assert await code(price=far, quantity="0.010", positionSide="FOO") == -4060        # INVALID_POSITION_SIDE
         assert await code(price=far, quantity="0.010", newOrderRespType="FULL") == -1136   # a spot value
-        for bad in ("1e-2", ".01", "+0.010", "0.010 "):   # what Binance's legal range refuses (floats as text)
+        for bad in ("1e-2", ".01", "+0.010", "0.010 ", "1.", "0.010" + "0" * 20):   # outside Binance's legal range
             assert await code(price=far, quantity=bad) == -1100, bad
         assert await code(price=f" {far}", quantity="0.010") == -1100
         assert await code(price=far, quantity="0.010", side="UP") == -1117
@@ -210,7 +210,29 @@ async def test_filter_violations_answer_binance_codes(sim):
                                                       "reduceOnly": "true"})
         assert r.status == 200, r.json
         st = await c.state(symbol="ETHUSDC")
-        assert st["counters"]["orders_rejected"] == 20 and st["counters"]["orders_placed"] == 1
+        assert st["counters"]["orders_rejected"] == 22 and st["counters"]["orders_placed"] == 1
+
+
+async def test_parameters_an_order_type_does_not_take_or_a_name_given_twice_are_refused(sim):
+    """Binance refuses what a LIMIT or MARKET order does not take (-1106: timeInForce on a MARKET order,
+    a conditional order's stopPrice, trailing or closePosition terms) instead of trading without them,
+    and a parameter named twice in the query or in the body (-1101); nothing is placed."""
+    async with SimClient.for_sim(sim) as c:
+        far = await _far_bid(c)
+        limit = {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "price": far,
+                 "quantity": "0.010"}
+        market = {"symbol": "ETHUSDC", "side": "BUY", "type": "MARKET", "quantity": "0.010"}
+        for order, name, value in ((market, "timeInForce", "GTC"), (market, "timeInForce", "GTX"),
+                                   (limit, "stopPrice", "1000"), (market, "closePosition", "true"),
+                                   (limit, "activationPrice", "1000"), (limit, "callbackRate", "1")):
+            r = await c.signed("POST", "/fapi/v1/order", {**order, name: value})
+            assert (r.status, r.json) == (400, {"code": -1106, "msg": f"Parameter '{name}' sent when not required."})
+        assert (await c.signed("POST", "/fapi/v1/order", {**limit, "closePosition": "false"})).status == 200
+        dup = await c.signed_raw("POST", "/fapi/v1/order", "&".join(f"{k}={v}" for k, v in limit.items())
+                                 + "&price=2803")
+        assert (dup.status, dup.json) == (400, {"code": -1101, "msg": "Duplicate values for a parameter detected."})
+        st = await c.state(symbol="ETHUSDC")
+        assert len(st["open_orders"]) == 1 and st["positions"]["ETHUSDC"]["amount"] == "0.000"
 
 
 async def test_post_only_that_would_cross_is_rejected_without_a_trace(sim):

@@ -602,3 +602,22 @@ async def test_silent_streams_are_counted_once_and_dropped_by_route_or_account(s
         assert (await _recv_json(public))["e"] == "bookTicker"   # the other route lives on
         for ws in (legacy_user, legacy, public, market):
             await ws.close()
+
+
+async def test_a_connection_over_the_message_rate_is_closed_after_the_answers_before_it(sim):
+    """More than 10 incoming messages in a second closes the connection (1008), as Binance does; every
+    message before the one over the limit is still answered (they used to be dropped with the socket)."""
+    async with aiohttp.ClientSession() as s:
+        ws = await s.ws_connect(f"{sim.ws_url}/public/ws")
+        sent = 25   # within a second or two: some second holds more than 10 of them
+        for i in range(1, sent + 1):
+            await ws.send_str(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": i}))
+        ids = []
+        while True:
+            msg = await ws.receive(timeout=10)
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            ids.append(json.loads(msg.data)["id"])
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING), msg
+        assert ws.close_code == 1008
+    assert 10 <= len(ids) < sent and ids == list(range(1, len(ids) + 1)), ids

@@ -330,15 +330,34 @@ async def test_quantity_under_the_minimum_is_4004_and_zero_is_4003(sim_factory):
 async def test_self_trade_prevention_expires_the_resting_order(sim):
     async with SimClient.for_sim(sim) as c:
         await c.admin("POST", "/sim/market/freeze", {"symbol": "ETHUSDC"})
-        ask = Decimal((await _book(c))["asks"][0][0])
+        ask, queued = ((Decimal(x) for x in (await _book(c))["asks"][0]))
         own = await _limit(c, "SELL", str(ask), "0.010")
+        qty = queued + Decimal("0.100")   # through the others' size queued ahead of our order, onto it
         r = await c.signed("POST", "/fapi/v1/order", {"symbol": "ETHUSDC", "side": "BUY", "type": "MARKET",
-                                                      "quantity": "0.100", "newOrderRespType": "RESULT"})
+                                                      "quantity": str(qty), "newOrderRespType": "RESULT"})
         assert r.json["status"] == "FILLED"
         q = await c.signed("GET", "/fapi/v1/order", {"symbol": "ETHUSDC", "orderId": own["orderId"]})
         assert (q.json["status"], q.json["executedQty"]) == ("EXPIRED_IN_MATCH", "0.000")   # expired by STP
         st = await c.state(symbol="ETHUSDC")
-        assert st["positions"]["ETHUSDC"]["amount"] == "0.100"  # all bought from others, none from itself
+        assert Decimal(st["positions"]["ETHUSDC"]["amount"]) == qty  # all bought from others, none from itself
+
+
+async def test_a_taker_that_stops_short_of_its_own_resting_order_never_meets_it(sim):
+    """Self-trade prevention acts only on a match: a taker filled by the others' size queued ahead of
+    the account's own order at that price leaves it resting, whatever its mode (EXPIRE_TAKER no
+    longer kills a taker that would have filled)."""
+    async with SimClient.for_sim(sim) as c:
+        await c.admin("POST", "/sim/market/freeze", {"symbol": "ETHUSDC"})
+        ask, queued = ((Decimal(x) for x in (await _book(c))["asks"][0]))
+        assert queued > Decimal("0.030")
+        own = await _limit(c, "SELL", str(ask), "0.010")
+        for mode in ("EXPIRE_MAKER", "EXPIRE_TAKER", "EXPIRE_BOTH"):
+            r = await c.signed("POST", "/fapi/v1/order", {
+                "symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "IOC", "price": str(ask),
+                "quantity": "0.010", "newOrderRespType": "RESULT", "selfTradePreventionMode": mode})
+            assert (r.json["status"], r.json["executedQty"]) == ("FILLED", "0.010"), (mode, r.json)
+            q = await c.signed("GET", "/fapi/v1/order", {"symbol": "ETHUSDC", "orderId": own["orderId"]})
+            assert (q.json["status"], q.json["executedQty"]) == ("NEW", "0.000"), (mode, q.json)
 
 
 async def test_self_trade_prevention_follows_the_takers_mode(sim):
