@@ -9,7 +9,7 @@ adds ``_total``), ``mm_rest_fallback_count`` a gauge (a counter could not keep t
 from __future__ import annotations
 
 import bisect
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -55,6 +55,7 @@ class AgentMetrics:
         self.symbol = symbol
         self.core = core
         self.budget: "RateBudget | None" = None
+        self.journal_status: Callable[[], dict[str, Any]] | None = None   # the trade journal's writer, if any
         self.ws_connected = False
         self.rest_fallback_count = 0
         self.unknown_outcomes = 0  # requests answered ambiguously (execution status unknown)
@@ -77,6 +78,10 @@ class AgentMetrics:
     def bind_budget(self, budget: "RateBudget") -> None:
         """Show this rate budget's windows (read-only) in the exposition."""
         self.budget = budget
+
+    def bind_journal(self, status: Callable[[], dict[str, Any]]) -> None:
+        """Show the trade journal's writer (``JournalWriter.status``, read-only) in the exposition."""
+        self.journal_status = status
 
     def set_ws_connected(self, connected: bool) -> None:
         self.ws_connected = bool(connected)
@@ -112,6 +117,8 @@ class AgentMetrics:
         yield from self._runtime_families()
         if self.budget is not None:
             yield from self._budget_families()
+        if self.journal_status is not None:
+            yield from self._journal_families(self.journal_status())
         if self.core is None:
             yield from self._unbound_families()
             return
@@ -253,6 +260,19 @@ class AgentMetrics:
         yield _counter("mm_deleveraged", "fills of the exchange's auto-deleveraging (ADL) orders", sym, s.deleveraged)
         yield _counter("mm_settled", "fills of the exchange's settlement orders (a delisting; each halts the symbol)",
                        sym, s.settled)
+
+    def _journal_families(self, st: dict[str, Any]) -> Iterator[Metric]:
+        """The trade journal's writer: the database answering, rows waiting, lost, refused, spooled."""
+        sym = [self.symbol]
+        yield self._gauge("mm_journal_db_up", "1 while the journal's database takes rows", 1 if st.get("db_up") else 0)
+        yield self._gauge("mm_journal_rows_waiting", "rows queued or held in memory, not yet in the journal",
+                          int(st.get("queued") or 0) + int(st.get("held_now") or 0))
+        yield _counter("mm_journal_rows_lost", "rows lost on the way to the journal (fills and funding are read "
+                       "again from the exchange; other rows are gone)", sym, st.get("dropped") or 0)
+        yield _counter("mm_journal_rows_rejected", "rows the database refused, kept in the rejects file", sym,
+                       st.get("rejected") or 0)
+        yield _counter("mm_journal_rows_spooled", "rows written to the local spool while the database was down", sym,
+                       st.get("spooled") or 0)
 
     def _budget_families(self) -> Iterator[Metric]:
         """The rate budget's windows: this agent's share, and the exchange's count against Binance's limit."""

@@ -55,11 +55,21 @@ def build_status(agent: SymbolAgent) -> dict[str, Any]:
         "rate_share": agent.budget.share,
         "rate_budget_waits": list(agent.budget.waiting.values()),  # requests held for room over 1 s: what for
         "last_reconcile_repair": agent.reconciler.last_repair,
+        "journal": _journal(agent.journal.status()),
         "counters": {
             **agent.counters, **agent.frames.counts(),
             "cap_cancels": core.cap_cancels if core else 0, "cancel_retries": core.cancel_retries if core else 0,
         },
     }
+
+def _journal(st: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The trade journal's writer, in short: answering, waiting, lost, refused, the holes to read again."""
+    if st is None:
+        return None
+    return {"db_up": st.get("db_up"), "waiting": int(st.get("queued") or 0) + int(st.get("held_now") or 0),
+            "lost": st.get("dropped"), "rejected": st.get("rejected"), "spool": st.get("spool"),
+            "holes": st.get("holes"), "last_error": st.get("last_error")}
+
 
 def build_exposure(agent: SymbolAgent) -> dict[str, Any]:
     """JSON-serialisable exposure: position, mark, notional, pending, worst case, cap, P&L, kill state."""

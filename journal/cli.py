@@ -37,10 +37,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--symbol", action="append", help="only this symbol (repeatable)")
         p.add_argument("--json", action="store_true", help="JSON for scripts")
         if name in ("fills", "events"):
-            p.add_argument("--limit", type=int, default=200, help="at most this many rows, the newest (default 200)")
+            p.add_argument("--limit", type=_positive, default=200, help="at most this many rows, the newest (default 200)")
         if name == "export":
             p.add_argument("--format", choices=("csv", "parquet"), default="csv")
             p.add_argument("dir", help="the directory to write one file per table into")
+
+
+MAX_MS = 253_402_300_799_999   # 9999-12-31T23:59:59.999Z: later is not a time a journal holds
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is not 1 or more")
+    return n
 
 
 def parse_since(text: str | None, now_ms: int | None = None) -> int | None:
@@ -50,9 +63,9 @@ def parse_since(text: str | None, now_ms: int | None = None) -> int | None:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
     if m:
         mult = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}[m.group(2)]
-        return now_ms - int(float(m.group(1)) * mult)
+        return _in_range(now_ms - int(float(m.group(1)) * mult), text)
     if re.fullmatch(r"\d{10,}", text.strip()):
-        return int(text)
+        return _in_range(int(text), text)
     try:
         dt = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -62,10 +75,24 @@ def parse_since(text: str | None, now_ms: int | None = None) -> int | None:
     return int(dt.timestamp() * 1000)
 
 
+def _in_range(ms: int, text: str) -> int:
+    if not 0 <= ms <= MAX_MS:
+        raise ValueError(f"--since {text!r}: before 1970 or after 9999")
+    return ms
+
+
 def _engine(args: argparse.Namespace) -> Any:
-    from .db import make_engine, migrate, target_from_args
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    from .db import JournalConfigError, make_engine, migrate, target_from_args
 
     target = target_from_args(args.url, args.state_dir, None if args.url else args.fleet)
+    if target.is_sqlite:   # a read makes no journal where there is none (a fleet name mistyped)
+        path = make_url(target.url).database
+        if path and not Path(path).exists():
+            raise JournalConfigError(f"no journal at {path}: check --state-dir and --fleet")
     engine = make_engine(target)
     migrate(engine)  # a journal of an older version is brought up to date; an empty one gets its tables
     return engine
@@ -155,6 +182,8 @@ def cmd_export(args: argparse.Namespace, engine: Any, since: int | None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from .db import JournalConfigError
 
     try:
@@ -169,5 +198,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         return {"pnl": cmd_pnl, "fills": cmd_fills, "events": cmd_events, "export": cmd_export}[
             args.journal_command](args, engine, since)
+    except (OSError, SQLAlchemyError) as exc:   # a directory not made, a database gone meanwhile: said, no trace
+        print(f"error: {args.journal_command} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+              file=sys.stderr)
+        return EXIT_FAILED
     finally:
         engine.dispose()

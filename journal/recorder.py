@@ -89,6 +89,7 @@ class AgentJournal(JournalSink):
         self._agent = agent
         agent.journal = self
         agent.log.listener = lambda event, msg, fields: self.on_log_event(agent, event, msg, fields)
+        agent.metrics.bind_journal(self.writer.status)
         self.writer.start()
         return self
 
@@ -244,11 +245,25 @@ class AgentJournal(JournalSink):
             log.warning("journal %s: backfill failed: %r", self.symbol, exc)
 
     async def backfill(self, agent: Any, funding: bool = True) -> tuple[int, int]:
-        """What the journal lacks since its last record, from userTrades and (``funding``) income
+        """What the journal lacks since its last record, and from the lowest fill and funding lost on
+        the way to it (the writer's holes), from userTrades and (``funding``, or a funding hole) income
         (FUNDING_FEE)."""
-        client = agent.client
-        if client is None:
+        if agent.client is None:
             return (0, 0)
+        holes = self.writer.take_holes()
+        try:
+            got = await self._backfill(agent, funding or "funding" in holes, holes)
+        except BaseException:
+            self.writer.restore_holes(holes)   # read again by the next backfill
+            raise
+        if holes:
+            log.warning("journal %s: fills and funding lost on the way to the journal read again from the "
+                        "exchange (from %s): %d trades, %d funding rows", self.symbol, holes, *got)
+        self.writer.holes_filled()
+        return got
+
+    async def _backfill(self, agent: Any, funding: bool, holes: dict[str, int]) -> tuple[int, int]:
+        client = agent.client
         loop = asyncio.get_running_loop()
         engine = self.writer.engine()
         db_trade = db_fund = None
@@ -259,6 +274,10 @@ class AgentJournal(JournalSink):
                 log.warning("journal %s: cursor not read: %r", self.symbol, exc)
         trade_cur = _max(db_trade, self._trade_cursor)
         fund_cur = _max(db_fund, self._funding_cursor)
+        if "trade" in holes:   # from the lowest trade lost (ids grow per symbol)
+            trade_cur = holes["trade"] - 1 if trade_cur is None else min(trade_cur, holes["trade"] - 1)
+        if "funding" in holes:
+            fund_cur = holes["funding"] if fund_cur is None else min(fund_cur, holes["funding"])
         lookback_ms = int(self.settings.backfill_lookback_hours * 3_600_000)
         epoch = _epoch(agent)
         n_trades = 0

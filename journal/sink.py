@@ -15,6 +15,10 @@ class JournalSink:
 
     enabled = False
 
+    def status(self) -> dict[str, Any] | None:
+        """The journal's writer as ``status()`` shows it (None: no journal)."""
+        return None
+
     def on_sent(self, agent: Any, batch: Any) -> None:
         """A batch of requests (place, amend, cancel) is about to be sent."""
 

@@ -5,10 +5,22 @@ the writer's thread, never on the quote path. When the database does not answer,
 local spool file (JSON lines) and the writer keeps probing; once the database is back the spool is
 replayed first, in order. Every row is idempotent (unique trade id, income id or uid), so a replay
 that is cut short and started again, or a backfill of what the stream already gave, adds nothing twice.
+
+Nothing is lost without a trace. Rows the spool cannot take either (a full or read-only disk) are
+held in memory, up to ``queue_max``, and tried again; a close that cannot wait for a stalled database
+puts what is left into the spool from the closing thread. A row that is lost all the same (the queue
+or the held rows full, the spool unwritable at the close) is counted (``dropped``), logged as an ERROR
+(at most once a minute), and, if it is a fill or a funding payment, leaves a *hole*: the lowest trade
+id and funding time lost, which the recorder's next backfill reads again from the exchange
+(``take_holes``) and which a close persists next to the spool (``<name>.holes.json``) for the next
+start. A row the database refuses (a value it does not take: not an outage) is written apart from its
+batch's others and kept in ``<name>.rejected.jsonl``, counted and logged, so one bad row never stalls
+the journal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,7 +32,7 @@ from typing import Any, Callable, Iterable
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from .db import Target, make_engine, migrate
 from .schema import TABLES, fills, funding
@@ -31,6 +43,8 @@ Row = tuple[str, dict[str, Any]]  # (table name, row)
 Converter = Callable[[Any], Iterable[Row]]
 
 RETRY_S = 1.0  # a database that did not answer is tried again this often
+SAY_LOSS_S = 60.0  # rows lost are logged at most this often (each one counted)
+OUTAGE = (OperationalError, InterfaceError, OSError)  # the database not answering (anything else: the row)
 
 
 def _identity(item: Any) -> Iterable[Row]:
@@ -103,8 +117,16 @@ class JournalWriter:
         self._engine = engine
         self._down_since: float | None = None
         self._next_try = 0.0
-        self.stats = {"written": 0, "spooled": 0, "replayed": 0, "dropped": 0, "db_errors": 0, "batches": 0}
+        self.stats = {"written": 0, "spooled": 0, "replayed": 0, "dropped": 0, "db_errors": 0, "batches": 0,
+                      "held": 0, "rejected": 0}
         self.last_error: str | None = None
+        self.holes_path = self.spool_path.with_name(f"{_safe(name)}.holes.json")
+        self.rejects_path = self.spool_path.with_name(f"{_safe(name)}.rejected.jsonl")
+        self._held: deque[Row] = deque()       # rows neither the database nor the spool took: tried again
+        self._in_flight: list[Row] = []        # the batch the thread is writing or spooling
+        self._lock = threading.Lock()
+        self._holes: dict[str, int] = _read_holes(self.holes_path)   # "trade": lowest id lost, "funding": time
+        self._loss_said = 0.0
 
     # ------------------------------------------------------------------ the caller's side
 
@@ -115,11 +137,11 @@ class JournalWriter:
         return self
 
     def put(self, item: Any) -> bool:
-        """Hand one item over (O(1), never blocks); False when the queue is full (the item is counted
-        as dropped: fills and funding come back with the next backfill from the exchange)."""
+        """Hand one item over (O(1), never blocks); False when the queue is full: the item is lost,
+        counted and said, its fill or funding a hole the next backfill reads again."""
         q = self._q
         if len(q) >= self.queue_max:
-            self.stats["dropped"] += 1
+            self._lose(list(self.convert(item)), f"the queue is full ({self.queue_max} items)")
             return False
         q.append(item)
         if len(q) >= self.batch_max:
@@ -135,27 +157,92 @@ class JournalWriter:
         return len(self._q)
 
     def status(self) -> dict[str, Any]:
-        return {**self.stats, "queued": len(self._q), "db_up": self.db_up, "target": self.target.describe(),
-                "spool": str(self.spool_path) if self.spool_path.exists() else None, "last_error": self.last_error}
+        return {**self.stats, "queued": len(self._q), "held_now": len(self._held), "db_up": self.db_up,
+                "target": self.target.describe(), "spool": str(self.spool_path) if self.spool_path.exists() else None,
+                "holes": dict(self._holes), "last_error": self.last_error}
+
+    # ------------------------------------------------------------------ rows lost, and the holes they leave
+
+    def take_holes(self) -> dict[str, int]:
+        """The lowest trade id and funding time lost since the last take (the backfill reads from
+        there); cleared here, given back with :meth:`restore_holes` if the backfill fails."""
+        with self._lock:
+            holes, self._holes = self._holes, {}
+        return holes
+
+    def restore_holes(self, holes: dict[str, int]) -> None:
+        with self._lock:
+            _merge_holes(self._holes, holes)
+
+    def holes_filled(self) -> None:
+        """A backfill read every hole taken: the persisted ones are gone too (unless new ones came)."""
+        with self._lock:
+            if not self._holes:
+                self.holes_path.unlink(missing_ok=True)
+
+    def _lose(self, rows: list[Row], why: str) -> None:
+        """Rows that will not be written: counted, said (at most once a minute), holes noted."""
+        with self._lock:
+            self.stats["dropped"] += len(rows)
+            _merge_holes(self._holes, _holes_of(rows))
+            holes = dict(self._holes)
+        now = time.monotonic()
+        if now - self._loss_said >= SAY_LOSS_S:
+            self._loss_said = now
+            log.error("journal %s: %d rows lost so far (%s); fills and funding from %s are read again from the "
+                      "exchange by the next backfill, the other rows are gone", self.name, self.stats["dropped"], why,
+                      holes or "nothing")
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything handed over so far is written (or spooled); True if done in time."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if not self._q and self._idle.is_set():
+            if not self._q and not self._held and self._idle.is_set():
                 return True
             self._wake.set()
             time.sleep(0.01)
         return False
 
     def close(self, timeout: float = 10.0) -> None:
-        self.flush(timeout)
+        """Write what is handed over (``timeout`` at most), then stop the thread. A database that does not
+        answer in time: what is left (queued, held, the batch in flight) goes to the spool from here,
+        and the holes of anything lost are persisted for the next start."""
+        done = self.flush(timeout)
         self._closing = True
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout)
-        if self._engine is not None:
+            self._thread.join(0.0 if not done else timeout)
+        if not done or self._held or (self._thread is not None and self._thread.is_alive()):
+            self._spool_what_is_left()
+        if self._holes:
+            self._save_holes()
+        if self._engine is not None and (self._thread is None or not self._thread.is_alive()):
             self._engine.dispose()
+
+    def _spool_what_is_left(self) -> None:
+        rows = list(self._in_flight) + list(self._held)
+        self._held.clear()
+        while self._q:
+            try:
+                rows.extend(self.convert(self._q.popleft()))
+            except IndexError:   # the thread took the last one meanwhile
+                break
+        if not rows:
+            return
+        try:
+            self._spool(rows)
+            log.warning("journal %s: database %s did not answer before the close: %d rows spooled to %s",
+                        self.name, self.target.describe(), len(rows), self.spool_path)
+        except OSError as exc:
+            self._lose(rows, f"closing with the database and the spool unavailable: {exc}")
+
+    def _save_holes(self) -> None:
+        try:
+            self.holes_path.parent.mkdir(parents=True, exist_ok=True)
+            self.holes_path.write_text(json.dumps(self._holes))
+        except OSError as exc:
+            log.error("journal %s: holes %s not saved (%s): the next start's backfill will not know of them",
+                      self.name, self._holes, exc)
 
     def engine(self) -> Engine | None:
         """The writer's engine once the database answered (for reads such as the backfill cursor)."""
@@ -177,13 +264,15 @@ class JournalWriter:
                 self._idle.set()
 
     def _drain(self) -> None:
-        if not self._q and not self.spool_path.exists():
+        if not self._q and not self._held and not self.spool_path.exists():
             return
         self._idle.clear()
         try:
             self._ensure_db()
             if self.db_up and self.spool_path.exists():
                 self._replay()
+            if self._held and not self._put_away(list(self._held), held=True):
+                return   # neither the database nor the spool takes rows: the queue waits its turn
             while self._q:
                 items = []
                 q = self._q
@@ -192,14 +281,40 @@ class JournalWriter:
                 rows: list[Row] = []
                 for item in items:
                     rows.extend(self.convert(item))
-                if not rows:
-                    continue
-                if self.db_up and self._write(rows):
-                    self.stats["written"] += len(rows)
-                else:
-                    self._spool(rows)
+                if rows and not self._put_away(rows):
+                    return
         finally:
+            self._in_flight = []
             self._idle.set()
+
+    def _put_away(self, rows: list[Row], held: bool = False) -> bool:
+        """Rows into the database, else the spool, else held in memory (False: nothing takes rows now)."""
+        self._in_flight = rows
+        if self.db_up and self._write(rows):
+            self.stats["written"] += len(rows)
+        else:
+            try:
+                self._spool(rows)
+            except OSError as exc:
+                if not held:
+                    self._hold(rows, exc)
+                return False
+        if held:
+            self._held.clear()
+        return True
+
+    def _hold(self, rows: list[Row], exc: OSError) -> None:
+        """Rows the spool did not take either: kept in memory to try again, up to ``queue_max``."""
+        self.last_error = f"spool {self.spool_path}: {exc}"
+        self._held.extend(rows)
+        self.stats["held"] += len(rows)
+        over = len(self._held) - self.queue_max
+        if over > 0:
+            self._lose([self._held.popleft() for _ in range(over)], f"the spool does not take rows: {exc}")
+        elif time.monotonic() - self._loss_said >= SAY_LOSS_S:
+            self._loss_said = time.monotonic()
+            log.error("journal %s: neither the database nor the spool takes rows (%s): %d held in memory",
+                      self.name, exc, len(self._held))
 
     def _ensure_db(self) -> None:
         now = time.monotonic()
@@ -229,9 +344,29 @@ class JournalWriter:
             write_rows(self._engine, rows)  # type: ignore[arg-type]
             self.stats["batches"] += 1
             return True
-        except (OperationalError, DBAPIError, OSError) as exc:
+        except OUTAGE as exc:
             self._note_down(exc)
             return False
+        except SQLAlchemyError:   # a row the database does not take (too long, not null ...): not an outage
+            return self._write_each(rows)
+
+    def _write_each(self, rows: list[Row]) -> bool:
+        """The batch row by row: those refused are kept apart (``<name>.rejected.jsonl``) and said."""
+        for row in rows:
+            try:
+                write_rows(self._engine, [row])  # type: ignore[arg-type]
+            except OUTAGE as exc:
+                self._note_down(exc)
+                return False
+            except SQLAlchemyError as exc:
+                self.stats["rejected"] += 1
+                self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                log.error("journal %s: the database refused a %s row (%s); kept in %s", self.name, row[0],
+                          self.last_error, self.rejects_path)
+                with contextlib.suppress(OSError):
+                    _append_lines(self.rejects_path, [row])
+        self.stats["batches"] += 1
+        return True
 
     def _note_down(self, exc: BaseException) -> None:
         self.stats["db_errors"] += 1
@@ -243,12 +378,7 @@ class JournalWriter:
         self._next_try = time.monotonic() + RETRY_S
 
     def _spool(self, rows: list[Row]) -> None:
-        self.spool_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.spool_path, "a", encoding="utf-8") as f:
-            for name, row in rows:
-                f.write(json.dumps({"t": name, "r": row}, separators=(",", ":"), default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        _append_lines(self.spool_path, rows)
         self.stats["spooled"] += len(rows)
 
     def _replay(self) -> None:
@@ -270,6 +400,44 @@ class JournalWriter:
         self.spool_path.unlink(missing_ok=True)
         self.stats["replayed"] += len(rows)
         log.info("journal %s: %d spooled rows replayed into %s", self.name, len(rows), self.target.describe())
+
+
+def _append_lines(path: Path, rows: list[Row]) -> None:
+    """Rows appended to a JSON-lines file and synced (OSError: not written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        for name, row in rows:
+            f.write(json.dumps({"t": name, "r": row}, separators=(",", ":"), default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _holes_of(rows: list[Row]) -> dict[str, int]:
+    """The lowest trade id and funding time among ``rows``."""
+    out: dict[str, int] = {}
+    for name, row in rows:
+        key, value = ("trade", row.get("trade_id")) if name == "fills" else \
+            ("funding", row.get("ts_ms")) if name == "funding" else (None, None)
+        if key is not None and isinstance(value, int):
+            _merge_holes(out, {key: value})
+    return out
+
+
+def _merge_holes(into: dict[str, int], more: dict[str, int]) -> None:
+    for key, value in more.items():
+        into[key] = min(into.get(key, value), value)
+
+
+def _read_holes(path: Path) -> dict[str, int]:
+    """The holes a close persisted ({} when none, or unreadable: said)."""
+    try:
+        doc = json.loads(path.read_text())
+        return {k: int(v) for k, v in doc.items() if k in ("trade", "funding")}
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        log.error("journal: holes file %s unreadable (%r): ignored", path, exc)
+        return {}
 
 
 def _safe(name: str) -> str:

@@ -59,6 +59,32 @@ def test_the_migrations_are_the_schema(backend, request, tmp_path):
     engine.dispose()
 
 
+def test_a_row_postgresql_refuses_is_kept_apart_and_never_stalls_the_journal(pg_db, tmp_path):
+    """A value PostgreSQL does not take (too long for its column; SQLite takes anything) is not an
+    outage: that row goes to the rejects file, every other row is written, the writer goes on."""
+    import json
+
+    from journal.writer import JournalWriter
+
+    target = pg_target(pg_db, tmp_path)
+    w = JournalWriter(target, "poison", flush_interval=0.05).start()
+    order = {"ts_ms": 1, "fleet": "f", "account": "main", "symbol": SYMBOL, "epoch": 1, "event": "update",
+             "order_type": "TRAILING_STOP_MARKET", "side": "SELL", "status": "NEW"}
+    for i in range(10):
+        row = {**order, "uid": f"u{i}"}
+        if i == 4:
+            row["order_type"] = "X" * 40
+        w.put(("orders", row))
+    assert w.flush(30)
+    w.close(5)
+    assert w.stats["rejected"] == 1 and w.db_up and not w.spool_path.exists()
+    with make_engine(target).connect() as conn:
+        kept = conn.exec_driver_sql("SELECT count(*) FROM orders WHERE fleet = 'f'").scalar()
+    assert kept == 9
+    (rejected,) = [json.loads(line) for line in w.rejects_path.read_text().splitlines()]
+    assert rejected["r"]["uid"] == "u4"
+
+
 def test_a_password_in_the_url_is_refused():
     from journal.db import JournalConfigError
 

@@ -91,6 +91,31 @@ async def test_journal_equals_the_exchange_and_the_split_adds_up(sim, target, tm
     assert_no_secret(target, [key, secret])
 
 
+async def test_fills_and_funding_lost_on_the_way_are_read_again_and_the_journal_ends_equal(sim, tmp_path):
+    """The database down and the spool's disk refusing rows while the agent trades, the writer's queue
+    small: rows are lost, counted, and the fills and funding among them read again from the exchange
+    (from the lowest lost), so the journal still ends equal to the exchange's record."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")   # neither the SQLite file's directory nor the spool's can be made
+    target = Target(url=f"sqlite:///{blocker / 'j.sqlite'}", spool_dir=str(blocker / "spool"))
+    settings = SETTINGS.model_copy(update={"queue_max": 100, "backfill_interval_sec": 1.0})
+    agent = make_agent(sim, target, tmp_path / "state", SYMBOL, settings=settings)
+    task = asyncio.create_task(agent.run())
+    writer = agent.journal.writer
+    async with aiohttp.ClientSession() as http:
+        await wait_for(lambda: agent.status()["state"] == "quoting", 15, "quoting")
+        await trade_a_while(sim, http, agent)
+        await wait_for(lambda: writer.stats["dropped"] > 0 and "trade" in writer.status()["holes"], 20,
+                       "fills lost on the way to the journal")
+        blocker.unlink()   # the disk and the database take rows again
+        await wait_for(lambda: writer.db_up and not writer.status()["holes"], 20, "the holes read again")
+        await agent.stop()
+        await asyncio.wait_for(task, 30)
+        state = await sim_state(sim, http, SYMBOL)
+    trades = await exchange_trades(sim, SYMBOL)
+    assert_equals_exchange(state, journal_sums(target, SYMBOL), SYMBOL, trades)
+
+
 async def test_every_request_sent_has_its_answer_in_the_journal(sim, target, tmp_path):
     """Whole calls refused (a definite -1001 on amends) or of unknown outcome (a 503 on places and
     cancels) are journaled per order, as a batch's answers are: each request journaled as sent has

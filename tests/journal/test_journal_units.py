@@ -111,3 +111,132 @@ def test_since_parsing():
     assert parse_since("1700000000000") == 1_700_000_000_000
     assert parse_since("2026-01-01T00:00") == 1_767_225_600_000
     assert parse_since(None) is None
+
+
+def _count(target: Target, table: str = "fills") -> int:
+    with make_engine(target).connect() as conn:
+        return conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar()
+
+
+def _blocked_target(tmp_path):
+    """A SQLite file and a spool whose directories cannot be made while ``blocker`` is a regular file."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    return blocker, Target(url=f"sqlite:///{blocker / 'j.sqlite'}", spool_dir=str(blocker / "spool"))
+
+
+def _wait(check, timeout=20.0):
+    import time
+
+    end = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < end, "not in time"
+        time.sleep(0.05)
+
+
+def test_rows_neither_the_database_nor_the_spool_takes_are_held_then_written_once_one_answers(tmp_path):
+    blocker, target = _blocked_target(tmp_path)
+    w = JournalWriter(target, "t", flush_interval=0.05, queue_max=1_000).start()
+    for i in range(1, 11):
+        w.put(_fill(i, "BUY", "1", "1", 1.0))
+    _wait(lambda: w.status()["held_now"] == 10)
+    assert w.stats["dropped"] == 0 and w.take_holes() == {} and "spool" in w.last_error
+    blocker.unlink()   # the disk takes rows again: spooled, then replayed once the database answers
+    _wait(lambda: w.status()["held_now"] == 0 and w.db_up and not w.spool_path.exists())
+    w.close(5)
+    assert _count(target) == 10 and w.stats["dropped"] == 0
+
+
+def test_rows_lost_are_counted_and_their_fills_and_funding_leave_holes_kept_across_a_close(tmp_path):
+    """Rows past ``queue_max`` are lost: counted, and the lowest trade id and funding time lost are the
+    holes the next backfill reads again; a close persists them for the next start."""
+    blocker, _ = _blocked_target(tmp_path)
+    target = Target(url=f"sqlite:///{blocker / 'j.sqlite'}", spool_dir=str(tmp_path / "spool"))
+    w = JournalWriter(target, "t", flush_interval=0.05, queue_max=5)
+    for i in range(40, 52):   # the queue holds 5: fills 45 to 51 are lost at once
+        w.put(_fill(i, "SELL", "1", "1", 1.0))
+    w.put(("funding", {"ts_ms": 7_000, "fleet": "f", "account": "main", "symbol": "ETHUSDC", "epoch": 1,
+                       "income_id": 3, "amount": "-0.1", "asset": "USDC"}))
+    assert w.stats["dropped"] == 8 and w.status()["holes"] == {"trade": 45, "funding": 7_000}
+    w.start()
+    assert w.flush(20) and w.stats["spooled"] == 5
+    w.close(1)
+    w2 = JournalWriter(target, "t")   # the next start finds the holes the close persisted
+    assert w2.take_holes() == {"trade": 45, "funding": 7_000}
+    w2.holes_filled()
+    assert not w2.holes_path.exists()
+
+
+def test_a_close_with_the_database_locked_spools_what_is_left(tmp_path):
+    """A close that cannot wait for a stalled database (another process holds the SQLite file's lock)
+    puts what is left into the spool; a later writer replays it."""
+    import sqlite3
+
+    target = Target(url=f"sqlite:///{tmp_path / 'j.sqlite'}", spool_dir=str(tmp_path / "spool"))
+    migrate(make_engine(target))
+    lock = sqlite3.connect(tmp_path / "j.sqlite", isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        w = JournalWriter(target, "t", flush_interval=0.05).start()
+        for i in range(1, 21):
+            w.put(_fill(i, "BUY", "1", "1", 1.0))
+        w.close(0.5)
+        assert w.spool_path.exists() and w.stats["dropped"] == 0
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    w2 = JournalWriter(target, "t", flush_interval=0.05).start()
+    _wait(lambda: not w2.spool_path.exists())
+    w2.close(5)
+    assert _count(target) == 20
+
+
+def test_a_row_the_database_refuses_is_kept_apart_and_the_others_written(tmp_path):
+    """Not an outage: the batch's other rows are written, the refused one kept in the rejects file."""
+    target = Target(url=f"sqlite:///{tmp_path / 'j.sqlite'}", spool_dir=str(tmp_path / "spool"))
+    w = JournalWriter(target, "t", flush_interval=0.05).start()
+    bad = _fill(3, "BUY", "1", "1", 1.0)
+    bad[1]["side"] = None   # NOT NULL
+    for row in (_fill(1, "BUY", "1", "1", 1.0), _fill(2, "BUY", "1", "1", 1.0), bad, _fill(4, "SELL", "1", "1", 1.0)):
+        w.put(row)
+    assert w.flush(20)
+    w.close(5)
+    assert _count(target) == 3 and w.stats["rejected"] == 1 and not w.spool_path.exists()
+    kept = [json.loads(line) for line in w.rejects_path.read_text().splitlines()]
+    assert [(k["t"], k["r"]["trade_id"]) for k in kept] == [("fills", 3)]
+
+
+def test_the_journal_commands_refuse_bad_input_with_a_reason_and_no_traceback(tmp_path):
+    """A mistyped fleet makes no empty journal and reports no zeros; a --since out of range, a --limit
+    under 1, an export directory that cannot be made: each a one-line error and an exit code."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from journal.db import sqlite_path
+
+    state = tmp_path / "state"
+    target = Target(url=f"sqlite:///{sqlite_path(state, 'f')}", spool_dir=str(tmp_path / "spool"))
+    w = JournalWriter(target, "t", flush_interval=0.05).start()
+    w.put(_fill(1, "BUY", "3000", "0.01", 3000.0))
+    assert w.flush(20)
+    w.close(5)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    repo = Path(__file__).resolve().parents[2]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fleet", "journal", *args], cwd=repo, capture_output=True,
+                              text=True, timeout=120)
+
+    ok = run("fills", "--state-dir", str(state), "--fleet", "f", "--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)[0]["trade_id"] == 1, ok.stderr
+    for args, code, says in (
+        (("pnl", "--state-dir", str(state), "--fleet", "nofleet"), 2, "no journal at"),
+        (("pnl", "--state-dir", str(state), "--fleet", "f", "--since", "99999999999999999999d"), 2, "before 1970"),
+        (("fills", "--state-dir", str(state), "--fleet", "f", "--limit", "-1"), 2, "is not 1 or more"),
+        (("export", "--state-dir", str(state), "--fleet", "f", str(blocker / "out")), 1, "export failed"),
+    ):
+        r = run(*args)
+        assert r.returncode == code and says in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    assert not (state / "nofleet.journal.sqlite").exists()
