@@ -157,9 +157,11 @@ class JournalWriter:
         return len(self._q)
 
     def status(self) -> dict[str, Any]:
+        with self._lock:
+            holes = dict(self._holes)
         return {**self.stats, "queued": len(self._q), "held_now": len(self._held), "db_up": self.db_up,
                 "target": self.target.describe(), "spool": str(self.spool_path) if self.spool_path.exists() else None,
-                "holes": dict(self._holes), "last_error": self.last_error}
+                "holes": holes, "last_error": self.last_error}
 
     # ------------------------------------------------------------------ rows lost, and the holes they leave
 
