@@ -51,6 +51,12 @@ def _process_started_at() -> float | None:
         return None
 
 
+def _holds_lease(agent: Any) -> bool:
+    """The agent's lease is valid now by its own clock, and was never refused."""
+    left = agent.lease.left(agent.clock.monotonic())
+    return left is not None and left > 0 and not agent.ownership_lost
+
+
 def _published(agent: Any, part: str) -> dict[str, Any]:
     """The agent's latest published snapshot (built whole on its loop, then only replaced): a copy of
     its status or exposure, read from the control thread without racing the trading loop. Before the
@@ -250,12 +256,10 @@ class AgentActor:
                 snapshot = None if snap is None else PublishedSnapshot(
                     self.symbol, self.holder, now - (agent.clock.monotonic() - snap.at),  # when it was built
                     self._status_of(snap.status), snap.exposure)
-                # the books, while this agent holds the lease (a zombie waking up must not overwrite its successor's)
-                left = agent.lease.left(agent.clock.monotonic())
-                carry = carry_of(agent) if left is not None and left > 0 and not agent.ownership_lost else None
+                carry = carry_of(agent)
                 await asyncio.to_thread(publish, self.fleet_name, record, snapshot)
-                if carry is not None:
-                    await asyncio.to_thread(publish_carry, self.fleet_name, carry)
+                if carry is not None and _holds_lease(agent):   # checked after the wait: a zombie waking up
+                    await asyncio.to_thread(publish_carry, self.fleet_name, carry)   # must not overwrite its successor's
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - the next beat tries again; the age shows it
                 failures += 1

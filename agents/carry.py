@@ -14,10 +14,14 @@ symbol starts from it:
   forgets the record);
 - the trades the exchange booked after the record's newest trade (``GET /fapi/v1/userTrades`` from
   its id on, weight 5 a page), read once, after the start's snapshot: those not booked from a frame
-  already add their realized P&L and commission (``Position.carry_trade``); a frame of one of them
-  that comes later still moves the position, but not the P&L again;
-- the funding fees settled after the record's newest fee, when a settlement fell in the gap
-  (``GET /fapi/v1/income``, weight 30, read only then).
+  already add their realized P&L, commission and fill (``Position.carry_trade``); a frame of one of
+  them that comes later still moves the position, but counts neither again;
+- the funding fees the exchange booked after the record's newest fee and after the run began
+  (``GET /fapi/v1/income``, weight 30, once a restart: a record published just after a settlement may
+  not hold its fee yet).
+
+The record names its agent's epoch; an agent publishes it only while it holds the lease, checked
+again just before the write, so a zombie waking after its successor started does not overwrite it.
 
 Not carried: which drawdown band already acted (a band cut short by the restart acts again on the
 position as it is: the reduction errs on the side of less risk), grinds per hour, counters. The
@@ -61,7 +65,7 @@ class Carry:
     trade_id: int | None    # the newest trade booked (Binance's ids grow per symbol)
     trade_orders: tuple[int, ...] = field(default=())   # orders of its trade booked (a self-trade has two)
     funding_ms: int = 0     # the newest fee booked (exchange time)
-    next_funding_ms: int = 0   # the settlement the record's agent expected next
+    epoch: int = 0          # the epoch of the agent that published it
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -80,7 +84,7 @@ class Carry:
                 max_drawdown_pct=float(doc["max_drawdown_pct"]),
                 trade_id=None if doc["trade_id"] is None else int(doc["trade_id"]),
                 trade_orders=tuple(int(o) for o in doc.get("trade_orders", ())),
-                funding_ms=int(doc.get("funding_ms", 0)), next_funding_ms=int(doc.get("next_funding_ms", 0)))
+                funding_ms=int(doc.get("funding_ms", 0)), epoch=int(doc.get("epoch", 0)))
         except (ValueError, TypeError, KeyError, ArithmeticError):
             return None
 
@@ -97,7 +101,7 @@ def carry_of(agent: SymbolAgent) -> Carry | None:
         realized_pnl=pos.realized_pnl, commission=pos.commission, funding=str(fund.total), fills_buy=pos.fills_buy,
         fills_sell=pos.fills_sell, peak_pnl=pos.peak_pnl, max_drawdown_pct=pos.max_drawdown_pct,
         trade_id=pos.last_trade_id, trade_orders=tuple(pos.last_trade_orders), funding_ms=fund.last_fee_ms,
-        next_funding_ms=fund.next_funding_ms)
+        epoch=core.epoch)
 
 
 async def take_in(agent: SymbolAgent) -> None:
@@ -112,10 +116,9 @@ async def take_in(agent: SymbolAgent) -> None:
     if carried is None or carried.symbol != agent.symbol or carried.account != agent.account_name:
         agent.books_since_ms = agent.exchange_ms()
         return
-    s = core.store
-    s.position_book.restore(carried.realized_pnl, carried.commission, carried.fills_buy, carried.fills_sell,
-                            carried.peak_pnl, carried.max_drawdown_pct)
-    s.funding.restore(Decimal(carried.funding), carried.funding_ms)
+    core.store.position_book.restore(carried.realized_pnl, carried.commission, carried.fills_buy, carried.fills_sell,
+                                     carried.peak_pnl, carried.max_drawdown_pct, carried.trade_id, carried.trade_orders)
+    core.store.funding.restore(Decimal(carried.funding), carried.funding_ms)
     agent.books_since_ms = carried.since_ms
     try:
         trades = await _gap_trades(agent, carried)
@@ -125,27 +128,29 @@ async def take_in(agent: SymbolAgent) -> None:
                         level=logging.WARNING)
         return
     finally:
-        s.track_equity()   # the peak and the deepest drawdown, by the books as they now stand
+        agent.require_core().store.track_equity()   # the peak and the deepest drawdown, by the books as they stand
+    s = agent.require_core().store   # (new parameters applied meanwhile replace the store: read it again)
     agent.log.event("books_carried", f"books carried since {carried.since_ms}: realized {s.realized_pnl:.4f}, "
                     f"funding {s.funding_pnl:.4f}, commission {s.commission:.4f}; {trades} trades and {fees} fees "
                     f"of the gap added")
 
 
 async def _gap_trades(agent: SymbolAgent, carried: Carry) -> int:
-    """The trades after the record's newest one, each added once (weight 5 a page)."""
+    """The trades after the record's newest one, each added once (weight 5 a page). The position book
+    is read again after every read: new parameters applied meanwhile replace it."""
     client = agent.require_client()
-    store = agent.require_core().store
-    pos, margin_asset = store.position_book, store.margin_asset
     start = carried.since_ms if carried.trade_id is None else None
-    from_id = None if carried.trade_id is None else carried.trade_id
+    from_id = carried.trade_id
     added = 0
     for _ in range(MAX_PAGES):
         rows = await client.user_trades(agent.symbol, start_time=start, from_id=from_id, limit=PAGE)
+        store = agent.require_core().store
         for r in rows:
-            added += _add_trade(pos, carried, r, margin_asset)
+            added += _add_trade(store.position_book, carried, r, store.margin_asset)
         if len(rows) < PAGE:
             return added
-        start, from_id = None, max(int(r["id"]) for r in rows) + 1
+        # from the page's last id again, not past it: a self-trade's two sides share one id (the keys dedupe)
+        start, from_id = None, max(int(r["id"]) for r in rows)
     agent.log.event("carry_partial", f"more than {MAX_PAGES * PAGE} trades since the last agent's books: "
                     "the rest are not in the carried P&L", level=logging.WARNING)
     return added
@@ -166,16 +171,11 @@ def _add_trade(pos: Any, carried: Carry, row: dict[str, Any], margin_asset: str)
 
 
 async def _gap_funding(agent: SymbolAgent, carried: Carry) -> int:
-    """The fees settled after the record's newest one, when a settlement fell after the record
-    (weight 30; not read otherwise)."""
-    due = carried.next_funding_ms
-    if due <= 0 or due > agent.exchange_ms():
-        return 0
+    """The fees booked after the record's newest one and after the run began (weight 30, once)."""
+    after = max(carried.funding_ms, carried.since_ms)
+    rows = await agent.require_client().income(agent.symbol, "FUNDING_FEE", start_time=after + 1, limit=PAGE)
     store = agent.require_core().store
-    rows = await agent.require_client().income(agent.symbol, "FUNDING_FEE", start_time=carried.funding_ms + 1,
-                                               limit=PAGE)
-    later = [r for r in rows if _row_time(r) > carried.funding_ms]
-    return store.funding.on_income(later, agent.symbol, store.margin_asset)
+    return store.funding.on_income([r for r in rows if _row_time(r) > after], agent.symbol, store.margin_asset)
 
 
 def _row_time(row: dict[str, Any]) -> int:

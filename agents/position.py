@@ -132,12 +132,17 @@ class Position:
         if key in self._trade_ids:
             return None
         self._remember(key)
-        if key in self._carried:   # its P&L came with the carried books: only the position moves
+        carried = key in self._carried   # its P&L and fill came with the carried books: only the position moves
+        if carried:
             self._carried.discard(key)
         else:
             if count_commission:
                 self.commission += float(u.commission)
             self.realized_pnl += float(u.realized_pnl)  # as the exchange books it, per trade
+            if u.side == BUY:
+                self.fills_buy += 1
+            else:
+                self.fills_sell += 1
         placed = self._on_fill(u.side, steps, float(u.last_filled_price), u.update_time)
         if placed == UNPLACED:
             self.unplaced.append((u.update_time, u.client_order_id, u.order_id, steps))
@@ -147,18 +152,26 @@ class Position:
         self._trade_ids[key] = None
         if len(self._trade_ids) > _TRADES_KEEP:
             self._trade_ids.popitem(last=False)
+        self._mark_newest(key)
+
+    def _mark_newest(self, key: tuple[int, int]) -> None:
+        """The newest trade booked, and its orders (a frame without a trade id has none to mark)."""
         order_id, trade_id = key
-        if trade_id > 0:   # a frame without a trade id has none to mark
+        if trade_id > 0:
             if self.last_trade_id is None or trade_id > self.last_trade_id:
                 self.last_trade_id, self.last_trade_orders = trade_id, [order_id]
-            elif trade_id == self.last_trade_id:
+            elif trade_id == self.last_trade_id and order_id not in self.last_trade_orders:
                 self.last_trade_orders.append(order_id)
 
     # ------------------------------------------------------------------ books carried (agents/carry.py)
 
     def restore(self, realized: float, commission: float, fills_buy: int, fills_sell: int,
-                peak_pnl: float | None, max_drawdown_pct: float) -> None:
-        """The books a previous agent of the symbol left, taken in before any trade of this one."""
+                peak_pnl: float | None, max_drawdown_pct: float, trade_id: int | None = None,
+                trade_orders: tuple[int, ...] = ()) -> None:
+        """The books a previous agent of the symbol left, taken in before any trade of this one, with
+        the newest trade they hold (the next record names it, whether or not this agent trades)."""
+        for order_id in trade_orders if trade_id is not None else ():
+            self._mark_newest((order_id, trade_id))   # type: ignore[arg-type]
         self.realized_pnl += realized
         self.commission += commission
         self.fills_buy += fills_buy
@@ -173,6 +186,7 @@ class Position:
         if key in self._trade_ids or key in self._carried:
             return False
         self._carried.add(key)
+        self._mark_newest(key)
         self.realized_pnl += realized
         self.commission += commission
         if buy:
@@ -187,10 +201,6 @@ class Position:
         if the figure's move within that millisecond accounts for it (or the figure is a snapshot,
         which holds its whole millisecond): then everything of that millisecond seen so far is inside
         (``BOOKED_ALL``); otherwise it is ``UNPLACED``."""
-        if side == BUY:
-            self.fills_buy += 1
-        else:
-            self.fills_sell += 1
         signed = qty_steps if side == BUY else -qty_steps
         if t < self.position_time:
             return BOOKED

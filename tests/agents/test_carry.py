@@ -18,7 +18,7 @@ from .test_core_support import SYMBOL, account_update, eth_filters, mark, order_
 def record(**kw) -> Carry:
     doc = dict(symbol=SYMBOL, account="main", since_ms=1_000, realized_pnl=12.5, commission=1.25, funding="-0.7",
                fills_buy=3, fills_sell=4, peak_pnl=20.0, max_drawdown_pct=2.5, trade_id=40, trade_orders=(7,),
-               funding_ms=5_000, next_funding_ms=9_000)
+               funding_ms=5_000, epoch=3)
     doc.update(kw)
     return Carry(**doc)
 
@@ -63,7 +63,8 @@ def test_a_gap_trade_listed_before_its_frame_counts_once_and_its_frame_still_mov
     s.apply(order_update("x", 8, BUY, 300_000, 5, status="FILLED", cum_steps=5, last_steps=5, t=20, trade_id=41,
                          realized="2.0", commission="0.1"))
     assert s.position_steps == 5
-    assert (s.realized_pnl, s.commission) == (2.0, pytest.approx(0.1))
+    assert (s.realized_pnl, s.commission, s.fills_buy) == (2.0, pytest.approx(0.1), 1)   # the fill once too
+    assert (s.position_book.last_trade_id, s.position_book.last_trade_orders) == (41, [8])
 
 
 def test_a_gap_trade_whose_frame_came_first_is_not_added_again_nor_one_inside_the_record():
@@ -99,3 +100,14 @@ def test_funding_of_the_gap_is_booked_once_after_the_record():
     assert s.funding.on_income(rows, SYMBOL, "USDC") == 1
     assert s.funding.on_income(rows, SYMBOL, "USDC") == 0
     assert s.funding.total == D("-1.0") and s.funding.last_fee_ms == 9_000
+
+
+def test_books_taken_in_name_the_records_newest_trade_though_this_agent_books_none():
+    """A successor that trades nothing (halted, quiet) still publishes the trade its books end at: the
+    next one reads the exchange from there, not from the run's start (which would count it all twice)."""
+    s = Store(SYMBOL, eth_filters(), seed_params())
+    s.position_book.restore(12.5, 1.25, 3, 4, 20.0, 2.5, 40, (7, 9))
+    assert (s.position_book.last_trade_id, s.position_book.last_trade_orders) == (40, [7, 9])
+    assert _add_trade(s.position_book, record(trade_orders=(7, 9)), trade_row(40, 9, "5", "1"), "USDC") == 0
+    assert _add_trade(s.position_book, record(trade_orders=(7, 9)), trade_row(43, 12, "1", "0.1"), "USDC") == 1
+    assert (s.position_book.last_trade_id, s.position_book.last_trade_orders) == (43, [12])
