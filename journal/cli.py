@@ -72,7 +72,7 @@ def parse_since(text: str | None, now_ms: int | None = None) -> int | None:
         raise ValueError(f"--since {text!r}: not a time (ISO date/time, epoch ms, or 90m/6h/2d)") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
-    return int(dt.timestamp() * 1000)
+    return _in_range(int(dt.timestamp() * 1000), text)
 
 
 def _in_range(ms: int, text: str) -> int:
@@ -181,6 +181,12 @@ def cmd_export(args: argparse.Namespace, engine: Any, since: int | None) -> int:
     return EXIT_OK
 
 
+def _said(exc: BaseException) -> str:
+    """An error's type and first line (no traceback; a database URL's password is never in it)."""
+    lines = str(exc).splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+
+
 def run(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -193,14 +199,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except Exception as exc:  # noqa: BLE001 - a database that does not answer: say which (no password)
-        print(f"error: the journal did not open: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}", file=sys.stderr)
+        print(f"error: the journal did not open: {_said(exc)}", file=sys.stderr)
         return EXIT_FAILED
     try:
         return {"pnl": cmd_pnl, "fills": cmd_fills, "events": cmd_events, "export": cmd_export}[
             args.journal_command](args, engine, since)
     except (OSError, SQLAlchemyError) as exc:   # a directory not made, a database gone meanwhile: said, no trace
-        print(f"error: {args.journal_command} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
-              file=sys.stderr)
+        print(f"error: {args.journal_command} failed: {_said(exc)}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         engine.dispose()

@@ -259,7 +259,7 @@ class AgentJournal(JournalSink):
         if holes:
             log.warning("journal %s: fills and funding lost on the way to the journal read again from the "
                         "exchange (from %s): %d trades, %d funding rows", self.symbol, holes, *got)
-        self.writer.holes_filled()
+            self.writer.holes_filled()   # forgotten once the rows read are put away
         return got
 
     async def _backfill(self, agent: Any, funding: bool, holes: dict[str, int]) -> tuple[int, int]:

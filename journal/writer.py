@@ -12,10 +12,14 @@ puts what is left into the spool from the closing thread. A row that is lost all
 or the held rows full, the spool unwritable at the close) is counted (``dropped``), logged as an ERROR
 (at most once a minute), and, if it is a fill or a funding payment, leaves a *hole*: the lowest trade
 id and funding time lost, which the recorder's next backfill reads again from the exchange
-(``take_holes``) and which a close persists next to the spool (``<name>.holes.json``) for the next
-start. A row the database refuses (a value it does not take: not an outage) is written apart from its
-batch's others and kept in ``<name>.rejected.jsonl``, counted and logged, so one bad row never stalls
-the journal.
+(``take_holes``). The holes are kept in ``<name>.holes.json`` beside the spool from the moment they
+are known until the rows the backfill read for them are in the journal or the spool (a marker queued
+behind them, ``holes_filled``), so neither a SIGKILL nor a backfill cut short forgets one (a disk that
+refuses that small file too is said as an ERROR). A row the database refuses (a value it does not
+take: not an outage) is written apart from its batch's others and kept in ``<name>.rejected.jsonl``,
+counted and logged, so one bad row never stalls the journal; a batch whose every row is refused (a
+read-only or failed-over database) is an outage. The spool is replayed from a file of its own
+(``<name>.replaying.jsonl``), so rows spooled meanwhile are never removed with it.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any, Callable, Iterable
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, InternalError, OperationalError, SQLAlchemyError
 
 from .db import Target, make_engine, migrate
 from .schema import TABLES, fills, funding
@@ -44,7 +48,9 @@ Converter = Callable[[Any], Iterable[Row]]
 
 RETRY_S = 1.0  # a database that did not answer is tried again this often
 SAY_LOSS_S = 60.0  # rows lost are logged at most this often (each one counted)
-OUTAGE = (OperationalError, InterfaceError, OSError)  # the database not answering (anything else: the row)
+# the database not answering or not writable (a read-only standby is an InternalError); anything else: the row
+OUTAGE = (OperationalError, InterfaceError, InternalError, OSError)
+_FILLED = object()   # queued behind a backfill's rows: once they are put away, its holes are filled
 
 
 def _identity(item: Any) -> Iterable[Row]:
@@ -122,10 +128,13 @@ class JournalWriter:
         self.last_error: str | None = None
         self.holes_path = self.spool_path.with_name(f"{_safe(name)}.holes.json")
         self.rejects_path = self.spool_path.with_name(f"{_safe(name)}.rejected.jsonl")
+        self.replay_path = self.spool_path.with_name(f"{_safe(name)}.replaying.jsonl")
+        self._closed = False
         self._held: deque[Row] = deque()       # rows neither the database nor the spool took: tried again
         self._in_flight: list[Row] = []        # the batch the thread is writing or spooling
         self._lock = threading.Lock()
         self._holes: dict[str, int] = _read_holes(self.holes_path)   # "trade": lowest id lost, "funding": time
+        self._out: dict[str, int] = {}   # holes a backfill took, until its rows are put away
         self._loss_said = 0.0
 
     # ------------------------------------------------------------------ the caller's side
@@ -140,8 +149,9 @@ class JournalWriter:
         """Hand one item over (O(1), never blocks); False when the queue is full: the item is lost,
         counted and said, its fill or funding a hole the next backfill reads again."""
         q = self._q
-        if len(q) >= self.queue_max:
-            self._lose(list(self.convert(item)), f"the queue is full ({self.queue_max} items)")
+        if len(q) >= self.queue_max or self._closed:
+            self._lose(list(self.convert(item)), "the writer has closed" if self._closed
+                       else f"the queue is full ({self.queue_max} items)")
             return False
         q.append(item)
         if len(q) >= self.batch_max:
@@ -166,28 +176,56 @@ class JournalWriter:
     # ------------------------------------------------------------------ rows lost, and the holes they leave
 
     def take_holes(self) -> dict[str, int]:
-        """The lowest trade id and funding time lost since the last take (the backfill reads from
-        there); cleared here, given back with :meth:`restore_holes` if the backfill fails."""
+        """The lowest trade id and funding time lost (the backfill reads from there), with any a backfill
+        took before without filling them; kept on disk until :meth:`holes_filled`'s marker is put away,
+        given back with :meth:`restore_holes` if the backfill fails."""
         with self._lock:
-            holes, self._holes = self._holes, {}
-        return holes
+            _merge_holes(self._out, self._holes)
+            self._holes = {}
+            return dict(self._out)
 
     def restore_holes(self, holes: dict[str, int]) -> None:
         with self._lock:
             _merge_holes(self._holes, holes)
 
     def holes_filled(self) -> None:
-        """A backfill read every hole taken: the persisted ones are gone too (unless new ones came)."""
+        """A backfill handed over the rows for the holes it took: once the writer has put them away (a
+        marker queued behind them), the holes are forgotten, on disk too."""
+        self._q.append(_FILLED)
+        self._wake.set()
+
+    def _filled(self) -> None:
         with self._lock:
-            if not self._holes:
+            self._out = {}
+        self._keep_holes()
+
+    def _keep_holes(self) -> None:
+        """The holes known and taken, on disk (atomically), or the file gone when there are none."""
+        with self._lock:
+            holes = dict(self._holes)
+            _merge_holes(holes, self._out)
+        try:
+            if not holes:
                 self.holes_path.unlink(missing_ok=True)
+                return
+            self.holes_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.holes_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(holes))
+            os.replace(tmp, self.holes_path)
+        except OSError as exc:
+            log.error("journal %s: holes %s not kept on disk (%s): a restart before the next backfill would not "
+                      "know of them", self.name, holes, exc)
 
     def _lose(self, rows: list[Row], why: str) -> None:
         """Rows that will not be written: counted, said (at most once a minute), holes noted."""
         with self._lock:
             self.stats["dropped"] += len(rows)
-            _merge_holes(self._holes, _holes_of(rows))
+            new = _holes_of(rows)
+            grew = any(self._holes.get(k, v + 1) > v for k, v in new.items())
+            _merge_holes(self._holes, new)
             holes = dict(self._holes)
+        if grew:
+            self._keep_holes()
         now = time.monotonic()
         if now - self._loss_said >= SAY_LOSS_S:
             self._loss_said = now
@@ -216,8 +254,7 @@ class JournalWriter:
             self._thread.join(0.0 if not done else timeout)
         if not done or self._held or (self._thread is not None and self._thread.is_alive()):
             self._spool_what_is_left()
-        if self._holes:
-            self._save_holes()
+        self._closed = True   # a row handed over from now on is lost, and counted
         if self._engine is not None and (self._thread is None or not self._thread.is_alive()):
             self._engine.dispose()
 
@@ -226,9 +263,11 @@ class JournalWriter:
         self._held.clear()
         while self._q:
             try:
-                rows.extend(self.convert(self._q.popleft()))
+                item = self._q.popleft()
             except IndexError:   # the thread took the last one meanwhile
                 break
+            if item is not _FILLED:   # (its holes stay on disk: the next start reads them again)
+                rows.extend(self.convert(item))
         if not rows:
             return
         try:
@@ -237,14 +276,6 @@ class JournalWriter:
                         self.name, self.target.describe(), len(rows), self.spool_path)
         except OSError as exc:
             self._lose(rows, f"closing with the database and the spool unavailable: {exc}")
-
-    def _save_holes(self) -> None:
-        try:
-            self.holes_path.parent.mkdir(parents=True, exist_ok=True)
-            self.holes_path.write_text(json.dumps(self._holes))
-        except OSError as exc:
-            log.error("journal %s: holes %s not saved (%s): the next start's backfill will not know of them",
-                      self.name, self._holes, exc)
 
     def engine(self) -> Engine | None:
         """The writer's engine once the database answered (for reads such as the backfill cursor)."""
@@ -261,17 +292,17 @@ class JournalWriter:
             try:
                 self._drain()
             except Exception as exc:  # noqa: BLE001 - the thread must outlive any one bad batch
-                self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                self.last_error = _line(exc)
                 log.error("journal %s: writer error: %s", self.name, self.last_error)
                 self._idle.set()
 
     def _drain(self) -> None:
-        if not self._q and not self._held and not self.spool_path.exists():
+        if not self._q and not self._held and not self.spool_path.exists() and not self.replay_path.exists():
             return
         self._idle.clear()
         try:
             self._ensure_db()
-            if self.db_up and self.spool_path.exists():
+            if self.db_up and (self.replay_path.exists() or self.spool_path.exists()):
                 self._replay()
             if self._held and not self._put_away(list(self._held), held=True):
                 return   # neither the database nor the spool takes rows: the queue waits its turn
@@ -281,10 +312,16 @@ class JournalWriter:
                 while q and len(items) < self.batch_max:
                     items.append(q.popleft())
                 rows: list[Row] = []
+                filled = False
                 for item in items:
-                    rows.extend(self.convert(item))
+                    if item is _FILLED:
+                        filled = True
+                    else:
+                        rows.extend(self.convert(item))
                 if rows and not self._put_away(rows):
-                    return
+                    return   # (held: a marker among them is dropped, its holes stay on disk)
+                if filled:
+                    self._filled()
         finally:
             self._in_flight = []
             self._idle.set()
@@ -353,7 +390,9 @@ class JournalWriter:
             return self._write_each(rows)
 
     def _write_each(self, rows: list[Row]) -> bool:
-        """The batch row by row: those refused are kept apart (``<name>.rejected.jsonl``) and said."""
+        """The batch row by row: those refused are kept apart (``<name>.rejected.jsonl``) and said; a batch
+        whose every row is refused is the database's state, not the rows': an outage."""
+        refused: list[tuple[Row, SQLAlchemyError]] = []
         for row in rows:
             try:
                 write_rows(self._engine, [row])  # type: ignore[arg-type]
@@ -361,18 +400,23 @@ class JournalWriter:
                 self._note_down(exc)
                 return False
             except SQLAlchemyError as exc:
-                self.stats["rejected"] += 1
-                self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-                log.error("journal %s: the database refused a %s row (%s); kept in %s", self.name, row[0],
-                          self.last_error, self.rejects_path)
-                with contextlib.suppress(OSError):
-                    _append_lines(self.rejects_path, [row])
+                refused.append((row, exc))
+        if len(rows) > 1 and len(refused) == len(rows):
+            self._note_down(refused[0][1])
+            return False
+        for row, exc in refused:
+            self.stats["rejected"] += 1
+            self.last_error = _line(exc)
+            log.error("journal %s: the database refused a %s row (%s); kept in %s", self.name, row[0],
+                      self.last_error, self.rejects_path)
+            with contextlib.suppress(OSError):
+                _append_lines(self.rejects_path, [row])
         self.stats["batches"] += 1
         return True
 
     def _note_down(self, exc: BaseException) -> None:
         self.stats["db_errors"] += 1
-        self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        self.last_error = _line(exc)
         if self._down_since is None:
             self._down_since = time.monotonic()
             log.warning("journal %s: database %s not answering (%s); spooling to %s", self.name,
@@ -384,9 +428,15 @@ class JournalWriter:
         self.stats["spooled"] += len(rows)
 
     def _replay(self) -> None:
-        """The spool, in order, in batches; the file goes once all of it is in (a cut replay repeats)."""
+        """The spool, in order, in batches, from a file of its own (rows spooled meanwhile go to a new
+        spool, replayed next); the file goes once all of it is in (a cut replay repeats)."""
+        if not self.replay_path.exists():
+            try:
+                os.replace(self.spool_path, self.replay_path)
+            except FileNotFoundError:
+                return
         rows: list[Row] = []
-        with open(self.spool_path, encoding="utf-8") as f:
+        with open(self.replay_path, encoding="utf-8") as f:
             for line in f:
                 line = line.strip()
                 if not line:
@@ -399,9 +449,14 @@ class JournalWriter:
         for i in range(0, len(rows), self.batch_max):
             if not self._write(rows[i:i + self.batch_max]):
                 return
-        self.spool_path.unlink(missing_ok=True)
+        self.replay_path.unlink(missing_ok=True)
         self.stats["replayed"] += len(rows)
         log.info("journal %s: %d spooled rows replayed into %s", self.name, len(rows), self.target.describe())
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).splitlines()
+    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
 
 
 def _append_lines(path: Path, rows: list[Row]) -> None:

@@ -85,6 +85,44 @@ def test_a_row_postgresql_refuses_is_kept_apart_and_never_stalls_the_journal(pg_
     assert rejected["r"]["uid"] == "u4"
 
 
+def test_a_database_turned_read_only_is_an_outage_not_a_flood_of_refused_rows(pg_server, pg_db, tmp_path):
+    """A failover to a read-only standby refuses every row (an InternalError): the rows spool and are
+    replayed once it takes writes again, none is kept apart as refused."""
+    import psycopg
+
+    from journal.writer import JournalWriter
+
+    target = pg_target(pg_db, tmp_path)
+    name = pg_db.rsplit("/", 1)[1]
+    admin = psycopg.connect(host="127.0.0.1", port=pg_server.port, user=pg_server.user,
+                            password=pg_server.password, dbname="postgres", autocommit=True)
+    w = JournalWriter(target, "ro", flush_interval=0.05).start()
+    row = {"ts_ms": 1, "fleet": "f", "account": "main", "symbol": SYMBOL, "epoch": 1, "event": "update",
+           "order_type": "LIMIT", "side": "SELL", "status": "NEW"}
+    try:
+        w.put(("orders", {**row, "uid": "first"}))
+        assert w.flush(30) and w.db_up
+        admin.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        for i in range(5):
+            w.put(("orders", {**row, "uid": f"ro{i}"}))
+        wait_deadline = time.monotonic() + 30
+        while not w.spool_path.exists() and time.monotonic() < wait_deadline:
+            time.sleep(0.05)
+        assert w.spool_path.exists() and not w.db_up and w.stats["rejected"] == 0
+        admin.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = off")
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        wait_deadline = time.monotonic() + 30
+        while (w.spool_path.exists() or w.replay_path.exists()) and time.monotonic() < wait_deadline:
+            time.sleep(0.05)
+    finally:
+        w.close(5)
+        admin.close()
+    with make_engine(target).connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM orders WHERE fleet = 'f'").scalar() == 6
+    assert w.stats["rejected"] == 0 and w.stats["dropped"] == 0
+
+
 def test_a_password_in_the_url_is_refused():
     from journal.db import JournalConfigError
 
