@@ -246,11 +246,10 @@ class FleetApi:
     def _check_symbols(self, symbols: list[str] | None) -> list[str] | None:
         if symbols is None:
             return None
-        unknown = [s for s in symbols if s not in self.known]
-        if unknown:
-            raise HTTPException(
-                404, f"unknown symbol(s): {', '.join(unknown)}; this fleet trades {', '.join(self.known)}"
-            )
+        unknown = list(dict.fromkeys(s for s in symbols if s not in self.known))
+        if unknown:   # named, but never a long input echoed back whole
+            named = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            raise HTTPException(404, f"unknown symbol(s): {named}; this fleet trades {', '.join(self.known)}")
         return list(dict.fromkeys(symbols))
 
     async def _durable_kill_states(self) -> tuple[Answer, dict[str, str]]:
@@ -546,19 +545,20 @@ class FleetApi:
         if why:
             return self._page(render_signin(self.cfg.name, base, f"Sign-in refused: {why}."), 403)
         client = request.client.host if request.client else "unknown"
-        wait = self.signin_throttle.retry_after(client)
+        wait = self.signin_throttle.attempt(client)   # counted now, given back if the token is right
         if wait is not None:
             return self._page(render_signin(self.cfg.name, base, f"Too many wrong tokens: try again in {wait:.0f} s."),
                               429, {"Retry-After": str(math.ceil(wait))})
         raw = await read_body(request, SIGNIN_MAX_BYTES, form=True)
         expected = self.tokens.read()
         if expected is None:
+            self.signin_throttle.refund(client)
             return self._page(render_signin(self.cfg.name, base, "No API token is configured for this fleet."), 503)
         given = signin_token(raw)
         if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
-            self.signin_throttle.failed(client)
             log.warning("console: sign-in with a wrong token from %s", client)
             return self._page(render_signin(self.cfg.name, base, "Wrong token."), 403)
+        self.signin_throttle.refund(client)
         session_id, _ = self.sessions.create(expected)
         log.info("console: signed in from %s (%d sessions)", client, len(self.sessions))
         # 303: the browser follows with a GET, so a reload never posts the form again.

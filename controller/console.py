@@ -157,6 +157,20 @@ class SignInThrottle:
             return None
         return max(1.0, self.window_s - (self.clock() - q[0]))
 
+    def attempt(self, client: str) -> float | None:
+        """A sign-in begins: the seconds to wait when ``client`` is held, else None and the attempt is
+        counted as a failure at once (before its body is read: parallel attempts cannot all pass the
+        check), given back by :meth:`refund` when its token is right."""
+        wait = self.retry_after(client)
+        if wait is None:
+            self.failed(client)
+        return wait
+
+    def refund(self, client: str) -> None:
+        q = self._failures.get(client)
+        if q:
+            q.pop()
+
     def failed(self, client: str) -> None:
         if len(self._failures) > 10_000:        # a flood of clients: forget the quiet ones
             for c in [c for c in self._failures if not self._recent(c)]:

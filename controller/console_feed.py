@@ -24,6 +24,7 @@ from typing import Any
 from controller.calls import ActorCalls, Answer, ControllerWatch, first_line
 from controller.console import SymbolAnswers, console_snapshot, fills_and_grinds, sse_event
 from controller.lease import Lease, leases_shown
+from controller.views import with_figures
 
 log = logging.getLogger("mmfleet.api")
 
@@ -145,6 +146,10 @@ class ConsoleFeed:
             self.calls.agents("status", symbols, alive), self.calls.agents("exposure", symbols, alive),
             self._counts(symbols), self._stored_leases(symbols),
         )
+        # an agent still starting (a restart's new process) answers zeros that are not the exchange's: it is
+        # shown as not answering, with what it last published, and kept out of the totals (as /exposure does)
+        status = {s: with_figures(a)[0] for s, a in status.items()}
+        exposure = {s: with_figures(a)[0] for s, a in exposure.items()}
         last = await self.calls.last_published(
             self.fleet, tuple(s for s in symbols if not (status[s].ok and exposure[s].ok)), "console")
         now = time.time()

@@ -84,7 +84,7 @@ class AgentAnswers:
 NO_FIGURES_YET = "starting: no figures of the exchange yet"
 
 
-def _with_figures(ans: Answer) -> tuple[Answer, bool]:
+def with_figures(ans: Answer) -> tuple[Answer, bool]:
     """An agent still starting (a new process, a restart, before its first snapshot of the exchange)
     answers, but its figures are not the exchange's: it is shown as not answering, with what it last
     published, and kept out of the totals. Returns the answer to show, and whether it was starting."""
@@ -104,7 +104,7 @@ def status_view(controller: Answer, agents: AgentAnswers, stored: Answer | None 
         book, leases_from = stored.value, "gcs"
     per_symbol = {}
     for sym, answer in agents.answers.items():
-        ans, starting = _with_figures(answer)
+        ans, starting = with_figures(answer)
         entry: dict[str, Any] = {"reachable": ans.ok, "answer_ms": round(ans.elapsed_s * 1000, 1)}
         entry.update(ans.mapping() or {})
         if starting:
@@ -140,7 +140,7 @@ def exposure_view(kill: Answer, agents: AgentAnswers, max_total_notional: float)
     kill_states = kill_state_map(kill.value) if kill.ok else {}
     per_symbol = {}
     for sym, answer in agents.answers.items():
-        ans, _ = _with_figures(answer)
+        ans, _ = with_figures(answer)
         entry: dict[str, Any] = {"reachable": ans.ok}
         if ans.ok and isinstance(ans.value, dict):
             entry.update(ans.value)

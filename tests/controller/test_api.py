@@ -174,6 +174,13 @@ def test_bad_kill_requests_get_a_4xx_naming_the_problem(endpoint, body, status, 
     assert names in r.text
 
 
+def test_a_long_list_of_unknown_symbols_is_named_in_short_not_echoed_back(endpoint):
+    url, token, _ = endpoint
+    many = [f"Z{i:03d}" + "Z" * 20 + "USDT" for i in range(1000)]
+    r = requests.post(f"{url}/kill", json={"symbols": many, "reason": "x"}, headers=auth(token), timeout=30)
+    assert r.status_code == 404 and "and 995 more" in r.text and len(r.text) < 1_000, r.text[:300]
+
+
 def test_a_body_that_is_not_json_is_a_422(endpoint):
     url, token, _ = endpoint
     r = requests.post(f"{url}/kill", data="halt everything", headers=auth(token), timeout=30)

@@ -92,6 +92,16 @@ def test_wrong_tokens_are_throttled_per_client_for_a_minute():
     assert throttle.retry_after("10.0.0.1") is None
 
 
+def test_a_sign_in_is_counted_before_its_token_is_read_and_given_back_when_right():
+    """Parallel wrong sign-ins cannot all pass the check before the first is counted."""
+    throttle = SignInThrottle(limit=3, window_s=60, clock=FakeClock())
+    assert [throttle.attempt("10.0.0.1") is None for _ in range(5)] == [True, True, True, False, False]
+    throttle = SignInThrottle(limit=3, window_s=60, clock=FakeClock())
+    for _ in range(10):   # right tokens never add up to a hold
+        assert throttle.attempt("10.0.0.1") is None
+        throttle.refund("10.0.0.1")
+
+
 @pytest.mark.parametrize("origin,site,why", [
     ("http://127.0.0.1:8000", "same-origin", None),
     ("http://127.0.0.1:8000", None, None),
