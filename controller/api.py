@@ -190,7 +190,7 @@ class FleetApi:
         self.calls = ActorCalls(namespace, self.settings.agent_timeout_s, self.settings.controller_timeout_s,
                                 self.settings.page_wait_s)
         self.kill_latency = KillLatency()
-        self.splits = SplitCache()                  # each agent's exposition, split once per version
+        self.splits = SplitCache(self.cfg.name)     # each agent's exposition, split once per version
         self.metrics_down: dict[str, str | None] = {}   # agents left off /metrics, and why
         # Its own kill routes (durable state in the GCS, keys read in this process): every halt, and a
         # flatten the controller does not take up within kill_deadline_s.

@@ -2,7 +2,7 @@
 
 Each agent renders its own registry and publishes it (``agents/publish.py``); the Serve endpoint reads
 them all at once and this module, pure and I/O-free, turns them into a single page: every series
-labelled by symbol, one HELP/TYPE per family, counters keep ``_total``, ``_created`` series are
+labelled by fleet and symbol, one HELP/TYPE per family, counters keep ``_total``, ``_created`` series are
 dropped, and fleet series say which agents are up and how old each one's exposition is.
 
 The merge works on the text itself, line by line (each sample line checked against the exposition
@@ -113,28 +113,38 @@ class _Family:
         return self.name[:-6] if self.type == "counter" and self.name.endswith("_total") else self.name
 
 
-def _labelled(symbol_pair: str, match: re.Match[str], line: str, family: _Family) -> str:
-    """The sample line with its agent's symbol label (added, or put in place of another); a counter's
-    bare sample gets ``_total``."""
+def _labelled(symbol_pair: str, fleet_pair: str, match: re.Match[str], line: str, family: _Family) -> str:
+    """The sample line with its agent's symbol label (added, or put in place of another) and its fleet's
+    (``fleet_pair``, first; "" for none); a counter's bare sample gets ``_total``."""
     name, labels = match.group(1, 2)
+    rest = line[match.end(2) if labels is not None else match.end(1):]
     if family.type == "counter" and name == family.key():
         name += "_total"
     elif labels is not None and ("{" + symbol_pair in labels or "," + symbol_pair in labels):
-        return line  # prometheus_client's own line, already labelled with this agent's symbol
-    rest = line[match.end(2) if labels is not None else match.end(1):]
+        # prometheus_client's own line, already labelled with this agent's symbol
+        return f"{name}{{{fleet_pair},{labels[1:]}{rest}" if fleet_pair else line
+    pairs = f"{fleet_pair},{symbol_pair}" if fleet_pair else symbol_pair
     if labels is None or labels.strip() == "{}":
-        return f"{name}{{{symbol_pair}}}{rest}"
+        return f"{name}{{{pairs}}}{rest}"
     if _SYMBOL_PAIR.search(labels):
-        return f"{name}{_SYMBOL_PAIR.sub(symbol_pair, labels, count=1)}{rest}"
-    return f"{name}{{{symbol_pair},{labels[1:]}{rest}"
+        labels = _SYMBOL_PAIR.sub(symbol_pair, labels, count=1)
+        return f"{name}{{{fleet_pair},{labels[1:]}{rest}" if fleet_pair else f"{name}{labels}{rest}"
+    return f"{name}{{{pairs},{labels[1:]}{rest}"
 
 
-def split_exposition(symbol: str, text: str) -> list[_Family]:
-    """One agent's page as families of sample lines labelled with its symbol, ``_created`` left out.
+def _pair(name: str, value: str) -> str:
+    return name + '="' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def split_exposition(symbol: str, text: str, fleet: str | None = None) -> list[_Family]:
+    """One agent's page as families of sample lines labelled with its symbol (and its ``fleet``, so a
+    central Prometheus federating several fleets tells their series apart), ``_created`` left out.
 
     ValueError (naming the line) for anything that is not the text format: the page contributes nothing.
+    (An agent's metrics carry no ``fleet`` label of their own: ``agents/metrics.py``.)
     """
-    symbol_pair = 'symbol="' + symbol.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    symbol_pair = _pair(_SYMBOL_LABEL, symbol)
+    fleet_pair = _pair("fleet", fleet) if fleet else ""
     families: list[_Family] = []
     cur: _Family | None = None
     for number, line in enumerate(text.split("\n"), 1):
@@ -163,22 +173,24 @@ def split_exposition(symbol: str, text: str) -> list[_Family]:
             families.append(cur)
         if match.group(1) == cur.key() + "_created" and cur.type in _WITH_CREATED:
             continue
-        cur.lines.append(_labelled(symbol_pair, match, line, cur))
+        cur.lines.append(_labelled(symbol_pair, fleet_pair, match, line, cur))
     created = {f.key() + "_created" for f in families if f.type in _WITH_CREATED}
     return [f for f in families if f.name not in created]
 
 
 class SplitCache:
-    """Each agent's last split page, kept until its text changes (the endpoint's; not thread-safe)."""
+    """Each agent's last split page, kept until its text changes (the endpoint's; not thread-safe);
+    ``fleet``: the label every agent series gets."""
 
-    def __init__(self) -> None:
+    def __init__(self, fleet: str | None = None) -> None:
+        self.fleet = fleet
         self.pages: dict[str, tuple[str, list[_Family] | ValueError]] = {}
 
     def split(self, symbol: str, text: str) -> list[_Family]:
         hit = self.pages.get(symbol)
         if hit is None or hit[0] != text:
             try:
-                result: list[_Family] | ValueError = split_exposition(symbol, text)
+                result: list[_Family] | ValueError = split_exposition(symbol, text, self.fleet)
             except ValueError as exc:
                 result = exc
             hit = self.pages[symbol] = (text, result)
@@ -256,12 +268,13 @@ def fleet_families(view: FleetView, scrapes: Iterable[AgentScrape]) -> list[Metr
     restarts = _gauge("mmfleet_agent_restarts", "Times Ray restarted the symbol's agent actor.")
     for sym in symbols:
         if sym in view.restarts:
-            restarts.add_sample("mmfleet_agent_restarts", {_SYMBOL_LABEL: sym}, float(view.restarts[sym]))
+            restarts.add_sample("mmfleet_agent_restarts", {"fleet": view.fleet, _SYMBOL_LABEL: sym},
+                                float(view.restarts[sym]))
 
     controller = _gauge("mmfleet_controller_up", "1 if the fleet controller answered the endpoint's last ping (every 2 s).")
     controller.add_sample("mmfleet_controller_up", {"fleet": view.fleet}, 1.0 if view.controller_up else 0.0)
 
-    latency = _kill_latency_family(view.kill_latency)
+    latency = _kill_latency_family(view.kill_latency, view.fleet)
     return [expected, up_total, up, scrape_s, halted_total, halted, restarts, controller, latency]
 
 
@@ -290,7 +303,8 @@ def _agent_families(view: FleetView, by_symbol: Mapping[str, AgentScrape], symbo
             "mmfleet_agent_up", {_SYMBOL_LABEL: sym, "fleet": view.fleet}, 1.0 if s is not None and s.answered else 0.0
         )
         if s is not None and s.age_s is not None:
-            age.add_sample("mmfleet_agent_exposition_age_seconds", {_SYMBOL_LABEL: sym}, round(s.age_s, 3))
+            age.add_sample("mmfleet_agent_exposition_age_seconds", {"fleet": view.fleet, _SYMBOL_LABEL: sym},
+                           round(s.age_s, 3))
     return [expected, up_total, up, age]
 
 
@@ -307,32 +321,33 @@ def _halted_families(view: FleetView, symbols: list[str]) -> list[Metric]:
         if sym in view.kill_states:
             halted.add_sample(
                 "mmfleet_symbol_halted",
-                {_SYMBOL_LABEL: sym, "kill_state": view.kill_states[sym]},
+                {"fleet": view.fleet, _SYMBOL_LABEL: sym, "kill_state": view.kill_states[sym]},
                 1.0 if KillState.stopped(view.kill_states[sym]) else 0.0,
             )
     return [halted_total, halted]
 
 
-def _kill_latency_family(lat: KillLatency) -> Metric:
+def _kill_latency_family(lat: KillLatency, fleet: str) -> Metric:
     latency = Metric(
         "mmfleet_kill_latency_seconds",
         "HTTP kill latency: request to every symbol confirmed with 0 open orders at the exchange.",
         "histogram",
     )
     for bound, count in zip(KILL_LATENCY_BUCKETS, lat.bucket_counts):
-        latency.add_sample("mmfleet_kill_latency_seconds_bucket", {"le": _le(bound)}, float(count))
-    latency.add_sample("mmfleet_kill_latency_seconds_bucket", {"le": "+Inf"}, float(lat.count))
-    latency.add_sample("mmfleet_kill_latency_seconds_count", {}, float(lat.count))
-    latency.add_sample("mmfleet_kill_latency_seconds_sum", {}, lat.total_s)
+        latency.add_sample("mmfleet_kill_latency_seconds_bucket", {"fleet": fleet, "le": _le(bound)}, float(count))
+    latency.add_sample("mmfleet_kill_latency_seconds_bucket", {"fleet": fleet, "le": "+Inf"}, float(lat.count))
+    latency.add_sample("mmfleet_kill_latency_seconds_count", {"fleet": fleet}, float(lat.count))
+    latency.add_sample("mmfleet_kill_latency_seconds_sum", {"fleet": fleet}, lat.total_s)
     return latency
 
 
 def render_fleet_page(view: FleetView, scrapes: Iterable[AgentScrape],
-                      split: Splitter = split_exposition) -> MergedPage:
-    """The whole ``/metrics`` page: fleet series first, then every agent family merged
-    (``split``: how an agent's page is split, e.g. a :class:`SplitCache`'s)."""
+                      split: Splitter | None = None) -> MergedPage:
+    """The whole ``/metrics`` page: fleet series first, then every agent family merged, every series
+    labelled with the fleet (``split``: how an agent's page is split, e.g. a :class:`SplitCache`'s for
+    ``view.fleet``; by default split afresh)."""
     scrapes = list(scrapes)
-    agent_families, dropped = merge_expositions(scrapes, split)
+    agent_families, dropped = merge_expositions(scrapes, split or SplitCache(view.fleet).split)
     fleet = fleet_families(view, scrapes)
     reserved = {f.name for f in fleet}
     for name in agent_families:

@@ -42,8 +42,8 @@ OUT = Path(__file__).resolve().parent / "mmfleet.json"
 UID = "mmfleet-fleet"
 DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
 
-SYM = 'symbol=~"$symbol"'
 FLEET = 'fleet=~"$fleet"'
+SYM = FLEET + ',symbol=~"$symbol"'   # every series of the merged page carries its fleet and its symbol
 RI = "$__rate_interval"
 
 
@@ -106,7 +106,7 @@ ROWS: tuple[Row, ...] = (
           "Sum of |position x mark| over the selected symbols.", kind="stat", w=5, h=4, decimals=0),
         P("Net notional", (Q(f"sum(mm_position{{{SYM}}} * mm_mark_price{{{SYM}}})", "net"),),
           "Sum of position x mark (long positive).", kind="stat", w=4, h=4, decimals=0),
-        P("Agent up by symbol", (Q(f"mmfleet_agent_up{{{FLEET},{SYM}}}"),),
+        P("Agent up by symbol", (Q(f"mmfleet_agent_up{{{SYM}}}"),),
           "1 while the symbol's agent answers the endpoint.", min=0, max=1, w=8),
         P("Agent restarts", (Q(f"mmfleet_agent_restarts{{{SYM}}}"),),
           "Restarts of each agent's actor, as Ray records them.", w=8),
@@ -205,13 +205,13 @@ ROWS: tuple[Row, ...] = (
           "it is left off and the agent shown down).", unit="s", w=8),
     )),
     Row("Kill switch", (
-        P("Kill latency", (Q("histogram_quantile(0.5, sum by (le) (rate(mmfleet_kill_latency_seconds_bucket[5m])))",
+        P("Kill latency", (Q(f"histogram_quantile(0.5, sum by (le) (rate(mmfleet_kill_latency_seconds_bucket{{{FLEET}}}[5m])))",
                              "p50"),
-                           Q("histogram_quantile(0.99, sum by (le) (rate(mmfleet_kill_latency_seconds_bucket[5m])))",
+                           Q(f"histogram_quantile(0.99, sum by (le) (rate(mmfleet_kill_latency_seconds_bucket{{{FLEET}}}[5m])))",
                              "p99")),
           "HTTP kill: request to every symbol confirmed with 0 open orders at the exchange (5 min windows; "
           "empty when no kill was served).", unit="s", thresholds=((0.25, "red"),), w=16),
-        P("Kills served", (Q("sum(mmfleet_kill_latency_seconds_count)", "kills"),),
+        P("Kills served", (Q(f"sum(mmfleet_kill_latency_seconds_count{{{FLEET}}})", "kills"),),
           "HTTP kills the endpoint has served since it started.", kind="stat", w=8),
     )),
 )

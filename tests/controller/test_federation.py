@@ -87,7 +87,7 @@ def test_one_help_and_type_per_family_and_no_created_series():
     assert "_created" not in text
     assert "# TYPE mm_grind_count_total counter" in text
     for sym in SYMBOLS:
-        assert f'mm_grind_count_total{{symbol="{sym}"}} 2.0' in text
+        assert f'mm_grind_count_total{{fleet="demo",symbol="{sym}"}} 2.0' in text
 
 
 def test_every_series_carries_the_symbol_of_the_agent_it_came_from():
@@ -212,7 +212,7 @@ def test_the_line_merge_gives_what_parsing_every_page_would_for_a_real_agent():
     for sym, text in texts.items():   # each agent's page parsed by prometheus_client, relabelled
         for fam in text_string_to_metric_families(text):
             for s in fam.samples:
-                want.add((s.name, tuple(sorted({**s.labels, "symbol": sym}.items())), s.value))
+                want.add((s.name, tuple(sorted({**s.labels, "fleet": "demo", "symbol": sym}.items())), s.value))
     got = {x for x in merged_samples(page.body) if not x[0].startswith("mmfleet_")}
     assert got == want
 
@@ -230,7 +230,8 @@ def test_odd_but_valid_lines_are_kept_and_relabelled():
     fams = {f.name: f for f in parse(page.body)}
     odd = sorted((s.labels.get("reason", ""), s.labels["symbol"], s.value) for s in fams["mm_odd"].samples)
     assert odd == [("", "ETHUSDC", float("inf")), ('a}b, "quoted"', "ETHUSDC", 1.5)]
-    assert [(s.name, s.labels, s.value) for s in fams["mm_bare"].samples] == [("mm_bare_total", {"symbol": "ETHUSDC"}, 3.0)]
+    assert [(s.name, s.labels, s.value) for s in fams["mm_bare"].samples] == [
+        ("mm_bare_total", {"fleet": "demo", "symbol": "ETHUSDC"}, 3.0)]
     assert "# TYPE mm_bare_total counter" in page.body.decode()
 
 
@@ -245,11 +246,11 @@ def test_a_line_that_is_not_a_sample_drops_the_whole_page_of_that_agent(bad):
 def test_the_split_cache_splits_a_page_again_only_when_its_text_changed(monkeypatch):
     import controller.federation as federation
 
-    cache, calls, real = federation.SplitCache(), [], federation.split_exposition
+    cache, calls, real = federation.SplitCache("demo"), [], federation.split_exposition
 
-    def counting(symbol: str, text: str):
+    def counting(symbol: str, text: str, fleet: str | None = None):
         calls.append(symbol)
-        return real(symbol, text)
+        return real(symbol, text, fleet)
 
     monkeypatch.setattr(federation, "split_exposition", counting)
     first = [AgentScrape(s, agent_exposition(s)) for s in SYMBOLS]
@@ -292,3 +293,13 @@ def test_a_published_record_round_trips_and_garbage_is_no_record():
     assert rec.age_s(1700000001.0) == 0.75 and rec.age_s(0.0) == 0.0
     for garbage in (b"", b"{}", b"[1]", b'{"symbol": "X", "holder": "h", "at": "soon", "text": ""}'):
         assert PublishedExposition.decode(garbage) is None
+
+
+def test_every_series_of_the_page_names_its_fleet():
+    """A central Prometheus federating several fleets tells their series apart by ``fleet``."""
+    scrapes = [AgentScrape(s, agent_exposition(s)) for s in SYMBOLS]
+    page = render_fleet_page(view(restarts={"ETHUSDC": 1}, kill_states={"ETHUSDC": "halted"},
+                                  kill_latency=KillLatency().observe(0.1)), scrapes)
+    samples = [s for f in parse(page.body) for s in f.samples]
+    assert samples and {s.labels.get("fleet") for s in samples} == {"demo"}, \
+        sorted({s.name for s in samples if s.labels.get("fleet") != "demo"})
