@@ -171,11 +171,13 @@ def _add_trade(pos: Any, carried: Carry, row: dict[str, Any], margin_asset: str)
 
 
 async def _gap_funding(agent: SymbolAgent, carried: Carry) -> int:
-    """The fees booked after the record's newest one and after the run began (weight 30, once)."""
+    """The fees booked after the record's newest one and after the run began (weight 30, once); the
+    funding book skips the rows inside the record (``FundingBook.restore``)."""
     after = max(carried.funding_ms, carried.since_ms)
     rows = await agent.require_client().income(agent.symbol, "FUNDING_FEE", start_time=after + 1, limit=PAGE)
     store = agent.require_core().store
-    return store.funding.on_income([r for r in rows if _row_time(r) > after], agent.symbol, store.margin_asset)
+    return store.funding.on_income([r for r in rows if _row_time(r) > carried.since_ms], agent.symbol,
+                                   store.margin_asset)
 
 
 def _row_time(row: dict[str, Any]) -> int:

@@ -56,6 +56,7 @@ class FundingBook:
         self.funding_pnl = 0.0
         self._total = Decimal(0)
         self.last_fee_ms = 0   # the newest fee booked (exchange time)
+        self._carried_until = 0   # income rows up to this time are inside the carried books (restore)
         self._seen: OrderedDict[tuple[int, str], None] = OrderedDict()  # frames already booked
         # booked fees: [time, amount, source ("frame" / "income"), paired with the other source]
         self._booked: deque[list[Any]] = deque(maxlen=_FUNDING_KEEP)
@@ -176,6 +177,8 @@ class FundingBook:
                 amount = Decimal(str(r["income"]))
             except (KeyError, TypeError, ValueError, ArithmeticError):
                 continue
+            if t <= self._carried_until:
+                continue   # inside the books a previous agent left
             if not amount.is_finite():   # "NaN" reads as a Decimal: a fee of NaN would poison the P&L
                 continue
             for lt in [x for x in self._lookups if abs(x - t) <= FUNDING_MATCH_MS]:
@@ -216,7 +219,11 @@ class FundingBook:
         return self._total
 
     def restore(self, total: Decimal, last_fee_ms: int) -> None:
-        """The fees a previous agent of the symbol booked (agents/carry.py), before any of this one's."""
+        """The fees a previous agent of the symbol booked (agents/carry.py), before any of this one's:
+        an income row up to its newest fee (and the match window after it, where the same fee's row may
+        fall) is inside ``total``, never booked again (a cross-margin look-up reads a minute back)."""
         self._total += total
         self.funding_pnl = float(self._total)
         self.last_fee_ms = max(self.last_fee_ms, last_fee_ms)
+        if last_fee_ms:
+            self._carried_until = max(self._carried_until, last_fee_ms + FUNDING_MATCH_MS)

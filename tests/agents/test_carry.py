@@ -95,11 +95,11 @@ def test_the_newest_trade_booked_is_marked_with_every_order_of_it():
 def test_funding_of_the_gap_is_booked_once_after_the_record():
     s = Store(SYMBOL, eth_filters(), seed_params())
     s.funding.restore(D("-0.7"), 5_000)
-    rows = [{"symbol": SYMBOL, "incomeType": "FUNDING_FEE", "income": "-0.3", "asset": "USDC", "time": 9_000,
+    rows = [{"symbol": SYMBOL, "incomeType": "FUNDING_FEE", "income": "-0.3", "asset": "USDC", "time": 20_000,
              "tranId": 3}]
     assert s.funding.on_income(rows, SYMBOL, "USDC") == 1
     assert s.funding.on_income(rows, SYMBOL, "USDC") == 0
-    assert s.funding.total == D("-1.0") and s.funding.last_fee_ms == 9_000
+    assert s.funding.total == D("-1.0") and s.funding.last_fee_ms == 20_000
 
 
 def test_books_taken_in_name_the_records_newest_trade_though_this_agent_books_none():
@@ -111,3 +111,14 @@ def test_books_taken_in_name_the_records_newest_trade_though_this_agent_books_no
     assert _add_trade(s.position_book, record(trade_orders=(7, 9)), trade_row(40, 9, "5", "1"), "USDC") == 0
     assert _add_trade(s.position_book, record(trade_orders=(7, 9)), trade_row(43, 12, "1", "0.1"), "USDC") == 1
     assert (s.position_book.last_trade_id, s.position_book.last_trade_orders) == (43, [12])
+
+
+def test_income_rows_inside_the_carried_books_are_never_booked_again():
+    """A cross-margin fee frame names no symbol: the agent reads the income a minute back, which holds
+    fees the carried total already has (also the same fee's row a moment after its frame's time)."""
+    s = Store(SYMBOL, eth_filters(), seed_params())
+    s.funding.restore(D("-0.7"), 5_000)
+    rows = [{"symbol": SYMBOL, "incomeType": "FUNDING_FEE", "income": income, "asset": "USDC", "time": t,
+             "tranId": tran} for income, t, tran in (("-0.4", 4_990, 1), ("-0.3", 5_004, 2), ("-0.2", 65_000, 3))]
+    assert s.funding.on_income(rows, SYMBOL, "USDC") == 1
+    assert s.funding.total == D("-0.9")

@@ -102,6 +102,16 @@ class Exchange:
                                                             "limit": 1000})
         return sum(float(r["realizedPnl"]) for r in rows), sum(float(r["commission"]) for r in rows)
 
+    def funding_sum(self, symbol: str, since_ms: int) -> float:
+        """The funding fees the exchange booked for the symbol since ``since_ms`` (income, weight 30)."""
+        rows = self.signed_get("/fapi/v1/income", {"symbol": symbol, "incomeType": "FUNDING_FEE",
+                                                    "startTime": since_ms, "limit": 1000})
+        return sum(float(r["income"]) for r in rows)
+
+    def admin(self, path: str, body: dict[str, Any]) -> None:
+        r = requests.post(f"{self.rest_url}{path}", json=body, timeout=10)
+        r.raise_for_status()
+
 
 class Fleet:
     def __init__(self, ray: Any, running: Any, cfg: FleetConfig) -> None:
@@ -336,9 +346,18 @@ def test_a_restarted_agent_carries_its_books_as_the_exchange_booked_them(fleet):
     agent_exposure = lambda: fleet.ray.get(fleet.agent(sym).exposure.remote(), timeout=15)  # noqa: E731
     since = agent_exposure()["pnl_since_ms"]
     assert isinstance(since, int) and since > 0
-    # a long bought 5 % above the market, flattened by the kill switch: a loss, a taker fee, a drawdown
+    # a long bought 5 % above the market, a funding fee on it, then flattened by the kill switch: a loss, a
+    # taker fee, a drawdown
     mark = float(fleet.exchange.state(sym)["markets"][sym]["mark_price"])
     fleet.exchange.set_position(sym, 1.0, entry_price=round(mark * 1.05, 2))
+    fleet.exchange.admin("/sim/funding/rate", {"symbol": sym, "rate": "0.001"})
+    fleet.exchange.admin("/sim/funding/settle", {"symbol": sym})
+
+    def funding_agrees() -> bool:
+        paid = fleet.exchange.funding_sum(sym, since)
+        return paid != 0 and abs(agent_exposure()["funding_pnl"] - paid) < 1e-6
+
+    poll(funding_agrees, 30.0, f"{sym}'s funding fee booked", interval=1.0)
     r = fleet.http("POST", "/kill", json={"symbols": [sym], "mode": "flatten", "reason": "books drill"})
     assert r.status_code == 200, r.text
     poll(lambda: fleet.exchange.position(sym) == 0.0, 20.0, f"{sym} flat at the exchange")
@@ -355,6 +374,11 @@ def test_a_restarted_agent_carries_its_books_as_the_exchange_booked_them(fleet):
             return seen
         return check
 
+    from agents.carry import read_carry
+
+    # the books published hold the fee (the successor must not book it again from a look-up)
+    poll(lambda: (c := read_carry(fleet.cfg.name, sym)) is not None and float(c.funding) != 0, 15.0,
+         f"{sym}'s published books holding the funding fee")
     try:
         pid = fleet.status(sym)["pid"]
         os.kill(pid, signal.SIGKILL)   # at once: the flatten's trade may be newer than the last books published
@@ -363,6 +387,15 @@ def test_a_restarted_agent_carries_its_books_as_the_exchange_booked_them(fleet):
         assert after["realized_pnl"] < 0 and after["commission"] > 0
         # the loss, 5 % of 1 SOL's price, is a drawdown from the peak before it, on 1,000 of capital
         assert after["drawdown_pct"] > 0.5 and after["max_drawdown_pct"] >= after["drawdown_pct"], str(after)
+        assert abs(after["funding_pnl"] - fleet.exchange.funding_sum(sym, since)) < 1e-6, str(after)
+        # another fee within the minute: the successor's look-up of a cross-margin fee reads a minute back,
+        # over the fee its carried books already hold; each counts once
+        fleet.exchange.set_position(sym, 1.0)
+        fleet.exchange.admin("/sim/funding/settle", {"symbol": sym})
+        poll(lambda: funding_agrees() and len(fleet.exchange.signed_get("/fapi/v1/income", {
+            "symbol": sym, "incomeType": "FUNDING_FEE", "startTime": since})) == 2, 30.0,
+            f"{sym}'s two funding fees, each once", interval=1.0)
+        fleet.exchange.set_position(sym, 0.0)
     finally:
         r = fleet.http("POST", "/resume", json={"symbols": [sym]})
     assert r.status_code == 200, r.text
