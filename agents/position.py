@@ -132,17 +132,10 @@ class Position:
         if key in self._trade_ids:
             return None
         self._remember(key)
-        carried = key in self._carried   # its P&L and fill came with the carried books: only the position moves
-        if carried:
+        if key in self._carried:   # its P&L and fill came with the carried books: only the position moves
             self._carried.discard(key)
-        else:
-            if count_commission:
-                self.commission += float(u.commission)
-            self.realized_pnl += float(u.realized_pnl)  # as the exchange books it, per trade
-            if u.side == BUY:
-                self.fills_buy += 1
-            else:
-                self.fills_sell += 1
+        else:   # as the exchange books it, per trade
+            self._book(float(u.realized_pnl), float(u.commission) if count_commission else 0.0, u.side == BUY)
         placed = self._on_fill(u.side, steps, float(u.last_filled_price), u.update_time)
         if placed == UNPLACED:
             self.unplaced.append((u.update_time, u.client_order_id, u.order_id, steps))
@@ -187,13 +180,17 @@ class Position:
             return False
         self._carried.add(key)
         self._mark_newest(key)
+        self._book(realized, commission, buy)
+        return True
+
+    def _book(self, realized: float, commission: float, buy: bool) -> None:
+        """One trade's realized P&L, commission (in the margin asset) and fill."""
         self.realized_pnl += realized
         self.commission += commission
         if buy:
             self.fills_buy += 1
         else:
             self.fills_sell += 1
-        return True
 
     def _on_fill(self, side: str, qty_steps: int, price: float, t: int) -> int:
         """Move the position (and the average entry) by one trade newer than the exchange's position
