@@ -66,6 +66,8 @@ class Carry:
     trade_orders: tuple[int, ...] = field(default=())   # orders of its trade booked (a self-trade has two)
     funding_ms: int = 0     # the newest fee booked (exchange time)
     epoch: int = 0          # the epoch of the agent that published it
+    # fees booked from frames near the newest one whose income row was not seen: (time, amount)
+    fee_frames: tuple[tuple[int, str], ...] = field(default=())
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -76,6 +78,7 @@ class Carry:
         try:
             doc = json.loads(raw)
             Decimal(str(doc["funding"]))
+            frames = tuple((int(t), str(Decimal(str(a)))) for t, a in doc.get("fee_frames", ()))
             return cls(
                 symbol=str(doc["symbol"]), account=str(doc["account"]), since_ms=int(doc["since_ms"]),
                 realized_pnl=float(doc["realized_pnl"]), commission=float(doc["commission"]),
@@ -84,7 +87,7 @@ class Carry:
                 max_drawdown_pct=float(doc["max_drawdown_pct"]),
                 trade_id=None if doc["trade_id"] is None else int(doc["trade_id"]),
                 trade_orders=tuple(int(o) for o in doc.get("trade_orders", ())),
-                funding_ms=int(doc.get("funding_ms", 0)), epoch=int(doc.get("epoch", 0)))
+                funding_ms=int(doc.get("funding_ms", 0)), epoch=int(doc.get("epoch", 0)), fee_frames=frames)
         except (ValueError, TypeError, KeyError, ArithmeticError):
             return None
 
@@ -101,7 +104,7 @@ def carry_of(agent: SymbolAgent) -> Carry | None:
         realized_pnl=pos.realized_pnl, commission=pos.commission, funding=str(fund.total), fills_buy=pos.fills_buy,
         fills_sell=pos.fills_sell, peak_pnl=pos.peak_pnl, max_drawdown_pct=pos.max_drawdown_pct,
         trade_id=pos.last_trade_id, trade_orders=tuple(pos.last_trade_orders), funding_ms=fund.last_fee_ms,
-        epoch=core.epoch)
+        epoch=core.epoch, fee_frames=tuple(fund.unpaired_frames()))
 
 
 async def take_in(agent: SymbolAgent) -> None:
@@ -118,7 +121,7 @@ async def take_in(agent: SymbolAgent) -> None:
         return
     core.store.position_book.restore(carried.realized_pnl, carried.commission, carried.fills_buy, carried.fills_sell,
                                      carried.peak_pnl, carried.max_drawdown_pct, carried.trade_id, carried.trade_orders)
-    core.store.funding.restore(Decimal(carried.funding), carried.funding_ms)
+    core.store.funding.restore(Decimal(carried.funding), carried.funding_ms, carried.fee_frames)
     agent.books_since_ms = carried.since_ms
     try:
         trades = await _gap_trades(agent, carried)

@@ -218,12 +218,21 @@ class FundingBook:
         """The fees booked, exactly."""
         return self._total
 
-    def restore(self, total: Decimal, last_fee_ms: int) -> None:
+    def unpaired_frames(self) -> list[tuple[int, str]]:
+        """Fees booked from frames naming the symbol whose income row has not been seen, within the match
+        window of the newest fee: a successor pairs their rows with them (``restore``)."""
+        return [(e[0], str(e[1])) for e in self._booked
+                if e[2] == "frame" and not e[3] and e[0] >= self.last_fee_ms - FUNDING_MATCH_MS]
+
+    def restore(self, total: Decimal, last_fee_ms: int, frames: Iterable[tuple[int, str]] = ()) -> None:
         """The fees a previous agent of the symbol booked (agents/carry.py), before any of this one's:
-        an income row up to its newest fee (and the match window after it, where the same fee's row may
-        fall) is inside ``total``, never booked again (a cross-margin look-up reads a minute back)."""
+        an income row up to its newest fee is inside ``total``, never booked again (a cross-margin
+        look-up reads a minute back). A row a moment after it is paired with the fees the previous agent
+        booked from frames (``frames``, from ``unpaired_frames``) like any other row; a fee that is
+        none of them is booked, however soon after the carried one it came."""
         self._total += total
         self.funding_pnl = float(self._total)
         self.last_fee_ms = max(self.last_fee_ms, last_fee_ms)
-        if last_fee_ms:
-            self._carried_until = max(self._carried_until, last_fee_ms + FUNDING_MATCH_MS)
+        self._carried_until = max(self._carried_until, last_fee_ms)
+        for t, amount in frames:
+            self._booked.append([int(t), Decimal(amount), "frame", False])

@@ -115,10 +115,23 @@ def test_books_taken_in_name_the_records_newest_trade_though_this_agent_books_no
 
 def test_income_rows_inside_the_carried_books_are_never_booked_again():
     """A cross-margin fee frame names no symbol: the agent reads the income a minute back, which holds
-    fees the carried total already has (also the same fee's row a moment after its frame's time)."""
+    fees the carried total already has, and the row of a fee booked from its frame a moment after the
+    frame's time; a fee that is neither is booked, however soon after the carried one."""
     s = Store(SYMBOL, eth_filters(), seed_params())
-    s.funding.restore(D("-0.7"), 5_000)
+    s.funding.restore(D("-0.7"), 5_000, ((5_000, "-0.3"),))
     rows = [{"symbol": SYMBOL, "incomeType": "FUNDING_FEE", "income": income, "asset": "USDC", "time": t,
-             "tranId": tran} for income, t, tran in (("-0.4", 4_990, 1), ("-0.3", 5_004, 2), ("-0.2", 65_000, 3))]
-    assert s.funding.on_income(rows, SYMBOL, "USDC") == 1
-    assert s.funding.total == D("-0.9")
+             "tranId": tran} for income, t, tran in (("-0.4", 4_990, 1), ("-0.3", 5_004, 2), ("-0.2", 8_000, 3),
+                                                      ("-0.1", 65_000, 4))]
+    assert s.funding.on_income(rows, SYMBOL, "USDC") == 2
+    assert s.funding.total == D("-1.0")
+
+
+def test_the_record_names_the_fees_booked_from_frames_whose_rows_were_not_seen():
+    s = Store(SYMBOL, eth_filters(), seed_params())
+    for t, amount in ((1_000, "-0.1"), (9_000, "-0.2"), (9_001, "-0.3")):
+        assert s.funding.on_fee(t, D(amount))
+    s.funding.on_income([{"symbol": SYMBOL, "incomeType": "FUNDING_FEE", "income": "-0.3", "asset": "USDC",
+                          "time": 9_001, "tranId": 5}], SYMBOL, "USDC")
+    assert s.funding.unpaired_frames() == [(9_000, "-0.2")]
+    rec = record(fee_frames=tuple(s.funding.unpaired_frames()))
+    assert Carry.decode(rec.encode()) == rec
