@@ -197,14 +197,16 @@ class ExchangeGateway(RestHandlers):
         fault = self._match_fault(method, path, params) if self.faults else None
         if fault is not None and fault.mode not in EXEC_MODES:
             self._use_fault(fault)  # error, 429, throttle and unknown take their turn whatever happens next
-            if fault.mode == "throttle":   # refused before the gateway: no weight, no order count
+            # refused before the gateway: nothing charged, but the weight header is on every answer
+            used = {"X-MBX-USED-WEIGHT-1M": str(self.limiter.used_weight(ip, now))}
+            if fault.mode == "throttle":
                 self.stats["throttled"] += 1
-                return self._fault_answer(fault, {})
+                return self._fault_answer(fault, used)
             if fault.mode == "error":
-                return self._fault_answer(fault, {})
+                return self._fault_answer(fault, used)
             if fault.mode == "429":
                 return _json(429, {"code": -1003, "msg": too_many_requests(ip, self.config.rate_limits.weight_per_minute)},
-                             {"Retry-After": "1"})
+                             {"Retry-After": "1", **used})
         if params is None:
             return _json(400, {"code": -1100, "msg": "Illegal characters found in a parameter."})
         exec_fault: RestFault | None = None

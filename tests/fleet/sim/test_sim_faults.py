@@ -136,7 +136,7 @@ async def test_rest_faults_error_unknown_429_and_latency(sim):
         assert (await c.public("GET", "/fapi/v1/time")).status == 200  # filters: other paths unaffected
         for _ in range(2):
             r = await c.signed("POST", "/fapi/v1/order", {**params, "newClientOrderId": "f-err"})
-            assert r.status == 503
+            assert r.status == 503 and "X-MBX-USED-WEIGHT-1M" in r.headers
         assert (await c.state(symbol="ETHUSDC"))["open_orders"] == []  # nothing executed
         await c.admin("POST", "/sim/fault/rest", {"mode": "unknown", "count": 1})
         r = await c.signed("POST", "/fapi/v1/order", {**params, "newClientOrderId": "f-unk"})
@@ -146,6 +146,7 @@ async def test_rest_faults_error_unknown_429_and_latency(sim):
         await c.admin("POST", "/sim/fault/rest", {"mode": "429", "count": 1, "path": "/fapi/v1/depth"})
         r = await c.public("GET", "/fapi/v1/depth", {"symbol": "ETHUSDC"})
         assert r.status == 429 and r.headers["Retry-After"] == "1" and r.json["code"] == -1003
+        assert int(r.headers["X-MBX-USED-WEIGHT-1M"]) > 0   # on every answer; this one charged nothing
         assert r.json["msg"].startswith("Too many requests; current limit of IP(127.0.0.1) is 2400 requests")
         assert (await c.public("GET", "/fapi/v1/depth", {"symbol": "ETHUSDC"})).status == 200
         await c.admin("POST", "/sim/fault/latency", {"ms": 300, "path": "/fapi/v1/ping"})
