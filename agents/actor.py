@@ -17,6 +17,7 @@ import gc
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from typing import Any, Callable
@@ -120,6 +121,10 @@ class AgentActor:
         self.stopping = False
         self.stop_summary: dict[str, Any] | None = None
         self.incarnations = 0
+        # parameters the controller pushed (apply): counted, the newest kept; an agent built from a spec
+        # read before a push gets it once it is in place (a push that found no agent was otherwise lost)
+        self.pushes, self.last_pushed, self.push_lock = 0, None, threading.Lock()
+        self.build_pushes = 0
         self.last_error: str | None = None
         self.secret_filter: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -154,7 +159,11 @@ class AgentActor:
                 agent = await self._build()
                 if self.stopping:
                     break
-                self.agent = agent
+                with self.push_lock:
+                    self.agent = agent
+                    missed = self.last_pushed if self.pushes != self.build_pushes else None
+                if missed is not None:
+                    await agent.apply_params(missed)
                 self.incarnations += 1
                 await self._run_until_owned_or_stopped(agent)
             except asyncio.CancelledError:
@@ -316,6 +325,7 @@ class AgentActor:
         from fleet.config import AccountConfig, RuntimeParams, SymbolParams
 
         self._note("imported")
+        self.build_pushes = self.pushes   # the spec read next holds these pushes' parameters, or newer
         spec = await self._spec()
         self._note("spec")
         self.publish_s = float(spec.get("metrics_publish_s", self.publish_s))
@@ -474,9 +484,12 @@ class AgentActor:
         from fleet.config import SymbolParams
 
         parsed = SymbolParams.model_validate(params)
-        if self.agent is None:
-            return {"applied": False, "reason": "agent starting: it reads the new params from the controller"}
-        agent = self.agent
+        with self.push_lock:
+            self.pushes += 1
+            self.last_pushed = parsed
+            agent = self.agent
+        if agent is None:
+            return {"applied": False, "reason": "agent starting: applied once it is built"}
         await self._on_loop(lambda: agent.apply_params(parsed))
         return {"applied": True}
 
