@@ -108,6 +108,32 @@ class RetireOutcome:
         return asdict(self)
 
 
+@dataclass
+class PendingApply:
+    """The work an apply still owes, stored with its spec: agents to retire (symbol -> account) and
+    agents to give the new parameters."""
+
+    retire: dict[str, str | None]
+    push: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.retire or self.push)
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"retire": dict(self.retire), "push": list(self.push)}
+
+    @classmethod
+    def from_doc(cls, doc: Any) -> PendingApply:
+        if not isinstance(doc, dict):
+            return cls({}, [])
+        return cls({str(s): (None if a is None else str(a)) for s, a in dict(doc.get("retire") or {}).items()},
+                   [str(s) for s in doc.get("push") or []])
+
+
+# The reconcile pass finishes the work of an apply a killed controller left only this long after its
+# successor read the spec back: Ray runs the apply's call again on it first, and that call reports it.
+OWED_GRACE_S = 5.0
+
 # --- the actor -------------------------------------------------------------------------------------
 
 
@@ -127,6 +153,8 @@ class FleetController(KillSwitches):
                               lease_ttl_s=self.settings.lease_ttl_s)
         self.agents = AgentHandles(fleet_name, namespace, self.settings.agent_call_timeout_s)
         self.creating = asyncio.Lock()   # apply and reconcile look for missing agents and create them one at a time
+        self.applying = asyncio.Lock()   # one apply at a time (and the reconcile pass's finishing of one)
+        self.pending = PendingApply({}, [])   # what the applied spec's apply still owes
         # The exchange client's modules (aiohttp and all, some 0.3 CPU-s) imported now, in a thread, while
         # the endpoint deploys: imported by the first apply's warm-up, they held the GIL against this
         # actor's loop while the agents started (17 % of its samples in a 50-symbol start).
@@ -151,6 +179,7 @@ class FleetController(KillSwitches):
         self.emergencies: dict[str, int] = {}
         self.last_error: str | None = None
         self.loaded = False
+        self.loaded_at = 0.0
         self.reconciler: asyncio.Task | None = None
         self.fencer: asyncio.Task | None = None
         try:
@@ -175,9 +204,10 @@ class FleetController(KillSwitches):
         if doc is not None:
             self.cfg, self.params = parse_spec(doc, stored=True)
             self.shares = rate_shares(self.cfg)
+            self.pending = PendingApply.from_doc(doc.get("pending"))
         flags = self.book.get_doc(FLAGS_DOC) or {}
         self.reduce_only = bool(flags.get("reduce_only", False))
-        self.loaded = True
+        self.loaded, self.loaded_at = True, time.monotonic()
 
     def _symbols(self) -> list[str]:
         return [e.symbol for e in self.cfg.symbols] if self.cfg else []
@@ -191,41 +221,51 @@ class FleetController(KillSwitches):
     # --- apply / reconcile --------------------------------------------------------------------
 
     async def apply(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """Make the fleet look like ``spec``: create, update live, remove; returns what changed."""
+        """Make the fleet look like ``spec``: create, update live, remove; returns what changed.
+
+        The work an apply owes (agents to retire, parameters to push) is stored with the spec, in one
+        write, before any of it is done, and cleared once done: a controller killed midway (Ray runs the
+        call again on its successor, which reads that spec back as the fleet's) finishes it, and so does
+        the reconcile pass when nobody calls again. Applies run one at a time."""
         self._load()
         cfg, params = parse_spec(spec)
         if cfg.name != self.fleet_name:
             raise ValueError(f"this controller runs fleet {self.fleet_name!r}, not {cfg.name!r}")
         endpoints_of(cfg)  # refuse a spec agents could not trade with, before anything changes
-        old_cfg, old_params = self.cfg, dict(self.params)
-        old_symbols = set(self._symbols())
-        self.cfg, self.params, self.shares = cfg, params, rate_shares(cfg)
-        self.stopping = False
-        self.book.put_doc(SPEC_DOC, {"fleet": cfg.model_dump(mode="json"),
-                                     "params": {s: p.model_dump(mode="json") for s, p in params.items()}})
-        new_symbols = set(self._symbols())
-        removed = sorted(old_symbols - new_symbols)
-        journal_record(self, "apply", content=spec, detail={"symbols": sorted(new_symbols), "removed": removed})
-        stops = await asyncio.gather(
-            *(self._retire(s, flatten=False, account=old_cfg.entry(s).account) for s in removed)
-        )
-        updated, unchanged = [], []
+        async with self.applying:
+            return await self._apply(spec, cfg, params)
+
+    async def _apply(self, spec: dict[str, Any], cfg: FleetConfig, params: dict[str, SymbolParams]) -> dict[str, Any]:
+        old_cfg, old_params, owed = self.cfg, dict(self.params), self.pending
+        new_symbols = {e.symbol for e in cfg.symbols}
+        # a retire left unfinished is finished, also for a symbol traded again (its agent is stopped)
+        retire = {s: old_cfg.entry(s).account for s in set(self._symbols()) - new_symbols} if old_cfg else {}
+        retire.update({s: a for s, a in owed.retire.items() if s not in retire})
         live = self.agents.live()
-        for symbol in self._symbols():
-            if symbol not in live:
+        updated, unchanged = [], []
+        for symbol in (e.symbol for e in cfg.symbols):
+            if symbol not in live or symbol in retire:
                 continue
-            if old_cfg is None or old_params.get(symbol) != params[symbol] or old_cfg.runtime != cfg.runtime:
+            if old_cfg is None or old_params.get(symbol) != params[symbol] or old_cfg.runtime != cfg.runtime \
+                    or symbol in owed.push:
                 updated.append(symbol)
             else:
                 unchanged.append(symbol)
+        self.cfg, self.params, self.shares = cfg, params, rate_shares(cfg)
+        self.stopping = False
+        self._store_spec(PendingApply(retire, updated))
+        removed = sorted(retire)
+        journal_record(self, "apply", content=spec, detail={"symbols": sorted(new_symbols), "removed": removed})
+        stops = await asyncio.gather(*(self._retire(s, flatten=False, account=retire[s]) for s in removed))
         errors: dict[str, str] = {}
         try:
             created = await self._create_missing()
         except Exception as exc:  # noqa: BLE001 - reported; the reconcile pass creates them
             created = []
             errors = {s: f"not created yet (the reconcile pass tries again): {named_line(exc)}"
-                      for s in self._symbols() if s not in live}
-        errors.update(await self._push_params(updated))
+                      for s in self._symbols() if s not in live or s in retire}
+        errors.update(await self._push_params(updated))   # (a push that failed is reported, as before)
+        self._store_spec(PendingApply({}, []))
         await self._push_shares()
         ray.get_runtime_context().current_actor.warm_kill_path.remote()  # the first kill need not open clients
         return {
@@ -233,10 +273,41 @@ class FleetController(KillSwitches):
             "created": created,
             "updated": updated,
             "unchanged": unchanged,
-            "removed": {s: r.to_dict() for s, r in zip(removed, stops)},
+            "removed": {s: r.to_dict() for s, r in zip(removed, stops) if s not in new_symbols},
             "errors": errors,
             "rate_shares": self.shares,
         }
+
+    def _store_spec(self, pending: PendingApply) -> None:
+        """The applied spec and the work still owed for it, in one write."""
+        assert self.cfg is not None
+        doc = {"fleet": self.cfg.model_dump(mode="json"),
+               "params": {s: p.model_dump(mode="json") for s, p in self.params.items()}}
+        if pending:
+            doc["pending"] = pending.to_doc()
+        self.book.put_doc(SPEC_DOC, doc)
+        self.pending = pending
+
+    async def _finish_owed(self) -> None:
+        """The reconcile pass's share of an apply: the work a killed controller's apply left, when nobody
+        called it again; and an agent of a symbol the spec does not trade (left by such an apply before
+        this rule), retired."""
+        if self.applying.locked() or self.cfg is None or time.monotonic() - self.loaded_at < OWED_GRACE_S:
+            return   # (after a restart, Ray runs the killed apply again first: it reports what it does)
+        async with self.applying:
+            owed, traded = self.pending, set(self._symbols())
+            orphans = self.agents.live() - traded - set(owed.retire)
+            if not owed and not orphans:
+                return
+            if orphans:
+                log.warning("agents of symbols the fleet does not trade: retired: %s", ", ".join(sorted(orphans)))
+            retire = {**{s: None for s in orphans}, **owed.retire}
+            await asyncio.gather(*(self._retire(s, flatten=False, account=a) for s, a in retire.items()))
+            errors = await self._push_params([s for s in owed.push if s in traded and s not in retire])
+            for symbol, error in errors.items():
+                log.error("%s: the new parameters not pushed: %s", symbol, error)
+            self._store_spec(PendingApply({}, []))
+            journal_record(self, "apply_finished", detail={"retired": sorted(retire), "pushed": owed.push})
 
     async def _push_params(self, symbols: list[str]) -> dict[str, str]:
         """New parameters to the agents, live; the ones that failed, with why."""
@@ -275,6 +346,11 @@ class FleetController(KillSwitches):
         self.reconciles += 1
         if self.cfg is None or self.stopping:
             return {"recreated": [], "reduce_only": self.reduce_only}
+        try:
+            await self._finish_owed()
+        except Exception as exc:  # noqa: BLE001 - the next pass tries again
+            self.last_error = named_line(exc)
+            log.error("finishing an apply's work failed: %s", self.last_error)
         try:
             recreated = await self._create_missing(gone=True)
         except Exception as exc:  # noqa: BLE001 - the next pass tries again; the fleet's risk is checked anyway
@@ -433,7 +509,7 @@ class FleetController(KillSwitches):
                 error = (error + "; " if error else "") + f"not killed: {named_line(exc)}"
         open_orders = None
         try:
-            account = account or (self.cfg.entry(symbol).account if self.cfg else None)
+            account = account or self._account_of(symbol)
             if account:
                 cancel_first = error is not None or bool(isinstance(summary, dict) and summary.get("open_orders"))
                 open_orders = await self.desk.confirm_empty(symbol, account, cancel_first=cancel_first)
@@ -451,8 +527,11 @@ class FleetController(KillSwitches):
         """Stop every agent (optionally flattening), confirm 0 open orders, forget the applied spec."""
         self._load()
         self.stopping = True
-        symbols = self._symbols()
-        results = await asyncio.gather(*(self._retire(s, flatten) for s in symbols))
+        # with the agents an unfinished apply was retiring and any other of this fleet's namespace
+        accounts: dict[str, str | None] = {**{s: None for s in self.agents.live()}, **self.pending.retire,
+                                           **{s: self._account_of(s) for s in self._symbols()}}
+        symbols = sorted(accounts)
+        results = await asyncio.gather(*(self._retire(s, flatten, account=accounts[s]) for s in symbols))
         self.book.delete_doc(SPEC_DOC)
         await self.desk.close()
         if self.kill_loop is not None and self.kill_loop is not asyncio.get_running_loop():
@@ -460,7 +539,7 @@ class FleetController(KillSwitches):
             await asyncio.wait_for(asyncio.wrap_future(closing), 10.0)
         else:
             await self.kill_desk.close()
-        self.cfg, self.params, self.shares = None, {}, {}
+        self.cfg, self.params, self.shares, self.pending = None, {}, {}, PendingApply({}, [])
         return {"fleet": self.fleet_name, "symbols": {s: r.to_dict() for s, r in zip(symbols, results)}}
 
     async def ping(self) -> dict[str, Any]:

@@ -264,26 +264,49 @@ def test_no_secret_in_any_actor_record_or_runtime_env(fleet):
 # --- apply ---------------------------------------------------------------------------------------
 
 
-def test_apply_changes_parameters_live_without_a_restart(fleet):
-    ctl = fleet.controller()
-    before = fleet.status("SOLUSDT")
-    spec = fleet.ray.get(ctl.spec.remote(), timeout=15)
-    changed = {**spec, "params": {**spec["params"]}}
-    sol = dict(changed["params"]["SOLUSDT"])
-    sol["grid"] = {**sol["grid"], "max_layers": 2}
-    changed["params"]["SOLUSDT"] = sol
-    result = fleet.ray.get(ctl.apply.remote(changed), timeout=60)
-    assert result["updated"] == ["SOLUSDT"] and not result["errors"] and not result["created"]
+def _two_layers(spec: dict[str, Any]) -> dict[str, Any]:
+    sol = spec["params"]["SOLUSDT"]
+    return {**spec, "params": {**spec["params"], "SOLUSDT": {**sol, "grid": {**sol["grid"], "max_layers": 2}}}}
 
-    def two_per_side() -> bool:
+
+def _two_per_side() -> Callable[[Fleet], bool]:
+    def check(fleet: Fleet) -> bool:
         orders = fleet.exchange.open_orders("SOLUSDT")
         buys = sum(1 for o in orders if o["side"] == "BUY")
         return 0 < buys <= 2 and 0 < len(orders) - buys <= 2
+    return check
 
-    poll(two_per_side, 20.0, "SOLUSDT quoting at most 2 layers per side")
+
+def test_apply_changes_parameters_live_without_a_restart(fleet):
+    fleet.all_quoting()
+    ctl = fleet.controller()
+    before = fleet.status("SOLUSDT")
+    spec = fleet.ray.get(ctl.spec.remote(), timeout=15)
+    result = fleet.ray.get(ctl.apply.remote(_two_layers(spec)), timeout=60)
+    assert result["updated"] == ["SOLUSDT"] and not result["errors"] and not result["created"]
+    poll(lambda: _two_per_side()(fleet), 20.0, "SOLUSDT quoting at most 2 layers per side")
     after = fleet.status("SOLUSDT")
     assert (after["pid"], after["epoch"]) == (before["pid"], before["epoch"])  # live: no restart
     fleet.ray.get(ctl.apply.remote(spec), timeout=60)
+
+
+def test_parameters_applied_while_an_agent_restarts_reach_it(fleet):
+    """A push that finds the agent being built (it read its spec before the apply) is applied once the
+    agent is in place: it was answered "reads the new params from the controller" and lost."""
+    fleet.all_quoting()
+    ctl = fleet.controller()
+    spec = fleet.ray.get(ctl.spec.remote(), timeout=15)
+    pid = fleet.status("SOLUSDT")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    poll(lambda: fleet.status("SOLUSDT")["pid"] != pid, 30.0, "SOLUSDT's agent restarted")
+    try:
+        result = fleet.ray.get(ctl.apply.remote(_two_layers(spec)), timeout=60)
+        assert result["updated"] == ["SOLUSDT"] and not result["errors"], result
+        poll(lambda: fleet.status("SOLUSDT")["state"] == "quoting" and _two_per_side()(fleet), 40.0,
+             "the restarted SOLUSDT quoting at most 2 layers per side")
+    finally:
+        fleet.ray.get(ctl.apply.remote(spec), timeout=60)
+    fleet.all_quoting()
 
 
 def test_fleet_notional_over_the_cap_puts_every_agent_into_reduce_only(fleet):
@@ -520,6 +543,41 @@ def test_apply_removes_unlisted_symbols_and_resplits_the_accounts_rate_limits(fl
     assert result["created"] == ["SOLUSDT"]
     poll(lambda: all(abs(fleet.status(s)["rate_share"] - 1 / 3) < 1e-9 for s in SYMBOLS), 20.0,
          "three agents at a third each")
+    fleet.all_quoting(timeout=30.0)
+
+
+def test_an_apply_whose_controller_is_killed_midway_is_finished_by_its_successor(fleet):
+    """The controller SIGKILLed while an apply retires SOLUSDT (its cancels held 4 s by the exchange) and
+    lowers ETHUSDC's net_max: Ray runs the call again on the restarted controller, which reads the new
+    spec back as the fleet's. The work owed is stored with the spec, so the retried apply still retires
+    SOLUSDT (no agent left, nothing at the exchange) and gives ETHUSDC its lower cap."""
+    ctl = fleet.controller()
+    spec = fleet.ray.get(ctl.spec.remote(), timeout=15)
+    fleet.all_quoting()
+    cap_before = fleet.ray.get(fleet.agent("ETHUSDC").exposure.remote(), timeout=15)["cap"]
+    eth = {**spec["params"]["ETHUSDC"], "base": {**spec["params"]["ETHUSDC"]["base"], "net_max": 0.1}}
+    changed = {"fleet": {**spec["fleet"], "symbols": [e for e in spec["fleet"]["symbols"] if e["symbol"] != "SOLUSDT"]},
+               "params": {**{s: p for s, p in spec["params"].items() if s != "SOLUSDT"}, "ETHUSDC": eth}}
+    fleet.exchange.admin("/sim/fault/latency", {"ms": 4000, "path": "/fapi/v1/allOpenOrders"})
+    try:
+        pid = fleet.ray.get(ctl.__ray_call__.remote(lambda self: os.getpid()), timeout=15)
+        ref = ctl.apply.remote(changed)
+        poll(lambda: fleet.status("SOLUSDT")["state"] == "stopping", 30.0, "the apply stopping SOLUSDT's agent")
+        os.kill(pid, signal.SIGKILL)
+        result = fleet.ray.get(ref, timeout=120)
+    finally:
+        fleet.exchange.admin("/sim/fault/clear", {})
+    assert result["removed"]["SOLUSDT"]["open_orders"] == 0, result
+    assert "ETHUSDC" in result["updated"] and not result["errors"], result
+    assert fleet.ray.get(fleet.controller().__ray_call__.remote(lambda self: os.getpid()), timeout=15) != pid
+    with pytest.raises(ValueError):
+        fleet.ray.get_actor("agent.SOLUSDT", namespace=fleet.ns)
+    assert fleet.exchange.open_orders("SOLUSDT") == []
+    cap = lambda: fleet.ray.get(fleet.agent("ETHUSDC").exposure.remote(), timeout=15)["cap"]  # noqa: E731
+    poll(lambda: abs(cap() - 0.1 * 1.15) < 1e-9, 10.0, lambda: f"ETHUSDC's cap lowered from {cap_before} ({cap()})")
+    assert "pending" not in fleet.ray.get(fleet.controller().spec.remote(), timeout=15)
+    result = fleet.ray.get(fleet.controller().apply.remote(spec), timeout=120)
+    assert result["created"] == ["SOLUSDT"] and "ETHUSDC" in result["updated"]
     fleet.all_quoting(timeout=30.0)
 
 
