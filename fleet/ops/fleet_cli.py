@@ -636,11 +636,16 @@ def cmd_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             print(f"simulator: {fleet.sim_urls['rest_url']} (keys in {cfg.state_dir}, mode 0600)", file=out)
         print(f"endpoint: {fleet.api_url}  (docs {fleet.api_url}/docs); token in {fleet.token_where}", file=out,
               flush=True)
-        wait_quoting(fleet.namespace, fleet.symbols, args.quote_timeout, out)
+        states = wait_quoting(fleet.namespace, fleet.symbols, args.quote_timeout, out)
+        idle = {s: v for s, v in states.items() if v != "quoting"}
+        if idle:
+            print(f"WARNING: not quoting after {args.quote_timeout:g} s: "
+                  + " ".join(f"{s}={v}" for s, v in idle.items()) + f" (python -m fleet status --fleet {cfg.name})",
+                  file=out, flush=True)
         if args.detach:
             print(f"detached: the fleet keeps running. Stop it with: python -m fleet down --fleet {cfg.name}",
                   file=out, flush=True)
-            return EXIT_OK
+            return EXIT_FAILED if idle else EXIT_OK
         refresh = args.refresh or (1.0 if out.isatty() else 10.0)
         end = None if args.duration is None else started_at + args.duration
         rows: dict[str, Any] = {}

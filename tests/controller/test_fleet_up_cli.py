@@ -32,7 +32,7 @@ def test_up_runs_the_demo_fleet_for_its_duration_and_ends_with_a_clean_summary(t
     )
     out = done.stdout
     assert done.returncode == 0, (out[-3000:], done.stderr[-3000:])
-    assert "starting agents: 3/3 quoting" in out
+    assert "starting agents: 3/3 quoting" in out and "WARNING: not quoting" not in out
     assert "token in file" in out and str(tmp_path / "state") in out
     summary = out[out.index("fleet demo stopped after"):]
     rows = [line.split() for line in summary.splitlines()[2:5]]
