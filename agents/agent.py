@@ -158,8 +158,9 @@ class SymbolAgent:
         # Renewed from the grant on, not from the end of the start: a start slowed by a busy machine
         # (50 agents starting on 2 cores) must not let the lease lapse and get the agent fenced as hung.
         self.tasks.spawn(self.timers.renew_loop(), "renew")
-        self.client = self.transport.client(self.budget)
-        self.client.order_gate = self.order_gate  # asked before any order is signed, resends included
+        self.client = client = self.transport.client(self.budget)
+        client.order_gate = self.order_gate  # asked before any order is signed, resends included
+        self.metrics.bind_exchange_clock(lambda: (client.time_offset_ms, client.clock_resyncs))
         await self.client.open()
         if await self._start_until_done():
             self.started = True

@@ -56,6 +56,7 @@ class AgentMetrics:
         self.core = core
         self.budget: "RateBudget | None" = None
         self.journal_status: Callable[[], dict[str, Any]] | None = None   # the trade journal's writer, if any
+        self.exchange_clock: Callable[[], tuple[int, int]] | None = None  # (offset ms, -1021 re-syncs)
         self.ws_connected = False
         self.rest_fallback_count = 0
         self.unknown_outcomes = 0  # requests answered ambiguously (execution status unknown)
@@ -82,6 +83,10 @@ class AgentMetrics:
     def bind_journal(self, status: Callable[[], dict[str, Any]]) -> None:
         """Show the trade journal's writer (``JournalWriter.status``, read-only) in the exposition."""
         self.journal_status = status
+
+    def bind_exchange_clock(self, read: Callable[[], tuple[int, int]]) -> None:
+        """Show the exchange clock's offset from this host's and the -1021 re-syncs (read-only)."""
+        self.exchange_clock = read
 
     def set_ws_connected(self, connected: bool) -> None:
         self.ws_connected = bool(connected)
@@ -150,6 +155,11 @@ class AgentMetrics:
         yield h
         yield _counter("mm_unknown_outcomes", "requests answered with execution status unknown", sym, self.unknown_outcomes)
         yield _counter("mm_margin_calls", "the exchange's MARGIN_CALL frames naming this symbol", sym, self.margin_calls)
+        offset, resyncs = self.exchange_clock() if self.exchange_clock is not None else (0, 0)
+        yield gauge("mm_exchange_clock_offset_ms", "the exchange's clock minus this host's, as last learned from "
+                    "/fapi/v1/time (signed requests carry the host's clock plus it)", offset)
+        yield _counter("mm_clock_resyncs", "signed requests refused for a timestamp outside the recvWindow (-1021), "
+                       "each followed by a new reading of the exchange's clock", sym, resyncs)
         yield gauge("mm_delisting_timestamp_seconds", "the exchange's announced settlement (delisting) time of the "
                     "symbol, Unix seconds; 0 while none is announced", self.delisting_at_s)
         yield gauge("mm_leverage", "the account's leverage for the symbol, read at the start (0: unread)", self.leverage)

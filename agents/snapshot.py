@@ -53,6 +53,8 @@ def build_status(agent: SymbolAgent) -> dict[str, Any]:
         "tick_to_order_p50_ms": agent.latency.quantile_ms(0.5, now),
         "tick_to_order_p99_ms": agent.latency.quantile_ms(0.99, now),
         "rate_share": agent.budget.share,
+        "exchange_clock_offset_ms": agent.offset_ms(),   # the exchange's clock minus this host's
+        "clock_resyncs": agent.client.clock_resyncs if agent.client is not None else 0,   # -1021 answers
         "rate_budget_waits": list(agent.budget.waiting.values()),  # requests held for room over 1 s: what for
         "last_reconcile_repair": agent.reconciler.last_repair,
         "journal": _journal(agent.journal.status()),
@@ -68,7 +70,7 @@ def _journal(st: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     return {"db_up": st.get("db_up"), "waiting": int(st.get("queued") or 0) + int(st.get("held_now") or 0),
             "lost": st.get("dropped"), "rejected": st.get("rejected"), "spool": st.get("spool"),
-            "holes": st.get("holes"), "last_error": st.get("last_error")}
+            "holes": st.get("holes"), "last_error": st.get("last_error"), "last_error_at": st.get("last_error_at")}
 
 
 def build_exposure(agent: SymbolAgent) -> dict[str, Any]:

@@ -125,7 +125,8 @@ class JournalWriter:
         self._next_try = 0.0
         self.stats = {"written": 0, "spooled": 0, "replayed": 0, "dropped": 0, "db_errors": 0, "batches": 0,
                       "held": 0, "rejected": 0}
-        self.last_error: str | None = None
+        self._last_error: str | None = None
+        self.last_error_at: float | None = None   # when (Unix s): an error long past is not the state now
         self.holes_path = self.spool_path.with_name(f"{_safe(name)}.holes.json")
         self.rejects_path = self.spool_path.with_name(f"{_safe(name)}.rejected.jsonl")
         self.replay_path = self.spool_path.with_name(f"{_safe(name)}.replaying.jsonl")
@@ -159,6 +160,15 @@ class JournalWriter:
         return True
 
     @property
+    def last_error(self) -> str | None:
+        """The writer's last error (the database's, the spool's), kept after it recovers, with its time."""
+        return self._last_error
+
+    @last_error.setter
+    def last_error(self, error: str | None) -> None:
+        self._last_error, self.last_error_at = error, time.time()
+
+    @property
     def db_up(self) -> bool:
         return self._down_since is None and self._engine is not None
 
@@ -171,7 +181,7 @@ class JournalWriter:
             holes = dict(self._holes)
         return {**self.stats, "queued": len(self._q), "held_now": len(self._held), "db_up": self.db_up,
                 "target": self.target.describe(), "spool": str(self.spool_path) if self.spool_path.exists() else None,
-                "holes": holes, "last_error": self.last_error}
+                "holes": holes, "last_error": self.last_error, "last_error_at": self.last_error_at}
 
     # ------------------------------------------------------------------ rows lost, and the holes they leave
 

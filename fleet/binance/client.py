@@ -104,6 +104,7 @@ class RestCore:
         self._session: aiohttp.ClientSession | None = None
         self.requests_sent = 0
         self.resync_on_skew = True  # on -1021: re-learn the clock offset and send once more
+        self.clock_resyncs = 0      # -1021 answers: requests signed outside the recvWindow, then re-synced
         # Asked with the endpoint and its parameters just before an order placed or amended is
         # signed, resends included: None lets it go, a reason keeps it here (NotSentError naming the
         # reason). An agent's is its lease and its kill state (SymbolAgent.order_gate).
@@ -176,8 +177,11 @@ class RestCore:
             if not (endpoint.signed and self.resync_on_skew):
                 raise
             # -1021 means the request was refused unexecuted: re-learn the clock and send once more
-            log.warning("timestamp outside recvWindow on %s; re-syncing time", endpoint)
+            self.clock_resyncs += 1
+            before = self.time_offset_ms
             await self.sync_time()
+            log.warning("timestamp outside recvWindow on %s: the exchange's clock is %+d ms from ours (was %+d); "
+                        "re-synced (%d so far)", endpoint, self.time_offset_ms, before, self.clock_resyncs)
             await self.budget.acquire(endpoint.cost if cost is PAID else cost, wait=wait, risk=risk)
             return await self._send(endpoint, params)
 

@@ -358,6 +358,23 @@ async def test_an_order_decided_before_a_halt_is_not_sent_after_it(make_agent, e
     assert (await exchange.state())["open_orders"] == []
 
 
+async def test_a_clock_two_minutes_off_is_read_again_counted_and_shown(make_agent, exchange):
+    """The host's clock jumps (as a bad NTP step): the exchange refuses the next signed request with
+    -1021; the client reads the exchange's clock again and sends it once more. The agent keeps quoting,
+    and the re-sync is counted (status, ``mm_clock_resyncs_total``) with the offset shown."""
+    agent = await make_agent()
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    assert agent.status()["clock_resyncs"] == 0 and metric(agent, "mm_clock_resyncs_total") == 0
+    assert agent.client is not None
+    agent.client.time_offset_ms -= 120_000
+    await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": 0.3})   # the ladder moves: signed requests
+    await wait_for(lambda: agent.status()["clock_resyncs"] >= 1, 10, "the -1021 answer re-synced")
+    assert metric(agent, "mm_clock_resyncs_total") >= 1
+    assert abs(metric(agent, "mm_exchange_clock_offset_ms")) < 60_000
+    assert abs(agent.status()["exchange_clock_offset_ms"]) < 60_000
+    await wait_for(lambda: resting(agent, exchange), 10, "quoting on", explain=lambda: describe(agent, exchange))
+
+
 async def test_user_stream_drop_reconnects_and_resyncs_without_duplicates(make_agent, exchange):
     agent = await make_agent()
     await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
