@@ -368,20 +368,21 @@ class SymbolAgent:
             # it. Only ever towards stopping: stand-in owners that always say running undo nothing.
             if previous is None or previous.kill_state != grant.kill_state or (
                     grant.kill_state != KillState.RUNNING and self.core.halt_state == KillState.RUNNING):
-                self.apply_kill_state(grant.kill_state)
+                self.apply_kill_state(grant.kill_state, grant.kill_reason)
             if previous is None or previous.reduce_only != grant.reduce_only:
                 self.core.set_reduce_only(grant.reduce_only)
         self.blocks.discard(BLOCK_ASKING)   # the owner answered (``ask_owner``)
 
-    def apply_kill_state(self, kill_state: str) -> None:
+    def apply_kill_state(self, kill_state: str, reason: str = "") -> None:
         core = self.core
         if core is None or core.halt_state == kill_state:
             return
         self._note_kill_change(kill_state)
+        why = f"durable kill state: {reason}" if reason else "durable kill state"
         if kill_state == KillState.HALTED:
-            core.halt("durable kill state")
+            core.halt(why)
         elif kill_state == KillState.FLATTENING:
-            core.flatten("durable kill state")
+            core.flatten(why)
         else:
             core.resume()
         self.log.event("kill_state", f"kill state {kill_state}", level=logging.WARNING)

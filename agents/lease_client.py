@@ -28,6 +28,7 @@ def grant_from_answer(answer: dict[str, Any]) -> Grant:
         kill_state=str(answer["kill_state"]),
         reduce_only=bool(answer.get("reduce_only", False)),
         rate_share=float(answer.get("rate_share", 1.0)),
+        kill_reason=str(answer.get("kill_reason") or "")[:500],
     )
 
 
@@ -114,13 +115,13 @@ class LeaseOwnership:
             since = float(answer.get("kill_since") or 0.0)
             if self.unwritten is not None and since and self._before_carried(since):
                 # the record was asked for before the kill carried (a resume written late): the kill holds
-                return grant_from_answer({**answer, "kill_state": self.unwritten["state"]})
+                return grant_from_answer({**answer, "kill_state": self.unwritten["state"], "kill_reason": ""})
             if since:
                 self._knows(since)
             if self.unwritten is not None and self.granted_seq > self.unwritten["after_seq"]:
                 self.unwritten = None   # its state written (or a newer command's): no longer carried
         if answer.get("granted") and state and int(answer.get("kill_seq", 0)) < seq:
-            answer = {**answer, "kill_state": state}  # a renewal answered before the direct command
+            answer = {**answer, "kill_state": state, "kill_reason": ""}  # a renewal answered before the direct command
         return grant_from_answer(answer)
 
     async def _call(self, method: str, *args: Any) -> dict[str, Any]:

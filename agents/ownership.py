@@ -29,6 +29,7 @@ class Grant:
     kill_state: KillState  # durable, the controller's (a string is read as a KillState)
     reduce_only: bool = False  # fleet risk over its notional cap
     rate_share: float = 1.0  # this agent's share of its account's order-rate limits
+    kill_reason: str = ""    # the operator's reason for the kill state, when the authority holds one
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kill_state", KillState.parse(self.kill_state, "kill_state"))

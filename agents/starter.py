@@ -65,8 +65,9 @@ class Starter:
         assert a.grant is not None and a.filters is not None
         a.core = AgentCore(a.symbol, a.params, a.filters, a.grant.epoch)
         a.metrics.bind(a.core)
-        a.apply_kill_state(held_kill_state(a.kill_wanted, a.kill_wanted_seq, getattr(a.ownership, "granted_seq", 0),
-                                           a.grant.kill_state))
+        state = held_kill_state(a.kill_wanted, a.kill_wanted_seq, getattr(a.ownership, "granted_seq", 0),
+                                a.grant.kill_state)
+        a.apply_kill_state(state, a.grant.kill_reason if state == a.grant.kill_state else "")
         reduce_only = a.reduce_only_wanted
         if reduce_only is None:
             reduce_only = bool(a.grant.reduce_only)

@@ -249,6 +249,7 @@ class LeaseAnswer:
     rate_share: float = 1.0
     kill_seq: int = 0
     kill_since: float = 0.0  # when that kill state was asked for (wall clock): orders an unnumbered command
+    kill_reason: str = ""    # the operator's reason for it
     owner: str = ""
     wait_s: float = 0.0
     reason: str = ""
@@ -472,7 +473,7 @@ class LeaseBook:
         return LeaseAnswer(
             granted=True, symbol=symbol, epoch=lease.epoch, lease_ttl_s=self.lease_ttl_s,
             kill_state=kill.state, reduce_only=reduce_only, rate_share=rate_share, kill_seq=kill.seq,
-            kill_since=kill.since, owner=lease.holder,
+            kill_since=kill.since, kill_reason=kill.reason, owner=lease.holder,
         )
 
     def _put_lease(self, symbol: str, lease: Lease) -> None:

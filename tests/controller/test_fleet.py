@@ -453,6 +453,7 @@ def halted_across_restarts(fleet: Fleet) -> None:
                               and x["state"] == "halted" else None)(fleet.status("ETHUSDC")),
                      30.0, "ETHUSDC restarted and halted")
     assert restarted["kill_state"] == "halted"
+    assert restarted["halt_reason"] == "durable kill state: test drill"   # the operator's reason, not a stand-in
     # A controller restart keeps the kill state too.
     ctl_pid = fleet.ray.get(fleet.controller().__ray_call__.remote(lambda self: os.getpid()), timeout=15)
     os.kill(ctl_pid, signal.SIGKILL)
