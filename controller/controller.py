@@ -182,6 +182,7 @@ class FleetController(KillSwitches):
         self.loaded_at = 0.0
         self.reconciler: asyncio.Task | None = None
         self.fencer: asyncio.Task | None = None
+        self.finisher: asyncio.Task | None = None   # the reconcile pass's finishing of an apply's work
         try:
             self._start_loops()
         except RuntimeError as exc:  # no loop yet: the first call starts it
@@ -251,12 +252,12 @@ class FleetController(KillSwitches):
                 updated.append(symbol)
             else:
                 unchanged.append(symbol)
+        self._store_spec(cfg, params, PendingApply(retire, updated))   # written before memory changes
         self.cfg, self.params, self.shares = cfg, params, rate_shares(cfg)
         self.stopping = False
-        self._store_spec(PendingApply(retire, updated))
         removed = sorted(retire)
         journal_record(self, "apply", content=spec, detail={"symbols": sorted(new_symbols), "removed": removed})
-        stops = await asyncio.gather(*(self._retire(s, flatten=False, account=retire[s]) for s in removed))
+        stops = await asyncio.gather(*(self._retire_owed(s, retire[s], again=s in new_symbols) for s in removed))
         errors: dict[str, str] = {}
         try:
             created = await self._create_missing()
@@ -265,7 +266,7 @@ class FleetController(KillSwitches):
             errors = {s: f"not created yet (the reconcile pass tries again): {named_line(exc)}"
                       for s in self._symbols() if s not in live or s in retire}
         errors.update(await self._push_params(updated))   # (a push that failed is reported, as before)
-        self._store_spec(PendingApply({}, []))
+        self._store_spec(cfg, params, PendingApply({}, []))
         await self._push_shares()
         ray.get_runtime_context().current_actor.warm_kill_path.remote()  # the first kill need not open clients
         return {
@@ -278,36 +279,71 @@ class FleetController(KillSwitches):
             "rate_shares": self.shares,
         }
 
-    def _store_spec(self, pending: PendingApply) -> None:
-        """The applied spec and the work still owed for it, in one write."""
-        assert self.cfg is not None
-        doc = {"fleet": self.cfg.model_dump(mode="json"),
-               "params": {s: p.model_dump(mode="json") for s, p in self.params.items()}}
+    def _store_spec(self, cfg: FleetConfig, params: dict[str, SymbolParams], pending: PendingApply) -> None:
+        """The applied spec and the work still owed for it, in one write (nothing noted if it fails)."""
+        doc = {"fleet": cfg.model_dump(mode="json"), "params": {s: p.model_dump(mode="json") for s, p in params.items()}}
         if pending:
             doc["pending"] = pending.to_doc()
         self.book.put_doc(SPEC_DOC, doc)
         self.pending = pending
 
+    async def _retire_owed(self, symbol: str, account: str | None, *, again: bool) -> RetireOutcome:
+        """A retire an apply owes; for a symbol traded again, with agent creation held, so that the
+        reconcile pass does not create its new agent while the old one's lease is being forgotten."""
+        if not again:
+            return await self._retire(symbol, flatten=False, account=account)
+        async with self.creating:
+            return await self._retire(symbol, flatten=False, account=account)
+
     async def _finish_owed(self) -> None:
-        """The reconcile pass's share of an apply: the work a killed controller's apply left, when nobody
-        called it again; and an agent of a symbol the spec does not trade (left by such an apply before
-        this rule), retired."""
-        if self.applying.locked() or self.cfg is None or time.monotonic() - self.loaded_at < OWED_GRACE_S:
+        """Beside the reconcile pass (never in its way: the fleet's risk is checked meanwhile): the work
+        a killed controller's apply left, when nobody called it again; and an agent of a symbol the spec
+        does not trade (left by such an apply before this rule), retired with its book confirmed empty."""
+        if self.applying.locked() or self.cfg is None or self.stopping \
+                or time.monotonic() - self.loaded_at < OWED_GRACE_S:
             return   # (after a restart, Ray runs the killed apply again first: it reports what it does)
         async with self.applying:
-            owed, traded = self.pending, set(self._symbols())
+            cfg, params, owed = self.cfg, self.params, self.pending
+            if cfg is None or self.stopping:
+                return
+            traded = {e.symbol for e in cfg.symbols}
             orphans = self.agents.live() - traded - set(owed.retire)
             if not owed and not orphans:
                 return
             if orphans:
                 log.warning("agents of symbols the fleet does not trade: retired: %s", ", ".join(sorted(orphans)))
-            retire = {**{s: None for s in orphans}, **owed.retire}
-            await asyncio.gather(*(self._retire(s, flatten=False, account=a) for s, a in retire.items()))
+            retire = {**{s: await self._orphan_account(s) for s in orphans}, **owed.retire}
+            outcomes = await asyncio.gather(*(self._retire_owed(s, a, again=s in traded) for s, a in retire.items()))
+            for symbol, outcome in zip(retire, outcomes):
+                if outcome.error or outcome.open_orders != 0:
+                    log.error("%s: retired with %s open orders at the exchange: %s", symbol, outcome.open_orders,
+                              outcome.error or "not confirmed")
             errors = await self._push_params([s for s in owed.push if s in traded and s not in retire])
             for symbol, error in errors.items():
                 log.error("%s: the new parameters not pushed: %s", symbol, error)
-            self._store_spec(PendingApply({}, []))
+            self._store_spec(cfg, params, PendingApply({}, []))
             journal_record(self, "apply_finished", detail={"retired": sorted(retire), "pushed": owed.push})
+
+    async def _orphan_account(self, symbol: str) -> str | None:
+        """The account an agent the spec does not name traded on: its carried books name it; else the
+        fleet's only account (None: its book is left to its stop and the exchange's dead-man switch)."""
+        from agents.carry import read_carry
+
+        names = [a.name for a in self.cfg.accounts] if self.cfg else []
+        try:
+            carried = await asyncio.to_thread(read_carry, self.fleet_name, symbol)
+        except Exception:  # noqa: BLE001 - the fleet's accounts decide
+            carried = None
+        if carried is not None and carried.account in names:
+            return carried.account
+        return names[0] if len(names) == 1 else None
+
+    async def _finish_owed_beside(self) -> None:
+        try:
+            await self._finish_owed()
+        except Exception as exc:  # noqa: BLE001 - the next reconcile pass tries again
+            self.last_error = named_line(exc)
+            log.error("finishing an apply's work failed: %s", self.last_error)
 
     async def _push_params(self, symbols: list[str]) -> dict[str, str]:
         """New parameters to the agents, live; the ones that failed, with why."""
@@ -346,11 +382,8 @@ class FleetController(KillSwitches):
         self.reconciles += 1
         if self.cfg is None or self.stopping:
             return {"recreated": [], "reduce_only": self.reduce_only}
-        try:
-            await self._finish_owed()
-        except Exception as exc:  # noqa: BLE001 - the next pass tries again
-            self.last_error = named_line(exc)
-            log.error("finishing an apply's work failed: %s", self.last_error)
+        if self.finisher is None or self.finisher.done():
+            self.finisher = asyncio.get_running_loop().create_task(self._finish_owed_beside())
         try:
             recreated = await self._create_missing(gone=True)
         except Exception as exc:  # noqa: BLE001 - the next pass tries again; the fleet's risk is checked anyway
@@ -527,9 +560,14 @@ class FleetController(KillSwitches):
         """Stop every agent (optionally flattening), confirm 0 open orders, forget the applied spec."""
         self._load()
         self.stopping = True
+        async with self.applying:   # an apply under way finishes first: it would write its spec back
+            return await self._down(flatten)
+
+    async def _down(self, flatten: bool) -> dict[str, Any]:
         # with the agents an unfinished apply was retiring and any other of this fleet's namespace
-        accounts: dict[str, str | None] = {**{s: None for s in self.agents.live()}, **self.pending.retire,
-                                           **{s: self._account_of(s) for s in self._symbols()}}
+        named = set(self.pending.retire) | set(self._symbols())
+        accounts: dict[str, str | None] = {**{s: await self._orphan_account(s) for s in self.agents.live() - named},
+                                           **self.pending.retire, **{s: self._account_of(s) for s in self._symbols()}}
         symbols = sorted(accounts)
         results = await asyncio.gather(*(self._retire(s, flatten, account=accounts[s]) for s in symbols))
         self.book.delete_doc(SPEC_DOC)

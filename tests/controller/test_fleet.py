@@ -582,6 +582,26 @@ def test_an_apply_whose_controller_is_killed_midway_is_finished_by_its_successor
     fleet.all_quoting(timeout=30.0)
 
 
+def test_an_agent_of_a_symbol_the_fleet_does_not_trade_is_retired(fleet):
+    """An agent actor in the fleet's namespace for a symbol the spec does not name (left by an apply
+    whose controller died before this rule, or made by hand) is retired by the reconcile pass."""
+    from agents.actor import AgentActor
+
+    stray = AgentActor.options(name="agent.XRPUSDT", namespace=fleet.ns, lifetime="detached",
+                               num_cpus=0.05).remote(fleet.cfg.name, fleet.ns, "XRPUSDT")
+    fleet.ray.get(stray.status.remote(), timeout=60)
+
+    def gone() -> bool:
+        try:
+            fleet.ray.get_actor("agent.XRPUSDT", namespace=fleet.ns)
+        except ValueError:
+            return True
+        return False
+
+    poll(gone, 30.0, "the stray agent retired")
+    fleet.all_quoting()
+
+
 def test_cli_status_exposure_kill_and_resume_talk_to_the_running_fleet(fleet, capsys):
     import json
 
