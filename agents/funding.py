@@ -178,7 +178,8 @@ class FundingBook:
             except (KeyError, TypeError, ValueError, ArithmeticError):
                 continue
             if t <= self._carried_until:
-                continue   # inside the books a previous agent left
+                self._pair(t, amount, "frame")   # inside the books a previous agent left (its frame, if carried)
+                continue
             if not amount.is_finite():   # "NaN" reads as a Decimal: a fee of NaN would poison the P&L
                 continue
             for lt in [x for x in self._lookups if abs(x - t) <= FUNDING_MATCH_MS]:
@@ -189,7 +190,10 @@ class FundingBook:
             if len(self._income_seen) > _FUNDING_KEEP:
                 self._income_seen.popitem(last=False)
             if self._pair(t, amount, "frame"):
-                continue  # its frame named the symbol and was booked
+                # its frame named the symbol and was booked; the books now hold this row's time too, so the
+                # books carried to a next agent skip the row (its frame no longer among the unpaired)
+                self.last_fee_ms = max(self.last_fee_ms, t)
+                continue
             self._book(t, amount, "income")
             booked += 1
         return booked

@@ -126,6 +126,33 @@ def test_income_rows_inside_the_carried_books_are_never_booked_again():
     assert s.funding.total == D("-1.0")
 
 
+def test_a_row_paired_with_a_carried_frame_is_inside_the_next_record():
+    """Three agents: the first books a fee's frame and dies; the second pairs the fee's row (a moment after
+    the frame's time) with the carried frame; the third must not book that row again."""
+    first = Store(SYMBOL, eth_filters(), seed_params())
+    assert first.funding.on_fee(1_000, D("-0.5"))
+    row = [{"symbol": SYMBOL, "incomeType": "FUNDING_FEE", "income": "-0.5", "asset": "USDC", "time": 1_003,
+            "tranId": 9}]
+    books = (first.funding.total, first.funding.last_fee_ms, tuple(first.funding.unpaired_frames()))
+    for _ in range(2):
+        nxt = Store(SYMBOL, eth_filters(), seed_params())
+        nxt.funding.restore(*books)
+        assert nxt.funding.on_income(row, SYMBOL, "USDC") == 0
+        assert nxt.funding.total == D("-0.5")
+        books = (nxt.funding.total, nxt.funding.last_fee_ms, tuple(nxt.funding.unpaired_frames()))
+
+
+def test_a_carried_frame_is_paired_with_its_own_row_not_with_the_next_fee():
+    """The carried frame's own row (its time inside the record) takes it: a second fee of the same amount
+    a few seconds later (the simulator settles on demand) is booked."""
+    s = Store(SYMBOL, eth_filters(), seed_params())
+    s.funding.restore(D("-0.5"), 1_000, ((1_000, "-0.5"),))
+    rows = [{"symbol": SYMBOL, "incomeType": "FUNDING_FEE", "income": "-0.5", "asset": "USDC", "time": t,
+             "tranId": tran} for t, tran in ((1_000, 1), (4_000, 2))]
+    assert s.funding.on_income(rows, SYMBOL, "USDC") == 1
+    assert s.funding.total == D("-1.0")
+
+
 def test_the_record_names_the_fees_booked_from_frames_whose_rows_were_not_seen():
     s = Store(SYMBOL, eth_filters(), seed_params())
     for t, amount in ((1_000, "-0.1"), (9_000, "-0.2"), (9_001, "-0.3")):
