@@ -36,6 +36,7 @@ from controller.handles import (AGENT_PREFIX, AgentHandles, above_agents_env, ag
 from controller.kill_path import ms_since
 from controller.kill_switches import KILL_GROUP, KillSwitches, _num, journal_record
 from controller.lease import NO_LEASE_SHOWN, GcsStore, LeaseAnswer, LeaseBook, WriteThroughStore
+from controller.owed import OwedWork, PendingApply
 from controller.spec import SPEC_DOC, build_spec, endpoints_of, parse_spec, rate_shares
 from fleet.config import FleetConfig, SymbolParams
 from fleet.text import named_line
@@ -108,32 +109,6 @@ class RetireOutcome:
         return asdict(self)
 
 
-@dataclass
-class PendingApply:
-    """The work an apply still owes, stored with its spec: agents to retire (symbol -> account) and
-    agents to give the new parameters."""
-
-    retire: dict[str, str | None]
-    push: list[str]
-
-    def __bool__(self) -> bool:
-        return bool(self.retire or self.push)
-
-    def to_doc(self) -> dict[str, Any]:
-        return {"retire": dict(self.retire), "push": list(self.push)}
-
-    @classmethod
-    def from_doc(cls, doc: Any) -> PendingApply:
-        if not isinstance(doc, dict):
-            return cls({}, [])
-        return cls({str(s): (None if a is None else str(a)) for s, a in dict(doc.get("retire") or {}).items()},
-                   [str(s) for s in doc.get("push") or []])
-
-
-# The reconcile pass finishes the work of an apply a killed controller left only this long after its
-# successor read the spec back: Ray runs the apply's call again on it first, and that call reports it.
-OWED_GRACE_S = 5.0
-
 # --- the actor -------------------------------------------------------------------------------------
 
 
@@ -154,7 +129,7 @@ class FleetController(KillSwitches):
         self.agents = AgentHandles(fleet_name, namespace, self.settings.agent_call_timeout_s)
         self.creating = asyncio.Lock()   # apply and reconcile look for missing agents and create them one at a time
         self.applying = asyncio.Lock()   # one apply at a time (and the reconcile pass's finishing of one)
-        self.pending = PendingApply({}, [])   # what the applied spec's apply still owes
+        self.owed = OwedWork(self)       # what the applied spec's apply (or a down) still owes
         # The exchange client's modules (aiohttp and all, some 0.3 CPU-s) imported now, in a thread, while
         # the endpoint deploys: imported by the first apply's warm-up, they held the GIL against this
         # actor's loop while the agents started (17 % of its samples in a 50-symbol start).
@@ -179,10 +154,8 @@ class FleetController(KillSwitches):
         self.emergencies: dict[str, int] = {}
         self.last_error: str | None = None
         self.loaded = False
-        self.loaded_at = 0.0
         self.reconciler: asyncio.Task | None = None
         self.fencer: asyncio.Task | None = None
-        self.finisher: asyncio.Task | None = None   # the reconcile pass's finishing of an apply's work
         try:
             self._start_loops()
         except RuntimeError as exc:  # no loop yet: the first call starts it
@@ -205,10 +178,11 @@ class FleetController(KillSwitches):
         if doc is not None:
             self.cfg, self.params = parse_spec(doc, stored=True)
             self.shares = rate_shares(self.cfg)
-            self.pending = PendingApply.from_doc(doc.get("pending"))
+            self.owed.read(doc)
+            self.stopping = self.owed.pending.down is not None   # a down under way: no agent is created again
         flags = self.book.get_doc(FLAGS_DOC) or {}
         self.reduce_only = bool(flags.get("reduce_only", False))
-        self.loaded, self.loaded_at = True, time.monotonic()
+        self.loaded = True
 
     def _symbols(self) -> list[str]:
         return [e.symbol for e in self.cfg.symbols] if self.cfg else []
@@ -237,7 +211,7 @@ class FleetController(KillSwitches):
             return await self._apply(spec, cfg, params)
 
     async def _apply(self, spec: dict[str, Any], cfg: FleetConfig, params: dict[str, SymbolParams]) -> dict[str, Any]:
-        old_cfg, old_params, owed = self.cfg, dict(self.params), self.pending
+        old_cfg, old_params, owed = self.cfg, dict(self.params), self.owed.pending
         new_symbols = {e.symbol for e in cfg.symbols}
         # a retire left unfinished is finished, also for a symbol traded again (its agent is stopped)
         retire = {s: old_cfg.entry(s).account for s in set(self._symbols()) - new_symbols} if old_cfg else {}
@@ -252,21 +226,22 @@ class FleetController(KillSwitches):
                 updated.append(symbol)
             else:
                 unchanged.append(symbol)
-        self._store_spec(cfg, params, PendingApply(retire, updated))   # written before memory changes
+        self.owed.store(cfg, params, PendingApply(retire, updated))   # written before memory changes
         self.cfg, self.params, self.shares = cfg, params, rate_shares(cfg)
         self.stopping = False
         removed = sorted(retire)
         journal_record(self, "apply", content=spec, detail={"symbols": sorted(new_symbols), "removed": removed})
-        stops = await asyncio.gather(*(self._retire_owed(s, retire[s], again=s in new_symbols) for s in removed))
-        errors: dict[str, str] = {}
+        # new parameters (a lower cap) reach the agents beside the retires, not after a stop that hangs
+        stops, errors = await asyncio.gather(
+            asyncio.gather(*(self.owed.retire(s, retire[s], again=s in new_symbols) for s in removed)),
+            self._push_params(updated))   # (a push that failed is reported, as before)
         try:
             created = await self._create_missing()
         except Exception as exc:  # noqa: BLE001 - reported; the reconcile pass creates them
             created = []
-            errors = {s: f"not created yet (the reconcile pass tries again): {named_line(exc)}"
-                      for s in self._symbols() if s not in live or s in retire}
-        errors.update(await self._push_params(updated))   # (a push that failed is reported, as before)
-        self._store_spec(cfg, params, PendingApply({}, []))
+            errors.update({s: f"not created yet (the reconcile pass tries again): {named_line(exc)}"
+                           for s in self._symbols() if s not in live or s in retire})
+        self.owed.store(cfg, params, PendingApply({}, []))
         await self._push_shares()
         ray.get_runtime_context().current_actor.warm_kill_path.remote()  # the first kill need not open clients
         return {
@@ -278,72 +253,6 @@ class FleetController(KillSwitches):
             "errors": errors,
             "rate_shares": self.shares,
         }
-
-    def _store_spec(self, cfg: FleetConfig, params: dict[str, SymbolParams], pending: PendingApply) -> None:
-        """The applied spec and the work still owed for it, in one write (nothing noted if it fails)."""
-        doc = {"fleet": cfg.model_dump(mode="json"), "params": {s: p.model_dump(mode="json") for s, p in params.items()}}
-        if pending:
-            doc["pending"] = pending.to_doc()
-        self.book.put_doc(SPEC_DOC, doc)
-        self.pending = pending
-
-    async def _retire_owed(self, symbol: str, account: str | None, *, again: bool) -> RetireOutcome:
-        """A retire an apply owes; for a symbol traded again, with agent creation held, so that the
-        reconcile pass does not create its new agent while the old one's lease is being forgotten."""
-        if not again:
-            return await self._retire(symbol, flatten=False, account=account)
-        async with self.creating:
-            return await self._retire(symbol, flatten=False, account=account)
-
-    async def _finish_owed(self) -> None:
-        """Beside the reconcile pass (never in its way: the fleet's risk is checked meanwhile): the work
-        a killed controller's apply left, when nobody called it again; and an agent of a symbol the spec
-        does not trade (left by such an apply before this rule), retired with its book confirmed empty."""
-        if self.applying.locked() or self.cfg is None or self.stopping \
-                or time.monotonic() - self.loaded_at < OWED_GRACE_S:
-            return   # (after a restart, Ray runs the killed apply again first: it reports what it does)
-        async with self.applying:
-            cfg, params, owed = self.cfg, self.params, self.pending
-            if cfg is None or self.stopping:
-                return
-            traded = {e.symbol for e in cfg.symbols}
-            orphans = self.agents.live() - traded - set(owed.retire)
-            if not owed and not orphans:
-                return
-            if orphans:
-                log.warning("agents of symbols the fleet does not trade: retired: %s", ", ".join(sorted(orphans)))
-            retire = {**{s: await self._orphan_account(s) for s in orphans}, **owed.retire}
-            outcomes = await asyncio.gather(*(self._retire_owed(s, a, again=s in traded) for s, a in retire.items()))
-            for symbol, outcome in zip(retire, outcomes):
-                if outcome.error or outcome.open_orders != 0:
-                    log.error("%s: retired with %s open orders at the exchange: %s", symbol, outcome.open_orders,
-                              outcome.error or "not confirmed")
-            errors = await self._push_params([s for s in owed.push if s in traded and s not in retire])
-            for symbol, error in errors.items():
-                log.error("%s: the new parameters not pushed: %s", symbol, error)
-            self._store_spec(cfg, params, PendingApply({}, []))
-            journal_record(self, "apply_finished", detail={"retired": sorted(retire), "pushed": owed.push})
-
-    async def _orphan_account(self, symbol: str) -> str | None:
-        """The account an agent the spec does not name traded on: its carried books name it; else the
-        fleet's only account (None: its book is left to its stop and the exchange's dead-man switch)."""
-        from agents.carry import read_carry
-
-        names = [a.name for a in self.cfg.accounts] if self.cfg else []
-        try:
-            carried = await asyncio.to_thread(read_carry, self.fleet_name, symbol)
-        except Exception:  # noqa: BLE001 - the fleet's accounts decide
-            carried = None
-        if carried is not None and carried.account in names:
-            return carried.account
-        return names[0] if len(names) == 1 else None
-
-    async def _finish_owed_beside(self) -> None:
-        try:
-            await self._finish_owed()
-        except Exception as exc:  # noqa: BLE001 - the next reconcile pass tries again
-            self.last_error = named_line(exc)
-            log.error("finishing an apply's work failed: %s", self.last_error)
 
     async def _push_params(self, symbols: list[str]) -> dict[str, str]:
         """New parameters to the agents, live; the ones that failed, with why."""
@@ -382,8 +291,7 @@ class FleetController(KillSwitches):
         self.reconciles += 1
         if self.cfg is None or self.stopping:
             return {"recreated": [], "reduce_only": self.reduce_only}
-        if self.finisher is None or self.finisher.done():
-            self.finisher = asyncio.get_running_loop().create_task(self._finish_owed_beside())
+        self.owed.beside()   # the work a killed controller's apply left, and stray agents
         try:
             recreated = await self._create_missing(gone=True)
         except Exception as exc:  # noqa: BLE001 - the next pass tries again; the fleet's risk is checked anyway
@@ -522,10 +430,15 @@ class FleetController(KillSwitches):
     # --- shutdown -----------------------------------------------------------------------------
 
     async def _retire(self, symbol: str, flatten: bool, account: str | None = None) -> RetireOutcome:
-        """Stop one agent gracefully, confirm its book is empty at the exchange, remove the actor."""
+        """Stop one agent gracefully, confirm its book is empty at the exchange, remove the actor. Without
+        a flatten (the agent's own work) its book is emptied at the exchange at once too, beside the stop:
+        a hung agent's orders do not rest (and fill) while the stop waits out ``stop_timeout_s``."""
         started = time.monotonic()
         summary: Any = None
         error = None
+        account = account or self._account_of(symbol)
+        early = None if flatten or not account else \
+            asyncio.ensure_future(self.desk.confirm_empty(symbol, account, cancel_first=True))
         try:
             handle = self.agents.get(symbol, fresh=True)
         except Exception as exc:  # noqa: BLE001 - its book is still emptied; a renewal refuses a left-over agent
@@ -541,8 +454,9 @@ class FleetController(KillSwitches):
             except Exception as exc:  # noqa: BLE001 - reported; a renewal refuses a left-over agent
                 error = (error + "; " if error else "") + f"not killed: {named_line(exc)}"
         open_orders = None
+        if early is not None:
+            await asyncio.gather(early, return_exceptions=True)
         try:
-            account = account or self._account_of(symbol)
             if account:
                 cancel_first = error is not None or bool(isinstance(summary, dict) and summary.get("open_orders"))
                 open_orders = await self.desk.confirm_empty(symbol, account, cancel_first=cancel_first)
@@ -561,13 +475,19 @@ class FleetController(KillSwitches):
         self._load()
         self.stopping = True
         async with self.applying:   # an apply under way finishes first: it would write its spec back
+            if self.cfg is not None:
+                try:   # a controller killed midway comes back stopping, and finishes it
+                    self.owed.store(self.cfg, self.params, PendingApply(dict(self.owed.pending.retire), [], flatten))
+                except Exception as exc:  # noqa: BLE001 - the down goes on; only a restart would forget it
+                    log.warning("the down under way not stored: %s", named_line(exc))
             return await self._down(flatten)
 
     async def _down(self, flatten: bool) -> dict[str, Any]:
         # with the agents an unfinished apply was retiring and any other of this fleet's namespace
-        named = set(self.pending.retire) | set(self._symbols())
-        accounts: dict[str, str | None] = {**{s: await self._orphan_account(s) for s in self.agents.live() - named},
-                                           **self.pending.retire, **{s: self._account_of(s) for s in self._symbols()}}
+        owed, traded = self.owed.pending.retire, self._symbols()
+        strays = self.agents.live() - set(owed) - set(traded)
+        accounts: dict[str, str | None] = {**{s: await self.owed.stray_account(s) for s in strays}, **owed,
+                                           **{s: self._account_of(s) for s in traded}}
         symbols = sorted(accounts)
         results = await asyncio.gather(*(self._retire(s, flatten, account=accounts[s]) for s in symbols))
         self.book.delete_doc(SPEC_DOC)
@@ -577,7 +497,7 @@ class FleetController(KillSwitches):
             await asyncio.wait_for(asyncio.wrap_future(closing), 10.0)
         else:
             await self.kill_desk.close()
-        self.cfg, self.params, self.shares, self.pending = None, {}, {}, PendingApply({}, [])
+        self.cfg, self.params, self.shares, self.owed.pending = None, {}, {}, PendingApply({}, [])
         return {"fleet": self.fleet_name, "symbols": {s: r.to_dict() for s, r in zip(symbols, results)}}
 
     async def ping(self) -> dict[str, Any]:

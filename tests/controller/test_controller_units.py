@@ -205,3 +205,12 @@ def test_kill_view_confirms_only_when_every_symbol_has_no_open_order():
     assert not kill_view("halt", "r", 0.0, {"symbols": {"A": {"open_orders": 0}, "B": {"open_orders": None}}})["confirmed"]
     assert not kill_view("halt", "r", 0.0, {"symbols": {}})["confirmed"]
     assert not kill_view("halt", "r", 0.0, None)["confirmed"]
+
+
+def test_the_work_an_apply_or_a_down_owes_reads_back_as_stored():
+    from controller.owed import PendingApply
+
+    owed = PendingApply({"SOLUSDT": "main", "XRPUSDT": None}, ["ETHUSDC"], down=True)
+    assert PendingApply.from_doc(json.loads(json.dumps(owed.to_doc()))) == owed
+    assert not PendingApply({}, []) and PendingApply({}, [], down=False)   # a down without a flatten is owed too
+    assert PendingApply.from_doc(None) == PendingApply({}, []) == PendingApply.from_doc("garbage")

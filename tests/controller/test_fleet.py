@@ -5,6 +5,7 @@ leaves it quoting again."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -579,6 +580,30 @@ def test_an_apply_whose_controller_is_killed_midway_is_finished_by_its_successor
     assert "pending" not in fleet.ray.get(fleet.controller().spec.remote(), timeout=15)
     result = fleet.ray.get(fleet.controller().apply.remote(spec), timeout=120)
     assert result["created"] == ["SOLUSDT"] and "ETHUSDC" in result["updated"]
+    fleet.all_quoting(timeout=30.0)
+
+
+def test_a_hung_agents_book_is_emptied_at_once_when_its_symbol_is_removed(fleet):
+    """SOLUSDT's agent SIGSTOPped, then removed by an apply: the controller empties its book at the
+    exchange beside the stop it waits for (up to stop_timeout_s), not after it."""
+    ctl = fleet.controller()
+    spec = fleet.ray.get(ctl.spec.remote(), timeout=15)
+    fleet.all_quoting()
+    pid = fleet.status("SOLUSDT")["pid"]
+    fewer = {"fleet": {**spec["fleet"], "symbols": [e for e in spec["fleet"]["symbols"] if e["symbol"] != "SOLUSDT"]},
+             "params": {s: p for s, p in spec["params"].items() if s != "SOLUSDT"}}
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        ref = ctl.apply.remote(fewer)
+        poll(lambda: fleet.exchange.open_orders("SOLUSDT") == [], 10.0, "SOLUSDT's book emptied at the exchange")
+        ready, _ = fleet.ray.wait([ref], timeout=0)
+        assert not ready, "the apply no longer waits for the hung agent's stop: this test proves nothing"
+        result = fleet.ray.get(ref, timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    assert result["removed"]["SOLUSDT"]["open_orders"] == 0 and fleet.exchange.open_orders("SOLUSDT") == []
+    assert fleet.ray.get(fleet.controller().apply.remote(spec), timeout=120)["created"] == ["SOLUSDT"]
     fleet.all_quoting(timeout=30.0)
 
 

@@ -1,0 +1,157 @@
+"""The work an ``apply`` (or a ``down``) owes, stored with the applied spec so that a controller killed
+midway has it finished (docs/architecture.md, "owes"), mixed into the controller actor.
+
+Ray runs a killed controller's call again on its successor, which reads the new spec back as the
+fleet's: without the work stored beside it, the retried ``apply`` found nothing to remove and nothing
+changed. The retried call finishes it; when nobody calls again (the caller died too), a task beside
+the reconcile pass does, ``OWED_GRACE_S`` after the spec was read back, and also retires any agent of
+the fleet's namespace whose symbol the spec does not trade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from controller.kill_switches import journal_record
+from controller.spec import SPEC_DOC
+from fleet.config import FleetConfig, SymbolParams
+from fleet.text import named_line
+
+if TYPE_CHECKING:
+    from controller.controller import FleetController, RetireOutcome
+
+log = logging.getLogger("mmfleet.controller")
+
+@dataclass
+class PendingApply:
+    """The work an apply (or a ``down``) still owes, stored with its spec: agents to retire (symbol ->
+    account), agents to give the new parameters, and a ``down`` under way (its flatten flag)."""
+
+    retire: dict[str, str | None]
+    push: list[str]
+    down: bool | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.retire or self.push) or self.down is not None
+
+    def to_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"retire": dict(self.retire), "push": list(self.push)}
+        if self.down is not None:
+            doc["down"] = self.down
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: Any) -> PendingApply:
+        if not isinstance(doc, dict):
+            return cls({}, [])
+        down = doc.get("down")
+        return cls({str(s): (None if a is None else str(a)) for s, a in dict(doc.get("retire") or {}).items()},
+                   [str(s) for s in doc.get("push") or []], None if down is None else bool(down))
+
+
+# The reconcile pass finishes the work of an apply a killed controller left only this long after its
+# successor read the spec back: Ray runs the apply's call again on it first, and that call reports it.
+OWED_GRACE_S = 5.0
+
+
+class OwedWork:
+    """The work the applied spec's apply (or a down) still owes: stored with the spec, finished by the
+    retried call or beside the reconcile pass. A part of the controller, which it acts through (its
+    retire, pushes, down, agents and the lock that runs applies one at a time)."""
+
+    def __init__(self, ctl: FleetController) -> None:
+        self.ctl = ctl
+        self.pending = PendingApply({}, [])
+        self.read_at = 0.0                       # when the spec was read back (monotonic)
+        self.task: asyncio.Task | None = None    # the finishing beside the reconcile pass
+
+    def read(self, doc: dict[str, Any] | None) -> None:
+        """The work the stored spec holds (after a restart)."""
+        self.pending = PendingApply.from_doc((doc or {}).get("pending"))
+        self.read_at = time.monotonic()
+
+    def store(self, cfg: FleetConfig, params: dict[str, SymbolParams], pending: PendingApply) -> None:
+        """The applied spec and the work still owed for it, in one write (nothing noted if it fails)."""
+        doc = {"fleet": cfg.model_dump(mode="json"),
+               "params": {s: p.model_dump(mode="json") for s, p in params.items()}}
+        if pending:
+            doc["pending"] = pending.to_doc()
+        self.ctl.book.put_doc(SPEC_DOC, doc)
+        self.pending = pending
+
+    async def retire(self, symbol: str, account: str | None, *, again: bool) -> RetireOutcome:
+        """A retire the apply owes; for a symbol traded again, with agent creation held, so that the
+        reconcile pass does not create its new agent while the old one's lease is being forgotten."""
+        if not again:
+            return await self.ctl._retire(symbol, flatten=False, account=account)
+        async with self.ctl.creating:
+            return await self.ctl._retire(symbol, flatten=False, account=account)
+
+    def beside(self) -> None:
+        """Started by each reconcile pass unless one runs: it never holds the pass (the fleet's risk)."""
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._finish_logged())
+
+    async def _finish_logged(self) -> None:
+        try:
+            await self.finish()
+        except Exception as exc:  # noqa: BLE001 - the next reconcile pass tries again
+            self.ctl.last_error = named_line(exc)
+            log.error("finishing an apply's work failed: %s", self.ctl.last_error)
+
+    async def finish(self) -> None:
+        """The work a killed controller's apply or down left, when nobody called it again; and an agent of
+        a symbol the spec does not trade, retired with its book confirmed empty."""
+        ctl = self.ctl
+        if ctl.applying.locked() or ctl.cfg is None or time.monotonic() - self.read_at < OWED_GRACE_S:
+            return   # (after a restart, Ray runs the killed call again first: it reports what it does)
+        if self.pending.down is not None:
+            async with ctl.applying:
+                if self.pending.down is not None and ctl.cfg is not None:
+                    log.warning("a down whose controller was killed, its caller gone: finished (agents retired, "
+                                "spec forgotten); python -m fleet down removes the endpoint and the simulator")
+                    await ctl._down(self.pending.down)
+            return
+        if ctl.stopping:
+            return
+        async with ctl.applying:
+            if ctl.cfg is not None and not ctl.stopping:
+                await self._finish_apply(ctl.cfg, ctl.params)
+
+    async def _finish_apply(self, cfg: FleetConfig, params: dict[str, SymbolParams]) -> None:
+        ctl, owed = self.ctl, self.pending
+        traded = {e.symbol for e in cfg.symbols}
+        strays = ctl.agents.live() - traded - set(owed.retire)
+        if not owed and not strays:
+            return
+        if strays:
+            log.warning("agents of symbols the fleet does not trade: retired: %s", ", ".join(sorted(strays)))
+        retire = {**{s: await self.stray_account(s) for s in strays}, **owed.retire}
+        outcomes = await asyncio.gather(*(self.retire(s, a, again=s in traded) for s, a in retire.items()))
+        for symbol, outcome in zip(retire, outcomes):
+            if outcome.error or outcome.open_orders != 0:
+                log.error("%s: retired with %s open orders at the exchange: %s", symbol, outcome.open_orders,
+                          outcome.error or "not confirmed")
+        errors = await ctl._push_params([s for s in owed.push if s in traded and s not in retire])
+        for symbol, error in errors.items():
+            log.error("%s: the new parameters not pushed: %s", symbol, error)
+        self.store(cfg, params, PendingApply({}, []))
+        journal_record(ctl, "apply_finished", detail={"retired": sorted(retire), "pushed": owed.push})
+
+    async def stray_account(self, symbol: str) -> str | None:
+        """The account an agent the spec does not name traded on: its carried books name it; else the
+        fleet's only account (None: its book is left to its stop and the exchange's dead-man switch)."""
+        from agents.carry import read_carry
+
+        names = [a.name for a in self.ctl.cfg.accounts] if self.ctl.cfg else []
+        try:
+            carried = await asyncio.to_thread(read_carry, self.ctl.fleet_name, symbol)
+        except Exception:  # noqa: BLE001 - the fleet's accounts decide
+            carried = None
+        if carried is not None and carried.account in names:
+            return carried.account
+        return names[0] if len(names) == 1 else None
