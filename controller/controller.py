@@ -217,6 +217,8 @@ class FleetController(KillSwitches):
         retire = {s: old_cfg.entry(s).account for s in set(self._symbols()) - new_symbols} if old_cfg else {}
         retire.update({s: a for s, a in owed.retire.items() if s not in retire})
         live = self.agents.live()
+        if owed.down is not None:   # a down cut short: its agents may be stopped but alive; each is made anew
+            retire.update({s: self._account_of(s) for s in live if s not in retire})
         updated, unchanged = [], []
         for symbol in (e.symbol for e in cfg.symbols):
             if symbol not in live or symbol in retire:
@@ -231,16 +233,17 @@ class FleetController(KillSwitches):
         self.stopping = False
         removed = sorted(retire)
         journal_record(self, "apply", content=spec, detail={"symbols": sorted(new_symbols), "removed": removed})
+        async def retire_then_create() -> tuple[list[RetireOutcome], list[str], dict[str, str]]:
+            stops = await asyncio.gather(*(self.owed.retire(s, retire[s], again=s in new_symbols) for s in removed))
+            try:
+                return stops, await self._create_missing(), {}
+            except Exception as exc:  # noqa: BLE001 - reported; the reconcile pass creates them
+                return stops, [], {s: f"not created yet (the reconcile pass tries again): {named_line(exc)}"
+                                   for s in self._symbols() if s not in live or s in retire}
+
         # new parameters (a lower cap) reach the agents beside the retires, not after a stop that hangs
-        stops, errors = await asyncio.gather(
-            asyncio.gather(*(self.owed.retire(s, retire[s], again=s in new_symbols) for s in removed)),
-            self._push_params(updated))   # (a push that failed is reported, as before)
-        try:
-            created = await self._create_missing()
-        except Exception as exc:  # noqa: BLE001 - reported; the reconcile pass creates them
-            created = []
-            errors.update({s: f"not created yet (the reconcile pass tries again): {named_line(exc)}"
-                           for s in self._symbols() if s not in live or s in retire})
+        (stops, created, errors), pushed = await asyncio.gather(retire_then_create(), self._push_params(updated))
+        errors.update(pushed)   # (a push that failed is reported, as before)
         self.owed.store(cfg, params, PendingApply({}, []))
         await self._push_shares()
         ray.get_runtime_context().current_actor.warm_kill_path.remote()  # the first kill need not open clients
@@ -289,9 +292,10 @@ class FleetController(KillSwitches):
         """One pass: recreate agents that died for good; fleet risk; returns what it did."""
         self._load()
         self.reconciles += 1
+        if self.cfg is not None:
+            self.owed.beside()   # the work a killed controller's apply or down left, and stray agents
         if self.cfg is None or self.stopping:
             return {"recreated": [], "reduce_only": self.reduce_only}
-        self.owed.beside()   # the work a killed controller's apply left, and stray agents
         try:
             recreated = await self._create_missing(gone=True)
         except Exception as exc:  # noqa: BLE001 - the next pass tries again; the fleet's risk is checked anyway
@@ -454,8 +458,9 @@ class FleetController(KillSwitches):
             except Exception as exc:  # noqa: BLE001 - reported; a renewal refuses a left-over agent
                 error = (error + "; " if error else "") + f"not killed: {named_line(exc)}"
         open_orders = None
-        if early is not None:
-            await asyncio.gather(early, return_exceptions=True)
+        if early is not None and isinstance(failed := (await asyncio.gather(early, return_exceptions=True))[0],
+                                            BaseException):
+            error = (error + "; " if error else "") + f"early cancel failed: {named_line(failed)}"
         try:
             if account:
                 cancel_first = error is not None or bool(isinstance(summary, dict) and summary.get("open_orders"))
@@ -475,6 +480,7 @@ class FleetController(KillSwitches):
         self._load()
         self.stopping = True
         async with self.applying:   # an apply under way finishes first: it would write its spec back
+            self.stopping = True     # (again: an apply queued before this down cleared it)
             if self.cfg is not None:
                 try:   # a controller killed midway comes back stopping, and finishes it
                     self.owed.store(self.cfg, self.params, PendingApply(dict(self.owed.pending.retire), [], flatten))
