@@ -229,6 +229,7 @@ class FleetController(KillSwitches):
             else:
                 unchanged.append(symbol)
         self.owed.store(cfg, params, PendingApply(retire, updated))   # written before memory changes
+        self.owed.holding = False
         self.cfg, self.params, self.shares = cfg, params, rate_shares(cfg)
         self.stopping = False
         removed = sorted(retire)
@@ -351,6 +352,8 @@ class FleetController(KillSwitches):
 
     async def acquire_lease(self, symbol: str, holder: str, carried: dict[str, Any] | None = None) -> dict[str, Any]:
         self._load()
+        if self.owed.holding:
+            return self._going_down(symbol, holder)
         self._take_up(symbol, carried)
         return self.book.acquire(symbol, holder, now=time.time(), reduce_only=self.reduce_only,
                                  rate_share=self.shares.get(symbol, 1.0)).to_dict()
@@ -361,6 +364,8 @@ class FleetController(KillSwitches):
         A symbol the applied spec no longer has is refused: an agent that outlived its retirement (its
         stop failed, say a GCS blip during ``apply``) stops trading at its next renewal."""
         self._load()
+        if self.owed.holding:
+            return self._going_down(symbol, holder)
         if self.cfg is not None and symbol not in self.params:
             log.error("%s: lease renewal refused: not part of fleet %s (an agent left over)", symbol, self.fleet_name)
             return LeaseAnswer(granted=False, symbol=symbol, owner=holder,
@@ -368,6 +373,10 @@ class FleetController(KillSwitches):
         self._take_up(symbol, carried)
         return self.book.renew(symbol, holder, int(epoch), now=time.time(), reduce_only=self.reduce_only,
                                rate_share=self.shares.get(symbol, 1.0)).to_dict()
+
+    def _going_down(self, symbol: str, holder: str) -> dict[str, Any]:
+        why = f"fleet {self.fleet_name} is going down (a down cut short is being finished)"
+        return LeaseAnswer(granted=False, symbol=symbol, owner=holder, wait_s=1.0, reason=why).to_dict()
 
     async def release_lease(self, symbol: str, holder: str, epoch: int | None = None) -> bool:
         return self.book.release(symbol, holder, epoch)
@@ -481,6 +490,7 @@ class FleetController(KillSwitches):
         self.stopping = True
         async with self.applying:   # an apply under way finishes first: it would write its spec back
             self.stopping = True     # (again: an apply queued before this down cleared it)
+            self.owed.holding = self.owed.holding and not flatten   # a flatten's agents need their leases
             if self.cfg is not None:
                 try:   # a controller killed midway comes back stopping, and finishes it
                     self.owed.store(self.cfg, self.params, PendingApply(dict(self.owed.pending.retire), [], flatten))

@@ -68,11 +68,15 @@ class OwedWork:
         self.pending = PendingApply({}, [])
         self.read_at = 0.0                       # when the spec was read back (monotonic)
         self.task: asyncio.Task | None = None    # the finishing beside the reconcile pass
+        # a down cut short, read back: leases are refused (an agent its stop never reached must not quote on)
+        # until it is finished, but for a flatten, whose agents need them to close their positions
+        self.holding = False
 
     def read(self, doc: dict[str, Any] | None) -> None:
         """The work the stored spec holds (after a restart)."""
         self.pending = PendingApply.from_doc((doc or {}).get("pending"))
         self.read_at = time.monotonic()
+        self.holding = self.pending.down is not None
 
     def store(self, cfg: FleetConfig, params: dict[str, SymbolParams], pending: PendingApply) -> None:
         """The applied spec and the work still owed for it, in one write (nothing noted if it fails)."""
@@ -114,6 +118,7 @@ class OwedWork:
                 if self.pending.down is not None and ctl.cfg is not None:
                     log.warning("a down whose controller was killed, its caller gone: finished (agents retired, "
                                 "spec forgotten); python -m fleet down removes the endpoint and the simulator")
+                    self.holding = self.holding and not self.pending.down
                     await ctl._down(self.pending.down)
             return
         if ctl.stopping:
