@@ -76,7 +76,7 @@ class OwedWork:
         """The work the stored spec holds (after a restart)."""
         self.pending = PendingApply.from_doc((doc or {}).get("pending"))
         self.read_at = time.monotonic()
-        self.holding = self.pending.down is not None
+        self.holding = self.pending.down is False   # (True: a flatten, whose agents keep their leases)
 
     def store(self, cfg: FleetConfig, params: dict[str, SymbolParams], pending: PendingApply) -> None:
         """The applied spec and the work still owed for it, in one write (nothing noted if it fails)."""
