@@ -234,6 +234,7 @@ class FleetController(KillSwitches):
         self.stopping = False
         removed = sorted(retire)
         journal_record(self, "apply", content=spec, detail={"symbols": sorted(new_symbols), "removed": removed})
+
         async def retire_then_create() -> tuple[list[RetireOutcome], list[str], dict[str, str]]:
             stops = await asyncio.gather(*(self.owed.retire(s, retire[s], again=s in new_symbols) for s in removed))
             try:
@@ -467,9 +468,11 @@ class FleetController(KillSwitches):
             except Exception as exc:  # noqa: BLE001 - reported; a renewal refuses a left-over agent
                 error = (error + "; " if error else "") + f"not killed: {named_line(exc)}"
         open_orders = None
-        if early is not None and isinstance(failed := (await asyncio.gather(early, return_exceptions=True))[0],
-                                            BaseException):
-            error = (error + "; " if error else "") + f"early cancel failed: {named_line(failed)}"
+        if early is not None:
+            try:
+                await early
+            except Exception as exc:  # noqa: BLE001 - reported, and the check below cancels first
+                error = (error + "; " if error else "") + f"early cancel failed: {named_line(exc)}"
         try:
             if account:
                 cancel_first = error is not None or bool(isinstance(summary, dict) and summary.get("open_orders"))
@@ -500,9 +503,8 @@ class FleetController(KillSwitches):
 
     async def _down(self, flatten: bool) -> dict[str, Any]:
         # with the agents an unfinished apply was retiring and any other of this fleet's namespace
-        owed, traded = self.owed.pending.retire, self._symbols()
-        strays = self.agents.live() - set(owed) - set(traded)
-        accounts: dict[str, str | None] = {**{s: await self.owed.stray_account(s) for s in strays}, **owed,
+        traded = self._symbols()
+        accounts: dict[str, str | None] = {**await self.owed.strays(set(traded)), **self.owed.pending.retire,
                                            **{s: self._account_of(s) for s in traded}}
         symbols = sorted(accounts)
         results = await asyncio.gather(*(self._retire(s, flatten, account=accounts[s]) for s in symbols))

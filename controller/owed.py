@@ -130,12 +130,12 @@ class OwedWork:
     async def _finish_apply(self, cfg: FleetConfig, params: dict[str, SymbolParams]) -> None:
         ctl, owed = self.ctl, self.pending
         traded = {e.symbol for e in cfg.symbols}
-        strays = ctl.agents.live() - traded - set(owed.retire)
+        strays = await self.strays(traded)
         if not owed and not strays:
             return
         if strays:
             log.warning("agents of symbols the fleet does not trade: retired: %s", ", ".join(sorted(strays)))
-        retire = {**{s: await self.stray_account(s) for s in strays}, **owed.retire}
+        retire = {**strays, **owed.retire}
         outcomes = await asyncio.gather(*(self.retire(s, a, again=s in traded) for s, a in retire.items()))
         for symbol, outcome in zip(retire, outcomes):
             if outcome.error or outcome.open_orders != 0:
@@ -146,6 +146,10 @@ class OwedWork:
             log.error("%s: the new parameters not pushed: %s", symbol, error)
         self.store(cfg, params, PendingApply({}, []))
         journal_record(ctl, "apply_finished", detail={"retired": sorted(retire), "pushed": owed.push})
+
+    async def strays(self, traded: set[str]) -> dict[str, str | None]:
+        """The fleet's agents that neither the spec trades nor the owed work retires, with their accounts."""
+        return {s: await self.stray_account(s) for s in self.ctl.agents.live() - traded - set(self.pending.retire)}
 
     async def stray_account(self, symbol: str) -> str | None:
         """The account an agent the spec does not name traded on: its carried books name it; else the

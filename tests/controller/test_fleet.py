@@ -270,12 +270,10 @@ def _two_layers(spec: dict[str, Any]) -> dict[str, Any]:
     return {**spec, "params": {**spec["params"], "SOLUSDT": {**sol, "grid": {**sol["grid"], "max_layers": 2}}}}
 
 
-def _two_per_side() -> Callable[[Fleet], bool]:
-    def check(fleet: Fleet) -> bool:
-        orders = fleet.exchange.open_orders("SOLUSDT")
-        buys = sum(1 for o in orders if o["side"] == "BUY")
-        return 0 < buys <= 2 and 0 < len(orders) - buys <= 2
-    return check
+def _two_per_side(fleet: Fleet) -> bool:
+    orders = fleet.exchange.open_orders("SOLUSDT")
+    buys = sum(1 for o in orders if o["side"] == "BUY")
+    return 0 < buys <= 2 and 0 < len(orders) - buys <= 2
 
 
 def test_apply_changes_parameters_live_without_a_restart(fleet):
@@ -285,7 +283,7 @@ def test_apply_changes_parameters_live_without_a_restart(fleet):
     spec = fleet.ray.get(ctl.spec.remote(), timeout=15)
     result = fleet.ray.get(ctl.apply.remote(_two_layers(spec)), timeout=60)
     assert result["updated"] == ["SOLUSDT"] and not result["errors"] and not result["created"]
-    poll(lambda: _two_per_side()(fleet), 20.0, "SOLUSDT quoting at most 2 layers per side")
+    poll(lambda: _two_per_side(fleet), 20.0, "SOLUSDT quoting at most 2 layers per side")
     after = fleet.status("SOLUSDT")
     assert (after["pid"], after["epoch"]) == (before["pid"], before["epoch"])  # live: no restart
     fleet.ray.get(ctl.apply.remote(spec), timeout=60)
@@ -303,7 +301,7 @@ def test_parameters_applied_while_an_agent_restarts_reach_it(fleet):
     try:
         result = fleet.ray.get(ctl.apply.remote(_two_layers(spec)), timeout=60)
         assert result["updated"] == ["SOLUSDT"] and not result["errors"], result
-        poll(lambda: fleet.status("SOLUSDT")["state"] == "quoting" and _two_per_side()(fleet), 40.0,
+        poll(lambda: fleet.status("SOLUSDT")["state"] == "quoting" and _two_per_side(fleet), 40.0,
              "the restarted SOLUSDT quoting at most 2 layers per side")
     finally:
         fleet.ray.get(ctl.apply.remote(spec), timeout=60)
