@@ -361,7 +361,7 @@ class SymbolAgent:
         self.lease.granted(send_time, grant.lease_ttl_s)
         if abs(self.budget.share - grant.rate_share) > 1e-12:
             self.budget.set_share(grant.rate_share)
-        if self.core is not None:
+        if self.core is not None and not self.stopping:   # (the stop renews its lease, nothing more)
             # A kill state the grant changed; or a halt or flatten the grant holds while the core
             # quotes: the previous grant may say the same where a direct resume came between (it
             # changes the core, not the grant), and a kill asked after that resume must still stop
@@ -423,7 +423,12 @@ class SymbolAgent:
     def on_ownership_lost(self, why: str) -> None:
         self.lease.lose()
         self.blocks.add(BLOCK_LEASE)
-        self.log.event("ownership_lost", f"ownership lost ({why}): quoting stopped; the dead-man switch cancels", level=logging.ERROR)
+        if self.stopping:   # the owner retiring this agent: the stop goes on, cancelling only its own epoch
+            self.log.event("ownership_lost", f"ownership lost during the stop ({why}): only this epoch's orders "
+                           "are cancelled from now on", level=logging.WARNING)
+        else:
+            self.log.event("ownership_lost", f"ownership lost ({why}): quoting stopped; the dead-man switch cancels",
+                           level=logging.ERROR)
 
     # ================================================================== what the parts share
 

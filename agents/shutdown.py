@@ -203,9 +203,15 @@ class Shutdown:
         if flatten and a.lease_ok():   # risk off first: what may still land is outwaited after the flatten
             await self.cancel_all_confirmed(deadline_s=budget / 3)
             a.core.flatten("stop")
-            await self.flatten_confirmed(deadline_s=budget / 3)
+            left = await self.flatten_confirmed(deadline_s=budget / 3)
+            if left:
+                a.log.event("flatten_unfinished", f"the stop's flatten left a position of {left} "
+                            f"({'the lease lapsed' if not a.lease_ok() else 'out of time'})", level=logging.ERROR)
             landing = await self.cancel_until_none_may_land(deadline_s=2.5)
         else:
+            if flatten:
+                a.log.event("flatten_unfinished", "the stop does not flatten: the lease has lapsed (a successor "
+                            "may own the symbol)", level=logging.ERROR)
             landing = await self.cancel_until_none_may_land(deadline_s=budget / 3)
         if landing:
             then = ("the dead-man switch stays armed" if a.lease_ok()

@@ -100,11 +100,16 @@ class Timers:
         return self.agent.runtime.deadman_countdown_ms / 1000 - (self.agent.clock.monotonic() - self.armed_at)
 
     async def renew_loop(self) -> None:
-        own = self.agent.ownership
-        while not self.agent.stopping and not self.agent.lease.lost:
-            await self.agent.tasks.sleep(own.renew_interval_s)
-            if self.agent.stopping:
-                return
+        """Renewals until the lease is lost or the stop ends (it cancels this loop before it releases):
+        the stop works under the lease (a symbol-wide cancel-all, the flatten, the dead-man switch's
+        disarming), and on a slow exchange it outlasts the lease's ttl."""
+        a = self.agent
+        interval = a.ownership.renew_interval_s
+        while not a.lease.lost:
+            if a.stopping:
+                await a.clock.sleep(interval)   # (``tasks.sleep`` returns at once during the stop)
+            else:
+                await a.tasks.sleep(interval)
             await self.renew_once()
 
     async def renew_once(self) -> None:

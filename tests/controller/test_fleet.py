@@ -675,14 +675,23 @@ def test_cli_apply_refuses_a_symbol_the_running_exchange_does_not_list_and_chang
 # --- down ----------------------------------------------------------------------------------------
 
 
-def test_down_leaves_no_open_orders_no_agents_and_no_endpoint(fleet):
+def test_a_flatten_down_with_slow_cancels_leaves_no_position_no_order_no_agent_and_no_endpoint(fleet):
+    """``down --flatten`` while the exchange holds every cancel-all 4 s: each stop outlasts the agent's
+    3 s lease, which it keeps renewing until it has released it, so its flatten still goes out."""
     from ray import serve
 
     from controller.api import app_name
 
     fleet.all_quoting()
-    result = fleet.ray.get(fleet.controller().down.remote(False), timeout=120)
-    assert {s: r["open_orders"] for s, r in result["symbols"].items()} == {s: 0 for s in SYMBOLS}
+    for symbol, amount in (("ETHUSDC", 0.05), ("BTCUSDT", -0.002), ("SOLUSDT", 1.0)):
+        fleet.exchange.set_position(symbol, amount)
+    fleet.exchange.admin("/sim/fault/latency", {"ms": 4000, "path": "/fapi/v1/allOpenOrders"})
+    try:
+        result = fleet.ray.get(fleet.controller().down.remote(True), timeout=120)
+    finally:
+        fleet.exchange.admin("/sim/fault/clear", {})
+    assert {s: r["open_orders"] for s, r in result["symbols"].items()} == {s: 0 for s in SYMBOLS}, result
+    assert {s: fleet.exchange.position(s) for s in SYMBOLS} == {s: 0.0 for s in SYMBOLS}
     for s in SYMBOLS:
         assert fleet.exchange.open_orders(s) == []
         with pytest.raises(ValueError):
