@@ -104,6 +104,7 @@ class RetireOutcome:
     summary: dict[str, Any] | None
     error: str | None
     elapsed_ms: float
+    position: float | None = None   # a flatten's: what the exchange lists after it (None: not read)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -479,13 +480,29 @@ class FleetController(KillSwitches):
                 open_orders = await self.desk.confirm_empty(symbol, account, cancel_first=cancel_first)
         except Exception as exc:  # noqa: BLE001
             error = (error + "; " if error else "") + f"exchange check failed: {named_line(exc)}"
+        position = None
+        if flatten and account:   # the agent's flatten, or this one where it failed (hung, dead, out of time)
+            try:
+                position = await self._close_left(symbol, account, summary)
+            except Exception as exc:  # noqa: BLE001
+                error = (error + "; " if error else "") + f"position not closed: {named_line(exc)}"
         try:
             self.book.forget(symbol)
             await forget_exposition(self.fleet_name, symbol)
         except Exception as exc:  # noqa: BLE001 - the stop is done; what the GCS keeps of it is reported
             error = (error + "; " if error else "") + f"not forgotten: {named_line(exc)}"
         return RetireOutcome(handle is not None, open_orders, summary if isinstance(summary, dict) else None,
-                             error, ms_since(started))
+                             error, ms_since(started), position)
+
+    async def _close_left(self, symbol: str, account: str, summary: Any) -> float:
+        """A flatten's position read at the exchange once its agent is gone (an order of the agent's may
+        have landed after its stop read it), and closed here if it is still open."""
+        before, after = await self.desk.close_position(symbol, account)
+        if before:
+            said = summary.get("exchange_position") if isinstance(summary, dict) else "nothing"
+            log.warning("%s: the flatten left a position of %s (the agent's stop said %s): closed by the "
+                        "controller, %s left", symbol, before, said, after)
+        return after
 
     async def down(self, flatten: bool = False) -> dict[str, Any]:
         """Stop every agent (optionally flattening), confirm 0 open orders, forget the applied spec."""

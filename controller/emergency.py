@@ -233,6 +233,13 @@ class EmergencyDesk:
             log.warning("%s: the position is still %s after %d closing orders refused -2022", symbol, amount, refused)
         return float(amount)
 
+    async def close_position(self, symbol: str, account: str) -> tuple[float, float]:
+        """A flatten's last resort: the symbol's position read, and closed with a reduce-only MARKET
+        order unless flat; the position before and what the exchange lists after."""
+        client = await self.client(account)
+        before = float((await client.position(symbol)).amount)
+        return (before, await self._close_position(client, symbol)) if before else (0.0, 0.0)
+
     def sweep_later(self, symbol: str, account: str, delay: float, still_stopped: Callable[[], Awaitable[bool]]) -> None:
         """Cancel the symbol's orders again after ``delay`` s, if it is still halted or flattening then."""
         task = asyncio.get_running_loop().create_task(self._sweep(symbol, account, delay, still_stopped))

@@ -733,8 +733,16 @@ def cmd_down(args: argparse.Namespace) -> int:
     connect(args.address, ns, start_local=False)
     result = stop_fleet(ns, name, flatten=args.flatten)
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
-    left = [s for s, r in result.get("symbols", {}).items() if r.get("open_orders") not in (0,)]
-    return EXIT_OK if not left else EXIT_FAILED
+    symbols = result.get("symbols", {})
+    left = [s for s, r in symbols.items() if r.get("open_orders") not in (0,)]
+    open_positions = [f"{s} {r.get('position')}" for s, r in symbols.items()
+                      if args.flatten and r.get("position") not in (0, 0.0)]
+    if left:
+        print(f"open orders may be left at the exchange (or were not confirmed) for: {', '.join(left)}",
+              file=sys.stderr)
+    if open_positions:
+        print(f"not flat at the exchange (or not confirmed): {', '.join(open_positions)}", file=sys.stderr)
+    return EXIT_OK if not (left or open_positions) else EXIT_FAILED
 
 
 STATUS_WAIT_S = 5.0   # the controller's status; past this, what the GCS holds is shown instead

@@ -118,7 +118,8 @@ def test_an_agent_ray_does_not_hold_alive_is_answered_at_once_not_waited_for():
 
 def test_a_retire_outcome_is_a_plain_dict():
     out = RetireOutcome(True, 0, {"open_orders": 0}, None, 3.2).to_dict()
-    assert out == {"stopped": True, "open_orders": 0, "summary": {"open_orders": 0}, "error": None, "elapsed_ms": 3.2}
+    assert out == {"stopped": True, "open_orders": 0, "summary": {"open_orders": 0}, "error": None, "elapsed_ms": 3.2,
+                   "position": None}
 
 
 def test_status_view_joins_the_agents_and_the_controllers_book():

@@ -675,9 +675,10 @@ def test_cli_apply_refuses_a_symbol_the_running_exchange_does_not_list_and_chang
 # --- down ----------------------------------------------------------------------------------------
 
 
-def test_a_flatten_down_with_slow_cancels_leaves_no_position_no_order_no_agent_and_no_endpoint(fleet):
+def test_a_flatten_down_leaves_no_position_no_order_no_agent_and_no_endpoint(fleet):
     """``down --flatten`` while the exchange holds every cancel-all 4 s: each stop outlasts the agent's
-    3 s lease, which it keeps renewing until it has released it, so its flatten still goes out."""
+    3 s lease, which it keeps renewing until it has released it, so its flatten still goes out. SOLUSDT's
+    agent is hung (SIGSTOPped): once its stop timed out and the actor is gone, the controller closes it."""
     from ray import serve
 
     from controller.api import app_name
@@ -685,13 +686,20 @@ def test_a_flatten_down_with_slow_cancels_leaves_no_position_no_order_no_agent_a
     fleet.all_quoting()
     for symbol, amount in (("ETHUSDC", 0.05), ("BTCUSDT", -0.002), ("SOLUSDT", 1.0)):
         fleet.exchange.set_position(symbol, amount)
+    hung = fleet.status("SOLUSDT")["pid"]
     fleet.exchange.admin("/sim/fault/latency", {"ms": 4000, "path": "/fapi/v1/allOpenOrders"})
+    os.kill(hung, signal.SIGSTOP)
     try:
         result = fleet.ray.get(fleet.controller().down.remote(True), timeout=120)
     finally:
         fleet.exchange.admin("/sim/fault/clear", {})
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(hung, signal.SIGCONT)
     assert {s: r["open_orders"] for s, r in result["symbols"].items()} == {s: 0 for s in SYMBOLS}, result
     assert {s: fleet.exchange.position(s) for s in SYMBOLS} == {s: 0.0 for s in SYMBOLS}
+    assert {s: r["position"] for s, r in result["symbols"].items()} == {s: 0.0 for s in SYMBOLS}, result
+    assert result["symbols"]["SOLUSDT"]["summary"] is None   # its stop never answered: the controller closed it
+    assert all(result["symbols"][s]["summary"]["exchange_position"] == 0.0 for s in ("ETHUSDC", "BTCUSDT"))
     for s in SYMBOLS:
         assert fleet.exchange.open_orders(s) == []
         with pytest.raises(ValueError):
