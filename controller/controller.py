@@ -364,11 +364,12 @@ class FleetController(KillSwitches):
                           carried: dict[str, Any] | None = None) -> dict[str, Any]:
         """``carried``: a kill the agent holds whose state it has not seen written (``kill_carried``).
         A symbol the applied spec no longer has is refused: an agent that outlived its retirement (its
-        stop failed, say a GCS blip during ``apply``) stops trading at its next renewal."""
+        stop failed, say a GCS blip during ``apply``) stops trading at its next renewal. While its retire
+        is under way its stop keeps the lease (a symbol-wide cancel-all, the dead-man switch disarmed)."""
         self._load()
         if self.owed.holding:
             return self._going_down(symbol, holder)
-        if self.cfg is not None and symbol not in self.params:
+        if self.cfg is not None and symbol not in self.params and symbol not in self.owed.pending.retire:
             log.error("%s: lease renewal refused: not part of fleet %s (an agent left over)", symbol, self.fleet_name)
             return LeaseAnswer(granted=False, symbol=symbol, owner=holder,
                                reason=f"{symbol} is not part of fleet {self.fleet_name}").to_dict()

@@ -206,29 +206,29 @@ class EmergencyDesk:
             await asyncio.sleep(pause_s)
 
     async def _close_position(self, client: Any, symbol: str, attempts: int = 3) -> float:
-        """Close the symbol's position with a reduce-only MARKET order; what the exchange lists after.
-        Refused -2022 (the position closed or turned meanwhile: the agent's own flatten may race this
-        one), the position is read again and closed again if still open."""
+        """Close the symbol's position with reduce-only orders cut to its filters (``closing_orders``);
+        what the exchange lists after. Refused -2022 (the position closed or turned meanwhile: the
+        agent's own flatten may race this one), the position is read again and closed again if still open."""
         from decimal import Decimal
 
         from fleet.binance.errors import ReduceOnlyRejectedError
-        from fleet.binance.models import OrderRequest
 
-        amount = Decimal((await client.position(symbol)).amount)
+        filters = await client.symbol_filters(symbol)
+        position = await client.position(symbol)
         refused = 0
         for _ in range(attempts):
-            if amount == 0:
+            if Decimal(position.amount) == 0:
                 break
-            side = "SELL" if amount > 0 else "BUY"
             try:
-                await client.place_order(OrderRequest(symbol=symbol, side=side, order_type="MARKET",
-                                                      quantity=format(abs(amount), "f"), reduce_only=True))
+                for order in closing_orders(symbol, filters, Decimal(position.amount), Decimal(position.mark_price)):
+                    await client.place_order(order)
             except ReduceOnlyRejectedError:
                 refused += 1
                 log.info("%s: the closing order was refused (-2022): the position changed meanwhile; read again",
                          symbol)
                 await asyncio.sleep(REFUSED_CLOSE_PAUSE_S)   # the other close's fill settling
-            amount = Decimal((await client.position(symbol)).amount)
+            position = await client.position(symbol)
+        amount = Decimal(position.amount)
         if amount != 0 and refused:
             log.warning("%s: the position is still %s after %d closing orders refused -2022", symbol, amount, refused)
         return float(amount)
@@ -273,3 +273,34 @@ class EmergencyDesk:
         for client in self.clients.values():
             await client.close()
         self.clients.clear()
+
+
+def closing_orders(symbol: str, filters: Any, amount: Any, mark: Any) -> list[Any]:
+    """Reduce-only orders that close ``amount`` (signed, long > 0) within the symbol's filters: MARKET
+    orders on MARKET_LOT_SIZE's step, split evenly below its maxQty; what is left under one market
+    step or its minQty as an IOC LIMIT (LOT_SIZE's grid) halfway from the mark to PERCENT_PRICE's
+    edge, so it crosses the book and stays inside the band. Nothing for a remainder under LOT_SIZE's
+    minQty, or without a mark."""
+    from decimal import Decimal
+
+    from fleet.binance.models import OrderRequest
+
+    side = "SELL" if amount > 0 else "BUY"
+    steps = filters.qty_steps_floor(abs(amount))
+    pieces = filters.market_split(steps)
+    orders = [OrderRequest(symbol=symbol, side=side, order_type="MARKET", quantity=filters.qty_str(q),
+                           reduce_only=True) for q in pieces]
+    rest = steps - sum(pieces)
+    if rest > 0 and rest >= filters.min_qty_steps() and mark > 0:
+        half = Decimal(2)
+        if side == "SELL":
+            down = filters.multiplier_down
+            ticks = filters.price_ticks_floor(mark * (1 - ((1 - down) / half if 0 < down < 1 else Decimal("0.01"))))
+        else:
+            up = filters.multiplier_up
+            ticks = filters.price_ticks_ceil(mark * (1 + ((up - 1) / half if up > 1 else Decimal("0.01"))))
+        if ticks > 0:
+            orders.append(OrderRequest(symbol=symbol, side=side, order_type="LIMIT", time_in_force="IOC",
+                                       price=filters.price_str(ticks), quantity=filters.qty_str(rest),
+                                       reduce_only=True))
+    return orders

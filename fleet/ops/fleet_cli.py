@@ -742,7 +742,10 @@ def cmd_down(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if open_positions:
         print(f"not flat at the exchange (or not confirmed): {', '.join(open_positions)}", file=sys.stderr)
-    return EXIT_OK if not (left or open_positions) else EXIT_FAILED
+    failed = {s: r["error"] for s, r in symbols.items() if r.get("error")}
+    for symbol, error in failed.items():   # a stop that timed out, an agent not killed, a check that failed
+        print(f"{symbol}: {error}", file=sys.stderr)
+    return EXIT_OK if not (left or open_positions or failed) else EXIT_FAILED
 
 
 STATUS_WAIT_S = 5.0   # the controller's status; past this, what the GCS holds is shown instead

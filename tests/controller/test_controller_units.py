@@ -215,3 +215,28 @@ def test_the_work_an_apply_or_a_down_owes_reads_back_as_stored():
     assert PendingApply.from_doc(json.loads(json.dumps(owed.to_doc()))) == owed
     assert not PendingApply({}, []) and PendingApply({}, [], down=False)   # a down without a flatten is owed too
     assert PendingApply.from_doc(None) == PendingApply({}, []) == PendingApply.from_doc("garbage")
+
+
+def test_the_controllers_close_is_cut_to_the_symbols_filters():
+    """A flatten's last resort at the exchange: MARKET orders on MARKET_LOT_SIZE's step and under its
+    maxQty (one order of the whole position is refused -4005 above it), the rest under one market step
+    as a reduce-only IOC limit inside PERCENT_PRICE's band."""
+    from decimal import Decimal
+
+    from controller.emergency import closing_orders
+    from fleet.binance.filters import SymbolFilters
+    from tests.fleet.binance.test_filters import LIVE_BTCUSDT
+
+    entry = {**LIVE_BTCUSDT, "filters": [
+        *(f for f in LIVE_BTCUSDT["filters"] if f["filterType"] != "MARKET_LOT_SIZE"),
+        {"filterType": "MARKET_LOT_SIZE", "minQty": "0.02", "maxQty": "1.5", "stepSize": "0.01"}]}
+    f = SymbolFilters.from_exchange_info(entry)
+    long = closing_orders("BTCUSDT", f, Decimal("4.009"), Decimal("60000"))
+    assert [(o.side, o.order_type, o.quantity, o.reduce_only) for o in long[:3]] == [
+        ("SELL", "MARKET", "1.340", True), ("SELL", "MARKET", "1.330", True), ("SELL", "MARKET", "1.330", True)]
+    rest = long[3]
+    assert (rest.order_type, rest.time_in_force, rest.quantity, rest.reduce_only) == ("LIMIT", "IOC", "0.009", True)
+    assert Decimal(rest.price) == Decimal("58500.0")   # halfway to multiplierDown 0.95: crosses, inside the band
+    short = closing_orders("BTCUSDT", f, Decimal("-0.015"), Decimal("60000"))   # under the market's minQty
+    assert [(o.side, o.order_type, o.quantity, o.price) for o in short] == [("BUY", "LIMIT", "0.015", "61500.0")]
+    assert closing_orders("BTCUSDT", f, Decimal("0.0005"), Decimal("60000")) == []   # under LOT_SIZE's step

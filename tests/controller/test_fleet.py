@@ -528,9 +528,16 @@ def test_apply_removes_unlisted_symbols_and_resplits_the_accounts_rate_limits(fl
     spec = fleet.ray.get(ctl.spec.remote(), timeout=15)
     fewer_fleet = {**spec["fleet"], "symbols": [e for e in spec["fleet"]["symbols"] if e["symbol"] != "SOLUSDT"]}
     fewer = {"fleet": fewer_fleet, "params": {s: p for s, p in spec["params"].items() if s != "SOLUSDT"}}
-    result = fleet.ray.get(ctl.apply.remote(fewer), timeout=120)
+    fleet.all_quoting()
+    fleet.exchange.admin("/sim/fault/latency", {"ms": 1000, "path": "/fapi/v1/allOpenOrders"})
+    try:   # a stop slower than a renewal: the removed agent keeps its lease until it released it
+        result = fleet.ray.get(ctl.apply.remote(fewer), timeout=120)
+    finally:
+        fleet.exchange.admin("/sim/fault/clear", {})
     assert result["removed"]["SOLUSDT"]["open_orders"] == 0
     assert result["rate_shares"] == {"ETHUSDC": 0.5, "BTCUSDT": 0.5}
+    # ... so it disarmed its dead-man switch, which only an owner may do
+    assert fleet.exchange.state("SOLUSDT")["positions"]["SOLUSDT"]["countdown_deadline_ms"] in (None, 0)
     with pytest.raises(ValueError):
         fleet.ray.get_actor("agent.SOLUSDT", namespace=fleet.ns)
     assert fleet.exchange.open_orders("SOLUSDT") == []
