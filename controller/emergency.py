@@ -213,8 +213,7 @@ class EmergencyDesk:
 
         from fleet.binance.errors import ReduceOnlyRejectedError
 
-        filters = await client.symbol_filters(symbol)
-        position = await client.position(symbol)
+        filters, position = await asyncio.gather(client.symbol_filters(symbol), client.position(symbol))
         refused = 0
         for _ in range(attempts):
             if Decimal(position.amount) == 0:

@@ -86,3 +86,21 @@ async def test_a_flatten_whose_close_is_raced_reads_the_position_again_and_repor
     assert outcome.outcome == Outcome.EMERGENCY_CANCELLED and outcome.position == 0 and outcome.open_orders == 0
     state = await admin(sim, "GET", "/sim/state", params={"account": account, "symbol": SYMBOL})
     assert float(state["positions"][SYMBOL]["amount"]) == 0      # the exchange's truth
+
+
+async def test_a_position_above_the_markets_max_qty_is_closed_in_pieces_and_the_odd_rest_by_a_limit(
+        sim_factory, monkeypatch):
+    """ETHUSDC with MARKET orders on a 0.01 step of at most 0.05 each: a long of 0.123 is closed by three
+    MARKET orders (0.04 each: one of 0.123 is refused -4005) and an IOC limit of the 0.003 off the step."""
+    from tests.e2e.test_agent_exchange_limits import ETH_COARSE_MARKET
+
+    sim = await sim_factory(config={"symbols": [ETH_COARSE_MARKET]}, symbols=["ETHUSDC"])
+    desk, account = desk_on(sim, monkeypatch)
+    await admin(sim, "POST", "/sim/position", {"account": account, "symbol": "ETHUSDC", "amount": "0.123"})
+    try:
+        before, after = await desk.close_position("ETHUSDC", account)
+    finally:
+        await desk.close()
+    assert (before, after) == (0.123, 0.0)
+    state = await admin(sim, "GET", "/sim/state", params={"account": account, "symbol": "ETHUSDC"})
+    assert Decimal(state["positions"]["ETHUSDC"]["amount"]) == 0      # the exchange's truth
