@@ -64,7 +64,8 @@ def sim_thread() -> Iterator[SimThread]:
 RAY_MODULES = frozenset(f"tests/{m}.py" for m in (
     "controller/test_api", "controller/test_api_fleet", "controller/test_console", "controller/test_controller_leases",
     "controller/test_dashboard",
-    "controller/test_fleet", "controller/test_fleet_cli", "controller/test_fleet_up_cli", "controller/test_fleet_zombie",
+    "controller/test_fleet", "controller/test_fleet_cli", "controller/test_fleet_down_killed",
+    "controller/test_fleet_up_cli", "controller/test_fleet_zombie",
     "controller/test_gcs_ft", "controller/test_kill_paths", "controller/test_multinode", "simulate/test_sweep",
 ))
 RAY_UNIT = "ray"
