@@ -153,6 +153,7 @@ class FleetController(KillSwitches):
         self.reconciles = 0
         self.recreated: dict[str, int] = {}
         self.emergencies: dict[str, int] = {}
+        self.last_down: dict[str, Any] | None = None   # what the last down did, for a call made again after it
         self.last_error: str | None = None
         self.loaded = False
         self.reconciler: asyncio.Task | None = None
@@ -525,6 +526,8 @@ class FleetController(KillSwitches):
         accounts: dict[str, str | None] = {**await self.owed.strays(set(traded)), **self.owed.pending.retire,
                                            **{s: self._account_of(s) for s in traded}}
         symbols = sorted(accounts)
+        if not symbols and self.last_down is not None:   # called again (a retry, the operator) after it finished
+            return {**self.last_down, "finished_earlier": True}
         results = await asyncio.gather(*(self._retire(s, flatten, account=accounts[s]) for s in symbols))
         self.book.delete_doc(SPEC_DOC)
         await self.desk.close()
@@ -534,7 +537,9 @@ class FleetController(KillSwitches):
         else:
             await self.kill_desk.close()
         self.cfg, self.params, self.shares, self.owed.pending = None, {}, {}, PendingApply({}, [])
-        return {"fleet": self.fleet_name, "symbols": {s: r.to_dict() for s, r in zip(symbols, results)}}
+        self.last_down = {"fleet": self.fleet_name, "flatten": flatten,
+                          "symbols": {s: r.to_dict() for s, r in zip(symbols, results)}}
+        return self.last_down
 
     async def ping(self) -> dict[str, Any]:
         return {"fleet": self.fleet_name, "uptime_s": round(time.time() - self.started_at, 1), "pid": os.getpid(),

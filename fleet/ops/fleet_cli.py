@@ -734,6 +734,14 @@ def cmd_down(args: argparse.Namespace) -> int:
     result = stop_fleet(ns, name, flatten=args.flatten)
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
     symbols = result.get("symbols", {})
+    if result.get("finished_earlier"):
+        print("this fleet's down had already finished (its controller finished it after a restart): "
+              "what it did is shown", file=sys.stderr)
+    elif not symbols:
+        print(f"fleet {name!r} had no agent to stop", file=sys.stderr)
+    if args.flatten and result.get("flatten") is False:
+        print("the down that finished did not flatten: positions were left as they were", file=sys.stderr)
+        return EXIT_FAILED
     left = [s for s, r in symbols.items() if r.get("open_orders") not in (0,)]
     open_positions = [f"{s} {r.get('position')}" for s, r in symbols.items()
                       if args.flatten and r.get("position") not in (0, 0.0)]

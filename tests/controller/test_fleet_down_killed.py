@@ -61,5 +61,7 @@ def test_a_flatten_down_whose_controller_is_killed_midway_ends_flat(ray_cluster,
             with pytest.raises(ValueError):
                 agent(s)
         assert ray_module.get(find_controller(cfg.namespace).spec.remote(), timeout=15) is None   # forgotten
+        again = ray_module.get(find_controller(cfg.namespace).down.remote(True), timeout=60)   # an operator's retry
+        assert again["finished_earlier"] and again["symbols"] == result["symbols"] and again["flatten"]
     finally:
         stop_fleet(cfg.namespace, cfg.name)
