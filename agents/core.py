@@ -57,6 +57,25 @@ class Actions:
 
 
 
+def market_pieces(filters: SymbolFilters, store: Store, max_notional: float, qty_steps: int) -> list[int]:
+    """Reduce-only MARKET orders for ``qty_steps``: on MARKET_LOT_SIZE, and each within the guard's
+    ``max_order_notional`` at the reference price (one order above it would be refused every cycle:
+    a flatten or a drawdown cut of a big position would never go)."""
+    ref = store.mark or store.mid
+    cap = int(max_notional / (ref * store.step) * (1 - 1e-9)) if ref > 0.0 else None
+    return filters.market_split(qty_steps, cap)
+
+
+def rest_price_ticks(filters: SymbolFilters, ref: float, price_band: float, side: str, qty: int) -> int | None:
+    """The price of a flatten's rest under one market step or minQty, a reduce-only IOC limit halfway to
+    the price band's edge (inside the guard's band and PERCENT_PRICE); None if it cannot go."""
+    if ref <= 0.0 or qty < filters.min_qty_steps():
+        return None
+    edge = price_band * 0.5
+    px = filters.price_ticks_floor(ref * (1 - edge)) if side == SELL else filters.price_ticks_ceil(ref * (1 + edge))
+    return px if px > 0 else None
+
+
 class AgentCore:
     """The pure trading core of one symbol agent (no I/O, no clock: ``now_ms`` is passed in)."""
 
@@ -84,6 +103,7 @@ class AgentCore:
         self.manager = OrderManager(params.orders, self.ids)
         self.twap: list[TwapSlice] = []
         self.twap_dropped = 0  # slices given up after TWAP_MAX_TRIES refusals
+        self.twap_requeued = 0  # slices put back in the plan: not sent (the budget, the order gate) or a 429
         self._grind: tuple[GrindDecision, str, int] | None = None
         self.last_ladder: Ladder | None = None
         self.last_quote_ms = -(10**18)
@@ -135,6 +155,16 @@ class AgentCore:
         """The answer to ``decision`` was ambiguous (it may have executed, even later): it stays
         counted until a frame or a look-up past its recvWindow settles it (never read as refused)."""
         self.store.on_outcome_unknown(decision.client_order_id, now_ms, isinstance(decision, Cancel))
+
+    def slice_back(self, decision: Decision) -> bool:
+        """A drawdown slice that did not reach the exchange (held by the budget or the order gate, a 429)
+        goes back at the head of the plan, due at the next slice time. True if ``decision`` was one."""
+        if not isinstance(decision, Place) or decision.reason != OrderReason.DRAWDOWN:
+            return False
+        due = self.last_quote_ms + self.drawdown.interval_ms
+        self.twap.insert(0, TwapSlice(due, decision.side, decision.qty_steps))
+        self.twap_requeued += 1
+        return True
 
     def on_not_sent(self, decision: Decision) -> None:
         """``on_sent`` was called but the request never left (rate budget, shutdown): undo it, without
@@ -321,7 +351,7 @@ class AgentCore:
             return 0
         side = SELL if pos > 0 else BUY
         refused = 0
-        pieces = self.filters.market_split(abs(pos))
+        pieces = market_pieces(self.filters, self.store, self.guard.max_notional, abs(pos))
         for q in pieces:
             p = Place(self.ids.next(), side, 0, q, "", True, OrderType.MARKET, OrderReason.FLATTEN)
             if self.guard.check_place(p, extra[0], extra[1]) is None:
@@ -334,14 +364,9 @@ class AgentCore:
         return refused
 
     def _flatten_rest_into(self, places: list[Place], side: str, qty: int, extra: list[int]) -> int:
-        f = self.filters
         s = self.store
-        ref = s.mark or s.mid
-        if ref <= 0.0 or qty < f.min_qty_steps():
-            return 0
-        edge = self.params.risk.price_band * 0.5  # inside the guard's band and PERCENT_PRICE
-        px = f.price_ticks_floor(ref * (1 - edge)) if side == SELL else f.price_ticks_ceil(ref * (1 + edge))
-        if px <= 0:
+        px = rest_price_ticks(self.filters, s.mark or s.mid, self.params.risk.price_band, side, qty)
+        if px is None:
             return 0
         p = Place(self.ids.next(), side, px, qty, TimeInForce.IOC, True, OrderType.LIMIT, OrderReason.FLATTEN)
         if self.guard.check_place(p, extra[0], extra[1]) is None:
@@ -367,7 +392,7 @@ class AgentCore:
             pos = s.position_steps
             if (sl.side == SELL and pos <= 0) or (sl.side == BUY and pos >= 0):
                 continue  # nothing left to reduce on that side (its time passes to the next slice)
-            pieces = self.filters.market_split(min(sl.qty_steps, abs(pos)))
+            pieces = market_pieces(self.filters, self.store, self.guard.max_notional, min(sl.qty_steps, abs(pos)))
             if not pieces:
                 continue  # under one market step / minQty of what is left: nothing to send
             ok: list[Place] = []
@@ -375,12 +400,9 @@ class AgentCore:
                 p = Place(self.ids.next(), sl.side, 0, q, "", True, OrderType.MARKET, OrderReason.DRAWDOWN)
                 if self.guard.check_place(p, extra[0], extra[1]) is None:
                     ok.append(p)
-            if len(ok) == len(pieces):
-                places.extend(ok)
-            else:
+            places.extend(ok)   # what passed; a refused rest waits for the next slice time
+            if len(ok) != len(pieces):
                 refused += 1
-                if ok:  # send what passed; the refused rest waits for the next slice time
-                    places.extend(ok)
                 left = sl.qty_steps - sum(p.qty_steps for p in ok)
                 if sl.tries + 1 < TWAP_MAX_TRIES and left > 0:
                     self.twap.insert(0, replace(sl, qty_steps=left, tries=sl.tries + 1))

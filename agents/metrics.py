@@ -263,6 +263,10 @@ class AgentMetrics:
             ref.add_metric([self.symbol, reason], float(n))
         yield ref
         yield _counter("mm_quote_cycles", "quote cycles run", sym, core.cycles)
+        yield _counter("mm_drawdown_slices_requeued", "drawdown slices put back in the plan: not sent (rate "
+                       "budget, order gate) or answered 429", sym, core.twap_requeued)
+        yield _counter("mm_drawdown_slices_dropped", "drawdown slices given up after the guard refused them "
+                       "5 times", sym, core.twap_dropped)
         yield _counter("mm_stale_frames", "duplicate or older exchange frames skipped", sym, s.stale_updates)
         yield _counter("mm_foreign_frames", "frames for another symbol skipped", sym, s.foreign_events)
         yield _counter("mm_liquidations", "fills of the exchange's liquidation orders (each halts the symbol)", sym,

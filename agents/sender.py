@@ -277,11 +277,13 @@ class OrderSender:
             for d in items:
                 core.on_not_sent(d)  # refused here (budget, order gate), nothing left: not an exchange rejection
             self.agent.log.event("not_sent", f"{batch.kind} x{len(items)} not sent: {exc.msg}", level=logging.DEBUG)
+            self._slices_back(core, items, exc.msg)
         elif isinstance(exc, RateLimitedError):
             self.agent.counters["rate_limited"] += 1
             for d in items:
                 core.on_rejected(d, exc.code, self.agent.exchange_ms())
             self.agent.log.event("rate_limited", f"429: pausing {exc.retry_after}s", level=logging.WARNING)
+            self._slices_back(core, items, f"429, {exc.retry_after}s")
         else:
             for d in items:
                 core.on_rejected(d, exc.code, self.agent.exchange_ms())
@@ -294,6 +296,15 @@ class OrderSender:
                 self.agent.contract.position_mode_refused()
             else:
                 self.agent.log.event("request_failed", f"{batch.kind} x{len(items)}: {exc!r}", level=logging.WARNING)
+
+    def _slices_back(self, core: AgentCore, items: Any, why: str) -> None:
+        """Drawdown slices that did not reach the exchange go back in the plan (said the first time, then
+        every 20th: a long rate limit puts them back at every slice time)."""
+        back = sum(core.slice_back(d) for d in items)
+        before = core.twap_requeued - back
+        if back and (before == 0 or before // 20 != core.twap_requeued // 20):
+            self.agent.log.event("drawdown_slice_back", f"{back} drawdown slice(s) not sent ({why}): back in the "
+                                 f"plan for the next slice time ({core.twap_requeued} so far)", level=logging.WARNING)
 
     def _apply_results(self, core: AgentCore, batch: Batch, results: list[Any]) -> None:
         """One answer per item: an order to the core, a rejection to the core (logged unless quiet),
@@ -315,11 +326,13 @@ class OrderSender:
                 continue
             elif isinstance(res, NotSentError):  # refused here (budget, order gate), nothing sent
                 core.on_not_sent(d)
+                self._slices_back(core, (d,), res.msg)
             elif isinstance(res, RateLimitedError):  # a single call of several, refused by a 429
                 self.agent.counters["rate_limited"] += 1
                 core.on_rejected(d, res.code, self.agent.exchange_ms())
                 self.agent.log.event("rate_limited", f"429: pausing {res.retry_after}s", level=logging.WARNING,
                                      client_order_id=d.client_order_id)
+                self._slices_back(core, (d,), f"429, {res.retry_after}s")
             elif isinstance(res, BinanceError):
                 core.on_rejected(d, res.code, self.agent.exchange_ms())
                 if res.code in MARGIN_REFUSALS:

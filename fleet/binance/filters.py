@@ -205,11 +205,14 @@ class SymbolFilters:
         """``qty_steps`` rounded down onto the MARKET grid (sizes round down)."""
         return qty_steps - qty_steps % self._market_unit if qty_steps > 0 else 0
 
-    def market_split(self, qty_steps: int) -> list[int]:
+    def market_split(self, qty_steps: int, max_steps: int | None = None) -> list[int]:
         """``qty_steps`` as MARKET orders: rounded down onto the market step, split evenly into the
-        fewest orders of at most maxQty; none below minQty (what rounds away is left to the caller)."""
+        fewest orders of at most maxQty (and at most ``max_steps``, a notional's worth, when that
+        leaves at least minQty); none below minQty (what rounds away is left to the caller)."""
         unit = self._market_unit
         lo, hi = self._market_min_steps, self._market_max_steps
+        if max_steps is not None and lo <= max_steps - max_steps % unit < hi:
+            hi = max_steps - max_steps % unit
         q = self.market_qty_floor(qty_steps)
         if q < lo or hi < lo:
             return []

@@ -360,6 +360,36 @@ def test_drawdown_slices_are_market_orders_on_the_market_step_within_its_max_qty
     assert all(d.order_type == "MARKET" and d.reduce_only and d.side == SELL for d in first)
 
 
+def test_a_flatten_above_the_max_order_notional_goes_in_pieces_under_it():
+    """A reduce-only MARKET order worth more than ``max_order_notional`` is refused by the guard at every
+    cycle: the flatten splits so that each piece passes (0.123 at 3000 with 100 a piece: 0.033 at most)."""
+    core, ex = started(params=seed_params(risk={"max_order_notional": 100.0}))
+    core.on_event(account_update(123, 3000.0, t=1_500, wallet="1000"), 1_500)
+    ex.position = 123
+    core.flatten()
+    market = [d for d in core.quote(2_000) if isinstance(d, Place) and d.order_type == "MARKET"]
+    assert [d.qty_steps for d in market] == [31, 31, 31, 30]
+    assert all(3000.0 * d.qty_steps * 0.001 <= 100.0 and d.reduce_only and d.side == SELL for d in market)
+    ex.send(market, 2_000)
+    assert ex.position == 0 and core.guard.refusals.get("max_notional", 0) == 0
+
+
+def test_a_drawdown_slice_the_budget_did_not_send_goes_back_in_the_plan():
+    """A slice refused on its way out (a 429 on the IP's weight holds even the risk lane) would end the
+    band's reduction: it goes back at the head of the plan, due at the next slice time."""
+    core, ex = _drawdown_started()
+    first = [d for d in core.quote(2_000) if isinstance(d, Place) and d.reason == "drawdown"]
+    assert [d.qty_steps for d in first] == [13]
+    for d in first:
+        core.on_sent(d, 2_000)
+        core.on_not_sent(d)
+        assert core.slice_back(d)
+    assert core.twap_requeued == 1 and core.twap[0].qty_steps == 13 and core.twap[0].due_ms == 2_000 + 1_200
+    due = _run_slices(core, ex, [2_500, 3_200, 4_400, 5_600, 6_800, 9_000])
+    assert due == [(2_500, []), (3_200, [13]), (4_400, [13]), (5_600, [12]), (6_800, [12]), (9_000, [])]
+    assert ex.position == 150   # the whole 25 %, none of it lost
+
+
 # --- requests ---------------------------------------------------------------------------------
 
 
