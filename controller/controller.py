@@ -70,15 +70,40 @@ class ControllerSettings:
 
 @dataclass(frozen=True)
 class FleetRisk:
-    """The fleet's gross notional against its cap, from the agents that answered."""
+    """The fleet's gross notional against its cap; each symbol's notional counted, and the symbols whose
+    agent gave no figure of its own (counted at their last known notional)."""
 
     gross_notional: float
     over: bool
+    notional: dict[str, float]
+    unknown: tuple[str, ...] = ()
 
 
-def fleet_risk(exposures: list[Any], max_total_notional: float) -> FleetRisk:
-    gross = sum(abs(_num(a.get("notional"))) for a in exposures if isinstance(a, dict))
-    return FleetRisk(gross, gross > max_total_notional)
+def _known_notional(answer: Any) -> float | None:
+    """An agent's gross notional, or None where its answer gives none: no answer (timed out, failed), a
+    start not done (no core, no snapshot of the exchange yet), a position without a price yet."""
+    if not isinstance(answer, dict) or answer.get("starting") or "notional" not in answer:
+        return None
+    if _num(answer.get("position")) != 0 and not (_num(answer.get("mark")) or _num(answer.get("mid"))):
+        return None
+    return abs(_num(answer.get("notional")))
+
+
+def fleet_risk(symbols: list[str], exposures: list[Any], max_total_notional: float,
+               last_known: dict[str, float]) -> FleetRisk:
+    """Each agent's answer, or where it gave none its last known notional: its position stays at the
+    exchange meanwhile (read as 0, an agent restarting took a fleet over its cap back "under" it, and
+    reduce-only went off for every agent)."""
+    notional: dict[str, float] = {}
+    unknown: list[str] = []
+    for symbol, answer in zip(symbols, exposures):
+        n = _known_notional(answer)
+        if n is None:
+            unknown.append(symbol)
+            n = last_known.get(symbol, 0.0)
+        notional[symbol] = n
+    gross = sum(notional.values())
+    return FleetRisk(gross, gross > max_total_notional, notional, tuple(unknown))
 
 
 def reduce_only_behind(symbols: list[str], exposures: list[Any], flag: bool) -> list[str]:
@@ -148,6 +173,7 @@ class FleetController(KillSwitches):
         self.shares: dict[str, float] = {}
         self.reduce_only = False
         self.gross_notional = 0.0
+        self.notional_seen: dict[str, float] = {}   # each symbol's last known notional (fleet_risk)
         self.stopping = False
         self.started_at = time.time()
         self.reconciles = 0
@@ -341,9 +367,10 @@ class FleetController(KillSwitches):
         symbols = self._symbols()
         answers = await asyncio.gather(*(self.agents.call(s, "exposure") for s in symbols), return_exceptions=True)
         cap = self.cfg.risk.max_total_notional
-        risk = fleet_risk(list(answers), cap)
-        self.gross_notional = risk.gross_notional
-        if risk.over != self.reduce_only:
+        risk = fleet_risk(symbols, list(answers), cap, self.notional_seen)
+        self.gross_notional, self.notional_seen = risk.gross_notional, risk.notional
+        # reduce-only goes off only once every agent has given its own figure (not on a last known one)
+        if risk.over != self.reduce_only and (risk.over or not risk.unknown):
             log.warning("fleet gross notional %.2f %s cap %.2f: reduce-only %s", risk.gross_notional,
                         "over" if risk.over else "back under", cap, "on" if risk.over else "off")
             self.reduce_only = risk.over

@@ -72,12 +72,19 @@ def test_the_outcome_of_a_kill_carried_out():
     assert Outcome.done("flatten") is Outcome.FLATTENED
 
 
-def test_fleet_risk_sums_the_gross_notional_of_the_agents_that_answered():
-    answers = [{"notional": 600.0}, {"notional": -500.0}, TimeoutError("late"), {"notional": "nan?"}, {}]
-    risk = fleet_risk(answers, 1000.0)
-    assert risk.gross_notional == 1100.0 and risk.over
-    assert not fleet_risk(answers[:1], 1000.0).over
-    assert fleet_risk([], 1000.0).gross_notional == 0.0
+def test_fleet_risk_counts_an_agent_without_a_figure_at_its_last_known_notional():
+    """An agent that times out, restarts, has not read the exchange yet or has no price keeps its
+    position at the exchange: read as 0, a fleet over its cap went "back under" it."""
+    symbols = ["A", "B", "C", "D", "E", "F"]
+    answers = [{"notional": 600.0, "position": 0.2, "mark": 3000.0}, {"notional": -500.0, "position": -1, "mid": 500.0},
+               TimeoutError("late"), {"starting": True, "notional": 0.0}, {"notional": 0.0, "position": 2.0, "mark": 0.0},
+               {}]
+    last = {"C": 700.0, "D": 300.0, "E": 100.0}
+    risk = fleet_risk(symbols, answers, 1000.0, last)
+    assert risk.notional == {"A": 600.0, "B": 500.0, "C": 700.0, "D": 300.0, "E": 100.0, "F": 0.0}
+    assert risk.gross_notional == 2200.0 and risk.over and risk.unknown == ("C", "D", "E", "F")
+    assert not fleet_risk(symbols[:1], answers[:1], 1000.0, {}).over
+    assert fleet_risk([], [], 1000.0, last).gross_notional == 0.0
 
 
 def test_the_reduce_only_flag_is_pushed_only_to_agents_that_do_not_show_it():
