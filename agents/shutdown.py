@@ -165,7 +165,7 @@ class Shutdown:
             "exposure": a.exposure(),
             "exchange_open_orders": open_n,
             "exchange_position": position,
-            "flattened": bool(flatten),
+            "flattened": bool(flatten) and position == 0,   # the exchange says flat (None: not read)
             "stop_elapsed_ms": int((a.clock.monotonic() - t0) * 1000),
         }
         if open_n is not None:
