@@ -531,6 +531,8 @@ class FleetController(KillSwitches):
             said = summary.get("exchange_position") if isinstance(summary, dict) else "nothing"
             log.warning("%s: the flatten left a position of %s (the agent's stop said %s): closed by the "
                         "controller, %s left", symbol, before, said, after)
+            journal_record(self, "position_closed", symbol=symbol, account=account, reason="down --flatten",
+                           detail={"before": before, "after": after, "agent_said": said})
         return after
 
     async def down(self, flatten: bool = False) -> dict[str, Any]:
@@ -556,6 +558,12 @@ class FleetController(KillSwitches):
         if not symbols and self.last_down is not None:   # called again (a retry, the operator) after it finished
             return {**self.last_down, "finished_earlier": True}
         results = await asyncio.gather(*(self._retire(s, flatten, account=accounts[s]) for s in symbols))
+        outcomes = {s: r.to_dict() for s, r in zip(symbols, results)}
+        journal_record(self, "down", detail={"flatten": flatten, "symbols": {
+            s: {k: o[k] for k in ("open_orders", "position", "error")} for s, o in outcomes.items()}})
+        audit, self._journal_audit = getattr(self, "_journal_audit", None), None
+        if audit is not None:   # drained before the controller is removed (its events would die with it)
+            await asyncio.to_thread(audit.close)
         self.book.delete_doc(SPEC_DOC)
         await self.desk.close()
         if self.kill_loop is not None and self.kill_loop is not asyncio.get_running_loop():
@@ -564,8 +572,7 @@ class FleetController(KillSwitches):
         else:
             await self.kill_desk.close()
         self.cfg, self.params, self.shares, self.owed.pending = None, {}, {}, PendingApply({}, [])
-        self.last_down = {"fleet": self.fleet_name, "flatten": flatten,
-                          "symbols": {s: r.to_dict() for s, r in zip(symbols, results)}}
+        self.last_down = {"fleet": self.fleet_name, "flatten": flatten, "symbols": outcomes}
         return self.last_down
 
     async def ping(self) -> dict[str, Any]:

@@ -836,6 +836,7 @@ def cmd_exposure(args: argparse.Namespace) -> int:
 
 
 HALT_WAIT_S = 15.0       # the endpoint's answer to a halt (it answers once 0 is confirmed, within a second or so)
+HALT_RACE_S = 2.0        # ... past this the controller's halt runs beside it (a replica restarting, hung)
 FLATTEN_WAIT_S = 90.0    # ... to a flatten (the controller's, up to its 60 s kill timeout, or the endpoint's own)
 CONTROLLER_KILL_WAIT_S = 120.0
 CLI_BY = {"actor": "cli", "token_fp": None}   # the journal's "who asked" of a kill through Ray
@@ -873,6 +874,62 @@ def _endpoint_kill(fleet_name: str, symbols: list[str] | None, mode: str, reason
                         f"second flattener is never started: check python -m fleet status", EXIT_FAILED)
 
 
+def _controller_kill(args: argparse.Namespace, symbols: list[str] | None, mode: str) -> dict[str, Any]:
+    import ray
+
+    ctl, _, _ = _controller(args)
+    try:
+        asked_at = time.time()   # its kill state's since: a resume asked after it stands, whenever it runs
+        return {**ray.get(ctl.kill.remote(symbols, mode, args.reason, CLI_BY, asked_at),
+                          timeout=CONTROLLER_KILL_WAIT_S), "via": "controller"}
+    except ray.exceptions.RayTaskError as exc:
+        raise FleetCliError(str(exc.cause if hasattr(exc, "cause") else exc)) from None
+    except ray.exceptions.GetTimeoutError:
+        raise FleetCliError(f"the controller did not answer the kill within {CONTROLLER_KILL_WAIT_S:g} s; "
+                            f"its state is unknown: check python -m fleet status", EXIT_FAILED) from None
+
+
+def _race_halt(args: argparse.Namespace, name: str, symbols: list[str] | None) -> dict[str, Any]:
+    """A halt through the endpoint; if it has not answered within ``HALT_RACE_S`` (its replica restarting
+    or hung), the controller's halt runs beside it and the first answer is taken: a halt carried out
+    twice is harmless. Each runs on a daemon thread, so one that never answers does not hold the exit."""
+    import queue
+    import threading
+
+    answers: queue.Queue = queue.Queue()
+
+    def run(route: str, call: Any) -> None:
+        try:
+            answers.put((route, call(), None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            answers.put((route, None, exc))
+
+    def start(route: str, call: Any) -> None:
+        threading.Thread(target=run, args=(route, call), name=f"kill-{route}", daemon=True).start()
+
+    start("endpoint", lambda: _endpoint_kill(name, symbols, "halt", args.reason))
+    pending, controller_asked, failure = {"endpoint"}, False, None
+    while pending:
+        try:
+            route, result, exc = answers.get(timeout=None if controller_asked else HALT_RACE_S)
+        except queue.Empty:   # the endpoint is slow: the controller's halt beside it
+            print(f"the endpoint has not answered the halt within {HALT_RACE_S:g} s; asking the controller too",
+                  file=sys.stderr)
+        else:
+            pending.discard(route)
+            if exc is None and result is not None:
+                return {**result, "via": "endpoint"} if route == "endpoint" else result
+            if route == "endpoint" and isinstance(exc, FleetCliError):
+                raise exc   # refused as asked (an unknown symbol, an empty reason): nothing was done
+            failure = exc or failure
+        if not controller_asked:   # slow, no endpoint, or its halt not carried out
+            start("controller", lambda: _controller_kill(args, symbols, "halt"))
+            pending.add("controller")
+            controller_asked = True
+    raise failure if failure is not None else FleetCliError("the halt was carried out by neither the endpoint "
+                                                            "nor the controller", EXIT_FAILED)
+
+
 def cmd_kill(args: argparse.Namespace) -> int:
     """Through the fleet's endpoint, which waits on no controller for a halt; through the controller when
     the fleet has no endpoint or a halt is not answered."""
@@ -882,20 +939,11 @@ def cmd_kill(args: argparse.Namespace) -> int:
     connect(args.address, ns, start_local=False)
     mode = "flatten" if args.flatten else "halt"
     symbols = [s.strip().upper() for s in args.symbol] if args.symbol else None
-    result = _endpoint_kill(name, symbols, mode, args.reason)
-    if result is not None:
-        result = {**result, "via": "endpoint"}
+    if mode == "halt":
+        result = _race_halt(args, name, symbols)
     else:
-        ctl, _, _ = _controller(args)
-        try:
-            asked_at = time.time()   # its kill state's since: a resume asked after it stands, whenever it runs
-            result = {**ray.get(ctl.kill.remote(symbols, mode, args.reason, CLI_BY, asked_at),
-                                timeout=CONTROLLER_KILL_WAIT_S), "via": "controller"}
-        except ray.exceptions.RayTaskError as exc:
-            raise FleetCliError(str(exc.cause if hasattr(exc, "cause") else exc)) from None
-        except ray.exceptions.GetTimeoutError:
-            raise FleetCliError(f"the controller did not answer the kill within {CONTROLLER_KILL_WAIT_S:g} s; "
-                                f"its state is unknown: check python -m fleet status", EXIT_FAILED) from None
+        result = _endpoint_kill(name, symbols, mode, args.reason)
+        result = {**result, "via": "endpoint"} if result is not None else _controller_kill(args, symbols, mode)
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
     bad = [s for s, r in result["symbols"].items() if r.get("open_orders") != 0]
     return EXIT_OK if result["symbols"] and not bad else EXIT_FAILED

@@ -7,15 +7,19 @@ flat, no order, no agent."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import uuid
 
 import pytest
 import ray as ray_module
+from sqlalchemy import select
 
 from controller.controller import ControllerSettings, build_spec, find_controller, get_or_create_controller
 from fleet.ops.fleet_cli import start_simulator, stop_fleet
+from journal.db import make_engine, target_of
+from journal.schema import events
 from tests.controller.test_fleet import CONFIGS, DEMO_HARD_CAPS, Exchange, fleet_config, poll
 
 SYMBOLS = ("ETHUSDC", "SOLUSDT")
@@ -63,5 +67,15 @@ def test_a_flatten_down_whose_controller_is_killed_midway_ends_flat(ray_cluster,
         assert ray_module.get(find_controller(cfg.namespace).spec.remote(), timeout=15) is None   # forgotten
         again = ray_module.get(find_controller(cfg.namespace).down.remote(True), timeout=60)   # an operator's retry
         assert again["finished_earlier"] and again["symbols"] == result["symbols"] and again["flatten"]
+        # the record: the down, and the hung agent's position the controller closed
+        engine = make_engine(target_of(cfg))
+        with engine.connect() as conn:
+            rows = conn.execute(select(events.c.kind, events.c.symbol, events.c.detail)
+                                .where(events.c.kind.in_(("down", "position_closed")))).all()
+        engine.dispose()
+        closed = [json.loads(d) for k, s, d in rows if k == "position_closed" and s == "SOLUSDT"]
+        assert closed and closed[-1]["after"] == 0.0 and closed[-1]["before"] > 0, rows
+        downs = [json.loads(d) for k, _, d in rows if k == "down"]
+        assert downs and downs[-1]["flatten"] and downs[-1]["symbols"]["SOLUSDT"]["position"] == 0.0, rows
     finally:
         stop_fleet(cfg.namespace, cfg.name)

@@ -569,6 +569,32 @@ def test_the_clis_kill_and_status_wait_on_no_stopped_controller(fleet):
     fleet.wait_quoting(within_s=90)
 
 
+def test_the_clis_halt_goes_to_the_controller_too_when_the_endpoint_is_hung(fleet):
+    """The endpoint's replica SIGSTOPped (a hung or restarting endpoint): the CLI's halt asks the
+    controller beside it once the endpoint has not answered within HALT_RACE_S, and takes its answer."""
+    from controller.api import app_name
+    from tests.controller.test_api_fleet import process_of_replica
+
+    assert fleet.open_orders("SOLUSDT") > 0
+    replica = process_of_replica(app_name(fleet.cfg.name))
+    os.kill(replica, signal.SIGSTOP)
+    try:
+        done = run_cli("kill", "--fleet", fleet.cfg.name, "--symbol", "SOLUSDT", "--reason", "endpoint hung")
+    finally:
+        os.kill(replica, signal.SIGCONT)
+    try:
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        assert "has not answered the halt within 2 s; asking the controller too" in done.stderr, done.stderr
+        body = json.loads(done.stdout)
+        assert body["via"] == "controller" and body["symbols"]["SOLUSDT"]["open_orders"] == 0, body
+        assert fleet.open_orders("SOLUSDT") == 0                                     # the exchange agrees
+        assert LeaseBook(GcsStore(fleet.cfg.name)).kill_state("SOLUSDT") == "halted"   # durable
+    finally:
+        resumed = fleet.post("/resume", {"symbols": ["SOLUSDT"], "reason": "drill over"})
+    assert resumed.status_code == 200, resumed.text
+    fleet.wait_quoting(within_s=90)
+
+
 def test_a_flatten_the_controller_begins_past_its_callers_deadline_is_not_carried_out(fleet):
     """The endpoint gives the controller ``kill_deadline_s`` to begin a flatten, then carries it out itself.
     A controller that begins it later (stopped meanwhile, then thawed, with the call still queued) leaves
