@@ -579,7 +579,9 @@ def test_the_clis_halt_goes_to_the_controller_too_when_the_endpoint_is_hung(flee
     replica = process_of_replica(app_name(fleet.cfg.name))
     os.kill(replica, signal.SIGSTOP)
     try:
+        started = time.monotonic()
         done = run_cli("kill", "--fleet", fleet.cfg.name, "--symbol", "SOLUSDT", "--reason", "endpoint hung")
+        print(f"\nthe CLI's halt, endpoint hung: {time.monotonic() - started:.2f} s for the command")
     finally:
         os.kill(replica, signal.SIGCONT)
     try:
