@@ -126,7 +126,8 @@ def schedule(seed: int, seconds: float, symbol: str, cap: float, step: Decimal |
     rng = random.Random(seed)
     step = Decimal(str(step))
     families: list[tuple[str, Any]] = [("late", a) for a in ANSWERS] + [("exec_then_error", a) for a in ANSWERS]
-    families += [("error", "-1007"), ("error", "503-unavailable"), ("unknown", None), ("throttle", None)]
+    families += [("error", "-1007"), ("error", "503-unavailable"), ("error", "-5028"), ("unknown", None),
+                 ("throttle", None)]
     families += [("batch", m) for m in BATCH_MODES]
     families += [("drop", "user"), ("drop", "market"), ("listenkey", None), ("jump", None), ("freeze", None),
                  ("position", None)]

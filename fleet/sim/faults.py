@@ -52,11 +52,14 @@ ANSWERS: dict[str, tuple[int, Any]] = {
     # system-level protection: a definite failure, not counted against the rate limits
     "-1008": (503, {"code": -1008, "msg": "Request throttled by system-level protection. Reduce-only/close-position "
                                           "orders are exempt. Please try again."}),
+    # the matching engine's own recvWindow (order place/amend, single and batch): a definite rejection,
+    # nothing executed, safe to resend with a fresh timestamp
+    "-5028": (400, {"code": -5028, "msg": "Timestamp for this request is outside of the ME recvWindow."}),
     "timeout": (0, None),
 }
 
 
-NOT_EXECUTED_ANSWERS = ("503-unavailable",)   # answers Binance documents as definite failures
+NOT_EXECUTED_ANSWERS = ("503-unavailable", "-5028")   # answers Binance documents as definite failures
 
 
 @dataclass

@@ -152,6 +152,14 @@ async def test_service_unavailable_is_a_definite_failure_and_nothing_waits_on_it
     assert agent.status()["counters"]["unknown_outcomes"] == 0
 
 
+async def test_minus_5028_is_a_definite_rejection_sent_again_and_nothing_waits_on_it(make_agent, exchange):
+    """-5028 (outside the matching engine's recvWindow): nothing executed; the client learns the clock
+    again and resends, and no outcome is left unknown."""
+    agent = await drill(make_agent, exchange, [{"mode": "error", "answer": "-5028", "path": BATCH, "count": 2},
+                                               {"mode": "error", "answer": "-5028", "path": ORDER, "count": 2}])
+    assert agent.status()["counters"]["unknown_outcomes"] == 0
+
+
 async def test_minus_1007_without_execution_is_settled_by_a_lookup_past_the_window(make_agent, exchange):
     agent = await drill(make_agent, exchange, [{"mode": "error", "answer": "-1007", "path": BATCH, "count": 2}])
     assert agent.status()["counters"]["unknown_outcomes_resolved"] > 0

@@ -177,6 +177,13 @@ async def test_the_503s_binance_documents_by_their_message_alone(sim):
         assert [o["clientOrderId"] for o in st["open_orders"]] == ["f-noc"]
         with pytest.raises(AssertionError, match="mode error only"):
             await c.admin("POST", "/sim/fault/rest", {"mode": "late", "answer": "503-unavailable"})
+        # the matching engine's recvWindow: a definite rejection, nothing executed
+        await c.admin("POST", "/sim/fault/rest", {"mode": "error", "answer": "-5028", "count": 1,
+                                                  "path": "/fapi/v1/order"})
+        r = await c.signed("POST", "/fapi/v1/order", {**params, "newClientOrderId": "f-me"})
+        assert (r.status, r.json["code"]) == (400, -5028) and "ME recvWindow" in r.json["msg"]
+        st = await c.state(symbol="ETHUSDC")
+        assert [o["clientOrderId"] for o in st["open_orders"]] == ["f-noc"]
 
 
 async def test_freeze_stops_the_market_and_bad_admin_input_is_a_400(sim):
