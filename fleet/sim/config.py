@@ -210,7 +210,9 @@ class SimConfig(_Model):
                               "a /market stream or a user stream there is accepted and stays silent, as on "
                               "fstream.binance.com since 2026-04-23) or 'all' (as the testnet still does)")
     rate_limits: RateLimits = RateLimits()
-    recv_window_max_ms: int = Field(60000, ge=1)
+    recv_window_max_ms: int | None = Field(
+        None, ge=1, description="a recvWindow above this is refused (-1130); None: no maximum (Binance's is "
+                                "unverified: an SDK says below 60000, the docs' RSA example sends 9999999)")
     rest_latency_ms: int = Field(0, ge=0, le=60_000, description="added to every REST call (a far exchange)")
     funding_frame_symbol: bool = Field(False, description="add a.S (the 2026 SDK's symbol of a FUNDING_FEE "
                                                           "ACCOUNT_UPDATE) to every account's funding frames; "

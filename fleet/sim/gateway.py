@@ -379,7 +379,8 @@ class ExchangeGateway(RestHandlers):
             recv = int(params.get("recvWindow") or 5000)
         except ValueError:
             raise SimApiError(-1130, "Data sent for parameter 'recvWindow' is not valid.") from None
-        if recv <= 0 or recv > self.config.recv_window_max_ms:
+        most = self.config.recv_window_max_ms
+        if recv <= 0 or (most is not None and recv > most):
             raise SimApiError(-1130, "Data sent for parameter 'recvWindow' is not valid.")
         if ts >= now + 1000:
             raise SimApiError(-1021, "Timestamp for this request was 1000ms ahead of the server's time.")

@@ -132,6 +132,19 @@ async def test_auth_errors_have_binance_codes(sim):
         assert r.json["code"] == -1102 and "signature" in r.json["msg"]
         ok = await c.signed("GET", "/fapi/v2/balance", {"recvWindow": 10000})
         assert ok.status == 200
+        # Binance's maximum is unverified (the docs' RSA example sends 9999999): none unless configured
+        assert (await c.signed("GET", "/fapi/v2/balance", {"recvWindow": 9999999})).status == 200
+        for bad in ("0", "-5", "soon"):
+            r = await c.signed("GET", "/fapi/v2/balance", {"recvWindow": bad})
+            assert (r.status, r.json["code"]) == (400, -1130), bad
+
+
+async def test_a_configured_recv_window_maximum_is_enforced(sim_factory):
+    sim = await sim_factory(config={"recv_window_max_ms": 60000})
+    async with SimClient.for_sim(sim) as c:
+        assert (await c.signed("GET", "/fapi/v2/balance", {"recvWindow": 60000})).status == 200
+        r = await c.signed("GET", "/fapi/v2/balance", {"recvWindow": 60001})
+        assert (r.status, r.json["code"]) == (400, -1130)
 
 
 async def test_limit_order_lifecycle_query_open_orders_cancel(sim):
