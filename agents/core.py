@@ -104,6 +104,7 @@ class AgentCore:
         self.twap: list[TwapSlice] = []
         self.twap_dropped = 0  # slices given up after TWAP_MAX_TRIES refusals
         self.twap_requeued = 0  # slices put back in the plan: not sent (the budget, the order gate) or a 429
+        self._plan_sent: set[str] = set()   # client ids of the plan's slices sent (``slice_back``)
         self._grind: tuple[GrindDecision, str, int] | None = None
         self.last_ladder: Ladder | None = None
         self.last_quote_ms = -(10**18)
@@ -128,7 +129,7 @@ class AgentCore:
         s = self.store
         plan = self.drawdown.check(s.drawdown_pct(), s.position_steps, now_ms)
         if plan is not None:
-            self.twap = list(plan.slices)
+            self.twap, self._plan_sent = list(plan.slices), set()
 
     def on_sent(self, decision: Decision, now_ms: int) -> None:
         """The runtime is sending ``decision`` (call before awaiting it): it counts as pending now."""
@@ -159,8 +160,9 @@ class AgentCore:
     def slice_back(self, decision: Decision) -> bool:
         """A drawdown slice that did not reach the exchange (held by the budget or the order gate, a 429)
         goes back at the head of the plan, due at the next slice time. True if ``decision`` was one."""
-        if not isinstance(decision, Place) or decision.reason != OrderReason.DRAWDOWN:
-            return False
+        if not isinstance(decision, Place) or decision.client_order_id not in self._plan_sent:
+            return False   # (a slice of a plan a deeper band replaced since: the new plan sized it already)
+        self._plan_sent.discard(decision.client_order_id)
         due = self.last_quote_ms + self.drawdown.interval_ms
         self.twap.insert(0, TwapSlice(due, decision.side, decision.qty_steps))
         self.twap_requeued += 1
@@ -375,13 +377,10 @@ class AgentCore:
         return 1
 
     def _twap_into(self, places: list[Place], now_ms: int, extra: list[int]) -> int:
-        """Send the drawdown slice that is due, as reduce-only MARKET orders on the market step
-        (several when it is above MARKET_LOT_SIZE's maxQty).
-
-        One slice per slice time: after a gap (halt, stream loss, ...) the overdue slices are spaced
-        again from now at the plan's interval, never sent in one burst. A slice the guard refuses is
-        tried again at the next slice time (up to ``TWAP_MAX_TRIES`` attempts).
-        """
+        """Send the drawdown slice that is due, as reduce-only MARKET orders (``market_pieces``). One
+        slice per slice time: after a gap (halt, stream loss, ...) the overdue slices are spaced again
+        from now at the plan's interval, never sent in one burst. A slice the guard refuses is tried
+        again at the next slice time (up to ``TWAP_MAX_TRIES`` attempts)."""
         if not self.twap or self.twap[0].due_ms > now_ms:
             return 0
         refused = 0
@@ -401,6 +400,7 @@ class AgentCore:
                 if self.guard.check_place(p, extra[0], extra[1]) is None:
                     ok.append(p)
             places.extend(ok)   # what passed; a refused rest waits for the next slice time
+            self._plan_sent.update(p.client_order_id for p in ok)
             if len(ok) != len(pieces):
                 refused += 1
                 left = sl.qty_steps - sum(p.qty_steps for p in ok)

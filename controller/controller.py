@@ -174,6 +174,7 @@ class FleetController(KillSwitches):
         self.reduce_only = False
         self.gross_notional = 0.0
         self.notional_seen: dict[str, float] = {}   # each symbol's last known notional (fleet_risk)
+        self.notional_unknown: tuple[str, ...] = ()   # the symbols counted at it in the last pass
         self.stopping = False
         self.started_at = time.time()
         self.reconciles = 0
@@ -370,7 +371,12 @@ class FleetController(KillSwitches):
         risk = fleet_risk(symbols, list(answers), cap, self.notional_seen)
         self.gross_notional, self.notional_seen = risk.gross_notional, risk.notional
         # reduce-only goes off only once every agent has given its own figure (not on a last known one)
-        if risk.over != self.reduce_only and (risk.over or not risk.unknown):
+        held = not risk.over and self.reduce_only and bool(risk.unknown)
+        if held and risk.unknown != self.notional_unknown:
+            log.warning("fleet gross notional %.2f under cap %.2f, but reduce-only stays on until %s give figures of "
+                        "their own (counted at their last known)", risk.gross_notional, cap, ", ".join(risk.unknown))
+        self.notional_unknown = risk.unknown
+        if risk.over != self.reduce_only and not held:
             log.warning("fleet gross notional %.2f %s cap %.2f: reduce-only %s", risk.gross_notional,
                         "over" if risk.over else "back under", cap, "on" if risk.over else "off")
             self.reduce_only = risk.over
@@ -460,6 +466,7 @@ class FleetController(KillSwitches):
             "stopping": self.stopping,
             "reduce_only": self.reduce_only,
             "gross_notional": self.gross_notional,
+            "notional_unknown": list(self.notional_unknown),   # counted at their last known notional
             "max_total_notional": self.cfg.risk.max_total_notional if self.cfg else None,
             "reconciles": self.reconciles,
             "uptime_s": round(now - self.started_at, 1),
@@ -561,9 +568,6 @@ class FleetController(KillSwitches):
         outcomes = {s: r.to_dict() for s, r in zip(symbols, results)}
         journal_record(self, "down", detail={"flatten": flatten, "symbols": {
             s: {k: o[k] for k in ("open_orders", "position", "error")} for s, o in outcomes.items()}})
-        audit, self._journal_audit = getattr(self, "_journal_audit", None), None
-        if audit is not None:   # drained before the controller is removed (its events would die with it)
-            await asyncio.to_thread(audit.close)
         self.book.delete_doc(SPEC_DOC)
         await self.desk.close()
         if self.kill_loop is not None and self.kill_loop is not asyncio.get_running_loop():
@@ -573,6 +577,12 @@ class FleetController(KillSwitches):
             await self.kill_desk.close()
         self.cfg, self.params, self.shares, self.owed.pending = None, {}, {}, PendingApply({}, [])
         self.last_down = {"fleet": self.fleet_name, "flatten": flatten, "symbols": outcomes}
+        audit, self._journal_audit = getattr(self, "_journal_audit", None), None   # (no new one: cfg is None)
+        if audit is not None:   # drained before the controller is removed (its events would die with it)
+            try:
+                await asyncio.to_thread(audit.close)
+            except Exception as exc:  # noqa: BLE001 - the down is done; its record may be short
+                log.warning("journal: the audit log not drained: %s", named_line(exc))
         return self.last_down
 
     async def ping(self) -> dict[str, Any]:

@@ -81,6 +81,7 @@ class EmergencyDesk:
         self.clients: dict[str, Any] = {}
         self.opening: dict[str, asyncio.Future] = {}   # one client per account, even when asked at once
         self.sweeps: set[asyncio.Task] = set()
+        self.filters: dict[str, Any] = {}   # SymbolFilters by symbol, for a close cut to them
 
     async def client(self, account_name: str) -> Any:
         """The controller's own client for an account, keys read in this process (env or key file)."""
@@ -213,7 +214,7 @@ class EmergencyDesk:
 
         from fleet.binance.errors import ReduceOnlyRejectedError
 
-        filters, position = await asyncio.gather(client.symbol_filters(symbol), client.position(symbol))
+        filters, position = await asyncio.gather(self._filters(client, symbol), client.position(symbol))
         refused = 0
         for _ in range(attempts):
             if Decimal(position.amount) == 0:
@@ -231,6 +232,17 @@ class EmergencyDesk:
         if amount != 0 and refused:
             log.warning("%s: the position is still %s after %d closing orders refused -2022", symbol, amount, refused)
         return float(amount)
+
+    async def _filters(self, client: Any, symbol: str) -> Any:
+        """The symbol's filters, read once (exchangeInfo is the heaviest answer a kill would read per
+        symbol); None if they cannot be read now: the close then goes as one MARKET order, as before."""
+        if symbol not in self.filters:
+            try:
+                self.filters[symbol] = await client.symbol_filters(symbol)
+            except Exception as exc:  # noqa: BLE001 - the close goes on without them
+                log.warning("%s: filters not read (%s): the close goes as one order", symbol, named_line(exc))
+                return None
+        return self.filters[symbol]
 
     async def close_position(self, symbol: str, account: str) -> tuple[float, float]:
         """A flatten's last resort: the symbol's position read, and closed with a reduce-only MARKET
@@ -279,12 +291,15 @@ def closing_orders(symbol: str, filters: Any, amount: Any, mark: Any) -> list[An
     orders on MARKET_LOT_SIZE's step, split evenly below its maxQty; what is left under one market
     step or its minQty as an IOC LIMIT (LOT_SIZE's grid) halfway from the mark to PERCENT_PRICE's
     edge, so it crosses the book and stays inside the band. Nothing for a remainder under LOT_SIZE's
-    minQty, or without a mark."""
+    minQty, or without a mark. Without filters (not read), one MARKET order of the whole position."""
     from decimal import Decimal
 
     from fleet.binance.models import OrderRequest
 
     side = "SELL" if amount > 0 else "BUY"
+    if filters is None:   # not read: the whole position in one order
+        return [OrderRequest(symbol=symbol, side=side, order_type="MARKET", quantity=format(abs(amount), "f"),
+                             reduce_only=True)]
     steps = filters.qty_steps_floor(abs(amount))
     pieces = filters.market_split(steps)
     orders = [OrderRequest(symbol=symbol, side=side, order_type="MARKET", quantity=filters.qty_str(q),

@@ -219,6 +219,8 @@ class SymbolFilters:
         n = -(-q // hi)
         base, extra = divmod(q // unit, n)
         pieces = [(base + 1) * unit] * extra + [base * unit] * (n - extra)
+        if base * unit < lo:   # a cap under twice minQty: whole caps, and the rest if it reaches minQty
+            pieces = [hi] * (q // hi) + ([q % hi] if q % hi >= lo else [])
         return [x for x in pieces if x >= lo]
 
     def notional_ok(self, price_ticks: int, qty_steps: int) -> bool:

@@ -919,7 +919,7 @@ def _race_halt(args: argparse.Namespace, name: str, symbols: list[str] | None) -
             pending.discard(route)
             if exc is None and result is not None:
                 return {**result, "via": "endpoint"} if route == "endpoint" else result
-            if route == "endpoint" and isinstance(exc, FleetCliError):
+            if route == "endpoint" and isinstance(exc, FleetCliError) and not controller_asked:
                 raise exc   # refused as asked (an unknown symbol, an empty reason): nothing was done
             failure = exc or failure
         if not controller_asked:   # slow, no endpoint, or its halt not carried out

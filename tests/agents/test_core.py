@@ -388,6 +388,12 @@ def test_a_drawdown_slice_the_budget_did_not_send_goes_back_in_the_plan():
     due = _run_slices(core, ex, [2_500, 3_200, 4_400, 5_600, 6_800, 9_000])
     assert due == [(2_500, []), (3_200, [13]), (4_400, [13]), (5_600, [12]), (6_800, [12]), (9_000, [])]
     assert ex.position == 150   # the whole 25 %, none of it lost
+    # a slice of a plan that a deeper band replaced meanwhile is not put back: the new plan is sized on
+    # the position as it was, that slice unsent
+    core, ex = _drawdown_started()
+    first = [d for d in core.quote(2_000) if isinstance(d, Place) and d.reason == "drawdown"]
+    core.on_event(mark(2400.0, t=2_100), 2_100)   # -120 USDC in all: the 11 % band, a new plan
+    assert len(core.twap) == 4 and not core.slice_back(first[0]) and core.twap_requeued == 0
 
 
 # --- requests ---------------------------------------------------------------------------------

@@ -168,3 +168,14 @@ def test_a_market_step_finer_than_the_lot_step_keeps_lot_steps_and_an_odd_ratio_
                        {"minQty": "0.003", "maxQty": "1", "stepSize": "0.003"})
     assert odd.market_unit_steps == 3  # 0.006: the smallest quantity on both grids
     assert odd.market_split(10) == [9] and odd.qty_str(9) == "0.018"
+
+
+def test_a_notional_cap_on_market_pieces_keeps_each_piece_at_least_min_qty():
+    """``max_steps`` (a notional's worth) splits finer than maxQty; a cap under twice minQty cannot split
+    evenly, so whole caps go and what is left under minQty is left to the caller (none was sent before)."""
+    f = _with_market({"minQty": "0.001", "maxQty": "1000", "stepSize": "0.001"},
+                     {"minQty": "0.010", "maxQty": "100", "stepSize": "0.001"})
+    assert f.market_split(40, 12) == [10, 10, 10, 10]   # an even split under the cap
+    assert f.market_split(13, 12) == [12] and f.market_split(25, 12) == [12, 12]
+    assert f.market_split(13, 5) == [13]      # a cap under minQty is not applied (the guard says why)
+    assert f.market_split(4_009) == [4_009]
