@@ -163,7 +163,7 @@ class AgentCore:
         if not isinstance(decision, Place) or decision.client_order_id not in self._plan_sent:
             return False   # (a slice of a plan a deeper band replaced since: the new plan sized it already)
         self._plan_sent.discard(decision.client_order_id)
-        due = self.last_quote_ms + self.drawdown.interval_ms
+        due = self.last_quote_ms + max(self.drawdown.interval_ms, 1000)   # (a 0 interval: not every cycle)
         self.twap.insert(0, TwapSlice(due, decision.side, decision.qty_steps))
         self.twap_requeued += 1
         return True
