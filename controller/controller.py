@@ -90,20 +90,44 @@ def _known_notional(answer: Any) -> float | None:
 
 
 def fleet_risk(symbols: list[str], exposures: list[Any], max_total_notional: float,
-               last_known: dict[str, float]) -> FleetRisk:
-    """Each agent's answer, or where it gave none its last known notional: its position stays at the
-    exchange meanwhile (read as 0, an agent restarting took a fleet over its cap back "under" it, and
-    reduce-only went off for every agent)."""
+               last_known: dict[str, float], listed: dict[str, float] | None = None) -> FleetRisk:
+    """Each agent's answer, or where it gave none what the exchange ``listed`` for the symbol, else its
+    last known notional: its position stays at the exchange meanwhile (read as 0, an agent restarting
+    took a fleet over its cap back "under" it, and reduce-only went off for every agent)."""
     notional: dict[str, float] = {}
     unknown: list[str] = []
     for symbol, answer in zip(symbols, exposures):
         n = _known_notional(answer)
-        if n is None:
+        if n is None and listed and symbol in listed:
+            n = listed[symbol]
+        elif n is None:
             unknown.append(symbol)
             n = last_known.get(symbol, 0.0)
         notional[symbol] = n
     gross = sum(notional.values())
     return FleetRisk(gross, gross > max_total_notional, notional, tuple(unknown))
+
+
+def reduce_only_change(risk: FleetRisk, on: bool, cap: float, said: tuple[str, ...]) -> tuple[bool | None, str | None]:
+    """The fleet's reduce-only flag to set (None: as it is) and what to say. Over the cap it goes on; it
+    goes off only once every agent, or the exchange, has given a figure (not a last known one). ``said``:
+    the symbols without one that the last pass saw (said once)."""
+    gross = risk.gross_notional
+    if not risk.over and on and risk.unknown:
+        return None, None if risk.unknown == said else (
+            f"fleet gross notional {gross:.2f} under cap {cap:.2f}, but reduce-only stays on until "
+            f"{', '.join(risk.unknown)} give figures of their own (counted at their last known)")
+    if risk.over != on:
+        return risk.over, (f"fleet gross notional {gross:.2f} {'over' if risk.over else 'back under'} cap "
+                           f"{cap:.2f}: reduce-only {'on' if risk.over else 'off'}")
+    return None, None
+
+
+async def listed_notionals(desk: EmergencyDesk, accounts: dict[str, str | None]) -> dict[str, float]:
+    """What the exchange lists for these symbols (``EmergencyDesk.notional``), those it answered for."""
+    named = [(s, a) for s, a in accounts.items() if a]
+    answers = await asyncio.gather(*(desk.notional(s, a) for s, a in named), return_exceptions=True)
+    return {s: n for (s, _), n in zip(named, answers) if isinstance(n, float)}
 
 
 def reduce_only_behind(symbols: list[str], exposures: list[Any], flag: bool) -> list[str]:
@@ -369,18 +393,17 @@ class FleetController(KillSwitches):
         answers = await asyncio.gather(*(self.agents.call(s, "exposure") for s in symbols), return_exceptions=True)
         cap = self.cfg.risk.max_total_notional
         risk = fleet_risk(symbols, list(answers), cap, self.notional_seen)
+        if risk.unknown and self.reduce_only and not risk.over:   # the exchange's word for those agents
+            listed = await listed_notionals(self.desk, {s: self._account_of(s) for s in risk.unknown})
+            risk = fleet_risk(symbols, list(answers), cap, self.notional_seen, listed)
         self.gross_notional, self.notional_seen = risk.gross_notional, risk.notional
-        # reduce-only goes off only once every agent has given its own figure (not on a last known one)
-        held = not risk.over and self.reduce_only and bool(risk.unknown)
-        if held and risk.unknown != self.notional_unknown:
-            log.warning("fleet gross notional %.2f under cap %.2f, but reduce-only stays on until %s give figures of "
-                        "their own (counted at their last known)", risk.gross_notional, cap, ", ".join(risk.unknown))
+        change, say = reduce_only_change(risk, self.reduce_only, cap, self.notional_unknown)
         self.notional_unknown = risk.unknown
-        if risk.over != self.reduce_only and not held:
-            log.warning("fleet gross notional %.2f %s cap %.2f: reduce-only %s", risk.gross_notional,
-                        "over" if risk.over else "back under", cap, "on" if risk.over else "off")
-            self.reduce_only = risk.over
-            self.book.put_doc(FLAGS_DOC, {"reduce_only": risk.over})
+        if say:
+            log.warning("%s", say)
+        if change is not None:
+            self.reduce_only = change
+            self.book.put_doc(FLAGS_DOC, {"reduce_only": change})
         await asyncio.gather(*(self.agents.call(s, "set_reduce_only", self.reduce_only)
                                for s in reduce_only_behind(symbols, answers, self.reduce_only)), return_exceptions=True)
 

@@ -22,6 +22,7 @@ from fleet.text import named_line
 
 log = logging.getLogger("mmfleet.controller")
 
+NOTIONAL_READ_S = 30.0   # a symbol's position read for the fleet's cap at most this often (5 weight a read)
 REFUSED_CLOSE_PAUSE_S = 0.05  # after a close refused -2022 (another close got there first), before reading again
 
 
@@ -82,6 +83,7 @@ class EmergencyDesk:
         self.opening: dict[str, asyncio.Future] = {}   # one client per account, even when asked at once
         self.sweeps: set[asyncio.Task] = set()
         self.filters: dict[str, Any] = {}   # SymbolFilters by symbol, for a close cut to them
+        self.notionals: dict[str, tuple[float, float]] = {}   # symbol -> (read at, gross notional listed)
 
     async def client(self, account_name: str) -> Any:
         """The controller's own client for an account, keys read in this process (env or key file)."""
@@ -243,6 +245,16 @@ class EmergencyDesk:
                 log.warning("%s: filters not read (%s): the close goes as one order", symbol, named_line(exc))
                 return None
         return self.filters[symbol]
+
+    async def notional(self, symbol: str, account: str, max_age_s: float = NOTIONAL_READ_S) -> float:
+        """The symbol's gross notional as the exchange lists it (positionRisk, weight 5), read again at
+        most every ``max_age_s``: the fleet's cap for an agent that gives no figure of its own."""
+        now = asyncio.get_running_loop().time()
+        seen = self.notionals.get(symbol)
+        if seen is None or now - seen[0] >= max_age_s:
+            pos = await (await self.client(account)).position(symbol)
+            seen = self.notionals[symbol] = (now, abs(float(pos.amount) * float(pos.mark_price)))
+        return seen[1]
 
     async def close_position(self, symbol: str, account: str) -> tuple[float, float]:
         """A flatten's last resort: the symbol's position read, and closed with a reduce-only MARKET

@@ -13,7 +13,7 @@ import pytest
 
 from agents.publish import PublishedSnapshot
 from controller.calls import Answer
-from controller.controller import RetireOutcome, fleet_risk, reduce_only_behind
+from controller.controller import RetireOutcome, fleet_risk, reduce_only_behind, reduce_only_change
 from controller.emergency import KillOutcome, Outcome
 from controller.fence import stopped_here
 from controller.views import NO_FIGURES_YET, AgentAnswers, exposure_view, kill_state_map, kill_view, status_view
@@ -85,6 +85,24 @@ def test_fleet_risk_counts_an_agent_without_a_figure_at_its_last_known_notional(
     assert risk.gross_notional == 2200.0 and risk.over and risk.unknown == ("C", "D", "E", "F")
     assert not fleet_risk(symbols[:1], answers[:1], 1000.0, {}).over
     assert fleet_risk([], [], 1000.0, last).gross_notional == 0.0
+
+
+def test_reduce_only_goes_off_only_on_figures_of_the_agents_or_the_exchange():
+    answers = [{"notional": 400.0, "position": 0.1, "mark": 4000.0}, TimeoutError("hung")]
+    risk = fleet_risk(["A", "B"], answers, 1000.0, {"B": 900.0})   # over: B's last known figure
+    assert (risk.gross_notional, risk.over) == (1300.0, True)
+    change, say = reduce_only_change(risk, False, 1000.0, ())
+    assert change is True and "over cap 1000.00: reduce-only on" in say
+    # B's position closed meanwhile (an emergency flatten): its last figure would hold reduce-only on
+    held = fleet_risk(["A", "B"], answers, 1000.0, {"B": 100.0})
+    assert reduce_only_change(held, True, 1000.0, ())[0] is None and "until B give" in reduce_only_change(held, True, 1000.0, ())[1]
+    assert reduce_only_change(held, True, 1000.0, ("B",)) == (None, None)   # said once
+    # ... until the exchange lists B: its word counts as a figure
+    listed = fleet_risk(["A", "B"], answers, 1000.0, {"B": 900.0}, {"B": 0.0})
+    assert listed.unknown == () and listed.gross_notional == 400.0
+    change, say = reduce_only_change(listed, True, 1000.0, ("B",))
+    assert change is False and "back under cap 1000.00: reduce-only off" in say
+    assert reduce_only_change(listed, False, 1000.0, ()) == (None, None)
 
 
 def test_the_reduce_only_flag_is_pushed_only_to_agents_that_do_not_show_it():

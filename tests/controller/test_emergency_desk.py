@@ -7,6 +7,9 @@ from __future__ import annotations
 import logging
 from decimal import Decimal
 
+import aiohttp
+import pytest
+
 from controller.emergency import EmergencyDesk, Outcome
 from fleet.binance.client import BinanceClient
 from fleet.binance.models import OrderRequest, OrderType, Side
@@ -104,3 +107,21 @@ async def test_a_position_above_the_markets_max_qty_is_closed_in_pieces_and_the_
     assert (before, after) == (0.123, 0.0)
     state = await admin(sim, "GET", "/sim/state", params={"account": account, "symbol": "ETHUSDC"})
     assert Decimal(state["positions"]["ETHUSDC"]["amount"]) == 0      # the exchange's truth
+
+
+async def test_the_notional_the_exchange_lists_is_read_at_most_every_30s(sim, monkeypatch):
+    """The fleet's cap for an agent that gives no figure: the exchange's position times its mark, one
+    positionRisk (5 weight) a symbol at most every NOTIONAL_READ_S."""
+    desk, account = desk_on(sim, monkeypatch)
+    await admin(sim, "POST", "/sim/position", {"account": account, "symbol": SYMBOL, "amount": "-0.200"})
+    try:
+        first = await desk.notional(SYMBOL, account)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{sim.rest_url}/fapi/v1/premiumIndex", params={"symbol": SYMBOL}) as r:
+                mark = float((await r.json())["markPrice"])
+        assert first == pytest.approx(0.2 * mark, rel=5e-3)   # (the mark moves between the two reads)
+        await admin(sim, "POST", "/sim/position", {"account": account, "symbol": SYMBOL, "amount": "0"})
+        assert await desk.notional(SYMBOL, account) == first            # within 30 s: not read again
+        assert await desk.notional(SYMBOL, account, max_age_s=0) == 0.0   # read again: flat
+    finally:
+        await desk.close()
