@@ -136,7 +136,7 @@ class EmergencyDesk:
             await client.cancel_all(symbol)
             position = None
             if mode == "flatten":
-                position = await self._close_position(client, symbol)
+                _, position = await self._close_position(client, symbol)
             left = len(await client.open_orders(symbol))
         except Exception as exc:  # noqa: BLE001 - reported to the operator, never swallowed
             log.error("%s: emergency cancel failed: %s", symbol, named_line(exc))
@@ -208,15 +208,20 @@ class EmergencyDesk:
                 return len(ids)
             await asyncio.sleep(pause_s)
 
-    async def _close_position(self, client: Any, symbol: str, attempts: int = 3) -> float:
-        """Close the symbol's position with reduce-only orders cut to its filters (``closing_orders``);
-        what the exchange lists after. Refused -2022 (the position closed or turned meanwhile: the
-        agent's own flatten may race this one), the position is read again and closed again if still open."""
+    async def _close_position(self, client: Any, symbol: str, attempts: int = 3) -> tuple[float, float]:
+        """Close the symbol's position with reduce-only orders cut to its filters (``closing_orders``,
+        read only for a position to close); the position before and what the exchange lists after.
+        Refused -2022 (the position closed or turned meanwhile: the agent's own flatten may race this
+        one), the position is read again and closed again if still open."""
         from decimal import Decimal
 
         from fleet.binance.errors import ReduceOnlyRejectedError
 
-        filters, position = await asyncio.gather(self._filters(client, symbol), client.position(symbol))
+        position = await client.position(symbol)
+        before = float(position.amount)
+        if not before:
+            return 0.0, 0.0
+        filters = await self._filters(client, symbol)
         refused = 0
         for _ in range(attempts):
             if Decimal(position.amount) == 0:
@@ -233,7 +238,7 @@ class EmergencyDesk:
         amount = Decimal(position.amount)
         if amount != 0 and refused:
             log.warning("%s: the position is still %s after %d closing orders refused -2022", symbol, amount, refused)
-        return float(amount)
+        return before, float(amount)
 
     async def _filters(self, client: Any, symbol: str) -> Any:
         """The symbol's filters, read once (exchangeInfo is the heaviest answer a kill would read per
@@ -257,11 +262,9 @@ class EmergencyDesk:
         return seen[1]
 
     async def close_position(self, symbol: str, account: str) -> tuple[float, float]:
-        """A flatten's last resort: the symbol's position read, and closed with a reduce-only MARKET
-        order unless flat; the position before and what the exchange lists after."""
-        client = await self.client(account)
-        before = float((await client.position(symbol)).amount)
-        return (before, await self._close_position(client, symbol)) if before else (0.0, 0.0)
+        """A flatten's last resort: the symbol's position read, and closed with reduce-only orders unless
+        flat; the position before and what the exchange lists after."""
+        return await self._close_position(await self.client(account), symbol)
 
     def sweep_later(self, symbol: str, account: str, delay: float, still_stopped: Callable[[], Awaitable[bool]]) -> None:
         """Cancel the symbol's orders again after ``delay`` s, if it is still halted or flattening then."""
