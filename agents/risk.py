@@ -249,6 +249,9 @@ class TwapPlan:
 class DrawdownBands:
     """At 6 / 11 / 17 % drawdown, reduce the position by 25 / 45 / 80 %, each band once per excursion.
 
+    A band crossed while its fraction of the position is under one market step (or flat) is not spent:
+    it acts once the excursion has built a position it can cut.
+
     An excursion ends when drawdown falls back under half the lowest band; the bands re-arm after
     ``cooldown_sec`` from the last action, so a drawdown hovering at a band cannot act again and
     again. A higher band crossed in the same excursion acts at once (it is a deeper loss).
@@ -294,14 +297,14 @@ class DrawdownBands:
             return None
         if crossed <= self.acted:
             return None
-        self.acted = crossed
-        self.last_action_ms = now_ms
         fraction = self.fractions[crossed]
         unit = self.unit
         units = int(abs(position_steps) * fraction / unit + _EPS)
         total = units * unit
         if total <= 0 or total < self.min_steps:
-            return None
+            return None   # nothing to reduce yet: the band stays armed for a position the excursion builds
+        self.acted = crossed
+        self.last_action_ms = now_ms
         side = SELL if position_steps > 0 else BUY
         n = max(1, min(self.slices, total // self.min_steps))
         base, extra = divmod(units, n)

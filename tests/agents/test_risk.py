@@ -204,3 +204,12 @@ def test_twap_slices_are_whole_market_steps_and_at_least_the_market_min_qty():
     few = DrawdownBands(DrawdownParams(), unit_steps=10, min_steps=20).check(6.0, 250, now_ms=0)
     assert [s.qty_steps for s in few.slices] == [20, 20, 20]  # 0.06: three slices, none under minQty 0.02
     assert DrawdownBands(DrawdownParams(), unit_steps=10, min_steps=20).check(6.0, 70, now_ms=0) is None
+
+
+def test_a_band_crossed_while_flat_acts_once_the_excursion_builds_a_position():
+    bands = DrawdownBands(DrawdownParams(), unit_steps=10, min_steps=20)
+    assert bands.check(7.0, 0, now_ms=0) is None        # flat: nothing to cut
+    assert bands.check(7.0, 50, now_ms=1_000) is None   # 25 % of 0.05 is under minQty 0.02
+    plan = bands.check(7.0, 400, now_ms=2_000)          # the grid bought more, still 7 % down
+    assert plan is not None and plan.band == 0 and plan.total_steps == 100
+    assert bands.check(7.0, 800, now_ms=3_000) is None  # the band has acted: once per excursion
