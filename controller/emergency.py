@@ -40,6 +40,14 @@ class Outcome(StrEnum):
         return cls.HALTED if mode == "halt" else cls.FLATTENED
 
 
+def flat_position(position: Any) -> bool:
+    """An answer's position says flat (0); a missing or unreadable one does not."""
+    try:
+        return position is not None and float(position) == 0
+    except (TypeError, ValueError):
+        return False
+
+
 @dataclass(frozen=True)
 class KillOutcome:
     """One symbol's answer to a kill: what happened, by which path, what the exchange lists after."""

@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from controller.emergency import EmergencyDesk, KillOutcome, Outcome
+from controller.emergency import EmergencyDesk, KillOutcome, Outcome, flat_position
 from controller.handles import AGENT_PREFIX
 from controller.lease import GcsStore, KillRecord, Lease, LeaseBook, aget_many
 from fleet.config import KILL_VERIFY_S, FleetConfig
@@ -51,14 +51,6 @@ def ms_since(started: float) -> float:
 def agent_confirmed(answer: Any) -> bool:
     """The agent's own answer says the exchange lists 0 open orders of the symbol."""
     return isinstance(answer, dict) and answer.get("open_orders") == 0 and answer.get("outcome") != "not_started"
-
-
-def flat_position(position: Any) -> bool:
-    """An agent's answer's position says flat (0); a missing or unreadable one does not."""
-    try:
-        return position is not None and float(position) == 0
-    except (TypeError, ValueError):
-        return False
 
 
 async def first_empty(routes: dict[str, asyncio.Future], started: float) -> tuple[str | None, float | None]:
@@ -547,11 +539,15 @@ class DirectKill:
         stopped) can no longer send an order: the position is closed at the exchange with a reduce-only
         MARKET order, as the controller's emergency path does (two reduce-only closes never overshoot)."""
         seq = durable.seq(symbol)
+        exchange_error: str | None = None
         try:
-            left = await self._exchange(symbol)
-        except Exception as exc:  # noqa: BLE001 - reported per symbol
-            return KillOutcome(Outcome.FAILED, "emergency", None, error=named_line(exc))
+            left: int | None = await self._exchange(symbol)
+        except Exception as exc:  # noqa: BLE001 - the agent is asked all the same (its own IP, its own client)
+            left, exchange_error = None, named_line(exc)
+            log.warning("%s: the exchange route's cancel failed (%s); asking the agent to flatten", symbol,
+                        exchange_error)
         confirmed_ms = ms_since(started) if left == 0 else None
+        first = EXCHANGE_ROUTE if left == 0 else None   # the route that saw 0 open orders first
         agent = asyncio.ensure_future(self._agent(symbol, "flatten", self.flatten_timeout_s, reason, seq,
                                                   durable.issued_at))
         window = min(self.flatten_timeout_s, max(0.0, await lease_end(self.book, symbol) - time.time()))
@@ -564,12 +560,14 @@ class DirectKill:
         if problem is None and flat_position(position):
             if seq is not None:
                 self._keep(asyncio.ensure_future(self._flattened(symbol, seq, reason)))
-            return KillOutcome(Outcome.FLATTENED, "agent", 0, position, ms_since(started), first=EXCHANGE_ROUTE,
-                               confirmed_ms=confirmed_ms)
+            return KillOutcome(Outcome.FLATTENED, "agent", 0, position, ms_since(started),
+                               first=first or AGENT_ROUTE, confirmed_ms=confirmed_ms,
+                               error=exchange_error and f"exchange: {exchange_error}")
+        # Only a resume stops a flatten: a halt (or flatten) asked since still wants the position closed.
         if (isinstance(answer, dict) and answer.get("outcome") == "superseded") or \
-                (seq is not None and not await kill_unchanged(self.book, symbol, seq)):
-            return KillOutcome(Outcome.FAILED, "agent", left, position, ms_since(started), first=EXCHANGE_ROUTE,
-                               problem="superseded by a later kill or resume", confirmed_ms=confirmed_ms)
+                (seq is not None and not await kill_stopped(self.book, symbol)):
+            return KillOutcome(Outcome.FAILED, "agent", left, position, ms_since(started), first=first,
+                               problem="superseded by a later resume", confirmed_ms=confirmed_ms)
         problem = problem or f"the agent answered position {position!r}"
         log.warning("%s: the agent did not flatten (%s); closing at the exchange", symbol, problem)
         closed = await self.desk.cancel(symbol, self._account(symbol), "flatten")
@@ -577,5 +575,5 @@ class DirectKill:
         if flat and seq is not None:
             self._keep(asyncio.ensure_future(self._flattened(symbol, seq, reason)))
         return KillOutcome(Outcome.FLATTENED if flat else closed.outcome, "emergency", closed.open_orders,
-                           closed.position, ms_since(started), problem=problem, error=closed.error, first=EXCHANGE_ROUTE,
+                           closed.position, ms_since(started), problem=problem, error=closed.error, first=first,
                            confirmed_ms=confirmed_ms)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from controller.calls import Answer
+from controller.emergency import flat_position
 
 _SUMMED = ("notional", "realized_pnl", "unrealized_pnl", "funding_pnl", "commission")
 
@@ -161,8 +162,18 @@ def exposure_view(kill: Answer, agents: AgentAnswers, max_total_notional: float)
     }
 
 
+def kill_carried_out(mode: str, entry: Any) -> bool:
+    """One symbol's kill answer says it was done as asked: 0 open orders confirmed at the exchange, and
+    for a flatten also the position reported flat (a flatten whose orders are gone but whose position is
+    still open, or unknown, is not done)."""
+    if not isinstance(entry, dict) or entry.get("open_orders") != 0:
+        return False
+    return mode != "flatten" or flat_position(entry.get("position"))
+
+
 def kill_view(mode: str, reason: str, elapsed_s: float, result: Any) -> dict[str, Any]:
-    """``/kill``'s answer: the controller's per-symbol outcomes and whether every one confirmed 0 open orders."""
+    """``/kill``'s answer: the controller's per-symbol outcomes and whether every one was carried out
+    (0 open orders confirmed; a flatten also flat)."""
     per_symbol = result.get("symbols", {}) if isinstance(result, dict) else {}
     return {
         "mode": mode,
@@ -171,7 +182,7 @@ def kill_view(mode: str, reason: str, elapsed_s: float, result: Any) -> dict[str
         # the kill states written to the GCS by then (false: not in time, the GCS down; the write goes on)
         "durable": result.get("durable") if isinstance(result, dict) else None,
         "durable_ms": result.get("durable_ms") if isinstance(result, dict) else None,
-        # every symbol confirmed with 0 open orders at the exchange
-        "confirmed": bool(per_symbol) and all(v.get("open_orders") == 0 for v in per_symbol.values()),
+        # every symbol confirmed with 0 open orders at the exchange (a flatten: and its position flat)
+        "confirmed": bool(per_symbol) and all(kill_carried_out(mode, v) for v in per_symbol.values()),
         "symbols": per_symbol,
     }

@@ -945,7 +945,9 @@ def cmd_kill(args: argparse.Namespace) -> int:
         result = _endpoint_kill(name, symbols, mode, args.reason)
         result = {**result, "via": "endpoint"} if result is not None else _controller_kill(args, symbols, mode)
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
-    bad = [s for s, r in result["symbols"].items() if r.get("open_orders") != 0]
+    from controller.views import kill_carried_out
+
+    bad = [s for s, r in result["symbols"].items() if not kill_carried_out(mode, r)]
     return EXIT_OK if result["symbols"] and not bad else EXIT_FAILED
 
 

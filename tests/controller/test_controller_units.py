@@ -16,7 +16,7 @@ from controller.calls import Answer
 from controller.controller import RetireOutcome, fleet_risk, reduce_only_behind, reduce_only_change
 from controller.emergency import KillOutcome, Outcome
 from controller.fence import stopped_here
-from controller.views import NO_FIGURES_YET, AgentAnswers, exposure_view, kill_state_map, kill_view, status_view
+from controller.views import NO_FIGURES_YET, AgentAnswers, exposure_view, kill_carried_out, kill_state_map, kill_view, status_view
 from fleet.vocabulary import KillState
 from tests.polling import poll
 
@@ -231,6 +231,16 @@ def test_kill_view_confirms_only_when_every_symbol_has_no_open_order():
     assert not kill_view("halt", "r", 0.0, {"symbols": {"A": {"open_orders": 0}, "B": {"open_orders": None}}})["confirmed"]
     assert not kill_view("halt", "r", 0.0, {"symbols": {}})["confirmed"]
     assert not kill_view("halt", "r", 0.0, None)["confirmed"]
+
+
+def test_a_flatten_is_confirmed_only_with_every_position_flat_too():
+    flat = {"open_orders": 0, "position": "0.000"}
+    assert kill_view("flatten", "r", 0.0, {"symbols": {"A": flat, "B": flat}})["confirmed"]
+    # the orders gone but a position left (an emergency cancel whose close failed), or none reported
+    for left in ({"open_orders": 0, "position": "-3.2"}, {"open_orders": 0, "position": None}, {"open_orders": 0}):
+        assert not kill_view("flatten", "r", 0.0, {"symbols": {"A": flat, "B": left}})["confirmed"], left
+        assert kill_carried_out("halt", left)   # a halt asks for no close
+    assert not kill_carried_out("flatten", {"open_orders": 1, "position": "0"})
 
 
 def test_the_work_an_apply_or_a_down_owes_reads_back_as_stored():

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -461,7 +462,8 @@ def flattened_by_the_endpoint(fleet: Any, book: LeaseBook, sym: str, reason: str
 def test_a_flatten_whose_agent_is_hung_too_is_closed_at_the_exchange(fleet):
     """Controller and agent both stopped: the endpoint empties the book, waits for the agent only until
     its lease (not renewed meanwhile) has ended, and then closes the position itself with a reduce-only
-    MARKET order; the exchange shows it flat and the symbol is written halted."""
+    MARKET order; the exchange shows it flat and the symbol is written halted. A halt asked meanwhile
+    (another operator) does not cancel the close: only a resume stops a flatten."""
     import ray
 
     sym = "SOLUSDT"
@@ -475,8 +477,19 @@ def test_a_flatten_whose_agent_is_hung_too_is_closed_at_the_exchange(fleet):
     os.kill(pid, signal.SIGSTOP)
     os.kill(agent_pid, signal.SIGSTOP)
     try:
-        answer = flattened_by_the_endpoint(fleet, book, sym, "flatten drill, agent hung")
+        with ThreadPoolExecutor(1) as pool:
+            flatten = pool.submit(fleet.post, "/kill", {"symbols": [sym], "mode": "flatten",
+                                                         "reason": "flatten drill, agent hung"})
+            poll(lambda: book.kill_record(sym).state == "flattening", 10, f"{sym} written flattening")
+            halt = fleet.post("/kill", {"symbols": [sym], "mode": "halt", "reason": "a halt meanwhile"})
+            assert halt.status_code == 200 and halt.json()["symbols"][sym]["open_orders"] == 0, halt.text
+            r = flatten.result(timeout=60)
+        assert r.status_code == 200 and r.json()["confirmed"] is True, r.text
+        answer = r.json()["symbols"][sym]
         assert answer["path"] == "emergency" and float(answer["position"]) == 0, answer   # closed by the endpoint
+        truth = fleet.sim.state(sym)
+        assert float(truth["positions"][sym]["amount"]) == 0 and truth["open_orders"] == [], truth
+        assert book.kill_record(sym).state == "halted"
     finally:   # thawed and resumed whatever happened, so that the later tests find the fleet quoting
         os.kill(agent_pid, signal.SIGCONT)
         os.kill(pid, signal.SIGCONT)
