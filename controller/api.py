@@ -467,6 +467,8 @@ class FleetApi:
         return await self._resume(body)
 
     async def _resume(self, body: ResumeRequest | ConsoleResumeRequest, via: str = "") -> dict[str, Any]:
+        await self.direct.refresh(self.direct.gcs_wait(READ_S))   # as a kill does: a symbol added since is known
+        self._traded({s: None for s in self.direct.symbols()})
         symbols = self._check_symbols(body.symbols)
         started = time.monotonic()
         log.warning("%sresume of %s requested: %s", via, symbols or "all symbols", body.reason or "(no reason)")

@@ -119,6 +119,20 @@ def _non_finite(value: Any) -> tuple[tuple[Any, ...], str] | None:
     return None
 
 
+def _encodable(text: str) -> str:
+    """``text`` as an answer can carry it: a lone surrogate (JSON allows ``"\\ud800"``; UTF-8 has no
+    encoding for it) shown escaped, so a 422 that echoes it is not a 500."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _shown_loc(loc: Any) -> list[Any]:
+    return [_encodable(x) if isinstance(x, str) else x for x in loc]
+
+
 def shown_input(value: Any) -> Any:
     """What a 422 may echo of an input: short values as they are, long ones trimmed or described."""
     if value is None or isinstance(value, bool):
@@ -128,25 +142,27 @@ def shown_input(value: Any) -> Any:
     if isinstance(value, int):
         return value if abs(value) < 10**18 else f"<integer of {len(str(abs(value)))} digits>"
     if isinstance(value, str):
+        value = _encodable(value)
         return value if len(value) <= INPUT_SHOWN else value[:INPUT_SHOWN] + f"... ({len(value)} characters)"
     if isinstance(value, dict | list):
         try:
             if len(json.dumps(value, allow_nan=False)) <= INPUT_SHOWN:
+                json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")   # no lone surrogate
                 return value
-        except (TypeError, ValueError):
+        except (TypeError, ValueError):   # UnicodeEncodeError is a ValueError
             pass
         return f"<object with {len(value)} keys>" if isinstance(value, dict) else f"<array of {len(value)} items>"
     return shown_input(str(value))
 
 
 def _problem(kind: str, loc: tuple[Any, ...], msg: str, value: Any = None) -> dict[str, Any]:
-    return {"type": kind, "loc": ["body", *loc], "msg": msg, "input": shown_input(value)}
+    return {"type": kind, "loc": ["body", *_shown_loc(loc)], "msg": msg, "input": shown_input(value)}
 
 
 def validation_detail(errors: list[dict[str, Any]], prefix: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
     """Pydantic's errors as a 422 lists them: type, field, message and a trimmed input (no context)."""
     return [
-        {"type": e.get("type"), "loc": [*prefix, *e.get("loc", ())], "msg": e.get("msg"),
+        {"type": e.get("type"), "loc": [*prefix, *_shown_loc(e.get("loc", ()))], "msg": e.get("msg"),
          "input": shown_input(e.get("input"))}
         for e in errors
     ]

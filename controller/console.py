@@ -41,6 +41,8 @@ MAX_SESSIONS = 256             # the oldest session goes first beyond this
 SIGNIN_MAX_BYTES = 4096        # a sign-in form is one short field
 SIGNIN_FAILURES = 10           # wrong tokens per client and minute before sign-in answers 429
 SIGNIN_WINDOW_S = 60.0
+SIGNIN_FAILURES_ALL = 100      # wrong tokens of all clients together a minute: a client's address comes
+                               # from X-Forwarded-For behind a proxy on loopback, which a client can vary
 
 ASSETS_DIR = Path(__file__).resolve().with_name("console_assets")
 ASSET_TYPES = {
@@ -134,11 +136,14 @@ class ConsoleSessions:
 
 
 class SignInThrottle:
-    """Wrong tokens per client: beyond ``limit`` in ``window_s`` sign-in answers 429 until they age out."""
+    """Wrong tokens per client: beyond ``limit`` in ``window_s`` sign-in answers 429 until they age out;
+    and beyond ``limit_all`` of all clients together (the address a client claims can change at will)."""
+
+    ALL = "\x00all"   # no address reads so
 
     def __init__(self, limit: int = SIGNIN_FAILURES, window_s: float = SIGNIN_WINDOW_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit, self.window_s, self.clock = limit, window_s, clock
+                 clock: Callable[[], float] = time.monotonic, limit_all: int = SIGNIN_FAILURES_ALL) -> None:
+        self.limit, self.window_s, self.clock, self.limit_all = limit, window_s, clock, limit_all
         self._failures: dict[str, deque[float]] = {}
 
     def _recent(self, client: str) -> deque[float]:
@@ -150,12 +155,16 @@ class SignInThrottle:
 
     def retry_after(self, client: str) -> float | None:
         """Seconds until ``client`` may try again, or None when it may now."""
-        q = self._recent(client)
-        if len(q) < self.limit:
+        waits = [self._wait(key, limit) for key, limit in ((client, self.limit), (self.ALL, self.limit_all))]
+        return max((w for w in waits if w is not None), default=None)
+
+    def _wait(self, key: str, limit: int) -> float | None:
+        q = self._recent(key)
+        if len(q) < limit:
             if not q:
-                self._failures.pop(client, None)
+                self._failures.pop(key, None)
             return None
-        return max(1.0, self.window_s - (self.clock() - q[0]))
+        return max(1.0, self.window_s - (self.clock() - q[-limit]))
 
     def attempt(self, client: str) -> float | None:
         """A sign-in begins: the seconds to wait when ``client`` is held, else None and the attempt is
@@ -167,15 +176,18 @@ class SignInThrottle:
         return wait
 
     def refund(self, client: str) -> None:
-        q = self._failures.get(client)
-        if q:
-            q.pop()
+        for key in (client, self.ALL):
+            q = self._failures.get(key)
+            if q:
+                q.pop()
 
     def failed(self, client: str) -> None:
         if len(self._failures) > 10_000:        # a flood of clients: forget the quiet ones
             for c in [c for c in self._failures if not self._recent(c)]:
                 self._failures.pop(c, None)
-        self._recent(client).append(self.clock())
+        now = self.clock()
+        self._recent(client).append(now)
+        self._recent(self.ALL).append(now)
 
 
 # --- request checks ------------------------------------------------------------------------------

@@ -339,10 +339,8 @@ class KillSwitches:
         targets = self._targets(symbols)
         now = time.time()
         asked_at = now if asked_at is None else float(asked_at)
-        if expires_at is not None and now > float(expires_at):
-            log.warning("a resume of %s asked %.1f s ago, after its caller stopped waiting: not carried out",
-                        ", ".join(targets), now - asked_at)
-            return {"symbols": {s: {"outcome": "expired", "agent": None} for s in targets}}
+        if expired := self._resume_expired(targets, asked_at, expires_at):
+            return expired
         for s in targets:
             journal_record(self, "resume", symbol=s, reason=(by or {}).get("reason"), **_by(by))
         self.kill_lock = self.kill_lock or asyncio.Lock()
@@ -352,6 +350,8 @@ class KillSwitches:
                 stored = await asyncio.wait_for(self.book.akill_records(targets), READ_S)
                 to_write = [s for s in targets if s not in stored or stored[s].state is KillState.RUNNING
                             or stored[s].since <= asked_at]
+            if expired := self._resume_expired(targets, asked_at, expires_at):   # waited for the lock or the read
+                return expired
             seqs = await write_kill_states(self.book, to_write, KillState.RUNNING, "resumed", issued_at=asked_at,
                                            unless_newer=True) if to_write else {}
         written = [s for s in targets if s in seqs]
@@ -368,6 +368,16 @@ class KillSwitches:
             else:
                 out[s] = {"outcome": "resumed", "agent": a}
         return {"symbols": out}
+
+    @staticmethod
+    def _resume_expired(targets: list[str], asked_at: float, expires_at: float | None) -> dict[str, Any] | None:
+        """The answer of a resume its caller stopped waiting for (it was told nothing changed), else None."""
+        now = time.time()
+        if expires_at is None or now <= float(expires_at):
+            return None
+        log.warning("a resume of %s asked %.1f s ago, after its caller stopped waiting: not carried out",
+                    ", ".join(targets), now - asked_at)
+        return {"symbols": {s: {"outcome": "expired", "agent": None} for s in targets}}
 
     async def kill_states(self) -> dict[str, Any]:
         self._load()

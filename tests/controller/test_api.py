@@ -307,7 +307,8 @@ def guarded(ray_cluster, tmp_path_factory):
 
         def kill(self, symbols, mode, reason, by=None, asked_at=None, expires_at=None):
             self.calls.append(("kill", symbols, mode, reason))
-            return {"symbols": {s: {"open_orders": 0} for s in (symbols or self.states)}}
+            return {"symbols": {s: {"open_orders": 0, "position": "0" if mode == "flatten" else None}
+                                for s in (symbols or self.states)}}
 
         def kill_noted(self, symbols, mode, reason, by, seqs):
             self.calls.append(("kill_noted", symbols, mode, reason))
@@ -364,6 +365,10 @@ STRICT_CASES = [
     ("/resume", '{"all": true, "reason": "' + "x" * 501 + '"}', "reason"),
     ("/kill", '{"all": true, "reason": 7}', "reason"),
     ("/kill", '{"symbols": "ETHUSDC", "reason": "drill"}', "symbols"),
+    # a lone surrogate (JSON allows it, UTF-8 cannot carry it): echoed escaped, not a 500
+    ("/kill", '{"all": true, "reason": "\\ud800"}', "reason"),
+    ("/resume", '{"symbols": ["\\udfff"]}', "symbols"),
+    ("/kill", '{"all": true, "reason": "drill", "\\ud800": 1, "\\ud800": 2}', "\\ud800"),
 ]
 
 

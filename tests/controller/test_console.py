@@ -92,6 +92,19 @@ def test_wrong_tokens_are_throttled_per_client_for_a_minute():
     assert throttle.retry_after("10.0.0.1") is None
 
 
+def test_wrong_tokens_from_ever_new_addresses_are_throttled_all_together():
+    """Behind a proxy on loopback the address is the client's X-Forwarded-For: one that changes it at
+    every try still meets the limit of all clients together."""
+    clock = FakeClock()
+    throttle = SignInThrottle(limit=3, window_s=60, clock=clock, limit_all=20)
+    held = [throttle.attempt(f"10.0.{i // 256}.{i % 256}") for i in range(50)]
+    assert held[:20] == [None] * 20 and all(w == pytest.approx(60) for w in held[20:])
+    clock.now += 30
+    assert throttle.retry_after("10.9.9.9") == pytest.approx(30)   # until the first 20 age out
+    clock.now += 30
+    assert throttle.retry_after("10.9.9.9") is None
+
+
 def test_a_sign_in_is_counted_before_its_token_is_read_and_given_back_when_right():
     """Parallel wrong sign-ins cannot all pass the check before the first is counted."""
     throttle = SignInThrottle(limit=3, window_s=60, clock=FakeClock())
