@@ -39,6 +39,14 @@ _ESCAPE_TABLE = str.maketrans(_ESCAPES)
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
+def redact_shapes(text: str) -> str:
+    """``text`` with secret-shaped parts (signatures, key headers, listen keys in a URL ...) redacted:
+    what the log's filter does, for text that goes elsewhere (the journal's events)."""
+    for pattern in _PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+    return text
+
+
 def escape_controls(text: str) -> str:
     """``text`` with every control character written as an escape (``\\n``, ``\\x1b`` ...): one line."""
     return text.translate(_ESCAPE_TABLE) if _CONTROL.search(text) else text
@@ -108,9 +116,7 @@ class SecretFilter(logging.Filter):
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        for pattern in _PATTERNS:
-            text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
-        return text
+        return redact_shapes(text)
 
     def _clean(self, value: Any) -> Any:
         if isinstance(value, (int, float, bool)) or value is None:

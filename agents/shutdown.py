@@ -151,7 +151,7 @@ class Shutdown:
         open_n, position = await self._exchange_view()
         await a.tasks.cancel_all(a.sender.inflight)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(a.journal.on_stop(a), 8.0)  # last backfill and flush; client open
+            await asyncio.wait_for(a.journal.on_stop(a), 5.5)  # last backfill and snapshot; client open
         await a.close_streams()
         if a.client is not None:
             await a.client.close()
@@ -175,6 +175,8 @@ class Shutdown:
         self.summary = summary
         a.publish()
         a.log.event("stopped", f"stopped in {summary['stop_elapsed_ms']} ms: {open_n} open orders, position {position}")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(a.journal.close(), 3.0)   # after every event of the stop, "stopped" too
         a.done()
         return summary
 

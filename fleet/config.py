@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -29,6 +30,8 @@ class _Model(BaseModel):
 # ``risk.net_max_hard_cap``), which may only lower a cap held by code.
 
 SEED_HARD_CAPS: dict[str, float] = {"ETHUSDC": 0.25}  # the seed: "net_max never above 0.25"
+# libpq's connection parameters that hold a secret, refused in a journal URL's query (?password=...)
+URL_SECRET_PARAMS = frozenset({"password", "sslpassword"})
 DEFAULT_NET_MAX_HARD_CAP = 0.25  # risk.net_max_hard_cap unless the fleet config sets one
 
 _CAP_HOLDERS = "symbols[].net_max_hard_cap or risk.net_max_hard_cap in the fleet config"
@@ -345,7 +348,8 @@ class JournalConfig(_Model):
         if not sep or not (scheme.startswith("postgresql") or scheme.startswith("sqlite")):
             raise ValueError("journal.url must be postgresql://user@host[:port]/db or sqlite:///path")
         netloc = rest.split("/", 1)[0]
-        if "@" in netloc and ":" in netloc.rsplit("@", 1)[0]:
+        query = {k.lower() for k, _ in parse_qsl(rest.partition("?")[2], keep_blank_values=True)}
+        if ("@" in netloc and ":" in netloc.rsplit("@", 1)[0]) or query & URL_SECRET_PARAMS:
             raise ValueError("journal.url must not hold a password: use journal.password_env or journal.password_file")
         return v
 

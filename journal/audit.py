@@ -18,6 +18,7 @@ log = logging.getLogger("mmfleet.journal")
 _SECRET_KEY = re.compile(r"(secret|password|passwd|token|api_key|apikey|private_key|credential)", re.I)
 _WHERE_KEY = re.compile(r"(_env|_file|_where|_configured)$", re.I)
 REDACTED = "<redacted>"
+_URL_SECRET_PARAM = re.compile(r"([?&](?:ssl)?password=)[^&#]*", re.I)   # a query's secret (the config refuses it)
 
 
 def token_fingerprint(token: str | None) -> str | None:
@@ -39,9 +40,10 @@ def redact(doc: Any) -> Any:
         return out
     if isinstance(doc, list):
         return [redact(v) for v in doc]
-    if isinstance(doc, str) and "://" in doc and "@" in doc:
-        # a URL with user:password@ -> user@
-        return re.sub(r"(://[^/:@]+):[^/@]*@", r"\1@", doc)
+    if isinstance(doc, str) and "://" in doc:
+        # a URL with user:password@ -> user@, and ?password=... -> ?password=***
+        doc = re.sub(r"(://[^/:@]+):[^/@]*@", r"\1@", doc) if "@" in doc else doc
+        return _URL_SECRET_PARAM.sub(rf"\1{REDACTED}", doc)
     return doc
 
 

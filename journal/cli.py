@@ -159,12 +159,15 @@ def cmd_events(args: argparse.Namespace, engine: Any, since: int | None) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return EXIT_OK
+    from agents.logging import escape_controls
+
     print(f"{'TIME (UTC)':<23} {'FLEET':<10} {'SYMBOL':<9} {'EPOCH':>5} {'KIND':<20} {'BY':<10} {'TOKEN':<12} REASON")
-    for r in rows:
-        by = r["actor"]
+    for r in rows:   # a reason is anyone's text: one row, one line, no terminal escapes
+        by = escape_controls(str(r["actor"]))
         print(f"{_ms(r['ts_ms']):<23} {r['fleet']:<10} {r['symbol'] or '*':<9} "
               f"{r['epoch'] if r['epoch'] is not None else '-':>5} {r['kind']:<20} {by:<10} {r['token_fp'] or '':<12} "
-              f"{(r['reason'] or '')[:120]}" + (f"  config {r['config_hash'][:12]}" if r["config_hash"] else ""))
+              f"{escape_controls((r['reason'] or '')[:120])}"
+              + (f"  config {r['config_hash'][:12]}" if r["config_hash"] else ""))
     return EXIT_OK
 
 

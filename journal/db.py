@@ -16,6 +16,8 @@ from typing import Any, Iterator
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Engine, make_url
 
+from fleet.config import URL_SECRET_PARAMS
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 PG_LOCK_KEY = 0x6D6D6A6E  # advisory lock id: one migration at a time across a cluster's agents
 
@@ -95,7 +97,8 @@ def target_from_args(url: str | None, state_dir: str | None, fleet: str | None =
 
 def check_no_password(url: str) -> None:
     try:
-        if make_url(url).password:
+        u = make_url(url)
+        if u.password or {k.lower() for k in u.query} & URL_SECRET_PARAMS:
             raise JournalConfigError("the journal URL must not hold a password: set MMFLEET_JOURNAL_PASSWORD "
                                      "(or journal.password_env / journal.password_file)")
     except JournalConfigError:

@@ -18,6 +18,7 @@ import time
 import uuid
 from typing import Any, Iterable
 
+from agents.logging import redact_shapes
 from fleet.binance.models import exchange_decimal
 
 from .db import Target
@@ -140,8 +141,10 @@ class AgentJournal(JournalSink):
                 return
         elif event not in AUDITED:
             return
-        detail = {k: v for k, v in fields.items() if k not in ("symbol", "epoch")}
-        self.event(kind, reason=msg, epoch=_epoch(agent), detail=detail or None)
+        # as the log shows them: a listen key in a stream's URL (the classic layout) is not kept
+        detail = {k: redact_shapes(v) if isinstance(v, str) else v for k, v in fields.items()
+                  if k not in ("symbol", "epoch")}
+        self.event(kind, reason=redact_shapes(msg), epoch=_epoch(agent), detail=detail or None)
 
     def on_resync(self, agent: Any, initial: bool) -> None:
         if self._task is None or self._task.done():
@@ -160,6 +163,8 @@ class AgentJournal(JournalSink):
             await asyncio.wait_for(self.backfill(agent, funding=True), 3.0)
         with contextlib.suppress(Exception):
             self.snapshot(agent)
+
+    async def close(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.writer.close, 2.5)
 

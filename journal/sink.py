@@ -38,7 +38,10 @@ class JournalSink:
         """A REST snapshot was taken (at start and at every resync): time to backfill the journal."""
 
     async def on_stop(self, agent: Any) -> None:
-        """The agent is stopping, its client still open: last backfill, last snapshot, flush."""
+        """The agent is stopping, its client still open: last backfill, last snapshot."""
+
+    async def close(self) -> None:
+        """The agent's stop has ended (its ``stopped`` event said): what is left written, the writer closed."""
 
 
 NULL_SINK = JournalSink()

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import InterfaceError, InternalError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DataError, InterfaceError, InternalError, OperationalError, SQLAlchemyError
 
 from .db import Target, make_engine, migrate
 from .schema import TABLES, fills, funding
@@ -89,8 +89,14 @@ def write_rows(engine: Engine, rows: list[Row]) -> int:
         for name, items in by_table.items():
             table = TABLES[name]
             cols = [c.name for c in table.columns if c.name != "id"]
-            conn.execute(_insert(engine, table), [{c: r.get(c) for c in cols} for r in items])
+            conn.execute(_insert(engine, table), [{c: _storable(r.get(c)) for c in cols} for r in items])
     return len(rows)
+
+
+def _storable(value: Any) -> Any:
+    """A NUL character shown as ``\\u0000``: PostgreSQL's text holds none (a kill reason may carry one),
+    and a row refused for it would be refused again at every replay."""
+    return value.replace("\x00", "\\u0000") if isinstance(value, str) and "\x00" in value else value
 
 
 class JournalWriter:
@@ -411,7 +417,9 @@ class JournalWriter:
                 return False
             except SQLAlchemyError as exc:
                 refused.append((row, exc))
-        if len(rows) > 1 and len(refused) == len(rows):
+        # every row refused: the database's state (a table missing), not the rows', unless each row's
+        # own values were refused (DataError: a value too long or out of range)
+        if len(rows) > 1 and len(refused) == len(rows) and not all(isinstance(e, DataError) for _, e in refused):
             self._note_down(refused[0][1])
             return False
         for row, exc in refused:
@@ -446,16 +454,23 @@ class JournalWriter:
             except FileNotFoundError:
                 return
         rows: list[Row] = []
-        with open(self.replay_path, encoding="utf-8") as f:
+        cut = 0
+        with open(self.replay_path, encoding="utf-8", errors="replace") as f:
             for line in f:
                 line = line.strip()
                 if not line:
                     continue
                 try:
                     doc = json.loads(line)
-                except ValueError:
-                    continue  # a line cut by a crash mid-write
-                rows.append((doc["t"], doc["r"]))
+                    rows.append((doc["t"], doc["r"]))
+                except (ValueError, KeyError, TypeError):
+                    cut += 1   # a line cut by a crash (or a full disk) mid-write
+        if cut:
+            with self._lock:
+                self.stats["dropped"] += cut
+            log.error("journal %s: %d spooled rows unreadable in %s (cut mid-write by a crash or a full disk), "
+                      "skipped; fills and funding among them are read again by the backfill only if later ones "
+                      "did not move its cursor past them", self.name, cut, self.replay_path)
         for i in range(0, len(rows), self.batch_max):
             if not self._write(rows[i:i + self.batch_max]):
                 return
@@ -470,11 +485,18 @@ def _line(exc: BaseException) -> str:
 
 
 def _append_lines(path: Path, rows: list[Row]) -> None:
-    """Rows appended to a JSON-lines file and synced (OSError: not written)."""
+    """Rows appended to a JSON-lines file and synced (OSError: not written). A file whose last line was
+    cut mid-write (a crash, a full disk) gets its line ended first, so that the cut row alone is lost,
+    not also the first one appended after it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        for name, row in rows:
-            f.write(json.dumps({"t": name, "r": row}, separators=(",", ":"), default=str) + "\n")
+    data = "".join(json.dumps({"t": name, "r": row}, separators=(",", ":"), default=str) + "\n"
+                   for name, row in rows).encode("utf-8", "backslashreplace")
+    with open(path, "a+b") as f:   # every write goes to the end, whatever was read
+        if f.seek(0, os.SEEK_END) > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                data = b"\n" + data
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
 

@@ -85,6 +85,26 @@ def test_a_row_postgresql_refuses_is_kept_apart_and_never_stalls_the_journal(pg_
     assert rejected["r"]["uid"] == "u4"
 
 
+def test_a_nul_in_a_reason_is_written_escaped_not_taken_for_an_outage(pg_db, tmp_path):
+    """PostgreSQL's text holds no NUL: a kill of two symbols whose reason carries one (the API takes any
+    string) wrote two rows it refused, which read as an outage, spooled and were refused again at every
+    replay, the journal stalled for good. Such a value is written with the NUL shown as \\u0000."""
+    from journal.audit import event_row
+    from journal.writer import JournalWriter
+
+    target = pg_target(pg_db, tmp_path)
+    w = JournalWriter(target, "nul", flush_interval=0.05).start()
+    for sym in ("ETHUSDC", "BTCUSDT"):
+        w.put(("events", event_row("f", "kill", actor="api", symbol=sym, reason="drill\x00two")))
+    w.put(("events", event_row("f", "resume", actor="api", symbol="ETHUSDC", reason="after")))
+    assert w.flush(30)
+    w.close(5)
+    assert w.db_up and w.stats["db_errors"] == 0 and w.stats["rejected"] == 0 and not w.spool_path.exists()
+    with make_engine(target).connect() as conn:
+        reasons = sorted(r for (r,) in conn.exec_driver_sql("SELECT reason FROM events WHERE fleet = 'f'"))
+    assert reasons == ["after", "drill\\u0000two", "drill\\u0000two"]
+
+
 def test_a_database_turned_read_only_is_an_outage_not_a_flood_of_refused_rows(pg_server, pg_db, tmp_path):
     """A failover to a read-only standby refuses every row (an InternalError): the rows spool and are
     replayed once it takes writes again, none is kept apart as refused."""

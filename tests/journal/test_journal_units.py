@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
+import pytest
 from sqlalchemy import select
+
+from fleet.config import ConfigError, load_fleet_config
 
 from journal import pnl
 from journal.audit import REDACTED, config_hash, event_row, redact, token_fingerprint
 from journal.cli import parse_since
-from journal.db import Target, make_engine, migrate
+from journal.db import JournalConfigError, Target, check_no_password, make_engine, migrate
 from journal.schema import events
 from journal.writer import JournalWriter, write_rows
 
@@ -20,6 +23,24 @@ def _fill(i, side, price, qty, mid, realized="0", fee="0.01"):
     return ("fills", {"ts_ms": 1000 + i, "fleet": "f", "account": "main", "symbol": "ETHUSDC", "epoch": 1,
                       "trade_id": i, "side": side, "price": price, "qty": qty, "fee": fee, "fee_asset": "USDC",
                       "maker": True, "realized_pnl": realized, "mid": mid, "mark": mid, "source": "stream"})
+
+
+@pytest.mark.parametrize("url", ["postgresql://mm:pw@h/db", "postgresql://mm@h/db?password=S3cret",
+                                 "postgresql://mm@h/db?sslmode=require&PassWord=S3cret",
+                                 "postgresql://mm@h/db?sslpassword=S3cret"])
+def test_a_journal_url_holding_a_password_is_refused_without_echoing_it(url, tmp_path):
+    """libpq takes a password from the URL's query as well as from user:password@: both are refused,
+    by the fleet config (naming where the password goes instead) and by the journal itself."""
+    path = tmp_path / "fleet.yaml"
+    path.write_text(json.dumps({"name": "f", "accounts": [{"name": "main"}], "journal": {"url": url},
+                                "symbols": [{"symbol": "ETHUSDC", "account": "main"}]}))
+    with pytest.raises(ConfigError) as err:
+        load_fleet_config(path)
+    assert "journal.url must not hold a password" in str(err.value) and "S3cret" not in str(err.value)
+    with pytest.raises(JournalConfigError):
+        check_no_password(url)
+    assert "S3cret" not in json.dumps(redact({"url": url}))
+    check_no_password("postgresql://mm@h/db?sslmode=require")   # other parameters pass
 
 
 def test_secrets_are_removed_and_tokens_are_fingerprints(tmp_path):
@@ -86,6 +107,33 @@ def test_an_unreachable_database_spools_and_replays(tmp_path):
     engine = make_engine(good)
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM fills").scalar() == 10
+
+
+def test_a_spool_line_cut_mid_write_loses_that_row_only_and_is_counted(tmp_path):
+    """A crash or a full disk mid-append leaves half a line at the spool's end: the next append starts
+    on a line of its own (it was joined to the cut one, and both were skipped at the replay, unsaid)."""
+    spool = tmp_path / "spool"
+    bad = Target(url="postgresql+psycopg://nobody@127.0.0.1:1/none", spool_dir=str(spool))
+    w = JournalWriter(bad, "t", flush_interval=0.05).start()
+    w.put(_fill(1, "BUY", "1", "1", 1.0))
+    assert w.flush(20) and w.spool_path.exists()
+    with open(w.spool_path, "a", encoding="utf-8") as f:   # the cut row: a crash mid-write
+        f.write('{"t":"fills","r":{"ts_ms":1002,"fleet"')
+    for i in (3, 4):
+        w.put(_fill(i, "BUY", "1", "1", 1.0))
+    assert w.flush(20)
+    w.close(1)
+    good = Target(url=f"sqlite:///{tmp_path / 'j.sqlite'}", spool_dir=str(spool))
+    w2 = JournalWriter(good, "t", flush_interval=0.05).start()
+    import time
+
+    end = time.monotonic() + 20
+    while (w2.spool_path.exists() or w2.replay_path.exists()) and time.monotonic() < end:
+        time.sleep(0.05)
+    w2.close(2)
+    assert w2.stats["replayed"] == 3 and w2.stats["dropped"] == 1
+    with make_engine(good).connect() as conn:
+        assert sorted(r for (r,) in conn.exec_driver_sql("SELECT trade_id FROM fills")) == [1, 3, 4]
 
 
 def test_an_exchange_row_that_is_not_a_number_is_skipped_and_the_others_written(tmp_path):
@@ -222,6 +270,8 @@ def test_the_journal_commands_refuse_bad_input_with_a_reason_and_no_traceback(tm
     target = Target(url=f"sqlite:///{sqlite_path(state, 'f')}", spool_dir=str(tmp_path / "spool"))
     w = JournalWriter(target, "t", flush_interval=0.05).start()
     w.put(_fill(1, "BUY", "3000", "0.01", 3000.0))
+    forged = "drill\n2026-12-01 00:00:00.000 f          ETHUSDC   -     resume api \x1b[2J"
+    w.put(("events", event_row("f", "kill", actor="api", symbol="ETHUSDC", reason=forged)))
     assert w.flush(20)
     w.close(5)
     blocker = tmp_path / "blocker"
@@ -234,6 +284,9 @@ def test_the_journal_commands_refuse_bad_input_with_a_reason_and_no_traceback(tm
 
     ok = run("fills", "--state-dir", str(state), "--fleet", "f", "--json")
     assert ok.returncode == 0 and json.loads(ok.stdout)[0]["trade_id"] == 1, ok.stderr
+    shown = run("events", "--state-dir", str(state), "--fleet", "f")   # a reason cannot forge a row
+    assert shown.returncode == 0 and len(shown.stdout.splitlines()) == 2, shown.stdout
+    assert "\x1b" not in shown.stdout and "drill\\n2026" in shown.stdout, shown.stdout
     for args, code, says in (
         (("pnl", "--state-dir", str(state), "--fleet", "nofleet"), 2, "no journal at"),
         (("pnl", "--state-dir", str(state), "--fleet", "f", "--since", "99999999999999999999d"), 2, "before 1970"),
