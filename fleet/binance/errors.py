@@ -227,8 +227,9 @@ def is_definite_failure(err: BinanceError) -> bool:
     """A 5xx answer Binance documents as "not executed" (safe to treat a write as never sent)."""
     if err.code in _DEFINITE_FAILURE_CODES:
         return True
-    msg = err.msg.lower()
-    return any(m in msg for m in _DEFINITE_FAILURE_MSGS)
+    # Binance's own message, whole: not any page that mentions it (a proxy's HTML "503 Service
+    # Unavailable" in front of the API says nothing of whether the request was executed)
+    return err.msg.strip().lower().startswith(_DEFINITE_FAILURE_MSGS)
 
 
 def for_write(err: BinanceError) -> BinanceError:

@@ -41,6 +41,9 @@ ANSWERS: dict[str, tuple[int, Any]] = {
     # a gateway in front of the API, not the API: an HTML page, not JSON
     "502": (502, _html(502, "Bad Gateway")),
     "504": (504, _html(504, "Gateway Time-out")),
+    # a proxy's own 503 page: it names "Service Unavailable" but is not Binance's JSON answer of that
+    # name (a definite failure); whether the request ran is unknown
+    "503-html": (503, _html(503, "Service Unavailable")),
     # a Binance-side (5XX) error; the reference gives no status for -1006, 503 is the 5XX Binance uses most
     "-1006": (503, {"code": -1006, "msg": "An unexpected response was received from the message bus. "
                                           "Execution status unknown."}),

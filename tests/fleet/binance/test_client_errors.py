@@ -129,6 +129,9 @@ def test_credentials_come_from_env_or_file_and_never_show_the_secret(tmp_path):
         (504, "<html><body>504 Gateway Time-out</body></html>"),
         (500, "<html>oops</html>"),
         (500, {"code": -1, "msg": "whatever the backend said"}),
+        # a proxy's page in front of the API, not Binance's "Service Unavailable." (which says nothing ran)
+        (503, "<html><head><title>503 Service Unavailable</title></head></html>"),
+        (503, {"msg": "upstream: Service Unavailable"}),
     ],
 )
 def test_an_ambiguous_answer_to_a_write_is_an_unknown_outcome(status, payload):
