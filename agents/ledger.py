@@ -183,6 +183,12 @@ class LiveOrder:
         )
 
 
+def _another_order(o: LiveOrder, order_id: int | None) -> bool:
+    """``order_id`` names another order than ``o``, under the same client id: Binance keeps client ids
+    unique among open orders only, so another hand on the account may use one again once it closed."""
+    return order_id is not None and o.order_id is not None and o.order_id != order_id
+
+
 class OrderLedger:
     """One symbol's orders: open (in flight included) and recently closed, and their pending sums."""
 
@@ -318,8 +324,8 @@ class OrderLedger:
         o = self.orders.get(client_order_id)
         if o is None and order_id is not None:
             o = self._by_id.get(order_id)
-        if o is None:
-            o = self.closed.get(client_order_id)
+        if o is None and (o := self.closed.get(client_order_id)) is not None and _another_order(o, order_id):
+            return None
         return o
 
     def mark_booked(self, client_order_id: str, order_id: int | None, steps: int) -> None:
@@ -606,8 +612,8 @@ class OrderLedger:
             o.reduce_only = reduce_only
             o.status = OrderStatus.NEW
             self.orders[client_order_id] = o
-        elif cum < o.key[1] or (cum == o.key[1] and key <= o.key):
-            self.stale_updates += 1
+        elif _another_order(o, order_id) or cum < o.key[1] or (cum == o.key[1] and key <= o.key):
+            self.stale_updates += 1   # (another order: a late view of one closed before this one was placed)
             return False
         elif o.status in _CLOSED and stage != _STAGE_FINAL and not o.inferred:
             # Closed here on the exchange's word; a late, older frame must not reopen it. (One the

@@ -263,6 +263,21 @@ def test_unknown_open_orders_from_the_stream_count_as_pending(store):
     assert store.pending_sell_steps == 9 and store.orders["manual-1"].reason == "external"
 
 
+def test_an_order_under_the_client_id_of_one_that_closed_is_a_new_order_and_counts(store):
+    """Binance keeps client ids unique among open orders only: another hand may place one again once
+    its first order has closed. The new order (another order id) counts; it was taken for a late frame
+    of the closed one, ignored, and never counted."""
+    store.apply(order_update("grid-sell-1", 500, SELL, 301_000, 9, t=5))
+    store.apply(order_update("grid-sell-1", 500, SELL, 301_000, 9, status="CANCELED", t=6))
+    assert store.pending_sell_steps == 0
+    store.apply(order_update("grid-sell-1", 501, SELL, 302_000, 20, t=7))
+    assert store.pending_sell_steps == 20 and store.orders["grid-sell-1"].order_id == 501
+    # a late view of the old one, even one with fills, changes nothing of the new one
+    store.apply(order_update("grid-sell-1", 500, SELL, 301_000, 9, status="CANCELED", cum_steps=3, t=6))
+    assert store.pending_sell_steps == 20 and store.orders["grid-sell-1"].filled_steps == 0
+    assert_pending_consistent(store)
+
+
 def test_snapshot_reset_closes_missing_orders_keeps_fresh_in_flight_and_sets_position(store):
     store.on_sent(place("gone"), 1_000)
     store.apply(order_update("gone", 1, BUY, 300_000, 7, t=1_001))
