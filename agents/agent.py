@@ -124,6 +124,7 @@ class SymbolAgent:
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.latency = LatencyWindow()
         self.frames = FrameCounts()
+        self.metrics.bind_frames(self.frames.counts)
         self.started_mono = clock.monotonic()
         self.published: Snapshot | None = None  # the latest snapshot the loop published (publish())
         self.carried: Carry | None = None   # the books a previous agent of the symbol left (agents/carry.py)

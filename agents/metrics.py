@@ -57,6 +57,7 @@ class AgentMetrics:
         self.budget: "RateBudget | None" = None
         self.journal_status: Callable[[], dict[str, Any]] | None = None   # the trade journal's writer, if any
         self.exchange_clock: Callable[[], tuple[int, int]] | None = None  # (offset ms, -1021 re-syncs)
+        self.frame_counts: Callable[[], dict[str, int]] | None = None   # the streams' skipped frames
         self.ws_connected = False
         self.rest_fallback_count = 0
         self.unknown_outcomes = 0  # requests answered ambiguously (execution status unknown)
@@ -87,6 +88,10 @@ class AgentMetrics:
     def bind_exchange_clock(self, read: Callable[[], tuple[int, int]]) -> None:
         """Show the exchange clock's offset from this host's and the -1021 re-syncs (read-only)."""
         self.exchange_clock = read
+
+    def bind_frames(self, counts: Callable[[], dict[str, int]]) -> None:
+        """Show the streams' frames skipped as malformed and events of unknown types (read-only)."""
+        self.frame_counts = counts
 
     def set_ws_connected(self, connected: bool) -> None:
         self.ws_connected = bool(connected)
@@ -155,6 +160,12 @@ class AgentMetrics:
         yield h
         yield _counter("mm_unknown_outcomes", "requests answered with execution status unknown", sym, self.unknown_outcomes)
         yield _counter("mm_margin_calls", "the exchange's MARGIN_CALL frames naming this symbol", sym, self.margin_calls)
+        frames = self.frame_counts() if self.frame_counts is not None else {}
+        yield _counter("mm_malformed_frames", "stream frames that did not parse or lacked a field the agent needs "
+                       "(logged and skipped; the reconciliation repairs what they carried)", sym,
+                       frames.get("malformed_frames", 0))
+        yield _counter("mm_unknown_events", "stream events of a type the agent does not know (skipped)", sym,
+                       frames.get("unknown_events", 0))
         offset, resyncs = self.exchange_clock() if self.exchange_clock is not None else (0, 0)
         yield gauge("mm_exchange_clock_offset_ms", "the exchange's clock minus this host's, as last learned from "
                     "/fapi/v1/time (signed requests carry the host's clock plus it)", offset)

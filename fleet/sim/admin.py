@@ -9,7 +9,7 @@ from aiohttp import web
 
 from fleet.sim.config import SimConfig
 from fleet.sim.engine import Engine, SimApiError
-from fleet.sim.faults import Deferred, RestFault, parse_fault
+from fleet.sim.faults import Deferred, FrameFault, RestFault, parse_fault, parse_frame_fault
 
 __all__ = ["AdminRoutes", "RestFault"]
 
@@ -22,6 +22,7 @@ class AdminRoutes:
     clock: Callable[[], int]
     stats: dict[str, int]
     faults: list[RestFault]
+    frame_faults: list[FrameFault]
     deferred: list[Deferred]
     latency: tuple[int, str | None]
     conns: set[Any]
@@ -58,6 +59,7 @@ class AdminRoutes:
             st["connections"] = {"market": sum(1 for c in self.conns if c.subs or (c.silent and not c.is_user)),
                                  "user": sum(1 for c in self.conns if c.is_user), "total": len(self.conns)}
             st["faults_pending"] = [vars(f) for f in self.faults]
+            st["frame_faults_pending"] = [vars(f) for f in self.frame_faults]
             st["deferred"] = [d.view() for d in self.deferred]
             st["server"] = dict(self.stats)
             st["weight_by_route"] = dict(self.weight_by_route)
@@ -69,6 +71,9 @@ class AdminRoutes:
         if path == "/sim/fault/rest":
             self.faults.append(parse_fault(body))
             return {"ok": True, "pending": len(self.faults)}
+        if path == "/sim/fault/frame":
+            self.frame_faults.append(parse_frame_fault(body))
+            return {"ok": True, "pending": len(self.frame_faults)}
         if path == "/sim/limits":
             if "max_modifies_per_order" in body:
                 n = int(body["max_modifies_per_order"])
@@ -84,6 +89,7 @@ class AdminRoutes:
             return {"ok": True}
         if path == "/sim/fault/clear":
             self.faults.clear()
+            self.frame_faults.clear()
             self.latency = (self.config.rest_latency_ms, None)  # back to the configured latency
             return {"ok": True}
         if path == "/sim/fault/drop":

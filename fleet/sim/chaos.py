@@ -15,8 +15,10 @@ callables (this module never imports the agent)::
 The schedule (:func:`schedule`, a ``random.Random(seed)``) holds every ambiguous answer of
 ``/sim/fault/rest`` at least once (late with each answer, timeout included; exec_then_error with
 each; error -1007; unknown; batch_short/malformed/nonjson) on a random write route, user and market
-stream drops, listenKey expiry, price jumps of 0.1..0.6 %, short market freezes and outside position
-moves near the cap; more of the same at random times fill the rest. The sampler checks, at the
+stream drops, listenKey expiry, price jumps of 0.1..0.6 %, short market freezes, outside position
+moves near the cap and stream frames without fields or broken (``/sim/fault/frame``: those Binance
+documents as optional, required ones, text that is not JSON); more of the same at random times fill
+the rest. The sampler checks, at the
 exchange:
 
 - the cap: worst long (position + open buys) <= cap and worst short (position - open sells) >= -cap,
@@ -63,7 +65,18 @@ BATCH_MODES = ("batch_short", "batch_malformed", "batch_nonjson")
 
 # extra actions beyond the one-of-each: kind family -> weight
 WEIGHTS = {"late": 20, "exec_then_error": 12, "error": 6, "unknown": 4, "batch": 12, "drop": 8,
-           "listenkey": 3, "jump": 20, "freeze": 5, "position": 6, "throttle": 3}
+           "listenkey": 3, "jump": 20, "freeze": 5, "position": 6, "throttle": 3, "frame": 4}
+
+# Stream frames sent without fields or broken (POST /sim/fault/frame): the name is the report's kind.
+FRAMES: dict[str, dict[str, Any]] = {
+    "no_commission": {"stream": "user", "event": "ORDER_TRADE_UPDATE", "fields": ["o.N", "o.n"]},  # Binance may
+    "no_status": {"stream": "user", "event": "ORDER_TRADE_UPDATE", "fields": ["o.X"]},
+    "no_position": {"stream": "user", "event": "ACCOUNT_UPDATE", "fields": ["a.P.pa"]},
+    "user_garbage": {"stream": "user", "mode": "garbage"},
+    "user_truncated": {"stream": "user", "mode": "truncate"},
+    "book_without_bid": {"stream": "market", "event": "bookTicker", "fields": ["b"]},
+    "market_garbage": {"stream": "market", "mode": "garbage"},
+}
 
 
 # --------------------------------------------------------------------------- exchange arithmetic
@@ -131,6 +144,7 @@ def schedule(seed: int, seconds: float, symbol: str, cap: float, step: Decimal |
     families += [("batch", m) for m in BATCH_MODES]
     families += [("drop", "user"), ("drop", "market"), ("listenkey", None), ("jump", None), ("freeze", None),
                  ("position", None)]
+    families += [("frame", name) for name in FRAMES]
     extra = max(0, int(seconds / mean_gap) - len(families))
     names = list(WEIGHTS)
     for fam in rng.choices(names, weights=[WEIGHTS[n] for n in names], k=extra):
@@ -184,6 +198,14 @@ def schedule(seed: int, seconds: float, symbol: str, cap: float, step: Decimal |
             target = arg or rng.choice(("user", "market"))
             body = {"target": target, "account": account} if target == "user" else {"target": target}  # a market
             out.append(Action(at, f"drop/{target}", "/sim/fault/drop", body))  # connection has no account
+        elif fam == "frame":
+            name = arg or rng.choice(list(FRAMES))
+            body = {**FRAMES[name], "count": rng.randint(1, 3)}
+            if body["stream"] == "market":
+                body["symbol"] = symbol
+            else:
+                body["account"] = account
+            out.append(Action(at, f"frame/{name}", "/sim/fault/frame", body))
         elif fam == "listenkey":
             out.append(Action(at, "listenkey_expire", "/sim/listenkey/expire", {"account": account}))
         elif fam == "jump":
@@ -504,6 +526,9 @@ class Soak:
         st = await self.state()
         for f in st["faults_pending"]:
             self.report.unused[rest_kind(f)] += 1
+        for f in st.get("frame_faults_pending", ()):
+            self.report.unused[next((f"frame/{n}" for n, b in FRAMES.items()
+                                     if all(f.get(k) == v for k, v in b.items())), "frame")] += 1
         await self.post("/sim/fault/clear", {})
         await self.post("/sim/market/freeze", {"frozen": False, "symbol": self.symbol, "mode": "data"})
         t0 = time.monotonic()

@@ -1,8 +1,10 @@
-"""Injected REST faults: Binance's ambiguous and hostile answers (see POST /sim/fault/rest in
-:mod:`fleet.sim.server`). Only data and validation live here; the server applies them."""
+"""Injected faults: Binance's ambiguous and hostile REST answers (POST /sim/fault/rest) and stream frames
+without fields or broken (POST /sim/fault/frame), see :mod:`fleet.sim.server`. Only data and validation
+live here; the server applies them."""
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,3 +175,83 @@ class Deferred:
         return {"method": self.method, "path": self.path, "account": self.account, "due_ms": self.due_ms,
                 "expires_ms": self.expires_ms,
                 "newClientOrderId": self.params.get("newClientOrderId") or self.params.get("clientAlgoId")}
+
+
+# --- stream frames ------------------------------------------------------------------------------
+
+FRAME_MODES = ("omit", "garbage", "truncate")
+
+
+@dataclass
+class FrameFault:
+    """A pending injected stream-frame fault (see POST /sim/fault/frame). Shown as is in /sim/state.
+
+    ``omit``: the next ``count`` matching frames go out without the fields named in ``fields``
+    (dotted paths into the frame, ``o.N``; a list on the way applies to each element, ``a.P.ps``), as
+    Binance documents some (``N`` and ``n`` "will not push if no commission") and as any frame may
+    come; ``garbage``: the frame is replaced by text that is not JSON; ``truncate``: the frame's JSON
+    is cut in half."""
+
+    stream: str                 # "user" or "market"
+    count: int
+    mode: str = "omit"
+    event: str | None = None    # the frame's "e" (ORDER_TRADE_UPDATE, ACCOUNT_UPDATE, bookTicker ...)
+    fields: list[str] = field(default_factory=list)
+    account: str | None = None  # user frames: this account's only
+    symbol: str | None = None   # this symbol's frames only ("s", or "o.s" of an order update)
+
+    def matches(self, stream: str, target: str, payload: dict[str, Any]) -> bool:
+        if stream != self.stream or (self.event is not None and payload.get("e") != self.event):
+            return False
+        if self.account is not None and stream == "user" and target != self.account:
+            return False
+        if self.symbol is not None:
+            inner = payload.get("o")
+            sym = payload.get("s") or (inner.get("s") if isinstance(inner, dict) else None)
+            return sym == self.symbol
+        return True
+
+    def apply(self, payload: dict[str, Any]) -> dict[str, Any] | bytes:
+        """The frame as it goes out: a copy without the fields, or bytes that do not parse."""
+        if self.mode == "garbage":
+            return b"not json: {\"e\":"
+        if self.mode == "truncate":
+            raw = json.dumps(payload, separators=(",", ":")).encode()
+            return raw[: len(raw) // 2]
+        out = copy.deepcopy(payload)
+        for path in self.fields:
+            _omit(out, path.split("."))
+        return out
+
+
+def _omit(node: Any, keys: list[str]) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _omit(item, keys)
+    elif isinstance(node, dict):
+        if len(keys) == 1:
+            node.pop(keys[0], None)
+        elif keys[0] in node:
+            _omit(node[keys[0]], keys[1:])
+
+
+def parse_frame_fault(body: dict[str, Any]) -> FrameFault:
+    """A FrameFault from an admin body; ValueError names the bad field."""
+    stream = body.get("stream")
+    if stream not in ("user", "market"):
+        raise ValueError("stream must be user or market")
+    mode = body.get("mode", "omit")
+    if mode not in FRAME_MODES:
+        raise ValueError(f"mode must be one of {', '.join(FRAME_MODES)}")
+    count = body.get("count", 1)
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ValueError("count must be an integer >= 1")
+    fields = body.get("fields", [])
+    if not isinstance(fields, list) or not all(isinstance(f, str) and f and "" not in f.split(".") for f in fields):
+        raise ValueError("fields must be a list of dotted field paths, e.g. [\"o.N\", \"o.n\"]")
+    if mode == "omit" and not fields:
+        raise ValueError("mode omit needs fields: the paths to leave out, e.g. [\"o.N\", \"o.n\"]")
+    for key in ("event", "account", "symbol"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            raise ValueError(f"{key} must be a string")
+    return FrameFault(stream, count, mode, body.get("event"), list(fields), body.get("account"), body.get("symbol"))

@@ -20,7 +20,7 @@ import orjson
 
 from fleet.sim.config import SimConfig
 from fleet.sim.engine import Engine, SimApiError, missing
-from fleet.sim.faults import ANSWERS, EXEC_MODES, Deferred, RestFault
+from fleet.sim.faults import ANSWERS, EXEC_MODES, Deferred, FrameFault, RestFault
 from fleet.sim.ratelimit import RateLimiter, too_many_requests
 from fleet.sim.rest import RestHandlers
 
@@ -54,12 +54,13 @@ class ExchangeGateway(RestHandlers):
         self.engine = engine
         self.limiter = RateLimiter(config.rate_limits)
         self.faults: list[RestFault] = []
+        self.frame_faults: list[FrameFault] = []   # stream frames sent without fields, or broken
         self.deferred: list[Deferred] = []  # late writes waiting for the matching engine
         self.latency: tuple[int, str | None] = (config.rest_latency_ms, None)
         self.stats = {"rest_requests": 0, "ws_frames_sent": 0, "ws_bad_messages": 0, "ws_slow_dropped": 0,
                       "ws_unlisted_symbol_streams": 0, "ws_legacy_silent_streams": 0,
                       "ws_misrouted_silent_streams": 0, "late_executed": 0, "late_expired": 0,
-                      "late_rejected": 0, "throttled": 0}
+                      "late_rejected": 0, "throttled": 0, "frames_faulted": 0}
         self.weight_by_route: dict[str, int] = {}  # IP weight charged since start, per "METHOD path"
         self._routes = self._route_table()
 

@@ -30,12 +30,12 @@ input, 404 on an unknown route)::
              "replay": null, or for a replayed market {"directory", "symbols", "start_ms", "shift_ms",
                        "position_ms", "lines_applied", "done", "malformed", "out_of_order", "cut_short",
                        "ignored"},
-             "connections": {"market", "user", "total"}, "faults_pending": [...],
+             "connections": {"market", "user", "total"}, "faults_pending": [...], "frame_faults_pending": [...],
              "deferred": [{"method", "path", "account", "due_ms", "expires_ms", "newClientOrderId"}],
              "server": {"rest_requests", "ws_frames_sent", "ws_bad_messages", "ws_slow_dropped",
                         "ws_unlisted_symbol_streams", "ws_legacy_silent_streams",
                         "ws_misrouted_silent_streams", "late_executed", "late_expired", "late_rejected",
-                        "throttled"},
+                        "throttled", "frames_faulted"},
              "weight_by_route": {"METHOD /path": IP weight charged since the start, every IP together}}
          (symbol optional: all symbols; account default "main"; money fields are decimal strings)
     GET  /sim/accounts                -> [{"name", "api_key", "api_secret"}]
@@ -94,6 +94,16 @@ input, 404 on an unknown route)::
          batch_nonjson:   the whole batch executes; HTTP 200 application/json whose body is the real
                           answer cut in half (not parseable)
          -> {"ok": true, "pending": n}
+    POST /sim/fault/frame    {"stream": "user"|"market", "mode": "omit"|"garbage"|"truncate", "count": 1,
+                              "event": "ORDER_TRADE_UPDATE", "fields": ["o.N", "o.n"], "account": "main",
+                              "symbol": "ETHUSDC"}
+         the next `count` stream frames that match (event: the frame's "e"; account: a user frame's;
+         symbol: its "s" or "o.s"; each optional) go out broken: omit: without the `fields` (dotted
+         paths; a list on the way applies to each element, "a.P.pa"), as Binance pushes an order
+         update with no "N" and "n" "if no commission" and as any field may be missing; garbage: text
+         that is not JSON; truncate: the frame's JSON cut in half. A frame is broken once for all the
+         connections it goes to. Pending ones are listed in /sim/state "frame_faults_pending", those
+         used counted in "server" frames_faulted; /sim/fault/clear drops them -> {"ok": true, "pending": n}
     POST /sim/fault/latency  {"ms": 200, "path": "/fapi/v1/order"}   delay matching REST calls (0 clears)
     POST /sim/fault/drop     {"target": "market"|"user"|"api"|"all", "account": "main", "route": null}
          abort matching WebSocket connections (TCP reset, no close frame; "api": the WebSocket API's,
@@ -101,7 +111,7 @@ input, 404 on an unknown route)::
          ("public", "market" or "legacy") keeps to the connections of that path, e.g. one of an
          agent's two market connections
          -> {"dropped": n}
-    POST /sim/fault/clear    {}       clear REST faults; latency back to the configured rest_latency_ms
+    POST /sim/fault/clear    {}       clear REST and frame faults; latency back to the configured rest_latency_ms
                                       (late writes already accepted still execute: they are in the exchange)
     POST /sim/limits         {"max_modifies_per_order": 3}
          PUT order answers -5026 "Exceed maximum modify order limit." once an order was modified this

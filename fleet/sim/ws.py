@@ -16,6 +16,7 @@ from aiohttp import WSMsgType, web
 from fleet.sim.config import SimConfig
 from fleet.sim.engine import Engine, render
 from fleet.sim.errors import SimApiError
+from fleet.sim.faults import FrameFault
 from fleet.sim.streams import MARKET, PUBLIC, canonical_stream, path_allows, unlisted_stream
 from fleet.sim.wsapi import HANDSHAKE_WEIGHT, METHODS, WsApiGateway, WsApiReply, WsSession, echoable_id
 
@@ -65,6 +66,13 @@ class Silent(NamedTuple):
     where: str = ""
 
 
+def _enveloped(stream: str, payload: dict[str, Any] | bytes) -> bytes:
+    """A combined stream's frame; one broken on purpose (a frame fault's bytes) is broken inside it."""
+    if isinstance(payload, bytes):
+        return b'{"stream":' + orjson.dumps(stream) + b',"data":' + payload + b"}"
+    return orjson.dumps({"stream": stream, "data": payload})
+
+
 class StreamGateway(WsApiGateway):
     """Owns the connections; needs the engine, the config, a stats dict, and (for the WebSocket API)
     the REST gateway's ``answer``, ``limiter``, ``latency_ms`` and ``clock``."""
@@ -76,6 +84,7 @@ class StreamGateway(WsApiGateway):
     user_conns: dict[str, set[Conn]]
     symbols_lower: set[str]
     stats: dict[str, int]
+    frame_faults: list[FrameFault]
 
     def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
         raise NotImplementedError  # pragma: no cover - provided by SimServer
@@ -90,13 +99,15 @@ class StreamGateway(WsApiGateway):
                 if not subs:
                     continue
                 payload = render(payload)
+                if self.frame_faults:
+                    payload = self._frame_fault("market", target, payload)
                 raw = None
                 for c in subs:
                     if c.combined:
-                        self._send(c, orjson.dumps({"stream": c.subs.get(target, target), "data": payload}))
+                        self._send(c, _enveloped(c.subs.get(target, target), payload))
                     else:
                         if raw is None:
-                            raw = orjson.dumps(payload)
+                            raw = payload if isinstance(payload, bytes) else orjson.dumps(payload)
                         self._send(c, raw)
             else:
                 conns = self.user_conns.get(target)
@@ -106,6 +117,8 @@ class StreamGateway(WsApiGateway):
                 payload = render(payload)
                 etype = payload.get("e")
                 key = payload["listenKey"] if etype == "listenKeyExpired" else acct.listen_key
+                if self.frame_faults:
+                    payload = self._frame_fault("user", target, payload)
                 raw = enveloped = None  # encoded once, whatever the number of connections
                 for c in conns:
                     if key not in c.listen_keys:
@@ -115,12 +128,23 @@ class StreamGateway(WsApiGateway):
                         continue
                     if c.combined:
                         if enveloped is None:
-                            enveloped = orjson.dumps({"stream": key, "data": payload})
+                            enveloped = _enveloped(key, payload)
                         self._send(c, enveloped)
                     else:
                         if raw is None:
-                            raw = orjson.dumps(payload)
+                            raw = payload if isinstance(payload, bytes) else orjson.dumps(payload)
                         self._send(c, raw)
+
+    def _frame_fault(self, stream: str, target: str, payload: dict[str, Any]) -> dict[str, Any] | bytes:
+        """The frame as the first pending frame fault that matches it sends it (POST /sim/fault/frame)."""
+        for f in self.frame_faults:
+            if f.matches(stream, target, payload):
+                f.count -= 1
+                if f.count <= 0:
+                    self.frame_faults.remove(f)
+                self.stats["frames_faulted"] += 1
+                return f.apply(payload)
+        return payload
 
     def _send(self, c: Conn, raw: bytes) -> None:
         if c.closed:

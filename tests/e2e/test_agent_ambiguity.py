@@ -310,3 +310,46 @@ async def test_system_throttling_refuses_the_quotes_yet_a_flatten_goes_through(m
     await wait_for(lambda: resting(agent, exchange), 15, "quoting again once the throttle ended",
                    explain=lambda: describe(agent, exchange))
     await wait_for(lambda: agent.status()["exchange_holds"] == [], 10, "no hold shown once quoting is back")
+
+
+FRAME_FAULTS = [
+    # Binance: N and n "will not push if no commission": such frames are whole frames, not malformed
+    ({"stream": "user", "event": "ORDER_TRADE_UPDATE", "fields": ["o.N", "o.n"], "count": 10}, 0),
+    ({"stream": "user", "event": "ORDER_TRADE_UPDATE", "fields": ["o.z", "o.l", "o.T"], "count": 3}, 0),
+    # a frame without the order's status, or broken: skipped, counted, the reconciliation repairs
+    ({"stream": "user", "event": "ORDER_TRADE_UPDATE", "fields": ["o.X"], "count": 3}, 3),
+    ({"stream": "user", "mode": "garbage", "count": 2}, 2),
+    ({"stream": "user", "mode": "truncate", "count": 2}, 2),
+    ({"stream": "market", "event": "bookTicker", "symbol": SYMBOL, "fields": ["b"], "count": 3}, 3),
+    ({"stream": "market", "event": "bookTicker", "symbol": SYMBOL, "mode": "garbage", "count": 2}, 2),
+]
+
+
+async def test_frames_without_fields_or_broken_are_skipped_and_counted_and_the_cap_holds(make_agent, exchange):
+    """The simulator sends frames without fields (those Binance documents as optional, and required
+    ones) and frames that do not parse, on the user and the market stream: the agent parses the first,
+    logs, counts and skips the others, never holds more than its cap at the exchange, and ends counting
+    exactly what the exchange holds."""
+    agent = await make_agent(runtime=RUNTIME)
+    await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.15"})
+    await settled(agent, exchange)
+    before = agent.status()["counters"]["malformed_frames"]
+    async with CapWatch(exchange) as watch:
+        for fault, _ in FRAME_FAULTS:
+            await exchange.post("/sim/fault/frame", fault)
+        pct = 0.25
+
+        async def used() -> bool:
+            nonlocal pct
+            if not (await exchange.state())["frame_faults_pending"]:
+                return True
+            pct = -pct
+            await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": pct})
+            return False
+
+        await wait_for(used, 30, "the frame faults used up", interval=0.3)
+        await settled(agent, exchange)
+    assert_cap(watch, agent.params.worst_cap)
+    skipped = agent.status()["counters"]["malformed_frames"] - before
+    assert skipped == sum(n for _, n in FRAME_FAULTS), skipped
+    assert metric(agent, "mm_malformed_frames_total") == agent.status()["counters"]["malformed_frames"]

@@ -71,9 +71,11 @@ async def test_random_faults_never_breach_the_cap_nor_orphan_nor_reuse_an_id(mak
     assert summary["exchange_open_orders"] == 0, summary
     # every kind of fault fired, and the answers were really ambiguous to the agent
     assert {"late/timeout", "exec_then_error/-1007", "error/-1007", "batch_nonjson", "position", "freeze",
-            "drop/user", "drop/market", "listenkey_expire", "throttle"} <= set(report.injected)
+            "drop/user", "drop/market", "listenkey_expire", "throttle", "frame/no_status",
+            "frame/user_garbage", "frame/market_garbage"} <= set(report.injected)
     counters = summary["counters"]
     assert counters["unknown_outcomes"] > 0 and counters["stale_market_pulls"] > 0, counters
+    assert counters["malformed_frames"] > 0, counters
     assert report.graces, "no outside position move took effect"
 
 

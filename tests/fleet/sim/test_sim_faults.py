@@ -270,3 +270,47 @@ async def test_system_throttle_refuses_new_orders_but_not_reduce_only_ones_cance
         assert again.status == 200   # the fault used up: orders pass again
         st = await c.state(symbol="ETHUSDC")
         assert st["faults_pending"] == [] and st["server"]["throttled"] == 4
+
+
+async def test_frame_faults_send_frames_without_fields_or_broken_then_whole_again(sim):
+    """POST /sim/fault/frame: the next matching frames go out without the named fields (Binance pushes
+    no N or n "if no commission"), as text that is not JSON, or cut in half; the rest stay whole."""
+    async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
+        key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
+        ws = await s.ws_connect(f"{sim.ws_url}/private/ws?listenKey={key}&events=ORDER_TRADE_UPDATE")
+        book = await ws_book(s, sim)
+        await c.admin("POST", "/sim/fault/frame", {"stream": "user", "event": "ORDER_TRADE_UPDATE",
+                                                   "fields": ["o.N", "o.n"], "count": 1})
+        await c.admin("POST", "/sim/fault/frame", {"stream": "user", "mode": "garbage", "count": 1})
+        await c.admin("POST", "/sim/fault/frame", {"stream": "user", "mode": "truncate", "count": 1,
+                                                   "symbol": "ETHUSDC"})
+        assert len((await c.state())["frame_faults_pending"]) == 3
+        for i in range(4):
+            r = await c.signed("POST", "/fapi/v1/order", {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT",
+                                                          "timeInForce": "GTC", "quantity": "0.010",
+                                                          "price": book, "newClientOrderId": f"ff-{i}"})
+            assert r.status == 200, r.json
+        texts = [(await ws.receive(timeout=10)).data for _ in range(4)]
+        first = json.loads(texts[0])
+        assert first["o"]["c"] == "ff-0" and "N" not in first["o"] and "n" not in first["o"] and "X" in first["o"]
+        for broken in texts[1:3]:
+            with pytest.raises(ValueError):
+                json.loads(broken)
+        whole = json.loads(texts[3])
+        assert whole["o"]["c"] == "ff-3" and whole["o"]["N"] == "USDC" and whole["o"]["n"] == "0"
+        st = await c.state()
+        assert st["frame_faults_pending"] == [] and st["server"]["frames_faulted"] == 3
+        for body in ({"stream": "nowhere"}, {"stream": "user", "mode": "omit"}, {"stream": "user", "count": 0,
+                                                                                 "fields": ["o.N"]},
+                     {"stream": "market", "fields": ["b", ""]}, {"stream": "user", "mode": "burn"}):
+            async with s.post(f"{sim.rest_url}/sim/fault/frame", json=body) as r:
+                assert r.status == 400 and "error" in await r.json(), body
+        await ws.close()
+
+
+async def ws_book(s: aiohttp.ClientSession, sim) -> str:
+    """A bid price well below ETHUSDC's touch, from its book ticker (the order rests, no fill)."""
+    ws = await s.ws_connect(f"{sim.ws_url}/public/ws/ethusdc@bookTicker")
+    bid = Decimal(json.loads((await ws.receive(timeout=10)).data)["b"])
+    await ws.close()
+    return str((bid * Decimal("0.98")).quantize(Decimal("0.01")))
