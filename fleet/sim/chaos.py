@@ -14,7 +14,8 @@ callables (this module never imports the agent)::
 
 The schedule (:func:`schedule`, a ``random.Random(seed)``) holds every ambiguous answer of
 ``/sim/fault/rest`` at least once (late with each answer, timeout included; exec_then_error with
-each; error -1007; unknown; batch_short/malformed/nonjson) on a random write route, user and market
+each; error -1007; unknown; batch_short/malformed/nonjson) on a random write route (cancel-all and the
+dead-man heartbeat among them), 429s, user and market
 stream drops, listenKey expiry, price jumps of 0.1..0.6 %, short market freezes, outside position
 moves near the cap and stream frames without fields or broken (``/sim/fault/frame``: those Binance
 documents as optional, required ones, text that is not JSON); more of the same at random times fill
@@ -59,13 +60,14 @@ from fleet.sim.testkit import SimClient
 __all__ = ["Action", "Probe", "Report", "Soak", "schedule", "worst_long", "worst_short", "exchange_open"]
 
 ORDER, BATCH = "/fapi/v1/order", "/fapi/v1/batchOrders"
-WRITES = [(m, p) for p in (ORDER, BATCH) for m in ("POST", "PUT", "DELETE")]
-ANSWERS = ("503", "503-nocode", "500", "502", "504", "-1006", "-1007", "timeout")
+WRITES = [(m, p) for p in (ORDER, BATCH) for m in ("POST", "PUT", "DELETE")] + [
+    ("DELETE", "/fapi/v1/allOpenOrders"), ("POST", "/fapi/v1/countdownCancelAll")]
+ANSWERS = ("503", "503-nocode", "503-html", "500", "502", "504", "-1006", "-1007", "timeout")
 BATCH_MODES = ("batch_short", "batch_malformed", "batch_nonjson")
 
 # extra actions beyond the one-of-each: kind family -> weight
 WEIGHTS = {"late": 20, "exec_then_error": 12, "error": 6, "unknown": 4, "batch": 12, "drop": 8,
-           "listenkey": 3, "jump": 20, "freeze": 5, "position": 6, "throttle": 3, "frame": 4}
+           "listenkey": 3, "jump": 20, "freeze": 5, "position": 6, "throttle": 3, "frame": 4, "429": 2}
 
 # Stream frames sent without fields or broken (POST /sim/fault/frame): the name is the report's kind.
 FRAMES: dict[str, dict[str, Any]] = {
@@ -140,7 +142,7 @@ def schedule(seed: int, seconds: float, symbol: str, cap: float, step: Decimal |
     step = Decimal(str(step))
     families: list[tuple[str, Any]] = [("late", a) for a in ANSWERS] + [("exec_then_error", a) for a in ANSWERS]
     families += [("error", "-1007"), ("error", "503-unavailable"), ("error", "-5028"), ("unknown", None),
-                 ("throttle", None)]
+                 ("throttle", None), ("429", None)]
     families += [("batch", m) for m in BATCH_MODES]
     families += [("drop", "user"), ("drop", "market"), ("listenkey", None), ("jump", None), ("freeze", None),
                  ("position", None)]
@@ -179,6 +181,8 @@ def schedule(seed: int, seconds: float, symbol: str, cap: float, step: Decimal |
             if answer == "timeout":
                 body["hold_ms"] = rng.randint(200, 900)
             out.append(Action(at, rest_kind(body), "/sim/fault/rest", body))
+        elif fam == "429":   # the exchange's rate limit answered (Retry-After 1 s, no ban)
+            out.append(Action(at, "429", "/sim/fault/rest", {"mode": "429", "count": rng.randint(1, 3)}))
         elif fam == "throttle":   # the exchange's system-level protection: new orders refused (-1008)
             body = {"mode": "throttle", "count": rng.randint(1, 4)}
             out.append(Action(at, "throttle", "/sim/fault/rest", body))

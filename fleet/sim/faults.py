@@ -12,8 +12,10 @@ from typing import Any
 ORDER = "/fapi/v1/order"
 BATCH = "/fapi/v1/batchOrders"
 ALGO = "/fapi/v1/algoOrder"
-WRITE_ROUTES = frozenset((m, p) for m in ("POST", "PUT", "DELETE") for p in (ORDER, BATCH)) | {("POST", ALGO),
-                                                                                             ("DELETE", ALGO)}
+CANCEL_ALL = "/fapi/v1/allOpenOrders"
+COUNTDOWN = "/fapi/v1/countdownCancelAll"
+WRITE_ROUTES = frozenset((m, p) for m in ("POST", "PUT", "DELETE") for p in (ORDER, BATCH)) | {
+    ("POST", ALGO), ("DELETE", ALGO), ("DELETE", CANCEL_ALL), ("POST", COUNTDOWN)}
 BATCH_ROUTES = frozenset((m, BATCH) for m in ("POST", "PUT", "DELETE"))
 # Binance's system-level protection (-1008) "applies to POST order, batchOrders and order/test"
 THROTTLE_ROUTES = frozenset({("POST", ORDER), ("POST", BATCH), ("POST", ORDER + "/test")})

@@ -58,7 +58,8 @@ input, 404 on an unknown route)::
                   again."}, charged no weight nor order count; a reduce-only or close-position order (a
                   batch of only those) passes and leaves the fault pending, as do cancels and amends.
                   Counted in /sim/state "server" throttled.
-         The modes below take only writes (POST/PUT/DELETE /fapi/v1/order and /fapi/v1/batchOrders; the
+         The modes below take only writes (POST/PUT/DELETE /fapi/v1/order and /fapi/v1/batchOrders, POST/DELETE
+         /fapi/v1/algoOrder, DELETE /fapi/v1/allOpenOrders, POST /fapi/v1/countdownCancelAll; the
          batch_* ones only /fapi/v1/batchOrders) that passed the gateway (key, signature, timestamp,
          rate limits): a request rejected there is answered as usual and leaves the fault pending.
          late:    answer `answer` at once and execute the request `delay_ms` (default 400) after it

@@ -72,7 +72,7 @@ async def test_random_faults_never_breach_the_cap_nor_orphan_nor_reuse_an_id(mak
     # every kind of fault fired, and the answers were really ambiguous to the agent
     assert {"late/timeout", "exec_then_error/-1007", "error/-1007", "batch_nonjson", "position", "freeze",
             "drop/user", "drop/market", "listenkey_expire", "throttle", "frame/no_status",
-            "frame/user_garbage", "frame/market_garbage"} <= set(report.injected)
+            "frame/user_garbage", "frame/market_garbage", "429"} <= set(report.injected)
     counters = summary["counters"]
     assert counters["unknown_outcomes"] > 0 and counters["stale_market_pulls"] > 0, counters
     assert counters["malformed_frames"] > 0, counters
