@@ -34,7 +34,7 @@ from controller.fence import Fence, Fenced
 from controller.handles import (AGENT_PREFIX, AgentHandles, above_agents_env, agent_name, find_spawner, named_actor,
                                 get_or_create_spawner)
 from controller.kill_path import ms_since
-from controller.kill_switches import KILL_GROUP, KillSwitches, _num, journal_record
+from controller.kill_switches import KILL_GROUP, KillSwitches, _num, journal_cursor, journal_record, journal_trades
 from controller.lease import NO_LEASE_SHOWN, GcsStore, LeaseAnswer, LeaseBook, WriteThroughStore
 from controller.owed import OwedWork, PendingApply
 from controller.spec import SPEC_DOC, build_spec, endpoints_of, parse_spec, rate_shares
@@ -134,6 +134,26 @@ def reduce_only_behind(symbols: list[str], exposures: list[Any], flag: bool) -> 
     """The agents to tell the fleet's reduce-only flag: those whose exposure does not show it (a
     restarted agent learns it at once, not at its next renew), not all of them every pass."""
     return [s for s, a in zip(symbols, exposures) if not isinstance(a, dict) or a.get("reduce_only", flag) != flag]
+
+
+async def close_left(ctl: Any, symbol: str, account: str, summary: Any) -> float:
+    """A flatten's position read at the exchange once its agent is gone (an order of the agent's may
+    have landed after its stop read it), and closed by the controller if it is still open; its fills
+    written to the journal (no agent of the symbol is left to read them from the exchange)."""
+    before, after = await ctl.desk.close_position(symbol, account)
+    if before:
+        said = summary.get("exchange_position") if isinstance(summary, dict) else "nothing"
+        log.warning("%s: the flatten left a position of %s (the agent's stop said %s): closed by the "
+                    "controller, %s left", symbol, before, said, after)
+        journal_record(ctl, "position_closed", symbol=symbol, account=account, reason="down --flatten",
+                       detail={"before": before, "after": after, "agent_said": said})
+        try:   # after the journal's newest fill of the symbol (a hung agent's last fills too), else a day's
+            newest = await asyncio.to_thread(journal_cursor, ctl, symbol, account)
+            since = int((time.time() - ctl.cfg.journal.backfill_lookback_hours * 3600) * 1000)
+            journal_trades(ctl, symbol, account, await ctl.desk.trades_since(symbol, account, since, newest))
+        except Exception as exc:  # noqa: BLE001 - the close is done; the journal lacks its fills, said
+            log.error("%s: the controller's closing fills not read for the journal: %s", symbol, named_line(exc))
+    return after
 
 
 async def forget_exposition(fleet_name: str, symbol: str) -> None:
@@ -542,7 +562,7 @@ class FleetController(KillSwitches):
         position = None
         if flatten and account:   # the agent's flatten, or this one where it failed (hung, dead, out of time)
             try:
-                position = await self._close_left(symbol, account, summary)
+                position = await close_left(self, symbol, account, summary)
             except Exception as exc:  # noqa: BLE001
                 error = (error + "; " if error else "") + f"position not closed: {named_line(exc)}"
         try:
@@ -552,18 +572,6 @@ class FleetController(KillSwitches):
             error = (error + "; " if error else "") + f"not forgotten: {named_line(exc)}"
         return RetireOutcome(handle is not None, open_orders, summary if isinstance(summary, dict) else None,
                              error, ms_since(started), position)
-
-    async def _close_left(self, symbol: str, account: str, summary: Any) -> float:
-        """A flatten's position read at the exchange once its agent is gone (an order of the agent's may
-        have landed after its stop read it), and closed here if it is still open."""
-        before, after = await self.desk.close_position(symbol, account)
-        if before:
-            said = summary.get("exchange_position") if isinstance(summary, dict) else "nothing"
-            log.warning("%s: the flatten left a position of %s (the agent's stop said %s): closed by the "
-                        "controller, %s left", symbol, before, said, after)
-            journal_record(self, "position_closed", symbol=symbol, account=account, reason="down --flatten",
-                           detail={"before": before, "after": after, "agent_said": said})
-        return after
 
     async def down(self, flatten: bool = False) -> dict[str, Any]:
         """Stop every agent (optionally flattening), confirm 0 open orders, forget the applied spec."""

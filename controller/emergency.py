@@ -274,6 +274,19 @@ class EmergencyDesk:
         flat; the position before and what the exchange lists after."""
         return await self._close_position(await self.client(account), symbol)
 
+    async def trades_since(self, symbol: str, account: str, start_ms: int, after_id: int | None = None) -> list[dict[str, Any]]:
+        """The account's fills of the symbol after trade ``after_id``, else since ``start_ms`` (userTrades,
+        weight 5 a page of 1,000)."""
+        client = await self.client(account)
+        out: list[dict[str, Any]] = []
+        while True:
+            page = await (client.user_trades(symbol, start_time=start_ms, limit=1000) if after_id is None else
+                          client.user_trades(symbol, from_id=after_id + 1, limit=1000))
+            out += page
+            if len(page) < 1000:
+                return out
+            after_id = max(int(t["id"]) for t in page)
+
     def sweep_later(self, symbol: str, account: str, delay: float, still_stopped: Callable[[], Awaitable[bool]]) -> None:
         """Cancel the symbol's orders again after ``delay`` s, if it is still halted or flattening then."""
         task = asyncio.get_running_loop().create_task(self._sweep(symbol, account, delay, still_stopped))

@@ -43,6 +43,27 @@ def journal_record(controller: Any, kind: str, **kw: Any) -> None:
         log.warning("journal: %s not recorded: %s", kind, named_line(exc))
 
 
+def journal_cursor(controller: Any, symbol: str, account: str) -> int | None:
+    """The newest trade id the journal holds for the symbol; None if none or not read (said)."""
+    try:
+        from journal.audit import trade_cursor
+
+        return trade_cursor(controller, symbol, account)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("journal: the newest fill of %s not read: %s", symbol, named_line(exc))
+        return None
+
+
+def journal_trades(controller: Any, symbol: str, account: str, trades: list[dict[str, Any]]) -> None:
+    """Fills of the controller's own orders (userTrades rows) in the trade journal (idempotent by trade)."""
+    try:
+        from journal.audit import record_trades
+
+        record_trades(controller, symbol, account, trades)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("journal: %d fills of %s not recorded: %s", len(trades), symbol, named_line(exc))
+
+
 def _by(by: dict[str, Any] | None) -> dict[str, Any]:
     by = by or {}
     return {"actor": str(by.get("actor") or "ray")[:16], "token_fp": by.get("token_fp")}

@@ -79,6 +79,24 @@ class AuditLog:
         except Exception as exc:  # noqa: BLE001 - the audit trail never stops an operator's action
             log.warning("journal: %s event not recorded: %r", kind, exc)
 
+    def trades(self, symbol: str, account: str, trades: list[dict[str, Any]]) -> None:
+        """The exchange's userTrades rows of a symbol, as fills (the controller's own closing orders)."""
+        from .recorder import trade_row
+
+        scope = {"fleet": self.fleet, "account": account, "symbol": symbol}
+        for r in trades:
+            try:
+                self.writer.put(trade_row(scope, r))
+            except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+                log.warning("journal: an exchange trade row of %s that does not read is skipped: %r", symbol, exc)
+
+    def trade_cursor(self, account: str, symbol: str) -> int | None:
+        """The newest trade id the journal holds for the symbol (None: none, or the database not up)."""
+        from .writer import cursors
+
+        engine = self.writer.engine()
+        return cursors(engine, account, symbol)[0] if engine is not None else None
+
     def close(self, timeout: float = 5.0) -> None:
         self.writer.close(timeout)
 
@@ -104,6 +122,17 @@ def record(controller: Any, kind: str, **kw: Any) -> None:
     if audit is not None:
         kw.setdefault("actor", "controller")
         audit.record(kind, **kw)
+
+
+def trade_cursor(controller: Any, symbol: str, account: str) -> int | None:
+    audit = controller_audit(controller)
+    return audit.trade_cursor(account, symbol) if audit is not None else None
+
+
+def record_trades(controller: Any, symbol: str, account: str, trades: list[dict[str, Any]]) -> None:
+    audit = controller_audit(controller)
+    if audit is not None:
+        audit.trades(symbol, account, trades)
 
 
 def record_once(cfg: Any, kind: str, **kw: Any) -> None:

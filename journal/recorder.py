@@ -402,14 +402,7 @@ class AgentJournal(JournalSink):
         return out
 
     def _trade_row(self, epoch: int | None, r: dict[str, Any]) -> Row:
-        return ("fills", {
-            "ts_ms": int(r["time"]), **self._scope, "epoch": None, "trade_id": int(r["id"]),
-            "order_id": int(r["orderId"]) if r.get("orderId") is not None else None, "client_order_id": None,
-            "side": str(r["side"]), "price": _money(r["price"]), "qty": _money(r["qty"]),
-            "fee": _money(r.get("commission")), "fee_asset": r.get("commissionAsset"),
-            "maker": bool(r.get("maker")), "realized_pnl": _money(r.get("realizedPnl")),
-            "mid": None, "mark": None, "source": "backfill",
-        })
+        return trade_row(self._scope, r)
 
     def _income_rows(self, epoch: int | None, r: dict[str, Any]) -> list[Row]:
         if r.get("incomeType") != "FUNDING_FEE" or r.get("symbol") not in (self.symbol, None, ""):
@@ -418,6 +411,18 @@ class AgentJournal(JournalSink):
             "ts_ms": int(r["time"]), **self._scope, "epoch": epoch, "income_id": int(r["tranId"]),
             "amount": _money(r["income"]), "asset": r.get("asset"),
         })]
+
+
+def trade_row(scope: dict[str, Any], r: dict[str, Any]) -> Row:
+    """A fills row from one of the exchange's userTrades rows (``scope``: fleet, account, symbol)."""
+    return ("fills", {
+        "ts_ms": int(r["time"]), **scope, "epoch": None, "trade_id": int(r["id"]),
+        "order_id": int(r["orderId"]) if r.get("orderId") is not None else None, "client_order_id": None,
+        "side": str(r["side"]), "price": _money(r["price"]), "qty": _money(r["qty"]),
+        "fee": _money(r.get("commission")), "fee_asset": r.get("commissionAsset"),
+        "maker": bool(r.get("maker")), "realized_pnl": _money(r.get("realizedPnl")),
+        "mid": None, "mark": None, "source": "backfill",
+    })
 
 
 def _money(value: Any) -> str:

@@ -24,6 +24,7 @@ from agents.orders import parse_client_order_id
 from controller.controller import ControllerSettings, build_spec, find_controller
 from fleet.config import FleetConfig
 from fleet.ops.fleet_cli import FleetAlreadyRunning, start_fleet, stop_fleet
+from journal.db import Target, make_engine, sqlite_path
 from tests import polling
 from fleet.ops.ports import free_port
 
@@ -698,6 +699,7 @@ def test_a_flatten_down_leaves_no_position_no_order_no_agent_and_no_endpoint(fle
         fleet.exchange.set_position(symbol, amount)
     hung = fleet.status("SOLUSDT")["pid"]
     fleet.exchange.admin("/sim/fault/latency", {"ms": 4000, "path": "/fapi/v1/allOpenOrders"})
+    t0 = int(time.time() * 1000)
     os.kill(hung, signal.SIGSTOP)
     try:
         result = fleet.ray.get(fleet.controller().down.remote(True), timeout=120)
@@ -709,6 +711,13 @@ def test_a_flatten_down_leaves_no_position_no_order_no_agent_and_no_endpoint(fle
     assert {s: fleet.exchange.position(s) for s in SYMBOLS} == {s: 0.0 for s in SYMBOLS}
     assert {s: r["position"] for s, r in result["symbols"].items()} == {s: 0.0 for s in SYMBOLS}, result
     assert result["symbols"]["SOLUSDT"]["summary"] is None   # its stop never answered: the controller closed it
+    # the controller's closing fills are in the journal: no agent of SOLUSDT is left to read them
+    traded = {t["id"] for t in fleet.exchange.signed_get("/fapi/v1/userTrades", {"symbol": "SOLUSDT", "startTime": t0})}
+    engine = make_engine(Target(url=f"sqlite:///{sqlite_path(fleet.cfg.state_dir, fleet.cfg.name)}"))
+    with engine.connect() as conn:
+        journaled = {r for (r,) in conn.exec_driver_sql("SELECT trade_id FROM fills WHERE symbol = 'SOLUSDT'")}
+    engine.dispose()
+    assert traded and traded <= journaled, (traded, journaled)
     assert all(result["symbols"][s]["summary"]["exchange_position"] == 0.0 for s in ("ETHUSDC", "BTCUSDT"))
     for s in SYMBOLS:
         assert fleet.exchange.open_orders(s) == []
