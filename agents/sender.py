@@ -13,7 +13,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any, Awaitable
 
-from fleet.binance.client import BinanceClient
+from fleet.binance.client import RESIGNING, BinanceClient
 from fleet.binance.enums import ErrorCode, OrderType, TimeInForce
 from fleet.binance.errors import (
     BinanceError,
@@ -238,15 +238,23 @@ class OrderSender:
         client = self.agent.require_client()
         core = self.agent.require_core()
         TICK_READ.set(tick)  # this task's own context
-        offset = client.time_offset_ms
+        offset, moved = client.time_offset_ms, 0
+
+        def signed_later(by_ms: int) -> None:   # re-signed after a -1021, our clock found behind: the
+            nonlocal moved                      # exchange's window is later, from before the resend
+            if batch.kind == "place":
+                core.store.on_signed_later([d.client_order_id for d in batch.items], by_ms)
+                moved += by_ms
+
+        RESIGNING.set(signed_later)
         try:
             results = await self._send_requests(client, batch, tick, risk)
         except BinanceError as exc:
             self._batch_failed(core, batch, exc)
             return
-        finally:   # re-signed after a -1021 with our clock found behind: the exchange's window is later
-            if client.time_offset_ms > offset and batch.kind == "place":
-                core.store.on_signed_later([d.client_order_id for d in batch.items], client.time_offset_ms - offset)
+        finally:   # the clock learned again meanwhile (this request's or another's -1021): it was sent
+            if client.time_offset_ms - offset > moved:   # when our clock said less than it says now
+                signed_later(client.time_offset_ms - offset - moved)
         self.agent.journal.on_results(self.agent, batch, results)
         self._apply_results(core, batch, results)
 

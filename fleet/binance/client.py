@@ -14,6 +14,7 @@ querying the client order id.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
 import time
@@ -58,6 +59,11 @@ from .signing import encode_params, sign
 
 T = TypeVar("T")
 log = logging.getLogger("fleet.binance.client")
+
+# Told, in the caller's context, how much later (ms, on the exchange's clock) a request refused -1021
+# is signed again, just before it is resent: the caller's count of when it may still execute moves
+# before the resend can land, not after its answer.
+RESIGNING: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar("resigning", default=None)
 
 BATCH_PLACE_MAX = 5
 BATCH_CANCEL_MAX = 10
@@ -171,6 +177,7 @@ class RestCore:
         risk = risk or endpoint.risk
         if cost is not PAID:
             await self.budget.acquire(cost, wait=wait, risk=risk)
+        signed_with = self.time_offset_ms   # the first signature's (another request may learn the clock meanwhile)
         try:
             return await self._send(endpoint, params)
         except TimestampError:
@@ -183,6 +190,8 @@ class RestCore:
             log.warning("timestamp outside recvWindow on %s: the exchange's clock is %+d ms from ours (was %+d); "
                         "re-synced (%d so far)", endpoint, self.time_offset_ms, before, self.clock_resyncs)
             await self.budget.acquire(endpoint.cost if cost is PAID else cost, wait=wait, risk=risk)
+            if (told := RESIGNING.get()) is not None and self.time_offset_ms > signed_with:
+                told(self.time_offset_ms - signed_with)
             return await self._send(endpoint, params)
 
     async def _send(self, endpoint: Endpoint, params: Mapping[str, Any] | None) -> Any:

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from fleet.sim.config import SimConfig
 from fleet.sim.engine import Engine, SimApiError
-from fleet.sim.faults import Deferred, FrameFault, RestFault, parse_fault, parse_frame_fault
+from fleet.sim.faults import Deferred, FrameFault, Held, RestFault, parse_fault, parse_frame_fault
 
 __all__ = ["AdminRoutes", "RestFault"]
 
@@ -24,6 +24,7 @@ class AdminRoutes:
     faults: list[RestFault]
     frame_faults: list[FrameFault]
     deferred: list[Deferred]
+    held: list[Held]
     latency: tuple[int, str | None]
     conns: set[Any]
 
@@ -61,6 +62,7 @@ class AdminRoutes:
             st["faults_pending"] = [vars(f) for f in self.faults]
             st["frame_faults_pending"] = [vars(f) for f in self.frame_faults]
             st["deferred"] = [d.view() for d in self.deferred]
+            st["held"] = [h.view() for h in self.held]
             st["server"] = dict(self.stats)
             st["weight_by_route"] = dict(self.weight_by_route)
             return st

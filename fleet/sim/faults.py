@@ -257,3 +257,22 @@ def parse_frame_fault(body: dict[str, Any]) -> FrameFault:
         if body.get(key) is not None and not isinstance(body[key], str):
             raise ValueError(f"{key} must be a string")
     return FrameFault(stream, count, mode, body.get("event"), list(fields), body.get("account"), body.get("symbol"))
+
+
+@dataclass(eq=False)
+class Held:
+    """A REST request that reached the exchange and is held by the latency fault before it is handled
+    (listed in /sim/state "held": a test can act while a given request is on its way)."""
+
+    method: str
+    path: str
+    arrived_ms: int
+    body: bytes
+    query: str
+
+    def view(self) -> dict[str, Any]:
+        from urllib.parse import parse_qsl
+
+        params = dict(parse_qsl(self.query)) | dict(parse_qsl(self.body.decode("utf-8", "replace")))
+        return {"method": self.method, "path": self.path, "arrived_ms": self.arrived_ms,
+                "newClientOrderId": params.get("newClientOrderId") or params.get("origClientOrderId")}

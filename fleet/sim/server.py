@@ -32,6 +32,8 @@ input, 404 on an unknown route)::
                        "ignored"},
              "connections": {"market", "user", "total"}, "faults_pending": [...], "frame_faults_pending": [...],
              "deferred": [{"method", "path", "account", "due_ms", "expires_ms", "newClientOrderId"}],
+             "held": [{"method", "path", "arrived_ms", "newClientOrderId"}] (requests the latency fault
+                     holds before handling them; one whose client gave up meanwhile is still handled),
              "server": {"rest_requests", "ws_frames_sent", "ws_bad_messages", "ws_slow_dropped",
                         "ws_unlisted_symbol_streams", "ws_legacy_silent_streams",
                         "ws_misrouted_silent_streams", "late_executed", "late_expired", "late_rejected",
@@ -171,7 +173,7 @@ from aiohttp import web
 from fleet.sim.admin import AdminRoutes
 from fleet.sim.config import SimConfig, load_sim_config
 from fleet.sim.engine import Engine
-from fleet.sim.faults import RestFault
+from fleet.sim.faults import Held, RestFault
 from fleet.sim.gateway import ExchangeGateway
 from fleet.sim.keys import ed25519_private_pem
 from fleet.sim.ws import Conn, StreamGateway
@@ -216,6 +218,7 @@ class SimServer(ExchangeGateway, StreamGateway, AdminRoutes):
         self._init_gateway(self.config, engine)
         self.symbols_lower = {b.lower for b in self.engine.books.values()}
         self.conns: set[Conn] = set()
+        self.held: list[Held] = []   # requests the latency fault holds before they are handled
         self.market_subs: dict[str, set[Conn]] = {}
         self.user_conns: dict[str, set[Conn]] = {}
         self._runner: web.AppRunner | None = None
@@ -306,11 +309,19 @@ class SimServer(ExchangeGateway, StreamGateway, AdminRoutes):
 
     async def _rest(self, request: web.Request) -> web.StreamResponse:
         method, path = request.method, request.path
+        # The body first: a request sent is in flight whatever its client does next. One the client gives
+        # up on during the latency below (a timeout, a cancelled task: the connection closes) is still
+        # executed, as Binance executes a request that reached it; it was dropped here unread.
+        raw_body = await request.read() if request.body_exists else b""
         if self.route_known(method, path):
             lat_ms = self.latency_ms(path)
             if lat_ms:
-                await asyncio.sleep(lat_ms / 1000.0)
-        raw_body = await request.read() if request.body_exists else b""
+                held = Held(method, path, self.clock(), raw_body, request.rel_url.raw_query_string)
+                self.held.append(held)
+                try:
+                    await asyncio.sleep(lat_ms / 1000.0)
+                finally:
+                    self.held.remove(held)
         answer = self.handle(method, path, request.rel_url.raw_query_string, raw_body,
                              request.headers.get("X-MBX-APIKEY"), request.remote or "127.0.0.1", self.clock())
         if answer.hold_ms is not None:  # no answer: hold the connection, then close it

@@ -525,10 +525,15 @@ async def test_order_entry_faults_never_duplicate_orders(make_agent, exchange, m
         await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": pct})
         await asyncio.sleep(0)
     await wait_for(lambda: not (exchange.sim.faults), 10, "all faults consumed")
-    await wait_for(lambda: in_sync(agent, exchange), 15, "in sync after the faults", explain=lambda: describe(agent, exchange))
-    st = await exchange.state()
+
+    async def agreed() -> dict | None:   # one state read for both checks: the agent quotes on meanwhile
+        if not await in_sync(agent, exchange):
+            return None
+        st = await exchange.state()
+        return st if set(truth_orders(st)) == set(agent.core.store.orders) else None
+
+    st = await wait_for(agreed, 15, "in sync after the faults", explain=lambda: describe(agent, exchange))
     orders = st["open_orders"]
-    assert set(truth_orders(st)) == set(agent.core.store.orders)
     prices = [(o["side"], o["price"]) for o in orders]
     assert len(prices) == len(set(prices)), "two resting orders at one price: a duplicate"
     if mode == "unknown":
@@ -683,6 +688,40 @@ async def test_a_stop_outwaits_a_503_whose_request_was_signed_again_after_a_minu
     st = await exchange.state()
     assert st["deferred"] == [] and st["server"]["late_executed"] == 1   # landed during the stop
     assert st["open_orders"] == [], st["open_orders"]
+
+
+async def test_a_stop_outwaits_an_order_signed_again_after_a_minus_1021_and_still_on_its_way(make_agent, exchange):
+    """As above, but the stop comes while the order signed again is still on its way (a slow exchange):
+    its window is counted from the second signature before it is sent, not once it is answered, so the
+    stop does not take it for one that can no longer land, end, and leave it resting with no dead-man."""
+    agent = await make_agent()
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    await exchange.post("/sim/market/freeze", {"symbol": SYMBOL, "mode": "price"})   # the ladder stays as it is
+    await exchange.post("/sim/fault/latency", {"ms": 3000, "path": "/fapi/v1/order"})   # inside recvWindow
+    core = agent.core
+    far = agent.filters.price_ticks_floor(core.store.mid_price() * 0.9)
+    place = Place(core.ids.next(), BUY, far, agent.filters.qty_steps_exact("0.010"), reason=OrderReason.LADDER)
+    cid = place.client_order_id
+
+    async def held_since(after_ms: int) -> int | None:   # when the exchange got it, while it holds it
+        arrived = [h["arrived_ms"] for h in (await exchange.state())["held"] if h["newClientOrderId"] == cid]
+        return arrived[0] if arrived and arrived[0] > after_ms else None
+
+    agent.client.time_offset_ms -= 120_000   # no await from here to the send: its first signature is stale
+    agent.sender.execute(Actions(batches=(Batch(BatchKind.PLACE, (place,)),)), agent.exchange_ms(), None)
+    first = await wait_for(lambda: held_since(0), 10, "the order's first signature on its way")
+    await wait_for(lambda: held_since(first), 10, "refused -1021, signed again and on its way")
+    summary = await agent.stop()   # while the exchange still holds it
+
+    async def landed() -> bool:
+        async with SimClient.for_sim(exchange.sim) as c:
+            return (await c.signed("GET", "/fapi/v1/order", {"symbol": SYMBOL, "origClientOrderId": cid})).status == 200
+
+    await wait_for(landed, 15, "the order signed again landed at the exchange")
+    await exchange.post("/sim/fault/clear", {})
+    st = await exchange.state()
+    assert [o["clientOrderId"] for o in st["open_orders"]] == [] and summary["exchange_open_orders"] == 0, st
+    assert st["positions"][SYMBOL]["countdown_deadline_ms"] in (None, 0)
 
 
 async def test_an_order_another_tool_rests_on_the_symbol_is_said_counted_and_cancelled_by_the_stop(
