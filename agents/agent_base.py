@@ -30,6 +30,7 @@ BLOCK_RESYNC = Block.RESYNC
 BLOCK_LEASE = Block.LEASE
 BLOCK_ASKING = Block.ASKING
 BLOCK_STOPPING = Block.STOPPING
+BLOCK_DEADMAN = Block.DEADMAN
 
 LEASE_MARGIN_S = 1.0  # the lease is treated as lapsed this long before it really does
 # An ambiguous answer is settled by a look-up this long past the request's recvWindow: by then the
@@ -43,6 +44,7 @@ PULL_REPEAT_S = (0.5, 5.0)
 IN_FLIGHT_QUERY_MS = 3_000  # an order unanswered this long is looked up by client order id
 UNRESOLVED_QUERY_MS = 1_000  # an order the exchange called unknown, with no final frame this long: looked up
 WATCHDOG_S = 0.25
+DEADMAN_RETRY_S = 2.0  # a heartbeat after the countdown ran out is tried this often at first (10 weight each)
 LATENCY_KEEP = 20_000  # tick-to-order samples kept for the benchmark (bounded memory)
 LATENCY_RECENT = 2_048  # the window status() summarises (kept sorted)
 
@@ -52,7 +54,7 @@ COUNTERS = (
     "listen_key_renewals", "listen_key_expired", "deadman_heartbeats", "unknown_outcomes",
     "unknown_outcomes_resolved", "reconciliations", "reconcile_repairs", "quote_pulls_confirmed",
     "stale_market_pulls", "foreign_events", "start_attempts", "rate_limited", "lease_pulls", "resync_failures",
-    "owner_asks", "margin_calls", "margin_holds", "foreign_orders",
+    "owner_asks", "margin_calls", "margin_holds", "foreign_orders", "deadman_expired",
 )
 
 _TRANSIENT = (BinanceError, StreamError, OSError, asyncio.TimeoutError)

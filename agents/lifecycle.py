@@ -11,7 +11,8 @@ Rules:
   book older at the exchange than ``market_lag_max_ms``: a book within it), ``resync`` (a REST
   snapshot under way), ``lease`` (lapsed: renewed, and the dead-man switch re-armed first unless still armed long enough),
   ``asking`` (orders of ours cancelled by another hand while quoting: the owner's answer to a renewal,
-  which carries a kill state made durable before any kill route acted), ``stopping`` (for good).
+  which carries a kill state made durable before any kill route acted), ``deadman`` (the exchange's
+  dead-man countdown ran out, no heartbeat taken: a heartbeat taken), ``stopping`` (for good).
 - The state an operator sees follows from the blocks and the kill state, first match wins:
 
   ========================================  ==============
@@ -22,7 +23,8 @@ Rules:
   ``resync`` or ``user_stream`` blocks      ``resyncing``
   kill state flattening                     ``flattening``
   stopping, ownership lost, or halted       ``halted``
-  ``market_*``, ``lease``, ``asking``       ``paused``
+  ``market_*``, ``lease``, ``asking``,     ``paused``
+  ``deadman``
   otherwise                                 ``quoting``
   ========================================  ==============
 
@@ -49,6 +51,7 @@ class Block(StrEnum):
     RESYNC = "resync"
     LEASE = "lease"
     ASKING = "asking"
+    DEADMAN = "deadman"
     STOPPING = "stopping"
 
 
@@ -65,7 +68,8 @@ class State(StrEnum):
 
 
 RESYNCING_BLOCKS = frozenset({Block.RESYNC, Block.USER_STREAM})
-PAUSE_BLOCKS = frozenset({Block.MARKET_STREAM, Block.MARKET_STALE, Block.MARKET_LAG, Block.LEASE, Block.ASKING})
+PAUSE_BLOCKS = frozenset({Block.MARKET_STREAM, Block.MARKET_STALE, Block.MARKET_LAG, Block.LEASE, Block.ASKING,
+                          Block.DEADMAN})
 
 
 def derive_state(

@@ -14,7 +14,7 @@ from fleet.binance.errors import BinanceError
 
 from .ownership import OwnershipLost
 from .watchdog import Act, Seen, Timing, watch
-from .agent_base import BLOCK_LEASE, BLOCK_MARKET_STALE, BLOCK_STARTING, WATCHDOG_S
+from .agent_base import BLOCK_DEADMAN, BLOCK_LEASE, BLOCK_MARKET_STALE, BLOCK_STARTING, DEADMAN_RETRY_S, WATCHDOG_S
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
@@ -54,15 +54,22 @@ class Timers:
                 a.sender.quote(now_ms, None)
 
     async def deadman_loop(self) -> None:
+        """A heartbeat every ``deadman_heartbeat_sec``; while the countdown has run out (``deadman``
+        blocks quoting) every ``DEADMAN_RETRY_S``, doubling up to the heartbeat's interval."""
+        retry = DEADMAN_RETRY_S
         while not self.agent.stopping:
-            await self.agent.tasks.sleep(self.agent.runtime.deadman_heartbeat_sec)
+            blocked = BLOCK_DEADMAN in self.agent.blocks
+            await self.agent.tasks.sleep(min(retry, self.agent.runtime.deadman_heartbeat_sec) if blocked
+                                         else self.agent.runtime.deadman_heartbeat_sec)
             if self.agent.stopping:
                 return
             if not self.agent.lease_ok():
                 continue  # a lapsed lease: let the exchange's countdown cancel
             try:
                 await self.heartbeat()
+                retry = DEADMAN_RETRY_S
             except BinanceError as exc:
+                retry = retry * 2 if BLOCK_DEADMAN in self.agent.blocks else DEADMAN_RETRY_S
                 self.agent.log.event("deadman_failed", f"dead-man heartbeat failed: {exc!r}", level=logging.WARNING)
 
     async def _rearm_then_unblock(self) -> None:
@@ -89,6 +96,10 @@ class Timers:
         await self.agent.require_client().countdown_cancel_all(self.agent.symbol, self.agent.runtime.deadman_countdown_ms)
         self.armed_at = sent
         self.agent.counters["deadman_heartbeats"] += 1
+        if BLOCK_DEADMAN in self.agent.blocks:
+            self.agent.blocks.discard(BLOCK_DEADMAN)
+            self.agent.log.event("deadman_rearmed", "dead-man switch armed again: quoting resumes",
+                                 level=logging.WARNING)
 
     def countdown_left(self) -> float | None:
         """Seconds the exchange's countdown has left at least (counted from the heartbeat's sending);
@@ -156,6 +167,8 @@ class Timers:
             market_opened=market.opened_at, market_connected=market.connected and market.stream is not None,
             market_stale_blocked=BLOCK_MARKET_STALE in a.blocks, user_lost_at=user.lost_at,
             user_opened=user.opened_at, user_connected=user.connected, last_mark=market.last_mark,
+            deadman_left=self.countdown_left() if a.started and not a.stopping else None,
+            deadman_blocked=BLOCK_DEADMAN in a.blocks,
         )
 
     def _carry_out(self, act: Act, now: float) -> None:
@@ -185,3 +198,9 @@ class Timers:
             a.user.fall_back()
         elif act is Act.SWAP_USER:
             a.user.swap(now)
+        elif act is Act.DEADMAN_EXPIRED:
+            a.blocks.add(BLOCK_DEADMAN)
+            a.counters["deadman_expired"] += 1
+            a.log.event("deadman_expired", "the dead-man countdown ran out with no heartbeat taken: quotes "
+                        "pulled, quoting stops until one is taken", level=logging.ERROR)
+            a.sender.pull_quotes("deadman_expired")

@@ -20,7 +20,11 @@ Rules, checked in this order:
    a book again while blocked -> ``MARKET_FRESH``;
 3. user stream lost for ``user_stream_grace_sec`` -> ``REST_FALLBACK`` (cancel through REST);
 4. a stream open longer than ``stream_max_lifetime_sec`` (the exchange cuts at 24 h) ->
-   ``SWAP_USER`` / ``SWAP_MARKET`` (planned, without a gap).
+   ``SWAP_USER`` / ``SWAP_MARKET`` (planned, without a gap);
+5. dead-man switch: its countdown run out (no heartbeat taken for ``deadman_countdown_ms``: a ban, a
+   refused or lost ``countdownCancelAll``) while the lease holds and it does not block yet ->
+   ``DEADMAN_EXPIRED`` (block, pull quotes: the exchange has cancelled, or is about to cancel, every
+   order, and an order placed after that rests with no switch armed); a heartbeat taken unblocks.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class Act(StrEnum):
     MARKET_FRESH = "market_fresh"
     REST_FALLBACK = "rest_fallback"
     SWAP_USER = "swap_user"
+    DEADMAN_EXPIRED = "deadman_expired"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +72,8 @@ class Seen:
     last_mark: float | None = None  # when the last mark price was read (None: never)
     lease_lapsed_at: float | None = None  # when quoting was blocked by the lease, lapsed or lost (None: it holds)
     lease_pulled: bool = False  # this lapse's quotes already pulled
+    deadman_left: float | None = None  # seconds the exchange's countdown has left at least (None: not armed yet)
+    deadman_blocked: bool = False
 
 
 def watch(s: Seen, t: Timing) -> list[Act]:
@@ -96,4 +103,6 @@ def watch(s: Seen, t: Timing) -> list[Act]:
         out.append(Act.SWAP_USER)
     if not swap_market and s.market_connected and s.now - s.market_opened > t.stream_max_lifetime_sec:
         out.append(Act.SWAP_MARKET)
+    if s.lease_ok and s.deadman_left is not None and s.deadman_left <= 0 and not s.deadman_blocked:
+        out.append(Act.DEADMAN_EXPIRED)
     return out

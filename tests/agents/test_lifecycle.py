@@ -39,7 +39,7 @@ def test_state_table(blocks, started, stopped, stopping, lost, kill, expected):
 
 def test_block_names_are_the_status_strings():
     assert {b.value for b in Block} == {"starting", "user_stream", "market_stream", "market_stale", "market_lag",
-                                        "resync", "lease", "asking", "stopping"}
+                                        "resync", "lease", "asking", "deadman", "stopping"}
     assert "market_stale" in {Block.MARKET_STALE}
 
 
@@ -101,6 +101,12 @@ WATCH_TABLE = [
      [Act.SWAP_USER]),
     ("market stream at its lifetime", {"now": 100.5, "last_book": 100.0, "last_mark": 100.0, "user_opened": 90.0},
      [Act.SWAP_MARKET]),
+    ("dead-man countdown with time left", {"deadman_left": 0.1}, []),
+    ("dead-man countdown run out: block", {"deadman_left": 0.0}, [Act.DEADMAN_EXPIRED]),
+    ("dead-man countdown run out, already blocked", {"deadman_left": -5.0, "deadman_blocked": True}, []),
+    ("dead-man countdown run out, the lease lapsed (its re-arm decides)",
+     {"deadman_left": -5.0, "lease_ok": False, "lease_blocked": True}, []),
+    ("dead-man switch not armed yet (starting)", {"deadman_left": None}, []),
 ]
 
 

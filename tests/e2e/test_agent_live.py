@@ -1199,3 +1199,42 @@ async def test_the_dead_man_switch_is_rearmed_before_quoting_resumes_after_a_lap
 
         await wait_for(first_new_order, 10, "quoting again once renewed")
         assert armed_at_first_order == [True]
+
+
+async def test_no_order_rests_without_the_dead_man_switch_armed_when_its_heartbeats_fail(make_agent, exchange):
+    """The heartbeats refused (a ban, 5xx on countdownCancelAll) past the countdown: the exchange's
+    switch fires and cancels the ladder. The agent then stops quoting (``deadman`` blocks) instead of
+    placing it again with no switch armed, and quotes again once a heartbeat is taken. Sampled at the
+    exchange every 50 ms: open orders only while the countdown is armed."""
+    agent = await make_agent(runtime=FAST.model_copy(update={"deadman_countdown_ms": 3_000}))
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    unprotected: list[tuple[int, int]] = []
+    fired = False
+
+    async def sample() -> None:
+        nonlocal fired
+        while True:
+            st = await exchange.state()
+            armed = st["positions"][SYMBOL]["countdown_deadline_ms"]
+            fired = fired or armed in (None, 0)
+            if st["open_orders"] and not (armed and armed > st["time"]):
+                unprotected.append((st["time"], len(st["open_orders"])))
+            await asyncio.sleep(0.05)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        await exchange.post("/sim/fault/rest", {"mode": "error", "count": 1000, "path": "/fapi/v1/countdownCancelAll"})
+        await wait_for(lambda: agent.status()["state"] == "paused" and agent.counters["deadman_expired"] == 1, 10,
+                       "the countdown ran out: quoting stopped")
+        assert fired or not (await exchange.state())["open_orders"]
+        for pct in (0.3, -0.3):   # the market moves: nothing is quoted meanwhile
+            await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": pct})
+            await asyncio.sleep(0.5)
+        assert (await exchange.state())["open_orders"] == []
+        await exchange.post("/sim/fault/clear", {})
+        await wait_for(lambda: resting(agent, exchange), 15, "quoting again once a heartbeat is taken",
+                       explain=lambda: describe(agent, exchange))
+    finally:
+        sampler.cancel()
+        await asyncio.gather(sampler, return_exceptions=True)
+    assert not unprotected, unprotected[:5]
