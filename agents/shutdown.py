@@ -209,7 +209,9 @@ class Shutdown:
             if left:
                 a.log.event("flatten_unfinished", f"the stop's flatten left a position of {left} "
                             f"({'the lease lapsed' if not a.lease_ok() else 'out of time'})", level=logging.ERROR)
-            landing = await self.cancel_until_none_may_land(deadline_s=2.5)
+            # as long as without a flatten: an order answered ambiguously may land for its recvWindow
+            # (5 s) and more, and rests after a `down --flatten` then (2.5 s was too short)
+            landing = await self.cancel_until_none_may_land(deadline_s=budget / 3)
         else:
             if flatten:
                 a.log.event("flatten_unfinished", "the stop does not flatten: the lease has lapsed (a successor "

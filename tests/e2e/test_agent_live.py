@@ -650,18 +650,20 @@ async def test_graceful_stop_with_flatten_leaves_nothing_within_20s(make_agent, 
     assert await agent.stop() == summary  # idempotent
 
 
-async def test_a_stop_outwaits_new_orders_answered_503_that_execute_after_it_emptied_the_book(make_agent, exchange):
-    """A ladder's batch answered 503 and executed 2 s later: a stop right after the answer empties the
+@pytest.mark.parametrize("flatten", [False, True])
+async def test_a_stop_outwaits_new_orders_answered_503_that_execute_after_it_emptied_the_book(make_agent, exchange,
+                                                                                              flatten):
+    """A ladder's batch answered 503 and executed 4 s later: a stop right after the answer empties the
     book before they land. It must cancel them when they do, and not leave the exchange, dead-man switch
-    disarmed, with a ladder nobody manages."""
+    disarmed, with a ladder nobody manages; a flatten's stop too (it waited 2.5 s for them)."""
     agent = await make_agent()
-    late = await a_ladder_batch_answered_503(agent, exchange, delay_ms=2000)
-    summary = await agent.stop()
+    late = await a_ladder_batch_answered_503(agent, exchange, delay_ms=4000)
+    summary = await agent.stop(flatten=flatten)
     st = await exchange.state()
     assert st["deferred"] == [] and st["server"]["late_executed"] == 1   # landed during the stop
     assert st["open_orders"] == [], st["open_orders"]
     done = {o["clientOrderId"]: o["status"] for o in await exchange.all_orders()}
-    # cancelled (or, the market having moved in 2 s, refused as crossing, or filled): none left open
+    # cancelled (or, the market having moved in 4 s, refused as crossing, or filled): none left open
     assert not {cid: done[cid] for cid in late if done.get(cid) in ("NEW", "PARTIALLY_FILLED")}
     assert summary["exchange_open_orders"] == 0
     assert st["positions"][SYMBOL]["countdown_deadline_ms"] in (None, 0)  # disarmed once nothing may land
