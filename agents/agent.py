@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from typing import Any, Callable, Mapping
 
@@ -119,6 +120,7 @@ class SymbolAgent:
         self.kill_wanted_seq: int | None = None  # its kill_seq, when it carried one (see starter.held_kill_state)
         self._resumes = 0  # resumes so far, by command or grant (``_note_kill_change``)
         self.reduce_only_wanted: bool | None = None
+        self.asked_at = -math.inf   # when the owner was last asked (``ask_owner``), monotonic
         self._done: asyncio.Event | None = None
         # what it shows
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
@@ -372,7 +374,8 @@ class SymbolAgent:
                 self.apply_kill_state(grant.kill_state, grant.kill_reason)
             if previous is None or previous.reduce_only != grant.reduce_only:
                 self.core.set_reduce_only(grant.reduce_only)
-        self.blocks.discard(BLOCK_ASKING)   # the owner answered (``ask_owner``)
+        if send_time >= self.asked_at:   # the owner answered (``ask_owner``): a renewal sent before the
+            self.blocks.discard(BLOCK_ASKING)   # ask may have read the kill state before the kill's write
 
     def apply_kill_state(self, kill_state: str, reason: str = "") -> None:
         core = self.core
@@ -417,6 +420,7 @@ class SymbolAgent:
         if BLOCK_ASKING in self.blocks or self.stopping:
             return
         self.blocks.add(BLOCK_ASKING)
+        self.asked_at = self.clock.monotonic()
         self.counters["owner_asks"] += 1
         self.log.event("asking_owner", f"{why}: quoting held until the owner answers", level=logging.WARNING)
         self.tasks.spawn(self.timers.renew_once(), "ask-owner")

@@ -10,8 +10,8 @@ Rules:
   reconnect), ``market_stale`` (no book for ``market_stale_sec``: the next book), ``market_lag`` (a
   book older at the exchange than ``market_lag_max_ms``: a book within it), ``resync`` (a REST
   snapshot under way), ``lease`` (lapsed: renewed, and the dead-man switch re-armed first unless still armed long enough),
-  ``asking`` (orders of ours cancelled by another hand while quoting: the owner's answer to a renewal,
-  which carries a kill state made durable before any kill route acted), ``deadman`` (the exchange's
+  ``asking`` (orders of ours cancelled by another hand while quoting: the owner's answer to a renewal
+  sent after that, which carries a kill state made durable before any kill route acted), ``deadman`` (the exchange's
   dead-man countdown ran out, no heartbeat taken: a heartbeat taken), ``stopping`` (for good).
 - The state an operator sees follows from the blocks and the kill state, first match wins:
 

@@ -153,7 +153,7 @@ async def make_agent(sim, tmp_path):
 
     async def start(
         params: SymbolParams | None = None, runtime: RuntimeParams = FAST, symbol: str = SYMBOL,
-        renew_interval_s: float = 5.0,
+        renew_interval_s: float = 5.0, ownership_class: type[LockFileOwnership] = LockFileOwnership,
     ) -> SymbolAgent:
         _, key, secret = sim.accounts[0]
         agent = SymbolAgent(
@@ -163,7 +163,7 @@ async def make_agent(sim, tmp_path):
             runtime=runtime,
             endpoints=ExchangeEndpoints(sim.rest_url, sim.ws_url, sim.ws_url),
             credentials=Credentials(key, secret),
-            ownership=LockFileOwnership(tmp_path / "state", "t", symbol, renew_interval_s=renew_interval_s),
+            ownership=ownership_class(tmp_path / "state", "t", symbol, renew_interval_s=renew_interval_s),
         )
         task = asyncio.create_task(agent.run())
         running.append((agent, task))
@@ -334,6 +334,39 @@ async def test_a_book_emptied_by_another_hand_is_not_quoted_again_before_the_own
         # A direct resume changes the core, not the last grant (still "halted"): the second kill's
         # answer says what the last grant said, and must stop the quoting core all the same.
         await agent.resume()
+
+
+class SlowOwner(LockFileOwnership):
+    """A busy owner: a renewal reads the kill state when it arrives and answers 400 ms later."""
+
+    read = asyncio.Event()
+
+    async def renew(self):
+        grant = await super().renew()
+        SlowOwner.read.set()
+        await asyncio.sleep(0.4)
+        return grant
+
+
+async def test_a_renewal_sent_before_a_kill_does_not_lift_the_hold_of_the_orders_it_cancelled(make_agent, exchange):
+    """As above, with a renewal on its way when the kill comes: it read "running" before the kill's
+    durable write and answers after the kill's exchange route cancelled the book. Only a renewal sent
+    after the agent asked lifts its hold: the ladder is not placed again on the emptied book."""
+    agent = await make_agent(renew_interval_s=600.0, ownership_class=SlowOwner)
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})  # the ladder holds still
+    await wait_for(lambda: resting(agent, exchange), 10, "a ladder resting on both sides")
+    SlowOwner.read.clear()
+    renewal = asyncio.create_task(agent.timers.renew_once())   # the loop's renewal, on its way
+    await asyncio.wait_for(SlowOwner.read.wait(), 5)          # ... the owner read "running"
+    agent.ownership.record_kill_state("halted")               # the kill's durable write
+    async with SimClient.for_sim(exchange.sim) as c:
+        cancel_at = (await c.public("GET", "/fapi/v1/time")).json["serverTime"]
+        assert (await c.signed("DELETE", "/fapi/v1/allOpenOrders", {"symbol": SYMBOL})).status == 200
+    await renewal
+    await wait_for(lambda: agent.status()["state"] == "halted", 10, "halted on the owner's answer")
+    placed = [o for o in await exchange.all_orders() if o["time"] >= cancel_at]
+    assert placed == [], placed
+    assert (await exchange.state())["open_orders"] == []
 
 
 async def test_an_order_decided_before_a_halt_is_not_sent_after_it(make_agent, exchange):
