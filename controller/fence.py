@@ -41,6 +41,7 @@ import ray
 
 from controller.emergency import EmergencyDesk
 from controller.handles import AgentHandles
+from controller.kill_path import LATE_LANDING_S
 from controller.lease import Lease, LeaseBook
 from fleet.text import named_line
 
@@ -128,6 +129,7 @@ class Fence:
         self._dealt: dict[str, tuple[int, float]] = {}  # symbol -> (epoch, expiry) of the lapse dealt with
         self.late: dict[str, float] = {}        # symbol -> when its owner was found alive, renewals late
         self.owed: dict[str, Lease] = {}        # symbol -> a hung owner's lease whose replacement failed: retried
+        self.late_cancels: dict[tuple[str, int], asyncio.Future] = {}   # (symbol, epoch) -> its last cancel
         self.history: list[Fenced] = []         # the last few, for status
         self.grace_until = time.time() + book.lease_ttl_s
         self.last_tick = time.monotonic()
@@ -206,6 +208,7 @@ class Fence:
         left, error = await cancel
         if verdict == HUNG and left:  # what the hung owner sent before it died
             left, error = await self._cancel(symbol, account, lease.epoch)
+        self._cancel_late(symbol, account, lease)
         done = Fenced(symbol, lease.epoch, verdict, killed, left, error)
         log.warning("%s: lease of epoch %d lapsed unrenewed (%s): %s", symbol, lease.epoch, verdict, done)
         self.history = [*self.history[-19:], done]
@@ -243,6 +246,25 @@ class Fence:
             return False
         self.agents.drop(symbol)
         return True
+
+    def _cancel_late(self, symbol: str, account: str | None, lease: Lease) -> None:
+        """The epoch cancelled once more when what its owner signed just before its gate closed can no
+        longer land (``LATE_LANDING_S`` past the lease's end), in the background: by client id, never a
+        successor's order."""
+        key = (symbol, lease.epoch)
+        if account is None or key in self.late_cancels:
+            return
+        delay = max(0.0, lease.expires_at + LATE_LANDING_S - time.time())
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            left, _ = await self._cancel(symbol, account, lease.epoch)
+            if left is not None:
+                log.info("%s: epoch %d cancelled again once nothing it signed could land", symbol, lease.epoch)
+
+        task = asyncio.ensure_future(later())
+        self.late_cancels[key] = task
+        task.add_done_callback(lambda _: self.late_cancels.pop(key, None))
 
     async def _cancel(self, symbol: str, account: str | None, epoch: int) -> tuple[int | None, str | None]:
         if account is None:

@@ -77,6 +77,10 @@ SWEEP_S = 0.5  # the symbol swept again this often while its agent has not confi
 FIRST_SWEEP_S = 0.1  # ... the first time this soon: an order the agent sent before it heard the halt lands
                      # just after the exchange route's 0 (bench run Y: 163 ms after the kill, swept by 1.3 s)
 LEASE_MARGIN_S = 0.2  # ... and, if it never confirms, until this long after its lease's end
+# An order the agent signed just before its gate closed (1 s before its lease's end) may execute until
+# its timestamp plus recvWindow (5 s: a 503, a slow connection): up to 4 s after the lease's end. The
+# sweeps that follow a lease go on this long past it (each weight 1).
+LATE_LANDING_S = 4.5
 READ_S = 1.0  # a GCS read the sweep makes (the lease, the kill record) waits this long (the GCS may be down)
 VERIFY_S = KILL_VERIFY_S  # the kill path's requests tried this often (a client holds an idle connection 60 s)
 VERIFY_MAX = 64          # ... at most this many symbols per account at once (the client's connection limit)
@@ -128,7 +132,8 @@ async def sweep_until_halted(agent: asyncio.Future, sweep: Callable[[], Awaitabl
 
     While the agent's call runs: until it confirms (or had nothing to halt, or was superseded). If
     the call ends without that (timed out, failed: a busy, starved or hung agent): until its lease,
-    read once the kill state is durable, has lapsed (:func:`lease_end`); a renewal granted after
+    read once the kill state is durable, has lapsed (:func:`lease_end`) and ``LATE_LANDING_S`` more
+    (what it signed just before may land until then); a renewal granted after
     that write carries the kill state. While the write is still pending (the GCS down), no renewal
     can be granted either: swept until the lease read then has lapsed, then waiting for the write.
     Stops early once the symbol was resumed or killed again (that command's own routes take over).
@@ -160,7 +165,7 @@ async def sweep_until_halted(agent: asyncio.Future, sweep: Callable[[], Awaitabl
             if failed in (1, 10) or failed % 100 == 0:
                 log.warning("%s: a sweep after the halt failed (%d of %d so far): %s", symbol, failed, sweeps,
                             named_line(exc))
-        if end is not None and not pending and time.time() >= end:
+        if end is not None and not pending and time.time() >= end + LATE_LANDING_S:
             break
     return sweeps
 

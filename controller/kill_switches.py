@@ -20,7 +20,7 @@ from typing import Any
 import ray
 
 from controller.emergency import KillOutcome, Outcome
-from controller.kill_path import AGENT_ROUTE, EXCHANGE_ROUTE, READ_S, DurableKill, first_empty, flat_position, \
+from controller.kill_path import AGENT_ROUTE, EXCHANGE_ROUTE, LATE_LANDING_S, READ_S, DurableKill, first_empty, flat_position, \
     halt_not_confirmed, keep_behind, kill_stopped, kill_unchanged, ms_since, raced_outcome, read_lease, \
     sweep_until_halted, write_kill_states
 from controller.lease import Lease, kill_states_shown
@@ -327,8 +327,9 @@ class KillSwitches:
         lease = await self._revoke(symbol, mode) if revoke else await self._lease(symbol)
         if lease is not None and result.outcome != Outcome.FAILED:
             # The agent's lease was promised until expires_at: sweep again once it has lapsed.
-            delay = max(0.0, lease.expires_at - time.time()) + 0.2
-            self.kill_desk.sweep_later(symbol, account, delay, partial(kill_stopped, self.book, symbol))
+            delay = max(0.0, lease.expires_at - time.time())
+            for after in (0.2, LATE_LANDING_S):   # and once what it signed just before can no longer land
+                self.kill_desk.sweep_later(symbol, account, delay + after, partial(kill_stopped, self.book, symbol))
         return result
 
     async def _revoke(self, symbol: str, mode: str) -> Lease | None:

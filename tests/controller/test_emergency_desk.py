@@ -125,3 +125,52 @@ async def test_the_notional_the_exchange_lists_is_read_at_most_every_30s(sim, mo
         assert await desk.notional(SYMBOL, account, max_age_s=0) == 0.0   # read again: flat
     finally:
         await desk.close()
+
+
+async def test_the_fence_cancels_its_epoch_again_once_what_the_hung_owner_signed_can_no_longer_land(
+        sim, monkeypatch):
+    """A hung owner's order answered 503 before its gate closed executes after the fence's cancel (here
+    1.5 s after it): the fence cancels the epoch once more when nothing it signed can land any more
+    (``LATE_LANDING_S`` past its lease's end), instead of leaving that order to the successor's start
+    or the dead-man switch."""
+    import asyncio
+    import time
+
+    import dataclasses
+
+    from controller.fence import Fence
+    from controller.lease import LeaseBook, MemoryStore
+    from controller.kill_path import LATE_LANDING_S
+    from tests.controller.test_kill_paths import StatusOnly
+
+    desk, account = desk_on(sim, monkeypatch)
+    book = LeaseBook(MemoryStore(), lease_ttl_s=3.0)
+    now = time.time()
+    book.acquire(SYMBOL, "h1", now=now - 3.0 - LATE_LANDING_S + 3.0)   # lapsed: its late cancel is 3 s away
+    lease = book.lease(SYMBOL)
+    cid = f"mm-{SYMBOL}-e{lease.epoch}-1"
+    _, key, secret = sim.accounts[0]
+    await fault(sim, mode="late", count=1, path="/fapi/v1/order", method="POST", answer="503", delay_ms=1500)
+    async with BinanceClient(sim.rest_url, key, secret, timeout=5) as own:
+        await own.sync_time()
+        order = await passive_order(own, "late")
+        with pytest.raises(Exception):   # answered 503: it executes 1.5 s later
+            await own.place_order(dataclasses.replace(order, client_order_id=cid))
+    hung = StatusOnly({"holder": "h0", "state": "quoting"})   # not the lease's holder: no answer for it
+    fence = Fence(book, agents=hung, desk=desk, account_of=lambda s: account, probe_timeout_s=0.1)  # type: ignore[arg-type]
+    fence.grace_until = 0.0
+    try:
+        [done] = await fence.tick([SYMBOL], time.time())
+        assert done.left == 0 and not done.error                       # nothing rested yet
+        landed = time.monotonic() + 10
+        while time.monotonic() < landed:                               # the late order lands ...
+            st = await admin(sim, "GET", "/sim/state", params={"account": account, "symbol": SYMBOL})
+            if st["server"]["late_executed"] == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert st["server"]["late_executed"] == 1
+        await asyncio.wait_for(asyncio.gather(*fence.late_cancels.values()), 15)   # ... the late cancel
+        st = await admin(sim, "GET", "/sim/state", params={"account": account, "symbol": SYMBOL})
+        assert [o["clientOrderId"] for o in st["open_orders"]] == []
+    finally:
+        await desk.close()
