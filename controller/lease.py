@@ -115,9 +115,10 @@ class WriteThroughStore:
     its fence (every lease, every 0.25 s) and its renewals read them without a GCS round trip each
     (at 50 symbols that was some 400 blocking calls a second on the controller's loop and the GCS).
     Kill states are written by the endpoint too (its own kill route): never cached. A restarted
-    controller starts empty and reads each key once. An acquire reads afresh (``get_fresh``): while Ray
-    replaces a controller, the old process may still write for a moment, and an epoch must never be
-    granted twice.
+    controller starts empty and reads each key once. An acquire reads afresh (``get_fresh``) and takes
+    the newer of that and its own copy: while Ray replaces a controller, the old process may still
+    write for a moment, a GCS that failed over may have lost the last writes, and an epoch must never
+    be granted twice.
     """
 
     _MISSING = object()
@@ -295,6 +296,13 @@ def next_kill_seq(raw: str | None, raw_seq: str | None) -> int:
     return max(parse_kill_record(raw, raw_seq).seq, int(raw_seq or 0)) + 1
 
 
+def _newer(a: Lease | None, b: Lease | None) -> Lease | None:
+    """The later of two views of one symbol's lease (by epoch, then expiry)."""
+    if a is None or b is None:
+        return a or b
+    return a if (a.epoch, a.expires_at) > (b.epoch, b.expires_at) else b
+
+
 class LeaseBook:
     """Epochs, leases and kill states of one fleet, kept in a :class:`KeyValueStore`."""
 
@@ -327,7 +335,11 @@ class LeaseBook:
         asks again while its own (unrevoked) lease is live: client order ids embed the epoch and must
         never repeat across incarnations. Only :meth:`renew` keeps an epoch.
         """
-        current = self.lease(symbol, fresh=True)
+        # What this controller wrote last and what the GCS holds, whichever is newer: an old process
+        # may still write for a moment (read afresh), and a GCS that failed over may have lost the
+        # last writes (a lease or an epoch older than granted: never granted, nor numbered, twice).
+        known, known_epoch = self.lease(symbol), self.epoch(symbol)
+        current = _newer(known, self.lease(symbol, fresh=True))
         same_holder = current is not None and current.holder == holder and not current.revoked
         if current is not None and current.live(now) and not same_holder:
             return LeaseAnswer(
@@ -336,7 +348,7 @@ class LeaseBook:
                 reason=f"{symbol} is leased to {current.holder} (epoch {current.epoch}) "
                 f"for another {current.expires_at - now:.2f} s",
             )
-        epoch = max(self.epoch(symbol, fresh=True), current.epoch if current else 0) + 1
+        epoch = max(known_epoch, self.epoch(symbol, fresh=True), current.epoch if current else 0) + 1
         self.store.put(f"epoch/{symbol}", str(epoch))
         lease = Lease(holder=holder, epoch=epoch, expires_at=now + self.lease_ttl_s)
         self._put_lease(symbol, lease)

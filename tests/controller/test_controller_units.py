@@ -275,3 +275,21 @@ def test_the_controllers_close_is_cut_to_the_symbols_filters():
     short = closing_orders("BTCUSDT", f, Decimal("-0.015"), Decimal("60000"))   # under the market's minQty
     assert [(o.side, o.order_type, o.quantity, o.price) for o in short] == [("BUY", "LIMIT", "0.015", "61500.0")]
     assert closing_orders("BTCUSDT", f, Decimal("0.0005"), Decimal("60000")) == []   # under LOT_SIZE's step
+
+
+def test_a_gcs_that_lost_its_last_lease_writes_grants_no_early_lease_and_no_epoch_twice():
+    """A GCS failover that lost the last writes (the lease and epoch keys gone, or older): the
+    controller's own copy is newer, and an acquire takes the newer of the two. Before, a successor was
+    granted while the predecessor's lease was live here, and the epoch it had was granted again."""
+    from controller.lease import LeaseBook, MemoryStore, WriteThroughStore
+
+    gcs = MemoryStore()
+    book = LeaseBook(WriteThroughStore(gcs, ("lease/", "epoch/")), lease_ttl_s=3.0)
+    first = book.acquire("X", "h1", now=1000.0)
+    assert first.granted and first.epoch == 1
+    for key in ("lease/X", "epoch/X"):
+        gcs.delete(key)                        # the failover lost them; the controller's memory holds them
+    early = book.acquire("X", "h2", now=1001.0)
+    assert not early.granted and early.owner == "h1"
+    later = book.acquire("X", "h2", now=1004.0)
+    assert later.granted and later.epoch == 2
