@@ -26,6 +26,7 @@ class Timers:
     def __init__(self, agent: SymbolAgent) -> None:
         self.agent = agent
         self._rearming = False  # a dead-man re-arm is under way before the lease block is lifted
+        self.rearm_failures = 0  # re-arms failed in a row (each next one waits longer)
         self._lapsed_at: float | None = None  # when the watchdog first saw the lease block (its clock)
         self._lapse_pulled = False
         self.armed_at: float | None = None  # when the last heartbeat that the exchange took was sent (monotonic)
@@ -82,11 +83,16 @@ class Timers:
                 await self.heartbeat()
             else:   # a short lapse: the countdown armed before it still outlasts two heartbeats
                 self.agent.log.event("deadman_still_armed", f"dead-man switch still armed ({left:.0f} s left)")
-        except BinanceError as exc:  # still blocked: the watchdog tries again on its next tick
-            self.agent.log.event("deadman_failed", f"dead-man re-arm failed: {exc!r}", level=logging.WARNING)
+        except BinanceError as exc:  # still blocked: the watchdog tries again once the back-off is over
+            self.rearm_failures += 1
+            wait = min(DEADMAN_RETRY_S * 2 ** (self.rearm_failures - 1), self.agent.runtime.deadman_heartbeat_sec)
+            self.agent.log.event("deadman_failed", f"dead-man re-arm failed ({self.rearm_failures} in a row; next "
+                                 f"in {wait:g} s): {exc!r}", level=logging.WARNING)
+            await self.agent.tasks.sleep(wait)   # (10 weight a try: it was tried every watchdog tick, 0.25 s)
             return
         finally:
             self._rearming = False
+        self.rearm_failures = 0
         if self.agent.lease_ok() and not self.agent.lease.lost:
             self.agent.blocks.discard(BLOCK_LEASE)
             self.agent.log.event("lease_regained", "lease valid again: dead-man switch re-armed, quoting resumes")

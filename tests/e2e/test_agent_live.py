@@ -1236,6 +1236,23 @@ async def test_the_dead_man_switch_is_rearmed_before_quoting_resumes_after_a_lap
         assert armed_at_first_order == [True]
 
 
+async def test_a_refused_dead_man_re_arm_is_tried_again_with_a_back_off(sim, exchange):
+    # The lease back, the re-arm refused: tried again after 2 s, 4 s ... (10 weight a try), not at every
+    # watchdog tick (37 tries in 10 s before); quoting waits for it all the same.
+    lease = ControlledLease(ttl=2.0)
+    async with quoting_on_lease(sim, exchange, lease, deadman_heartbeat_sec=3.0, deadman_countdown_ms=3_500) as agent:
+        lease.hang.clear()
+        await wait_for(lambda: "lease" in agent.status()["blocks"], 5, "quoting blocked when the lease lapses")
+        await exchange.post("/sim/fault/rest", {"mode": "error", "count": 1000, "path": "/fapi/v1/countdownCancelAll"})
+        lease.hang.set()
+        await wait_for(lambda: agent.timers.rearm_failures >= 3, 20, "three re-arms refused")
+        tries = 1000 - (await exchange.state())["faults_pending"][0]["count"]
+        assert tries <= 8, tries   # 3 re-arms in about 6 s, and the heartbeat loop's own tries (every 3 s)
+        assert "lease" in agent.status()["blocks"]
+        await exchange.post("/sim/fault/clear", {})
+        await wait_for(lambda: "lease" not in agent.status()["blocks"], 15, "quoting again once re-armed")
+
+
 async def test_no_order_rests_without_the_dead_man_switch_armed_when_its_heartbeats_fail(make_agent, exchange):
     """The heartbeats refused (a ban, 5xx on countdownCancelAll) past the countdown: the exchange's
     switch fires and cancels the ladder. The agent then stops quoting (``deadman`` blocks) instead of
