@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .agent import SymbolAgent
 
 
+DRAIN_S = 0.5  # a stream a planned swap replaced is read on while a frame comes within this
 FOREIGN_SAY_S = 600.0  # an order another hand rests on the symbol is said at most this often (each counted)
 
 
@@ -117,16 +118,19 @@ class UserFeed:
         a.blocks.discard(BLOCK_USER_STREAM)
 
     async def _consume(self, stream: UserStream) -> None:
+        """``stream``'s events, until it ends; one a planned swap replaced is read to its end too (what
+        it read before the swap: a fill, another hand's order), for at most ``DRAIN_S`` a frame."""
         a = self.agent
-        while stream is self.stream:
+        while True:
             try:
-                ev = await stream.__anext__()
-            except StopAsyncIteration:
+                ev = await (stream.__anext__() if stream is self.stream
+                            else asyncio.wait_for(stream.__anext__(), DRAIN_S))
+            except (StopAsyncIteration, asyncio.TimeoutError):
+                if stream is not self.stream:
+                    return  # replaced by a planned swap, and read to its end
                 if self._new_key.is_set():
                     self._new_key.clear()
                     raise _ListenKeyGone("listenKey refused: new key and resync") from None
-                if stream is not self.stream:
-                    return  # closed by a planned swap
                 raise StreamError("user stream closed") from None
             if isinstance(ev, ListenKeyExpired):
                 a.counters["listen_key_expired"] += 1
