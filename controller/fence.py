@@ -144,7 +144,9 @@ class Fence:
         out = []
         for symbol in symbols:
             lease = self.book.lease(symbol)
-            if lease is None or lease.revoked or now < lease.expires_at:
+            # (a revoked lease too: a live owner acquires a new one, a hung one is fenced, also when the
+            # controller that revoked it went away before it killed the actor)
+            if lease is None or now < lease.expires_at:
                 self.late.pop(symbol, None)  # renewed (or gone) since
                 continue
             if self._dealt.get(symbol) != (lease.epoch, lease.expires_at):

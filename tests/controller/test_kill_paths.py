@@ -277,6 +277,24 @@ def test_an_owner_still_starting_whose_lease_stays_lapsed_is_hung_after_all():
     assert again.verdict == HUNG and book.lease("X").revoked and book.lease("X").epoch == lease.epoch
 
 
+def test_a_revoked_lease_whose_owner_hung_is_fenced_too():
+    """A lease revoked (by a kill's emergency path, or by a fence whose controller died before it
+    killed the actor) and lapsed, its owner hung: fenced like any other lapse. It was skipped for good,
+    the symbol left with no owner and only the dead-man switch to cancel what rested."""
+    from controller.fence import HUNG, Fence
+    from controller.lease import MemoryStore
+
+    book = LeaseBook(MemoryStore(), lease_ttl_s=3.0)
+    book.acquire("X", "h1", now=1000.0)
+    book.revoke("X")
+    fence = Fence(book, agents=None, desk=None, account_of=lambda s: None, probe_timeout_s=0.1)  # type: ignore[arg-type]
+    fence.grace_until = 0.0
+    assert asyncio.run(fence.tick(["X"], 1002.0)) == []          # revoked, not lapsed yet
+    [done] = asyncio.run(fence.tick(["X"], 1004.0))
+    assert done.verdict == HUNG and done.epoch == book.lease("X").epoch
+    assert asyncio.run(fence.tick(["X"], 1004.5)) == []          # dealt with once
+
+
 def test_a_hung_owner_whose_replacement_failed_is_retried_until_a_successor_owns_the_symbol():
     """The fence's replacement of a hung owner (revoke, kill its actor) raising (here: no actor
     registry at all, as a GCS failover would make it fail) is not forgotten with its lapse: each tick
