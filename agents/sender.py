@@ -240,21 +240,21 @@ class OrderSender:
         TICK_READ.set(tick)  # this task's own context
         offset, moved = client.time_offset_ms, 0
 
-        def signed_later(by_ms: int) -> None:   # re-signed after a -1021, our clock found behind: the
-            nonlocal moved                      # exchange's window is later, from before the resend
-            if batch.kind == "place":
-                core.store.on_signed_later([d.client_order_id for d in batch.items], by_ms)
-                moved += by_ms
+        def signed_later(by_ms: int) -> None:   # re-signed ``by_ms`` later than first signed (a -1021, our
+            nonlocal moved                      # clock behind): the exchange's window is later, from before
+            if batch.kind == "place" and by_ms > moved:   # the resend; each call of a batch sent one call
+                core.store.on_signed_later([d.client_order_id for d in batch.items], by_ms - moved)
+                moved = by_ms                   # an order tells it: the batch moves once, by the most
 
-        RESIGNING.set(signed_later)
+        told = RESIGNING.set(signed_later)
         try:
             results = await self._send_requests(client, batch, tick, risk)
         except BinanceError as exc:
             self._batch_failed(core, batch, exc)
             return
         finally:   # the clock learned again meanwhile (this request's or another's -1021): it was sent
-            if client.time_offset_ms - offset > moved:   # when our clock said less than it says now
-                signed_later(client.time_offset_ms - offset - moved)
+            RESIGNING.reset(told)                # when our clock said less than it says now
+            signed_later(client.time_offset_ms - offset)
         self.agent.journal.on_results(self.agent, batch, results)
         self._apply_results(core, batch, results)
 

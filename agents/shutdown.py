@@ -30,6 +30,7 @@ class Shutdown:
         self.agent = agent
         self._task: asyncio.Task | None = None
         self.summary: dict | None = None
+        self.graceful_until = 0.0   # when the graceful part of the stop must have ended (monotonic)
 
     async def cancel_all_confirmed(self, deadline_s: float, until: Callable[[], bool] | None = None) -> int:
         """Cancel-all at the exchange, then poll open orders until none (or the deadline, or ``until()``:
@@ -139,8 +140,10 @@ class Shutdown:
         a.tasks.wake_sleepers()
         a.blocks.add(BLOCK_STOPPING)
         a.log.event("stopping", f"stopping (flatten={flatten})")
+        graceful = max(1.0, a.runtime.stop_timeout_sec - 2.0)
+        self.graceful_until = t0 + graceful
         try:
-            await asyncio.wait_for(self._stop_trading(flatten), timeout=max(1.0, a.runtime.stop_timeout_sec - 2.0))
+            await asyncio.wait_for(self._stop_trading(flatten), timeout=graceful)
         except asyncio.TimeoutError:
             a.log.event("stop_slow", "graceful stop ran out of time: forcing cancel-all", level=logging.ERROR)
             if a.client is not None and a.lease_ok():
@@ -209,9 +212,10 @@ class Shutdown:
             if left:
                 a.log.event("flatten_unfinished", f"the stop's flatten left a position of {left} "
                             f"({'the lease lapsed' if not a.lease_ok() else 'out of time'})", level=logging.ERROR)
-            # as long as without a flatten: an order answered ambiguously may land for its recvWindow
-            # (5 s) and more, and rests after a `down --flatten` then (2.5 s was too short)
-            landing = await self.cancel_until_none_may_land(deadline_s=budget / 3)
+            # as long as without a flatten, within what the stop has left: an order answered ambiguously
+            # may land for its recvWindow (5 s) and more, and rested after a `down --flatten` (2.5 s)
+            left_s = self.graceful_until - a.clock.monotonic() - 0.5
+            landing = await self.cancel_until_none_may_land(deadline_s=max(2.5, min(budget / 3, left_s)))
         else:
             if flatten:
                 a.log.event("flatten_unfinished", "the stop does not flatten: the lease has lapsed (a successor "

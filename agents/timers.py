@@ -55,23 +55,31 @@ class Timers:
                 a.sender.quote(now_ms, None)
 
     async def deadman_loop(self) -> None:
-        """A heartbeat every ``deadman_heartbeat_sec``; while the countdown has run out (``deadman``
-        blocks quoting) every ``DEADMAN_RETRY_S``, doubling up to the heartbeat's interval."""
-        retry = DEADMAN_RETRY_S
         while not self.agent.stopping:
-            blocked = BLOCK_DEADMAN in self.agent.blocks
-            await self.agent.tasks.sleep(min(retry, self.agent.runtime.deadman_heartbeat_sec) if blocked
-                                         else self.agent.runtime.deadman_heartbeat_sec)
+            await self.agent.tasks.sleep(self.agent.runtime.deadman_heartbeat_sec)
             if self.agent.stopping:
                 return
             if not self.agent.lease_ok():
                 continue  # a lapsed lease: let the exchange's countdown cancel
             try:
                 await self.heartbeat()
-                retry = DEADMAN_RETRY_S
             except BinanceError as exc:
-                retry = retry * 2 if BLOCK_DEADMAN in self.agent.blocks else DEADMAN_RETRY_S
                 self.agent.log.event("deadman_failed", f"dead-man heartbeat failed: {exc!r}", level=logging.WARNING)
+
+    async def _heartbeat_until_armed(self) -> None:
+        """The countdown ran out (``deadman`` blocks quoting): a heartbeat now, then every
+        ``DEADMAN_RETRY_S`` doubling up to the heartbeat's interval, until one is taken."""
+        a, wait = self.agent, DEADMAN_RETRY_S
+        while BLOCK_DEADMAN in a.blocks and not a.stopping:
+            if a.lease_ok():
+                try:
+                    await self.heartbeat()   # (unblocks)
+                    return
+                except BinanceError as exc:
+                    a.log.event("deadman_failed", f"dead-man heartbeat failed (next in {wait:g} s): {exc!r}",
+                                level=logging.WARNING)
+            await a.tasks.sleep(wait)
+            wait = min(wait * 2, a.runtime.deadman_heartbeat_sec)
 
     async def _rearm_then_unblock(self) -> None:
         """The lease is back: arm the dead-man switch first, then let quoting resume."""
@@ -88,7 +96,13 @@ class Timers:
             wait = min(DEADMAN_RETRY_S * 2 ** (self.rearm_failures - 1), self.agent.runtime.deadman_heartbeat_sec)
             self.agent.log.event("deadman_failed", f"dead-man re-arm failed ({self.rearm_failures} in a row; next "
                                  f"in {wait:g} s): {exc!r}", level=logging.WARNING)
-            await self.agent.tasks.sleep(wait)   # (10 weight a try: it was tried every watchdog tick, 0.25 s)
+            # (10 weight a try: it was tried every watchdog tick, 0.25 s); over at once if the heartbeat
+            # loop armed the switch meanwhile
+            until = self.agent.clock.monotonic() + wait
+            while self.agent.clock.monotonic() < until and not self.agent.stopping:
+                if (left := self.countdown_left()) is not None and left >= 2 * self.agent.runtime.deadman_heartbeat_sec:
+                    break
+                await self.agent.tasks.sleep(WATCHDOG_S)
             return
         finally:
             self._rearming = False
@@ -181,6 +195,7 @@ class Timers:
         a = self.agent
         if act is Act.LEASE_LAPSED:
             a.blocks.add(BLOCK_LEASE)
+            self.rearm_failures = 0   # a new lapse: its re-arm starts without a wait
             self._lapsed_at, self._lapse_pulled = now, False   # a lapse begins
             a.log.event("lease_lapsed", "lease lapsed: quoting stopped", level=logging.ERROR)
         elif act is Act.LEASE_PULL:
@@ -210,3 +225,4 @@ class Timers:
             a.log.event("deadman_expired", "the dead-man countdown ran out with no heartbeat taken: quotes "
                         "pulled, quoting stops until one is taken", level=logging.ERROR)
             a.sender.pull_quotes("deadman_expired")
+            a.tasks.spawn(self._heartbeat_until_armed(), "deadman-retry")

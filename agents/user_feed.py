@@ -133,6 +133,8 @@ class UserFeed:
                     raise _ListenKeyGone("listenKey refused: new key and resync") from None
                 raise StreamError("user stream closed") from None
             if isinstance(ev, ListenKeyExpired):
+                if stream is not self.stream:
+                    return   # the key the new stream uses too: that stream says it, and is handled then
                 a.counters["listen_key_expired"] += 1
                 raise _ListenKeyGone("listenKeyExpired: new key and resync")
             self.on_event(ev)

@@ -148,6 +148,8 @@ async def close_left(ctl: Any, symbol: str, account: str, summary: Any) -> float
         journal_record(ctl, "position_closed", symbol=symbol, account=account, reason="down --flatten",
                        detail={"before": before, "after": after, "agent_said": said})
         try:   # after the journal's newest fill of the symbol (a hung agent's last fills too), else a day's
+            if not ctl.cfg.journal.enabled:
+                return after
             newest = await asyncio.to_thread(journal_cursor, ctl, symbol, account)
             since = int((time.time() - ctl.cfg.journal.backfill_lookback_hours * 3600) * 1000)
             journal_trades(ctl, symbol, account, await ctl.desk.trades_since(symbol, account, since, newest))

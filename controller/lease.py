@@ -339,7 +339,12 @@ class LeaseBook:
         # may still write for a moment (read afresh), and a GCS that failed over may have lost the
         # last writes (a lease or an epoch older than granted: never granted, nor numbered, twice).
         known, known_epoch = self.lease(symbol), self.epoch(symbol)
-        current = _newer(known, self.lease(symbol, fresh=True))
+        stored, stored_epoch = self.lease(symbol, fresh=True), self.epoch(symbol, fresh=True)
+        current = _newer(known, stored)
+        if current is not stored:   # the GCS lost it: written again (the fresh read replaced it in memory)
+            self._put_lease(symbol, current)
+        if known_epoch > stored_epoch:
+            self.store.put(f"epoch/{symbol}", str(known_epoch))
         same_holder = current is not None and current.holder == holder and not current.revoked
         if current is not None and current.live(now) and not same_holder:
             return LeaseAnswer(
@@ -348,7 +353,7 @@ class LeaseBook:
                 reason=f"{symbol} is leased to {current.holder} (epoch {current.epoch}) "
                 f"for another {current.expires_at - now:.2f} s",
             )
-        epoch = max(known_epoch, self.epoch(symbol, fresh=True), current.epoch if current else 0) + 1
+        epoch = max(known_epoch, stored_epoch, current.epoch if current else 0) + 1
         self.store.put(f"epoch/{symbol}", str(epoch))
         lease = Lease(holder=holder, epoch=epoch, expires_at=now + self.lease_ttl_s)
         self._put_lease(symbol, lease)

@@ -465,16 +465,16 @@ class JournalWriter:
                     rows.append((doc["t"], doc["r"]))
                 except (ValueError, KeyError, TypeError):
                     cut += 1   # a line cut by a crash (or a full disk) mid-write
+        for i in range(0, len(rows), self.batch_max):
+            if not self._write(rows[i:i + self.batch_max]):
+                return   # (a cut replay repeats: its unreadable lines are counted once it is done)
+        self.replay_path.unlink(missing_ok=True)
         if cut:
             with self._lock:
                 self.stats["dropped"] += cut
-            log.error("journal %s: %d spooled rows unreadable in %s (cut mid-write by a crash or a full disk), "
+            log.error("journal %s: %d spooled rows were unreadable (cut mid-write by a crash or a full disk), "
                       "skipped; fills and funding among them are read again by the backfill only if later ones "
-                      "did not move its cursor past them", self.name, cut, self.replay_path)
-        for i in range(0, len(rows), self.batch_max):
-            if not self._write(rows[i:i + self.batch_max]):
-                return
-        self.replay_path.unlink(missing_ok=True)
+                      "did not move its cursor past them", self.name, cut)
         self.stats["replayed"] += len(rows)
         log.info("journal %s: %d spooled rows replayed into %s", self.name, len(rows), self.target.describe())
 

@@ -291,5 +291,8 @@ def test_a_gcs_that_lost_its_last_lease_writes_grants_no_early_lease_and_no_epoc
         gcs.delete(key)                        # the failover lost them; the controller's memory holds them
     early = book.acquire("X", "h2", now=1001.0)
     assert not early.granted and early.owner == "h1"
+    assert gcs.get("lease/X") is not None and gcs.get("epoch/X") == "1"   # written again
+    again = book.acquire("X", "h2", now=1002.0)   # the refusal's fresh read did not replace the memory
+    assert not again.granted and again.owner == "h1"
     later = book.acquire("X", "h2", now=1004.0)
     assert later.granted and later.epoch == 2
