@@ -51,7 +51,7 @@ def backfill(b: Book, now_ms: int, volatility: float, funding_interval_ms: int, 
         candles.append([opened - k * MINUTE_MS, open_, high, low, close, 0, 0, 0, 0, 0, -1, -1])
     _add_flow(b, candles, rng)
     b.candles.extend(candles)
-    _funding_back(b, opened, mids, funding_interval_ms, rate_wander, sigma, rng)
+    _funding_back(b, opened, mids, funding_interval_ms, rate_wander, sigma, rng, now_ms)
 
 
 def _add_flow(b: Book, candles: list[list], rng: random.Random) -> None:
@@ -84,9 +84,11 @@ def _walk_back(start: float, n: int, sigma: float, rng: random.Random) -> list[f
 
 
 def _funding_back(b: Book, opened: int, mids: list[float], interval_ms: int, wander: float, sigma: float,
-                  rng: random.Random) -> None:
-    """Settlements every ``interval_ms`` (aligned to the epoch) in the ``FUNDING_DAYS`` before ``opened``."""
-    last = (opened - 1) // interval_ms * interval_ms   # the latest settlement before the start
+                  rng: random.Random, now_ms: int) -> None:
+    """Settlements every ``interval_ms`` (aligned to the epoch) in the ``FUNDING_DAYS`` up to the start:
+    the latest the one just before the engine's first (a start in the first minute after a settlement
+    had that one neither in its history nor to come)."""
+    last = now_ms // interval_ms * interval_ms   # the engine's next is the one after (fleet/sim/funding.py)
     count = min(FUNDING_ROWS_MAX, int(FUNDING_DAYS * 86_400_000 // interval_ms))
     hours = interval_ms / 3_600_000
     keep = (1.0 - REVERSION_PER_HOUR) ** hours
@@ -95,7 +97,7 @@ def _funding_back(b: Book, opened: int, mids: list[float], interval_ms: int, wan
     rows = []
     for i in range(count):
         t = last - i * interval_ms
-        minutes_back = (opened - t) // MINUTE_MS   # mids[k]: the price k minutes before the start
+        minutes_back = max(0, (opened - t) // MINUTE_MS)   # mids[k]: the price k minutes before the start
         if minutes_back < len(mids):
             mark = mids[minutes_back]
         else:   # beyond the candles: the walk goes on by interval

@@ -25,6 +25,20 @@ async def _far_bid(c: SimClient, symbol: str = "ETHUSDC", frac: str = "0.98") ->
     return str((bid * Decimal(frac) / tick).quantize(Decimal(1)) * tick)
 
 
+@pytest.mark.parametrize("after_ms", [0, 30_000, 59_999, 60_000, 3_600_000])
+async def test_the_funding_history_ends_just_before_the_next_settlement_whenever_it_starts(sim_factory, after_ms):
+    """A simulator started in the first minute after a settlement (00:00 UTC here) had that settlement
+    neither in its history nor to come: the history ended 16:00, the next was 08:00."""
+    clock = ManualClock()
+    eight_h = 8 * 3600 * 1000
+    clock.now = (clock.now // eight_h) * eight_h + after_ms
+    sim = await sim_factory(clock=clock)
+    async with SimClient.for_sim(sim) as c:
+        pi = (await c.public("GET", "/fapi/v1/premiumIndex", {"symbol": "ETHUSDC"})).json
+        funding = (await c.public("GET", "/fapi/v1/fundingRate", {"symbol": "ETHUSDC"})).json
+    assert funding[-1]["fundingTime"] == pi["nextFundingTime"] - eight_h <= clock.now < pi["nextFundingTime"]
+
+
 async def test_public_endpoints_answer_in_binance_shapes(sim):
     async with SimClient.for_sim(sim) as c:
         assert (await c.public("GET", "/fapi/v1/ping")).json == {}
