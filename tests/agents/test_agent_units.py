@@ -158,3 +158,35 @@ def test_an_actor_waits_after_a_start_no_retry_changes_and_sooner_for_a_symbol_n
     assert _retry_after(BinanceError(ErrorCode.REJECTED_MBX_KEY, "Invalid API-key", 401)) == FATAL_RETRY_S == 300
     assert _retry_after(BinanceError(ErrorCode.UNKNOWN, "unknown", 503)) is None   # the usual back-off
     assert _retry_after(OSError("connection refused")) is None
+
+
+async def test_a_user_stream_a_planned_swap_replaced_is_read_to_its_end():
+    """Frames the old user stream had read when a planned swap put the new one in place (a fill,
+    another hand's order: sent before the new connection was subscribed) are applied, over real
+    sockets; before, the consumer left the old stream with them unread."""
+    import asyncio
+    import types
+
+    from agents.user_feed import UserFeed
+    from fleet.binance.streams import UserStream
+    from tests.fleet.binance.test_client_parse import ORDER_NEW
+    from tests.fleet.binance.test_client_stream_frames import FrameServer
+
+    frames = [ORDER_NEW.replace('"c":"web_abc"', f'"c":"web_{i}"') for i in range(3)]
+    async with FrameServer(lambda path: iter(frames if "old" in path else ())) as srv:
+        old, new = UserStream(srv.url, "old", idle_timeout=10), UserStream(srv.url, "new", idle_timeout=10)
+        await old.__aenter__()
+        await new.__aenter__()
+        for _ in range(500):   # the old connection has read all three
+            if old.frames >= 3:
+                break
+            await asyncio.sleep(0.01)
+        feed = UserFeed.__new__(UserFeed)   # the feed's consumer alone: the agent's counters, its handler
+        feed.agent, feed._new_key = types.SimpleNamespace(counters={"listen_key_expired": 0}), asyncio.Event()
+        applied: list = []
+        feed.on_event = applied.append
+        feed.stream = new                   # the swap: the new stream in place, the old one closed
+        await old.close()
+        await asyncio.wait_for(feed._consume(old), 10)
+        await new.close()
+    assert [e.client_order_id for e in applied] == ["web_0", "web_1", "web_2"]
