@@ -14,7 +14,8 @@ from fleet.binance.errors import BinanceError
 
 from .ownership import OwnershipLost
 from .watchdog import Act, Seen, Timing, watch
-from .agent_base import BLOCK_DEADMAN, BLOCK_LEASE, BLOCK_MARKET_STALE, BLOCK_STARTING, DEADMAN_RETRY_S, WATCHDOG_S
+from .agent_base import (BLOCK_DEADMAN, BLOCK_LEASE, BLOCK_MARKET_STALE, BLOCK_STARTING, DEADMAN_RETRY_S,
+                         WATCHDOG_S, Backoff)
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
@@ -26,7 +27,8 @@ class Timers:
     def __init__(self, agent: SymbolAgent) -> None:
         self.agent = agent
         self._rearming = False  # a dead-man re-arm is under way before the lease block is lifted
-        self.rearm_failures = 0  # re-arms failed in a row (each next one waits longer)
+        # re-arms failed in a row: each next one waits longer (10 weight a try)
+        self.rearm_backoff = Backoff(DEADMAN_RETRY_S, agent.runtime.deadman_heartbeat_sec, jitter=0.0)
         self._lapsed_at: float | None = None  # when the watchdog first saw the lease block (its clock)
         self._lapse_pulled = False
         self.armed_at: float | None = None  # when the last heartbeat that the exchange took was sent (monotonic)
@@ -69,8 +71,10 @@ class Timers:
     async def _heartbeat_until_armed(self) -> None:
         """The countdown ran out (``deadman`` blocks quoting): a heartbeat now, then every
         ``DEADMAN_RETRY_S`` doubling up to the heartbeat's interval, until one is taken."""
-        a, wait = self.agent, DEADMAN_RETRY_S
+        a = self.agent
+        backoff = Backoff(DEADMAN_RETRY_S, a.runtime.deadman_heartbeat_sec, jitter=0.0)
         while BLOCK_DEADMAN in a.blocks and not a.stopping:
+            wait = backoff.next()
             if a.lease_ok():
                 try:
                     await self.heartbeat()   # (unblocks)
@@ -79,7 +83,6 @@ class Timers:
                     a.log.event("deadman_failed", f"dead-man heartbeat failed (next in {wait:g} s): {exc!r}",
                                 level=logging.WARNING)
             await a.tasks.sleep(wait)
-            wait = min(wait * 2, a.runtime.deadman_heartbeat_sec)
 
     async def _rearm_then_unblock(self) -> None:
         """The lease is back: arm the dead-man switch first, then let quoting resume."""
@@ -92,10 +95,9 @@ class Timers:
             else:   # a short lapse: the countdown armed before it still outlasts two heartbeats
                 self.agent.log.event("deadman_still_armed", f"dead-man switch still armed ({left:.0f} s left)")
         except BinanceError as exc:  # still blocked: the watchdog tries again once the back-off is over
-            self.rearm_failures += 1
-            wait = min(DEADMAN_RETRY_S * 2 ** (self.rearm_failures - 1), self.agent.runtime.deadman_heartbeat_sec)
-            self.agent.log.event("deadman_failed", f"dead-man re-arm failed ({self.rearm_failures} in a row; next "
-                                 f"in {wait:g} s): {exc!r}", level=logging.WARNING)
+            wait = self.rearm_backoff.next()
+            self.agent.log.event("deadman_failed", f"dead-man re-arm failed ({self.rearm_backoff.attempt} in a "
+                                 f"row; next in {wait:g} s): {exc!r}", level=logging.WARNING)
             # (10 weight a try: it was tried every watchdog tick, 0.25 s); over at once if the heartbeat
             # loop armed the switch meanwhile
             until = self.agent.clock.monotonic() + wait
@@ -106,7 +108,7 @@ class Timers:
             return
         finally:
             self._rearming = False
-        self.rearm_failures = 0
+        self.rearm_backoff.reset()
         if self.agent.lease_ok() and not self.agent.lease.lost:
             self.agent.blocks.discard(BLOCK_LEASE)
             self.agent.log.event("lease_regained", "lease valid again: dead-man switch re-armed, quoting resumes")
@@ -195,7 +197,7 @@ class Timers:
         a = self.agent
         if act is Act.LEASE_LAPSED:
             a.blocks.add(BLOCK_LEASE)
-            self.rearm_failures = 0   # a new lapse: its re-arm starts without a wait
+            self.rearm_backoff.reset()   # a new lapse: its re-arm starts without a wait
             self._lapsed_at, self._lapse_pulled = now, False   # a lapse begins
             a.log.event("lease_lapsed", "lease lapsed: quoting stopped", level=logging.ERROR)
         elif act is Act.LEASE_PULL:

@@ -1245,7 +1245,7 @@ async def test_a_refused_dead_man_re_arm_is_tried_again_with_a_back_off(sim, exc
         await wait_for(lambda: "lease" in agent.status()["blocks"], 5, "quoting blocked when the lease lapses")
         await exchange.post("/sim/fault/rest", {"mode": "error", "count": 1000, "path": "/fapi/v1/countdownCancelAll"})
         lease.hang.set()
-        await wait_for(lambda: agent.timers.rearm_failures >= 3, 20, "three re-arms refused")
+        await wait_for(lambda: agent.timers.rearm_backoff.attempt >= 3, 20, "three re-arms refused")
         tries = 1000 - (await exchange.state())["faults_pending"][0]["count"]
         assert tries <= 8, tries   # 3 re-arms in about 6 s, and the heartbeat loop's own tries (every 3 s)
         assert "lease" in agent.status()["blocks"]
