@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 # The loops of a started agent, in the order they are spawned; "renew" starts with the grant.
 LOOPS = ("market", "user", "quote", "deadman", "keepalive", "watchdog", "reconcile", "renew")
+# The stop cancels a task that has not ended this long after its cancellation again, so many times at most.
+CANCEL_AGAIN_S = 1.0
+CANCEL_ROUNDS = 5
 
 
 class Tasks:
@@ -77,7 +80,24 @@ class Tasks:
             sleep.cancel()
 
     async def cancel_all(self, also: set[asyncio.Task]) -> None:
-        """The stop's end: every task of the agent, and ``also`` (requests in flight), cancelled and awaited."""
-        for task in (*self._tasks, *also):
-            task.cancel()
-        await asyncio.gather(*self._tasks, *also, return_exceptions=True)
+        """The stop's end: every task of the agent, and ``also`` (requests in flight), cancelled and awaited.
+
+        A task may swallow a cancellation: ``asyncio.wait_for`` on Python 3.11 returns the result of an
+        inner call that finished as the cancellation came (the lease's renewal: its loop then went on
+        renewing, and a stop waited for it until the controller gave up, 25 s, in a drill). What has not
+        ended ``CANCEL_AGAIN_S`` later is cancelled again, ``CANCEL_ROUNDS`` times at most, then named."""
+        tasks = [*self._tasks, *also]
+        left = {t for t in tasks if not t.done()}
+        for _ in range(CANCEL_ROUNDS):
+            if not left:
+                break
+            for task in left:
+                task.cancel()
+            _, left = await asyncio.wait(left, timeout=CANCEL_AGAIN_S)
+        for task in tasks:
+            if task.done() and not task.cancelled():
+                task.exception()   # retrieved: the stop has no use for it
+        if left:
+            names = ", ".join(sorted(t.get_name() for t in left))
+            self.agent.log.event("tasks_not_ended", f"tasks still running after the stop cancelled them "
+                                 f"{CANCEL_ROUNDS} times: {names}", level=logging.ERROR)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -190,3 +191,27 @@ async def test_a_user_stream_a_planned_swap_replaced_is_read_to_its_end():
         await asyncio.wait_for(feed._consume(old), 10)
         await new.close()
     assert [e.client_order_id for e in applied] == ["web_0", "web_1", "web_2"]
+
+
+async def test_the_stop_ends_a_task_that_swallowed_its_cancellation(tmp_path, caplog):
+    """``asyncio.wait_for`` on Python 3.11 returns an inner call's result when it finished as the
+    cancellation came, and the cancellation is lost: the lease's renewal loop went on renewing and the
+    stop waited for it until the controller gave up. The stop cancels again what has not ended."""
+    agent = _agent(LockFileOwnership(tmp_path, "t", "ETHUSDC"))
+    swallowed: list[int] = []
+
+    async def renewing() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if not swallowed:   # the first cancellation lost, as wait_for's race loses it
+                    swallowed.append(1)
+                    continue
+                raise
+
+    agent.tasks.spawn(renewing(), "renew")
+    await asyncio.sleep(0)
+    await asyncio.wait_for(agent.tasks.cancel_all(set()), 10.0)   # the old code waited for ever
+    assert swallowed == [1] and agent.tasks.named("renew") == []
+    assert not [r for r in caplog.records if "tasks_not_ended" in r.getMessage() or "still running" in r.getMessage()]
