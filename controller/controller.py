@@ -36,8 +36,8 @@ from controller.handles import (AGENT_PREFIX, AgentHandles, above_agents_env, ag
 from controller.kill_path import ms_since
 from controller.kill_switches import KILL_GROUP, KillSwitches, _num, journal_cursor, journal_record, journal_trades
 from controller.lease import NO_LEASE_SHOWN, GcsStore, LeaseAnswer, LeaseBook, WriteThroughStore
-from controller.owed import OwedWork, PendingApply
-from controller.spec import SPEC_DOC, build_spec, endpoints_of, parse_spec, rate_shares
+from controller.owed import OwedWork, PendingApply, plan_apply, refuse_flattening
+from controller.spec import SPEC_DOC, agent_basis, build_spec, endpoints_of, parse_spec, rate_shares
 from fleet.config import FleetConfig, SymbolParams
 from fleet.text import named_line
 from fleet.vocabulary import KillState
@@ -207,7 +207,8 @@ class FleetController(KillSwitches):
         # actor's loop while the agents started (17 % of its samples in a 50-symbol start).
         threading.Thread(target=importlib.import_module, args=("fleet.binance.client",),
                          name="import-exchange-client", daemon=True).start()
-        self.desk = EmergencyDesk(lambda: self.cfg)        # the default loop's: retire, fence
+        # the default loop's: retire, fence (and the accounts of agents retired that the spec reaches no more)
+        self.desk = EmergencyDesk(lambda: self.cfg, lambda: self.owed.pending.accounts)
         self.kill_desk = EmergencyDesk(lambda: self.cfg)   # the kill group's: its own clients and budget
         self.kill_loop: asyncio.AbstractEventLoop | None = None
         self.behind: set[asyncio.Future] = set()           # kill routes still running after the answer
@@ -286,29 +287,17 @@ class FleetController(KillSwitches):
             return await self._apply(spec, cfg, params)
 
     async def _apply(self, spec: dict[str, Any], cfg: FleetConfig, params: dict[str, SymbolParams]) -> dict[str, Any]:
-        old_cfg, old_params, owed = self.cfg, dict(self.params), self.owed.pending
-        new_symbols = {e.symbol for e in cfg.symbols}
-        # a retire left unfinished is finished, also for a symbol traded again (its agent is stopped)
-        retire = {s: old_cfg.entry(s).account for s in set(self._symbols()) - new_symbols} if old_cfg else {}
-        retire.update({s: a for s, a in owed.retire.items() if s not in retire})
-        live = self.agents.live()
-        if owed.down is not None:   # a down cut short: its agents may be stopped but alive; each is made anew
-            retire.update({s: self._account_of(s) for s in live if s not in retire})
-        updated, unchanged = [], []
-        for symbol in (e.symbol for e in cfg.symbols):
-            if symbol not in live or symbol in retire:
-                continue
-            if old_cfg is None or old_params.get(symbol) != params[symbol] or old_cfg.runtime != cfg.runtime \
-                    or symbol in owed.push:
-                updated.append(symbol)
-            else:
-                unchanged.append(symbol)
-        self.owed.store(cfg, params, PendingApply(retire, updated))   # written before memory changes
+        old_cfg, owed, live = self.cfg, self.owed.pending, self.agents.live()
+        plan = plan_apply(old_cfg, dict(self.params), cfg, params, owed, live)
+        await refuse_flattening(self, sorted(set(plan.retire) - set(owed.retire)))
+        retire, new_symbols = plan.retire, {e.symbol for e in cfg.symbols}
+        self.owed.store(cfg, params, PendingApply(retire, plan.updated, accounts=plan.accounts))   # before memory
         self.owed.holding = False
         self.cfg, self.params, self.shares = cfg, params, rate_shares(cfg)
         self.stopping = False
         removed = sorted(retire)
-        journal_record(self, "apply", content=spec, detail={"symbols": sorted(new_symbols), "removed": removed})
+        journal_record(self, "apply", content=spec, detail={"symbols": sorted(new_symbols), "removed": removed,
+                                                            "restarted": plan.restarted})
 
         async def retire_then_create() -> tuple[list[RetireOutcome], list[str], dict[str, str]]:
             stops = await asyncio.gather(*(self.owed.retire(s, retire[s], again=s in new_symbols) for s in removed))
@@ -319,17 +308,20 @@ class FleetController(KillSwitches):
                                    for s in self._symbols() if s not in live or s in retire}
 
         # new parameters (a lower cap) reach the agents beside the retires, not after a stop that hangs
-        (stops, created, errors), pushed = await asyncio.gather(retire_then_create(), self._push_params(updated))
+        (stops, created, errors), pushed = await asyncio.gather(retire_then_create(), self._push_params(plan.updated))
         errors.update(pushed)   # (a push that failed is reported, as before)
         self.owed.store(cfg, params, PendingApply({}, []))
+        await self.desk.drop(plan.accounts)   # the clients of accounts only those retires reached
         await self._push_shares()
         ray.get_runtime_context().current_actor.warm_kill_path.remote()  # the first kill need not open clients
+        outcomes = dict(zip(removed, stops))
         return {
             "fleet": self.fleet_name,
             "created": created,
-            "updated": updated,
-            "unchanged": unchanged,
-            "removed": {s: r.to_dict() for s, r in zip(removed, stops) if s not in new_symbols},
+            "updated": plan.updated,
+            "unchanged": plan.unchanged,
+            "restarted": {s: outcomes[s].to_dict() for s in plan.restarted},
+            "removed": {s: r.to_dict() for s, r in outcomes.items() if s not in new_symbols},
             "errors": errors,
             "rate_shares": self.shares,
         }
@@ -468,20 +460,14 @@ class FleetController(KillSwitches):
         self._load()
         if self.cfg is None or symbol not in self.params:
             raise LookupError(f"{symbol} is not part of fleet {self.fleet_name}")
-        entry = self.cfg.entry(symbol)
         return {
             "fleet_name": self.fleet_name,
             "symbol": symbol,
             "params": self.params[symbol].model_dump(mode="json"),
-            "runtime": self.cfg.runtime.model_dump(mode="json"),
-            "endpoints": endpoints_of(self.cfg),
-            "account": self.cfg.account(entry.account).model_dump(mode="json"),
+            **agent_basis(self.cfg, symbol),   # runtime, endpoints, account, journal, metrics_publish_s, cpu_class
             "renew_interval_s": self.settings.renew_interval_s,
             "reduce_only": self.reduce_only,
             "rate_share": self.shares.get(symbol, 1.0),
-            "journal": self.cfg.journal.model_dump(mode="json"),
-            "metrics_publish_s": self.cfg.api.metrics_publish_s,
-            "cpu_class": self.cfg.agent.cpu_class,
             "controller_node": ray.get_runtime_context().get_node_id(),
         }
 
@@ -584,7 +570,8 @@ class FleetController(KillSwitches):
             self.owed.holding = self.owed.holding and not flatten   # a flatten's agents need their leases
             if self.cfg is not None:
                 try:   # a controller killed midway comes back stopping, and finishes it
-                    self.owed.store(self.cfg, self.params, PendingApply(dict(self.owed.pending.retire), [], flatten))
+                    self.owed.store(self.cfg, self.params, PendingApply(dict(self.owed.pending.retire), [], flatten,
+                                                                    dict(self.owed.pending.accounts)))
                 except Exception as exc:  # noqa: BLE001 - the down goes on; only a restart would forget it
                     log.warning("the down under way not stored: %s", named_line(exc))
             return await self._down(flatten)

@@ -10,14 +10,15 @@ never passed to it. The results are frozen; :meth:`KillOutcome.to_dict` makes th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from controller.spec import endpoints_of
-from fleet.config import FleetConfig
+from controller.spec import credentials_basis
+from fleet.config import AccountConfig, FleetConfig
 from fleet.text import named_line
 
 log = logging.getLogger("mmfleet.controller")
@@ -85,19 +86,35 @@ def _emergency_budget() -> Any:
 class EmergencyDesk:
     """The controller's exchange clients (one per account) and what it does with them."""
 
-    def __init__(self, config: Callable[[], FleetConfig | None]) -> None:
+    def __init__(self, config: Callable[[], FleetConfig | None],
+                 retiring: Callable[[], dict[str, dict[str, Any]]] = dict) -> None:
         self.config = config          # the fleet config applied now
+        self.retiring = retiring      # accounts only retires reach (owed.retire_account): key -> how
         self.clients: dict[str, Any] = {}
+        self.bases: dict[str, tuple[dict[str, Any], str]] = {}   # what each client was opened with
         self.opening: dict[str, asyncio.Future] = {}   # one client per account, even when asked at once
         self.sweeps: set[asyncio.Task] = set()
         self.filters: dict[str, Any] = {}   # SymbolFilters by symbol, for a close cut to them
         self.notionals: dict[str, tuple[float, float]] = {}   # symbol -> (read at, gross notional listed)
 
+    def _basis(self, account_name: str) -> tuple[dict[str, Any], str]:
+        """How an account is reached now: its key sources and the exchange's REST URL (KeyError: unknown)."""
+        doc = self.retiring().get(account_name) if "#" in account_name else None
+        if doc is not None:
+            return doc["account"], doc["rest_url"]
+        cfg = self.config()
+        if cfg is None:
+            raise KeyError(account_name)
+        return credentials_basis(cfg, account_name)
+
     async def client(self, account_name: str) -> Any:
-        """The controller's own client for an account, keys read in this process (env or key file)."""
+        """The controller's own client for an account, keys read in this process (env or key file); opened
+        again once an apply changed the account's key sources or the exchange's URL."""
         client = self.clients.get(account_name)
         if client is not None:
-            return client
+            if self.bases.get(account_name) == self._basis(account_name):
+                return client
+            await self.drop({account_name: {}})
         opening = self.opening.get(account_name)
         if opening is None:
             opening = self.opening[account_name] = asyncio.ensure_future(self._open(account_name))
@@ -111,13 +128,21 @@ class EmergencyDesk:
         from fleet.binance.client import BinanceClient
         from fleet.binance.credentials import load_credentials
 
-        cfg = self.config()
-        creds = load_credentials(cfg.account(account_name))
-        client = BinanceClient(endpoints_of(cfg)["rest_url"], creds.api_key, creds.api_secret,
-                               budget=_emergency_budget())
+        basis = self._basis(account_name)
+        creds = load_credentials(AccountConfig.model_validate(basis[0]))
+        client = BinanceClient(basis[1], creds.api_key, creds.api_secret, budget=_emergency_budget())
         await client.open()
-        self.clients[account_name] = client
+        self.clients[account_name], self.bases[account_name] = client, basis
         return client
+
+    async def drop(self, accounts: Iterable[str]) -> None:
+        """Close the clients of ``accounts`` (no longer reached so, or not at all)."""
+        for name in list(accounts):
+            client = self.clients.pop(name, None)
+            self.bases.pop(name, None)
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.close()
 
     async def warm(self, accounts: set[str]) -> None:
         """Open the accounts' clients ahead of a route that will need them (failures: the route reports)."""
@@ -320,6 +345,7 @@ class EmergencyDesk:
         for client in self.clients.values():
             await client.close()
         self.clients.clear()
+        self.bases.clear()
 
 
 def closing_orders(symbol: str, filters: Any, amount: Any, mark: Any) -> list[Any]:

@@ -11,14 +11,17 @@ the fleet's namespace whose symbol the spec does not trade.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from controller.kill_switches import journal_record
-from controller.spec import SPEC_DOC
+from controller.spec import SPEC_DOC, basis_changed, credentials_basis
 from fleet.config import FleetConfig, SymbolParams
+from fleet.vocabulary import KillState
 from fleet.text import named_line
 
 if TYPE_CHECKING:
@@ -29,11 +32,14 @@ log = logging.getLogger("mmfleet.controller")
 @dataclass
 class PendingApply:
     """The work an apply (or a ``down``) still owes, stored with its spec: agents to retire (symbol ->
-    account), agents to give the new parameters, and a ``down`` under way (its flatten flag)."""
+    account), agents to give the new parameters, a ``down`` under way (its flatten flag), and the
+    accounts retires reach by a key of their own (``retire_account``: key -> how the old spec reached
+    it, its key sources and REST URL; never the keys themselves)."""
 
     retire: dict[str, str | None]
     push: list[str]
     down: bool | None = None
+    accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.retire or self.push) or self.down is not None
@@ -42,6 +48,8 @@ class PendingApply:
         doc: dict[str, Any] = {"retire": dict(self.retire), "push": list(self.push)}
         if self.down is not None:
             doc["down"] = self.down
+        if self.accounts:
+            doc["accounts"] = dict(self.accounts)
         return doc
 
     @classmethod
@@ -50,7 +58,89 @@ class PendingApply:
             return cls({}, [])
         down = doc.get("down")
         return cls({str(s): (None if a is None else str(a)) for s, a in dict(doc.get("retire") or {}).items()},
-                   [str(s) for s in doc.get("push") or []], None if down is None else bool(down))
+                   [str(s) for s in doc.get("push") or []], None if down is None else bool(down),
+                   {str(k): dict(v) for k, v in dict(doc.get("accounts") or {}).items()})
+
+
+def retire_account(old: FleetConfig, new: FleetConfig, account: str | None) -> tuple[str | None, dict[str, Any] | None]:
+    """The name the controller's exchange clients know the account of an agent being retired by: its own
+    while ``new`` reaches it the same way; else (the apply removed it, or changed its keys or the
+    exchange) a key of its own, ``name#digest`` ('#' is in no account's name), with how ``old``
+    reached it: the retired agent's orders are cancelled where they rest, not on what the name means now."""
+    if account is None:
+        return None, None
+    try:
+        before = credentials_basis(old, account)
+    except (KeyError, ValueError):   # not in the old spec either (a stray): its name is all there is
+        return account, None
+    try:
+        if credentials_basis(new, account) == before:
+            return account, None
+    except (KeyError, ValueError):
+        pass
+    doc = {"account": before[0], "rest_url": before[1]}
+    digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{account}#{digest}", doc
+
+
+@dataclass
+class ApplyPlan:
+    """What an apply does to the agents running: retire (symbol -> the account's name or key), made
+    anew (retired, then created by the new spec: a change an agent cannot take live), parameters
+    pushed, left alone."""
+
+    retire: dict[str, str | None]
+    accounts: dict[str, dict[str, Any]]
+    restarted: list[str]
+    updated: list[str]
+    unchanged: list[str]
+
+
+def plan_apply(old_cfg: FleetConfig | None, old_params: dict[str, SymbolParams], cfg: FleetConfig,
+               params: dict[str, SymbolParams], owed: PendingApply, live: set[str]) -> ApplyPlan:
+    """The symbols the old spec traded and the new one does not are retired; an agent whose account, keys,
+    exchange, runtime, journal or CPU class the apply changes (``basis_changed``) is made anew; one
+    whose parameters change gets them live. A retire left unfinished is finished, also for a symbol
+    traded again (its agent is stopped); after a down cut short, every agent is made anew."""
+    new_symbols = [e.symbol for e in cfg.symbols]
+    old_symbols = {e.symbol for e in old_cfg.symbols} if old_cfg else set()
+    retire: dict[str, str | None] = {s: old_cfg.entry(s).account for s in old_symbols - set(new_symbols)} \
+        if old_cfg else {}
+    restarted = [s for s in new_symbols if s in old_symbols and s in live and s not in owed.retire
+                 and old_cfg is not None and basis_changed(old_cfg, cfg, s)]
+    retire.update({s: old_cfg.entry(s).account for s in restarted if old_cfg is not None})
+    if owed.down is not None:   # a down cut short: its agents may be stopped but alive; each is made anew
+        retire.update({s: (old_cfg.entry(s).account if s in old_symbols and old_cfg else None)
+                       for s in live if s not in retire and s not in owed.retire})
+    accounts: dict[str, dict[str, Any]] = {}
+    for symbol, account in list(retire.items()):
+        if old_cfg is not None:
+            retire[symbol], doc = retire_account(old_cfg, cfg, account)
+            if doc is not None:
+                accounts[str(retire[symbol])] = doc
+    retire.update({s: a for s, a in owed.retire.items() if s not in retire})
+    accounts.update({k: d for k, d in owed.accounts.items() if k in retire.values()})
+    updated, unchanged = [], []
+    for symbol in new_symbols:
+        if symbol not in live or symbol in retire:
+            continue
+        if old_cfg is None or old_params.get(symbol) != params[symbol] or symbol in owed.push:
+            updated.append(symbol)
+        else:
+            unchanged.append(symbol)
+    return ApplyPlan(retire, accounts, restarted, updated, unchanged)
+
+
+async def refuse_flattening(ctl: FleetController, symbols: list[str]) -> None:
+    """An apply may not retire or make anew an agent closing its position (a flatten under way): its stop
+    would cut the flatten short and leave the position to nobody. Raises ValueError naming them."""
+    if not symbols:
+        return
+    records = await ctl.book.akill_records(symbols)
+    busy = sorted(s for s, r in records.items() if r.state == KillState.FLATTENING)
+    if busy:
+        raise ValueError(f"{', '.join(busy)} being flattened: nothing applied; an apply that removes or restarts "
+                         f"an agent waits until its position is flat (python -m fleet status) or it is resumed")
 
 
 # The reconcile pass finishes the work of an apply a killed controller left only this long after its
@@ -145,6 +235,7 @@ class OwedWork:
         for symbol, error in errors.items():
             log.error("%s: the new parameters not pushed: %s", symbol, error)
         self.store(cfg, params, PendingApply({}, []))
+        await ctl.desk.drop(owed.accounts)
         journal_record(ctl, "apply_finished", detail={"retired": sorted(retire), "pushed": owed.push})
 
     async def strays(self, traded: set[str]) -> dict[str, str | None]:

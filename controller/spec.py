@@ -67,3 +67,31 @@ def endpoints_of(cfg: FleetConfig) -> dict[str, str]:
         "ws_user_url": (ex.ws_user_url or ex.ws_market_url).rstrip("/"),
     }
 
+
+
+def credentials_basis(cfg: FleetConfig, account: str) -> tuple[dict[str, Any], str]:
+    """Where an account's client reads its keys and whom it asks: its key sources (not its rate share,
+    pushed live) and the exchange's REST URL. Raises KeyError for an account ``cfg`` does not name."""
+    return cfg.account(account).model_dump(mode="json", exclude={"rate_share"}), endpoints_of(cfg)["rest_url"]
+
+
+def agent_basis(cfg: FleetConfig, symbol: str) -> dict[str, Any]:
+    """What an agent is built with at its start and cannot take live (its parameters and rate share are
+    pushed): an apply that changes any of it for a symbol makes its agent anew. Part of ``agent_spec``."""
+    account = cfg.account(cfg.entry(symbol).account)
+    return {
+        "runtime": cfg.runtime.model_dump(mode="json"),
+        "endpoints": endpoints_of(cfg),
+        "account": account.model_dump(mode="json"),
+        "journal": cfg.journal.model_dump(mode="json"),
+        "metrics_publish_s": cfg.api.metrics_publish_s,
+        "cpu_class": cfg.agent.cpu_class,
+    }
+
+
+def basis_changed(old: FleetConfig, new: FleetConfig, symbol: str) -> bool:
+    """Whether ``symbol``'s agent must be made anew to trade by ``new`` (its rate share aside)."""
+    before, after = agent_basis(old, symbol), agent_basis(new, symbol)
+    before["account"].pop("rate_share", None)
+    after["account"].pop("rate_share", None)
+    return before != after

@@ -713,7 +713,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     api_cfg, _ = ensure_api_token(cfg)
     deploy(api_cfg)
     print(json.dumps(result, indent=2, sort_keys=True))
-    retired_badly = [s for s, r in (result.get("removed") or {}).items() if isinstance(r, dict) and r.get("error")]
+    retired_badly = [s for part in ("removed", "restarted") for s, r in (result.get(part) or {}).items()
+                     if isinstance(r, dict) and r.get("error")]
     return EXIT_OK if not (result.get("errors") or retired_badly) else EXIT_FAILED
 
 

@@ -248,6 +248,9 @@ def test_the_work_an_apply_or_a_down_owes_reads_back_as_stored():
 
     owed = PendingApply({"SOLUSDT": "main", "XRPUSDT": None}, ["ETHUSDC"], down=True)
     assert PendingApply.from_doc(json.loads(json.dumps(owed.to_doc()))) == owed
+    keyed = PendingApply({"SOLUSDT": "main#0a1b2c3d4e"}, [],
+                         accounts={"main#0a1b2c3d4e": {"account": {"name": "main", "key_file": "/k"}, "rest_url": "u"}})
+    assert PendingApply.from_doc(json.loads(json.dumps(keyed.to_doc()))) == keyed
     assert not PendingApply({}, []) and PendingApply({}, [], down=False)   # a down without a flatten is owed too
     assert PendingApply.from_doc(None) == PendingApply({}, []) == PendingApply.from_doc("garbage")
 
@@ -296,3 +299,68 @@ def test_a_gcs_that_lost_its_last_lease_writes_grants_no_early_lease_and_no_epoc
     assert not again.granted and again.owner == "h1"
     later = book.acquire("X", "h2", now=1004.0)
     assert later.granted and later.epoch == 2
+
+
+def _spec(accounts: dict[str, str], symbols: dict[str, str], **extra):
+    from controller.spec import parse_spec
+
+    return parse_spec({"fleet": {
+        "name": "f", "exchange": {"kind": "sim", "rest_url": "http://127.0.0.1:1", "ws_market_url": "ws://127.0.0.1:1"},
+        "accounts": [{"name": n, "key_file": k} for n, k in accounts.items()],
+        "symbols": [{"symbol": s, "account": a} for s, a in symbols.items()], **extra}})
+
+
+def test_an_apply_makes_anew_the_agents_whose_account_keys_exchange_or_runtime_it_changes():
+    """What an agent reads once at its start (its account and keys, the exchange, the runtime) cannot be
+    pushed: its agent is retired where it traded and created again; parameters alone are pushed live."""
+    from controller.owed import PendingApply, plan_apply
+
+    none = PendingApply({}, [])
+    old, old_params = _spec({"main": "/a", "alt": "/b"}, {"ETHUSDC": "main", "SOLUSDT": "main", "XRPUSDT": "main"})
+    live = {"ETHUSDC", "SOLUSDT", "XRPUSDT"}
+    # SOLUSDT moves to alt; XRPUSDT is removed; ETHUSDC stays
+    cfg, params = _spec({"main": "/a", "alt": "/b"}, {"ETHUSDC": "main", "SOLUSDT": "alt"})
+    plan = plan_apply(old, old_params, cfg, params, none, live)
+    assert plan.retire == {"SOLUSDT": "main", "XRPUSDT": "main"} and plan.accounts == {}
+    assert plan.restarted == ["SOLUSDT"] and plan.unchanged == ["ETHUSDC"] and plan.updated == []
+    # main's keys change (same name): its agents are retired by a key of their own, as main was
+    cfg, params = _spec({"main": "/c", "alt": "/b"}, {"ETHUSDC": "main", "SOLUSDT": "main", "XRPUSDT": "main"})
+    plan = plan_apply(old, old_params, cfg, params, none, live)
+    (key,) = set(plan.retire.values())
+    assert key.startswith("main#") and plan.accounts[key] == {"account": {"name": "main", "api_key_env": None,
+                                                                          "api_secret_env": None, "key_file": "/a"},
+                                                              "rest_url": "http://127.0.0.1:1"}
+    assert plan.restarted == ["ETHUSDC", "SOLUSDT", "XRPUSDT"]
+    # the account removed with its symbol: the retire still reaches it
+    cfg, params = _spec({"alt": "/b"}, {"ETHUSDC": "alt"})
+    plan = plan_apply(old, old_params, cfg, params, none, live)
+    assert set(plan.retire) == live and all(a.startswith("main#") for a in plan.retire.values())
+    # a runtime change restarts every agent running; one not running is created by the new spec anyway
+    cfg, params = _spec({"main": "/a", "alt": "/b"}, {"ETHUSDC": "main", "SOLUSDT": "main", "XRPUSDT": "main"},
+                        runtime={"deadman_countdown_ms": 60000})
+    plan = plan_apply(old, old_params, cfg, params, none, live - {"XRPUSDT"})
+    assert plan.restarted == ["ETHUSDC", "SOLUSDT"] and plan.retire == {"ETHUSDC": "main", "SOLUSDT": "main"}
+    # a rate share or a parameter: pushed live, nobody restarted
+    cfg, params = _spec({"main": "/a", "alt": "/b"}, {"ETHUSDC": "main", "SOLUSDT": "main", "XRPUSDT": "main"})
+    cfg = cfg.model_copy(update={"accounts": [a.model_copy(update={"rate_share": 0.5}) for a in cfg.accounts]})
+    p = params["ETHUSDC"]
+    params = {**params, "ETHUSDC": p.model_copy(update={"base": p.base.model_copy(update={"base_size": 0.02})})}
+    plan = plan_apply(old, old_params, cfg, params, none, live)
+    assert plan.retire == {} and plan.updated == ["ETHUSDC"] and plan.unchanged == ["SOLUSDT", "XRPUSDT"]
+
+
+async def test_an_apply_may_not_retire_or_restart_an_agent_closing_its_position():
+    """A stop would cut the flatten short and leave its position to nobody: the apply is refused, naming
+    the symbol, before it changes anything; a halted symbol may go."""
+    from types import SimpleNamespace
+
+    from controller.lease import LeaseBook, MemoryStore
+    from controller.owed import refuse_flattening
+
+    book = LeaseBook(MemoryStore(), lease_ttl_s=3.0)
+    await book.set_kill_states(["SOLUSDT"], KillState.FLATTENING, "drill", now=1000.0)
+    await book.set_kill_states(["ETHUSDC"], KillState.HALTED, "drill", now=1000.0)
+    ctl = SimpleNamespace(book=book)
+    with pytest.raises(ValueError, match="SOLUSDT being flattened: nothing applied"):
+        await refuse_flattening(ctl, ["ETHUSDC", "SOLUSDT", "XRPUSDT"])   # type: ignore[arg-type]
+    await refuse_flattening(ctl, ["ETHUSDC", "XRPUSDT"])   # type: ignore[arg-type]

@@ -174,3 +174,53 @@ async def test_the_fence_cancels_its_epoch_again_once_what_the_hung_owner_signed
         assert [o["clientOrderId"] for o in st["open_orders"]] == []
     finally:
         await desk.close()
+
+
+async def test_an_account_changed_by_an_apply_is_reached_anew_and_a_retire_reaches_it_as_it_was(
+        sim_factory, monkeypatch):
+    """An apply points account ``main`` at other keys: the desk's cached client is not the account's any
+    more and is opened again with the new keys; the orders the retired agent left under the old keys
+    are reached through the retire's own key (owed.retire_account), not through what ``main`` means now."""
+    from controller.owed import retire_account
+
+    sim = await sim_factory(config={"accounts": [{"name": "main"}, {"name": "alt"}]})
+    (_, key_a, secret_a), (_, key_b, secret_b) = sim.accounts[0], sim.accounts[1]
+    for var, value in (("K_A", key_a), ("S_A", secret_a), ("K_B", key_b), ("S_B", secret_b)):
+        monkeypatch.setenv(f"MMFLEET_TEST_{var}", value)
+
+    def config(suffix: str) -> FleetConfig:
+        return FleetConfig.model_validate({
+            "name": "desk", "exchange": {"kind": "sim", "rest_url": sim.rest_url, "ws_market_url": sim.ws_url},
+            "accounts": [{"name": "main", "api_key_env": f"MMFLEET_TEST_K_{suffix}",
+                          "api_secret_env": f"MMFLEET_TEST_S_{suffix}"}],
+            "symbols": [{"symbol": SYMBOL, "account": "main"}]})
+
+    before, after = config("A"), config("B")
+    applied = [before]
+    retiring: dict = {}
+    desk = EmergencyDesk(lambda: applied[0], lambda: retiring)
+    async with BinanceClient(sim.rest_url, key_a, secret_a, timeout=5) as a, \
+            BinanceClient(sim.rest_url, key_b, secret_b, timeout=5) as b:
+        for own, tag in ((a, "left-a"), (b, "left-b")):
+            await own.sync_time()
+            await own.place_order(await passive_order(own, tag))
+
+        async def seen(account: str) -> list[str]:
+            listed = [o.client_order_id for o in await (await desk.client(account)).open_orders(SYMBOL)]
+            return [tag for tag in ("left-a", "left-b") if any(f"-{tag}-" in c for c in listed)]
+
+        try:
+            assert await seen("main") == ["left-a"]
+            applied[0] = after
+            assert await seen("main") == ["left-b"]   # opened again, with B's keys
+            key, doc = retire_account(before, after, "main")
+            assert key is not None and key.startswith("main#") and doc is not None
+            assert "MMFLEET_TEST_K_A" in str(doc) and key_a not in str(doc)   # key sources, never the keys
+            retiring[key] = doc
+            assert await desk.confirm_empty(SYMBOL, "main", cancel_first=True) == 0    # now B's
+            assert await desk.confirm_empty(SYMBOL, key, cancel_first=True) == 0       # A's, as it was
+        finally:
+            await desk.close()
+    for account in ("main", "alt"):
+        state = await admin(sim, "GET", "/sim/state", params={"account": account, "symbol": SYMBOL})
+        assert state["open_orders"] == [], account                  # the exchange's truth, both accounts

@@ -554,6 +554,34 @@ def test_apply_removes_unlisted_symbols_and_resplits_the_accounts_rate_limits(fl
     fleet.all_quoting(timeout=30.0)
 
 
+def test_a_runtime_change_makes_every_agent_anew_with_it(fleet):
+    """An agent reads its runtime once, at its start: an apply that shortens the dead-man countdown is
+    not pushed (it was answered "updated" and waited for the next restart); each agent is retired,
+    its book confirmed empty, and made anew, whose switch the exchange then holds at the new length."""
+    ctl = fleet.controller()
+    spec = fleet.ray.get(ctl.spec.remote(), timeout=15)
+    fleet.all_quoting()
+    runtime = {**spec["fleet"].get("runtime", {}), "deadman_countdown_ms": 60_000, "deadman_heartbeat_sec": 15.0}
+    shorter = {**spec, "fleet": {**spec["fleet"], "runtime": runtime}}
+    result = fleet.ray.get(ctl.apply.remote(shorter), timeout=180)
+    try:
+        assert sorted(result["restarted"]) == sorted(SYMBOLS) and result["updated"] == [], result
+        assert all(r["open_orders"] == 0 and not r["error"] for r in result["restarted"].values()), result
+        assert not result["removed"], result   # (created by the apply, or by the reconcile pass before it)
+        fleet.all_quoting(timeout=45.0)
+
+        def armed_within_60s() -> bool:
+            now_ms = time.time() * 1000
+            deadlines = [fleet.exchange.state(s)["positions"][s]["countdown_deadline_ms"] for s in SYMBOLS]
+            return all(d and d - now_ms <= 60_000 + 1_000 for d in deadlines)
+
+        poll(armed_within_60s, 20.0, "every agent's dead-man switch armed at 60 s at the exchange")
+    finally:
+        result = fleet.ray.get(fleet.controller().apply.remote(spec), timeout=180)
+    assert sorted(result["restarted"]) == sorted(SYMBOLS), result
+    fleet.all_quoting(timeout=45.0)
+
+
 def test_an_apply_whose_controller_is_killed_midway_is_finished_by_its_successor(fleet):
     """The controller SIGKILLed while an apply retires SOLUSDT (its cancels held 4 s by the exchange) and
     lowers ETHUSDC's net_max: Ray runs the call again on the restarted controller, which reads the new
