@@ -119,6 +119,7 @@ class ContractWatch:
             return
         funding = a.core.store.funding
         hours = terms.interval_hours if terms is not None else 8
+        funding.interval_read = True
         if funding.set_interval(hours * HOUR_MS):
             a.log.event("funding_interval", f"{a.symbol} settles funding every {hours} h ({why}): the quotes' "
                         f"funding shift takes the predicted rate x{8 / hours:g}",

@@ -63,6 +63,7 @@ class FundingBook:
         self._income_seen: OrderedDict[int, None] = OrderedDict()  # income tranIds already booked
         self._lookups: deque[int] = deque(maxlen=_FUNDING_LOOKUPS_KEEP)  # times of symbol-less fees
         self.interval_ms = REFERENCE_INTERVAL_MS   # as the runtime last read it (fundingInfo)
+        self.interval_read = False                 # fundingInfo answered once (until then 8 h is a guess)
         self.next_funding_ms = 0                   # the next settlement, as the mark frames last said
         self.schedule_moved = False                # a next settlement off the interval: the runtime reads it again
         self._last_step = 0                        # the last move of the next settlement time

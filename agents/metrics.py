@@ -212,8 +212,9 @@ class AgentMetrics:
         )
         yield gauge("mm_funding_pnl_acc", "funding P&L summed from FUNDING_FEE balance changes", s.funding_pnl)
         yield gauge("mm_predicted_funding_rate", "EMA prediction of the next funding rate", s.predicted_funding)
-        yield gauge("mm_funding_interval_seconds", "the symbol's funding interval as the exchange lists it (the "
-                    "quotes' funding shift scales the predicted rate to 8 hours)", s.funding.interval_ms / 1000)
+        if s.funding.interval_read:   # not the 8 h guess of a start: a series 8 h, then 1 h, reads as a change
+            yield gauge("mm_funding_interval_seconds", "the symbol's funding interval as the exchange lists it (the "
+                        "quotes' funding shift scales the predicted rate to 8 hours)", s.funding.interval_ms / 1000)
         c = CounterMetricFamily("mm_grind_count", "grinds fired", labels=["symbol"])
         c.add_metric([self.symbol], float(eng.count_total))
         yield c
@@ -308,6 +309,8 @@ class AgentMetrics:
             "mm_rate_budget_used": "spent in the budget's sliding window (weight or orders)",
             "mm_rate_budget_limit": "the agent's share of the window's limit, after the safety margin",
             "mm_rate_budget_used_ratio": "used / limit of the agent's share (1 = no room left)",
+            "mm_rate_budget_quoting_limit": "the part of the share quoting may use (the rest is kept for cancels "
+                                            "and reduce-only orders)",
             "mm_rate_exchange_used": "the exchange's count for the account or IP: last reported plus spent since",
             "mm_rate_exchange_limit": "Binance's limit for the window",
         }
@@ -318,6 +321,7 @@ class AgentMetrics:
             fams["mm_rate_budget_used"].add_metric(lv, float(u.used))
             fams["mm_rate_budget_limit"].add_metric(lv, float(u.limit))
             fams["mm_rate_budget_used_ratio"].add_metric(lv, u.used / u.limit if u.limit > 0 else 0.0)
+            fams["mm_rate_budget_quoting_limit"].add_metric(lv, float(u.quoting_limit))
             fams["mm_rate_exchange_used"].add_metric(lv, float(u.exchange_used))
             fams["mm_rate_exchange_limit"].add_metric(lv, float(u.exchange_limit))
         yield from fams.values()

@@ -94,8 +94,11 @@ ROWS: tuple[Row, ...] = (
                         Q(f"sum(mmfleet_agents_expected{{{FLEET}}})", "expected")),
           "Agents that answered the endpoint's last metrics request, against the symbols the fleet trades.",
           kind="stat", w=4, h=4),
-        P("Halted", (Q(f"sum(mmfleet_agents_halted{{{FLEET}}})", "halted"),),
-          "Symbols halted or flattening by kill switch.", kind="stat", w=3, h=4, thresholds=((1, "orange"),)),
+        P("Halted", (Q(f"count(max by (fleet, symbol) (mmfleet_symbol_halted{{{SYM}}} == 1) or "
+                         f"max by (fleet, symbol) (mm_halt_state{{{SYM},state!=\"running\"}} == 1)) or vector(0)",
+                         "halted"),),
+          "Symbols shown that are halted or flattening, by kill switch or by their agent (a liquidation, "
+          "a delisting), as the console counts them.", kind="stat", w=3, h=4, thresholds=((1, "orange"),)),
         P("Controller", (Q(f"min(mmfleet_controller_up{{{FLEET}}})", "up"),),
           "1 if the fleet endpoint reached the controller.", kind="stat", w=3, h=4,
           thresholds=((0, "red"), (1, "green"))),
@@ -188,7 +191,7 @@ ROWS: tuple[Row, ...] = (
     Row("Streams and reconciliation", (
         P("User stream connected", (Q(f"mm_ws_connected{{{SYM}}}"),),
           "1 while the user data stream is connected. The alert fires after 30 s at 0.", min=0, max=1, w=8),
-        P("REST resyncs (reconnects, gaps)", (Q(f"delta(mm_rest_fallback_count{{{SYM}}}[{RI}])"),),
+        P("REST resyncs (reconnects, gaps)", (Q(f"increase(mm_rest_fallback_count{{{SYM}}}[{RI}])"),),
           "Resyncs of orders and position from REST per interval: each reconnect, gap or unknown order state.",
           w=8),
         P("Reconciliation repairs",

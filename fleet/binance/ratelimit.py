@@ -65,6 +65,7 @@ class WindowUsage:
     limit: int              # this budget's share of the limit (after the safety margin)
     exchange_used: int      # the exchange's last reported count plus what we spent since (0 once it rolled over)
     exchange_limit: int     # Binance's own limit for the window
+    quoting_limit: int = 0  # the part of ``limit`` quoting may use (the rest is the risk lane's reserve)
 
 
 class _Window:
@@ -238,7 +239,8 @@ class RateBudget:
         ):
             used = window.peek(now)
             # the exchange counts ours too: never less than what this budget spent
-            out[name] = WindowUsage(used, window.limit, max(used, reported.estimate(window, now)), full)
+            out[name] = WindowUsage(used, window.limit, max(used, reported.estimate(window, now)), full,
+                                    self._lane_limit(window.limit, False))
         return out
 
     def _lane_limit(self, limit: int, risk: bool) -> int:

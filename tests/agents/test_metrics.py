@@ -137,3 +137,14 @@ def test_funding_booked_from_income_rows_shows_in_the_seed_metric():
     core.store.on_funding_income([{"symbol": SYMBOL, "incomeType": "FUNDING_FEE", "income": "-0.75",
                                    "asset": "USDC", "time": 1_200, "tranId": 7}])
     assert samples(m.render())[("mm_funding_pnl_acc", (("symbol", SYMBOL),))] == -0.75
+
+
+def test_the_funding_interval_is_published_only_once_the_exchange_listed_it():
+    """Until fundingInfo answers, the core's 8 h is a guess: published, a 1 h symbol's series would read
+    8 h and then 1 h at every start, which the interval-change alert takes for the exchange's change."""
+    core = active_core()
+    m = AgentMetrics(SYMBOL, core)
+    assert "mm_funding_interval_seconds" not in sample_names(m.render())
+    core.store.funding.set_interval(3_600_000)
+    core.store.funding.interval_read = True
+    assert samples(m.render())[("mm_funding_interval_seconds", (("symbol", SYMBOL),))] == 3600

@@ -16,6 +16,8 @@ from tests.controller.test_prometheus import CONFIG_DIR
 
 ALERTS = CONFIG_DIR / "alerts.yml"
 ALERTS_TEST = CONFIG_DIR / "alerts_test.yml"
+CENTRAL = CONFIG_DIR / "central_alerts.yml"
+CENTRAL_TEST = CONFIG_DIR / "central_alerts_test.yml"
 # Alerts about the whole fleet or its endpoint rather than one symbol.
 FLEET_WIDE = {"MmControllerDown", "MmEndpointScrapeFailing"}
 
@@ -70,3 +72,15 @@ def test_the_cluster_prometheus_loads_the_alert_rules():
     out = promtool("check", "config", "cluster.yml")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SUCCESS: 1 rule files found" in out.stdout
+
+
+def test_the_central_prometheus_alerts_on_a_cluster_it_cannot_federate():
+    """Each cluster Prometheus evaluates the fleet's alerts: when it (or the way to it) fails, the central
+    one, which Grafana reads, must say so itself."""
+    for args in (("check", "rules", CENTRAL.name), ("test", "rules", CENTRAL_TEST.name),
+                 ("check", "config", "central.yml")):
+        out = promtool(*args)
+        assert out.returncode == 0, out.stdout + out.stderr
+    assert CENTRAL.name in yaml.safe_load((CONFIG_DIR / "central.yml").read_text())["rule_files"]
+    job = yaml.safe_load(CENTRAL.read_text())["groups"][0]["rules"][0]["expr"]
+    assert 'up{job="federate-mmfleet"}' in job   # the job central.yml names

@@ -113,6 +113,7 @@ def cluster_config(endpoint_url: str) -> dict[str, Any]:
     job["static_configs"] = [{"targets": [parts.netloc]}]
     job["metrics_path"] = f"{parts.path.rstrip('/')}{job['metrics_path']}"
     cfg["scrape_configs"] = [job]      # Ray's own job is for real clusters; not under test here
+    cfg["rule_files"] = [str(CONFIG_DIR / f) for f in cfg.get("rule_files", [])]   # beside the config no more
     return cfg
 
 
@@ -122,6 +123,7 @@ def central_config(cluster_url: str) -> dict[str, Any]:
     cfg["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
     (job,) = cfg["scrape_configs"]
     job["static_configs"] = [{"targets": [urlsplit(cluster_url).netloc]}]
+    cfg["rule_files"] = [str(CONFIG_DIR / f) for f in cfg.get("rule_files", [])]
     return cfg
 
 
