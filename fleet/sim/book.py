@@ -103,6 +103,11 @@ class Book:
         self.notional_places = self.price_places + self.qty_places
         self.price_precision = spec.price_precision if spec.price_precision is not None else self.price_places
         self.qty_precision = spec.quantity_precision if spec.quantity_precision is not None else self.qty_places
+        # PRICE_FILTER's range, also in units of 10^-price_places (int() floors) for prices parsed without Decimal
+        self.min_price_ticks = int(Decimal(spec.min_price) / self.tick) if spec.min_price else 1
+        self.min_price, self.max_price = self.tick * self.min_price_ticks, Decimal(spec.max_price)
+        self.min_price_units = self.min_price_ticks * self.price_mult
+        self.max_price_units = int(self.max_price * 10 ** self.price_places)
         self.min_qty = Decimal(spec.min_qty) if spec.min_qty else self.step
         self.min_notional = Decimal(spec.min_notional)
         self.max_qty = Decimal(spec.max_qty)

@@ -52,6 +52,9 @@ class SymbolSpec(_Model):
     quote_asset: str
     tick_size: str = "0.01"
     step_size: str = "0.001"
+    min_price: str | None = Field(None, description="PRICE_FILTER minPrice, a whole multiple of tick_size; "
+                                                    "None = one tick")
+    max_price: str = Field("10000000", description="PRICE_FILTER maxPrice")
     min_qty: str | None = None
     max_qty: str = "10000"
     market_max_qty: str = "1000"
@@ -81,7 +84,7 @@ class SymbolSpec(_Model):
     brackets: tuple[BracketSpec, ...] | None = Field(
         None, description="notional brackets, lowest first; None = Binance's BTCUSDT table (125x up to 50,000)")
 
-    @field_validator("tick_size", "step_size", "min_notional", "max_qty", "market_max_qty")
+    @field_validator("tick_size", "step_size", "min_notional", "max_qty", "market_max_qty", "max_price")
     @classmethod
     def _positive_decimal(cls, v: str) -> str:
         if Decimal(v) <= 0:
@@ -104,7 +107,7 @@ class SymbolSpec(_Model):
             raise ValueError(f"must be a rate from 0.00000001 up to 1, got {v!r}")
         return v
 
-    @field_validator("market_step_size", "market_min_qty")
+    @field_validator("market_step_size", "market_min_qty", "min_price")
     @classmethod
     def _optional_positive_decimal(cls, v: str | None) -> str | None:
         if v is not None and Decimal(v) <= 0:
@@ -117,6 +120,16 @@ class SymbolSpec(_Model):
             ratio = Decimal(self.market_step_size) / Decimal(self.step_size)
             if ratio < 1 or ratio != ratio.to_integral_value():
                 raise ValueError("market_step_size must be a whole multiple of step_size")
+        return self
+
+    @model_validator(mode="after")
+    def _price_range_on_the_tick_grid(self) -> "SymbolSpec":
+        low = Decimal(self.min_price or self.tick_size)
+        ratio = low / Decimal(self.tick_size)
+        if ratio != ratio.to_integral_value():
+            raise ValueError("min_price must be a whole multiple of tick_size")
+        if Decimal(self.max_price) < low:
+            raise ValueError("max_price must not be below min_price")
         return self
 
     @field_validator("brackets")

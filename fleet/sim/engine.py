@@ -29,6 +29,7 @@ from fleet.sim.delisting import Delisting, not_trading
 from fleet.sim.liquidation import Liquidation
 from fleet.sim.margin import IsolatedMargin
 from fleet.sim.market import MarketModel
+from fleet.sim.matching import DryRun, Fills, walk
 from fleet.sim.orders import CLIENT_ID_RE, DEFAULT_STP, PRICE_MATCH, STP_MODES, Account, Order, Position, Trade
 from fleet.sim.replay import ReplayMarket
 from fleet.sim.streams import (ALL_TICKERS_EVERY_MS, DEPTH_EVERY_MS, KLINE_EVERY_MS, KLINE_MINUTES, TICKER_EVERY_MS,
@@ -438,83 +439,8 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         self._walk(b, buy, qty, None, None, t)
 
     def _walk(self, b: Book, buy: bool, qty: int, taker: Order | None, limit: int | None, t: int) -> int:
-        """A taker of ``qty`` steps walks the opposite side; returns the quantity left."""
-        v = qty
-        if buy:
-            p = b.best_ask()
-            levels, synth, consumed, direction = b.asks, b.synth_ask, b.consumed_ask, 1
-        else:
-            p = b.best_bid()
-            levels, synth, consumed, direction = b.bids, b.synth_bid, b.consumed_bid, -1
-        walked = 0
-        while v > 0 and walked < 100000 and p > 0:
-            if limit is not None and (p > limit if buy else p < limit):
-                break
-            s_qty = synth(p)
-            resting = levels.get(p)
-            eaten = 0
-            stp_stop = False
-            if resting:
-                for o in list(resting):
-                    if not o.is_open or o is taker:   # cancelled by a fill before it in this walk (reduce-only capped)
-                        continue
-                    # the book's liquidity queued ahead of this order trades first: a taker it stops short
-                    # of this order never meets it, whoever's it is
-                    ahead = o.ahead if o.ahead < s_qty else s_qty
-                    gap = ahead - eaten
-                    if gap > 0:
-                        take = gap if gap < v else v
-                        eaten += take
-                        v -= take
-                        if v == 0:
-                            break
-                    if taker is not None and o.account == taker.account and taker.stp != "NONE":
-                        # NONE: it trades with itself, as with anyone. Otherwise self-trade prevention, as the
-                        # taker's mode says: the maker expires (EXPIRE_MAKER, EXPIRE_BOTH), the taker's
-                        # remainder expires (EXPIRE_TAKER, EXPIRE_BOTH)
-                        if taker.stp != "EXPIRE_TAKER":
-                            self._expire(self.accounts[o.account], b, o, t, "1")
-                        if taker.stp != "EXPIRE_MAKER":
-                            stp_stop = True
-                            break
-                        continue
-                    fill = o.orig - o.filled
-                    if fill > v:
-                        fill = v
-                    if o.reduce_only:
-                        fill = self._fillable(b, o, fill, t)
-                        if not fill:
-                            continue
-                    v -= fill
-                    # a trade of its own, on the tape and in both sides' fills under one id, as Binance's
-                    trade_id = self._emit_agg(b, p, fill, t, not buy)
-                    self._fill(b, o, fill, p, True, t, trade_id)
-                    if taker is not None:
-                        self._fill(b, taker, fill, p, False, t, trade_id)
-                    if v == 0:
-                        break
-            if v > 0 and s_qty > eaten and not stp_stop:
-                behind = s_qty - eaten
-                take = behind if behind < v else v
-                eaten += take
-                v -= take
-            if eaten:
-                consumed[p] = consumed.get(p, 0) + eaten
-                rest = levels.get(p)
-                if rest:
-                    for o in rest:
-                        a = o.ahead if o.ahead < s_qty else s_qty
-                        o.ahead = a - eaten if a > eaten else 0
-                trade_id = self._emit_agg(b, p, eaten, t, not buy)   # the book's own liquidity: one trade
-                if taker is not None:
-                    self._fill(b, taker, eaten, p, False, t, trade_id)
-            if stp_stop:
-                if taker.is_open:   # type: ignore[union-attr] - only a taker stops so
-                    self._expire(self.accounts[taker.account], b, taker, t, "3" if taker.tif == "IOC" else "1")  # type: ignore[union-attr]
-                return v
-            p += direction
-            walked += 1
-        return v
+        """A taker of ``qty`` steps walks the opposite side (fleet/sim/matching.py); returns the quantity left."""
+        return walk(Fills(self, b, t), b, buy, qty, taker, limit)
 
     def _emit_agg(self, b: Book, price: int, qty: int, t: int, buyer_maker: bool) -> int:
         """One trade on the public tape (``@aggTrade``, ``@trade``, the REST trade lists, the candle); its
@@ -894,10 +820,14 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
 
     @staticmethod
     def _price_ticks(b: Book, raw: str | None, name: str = "price") -> int:
+        """A price in ticks: well formed, within the precision, on the tick; an order's ``price`` also
+        within PRICE_FILTER's minPrice and maxPrice (-4013, -4002)."""
         if raw is None or raw == "":
             raise missing(name)
         units = fast_units(raw, b.price_places)
         if units:  # the common, well-formed case without Decimal; anything else takes the careful path
+            if name == "price":
+                Engine._price_range(units, b.min_price_units, b.max_price_units)
             if units % b.price_mult:
                 raise SimApiError(-4014, "Price not increased by tick size.")
             return units // b.price_mult
@@ -911,10 +841,20 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
                               else f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
         if decimals_in(raw) > b.price_precision:
             raise SimApiError(-1111, "Precision is over the maximum defined for this asset.")
+        if name == "price":
+            Engine._price_range(d, b.min_price, b.max_price)
         ratio = d / b.tick
         if ratio != ratio.to_integral_value():
             raise SimApiError(-4014, "Price not increased by tick size.")
         return int(ratio)
+
+    @staticmethod
+    def _price_range(price: int | Decimal, low: int | Decimal, high: int | Decimal) -> None:
+        """PRICE_FILTER: price >= minPrice (``low``), price <= maxPrice (``high``), all in one unit."""
+        if price < low:
+            raise SimApiError(-4013, "Price less than min price.")
+        if price > high:
+            raise SimApiError(-4002, "Price greater than max price.")
 
     @staticmethod
     def _match_price(b: Book, buy: bool, pm: str, params: dict[str, str]) -> int:
@@ -1127,37 +1067,14 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
                      else self._price_ticks(b, params.get("price")))
         gtd = (int(params["goodTillDate"]) if gtd_checked else self._good_till(params, now)) if tif == "GTD" else 0
         qty = self._qty_steps(b, params.get("quantity"), market)
-        mark = b.mark
-        if market:
-            notional_f = mark * qty * b.step_f
-            notional_ok = notional_f >= b.min_notional_f
-        else:  # exact, in integer units of tick x step
-            notional_f = price * b.tick_f * qty * b.step_f
-            notional_ok = price * qty * b.notional_mult >= b.min_notional_units
-        if not reduce_only and not notional_ok:
-            raise SimApiError(-4164, f"Order's notional must be no smaller than {b.min_notional:f} (unless you choose reduce only).")
-        if not market:
-            if side == "BUY" and price * b.tick_f > mark * b.mult_up_f:
-                raise SimApiError(-4016, "Price is higher than mark price multiplier cap.")
-            if side == "SELL" and price * b.tick_f < mark * b.mult_down_f:
-                raise SimApiError(-4024, "Price is lower than mark price multiplier floor.")
         sign = 1 if side == "BUY" else -1
         pos = acct.position(b.symbol)
-        if reduce_only and (pos.amount == 0 or (pos.amount > 0) == (sign > 0)):
-            raise SimApiError(-2022, "ReduceOnly Order is rejected.")
-        if acct.open_count.get(b.symbol, 0) >= b.spec.max_num_orders and not market:
-            raise SimApiError(-2025, "Reach max open order limit.")
-        if not reduce_only:
-            self._within_bracket(acct, b, sign, notional_f)   # the side's orders count, the position nets
-            increases = pos.amount == 0 or (pos.amount > 0) == (sign > 0) or qty > abs(pos.amount)
-            if increases:
-                need = notional_f / self.leverage_of(acct, b.symbol)
-                if need > self._available_fast(acct, b.spec.margin_asset):
-                    raise SimApiError(-2019, "Margin is insufficient.")
+        self._admit(acct, b, sign, market, price, qty, reduce_only)
         if tif == "GTX":
             if (sign > 0 and price >= b.best_ask()) or (sign < 0 and price <= b.best_bid()):
                 raise SimApiError(-5022, "Due to the order could not be executed as maker, the Post Only order will be rejected.")
-        if tif == "FOK" and self._available_to(b, sign > 0, price) < qty:
+        stp = params.get("selfTradePreventionMode", DEFAULT_STP)
+        if tif == "FOK" and not self._fills_whole(acct, b, side, price, qty, reduce_only, stp, now):
             raise SimApiError(-5021, "Due to the order could not be filled immediately, the FOK order has been rejected.")
         if test:
             return None, None
@@ -1167,7 +1084,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         o = Order(b.next_order_id, cid, acct.name, b.symbol, side, otype, tif, price, qty, reduce_only, now,
                   self._seq)
         o.gtd = gtd
-        o.stp = params.get("selfTradePreventionMode", DEFAULT_STP)
+        o.stp = stp
         if pm:
             o.price_match = pm
         b.next_order_id += 1
@@ -1209,19 +1126,48 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
                                      "seconds and smaller than 253402300799000")
         return gtd
 
-    def _available_to(self, b: Book, buy: bool, limit: int) -> int:
-        total = 0
-        if buy:
-            p = b.best_ask()
-            while p <= limit and p - b.ask_top < 100000:
-                total += b.level_qty(False, p)
-                p += 1
-        else:
-            p = b.best_bid()
-            while p >= limit and b.bid_top - p < 100000 and p > 0:
-                total += b.level_qty(True, p)
-                p -= 1
-        return total
+    def _admit(self, acct: Account, b: Book, sign: int, market: bool, price: int, qty: int,
+               reduce_only: bool) -> None:
+        """A new order's checks of MIN_NOTIONAL, PERCENT_PRICE, reduce-only, the open order count, the
+        leverage bracket and margin."""
+        mark = b.mark
+        if market:
+            notional_f = mark * qty * b.step_f
+            notional_ok = notional_f >= b.min_notional_f
+        else:  # exact, in integer units of tick x step
+            notional_f = price * b.tick_f * qty * b.step_f
+            notional_ok = price * qty * b.notional_mult >= b.min_notional_units
+        if not reduce_only and not notional_ok:
+            raise SimApiError(-4164, f"Order's notional must be no smaller than {b.min_notional:f} (unless you choose reduce only).")
+        if not market:
+            if sign > 0 and price * b.tick_f > mark * b.mult_up_f:
+                raise SimApiError(-4016, "Price is higher than mark price multiplier cap.")
+            if sign < 0 and price * b.tick_f < mark * b.mult_down_f:
+                raise SimApiError(-4024, "Price is lower than mark price multiplier floor.")
+        pos = acct.position(b.symbol)
+        if reduce_only and (pos.amount == 0 or (pos.amount > 0) == (sign > 0)):
+            raise SimApiError(-2022, "ReduceOnly Order is rejected.")
+        if acct.open_count.get(b.symbol, 0) >= b.spec.max_num_orders and not market:
+            raise SimApiError(-2025, "Reach max open order limit.")
+        if not reduce_only:
+            self._within_bracket(acct, b, sign, notional_f)   # the side's orders count, the position nets
+            increases = pos.amount == 0 or (pos.amount > 0) == (sign > 0) or qty > abs(pos.amount)
+            if increases:
+                need = notional_f / self.leverage_of(acct, b.symbol)
+                if need > self._available_fast(acct, b.spec.margin_asset):
+                    raise SimApiError(-2019, "Margin is insufficient.")
+
+    def _fills_whole(self, acct: Account, b: Book, side: str, price: int, qty: int, reduce_only: bool,
+                     stp: str, now: int) -> bool:
+        """Whether a FOK order would fill whole at once: the walk it would take, run dry
+        (fleet/sim/matching.py). What lies beyond its price, what self-trade prevention would expire
+        instead of filling and what a reduce-only maker may not fill do not count; a reduce-only FOK
+        larger than its position cannot fill whole."""
+        if reduce_only and qty > abs(acct.position(b.symbol).amount):
+            return False
+        taker = Order(0, "", acct.name, b.symbol, side, "LIMIT", "FOK", price, qty, reduce_only, now, 0)
+        taker.stp = stp
+        return walk(DryRun(self, b), b, taker.sign > 0, qty, taker, price) == 0
 
     def _cap_reduce_only(self, acct: Account, b: Book, now: int) -> None:
         """Reduce-only orders may never add up past the position; the excess ones expire."""

@@ -87,7 +87,7 @@ class ExchangeGateway(RestHandlers):
         add("GET", v1 + "/exchangeInfo", lambda a, p, n: self._exchange_info(n), NONE)
         add("GET", v1 + "/depth", self._depth, NONE, self._depth_weight)
         add("GET", v1 + "/ticker/bookTicker", self._book_ticker, NONE, lambda p: 2 if p.get("symbol") else 5)
-        add("GET", v1 + "/premiumIndex", self._premium_index, NONE, lambda p: 1 if p.get("symbol") else 10)
+        add("GET", v1 + "/premiumIndex", self._premium_index, NONE)
         add("GET", v1 + "/fundingRate", self._funding_rate, NONE)
         add("GET", v1 + "/fundingInfo", lambda a, p, n: e.funding_info(), NONE, 0)
         add("GET", v1 + "/ticker/price", self._ticker_price, NONE, lambda p: 1 if p.get("symbol") else 2)
@@ -176,10 +176,12 @@ class ExchangeGateway(RestHandlers):
             # a name twice in the query, or twice in the body, is refused; in both, the query's wins
             twice = _twice(query_pairs) or _twice(body_pairs)
             if twice is not None and any(p == path for (_, p) in self._routes):
-                return _json(400, {"code": -1101, "msg": "Duplicate values for a parameter detected."})
+                return _json(400, {"code": -1101, "msg": "Duplicate values for a parameter detected."},
+                             self._used(ip, now))
             params = dict(body_pairs)
             params.update(query_pairs)
-        # signed: the query string followed by the body, as received, without the signature
+        # signed: the query string followed by the body, as received, without the signature (the last
+        # parameter of either)
         payload = _strip_signature(raw_query) + _strip_signature(body_text)
         return self.answer(method, path, params, payload, api_key, ip, now)
 
@@ -191,15 +193,16 @@ class ExchangeGateway(RestHandlers):
         route = self._routes.get((method, path))
         if route is None:
             if any(p == path for (_, p) in self._routes):
-                return _json(405, {"code": -1000, "msg": f"Method {method} is not allowed for {path}."})
-            return _json(404, {"code": -5000, "msg": f"Path {path}, Method {method} is invalid"})
+                return _json(405, {"code": -1000, "msg": f"Method {method} is not allowed for {path}."},
+                             self._used(ip, now))
+            return _json(404, {"code": -5000, "msg": f"Path {path}, Method {method} is invalid"}, self._used(ip, now))
         fn, sec, weight_spec = route
         headers: dict[str, str] = {}
         fault = self._match_fault(method, path, params) if self.faults else None
         if fault is not None and fault.mode not in EXEC_MODES:
             self._use_fault(fault)  # error, 429, throttle and unknown take their turn whatever happens next
             # refused before the gateway: nothing charged, but the weight header is on every answer
-            used = {"X-MBX-USED-WEIGHT-1M": str(self.limiter.used_weight(ip, now))}
+            used = self._used(ip, now)
             if fault.mode == "throttle":
                 self.stats["throttled"] += 1
                 return self._fault_answer(fault, used)
@@ -209,7 +212,7 @@ class ExchangeGateway(RestHandlers):
                 return _json(429, {"code": -1003, "msg": too_many_requests(ip, self.config.rate_limits.weight_per_minute)},
                              {"Retry-After": "1", **used})
         if params is None:
-            return _json(400, {"code": -1100, "msg": "Illegal characters found in a parameter."})
+            return _json(400, {"code": -1100, "msg": "Illegal characters found in a parameter."}, self._used(ip, now))
         exec_fault: RestFault | None = None
         try:
             # The matching engine is sequential: the market moves up to ``now`` before the request
@@ -231,7 +234,7 @@ class ExchangeGateway(RestHandlers):
         except Exception:  # noqa: BLE001 - a bug must answer 500 and keep the exchange up
             log.exception("simulator handler failed: %s %s", method, path)
             return _json(500, {"code": -1000, "msg": "An unknown error occurred while processing the request."},
-                         headers)
+                         {**self._used(ip, now), **headers})
         self._flush()
         if fault is not None and fault.mode == "unknown":
             return _json(503, {"code": -1000, "msg": "Unknown error, please check your request or try again "
@@ -239,6 +242,11 @@ class ExchangeGateway(RestHandlers):
         if exec_fault is not None:
             return self._reshaped(exec_fault, result, headers)
         return _json(200, result, headers)
+
+    def _used(self, ip: str, now: int) -> dict[str, str]:
+        """The weight header of an answer refused before the gateway charges anything: the weight the IP
+        has used this minute."""
+        return {"X-MBX-USED-WEIGHT-1M": str(self.limiter.used_weight(ip, now))}
 
     def _gateway_checks(self, route: str, sec: str, weight_spec: Any, params: dict[str, str], payload: str,
                         api_key: str | None, ip: str, now: int, headers: dict[str, str],
@@ -402,6 +410,8 @@ def _twice(pairs: list[tuple[str, str]]) -> str | None:
 
 
 def _strip_signature(raw: str) -> str:
-    if "signature=" not in raw:
-        return raw
-    return "&".join(p for p in raw.split("&") if not p.startswith("signature="))
+    """``raw`` without its last parameter if that is the signature. A signature anywhere else stays in
+    the text it must sign, so it cannot match (-1022): Binance takes it only as the last parameter of
+    the query string or of the body."""
+    head, _, last = raw.rpartition("&")
+    return head if last.startswith("signature=") else raw

@@ -41,8 +41,8 @@ class RestHandlers:
                 "underlyingType": "COIN", "underlyingSubType": [], "settlePlan": 0, "triggerProtect": "0.0500",
                 "liquidationFee": "0.012500", "marketTakeBound": "0.05", "maxMoveOrderLimit": 10000,
                 "filters": [
-                    {"filterType": "PRICE_FILTER", "minPrice": b.price_str(1), "maxPrice": "10000000",
-                     "tickSize": sp.tick_size},
+                    {"filterType": "PRICE_FILTER", "minPrice": b.price_str(b.min_price_ticks),
+                     "maxPrice": sp.max_price, "tickSize": sp.tick_size},
                     {"filterType": "LOT_SIZE", "minQty": f"{b.min_qty:f}", "maxQty": sp.max_qty,
                      "stepSize": sp.step_size},
                     {"filterType": "MARKET_LOT_SIZE", "minQty": f"{b.market_min_qty:f}",

@@ -192,6 +192,19 @@ def test_unknown_symbol_gets_a_generic_spec_and_bad_config_names_the_field():
         raise AssertionError("a negative funding interval was accepted")
 
 
+def test_a_price_filter_off_the_tick_or_upside_down_is_refused_by_the_config():
+    base = {"symbol": "ETHUSDC", "base_asset": "ETH", "quote_asset": "USDC", "start_price": 3000}
+    for bad in ({"min_price": "96.005"}, {"min_price": "0"}, {"min_price": "100", "max_price": "99.99"}):
+        try:
+            load_sim_config({"symbols": [{**base, **bad}]})
+        except ValueError as exc:
+            assert ("max_price" if "max_price" in bad else "min_price") in str(exc), (bad, exc)
+        else:
+            raise AssertionError(f"{bad} was accepted")
+    b = Engine(load_sim_config({"symbols": [{**base, "min_price": "96.00"}]}), seed=1, now_ms=T0).books["ETHUSDC"]
+    assert (b.min_price, b.max_price) == (Decimal("96.00"), Decimal("10000000"))
+
+
 def test_accelerated_time_fires_the_dead_man_switch_at_its_deadline():
     e = _engine(market={"volatility": 0.0, "jump_rate_per_hour": 0.0})
     b = e.books["ETHUSDC"]
@@ -525,3 +538,54 @@ def test_the_past_is_drawn_apart_from_the_live_market():
             path.append(e.books["ETHUSDC"].mid)
         mids[e is without] = path
     assert mids[False] == mids[True]
+
+
+resting = st.tuples(st.sampled_from(["main", "other"]), side, st.integers(0, 3), st.integers(2, 60), st.booleans())
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(positions=st.tuples(st.integers(-60, 60), st.integers(-60, 60)), makers=st.lists(resting, max_size=12),
+       fok=st.tuples(st.sampled_from(["main", "other"]), side, st.integers(0, 3), st.integers(-3, 120),
+                     st.booleans(), st.sampled_from(["NONE", "EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"])))
+def test_a_fok_order_fills_whole_or_is_refused_without_a_trace(positions, makers, fok):
+    """Whatever rests (both accounts' orders, reduce-only ones, the taker's own under each self-trade
+    prevention mode), a FOK order for about what the book shows up to its price either fills its whole
+    quantity or is refused -5021 with nothing traded, no frame and every order and position as it was."""
+    e = _engine(accounts=[{"name": "main"}, {"name": "other"}], market={"volatility": 0.0, "jump_rate_per_hour": 0.0})
+    b = e.books["ETHUSDC"]
+    for name, steps in zip(("main", "other"), positions):
+        e.set_position(name, "ETHUSDC", b.qty_str(steps) if steps >= 0 else "-" + b.qty_str(-steps), None, T0)
+    for name, s, off, qty, reduce in makers:
+        price = b.bid_top - off if s == "BUY" else b.ask_top + off
+        try:
+            e.new_order(name, {"symbol": "ETHUSDC", "side": s, "type": "LIMIT", "timeInForce": "GTC",
+                               "price": b.price_str(price), "quantity": b.qty_str(qty),
+                               "reduceOnly": "true" if reduce else "false"}, T0)
+        except SimApiError:
+            pass
+    e.drain()
+    name, s, off, short, reduce, stp = fok
+    buy = s == "BUY"
+    limit = b.ask_top + off if buy else b.bid_top - off
+    prices = range(b.ask_top, limit + 1) if buy else range(limit, b.bid_top + 1)
+    shown = sum(b.level_qty(not buy, p) for p in prices)   # what the depth shows up to its price
+    qty = max(2, shown - short)
+    before = _trading_state(e)
+    try:
+        r = e.new_order(name, {"symbol": "ETHUSDC", "side": s, "type": "LIMIT", "timeInForce": "FOK",
+                               "price": b.price_str(limit), "quantity": b.qty_str(qty),
+                               "reduceOnly": "true" if reduce else "false", "selfTradePreventionMode": stp,
+                               "newOrderRespType": "RESULT"}, T0)
+    except SimApiError as exc:
+        if exc.code == -5021:
+            assert _trading_state(e) == before and e.drain() == []
+        return
+    assert (r["status"], r["executedQty"]) == ("FILLED", b.qty_str(qty)), r
+
+
+def _trading_state(e: Engine) -> tuple:
+    """Every account's position, trades and open orders (id, status, filled), and the tape's next id."""
+    b = e.books["ETHUSDC"]
+    return (b.agg_id, tuple((name, a.positions["ETHUSDC"].amount if "ETHUSDC" in a.positions else 0, len(a.trades),
+                             tuple(sorted((o.order_id, o.status, o.filled) for o in a.open.values())))
+                            for name, a in sorted(e.accounts.items())))

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime, timezone
 from datetime import time as dt_time
 from decimal import Decimal
 
+import aiohttp
+import orjson
 import pytest
 
+from fleet.sim import wsapi
 from fleet.sim.testkit import ManualClock, SimClient, sign
 
 pytestmark = pytest.mark.asyncio
@@ -97,9 +101,31 @@ async def test_weight_header_counts_each_request_by_endpoint_weight(sim_factory)
         used = []
         for path, params in (("/fapi/v1/time", {}), ("/fapi/v1/depth", {"symbol": "ETHUSDC", "limit": 100}),
                              ("/fapi/v1/depth", {"symbol": "ETHUSDC", "limit": 1000}),
-                             ("/fapi/v1/ticker/bookTicker", {}), ("/fapi/v1/exchangeInfo", {})):
+                             ("/fapi/v1/ticker/bookTicker", {}), ("/fapi/v1/exchangeInfo", {}),
+                             ("/fapi/v1/premiumIndex", {"symbol": "ETHUSDC"}), ("/fapi/v1/premiumIndex", {})):
             used.append(int((await c.public("GET", path, params)).headers["X-MBX-USED-WEIGHT-1M"]))
-        assert used == [1, 6, 26, 31, 32]
+        assert used == [1, 6, 26, 31, 32, 33, 34]   # premiumIndex: 1 with a symbol or without
+
+
+async def test_answers_refused_before_any_weight_is_charged_carry_the_weight_header_too(sim_factory):
+    """X-MBX-USED-WEIGHT-1M is on every answer: an unknown path (404 -5000), a method a path does not
+    take (405), a parameter named twice (-1101) and a body that is not text (-1100) charge nothing and
+    say the weight used so far."""
+    sim = await sim_factory(clock=ManualClock())
+    async with SimClient.for_sim(sim) as c:
+        assert (await c.public("GET", "/fapi/v1/depth", {"symbol": "ETHUSDC", "limit": 100})).headers[
+            "X-MBX-USED-WEIGHT-1M"] == "5"
+        unknown = await c.public("GET", "/fapi/v1/nothing")
+        wrong_method = await c.public("PATCH", "/fapi/v1/time")
+        twice = await c.signed_raw("GET", "/fapi/v2/balance", "recvWindow=5000&recvWindow=6000")
+        async with c.session.post(sim.rest_url + "/fapi/v1/order", data=b"symbol=ETH\xff",
+                                  headers={"Content-Type": "application/x-www-form-urlencoded"}) as r:
+            not_text = (r.status, await r.json(content_type=None), r.headers.get("X-MBX-USED-WEIGHT-1M"))
+        assert (unknown.status, unknown.json["code"], unknown.headers.get("X-MBX-USED-WEIGHT-1M")) == (404, -5000, "5")
+        assert (wrong_method.status, wrong_method.headers.get("X-MBX-USED-WEIGHT-1M")) == (405, "5")
+        assert (twice.status, twice.json["code"], twice.headers.get("X-MBX-USED-WEIGHT-1M")) == (400, -1101, "5")
+        assert (not_text[0], not_text[1]["code"], not_text[2]) == (400, -1100, "5")
+        assert (await c.public("GET", "/fapi/v1/time")).headers["X-MBX-USED-WEIGHT-1M"] == "6"
 
 
 async def test_signature_vector_from_binance_docs_matches_our_signer():
@@ -151,6 +177,23 @@ async def test_auth_errors_have_binance_codes(sim):
         for bad in ("0", "-5", "soon"):
             r = await c.signed("GET", "/fapi/v2/balance", {"recvWindow": bad})
             assert (r.status, r.json["code"]) == (400, -1130), bad
+
+
+async def test_a_signature_that_is_not_the_last_parameter_is_refused(sim):
+    """The signature must be the last parameter of the query string or of the body: one anywhere else
+    is -1022, as a wrong one is, even when it signs the rest; last in either part it is taken."""
+    async with SimClient.for_sim(sim) as c:
+        payload = f"symbol=ETHUSDC&countdownTime=0&timestamp={int(time.time() * 1000)}"
+        sig = "signature=" + sign(c.api_secret, payload)
+        key = {"X-MBX-APIKEY": c.api_key}
+        first, middle = f"{sig}&{payload}", payload.replace("&", f"&{sig}&", 1)
+        for query, body in ((first, ""), (middle, ""), ("", first), ("", middle)):
+            r = await c._do("POST", "/fapi/v1/countdownCancelAll", query, body, key)
+            assert (r.status, r.json) == (400, {"code": -1022, "msg": "Signature for this request is not valid."}), (
+                query, body)
+        for query, body in ((f"{payload}&{sig}", ""), ("", f"{payload}&{sig}")):
+            r = await c._do("POST", "/fapi/v1/countdownCancelAll", query, body, key)
+            assert r.status == 200, (query, body, r.json)
 
 
 async def test_a_configured_recv_window_maximum_is_enforced(sim_factory):
@@ -238,6 +281,68 @@ async def test_filter_violations_answer_binance_codes(sim):
         assert r.status == 200, r.json
         st = await c.state(symbol="ETHUSDC")
         assert st["counters"]["orders_rejected"] == 22 and st["counters"]["orders_placed"] == 1
+
+
+async def test_a_price_outside_the_price_filter_is_refused_on_every_order_route(sim_factory):
+    """PRICE_FILTER: a price below minPrice is -4013, one above maxPrice -4002 (a SELL above maxPrice
+    passes PERCENT_PRICE, so nothing else refuses it), on a new order, a test order, an amendment (the
+    order stays as it was), either batch (in place) and the WebSocket API; the bounds themselves are
+    taken, and exchangeInfo lists them."""
+    spec = {"symbol": "XYZUSDT", "base_asset": "XYZ", "quote_asset": "USDT", "start_price": 100, "volatility": 0.0,
+            "min_price": "96.00", "max_price": "104.00"}
+    sim = await sim_factory(symbols=["XYZUSDT"], config={"symbols": [spec]})
+    low = {"code": -4013, "msg": "Price less than min price."}
+    high = {"code": -4002, "msg": "Price greater than max price."}
+    async with SimClient.for_sim(sim) as c:
+        await c.admin("POST", "/sim/market/freeze", {"symbol": "XYZUSDT"})
+        [info] = (await c.public("GET", "/fapi/v1/exchangeInfo")).json["symbols"]
+        [pf] = [f for f in info["filters"] if f["filterType"] == "PRICE_FILTER"]
+        assert (pf["minPrice"], pf["maxPrice"], pf["tickSize"]) == ("96.00", "104.00", "0.01")
+        order = {"symbol": "XYZUSDT", "type": "LIMIT", "timeInForce": "GTC", "quantity": "1.000"}
+        too_low, too_high = {**order, "side": "BUY", "price": "95.99"}, {**order, "side": "SELL", "price": "104.01"}
+        for path in ("/fapi/v1/order/test", "/fapi/v1/order"):
+            for params, want in ((too_low, low), (too_high, high), ({**too_high, "price": "104.010"}, high)):
+                r = await c.signed("POST", path, params)
+                assert (r.status, r.json) == (400, want), (path, params)
+        at_low = (await c.signed("POST", "/fapi/v1/order", {**too_low, "price": "96.00"})).json
+        at_high = (await c.signed("POST", "/fapi/v1/order", {**too_high, "price": "104.00"})).json
+        assert (at_low["status"], at_high["status"]) == ("NEW", "NEW"), (at_low, at_high)
+        moves = [{"symbol": "XYZUSDT", "orderId": o["orderId"], "side": o["side"], "quantity": "2.000", "price": p}
+                 for o, p in ((at_low, "95.99"), (at_high, "104.01"))]
+        for move, want in zip(moves, (low, high)):
+            r = await c.signed("PUT", "/fapi/v1/order", move)
+            assert (r.status, r.json) == (400, want), move
+        r = await c.signed("PUT", "/fapi/v1/batchOrders", {"batchOrders": json.dumps(moves)})
+        assert r.json == [low, high]
+        r = await c.signed("POST", "/fapi/v1/batchOrders", {"batchOrders": json.dumps([too_low, too_high])})
+        assert r.json == [low, high]
+        async with aiohttp.ClientSession() as s, s.ws_connect(f"{sim.ws_url}/ws-fapi/v1") as ws:
+            _, key, secret = sim.accounts[0]
+            for params, want in ((too_low, low), (too_high, high)):
+                p = {**params, "apiKey": key, "timestamp": int(time.time() * 1000)}
+                p["signature"] = wsapi.sign(secret, p)
+                await ws.send_str(orjson.dumps({"id": 1, "method": "order.place", "params": p}).decode())
+                reply = orjson.loads((await ws.receive(timeout=5)).data)
+                assert (reply["status"], reply["error"]) == (400, want), reply
+        st = await c.state(symbol="XYZUSDT")
+        assert sorted((o["price"], o["origQty"]) for o in st["open_orders"]) == [("104.00", "1.000"),
+                                                                                ("96.00", "1.000")]
+        assert st["positions"]["XYZUSDT"]["amount"] == "0.000"
+
+
+async def test_a_sell_above_the_listed_max_price_is_refused(sim):
+    """exchangeInfo lists maxPrice 10000000 for the built-in symbols: a SELL above it (which PERCENT_PRICE
+    lets through) is -4002 and rests nowhere; one at it is taken."""
+    async with SimClient.for_sim(sim) as c:
+        info = (await c.public("GET", "/fapi/v1/exchangeInfo")).json
+        [info] = [x for x in info["symbols"] if x["symbol"] == "ETHUSDC"]
+        assert [f["maxPrice"] for f in info["filters"] if f["filterType"] == "PRICE_FILTER"] == ["10000000"]
+        sell = {"symbol": "ETHUSDC", "side": "SELL", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.001"}
+        r = await c.signed("POST", "/fapi/v1/order", {**sell, "price": "10000000.01"})
+        assert (r.status, r.json) == (400, {"code": -4002, "msg": "Price greater than max price."})
+        r = await c.signed("POST", "/fapi/v1/order", {**sell, "price": "10000000.00"})
+        assert r.status == 200 and r.json["status"] == "NEW", r.json
+        assert [o["price"] for o in (await c.state(symbol="ETHUSDC"))["open_orders"]] == ["10000000.00"]
 
 
 async def test_parameters_an_order_type_does_not_take_or_a_name_given_twice_are_refused(sim):
@@ -515,8 +620,8 @@ async def test_order_test_all_orders_tickers_and_account_settings(sim):
         assert amend.json["code"] == -5029   # an amendment's own MIN_NOTIONAL code
         await c.signed("DELETE", "/fapi/v1/allOpenOrders", {"symbol": "ETHUSDC"})
         used = int((await c.public("GET", "/fapi/v1/premiumIndex", {"symbol": "ETHUSDC"})).headers["X-MBX-USED-WEIGHT-1M"])
-        r = await c.public("GET", "/fapi/v1/premiumIndex")   # every symbol: weight 10
-        assert int(r.headers["X-MBX-USED-WEIGHT-1M"]) - used == 10
+        r = await c.public("GET", "/fapi/v1/premiumIndex")   # every symbol: weight 1 as well
+        assert int(r.headers["X-MBX-USED-WEIGHT-1M"]) - used == 1
         tp = (await c.public("GET", "/fapi/v1/ticker/price", {"symbol": "ETHUSDC"})).json
         assert tp["symbol"] == "ETHUSDC" and 2500 < float(tp["price"]) < 3500
         t24 = (await c.public("GET", "/fapi/v1/ticker/24hr")).json

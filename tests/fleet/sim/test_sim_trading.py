@@ -388,3 +388,72 @@ async def test_self_trade_prevention_follows_the_takers_mode(sim):
             # bought our own 0.010 (the position nets it: the maker sold what the taker bought)
             assert bought == Decimal(r.json["executedQty"]) - (Decimal("0.010") if mode == "NONE" else 0), (mode, r.json)
             await c.signed("DELETE", "/fapi/v1/allOpenOrders", {"symbol": "ETHUSDC"})
+
+
+FOK_REJECT = {"code": -5021,
+              "msg": "Due to the order could not be filled immediately, the FOK order has been rejected."}
+
+
+async def test_fok_counts_only_what_self_trade_prevention_lets_it_fill(sim):
+    """A FOK order fills whole or not at all: the account's own order at the touch, which self-trade
+    prevention expires instead of filling (EXPIRE_MAKER goes on past it, EXPIRE_TAKER and EXPIRE_BOTH
+    stop there), does not count, so a FOK that needs it is refused -5021 without a fill, a frame or a
+    position, and the own order rests on untouched; NONE trades with itself, so there it counts."""
+    async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
+        key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
+        ws = await s.ws_connect(f"{sim.ws_url}/private/ws/{key}")
+        await c.admin("POST", "/sim/market/freeze", {"symbol": "ETHUSDC"})
+        ask, queued = (Decimal(x) for x in (await _book(c))["asks"][0])
+        own = await _limit(c, "SELL", str(ask), "0.010", newClientOrderId="own")
+        whole = str(queued + Decimal("0.010"))   # what the depth shows at the touch: the others' and its own
+        for mode in ("EXPIRE_MAKER", "EXPIRE_TAKER", "EXPIRE_BOTH"):
+            r = await _limit(c, "BUY", str(ask), whole, tif="FOK", selfTradePreventionMode=mode,
+                             newOrderRespType="RESULT", newClientOrderId=f"fok-{mode}")
+            assert r == FOK_REJECT, (mode, r)
+        st = await c.state(symbol="ETHUSDC")
+        assert st["positions"]["ETHUSDC"]["amount"] == "0.000" and st["counters"]["trades"] == 0
+        assert [(o["orderId"], o["status"], o["executedQty"]) for o in st["open_orders"]] == [
+            (own["orderId"], "NEW", "0.000")]
+        r = await _limit(c, "BUY", str(ask), whole, tif="FOK", selfTradePreventionMode="NONE",
+                         newOrderRespType="RESULT", newClientOrderId="fok-NONE")
+        assert (r["status"], r["executedQty"]) == ("FILLED", whole), r
+        st = await c.state(symbol="ETHUSDC")
+        assert Decimal(st["positions"]["ETHUSDC"]["amount"]) == queued   # its own 0.010 nets out
+        frames = []
+        while not frames or frames[-1] != ("fok-NONE", "TRADE", "FILLED"):
+            f = json.loads((await ws.receive(timeout=10)).data)
+            if f["e"] == "ORDER_TRADE_UPDATE":
+                frames.append((f["o"]["c"], f["o"]["x"], f["o"]["X"]))
+            elif f["e"] in ("TRADE_LITE", "ACCOUNT_UPDATE"):
+                assert ("fok-NONE", "NEW", "NEW") in frames, f   # no fill before the FOK that filled
+        assert not [f for f in frames if f[0].startswith("fok-EXPIRE")], frames   # the refused ones: no frame at all
+        await ws.close()
+
+
+async def test_fok_counts_a_reduce_only_maker_only_as_far_as_it_reduces(sim_factory):
+    """A reduce-only order resting on the book fills only what reduces its position: a FOK order that
+    needs more of it is refused -5021, and nothing trades; a FOK within what it can fill fills whole. A
+    reduce-only FOK larger than its own position cannot fill whole: -5021 too, the position kept."""
+    sim = await sim_factory(config=TWO_ACCOUNTS)
+    async with SimClient.for_sim(sim, 0) as maker, SimClient.for_sim(sim, 1) as taker:
+        await maker.admin("POST", "/sim/market/freeze", {"symbol": "ETHUSDC"})
+        await maker.admin("POST", "/sim/position", {"account": "main", "symbol": "ETHUSDC", "amount": "-0.005"})
+        bid, queued = (Decimal(x) for x in (await _book(maker))["bids"][0])
+        ro = await _limit(maker, "BUY", str(bid), "0.010", reduceOnly="true")
+        assert ro["status"] == "NEW", ro
+        r = await _limit(taker, "SELL", str(bid), str(queued + Decimal("0.010")), tif="FOK")
+        assert r == FOK_REJECT, r
+        st = await taker.state("other", symbol="ETHUSDC")
+        assert st["positions"]["ETHUSDC"]["amount"] == "0.000" and st["counters"]["trades"] == 0
+        st = await maker.state(symbol="ETHUSDC")
+        assert [(o["status"], o["executedQty"]) for o in st["open_orders"]] == [("NEW", "0.000")]
+        assert st["positions"]["ETHUSDC"]["amount"] == "-0.005"
+        r = await _limit(taker, "SELL", str(bid), str(queued + Decimal("0.005")), tif="FOK", newOrderRespType="RESULT")
+        assert (r["status"], Decimal(r["executedQty"])) == ("FILLED", queued + Decimal("0.005")), r
+        st = await maker.state(symbol="ETHUSDC")
+        assert st["positions"]["ETHUSDC"]["amount"] == "0.000" and st["open_orders"] == []
+        await maker.admin("POST", "/sim/position", {"account": "other", "symbol": "ETHUSDC", "amount": "0.010"})
+        r = await _limit(taker, "SELL", str(bid), "0.020", tif="FOK", reduceOnly="true")
+        assert r == FOK_REJECT, r
+        st = await taker.state("other", symbol="ETHUSDC")
+        assert st["positions"]["ETHUSDC"]["amount"] == "0.010"
