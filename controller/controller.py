@@ -36,7 +36,7 @@ from controller.handles import (AGENT_PREFIX, AgentHandles, above_agents_env, ag
 from controller.kill_path import ms_since
 from controller.kill_switches import KILL_GROUP, KillSwitches, _num, journal_cursor, journal_record, journal_trades
 from controller.lease import NO_LEASE_SHOWN, GcsStore, LeaseAnswer, LeaseBook, WriteThroughStore
-from controller.owed import OwedWork, PendingApply, plan_apply, refuse_flattening
+from controller.owed import OwedWork, PendingApply, down_accounts, empty_also, hold_added, plan_apply, refuse_flattening
 from controller.spec import SPEC_DOC, agent_basis, build_spec, endpoints_of, parse_spec, rate_shares
 from fleet.config import FleetConfig, SymbolParams
 from fleet.text import named_line
@@ -141,18 +141,19 @@ async def close_left(ctl: Any, symbol: str, account: str, summary: Any) -> float
     have landed after its stop read it), and closed by the controller if it is still open; its fills
     written to the journal (no agent of the symbol is left to read them from the exchange)."""
     before, after = await ctl.desk.close_position(symbol, account)
+    named = account.split("#")[0]   # the journal's word for it (a retire's own key: owed.retire_account)
     if before:
         said = summary.get("exchange_position") if isinstance(summary, dict) else "nothing"
         log.warning("%s: the flatten left a position of %s (the agent's stop said %s): closed by the "
                     "controller, %s left", symbol, before, said, after)
-        journal_record(ctl, "position_closed", symbol=symbol, account=account, reason="down --flatten",
+        journal_record(ctl, "position_closed", symbol=symbol, account=named, reason="down --flatten",
                        detail={"before": before, "after": after, "agent_said": said})
         try:   # after the journal's newest fill of the symbol (a hung agent's last fills too), else a day's
             if not ctl.cfg.journal.enabled:
                 return after
-            newest = await asyncio.to_thread(journal_cursor, ctl, symbol, account)
+            newest = await asyncio.to_thread(journal_cursor, ctl, symbol, named)
             since = int((time.time() - ctl.cfg.journal.backfill_lookback_hours * 3600) * 1000)
-            journal_trades(ctl, symbol, account, await ctl.desk.trades_since(symbol, account, since, newest))
+            journal_trades(ctl, symbol, named, await ctl.desk.trades_since(symbol, account, since, newest))
         except Exception as exc:  # noqa: BLE001 - the close is done; the journal lacks its fills, said
             log.error("%s: the controller's closing fills not read for the journal: %s", symbol, named_line(exc))
     return after
@@ -292,12 +293,13 @@ class FleetController(KillSwitches):
         await refuse_flattening(self, sorted(set(plan.retire) - set(owed.retire)))
         retire, new_symbols = plan.retire, {e.symbol for e in cfg.symbols}
         self.owed.store(cfg, params, PendingApply(retire, plan.updated, accounts=plan.accounts))   # before memory
+        removed, traded = sorted(retire), [e.symbol for e in old_cfg.symbols] if old_cfg else []
+        held = await hold_added(self, traded, sorted(new_symbols - set(traded)))   # before any is created
         self.owed.holding = False
         self.cfg, self.params, self.shares = cfg, params, rate_shares(cfg)
         self.stopping = False
-        removed = sorted(retire)
         journal_record(self, "apply", content=spec, detail={"symbols": sorted(new_symbols), "removed": removed,
-                                                            "restarted": plan.restarted})
+                                                            "restarted": plan.restarted, "held": held})
 
         async def retire_then_create() -> tuple[list[RetireOutcome], list[str], dict[str, str]]:
             stops = await asyncio.gather(*(self.owed.retire(s, retire[s], again=s in new_symbols) for s in removed))
@@ -321,6 +323,7 @@ class FleetController(KillSwitches):
             "updated": plan.updated,
             "unchanged": plan.unchanged,
             "restarted": {s: outcomes[s].to_dict() for s in plan.restarted},
+            "held": held,   # added to a fleet halted as a whole: halted until resumed
             "removed": {s: r.to_dict() for s, r in outcomes.items() if s not in new_symbols},
             "errors": errors,
             "rate_shares": self.shares,
@@ -579,12 +582,13 @@ class FleetController(KillSwitches):
     async def _down(self, flatten: bool) -> dict[str, Any]:
         # with the agents an unfinished apply was retiring and any other of this fleet's namespace
         traded = self._symbols()
-        accounts: dict[str, str | None] = {**await self.owed.strays(set(traded)), **self.owed.pending.retire,
-                                           **{s: self._account_of(s) for s in traded}}
+        accounts, also = down_accounts(await self.owed.strays(set(traded)), self.owed.pending.retire,
+                                       {s: self._account_of(s) for s in traded})
         symbols = sorted(accounts)
         if not symbols and self.last_down is not None:   # called again (a retry, the operator) after it finished
             return {**self.last_down, "finished_earlier": True}
         results = await asyncio.gather(*(self._retire(s, flatten, account=accounts[s]) for s in symbols))
+        await empty_also(self.desk, also)
         outcomes = {s: r.to_dict() for s, r in zip(symbols, results)}
         journal_record(self, "down", detail={"flatten": flatten, "symbols": {
             s: {k: o[k] for k in ("open_orders", "position", "error")} for s, o in outcomes.items()}})

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from controller.spec import credentials_basis
+from controller.spec import credentials_basis, endpoints_of
 from fleet.config import AccountConfig, FleetConfig
 from fleet.text import named_line
 
@@ -25,6 +25,7 @@ log = logging.getLogger("mmfleet.controller")
 
 NOTIONAL_READ_S = 30.0   # a symbol's position read for the fleet's cap at most this often (5 weight a read)
 REFUSED_CLOSE_PAUSE_S = 0.05  # after a close refused -2022 (another close got there first), before reading again
+CLOSE_LATER_S = 30.0   # a client out of use (its account changed or retired) is closed this long after
 
 
 class Outcome(StrEnum):
@@ -72,6 +73,14 @@ class KillOutcome:
         return out
 
 
+async def _close_after(client: Any, delay: float) -> None:
+    try:
+        await asyncio.sleep(delay)
+    finally:   # (the desk's close cancels the wait: closed at once)
+        with contextlib.suppress(Exception):
+            await client.close()
+
+
 def _emergency_budget() -> Any:
     """The controller's budget: its own few calls only, never the IP-wide counts the agents spend.
 
@@ -109,12 +118,17 @@ class EmergencyDesk:
 
     async def client(self, account_name: str) -> Any:
         """The controller's own client for an account, keys read in this process (env or key file); opened
-        again once an apply changed the account's key sources or the exchange's URL."""
+        again once an apply changed the account's key sources or the exchange's URL. An account the
+        config no longer names keeps the client it had (a late sweep reaches it as it was)."""
         client = self.clients.get(account_name)
         if client is not None:
-            if self.bases.get(account_name) == self._basis(account_name):
+            try:
+                basis = self._basis(account_name)
+            except (KeyError, ValueError):
                 return client
-            await self.drop({account_name: {}})
+            if self.bases.get(account_name) == basis:
+                return client
+            self._close_later(account_name)
         opening = self.opening.get(account_name)
         if opening is None:
             opening = self.opening[account_name] = asyncio.ensure_future(self._open(account_name))
@@ -130,19 +144,26 @@ class EmergencyDesk:
 
         basis = self._basis(account_name)
         creds = load_credentials(AccountConfig.model_validate(basis[0]))
+        if not basis[1]:
+            endpoints_of(self.config())   # type: ignore[arg-type]  # raises, naming what is missing
         client = BinanceClient(basis[1], creds.api_key, creds.api_secret, budget=_emergency_budget())
         await client.open()
         self.clients[account_name], self.bases[account_name] = client, basis
         return client
 
+    def _close_later(self, account_name: str) -> None:
+        """The account's client out of use, closed ``CLOSE_LATER_S`` on: a request on it may be under way."""
+        client = self.clients.pop(account_name, None)
+        self.bases.pop(account_name, None)
+        if client is not None:
+            task = asyncio.ensure_future(_close_after(client, CLOSE_LATER_S))
+            self.sweeps.add(task)
+            task.add_done_callback(self.sweeps.discard)
+
     async def drop(self, accounts: Iterable[str]) -> None:
-        """Close the clients of ``accounts`` (no longer reached so, or not at all)."""
+        """Close the clients of ``accounts`` (no longer reached so, or not at all), once what runs on them ended."""
         for name in list(accounts):
-            client = self.clients.pop(name, None)
-            self.bases.pop(name, None)
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    await client.close()
+            self._close_later(name)
 
     async def warm(self, accounts: set[str]) -> None:
         """Open the accounts' clients ahead of a route that will need them (failures: the route reports)."""
@@ -340,8 +361,10 @@ class EmergencyDesk:
 
     async def close(self) -> None:
         """Cancel pending sweeps and close every client (the fleet is going down)."""
-        for task in list(self.sweeps):
+        tasks = list(self.sweeps)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)   # (a client out of use is closed as its wait ends)
         for client in self.clients.values():
             await client.close()
         self.clients.clear()

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from controller.kill_path import write_kill_states
 from controller.kill_switches import journal_record
 from controller.spec import SPEC_DOC, basis_changed, credentials_basis
 from fleet.config import FleetConfig, SymbolParams
@@ -104,8 +105,8 @@ def plan_apply(old_cfg: FleetConfig | None, old_params: dict[str, SymbolParams],
     traded again (its agent is stopped); after a down cut short, every agent is made anew."""
     new_symbols = [e.symbol for e in cfg.symbols]
     old_symbols = {e.symbol for e in old_cfg.symbols} if old_cfg else set()
-    retire: dict[str, str | None] = {s: old_cfg.entry(s).account for s in old_symbols - set(new_symbols)} \
-        if old_cfg else {}
+    retire: dict[str, str | None] = {s: old_cfg.entry(s).account for s in old_symbols - set(new_symbols)
+                                     if s not in owed.retire} if old_cfg else {}   # (an owed one keeps its own)
     restarted = [s for s in new_symbols if s in old_symbols and s in live and s not in owed.retire
                  and old_cfg is not None and basis_changed(old_cfg, cfg, s)]
     retire.update({s: old_cfg.entry(s).account for s in restarted if old_cfg is not None})
@@ -131,16 +132,72 @@ def plan_apply(old_cfg: FleetConfig | None, old_params: dict[str, SymbolParams],
     return ApplyPlan(retire, accounts, restarted, updated, unchanged)
 
 
+def down_accounts(strays: dict[str, str | None], owed: dict[str, str | None], traded: dict[str, str | None]
+                  ) -> tuple[dict[str, str | None], dict[str, str]]:
+    """The accounts a down retires each agent by: a retire still owed keeps its own (the agent it
+    retires may be alive and trading there: an apply that made it anew was cut short), else the
+    spec's; and the spec's accounts of those symbols besides, where they differ, to be emptied too
+    (the agent made anew may trade there already)."""
+    accounts = {**strays, **traded, **owed}
+    also = {s: a for s, a in traded.items() if s in owed and a is not None and a != owed[s]}
+    return accounts, also
+
+
+async def empty_also(desk: Any, also: dict[str, str]) -> None:
+    """The down's second look: each symbol's book on the other account emptied and confirmed (said if not)."""
+    for symbol, account in also.items():
+        try:
+            left = await desk.confirm_empty(symbol, account, cancel_first=True)
+        except Exception as exc:  # noqa: BLE001 - said; the dead-man switch is the last net
+            log.error("%s: its book on %s not emptied by the down: %s", symbol, account, named_line(exc))
+            continue
+        if left:
+            log.error("%s: %d open orders left on %s after the down", symbol, left, account)
+
+
+async def hold_added(ctl: FleetController, traded: list[str], added: list[str]) -> list[str]:
+    """The symbols an apply adds start halted when every symbol the fleet traded is halted or flattening:
+    a fleet halted as a whole stays halted (``resume`` them, or the fleet, to trade). Before, a symbol
+    added to a halted fleet quoted at once. Returns those held."""
+    if not added or not traded:
+        return []
+    records = await ctl.book.akill_records(traded)
+    if len(records) < len(traded) or not all(KillState.stopped(r.state) for r in records.values()):
+        return []
+    reason = f"added while the fleet was halted ({records[traded[0]].reason})"[:200]
+    written = await write_kill_states(ctl.book, added, KillState.HALTED, reason, issued_at=time.time(),
+                                      unless_newer=True)
+    log.warning("%s: added to a fleet halted as a whole: halted until resumed", ", ".join(sorted(written)))
+    return sorted(written)
+
+
 async def refuse_flattening(ctl: FleetController, symbols: list[str]) -> None:
-    """An apply may not retire or make anew an agent closing its position (a flatten under way): its stop
-    would cut the flatten short and leave the position to nobody. Raises ValueError naming them."""
+    """An apply may not retire or make anew an agent closing its position (a flatten under way, the
+    exchange not flat yet): its stop would cut the flatten short and leave the position to nobody.
+    (A symbol stays "flattening" once flat when its kill answered before, or its agent flattened it
+    for a delisting: the exchange's position decides.) Raises ValueError naming them."""
     if not symbols:
         return
     records = await ctl.book.akill_records(symbols)
-    busy = sorted(s for s, r in records.items() if r.state == KillState.FLATTENING)
-    if busy:
-        raise ValueError(f"{', '.join(busy)} being flattened: nothing applied; an apply that removes or restarts "
-                         f"an agent waits until its position is flat (python -m fleet status) or it is resumed")
+    busy = [s for s, r in sorted(records.items()) if r.state == KillState.FLATTENING]
+    closing = [s for s in busy if not await _flat_at_exchange(ctl, s)]
+    if closing:
+        raise ValueError(f"{', '.join(closing)} being flattened, not flat at the exchange: nothing applied; an "
+                         f"apply that removes or restarts an agent waits until its position is flat, or until it is "
+                         f"halted (python -m fleet kill --symbol S) or resumed")
+
+
+async def _flat_at_exchange(ctl: FleetController, symbol: str) -> bool:
+    """The symbol's position, read at the exchange (positionRisk, 5 weight), is zero; False if not read."""
+    account = ctl._account_of(symbol)
+    if account is None:
+        return False
+    try:
+        client = await ctl.desk.client(account)
+        return bool((await client.position(symbol, risk=True)).amount == 0)
+    except Exception as exc:  # noqa: BLE001 - not known to be flat: the apply is refused
+        log.warning("%s: position not read before an apply: %s", symbol, named_line(exc))
+        return False
 
 
 # The reconcile pass finishes the work of an apply a killed controller left only this long after its

@@ -71,8 +71,10 @@ def endpoints_of(cfg: FleetConfig) -> dict[str, str]:
 
 def credentials_basis(cfg: FleetConfig, account: str) -> tuple[dict[str, Any], str]:
     """Where an account's client reads its keys and whom it asks: its key sources (not its rate share,
-    pushed live) and the exchange's REST URL. Raises KeyError for an account ``cfg`` does not name."""
-    return cfg.account(account).model_dump(mode="json", exclude={"rate_share"}), endpoints_of(cfg)["rest_url"]
+    pushed live) and the exchange's REST URL ("" when the config has none yet). Raises KeyError for an
+    account ``cfg`` does not name."""
+    return (cfg.account(account).model_dump(mode="json", exclude={"rate_share"}),
+            (cfg.exchange.rest_url or "").rstrip("/"))
 
 
 def agent_basis(cfg: FleetConfig, symbol: str) -> dict[str, Any]:
@@ -89,9 +91,16 @@ def agent_basis(cfg: FleetConfig, symbol: str) -> dict[str, Any]:
     }
 
 
+# The journal's file locations are made absolute from the directory the command runs in (``up`` and
+# ``apply`` from two directories differ): not a reason to stop every agent, taken at its next start.
+_LOCAL_PATHS = ("path", "spool_dir")
+
+
 def basis_changed(old: FleetConfig, new: FleetConfig, symbol: str) -> bool:
     """Whether ``symbol``'s agent must be made anew to trade by ``new`` (its rate share aside)."""
     before, after = agent_basis(old, symbol), agent_basis(new, symbol)
-    before["account"].pop("rate_share", None)
-    after["account"].pop("rate_share", None)
+    for basis in (before, after):
+        basis["account"].pop("rate_share", None)
+        for key in _LOCAL_PATHS:
+            basis["journal"].pop(key, None)
     return before != after

@@ -349,18 +349,40 @@ def test_an_apply_makes_anew_the_agents_whose_account_keys_exchange_or_runtime_i
     assert plan.retire == {} and plan.updated == ["ETHUSDC"] and plan.unchanged == ["SOLUSDT", "XRPUSDT"]
 
 
-async def test_an_apply_may_not_retire_or_restart_an_agent_closing_its_position():
-    """A stop would cut the flatten short and leave its position to nobody: the apply is refused, naming
-    the symbol, before it changes anything; a halted symbol may go."""
+async def test_a_symbol_added_to_a_fleet_halted_as_a_whole_starts_halted():
     from types import SimpleNamespace
 
     from controller.lease import LeaseBook, MemoryStore
-    from controller.owed import refuse_flattening
+    from controller.owed import hold_added
 
     book = LeaseBook(MemoryStore(), lease_ttl_s=3.0)
-    await book.set_kill_states(["SOLUSDT"], KillState.FLATTENING, "drill", now=1000.0)
-    await book.set_kill_states(["ETHUSDC"], KillState.HALTED, "drill", now=1000.0)
     ctl = SimpleNamespace(book=book)
-    with pytest.raises(ValueError, match="SOLUSDT being flattened: nothing applied"):
-        await refuse_flattening(ctl, ["ETHUSDC", "SOLUSDT", "XRPUSDT"])   # type: ignore[arg-type]
-    await refuse_flattening(ctl, ["ETHUSDC", "XRPUSDT"])   # type: ignore[arg-type]
+    await book.set_kill_states(["ETHUSDC"], KillState.HALTED, "desk drill", now=1000.0)
+    # one symbol still running: the fleet is not halted as a whole, the new one trades
+    assert await hold_added(ctl, ["ETHUSDC", "BTCUSDT"], ["SOLUSDT"]) == []   # type: ignore[arg-type]
+    assert "SOLUSDT" not in await book.akill_records(["SOLUSDT"])
+    await book.set_kill_states(["BTCUSDT"], KillState.FLATTENING, "desk drill", now=1000.0)
+    assert await hold_added(ctl, ["ETHUSDC", "BTCUSDT"], ["SOLUSDT"]) == ["SOLUSDT"]   # type: ignore[arg-type]
+    record = (await book.akill_records(["SOLUSDT"]))["SOLUSDT"]
+    assert record.state == KillState.HALTED and "added while the fleet was halted (desk drill)" in record.reason
+    assert await hold_added(ctl, [], ["XRPUSDT"]) == []   # type: ignore[arg-type]   # a first apply: nothing to follow
+
+
+def test_a_retire_still_owed_keeps_its_account_and_the_journals_file_locations_restart_nobody():
+    from controller.owed import PendingApply, down_accounts, plan_apply
+
+    old, old_params = _spec({"main": "/a"}, {"ETHUSDC": "main", "SOLUSDT": "main"})
+    live = {"ETHUSDC", "SOLUSDT"}
+    # an apply that changed main's keys was cut short: SOLUSDT's retire is owed by main as it was (/a) ...
+    owed = PendingApply({"SOLUSDT": "main#0a1b2c3d4e"}, [], accounts={"main#0a1b2c3d4e": {"account": {}, "rest_url": "u"}})
+    cfg, params = _spec({"main": "/c"}, {"ETHUSDC": "main"})
+    plan = plan_apply(old, old_params, cfg, params, owed, live)
+    # ... and keeps that key when the next apply removes the symbol too
+    assert plan.retire["SOLUSDT"] == "main#0a1b2c3d4e" and "main#0a1b2c3d4e" in plan.accounts
+    # the journal's files made absolute from another directory (apply run elsewhere than up): nobody restarted
+    moved = old.model_copy(update={"journal": old.journal.model_copy(update={"path": "/elsewhere/j.sqlite",
+                                                                           "spool_dir": "/elsewhere/spool"})})
+    assert plan_apply(old, old_params, moved, old_params, PendingApply({}, []), live).restarted == []
+    # a down: the owed retire's account first, the spec's besides where it differs
+    accounts, also = down_accounts({"XRPUSDT": None}, {"SOLUSDT": "main"}, {"SOLUSDT": "alt", "ETHUSDC": "main"})
+    assert accounts == {"XRPUSDT": None, "SOLUSDT": "main", "ETHUSDC": "main"} and also == {"SOLUSDT": "alt"}

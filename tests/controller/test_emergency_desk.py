@@ -224,3 +224,28 @@ async def test_an_account_changed_by_an_apply_is_reached_anew_and_a_retire_reach
     for account in ("main", "alt"):
         state = await admin(sim, "GET", "/sim/state", params={"account": account, "symbol": SYMBOL})
         assert state["open_orders"] == [], account                  # the exchange's truth, both accounts
+
+
+async def test_an_apply_may_not_stop_an_agent_whose_flatten_has_not_made_it_flat(sim, monkeypatch):
+    """A stop would cut the flatten short and leave the position to nobody: refused, naming the symbol,
+    while the exchange holds a position; once it is flat (a flatten answered before it was done, or a
+    delisting's exit, stay "flattening"), the apply goes on. A halted symbol may always go."""
+    from types import SimpleNamespace
+
+    from controller.lease import LeaseBook, MemoryStore
+    from controller.owed import refuse_flattening
+    from fleet.vocabulary import KillState
+
+    desk, account = desk_on(sim, monkeypatch)
+    book = LeaseBook(MemoryStore(), lease_ttl_s=3.0)
+    await book.set_kill_states([SYMBOL], KillState.FLATTENING, "drill", now=1000.0)
+    await book.set_kill_states(["BTCUSDT"], KillState.HALTED, "drill", now=1000.0)
+    ctl = SimpleNamespace(book=book, desk=desk, _account_of=lambda s: account)
+    try:
+        await admin(sim, "POST", "/sim/position", {"account": account, "symbol": SYMBOL, "amount": "0.05"})
+        with pytest.raises(ValueError, match=f"{SYMBOL} being flattened, not flat at the exchange: nothing applied"):
+            await refuse_flattening(ctl, ["BTCUSDT", SYMBOL])   # type: ignore[arg-type]
+        await admin(sim, "POST", "/sim/position", {"account": account, "symbol": SYMBOL, "amount": "0"})
+        await refuse_flattening(ctl, ["BTCUSDT", SYMBOL])   # type: ignore[arg-type]
+    finally:
+        await desk.close()

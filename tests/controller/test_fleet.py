@@ -582,6 +582,30 @@ def test_a_runtime_change_makes_every_agent_anew_with_it(fleet):
     fleet.all_quoting(timeout=45.0)
 
 
+def test_a_symbol_added_to_a_fleet_halted_as_a_whole_stays_halted_until_resumed(fleet):
+    """The desk halts the whole fleet, then applies a config with one more symbol: it starts halted,
+    nothing of it at the exchange, until the fleet is resumed (before, it quoted at once)."""
+    ctl = fleet.controller()
+    spec = fleet.ray.get(ctl.spec.remote(), timeout=15)
+    fewer = {"fleet": {**spec["fleet"], "symbols": [e for e in spec["fleet"]["symbols"] if e["symbol"] != "SOLUSDT"]},
+             "params": {s: p for s, p in spec["params"].items() if s != "SOLUSDT"}}
+    fleet.all_quoting()
+    assert fleet.ray.get(ctl.apply.remote(fewer), timeout=120)["removed"]["SOLUSDT"]["open_orders"] == 0
+    r = fleet.http("POST", "/kill", json={"all": True, "mode": "halt", "reason": "desk halt"})
+    assert r.status_code == 200 and r.json()["confirmed"], r.text
+    try:
+        result = fleet.ray.get(ctl.apply.remote(spec), timeout=120)
+        assert result["held"] == ["SOLUSDT"], result
+        poll(lambda: fleet.status("SOLUSDT")["state"] == "halted", 30.0, "SOLUSDT's new agent up, halted")
+        assert fleet.exchange.open_orders("SOLUSDT") == []
+        state = fleet.http("GET", "/kill").json()["kill_states"]["SOLUSDT"]
+        assert state["state"] == "halted" and "added while the fleet was halted (desk halt)" in state["reason"]
+    finally:
+        r = fleet.http("POST", "/resume", json={"all": True})
+    assert r.status_code == 200, r.text
+    fleet.all_quoting(timeout=30.0)
+
+
 def test_an_apply_whose_controller_is_killed_midway_is_finished_by_its_successor(fleet):
     """The controller SIGKILLed while an apply retires SOLUSDT (its cancels held 4 s by the exchange) and
     lowers ETHUSDC's net_max: Ray runs the call again on the restarted controller, which reads the new
