@@ -9,7 +9,7 @@ answer) or ``on_rejected`` (error code). Every order, whoever proposes it, passe
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from fleet.binance.enums import OrderType, TimeInForce
 from fleet.binance.events import BUY, SELL, AccountUpdate, FundingFee, MarketEvent, MarkPrice, UserEvent
@@ -276,6 +276,12 @@ class AgentCore:
 
         refused += self._twap_into(places, now_ms, extra)
         refused += self._grinding_into(places, cancels, now_ms, extra)
+        reducing = [p for p in places if p.reduce_only]
+        if reducing and g.state == RUNNING:   # (halted or flattening, every adding order is being cancelled)
+            # a drawdown slice filled first leaves the orders of its side resting on a smaller position:
+            # room is made for it in the same cycle (the next one would, ~quote_interval later)
+            self._enforce_cap_into(cancels, amends, sum(p.qty_steps for p in reducing if p.side == BUY),
+                                   sum(p.qty_steps for p in reducing if p.side == SELL))
         if not (cancels or amends or places):
             return Actions((), ladder, refused)
         return Actions(make_batches(cancels, places, amends, s.position_steps), ladder, refused)
@@ -292,39 +298,12 @@ class AgentCore:
             m.mid, pos, other_b, other_s, s.funding.shift_rate, m.bid, m.ask, buy_limit, sell_limit
         )
 
-    def _enforce_cap_into(self, cancels: list[Cancel], amends: list[Amend]) -> None:
-        """The worst case already beyond the cap (the position moved from outside, a fill, an order
-        adopted): cancel this epoch's adding orders until it is back inside (another epoch's are the
-        runtime's to fence), also ones the ladder may not touch
-        now (an amend or cancel awaiting its answer, an order not yet acknowledged): a cancel by id
-        is always safe, and such an order would otherwise rest until its answer settles."""
-        led = self.store.ledger
-        cap = self.guard.cap_steps
+    def _enforce_cap_into(self, cancels: list[Cancel], amends: list[Amend], extra_buy: int = 0,
+                          extra_sell: int = 0) -> None:
+        """The worst case already beyond the cap: this epoch's adding orders cancelled (``cap_cancels``)."""
         pos = self.store.position_book.position_steps
-        excesses = ((BUY, pos + led.pending_buy_steps - cap), (SELL, led.pending_sell_steps - pos - cap))
-        if excesses[0][1] <= 0 and excesses[1][1] <= 0:
-            return  # the common case, every cycle
-        going = {c.client_order_id for c in cancels}
-        amending = {a.client_order_id for a in amends}
-        for side, excess in excesses:
-            if excess <= 0:
-                continue
-            adding = [
-                o for o in led.orders.values()
-                if o.side == side and o.is_open and not o.reduce_only
-                and (o.cancel_sent_ms is None or o.client_order_id in going)
-                and o.client_order_id not in amending and self.ids.is_ours(o.client_order_id)
-            ]
-            excess -= sum(o.contrib for o in adding if o.client_order_id in going)
-            rest = [o for o in adding if o.client_order_id not in going]
-            # the ones the ladder cannot touch first, then the outermost
-            rest.sort(key=lambda o: (not o.busy, o.price_ticks if side == BUY else -o.price_ticks))
-            for o in rest:
-                if excess <= 0:
-                    break
-                cancels.append(Cancel(o.client_order_id, o.order_id, "cap"))
-                excess -= o.contrib
-                self.cap_cancels += 1
+        self.cap_cancels += cap_cancels(self.store.ledger, self.ids.is_ours, pos, self.guard.cap_steps, cancels,
+                                        amends, extra_buy, extra_sell)
 
     def _retry_cancels_into(self, cancels: list[Cancel], now_ms: int | None) -> None:
         """Cancels answered ambiguously go again (``LiveOrder.cancel_retry_due``), given the time."""
@@ -459,7 +438,7 @@ class AgentCore:
             eng.last_skip = "below_market_min_qty"
             return 0
         p = Place(self.ids.next(), res.side, 0, qty, "", True, OrderType.MARKET, OrderReason.GRIND)
-        if self.guard.check_place(p, extra[0], extra[1]) is not None:
+        if self.guard.check_place(p, extra[0], extra[1], strict=True) is not None:
             eng.undo(now_ms)
             return 1
         for o in s.orders.values():
@@ -526,3 +505,40 @@ class AgentCore:
             "grind_count": self.grinding.count_total,
             "grind_active": self.grinding.active,
         }
+
+
+def cap_cancels(led: Any, ours: Callable[[str], bool], pos: int, cap: int, cancels: list[Cancel],
+                amends: list[Amend], extra_buy: int = 0, extra_sell: int = 0) -> int:
+    """The worst case already beyond the cap (the position moved from outside, a fill, an order
+    adopted; ``extra_*``: reduce-only orders of this cycle besides): cancel this epoch's adding
+    orders until it is back inside (another epoch's are the runtime's to fence), also ones the
+    ladder may not touch now (an amend or cancel awaiting its answer, an order not yet acknowledged):
+    a cancel by id is always safe, and such an order would otherwise rest until its answer settles.
+    Appended to ``cancels``; returns how many."""
+    excesses = ((BUY, pos + led.pending_buy_steps + extra_buy - cap),
+                (SELL, led.pending_sell_steps + extra_sell - pos - cap))
+    if excesses[0][1] <= 0 and excesses[1][1] <= 0:
+        return 0  # the common case, every cycle
+    going = {c.client_order_id for c in cancels}
+    amending = {a.client_order_id for a in amends}
+    added = 0
+    for side, excess in excesses:
+        if excess <= 0:
+            continue
+        adding = [
+            o for o in led.orders.values()
+            if o.side == side and o.is_open and not o.reduce_only
+            and (o.cancel_sent_ms is None or o.client_order_id in going)
+            and o.client_order_id not in amending and ours(o.client_order_id)
+        ]
+        excess -= sum(o.contrib for o in adding if o.client_order_id in going)
+        rest = [o for o in adding if o.client_order_id not in going]
+        # the ones the ladder cannot touch first, then the outermost
+        rest.sort(key=lambda o: (not o.busy, o.price_ticks if side == BUY else -o.price_ticks))
+        for o in rest:
+            if excess <= 0:
+                break
+            cancels.append(Cancel(o.client_order_id, o.order_id, "cap"))
+            excess -= o.contrib
+            added += 1
+    return added

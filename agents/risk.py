@@ -124,12 +124,15 @@ class RiskGuard:
             return Refusal.MAX_NOTIONAL
         return None
 
-    def check_place(self, p: Place, extra_buy: int = 0, extra_sell: int = 0) -> Refusal | None:
+    def check_place(self, p: Place, extra_buy: int = 0, extra_sell: int = 0, *, strict: bool = False) -> Refusal | None:
         """``None`` if the order may be sent, else the refusal reason (counted).
 
         ``extra_buy``/``extra_sell``: steps already approved this cycle but not yet recorded as sent.
         A reduce-only order skips the worst-case check: it can only shrink the position (the
         "except when reducing" of the worst-case invariant), but it must face a position it fits.
+        ``strict``: it faces the worst case of its side all the same, as an order of choice (a grind)
+        should: filled first, it leaves the orders of its side resting on a smaller position (a long
+        0.18 sold 0.0135, then asks of 0.41 filled: short 0.2435 against a cap of 0.23).
         """
         s = self.store
         pos = s.position_steps
@@ -141,6 +144,10 @@ class RiskGuard:
                 return self._refuse(Refusal.REDUCE_ONLY_NO_POSITION)
             if q > abs(pos):
                 return self._refuse(Refusal.REDUCE_ONLY_EXCEEDS_POSITION)
+            if strict and p.side == BUY and pos + s.pending_buy_steps + extra_buy + q > self.cap_steps:
+                return self._refuse(Refusal.WORST_CASE_LONG)
+            if strict and p.side == SELL and pos - s.pending_sell_steps - extra_sell - q < -self.cap_steps:
+                return self._refuse(Refusal.WORST_CASE_SHORT)
         else:
             if self.state == FLATTENING:
                 return self._refuse(Refusal.FLATTENING)

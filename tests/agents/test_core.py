@@ -524,3 +524,53 @@ def test_a_wallet_transfer_out_does_not_cut_a_symbol_whose_own_pnl_has_not_moved
     core.on_event(mark(3000.0, t=1_800), 1_800)
     assert core.store.drawdown_pct() == 0.0 and core.twap == []
     assert not [d for d in core.quote(2_000) if isinstance(d, Place) and d.reason == "drawdown"]
+
+
+def _big_ladder_long(position_steps: int):
+    """Long, with a ladder large enough to reach the cap on the ask side (0.05 a layer, 30 layers)."""
+    params = seed_params(base={"base_size": 0.05}, grid={"max_layers": 30, "spacing_ratio": 1.1, "layer_size_decay": 1.0},
+                         worst_case={"size_decay_k": 0.0})
+    filters = replace(fine_filters(), market_step_size=Decimal("0.0001"), market_min_qty=Decimal("0.0001"))
+    core, ex = started(params=params, filters=filters)
+    ex.step = Decimal("0.0001")
+    core.on_event(account_update(position_steps, 3000.0, t=1_500, wallet="1000", step=ex.step), 1_500)
+    ex.position = position_steps
+    ex.send(core.quote(1_600), 1_600)
+    assert ex.position - sum(o[3] - o[4] for o in ex.book.values() if o[1] == SELL) == -core.guard.cap_steps
+    return core, ex
+
+
+def _exchange_worst_short(ex) -> int:
+    return ex.position - sum(o[3] - o[4] for o in ex.book.values() if o[1] == SELL)
+
+
+def test_a_drawdown_slice_makes_room_among_the_asks_in_its_own_cycle():
+    """Asks resting at the cap, long: a reduce-only slice filled first leaves them on a smaller position,
+    and filled they would take it past -cap. The cycle that sends the slice cancels as many of the
+    outermost asks (the next cycle did, a quote interval later)."""
+    core, ex = _big_ladder_long(2000)
+    core.on_event(mark(3000.0, t=1_700), 1_700)   # peak equity
+    core.on_event(mark(2700.0, t=2_000), 2_000)   # a 6 % drawdown: the first band's slices
+    acts = core.quote(2_000)
+    slices = [d for d in acts if isinstance(d, Place) and d.reason == "drawdown"]
+    assert slices and all(d.side == SELL and d.reduce_only for d in slices)
+    cap_cancels = [d for d in acts if isinstance(d, Cancel) and d.reason == "cap"]
+    assert sum(ex.book[c.client_order_id][3] for c in cap_cancels) >= sum(d.qty_steps for d in slices)
+    ex.send(acts, 2_000)                            # the slice filled; what rests may all fill next
+    assert _exchange_worst_short(ex) >= -core.guard.cap_steps
+
+
+def test_a_grind_that_would_take_the_other_side_past_the_cap_is_not_sent():
+    """A grind is a choice: with the asks at the cap, its reduce-only sell, filled first, would leave
+    them resting on a smaller position, past -cap if they filled. It waits instead."""
+    core, ex = _big_ladder_long(1800)
+    t = 1_600
+    for k in range(75):   # 12 quiet minutes: the grind's volatility window
+        t += 10_000
+        core.on_event(book(3000.0 + (k % 2) * 0.01, t=t), t)
+        core.on_event(mark(3000.0, t=t), t)
+    core.grinding.next_check_ms = None
+    refused = core.guard.refusals.get("worst_case_short", 0)
+    acts = core.quote(t + 220)
+    assert not [d for d in acts if isinstance(d, Place) and d.reason == "grind"]
+    assert core.guard.refusals.get("worst_case_short", 0) == refused + 1   # counted, as every refusal
