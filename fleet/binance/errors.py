@@ -199,6 +199,12 @@ def error_from_payload(
             code = 0
     else:
         code, msg = 0, str(payload)[:300] if payload is not None else ""
+    err = _classify(code, msg, http_status, headers)
+    err.json_answer = isinstance(payload, Mapping)   # Binance answers in JSON; a proxy's page or text does not
+    return err
+
+
+def _classify(code: int, msg: str, http_status: int | None, headers: Mapping[str, str] | None) -> BinanceError:
     if http_status == 418:
         return BannedError(code or ErrorCode.TOO_MANY_REQUESTS, msg, 418, until_ms=_ban_until(msg))
     if http_status == 429:
@@ -227,8 +233,11 @@ def is_definite_failure(err: BinanceError) -> bool:
     """A 5xx answer Binance documents as "not executed" (safe to treat a write as never sent)."""
     if err.code in _DEFINITE_FAILURE_CODES:
         return True
-    # Binance's own message, whole: not any page that mentions it (a proxy's HTML "503 Service
-    # Unavailable" in front of the API says nothing of whether the request was executed)
+    # Binance's own JSON answer and message, whole: not a proxy's page or text that says the same words
+    # (an HTML "503 Service Unavailable", or the bare text, in front of the API says nothing of whether
+    # the request was executed)
+    if not getattr(err, "json_answer", True):
+        return False
     return err.msg.strip().lower().startswith(_DEFINITE_FAILURE_MSGS)
 
 

@@ -62,7 +62,7 @@ __all__ = ["Action", "Probe", "Report", "Soak", "schedule", "worst_long", "worst
 ORDER, BATCH = "/fapi/v1/order", "/fapi/v1/batchOrders"
 WRITES = [(m, p) for p in (ORDER, BATCH) for m in ("POST", "PUT", "DELETE")] + [
     ("DELETE", "/fapi/v1/allOpenOrders"), ("POST", "/fapi/v1/countdownCancelAll")]
-ANSWERS = ("503", "503-nocode", "503-html", "500", "502", "504", "-1006", "-1007", "timeout")
+ANSWERS = ("503", "503-nocode", "503-html", "503-text", "500", "502", "504", "-1006", "-1007", "timeout")
 BATCH_MODES = ("batch_short", "batch_malformed", "batch_nonjson")
 
 # extra actions beyond the one-of-each: kind family -> weight

@@ -48,6 +48,8 @@ ANSWERS: dict[str, tuple[int, Any]] = {
     # a proxy's own 503 page: it names "Service Unavailable" but is not Binance's JSON answer of that
     # name (a definite failure); whether the request ran is unknown
     "503-html": (503, _html(503, "Service Unavailable")),
+    # the same as a proxy's bare text: the words of Binance's definite failure, but not its JSON answer
+    "503-text": (503, "Service Unavailable"),
     # a Binance-side (5XX) error; the reference gives no status for -1006, 503 is the 5XX Binance uses most
     "-1006": (503, {"code": -1006, "msg": "An unexpected response was received from the message bus. "
                                           "Execution status unknown."}),

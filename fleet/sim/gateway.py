@@ -319,7 +319,7 @@ class ExchangeGateway(RestHandlers):
         if fault.status is not None:
             status = fault.status
         if isinstance(body, str):  # from a gateway: no Binance headers, not JSON
-            return Answer(status, body.encode(), "text/html", {})
+            return Answer(status, body.encode(), "text/html" if body.startswith("<") else "text/plain", {})
         return _json(status, body, headers)
 
     def _defer(self, fault: RestFault, method: str, path: str, fn: Callable[..., Any], account: str,

@@ -79,6 +79,7 @@ input, 404 on an unknown route)::
            "502", "504": HTTP 502/504 with a gateway's HTML page (text/html, not JSON, no X-MBX headers)
            "503-html": HTTP 503 with a proxy's HTML page titled "503 Service Unavailable" (not Binance's
                       JSON "Service Unavailable.": the execution status is unknown)
+           "503-text": the same as the bare text "Service Unavailable" (text/plain)
            "-1006":   HTTP 503 {"code":-1006,"msg":"An unexpected response was received from the message
                       bus. Execution status unknown."} (a 5XX: Binance-side; the reference gives no status)
            "-1007":   HTTP 408 {"code":-1007,"msg":"Timeout waiting for response from backend server. Send

@@ -136,7 +136,7 @@ async def test_a_batch_answered_at_once_and_executed_later_is_counted_not_orphan
     assert agent.status()["counters"]["unknown_outcomes"] > 0
 
 
-@pytest.mark.parametrize("answer", ["500", "-1006", "504", "503-html"])
+@pytest.mark.parametrize("answer", ["500", "-1006", "504", "503-html", "503-text"])
 async def test_a_write_executed_then_answered_with_an_error_is_counted(make_agent, exchange, answer):
     agent = await drill(make_agent, exchange, [
         {"mode": "exec_then_error", "answer": answer, "path": BATCH, "count": 2},

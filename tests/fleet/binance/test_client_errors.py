@@ -132,6 +132,9 @@ def test_credentials_come_from_env_or_file_and_never_show_the_secret(tmp_path):
         # a proxy's page in front of the API, not Binance's "Service Unavailable." (which says nothing ran)
         (503, "<html><head><title>503 Service Unavailable</title></head></html>"),
         (503, {"msg": "upstream: Service Unavailable"}),
+        # ... or its bare text: Binance's words, not Binance's JSON answer
+        (503, "Service Unavailable"),
+        (503, "Service Unavailable."),
     ],
 )
 def test_an_ambiguous_answer_to_a_write_is_an_unknown_outcome(status, payload):
