@@ -276,12 +276,8 @@ class AgentCore:
 
         refused += self._twap_into(places, now_ms, extra)
         refused += self._grinding_into(places, cancels, now_ms, extra)
-        reducing = [p for p in places if p.reduce_only]
-        if reducing and g.state == RUNNING:   # (halted or flattening, every adding order is being cancelled)
-            # a drawdown slice filled first leaves the orders of its side resting on a smaller position:
-            # room is made for it in the same cycle (the next one would, ~quote_interval later)
-            self._enforce_cap_into(cancels, amends, sum(p.qty_steps for p in reducing if p.side == BUY),
-                                   sum(p.qty_steps for p in reducing if p.side == SELL))
+        if g.state == RUNNING and any(p.reduce_only for p in places):   # (halted or flattening, every adding
+            self._room_for_reducing(places, cancels, amends, extra)       # order is being cancelled already)
         if not (cancels or amends or places):
             return Actions((), ladder, refused)
         return Actions(make_batches(cancels, places, amends, s.position_steps), ladder, refused)
@@ -304,6 +300,26 @@ class AgentCore:
         pos = self.store.position_book.position_steps
         self.cap_cancels += cap_cancels(self.store.ledger, self.ids.is_ours, pos, self.guard.cap_steps, cancels,
                                         amends, extra_buy, extra_sell)
+
+    def _room_for_reducing(self, places: list[Place], cancels: list[Cancel], amends: list[Amend],
+                           extra: list[int]) -> None:
+        """A drawdown slice filled first leaves the orders of its side resting on a smaller position:
+        room is made in its own cycle (the next one would, a quote interval later), first by leaving
+        out this cycle's new ladder orders of that side, outermost first, then by cancelling resting ones."""
+        led, cap = self.store.ledger, self.guard.cap_steps
+        pos = self.store.position_book.position_steps
+        going = {c.client_order_id for c in cancels}
+        for i, side in enumerate((BUY, SELL)):
+            reducing = sum(p.qty_steps for p in places if p.reduce_only and p.side == side)
+            if not reducing:
+                continue
+            pending = led.pending_buy_steps if side == BUY else led.pending_sell_steps
+            leaving = sum(o.contrib for o in led.orders.values() if o.client_order_id in going and o.side == side)
+            excess = pending - leaving + extra[i] + reducing - cap + (pos if side == BUY else -pos)
+            extra[i] -= excess - trim_places(places, side, excess)
+        self._enforce_cap_into(cancels, amends, extra[0] + sum(p.qty_steps for p in places if p.reduce_only
+                                                                and p.side == BUY),
+                               extra[1] + sum(p.qty_steps for p in places if p.reduce_only and p.side == SELL))
 
     def _retry_cancels_into(self, cancels: list[Cancel], now_ms: int | None) -> None:
         """Cancels answered ambiguously go again (``LiveOrder.cancel_retry_due``), given the time."""
@@ -542,3 +558,18 @@ def cap_cancels(led: Any, ours: Callable[[str], bool], pos: int, cap: int, cance
             excess -= o.contrib
             added += 1
     return added
+
+
+def trim_places(places: list[Place], side: str, excess: int) -> int:
+    """This cycle's new ladder orders of ``side`` left out, outermost first, while ``excess`` is above 0;
+    what is left of it."""
+    if excess <= 0:
+        return excess
+    ladder = [p for p in places if p.side == side and p.reason == OrderReason.LADDER and not p.reduce_only]
+    ladder.sort(key=lambda p: p.price_ticks if side == BUY else -p.price_ticks)   # the lowest bid, the highest ask
+    for p in ladder:
+        if excess <= 0:
+            break
+        places.remove(p)
+        excess -= p.qty_steps
+    return excess

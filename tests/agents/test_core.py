@@ -574,3 +574,22 @@ def test_a_grind_that_would_take_the_other_side_past_the_cap_is_not_sent():
     acts = core.quote(t + 220)
     assert not [d for d in acts if isinstance(d, Place) and d.reason == "grind"]
     assert core.guard.refusals.get("worst_case_short", 0) == refused + 1   # counted, as every refusal
+
+
+def test_the_room_a_drawdown_slice_makes_counts_the_asks_its_own_cycle_places():
+    """Two outer asks gone (cancelled by another hand), then a drawdown: the cycle places asks again and
+    sends a slice. The room is made for both, not for the slice alone."""
+    core, ex = _big_ladder_long(2000)
+    outer = sorted((c for c, o in ex.book.items() if o[1] == SELL), key=lambda c: -ex.book[c][2])[:2]
+    for cid in outer:
+        oid, side, price, qty, cum = ex.book.pop(cid)
+        ex.t += 1
+        core.on_event(order_update(cid, oid, side, price, qty, status="CANCELED", t=ex.t, step=ex.step), ex.t)
+    core.on_event(mark(3000.0, t=1_700), 1_700)
+    core.on_event(book(2700.0, t=2_000), 2_000)
+    core.on_event(mark(2700.0, t=2_000), 2_000)
+    acts = core.quote(2_000)
+    assert [d for d in acts if isinstance(d, Place) and d.reason == "drawdown"]
+    assert [d for d in acts if isinstance(d, Place) and d.side == SELL and not d.reduce_only]   # asks placed again
+    ex.send(acts, 2_000)
+    assert _exchange_worst_short(ex) >= -core.guard.cap_steps
