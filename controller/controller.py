@@ -24,6 +24,7 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import ray
@@ -292,9 +293,10 @@ class FleetController(KillSwitches):
         plan = plan_apply(old_cfg, dict(self.params), cfg, params, owed, live)
         await refuse_flattening(self, sorted(set(plan.retire) - set(owed.retire)))
         retire, new_symbols = plan.retire, {e.symbol for e in cfg.symbols}
-        self.owed.store(cfg, params, PendingApply(retire, plan.updated, accounts=plan.accounts))   # before memory
         removed, traded = sorted(retire), [e.symbol for e in old_cfg.symbols] if old_cfg else []
-        held = await hold_added(self, traded, sorted(new_symbols - set(traded)))   # before any is created
+        # before the spec names them (a failure applies nothing; a record left over holds, the safe side)
+        held = await hold_added(self, traded, sorted(new_symbols - set(traded)))
+        self.owed.store(cfg, params, PendingApply(retire, plan.updated, accounts=plan.accounts))   # before memory
         self.owed.holding = False
         self.cfg, self.params, self.shares = cfg, params, rate_shares(cfg)
         self.stopping = False
@@ -588,7 +590,7 @@ class FleetController(KillSwitches):
         if not symbols and self.last_down is not None:   # called again (a retry, the operator) after it finished
             return {**self.last_down, "finished_earlier": True}
         results = await asyncio.gather(*(self._retire(s, flatten, account=accounts[s]) for s in symbols))
-        await empty_also(self.desk, also)
+        await empty_also(self.desk, also, partial(close_left, self) if flatten else None)
         outcomes = {s: r.to_dict() for s, r in zip(symbols, results)}
         journal_record(self, "down", detail={"flatten": flatten, "symbols": {
             s: {k: o[k] for k in ("open_orders", "position", "error")} for s, o in outcomes.items()}})

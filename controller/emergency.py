@@ -73,10 +73,11 @@ class KillOutcome:
         return out
 
 
-async def _close_after(client: Any, delay: float) -> None:
+async def _close_after(client: Any, delay: float, retired: set[Any]) -> None:
     try:
         await asyncio.sleep(delay)
-    finally:   # (the desk's close cancels the wait: closed at once)
+    finally:   # (the desk's close cancels the wait, and closes what a wait cancelled unstarted left)
+        retired.discard(client)
         with contextlib.suppress(Exception):
             await client.close()
 
@@ -101,6 +102,7 @@ class EmergencyDesk:
         self.retiring = retiring      # accounts only retires reach (owed.retire_account): key -> how
         self.clients: dict[str, Any] = {}
         self.bases: dict[str, tuple[dict[str, Any], str]] = {}   # what each client was opened with
+        self.retired: set[Any] = set()   # clients out of use, not closed yet
         self.opening: dict[str, asyncio.Future] = {}   # one client per account, even when asked at once
         self.sweeps: set[asyncio.Task] = set()
         self.filters: dict[str, Any] = {}   # SymbolFilters by symbol, for a close cut to them
@@ -124,9 +126,9 @@ class EmergencyDesk:
         if client is not None:
             try:
                 basis = self._basis(account_name)
-            except (KeyError, ValueError):
+            except KeyError:
                 return client
-            if self.bases.get(account_name) == basis:
+            if self.bases.get(account_name) == basis or not basis[1]:   # (no URL to reopen with)
                 return client
             self._close_later(account_name)
         opening = self.opening.get(account_name)
@@ -156,7 +158,8 @@ class EmergencyDesk:
         client = self.clients.pop(account_name, None)
         self.bases.pop(account_name, None)
         if client is not None:
-            task = asyncio.ensure_future(_close_after(client, CLOSE_LATER_S))
+            self.retired.add(client)
+            task = asyncio.ensure_future(_close_after(client, CLOSE_LATER_S, self.retired))
             self.sweeps.add(task)
             task.add_done_callback(self.sweeps.discard)
 
@@ -365,10 +368,11 @@ class EmergencyDesk:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)   # (a client out of use is closed as its wait ends)
-        for client in self.clients.values():
+        for client in [*self.clients.values(), *self.retired]:
             await client.close()
         self.clients.clear()
         self.bases.clear()
+        self.retired.clear()
 
 
 def closing_orders(symbol: str, filters: Any, amount: Any, mark: Any) -> list[Any]:

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from controller.kill_path import write_kill_states
 from controller.kill_switches import journal_record
@@ -143,16 +143,18 @@ def down_accounts(strays: dict[str, str | None], owed: dict[str, str | None], tr
     return accounts, also
 
 
-async def empty_also(desk: Any, also: dict[str, str]) -> None:
-    """The down's second look: each symbol's book on the other account emptied and confirmed (said if not)."""
+async def empty_also(desk: Any, also: dict[str, str], close: Callable[..., Awaitable[Any]] | None = None) -> None:
+    """The down's second look: each symbol's book on the other account emptied and confirmed, and with
+    ``close`` (a flatten: ``close_left``) its position there closed (said if not)."""
     for symbol, account in also.items():
         try:
             left = await desk.confirm_empty(symbol, account, cancel_first=True)
+            if left:
+                log.error("%s: %d open orders left on %s after the down", symbol, left, account)
+            if close is not None:
+                await close(symbol, account, None)
         except Exception as exc:  # noqa: BLE001 - said; the dead-man switch is the last net
-            log.error("%s: its book on %s not emptied by the down: %s", symbol, account, named_line(exc))
-            continue
-        if left:
-            log.error("%s: %d open orders left on %s after the down", symbol, left, account)
+            log.error("%s: its book or position on %s not cleared by the down: %s", symbol, account, named_line(exc))
 
 
 async def hold_added(ctl: FleetController, traded: list[str], added: list[str]) -> list[str]:

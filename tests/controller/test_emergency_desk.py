@@ -249,3 +249,22 @@ async def test_an_apply_may_not_stop_an_agent_whose_flatten_has_not_made_it_flat
         await refuse_flattening(ctl, ["BTCUSDT", SYMBOL])   # type: ignore[arg-type]
     finally:
         await desk.close()
+
+
+async def test_a_down_clears_the_other_account_of_a_restart_cut_short_flattening_it_too(sim, monkeypatch):
+    """A down whose symbol's retire is still owed on one account empties the spec's account besides; with
+    a flatten, it closes the position there too (the agent made anew may have traded there)."""
+    from controller.owed import empty_also
+
+    desk, account = desk_on(sim, monkeypatch)
+    _, key, secret = sim.accounts[0]
+    async with BinanceClient(sim.rest_url, key, secret, timeout=5) as own:
+        await own.sync_time()
+        await own.place_order(await passive_order(own, "made-anew"))
+    await admin(sim, "POST", "/sim/position", {"account": account, "symbol": SYMBOL, "amount": "0.05"})
+    try:
+        await empty_also(desk, {SYMBOL: account}, lambda symbol, acct, _: desk.close_position(symbol, acct))
+    finally:
+        await desk.close()
+    state = await admin(sim, "GET", "/sim/state", params={"account": account, "symbol": SYMBOL})
+    assert state["open_orders"] == [] and float(state["positions"][SYMBOL]["amount"]) == 0.0
