@@ -309,17 +309,15 @@ class AgentCore:
         led, cap = self.store.ledger, self.guard.cap_steps
         pos = self.store.position_book.position_steps
         going = {c.client_order_id for c in cancels}
+        reducing = [sum(p.qty_steps for p in places if p.reduce_only and p.side == side) for side in (BUY, SELL)]
         for i, side in enumerate((BUY, SELL)):
-            reducing = sum(p.qty_steps for p in places if p.reduce_only and p.side == side)
-            if not reducing:
+            if not reducing[i]:
                 continue
             pending = led.pending_buy_steps if side == BUY else led.pending_sell_steps
             leaving = sum(o.contrib for o in led.orders.values() if o.client_order_id in going and o.side == side)
-            excess = pending - leaving + extra[i] + reducing - cap + (pos if side == BUY else -pos)
-            extra[i] -= excess - trim_places(places, side, excess)
-        self._enforce_cap_into(cancels, amends, extra[0] + sum(p.qty_steps for p in places if p.reduce_only
-                                                                and p.side == BUY),
-                               extra[1] + sum(p.qty_steps for p in places if p.reduce_only and p.side == SELL))
+            excess = pending - leaving + extra[i] + reducing[i] - cap + (pos if side == BUY else -pos)
+            extra[i] -= excess - trim_places(places, side, excess)   # (it leaves reduce-only orders in place)
+        self._enforce_cap_into(cancels, amends, extra[0] + reducing[0], extra[1] + reducing[1])
 
     def _retry_cancels_into(self, cancels: list[Cancel], now_ms: int | None) -> None:
         """Cancels answered ambiguously go again (``LiveOrder.cancel_retry_due``), given the time."""
