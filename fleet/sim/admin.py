@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
+from decimal import Decimal
 from typing import Any, Callable
 
 from aiohttp import web
 
 from fleet.sim.config import SimConfig
 from fleet.sim.engine import Engine, SimApiError
+from fleet.sim.admin_input import LATEST_MS, REQUIRED, YEAR_MS, decimal, flag, integer, loads, number, only, text
 from fleet.sim.faults import Deferred, FrameFault, Held, RestFault, parse_fault, parse_frame_fault
 
 __all__ = ["AdminRoutes", "RestFault"]
@@ -35,7 +36,7 @@ class AdminRoutes:
             raw = await request.read()
             if raw:
                 try:
-                    body = json.loads(raw)
+                    body = loads(raw)
                 except ValueError as exc:
                     return self._json(400, {"error": f"body is not JSON: {exc}"})
                 if not isinstance(body, dict):
@@ -77,24 +78,26 @@ class AdminRoutes:
             self.frame_faults.append(parse_frame_fault(body))
             return {"ok": True, "pending": len(self.frame_faults)}
         if path == "/sim/limits":
-            if "max_modifies_per_order" in body:
-                n = int(body["max_modifies_per_order"])
-                if n < 1:
-                    raise ValueError("max_modifies_per_order must be >= 1")
+            only(body, path, "max_modifies_per_order")
+            n = integer(body, "max_modifies_per_order", None, 1, 1_000_000)
+            if n is not None:
                 e.max_modifies = n
             return {"max_modifies_per_order": e.max_modifies}
         if path == "/sim/fault/latency":
-            ms = int(body.get("ms", 0))
-            if ms < 0:
-                raise ValueError("ms must be >= 0")
-            self.latency = (ms, body.get("path"))
+            only(body, path, "ms", "path")
+            ms = integer(body, "ms", 0, 0, 600_000)
+            self.latency = (ms, text(body, "path"))
             return {"ok": True}
+        if path in ("/sim/fault/clear", "/sim/countdown/check"):
+            only(body, path)
         if path == "/sim/fault/clear":
             self.faults.clear()
             self.frame_faults.clear()
             self.latency = (self.config.rest_latency_ms, None)  # back to the configured latency
             return {"ok": True}
         if path == "/sim/fault/drop":
+            only(body, path, "target", "route", "account")
+            text(body, "account")
             target = body.get("target", "all")
             if target not in ("market", "user", "api", "all"):
                 raise ValueError("target must be market, user, api or all")
@@ -116,35 +119,63 @@ class AdminRoutes:
                 await self._close_conn(c, abort=True)
                 n += 1
             return {"dropped": n}
+        return self._market_route(path, body, now)
+
+    def _market_route(self, path: str, body: dict[str, Any], now: int) -> Any:
+        """The routes that move the market, positions and contracts: every field read and checked first."""
+        e = self.engine
+        big = Decimal(10) ** 12
         if path == "/sim/listenkey/expire":
-            return {"listenKey": e.expire_listen_key(body.get("account", "main"), now)}
+            only(body, path, "account")
+            return {"listenKey": e.expire_listen_key(text(body, "account", "main"), now)}
         if path == "/sim/market/freeze":
-            return {"symbols": e.set_frozen(body.get("symbol"), bool(body.get("frozen", True)),
-                                            str(body.get("mode", "data")))}
+            only(body, path, "symbol", "frozen", "mode")
+            return {"symbols": e.set_frozen(text(body, "symbol"), flag(body, "frozen", True),
+                                            text(body, "mode", "data"))}
         if path == "/sim/market/jump":
-            return {"mid": e.jump(body["symbol"], float(body["pct"]), now)}
+            only(body, path, "symbol", "pct")
+            return {"mid": e.jump(text(body, "symbol", REQUIRED), number(body, "pct", REQUIRED, -99.99, 10_000.0), now)}
         if path == "/sim/funding/rate":
-            b = e.book(body["symbol"])
-            e.set_funding_rate(b.symbol, body.get("rate"))
+            only(body, path, "symbol", "rate")
+            b = e.book(text(body, "symbol", REQUIRED))
+            e.set_funding_rate(b.symbol, decimal(body, "rate", None, Decimal(-1), Decimal(1)))
             return {"ok": True, "rate": f"{b.funding_rate:.8f}", "pinned": b.rate_pinned}
         if path == "/sim/funding/interval":
-            return e.set_funding_interval(body["symbol"], body["hours"], now, body.get("next_ms"))
+            only(body, path, "symbol", "hours", "next_ms")
+            return e.set_funding_interval(text(body, "symbol", REQUIRED), integer(body, "hours", REQUIRED, 1, 24), now,
+                                          integer(body, "next_ms", None, now + 1, LATEST_MS))
         if path == "/sim/funding/settle":
-            return {"charged": e.settle_funding(now, body.get("symbol"))}
+            only(body, path, "symbol")
+            return {"charged": e.settle_funding(now, text(body, "symbol"))}
         if path == "/sim/position":
-            e.set_position(body.get("account", "main"), body["symbol"], str(body["amount"]),
-                           None if body.get("entry_price") is None else str(body["entry_price"]), now)
+            only(body, path, "account", "symbol", "amount", "entry_price")
+            e.set_position(text(body, "account", "main"), text(body, "symbol", REQUIRED),
+                           decimal(body, "amount", REQUIRED, -big, big),
+                           decimal(body, "entry_price", None, Decimal("1e-12"), big), now)
             return {"ok": True}
         if path == "/sim/adl":
-            return e.deleverage(body.get("account", "main"), body["symbol"],
-                                None if body.get("qty") is None else str(body["qty"]), now)
+            only(body, path, "account", "symbol", "qty")
+            return e.deleverage(text(body, "account", "main"), text(body, "symbol", REQUIRED),
+                                decimal(body, "qty", None, Decimal(0), big), now)
         if path == "/sim/delist":
-            at_ms = int(body["at_ms"]) if "at_ms" in body else now + int(float(body["in_s"]) * 1000)
-            return e.schedule_delisting(body["symbol"], at_ms, now)
+            only(body, path, "symbol", "at_ms", "in_s")
+            at_ms = integer(body, "at_ms", None, now + 1, LATEST_MS)
+            if at_ms is None:
+                at_ms = now + int(number(body, "in_s", REQUIRED, 0.001, 10 * YEAR_MS / 1000) * 1000)
+            return e.schedule_delisting(text(body, "symbol", REQUIRED), at_ms, now)
         if path == "/sim/brackets":
-            rows = [(str(r["notional_cap"]), int(r["initial_leverage"]), str(r["maint_margin_ratio"]))
-                    for r in body["brackets"]]
-            return e.set_brackets(body["symbol"], rows, now)
+            only(body, path, "symbol", "brackets")
+            rows = body.get("brackets")
+            if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+                raise ValueError("brackets must be a non-empty list of {notional_cap, initial_leverage, "
+                                 "maint_margin_ratio}")
+            table = []
+            for r in rows:
+                only(r, "a bracket", "notional_cap", "initial_leverage", "maint_margin_ratio")
+                table.append((decimal(r, "notional_cap", REQUIRED, Decimal(1), Decimal(10) ** 15),
+                              integer(r, "initial_leverage", REQUIRED, 1, 125),
+                              decimal(r, "maint_margin_ratio", REQUIRED, Decimal(0), Decimal(1))))
+            return e.set_brackets(text(body, "symbol", REQUIRED), table, now)
         if path == "/sim/countdown/check":
             e.advance(now)
             return {"ok": True}

@@ -54,6 +54,9 @@ class Bracket:
                 "notionalFloor": int(self.floor), "maintMarginRatio": float(self.rate), "cum": float(self.cum)}
 
 
+MAX_CAP = Decimal(10) ** 15   # notional: far above any real bracket (Binance's top ones are near 10^9)
+
+
 def check_rows(rows: Sequence[tuple[str, int, str]]) -> None:
     """Raise ValueError naming what is wrong with a bracket table (config validation)."""
     if not rows:
@@ -65,6 +68,9 @@ def check_rows(rows: Sequence[tuple[str, int, str]]) -> None:
         except InvalidOperation:
             raise ValueError(f"bracket {n}: notional cap {cap_s!r} and maintenance rate {rate_s!r} must be "
                              "decimal strings") from None
+        if not cap.is_finite() or not rate.is_finite() or cap > MAX_CAP:
+            raise ValueError(f"bracket {n}: notional cap {cap_s!r} must be a finite decimal of at most {MAX_CAP:,}, "
+                             f"maintenance rate {rate_s!r} finite")
         if cap <= prev_cap:
             raise ValueError(f"bracket {n}: notional cap {cap_s} must be above the bracket before's ({prev_cap})")
         if not 1 <= lev < prev_lev:

@@ -621,7 +621,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
     def jump(self, symbol: str, pct: float, now: int) -> float:
         """Move the mid by ``pct`` percent at once; resting orders crossed by the move fill."""
         b = self.book(symbol)
-        if pct <= -100:
+        if not -100 < pct <= 10_000:   # (NaN too): the mid would not be a price
             raise invalid("pct")
         if b.status != "TRADING":
             raise ValueError(f"{b.symbol} is {b.status}: its market is closed")

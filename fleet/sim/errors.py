@@ -39,12 +39,12 @@ def invalid(name: str) -> SimApiError:
 
 
 def int_param(params: dict[str, str], name: str, default: int | None = None) -> int | None:
-    """An optional integer parameter: plain ASCII digits (optionally signed), else -1130 naming it."""
+    """An optional integer parameter: at most 20 plain ASCII digits (optionally signed), else -1130 naming it."""
     raw = params.get(name)
     if raw is None or raw == "":
         return default
     digits = raw[1:] if raw[:1] == "-" else raw
-    if not (digits.isascii() and digits.isdigit()):
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 20:   # Binance's LONG: ^[0-9]{1,20}$
         raise invalid(name)
     return int(raw)
 

@@ -8,6 +8,7 @@ import copy
 import json
 from dataclasses import dataclass, field
 from typing import Any
+from fleet.sim.admin_input import integer, only, text
 
 ORDER = "/fapi/v1/order"
 BATCH = "/fapi/v1/batchOrders"
@@ -123,7 +124,7 @@ def _reduce_only(path: str, params: dict[str, str]) -> bool:
         return "true" in (params.get("reduceOnly", "").lower(), params.get("closePosition", "").lower())
     try:
         orders = json.loads(params.get("batchOrders", ""))
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return isinstance(orders, list) and bool(orders) and all(
         isinstance(o, dict) and "true" in (str(o.get("reduceOnly", "")).lower(), str(o.get("closePosition", "")).lower())
@@ -132,12 +133,12 @@ def _reduce_only(path: str, params: dict[str, str]) -> bool:
 
 def parse_fault(body: dict[str, Any]) -> RestFault:
     """A RestFault from an admin body; ValueError names the bad field."""
+    only(body, "/sim/fault/rest", "mode", "count", "answer", "status", "delay_ms", "hold_ms", "entries", "entry",
+         "path", "method")
     mode = body.get("mode", "error")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}")
-    count = int(body.get("count", 1))
-    if count < 1:
-        raise ValueError("count must be >= 1")
+    count = integer(body, "count", 1, 1, 1_000_000)
     answer = body.get("answer")
     if answer is not None:
         answer = str(answer)
@@ -147,19 +148,14 @@ def parse_fault(body: dict[str, Any]) -> RestFault:
             raise ValueError("answer applies to the modes error, late and exec_then_error")
         if answer in NOT_EXECUTED_ANSWERS and mode != "error":
             raise ValueError(f"answer {answer} says nothing was executed: it applies to the mode error only")
-    status = body.get("status")
-    status = None if status is None else int(status)
-    if status is not None and not 100 <= status <= 599:
-        raise ValueError("status must be an HTTP status")
-    delay_ms = int(body.get("delay_ms", 400))
-    hold_ms = int(body.get("hold_ms", 500))
-    if delay_ms < 0 or hold_ms < 0:
-        raise ValueError("delay_ms and hold_ms must be >= 0")
+    status = integer(body, "status", None, 100, 599)
+    delay_ms = integer(body, "delay_ms", 400, 0, 600_000)
+    hold_ms = integer(body, "hold_ms", 500, 0, 600_000)
     entries = body.get("entries")
     if entries is not None:
         if not isinstance(entries, list) or not all(isinstance(i, int) for i in entries):
             raise ValueError("entries must be a list of entry indices")
-    return RestFault(mode, count, body.get("path"), body.get("method"), status, answer, delay_ms, hold_ms,
+    return RestFault(mode, count, text(body, "path"), text(body, "method"), status, answer, delay_ms, hold_ms,
                      entries, body.get("entry", {}))
 
 
@@ -241,15 +237,14 @@ def _omit(node: Any, keys: list[str]) -> None:
 
 def parse_frame_fault(body: dict[str, Any]) -> FrameFault:
     """A FrameFault from an admin body; ValueError names the bad field."""
+    only(body, "/sim/fault/frame", "stream", "mode", "count", "event", "fields", "account", "symbol")
     stream = body.get("stream")
     if stream not in ("user", "market"):
         raise ValueError("stream must be user or market")
     mode = body.get("mode", "omit")
     if mode not in FRAME_MODES:
         raise ValueError(f"mode must be one of {', '.join(FRAME_MODES)}")
-    count = body.get("count", 1)
-    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        raise ValueError("count must be an integer >= 1")
+    count = integer(body, "count", 1, 1, 1_000_000)
     fields = body.get("fields", [])
     if not isinstance(fields, list) or not all(isinstance(f, str) and f and "" not in f.split(".") for f in fields):
         raise ValueError("fields must be a list of dotted field paths, e.g. [\"o.N\", \"o.n\"]")

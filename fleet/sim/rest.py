@@ -351,7 +351,7 @@ def _batch_list(params: dict[str, str], name: str, max_items: int) -> list[Any]:
         raise missing(name)
     try:
         items = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):   # (nested deeper than the parser goes)
         raise SimApiError(-1130, f"Data sent for parameter '{name}' is not valid.") from None
     if not isinstance(items, list):
         raise SimApiError(-1130, f"Data sent for parameter '{name}' is not valid.")

@@ -11,8 +11,10 @@ engine's frames to the connected sockets. The market is the engine's regime mode
 replayed (config ``replay``: a recording directory, docs/recording.md; it starts when the server is
 constructed).
 
-Admin routes (never under /fapi; JSON body in, JSON out; no API key; HTTP 400 {"error": ...} on bad
-input, 404 on an unknown route)::
+Admin routes (never under /fapi; JSON body in, JSON out; no API key; HTTP 400 {"error": ...} naming the
+field on bad input, checked before anything changes: a field of the wrong JSON type, NaN, Infinity or a
+number out of its range, a field the route does not take (fleet/sim/admin_input.py); 404 on an unknown
+route)::
 
     GET  /sim/state?account=main&symbol=ETHUSDC
          -> {"time", "account", "symbol",

@@ -439,6 +439,15 @@ def test_the_token_is_checked_before_a_byte_of_the_body_is_read(guarded):
             answer = sock.recv(65536)
         assert answer.split(b"\r\n", 1)[0].split()[1] == status, answer
         assert b"NaN" not in answer
+    # a length of more digits than int() reads (4,300), leading zeros or not: a 4xx, never a 500
+    for declared in ("9" * 5000, "0" * 5000 + "70000"):
+        with socket.create_connection((hostname, int(port)), timeout=15) as sock:
+            sock.sendall(
+                f"POST /{rest}/kill HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {declared}\r\nAuthorization: Bearer {token}\r\n\r\n".encode() + b'{"all": NaN'
+            )
+            answer = sock.recv(65536)
+        assert answer.split(b"\r\n", 1)[0].split()[1] in (b"400", b"413"), answer[:200]
 
 
 def test_an_unauthenticated_huge_body_is_a_401_and_is_not_echoed(guarded):

@@ -1,0 +1,94 @@
+"""Bad input to the simulator gets a 4xx naming what is wrong and changes nothing: its /sim admin
+routes (a field of the wrong type, not finite, out of range, unknown; a body nested too deeply) and
+its Binance routes (an integer parameter longer than Binance's 20 digits, a batch nested too deeply).
+Each bad request is followed by a look at the exchange: it still answers, and nothing moved."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from fleet.sim.testkit import SimClient
+
+SYMBOL = "ETHUSDC"
+
+BAD_ADMIN = [
+    ("/sim/market/jump", b'{"symbol": "ETHUSDC", "pct": NaN}', "not JSON"),
+    ("/sim/market/jump", b'{"symbol": "ETHUSDC", "pct": Infinity}', "not JSON"),
+    ("/sim/market/jump", b'{"symbol": "ETHUSDC", "pct": 1e308}', "pct"),
+    ("/sim/market/jump", b'{"symbol": "ETHUSDC", "pct": -100}', "pct"),
+    ("/sim/market/jump", b'{"symbol": "ETHUSDC", "pct": "0.5"}', "pct"),
+    ("/sim/market/jump", b'{"symbol": 5, "pct": 0.5}', "symbol"),
+    ("/sim/market/freeze", b'{"symbol": "ETHUSDC", "frozen": "false"}', "frozen"),
+    ("/sim/market/freeze", b'{"symbols": "ETHUSDC", "frozen": true}', "'symbols'"),
+    ("/sim/fault/rest", b'{"mode": "error", "path": 5}', "path"),
+    ("/sim/fault/rest", b'{"mode": "error", "method": 5}', "method"),
+    ("/sim/fault/rest", b'{"mode": "error", "count": 1000000000000000000000000000000}', "count"),
+    ("/sim/fault/rest", b'{"mode": "error", "status": 1e400}', "status"),   # (JSON's 1e400 is a float's inf)
+    ("/sim/fault/rest", b'{"mode": "error", "status": 503.5}', "status"),
+    ("/sim/fault/frame", b'{"stream": "user", "mode": "garbage", "cnt": 2}', "'cnt'"),
+    ("/sim/fault/latency", b'{"ms": 10, "path": 5}', "path"),
+    ("/sim/fault/latency", b'{"ms": true}', "ms"),
+    ("/sim/limits", b'{"max_modifies_per_order": 1000000000000000000000000000000}', "max_modifies_per_order"),
+    ("/sim/limits", b'{"max_modifies_per_order": 2.9}', "max_modifies_per_order"),
+    ("/sim/delist", b'{"symbol": "ETHUSDC", "at_ms": 1000000000000000000000000000000}', "at_ms"),
+    ("/sim/delist", b'{"symbol": "ETHUSDC", "in_s": Infinity}', "not JSON"),
+    ("/sim/funding/interval", b'{"symbol": "ETHUSDC", "hours": 4, "next_ms": 1000000000000000000000000000000}',
+     "next_ms"),
+    ("/sim/position", b'{"symbol": "ETHUSDC", "amount": "0.1", "entry_price": "NaN"}', "entry_price"),
+    ("/sim/position", b'{"symbol": "ETHUSDC", "amount": "Infinity"}', "amount"),
+    ("/sim/position", b'{"symbol": "ETHUSDC", "amount": "1e999999"}', "amount"),
+    ("/sim/adl", b'{"symbol": "ETHUSDC", "qty": "Infinity"}', "qty"),
+    ("/sim/brackets", b'{"symbol": "ETHUSDC", "brackets": [{"notional_cap": "Infinity", "initial_leverage": 20, '
+                      b'"maint_margin_ratio": "0.01"}]}', "notional_cap"),
+    ("/sim/brackets", b'{"symbol": "ETHUSDC", "brackets": [{"notional_cap": "1e999999", "initial_leverage": 20, '
+                      b'"maint_margin_ratio": "0.01"}]}', "notional_cap"),
+    ("/sim/brackets", b'{"symbol": "ETHUSDC", "brackets": [{"notional_cap": "50000", "initial_leverage": 1e400, '
+                      b'"maint_margin_ratio": "0.01"}]}', "initial_leverage"),
+    ("/sim/fault/clear", b'{"everything": true}', "'everything'"),
+    ("/sim/market/jump", b"[" * 100_000, "nested"),
+]
+
+
+async def _still_whole(c: SimClient, before: dict) -> None:
+    """The exchange answers every kind of request, and nothing the bad request named moved."""
+    st = await c.state(symbol=SYMBOL)
+    m, was = st["markets"][SYMBOL], before["markets"][SYMBOL]
+    assert (m["mid"], m["frozen"]) == (was["mid"], was["frozen"])
+    assert st["positions"][SYMBOL]["amount"] == before["positions"][SYMBOL]["amount"]
+    assert st["positions"][SYMBOL]["entry_price"] == before["positions"][SYMBOL]["entry_price"]
+    assert st["faults_pending"] == [] and st["frame_faults_pending"] == []
+    for path in ("/fapi/v1/ping", "/fapi/v1/exchangeInfo", "/fapi/v1/leverageBracket"):
+        reply = await (c.public if path != "/fapi/v1/leverageBracket" else c.signed)("GET", path)
+        assert reply.status == 200, (path, reply.json)
+    assert (await c.public("GET", "/fapi/v1/premiumIndex", {"symbol": SYMBOL})).status == 200
+    assert (await c.admin("POST", "/sim/limits", {})) == {"max_modifies_per_order": before["limits"]}
+
+
+@pytest.mark.parametrize(("path", "body", "named"), BAD_ADMIN, ids=[f"{p}:{b[:40]!r}" for p, b, _ in BAD_ADMIN])
+async def test_a_bad_admin_request_is_a_400_naming_the_problem_and_changes_nothing(sim, path, body, named):
+    async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
+        await c.admin("POST", "/sim/position", {"symbol": SYMBOL, "amount": "0.010", "entry_price": "3000"})
+        await c.admin("POST", "/sim/market/freeze", {"symbol": SYMBOL, "frozen": True})
+        before = await c.state(symbol=SYMBOL)
+        before["limits"] = (await c.admin("POST", "/sim/limits", {}))["max_modifies_per_order"]
+        async with s.post(sim.rest_url + path, data=body, headers={"Content-Type": "application/json"}) as resp:
+            answer = await resp.json()
+            assert resp.status == 400, (resp.status, answer)
+        assert named in answer["error"], answer
+        await _still_whole(c, before)
+
+
+async def test_binance_routes_refuse_an_integer_longer_than_20_digits_and_a_batch_nested_too_deeply(sim):
+    async with SimClient.for_sim(sim) as c:
+        long_id = await c.signed("GET", "/fapi/v1/order", {"symbol": SYMBOL, "orderId": "9" * 5000})
+        assert (long_id.status, long_id.json["code"]) == (400, -1102), long_id.json   # (the simulator's word for a
+        assert "orderId" in long_id.json["msg"]                                        # malformed parameter)
+        assert (await c.signed("GET", "/fapi/v1/order", {"symbol": SYMBOL, "orderId": "9" * 21})).json["code"] == -1102
+        nested = await c.signed("POST", "/fapi/v1/batchOrders", {"batchOrders": "[" * 3000}, in_body=True)
+        assert (nested.status, nested.json["code"]) == (400, -1130), nested.json
+        await c.admin("POST", "/sim/fault/rest", {"mode": "throttle", "count": 1})   # its reduce-only check reads the batch
+        unsigned = await c.keyed("POST", "/fapi/v1/batchOrders", {"batchOrders": "[" * 3000})
+        assert (unsigned.status, unsigned.json["code"]) == (503, -1008), unsigned.json   # throttled, not a 500
+        await c.admin("POST", "/sim/fault/clear", {})
+        assert (await c.public("GET", "/fapi/v1/ping")).status == 200
