@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Iterator
 from fleet.binance.enums import OrderType, TimeInForce
 from fleet.binance.events import BUY, SELL, AccountUpdate, FundingFee, MarketEvent, MarkPrice, UserEvent
 from fleet.binance.filters import SymbolFilters
-from fleet.binance.models import OrderInfo, PositionInfo
+from fleet.binance.models import AlgoOrderInfo, OrderInfo, PositionInfo
 from fleet.config import SymbolParams
 
 from .grinding import GrindDecision, GrindingEngine
@@ -181,10 +181,11 @@ class AgentCore:
 
     def reset_from_snapshot(
         self, position: PositionInfo | None, open_orders: Iterable[OrderInfo], now_ms: int,
-        wallet_balance: float | None = None, listed_at_ms: int | None = None
+        wallet_balance: float | None = None, listed_at_ms: int | None = None,
+        algo_orders: Iterable[AlgoOrderInfo] | None = None,
     ) -> None:
         self.store.reset_from_snapshot(position, open_orders, now_ms, wallet_balance=wallet_balance,
-                                       listed_at_ms=listed_at_ms)
+                                       listed_at_ms=listed_at_ms, algo_orders=algo_orders)
 
     def apply_params(self, params: SymbolParams) -> None:
         """New parameters, live: strategy, guard limits, grinding and drawdown rules, tolerances and

@@ -27,6 +27,7 @@ from fleet.binance.filters import SymbolFilters
 from fleet.binance.models import OrderInfo
 from fleet.config import SymbolParams
 
+from .algos import OtherAlgos
 from .orders import Amend, Cancel, OrderReason, Place
 
 # How soon a cancel answered ambiguously is sent again (see ``LiveOrder.cancel_retry_due``): one
@@ -206,6 +207,7 @@ class OrderLedger:
         self.rejects: dict[int, int] = {}
         self.stale_updates = 0
         self._doubtful: dict[str, None] = {}  # client ids once answered ambiguously, in order (pruned as they settle)
+        self.algos = OtherAlgos()   # other hands' conditional orders, in the pending sums too
 
     def with_params(self, params: SymbolParams) -> "OrderLedger":
         """The ledger under new parameters: no parameter shapes it, so every order and sum is kept
@@ -229,10 +231,11 @@ class OrderLedger:
 
     def ladder_view(self) -> tuple[list[LiveOrder], list[LiveOrder], int, int]:
         """One pass for a quote cycle: live ladder bids and asks (inner to outer), and the pending
-        (buy, sell) steps of everything else (other orders, cancels in flight, unbooked fills)."""
+        (buy, sell) steps of everything else (other orders, cancels in flight, unbooked fills,
+        other hands' conditional orders)."""
         bids: list[LiveOrder] = []
         asks: list[LiveOrder] = []
-        ob = os_ = 0
+        ob, os_ = self.algos.buy_steps, self.algos.sell_steps
         closed = _CLOSED
         for o in self.orders.values():
             if o.reason == "ladder" and o.cancel_sent_ms is None and o.status not in closed:
@@ -269,7 +272,7 @@ class OrderLedger:
 
     def recompute_pending(self) -> tuple[int, int]:
         """The pending sums from scratch (the invariant the incremental sums must equal)."""
-        b = s = 0
+        b, s = self.algos.buy_steps, self.algos.sell_steps
         for o in self.orders.values():
             if o.side == BUY:
                 b += o.pending_steps()
@@ -437,15 +440,6 @@ class OrderLedger:
             if o.status != PENDING_NEW:
                 o.unresolved_ms = now_ms
         self.refresh(o)
-
-    def unresolved_orders(self, now_ms: int, older_than_ms: int = 0) -> list[LiveOrder]:
-        """Orders the exchange called unknown whose end we have not seen: the runtime looks them up
-        (GET order) and passes the answer to ``on_order_info``, or resyncs from a snapshot."""
-        return [
-            o
-            for o in self.orders.values()
-            if o.unresolved_ms is not None and now_ms - o.unresolved_ms >= older_than_ms
-        ]
 
     def on_query_unknown(self, client_order_id: str, order_id: int | None = None) -> None:
         """A lookup (GET order) answered "order does not exist" (-2013): the exchange never had it,

@@ -45,6 +45,7 @@ class Reconciler:
             try:
                 await self._reconcile_orders()
                 if n % self.agent.runtime.reconcile_position_every == 0:
+                    await self._reconcile_algos()
                     await self._reconcile_position()
             except BinanceError as exc:
                 self.agent.log.event("reconcile_failed", f"reconciliation skipped: {exc!r}", level=logging.WARNING)
@@ -77,6 +78,21 @@ class Reconciler:
                 self.note_repair("orphan_cancelled", c.client_order_id, "cancel sent: no ladder of ours wants it")
             batches = make_batches(cancels, (), (), core.store.position_steps)   # 10 a call, as the cycle's
             self.agent.sender.execute(Actions(batches), self.agent.exchange_ms(), None)
+
+    async def _reconcile_algos(self) -> None:
+        """Other hands' conditional orders (``agents/algos.py``) against ``GET openAlgoOrders``: one
+        whose frame was lost or malformed is counted from here on, one that ended unseen no longer."""
+        a = self.agent
+        core = a.require_core()
+        listed_at = a.exchange_ms()
+        listed = await a.require_client().open_algo_orders(a.symbol)
+        before = set(core.store.ledger.algos.open)
+        core.store.sync_algos(listed, listed_at)
+        after = set(core.store.ledger.algos.open)
+        for algo_id in sorted(after - before):
+            self.note_repair("algo_untracked", None, f"conditional order {algo_id} of another hand listed: counted")
+        for algo_id in sorted(before - after):
+            self.note_repair("algo_gone", None, f"conditional order {algo_id} no longer listed: not counted")
 
     async def _reconcile_position(self) -> None:
         """A position that differs from positionRisk twice in a row (one may be a fill in flight) is

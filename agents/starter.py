@@ -126,15 +126,20 @@ class Starter:
         listed_at = a.exchange_ms()
         before = core.store.position_steps
         orders = await client.open_orders(a.symbol)
+        algos = await client.open_algo_orders(a.symbol)   # other hands' conditional orders (agents/algos.py)
         position = await client.position(a.symbol)
         wallet = await self._wallet_balance()
         # The user events buffered meanwhile are applied next by the consumer, in order; the store
         # keeps per order the newest (update time, filled, stage), so the older ones change nothing.
-        known = set(core.store.orders)
-        core.reset_from_snapshot(position, orders, a.exchange_ms(), wallet_balance=wallet, listed_at_ms=listed_at)
+        known, known_algos = set(core.store.orders), set(core.store.ledger.algos.open)
+        core.reset_from_snapshot(position, orders, a.exchange_ms(), wallet_balance=wallet, listed_at_ms=listed_at,
+                                 algo_orders=algos)
         for info in orders:
             if info.client_order_id not in known:
                 a.user.foreign_listed(info)   # another hand's order resting on the symbol is said
+        for algo in algos:
+            if algo.algo_id not in known_algos:
+                a.user.foreign_algo(algo.client_algo_id, f"{algo.order_type} {algo.side} {algo.quantity}, listed")
         if not initial:
             a.counters["resyncs"] += 1
             a.metrics.inc_rest_fallback()

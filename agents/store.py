@@ -32,6 +32,7 @@ from typing import Any, Iterable
 from fleet.binance.enums import ADL_CLIENT_ORDER_ID, SETTLEMENT_CLIENT_ORDER_ID, ExecType
 from fleet.binance.events import (
     AccountUpdate,
+    AlgoUpdate,
     BookTicker,
     FundingFee,
     MarketEvent,
@@ -40,9 +41,10 @@ from fleet.binance.events import (
     UserEvent,
 )
 from fleet.binance.filters import SymbolFilters
-from fleet.binance.models import OrderInfo
+from fleet.binance.models import AlgoOrderInfo, OrderInfo
 from fleet.config import SymbolParams
 
+from .algos import steps_of as algo_steps
 from .funding import (
     FUNDING_LOOKBACK_MS,
     FUNDING_LOOKUP_HORIZON_MS,
@@ -236,7 +238,10 @@ class Store:
         return self.ledger.recompute_pending()
 
     def unresolved_orders(self, now_ms: int, older_than_ms: int = 0) -> list[LiveOrder]:
-        return self.ledger.unresolved_orders(now_ms, older_than_ms)
+        """Orders the exchange called unknown whose end we have not seen: the runtime looks them up
+        (GET order) and passes the answer to ``on_order_info``, or resyncs from a snapshot."""
+        return [o for o in self.ledger.orders.values()
+                if o.unresolved_ms is not None and now_ms - o.unresolved_ms >= older_than_ms]
 
     def due_lookups(self, now_ms: int, window_ms: int) -> list[LiveOrder]:
         return self.ledger.due_lookups(now_ms, window_ms)
@@ -316,11 +321,28 @@ class Store:
             changed = self._on_account(event)
         elif isinstance(event, FundingFee):
             changed = self._on_funding_fee(event)
+        elif isinstance(event, AlgoUpdate):
+            return self._on_algo(event)
         else:
             return False
         if changed:
             self.track_equity()
         return changed
+
+    def _on_algo(self, ev: AlgoUpdate) -> bool:
+        """Another hand's conditional order changed (``agents/algos.py``): counted while it may still
+        send an order to the book."""
+        if ev.symbol != self.symbol:
+            self.foreign_events += 1
+            return False
+        return self.ledger.algos.on_update(self.ledger, ev, algo_steps(ev.quantity, self.filters.step_size))
+
+    def sync_algos(self, listed: Iterable[AlgoOrderInfo], listed_at_ms: int | None) -> None:
+        """The symbol's conditional orders as ``GET openAlgoOrders`` listed them, asked at ``listed_at_ms``."""
+        listed = [a for a in listed if a.symbol == self.symbol]
+        step = self.filters.step_size
+        self.ledger.algos.sync_listing(listed, {a.algo_id: algo_steps(a.quantity, step) for a in listed}, listed_at_ms)
+        self.ledger.reset_pending()
 
     def _on_mark(self, ev: MarkPrice) -> bool:
         if ev.symbol != self.symbol:
@@ -341,6 +363,8 @@ class Store:
             self._settle_unplaced(u.transaction_time if u.transaction_time > u.update_time else u.update_time)
         led = self.ledger
         changed = led.on_order_update(u)
+        if led.algos.open:
+            led.algos.on_order(led, u.order_id)   # a triggered conditional order's order, now counted as itself
         if u.exec_type in _FILL_EXEC_TYPES and u.last_filled_qty > 0:
             key = (u.order_id, u.trade_id or -led.steps(u.cum_filled_qty))
             steps = led.steps(u.last_filled_qty)
@@ -450,6 +474,7 @@ class Store:
         in_flight_grace_ms: int = 6_000,
         wallet_balance: float | None = None,
         listed_at_ms: int | None = None,
+        algo_orders: Iterable[AlgoOrderInfo] | None = None,
     ) -> None:
         """Make the exchange's REST view the truth (after a reconnect or at start).
 
@@ -461,7 +486,8 @@ class Store:
         land), orders with an unsettled ambiguous answer (their look-up decides) and orders changed
         at or after ``listed_at_ms``, the exchange time the listing was asked for (read the listing
         before the position: an order that fills between the two is then counted twice, never
-        missed).
+        missed). ``algo_orders``, the symbol's conditional orders listed with the open orders, replace
+        what frames said of them (``agents/algos.py``).
         """
         if position is not None:
             # The figure holds every trade up to its own time (the position's last change) and up to
@@ -476,6 +502,8 @@ class Store:
         if wallet_balance is not None:
             self.wallet_balance = wallet_balance
         self.ledger.sync_listing(open_orders, now_ms, in_flight_grace_ms, listed_at_ms)
+        if algo_orders is not None:
+            self.sync_algos(algo_orders, listed_at_ms)
         # The snapshot's position holds the fills up to its time: nothing of these orders is unbooked.
         # An order with a frame (or REST answer) newer than the figure may have filled after it: its
         # fills not booked keep counting as pending until a frame or a later figure places them.

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from fleet.binance.enums import (ADL_CLIENT_ORDER_ID, SETTLEMENT_CLIENT_ORDER_ID, ExecType, OrderStatus, OrderType,
                                  TimeInForce)
 from fleet.binance.errors import BinanceError, InvalidListenKeyError
-from fleet.binance.events import FundingFee, ListenKeyExpired, MarginCall, OrderUpdate, RawEvent, TradeLite
+from fleet.binance.events import AlgoUpdate, FundingFee, ListenKeyExpired, MarginCall, OrderUpdate, RawEvent, TradeLite
 from fleet.binance.models import OrderInfo
 from fleet.binance.streams import StreamError, UserStream
 
@@ -172,9 +172,13 @@ class UserFeed:
         closes = store.liquidations + store.deleveraged + store.settled
         foreign = isinstance(ev, OrderUpdate) and ev.status == OrderStatus.NEW and _rests(ev) \
             and _not_ours(ev.client_order_id) and store.get(ev.client_order_id) is None
+        algos = store.ledger.algos.open
+        new_algo = isinstance(ev, AlgoUpdate) and ev.algo_id not in algos
         core.on_event(ev, a.clock.time_ms() + a.offset_ms())
         if foreign:
             self.foreign_order(ev.client_order_id, f"{ev.side} {ev.orig_qty} at {ev.price}")
+        elif new_algo and ev.algo_id in algos:
+            self.foreign_algo(ev.client_algo_id, f"{ev.order_type} {ev.side} {ev.quantity}")
         if store.liquidations + store.deleveraged + store.settled != closes:
             self.liquidation(ev.order_id, ev.client_order_id, True,
                              f"{ev.side} {ev.last_filled_qty} @ {ev.last_filled_price}, realized {ev.realized_pnl}")
@@ -184,7 +188,8 @@ class UserFeed:
         if isinstance(ev, OrderUpdate):
             self._log_order_update(ev)
 
-    def foreign_order(self, client_order_id: str, what: str, *, say: bool = True) -> None:
+    def foreign_order(self, client_order_id: str, what: str, *, say: bool = True,
+                      left: str = "a kill, or a stop while the lease holds, cancels every order of the symbol") -> None:
         """An order mmfleet did not place rests on the symbol (another tool on the same account): counted,
         and said as a WARNING at most every ``FOREIGN_SAY_S`` (a grid bot beside us would flood the log)."""
         a = self.agent
@@ -194,8 +199,15 @@ class UserFeed:
             return
         self._foreign_said = now
         a.log.event("foreign_order", f"an order mmfleet did not place rests on {a.symbol}: {client_order_id!r} {what}, "
-                    f"counted in the worst case and left alone while quoting (a kill, or a stop while the lease "
-                    f"holds, cancels every order of the symbol): one owner per symbol", level=logging.WARNING)
+                    f"counted in the worst case and left alone while quoting ({left}): one owner per symbol",
+                    level=logging.WARNING)
+
+    def foreign_algo(self, client_algo_id: str, what: str) -> None:
+        """A conditional order of another hand waits on the symbol (``agents/algos.py``): said and
+        counted as another hand's order is."""
+        self.foreign_order(client_algo_id, f"{what}, a conditional order of the Algo Service",
+                           left="it counts until it reaches the book; a kill leaves it, as the exchange's "
+                           "cancel-all does: DELETE /fapi/v1/algoOpenOrders cancels it")
 
     def foreign_listed(self, info: OrderInfo) -> None:
         """An order a snapshot listed that the store did not hold: said if another hand rests it."""

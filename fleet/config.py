@@ -217,8 +217,9 @@ class RuntimeParams(_Model):
     )
     reconcile_position_every: int = Field(
         6, ge=1,
-        description="every Nth reconciliation also compares the position (GET positionRisk: weight 5; every 6th at "
-                    "5 s = 10 weight/min per agent)",
+        description="every Nth reconciliation also compares the position (GET positionRisk: weight 5) and other "
+                    "hands' conditional orders (GET openAlgoOrders: weight 1); every 6th at 5 s = 12 weight/min per "
+                    "agent",
     )
 
     @model_validator(mode="after")
@@ -536,13 +537,14 @@ BUDGET_QUOTE_BELOW = 0.75  # the agents' budgets stop quoting above this share o
 
 def upkeep_weight(runtime: RuntimeParams, journal: JournalConfig) -> float:
     """The IP weight an agent spends a minute on its own upkeep, whatever it quotes: the dead-man
-    re-arm, the reconciliation's openOrders and positionRisk, the listenKey keep-alive and the
+    re-arm, the reconciliation's openOrders, positionRisk and openAlgoOrders, the listenKey keep-alive and the
     journal's userTrades and hourly income (funding fee frames' reads are shared with the agent's own),
     and the endpoint's look-up of the symbol's open orders that tries its kill ahead of one."""
     w = WEIGHT_COUNTDOWN * 60.0 / runtime.deadman_heartbeat_sec
     w += WEIGHT_OPEN_ORDERS * 60.0 / KILL_VERIFY_S
     w += WEIGHT_OPEN_ORDERS * 60.0 / runtime.reconcile_interval_sec
-    w += WEIGHT_POSITION_RISK * 60.0 / (runtime.reconcile_interval_sec * runtime.reconcile_position_every)
+    w += (WEIGHT_POSITION_RISK + WEIGHT_OPEN_ORDERS) * 60.0 / (runtime.reconcile_interval_sec
+                                                               * runtime.reconcile_position_every)
     w += WEIGHT_LISTEN_KEY * 60.0 / runtime.listen_key_keepalive_sec
     if journal.enabled:
         w += WEIGHT_USER_TRADES * 60.0 / journal.backfill_interval_sec

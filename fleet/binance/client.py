@@ -42,6 +42,7 @@ from .errors import (
 )
 from .filters import SymbolFilters
 from .models import (
+    AlgoOrderInfo,
     BookTop,
     CommissionRate,
     DepthSnapshot,
@@ -304,6 +305,7 @@ class BinanceClient(RestCore):
     # The v2 paths, set on the client once the exchange answers 404 on the v3 ones.
     _position_v2 = False
     _account_v2 = False
+    _no_algo_service = False   # set once GET openAlgoOrders answers 404
 
     def __repr__(self) -> str:  # never shows the key or the secret
         return f"BinanceClient({self.rest_url!r}, signed={self._api_secret is not None})"
@@ -428,6 +430,21 @@ class BinanceClient(RestCore):
     async def open_orders(self, symbol: str) -> list[OrderInfo]:
         data = await self._request(ep.OPEN_ORDERS, {"symbol": symbol})
         return _read_rows(data, OrderInfo.from_api, "GET openOrders")
+
+    async def open_algo_orders(self, symbol: str) -> list[AlgoOrderInfo]:
+        """The symbol's conditional orders waiting in the Algo Service (``openOrders`` lists none).
+        An exchange that answers 404 has no Algo Service, so no such orders: none, and not asked again."""
+        if self._no_algo_service:
+            return []
+        try:
+            data = await self._request(ep.OPEN_ALGO_ORDERS, {"symbol": symbol})
+        except BinanceError as exc:
+            if exc.http_status != 404:
+                raise
+            log.info("GET openAlgoOrders answered 404: no Algo Service, so no conditional orders to count")
+            self._no_algo_service = True
+            return []
+        return _read_rows(data, AlgoOrderInfo.from_api, "GET openAlgoOrders")
 
     async def batch_place(
         self, orders: Sequence[OrderRequest], *, wait: bool = True, risk: bool = False

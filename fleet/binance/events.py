@@ -230,6 +230,27 @@ class MarginCall:
 
 
 @dataclass(frozen=True, slots=True)
+class AlgoUpdate:
+    """``ALGO_UPDATE``: a conditional order of the Algo Service changed status (``NEW``, ``CANCELED``,
+    ``TRIGGERING``, ``TRIGGERED``, ``FINISHED``, ``REJECTED``, ``EXPIRED``). Once triggered, ``order_id``
+    (``ai``) is the id of the order it sent to the book; ``close_position`` orders carry no quantity."""
+
+    event_time: int
+    transaction_time: int
+    symbol: str
+    algo_id: int
+    client_algo_id: str
+    side: Side
+    order_type: str
+    quantity: Decimal
+    status: str
+    reduce_only: bool
+    close_position: bool
+    order_id: int | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class RawEvent:
     """An event type the client does not know: passed through untouched, and counted."""
 
@@ -245,5 +266,6 @@ UserEvent = (
     | TradeLite
     | ListenKeyExpired
     | MarginCall
+    | AlgoUpdate
     | RawEvent
 )

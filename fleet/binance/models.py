@@ -190,6 +190,45 @@ class OrderInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class AlgoOrderInfo:
+    """One conditional order as ``GET /fapi/v1/openAlgoOrders`` lists it (the Algo Service's orders
+    wait outside the book: ``openOrders`` does not show them). ``quantity`` is 0 for a close-position
+    order."""
+
+    symbol: str
+    algo_id: int
+    client_algo_id: str
+    side: Side
+    order_type: str
+    quantity: Decimal
+    status: str
+    reduce_only: bool
+    close_position: bool
+    update_time: int
+
+    @classmethod
+    def from_api(cls, obj: Mapping[str, Any]) -> "AlgoOrderInfo":
+        try:
+            quantity = exchange_decimal(obj.get("quantity"))
+            if quantity < 0:
+                raise ValueError(f"quantity below 0: {quantity}")
+            return cls(
+                symbol=str(obj["symbol"]),
+                algo_id=int(obj["algoId"]),
+                client_algo_id=str(obj.get("clientAlgoId", "")),
+                side=enums.side(obj["side"]),
+                order_type=str(obj.get("orderType", "")),
+                quantity=quantity,
+                status=str(obj["algoStatus"]),
+                reduce_only=_bool(obj.get("reduceOnly", False)),
+                close_position=_bool(obj.get("closePosition", False)),
+                update_time=int(obj.get("updateTime") or obj.get("createTime") or 0),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed algo order object from exchange: {exc!r} in {dict(obj)!r}") from exc
+
+
+@dataclass(frozen=True, slots=True)
 class PositionInfo:
     """The exchange's view of one symbol's (one-way mode) position.
 

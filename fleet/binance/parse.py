@@ -18,6 +18,7 @@ from . import enums
 from .events import (
     AccountUpdate,
     AggTrade,
+    AlgoUpdate,
     BalanceUpdate,
     BookTicker,
     ContractInfo,
@@ -301,12 +302,41 @@ def _margin_call(e: dict[str, Any]) -> MarginCall:
     )
 
 
+def _algo_update(e: dict[str, Any]) -> AlgoUpdate:
+    o = e["o"]
+    ai = o.get("ai")
+    quantity = _od(o.get("q"))
+    if quantity < 0:
+        raise FrameError(f"ALGO_UPDATE quantity below 0: {o.get('q')!r}")
+    return AlgoUpdate(
+        event_time=int(e["E"]),
+        transaction_time=int(e.get("T", 0)),
+        symbol=str(o["s"]),
+        algo_id=int(o["aid"]),
+        client_algo_id=str(o.get("caid", "")),
+        side=enums.side(o["S"]),
+        order_type=str(o.get("o", "")),
+        quantity=quantity,
+        status=str(o["X"]),
+        reduce_only=_flag(o.get("R", False)),
+        close_position=_flag(o.get("cp", False)),
+        order_id=int(ai) if ai not in (None, "") else None,
+        reason=str(o.get("rm", "")),
+    )
+
+
+def _flag(value: Any) -> bool:
+    """A boolean field the exchange may send as JSON ``true`` or as the string ``"true"``."""
+    return value.lower() == "true" if isinstance(value, str) else bool(value)
+
+
 _USER: dict[str, Callable[[dict[str, Any]], UserEvent]] = {
     "ORDER_TRADE_UPDATE": _order_update,
     "ACCOUNT_UPDATE": _account_update,
     "TRADE_LITE": _trade_lite,
     "listenKeyExpired": _listen_key_expired,
     "MARGIN_CALL": _margin_call,
+    "ALGO_UPDATE": _algo_update,
 }
 
 

@@ -398,7 +398,8 @@ class UserStream(_FrameStream):
         super().__init__([url_for(ws_url, layout=layout, listen_key=listen_key, events=events)], parse_user, **kwargs)
 
     def keep_only(self, symbol: str, on_foreign: Callable[[], None] | None = None) -> None:
-        """Skip, unparsed, the order events of other symbols (``ORDER_TRADE_UPDATE``, ``TRADE_LITE``).
+        """Skip, unparsed, the order events of other symbols (``ORDER_TRADE_UPDATE``, ``TRADE_LITE``,
+        ``ALGO_UPDATE``).
 
         An account's user stream carries every symbol's orders; an agent trading one of ten symbols
         on the account would parse and queue ten frames for each of its own. A skipped frame still
@@ -425,7 +426,7 @@ def _order_symbol(item: Any) -> str | None:
     if not isinstance(item, dict):
         return None
     kind = item.get("e")
-    if kind == "ORDER_TRADE_UPDATE":
+    if kind in ("ORDER_TRADE_UPDATE", "ALGO_UPDATE"):
         order = item.get("o")
         symbol = order.get("s") if isinstance(order, dict) else None
     elif kind == "TRADE_LITE":

@@ -17,7 +17,7 @@ import pytest
 from agents.core import AgentCore
 from agents.ledger import LiveOrder
 from agents.orders import Amend, Cancel, Place
-from fleet.binance.events import BUY, SELL
+from fleet.binance.events import BUY, SELL, AlgoUpdate
 
 from .test_core_support import (
     SYMBOL,
@@ -74,6 +74,11 @@ def busy_core() -> AgentCore:
     core.on_event(funding_fee("-0.25", t=136_000), 136_000)
     core.on_event(funding_fee("-0.5", t=137_000, symbol=None), 137_000)
     core.on_event(mark(2990.0, t=138_000, rate=0.0004), 138_000)  # a loss: a drawdown below the peak
+    # another hand's conditional order waiting, and one whose triggered order the ledger has not heard of yet
+    core.on_event(AlgoUpdate(138_500, 138_500, SYMBOL, 41, "desk-stop", BUY, "STOP_MARKET", D("0.004"), "NEW",
+                             False, False), 138_500)
+    core.on_event(AlgoUpdate(138_600, 138_600, SYMBOL, 42, "desk-tp", SELL, "TAKE_PROFIT_MARKET", D("0.003"),
+                             "TRIGGERED", True, False, 8_000), 138_600)
     # a figure, then a trade of its millisecond it does not account for: unplaced (the last user frame)
     core.on_event(account_update(21, 3000.0, t=139_000), 139_000)
     oid_ask = acked.index(ask) + 1
@@ -109,6 +114,7 @@ def observed(core: AgentCore) -> dict:
         "window": (s.price_stddev_30m(), s.price_window_span_ms(), s.market.window_samples),
         "funding": (s.funding_rate_estimate, s.predicted_funding, s.funding_pnl, s.funding_lookup_start()),
         "counters": (dict(s.rejects), s.stale_updates, s.foreign_events, s.wallet_balance),
+        "algos": (dict(s.ledger.algos.open), s.ledger.algos.buy_steps, s.ledger.algos.sell_steps),
         "guard": (g.state, g.halt_reason, g.reduce_only_mode, dict(g.refusals), g.approved),
         "grinding": (list(e.times), e.next_check_ms, e.count_total, e.cost_saved, e.active, e.last_skip),
         "drawdown_bands": (d.acted, d.last_action_ms, d.plans),
@@ -118,6 +124,7 @@ def observed(core: AgentCore) -> dict:
 
 def test_the_busy_core_has_something_in_every_part():
     st = observed(busy_core())
+    assert set(st["algos"][0]) == {41, 42} and st["algos"][1:] == (4, 3)
     assert st["unplaced"] and list(st["closed"]) == ["mm-ETHUSDC-e1-999"] and len(st["orders"]) >= 5
     assert st["pending"][0] > 0 and st["position"][0] == 21 and st["pnl"][0] == 0.5 and st["pnl"][1] == 0.01
     assert st["drawdown"][0] > 0 and st["window"][2] > 100 and st["funding"][2] == -0.25

@@ -795,6 +795,91 @@ async def test_an_order_another_tool_rests_on_the_symbol_is_said_counted_and_can
     assert (await exchange.state())["open_orders"] == []
 
 
+async def test_another_hands_conditional_orders_count_in_the_worst_case_until_they_reach_the_book(
+        make_agent, exchange):
+    """Binance keeps STOP and TAKE_PROFIT orders in its Algo Service, outside the book: openOrders does
+    not list them. Another hand's stop on the symbol counts in the worst case (read at the start from
+    openAlgoOrders, then from ALGO_UPDATE frames), so the ladder's bids make room for it; once it
+    triggers, its fill is in the position and the position plus the bids still fit the cap at the
+    exchange. A stop leaves the other hand's conditional orders, as the exchange's cancel-all does."""
+    params = SymbolParams(base=BaseParams(base_size=0.05))   # big layers: the stop takes most of the room
+    cap = Decimal(str(params.worst_cap))
+    mid = Decimal((await exchange.state())["markets"][SYMBOL]["mark_price"])
+    stop_qty = (cap * Decimal("0.6")).quantize(Decimal("0.001"))
+
+    async def stop_order(side: str, qty: Decimal, pct: float) -> int:
+        async with SimClient.for_sim(exchange.sim) as c:
+            placed = await c.signed("POST", "/fapi/v1/algoOrder", {
+                "algoType": "CONDITIONAL", "symbol": SYMBOL, "side": side, "type": "STOP_MARKET",
+                "quantity": str(qty), "triggerPrice": f"{mid * Decimal(str(1 + pct)):.2f}"})
+            assert placed.status == 200, placed.json
+            return int(placed.json["algoId"])
+
+    def algos(st: dict, side: str) -> Decimal:
+        return sum((Decimal(a["quantity"]) for a in st["open_algo_orders"] if a["side"] == side), Decimal(0))
+
+    buy_stop = await stop_order("BUY", stop_qty, 0.004)   # waiting before the start: listed by the snapshot
+    agent = await make_agent(params)
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    assert agent.counters["foreign_orders"] == 1
+    await stop_order("SELL", Decimal("0.020"), -0.05)   # placed while it quotes: its ALGO_UPDATE frame
+
+    async def counted() -> bool:
+        st = await exchange.state()
+        if not await in_sync(agent, exchange):
+            return False
+        ex = agent.exposure()
+        return Decimal(str(ex["worst_long"])) == worst_long(st) + algos(st, "BUY") \
+            and Decimal(str(ex["worst_short"])) == worst_short(st) - algos(st, "SELL")
+
+    await wait_for(counted, 10, "both stops counted as the exchange holds them", explain=lambda: describe(agent, exchange))
+    st = await exchange.state()
+    assert worst_long(st) + algos(st, "BUY") <= cap, "the bids did not make room for the stop"
+    assert agent.counters["foreign_orders"] == 2
+    await exchange.post("/sim/market/freeze", {"frozen": False, "symbol": SYMBOL})   # a frozen market triggers none
+    await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": 0.6})   # the BUY stop triggers: bought
+
+    async def triggered() -> bool:
+        return algos(await exchange.state(), "BUY") == 0 and await in_sync(agent, exchange)
+
+    await wait_for(triggered, 10, "sync after the trigger", explain=lambda: describe(agent, exchange))
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
+    await wait_for(lambda: in_sync(agent, exchange), 10, "sync, frozen", explain=lambda: describe(agent, exchange))
+    st = await exchange.state()
+    assert not agent.core.store.ledger.algos.open.keys() - {a["algoId"] for a in st["open_algo_orders"]}
+    async with SimClient.for_sim(exchange.sim) as c:
+        done = (await c.signed("GET", "/fapi/v1/algoOrder", {"algoId": str(buy_stop)})).json
+    assert done["algoStatus"] == "FINISHED" and Decimal(done["actualQty"]) == stop_qty, done
+    assert worst_long(st) <= cap and Decimal(str(agent.exposure()["worst_long"])) == worst_long(st)
+    await agent.stop()
+    st = await exchange.state()
+    assert st["open_orders"] == [] and algos(st, "SELL") == Decimal("0.020")
+
+
+async def test_a_conditional_order_whose_frame_was_lost_is_counted_by_the_reconciliation(make_agent, exchange):
+    """Its ALGO_UPDATE arrives as garbage (logged, counted, skipped): the reconciliation's listing of
+    openAlgoOrders counts it, and a repair says so; once cancelled it stops counting."""
+    agent = await make_agent(runtime=FAST.model_copy(update={"reconcile_interval_sec": 0.2, "reconcile_position_every": 2}))
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    await exchange.post("/sim/fault/frame", {"stream": "user", "mode": "garbage", "event": "ALGO_UPDATE", "count": 1})
+    mid = Decimal((await exchange.state())["markets"][SYMBOL]["mark_price"])
+    async with SimClient.for_sim(exchange.sim) as c:
+        placed = await c.signed("POST", "/fapi/v1/algoOrder", {
+            "algoType": "CONDITIONAL", "symbol": SYMBOL, "side": "SELL", "type": "STOP_MARKET", "quantity": "0.030",
+            "triggerPrice": f"{mid * Decimal('0.9'):.2f}"})
+        assert placed.status == 200, placed.json
+    algo_id = int(placed.json["algoId"])
+    await wait_for(lambda: algo_id in agent.core.store.ledger.algos.open, 10, "counted by the reconciliation")
+    assert agent.status()["last_reconcile_repair"]["kind"] == "algo_untracked"
+    assert agent.status()["counters"]["malformed_frames"] == 1
+    assert Decimal(str(agent.exposure()["worst_short"])) <= worst_short(await exchange.state()) - Decimal("0.030")
+    async with SimClient.for_sim(exchange.sim) as c:
+        assert (await c.signed("DELETE", "/fapi/v1/algoOrder", {"algoId": str(algo_id)})).status == 200
+    await wait_for(lambda: not agent.core.store.ledger.algos.open, 10, "its CANCELED frame: no longer counted")
+
+
 async def test_halt_resume_flatten_calls(make_agent, exchange, tmp_path):
     await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "-0.040"})
     agent = await make_agent()

@@ -342,13 +342,14 @@ async def test_unsigned_client_refuses_signed_calls_before_sending(sim):
         assert "secret" not in repr(anon)
 
 
-async def test_v2_fallback_when_v3_paths_are_missing(sim):
-    """A loopback proxy in front of the simulator answers 404 on /fapi/v3 (as an older deployment would)."""
+async def test_v2_fallback_when_v3_paths_are_missing_and_no_algo_service(sim):
+    """A loopback proxy in front of the simulator answers 404 on /fapi/v3 and on the Algo Service's
+    routes (as an older deployment would): the v2 paths are used, and no conditional orders exist."""
     import aiohttp
     from aiohttp import web
 
     async def forward(request: web.Request) -> web.Response:
-        if request.path.startswith("/fapi/v3/"):
+        if request.path.startswith("/fapi/v3/") or request.path == "/fapi/v1/openAlgoOrders":
             return web.json_response({"code": -5000, "msg": f"Path {request.path}, Method GET is invalid"}, status=404)
         headers = {k: v for k, v in request.headers.items() if k in ("X-MBX-APIKEY", "Content-Type")}
         url = sim.rest_url + request.path + ("?" + request.rel_url.raw_query_string if request.query_string else "")
@@ -375,6 +376,10 @@ async def test_v2_fallback_when_v3_paths_are_missing(sim):
             assert (old.position_api, new.position_api) == ("v2", "v3")
             assert "totalWalletBalance" in await old.account()
             assert any(b["asset"] == "USDC" for b in await old.balance())
+            assert await old.open_algo_orders(SYMBOL) == []
+            sent = old.requests_sent
+            assert await old.open_algo_orders(SYMBOL) == [] and old.requests_sent == sent   # not asked again
+            assert await new.open_algo_orders(SYMBOL) == []   # the simulator has the service: none open
     finally:
         await runner.cleanup()
 
