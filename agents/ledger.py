@@ -30,6 +30,12 @@ from fleet.config import SymbolParams
 from .algos import OtherAlgos
 from .orders import Amend, Cancel, OrderReason, Place
 
+# The listing's time is this host's estimate of the exchange's clock, which may run up to about a
+# second ahead unnoticed (the exchange refuses a timestamp only 1,000 ms ahead): an order changed
+# within this much before it may have changed after the exchange read its book, so a listing that
+# lacks it does not close it (the reconciliation looks it up instead).
+LISTING_MARGIN_MS = 1_000
+
 # How soon a cancel answered ambiguously is sent again (see ``LiveOrder.cancel_retry_due``): one
 # weight per retry (a batch of up to 10 cancels also weighs 1) while the order may still rest.
 CANCEL_RETRY_MS = 500
@@ -545,15 +551,17 @@ class OrderLedger:
         """A REST snapshot's open orders (this symbol's) are the truth: orders it lacks are closed (on
         inference: a later frame reopens them), except new ones sent within ``grace_ms``, those of an
         unsettled ambiguous answer and those changed since ``listed_at_ms`` (when the listing was asked
-        for, exchange time); listed ones are applied (and reopened if closed here)."""
+        for, exchange time as estimated here: ``LISTING_MARGIN_MS`` earlier); listed ones are applied
+        (and reopened if closed here)."""
         snap = [o for o in listed if getattr(o, "symbol", self.symbol) == self.symbol]
         present_cids = {o.client_order_id for o in snap}
         present_ids = {int(o.order_id) for o in snap}
+        ref_ms = now_ms if listed_at_ms is None else min(now_ms, listed_at_ms)
         for o in list(self.orders.values()):
             if o.client_order_id in present_cids or (o.order_id is not None and o.order_id in present_ids):
                 continue
-            if o.status == PENDING_NEW and (now_ms - o.sent_ms <= grace_ms or o.unknown_ms is not None) \
-                    or listed_at_ms is not None and o.key[0] >= listed_at_ms:
+            if o.status == PENDING_NEW and (ref_ms - o.sent_ms <= grace_ms or o.unknown_ms is not None) \
+                    or listed_at_ms is not None and o.key[0] >= listed_at_ms - LISTING_MARGIN_MS:
                 continue
             o.status = MISSING
             o.inferred = True

@@ -291,7 +291,10 @@ class Store:
 
     def on_lookup(self, client_order_id: str, info: OrderInfo | None, now_ms: int, window_ms: int) -> str:
         """The answer to a look-up by client order id: "found", "pending", "never_placed" or "gone"."""
-        return self.ledger.on_lookup(client_order_id, info, now_ms, window_ms)
+        outcome = self.ledger.on_lookup(client_order_id, info, now_ms, window_ms)
+        if info is not None:
+            self._fills_inside_figure(info)
+        return outcome
 
     def adopt(self, info: OrderInfo) -> bool:
         """An order the exchange lists as open: True if it was not counted here, and it counts now."""
@@ -299,7 +302,20 @@ class Store:
 
     def on_order_info(self, info: OrderInfo) -> bool:
         """A REST answer (place/modify/cancel/query): an order object with Binance's REST fields."""
-        return self.ledger.on_order_info(info)
+        changed = self.ledger.on_order_info(info)
+        if changed:
+            self._fills_inside_figure(info)
+        return changed
+
+    def _fills_inside_figure(self, info: OrderInfo) -> None:
+        """A REST answer told of fills whose trade frames never came (a frame lost or refused): those no
+        later than the exchange's position figure are inside it, and stop counting as pending, as a
+        snapshot books them (``OrderLedger.book_known_fills``); later ones count until a frame or a
+        newer figure places them."""
+        o = self.ledger.find(info.client_order_id, int(info.order_id))
+        if o is not None and o.booked_steps < o.filled_steps and o.key[0] <= self.position_book.position_time:
+            o.booked_steps = o.filled_steps
+            self.ledger.refresh(o)
 
     # ------------------------------------------------------------------ stream events
 

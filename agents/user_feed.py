@@ -137,7 +137,25 @@ class UserFeed:
                     return   # the key the new stream uses too: that stream says it, and is handled then
                 a.counters["listen_key_expired"] += 1
                 raise _ListenKeyGone("listenKeyExpired: new key and resync")
-            self.on_event(ev)
+            try:
+                self.on_event(ev)
+            except Exception as exc:  # noqa: BLE001 - one event must not end the feed: logged, counted, repaired
+                self._not_applied(stream, ev, exc)
+
+    def _not_applied(self, stream: UserStream, ev: Any, exc: Exception) -> None:
+        """An event that parsed but could not be applied (a value the store cannot take): counted with
+        the malformed frames, said, and the store made the exchange's truth again by a resync (what it
+        applied of the event before it failed is not known to be whole)."""
+        a = self.agent
+        stream.malformed += 1
+        a.log.event("user_event_failed", f"a user stream {type(ev).__name__} could not be applied ({exc!r:.300}): "
+                    f"skipped, and the store is read again from the exchange", level=logging.ERROR)
+        if not a.stopping:
+            a.tasks.spawn(self._resync_after_failure(), "resync-after-bad-event")
+
+    async def _resync_after_failure(self) -> None:
+        with contextlib.suppress(Exception):   # a failed resync is counted, said and retried by the starter
+            await self.agent.starter.resync()
 
     def _foreign(self) -> None:
         self.agent.counters["foreign_events"] += 1

@@ -55,6 +55,9 @@ def unwrap(obj: Any) -> Any:
     return obj
 
 
+MAX_EXPONENT = 30   # no quantity, price or amount of an exchange frame is beyond 10^30 or below 10^-30
+
+
 def _d(value: Any) -> Decimal:
     if value is None:
         raise FrameError("missing decimal value")
@@ -62,9 +65,16 @@ def _d(value: Any) -> Decimal:
         d = Decimal(value) if isinstance(value, str) else Decimal(str(value))
     except InvalidOperation as exc:
         raise FrameError(f"not a decimal: {value!r}") from exc
-    if not d.is_finite():
-        raise FrameError(f"not a finite decimal: {value!r}")
+    if not d.is_finite() or not -MAX_EXPONENT <= d.adjusted() <= MAX_EXPONENT:
+        raise FrameError(f"not a finite decimal of a sane size: {value!r:.60}")
     return d
+
+
+def _text(value: Any, name: str) -> str:
+    """A string field (a symbol, a client order id): anything else is a bad frame, not a name."""
+    if not isinstance(value, str):
+        raise FrameError(f"{name} is not a string: {type(value).__name__}")
+    return value
 
 
 def _f(value: Any) -> float:
@@ -184,8 +194,8 @@ def _order_update(e: dict[str, Any]) -> OrderUpdate:
     return OrderUpdate(
         event_time=int(e["E"]),
         transaction_time=int(e.get("T", 0)),
-        symbol=o["s"],
-        client_order_id=o["c"],
+        symbol=_text(o["s"], "o.s"),
+        client_order_id=_text(o["c"], "o.c"),
         side=enums.side(o["S"]),
         order_type=enums.order_type(o["o"]),
         time_in_force=enums.time_in_force(o.get("f", "")),
@@ -272,8 +282,8 @@ def _trade_lite(e: dict[str, Any]) -> TradeLite:
     return TradeLite(
         event_time=int(e["E"]),
         transaction_time=int(e.get("T", 0)),
-        symbol=e["s"],
-        client_order_id=e["c"],
+        symbol=_text(e["s"], "s"),
+        client_order_id=_text(e["c"], "c"),
         order_id=int(e["i"]),
         side=enums.side(e["S"]),
         orig_qty=_d(e["q"]),
@@ -311,9 +321,9 @@ def _algo_update(e: dict[str, Any]) -> AlgoUpdate:
     return AlgoUpdate(
         event_time=int(e["E"]),
         transaction_time=int(e.get("T", 0)),
-        symbol=str(o["s"]),
+        symbol=_text(o["s"], "o.s"),
         algo_id=int(o["aid"]),
-        client_algo_id=str(o.get("caid", "")),
+        client_algo_id=_text(o.get("caid", ""), "o.caid"),
         side=enums.side(o["S"]),
         order_type=str(o.get("o", "")),
         quantity=quantity,

@@ -311,6 +311,44 @@ def test_a_snapshot_does_not_close_orders_acknowledged_after_its_listing_was_ask
     assert_pending_consistent(store)
 
 
+def test_a_snapshot_keeps_orders_changed_within_the_clock_margin_before_its_listing(store):
+    """The listing's time is this host's estimate of the exchange's clock, which may run ahead by up to
+    a second unnoticed: an order acknowledged 20 ms before it by that estimate may have landed after the
+    exchange read its book. It stays counted (the reconciliation looks it up); one from a second
+    earlier is closed. A new order in flight counts its grace from the listing, not from the end of the
+    snapshot's reads."""
+    store.on_sent(place("landed"), 1_000)
+    store.apply(order_update("landed", 5, BUY, 300_000, 7, t=4_980))
+    store.on_sent(place("gone"), 1_000)
+    store.apply(order_update("gone", 6, BUY, 299_000, 4, t=3_999))
+    store.on_sent(place("in-flight", SELL, 301_000, 3), 4_000)
+    store.reset_from_snapshot(position_info(0, 0.0, 5_050), [], now_ms=10_500, in_flight_grace_ms=6_000,
+                              listed_at_ms=5_000)
+    assert store.get("gone").status == MISSING
+    assert store.get("landed").status != MISSING and store.pending_buy_steps == 7
+    assert store.get("in-flight").status == PENDING_NEW and store.pending_sell_steps == 3
+    assert_pending_consistent(store)
+
+
+def test_fills_a_rest_answer_tells_of_at_or_before_the_position_figure_are_inside_it(store):
+    """The fill frame of "a" was lost; the snapshot's position (as of 5,000) holds its fill, and the
+    look-up that follows finds it FILLED at 4,000: inside the figure, not pending on top of it. A fill
+    a REST answer reports after the figure counts until a frame or a newer figure places it."""
+    store.on_sent(place("a", steps=7), 1_000)
+    store.apply(order_update("a", 1, BUY, 300_000, 7, t=1_001))
+    store.on_sent(place("b", steps=5), 1_000)
+    store.apply(order_update("b", 2, BUY, 299_000, 5, t=1_001))
+    store.reset_from_snapshot(position_info(7, 3000.0, 5_000), [order_info("b", 2, BUY, 299_000, 5, t=1_001)],
+                              now_ms=5_100, listed_at_ms=4_990)
+    store.on_lookup("a", order_info("a", 1, BUY, 300_000, 7, status="FILLED", executed_steps=7, avg_ticks=300_000,
+                                    t=4_000), 9_000, 6_000)
+    assert (store.position_steps, store.pending_buy_steps) == (7, 5)
+    store.on_order_info(order_info("b", 2, BUY, 299_000, 5, status="FILLED", executed_steps=5, avg_ticks=299_000,
+                                   t=6_000))
+    assert (store.position_steps, store.pending_buy_steps) == (7, 5)   # after the figure: still pending
+    assert_pending_consistent(store)
+
+
 def test_after_a_snapshot_late_trade_frames_are_not_counted_twice(store):
     snap = [order_info("a", 7, BUY, 300_000, 10, status="PARTIALLY_FILLED", executed_steps=3, avg_ticks=300_000, t=4_000)]
     store.reset_from_snapshot(position_info(3, 3000.0, 4_000), snap, now_ms=5_000)

@@ -880,6 +880,37 @@ async def test_a_conditional_order_whose_frame_was_lost_is_counted_by_the_reconc
     await wait_for(lambda: not agent.core.store.ledger.algos.open, 10, "its CANCELED frame: no longer counted")
 
 
+async def test_a_user_event_that_cannot_be_applied_is_counted_said_and_repaired_by_a_resync(
+        make_agent, exchange, caplog, monkeypatch):
+    """The parser refuses what it can tell is wrong; an event it passes that the store still cannot take
+    (here the core made to fail on the first fill, the one way to reach it with a parser that holds)
+    must not end the user stream's loop, which would pull every quote and start over: it is counted
+    with the malformed frames, said, and the store is read again from the exchange."""
+    caplog.set_level(logging.INFO, logger="mmfleet.agent")
+    agent = await make_agent()
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    core, resyncs, failed = agent.core, agent.counters["resyncs"], []
+    applied = core.on_event
+
+    def fails_once(ev, now_ms):
+        if not failed and getattr(ev, "exec_type", None) == "TRADE":
+            failed.append(ev)
+            raise ArithmeticError("a value the store cannot take")
+        return applied(ev, now_ms)
+
+    monkeypatch.setattr(core, "on_event", fails_once)
+    await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": -0.3})   # bids fill
+    await wait_for(lambda: agent.counters["resyncs"] > resyncs, 10, "a resync after the event that failed")
+    await wait_for(lambda: in_sync(agent, exchange), 10, "the store the exchange's truth again",
+                   explain=lambda: describe(agent, exchange))
+    assert failed and agent.status()["counters"]["malformed_frames"] == 1
+    said = [r for r in caplog.records if getattr(r, "event", None) == "user_event_failed"]
+    assert len(said) == 1 and said[0].levelno == logging.ERROR and "ArithmeticError" in said[0].getMessage()
+    assert not [r for r in caplog.records if getattr(r, "event", None) == "task_failed"]
+    assert agent.status()["state"] == "quoting"
+
+
 async def test_halt_resume_flatten_calls(make_agent, exchange, tmp_path):
     await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "-0.040"})
     agent = await make_agent()

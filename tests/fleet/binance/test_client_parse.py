@@ -147,6 +147,18 @@ def test_missing_or_bad_fields_raise_frame_error_naming_the_event():
         parse_user([1, 2])
 
 
+
+@pytest.mark.parametrize("field, value", [("c", 12345), ("c", None), ("s", ["ETHUSDC"]), ("q", "1e999999"),
+                                          ("p", "1E-400"), ("z", 1e40)])
+def test_a_field_of_the_wrong_kind_or_an_absurd_size_is_a_bad_frame_not_a_value(field, value):
+    """Read as a value it would fail where the store applies it (a client order id that is a number,
+    a quantity past any decimal context), after part of the frame was booked: the parser refuses it."""
+    bad = orjson.loads(ORDER_FILL)
+    bad["o"][field] = value
+    with pytest.raises(FrameError, match=f"o.{field} is not a string|sane size"):
+        parse_user(bad)
+
+
 @pytest.mark.parametrize("frame, field", [(BOOK, "b"), (BOOK, "A"), (MARK, "p"), (MARK, "r"), (AGG, "p"), (DEPTH, "b")])
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-inf", "1e999"])
 def test_a_price_size_or_rate_that_is_not_a_finite_number_is_a_bad_frame(frame, field, value):
