@@ -238,6 +238,11 @@ class Position:
 
     # ------------------------------------------------------------------ the exchange's figures
 
+    def holds(self, t: int) -> bool:
+        """Whether the exchange's position figure holds every fill of time ``t``: one older than it, or
+        of its millisecond when it holds the whole millisecond (a snapshot)."""
+        return t < self.position_time or t == self.position_time and self._figure_closes_ms
+
     def set_figure(self, fig_steps: int, entry_price: Decimal, t: int, snapshot: bool = False) -> bool:
         """The exchange's position figure as of ``t``: a stream figure (ACCOUNT_UPDATE) as of its
         frame's time (a later figure of the same millisecond is newer), or a snapshot holding its

@@ -125,8 +125,10 @@ class Starter:
         # then listed open and inside the position (counted twice, the safe side) instead of neither.
         listed_at = a.exchange_ms()
         before = core.store.position_steps
+        # other hands' conditional orders first (agents/algos.py): one triggered between the reads is
+        # then in the open orders or the position, never in none
+        algos = await client.open_algo_orders(a.symbol)
         orders = await client.open_orders(a.symbol)
-        algos = await client.open_algo_orders(a.symbol)   # other hands' conditional orders (agents/algos.py)
         position = await client.position(a.symbol)
         wallet = await self._wallet_balance()
         # The user events buffered meanwhile are applied next by the consumer, in order; the store

@@ -44,14 +44,14 @@ from fleet.binance.filters import SymbolFilters
 from fleet.binance.models import AlgoOrderInfo, OrderInfo
 from fleet.config import SymbolParams
 
-from .algos import steps_of as algo_steps
+from .algos import heard_of, steps_of as algo_steps
 from .funding import (
     FUNDING_LOOKBACK_MS,
     FUNDING_LOOKUP_HORIZON_MS,
     FUNDING_MATCH_MS,
     FundingBook,
 )
-from .ledger import MISSING, MODIFY_LIMIT_CODE, PENDING_NEW, REJECTED, LiveOrder, OrderLedger
+from .ledger import LISTING_MARGIN_MS, MISSING, MODIFY_LIMIT_CODE, PENDING_NEW, REJECTED, LiveOrder, OrderLedger
 from .market import SAMPLE_MS, WINDOW_MS, MarketState
 from .orders import Amend, Cancel, Place
 from .position import BOOKED_ALL, Position
@@ -293,29 +293,24 @@ class Store:
         """The answer to a look-up by client order id: "found", "pending", "never_placed" or "gone"."""
         outcome = self.ledger.on_lookup(client_order_id, info, now_ms, window_ms)
         if info is not None:
-            self._fills_inside_figure(info)
+            _fills_inside_figure(self, info)
         return outcome
 
     def adopt(self, info: OrderInfo) -> bool:
         """An order the exchange lists as open: True if it was not counted here, and it counts now."""
-        return self.ledger.adopt(info)
+        newly = self.ledger.adopt(info)
+        if newly and self.ledger.algos.open:
+            self.ledger.algos.on_order(self.ledger, int(info.order_id))   # a triggered conditional order's
+        return newly
 
     def on_order_info(self, info: OrderInfo) -> bool:
         """A REST answer (place/modify/cancel/query): an order object with Binance's REST fields."""
         changed = self.ledger.on_order_info(info)
         if changed:
-            self._fills_inside_figure(info)
+            _fills_inside_figure(self, info)
+            if self.ledger.algos.open:
+                self.ledger.algos.on_order(self.ledger, int(info.order_id))
         return changed
-
-    def _fills_inside_figure(self, info: OrderInfo) -> None:
-        """A REST answer told of fills whose trade frames never came (a frame lost or refused): those no
-        later than the exchange's position figure are inside it, and stop counting as pending, as a
-        snapshot books them (``OrderLedger.book_known_fills``); later ones count until a frame or a
-        newer figure places them."""
-        o = self.ledger.find(info.client_order_id, int(info.order_id))
-        if o is not None and o.booked_steps < o.filled_steps and o.key[0] <= self.position_book.position_time:
-            o.booked_steps = o.filled_steps
-            self.ledger.refresh(o)
 
     # ------------------------------------------------------------------ stream events
 
@@ -357,8 +352,10 @@ class Store:
         """The symbol's conditional orders as ``GET openAlgoOrders`` listed them, asked at ``listed_at_ms``."""
         listed = [a for a in listed if a.symbol == self.symbol]
         step = self.filters.step_size
-        self.ledger.algos.sync_listing(listed, {a.algo_id: algo_steps(a.quantity, step) for a in listed}, listed_at_ms)
-        self.ledger.reset_pending()
+        led = self.ledger
+        led.algos.sync_listing(listed, {a.algo_id: algo_steps(a.quantity, step) for a in listed}, listed_at_ms,
+                               LISTING_MARGIN_MS, lambda order_id: heard_of(led, order_id))
+        led.reset_pending()
 
     def _on_mark(self, ev: MarkPrice) -> bool:
         if ev.symbol != self.symbol:
@@ -444,6 +441,8 @@ class Store:
         if self.position_book.unplaced:
             self._place_unplaced(t)
         self.ledger.book_known_fills(t)
+        if self.ledger.algos.open:
+            self.ledger.algos.on_figure(self.ledger, t)
         return True
 
     def _on_funding_fee(self, ev: FundingFee) -> bool:
@@ -525,3 +524,14 @@ class Store:
         # fills not booked keep counting as pending until a frame or a later figure places them.
         self.ledger.book_known_fills(self.position_book.position_time if position is not None else None)
         self.ledger.reset_pending()
+
+
+def _fills_inside_figure(store: Store, info: OrderInfo) -> None:
+    """A REST answer told of fills whose trade frames never came (a frame lost or refused): those the
+    exchange's position figure holds (older than it, or of its millisecond when it is a snapshot:
+    ``Position.holds``) stop counting as pending; later ones count until a frame or a newer figure
+    places them."""
+    o = store.ledger.find(info.client_order_id, int(info.order_id))
+    if o is not None and o.booked_steps < o.filled_steps and store.position_book.holds(o.key[0]):
+        o.booked_steps = o.filled_steps
+        store.ledger.refresh(o)

@@ -56,6 +56,7 @@ class UserFeed:
         self.liquidations_seen: set[int] = set()  # liquidation orders handled, from a frame or forceOrders
         self._new_key = asyncio.Event()  # the keepalive was refused: the consumer takes a new key
         self._foreign_said = -FOREIGN_SAY_S  # when an order of another hand was last said
+        self._resync_owed = False   # a resync after an event that could not be applied is on its way
 
     async def connect(self) -> None:
         self.stream = await self._open()
@@ -150,12 +151,15 @@ class UserFeed:
         stream.malformed += 1
         a.log.event("user_event_failed", f"a user stream {type(ev).__name__} could not be applied ({exc!r:.300}): "
                     f"skipped, and the store is read again from the exchange", level=logging.ERROR)
-        if not a.stopping:
+        if not a.stopping and not self._resync_owed:   # one owed at a time: a run of bad events, one resync
+            self._resync_owed = True
             a.tasks.spawn(self._resync_after_failure(), "resync-after-bad-event")
 
     async def _resync_after_failure(self) -> None:
-        with contextlib.suppress(Exception):   # a failed resync is counted, said and retried by the starter
-            await self.agent.starter.resync()
+        self._resync_owed = False   # from here a new failure owes another (this one may read before it)
+        if not self.agent.stopping:
+            with contextlib.suppress(Exception):   # a failed resync is counted, said and retried by the starter
+                await self.agent.starter.resync()
 
     def _foreign(self) -> None:
         self.agent.counters["foreign_events"] += 1

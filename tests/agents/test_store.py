@@ -348,6 +348,16 @@ def test_fills_a_rest_answer_tells_of_at_or_before_the_position_figure_are_insid
     assert (store.position_steps, store.pending_buy_steps) == (7, 5)   # after the figure: still pending
     assert_pending_consistent(store)
 
+    # a stream figure holds only the fills before it within its millisecond: the figure of ms 8,000 (a
+    # fill of another order of that ms); a REST answer tells of "d" filled in that ms too: still pending
+    store.on_sent(place("d", steps=4), 7_000)
+    store.apply(order_update("d", 4, BUY, 298_000, 4, t=7_001))
+    store.apply(account_update(12, 3000.0, t=8_000))   # "a" 7 and "b" 5
+    store.on_order_info(order_info("d", 4, BUY, 298_000, 4, status="FILLED", executed_steps=4, avg_ticks=298_000,
+                                   t=8_000))
+    assert (store.position_steps, store.pending_buy_steps) == (12, 4)   # "d" still pending
+    assert_pending_consistent(store)
+
 
 def test_after_a_snapshot_late_trade_frames_are_not_counted_twice(store):
     snap = [order_info("a", 7, BUY, 300_000, 10, status="PARTIALLY_FILLED", executed_steps=3, avg_ticks=300_000, t=4_000)]

@@ -13,7 +13,7 @@ from fleet.binance.models import AlgoOrderInfo
 from fleet.binance.parse import FrameError, parse_user
 
 from .test_core import started
-from .test_core_support import SYMBOL, eth_filters, order_update, position_info, seed_params
+from .test_core_support import SYMBOL, account_update, eth_filters, order_update, position_info, seed_params
 
 
 @pytest.fixture
@@ -81,15 +81,37 @@ def test_a_triggered_frame_after_its_orders_frame_ends_the_count_at_once(store):
     consistent(store)
 
 
-def test_a_listing_replaces_what_frames_said_but_not_a_frame_at_or_after_it(store):
-    store.apply(algo(1, "NEW", 10))                 # gone by the listing: its CANCELED frame lost
-    store.apply(algo(3, "NEW", 120, side=SELL))     # placed after the listing was asked for
-    store.reset_from_snapshot(position_info(0, 0.0, 100), [], 150, listed_at_ms=100,
-                              algo_orders=[listed(2, 90, qty="0.011"), listed(4, 80, status="TRIGGERED")])
-    assert set(store.ledger.algos.open) == {2, 3}
-    assert (store.pending_buy_steps, store.pending_sell_steps) == (11, 50)
+def test_a_listing_replaces_what_frames_said_but_not_a_word_near_or_after_it(store):
+    """The listing asked at 5,000 (this host's estimate of the exchange's clock: 1 s of doubt) is the
+    truth for what it lacks from before 4,000; an algo order heard of since then is kept, and so is a
+    triggered one whose book order the ledger has not heard of. One the listing dropped is counted
+    again by a later frame (never remembered as ended)."""
+    store.apply(algo(1, "NEW", 1_000))                 # gone by the listing: its CANCELED frame lost
+    store.apply(algo(3, "NEW", 4_500, side=SELL))      # placed just before the listing, by this host's clock
+    store.apply(algo(5, "NEW", 5_100, qty="0.002"))    # placed after the listing was asked for
+    store.apply(algo(6, "TRIGGERED", 3_000, qty="0.007", ai=9_006))   # its order not heard of yet
+    store.reset_from_snapshot(position_info(0, 0.0, 5_000), [], 5_200, listed_at_ms=5_000,
+                              algo_orders=[listed(2, 900, qty="0.011"), listed(4, 800, status="TRIGGERED")])
+    assert set(store.ledger.algos.open) == {2, 3, 5, 6}
+    assert (store.pending_buy_steps, store.pending_sell_steps) == (11 + 2 + 7, 50)
     consistent(store)
-    assert not store.apply(algo(1, "NEW", 10))   # ended by the listing: a late frame does not bring it back
+    assert store.apply(algo(1, "TRIGGERING", 5_300))   # the listing missed it (a clock further off): counted again
+    assert store.pending_buy_steps == 11 + 2 + 7 + 50
+    consistent(store)
+
+
+def test_a_finished_order_counts_until_its_book_order_is_heard_of_or_a_later_figure_holds_it(store):
+    """FINISHED may come before the frames of the order it sent: it counts on until the ledger hears of
+    that order, or until a position figure later than its end (which holds its fills)."""
+    store.apply(algo(1, "NEW", 1_000))
+    store.apply(algo(1, "TRIGGERED", 2_000, ai=7_001))
+    store.apply(algo(1, "FINISHED", 2_001, ai=7_001))
+    assert store.pending_buy_steps == 50
+    store.apply(account_update(0, 0.0, t=2_001))   # a figure of its end's own millisecond: not yet
+    assert store.pending_buy_steps == 50
+    store.apply(account_update(50, 3000.0, t=2_002))
+    assert (store.position_steps, store.pending_buy_steps) == (50, 0)
+    consistent(store)
 
 
 def test_a_quantity_off_the_step_grid_is_rounded_up(store):
