@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Awaitable, Callable, TypeVar
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -376,7 +376,8 @@ class FleetApi:
         return {"fleet": self.cfg.name, "kill_states": kill.value}
 
     @api.get("/pnl", summary="P&L per symbol and fleet from the trade journal, split into spread, inventory, funding, fees")
-    async def pnl(self, creds: Credentials, since: int | None = None, symbol: str | None = None) -> dict[str, Any]:
+    async def pnl(self, creds: Credentials, since: int | None = None,
+                  symbol: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9]{2,30}$")] = None) -> dict[str, Any]:
         self._authorize(creds)
         from journal.db import make_engine, target_of
         from journal.pnl import compute

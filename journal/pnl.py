@@ -9,7 +9,10 @@ For a window (all of the journal, or from ``since``):
   spread capture = each fill's edge against the mid at fill time x its quantity (buy: mid - price,
   sell: price - mid); inventory = the rest of the trading P&L (the mark-to-market of what was
   held); funding; fees. The four add up to the total for every symbol, by construction, in exact
-  decimals. A fill the journal has only from the backfill (no mid recorded) counts with no edge:
+  decimals. Fees count in the symbol's quote asset (the asset its P&L is in); a fee paid in another
+  asset (BNB, with Binance's fee discount) is listed apart, per asset (``other_fees``), and not in the
+  total, as the agent counts it. Each account's position is replayed apart (a symbol moved to
+  another account, or two fleets' accounts in one journal). A fill the journal has only from the backfill (no mid recorded) counts with no edge:
   its P&L lands in inventory, and ``fills_without_mid`` says how many.
 """
 
@@ -52,6 +55,7 @@ class SymbolPnl:
     entry: Decimal = ZERO
     mark: Decimal | None = None
     fee_assets: set[str] = field(default_factory=set)
+    other_fees: dict[str, Decimal] = field(default_factory=dict)   # fees in another asset than the quote
 
     @property
     def trading(self) -> Decimal:
@@ -76,6 +80,7 @@ class SymbolPnl:
             "volume": f(self.volume), "position": f(self.position), "entry_price": f(self.entry),
             "mark": f(self.mark) if self.mark is not None else None,
             "fee_assets": sorted(self.fee_assets),
+            "other_fees": {a: f(v) for a, v in sorted(self.other_fees.items())},
         }
 
 
@@ -109,6 +114,19 @@ class _Book:
         return (mark - self.entry) * self.pos
 
 
+def _net(books: list[_Book]) -> _Book:
+    """Several accounts' books of one symbol as one: the net position, at the average entry of the
+    side it is on (each account's unrealized P&L is still summed from its own book)."""
+    if len(books) == 1:
+        return books[0]
+    net = _Book()
+    net.pos = sum((b.pos for b in books), ZERO)
+    same = [b for b in books if b.pos and (b.pos > 0) == (net.pos > 0)]
+    size = sum((abs(b.pos) for b in same), ZERO)
+    net.entry = sum((b.entry * abs(b.pos) for b in same), ZERO) / size if net.pos and size else ZERO
+    return net
+
+
 def compute(engine: Engine, *, since_ms: int | None = None, symbols: list[str] | None = None,
             fleet: str | None = None, account: str | None = None) -> dict[str, Any]:
     """The P&L report (JSON-ready): ``symbols`` per symbol, ``fleet`` summed, each with its split."""
@@ -123,7 +141,7 @@ def compute(engine: Engine, *, since_ms: int | None = None, symbols: list[str] |
         return q
 
     out: dict[str, SymbolPnl] = {}
-    books: dict[str, _Book] = {}
+    books: dict[tuple[str, str], _Book] = {}   # by (account, symbol): each account's own position
     start_marks: dict[str, Decimal | None] = {}
     last_marks: dict[str, tuple[int, Decimal]] = {}
     with engine.connect() as conn:
@@ -140,7 +158,7 @@ def compute(engine: Engine, *, since_ms: int | None = None, symbols: list[str] |
     for r in rows:
         sym = r["symbol"]
         p = out.setdefault(sym, SymbolPnl(sym))
-        book = books.setdefault(sym, _Book())
+        book = books.setdefault((r["account"], sym), _Book())
         price, qty = _d(r["price"]), _d(r["qty"])
         if since_ms is not None and r["ts_ms"] < since_ms:
             book.fill(r["side"], qty, price)
@@ -148,14 +166,18 @@ def compute(engine: Engine, *, since_ms: int | None = None, symbols: list[str] |
         if sym not in started:
             started.add(sym)
             mark0 = start_marks.get(sym) or (price if since_ms is not None else None)
-            p.unrealized_start = book.unrealized(mark0)
+            p.unrealized_start = sum((b.unrealized(mark0) for (_, s), b in books.items() if s == sym), ZERO)
         book.fill(r["side"], qty, price)
         p.fills += 1
         p.maker_fills += 1 if r["maker"] else 0
         p.realized += _d(r["realized_pnl"])
-        p.fees += _d(r["fee"])
-        if r["fee_asset"]:
-            p.fee_assets.add(r["fee_asset"])
+        asset = r["fee_asset"]
+        if asset and not sym.endswith(asset):   # not the quote asset: apart, not in the total
+            p.other_fees[asset] = p.other_fees.get(asset, ZERO) + _d(r["fee"])
+        else:
+            p.fees += _d(r["fee"])
+        if asset:
+            p.fee_assets.add(asset)
         p.volume += price * qty
         if r["mid"] is None:
             p.fills_without_mid += 1
@@ -171,14 +193,15 @@ def compute(engine: Engine, *, since_ms: int | None = None, symbols: list[str] |
             continue
         out.setdefault(f["symbol"], SymbolPnl(f["symbol"])).funding += _d(f["amount"])
     for sym, p in out.items():
-        book = books.get(sym) or _Book()
+        held = [b for (_, s), b in books.items() if s == sym]
+        book = _net(held)
         mark = last_marks.get(sym, (0, None))[1]
         if mark is None and book.pos != 0:
             mark = book.entry
         if sym not in started and since_ms is not None:
-            p.unrealized_start = book.unrealized(start_marks.get(sym) or mark)
+            p.unrealized_start = sum((b.unrealized(start_marks.get(sym) or mark) for b in held), ZERO)
         p.position, p.entry, p.mark = book.pos, book.entry, mark
-        p.unrealized = book.unrealized(mark)
+        p.unrealized = sum((b.unrealized(mark) for b in held), ZERO)
     total = SymbolPnl("fleet")
     for p in out.values():
         total.realized += p.realized
@@ -192,6 +215,8 @@ def compute(engine: Engine, *, since_ms: int | None = None, symbols: list[str] |
         total.fills_without_mid += p.fills_without_mid
         total.volume += p.volume
         total.fee_assets |= p.fee_assets
+        for asset, v in p.other_fees.items():
+            total.other_fees[asset] = total.other_fees.get(asset, ZERO) + v
     fleet_doc = total.as_dict()
     for k in ("position", "entry_price", "mark"):
         fleet_doc.pop(k, None)
@@ -214,4 +239,8 @@ def render(report: dict[str, Any]) -> str:
     for sym, d in report["symbols"].items():
         lines.append(line(sym, d))
     lines.append(line("FLEET", report["fleet"]))
+    other = report["fleet"].get("other_fees") or {}
+    if other:
+        lines.append("fees paid in other assets (not in the totals): "
+                     + ", ".join(f"{asset} {amount:.8f}" for asset, amount in other.items()))
     return "\n".join(lines)

@@ -42,6 +42,9 @@ AUDITED = frozenset({
     "delisting_scheduled", "delisting_exit", "delisting_cancelled", "cap_beyond_leverage", "funding_interval",
     "hedge_mode",
 })
+# what may have cost the user stream a fill: its trades are read again from a while before (``gap``)
+GAP_EVENTS = frozenset({"user_stream_lost", "user_event_failed"})
+GAP_LOOKBACK_MS = 300_000   # the stream's silence detection, a lost frame's age and the clocks, with room
 ORDER_REASON_EVENTS = {"drawdown": "drawdown_cut", "grind": "grind", "grind_reentry": "grind_reentry",
                        "flatten": "flatten_order"}
 
@@ -82,6 +85,8 @@ class AgentJournal(JournalSink):
         self._fee_seen_ms: int | None = None  # the newest fee row the agent's own look-up handed over
         self.backfills = {"runs": 0, "trades": 0, "funding": 0, "income_reads": 0, "errors": 0}
         self.bad_rows = 0   # the exchange's trade or income rows that did not read: skipped, each logged
+        self._reading: dict[str, int] = {}   # where the backfill under way reads from (a hole if it fails)
+        self._user_malformed: tuple[int, int] = (0, 0)   # (the user stream's id, its malformed frames seen)
 
     # ------------------------------------------------------------------ wiring
 
@@ -133,6 +138,8 @@ class AgentJournal(JournalSink):
                     self._fee_seen_ms = _max(self._fee_seen_ms, int(r["time"]))
 
     def on_log_event(self, agent: Any, event: str, msg: str, fields: dict[str, Any]) -> None:
+        if event in GAP_EVENTS:
+            self.gap(agent.exchange_ms())
         kind = event
         if event == "order_placed":
             reason = (msg or "").split(":", 1)[0]
@@ -194,6 +201,23 @@ class AgentJournal(JournalSink):
             row["wallet"] = None
         self.writer.put(("row", "snapshots", row))
 
+    def gap(self, at_ms: int) -> None:
+        """The user stream may have lost fills around ``at_ms`` (lost, a frame skipped): the trades since
+        ``GAP_LOOKBACK_MS`` before it are read again by the next backfill, a hole kept on disk until
+        then, whatever the stream writes meanwhile (its newer fills would move the journal's cursor
+        past the gap)."""
+        self.writer.note_hole({"trade_ms": at_ms - GAP_LOOKBACK_MS})
+        self.request_backfill()
+
+    def _user_frames_skipped(self, agent: Any) -> bool:
+        """Whether the user stream skipped a malformed frame since the last look (a fill may be in it)."""
+        stream = getattr(getattr(agent, "user", None), "stream", None)
+        if stream is None:
+            return False
+        seen = (id(stream), int(getattr(stream, "malformed", 0)))
+        before, self._user_malformed = self._user_malformed, seen
+        return seen[1] > (before[1] if seen[0] == before[0] else 0)   # (a new stream counts from 0)
+
     # ------------------------------------------------------------------ background work (agent's loop)
 
     async def _loop(self, agent: Any) -> None:
@@ -204,6 +228,8 @@ class AgentJournal(JournalSink):
         while True:
             await asyncio.sleep(min(1.0, s.snapshot_interval_sec))
             now = time.monotonic()
+            if self._user_frames_skipped(agent):
+                self.gap(agent.exchange_ms())
             if now >= next_snap:
                 next_snap = now + s.snapshot_interval_sec
                 self.snapshot(agent)
@@ -256,10 +282,13 @@ class AgentJournal(JournalSink):
         if agent.client is None:
             return (0, 0)
         holes = self.writer.take_holes()
+        self._reading = {}
         try:
             got = await self._backfill(agent, funding or "funding" in holes, holes)
         except BaseException:
             self.writer.restore_holes(holes)   # read again by the next backfill
+            # and from where this one was to read: stream fills written meanwhile would move the cursor past it
+            self.writer.note_hole(self._reading)
             raise
         if holes:
             log.warning("journal %s: fills and funding lost on the way to the journal read again from the "
@@ -285,9 +314,10 @@ class AgentJournal(JournalSink):
             fund_cur = holes["funding"] if fund_cur is None else min(fund_cur, holes["funding"])
         lookback_ms = int(self.settings.backfill_lookback_hours * 3_600_000)
         epoch = _epoch(agent)
-        n_trades = 0
+        n_trades = await self._trades_since(client, epoch, holes["trade_ms"]) if "trade_ms" in holes else 0
         start = None if trade_cur is not None else agent.exchange_ms() - lookback_ms
         from_id = None if trade_cur is None else trade_cur + 1
+        self._reading["trade" if from_id is not None else "trade_ms"] = from_id if from_id is not None else start
         while True:
             rows = await client.user_trades(self.symbol, start_time=start, from_id=from_id, limit=PAGE)
             fresh = [r for r in rows if trade_cur is None or int(r["id"]) > trade_cur]
@@ -301,6 +331,8 @@ class AgentJournal(JournalSink):
                 break
             start, from_id = None, trade_cur + 1  # type: ignore[operator]
         self._trade_cursor = _max(self._trade_cursor, trade_cur)
+        self._reading.pop("trade", None)
+        self._reading.pop("trade_ms", None)
         n_fund = await self._backfill_funding(client, epoch, fund_cur, lookback_ms, agent) if funding else 0
         self.backfills["runs"] += 1
         self.backfills["trades"] += n_trades
@@ -312,6 +344,7 @@ class AgentJournal(JournalSink):
         """The FUNDING_FEE income rows since ``fund_cur`` (or the lookback), paged; how many."""
         n_fund = 0
         start_ms = fund_cur if fund_cur is not None else agent.exchange_ms() - lookback_ms
+        self._reading["funding"] = start_ms
         while True:
             self.backfills["income_reads"] += 1
             rows = await client.income(self.symbol, "FUNDING_FEE", start_time=start_ms, limit=PAGE)
@@ -324,7 +357,27 @@ class AgentJournal(JournalSink):
                 break
             start_ms = fund_cur
         self._funding_cursor = _max(self._funding_cursor, fund_cur)
+        self._reading.pop("funding", None)
         return n_fund
+
+    async def _trades_since(self, client: Any, epoch: int | None, start_ms: int) -> int:
+        """Every trade from ``start_ms`` (a gap's hole), paged by id; those the journal has already are
+        not written twice (unique by trade id and side)."""
+        n = 0
+        start, from_id = start_ms, None
+        self._reading["trade_ms"] = start_ms
+        while True:
+            rows = await client.user_trades(self.symbol, start_time=start, from_id=from_id, limit=PAGE)
+            for r in rows:
+                self.writer.put(("trade", epoch, r))
+            n += len(rows)
+            if len(rows) < PAGE:
+                break
+            top = max(int(r["id"]) for r in rows)
+            self._trade_cursor = _max(self._trade_cursor, top)
+            start, from_id = None, top + 1
+        self._reading.pop("trade_ms", None)
+        return n
 
     # ------------------------------------------------------------------ the writer's thread
 

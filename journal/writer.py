@@ -50,6 +50,10 @@ RETRY_S = 1.0  # a database that did not answer is tried again this often
 SAY_LOSS_S = 60.0  # rows lost are logged at most this often (each one counted)
 # the database not answering or not writable (a read-only standby is an InternalError); anything else: the row
 OUTAGE = (OperationalError, InterfaceError, InternalError, OSError)
+# a row's own values refused: by the database (DataError), or by its driver before it (sqlite3 raises
+# OverflowError for an integer beyond 64 bits, UnicodeEncodeError for a lone surrogate; neither wrapped)
+VALUE_ERRORS = (DataError, ValueError, OverflowError, TypeError)   # (UnicodeError is a ValueError)
+ROW_ERRORS = (SQLAlchemyError, ValueError, OverflowError, TypeError)
 _FILLED = object()   # queued behind a backfill's rows: once they are put away, its holes are filled
 
 
@@ -204,6 +208,18 @@ class JournalWriter:
         with self._lock:
             _merge_holes(self._holes, holes)
 
+    def note_hole(self, holes: dict[str, int]) -> None:
+        """Fills or funding the journal may lack without a row lost here (a user stream gap, a backfill
+        that failed before its read): ``trade`` (the lowest trade id), ``trade_ms`` (the time trades
+        are read again from), ``funding`` (time); kept on disk until a backfill has read them."""
+        if not holes:
+            return
+        with self._lock:
+            grew = any(self._holes.get(k, v + 1) > v for k, v in holes.items())
+            _merge_holes(self._holes, holes)
+        if grew:
+            self._keep_holes()
+
     def holes_filled(self) -> None:
         """A backfill handed over the rows for the holes it took: once the writer has put them away (a
         marker queued behind them), the holes are forgotten, on disk too."""
@@ -333,7 +349,7 @@ class JournalWriter:
                     if item is _FILLED:
                         filled = True
                     else:
-                        rows.extend(self.convert(item))
+                        rows.extend(self._converted(item))
                 if rows and not self._put_away(rows):
                     return   # (held: a marker among them is dropped, its holes stay on disk)
                 if filled:
@@ -341,6 +357,21 @@ class JournalWriter:
         finally:
             self._in_flight = []
             self._idle.set()
+
+    def _converted(self, item: Any) -> list[Row]:
+        """An item's rows; one that cannot be built (a value no row takes) is counted, kept apart and said,
+        never the end of its batch."""
+        try:
+            return self.convert(item)
+        except Exception as exc:  # noqa: BLE001 - one bad item must not take its batch's others with it
+            self.stats["rejected"] += 1
+            self.last_error = _line(exc)
+            log.error("journal %s: a %s item could not be made a row (%s); kept in %s", self.name,
+                      item[0] if isinstance(item, tuple) and item else type(item).__name__, self.last_error,
+                      self.rejects_path)
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                _append_lines(self.rejects_path, [("unconverted", {"item": repr(item)[:4000]})])
+            return []
 
     def _put_away(self, rows: list[Row], held: bool = False) -> bool:
         """Rows into the database, else the spool, else held in memory (False: nothing takes rows now)."""
@@ -402,24 +433,24 @@ class JournalWriter:
         except OUTAGE as exc:
             self._note_down(exc)
             return False
-        except SQLAlchemyError:   # a row the database does not take (too long, not null ...): not an outage
+        except ROW_ERRORS:   # a row the database (or its driver) does not take (too long, not null ...): not an outage
             return self._write_each(rows)
 
     def _write_each(self, rows: list[Row]) -> bool:
         """The batch row by row: those refused are kept apart (``<name>.rejected.jsonl``) and said; a batch
         whose every row is refused is the database's state, not the rows': an outage."""
-        refused: list[tuple[Row, SQLAlchemyError]] = []
+        refused: list[tuple[Row, Exception]] = []
         for row in rows:
             try:
                 write_rows(self._engine, [row])  # type: ignore[arg-type]
             except OUTAGE as exc:
                 self._note_down(exc)
                 return False
-            except SQLAlchemyError as exc:
+            except ROW_ERRORS as exc:
                 refused.append((row, exc))
         # every row refused: the database's state (a table missing), not the rows', unless each row's
-        # own values were refused (DataError: a value too long or out of range)
-        if len(rows) > 1 and len(refused) == len(rows) and not all(isinstance(e, DataError) for _, e in refused):
+        # own values were refused (DataError, or the driver's: a value too long or out of range)
+        if len(rows) > 1 and len(refused) == len(rows) and not all(isinstance(e, VALUE_ERRORS) for _, e in refused):
             self._note_down(refused[0][1])
             return False
         for row, exc in refused:
@@ -521,7 +552,7 @@ def _read_holes(path: Path) -> dict[str, int]:
     """The holes a close persisted ({} when none, or unreadable: said)."""
     try:
         doc = json.loads(path.read_text())
-        return {k: int(v) for k, v in doc.items() if k in ("trade", "funding")}
+        return {k: int(v) for k, v in doc.items() if k in ("trade", "trade_ms", "funding")}
     except (FileNotFoundError, NotADirectoryError):
         return {}
     except (OSError, ValueError, TypeError, AttributeError) as exc:

@@ -70,6 +70,14 @@ def _d(value: Any) -> Decimal:
     return d
 
 
+def _id(value: Any, name: str) -> int:
+    """An order, trade or algo id: a whole number within 64 bits (a journal's column and any database's)."""
+    n = int(value)
+    if not 0 <= n < 2**63:
+        raise FrameError(f"{name} out of range: {n}")
+    return n
+
+
 def _text(value: Any, name: str) -> str:
     """A string field (a symbol, a client order id): anything else is a bad frame, not a name."""
     if not isinstance(value, str):
@@ -204,14 +212,14 @@ def _order_update(e: dict[str, Any]) -> OrderUpdate:
         avg_price=_od(o.get("ap")),
         exec_type=enums.exec_type(o["x"]),
         status=enums.order_status(o["X"]),
-        order_id=int(o["i"]),
+        order_id=_id(o["i"], "o.i"),
         last_filled_qty=_od(o.get("l")),
         cum_filled_qty=_od(o.get("z")),
         last_filled_price=_od(o.get("L")),
         commission_asset=o.get("N") or "",
         commission=_od(o.get("n")),
         update_time=int(o.get("T", e.get("T", 0))),
-        trade_id=int(o.get("t", 0)),
+        trade_id=_id(o.get("t", 0), "o.t"),
         is_maker=bool(o.get("m", False)),
         reduce_only=bool(o.get("R", False)),
         realized_pnl=_od(o.get("rp")),
@@ -284,13 +292,13 @@ def _trade_lite(e: dict[str, Any]) -> TradeLite:
         transaction_time=int(e.get("T", 0)),
         symbol=_text(e["s"], "s"),
         client_order_id=_text(e["c"], "c"),
-        order_id=int(e["i"]),
+        order_id=_id(e["i"], "i"),
         side=enums.side(e["S"]),
         orig_qty=_d(e["q"]),
         price=_d(e["p"]),
         last_filled_price=_d(e["L"]),
         last_filled_qty=_d(e["l"]),
-        trade_id=int(e["t"]),
+        trade_id=_id(e["t"], "t"),
         is_maker=bool(e["m"]),
     )
 
@@ -322,7 +330,7 @@ def _algo_update(e: dict[str, Any]) -> AlgoUpdate:
         event_time=int(e["E"]),
         transaction_time=int(e.get("T", 0)),
         symbol=_text(o["s"], "o.s"),
-        algo_id=int(o["aid"]),
+        algo_id=_id(o["aid"], "o.aid"),
         client_algo_id=_text(o.get("caid", ""), "o.caid"),
         side=enums.side(o["S"]),
         order_type=str(o.get("o", "")),
@@ -330,7 +338,7 @@ def _algo_update(e: dict[str, Any]) -> AlgoUpdate:
         status=str(o["X"]),
         reduce_only=_flag(o.get("R", False)),
         close_position=_flag(o.get("cp", False)),
-        order_id=int(ai) if ai not in (None, "") else None,
+        order_id=_id(ai, "o.ai") if ai not in (None, "") else None,
         reason=str(o.get("rm", "")),
     )
 

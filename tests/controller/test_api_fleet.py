@@ -451,3 +451,4 @@ def test_pnl_comes_from_the_journal_and_its_split_adds_up(live):
     only = live.get("/pnl?symbol=ethusdc").json()
     assert set(only["symbols"]) == {"ETHUSDC"}
     assert live.get("/pnl?since=notanumber").status_code == 422
+    assert live.get("/pnl?symbol=ETH%00USDC").status_code == 422   # not a symbol: refused, not a 503 of the journal

@@ -118,6 +118,35 @@ async def test_fills_and_funding_lost_on_the_way_are_read_again_and_the_journal_
     assert_equals_exchange(state, journal_sums(target, SYMBOL), SYMBOL, trades)
 
 
+async def test_fills_whose_frames_were_skipped_are_read_again_though_later_fills_came_first(sim, target, tmp_path):
+    """Two fill frames of a sweep arrive as garbage (skipped, counted); the sweep's later fills come as
+    frames and are written at once, ahead of the journal's cursor. The skipped ones are read again from
+    the exchange (a hole from before the gap), not passed over by a backfill that starts after the
+    newest fill written: the journal ends equal to the exchange's record."""
+    settings = SETTINGS.model_copy(update={"backfill_interval_sec": 3600.0})   # only the gap's backfill
+    agent = make_agent(sim, target, tmp_path / "state", SYMBOL, settings=settings)
+    task = asyncio.create_task(agent.run())
+    async with aiohttp.ClientSession() as http:
+        await wait_for(lambda: agent.status()["state"] == "quoting", 15, "quoting")
+        await wait_for(lambda: agent.status()["last_book_age_s"] is not None, 15, "a first book")
+        await post(sim, http, "/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
+        await wait_for(lambda: len(agent.core.store.orders) >= 6, 30, "a ladder resting")
+        runs = agent.journal.backfills["runs"]
+        await post(sim, http, "/sim/fault/frame", {"stream": "user", "mode": "garbage", "event": "ORDER_TRADE_UPDATE",
+                                                   "count": 2, "account": "main", "symbol": SYMBOL})
+        await post(sim, http, "/sim/market/jump", {"symbol": SYMBOL, "pct": -0.35})   # a sweep of several bids
+        await wait_for(lambda: agent.status()["counters"]["malformed_frames"] == 2, 10, "the two frames skipped")
+        await wait_for(lambda: agent.journal.backfills["runs"] > runs and not agent.journal.writer.status()["holes"],
+                       15, "the gap read again", explain=lambda: asyncio.sleep(0, f"{agent.journal.backfills} "
+                       f"{agent.journal.writer.status()} {agent.journal._user_malformed} {id(agent.user.stream)}"))
+        await agent.stop()
+        await asyncio.wait_for(task, 30)
+        state = await sim_state(sim, http, SYMBOL)
+    trades = await exchange_trades(sim, SYMBOL)
+    assert len(trades) >= 3
+    assert_equals_exchange(state, journal_sums(target, SYMBOL), SYMBOL, trades)
+
+
 async def test_every_request_sent_has_its_answer_in_the_journal(sim, target, tmp_path):
     """Whole calls refused (a definite -1001 on amends) or of unknown outcome (a 503 on places and
     cancels) are journaled per order, as a batch's answers are: each request journaled as sent has

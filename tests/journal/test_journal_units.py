@@ -87,6 +87,28 @@ def test_the_split_adds_up_and_spread_is_the_edge_against_the_mid(tmp_path):
     assert since["symbols"]["ETHUSDC"]["fills"] == 1 and since["symbols"]["ETHUSDC"]["split"]["spread"] == 1.0
 
 
+def test_fees_in_another_asset_are_apart_and_each_accounts_position_is_its_own(tmp_path):
+    """A fee paid in BNB (Binance's fee discount) is not added to USDC fees: listed apart, out of the
+    total, as the agent counts it. Account a long 1 from 2000 and account b short 1 from 2100 on one
+    symbol, marked at 2050: 50 + 50 unrealized, not a flat book."""
+    engine = make_engine(Target(url=f"sqlite:///{tmp_path / 'j.sqlite'}"))
+    migrate(engine)
+    long_a = _fill(1, "BUY", "2000", "1", 2000.0, fee="0.5")
+    short_b = _fill(2, "SELL", "2100", "1", 2100.0, fee="0.001")
+    short_b[1].update(account="b", fee_asset="BNB")
+    write_rows(engine, [long_a, short_b,
+                        ("snapshots", {"uid": "s1", "ts_ms": 9000, "fleet": "f", "account": "main", "symbol": "ETHUSDC",
+                                       "epoch": 1, "position": 1.0, "mark": 2050.0}),
+                        ("snapshots", {"uid": "s2", "ts_ms": 9000, "fleet": "f", "account": "b", "symbol": "ETHUSDC",
+                                       "epoch": 1, "position": -1.0, "mark": 2050.0})])
+    d = pnl.compute(engine)["symbols"]["ETHUSDC"]
+    assert d["fees"] == 0.5 and d["other_fees"] == {"BNB": 0.001} and d["fee_assets"] == ["BNB", "USDC"]
+    assert d["unrealized"] == 100.0 and d["position"] == 0.0
+    assert d["total"] == 100.0 - 0.5
+    assert pnl.compute(engine)["fleet"]["other_fees"] == {"BNB": 0.001}
+    assert pnl.compute(engine, account="b")["symbols"]["ETHUSDC"]["unrealized"] == 50.0
+
+
 def test_an_unreachable_database_spools_and_replays(tmp_path):
     bad = Target(url="postgresql+psycopg://nobody@127.0.0.1:1/none", spool_dir=str(tmp_path / "spool"))
     w = JournalWriter(bad, "t", flush_interval=0.05).start()
@@ -255,6 +277,32 @@ def test_a_row_the_database_refuses_is_kept_apart_and_the_others_written(tmp_pat
     assert _count(target) == 3 and w.stats["rejected"] == 1 and not w.spool_path.exists()
     kept = [json.loads(line) for line in w.rejects_path.read_text().splitlines()]
     assert [(k["t"], k["r"]["trade_id"]) for k in kept] == [("fills", 3)]
+
+
+def test_a_value_the_driver_refuses_is_a_row_problem_live_and_on_replay(tmp_path):
+    """SQLite's driver raises a bare OverflowError for an integer beyond 64 bits (not a database error):
+    only that row is kept apart, the batch's others are written, and a spool holding it is replayed to
+    its end instead of stalling the writer for good."""
+    target = Target(url=f"sqlite:///{tmp_path / 'j.sqlite'}", spool_dir=str(tmp_path / "spool"))
+    bad = _fill(3, "BUY", "1", "1", 1.0)
+    bad[1]["order_id"] = 2**64 - 1
+    w = JournalWriter(target, "t", flush_interval=0.05).start()
+    for row in (_fill(1, "BUY", "1", "1", 1.0), _fill(2, "BUY", "1", "1", 1.0), bad, _fill(4, "SELL", "1", "1", 1.0)):
+        w.put(row)
+    assert w.flush(20)
+    w.close(5)
+    assert _count(target) == 3 and w.stats["rejected"] == 1 and w.stats["dropped"] == 0
+    from journal.writer import _append_lines
+
+    spooled = Target(url=f"sqlite:///{tmp_path / 'k.sqlite'}", spool_dir=str(tmp_path / "spool2"))
+    w2 = JournalWriter(spooled, "t", flush_interval=0.05)
+    _append_lines(w2.spool_path, [_fill(5, "BUY", "1", "1", 1.0), bad, _fill(6, "BUY", "1", "1", 1.0)])
+    w2.start()
+    w2.put(_fill(7, "SELL", "1", "1", 1.0))
+    _wait(lambda: not w2.spool_path.exists() and not w2.replay_path.exists() and _count(spooled) == 3)
+    assert w2.flush(20)
+    w2.close(5)
+    assert _count(spooled) == 3 and w2.stats["rejected"] == 1
 
 
 def test_the_journal_commands_refuse_bad_input_with_a_reason_and_no_traceback(tmp_path):
