@@ -5,7 +5,9 @@ An algo order waits outside the book, with no margin check, until its trigger: t
 last trade's (``workingType`` CONTRACT_PRICE, the default) or the mark (MARK_PRICE), reaching
 ``triggerPrice``: a BUY STOP at or above, a BUY TAKE_PROFIT at or below, the SELL ones the other way; a
 trailing stop once the price has come back ``callbackRate`` percent from its extreme since it was
-placed, the extreme having passed ``activatePrice``. Then it is TRIGGERING, an order goes to the
+placed, the extreme having passed ``activatePrice``. A close-all order (``closePosition``) is GTE_GTC:
+it needs a position to be placed (-4509), one per side and type (-4130), and EXPIRES as soon as the
+position is closed. Then it is TRIGGERING, an order goes to the
 matching engine (MARKET, or LIMIT at ``price`` or ``priceMatch``; its clientOrderId the clientAlgoId),
 and it is TRIGGERED (the order's id in ``ai``), then FINISHED once that order is closed; REJECTED with
 the reason in ``rm`` if the engine refuses it; EXPIRED at its ``goodTillDate``, or when a close-all
@@ -139,12 +141,14 @@ class AlgoService:
         e = self.e
         market = a.type.endswith("_MARKET")
         trailing = a.type == "TRAILING_STOP_MARKET"
-        a.tif = params.get("timeInForce") or "GTC"
-        if a.tif not in ("GTC", "IOC", "FOK", "GTX", "GTD"):
+        a.close_all = e._bool(params, "closePosition")
+        a.tif = params.get("timeInForce") or ("GTE_GTC" if a.close_all else "GTC")
+        if a.tif not in ("GTC", "IOC", "FOK", "GTX", "GTD", "GTE_GTC"):
             raise SimApiError(-1115, "Invalid timeInForce.")
+        if a.close_all and a.tif == "GTC":
+            a.tif = "GTE_GTC"   # a close-all lives as long as the position: Binance lists it GTE_GTC
         if a.tif == "GTD":
             a.gtd = e._good_till(params, now)
-        a.close_all = e._bool(params, "closePosition")
         a.reduce_only = e._bool(params, "reduceOnly")
         a.protect = e._bool(params, "priceProtect")
         if a.close_all:
@@ -205,6 +209,13 @@ class AlgoService:
             a.activate, a.active = round(latest / b.tick_f), True
 
     def _check_placeable(self, a: AlgoOrder, b: Book) -> None:
+        acct = self.e.accounts[a.account]
+        if a.tif == "GTE_GTC" and not acct.position(a.symbol).amount:
+            raise SimApiError(-4509, "Time in Force (TIF) GTE can only be used with open positions.")
+        if a.close_all and any(o.close_all and o.account == a.account and o.symbol == a.symbol and o.side == a.side
+                               and o.type == a.type for o in self.open.values()):
+            raise SimApiError(-4130, "An open stop or take profit order with GTE and closePosition in the direction "
+                                     "is existing.")
         latest = self._latest(b, a.working)
         if a.type == "TRAILING_STOP_MARKET":
             if not a.active:   # an activatePrice was sent: BUY below the latest price, SELL above
@@ -279,6 +290,10 @@ class AlgoService:
             self._push(a, now)
         for a in [a for a in self.open.values() if symbol is None or a.symbol == symbol]:
             if a.gtd and now >= a.gtd:
+                self._close(a, "EXPIRED", now)
+                continue
+            if a.tif == "GTE_GTC" and not self.e.accounts[a.account].position(a.symbol).amount:
+                a.reason = "position closed"   # a GTE order lives as long as the position
                 self._close(a, "EXPIRED", now)
                 continue
             b = self.e.books[a.symbol]
@@ -397,6 +412,8 @@ class AlgoService:
             "ai": str(a.order.order_id) if a.order is not None else ""}
         if a.order is not None:
             o.update(ap=self.e._avg_str(b, a.order), aq=b.qty_str(a.order.filled), act=a.order.type)
+        else:   # as Binance's example shows them before a trigger
+            o.update(ap="0.00000", aq="0.00000", act="0")
         o.update({"tp": b.price_str(a.trigger) if a.trigger else "0", "p": b.price_str(a.price) if a.price else "0",
                   "V": a.stp, "wt": a.working, "pm": a.price_match, "cp": a.close_all, "pP": a.protect,
                   "R": a.reduce_only, "tt": a.triggered_at, "gtd": a.gtd})
@@ -418,7 +435,10 @@ class AlgoService:
                 "closePosition": a.close_all, "priceProtect": a.protect, "reduceOnly": a.reduce_only,
                 "activatePrice": b.price_str(a.activate) if trailing else "",
                 "callbackRate": a.callback if trailing else "", "createTime": a.created, "updateTime": a.updated,
-                "triggerTime": a.triggered_at, "goodTillDate": a.gtd}
+                "triggerTime": a.triggered_at, "goodTillDate": a.gtd,
+                # the attached take-profit / stop-loss fields of Binance's answers (none here)
+                "tpTriggerPrice": "0.000", "tpPrice": "0.000", "slTriggerPrice": "0.000", "slPrice": "0.000",
+                "tpOrderType": ""}
 
     def order_json(self, a: AlgoOrder) -> dict[str, Any]:
         """As the queries show it: the placement's fields, and the engine's order once triggered."""

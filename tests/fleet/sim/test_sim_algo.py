@@ -52,7 +52,15 @@ def test_a_stop_market_close_all_triggers_at_the_mark_and_closes_the_position():
     placed = _algo(e, side="SELL", type="STOP_MARKET", triggerPrice=stop, closePosition="true",
                    workingType="MARK_PRICE", clientAlgoId="stop-1")
     assert placed["algoStatus"] == "NEW" and placed["triggerPrice"] == stop and placed["closePosition"] is True
+    assert placed["timeInForce"] == "GTE_GTC"
     assert [u["o"]["X"] for u in _updates(e)] == ["NEW"]
+    # one close-all per side and type (a take-profit beside it is fine)
+    _refused(-4130, _algo, e, side="SELL", type="STOP_MARKET", triggerPrice=b.price_str(round(b.mark * 0.97 / b.tick_f)),
+             closePosition="true", workingType="MARK_PRICE")
+    _algo(e, side="SELL", type="TAKE_PROFIT_MARKET", triggerPrice=b.price_str(round(b.mark * 1.5 / b.tick_f)),
+          closePosition="true", workingType="MARK_PRICE", clientAlgoId="tp-1")
+    e.algo.cancel("main", {"clientAlgoId": "tp-1"}, e.now_ms)
+    e.drain_rendered()
     assert e.open_orders("main", "ETHUSDC") == []   # not in the book
     _run(e, 1000)
     assert [u["o"]["X"] for u in _updates(e)] == []   # not reached: waits
@@ -61,7 +69,8 @@ def test_a_stop_market_close_all_triggers_at_the_mark_and_closes_the_position():
     frames = [p for k, _, p in e.drain_rendered() if k == "u" and p["e"] in ("ALGO_UPDATE", "ORDER_TRADE_UPDATE")]
     algo = [f["o"] for f in frames if f["e"] == "ALGO_UPDATE"]
     assert [u["X"] for u in algo] == ["TRIGGERING", "TRIGGERED", "FINISHED"]
-    assert algo[0]["ai"] == "" and "ap" not in algo[0] and algo[0]["tt"] > 0
+    assert algo[0]["ai"] == "" and (algo[0]["ap"], algo[0]["aq"], algo[0]["act"]) == ("0.00000", "0.00000", "0")
+    assert algo[0]["tt"] > 0 and algo[0]["f"] == "GTE_GTC"   # a close-all lives as long as the position
     order_id = algo[1]["ai"]
     assert algo[1]["act"] == "MARKET" and order_id and algo[2]["aq"] == "0.100" and Decimal(algo[2]["ap"]) > 0
     fills = [f["o"] for f in frames if f["e"] == "ORDER_TRADE_UPDATE"]
@@ -71,6 +80,7 @@ def test_a_stop_market_close_all_triggers_at_the_mark_and_closes_the_position():
     q = e.algo.query("main", {"clientAlgoId": "stop-1"})
     assert (q["algoStatus"], q["actualOrderId"], q["actualType"], q["actualQty"]) == ("FINISHED", order_id,
                                                                                      "MARKET", "0.100")
+    assert (q["tpTriggerPrice"], q["slPrice"], q["tpOrderType"]) == ("0.000", "0.000", "")   # Binance's fields
     assert e.algo.open_orders("main", {}) == []
 
 
@@ -176,16 +186,20 @@ def test_rejected_at_the_engine_expired_close_all_limits_and_duplicates():
     # a post-only limit that crosses once triggered: refused by the engine, REJECTED with its reason
     gtx = _algo(e, side="BUY", type="TAKE_PROFIT", triggerPrice=b.price_str(mark - 20),
                 price=b.price_str(mark + 400), quantity="0.050", timeInForce="GTX", workingType="MARK_PRICE")
-    # a close-all with no position when it triggers: EXPIRED
+    # a close-all needs a position; once the position is closed it EXPIRES
+    _refused(-4509, _algo, e, side="SELL", type="STOP_MARKET", triggerPrice=b.price_str(mark - 20),
+             closePosition="true", workingType="MARK_PRICE")
+    e.set_position("main", "ETHUSDC", "0.050", None, e.now_ms)
     close = _algo(e, side="SELL", type="STOP_MARKET", triggerPrice=b.price_str(mark - 20), closePosition="true",
                   workingType="MARK_PRICE")
-    _refused(-2021, _algo, e, side="SELL", type="STOP_MARKET", triggerPrice=b.price_str(mark + 20),
+    _refused(-2021, _algo, e, side="SELL", type="TAKE_PROFIT_MARKET", triggerPrice=b.price_str(mark - 20),
              closePosition="true", workingType="MARK_PRICE")
+    e.set_position("main", "ETHUSDC", "0", None, e.now_ms)
     e.jump("ETHUSDC", -1.0, e.now_ms)
     _run(e, 100)
     final = {u["o"]["aid"]: u["o"] for u in _updates(e)}
     assert final[gtx["algoId"]]["X"] == "REJECTED" and "Post Only" in final[gtx["algoId"]]["rm"]
-    assert final[close["algoId"]]["X"] == "EXPIRED" and final[close["algoId"]]["rm"] == "no position to close"
+    assert final[close["algoId"]]["X"] == "EXPIRED" and final[close["algoId"]]["rm"] == "position closed"
     assert e.open_orders("main", "ETHUSDC") == []
     # a clientAlgoId is unique among open ones; 200 open per account
     _algo(e, side="BUY", type="STOP_MARKET", triggerPrice=b.price_str(mark + 900), quantity="0.050",
