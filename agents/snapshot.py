@@ -82,7 +82,7 @@ def build_exposure(agent: SymbolAgent) -> dict[str, Any]:
             "symbol": agent.symbol, "starting": True, "position": 0.0, "mark": 0.0, "notional": 0.0, "pending_buy": 0.0,
             "pending_sell": 0.0, "worst_long": 0.0, "worst_short": 0.0, "cap": cap, "realized_pnl": 0.0,
             "unrealized_pnl": 0.0, "funding_pnl": 0.0, "kill_state": agent.grant.kill_state if agent.grant else KillState.RUNNING,
-            "open_orders": 0, "epoch": agent.grant.epoch if agent.grant else None,
+            "open_orders": 0, "conditional_orders": 0, "epoch": agent.grant.epoch if agent.grant else None,
         }
     s = core.store
     price = s.mark or s.mid
@@ -110,4 +110,5 @@ def build_exposure(agent: SymbolAgent) -> dict[str, Any]:
         "kill_state": core.halt_state,
         "reduce_only": core.guard.reduce_only_mode,
         "open_orders": len(s.orders),
+        "conditional_orders": len(s.ledger.algos.open),   # other hands' (the Algo Service), in the pending too
     }

@@ -836,7 +836,7 @@ async def test_another_hands_conditional_orders_count_in_the_worst_case_until_th
     await wait_for(counted, 10, "both stops counted as the exchange holds them", explain=lambda: describe(agent, exchange))
     st = await exchange.state()
     assert worst_long(st) + algos(st, "BUY") <= cap, "the bids did not make room for the stop"
-    assert agent.counters["foreign_orders"] == 2
+    assert agent.counters["foreign_orders"] == 2 and agent.exposure()["conditional_orders"] == 2
     await exchange.post("/sim/market/freeze", {"frozen": False, "symbol": SYMBOL})   # a frozen market triggers none
     await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": 0.6})   # the BUY stop triggers: bought
 
