@@ -198,10 +198,11 @@ def compute(engine: Engine, *, since_ms: int | None = None, symbols: list[str] |
         mark = last_marks.get(sym, (0, None))[1]
         if mark is None and book.pos != 0:
             mark = book.entry
+        seen = last_marks.get(sym, (0, None))[1]   # no mark seen: each account's book at its own entry (0)
         if sym not in started and since_ms is not None:
-            p.unrealized_start = sum((b.unrealized(start_marks.get(sym) or mark) for b in held), ZERO)
+            p.unrealized_start = sum((b.unrealized(start_marks.get(sym) or seen or b.entry) for b in held), ZERO)
         p.position, p.entry, p.mark = book.pos, book.entry, mark
-        p.unrealized = sum((b.unrealized(mark) for b in held), ZERO)
+        p.unrealized = sum((b.unrealized(seen if seen is not None else b.entry) for b in held), ZERO)
     total = SymbolPnl("fleet")
     for p in out.values():
         total.realized += p.realized

@@ -45,6 +45,8 @@ AUDITED = frozenset({
 # what may have cost the user stream a fill: its trades are read again from a while before (``gap``)
 GAP_EVENTS = frozenset({"user_stream_lost", "user_event_failed"})
 GAP_LOOKBACK_MS = 300_000   # the stream's silence detection, a lost frame's age and the clocks, with room
+GAP_READ_EVERY_S = 30.0   # a run of gaps reads the exchange's trades at most this often (5 weight a page)
+TRADES_WINDOW_MS = 7 * 86_400_000 - 60_000   # userTrades answers a startTime within its last 7 days
 ORDER_REASON_EVENTS = {"drawdown": "drawdown_cut", "grind": "grind", "grind_reentry": "grind_reentry",
                        "flatten": "flatten_order"}
 
@@ -86,7 +88,9 @@ class AgentJournal(JournalSink):
         self.backfills = {"runs": 0, "trades": 0, "funding": 0, "income_reads": 0, "errors": 0}
         self.bad_rows = 0   # the exchange's trade or income rows that did not read: skipped, each logged
         self._reading: dict[str, int] = {}   # where the backfill under way reads from (a hole if it fails)
-        self._user_malformed: tuple[int, int] = (0, 0)   # (the user stream's id, its malformed frames seen)
+        self._user_stream: Any = None   # the user stream last looked at, and its malformed frames then
+        self._user_malformed = 0
+        self._gap_read_at = -GAP_READ_EVERY_S   # when a gap last asked for a backfill (monotonic)
 
     # ------------------------------------------------------------------ wiring
 
@@ -156,6 +160,9 @@ class AgentJournal(JournalSink):
     def on_resync(self, agent: Any, initial: bool) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._loop(agent))
+        if not initial:   # back after a gap: its fills are read again, from before it began
+            lost = getattr(getattr(agent, "user", None), "last_lost_ms", None)
+            self.writer.note_hole({"trade_ms": (lost or agent.exchange_ms()) - GAP_LOOKBACK_MS})
         self.request_backfill(funding=True)
 
     async def on_stop(self, agent: Any) -> None:
@@ -207,16 +214,21 @@ class AgentJournal(JournalSink):
         then, whatever the stream writes meanwhile (its newer fills would move the journal's cursor
         past the gap)."""
         self.writer.note_hole({"trade_ms": at_ms - GAP_LOOKBACK_MS})
-        self.request_backfill()
+        now = time.monotonic()
+        if now - self._gap_read_at >= GAP_READ_EVERY_S:   # at most this often; the hole waits for the next
+            self._gap_read_at = now
+            self.request_backfill()
 
     def _user_frames_skipped(self, agent: Any) -> bool:
         """Whether the user stream skipped a malformed frame since the last look (a fill may be in it)."""
         stream = getattr(getattr(agent, "user", None), "stream", None)
-        if stream is None:
-            return False
-        seen = (id(stream), int(getattr(stream, "malformed", 0)))
-        before, self._user_malformed = self._user_malformed, seen
-        return seen[1] > (before[1] if seen[0] == before[0] else 0)   # (a new stream counts from 0)
+        old, before = self._user_stream, self._user_malformed
+        skipped = old is not None and int(getattr(old, "malformed", 0)) > before   # (the one a swap replaced too)
+        if stream is not old:
+            before = 0   # a new stream counts from 0
+        now = int(getattr(stream, "malformed", 0)) if stream is not None else 0
+        self._user_stream, self._user_malformed = stream, now
+        return skipped or (stream is not old and now > before)
 
     # ------------------------------------------------------------------ background work (agent's loop)
 
@@ -293,7 +305,7 @@ class AgentJournal(JournalSink):
         if holes:
             log.warning("journal %s: fills and funding lost on the way to the journal read again from the "
                         "exchange (from %s): %d trades, %d funding rows", self.symbol, holes, *got)
-            self.writer.holes_filled()   # forgotten once the rows read are put away
+            self.writer.holes_filled(holes)   # forgotten once the rows read are put away
         return got
 
     async def _backfill(self, agent: Any, funding: bool, holes: dict[str, int]) -> tuple[int, int]:
@@ -314,7 +326,8 @@ class AgentJournal(JournalSink):
             fund_cur = holes["funding"] if fund_cur is None else min(fund_cur, holes["funding"])
         lookback_ms = int(self.settings.backfill_lookback_hours * 3_600_000)
         epoch = _epoch(agent)
-        n_trades = await self._trades_since(client, epoch, holes["trade_ms"]) if "trade_ms" in holes else 0
+        n_trades = await self._trades_since(client, epoch, holes["trade_ms"], agent.exchange_ms()) \
+            if "trade_ms" in holes else 0
         start = None if trade_cur is not None else agent.exchange_ms() - lookback_ms
         from_id = None if trade_cur is None else trade_cur + 1
         self._reading["trade" if from_id is not None else "trade_ms"] = from_id if from_id is not None else start
@@ -360,10 +373,15 @@ class AgentJournal(JournalSink):
         self._reading.pop("funding", None)
         return n_fund
 
-    async def _trades_since(self, client: Any, epoch: int | None, start_ms: int) -> int:
+    async def _trades_since(self, client: Any, epoch: int | None, start_ms: int, agent_ms: int) -> int:
         """Every trade from ``start_ms`` (a gap's hole), paged by id; those the journal has already are
         not written twice (unique by trade id and side)."""
         n = 0
+        oldest = agent_ms - TRADES_WINDOW_MS
+        if start_ms < oldest:   # beyond what the exchange answers: read from its oldest
+            log.warning("journal %s: a gap from %d is older than userTrades answers; read from %d", self.symbol,
+                        start_ms, oldest)
+            start_ms = oldest
         start, from_id = start_ms, None
         self._reading["trade_ms"] = start_ms
         while True:

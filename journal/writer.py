@@ -51,10 +51,15 @@ SAY_LOSS_S = 60.0  # rows lost are logged at most this often (each one counted)
 # the database not answering or not writable (a read-only standby is an InternalError); anything else: the row
 OUTAGE = (OperationalError, InterfaceError, InternalError, OSError)
 # a row's own values refused: by the database (DataError), or by its driver before it (sqlite3 raises
-# OverflowError for an integer beyond 64 bits, UnicodeEncodeError for a lone surrogate; neither wrapped)
-VALUE_ERRORS = (DataError, ValueError, OverflowError, TypeError)   # (UnicodeError is a ValueError)
-ROW_ERRORS = (SQLAlchemyError, ValueError, OverflowError, TypeError)
-_FILLED = object()   # queued behind a backfill's rows: once they are put away, its holes are filled
+# OverflowError for an integer beyond 64 bits, UnicodeEncodeError for a lone surrogate; neither wrapped).
+# Anything else a write raises is not taken for the rows' fault: they are spooled, as in an outage.
+VALUE_ERRORS = (DataError, OverflowError, UnicodeError)
+ROW_ERRORS = (SQLAlchemyError, OverflowError, UnicodeError)
+_FILLED = object()   # (_FILLED, holes) queued behind a backfill's rows: once they are put away, its holes are filled
+
+
+def _is_filled(item: Any) -> bool:
+    return type(item) is tuple and len(item) == 2 and item[0] is _FILLED
 
 
 def _identity(item: Any) -> Iterable[Row]:
@@ -161,7 +166,7 @@ class JournalWriter:
         counted and said, its fill or funding a hole the next backfill reads again."""
         q = self._q
         if len(q) >= self.queue_max or self._closed:
-            self._lose(list(self.convert(item)), "the writer has closed" if self._closed
+            self._lose(self._converted(item), "the writer has closed" if self._closed
                        else f"the queue is full ({self.queue_max} items)")
             return False
         q.append(item)
@@ -207,6 +212,7 @@ class JournalWriter:
     def restore_holes(self, holes: dict[str, int]) -> None:
         with self._lock:
             _merge_holes(self._holes, holes)
+        self._keep_holes()
 
     def note_hole(self, holes: dict[str, int]) -> None:
         """Fills or funding the journal may lack without a row lost here (a user stream gap, a backfill
@@ -220,15 +226,18 @@ class JournalWriter:
         if grew:
             self._keep_holes()
 
-    def holes_filled(self) -> None:
-        """A backfill handed over the rows for the holes it took: once the writer has put them away (a
-        marker queued behind them), the holes are forgotten, on disk too."""
-        self._q.append(_FILLED)
+    def holes_filled(self, holes: dict[str, int]) -> None:
+        """A backfill handed over the rows for the holes it took (``holes``): once the writer has put
+        them away (a marker queued behind them), those holes are forgotten, on disk too; holes another
+        backfill took meanwhile stay until their own marker."""
+        self._q.append((_FILLED, dict(holes)))
         self._wake.set()
 
-    def _filled(self) -> None:
+    def _filled(self, holes: dict[str, int]) -> None:
         with self._lock:
-            self._out = {}
+            for k, v in holes.items():
+                if self._out.get(k) == v:
+                    del self._out[k]
         self._keep_holes()
 
     def _keep_holes(self) -> None:
@@ -298,8 +307,8 @@ class JournalWriter:
                 item = self._q.popleft()
             except IndexError:   # the thread took the last one meanwhile
                 break
-            if item is not _FILLED:   # (its holes stay on disk: the next start reads them again)
-                rows.extend(self.convert(item))
+            if not _is_filled(item):   # (its holes stay on disk: the next start reads them again)
+                rows.extend(self._converted(item))
         if not rows:
             return
         try:
@@ -344,16 +353,16 @@ class JournalWriter:
                 while q and len(items) < self.batch_max:
                     items.append(q.popleft())
                 rows: list[Row] = []
-                filled = False
+                filled: Any = False
                 for item in items:
-                    if item is _FILLED:
-                        filled = True
+                    if _is_filled(item):
+                        filled = item[1]
                     else:
                         rows.extend(self._converted(item))
                 if rows and not self._put_away(rows):
                     return   # (held: a marker among them is dropped, its holes stay on disk)
-                if filled:
-                    self._filled()
+                if filled is not False:
+                    self._filled(filled)
         finally:
             self._in_flight = []
             self._idle.set()
@@ -435,6 +444,9 @@ class JournalWriter:
             return False
         except ROW_ERRORS:   # a row the database (or its driver) does not take (too long, not null ...): not an outage
             return self._write_each(rows)
+        except Exception as exc:  # noqa: BLE001 - not the rows' fault as far as is known: spooled, kept, said
+            self._note_down(exc)
+            return False
 
     def _write_each(self, rows: list[Row]) -> bool:
         """The batch row by row: those refused are kept apart (``<name>.rejected.jsonl``) and said; a batch
@@ -448,6 +460,9 @@ class JournalWriter:
                 return False
             except ROW_ERRORS as exc:
                 refused.append((row, exc))
+            except Exception as exc:  # noqa: BLE001 - as in _write: spooled, kept
+                self._note_down(exc)
+                return False
         # every row refused: the database's state (a table missing), not the rows', unless each row's
         # own values were refused (DataError, or the driver's: a value too long or out of range)
         if len(rows) > 1 and len(refused) == len(rows) and not all(isinstance(e, VALUE_ERRORS) for _, e in refused):

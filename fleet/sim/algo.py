@@ -145,7 +145,7 @@ class AlgoService:
         a.tif = params.get("timeInForce") or ("GTE_GTC" if a.close_all else "GTC")
         if a.tif not in ("GTC", "IOC", "FOK", "GTX", "GTD", "GTE_GTC"):
             raise SimApiError(-1115, "Invalid timeInForce.")
-        if a.close_all and a.tif == "GTC":
+        if a.close_all:
             a.tif = "GTE_GTC"   # a close-all lives as long as the position: Binance lists it GTE_GTC
         if a.tif == "GTD":
             a.gtd = e._good_till(params, now)

@@ -107,6 +107,13 @@ def test_fees_in_another_asset_are_apart_and_each_accounts_position_is_its_own(t
     assert d["total"] == 100.0 - 0.5
     assert pnl.compute(engine)["fleet"]["other_fees"] == {"BNB": 0.001}
     assert pnl.compute(engine, account="b")["symbols"]["ETHUSDC"]["unrealized"] == 50.0
+    # no mark, no mid (fills from the backfill only): each account's book at its own entry, no P&L invented
+    bare = make_engine(Target(url=f"sqlite:///{tmp_path / 'k.sqlite'}"))
+    migrate(bare)
+    a2, b1 = _fill(5, "BUY", "100", "2", None), _fill(6, "SELL", "200", "1", None)
+    b1[1]["account"] = "b"
+    write_rows(bare, [a2, b1])
+    assert pnl.compute(bare)["symbols"]["ETHUSDC"]["unrealized"] == 0.0
 
 
 def test_an_unreachable_database_spools_and_replays(tmp_path):
@@ -233,9 +240,16 @@ def test_rows_lost_are_counted_and_their_fills_and_funding_leave_holes_kept_acro
     assert w.flush(20) and w.stats["spooled"] == 5
     w.close(1)
     w2 = JournalWriter(target, "t", flush_interval=0.05).start()   # the next start finds the holes
-    assert w2.take_holes() == {"trade": 45, "funding": 7_000}
+    taken = w2.take_holes()
+    assert taken == {"trade": 45, "funding": 7_000}
     assert w2.holes_path.exists()   # taken, not yet filled: still on disk
-    w2.holes_filled()   # the backfill's rows handed over: forgotten once the writer put them away
+    w2.note_hole({"trade_ms": 9_000})   # a gap heard of meanwhile: not filled by that backfill's rows
+    w2.holes_filled(taken)   # the backfill's rows handed over: forgotten once the writer put them away
+    _wait(lambda: json.loads(w2.holes_path.read_text()) == {"trade_ms": 9_000})
+    second = w2.take_holes()
+    w2.restore_holes(second)   # that backfill failed: the hole stays, on disk too
+    assert json.loads(w2.holes_path.read_text()) == {"trade_ms": 9_000}
+    w2.holes_filled(w2.take_holes())
     _wait(lambda: not w2.holes_path.exists())
     w2.close(1)
 
