@@ -490,8 +490,14 @@ def _f(value: Any, digits: int = 4) -> str:
     return "-" if not math.isfinite(v) else f"{v:.{digits}f}"
 
 
+def net_pnl(exposure: dict[str, Any]) -> float:
+    """A symbol's P&L as the journal and the console count it: realized + unrealized + funding - fees."""
+    parts = ("realized_pnl", "unrealized_pnl", "funding_pnl")
+    return sum(float(exposure.get(k) or 0.0) for k in parts) - float(exposure.get("commission") or 0.0)
+
+
 def render_table(rows: dict[str, dict[str, Any]]) -> str:
-    """The live table: per symbol position, worst case vs cap, P&L, fills, grinds, kill state."""
+    """The live table: per symbol position, worst case vs cap, P&L net of fees, fills, grinds, kill state."""
     head = f"{'SYMBOL':<10} {'STATE':<10} {'EPOCH':>5} {'POSITION':>10} {'WORST L/S vs CAP':>24} " \
            f"{'PNL':>10} {'FILLS':>6} {'GRINDS':>6} {'KILL':<10}"
     lines = [head]
@@ -501,7 +507,7 @@ def render_table(rows: dict[str, dict[str, Any]]) -> str:
         if row.get("error") and not st:
             lines.append(f"{sym:<10} {'?':<10} {row['error']}")
             continue
-        pnl = sum(float(ex.get(k) or 0.0) for k in ("realized_pnl", "unrealized_pnl", "funding_pnl"))
+        pnl = net_pnl(ex)
         total_pnl += pnl
         worst = f"{_f(ex.get('worst_long'), 3)}/{_f(ex.get('worst_short'), 3)} vs {_f(ex.get('cap'), 3)}"
         lines.append(
@@ -534,19 +540,21 @@ def wait_quoting(namespace: str, symbols: list[str], timeout: float, out: TextIO
 def render_summary(result: dict[str, Any], rows: dict[str, dict[str, Any]], elapsed_s: float) -> str:
     lines = [f"fleet {result.get('fleet')} stopped after {elapsed_s:.0f} s"]
     lines.append(f"{'SYMBOL':<10} {'OPEN ORDERS@EXCH':>16} {'POSITION':>10} {'REALIZED':>10} {'UNREALIZED':>10} "
-                 f"{'FUNDING':>9} {'FILLS':>6} {'GRINDS':>6}")
+                 f"{'FUNDING':>9} {'FEES':>8} {'FILLS':>6} {'GRINDS':>6}")
     total = 0.0
     for sym, res in (result.get("symbols") or {}).items():
         row = rows.get(sym, {"exposure": {}, "fills": 0, "grinds": 0})
         summary = res.get("summary") or {}
         ex = summary.get("exposure") or row["exposure"]
         pos = summary.get("exchange_position", ex.get("position"))
-        realized, unreal, funding = (float(ex.get(k) or 0.0) for k in ("realized_pnl", "unrealized_pnl", "funding_pnl"))
-        total += realized + unreal + funding
+        realized, unreal, funding, fees = (float(ex.get(k) or 0.0)
+                                           for k in ("realized_pnl", "unrealized_pnl", "funding_pnl", "commission"))
+        total += net_pnl(ex)
         lines.append(f"{sym:<10} {str(res.get('open_orders')):>16} {_f(pos):>10} {_f(realized, 2):>10} "
-                     f"{_f(unreal, 2):>10} {_f(funding, 2):>9} {int(row['fills']):>6} {int(row['grinds']):>6}"
+                     f"{_f(unreal, 2):>10} {_f(funding, 2):>9} {_f(fees, 2):>8} {int(row['fills']):>6} "
+                     f"{int(row['grinds']):>6}"
                      + (f"  ({res['error']})" if res.get("error") else ""))
-    lines.append(f"fleet P&L {total:.2f}")
+    lines.append(f"fleet P&L {total:.2f} (net of fees)")
     return "\n".join(lines)
 
 

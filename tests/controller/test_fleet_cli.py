@@ -78,12 +78,12 @@ def test_up_with_a_missing_config_fails_before_touching_ray(tmp_path, capsys):
     assert "cannot read config" in capsys.readouterr().err
 
 
-def test_table_shows_position_worst_case_pnl_fills_grinds_and_kill_state():
+def test_table_shows_position_worst_case_pnl_net_of_fees_fills_grinds_and_kill_state():
     rows = {
         "ETHUSDC": {"status": {"state": "quoting", "epoch": 3},
                     "exposure": {"position": 0.05, "worst_long": 0.1, "worst_short": -0.02, "cap": 0.23,
-                                 "realized_pnl": 1.5, "unrealized_pnl": -0.5, "funding_pnl": 0.0,
-                                 "kill_state": "running"},
+                                 "realized_pnl": 1.5, "unrealized_pnl": -0.5, "funding_pnl": 0.25,
+                                 "commission": 0.25, "kill_state": "running"},
                     "fills": 7, "grinds": 1, "error": None},
         "BTCUSDT": {"status": {}, "exposure": {}, "fills": 0, "grinds": 0, "error": "no actor"},
     }
@@ -95,6 +95,7 @@ def test_table_shows_position_worst_case_pnl_fills_grinds_and_kill_state():
     summary = render_summary({"fleet": "f", "symbols": {"ETHUSDC": {"open_orders": 0, "summary": None, "error": None}}},
                              rows, 12.0)
     assert "fleet f stopped after 12 s" in summary and "ETHUSDC" in summary
+    assert "FEES" in summary and "fleet P&L 1.00 (net of fees)" in summary  # as the journal and the console count
 
 
 # --- symbols checked against the exchange's list ----------------------------------------------------
