@@ -290,7 +290,9 @@ class RestHandlers:
         if (raw == "true") == acct.dual_side:
             raise SimApiError(-4059, "No need to change position side.")
         if raw == "true":
-            raise SimApiError(-4068, "Position side cannot be changed: the simulator runs one-way mode only.")
+            # -1020 as for a Hedge Mode order: -4068 would say a position exists, and a client that reads
+            # it so could close positions to retry
+            raise SimApiError(-1020, "This operation is not supported: the simulator trades one-way mode only.")
         if any(p.amount for p in acct.positions.values()):
             raise SimApiError(-4068, "Position side cannot be changed if there exists position.")
         if acct.open or any(a.account == acct.name for a in self.engine.algo.open.values()):

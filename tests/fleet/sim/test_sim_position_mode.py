@@ -44,4 +44,8 @@ async def test_a_hedge_mode_account_refuses_one_way_orders_and_switches_back_onl
         r = await c.signed("POST", "/fapi/v1/order", order)
         assert r.status == 200 and r.json["status"] == "NEW"
         r = await c.signed("POST", "/fapi/v1/positionSide/dual", {"dualSidePosition": "true"})
-        assert r.json["code"] == -4068   # the simulator does not enter Hedge Mode
+        assert (r.status, r.json["code"]) == (400, -1020)   # the simulator does not enter Hedge Mode (not -4068:
+        assert "not supported" in r.json["msg"]              # that code says a position exists)
+        await c.signed("DELETE", "/fapi/v1/allOpenOrders", {"symbol": SYMBOL})
+        r = await c.signed("POST", "/fapi/v1/positionSide/dual", {"dualSidePosition": "true"})
+        assert (r.status, r.json["code"]) == (400, -1020)   # flat and without orders, still not entered
