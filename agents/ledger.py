@@ -25,6 +25,7 @@ from fleet.binance.enums import ErrorCode, OrderStatus, OrderType, TimeInForce
 from fleet.binance.events import BUY, CLOSED_STATUSES, OrderUpdate
 from fleet.binance.filters import SymbolFilters
 from fleet.binance.models import OrderInfo
+from fleet.binance.signing import AHEAD_REFUSED_MS
 from fleet.config import SymbolParams
 
 from .algos import OtherAlgos
@@ -34,7 +35,7 @@ from .orders import Amend, Cancel, OrderReason, Place
 # second ahead unnoticed (the exchange refuses a timestamp only 1,000 ms ahead): an order changed
 # within this much before it may have changed after the exchange read its book, so a listing that
 # lacks it does not close it (the reconciliation looks it up instead).
-LISTING_MARGIN_MS = 1_000
+LISTING_MARGIN_MS = AHEAD_REFUSED_MS
 
 # How soon a cancel answered ambiguously is sent again (see ``LiveOrder.cancel_retry_due``): one
 # weight per retry (a batch of up to 10 cancels also weighs 1) while the order may still rest.

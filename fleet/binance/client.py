@@ -56,7 +56,7 @@ from .models import (
     exchange_decimal,
 )
 from .ratelimit import THROTTLE_PAUSE_S, Cost, RateBudget
-from .signing import encode_params, sign
+from .signing import AHEAD_REFUSED_MS, encode_params, sign
 
 T = TypeVar("T")
 log = logging.getLogger("fleet.binance.client")
@@ -576,10 +576,11 @@ class BinanceClient(RestCore):
 
     async def position(self, symbol: str, *, risk: bool = False) -> PositionInfo:
         """The one-way position of ``symbol`` (v3 positionRisk; v2 if the v3 path is missing), with
-        ``as_of`` = the exchange time just before the request (the figure holds every trade before it).
+        ``as_of``, an exchange time no later than the exchange's read (the figure holds every trade
+        before it): see :meth:`_read_no_earlier_than`.
         ``risk``: read to take risk off (flatten, stop, reconcile): the budget's reserve lane."""
         if not self._position_v2:
-            as_of = self._timestamp()
+            clock0, offset0 = self.clock_ms(), self.time_offset_ms
             try:
                 data = await self._request(ep.POSITION_RISK_V3, {"symbol": symbol}, risk=risk)
             except BinanceError as exc:
@@ -588,10 +589,19 @@ class BinanceClient(RestCore):
                 log.info("v3 positionRisk not available; using v2")
                 self._position_v2 = True
             else:
-                return _pick_position(data, symbol, as_of)
-        as_of = self._timestamp()
+                return _pick_position(data, symbol, self._read_no_earlier_than(clock0, offset0))
+        clock0, offset0 = self.clock_ms(), self.time_offset_ms
         data = await self._request(ep.POSITION_RISK_V2, {"symbol": symbol}, risk=risk)
-        return _pick_position(data, symbol, as_of)
+        return _pick_position(data, symbol, self._read_no_earlier_than(clock0, offset0))
+
+    def _read_no_earlier_than(self, clock0: int, offset0: int) -> int:
+        """The earliest exchange time at which a signed read sent after this host's ``clock0`` (with
+        the offset then ``offset0``) and accepted can have been read: its timestamp less
+        ``AHEAD_REFUSED_MS``. The timestamp itself is only this host's estimate, which an uneven round
+        trip at the last clock sync may have set up to a second ahead unnoticed: a figure dated by it
+        would take fills made just after the read for fills inside it (lost from the position). Of a
+        request re-signed after a re-sync, the lower of the two offsets."""
+        return clock0 + min(offset0, self.time_offset_ms) - AHEAD_REFUSED_MS
 
     async def account(self) -> dict[str, Any]:
         if not self._account_v2:

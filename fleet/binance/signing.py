@@ -13,6 +13,11 @@ import re
 from typing import Any, Mapping
 from urllib.parse import quote
 
+# Binance refuses a request signed more than this far ahead of its clock (-1021 "1000ms ahead"), so a
+# request it accepted was read no earlier than its timestamp less this, however far this host's
+# estimate of the exchange's clock has drifted or was learned wrong (half an uneven round trip).
+AHEAD_REFUSED_MS = 1_000
+
 # Values made only of these characters are the same before and after percent-encoding.
 _PLAIN = re.compile(r"^[A-Za-z0-9._~-]*$")
 
