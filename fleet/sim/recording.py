@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import zlib
+from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
@@ -44,6 +45,11 @@ KINDS = {"bookTicker": BOOK, "aggTrade": TRADE, "markPrice@1s": MARK, "markPrice
 SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,30}$")
 FILE_RE = re.compile(r"^(?P<symbol>[A-Z0-9]{2,30})-(?P<start>\d{8}T\d{6}\.\d{3}Z)\.jsonl\.gz$")
 LOGGED_PER_RECORDING = 20  # malformed lines logged one by one; past that, counted only
+# How far (receive ms) a frame may arrive after one that follows it on the exchange's clock: books come
+# over /public, trades over /market, and aggTrade is pushed every 100 ms, so the book a trade changed is
+# often received first. The reader puts a symbol's lines back in the exchange's order within this.
+REORDER_MS = 1_000
+_RANK = {TRADE: 0, MARK: 1, BOOK: 2}  # at one exchange time: the trade, then the book it changed
 
 # One line as read: (receive ms, kind, SYMBOL, raw data object, file, line number)
 Line = tuple[int, str, str, dict[str, Any], Path, int]
@@ -164,14 +170,21 @@ class RecordingWriter:
 
 
 class ReadStats:
-    """What a reader skipped: malformed lines, lines out of time order, files cut short, other streams."""
+    """What a reader skipped: malformed lines, lines out of time order, files cut short, other streams,
+    frames read twice (a trade id or a book update id not after the last one)."""
 
     def __init__(self, quiet: bool = False) -> None:
         self.malformed = 0
         self.out_of_order = 0
         self.cut_short = 0
         self.ignored = 0
+        self.duplicates = 0
         self.quiet = quiet
+
+    def duplicate(self, path: Path, lineno: int, why: str) -> None:
+        self.duplicates += 1
+        if not self.quiet and self.duplicates <= LOGGED_PER_RECORDING:
+            log.warning("recording: skipped line %d of %s, read already: %s", lineno, path, why)
 
     def bad(self, path: Path, lineno: int, why: str) -> None:
         self.malformed += 1
@@ -184,7 +197,7 @@ class ReadStats:
 
     def view(self) -> dict[str, int]:
         return {"malformed": self.malformed, "out_of_order": self.out_of_order, "cut_short": self.cut_short,
-                "ignored": self.ignored}
+                "ignored": self.ignored, "duplicates": self.duplicates}
 
 
 class Recording:
@@ -227,6 +240,11 @@ class Recording:
         return sorted(p for p in folder.iterdir() if (m := FILE_RE.match(p.name)) and m["symbol"] == symbol)
 
     def lines(self, symbol: str, stats: ReadStats) -> Iterator[Line]:
+        """One symbol's readable lines in the exchange's order (:func:`_exchange_order`), each frame once
+        (:func:`_once`); ``r`` never decreases."""
+        return _once(_exchange_order(self._received(symbol, stats)), stats)
+
+    def _received(self, symbol: str, stats: ReadStats) -> Iterator[Line]:
         """One symbol's readable lines, file after file; ``r`` held at the last value if it steps back."""
         last = 0
         prefix = symbol.lower() + "@"
@@ -241,6 +259,62 @@ class Recording:
     def events(self, symbols: Iterable[str], stats: ReadStats) -> Iterator[Line]:
         """Every symbol's lines merged in receive-time order (ties: the order of ``symbols``)."""
         return heapq.merge(*(self.lines(s, stats) for s in symbols), key=lambda line: line[0])
+
+
+def _exchange_ms(line: Line) -> int | None:
+    """The exchange's time of a line's event: a trade's or a book change's transaction time ``T`` (else
+    its event time ``E``), a mark's ``E`` (its ``T`` is the next funding time)."""
+    d = line[3]
+    t = d.get("E") if line[1] == MARK else d.get("T", d.get("E"))
+    return t if type(t) is int else None
+
+
+def _exchange_order(lines: Iterator[Line], window_ms: int = REORDER_MS) -> Iterator[Line]:
+    """Lines received in order, put back in the exchange's: by the event's exchange time (a trade before
+    the book of the same time, which it changed), a line without one where it was received. A line is
+    let go once a line received ``window_ms`` after it is read, at the earliest receive time of itself
+    and of the lines it now goes before (so a trade comes before the book it changed, at the time that
+    book was received; receive times stay in order)."""
+    heap: list[tuple[int, int, int, Line]] = []
+    pending: deque[tuple[int, int]] = deque()   # (seq, r) of lines held, in receive order
+    gone: set[int] = set()
+    key, seq = 0, 0
+
+    def release() -> Line:
+        _, _, n, line = heapq.heappop(heap)
+        gone.add(n)
+        while pending and pending[0][0] in gone:
+            gone.discard(pending.popleft()[0])
+        first = pending[0][1] if pending else line[0]
+        return (first, *line[1:]) if first < line[0] else line
+
+    for line in lines:
+        while heap and heap[0][3][0] + window_ms < line[0]:
+            yield release()
+        t = _exchange_ms(line)
+        key = t if t is not None else key
+        heapq.heappush(heap, (key, _RANK[line[1]], seq, line))
+        pending.append((seq, line[0]))
+        seq += 1
+    while heap:
+        yield release()
+
+
+def _once(lines: Iterator[Line], stats: ReadStats) -> Iterator[Line]:
+    """Each frame once: a trade whose aggregate id ``a``, or a book whose update id ``u``, is not after
+    the last one read is a frame read twice (a file copied, a line repeated) and is skipped, counted."""
+    last = {TRADE: -1, BOOK: -1}
+    for line in lines:
+        kind = line[1]
+        if kind != MARK:
+            ident = line[3].get("a" if kind == TRADE else "u")
+            if type(ident) is int:
+                if ident <= last[kind]:
+                    stats.duplicate(line[4], line[5], f"{kind} {'a' if kind == TRADE else 'u'}={ident} is not after "
+                                                      f"{last[kind]}")
+                    continue
+                last[kind] = ident
+        yield line
 
 
 def _read_file(path: Path, prefix: str, symbol: str, stats: ReadStats) -> Iterator[Line]:

@@ -9,10 +9,13 @@ whose clock starts at the recording's start sees the recorded times unchanged):
   it at that time (so the mid path is the recording's). Our orders queue behind the recorded size at
   their price: an order joining the touch has the recorded size ahead of it, one inside the spread
   nothing; the queue ahead only shrinks (to the recorded size when that falls, to 0 when the touch
-  moves behind the order). A recorded book that crosses a resting order fills it at its own price.
-- aggTrade: published as recorded, then a taker of the recorded side, price and size: it first eats
-  the recorded size ahead of our orders at that price, then fills them in time order; our orders at a
-  better price than the trade's (the trade went through them) fill in full.
+  moves behind the order). A recorded book that crosses a resting order fills it at its own price,
+  for as much as the recorded touch on the other side holds.
+- aggTrade: published as recorded, then a taker of the recorded side, price and size (``nq`` when
+  given: the part the visible book held): our orders at a better price than the trade's first (the
+  taker would have hit them first), then at its price it eats the recorded size ahead of our orders
+  and fills them in time order, never more than its size in all. The reader hands a symbol's lines
+  over in the exchange's order (a trade before the book it changed, received after it or not).
 - markPrice: the mark price, the funding rate and the next funding time; funding settles at the
   recorded next funding time with the latest rate (then every interval until a frame names another
   time: the symbol's, as the step of the recorded times after a settlement shows it, else the spec's
@@ -394,7 +397,7 @@ class ReplayMarket:
             c[2], c[3], c[4] = max(c[2], b.mid), min(c[3], b.mid), b.mid
         b.requeue()
         if b.our_bid >= b.ask_top or b.our_ask <= b.bid_top:
-            e._sweep_crossed(b, t)  # the recorded book went through a resting order: it fills at its price
+            _sweep_crossed(e, b, t)  # the recorded book went through a resting order: it fills at its price
         e._publish_book(b, t)
 
     def _on_trade(self, e: Engine, b: ReplayBook, d: dict[str, Any], t: int, path: Any, lineno: int) -> None:
@@ -405,29 +408,38 @@ class ReplayMarket:
             self.stats.bad(path, lineno, f"aggTrade p/q/m {d.get('p')!r}/{d.get('q')!r}/{sell!r} is not a trade "
                                          f"on {b.symbol}'s tick {b.tick} and step {b.step}")
             return
+        # What the taker took from the visible book: "nq" leaves out the trades against RPI orders, which
+        # the books never show (so never queued ahead of ours); "q" when the frame has no readable "nq"
+        visible = grid_units(d.get("nq"), b.qty_places, b.qty_mult)
+        visible = qty if visible is None or visible > qty else visible
         trade_id = e._emit_agg(b, price, qty, t, sell)
-        if (b.our_bid >= price) if sell else (b.our_ask <= price):
-            if self._take(e, b, price, qty, sell, t, trade_id):
+        if visible and ((b.our_bid >= price) if sell else (b.our_ask <= price)):
+            if self._take(e, b, price, visible, sell, t, trade_id):
                 e._publish_book(b, t)
 
     def _take(self, e: Engine, b: ReplayBook, price: int, qty: int, sell: bool, t: int, trade_id: int) -> bool:
-        """The recorded taker against our orders: through the better prices in full (a trade each), at its
-        price behind the recorded queue (within the recorded trade ``trade_id``). True if anything filled."""
+        """The recorded taker against our orders, for at most its own size: through our better prices first
+        (the taker would have hit them first; a trade each), then at its price behind the recorded queue
+        (within the recorded trade ``trade_id``). True if anything filled."""
         levels = b.bids if sell else b.asks
         crossed = sorted((p for p in levels if (p >= price if sell else p <= price)), reverse=sell)
         filled = False
+        left = qty
         for p in crossed:
             orders = levels.get(p)
-            if not orders:
+            if not orders or left <= 0:
                 continue
             if p == price:
-                filled = _queue_fill(e, b, orders, price, qty, t, trade_id) or filled
+                filled = _queue_fill(e, b, orders, price, left, t, trade_id) or filled
                 continue
             for o in list(orders):  # the trade went through this price: the order was hit first
-                n = e._fillable(b, o, o.remaining, t)
+                n = e._fillable(b, o, min(o.remaining, left), t)
                 if n:
+                    left -= n
                     e._fill(b, o, n, p, True, t, e._emit_agg(b, p, n, t, sell))
                     filled = True
+                    if left <= 0:
+                        break
         return filled
 
     def _take_mark(self, b: ReplayBook, d: dict[str, Any], e: Engine | None = None) -> bool:
@@ -472,6 +484,24 @@ class ReplayMarket:
                 e._emit_market(one, frame)
             if every in interest:
                 e._emit_market(every, (render_list, [frame]))
+
+
+def _sweep_crossed(e: Engine, b: ReplayBook, t: int) -> None:
+    """Our resting orders a recorded book went through fill at their own price, as makers, for as much
+    as the recorded touch on the other side holds (those orders would have met ours; the levels behind
+    it are synthetic), our best price first."""
+    for buy in (True, False):
+        levels = b.bids if buy else b.asks
+        touch = b.ask_top if buy else b.bid_top
+        left = b.synth_ask(touch) if buy else b.synth_bid(touch)
+        for price in sorted((p for p in levels if (p >= touch if buy else p <= touch)), reverse=buy):
+            for o in list(levels.get(price, ())):
+                n = e._fillable(b, o, min(o.remaining, left), t) if left > 0 else 0
+                if n:
+                    left -= n
+                    (b.consumed_ask if buy else b.consumed_bid)[touch] = \
+                        (b.consumed_ask if buy else b.consumed_bid).get(touch, 0) + n
+                    e._fill(b, o, n, price, True, t, e._emit_agg(b, price, n, t, buy))
 
 
 def _queue_fill(e: Engine, b: Book, orders: list[Order], price: int, qty: int, t: int, trade_id: int) -> bool:

@@ -27,16 +27,21 @@ T0 = 1_733_000_000_000  # the recording's first receive time
 NOW = 1_800_000_000_000  # the engine's start: recorded times are shifted by NOW - T0
 
 
-def bt(dt: int, b: str, bq: str, a: str, aq: str, sym: str = "ETHUSDC") -> dict[str, Any]:
+def bt(dt: int, b: str, bq: str, a: str, aq: str, sym: str = "ETHUSDC", at: int | None = None) -> dict[str, Any]:
+    """A bookTicker received ``dt`` ms into the recording, of the exchange's time ``T0 + at`` (``dt - 2``)."""
     r = T0 + dt
+    t = r - 2 if at is None else T0 + at
     return {"r": r, "s": f"{sym.lower()}@bookTicker", "d": {"e": "bookTicker", "u": dt, "s": sym, "b": b, "B": bq,
-                                                              "a": a, "A": aq, "T": r - 2, "E": r - 1}}
+                                                              "a": a, "A": aq, "T": t, "E": t + 1}}
 
 
-def agg(dt: int, p: str, q: str, buyer_maker: bool, sym: str = "ETHUSDC") -> dict[str, Any]:
+def agg(dt: int, p: str, q: str, buyer_maker: bool, sym: str = "ETHUSDC", at: int | None = None,
+        **extra: Any) -> dict[str, Any]:
     r = T0 + dt
-    return {"r": r, "s": f"{sym.lower()}@aggTrade", "d": {"e": "aggTrade", "E": r - 1, "s": sym, "a": dt, "p": p,
-                                                            "q": q, "f": dt, "l": dt, "T": r - 2, "m": buyer_maker}}
+    t = r - 2 if at is None else T0 + at
+    return {"r": r, "s": f"{sym.lower()}@aggTrade", "d": {"e": "aggTrade", "E": t + 1, "s": sym, "a": dt, "p": p,
+                                                            "q": q, "f": dt, "l": dt, "T": t, "m": buyer_maker,
+                                                            **extra}}
 
 
 def mark(dt: int, p: str, rate: str, next_funding_dt: int, sym: str = "ETHUSDC") -> dict[str, Any]:
@@ -77,9 +82,9 @@ def test_recorded_trades_fill_our_orders_behind_the_recorded_queue_and_through_o
                      agg(1000, "3000.00", "1.500", True),  # eats 1.5 of the 2.0 ahead of our bid
                      bt(2000, "3000.00", "0.300", "3000.01", "2.000"),  # the queue ahead shrinks to 0.3
                      agg(3000, "3000.00", "0.500", True),  # 0.3 ahead, then 0.2 of ours
-                     agg(4000, "2999.99", "0.010", True),  # through our price: the rest of ours, 0.3
+                     agg(4000, "2999.99", "0.300", True),  # through our price: the rest of ours, 0.3
                      bt(5000, "3000.05", "1.000", "3000.06", "1.000"),  # the book goes through our ask
-                     agg(6000, "3000.09", "0.010", False)]],  # a buy through our second ask at 3000.08
+                     agg(6000, "3000.09", "0.010", False)]],  # a buy through our second ask: 0.010 of it
         "BTCUSDT": [[bt(500, "60000.0", "1.000", "60000.1", "1.000", "BTCUSDT")]]})
     e = Engine(SimConfig(replay=str(rec)), now_ms=NOW)
     e.watch("ethusdc@aggTrade")
@@ -101,15 +106,52 @@ def test_recorded_trades_fill_our_orders_behind_the_recorded_queue_and_through_o
     assert ask.status == "FILLED"  # the recorded bid 3000.05 went through our ask at 3000.04
     ask2 = order(e, "SELL", "3000.08", "0.050", "a2")
     e.advance(NOW + 6000)
-    assert ask2.status == "FILLED"
+    assert (ask2.status, ask2.filled) == ("PARTIALLY_FILLED", 10)   # no more than the taker's own size
     trades = [(t.side, t.price, t.qty, t.maker, t.time - NOW) for t in e.accounts["main"].trades]
     assert trades == [("BUY", "3000.00", "0.200", True, 3000), ("BUY", "3000.00", "0.300", True, 4000),
-                      ("SELL", "3000.04", "0.100", True, 5000), ("SELL", "3000.08", "0.050", True, 6000)]
+                      ("SELL", "3000.04", "0.100", True, 5000), ("SELL", "3000.08", "0.010", True, 6000)]
     st = e.state("main", "ETHUSDC")
-    assert st["positions"]["ETHUSDC"]["amount"] == "0.350"
+    assert st["positions"]["ETHUSDC"]["amount"] == "0.390"
     published = [(f["p"], f["q"], f["m"], f["T"] - NOW) for f in frames(e, "@aggTrade")]
-    assert ("3000.00", "1.500", True, 1000) in published and ("2999.99", "0.010", True, 4000) in published
+    assert ("3000.00", "1.500", True, 1000) in published and ("2999.99", "0.300", True, 4000) in published
     assert ("3000.09", "0.010", False, 6000) in published  # every recorded trade, at its recorded time
+
+
+def test_a_trade_received_after_the_book_it_changed_is_matched_before_that_book(tmp_path):
+    # Binance sends books over /public and trades over /market, aggTrade every 100 ms: the book a taker
+    # changed (2.000 -> 0.500 at 3000.00) is often received first; by the exchange's times it came after
+    rec = write_recording(tmp_path / "rec", {"ETHUSDC": [[
+        bt(0, "3000.00", "2.000", "3000.01", "2.000"),
+        bt(1005, "3000.00", "0.500", "3000.01", "2.000", at=1000),
+        agg(1080, "3000.00", "1.500", True, at=1000),   # the taker of that book: ate 1.5 of the 2.0 ahead
+        agg(1090, "3000.00", "1.500", True, at=1000, a=1080)]]})   # the same trade twice (a copied line)
+    e = Engine(SimConfig(replay=str(rec)), now_ms=NOW)
+    e.advance(NOW)
+    bid = order(e, "BUY", "3000.00", "0.500", "b1")
+    e.advance(NOW + 1005)   # both applied when the book was received, the trade first
+    assert (bid.filled, bid.ahead) == (0, 500)   # still 0.5 behind: the trade was not counted twice
+    e.advance(NOW + 3000)
+    assert (bid.filled, bid.ahead) == (0, 500) and e.replay.view()["duplicates"] == 1
+
+
+def test_a_recorded_taker_fills_our_better_prices_with_no_more_than_its_own_size(tmp_path):
+    rec = write_recording(tmp_path / "rec", {"ETHUSDC": [[
+        bt(0, "3000.00", "2.000", "3000.10", "2.000"),
+        agg(1000, "3000.00", "0.001", True),   # a tiny sell at the recorded touch, under our three better bids
+        agg(2000, "3000.00", "1.000", True, nq="0.200"),   # 0.8 of it against RPI orders the book never shows
+        bt(3000, "3000.12", "0.004", "3000.13", "2.000")]]})   # a book through our asks, 0.004 at its touch
+    e = Engine(SimConfig(replay=str(rec)), now_ms=NOW)
+    e.advance(NOW)
+    bids = [order(e, "BUY", p, "1.000", f"b{i}") for i, p in enumerate(("3000.03", "3000.02", "3000.01"))]
+    touch = order(e, "BUY", "3000.00", "0.500", "t1")
+    asks = [order(e, "SELL", p, "0.003", f"a{i}") for i, p in enumerate(("3000.11", "3000.12"))]
+    e.advance(NOW + 1000)
+    assert [b.filled for b in bids] == [1, 0, 0]   # the best first, and only the taker's 0.001
+    e.advance(NOW + 2000)
+    assert [b.filled for b in bids] == [201, 0, 0]   # the visible 0.200 ("nq"), not the whole 1.000
+    assert (touch.filled, touch.ahead) == (0, 2000)
+    e.advance(NOW + 3000)
+    assert [a.filled for a in asks] == [3, 1]   # the recorded 0.004 at the crossing touch, our best first
 
 
 def test_marks_funding_and_the_book_hold_still_before_and_after_the_recording(tmp_path):
