@@ -6,10 +6,12 @@ Per symbol it records bookTicker, aggTrade and markPrice@1s (combined streams, o
 layout: /public for books, /market for the rest), each frame's data object with
 its local receive time, into gzip JSON-lines files rolled every ``--roll-minutes`` (default 60), plus
 a manifest; the format is docs/recording.md. Binance cuts every connection after 24 h: a cut
-connection is reopened with back-off (0.5 s doubling to 30 s) and counted. A malformed frame is
-logged, counted and skipped. SIGINT/SIGTERM or the end of ``--minutes`` stop it cleanly: the files
-are closed (nothing buffered is lost) and the manifest gets its end time. Bad arguments: a message
-naming the argument and exit code 2.
+connection, or one silent for 15 s (markPrice@1s comes every second; 120 s for books alone), is
+reopened with back-off (0.5 s doubling to 30 s) and counted. A malformed frame is logged, counted and
+skipped. SIGINT/SIGTERM or the end of ``--minutes`` stop it cleanly: the files are closed (nothing
+buffered is lost) and the manifest gets its end time. A frame the disk refuses (full, a size limit)
+stops it with exit code 1, the error in the manifest. Bad arguments: a message naming the argument
+and exit code 2.
 
 The simulator replays a recording as its market: ``python -m fleet sim --replay DIR``.
 """
@@ -41,6 +43,11 @@ STREAMS_PER_CONNECTION = 100  # well under Binance's 1024 streams per connection
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 LOG_MALFORMED = 10  # malformed frames logged one by one; then every 1,000th
+# A connection that carries markPrice@1s hears something every second; one of books only may be quiet
+# longer on a calm symbol. Silent past these, it is taken as dead (a server that still answers pings
+# but stopped sending) and reopened.
+SILENT_MARK_S = 15.0
+SILENT_BOOKS_S = 120.0
 
 
 class UsageError(ValueError):
@@ -54,6 +61,7 @@ class Options:
     minutes: float | None = None
     ws_url: str = BINANCE_WS
     roll_minutes: float = 60.0
+    silent_s: float | None = None   # None: SILENT_MARK_S or SILENT_BOOKS_S, by what the connection carries
 
 
 @dataclass
@@ -61,7 +69,12 @@ class Counts:
     frames: int = 0
     malformed: int = 0
     reconnects: int = 0
+    silent: int = 0   # reconnects because a connection went quiet
     per_url: dict[str, int] = field(default_factory=dict)
+
+
+class WriteFailed(RecordingError):
+    """The disk refused a frame (full, a file-size limit, an I/O error): recording stops, loudly."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,10 +147,16 @@ class _Sink:
             sym, _, kind = stream.partition("@") if type(stream) is str else ("", "", "")
             if type(data) is not dict or sym not in self.symbols or kind not in self.kinds:
                 why = "not a combined-stream frame of a recorded stream ({\"stream\": ..., \"data\": {...}})"
+        if why is None and data.get("s", self.symbols[sym]) != self.symbols[sym]:
+            why = f"the data of {stream!r} is of symbol {data.get('s')!r}"
         if why is not None:
             self._malformed(why, raw)
             return
-        self.writer.write(r, self.symbols[sym], stream, data)
+        try:
+            self.writer.write(r, self.symbols[sym], stream, data)
+        except OSError as exc:   # not a lost connection: every later frame would be lost the same way
+            raise WriteFailed(f"cannot write the recording in {self.writer.directory}: {exc}; recording stops "
+                              f"(the files up to the last flush are readable)") from exc
         self.counts.frames += 1
         self.counts.per_url[url] = self.counts.per_url.get(url, 0) + 1
 
@@ -149,18 +168,27 @@ class _Sink:
             log.warning("record: malformed frame %d skipped: %s: %r", n, why, text[:200])
 
 
-async def _pump(url: str, sink: _Sink, stop: asyncio.Event) -> None:
-    """One connection's frames into the sink, reopened with back-off whenever it ends, until ``stop``."""
+async def _pump(url: str, sink: _Sink, stop: asyncio.Event, silent_s: float | None = None) -> None:
+    """One connection's frames into the sink, reopened with back-off whenever it ends or goes silent,
+    until ``stop``. A frame the disk refuses ends it (:class:`WriteFailed`)."""
     backoff = BACKOFF_FIRST_S
+    silent_s = silent_s or (SILENT_MARK_S if "markPrice" in url else SILENT_BOOKS_S)
     while not stop.is_set():
         try:
             async with connect(url, open_timeout=10, ping_interval=20, ping_timeout=20, max_size=1 << 22,
                                close_timeout=2) as ws:
                 log.info("record: connected %s", url)
-                async for raw in ws:
+                while True:
+                    try:
+                        raw = await asyncio.wait_for(ws.recv(), silent_s)
+                    except asyncio.TimeoutError:
+                        sink.counts.silent += 1
+                        why = f"no frame for {silent_s:g} s"
+                        break
                     sink.frame(raw, url)
                     backoff = BACKOFF_FIRST_S
-            why = "closed by the server"
+        except websockets.exceptions.ConnectionClosed as exc:
+            why = f"closed by the server ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
         except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
             why = f"{type(exc).__name__}: {exc}"
         if stop.is_set():
@@ -183,20 +211,27 @@ async def record(opts: Options, stop: asyncio.Event | None = None) -> dict[str, 
     writer.start(_now_ms())
     counts = Counts()
     sink = _Sink(writer, opts.symbols, counts)
-    tasks = [asyncio.create_task(_pump(u, sink, stop)) for u in urls]
+    tasks = [asyncio.create_task(_pump(u, sink, stop, opts.silent_s)) for u in urls]
+    stopped = asyncio.create_task(stop.wait())
     log.info("record: %s into %s (%d connection(s))", ", ".join(opts.symbols), opts.out, len(urls))
+    failed: BaseException | None = None
     try:
-        try:
-            await asyncio.wait_for(stop.wait(), None if opts.minutes is None else opts.minutes * 60)
-        except asyncio.TimeoutError:
-            pass
+        await asyncio.wait([stopped, *tasks], timeout=None if opts.minutes is None else opts.minutes * 60,
+                           return_when=asyncio.FIRST_COMPLETED)
     finally:
         stop.set()
-        for t in tasks:
+        for t in (stopped, *tasks):
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        manifest = writer.close(_now_ms(), frames=counts.frames, malformed_frames=counts.malformed,
-                                reconnects=counts.reconnects)
+        for result in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                failed = failed or result
+        extra = {"frames": counts.frames, "malformed_frames": counts.malformed, "reconnects": counts.reconnects,
+                 "silent_reconnects": counts.silent}
+        if failed is not None:
+            extra["error"] = str(failed)
+        manifest = writer.close(_now_ms(), **extra)
+    if failed is not None:
+        raise failed if isinstance(failed, RecordingError) else RecordingError(f"record: {failed!r}")
     return manifest
 
 
@@ -205,7 +240,8 @@ def _summary(manifest: dict[str, Any]) -> str:
                     for s, kinds in manifest["lines"].items())
     secs = (manifest["end_ms"] - manifest["start_ms"]) / 1000
     return (f"recorded {manifest['frames']} frames in {secs:.1f} s ({per}); malformed frames skipped: "
-            f"{manifest['malformed_frames']}; reconnects: {manifest['reconnects']}")
+            f"{manifest['malformed_frames']}; reconnects: {manifest['reconnects']} "
+            f"({manifest['silent_reconnects']} after a silence)")
 
 
 async def _main(opts: Options) -> dict[str, Any]:

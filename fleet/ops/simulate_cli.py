@@ -58,7 +58,11 @@ def _options(args: argparse.Namespace) -> Any:
 
         symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()] if args.symbols else None
         first = start["start_ms"] = replay_start_ms(args.replay, symbols)  # the recorded times, unchanged
-        last = Recording(args.replay).manifest.get("end_ms")
+        rec = Recording(args.replay)
+        last = rec.manifest.get("end_ms")
+        if not isinstance(last, int):   # the recorder was killed: the recording ends with its last line
+            ends = [t for t in (rec.last_ms(s) for s in symbols or rec.symbols) if t is not None]
+            last = max(ends) if ends else None
         if hours is None and isinstance(last, int) and last > first:
             hours = (last - first) / 3_600_000.0
         base = load_sim_config(args.sim_config) if args.sim_config else None

@@ -156,13 +156,25 @@ class RecordingWriter:
         self._next_flush = now_ms + self.flush_ms
 
     def close(self, end_ms: int, **extra: Any) -> dict[str, Any]:
-        """Close every file (gzip trailer included) and write the final manifest with ``end_ms``."""
+        """Close every file (gzip trailer included) and write the final manifest with ``end_ms``. A file
+        the disk refuses to finish is named in the manifest's ``unfinished`` (its lines up to the last
+        flush stay readable); a manifest it refuses is a :class:`RecordingError`."""
+        unfinished = []
         for f in self._open.values():
-            f.fh.close()
+            try:
+                f.fh.close()
+            except OSError as exc:
+                unfinished.append(f"{f.path.relative_to(self.directory)}: {exc}")
+                log.error("recording: cannot finish %s: %s", f.path, exc)
         self._open.clear()
         self.manifest["end_ms"] = end_ms
         self.manifest.update(extra)
-        write_manifest(self.directory, self.manifest)
+        if unfinished:
+            self.manifest["unfinished"] = unfinished
+        try:
+            write_manifest(self.directory, self.manifest)
+        except OSError as exc:
+            raise RecordingError(f"cannot write {self.directory / MANIFEST}: {exc}") from exc
         return self.manifest
 
 
@@ -238,6 +250,18 @@ class Recording:
         if not folder.is_dir():
             return []
         return sorted(p for p in folder.iterdir() if (m := FILE_RE.match(p.name)) and m["symbol"] == symbol)
+
+    def last_ms(self, symbol: str) -> int | None:
+        """The receive time of the symbol's last readable line (its last file that holds one), or None:
+        how long a recording whose recorder was killed (no ``end_ms``) runs."""
+        prefix = symbol.lower() + "@"
+        for path in reversed(self.files(symbol)):
+            last = None
+            for line in _read_file(path, prefix, symbol, ReadStats(quiet=True)):
+                last = line[0] if last is None or line[0] > last else last
+            if last is not None:
+                return last
+        return None
 
     def lines(self, symbol: str, stats: ReadStats) -> Iterator[Line]:
         """One symbol's readable lines in the exchange's order (:func:`_exchange_order`), each frame once
@@ -357,5 +381,8 @@ def _parse_line(raw: bytes, path: Path, lineno: int, prefix: str, symbol: str, s
     kind = KINDS.get(stream[len(prefix):])
     if kind is None:
         stats.ignored += 1  # another stream (depth, kline...): not replayed
+        return None
+    if data.get("s", symbol) != symbol:
+        stats.bad(path, lineno, f"the frame of {stream!r} is of symbol {data.get('s')!r}")
         return None
     return r, kind, symbol, data, path, lineno

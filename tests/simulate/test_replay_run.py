@@ -69,3 +69,26 @@ def test_a_recording_replays_with_the_same_mid_path_and_fills_a_quoting_agent(tm
             checked += 1
     assert checked >= MINUTES * 60 - 2  # every sample after the first book
     assert sym.table["fills"] > 0 and sym.table["open_orders_after_stop"] == 0
+
+
+def test_a_recording_whose_recorder_was_killed_runs_to_its_last_line_not_48_hours(tmp_path):
+    import argparse
+
+    import pytest
+
+    from fleet.ops import simulate_cli
+
+    directory = tmp_path / "rec"
+    writer = RecordingWriter(directory, ["ETHUSDC"], source="by hand")
+    writer.start(START)
+    for i in range(91):
+        t = START + i * 1000
+        writer.write(t, "ETHUSDC", "ethusdc@bookTicker", {"e": "bookTicker", "u": i, "s": "ETHUSDC", "b": "3000.00",
+                                                          "B": "1.000", "a": "3000.01", "A": "1.000", "T": t, "E": t})
+    writer.flush(START + 90_000)   # then killed: no end_ms, no gzip trailer
+    assert Recording(directory).manifest["end_ms"] is None
+    parser = argparse.ArgumentParser()
+    simulate_cli.add_arguments(parser)
+    opts = simulate_cli._options(parser.parse_args(["--config", str(CONFIG), "--replay", str(directory),
+                                                    "--no-progress"]))
+    assert opts.hours == pytest.approx(90 / 3600) and opts.start_ms == START

@@ -207,6 +207,48 @@ async def test_the_recorder_stops_cleanly_on_sigint_keeping_its_buffered_tail(si
     assert b"recorded" in stdout
 
 
+async def test_a_disk_that_refuses_a_frame_stops_the_recorder_loudly_with_a_final_manifest(sim_factory, tmp_path):
+    sim = await sim_factory(symbols=SYMBOLS)
+    out = tmp_path / "rec"
+    limit = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000)); "
+             "from simulate.record import main; sys.exit(main(sys.argv[1:]))")   # files of at most 3,000 bytes
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", limit, "--symbols", "ETHUSDC,BTCUSDT", "--out", str(out), "--ws-url", sim.ws_url,
+        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)   # it stops by itself
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    err = stderr.decode()
+    assert proc.returncode == 1 and "record: error: cannot write the recording" in err, err
+    assert "reconnecting" not in err   # not taken for a lost connection
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["end_ms"] is not None and "cannot write" in manifest["error"] and manifest["frames"] > 0
+
+
+async def test_a_connection_that_goes_silent_is_reopened_and_counted(tmp_path):
+    from websockets.asyncio.server import serve
+
+    opened: list[str] = []
+
+    async def mute(ws: Any) -> None:   # accepts, answers pings, never sends a frame
+        opened.append(ws.request.path)
+        await ws.wait_closed()
+
+    async with serve(mute, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        stop = asyncio.Event()
+        task = asyncio.create_task(record(Options(("ETHUSDC",), tmp_path / "rec", ws_url=f"ws://127.0.0.1:{port}",
+                                                  silent_s=0.5), stop))
+        await wait_for(lambda: len(opened) >= 6, 20, "the silent connections reopened")
+        stop.set()
+        manifest = await task
+    assert manifest["silent_reconnects"] >= 4 and manifest["frames"] == 0
+    assert {p.split("?")[0] for p in opened} == {"/public/stream", "/market/stream"}
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--symbols", "ETH-USDC", "--out", "{new}"], "--symbols: ETH-USDC is not a symbol"),
     (["--symbols", "ETHUSDC,ETHUSDC", "--out", "{new}"], "--symbols: a symbol is named twice"),

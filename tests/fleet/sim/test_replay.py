@@ -194,18 +194,22 @@ def test_a_malformed_line_is_counted_and_skipped_with_a_clear_log(tmp_path, capl
         gz.write(json.dumps(good[4]).encode() + b"\n")
     rec = write_recording(tmp_path / "rec", {"ETHUSDC": [
         [bt(0, "3000.00", "1.000", "3000.01", "1.000"), b"{not json\n", good[0],
-         bt(1500, "3000.005", "1.000", "3000.02", "1.000"), good[1], good[2]], []]})
+         bt(1500, "3000.005", "1.000", "3000.02", "1.000"), good[1],
+         {**bt(2500, "90000.0", "1.000", "90000.1", "1.000"), "d": {**bt(2500, "90000.0", "1.000", "90000.1",
+                                                                     "1.000")["d"], "s": "BTCUSDT"}},
+         good[2]], []]})
     (rec / "ETHUSDC" / "ETHUSDC-20241130T010000.000Z.jsonl.gz").write_bytes(buf.getvalue()[:flushed + 3])
     e = Engine(SimConfig(replay=str(rec)), now_ms=NOW)
     e.advance(NOW + 10_000)
     view = e.replay.view()
-    assert (view["malformed"], view["cut_short"]) == (2, 1)
+    assert (view["malformed"], view["cut_short"]) == (3, 1)
     assert e.book_ticker(e.books["ETHUSDC"])["askPrice"] == "3000.04"  # the good lines, the cut file's first
     logs = [r.getMessage() for r in caplog.records]
     first = rec / "ETHUSDC" / "ETHUSDC-20241130T000000.000Z.jsonl.gz"
     assert any(f"line 2 of {first}: not JSON" in m for m in logs), logs
     assert any(f"line 4 of {first}" in m and "'3000.005'" in m and "tick 0.01" in m for m in logs), logs
     assert any("is cut short after line" in m for m in logs), logs
+    assert any(f"line 6 of {first}" in m and "of symbol 'BTCUSDT'" in m for m in logs), logs   # another's data
 
 
 def test_a_missing_or_foreign_directory_or_symbol_is_a_clear_error(tmp_path):
