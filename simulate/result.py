@@ -74,6 +74,7 @@ class RunResult:
     events: int  # exchange events processed (market steps, frames, requests)
     wall_s: float  # wall-clock seconds the run took (not part of determinism)
     log_tail: list[str] = field(default_factory=list)  # the agents' last warnings and errors (at most 20)
+    replay: dict[str, Any] | None = None  # a replayed recording: what its reader skipped (ReplayMarket.view)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -160,7 +160,7 @@ async def _simulate(cfg: FleetConfig, config_path: Path, opts: RunOptions, overr
         r.table["errors_logged"] = logs.counts["ERROR"] + logs.counts["CRITICAL"]
     events = ex.engine.events_emitted + ex.stats["rest_requests"] + ex.engine._step_count
     return RunResult(opts.seed, opts.hours, dict(overrides), results, events, time.perf_counter() - wall0,
-                     list(logs.last))
+                     list(logs.last), ex.engine.replay.view() if ex.engine.replay is not None else None)
 
 
 def _quiet_logger(counter: LogCount, verbose: bool) -> logging.Logger:

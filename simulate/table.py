@@ -155,11 +155,23 @@ def _symbol_block(sym: SymbolResult) -> list[str]:
     return lines
 
 
+REPLAY_COUNTS = ("malformed", "duplicates", "out_of_order", "cut_short", "gaps", "missing_files", "empty_files")
+
+
+def replay_line(view: dict[str, Any]) -> str:
+    """What the replayed recording's reader skipped or found missing (each also logged with its file)."""
+    said = [f"{view[k]:,} {k.replace('_', ' ')}" for k in REPLAY_COUNTS if view.get(k)]
+    return (f"replay: {view.get('lines_applied', 0):,} recorded lines of {view.get('directory')}; "
+            + (", ".join(said) if said else "nothing skipped, no gap over a minute"))
+
+
 def format_table(result: RunResult) -> str:
     """The console table: the run's line, the sweep combination if any, one block per symbol."""
     lines = [run_line(result)]
     if result.overrides:
         lines.append(f"sweep: {overrides_line(result)}")
+    if result.replay is not None:
+        lines.append(replay_line(result.replay))
     for sym in result.symbols:
         lines.append("")
         lines += _symbol_block(sym)

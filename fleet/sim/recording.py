@@ -45,6 +45,7 @@ KINDS = {"bookTicker": BOOK, "aggTrade": TRADE, "markPrice@1s": MARK, "markPrice
 SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,30}$")
 FILE_RE = re.compile(r"^(?P<symbol>[A-Z0-9]{2,30})-(?P<start>\d{8}T\d{6}\.\d{3}Z)\.jsonl\.gz$")
 LOGGED_PER_RECORDING = 20  # malformed lines logged one by one; past that, counted only
+GAP_MS = 60_000  # a symbol's lines this far apart are a gap the replay's book holds still through: said
 # How far (receive ms) a frame may arrive after one that follows it on the exchange's clock: books come
 # over /public, trades over /market, and aggTrade is pushed every 100 ms, so the book a trade changed is
 # often received first. The reader puts a symbol's lines back in the exchange's order within this.
@@ -191,7 +192,17 @@ class ReadStats:
         self.cut_short = 0
         self.ignored = 0
         self.duplicates = 0
+        self.gaps = 0
+        self.missing_files = 0
+        self.empty_files = 0
         self.quiet = quiet
+        self._said = 0
+
+    def say(self, what: str, *args: Any) -> None:
+        """A gap, a missing or an empty file: logged (the first 20 of a reading), counted by the caller."""
+        self._said += 1
+        if not self.quiet and self._said <= LOGGED_PER_RECORDING:
+            log.warning("recording: " + what, *args)
 
     def duplicate(self, path: Path, lineno: int, why: str) -> None:
         self.duplicates += 1
@@ -209,7 +220,8 @@ class ReadStats:
 
     def view(self) -> dict[str, int]:
         return {"malformed": self.malformed, "out_of_order": self.out_of_order, "cut_short": self.cut_short,
-                "ignored": self.ignored, "duplicates": self.duplicates}
+                "ignored": self.ignored, "duplicates": self.duplicates, "gaps": self.gaps,
+                "missing_files": self.missing_files, "empty_files": self.empty_files}
 
 
 class Recording:
@@ -269,16 +281,34 @@ class Recording:
         return _once(_exchange_order(self._received(symbol, stats)), stats)
 
     def _received(self, symbol: str, stats: ReadStats) -> Iterator[Line]:
-        """One symbol's readable lines, file after file; ``r`` held at the last value if it steps back."""
+        """One symbol's readable lines, file after file; ``r`` held at the last value if it steps back.
+        A file the manifest lists that is not there, a file without a line and a gap of over a minute
+        between two lines are logged and counted (the replay's book holds still through them)."""
         last = 0
         prefix = symbol.lower() + "@"
-        for path in self.files(symbol):
+        files = self.files(symbol)
+        listed = self.manifest.get("files")
+        if isinstance(listed, dict) and isinstance(listed.get(symbol), list):
+            for name in listed[symbol]:
+                if isinstance(name, str) and not (self.directory / name).is_file():
+                    stats.missing_files += 1
+                    stats.say("%s lists %s, which is not there", MANIFEST, self.directory / name)
+        for path in files:
+            n = 0
             for line in _read_file(path, prefix, symbol, stats):
+                n += 1
                 if line[0] < last:
                     stats.out_of_order += 1
                     line = (last, *line[1:])
+                elif last and line[0] - last > GAP_MS:
+                    stats.gaps += 1
+                    stats.say("%s: %.0f s without a line before line %d of %s", symbol, (line[0] - last) / 1000,
+                              line[5], path)
                 last = line[0]
                 yield line
+            if n == 0:
+                stats.empty_files += 1
+                stats.say("%s holds no readable line of %s", path, symbol)
 
     def events(self, symbols: Iterable[str], stats: ReadStats) -> Iterator[Line]:
         """Every symbol's lines merged in receive-time order (ties: the order of ``symbols``)."""

@@ -31,7 +31,7 @@ route)::
                                    "funding_interval_ms", "funding_history"}},
              "replay": null, or for a replayed market {"directory", "symbols", "start_ms", "shift_ms",
                        "position_ms", "lines_applied", "done", "malformed", "out_of_order", "cut_short",
-                       "ignored", "duplicates"},
+                       "ignored", "duplicates", "gaps", "missing_files", "empty_files"},
              "connections": {"market", "user", "total"}, "faults_pending": [...], "frame_faults_pending": [...],
              "deferred": [{"method", "path", "account", "due_ms", "expires_ms", "newClientOrderId"}],
              "held": [{"method", "path", "arrived_ms", "newClientOrderId"}] (requests the latency fault

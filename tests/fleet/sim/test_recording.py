@@ -201,8 +201,7 @@ async def test_the_recorder_stops_cleanly_on_sigint_keeping_its_buffered_tail(si
     manifest = json.loads((out / "manifest.json").read_text())
     stats = ReadStats()
     lines = list(Recording(out).lines("ETHUSDC", stats))
-    assert stats.view() == {"malformed": 0, "out_of_order": 0, "cut_short": 0, "ignored": 0,
-                            "duplicates": 0}
+    assert not any(stats.view().values()), stats.view()
     assert manifest["end_ms"] is not None and len(lines) == manifest["frames"] > 0
     assert b"recorded" in stdout
 

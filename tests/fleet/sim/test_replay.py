@@ -212,6 +212,26 @@ def test_a_malformed_line_is_counted_and_skipped_with_a_clear_log(tmp_path, capl
     assert any(f"line 6 of {first}" in m and "of symbol 'BTCUSDT'" in m for m in logs), logs   # another's data
 
 
+def test_gaps_missing_and_empty_files_are_said_and_counted(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    rec = write_recording(tmp_path / "rec", {"ETHUSDC": [
+        [bt(0, "3000.00", "1.000", "3000.01", "1.000"), bt(1000, "3000.00", "1.000", "3000.02", "1.000")],
+        [],   # a file without a line
+        [bt(301_000, "3000.00", "1.000", "3000.03", "1.000")]]})   # five minutes later
+    manifest = json.loads((rec / "manifest.json").read_text())
+    listed = sorted(f"ETHUSDC/{p.name}" for p in (rec / "ETHUSDC").iterdir())
+    manifest["files"] = {"ETHUSDC": [*listed, "ETHUSDC/ETHUSDC-20241130T030000.000Z.jsonl.gz"]}   # one deleted
+    (rec / "manifest.json").write_text(json.dumps(manifest))
+    e = Engine(SimConfig(replay=str(rec)), now_ms=NOW)
+    e.advance(NOW + 400_000)
+    view = e.replay.view()
+    assert (view["gaps"], view["empty_files"], view["missing_files"]) == (1, 1, 1)
+    logs = " | ".join(r.getMessage() for r in caplog.records)
+    assert "300 s without a line" in logs and "holds no readable line" in logs and "which is not there" in logs
+    from simulate.table import replay_line
+    assert "1 gaps" in replay_line(view) and "1 missing files" in replay_line(view)
+
+
 def test_a_missing_or_foreign_directory_or_symbol_is_a_clear_error(tmp_path):
     with pytest.raises(RecordingError, match=r"no recording at .*nope \(the directory does not exist\)"):
         Engine(SimConfig(replay=str(tmp_path / "nope")))
