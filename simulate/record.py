@@ -202,6 +202,22 @@ async def _pump(url: str, sink: _Sink, stop: asyncio.Event, silent_s: float | No
         backoff = min(backoff * 2, BACKOFF_MAX_S)
 
 
+async def _flusher(writer: RecordingWriter, stop: asyncio.Event) -> None:
+    """The files flushed every ``flush_ms`` even when no frame comes (a burst, then quiet): a recorder
+    killed then loses at most that much."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), writer.flush_ms / 1000)
+        except asyncio.TimeoutError:
+            now = _now_ms()
+            if now >= writer.next_flush_ms:
+                try:
+                    writer.flush(now)
+                except OSError as exc:
+                    raise WriteFailed(f"cannot write the recording in {writer.directory}: {exc}; recording stops "
+                                      f"(the files up to the last flush are readable)") from exc
+
+
 async def record(opts: Options, stop: asyncio.Event | None = None) -> dict[str, Any]:
     """Record until ``stop`` is set or ``opts.minutes`` pass; returns the final manifest."""
     stop = stop or asyncio.Event()
@@ -212,6 +228,7 @@ async def record(opts: Options, stop: asyncio.Event | None = None) -> dict[str, 
     counts = Counts()
     sink = _Sink(writer, opts.symbols, counts)
     tasks = [asyncio.create_task(_pump(u, sink, stop, opts.silent_s)) for u in urls]
+    tasks.append(asyncio.create_task(_flusher(writer, stop)))
     stopped = asyncio.create_task(stop.wait())
     log.info("record: %s into %s (%d connection(s))", ", ".join(opts.symbols), opts.out, len(urls))
     failed: BaseException | None = None

@@ -150,6 +150,10 @@ class RecordingWriter:
         write_manifest(self.directory, self.manifest)
         return f
 
+    @property
+    def next_flush_ms(self) -> int:
+        return self._next_flush
+
     def flush(self, now_ms: int) -> None:
         """Push the compressed lines so far to the files (a sync flush: readable if the process dies)."""
         for f in self._open.values():

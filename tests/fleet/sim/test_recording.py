@@ -227,6 +227,36 @@ async def test_a_disk_that_refuses_a_frame_stops_the_recorder_loudly_with_a_fina
     assert manifest["end_ms"] is not None and "cannot write" in manifest["error"] and manifest["frames"] > 0
 
 
+async def test_a_burst_then_quiet_is_on_disk_within_the_flush_period_for_a_recorder_killed(tmp_path):
+    from websockets.asyncio.server import serve
+
+    async def burst(ws: Any) -> None:   # 30 books at once, then nothing (pings still answered)
+        if ws.request.path.startswith("/public"):
+            for i in range(30):
+                await ws.send(json.dumps({"stream": "ethusdc@bookTicker", "data": {
+                    "e": "bookTicker", "u": i, "s": "ETHUSDC", "b": "3000.00", "B": "1.000", "a": "3000.01",
+                    "A": "1.000", "T": 1, "E": 1}}))
+        await ws.wait_closed()
+
+    async with serve(burst, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        out = tmp_path / "rec"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "simulate.record", "--symbols", "ETHUSDC", "--out", str(out), "--ws-url",
+            f"ws://127.0.0.1:{port}", cwd=REPO, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        try:
+            def on_disk() -> int:
+                try:
+                    return len(list(Recording(out).lines("ETHUSDC", ReadStats(quiet=True))))
+                except Exception:   # noqa: BLE001 - not written yet
+                    return 0
+            await wait_for(lambda: on_disk() == 30, 20, "the burst flushed while nothing more came")
+        finally:
+            proc.kill()   # SIGKILL: no close, no trailer
+            await proc.wait()
+    assert on_disk() == 30
+
+
 async def test_a_connection_that_goes_silent_is_reopened_and_counted(tmp_path):
     from websockets.asyncio.server import serve
 
