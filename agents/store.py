@@ -505,13 +505,7 @@ class Store:
         what frames said of them (``agents/algos.py``).
         """
         if position is not None:
-            # The figure holds every trade up to its own time (the position's last change) and up to
-            # the request (``as_of``, the exchange time it was sent: the exchange answered later). A
-            # figure without a time of its own (flat: v3 omits the symbol) is as of the request. The
-            # millisecond of the request itself is left to the frames of that millisecond.
-            own = int(getattr(position, "update_time", 0) or 0)
-            as_of = int(getattr(position, "as_of", 0) or 0)
-            t = max(own, as_of - 1) if as_of > 0 else (own if own > 0 else now_ms)
+            t = _figure_time(position, now_ms)
             # Ignored if the stream already gave a newer figure (the stream was live meanwhile).
             self._set_position(Decimal(position.amount), Decimal(position.entry_price), t, snapshot=True)
         if wallet_balance is not None:
@@ -524,6 +518,26 @@ class Store:
         # fills not booked keep counting as pending until a frame or a later figure places them.
         self.ledger.book_known_fills(self.position_book.position_time if position is not None else None)
         self.ledger.reset_pending()
+
+
+def _figure_time(position: Any, now_ms: int) -> int:
+    """The exchange time up to which a REST position figure holds every trade.
+
+    A figure with a time of its own (the position's last change: nothing changed it after that until
+    the read) holds the trades up to it, and up to ``read_after`` (the earliest the read can have been
+    made, so that a fill just after the read is never taken for one inside it, however far ahead this
+    host's estimate of the exchange's clock runs). A figure without one (flat with nothing open: v3
+    omits the symbol) is as of the request's estimated time, ``as_of``: dated at ``read_after`` it
+    would lose to a stream figure of the second before the read, or take a fill of that second booked
+    without its figure for one on top of it; on that estimate a fill of an order landing just after
+    the read may be taken for one inside it (the reconciliation's position check repairs it). The
+    millisecond of the bound itself is left to the frames of that millisecond."""
+    own = int(getattr(position, "update_time", 0) or 0)
+    as_of = int(getattr(position, "as_of", 0) or 0)
+    read_after = int(getattr(position, "read_after", 0) or 0) or as_of
+    if own > 0:
+        return max(own, read_after - 1) if read_after > 0 else own
+    return as_of - 1 if as_of > 0 else now_ms
 
 
 def _fills_inside_figure(store: Store, info: OrderInfo) -> None:

@@ -576,8 +576,8 @@ class BinanceClient(RestCore):
 
     async def position(self, symbol: str, *, risk: bool = False) -> PositionInfo:
         """The one-way position of ``symbol`` (v3 positionRisk; v2 if the v3 path is missing), with
-        ``as_of``, an exchange time no later than the exchange's read (the figure holds every trade
-        before it): see :meth:`_read_no_earlier_than`.
+        ``as_of``, this host's estimate of the exchange time it was sent, and ``read_after``, an
+        exchange time no later than the exchange's read: see :meth:`_read_no_earlier_than`.
         ``risk``: read to take risk off (flatten, stop, reconcile): the budget's reserve lane."""
         if not self._position_v2:
             clock0, offset0 = self.clock_ms(), self.time_offset_ms
@@ -589,10 +589,10 @@ class BinanceClient(RestCore):
                 log.info("v3 positionRisk not available; using v2")
                 self._position_v2 = True
             else:
-                return _pick_position(data, symbol, self._read_no_earlier_than(clock0, offset0))
+                return _pick_position(data, symbol, clock0 + offset0, self._read_no_earlier_than(clock0, offset0))
         clock0, offset0 = self.clock_ms(), self.time_offset_ms
         data = await self._request(ep.POSITION_RISK_V2, {"symbol": symbol}, risk=risk)
-        return _pick_position(data, symbol, self._read_no_earlier_than(clock0, offset0))
+        return _pick_position(data, symbol, clock0 + offset0, self._read_no_earlier_than(clock0, offset0))
 
     def _read_no_earlier_than(self, clock0: int, offset0: int) -> int:
         """The earliest exchange time at which a signed read sent after this host's ``clock0`` (with
@@ -798,15 +798,15 @@ def _read_one(data: Any, parse: Callable[[Any], T], what: str) -> T:
         raise ServerError(0, f"{what}: unreadable ({type(exc).__name__}): {str(exc)[:120]}", 200) from exc
 
 
-def _pick_position(data: Any, symbol: str, as_of: int = 0) -> PositionInfo:
-    """The symbol's one-way row; ``as_of`` (the exchange time the request was sent) goes with it,
-    so that a figure without a time of its own (flat: v3 omits the symbol) is as of the request."""
+def _pick_position(data: Any, symbol: str, as_of: int = 0, read_after: int = 0) -> PositionInfo:
+    """The symbol's one-way row, with the request's times (:class:`PositionInfo`): a figure without a
+    time of its own (flat: v3 omits the symbol) is as of the request."""
     listed = _read_rows(data, lambda r: (r["symbol"], r.get("positionSide", PositionSide.BOTH), r), "GET positionRisk")
     rows = [r for sym, side, r in listed if sym == symbol and side == PositionSide.BOTH]
     if not rows:
-        return PositionInfo.flat(symbol, as_of)  # v3 lists only symbols with a position or open orders
+        return PositionInfo.flat(symbol, as_of, read_after)  # v3 lists only symbols with a position or open orders
     try:
         info = PositionInfo.from_api(rows[0])
     except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
         raise ServerError(0, f"GET positionRisk: unreadable row ({type(exc).__name__}): {str(rows[0])[:120]}", 200) from exc
-    return dataclasses.replace(info, as_of=as_of)
+    return dataclasses.replace(info, as_of=as_of, read_after=read_after)

@@ -233,8 +233,9 @@ class PositionInfo:
     """The exchange's view of one symbol's (one-way mode) position.
 
     ``update_time`` is the position's own time (its last change; 0 when the exchange gives none, as
-    for a flat symbol that v3 positionRisk omits). ``as_of`` is the exchange time the request was
-    sent (0 if unknown): the figure holds every trade before it.
+    for a flat symbol that v3 positionRisk omits). ``as_of`` is this host's estimate of the exchange
+    time the request was sent, ``read_after`` the earliest exchange time the read can have been made
+    (``as_of`` less the 1,000 ms by which the estimate may run ahead unnoticed); 0 if unknown.
     """
 
     symbol: str
@@ -246,10 +247,11 @@ class PositionInfo:
     break_even_price: Decimal = Decimal(0)
     position_side: PositionSide | str = PositionSide.BOTH
     as_of: int = 0
+    read_after: int = 0
 
     @classmethod
-    def flat(cls, symbol: str, as_of: int = 0) -> "PositionInfo":
-        return cls(symbol, Decimal(0), Decimal(0), Decimal(0), Decimal(0), 0, as_of=as_of)
+    def flat(cls, symbol: str, as_of: int = 0, read_after: int = 0) -> "PositionInfo":
+        return cls(symbol, Decimal(0), Decimal(0), Decimal(0), Decimal(0), 0, as_of=as_of, read_after=read_after)
 
     @classmethod
     def from_api(cls, obj: Mapping[str, Any]) -> "PositionInfo":

@@ -594,6 +594,39 @@ def test_a_snapshot_position_with_its_own_time_keeps_later_trades_on_top(store):
     assert_pending_consistent(store)
 
 
+def test_a_fill_just_after_the_read_stays_on_top_of_a_figure_however_far_ahead_our_clock_ran(store):
+    # the figure's own time 900; this host's estimate of the exchange's clock ran 750 ms ahead (learned
+    # through a slow way in): the request "sent at 6,000" was read at 5,250. A fill at 5,500 is after it.
+    from dataclasses import replace
+
+    store.on_sent(place("a", BUY, steps=10), 5_000)
+    store.apply(order_update("a", 1, BUY, 300_000, 10, t=5_001))
+    store.apply(order_update("a", 1, BUY, 300_000, 10, status="PARTIALLY_FILLED", cum_steps=4, last_steps=4,
+                             t=5_500, trade_id=1))
+    snap = [order_info("a", 1, BUY, 300_000, 10, status="NEW", executed_steps=0, t=5_001)]
+    pos = replace(position_info(3, 3000.0, 900), as_of=6_000, read_after=5_000)
+    store.reset_from_snapshot(pos, snap, now_ms=6_100)
+    assert store.position_steps == 7 and store.pending_buy_steps == 6   # the 4 not lost from both
+    assert_pending_consistent(store)
+
+
+def test_a_flat_figure_without_its_own_time_is_as_of_its_request(store):
+    from fleet.binance.models import PositionInfo
+
+    # the stream's last figure +5 at 10,000; a fill flattened it at 10,200 and its frames were lost
+    store.apply(account_update(5, 3000.0, t=10_000))
+    store.reset_from_snapshot(PositionInfo.flat(SYMBOL, as_of=10_600, read_after=9_600), [], now_ms=10_650)
+    assert store.position_steps == 0   # not taken for older than the stream's figure
+    # a sell booked at 10,300 from its trade frame, its figure's frame malformed: the read holds it
+    store.apply(account_update(5, 3000.0, t=10_700))
+    store.on_sent(place("s", SELL, steps=5), 10_710)
+    store.apply(order_update("s", 7, SELL, 300_000, 5, t=10_711))
+    store.apply(order_update("s", 7, SELL, 300_000, 5, status="FILLED", cum_steps=5, last_steps=5, t=11_300,
+                             trade_id=3))
+    store.reset_from_snapshot(PositionInfo.flat(SYMBOL, as_of=11_500, read_after=10_500), [], now_ms=11_560)
+    assert store.position_steps == 0   # not counted again on top of the flat figure
+
+
 def sweep_frames(order: str) -> list:
     """Three bids swept in one millisecond (t=2000), from a flat position: each fill's
     ACCOUNT_UPDATE and ORDER_TRADE_UPDATE, in the given order ("account_first" as the simulator and

@@ -384,11 +384,13 @@ async def test_v2_fallback_when_v3_paths_are_missing_and_no_algo_service(sim):
         await runner.cleanup()
 
 
-async def test_a_position_is_dated_no_later_than_the_exchange_read_it_even_with_our_clock_ahead(client):
-    # a flat figure without a time of its own is as of its request: the timestamp less the 1,000 ms
-    # by which the exchange lets it run ahead, since this host's estimate of the clock may be that wrong
+async def test_a_position_carries_its_request_time_and_the_earliest_its_read_can_be(client):
+    # read_after: the request's timestamp less the 1,000 ms by which the exchange lets it run ahead,
+    # since this host's estimate of the exchange's clock may be that wrong
     client.time_offset_ms += 900   # learned ahead (half an uneven round trip) and never refused
     before = int(time.time() * 1000) + client.time_offset_ms
     pos = await client.position(SYMBOL)
+    after = int(time.time() * 1000) + client.time_offset_ms
     read_by = await client.server_time()   # the exchange's own clock, after it read the position
-    assert before - 1_000 <= pos.as_of <= read_by
+    assert before <= pos.as_of <= after   # this host's estimate of when it was sent
+    assert pos.as_of - 1_000 == pos.read_after <= read_by
