@@ -31,12 +31,16 @@ _PATTERNS = (
     re.compile(r"(?i)(/ws/)[A-Za-z0-9]{32,}"),
 )
 
-# C0 controls (newline, carriage return, ESC of ANSI sequences ...), DEL, C1 controls (NEL ...) and
-# Unicode's line and paragraph separators: each printed as an escape, so one record is one line.
+# C0 controls (newline, carriage return, ESC of ANSI sequences ...), DEL, C1 controls (NEL ...),
+# Unicode's line and paragraph separators, and its invisible format marks that reorder or hide what a
+# reader sees (bidirectional overrides and isolates, zero-width characters, the byte-order mark): each
+# printed as an escape, so one record is one line and reads as it was written.
+_INVISIBLE = (0x061C, 0x180E, *range(0x200B, 0x2010), *range(0x202A, 0x202F), *range(0x2060, 0x2070), 0xFEFF)
 _ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
-_ESCAPES.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+_ESCAPES.update({c: f"\\u{c:04x}" for c in (0x2028, 0x2029, *_INVISIBLE)})
+_ESCAPES.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"})
 _ESCAPE_TABLE = str.maketrans(_ESCAPES)
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL = re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(_ESCAPES)) + "]")
 
 
 def redact_shapes(text: str) -> str:
@@ -232,6 +236,26 @@ def configure_logging(
         lg.addHandler(handler)
         lg.setLevel(level)
     return handler, secret_filter
+
+
+_PROCESS_FILTER: SecretFilter | None = None
+
+
+def log_process_records(level: int | str = logging.INFO) -> SecretFilter:
+    """The project's records in a process that has no handler of its own (the endpoint's replica, the
+    controller): one redacting text handler on stderr (the Ray worker's ``.err`` file) with the time,
+    the level and the logger, from INFO; without it Python's last resort printed warnings as bare text
+    and dropped the rest (a kill's audit lines without a time, sign-ins not at all). Idempotent."""
+    global _PROCESS_FILTER
+    if _PROCESS_FILTER is None:
+        _, _PROCESS_FILTER = configure_logging(level=level, logger_names=(PROJECT_LOGGER,))
+    return _PROCESS_FILTER
+
+
+def redact_in_process_logs(*values: str) -> None:
+    """Secrets this process has read (an account's keys), redacted from its log lines from now on."""
+    if _PROCESS_FILTER is not None:
+        _PROCESS_FILTER.add_secrets([v for v in values if v])
 
 
 def scrub(mapping: Mapping[str, Any], secret_filter: SecretFilter) -> dict[str, Any]:

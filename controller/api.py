@@ -45,7 +45,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from ray import serve
 
-from agents.logging import install_log_escaping
+from agents.logging import log_process_records
 from controller.bodies import (
     ConsoleKillRequest,
     ConsoleResumeRequest,
@@ -175,6 +175,30 @@ async def stored_book(read_leases: Callable[[tuple[str, ...]], Awaitable[dict[st
     return Answer(value=book, elapsed_s=time.monotonic() - started)
 
 
+def _serve_grpc_on_node_address() -> None:
+    """Ray Serve (2.60) starts each replica's inter-deployment gRPC server on ``[::]``, every interface,
+    whatever the node's address: on a loopback cluster the endpoint's replica, which holds the accounts'
+    keys for the kill path and unpickles what that port receives, listened on the network. Its proxy
+    reaches it at the replica's node address, so it is bound there (127.0.0.1 on a loopback cluster).
+    Runs in the replica before Serve starts that server; ``tests/controller/test_api_fleet.py`` checks
+    that nothing of the fleet listens beyond loopback, so a Ray that changes this is noticed."""
+    import ray
+    from ray.serve._private import replica
+
+    bind = replica.add_port_to_grpc_server
+    if getattr(bind, "_mmfleet_node_address", False):
+        return
+    node = ray.util.get_node_ip_address()
+
+    def on_node_address(server: Any, address: str) -> int:
+        if address.startswith("[::]:"):
+            address = f"{node}:{address[5:]}" if ":" not in node else f"[{node}]:{address[5:]}"
+        return bind(server, address)
+
+    on_node_address._mmfleet_node_address = True  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = on_node_address
+
+
 @serve.deployment(num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class FleetApi:
@@ -203,7 +227,8 @@ class FleetApi:
                                 kill_states=self._durable_kill_states, traded=lambda: self.known,
                                 leases=self.direct.book.aleases, controller=self.controller,
                                 push_s=self.settings.console_push_s, slow_s=self.settings.console_slow_s)
-        install_log_escaping()   # a kill reason with a newline cannot forge a log line
+        log_process_records()   # timed lines; a kill reason with a newline cannot forge one
+        _serve_grpc_on_node_address()
         self.kill_path: dict[str, Any] = {}   # what DirectKill.prepare last found ready, and when
         try:   # the kill path kept ready: modules imported, exchange clients open, agents' handles found
             loop = asyncio.get_running_loop()
@@ -549,19 +574,16 @@ class FleetApi:
             return self._page(render_signin(self.cfg.name, base, f"Sign-in refused: {why}."), 403)
         client = request.client.host if request.client else "unknown"
         wait = self.signin_throttle.attempt(client)   # counted now, given back if the token is right
-        if wait is not None:
-            return self._page(render_signin(self.cfg.name, base, f"Too many wrong tokens: try again in {wait:.0f} s."),
-                              429, {"Retry-After": str(math.ceil(wait))})
         raw = await read_body(request, SIGNIN_MAX_BYTES, form=True)
         expected = self.tokens.read()
-        if expected is None:
-            self.signin_throttle.refund(client)
-            return self._page(render_signin(self.cfg.name, base, "No API token is configured for this fleet."), 503)
-        given = signin_token(raw)
-        if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
-            log.warning("console: sign-in with a wrong token from %s", client)
-            return self._page(render_signin(self.cfg.name, base, "Wrong token."), 403)
-        self.signin_throttle.refund(client)
+        verdict = self.signin_throttle.judge(client, wait, expected, signin_token(raw))
+        if verdict != 200 or expected is None:
+            if verdict == 403:
+                log.warning("console: sign-in with a wrong token from %s", client)
+            text = {429: f"Too many wrong tokens: try again in {wait or 0:.0f} s.", 403: "Wrong token.",
+                    503: "No API token is configured for this fleet."}[verdict]
+            return self._page(render_signin(self.cfg.name, base, text), verdict,
+                              {"Retry-After": str(math.ceil(wait or 1))} if verdict == 429 else None)
         session_id, _ = self.sessions.create(expected)
         log.info("console: signed in from %s (%d sessions)", client, len(self.sessions))
         # 303: the browser follows with a GET, so a reload never posts the form again.

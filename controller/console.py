@@ -43,6 +43,11 @@ SIGNIN_FAILURES = 10           # wrong tokens per client and minute before sign-
 SIGNIN_WINDOW_S = 60.0
 SIGNIN_FAILURES_ALL = 100      # wrong tokens of all clients together a minute: a client's address comes
                                # from X-Forwarded-For behind a proxy on loopback, which a client can vary
+# A token at least this long (the generated one has 43 characters, 256 random bits) cannot be guessed
+# however many tries a hold lets through: the right one signs in even while sign-ins are held, so
+# nobody can lock the desk out of the console by sending wrong tokens. A shorter token, one a desk
+# chose, is held like any other while the hold lasts.
+STRONG_TOKEN_CHARS = 32
 
 ASSETS_DIR = Path(__file__).resolve().with_name("console_assets")
 ASSET_TYPES = {
@@ -174,6 +179,24 @@ class SignInThrottle:
         if wait is None:
             self.failed(client)
         return wait
+
+    def judge(self, client: str, wait: float | None, expected: str | None, given: str | None) -> int:
+        """The answer to a sign-in counted by :meth:`attempt` (``wait``: its hold): 200 the right token,
+        403 a wrong one, 429 held, 503 no token configured. While held, only a strong token
+        (``STRONG_TOKEN_CHARS``) that is right gets in: nobody can lock the desk out by sending wrong
+        tokens, and a short one cannot be guessed past the hold."""
+        if expected is None:
+            if wait is None:
+                self.refund(client)
+            return 503
+        right = given is not None and hmac.compare_digest(given.encode(), expected.encode())
+        if wait is not None and not (right and len(expected) >= STRONG_TOKEN_CHARS):
+            return 429
+        if not right:
+            return 403
+        if wait is None:
+            self.refund(client)
+        return 200
 
     def refund(self, client: str) -> None:
         for key in (client, self.ALL):

@@ -192,9 +192,9 @@ class FleetController(KillSwitches):
 
     def __init__(self, fleet_name: str, namespace: str, settings: dict[str, float] | None = None) -> None:
         # No I/O that can fail here: a constructor that raises during a restart kills the actor for good.
-        from agents.logging import install_log_escaping
+        from agents.logging import log_process_records
 
-        install_log_escaping()   # this process's mmfleet records: control characters escaped, one line each
+        log_process_records()   # this process's mmfleet records: timed, redacted, control characters escaped
         self.fleet_name = fleet_name
         self.namespace = namespace
         self.settings = ControllerSettings(**(settings or {}))

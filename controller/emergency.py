@@ -141,11 +141,13 @@ class EmergencyDesk:
                 self.opening.pop(account_name, None)
 
     async def _open(self, account_name: str) -> Any:
+        from agents.logging import redact_in_process_logs
         from fleet.binance.client import BinanceClient
         from fleet.binance.credentials import load_credentials
 
         basis = self._basis(account_name)
         creds = load_credentials(AccountConfig.model_validate(basis[0]))
+        redact_in_process_logs(creds.api_key, creds.api_secret)
         if not basis[1]:
             endpoints_of(self.config())   # type: ignore[arg-type]  # raises, naming what is missing
         client = BinanceClient(basis[1], creds.api_key, creds.api_secret, budget=_emergency_budget())

@@ -20,6 +20,11 @@ def test_every_control_character_is_escaped_and_plain_text_is_left_alone():
     assert all(c.isprintable() for c in out)
     assert escape_controls(out) == out          # escaping twice changes nothing
     assert escape_controls("ünïcode €") == "ünïcode €"
+    # marks that reorder or hide what a reader sees: a right-to-left override shows the rest reversed
+    hidden = "drill \u202eevil\u202c \u2066x\u2069 \u200bzero\u200d \ufeffbom \u061c"
+    assert escape_controls(hidden) == ("drill \\u202eevil\\u202c \\u2066x\\u2069 \\u200bzero\\u200d "
+                                       "\\ufeffbom \\u061c")
+    assert escape_controls("日本語 العربية") == "日本語 العربية"   # scripts written right to left are text
 
 
 def _agent_log(name: str, json_logs: bool) -> tuple[AgentLog, io.StringIO, logging.Handler]:

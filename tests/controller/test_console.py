@@ -21,6 +21,7 @@ import requests
 
 from controller.console import (
     COOKIE_NAME,
+    STRONG_TOKEN_CHARS,
     ConsoleSessions,
     SignInThrottle,
     SymbolAnswers,
@@ -113,6 +114,25 @@ def test_a_sign_in_is_counted_before_its_token_is_read_and_given_back_when_right
     for _ in range(10):   # right tokens never add up to a hold
         assert throttle.attempt("10.0.0.1") is None
         throttle.refund("10.0.0.1")
+
+
+def test_wrong_tokens_cannot_lock_the_desk_out_of_a_strong_token():
+    """Anyone reaching the endpoint can hold every sign-in with wrong tokens from ever new addresses:
+    the right token still gets in when it is strong (the generated one: 43 characters); a short one a
+    desk chose is held with the rest, so it cannot be guessed past the hold."""
+    strong, short = "k" * STRONG_TOKEN_CHARS, "hunter2"
+    for token, right_while_held in ((strong, 200), (short, 429)):
+        throttle = SignInThrottle(limit=3, window_s=60, clock=FakeClock(), limit_all=20)
+        for i in range(30):
+            wait = throttle.attempt(f"10.0.0.{i}")
+            throttle.judge(f"10.0.0.{i}", wait, token, "wrong")
+        wait = throttle.attempt("10.0.0.99")
+        assert wait is not None
+        assert throttle.judge("10.0.0.99", wait, token, "wrong") == 429
+        assert throttle.judge("10.0.0.99", throttle.attempt("10.0.0.99"), token, token) == right_while_held
+    throttle = SignInThrottle(limit=3, window_s=60, clock=FakeClock())
+    assert throttle.judge("10.0.0.1", throttle.attempt("10.0.0.1"), strong, None) == 403
+    assert throttle.judge("10.0.0.1", throttle.attempt("10.0.0.1"), None, strong) == 503
 
 
 @pytest.mark.parametrize("origin,site,why", [
