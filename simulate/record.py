@@ -207,7 +207,7 @@ async def _flusher(writer: RecordingWriter, stop: asyncio.Event) -> None:
     killed then loses at most that much."""
     while not stop.is_set():
         try:
-            await asyncio.wait_for(stop.wait(), writer.flush_ms / 1000)
+            await asyncio.wait_for(stop.wait(), max(writer.next_flush_ms - _now_ms(), 50) / 1000)
         except asyncio.TimeoutError:
             now = _now_ms()
             if now >= writer.next_flush_ms:
@@ -249,6 +249,9 @@ async def record(opts: Options, stop: asyncio.Event | None = None) -> dict[str, 
         manifest = writer.close(_now_ms(), **extra)
     if failed is not None:
         raise failed if isinstance(failed, RecordingError) else RecordingError(f"record: {failed!r}")
+    if manifest.get("unfinished"):   # the disk refused a file's last lines on the way out
+        raise WriteFailed(f"cannot finish {'; '.join(manifest['unfinished'])}: its lines since the last flush "
+                          f"are lost")
     return manifest
 
 

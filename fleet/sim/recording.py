@@ -329,49 +329,56 @@ def _exchange_ms(line: Line) -> int | None:
 
 def _exchange_order(lines: Iterator[Line], window_ms: int = REORDER_MS) -> Iterator[Line]:
     """Lines received in order, put back in the exchange's: by the event's exchange time (a trade before
-    the book of the same time, which it changed), a line without one where it was received. A line is
-    let go once a line received ``window_ms`` after it is read, at the earliest receive time of itself
-    and of the lines it now goes before (so a trade comes before the book it changed, at the time that
-    book was received; receive times stay in order)."""
+    the book of the same time, which it changed), a line without one where it was received. Once the
+    oldest line held was received ``window_ms`` before the line just read, it goes, with every line
+    held that the exchange's times put before it, each at the oldest held line's receive time (so a
+    trade comes before the book it changed, at the time that book was received; no line moves more
+    than ``window_ms`` earlier, and receive times stay in order). A line later than that by the
+    exchange's times comes where it was received."""
     heap: list[tuple[int, int, int, Line]] = []
     pending: deque[tuple[int, int]] = deque()   # (seq, r) of lines held, in receive order
     gone: set[int] = set()
     key, seq = 0, 0
 
-    def release() -> Line:
-        _, _, n, line = heapq.heappop(heap)
-        gone.add(n)
+    def release_through(front: int) -> Iterator[Line]:
+        at = pending[0][1]
+        while True:
+            _, _, n, line = heapq.heappop(heap)
+            gone.add(n)
+            yield (at, *line[1:]) if at < line[0] else line
+            if n == front:
+                break
         while pending and pending[0][0] in gone:
             gone.discard(pending.popleft()[0])
-        first = pending[0][1] if pending else line[0]
-        return (first, *line[1:]) if first < line[0] else line
 
     for line in lines:
-        while heap and heap[0][3][0] + window_ms < line[0]:
-            yield release()
+        while pending and pending[0][1] + window_ms < line[0]:
+            yield from release_through(pending[0][0])
         t = _exchange_ms(line)
         key = t if t is not None else key
         heapq.heappush(heap, (key, _RANK[line[1]], seq, line))
         pending.append((seq, line[0]))
         seq += 1
-    while heap:
-        yield release()
+    while pending:
+        yield from release_through(pending[0][0])
 
 
 def _once(lines: Iterator[Line], stats: ReadStats) -> Iterator[Line]:
-    """Each frame once: a trade whose aggregate id ``a``, or a book whose update id ``u``, is not after
-    the last one read is a frame read twice (a file copied, a line repeated) and is skipped, counted."""
-    last = {TRADE: -1, BOOK: -1}
+    """Each frame once: a trade whose aggregate id ``a``, or a book whose update id ``u``, falls in the
+    range of ids already read is a frame read twice (a file copied, a line repeated) and is skipped,
+    counted. An id below that range starts a new one (the exchange's ids reset): read."""
+    seen: dict[str, tuple[int, int]] = {}
     for line in lines:
         kind = line[1]
         if kind != MARK:
-            ident = line[3].get("a" if kind == TRADE else "u")
+            name = "a" if kind == TRADE else "u"
+            ident = line[3].get(name)
             if type(ident) is int:
-                if ident <= last[kind]:
-                    stats.duplicate(line[4], line[5], f"{kind} {'a' if kind == TRADE else 'u'}={ident} is not after "
-                                                      f"{last[kind]}")
+                low, high = seen.get(kind, (ident, ident - 1))
+                if low <= ident <= high:
+                    stats.duplicate(line[4], line[5], f"{kind} {name}={ident} was read already")
                     continue
-                last[kind] = ident
+                seen[kind] = (low, ident) if ident > high else (ident, ident)
         yield line
 
 

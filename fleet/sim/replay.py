@@ -98,6 +98,7 @@ class ReplayBook(Book):
         model = ReplayModel((touch[0] + touch[2]) * 0.5 * float(Decimal(spec.tick_size)))
         super().__init__(spec, model, salt, base_order_id)  # type: ignore[arg-type]
         self.bid_qty = self.ask_qty = 0
+        self.swept = {True: (0, 0), False: (0, 0)}   # per side of ours: the crossing touch's price, how much taken
         self.mark_follows_mid = True  # until the recording's first markPrice
         self.set_touch(*touch)
 
@@ -489,19 +490,24 @@ class ReplayMarket:
 def _sweep_crossed(e: Engine, b: ReplayBook, t: int) -> None:
     """Our resting orders a recorded book went through fill at their own price, as makers, for as much
     as the recorded touch on the other side holds (those orders would have met ours; the levels behind
-    it are synthetic), our best price first."""
+    it are synthetic), our best price first. A touch that stays at its price over several recorded books
+    is taken once: later books fill only what its size grew by."""
     for buy in (True, False):
         levels = b.bids if buy else b.asks
         touch = b.ask_top if buy else b.bid_top
-        left = b.synth_ask(touch) if buy else b.synth_bid(touch)
+        size = b.ask_qty if buy else b.bid_qty
+        swept_price, taken = b.swept[buy]
+        if swept_price != touch:
+            taken = 0
+        left = size - taken
         for price in sorted((p for p in levels if (p >= touch if buy else p <= touch)), reverse=buy):
             for o in list(levels.get(price, ())):
                 n = e._fillable(b, o, min(o.remaining, left), t) if left > 0 else 0
                 if n:
                     left -= n
-                    (b.consumed_ask if buy else b.consumed_bid)[touch] = \
-                        (b.consumed_ask if buy else b.consumed_bid).get(touch, 0) + n
+                    taken += n
                     e._fill(b, o, n, price, True, t, e._emit_agg(b, price, n, t, buy))
+        b.swept[buy] = (touch, min(taken, size))
 
 
 def _queue_fill(e: Engine, b: Book, orders: list[Order], price: int, qty: int, t: int, trade_id: int) -> bool:

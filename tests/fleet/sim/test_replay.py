@@ -134,6 +134,29 @@ def test_a_trade_received_after_the_book_it_changed_is_matched_before_that_book(
     assert (bid.filled, bid.ahead) == (0, 500) and e.replay.view()["duplicates"] == 1
 
 
+def test_the_reader_moves_no_line_more_than_a_second_and_reads_ids_that_start_again(tmp_path):
+    from fleet.sim.recording import REORDER_MS, ReadStats, Recording
+
+    books = [bt(dt, "3000.00", "1.000", "3000.01", "1.000") for dt in range(0, 20_000, 100)]
+    for b in books:
+        b["d"]["u"] += 400_000_000   # Binance's update ids are large
+    books[0]["d"]["T"] += 3_600_000   # one book stamped an hour ahead: it holds nothing back for long
+    late = [agg(dt + 5_000, "3000.00", "0.001", True, at=dt) for dt in range(0, 15_000, 1_000)]   # 5 s late
+    reset = [{**b, "d": {**b["d"], "u": i}} for i, b in enumerate(
+        bt(dt, "3000.00", "1.000", "3000.02", "1.000") for dt in range(20_000, 21_000, 100))]   # ids again from 0
+    rec = write_recording(tmp_path / "rec", {"ETHUSDC": [sorted(books + late, key=lambda x: x["r"]) + reset]})
+    stats = ReadStats()
+    lines = list(Recording(rec).lines("ETHUSDC", stats))
+    assert len(lines) == len(books) + len(late) + len(reset) and stats.duplicates == 0
+    times = [line[0] for line in lines]
+    received = {(line[1], line[3].get("a", line[3].get("u")), line[3]["T"]): line for line in lines}
+    assert times == sorted(times)
+    for x in books + late + reset:
+        kind = "aggTrade" if x["d"]["e"] == "aggTrade" else "bookTicker"
+        line = received[(kind, x["d"].get("a", x["d"].get("u")), x["d"]["T"])]
+        assert x["r"] - REORDER_MS <= line[0] <= x["r"]
+
+
 def test_a_recorded_taker_fills_our_better_prices_with_no_more_than_its_own_size(tmp_path):
     rec = write_recording(tmp_path / "rec", {"ETHUSDC": [[
         bt(0, "3000.00", "2.000", "3000.10", "2.000"),
@@ -152,6 +175,23 @@ def test_a_recorded_taker_fills_our_better_prices_with_no_more_than_its_own_size
     assert (touch.filled, touch.ahead) == (0, 2000)
     e.advance(NOW + 3000)
     assert [a.filled for a in asks] == [3, 1]   # the recorded 0.004 at the crossing touch, our best first
+
+
+def test_a_crossing_touch_that_stays_is_taken_once_then_only_what_it_grows_by(tmp_path):
+    rec = write_recording(tmp_path / "rec", {"ETHUSDC": [[
+        bt(0, "3000.00", "2.000", "3000.10", "2.000"),
+        bt(1000, "3000.00", "1.000", "3000.04", "0.004"),   # through our bid at 3000.05
+        bt(1100, "3000.00", "1.100", "3000.04", "0.004"),   # only the bid side moves: the same 0.004
+        bt(1200, "3000.00", "1.200", "3000.04", "0.006"),   # 0.002 more offered there
+        bt(1300, "3000.00", "1.300", "3000.03", "0.001")]]})   # a new touch
+    e = Engine(SimConfig(replay=str(rec)), now_ms=NOW)
+    e.advance(NOW)
+    bid = order(e, "BUY", "3000.05", "1.000", "b1")
+    fills = []
+    for dt in (1000, 1100, 1200, 1300):
+        e.advance(NOW + dt)
+        fills.append(bid.filled)
+    assert fills == [4, 4, 6, 7]
 
 
 def test_marks_funding_and_the_book_hold_still_before_and_after_the_recording(tmp_path):
