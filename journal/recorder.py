@@ -122,6 +122,8 @@ class AgentJournal(JournalSink):
             mid = store.mid if store is not None else None
             mark = store.mark if store is not None else None
             self.writer.put(("update", _epoch(agent), ev, mid or None, mark or None))
+            if ev.trade_fields_missing:   # the trade as the exchange lists it replaces what the frame lacked
+                self.gap(ev.update_time or ev.transaction_time or ev.event_time)
         elif isinstance(ev, FundingFee):
             if ev.symbol is not None and ev.symbol != self.symbol:
                 return  # another symbol's fee

@@ -34,7 +34,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, InterfaceError, InternalError, OperationalError, SQLAlchemyError
 
@@ -42,6 +42,7 @@ from .db import Target, make_engine, migrate
 from .schema import TABLES, fills, funding
 
 log = logging.getLogger("mmfleet.journal")
+SPOOL_LOOKBACK_MS = 300_000   # before a spool's first row: a cut line was written before its readable neighbours
 
 Row = tuple[str, dict[str, Any]]  # (table name, row)
 Converter = Callable[[Any], Iterable[Row]]
@@ -73,8 +74,11 @@ def _insert(engine: Engine, table: Any) -> Any:
         from sqlalchemy.dialects.sqlite import insert
     stmt = insert(table)
     if table is fills:
-        # A fill the backfill wrote first gets the stream's mid and mark when the frame comes later.
+        # A fill the backfill wrote first gets the stream's mid and mark when the frame comes later; a
+        # fill the stream wrote first takes the exchange's trade list's money when the backfill reads it
+        # (a frame may lack its price, quantity, fee or realized P&L, read as 0).
         ex = stmt.excluded
+        listed = ex.source == "backfill"
         return stmt.on_conflict_do_update(
             index_elements=["account", "symbol", "trade_id", "side"],
             set_={
@@ -82,6 +86,8 @@ def _insert(engine: Engine, table: Any) -> Any:
                 "mark": func.coalesce(table.c.mark, ex.mark),
                 "client_order_id": func.coalesce(table.c.client_order_id, ex.client_order_id),
                 "epoch": func.coalesce(table.c.epoch, ex.epoch),
+                **{name: case((listed, getattr(ex, name)), else_=table.c[name])
+                   for name in ("price", "qty", "fee", "fee_asset", "realized_pnl", "maker")},
             },
         )
     if table is funding:
@@ -518,9 +524,15 @@ class JournalWriter:
         if cut:
             with self._lock:
                 self.stats["dropped"] += cut
+            # fills and funding among them: read again from the exchange from the spool's first time on
+            # (later rows would move the backfill's cursor past them)
+            times = [r["ts_ms"] for _, r in rows if isinstance(r, dict) and isinstance(r.get("ts_ms"), int)]
+            if times:
+                self.note_hole({"trade_ms": min(times) - SPOOL_LOOKBACK_MS, "funding": min(times) - SPOOL_LOOKBACK_MS})
             log.error("journal %s: %d spooled rows were unreadable (cut mid-write by a crash or a full disk), "
-                      "skipped; fills and funding among them are read again by the backfill only if later ones "
-                      "did not move its cursor past them", self.name, cut)
+                      "skipped; fills and funding %s", self.name, cut,
+                      "from the spool's first time on are read again from the exchange" if times
+                      else "among them are read again by the backfill only if later ones did not move its cursor")
         self.stats["replayed"] += len(rows)
         log.info("journal %s: %d spooled rows replayed into %s", self.name, len(rows), self.target.describe())
 

@@ -130,6 +130,10 @@ class OrderUpdate:
     realized_pnl: Decimal
     position_side: PositionSide | str = PositionSide.BOTH
     expire_reason: str = "0"
+    # of a trade's report, the trade's fields the frame lacked (read as 0): its trade id, price,
+    # quantity, realized P&L or fee (Binance leaves the fee out when there is none); the exchange's own
+    # trade list has them
+    trade_fields_missing: tuple[str, ...] = ()
 
     @property
     def is_closed(self) -> bool:

@@ -225,7 +225,11 @@ def _order_update(e: dict[str, Any]) -> OrderUpdate:
         realized_pnl=_od(o.get("rp")),
         position_side=enums.position_side(o.get("ps", "BOTH")),
         expire_reason=str(o.get("er", "0")),
+        trade_fields_missing=tuple(k for k in _TRADE_FIELDS if k not in o) if o.get("x") == "TRADE" else (),
     )
+
+
+_TRADE_FIELDS = ("t", "L", "l", "rp", "n")
 
 
 def _positions(raw: Any) -> tuple[PositionUpdate, ...]:

@@ -147,6 +147,38 @@ async def test_fills_whose_frames_were_skipped_are_read_again_though_later_fills
     assert_equals_exchange(state, journal_sums(target, SYMBOL), SYMBOL, trades)
 
 
+async def test_fill_frames_without_their_trade_fields_are_journaled_as_the_exchange_lists_the_trades(
+        sim, target, tmp_path):
+    """Fill frames whose trade id, price, realized P&L and fee were left out (each read as 0): the
+    journal reads the trades of that time again from the exchange and takes the exchange's figures;
+    it ends equal to the exchange's record (it had lost the fills without an id for good, and kept 0
+    for the rest, the next backfill starting after the newest fill written)."""
+    settings = SETTINGS.model_copy(update={"backfill_interval_sec": 3600.0})   # only the gap's backfill
+    agent = make_agent(sim, target, tmp_path / "state", SYMBOL, settings=settings)
+    task = asyncio.create_task(agent.run())
+    async with aiohttp.ClientSession() as http:
+        await wait_for(lambda: agent.status()["state"] == "quoting", 15, "quoting")
+        await wait_for(lambda: agent.status()["last_book_age_s"] is not None, 15, "a first book")
+        await post(sim, http, "/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
+        await wait_for(lambda: len(agent.core.store.orders) >= 6, 30, "a ladder resting")
+        runs = agent.journal.backfills["runs"]
+        await post(sim, http, "/sim/fault/frame", {"stream": "user", "mode": "omit", "event": "ORDER_TRADE_UPDATE",
+                                                   "fields": ["o.t", "o.L", "o.rp", "o.n", "o.N"], "count": 3,
+                                                   "account": "main", "symbol": SYMBOL})
+        await post(sim, http, "/sim/market/jump", {"symbol": SYMBOL, "pct": -0.35})   # a sweep of several bids
+        await wait_for(lambda: agent.journal.backfills["runs"] > runs and not agent.journal.writer.status()["holes"],
+                       15, "the trades read again")
+        await agent.stop()
+        await asyncio.wait_for(task, 30)
+        state = await sim_state(sim, http, SYMBOL)
+    trades = await exchange_trades(sim, SYMBOL)
+    assert len(trades) >= 3
+    assert_equals_exchange(state, journal_sums(target, SYMBOL), SYMBOL, trades)
+    with make_engine(target).connect() as conn:   # and each fill at the exchange's price and quantity
+        rows = {(r.trade_id, r.side): (Decimal(r.price), Decimal(r.qty)) for r in conn.execute(select(fills))}
+    assert rows == {(int(t["id"]), t["side"]): (Decimal(t["price"]), Decimal(t["qty"])) for t in trades}
+
+
 async def test_every_request_sent_has_its_answer_in_the_journal(sim, target, tmp_path):
     """Whole calls refused (a definite -1001 on amends) or of unknown outcome (a 503 on places and
     cancels) are journaled per order, as a batch's answers are: each request journaled as sent has
