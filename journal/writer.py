@@ -43,6 +43,8 @@ from .schema import TABLES, fills, funding
 
 log = logging.getLogger("mmfleet.journal")
 SPOOL_LOOKBACK_MS = 300_000   # before a spool's first row: a cut line was written before its readable neighbours
+FILE_CHECK_S = 5.0   # how often a SQLite journal's file is looked for (removed or replaced under it)
+REREAD_MS = 7 * 86_400_000 - 3_600_000   # a new journal file reads the trades the exchange lists again
 
 Row = tuple[str, dict[str, Any]]  # (table name, row)
 Converter = Callable[[Any], Iterable[Row]]
@@ -95,6 +97,19 @@ def _insert(engine: Engine, table: Any) -> Any:
     return stmt.on_conflict_do_nothing(index_elements=["uid"])
 
 
+def _sqlite_file(url: str) -> tuple[str, int] | None:
+    """A SQLite journal's file and its inode (None for another database or an in-memory one)."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if not u.drivername.startswith("sqlite") or not u.database or u.database == ":memory:":
+        return None
+    try:
+        return u.database, os.stat(u.database).st_ino
+    except OSError:
+        return None
+
+
 def write_rows(engine: Engine, rows: list[Row]) -> int:
     """Insert rows (grouped by table, order kept within a table) in one transaction; returns the count."""
     by_table: dict[str, list[dict[str, Any]]] = {}
@@ -145,7 +160,9 @@ class JournalWriter:
         self._down_since: float | None = None
         self._next_try = 0.0
         self.stats = {"written": 0, "spooled": 0, "replayed": 0, "dropped": 0, "db_errors": 0, "batches": 0,
-                      "held": 0, "rejected": 0}
+                      "held": 0, "rejected": 0, "file_replaced": 0}
+        self._file: tuple[str, int] | None = None   # a SQLite journal's path and inode, once open
+        self._file_checked = 0.0
         self._last_error: str | None = None
         self.last_error_at: float | None = None   # when (Unix s): an error long past is not the state now
         self.holes_path = self.spool_path.with_name(f"{_safe(name)}.holes.json")
@@ -419,6 +436,9 @@ class JournalWriter:
 
     def _ensure_db(self) -> None:
         now = time.monotonic()
+        if self.db_up and now - self._file_checked >= FILE_CHECK_S:
+            self._file_checked = now
+            self._check_file()
         if self.db_up:
             return
         if now < self._next_try:
@@ -439,6 +459,32 @@ class JournalWriter:
             log.warning("journal %s: database %s answers again after %.1f s", self.name, self.target.describe(),
                         now - self._down_since)
         self._down_since = None
+        self._file = _sqlite_file(self.target.url)
+
+    def _check_file(self) -> None:
+        """A SQLite journal whose file was removed or replaced under it (its connections would write on
+        into the removed file, unseen): said, counted, and a new file made; the trades and funding of
+        the days the exchange lists are read into it again (orders, answers and events of the old file
+        are not)."""
+        if self._file is None:
+            return
+        path, inode = self._file
+        try:
+            now_inode = os.stat(path).st_ino
+        except FileNotFoundError:
+            now_inode = None
+        if now_inode == inode:
+            return
+        self.stats["file_replaced"] += 1
+        log.error("journal %s: the database file %s was %s under the journal: writing to a new one; the rows "
+                  "before are in the old file only, the exchange's trades and funding of the last 7 days are "
+                  "read again", self.name, path, "removed" if now_inode is None else "replaced")
+        if self._engine is not None:
+            self._engine.dispose()
+        self._engine, self._file, self._next_try = None, None, 0.0
+        self._note_down(FileNotFoundError(path))
+        since = int(time.time() * 1000) - REREAD_MS
+        self.note_hole({"trade_ms": since, "funding": since})
 
     def _write(self, rows: list[Row]) -> bool:
         try:

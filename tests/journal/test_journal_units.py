@@ -168,6 +168,31 @@ def test_a_spool_line_cut_mid_write_loses_that_row_only_and_is_counted(tmp_path)
     assert holes["trade_ms"] <= 1001 and holes["funding"] <= 1001, holes
 
 
+def test_a_sqlite_file_removed_under_the_journal_is_said_and_a_new_one_written(tmp_path, monkeypatch):
+    """Its connections would write on into the removed file, unseen (the directory removed by hand):
+    the writer notices, counts, makes a new file and asks for the exchange's trades and funding again."""
+    import journal.writer as writer_module
+    from tests.polling import poll
+
+    monkeypatch.setattr(writer_module, "FILE_CHECK_S", 0.1)
+    db = tmp_path / "db" / "j.sqlite"
+    db.parent.mkdir()
+    target = Target(url=f"sqlite:///{db}", spool_dir=str(tmp_path / "spool"))
+    w = JournalWriter(target, "t", flush_interval=0.05).start()
+    w.put(_fill(1, "BUY", "1", "1", 1.0))
+    assert w.flush(20) and db.exists()
+    for path in db.parent.iterdir():
+        path.unlink()
+    w.put(_fill(2, "BUY", "1", "1", 1.0))
+    poll(lambda: w.stats["file_replaced"] == 1 and db.exists() and w.flush(5) and w.db_up, timeout=30,
+         what="a new journal file")
+    holes = w.status()["holes"]
+    w.close(5)
+    with make_engine(target).connect() as conn:
+        assert sorted(r for (r,) in conn.exec_driver_sql("SELECT trade_id FROM fills")) == [2]
+    assert "trade_ms" in holes and "funding" in holes
+
+
 def test_an_exchange_row_that_is_not_a_number_is_skipped_and_the_others_written(tmp_path):
     """A userTrades or income row with "NaN" would make the journal's P&L NaN for good (rows are unique
     by their ids, a later read never corrects them): skipped, counted, logged; the batch's others stay."""
