@@ -46,6 +46,7 @@ from pydantic import BaseModel, ValidationError
 from ray import serve
 
 from agents.logging import log_process_records
+from controller.api_page import render_api_page
 from controller.bodies import (
     ConsoleKillRequest,
     ConsoleResumeRequest,
@@ -144,7 +145,15 @@ api = FastAPI(
     title="mmfleet",
     description="Exposure, status, merged metrics and kill switches of one market-making fleet.",
     version="1",
+    docs_url=None,   # FastAPI's page loads its script from a CDN: controller/api_page.py instead
+    redoc_url=None,
 )
+
+
+@api.get("/docs", include_in_schema=False)
+async def api_docs() -> HTMLResponse:
+    """The API reference: plain HTML from the OpenAPI document, nothing loaded from anywhere."""
+    return HTMLResponse(render_api_page(api.openapi()), headers=SECURITY_HEADERS)
 _bearer = HTTPBearer(auto_error=False, description="the fleet API token")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 

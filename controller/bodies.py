@@ -187,8 +187,12 @@ def parse_body(raw: bytes, model: type[BaseModel]) -> Any:
     if not raw.strip():
         raise HTTPException(422, [_problem("missing", (), "Field required: send a JSON object")])
     try:
+        text = raw.decode("utf-8")   # JSON on the wire is UTF-8 (RFC 8259); json.loads would guess UTF-16/32
+    except UnicodeDecodeError as exc:
+        raise HTTPException(422, [_problem("json_invalid", (exc.start,), "the body is not UTF-8")]) from None
+    try:
         data = json.loads(
-            raw,
+            text,
             parse_constant=_NonFinite,         # NaN, Infinity, -Infinity
             parse_float=_float_or_flag,        # 1e999 and the like
             object_pairs_hook=_object,

@@ -185,11 +185,21 @@ def test_a_body_that_is_not_json_is_a_422(endpoint):
     url, token, _ = endpoint
     r = requests.post(f"{url}/kill", data="halt everything", headers=auth(token), timeout=30)
     assert r.status_code == 422
+    # JSON that is not UTF-8 (Python's json would guess UTF-16): refused, naming it, nothing halted
+    body = '{"symbols": ["ETHUSDC"], "reason": "utf-16"}'.encode("utf-16")
+    r = requests.post(f"{url}/kill", data=body, headers={**auth(token), "Content-Type": "application/json"},
+                      timeout=30)
+    assert r.status_code == 422 and "not UTF-8" in r.text
 
 
 def test_openapi_docs_are_served(endpoint):
     url, _, _ = endpoint
-    assert requests.get(f"{url}/docs", timeout=10).status_code == 200
+    page = requests.get(f"{url}/docs", timeout=10)
+    assert page.status_code == 200 and "POST /kill" in page.text and "Authorization: Bearer" in page.text
+    # nothing loaded from anywhere (the page where an operator reads how to send the token), no script
+    assert "http" not in page.text.replace("http://HOST:PORT", "") and "<script" not in page.text
+    assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+    assert requests.get(f"{url}/redoc", timeout=10).status_code == 404
     spec = requests.get(f"{url}/openapi.json", timeout=10).json()
     assert {"/health", "/status", "/exposure", "/metrics", "/kill", "/resume"} <= set(spec["paths"])
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
