@@ -150,6 +150,27 @@ api = FastAPI(
 )
 
 
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class _Served:
+    loopback_only = False   # set by the replica when its endpoint listens on loopback only
+
+
+@api.middleware("http")
+async def loopback_host_only(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """An endpoint on loopback answers only requests that name a loopback host: a page of another site
+    whose name its DNS points at 127.0.0.1 (rebinding) reaches the port from the operator's browser,
+    but not the fleet's open pages (``/metrics``, ``/health``, the sign-in)."""
+    if _Served.loopback_only:
+        host = (request.headers.get("host") or "").strip().lower()
+        name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+        if name not in LOOPBACK_NAMES:
+            return JSONResponse({"detail": f"Host {host[:80]!r} is not this endpoint's: it serves on loopback "
+                                           f"(127.0.0.1, localhost)"}, status_code=400)
+    return await call_next(request)
+
+
 @api.get("/docs", include_in_schema=False)
 async def api_docs() -> HTMLResponse:
     """The API reference: plain HTML from the OpenAPI document, nothing loaded from anywhere."""
@@ -238,6 +259,8 @@ class FleetApi:
                                 push_s=self.settings.console_push_s, slow_s=self.settings.console_slow_s)
         log_process_records()   # timed lines; a kill reason with a newline cannot forge one
         _serve_grpc_on_node_address()
+        if self.cfg.api.host.strip("[]").lower() in LOOPBACK_NAMES:
+            _Served.loopback_only = True
         self.kill_path: dict[str, Any] = {}   # what DirectKill.prepare last found ready, and when
         try:   # the kill path kept ready: modules imported, exchange clients open, agents' handles found
             loop = asyncio.get_running_loop()

@@ -181,6 +181,19 @@ def test_a_long_list_of_unknown_symbols_is_named_in_short_not_echoed_back(endpoi
     assert r.status_code == 404 and "and 995 more" in r.text and len(r.text) < 1_000, r.text[:300]
 
 
+def test_an_endpoint_on_loopback_answers_only_requests_naming_a_loopback_host(endpoint):
+    """A page of another site whose name resolves to 127.0.0.1 (DNS rebinding) reaches the port from an
+    operator's browser; the open pages (metrics, health, the sign-in) do not answer it."""
+    url, token, _ = endpoint
+    port = url.rsplit(":", 1)[1]
+    for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}"):
+        for path in ("/metrics", "/health", "/console"):
+            r = requests.get(f"{url}{path}", headers={"Host": host}, timeout=10)
+            assert r.status_code == 400 and "serves on loopback" in r.text, (host, path, r.status_code)
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "localhost"):
+        assert requests.get(f"{url}/health", headers={"Host": host}, timeout=10).status_code == 200, host
+
+
 def test_a_body_that_is_not_json_is_a_422(endpoint):
     url, token, _ = endpoint
     r = requests.post(f"{url}/kill", data="halt everything", headers=auth(token), timeout=30)
