@@ -467,38 +467,6 @@ def test_pnl_comes_from_the_journal_and_its_split_adds_up(live):
     assert live.get("/pnl?symbol=ETH%00USDC").status_code == 422   # not a symbol: refused, not a 503 of the journal
 
 
-def _listeners_beyond_loopback() -> list[tuple[str, int, int, str]]:
-    """Every listening TCP socket of this machine not on loopback: (address, port, pid, command line)."""
-    import ipaddress
-
-    inodes: dict[str, tuple[str, int]] = {}
-    for path, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
-        for line in open(path).read().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] != "0A":  # LISTEN
-                continue
-            hex_ip, hex_port = fields[1].split(":")
-            raw = bytes.fromhex(hex_ip)
-            if v6:
-                ip = ipaddress.IPv6Address(b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
-                host = ip.ipv4_mapped or ip
-            else:
-                host = ipaddress.IPv4Address(raw[::-1])
-            if not host.is_loopback:
-                inodes[fields[9]] = (str(host), int(hex_port, 16))
-    out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
-            cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        for link in links:
-            if link.startswith("socket:[") and link[8:-1] in inodes:
-                out.append((*inodes[link[8:-1]], int(pid), cmd[:120]))
-    return out
-
-
 def test_no_process_of_the_fleet_listens_beyond_loopback(live):
     """The cluster, the agents, the controller, the endpoint (its HTTP proxy and its replica's
     inter-deployment gRPC server, which Ray Serve binds to every interface) and the simulator: nothing
@@ -507,5 +475,7 @@ def test_no_process_of_the_fleet_listens_beyond_loopback(live):
 
     assert live.get("/health", auth=False).status_code == 200   # the endpoint's replica is up
     session = ray.get_runtime_context().gcs_address and ray._private.worker.global_worker.node.get_session_dir_path()
-    ours = [item for item in _listeners_beyond_loopback() if "ray" in item[3] or session in item[3]]
+    from tests.listening import listeners_beyond_loopback
+
+    ours = [item for item in listeners_beyond_loopback() if "ray" in item[3] or session in item[3]]
     assert ours == [], ours

@@ -225,35 +225,12 @@ def test_a_local_cluster_listens_on_loopback_only(ray_cluster):
     assert nodes and all(n["NodeManagerAddress"] == "127.0.0.1" for n in nodes)
     assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
     # and no Ray process listens on another address (Linux: every listening TCP socket of the machine)
-    listening = _listening_addresses()
+    from tests.listening import listening_addresses
+
+    listening = listening_addresses()
     ray_ports = {int(n["NodeManagerPort"]) for n in nodes} | {int(ray.get_runtime_context().gcs_address.split(":")[1])}
     assert ray_ports <= {port for _, port in listening}
     assert all(host in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for host, port in listening if port in ray_ports)
-
-
-def _listening_addresses() -> list[tuple[str, int]]:
-    import ipaddress
-
-    out = []
-    for path, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
-        try:
-            lines = open(path).read().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if fields[3] != "0A":  # LISTEN
-                continue
-            hex_ip, hex_port = fields[1].split(":")
-            raw = bytes.fromhex(hex_ip)
-            if v6:
-                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
-                ip = ipaddress.IPv6Address(raw)
-                host = str(ip.ipv4_mapped) if ip.ipv4_mapped else str(ip)
-            else:
-                host = str(ipaddress.IPv4Address(raw[::-1]))
-            out.append((host, int(hex_port, 16)))
-    return out
 
 
 def test_validate_prints_the_upkeep_weight_and_warns_past_what_one_ip_holds(tmp_path, capsys):

@@ -118,11 +118,20 @@ async def test_fills_and_funding_lost_on_the_way_are_read_again_and_the_journal_
     assert_equals_exchange(state, journal_sums(target, SYMBOL), SYMBOL, trades)
 
 
-async def test_fills_whose_frames_were_skipped_are_read_again_though_later_fills_came_first(sim, target, tmp_path):
-    """Two fill frames of a sweep arrive as garbage (skipped, counted); the sweep's later fills come as
-    frames and are written at once, ahead of the journal's cursor. The skipped ones are read again from
-    the exchange (a hole from before the gap), not passed over by a backfill that starts after the
-    newest fill written: the journal ends equal to the exchange's record."""
+# A sweep's fill frames spoiled on the way: two skipped as garbage, or three without their trade id,
+# price, realized P&L and fee (each read as 0)
+FILL_FRAME_FAULTS = {"garbage": {"mode": "garbage", "count": 2},
+                     "omit": {"mode": "omit", "fields": ["o.t", "o.L", "o.rp", "o.n", "o.N"], "count": 3}}
+
+
+@pytest.mark.parametrize("fault", sorted(FILL_FRAME_FAULTS))
+async def test_fills_whose_frames_were_spoiled_are_read_again_though_later_fills_came_first(
+        sim, target, tmp_path, fault):
+    """Fill frames of a sweep skipped (garbage) or lacking their trade fields; the sweep's later fills
+    come as frames and are written at once, ahead of the journal's cursor. The trades of that time are
+    read again from the exchange (a hole from before them), not passed over by a backfill that starts
+    after the newest fill written, and the exchange's figures replace the frames' zeros: the journal
+    ends equal to the exchange's record, each fill at its price and quantity."""
     settings = SETTINGS.model_copy(update={"backfill_interval_sec": 3600.0})   # only the gap's backfill
     agent = make_agent(sim, target, tmp_path / "state", SYMBOL, settings=settings)
     task = asyncio.create_task(agent.run())
@@ -132,12 +141,13 @@ async def test_fills_whose_frames_were_skipped_are_read_again_though_later_fills
         await post(sim, http, "/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
         await wait_for(lambda: len(agent.core.store.orders) >= 6, 30, "a ladder resting")
         runs = agent.journal.backfills["runs"]
-        await post(sim, http, "/sim/fault/frame", {"stream": "user", "mode": "garbage", "event": "ORDER_TRADE_UPDATE",
-                                                   "count": 2, "account": "main", "symbol": SYMBOL})
+        await post(sim, http, "/sim/fault/frame", {"stream": "user", "event": "ORDER_TRADE_UPDATE", "account": "main",
+                                                   "symbol": SYMBOL, **FILL_FRAME_FAULTS[fault]})
         await post(sim, http, "/sim/market/jump", {"symbol": SYMBOL, "pct": -0.35})   # a sweep of several bids
-        await wait_for(lambda: agent.status()["counters"]["malformed_frames"] == 2, 10, "the two frames skipped")
+        if fault == "garbage":
+            await wait_for(lambda: agent.status()["counters"]["malformed_frames"] == 2, 10, "the two frames skipped")
         await wait_for(lambda: agent.journal.backfills["runs"] > runs and not agent.journal.writer.status()["holes"],
-                       15, "the gap read again", explain=lambda: asyncio.sleep(0, f"{agent.journal.backfills} "
+                       15, "the trades read again", explain=lambda: asyncio.sleep(0, f"{agent.journal.backfills} "
                        f"{agent.journal.writer.status()} {agent.journal._user_malformed} {id(agent.user.stream)}"))
         await agent.stop()
         await asyncio.wait_for(task, 30)
@@ -145,36 +155,7 @@ async def test_fills_whose_frames_were_skipped_are_read_again_though_later_fills
     trades = await exchange_trades(sim, SYMBOL)
     assert len(trades) >= 3
     assert_equals_exchange(state, journal_sums(target, SYMBOL), SYMBOL, trades)
-
-
-async def test_fill_frames_without_their_trade_fields_are_journaled_as_the_exchange_lists_the_trades(
-        sim, target, tmp_path):
-    """Fill frames whose trade id, price, realized P&L and fee were left out (each read as 0): the
-    journal reads the trades of that time again from the exchange and takes the exchange's figures;
-    it ends equal to the exchange's record (it had lost the fills without an id for good, and kept 0
-    for the rest, the next backfill starting after the newest fill written)."""
-    settings = SETTINGS.model_copy(update={"backfill_interval_sec": 3600.0})   # only the gap's backfill
-    agent = make_agent(sim, target, tmp_path / "state", SYMBOL, settings=settings)
-    task = asyncio.create_task(agent.run())
-    async with aiohttp.ClientSession() as http:
-        await wait_for(lambda: agent.status()["state"] == "quoting", 15, "quoting")
-        await wait_for(lambda: agent.status()["last_book_age_s"] is not None, 15, "a first book")
-        await post(sim, http, "/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
-        await wait_for(lambda: len(agent.core.store.orders) >= 6, 30, "a ladder resting")
-        runs = agent.journal.backfills["runs"]
-        await post(sim, http, "/sim/fault/frame", {"stream": "user", "mode": "omit", "event": "ORDER_TRADE_UPDATE",
-                                                   "fields": ["o.t", "o.L", "o.rp", "o.n", "o.N"], "count": 3,
-                                                   "account": "main", "symbol": SYMBOL})
-        await post(sim, http, "/sim/market/jump", {"symbol": SYMBOL, "pct": -0.35})   # a sweep of several bids
-        await wait_for(lambda: agent.journal.backfills["runs"] > runs and not agent.journal.writer.status()["holes"],
-                       15, "the trades read again")
-        await agent.stop()
-        await asyncio.wait_for(task, 30)
-        state = await sim_state(sim, http, SYMBOL)
-    trades = await exchange_trades(sim, SYMBOL)
-    assert len(trades) >= 3
-    assert_equals_exchange(state, journal_sums(target, SYMBOL), SYMBOL, trades)
-    with make_engine(target).connect() as conn:   # and each fill at the exchange's price and quantity
+    with make_engine(target).connect() as conn:
         rows = {(r.trade_id, r.side): (Decimal(r.price), Decimal(r.qty)) for r in conn.execute(select(fills))}
     assert rows == {(int(t["id"]), t["side"]): (Decimal(t["price"]), Decimal(t["qty"])) for t in trades}
 
