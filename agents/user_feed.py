@@ -70,6 +70,7 @@ class UserFeed:
         key = await a.require_client().create_listen_key()
         stream = a.transport.user_stream(key)
         stream.keep_only(a.symbol, self._foreign)
+        stream.on_malformed = self._owe_resync   # a skipped frame may have held a fill or a position change
         a.frames.track(stream)
         await stream.connect()
         return stream
@@ -151,7 +152,14 @@ class UserFeed:
         stream.malformed += 1
         a.log.event("user_event_failed", f"a user stream {type(ev).__name__} could not be applied ({exc!r:.300}): "
                     f"skipped, and the store is read again from the exchange", level=logging.ERROR)
-        if not a.stopping and not self._resync_owed:   # one owed at a time: a run of bad events, one resync
+        self._owe_resync()
+
+    def _owe_resync(self) -> None:
+        """The store made the exchange's truth again by a resync: after an event that could not be
+        applied, or a frame skipped as malformed (a fill or another hand's position change in it would
+        be missed until the reconciliation's position check, seconds on). One owed at a time."""
+        a = self.agent
+        if not a.stopping and not self._resync_owed:   # a run of bad frames, one resync
             self._resync_owed = True
             a.tasks.spawn(self._resync_after_failure(), "resync-after-bad-event")
 

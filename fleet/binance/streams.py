@@ -156,6 +156,7 @@ class _FrameStream:
         self.frames = 0
         self.events = 0
         self.malformed = 0
+        self.on_malformed: Callable[[], None] | None = None   # told of each frame skipped as malformed
         self.unknown = 0
         self.handler_errors = 0
         # The thread's CPU clock (thread_time_ns) when the frame being handed to ``on_event`` was
@@ -306,6 +307,11 @@ class _FrameStream:
         else:
             text = message if isinstance(message, str) else repr(message)
         log.warning("%s: skipped malformed frame (%s): %.200s", self.kind, exc, text)
+        if self.on_malformed is not None:
+            try:
+                self.on_malformed()
+            except Exception:  # noqa: BLE001 - the listener's failure must not end the feed
+                log.exception("%s: the malformed-frame listener failed", self.kind)
 
     def __aiter__(self):
         return self

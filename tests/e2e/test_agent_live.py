@@ -857,9 +857,10 @@ async def test_another_hands_conditional_orders_count_in_the_worst_case_until_th
     assert st["open_orders"] == [] and algos(st, "SELL") == Decimal("0.020")
 
 
-async def test_a_conditional_order_whose_frame_was_lost_is_counted_by_the_reconciliation(make_agent, exchange):
-    """Its ALGO_UPDATE arrives as garbage (logged, counted, skipped): the reconciliation's listing of
-    openAlgoOrders counts it, and a repair says so; once cancelled it stops counting."""
+async def test_a_conditional_order_whose_frame_was_lost_is_counted_from_the_exchange(make_agent, exchange):
+    """Its ALGO_UPDATE arrives as garbage (logged, counted, skipped): the resync the skipped frame owes
+    (or the reconciliation's listing, whichever reads first) counts it from openAlgoOrders; once
+    cancelled it stops counting."""
     agent = await make_agent(runtime=FAST.model_copy(update={"reconcile_interval_sec": 0.2, "reconcile_position_every": 2}))
     await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
     await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
@@ -871,13 +872,30 @@ async def test_a_conditional_order_whose_frame_was_lost_is_counted_by_the_reconc
             "triggerPrice": f"{mid * Decimal('0.9'):.2f}"})
         assert placed.status == 200, placed.json
     algo_id = int(placed.json["algoId"])
-    await wait_for(lambda: algo_id in agent.core.store.ledger.algos.open, 10, "counted by the reconciliation")
-    assert agent.status()["last_reconcile_repair"]["kind"] == "algo_untracked"
+    await wait_for(lambda: algo_id in agent.core.store.ledger.algos.open, 10, "counted from the exchange's listing")
     assert agent.status()["counters"]["malformed_frames"] == 1
     assert Decimal(str(agent.exposure()["worst_short"])) <= worst_short(await exchange.state()) - Decimal("0.030")
     async with SimClient.for_sim(exchange.sim) as c:
         assert (await c.signed("DELETE", "/fapi/v1/algoOrder", {"algoId": str(algo_id)})).status == 200
     await wait_for(lambda: not agent.core.store.ledger.algos.open, 10, "its CANCELED frame: no longer counted")
+
+
+async def test_a_position_change_whose_frame_was_skipped_is_read_at_once_not_at_the_reconciliation(
+        make_agent, exchange):
+    """Another hand's position change, its ACCOUNT_UPDATE cut on the way (skipped as malformed): the
+    skipped frame owes a resync, which reads the position at once; the reconciliation's position check
+    (here every 60 s) is not waited for, while the ladder is sized against the old position."""
+    slow_check = FAST.model_copy(update={"reconcile_interval_sec": 30.0, "reconcile_position_every": 2})
+    agent = await make_agent(runtime=slow_check)
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    resyncs = agent.counters["resyncs"]
+    await exchange.post("/sim/fault/frame", {"stream": "user", "mode": "truncate", "event": "ACCOUNT_UPDATE",
+                                             "count": 1})
+    await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "-0.150"})
+    await wait_for(lambda: agent.core.store.position_steps == -150, 10, "the position read again",
+                   explain=lambda: describe(agent, exchange))
+    assert agent.status()["counters"]["malformed_frames"] == 1 and agent.counters["resyncs"] > resyncs
 
 
 async def test_a_user_event_that_cannot_be_applied_is_counted_said_and_repaired_by_a_resync(
