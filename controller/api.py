@@ -54,6 +54,7 @@ from controller.bodies import (
     KillRequest,
     ResumeRequest,
     body_schema,
+    known_query_only,
     parse_body,
     read_body,
     refusal,
@@ -147,6 +148,7 @@ api = FastAPI(
     version="1",
     docs_url=None,   # FastAPI's page loads its script from a CDN: controller/api_page.py instead
     redoc_url=None,
+    dependencies=[Depends(known_query_only)],
 )
 
 
@@ -591,7 +593,7 @@ class FleetApi:
                                          session.expires_in(self.sessions.clock())))
 
     @api.get("/console/assets/{name}", include_in_schema=False)
-    async def console_asset(self, name: str) -> Response:
+    async def console_asset(self, name: str, v: str | None = None) -> Response:   # v: the page's cache-buster
         body = asset(name)
         if body is None:
             raise HTTPException(404, "no such console asset")

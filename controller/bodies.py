@@ -252,3 +252,26 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES, *, form: bool
             raise HTTPException(413, f"request body is over the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def known_query_only(request: Request) -> None:
+    """A query parameter the route does not take is a 422 naming it: ``/pnl?symbl=ETHUSDC`` (a typo)
+    would otherwise answer for the whole fleet, and ``/exposure?symbol=X`` for every symbol."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    if dependant is None or not request.query_params:
+        return
+    taken = _query_names(dependant) - {"self"}   # (Ray Serve's ingress leaves its methods' self listed)
+    unknown = [k for k in dict.fromkeys(request.query_params.keys()) if k not in taken]
+    if unknown:
+        named = ", ".join(repr(shown_input(k)) for k in unknown[:5]) + (
+            f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        takes = ", ".join(sorted(taken)) or "none"
+        raise HTTPException(422, f"unknown query parameter(s) {named}; this route takes: {takes}")
+
+
+def _query_names(dependant: Any) -> set[str]:
+    """The query parameters a route takes, its dependencies' included."""
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names

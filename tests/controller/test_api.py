@@ -205,6 +205,24 @@ def test_a_body_that_is_not_json_is_a_422(endpoint):
     assert r.status_code == 422 and "not UTF-8" in r.text
 
 
+def test_a_query_parameter_the_route_does_not_take_is_a_422_naming_it(endpoint):
+    url, token, _ = endpoint
+    # a typo of /pnl's symbol would otherwise answer for the whole fleet
+    r = requests.get(f"{url}/pnl?symbl=ETHUSDC", headers=auth(token), timeout=30)
+    assert r.status_code == 422 and "'symbl'" in r.text and "since, symbol" in r.text, r.text
+    r = requests.get(f"{url}/exposure?symbol=ETHUSDC", headers=auth(token), timeout=30)
+    assert r.status_code == 422 and "'symbol'" in r.text and "takes: none" in r.text, r.text
+    before = requests.get(f"{url}/kill", headers=auth(token), timeout=30).json()["kill_states"]
+    r = requests.post(f"{url}/kill?all=true", json={"symbols": ["ETHUSDC"], "reason": "query"}, headers=auth(token),
+                      timeout=30)
+    assert r.status_code == 422, r.text
+    assert requests.get(f"{url}/kill", headers=auth(token), timeout=30).json()["kill_states"] == before   # unchanged
+    # a key no answer can carry is named escaped, and no long input is echoed back
+    r = requests.get(f"{url}/health?" + "x" * 5000 + "=1", timeout=30)
+    assert r.status_code == 422 and len(r.text) < 1000, r.text
+    assert requests.get(f"{url}/health", timeout=30).status_code == 200
+
+
 def test_openapi_docs_are_served(endpoint):
     url, _, _ = endpoint
     page = requests.get(f"{url}/docs", timeout=10)

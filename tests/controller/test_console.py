@@ -318,7 +318,7 @@ def test_sign_in_sets_a_private_session_cookie_never_the_token(live):
     assert c.sign_in(origin="http://evil.example").status_code == 403
     r = c.keep(c.http.post(f"{c.base}/signin?token={live.token}", headers={"Origin": origin_of(c.base)},
                            data={"note": "no token here"}, allow_redirects=False, timeout=30))
-    assert r.status_code == 403 and not c.http.cookies                    # a token in the URL is ignored
+    assert r.status_code == 422 and live.token not in r.text and not c.http.cookies   # a token in the URL: refused
     r = c.keep(c.http.post(f"{c.base}/signin", json={"token": live.token}, headers={"Origin": origin_of(c.base)},
                            allow_redirects=False, timeout=30))
     assert r.status_code == 415
