@@ -1160,9 +1160,9 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
     def _fills_whole(self, acct: Account, b: Book, side: str, price: int, qty: int, reduce_only: bool,
                      stp: str, now: int) -> bool:
         """Whether a FOK order would fill whole at once: the walk it would take, run dry
-        (fleet/sim/matching.py). What lies beyond its price, what self-trade prevention would expire
-        instead of filling and what a reduce-only maker may not fill do not count; a reduce-only FOK
-        larger than its position cannot fill whole."""
+        (fleet/sim/matching.py). What lies beyond its price and what a reduce-only maker may not fill do
+        not count (self-trade prevention takes no effect on a FOK: its own orders fill it); a reduce-only
+        FOK larger than its position cannot fill whole."""
         if reduce_only and qty > abs(acct.position(b.symbol).amount):
             return False
         taker = Order(0, "", acct.name, b.symbol, side, "LIMIT", "FOK", price, qty, reduce_only, now, 0)

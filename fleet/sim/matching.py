@@ -176,9 +176,10 @@ def _meet(fx: Fills | DryRun, resting: list[Order], s_qty: int, v: int, taker: O
             v -= take
             if v == 0:
                 break
-        if taker is not None and o.account == taker.account and taker.stp != "NONE":
-            # NONE: it trades with itself, as with anyone. Otherwise self-trade prevention, as the taker's
-            # mode says: the maker expires (EXPIRE_MAKER, EXPIRE_BOTH) and the walk goes on past it
+        if taker is not None and o.account == taker.account and taker.stp != "NONE" and taker.tif != "FOK":
+            # NONE, and any mode on a FOK taker (Binance: STP takes effect only for GTC, IOC and GTD): it
+            # trades with itself, as with anyone. Otherwise self-trade prevention, as the taker's mode
+            # says: the maker expires (EXPIRE_MAKER, EXPIRE_BOTH) and the walk goes on past it
             # (EXPIRE_MAKER) or the taker's remainder expires (EXPIRE_TAKER, EXPIRE_BOTH)
             if taker.stp != "EXPIRE_TAKER":
                 fx.self_trade(o)
