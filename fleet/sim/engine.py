@@ -861,7 +861,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         """The price ``priceMatch`` gives an order of this side now (it is sent instead of ``price``)."""
         where = PRICE_MATCH.get(pm)
         if where is None:
-            raise invalid("priceMatch")
+            raise SimApiError(-5037, "Invalid price match")
         if params.get("price"):
             raise SimApiError(-1106, "Parameter 'price' sent when not required.")
         queue, n = where
@@ -1055,7 +1055,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
             if params.get("price"):
                 raise SimApiError(-1106, "Parameter 'price' sent when not required.")
             if pm:
-                raise SimApiError(-1106, "Parameter 'priceMatch' sent when not required.")
+                raise SimApiError(-5038, "Price match only supports order type: LIMIT, STOP AND TAKE_PROFIT")
             price = 0
         else:
             tif = params.get("timeInForce")

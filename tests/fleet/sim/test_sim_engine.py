@@ -419,9 +419,9 @@ def test_price_match_takes_the_nth_level_of_either_side_at_placement_and_on_amen
     assert Decimal(taker["avgPrice"]) == Decimal(b.price_str(best_ask))
     # sent with a price, with a market order, or unknown: refused, nothing placed
     for bad, code in (({"priceMatch": "QUEUE", "price": queue["price"]}, -1106),
-                      ({"priceMatch": "QUEUE_7"}, -1130), ({"priceMatch": "QUEUE", "type": "MARKET"}, -1106)):
+                      ({"priceMatch": "QUEUE_7"}, -5037), ({"priceMatch": "QUEUE", "type": "MARKET"}, -5038)):
         try:
-            order(side="BUY", timeInForce="GTC", **bad)
+            order(side="BUY", **({} if bad.get("type") == "MARKET" else {"timeInForce": "GTC"}), **bad)
             raise AssertionError(f"accepted {bad}")
         except SimApiError as exc:
             assert exc.code == code, (bad, exc)
