@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 
 CARRY_PREFIX = "carry/"
 PAGE = 1000          # userTrades rows a request (Binance's maximum)
-MAX_PAGES = 20       # 20,000 trades in the gap: beyond that the carry is partial, and says so
+MAX_PAGES = 20       # 20,000 trades (or 20 weeks) in the gap: beyond that the carry is partial, and says so
+WEEK_MS = 7 * 86_400_000   # the widest window userTrades answers by time
 
 
 def carry_key(symbol: str) -> str:
@@ -146,12 +147,18 @@ async def _gap_trades(agent: SymbolAgent, carried: Carry) -> int:
     from_id = carried.trade_id
     added = 0
     for _ in range(MAX_PAGES):
-        rows = await client.user_trades(agent.symbol, start_time=start, from_id=from_id, limit=PAGE)
+        # by time a week at a time (Binance answers a startTime alone with the week after it), up to a
+        # full page; by id from there
+        end = None if start is None else start + WEEK_MS - 1
+        rows = await client.user_trades(agent.symbol, start_time=start, end_time=end, from_id=from_id, limit=PAGE)
         store = agent.require_core().store
         for r in rows:
             added += _add_trade(store.position_book, carried, r, store.margin_asset)
         if len(rows) < PAGE:
-            return added
+            if end is None or end >= agent.exchange_ms():
+                return added
+            start = end + 1
+            continue
         # from the page's last id again, not past it: a self-trade's two sides share one id (the keys dedupe)
         start, from_id = None, max(int(r["id"]) for r in rows)
     agent.log.event("carry_partial", f"more than {MAX_PAGES * PAGE} trades since the last agent's books: "

@@ -24,7 +24,7 @@ from itertools import chain
 from typing import TYPE_CHECKING, Any, Iterable
 
 from fleet.sim.delisting import not_trading
-from fleet.sim.errors import WEEK_MS, SimApiError, int_param, invalid, missing, within_a_week
+from fleet.sim.errors import SimApiError, int_param, invalid, missing, week_window
 from fleet.sim.orders import CLIENT_ID_RE, DEFAULT_STP, PRICE_MATCH, STP_MODES, Account
 
 if TYPE_CHECKING:
@@ -271,9 +271,7 @@ class AlgoService:
         if from_id is not None:
             return [self.order_json(a) for a in rows if a.algo_id >= from_id][:limit]
         start, end = int_param(params, "startTime"), int_param(params, "endTime")
-        within_a_week(start, end)
-        end = end if end is not None else (start + WEEK_MS if start is not None else now)
-        start = start if start is not None else end - WEEK_MS
+        start, end = week_window(start, end, now)
         rows = [a for a in rows if start <= a.created <= end]
         return [self.order_json(a) for a in rows[-limit:]]
 

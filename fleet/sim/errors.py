@@ -56,3 +56,12 @@ def within_a_week(start: int | None, end: int | None) -> None:
     """allOrders, userTrades and allAlgoOrders take a startTime-endTime window of 7 days at most."""
     if start is not None and end is not None and end - start > WEEK_MS:
         raise SimApiError(-1127, "More than 168 hours between startTime and endTime.")
+
+
+def week_window(start: int | None, end: int | None, now: int) -> tuple[int, int]:
+    """The window such a history answers: the 7 days before now when neither end is sent ("the last 7
+    days' data"), the 7 days after a startTime sent alone (live: a startTime a month back answers
+    nothing), the 7 days before an endTime sent alone; -1127 when both span more."""
+    within_a_week(start, end)
+    end = end if end is not None else (start + WEEK_MS if start is not None else now)
+    return (start if start is not None else end - WEEK_MS), end

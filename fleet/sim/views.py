@@ -6,7 +6,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Callable
 
 from fleet.sim.book import INDEX_RATIO, Book
-from fleet.sim.errors import int_param, invalid, within_a_week
+from fleet.sim.errors import WEEK_MS, SimApiError, int_param, invalid, week_window, within_a_week
 from fleet.sim.orders import Account, Order, Position
 from fleet.sim.units import Q8, ZERO, s8
 
@@ -83,13 +83,13 @@ class EngineViews:
         orders.sort(key=lambda o: o.order_id)
         from_id = int_param(params, "orderId")
         start, end = int_param(params, "startTime"), int_param(params, "endTime")
-        within_a_week(start, end)
-        if from_id is not None:
-            orders = [o for o in orders if o.order_id >= from_id]
-        if start is not None:
-            orders = [o for o in orders if o.time >= start]
-        if end is not None:
-            orders = [o for o in orders if o.time <= end]
+        if from_id is not None:   # from an id, within startTime..endTime when sent
+            within_a_week(start, end)
+            orders = [o for o in orders if o.order_id >= from_id and (start is None or o.time >= start)
+                      and (end is None or o.time <= end)]
+        else:   # "the query time period must be less than 7 days (default as the recent 7 days)"
+            lo, hi = week_window(start, end, self.now_ms)
+            orders = [o for o in orders if lo <= o.time <= hi]
         limit = _limit(params, 500, 1000)
         # "If orderId is set, it will get orders >= that orderId. Otherwise most recent orders are
         # returned": from orderId (or startTime) on, the oldest first, so a client can page forward
@@ -124,12 +124,16 @@ class EngineViews:
         b = self.book(params.get("symbol"))
         trades = [t for t in acct.trades if t.symbol == b.symbol]
         start, end = int_param(params, "startTime"), int_param(params, "endTime")
-        within_a_week(start, end)
         order_id, from_id = int_param(params, "orderId"), int_param(params, "fromId")
-        if start is not None:
-            trades = [t for t in trades if t.time >= start]
-        if end is not None:
-            trades = [t for t in trades if t.time <= end]
+        if from_id is not None and (start is not None or end is not None):   # "fromId cannot be sent with
+            raise SimApiError(-1106, f"Parameter '{'startTime' if start is not None else 'endTime'}' sent when "
+                                     f"not required.")                          # startTime or endTime"
+        if from_id is None and order_id is None:   # by time: a week at most (by id: no window)
+            lo, hi = week_window(start, end, self.now_ms)
+            trades = [t for t in trades if lo <= t.time <= hi]
+        else:
+            within_a_week(start, end)
+            trades = [t for t in trades if (start is None or t.time >= start) and (end is None or t.time <= end)]
         if order_id is not None:
             trades = [t for t in trades if t.order_id == order_id]
         if from_id is not None:
@@ -311,6 +315,8 @@ class EngineViews:
         if kind:
             items = [i for i in items if i["incomeType"] == kind]
         start, end = int_param(params, "startTime"), int_param(params, "endTime")
+        if start is None and end is None:   # "the recent 7-day data"
+            start = self.now_ms - WEEK_MS
         if start is not None:
             items = [i for i in items if i["time"] >= start]
         if end is not None:

@@ -4,13 +4,17 @@ record's newest fee, and the drawdown's peak kept."""
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal as D
+from types import SimpleNamespace
 
 import pytest
 
-from agents.carry import Carry, _add_trade
+from agents.carry import Carry, _add_trade, _gap_trades
 from agents.store import Store
+from fleet.binance.client import BinanceClient
 from fleet.binance.events import BUY, SELL
+from fleet.sim.testkit import SimClient
 
 from .test_core_support import SYMBOL, account_update, eth_filters, mark, order_update, seed_params
 
@@ -162,3 +166,22 @@ def test_the_record_names_the_fees_booked_from_frames_whose_rows_were_not_seen()
     assert s.funding.unpaired_frames() == [(9_000, "-0.2")]
     rec = record(fee_frames=tuple(s.funding.unpaired_frames()))
     assert Carry.decode(rec.encode()) == rec
+
+
+async def test_a_gap_older_than_a_week_is_read_a_week_at_a_time_up_to_now(sim):
+    """A record of an agent that never traded, ten days old: userTrades answers a startTime alone with
+    the week after it (nothing there), so the gap is read a week at a time, up to the trades made now."""
+    async with SimClient.for_sim(sim) as c:
+        for side in ("BUY", "SELL"):
+            r = await c.signed("POST", "/fapi/v1/order", {"symbol": SYMBOL, "side": side, "type": "MARKET",
+                                                          "quantity": "0.010"})
+            assert r.status == 200, r.json
+    _, key, secret = sim.accounts[0]
+    store = Store(SYMBOL, eth_filters(), seed_params())
+    async with BinanceClient(sim.rest_url, key, secret) as client:
+        now_ms = int(time.time() * 1000)
+        agent = SimpleNamespace(symbol=SYMBOL, require_client=lambda: client,
+                                require_core=lambda: SimpleNamespace(store=store), exchange_ms=lambda: now_ms)
+        carried = record(since_ms=now_ms - 10 * 86_400_000, trade_id=None, trade_orders=())
+        assert await _gap_trades(agent, carried) == 2
+    assert (store.fills_buy, store.fills_sell) == (1, 1)

@@ -589,3 +589,40 @@ def _trading_state(e: Engine) -> tuple:
     return (b.agg_id, tuple((name, a.positions["ETHUSDC"].amount if "ETHUSDC" in a.positions else 0, len(a.trades),
                              tuple(sorted((o.order_id, o.status, o.filled) for o in a.open.values())))
                             for name, a in sorted(e.accounts.items())))
+
+
+def test_the_trade_and_order_histories_answer_by_the_week_as_binance_does():
+    """userTrades and allOrders read by time answer a week at most: the last 7 days when no time is sent,
+    the 7 days after a startTime sent alone, the 7 days before an endTime sent alone; by id (fromId,
+    orderId) no week applies, and fromId with a time is refused. income without a time: the last 7 days.
+    (The engine's clock is moved 8 days without stepping its market: what is under test is the window.)"""
+    e = _engine()
+    week = 7 * 86_400_000
+
+    def market(side: str) -> dict:
+        return e.new_order("main", {"symbol": "ETHUSDC", "side": side, "type": "MARKET", "quantity": "0.010"}, e.now_ms)
+
+    old = market("BUY")
+    t_old = e.now_ms
+    e.now_ms += week + 86_400_000
+    new = market("SELL")
+    ids = lambda rows: sorted({r["orderId"] for r in rows})   # noqa: E731
+    trades = lambda **p: e.user_trades("main", {"symbol": "ETHUSDC", **{k: str(v) for k, v in p.items()}})  # noqa: E731
+    assert ids(trades()) == [new["orderId"]]
+    assert ids(trades(startTime=t_old - 1000)) == [old["orderId"]]
+    assert ids(trades(endTime=e.now_ms)) == [new["orderId"]]
+    assert ids(trades(fromId=0)) == [old["orderId"], new["orderId"]]
+    assert ids(trades(orderId=old["orderId"])) == [old["orderId"]]
+    for both in ({"fromId": 0, "startTime": t_old}, {"fromId": 0, "endTime": e.now_ms}):
+        try:
+            trades(**both)
+            raise AssertionError(f"accepted {both}")
+        except SimApiError as exc:
+            assert exc.code == -1106, exc
+    orders = lambda **p: e.all_orders("main", {"symbol": "ETHUSDC", **{k: str(v) for k, v in p.items()}})  # noqa: E731
+    assert ids(orders()) == [new["orderId"]]
+    assert ids(orders(startTime=t_old - 1000)) == [old["orderId"]]
+    assert ids(orders(orderId=old["orderId"])) == [old["orderId"], new["orderId"]]
+    fees = e.income("main", {"symbol": "ETHUSDC", "incomeType": "COMMISSION"})
+    assert fees and all(f["time"] > e.now_ms - week for f in fees)
+    assert len(e.income("main", {"symbol": "ETHUSDC", "incomeType": "COMMISSION", "startTime": "0"})) == len(fees) + 1
