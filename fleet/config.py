@@ -9,11 +9,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import parse_qsl
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from fleet import yamlfile
 
 
 class ConfigError(ValueError):
@@ -21,7 +32,25 @@ class ConfigError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No infinity or NaN: `.inf` passes gt=0, and a stale-market limit, a capital or a cap of infinity
+    # switches its check off, said by nothing
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_flag_for_a_number(cls, v: Any, info: ValidationInfo) -> Any:
+        """``true`` is not a size or a count (pydantic reads it as 1)."""
+        if isinstance(v, bool) and info.field_name is not None:
+            kinds = _kinds(cls.model_fields[info.field_name].annotation)
+            if kinds & {int, float} and bool not in kinds:
+                raise ValueError("a number, not true or false")
+        return v
+
+
+def _kinds(annotation: Any) -> set[Any]:
+    """The types an annotation admits (``float | None`` -> {float, NoneType})."""
+    args = get_args(annotation)
+    return {a for arg in args for a in _kinds(arg)} if args and get_origin(annotation) is not Literal else {annotation}
 
 
 # --- the hard cap on net_max ----------------------------------------------------------------------
@@ -32,6 +61,19 @@ class _Model(BaseModel):
 SEED_HARD_CAPS: dict[str, float] = {"ETHUSDC": 0.25}  # the seed: "net_max never above 0.25"
 # libpq's connection parameters that hold a secret, refused in a journal URL's query (?password=...)
 URL_SECRET_PARAMS = frozenset({"password", "sslpassword"})
+def url_holds_password(url: str) -> bool:
+    """Whether a database URL carries a password: in its user part (SQLAlchemy reads ``mm:pa/ss@host``
+    as the user ``mm`` with the password ``pa/ss``: everything before the last ``@``), or in its query as
+    libpq reads the keys (``?password%20=x`` is libpq's ``password``), or inside a query value (libpq
+    may read a ``dbname`` as a connection string of its own)."""
+    rest = url.partition("://")[2]
+    before_query, _, query = rest.partition("?")
+    if "@" in before_query and ":" in before_query.rsplit("@", 1)[0]:
+        return True
+    pairs = parse_qsl(query, keep_blank_values=True)
+    return any(k.strip().lower() in URL_SECRET_PARAMS or "password" in v.lower() for k, v in pairs)
+
+
 DEFAULT_NET_MAX_HARD_CAP = 0.25  # risk.net_max_hard_cap unless the fleet config sets one
 
 _CAP_HOLDERS = "symbols[].net_max_hard_cap or risk.net_max_hard_cap in the fleet config"
@@ -115,7 +157,7 @@ class GrindingParams(_Model):
     @field_validator("interval_sec")
     @classmethod
     def _interval_floor(cls, v: float) -> float:
-        if v < 30.0:
+        if not v >= 30.0:
             raise ValueError(f"grinding interval {v}s is under the 30 s floor (seed guardrail)")
         return v
 
@@ -131,7 +173,11 @@ class DrawdownParams(_Model):
     def _bands_match(self) -> "DrawdownParams":
         if len(self.drawdown_bands) != len(self.reduce_fractions):
             raise ValueError("drawdown_bands and reduce_fractions must have the same length")
-        if list(self.drawdown_bands) != sorted(self.drawdown_bands):
+        if not self.drawdown_bands:
+            raise ValueError("drawdown_bands may not be empty: the drawdown reduction would never act")
+        if any(not 0 < b < 100 for b in self.drawdown_bands):
+            raise ValueError("drawdown_bands are percent of capital, each above 0 and below 100 (6 is 6 %)")
+        if any(a >= b for a, b in zip(self.drawdown_bands, self.drawdown_bands[1:])):
             raise ValueError("drawdown_bands must be increasing")
         if any(not 0 < f <= 1 for f in self.reduce_fractions):
             raise ValueError("reduce_fractions must each be in (0, 1]")
@@ -250,13 +296,38 @@ class ExchangeConfig(_Model):
         return self
 
 
+# Where a secret is read from, never the secret: a key pasted where its variable's name goes was accepted,
+# then echoed by every "not set" message and stored in the journal's `up` event. Neither check repeats
+# the value it refuses.
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
+_FILE_NAME = re.compile(r"[^\x00-\x1f\x7f]*[/.][^\x00-\x1f\x7f]*")
+
+
+def _env_name(v: str) -> str:
+    if not _ENV_NAME.fullmatch(v):
+        raise ValueError("must name an environment variable (capitals, digits and _, e.g. MMFLEET_KEY); a key or "
+                         "secret itself never goes in the config")
+    return v
+
+
+def _file_name(v: str) -> str:
+    if not _FILE_NAME.fullmatch(v):
+        raise ValueError("must be a file's path, with a / or a . in it (e.g. ./keys/main.yaml); a key or secret "
+                         "itself never goes in the config")
+    return v
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+FileName = Annotated[str, AfterValidator(_file_name)]
+
+
 class AccountConfig(_Model):
     """Where an account's keys are read from, inside the agent process. Never the keys themselves."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,40}$")
-    api_key_env: str | None = None
-    api_secret_env: str | None = None
-    key_file: str | None = Field(None, description="YAML/JSON file with api_key and api_secret")
+    api_key_env: EnvName | None = None
+    api_secret_env: EnvName | None = None
+    key_file: FileName | None = Field(None, description="YAML/JSON file with api_key and api_secret")
     rate_share: float = Field(1.0, gt=0, le=1.0, description="fraction of the account's limits")
 
     @model_validator(mode="after")
@@ -280,8 +351,8 @@ class SymbolEntry(_Model):
 class ApiConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    token_env: str | None = "MMFLEET_API_TOKEN"
-    token_file: str | None = None
+    token_env: EnvName | None = "MMFLEET_API_TOKEN"
+    token_file: FileName | None = None
     metrics_require_auth: bool = False
     metrics_publish_s: float = Field(
         5.0, gt=0, le=60, description="every agent renders and publishes its exposition this often (for /metrics)")
@@ -325,8 +396,8 @@ class JournalConfig(_Model):
     enabled: bool = True
     url: str | None = Field(None, description="postgresql://user@host:port/db (no password); default: SQLite")
     path: str | None = Field(None, description="the SQLite file (default <state_dir>/<fleet>.journal.sqlite)")
-    password_env: str | None = "MMFLEET_JOURNAL_PASSWORD"
-    password_file: str | None = None
+    password_env: EnvName | None = "MMFLEET_JOURNAL_PASSWORD"
+    password_file: FileName | None = None
     spool_dir: str | None = Field(None, description="JSON-lines spool while the database is down (default <state_dir>/journal-spool)")
     queue_max: int = Field(100_000, ge=100, description="events held in memory before the writer drains them")
     batch_max: int = Field(500, ge=1, le=10_000)
@@ -348,9 +419,7 @@ class JournalConfig(_Model):
         scheme, sep, rest = v.partition("://")
         if not sep or not (scheme.startswith("postgresql") or scheme.startswith("sqlite")):
             raise ValueError("journal.url must be postgresql://user@host[:port]/db or sqlite:///path")
-        netloc = rest.split("/", 1)[0]
-        query = {k.lower() for k, _ in parse_qsl(rest.partition("?")[2], keep_blank_values=True)}
-        if ("@" in netloc and ":" in netloc.rsplit("@", 1)[0]) or query & URL_SECRET_PARAMS:
+        if url_holds_password(v):
             raise ValueError("journal.url must not hold a password: use journal.password_env or journal.password_file")
         return v
 
@@ -441,11 +510,9 @@ def _describe(exc: ValidationError, where: str) -> str:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
+        data = yamlfile.read(path) or {}
+    except yamlfile.YamlFileError as exc:
+        raise ConfigError(f"config {path} {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a mapping at the top level")
     return data

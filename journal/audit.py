@@ -12,6 +12,8 @@ import time
 import uuid
 from typing import Any
 
+from fleet.config import url_holds_password
+
 log = logging.getLogger("mmfleet.journal")
 
 # Keys whose values are secrets wherever they appear; *_env / *_file name where a secret lives (kept).
@@ -41,9 +43,12 @@ def redact(doc: Any) -> Any:
     if isinstance(doc, list):
         return [redact(v) for v in doc]
     if isinstance(doc, str) and "://" in doc:
-        # a URL with user:password@ -> user@, and ?password=... -> ?password=***
+        # a URL with user:password@ -> user@, and ?password=... -> ?password=***; one the config's rule
+        # still finds a password in (?password%20=..., a user part with a /) -> only its scheme
         doc = re.sub(r"(://[^/:@]+):[^/@]*@", r"\1@", doc) if "@" in doc else doc
-        return _URL_SECRET_PARAM.sub(rf"\1{REDACTED}", doc)
+        doc = _URL_SECRET_PARAM.sub(rf"\1{REDACTED}", doc)
+        left = doc.replace(f"password={REDACTED}", "")
+        return f"{doc.partition('://')[0]}://{REDACTED}" if url_holds_password(left) else doc
     return doc
 
 

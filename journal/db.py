@@ -16,7 +16,7 @@ from typing import Any, Iterator
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Engine, make_url
 
-from fleet.config import URL_SECRET_PARAMS
+from fleet.config import url_holds_password
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 PG_LOCK_KEY = 0x6D6D6A6E  # advisory lock id: one migration at a time across a cluster's agents
@@ -98,7 +98,7 @@ def target_from_args(url: str | None, state_dir: str | None, fleet: str | None =
 def check_no_password(url: str) -> None:
     try:
         u = make_url(url)
-        if u.password or {k.lower() for k in u.query} & URL_SECRET_PARAMS:
+        if u.password or url_holds_password(url):
             raise JournalConfigError("the journal URL must not hold a password: set MMFLEET_JOURNAL_PASSWORD "
                                      "(or journal.password_env / journal.password_file)")
     except JournalConfigError:

@@ -25,9 +25,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fleet import yamlfile
 from fleet.sim.config import check_interval_hours
 from fleet.sim.faults import parse_fault
 from fleet.sim.local import LocalExchange
@@ -74,9 +74,9 @@ def load_schedule(source: str | Path | list[Any] | None) -> list[Event]:
     data: Any = source
     if isinstance(source, (str, Path)):
         try:
-            data = yaml.safe_load(Path(source).read_text()) or []
-        except (OSError, yaml.YAMLError) as exc:
-            raise ScheduleError(f"cannot read schedule {source}: {exc}") from exc
+            data = yamlfile.read(source) or []
+        except yamlfile.YamlFileError as exc:
+            raise ScheduleError(f"schedule {source} {exc}") from None
     if not isinstance(data, list):
         raise ScheduleError("a schedule is a list of events ({at: 2h, do: drop, target: user}, ...)")
     events = []
@@ -88,8 +88,8 @@ def load_schedule(source: str | Path | list[Any] | None) -> list[Event]:
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err["loc"]) or "(event)"
             raise ScheduleError(f"schedule event {i}: {field}: {err['msg']}") from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ScheduleError(f"schedule event {i} ({item!r}): {exc}") from None
+        except (ValueError, KeyError, TypeError) as exc:   # (the event not echoed: aliases may make it huge)
+            raise ScheduleError(f"schedule event {i}: {exc}") from None
         events.append(ev)
     return sorted(events, key=lambda e: e.at)
 

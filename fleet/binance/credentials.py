@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
+from fleet import yamlfile
 
 
 class CredentialsError(ValueError):
@@ -43,9 +43,8 @@ def _from_file(path_text: str) -> Credentials:
     if not path.is_file():
         raise CredentialsError(f"key file {str(path)!r} does not exist")
     try:
-        text = path.read_text(encoding="utf-8")
-        data: Any = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
+        data: Any = json.loads(path.read_text(encoding="utf-8")) if path.suffix == ".json" else yamlfile.read(path)
+    except (OSError, ValueError) as exc:   # (YamlFileError is a ValueError)
         raise CredentialsError(f"key file {str(path)!r} is not readable JSON/YAML: {type(exc).__name__}") from None
     if not isinstance(data, dict):
         raise CredentialsError(f"key file {str(path)!r} must hold a mapping with api_key and api_secret")

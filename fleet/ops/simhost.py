@@ -12,6 +12,8 @@ from typing import Any
 import ray
 import yaml
 
+from fleet import yamlfile
+
 SIM_ACTOR = "sim"
 
 
@@ -48,7 +50,7 @@ class SimHost:
             config = load_sim_config(config_path)
             accounts = []
             for name, path in key_files.items():
-                keys = yaml.safe_load(Path(path).read_text())
+                keys = yamlfile.read(path)
                 accounts.append(AccountSpec(name=name, api_key=keys["api_key"], api_secret=keys["api_secret"]))
             config = config.model_copy(update={"accounts": tuple(accounts)})
             self.server = await SimServer(symbols=symbols, seed=seed, host=host, port=port, config=config).start()

@@ -12,6 +12,8 @@ import argparse
 import asyncio
 import json
 import logging
+import math
+import re
 import signal
 import sys
 from typing import Any
@@ -49,6 +51,9 @@ def _symbols(raw: str | None) -> list[str] | None:
     names = [s.strip().upper() for s in raw.split(",") if s.strip()]
     if not names:
         raise SystemExit("--symbols: give at least one symbol, e.g. ETHUSDC,BTCUSDT")
+    bad = [n for n in names if not re.fullmatch(r"[A-Z0-9]{2,30}", n)]
+    if bad:
+        raise SystemExit(f"--symbols: {bad[0][:40]!r} is not a symbol (2-30 letters and digits, e.g. ETHUSDC)")
     return names
 
 
@@ -76,15 +81,18 @@ async def _serve(args: argparse.Namespace) -> None:
     if args.legacy_paths is not None:
         config = config.model_copy(update={"legacy_paths": args.legacy_paths})
     if args.funding_interval is not None:
-        if args.funding_interval <= 0:
-            raise SystemExit("--funding-interval must be positive")
+        if not (math.isfinite(args.funding_interval) and args.funding_interval >= 1):
+            raise SystemExit("--funding-interval: seconds, at least 1")
         config = config.model_copy(update={"funding_interval_s": args.funding_interval})
     try:
         sim = SimServer(symbols=_symbols(args.symbols), seed=args.seed, host=args.host, port=args.port,
                         config=config, api_key=args.api_key, api_secret=args.api_secret)
     except SimConfigError as exc:  # a recording that cannot be replayed (RecordingError)
         raise SystemExit(f"sim: {exc}") from None
-    await sim.start()
+    try:
+        await sim.start()
+    except (OSError, OverflowError) as exc:   # the port taken, out of range, the host unknown
+        raise SystemExit(f"sim: cannot listen on {args.host}:{args.port}: {exc}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # before announcing readiness: a quick Ctrl-C still stops cleanly

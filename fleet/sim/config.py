@@ -10,9 +10,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fleet import yamlfile
 from fleet.sim.brackets import DEFAULT_BRACKETS, check_rows
 from fleet.sim.market import MarketParams
 
@@ -33,7 +33,18 @@ class SimConfigError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _decimal(v: str | None, *, positive: bool) -> str | None:
+    """A finite decimal string (positive when asked); the number itself echoed, trimmed."""
+    try:
+        ok = v is None or (Decimal(v).is_finite() and (not positive or Decimal(v) > 0))
+    except (ArithmeticError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"must be a {'positive ' if positive else ''}finite decimal string, got {str(v)[:40]!r}")
+    return v
 
 
 class BracketSpec(_Model):
@@ -84,12 +95,16 @@ class SymbolSpec(_Model):
     brackets: tuple[BracketSpec, ...] | None = Field(
         None, description="notional brackets, lowest first; None = Binance's BTCUSDT table (125x up to 50,000)")
 
-    @field_validator("tick_size", "step_size", "min_notional", "max_qty", "market_max_qty", "max_price")
+    @field_validator("tick_size", "step_size", "min_notional", "max_qty", "market_max_qty", "max_price", "min_qty",
+                     "multiplier_up", "multiplier_down", "market_step_size", "market_min_qty", "min_price")
     @classmethod
-    def _positive_decimal(cls, v: str) -> str:
-        if Decimal(v) <= 0:
-            raise ValueError(f"must be a positive decimal string, got {v!r}")
-        return v
+    def _positive_decimal(cls, v: str | None) -> str | None:
+        return _decimal(v, positive=True)
+
+    @field_validator("funding_rate")
+    @classmethod
+    def _rate(cls, v: str) -> str:
+        return _decimal(v, positive=False)   # type: ignore[return-value]
 
     @field_validator("funding_interval_hours")
     @classmethod
@@ -105,13 +120,6 @@ class SymbolSpec(_Model):
             ok = False
         if not ok:
             raise ValueError(f"must be a rate from 0.00000001 up to 1, got {v!r}")
-        return v
-
-    @field_validator("market_step_size", "market_min_qty", "min_price")
-    @classmethod
-    def _optional_positive_decimal(cls, v: str | None) -> str | None:
-        if v is not None and Decimal(v) <= 0:
-            raise ValueError(f"must be a positive decimal string, got {v!r}")
         return v
 
     @model_validator(mode="after")
@@ -180,6 +188,15 @@ class AccountSpec(_Model):
                             "from the seed unless given) and the exchange keeps its public half; signatures "
                             "are base64, and only such a key logs a WebSocket API session on")
     balances: dict[str, str] = Field(default_factory=lambda: {"USDT": "100000", "USDC": "100000"})
+
+    @field_validator("balances")
+    @classmethod
+    def _balances(cls, v: dict[str, str]) -> dict[str, str]:
+        for amount in v.values():
+            _decimal(amount, positive=False)
+            if Decimal(amount) < 0:
+                raise ValueError(f"a balance may not be negative, got {amount[:40]!r}")
+        return v
     leverage: int = Field(20, ge=1, le=125)
     funding_frame_symbol: bool | None = Field(None, description="add the 2026 SDK a.S to this account's "
                                                                 "FUNDING_FEE frames; None = the global switch")
@@ -239,6 +256,18 @@ class SimConfig(_Model):
     replay: str | None = Field(None, description="a recording directory (docs/recording.md) replayed as the "
                                                  "market instead of the model; None = the model")
 
+    @field_validator("maker_commission", "taker_commission")
+    @classmethod
+    def _commission(cls, v: str) -> str:
+        return _decimal(v, positive=False)   # type: ignore[return-value]
+
+    @field_validator("funding_interval_s")
+    @classmethod
+    def _funding_interval(cls, v: float) -> float:
+        if v < 1:
+            raise ValueError(f"must be at least 1 second, got {v}")
+        return v
+
     def symbol_specs(self, names: list[str] | None = None) -> tuple[SymbolSpec, ...]:
         """The configured specs, plus defaults for names not configured (in the given order)."""
         configured = {s.symbol: s for s in self.symbols}
@@ -258,14 +287,12 @@ def load_sim_config(source: str | Path | dict[str, Any] | SimConfig | None) -> S
     if isinstance(source, (str, Path)):
         where = str(source)
         try:
-            data = yaml.safe_load(Path(source).read_text()) or {}
-        except OSError as exc:
-            raise SimConfigError(f"cannot read simulator config {where}: {exc}") from exc
-        except yaml.YAMLError as exc:
-            raise SimConfigError(f"simulator config {where} is not valid YAML: {exc}") from exc
+            data = yamlfile.read(source) or {}
+        except yamlfile.YamlFileError as exc:
+            raise SimConfigError(f"simulator config {where} {exc}") from None
     try:
         return SimConfig.model_validate(data)
-    except ValidationError as exc:
+    except ValidationError as exc:   # (not chained: the error holds the input's values, keys among them)
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        raise SimConfigError(f"{where}: field '{field}': {first['msg']}") from exc
+        raise SimConfigError(f"{where}: field '{field}': {first['msg']}") from None

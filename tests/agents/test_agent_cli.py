@@ -85,7 +85,7 @@ def test_wrong_url_scheme_is_named():
 
 
 def test_missing_config_file_is_named(tmp_path):
-    with pytest.raises(AgentSetupError, match=r"cannot read config .*nope.yaml"):
+    with pytest.raises(AgentSetupError, match=r"config .*nope.yaml cannot be read"):
         prepare(_args("--config", str(tmp_path / "nope.yaml"), "--symbol", "ETHUSDC", *URLS))
 
 

@@ -65,6 +65,16 @@ def write(tmp_path: Path, data: dict) -> Path:
         ({"drawdown": {"drawdown_bands": [6.0, 11.0], "reduce_fractions": [0.25, 0.45, 0.8]}}, "drawdown"),
         ({"grid": {"max_layers": 0}}, "grid.max_layers"),
         ({"base": {"base_sise": 0.01}}, "base.base_sise"),
+        # infinity passes gt=0 and switches a check off; NaN passes a guardrail's `v < 30`
+        ({"risk": {"capital": float("inf")}}, "risk.capital"),
+        ({"base": {"net_max": "1e400"}}, "base.net_max"),
+        ({"grinding": {"interval_sec": float("nan")}}, "grinding.interval_sec"),
+        ({"base": {"base_size": True}}, "base.base_size"),
+        ({"grid": {"max_layers": True}}, "grid.max_layers"),
+        # bands that could never be reached, or none: no drawdown reduction at all
+        ({"drawdown": {"drawdown_bands": [], "reduce_fractions": []}}, "drawdown"),
+        ({"drawdown": {"drawdown_bands": [600, 1100, 1700]}}, "drawdown"),
+        ({"drawdown": {"drawdown_bands": [6, 6, 17]}}, "drawdown"),
     ],
 )
 def test_the_seeds_prohibitions_are_errors_naming_the_field(tmp_path, data, field):

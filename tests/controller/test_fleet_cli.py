@@ -75,7 +75,7 @@ def test_validate_names_the_bad_field(tmp_path, capsys):
 
 def test_up_with_a_missing_config_fails_before_touching_ray(tmp_path, capsys):
     assert main(["up", "--config", str(tmp_path / "nope.yaml")]) == 2
-    assert "cannot read config" in capsys.readouterr().err
+    assert "nope.yaml cannot be read" in capsys.readouterr().err
 
 
 def test_table_shows_position_worst_case_pnl_net_of_fees_fills_grinds_and_kill_state():

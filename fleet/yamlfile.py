@@ -1,0 +1,81 @@
+"""YAML files read strictly: the configs, the simulator's config, a schedule, a key file.
+
+``yaml.safe_load`` keeps the last of a key given twice in one mapping: a second ``risk:`` block
+silently replaced the first (the fleet's notional cap went from 20,000 to 1,000,000) and a second
+``net_max`` the first. Here a repeated key is an error naming its line. An error says what is wrong
+and where (line, column), never the text of the line: a config's line may hold a secret. A file that
+is not UTF-8, is nested too deeply to read or is over ``MAX_BYTES`` is refused the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MAX_BYTES = 8 << 20   # a config is kilobytes; /dev/zero or a stray log is not a config
+KEY_SHOWN = 40        # characters of a repeated key named in an error
+
+
+class YamlFileError(ValueError):
+    """A file that cannot be read as YAML. The message is a predicate ("is not valid YAML: ... (line 3,
+    column 1)"), said after the file's name by the caller; never the line's text."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key repeated in one mapping (a merge ``<<`` may still be overridden)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                repeated = key in seen
+                seen.add(key)
+            except TypeError:   # an unhashable key: SafeLoader's own error follows
+                continue
+            if repeated:
+                shown = str(key) if len(str(key)) <= KEY_SHOWN else str(key)[:KEY_SHOWN] + "..."
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {shown!r} given twice in one mapping (the second would replace the first)",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def describe(exc: yaml.YAMLError) -> str:
+    """What PyYAML found and where, without the snippet of the line it prints (it may hold a secret)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        what = exc.problem or exc.context or "malformed YAML"
+        return f"{what} (line {mark.line + 1}, column {mark.column + 1})" if mark else what
+    return type(exc).__name__
+
+
+def loads(text: str) -> Any:
+    """``text`` as YAML, strictly (a repeated key refused); :class:`YamlFileError` saying why and where."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)   # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise YamlFileError(f"is not valid YAML: {describe(exc)}") from None
+    except RecursionError:
+        raise YamlFileError("is nested too deeply to read") from None
+
+
+def read(path: str | Path) -> Any:
+    """The YAML file at ``path`` (UTF-8, at most ``MAX_BYTES``); :class:`YamlFileError` without the
+    file's name, which the caller's message puts before it."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise YamlFileError(f"cannot be read: {exc.strerror or type(exc).__name__}") from None
+    if len(raw) > MAX_BYTES:
+        raise YamlFileError(f"is over {MAX_BYTES >> 20} MiB: not a config")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise YamlFileError(f"is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+    return loads(text)
