@@ -47,15 +47,24 @@ def _number(text: str, name: str) -> float | int:
         raise OverrideError(f"{name}: {text!r} is not a number") from None
 
 
-def parse_sweep(specs: list[str]) -> list[dict[str, Any]]:
-    """``["size_decay_k=3.8,4.1", "base_size=0.007,0.008"]`` -> the grid's combinations (dotted paths)."""
+def parse_sweep(specs: list[str], single: bool = False) -> list[dict[str, Any]]:
+    """``["size_decay_k=3.8,4.1", "base_size=0.007,0.008"]`` -> the grid's combinations (dotted paths);
+    ``single``: one value a name (``--set``)."""
     axes: list[tuple[str, list[float | int]]] = []
     for spec in specs:
         name, sep, values = spec.partition("=")
+        shown = spec if len(spec) <= 60 else spec[:60] + "..."
         if not sep or not values.strip():
-            raise OverrideError(f"{spec!r}: write name=value[,value...]")
+            raise OverrideError(f"{shown!r}: write name=value[,value...]")
         path = resolve(name.strip())
-        axes.append((path, [_number(v.strip(), path) for v in values.split(",") if v.strip()]))
+        if path in (a for a, _ in axes):
+            raise OverrideError(f"{shown!r}: {path} is given twice")
+        items = [v.strip() for v in values.split(",")]
+        if not all(items):
+            raise OverrideError(f"{shown!r}: an empty value in the list")
+        if single and len(items) > 1:
+            raise OverrideError(f"{shown!r}: --set takes one value (a grid of values is --sweep)")
+        axes.append((path, [_number(v, path) for v in items]))
     return [dict(zip([a for a, _ in axes], combo)) for combo in itertools.product(*(v for _, v in axes))]
 
 

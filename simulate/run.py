@@ -31,7 +31,7 @@ from simulate import params as overrides_of
 from simulate.clock import SimClock, run_simulated
 from simulate.observe import SymbolWatch
 from simulate.result import RunResult
-from simulate.schedule import Event, play
+from simulate.schedule import Event, ScheduleError, play
 from simulate.transport import SIM_URL, LocalTransport
 
 START_MS = 1_767_225_600_000  # 2026-01-01 00:00:00 UTC: funding at 00/08/16 falls on whole hours of the run
@@ -129,11 +129,11 @@ async def _simulate(cfg: FleetConfig, config_path: Path, opts: RunOptions, overr
     every = max(1, math.ceil(opts.hours * 3600.0 / max(opts.points, 1)))
     agents, watches = _agents(cfg, config_path, opts, overrides, ex, clock, logger, every)
     _observe(ex, watches)
+    start = clock.monotonic()
     living = [asyncio.create_task(ex.run(), name="exchange")]
     living += [asyncio.create_task(a.run(), name=f"agent {a.symbol}") for a in agents]
-    start = clock.monotonic()
-    tasks = living + [asyncio.create_task(_sample(ex, clock, agents, watches), name="sampler"),
-                      asyncio.create_task(play(opts.schedule, ex, clock, start), name="schedule")]
+    living.append(asyncio.create_task(_play_to_the_end(opts.schedule, ex, clock, start), name="schedule"))
+    tasks = living + [asyncio.create_task(_sample(ex, clock, agents, watches), name="sampler")]
     if opts.progress is not None:
         tasks.append(asyncio.create_task(_progress(opts, clock, start, wall0), name="progress"))
     ended, _ = await asyncio.wait(living, timeout=opts.hours * 3600.0, return_when=asyncio.FIRST_COMPLETED)
@@ -144,6 +144,8 @@ async def _simulate(cfg: FleetConfig, config_path: Path, opts: RunOptions, overr
     await asyncio.gather(*tasks, return_exceptions=True)
     for t in ended:  # nothing of the run may end before it: an agent or the exchange that did is a failure
         exc = None if t.cancelled() else t.exception()
+        if isinstance(exc, ScheduleError):   # an event that failed: said as such
+            raise exc
         raise RuntimeError(f"the simulated run's {t.get_name()} ended after "
                            f"{(clock.monotonic() - start) / 3600.0:.3f} simulated h: {exc!r}") from exc
     results = [w.result(opts.hours, ex.engine, a.core.grinding.count_total if a.core else 0,
@@ -210,6 +212,12 @@ def _observe(ex: LocalExchange, watches: list[SymbolWatch]) -> None:
 
     ex.engine.on_fill = on_fill
     ex.on_user_frame = on_user_frame
+
+
+async def _play_to_the_end(events: list[Any], ex: LocalExchange, clock: SimClock, start: float) -> None:
+    """The schedule, then nothing until the run ends: an event that fails ends the run (named)."""
+    await play(events, ex, clock, start)
+    await asyncio.get_running_loop().create_future()
 
 
 async def _sample(ex: LocalExchange, clock: SimClock, agents: list[SymbolAgent], watches: list[SymbolWatch]) -> None:

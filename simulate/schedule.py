@@ -21,7 +21,9 @@ starts, naming the event and the field.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,28 +90,77 @@ def load_schedule(source: str | Path | list[Any] | None) -> list[Event]:
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err["loc"]) or "(event)"
             raise ScheduleError(f"schedule event {i}: {field}: {err['msg']}") from None
-        except (ValueError, KeyError, TypeError) as exc:   # (the event not echoed: aliases may make it huge)
+        except KeyError as exc:
+            raise ScheduleError(f"schedule event {i}: {item.get('do')} needs {exc.args[0]}") from None
+        except (ValueError, TypeError) as exc:   # (the event not echoed: aliases may make it huge)
             raise ScheduleError(f"schedule event {i}: {exc}") from None
         events.append(ev)
     return sorted(events, key=lambda e: e.at)
 
 
+# the fields each kind takes (besides at and do): a misspelt one is refused, not silently defaulted
+FIELDS: dict[str, frozenset[str]] = {
+    "drop": frozenset({"target", "account"}), "rest_fault": frozenset(),   # (parse_fault names its own)
+    "jump": frozenset({"symbol", "pct"}), "freeze": frozenset({"symbol", "seconds", "mode"}),
+    "expire_listen_key": frozenset({"account"}), "funding_rate": frozenset({"symbol", "rate"}),
+    "latency": frozenset({"ms", "path"}), "delist": frozenset({"symbol", "in"}),
+    "funding_interval": frozenset({"symbol", "hours"}),
+}
+
+
+def _finite(value: Any, name: str) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number")
+    x = float(value)
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be a finite number")
+    return x
+
+
 def _check(ev: Event) -> None:
     a = ev.args
+    unknown = sorted(set(a) - FIELDS[ev.do]) if ev.do != "rest_fault" else []
+    if unknown:
+        raise ValueError(f"{ev.do} takes {', '.join(sorted(FIELDS[ev.do])) or 'no fields'}, not {unknown[0][:40]!r}")
     if ev.do == "rest_fault":
         parse_fault(a)
     elif ev.do == "drop" and a.get("target", "all") not in ("market", "user", "all"):
         raise ValueError("target must be market, user or all")
-    elif ev.do == "jump":
-        float(a["pct"])
-    elif ev.do == "freeze":
-        parse_duration(a.get("seconds", 10))
-    elif ev.do == "latency" and int(a.get("ms", 0)) < 0:
-        raise ValueError("ms must be >= 0")
+    elif ev.do == "jump" and not _finite(a["pct"], "pct") > -100:
+        raise ValueError("pct must be above -100 (a price falls at most to nothing)")
+    elif ev.do == "freeze" and not 0 < parse_duration(a.get("seconds", 10)) < math.inf:
+        raise ValueError("seconds must be a positive duration")
+    elif ev.do == "latency":
+        ms = _finite(a.get("ms", 0), "ms")
+        if ms < 0 or ms != int(ms):
+            raise ValueError("ms must be a whole number of milliseconds, 0 or more (0: back to the config's)")
     elif ev.do == "delist" and parse_duration(a.get("in", "1h")) <= 0:
         raise ValueError("in must be a duration after the announcement")
     elif ev.do == "funding_interval":
         check_interval_hours(a.get("hours"))
+    elif ev.do == "funding_rate" and a.get("rate") is not None:
+        try:
+            finite = Decimal(str(a["rate"])).is_finite()
+        except ArithmeticError:
+            finite = False
+        if not finite:
+            raise ValueError("rate must be a finite decimal, or null to wander again")
+
+
+def check_run(events: list[Event], symbols: list[str], hours: float, accounts: list[str] | None = None) -> None:
+    """The events against the run they are for: a symbol it trades, an account it has, a time within it
+    (an event after the end would silently never happen)."""
+    for i, ev in enumerate(events):
+        a = ev.args
+        if "symbol" in FIELDS[ev.do] and str(a.get("symbol", "")).upper() not in symbols:
+            raise ScheduleError(f"schedule event {i} ({ev.do}): symbol {str(a.get('symbol'))[:40]!r} is not one of "
+                                f"the run's ({', '.join(symbols)})")
+        if accounts is not None and a.get("account") is not None and a["account"] not in accounts:
+            raise ScheduleError(f"schedule event {i} ({ev.do}): account {str(a['account'])[:40]!r} is not one of "
+                                f"the run's ({', '.join(accounts)})")
+        if ev.at > hours * 3600.0:
+            raise ScheduleError(f"schedule event {i} ({ev.do}) at {ev.at:g} s is after the run's end "
+                                f"({hours:g} h)")
 
 
 def _symbol(ex: LocalExchange, args: dict[str, Any]) -> str:
@@ -146,9 +197,13 @@ def apply(ev: Event, ex: LocalExchange, now_ms: int) -> None:
 
 
 async def play(events: list[Event], ex: LocalExchange, clock: Any, start: float) -> None:
-    """Carry out each event at its time (the run's clock, seconds from ``start``)."""
-    for ev in events:
+    """Carry out each event at its time (the run's clock, seconds from ``start``); one that fails is a
+    :class:`ScheduleError` naming it (the run fails: its table would not be the schedule's)."""
+    for i, ev in enumerate(events):
         wait = start + ev.at - clock.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
-        apply(ev, ex, clock.time_ms())
+        try:
+            apply(ev, ex, clock.time_ms())
+        except Exception as exc:  # noqa: BLE001 - any failure of an event ends the run, named
+            raise ScheduleError(f"schedule event {i} ({ev.do} at {ev.at:g} s) failed: {exc}") from exc

@@ -56,6 +56,20 @@ def run_sweep(config_path: str | Path, opts: RunOptions, combos: list[dict[str, 
     return [r for r in results if r is not None]
 
 
+# The figures of a symbol's table (simulate/observe.py's, then simulate/run.py's counters) a sweep may be
+# sorted by; tests/simulate/test_simulate.py holds it to a run's table.
+OBJECTIVES = frozenset({
+    "hours", "worst_long_max", "worst_short_max", "worst_long_above_share", "worst_short_above_share", "fills",
+    "maker_fills", "grinds_per_hour", "funding_per_day", "pnl_spread", "pnl_inventory", "pnl_funding", "pnl_fees",
+    "pnl_total", "max_drawdown", "orders_per_min", "amends_per_min", "orders_10s_max", "orders_1m_max",
+    "weight_1m_max", "unfilled_ratio", "cancels_within_5s_share", "position_max_abs", "taker_fees",
+    "grind_cost_saved", "open_orders_after_stop", "user_stream_reconnects", "market_stream_reconnects", "resyncs",
+    "unknown_outcomes", "unknown_outcomes_resolved", "listen_key_expired", "stale_market_pulls",
+    "reconcile_repairs", "owner_asks", "margin_holds", "margin_calls", "liquidations", "quote_cycles",
+    "stream_connections", "warnings_logged", "errors_logged",
+})
+
+
 def objective_of(result: RunResult, key: str) -> float:
     """``key`` summed over the run's symbols; a key no symbol has is an error naming the keys."""
     values = [s.table[key] for s in result.symbols if key in s.table]

@@ -13,11 +13,13 @@ per combination, best first, after running them as Ray tasks (a loopback-only lo
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 EXIT_BAD = 2
+MAX_HOURS = 8760
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,8 +70,13 @@ def _options(args: argparse.Namespace) -> Any:
         base = load_sim_config(args.sim_config) if args.sim_config else None
         sim_config = {**(base.model_dump() if base is not None else {}), "replay": str(Path(args.replay).resolve())}
     hours = 48.0 if hours is None else hours
-    if hours <= 0:
-        raise ValueError("--hours must be positive")
+    if not 0 < hours <= MAX_HOURS:
+        raise ValueError(f"--hours must be above 0 and at most {MAX_HOURS} (a year), not {hours:g}")
+    for flag, value in (("--rest-latency-ms", args.rest_latency_ms), ("--stream-latency-ms", args.stream_latency_ms)):
+        if not 0 <= value <= 60_000:
+            raise ValueError(f"{flag} must be from 0 to 60000 ms, not {value:g}")
+    if args.points < 2:
+        raise ValueError(f"--points must be at least 2, not {args.points}")
     args.hours = hours
     return RunOptions(
         **start, hours=hours, seed=args.seed,
@@ -95,15 +102,27 @@ def _progress_bar(hours: float) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fleet.config import ConfigError, load_fleet_config
+    from fleet.config import ConfigError, load_fleet_config, symbol_params
     from simulate.params import OverrideError, parse_sweep
-    from simulate.schedule import ScheduleError
+    from simulate.params import apply as apply_overrides
+    from simulate.schedule import ScheduleError, check_run
+    from simulate.sweep import OBJECTIVES
 
     try:
         cfg = load_fleet_config(args.config)
         opts = _options(args)
-        overrides = parse_sweep(args.set)[0] if args.set else {}
+        symbols = opts.symbols or [s.symbol for s in cfg.symbols]
+        check_run(opts.schedule, symbols, opts.hours, [a.name for a in cfg.accounts])
+        overrides = parse_sweep(args.set, single=True)[0] if args.set else {}
         combos = parse_sweep(args.sweep) if args.sweep else []
+        for combo in combos or [{}]:   # every combination checked before a run (a sweep's Ray tasks) starts
+            for symbol in symbols:
+                apply_overrides(cfg, symbol, symbol_params(cfg, symbol, args.config), {**overrides, **combo})
+        if combos and args.objective not in OBJECTIVES:
+            raise ValueError(f"--objective {args.objective[:40]!r} is not a figure of the table: one of "
+                             f"{', '.join(sorted(OBJECTIVES))}")
+        for name in ("report", "json"):
+            writable(getattr(args, name), f"--{name}")
     except (ConfigError, OverrideError, ScheduleError, ValueError) as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return EXIT_BAD
@@ -145,6 +164,20 @@ def _sweep(args: argparse.Namespace, opts: Any, combos: list[dict[str, Any]]) ->
     print(sweep_table(ranked, args.objective))
     _write(args, ranked[0])
     return 0
+
+
+def writable(path: str | None, flag: str) -> None:
+    """A file the run's output can be written to, checked before hours of simulation are spent."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{flag} {path}: is a directory, not a file")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: its directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ValueError(f"{flag} {path}: not writable")
 
 
 def _write(args: argparse.Namespace, result: Any) -> None:

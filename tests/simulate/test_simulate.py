@@ -7,6 +7,7 @@ gives identical tables; scheduled faults are survived.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import pytest
 from fleet.config import load_fleet_config, symbol_params
 from simulate.report import CHART_NAMES, chart_id, write_report
 from simulate.run import RunOptions, simulate
-from simulate.schedule import ScheduleError, load_schedule
+from simulate.schedule import ScheduleError, check_run, load_schedule
+from simulate.sweep import OBJECTIVES
 from simulate.table import format_table
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "fleet.demo.yaml"
@@ -33,6 +35,7 @@ def test_the_same_seed_prints_the_same_table_and_another_seed_does_not():
     assert a.symbols[0].table == b.symbols[0].table
     assert a.symbols[0].samples == b.symbols[0].samples
     assert a.symbols[0].table != c.symbols[0].table
+    assert set(a.symbols[0].table) == OBJECTIVES   # every figure a sweep may be sorted by, and no other
 
 
 def test_the_split_adds_up_to_the_exchange_and_the_book_is_empty_after_the_stop(tmp_path):
@@ -141,10 +144,34 @@ def test_planned_stream_swaps_keep_the_agent_in_step():
     ([{"at": 10, "do": "explode"}], "do"),
     ([{"at": 10, "do": "rest_fault", "mode": "nonsense"}], "mode"),
     ({"at": 10}, "list of events"),
+    ([{"at": 10, "do": "freeze", "symbol": "ETHUSDC", "secods": 600}], "freeze takes mode, seconds, symbol, not 'secods'"),
+    ([{"at": 10, "do": "jump", "symbol": "ETHUSDC", "pct": float("nan")}], "pct must be a finite number"),
+    ([{"at": 10, "do": "jump", "symbol": "ETHUSDC", "pct": -100}], "pct must be above -100"),
+    ([{"at": 10, "do": "jump", "symbol": "ETHUSDC"}], "jump needs pct"),
+    ([{"at": 10, "do": "funding_rate", "symbol": "ETHUSDC", "rate": "abc"}], "rate must be a finite decimal"),
+    ([{"at": 10, "do": "latency", "ms": 0.5}], "whole number of milliseconds"),
 ])
 def test_a_bad_schedule_is_refused_naming_the_problem(events, message):
-    with pytest.raises(ScheduleError, match=message):
+    with pytest.raises(ScheduleError, match=re.escape(message) if "'" in message else message):
         load_schedule(events)
+
+
+@pytest.mark.parametrize("event, message", [
+    ({"at": 10, "do": "jump", "symbol": "BTCUSDT", "pct": 1}, "symbol 'BTCUSDT' is not one of the run's (ETHUSDC)"),
+    ({"at": 10, "do": "drop", "account": "nobody"}, "account 'nobody' is not one of the run's (main)"),
+    ({"at": "2h", "do": "drop"}, "at 7200 s is after the run's end (1 h)"),
+])
+def test_an_event_the_run_could_not_carry_out_is_refused_before_it(event, message):
+    with pytest.raises(ScheduleError, match=re.escape(message)):
+        check_run(load_schedule([event]), ["ETHUSDC"], 1.0, ["main"])
+
+
+def test_an_event_that_fails_during_the_run_fails_the_run_naming_it():
+    """An event the checks could not foresee (a jump the engine refuses) ends the run: its table would
+    not be the schedule's, and the events after it would never happen (they were dropped silently)."""
+    events = load_schedule([{"at": 5, "do": "jump", "symbol": "ETHUSDC", "pct": 1e6}, {"at": 10, "do": "drop"}])
+    with pytest.raises(ScheduleError, match=r"schedule event 0 \(jump at 5 s\) failed"):
+        _run(0.5, schedule=events)
 
 
 def test_an_agent_behind_its_feed_does_not_quote_on_old_books():
@@ -156,3 +183,23 @@ def test_an_agent_behind_its_feed_does_not_quote_on_old_books():
     assert late["orders_per_min"] == 0 and late["fills"] == 0 and late["open_orders_after_stop"] == 0
     behind = _run(3, seed=2, stream_latency_ms=1000.0).symbols[0].table
     assert behind["stale_market_pulls"] == 0 and behind["orders_per_min"] > 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--hours", "nan"], "--hours must be above 0"), (["--hours", "1e300"], "at most 8760"),
+    (["--rest-latency-ms", "-5"], "--rest-latency-ms must be from 0"), (["--points", "0"], "--points must be"),
+    (["--set", "base_size=0.01,0.02"], "--set takes one value"), (["--sweep", "base_size=,"], "an empty value"),
+    (["--sweep", "base_size=0.01,0.02", "base_size=0.03"], "base.base_size is given twice"),
+    (["--sweep", "base_size=0.01,0.02", "--objective", "pnl_totl"], "is not a figure of the table"),
+    (["--sweep", "net_max=0.2,0.3"], "net_max 0.3 exceeds the hard cap"),
+    (["--report", "/nonexistent/r.html"], "its directory /nonexistent does not exist"),
+    (["--json", "/tmp"], "is a directory"),
+])
+def test_simulate_refuses_bad_arguments_before_it_runs(extra, message, capsys):
+    """Before any simulated hour is spent (and before a sweep's Ray tasks start): a result that could not
+    be written, a sweep combination the caps refuse or an objective no table has was found only after."""
+    from fleet.ops.cli import main
+
+    assert main(["simulate", "--config", str(CONFIG), "--symbols", "ETHUSDC", "--hours", "0.01", "--no-progress",
+                 *extra]) == 2
+    assert message in capsys.readouterr().err
