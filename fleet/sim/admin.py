@@ -15,6 +15,15 @@ from fleet.sim.faults import Deferred, FrameFault, Held, RestFault, parse_fault,
 __all__ = ["AdminRoutes", "RestFault"]
 
 
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _host_name(host: str) -> str:
+    """The name of a Host header (``[::1]:8900`` -> ``::1``, ``localhost:8900`` -> ``localhost``)."""
+    host = host.strip().lower()
+    return host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+
+
 class AdminRoutes:
     """JSON in, JSON out; bad input is a 400 naming the problem."""
 
@@ -28,9 +37,15 @@ class AdminRoutes:
     held: list[Held]
     latency: tuple[int, str | None]
     conns: set[Any]
+    host: str
 
     async def _admin(self, request: web.Request) -> web.Response:
         path = request.path
+        if self.host in LOOPBACK_NAMES and _host_name(request.headers.get("Host", "")) not in LOOPBACK_NAMES:
+            # a page whose name its DNS points at 127.0.0.1 (rebinding) reaches the port from a browser on
+            # this machine: it may read the accounts' keys or inject faults through no admin route
+            return self._json(400, {"error": "the simulator's admin routes answer only requests naming a loopback "
+                                             "host (127.0.0.1, localhost)"})
         body: dict[str, Any] = {}
         if request.method == "POST":
             raw = await request.read()

@@ -14,7 +14,8 @@ constructed).
 Admin routes (never under /fapi; JSON body in, JSON out; no API key; HTTP 400 {"error": ...} naming the
 field on bad input, checked before anything changes: a field of the wrong JSON type, NaN, Infinity or a
 number out of its range, a field the route does not take (fleet/sim/admin_input.py); 404 on an unknown
-route)::
+route; on a loopback address, 400 to a request whose Host is not a loopback name: a DNS-rebinding page
+in a browser on the machine reads no key and injects no fault)::
 
     GET  /sim/state?account=main&symbol=ETHUSDC
          -> {"time", "account", "symbol",

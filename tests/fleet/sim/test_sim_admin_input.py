@@ -92,3 +92,26 @@ async def test_binance_routes_refuse_an_integer_longer_than_20_digits_and_a_batc
         assert (unsigned.status, unsigned.json["code"]) == (503, -1008), unsigned.json   # throttled, not a 500
         await c.admin("POST", "/sim/fault/clear", {})
         assert (await c.public("GET", "/fapi/v1/ping")).status == 200
+
+
+async def test_the_admin_routes_answer_only_a_loopback_host(sim):
+    """A page whose name its DNS points at 127.0.0.1 reaches the port from a browser on this machine: it
+    reads no account's keys and injects no fault. Binance's own routes answer any Host, as Binance does."""
+    port = sim.rest_url.rsplit(":", 1)[1]
+    async with SimClient.for_sim(sim) as c:
+        await c.admin("POST", "/sim/market/freeze", {"symbol": SYMBOL, "frozen": True})
+        mid = (await c.state(symbol=SYMBOL))["markets"][SYMBOL]["mid"]
+    async with aiohttp.ClientSession() as s:
+        for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.nip.io", "[::2]"):
+            for method, path in (("GET", "/sim/accounts"), ("POST", "/sim/market/jump")):
+                async with s.request(method, f"{sim.rest_url}{path}", headers={"Host": host},
+                                     json={"symbol": SYMBOL, "pct": 5.0}) as r:
+                    body = await r.text()
+                    assert r.status == 400 and "loopback" in body and "api_key" not in body, (host, path, body)
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "[::1]", "localhost"):
+            async with s.get(f"{sim.rest_url}/sim/accounts", headers={"Host": host}) as r:
+                assert r.status == 200, host
+        async with s.get(f"{sim.rest_url}/fapi/v1/time", headers={"Host": "attacker.example"}) as r:
+            assert r.status == 200
+    async with SimClient.for_sim(sim) as c:   # the jumps refused moved nothing
+        assert (await c.state(symbol=SYMBOL))["markets"][SYMBOL]["mid"] == mid
