@@ -275,8 +275,11 @@ class RuntimeParams(_Model):
         return self
 
 
+HostName = Annotated[str, Field(pattern=r"^[A-Za-z0-9.:_\[\]-]{1,253}$")]   # a name or an address, nothing else
+
+
 class SimExchange(_Model):
-    host: str = "127.0.0.1"
+    host: HostName = "127.0.0.1"
     port: int = Field(0, ge=0, le=65535, description="0 = pick a free port")
     seed: int = 7
     config: str | None = Field(None, description="optional simulator YAML (market model, funding)")
@@ -293,6 +296,10 @@ class ExchangeConfig(_Model):
     def _urls_for_binance(self) -> "ExchangeConfig":
         if self.kind == "binance" and not (self.rest_url and self.ws_market_url):
             raise ValueError("exchange.kind=binance needs rest_url and ws_market_url")
+        for name, scheme in (("rest_url", "http"), ("ws_market_url", "ws"), ("ws_user_url", "ws")):
+            url = getattr(self, name)
+            if url is not None and not re.fullmatch(rf"{scheme}s?://[^\s/?#]+(/[^\s]*)?", url):
+                raise ValueError(f"exchange.{name} must be a {scheme}:// or {scheme}s:// URL with a host")
         return self
 
 
@@ -349,7 +356,7 @@ class SymbolEntry(_Model):
 
 
 class ApiConfig(_Model):
-    host: str = "127.0.0.1"
+    host: HostName = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     token_env: EnvName | None = "MMFLEET_API_TOKEN"
     token_file: FileName | None = None
@@ -375,8 +382,8 @@ class AgentPlacement(_Model):
         "runs in Linux's SCHED_IDLE class, so the kill path (endpoint, controller, a hosted simulator) takes a "
         "core the moment it wakes, and any ordinary work on the node starves it (fleet/sched.py); auto: "
         "background on the controller's node, normal elsewhere (trader nodes, where no kill path runs)")
-    resources: dict[str, float] = Field(default_factory=dict)
-    metrics_port: int | None = None
+    resources: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    metrics_port: int | None = Field(None, ge=1, le=65535)
 
 
 class FleetRisk(_Model):
@@ -433,7 +440,7 @@ class FleetConfig(_Model):
     agent: AgentPlacement = AgentPlacement()
     runtime: RuntimeParams = RuntimeParams()
     risk: FleetRisk = FleetRisk()
-    state_dir: str = Field(".mmfleet", description="lock/PID files and the API token file")
+    state_dir: str = Field(".mmfleet", min_length=1, description="lock/PID files and the API token file")
     journal: JournalConfig = JournalConfig()
 
     @model_validator(mode="after")
@@ -562,7 +569,11 @@ def symbol_params(cfg: FleetConfig, symbol: str, config_path: str | os.PathLike[
     if entry.params_file:
         params_path = Path(config_path).parent / entry.params_file
         data = _read_yaml(params_path)
+        if not data:   # (an empty file read as the ETHUSDC seed's defaults for any symbol)
+            raise ConfigError(f"params file {params_path} of {symbol} holds no parameters")
         where = f"{params_path} (+ overrides in {config_path})"
+    else:
+        where = f"symbols[{cfg.symbols.index(entry)}].params of {config_path}"
     data = _deep_merge(data, entry.params)
     return validate_symbol_params(cfg, symbol, data, where)
 

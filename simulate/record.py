@@ -89,6 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def options_from(args: argparse.Namespace) -> Options:
     """Checked options; a :class:`UsageError` names the bad argument."""
     names = [s.strip().upper() for s in str(args.symbols).split(",") if s.strip()]
@@ -104,11 +107,18 @@ def options_from(args: argparse.Namespace) -> Options:
         raise UsageError(f"--out: {out} exists and is not an empty directory; record into a new one")
     if args.minutes is not None and not args.minutes > 0:
         raise UsageError(f"--minutes must be positive, got {args.minutes:g}")
-    if not args.roll_minutes * 60 >= 1:
-        raise UsageError(f"--roll-minutes must be at least 1 s (1/60), got {args.roll_minutes:g}")
+    if not 1 <= args.roll_minutes * 60 <= 7 * 86_400:
+        raise UsageError(f"--roll-minutes must be from 1 s (1/60) to a week, got {args.roll_minutes:g}")
     parts = urlsplit(args.ws_url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise UsageError(f"--ws-url must be a ws:// or wss:// URL with a host, got {args.ws_url!r}")
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:   # out of 0-65535, or not a number
+        port_ok = False
+    if parts.scheme not in ("ws", "wss") or not parts.hostname or not port_ok:
+        raise UsageError(f"--ws-url must be a ws:// or wss:// URL with a host (and a port of 1-65535), "
+                         f"got {args.ws_url[:200]!r}")
+    if str(args.log_level).upper() not in LOG_LEVELS:
+        raise UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
     return Options(tuple(names), out, args.minutes, args.ws_url.rstrip("/"), args.roll_minutes)
 
 
@@ -274,13 +284,13 @@ async def _main(opts: Options) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """The command (``python -m fleet record``): 0 when stopped cleanly, 2 on a bad argument."""
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         opts = options_from(args)
     except UsageError as exc:
         print(f"record: error: {exc}", file=sys.stderr)
         return 2
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         manifest = asyncio.run(_main(opts))
     except RecordingError as exc:

@@ -202,6 +202,12 @@ def run(args: argparse.Namespace) -> int:
     from agents.ownership import OwnershipRefused
     from fleet.binance.errors import BinanceError
 
+    if args.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        print("error: --log-level must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL", file=sys.stderr)
+        return EXIT_CONFIG
+    if not -1 <= args.metrics_port <= 65535:
+        print(f"error: --metrics-port must be from 0 to 65535 (-1: off), not {args.metrics_port}", file=sys.stderr)
+        return EXIT_CONFIG
     _, secret_filter = configure_logging(json_logs=args.json_logs, level=args.log_level.upper())
     log = logging.getLogger("mmfleet.agent")
     try:

@@ -116,11 +116,14 @@ class RecordingWriter:
             raise RecordingError(f"{d} is a file, not a directory")
         if d.is_dir() and any(d.iterdir()):
             raise RecordingError(f"{d} is not empty: record into a new directory")
-        d.mkdir(parents=True, exist_ok=True)
-        for s in self.symbols:
-            (d / s).mkdir(exist_ok=True)
-        self.manifest["start_ms"] = now_ms
-        write_manifest(d, self.manifest)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            for s in self.symbols:
+                (d / s).mkdir(exist_ok=True)
+            self.manifest["start_ms"] = now_ms
+            write_manifest(d, self.manifest)
+        except OSError as exc:
+            raise RecordingError(f"cannot record into {d}: {exc.strerror or type(exc).__name__}") from None
         self._next_flush = now_ms + self.flush_ms
 
     def write(self, r: int, symbol: str, stream: str, data: dict[str, Any]) -> None:

@@ -135,3 +135,11 @@ def test_cli_metrics_port_in_use_is_named_and_the_lock_released(tmp_path):
     assert proc.returncode == 2
     assert f"--metrics-port {port}: cannot listen" in proc.stderr
     assert not (tmp_path / "demo.ETHUSDC.pid").exists()  # ownership given back on the way out
+
+
+@pytest.mark.parametrize("flag, value, said", [("--metrics-port", "99999", "--metrics-port must be from 0 to 65535"),
+                                               ("--log-level", "BOGUS", "--log-level must be one of")])
+def test_cli_bad_flag_exits_2_naming_it_before_anything_starts(tmp_path, flag, value, said):
+    proc = _run_cli("--config", str(DEMO), "--symbol", "ETHUSDC", *URLS, "--state-dir", str(tmp_path / "st"), flag, value)
+    assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "st").exists()   # no lock taken, no key read

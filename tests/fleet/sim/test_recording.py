@@ -10,6 +10,7 @@ recorder shows BTCUSDT replayed frame for frame.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gzip
 import json
@@ -302,3 +303,20 @@ def test_the_recorder_uses_binances_2026_split_layout_by_default():
     assert urls == ["wss://fstream.binance.com/market/stream?streams=ethusdc@aggTrade/ethusdc@markPrice@1s/"
                     "btcusdt@aggTrade/btcusdt@markPrice@1s",
                     "wss://fstream.binance.com/public/stream?streams=ethusdc@bookTicker/btcusdt@bookTicker"]
+
+
+@pytest.mark.parametrize("extra, said", [
+    (["--out", "/proc/mmfleet-no"], "cannot record into /proc/mmfleet-no"),
+    (["--roll-minutes", "inf"], "--roll-minutes must be from 1 s"),
+    (["--ws-url", "ws://127.0.0.1:99999"], "--ws-url must be a ws:// or wss:// URL"),
+    (["--log-level", "BOGUS"], "--log-level must be one of"),
+])
+def test_the_recorder_refuses_what_it_cannot_use_in_one_line(tmp_path, capsys, extra, said):
+    from simulate import record as rec
+
+    parser = argparse.ArgumentParser()
+    rec.add_arguments(parser)
+    args = parser.parse_args(["--symbols", "ETHUSDC", "--out", str(tmp_path / "r"), "--minutes", "0.01",
+                              "--ws-url", "ws://127.0.0.1:1", *extra])
+    assert rec.run(args) in (1, 2)
+    assert said in capsys.readouterr().err
