@@ -43,6 +43,7 @@ from journal.sink import NULL_SINK, JournalSink
 from .carry import Carry
 from .clock import WALL_CLOCK, Clock
 from .core import AgentCore
+from .strategy import size_problem
 from .snapshot import Snapshot, build_exposure, build_status
 from .transport import NetworkTransport, Transport
 from .logging import AgentLog
@@ -312,7 +313,11 @@ class SymbolAgent:
         return self.publish().status
 
     async def apply_params(self, params: SymbolParams) -> None:
-        """New parameters, live: the core keeps orders, position, kill state and grinding history."""
+        """New parameters, live: the core keeps orders, position, kill state and grinding history; a
+        size the exchange cannot trade is refused (ValueError), the old parameters kept."""
+        problem = size_problem(params, self.filters) if self.filters is not None else None
+        if problem:
+            raise ValueError(problem)
         self.params = params
         if self.core is not None:
             self.core.apply_params(params)

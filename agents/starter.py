@@ -18,6 +18,7 @@ from fleet.binance.models import OrderInfo
 
 from .carry import take_in
 from .core import AgentCore
+from .strategy import size_problem
 from .agent_base import BLOCK_RESYNC, BLOCK_USER_STREAM, Backoff, _older_epoch
 
 if TYPE_CHECKING:
@@ -49,6 +50,9 @@ class Starter:
         await client.sync_time()
         a.filters = await client.symbol_filters(a.symbol)
         a.contract.at_start(a.filters)   # not TRADING: a fatal start; a delisting announced: noted
+        problem = size_problem(a.params, a.filters)
+        if problem:   # a fatal start (not a transient error): it would quote nothing, forever
+            raise ValueError(problem)
         if a.core is None:
             self._build_core()
         # the exchange's terms, read together: the leverage's allowance (symbolConfig) and the funding interval

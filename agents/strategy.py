@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
-from decimal import ROUND_CEILING
+from decimal import ROUND_CEILING, Decimal
 
 from fleet.binance.enums import Side
 from fleet.binance.filters import SymbolFilters
@@ -235,3 +235,14 @@ class GeometricV2:
                 suppressed = True
                 break
         return tuple(asks), suppressed, worst
+
+
+def size_problem(params: SymbolParams, filters: SymbolFilters) -> str | None:
+    """Why the ladder could never place an order of the symbol (its largest layer, the first, under the
+    exchange's smallest order), else None: the agent refuses such parameters instead of quoting nothing."""
+    size = Decimal(str(params.base.base_size))
+    smallest = max(filters.min_qty, filters.step_size)
+    if size < smallest:
+        return (f"base.base_size {size:f} is under {filters.symbol}'s smallest order of {smallest}: the ladder would "
+                f"place nothing")
+    return None

@@ -133,6 +133,9 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, OverrideError, ValueError, KeyError) as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return EXIT_BAD
+    except RuntimeError as exc:   # a part of the run that ended before it (an agent's fatal start, say)
+        print(f"simulate: {exc}", file=sys.stderr)
+        return 1
 
 
 def _single(args: argparse.Namespace, cfg: Any, opts: Any, overrides: dict[str, Any]) -> int:

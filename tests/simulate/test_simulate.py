@@ -203,3 +203,10 @@ def test_simulate_refuses_bad_arguments_before_it_runs(extra, message, capsys):
     assert main(["simulate", "--config", str(CONFIG), "--symbols", "ETHUSDC", "--hours", "0.01", "--no-progress",
                  *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_size_the_exchange_cannot_trade_refuses_the_agents_start():
+    """A first layer under the symbol's smallest order: the agent would quote nothing, forever, and say
+    nothing (818 quote cycles, 0 orders, 0 warnings); its start is refused, naming the parameter."""
+    with pytest.raises(RuntimeError, match=r"base.base_size 0.0000001 is under ETHUSDC's smallest order of 0.001"):
+        simulate(CFG, CONFIG, RunOptions(hours=0.01, seed=1, symbols=["ETHUSDC"]), {"base.base_size": 1e-7})
