@@ -264,6 +264,8 @@ class RestHandlers:
         cids_name = _spelled(params, "origClientOrderIdList")
         if ids_name is not None:
             ids = _batch_list(params, ids_name, 10)
+            if not all(type(i) is int for i in ids):   # Binance: a LIST<LONG>; ["1598...", ...] is unsupported
+                raise SimApiError(-1130, f"Data sent for parameter '{ids_name}' is not valid.")
             reqs = [{"symbol": symbol, "orderId": str(i)} for i in ids]
         elif cids_name is not None:
             cids = _batch_list(params, cids_name, 10)

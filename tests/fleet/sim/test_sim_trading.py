@@ -220,6 +220,10 @@ async def test_batch_orders_place_modify_cancel_with_errors_in_place(sim):
                                                                "orderIdList": json.dumps(list(range(11)))})
         assert big.json["code"] == -4032   # EXCEED_MAX_CANCEL_ORDER_SIZE
         o = await _limit(c, "BUY", p2, newClientOrderId="b-4")
+        # ids written as strings: "unsupported" (Binance's change log of 2023-06-16), nothing cancelled
+        d = await c.signed("DELETE", "/fapi/v1/batchOrders", {"symbol": "ETHUSDC",
+                                                             "orderIdList": json.dumps([str(o["orderId"])])})
+        assert (d.status, d.json["code"]) == (400, -1130), d.json
         d = await c.signed("DELETE", "/fapi/v1/batchOrders", {"symbol": "ETHUSDC",
                                                              "origClientOrderIdList": json.dumps(["b-4"])})
         assert d.json[0]["orderId"] == o["orderId"]
