@@ -112,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_fleet_config(args.config)
         opts = _options(args)
         symbols = opts.symbols or [s.symbol for s in cfg.symbols]
+        unknown = [s for s in symbols if s not in {e.symbol for e in cfg.symbols}]
+        if unknown:
+            raise ValueError(f"{unknown[0]} is not in the fleet config {args.config}")
         check_run(opts.schedule, symbols, opts.hours, [a.name for a in cfg.accounts])
         overrides = parse_sweep(args.set, single=True)[0] if args.set else {}
         combos = parse_sweep(args.sweep) if args.sweep else []

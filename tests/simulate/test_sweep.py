@@ -40,10 +40,10 @@ def test_bad_sweep_and_override_arguments_are_refused_naming_the_problem():
                           [["--sweep", "size_decay_k=fast"], "is not a number"],
                           [["--set", "grid.size_decay_k=4"], "no parameter 'grid.size_decay_k'"],
                           [["--set", "interval_sec=3"], "under the 30 s floor"],
-                          [["--hours", "-1"], "--hours must be positive"],
+                          [["--hours", "-1"], "--hours must be above 0"],
                           [["--set", "net_max=5"], "exceeds the hard cap"],
                           [["--symbols", "ETHUSDC,DOGEUSDT"], "DOGEUSDT is not in the fleet config"],
-                          [["--schedule", "/no/such/file.yaml"], "cannot read schedule"]):
+                          [["--schedule", "/no/such/file.yaml"], "file.yaml cannot be read"]):
         done = subprocess.run([sys.executable, "-m", "fleet", "simulate", "--config", str(CONFIG), "--symbols",
                                "ETHUSDC", "--hours", "0.01", *args], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2, (args, done.stderr)
