@@ -313,11 +313,11 @@ class SymbolAgent:
         return self.publish().status
 
     async def apply_params(self, params: SymbolParams) -> None:
-        """New parameters, live: the core keeps orders, position, kill state and grinding history; a
-        size the exchange cannot trade is refused (ValueError), the old parameters kept."""
+        """New parameters, live: the core keeps orders, position, kill state and grinding history. A size
+        the exchange cannot trade is said (the fleet's commands refuse it before it gets here)."""
         problem = size_problem(params, self.filters) if self.filters is not None else None
         if problem:
-            raise ValueError(problem)
+            self.log.event("size_below_minimum", problem, level=logging.ERROR)
         self.params = params
         if self.core is not None:
             self.core.apply_params(params)

@@ -51,8 +51,8 @@ class Starter:
         a.filters = await client.symbol_filters(a.symbol)
         a.contract.at_start(a.filters)   # not TRADING: a fatal start; a delisting announced: noted
         problem = size_problem(a.params, a.filters)
-        if problem:   # a fatal start (not a transient error): it would quote nothing, forever
-            raise ValueError(problem)
+        if problem:   # said, not fatal: the agent still guards what the symbol holds (validate, up, apply refuse it)
+            a.log.event("size_below_minimum", problem, level=logging.ERROR)
         if a.core is None:
             self._build_core()
         # the exchange's terms, read together: the leverage's allowance (symbolConfig) and the funding interval

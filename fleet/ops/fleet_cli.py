@@ -23,7 +23,8 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -115,9 +116,11 @@ class ExchangeListing:
     source: str
     symbols: dict[str, str] | None
     error: str | None = None
+    smallest: dict[str, Decimal] = field(default_factory=dict)   # the smallest order (LOT_SIZE) per symbol
 
-    def problems(self, wanted: list[str]) -> list[str]:
-        """Each wanted symbol the exchange does not list, or lists as not trading, with why."""
+    def problems(self, wanted: list[str], sizes: dict[str, Any] | None = None) -> list[str]:
+        """Each wanted symbol the exchange does not list, or lists as not trading, or whose ``sizes``
+        (base_size) is under its smallest order (the agent would place nothing), with why."""
         if self.symbols is None:
             return []
         out = []
@@ -127,6 +130,9 @@ class ExchangeListing:
                 out.append(f"{sym} is not listed by {self.source}")
             elif status != "TRADING":
                 out.append(f"{sym} is listed by {self.source} but not trading (status {status})")
+            elif sizes and sym in self.smallest and Decimal(str(sizes[sym])) < self.smallest[sym]:
+                out.append(f"{sym}'s base.base_size {Decimal(str(sizes[sym])):f} is under its smallest order of "
+                           f"{self.smallest[sym]:f}: the agent would place nothing")
         return out
 
 
@@ -150,11 +156,13 @@ def exchange_listing(cfg: Any, timeout: float = 10.0, *, running: bool = False) 
             raise FleetCliError(str(exc)) from None
         from fleet.sim.config import SimConfig
 
-        listed = list(dict.fromkeys(spec.symbol for spec in (*SimConfig().symbol_specs(), *sim.symbols)))
+        specs = {spec.symbol: spec for spec in (*SimConfig().symbol_specs(), *sim.symbols)}
+        listed = list(specs)
         where = cfg.exchange.sim.config or "its config (exchange.sim.config)"
         source = (f"the simulator (it lists {', '.join(listed)}: its built-in symbols plus those under "
                   f"symbols: in {where})")
-        return ExchangeListing(source, dict.fromkeys(listed, "TRADING"))
+        smallest = {s: max(Decimal(sp.step_size), Decimal(sp.min_qty or sp.step_size)) for s, sp in specs.items()}
+        return ExchangeListing(source, dict.fromkeys(listed, "TRADING"), smallest=smallest)
     import urllib.error
     import urllib.request
 
@@ -163,17 +171,21 @@ def exchange_listing(cfg: Any, timeout: float = 10.0, *, running: bool = False) 
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             info = json.loads(resp.read())
         symbols = {str(e["symbol"]): str(e.get("status", "TRADING")) for e in info["symbols"]}
+        smallest = {str(e["symbol"]): max(Decimal(f["minQty"]), Decimal(f["stepSize"]))
+                    for e in info["symbols"] for f in e.get("filters", []) if f.get("filterType") == "LOT_SIZE"}
     except urllib.error.HTTPError as exc:
         return ExchangeListing(url, None, f"HTTP {exc.code} {exc.reason}")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, ArithmeticError) as exc:
         reason = getattr(exc, "reason", None) or exc
         return ExchangeListing(url, None, f"{type(exc).__name__}: {reason}")
-    return ExchangeListing(f"the exchange ({url})", symbols)
+    return ExchangeListing(f"the exchange ({url})", symbols, smallest=smallest)
 
 
-def check_symbols(cfg: Any, listing: ExchangeListing, then: str = "") -> None:
-    """FleetCliError naming every symbol the exchange does not list (or not as trading)."""
-    problems = listing.problems([e.symbol for e in cfg.symbols])
+def check_symbols(cfg: Any, listing: ExchangeListing, then: str = "", spec: dict[str, Any] | None = None) -> None:
+    """FleetCliError naming every symbol the exchange does not list (or not as trading), or, with the
+    ``apply`` document, whose base_size is under its smallest order."""
+    sizes = {s: p["base"]["base_size"] for s, p in spec["params"].items()} if spec else None
+    problems = listing.problems([e.symbol for e in cfg.symbols], sizes)
     if problems:
         raise FleetCliError(f"symbols not tradable on the exchange: {'; '.join(problems)}{then}")
 
@@ -588,8 +600,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"  note: exchange not reachable ({listing.source}: {listing.error}): symbols NOT checked "
               f"against its exchangeInfo; up checks them before it starts anything")
     else:
-        check_symbols(cfg, listing)
-        print(f"  symbols: all {len(cfg.symbols)} listed by {listing.source}")
+        check_symbols(cfg, listing, spec=spec)
+        print(f"  symbols: all {len(cfg.symbols)} listed by {listing.source}, each base_size tradable")
     print("ok")
     return EXIT_OK
 
@@ -619,7 +631,7 @@ def cmd_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     if listing.symbols is None:
         raise FleetCliError(f"cannot check the symbols against the exchange ({listing.source}: {listing.error}); "
                             f"nothing started", EXIT_FAILED)
-    check_symbols(cfg, listing, "; nothing started")
+    check_symbols(cfg, listing, "; nothing started", spec)
     started_at = time.monotonic()
     owns_cluster = connect(args.address, cfg.namespace, start_local=True, detach=args.detach)
     import ray
@@ -716,7 +728,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if listing.symbols is None:
         raise FleetCliError(f"cannot check the symbols against the exchange ({listing.source}: {listing.error}); "
                             f"nothing applied", EXIT_FAILED)
-    check_symbols(cfg, listing, "; nothing applied")
+    check_symbols(cfg, listing, "; nothing applied", spec)
     result = ray.get(ctl.apply.remote({**spec, "fleet": cfg.model_dump(mode="json")}), timeout=300)
     api_cfg, _ = ensure_api_token(cfg)
     deploy(api_cfg)

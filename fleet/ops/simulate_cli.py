@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,8 @@ def _progress_bar(hours: float) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from fleet.config import ConfigError, load_fleet_config, symbol_params
+    from fleet.sim.config import SimConfigError
+    from simulate.run import sim_config_for
     from simulate.params import OverrideError, parse_sweep
     from simulate.params import apply as apply_overrides
     from simulate.schedule import ScheduleError, check_run
@@ -118,15 +121,21 @@ def run(args: argparse.Namespace) -> int:
         check_run(opts.schedule, symbols, opts.hours, [a.name for a in cfg.accounts])
         overrides = parse_sweep(args.set, single=True)[0] if args.set else {}
         combos = parse_sweep(args.sweep) if args.sweep else []
+        specs = {sp.symbol: sp for sp in sim_config_for(cfg, opts).symbol_specs(symbols)}
         for combo in combos or [{}]:   # every combination checked before a run (a sweep's Ray tasks) starts
             for symbol in symbols:
-                apply_overrides(cfg, symbol, symbol_params(cfg, symbol, args.config), {**overrides, **combo})
+                p = apply_overrides(cfg, symbol, symbol_params(cfg, symbol, args.config), {**overrides, **combo})
+                sp = specs[symbol]
+                smallest = max(Decimal(sp.step_size), Decimal(sp.min_qty or sp.step_size))
+                if Decimal(str(p.base.base_size)) < smallest:
+                    raise ValueError(f"{symbol}'s base.base_size {Decimal(str(p.base.base_size)):f} is under its "
+                                     f"smallest order of {smallest:f}: the agent would place nothing")
         if combos and args.objective not in OBJECTIVES:
             raise ValueError(f"--objective {args.objective[:40]!r} is not a figure of the table: one of "
                              f"{', '.join(sorted(OBJECTIVES))}")
         for name in ("report", "json"):
             writable(getattr(args, name), f"--{name}")
-    except (ConfigError, OverrideError, ScheduleError, ValueError) as exc:
+    except (ConfigError, OverrideError, ScheduleError, SimConfigError, ValueError) as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return EXIT_BAD
     try:

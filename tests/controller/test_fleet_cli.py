@@ -73,6 +73,20 @@ def test_validate_names_the_bad_field(tmp_path, capsys):
     assert "net_max" in err and "hard cap" in err
 
 
+def test_validate_refuses_a_size_under_the_symbols_smallest_order(tmp_path, capsys):
+    """An agent with such a base_size would place nothing: validate (and up, and apply, before anything
+    changes) name it against the exchange's LOT_SIZE, here the simulator's spec."""
+    bad = yaml.safe_load((CONFIGS / "fleet.demo.yaml").read_text())
+    bad["symbols"] = [{**e, "params_file": str(CONFIGS / e["params_file"])} for e in bad["symbols"]]
+    bad["symbols"][0]["params"] = {"base": {"base_size": 0.0001}}
+    bad["exchange"]["sim"]["config"] = str(CONFIGS / bad["exchange"]["sim"]["config"])
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    assert main(["validate", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad['symbols'][0]['symbol']}'s base.base_size 0.0001 is under its smallest order of 0.001" in err
+
+
 def test_up_with_a_missing_config_fails_before_touching_ray(tmp_path, capsys):
     assert main(["up", "--config", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml cannot be read" in capsys.readouterr().err
@@ -151,7 +165,7 @@ def test_up_refuses_an_unknown_symbol_before_anything_starts(tmp_path, capsys, n
 
 def test_the_simulators_config_adds_the_symbols_it_lists(tmp_path, capsys):
     sim = {"symbols": [{"symbol": "DOGEUSDT", "base_asset": "DOGE", "quote_asset": "USDT", "tick_size": "0.00001",
-                        "step_size": "1", "start_price": 0.1}]}
+                        "step_size": "0.001", "start_price": 0.1}]}   # (a step of 1 would refuse base_size 0.007)
     path = sim_fleet_file(tmp_path, ["DOGEUSDT", "ETHUSDC"], sim_config=sim)
     assert main(["validate", "--config", str(path)]) == 0
     assert "symbols: all 2 listed by the simulator" in capsys.readouterr().out

@@ -192,6 +192,7 @@ def test_an_agent_behind_its_feed_does_not_quote_on_old_books():
     (["--sweep", "base_size=0.01,0.02", "base_size=0.03"], "base.base_size is given twice"),
     (["--sweep", "base_size=0.01,0.02", "--objective", "pnl_totl"], "is not a figure of the table"),
     (["--sweep", "net_max=0.2,0.3"], "net_max 0.3 exceeds the hard cap"),
+    (["--set", "base_size=0.0000001"], "base.base_size 0.0000001 is under its smallest order of 0.001"),
     (["--report", "/nonexistent/r.html"], "its directory /nonexistent does not exist"),
     (["--json", "/tmp"], "is a directory"),
 ])
@@ -205,8 +206,12 @@ def test_simulate_refuses_bad_arguments_before_it_runs(extra, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_a_size_the_exchange_cannot_trade_refuses_the_agents_start():
-    """A first layer under the symbol's smallest order: the agent would quote nothing, forever, and say
-    nothing (818 quote cycles, 0 orders, 0 warnings); its start is refused, naming the parameter."""
-    with pytest.raises(RuntimeError, match=r"base.base_size 0.0000001 is under ETHUSDC's smallest order of 0.001"):
-        simulate(CFG, CONFIG, RunOptions(hours=0.01, seed=1, symbols=["ETHUSDC"]), {"base.base_size": 1e-7})
+def test_a_size_the_exchange_cannot_trade_is_said_by_the_agent():
+    """A first layer under the symbol's smallest order: the agent quoted nothing, forever, and said
+    nothing (818 quote cycles, 0 orders, 0 warnings). Now it says so at its start, an ERROR; it still
+    runs (it guards what the symbol holds), and the commands refuse such a size before it runs."""
+    result = simulate(CFG, CONFIG, RunOptions(hours=0.01, seed=1, symbols=["ETHUSDC"]), {"base.base_size": 1e-7})
+    t = result.symbols[0].table
+    assert t["errors_logged"] >= 1 and t["orders_per_min"] == 0
+    assert any("base.base_size 0.0000001 is under ETHUSDC's smallest order of 0.001" in line
+               for line in result.log_tail), result.log_tail
