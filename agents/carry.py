@@ -161,8 +161,9 @@ async def _gap_trades(agent: SymbolAgent, carried: Carry) -> int:
             continue
         # from the page's last id again, not past it: a self-trade's two sides share one id (the keys dedupe)
         start, from_id = None, max(int(r["id"]) for r in rows)
-    agent.log.event("carry_partial", f"more than {MAX_PAGES * PAGE} trades since the last agent's books: "
-                    "the rest are not in the carried P&L", level=logging.WARNING)
+    agent.log.event("carry_partial", f"more than {MAX_PAGES} pages of trades since the last agent's books (a page "
+                    f"is {PAGE} trades, or a week without one): the rest are not in the carried P&L",
+                    level=logging.WARNING)
     return added
 
 

@@ -66,12 +66,13 @@ def url_holds_password(url: str) -> bool:
     as the user ``mm`` with the password ``pa/ss``: everything before the last ``@``), or in its query as
     libpq reads the keys (``?password%20=x`` is libpq's ``password``), or inside a query value (libpq
     may read a ``dbname`` as a connection string of its own)."""
-    rest = url.partition("://")[2]
+    scheme, _, rest = url.partition("://")
     before_query, _, query = rest.partition("?")
-    if "@" in before_query and ":" in before_query.rsplit("@", 1)[0]:
+    if scheme.lower().startswith("postgres") and "@" in before_query and ":" in before_query.rsplit("@", 1)[0]:
         return True
     pairs = parse_qsl(query, keep_blank_values=True)
-    return any(k.strip().lower() in URL_SECRET_PARAMS or "password" in v.lower() for k, v in pairs)
+    return any(k.strip().lower() in URL_SECRET_PARAMS or re.search(r"(ssl)?password\s*=", v, re.I)
+               for k, v in pairs)
 
 
 DEFAULT_NET_MAX_HARD_CAP = 0.25  # risk.net_max_hard_cap unless the fleet config sets one

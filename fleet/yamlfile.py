@@ -9,6 +9,7 @@ is not UTF-8, is nested too deeply to read or is over ``MAX_BYTES`` is refused t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,33 +25,47 @@ class YamlFileError(ValueError):
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key repeated in one mapping (a merge ``<<`` may still be overridden)."""
+    """SafeLoader that refuses a key repeated in one mapping (a merge ``<<`` may still be overridden).
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                repeated = key in seen
-                seen.add(key)
-            except TypeError:   # an unhashable key: SafeLoader's own error follows
-                continue
-            if repeated:
-                shown = str(key) if len(str(key)) <= KEY_SHOWN else str(key)[:KEY_SHOWN] + "..."
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {shown!r} given twice in one mapping (the second would replace the first)",
-                    key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
+    The check runs on a mapping's own keys before its merges are flattened into it (PyYAML rewrites an
+    anchored mapping in place when another merges it: its own keys then look repeated), once a node."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._checked: set[int] = set()
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    repeated = key in seen
+                    seen.add(key)
+                except TypeError:   # an unhashable key: SafeLoader's own error follows
+                    continue
+                if repeated:
+                    shown = str(key) if len(str(key)) <= KEY_SHOWN else str(key)[:KEY_SHOWN] + "..."
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {shown!r} given twice in one mapping (the second would replace the "
+                                    f"first)", key_node.start_mark)
+        super().flatten_mapping(node)
 
 
 def describe(exc: yaml.YAMLError) -> str:
-    """What PyYAML found and where, without the snippet of the line it prints (it may hold a secret)."""
+    """What PyYAML found and where, without the snippet of the line it prints (it may hold a secret),
+    and with any long quoted text of the file (an alias's or a tag's name) shown by its length only."""
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         what = exc.problem or exc.context or "malformed YAML"
+        if "given twice" not in what:
+            what = re.sub(r"'([^']{13,})'", lambda m: f"<{len(m.group(1))} characters>", what)
         return f"{what} (line {mark.line + 1}, column {mark.column + 1})" if mark else what
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"a character YAML does not allow (at offset {exc.position})"
     return type(exc).__name__
 
 
@@ -62,6 +77,10 @@ def loads(text: str) -> Any:
         raise YamlFileError(f"is not valid YAML: {describe(exc)}") from None
     except RecursionError:
         raise YamlFileError("is nested too deeply to read") from None
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:   # a scalar a tag cannot make
+        # (2024-13-01 read as a date; !!int on a word): the value itself is never repeated
+        raise YamlFileError(f"is not valid YAML: a value YAML cannot read as its type ({type(exc).__name__})") \
+            from None
 
 
 def read(path: str | Path) -> Any:

@@ -162,10 +162,10 @@ class AlgoService:
             a.qty = e._qty_steps(b, params.get("quantity"), market)
         pm = params.get("priceMatch")
         if pm and pm != "NONE":
-            if market:
-                raise SimApiError(-1106, "Parameter 'priceMatch' sent when not required.")
+            if market:   # (STOP_MARKET, TAKE_PROFIT_MARKET, TRAILING_STOP_MARKET)
+                raise SimApiError(-5038, "Price match only supports order type: LIMIT, STOP AND TAKE_PROFIT")
             if pm not in PRICE_MATCH:
-                raise invalid("priceMatch")
+                raise SimApiError(-5037, "Invalid price match")
             if params.get("price"):
                 raise SimApiError(-1106, "Parameter 'price' sent when not required.")
             a.price_match = pm

@@ -315,14 +315,13 @@ class EngineViews:
         if kind:
             items = [i for i in items if i["incomeType"] == kind]
         start, end = int_param(params, "startTime"), int_param(params, "endTime")
-        if start is None and end is None:   # "the recent 7-day data"
-            start = self.now_ms - WEEK_MS
-        if start is not None:
-            items = [i for i in items if i["time"] >= start]
+        lo = start if start is not None or end is not None else self.now_ms - WEEK_MS   # "the recent 7-day data"
+        if lo is not None:
+            items = [i for i in items if i["time"] >= lo]
         if end is not None:
             items = [i for i in items if i["time"] <= end]
         limit = _limit(params, 100, 1000)
-        return items[:limit] if start is not None else items[-limit:]
+        return items[:limit] if start is not None else items[-limit:]   # from a startTime on, else the newest
 
     # -- public views -------------------------------------------------------------------------------
 

@@ -74,3 +74,21 @@ def test_a_simulator_symbol_with_a_number_that_is_not_one_is_refused_naming_the_
 def test_a_simulator_config_with_an_unusable_number_is_refused(top):
     with pytest.raises(SimConfigError):
         load_sim_config(top)
+
+
+def test_an_anchored_mapping_merged_before_it_is_read_is_not_taken_for_a_repeat():
+    # PyYAML flattens an anchored mapping in place when another merges it: its own override looked repeated
+    doc = "common: &common {x: 1}\nprofiles: {slow: &slow {<<: *common, x: 5}}\nfast: {<<: *slow}\n"
+    assert yamlfile.loads(doc)["fast"] == {"x": 5}
+
+
+@pytest.mark.parametrize("doc, said, hidden", [
+    ("api_secret: *AbCdEfGhIjKlMnOpQrStUv\n", "undefined alias <22 characters>", "AbCdEfGhIj"),
+    ("state_dir: 2024-13-01\n", "a value YAML cannot read as its type", "2024"),
+    ("api_secret: !!int SECRETVALUE123\n", "a value YAML cannot read as its type", "SECRETVALUE"),
+    ("a: \x07\n", "a character YAML does not allow", "\x07"),
+])
+def test_what_yaml_cannot_read_is_said_without_its_text(doc, said, hidden):
+    with pytest.raises(yamlfile.YamlFileError) as err:
+        yamlfile.loads(doc)
+    assert said in str(err.value) and hidden not in str(err.value), str(err.value)

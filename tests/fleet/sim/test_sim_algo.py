@@ -118,6 +118,10 @@ def test_refusals_cancel_expiry_and_the_history():
     _refused(-1106, _algo, e, side="SELL", type="STOP_MARKET", triggerPrice=b.price_str(last - 50), quantity="0.050",
              price=b.price_str(last))
     _refused(-1102, _algo, e, side="SELL", type="STOP", triggerPrice=b.price_str(last - 50), quantity="0.050")
+    _refused(-5038, _algo, e, side="SELL", type="STOP_MARKET", triggerPrice=b.price_str(last - 50), quantity="0.050",
+             priceMatch="OPPONENT")
+    _refused(-5037, _algo, e, side="SELL", type="STOP", triggerPrice=b.price_str(last - 50), quantity="0.050",
+             priceMatch="QUEUE_7")
     _refused(-1130, e.algo.place, "main", {"algoType": "VP", "symbol": "ETHUSDC"}, e.now_ms)
     assert e.algo.open_orders("main", {}) == [] and _updates(e) == []   # nothing placed, nothing pushed
     # a cancel, by id; a second one finds nothing

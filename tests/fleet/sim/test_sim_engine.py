@@ -626,3 +626,5 @@ def test_the_trade_and_order_histories_answer_by_the_week_as_binance_does():
     fees = e.income("main", {"symbol": "ETHUSDC", "incomeType": "COMMISSION"})
     assert fees and all(f["time"] > e.now_ms - week for f in fees)
     assert len(e.income("main", {"symbol": "ETHUSDC", "incomeType": "COMMISSION", "startTime": "0"})) == len(fees) + 1
+    newest = e.income("main", {"symbol": "ETHUSDC", "incomeType": "COMMISSION", "limit": "1"})
+    assert newest == fees[-1:]   # without a time, the newest of the week
