@@ -23,13 +23,15 @@ bytecode: $(STAMP)
 demo: $(STAMP) bytecode
 	$(PY) -m fleet demo
 
-# The metrics tests start a real Prometheus; install Debian's package when it is missing.
+# The metrics tests start a real Prometheus, and the alert tests a real Alertmanager behind it; install
+# Debian's packages when they are missing.
 prometheus:
-	@command -v prometheus >/dev/null 2>&1 || { \
-	  echo "installing Debian's prometheus package (used by the metrics tests)"; \
+	@{ command -v prometheus && command -v prometheus-alertmanager && command -v amtool; } >/dev/null 2>&1 || { \
+	  echo "installing Debian's prometheus and prometheus-alertmanager packages (used by the metrics and alert tests)"; \
 	  SUDO=$$(test "$$(id -u)" -eq 0 || echo sudo); \
 	  $$SUDO apt-get update -qq >/dev/null && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus \
+	    prometheus-alertmanager >/dev/null; }
 
 # The console's browser test drives Debian's chromium through chromium-driver (never a downloaded browser).
 chromium:

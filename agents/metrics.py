@@ -330,6 +330,12 @@ class AgentMetrics:
         yield _counter("mm_throttled", "-1008 answers (the exchange's system-level protection): quoting held 1 s",
                        sym, budget.throttled)
         yield _counter("mm_rate_budget_refused", "requests the budget refused for want of room", sym, budget.refused)
+        yield _counter("mm_banned", "418 answers: the IP banned, nothing goes out until the ban ends", sym, budget.banned)
+        blocked = GaugeMetricFamily("mm_rate_blocked_seconds", "seconds left of a pause in which nothing goes out, "
+                                    "cancels and the dead-man heartbeat included (a 429 on the IP's weight, a 418)",
+                                    labels=["symbol"])
+        blocked.add_metric(sym, budget.blocked_for())
+        yield blocked
 
 
 def _counter(name: str, doc: str, labels: list[str], value: float) -> CounterMetricFamily:

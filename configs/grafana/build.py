@@ -140,7 +140,7 @@ ROWS: tuple[Row, ...] = (
         P("Drawdown", (Q(f"mm_drawdown_pct{{{SYM}}}"),
                        Q(f'mm_drawdown_band_pct{{{SYM},band="1"}}', "{{symbol}} first band")),
           "Percent below the symbol's peak equity, and its first drawdown band (the alert fires there).",
-          w=8),
+          unit="percent", w=8),
         P("Grinds", (Q(f"increase(mm_grind_count_total{{{SYM}}}[{RI}])", "{{symbol}} fired"),
                      Q(f"mm_grind_active{{{SYM}}}", "{{symbol}} active")),
           "Grinds fired per interval, and 1 while one awaits its fill and re-entry.", w=8),
@@ -157,9 +157,11 @@ ROWS: tuple[Row, ...] = (
           "Relative stddev of 30 minutes of mids (grinding's range test).", unit="percentunit", w=8),
     )),
     Row("Order rates against Binance's limits", (
-        P("Budget used (agent's share)", (Q(f"mm_rate_budget_used_ratio{{{SYM}}}", "{{symbol}} {{window}}"),),
-          "Used / limit of each agent's share of the 10 s and 1 min order counts and the 1 min IP weight. "
-          "The alert fires above 90 %.", unit="percentunit", thresholds=((0.9, "red"),), w=8),
+        P("Budget used (quoting's part)",
+          (Q(f"mm_rate_budget_used{{{SYM}}} / mm_rate_budget_quoting_limit{{{SYM}}}", "{{symbol}} {{window}}"),),
+          "Used / the part of each agent's share quoting may use (the rest is kept for cancels and reduce-only "
+          "orders), per 10 s and 1 min order count and 1 min IP weight: new quotes are held at 100 %. The alert "
+          "(MmRateBudgetHigh) fires above 90 %.", unit="percentunit", thresholds=((0.9, "red"),), w=8),
         P("Exchange count / Binance limit",
           (Q(f"max by (window) (mm_rate_exchange_used{{{SYM}}} / mm_rate_exchange_limit{{{SYM}}})", "{{window}}"),),
           "The exchange's count (X-MBX-* headers plus what was spent since) against Binance's own limits: "

@@ -194,6 +194,7 @@ class RateBudget:
         self.share = share
         self.set_share(share)
         self.rate_limited = 0  # 429s seen
+        self.banned = 0  # 418s seen (the IP banned: nothing goes out, cancels and heartbeats included)
         self.refused = 0  # requests refused locally (wait=False)
         self.waiting: dict[int, str] = {}  # requests held longer than LOUD_WAIT_S, now: what for
         self._waits = 0
@@ -456,4 +457,5 @@ class RateBudget:
     def note_banned(self, seconds: float, now: float | None = None) -> None:
         """After a 418: nothing goes out until the ban ends."""
         now = self._clock() if now is None else now
+        self.banned += 1
         self._blocked_until = max(self._blocked_until, now + max(0.0, seconds))

@@ -60,3 +60,21 @@ def test_the_budget_windows_are_exposed_once_bound():
     assert got[("mm_rate_budget_used_ratio", (("symbol", SYMBOL), ("window", "orders_10s")))] == 57 / 285
     assert got[("mm_rate_limited_total", (("symbol", SYMBOL),))] == 0
     assert got[("mm_rate_budget_refused_total", (("symbol", SYMBOL),))] == 0
+
+
+def test_a_ban_or_a_429_on_the_ips_weight_shows_how_long_every_request_is_held():
+    """MmRequestsBlocked reads mm_rate_blocked_seconds: a 418 (or a 429 on the IP's weight) holds cancels
+    and the dead-man heartbeat too; an order-count 429 (-1015) holds new orders only and is not in it."""
+    clock = Clock()
+    budget = RateBudget(share=1.0, clock=clock)
+    m = AgentMetrics(SYMBOL, active_core())
+    m.bind_budget(budget)
+    sym = (("symbol", SYMBOL),)
+    got = samples(m.render())
+    assert (got[("mm_rate_blocked_seconds", sym)], got[("mm_banned_total", sym)]) == (0, 0)
+    budget.note_retry_after(30.0, orders_only=True)
+    assert samples(m.render())[("mm_rate_blocked_seconds", sym)] == 0
+    budget.note_banned(120.0)
+    clock.t += 20
+    got = samples(m.render())
+    assert (got[("mm_rate_blocked_seconds", sym)], got[("mm_banned_total", sym)]) == (100.0, 1)

@@ -140,6 +140,26 @@ def test_provisioning_files_point_at_the_dashboard_and_a_prometheus():
     assert ds["type"] == "prometheus" and ds["url"].startswith("http")
 
 
+def alert_probes(expr: str) -> list[str]:
+    """What must return data from a healthy fleet for ``expr`` to mean anything: the expression without its
+    thresholds; for ``a unless on(...) b`` both sides apart, and for ``absent(x)`` x (on a healthy fleet
+    the whole is empty by design)."""
+    expr = " ".join(expr.split())
+    m = re.fullmatch(r"absent\((.*)\)", expr)
+    if m:
+        return [m.group(1)]
+    m = re.fullmatch(r"\((.*)\) unless on\([\w, ]*\) (.*)", expr)
+    if m:
+        return [without_thresholds(m.group(1)), without_thresholds(m.group(2))]
+    return [without_thresholds(expr)]
+
+
+def test_alert_probes_take_apart_what_a_healthy_fleet_leaves_empty():
+    assert alert_probes('absent(up{job="mmfleet"})') == ['up{job="mmfleet"}']
+    assert alert_probes("(a == 1) unless on(fleet, symbol) b") == ["a == bool 1", "b"]
+    assert alert_probes("a > 0") == ["a > bool 0"]
+
+
 def test_thresholds_are_dropped_only_from_comparisons():
     assert without_thresholds('mm_ws_connected == 0') == "mm_ws_connected == bool 0"
     assert without_thresholds('a{s!="x",t=~"a|b"} >= ignoring(band) b{band="1"}') == (
@@ -165,7 +185,8 @@ def test_every_dashboard_query_and_alert_expression_returns_data_from_a_live_fle
     prom = start_prometheus(cfg, tmp_path / "prometheus")
     try:
         queries = {f"panel {title!r}: {expr}": concrete(expr, fleet) for title, expr in panel_queries(dashboard())}
-        queries.update({f"alert {name}: {expr}": without_thresholds(expr) for name, expr in alert_rules().items()})
+        queries.update({f"alert {name} ({i}): {expr}": q for name, expr in alert_rules().items()
+                        for i, q in enumerate(alert_probes(expr))})
         started = time.monotonic()
         pending = dict(queries)
 

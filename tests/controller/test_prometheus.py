@@ -57,8 +57,9 @@ def prometheus_binary() -> str:
     return path
 
 
-def start_prometheus(config: dict[str, Any], workdir: Path, *, ready_within_s: float = 60.0) -> PrometheusServer:
-    """Start Prometheus with ``config`` and wait until it reports ready."""
+def start_prometheus(config: dict[str, Any], workdir: Path, *, ready_within_s: float = 60.0,
+                     flags: tuple[str, ...] = ()) -> PrometheusServer:
+    """Start Prometheus with ``config`` (and command-line ``flags``) and wait until it reports ready."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -73,6 +74,7 @@ def start_prometheus(config: dict[str, Any], workdir: Path, *, ready_within_s: f
             f"--web.listen-address=127.0.0.1:{port}",
             "--web.enable-lifecycle",
             "--log.level=warn",
+            *flags,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
