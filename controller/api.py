@@ -493,9 +493,11 @@ class FleetApi:
                                           self._journal_by(via), kill_timeout_s=self.settings.kill_timeout_s,
                                           kill_deadline_s=self.settings.kill_deadline_s)
         elapsed = time.monotonic() - started
-        self.kill_latency = self.kill_latency.observe(elapsed)
-        log.warning("%skill %s done in %.1f ms", via, body.mode, elapsed * 1000)
-        return kill_view(body.mode, body.reason, elapsed, result)
+        view = kill_view(body.mode, body.reason, elapsed, result)
+        self.kill_latency = self.kill_latency.observe(elapsed, confirmed=view["confirmed"])
+        log.warning("%skill %s done in %.1f ms%s", via, body.mode, elapsed * 1000,
+                    "" if view["confirmed"] else ", NOT confirmed at the exchange for every symbol")
+        return view
 
     async def _keep_kill_path_ready(self) -> None:
         """Every ``KILL_PATH_READY_S``: the fleet as applied, its exchange clients and its agents'

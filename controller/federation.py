@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prometheus_client import generate_latest
@@ -57,12 +57,15 @@ class KillLatency:
     bucket_counts: tuple[int, ...] = (0,) * len(KILL_LATENCY_BUCKETS)
     count: int = 0
     total_s: float = 0.0
+    unconfirmed: int = 0   # kills answered without every symbol's 0 open orders confirmed: not in the histogram
 
-    def observe(self, seconds: float) -> KillLatency:
+    def observe(self, seconds: float, confirmed: bool = True) -> KillLatency:
+        if not confirmed:
+            return replace(self, unconfirmed=self.unconfirmed + 1)
         counts = tuple(
             c + (1 if seconds <= bound else 0) for c, bound in zip(self.bucket_counts, KILL_LATENCY_BUCKETS)
         )
-        return KillLatency(counts, self.count + 1, self.total_s + seconds)
+        return KillLatency(counts, self.count + 1, self.total_s + seconds, self.unconfirmed)
 
 
 @dataclass(frozen=True)
@@ -275,7 +278,11 @@ def fleet_families(view: FleetView, scrapes: Iterable[AgentScrape]) -> list[Metr
     controller.add_sample("mmfleet_controller_up", {"fleet": view.fleet}, 1.0 if view.controller_up else 0.0)
 
     latency = _kill_latency_family(view.kill_latency, view.fleet)
-    return [expected, up_total, up, scrape_s, halted_total, halted, restarts, controller, latency]
+    unconfirmed = Metric("mmfleet_kills_unconfirmed", "HTTP kills answered without every symbol confirmed with 0 open "
+                         "orders at the exchange (a flatten: and flat); not in mmfleet_kill_latency_seconds.", "counter")
+    unconfirmed.add_sample("mmfleet_kills_unconfirmed_total", {"fleet": view.fleet},
+                           float(view.kill_latency.unconfirmed))
+    return [expected, up_total, up, scrape_s, halted_total, halted, restarts, controller, latency, unconfirmed]
 
 
 def _gauge(name: str, doc: str) -> Metric:

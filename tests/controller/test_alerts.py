@@ -24,7 +24,7 @@ ALERTS_TEST = CONFIG_DIR / "alerts_test.yml"
 CENTRAL = CONFIG_DIR / "central_alerts.yml"
 CENTRAL_TEST = CONFIG_DIR / "central_alerts_test.yml"
 # Alerts about the whole fleet or its endpoint rather than one symbol.
-FLEET_WIDE = {"MmControllerDown", "MmEndpointScrapeFailing", "MmEndpointNotScraped", "MmWatchdog"}
+FLEET_WIDE = {"MmControllerDown", "MmEndpointScrapeFailing", "MmEndpointNotScraped", "MmWatchdog", "MmKillUnconfirmed"}
 WATCHDOG = "MmWatchdog"   # always firing, for a dead man's switch outside the cluster: severity none
 
 

@@ -177,6 +177,18 @@ def test_kill_latency_histogram_is_cumulative():
     count = next(s.value for s in hist.samples if s.name.endswith("_count"))
     total = next(s.value for s in hist.samples if s.name.endswith("_sum"))
     assert count == 3 and total == pytest.approx(3.24)
+    assert next(s.value for s in fams["mmfleet_kills_unconfirmed"].samples) == 0
+
+
+def test_a_kill_not_confirmed_is_counted_apart_not_in_the_latency():
+    """The histogram's kills are the ones confirmed with 0 open orders: one answered without that (an
+    exchange that kept refusing, a symbol not reached) is a counter of its own, for an alert."""
+    lat = KillLatency().observe(0.04).observe(9.0, confirmed=False)
+    fams = {f.name: f for f in parse(render_fleet_page(view(kill_latency=lat), []).body)}
+    count = next(s.value for s in fams["mmfleet_kill_latency_seconds"].samples if s.name.endswith("_count"))
+    assert count == 1
+    (sample,) = fams["mmfleet_kills_unconfirmed"].samples
+    assert (sample.name, sample.value) == ("mmfleet_kills_unconfirmed_total", 1)
 
 
 def test_an_agent_family_named_like_a_fleet_series_cannot_break_the_page():
