@@ -121,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
         check_run(opts.schedule, symbols, opts.hours, [a.name for a in cfg.accounts])
         overrides = parse_sweep(args.set, single=True)[0] if args.set else {}
         combos = parse_sweep(args.sweep) if args.sweep else []
+        both = sorted(set(overrides) & set(combos[0])) if combos else []
+        if both:
+            raise ValueError(f"{both[0]} is given by --set and --sweep: give it in one of them")
         specs = {sp.symbol: sp for sp in sim_config_for(cfg, opts).symbol_specs(symbols)}
         for combo in combos or [{}]:   # every combination checked before a run (a sweep's Ray tasks) starts
             for symbol in symbols:

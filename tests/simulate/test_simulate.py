@@ -191,6 +191,7 @@ def test_an_agent_behind_its_feed_does_not_quote_on_old_books():
     (["--set", "base_size=0.01,0.02"], "--set takes one value"), (["--sweep", "base_size=,"], "an empty value"),
     (["--sweep", "base_size=0.01,0.02", "base_size=0.03"], "base.base_size is given twice"),
     (["--sweep", "base_size=0.01,0.02", "--objective", "pnl_totl"], "is not a figure of the table"),
+    (["--set", "base_size=0.01", "--sweep", "base_size=0.01,0.02"], "base.base_size is given by --set and --sweep"),
     (["--sweep", "net_max=0.2,0.3"], "net_max 0.3 exceeds the hard cap"),
     (["--set", "base_size=0.0000001"], "base.base_size 0.0000001 is under its smallest order of 0.001"),
     (["--report", "/nonexistent/r.html"], "its directory /nonexistent does not exist"),
