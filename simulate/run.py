@@ -98,6 +98,10 @@ def replay_start_ms(directory: str | Path, symbols: list[str] | None = None) -> 
     from fleet.sim.recording import ReadStats, Recording
 
     rec = Recording(directory)
+    missing = [s for s in symbols or [] if s not in rec.symbols]
+    if missing:
+        raise ValueError(f"replay: the recording {directory} holds {', '.join(rec.symbols) or 'no symbol'}, "
+                         f"not {', '.join(missing)}")
     for line in rec.events(symbols or rec.symbols, ReadStats(quiet=True)):
         return line[0]
     raise ValueError(f"replay: the recording {directory} holds no lines")

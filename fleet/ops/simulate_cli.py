@@ -66,8 +66,14 @@ def _options(args: argparse.Namespace) -> Any:
         if not isinstance(last, int):   # the recorder was killed: the recording ends with its last line
             ends = [t for t in (rec.last_ms(s) for s in symbols or rec.symbols) if t is not None]
             last = max(ends) if ends else None
-        if hours is None and isinstance(last, int) and last > first:
+        if isinstance(last, int) and last <= first:
+            raise ValueError(f"--replay {args.replay}: its manifest's end ({last}) is not after its first line "
+                             f"({first})")
+        if hours is None and isinstance(last, int):
             hours = (last - first) / 3_600_000.0
+        elif isinstance(last, int) and hours is not None and hours * 3_600_000 > last - first:
+            print(f"simulate: note: --hours {hours:g} runs past the recording's {(last - first) / 3_600_000:.3g} h: "
+                  f"the market stands still after it", file=sys.stderr)
         base = load_sim_config(args.sim_config) if args.sim_config else None
         sim_config = {**(base.model_dump() if base is not None else {}), "replay": str(Path(args.replay).resolve())}
     hours = 48.0 if hours is None else hours

@@ -92,3 +92,26 @@ def test_a_recording_whose_recorder_was_killed_runs_to_its_last_line_not_48_hour
     opts = simulate_cli._options(parser.parse_args(["--config", str(CONFIG), "--replay", str(directory),
                                                     "--no-progress"]))
     assert opts.hours == pytest.approx(90 / 3600) and opts.start_ms == START
+
+
+def test_a_replay_of_a_symbol_the_recording_lacks_or_of_no_time_is_refused_naming_why(tmp_path):
+    import argparse
+
+    import pytest
+
+    from fleet.ops import simulate_cli
+
+    directory = tmp_path / "rec"
+    writer = RecordingWriter(directory, ["ETHUSDC"], source="by hand")
+    writer.start(START)
+    writer.write(START, "ETHUSDC", "ethusdc@bookTicker", {"e": "bookTicker", "u": 1, "s": "ETHUSDC", "b": "3000.00",
+                                                          "B": "1.000", "a": "3000.01", "A": "1.000", "T": START,
+                                                          "E": START})
+    writer.close(START)   # an end no later than its first line
+    parser = argparse.ArgumentParser()
+    simulate_cli.add_arguments(parser)
+    with pytest.raises(ValueError, match="holds ETHUSDC, not SOLUSDT"):
+        simulate_cli._options(parser.parse_args(["--config", str(CONFIG), "--replay", str(directory),
+                                                 "--symbols", "SOLUSDT", "--no-progress"]))
+    with pytest.raises(ValueError, match="its manifest's end .* is not after its first line"):
+        simulate_cli._options(parser.parse_args(["--config", str(CONFIG), "--replay", str(directory), "--no-progress"]))
