@@ -17,6 +17,7 @@ import logging
 import re
 import sys
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
@@ -229,6 +230,7 @@ def configure_logging(
     install_log_escaping()
     handler = logging.StreamHandler(stream or sys.stderr)
     secret_filter = SecretFilter(secrets)
+    _FILTERS.add(secret_filter)
     handler.addFilter(secret_filter)
     handler.setFormatter(JsonFormatter() if json_logs else TextFormatter())
     for name in logger_names:
@@ -239,6 +241,7 @@ def configure_logging(
 
 
 _PROCESS_FILTER: SecretFilter | None = None
+_FILTERS: weakref.WeakSet[SecretFilter] = weakref.WeakSet()   # every redacting handler's, in this process
 
 
 def log_process_records(level: int | str = logging.INFO) -> SecretFilter:
@@ -253,9 +256,10 @@ def log_process_records(level: int | str = logging.INFO) -> SecretFilter:
 
 
 def redact_in_process_logs(*values: str) -> None:
-    """Secrets this process has read (an account's keys), redacted from its log lines from now on."""
-    if _PROCESS_FILTER is not None:
-        _PROCESS_FILTER.add_secrets([v for v in values if v])
+    """Secrets this process has read (an account's keys, the API token, the journal's password),
+    redacted from its log lines from now on, by every redacting handler it has."""
+    for secret_filter in list(_FILTERS):
+        secret_filter.add_secrets([v for v in values if v])
 
 
 def scrub(mapping: Mapping[str, Any], secret_filter: SecretFilter) -> dict[str, Any]:

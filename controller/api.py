@@ -45,7 +45,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from ray import serve
 
-from agents.logging import log_process_records
+from agents.logging import log_process_records, redact_in_process_logs
 from controller.api_page import render_api_page
 from controller.bodies import (
     ConsoleKillRequest,
@@ -126,10 +126,12 @@ class TokenSource:
             except OSError:
                 token = ""
             if token:
+                redact_in_process_logs(token)
                 return token
         if self.env:
             token = os.environ.get(self.env, "").strip()
             if token:
+                redact_in_process_logs(token)
                 return token
         return None
 

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Engine, make_url
 
+from agents.logging import redact_in_process_logs
 from fleet.config import url_holds_password
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -116,14 +117,18 @@ def _driver_url(url: str) -> str:
 
 
 def _password(target: Target) -> str | None:
+    """The journal's password (from its file, else its variable), redacted from this process's log lines."""
+    password = None
     if target.password_file:
         try:
-            return Path(target.password_file).expanduser().read_text().strip() or None
+            password = Path(target.password_file).expanduser().read_text().strip() or None
         except OSError as exc:
             raise JournalConfigError(f"journal password file {target.password_file}: {exc.strerror}") from None
-    if target.password_env:
-        return os.environ.get(target.password_env) or None
-    return None
+    elif target.password_env:
+        password = os.environ.get(target.password_env) or None
+    if password:
+        redact_in_process_logs(password)
+    return password
 
 
 def make_engine(target: Target, **kw: Any) -> Engine:

@@ -96,3 +96,24 @@ def test_bad_format_args_do_not_lose_the_line():
     log.info("two %s %s", "only-one")
     assert "unformattable" in json.loads(buf.getvalue())["msg"]
     logging.getLogger("t.bad").removeHandler(handler)
+
+
+def test_the_journals_password_once_read_is_redacted_by_every_handler_of_the_process(monkeypatch):
+    """The journal's password and the API token are read inside the process that uses them, after its
+    logging was set up: once read, no handler of the process writes them (they relied on no message
+    ever holding them)."""
+    from journal.db import Target, _password
+
+    out_a, out_b = io.StringIO(), io.StringIO()
+    handlers = [configure_logging(stream=out, logger_names=(f"mmfleet.test.pw{i}",))[0]
+                for i, out in enumerate((out_a, out_b))]
+    try:
+        monkeypatch.setenv("MMFLEET_TEST_JOURNAL_PW", "pw-Xq81mZ3kLp")
+        assert _password(Target(url="postgresql://mm@h/db", password_env="MMFLEET_TEST_JOURNAL_PW")) == "pw-Xq81mZ3kLp"
+        for i in range(2):
+            logging.getLogger(f"mmfleet.test.pw{i}").warning("connect failed as %s", "pw-Xq81mZ3kLp")
+        for out in (out_a, out_b):
+            assert "pw-Xq81mZ3kLp" not in out.getvalue() and "connect failed" in out.getvalue()
+    finally:
+        for i, h in enumerate(handlers):
+            logging.getLogger(f"mmfleet.test.pw{i}").removeHandler(h)
