@@ -319,7 +319,7 @@ class AgentActor:
 
     async def _build(self) -> Any:
         from agents.agent import ExchangeEndpoints, SymbolAgent
-        from agents.logging import configure_logging
+        from agents.logging import configure_logging, redact_in_process_logs
         from agents.lease_client import LeaseOwnership
         from fleet.binance.credentials import load_credentials
         from fleet.config import AccountConfig, RuntimeParams, SymbolParams
@@ -335,7 +335,10 @@ class AgentActor:
         credentials = load_credentials(account)  # inside this process: env vars or key file
         if self.secret_filter is None:
             _, self.secret_filter = configure_logging(level=logging.INFO, logger_names=("mmfleet",))
-        self.secret_filter.add_secrets([credentials.api_key, credentials.api_secret])
+            # the client's and the libraries' own warnings through a redacting handler too (they reached
+            # the worker's stderr by Python's last resort, unredacted)
+            configure_logging(level=logging.WARNING, logger_names=("fleet", "websockets", "aiohttp", "asyncio"))
+        redact_in_process_logs(credentials.api_key, credentials.api_secret)
         controller = ray.get_actor("controller", namespace=self.namespace)
         before = self.ownership
         self.ownership = LeaseOwnership(controller, self.symbol, self.holder,
