@@ -262,6 +262,14 @@ def redact_in_process_logs(*values: str) -> None:
         secret_filter.add_secrets([v for v in values if v])
 
 
+def redact_known(text: str) -> str:
+    """``text`` with every secret this process has registered, and every secret shape, redacted: what
+    its log lines would show (for records kept elsewhere, e.g. the journal's events)."""
+    for secret_filter in list(_FILTERS):
+        text = secret_filter.redact(text)
+    return redact_shapes(text)
+
+
 def scrub(mapping: Mapping[str, Any], secret_filter: SecretFilter) -> dict[str, Any]:
     """A copy of a flat mapping with every string value redacted (for dicts shown to people)."""
     return {k: secret_filter.redact(v) if isinstance(v, str) else v for k, v in mapping.items()}

@@ -18,7 +18,7 @@ import time
 import uuid
 from typing import Any, Iterable
 
-from agents.logging import redact_shapes
+from agents.logging import redact_known
 from fleet.binance.models import exchange_decimal
 
 from .db import Target
@@ -155,9 +155,9 @@ class AgentJournal(JournalSink):
         elif event not in AUDITED:
             return
         # as the log shows them: a listen key in a stream's URL (the classic layout) is not kept
-        detail = {k: redact_shapes(v) if isinstance(v, str) else v for k, v in fields.items()
+        detail = {k: redact_known(v) if isinstance(v, str) else v for k, v in fields.items()
                   if k not in ("symbol", "epoch")}
-        self.event(kind, reason=redact_shapes(msg), epoch=_epoch(agent), detail=detail or None)
+        self.event(kind, reason=redact_known(msg), epoch=_epoch(agent), detail=detail or None)
 
     def on_resync(self, agent: Any, initial: bool) -> None:
         if self._task is None or self._task.done():

@@ -117,3 +117,16 @@ def test_the_journals_password_once_read_is_redacted_by_every_handler_of_the_pro
     finally:
         for i, h in enumerate(handlers):
             logging.getLogger(f"mmfleet.test.pw{i}").removeHandler(h)
+
+
+def test_records_kept_elsewhere_are_redacted_as_the_log_lines_are():
+    """The journal's audit events take the agent's messages: the secrets the process registered are
+    redacted from them as from its log lines (they had the secret shapes only)."""
+    from agents.logging import redact_in_process_logs, redact_known
+
+    handler, _ = configure_logging(stream=io.StringIO(), logger_names=("mmfleet.test.known",))
+    try:
+        redact_in_process_logs("k3y-Vw9PqR2sTz")
+        assert redact_known("order refused for k3y-Vw9PqR2sTz: -2015") == "order refused for ***: -2015"
+    finally:
+        logging.getLogger("mmfleet.test.known").removeHandler(handler)
