@@ -182,7 +182,7 @@ class AccountSpec(_Model):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,40}$")
     api_key: str | None = None
-    api_secret: str | None = None
+    api_secret: str | None = Field(None, repr=False)   # (a model's repr in a log or a traceback shows no secret)
     key_type: Literal["HMAC", "ED25519"] = Field(
         "HMAC", description="HMAC: api_secret signs (hex); ED25519: api_secret is the PEM private key (made "
                             "from the seed unless given) and the exchange keeps its public half; signatures "
