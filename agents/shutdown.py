@@ -31,6 +31,7 @@ class Shutdown:
         self._task: asyncio.Task | None = None
         self.summary: dict | None = None
         self.graceful_until = 0.0   # when the graceful part of the stop must have ended (monotonic)
+        self.left_open = -1         # open orders the exchange listed at the last confirmed cancel (-1: unknown)
 
     async def cancel_all_confirmed(self, deadline_s: float, until: Callable[[], bool] | None = None) -> int:
         """Cancel-all at the exchange, then poll open orders until none (or the deadline, or ``until()``:
@@ -45,7 +46,16 @@ class Shutdown:
             try:
                 # Fenced cleanup: once the lease has lapsed a new owner may be quoting this symbol,
                 # so a symbol-wide cancel could hit its orders; cancel only the ones we placed.
-                fenced = await self.cancel_fenced(client)
+                try:
+                    fenced = await self.cancel_fenced(client)
+                except BinanceError as exc:
+                    if exc.code in FATAL_START_CODES:
+                        raise
+                    # the exchange refused the cancel-all (a 5xx, an unknown answer): the orders listed,
+                    # cancelled ten at a time by the batch route, another door of the exchange
+                    self.agent.log.event("cancel_all_failed", f"cancel-all: {exc!r}; cancelling the listed orders",
+                                         level=logging.WARNING)
+                    fenced = await self._cancel_listed(client)
                 listed = await client.open_orders(self.agent.symbol)
                 if fenced:
                     listed = [o for o in listed if _same_epoch(o.client_order_id, self.agent.core.epoch)]
@@ -59,7 +69,19 @@ class Shutdown:
             if n == 0 or self.agent.clock.monotonic() >= end:
                 break
             await self.agent.clock.sleep(0.2)
+        self.left_open = n   # the exchange's last listing (-1: none answered)
         return n if n >= 0 else len(self.agent.core.store.orders)
+
+    async def _cancel_listed(self, client: BinanceClient) -> bool:
+        """The symbol's listed orders (this epoch's only once the lease lapsed: True) cancelled by the
+        batch route (ten a request)."""
+        fenced = not self.agent.lease_ok()
+        epoch = self.agent.require_core().epoch
+        listed = await client.open_orders(self.agent.symbol)
+        ids = [o.order_id for o in listed if not fenced or _same_epoch(o.client_order_id, epoch)]
+        if ids:
+            await client.batch_cancel(self.agent.symbol, order_ids=ids)
+        return fenced
 
     async def cancel_until_none_may_land(self, deadline_s: float) -> list[str]:
         """Cancel-all confirmed, again every ``LANDING_POLL_S`` while an order of ours may still land and
@@ -226,6 +248,11 @@ class Shutdown:
                     else "the lease lapsed: its successor's reconciliation cancels an earlier epoch's order")
             a.log.event("stop_landing", f"{len(landing)} order(s) may still land at the exchange after the stop "
                         f"(answered ambiguously, inside their recvWindow): {then}", level=logging.WARNING)
+        elif self.left_open != 0:   # still listed, or never listed: the dead-man switch is what cancels them
+            left = "an unknown number of" if self.left_open < 0 else str(self.left_open)
+            a.log.event("stop_left_orders", f"{left} order(s) still open at the exchange after the stop's cancels: "
+                        f"the dead-man switch stays armed and cancels them when its countdown runs out",
+                        level=logging.ERROR)
         elif a.lease_ok():  # a lapsed lease may have a successor whose dead-man switch this would disarm
             try:
                 await a.client.countdown_cancel_all(a.symbol, 0)  # disarm the dead-man switch

@@ -683,6 +683,39 @@ async def test_graceful_stop_with_flatten_leaves_nothing_within_20s(make_agent, 
     assert await agent.stop() == summary  # idempotent
 
 
+async def test_a_stop_whose_cancel_all_the_exchange_refuses_cancels_the_listed_orders(make_agent, exchange):
+    """The exchange answers every DELETE allOpenOrders 503 through the stop: the stop cancels the listed
+    orders by the batch route instead, and disarms the dead-man switch only once the book is empty (the
+    ladder rested on, unowned and with the switch off, after an apply that removed the symbol)."""
+    # a countdown longer than the stop (FAST's 5 s would fire inside it and empty the book itself)
+    agent = await make_agent(runtime=FAST.model_copy(update={"deadman_countdown_ms": 120_000, "stop_timeout_sec": 6.0}))
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    await exchange.post("/sim/fault/rest", {"mode": "error", "count": 500, "path": "/fapi/v1/allOpenOrders",
+                                            "method": "DELETE", "status": 503})
+    summary = await agent.stop()
+    st = await exchange.state()
+    assert st["open_orders"] == [] and summary["exchange_open_orders"] == 0
+    assert st["positions"][SYMBOL]["countdown_deadline_ms"] in (None, 0)   # empty for good: disarmed
+
+
+async def test_a_stop_that_cannot_cancel_leaves_the_dead_mans_switch_armed(make_agent, exchange, caplog):
+    """Neither the cancel-all nor the batch cancel goes through: the orders left are the dead-man switch's
+    to cancel, so it stays armed (it was disarmed, leaving them resting for good), and the stop says so."""
+    caplog.set_level(logging.INFO, logger="mmfleet.agent")
+    # a countdown longer than the stop (FAST's 5 s would fire inside it and empty the book itself)
+    agent = await make_agent(runtime=FAST.model_copy(update={"deadman_countdown_ms": 120_000, "stop_timeout_sec": 6.0}))
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    for path in ("/fapi/v1/allOpenOrders", "/fapi/v1/batchOrders", "/fapi/v1/order"):
+        await exchange.post("/sim/fault/rest", {"mode": "error", "count": 500, "path": path, "method": "DELETE",
+                                                "status": 503})
+    summary = await agent.stop()
+    st = await exchange.state()
+    assert st["open_orders"] and summary["exchange_open_orders"] == len(st["open_orders"])
+    assert st["positions"][SYMBOL]["countdown_deadline_ms"], st["positions"][SYMBOL]   # still armed
+    assert [r for r in caplog.records if getattr(r, "event", None) == "stop_left_orders"]
+    await exchange.post("/sim/fault/clear", {})
+
+
 @pytest.mark.parametrize("flatten", [False, True])
 async def test_a_stop_outwaits_new_orders_answered_503_that_execute_after_it_emptied_the_book(make_agent, exchange,
                                                                                               flatten):
