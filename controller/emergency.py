@@ -225,6 +225,7 @@ class EmergencyDesk:
                 if failures == 1 or failures % 20 == 0:
                     log.warning("%s: cancelling every order failed (%d in a row; retried for up to %g s): %s",
                                 symbol, failures, within_s, named_line(exc))
+                await _cancel_listed(client, symbol, exc)
                 if loop.time() > deadline:
                     raise
                 await asyncio.sleep(min(max(pause_s, float(getattr(exc, "retry_after", 0.0))),
@@ -357,10 +358,10 @@ class EmergencyDesk:
         """Open orders of the symbol left at the exchange, after cancelling them (twice if need be)."""
         client = await self.client(account)
         if cancel_first:
-            await client.cancel_all(symbol)
+            await _cancel_every(client, symbol)
         open_orders = len(await client.open_orders(symbol))
         if open_orders:
-            await client.cancel_all(symbol)
+            await _cancel_every(client, symbol)
             open_orders = len(await client.open_orders(symbol))
         return open_orders
 
@@ -409,3 +410,30 @@ def closing_orders(symbol: str, filters: Any, amount: Any, mark: Any) -> list[An
                                        price=filters.price_str(ticks), quantity=filters.qty_str(rest),
                                        reduce_only=True))
     return orders
+
+
+async def _cancel_every(client: Any, symbol: str) -> None:
+    """Cancel-all; one the exchange refuses (a 5xx, an answer of unknown outcome) is followed by the
+    listed orders cancelled by the batch route, and what is left is the caller's listing to say."""
+    try:
+        await client.cancel_all(symbol)
+    except Exception as exc:  # noqa: BLE001 - only the refusals _cancel_listed takes are swallowed
+        if not await _cancel_listed(client, symbol, exc):
+            raise
+
+
+async def _cancel_listed(client: Any, symbol: str, refused: BaseException) -> bool:
+    """After a cancel-all the exchange refused (a 5xx or an unknown outcome; not a ban, a rate limit or a
+    key): the listed orders cancelled by the batch route, another door of the exchange. True if tried."""
+    from fleet.binance.errors import OutcomeUnknownError, ServerError
+
+    if not isinstance(refused, (ServerError, OutcomeUnknownError)):
+        return False
+    try:
+        ids = [o.order_id for o in await client.open_orders(symbol)]
+        if ids:
+            await client.batch_cancel(symbol, order_ids=ids)
+    except Exception as exc:  # noqa: BLE001 - the caller's listing says what is left
+        log.warning("%s: cancelling the listed orders after a refused cancel-all failed too: %s", symbol,
+                    named_line(exc))
+    return True

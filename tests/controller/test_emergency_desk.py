@@ -59,6 +59,26 @@ async def test_a_cancel_of_every_order_the_exchange_fails_is_retried_logged_and_
     assert len(said) == 2                                   # the first failure and the recovery, not every retry
 
 
+async def test_a_retires_check_cancels_the_listed_orders_when_every_cancel_all_is_refused(sim, monkeypatch):
+    """An apply's retire (or a down) checks the exchange with ``confirm_empty``: through an outage of
+    the cancel-all route it cancels the listed orders by the batch route, and the count is the
+    exchange's listing (it raised "exchange check failed" and left them resting)."""
+    desk, account = desk_on(sim, monkeypatch)
+    _, key, secret = sim.accounts[0]
+    async with BinanceClient(sim.rest_url, key, secret, timeout=5) as own:
+        await own.sync_time()
+        for tag in ("retire-a", "retire-b"):
+            await own.place_order(await passive_order(own, tag))
+    await fault(sim, mode="error", count=50, path="/fapi/v1/allOpenOrders", method="DELETE", status=503)
+    try:
+        assert await desk.confirm_empty(SYMBOL, account, cancel_first=True) == 0
+    finally:
+        await desk.close()
+        await admin(sim, "POST", "/sim/fault/clear", {})
+    state = await admin(sim, "GET", "/sim/state", params={"account": account, "symbol": SYMBOL})
+    assert state["open_orders"] == []                      # the exchange's truth
+
+
 async def test_a_flatten_whose_close_is_raced_reads_the_position_again_and_reports_it_flat(sim, monkeypatch):
     """The desk's reduce-only close refused -2022 because another close (the agent's own flatten) got
     there first: the position is read again, and the answer says flat, not failed."""
