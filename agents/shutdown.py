@@ -77,10 +77,8 @@ class Shutdown:
         batch route (ten a request)."""
         fenced = not self.agent.lease_ok()
         epoch = self.agent.require_core().epoch
-        listed = await client.open_orders(self.agent.symbol)
-        ids = [o.order_id for o in listed if not fenced or _same_epoch(o.client_order_id, epoch)]
-        if ids:
-            await client.batch_cancel(self.agent.symbol, order_ids=ids)
+        await client.cancel_listed(self.agent.symbol,
+                                   keep=(lambda o: _same_epoch(o.client_order_id, epoch)) if fenced else None)
         return fenced
 
     async def cancel_until_none_may_land(self, deadline_s: float) -> list[str]:

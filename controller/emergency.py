@@ -430,9 +430,7 @@ async def _cancel_listed(client: Any, symbol: str, refused: BaseException) -> bo
     if not isinstance(refused, (ServerError, OutcomeUnknownError)):
         return False
     try:
-        ids = [o.order_id for o in await client.open_orders(symbol)]
-        if ids:
-            await client.batch_cancel(symbol, order_ids=ids)
+        await client.cancel_listed(symbol)
     except Exception as exc:  # noqa: BLE001 - the caller's listing says what is left
         log.warning("%s: cancelling the listed orders after a refused cancel-all failed too: %s", symbol,
                     named_line(exc))

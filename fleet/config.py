@@ -8,8 +8,9 @@ Secrets are never values here: a config names the environment variable or file t
 from __future__ import annotations
 
 import os
-from pathlib import Path
 import re
+from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import parse_qsl
 
@@ -73,6 +74,15 @@ def url_holds_password(url: str) -> bool:
     pairs = parse_qsl(query, keep_blank_values=True)
     return any(k.strip().lower() in URL_SECRET_PARAMS or re.search(r"(ssl)?password\s*=", v, re.I)
                for k, v in pairs)
+
+
+def base_size_refusal(symbol: str, base_size: float, smallest: Decimal) -> str | None:
+    """Why a symbol's base_size cannot be traded (under its smallest order: the agent would place
+    nothing), else None; the commands refuse it before anything changes."""
+    size = Decimal(str(base_size))
+    if size < smallest:
+        return f"{symbol}'s base.base_size {size:f} is under its smallest order of {smallest:f}: the agent would place nothing"
+    return None
 
 
 DEFAULT_NET_MAX_HARD_CAP = 0.25  # risk.net_max_hard_cap unless the fleet config sets one

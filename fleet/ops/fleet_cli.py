@@ -121,6 +121,8 @@ class ExchangeListing:
     def problems(self, wanted: list[str], sizes: dict[str, Any] | None = None) -> list[str]:
         """Each wanted symbol the exchange does not list, or lists as not trading, or whose ``sizes``
         (base_size) is under its smallest order (the agent would place nothing), with why."""
+        from fleet.config import base_size_refusal
+
         if self.symbols is None:
             return []
         out = []
@@ -130,9 +132,8 @@ class ExchangeListing:
                 out.append(f"{sym} is not listed by {self.source}")
             elif status != "TRADING":
                 out.append(f"{sym} is listed by {self.source} but not trading (status {status})")
-            elif sizes and sym in self.smallest and Decimal(str(sizes[sym])) < self.smallest[sym]:
-                out.append(f"{sym}'s base.base_size {Decimal(str(sizes[sym])):f} is under its smallest order of "
-                           f"{self.smallest[sym]:f}: the agent would place nothing")
+            elif sizes and sym in self.smallest and (refusal := base_size_refusal(sym, sizes[sym], self.smallest[sym])):
+                out.append(refusal)
         return out
 
 
@@ -161,7 +162,7 @@ def exchange_listing(cfg: Any, timeout: float = 10.0, *, running: bool = False) 
         where = cfg.exchange.sim.config or "its config (exchange.sim.config)"
         source = (f"the simulator (it lists {', '.join(listed)}: its built-in symbols plus those under "
                   f"symbols: in {where})")
-        smallest = {s: max(Decimal(sp.step_size), Decimal(sp.min_qty or sp.step_size)) for s, sp in specs.items()}
+        smallest = {s: sp.smallest_order for s, sp in specs.items()}
         return ExchangeListing(source, dict.fromkeys(listed, "TRADING"), smallest=smallest)
     import urllib.error
     import urllib.request

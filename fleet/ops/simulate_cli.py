@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +108,7 @@ def _progress_bar(hours: float) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fleet.config import ConfigError, load_fleet_config, symbol_params
+    from fleet.config import ConfigError, base_size_refusal, load_fleet_config, symbol_params
     from fleet.sim.config import SimConfigError
     from simulate.run import sim_config_for
     from simulate.params import OverrideError, parse_sweep
@@ -134,11 +133,9 @@ def run(args: argparse.Namespace) -> int:
         for combo in combos or [{}]:   # every combination checked before a run (a sweep's Ray tasks) starts
             for symbol in symbols:
                 p = apply_overrides(cfg, symbol, symbol_params(cfg, symbol, args.config), {**overrides, **combo})
-                sp = specs[symbol]
-                smallest = max(Decimal(sp.step_size), Decimal(sp.min_qty or sp.step_size))
-                if Decimal(str(p.base.base_size)) < smallest:
-                    raise ValueError(f"{symbol}'s base.base_size {Decimal(str(p.base.base_size)):f} is under its "
-                                     f"smallest order of {smallest:f}: the agent would place nothing")
+                refusal = base_size_refusal(symbol, p.base.base_size, specs[symbol].smallest_order)
+                if refusal:
+                    raise ValueError(refusal)
         if combos and args.objective not in OBJECTIVES:
             raise ValueError(f"--objective {args.objective[:40]!r} is not a figure of the table: one of "
                              f"{', '.join(sorted(OBJECTIVES))}")

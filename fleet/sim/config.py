@@ -151,6 +151,11 @@ class SymbolSpec(_Model):
     def margin_asset(self) -> str:
         return self.quote_asset
 
+    @property
+    def smallest_order(self) -> Decimal:
+        """The smallest quantity an order may have (LOT_SIZE's step and minimum)."""
+        return max(Decimal(self.step_size), Decimal(self.min_qty or self.step_size))
+
     def bracket_rows(self) -> tuple[tuple[str, int, str], ...]:
         if self.brackets is None:
             return DEFAULT_BRACKETS
