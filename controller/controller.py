@@ -314,8 +314,9 @@ class FleetController(KillSwitches):
         # new parameters (a lower cap) reach the agents beside the retires, not after a stop that hangs
         (stops, created, errors), pushed = await asyncio.gather(retire_then_create(), self._push_params(plan.updated))
         errors.update(pushed)   # (a push that failed is reported, as before)
-        self.owed.store(cfg, params, PendingApply({}, []))
-        await self.desk.drop(plan.accounts)   # the clients of accounts only those retires reached
+        left = self.owed.keep(cfg, params, {s: retire[s] for s in removed}, stops, plan.accounts)
+        # the clients of accounts only those retires reached, but for retires still owed
+        await self.desk.drop({k: d for k, d in plan.accounts.items() if k not in left.accounts})
         await self._push_shares()
         ray.get_runtime_context().current_actor.warm_kill_path.remote()  # the first kill need not open clients
         outcomes = dict(zip(removed, stops))
@@ -327,6 +328,7 @@ class FleetController(KillSwitches):
             "restarted": {s: outcomes[s].to_dict() for s in plan.restarted},
             "held": held,   # added to a fleet halted as a whole: halted until resumed
             "removed": {s: r.to_dict() for s, r in outcomes.items() if s not in new_symbols},
+            "unconfirmed": sorted(left.retire),   # retires tried again until the exchange lists no order
             "errors": errors,
             "rate_shares": self.shares,
         }
@@ -445,7 +447,7 @@ class FleetController(KillSwitches):
         self._load()
         if self.owed.holding:
             return self._going_down(symbol, holder)
-        if self.cfg is not None and symbol not in self.params and symbol not in self.owed.pending.retire:
+        if self.cfg is not None and symbol not in self.params and not self.owed.retiring(symbol):
             log.error("%s: lease renewal refused: not part of fleet %s (an agent left over)", symbol, self.fleet_name)
             return LeaseAnswer(granted=False, symbol=symbol, owner=holder,
                                reason=f"{symbol} is not part of fleet {self.fleet_name}").to_dict()

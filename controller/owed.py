@@ -132,6 +132,18 @@ def plan_apply(old_cfg: FleetConfig | None, old_params: dict[str, SymbolParams],
     return ApplyPlan(retire, accounts, restarted, updated, unchanged)
 
 
+def still_owed(retire: dict[str, str | None], outcomes: list[Any], traded: set[str],
+               accounts: dict[str, dict[str, Any]]) -> PendingApply:
+    """The retires to try again: of a symbol no longer traded, whose book the exchange did not list
+    empty after it (its cancels refused, the check failed), with the keys of the accounts they reach.
+    Written off as done, nothing would reach those orders again: no kill or ``down`` reaches a symbol
+    neither the spec nor the owed work names. (A symbol traded again is its new agent's; an account of
+    no key source, None, is left to the exchange's dead-man switch.)"""
+    left = {s: a for (s, a), o in zip(retire.items(), outcomes)
+            if s not in traded and a is not None and o.open_orders != 0}
+    return PendingApply(left, [], accounts={k: d for k, d in accounts.items() if k in left.values()})
+
+
 def down_accounts(strays: dict[str, str | None], owed: dict[str, str | None], traded: dict[str, str | None]
                   ) -> tuple[dict[str, str | None], dict[str, str]]:
     """The accounts a down retires each agent by: a retire still owed keeps its own (the agent it
@@ -205,6 +217,8 @@ async def _flat_at_exchange(ctl: FleetController, symbol: str) -> bool:
 # The reconcile pass finishes the work of an apply a killed controller left only this long after its
 # successor read the spec back: Ray runs the apply's call again on it first, and that call reports it.
 OWED_GRACE_S = 5.0
+# A retire the exchange did not confirm (its book not listed empty) is tried again this often.
+RETRY_LEFT_S = 10.0
 
 
 class OwedWork:
@@ -220,6 +234,8 @@ class OwedWork:
         # a down cut short, read back: leases are refused (an agent its stop never reached must not quote on)
         # until it is finished, but for a flatten, whose agents need them to close their positions
         self.holding = False
+        self.left: set[str] = set()   # owed retires done once, the book unconfirmed: no lease for them
+        self.retry_at = 0.0           # ... tried again from then on (monotonic)
 
     def read(self, doc: dict[str, Any] | None) -> None:
         """The work the stored spec holds (after a restart)."""
@@ -236,9 +252,27 @@ class OwedWork:
         self.ctl.book.put_doc(SPEC_DOC, doc)
         self.pending = pending
 
+    def retiring(self, symbol: str) -> bool:
+        """An owed retire of ``symbol`` is to run or running (its agent's stop keeps the lease); not one
+        that ran and left the book unconfirmed (an agent left over must stop)."""
+        return symbol in self.pending.retire and symbol not in self.left
+
+    def keep(self, cfg: FleetConfig, params: dict[str, SymbolParams], retire: dict[str, str | None],
+             outcomes: list[Any], accounts: dict[str, dict[str, Any]]) -> PendingApply:
+        """The spec stored with the retires still owed (``still_owed``), said loudly; returns those."""
+        left = still_owed(retire, outcomes, {e.symbol for e in cfg.symbols}, accounts)
+        self.store(cfg, params, left)
+        self.left = set(left.retire)
+        if left.retire:
+            self.retry_at = time.monotonic() + RETRY_LEFT_S
+            log.error("%s: open orders not confirmed cancelled at the exchange after the retire: tried again "
+                      "every %.0f s until it lists none", ", ".join(sorted(left.retire)), RETRY_LEFT_S)
+        return left
+
     async def retire(self, symbol: str, account: str | None, *, again: bool) -> RetireOutcome:
         """A retire the apply owes; for a symbol traded again, with agent creation held, so that the
         reconcile pass does not create its new agent while the old one's lease is being forgotten."""
+        self.left.discard(symbol)
         if not again:
             return await self.ctl._retire(symbol, flatten=False, account=account)
         async with self.ctl.creating:
@@ -260,7 +294,8 @@ class OwedWork:
         """The work a killed controller's apply or down left, when nobody called it again; and an agent of
         a symbol the spec does not trade, retired with its book confirmed empty."""
         ctl = self.ctl
-        if ctl.applying.locked() or ctl.cfg is None or time.monotonic() - self.read_at < OWED_GRACE_S:
+        now = time.monotonic()
+        if ctl.applying.locked() or ctl.cfg is None or now - self.read_at < OWED_GRACE_S or now < self.retry_at:
             return   # (after a restart, Ray runs the killed call again first: it reports what it does)
         if self.pending.down is not None:
             async with ctl.applying:
@@ -293,9 +328,12 @@ class OwedWork:
         errors = await ctl._push_params([s for s in owed.push if s in traded and s not in retire])
         for symbol, error in errors.items():
             log.error("%s: the new parameters not pushed: %s", symbol, error)
-        self.store(cfg, params, PendingApply({}, []))
-        await ctl.desk.drop(owed.accounts)
-        journal_record(ctl, "apply_finished", detail={"retired": sorted(retire), "pushed": owed.push})
+        left = self.keep(cfg, params, retire, list(outcomes), owed.accounts)
+        await ctl.desk.drop({k: d for k, d in owed.accounts.items() if k not in left.accounts})
+        done = sorted(set(retire) - set(left.retire))
+        if done or owed.push:   # (not each try of a retire still unconfirmed: that is logged)
+            journal_record(ctl, "apply_finished", detail={"retired": done, "pushed": owed.push,
+                                                          "unconfirmed": sorted(left.retire)})
 
     async def strays(self, traded: set[str]) -> dict[str, str | None]:
         """The fleet's agents that neither the spec trades nor the owed work retires, with their accounts."""

@@ -386,3 +386,21 @@ def test_a_retire_still_owed_keeps_its_account_and_the_journals_file_locations_r
     # a down: the owed retire's account first, the spec's besides where it differs
     accounts, also = down_accounts({"XRPUSDT": None}, {"SOLUSDT": "main"}, {"SOLUSDT": "alt", "ETHUSDC": "main"})
     assert accounts == {"XRPUSDT": None, "SOLUSDT": "main", "ETHUSDC": "main"} and also == {"SOLUSDT": "alt"}
+
+
+def test_a_retire_the_exchange_did_not_confirm_stays_owed_with_its_accounts_key():
+    from controller.owed import still_owed
+
+    def outcome(open_orders):
+        return RetireOutcome(True, open_orders, None, None if open_orders == 0 else "refused", 1.0)
+
+    retire = {"SOLUSDT": "main#0a1b2c3d4e", "XRPUSDT": "main", "ADAUSDT": "main", "ETHUSDC": "main",
+              "DOGEUSDT": None}
+    accounts = {"main#0a1b2c3d4e": {"account": {}, "rest_url": "u"}, "gone#ffffffffff": {"account": {}, "rest_url": "v"}}
+    # SOLUSDT's check failed (None) and XRPUSDT's listed 2: owed; ADAUSDT confirmed empty; ETHUSDC is traded
+    # again (its new agent's book); DOGEUSDT has no account to look at (the dead-man switch's)
+    left = still_owed(retire, [outcome(None), outcome(2), outcome(0), outcome(None), outcome(None)],
+                      {"ETHUSDC"}, accounts)
+    assert left.retire == {"SOLUSDT": "main#0a1b2c3d4e", "XRPUSDT": "main"} and left.push == []
+    assert left.accounts == {"main#0a1b2c3d4e": {"account": {}, "rest_url": "u"}} and left.down is None
+    assert not still_owed(retire, [outcome(0)] * 5, set(), accounts)

@@ -554,6 +554,37 @@ def test_apply_removes_unlisted_symbols_and_resplits_the_accounts_rate_limits(fl
     fleet.all_quoting(timeout=30.0)
 
 
+def test_a_retire_the_exchange_does_not_confirm_stays_owed_until_it_lists_no_order(fleet):
+    """An apply removes SOLUSDT while the exchange refuses every cancel (503 on each DELETE: the
+    cancel-all, the batch and the single routes). The retire cannot see its book emptied, so it stays
+    owed with the spec (it was written off as done, and nothing reached those orders again: no kill or
+    down reaches a symbol the spec does not name), a left-over agent still gets no lease, and the
+    controller tries again until the exchange lists none."""
+    ctl = fleet.controller()
+    spec = fleet.ray.get(ctl.spec.remote(), timeout=15)
+    fewer = {"fleet": {**spec["fleet"], "symbols": [e for e in spec["fleet"]["symbols"] if e["symbol"] != "SOLUSDT"]},
+             "params": {s: p for s, p in spec["params"].items() if s != "SOLUSDT"}}
+    fleet.all_quoting()
+    fleet.exchange.admin("/sim/fault/rest", {"mode": "error", "count": 1_000_000, "status": 503,
+                                             "method": "DELETE", "path": "/fapi/v1/"})
+    try:
+        result = fleet.ray.get(ctl.apply.remote(fewer), timeout=120)
+        assert result["unconfirmed"] == ["SOLUSDT"], result
+        assert result["removed"]["SOLUSDT"]["open_orders"] != 0, result
+        assert fleet.exchange.open_orders("SOLUSDT")   # the exchange's truth: the refusals left them
+        assert fleet.ray.get(ctl.spec.remote(), timeout=15)["pending"]["retire"] == {"SOLUSDT": "main"}
+        refused = fleet.ray.get(ctl.renew_lease.remote("SOLUSDT", "left-over", 1), timeout=15)
+        assert not refused["granted"] and "not part of fleet" in refused["reason"], refused
+    finally:
+        fleet.exchange.admin("/sim/fault/clear", {})
+    poll(lambda: "pending" not in fleet.ray.get(ctl.spec.remote(), timeout=15), 40.0,
+         "the retire tried again until confirmed, then no longer owed")
+    assert fleet.exchange.open_orders("SOLUSDT") == []
+    result = fleet.ray.get(ctl.apply.remote(spec), timeout=120)
+    assert result["created"] == ["SOLUSDT"] and result["unconfirmed"] == [], result
+    fleet.all_quoting(timeout=30.0)
+
+
 def test_a_runtime_change_makes_every_agent_anew_with_it(fleet):
     """An agent reads its runtime once, at its start: an apply that shortens the dead-man countdown is
     not pushed (it was answered "updated" and waited for the next restart); each agent is retired,
