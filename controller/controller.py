@@ -183,6 +183,39 @@ class RetireOutcome:
         return asdict(self)
 
 
+# A flatten's agent that does not answer its status this long is hung (stopped, its loop blocked): the
+# controller empties its book and closes its position instead of waiting out its stop (25 s).
+HUNG_AFTER_S = 3.0
+
+
+async def stop_agent(desk: EmergencyDesk, symbol: str, handle: Any, flatten: bool, account: str | None,
+                     timeout_s: float) -> tuple[Any, str | None, Any]:
+    """The agent's stop, waited for up to ``timeout_s``: its summary, the error if it failed, and
+    (with ``account``: a flatten's, the agent's own work, so no cancel at the exchange beside it) the
+    cancel begun there for an agent that does not answer its status within ``HUNG_AFTER_S``. That one
+    is hung (stopped, its loop blocked) and is not waited for: its ladder rested, and filled, until
+    the stop timed out (fills at +14 s, a fault audit); the controller closes the position."""
+    stop = asyncio.ensure_future(asyncio.wait_for(handle.stop.remote(flatten), timeout_s))
+    hung = None
+    if account is not None:
+        check = asyncio.ensure_future(asyncio.wait_for(handle.status.remote(), HUNG_AFTER_S))
+        await asyncio.wait({stop, check}, return_when=asyncio.FIRST_COMPLETED)
+        if not stop.done() and (check.cancelled() or check.exception() is not None):
+            stop.cancel()
+            log.error("%s: its agent did not answer within %.0f s (hung): not waited for; its orders "
+                      "cancelled and its position closed by the controller", symbol, HUNG_AFTER_S)
+            hung = asyncio.ensure_future(desk.confirm_empty(symbol, account, cancel_first=True))
+        check.cancel()
+    try:
+        return await stop, None, hung
+    except asyncio.CancelledError:
+        if hung is None:
+            raise
+        return None, f"agent hung: no answer within {HUNG_AFTER_S:.0f} s", hung
+    except Exception as exc:  # noqa: BLE001 - the caller falls back to the exchange
+        return None, named_line(exc), hung
+
+
 # --- the actor -------------------------------------------------------------------------------------
 
 
@@ -521,7 +554,8 @@ class FleetController(KillSwitches):
     async def _retire(self, symbol: str, flatten: bool, account: str | None = None) -> RetireOutcome:
         """Stop one agent gracefully, confirm its book is empty at the exchange, remove the actor. Without
         a flatten (the agent's own work) its book is emptied at the exchange at once too, beside the stop:
-        a hung agent's orders do not rest (and fill) while the stop waits out ``stop_timeout_s``."""
+        a hung agent's orders do not rest (and fill) while the stop waits out ``stop_timeout_s``; with a
+        flatten, an agent found hung is not waited for (``stop_agent``)."""
         started = time.monotonic()
         summary: Any = None
         error = None
@@ -534,10 +568,9 @@ class FleetController(KillSwitches):
             handle, error = None, f"agent not looked up: {named_line(exc)}"
         self.agents.drop(symbol)
         if handle is not None:
-            try:
-                summary = await asyncio.wait_for(handle.stop.remote(flatten), self.settings.stop_timeout_s)
-            except Exception as exc:  # noqa: BLE001 - fall back to the exchange below
-                error = named_line(exc)
+            summary, error, hung = await stop_agent(self.desk, symbol, handle, flatten, account if flatten else None,
+                                                   self.settings.stop_timeout_s)
+            early = early or hung
             try:
                 ray.kill(handle, no_restart=True)
             except Exception as exc:  # noqa: BLE001 - reported; a renewal refuses a left-over agent

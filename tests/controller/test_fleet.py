@@ -794,6 +794,8 @@ def test_a_flatten_down_leaves_no_position_no_order_no_agent_and_no_endpoint(fle
     assert {s: fleet.exchange.position(s) for s in SYMBOLS} == {s: 0.0 for s in SYMBOLS}
     assert {s: r["position"] for s, r in result["symbols"].items()} == {s: 0.0 for s in SYMBOLS}, result
     assert result["symbols"]["SOLUSDT"]["summary"] is None   # its stop never answered: the controller closed it
+    # found hung, it was not waited for (its ladder rested and filled until its stop timed out)
+    assert result["symbols"]["SOLUSDT"]["error"].startswith("agent hung: no answer within 3 s"), result
     # the controller's closing fills are in the journal: no agent of SOLUSDT is left to read them
     traded = {t["id"] for t in fleet.exchange.signed_get("/fapi/v1/userTrades", {"symbol": "SOLUSDT", "startTime": t0})}
     engine = make_engine(Target(url=f"sqlite:///{sqlite_path(fleet.cfg.state_dir, fleet.cfg.name)}"))
