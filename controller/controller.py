@@ -38,7 +38,7 @@ from controller.kill_path import ms_since
 from controller.kill_switches import KILL_GROUP, KillSwitches, _num, journal_cursor, journal_record, journal_trades
 from controller.lease import NO_LEASE_SHOWN, GcsStore, LeaseAnswer, LeaseBook, WriteThroughStore
 from controller.owed import OwedWork, PendingApply, down_accounts, empty_also, hold_added, plan_apply, refuse_flattening
-from controller.spec import SPEC_DOC, agent_basis, build_spec, endpoints_of, parse_spec, rate_shares
+from controller.spec import LAST_DOWN_DOC, SPEC_DOC, agent_basis, build_spec, endpoints_of, parse_spec, rate_shares
 from fleet.config import FleetConfig, SymbolParams
 from fleet.text import named_line
 from fleet.vocabulary import KillState
@@ -291,6 +291,8 @@ class FleetController(KillSwitches):
             self.shares = rate_shares(self.cfg)
             self.owed.read(doc)
             self.stopping = self.owed.pending.down is not None   # a down under way: no agent is created again
+        else:   # a down that finished: its outcome, for a call made again (Ray's retry of a killed one)
+            self.last_down = self.book.get_doc(LAST_DOWN_DOC)
         flags = self.book.get_doc(FLAGS_DOC) or {}
         self.reduce_only = bool(flags.get("reduce_only", False))
         self.loaded = True
@@ -329,6 +331,9 @@ class FleetController(KillSwitches):
         removed, traded = sorted(retire), [e.symbol for e in old_cfg.symbols] if old_cfg else []
         # before the spec names them (a failure applies nothing; a record left over holds, the safe side)
         held = await hold_added(self, traded, sorted(new_symbols - set(traded)))
+        if self.last_down is not None:   # a fleet brought up again: a down is a new one
+            self.book.delete_doc(LAST_DOWN_DOC)
+            self.last_down = None
         self.owed.store(cfg, params, PendingApply(retire, plan.updated, accounts=plan.accounts))   # before memory
         self.owed.holding = False
         self.cfg, self.params, self.shares = cfg, params, rate_shares(cfg)
@@ -629,6 +634,8 @@ class FleetController(KillSwitches):
         outcomes = {s: r.to_dict() for s, r in zip(symbols, results)}
         journal_record(self, "down", detail={"flatten": flatten, "symbols": {
             s: {k: o[k] for k in ("open_orders", "position", "error")} for s, o in outcomes.items()}})
+        last_down = {"fleet": self.fleet_name, "flatten": flatten, "symbols": outcomes}
+        self.book.put_doc(LAST_DOWN_DOC, last_down)   # before the spec goes: a retried down answers with it
         self.book.delete_doc(SPEC_DOC)
         await self.desk.close()
         if self.kill_loop is not None and self.kill_loop is not asyncio.get_running_loop():
@@ -637,7 +644,7 @@ class FleetController(KillSwitches):
         else:
             await self.kill_desk.close()
         self.cfg, self.params, self.shares, self.owed.pending = None, {}, {}, PendingApply({}, [])
-        self.last_down = {"fleet": self.fleet_name, "flatten": flatten, "symbols": outcomes}
+        self.last_down = last_down
         audit, self._journal_audit = getattr(self, "_journal_audit", None), None   # (no new one: cfg is None)
         if audit is not None:   # drained before the controller is removed (its events would die with it)
             try:

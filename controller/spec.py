@@ -11,6 +11,7 @@ from typing import Any
 from fleet.config import FleetConfig, SymbolParams, migrate_stored_hard_caps, symbol_params, validate_symbol_params
 
 SPEC_DOC = "spec"  # the applied spec's document in the fleet's GCS key-value store (the controller writes it)
+LAST_DOWN_DOC = "last_down"   # what the last down did, written before the spec is forgotten (its retry reads it)
 
 def build_spec(cfg: FleetConfig, config_path: str | None = None) -> dict[str, Any]:
     """The document ``apply`` takes: the fleet config plus every symbol's resolved parameters."""

@@ -67,6 +67,12 @@ def test_a_flatten_down_whose_controller_is_killed_midway_ends_flat(ray_cluster,
         assert ray_module.get(find_controller(cfg.namespace).spec.remote(), timeout=15) is None   # forgotten
         again = ray_module.get(find_controller(cfg.namespace).down.remote(True), timeout=60)   # an operator's retry
         assert again["finished_earlier"] and again["symbols"] == result["symbols"] and again["flatten"]
+        # killed once more, after the spec was forgotten: its successor still knows what the down did
+        # (it answered "no agent to stop", and the command exit 0, for a down whose outcome nobody saw)
+        pid = ray_module.get(find_controller(cfg.namespace).__ray_call__.remote(lambda self: os.getpid()), timeout=15)
+        os.kill(pid, signal.SIGKILL)
+        again = ray_module.get(find_controller(cfg.namespace).down.remote(True), timeout=60)
+        assert again["finished_earlier"] and again["symbols"] == result["symbols"] and again["flatten"]
         # the record: the down, and the hung agent's position the controller closed
         engine = make_engine(target_of(cfg))
         with engine.connect() as conn:
