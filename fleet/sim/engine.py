@@ -1405,7 +1405,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         key = acct.listen_key
         if key is None:
             return None
-        self._emit_user(acct.name, {"e": "listenKeyExpired", "E": now, "listenKey": key})
+        self._emit_user(acct.name, {"e": "listenKeyExpired", "E": str(now), "listenKey": key})   # a string, as sent
         acct.listen_key = None
         acct.listen_key_expiry = 0
         self._recompute_deadline()

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, NamedTuple
 
@@ -25,6 +26,18 @@ log = logging.getLogger("fleet.sim")
 MAX_QUEUED_FRAMES = 20_000
 FLUSH_BEFORE_CLOSE_S = 1.0  # a connection closed for its message rate gets what was queued before, for so long
 API = "api"  # a WebSocket API connection's path kind
+# "Rate limit for ping/pong frames: maximum 5 per second" (the WebSocket API's rate limits): one more
+# in any second closes the connection
+API_PINGS_PER_S = 5
+
+
+def over_rate(times: deque, limit: int, now: float) -> bool:
+    """``now`` noted among ``times``; whether it makes more than ``limit`` within one second, over any
+    second (not per second of the clock: 19 messages in 15 ms across a second's edge are over 10)."""
+    times.append(now)
+    if len(times) > limit:
+        return now - times.popleft() < 1.0
+    return False
 
 
 @dataclass(eq=False)
@@ -45,8 +58,8 @@ class Conn:
     last_pong: float = 0.0
     next_ping: float = 0.0
     ping_payload: bytes | None = None   # the server's last ping: the WebSocket API counts only its pong
-    msg_window: int = 0
-    msg_count: int = 0
+    messages: deque = field(default_factory=deque)   # when the last incoming messages came (monotonic)
+    pings: deque = field(default_factory=deque)      # ... the WebSocket API's ping and pong frames
     closed: bool = False
 
     @property
@@ -161,7 +174,9 @@ class StreamGateway(WsApiGateway):
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         path = request.path
-        parts = [p for p in path.split("/") if p]
+        if "" in path.split("/")[1:]:   # "/ at the end is no longer supported" (2023-08-19), nor an empty segment
+            return self._json(404, {"code": -5000, "msg": f"Path {path} is invalid"})
+        parts = path.split("/")[1:]
         path_kind = "legacy"
         if parts and parts[0] in (PUBLIC, MARKET, "private"):
             path_kind = parts[0]
@@ -226,6 +241,12 @@ class StreamGateway(WsApiGateway):
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
                     await on_text(msg.data)
+                elif msg.type in (WSMsgType.PING, WSMsgType.PONG) and c.path_kind == API \
+                        and over_rate(c.pings, API_PINGS_PER_S, time.monotonic()):
+                    log.info("closing a WebSocket API connection that sent more than %d ping/pong frames in a "
+                             "second", API_PINGS_PER_S)
+                    await self._close_conn(c, code=1008, message=b"Too many ping/pong frames")
+                    break
                 elif msg.type == WSMsgType.PING:
                     await ws.pong(msg.data)
                 elif msg.type == WSMsgType.PONG:
@@ -400,11 +421,7 @@ class StreamGateway(WsApiGateway):
         self._send(c, orjson.dumps(body))
 
     async def _on_message(self, c: Conn, data: str) -> None:
-        second = int(time.monotonic())
-        if second != c.msg_window:
-            c.msg_window, c.msg_count = second, 0
-        c.msg_count += 1
-        if c.msg_count > self.config.ws_max_incoming_per_s:
+        if over_rate(c.messages, self.config.ws_max_incoming_per_s, time.monotonic()):
             log.info("closing a connection that sent more than %d messages in a second",
                      self.config.ws_max_incoming_per_s)
             self._forget(c)   # nothing more is queued; the answers to the messages before this one still go
@@ -437,8 +454,8 @@ class StreamGateway(WsApiGateway):
         rid = req.get("id")
         # The docs say an unsigned INT; Binance's own USD-M SDK sends a UUID string (binance-common's
         # WebSocket streams, ``id_strict_int`` off but for Options, whose server refuses strings): both
-        # are answered, with the id echoed. Anything else is refused.
-        if not (echoable_id(rid) and (not isinstance(rid, int) or rid >= 0)):
+        # are answered, with the id echoed. Anything else (null too: "not provided") is refused.
+        if rid is None or not (echoable_id(rid) and (not isinstance(rid, int) or rid >= 0)):
             self.stats["ws_bad_messages"] += 1
             self._reply(c, {"error": {"code": 2, "msg": "Invalid request: request ID must be an unsigned "
                                                         "integer or a string"}, "id": None})
@@ -459,7 +476,9 @@ class StreamGateway(WsApiGateway):
                     if err:
                         self._reply(c, {"error": {"code": 2, "msg": f"Invalid request: {err}"}, "id": rid})
                         return
-                if len(c.subs) + len(c.silent) + len(market) + len(silent) > self.config.ws_max_streams:
+                held = c.subs.keys() | c.silent.keys()   # a stream held already takes no second place
+                new = {k for k, _ in market if k not in held} | {e.key for e in silent if e.key not in held}
+                if len(held) + len(new) > self.config.ws_max_streams:
                     self._reply(c, {"error": {"code": 2, "msg": "Invalid request: too many streams"}, "id": rid})
                     return
                 self._accept(c, market, users, silent)
@@ -477,7 +496,10 @@ class StreamGateway(WsApiGateway):
             self._reply(c, {"result": list(c.subs.values()) + list(c.silent.values()) + sorted(c.listen_keys),
                             "id": rid})
         elif method == "SET_PROPERTY":
-            if not (isinstance(params, list) and len(params) == 2 and params[0] == "combined"):
+            if isinstance(params, list) and params and not isinstance(params[0], str):
+                self._reply(c, {"error": {"code": 2, "msg": "Invalid request: property name must be a string"},
+                                "id": rid})
+            elif not (isinstance(params, list) and len(params) == 2 and params[0] == "combined"):
                 self._reply(c, {"error": {"code": 0, "msg": "Unknown property"}, "id": rid})
             elif not isinstance(params[1], bool):
                 self._reply(c, {"error": {"code": 1, "msg": "Invalid value type: expected Boolean"}, "id": rid})

@@ -104,6 +104,7 @@ async def test_admin_expire_pushes_listen_key_expired_now(sim):
         assert res["listenKey"] == key
         frame = await _recv_json(ws)
         assert frame == {"e": "listenKeyExpired", "E": frame["E"], "listenKey": key}
+        assert isinstance(frame["E"], str) and frame["E"].isdigit()   # Binance sends this one's E as a string
         await ws.close()
 
 
@@ -621,3 +622,52 @@ async def test_a_connection_over_the_message_rate_is_closed_after_the_answers_be
         assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING), msg
         assert ws.close_code == 1008
     assert 10 <= len(ids) < sent and ids == list(range(1, len(ids) + 1)), ids
+
+
+async def test_the_message_limit_holds_over_any_second_not_per_second_of_the_clock():
+    """19 messages within 15 ms across a second's edge passed a count kept per second of the clock
+    (10 and 9); the eleventh within any second is over."""
+    from collections import deque
+
+    from fleet.sim.ws import over_rate
+
+    times: deque = deque()
+    assert [over_rate(times, 10, 0.995) for _ in range(10)] == [False] * 10
+    assert over_rate(times, 10, 1.005)
+    times = deque()
+    assert not any(over_rate(times, 10, i * 0.1001) for i in range(100))   # ten a second, evenly: never
+
+
+async def test_a_null_id_a_property_name_not_a_string_and_a_trailing_slash_are_refused(sim):
+    """As Binance documents: an id "not provided or of an unsupported type" and a property name not a
+    string are code 2; "/ at the end is no longer supported" (2023-08-19), nor an empty segment."""
+    async with aiohttp.ClientSession() as s:
+        ws = await s.ws_connect(f"{sim.ws_url}/market/ws")
+        await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": ["ethusdc@markPrice@1s"], "id": None}))
+        assert await _recv_json(ws) == {"error": {"code": 2, "msg": "Invalid request: request ID must be an "
+                                                                    "unsigned integer or a string"}, "id": None}
+        await ws.send_str(json.dumps({"method": "SET_PROPERTY", "params": [1, True], "id": 1}))
+        assert await _until(ws, lambda f: f.get("id") == 1) == {
+            "error": {"code": 2, "msg": "Invalid request: property name must be a string"}, "id": 1}
+        await ws.send_str(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 2}))
+        assert await _until(ws, lambda f: f.get("id") == 2) == {"result": [], "id": 2}   # nothing subscribed
+        await ws.close()
+        for path in ("/ws/", "/stream/", "/public/ws/", "/public/ws/ethusdc@bookTicker/",
+                     "/public//ws/ethusdc@bookTicker"):
+            async with s.get(f"{sim.rest_url}{path}") as r:
+                assert r.status == 404 and (await r.json())["msg"] == f"Path {path} is invalid", path
+
+
+async def test_a_stream_held_already_takes_no_second_place_under_the_streams_cap(sim_factory):
+    """A client re-sending its whole list at the cap was told "too many streams" for nothing new."""
+    sim = await sim_factory(config={"ws_max_streams": 2})
+    async with aiohttp.ClientSession() as s:
+        ws = await s.ws_connect(f"{sim.ws_url}/public/ws")
+        books = ["ethusdc@bookTicker", "btcusdt@bookTicker"]
+        for i, params in enumerate((books + books[:1], books), start=1):   # (a name twice in one request too)
+            await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": params, "id": i}))
+            assert await _until(ws, lambda f, i=i: f.get("id") == i) == {"result": None, "id": i}
+        await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": ["ethusdc@aggTrade"], "id": 3}))
+        assert await _until(ws, lambda f: f.get("id") == 3) == {
+            "error": {"code": 2, "msg": "Invalid request: too many streams"}, "id": 3}
+        await ws.close()

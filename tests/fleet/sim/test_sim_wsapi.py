@@ -257,19 +257,40 @@ async def test_unsolicited_pongs_keep_a_stream_but_not_a_websocket_api_connectio
         api = await s.ws_connect(f"{sim.ws_url}/ws-fapi/v1", autoping=False)
         stream = await s.ws_connect(f"{sim.ws_url}/market/ws/ethusdc@markPrice@1s", autoping=False)
 
-        async def pong_unasked(ws: aiohttp.ClientWebSocketResponse) -> aiohttp.WSMessage:
-            while True:   # never answers a ping; sends its own pong every 0.1 s
+        async def pong_unasked(ws: aiohttp.ClientWebSocketResponse, every_s: float) -> aiohttp.WSMessage:
+            while True:   # never answers a ping; sends its own pong every so often
                 await ws.pong(b"unasked")
                 try:
-                    msg = await ws.receive(timeout=0.1)
+                    msg = await ws.receive(timeout=every_s)
                 except asyncio.TimeoutError:
                     continue
                 if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
                     return msg
 
-        keeping = asyncio.ensure_future(pong_unasked(stream))
-        closed = await asyncio.wait_for(pong_unasked(api), timeout=10)
+        keeping = asyncio.ensure_future(pong_unasked(stream, 0.1))
+        closed = await asyncio.wait_for(pong_unasked(api, 0.25), timeout=10)   # (under its 5 a second)
         assert api.close_code == 1002 and closed.extra == "no pong", closed
         assert not keeping.done() and not stream.closed   # the same pongs keep the stream
         keeping.cancel()
         await stream.close()
+
+
+async def test_a_websocket_api_connection_sending_more_than_5_pings_a_second_is_closed(sim_factory):
+    """"Rate limit for ping/pong frames: maximum 5 per second" (the WebSocket API): a client pinging 20
+    times a second kept its connection; the sixth frame within a second closes it."""
+    sim = await sim_factory()
+    async with aiohttp.ClientSession() as s:
+        calm = await s.ws_connect(f"{sim.ws_url}/ws-fapi/v1", autoping=False)
+        flood = await s.ws_connect(f"{sim.ws_url}/ws-fapi/v1", autoping=False)
+        for _ in range(5):
+            await calm.ping(b"calm")
+            assert (await calm.receive(timeout=5)).type == aiohttp.WSMsgType.PONG
+        for _ in range(6):
+            await flood.ping(b"flood")
+        pongs = 0
+        while (msg := await flood.receive(timeout=5)).type == aiohttp.WSMsgType.PONG:
+            pongs += 1
+        assert pongs == 5 and msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1008, msg
+        assert msg.extra == "Too many ping/pong frames"
+        assert not calm.closed
+        await calm.close()
