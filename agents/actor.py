@@ -89,6 +89,9 @@ def _read_consistently(read: Callable[[], Any]) -> Any:
 # about to list (PENDING_TRADING) quotes within 30 s of its opening, a closed one costs 2 weight a try.
 FATAL_RETRY_S = 300.0
 NOT_TRADING_RETRY_S = 30.0
+# New parameters' answer waits this long for the worst case to come within a lowered cap (its orders
+# cancelled at the exchange), then says what is still over it (``SymbolAgent.above_cap``).
+CAP_CONFIRM_S = 10.0
 
 
 def _retry_after(exc: BaseException) -> float | None:
@@ -494,7 +497,8 @@ class AgentActor:
         if agent is None:
             return {"applied": False, "reason": "agent starting: applied once it is built"}
         await self._on_loop(lambda: agent.apply_params(parsed))
-        return {"applied": True}
+        above = await self._on_loop(lambda: agent.above_cap(CAP_CONFIRM_S), timeout=CAP_CONFIRM_S + 10.0)
+        return {"applied": True, **({"above_cap": above} if above else {})}
 
     @ray.method(concurrency_group=CONTROL)
     async def set_reduce_only(self, on: bool) -> bool:

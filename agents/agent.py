@@ -323,6 +323,25 @@ class SymbolAgent:
             self.core.apply_params(params)
         self.log.event("params_applied", "parameters applied live")
 
+    async def above_cap(self, wait_s: float) -> dict | None:
+        """None once the worst case (the position with every order resting or unconfirmed, as the exchange
+        may fill them) is within the cap; waited for up to ``wait_s`` while orders of the side over it are
+        to be cancelled (new parameters: a lower cap, the next quote cycle). Else what is over and why:
+        orders not cancelled yet, or the position itself (which cancels do not reduce: grinding and the
+        drawdown rules do)."""
+        end = self.clock.monotonic() + wait_s
+        while self.core is not None:
+            s, cap = self.core.store, self.core.guard.cap_steps
+            long_over, short_over = s.worst_long_steps > cap, -s.worst_short_steps > cap
+            if not (long_over or short_over):
+                return None
+            orders = (long_over and s.ledger.pending_buy_steps > 0) or (short_over and s.ledger.pending_sell_steps > 0)
+            if not orders or self.clock.monotonic() >= end:
+                return {"worst_long": s.worst_long, "worst_short": s.worst_short, "cap": self.params.worst_cap,
+                        "why": "orders not cancelled yet" if orders else "the position itself"}
+            await self.clock.sleep(0.1)
+        return None
+
     def set_reduce_only(self, on: bool) -> None:
         self.reduce_only_wanted = on
         if self.core is not None:

@@ -350,7 +350,8 @@ class FleetController(KillSwitches):
                                    for s in self._symbols() if s not in live or s in retire}
 
         # new parameters (a lower cap) reach the agents beside the retires, not after a stop that hangs
-        (stops, created, errors), pushed = await asyncio.gather(retire_then_create(), self._push_params(plan.updated))
+        (stops, created, errors), (pushed, above) = await asyncio.gather(retire_then_create(),
+                                                                         self._push_params(plan.updated))
         errors.update(pushed)   # (a push that failed is reported, as before)
         left = self.owed.keep(cfg, params, {s: retire[s] for s in removed}, stops, plan.accounts)
         # the clients of accounts only those retires reached, but for retires still owed
@@ -367,18 +368,24 @@ class FleetController(KillSwitches):
             "held": held,   # added to a fleet halted as a whole: halted until resumed
             "removed": {s: r.to_dict() for s, r in outcomes.items() if s not in new_symbols},
             "unconfirmed": sorted(left.retire),   # retires tried again until the exchange lists no order
+            "above_cap": above,   # updated, the worst case still over the new cap: why, and the figures
             "errors": errors,
             "rate_shares": self.shares,
         }
 
-    async def _push_params(self, symbols: list[str]) -> dict[str, str]:
-        """New parameters to the agents, live; the ones that failed, with why."""
+    async def _push_params(self, symbols: list[str]) -> tuple[dict[str, str], dict[str, Any]]:
+        """New parameters to the agents, live: the ones that failed, with why; and the agents whose worst
+        case is still above their (lowered) cap once each answered (``SymbolAgent.above_cap``)."""
         pushes = await asyncio.gather(
             *(self.agents.call(s, "apply_params", self.params[s].model_dump(mode="json"),
                                timeout=self.settings.stop_timeout_s) for s in symbols),
             return_exceptions=True,
         )
-        return {s: named_line(r) for s, r in zip(symbols, pushes) if isinstance(r, BaseException)}
+        above = {s: r["above_cap"] for s, r in zip(symbols, pushes) if isinstance(r, dict) and r.get("above_cap")}
+        for symbol, over in above.items():
+            log.warning("%s: above its cap after the new parameters (%s): worst long %s, short %s, cap %s", symbol,
+                        over.get("why"), over.get("worst_long"), over.get("worst_short"), over.get("cap"))
+        return {s: named_line(r) for s, r in zip(symbols, pushes) if isinstance(r, BaseException)}, above
 
     async def _push_shares(self) -> None:
         await asyncio.gather(

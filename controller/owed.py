@@ -325,7 +325,7 @@ class OwedWork:
             if outcome.error or outcome.open_orders != 0:
                 log.error("%s: retired with %s open orders at the exchange: %s", symbol, outcome.open_orders,
                           outcome.error or "not confirmed")
-        errors = await ctl._push_params([s for s in owed.push if s in traded and s not in retire])
+        errors, _ = await ctl._push_params([s for s in owed.push if s in traded and s not in retire])
         for symbol, error in errors.items():
             log.error("%s: the new parameters not pushed: %s", symbol, error)
         left = self.keep(cfg, params, retire, list(outcomes), owed.accounts)

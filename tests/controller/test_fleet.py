@@ -290,6 +290,48 @@ def test_apply_changes_parameters_live_without_a_restart(fleet):
     fleet.ray.get(ctl.apply.remote(spec), timeout=60)
 
 
+def test_an_apply_lowering_a_cap_answers_once_the_exchange_holds_the_agent_within_it(fleet):
+    """SOLUSDT long 0.9 with its ladder resting, its net_max lowered from 8 to 1 (a cap of 1.15) while
+    the exchange answers every request a second late: the apply answered "updated" at once, with the
+    old ladder resting over the new cap for seconds. Now it answers once the agent's worst case (orders
+    resting or unconfirmed, as the exchange may fill them) is within the cap, and the exchange's truth
+    agrees; a position alone above a cap is said (`above_cap`, "the position itself")."""
+    ctl = fleet.controller()
+    spec = fleet.ray.get(ctl.spec.remote(), timeout=15)
+    sol = spec["params"]["SOLUSDT"]
+
+    def with_net_max(net_max: float) -> dict:
+        return {**spec, "params": {**spec["params"], "SOLUSDT": {**sol, "base": {**sol["base"], "net_max": net_max}}}}
+
+    fleet.all_quoting()
+    fleet.exchange.set_position("SOLUSDT", 0.9)
+    poll(lambda: abs(fleet.ray.get(fleet.agent("SOLUSDT").exposure.remote(), timeout=15)["position"] - 0.9) < 1e-9
+         and sum(float(o["origQty"]) for o in fleet.exchange.open_orders("SOLUSDT") if o["side"] == "BUY") > 0.25,
+         20.0, "SOLUSDT long 0.9 with more than the new cap's room in bids")
+    fleet.exchange.admin("/sim/fault/latency", {"ms": 1000, "path": "/fapi/v1/"})
+    try:
+        result = fleet.ray.get(ctl.apply.remote(with_net_max(1.0)), timeout=120)
+        truth = fleet.exchange.state("SOLUSDT")
+    finally:
+        fleet.exchange.admin("/sim/fault/clear", {})
+    try:
+        assert result["updated"] == ["SOLUSDT"] and result["above_cap"] == {} and not result["errors"], result
+        position = float(truth["positions"]["SOLUSDT"]["amount"])
+        resting = {side: sum(float(o["origQty"]) - float(o["executedQty"]) for o in truth["open_orders"]
+                             if o["side"] == side) for side in ("BUY", "SELL")}
+        assert position + resting["BUY"] <= 1.15 + 1e-9 and position - resting["SELL"] >= -1.15 - 1e-9, truth
+        fleet.exchange.set_position("SOLUSDT", 2.0)   # over the cap by itself: no cancel brings it within
+        poll(lambda: fleet.ray.get(fleet.agent("SOLUSDT").exposure.remote(), timeout=15)["position"] == 2.0, 15.0,
+             "SOLUSDT's agent to see its position of 2")
+        result = fleet.ray.get(ctl.apply.remote(with_net_max(0.9)), timeout=120)
+        over = result["above_cap"]["SOLUSDT"]
+        assert over["why"] == "the position itself" and over["worst_long"] >= 2.0 and over["cap"] < 2.0, result
+    finally:
+        fleet.exchange.set_position("SOLUSDT", 0.0)
+        fleet.ray.get(ctl.apply.remote(spec), timeout=120)
+    fleet.all_quoting(timeout=30.0)
+
+
 def test_parameters_applied_while_an_agent_restarts_reach_it(fleet):
     """A push that finds the agent being built (it read its spec before the apply) is applied once the
     agent is in place: it was answered "reads the new params from the controller" and lost."""
