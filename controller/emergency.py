@@ -355,7 +355,20 @@ class EmergencyDesk:
             log.error("%s: emergency sweep failed: %s", symbol, named_line(exc))
 
     async def confirm_empty(self, symbol: str, account: str, *, cancel_first: bool) -> int:
-        """Open orders of the symbol left at the exchange, after cancelling them (twice if need be)."""
+        """Open orders of the symbol left at the exchange, after cancelling them (twice if need be); 0 for
+        a symbol the exchange does not know (-1121: nothing can rest there, an agent made by hand for it)."""
+        from fleet.binance.enums import ErrorCode
+        from fleet.binance.errors import BinanceError
+
+        try:
+            return await self._confirm_empty(symbol, account, cancel_first=cancel_first)
+        except BinanceError as exc:
+            if exc.code != ErrorCode.BAD_SYMBOL:
+                raise
+            log.warning("%s: not a symbol the exchange knows (%s): no order of it can rest", symbol, named_line(exc))
+            return 0
+
+    async def _confirm_empty(self, symbol: str, account: str, *, cancel_first: bool) -> int:
         client = await self.client(account)
         if cancel_first:
             await _cancel_every(client, symbol)
