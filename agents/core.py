@@ -28,6 +28,7 @@ from .orders import (
     OrderReason,
     Place,
     make_batches,
+    parse_client_order_id,
 )
 from .risk import FLATTENING, RUNNING, TWAP_MAX_TRIES, DrawdownBands, RiskGuard, TwapSlice, respace
 from .store import Store
@@ -327,10 +328,15 @@ class AgentCore:
         cancels.extend(again)
 
     def _cancel_all_into(self, cancels: list[Cancel], keep_reduce_only: bool, in_flight: bool = False) -> None:
+        """mmfleet's orders of the symbol (any epoch's): another hand's are counted in the worst case and
+        left alone (the desk trading by hand while the agent is halted, another tool's orders); only a
+        kill's or a stop's symbol-wide cancel-all at the exchange takes them."""
         going = {c.client_order_id for c in cancels}  # going again: ``_retry_cancels_into``
         for o in self.store.orders.values():
             if o.cancel_sent_ms is not None or o.client_order_id in going:
                 continue  # already going
+            if parse_client_order_id(o.client_order_id) is None:
+                continue  # another hand's
             if not in_flight and (o.unresolved_ms is not None or o.status == "PENDING_NEW"):
                 continue  # unknown to the exchange, or not acknowledged yet (next cycle)
             if keep_reduce_only and o.reduce_only:

@@ -229,7 +229,7 @@ class UserFeed:
             return
         self._foreign_said = now
         a.log.event("foreign_order", f"an order mmfleet did not place rests on {a.symbol}: {client_order_id!r} {what}, "
-                    f"counted in the worst case and left alone while quoting ({left}): one owner per symbol",
+                    f"counted in the worst case and left alone ({left}): one owner per symbol",
                     level=logging.WARNING)
 
     def foreign_algo(self, client_algo_id: str, what: str) -> None:
@@ -362,19 +362,26 @@ class UserFeed:
         self.agent.tasks.spawn(self._rest_fallback_cancel(), "rest-fallback")
 
     async def _rest_fallback_cancel(self) -> None:
-        """Cancel everything through REST (counted); fenced to this epoch once the lease has lapsed."""
+        """mmfleet's orders of the symbol, as the exchange lists them, cancelled through REST (counted);
+        this epoch's only once the lease has lapsed. Another hand's are left (a symbol-wide cancel-all
+        took the desk's and other tools' orders at every stream outage)."""
         a = self.agent
         if self.connected or a.stopping or a.lease.lost:
             return
+        epoch = a.require_core().epoch
+        fenced = not a.lease_ok()
         try:
-            await a.shutdown.cancel_fenced(a.require_client())
+            n = await a.require_client().cancel_listed(
+                a.symbol, keep=lambda o: _same_epoch(o.client_order_id, epoch) if fenced
+                else parse_client_order_id(o.client_order_id) is not None)
         except BinanceError as exc:
-            a.log.event("rest_fallback_failed", f"cancel-all via REST failed: {exc!r}", level=logging.ERROR)
+            a.log.event("rest_fallback_failed", f"cancelling via REST failed: {exc!r}", level=logging.ERROR)
             self.lost_at = a.clock.monotonic()  # try again after another grace
             return
         a.counters["rest_fallback_cancels"] += 1
         a.metrics.inc_rest_fallback()
-        a.log.event("rest_fallback_cancel", "user stream down past grace: cancelled all via REST", level=logging.WARNING)
+        a.log.event("rest_fallback_cancel", f"user stream down past grace: {n} orders of ours cancelled via REST "
+                    "(another hand's left)", level=logging.WARNING)
         # A request in flight may still land after that cancel (up to its recvWindow), unseen without the
         # stream: re-list and cancel until none of this epoch rests, as a quote pull does.
         a.sender.keep_pulling("user stream down past grace")

@@ -828,6 +828,57 @@ async def test_an_order_another_tool_rests_on_the_symbol_is_said_counted_and_can
     assert (await exchange.state())["open_orders"] == []
 
 
+async def hand_order(exchange: Exchange, cid: str, side: str, pct: float) -> None:
+    """A plain GTC limit of 0.050 placed by another hand (the desk, another tool), ``pct`` off the mark."""
+    mid = Decimal((await exchange.state())["markets"][SYMBOL]["mark_price"])
+    async with SimClient.for_sim(exchange.sim) as c:
+        placed = await c.signed("POST", "/fapi/v1/order", {
+            "symbol": SYMBOL, "side": side, "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.050",
+            "price": f"{mid * Decimal(str(1 + pct)):.2f}", "newClientOrderId": cid})
+        assert placed.status == 200, placed.json
+
+
+async def test_another_hands_orders_outlive_the_agents_halt_a_stale_pull_and_a_user_stream_outage(
+        make_agent, exchange):
+    """The desk halts the agent to work the symbol by hand, and another tool rests orders beside it:
+    their orders are counted and left alone by the halted quote cycles, a stale book's pull and a user
+    stream outage's REST fallback (each cancelled every order of the symbol, the desk's again and
+    again while halted); only a kill's or a stop's symbol-wide cancel-all takes them."""
+    runtime = FAST.model_copy(update={"market_stale_sec": 1.0, "user_stream_grace_sec": 0.3,
+                                      "reconnect_backoff_initial_sec": 1.5})
+    agent = await make_agent(runtime=runtime)
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+
+    async def resting_ids() -> set[str]:
+        return {o["clientOrderId"] for o in (await exchange.state())["open_orders"]}
+
+    async def only_hands_rest(hands: set[str]) -> bool:
+        return await resting_ids() == hands
+
+    await agent.halt("the desk trades it by hand")
+    await hand_order(exchange, "desk-hand-1", "BUY", -0.05)
+    cycles = agent.core.cycles
+    await wait_for(lambda: agent.core.cycles >= cycles + 5, 10, "five halted quote cycles")
+    assert await resting_ids() == {"desk-hand-1"}
+    await agent.resume()
+    await wait_for(lambda: resting(agent, exchange), 10, "quoting again", explain=lambda: describe(agent, exchange))
+    await hand_order(exchange, "tool-hand-2", "SELL", 0.05)
+    hands = {"desk-hand-1", "tool-hand-2"}
+    await wait_for(lambda: agent.counters["foreign_orders"] == 2, 5, "the tool's order seen on the user stream")
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
+    await wait_for(lambda: only_hands_rest(hands), 10, "the agent's quotes pulled on a stale book, the hands' left")
+    assert "market_stale" in agent.status()["blocks"]
+    await exchange.post("/sim/market/freeze", {"frozen": False, "symbol": SYMBOL})
+    await wait_for(lambda: resting(agent, exchange), 10, "quoting again once fresh", explain=lambda: describe(agent, exchange))
+    await exchange.post("/sim/fault/drop", {"target": "user", "account": "main"})
+    await wait_for(lambda: agent.counters["rest_fallback_cancels"] == 1, 5, "the REST fallback of the outage")
+    await wait_for(lambda: only_hands_rest(hands), 5, "the agent's orders cancelled through REST, the hands' left")
+    await wait_for(lambda: agent.status()["state"] == "quoting", 15, "quoting again after the reconnect")
+    assert hands <= await resting_ids()
+    await agent.stop()
+    assert await resting_ids() == set()   # the stop's symbol-wide cancel-all (documented) takes them
+
+
 async def test_another_hands_conditional_orders_count_in_the_worst_case_until_they_reach_the_book(
         make_agent, exchange):
     """Binance keeps STOP and TAKE_PROFIT orders in its Algo Service, outside the book: openOrders does
