@@ -86,7 +86,8 @@ def _read_consistently(read: Callable[[], Any]) -> Any:
 # A start the exchange refused for a reason no retry changes (agents/agent_base.py FATAL_START_CODES: a
 # wrong key or signature, a symbol it does not list) is tried again this seldom, not every 10 s: the desk
 # fixes the key or the config. A symbol listed but not trading (-4108) is tried twice a minute: one
-# about to list (PENDING_TRADING) quotes within 30 s of its opening, a closed one costs 2 weight a try.
+# about to list (PENDING_TRADING) quotes within 30 s of its opening, a closed one costs 2 weight a try;
+# so is a position held in Hedge Mode (-4061), until the desk has switched the account to one-way mode.
 FATAL_RETRY_S = 300.0
 NOT_TRADING_RETRY_S = 30.0
 # New parameters' answer waits this long for the worst case to come within a lowered cap (its orders
@@ -102,7 +103,8 @@ def _retry_after(exc: BaseException) -> float | None:
 
     if not isinstance(exc, BinanceError) or exc.code not in FATAL_START_CODES:
         return None
-    return NOT_TRADING_RETRY_S if exc.code == ErrorCode.SYMBOL_NOT_TRADING else FATAL_RETRY_S
+    soon = (ErrorCode.SYMBOL_NOT_TRADING, ErrorCode.POSITION_SIDE_NOT_MATCH)   # (the desk switches the account)
+    return NOT_TRADING_RETRY_S if exc.code in soon else FATAL_RETRY_S
 
 
 @ray.remote(concurrency_groups={CONTROL: 8, KILL: 2})

@@ -63,6 +63,7 @@ _TRANSIENT = (BinanceError, StreamError, OSError, asyncio.TimeoutError)
 FATAL_START_CODES = frozenset({
     ErrorCode.UNAUTHORIZED, ErrorCode.INVALID_SIGNATURE, ErrorCode.BAD_SYMBOL, ErrorCode.BAD_API_KEY_FMT,
     ErrorCode.REJECTED_MBX_KEY, ErrorCode.SYMBOL_NOT_TRADING,
+    ErrorCode.POSITION_SIDE_NOT_MATCH,   # at the start: a position held in Hedge Mode (never read as flat)
 })
 
 # A measuring hook, documented in docs/architecture.md: when the book frame behind the request being

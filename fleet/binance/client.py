@@ -806,11 +806,25 @@ def _read_one(data: Any, parse: Callable[[Any], T], what: str) -> T:
         raise ServerError(0, f"{what}: unreadable ({type(exc).__name__}): {str(exc)[:120]}", 200) from exc
 
 
+def _nonzero(amount: Any) -> bool:
+    try:
+        return float(amount) != 0.0
+    except (TypeError, ValueError):
+        return True   # unreadable: not known to be flat
+
+
 def _pick_position(data: Any, symbol: str, as_of: int = 0, read_after: int = 0) -> PositionInfo:
     """The symbol's one-way row, with the request's times (:class:`PositionInfo`): a figure without a
     time of its own (flat: v3 omits the symbol) is as of the request."""
     listed = _read_rows(data, lambda r: (r["symbol"], r.get("positionSide", PositionSide.BOTH), r), "GET positionRisk")
     rows = [r for sym, side, r in listed if sym == symbol and side == PositionSide.BOTH]
+    hedged = {side: r.get("positionAmt") for sym, side, r in listed if sym == symbol and side != PositionSide.BOTH}
+    if not rows and any(_nonzero(amount) for amount in hedged.values()):
+        # Hedge Mode: a LONG and a SHORT row, no one-way row. Read as flat, a flatten said "flat" over 0.5
+        # held (an audit); mmfleet reads and trades one-way positions only.
+        raise BinanceError(ErrorCode.POSITION_SIDE_NOT_MATCH, f"the account is in Hedge Mode: positionRisk lists "
+                           f"{symbol} by position side ({', '.join(f'{k} {v}' for k, v in sorted(hedged.items()))}), "
+                           f"no one-way row: switch it to one-way mode (dualSidePosition=false)", 200)
     if not rows:
         return PositionInfo.flat(symbol, as_of, read_after)  # v3 lists only symbols with a position or open orders
     try:

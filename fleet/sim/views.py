@@ -12,6 +12,16 @@ from fleet.sim.units import Q8, ZERO, s8
 
 
 
+
+def by_position_side(row: dict[str, Any], amount: Decimal) -> list[dict[str, Any]]:
+    """A Hedge Mode account's rows of one symbol, as Binance lists them: a LONG and a SHORT, no BOTH
+    (a position set by the admin route is on the side its sign names; the other row is flat)."""
+    flat = {**row, "positionAmt": "0.0", "entryPrice": "0.0", "breakEvenPrice": "0.0", "unRealizedProfit": s8(ZERO),
+            "notional": s8(ZERO), "isolatedMargin": s8(ZERO)}
+    held = "LONG" if amount > 0 else "SHORT" if amount < 0 else None
+    return [{**(row if side == held else flat), "positionSide": side} for side in ("LONG", "SHORT")]
+
+
 class EngineViews:
     """Mixed into :class:`fleet.sim.engine.Engine`; needs its books, accounts and clock."""
 
@@ -228,7 +238,7 @@ class EngineViews:
                 common.update({"marginType": "isolated" if v["isolated"] else "cross", "isAutoAddMargin": "false",
                                "leverage": str(v["lev"]),
                                "maxNotionalValue": f"{b.brackets.max_notional(v['lev']):f}"})
-            out.append(common)
+            out.extend(by_position_side(common, v["amt"]) if acct.dual_side else [common])
         return out
 
     def balances(self, account: str) -> list[dict[str, Any]]:

@@ -38,3 +38,22 @@ async def test_a_hedge_mode_account_halts_the_symbol_until_switched_and_resumed(
     await wait_for(resting, 10, "the ladder resting once the account is one-way")
     assert agent.status()["state"] == "quoting"
     assert len([r for r in caplog.records if getattr(r, "event", None) == "hedge_mode"]) == 1
+
+
+async def test_a_position_held_in_hedge_mode_is_never_read_as_flat(make_agent, exchange, caplog):
+    """A LONG of 0.5 held in Hedge Mode: positionRisk lists the symbol by position side, with no one-way
+    row. Read as flat, the agent started on a position of 0 and a flatten answered "flat" over 0.5
+    held (an audit); now the read is refused naming Hedge Mode, and the start with it."""
+    from fleet.binance.errors import BinanceError
+
+    await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.5"})
+    async with SimClient.for_sim(exchange.sim) as c:
+        rows = (await c.signed("GET", "/fapi/v2/positionRisk", {"symbol": SYMBOL})).json
+    assert sorted((r["positionSide"], r["positionAmt"]) for r in rows) == [("LONG", "0.500"), ("SHORT", "0.0")]
+    with pytest.raises(BinanceError, match="Hedge Mode") as refused:
+        await make_agent()
+    assert refused.value.code == -4061
+    fatal = [r for r in caplog.records if getattr(r, "event", None) == "start_fatal"]
+    assert fatal and "LONG 0.500" in fatal[0].getMessage()
+    st = await exchange.state()
+    assert st["open_orders"] == [] and st["counters"]["orders_placed"] == 0

@@ -190,3 +190,15 @@ def test_an_open_orders_read_that_is_no_list_of_orders_is_an_error_not_none(answ
 
     with pytest.raises(E.ServerError, match="openOrders"):
         _read_rows(answer, OrderInfo.from_api, "GET openOrders")
+
+
+def test_a_hedge_mode_position_is_refused_not_read_as_flat_and_a_flat_one_is_flat():
+    from fleet.binance.client import _pick_position
+
+    row = {"symbol": "ETHUSDC", "entryPrice": "0.0", "unRealizedProfit": "0", "markPrice": "2000"}
+    held = [{**row, "positionSide": "LONG", "positionAmt": "0.500"}, {**row, "positionSide": "SHORT", "positionAmt": "0.0"}]
+    with pytest.raises(E.BinanceError, match="Hedge Mode.*LONG 0.500, SHORT 0.0") as refused:
+        _pick_position(held, "ETHUSDC")
+    assert refused.value.code == -4061
+    flat = [{**r, "positionAmt": "0.0"} for r in held]
+    assert _pick_position(flat, "ETHUSDC", 7).amount == 0   # flat either way: the first order's -4061 halts it
