@@ -91,7 +91,7 @@ def _read_consistently(read: Callable[[], Any]) -> Any:
 FATAL_RETRY_S = 300.0
 NOT_TRADING_RETRY_S = 30.0
 # New parameters' answer waits this long for the worst case to come within a lowered cap (its orders
-# cancelled at the exchange), then says what is still over it (``SymbolAgent.above_cap``).
+# cancelled at the exchange), then says what is still over it (``agents.snapshot.above_cap``).
 CAP_CONFIRM_S = 10.0
 
 
@@ -489,6 +489,7 @@ class AgentActor:
 
     @ray.method(concurrency_group=CONTROL)
     async def apply_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        from agents.snapshot import above_cap
         from fleet.config import SymbolParams
 
         parsed = SymbolParams.model_validate(params)
@@ -499,7 +500,7 @@ class AgentActor:
         if agent is None:
             return {"applied": False, "reason": "agent starting: applied once it is built"}
         await self._on_loop(lambda: agent.apply_params(parsed))
-        above = await self._on_loop(lambda: agent.above_cap(CAP_CONFIRM_S), timeout=CAP_CONFIRM_S + 10.0)
+        above = await self._on_loop(lambda: above_cap(agent, CAP_CONFIRM_S), timeout=CAP_CONFIRM_S + 10.0)
         return {"applied": True, **({"above_cap": above} if above else {})}
 
     @ray.method(concurrency_group=CONTROL)

@@ -53,6 +53,7 @@ from .lifecycle import LeaseClock, derive_state
 from .agent_base import (  # noqa: F401 - ExchangeEndpoints, Backoff, TICK_READ, Tick: re-exported
     _TRANSIENT,
     BLOCK_ASKING,
+    BLOCK_KEY_REFUSED,
     BLOCK_LEASE,
     BLOCK_STARTING,
     COUNTERS,
@@ -255,6 +256,27 @@ class SymbolAgent:
                                            f"{' on that side' if one_side else ''} but for orders that reduce "
                                            "the position", level=logging.WARNING)
 
+    def key_refused(self, code: int) -> None:
+        """The exchange refused the account's key while trading (``KEY_REFUSALS``: revoked, its IP not
+        allowed, no permission for the action): quoting paused (``key_refused``) for a hold that starts
+        at 5 s and doubles up to a minute while the refusals go on, then tried again; said once a hold.
+        (Every request was refused again, some 8 a second, each a WARNING, the agent saying "quoting";
+        its orders stay at the exchange, and the dead-man switch, whose heartbeat is refused too,
+        cancels them.)"""
+        hold = self.sender.key_hold.short(self.clock.monotonic())
+        if hold is None:
+            return   # held already: answers to requests sent before it
+        self.counters["key_holds"] += 1
+        self.blocks.add(BLOCK_KEY_REFUSED)
+        self.log.event("key_refused", f"the exchange refuses the account's API key ({code}: invalid key, IP or "
+                                      f"permissions for the action): quoting paused {hold:.0f} s, then tried again; "
+                                      "the dead-man switch cancels the orders resting if it goes on", level=logging.ERROR)
+        self.tasks.spawn(self._lift_key_hold(), "key-hold")
+
+    async def _lift_key_hold(self) -> None:
+        await self.tasks.sleep(self.sender.key_hold.left(self.clock.monotonic()))
+        self.blocks.discard(BLOCK_KEY_REFUSED)   # the next quote cycle tries the key again
+
     async def halt(self, reason: str = "") -> dict:
         """Stop quoting and cancel every open order; report the count the exchange confirms, or
         ``superseded`` when a resume came while it waited (``_note_kill_change``)."""
@@ -322,25 +344,6 @@ class SymbolAgent:
         if self.core is not None:
             self.core.apply_params(params)
         self.log.event("params_applied", "parameters applied live")
-
-    async def above_cap(self, wait_s: float) -> dict | None:
-        """None once the worst case (the position with every order resting or unconfirmed, as the exchange
-        may fill them) is within the cap; waited for up to ``wait_s`` while orders of the side over it are
-        to be cancelled (new parameters: a lower cap, the next quote cycle). Else what is over and why:
-        orders not cancelled yet, or the position itself (which cancels do not reduce: grinding and the
-        drawdown rules do)."""
-        end = self.clock.monotonic() + wait_s
-        while self.core is not None:
-            s, cap = self.core.store, self.core.guard.cap_steps
-            long_over, short_over = s.worst_long_steps > cap, -s.worst_short_steps > cap
-            if not (long_over or short_over):
-                return None
-            orders = (long_over and s.ledger.pending_buy_steps > 0) or (short_over and s.ledger.pending_sell_steps > 0)
-            if not orders or self.clock.monotonic() >= end:
-                return {"worst_long": s.worst_long, "worst_short": s.worst_short, "cap": self.params.worst_cap,
-                        "why": "orders not cancelled yet" if orders else "the position itself"}
-            await self.clock.sleep(0.1)
-        return None
 
     def set_reduce_only(self, on: bool) -> None:
         self.reduce_only_wanted = on

@@ -31,6 +31,7 @@ BLOCK_LEASE = Block.LEASE
 BLOCK_ASKING = Block.ASKING
 BLOCK_STOPPING = Block.STOPPING
 BLOCK_DEADMAN = Block.DEADMAN
+BLOCK_KEY_REFUSED = Block.KEY_REFUSED
 
 LEASE_MARGIN_S = 1.0  # the lease is treated as lapsed this long before it really does
 # An ambiguous answer is settled by a look-up this long past the request's recvWindow: by then the
@@ -54,12 +55,16 @@ COUNTERS = (
     "listen_key_renewals", "listen_key_expired", "deadman_heartbeats", "unknown_outcomes",
     "unknown_outcomes_resolved", "reconciliations", "reconcile_repairs", "quote_pulls_confirmed",
     "stale_market_pulls", "foreign_events", "start_attempts", "rate_limited", "lease_pulls", "resync_failures",
-    "owner_asks", "margin_calls", "margin_holds", "foreign_orders", "deadman_expired",
+    "owner_asks", "margin_calls", "margin_holds", "foreign_orders", "deadman_expired", "key_holds",
 )
 
 _TRANSIENT = (BinanceError, StreamError, OSError, asyncio.TimeoutError)
 # Answers that no retry will change: a wrong key or signature, a symbol the exchange does not list or
 # no longer trades (agents/delisting.py).
+# While trading, the same refusals of the account's key (revoked, its IP not allowed, no permission for
+# the action) pause quoting: every request would be refused again (8 a second, each logged).
+KEY_REFUSALS = frozenset({ErrorCode.UNAUTHORIZED, ErrorCode.INVALID_SIGNATURE, ErrorCode.BAD_API_KEY_FMT,
+                          ErrorCode.REJECTED_MBX_KEY})
 FATAL_START_CODES = frozenset({
     ErrorCode.UNAUTHORIZED, ErrorCode.INVALID_SIGNATURE, ErrorCode.BAD_SYMBOL, ErrorCode.BAD_API_KEY_FMT,
     ErrorCode.REJECTED_MBX_KEY, ErrorCode.SYMBOL_NOT_TRADING,

@@ -12,7 +12,9 @@ Rules:
   snapshot under way), ``lease`` (lapsed: renewed, and the dead-man switch re-armed first unless still armed long enough),
   ``asking`` (orders of ours cancelled by another hand while quoting: the owner's answer to a renewal
   sent after that, which carries a kill state made durable before any kill route acted), ``deadman`` (the exchange's
-  dead-man countdown ran out, no heartbeat taken: a heartbeat taken), ``stopping`` (for good).
+  dead-man countdown ran out, no heartbeat taken: a heartbeat taken), ``key_refused`` (the exchange
+  refused the account's API key, -2015/-2014/-1022/-1002, while trading: the hold's end, and then a
+  request it takes), ``stopping`` (for good).
 - The state an operator sees follows from the blocks and the kill state, first match wins:
 
   ========================================  ==============
@@ -24,7 +26,7 @@ Rules:
   kill state flattening                     ``flattening``
   stopping, ownership lost, or halted       ``halted``
   ``market_*``, ``lease``, ``asking``,     ``paused``
-  ``deadman``
+  ``deadman``, ``key_refused``
   otherwise                                 ``quoting``
   ========================================  ==============
 
@@ -52,6 +54,7 @@ class Block(StrEnum):
     LEASE = "lease"
     ASKING = "asking"
     DEADMAN = "deadman"
+    KEY_REFUSED = "key_refused"
     STOPPING = "stopping"
 
 
@@ -69,7 +72,7 @@ class State(StrEnum):
 
 RESYNCING_BLOCKS = frozenset({Block.RESYNC, Block.USER_STREAM})
 PAUSE_BLOCKS = frozenset({Block.MARKET_STREAM, Block.MARKET_STALE, Block.MARKET_LAG, Block.LEASE, Block.ASKING,
-                          Block.DEADMAN})
+                          Block.DEADMAN, Block.KEY_REFUSED})
 
 
 def derive_state(

@@ -26,8 +26,8 @@ from fleet.binance.models import ModifyRequest, OrderInfo, OrderRequest
 
 from .core import Actions, AgentCore
 from .orders import Amend, Batch, Cancel, Place
-from .agent_base import (IN_FLIGHT_QUERY_MS, LOOKUP_MARGIN_MS, PULL_REPEAT_S, TICK_READ, UNRESOLVED_QUERY_MS, MarginHold,
-                         Tick, _reduces, _same_epoch)
+from .agent_base import (IN_FLIGHT_QUERY_MS, KEY_REFUSALS, LOOKUP_MARGIN_MS, PULL_REPEAT_S, TICK_READ,
+                         UNRESOLVED_QUERY_MS, MarginHold, Tick, _reduces, _same_epoch)
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
@@ -56,6 +56,7 @@ class OrderSender:
         self._lookups: dict[str, float] = {}
         self._pull_task: asyncio.Task | None = None
         self.margin_hold = MarginHold()   # after -2019: the quoting lane waits (``_within_margin``)
+        self.key_hold = MarginHold(initial_s=5.0, cap_s=60.0)   # the same back-off, for a refused key
 
     def quote(self, now_ms: int, tick: Tick | None) -> None:
         """One quote cycle: decide synchronously, count as pending, send concurrently."""
@@ -295,7 +296,9 @@ class OrderSender:
         else:
             for d in items:
                 core.on_rejected(d, exc.code, self.agent.exchange_ms())
-            if exc.code in MARGIN_REFUSALS:
+            if exc.code in KEY_REFUSALS:
+                self.agent.key_refused(exc.code)
+            elif exc.code in MARGIN_REFUSALS:
                 sides = {getattr(d, "side", None) for d in items}
                 self.agent.margin_short(exc.code, sides.pop() if len(sides) == 1 else None)
             elif exc.code == ErrorCode.SYMBOL_NOT_TRADING:
@@ -343,6 +346,9 @@ class OrderSender:
                 self._slices_back(core, (d,), f"429, {res.retry_after}s")
             elif isinstance(res, BinanceError):
                 core.on_rejected(d, res.code, self.agent.exchange_ms())
+                if res.code in KEY_REFUSALS:
+                    self.agent.key_refused(res.code)   # said once a hold
+                    continue
                 if res.code in MARGIN_REFUSALS:
                     self.agent.margin_short(res.code, getattr(d, "side", None))
                 elif res.code == ErrorCode.SYMBOL_NOT_TRADING:

@@ -112,3 +112,23 @@ def build_exposure(agent: SymbolAgent) -> dict[str, Any]:
         "open_orders": len(s.orders),
         "conditional_orders": len(s.ledger.algos.open),   # other hands' (the Algo Service), in the pending too
     }
+
+
+async def above_cap(agent: SymbolAgent, wait_s: float) -> dict | None:
+    """None once the worst case (the position with every order resting or unconfirmed, as the exchange
+    may fill them) is within the cap; waited for up to ``wait_s`` while orders of the side over it are
+    to be cancelled (new parameters: a lower cap, the next quote cycle). Else what is over and why:
+    orders not cancelled yet, or the position itself (which cancels do not reduce: grinding and the
+    drawdown rules do)."""
+    end = agent.clock.monotonic() + wait_s
+    while agent.core is not None:
+        s, cap = agent.core.store, agent.core.guard.cap_steps
+        long_over, short_over = s.worst_long_steps > cap, -s.worst_short_steps > cap
+        if not (long_over or short_over):
+            return None
+        orders = (long_over and s.ledger.pending_buy_steps > 0) or (short_over and s.ledger.pending_sell_steps > 0)
+        if not orders or agent.clock.monotonic() >= end:
+            return {"worst_long": s.worst_long, "worst_short": s.worst_short, "cap": agent.params.worst_cap,
+                    "why": "orders not cancelled yet" if orders else "the position itself"}
+        await agent.clock.sleep(0.1)
+    return None

@@ -375,7 +375,7 @@ class FleetController(KillSwitches):
 
     async def _push_params(self, symbols: list[str]) -> tuple[dict[str, str], dict[str, Any]]:
         """New parameters to the agents, live: the ones that failed, with why; and the agents whose worst
-        case is still above their (lowered) cap once each answered (``SymbolAgent.above_cap``)."""
+        case is still above their (lowered) cap once each answered (``agents.snapshot.above_cap``)."""
         pushes = await asyncio.gather(
             *(self.agents.call(s, "apply_params", self.params[s].model_dump(mode="json"),
                                timeout=self.settings.stop_timeout_s) for s in symbols),

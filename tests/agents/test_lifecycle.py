@@ -39,7 +39,7 @@ def test_state_table(blocks, started, stopped, stopping, lost, kill, expected):
 
 def test_block_names_are_the_status_strings():
     assert {b.value for b in Block} == {"starting", "user_stream", "market_stream", "market_stale", "market_lag",
-                                        "resync", "lease", "asking", "deadman", "stopping"}
+                                        "resync", "lease", "asking", "deadman", "key_refused", "stopping"}
     assert "market_stale" in {Block.MARKET_STALE}
 
 

@@ -1508,3 +1508,28 @@ async def test_no_order_rests_without_the_dead_man_switch_armed_when_its_heartbe
         sampler.cancel()
         await asyncio.gather(sampler, return_exceptions=True)
     assert not unprotected, unprotected[:5]
+
+
+async def test_a_key_the_exchange_refuses_while_trading_pauses_quoting_said_once_then_tried_again(
+        make_agent, exchange, caplog):
+    """The account's key refused -2015 on every request (revoked, the IP taken off its list): the agent
+    went on saying "quoting" and sent ~8 refused requests a second, each a WARNING. Now its quoting
+    pauses (``key_refused``) for a hold, said once as an ERROR, then the key is tried again: once the
+    exchange takes it, the ladder rests again."""
+    caplog.set_level(logging.INFO, logger="mmfleet.agent")
+    agent = await make_agent()
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})   # a ladder that holds still
+    await exchange.post("/sim/fault/rest", {"mode": "error", "answer": "-2015", "count": 100_000})
+    await exchange.post("/sim/market/freeze", {"frozen": False, "symbol": SYMBOL})  # its next amend is refused
+    await wait_for(lambda: agent.status()["state"] == "paused" and "key_refused" in agent.status()["blocks"], 10,
+                   "quoting paused on the refused key")
+    said = [r for r in caplog.records if getattr(r, "event", None) == "key_refused"]
+    assert len(said) == 1 and said[0].levelno == logging.ERROR and "-2015" in said[0].getMessage()
+    assert agent.counters["key_holds"] == 1
+    await exchange.post("/sim/fault/clear", {})
+    await wait_for(lambda: agent.status()["state"] == "quoting", 15, "quoting again once the key is taken")
+    await wait_for(lambda: resting(agent, exchange), 10, "a whole ladder again", explain=lambda: describe(agent, exchange))
+    refused = [r for r in caplog.records if getattr(r, "event", None) in ("order_rejected", "request_failed")
+               and "-2015" in r.getMessage()]
+    assert refused == [], [r.getMessage() for r in refused]   # said as key_refused, not one WARNING a request
