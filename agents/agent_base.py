@@ -56,6 +56,7 @@ COUNTERS = (
     "unknown_outcomes_resolved", "reconciliations", "reconcile_repairs", "quote_pulls_confirmed",
     "stale_market_pulls", "foreign_events", "start_attempts", "rate_limited", "lease_pulls", "resync_failures",
     "owner_asks", "margin_calls", "margin_holds", "foreign_orders", "deadman_expired", "key_holds",
+    "positions_beyond_cap",
 )
 
 _TRANSIENT = (BinanceError, StreamError, OSError, asyncio.TimeoutError)

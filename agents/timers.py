@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fleet.binance.errors import BinanceError
 
@@ -31,6 +31,7 @@ class Timers:
         self.rearm_backoff = Backoff(DEADMAN_RETRY_S, agent.runtime.deadman_heartbeat_sec, jitter=0.0)
         self._lapsed_at: float | None = None  # when the watchdog first saw the lease block (its clock)
         self._lapse_pulled = False
+        self._beyond_cap = False   # the position alone beyond the cap, as last said
         self.armed_at: float | None = None  # when the last heartbeat that the exchange took was sent (monotonic)
         # One renewal at a time: answers taken in the order they were asked, so that an older one (its
         # kill state read before a kill's write) never lands after a newer one and undoes the kill.
@@ -173,8 +174,26 @@ class Timers:
             if a.core is not None:
                 a.sender.start_lookups(a.core, now)
                 a.contract.check(a.exchange_ms())
+                self._say_position_beyond_cap(a.core)
             a.frames.fold((a.market.stream, a.user.stream))
             a.publish()  # the snapshot other threads read (at most WATCHDOG_S old)
+
+    def _say_position_beyond_cap(self, core: Any) -> None:
+        """The position alone beyond the cap (another hand's trade or adjustment, the position the agent
+        started on): said as it goes beyond, with the cap (only orders that reduce it then pass the
+        guard), and as it comes back within. It was said nowhere but in the worst-case metrics."""
+        beyond = abs(core.store.position_steps) > core.guard.cap_steps
+        if beyond == self._beyond_cap:
+            return
+        self._beyond_cap = beyond
+        a = self.agent
+        if beyond:
+            a.counters["positions_beyond_cap"] += 1
+            a.log.event("position_beyond_cap", f"position {core.store.position} beyond the cap of "
+                        f"{a.params.worst_cap} by itself: only orders that reduce it are sent", level=logging.WARNING)
+        else:
+            a.log.event("position_within_cap", f"position {core.store.position} within the cap of "
+                        f"{a.params.worst_cap} again")
 
     def _seen(self, now: float) -> Seen:
         a, market, user = self.agent, self.agent.market, self.agent.user

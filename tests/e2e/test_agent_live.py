@@ -1533,3 +1533,27 @@ async def test_a_key_the_exchange_refuses_while_trading_pauses_quoting_said_once
     refused = [r for r in caplog.records if getattr(r, "event", None) in ("order_rejected", "request_failed")
                and "-2015" in r.getMessage()]
     assert refused == [], [r.getMessage() for r in refused]   # said as key_refused, not one WARNING a request
+
+
+async def test_a_position_beyond_the_cap_by_itself_is_said_as_it_goes_beyond_and_back(make_agent, exchange, caplog):
+    """Another hand's adjustment takes the position past the cap: the agent sends only orders that
+    reduce it (the guard), and now says so once (it was said nowhere but in the worst-case metrics)."""
+    caplog.set_level(logging.INFO, logger="mmfleet.agent")
+    agent = await make_agent()
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    cap = agent.params.worst_cap
+    await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": str(round(cap * 2, 3))})
+
+    def said(event: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if getattr(r, "event", None) == event]
+
+    await wait_for(lambda: said("position_beyond_cap"), 10, "the position beyond the cap said")
+    assert said("position_beyond_cap")[0].levelno == logging.WARNING and agent.counters["positions_beyond_cap"] == 1
+
+    async def only_sells_rest() -> bool:
+        return all(o["side"] == "SELL" for o in (await exchange.state())["open_orders"])
+
+    await wait_for(only_sells_rest, 10, "only orders that reduce the long rest")
+    await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0"})
+    await wait_for(lambda: said("position_within_cap"), 10, "back within the cap, said")
+    assert len(said("position_beyond_cap")) == 1
