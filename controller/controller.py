@@ -364,7 +364,7 @@ class FleetController(KillSwitches):
             "created": created,
             "updated": plan.updated,
             "unchanged": plan.unchanged,
-            "restarted": {s: outcomes[s].to_dict() for s in plan.restarted},
+            "restarted": {s: r.to_dict() for s, r in outcomes.items() if s in new_symbols},   # (a retried one's too)
             "held": held,   # added to a fleet halted as a whole: halted until resumed
             "removed": {s: r.to_dict() for s, r in outcomes.items() if s not in new_symbols},
             "unconfirmed": sorted(left.retire),   # retires tried again until the exchange lists no order
