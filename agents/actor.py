@@ -534,6 +534,14 @@ class AgentActor:
         return summary
 
     @ray.method(concurrency_group=CONTROL)
+    async def loop_answers(self) -> bool:
+        """The trading loop runs a no-op (one blocked does not, nor a stopped process): the controller's
+        sign of a hung agent (``status`` answers from this thread's own loop, the published snapshot)."""
+        if self.loop is not None:
+            await self._on_loop(lambda: asyncio.sleep(0))
+        return True
+
+    @ray.method(concurrency_group=CONTROL)
     async def freeze_loop(self, seconds: float) -> bool:
         """Fault drill: block the trading loop for ``seconds`` (a hung agent), control calls still answer."""
         if self.loop is None:

@@ -270,11 +270,13 @@ class SymbolAgent:
         self.blocks.add(BLOCK_KEY_REFUSED)
         self.log.event("key_refused", f"the exchange refuses the account's API key ({code}: invalid key, IP or "
                                       f"permissions for the action): quoting paused {hold:.0f} s, then tried again; "
-                                      "the dead-man switch cancels the orders resting if it goes on", level=logging.ERROR)
+                                      "the dead-man switch cancels the orders resting if it goes on",
+                       level=logging.ERROR)
         self.tasks.spawn(self._lift_key_hold(), "key-hold")
 
     async def _lift_key_hold(self) -> None:
-        await self.tasks.sleep(self.sender.key_hold.left(self.clock.monotonic()))
+        while (left := self.sender.key_hold.left(self.clock.monotonic())) > 0:   # (a later hold lasts longer)
+            await self.tasks.sleep(left)
         self.blocks.discard(BLOCK_KEY_REFUSED)   # the next quote cycle tries the key again
 
     async def halt(self, reason: str = "") -> dict:

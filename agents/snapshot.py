@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from fleet.binance.events import BUY, SELL
 from fleet.vocabulary import KillState
 
 if TYPE_CHECKING:
@@ -123,12 +124,24 @@ async def above_cap(agent: SymbolAgent, wait_s: float) -> dict | None:
     end = agent.clock.monotonic() + wait_s
     while agent.core is not None:
         s, cap = agent.core.store, agent.core.guard.cap_steps
-        long_over, short_over = s.worst_long_steps > cap, -s.worst_short_steps > cap
-        if not (long_over or short_over):
+        over = {side for side, beyond in ((BUY, s.worst_long_steps > cap), (SELL, -s.worst_short_steps > cap))
+                if beyond}
+        if not over:
             return None
-        orders = (long_over and s.ledger.pending_buy_steps > 0) or (short_over and s.ledger.pending_sell_steps > 0)
-        if not orders or agent.clock.monotonic() >= end:
+        mine = any(_own_pending(s.ledger, side) for side in over)   # the agent cancels those
+        others = any((s.ledger.pending_buy_steps if side == BUY else s.ledger.pending_sell_steps)
+                     > _own_pending(s.ledger, side) for side in over)   # another hand's (it leaves them)
+        if not mine or agent.clock.monotonic() >= end:
+            why = "orders not cancelled yet" if mine else "another hand's orders" if others else "the position itself"
             return {"worst_long": s.worst_long, "worst_short": s.worst_short, "cap": agent.params.worst_cap,
-                    "why": "orders not cancelled yet" if orders else "the position itself"}
+                    "why": why}
         await agent.clock.sleep(0.1)
     return None
+
+
+def _own_pending(ledger: Any, side: str) -> int:
+    """Steps of mmfleet's own orders of ``side`` counted in the worst case (any epoch's)."""
+    from .orders import parse_client_order_id
+
+    return sum(o.pending_steps() for o in ledger.orders.values()
+               if o.side == side and parse_client_order_id(o.client_order_id) is not None)

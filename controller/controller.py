@@ -37,7 +37,8 @@ from controller.handles import (AGENT_PREFIX, AgentHandles, above_agents_env, ag
 from controller.kill_path import ms_since
 from controller.kill_switches import KILL_GROUP, KillSwitches, _num, journal_cursor, journal_record, journal_trades
 from controller.lease import NO_LEASE_SHOWN, GcsStore, LeaseAnswer, LeaseBook, WriteThroughStore
-from controller.owed import OwedWork, PendingApply, down_accounts, empty_also, hold_added, plan_apply, refuse_flattening
+from controller.owed import (OwedWork, PendingApply, down_accounts, empty_also, empty_books, hold_added, plan_apply,
+                            refuse_flattening)
 from controller.spec import LAST_DOWN_DOC, SPEC_DOC, agent_basis, build_spec, endpoints_of, parse_spec, rate_shares
 from fleet.config import FleetConfig, SymbolParams
 from fleet.text import named_line
@@ -192,18 +193,25 @@ async def stop_agent(desk: EmergencyDesk, symbol: str, handle: Any, flatten: boo
                      timeout_s: float) -> tuple[Any, str | None, Any]:
     """The agent's stop, waited for up to ``timeout_s``: its summary, the error if it failed, and
     (with ``account``: a flatten's, the agent's own work, so no cancel at the exchange beside it) the
-    cancel begun there for an agent that does not answer its status within ``HUNG_AFTER_S``. That one
-    is hung (stopped, its loop blocked) and is not waited for: its ladder rested, and filled, until
-    the stop timed out (fills at +14 s, a fault audit); the controller closes the position."""
-    stop = asyncio.ensure_future(asyncio.wait_for(handle.stop.remote(flatten), timeout_s))
+    cancel begun there for an agent whose trading loop does not run a no-op within ``HUNG_AFTER_S``
+    (``loop_answers``; its status answers from the snapshot it published). That one is hung (stopped,
+    its loop blocked) and is not waited for: its ladder rested, and filled, until the stop timed out
+    (fills at +14 s, a fault audit); the controller closes the position."""
+    async def stopped() -> Any:
+        return await asyncio.wait_for(handle.stop.remote(flatten), timeout_s)
+
+    async def answers() -> Any:   # (submitted in here: a call that fails to go is the retire's error)
+        return await asyncio.wait_for(handle.loop_answers.remote(), HUNG_AFTER_S)
+
+    stop = asyncio.ensure_future(stopped())
     hung = None
     if account is not None:
-        check = asyncio.ensure_future(asyncio.wait_for(handle.status.remote(), HUNG_AFTER_S))
+        check = asyncio.ensure_future(answers())
         await asyncio.wait({stop, check}, return_when=asyncio.FIRST_COMPLETED)
         if not stop.done() and (check.cancelled() or check.exception() is not None):
             stop.cancel()
-            log.error("%s: its agent did not answer within %.0f s (hung): not waited for; its orders "
-                      "cancelled and its position closed by the controller", symbol, HUNG_AFTER_S)
+            log.error("%s: its agent's trading loop did not answer within %.0f s (hung): not waited for; its "
+                      "orders cancelled and its position closed by the controller", symbol, HUNG_AFTER_S)
             hung = asyncio.ensure_future(desk.confirm_empty(symbol, account, cancel_first=True))
         check.cancel()
     try:
@@ -334,7 +342,8 @@ class FleetController(KillSwitches):
         if self.last_down is not None:   # a fleet brought up again: a down is a new one
             self.book.delete_doc(LAST_DOWN_DOC)
             self.last_down = None
-        self.owed.store(cfg, params, PendingApply(retire, plan.updated, accounts=plan.accounts))   # before memory
+        self.owed.store(cfg, params, PendingApply(retire, plan.updated, accounts=plan.accounts,   # before memory
+                                                  books=plan.books))
         self.owed.holding = False
         self.cfg, self.params, self.shares = cfg, params, rate_shares(cfg)
         self.stopping = False
@@ -353,7 +362,8 @@ class FleetController(KillSwitches):
         (stops, created, errors), (pushed, above) = await asyncio.gather(retire_then_create(),
                                                                          self._push_params(plan.updated))
         errors.update(pushed)   # (a push that failed is reported, as before)
-        left = self.owed.keep(cfg, params, {s: retire[s] for s in removed}, stops, plan.accounts)
+        books = await empty_books(self.desk, plan.books)   # old books still owed: emptied at the exchange only
+        left = self.owed.keep(cfg, params, {s: retire[s] for s in removed}, stops, plan.accounts, books)
         # the clients of accounts only those retires reached, but for retires still owed
         await self.desk.drop({k: d for k, d in plan.accounts.items() if k not in left.accounts})
         await self._push_shares()
@@ -367,7 +377,7 @@ class FleetController(KillSwitches):
             "restarted": {s: r.to_dict() for s, r in outcomes.items() if s in new_symbols},   # (a retried one's too)
             "held": held,   # added to a fleet halted as a whole: halted until resumed
             "removed": {s: r.to_dict() for s, r in outcomes.items() if s not in new_symbols},
-            "unconfirmed": sorted(left.retire),   # retires tried again until the exchange lists no order
+            "unconfirmed": sorted({*left.retire, *left.books}),   # tried again until the exchange lists no order
             "above_cap": above,   # updated, the worst case still over the new cap: why, and the figures
             "errors": errors,
             "rate_shares": self.shares,
@@ -622,8 +632,9 @@ class FleetController(KillSwitches):
             self.owed.holding = self.owed.holding and not flatten   # a flatten's agents need their leases
             if self.cfg is not None:
                 try:   # a controller killed midway comes back stopping, and finishes it
-                    self.owed.store(self.cfg, self.params, PendingApply(dict(self.owed.pending.retire), [], flatten,
-                                                                    dict(self.owed.pending.accounts)))
+                    owed = self.owed.pending
+                    self.owed.store(self.cfg, self.params, PendingApply(dict(owed.retire), [], flatten,
+                                                                        dict(owed.accounts), dict(owed.books)))
                 except Exception as exc:  # noqa: BLE001 - the down goes on; only a restart would forget it
                     log.warning("the down under way not stored: %s", named_line(exc))
             return await self._down(flatten)
@@ -637,7 +648,9 @@ class FleetController(KillSwitches):
         if not symbols and self.last_down is not None:   # called again (a retry, the operator) after it finished
             return {**self.last_down, "finished_earlier": True}
         results = await asyncio.gather(*(self._retire(s, flatten, account=accounts[s]) for s in symbols))
-        await empty_also(self.desk, also, partial(close_left, self) if flatten else None)
+        close = partial(close_left, self) if flatten else None
+        await empty_also(self.desk, also, close)
+        await empty_also(self.desk, self.owed.pending.books, close)   # old books of symbols made anew elsewhere
         outcomes = {s: r.to_dict() for s, r in zip(symbols, results)}
         journal_record(self, "down", detail={"flatten": flatten, "symbols": {
             s: {k: o[k] for k in ("open_orders", "position", "error")} for s, o in outcomes.items()}})
@@ -684,6 +697,11 @@ def remove_controller(namespace: str) -> None:
     for handle in (find_controller(namespace), find_spawner(namespace)):
         if handle is not None:
             ray.kill(handle, no_restart=True)
+
+
+def forget_last_down(fleet_name: str) -> None:
+    """The stored outcome of the fleet's last down removed (once its caller has it)."""
+    LeaseBook(GcsStore(fleet_name)).delete_doc(LAST_DOWN_DOC)
 
 
 def find_controller(namespace: str) -> Any | None:

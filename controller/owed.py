@@ -11,6 +11,7 @@ the fleet's namespace whose symbol the spec does not trade.
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import json
 import logging
@@ -33,24 +34,29 @@ log = logging.getLogger("mmfleet.controller")
 @dataclass
 class PendingApply:
     """The work an apply (or a ``down``) still owes, stored with its spec: agents to retire (symbol ->
-    account), agents to give the new parameters, a ``down`` under way (its flatten flag), and the
+    account), agents to give the new parameters, a ``down`` under way (its flatten flag), the
     accounts retires reach by a key of their own (``retire_account``: key -> how the old spec reached
-    it, its key sources and REST URL; never the keys themselves)."""
+    it, its key sources and REST URL; never the keys themselves), the books to empty at the exchange
+    only (symbol -> account: a symbol still traded, made anew elsewhere, whose old book the exchange
+    did not list empty) and the retires tried once already (``still_owed``)."""
 
     retire: dict[str, str | None]
     push: list[str]
     down: bool | None = None
     accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    books: dict[str, str] = field(default_factory=dict)
+    tried: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.retire or self.push) or self.down is not None
+        return bool(self.retire or self.push or self.books) or self.down is not None
 
     def to_doc(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"retire": dict(self.retire), "push": list(self.push)}
         if self.down is not None:
             doc["down"] = self.down
-        if self.accounts:
-            doc["accounts"] = dict(self.accounts)
+        for name in ("accounts", "books", "tried"):
+            if getattr(self, name):
+                doc[name] = copy.copy(getattr(self, name))
         return doc
 
     @classmethod
@@ -60,7 +66,9 @@ class PendingApply:
         down = doc.get("down")
         return cls({str(s): (None if a is None else str(a)) for s, a in dict(doc.get("retire") or {}).items()},
                    [str(s) for s in doc.get("push") or []], None if down is None else bool(down),
-                   {str(k): dict(v) for k, v in dict(doc.get("accounts") or {}).items()})
+                   {str(k): dict(v) for k, v in dict(doc.get("accounts") or {}).items()},
+                   {str(s): str(a) for s, a in dict(doc.get("books") or {}).items()},
+                   [str(s) for s in doc.get("tried") or []])
 
 
 def retire_account(old: FleetConfig, new: FleetConfig, account: str | None) -> tuple[str | None, dict[str, Any] | None]:
@@ -92,6 +100,7 @@ class ApplyPlan:
 
     retire: dict[str, str | None]
     accounts: dict[str, dict[str, Any]]
+    books: dict[str, str]
     restarted: list[str]
     updated: list[str]
     unchanged: list[str]
@@ -113,14 +122,18 @@ def plan_apply(old_cfg: FleetConfig | None, old_params: dict[str, SymbolParams],
     if owed.down is not None:   # a down cut short: its agents may be stopped but alive; each is made anew
         retire.update({s: (old_cfg.entry(s).account if s in old_symbols and old_cfg else None)
                        for s in live if s not in retire and s not in owed.retire})
-    accounts: dict[str, dict[str, Any]] = {}
-    for symbol, account in list(retire.items()):
-        if old_cfg is not None:
-            retire[symbol], doc = retire_account(old_cfg, cfg, account)
-            if doc is not None:
-                accounts[str(retire[symbol])] = doc
     retire.update({s: a for s, a in owed.retire.items() if s not in retire})
-    accounts.update({k: d for k, d in owed.accounts.items() if k in retire.values()})
+    books = dict(owed.books)
+    accounts: dict[str, dict[str, Any]] = {}
+    # each account by how the old spec reached it, an owed one's too (still named plainly: the old spec
+    # reached it; an apply changing its keys or exchange would have its retry list another book)
+    for owing in (retire, books):
+        for symbol, account in list(owing.items()):
+            if old_cfg is not None:
+                owing[symbol], doc = retire_account(old_cfg, cfg, account)
+                if doc is not None:
+                    accounts[str(owing[symbol])] = doc
+    accounts.update({k: d for k, d in owed.accounts.items() if k in retire.values() or k in books.values()})
     updated, unchanged = [], []
     for symbol in new_symbols:
         if symbol not in live or symbol in retire:
@@ -129,19 +142,45 @@ def plan_apply(old_cfg: FleetConfig | None, old_params: dict[str, SymbolParams],
             updated.append(symbol)
         else:
             unchanged.append(symbol)
-    return ApplyPlan(retire, accounts, restarted, updated, unchanged)
+    return ApplyPlan(retire, accounts, books, restarted, updated, unchanged)
 
 
-def still_owed(retire: dict[str, str | None], outcomes: list[Any], traded: set[str],
-               accounts: dict[str, dict[str, Any]]) -> PendingApply:
-    """The retires to try again: of a symbol no longer traded, whose book the exchange did not list
-    empty after it (its cancels refused, the check failed), with the keys of the accounts they reach.
-    Written off as done, nothing would reach those orders again: no kill or ``down`` reaches a symbol
-    neither the spec nor the owed work names. (A symbol traded again is its new agent's; an account of
-    no key source, None, is left to the exchange's dead-man switch.)"""
-    left = {s: a for (s, a), o in zip(retire.items(), outcomes)
-            if s not in traded and a is not None and o.open_orders != 0}
-    return PendingApply(left, [], accounts={k: d for k, d in accounts.items() if k in left.values()})
+def still_owed(retire: dict[str, str | None], outcomes: list[Any], cfg: FleetConfig,
+               accounts: dict[str, dict[str, Any]], books: dict[str, str] | None = None) -> PendingApply:
+    """What to try again, the exchange not having listed the book empty (its cancels refused, the
+    check failed): the retire of a symbol no longer traded; the old book of a symbol made anew on
+    another account (or keys, or exchange), emptied at the exchange only (its new agent trades
+    elsewhere); ``books`` still left; with the keys of the accounts they reach. Written off as done,
+    nothing would reach those orders again: no kill or ``down`` reaches a symbol, or an account of a
+    symbol, the spec does not name. (A symbol made anew on its account is its new agent's, which
+    cancels an older epoch's orders at its start; an account of no key source, None, is left to the
+    exchange's dead-man switch.)"""
+    traded = {e.symbol: e.account for e in cfg.symbols}
+    left: dict[str, str | None] = {}
+    left_books = dict(books or {})
+    for (symbol, account), outcome in zip(retire.items(), outcomes):
+        if account is None or outcome.open_orders == 0:
+            continue
+        if symbol not in traded:
+            left[symbol] = account
+        elif account != traded[symbol]:
+            left_books[symbol] = account
+    keys = set(left.values()) | set(left_books.values())
+    return PendingApply(left, [], accounts={k: d for k, d in accounts.items() if k in keys}, books=left_books,
+                        tried=sorted(left))
+
+
+async def empty_books(desk: Any, books: dict[str, str]) -> dict[str, str]:
+    """Each old book emptied at the exchange (cancel-all, confirmed by its listing); those left."""
+    left = {}
+    for symbol, account in books.items():
+        try:
+            if await desk.confirm_empty(symbol, account, cancel_first=True) == 0:
+                continue
+        except Exception as exc:  # noqa: BLE001 - tried again with the owed work
+            log.warning("%s: its old book on %s not emptied yet: %s", symbol, account, named_line(exc))
+        left[symbol] = account
+    return left
 
 
 def down_accounts(strays: dict[str, str | None], owed: dict[str, str | None], traded: dict[str, str | None]
@@ -240,6 +279,7 @@ class OwedWork:
     def read(self, doc: dict[str, Any] | None) -> None:
         """The work the stored spec holds (after a restart)."""
         self.pending = PendingApply.from_doc((doc or {}).get("pending"))
+        self.left = set(self.pending.tried)   # (a left-over agent gets no lease after a restart either)
         self.read_at = time.monotonic()
         self.holding = self.pending.down is False   # (True: a flatten, whose agents keep their leases)
 
@@ -258,15 +298,16 @@ class OwedWork:
         return symbol in self.pending.retire and symbol not in self.left
 
     def keep(self, cfg: FleetConfig, params: dict[str, SymbolParams], retire: dict[str, str | None],
-             outcomes: list[Any], accounts: dict[str, dict[str, Any]]) -> PendingApply:
-        """The spec stored with the retires still owed (``still_owed``), said loudly; returns those."""
-        left = still_owed(retire, outcomes, {e.symbol for e in cfg.symbols}, accounts)
+             outcomes: list[Any], accounts: dict[str, dict[str, Any]], books: dict[str, str]) -> PendingApply:
+        """The spec stored with what is still owed (``still_owed``), said loudly; returns that."""
+        left = still_owed(retire, outcomes, cfg, accounts, books)
         self.store(cfg, params, left)
         self.left = set(left.retire)
-        if left.retire:
+        unconfirmed = sorted({*left.retire, *left.books})
+        if unconfirmed:
             self.retry_at = time.monotonic() + RETRY_LEFT_S
             log.error("%s: open orders not confirmed cancelled at the exchange after the retire: tried again "
-                      "every %.0f s until it lists none", ", ".join(sorted(left.retire)), RETRY_LEFT_S)
+                      "every %.0f s until it lists none", ", ".join(unconfirmed), RETRY_LEFT_S)
         return left
 
     async def retire(self, symbol: str, account: str | None, *, again: bool) -> RetireOutcome:
@@ -317,6 +358,7 @@ class OwedWork:
         strays = await self.strays(traded)
         if not owed and not strays:
             return
+        books = await empty_books(ctl.desk, owed.books)
         if strays:
             log.warning("agents of symbols the fleet does not trade: retired: %s", ", ".join(sorted(strays)))
         retire = {**strays, **owed.retire}
@@ -328,9 +370,9 @@ class OwedWork:
         errors, _ = await ctl._push_params([s for s in owed.push if s in traded and s not in retire])
         for symbol, error in errors.items():
             log.error("%s: the new parameters not pushed: %s", symbol, error)
-        left = self.keep(cfg, params, retire, list(outcomes), owed.accounts)
+        left = self.keep(cfg, params, retire, list(outcomes), owed.accounts, books)
         await ctl.desk.drop({k: d for k, d in owed.accounts.items() if k not in left.accounts})
-        done = sorted(set(retire) - set(left.retire))
+        done = sorted(set(retire) - set(left.retire)) + sorted(set(owed.books) - set(left.books))
         if done or owed.push:   # (not each try of a retire still unconfirmed: that is logged)
             journal_record(ctl, "apply_finished", detail={"retired": done, "pushed": owed.push,
                                                           "unconfirmed": sorted(left.retire)})

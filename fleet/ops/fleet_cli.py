@@ -408,13 +408,14 @@ def stop_fleet(namespace: str, fleet_name: str, *, flatten: bool = False) -> dic
     """``down``: agents stopped with 0 open orders confirmed, endpoint removed, controller and simulator gone."""
     import ray
 
-    from controller.controller import find_controller, remove_controller
+    from controller.controller import find_controller, forget_last_down, remove_controller
 
     result: dict[str, Any] = {"fleet": fleet_name, "symbols": {}}
     ctl = find_controller(namespace)
     if ctl is not None:
         result = ray.get(ctl.down.remote(flatten), timeout=300)
     remove_controller(namespace)   # and the agents' spawner
+    forget_last_down(fleet_name)   # its caller has the outcome: a later controller of the name must not answer it
     _undeploy(fleet_name)
     stop_simulator(namespace)
     return result
@@ -736,7 +737,13 @@ def cmd_apply(args: argparse.Namespace) -> int:
     print(json.dumps(result, indent=2, sort_keys=True))
     retired_badly = [s for part in ("removed", "restarted") for s, r in (result.get(part) or {}).items()
                      if isinstance(r, dict) and r.get("error")]
-    return EXIT_OK if not (result.get("errors") or retired_badly) else EXIT_FAILED
+    if result.get("unconfirmed"):   # orders left at the exchange: the controller tries again every 10 s
+        print(f"open orders not confirmed cancelled at the exchange: {', '.join(result['unconfirmed'])} "
+              f"(the controller tries again every 10 s)", file=sys.stderr)
+    for symbol, over in (result.get("above_cap") or {}).items():
+        print(f"{symbol}: above its cap after the apply ({over.get('why')}): worst long {over.get('worst_long')}, "
+              f"short {over.get('worst_short')}, cap {over.get('cap')}", file=sys.stderr)
+    return EXIT_OK if not (result.get("errors") or retired_badly or result.get("unconfirmed")) else EXIT_FAILED
 
 
 def _controller(args: argparse.Namespace) -> tuple[Any, str, str]:

@@ -389,18 +389,28 @@ def test_a_retire_still_owed_keeps_its_account_and_the_journals_file_locations_r
 
 
 def test_a_retire_the_exchange_did_not_confirm_stays_owed_with_its_accounts_key():
-    from controller.owed import still_owed
+    from controller.owed import PendingApply, plan_apply, still_owed
 
     def outcome(open_orders):
         return RetireOutcome(True, open_orders, None, None if open_orders == 0 else "refused", 1.0)
 
+    # ETHUSDC made anew on its own account; BTCUSDT moved from main to alt; the rest removed
+    cfg, params = _spec({"main": "/a", "alt": "/b"}, {"ETHUSDC": "main", "BTCUSDT": "alt"})
     retire = {"SOLUSDT": "main#0a1b2c3d4e", "XRPUSDT": "main", "ADAUSDT": "main", "ETHUSDC": "main",
-              "DOGEUSDT": None}
+              "DOGEUSDT": None, "BTCUSDT": "main"}
     accounts = {"main#0a1b2c3d4e": {"account": {}, "rest_url": "u"}, "gone#ffffffffff": {"account": {}, "rest_url": "v"}}
-    # SOLUSDT's check failed (None) and XRPUSDT's listed 2: owed; ADAUSDT confirmed empty; ETHUSDC is traded
-    # again (its new agent's book); DOGEUSDT has no account to look at (the dead-man switch's)
-    left = still_owed(retire, [outcome(None), outcome(2), outcome(0), outcome(None), outcome(None)],
-                      {"ETHUSDC"}, accounts)
+    # SOLUSDT's check failed (None) and XRPUSDT's listed 2: owed; ADAUSDT confirmed empty; ETHUSDC's new agent
+    # cancels the old epoch's orders on its account at its start; DOGEUSDT has no account to look at (the
+    # dead-man switch's); BTCUSDT's old book on main is nobody's: emptied at the exchange only
+    left = still_owed(retire, [outcome(None), outcome(2), outcome(0), outcome(None), outcome(None), outcome(1)],
+                      cfg, accounts)
     assert left.retire == {"SOLUSDT": "main#0a1b2c3d4e", "XRPUSDT": "main"} and left.push == []
+    assert left.books == {"BTCUSDT": "main"} and left.tried == ["SOLUSDT", "XRPUSDT"]
     assert left.accounts == {"main#0a1b2c3d4e": {"account": {}, "rest_url": "u"}} and left.down is None
-    assert not still_owed(retire, [outcome(0)] * 5, set(), accounts)
+    assert PendingApply.from_doc(left.to_doc()) == left   # stored with the spec, read back after a restart
+    assert not still_owed(retire, [outcome(0)] * 6, cfg, accounts)
+    # a later apply that changes main's keys: the owed ones named plainly are reached as main was
+    changed, changed_params = _spec({"main": "/c", "alt": "/b"}, {"ETHUSDC": "main", "BTCUSDT": "alt"})
+    plan = plan_apply(cfg, params, changed, changed_params, left, {"ETHUSDC", "BTCUSDT"})
+    assert plan.retire["XRPUSDT"].startswith("main#") and plan.books["BTCUSDT"] == plan.retire["XRPUSDT"]
+    assert plan.retire["SOLUSDT"] == "main#0a1b2c3d4e" and set(plan.accounts) == {"main#0a1b2c3d4e", plan.retire["XRPUSDT"]}
