@@ -4,6 +4,7 @@ removed), kill and resume (reason, who, a fingerprint of the token: never the to
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -15,6 +16,7 @@ from typing import Any
 from fleet.config import url_holds_password
 
 log = logging.getLogger("mmfleet.journal")
+CURSOR_WAIT_S = 3.0   # the controller's read of a symbol's newest fill: a journal slower than this is not waited for
 
 # Keys whose values are secrets wherever they appear; *_env / *_file name where a secret lives (kept).
 _SECRET_KEY = re.compile(r"(secret|password|passwd|token|api_key|apikey|private_key|credential)", re.I)
@@ -77,6 +79,7 @@ class AuditLog:
 
         self.fleet = cfg.name
         self.writer = JournalWriter(target_of(cfg), f"{cfg.name}-{name}").start()
+        self._read: concurrent.futures.Future | None = None   # the last read of the journal
 
     def record(self, kind: str, **kw: Any) -> None:
         try:
@@ -96,11 +99,23 @@ class AuditLog:
                 log.warning("journal: an exchange trade row of %s that does not read is skipped: %r", symbol, exc)
 
     def trade_cursor(self, account: str, symbol: str) -> int | None:
-        """The newest trade id the journal holds for the symbol (None: none, or the database not up)."""
+        """The newest trade id the journal holds for the symbol (None: none, or the database not up);
+        TimeoutError if it does not answer in ``CURSOR_WAIT_S``, or at once while the last read has not
+        answered yet (a read ends on its own thread, bounded as the writer's are): the caller goes on
+        without it."""
+        from .db import in_own_thread
         from .writer import cursors
 
         engine = self.writer.engine()
-        return cursors(engine, account, symbol)[0] if engine is not None else None
+        if engine is None:
+            return None
+        if self._read is not None and not self._read.done():
+            raise TimeoutError("the journal has not answered its last read yet")
+        self._read = read = in_own_thread(cursors, engine, account, symbol)
+        try:
+            return read.result(CURSOR_WAIT_S)[0]
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"the journal did not answer in {CURSOR_WAIT_S:.0f} s") from None
 
     def close(self, timeout: float = 5.0) -> None:
         self.writer.close(timeout)

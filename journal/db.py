@@ -1,30 +1,62 @@
 """Where the journal lives and how to open it: SQLite (WAL) by default, PostgreSQL with a URL.
 
 The password of a PostgreSQL journal is never in the config, a URL or an argument: it is read here,
-from the environment variable or the file the config names, and handed to the driver only.
+from the environment variable or the file the config names, at every new connection (a password
+changed in its file is taken without a restart), and handed to the driver only.
+
+A journal's writer and its reads are bounded (:class:`Bounds`): the server ends a statement that runs
+or waits for a lock too long, and a call the server does not answer at all (stopped, unreachable)
+has its connections cut here, so a hung database fails a call instead of holding its thread.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fcntl
+import itertools
+import logging
 import os
+import socket
+import threading
+import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import Engine, make_url
 
 from agents.logging import redact_in_process_logs
 from fleet.config import url_holds_password
 
+log = logging.getLogger("mmfleet.journal")
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 PG_LOCK_KEY = 0x6D6D6A6E  # advisory lock id: one migration at a time across a cluster's agents
 
 
 class JournalConfigError(ValueError):
     """The journal cannot be opened as configured; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How long a call of the journal waits on PostgreSQL. The server ends a statement running longer
+    than ``statement_s`` or waiting for a lock longer than ``lock_s`` (a table locked by maintenance, a
+    statement timeout); a call the server has not answered in ``answer_s`` (a stopped server, a network
+    that drops everything) has its engine's connections cut; a connection not made in ``connect_s``
+    fails. SQLite's wait for another writer's lock is its busy timeout (``SQLITE_BUSY_S``)."""
+
+    statement_s: float = 10.0
+    lock_s: float = 5.0
+    answer_s: float = 15.0
+    connect_s: int = 5
+
+
+WRITER_BOUNDS = Bounds()   # the writers' and their reads' (a report of the whole journal is not bounded)
+SQLITE_BUSY_S = 30.0
+KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
 
 
 @dataclass(frozen=True)
@@ -131,29 +163,165 @@ def _password(target: Target) -> str | None:
     return password
 
 
-def make_engine(target: Target, **kw: Any) -> Engine:
-    """An engine for the target; SQLite in WAL mode with a busy timeout (several writers share the file)."""
+def make_engine(target: Target, bounds: Bounds | None = None, **kw: Any) -> Engine:
+    """An engine for the target; SQLite in WAL mode with a busy timeout (several writers share the file).
+    PostgreSQL: the password read at every new connection (a missing file is a JournalConfigError, here
+    and at a connection), TCP keepalives, and with ``bounds`` the server's statement and lock timeouts
+    and the cut of a call the server does not answer (:func:`answering`)."""
     if target.is_sqlite:
-        path = make_url(target.url).database
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(target.url, connect_args={"timeout": 30}, **kw)
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
-        return engine
-    url: URL = make_url(target.url)
-    password = _password(target)
-    if password:
-        url = url.set(password=password)
+        return _sqlite_engine(target, **kw)
+    _password(target)   # a password file that cannot be read is said at once
+    args: dict[str, Any] = {"connect_timeout": (bounds or WRITER_BOUNDS).connect_s,
+                            "application_name": "mmfleet-journal", **KEEPALIVE}
+    if bounds is not None:
+        args["options"] = (f"-c statement_timeout={int(bounds.statement_s * 1000)} "
+                           f"-c lock_timeout={int(bounds.lock_s * 1000)}")
+        args["tcp_user_timeout"] = int(bounds.answer_s * 1000)
     kw.setdefault("pool_pre_ping", True)
-    return create_engine(url, connect_args={"connect_timeout": 5, "application_name": "mmfleet-journal"}, **kw)
+    engine = create_engine(make_url(target.url), connect_args=args, **kw)
+
+    @event.listens_for(engine, "do_connect")
+    def _with_password(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+        cparams.pop("password", None)
+        password = _password(target)
+        if password:
+            cparams["password"] = password
+
+    if bounds is not None:
+        _watch_connections(engine, bounds.answer_s)
+    return engine
+
+
+def _sqlite_engine(target: Target, **kw: Any) -> Engine:
+    path = make_url(target.url).database
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(target.url, connect_args={"timeout": SQLITE_BUSY_S}, **kw)
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_S * 1000)}")
+        cur.close()
+
+    return engine
+
+
+# ---------------------------------------------------------------------- a server that does not answer
+
+class _Connections:
+    """An engine's PostgreSQL connections, to cut when a call on it goes unanswered."""
+
+    def __init__(self, where: str, answer_s: float) -> None:
+        self.where = where
+        self.answer_s = answer_s
+        self._open: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self.cuts = 0
+
+    def add(self, dbapi_conn: Any) -> None:
+        with self._lock:
+            self._open.add(dbapi_conn)
+
+    def cut(self) -> None:
+        """Every connection's socket shut down: a call blocked on one fails at once (the driver reads
+        the end of the stream), and the pool replaces them."""
+        self.cuts += 1
+        with self._lock:
+            conns = list(self._open)
+        log.warning("journal: database %s did not answer a call in %.0f s: its %d connections cut", self.where,
+                    self.answer_s, len(conns))
+        for conn in conns:
+            with contextlib.suppress(Exception):   # closed meanwhile
+                sock = socket.socket(fileno=os.dup(conn.fileno()))
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                finally:
+                    sock.close()
+
+
+_WATCHED: weakref.WeakKeyDictionary[Engine, _Connections] = weakref.WeakKeyDictionary()
+
+
+def _watch_connections(engine: Engine, answer_s: float) -> None:
+    conns = _WATCHED[engine] = _Connections(engine.url.render_as_string(hide_password=True), answer_s)
+
+    @event.listens_for(engine, "connect")
+    def _opened(dbapi_conn: Any, _record: Any) -> None:
+        conns.add(dbapi_conn)
+
+
+class _Watch:
+    """The process's one watcher of calls in flight: a daemon thread that looks a few times a second
+    and cuts the connections of an engine whose call is past its deadline."""
+
+    TICK_S = 0.25
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._armed: dict[int, tuple[float, _Connections]] = {}
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, conns: _Connections) -> int:
+        token = next(self._ids)
+        with self._lock:
+            self._armed[token] = (time.monotonic() + conns.answer_s, conns)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="journal-answer-watch", daemon=True)
+                self._thread.start()
+        return token
+
+    def disarm(self, token: int) -> None:
+        with self._lock:
+            self._armed.pop(token, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.TICK_S)
+            now = time.monotonic()
+            with self._lock:
+                late = [t for t, (deadline, _) in self._armed.items() if deadline <= now]
+                engines = {id(c): c for c in (self._armed.pop(t)[1] for t in late)}
+            for conns in engines.values():
+                conns.cut()
+
+
+_WATCH = _Watch()
+
+
+@contextlib.contextmanager
+def answering(engine: Engine) -> Iterator[None]:
+    """The block's calls on ``engine`` fail (its connections cut) if the server has not answered in the
+    engine's ``answer_s``; nothing for an engine made without bounds, or SQLite's."""
+    conns = _WATCHED.get(engine)
+    if conns is None:
+        yield
+        return
+    token = _WATCH.arm(conns)
+    try:
+        yield
+    finally:
+        _WATCH.disarm(token)
+
+
+def in_own_thread(fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+    """``fn(*args)`` on a daemon thread of its own: a call the database holds never holds its caller's
+    exit (``asyncio.run`` waits for its default executor's threads; a process, not for a daemon's)."""
+    fut: concurrent.futures.Future = concurrent.futures.Future()
+
+    def run() -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            fut.set_exception(exc)
+
+    threading.Thread(target=run, name=f"journal-{getattr(fn, '__name__', 'call')}", daemon=True).start()
+    return fut
 
 
 @contextlib.contextmanager
@@ -186,10 +354,18 @@ def migrate(engine: Engine, revision: str = "head") -> None:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.connect() as conn, _migration_lock(engine, conn):
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
-        conn.commit()
+    unbounded = engine.dialect.name == "postgresql"   # a migration's DDL may run long; a lock's wait stays bounded
+    with engine.connect() as conn:
+        try:
+            with _migration_lock(engine, conn):
+                if unbounded:
+                    conn.exec_driver_sql("SET statement_timeout = 0")
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+                conn.commit()
+        finally:
+            if unbounded:   # never back to the pool without its statement timeout
+                conn.invalidate()
 
 
 def open_journal_db(target: Target, *, create: bool = True) -> Engine:

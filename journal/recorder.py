@@ -21,7 +21,7 @@ from typing import Any, Iterable
 from agents.logging import redact_known
 from fleet.binance.models import exchange_decimal
 
-from .db import Target
+from .db import Target, in_own_thread
 from .sink import JournalSink
 from .writer import JournalWriter, Row, cursors
 
@@ -181,8 +181,8 @@ class AgentJournal(JournalSink):
             self.snapshot(agent)
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.writer.close, 2.5)
+        # on a daemon thread, as the cursor's read: a database that does not answer never holds the exit
+        await asyncio.wrap_future(in_own_thread(self.writer.close, 2.5))
 
     # ------------------------------------------------------------------ records built here
 
@@ -312,12 +312,11 @@ class AgentJournal(JournalSink):
 
     async def _backfill(self, agent: Any, funding: bool, holes: dict[str, int]) -> tuple[int, int]:
         client = agent.client
-        loop = asyncio.get_running_loop()
         engine = self.writer.engine()
         db_trade = db_fund = None
         if engine is not None:
-            try:
-                db_trade, db_fund = await loop.run_in_executor(None, cursors, engine, self.account, self.symbol)
+            try:   # bounded (the engine's bounds), on a thread of its own: never the process's exit held
+                db_trade, db_fund = await asyncio.wrap_future(in_own_thread(cursors, engine, self.account, self.symbol))
             except Exception as exc:  # noqa: BLE001 - the memory cursors (or the lookback) then
                 log.warning("journal %s: cursor not read: %r", self.symbol, exc)
         trade_cur = _max(db_trade, self._trade_cursor)

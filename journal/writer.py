@@ -32,13 +32,13 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 from sqlalchemy import case, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, InterfaceError, InternalError, OperationalError, SQLAlchemyError
 
-from .db import Target, make_engine, migrate
+from .db import WRITER_BOUNDS, Bounds, JournalConfigError, Target, answering, make_engine, migrate
 from .schema import TABLES, fills, funding
 
 log = logging.getLogger("mmfleet.journal")
@@ -110,12 +110,23 @@ def _sqlite_file(url: str) -> tuple[str, int] | None:
         return None
 
 
+def _file_changed(file: tuple[str, int] | None) -> str | None:
+    """Whether a SQLite journal's file was "removed" or "replaced" since it was opened (None: neither)."""
+    if file is None:
+        return None
+    path, inode = file
+    try:
+        return None if os.stat(path).st_ino == inode else "replaced"
+    except FileNotFoundError:
+        return "removed"
+
+
 def write_rows(engine: Engine, rows: list[Row]) -> int:
     """Insert rows (grouped by table, order kept within a table) in one transaction; returns the count."""
     by_table: dict[str, list[dict[str, Any]]] = {}
     for name, row in rows:
         by_table.setdefault(name, []).append(row)
-    with engine.begin() as conn:
+    with answering(engine), engine.begin() as conn:
         for name, items in by_table.items():
             table = TABLES[name]
             cols = [c.name for c in table.columns if c.name != "id"]
@@ -142,6 +153,7 @@ class JournalWriter:
         batch_max: int = 500,
         flush_interval: float = 0.2,
         engine: Engine | None = None,
+        bounds: Bounds = WRITER_BOUNDS,
     ) -> None:
         self.target = target
         self.name = name
@@ -157,7 +169,10 @@ class JournalWriter:
         self._closing = False
         self._thread: threading.Thread | None = None
         self._engine = engine
+        self.bounds = bounds
         self._down_since: float | None = None
+        self._trying = False   # this drain writes to the database (up, or down and answering a probe)
+        self._replaying = _Replay()
         self._next_try = 0.0
         self.stats = {"written": 0, "spooled": 0, "replayed": 0, "dropped": 0, "db_errors": 0, "batches": 0,
                       "held": 0, "rejected": 0, "file_replaced": 0}
@@ -365,8 +380,8 @@ class JournalWriter:
             return
         self._idle.clear()
         try:
-            self._ensure_db()
-            if self.db_up and (self.replay_path.exists() or self.spool_path.exists()):
+            self._trying = self._ensure_db()
+            if self._trying and (self.replay_path.exists() or self.spool_path.exists()):
                 self._replay()
             if self._held and not self._put_away(list(self._held), held=True):
                 return   # neither the database nor the spool takes rows: the queue waits its turn
@@ -408,7 +423,7 @@ class JournalWriter:
     def _put_away(self, rows: list[Row], held: bool = False) -> bool:
         """Rows into the database, else the spool, else held in memory (False: nothing takes rows now)."""
         self._in_flight = rows
-        if self.db_up and self._write(rows):
+        if self._trying and self._write(rows):
             self.stats["written"] += len(rows)
         else:
             try:
@@ -434,51 +449,51 @@ class JournalWriter:
             log.error("journal %s: neither the database nor the spool takes rows (%s): %d held in memory",
                       self.name, exc, len(self._held))
 
-    def _ensure_db(self) -> None:
+    def _ensure_db(self) -> bool:
+        """Whether this drain writes to the database: it is up, or it was down and answers a probe now.
+        It is up again only once a write went in (:meth:`_answered`): one that answers a probe but
+        refuses writes (a table locked, a full disk) stays down, said once, its rows spooled."""
         now = time.monotonic()
-        if self.db_up and now - self._file_checked >= FILE_CHECK_S:
-            self._file_checked = now
-            self._check_file()
         if self.db_up:
-            return
+            if now - self._file_checked >= FILE_CHECK_S:
+                self._file_checked = now
+                self._check_file()
+            return self.db_up
         if now < self._next_try:
-            return
+            return False
         self._next_try = now + RETRY_S
         try:
             if self._engine is None:
-                engine = make_engine(self.target)
-                migrate(engine)
-                self._engine = engine
+                self._engine = _opened(self.target, self.bounds)
             else:
-                with self._engine.connect() as conn:
+                with answering(self._engine), self._engine.connect() as conn:
                     conn.exec_driver_sql("SELECT 1")
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, OSError, JournalConfigError) as exc:   # (a password file not there yet)
             self._note_down(exc)
-            return
+            return False
+        self._file = _sqlite_file(self.target.url)
+        return True
+
+    def _answered(self) -> None:
+        """A write went in: a database that was down is up again, said once."""
         if self._down_since is not None:
             log.warning("journal %s: database %s answers again after %.1f s", self.name, self.target.describe(),
-                        now - self._down_since)
-        self._down_since = None
-        self._file = _sqlite_file(self.target.url)
+                        time.monotonic() - self._down_since)
+            self._down_since = None
 
     def _check_file(self) -> None:
         """A SQLite journal whose file was removed or replaced under it (its connections would write on
         into the removed file, unseen): said, counted, and a new file made; the trades and funding of
         the days the exchange lists are read into it again (orders, answers and events of the old file
         are not)."""
-        if self._file is None:
+        what = _file_changed(self._file)
+        if what is None:
             return
-        path, inode = self._file
-        try:
-            now_inode = os.stat(path).st_ino
-        except FileNotFoundError:
-            now_inode = None
-        if now_inode == inode:
-            return
+        path = self._file[0]   # type: ignore[index]
         self.stats["file_replaced"] += 1
         log.error("journal %s: the database file %s was %s under the journal: writing to a new one; the rows "
                   "before are in the old file only, the exchange's trades and funding of the last 7 days are "
-                  "read again", self.name, path, "removed" if now_inode is None else "replaced")
+                  "read again", self.name, path, what)
         if self._engine is not None:
             self._engine.dispose()
         self._engine, self._file, self._next_try = None, None, 0.0
@@ -490,6 +505,7 @@ class JournalWriter:
         try:
             write_rows(self._engine, rows)  # type: ignore[arg-type]
             self.stats["batches"] += 1
+            self._answered()
             return True
         except OUTAGE as exc:
             self._note_down(exc)
@@ -528,6 +544,7 @@ class JournalWriter:
             with contextlib.suppress(OSError):
                 _append_lines(self.rejects_path, [row])
         self.stats["batches"] += 1
+        self._answered()
         return True
 
     def _note_down(self, exc: BaseException) -> None:
@@ -537,6 +554,7 @@ class JournalWriter:
             self._down_since = time.monotonic()
             log.warning("journal %s: database %s not answering (%s); spooling to %s", self.name,
                         self.target.describe(), self.last_error, self.spool_path)
+        self._trying = False   # the rest of this drain is spooled
         self._next_try = time.monotonic() + RETRY_S
 
     def _spool(self, rows: list[Row]) -> None:
@@ -544,43 +562,108 @@ class JournalWriter:
         self.stats["spooled"] += len(rows)
 
     def _replay(self) -> None:
-        """The spool, in order, in batches, from a file of its own (rows spooled meanwhile go to a new
-        spool, replayed next); the file goes once all of it is in (a cut replay repeats)."""
+        """The spool, in order, a batch at a time from where the last try stopped, never all of it in
+        memory; from a file of its own (rows spooled meanwhile go to a new spool, replayed next), which
+        goes once all of it is in (a replay cut by a restart starts it again: rows are idempotent)."""
         if not self.replay_path.exists():
             try:
                 os.replace(self.spool_path, self.replay_path)
             except FileNotFoundError:
                 return
-        rows: list[Row] = []
-        cut = 0
-        with open(self.replay_path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    doc = json.loads(line)
-                    rows.append((doc["t"], doc["r"]))
-                except (ValueError, KeyError, TypeError):
-                    cut += 1   # a line cut by a crash (or a full disk) mid-write
-        for i in range(0, len(rows), self.batch_max):
-            if not self._write(rows[i:i + self.batch_max]):
-                return   # (a cut replay repeats: its unreadable lines are counted once it is done)
+            self._replaying = _Replay()
+        done = self._replaying
+        if not done.run(self.replay_path, self.batch_max, self._write):
+            return   # from the batch refused, at the next try
         self.replay_path.unlink(missing_ok=True)
-        if cut:
+        self._replaying = _Replay()
+        if done.cut:
             with self._lock:
-                self.stats["dropped"] += cut
+                self.stats["dropped"] += done.cut
             # fills and funding among them: read again from the exchange from the spool's first time on
             # (later rows would move the backfill's cursor past them)
-            times = [r["ts_ms"] for _, r in rows if isinstance(r, dict) and isinstance(r.get("ts_ms"), int)]
-            if times:
-                self.note_hole({"trade_ms": min(times) - SPOOL_LOOKBACK_MS, "funding": min(times) - SPOOL_LOOKBACK_MS})
+            if done.first_ms is not None:
+                since = done.first_ms - SPOOL_LOOKBACK_MS
+                self.note_hole({"trade_ms": since, "funding": since})
             log.error("journal %s: %d spooled rows were unreadable (cut mid-write by a crash or a full disk), "
-                      "skipped; fills and funding %s", self.name, cut,
-                      "from the spool's first time on are read again from the exchange" if times
+                      "skipped; fills and funding %s", self.name, done.cut,
+                      "from the spool's first time on are read again from the exchange" if done.first_ms is not None
                       else "among them are read again by the backfill only if later ones did not move its cursor")
-        self.stats["replayed"] += len(rows)
-        log.info("journal %s: %d spooled rows replayed into %s", self.name, len(rows), self.target.describe())
+        self.stats["replayed"] += done.rows
+        log.info("journal %s: %d spooled rows replayed into %s", self.name, done.rows, self.target.describe())
+
+
+class _Batch(NamedTuple):
+    """Rows of a spool read in one go, the lines among them that did not read, and where they end."""
+
+    rows: list[Row]
+    cut: int
+    first_ms: int | None
+    offset: int
+
+
+class _Replay:
+    """How far a spool's replay is: the offset in its file up to which its rows are in, how many, the
+    lines that did not read (cut mid-write) and the earliest time of those that did."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self.rows = 0
+        self.cut = 0
+        self.first_ms: int | None = None
+
+    def run(self, path: Path, n: int, write: Callable[[list[Row]], bool]) -> bool:
+        """The rows from the offset on, ``n`` at a time, each batch written before the next is read;
+        False once a write fails (the offset at that batch)."""
+        with open(path, "rb") as f:
+            while True:
+                batch = self.next_batch(f, n)
+                if batch.offset == self.offset:
+                    return True
+                if batch.rows and not write(batch.rows):
+                    return False
+                self.took(batch)
+
+    def next_batch(self, f: Any, n: int) -> _Batch:
+        """Up to ``n`` rows from the offset on (the offset unchanged: the end of the file)."""
+        f.seek(self.offset)
+        rows: list[Row] = []
+        cut = 0
+        first: int | None = None
+        while len(rows) < n:
+            line = f.readline()
+            if not line:
+                break
+            line = line.decode("utf-8", "replace").strip()
+            if not line:
+                continue
+            try:
+                doc = json.loads(line)
+                rows.append((doc["t"], doc["r"]))
+            except (ValueError, KeyError, TypeError):
+                cut += 1   # a line cut by a crash (or a full disk) mid-write
+                continue
+            ts = doc["r"].get("ts_ms") if isinstance(doc["r"], dict) else None
+            if isinstance(ts, int) and (first is None or ts < first):
+                first = ts
+        return _Batch(rows, cut, first, f.tell())
+
+    def took(self, batch: _Batch) -> None:
+        self.offset = batch.offset
+        self.rows += len(batch.rows)
+        self.cut += batch.cut
+        if batch.first_ms is not None and (self.first_ms is None or batch.first_ms < self.first_ms):
+            self.first_ms = batch.first_ms
+
+
+def _opened(target: Target, bounds: Bounds) -> Engine:
+    """A new engine on the journal, its schema made or upgraded (the engine disposed if that fails)."""
+    engine = make_engine(target, bounds)
+    try:
+        migrate(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
 
 
 def _line(exc: BaseException) -> str:
@@ -638,8 +721,9 @@ def _safe(name: str) -> str:
 
 
 def cursors(engine: Engine, account: str, symbol: str) -> tuple[int | None, int | None]:
-    """The newest trade id and funding time the journal holds for an account's symbol."""
-    with engine.connect() as conn:
+    """The newest trade id and funding time the journal holds for an account's symbol (bounded as the
+    engine's writes are)."""
+    with answering(engine), engine.connect() as conn:
         trade = conn.execute(
             select(func.max(fills.c.trade_id)).where(fills.c.account == account, fills.c.symbol == symbol)
         ).scalar()

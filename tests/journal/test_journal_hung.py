@@ -1,0 +1,371 @@
+"""A journal whose PostgreSQL does not answer, or answers but takes no rows, against a real server:
+a table locked, the server stopped (SIGSTOP), a database that refuses writes, a password changed or
+its file missing. Each time the journal says it once, spools, never holds its caller (an agent's
+exit, the controller's close of a position), and is up again once a row went in."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import threading
+import time
+import tracemalloc
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import aiohttp
+import psycopg
+import pytest
+import yaml
+
+from journal.db import Bounds, Target, make_engine
+from journal.writer import JournalWriter, cursors
+
+from .helpers import post, wait_for
+from .pg import PgServer
+from .test_journal_postgres import REPO, SYMBOL, _epoch_quoting, _spawn, pg_target
+
+SMALL = Bounds(statement_s=1.0, lock_s=0.5, answer_s=2.0, connect_s=2)
+
+
+def event(uid: str) -> tuple[str, dict]:
+    return ("events", {"uid": uid, "ts_ms": int(time.time() * 1000), "fleet": "hung", "account": "main",
+                       "symbol": SYMBOL, "epoch": 1, "kind": "probe", "actor": "test", "reason": None, "detail": None})
+
+
+def admin(server: PgServer, db: str = "postgres") -> psycopg.Connection:
+    return psycopg.connect(host="127.0.0.1", port=server.port, user=server.user, password=server.password,
+                           dbname=db, autocommit=True, connect_timeout=5)
+
+
+def rows_in(target: Target, table: str = "events") -> int:
+    engine = make_engine(target)
+    try:
+        with engine.connect() as conn:
+            return int(conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar() or 0)
+    finally:
+        engine.dispose()
+
+
+def said(caplog: pytest.LogCaptureFixture, words: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "mmfleet.journal" and words in r.getMessage()]
+
+
+def until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def locked(server: PgServer, db: str, table: str):
+    """``table`` locked ACCESS EXCLUSIVE (as VACUUM FULL or a stuck migration does) until the block ends."""
+    conn = admin(server, db)
+    conn.autocommit = False
+    conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+    try:
+        yield
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+@pytest.fixture
+def role_db(pg_server, tmp_path):
+    """A role of its own (its password in a file, so that it can change) owning a fresh database."""
+    name = "j" + uuid.uuid4().hex[:12]
+    password = "Pw-" + secrets.token_hex(12)
+    with admin(pg_server) as conn:
+        conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+        conn.execute(f"CREATE DATABASE {name} OWNER {name}")
+    pwfile = tmp_path / "journal-password"
+    pwfile.write_text(password + "\n")
+    target = Target(url=f"postgresql+psycopg://{name}@127.0.0.1:{pg_server.port}/{name}", password_file=str(pwfile),
+                    spool_dir=str(tmp_path / "spool"))
+    return SimpleNamespace(name=name, password=password, pwfile=pwfile, target=target)
+
+
+def test_a_locked_table_is_a_database_not_answering_said_once_spooled_and_recovered(pg_server, role_db, caplog):
+    """A write that waits on a lock fails at the lock timeout: the database is down (said once, db_up 0,
+    the rows spooled, not piled up in memory), and up again, said once, when the lock goes."""
+    caplog.set_level(logging.INFO, "mmfleet.journal")
+    w = JournalWriter(role_db.target, "locked", flush_interval=0.05, bounds=SMALL).start()
+    try:
+        w.put(event("first"))
+        assert w.flush(30) and w.db_up
+        with locked(pg_server, role_db.name, "events"):
+            for i in range(30):
+                w.put(event(f"r{i}"))
+                time.sleep(0.1)
+            until(lambda: not w.db_up and w.spool_path.exists() and w.queued == 0, 5, "down and spooled")
+            assert len(said(caplog, "not answering")) == 1 and not said(caplog, "answers again")
+            assert "lock timeout" in (w.last_error or "")
+        until(lambda: w.db_up and not w.spool_path.exists() and not w.replay_path.exists(), 15, "replayed")
+        assert len(said(caplog, "answers again")) == 1
+    finally:
+        w.close(5)
+    assert rows_in(role_db.target) == 31 and w.stats["dropped"] == 0
+
+
+@pytest.fixture
+def own_pg():
+    """A server of this test's own: stopping it must not stop the session's."""
+    server = PgServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+def _signal_server(server: PgServer, sig: int) -> None:
+    pid = int((server.data / "postmaster.pid").read_text().split()[0])
+    kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    for p in [pid, *map(int, kids)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, sig)
+
+
+def test_a_stopped_server_fails_the_write_and_the_cursor_read_in_bounded_time(own_pg, tmp_path, monkeypatch, caplog):
+    """A server that does not answer at all (SIGSTOP: no statement timeout runs, the kernel still acks)
+    has its connections cut after ``answer_s``: the write fails (down, spooled), so does the backfill's
+    cursor read; once it runs again the spool is replayed."""
+    caplog.set_level(logging.INFO, "mmfleet.journal")
+    monkeypatch.setenv("MMFLEET_JOURNAL_PASSWORD", own_pg.password)
+    target = pg_target(own_pg.url, tmp_path)
+    w = JournalWriter(target, "stopped", flush_interval=0.05, bounds=SMALL).start()
+    try:
+        w.put(event("first"))
+        assert w.flush(30) and w.db_up
+        engine = w.engine()
+        _signal_server(own_pg, signal.SIGSTOP)
+        try:
+            w.put(event("while-stopped"))
+            until(lambda: not w.db_up and w.spool_path.exists(), SMALL.answer_s + 3, "down and spooled")
+            assert len(said(caplog, "not answering")) == 1
+            started = time.monotonic()
+            with pytest.raises(Exception):
+                cursors(engine, "main", SYMBOL)
+            assert time.monotonic() - started < SMALL.answer_s + 1.5
+        finally:
+            _signal_server(own_pg, signal.SIGCONT)
+        until(lambda: w.db_up and not w.spool_path.exists() and not w.replay_path.exists(), 20, "replayed")
+    finally:
+        w.close(5)
+    assert rows_in(target) == 2
+
+
+class _Desk:
+    """The exchange as ``close_left`` sees it: a position left by a flatten, closed with one fill."""
+
+    async def close_position(self, symbol, account):
+        return 0.5, 0.0
+
+    async def trades_since(self, symbol, account, since, newest):
+        return [{"id": 77, "orderId": 5, "symbol": symbol, "side": "SELL", "price": "3000.5", "qty": "0.5",
+                 "commission": "0.6", "commissionAsset": "USDC", "realizedPnl": "1.5", "maker": False,
+                 "time": int(time.time() * 1000)}]
+
+
+async def test_the_controllers_close_of_a_position_is_not_held_by_a_hung_journal(pg_server, role_db, tmp_path, caplog):
+    """``down --flatten``'s close of what a flatten left: with the journal's fills table locked, the read
+    of its newest fill is given up after ``CURSOR_WAIT_S`` (said), the closing fill is read from the
+    lookback and journaled all the same once the lock goes."""
+    from controller.controller import close_left
+    from fleet.config import JournalConfig
+    from journal.audit import CURSOR_WAIT_S, AuditLog
+
+    caplog.set_level(logging.INFO)
+    cfg = SimpleNamespace(name="hung", state_dir=str(tmp_path / "state"), journal=JournalConfig(
+        url=role_db.target.url.replace("+psycopg", ""), password_file=str(role_db.pwfile),
+        spool_dir=role_db.target.spool_dir))
+    ctl = SimpleNamespace(cfg=cfg, desk=_Desk())
+    ctl._journal_audit = audit = AuditLog(cfg, "controller")
+    try:
+        audit.record("probe", actor="test")
+        assert await asyncio.to_thread(audit.writer.flush, 30) and audit.writer.db_up
+        with locked(pg_server, role_db.name, "fills"):
+            started = time.monotonic()
+            left = await asyncio.wait_for(close_left(ctl, SYMBOL, "main", {"exchange_position": 0.5}), 20)
+            assert left == 0.0 and time.monotonic() - started < CURSOR_WAIT_S + 2
+            assert any("newest fill" in r.getMessage() and "not read" in r.getMessage() for r in caplog.records)
+            started = time.monotonic()   # the next symbol's close: not waiting on a read still unanswered
+            await asyncio.wait_for(close_left(ctl, "BTCUSDT", "main", {"exchange_position": 0.5}), 20)
+            assert time.monotonic() - started < 1.0
+        until(lambda: audit.writer.db_up and not audit.writer.spool_path.exists() and audit.writer.queued == 0,
+              20, "the closing fill written")
+    finally:
+        audit.close(5)
+    assert rows_in(role_db.target, "fills") == 2
+
+
+async def test_a_sigtermed_agent_exits_while_its_journal_table_is_locked(sim, pg_server, pg_db, tmp_path):
+    """``python -m fleet agent`` stopped by SIGTERM while the journal's fills table is locked (its writer
+    and its backfill's cursor read waiting on it) exits in seconds, not when the lock goes."""
+    data = yaml.safe_load((REPO / "configs" / "fleet.demo.yaml").read_text())
+    for sym in data["symbols"]:
+        sym["params_file"] = str(REPO / "configs" / sym["params_file"])
+    data["runtime"] = {"deadman_heartbeat_sec": 1, "deadman_countdown_ms": 30000}
+    data["state_dir"] = str(tmp_path / "state")
+    data["journal"] = {"url": pg_db, "flush_interval_sec": 0.1, "backfill_interval_sec": 2,
+                       "spool_dir": str(tmp_path / "spool")}
+    config = tmp_path / "fleet.yaml"
+    config.write_text(yaml.safe_dump(data))
+    env = {"MMFLEET_JOURNAL_PASSWORD": os.environ["MMFLEET_JOURNAL_PASSWORD"]}
+    lock = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with locked(pg_server, pg_db.rsplit("/", 1)[1], "fills"):
+            lock.set()
+            release.wait(90)
+
+    async with aiohttp.ClientSession() as http:
+        agent = await _spawn(sim, config, env, tmp_path / "agent.log")
+        holder = threading.Thread(target=hold, daemon=True)
+        try:
+            await wait_for(lambda: _epoch_quoting(sim, http, 1), 30, "the agent quoting")
+            await asyncio.sleep(1.0)
+            holder.start()
+            assert await asyncio.to_thread(lock.wait, 10)
+            await post(sim, http, "/sim/market/jump", {"symbol": SYMBOL, "pct": -0.2})
+            await asyncio.sleep(3.0)   # a fill's write and a backfill's cursor read wait on the lock
+            agent.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            await asyncio.wait_for(agent.communicate(), 30)
+            took = time.monotonic() - started
+        finally:
+            release.set()
+            if agent.returncode is None:
+                agent.kill()
+                await agent.wait()
+    assert agent.returncode == 0 and took < 20, (agent.returncode, took)
+
+
+def test_a_changed_password_is_read_again_from_its_file(pg_server, role_db, caplog):
+    """The role's password altered and its file updated, the old sessions ended: the journal connects
+    with the new one, without a restart; neither password is in any log line or the writer's status."""
+    caplog.set_level(logging.DEBUG)
+    w = JournalWriter(role_db.target, "rotated", flush_interval=0.05).start()
+    new = "Rotated-" + secrets.token_hex(12)
+    try:
+        w.put(event("before"))
+        assert w.flush(30) and w.db_up
+        with admin(pg_server) as conn:
+            conn.execute(f"ALTER ROLE {role_db.name} PASSWORD '{new}'")
+            role_db.pwfile.write_text(new + "\n")
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role_db.name,))
+        for i in range(5):
+            w.put(event(f"after{i}"))
+        assert w.flush(15)
+        until(lambda: w.db_up and not w.spool_path.exists() and not w.replay_path.exists(), 15,
+              "written with the new password")
+        status = json.dumps(w.status())
+    finally:
+        w.close(5)
+    assert rows_in(role_db.target) == 6
+    text = "\n".join(r.getMessage() for r in caplog.records) + status
+    assert role_db.password not in text and new not in text
+
+
+def test_a_database_refusing_writes_stays_down_until_a_write_goes_in(pg_server, pg_db, tmp_path, caplog):
+    """A database that answers ``SELECT 1`` but takes no row (read-only here; a lock or a full disk alike)
+    is down from its first refusal to the first row it takes: db_up reads 0 all along, "answers again"
+    is said once, at the end, not at every probe."""
+    caplog.set_level(logging.INFO, "mmfleet.journal")
+    target = pg_target(pg_db, tmp_path)
+    name = pg_db.rsplit("/", 1)[1]
+    w = JournalWriter(target, "refusing", flush_interval=0.05).start()
+    try:
+        w.put(event("first"))
+        assert w.flush(30) and w.db_up
+        with admin(pg_server) as conn:
+            _read_only(conn, name, True)
+            w.put(event("refused"))
+            until(lambda: not w.db_up, 10, "down")
+            ups = []
+            for i in range(80):   # 4 s: four probes that answer
+                if i % 4 == 0:
+                    w.put(event(f"r{i}"))
+                ups.append(w.db_up)
+                time.sleep(0.05)
+            assert not any(ups) and w.stats["db_errors"] >= 3
+            assert not said(caplog, "answers again") and len(said(caplog, "not answering")) == 1
+            _read_only(conn, name, False)
+        until(lambda: w.db_up and not w.spool_path.exists() and not w.replay_path.exists(), 15, "replayed")
+    finally:
+        w.close(5)
+    assert len(said(caplog, "answers again")) == 1 and rows_in(target) == 22
+
+
+def _read_only(conn: psycopg.Connection, name: str, on: bool) -> None:
+    conn.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = {'on' if on else 'off'}")
+    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+
+
+def test_a_long_spool_is_replayed_a_batch_at_a_time_never_all_read_at_every_try(pg_server, pg_db, tmp_path):
+    """A spool of 20,000 rows while the database refuses writes: each try reads one batch from where
+    the last stopped, not the whole file (memory stays that of a batch); then every row goes in once."""
+    target = pg_target(pg_db, tmp_path)
+    name = pg_db.rsplit("/", 1)[1]
+    n = 20_000
+    w = JournalWriter(target, "long", flush_interval=0.05).start()
+    try:
+        w.put(event("first"))
+        assert w.flush(30) and w.db_up
+        with admin(pg_server) as conn:
+            _read_only(conn, name, True)
+            w.put(event("refused"))
+            until(lambda: not w.db_up and w.spool_path.exists(), 10, "down")
+            _spool_events(w.spool_path, n)
+            tracemalloc.start()
+            try:
+                tries = w.stats["db_errors"]
+                until(lambda: w.stats["db_errors"] >= tries + 3, 15, "three tries refused")
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert peak < 12 * 2**20, f"{peak / 2**20:.1f} MiB at the peak: the whole spool read"
+            _read_only(conn, name, False)
+        until(lambda: not w.spool_path.exists() and not w.replay_path.exists(), 60, "replayed")
+    finally:
+        w.close(5)
+    assert rows_in(target) == n + 2 and w.stats["replayed"] == n + 1
+
+
+def _spool_events(path: Path, n: int) -> None:
+    with open(path, "a") as f:
+        for i in range(n):
+            table, row = event(f"s{i}")
+            f.write(json.dumps({"t": table, "r": row}, separators=(",", ":")) + "\n")
+
+
+def test_a_missing_password_file_is_said_once_spooled_and_its_recovery_said(role_db, caplog):
+    """The password file not there (yet): the database counts as not answering, said once with the
+    file's name (no ERROR every second), the rows spooled; once the file is there, the rows go in and
+    the recovery is said."""
+    caplog.set_level(logging.INFO, "mmfleet.journal")
+    role_db.pwfile.unlink()
+    w = JournalWriter(role_db.target, "nofile", flush_interval=0.05).start()
+    try:
+        for i in range(30):   # 3 s: three tries
+            w.put(event(f"r{i}"))
+            time.sleep(0.1)
+        until(lambda: w.spool_path.exists() and w.queued == 0, 5, "spooled")
+        down = said(caplog, "not answering")
+        assert len(down) == 1 and str(role_db.pwfile) in down[0].getMessage() and not w.db_up
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        role_db.pwfile.write_text(role_db.password + "\n")
+        until(lambda: w.db_up and not w.spool_path.exists() and not w.replay_path.exists(), 15, "replayed")
+    finally:
+        w.close(5)
+    assert len(said(caplog, "answers again")) == 1 and rows_in(role_db.target) == 30
+    assert role_db.password not in "\n".join(r.getMessage() for r in caplog.records)
