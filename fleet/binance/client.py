@@ -56,7 +56,7 @@ from .models import (
     exchange_decimal,
 )
 from .ratelimit import THROTTLE_PAUSE_S, Cost, RateBudget
-from .signing import AHEAD_REFUSED_MS, encode_params, sign
+from .signing import AHEAD_AT_MOST_MS, AHEAD_REFUSED_MS, encode_params, sign
 
 T = TypeVar("T")
 log = logging.getLogger("fleet.binance.client")
@@ -193,7 +193,12 @@ class RestCore:
             await self.budget.acquire(endpoint.cost if cost is PAID else cost, wait=wait, risk=risk)
             if (told := RESIGNING.get()) is not None and self.time_offset_ms > signed_with:
                 told(self.time_offset_ms - signed_with)
-            return await self._send(endpoint, params)
+            try:
+                return await self._send(endpoint, params)
+            except TimestampError as again:
+                log.error("timestamp refused again after re-learning the exchange's clock on %s (offset %+d ms): "
+                          "%s", endpoint, self.time_offset_ms, again.msg)
+                raise
 
     async def _send(self, endpoint: Endpoint, params: Mapping[str, Any] | None) -> Any:
         """One HTTP exchange for ``endpoint``: the request built (and signed), sent, its answer read."""
@@ -284,11 +289,18 @@ class RestCore:
         return int(data["serverTime"])
 
     async def sync_time(self) -> int:
-        """Learn the exchange clock's offset from ours (ms) from ``/fapi/v1/time``; returns it."""
+        """Learn the exchange clock's offset from ours (ms) from ``/fapi/v1/time``; returns it.
+
+        The server read its clock somewhere in the round trip, so the offset lies between ``server -
+        after`` and ``server - before``. Binance refuses a timestamp more than 1000 ms ahead of its
+        clock but takes one up to recvWindow behind: the offset is the lower end plus half the round
+        trip, at most ``AHEAD_AT_MOST_MS``. The middle (the lower end plus half the trip, unbounded) put
+        every timestamp 1,200 ms ahead when the request sat 2.4 s on its way in (a congested link):
+        each refused -1021, and each re-sync learned the same (an audit)."""
         before = self.clock_ms()
         server = await self.server_time()
         after = self.clock_ms()
-        self.time_offset_ms = int(round(server - (before + after) / 2))
+        self.time_offset_ms = int(round(server - after + min((after - before) / 2, AHEAD_AT_MOST_MS)))
         self.time_synced = True
         self.budget.note_server_time(self._timestamp())  # the counts just seen end with their windows
         return self.time_offset_ms

@@ -17,6 +17,9 @@ from urllib.parse import quote
 # request it accepted was read no earlier than its timestamp less this, however far this host's
 # estimate of the exchange's clock has drifted or was learned wrong (half an uneven round trip).
 AHEAD_REFUSED_MS = 1_000
+# The clock's offset is learned no further ahead than this (``RestCore.sync_time``): half of it left
+# for the host's clock to drift before the next re-sync.
+AHEAD_AT_MOST_MS = AHEAD_REFUSED_MS // 2
 
 # Values made only of these characters are the same before and after percent-encoding.
 _PLAIN = re.compile(r"^[A-Za-z0-9._~-]*$")

@@ -65,6 +65,8 @@ ANSWERS: dict[str, tuple[int, Any]] = {
     # the matching engine's own recvWindow (order place/amend, single and batch): a definite rejection,
     # nothing executed, safe to resend with a fresh timestamp
     "-5028": (400, {"code": -5028, "msg": "Timestamp for this request is outside of the ME recvWindow."}),
+    # the signed timestamp outside the recvWindow (the gateway's own check): refused, nothing executed
+    "-1021": (400, {"code": -1021, "msg": "Timestamp for this request is outside of the recvWindow."}),
     # the account's key refused: revoked, the caller's IP not on its list, or no permission for the action
     "-2015": (401, {"code": -2015, "msg": "Invalid API-key, IP, or permissions for action, request ip: 127.0.0.1"}),
     "timeout": (0, None),
@@ -72,7 +74,7 @@ ANSWERS: dict[str, tuple[int, Any]] = {
 
 
 # answers Binance documents as definite failures
-NOT_EXECUTED_ANSWERS = ("503-unavailable", "-5028", "-2015")
+NOT_EXECUTED_ANSWERS = ("503-unavailable", "-5028", "-2015", "-1021")
 
 
 @dataclass

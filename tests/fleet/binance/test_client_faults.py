@@ -262,3 +262,33 @@ async def test_a_read_held_by_the_ips_weight_goes_at_the_exchanges_next_minute_a
     async with aiohttp.ClientSession() as http:  # the exchange's own count: the read is in a new minute
         async with http.get(small.rest_url + "/fapi/v1/ping") as resp:
             assert resp.headers["X-MBX-USED-WEIGHT-1M"] == "3"  # the read's 2 and this ping's 1
+
+
+async def test_a_clock_learned_over_a_slow_way_in_is_never_ahead_of_the_exchange(sim, own_client):
+    """/fapi/v1/time's request held 2.4 s on its way in (a congested link), its answer back at once:
+    the middle of the round trip put the offset 1,200 ms ahead, so every signed request was refused
+    -1021 "ahead" and each re-sync learned the same. The offset is learned at most 500 ms ahead."""
+    from fleet.binance.signing import AHEAD_AT_MOST_MS
+
+    await admin(sim, "POST", "/sim/fault/latency", {"ms": 2400, "path": "/fapi/v1/time"})
+    offset = await own_client.sync_time()   # the simulator's clock is this host's: the true offset is 0
+    assert -50 <= offset <= AHEAD_AT_MOST_MS, offset
+    await admin(sim, "POST", "/sim/fault/clear", {})
+    resyncs = own_client.clock_resyncs
+    assert await own_client.open_orders(SYMBOL) == [] and own_client.clock_resyncs == resyncs   # taken first time
+
+
+async def test_a_timestamp_refused_again_after_a_resync_is_an_error_said(sim, own_client, caplog):
+    """-1021 twice: the clock re-learned and the request sent once more, then the refusal is raised and
+    said as an ERROR (a stuck clock was a WARNING a request, the agent saying "quoting")."""
+    import logging
+
+    from fleet.binance.errors import TimestampError
+
+    await fault(sim, mode="error", answer="-1021", count=2, path="/fapi/v1/openOrders")
+    with caplog.at_level(logging.WARNING, logger="fleet.binance.client"), pytest.raises(TimestampError):
+        await own_client.open_orders(SYMBOL)
+    said = [r for r in caplog.records if r.name == "fleet.binance.client"]
+    assert [r.levelno for r in said] == [logging.WARNING, logging.ERROR], [r.getMessage() for r in said]
+    assert "timestamp refused again after re-learning" in said[-1].getMessage()
+    assert await own_client.open_orders(SYMBOL) == []   # the faults spent: taken
