@@ -54,7 +54,9 @@ class Bounds:
     connect_s: int = 5
 
 
-WRITER_BOUNDS = Bounds()   # the writers' and their reads' (a report of the whole journal is not bounded)
+WRITER_BOUNDS = Bounds()   # the writers' and their reads'
+# a report over the whole journal (the endpoint's /pnl) may run long, but not forever on a hung server
+REPORT_BOUNDS = Bounds(statement_s=60.0, lock_s=10.0, answer_s=90.0)
 SQLITE_BUSY_S = 30.0
 KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
 
