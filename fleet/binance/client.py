@@ -196,8 +196,9 @@ class RestCore:
             try:
                 return await self._send(endpoint, params)
             except TimestampError as again:
-                log.error("timestamp refused again after re-learning the exchange's clock on %s (offset %+d ms): "
-                          "%s", endpoint, self.time_offset_ms, again.msg)
+                if again.code == ErrorCode.INVALID_TIMESTAMP:   # (a -5028 is the engine's queue, not the clock)
+                    log.error("timestamp refused again after re-learning the exchange's clock on %s (offset %+d "
+                              "ms): %s", endpoint, self.time_offset_ms, again.msg)
                 raise
 
     async def _send(self, endpoint: Endpoint, params: Mapping[str, Any] | None) -> Any:
