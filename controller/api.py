@@ -440,15 +440,12 @@ class FleetApi:
     async def pnl(self, creds: Credentials, since: int | None = None,
                   symbol: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9]{2,30}$")] = None) -> dict[str, Any]:
         self._authorize(creds)
-        from journal.db import REPORT_BOUNDS, make_engine, target_of
-        from journal.pnl import compute
+        from journal.db import target_of
+        from journal.pnl import bounded_report
 
         def report() -> dict[str, Any]:
-            engine = make_engine(target_of(self.cfg), REPORT_BOUNDS)
-            try:
-                return compute(engine, since_ms=since, symbols=[symbol.upper()] if symbol else None, fleet=self.cfg.name)
-            finally:
-                engine.dispose()
+            return bounded_report(target_of(self.cfg), since_ms=since, symbols=[symbol.upper()] if symbol else None,
+                                  fleet=self.cfg.name)
 
         try:
             return {"fleet": self.cfg.name, **await asyncio.to_thread(report)}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import fcntl
-import itertools
 import logging
 import os
 import socket
@@ -214,81 +213,121 @@ def _sqlite_engine(target: Target, **kw: Any) -> Engine:
 # ---------------------------------------------------------------------- a server that does not answer
 
 class _Connections:
-    """An engine's PostgreSQL connections, to cut when a call on it goes unanswered."""
+    """An engine's PostgreSQL connections, each with a socket of its own onto the same connection (a
+    duplicate taken when it opened, closed with it: shutting it down never reaches a socket that
+    reused the connection's descriptor), to cut the one a late call waits on."""
 
     def __init__(self, where: str, answer_s: float) -> None:
         self.where = where
         self.answer_s = answer_s
-        self._open: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._lock = threading.Lock()
         self.cuts = 0
+        self.socks: set[socket.socket] = set()   # every open connection's (guarded by the GIL's set ops)
 
-    def add(self, dbapi_conn: Any) -> None:
-        with self._lock:
-            self._open.add(dbapi_conn)
-
-    def cut(self) -> None:
-        """Every connection's socket shut down: a call blocked on one fails at once (the driver reads
-        the end of the stream), and the pool replaces them."""
+    def cut(self, sock: socket.socket | None, say: bool) -> None:
+        """The late call's connection shut down (every one of the engine's when the call holds none yet:
+        a check before its checkout, the pool's ping): the call blocked on it fails at once (the driver
+        reads the end of the stream) and the pool replaces it. Said once a call."""
         self.cuts += 1
-        with self._lock:
-            conns = list(self._open)
-        log.warning("journal: database %s did not answer a call in %.0f s: its %d connections cut", self.where,
-                    self.answer_s, len(conns))
-        for conn in conns:
-            with contextlib.suppress(Exception):   # closed meanwhile
-                sock = socket.socket(fileno=os.dup(conn.fileno()))
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                finally:
-                    sock.close()
+        if say:
+            log.warning("journal: database %s did not answer a call in %.0f s: its connection cut", self.where,
+                        self.answer_s)
+        for each in [sock] if sock is not None else list(self.socks):
+            with contextlib.suppress(OSError):   # closed meanwhile
+                each.shutdown(socket.SHUT_RDWR)
 
 
 _WATCHED: weakref.WeakKeyDictionary[Engine, _Connections] = weakref.WeakKeyDictionary()
+_SOCK = "journal_watch_sock"   # a pooled connection's duplicate socket, in its record's info
 
 
 def _watch_connections(engine: Engine, answer_s: float) -> None:
     conns = _WATCHED[engine] = _Connections(engine.url.render_as_string(hide_password=True), answer_s)
 
     @event.listens_for(engine, "connect")
-    def _opened(dbapi_conn: Any, _record: Any) -> None:
-        conns.add(dbapi_conn)
+    def _opened(dbapi_conn: Any, record: Any) -> None:
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            record.info[_SOCK] = sock = socket.socket(fileno=os.dup(dbapi_conn.fileno()))
+            conns.socks.add(sock)
+
+    @event.listens_for(engine, "close")
+    def _closed(_dbapi_conn: Any, record: Any) -> None:
+        sock = record.info.pop(_SOCK, None)
+        if sock is not None:
+            conns.socks.discard(sock)
+            sock.close()
+
+    @event.listens_for(engine, "checkout")
+    def _taken(_dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        call = _calls().get(id(conns))
+        if call is not None:
+            call.sock = record.info.get(_SOCK)
+            call.deadline = time.monotonic() + conns.answer_s
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _statement(*_args: Any) -> None:   # each statement has its own time to answer, not the block's
+        call = _calls().get(id(conns))
+        if call is not None:
+            call.deadline = time.monotonic() + conns.answer_s
+
+
+class _Call:
+    """A block of calls on one engine in one thread (``answering``): its deadline (each checkout and
+    statement starts it again), the socket of the connection it holds, whether its cut was said."""
+
+    __slots__ = ("conns", "deadline", "sock", "said")
+
+    def __init__(self, conns: _Connections) -> None:
+        self.conns = conns
+        self.deadline = time.monotonic() + conns.answer_s
+        self.sock: socket.socket | None = None
+        self.said = False
+
+
+_LOCAL = threading.local()
+
+
+def _calls() -> dict[int, _Call]:
+    """This thread's calls in flight, by engine."""
+    calls = getattr(_LOCAL, "calls", None)
+    if calls is None:
+        calls = _LOCAL.calls = {}
+    return calls
 
 
 class _Watch:
     """The process's one watcher of calls in flight: a daemon thread that looks a few times a second
-    and cuts the connections of an engine whose call is past its deadline."""
+    and cuts the connection of a call past its deadline, again each ``answer_s`` until the call ends (a
+    new connection the pool made for it may hang too: a proxy in front of a stopped server)."""
 
     TICK_S = 0.25
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._armed: dict[int, tuple[float, _Connections]] = {}
-        self._ids = itertools.count()
+        self._armed: set[_Call] = set()
         self._thread: threading.Thread | None = None
 
-    def arm(self, conns: _Connections) -> int:
-        token = next(self._ids)
+    def arm(self, call: _Call) -> None:
         with self._lock:
-            self._armed[token] = (time.monotonic() + conns.answer_s, conns)
+            self._armed.add(call)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="journal-answer-watch", daemon=True)
                 self._thread.start()
-        return token
 
-    def disarm(self, token: int) -> None:
+    def disarm(self, call: _Call) -> None:
         with self._lock:
-            self._armed.pop(token, None)
+            self._armed.discard(call)
 
     def _run(self) -> None:
         while True:
             time.sleep(self.TICK_S)
             now = time.monotonic()
             with self._lock:
-                late = [t for t, (deadline, _) in self._armed.items() if deadline <= now]
-                engines = {id(c): c for c in (self._armed.pop(t)[1] for t in late)}
-            for conns in engines.values():
-                conns.cut()
+                late = [c for c in self._armed if c.deadline <= now]
+                for call in late:
+                    call.deadline = now + call.conns.answer_s
+            for call in late:
+                call.conns.cut(call.sock, say=not call.said)
+                call.said = True
 
 
 _WATCH = _Watch()
@@ -296,17 +335,24 @@ _WATCH = _Watch()
 
 @contextlib.contextmanager
 def answering(engine: Engine) -> Iterator[None]:
-    """The block's calls on ``engine`` fail (its connections cut) if the server has not answered in the
-    engine's ``answer_s``; nothing for an engine made without bounds, or SQLite's."""
+    """The block's calls on ``engine`` fail (the connection it waits on cut) if the server has not
+    answered one in the engine's ``answer_s``; nothing for an engine made without bounds, or SQLite's."""
     conns = _WATCHED.get(engine)
     if conns is None:
         yield
         return
-    token = _WATCH.arm(conns)
+    calls = _calls()
+    outer = calls.get(id(conns))
+    call = calls[id(conns)] = _Call(conns)
+    _WATCH.arm(call)
     try:
         yield
     finally:
-        _WATCH.disarm(token)
+        _WATCH.disarm(call)
+        if outer is None:
+            calls.pop(id(conns), None)
+        else:
+            calls[id(conns)] = outer
 
 
 def in_own_thread(fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:

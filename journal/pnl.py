@@ -245,3 +245,16 @@ def render(report: dict[str, Any]) -> str:
         lines.append("fees paid in other assets (not in the totals): "
                      + ", ".join(f"{asset} {amount:.8f}" for asset, amount in other.items()))
     return "\n".join(lines)
+
+
+def bounded_report(target: Any, bounds: Any = None, **kw: Any) -> dict[str, Any]:
+    """``compute`` on its own engine with the report's bounds (``db.REPORT_BOUNDS`` unless given), every
+    call watched: a stopped server fails the report instead of holding its thread (the endpoint's ``/pnl``)."""
+    from .db import REPORT_BOUNDS, answering, make_engine
+
+    engine = make_engine(target, bounds or REPORT_BOUNDS)
+    try:
+        with answering(engine):
+            return compute(engine, **kw)
+    finally:
+        engine.dispose()

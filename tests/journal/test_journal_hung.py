@@ -161,6 +161,45 @@ def test_a_stopped_server_fails_the_write_and_the_cursor_read_in_bounded_time(ow
     finally:
         w.close(5)
     assert rows_in(target) == 2
+    # the endpoint's P&L report on the stopped server fails in bounded time too (it held its thread)
+    from journal.pnl import bounded_report
+
+    _signal_server(own_pg, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(Exception):
+            bounded_report(target, SMALL, symbols=[SYMBOL])
+        assert time.monotonic() - started < SMALL.answer_s + SMALL.connect_s + 1.5
+    finally:
+        _signal_server(own_pg, signal.SIGCONT)
+    assert bounded_report(target, SMALL, symbols=[SYMBOL])["symbols"] is not None
+
+
+def test_a_slow_transaction_whose_statements_each_answer_is_not_cut(own_pg, tmp_path, monkeypatch, caplog):
+    """Each insert takes 1.3 s (a trigger), within the 2 s a statement may run, the batch's two more than
+    the 2 s a call may go unanswered: the watcher counted the whole block and cut a healthy server's
+    connection at every try, the journal down for good. Each statement now has its own time."""
+    caplog.set_level(logging.INFO, "mmfleet.journal")
+    monkeypatch.setenv("MMFLEET_JOURNAL_PASSWORD", own_pg.password)
+    target = pg_target(own_pg.url, tmp_path)
+    bounds = Bounds(statement_s=2.0, lock_s=1.0, answer_s=2.0, connect_s=2)
+    w = JournalWriter(target, "slow", flush_interval=0.05, bounds=bounds).start()
+    try:
+        w.put(event("first"))
+        assert w.flush(30) and w.db_up   # the tables made
+        with admin(own_pg, own_pg.url.rsplit("/", 1)[1].split("?")[0]) as conn:
+            conn.execute("CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+                         "$$ BEGIN PERFORM pg_sleep(1.3); RETURN NEW; END $$")
+            conn.execute("CREATE TRIGGER slow_events BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow()")
+            conn.execute("CREATE TRIGGER slow_funding BEFORE INSERT ON funding FOR EACH ROW EXECUTE FUNCTION slow()")
+        w.put(event("slow"))
+        w.put(("funding", {"ts_ms": int(time.time() * 1000), "fleet": "f", "account": "main", "symbol": SYMBOL,
+                           "epoch": 1, "income_id": 1, "amount": "0.1", "asset": "USDC"}))
+        assert w.flush(30) and w.db_up and w.stats["db_errors"] == 0
+    finally:
+        w.close(5)
+    assert rows_in(target) == 2 and rows_in(target, "funding") == 1
+    assert not said(caplog, "did not answer")
 
 
 class _Desk:
