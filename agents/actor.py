@@ -534,11 +534,12 @@ class AgentActor:
         return summary
 
     @ray.method(concurrency_group=CONTROL)
-    async def loop_answers(self) -> bool:
-        """The trading loop runs a no-op (one blocked does not, nor a stopped process): the controller's
-        sign of a hung agent (``status`` answers from this thread's own loop, the published snapshot)."""
+    async def loop_answers(self, within_s: float = 3.0) -> bool:
+        """The trading loop runs a no-op within ``within_s`` (one blocked does not, nor a stopped
+        process): the controller's sign of a hung agent (``status`` answers from this thread's own
+        loop, the published snapshot)."""
         if self.loop is not None:
-            await self._on_loop(lambda: asyncio.sleep(0))
+            await self._on_loop(lambda: asyncio.sleep(0), timeout=within_s)
         return True
 
     @ray.method(concurrency_group=CONTROL)

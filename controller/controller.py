@@ -201,7 +201,7 @@ async def stop_agent(desk: EmergencyDesk, symbol: str, handle: Any, flatten: boo
         return await asyncio.wait_for(handle.stop.remote(flatten), timeout_s)
 
     async def answers() -> Any:   # (submitted in here: a call that fails to go is the retire's error)
-        return await asyncio.wait_for(handle.loop_answers.remote(), HUNG_AFTER_S)
+        return await asyncio.wait_for(handle.loop_answers.remote(HUNG_AFTER_S), HUNG_AFTER_S)
 
     stop = asyncio.ensure_future(stopped())
     hung = None
@@ -333,6 +333,7 @@ class FleetController(KillSwitches):
 
     async def _apply(self, spec: dict[str, Any], cfg: FleetConfig, params: dict[str, SymbolParams]) -> dict[str, Any]:
         old_cfg, owed, live = self.cfg, self.owed.pending, self.agents.live()
+        before = self.owed.owing()   # owed already: said apart in the answer (still_owed)
         plan = plan_apply(old_cfg, dict(self.params), cfg, params, owed, live)
         await refuse_flattening(self, sorted(set(plan.retire) - set(owed.retire)))
         retire, new_symbols = plan.retire, {e.symbol for e in cfg.symbols}
@@ -364,8 +365,7 @@ class FleetController(KillSwitches):
         errors.update(pushed)   # (a push that failed is reported, as before)
         books = await empty_books(self.desk, plan.books)   # old books still owed: emptied at the exchange only
         left = self.owed.keep(cfg, params, {s: retire[s] for s in removed}, stops, plan.accounts, books)
-        # the clients of accounts only those retires reached, but for retires still owed
-        await self.desk.drop({k: d for k, d in plan.accounts.items() if k not in left.accounts})
+        await self.desk.drop({k: d for k, d in plan.accounts.items() if k not in left.accounts})   # (none owed)
         await self._push_shares()
         ray.get_runtime_context().current_actor.warm_kill_path.remote()  # the first kill need not open clients
         outcomes = dict(zip(removed, stops))
@@ -377,7 +377,7 @@ class FleetController(KillSwitches):
             "restarted": {s: r.to_dict() for s, r in outcomes.items() if s in new_symbols},   # (a retried one's too)
             "held": held,   # added to a fleet halted as a whole: halted until resumed
             "removed": {s: r.to_dict() for s, r in outcomes.items() if s not in new_symbols},
-            "unconfirmed": sorted({*left.retire, *left.books}),   # tried again until the exchange lists no order
+            "unconfirmed": sorted(self.owed.owing() - before), "still_owed": sorted(self.owed.owing() & before),
             "above_cap": above,   # updated, the worst case still over the new cap: why, and the figures
             "errors": errors,
             "rate_shares": self.shares,
@@ -634,7 +634,7 @@ class FleetController(KillSwitches):
                 try:   # a controller killed midway comes back stopping, and finishes it
                     owed = self.owed.pending
                     self.owed.store(self.cfg, self.params, PendingApply(dict(owed.retire), [], flatten,
-                                                                        dict(owed.accounts), dict(owed.books)))
+                                                                        dict(owed.accounts), list(owed.books)))
                 except Exception as exc:  # noqa: BLE001 - the down goes on; only a restart would forget it
                     log.warning("the down under way not stored: %s", named_line(exc))
             return await self._down(flatten)
@@ -650,7 +650,8 @@ class FleetController(KillSwitches):
         results = await asyncio.gather(*(self._retire(s, flatten, account=accounts[s]) for s in symbols))
         close = partial(close_left, self) if flatten else None
         await empty_also(self.desk, also, close)
-        await empty_also(self.desk, self.owed.pending.books, close)   # old books of symbols made anew elsewhere
+        for symbol, account in self.owed.pending.books:   # old books of symbols made anew elsewhere
+            await empty_also(self.desk, {symbol: account}, close)
         outcomes = {s: r.to_dict() for s, r in zip(symbols, results)}
         journal_record(self, "down", detail={"flatten": flatten, "symbols": {
             s: {k: o[k] for k in ("open_orders", "position", "error")} for s, o in outcomes.items()}})

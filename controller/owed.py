@@ -44,7 +44,7 @@ class PendingApply:
     push: list[str]
     down: bool | None = None
     accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    books: dict[str, str] = field(default_factory=dict)
+    books: list[tuple[str, str]] = field(default_factory=list)   # (symbol, account): one symbol may owe several
     tried: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
@@ -67,7 +67,7 @@ class PendingApply:
         return cls({str(s): (None if a is None else str(a)) for s, a in dict(doc.get("retire") or {}).items()},
                    [str(s) for s in doc.get("push") or []], None if down is None else bool(down),
                    {str(k): dict(v) for k, v in dict(doc.get("accounts") or {}).items()},
-                   {str(s): str(a) for s, a in dict(doc.get("books") or {}).items()},
+                   [(str(s), str(a)) for s, a in doc.get("books") or []],
                    [str(s) for s in doc.get("tried") or []])
 
 
@@ -100,7 +100,7 @@ class ApplyPlan:
 
     retire: dict[str, str | None]
     accounts: dict[str, dict[str, Any]]
-    books: dict[str, str]
+    books: list[tuple[str, str]]
     restarted: list[str]
     updated: list[str]
     unchanged: list[str]
@@ -123,17 +123,22 @@ def plan_apply(old_cfg: FleetConfig | None, old_params: dict[str, SymbolParams],
         retire.update({s: (old_cfg.entry(s).account if s in old_symbols and old_cfg else None)
                        for s in live if s not in retire and s not in owed.retire})
     retire.update({s: a for s, a in owed.retire.items() if s not in retire})
-    books = dict(owed.books)
     accounts: dict[str, dict[str, Any]] = {}
-    # each account by how the old spec reached it, an owed one's too (still named plainly: the old spec
-    # reached it; an apply changing its keys or exchange would have its retry list another book)
-    for owing in (retire, books):
-        for symbol, account in list(owing.items()):
-            if old_cfg is not None:
-                owing[symbol], doc = retire_account(old_cfg, cfg, account)
-                if doc is not None:
-                    accounts[str(owing[symbol])] = doc
-    accounts.update({k: d for k, d in owed.accounts.items() if k in retire.values() or k in books.values()})
+
+    def reached(account: str | None) -> str | None:
+        """The account by how the old spec reached it, an owed one's too (still named plainly: the old
+        spec reached it; an apply changing its keys or exchange would have its retry list another book)."""
+        if old_cfg is None:
+            return account
+        key, doc = retire_account(old_cfg, cfg, account)
+        if doc is not None:
+            accounts[str(key)] = doc
+        return key
+
+    retire = {symbol: reached(account) for symbol, account in retire.items()}
+    books = [(symbol, str(reached(account))) for symbol, account in owed.books]
+    keys = set(retire.values()) | {a for _, a in books}
+    accounts.update({k: d for k, d in owed.accounts.items() if k in keys})
     updated, unchanged = [], []
     for symbol in new_symbols:
         if symbol not in live or symbol in retire:
@@ -146,7 +151,7 @@ def plan_apply(old_cfg: FleetConfig | None, old_params: dict[str, SymbolParams],
 
 
 def still_owed(retire: dict[str, str | None], outcomes: list[Any], cfg: FleetConfig,
-               accounts: dict[str, dict[str, Any]], books: dict[str, str] | None = None) -> PendingApply:
+               accounts: dict[str, dict[str, Any]], books: list[tuple[str, str]] | None = None) -> PendingApply:
     """What to try again, the exchange not having listed the book empty (its cancels refused, the
     check failed): the retire of a symbol no longer traded; the old book of a symbol made anew on
     another account (or keys, or exchange), emptied at the exchange only (its new agent trades
@@ -157,29 +162,29 @@ def still_owed(retire: dict[str, str | None], outcomes: list[Any], cfg: FleetCon
     exchange's dead-man switch.)"""
     traded = {e.symbol: e.account for e in cfg.symbols}
     left: dict[str, str | None] = {}
-    left_books = dict(books or {})
+    left_books = list(books or [])
     for (symbol, account), outcome in zip(retire.items(), outcomes):
         if account is None or outcome.open_orders == 0:
             continue
         if symbol not in traded:
             left[symbol] = account
-        elif account != traded[symbol]:
-            left_books[symbol] = account
-    keys = set(left.values()) | set(left_books.values())
+        elif account != traded[symbol] and (symbol, account) not in left_books:
+            left_books.append((symbol, account))
+    keys = set(left.values()) | {a for _, a in left_books}
     return PendingApply(left, [], accounts={k: d for k, d in accounts.items() if k in keys}, books=left_books,
                         tried=sorted(left))
 
 
-async def empty_books(desk: Any, books: dict[str, str]) -> dict[str, str]:
+async def empty_books(desk: Any, books: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Each old book emptied at the exchange (cancel-all, confirmed by its listing); those left."""
-    left = {}
-    for symbol, account in books.items():
+    left = []
+    for symbol, account in books:
         try:
             if await desk.confirm_empty(symbol, account, cancel_first=True) == 0:
                 continue
         except Exception as exc:  # noqa: BLE001 - tried again with the owed work
             log.warning("%s: its old book on %s not emptied yet: %s", symbol, account, named_line(exc))
-        left[symbol] = account
+        left.append((symbol, account))
     return left
 
 
@@ -292,18 +297,23 @@ class OwedWork:
         self.ctl.book.put_doc(SPEC_DOC, doc)
         self.pending = pending
 
+    def owing(self) -> set[str]:
+        """The symbols whose retire or old book is still owed (tried again every ``RETRY_LEFT_S``)."""
+        return {*self.pending.retire, *(s for s, _ in self.pending.books)}
+
     def retiring(self, symbol: str) -> bool:
         """An owed retire of ``symbol`` is to run or running (its agent's stop keeps the lease); not one
         that ran and left the book unconfirmed (an agent left over must stop)."""
         return symbol in self.pending.retire and symbol not in self.left
 
     def keep(self, cfg: FleetConfig, params: dict[str, SymbolParams], retire: dict[str, str | None],
-             outcomes: list[Any], accounts: dict[str, dict[str, Any]], books: dict[str, str]) -> PendingApply:
+             outcomes: list[Any], accounts: dict[str, dict[str, Any]],
+             books: list[tuple[str, str]]) -> PendingApply:
         """The spec stored with what is still owed (``still_owed``), said loudly; returns that."""
         left = still_owed(retire, outcomes, cfg, accounts, books)
         self.store(cfg, params, left)
         self.left = set(left.retire)
-        unconfirmed = sorted({*left.retire, *left.books})
+        unconfirmed = sorted(self.owing())
         if unconfirmed:
             self.retry_at = time.monotonic() + RETRY_LEFT_S
             log.error("%s: open orders not confirmed cancelled at the exchange after the retire: tried again "
@@ -372,7 +382,7 @@ class OwedWork:
             log.error("%s: the new parameters not pushed: %s", symbol, error)
         left = self.keep(cfg, params, retire, list(outcomes), owed.accounts, books)
         await ctl.desk.drop({k: d for k, d in owed.accounts.items() if k not in left.accounts})
-        done = sorted(set(retire) - set(left.retire)) + sorted(set(owed.books) - set(left.books))
+        done = sorted(set(retire) - set(left.retire)) + sorted({s for s, _ in set(owed.books) - set(left.books)})
         if done or owed.push:   # (not each try of a retire still unconfirmed: that is logged)
             journal_record(ctl, "apply_finished", detail={"retired": done, "pushed": owed.push,
                                                           "unconfirmed": sorted(left.retire)})

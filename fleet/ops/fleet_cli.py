@@ -415,7 +415,13 @@ def stop_fleet(namespace: str, fleet_name: str, *, flatten: bool = False) -> dic
     if ctl is not None:
         result = ray.get(ctl.down.remote(flatten), timeout=300)
     remove_controller(namespace)   # and the agents' spawner
-    forget_last_down(fleet_name)   # its caller has the outcome: a later controller of the name must not answer it
+    try:   # its caller has the outcome: a later controller of the name must not answer it
+        forget_last_down(fleet_name)
+    except Exception as exc:  # noqa: BLE001 - the rest of the down goes on; said
+        from fleet.text import named_line
+
+        print(f"the down's stored outcome not removed ({named_line(exc)}): a later down of {fleet_name!r} with no "
+              "agent may answer it", file=sys.stderr)
     _undeploy(fleet_name)
     stop_simulator(namespace)
     return result
@@ -737,9 +743,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
     print(json.dumps(result, indent=2, sort_keys=True))
     retired_badly = [s for part in ("removed", "restarted") for s, r in (result.get(part) or {}).items()
                      if isinstance(r, dict) and r.get("error")]
-    if result.get("unconfirmed"):   # orders left at the exchange: the controller tries again every 10 s
-        print(f"open orders not confirmed cancelled at the exchange: {', '.join(result['unconfirmed'])} "
-              f"(the controller tries again every 10 s)", file=sys.stderr)
+    for key, when in (("unconfirmed", "by this apply"), ("still_owed", "since an earlier apply")):
+        if result.get(key):   # orders left at the exchange: the controller tries again every 10 s
+            print(f"open orders not confirmed cancelled at the exchange {when}: {', '.join(result[key])} "
+                  f"(the controller tries again every 10 s)", file=sys.stderr)
     for symbol, over in (result.get("above_cap") or {}).items():
         print(f"{symbol}: above its cap after the apply ({over.get('why')}): worst long {over.get('worst_long')}, "
               f"short {over.get('worst_short')}, cap {over.get('cap')}", file=sys.stderr)

@@ -405,12 +405,23 @@ def test_a_retire_the_exchange_did_not_confirm_stays_owed_with_its_accounts_key(
     left = still_owed(retire, [outcome(None), outcome(2), outcome(0), outcome(None), outcome(None), outcome(1)],
                       cfg, accounts)
     assert left.retire == {"SOLUSDT": "main#0a1b2c3d4e", "XRPUSDT": "main"} and left.push == []
-    assert left.books == {"BTCUSDT": "main"} and left.tried == ["SOLUSDT", "XRPUSDT"]
+    assert left.books == [("BTCUSDT", "main")] and left.tried == ["SOLUSDT", "XRPUSDT"]
     assert left.accounts == {"main#0a1b2c3d4e": {"account": {}, "rest_url": "u"}} and left.down is None
     assert PendingApply.from_doc(left.to_doc()) == left   # stored with the spec, read back after a restart
     assert not still_owed(retire, [outcome(0)] * 6, cfg, accounts)
     # a later apply that changes main's keys: the owed ones named plainly are reached as main was
     changed, changed_params = _spec({"main": "/c", "alt": "/b"}, {"ETHUSDC": "main", "BTCUSDT": "alt"})
     plan = plan_apply(cfg, params, changed, changed_params, left, {"ETHUSDC", "BTCUSDT"})
-    assert plan.retire["XRPUSDT"].startswith("main#") and plan.books["BTCUSDT"] == plan.retire["XRPUSDT"]
+    assert plan.retire["XRPUSDT"].startswith("main#") and plan.books == [("BTCUSDT", plan.retire["XRPUSDT"])]
     assert plan.retire["SOLUSDT"] == "main#0a1b2c3d4e" and set(plan.accounts) == {"main#0a1b2c3d4e", plan.retire["XRPUSDT"]}
+
+
+def test_a_symbol_moved_twice_owes_both_old_books():
+    """BTCUSDT moved main -> alt, main's book unconfirmed; then alt -> third, alt's unconfirmed too: both
+    old books stay owed (keyed by symbol, the second replaced the first and main's was written off)."""
+    from controller.owed import still_owed
+
+    refused = RetireOutcome(True, None, None, "refused", 1.0)
+    cfg, _ = _spec({"main": "/a", "alt": "/b", "third": "/c"}, {"BTCUSDT": "third"})
+    left = still_owed({"BTCUSDT": "alt"}, [refused], cfg, {}, [("BTCUSDT", "main")])
+    assert left.books == [("BTCUSDT", "main"), ("BTCUSDT", "alt")]
