@@ -606,15 +606,26 @@ class _Replay:
     lines that did not read (cut mid-write) and the earliest time of those that did."""
 
     def __init__(self) -> None:
+        self.start(None)
+
+    def start(self, file: tuple[int, int, int] | None) -> None:
+        """From the start of ``file`` (device, inode and change time, which a rename sets: the file the
+        offset is in, even where a freed inode's number was taken again)."""
         self.offset = 0
         self.rows = 0
         self.cut = 0
         self.first_ms: int | None = None
+        self.file = file
 
     def run(self, path: Path, n: int, write: Callable[[list[Row]], bool]) -> bool:
         """The rows from the offset on, ``n`` at a time, each batch written before the next is read;
-        False once a write fails (the offset at that batch)."""
+        False once a write fails (the offset at that batch). Another file at the path (another writer of
+        the name replayed it and renamed a new spool there) is read from its start: an offset carried
+        over would skip its first rows, unsaid."""
         with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if self.file != (st.st_dev, st.st_ino, st.st_ctime_ns):
+                self.start((st.st_dev, st.st_ino, st.st_ctime_ns))
             while True:
                 batch = self.next_batch(f, n)
                 if batch.offset == self.offset:

@@ -390,3 +390,35 @@ def test_the_journal_commands_refuse_bad_input_with_a_reason_and_no_traceback(tm
         r = run(*args)
         assert r.returncode == code and says in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
     assert not (state / "nofleet.journal.sqlite").exists()
+
+
+def test_a_replay_reads_another_file_at_its_path_from_its_start(tmp_path):
+    """The offset of a replay cut short belongs to its file: another writer of the name may replay that
+    file and rename a new spool to the path; carried over, the offset skipped the new file's first rows."""
+    import json as _json
+
+    from journal.writer import _Replay
+
+    path = tmp_path / "w.replay"
+
+    def spool(tag: str, n: int) -> None:
+        tmp = tmp_path / "new"
+        tmp.write_text("".join(_json.dumps({"t": "events", "r": {"uid": f"{tag}{i}"}}) + "\n" for i in range(n)))
+        tmp.replace(path)   # a new file (a new inode) at the path, as a rename does
+
+    spool("a", 4)
+    written: list[str] = []
+    first = [True]
+
+    def write(rows) -> bool:   # the first batch goes in, the second fails (the database went away)
+        if not first[0]:
+            return False
+        first[0] = False
+        written.extend(r["uid"] for _, r in rows)
+        return True
+
+    replay = _Replay()
+    assert replay.run(path, 2, write) is False and written == ["a0", "a1"] and replay.offset > 0
+    spool("b", 3)
+    assert replay.run(path, 2, lambda rows: written.extend(r["uid"] for _, r in rows) or True)
+    assert written == ["a0", "a1", "b0", "b1", "b2"] and replay.rows == 3
