@@ -402,6 +402,8 @@ def migrate(engine: Engine, revision: str = "head") -> None:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
+    if _at_revision(engine, cfg, revision):   # the usual start: nothing to run, and nothing unbounded
+        return
     unbounded = engine.dialect.name == "postgresql"   # a migration's DDL may run long; a lock's wait stays bounded
     with engine.connect() as conn:
         try:
@@ -414,6 +416,17 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         finally:
             if unbounded:   # never back to the pool without its statement timeout
                 conn.invalidate()
+
+
+def _at_revision(engine: Engine, cfg: Any, revision: str) -> bool:
+    """The schema is at ``revision`` already: read within the engine's bounds (a server stopped as the
+    writer starts fails this read, not holds the thread: only the DDL of a migration runs unbounded)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    wanted = set(ScriptDirectory.from_config(cfg).get_heads()) if revision == "head" else {revision}
+    with answering(engine), engine.connect() as conn:
+        return set(MigrationContext.configure(conn).get_current_heads()) == wanted
 
 
 def open_journal_db(target: Target, *, create: bool = True) -> Engine:
