@@ -408,3 +408,86 @@ def test_a_missing_password_file_is_said_once_spooled_and_its_recovery_said(role
         w.close(5)
     assert len(said(caplog, "answers again")) == 1 and rows_in(role_db.target) == 30
     assert role_db.password not in "\n".join(r.getMessage() for r in caplog.records)
+
+
+class _MuteProxy:
+    """A TCP relay on loopback in front of the server that, once ``mute`` is set, still lets connections
+    log in but passes no answer after their first ReadyForQuery: a pooler in front of a stopped server."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+
+        self.port, self.mute = port, threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def address(self) -> int:
+        return self.listener.getsockname()[1]
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            client, _ = self.listener.accept()
+            server = socket.create_connection(("127.0.0.1", self.port))
+            threading.Thread(target=self._relay, args=(client, server), daemon=True).start()
+
+    def _relay(self, client: Any, server: Any) -> None:
+        import select
+        import struct
+
+        ready, pending = False, b""
+        with client, server:
+            while True:
+                for sock in select.select([client, server], [], [], 0.2)[0]:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    if sock is client:
+                        server.sendall(data)
+                        continue
+                    pending += data
+                    out = b""
+                    while len(pending) >= 5 and len(pending) >= 1 + struct.unpack("!I", pending[1:5])[0]:
+                        size = 1 + struct.unpack("!I", pending[1:5])[0]
+                        message, pending = pending[:size], pending[size:]
+                        if not (self.mute.is_set() and ready):
+                            out += message
+                            ready = ready or message[:1] == b"Z"
+                    if out:
+                        client.sendall(out)
+
+
+def test_a_call_whose_new_connection_hangs_too_is_cut_again(pg_server, pg_db, tmp_path):
+    """A pooler in front of a stopped server takes connections but answers nothing: once the watcher cut
+    the call's connection, the pool's ping made a new one and the call went on there, unwatched, held for
+    good. The watcher cuts the call again each ``answer_s`` until it ends."""
+    from journal.db import _WATCHED, migrate
+    from journal.writer import write_rows
+
+    proxy = _MuteProxy(pg_server.port)
+    # (no SSL or GSS negotiation: their one-byte answers are not messages the relay reads)
+    target = pg_target(pg_db.replace(f":{pg_server.port}/", f":{proxy.address}/") + "?sslmode=disable&gssencmode=disable",
+                       tmp_path)
+    plain = make_engine(target)
+    migrate(plain)
+    plain.dispose()
+    engine = make_engine(target, Bounds(statement_s=2.0, lock_s=1.0, answer_s=2.0, connect_s=2))
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")   # a connection in the pool
+    proxy.mute.set()
+    done = threading.Event()
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            write_rows(engine, [event("muted")])
+        except BaseException as exc:  # noqa: BLE001 - the outcome looked at below
+            outcome.append(exc)
+        done.set()
+
+    threading.Thread(target=call, daemon=True).start()
+    assert done.wait(12), f"the call still held after 12 s ({_WATCHED[engine].cuts} cuts)"
+    assert outcome and _WATCHED[engine].cuts >= 2
+    engine.dispose()
