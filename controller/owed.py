@@ -176,12 +176,26 @@ def still_owed(retire: dict[str, str | None], outcomes: list[Any], cfg: FleetCon
 
 
 async def empty_books(desk: Any, books: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Each old book emptied at the exchange (cancel-all, confirmed by its listing); those left."""
+    """Each old book emptied at the exchange (cancel-all, confirmed by its listing); those left. One
+    whose old key the exchange refuses, or whose key source is gone, is written off, said as an ERROR:
+    no try would reach it again (the usual case, keys rotated and the old one revoked: the same
+    account's new agent cancels an older epoch's orders at its start), and it kept every later apply
+    owing; what it left rests until the dead-man switch its agent armed cancels it."""
+    from agents.agent_base import KEY_REFUSALS
+    from fleet.binance.credentials import CredentialsError
+    from fleet.binance.errors import BinanceError
+
     left = []
     for symbol, account in books:
         try:
             if await desk.confirm_empty(symbol, account, cancel_first=True) == 0:
                 continue
+        except (BinanceError, CredentialsError) as exc:
+            if isinstance(exc, CredentialsError) or exc.code in KEY_REFUSALS:
+                log.error("%s: its old book on %s written off, its key refused or gone (%s): what rests there is "
+                          "left to the dead-man switch", symbol, account, named_line(exc))
+                continue
+            log.warning("%s: its old book on %s not emptied yet: %s", symbol, account, named_line(exc))
         except Exception as exc:  # noqa: BLE001 - tried again with the owed work
             log.warning("%s: its old book on %s not emptied yet: %s", symbol, account, named_line(exc))
         left.append((symbol, account))

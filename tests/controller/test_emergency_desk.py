@@ -288,3 +288,25 @@ async def test_a_down_clears_the_other_account_of_a_restart_cut_short_flattening
         await desk.close()
     state = await admin(sim, "GET", "/sim/state", params={"account": account, "symbol": SYMBOL})
     assert state["open_orders"] == [] and float(state["positions"][SYMBOL]["amount"]) == 0.0
+
+
+async def test_an_old_book_whose_key_is_refused_is_written_off_said_one_the_exchange_fails_stays_owed(
+        sim, monkeypatch, caplog):
+    """An owed old book (a symbol made anew elsewhere) on an account whose key the exchange refuses
+    (-2015: the old key revoked after a rotation) is written off as an ERROR: it was tried every 10 s for
+    good and kept every later apply owing. One the exchange merely fails (a 5xx) stays owed."""
+    from controller.owed import empty_books
+
+    desk, account = desk_on(sim, monkeypatch)
+    try:
+        await fault(sim, mode="error", answer="-2015", count=100, path="/fapi/v1/allOpenOrders")
+        with caplog.at_level(logging.WARNING, logger="mmfleet.controller"):
+            assert await empty_books(desk, [(SYMBOL, account)]) == []
+        said = [r for r in caplog.records if r.name == "mmfleet.controller"]
+        assert said[-1].levelno == logging.ERROR and "written off" in said[-1].getMessage()
+        await admin(sim, "POST", "/sim/fault/clear", {})
+        await fault(sim, mode="error", count=100, path="/fapi/v1/", status=503)
+        assert await empty_books(desk, [(SYMBOL, account)]) == [(SYMBOL, account)]
+    finally:
+        await desk.close()
+        await admin(sim, "POST", "/sim/fault/clear", {})
