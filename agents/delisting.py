@@ -44,6 +44,7 @@ A part of :class:`agents.agent.SymbolAgent`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
 
 TRADING = "TRADING"
 FUNDING_REREAD_GAP_MS = 60_000   # fundingInfo read again after the schedule moved, at most this often
+FILTERS_RECHECK_S = 30.0   # exchangeInfo read again after an order refused for a filter, at most this often
 FUNDING_REREAD_EVERY_MS = 3_600_000   # and at least this often: a change that did not move the next time
 
 
@@ -82,6 +84,8 @@ class ContractWatch:
         self._allowance_said = False
         self._funding_read_ms = -FUNDING_REREAD_GAP_MS   # exchange ms of the last read the schedule asked for
         self._funding_checked_ms = 0                     # exchange ms of the last read of any kind
+        self._filters_checked = -FILTERS_RECHECK_S       # (monotonic) the last read after a filter refusal
+        self.stopping_for: asyncio.Future | None = None  # the stop of an agent whose filters changed
 
     def at_start(self, filters: SymbolFilters) -> None:
         """exchangeInfo at the start: a symbol that is not TRADING refuses the start (BinanceError
@@ -188,6 +192,31 @@ class ContractWatch:
             a.log.event("contract_recheck_failed", f"exchangeInfo after {gap}: {exc!r}", level=logging.WARNING)
             return
         self.seen(filters.status, filters.delivery_ms, f"exchangeInfo after {gap}")
+        self.filters_seen(filters)
+
+    def filters_refused(self, code: int) -> None:
+        """An order or amend refused for a filter (-4014 off the tick, -4023 off the step, ...): the
+        exchange may have changed them (it announces tick size changes); exchangeInfo is read again, at
+        most every ``FILTERS_RECHECK_S``. (Every amend was refused -4014 and the stale ladder filled.)"""
+        now = self.agent.clock.monotonic()
+        if now - self._filters_checked >= FILTERS_RECHECK_S:
+            self._filters_checked = now
+            self.agent.tasks.spawn(self.recheck(f"an order refused {code}"), "contract-recheck")
+
+    def filters_seen(self, filters: SymbolFilters) -> None:
+        """Filters that differ from the ones the agent trades on: this incarnation stops (its orders
+        cancelled) and the next one starts on them (the actor starts over; the agent's core keeps its
+        grid in the filters' units, so they are taken at a start)."""
+        a = self.agent
+        known = a.filters
+        fields = ("tick_size", "step_size", "min_qty", "min_notional", "market_step_size", "market_min_qty")
+        changed = [f"{f} {getattr(known, f)} -> {getattr(filters, f)}" for f in fields
+                   if known is not None and getattr(known, f) != getattr(filters, f)]
+        if not changed or self.stopping_for is not None or a.stopping:
+            return
+        a.log.event("filters_changed", f"the exchange changed {a.symbol}'s filters ({', '.join(changed)}): this "
+                    "agent stops, its orders cancelled, to start again on them", level=logging.ERROR)
+        self.stopping_for = asyncio.ensure_future(a.stop())
 
     def check(self, now_ms: int) -> None:
         """From the watchdog loop: the allowance against the cap; within the lead of an announced

@@ -17,6 +17,7 @@ from fleet.binance.client import RESIGNING, BinanceClient
 from fleet.binance.enums import ErrorCode, OrderType, TimeInForce
 from fleet.binance.errors import (
     BinanceError,
+    FilterRejectedError,
     NotSentError,
     OutcomeUnknownError,
     RateLimitedError,
@@ -306,6 +307,8 @@ class OrderSender:
             elif exc.code == ErrorCode.POSITION_SIDE_NOT_MATCH and batch.kind == "place":   # an amend's -4061: its side
                 self.agent.contract.position_mode_refused()
             else:
+                if isinstance(exc, FilterRejectedError):   # the exchange may have changed the filters
+                    self.agent.contract.filters_refused(exc.code)
                 self.agent.log.event("request_failed", f"{batch.kind} x{len(items)}: {exc!r}", level=logging.WARNING)
 
     def _slices_back(self, core: AgentCore, items: Any, why: str) -> None:
@@ -356,6 +359,8 @@ class OrderSender:
                 elif res.code == ErrorCode.POSITION_SIDE_NOT_MATCH and batch.kind == "place":
                     self.agent.contract.position_mode_refused()   # said once: it halts the symbol
                     continue
+                elif isinstance(res, FilterRejectedError):   # the exchange may have changed the filters
+                    self.agent.contract.filters_refused(res.code)
                 if res.code not in QUIET_REJECTIONS:
                     self.agent.log.event(
                         "order_rejected", f"{batch.kind} refused: {res!r}", level=logging.WARNING,

@@ -179,6 +179,8 @@ async def _main(prep: dict[str, Any], args: argparse.Namespace, log: logging.Log
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
         summary = await stop_task[0] if stop_task else await agent.stop(flatten=prep["runtime"].flatten_on_stop)
+        if agent.contract.stopping_for is not None:   # a supervisor starts it again, on the exchange's new filters
+            summary = {**summary, "restart_needed": "the exchange changed the symbol's filters"}
         return summary
     finally:
         if runner is not None:
@@ -227,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: the exchange refused the agent's start: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(summary, indent=2, sort_keys=True, default=str), flush=True)
-    return EXIT_OK if summary.get("state") == "stopped" else EXIT_FAILED
+    return EXIT_OK if summary.get("state") == "stopped" and not summary.get("restart_needed") else EXIT_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -147,6 +147,14 @@ class AdminRoutes:
             only(body, path, "symbol", "frozen", "mode")
             return {"symbols": e.set_frozen(text(body, "symbol"), flag(body, "frozen", True),
                                             text(body, "mode", "data"))}
+        if path == "/sim/filters":
+            only(body, path, "symbol", "tick_size")
+            b = e.book(text(body, "symbol", REQUIRED))
+            multiple = Decimal(decimal(body, "tick_size", REQUIRED, b.tick, b.tick * 10_000)) / b.tick
+            if multiple != multiple.to_integral_value():
+                raise ValueError(f"tick_size must be a whole multiple of {b.symbol}'s {b.tick:f}")
+            b.tick_multiple = int(multiple)   # orders off the new grid refused -4014, exchangeInfo lists it
+            return {"symbol": b.symbol, "tick_size": f"{b.tick * b.tick_multiple:f}"}
         if path == "/sim/market/jump":
             only(body, path, "symbol", "pct")
             return {"mid": e.jump(text(body, "symbol", REQUIRED), number(body, "pct", REQUIRED, -99.99, 10_000.0), now)}

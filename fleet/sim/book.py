@@ -96,6 +96,9 @@ class Book:
         self.price_places = places(self.tick)
         self.qty_places = places(self.step)
         self.price_mult = int(self.tick * (10 ** self.price_places))
+        # the tick the exchange lists and takes orders on, in ticks of the spec's (``/sim/filters``: the
+        # exchange coarsened it; the book and the resting orders stay on the spec's finer grid)
+        self.tick_multiple = 1
         self.qty_mult = int(self.step * (10 ** self.qty_places))
         self.notional_unit = self.tick * self.step
         self.notional_mult = self.price_mult * self.qty_mult

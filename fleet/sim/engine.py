@@ -828,7 +828,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         if units:  # the common, well-formed case without Decimal; anything else takes the careful path
             if name == "price":
                 Engine._price_range(units, b.min_price_units, b.max_price_units)
-            if units % b.price_mult:
+            if units % (b.price_mult * b.tick_multiple):
                 raise SimApiError(-4014, "Price not increased by tick size.")
             return units // b.price_mult
         check_number(raw, name)
@@ -844,7 +844,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         if name == "price":
             Engine._price_range(d, b.min_price, b.max_price)
         ratio = d / b.tick
-        if ratio != ratio.to_integral_value():
+        if ratio != ratio.to_integral_value() or int(ratio) % b.tick_multiple:
             raise SimApiError(-4014, "Price not increased by tick size.")
         return int(ratio)
 

@@ -42,7 +42,7 @@ class RestHandlers:
                 "liquidationFee": "0.012500", "marketTakeBound": "0.05", "maxMoveOrderLimit": 10000,
                 "filters": [
                     {"filterType": "PRICE_FILTER", "minPrice": b.price_str(b.min_price_ticks),
-                     "maxPrice": sp.max_price, "tickSize": sp.tick_size},
+                     "maxPrice": sp.max_price, "tickSize": f"{b.tick * b.tick_multiple:f}"},
                     {"filterType": "LOT_SIZE", "minQty": f"{b.min_qty:f}", "maxQty": sp.max_qty,
                      "stepSize": sp.step_size},
                     {"filterType": "MARKET_LOT_SIZE", "minQty": f"{b.market_min_qty:f}",

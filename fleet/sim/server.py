@@ -134,6 +134,9 @@ in a browser on the machine reads no key and injects no fault)::
     POST /sim/market/jump    {"symbol": "ETHUSDC", "pct": -2.0}
          move the mid at once; resting orders the move crosses fill at their price -> {"mid": new mid}
          (a replayed market cannot jump: 400)
+    POST /sim/filters        {"symbol": "ETHUSDC", "tick_size": "0.05"}
+         the exchange coarsens the symbol's tick (a whole multiple of its spec's): exchangeInfo lists it, an
+         order or amend off it is refused -4014; the book and resting orders stay on the finer grid
     POST /sim/funding/rate   {"symbol": "ETHUSDC", "rate": "0.0005"}  pin the rate, within the symbol's
          cap and floor (null: wander again) -> {"ok", "rate" (as pinned: a rate beyond the cap is the cap),
          "pinned"}

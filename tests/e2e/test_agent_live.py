@@ -1557,3 +1557,23 @@ async def test_a_position_beyond_the_cap_by_itself_is_said_as_it_goes_beyond_and
     await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0"})
     await wait_for(lambda: said("position_within_cap"), 10, "back within the cap, said")
     assert len(said("position_beyond_cap")) == 1
+
+
+async def test_a_tick_the_exchange_coarsens_stops_the_agent_to_start_again_on_it(make_agent, exchange, caplog):
+    """The exchange coarsens ETHUSDC's tick (0.01 -> 0.05; Binance announces such changes): every amend
+    and place off the new grid was refused -4014 for good, the stale ladder resting and filling while
+    the agent said "quoting". A filter refusal reads exchangeInfo again; the changed filters stop this
+    agent (its orders cancelled), and the one started after it quotes on the new tick."""
+    caplog.set_level(logging.INFO, logger="mmfleet.agent")
+    agent = await make_agent()
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    await exchange.post("/sim/filters", {"symbol": SYMBOL, "tick_size": "0.05"})
+    await wait_for(lambda: agent.stopped, 30, "the agent stopped on the changed filters")
+    said = [r for r in caplog.records if getattr(r, "event", None) == "filters_changed"]
+    assert len(said) == 1 and said[0].levelno == logging.ERROR and "tick_size 0.01 -> 0.05" in said[0].getMessage()
+    assert (await exchange.state())["open_orders"] == []
+    again = await make_agent()
+    await wait_for(lambda: resting(again, exchange), 15, "the next agent's ladder resting",
+                   explain=lambda: describe(again, exchange))
+    prices = [Decimal(o["price"]) for o in (await exchange.state())["open_orders"]]
+    assert prices and all(p % Decimal("0.05") == 0 for p in prices), prices
