@@ -243,18 +243,21 @@ _SOCK = "journal_watch_sock"   # a pooled connection's duplicate socket, in its 
 def _watch_connections(engine: Engine, answer_s: float) -> None:
     conns = _WATCHED[engine] = _Connections(engine.url.render_as_string(hide_password=True), answer_s)
 
-    @event.listens_for(engine, "connect")
     def _opened(dbapi_conn: Any, record: Any) -> None:
         with contextlib.suppress(OSError, AttributeError, ValueError):
             record.info[_SOCK] = sock = socket.socket(fileno=os.dup(dbapi_conn.fileno()))
             conns.socks.add(sock)
+            with contextlib.suppress(TypeError):   # closed with its connection, whatever the pool does
+                weakref.finalize(dbapi_conn, _forget_sock, conns.socks, sock)
+
+    # before the dialect's own first queries (its first_connect): a server that hangs there is cut too
+    event.listen(engine, "connect", _opened, insert=True)
 
     @event.listens_for(engine, "close")
     def _closed(_dbapi_conn: Any, record: Any) -> None:
         sock = record.info.pop(_SOCK, None)
         if sock is not None:
-            conns.socks.discard(sock)
-            sock.close()
+            _forget_sock(conns.socks, sock)
 
     @event.listens_for(engine, "checkout")
     def _taken(_dbapi_conn: Any, record: Any, _proxy: Any) -> None:
@@ -268,6 +271,11 @@ def _watch_connections(engine: Engine, answer_s: float) -> None:
         call = _calls().get(id(conns))
         if call is not None:
             call.deadline = time.monotonic() + conns.answer_s
+
+
+def _forget_sock(socks: set[socket.socket], sock: socket.socket) -> None:
+    socks.discard(sock)
+    sock.close()
 
 
 class _Call:
@@ -424,9 +432,12 @@ def _at_revision(engine: Engine, cfg: Any, revision: str) -> bool:
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
+    from journal.schema import VERSION_TABLE
+
     wanted = set(ScriptDirectory.from_config(cfg).get_heads()) if revision == "head" else {revision}
     with answering(engine), engine.connect() as conn:
-        return set(MigrationContext.configure(conn).get_current_heads()) == wanted
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        return set(context.get_current_heads()) == wanted
 
 
 def open_journal_db(target: Target, *, create: bool = True) -> Engine:

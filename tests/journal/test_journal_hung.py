@@ -491,3 +491,39 @@ def test_a_call_whose_new_connection_hangs_too_is_cut_again(pg_server, pg_db, tm
     assert done.wait(12), f"the call still held after 12 s ({_WATCHED[engine].cuts} cuts)"
     assert outcome and _WATCHED[engine].cuts >= 2
     engine.dispose()
+
+
+def test_a_new_engines_first_connection_is_watched_too(pg_server, pg_db, tmp_path):
+    """Behind a pooler whose server stopped, a new engine's first connection logs in and its dialect's
+    first queries get no answer: its socket was taken after them, so nothing could be cut and the
+    writer's start (or a /pnl report) was held for good."""
+    from journal.db import _WATCHED, _at_revision, migrate
+
+    proxy = _MuteProxy(pg_server.port)
+    target = pg_target(pg_db.replace(f":{pg_server.port}/", f":{proxy.address}/") + "?sslmode=disable&gssencmode=disable",
+                       tmp_path)
+    plain = make_engine(target)
+    migrate(plain)   # the schema at its head: a second migrate reads so, within bounds, and runs nothing
+    plain.dispose()
+    proxy.mute.set()
+    engine = make_engine(target, Bounds(statement_s=2.0, lock_s=1.0, answer_s=2.0, connect_s=2))
+    done = threading.Event()
+
+    def start() -> None:
+        with contextlib.suppress(Exception):
+            migrate(engine)
+        done.set()
+
+    threading.Thread(target=start, daemon=True).start()
+    assert done.wait(12), f"the first connection still held after 12 s ({_WATCHED[engine].cuts} cuts)"
+    engine.dispose()
+    proxy.mute.clear()
+    direct = make_engine(pg_target(pg_db, tmp_path))
+    from alembic.config import Config
+
+    from journal.db import MIGRATIONS
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert _at_revision(direct, cfg, "head")   # (it read alembic's default table, never the journal's)
+    direct.dispose()
