@@ -208,7 +208,7 @@ class ContractWatch:
         cancelled) and the next one starts on them (the actor starts over; the agent's core keeps its
         grid in the filters' units, so they are taken at a start)."""
         a = self.agent
-        known = a.filters
+        known = a.core.filters if a.core is not None else a.filters   # the grid it trades on
         fields = ("tick_size", "step_size", "min_qty", "min_notional", "market_step_size", "market_min_qty")
         changed = [f"{f} {getattr(known, f)} -> {getattr(filters, f)}" for f in fields
                    if known is not None and getattr(known, f) != getattr(filters, f)]

@@ -91,6 +91,10 @@ def _known_notional(answer: Any) -> float | None:
     return abs(_num(answer.get("notional")))
 
 
+def symbols_of(pairs: set[tuple[str, Any]]) -> list[str]:
+    return sorted({symbol for symbol, _ in pairs})
+
+
 def fleet_risk(symbols: list[str], exposures: list[Any], max_total_notional: float,
                last_known: dict[str, float], listed: dict[str, float] | None = None) -> FleetRisk:
     """Each agent's answer, or where it gave none what the exchange ``listed`` for the symbol, else its
@@ -377,7 +381,7 @@ class FleetController(KillSwitches):
             "restarted": {s: r.to_dict() for s, r in outcomes.items() if s in new_symbols},   # (a retried one's too)
             "held": held,   # added to a fleet halted as a whole: halted until resumed
             "removed": {s: r.to_dict() for s, r in outcomes.items() if s not in new_symbols},
-            "unconfirmed": sorted(self.owed.owing() - before), "still_owed": sorted(self.owed.owing() & before),
+            "unconfirmed": symbols_of(self.owed.owing() - before), "still_owed": symbols_of(self.owed.owing() & before),
             "above_cap": above,   # updated, the worst case still over the new cap: why, and the figures
             "errors": errors,
             "rate_shares": self.shares,

@@ -67,8 +67,15 @@ class PendingApply:
         return cls({str(s): (None if a is None else str(a)) for s, a in dict(doc.get("retire") or {}).items()},
                    [str(s) for s in doc.get("push") or []], None if down is None else bool(down),
                    {str(k): dict(v) for k, v in dict(doc.get("accounts") or {}).items()},
-                   [(str(s), str(a)) for s, a in doc.get("books") or []],
+                   [(str(s), str(a)) for s, a in _pairs(doc.get("books"))],
                    [str(s) for s in doc.get("tried") or []])
+
+
+def _pairs(books: Any) -> list[Any]:
+    """Owed books as stored: pairs; a mapping of symbol to account as a controller of 9180285 stored them."""
+    if isinstance(books, dict):
+        return list(books.items())
+    return [b for b in books or [] if isinstance(b, (list, tuple)) and len(b) == 2]
 
 
 def retire_account(old: FleetConfig, new: FleetConfig, account: str | None) -> tuple[str | None, dict[str, Any] | None]:
@@ -311,9 +318,9 @@ class OwedWork:
         self.ctl.book.put_doc(SPEC_DOC, doc)
         self.pending = pending
 
-    def owing(self) -> set[str]:
-        """The symbols whose retire or old book is still owed (tried again every ``RETRY_LEFT_S``)."""
-        return {*self.pending.retire, *(s for s, _ in self.pending.books)}
+    def owing(self) -> set[tuple[str, str | None]]:
+        """The retires and old books still owed, as (symbol, account) (tried again every ``RETRY_LEFT_S``)."""
+        return {*self.pending.retire.items(), *self.pending.books}
 
     def retiring(self, symbol: str) -> bool:
         """An owed retire of ``symbol`` is to run or running (its agent's stop keeps the lease); not one
@@ -327,7 +334,7 @@ class OwedWork:
         left = still_owed(retire, outcomes, cfg, accounts, books)
         self.store(cfg, params, left)
         self.left = set(left.retire)
-        unconfirmed = sorted(self.owing())
+        unconfirmed = sorted({s for s, _ in self.owing()})
         if unconfirmed:
             self.retry_at = time.monotonic() + RETRY_LEFT_S
             log.error("%s: open orders not confirmed cancelled at the exchange after the retire: tried again "

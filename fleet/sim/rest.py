@@ -41,7 +41,8 @@ class RestHandlers:
                 "underlyingType": "COIN", "underlyingSubType": [], "settlePlan": 0, "triggerProtect": "0.0500",
                 "liquidationFee": "0.012500", "marketTakeBound": "0.05", "maxMoveOrderLimit": 10000,
                 "filters": [
-                    {"filterType": "PRICE_FILTER", "minPrice": b.price_str(b.min_price_ticks),
+                    {"filterType": "PRICE_FILTER", "minPrice": b.price_str(-(-b.min_price_ticks // b.tick_multiple)
+                                                                          * b.tick_multiple),
                      "maxPrice": sp.max_price, "tickSize": f"{b.tick * b.tick_multiple:f}"},
                     {"filterType": "LOT_SIZE", "minQty": f"{b.min_qty:f}", "maxQty": sp.max_qty,
                      "stepSize": sp.step_size},

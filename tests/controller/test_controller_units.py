@@ -425,3 +425,13 @@ def test_a_symbol_moved_twice_owes_both_old_books():
     cfg, _ = _spec({"main": "/a", "alt": "/b", "third": "/c"}, {"BTCUSDT": "third"})
     left = still_owed({"BTCUSDT": "alt"}, [refused], cfg, {}, [("BTCUSDT", "main")])
     assert left.books == [("BTCUSDT", "main"), ("BTCUSDT", "alt")]
+
+
+def test_owed_books_stored_as_a_mapping_by_an_earlier_controller_are_read():
+    """9180285 stored the owed books as a mapping of symbol to account: a controller reading that doc
+    back raised (every call of it: the kill switches too)."""
+    from controller.owed import PendingApply
+
+    doc = {"retire": {}, "push": [], "books": {"BTCUSDT": "main", "OP": "alt"}}
+    assert PendingApply.from_doc(doc).books == [("BTCUSDT", "main"), ("OP", "alt")]
+    assert PendingApply.from_doc({**doc, "books": [["BTCUSDT", "main"], "garbage"]}).books == [("BTCUSDT", "main")]
