@@ -37,8 +37,8 @@ from controller.handles import (AGENT_PREFIX, AgentHandles, above_agents_env, ag
 from controller.kill_path import ms_since
 from controller.kill_switches import KILL_GROUP, KillSwitches, _num, journal_cursor, journal_record, journal_trades
 from controller.lease import NO_LEASE_SHOWN, GcsStore, LeaseAnswer, LeaseBook, WriteThroughStore
-from controller.owed import (OwedWork, PendingApply, down_accounts, empty_also, empty_books, hold_added, plan_apply,
-                            refuse_flattening)
+from controller.owed import (OwedWork, PendingApply, down_accounts, empty_also, empty_books, hold_added, key_refused,
+                            plan_apply, refuse_flattening)
 from controller.spec import LAST_DOWN_DOC, SPEC_DOC, agent_basis, build_spec, endpoints_of, parse_spec, rate_shares
 from fleet.config import FleetConfig, SymbolParams
 from fleet.text import named_line
@@ -183,6 +183,7 @@ class RetireOutcome:
     error: str | None
     elapsed_ms: float
     position: float | None = None   # a flatten's: what the exchange lists after it (None: not read)
+    key_refused: bool = False       # the exchange check refused the account's key (or its source is gone)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -226,6 +227,58 @@ async def stop_agent(desk: EmergencyDesk, symbol: str, handle: Any, flatten: boo
         return None, f"agent hung: no answer within {HUNG_AFTER_S:.0f} s", hung
     except Exception as exc:  # noqa: BLE001 - the caller falls back to the exchange
         return None, named_line(exc), hung
+
+
+async def retire_agent(ctl: Any, symbol: str, flatten: bool, account: str | None = None) -> RetireOutcome:
+    """Stop one agent gracefully, confirm its book is empty at the exchange, remove the actor. Without
+    a flatten (the agent's own work) its book is emptied at the exchange at once too, beside the stop:
+    a hung agent's orders do not rest (and fill) while the stop waits out ``stop_timeout_s``; with a
+    flatten, an agent found hung is not waited for (``stop_agent``)."""
+    started = time.monotonic()
+    summary: Any = None
+    error = None
+    account = account or ctl._account_of(symbol)
+    early = None if flatten or not account else \
+        asyncio.ensure_future(ctl.desk.confirm_empty(symbol, account, cancel_first=True))
+    try:
+        handle = ctl.agents.get(symbol, fresh=True)
+    except Exception as exc:  # noqa: BLE001 - its book is still emptied; a renewal refuses a left-over agent
+        handle, error = None, f"agent not looked up: {named_line(exc)}"
+    ctl.agents.drop(symbol)
+    if handle is not None:
+        summary, error, hung = await stop_agent(ctl.desk, symbol, handle, flatten, account if flatten else None,
+                                               ctl.settings.stop_timeout_s)
+        early = early or hung
+        try:
+            ray.kill(handle, no_restart=True)
+        except Exception as exc:  # noqa: BLE001 - reported; a renewal refuses a left-over agent
+            error = (error + "; " if error else "") + f"not killed: {named_line(exc)}"
+    open_orders, refused = None, False
+    if early is not None:
+        try:
+            await early
+        except Exception as exc:  # noqa: BLE001 - reported, and the check below cancels first
+            error = (error + "; " if error else "") + f"early cancel failed: {named_line(exc)}"
+    try:
+        if account:
+            cancel_first = error is not None or bool(isinstance(summary, dict) and summary.get("open_orders"))
+            open_orders = await ctl.desk.confirm_empty(symbol, account, cancel_first=cancel_first)
+    except Exception as exc:  # noqa: BLE001
+        error = (error + "; " if error else "") + f"exchange check failed: {named_line(exc)}"
+        refused = key_refused(exc)
+    position = None
+    if flatten and account:   # the agent's flatten, or this one where it failed (hung, dead, out of time)
+        try:
+            position = await close_left(ctl, symbol, account, summary)
+        except Exception as exc:  # noqa: BLE001
+            error = (error + "; " if error else "") + f"position not closed: {named_line(exc)}"
+    try:
+        ctl.book.forget(symbol)
+        await forget_exposition(ctl.fleet_name, symbol)
+    except Exception as exc:  # noqa: BLE001 - the stop is done; what the GCS keeps of it is reported
+        error = (error + "; " if error else "") + f"not forgotten: {named_line(exc)}"
+    return RetireOutcome(handle is not None, open_orders, summary if isinstance(summary, dict) else None,
+                         error, ms_since(started), position, refused)
 
 
 # --- the actor -------------------------------------------------------------------------------------
@@ -577,56 +630,6 @@ class FleetController(KillSwitches):
 
     # --- shutdown -----------------------------------------------------------------------------
 
-    async def _retire(self, symbol: str, flatten: bool, account: str | None = None) -> RetireOutcome:
-        """Stop one agent gracefully, confirm its book is empty at the exchange, remove the actor. Without
-        a flatten (the agent's own work) its book is emptied at the exchange at once too, beside the stop:
-        a hung agent's orders do not rest (and fill) while the stop waits out ``stop_timeout_s``; with a
-        flatten, an agent found hung is not waited for (``stop_agent``)."""
-        started = time.monotonic()
-        summary: Any = None
-        error = None
-        account = account or self._account_of(symbol)
-        early = None if flatten or not account else \
-            asyncio.ensure_future(self.desk.confirm_empty(symbol, account, cancel_first=True))
-        try:
-            handle = self.agents.get(symbol, fresh=True)
-        except Exception as exc:  # noqa: BLE001 - its book is still emptied; a renewal refuses a left-over agent
-            handle, error = None, f"agent not looked up: {named_line(exc)}"
-        self.agents.drop(symbol)
-        if handle is not None:
-            summary, error, hung = await stop_agent(self.desk, symbol, handle, flatten, account if flatten else None,
-                                                   self.settings.stop_timeout_s)
-            early = early or hung
-            try:
-                ray.kill(handle, no_restart=True)
-            except Exception as exc:  # noqa: BLE001 - reported; a renewal refuses a left-over agent
-                error = (error + "; " if error else "") + f"not killed: {named_line(exc)}"
-        open_orders = None
-        if early is not None:
-            try:
-                await early
-            except Exception as exc:  # noqa: BLE001 - reported, and the check below cancels first
-                error = (error + "; " if error else "") + f"early cancel failed: {named_line(exc)}"
-        try:
-            if account:
-                cancel_first = error is not None or bool(isinstance(summary, dict) and summary.get("open_orders"))
-                open_orders = await self.desk.confirm_empty(symbol, account, cancel_first=cancel_first)
-        except Exception as exc:  # noqa: BLE001
-            error = (error + "; " if error else "") + f"exchange check failed: {named_line(exc)}"
-        position = None
-        if flatten and account:   # the agent's flatten, or this one where it failed (hung, dead, out of time)
-            try:
-                position = await close_left(self, symbol, account, summary)
-            except Exception as exc:  # noqa: BLE001
-                error = (error + "; " if error else "") + f"position not closed: {named_line(exc)}"
-        try:
-            self.book.forget(symbol)
-            await forget_exposition(self.fleet_name, symbol)
-        except Exception as exc:  # noqa: BLE001 - the stop is done; what the GCS keeps of it is reported
-            error = (error + "; " if error else "") + f"not forgotten: {named_line(exc)}"
-        return RetireOutcome(handle is not None, open_orders, summary if isinstance(summary, dict) else None,
-                             error, ms_since(started), position)
-
     async def down(self, flatten: bool = False) -> dict[str, Any]:
         """Stop every agent (optionally flattening), confirm 0 open orders, forget the applied spec."""
         self._load()
@@ -651,7 +654,7 @@ class FleetController(KillSwitches):
         symbols = sorted(accounts)
         if not symbols and self.last_down is not None:   # called again (a retry, the operator) after it finished
             return {**self.last_down, "finished_earlier": True}
-        results = await asyncio.gather(*(self._retire(s, flatten, account=accounts[s]) for s in symbols))
+        results = await asyncio.gather(*(retire_agent(self, s, flatten, account=accounts[s]) for s in symbols))
         close = partial(close_left, self) if flatten else None
         await empty_also(self.desk, also, close)
         for symbol, account in self.owed.pending.books:   # old books of symbols made anew elsewhere

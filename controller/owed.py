@@ -173,6 +173,10 @@ def still_owed(retire: dict[str, str | None], outcomes: list[Any], cfg: FleetCon
     for (symbol, account), outcome in zip(retire.items(), outcomes):
         if account is None or outcome.open_orders == 0:
             continue
+        if outcome.key_refused:   # no try reaches that account again (``empty_books`` alike)
+            log.error("%s: its retire on %s written off, its key refused or gone: what rests there is left to the "
+                      "dead-man switch", symbol, account)
+            continue
         if symbol not in traded:
             left[symbol] = account
         elif account != traded[symbol] and (symbol, account) not in left_books:
@@ -182,28 +186,32 @@ def still_owed(retire: dict[str, str | None], outcomes: list[Any], cfg: FleetCon
                         tried=sorted(left))
 
 
+def key_refused(exc: BaseException) -> bool:
+    """The exchange refuses the account's key (revoked, its IP not allowed), or the key's source is gone:
+    no try reaches that account again."""
+    from agents.agent_base import KEY_REFUSALS
+    from fleet.binance.credentials import CredentialsError
+    from fleet.binance.errors import BinanceError
+
+    return isinstance(exc, CredentialsError) or (isinstance(exc, BinanceError) and exc.code in KEY_REFUSALS)
+
+
 async def empty_books(desk: Any, books: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Each old book emptied at the exchange (cancel-all, confirmed by its listing); those left. One
     whose old key the exchange refuses, or whose key source is gone, is written off, said as an ERROR:
     no try would reach it again (the usual case, keys rotated and the old one revoked: the same
     account's new agent cancels an older epoch's orders at its start), and it kept every later apply
     owing; what it left rests until the dead-man switch its agent armed cancels it."""
-    from agents.agent_base import KEY_REFUSALS
-    from fleet.binance.credentials import CredentialsError
-    from fleet.binance.errors import BinanceError
-
     left = []
     for symbol, account in books:
         try:
             if await desk.confirm_empty(symbol, account, cancel_first=True) == 0:
                 continue
-        except (BinanceError, CredentialsError) as exc:
-            if isinstance(exc, CredentialsError) or exc.code in KEY_REFUSALS:
+        except Exception as exc:  # noqa: BLE001 - tried again with the owed work, but for a refused key
+            if key_refused(exc):
                 log.error("%s: its old book on %s written off, its key refused or gone (%s): what rests there is "
                           "left to the dead-man switch", symbol, account, named_line(exc))
                 continue
-            log.warning("%s: its old book on %s not emptied yet: %s", symbol, account, named_line(exc))
-        except Exception as exc:  # noqa: BLE001 - tried again with the owed work
             log.warning("%s: its old book on %s not emptied yet: %s", symbol, account, named_line(exc))
         left.append((symbol, account))
     return left
@@ -344,11 +352,13 @@ class OwedWork:
     async def retire(self, symbol: str, account: str | None, *, again: bool) -> RetireOutcome:
         """A retire the apply owes; for a symbol traded again, with agent creation held, so that the
         reconcile pass does not create its new agent while the old one's lease is being forgotten."""
+        from controller.controller import retire_agent
+
         self.left.discard(symbol)
         if not again:
-            return await self.ctl._retire(symbol, flatten=False, account=account)
+            return await retire_agent(self.ctl, symbol, flatten=False, account=account)
         async with self.ctl.creating:
-            return await self.ctl._retire(symbol, flatten=False, account=account)
+            return await retire_agent(self.ctl, symbol, flatten=False, account=account)
 
     def beside(self) -> None:
         """Started by each reconcile pass unless one runs: it never holds the pass (the fleet's risk)."""

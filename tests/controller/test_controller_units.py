@@ -144,7 +144,7 @@ def test_an_agent_ray_does_not_hold_alive_is_answered_at_once_not_waited_for():
 def test_a_retire_outcome_is_a_plain_dict():
     out = RetireOutcome(True, 0, {"open_orders": 0}, None, 3.2).to_dict()
     assert out == {"stopped": True, "open_orders": 0, "summary": {"open_orders": 0}, "error": None, "elapsed_ms": 3.2,
-                   "position": None}
+                   "position": None, "key_refused": False}
 
 
 def test_status_view_joins_the_agents_and_the_controllers_book():
@@ -409,6 +409,9 @@ def test_a_retire_the_exchange_did_not_confirm_stays_owed_with_its_accounts_key(
     assert left.accounts == {"main#0a1b2c3d4e": {"account": {}, "rest_url": "u"}} and left.down is None
     assert PendingApply.from_doc(left.to_doc()) == left   # stored with the spec, read back after a restart
     assert not still_owed(retire, [outcome(0)] * 6, cfg, accounts)
+    # a check the exchange refused the old key for (revoked after a rotation): written off, not tried for good
+    revoked = RetireOutcome(True, None, None, "exchange check failed: [-2015]", 1.0, key_refused=True)
+    assert not still_owed({"XRPUSDT": "main", "BTCUSDT": "main"}, [revoked, revoked], cfg, accounts)
     # a later apply that changes main's keys: the owed ones named plainly are reached as main was
     changed, changed_params = _spec({"main": "/c", "alt": "/b"}, {"ETHUSDC": "main", "BTCUSDT": "alt"})
     plan = plan_apply(cfg, params, changed, changed_params, left, {"ETHUSDC", "BTCUSDT"})
