@@ -273,7 +273,7 @@ class AgentCore:
                         places.append(p)
                     else:
                         refused += 1
-            self._enforce_cap_into(cancels, amends)
+            self._enforce_cap_into(cancels, amends, extra[0], extra[1])
             self.last_ladder = ladder
 
         refused += self._twap_into(places, now_ms, extra)
@@ -541,7 +541,7 @@ def cap_cancels(led: Any, ours: Callable[[str], bool], pos: int, cap: int, cance
     if excesses[0][1] <= 0 and excesses[1][1] <= 0:
         return 0  # the common case, every cycle
     going = {c.client_order_id for c in cancels}
-    amending = {a.client_order_id for a in amends}
+    amending = {a.client_order_id: a for a in amends}
     added = 0
     for side, excess in excesses:
         if excess <= 0:
@@ -549,16 +549,20 @@ def cap_cancels(led: Any, ours: Callable[[str], bool], pos: int, cap: int, cance
         adding = [
             o for o in led.orders.values()
             if o.side == side and o.is_open and not o.reduce_only
-            and (o.cancel_sent_ms is None or o.client_order_id in going)
-            and o.client_order_id not in amending and ours(o.client_order_id)
+            and (o.cancel_sent_ms is None or o.client_order_id in going) and ours(o.client_order_id)
         ]
         excess -= sum(o.contrib for o in adding if o.client_order_id in going)
         rest = [o for o in adding if o.client_order_id not in going]
-        # the ones the ladder cannot touch first, then the outermost
-        rest.sort(key=lambda o: (not o.busy, o.price_ticks if side == BUY else -o.price_ticks))
+        # the ones the ladder cannot touch first, then the outermost; this cycle's amended ones last: their
+        # amend is dropped for the cancel (a drawdown slice on a side the moving mid re-prices whole)
+        rest.sort(key=lambda o: (o.client_order_id in amending, not o.busy,
+                                 o.price_ticks if side == BUY else -o.price_ticks))
         for o in rest:
             if excess <= 0:
                 break
+            if (a := amending.pop(o.client_order_id, None)) is not None:
+                amends.remove(a)
+                excess -= o.amend_growth(a.qty_steps)   # (counted in ``extra_*`` by the caller)
             cancels.append(Cancel(o.client_order_id, o.order_id, "cap"))
             excess -= o.contrib
             added += 1

@@ -104,7 +104,8 @@ class GrindingEngine:
             (long and predicted_funding_rate > 0) or (not long and predicted_funding_rate < 0)
         )
         pct = p.grind_size_pct * (p.funding_favor_multiplier if favoured else 1.0)
-        qty = int(abs(position_steps) * pct + _EPS)
+        qty = min(int(abs(position_steps) * pct + _EPS), abs(position_steps))   # (x1.4 of a pct above 0.71: the
+        # whole position, not a reduce-only order beyond it that the guard refuses)
         if qty < self.min_qty_steps:
             self.last_skip = "below_min_qty"
             return GrindSkip("below_min_qty")

@@ -123,7 +123,10 @@ class GridParams(_Model):
 
 
 class WorstCaseParams(_Model):
-    multiplier: float = Field(1.15, ge=1.0, le=3.0)
+    multiplier: float = Field(
+        1.15, ge=1.0, le=1.5,
+        description="the worst case (position and pending orders) each side may reach, in net_max: the headroom "
+                    "for the ladder's pending orders, not a way past the hard cap on net_max (at most half again)")
     size_decay_k: float = Field(3.8, ge=0)
 
 
@@ -199,7 +202,9 @@ class RiskParams(_Model):
     price_band: float = Field(0.05, gt=0, lt=1, description="orders must lie within this of mark")
     max_order_notional: float = Field(5_000.0, gt=0)
     capital: float = Field(
-        1_000.0, gt=0, description="equity base for drawdown until the exchange reports a wallet balance"
+        1_000.0, gt=0, description="the symbol's equity base for its drawdown: its equity is this plus its own "
+                                   "P&L (the wallet's balance, shared with other symbols and moved by transfers, "
+                                   "is not read)"
     )
 
 

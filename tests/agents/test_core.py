@@ -593,3 +593,20 @@ def test_the_room_a_drawdown_slice_makes_counts_the_asks_its_own_cycle_places():
     assert [d for d in acts if isinstance(d, Place) and d.side == SELL and not d.reduce_only]   # asks placed again
     ex.send(acts, 2_000)
     assert _exchange_worst_short(ex) >= -core.guard.cap_steps
+
+
+def test_a_drawdown_slice_makes_room_among_asks_the_same_cycle_amends():
+    """The mid fell with the mark: the cycle that sends the slice also re-prices every ask (amends), and
+    an ask being amended was never a candidate for the room, so none was made (past -cap by 125 steps
+    once the slice and the asks filled). The outermost amended asks are cancelled instead."""
+    core, ex = _big_ladder_long(2000)
+    core.on_event(mark(3000.0, t=1_700), 1_700)
+    core.on_event(book(2700.0, t=2_000), 2_000)
+    core.on_event(mark(2700.0, t=2_000), 2_000)
+    acts = core.quote(2_000)
+    assert [d for d in acts if isinstance(d, Place) and d.reason == "drawdown"]
+    assert [d for d in acts if isinstance(d, Amend) and d.side == SELL]   # the asks re-priced
+    cancelled = {d.client_order_id for d in acts if isinstance(d, Cancel)}
+    assert cancelled and not [d for d in acts if isinstance(d, Amend) and d.client_order_id in cancelled]
+    ex.send(acts, 2_000)
+    assert _exchange_worst_short(ex) >= -core.guard.cap_steps

@@ -88,6 +88,14 @@ def test_funding_that_favours_reducing_multiplies_the_size_by_1_4():
     assert short_receives_negative.funding_boost
 
 
+def test_a_boosted_size_above_the_position_grinds_the_whole_position():
+    """grind_size_pct 0.75 x 1.4 is 1.05 of the position: a reduce-only order beyond it, refused by the
+    guard at every check (no grind ever went); it is the position, no more."""
+    eng = engine(grind_size_pct=0.75)
+    res = eng.check(HALF_HOUR, 200, 3000.0, 0.001, HALF_HOUR, 0.0001)
+    assert res.funding_boost and res.qty_steps == 200
+
+
 def test_reentry_is_2_1_times_the_fill_4_2_bps_better_than_mid():
     eng = engine()
     dec = eng.check(HALF_HOUR, 200, 3000.0, 0.001, HALF_HOUR, 0.0)

@@ -46,3 +46,14 @@ def test_an_inline_param_error_names_where_it_is(tmp_path):
     path.write_text(json.dumps(doc))
     with pytest.raises(ConfigError, match=r"symbols\[0\]\.params of .*fleet.yaml"):
         symbol_params(load_fleet_config(path), "ETHUSDC", path)
+
+
+def test_a_worst_case_multiplier_that_would_step_past_the_hard_cap_is_refused(tmp_path):
+    """net_max is held under its hard cap (0.25 for ETHUSDC); a multiplier of 3 let the worst case, and so
+    the position, reach 0.75 all the same."""
+    doc = {**BASE, "symbols": [{"symbol": "ETHUSDC", "account": "main",
+                                "params": {"base": {"net_max": 0.25}, "worst_case": {"multiplier": 3.0}}}]}
+    path = tmp_path / "fleet.yaml"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=r"worst_case\.multiplier"):
+        symbol_params(load_fleet_config(path), "ETHUSDC", path)
