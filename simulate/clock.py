@@ -4,15 +4,20 @@ The agent's runtime awaits ``asyncio.sleep``, ``asyncio.wait_for`` and its injec
 :class:`~agents.clock.Clock`; on :class:`VirtualTimeLoop` all of them run on the loop's own clock,
 which stands still while callbacks run and, when nothing is ready, moves straight to the earliest
 scheduled timer. Nothing in the run touches a socket, so a simulated hour costs only the work done
-in it. The order of callbacks is asyncio's own (ready queue, then timers by due time, ties in the
-order they were scheduled), so a run is deterministic for a given seed.
+in it. The order of callbacks is asyncio's (ready queue, then timers by due time), with ties of due
+time broken in the order the timers were scheduled (:class:`_Timer`; asyncio's heap leaves them to
+its shape, so one more timer anywhere, a progress bar's, reordered others and changed a seed's
+numbers), so a run is deterministic for a given seed, whatever else watches it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import selectors
-from typing import Any, Coroutine, TypeVar
+from asyncio import events
+from typing import Any, Callable, Coroutine, TypeVar
 
 T = TypeVar("T")
 
@@ -57,6 +62,20 @@ class _VirtualSelector(selectors.BaseSelector):
         return []
 
 
+class _Timer(events.TimerHandle):
+    """A timer ordered by due time, then by the order it was scheduled in (``heapq`` reads ``<`` only)."""
+
+    __slots__ = ("_seq",)
+
+    def __init__(self, when: float, callback: Callable[..., Any], args: tuple, loop: Any, context: Any,
+                 seq: int) -> None:
+        super().__init__(when, callback, args, loop, context)
+        self._seq = seq
+
+    def __lt__(self, other: Any) -> bool:
+        return self._when < other._when or (self._when == other._when and self._seq < other._seq)
+
+
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """An event loop on simulated seconds, starting at ``start`` (seconds, any origin)."""
 
@@ -65,9 +84,25 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         super().__init__(selector)
         selector.loop = self
         self._now = float(start)
+        self._timer_seq = itertools.count()
 
     def time(self) -> float:
         return self._now
+
+    def call_at(self, when: float, callback: Callable[..., Any], *args: Any, context: Any = None) -> _Timer:
+        """asyncio's ``call_at`` (``call_later`` and every sleep come here), its timer a :class:`_Timer`."""
+        if when is None:
+            raise TypeError("when cannot be None")
+        self._check_closed()
+        if self._debug:
+            self._check_thread()
+            self._check_callback(callback, "call_at")
+        timer = _Timer(when, callback, args, self, context, next(self._timer_seq))
+        if timer._source_traceback:
+            del timer._source_traceback[-1]
+        heapq.heappush(self._scheduled, timer)
+        timer._scheduled = True
+        return timer
 
     def _advance_to_next_timer(self, timeout: float) -> None:
         scheduled = self._scheduled  # asyncio's heap of TimerHandles (cancelled heads already popped)

@@ -18,6 +18,7 @@ def run(coro_fn, start: float = 0.0):
 @pytest.mark.parametrize("delays, expected", [
     ([0.3, 0.1, 0.2], [(0.1, "b"), (0.2, "c"), (0.3, "a")]),
     ([1.0, 1.0], [(1.0, "a"), (1.0, "b")]),  # ties: in the order they were scheduled
+    ([1.0] * 6, [(1.0, n) for n in "abcdef"]),    # (asyncio's own heap fires these a c f e b d)
     ([0.0, 86_400.0 * 3], [(0.0, "a"), (259_200.0, "b")]),  # beyond asyncio's longest select
 ])
 def test_timers_fire_in_order_at_their_due_times(delays, expected):
@@ -25,7 +26,7 @@ def test_timers_fire_in_order_at_their_due_times(delays, expected):
         loop = asyncio.get_running_loop()
         seen = []
         done = asyncio.Event()
-        for name, d in zip("abc", delays):
+        for name, d in zip("abcdef", delays):
             loop.call_later(d, lambda n=name: (seen.append((loop.time(), n)), len(seen) == len(delays) and done.set()))
         await done.wait()
         return seen

@@ -30,7 +30,9 @@ def _run(minutes: float, seed: int = 1, **kwargs):
 
 
 def test_the_same_seed_prints_the_same_table_and_another_seed_does_not():
-    a, b, c = _run(8, seed=5), _run(8, seed=5), _run(8, seed=6)
+    """b with a progress bar (the command's default; a sweep runs without): its timers reordered the
+    agent's timers due at the same instant, and a seed printed other numbers with it (33 fills against 37)."""
+    a, b, c = _run(8, seed=5), _run(8, seed=5, progress=lambda done, wall: None), _run(8, seed=6)
     assert format_table(a) == format_table(b)
     assert a.symbols[0].table == b.symbols[0].table
     assert a.symbols[0].samples == b.symbols[0].samples
