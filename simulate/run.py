@@ -31,7 +31,7 @@ from simulate import params as overrides_of
 from simulate.clock import SimClock, run_simulated
 from simulate.observe import SymbolWatch
 from simulate.result import RunResult
-from simulate.schedule import Event, ScheduleError, play
+from simulate.schedule import Event, ScheduleError, check_routes, play
 from simulate.transport import SIM_URL, LocalTransport
 
 START_MS = 1_767_225_600_000  # 2026-01-01 00:00:00 UTC: funding at 00/08/16 falls on whole hours of the run
@@ -128,6 +128,7 @@ async def _simulate(cfg: FleetConfig, config_path: Path, opts: RunOptions, overr
     symbols = [s.upper() for s in opts.symbols] if opts.symbols else [e.symbol for e in cfg.symbols]
     ex = LocalExchange(clock_ms=clock.time_ms, symbols=symbols, seed=opts.seed, config=sim_config_for(cfg, opts),
                        stream_latency_ms=opts.stream_latency_ms)
+    check_routes(opts.schedule, ex.routes)   # (before a timer runs: refused, not left pending unseen)
     logs = LogCount()
     logger = _quiet_logger(logs, verbose)
     every = max(1, math.ceil(opts.hours * 3600.0 / max(opts.points, 1)))

@@ -31,11 +31,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fleet import yamlfile
 from fleet.sim.config import check_interval_hours
-from fleet.sim.faults import parse_fault
+from fleet.sim.admin_input import text
+from fleet.sim.faults import check_path, check_reach, parse_fault
 from fleet.sim.local import LocalExchange
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+MAX_LATENCY_MS = 600_000   # as the simulator's POST /sim/fault/latency
 
 
 class ScheduleError(ValueError):
@@ -109,9 +113,12 @@ FIELDS: dict[str, frozenset[str]] = {
 
 
 def _finite(value: Any, name: str) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number") from None
     if isinstance(value, bool):
         raise ValueError(f"{name} must be a number")
-    x = float(value)
     if not math.isfinite(x):
         raise ValueError(f"{name} must be a finite number")
     return x
@@ -130,10 +137,14 @@ def _check(ev: Event) -> None:
         raise ValueError("pct must be above -100 (a price falls at most to nothing)")
     elif ev.do == "freeze" and not 0 < parse_duration(a.get("seconds", 10)) < math.inf:
         raise ValueError("seconds must be a positive duration")
+    elif ev.do == "freeze" and a.get("mode", "data") not in ("data", "price"):
+        raise ValueError("mode must be data (the market and its streams stop) or price (the mid holds still)")
     elif ev.do == "latency":
         ms = _finite(a.get("ms", 0), "ms")
-        if ms < 0 or ms != int(ms):
-            raise ValueError("ms must be a whole number of milliseconds, 0 or more (0: back to the config's)")
+        if not 0 <= ms <= MAX_LATENCY_MS or ms != int(ms):
+            raise ValueError(f"ms must be a whole number of milliseconds from 0 to {MAX_LATENCY_MS} (0: back to the "
+                             f"config's)")
+        text(a, "path")
     elif ev.do == "delist" and parse_duration(a.get("in", "1h")) <= 0:
         raise ValueError("in must be a duration after the announcement")
     elif ev.do == "funding_interval":
@@ -147,11 +158,19 @@ def _check(ev: Event) -> None:
             raise ValueError("rate must be a finite decimal, or null to wander again")
 
 
-def check_run(events: list[Event], symbols: list[str], hours: float, accounts: list[str] | None = None) -> None:
+def check_run(events: list[Event], symbols: list[str], hours: float, accounts: list[str] | None = None,
+              replay: bool = False) -> None:
     """The events against the run they are for: a symbol it trades, an account it has, a time within it
-    (an event after the end would silently never happen)."""
+    (an event after the end would silently never happen), a market that can take it (a replayed one
+    moves by its recording alone)."""
     for i, ev in enumerate(events):
         a = ev.args
+        if replay and ev.do in ("jump", "funding_interval"):
+            raise ScheduleError(f"schedule event {i} ({ev.do}): the run replays a recording, whose market and "
+                                f"funding times are the recording's")
+        if ev.do == "expire_listen_key" and accounts is not None and a.get("account", "main") not in accounts:
+            raise ScheduleError(f"schedule event {i} ({ev.do}): name the account (the run has no account 'main': "
+                                f"{', '.join(accounts)})")
         if "symbol" in FIELDS[ev.do] and str(a.get("symbol", "")).upper() not in symbols:
             raise ScheduleError(f"schedule event {i} ({ev.do}): symbol {str(a.get('symbol'))[:40]!r} is not one of "
                                 f"the run's ({', '.join(symbols)})")
@@ -161,6 +180,19 @@ def check_run(events: list[Event], symbols: list[str], hours: float, accounts: l
         if ev.at > hours * 3600.0:
             raise ScheduleError(f"schedule event {i} ({ev.do}) at {ev.at:g} s is after the run's end "
                                 f"({hours:g} h)")
+
+
+def check_routes(events: list[Event], routes: Any) -> None:
+    """Each REST fault and latency against the exchange's routes: one no route takes (a misspelt path or
+    method, a mode for writes on a read) would wait unseen for good, the run's table not the schedule's."""
+    for i, ev in enumerate(events):
+        try:
+            if ev.do == "rest_fault":
+                check_reach(parse_fault(ev.args), routes)
+            elif ev.do == "latency":
+                check_path(ev.args.get("path"), routes)
+        except ValueError as exc:
+            raise ScheduleError(f"schedule event {i} ({ev.do}): {exc}") from None
 
 
 def _symbol(ex: LocalExchange, args: dict[str, Any]) -> str:

@@ -53,12 +53,15 @@ def _options(args: argparse.Namespace) -> Any:
     sim_config: Any = args.sim_config
     start: dict[str, Any] = {}
     hours = args.hours
+    symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()] if args.symbols is not None else None
+    if symbols == []:
+        raise ValueError("--symbols names no symbol (e.g. --symbols ETHUSDC,BTCUSDT; without it, every symbol of "
+                         "the config)")
     if args.replay:
         from fleet.sim.config import load_sim_config
         from fleet.sim.recording import Recording
         from simulate.run import replay_start_ms
 
-        symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()] if args.symbols else None
         first = start["start_ms"] = replay_start_ms(args.replay, symbols)  # the recorded times, unchanged
         rec = Recording(args.replay)
         last = rec.manifest.get("end_ms")
@@ -86,7 +89,7 @@ def _options(args: argparse.Namespace) -> Any:
     args.hours = hours
     return RunOptions(
         **start, hours=hours, seed=args.seed,
-        symbols=[s.strip().upper() for s in args.symbols.split(",") if s.strip()] if args.symbols else None,
+        symbols=symbols,
         rest_latency_ms=args.rest_latency_ms, stream_latency_ms=args.stream_latency_ms, sim_config=sim_config,
         schedule=load_schedule(args.schedule) if args.schedule else [], points=args.points,
         progress=None if args.no_progress else _progress_bar(args.hours))
@@ -109,7 +112,7 @@ def _progress_bar(hours: float) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from fleet.config import ConfigError, base_size_refusal, load_fleet_config, symbol_params
-    from fleet.sim.config import SimConfigError
+    from fleet.sim.config import BUILT_IN_SPECS, SimConfigError
     from simulate.run import sim_config_for
     from simulate.params import OverrideError, parse_sweep
     from simulate.params import apply as apply_overrides
@@ -123,13 +126,18 @@ def run(args: argparse.Namespace) -> int:
         unknown = [s for s in symbols if s not in {e.symbol for e in cfg.symbols}]
         if unknown:
             raise ValueError(f"{unknown[0]} is not in the fleet config {args.config}")
-        check_run(opts.schedule, symbols, opts.hours, [a.name for a in cfg.accounts])
+        sim_cfg = sim_config_for(cfg, opts)
+        check_run(opts.schedule, symbols, opts.hours, [a.name for a in cfg.accounts], bool(sim_cfg.replay))
         overrides = parse_sweep(args.set, single=True)[0] if args.set else {}
         combos = parse_sweep(args.sweep) if args.sweep else []
         both = sorted(set(overrides) & set(combos[0])) if combos else []
         if both:
             raise ValueError(f"{both[0]} is given by --set and --sweep: give it in one of them")
-        specs = {sp.symbol: sp for sp in sim_config_for(cfg, opts).symbol_specs(symbols)}
+        strange = [s for s in symbols if not sim_cfg.replay and not sim_cfg.knows(s)]
+        if strange:
+            raise ValueError(f"{strange[0]} has no contract in the simulator (built in: {', '.join(BUILT_IN_SPECS)}): "
+                             f"give its spec (tick_size, step_size, start_price, ...) under symbols: in --sim-config")
+        specs = {sp.symbol: sp for sp in sim_cfg.symbol_specs(symbols)}
         for combo in combos or [{}]:   # every combination checked before a run (a sweep's Ray tasks) starts
             for symbol in symbols:
                 p = apply_overrides(cfg, symbol, symbol_params(cfg, symbol, args.config), {**overrides, **combo})

@@ -10,7 +10,8 @@ from aiohttp import web
 from fleet.sim.config import SimConfig
 from fleet.sim.engine import Engine, SimApiError
 from fleet.sim.admin_input import LATEST_MS, REQUIRED, YEAR_MS, decimal, flag, integer, loads, number, only, text
-from fleet.sim.faults import Deferred, FrameFault, Held, RestFault, parse_fault, parse_frame_fault
+from fleet.sim.faults import (Deferred, FrameFault, Held, RestFault, check_path, check_reach, parse_fault,
+                              parse_frame_fault)
 
 __all__ = ["AdminRoutes", "RestFault"]
 
@@ -36,6 +37,7 @@ class AdminRoutes:
     deferred: list[Deferred]
     held: list[Held]
     latency: tuple[int, str | None]
+    routes: frozenset[tuple[str, str]]
     conns: set[Any]
     host: str
 
@@ -87,7 +89,9 @@ class AdminRoutes:
         if method != "POST":
             return None
         if path == "/sim/fault/rest":
-            self.faults.append(parse_fault(body))
+            fault = parse_fault(body)
+            check_reach(fault, self.routes)
+            self.faults.append(fault)
             return {"ok": True, "pending": len(self.faults)}
         if path == "/sim/fault/frame":
             self.frame_faults.append(parse_frame_fault(body))
@@ -101,6 +105,7 @@ class AdminRoutes:
         if path == "/sim/fault/latency":
             only(body, path, "ms", "path")
             ms = integer(body, "ms", 0, 0, 600_000)
+            check_path(text(body, "path"), self.routes)
             self.latency = (ms, text(body, "path"))
             return {"ok": True}
         if path in ("/sim/fault/clear", "/sim/countdown/check"):

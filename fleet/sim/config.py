@@ -165,21 +165,24 @@ class SymbolSpec(_Model):
 def default_symbol_spec(symbol: str) -> SymbolSpec:
     """The built-in symbols the rest of the project assumes, or a generic spec for any other name."""
     symbol = symbol.upper()
-    known: dict[str, dict[str, Any]] = {
-        "ETHUSDC": dict(base_asset="ETH", quote_asset="USDC", tick_size="0.01", step_size="0.001",
-                        min_notional="5", start_price=3000.0, market_max_qty="2000"),
-        "BTCUSDT": dict(base_asset="BTC", quote_asset="USDT", tick_size="0.10", step_size="0.001",
-                        min_notional="50", start_price=60000.0, price_precision=2,
-                        max_qty="1000", market_max_qty="120"),
-        "SOLUSDT": dict(base_asset="SOL", quote_asset="USDT", tick_size="0.01", step_size="0.01",
-                        min_notional="5", start_price=150.0, max_qty="100000", market_max_qty="5000"),
-    }
-    if symbol in known:
-        return SymbolSpec(symbol=symbol, **known[symbol])
+    if symbol in BUILT_IN_SPECS:
+        return SymbolSpec(symbol=symbol, **BUILT_IN_SPECS[symbol])
     for quote in ("USDT", "USDC", "BUSD"):
         if symbol.endswith(quote) and len(symbol) > len(quote):
             return SymbolSpec(symbol=symbol, base_asset=symbol[: -len(quote)], quote_asset=quote)
     return SymbolSpec(symbol=symbol, base_asset=symbol, quote_asset="USDT")
+
+
+# the contracts the simulator knows without a spec in its config
+BUILT_IN_SPECS: dict[str, dict[str, Any]] = {
+    "ETHUSDC": dict(base_asset="ETH", quote_asset="USDC", tick_size="0.01", step_size="0.001",
+                    min_notional="5", start_price=3000.0, market_max_qty="2000"),
+    "BTCUSDT": dict(base_asset="BTC", quote_asset="USDT", tick_size="0.10", step_size="0.001",
+                    min_notional="50", start_price=60000.0, price_precision=2,
+                    max_qty="1000", market_max_qty="120"),
+    "SOLUSDT": dict(base_asset="SOL", quote_asset="USDT", tick_size="0.01", step_size="0.01",
+                    min_notional="5", start_price=150.0, max_qty="100000", market_max_qty="5000"),
+}
 
 
 class AccountSpec(_Model):
@@ -272,6 +275,11 @@ class SimConfig(_Model):
         if v < 1:
             raise ValueError(f"must be at least 1 second, got {v}")
         return v
+
+    def knows(self, symbol: str) -> bool:
+        """Whether ``symbol``'s contract is the config's or a built-in one (any other name is traded on a
+        generic spec: a price of 100, a tick of 0.01)."""
+        return symbol.upper() in BUILT_IN_SPECS or any(s.symbol == symbol.upper() for s in self.symbols)
 
     def symbol_specs(self, names: list[str] | None = None) -> tuple[SymbolSpec, ...]:
         """The configured specs, plus defaults for names not configured (in the given order)."""

@@ -25,6 +25,7 @@ PRE_MODES = ("error", "429")  # answered before the request reaches the exchange
 EXEC_MODES = ("late", "exec_then_error", "batch_short", "batch_malformed", "batch_nonjson")  # writes only
 BATCH_MODES = ("batch_short", "batch_malformed", "batch_nonjson")
 MODES = ("error", "unknown", "429", "throttle") + EXEC_MODES
+HTTP_METHODS = ("GET", "POST", "PUT", "DELETE")
 
 
 def _html(status: int, reason: str) -> str:
@@ -160,8 +161,36 @@ def parse_fault(body: dict[str, Any]) -> RestFault:
     if entries is not None:
         if not isinstance(entries, list) or not all(isinstance(i, int) for i in entries):
             raise ValueError("entries must be a list of entry indices")
+    if text(body, "method") is not None and body["method"].upper() not in HTTP_METHODS:
+        raise ValueError(f"method must be one of {', '.join(HTTP_METHODS)}")
     return RestFault(mode, count, text(body, "path"), text(body, "method"), status, answer, delay_ms, hold_ms,
                      entries, body.get("entry", {}))
+
+
+_MODE_ROUTES = {"throttle": ("POST order, batchOrders and order/test", THROTTLE_ROUTES),
+                **{m: ("the batch routes", BATCH_ROUTES) for m in BATCH_MODES},
+                **{m: ("writes (orders, batches, algo orders, cancel-all, countdown)", WRITE_ROUTES)
+                   for m in EXEC_MODES if m not in BATCH_MODES}}
+
+
+def check_reach(fault: RestFault, routes: Any) -> None:
+    """ValueError when ``fault`` can match none of ``routes`` ((method, path) pairs): a misspelt path or
+    method, or a mode whose routes the path and method leave out, would wait unseen for good."""
+    method = fault.method.upper() if fault.method is not None else None
+    reached = {(m, p) for m, p in routes if (fault.path is None or p.startswith(fault.path))
+               and (method is None or m == method)}
+    if not reached:
+        raise ValueError(f"path {str(fault.path)[:60]!r}{' with method ' + method if method else ''} names no "
+                         f"route of the simulator (a path or its beginning, e.g. /fapi/v1/order)")
+    said, allowed = _MODE_ROUTES.get(fault.mode, ("", None))
+    if allowed is not None and not reached & allowed:
+        raise ValueError(f"mode {fault.mode} applies to {said} only: the path and method given reach none")
+
+
+def check_path(path: Any, routes: Any) -> None:
+    """ValueError unless ``path`` (a latency fault's) is a route of ``routes`` or its beginning."""
+    if path is not None and not any(p.startswith(path) for _, p in routes):
+        raise ValueError(f"path {str(path)[:60]!r} names no route of the simulator (a path or its beginning)")
 
 
 @dataclass

@@ -74,6 +74,11 @@ class ExchangeGateway(RestHandlers):
     def route_known(self, method: str, path: str) -> bool:
         return (method, path) in self._routes
 
+    @property
+    def routes(self) -> frozenset[tuple[str, str]]:
+        """Every (method, path) the REST side answers."""
+        return frozenset(self._routes)
+
     def _route_table(self) -> dict[tuple[str, str], tuple[Callable[..., Any], str, Any]]:
         e = self.engine
         r: dict[tuple[str, str], tuple[Callable[..., Any], str, Any]] = {}

@@ -152,6 +152,11 @@ def test_planned_stream_swaps_keep_the_agent_in_step():
     ([{"at": 10, "do": "jump", "symbol": "ETHUSDC"}], "jump needs pct"),
     ([{"at": 10, "do": "funding_rate", "symbol": "ETHUSDC", "rate": "abc"}], "rate must be a finite decimal"),
     ([{"at": 10, "do": "latency", "ms": 0.5}], "whole number of milliseconds"),
+    ([{"at": 10, "do": "latency", "ms": 10**8}], "from 0 to 600000"),
+    ([{"at": 10, "do": "latency", "ms": 300, "path": 42}], "path must be a non-empty string"),   # (a traceback)
+    ([{"at": 10, "do": "jump", "symbol": "ETHUSDC", "pct": "abc"}], "pct must be a number"),
+    ([{"at": 10, "do": "freeze", "symbol": "ETHUSDC", "mode": "sideways"}], "mode must be data"),   # (mid-run)
+    ([{"at": 10, "do": "rest_fault", "mode": "error", "method": "YEET"}], "method must be one of"),
 ])
 def test_a_bad_schedule_is_refused_naming_the_problem(events, message):
     with pytest.raises(ScheduleError, match=re.escape(message) if "'" in message else message):
@@ -166,6 +171,30 @@ def test_a_bad_schedule_is_refused_naming_the_problem(events, message):
 def test_an_event_the_run_could_not_carry_out_is_refused_before_it(event, message):
     with pytest.raises(ScheduleError, match=re.escape(message)):
         check_run(load_schedule([event]), ["ETHUSDC"], 1.0, ["main"])
+
+
+@pytest.mark.parametrize("event, message", [
+    ({"at": 10, "do": "jump", "symbol": "ETHUSDC", "pct": 1}, "replays a recording"),
+    ({"at": 10, "do": "funding_interval", "symbol": "ETHUSDC", "hours": 1}, "replays a recording"),
+    ({"at": 10, "do": "expire_listen_key"}, "the run has no account 'main'"),   # (-2015 mid-run)
+])
+def test_an_event_a_replay_or_the_run_s_accounts_cannot_take_is_refused_before_it(event, message):
+    with pytest.raises(ScheduleError, match=re.escape(message)):
+        check_run(load_schedule([event]), ["ETHUSDC"], 1.0, ["desk1"], replay=True)
+
+
+@pytest.mark.parametrize("fault, message", [
+    ({"mode": "error", "path": "/fapi/v1/ordr"}, "names no route"),
+    ({"mode": "late", "path": "/fapi/v1/openOrders"}, "mode late applies to writes"),
+    ({"mode": "batch_short", "path": "/fapi/v1/order"}, "mode batch_short applies to the batch routes"),
+    ({"mode": "error", "path": "/fapi/v1/time", "method": "POST"}, "names no route"),
+])
+def test_a_fault_no_request_could_meet_is_refused_before_the_run(fault, message):
+    """It was taken and waited, unseen, for good: the run's table was not the schedule's (0 unknown
+    outcomes) and nothing said so."""
+    events = load_schedule([{"at": 5, "do": "rest_fault", **fault}])
+    with pytest.raises(ScheduleError, match=r"schedule event 0 \(rest_fault\): .*" + message):
+        _run(0.5, schedule=events)
 
 
 def test_an_event_that_fails_during_the_run_fails_the_run_naming_it():
@@ -198,6 +227,7 @@ def test_an_agent_behind_its_feed_does_not_quote_on_old_books():
     (["--set", "base_size=0.0000001"], "base.base_size 0.0000001 is under its smallest order of 0.001"),
     (["--report", "/nonexistent/r.html"], "its directory /nonexistent does not exist"),
     (["--json", "/tmp"], "is a directory"),
+    (["--symbols", ","], "--symbols names no symbol"),   # (it ran every symbol of the config)
 ])
 def test_simulate_refuses_bad_arguments_before_it_runs(extra, message, capsys):
     """Before any simulated hour is spent (and before a sweep's Ray tasks start): a result that could not

@@ -26,8 +26,14 @@ BAD_ADMIN = [
     ("/sim/fault/rest", b'{"mode": "error", "count": 1000000000000000000000000000000}', "count"),
     ("/sim/fault/rest", b'{"mode": "error", "status": 1e400}', "status"),   # (JSON's 1e400 is a float's inf)
     ("/sim/fault/rest", b'{"mode": "error", "status": 503.5}', "status"),
+    # a fault no request could meet waited, unseen, for good: a misspelt path or method, a mode's routes missed
+    ("/sim/fault/rest", b'{"mode": "error", "path": "/fapi/v1/ordr"}', "names no route"),
+    ("/sim/fault/rest", b'{"mode": "error", "method": "YEET"}', "method must be one of"),
+    ("/sim/fault/rest", b'{"mode": "late", "path": "/fapi/v1/openOrders"}', "applies to writes"),
+    ("/sim/fault/rest", b'{"mode": "batch_short", "path": "/fapi/v1/order"}', "the batch routes"),
     ("/sim/fault/frame", b'{"stream": "user", "mode": "garbage", "cnt": 2}', "'cnt'"),
     ("/sim/fault/latency", b'{"ms": 10, "path": 5}', "path"),
+    ("/sim/fault/latency", b'{"ms": 10, "path": "/fapi/v9"}', "names no route"),
     ("/sim/fault/latency", b'{"ms": true}', "ms"),
     ("/sim/limits", b'{"max_modifies_per_order": 1000000000000000000000000000000}', "max_modifies_per_order"),
     ("/sim/limits", b'{"max_modifies_per_order": 2.9}', "max_modifies_per_order"),
