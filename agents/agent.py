@@ -513,9 +513,9 @@ class SymbolAgent:
         return self.core
 
     async def close_streams(self) -> None:
-        # Only our sockets: the listenKey is the account's, shared with the other agents on it.
-        await self.market.close()
-        await self.user.close()
+        # Only our sockets: the listenKey is the account's, shared with the other agents on it. Together: a
+        # silent exchange's close waits its timeout once.
+        await asyncio.gather(self.market.close(), self.user.close())
 
     def done(self) -> None:
         if self._done is not None:

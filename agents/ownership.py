@@ -151,14 +151,26 @@ class LockFileOwnership:
         return self._grant
 
     async def renew(self) -> Grant:
-        """Confirm the lock is still ours: the PID file must still name this process."""
+        """Confirm the lock is still ours: the lock file at its path is the one this process holds
+        locked (one removed, or replaced, may be locked by another process); the PID file, only what
+        it says, is written again if it went (a clean-up removed it: the agent stopped quoting)."""
         if self._fd is None or self._grant is None:
             raise OwnershipLost(f"{self.symbol}: not acquired (or already released)")
+        try:
+            held = os.fstat(self._fd)
+            at_path = os.stat(self.lock_path)
+            same = (held.st_dev, held.st_ino) == (at_path.st_dev, at_path.st_ino)
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise OwnershipLost(f"{self.symbol}: the lock file {self.lock_path} is no longer the one this process "
+                                f"locked (removed or replaced): another process may own the symbol")
         owner = self._read_int(self.pid_path)
         if owner != os.getpid():
-            raise OwnershipLost(
-                f"{self.symbol}: PID file {self.pid_path} names {owner or 'nobody'}, not this process {os.getpid()}"
-            )
+            if owner and _pid_alive(owner):
+                raise OwnershipLost(f"{self.symbol}: PID file {self.pid_path} names {owner}, a live process, not "
+                                    f"this process {os.getpid()}")
+            _write_atomic(self.pid_path, f"{os.getpid()}\n")
         kill_state = self.kill_state()
         if kill_state != self._grant.kill_state:
             self._grant = Grant(

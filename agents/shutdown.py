@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Callable
 from fleet.binance.client import BinanceClient
 from fleet.binance.errors import BinanceError
 
-from .agent_base import BLOCK_STOPPING, FATAL_START_CODES, _same_epoch
+from .agent_base import BLOCK_STOPPING, FATAL_START_CODES, _older_epoch, _same_epoch
+from .orders import parse_client_order_id
 
 LANDING_POLL_S = 0.5  # the stop's cancel-all round while an order of ours may still land
 
@@ -55,7 +56,13 @@ class Shutdown:
                     # cancelled ten at a time by the batch route, another door of the exchange
                     self.agent.log.event("cancel_all_failed", f"cancel-all: {exc!r}; cancelling the listed orders",
                                          level=logging.WARNING)
-                    fenced = await self._cancel_listed(client)
+                    try:
+                        fenced = await self._cancel_listed(client)
+                    except BinanceError as exc2:   # still listed below: the count is known, not -1
+                        if exc2.code in FATAL_START_CODES:
+                            raise
+                        self.agent.log.event("cancel_all_failed", f"batch cancel: {exc2!r}", level=logging.WARNING)
+                        fenced = not self.agent.lease_ok()
                 listed = await client.open_orders(self.agent.symbol)
                 if fenced:
                     listed = [o for o in listed if _same_epoch(o.client_order_id, self.agent.core.epoch)]
@@ -171,7 +178,7 @@ class Shutdown:
                     await asyncio.wait_for(a.client.cancel_all(a.symbol), 1.5)
                 except (BinanceError, OSError, asyncio.TimeoutError) as exc:  # the dead-man switch is the last net
                     a.log.event("stop_cancel_failed", f"forced cancel-all failed: {exc!r}", level=logging.ERROR)
-        open_n, position = await self._exchange_view()
+        open_n, own_n, position = await self._exchange_view()
         await a.tasks.cancel_all(a.sender.inflight)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(a.journal.on_stop(a), 5.5)  # last backfill and snapshot; client open
@@ -187,6 +194,9 @@ class Shutdown:
             **a.status(),
             "exposure": a.exposure(),
             "exchange_open_orders": open_n,
+            # mmfleet's own orders of the symbol still listed (None: not read, though the agent had reached
+            # the exchange); another hand's orders are not the stop's to take in every case
+            "exchange_own_orders": own_n if a.grant is not None and a.client is not None else 0,
             "exchange_position": position,
             "flattened": bool(flatten) and position == 0,   # the exchange says flat (None: not read)
             "stop_elapsed_ms": int((a.clock.monotonic() - t0) * 1000),
@@ -203,17 +213,20 @@ class Shutdown:
         a.done()
         return summary
 
-    async def _exchange_view(self) -> tuple[int | None, float | None]:
-        """What the exchange says is left: open orders and position (None where it did not answer)."""
+    async def _exchange_view(self) -> tuple[int | None, int | None, float | None]:
+        """What the exchange says is left: open orders, mmfleet's among them, and the position (None where
+        it did not answer)."""
         client = self.agent.client
-        open_n = position = None
+        open_n = own_n = position = None
         if client is not None:
             symbol = self.agent.symbol
             with contextlib.suppress(Exception):
-                open_n = len(await asyncio.wait_for(client.open_orders(symbol), 1.5))
+                listed = await asyncio.wait_for(client.open_orders(symbol), 1.5)
+                open_n = len(listed)
+                own_n = sum(1 for o in listed if parse_client_order_id(o.client_order_id) is not None)
             with contextlib.suppress(Exception):
                 position = float((await asyncio.wait_for(client.position(symbol, risk=True), 1.5)).amount)
-        return open_n, position
+        return open_n, own_n, position
 
     async def _stop_trading(self, flatten: bool) -> None:
         a = self.agent
@@ -221,7 +234,12 @@ class Shutdown:
             task.cancel()
         await self._wait_inflight(2.0)
         if a.client is None or a.core is None:
-            return  # nothing of ours can be resting: the start never got as far as the symbol
+            await self._cancel_before_core()   # the older epochs' orders the start was to cancel
+            return
+        if not a.started and a.starter.others_resting:
+            a.log.event("stop_during_start", "stopped while another owner's orders rest (the start refused to quote "
+                        "beside them): they are left to it", level=logging.WARNING)
+            return
         if not a.started and a.grant is not None:
             a.log.event("stop_during_start", "stopped while starting: cancelling whatever rests", level=logging.WARNING)
         budget = a.runtime.stop_timeout_sec
@@ -256,6 +274,28 @@ class Shutdown:
                 await a.client.countdown_cancel_all(a.symbol, 0)  # disarm the dead-man switch
             except BinanceError as exc:  # still armed: it fires on an already emptied book
                 a.log.event("deadman_disarm_failed", f"dead-man switch not disarmed: {exc!r}", level=logging.WARNING)
+
+    async def _cancel_before_core(self) -> None:
+        """A stop while the start had not yet read the symbol: no order of this agent rests, but a
+        predecessor's (an older epoch) may, which the start was to cancel; they go (only those: what
+        else rests is not known to be anyone's of ours), and what is left is counted."""
+        a = self.agent
+        if a.client is None or a.grant is None or not a.lease_ok():
+            return
+        a.log.event("stop_during_start", "stopped while starting: cancelling the older epochs' orders",
+                    level=logging.WARNING)
+        epoch = a.grant.epoch
+        try:
+            await a.client.cancel_listed(a.symbol, keep=lambda o: _older_epoch(o.client_order_id, epoch))
+            listed = await a.client.open_orders(a.symbol)
+            self.left_open = sum(1 for o in listed if _older_epoch(o.client_order_id, epoch))
+        except (BinanceError, OSError, asyncio.TimeoutError) as exc:
+            a.log.event("stop_cancel_failed", f"the older epochs' orders not cancelled: {exc!r}", level=logging.ERROR)
+            return
+        if self.left_open:
+            a.log.event("stop_left_orders", f"{self.left_open} older-epoch order(s) still open at the exchange after "
+                        f"the stop: their dead-man switch cancels them when its countdown runs out",
+                        level=logging.ERROR)
 
     async def _wait_inflight(self, timeout: float) -> None:
         inflight = self.agent.sender.inflight

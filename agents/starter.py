@@ -18,6 +18,7 @@ from fleet.binance.models import OrderInfo
 
 from .carry import take_in
 from .core import AgentCore
+from .orders import parse_client_order_id
 from .strategy import size_problem
 from .agent_base import BLOCK_RESYNC, BLOCK_USER_STREAM, Backoff, _older_epoch
 
@@ -42,6 +43,7 @@ class Starter:
         self.agent = agent
         self._resync_lock = asyncio.Lock()
         self._retrying = False
+        self.others_resting = 0   # another owner's orders the start found (refuse_other_owners)
 
     async def start(self) -> None:
         """Filters, user stream (buffering), snapshot, old epochs cancelled, market streams, dead-man."""
@@ -61,6 +63,7 @@ class Starter:
         await self.resync(initial=True)
         await take_in(a)   # the books a previous agent of the symbol left, and the trades since (agents/carry.py)
         await self.cancel_older_epochs()
+        self.refuse_other_owners()
         await a.market.connect()
         await a.timers.heartbeat()
 
@@ -190,6 +193,27 @@ class Starter:
                     return None
                 return value if math.isfinite(value) else None
         return None
+
+    def refuse_other_owners(self) -> None:
+        """mmfleet's orders of this epoch or a later one rest already, though this start placed none:
+        another process trades the symbol on the account (an agent started by hand on another state
+        directory, another fleet), or a predecessor whose epoch was lost (a fresh state directory) left
+        them. Quoting beside them fought them (each cancelled the other's as strays, ids used twice) and
+        its heartbeat kept their dead-man switch from firing; the start fails instead, said, and is tried
+        again (a dead predecessor's countdown empties its book meanwhile; a stop leaves them)."""
+        a = self.agent
+        core = a.require_core()
+        others = sorted(o.client_order_id for o in core.store.orders.values()
+                        if o.is_open and (p := parse_client_order_id(o.client_order_id)) is not None
+                        and p[0] >= core.epoch)
+        self.others_resting = len(others)
+        if others:
+            msg = (f"{len(others)} order(s) of mmfleet's with epoch {core.epoch} (this agent's) or later rest at "
+                   f"the exchange, e.g. {others[0]}, though this agent placed none: another process trades "
+                   f"{a.symbol} on this account, or the last agent's epoch was lost (another state directory); "
+                   f"not quoting beside them")
+            a.log.event("other_owner_orders", msg, level=logging.ERROR)
+            raise BinanceError(0, msg, None)
 
     async def cancel_older_epochs(self) -> None:
         """Orders of an older epoch (a previous owner of this symbol) are cancelled before any quote."""

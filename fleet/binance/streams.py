@@ -27,6 +27,9 @@ from .parse import FrameError, decode, parse_market, parse_user, unwrap
 log = logging.getLogger("fleet.binance.streams")
 
 LAYOUTS = ("classic", "2026")
+# a close's wait for the server's answer (websockets' default, 10 s a connection one after another: an
+# exchange gone silent held an agent's stop 29 s past its cancels, beyond a supervisor's 30 s grace)
+CLOSE_TIMEOUT_S = 1.0
 
 
 def resolve_layout(ws_url: str, layout: str) -> str:
@@ -191,6 +194,7 @@ class _FrameStream:
                     open_timeout=self._open_timeout,
                     ping_interval=self._ping_interval,
                     ping_timeout=self._ping_timeout,
+                    close_timeout=CLOSE_TIMEOUT_S,
                     max_size=2**22,
                 )
                 self._conns.append(conn)
@@ -202,8 +206,7 @@ class _FrameStream:
 
     async def close(self) -> None:
         self._closing = True
-        for conn in self._conns:
-            await conn.close()
+        await asyncio.gather(*(conn.close() for conn in self._conns), return_exceptions=True)
         for task in self._readers:
             task.cancel()
         for task in self._readers:

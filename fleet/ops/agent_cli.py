@@ -229,6 +229,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: the exchange refused the agent's start: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(summary, indent=2, sort_keys=True, default=str), flush=True)
+    left = summary.get("exchange_own_orders", 0)
+    if left != 0:   # (the stop's ERROR said why; a supervisor reads the exit)
+        print(f"error: {'an unknown number of' if left is None else left} order(s) of mmfleet's still rest at the "
+              f"exchange for {prep['symbol']} after the stop: the dead-man switch cancels ours when its countdown "
+              f"runs out", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK if summary.get("state") == "stopped" and not summary.get("restart_needed") else EXIT_FAILED
 
 

@@ -111,6 +111,24 @@ async def test_renew_detects_a_pid_file_taken_over(tmp_path):
     await own.release()
 
 
+async def test_a_pid_file_removed_is_written_again_and_a_lock_file_removed_is_ownership_lost(tmp_path):
+    """A clean-up that removed the PID file made the holder of the lock declare its ownership lost (its
+    quotes left resting until the lease's pull, the agent never quoting again); the lock is the truth.
+    A lock file removed (or replaced) may be locked by another process: that is a loss."""
+    own = LockFileOwnership(tmp_path, "demo", "ETHUSDC")
+    grant = await own.acquire()
+    (tmp_path / "demo.ETHUSDC.pid").unlink()
+    assert await own.renew() == grant
+    assert (tmp_path / "demo.ETHUSDC.pid").read_text() == f"{os.getpid()}\n"
+    (tmp_path / "demo.ETHUSDC.lock").unlink()
+    other = LockFileOwnership(tmp_path, "demo", "ETHUSDC")
+    other.lock()   # a new file at the path: nothing stops another process now
+    with pytest.raises(OwnershipLost, match="no longer the one this process locked"):
+        await own.renew()
+    await other.release()
+    await own.release()
+
+
 async def test_acquiring_again_while_holding_the_lock_grants_a_fresh_larger_epoch(tmp_path):
     own = LockFileOwnership(tmp_path, "demo", "ETHUSDC")
     first = await own.acquire()

@@ -66,13 +66,13 @@ class AgentProcess:
 
 @pytest.fixture
 def fleet_config(tmp_path):
-    def write(**runtime: Any) -> Path:
+    def write(state: str = "state", **runtime: Any) -> Path:
         data = yaml.safe_load((REPO / "configs" / "fleet.demo.yaml").read_text())
         for sym in data["symbols"]:
             sym["params_file"] = str(REPO / "configs" / sym["params_file"])
         data["runtime"] = {"deadman_heartbeat_sec": 1, "deadman_countdown_ms": 30000, **runtime}
-        data["state_dir"] = str(tmp_path / "state")
-        path = tmp_path / "fleet.yaml"
+        data["state_dir"] = str(tmp_path / state)
+        path = tmp_path / ("fleet.yaml" if state == "state" else f"fleet.{state}.yaml")
         path.write_text(yaml.safe_dump(data))
         return path
 
@@ -158,6 +158,89 @@ async def test_restart_after_sigkill_cancels_older_epochs_before_quoting(sim, sp
     second.proc.send_signal(signal.SIGTERM)
     code, _ = await second.finish()
     assert code == 0
+
+
+async def _all_orders(sim) -> list[dict]:
+    async with SimClient.for_sim(sim) as c:
+        return (await c.signed("GET", "/fapi/v1/allOrders", {"symbol": SYMBOL, "limit": 1000})).json
+
+
+async def test_an_agent_on_another_state_dir_does_not_quote_beside_a_live_one_and_its_stop_leaves_them(
+        sim, spawn, fleet_config):
+    """Started by hand on another state directory, a second agent took a lock of its own and epoch 1
+    too: the two cancelled each other's orders as strays, used ids twice and crashed on 'already open'.
+    It now finds mmfleet's orders of its epoch resting though it placed none, and does not quote; its
+    stop leaves the live agent's book, and its exit says mmfleet's orders rest."""
+    owner = await spawn(fleet_config())
+    await wait_for(lambda: quoting(sim, 1), 20, "the first agent quoting")
+    intruder = await spawn(fleet_config(state="other"))
+    refused = await wait_for(lambda: intruder.events("other_owner_orders"), 20, "the second agent refusing")
+    assert refused[0]["level"] == "ERROR"
+    placed = {o["orderId"] for o in await _all_orders(sim)}
+    intruder.proc.send_signal(signal.SIGTERM)
+    code, _ = await intruder.finish()
+    assert code == 1
+    assert await quoting(sim, 1)   # the owner's book untouched by the intruder's stop
+    assert not owner.events("orphan_cancelled") and not owner.events("task_failed")
+    assert {o["orderId"] for o in await _all_orders(sim)} >= placed
+    owner.proc.send_signal(signal.SIGTERM)
+    code, _ = await owner.finish()
+    assert code == 0 and (await sim_state(sim))["open_orders"] == []
+
+
+async def test_an_agent_whose_epoch_was_lost_waits_out_its_predecessors_book(sim, spawn, fleet_config):
+    """A predecessor at epoch 2 killed, a successor on a fresh state directory (epoch 1): it read the
+    epoch-2 orders as a successor's, left them resting and its heartbeat kept their dead-man switch from
+    ever firing (18 orders still resting 65 s later). It now waits: their countdown empties the book,
+    then it quotes."""
+    config = fleet_config(deadman_countdown_ms=3000)
+    first = await spawn(config)
+    await wait_for(lambda: quoting(sim, 1), 20, "the first agent quoting at epoch 1")
+    first.proc.send_signal(signal.SIGTERM)
+    assert (await first.finish())[0] == 0
+    second = await spawn(config)
+    await wait_for(lambda: quoting(sim, 2), 20, "the second agent quoting at epoch 2")
+    second.proc.send_signal(signal.SIGKILL)
+    await second.finish()
+    fresh = await spawn(fleet_config(state="fresh", deadman_countdown_ms=3000))
+    await wait_for(lambda: quoting(sim, 1), 30, "the agent on a fresh state directory quoting at epoch 1")
+    assert fresh.events("other_owner_orders")
+    orders = await _all_orders(sim)
+    old = [o for o in orders if epoch_of(o["clientOrderId"]) == 2]
+    since = min(o["time"] for o in old)
+    new = [o for o in orders if epoch_of(o["clientOrderId"]) == 1 and o["time"] > since]
+    assert old and new and all(o["status"] not in ("NEW", "PARTIALLY_FILLED") for o in old)
+    assert max(o["updateTime"] for o in old) <= min(o["time"] for o in new), "quoted beside the predecessor's book"
+    fresh.proc.send_signal(signal.SIGTERM)
+    assert (await fresh.finish())[0] == 0
+
+
+async def test_a_stop_while_the_start_waits_on_the_exchange_cancels_the_predecessors_book(sim, spawn, fleet_config):
+    """SIGTERM while the start waited for exchangeInfo (before the symbol's core existed): the stop
+    cancelled nothing and exited 0, the killed predecessor's 18 orders resting (two filled 16 s later).
+    The older epochs' orders the start was to cancel now go."""
+    config = fleet_config()   # 30 s countdown: the predecessor's book rests through the test
+    first = await spawn(config)
+    await wait_for(lambda: quoting(sim, 1), 20, "the first agent quoting")
+    first.proc.send_signal(signal.SIGKILL)
+    await first.finish()
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{sim.rest_url}/sim/fault/latency", json={"ms": 8000, "path": "/fapi/v1/exchangeInfo"}) as r:
+            assert r.status == 200
+        second = await spawn(config)
+
+        async def held() -> bool:
+            return any(h["path"] == "/fapi/v1/exchangeInfo" for h in (await sim_state(sim)).get("held", []))
+
+        await wait_for(held, 20, "the start waiting for exchangeInfo")
+        second.proc.send_signal(signal.SIGTERM)
+        code, out = await second.finish()
+        async with http.post(f"{sim.rest_url}/sim/fault/clear", json={}) as r:
+            assert r.status == 200
+    assert code == 0, out
+    assert json.loads(out)["exchange_own_orders"] == 0
+    assert (await sim_state(sim))["open_orders"] == []
+    assert second.events("stop_during_start")
 
 
 async def test_second_agent_is_refused_naming_the_owner_pid_and_ctrl_c_stops_clean(sim, spawn, fleet_config):
