@@ -196,7 +196,8 @@ def _agents(cfg: FleetConfig, config_path: Path, opts: RunOptions, overrides: di
             endpoints=ExchangeEndpoints(SIM_URL, SIM_URL, SIM_URL), credentials=None, ownership=LocalLease(),
             logger=logger, clock=clock, rng=random.Random(f"{opts.seed}:{symbol}:agent"),
             transport=LocalTransport(ex, key, secret, clock=clock, rest_latency_ms=opts.rest_latency_ms)))
-        watches.append(SymbolWatch(symbol, entry.account, params.worst_cap, params.model_dump(), every))
+        watches.append(SymbolWatch(symbol, entry.account, params.worst_cap, params.model_dump(), every,
+                                   start_ms=clock.time_ms()))
     return agents, watches
 
 

@@ -205,6 +205,22 @@ def test_an_event_that_fails_during_the_run_fails_the_run_naming_it():
         _run(0.5, schedule=events)
 
 
+def test_funding_per_day_counts_the_intervals_the_settlements_paid_for_not_the_run():
+    """Hourly funding, a 4-minute run across one settlement: its fee is an hour's, a day is 24 of them
+    (the run's length made it 360)."""
+    from simulate.run import START_MS
+    import yaml
+
+    sim = {**yaml.safe_load((CONFIG.parent / "sim.demo.yaml").read_text()), "funding_interval_s": 3600.0}
+    start = (START_MS // 3_600_000 + 1) * 3_600_000 - 120_000   # two minutes before a whole hour
+    rate = load_schedule([{"at": 10, "do": "funding_rate", "symbol": "ETHUSDC", "rate": "0.003"}])
+    t = _run(4, seed=1, start_ms=start, sim_config=sim, schedule=rate).symbols[0].table
+    assert t["pnl_funding"] != 0
+    assert t["funding_per_day"] == pytest.approx(t["pnl_funding"] * 24)
+    quiet = _run(1, seed=1, start_ms=start - 600_000, sim_config=sim).symbols[0].table   # no settlement in it
+    assert quiet["pnl_funding"] == 0 and quiet["funding_per_day"] == 0
+
+
 def test_an_agent_behind_its_feed_does_not_quote_on_old_books():
     """Every frame reaching the agent 2.5 s after the exchange sent it (market_lag_max_ms is 2 s): however
     fresh the read, the books are old, so the agent pulls its quotes and places no order; 1 s late, it
