@@ -161,6 +161,8 @@ async def _simulate(cfg: FleetConfig, config_path: Path, opts: RunOptions, overr
             r.table[name] = a.counters.get(name, 0)
         r.table["liquidations"] = a.core.store.liquidations if a.core else 0
         r.table["quote_cycles"] = a.core.cycles if a.core else 0
+        # the limiter's own most (each second's look missed a fixed window's last second: 403 for 406)
+        r.table["orders_10s_max"], r.table["orders_1m_max"], r.table["weight_1m_max"] = ex.limiter.peaks(IP, w.account)
     for r in results:
         r.table["stream_connections"] = ex.opened["market"] + ex.opened["user"]
         r.table["warnings_logged"] = logs.counts["WARNING"]

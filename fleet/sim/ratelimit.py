@@ -27,6 +27,7 @@ def too_many_requests(ip: str, weight_per_minute: int) -> str:
 class _Window:
     start: int = 0
     used: int = 0
+    peak: int = 0   # the most any window held (a look each second misses a window's last second)
 
     def count(self, now_ms: int, length_ms: int, n: int) -> int:
         start = now_ms - now_ms % length_ms
@@ -34,6 +35,8 @@ class _Window:
             self.start = start
             self.used = 0
         self.used += n
+        if self.used > self.peak:
+            self.peak = self.used
         return self.used
 
     def peek(self, now_ms: int, length_ms: int) -> int:
@@ -72,6 +75,11 @@ class RateLimiter:
         if st is None:
             return 0, 0
         return st.ten_s.peek(now_ms, 10_000), st.minute.peek(now_ms, 60_000)
+
+    def peaks(self, ip: str, account: str) -> tuple[int, int, int]:
+        """The most the account's 10-s and minute order windows and the IP's minute of weight ever held."""
+        st, ips = self._accounts.get(account), self._ips.get(ip)
+        return (st.ten_s.peak if st else 0, st.minute.peak if st else 0, ips.weight.peak if ips else 0)
 
     def charge_weight(self, ip: str, weight: int, now_ms: int) -> tuple[int, int | None]:
         """Count ``weight`` for ``ip``; returns (used, retry_after_s) or raises 429/418."""

@@ -221,6 +221,21 @@ def test_funding_per_day_counts_the_intervals_the_settlements_paid_for_not_the_r
     assert quiet["pnl_funding"] == 0 and quiet["funding_per_day"] == 0
 
 
+def test_the_busiest_windows_are_the_limiter_s_own_not_a_look_each_second():
+    """The exchange's order windows are fixed (:00 to :59.999); a look each second at :60.000 already
+    saw the next one, so the table's busiest minute missed its last second (403 for 406)."""
+    from fleet.sim.config import RateLimits
+    from fleet.sim.ratelimit import RateLimiter
+
+    lim = RateLimiter(RateLimits())
+    lim.charge_orders("main", 5, 5, 59_999)
+    lim.charge_orders("main", 1, 1, 60_000)
+    assert lim.order_counts("main", 60_000) == (1, 1)   # what the look at :60.000 saw
+    assert lim.peaks("127.0.0.1", "main") == (5, 5, 0)
+    t = _run(3, seed=2).symbols[0]
+    assert t.table["orders_1m_max"] >= max(t.samples.orders_1m) and t.table["orders_10s_max"] >= max(t.samples.orders_10s)
+
+
 def test_an_agent_behind_its_feed_does_not_quote_on_old_books():
     """Every frame reaching the agent 2.5 s after the exchange sent it (market_lag_max_ms is 2 s): however
     fresh the read, the books are old, so the agent pulls its quotes and places no order; 1 s late, it
