@@ -102,9 +102,13 @@ def replay_start_ms(directory: str | Path, symbols: list[str] | None = None) -> 
     if missing:
         raise ValueError(f"replay: the recording {directory} holds {', '.join(rec.symbols) or 'no symbol'}, "
                          f"not {', '.join(missing)}")
-    for line in rec.events(symbols or rec.symbols, ReadStats(quiet=True)):
+    stats = ReadStats(quiet=True)
+    for line in rec.events(symbols or rec.symbols, stats):
         return line[0]
-    raise ValueError(f"replay: the recording {directory} holds no lines")
+    skipped = ", ".join(f"{n:,} {k.replace('_', ' ')}" for k, n in stats.view().items() if n)
+    raise ValueError(f"replay: the recording {directory} holds no line of {', '.join(symbols or rec.symbols)} "
+                     f"it can read" + (f" (skipped: {skipped})" if skipped else "")
+                     + (f"; the first malformed: {stats.first_bad[:200]}" if stats.first_bad else ""))
 
 
 def sim_config_for(cfg: FleetConfig, opts: RunOptions) -> SimConfig:

@@ -204,6 +204,7 @@ class ReadStats:
         self.empty_files = 0
         self.quiet = quiet
         self._said = 0
+        self.first_bad: str | None = None   # the first malformed line and why (an error naming what is wrong)
 
     def say(self, what: str, *args: Any) -> None:
         """A gap, a missing or an empty file: logged (the first 20 of a reading), counted by the caller."""
@@ -218,6 +219,8 @@ class ReadStats:
 
     def bad(self, path: Path, lineno: int, why: str) -> None:
         self.malformed += 1
+        if self.first_bad is None:
+            self.first_bad = f"line {lineno} of {path.name if isinstance(path, Path) else path}: {why}"
         if self.quiet:
             return
         if self.malformed <= LOGGED_PER_RECORDING:

@@ -359,11 +359,18 @@ class ReplayMarket:
 
     def _apply(self, e: Engine, line: Line, t: int) -> None:
         _, kind, symbol, d, path, lineno = line
-        self.applied += 1
         self.position_ms = line[0]
         b = self.books[symbol]
         if b.frozen:  # a data fault: the symbol's market stands still and silent
             return
+        bad = self.stats.malformed
+        self.applied += 1   # (taken back below for a line found malformed here: it was counted twice)
+        self._apply_kind(e, b, kind, d, t, path, lineno)
+        if self.stats.malformed != bad:
+            self.applied -= 1
+
+    def _apply_kind(self, e: Engine, b: ReplayBook, kind: str, d: dict[str, Any], t: int, path: Any,
+                    lineno: int) -> None:
         if kind == BOOK:
             self._on_book(e, b, d, t, path, lineno)
         elif kind == TRADE:

@@ -115,3 +115,13 @@ def test_a_replay_of_a_symbol_the_recording_lacks_or_of_no_time_is_refused_namin
                                                  "--symbols", "SOLUSDT", "--no-progress"]))
     with pytest.raises(ValueError, match="its manifest's end .* is not after its first line"):
         simulate_cli._options(parser.parse_args(["--config", str(CONFIG), "--replay", str(directory), "--no-progress"]))
+    foreign = tmp_path / "foreign"   # its manifest says ETHUSDC, its lines are another symbol's: it said "no lines"
+    writer = RecordingWriter(foreign, ["ETHUSDC"], source="by hand")
+    writer.start(START)
+    writer.write(START, "ETHUSDC", "btcusdt@bookTicker", {"e": "bookTicker", "u": 1, "s": "BTCUSDT", "b": "60000.0",
+                                                          "B": "1.000", "a": "60000.1", "A": "1.000", "T": START,
+                                                          "E": START})
+    writer.close(START + 60_000)
+    with pytest.raises(ValueError, match="holds no line of ETHUSDC it can read .*1 malformed.*the first malformed: "
+                                         "line 1 of .*btcusdt@bookTicker"):
+        simulate_cli._options(parser.parse_args(["--config", str(CONFIG), "--replay", str(foreign), "--no-progress"]))

@@ -243,6 +243,7 @@ def test_a_malformed_line_is_counted_and_skipped_with_a_clear_log(tmp_path, capl
     e.advance(NOW + 10_000)
     view = e.replay.view()
     assert (view["malformed"], view["cut_short"]) == (3, 1)
+    assert view["lines_applied"] == 4 + 1   # the good lines (the one off the tick was counted applied too)
     assert e.book_ticker(e.books["ETHUSDC"])["askPrice"] == "3000.04"  # the good lines, the cut file's first
     logs = [r.getMessage() for r in caplog.records]
     first = rec / "ETHUSDC" / "ETHUSDC-20241130T000000.000Z.jsonl.gz"
