@@ -50,6 +50,10 @@ GAP_MS = 60_000  # a symbol's lines this far apart are a gap the replay's book h
 # over /public, trades over /market, and aggTrade is pushed every 100 ms, so the book a trade changed is
 # often received first. The reader puts a symbol's lines back in the exchange's order within this.
 REORDER_MS = 1_000
+# A line received this much later after its event than the lines around it was not received then (a
+# receive time stepped ahead on one line: every later line was held at it, the market frozen for the
+# rest of the replay, and a killed recorder's recording ran to it): skipped as malformed
+RECEIVE_STEP_MS = 60_000
 _RANK = {TRADE: 0, MARK: 1, BOOK: 2}  # at one exchange time: the trade, then the book it changed
 
 # One line as read: (receive ms, kind, SYMBOL, raw data object, file, line number)
@@ -279,7 +283,8 @@ class Recording:
         prefix = symbol.lower() + "@"
         for path in reversed(self.files(symbol)):
             last = None
-            for line in _read_file(path, prefix, symbol, ReadStats(quiet=True)):
+            quiet = ReadStats(quiet=True)
+            for line in _plausible(_read_file(path, prefix, symbol, quiet), quiet):
                 last = line[0] if last is None or line[0] > last else last
             if last is not None:
                 return last
@@ -303,20 +308,20 @@ class Recording:
                 if isinstance(name, str) and not (self.directory / name).is_file():
                     stats.missing_files += 1
                     stats.say("%s lists %s, which is not there", MANIFEST, self.directory / name)
+        held = {path: 0 for path in files}   # each file's lines let through
+        for line in _plausible((x for path in files for x in _read_file(path, prefix, symbol, stats)), stats):
+            held[line[4]] += 1
+            if line[0] < last:
+                stats.out_of_order += 1
+                line = (last, *line[1:])
+            elif last and line[0] - last > GAP_MS:
+                stats.gaps += 1
+                stats.say("%s: %.0f s without a line before line %d of %s", symbol, (line[0] - last) / 1000,
+                          line[5], line[4])
+            last = line[0]
+            yield line
         for path in files:
-            n = 0
-            for line in _read_file(path, prefix, symbol, stats):
-                n += 1
-                if line[0] < last:
-                    stats.out_of_order += 1
-                    line = (last, *line[1:])
-                elif last and line[0] - last > GAP_MS:
-                    stats.gaps += 1
-                    stats.say("%s: %.0f s without a line before line %d of %s", symbol, (line[0] - last) / 1000,
-                              line[5], path)
-                last = line[0]
-                yield line
-            if n == 0:
+            if held[path] == 0:
                 stats.empty_files += 1
                 stats.say("%s holds no readable line of %s", path, symbol)
 
@@ -386,6 +391,37 @@ def _once(lines: Iterator[Line], stats: ReadStats) -> Iterator[Line]:
                     continue
                 seen[kind] = (low, ident) if ident > high else (ident, ident)
         yield line
+
+
+def _plausible(lines: Iterable[Line], stats: ReadStats) -> Iterator[Line]:
+    """The lines but one whose receive time stepped ahead of its event by over :data:`RECEIVE_STEP_MS`
+    against both the line before and the line after it (the last line: the one before), skipped as
+    malformed. A stall of the recorder (many lines late) or an event time off on one line is not it."""
+    before: int | None = None         # the lag (receive less exchange time) of the last line let through
+    held: tuple[Line, int | None] | None = None
+
+    def stepped(lag: int | None, after: int | None) -> bool:
+        return (lag is not None and before is not None and lag - before > RECEIVE_STEP_MS
+                and (after is None or lag - after > RECEIVE_STEP_MS))
+
+    for line in lines:
+        at = _exchange_ms(line)
+        lag = None if at is None else line[0] - at
+        if held is not None:
+            h, h_lag = held
+            if lag is not None and stepped(h_lag, lag):
+                stats.bad(h[4], h[5], f"received at {h[0]}, {(h_lag - before) / 1000:,.0f} s later after its "   # type: ignore[operator]
+                                      f"event than the lines around it: not a receive time")
+            else:
+                before = h_lag if h_lag is not None else before
+                yield h
+        held = (line, lag)
+    if held is not None:
+        if stepped(held[1], None):
+            stats.bad(held[0][4], held[0][5], f"received at {held[0][0]}, {(held[1] - before) / 1000:,.0f} s later "   # type: ignore[operator]
+                                              f"after its event than the line before: not a receive time")
+        else:
+            yield held[0]
 
 
 def _read_file(path: Path, prefix: str, symbol: str, stats: ReadStats) -> Iterator[Line]:

@@ -333,3 +333,26 @@ def test_a_replayed_market_pushes_kline_streams_every_250_ms_and_each_closed_can
     e.advance(NOW + 61_500)
     closed = [f for f in frames(e, "@kline_1m") if f["k"]["x"]]
     assert [(f["k"]["t"], f["k"]["n"]) for f in closed] == [(NOW, 2)]
+
+
+def test_a_receive_time_stepped_ahead_on_one_line_is_skipped_not_followed(tmp_path):
+    """One line's receive time a year ahead of its event: every later line was held at it (out of
+    order), the market stood still for the rest of the replay, and a killed recorder's recording (no
+    end in its manifest) ran to it. It is malformed; a stall of the recorder (lines late, one after
+    another) and an event time off on one line are not."""
+    from fleet.sim.recording import ReadStats, Recording
+
+    books = [bt(dt, "3000.00", "1.000", f"3000.{1 + dt // 1000:02d}", "1.000") for dt in range(0, 20_000, 500)]
+    books[10]["r"] += 365 * 86_400_000
+    books[20]["d"]["T"] += 3_600_000                      # an event time an hour ahead on one line
+    for b in books[30:]:                                   # the recorder stalled 90 s: later lines came late
+        b["r"] += 90_000
+    rec = write_recording(tmp_path / "rec", {"ETHUSDC": [books]})
+    stats = ReadStats()
+    lines = list(Recording(rec).lines("ETHUSDC", stats))
+    assert stats.malformed == 1 and stats.out_of_order < len(books) // 4
+    assert len(lines) == len(books) - 1 - stats.duplicates   # (the hour-ahead book is put after later ones)
+    assert Recording(rec).last_ms("ETHUSDC") == books[-1]["r"]
+    e = Engine(SimConfig(replay=str(rec)), now_ms=NOW)
+    e.advance(NOW + 120_000)
+    assert e.book_ticker(e.books["ETHUSDC"])["askPrice"] == "3000.20"   # the market went on to the last line
