@@ -194,9 +194,11 @@ class Shutdown:
             **a.status(),
             "exposure": a.exposure(),
             "exchange_open_orders": open_n,
-            # mmfleet's own orders of the symbol still listed (None: not read, though the agent had reached
-            # the exchange); another hand's orders are not the stop's to take in every case
-            "exchange_own_orders": own_n if a.grant is not None and a.client is not None else 0,
+            # this epoch's and older epochs' orders still listed (None: not read, though the agent had reached
+            # the exchange, and its last confirmed cancel did not list 0); a later epoch's (a successor's,
+            # another owner's) and another hand's are not the stop's to take
+            "exchange_own_orders": (0 if a.grant is None or a.client is None
+                                    else own_n if own_n is not None else 0 if self.left_open == 0 else None),
             "exchange_position": position,
             "flattened": bool(flatten) and position == 0,   # the exchange says flat (None: not read)
             "stop_elapsed_ms": int((a.clock.monotonic() - t0) * 1000),
@@ -214,8 +216,8 @@ class Shutdown:
         return summary
 
     async def _exchange_view(self) -> tuple[int | None, int | None, float | None]:
-        """What the exchange says is left: open orders, mmfleet's among them, and the position (None where
-        it did not answer)."""
+        """What the exchange says is left: open orders, this epoch's and older epochs' among them, and the
+        position (None where it did not answer)."""
         client = self.agent.client
         open_n = own_n = position = None
         if client is not None:
@@ -223,7 +225,9 @@ class Shutdown:
             with contextlib.suppress(Exception):
                 listed = await asyncio.wait_for(client.open_orders(symbol), 1.5)
                 open_n = len(listed)
-                own_n = sum(1 for o in listed if parse_client_order_id(o.client_order_id) is not None)
+                epoch = self.agent.grant.epoch if self.agent.grant is not None else 0
+                own_n = sum(1 for o in listed if (p := parse_client_order_id(o.client_order_id)) is not None
+                            and p[0] <= epoch)
             with contextlib.suppress(Exception):
                 position = float((await asyncio.wait_for(client.position(symbol, risk=True), 1.5)).amount)
         return open_n, own_n, position
@@ -236,9 +240,12 @@ class Shutdown:
         if a.client is None or a.core is None:
             await self._cancel_before_core()   # the older epochs' orders the start was to cancel
             return
-        if not a.started and a.starter.others_resting:
+        if not a.started and a.starter.others_resting and await a.starter.others_still_rest():
             a.log.event("stop_during_start", "stopped while another owner's orders rest (the start refused to quote "
                         "beside them): they are left to it", level=logging.WARNING)
+            if flatten:
+                a.log.event("flatten_unfinished", "the stop does not flatten: another owner trades the symbol on this "
+                            "account (its orders rest), the position is its too", level=logging.ERROR)
             return
         if not a.started and a.grant is not None:
             a.log.event("stop_during_start", "stopped while starting: cancelling whatever rests", level=logging.WARNING)

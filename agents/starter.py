@@ -18,7 +18,7 @@ from fleet.binance.models import OrderInfo
 
 from .carry import take_in
 from .core import AgentCore
-from .orders import parse_client_order_id
+from .orders import OrderReason, parse_client_order_id
 from .strategy import size_problem
 from .agent_base import BLOCK_RESYNC, BLOCK_USER_STREAM, Backoff, _older_epoch
 
@@ -48,6 +48,7 @@ class Starter:
     async def start(self) -> None:
         """Filters, user stream (buffering), snapshot, old epochs cancelled, market streams, dead-man."""
         a = self.agent
+        self.others_resting = 0   # (this attempt's finding only)
         client = a.require_client()
         await client.sync_time()
         a.filters = await client.symbol_filters(a.symbol)
@@ -195,7 +196,7 @@ class Starter:
         return None
 
     def refuse_other_owners(self) -> None:
-        """mmfleet's orders of this epoch or a later one rest already, though this start placed none:
+        """mmfleet's orders of a later epoch, or of this one that this core never sent, rest already:
         another process trades the symbol on the account (an agent started by hand on another state
         directory, another fleet), or a predecessor whose epoch was lost (a fresh state directory) left
         them. Quoting beside them fought them (each cancelled the other's as strays, ids used twice) and
@@ -203,9 +204,7 @@ class Starter:
         again (a dead predecessor's countdown empties its book meanwhile; a stop leaves them)."""
         a = self.agent
         core = a.require_core()
-        others = sorted(o.client_order_id for o in core.store.orders.values()
-                        if o.is_open and (p := parse_client_order_id(o.client_order_id)) is not None
-                        and p[0] >= core.epoch)
+        others = sorted(o.client_order_id for o in core.store.orders.values() if o.is_open and self._other(o))
         self.others_resting = len(others)
         if others:
             msg = (f"{len(others)} order(s) of mmfleet's with epoch {core.epoch} (this agent's) or later rest at "
@@ -214,6 +213,27 @@ class Starter:
                    f"not quoting beside them")
             a.log.event("other_owner_orders", msg, level=logging.ERROR)
             raise BinanceError(0, msg, None)
+
+    def _other(self, o: Any) -> bool:
+        """An order of mmfleet's not this agent's: a later epoch's, or one of this epoch this core never
+        sent (an order of this epoch it sent, a flatten's during the start say, is its own)."""
+        core = self.agent.require_core()
+        parsed = parse_client_order_id(o.client_order_id)
+        if parsed is None or parsed[0] < core.epoch:
+            return False
+        if parsed[0] > core.epoch:
+            return True
+        mine = core.store.get(o.client_order_id)
+        return mine is None or mine.reason == OrderReason.EXTERNAL
+
+    async def others_still_rest(self) -> bool:
+        """Whether another owner's orders still rest (the stop asks: a predecessor's may have gone since
+        the start found them, its dead-man switch fired); True when the exchange does not answer."""
+        try:
+            listed = await asyncio.wait_for(self.agent.require_client().open_orders(self.agent.symbol), 2.0)
+        except (BinanceError, OSError, asyncio.TimeoutError):
+            return True
+        return any(self._other(o) for o in listed)
 
     async def cancel_older_epochs(self) -> None:
         """Orders of an older epoch (a previous owner of this symbol) are cancelled before any quote."""

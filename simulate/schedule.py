@@ -115,7 +115,7 @@ FIELDS: dict[str, frozenset[str]] = {
 def _finite(value: Any, name: str) -> float:
     try:
         x = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{name} must be a number") from None
     if isinstance(value, bool):
         raise ValueError(f"{name} must be a number")
@@ -168,7 +168,7 @@ def check_run(events: list[Event], symbols: list[str], hours: float, accounts: l
         if replay and ev.do in ("jump", "funding_interval"):
             raise ScheduleError(f"schedule event {i} ({ev.do}): the run replays a recording, whose market and "
                                 f"funding times are the recording's")
-        if ev.do == "expire_listen_key" and accounts is not None and a.get("account", "main") not in accounts:
+        if ev.do == "expire_listen_key" and accounts is not None and "account" not in a and "main" not in accounts:
             raise ScheduleError(f"schedule event {i} ({ev.do}): name the account (the run has no account 'main': "
                                 f"{', '.join(accounts)})")
         if "symbol" in FIELDS[ev.do] and str(a.get("symbol", "")).upper() not in symbols:

@@ -231,9 +231,13 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(summary, indent=2, sort_keys=True, default=str), flush=True)
     left = summary.get("exchange_own_orders", 0)
     if left != 0:   # (the stop's ERROR said why; a supervisor reads the exit)
-        print(f"error: {'an unknown number of' if left is None else left} order(s) of mmfleet's still rest at the "
-              f"exchange for {prep['symbol']} after the stop: the dead-man switch cancels ours when its countdown "
-              f"runs out", file=sys.stderr)
+        print(f"error: {'an unknown number of' if left is None else left} order(s) of this agent's epoch or an "
+              f"older one still rest at the exchange for {prep['symbol']} after the stop (the dead-man switch, "
+              f"armed by their agent, cancels them when its countdown runs out)", file=sys.stderr)
+        return EXIT_FAILED
+    if prep["runtime"].flatten_on_stop and not summary.get("flattened"):
+        print(f"error: the stop's flatten of {prep['symbol']} did not finish: the exchange lists a position of "
+              f"{summary.get('exchange_position')}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK if summary.get("state") == "stopped" and not summary.get("restart_needed") else EXIT_FAILED
 

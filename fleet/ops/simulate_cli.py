@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from simulate.run import sim_config_for
     from simulate.params import OverrideError, parse_sweep
     from simulate.params import apply as apply_overrides
-    from simulate.schedule import ScheduleError, check_run
+    from simulate.schedule import ScheduleError, check_routes, check_run
     from simulate.sweep import OBJECTIVES
 
     try:
@@ -128,6 +128,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{unknown[0]} is not in the fleet config {args.config}")
         sim_cfg = sim_config_for(cfg, opts)
         check_run(opts.schedule, symbols, opts.hours, [a.name for a in cfg.accounts], bool(sim_cfg.replay))
+        if any(ev.do in ("rest_fault", "latency") for ev in opts.schedule):   # (before a sweep's Ray tasks start)
+            from fleet.sim.config import SimConfig
+            from fleet.sim.local import LocalExchange
+
+            check_routes(opts.schedule, LocalExchange(clock_ms=lambda: opts.start_ms, symbols=symbols[:1],
+                                                      config=SimConfig(history=False)).routes)
         overrides = parse_sweep(args.set, single=True)[0] if args.set else {}
         combos = parse_sweep(args.sweep) if args.sweep else []
         both = sorted(set(overrides) & set(combos[0])) if combos else []

@@ -155,6 +155,7 @@ def test_planned_stream_swaps_keep_the_agent_in_step():
     ([{"at": 10, "do": "latency", "ms": 10**8}], "from 0 to 600000"),
     ([{"at": 10, "do": "latency", "ms": 300, "path": 42}], "path must be a non-empty string"),   # (a traceback)
     ([{"at": 10, "do": "jump", "symbol": "ETHUSDC", "pct": "abc"}], "pct must be a number"),
+    ([{"at": 10, "do": "jump", "symbol": "ETHUSDC", "pct": 10**400}], "pct must be a number"),   # (OverflowError)
     ([{"at": 10, "do": "freeze", "symbol": "ETHUSDC", "mode": "sideways"}], "mode must be data"),   # (mid-run)
     ([{"at": 10, "do": "rest_fault", "mode": "error", "method": "YEET"}], "method must be one of"),
 ])
@@ -177,6 +178,7 @@ def test_an_event_the_run_could_not_carry_out_is_refused_before_it(event, messag
     ({"at": 10, "do": "jump", "symbol": "ETHUSDC", "pct": 1}, "replays a recording"),
     ({"at": 10, "do": "funding_interval", "symbol": "ETHUSDC", "hours": 1}, "replays a recording"),
     ({"at": 10, "do": "expire_listen_key"}, "the run has no account 'main'"),   # (-2015 mid-run)
+    ({"at": 10, "do": "expire_listen_key", "account": "desk2"}, "account 'desk2' is not one of the run's"),
 ])
 def test_an_event_a_replay_or_the_run_s_accounts_cannot_take_is_refused_before_it(event, message):
     with pytest.raises(ScheduleError, match=re.escape(message)):
