@@ -55,7 +55,7 @@ from .models import (
     SymbolConfig,
     exchange_decimal,
 )
-from .ratelimit import THROTTLE_PAUSE_S, Cost, RateBudget
+from .ratelimit import BOUNDARY_MARGIN_S, THROTTLE_PAUSE_S, Cost, RateBudget
 from .signing import AHEAD_AT_MOST_MS, AHEAD_REFUSED_MS, encode_params, sign
 
 T = TypeVar("T")
@@ -251,6 +251,10 @@ class RestCore:
             return payload
         err = error_from_payload(payload, status, resp_headers)
         if isinstance(err, RateLimitedError):
+            if not err.said_when:   # to the end of the window it names, on the exchange's clock (not 1 s: a
+                # refused order's 429 came again at every quote until the minute ended, ten of them a ban)
+                window_ms = int(err.window_s() * 1000)
+                err.retry_after = (window_ms - self._timestamp() % window_ms) / 1000 + BOUNDARY_MARGIN_S
             self.budget.note_retry_after(err.retry_after, orders_only=err.code == ErrorCode.TOO_MANY_ORDERS)
             log.warning("rate limited on %s %s: backing off %.1fs", method, path, err.retry_after)
         elif err.code == ErrorCode.REQUEST_THROTTLED:

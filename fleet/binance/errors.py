@@ -65,9 +65,15 @@ class FilterRejectedError(BinanceError):
 class RateLimitedError(BinanceError):
     """HTTP 429 / -1003: back off for ``retry_after`` seconds or risk a ban."""
 
-    def __init__(self, code: int, msg: str, http_status: int | None = None, retry_after: float = 1.0) -> None:
+    def __init__(self, code: int, msg: str, http_status: int | None = None, retry_after: float | None = 1.0) -> None:
         super().__init__(code, msg, http_status)
-        self.retry_after = float(retry_after)
+        self.said_when = retry_after is not None   # the answer's Retry-After; else the client reckons the wait
+        self.retry_after = float(retry_after) if retry_after is not None else 1.0
+
+    def window_s(self) -> float:
+        """The length of the window the refusal names: 10 s ("... orders per 10 SECOND"), else a minute
+        (the IP's weight, "... per MINUTE")."""
+        return 10.0 if "10 SECOND" in self.msg.upper() else 60.0
 
 
 class BannedError(BinanceError):
@@ -162,14 +168,16 @@ _DEFINITE_FAILURE_MSGS = ("service unavailable", "internal error; unable to proc
 _UNKNOWN_503 = "unknown error"
 
 
-def _retry_after(headers: Mapping[str, str] | None) -> float:
+def _retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """The answer's Retry-After in seconds; None when it has none (Binance documents a 429 for too many
+    orders without one, and the header is not documented for fapi at all)."""
     if not headers:
-        return 1.0
+        return None
     raw = headers.get("Retry-After") or headers.get("retry-after")
     try:
-        return max(0.0, float(raw)) if raw is not None else 1.0
+        return max(0.0, float(raw)) if raw is not None else None
     except ValueError:
-        return 1.0
+        return None
 
 
 def _ban_until(msg: str) -> int | None:

@@ -324,6 +324,10 @@ class RateBudget:
                 return math.inf
             if est + amount > rep_limit:
                 wait = max(wait, reported.resets_at - now + 1e-3)
+        if cost.weight <= 0 and self._rep_weight.estimate(self._weight, now) >= self._full[0]:
+            # the IP's minute of weight spent (as reported): a weight-0 order still gets the 429 the
+            # weight's requests would (each agent that sent one took its own; ten together, the IP's ban)
+            wait = max(wait, self._rep_weight.resets_at - now + 1e-3)
         return wait
 
     def why_wait(self, cost: Cost, now: float | None = None, *, risk: bool = False) -> str:
@@ -352,6 +356,10 @@ class RateBudget:
             if est + amount > rep_limit:
                 reasons.append((reported.resets_at - now, f"the {name} as the exchange counts it: {est} + "
                                                           f"{amount} above {rep_limit} until its window ends"))
+        ip_weight = self._rep_weight.estimate(self._weight, now)
+        if cost.weight <= 0 and ip_weight >= self._full[0]:
+            reasons.append((self._rep_weight.resets_at - now, f"the IP's minute of weight spent as the exchange "
+                                                              f"counts it ({ip_weight} of {self._full[0]})"))
         if not reasons:
             return "nothing"
         left, what = max(reasons)

@@ -74,6 +74,11 @@ ANSWERS: dict[str, tuple[int, Any]] = {
 }
 
 
+# the mode 429's answers: the IP's weight (-1003, with Retry-After, as the reference's spot wording has it),
+# or the account's orders (-1015) as Binance's derivatives docs describe it: "a 429 error without the
+# Retry-After header", nor the order counts (a refused order is not said to carry them)
+RATE_ANSWERS = ("-1003", "-1015")
+
 # answers Binance documents as definite failures
 NOT_EXECUTED_ANSWERS = ("503-unavailable", "-5028", "-2015", "-1021")
 
@@ -146,7 +151,11 @@ def parse_fault(body: dict[str, Any]) -> RestFault:
         raise ValueError(f"mode must be one of {', '.join(MODES)}")
     count = integer(body, "count", 1, 1, 1_000_000)
     answer = body.get("answer")
-    if answer is not None:
+    if answer is not None and mode == "429":
+        answer = str(answer)
+        if answer not in RATE_ANSWERS:
+            raise ValueError(f"answer of the mode 429 must be one of {', '.join(RATE_ANSWERS)}")
+    elif answer is not None:
         answer = str(answer)
         if answer not in ANSWERS:
             raise ValueError(f"answer must be one of {', '.join(ANSWERS)}")

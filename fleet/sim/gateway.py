@@ -213,6 +213,10 @@ class ExchangeGateway(RestHandlers):
                 return self._fault_answer(fault, used)
             if fault.mode == "error":
                 return self._fault_answer(fault, used)
+            if fault.mode == "429" and fault.answer == "-1015":
+                return _json(429, {"code": -1015, "msg": f"Too many new orders; current limit is "
+                                                         f"{self.config.rate_limits.orders_per_minute} orders per MINUTE."},
+                             used)
             if fault.mode == "429":
                 return _json(429, {"code": -1003, "msg": too_many_requests(ip, self.config.rate_limits.weight_per_minute)},
                              {"Retry-After": "1", **used})

@@ -268,6 +268,11 @@ class Recording:
                 isinstance(s, str) and SYMBOL_RE.match(s) for s in symbols):
             raise RecordingError(f"replay: {path}: 'symbols' must be a non-empty list of symbols like ETHUSDC, "
                                  f"got {symbols!r}")
+        for key in ("start_ms", "end_ms"):   # (an end not a time read as a killed recorder's: none)
+            value = m.get(key)
+            if value is not None and (type(value) is not int or value < 0):
+                raise RecordingError(f"replay: {path}: {key!r} must be a time in ms (an integer) or null, "
+                                     f"got {str(value)[:40]!r}")
         return list(symbols)
 
     def files(self, symbol: str) -> list[Path]:

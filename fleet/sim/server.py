@@ -56,7 +56,9 @@ in a browser on the machine reads no key and injects no fault)::
                   "-1007 and not executed" is {"mode": "error", "answer": "-1007"}.
          unknown: execute, then answer 503 {"code": -1000, "msg": "Unknown error, please check your
                   request or try again later."} (the order really exists)
-         429:     answer 429 {"code": -1003} with Retry-After: 1 (no ban)
+         429:     answer 429 {"code": -1003} with Retry-After: 1 (no ban); with "answer": "-1015", the
+                  account's order count's 429 without Retry-After or order counts, as Binance's
+                  derivatives docs describe it
          throttle: Binance's system-level protection: a new order (POST /fapi/v1/order, order/test,
                   batchOrders) is refused unexecuted, HTTP 503 {"code": -1008, "msg": "Request throttled
                   by system-level protection. Reduce-only/close-position orders are exempt. Please try

@@ -210,3 +210,16 @@ def test_a_budget_told_not_to_read_the_exchanges_counts_spends_only_its_own_wind
     own = RateBudget(clock=clock, safety=1.0, reserve=0.0, exchange_counts=False)  # the kill path's
     own.observe_headers({"X-MBX-USED-WEIGHT-1M": "2400"}, server_ms=MINUTE - 30_000)
     assert own.try_charge(Cost(weight=1)) == 0
+
+
+def test_an_ip_whose_minute_of_weight_is_spent_holds_weight_0_orders_too():
+    """POST order weighs 0 on the IP: the budget held reads for the rest of the minute it knew spent, yet
+    sent orders into the IP's 429 (each agent took its own; ten together were the IP's ban)."""
+    clock = Clock()
+    budget = RateBudget(share=1 / 12, clock=clock)
+    budget.observe_headers({"X-MBX-USED-WEIGHT-1M": "2400", "X-MBX-ORDER-COUNT-10S": "0"})
+    assert budget.wait_time(Cost(weight=1)) > 50
+    assert budget.wait_time(ORDER) > 50 and budget.wait_time(ORDER, risk=True) > 50
+    assert "the IP's minute of weight spent" in budget.why_wait(ORDER)
+    budget.observe_headers({"X-MBX-USED-WEIGHT-1M": "2399"})
+    assert budget.wait_time(ORDER) == 0   # (room for a weight-0 order: the weight itself holds the reads)

@@ -192,6 +192,23 @@ async def test_an_order_count_429_pauses_new_orders_but_cancels_still_go_out(sim
         assert cancelled.status == "CANCELED"
 
 
+async def test_an_order_count_429_without_retry_after_holds_new_orders_to_its_window_s_end(sim):
+    """Binance's derivatives docs: too many orders is "a 429 error without the Retry-After header". The
+    client paused 1 s, and a quoting agent's next orders met the same 429 until the minute ended, ten
+    of them the IP's ban. It now waits to the end of the window the answer names, on the exchange's clock."""
+    name, key, secret = sim.accounts[0]
+    async with BinanceClient(sim.rest_url, key, secret) as client:
+        order = await passive_order(client, "nra")
+        await fault(sim, mode="429", answer="-1015", count=1, path="/fapi/v1/order", method="POST")
+        with pytest.raises(RateLimitedError) as info:
+            await client.place_order(order)
+        server_ms = client.clock_ms() + client.time_offset_ms
+        to_minute_end = (60_000 - server_ms % 60_000) / 1000
+        assert info.value.code == -1015 and not info.value.said_when
+        assert to_minute_end - 1 < client.budget.wait_time(Cost(orders_10s=1, orders_1m=1)) <= to_minute_end + 1
+        assert client.budget.wait_time(Cost(weight=1)) == 0   # reads and cancels go on
+
+
 async def test_a_throttled_order_is_a_definite_failure_and_holds_quoting_but_not_a_reduce_only_order(sim):
     name, key, secret = sim.accounts[0]
     await admin(sim, "POST", "/sim/position", {"account": name, "symbol": SYMBOL, "amount": "0.050"})

@@ -284,6 +284,11 @@ def test_a_missing_or_foreign_directory_or_symbol_is_a_clear_error(tmp_path):
     rec = write_recording(tmp_path / "rec", {"ETHUSDC": [[bt(0, "3000.00", "1.000", "3000.01", "1.000")]]})
     with pytest.raises(RecordingError, match=r"SOLUSDT not in the recording .* \(it holds ETHUSDC\)"):
         Engine(SimConfig(replay=str(rec)), symbols=["SOLUSDT"])
+    manifest = json.loads((rec / "manifest.json").read_text())
+    (rec / "manifest.json").write_text(json.dumps({**manifest, "end_ms": "soon"}))   # (read as a killed recorder's)
+    with pytest.raises(RecordingError, match=r"'end_ms' must be a time in ms \(an integer\) or null, got 'soon'"):
+        Engine(SimConfig(replay=str(rec)))
+    (rec / "manifest.json").write_text(json.dumps(manifest))
     coarse = {"symbol": "ETHUSDC", "base_asset": "ETH", "quote_asset": "USDC", "tick_size": "0.10"}
     with pytest.raises(RecordingError, match=r"recorded a='3000.01' .*tick_size 0.10"):
         Engine(SimConfig(replay=str(rec), symbols=[coarse]))

@@ -29,6 +29,7 @@ BAD_ADMIN = [
     # a fault no request could meet waited, unseen, for good: a misspelt path or method, a mode's routes missed
     ("/sim/fault/rest", b'{"mode": "error", "path": "/fapi/v1/ordr"}', "names no route"),
     ("/sim/fault/rest", b'{"mode": "error", "method": "YEET"}', "method must be one of"),
+    ("/sim/fault/rest", b'{"mode": "429", "answer": "-1001"}', "answer of the mode 429"),
     ("/sim/fault/rest", b'{"mode": "late", "path": "/fapi/v1/openOrders"}', "applies to writes"),
     ("/sim/fault/rest", b'{"mode": "batch_short", "path": "/fapi/v1/order"}', "the batch routes"),
     ("/sim/fault/frame", b'{"stream": "user", "mode": "garbage", "cnt": 2}', "'cnt'"),
