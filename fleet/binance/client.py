@@ -55,7 +55,7 @@ from .models import (
     SymbolConfig,
     exchange_decimal,
 )
-from .ratelimit import BOUNDARY_MARGIN_S, THROTTLE_PAUSE_S, Cost, RateBudget
+from .ratelimit import BOUNDARY_MARGIN_S, Cost, RateBudget
 from .signing import AHEAD_AT_MOST_MS, AHEAD_REFUSED_MS, encode_params, sign
 
 T = TypeVar("T")
@@ -260,7 +260,7 @@ class RestCore:
         elif err.code == ErrorCode.REQUEST_THROTTLED:
             self.budget.note_throttled()
             log.warning("system-level protection (-1008) on %s %s: quoting orders held %.1fs", method, path,
-                        THROTTLE_PAUSE_S)
+                        self.budget.throttle_pause)
         elif isinstance(err, BannedError):
             until = err.until_ms
             seconds = (until - self._timestamp()) / 1000 if until else 120.0

@@ -41,6 +41,7 @@ log = logging.getLogger("fleet.binance.ratelimit")
 BOUNDARY_MARGIN_S = 0.5
 LOUD_WAIT_S = 1.0  # a request held longer than this for room is logged (reads wait; quoting does not)
 THROTTLE_PAUSE_S = 1.0  # after a -1008 the quoting lane's orders wait this long (Binance sends no Retry-After)
+THROTTLE_PAUSE_MAX_S = 8.0  # -1008s one after another double the wait up to this
 THROTTLE_SHOWN_S = 5.0  # a -1008 is shown as a hold this long: the lane's short holds follow one another
 
 
@@ -191,6 +192,7 @@ class RateBudget:
         self._quotes_blocked_until = -math.inf  # the quoting lane's orders only (-1008, system protection)
         self.throttled = 0  # -1008s seen
         self._throttled_at = -math.inf
+        self._throttle_pause = 0.0  # the last -1008's wait
         self.share = share
         self.set_share(share)
         self.rate_limited = 0  # 429s seen
@@ -455,12 +457,22 @@ class RateBudget:
             self._blocked_until = max(self._blocked_until, until)
 
     def note_throttled(self, seconds: float = THROTTLE_PAUSE_S, now: float | None = None) -> None:
-        """After a -1008: the quoting lane's orders wait ``seconds``; the risk lane (reduce-only orders,
-        which the exchange exempts, cancels, amends away from the market) goes on."""
+        """After a -1008: the quoting lane's orders wait ``seconds``, twice the last wait when the last
+        -1008 came within ``THROTTLE_SHOWN_S`` of its end (Binance: "retry with backoff"; up to
+        ``THROTTLE_PAUSE_MAX_S``); the risk lane (reduce-only orders, which the exchange exempts, cancels,
+        amends away from the market) goes on."""
         now = self._clock() if now is None else now
+        if now - self._quotes_blocked_until < THROTTLE_SHOWN_S and self._throttle_pause > 0:
+            seconds = max(seconds, min(THROTTLE_PAUSE_MAX_S, 2 * self._throttle_pause))
+        self._throttle_pause = max(0.0, seconds)
         self.throttled += 1
         self._throttled_at = now
-        self._quotes_blocked_until = max(self._quotes_blocked_until, now + max(0.0, seconds))
+        self._quotes_blocked_until = max(self._quotes_blocked_until, now + self._throttle_pause)
+
+    @property
+    def throttle_pause(self) -> float:
+        """The last -1008's wait (s)."""
+        return self._throttle_pause
 
     def note_banned(self, seconds: float, now: float | None = None) -> None:
         """After a 418: nothing goes out until the ban ends."""

@@ -103,6 +103,14 @@ def test_a_throttle_holds_the_quoting_lanes_orders_a_second_but_not_the_risk_lan
     assert budget.try_charge(Cost(weight=1)) == 0   # a cancel or a read
     clock.t += 1.0
     assert budget.try_charge(ORDER) == 0 and budget.throttled == 1
+    budget.note_throttled()   # again at once: twice the wait (Binance: "retry with backoff")
+    assert budget.wait_time(ORDER) == pytest.approx(2.0)
+    clock.t += 2.0
+    budget.note_throttled()
+    assert budget.wait_time(ORDER) == pytest.approx(4.0)
+    clock.t += 4.0 + 5.0   # quiet for a while: back to a second
+    budget.note_throttled()
+    assert budget.wait_time(ORDER) == pytest.approx(1.0)
 
 
 def test_holds_name_what_the_exchange_refuses_for_now_and_a_throttle_stays_shown_between_its_short_holds():
