@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -109,14 +110,17 @@ def options_from(args: argparse.Namespace) -> Options:
         raise UsageError(f"--minutes must be positive, got {args.minutes:g}")
     if not 1 <= args.roll_minutes * 60 <= 7 * 86_400:
         raise UsageError(f"--roll-minutes must be from 1 s (1/60) to a week, got {args.roll_minutes:g}")
-    parts = urlsplit(args.ws_url)
     try:
+        parts = urlsplit(args.ws_url)
         port_ok = parts.port is None or parts.port > 0
-    except ValueError:   # out of 0-65535, or not a number
-        port_ok = False
+    except ValueError:   # a port out of 0-65535 or not a number, a bracket not closed
+        parts, port_ok = urlsplit(""), False
     if parts.scheme not in ("ws", "wss") or not parts.hostname or not port_ok:
         raise UsageError(f"--ws-url must be a ws:// or wss:// URL with a host (and a port of 1-65535), "
                          f"got {args.ws_url[:200]!r}")
+    if parts.path.strip("/") or parts.query or parts.fragment:   # (/ws: every frame refused, 0 recorded, exit 0)
+        raise UsageError(f"--ws-url is the host's base URL, without a path or a query (the recorder adds "
+                         f"/public/stream and /market/stream), got {args.ws_url[:200]!r}")
     if str(args.log_level).upper() not in LOG_LEVELS:
         raise UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
     return Options(tuple(names), out, args.minutes, args.ws_url.rstrip("/"), args.roll_minutes)
@@ -143,6 +147,7 @@ class _Sink:
         self.symbols = {s.lower(): s for s in symbols}
         self.kinds = set(STREAMS)
         self.counts = counts
+        self.open: set[Any] = set()   # the connections open now
 
     def frame(self, raw: str | bytes, url: str) -> None:
         r = _now_ms()
@@ -183,10 +188,14 @@ async def _pump(url: str, sink: _Sink, stop: asyncio.Event, silent_s: float | No
     until ``stop``. A frame the disk refuses ends it (:class:`WriteFailed`)."""
     backoff = BACKOFF_FIRST_S
     silent_s = silent_s or (SILENT_MARK_S if "markPrice" in url else SILENT_BOOKS_S)
+    loop = asyncio.get_running_loop()
     while not stop.is_set():
+        opened = None
         try:
             async with connect(url, open_timeout=10, ping_interval=20, ping_timeout=20, max_size=1 << 22,
                                close_timeout=2) as ws:
+                opened = loop.time()
+                sink.open.add(ws)   # (closed with 1000 at the stop; a cancel closed it 1011 "internal error")
                 log.info("record: connected %s", url)
                 while True:
                     try:
@@ -198,11 +207,17 @@ async def _pump(url: str, sink: _Sink, stop: asyncio.Event, silent_s: float | No
                     sink.frame(raw, url)
                     backoff = BACKOFF_FIRST_S
         except websockets.exceptions.ConnectionClosed as exc:
-            why = f"closed by the server ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
+            why = (f"closed by the server ({exc.rcvd.code})" if exc.rcvd else
+                   f"failed here ({exc.sent.code} {exc.sent.reason})" if exc.sent else "closed (no close frame)")
         except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
             why = f"{type(exc).__name__}: {exc}"
+        finally:
+            sink.open = {w for w in sink.open if w.state is not websockets.protocol.State.CLOSED}
         if stop.is_set():
             return
+        if opened is not None and loop.time() - opened >= silent_s:
+            backoff = BACKOFF_FIRST_S   # a connection that opened and lived was no failure (a quiet market's
+            # silence doubled the wait each time: 8 s later, 29 trades made meanwhile were never recorded)
         sink.counts.reconnects += 1
         log.warning("record: %s lost (%s); reconnecting in %.1f s", url, why, backoff)
         try:
@@ -247,6 +262,8 @@ async def record(opts: Options, stop: asyncio.Event | None = None) -> dict[str, 
                            return_when=asyncio.FIRST_COMPLETED)
     finally:
         stop.set()
+        with contextlib.suppress(asyncio.TimeoutError):   # a normal close (1000), 2 s at most each
+            await asyncio.wait_for(asyncio.gather(*(w.close() for w in sink.open), return_exceptions=True), 3)
         for t in (stopped, *tasks):
             t.cancel()
         for result in await asyncio.gather(*tasks, return_exceptions=True):
@@ -277,7 +294,7 @@ def _summary(manifest: dict[str, Any]) -> str:
 async def _main(opts: Options) -> dict[str, Any]:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):   # (a closed terminal: files finished, not cut)
         loop.add_signal_handler(sig, stop.set)
     return await record(opts, stop)
 

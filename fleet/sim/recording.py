@@ -381,20 +381,28 @@ def _exchange_order(lines: Iterator[Line], window_ms: int = REORDER_MS) -> Itera
 
 def _once(lines: Iterator[Line], stats: ReadStats) -> Iterator[Line]:
     """Each frame once: a trade whose aggregate id ``a``, or a book whose update id ``u``, falls in the
-    range of ids already read is a frame read twice (a file copied, a line repeated) and is skipped,
-    counted. An id below that range starts a new one (the exchange's ids reset): read."""
+    range of ids already read, its event no later than the latest of its kind read, is a frame read
+    twice (a file copied, a line repeated) and is skipped, counted. An id below that range, or in it
+    with a later event, starts a new one (the exchange's ids started again: a simulator restarted on
+    the port numbered its frames from the same start, and they were dropped as read): read."""
     seen: dict[str, tuple[int, int]] = {}
+    latest: dict[str, int] = {}   # the latest exchange time read, per kind
     for line in lines:
         kind = line[1]
         if kind != MARK:
             name = "a" if kind == TRADE else "u"
             ident = line[3].get(name)
             if type(ident) is int:
+                at = _exchange_ms(line)
                 low, high = seen.get(kind, (ident, ident - 1))
                 if low <= ident <= high:
-                    stats.duplicate(line[4], line[5], f"{kind} {name}={ident} was read already")
-                    continue
+                    if at is None or at <= latest.get(kind, at):
+                        stats.duplicate(line[4], line[5], f"{kind} {name}={ident} was read already")
+                        continue
+                    low, high = ident, ident - 1   # ids started again
                 seen[kind] = (low, ident) if ident > high else (ident, ident)
+                if at is not None and at > latest.get(kind, at - 1):
+                    latest[kind] = at
         yield line
 
 

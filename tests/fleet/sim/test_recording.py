@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import gzip
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -184,7 +185,8 @@ async def test_a_quoting_agent_gets_fills_on_the_replayed_market(recording, sim,
     assert min(lags) >= 0 and max(lags) < 2000, lags
 
 
-async def test_the_recorder_stops_cleanly_on_sigint_keeping_its_buffered_tail(sim_factory, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])   # (a closed terminal cut the files short)
+async def test_the_recorder_stops_cleanly_on_sigint_keeping_its_buffered_tail(sim_factory, tmp_path, sig):
     sim = await sim_factory(symbols=SYMBOLS)
     out = tmp_path / "rec"
     proc = await asyncio.create_subprocess_exec(
@@ -192,7 +194,7 @@ async def test_the_recorder_stops_cleanly_on_sigint_keeping_its_buffered_tail(si
         sim.ws_url, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         await wait_for(lambda: sim.stats["ws_frames_sent"] >= 20, 30, "frames sent to the recorder")
-        proc.send_signal(signal.SIGINT)  # within the first 5 s: nothing flushed to the file yet
+        proc.send_signal(sig)  # within the first 5 s: nothing flushed to the file yet
         stdout, stderr = await asyncio.wait_for(proc.communicate(), 30)
     finally:
         if proc.returncode is None:
@@ -258,14 +260,21 @@ async def test_a_burst_then_quiet_is_on_disk_within_the_flush_period_for_a_recor
     assert on_disk() == 30
 
 
-async def test_a_connection_that_goes_silent_is_reopened_and_counted(tmp_path):
+async def test_a_connection_that_goes_silent_is_reopened_and_counted(tmp_path, caplog):
+    """Reopened at once each time: a connection that opened and lived its silence was no failure (the
+    wait doubled at each silence, 8 s after a quiet spell, and the trades made meanwhile were lost);
+    closed at the stop with a normal close (a cancelled task closed it 1011, 'internal error')."""
     from websockets.asyncio.server import serve
 
     opened: list[str] = []
+    closed: list[int | None] = []
 
     async def mute(ws: Any) -> None:   # accepts, answers pings, never sends a frame
         opened.append(ws.request.path)
         await ws.wait_closed()
+        closed.append(ws.close_code)
+
+    caplog.set_level(logging.WARNING, logger="simulate.record")
 
     async with serve(mute, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
@@ -277,6 +286,10 @@ async def test_a_connection_that_goes_silent_is_reopened_and_counted(tmp_path):
         manifest = await task
     assert manifest["silent_reconnects"] >= 4 and manifest["frames"] == 0
     assert {p.split("?")[0] for p in opened} == {"/public/stream", "/market/stream"}
+    waits = [r.getMessage().rsplit("reconnecting in ", 1)[1] for r in caplog.records if "reconnecting in" in r.getMessage()]
+    assert len(waits) >= 4 and set(waits) == {"0.5 s"}, waits
+    await wait_for(lambda: len(closed) == len(opened), 10, "every connection closed")
+    assert closed[-2:] == [1000, 1000], closed
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -309,6 +322,8 @@ def test_the_recorder_uses_binances_2026_split_layout_by_default():
     (["--out", "/proc/mmfleet-no"], "cannot record into /proc/mmfleet-no"),
     (["--roll-minutes", "inf"], "--roll-minutes must be from 1 s"),
     (["--ws-url", "ws://127.0.0.1:99999"], "--ws-url must be a ws:// or wss:// URL"),
+    (["--ws-url", "ws://[::1"], "--ws-url must be a ws:// or wss:// URL"),   # (a traceback)
+    (["--ws-url", "ws://127.0.0.1:1/ws"], "without a path or a query"),   # (every frame refused, exit 0)
     (["--log-level", "BOGUS"], "--log-level must be one of"),
 ])
 def test_the_recorder_refuses_what_it_cannot_use_in_one_line(tmp_path, capsys, extra, said):

@@ -361,3 +361,20 @@ def test_a_receive_time_stepped_ahead_on_one_line_is_skipped_not_followed(tmp_pa
     e = Engine(SimConfig(replay=str(rec)), now_ms=NOW)
     e.advance(NOW + 120_000)
     assert e.book_ticker(e.books["ETHUSDC"])["askPrice"] == "3000.20"   # the market went on to the last line
+
+
+def test_ids_that_start_again_inside_the_range_read_are_read_when_their_events_are_later(tmp_path):
+    """A simulator restarted on its port numbers its frames from the same start: the recorder wrote
+    them all, and the reader dropped them as read already (92 of 331). Ids in the range read, at a
+    later exchange time, start a new range; a copied file (the same ids at the same times) is still
+    skipped."""
+    from fleet.sim.recording import ReadStats, Recording
+
+    before = [bt(dt, "3000.00", "1.000", "3000.01", "1.000") for dt in range(0, 5_000, 100)]
+    after = [bt(dt, "3000.00", "1.000", "3000.02", "1.000") for dt in range(8_000, 12_000, 100)]
+    for i, b in enumerate(before + after):
+        b["d"]["u"] = 1_000_000 + i % len(before)   # the same ids again after the restart
+    rec = write_recording(tmp_path / "rec", {"ETHUSDC": [before + after, before[:20]]})   # and a copy
+    stats = ReadStats()
+    lines = list(Recording(rec).lines("ETHUSDC", stats))
+    assert len(lines) == len(before) + len(after) and stats.duplicates == 20
