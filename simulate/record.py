@@ -273,7 +273,12 @@ async def record(opts: Options, stop: asyncio.Event | None = None) -> dict[str, 
                  "silent_reconnects": counts.silent}
         if failed is not None:
             extra["error"] = str(failed)
-        manifest = writer.close(_now_ms(), **extra)
+        try:
+            manifest = writer.close(_now_ms(), **extra)
+        except RecordingError as exc:   # (the manifest too: both said, the first cause first)
+            if failed is None:
+                raise
+            raise RecordingError(f"{failed}; and {exc}") from exc
     if failed is not None:
         raise failed if isinstance(failed, RecordingError) else RecordingError(f"record: {failed!r}")
     if manifest.get("unfinished"):   # the disk refused a file's last lines on the way out

@@ -18,6 +18,7 @@ No sockets here: the recorder (``simulate/record.py``) owns the connections, the
 
 from __future__ import annotations
 
+import errno
 import gzip
 import heapq
 import logging
@@ -162,9 +163,13 @@ class RecordingWriter:
         return self._next_flush
 
     def flush(self, now_ms: int) -> None:
-        """Push the compressed lines so far to the files (a sync flush: readable if the process dies)."""
+        """Push the compressed lines so far to the files (a sync flush: readable if the process dies). A
+        file no longer in its directory (the recording removed meanwhile) is an OSError: every frame since
+        went nowhere, and every later one would."""
         for f in self._open.values():
             f.fh.flush()
+            if os.fstat(f.fh.fileobj.fileno()).st_nlink == 0:   # type: ignore[attr-defined]
+                raise FileNotFoundError(errno.ENOENT, f"{f.path} was removed while it was written")
         self._next_flush = now_ms + self.flush_ms
 
     def close(self, end_ms: int, **extra: Any) -> dict[str, Any]:

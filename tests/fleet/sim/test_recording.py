@@ -26,7 +26,7 @@ import pytest
 
 from fleet.sim.config import SimConfig
 from fleet.sim.engine import Engine, render
-from fleet.sim.recording import FILE_RE, REORDER_MS, ReadStats, Recording
+from fleet.sim.recording import FILE_RE, REORDER_MS, ReadStats, Recording, RecordingError
 from fleet.sim.thread import SimThread
 from simulate.record import Options, main, record, stream_urls
 from tests.e2e.test_agent_live import describe, exchange, in_sync, make_agent  # noqa: F401 - fixtures
@@ -335,3 +335,21 @@ def test_the_recorder_refuses_what_it_cannot_use_in_one_line(tmp_path, capsys, e
                               "--ws-url", "ws://127.0.0.1:1", *extra])
     assert rec.run(args) in (1, 2)
     assert said in capsys.readouterr().err
+
+
+async def test_a_recording_removed_while_it_is_written_stops_the_recorder_loudly(sim_factory, tmp_path):
+    """The directory removed mid-run: every frame went to files no longer anywhere, with no word, until
+    the next roll (an hour) or a signal; then only the manifest's error was said."""
+    import shutil
+
+    sim = await sim_factory(symbols=SYMBOLS)
+    out = tmp_path / "rec"
+    stop = asyncio.Event()
+    task = asyncio.create_task(record(Options(("ETHUSDC",), out, ws_url=sim.ws_url), stop))
+    await wait_for(lambda: sim.stats["ws_frames_sent"] >= 20, 30, "frames sent to the recorder")
+    shutil.rmtree(out)
+    try:
+        with pytest.raises(RecordingError, match="was removed while it was written.*; and cannot write"):
+            await asyncio.wait_for(task, 20)   # at the next flush (5 s)
+    finally:
+        stop.set()
