@@ -155,7 +155,8 @@ def _symbol_block(sym: SymbolResult) -> list[str]:
     return lines
 
 
-REPLAY_COUNTS = ("malformed", "duplicates", "out_of_order", "cut_short", "gaps", "missing_files", "empty_files")
+REPLAY_COUNTS = ("malformed", "duplicates", "out_of_order", "cut_short", "gaps", "missing_files", "empty_files",
+                 "recorder_reconnects", "recorder_malformed")
 
 
 def replay_line(view: dict[str, Any]) -> str:

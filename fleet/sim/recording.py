@@ -319,6 +319,7 @@ class Recording:
                     stats.missing_files += 1
                     stats.say("%s lists %s, which is not there", MANIFEST, self.directory / name)
         held = {path: 0 for path in files}   # each file's lines let through
+        last_mark = 0   # markPrice@1s, a frame a second: its /market connection lost while books came
         for line in _plausible((x for path in files for x in _read_file(path, prefix, symbol, stats)), stats):
             held[line[4]] += 1
             if line[0] < last:
@@ -328,8 +329,19 @@ class Recording:
                 stats.gaps += 1
                 stats.say("%s: %.0f s without a line before line %d of %s", symbol, (line[0] - last) / 1000,
                           line[5], line[4])
+                last_mark = line[0]
+            if line[1] == MARK:
+                if last_mark and line[0] - last_mark > GAP_MS:
+                    stats.gaps += 1
+                    stats.say("%s: %.0f s without a markPrice line before line %d of %s", symbol,
+                              (line[0] - last_mark) / 1000, line[5], line[4])
+                last_mark = line[0]
             last = line[0]
             yield line
+        end = self.manifest.get("end_ms")
+        if type(end) is int and last and end - last > GAP_MS:   # (the recorder ran on, receiving nothing)
+            stats.gaps += 1
+            stats.say("%s: %.0f s without a line before the recording's end", symbol, (end - last) / 1000)
         for path in files:
             if held[path] == 0:
                 stats.empty_files += 1

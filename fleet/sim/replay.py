@@ -262,7 +262,11 @@ class ReplayMarket:
     def view(self) -> dict[str, Any]:
         return {"directory": str(self.recording.directory), "symbols": list(self.books),
                 "start_ms": self.start_ms, "shift_ms": self.shift_ms, "position_ms": self.position_ms,
-                "lines_applied": self.applied, "done": self.done, **self.stats.view()}
+                "lines_applied": self.applied, "done": self.done, **self.stats.view(),
+                # what the recorder itself lost (its manifest's counts): frames between a connection's end
+                # and the next, frames it could not read
+                "recorder_reconnects": _count(self.recording.manifest.get("reconnects")),
+                "recorder_malformed": _count(self.recording.manifest.get("malformed_frames"))}
 
     # -- time ---------------------------------------------------------------------------------------
 
@@ -541,3 +545,8 @@ def _queue_fill(e: Engine, b: Book, orders: list[Order], price: int, qty: int, t
     for o in orders:  # the ones still resting moved up the queue
         o.ahead = o.ahead - eaten if o.ahead > eaten else 0
     return filled
+
+
+def _count(value: Any) -> int:
+    """A manifest's count (0 when it has none or not a count: an older or killed recorder's)."""
+    return value if type(value) is int and value >= 0 else 0

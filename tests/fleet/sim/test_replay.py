@@ -378,3 +378,26 @@ def test_ids_that_start_again_inside_the_range_read_are_read_when_their_events_a
     stats = ReadStats()
     lines = list(Recording(rec).lines("ETHUSDC", stats))
     assert len(lines) == len(before) + len(after) and stats.duplicates == 20
+
+
+def test_a_silent_end_a_lost_mark_stream_and_the_recorder_s_own_losses_are_said(tmp_path):
+    """The recorder ran 75 s past its last line, and its /market connection (marks, trades) was lost 67 s
+    while books came: the replay said 'nothing skipped, no gap over a minute'. Nor did it say the
+    reconnects and unreadable frames the recorder counted in its manifest."""
+    from fleet.sim.recording import ReadStats, Recording
+    from simulate.table import replay_line
+
+    books = [bt(dt, "3000.00", "1.000", "3000.01", "1.000") for dt in range(0, 100_000, 1_000)]
+    marks = [mark(dt, "3000.00", "0.0001", 3_600_000) for dt in range(0, 10_000, 1_000)]
+    marks += [mark(dt, "3000.00", "0.0001", 3_600_000) for dt in range(80_000, 100_000, 1_000)]
+    rec = write_recording(tmp_path / "rec", {"ETHUSDC": [sorted(books + marks, key=lambda x: x["r"])]})
+    manifest = json.loads((rec / "manifest.json").read_text())
+    (rec / "manifest.json").write_text(json.dumps({**manifest, "end_ms": T0 + 99_000 + 75_000, "reconnects": 2,
+                                                   "malformed_frames": 3}))
+    stats = ReadStats()
+    list(Recording(rec).lines("ETHUSDC", stats))
+    assert stats.gaps == 2   # the marks' 70 s, the end's 75 s
+    e = Engine(SimConfig(replay=str(rec)), now_ms=NOW)
+    e.advance(NOW + 200_000)
+    said = replay_line(e.replay.view())
+    assert "2 gaps" in said and "2 recorder reconnects" in said and "3 recorder malformed" in said, said
