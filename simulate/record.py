@@ -63,6 +63,7 @@ class Options:
     ws_url: str = BINANCE_WS
     roll_minutes: float = 60.0
     silent_s: float | None = None   # None: SILENT_MARK_S or SILENT_BOOKS_S, by what the connection carries
+    unheard_s: float = SILENT_MARK_S * 2   # a symbol with no markPrice frame by then is said (_unheard)
 
 
 @dataclass
@@ -227,6 +228,21 @@ async def _pump(url: str, sink: _Sink, stop: asyncio.Event, silent_s: float | No
         backoff = min(backoff * 2, BACKOFF_MAX_S)
 
 
+async def _unheard(writer: RecordingWriter, stop: asyncio.Event, after_s: float = SILENT_MARK_S * 2) -> None:
+    """A symbol with no markPrice frame (one a second) ``after_s`` into the run is said once, a WARNING:
+    a misspelt or unlisted symbol's streams are accepted and silent, as on Binance, and its connection
+    kept alive by the other symbols' frames (it recorded nothing, said only in the summary)."""
+    try:
+        await asyncio.wait_for(stop.wait(), after_s)
+        return
+    except asyncio.TimeoutError:
+        pass
+    for symbol, kinds in writer.manifest["lines"].items():
+        if not kinds.get("markPrice@1s"):
+            log.warning("record: no markPrice frame of %s in %.0f s: a symbol the exchange does not list (or "
+                        "misspelt)? its streams stay silent", symbol, after_s)
+
+
 async def _flusher(writer: RecordingWriter, stop: asyncio.Event) -> None:
     """The files flushed every ``flush_ms`` even when no frame comes (a burst, then quiet): a recorder
     killed then loses at most that much."""
@@ -254,6 +270,7 @@ async def record(opts: Options, stop: asyncio.Event | None = None) -> dict[str, 
     sink = _Sink(writer, opts.symbols, counts)
     tasks = [asyncio.create_task(_pump(u, sink, stop, opts.silent_s)) for u in urls]
     tasks.append(asyncio.create_task(_flusher(writer, stop)))
+    tasks.append(asyncio.create_task(_unheard(writer, stop, opts.unheard_s)))
     stopped = asyncio.create_task(stop.wait())
     log.info("record: %s into %s (%d connection(s))", ", ".join(opts.symbols), opts.out, len(urls))
     failed: BaseException | None = None

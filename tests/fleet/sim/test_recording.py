@@ -353,3 +353,18 @@ async def test_a_recording_removed_while_it_is_written_stops_the_recorder_loudly
             await asyncio.wait_for(task, 20)   # at the next flush (5 s)
     finally:
         stop.set()
+
+
+async def test_a_symbol_the_exchange_does_not_list_is_said_while_the_recorder_runs(sim_factory, tmp_path, caplog):
+    """Its streams are accepted and silent (as on Binance), its connection kept alive by the other
+    symbol's frames: it recorded nothing and said so only in the final summary's zeros."""
+    sim = await sim_factory(symbols=SYMBOLS)
+    caplog.set_level(logging.WARNING, logger="simulate.record")
+    stop = asyncio.Event()
+    task = asyncio.create_task(record(Options(("ETHUSDC", "ETHUSTD"), tmp_path / "rec", ws_url=sim.ws_url,
+                                              unheard_s=3.0), stop))
+    said = await wait_for(lambda: [r.getMessage() for r in caplog.records if "no markPrice frame" in r.getMessage()],
+                          30, "the unheard symbol said")
+    stop.set()
+    await task
+    assert len(said) == 1 and "ETHUSTD" in said[0]
