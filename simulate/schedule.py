@@ -40,6 +40,7 @@ _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.
 
 
 MAX_LATENCY_MS = 600_000   # as the simulator's POST /sim/fault/latency
+STREAMS_OPEN_S = 1.0   # the agents' streams and listen keys exist by then (their start takes milliseconds)
 
 
 class ScheduleError(ValueError):
@@ -168,6 +169,9 @@ def check_run(events: list[Event], symbols: list[str], hours: float, accounts: l
         if replay and ev.do in ("jump", "funding_interval"):
             raise ScheduleError(f"schedule event {i} ({ev.do}): the run replays a recording, whose market and "
                                 f"funding times are the recording's")
+        if ev.do in ("drop", "expire_listen_key") and ev.at < STREAMS_OPEN_S:   # (it reached nothing, said nothing)
+            raise ScheduleError(f"schedule event {i} ({ev.do}) at {ev.at:g} s comes before the agents' streams and "
+                                f"listen keys exist: give {STREAMS_OPEN_S:g} s or later")
         if ev.do == "expire_listen_key" and accounts is not None and "account" not in a and "main" not in accounts:
             raise ScheduleError(f"schedule event {i} ({ev.do}): name the account (the run has no account 'main': "
                                 f"{', '.join(accounts)})")

@@ -168,6 +168,8 @@ def test_a_bad_schedule_is_refused_naming_the_problem(events, message):
     ({"at": 10, "do": "jump", "symbol": "BTCUSDT", "pct": 1}, "symbol 'BTCUSDT' is not one of the run's (ETHUSDC)"),
     ({"at": 10, "do": "drop", "account": "nobody"}, "account 'nobody' is not one of the run's (main)"),
     ({"at": "2h", "do": "drop"}, "at 7200 s is after the run's end (1 h)"),
+    ({"at": 0, "do": "drop"}, "comes before the agents' streams and listen keys exist"),   # (reached nothing)
+    ({"at": 0.5, "do": "expire_listen_key"}, "comes before the agents' streams and listen keys exist"),
 ])
 def test_an_event_the_run_could_not_carry_out_is_refused_before_it(event, message):
     with pytest.raises(ScheduleError, match=re.escape(message)):
