@@ -44,7 +44,8 @@ def advice(table: dict[str, Any], params: dict[str, Any], cap: float) -> list[st
     hours = table.get("hours") or 0.0
     per_day = table.get("pnl_total", 0.0) / (hours / 24.0) if hours else None
     base = _get(params, "base.base_size")
-    if per_day is not None and per_day <= PROFIT_FLOOR_PER_DAY and share == 0.0:
+    if per_day is not None and per_day <= PROFIT_FLOOR_PER_DAY and share == 0.0 and table.get("fills", 0) > 0:
+        # (a run without a fill says nothing of the profit: one too short to quote was told to raise base_size)
         out.append(f"profit {per_day:+.2f} a day with the worst case never above the alert line: raise "
                    f"base_size ({base} -> {round(base * 8 / 7, 6) if base else '+14 %'})")
     funding = table.get("funding_per_day", 0.0)

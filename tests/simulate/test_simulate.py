@@ -283,3 +283,14 @@ def test_a_size_the_exchange_cannot_trade_is_said_by_the_agent():
     assert t["errors_logged"] >= 1 and t["orders_per_min"] == 0
     assert any("base.base_size 0.0000001 is under ETHUSDC's smallest order of 0.001" in line
                for line in result.log_tail), result.log_tail
+
+
+def test_the_tuning_rules_say_nothing_of_profit_from_a_run_without_a_fill():
+    """A run too short to quote (1e-7 h: 0 quote cycles, 0 fills) was told to raise base_size."""
+    from simulate.tuning import advice
+
+    table = {"hours": 1e-7, "fills": 0, "pnl_total": 0.0, "worst_long_above_share": 0.0,
+             "worst_short_above_share": 0.0}
+    assert advice(table, {"base": {"base_size": 0.007}}, 0.23) == []
+    assert "raise base_size" in advice({**table, "fills": 3, "pnl_total": -0.1}, {"base": {"base_size": 0.007}},
+                                       0.23)[0]
