@@ -145,6 +145,16 @@ def test_missing_or_bad_fields_raise_frame_error_naming_the_event():
         parse_user(bad_price)
     with pytest.raises(FrameError, match="not an object"):
         parse_user([1, 2])
+    held = orjson.loads(ACCOUNT)   # a position held with no entry price: not an entry of 0 (a phantom profit)
+    position = next(p for p in held["a"]["P"] if float(p["pa"]) != 0)
+    del position["ep"]
+    with pytest.raises(FrameError, match="with no entry price"):
+        parse_user(held)
+    flat = orjson.loads(ACCOUNT)   # a flat position may come without one
+    for p in flat["a"]["P"]:
+        p["pa"] = "0"
+        p.pop("ep", None)
+    parse_user(flat)
 
 
 
