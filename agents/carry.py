@@ -167,13 +167,38 @@ async def _gap_trades(agent: SymbolAgent, carried: Carry) -> int:
     return added
 
 
-def _add_trade(pos: Any, carried: Carry, row: dict[str, Any], margin_asset: str) -> int:
+async def backfill_trades(agent: SymbolAgent, since_ms: int) -> int:
+    """The trades since ``since_ms`` (no earlier than the books' start) that the store's P&L misses: a
+    user stream's gap, a frame skipped as malformed, a trade frame without its P&L fields. Each added
+    once (``Position.carry_trade``: one a frame booked is skipped, one a frame moved the position of
+    without its P&L gets it); weight 5 a page."""
+    client = agent.require_client()
+    start: int | None = max(since_ms, int(getattr(agent, "books_since_ms", 0) or 0))
+    from_id = None
+    added = 0
+    for _ in range(MAX_PAGES):
+        end = None if start is None else start + WEEK_MS - 1
+        rows = await client.user_trades(agent.symbol, start_time=start, end_time=end, from_id=from_id, limit=PAGE)
+        store = agent.require_core().store
+        for r in rows:
+            added += _add_trade(store.position_book, None, r, store.margin_asset)
+        if len(rows) < PAGE:
+            if end is None or end >= agent.exchange_ms():
+                break
+            start = end + 1
+            continue
+        start, from_id = None, max(int(r["id"]) for r in rows)
+    agent.require_core().store.track_equity()
+    return added
+
+
+def _add_trade(pos: Any, carried: Carry | None, row: dict[str, Any], margin_asset: str) -> int:
     try:
         trade_id, order_id = int(row["id"]), int(row["orderId"])
         realized, commission = float(row["realizedPnl"]), float(row["commission"])
     except (KeyError, TypeError, ValueError):
         return 0
-    if carried.trade_id is not None and (trade_id < carried.trade_id or
+    if carried is not None and carried.trade_id is not None and (trade_id < carried.trade_id or
                                          (trade_id == carried.trade_id and order_id in carried.trade_orders)):
         return 0   # inside the record
     counts = not margin_asset or row.get("commissionAsset", margin_asset) == margin_asset

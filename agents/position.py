@@ -58,6 +58,9 @@ class Position:
         self.commission = 0.0
         self._trade_ids: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._carried: set[tuple[int, int]] = set()  # trades whose P&L came with the carried books
+        # trades whose frame lacked its P&L fields (``rp``, ``n``, ...): the position moved, the P&L waits
+        # for the exchange's trade list (``carry_trade``); by key, with the trade's time
+        self.owed: dict[tuple[int, int], int] = {}
         self.last_trade_id: int | None = None  # the newest trade booked, and its orders booked (agents/carry.py)
         self.last_trade_orders: list[int] = []
         self.fills_buy = 0
@@ -123,7 +126,7 @@ class Position:
     # ------------------------------------------------------------------ trades
 
     def book_trade(
-        self, key: tuple[int, int], u: OrderUpdate, steps: int, count_commission: bool
+        self, key: tuple[int, int], u: OrderUpdate, steps: int, count_commission: bool, pnl_known: bool = True
     ) -> int | None:
         """Book one trade once (by ``key``: order and trade id): its commission (if in the margin
         asset) and realized P&L, and its quantity into the position (``BOOKED``, ``BOOKED_ALL``) or
@@ -134,6 +137,8 @@ class Position:
         self._remember(key)
         if key in self._carried:   # its P&L and fill came with the carried books: only the position moves
             self._carried.discard(key)
+        elif not pnl_known:   # (read as 0, a closing fill's loss was gone from the drawdown for good)
+            self.owed[key] = u.update_time
         else:   # as the exchange books it, per trade
             self._book(float(u.realized_pnl), float(u.commission) if count_commission else 0.0, u.side == BUY)
         placed = self._on_fill(u.side, steps, float(u.last_filled_price), u.update_time)
@@ -176,6 +181,9 @@ class Position:
     def carry_trade(self, key: tuple[int, int], realized: float, commission: float, buy: bool) -> bool:
         """A trade the exchange lists after the carried books (``userTrades``): its P&L and commission
         added once, unless a frame booked it already; a frame of it later moves only the position."""
+        if self.owed.pop(key, None) is not None:   # its frame moved the position without its P&L
+            self._book(realized, commission, buy)
+            return True
         if key in self._trade_ids or key in self._carried:
             return False
         self._carried.add(key)

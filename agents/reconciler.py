@@ -42,6 +42,7 @@ class Reconciler:
                 continue  # a resync is the stronger repair, and is under way
             n += 1
             self.agent.user.look_up_funding()  # a fee whose income rows could not be read yet
+            self.agent.user.look_up_trades()   # trades whose P&L a gap or a frame missed
             try:
                 await self._reconcile_orders()
                 if n % self.agent.runtime.reconcile_position_every == 0:

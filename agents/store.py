@@ -382,7 +382,7 @@ class Store:
             key = (u.order_id, u.trade_id or -led.steps(u.cum_filled_qty))
             steps = led.steps(u.last_filled_qty)
             counts = u.commission_asset == self.margin_asset or not self.margin_asset
-            placed = pos.book_trade(key, u, steps, counts)
+            placed = pos.book_trade(key, u, steps, counts, pnl_known=not u.trade_fields_missing)
             if placed is None:
                 return changed  # a duplicate
             if u.client_order_id.startswith(SETTLEMENT_CLIENT_ORDER_ID):   # whatever its execution type

@@ -20,6 +20,7 @@ from fleet.binance.events import AlgoUpdate, FundingFee, ListenKeyExpired, Margi
 from fleet.binance.models import OrderInfo
 from fleet.binance.streams import StreamError, UserStream
 
+from .carry import backfill_trades
 from .orders import parse_client_order_id
 from .agent_base import BLOCK_USER_STREAM, Backoff, _ListenKeyGone, _TRANSIENT, _same_epoch
 
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from .agent import SymbolAgent
 
 
+# a gap's trades are read from this long before it: a lost stream is found only after its silence
+TRADES_LOOKBACK_MS = 300_000
 DRAIN_S = 0.5  # a stream a planned swap replaced is read on while a frame comes within this
 FOREIGN_SAY_S = 600.0  # an order another hand rests on the symbol is said at most this often (each counted)
 
@@ -57,6 +60,7 @@ class UserFeed:
         self._new_key = asyncio.Event()  # the keepalive was refused: the consumer takes a new key
         self._foreign_said = -FOREIGN_SAY_S  # when an order of another hand was last said
         self._resync_owed = False   # a resync after an event that could not be applied is on its way
+        self.trades_gap_ms: int | None = None   # fills may have been missed from then (look_up_trades)
 
     async def connect(self) -> None:
         self.stream = await self._open()
@@ -118,6 +122,7 @@ class UserFeed:
         await a.starter.cancel_older_epochs()
         self.lost_at = None
         a.blocks.discard(BLOCK_USER_STREAM)
+        self.look_up_trades()
 
     async def _consume(self, stream: UserStream) -> None:
         """``stream``'s events, until it ends; one a planned swap replaced is read to its end too (what
@@ -159,6 +164,7 @@ class UserFeed:
         applied, or a frame skipped as malformed (a fill or another hand's position change in it would
         be missed until the reconciliation's position check, seconds on). One owed at a time."""
         a = self.agent
+        self._gap(a.exchange_ms())
         if not a.stopping and not self._resync_owed:   # a run of bad frames, one resync
             self._resync_owed = True
             a.tasks.spawn(self._resync_after_failure(), "resync-after-bad-event")
@@ -168,6 +174,11 @@ class UserFeed:
         if not self.agent.stopping:
             with contextlib.suppress(Exception):   # a failed resync is counted, said and retried by the starter
                 await self.agent.starter.resync()
+                self.look_up_trades()
+
+    def _gap(self, at_ms: int) -> None:
+        """Fills may have been missed from ``at_ms`` (the resync sets the position, not the P&L)."""
+        self.trades_gap_ms = at_ms if self.trades_gap_ms is None else min(self.trades_gap_ms, at_ms)
 
     def _foreign(self) -> None:
         self.agent.counters["foreign_events"] += 1
@@ -308,6 +319,7 @@ class UserFeed:
         a.blocks.add(BLOCK_USER_STREAM)
         self.lost_at = a.clock.monotonic()
         self.last_lost_ms = a.exchange_ms()
+        self._gap(self.last_lost_ms)
         a.counters["user_stream_reconnects"] += 1
         a.log.event("user_stream_lost", f"user stream lost: {why}; quoting stopped", level=logging.WARNING)
         with contextlib.suppress(Exception):
@@ -385,6 +397,48 @@ class UserFeed:
         # A request in flight may still land after that cancel (up to its recvWindow), unseen without the
         # stream: re-list and cancel until none of this epoch rests, as a quote pull does.
         a.sender.keep_pulling("user stream down past grace")
+
+    def look_up_trades(self) -> None:
+        """Start reading the trades the store's P&L misses (since a gap of the stream, a frame skipped,
+        or a trade frame without its P&L fields) if any and no read is under way (after a resync, and on
+        every reconciliation beat)."""
+        a = self.agent
+        core = a.core
+        if core is None or (self.trades_gap_ms is None and not core.store.position_book.owed):
+            return
+        if not a.tasks.named("trades-backfill"):
+            a.tasks.spawn(self._backfill_trades(), "trades-backfill")
+
+    async def _backfill_trades(self) -> None:
+        """The trades since the gap (less ``TRADES_LOOKBACK_MS``) read and added once; an owed trade the
+        exchange does not list by then (its frame lacked its id: it came under its own) is let go."""
+        a = self.agent
+        for delay in (0.0, 2.0, 10.0):
+            await a.tasks.sleep(delay)
+            core = a.core
+            if core is None or a.stopping:
+                return
+            pos = core.store.position_book
+            gap = self.trades_gap_ms
+            since = min([*([gap] if gap is not None else []), *pos.owed.values()], default=None)
+            if since is None:
+                return
+            asked_at = a.exchange_ms()
+            try:
+                added = await backfill_trades(a, since - TRADES_LOOKBACK_MS)
+            except BinanceError as exc:
+                a.log.event("trades_unavailable", f"the trades since {since} not read: {exc!r}", level=logging.WARNING)
+                continue
+            if self.trades_gap_ms == gap:   # (a newer gap meanwhile is read by the next pass)
+                self.trades_gap_ms = None
+            pos = a.require_core().store.position_book
+            for key in [k for k, t in pos.owed.items() if t < asked_at - TRADES_LOOKBACK_MS]:
+                del pos.owed[key]
+            if added:
+                a.log.event("trades_backfilled", f"{added} trade(s) since {since} booked from the exchange's list "
+                            f"(the stream missed them or their P&L)", level=logging.WARNING)
+            if not pos.owed and self.trades_gap_ms is None:
+                return
 
     def look_up_funding(self) -> None:
         """Start reading this symbol's FUNDING_FEE income rows if the store waits for some and no

@@ -1,0 +1,57 @@
+"""The agent's P&L when the user stream misses a fill: the resync after a frame skipped (or a stream
+lost) sets the position from the exchange, and the trades since the gap are read from the exchange's
+list (``userTrades``) for the P&L, each once. Checked against the exchange's own realized P&L
+(``/sim/state``): the drawdown guard reads this figure.
+
+An audit's figures before: a desk's close of 0.6 ETH at a 4 % loss, its ORDER_TRADE_UPDATE truncated on
+the way: the agent's realized P&L -8.82 against the exchange's -72.33, its drawdown 1.00 % against
+7.42 % (the 6 % band did not act).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from fleet.sim.testkit import SimClient
+from tests.e2e.test_agent_live import SYMBOL, describe, exchange, make_agent  # noqa: F401 - fixtures
+from tests.polling import wait_for
+
+
+async def _desk_close(exchange, agent, fault: dict) -> dict:
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL, "mode": "price"})
+    await agent.halt("a desk's hand on the symbol")
+    mid = Decimal(str((await exchange.state())["markets"][SYMBOL]["mid"]))
+    await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.600",
+                                          "entry_price": str((mid * Decimal("1.04")).quantize(Decimal("0.01")))})
+    await exchange.post("/sim/fault/frame", fault)
+    async with SimClient.for_sim(exchange.sim) as c:
+        reply = await c.signed("POST", "/fapi/v1/order", {"symbol": SYMBOL, "side": "SELL", "type": "MARKET",
+                                                          "quantity": "0.600", "newClientOrderId": "desk-close-1"})
+    assert reply.status == 200, reply.json
+    return (await exchange.state())["positions"][SYMBOL]
+
+
+async def _booked_as_the_exchange(agent, exchange) -> bool:
+    truth = (await exchange.state())["positions"][SYMBOL]
+    s = agent.core.store
+    return (s.position_steps == 0 and abs(Decimal(str(s.realized_pnl)) - Decimal(truth["realized_pnl"])) < Decimal("1e-6")
+            and abs(Decimal(str(s.commission)) - Decimal(truth["commission"])) < Decimal("1e-6"))
+
+
+async def test_a_closing_fill_whose_frame_was_cut_is_in_the_p_and_l_from_the_exchange_s_trades(make_agent, exchange):
+    agent = await make_agent()
+    truth = await _desk_close(exchange, agent, {"stream": "user", "mode": "truncate", "event": "ORDER_TRADE_UPDATE",
+                                                "count": 2})   # (the close's NEW and its TRADE)
+    assert Decimal(truth["realized_pnl"]) < -20   # a 4 % loss on 0.6 ETH
+    await wait_for(lambda: _booked_as_the_exchange(agent, exchange), 20, "the close's P&L booked once",
+                   explain=lambda: describe(agent, exchange))
+
+
+async def test_a_closing_fill_whose_frame_lacked_its_p_and_l_fields_gets_them_from_the_exchange_s_trades(
+        make_agent, exchange):
+    """A frame without ``rp`` and ``n`` read them as 0: the loss was gone from the drawdown for good."""
+    agent = await make_agent()
+    await _desk_close(exchange, agent, {"stream": "user", "mode": "omit", "event": "ORDER_TRADE_UPDATE",
+                                        "fields": ["o.rp", "o.n"], "count": 2})
+    await wait_for(lambda: _booked_as_the_exchange(agent, exchange), 20, "the close's P&L booked once",
+                   explain=lambda: describe(agent, exchange))
