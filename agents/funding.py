@@ -34,6 +34,7 @@ DAY_MS = 24 * HOUR_MS
 # A frame and the income row of one funding fee carry the same settlement time (the simulator: the
 # same millisecond); fees of one symbol are at least the funding interval apart.
 FUNDING_MATCH_MS = 5_000
+FUNDING_ROW_LISTED_MS = 60_000   # an income read this long after a fee frame lists its row if it is ours
 # A fee without a symbol is looked up if this symbol held a position at most this long before it;
 # income rows are read from this long before the fee's frame.
 FUNDING_LOOKBACK_MS = 60_000
@@ -160,7 +161,7 @@ class FundingBook:
             return None
         return min(self._lookups) - FUNDING_LOOKBACK_MS
 
-    def on_income(self, rows: Iterable[Any], symbol: str, margin_asset: str) -> int:
+    def on_income(self, rows: Iterable[Any], symbol: str, margin_asset: str, read_at_ms: int | None = None) -> int:
         """Income rows (Binance's ``{"symbol","incomeType","income","asset","time","tranId"}``): this
         symbol's FUNDING_FEE rows are booked once each, by ``tranId``. A row whose fee was already
         booked from a frame naming the symbol (no tranId there: the same amount, within
@@ -197,6 +198,11 @@ class FundingBook:
                 continue
             self._book(t, amount, "income")
             booked += 1
+        if read_at_ms is not None:   # a read this long after a look-up's frame without a row of ours near it:
+            # the frame was another symbol's (a cross account's fees come symbol-less; the look-up stayed due
+            # until this symbol's next settlement, an income read of weight 30 at every beat, for hours)
+            for lt in [x for x in self._lookups if x < read_at_ms - FUNDING_ROW_LISTED_MS]:
+                self._lookups.remove(lt)
         return booked
 
     def _pair(self, t: int, amount: Decimal, source: str) -> bool:

@@ -472,9 +472,9 @@ class Store:
         (``GET /fapi/v1/income``) for fees whose frame named no symbol; None when nothing is due."""
         return self.funding.lookup_start()
 
-    def on_funding_income(self, rows: Iterable[Any]) -> int:
+    def on_funding_income(self, rows: Iterable[Any], read_at_ms: int | None = None) -> int:
         """This symbol's FUNDING_FEE income rows, booked once each (``FundingBook.on_income``)."""
-        booked = self.funding.on_income(rows, self.symbol, self.margin_asset)
+        booked = self.funding.on_income(rows, self.symbol, self.margin_asset, read_at_ms)
         if booked:
             self.track_equity()
         return booked

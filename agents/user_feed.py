@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 # a gap's trades are read from this long before it: a lost stream is found only after its silence
 TRADES_LOOKBACK_MS = 300_000
+OWED_LISTED_MS = 30_000   # a trade the exchange's list does not hold this long after it is not coming
 DRAIN_S = 0.5  # a stream a planned swap replaced is read on while a frame comes within this
 FOREIGN_SAY_S = 600.0  # an order another hand rests on the symbol is said at most this often (each counted)
 
@@ -432,8 +433,8 @@ class UserFeed:
             if self.trades_gap_ms == gap:   # (a newer gap meanwhile is read by the next pass)
                 self.trades_gap_ms = None
             pos = a.require_core().store.position_book
-            for key in [k for k, t in pos.owed.items() if t < asked_at - TRADES_LOOKBACK_MS]:
-                del pos.owed[key]
+            for key in [k for k, t in pos.owed.items() if t < asked_at - OWED_LISTED_MS]:
+                del pos.owed[key]   # (the list holds a trade within seconds: one not there came under another key)
             if added:
                 a.log.event("trades_backfilled", f"{added} trade(s) since {since} booked from the exchange's list "
                             f"(the stream missed them or their P&L)", level=logging.WARNING)
@@ -462,6 +463,7 @@ class UserFeed:
             start = core.store.funding_lookup_start() if core is not None and not a.stopping else None
             if start is None:
                 return
+            asked_at = a.exchange_ms()
             try:
                 rows = await a.require_client().income(a.symbol, "FUNDING_FEE", start_time=start, limit=1000, wait=False)
             except BinanceError as exc:
@@ -469,7 +471,7 @@ class UserFeed:
                 continue
             a.journal.on_income_rows(a, rows)  # the journal need not read them again
             if core is a.core:
-                booked = core.store.on_funding_income(rows)
+                booked = core.store.on_funding_income(rows, read_at_ms=asked_at)
                 if booked:
                     a.log.event("funding_booked", f"{booked} funding fee(s) booked from income rows, "
                                 f"total {core.store.funding_pnl}")

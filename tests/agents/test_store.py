@@ -527,6 +527,20 @@ def test_the_real_cross_margin_fee_frame_is_booked_from_its_income_row_once(stor
     assert store.funding_pnl == pytest.approx(-0.00085067)   # a fee that is not a number is not booked
 
 
+def test_another_symbols_symbol_less_fee_frame_is_let_go_once_a_late_enough_read_holds_no_row_of_ours(store):
+    """A cross account's fee frames name no symbol: another symbol's (settling at another time) left this
+    symbol's look-up due until its own next settlement, an income read of weight 30 at every beat."""
+    t = 1_776_787_200_000
+    store.apply(account_update(20, 3000.0, t=t - 3_600_000))
+    assert store.apply(funding_fee("-0.2", t=t + 40_000, symbol=None))   # another symbol's, 40 s off ours
+    assert store.funding_lookup_start() == t + 40_000 - 60_000
+    theirs = [income_row("-0.2", t + 40_000, 950, symbol="BTCUSDC")]
+    assert store.on_funding_income(theirs, read_at_ms=t + 45_000) == 0
+    assert store.funding_lookup_start() is not None   # read too soon after to tell: asked again
+    assert store.on_funding_income(theirs, read_at_ms=t + 40_000 + 61_000) == 0
+    assert store.funding_lookup_start() is None
+
+
 def test_a_fee_without_a_symbol_while_this_symbol_is_and_was_flat_asks_for_nothing(store):
     assert not store.apply(funding_fee("-0.1", t=100_000, symbol=None))
     assert store.funding_lookup_start() is None
