@@ -34,7 +34,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
@@ -140,30 +140,14 @@ async def take_in(agent: SymbolAgent) -> None:
 
 
 async def _gap_trades(agent: SymbolAgent, carried: Carry) -> int:
-    """The trades after the record's newest one, each added once (weight 5 a page). The position book
-    is read again after every read: new parameters applied meanwhile replace it."""
-    client = agent.require_client()
+    """The trades after the record's newest one, each added once (weight 5 a page)."""
     start = carried.since_ms if carried.trade_id is None else None
-    from_id = carried.trade_id
-    added = 0
-    for _ in range(MAX_PAGES):
-        # by time a week at a time (Binance answers a startTime alone with the week after it), up to a
-        # full page; by id from there
-        end = None if start is None else start + WEEK_MS - 1
-        rows = await client.user_trades(agent.symbol, start_time=start, end_time=end, from_id=from_id, limit=PAGE)
-        store = agent.require_core().store
-        for r in rows:
-            added += _add_trade(store.position_book, carried, r, store.margin_asset)
-        if len(rows) < PAGE:
-            if end is None or end >= agent.exchange_ms():
-                return added
-            start = end + 1
-            continue
-        # from the page's last id again, not past it: a self-trade's two sides share one id (the keys dedupe)
-        start, from_id = None, max(int(r["id"]) for r in rows)
-    agent.log.event("carry_partial", f"more than {MAX_PAGES} pages of trades since the last agent's books (a page "
-                    f"is {PAGE} trades, or a week without one): the rest are not in the carried P&L",
-                    level=logging.WARNING)
+    added, whole = await _read_trades(agent, start, carried.trade_id,
+                                      lambda st, r: _add_trade(st.position_book, carried, r, st.margin_asset))
+    if not whole:
+        agent.log.event("carry_partial", f"more than {MAX_PAGES} pages of trades since the last agent's books (a page "
+                        f"is {PAGE} trades, or a week without one): the rest are not in the carried P&L",
+                        level=logging.WARNING)
     return added
 
 
@@ -172,24 +156,34 @@ async def backfill_trades(agent: SymbolAgent, since_ms: int) -> int:
     user stream's gap, a frame skipped as malformed, a trade frame without its P&L fields. Each added
     once (``Position.carry_trade``: one a frame booked is skipped, one a frame moved the position of
     without its P&L gets it); weight 5 a page."""
+    start = max(since_ms, int(getattr(agent, "books_since_ms", 0) or 0))
+    added, _ = await _read_trades(agent, start, None,
+                                  lambda st, r: _add_trade(st.position_book, None, r, st.margin_asset))
+    agent.require_core().store.track_equity()
+    return added
+
+
+async def _read_trades(agent: SymbolAgent, start: int | None, from_id: int | None,
+                       add: Callable[[Any, dict[str, Any]], int]) -> tuple[int, bool]:
+    """``userTrades`` from ``start`` (by time, a week at a time: Binance answers a startTime alone with the
+    week after it) or ``from_id`` to now, each row given to ``add`` with the store (read again after every
+    read: new parameters applied meanwhile replace it); (how many it added, whether all were read)."""
     client = agent.require_client()
-    start: int | None = max(since_ms, int(getattr(agent, "books_since_ms", 0) or 0))
-    from_id = None
     added = 0
     for _ in range(MAX_PAGES):
         end = None if start is None else start + WEEK_MS - 1
         rows = await client.user_trades(agent.symbol, start_time=start, end_time=end, from_id=from_id, limit=PAGE)
         store = agent.require_core().store
         for r in rows:
-            added += _add_trade(store.position_book, None, r, store.margin_asset)
+            added += add(store, r)
         if len(rows) < PAGE:
             if end is None or end >= agent.exchange_ms():
-                break
+                return added, True
             start = end + 1
             continue
+        # from the page's last id again, not past it: a self-trade's two sides share one id (the keys dedupe)
         start, from_id = None, max(int(r["id"]) for r in rows)
-    agent.require_core().store.track_equity()
-    return added
+    return added, False
 
 
 def _add_trade(pos: Any, carried: Carry | None, row: dict[str, Any], margin_asset: str) -> int:
