@@ -114,6 +114,7 @@ async def take_in(agent: SymbolAgent) -> None:
     said as a WARNING, and never fails the start."""
     if agent.books_since_ms is not None:
         return
+    agent.trades_known_ms = agent.exchange_ms()   # from here every trade is a frame's or this gap's read
     carried, agent.carried = agent.carried, None
     core = agent.core
     assert core is not None
@@ -152,11 +153,13 @@ async def _gap_trades(agent: SymbolAgent, carried: Carry) -> int:
 
 
 async def backfill_trades(agent: SymbolAgent, since_ms: int) -> int:
-    """The trades since ``since_ms`` (no earlier than the books' start) that the store's P&L misses: a
+    """The trades since ``since_ms`` (no earlier than this agent's take-in) that the store's P&L misses: a
     user stream's gap, a frame skipped as malformed, a trade frame without its P&L fields. Each added
     once (``Position.carry_trade``: one a frame booked is skipped, one a frame moved the position of
     without its P&L gets it); weight 5 a page."""
-    start = max(since_ms, int(getattr(agent, "books_since_ms", 0) or 0))
+    # no earlier than this agent's take-in: the carried record's trades are in its figures, not in the keys
+    # (read again, a restarted agent's stream gap booked the last agent's trades twice)
+    start = max(since_ms, getattr(agent, "trades_known_ms", 0))   # (set by take_in, which every start runs)
     added, _ = await _read_trades(agent, start, None,
                                   lambda st, r: _add_trade(st.position_book, None, r, st.margin_asset))
     agent.require_core().store.track_equity()

@@ -423,6 +423,9 @@ class Store:
                 changed = True
         for p in ev.positions:
             if p.symbol == self.symbol and p.position_side in ("BOTH", ""):
+                if p.entry_missing:   # (an entry of 0: a phantom profit lifted the drawdown's peak for good, then
+                    # a phantom drawdown sold the position): not applied; the runtime resyncs
+                    raise ValueError(f"{self.symbol}'s position {p.amount} came with no entry price")
                 changed |= self._set_position(p.amount, p.entry_price, ev.transaction_time or ev.event_time)
         return changed
 

@@ -241,6 +241,7 @@ async def _unheard(writer: RecordingWriter, stop: asyncio.Event, after_s: float 
         if not kinds.get("markPrice@1s"):
             log.warning("record: no markPrice frame of %s in %.0f s: a symbol the exchange does not list (or "
                         "misspelt)? its streams stay silent", symbol, after_s)
+    await stop.wait()   # (a task of the recording: one that ended stopped it, 30 s into every run)
 
 
 async def _flusher(writer: RecordingWriter, stop: asyncio.Event) -> None:
@@ -317,7 +318,8 @@ async def _main(opts: Options) -> dict[str, Any]:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):   # (a closed terminal: files finished, not cut)
-        loop.add_signal_handler(sig, stop.set)
+        if sig != signal.SIGHUP or signal.getsignal(sig) is not signal.SIG_IGN:   # (under nohup: recording on)
+            loop.add_signal_handler(sig, stop.set)
     return await record(opts, stop)
 
 

@@ -251,7 +251,9 @@ class RestCore:
             return payload
         err = error_from_payload(payload, status, resp_headers)
         if isinstance(err, RateLimitedError):
-            if not err.said_when:   # to the end of the window it names, on the exchange's clock (not 1 s: a
+            if not err.said_when and getattr(err, "json_answer", False) and err.code in (
+                    ErrorCode.TOO_MANY_REQUESTS, ErrorCode.TOO_MANY_ORDERS):   # (a proxy's page: a short pause)
+                # to the end of the window it names, on the exchange's clock (not 1 s: a
                 # refused order's 429 came again at every quote until the minute ended, ten of them a ban)
                 window_ms = int(err.window_s() * 1000)
                 err.retry_after = (window_ms - self._timestamp() % window_ms) / 1000 + BOUNDARY_MARGIN_S

@@ -166,6 +166,7 @@ class PositionUpdate:
     unrealized_pnl: Decimal
     margin_type: str
     position_side: PositionSide | str = PositionSide.BOTH
+    entry_missing: bool = False   # held (amount not 0) with no entry price: not an entry of 0
 
 
 @dataclass(frozen=True, slots=True)

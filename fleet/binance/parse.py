@@ -232,26 +232,18 @@ def _order_update(e: dict[str, Any]) -> OrderUpdate:
 _TRADE_FIELDS = ("t", "L", "l", "rp", "n")
 
 
-def _entry(p: Any) -> Decimal:
-    """A position's entry price: required while it holds something (read as 0, a phantom profit of the
-    whole position's worth lifted the drawdown's peak for good, then a phantom drawdown sold it)."""
-    entry = _od(p.get("ep"))
-    if entry <= 0 and _d(p["pa"]) != 0:
-        raise FrameError(f"position {str(p.get('s'))[:20]!r} holds {str(p['pa'])[:30]!r} with no entry price")
-    return entry
-
-
 def _positions(raw: Any) -> tuple[PositionUpdate, ...]:
     return tuple(
         PositionUpdate(
             symbol=p["s"],
             amount=_d(p["pa"]),
-            entry_price=_entry(p),
+            entry_price=_od(p.get("ep")),
             breakeven_price=_od(p.get("bep")),
             accumulated_realized=_od(p.get("cr")),
             unrealized_pnl=_od(p.get("up")),
             margin_type=p.get("mt", ""),
             position_side=enums.position_side(p.get("ps", "BOTH")),
+            entry_missing=_od(p.get("ep")) <= 0 and _d(p["pa"]) != 0,
         )
         for p in (raw or ())
     )

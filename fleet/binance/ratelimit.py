@@ -250,10 +250,15 @@ class RateBudget:
         """The part of ``limit`` a lane may use: all of it for risk, less the reserve for quoting."""
         return limit if risk else max(1, math.floor(limit * (1.0 - self.reserve)))
 
+    def _ip_weight_spent(self, now: float) -> bool:
+        """The IP's minute of weight beyond Binance's limit as the exchange reported it: a weight-0 request
+        (an order) gets the 429 too."""
+        return self._rep_weight.estimate(self._weight, now) > self._full[0]
+
     def orders_available(self, now: float | None = None, *, risk: bool = False) -> int:
         """How many single orders (of the quoting lane, unless ``risk``) could be sent right now."""
         now = self._clock() if now is None else now
-        if now < max(self._blocked_until, self._orders_blocked_until):
+        if now < max(self._blocked_until, self._orders_blocked_until) or self._ip_weight_spent(now):
             return 0
         if not risk and now < self._quotes_blocked_until:
             return 0
@@ -326,7 +331,7 @@ class RateBudget:
                 return math.inf
             if est + amount > rep_limit:
                 wait = max(wait, reported.resets_at - now + 1e-3)
-        if cost.weight <= 0 and self._rep_weight.estimate(self._weight, now) >= self._full[0]:
+        if cost.weight <= 0 and self._ip_weight_spent(now):
             # the IP's minute of weight spent (as reported): a weight-0 order still gets the 429 the
             # weight's requests would (each agent that sent one took its own; ten together, the IP's ban)
             wait = max(wait, self._rep_weight.resets_at - now + 1e-3)
@@ -359,7 +364,7 @@ class RateBudget:
                 reasons.append((reported.resets_at - now, f"the {name} as the exchange counts it: {est} + "
                                                           f"{amount} above {rep_limit} until its window ends"))
         ip_weight = self._rep_weight.estimate(self._weight, now)
-        if cost.weight <= 0 and ip_weight >= self._full[0]:
+        if cost.weight <= 0 and self._ip_weight_spent(now):
             reasons.append((self._rep_weight.resets_at - now, f"the IP's minute of weight spent as the exchange "
                                                               f"counts it ({ip_weight} of {self._full[0]})"))
         if not reasons:
@@ -462,7 +467,9 @@ class RateBudget:
         ``THROTTLE_PAUSE_MAX_S``); the risk lane (reduce-only orders, which the exchange exempts, cancels,
         amends away from the market) goes on."""
         now = self._clock() if now is None else now
-        if now - self._quotes_blocked_until < THROTTLE_SHOWN_S and self._throttle_pause > 0:
+        if now < self._quotes_blocked_until:   # an answer to a request sent before the hold: the same overload
+            seconds = max(seconds, self._throttle_pause)
+        elif now - self._quotes_blocked_until < THROTTLE_SHOWN_S and self._throttle_pause > 0:
             seconds = max(seconds, min(THROTTLE_PAUSE_MAX_S, 2 * self._throttle_pause))
         self._throttle_pause = max(0.0, seconds)
         self.throttled += 1

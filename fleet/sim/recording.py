@@ -51,6 +51,7 @@ GAP_MS = 60_000  # a symbol's lines this far apart are a gap the replay's book h
 # over /public, trades over /market, and aggTrade is pushed every 100 ms, so the book a trade changed is
 # often received first. The reader puts a symbol's lines back in the exchange's order within this.
 REORDER_MS = 1_000
+MAX_ID_RANGES = 64   # id ranges of a kind the reader keeps (each restart of the exchange's ids starts one)
 # A line received this much later after its event than the lines around it was not received then (a
 # receive time stepped ahead on one line: every later line was held at it, the market frozen for the
 # rest of the replay, and a killed recorder's recording ran to it): skipped as malformed
@@ -397,13 +398,13 @@ def _exchange_order(lines: Iterator[Line], window_ms: int = REORDER_MS) -> Itera
 
 
 def _once(lines: Iterator[Line], stats: ReadStats) -> Iterator[Line]:
-    """Each frame once: a trade whose aggregate id ``a``, or a book whose update id ``u``, falls in the
-    range of ids already read, its event no later than the latest of its kind read, is a frame read
-    twice (a file copied, a line repeated) and is skipped, counted. An id below that range, or in it
-    with a later event, starts a new one (the exchange's ids started again: a simulator restarted on
-    the port numbered its frames from the same start, and they were dropped as read): read."""
-    seen: dict[str, tuple[int, int]] = {}
-    latest: dict[str, int] = {}   # the latest exchange time read, per kind
+    """Each frame once: a trade whose aggregate id ``a``, or a book whose update id ``u``, falls in a
+    range of ids already read, its event no later than the latest of that range, is a frame read twice
+    (a file copied, a line repeated) and is skipped, counted. An id below the current range, or in a
+    range with a later event, starts a new one (the exchange's ids started again: a simulator restarted
+    on the port numbered its frames from the same start, and they were dropped as read): read. The
+    ranges before stay known (a copy of lines from before the restart is still a copy)."""
+    seen: dict[str, list[list[int]]] = {}   # per kind, ranges [low, high, latest exchange time], newest last
     for line in lines:
         kind = line[1]
         if kind != MARK:
@@ -411,15 +412,17 @@ def _once(lines: Iterator[Line], stats: ReadStats) -> Iterator[Line]:
             ident = line[3].get(name)
             if type(ident) is int:
                 at = _exchange_ms(line)
-                low, high = seen.get(kind, (ident, ident - 1))
-                if low <= ident <= high:
-                    if at is None or at <= latest.get(kind, at):
-                        stats.duplicate(line[4], line[5], f"{kind} {name}={ident} was read already")
-                        continue
-                    low, high = ident, ident - 1   # ids started again
-                seen[kind] = (low, ident) if ident > high else (ident, ident)
-                if at is not None and at > latest.get(kind, at - 1):
-                    latest[kind] = at
+                ranges = seen.setdefault(kind, [])
+                if any(lo <= ident <= hi and (at is None or at <= latest) for lo, hi, latest in ranges):
+                    stats.duplicate(line[4], line[5], f"{kind} {name}={ident} was read already")
+                    continue
+                cur = ranges[-1] if ranges else None
+                if cur is not None and ident > cur[1]:
+                    cur[1] = ident
+                    cur[2] = max(cur[2], at) if at is not None else cur[2]
+                else:   # the first, or ids started again
+                    ranges.append([ident, ident, at if at is not None else -1])
+                    del ranges[:-MAX_ID_RANGES]
         yield line
 
 

@@ -753,3 +753,22 @@ def test_a_resync_across_the_simulators_same_millisecond_sweep_never_goes_back(s
         store.apply(ev)
         assert store.position_steps + store.pending_buy_steps >= 12
     assert store.position_steps == 12 and store.pending_buy_steps == 0
+
+
+def test_a_position_held_with_no_entry_price_is_not_read_as_an_entry_of_0(store):
+    """Read as 0, a 0.2 long at 3000 was a phantom profit of 600: the drawdown's peak rose for good and
+    the next true figure read as a 37.5 % drawdown (its band sold the position). The store refuses it
+    (the runtime resyncs); another symbol's row so is not its concern."""
+    import dataclasses
+
+    from fleet.binance.events import PositionUpdate
+
+    store.apply(account_update(200, 3000.0, t=100))
+    blank = dataclasses.replace(account_update(200, 0.0, t=200), positions=(
+        PositionUpdate(SYMBOL, D("0.2"), D(0), D(0), D(0), D(0), "cross",
+                       entry_missing=True),))
+    with pytest.raises(ValueError, match="no entry price"):
+        store.apply(blank)
+    assert store.position_book.entry_price == 3000.0
+    other = dataclasses.replace(blank, positions=(dataclasses.replace(blank.positions[0], symbol="BTCUSDT"),))
+    store.apply(other)

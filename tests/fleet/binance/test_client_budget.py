@@ -103,9 +103,12 @@ def test_a_throttle_holds_the_quoting_lanes_orders_a_second_but_not_the_risk_lan
     assert budget.try_charge(Cost(weight=1)) == 0   # a cancel or a read
     clock.t += 1.0
     assert budget.try_charge(ORDER) == 0 and budget.throttled == 1
-    budget.note_throttled()   # again at once: twice the wait (Binance: "retry with backoff")
+    budget.note_throttled()   # again once the hold ended: twice the wait (Binance: "retry with backoff")
     assert budget.wait_time(ORDER) == pytest.approx(2.0)
-    clock.t += 2.0
+    clock.t += 0.5
+    budget.note_throttled()   # an answer to a request sent before the hold: the same overload, not doubled
+    assert budget.wait_time(ORDER) == pytest.approx(2.0)
+    clock.t += 2.0   # that hold's end
     budget.note_throttled()
     assert budget.wait_time(ORDER) == pytest.approx(4.0)
     clock.t += 4.0 + 5.0   # quiet for a while: back to a second
@@ -225,9 +228,10 @@ def test_an_ip_whose_minute_of_weight_is_spent_holds_weight_0_orders_too():
     sent orders into the IP's 429 (each agent took its own; ten together were the IP's ban)."""
     clock = Clock()
     budget = RateBudget(share=1 / 12, clock=clock)
-    budget.observe_headers({"X-MBX-USED-WEIGHT-1M": "2400", "X-MBX-ORDER-COUNT-10S": "0"})
+    budget.observe_headers({"X-MBX-USED-WEIGHT-1M": "2401", "X-MBX-ORDER-COUNT-10S": "0"})
     assert budget.wait_time(Cost(weight=1)) > 50
     assert budget.wait_time(ORDER) > 50 and budget.wait_time(ORDER, risk=True) > 50
     assert "the IP's minute of weight spent" in budget.why_wait(ORDER)
-    budget.observe_headers({"X-MBX-USED-WEIGHT-1M": "2399"})
-    assert budget.wait_time(ORDER) == 0   # (room for a weight-0 order: the weight itself holds the reads)
+    assert budget.orders_available() == 0 and budget.orders_available(risk=True) == 0
+    budget.observe_headers({"X-MBX-USED-WEIGHT-1M": "2400"})
+    assert budget.wait_time(ORDER) == 0   # at the limit, not beyond it: a weight-0 order is taken

@@ -365,6 +365,9 @@ async def test_a_symbol_the_exchange_does_not_list_is_said_while_the_recorder_ru
                                               unheard_s=3.0), stop))
     said = await wait_for(lambda: [r.getMessage() for r in caplog.records if "no markPrice frame" in r.getMessage()],
                           30, "the unheard symbol said")
+    sent = sim.stats["ws_frames_sent"]
+    await wait_for(lambda: sim.stats["ws_frames_sent"] > sent + 20, 30, "frames sent after the warning")
+    assert not task.done()   # still recording (the warning's task ending stopped it, 30 s into every run)
     stop.set()
-    await task
-    assert len(said) == 1 and "ETHUSTD" in said[0]
+    manifest = await task
+    assert len(said) == 1 and "ETHUSTD" in said[0] and manifest["frames"] > sent
