@@ -209,6 +209,18 @@ async def test_an_order_count_429_without_retry_after_holds_new_orders_to_its_wi
         assert client.budget.wait_time(Cost(weight=1)) == 0   # reads and cancels go on
 
 
+async def test_a_proxys_429_page_without_retry_after_pauses_a_second_not_the_minute(sim):
+    """Not Binance's JSON answer: no window it names. Held to the minute's end, it held every request
+    (cancels, the dead-man heartbeat, a kill's cancel-all) for up to a minute."""
+    name, key, secret = sim.accounts[0]
+    async with BinanceClient(sim.rest_url, key, secret) as client:
+        await fault(sim, mode="error", answer="503-html", status=429, count=1, path="/fapi/v1/openOrders")
+        with pytest.raises(RateLimitedError) as info:
+            await client.open_orders(SYMBOL)
+        assert not info.value.said_when and not info.value.json_answer
+        assert 0 < client.budget.blocked_for() <= 1.0
+
+
 async def test_a_throttled_order_is_a_definite_failure_and_holds_quoting_but_not_a_reduce_only_order(sim):
     name, key, secret = sim.accounts[0]
     await admin(sim, "POST", "/sim/position", {"account": name, "symbol": SYMBOL, "amount": "0.050"})
