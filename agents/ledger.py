@@ -61,6 +61,15 @@ def _stage(status: str, exec_type: str = "") -> int:
     return _STAGE_NEW
 
 
+def _answers_amend(o: "LiveOrder", price_ticks: int, orig_steps: int, key: tuple[int, int, int]) -> bool:
+    """A view of the order with the amendment in flight's own price and quantity, of the same millisecond
+    and filled quantity as the view held: the amendment's answer (a partial fill and an amendment in one
+    millisecond share a key; the answer was refused as stale, the order stayed busy for good, the ladder
+    unable to move it)."""
+    return (o.amend_orig_steps is not None and key[:2] == o.key[:2] and key[2] != _STAGE_FINAL
+            and orig_steps == o.amend_orig_steps and price_ticks == o.amend_price_ticks)
+
+
 def _price(o: "LiveOrder") -> int:
     return o.price_ticks
 
@@ -615,7 +624,9 @@ class OrderLedger:
             o.reduce_only = reduce_only
             o.status = OrderStatus.NEW
             self.orders[client_order_id] = o
-        elif _another_order(o, order_id) or cum < o.key[1] or (cum == o.key[1] and key <= o.key):
+        elif _another_order(o, order_id) or cum < o.key[1] or (cum == o.key[1] and key <= o.key
+                                                                and not _answers_amend(o, self.ticks(price),
+                                                                                       self.steps(orig_qty), key)):
             self.stale_updates += 1   # (another order: a late view of one closed before this one was placed)
             return False
         elif o.status in _CLOSED and stage != _STAGE_FINAL and not o.inferred:

@@ -160,6 +160,22 @@ def test_amend_counts_as_the_larger_of_old_and_new_until_acknowledged(store):
     assert_pending_consistent(store)
 
 
+def test_an_amendment_in_the_same_millisecond_as_a_partial_fill_is_applied(store):
+    """Both views carry (t=20, 3 filled, PARTIALLY_FILLED): the amendment's frame and its REST answer were
+    refused as stale, the order stayed busy for good and the ladder left it resting 2 % off the market."""
+    store.on_sent(place("a", steps=10), 10)
+    store.apply(order_update("a", 101, BUY, 300_000, 10, t=11))
+    store.on_amend_sent(Amend("a", 101, BUY, 299_900, 20), 19)
+    store.apply(order_update("a", 101, BUY, 300_000, 10, status="PARTIALLY_FILLED", cum_steps=3, last_steps=3,
+                             t=20, trade_id=1))
+    store.apply(order_update("a", 101, BUY, 299_900, 20, status="PARTIALLY_FILLED", exec_type="AMENDMENT",
+                             cum_steps=3, t=20))
+    o = store.orders["a"]
+    assert (o.price_ticks, o.orig_steps, o.busy) == (299_900, 20, False)
+    assert store.pending_buy_steps == 17 and store.position_steps == 3
+    assert_pending_consistent(store)
+
+
 def test_a_late_frame_of_an_earlier_amendment_does_not_end_the_count_of_the_one_in_flight(store):
     store.on_sent(place("a", steps=7), 10)
     store.apply(order_update("a", 101, BUY, 300_000, 7, t=11))
