@@ -34,7 +34,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
@@ -143,8 +143,7 @@ async def take_in(agent: SymbolAgent) -> None:
 async def _gap_trades(agent: SymbolAgent, carried: Carry) -> int:
     """The trades after the record's newest one, each added once (weight 5 a page)."""
     start = carried.since_ms if carried.trade_id is None else None
-    added, whole = await _read_trades(agent, start, carried.trade_id,
-                                      lambda st, r: _add_trade(st.position_book, carried, r, st.margin_asset))
+    added, whole = await _read_trades(agent, start, carried.trade_id, carried)
     if not whole:
         agent.log.event("carry_partial", f"more than {MAX_PAGES} pages of trades since the last agent's books (a page "
                         f"is {PAGE} trades, or a week without one): the rest are not in the carried P&L",
@@ -160,17 +159,17 @@ async def backfill_trades(agent: SymbolAgent, since_ms: int) -> int:
     # no earlier than this agent's take-in: the carried record's trades are in its figures, not in the keys
     # (read again, a restarted agent's stream gap booked the last agent's trades twice)
     start = max(since_ms, getattr(agent, "trades_known_ms", 0))   # (set by take_in, which every start runs)
-    added, _ = await _read_trades(agent, start, None,
-                                  lambda st, r: _add_trade(st.position_book, None, r, st.margin_asset))
+    added, _ = await _read_trades(agent, start, None, None)
     agent.require_core().store.track_equity()
     return added
 
 
 async def _read_trades(agent: SymbolAgent, start: int | None, from_id: int | None,
-                       add: Callable[[Any, dict[str, Any]], int]) -> tuple[int, bool]:
+                       carried: Carry | None) -> tuple[int, bool]:
     """``userTrades`` from ``start`` (by time, a week at a time: Binance answers a startTime alone with the
-    week after it) or ``from_id`` to now, each row given to ``add`` with the store (read again after every
-    read: new parameters applied meanwhile replace it); (how many it added, whether all were read)."""
+    week after it) or ``from_id`` to now, each row added once (``_add_trade``, those inside ``carried``
+    skipped) to the store's position book (read again after every read: new parameters applied meanwhile
+    replace it); (how many it added, whether all were read)."""
     client = agent.require_client()
     added = 0
     for _ in range(MAX_PAGES):
@@ -178,7 +177,7 @@ async def _read_trades(agent: SymbolAgent, start: int | None, from_id: int | Non
         rows = await client.user_trades(agent.symbol, start_time=start, end_time=end, from_id=from_id, limit=PAGE)
         store = agent.require_core().store
         for r in rows:
-            added += add(store, r)
+            added += _add_trade(store.position_book, carried, r, store.margin_asset)
         if len(rows) < PAGE:
             if end is None or end >= agent.exchange_ms():
                 return added, True

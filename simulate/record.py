@@ -213,7 +213,8 @@ async def _pump(url: str, sink: _Sink, stop: asyncio.Event, silent_s: float | No
         except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
             why = f"{type(exc).__name__}: {exc}"
         finally:
-            sink.open = {w for w in sink.open if w.state is not websockets.protocol.State.CLOSED}
+            if opened is not None:
+                sink.open.discard(ws)
         if stop.is_set():
             return
         if opened is not None and loop.time() - opened >= silent_s:

@@ -363,8 +363,8 @@ class RateBudget:
             if est + amount > rep_limit:
                 reasons.append((reported.resets_at - now, f"the {name} as the exchange counts it: {est} + "
                                                           f"{amount} above {rep_limit} until its window ends"))
-        ip_weight = self._rep_weight.estimate(self._weight, now)
         if cost.weight <= 0 and self._ip_weight_spent(now):
+            ip_weight = self._rep_weight.estimate(self._weight, now)
             reasons.append((self._rep_weight.resets_at - now, f"the IP's minute of weight spent as the exchange "
                                                               f"counts it ({ip_weight} of {self._full[0]})"))
         if not reasons:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import gzip
 import heapq
+import itertools
 import logging
 import os
 import re
@@ -437,24 +438,18 @@ def _plausible(lines: Iterable[Line], stats: ReadStats) -> Iterator[Line]:
         return (lag is not None and before is not None and lag - before > RECEIVE_STEP_MS
                 and (after is None or lag - after > RECEIVE_STEP_MS))
 
-    for line in lines:
-        at = _exchange_ms(line)
-        lag = None if at is None else line[0] - at
+    for line in itertools.chain(lines, (None,)):   # (None: the end, the last line judged by the one before)
+        at = None if line is None else _exchange_ms(line)
+        lag = None if at is None else line[0] - at   # type: ignore[index]
         if held is not None:
             h, h_lag = held
-            if lag is not None and stepped(h_lag, lag):
+            if (line is None or lag is not None) and stepped(h_lag, lag):
                 stats.bad(h[4], h[5], f"received at {h[0]}, {(h_lag - before) / 1000:,.0f} s later after its "   # type: ignore[operator]
                                       f"event than the lines around it: not a receive time")
             else:
                 before = h_lag if h_lag is not None else before
                 yield h
-        held = (line, lag)
-    if held is not None:
-        if stepped(held[1], None):
-            stats.bad(held[0][4], held[0][5], f"received at {held[0][0]}, {(held[1] - before) / 1000:,.0f} s later "   # type: ignore[operator]
-                                              f"after its event than the line before: not a receive time")
-        else:
-            yield held[0]
+        held = None if line is None else (line, lag)
 
 
 def _read_file(path: Path, prefix: str, symbol: str, stats: ReadStats) -> Iterator[Line]:
