@@ -61,6 +61,7 @@ class Position:
         # trades whose frame lacked its P&L fields (``rp``, ``n``, ...): the position moved, the P&L waits
         # for the exchange's trade list (``carry_trade``); by key, with the trade's time
         self.owed: dict[tuple[int, int], int] = {}
+        self._clearances: set[int] = set()  # liquidation clearance fees booked, by income id (agents/clearance.py)
         self.last_trade_id: int | None = None  # the newest trade booked, and its orders booked (agents/carry.py)
         self.last_trade_orders: list[int] = []
         self.fills_buy = 0
@@ -189,6 +190,15 @@ class Position:
         self._carried.add(key)
         self._mark_newest(key)
         self._book(realized, commission, buy)
+        return True
+
+    def book_clearance(self, tran_id: int, fee: float) -> bool:
+        """A liquidation's clearance fee (income INSURANCE_CLEAR, ``fee`` paid, positive) into the
+        commission, once by its income id."""
+        if tran_id in self._clearances:
+            return False
+        self._clearances.add(tran_id)
+        self.commission += fee
         return True
 
     def _book(self, realized: float, commission: float, buy: bool) -> None:

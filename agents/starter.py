@@ -176,7 +176,8 @@ class Starter:
             return
         for r in rows:
             a.user.liquidation(int(r.get("orderId") or 0), str(r.get("clientOrderId") or ""), False,
-                               f"{r.get('side')} {r.get('executedQty')} @ {r.get('avgPrice')} (seen in forceOrders)")
+                               f"{r.get('side')} {r.get('executedQty')} @ {r.get('avgPrice')} (seen in forceOrders)",
+                               int(r.get("updateTime") or r.get("time") or 0))
 
     async def _wallet_balance(self) -> float | None:
         a = self.agent

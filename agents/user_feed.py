@@ -21,6 +21,7 @@ from fleet.binance.models import OrderInfo
 from fleet.binance.streams import StreamError, UserStream
 
 from .carry import backfill_trades
+from .clearance import book_clearance_fees
 from .orders import parse_client_order_id
 from .agent_base import BLOCK_USER_STREAM, Backoff, _ListenKeyGone, _TRANSIENT, _same_epoch
 
@@ -227,7 +228,8 @@ class UserFeed:
             self.foreign_algo(ev.client_algo_id, f"{ev.order_type} {ev.side} {ev.quantity}")
         if store.liquidations + store.deleveraged + store.settled != closes:
             self.liquidation(ev.order_id, ev.client_order_id, True,
-                             f"{ev.side} {ev.last_filled_qty} @ {ev.last_filled_price}, realized {ev.realized_pnl}")
+                             f"{ev.side} {ev.last_filled_qty} @ {ev.last_filled_price}, realized {ev.realized_pnl}",
+                             ev.transaction_time)
         a.journal.on_user_event(a, ev)
         if isinstance(ev, FundingFee):
             self.look_up_funding()
@@ -260,11 +262,12 @@ class UserFeed:
         if _rests(info) and _not_ours(info.client_order_id):
             self.foreign_order(info.client_order_id, f"{info.side} {info.orig_qty} at {info.price}, listed")
 
-    def liquidation(self, order_id: int, client_order_id: str, booked: bool, what: str) -> None:
+    def liquidation(self, order_id: int, client_order_id: str, booked: bool, what: str, at_ms: int) -> None:
         """A liquidation, auto-deleveraging or settlement order of the exchange, seen in its frame
         (``booked``: the store counted its fill) or, when that frame was lost with the stream, in
-        forceOrders after the resync: once per order, a liquidation halts the agent, an ADL is said, a
-        settlement halts the symbol as no longer trading (agents/delisting.py)."""
+        forceOrders after the resync (``at_ms``: its exchange time): once per order, a liquidation halts
+        the agent and has its clearance fee read (agents/clearance.py), an ADL is said, a settlement
+        halts the symbol as no longer trading (agents/delisting.py)."""
         if order_id in self.liquidations_seen:
             return
         self.liquidations_seen.add(order_id)
@@ -284,6 +287,7 @@ class UserFeed:
             a.deleveraged(what, client_order_id, order_id)
         else:
             a.liquidated(what, client_order_id, order_id)
+            a.tasks.spawn(book_clearance_fees(a, at_ms), f"clearance-fee-{order_id}")
 
     def _margin_call(self, ev: MarginCall) -> None:
         """The exchange warns that positions are close to liquidation: this symbol's is said loudly and

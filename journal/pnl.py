@@ -2,8 +2,8 @@
 
 For a window (all of the journal, or from ``since``):
 
-- realized: the exchange's realized P&L of each fill; fees: the commissions; funding: the
-  FUNDING_FEE income; unrealized: the open position (replayed from the fills at average cost, as the
+- realized: the exchange's realized P&L of each fill; fees: the commissions, and a liquidation's
+  clearance fee (INSURANCE_CLEAR income, also apart as ``clearance_fees``); funding: the FUNDING_FEE income; unrealized: the open position (replayed from the fills at average cost, as the
   exchange books it) valued at the last mark the journal saw, less the same at the window's start;
 - the split of the total (realized + unrealized change + funding - fees):
   spread capture = each fill's edge against the mid at fill time x its quantity (buy: mid - price,
@@ -43,6 +43,7 @@ class SymbolPnl:
     symbol: str
     realized: Decimal = ZERO
     fees: Decimal = ZERO
+    clearance: Decimal = ZERO  # liquidation clearance fees (income INSURANCE_CLEAR), inside ``fees``
     funding: Decimal = ZERO
     unrealized: Decimal = ZERO  # at the end of the window
     unrealized_start: Decimal = ZERO
@@ -73,7 +74,8 @@ class SymbolPnl:
         f = _num
         return {
             "realized": f(self.realized), "unrealized": f(self.unrealized - self.unrealized_start),
-            "funding": f(self.funding), "fees": f(self.fees), "total": f(self.total),
+            "funding": f(self.funding), "fees": f(self.fees), "clearance_fees": f(self.clearance),
+            "total": f(self.total),
             "split": {"spread": f(self.spread), "inventory": f(self.inventory), "funding": f(self.funding),
                       "fees": f(-self.fees)},
             "fills": self.fills, "maker_fills": self.maker_fills, "fills_without_mid": self.fills_without_mid,
@@ -191,7 +193,12 @@ def compute(engine: Engine, *, since_ms: int | None = None, symbols: list[str] |
     for f in fund:
         if since_ms is not None and f["ts_ms"] < since_ms:
             continue
-        out.setdefault(f["symbol"], SymbolPnl(f["symbol"])).funding += _d(f["amount"])
+        p = out.setdefault(f["symbol"], SymbolPnl(f["symbol"]))
+        if f["income_type"] == "INSURANCE_CLEAR":   # a liquidation's clearance fee: paid, a negative income
+            p.fees -= _d(f["amount"])
+            p.clearance -= _d(f["amount"])
+        else:
+            p.funding += _d(f["amount"])
     for sym, p in out.items():
         held = [b for (_, s), b in books.items() if s == sym]
         book = _net(held)
@@ -207,6 +214,7 @@ def compute(engine: Engine, *, since_ms: int | None = None, symbols: list[str] |
     for p in out.values():
         total.realized += p.realized
         total.fees += p.fees
+        total.clearance += p.clearance
         total.funding += p.funding
         total.unrealized += p.unrealized
         total.unrealized_start += p.unrealized_start

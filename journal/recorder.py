@@ -28,6 +28,7 @@ from .writer import JournalWriter, Row, cursors
 log = logging.getLogger("mmfleet.journal")
 
 PAGE = 1000  # userTrades and income rows per request (Binance's maximum)
+INCOME_TYPES = ("FUNDING_FEE", "INSURANCE_CLEAR")   # the income the journal keeps (table funding)
 FUNDING_DELAYS = (2.0, 10.0, 30.0)  # an income record may trail the funding frame
 FUNDING_MATCH_MS = 5_000  # an income row this close to a fee frame's time is that fee's
 
@@ -137,7 +138,9 @@ class AgentJournal(JournalSink):
         # journal's own cursor stays, so its next read still covers any gap before these rows.
         epoch = _epoch(agent)
         for r in rows:
-            if r.get("incomeType") == "FUNDING_FEE" and r.get("symbol") == self.symbol:
+            if r.get("incomeType") == "INSURANCE_CLEAR" and r.get("symbol") == self.symbol:
+                self.writer.put(("income", epoch, r))   # a liquidation's clearance fee (agents/clearance.py)
+            elif r.get("incomeType") == "FUNDING_FEE" and r.get("symbol") == self.symbol:
                 self.writer.put(("income", epoch, r))
                 self.backfills["funding"] += 1
                 with contextlib.suppress(KeyError, TypeError, ValueError):
@@ -477,11 +480,12 @@ class AgentJournal(JournalSink):
         return trade_row(self._scope, r)
 
     def _income_rows(self, epoch: int | None, r: dict[str, Any]) -> list[Row]:
-        if r.get("incomeType") != "FUNDING_FEE" or r.get("symbol") not in (self.symbol, None, ""):
+        kind = r.get("incomeType")
+        if kind not in INCOME_TYPES or r.get("symbol") not in (self.symbol, None, ""):
             return []
         return [("funding", {
             "ts_ms": int(r["time"]), **self._scope, "epoch": epoch, "income_id": int(r["tranId"]),
-            "amount": _money(r["income"]), "asset": r.get("asset"),
+            "amount": _money(r["income"]), "asset": r.get("asset"), "income_type": kind,
         })]
 
 

@@ -103,6 +103,8 @@ funding = Table(
     Column("income_id", BigInteger, nullable=False),  # Binance's tranId
     Column("amount", Money, nullable=False),
     Column("asset", String(16), nullable=True),
+    # FUNDING_FEE, or INSURANCE_CLEAR: a liquidation's clearance fee (agents/clearance.py), a fee in the P&L
+    Column("income_type", String(32), nullable=False, default="FUNDING_FEE", server_default="FUNDING_FEE"),
     UniqueConstraint("account", "income_id"),
     Index(None, "symbol", "ts_ms"),
 )

@@ -129,9 +129,15 @@ def write_rows(engine: Engine, rows: list[Row]) -> int:
     with answering(engine), engine.begin() as conn:
         for name, items in by_table.items():
             table = TABLES[name]
-            cols = [c.name for c in table.columns if c.name != "id"]
-            conn.execute(_insert(engine, table), [{c: _storable(r.get(c)) for c in cols} for r in items])
+            cols = [(c.name, _default(c)) for c in table.columns if c.name != "id"]
+            conn.execute(_insert(engine, table), [{c: _storable(r.get(c, d)) for c, d in cols} for r in items])
     return len(rows)
+
+
+def _default(column: Any) -> Any:
+    """A column's own default for a row without it (a row spooled before the column was added)."""
+    default = column.default
+    return default.arg if default is not None and default.is_scalar else None
 
 
 def _storable(value: Any) -> Any:
@@ -739,6 +745,7 @@ def cursors(engine: Engine, account: str, symbol: str) -> tuple[int | None, int 
             select(func.max(fills.c.trade_id)).where(fills.c.account == account, fills.c.symbol == symbol)
         ).scalar()
         fund = conn.execute(
-            select(func.max(funding.c.ts_ms)).where(funding.c.account == account, funding.c.symbol == symbol)
+            select(func.max(funding.c.ts_ms)).where(funding.c.account == account, funding.c.symbol == symbol,
+                                                    funding.c.income_type == "FUNDING_FEE")
         ).scalar()
     return (int(trade) if trade is not None else None, int(fund) if fund is not None else None)

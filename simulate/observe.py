@@ -169,9 +169,10 @@ class SymbolWatch:
             mark = Decimal(repr(book.mark))
             unrealized = (mark - pos.entry) * (book.step * pos.amount)
         trading = pos.realized + unrealized
-        total = trading + pos.funding - pos.commission
+        fees = pos.commission + pos.clearance   # a liquidation's clearance fee is a fee the position paid
+        total = trading + pos.funding - fees
         return {"spread": self.spread, "inventory": trading - self.spread, "funding": pos.funding,
-                "fees": -pos.commission, "total": total}
+                "fees": -fees, "total": total}
 
     # -- the table ------------------------------------------------------------------------------------
 

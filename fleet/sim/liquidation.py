@@ -22,8 +22,9 @@ client, in order:
   ``!forceOrder@arr``;
 - the liquidation clearance fee, income ``INSURANCE_CLEAR``: what margin is left after the close, at
   most the symbol's ``liquidationFee`` (1.25 %) of the notional; an isolated liquidation so costs the
-  isolated wallet, neither more nor less;
-- an ``ACCOUNT_UPDATE`` (``m`` ``ORDER``) with the position at 0;
+  isolated wallet, neither more nor less (``/sim/state``: the position's ``clearance_fee``);
+- an ``ACCOUNT_UPDATE`` with the position at 0: ``m`` ``INSURANCE_CLEAR`` (one of Binance's documented
+  reasons) and the fee as the balance's ``bc`` when a fee was charged, else ``m`` ``ORDER``;
 - the order in ``GET /fapi/v1/forceOrders`` (and allOrders, userTrades, the income of its realized
   P&L and fee).
 
@@ -207,11 +208,12 @@ class Liquidation:
             left -= fee
             if fee:
                 acct.wallet[asset] -= fee
+                pos.clearance += fee
                 self._income(acct, b.symbol, "INSURANCE_CLEAR", -fee, asset, t, "")
             if pos.isolated_wallet:
                 note_margin(acct, b, 2, "TRADE", pos.isolated_wallet, t)   # the whole wallet leaves it
             pos.isolated_wallet = ZERO
-            self._emit_account_update(acct, b, "ORDER", t, ZERO)
+            self._emit_account_update(acct, b, "INSURANCE_CLEAR" if fee else "ORDER", t, -fee)
 
     def _close_by_liquidation(self, acct: Account, b: Book, pos: Position, isolated_wallet: Decimal | None,
                               t: int) -> tuple[Decimal, Decimal]:

@@ -91,7 +91,8 @@ class Order:
 
 
 class Position:
-    __slots__ = ("amount", "entry", "realized", "funding", "commission", "update_time", "isolated_wallet", "cost")
+    __slots__ = ("amount", "entry", "realized", "funding", "commission", "clearance", "update_time", "isolated_wallet",
+                 "cost")
 
     def __init__(self) -> None:
         self.amount = 0  # steps, signed
@@ -99,6 +100,7 @@ class Position:
         self.realized = ZERO  # accumulated realized P&L (before fees)
         self.funding = ZERO  # accumulated funding (negative = paid)
         self.commission = ZERO  # accumulated commissions paid (positive)
+        self.clearance = ZERO  # accumulated liquidation clearance fees paid (positive; income INSURANCE_CLEAR)
         self.update_time = 0
         self.isolated_wallet = ZERO  # the margin held by an isolated position (fleet.sim.margin)
         self.cost = ZERO  # the open position's share of the fees that opened it, and its funding paid (net)

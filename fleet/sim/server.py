@@ -23,7 +23,7 @@ in a browser on the machine reads no key and injects no fault)::
                               "origQty", "executedQty", "status", "reduceOnly", "queueAhead", "time", "updateTime"}],
              "open_algo_orders": [conditional orders waiting for their trigger, as GET /fapi/v1/algoOrder shows them],
              "positions": {SYM: {"amount", "entry_price", "unrealized_pnl", "realized_pnl", "funding",
-                                 "commission", "leverage", "countdown_deadline_ms"}},
+                                 "commission", "clearance_fee", "leverage", "countdown_deadline_ms"}},
              "balances": {ASSET: wallet}, "realized_pnl", "funding_paid", "commission_paid",
              "counters": {"orders_placed", "orders_cancelled", "orders_rejected", "orders_filled",
                           "orders_expired", "orders_amended", "trades", "countdown_fired"},

@@ -360,7 +360,8 @@ class EngineViews:
                 "amount": b.qty_str(pos.amount), "entry_price": f"{pos.entry:f}" if pos.amount else "0",
                 "unrealized_pnl": s8((mark - pos.entry) * (b.step * pos.amount) if pos.amount else ZERO),
                 "realized_pnl": s8(pos.realized), "funding": s8(pos.funding),
-                "commission": s8(pos.commission), "leverage": self.leverage_of(acct, b.symbol),
+                "commission": s8(pos.commission), "clearance_fee": s8(pos.clearance),
+                "leverage": self.leverage_of(acct, b.symbol),
                 "margin_type": "isolated" if b.symbol in acct.isolated else "cross",
                 "isolated_wallet": s8(pos.isolated_wallet) if b.symbol in acct.isolated else "0",
                 "countdown_deadline_ms": acct.countdowns.get(b.symbol)}

@@ -76,6 +76,16 @@ async def test_a_liquidation_is_booked_as_the_exchange_did_and_halts_the_symbol(
     liquidation = [o for o in await exchange.all_orders() if o["type"] == "LIQUIDATION"]
     assert len(liquidation) == 1 and liquidation[0]["clientOrderId"].startswith("autoclose-")
     assert agent.core.orders_sent["place"] == placed   # halted: no order left the agent since, until resumed
+    # the clearance fee the exchange charged (income INSURANCE_CLEAR; no trade frame carries it) is in the
+    # agent's commission and so in its P&L, as the exchange booked the symbol
+    truth = st["positions"][SYMBOL]
+    assert Decimal(truth["clearance_fee"]) > 0
+    paid = Decimal(truth["commission"]) + Decimal(truth["clearance_fee"])
+    await wait_for(lambda: abs(Decimal(repr(agent.core.store.commission)) - paid) < Decimal("1e-6"), 10,
+                   "the clearance fee booked", explain=lambda: f"{agent.core.store.commission} against {paid}")
+    assert abs(Decimal(repr(agent.core.store.realized_pnl)) - Decimal(truth["realized_pnl"])) < Decimal("1e-6")
+    [booked] = [r for r in caplog.records if getattr(r, "event", None) == "clearance_fee_booked"]
+    assert booked.levelno == logging.WARNING and truth["clearance_fee"].rstrip("0") in booked.getMessage()
     await agent.resume()
     await wait_for(lambda: resting(agent, exchange), 10, "quoting again once resumed")
 
@@ -130,6 +140,10 @@ async def test_a_liquidation_whose_frame_was_lost_with_the_stream_is_found_after
     assert metric(agent, "mm_liquidations_total") == 1
     [event] = [r for r in caplog.records if getattr(r, "event", None) == "liquidated"]
     assert event.levelno == logging.ERROR and "seen in forceOrders" in event.getMessage()
+    truth = (await exchange.state())["positions"][SYMBOL]   # the clearance fee read after the resync too
+    paid = Decimal(truth["commission"]) + Decimal(truth["clearance_fee"])
+    await wait_for(lambda: abs(Decimal(repr(agent.core.store.commission)) - paid) < Decimal("1e-6"), 10,
+                   "the clearance fee booked", explain=lambda: f"{agent.core.store.commission} against {paid}")
 
 
 async def test_an_auto_deleveraging_is_booked_and_said_and_quoting_goes_on(sim, make_agent, exchange, caplog):

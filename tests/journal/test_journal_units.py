@@ -197,6 +197,35 @@ def test_a_sqlite_file_removed_under_the_journal_is_said_and_a_new_one_written(t
     assert "trade_ms" in holes and "funding" in holes
 
 
+def test_a_liquidations_clearance_fee_is_a_fee_and_never_moves_the_funding_cursor(tmp_path):
+    """An INSURANCE_CLEAR income row (the fee a liquidation paid to the insurance fund, agents/clearance.py)
+    is kept beside the funding: in the P&L's fees (and apart as ``clearance_fees``), not in its funding; the
+    funding backfill's cursor reads the FUNDING_FEE rows only, so a fee after the last settlement does not
+    skip the settlements between. A row written before the column (a spool of an older version) is funding."""
+    from journal.recorder import AgentJournal
+    from journal.writer import cursors
+
+    target = Target(url=f"sqlite:///{tmp_path / 'j.sqlite'}", spool_dir=str(tmp_path / "spool"))
+    j = AgentJournal(target, fleet="f", account="main", symbol="ETHUSDC")
+    income = {"symbol": "ETHUSDC", "asset": "USDC"}
+    rows = [r for item in (("income", 1, {**income, "incomeType": "FUNDING_FEE", "time": 2_000, "tranId": 9,
+                                          "income": "-0.5"}),
+                           ("income", 1, {**income, "incomeType": "INSURANCE_CLEAR", "time": 9_000, "tranId": 11,
+                                          "income": "-3.25"}),
+                           ("income", 1, {**income, "incomeType": "REALIZED_PNL", "time": 9_000, "tranId": 12,
+                                          "income": "5"}))
+            for r in j._convert(item)]
+    engine = make_engine(Target(url=f"sqlite:///{tmp_path / 'k.sqlite'}"))
+    migrate(engine)
+    old = ("funding", {"ts_ms": 1_000, "fleet": "f", "account": "main", "symbol": "ETHUSDC", "epoch": 1,
+                       "income_id": 8, "amount": "-0.25", "asset": "USDC"})
+    write_rows(engine, [_fill(1, "BUY", "99", "1", 100.0), old, *rows])
+    d = pnl.compute(engine)["symbols"]["ETHUSDC"]
+    assert d["funding"] == -0.75 and d["clearance_fees"] == 3.25 and d["fees"] == 3.26
+    assert d["split"]["fees"] == -3.26 and d["total"] == -0.75 - 3.26 + d["unrealized"]
+    assert cursors(engine, "main", "ETHUSDC") == (1, 2_000)
+
+
 def test_an_exchange_row_that_is_not_a_number_is_skipped_and_the_others_written(tmp_path):
     """A userTrades or income row with "NaN" would make the journal's P&L NaN for good (rows are unique
     by their ids, a later read never corrects them): skipped, counted, logged; the batch's others stay."""

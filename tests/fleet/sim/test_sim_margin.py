@@ -228,7 +228,10 @@ def test_an_isolated_position_the_mark_puts_under_its_maintenance_is_liquidated_
     assert acct.wallet["USDC"] == wallet - iw                   # the isolated wallet, neither more nor less
     fee = next(i for i in acct.income if i["incomeType"] == "INSURANCE_CLEAR")
     realized = Decimal(liq["rp"])
-    assert realized - Decimal(fee["income"]).copy_negate() == -iw and Decimal(fee["income"]) <= 0
+    assert realized - Decimal(fee["income"]).copy_negate() == -iw and Decimal(fee["income"]) < 0
+    # the fee's frame: Binance's reason INSURANCE_CLEAR, the fee as the balance change; the truth keeps it
+    assert update["m"] == "INSURANCE_CLEAR" and Decimal(update["B"][0]["bc"]) == Decimal(fee["income"])
+    assert Decimal(e.state("main", SYM)["positions"][SYM]["clearance_fee"]) == -Decimal(fee["income"])
     assert [f["o"]["S"] for f in public] == ["SELL", "SELL"]     # the symbol's stream and the market's
     assert e.state("main", SYM)["open_orders"] == [] and _risk(e)["positionAmt"] == "0.000"
     moves = e.margin_history("main", {"symbol": SYM})   # the fills' margin in, the whole wallet out
