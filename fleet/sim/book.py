@@ -27,6 +27,9 @@ PRICE_KLINE_KINDS = ("mark", "index", "premium")
 
 NO_ASK = 1 << 62  # "no resting ask" sentinel
 PROFILE_LEVELS = 64  # levels from the touch whose base size is precomputed
+# Trades a symbol keeps for trades, historicalTrades and aggTrades (Binance keeps them all): about 40
+# minutes of the regime model's tape, so a client's backfill after a reconnect finds its gap; 2-3 MB a symbol
+RECENT_TRADES_KEPT = 10_000
 
 
 
@@ -179,7 +182,8 @@ class Book:
         self.diff_state: dict[str, DiffState] = {}   # diff depth stream -> what its clients may hold
         self.funding_history: list[dict[str, Any]] = []
         self.closed: dict[int, Order] = {}
-        self.recent_trades: deque[tuple[int, int, int, int, bool]] = deque(maxlen=1000)
+        # (id, price, qty, time, buyer maker): the tape the trade-history routes read (fleet/sim/rest.py)
+        self.recent_trades: deque[tuple[int, int, int, int, bool]] = deque(maxlen=RECENT_TRADES_KEPT)
         # 1-minute candles of the mid: [open_time, o, h, l, c, volume, quote units, trades, taker buy
         # volume, taker buy quote units, first and last aggregate trade id (-1: none)]; volumes in steps,
         # quote in price ticks x steps

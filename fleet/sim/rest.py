@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from bisect import bisect_left
+from itertools import islice, takewhile
+from operator import itemgetter
+from typing import Any, Iterator, Sequence
 
 from fleet.sim.config import SimConfig
 from fleet.sim.delisting import ONBOARD_MS
@@ -116,17 +119,18 @@ class RestHandlers:
     def _trades(self, account: Any, params: dict[str, str], now: int) -> Any:
         b = self.engine.book(params.get("symbol"))
         limit = self._limit(params, 500, 1000)
-        return self._trade_rows(b, list(b.recent_trades)[-limit:])
+        return self._trade_rows(b, _latest(b.recent_trades, limit))
 
     def _historical_trades(self, account: Any, params: dict[str, str], now: int) -> Any:
         """Old trades lookup (MARKET_DATA: the API key, no signature): from ``fromId`` on, or the latest;
-        the simulator keeps a symbol's last 1000 trades."""
+        the simulator keeps a symbol's last RECENT_TRADES_KEPT trades (a ``fromId`` older than those
+        answers from the oldest kept: its first id says so)."""
         b = self.engine.book(params.get("symbol"))
         limit = self._limit(params, 100, 500)
         from_id = self._int_param(params, "fromId")
-        rows = list(b.recent_trades)
-        rows = [r for r in rows if r[0] >= from_id][:limit] if from_id is not None else rows[-limit:]
-        return self._trade_rows(b, rows)
+        if from_id is None:
+            return self._trade_rows(b, _latest(b.recent_trades, limit))
+        return self._trade_rows(b, list(islice(_since(b.recent_trades, from_id, 0), limit)))
 
     @staticmethod
     def _trade_rows(b: Any, rows: list[tuple[int, int, int, int, bool]]) -> list[dict[str, Any]]:
@@ -141,9 +145,13 @@ class RestHandlers:
         start, end = self._int_param(params, "startTime"), self._int_param(params, "endTime")
         if start is not None and end is not None and end - start > 3_600_000:   # Binance: less than an hour
             raise SimApiError(-1127, "More than 1 hours between startTime and endTime.")
-        rows = [r for r in b.recent_trades if (from_id is None or r[0] >= from_id)
-                and (start is None or r[3] >= start) and (end is None or r[3] <= end)]
-        rows = rows[:limit] if (from_id is not None or start is not None) else rows[-limit:]
+        trades = b.recent_trades
+        if from_id is not None or start is not None:   # the first trades from there
+            rows = _since(trades, from_id, 0) if from_id is not None else _since(trades, start, 3)
+            rows = (r for r in rows if start is None or r[3] >= start)
+            rows = list(islice(takewhile(lambda r: end is None or r[3] <= end, rows), limit))
+        else:                                          # the latest trades, up to endTime
+            rows = _latest(trades if end is None else [r for r in trades if r[3] <= end], limit)
         return [{"a": aid, "p": b.price_str(p), "q": b.qty_str(q), "nq": b.qty_str(q), "f": aid, "l": aid,
                  "T": t, "m": m} for aid, p, q, t, m in rows]
 
@@ -227,14 +235,12 @@ class RestHandlers:
         e = self.engine
         books = [e.book(params["symbol"])] if params.get("symbol") else list(e.books.values())
         rows = [r for b in books for r in b.funding_history]
-        try:
-            if params.get("startTime"):
-                rows = [r for r in rows if r["fundingTime"] >= int(params["startTime"])]
-            if params.get("endTime"):
-                rows = [r for r in rows if r["fundingTime"] <= int(params["endTime"])]
-            limit = int(params.get("limit") or 100)
-        except ValueError:
-            raise SimApiError(-1130, "Data sent for parameter 'startTime/endTime/limit' is not valid.") from None
+        start, end = self._int_param(params, "startTime"), self._int_param(params, "endTime")
+        limit = self._limit(params, 100, 1000)   # Binance: default 100, max 1000
+        if start is not None:
+            rows = [r for r in rows if r["fundingTime"] >= start]
+        if end is not None:
+            rows = [r for r in rows if r["fundingTime"] <= end]
         rows.sort(key=lambda r: r["fundingTime"])
         return rows[:limit] if params.get("startTime") else rows[-limit:]
 
@@ -379,3 +385,14 @@ def _stringify(item: Any) -> dict[str, str]:
         else:
             out[k] = str(v)
     return out
+
+
+def _latest(trades: Sequence[Any], limit: int) -> list[Any]:
+    """The last ``limit`` of ``trades``, oldest first (no copy of the whole tape)."""
+    return list(islice(reversed(trades), limit))[::-1]
+
+
+def _since(trades: Sequence[Any], value: int, field: int) -> Iterator[Any]:
+    """``trades`` from the first whose ``field`` (0: id, 3: time; both grow along the tape) is ``value``
+    or more."""
+    return islice(trades, bisect_left(trades, value, key=itemgetter(field)), None)

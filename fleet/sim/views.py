@@ -331,7 +331,14 @@ class EngineViews:
         if end is not None:
             items = [i for i in items if i["time"] <= end]
         limit = _limit(params, 100, 1000)
-        return items[:limit] if start is not None else items[-limit:]   # from a startTime on, else the newest
+        page = int_param(params, "page", 1)   # pages of ``limit`` rows: from a startTime on, else back from the newest
+        assert page is not None
+        if page < 1:
+            raise invalid("page")
+        skip = (page - 1) * limit
+        if start is not None:
+            return items[skip:skip + limit]
+        return items[max(len(items) - skip - limit, 0):max(len(items) - skip, 0)]
 
     # -- public views -------------------------------------------------------------------------------
 

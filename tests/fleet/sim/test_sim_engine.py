@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from decimal import Decimal
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -628,3 +629,65 @@ def test_the_trade_and_order_histories_answer_by_the_week_as_binance_does():
     assert len(e.income("main", {"symbol": "ETHUSDC", "incomeType": "COMMISSION", "startTime": "0"})) == len(fees) + 1
     newest = e.income("main", {"symbol": "ETHUSDC", "incomeType": "COMMISSION", "limit": "1"})
     assert newest == fees[-1:]   # without a time, the newest of the week
+
+
+def test_the_trade_history_routes_reach_back_past_the_last_thousand_trades_with_no_hole():
+    """A client backfilling a reconnect's gap reads aggTrades from an id or a time minutes back (Binance
+    keeps every trade): the tape holds RECENT_TRADES_KEPT trades (the last 1,000 covered under 4 minutes
+    of the regime model's tape, and older reads answered ``[]`` or skipped ids unsaid)."""
+    from fleet.sim.book import RECENT_TRADES_KEPT
+    from fleet.sim.server import SimServer
+
+    server = SimServer(symbols=["ETHUSDC"], seed=1, clock=lambda: T0)  # not started: handlers only
+    now = T0 + 15 * 60_000
+    server.engine.advance(now)
+    tape = server.engine.books["ETHUSDC"].recent_trades
+    assert 2_000 < len(tape) < RECENT_TRADES_KEPT and tape[0][3] < now - 10 * 60_000
+
+    def get(path, **params):
+        return server._routes[("GET", path)][0]("main", {"symbol": "ETHUSDC", **params}, now)
+
+    first = tape[0][0]
+    rows = get("/fapi/v1/aggTrades", fromId=str(first + 5), limit="1000")
+    assert [r["a"] for r in rows] == list(range(first + 5, first + 1005))   # each id once, none skipped
+    since = now - 12 * 60_000
+    rows = get("/fapi/v1/aggTrades", startTime=str(since), endTime=str(since + 60_000))
+    assert rows and all(since <= r["T"] <= since + 60_000 for r in rows)
+    assert rows == [r for r in get("/fapi/v1/aggTrades", fromId=str(rows[0]["a"]), limit="1000")
+                    if r["T"] <= since + 60_000]
+    assert [r["id"] for r in get("/fapi/v1/historicalTrades", fromId=str(first), limit="3")] == \
+        [first, first + 1, first + 2]
+    latest = get("/fapi/v1/trades", limit="2")
+    assert [r["id"] for r in latest] == [tape[-2][0], tape[-1][0]]
+    assert get("/fapi/v1/aggTrades", endTime=str(since), limit="1")[0]["T"] <= since
+
+
+def test_funding_rate_history_checks_its_limit_and_income_history_pages():
+    """GET /fapi/v1/fundingRate: limit 100 by default, 1000 at most (1001, 0 and -5 answered the whole
+    history or part of it); GET /fapi/v1/income takes Binance's ``page``: pages of ``limit`` rows, from a
+    startTime on, else back from the newest (page 2 answered page 1's rows)."""
+    from fleet.sim.server import SimServer
+
+    server = SimServer(symbols=["ETHUSDC"], seed=1, clock=lambda: T0)  # not started: handlers only
+    e = server.engine
+
+    def get(path, **params):
+        return server._routes[("GET", path)][0]("main", {"symbol": "ETHUSDC", **params}, T0)
+
+    for bad in ("1001", "0", "-5", "x"):
+        with pytest.raises(SimApiError) as err:
+            get("/fapi/v1/fundingRate", limit=bad)
+        assert err.value.code == -1130 and "limit" in err.value.msg
+    assert len(get("/fapi/v1/fundingRate", limit="1000")) <= 1000
+    acct = e.accounts["main"]
+    for i in range(5):
+        e._income(acct, "ETHUSDC", "FUNDING_FEE", Decimal(-i), "USDC", T0 - 5_000 + i, "")
+    ids = [r["tranId"] for r in get("/fapi/v1/income", limit="2")]
+    assert [r["tranId"] for r in get("/fapi/v1/income", limit="2", page="2")][-1] == ids[0] - 1
+    assert [r["tranId"] for r in get("/fapi/v1/income", limit="2", page="3")] == [ids[0] - 3]
+    assert get("/fapi/v1/income", limit="2", page="4") == []
+    first = get("/fapi/v1/income", startTime=str(T0 - 5_000), limit="2", page="2")
+    assert [r["time"] for r in first] == [T0 - 4_998, T0 - 4_997]
+    with pytest.raises(SimApiError) as err:
+        get("/fapi/v1/income", page="0")
+    assert err.value.code == -1130 and "page" in err.value.msg
