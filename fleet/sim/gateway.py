@@ -143,6 +143,7 @@ class ExchangeGateway(RestHandlers):
             30)
         add("POST", v1 + "/positionSide/dual", self._position_side, SIGNED)
         add("GET", v1 + "/multiAssetsMargin", lambda a, p, n: {"multiAssetsMargin": False}, SIGNED, 30)
+        add("POST", v1 + "/multiAssetsMargin", self._multi_assets, SIGNED)
         add("GET", v1 + "/commissionRate", self._commission_rate, SIGNED, 20)
         add("GET", v1 + "/income", lambda a, p, n: e.income(a, p), SIGNED, 30)
         add("GET", v1 + "/rateLimit/order", self._order_limits, SIGNED)

@@ -309,6 +309,18 @@ class RestHandlers:
         acct.dual_side = False
         return {"code": 200, "msg": "success"}
 
+    def _multi_assets(self, account: str, params: dict[str, str], now: int) -> Any:
+        """POST /fapi/v1/multiAssetsMargin: the simulator margins each symbol in its own asset (single-asset
+        mode) only: asked to stay so, Binance's -4171; asked for Multi-Assets mode, -1020 (it was a 405
+        answered -1000, the code of an unknown execution status)."""
+        raw = (params.get("multiAssetsMargin") or "").lower()
+        if raw not in ("true", "false"):
+            raise missing("multiAssetsMargin") if not raw else invalid("multiAssetsMargin")
+        self.engine.account(account)
+        if raw == "false":
+            raise SimApiError(-4171, "Adjusted asset mode is currently set and does not need to be adjusted.")
+        raise SimApiError(-1020, "This operation is not supported: the simulator margins in single-asset mode only.")
+
     def _commission_rate(self, account: str, params: dict[str, str], now: int) -> Any:
         b = self.engine.book(params.get("symbol"))
         return {"symbol": b.symbol, "makerCommissionRate": self.config.maker_commission,

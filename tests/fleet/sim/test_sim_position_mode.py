@@ -49,3 +49,19 @@ async def test_a_hedge_mode_account_refuses_one_way_orders_and_switches_back_onl
         await c.signed("DELETE", "/fapi/v1/allOpenOrders", {"symbol": SYMBOL})
         r = await c.signed("POST", "/fapi/v1/positionSide/dual", {"dualSidePosition": "true"})
         assert (r.status, r.json["code"]) == (400, -1020)   # flat and without orders, still not entered
+
+
+async def test_the_asset_mode_switch_answers_as_binance_for_the_single_asset_mode_the_simulator_keeps(sim_factory):
+    """POST /fapi/v1/multiAssetsMargin was a 405 answered -1000 (Binance's code for an execution status
+    unknown): now -4171 to stay in single-asset mode, -1020 for Multi-Assets mode, and Binance's parameter
+    errors; the mode reads false throughout."""
+    sim = await sim_factory(symbols=[SYMBOL])
+    async with SimClient.for_sim(sim) as c:
+        r = await c.signed("POST", "/fapi/v1/multiAssetsMargin", {"multiAssetsMargin": "false"})
+        assert (r.status, r.json["code"]) == (400, -4171)
+        r = await c.signed("POST", "/fapi/v1/multiAssetsMargin", {"multiAssetsMargin": "true"})
+        assert (r.status, r.json["code"]) == (400, -1020) and "single-asset" in r.json["msg"]
+        for bad, code in (({}, -1102), ({"multiAssetsMargin": "yes"}, -1130)):
+            r = await c.signed("POST", "/fapi/v1/multiAssetsMargin", bad)
+            assert (r.status, r.json["code"]) == (400, code)
+        assert (await c.signed("GET", "/fapi/v1/multiAssetsMargin")).json == {"multiAssetsMargin": False}
