@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Protocol, Sequence
 
 from fleet.binance.client import BinanceClient
+from fleet.binance.host_holds import HostHolds
 from fleet.binance.ratelimit import RateBudget
 from fleet.binance.streams import MarketStream, UserStream
 
@@ -39,6 +40,8 @@ class NetworkTransport:
 
     def client(self, budget: RateBudget) -> BinanceClient:
         c = self._credentials
+        if budget.host is None:   # the IP's holds, shared with this host's other agents (wall clock: live)
+            budget.share_host_holds(HostHolds(self.endpoints.rest_url))
         return BinanceClient(self.endpoints.rest_url, c.api_key, c.api_secret, budget=budget)
 
     def market_stream(self, symbol: str, streams: Sequence[str], on_event: Callable[[Any, int], None]) -> MarketStream:

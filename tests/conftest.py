@@ -13,11 +13,15 @@ after another: one cluster at a time on two cores.
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 # Every Ray cluster the tests start (in this process or in a `python -m fleet up` child) listens on
 # loopback only: Ray reads this when it is imported (see fleet.ops.fleet_cli.LOOPBACK_ENV).
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# The IP's holds the agents of a host share (fleet/binance/host_holds.py) stay the test run's own: a
+# simulator's ban is not read by a later run's simulator on the same port.
+os.environ.setdefault("MMFLEET_HOST_HOLDS_DIR", tempfile.mkdtemp(prefix="mmfleet-holds-"))
 
 import pytest
 import pytest_asyncio

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from .errors import BudgetExhaustedError
+from .host_holds import HostHolds
 
 log = logging.getLogger("fleet.binance.ratelimit")
 
@@ -200,6 +201,7 @@ class RateBudget:
         self.refused = 0  # requests refused locally (wait=False)
         self.waiting: dict[int, str] = {}  # requests held longer than LOUD_WAIT_S, now: what for
         self._waits = 0
+        self.host: HostHolds | None = None  # the IP's holds this host's processes share (share_host_holds)
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -216,6 +218,24 @@ class RateBudget:
         self._rep_weight.limit = max(1, math.floor(weight * cap))
         self._rep_10s.limit = max(1, math.floor(o10 * cap))
         self._rep_1m.limit = max(1, math.floor(o1m * cap))
+
+    def share_host_holds(self, host: HostHolds) -> None:
+        """Share the IP's holds (a 429's, a ban's, a minute of weight spent) with this host's other
+        processes that talk to the same exchange (fleet/binance/host_holds.py). A budget on the wall's
+        clock only: a simulated run's time is its own."""
+        self.host = host
+
+    def _ip_blocked_until(self, now: float) -> float:
+        """Until when every request waits: this budget's own 429 or ban pause, or the host's."""
+        host = self.host
+        if host is None:
+            return self._blocked_until
+        left = host.left()
+        return max(self._blocked_until, now + left) if left > 0 else self._blocked_until
+
+    def _share_hold(self, seconds: float, what: str) -> None:
+        if self.host is not None:
+            self.host.hold(seconds, what)
 
     @property
     def limits(self) -> dict[str, int]:
@@ -258,7 +278,7 @@ class RateBudget:
     def orders_available(self, now: float | None = None, *, risk: bool = False) -> int:
         """How many single orders (of the quoting lane, unless ``risk``) could be sent right now."""
         now = self._clock() if now is None else now
-        if now < max(self._blocked_until, self._orders_blocked_until) or self._ip_weight_spent(now):
+        if now < max(self._ip_blocked_until(now), self._orders_blocked_until) or self._ip_weight_spent(now):
             return 0
         if not risk and now < self._quotes_blocked_until:
             return 0
@@ -291,7 +311,7 @@ class RateBudget:
     def blocked_for(self, now: float | None = None) -> float:
         """Seconds left of a Retry-After / ban pause (0 when none)."""
         now = self._clock() if now is None else now
-        return max(0.0, self._blocked_until - now)
+        return max(0.0, self._ip_blocked_until(now) - now)
 
     def holds(self, now: float | None = None) -> list[str]:
         """The exchange's holds in force, for ``status()``: "rate_limited" (a 429 on the IP's weight or a
@@ -299,7 +319,7 @@ class RateBudget:
         "throttled" (a -1008 in the last ``THROTTLE_SHOWN_S``: the quoting lane's orders wait)."""
         now = self._clock() if now is None else now
         held = []
-        if now < self._blocked_until:
+        if now < self._ip_blocked_until(now):
             held.append("rate_limited")
         if now < self._orders_blocked_until:
             held.append("orders_limited")
@@ -311,7 +331,7 @@ class RateBudget:
         """Seconds until ``cost`` fits every limit of its lane (0 = now; inf = never)."""
         now = self._clock() if now is None else now
         lim = self._lane_limit
-        wait = max(0.0, self._blocked_until - now)
+        wait = max(0.0, self._ip_blocked_until(now) - now)
         if cost.orders_10s > 0 or cost.orders_1m > 0:
             wait = max(wait, self._orders_blocked_until - now)
             if not risk:
@@ -344,6 +364,10 @@ class RateBudget:
         reasons: list[tuple[float, str]] = []
         if self._blocked_until > now:
             reasons.append((self._blocked_until - now, "a 429 or 418 pause of the exchange"))
+        elif self._ip_blocked_until(now) > now:
+            host = self.host
+            reasons.append((self._ip_blocked_until(now) - now,
+                            f"the IP's hold another process of this host was told of ({host.what if host else ''})"))
         if (cost.orders_10s > 0 or cost.orders_1m > 0) and self._orders_blocked_until > now:
             reasons.append((self._orders_blocked_until - now, "an order-count 429 pause of the exchange"))
         if (cost.orders_10s > 0 or cost.orders_1m > 0) and not risk and self._quotes_blocked_until > now:
@@ -439,6 +463,8 @@ class RateBudget:
             reported.observe(count, now, window.total)
         if server_ms is not None:
             self.note_server_time(server_ms, now)
+        if self.host is not None and self._ip_weight_spent(now):   # every request of the IP gets the 429 now
+            self.host.hold(self._rep_weight.resets_at - now, "weight spent")
 
     def note_server_time(self, server_ms: int, now: float | None = None) -> None:
         """The exchange's clock reads ``server_ms`` at ``now``: every count it reported ends at its
@@ -460,6 +486,7 @@ class RateBudget:
             self._orders_blocked_until = max(self._orders_blocked_until, until)
         else:
             self._blocked_until = max(self._blocked_until, until)
+            self._share_hold(seconds, "429")
 
     def note_throttled(self, seconds: float = THROTTLE_PAUSE_S, now: float | None = None) -> None:
         """After a -1008: the quoting lane's orders wait ``seconds``, twice the last wait when the last
@@ -486,3 +513,4 @@ class RateBudget:
         now = self._clock() if now is None else now
         self.banned += 1
         self._blocked_until = max(self._blocked_until, now + max(0.0, seconds))
+        self._share_hold(seconds, "418 ban")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 
 import aiohttp
@@ -175,6 +176,33 @@ async def test_a_client_told_429_never_reaches_418_but_an_uncoordinated_one_is_b
             await b.book_ticker(SYMBOL)
         assert banned.value.http_status == 418 and banned.value.until_ms == pinned + 5_000
         assert b.budget.blocked_for() > 1
+
+
+async def test_a_429_one_process_is_told_holds_every_process_of_the_host_before_it_sends(sim_factory, tmp_path):
+    """Two agents' clients of one host (each its own budget, as two processes), the IP's weight spent: the
+    one told 429 writes the hold beside them (fleet/binance/host_holds.py) and the other sends nothing
+    into it: no 429 of its own, no ban (the same setting banned an uncoordinated one at its first
+    request, above)."""
+    from fleet.binance.host_holds import HostHolds
+
+    config = {"rate_limits": {"weight_per_minute": 40, "ban_base_s": 5, "ban_after_429s": 1}}
+    pinned = (int(time.time() * 1000) // 60_000 + 1) * 60_000 + 1_000
+    small = await sim_factory(symbols=[SYMBOL], config=config, clock=lambda: pinned)
+    budgets = [RateBudget(), RateBudget()]
+    for budget in budgets:
+        budget.share_host_holds(HostHolds(small.rest_url, tmp_path))
+    async with BinanceClient(small.rest_url, "K", "S", budget=budgets[0]) as a, \
+            BinanceClient(small.rest_url, "K", "S", budget=budgets[1]) as b:
+        with pytest.raises(RateLimitedError):
+            for _ in range(30):
+                await a.book_ticker(SYMBOL)
+        assert b.budget.holds() == ["rate_limited"] and b.budget.blocked_for() > 1
+        assert "another process of this host" in b.budget.why_wait(Cost(weight=2))
+        with pytest.raises(BudgetExhaustedError):
+            await b.budget.acquire(Cost(weight=2), wait=False)
+        assert (b.budget.rate_limited, b.budget.banned) == (0, 0)
+        [hold] = tmp_path.glob("ip-*.hold")
+        assert set(json.loads(hold.read_text())) == {"until", "what"}   # a time and a word, never a key
 
 
 async def test_an_order_count_429_pauses_new_orders_but_cancels_still_go_out(sim_factory):

@@ -1,0 +1,97 @@
+"""The IP's holds shared by a host's processes (fleet/binance/host_holds.py): real files, real processes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+from fleet.binance.host_holds import LONGEST_HOLD_S, HostHolds
+from fleet.binance.ratelimit import Cost, RateBudget
+
+URL = "http://127.0.0.1:8123"
+MINUTE = 1_796_000_040_000  # a minute's boundary on the exchange's clock (ms)
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _pair(tmp_path, url: str = URL):
+    """Two budgets as two processes of one host would hold them: each its own view of the file."""
+    wall, mono = Clock(1_800_000_000.0), Clock(50.0)
+    out = []
+    for target in (URL, url):
+        budget = RateBudget(clock=mono)
+        budget.share_host_holds(HostHolds(target, tmp_path, wall=wall, monotonic=mono))
+        out.append(budget)
+    return out, wall, mono
+
+
+def test_a_429_or_a_ban_one_budget_is_told_holds_the_others_until_it_ends(tmp_path):
+    (a, b), wall, mono = _pair(tmp_path)
+    a.note_retry_after(5.0)
+    assert b.wait_time(Cost(weight=1)) == 5.0 and b.holds() == ["rate_limited"]
+    assert b.orders_available(risk=True) == 0 and "another process of this host was told of (429)" in b.why_wait(Cost(weight=1))
+    wall.t += 5.0
+    mono.t += 5.0
+    assert b.wait_time(Cost(weight=1)) == 0.0 and b.holds() == []
+    a.note_banned(120.0)
+    mono.t += 1.0
+    wall.t += 1.0
+    assert b.blocked_for() == 119.0 and "418 ban" in b.why_wait(Cost(weight=1))
+    a.note_retry_after(3.0)   # a shorter hold never cuts a longer one short
+    mono.t += 1.0
+    wall.t += 1.0
+    assert b.blocked_for() == 118.0
+    assert (b.rate_limited, b.banned) == (0, 0)   # the other's holds are not its own answers
+
+
+def test_an_order_count_429_is_the_accounts_and_stays_with_its_budget(tmp_path):
+    (a, b), _, _ = _pair(tmp_path)
+    a.note_retry_after(5.0, orders_only=True)
+    assert b.holds() == [] and not list(tmp_path.glob("ip-*.hold"))
+
+
+def test_a_minute_of_weight_spent_as_the_exchange_reports_it_holds_the_host_to_the_minutes_end(tmp_path):
+    (a, b), wall, mono = _pair(tmp_path)
+    a.observe_headers({"X-MBX-USED-WEIGHT-1M": "2401"}, server_ms=MINUTE + 45_000)
+    left = b.blocked_for()
+    assert 15.0 <= left <= 15.0 + 1.0 and "weight spent" in b.why_wait(Cost(orders_10s=1, orders_1m=1))
+
+
+def test_another_exchange_address_shares_nothing(tmp_path):
+    (a, b), _, _ = _pair(tmp_path, "http://127.0.0.1:8124")
+    a.note_retry_after(5.0)
+    assert b.holds() == [] and b.wait_time(Cost(weight=1)) == 0.0
+
+
+def test_a_file_that_does_not_read_is_no_hold_said_once(tmp_path, caplog):
+    wall, mono = Clock(1_800_000_000.0), Clock(50.0)
+    holds = HostHolds(URL, tmp_path, wall=wall, monotonic=mono)
+    for text in ('{"until": "soon"', '["until"]', f'{{"until": {wall.t + LONGEST_HOLD_S * 2}, "what": "x"}}',
+                 '{"until": NaN, "what": "x"}'):
+        holds.path.unlink(missing_ok=True)
+        holds.path.write_text(text)
+        mono.t += 1.0
+        with caplog.at_level(logging.WARNING, logger="fleet.binance.host_holds"):
+            assert holds.left() == 0.0, text
+    assert len([r for r in caplog.records if "does not read" in r.getMessage()]) == 1
+    holds.hold(2.0, "429")   # and a hold written over it reads again
+    assert holds.left() == 2.0
+
+
+def test_a_hold_written_by_another_process_is_read_here(tmp_path):
+    """The writer is a real second process, as two agents of one host are."""
+    code = ("from fleet.binance.host_holds import HostHolds; import sys; "
+            "HostHolds(sys.argv[1]).hold(30.0, '418 ban')")
+    env = {**os.environ, "MMFLEET_HOST_HOLDS_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", code, URL], check=True, env=env, cwd=os.getcwd(), timeout=60)
+    here = HostHolds(URL, tmp_path)
+    assert 25.0 < here.left() <= 30.0 and here.what == "418 ban"
+    assert (here.path.stat().st_mode & 0o077) == 0   # the user's own
