@@ -18,7 +18,9 @@ symbol starts from it:
   them that comes later still moves the position, but counts neither again;
 - the funding fees the exchange booked after the record's newest fee and after the run began
   (``GET /fapi/v1/income``, weight 30, once a restart: a record published just after a settlement may
-  not hold its fee yet).
+  not hold its fee yet), and the liquidation clearance fees after the record's newest one (weight 30
+  again: a position the dead-man switch left behind may be liquidated between two agents;
+  agents/clearance.py).
 
 The record names its agent's epoch; an agent publishes it only while it holds the lease, checked
 again just before the write, so a zombie waking after its successor started does not overwrite it.
@@ -35,6 +37,8 @@ import logging
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+
+from .clearance import gap_clearance
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
@@ -69,6 +73,7 @@ class Carry:
     epoch: int = 0          # the epoch of the agent that published it
     # fees booked from frames near the newest one whose income row was not seen: (time, amount)
     fee_frames: tuple[tuple[int, str], ...] = field(default=())
+    clearance_ms: int = 0   # the newest liquidation clearance fee booked (exchange time; agents/clearance.py)
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -88,7 +93,8 @@ class Carry:
                 max_drawdown_pct=float(doc["max_drawdown_pct"]),
                 trade_id=None if doc["trade_id"] is None else int(doc["trade_id"]),
                 trade_orders=tuple(int(o) for o in doc.get("trade_orders", ())),
-                funding_ms=int(doc.get("funding_ms", 0)), epoch=int(doc.get("epoch", 0)), fee_frames=frames)
+                funding_ms=int(doc.get("funding_ms", 0)), epoch=int(doc.get("epoch", 0)), fee_frames=frames,
+                clearance_ms=int(doc.get("clearance_ms", 0)))
         except (ValueError, TypeError, KeyError, ArithmeticError):
             return None
 
@@ -105,7 +111,7 @@ def carry_of(agent: SymbolAgent) -> Carry | None:
         realized_pnl=pos.realized_pnl, commission=pos.commission, funding=str(fund.total), fills_buy=pos.fills_buy,
         fills_sell=pos.fills_sell, peak_pnl=pos.peak_pnl, max_drawdown_pct=pos.max_drawdown_pct,
         trade_id=pos.last_trade_id, trade_orders=tuple(pos.last_trade_orders), funding_ms=fund.last_fee_ms,
-        epoch=core.epoch, fee_frames=tuple(fund.unpaired_frames()))
+        epoch=core.epoch, fee_frames=tuple(fund.unpaired_frames()), clearance_ms=pos.clearance_ms)
 
 
 async def take_in(agent: SymbolAgent) -> None:
@@ -128,6 +134,7 @@ async def take_in(agent: SymbolAgent) -> None:
     try:
         trades = await _gap_trades(agent, carried)
         fees = await _gap_funding(agent, carried)
+        cleared = await gap_clearance(agent, max(carried.clearance_ms, carried.since_ms))
     except Exception as exc:  # noqa: BLE001 - a read that failed: the start goes on with the record alone
         agent.log.event("carry_partial", f"books carried from the last agent without the gap after it: {exc!r}",
                         level=logging.WARNING)
@@ -136,8 +143,8 @@ async def take_in(agent: SymbolAgent) -> None:
         agent.require_core().store.track_equity()   # the peak and the deepest drawdown, by the books as they stand
     s = agent.require_core().store   # (new parameters applied meanwhile replace the store: read it again)
     agent.log.event("books_carried", f"books carried since {carried.since_ms}: realized {s.realized_pnl:.4f}, "
-                    f"funding {s.funding_pnl:.4f}, commission {s.commission:.4f}; {trades} trades and {fees} fees "
-                    f"of the gap added")
+                    f"funding {s.funding_pnl:.4f}, commission {s.commission:.4f}; {trades} trades, {fees} fees "
+                    f"and {cleared} liquidation clearance fees of the gap added")
 
 
 async def _gap_trades(agent: SymbolAgent, carried: Carry) -> int:

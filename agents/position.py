@@ -62,6 +62,7 @@ class Position:
         # for the exchange's trade list (``carry_trade``); by key, with the trade's time
         self.owed: dict[tuple[int, int], int] = {}
         self._clearances: set[int] = set()  # liquidation clearance fees booked, by income id (agents/clearance.py)
+        self.clearance_ms = 0  # the newest of them (exchange time; carried: agents/carry.py)
         self.last_trade_id: int | None = None  # the newest trade booked, and its orders booked (agents/carry.py)
         self.last_trade_orders: list[int] = []
         self.fills_buy = 0
@@ -192,13 +193,14 @@ class Position:
         self._book(realized, commission, buy)
         return True
 
-    def book_clearance(self, tran_id: int, fee: float) -> bool:
-        """A liquidation's clearance fee (income INSURANCE_CLEAR, ``fee`` paid, positive) into the
-        commission, once by its income id."""
+    def book_clearance(self, tran_id: int, fee: float, t: int) -> bool:
+        """A liquidation's clearance fee (income INSURANCE_CLEAR at ``t``, ``fee`` paid, positive) into
+        the commission, once by its income id."""
         if tran_id in self._clearances:
             return False
         self._clearances.add(tran_id)
         self.commission += fee
+        self.clearance_ms = max(self.clearance_ms, t)
         return True
 
     def _book(self, realized: float, commission: float, buy: bool) -> None:

@@ -351,6 +351,8 @@ class AgentJournal(JournalSink):
         self._reading.pop("trade", None)
         self._reading.pop("trade_ms", None)
         n_fund = await self._backfill_funding(client, epoch, fund_cur, lookback_ms, agent) if funding else 0
+        if "funding" in holes:   # a clearance fee lost on the way left a funding hole too
+            n_fund += await self._clearance_since(client, epoch, holes["funding"])
         self.backfills["runs"] += 1
         self.backfills["trades"] += n_trades
         self.backfills["funding"] += n_fund
@@ -376,6 +378,14 @@ class AgentJournal(JournalSink):
         self._funding_cursor = _max(self._funding_cursor, fund_cur)
         self._reading.pop("funding", None)
         return n_fund
+
+    async def _clearance_since(self, client: Any, epoch: int | None, start_ms: int) -> int:
+        """The INSURANCE_CLEAR income rows (liquidation clearance fees) from a hole's time; how many."""
+        self.backfills["income_reads"] += 1
+        rows = await client.income(self.symbol, "INSURANCE_CLEAR", start_time=start_ms, limit=PAGE)
+        for r in rows:
+            self.writer.put(("income", epoch, r))
+        return len(rows)
 
     async def _trades_since(self, client: Any, epoch: int | None, start_ms: int, agent_ms: int) -> int:
         """Every trade from ``start_ms`` (a gap's hole), paged by id; those the journal has already are

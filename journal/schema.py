@@ -3,7 +3,7 @@
 Money the exchange books (prices, quantities, fees, realized P&L, funding) is kept as the exchange's
 decimal strings, so sums are exact on both databases; market figures (mid, mark) are floats.
 Every table carries the fleet, account, symbol and epoch it belongs to. Rows are idempotent: a fill
-is unique by (account, symbol, trade id), a funding payment by (account, income id), everything
+is unique by (account, symbol, trade id), an income row by (account, income type, income id), everything
 else by a ``uid`` the writer gives it, so a replayed spool or a repeated backfill adds nothing twice.
 """
 
@@ -105,7 +105,7 @@ funding = Table(
     Column("asset", String(16), nullable=True),
     # FUNDING_FEE, or INSURANCE_CLEAR: a liquidation's clearance fee (agents/clearance.py), a fee in the P&L
     Column("income_type", String(32), nullable=False, default="FUNDING_FEE", server_default="FUNDING_FEE"),
-    UniqueConstraint("account", "income_id"),
+    UniqueConstraint("account", "income_type", "income_id"),   # Binance: a tranId is unique per income type
     Index(None, "symbol", "ts_ms"),
 )
 

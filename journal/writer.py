@@ -93,7 +93,7 @@ def _insert(engine: Engine, table: Any) -> Any:
             },
         )
     if table is funding:
-        return stmt.on_conflict_do_nothing(index_elements=["account", "income_id"])
+        return stmt.on_conflict_do_nothing(index_elements=["account", "income_type", "income_id"])
     return stmt.on_conflict_do_nothing(index_elements=["uid"])
 
 

@@ -9,47 +9,56 @@ it here, and every budget of the host reads it before it sends: a 429's ``Retry-
 the minute its weight is spent, and a 418's ban.
 
 One small file per exchange address (its host and port: the processes of a host reach it from one
-IP), under ``$MMFLEET_HOST_HOLDS_DIR``, else ``$XDG_RUNTIME_DIR/mmfleet`` (else ``/dev/shm/mmfleet-<uid>``,
-else the temporary directory),
-mode 0600 in a 0700 directory. It holds a wall-clock time and a word, never a key. Written by
-replacing the file (a reader sees the old hold or the new one, never half of one); read by its
-identity at most every ``CHECK_EVERY_S``. A hold only ever lengthens what is there. A file that does
-not read is no hold (said once): a hold shared is a courtesy between the host's processes, each of
-which keeps the holds its own answers told it. The simulated clock's runs share nothing: their time
-is not the wall's.
+IP), in ``$MMFLEET_HOST_HOLDS_DIR``, else ``/dev/shm/mmfleet-<uid>`` (else the temporary directory's):
+the same for every process of the user whatever its session (containers of one host share it only
+through a directory they all mount, named by the variable). The directory must be the user's own and
+writable by nobody else, and a hold file a regular file of the user's: anything else (another user's
+directory planted at the name, a link, a pipe) shares nothing, said once. A file holds the hold's end
+on the wall clock, its length and a word, never a key. Writers take the directory's lock file
+(``flock``) around read, compare and replace, so a hold only ever lengthens what is there (a 429's
+second never replaces a ban); a reader sees the old hold or the new one, never half of one. Read by
+the file's identity at most every ``CHECK_EVERY_S``; what is left is at most the hold's length (a wall
+clock stepped back does not lengthen it). A file that does not read is no hold (said once): a hold
+shared is a courtesy between the host's processes, each of which keeps the holds its own answers
+told it. A simulated run shares nothing: its time is not the wall's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import math
 import os
+import stat
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 log = logging.getLogger("fleet.binance.host_holds")
 
 CHECK_EVERY_S = 0.05   # the file's identity is checked at most this often (a stat)
-LONGEST_HOLD_S = 3 * 86_400.0   # Binance's longest ban: a time further ahead is not a hold
+LONGEST_HOLD_S = 3 * 86_400.0   # Binance's longest ban: a longer hold is not one
+MAX_FILE_BYTES = 4096
 
 
 def holds_directory() -> Path:
-    """Where this user's processes share their holds: ``MMFLEET_HOST_HOLDS_DIR`` when set (a directory
-    several containers of one host mount, say), else as the module says."""
+    """Where this user's processes share their holds: ``MMFLEET_HOST_HOLDS_DIR`` when set, else a name
+    of the user's in ``/dev/shm`` (the temporary directory without it)."""
     chosen = os.environ.get("MMFLEET_HOST_HOLDS_DIR")
     if chosen:
         return Path(chosen)
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime):
-        return Path(runtime) / "mmfleet"
     base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
     return Path(base) / f"mmfleet-{os.getuid()}"
+
+
+class UnsafeHolds(Exception):
+    """The directory or the file is not the user's own: nothing is shared through it."""
 
 
 class HostHolds:
@@ -60,13 +69,17 @@ class HostHolds:
         parts = urlsplit(rest_url)
         address = f"{(parts.hostname or '').lower()}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
         self.directory = directory if directory is not None else holds_directory()
-        self.path = self.directory / f"ip-{hashlib.sha256(address.encode()).hexdigest()[:16]}.hold"
+        name = f"ip-{hashlib.sha256(address.encode()).hexdigest()[:16]}"
+        self.path = self.directory / f"{name}.hold"
+        self._lock_path = self.directory / f"{name}.lock"
         self._wall, self._monotonic = wall, monotonic
+        self._mutex = threading.Lock()   # the metrics scrape reads from another thread
         self._checked = -math.inf
         self._identity: tuple[int, int] | None = None
         self._until = 0.0   # wall time the hold ends (0: none)
+        self._length = 0.0  # how long it was when written
         self.what = ""
-        self._said_unreadable = False
+        self._said: set[str] = set()
         self.written = 0   # holds this process wrote
 
     def __repr__(self) -> str:
@@ -74,60 +87,105 @@ class HostHolds:
 
     def left(self) -> float:
         """Seconds the host's IP is held for still (0: not held)."""
-        now = self._monotonic()
-        if now - self._checked >= CHECK_EVERY_S:
-            self._checked = now
-            self._read()
-        return max(0.0, self._until - self._wall())
+        with self._mutex:
+            now = self._monotonic()
+            if now - self._checked >= CHECK_EVERY_S:
+                self._checked = now
+                self._read()
+            return self._left()
 
     def hold(self, seconds: float, what: str) -> None:
         """Hold the host's IP for ``seconds`` from now (``what``: a word, for the others' logs), unless a
-        longer hold is there already. A file that cannot be written is said; the caller's own hold stands."""
+        longer hold is there already. A hold that cannot be shared is said; the caller's own stands."""
         if not 0 < seconds <= LONGEST_HOLD_S:
             return
-        self._read()
-        until = self._wall() + seconds
-        if until <= self._until:
-            return
-        try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".hold-", dir=self.directory)
+        with self._mutex:
             try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump({"until": until, "what": what}, f)
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-        except OSError as exc:
-            log.warning("the IP's hold of %.1f s (%s) not shared with this host's other processes: %r",
-                        seconds, what, exc)
-            return
-        self._until, self.what = until, what
-        self.written += 1
+                self._check_directory(create=True)
+                with self._locked():
+                    self._read()
+                    if seconds <= self._left():
+                        return
+                    self._replace(seconds, what)
+            except (OSError, UnsafeHolds) as exc:
+                self._say("write", f"the IP's hold of {seconds:.1f} s ({what}) not shared with this host's "
+                                   f"other processes: {exc}")
+                return
+            self.written += 1
+
+    # -- the file ------------------------------------------------------------------------------------
+
+    def _left(self) -> float:
+        return max(0.0, min(self._until - self._wall(), self._length))
+
+    def _replace(self, seconds: float, what: str) -> None:
+        until = self._wall() + seconds
+        fd, tmp = tempfile.mkstemp(prefix=".hold-", dir=self.directory)   # mode 0600
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"until": until, "for": seconds, "what": what}, f)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self._identity = None
+        self._until, self._length, self.what = until, seconds, what
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+        try:
+            _own_regular(os.fstat(fd), self._lock_path)
+            fcntl.flock(fd, fcntl.LOCK_EX)   # held for a read and a rename: microseconds
+            yield
+        finally:
+            os.close(fd)   # (closing releases the lock)
+
+    def _check_directory(self, create: bool = False) -> None:
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(self.directory, 0o700)
+        st = os.lstat(self.directory)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+            raise UnsafeHolds(f"{self.directory} is not a directory of this user's that only it may write")
 
     def _read(self) -> None:
+        """The hold in the file, if its identity changed since the last read."""
         try:
-            st = os.stat(self.path)
+            st = os.stat(self.path, follow_symlinks=False)
         except FileNotFoundError:
-            self._identity, self._until = None, 0.0
+            self._identity, self._until, self._length = None, 0.0, 0.0
             return
-        except OSError:
+        except OSError as exc:
+            self._say("read", f"the host's IP hold file {self.path} not read, taken as no hold: {exc!r}")
+            self._until = self._length = 0.0
             return
         identity = (st.st_ino, st.st_mtime_ns)
         if identity == self._identity:
             return
         self._identity = identity
         try:
-            doc = json.loads(self.path.read_text())
-            until, what = float(doc["until"]), str(doc["what"])[:40]
-            if not math.isfinite(until) or until - self._wall() > LONGEST_HOLD_S:
-                raise ValueError(f"a hold until {until!r} is not a time within {LONGEST_HOLD_S:.0f} s")
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            if not self._said_unreadable:
-                self._said_unreadable = True
-                log.warning("the host's IP hold file %s does not read, taken as no hold: %r", self.path, exc)
-            self._until = 0.0
+            self._check_directory()
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as f:
+                _own_regular(os.fstat(f.fileno()), self.path)
+                doc = json.loads(f.read(MAX_FILE_BYTES))
+            until, length, what = float(doc["until"]), float(doc["for"]), str(doc["what"])[:40]
+            if not (math.isfinite(until) and 0 < length <= LONGEST_HOLD_S):
+                raise ValueError(f"a hold until {until!r} for {length!r} s is not one")
+        except (OSError, UnsafeHolds, ValueError, TypeError, KeyError, AttributeError) as exc:
+            self._say("read", f"the host's IP hold file {self.path} does not read, taken as no hold: {exc!r}")
+            self._until = self._length = 0.0
             return
-        self._until, self.what = until, what
+        self._until, self._length, self.what = until, length, what
+
+    def _say(self, kind: str, message: str) -> None:
+        if kind not in self._said:
+            self._said.add(kind)
+            log.warning("%s", message)
+
+
+def _own_regular(st: os.stat_result, path: Path) -> None:
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+        raise UnsafeHolds(f"{path} is not a regular file of this user's")

@@ -15,6 +15,7 @@ from agents.store import Store
 from fleet.binance.client import BinanceClient
 from fleet.binance.events import BUY, SELL
 from fleet.sim.testkit import SimClient
+from tests.polling import wait_for
 
 from .test_core_support import SYMBOL, account_update, eth_filters, mark, order_update, seed_params
 
@@ -205,3 +206,45 @@ async def test_a_stream_gap_just_after_a_restart_reads_no_trade_the_carried_book
                                 require_core=lambda: SimpleNamespace(store=store), exchange_ms=lambda: now_ms)
         assert await backfill_trades(agent, now_ms - 300_000) == 0
     assert (store.fills_buy, store.fills_sell, store.realized_pnl) == (0, 0, 0.0)
+
+
+async def test_a_liquidation_between_two_agents_has_its_clearance_fee_booked_once_by_the_next(sim_factory):
+    """The last agent was killed; the dead-man switch emptied its book but its position stayed, and the
+    exchange liquidated it before the next agent started (no agent saw the CALCULATED frame nor looked in
+    forceOrders). The next one's take-in books the trade from userTrades and the clearance fee from
+    income (it was lost: up to 1.25 % of the notional), once; the record carries the fee's time."""
+    from agents.clearance import gap_clearance
+
+    sim = await sim_factory(symbols=[SYMBOL])
+    async with SimClient.for_sim(sim) as c:
+        await c.signed("POST", "/fapi/v1/marginType", {"symbol": SYMBOL, "marginType": "ISOLATED"})
+        await c.signed("POST", "/fapi/v1/leverage", {"symbol": SYMBOL, "leverage": "125"})
+        await c.admin("POST", "/sim/market/freeze", {"frozen": True, "symbol": SYMBOL, "mode": "price"})
+        await c.admin("POST", "/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.1"})
+        since_ms = (await c.state())["time"]
+        # 125x isolated: margin 0.8 % of the notional, maintenance 0.4 %: a fall of 0.6 % liquidates with 0.2 %
+        # of the notional left, the clearance fee
+        await c.admin("POST", "/sim/market/jump", {"symbol": SYMBOL, "pct": -0.6})
+
+        async def liquidated():
+            return (await c.state())["counters"]["liquidations"] == 1
+
+        await wait_for(liquidated, 10, "the position liquidated")
+        fee = D((await c.state())["positions"][SYMBOL]["clearance_fee"])
+    assert fee > 0
+    _, key, secret = sim.accounts[0]
+    store = Store(SYMBOL, eth_filters(), seed_params())
+    journaled: list = []
+    async with BinanceClient(sim.rest_url, key, secret) as client:
+        agent = SimpleNamespace(symbol=SYMBOL, require_client=lambda: client,
+                                require_core=lambda: SimpleNamespace(store=store),
+                                journal=SimpleNamespace(on_income_rows=lambda a, rows: journaled.extend(rows)),
+                                log=SimpleNamespace(event=lambda *a, **k: None))
+        assert await gap_clearance(agent, since_ms) == 1
+        assert abs(D(repr(store.commission)) - fee) < D("1e-9")
+        assert await gap_clearance(agent, since_ms) == 0   # read again: booked once
+        assert abs(D(repr(store.commission)) - fee) < D("1e-9")
+    assert [r["incomeType"] for r in journaled] == ["INSURANCE_CLEAR"] * 2
+    assert store.position_book.clearance_ms > since_ms
+    carried = record(clearance_ms=store.position_book.clearance_ms)
+    assert Carry.decode(carried.encode()).clearance_ms == store.position_book.clearance_ms

@@ -201,7 +201,8 @@ def test_a_liquidations_clearance_fee_is_a_fee_and_never_moves_the_funding_curso
     """An INSURANCE_CLEAR income row (the fee a liquidation paid to the insurance fund, agents/clearance.py)
     is kept beside the funding: in the P&L's fees (and apart as ``clearance_fees``), not in its funding; the
     funding backfill's cursor reads the FUNDING_FEE rows only, so a fee after the last settlement does not
-    skip the settlements between. A row written before the column (a spool of an older version) is funding."""
+    skip the settlements between. A row written before the column (a spool of an older version) is funding;
+    a clearance row and a funding row of one tranId are both kept."""
     from journal.recorder import AgentJournal
     from journal.writer import cursors
 
@@ -210,7 +211,8 @@ def test_a_liquidations_clearance_fee_is_a_fee_and_never_moves_the_funding_curso
     income = {"symbol": "ETHUSDC", "asset": "USDC"}
     rows = [r for item in (("income", 1, {**income, "incomeType": "FUNDING_FEE", "time": 2_000, "tranId": 9,
                                           "income": "-0.5"}),
-                           ("income", 1, {**income, "incomeType": "INSURANCE_CLEAR", "time": 9_000, "tranId": 11,
+                           # Binance: a tranId is unique within an income type only
+                           ("income", 1, {**income, "incomeType": "INSURANCE_CLEAR", "time": 9_000, "tranId": 9,
                                           "income": "-3.25"}),
                            ("income", 1, {**income, "incomeType": "REALIZED_PNL", "time": 9_000, "tranId": 12,
                                           "income": "5"}))

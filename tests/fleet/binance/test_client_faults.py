@@ -202,7 +202,7 @@ async def test_a_429_one_process_is_told_holds_every_process_of_the_host_before_
             await b.budget.acquire(Cost(weight=2), wait=False)
         assert (b.budget.rate_limited, b.budget.banned) == (0, 0)
         [hold] = tmp_path.glob("ip-*.hold")
-        assert set(json.loads(hold.read_text())) == {"until", "what"}   # a time and a word, never a key
+        assert set(json.loads(hold.read_text())) == {"until", "for", "what"}   # times and a word, never a key
 
 
 async def test_an_order_count_429_pauses_new_orders_but_cancels_still_go_out(sim_factory):

