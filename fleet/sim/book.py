@@ -27,6 +27,11 @@ PRICE_KLINE_KINDS = ("mark", "index", "premium")
 
 NO_ASK = 1 << 62  # "no resting ask" sentinel
 PROFILE_LEVELS = 64  # levels from the touch whose base size is precomputed
+# A synthetic level's size grows with its distance from the touch up to this many ticks, and is its price's
+# own from there (noise by price on one base): the book behind the touch does not change as the touch
+# moves, as a real book's deep levels do not, so the diff depth stream says few levels deeper than its
+# top 50 (engine.py DIFF_LEVELS, more than this) to keep a client's whole book exact (fleet/sim/streams.py)
+DEEP_FROM = 40
 # Trades a symbol keeps for trades, historicalTrades and aggTrades (Binance keeps them all): about 40
 # minutes of the regime model's tape, so a client's backfill after a reconnect finds its gap; 2-3 MB a symbol
 RECENT_TRADES_KEPT = 10_000
@@ -46,17 +51,20 @@ def _merge_candle(g: list[Any], c: list[Any]) -> None:
         g[11] = c[11]
 
 class DiffState:
-    """What a diff depth stream's clients may hold: its last event's update id and levels, the prices a
-    snapshot showed since, and the lowest bid and highest ask it or a snapshot ever showed."""
+    """What a diff depth stream's clients may hold: its last event's update id and levels, the levels a
+    snapshot showed since (with their sizes), the prices of ours that changed since (any depth), and the
+    lowest bid and highest ask it or a snapshot ever showed."""
 
-    __slots__ = ("u", "bids", "asks", "shown_b", "shown_a", "low_bid", "high_ask")
+    __slots__ = ("u", "bids", "asks", "shown_b", "shown_a", "dirty_b", "dirty_a", "low_bid", "high_ask")
 
     def __init__(self, u: int, bids: list[tuple[int, int]], asks: list[tuple[int, int]]) -> None:
         self.u = u
         self.bids: dict[int, int] = {}
         self.asks: dict[int, int] = {}
-        self.shown_b: set[int] = set()
-        self.shown_a: set[int] = set()
+        self.shown_b: dict[int, int] = {}
+        self.shown_a: dict[int, int] = {}
+        self.dirty_b: set[int] = set()
+        self.dirty_a: set[int] = set()
         self.low_bid: int | None = None
         self.high_ask: int | None = None
         self.advance(u, dict(bids), dict(asks), bids, asks)
@@ -65,13 +73,14 @@ class DiffState:
                 ask_levels: list[tuple[int, int]]) -> None:
         """An event sent (or the stream's start): these are its levels now (as dicts, and in order)."""
         self.u, self.bids, self.asks = u, bids, asks
-        self.shown_b, self.shown_a = set(), set()
+        self.shown_b, self.shown_a = {}, {}
+        self.dirty_b, self.dirty_a = set(), set()
         self._reach(bid_levels, ask_levels)
 
     def show(self, bids: list[tuple[int, int]], asks: list[tuple[int, int]]) -> None:
         """A snapshot showed these levels."""
-        self.shown_b.update(p for p, _ in bids)
-        self.shown_a.update(p for p, _ in asks)
+        self.shown_b.update(bids)
+        self.shown_a.update(asks)
         self._reach(bids, asks)
 
     def _reach(self, bids: list[tuple[int, int]], asks: list[tuple[int, int]]) -> None:
@@ -136,7 +145,8 @@ class Book:
         price = spec.start_price
         self.level_steps = max(1, int((spec.level_qty or 20000.0 / price) / self.step_f))
         self.taker_mean_steps = max(1.0, (spec.taker_mean_qty or 5000.0 / price) / self.step_f)
-        self.base_profile = [self.level_steps * (1.0 + 0.15 * d) for d in range(PROFILE_LEVELS)]
+        self.base_profile = [self.level_steps * (1.0 + 0.15 * min(d, DEEP_FROM)) for d in range(PROFILE_LEVELS)]
+        self.deep_base = self.level_steps * (1.0 + 0.15 * DEEP_FROM)   # a level's base from DEEP_FROM on
         self.salt = salt
         self.inv_tick = 1.0 / self.tick_f
         self.spread_ticks = spec.spread_ticks
@@ -192,6 +202,18 @@ class Book:
         self.last_price = self.mid
         self.volume_steps = 0
 
+    def note_ours(self, o: Order) -> None:
+        """Our order changed the size at its price: every diff stream's next event says that level,
+        however deep (its clients may hold it from a snapshot)."""
+        for d in self.diff_state.values():
+            (d.dirty_b if o.sign > 0 else d.dirty_a).add(o.price)
+
+    def note_refill(self) -> None:
+        """The levels takers ate refill: every diff stream's next event says them, however deep."""
+        for d in self.diff_state.values():
+            d.dirty_b.update(self.consumed_bid)
+            d.dirty_a.update(self.consumed_ask)
+
     # -- synthetic book -------------------------------------------------------------------------
 
     def set_tops(self) -> None:
@@ -200,7 +222,7 @@ class Book:
 
     def _profile(self, dist: int, price: int) -> int:
         noise = 0.5 + ((price * 2654435761 + self.salt) & 1023) / 1024.0
-        return max(1, int(self.level_steps * (1.0 + 0.15 * dist) * noise))
+        return max(1, int(self.level_steps * (1.0 + 0.15 * min(dist, DEEP_FROM)) * noise))
 
     def synth_bid(self, price: int) -> int:
         # _profile inlined (with the precomputed base sizes): this runs for every level a taker walks
@@ -208,7 +230,7 @@ class Book:
         if dist < 0:
             return 0
         base = self.base_profile
-        q = int((base[dist] if dist < PROFILE_LEVELS else self.level_steps * (1.0 + 0.15 * dist))
+        q = int((base[dist] if dist < PROFILE_LEVELS else self.deep_base)
                 * (0.5 + ((price * 2654435761 + self.salt) & 1023) / 1024.0))
         if q < 1:
             q = 1
@@ -224,7 +246,7 @@ class Book:
         if dist < 0:
             return 0
         base = self.base_profile
-        q = int((base[dist] if dist < PROFILE_LEVELS else self.level_steps * (1.0 + 0.15 * dist))
+        q = int((base[dist] if dist < PROFILE_LEVELS else self.deep_base)
                 * (0.5 + ((price * 2654435761 + self.salt) & 1023) / 1024.0))
         if q < 1:
             q = 1
@@ -384,7 +406,7 @@ class Book:
         for _ in range(levels * 4 + 10):
             dist = (p - top) * step
             if dist >= 0:
-                q = int((base[dist] if dist < n_base else self.level_steps * (1.0 + 0.15 * dist))
+                q = int((base[dist] if dist < n_base else self.deep_base)
                         * (0.5 + ((p * 2654435761 + salt) & 1023) / 1024.0))
                 if q < 1:
                     q = 1

@@ -55,7 +55,7 @@ def _gone(last: dict[int, int], shown: set[int], now: dict[int, int], levels: li
     ``reach``, the deepest this stream or a snapshot ever showed: a touch that jumps past the last
     event's levels sweeps past those too. Not a level that merely fell below the deepest kept: it stays
     in a client's book, as on Binance, where a 1000-level snapshot is the documented start."""
-    maybe = shown.union(last) if shown else set(last)
+    maybe = set(shown).union(last) if shown else set(last)
     deepest = levels[-1][0] if len(levels) == DIFF_LEVELS else None
     if levels and reach is not None:
         touch = levels[0][0]
@@ -67,6 +67,28 @@ def _gone(last: dict[int, int], shown: set[int], now: dict[int, int], levels: li
             bottom = min(touch, max(last) + 1) if last else touch
             maybe.update(range(bottom, min(kept, reach) + 1))
     return [(p, 0) for p in maybe if p not in now and (deepest is None or (p - deepest) * deeper <= 0)]
+
+
+def _deeper(b: Book, buy: bool, held: tuple[dict[int, int], dict[int, int]], dirty: set[int],
+            now: dict[int, int], levels: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The levels of one side of a diff depth event deeper than the top DIFF_LEVELS whose size a client
+    may hold wrong: one the last event or a snapshot gave that has changed since (the touch moved away
+    from it: it left the levels whose size grows with the distance, fleet/sim/book.py DEEP_FROM), and
+    every price of ours that changed (an order placed, amended, filled or cancelled there)."""
+    if len(levels) < DIFF_LEVELS:
+        return []
+    deepest, sign = levels[-1][0], (-1 if buy else 1)
+    out: dict[int, int] = {}
+    for told in held:
+        for p, q in told.items():
+            if (p - deepest) * sign > 0 and p not in out:
+                now_q = b.level_qty(buy, p)
+                if now_q != q:
+                    out[p] = now_q
+    for p in dirty:
+        if (p - deepest) * sign > 0 and p not in now:
+            out[p] = b.level_qty(buy, p)
+    return list(out.items())
 
 
 class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedule):
@@ -364,6 +386,8 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
             b.bid_top = bid_top
             b.ask_top = bid_top + b.spread_ticks
             if decay:  # takers' marks fade: halve, forget the spent ones and those past the touch
+                if b.diff_state and (b.consumed_bid or b.consumed_ask):
+                    b.note_refill()   # their levels' sizes change, however deep the touch left them
                 if b.consumed_bid:
                     b.consumed_bid = {p: c // 2 for p, c in b.consumed_bid.items() if p <= bid_top and c > 1}
                 if b.consumed_ask:
@@ -584,9 +608,11 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
             now_bids, now_asks = dict(bids), dict(asks)
             gone_b = _gone(d.bids, d.shown_b, now_bids, bids, -1, d.low_bid)
             gone_a = _gone(d.asks, d.shown_a, now_asks, asks, 1, d.high_ask)
+            deep_b = _deeper(b, True, (d.bids, d.shown_b), d.dirty_b, now_bids, bids)
+            deep_a = _deeper(b, False, (d.asks, d.shown_a), d.dirty_a, now_asks, asks)
             d.advance(b.update_id, now_bids, now_asks, bids, asks)
-            self._emit_market(stream, (render_diff, b, last_u + 1, b.update_id, last_u, bids + gone_b, asks + gone_a,
-                                       t))
+            self._emit_market(stream, (render_diff, b, last_u + 1, b.update_id, last_u, bids + gone_b + deep_b,
+                                       asks + gone_a + deep_a, t))
 
     def note_depth_snapshot(self, b: Book, levels: int) -> None:
         """A depth snapshot of ``levels`` is being served: the next event of each diff stream zeroes the
@@ -720,6 +746,8 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         o.filled += qty
         o.cum_quote += px * q_dec
         o.update_time = t
+        if b.diff_state:
+            b.note_ours(o)
         if o.filled >= o.orig:
             o.status = "FILLED"
             self._remove_resting(b, o)
@@ -783,6 +811,8 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
 
     def _remove_resting(self, b: Book, o: Order) -> None:
         b.update_id += 1
+        if b.diff_state:
+            b.note_ours(o)
         levels = b.bids if o.sign > 0 else b.asks
         lst = levels.get(o.price)
         if lst is not None:
@@ -805,6 +835,8 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
 
     def _rest(self, b: Book, o: Order) -> None:
         b.update_id += 1
+        if b.diff_state:
+            b.note_ours(o)
         if o.sign > 0:
             o.ahead = b.synth_bid(o.price)
             b.bids.setdefault(o.price, []).append(o)

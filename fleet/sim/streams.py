@@ -24,13 +24,16 @@ and silent: ``!assetIndex@arr``, ``<symbol>@compositeIndex``, ``<symbol>@rpiDept
 ``<symbol>@trade`` is a /public stream (Binance lists it there, and its unrouted paths deliver it): one
 frame per trade, the trade id that of the aggregate trade (each price a taker meets is one trade here).
 
-The diff depth stream (``<symbol>@depth[@speed]``) keeps the top 50 levels a side exact: each event
-gives their absolute sizes and a "0" for every level gone from them or beyond the touch since the last
-event, or since a REST depth snapshot showed it, and for every price the touch swept when it jumped
-past the last event's 50 levels. So a book built the documented way (a snapshot of up to 1000 levels,
-then the events chained by ``pu``) never crosses and holds the exchange's top 50; deeper levels keep
-the sizes the snapshot gave until the market reaches them. A stream's first event follows the book as
-it was when it was watched.
+The diff depth stream (``<symbol>@depth[@speed]``) keeps a client's whole book exact: each event
+gives the top 50 levels a side at their absolute sizes, a "0" for every level gone from them or beyond
+the touch since the last event, or since a REST depth snapshot showed it, and for every price the touch
+swept when it jumped past the last event's 50 levels; and, deeper than those 50, every level whose size
+changed since the last event or the snapshot said it: a level the touch moved away from (a synthetic
+level's size grows with its distance from the touch up to 40 ticks and is its price's own beyond:
+fleet/sim/book.py DEEP_FROM), a level takers ate refilling, and every price where an order of ours was
+placed, amended, filled or cancelled, however deep. So a book built the documented way (a snapshot of
+up to 1000 levels, then the events chained by ``pu``) never crosses and equals the exchange's at every
+level it holds. A stream's first event follows the book as it was when it was watched.
 
 A number after ``/public/ws/`` or ``/market/ws/`` (ccxt puts its connection number there) opens an
 empty connection for SUBSCRIBE to fill.

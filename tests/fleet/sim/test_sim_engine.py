@@ -691,3 +691,68 @@ def test_funding_rate_history_checks_its_limit_and_income_history_pages():
     with pytest.raises(SimApiError) as err:
         get("/fapi/v1/income", page="0")
     assert err.value.code == -1130 and "page" in err.value.msg
+
+
+def test_a_book_built_from_a_1000_level_snapshot_and_the_diff_stream_equals_the_exchanges_at_every_depth():
+    """Binance's documented local book (GET /fapi/v1/depth?limit=1000, then the diff events chained by
+    pu) is the exchange's at every level it holds, not only the top 50: a level the touch moved away
+    from, and our own orders placed, amended and cancelled 70 and 300 levels behind the touch (their
+    levels never came in an event: a cancelled one stayed in the client's book as a phantom)."""
+    from fleet.sim.server import SimServer
+
+    server = SimServer(symbols=["ETHUSDC"], seed=3, clock=lambda: T0)  # not started: handlers only
+    e = server.engine
+    b = e.books["ETHUSDC"]
+    e.watch("ethusdc@depth@100ms")
+    now = T0
+    events: list[dict] = []
+    deep: list[int] = []
+
+    def run(ms: int) -> None:
+        nonlocal now
+        for i in range(ms // 50):
+            now += 50
+            e.advance(now)
+            if i % 9 == 0:   # our orders deep behind the touch, placed and cancelled, and some amended
+                behind = (70, 300)[len(deep) % 2]
+                price = b.best_bid() - behind
+                r = e.new_order("main", {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
+                                         "price": b.price_str(price), "quantity": "1.000"}, now)
+                deep.append(r["orderId"])
+                if len(deep) > 3:
+                    old = deep.pop(0)
+                    if old % 2:
+                        e.cancel_order("main", {"symbol": "ETHUSDC", "orderId": str(old)}, now)
+                    else:
+                        e.modify_order("main", {"symbol": "ETHUSDC", "orderId": str(old), "side": "BUY",
+                                                "quantity": "0.500", "price": b.price_str(price - 5)}, now)
+            events.extend(p for k, _, p in e.drain_rendered() if k == "m")
+
+    depth = server._routes[("GET", "/fapi/v1/depth")][0]
+    run(2000)
+    snap = depth("main", {"symbol": "ETHUSDC", "limit": "1000"}, now)
+    local = {side: {round(float(p) / b.tick_f): round(float(q) / b.step_f) for p, q in snap[key]}
+             for side, key in (("b", "bids"), ("a", "asks"))}
+    floor, ceiling = min(local["b"]), max(local["a"])   # what the snapshot reached: the client's book
+    checked = 0
+    for _ in range(6):
+        run(1500)
+        for ev in events:
+            if ev["u"] < snap["lastUpdateId"]:
+                continue
+            for side in ("b", "a"):
+                for p, q in ev[side]:
+                    ticks, steps = round(float(p) / b.tick_f), round(float(q) / b.step_f)
+                    if steps:
+                        local[side][ticks] = steps
+                    else:
+                        local[side].pop(ticks, None)
+        events.clear()
+        bids, asks = b.depth_levels(1000)
+        truth_b = {p: q for p, q in bids if p >= floor}
+        truth_a = {p: q for p, q in asks if p <= ceiling}
+        held_b = {p: q for p, q in local["b"].items() if p >= max(floor, min(truth_b))}
+        held_a = {p: q for p, q in local["a"].items() if p <= min(ceiling, max(truth_a))}
+        assert held_b == truth_b and held_a == truth_a
+        checked += len(truth_b) + len(truth_a)
+    assert checked > 6 * 1000

@@ -439,7 +439,7 @@ async def test_a_level_a_snapshot_showed_is_zeroed_by_the_next_diff_event_once_g
     snapshot taken at the top: the levels it showed there are in neither event's book, yet a client
     built its book from that snapshot. The next event zeroes every bid it showed above the market (or
     the client's book would cross), and the book then holds the exchange's top 50; its asks, now far
-    above the touch, may stay (as deep asks stay on Binance)."""
+    above the touch, stay (as deep asks stay on Binance), at the sizes the event says."""
     async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
         ws = await s.ws_connect(f"{sim.ws_url}/public/ws/ethusdc@depth@500ms")
         await _recv_json(ws)   # just after an event: 500 ms before the next
@@ -454,7 +454,9 @@ async def test_a_level_a_snapshot_showed_is_zeroed_by_the_next_diff_event_once_g
             book[side] = {p: q for p, q in book[side].items() if float(q) > 0}
         top = sorted(book["b"], reverse=True)[:50], sorted(book["a"])[:50]
         assert top[0][0] < top[1][0]   # not crossed
-        assert top == ([float(p) for p, q in ev["b"] if float(q) > 0], [float(p) for p, q in ev["a"] if float(q) > 0])
+        # the event's top 50 (it also says the deeper levels the snapshot showed that have changed since)
+        assert top == (sorted((float(p) for p, q in ev["b"] if float(q) > 0), reverse=True)[:50],
+                       sorted(float(p) for p, q in ev["a"] if float(q) > 0)[:50])
         await ws.close()
 
 
