@@ -495,27 +495,35 @@ class StreamGateway(WsApiGateway):
         elif method == "LIST_SUBSCRIPTIONS":
             self._reply(c, {"result": list(c.subs.values()) + list(c.silent.values()) + sorted(c.listen_keys),
                             "id": rid})
-        elif method == "SET_PROPERTY":
-            if isinstance(params, list) and params and not isinstance(params[0], str):
-                self._reply(c, {"error": {"code": 2, "msg": "Invalid request: property name must be a string"},
-                                "id": rid})
-            elif not (isinstance(params, list) and len(params) == 2 and params[0] == "combined"):
-                self._reply(c, {"error": {"code": 0, "msg": "Unknown property"}, "id": rid})
-            elif not isinstance(params[1], bool):
-                self._reply(c, {"error": {"code": 1, "msg": "Invalid value type: expected Boolean"}, "id": rid})
-            else:
-                c.combined = params[1]
-                self._reply(c, {"result": None, "id": rid})
-        elif method == "GET_PROPERTY":
-            if isinstance(params, list) and params == ["combined"]:
-                self._reply(c, {"result": c.combined, "id": rid})
-            else:
-                self._reply(c, {"error": {"code": 0, "msg": "Unknown property"}, "id": rid})
+        elif method in ("SET_PROPERTY", "GET_PROPERTY"):
+            self._property(c, method, params, rid)
         else:
             self.stats["ws_bad_messages"] += 1
             self._reply(c, {"error": {"code": 2, "msg": f"Invalid request: unknown variant {str(method)[:64]!r}, "
                                                         "expected one of `SUBSCRIBE`, `UNSUBSCRIBE`, `LIST_SUBSCRIPTIONS`, "
                                                         "`SET_PROPERTY`, `GET_PROPERTY`"}, "id": rid})
+
+    def _property(self, c: Conn, method: str, params: Any, rid: Any) -> None:
+        """SET_PROPERTY ["combined", bool] / GET_PROPERTY ["combined"], with the error table of Binance's
+        stream docs: no name or not a string, code 2; more parameters than the method takes, code 2;
+        another name, code 0; a value not a boolean, code 1."""
+        takes = 2 if method == "SET_PROPERTY" else 1
+        if not isinstance(params, list) or not params or not isinstance(params[0], str):
+            error = (2, "Invalid request: property name must be a string")
+        elif len(params) > takes:
+            error = (2, "Invalid request: too many parameters")
+        elif params[0] != "combined":
+            error = (0, "Unknown property")
+        elif method == "GET_PROPERTY":
+            self._reply(c, {"result": c.combined, "id": rid})
+            return
+        elif len(params) < 2 or not isinstance(params[1], bool):
+            error = (1, "Invalid value type: expected Boolean")
+        else:
+            c.combined = params[1]
+            self._reply(c, {"result": None, "id": rid})
+            return
+        self._reply(c, {"error": {"code": error[0], "msg": error[1]}, "id": rid})
 
     async def _writer(self, c: Conn) -> None:
         ws = c.ws

@@ -641,8 +641,9 @@ async def test_the_message_limit_holds_over_any_second_not_per_second_of_the_clo
 
 
 async def test_a_null_id_a_property_name_not_a_string_and_a_trailing_slash_are_refused(sim):
-    """As Binance documents: an id "not provided or of an unsupported type" and a property name not a
-    string are code 2; "/ at the end is no longer supported" (2023-08-19), nor an empty segment."""
+    """As Binance documents: an id "not provided or of an unsupported type", a property name not a
+    string (or none) and too many parameters are code 2, another name code 0; "/ at the end is no longer
+    supported" (2023-08-19), nor an empty segment."""
     async with aiohttp.ClientSession() as s:
         ws = await s.ws_connect(f"{sim.ws_url}/market/ws")
         await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": ["ethusdc@markPrice@1s"], "id": None}))
@@ -651,6 +652,17 @@ async def test_a_null_id_a_property_name_not_a_string_and_a_trailing_slash_are_r
         await ws.send_str(json.dumps({"method": "SET_PROPERTY", "params": [1, True], "id": 1}))
         assert await _until(ws, lambda f: f.get("id") == 1) == {
             "error": {"code": 2, "msg": "Invalid request: property name must be a string"}, "id": 1}
+        # the rest of the docs' table: no name, too many parameters, another name, a value not a boolean
+        for i, (method, params, code, msg) in enumerate((
+                ("SET_PROPERTY", [], 2, "Invalid request: property name must be a string"),
+                ("GET_PROPERTY", None, 2, "Invalid request: property name must be a string"),
+                ("SET_PROPERTY", ["combined", True, 1], 2, "Invalid request: too many parameters"),
+                ("GET_PROPERTY", ["combined", True], 2, "Invalid request: too many parameters"),
+                ("GET_PROPERTY", ["wrapped"], 0, "Unknown property"),
+                ("SET_PROPERTY", ["combined"], 1, "Invalid value type: expected Boolean")), start=10):
+            request = {"method": method, "id": i} if params is None else {"method": method, "params": params, "id": i}
+            await ws.send_str(json.dumps(request))
+            assert await _until(ws, lambda f: f.get("id") == i) == {"error": {"code": code, "msg": msg}, "id": i}
         await ws.send_str(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 2}))
         assert await _until(ws, lambda f: f.get("id") == 2) == {"result": [], "id": 2}   # nothing subscribed
         await ws.close()
