@@ -222,7 +222,7 @@ class Deferred:
 
 # --- stream frames ------------------------------------------------------------------------------
 
-FRAME_MODES = ("omit", "garbage", "truncate")
+FRAME_MODES = ("omit", "garbage", "truncate", "drop")
 
 
 @dataclass
@@ -233,7 +233,8 @@ class FrameFault:
     (dotted paths into the frame, ``o.N``; a list on the way applies to each element, ``a.P.ps``), as
     Binance documents some (``N`` and ``n`` "will not push if no commission") and as any frame may
     come; ``garbage``: the frame is replaced by text that is not JSON; ``truncate``: the frame's JSON
-    is cut in half."""
+    is cut in half; ``drop``: the frame is not sent, the connection stays (a diff depth event lost: the
+    next one's ``pu`` is not the last ``u`` a client saw, the gap Binance tells it to resync on)."""
 
     stream: str                 # "user" or "market"
     count: int
@@ -254,8 +255,10 @@ class FrameFault:
             return sym == self.symbol
         return True
 
-    def apply(self, payload: dict[str, Any]) -> dict[str, Any] | bytes:
-        """The frame as it goes out: a copy without the fields, or bytes that do not parse."""
+    def apply(self, payload: dict[str, Any]) -> dict[str, Any] | bytes | None:
+        """The frame as it goes out: a copy without the fields, bytes that do not parse, or None (not sent)."""
+        if self.mode == "drop":
+            return None
         if self.mode == "garbage":
             return b"not json: {\"e\":"
         if self.mode == "truncate":

@@ -103,14 +103,15 @@ in a browser on the machine reads no key and injects no fault)::
          batch_nonjson:   the whole batch executes; HTTP 200 application/json whose body is the real
                           answer cut in half (not parseable)
          -> {"ok": true, "pending": n}
-    POST /sim/fault/frame    {"stream": "user"|"market", "mode": "omit"|"garbage"|"truncate", "count": 1,
+    POST /sim/fault/frame    {"stream": "user"|"market", "mode": "omit"|"garbage"|"truncate"|"drop", "count": 1,
                               "event": "ORDER_TRADE_UPDATE", "fields": ["o.N", "o.n"], "account": "main",
                               "symbol": "ETHUSDC"}
          the next `count` stream frames that match (event: the frame's "e"; account: a user frame's;
          symbol: its "s" or "o.s"; each optional) go out broken: omit: without the `fields` (dotted
          paths; a list on the way applies to each element, "a.P.pa"), as Binance pushes an order
          update with no "N" and "n" "if no commission" and as any field may be missing; garbage: text
-         that is not JSON; truncate: the frame's JSON cut in half. A frame is broken once for all the
+         that is not JSON; truncate: the frame's JSON cut in half; drop: not sent at all, the connection
+         kept (a diff depth event lost: the next one's pu says the gap). A frame is broken once for all the
          connections it goes to. Pending ones are listed in /sim/state "frame_faults_pending", those
          used counted in "server" frames_faulted; /sim/fault/clear drops them -> {"ok": true, "pending": n}
     POST /sim/fault/latency  {"ms": 200, "path": "/fapi/v1/order"}   delay matching REST calls (0 clears)

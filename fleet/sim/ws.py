@@ -114,6 +114,8 @@ class StreamGateway(WsApiGateway):
                 payload = render(payload)
                 if self.frame_faults:
                     payload = self._frame_fault("market", target, payload)
+                    if payload is None:   # dropped
+                        continue
                 raw = None
                 for c in subs:
                     if c.combined:
@@ -132,6 +134,8 @@ class StreamGateway(WsApiGateway):
                 key = payload["listenKey"] if etype == "listenKeyExpired" else acct.listen_key
                 if self.frame_faults:
                     payload = self._frame_fault("user", target, payload)
+                    if payload is None:   # dropped
+                        continue
                 raw = enveloped = None  # encoded once, whatever the number of connections
                 for c in conns:
                     if key not in c.listen_keys:
@@ -148,7 +152,7 @@ class StreamGateway(WsApiGateway):
                             raw = payload if isinstance(payload, bytes) else orjson.dumps(payload)
                         self._send(c, raw)
 
-    def _frame_fault(self, stream: str, target: str, payload: dict[str, Any]) -> dict[str, Any] | bytes:
+    def _frame_fault(self, stream: str, target: str, payload: dict[str, Any]) -> dict[str, Any] | bytes | None:
         """The frame as the first pending frame fault that matches it sends it (POST /sim/fault/frame)."""
         for f in self.frame_faults:
             if f.matches(stream, target, payload):

@@ -308,6 +308,35 @@ async def test_frame_faults_send_frames_without_fields_or_broken_then_whole_agai
         await ws.close()
 
 
+async def test_a_dropped_diff_depth_event_leaves_the_gap_binance_tells_a_client_to_resync_on(sim):
+    """mode drop: the frame is not sent and the connection stays, so the next diff event's pu is not the
+    u the client saw last (Binance: re-initialise the local book then); a dropped user frame is simply
+    missing (a new order's NEW frame, the next order's comes)."""
+    async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
+        ws = await s.ws_connect(f"{sim.ws_url}/public/ws/ethusdc@depth@100ms")
+        first = json.loads((await ws.receive(timeout=10)).data)
+        await c.admin("POST", "/sim/fault/frame", {"stream": "market", "mode": "drop", "event": "depthUpdate",
+                                                   "symbol": "ETHUSDC", "count": 1})
+        events = [first] + [json.loads((await ws.receive(timeout=10)).data) for _ in range(6)]
+        gaps = [(a["u"], b["pu"]) for a, b in zip(events, events[1:]) if b["pu"] != a["u"]]
+        assert len(gaps) == 1 and gaps[0][1] > gaps[0][0]
+        await ws.close()
+        key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
+        ws = await s.ws_connect(f"{sim.ws_url}/private/ws?listenKey={key}&events=ORDER_TRADE_UPDATE")
+        book = await ws_book(s, sim)
+        await c.admin("POST", "/sim/fault/frame", {"stream": "user", "mode": "drop", "count": 1})
+        for i in range(2):
+            r = await c.signed("POST", "/fapi/v1/order", {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT",
+                                                          "timeInForce": "GTC", "quantity": "0.010",
+                                                          "price": book, "newClientOrderId": f"fd-{i}"})
+            assert r.status == 200, r.json
+        frame = json.loads((await ws.receive(timeout=10)).data)
+        assert frame["o"]["c"] == "fd-1" and not ws.closed
+        assert (await c.state())["server"]["frames_faulted"] >= 2
+        await c.signed("DELETE", "/fapi/v1/allOpenOrders", {"symbol": "ETHUSDC"})
+        await ws.close()
+
+
 async def ws_book(s: aiohttp.ClientSession, sim) -> str:
     """A bid price well below ETHUSDC's touch, from its book ticker (the order rests, no fill)."""
     ws = await s.ws_connect(f"{sim.ws_url}/public/ws/ethusdc@bookTicker")
