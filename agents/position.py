@@ -63,6 +63,9 @@ class Position:
         self.owed: dict[tuple[int, int], int] = {}
         self._clearances: set[int] = set()  # liquidation clearance fees booked, by income id (agents/clearance.py)
         self.clearance_ms = 0  # the newest of them (exchange time; carried: agents/carry.py)
+        # a stream figure's time whose move within its millisecond no trade frame explains (yet): a trade
+        # frame lost on a live connection (the reconciliation then reads the trades, agents/reconciler.py)
+        self.unexplained_ms: int | None = None
         self.last_trade_id: int | None = None  # the newest trade booked, and its orders booked (agents/carry.py)
         self.last_trade_orders: list[int] = []
         self.fills_buy = 0
@@ -226,6 +229,7 @@ class Position:
                 return BOOKED
             self._ms_seen += signed
             if self._figure_steps - self._ms_base == self._ms_seen:
+                self._note_explained(t, True)
                 return BOOKED_ALL
             return UNPLACED
         if self.position_steps and t > self._nonflat_ms:
@@ -245,6 +249,14 @@ class Position:
         if new and t > self._nonflat_ms:
             self._nonflat_ms = t
         return BOOKED
+
+    def _note_explained(self, t: int, explained: bool) -> None:
+        """Whether the trades of millisecond ``t`` seen so far explain the stream figure's move then."""
+        if explained:
+            if self.unexplained_ms == t:
+                self.unexplained_ms = None
+        elif self.unexplained_ms is None or t < self.unexplained_ms:
+            self.unexplained_ms = t
 
     def place_unplaced(self, until_ms: int | None = None) -> list[Unplaced]:
         """Unplaced trades (of times up to ``until_ms``; all if None) are inside the exchange's
@@ -287,6 +299,8 @@ class Position:
         later = deque(tr for tr in self._trades_since if tr[0] > t)
         self._trades_since = later
         self._figure_steps = fig_steps
+        if not snapshot:
+            self._note_explained(t, fig_steps - self._ms_base == self._ms_seen)
         self.position_steps = fig_steps + sum(q for _, q in later)
         self.entry_price = float(entry_price) if self.position_steps else 0.0
         if self.position_steps and t > self._nonflat_ms:

@@ -17,6 +17,10 @@ from .orders import Cancel, OrderReason, make_batches
 from .reconcile import reconcile_orders
 from .agent_base import BLOCK_RESYNC, BLOCK_USER_STREAM
 
+# a stream figure's move unexplained this long (a trade frame may follow its ACCOUNT_UPDATE by a little):
+# its trades are read
+UNEXPLAINED_GRACE_MS = 2_000
+
 if TYPE_CHECKING:
     from .agent import SymbolAgent
 
@@ -42,6 +46,7 @@ class Reconciler:
                 continue  # a resync is the stronger repair, and is under way
             n += 1
             self.agent.user.look_up_funding()  # a fee whose income rows could not be read yet
+            self._unexplained_moves()
             self.agent.user.look_up_trades()   # trades whose P&L a gap or a frame missed
             try:
                 await self._reconcile_orders()
@@ -50,6 +55,19 @@ class Reconciler:
                     await self._reconcile_position()
             except BinanceError as exc:
                 self.agent.log.event("reconcile_failed", f"reconciliation skipped: {exc!r}", level=logging.WARNING)
+
+    def _unexplained_moves(self) -> None:
+        """A position the exchange moved (ACCOUNT_UPDATE) with no trade frame of its millisecond to explain
+        it, a beat later: the trade frames were lost on a live connection (no error, no gap the stream
+        saw), so the P&L would miss them for good; the trades from then are read (each booked once)."""
+        pos = self.agent.require_core().store.position_book
+        t = pos.unexplained_ms
+        if t is None or self.agent.exchange_ms() - t < UNEXPLAINED_GRACE_MS:
+            return
+        pos.unexplained_ms = None
+        self.note_repair("trades_unseen", None, f"the position moved at {t} with no trade frame to explain it: "
+                                                f"the trades from then are read")
+        self.agent.user.note_gap(t)
 
     async def _reconcile_orders(self) -> None:
         client = self.agent.require_client()

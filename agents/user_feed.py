@@ -180,6 +180,10 @@ class UserFeed:
                 await self.agent.starter.resync()
                 self.look_up_trades()
 
+    def note_gap(self, at_ms: int) -> None:
+        """Fills may have been missed from ``at_ms`` (the reconciliation's finding)."""
+        self._gap(at_ms)
+
     def _gap(self, at_ms: int) -> None:
         """Fills may have been missed from ``at_ms`` (the resync sets the position, not the P&L)."""
         self.trades_gap_ms = at_ms if self.trades_gap_ms is None else min(self.trades_gap_ms, at_ms)

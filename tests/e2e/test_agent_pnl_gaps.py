@@ -55,3 +55,12 @@ async def test_a_closing_fill_whose_frame_lacked_its_p_and_l_fields_gets_them_fr
                                         "fields": ["o.rp", "o.n"], "count": 2})
     await wait_for(lambda: _booked_as_the_exchange(agent, exchange), 20, "the close's P&L booked once",
                    explain=lambda: describe(agent, exchange))
+
+
+async def test_a_closing_fill_whose_frames_were_lost_on_a_live_connection_is_in_the_p_and_l(make_agent, exchange):
+    """The close's ORDER_TRADE_UPDATE frames never came (mode drop: no error, no cut connection); its
+    ACCOUNT_UPDATE did. The position moved without a trade the agent saw: the trades are read."""
+    agent = await make_agent()
+    await _desk_close(exchange, agent, {"stream": "user", "mode": "drop", "event": "ORDER_TRADE_UPDATE", "count": 2})
+    await wait_for(lambda: _booked_as_the_exchange(agent, exchange), 20, "the close's P&L booked once",
+                   explain=lambda: describe(agent, exchange))
