@@ -299,8 +299,10 @@ class Position:
         later = deque(tr for tr in self._trades_since if tr[0] > t)
         self._trades_since = later
         self._figure_steps = fig_steps
-        if not snapshot:
-            self._note_explained(t, fig_steps - self._ms_base == self._ms_seen)
+        if not snapshot and fig_steps - self._ms_base != self._ms_seen:
+            # (a figure explained by the net of what was seen clears nothing: a buy and a sell of one size
+            # in its millisecond net to 0 with either frame lost)
+            self._note_explained(t, False)
         self.position_steps = fig_steps + sum(q for _, q in later)
         self.entry_price = float(entry_price) if self.position_steps else 0.0
         if self.position_steps and t > self._nonflat_ms:

@@ -55,7 +55,8 @@ class DiffState:
     snapshot showed since (with their sizes), the prices of ours that changed since (any depth), and the
     lowest bid and highest ask it or a snapshot ever showed."""
 
-    __slots__ = ("u", "bids", "asks", "shown_b", "shown_a", "dirty_b", "dirty_a", "low_bid", "high_ask")
+    __slots__ = ("u", "bids", "asks", "shown_b", "shown_a", "dirty_b", "dirty_a", "deep_b", "deep_a", "low_bid",
+                 "high_ask")
 
     def __init__(self, u: int, bids: list[tuple[int, int]], asks: list[tuple[int, int]]) -> None:
         self.u = u
@@ -65,6 +66,8 @@ class DiffState:
         self.shown_a: dict[int, int] = {}
         self.dirty_b: set[int] = set()
         self.dirty_a: set[int] = set()
+        self.deep_b: dict[int, int] = {}   # the levels deeper than the top 50 the last event said
+        self.deep_a: dict[int, int] = {}
         self.low_bid: int | None = None
         self.high_ask: int | None = None
         self.advance(u, dict(bids), dict(asks), bids, asks)
@@ -82,6 +85,11 @@ class DiffState:
         self.shown_b.update(bids)
         self.shown_a.update(asks)
         self._reach(bids, asks)
+
+    def told_deeper(self, bids: list[tuple[int, int]], asks: list[tuple[int, int]]) -> None:
+        """Levels the event just sent said deeper than its top 50 (in no order): a client holds them now."""
+        self.deep_b, self.deep_a = dict(bids), dict(asks)
+        self._reach([(min(p for p, _ in bids), 0)] if bids else [], [(max(p for p, _ in asks), 0)] if asks else [])
 
     def _reach(self, bids: list[tuple[int, int]], asks: list[tuple[int, int]]) -> None:
         if bids:
@@ -205,8 +213,12 @@ class Book:
     def note_ours(self, o: Order) -> None:
         """Our order changed the size at its price: every diff stream's next event says that level,
         however deep (its clients may hold it from a snapshot)."""
+        self.note_price(o.sign > 0, o.price)
+
+    def note_price(self, bid: bool, price: int) -> None:
+        """The size at ``price`` changed: every diff stream's next event says that level, however deep."""
         for d in self.diff_state.values():
-            (d.dirty_b if o.sign > 0 else d.dirty_a).add(o.price)
+            (d.dirty_b if bid else d.dirty_a).add(price)
 
     def note_refill(self) -> None:
         """The levels takers ate refill: every diff stream's next event says them, however deep."""

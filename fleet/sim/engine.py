@@ -16,7 +16,7 @@ from itertools import islice
 from typing import Any
 
 from fleet.sim.algo import TYPES as ALGO_TYPES, AlgoService
-from fleet.sim.book import NO_ASK, Book, DiffState
+from fleet.sim.book import DEEP_FROM, NO_ASK, Book, DiffState
 from fleet.sim.config import SimConfig
 from fleet.sim.errors import SimApiError, check_number, int_param, invalid, missing
 from fleet.sim.frames import (render, render_account_update, render_agg, render_bt, render_continuous_kline,
@@ -41,6 +41,7 @@ __all__ = ["Engine", "SimApiError", "missing", "invalid", "render", "Order", "Ac
 
 FAR_MS = 1 << 62
 DIFF_LEVELS = 50  # the diff depth stream keeps this many levels per side exact (absolute sizes, "0" = gone)
+MAX_BAND = 5_000  # at most this many new levels behind a touch that moved past the last event's levels (all of a jump)
 MAX_CLOSED_KEPT = 20000
 # a conditional order's parameters, refused on LIMIT and MARKET with -1106 ("sent when not required"), as
 # Binance answers stopPrice on a LIMIT; closePosition only when "true" (its code there is not documented)
@@ -69,12 +70,15 @@ def _gone(last: dict[int, int], shown: set[int], now: dict[int, int], levels: li
     return [(p, 0) for p in maybe if p not in now and (deepest is None or (p - deepest) * deeper <= 0)]
 
 
-def _deeper(b: Book, buy: bool, held: tuple[dict[int, int], dict[int, int]], dirty: set[int],
+def _deeper(b: Book, buy: bool, held: tuple[dict[int, int], ...], dirty: set[int],
             now: dict[int, int], levels: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """The levels of one side of a diff depth event deeper than the top DIFF_LEVELS whose size a client
-    may hold wrong: one the last event or a snapshot gave that has changed since (the touch moved away
-    from it: it left the levels whose size grows with the distance, fleet/sim/book.py DEEP_FROM), and
-    every price of ours that changed (an order placed, amended, filled or cancelled there)."""
+    may hold wrong or not at all: one the last event or a snapshot gave that has changed since (the touch
+    moved away from it: it left the levels whose size grows with the distance, fleet/sim/book.py
+    DEEP_FROM); every price between the deepest kept and the last event's touch when the touch moved
+    further than the levels kept (new to the client); every level still within DEEP_FROM of the
+    synthetic touch (our orders inside the spread can fill the top 50 before it); and every price of
+    ours that changed (an order placed, amended, filled or cancelled there)."""
     if len(levels) < DIFF_LEVELS:
         return []
     deepest, sign = levels[-1][0], (-1 if buy else 1)
@@ -85,10 +89,31 @@ def _deeper(b: Book, buy: bool, held: tuple[dict[int, int], dict[int, int]], dir
                 now_q = b.level_qty(buy, p)
                 if now_q != q:
                     out[p] = now_q
+    last = held[0]
+    if last:   # the touch moved past the last event's levels: the levels behind the new ones are new
+        best = max(last) if buy else min(last)
+        if (best - deepest) * sign > 0:   # (as many as a snapshot holds)
+            _new_levels(b, buy, range(deepest + sign, best, sign), out, MAX_BAND)
+    ramp_end = (b.bid_top - DEEP_FROM) if buy else (b.ask_top + DEEP_FROM)
+    if (ramp_end - deepest) * sign > 0:   # sizes that still move with the touch, behind the levels kept
+        _new_levels(b, buy, range(deepest + sign, ramp_end + sign, sign), out, DEEP_FROM + 1)
     for p in dirty:
         if (p - deepest) * sign > 0 and p not in now:
             out[p] = b.level_qty(buy, p)
     return list(out.items())
+
+
+def _new_levels(b: Book, buy: bool, prices: range, out: dict[int, int], most: int) -> None:
+    """Up to ``most`` levels with size at ``prices`` (in order; at most 4 prices a level looked at) into
+    ``out``."""
+    found = 0
+    for p in prices[:most * 4]:
+        q = out.get(p) or b.level_qty(buy, p)
+        if q:
+            out[p] = q
+            found += 1
+            if found >= most:
+                return
 
 
 class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedule):
@@ -608,9 +633,10 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
             now_bids, now_asks = dict(bids), dict(asks)
             gone_b = _gone(d.bids, d.shown_b, now_bids, bids, -1, d.low_bid)
             gone_a = _gone(d.asks, d.shown_a, now_asks, asks, 1, d.high_ask)
-            deep_b = _deeper(b, True, (d.bids, d.shown_b), d.dirty_b, now_bids, bids)
-            deep_a = _deeper(b, False, (d.asks, d.shown_a), d.dirty_a, now_asks, asks)
+            deep_b = _deeper(b, True, (d.bids, d.shown_b, d.deep_b), d.dirty_b, now_bids, bids)
+            deep_a = _deeper(b, False, (d.asks, d.shown_a, d.deep_a), d.dirty_a, now_asks, asks)
             d.advance(b.update_id, now_bids, now_asks, bids, asks)
+            d.told_deeper(deep_b, deep_a)   # held by the clients from now, however deep: zeroed when swept
             self._emit_market(stream, (render_diff, b, last_u + 1, b.update_id, last_u, bids + gone_b + deep_b,
                                        asks + gone_a + deep_a, t))
 
@@ -656,6 +682,8 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         b._mark_dec = None
         b.set_tops()
         b.update_id += 1   # a new book: a snapshot taken now must not share the last event's id
+        if b.diff_state:
+            b.note_refill()
         b.consumed_bid.clear()
         b.consumed_ask.clear()
         self._sweep_crossed(b, now)

@@ -244,7 +244,9 @@ class FrameFault:
     account: str | None = None  # user frames: this account's only
     symbol: str | None = None   # this symbol's frames only ("s", or "o.s" of an order update)
 
-    def matches(self, stream: str, target: str, payload: dict[str, Any]) -> bool:
+    def matches(self, stream: str, target: str, payload: Any) -> bool:
+        if not isinstance(payload, dict):   # an array stream's frame (!markPrice@arr): no "e" nor "s"
+            return self.event is None and self.symbol is None and stream == self.stream
         if stream != self.stream or (self.event is not None and payload.get("e") != self.event):
             return False
         if self.account is not None and stream == "user" and target != self.account:

@@ -55,6 +55,8 @@ class Fills:
         e, b, t = self.e, self.b, self.t
         consumed = b.consumed_ask if buy else b.consumed_bid
         consumed[p] = consumed.get(p, 0) + eaten
+        if b.diff_state:   # its level shrank, however deep the walk went: the diff streams say it
+            b.note_price(not buy, p)
         if resting:
             for o in resting:
                 a = o.ahead if o.ahead < s_qty else s_qty

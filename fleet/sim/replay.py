@@ -105,6 +105,8 @@ class ReplayBook(Book):
     def set_touch(self, bid: int, bid_qty: int, ask: int, ask_qty: int) -> None:
         self.bid_top, self.bid_qty, self.ask_top, self.ask_qty = bid, bid_qty, ask, ask_qty
         self.mid = self.model.mid = (bid + ask) * 0.5 * self.tick_f
+        if self.diff_state:
+            self.note_refill()   # (its levels refill, however deep: the diff streams say them)
         self.consumed_bid.clear()  # what our orders took lasts until the next recorded book
         self.consumed_ask.clear()
         self.update_id += 1

@@ -28,10 +28,13 @@ The diff depth stream (``<symbol>@depth[@speed]``) keeps a client's whole book e
 gives the top 50 levels a side at their absolute sizes, a "0" for every level gone from them or beyond
 the touch since the last event, or since a REST depth snapshot showed it, and for every price the touch
 swept when it jumped past the last event's 50 levels; and, deeper than those 50, every level whose size
-changed since the last event or the snapshot said it: a level the touch moved away from (a synthetic
+changed since an event or the snapshot said it: a level the touch moved away from (a synthetic
 level's size grows with its distance from the touch up to 40 ticks and is its price's own beyond:
-fleet/sim/book.py DEEP_FROM), a level takers ate refilling, and every price where an order of ours was
-placed, amended, filled or cancelled, however deep. So a book built the documented way (a snapshot of
+fleet/sim/book.py DEEP_FROM), a level takers ate or that refills, and every price where an order of
+ours was placed, amended, filled or cancelled, however deep; and the levels new to a client: those
+between the deepest kept and the last event's touch when the touch moved further than 50 levels, and
+those still within 40 ticks of the synthetic touch when our orders inside the spread fill the top 50.
+A deep level once said is zeroed when the touch sweeps past it. So a book built the documented way (a snapshot of
 up to 1000 levels, then the events chained by ``pu``) never crosses and equals the exchange's at every
 level it holds. A stream's first event follows the book as it was when it was watched.
 

@@ -788,3 +788,28 @@ def test_a_position_held_with_no_entry_price_is_not_read_as_an_entry_of_0(store)
     assert store.position_book.entry_price == 3000.0
     other = dataclasses.replace(blank, positions=(dataclasses.replace(blank.positions[0], symbol="BTCUSDT"),))
     store.apply(other)
+
+
+def test_a_position_figure_no_trade_frame_explains_is_flagged_until_one_does(store):
+    """A figure's move within its millisecond that the trades seen do not explain flags the millisecond
+    (the reconciliation then reads the trades, agents/reconciler.py); its trade frame clears it. A buy
+    and a sell of one size in one millisecond net to 0: a figure explained by that net clears nothing,
+    or the lost frame's P&L would be gone for good."""
+    pos = store.position_book
+    store.reset_from_snapshot(position_info(0, 0.0, 1000), [], 1000)
+    for cid, side in (("a", BUY), ("b", SELL)):
+        store.on_sent(place(cid, side), 1000)
+    store.apply(order_update("a", 101, BUY, 300_000, 7, t=1001))
+    store.apply(order_update("b", 102, SELL, 300_000, 7, t=1001))
+    store.apply(account_update(7, 3000.0, t=2000))   # the buy's figure, before its trade frame
+    assert pos.unexplained_ms == 2000
+    store.apply(order_update("a", 101, BUY, 300_000, 7, status="FILLED", cum_steps=7, last_steps=7, t=2000,
+                             trade_id=1))
+    assert pos.unexplained_ms is None
+    store.apply(account_update(0, 0.0, t=3000))      # the sell's figure; its frame lost
+    assert pos.unexplained_ms == 3000
+    store.apply(account_update(7, 3000.0, t=3000))   # a buy in the same millisecond, its frame lost too: net
+    store.apply(account_update(0, 0.0, t=3000))      # ... and the sell's again: the net 0 clears nothing
+    assert pos.unexplained_ms == 3000
+    store.apply(funding_fee(-0.01, t=4000))          # a funding frame moves nothing: no new flag
+    assert pos.unexplained_ms == 3000

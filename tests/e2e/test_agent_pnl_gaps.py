@@ -58,9 +58,27 @@ async def test_a_closing_fill_whose_frame_lacked_its_p_and_l_fields_gets_them_fr
 
 
 async def test_a_closing_fill_whose_frames_were_lost_on_a_live_connection_is_in_the_p_and_l(make_agent, exchange):
-    """The close's ORDER_TRADE_UPDATE frames never came (mode drop: no error, no cut connection); its
-    ACCOUNT_UPDATE did. The position moved without a trade the agent saw: the trades are read."""
+    """A desk's buy, its frames seen; its close's ORDER_TRADE_UPDATE frames never came (mode drop: no
+    error, no cut connection), its ACCOUNT_UPDATE did. The position moved without a trade the agent saw:
+    the trades are read at the reconciliation's beat, and the P&L is the exchange's."""
     agent = await make_agent()
-    await _desk_close(exchange, agent, {"stream": "user", "mode": "drop", "event": "ORDER_TRADE_UPDATE", "count": 2})
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL, "mode": "price"})
+    await agent.halt("a desk's hand on the symbol")
+    pos = agent.core.store.position_book
+
+    async def desk(side: str, cid: str) -> None:
+        async with SimClient.for_sim(exchange.sim) as c:
+            reply = await c.signed("POST", "/fapi/v1/order", {"symbol": SYMBOL, "side": side, "type": "MARKET",
+                                                              "quantity": "0.050", "newClientOrderId": cid})
+        assert reply.status == 200, reply.json
+
+    await desk("BUY", "desk-open-1")
+    await wait_for(lambda: pos.position_steps == 50 and pos.unexplained_ms is None, 10, "the desk's buy seen")
+    repairs = agent.status()["counters"]["reconcile_repairs"]
+    await exchange.post("/sim/fault/frame", {"stream": "user", "mode": "drop", "event": "ORDER_TRADE_UPDATE",
+                                             "count": 2})   # (the close's NEW and its TRADE)
+    await desk("SELL", "desk-close-1")
     await wait_for(lambda: _booked_as_the_exchange(agent, exchange), 20, "the close's P&L booked once",
                    explain=lambda: describe(agent, exchange))
+    assert agent.status()["last_reconcile_repair"]["kind"] == "trades_unseen"
+    assert agent.status()["counters"]["reconcile_repairs"] == repairs + 1

@@ -696,8 +696,9 @@ def test_funding_rate_history_checks_its_limit_and_income_history_pages():
 def test_a_book_built_from_a_1000_level_snapshot_and_the_diff_stream_equals_the_exchanges_at_every_depth():
     """Binance's documented local book (GET /fapi/v1/depth?limit=1000, then the diff events chained by
     pu) is the exchange's at every level it holds, not only the top 50: a level the touch moved away
-    from, and our own orders placed, amended and cancelled 70 and 300 levels behind the touch (their
-    levels never came in an event: a cancelled one stayed in the client's book as a phantom)."""
+    from, our own orders placed, amended and cancelled 70 and 300 levels behind the touch (their levels
+    never came in an event: a cancelled one stayed in the client's book as a phantom), the levels behind
+    a touch that jumped past 50 levels, and a taker's sweep beyond the top 50 refilling."""
     from fleet.sim.server import SimServer
 
     server = SimServer(symbols=["ETHUSDC"], seed=3, clock=lambda: T0)  # not started: handlers only
@@ -721,11 +722,14 @@ def test_a_book_built_from_a_1000_level_snapshot_and_the_diff_stream_equals_the_
                 deep.append(r["orderId"])
                 if len(deep) > 3:
                     old = deep.pop(0)
-                    if old % 2:
-                        e.cancel_order("main", {"symbol": "ETHUSDC", "orderId": str(old)}, now)
-                    else:
-                        e.modify_order("main", {"symbol": "ETHUSDC", "orderId": str(old), "side": "BUY",
-                                                "quantity": "0.500", "price": b.price_str(price - 5)}, now)
+                    try:   # (a jump may have filled it)
+                        if old % 2:
+                            e.cancel_order("main", {"symbol": "ETHUSDC", "orderId": str(old)}, now)
+                        else:
+                            e.modify_order("main", {"symbol": "ETHUSDC", "orderId": str(old), "side": "BUY",
+                                                    "quantity": "0.500", "price": b.price_str(price - 5)}, now)
+                    except SimApiError as exc:
+                        assert exc.code in (-2011, -2013), exc
             events.extend(p for k, _, p in e.drain_rendered() if k == "m")
 
     depth = server._routes[("GET", "/fapi/v1/depth")][0]
@@ -735,7 +739,13 @@ def test_a_book_built_from_a_1000_level_snapshot_and_the_diff_stream_equals_the_
              for side, key in (("b", "bids"), ("a", "asks"))}
     floor, ceiling = min(local["b"]), max(local["a"])   # what the snapshot reached: the client's book
     checked = 0
-    for _ in range(6):
+    for i in range(8):
+        if i == 2:   # the touch jumps past 50 levels, and back: the levels behind it are new to the client
+            e.jump("ETHUSDC", 0.4, now)
+        elif i == 4:
+            e.jump("ETHUSDC", -0.4, now)
+        elif i == 6:   # a taker sweeps beyond the top 50; the eaten levels refill later
+            e.new_order("main", {"symbol": "ETHUSDC", "side": "SELL", "type": "MARKET", "quantity": "40.000"}, now)
         run(1500)
         for ev in events:
             if ev["u"] < snap["lastUpdateId"]:
@@ -749,10 +759,12 @@ def test_a_book_built_from_a_1000_level_snapshot_and_the_diff_stream_equals_the_
                         local[side].pop(ticks, None)
         events.clear()
         bids, asks = b.depth_levels(1000)
-        truth_b = {p: q for p, q in bids if p >= floor}
-        truth_a = {p: q for p, q in asks if p <= ceiling}
-        held_b = {p: q for p, q in local["b"].items() if p >= max(floor, min(truth_b))}
-        held_a = {p: q for p, q in local["a"].items() if p <= min(ceiling, max(truth_a))}
-        assert held_b == truth_b and held_a == truth_a
+        # the prices both hold: the snapshot's reach, and the exchange's 1000 levels now
+        low, high = max(floor, bids[-1][0]), min(ceiling, asks[-1][0])
+        truth_b = {p: q for p, q in bids if p >= low}
+        truth_a = {p: q for p, q in asks if p <= high}
+        held_b = {p: q for p, q in local["b"].items() if p >= low}
+        held_a = {p: q for p, q in local["a"].items() if p <= high}
+        assert held_b == truth_b and held_a == truth_a, i
         checked += len(truth_b) + len(truth_a)
-    assert checked > 6 * 1000
+    assert checked > 8 * 1000
