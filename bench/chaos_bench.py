@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from decimal import Decimal
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -73,6 +74,23 @@ def discrepancies(agent: SymbolAgent) -> dict[str, float]:
     return out
 
 
+async def _books_against_the_exchange(soak, agent, symbol: str, wait_s: float = 20.0) -> tuple[str, bool]:
+    """The agent's realized P&L and commission against the exchange's (its trades' and a liquidation's
+    clearance fee), once a trade read the faults called for had its time: (the figures, equal)."""
+    t0 = time.monotonic()
+    while True:
+        truth = (await soak.state())["positions"][symbol]
+        s = agent.core.store
+        theirs = (Decimal(truth["realized_pnl"]), Decimal(truth["commission"]) + Decimal(truth["clearance_fee"]))
+        ours = (Decimal(repr(s.realized_pnl)), Decimal(repr(s.commission)))
+        equal = all(abs(a - b) < Decimal("1e-6") for a, b in zip(ours, theirs))
+        if equal or time.monotonic() - t0 > wait_s:
+            took = f"equal after {time.monotonic() - t0:.1f} s" if equal else f"NOT equal after {wait_s:.0f} s"
+            return (f"realized {ours[0]:.6f} / {theirs[0]:.6f}, commission {ours[1]:.6f} / {theirs[1]:.6f} ({took})",
+                    equal)
+        await asyncio.sleep(0.5)
+
+
 async def run(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="chaos-bench-"))
     logfile = workdir / "agent.log"
@@ -113,6 +131,7 @@ async def run(args: argparse.Namespace) -> None:
                         grace_limit=5.0, seed=args.seed) as soak:
             await soak.run(actions, seconds)
             await soak.settle(timeout=60.0)
+            books = await _books_against_the_exchange(soak, agent, args.symbol)
             status = agent.status()
             found = discrepancies(agent)
             summary = await agent.stop()
@@ -143,6 +162,9 @@ async def run(args: argparse.Namespace) -> None:
     actions_file = workdir / "actions.log"
     actions_file.write_text(report.explain() + "\n")
     problems = report.problems()
+    print(f"  P&L booked / the exchange's {books[0]}")
+    if not books[1]:
+        problems.append(f"the agent's P&L is not the exchange's: {books[0]}")
     print(f"  problems                    {'none' if not problems else len(problems)}")
     for p in problems:
         print(f"    - {p[:600]}")

@@ -76,6 +76,8 @@ FRAMES: dict[str, dict[str, Any]] = {
     "no_position": {"stream": "user", "event": "ACCOUNT_UPDATE", "fields": ["a.P.pa"]},
     "user_garbage": {"stream": "user", "mode": "garbage"},
     "user_truncated": {"stream": "user", "mode": "truncate"},
+    "order_update_lost": {"stream": "user", "mode": "drop", "event": "ORDER_TRADE_UPDATE"},   # on a live connection
+    "book_lost": {"stream": "market", "mode": "drop", "event": "bookTicker"},
     "book_without_bid": {"stream": "market", "event": "bookTicker", "fields": ["b"]},
     "market_garbage": {"stream": "market", "mode": "garbage"},
 }

@@ -5,7 +5,9 @@ The schedule comes from ``random.Random(SEED)`` (:func:`fleet.sim.chaos.schedule
 the seed and lists what was done when. Sampled every 50 ms at the exchange (``/sim/state``): the cap
 holds outside the grace after an outside position move, and each such grace ends within a few
 seconds; no client order id ever names two orders; once the faults stop the agent counts exactly
-the exchange's open orders and position with nothing in flight; after ``stop`` none is left open.
+the exchange's open orders and position with nothing in flight, and its realized P&L and commission
+are the exchange's (order updates lost, cut or spoiled on the way included); after ``stop`` none is
+left open.
 About 55 s of faults; some 60 s of wall time in all.
 """
 
@@ -63,6 +65,21 @@ async def test_random_faults_never_breach_the_cap_nor_orphan_nor_reuse_an_id(mak
                     grace_limit=3.0, seed=SEED) as soak:
         await soak.run(actions, SOAK_SECONDS)
         await soak.settle(timeout=30.0)
+
+        async def books_equal() -> bool:   # every fill's P&L booked once, lost frames and all
+            truth = (await soak.state())["positions"][SYMBOL]
+            s = agent.core.store
+            return (abs(Decimal(repr(s.realized_pnl)) - Decimal(truth["realized_pnl"])) < Decimal("1e-6") and
+                    abs(Decimal(repr(s.commission)) - Decimal(truth["commission"]) - Decimal(truth["clearance_fee"]))
+                    < Decimal("1e-6"))
+
+        async def books() -> str:
+            truth = (await soak.state())["positions"][SYMBOL]
+            s = agent.core.store
+            return (f"agent realized {s.realized_pnl} commission {s.commission}; exchange realized "
+                    f"{truth['realized_pnl']} commission {truth['commission']} + {truth['clearance_fee']}")
+
+        await wait_for(books_equal, 20, "the agent's realized P&L and commission the exchange's", explain=books)
         summary = await agent.stop()
         report = await soak.finish()
     print(f"soak seed {SEED}: {time.monotonic() - t0:.1f} s wall time")
@@ -72,7 +89,7 @@ async def test_random_faults_never_breach_the_cap_nor_orphan_nor_reuse_an_id(mak
     # every kind of fault fired, and the answers were really ambiguous to the agent
     assert {"late/timeout", "exec_then_error/-1007", "error/-1007", "batch_nonjson", "position", "freeze",
             "drop/user", "drop/market", "listenkey_expire", "throttle", "frame/no_status",
-            "frame/user_garbage", "frame/market_garbage", "429"} <= set(report.injected)
+            "frame/user_garbage", "frame/market_garbage", "frame/order_update_lost", "429"} <= set(report.injected)
     counters = summary["counters"]
     assert counters["unknown_outcomes"] > 0 and counters["stale_market_pulls"] > 0, counters
     assert counters["malformed_frames"] > 0, counters
