@@ -35,6 +35,9 @@ DEEP_FROM = 40
 # Trades a symbol keeps for trades, historicalTrades and aggTrades (Binance keeps them all): about 40
 # minutes of the regime model's tape, so a client's backfill after a reconnect finds its gap; 2-3 MB a symbol
 RECENT_TRADES_KEPT = 10_000
+# Prices a depth read looks past 4 a level for its levels: a taker's sweep leaves a band of eaten levels
+# (a read of 50 that met our bid above a band of 200 found 1 level, and the diff stream lost the rest)
+SCAN_BEYOND = 1_000
 
 
 
@@ -381,14 +384,14 @@ class Book:
         bids: list[list[str]] = []
         asks: list[list[str]] = []
         p = self.best_bid()
-        floor = p - levels * 4 - 10
+        floor = p - levels * 4 - SCAN_BEYOND
         while len(bids) < levels and p > floor and p > 0:
             q = self.level_qty(True, p)
             if q > 0:
                 bids.append([self.price_str(p), self.qty_str(q)])
             p -= 1
         p = self.best_ask()
-        ceil = p + levels * 4 + 10
+        ceil = p + levels * 4 + SCAN_BEYOND
         while len(asks) < levels and p < ceil:
             q = self.level_qty(False, p)
             if q > 0:
@@ -415,7 +418,9 @@ class Book:
         base, salt = self.base_profile, self.salt
         n_base = len(base)
         append = side.append
-        for _ in range(levels * 4 + 10):
+        for _ in range(levels * 4 + SCAN_BEYOND):
+            if p <= 0:   # (no price below the lowest tick)
+                break
             dist = (p - top) * step
             if dist >= 0:
                 q = int((base[dist] if dist < n_base else self.deep_base)

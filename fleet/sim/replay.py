@@ -35,7 +35,7 @@ import logging
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
-from fleet.sim.book import Book
+from fleet.sim.book import SCAN_BEYOND, Book
 from fleet.sim.config import SimConfig, SymbolSpec
 from fleet.sim.errors import SimApiError
 from fleet.sim.frames import render_list, render_mark
@@ -135,7 +135,7 @@ class ReplayBook(Book):
     def _side_levels(self, levels: int, buy: bool) -> list[tuple[int, int]]:
         side: list[tuple[int, int]] = []
         p, step = (self.best_bid(), -1) if buy else (self.best_ask(), 1)
-        for _ in range(levels * 4 + 10):
+        for _ in range(levels * 4 + SCAN_BEYOND):
             if p <= 0:
                 break
             q = self.level_qty(buy, p)

@@ -768,3 +768,27 @@ def test_a_book_built_from_a_1000_level_snapshot_and_the_diff_stream_equals_the_
         assert held_b == truth_b and held_a == truth_a, i
         checked += len(truth_b) + len(truth_a)
     assert checked > 8 * 1000
+
+
+def test_a_depth_read_finds_its_levels_past_a_band_takers_ate():
+    """Takers sweep some 360 levels of bids, then our bid rests just under the synthetic touch (above the
+    eaten band): a read of 50 levels looked 210 prices down and found 1 (the diff stream then zeroed the
+    last event's levels, still on the book); it finds all 50."""
+    from fleet.sim.server import SimServer
+
+    rich = {"accounts": [{"name": "main", "balances": {"USDC": "1000000000"}}]}   # the sweeps' margin
+    server = SimServer(symbols=["ETHUSDC"], seed=3, clock=lambda: T0, config=rich)  # not started: handlers only
+    e = server.engine
+    b = e.books["ETHUSDC"]
+    e.set_frozen("ETHUSDC", True, "price")
+    e.advance(T0 + 1000)
+    for _ in range(8):
+        for side in ("SELL", "BUY"):
+            e.new_order("main", {"symbol": "ETHUSDC", "side": side, "type": "MARKET", "quantity": "2000.000"},
+                        T0 + 1000)
+    e.new_order("main", {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
+                         "price": b.price_str(b.bid_top - 1), "quantity": "100.000"}, T0 + 1000)
+    bids, asks = b.depth_levels(50)
+    assert len(bids) == len(asks) == 50 and bids[0][0] == b.bid_top - 1
+    rest = server._routes[("GET", "/fapi/v1/depth")][0]("main", {"symbol": "ETHUSDC", "limit": "50"}, T0 + 1000)
+    assert len(rest["bids"]) == 50 and rest["bids"][1][0] == b.price_str(b.synth_best_bid())
