@@ -44,7 +44,9 @@ AUDITED = frozenset({
     "hedge_mode",
 })
 # what may have cost the user stream a fill: its trades are read again from a while before (``gap``)
-GAP_EVENTS = frozenset({"user_stream_lost", "user_event_failed"})
+# the agent's own findings that the stream missed fills: they are the journal's too (a trade frame lost on a
+# live connection, found by the position's unexplained move: its id would sit behind the journal's cursor)
+GAP_EVENTS = frozenset({"user_stream_lost", "user_event_failed", "trades_backfilled"})
 GAP_LOOKBACK_MS = 300_000   # the stream's silence detection, a lost frame's age and the clocks, with room
 GAP_READ_EVERY_S = 30.0   # a run of gaps reads the exchange's trades at most this often (5 weight a page)
 TRADES_WINDOW_MS = 7 * 86_400_000 - 60_000   # userTrades answers a startTime within its last 7 days
