@@ -182,6 +182,10 @@ class AgentJournal(JournalSink):
                 await asyncio.wait_for(asyncio.shield(self._backfill_task), 2.0)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.backfill(agent, funding=True), 3.0)
+        holes = self.writer.status().get("holes")
+        if holes:   # kept on disk: the symbol's next agent reads them (a retired symbol's stay short)
+            log.warning("journal %s: stopped before the fills and funding lost on the way were read again from "
+                        "the exchange (from %s); kept for the symbol's next agent", self.symbol, holes)
         with contextlib.suppress(Exception):
             self.snapshot(agent)
 
