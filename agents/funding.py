@@ -66,6 +66,8 @@ class FundingBook:
         self.interval_ms = REFERENCE_INTERVAL_MS   # as the runtime last read it (fundingInfo)
         self.interval_read = False                 # fundingInfo answered once (until then 8 h is a guess)
         self.next_funding_ms = 0                   # the next settlement, as the mark frames last said
+        self.next_seen_ms = 0                      # when they first said it (exchange time): no settlement since
+        self.said_ms = 0                           # the newest frame that said it
         self.schedule_moved = False                # a next settlement off the interval: the runtime reads it again
         self._last_step = 0                        # the last move of the next settlement time
 
@@ -108,15 +110,19 @@ class FundingBook:
         self.interval_ms = interval_ms
         return True
 
-    def on_schedule(self, next_ms: int) -> None:
-        """A mark frame's next settlement time (``T``): a move that is neither the interval nor the move
+    def on_schedule(self, next_ms: int, at_ms: int = 0) -> None:
+        """A mark frame's next settlement time (``T``), said at ``at_ms``: a move that is neither the interval nor the move
         before it means the interval may have changed (or frames were lost across a settlement). A
         schedule fundingInfo cannot state (an exchange settling every few seconds, in tests) is read
         once, not at every settlement."""
         prev = self.next_funding_ms
-        if next_ms <= 0 or next_ms == prev:
+        if next_ms <= 0:
+            return
+        self.said_ms = max(self.said_ms, at_ms)
+        if next_ms == prev:
             return
         self.next_funding_ms = next_ms
+        self.next_seen_ms = at_ms
         if prev:
             step = next_ms - prev
             if step != self.interval_ms and step != self._last_step:

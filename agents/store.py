@@ -364,7 +364,7 @@ class Store:
         if not self.market.on_mark(ev):
             return False
         self.funding.on_estimate(ev.event_time, ev.funding_rate)
-        self.funding.on_schedule(ev.next_funding_time)
+        self.funding.on_schedule(ev.next_funding_time, ev.event_time)
         return True
 
     def _on_order_update(self, u: OrderUpdate) -> bool:

@@ -4,9 +4,10 @@ and the backfill that makes the journal equal to the exchange's record after any
 Hooks only append to the writer's queue; rows are built in the writer's thread. The recorder's own
 task on the agent's loop takes a snapshot every ``snapshot_interval_sec`` and backfills the trades
 every ``backfill_interval_sec``; the funding (income, 30 weight a read against userTrades' 5) at every
-start and resync, after a funding fee frame of this symbol (not once the agent's own cross-margin
-look-up has handed the fee's row over: ``on_income_rows``), on stop, and otherwise every
-``funding_backfill_interval_sec``.
+start, at a resync unless no settlement can have come since the last read (``_settled_since_read``: a
+stream gap of every symbol of the fleet would otherwise cost 30 weight each), after a funding fee frame
+of this symbol (not once the agent's own cross-margin look-up has handed the fee's row over:
+``on_income_rows``), on stop, and otherwise every ``funding_backfill_interval_sec``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ PAGE = 1000  # userTrades and income rows per request (Binance's maximum)
 INCOME_TYPES = ("FUNDING_FEE", "INSURANCE_CLEAR")   # the income the journal keeps (table funding)
 FUNDING_DELAYS = (2.0, 10.0, 30.0)  # an income record may trail the funding frame
 FUNDING_MATCH_MS = 5_000  # an income row this close to a fee frame's time is that fee's
+FUNDING_TRAIL_MS = 60_000  # a settlement's income rows are listed by then (they trail its frames by seconds)
+SCHEDULE_FRESH_MS = 5_000  # the mark frames (every second) said the next settlement this recently
 
 # Agent events kept in the audit trail (others are operational noise for the log only).
 AUDITED = frozenset({
@@ -88,7 +91,8 @@ class AgentJournal(JournalSink):
         self._trade_cursor: int | None = None  # newest trade id known to be handed to the writer
         self._funding_cursor: int | None = None
         self._fee_seen_ms: int | None = None  # the newest fee row the agent's own look-up handed over
-        self.backfills = {"runs": 0, "trades": 0, "funding": 0, "income_reads": 0, "errors": 0}
+        self.backfills = {"runs": 0, "trades": 0, "funding": 0, "income_reads": 0, "income_spared": 0, "errors": 0}
+        self._funding_read_ms: int | None = None   # when the last funding read that succeeded began (exchange time)
         self.bad_rows = 0   # the exchange's trade or income rows that did not read: skipped, each logged
         self._reading: dict[str, int] = {}   # where the backfill under way reads from (a hole if it fails)
         self._user_stream: Any = None   # the user stream last looked at, and its malformed frames then
@@ -170,7 +174,23 @@ class AgentJournal(JournalSink):
         if not initial:   # back after a gap: its fills are read again, from before it began
             lost = getattr(getattr(agent, "user", None), "last_lost_ms", None)
             self.writer.note_hole({"trade_ms": (lost or agent.exchange_ms()) - GAP_LOOKBACK_MS})
-        self.request_backfill(funding=True)
+        funding = initial or self._settled_since_read(agent)
+        if not funding:
+            self.backfills["income_spared"] += 1
+        self.request_backfill(funding=funding)
+
+    def _settled_since_read(self, agent: Any) -> bool:
+        """Whether a settlement's fee may be missing from the last funding read. Not when the mark frames,
+        fresh, still say the next settlement ahead that they already said ``FUNDING_TRAIL_MS`` before that
+        read began: every settlement before it was listed by then, and none has come since. Anything
+        unknown (no read yet, no frame, a silent stream, a schedule just moved) reads."""
+        core, read = agent.core, self._funding_read_ms
+        if core is None or read is None:
+            return True
+        book, now = core.store.funding, agent.exchange_ms()
+        nxt, seen = book.next_funding_ms, book.next_seen_ms
+        return not (nxt and seen and now < nxt and seen <= read - FUNDING_TRAIL_MS
+                    and now - book.said_ms <= SCHEDULE_FRESH_MS)
 
     async def on_stop(self, agent: Any) -> None:
         if self._task is not None:
@@ -368,7 +388,8 @@ class AgentJournal(JournalSink):
                                 agent: Any) -> int:
         """The FUNDING_FEE income rows since ``fund_cur`` (or the lookback), paged; how many."""
         n_fund = 0
-        start_ms = fund_cur if fund_cur is not None else agent.exchange_ms() - lookback_ms
+        began = agent.exchange_ms()
+        start_ms = fund_cur if fund_cur is not None else began - lookback_ms
         self._reading["funding"] = start_ms
         while True:
             self.backfills["income_reads"] += 1
@@ -382,6 +403,7 @@ class AgentJournal(JournalSink):
                 break
             start_ms = fund_cur
         self._funding_cursor = _max(self._funding_cursor, fund_cur)
+        self._funding_read_ms = _max(self._funding_read_ms, began)
         self._reading.pop("funding", None)
         return n_fund
 

@@ -243,6 +243,7 @@ class FrameFault:
     fields: list[str] = field(default_factory=list)
     account: str | None = None  # user frames: this account's only
     symbol: str | None = None   # this symbol's frames only ("s", or "o.s" of an order update)
+    reason: str | None = None   # an ACCOUNT_UPDATE's reason ("a.m": FUNDING_FEE, ORDER ...) only
 
     def matches(self, stream: str, target: str, payload: Any) -> bool:
         if not isinstance(payload, dict):   # an array stream's frame (!markPrice@arr): no "e" nor "s"
@@ -251,6 +252,10 @@ class FrameFault:
             return False
         if self.account is not None and stream == "user" and target != self.account:
             return False
+        if self.reason is not None:
+            inner = payload.get("a")
+            if not isinstance(inner, dict) or inner.get("m") != self.reason:
+                return False
         if self.symbol is not None:
             inner = payload.get("o")
             sym = payload.get("s") or (inner.get("s") if isinstance(inner, dict) else None)
@@ -285,7 +290,7 @@ def _omit(node: Any, keys: list[str]) -> None:
 
 def parse_frame_fault(body: dict[str, Any]) -> FrameFault:
     """A FrameFault from an admin body; ValueError names the bad field."""
-    only(body, "/sim/fault/frame", "stream", "mode", "count", "event", "fields", "account", "symbol")
+    only(body, "/sim/fault/frame", "stream", "mode", "count", "event", "fields", "account", "symbol", "reason")
     stream = body.get("stream")
     if stream not in ("user", "market"):
         raise ValueError("stream must be user or market")
@@ -298,10 +303,11 @@ def parse_frame_fault(body: dict[str, Any]) -> FrameFault:
         raise ValueError("fields must be a list of dotted field paths, e.g. [\"o.N\", \"o.n\"]")
     if mode == "omit" and not fields:
         raise ValueError("mode omit needs fields: the paths to leave out, e.g. [\"o.N\", \"o.n\"]")
-    for key in ("event", "account", "symbol"):
+    for key in ("event", "account", "symbol", "reason"):
         if body.get(key) is not None and not isinstance(body[key], str):
             raise ValueError(f"{key} must be a string")
-    return FrameFault(stream, count, mode, body.get("event"), list(fields), body.get("account"), body.get("symbol"))
+    return FrameFault(stream, count, mode, body.get("event"), list(fields), body.get("account"), body.get("symbol"),
+                      body.get("reason"))
 
 
 @dataclass(eq=False)

@@ -105,10 +105,11 @@ in a browser on the machine reads no key and injects no fault)::
          -> {"ok": true, "pending": n}
     POST /sim/fault/frame    {"stream": "user"|"market", "mode": "omit"|"garbage"|"truncate"|"drop", "count": 1,
                               "event": "ORDER_TRADE_UPDATE", "fields": ["o.N", "o.n"], "account": "main",
-                              "symbol": "ETHUSDC"}
+                              "symbol": "ETHUSDC", "reason": "FUNDING_FEE"}
          the next `count` stream frames that match (event: the frame's "e"; account: a user frame's;
-         symbol: its "s" or "o.s"; each optional) go out broken: omit: without the `fields` (dotted
-         paths; a list on the way applies to each element, "a.P.pa"), as Binance pushes an order
+         symbol: its "s" or "o.s"; reason: an ACCOUNT_UPDATE's "a.m"; each optional) go out broken:
+         omit: without the `fields` (dotted paths; a list on the way applies to each element,
+         "a.P.pa"), as Binance pushes an order
          update with no "N" and "n" "if no commission" and as any field may be missing; garbage: text
          that is not JSON; truncate: the frame's JSON cut in half; drop: not sent at all, the connection
          kept (a diff depth event lost: the next one's pu says the gap). A frame is broken once for all the

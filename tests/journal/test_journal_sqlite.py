@@ -307,3 +307,55 @@ async def test_a_delisting_and_its_settlement_are_in_the_journal(sim, target, tm
         assert kind in kinds, kinds
     assert kinds.index("delisting_scheduled") < kinds.index("delisting_exit") < kinds.index("symbol_not_trading")
     assert flatten_sent and all(r["side"] == "SELL" for r in flatten_sent)
+
+
+async def test_a_resync_reads_the_funding_again_only_if_a_settlement_may_have_come_since_the_last_read(
+        sim, target, tmp_path, monkeypatch):
+    """A resync reads income (30 weight) only when a settlement may be missing from the journal's last
+    read: a gap of every symbol's stream would otherwise cost the fleet 30 weight a symbol at once. A
+    settlement inside a gap, its fee frame lost, is still read at the resync, and the journal's funding
+    equals the exchange's."""
+    from journal import recorder
+
+    monkeypatch.setattr(recorder, "FUNDING_TRAIL_MS", 300)   # the listing's trail (60 s) shortened for the test
+    settings = SETTINGS.model_copy(update={"backfill_interval_sec": 3600.0})   # no beat's read in between
+    agent = make_agent(sim, target, tmp_path / "state", SYMBOL, settings=settings)
+    task = asyncio.create_task(agent.run())
+    journal = agent.journal
+    backfills = journal.backfills
+
+    def idle() -> bool:
+        return (journal._backfill_task is not None and journal._backfill_task.done() and not journal._backfill_again
+                and not journal._funding_wanted)
+
+    async def resync(what: str) -> None:
+        reads, spared = backfills["income_reads"], backfills["income_spared"]
+        await post(sim, http, "/sim/fault/drop", {"target": "user", "account": "main"})
+        await wait_for(lambda: backfills["income_reads"] > reads or backfills["income_spared"] > spared, 20, what)
+        await wait_for(idle, 20, "the resync's backfill done")
+
+    async with aiohttp.ClientSession() as http:
+        await wait_for(lambda: agent.status()["state"] == "quoting", 15, "quoting")
+        await post(sim, http, "/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.05"})
+        await wait_for(lambda: agent.core.store.position >= 0.04, 10, "the position seen")
+        await wait_for(lambda: agent.core.store.funding.next_seen_ms > 0 and idle(), 10, "the next settlement said")
+        await resync("the first resync")   # reads unless the start's read began well after the schedule was said
+        reads = backfills["income_reads"]
+        assert reads in (1, 2) and backfills["income_spared"] == 2 - reads, backfills
+        await resync("the second resync")   # nothing settled since the last read: spared
+        assert backfills["income_reads"] == reads and backfills["income_spared"] == 3 - reads, backfills
+        # a settlement whose fee frame is lost on a live connection, then a gap's resync
+        await post(sim, http, "/sim/fault/frame", {"stream": "user", "event": "ACCOUNT_UPDATE", "account": "main",
+                                                   "reason": "FUNDING_FEE", "mode": "drop"})
+        async with SimClient.for_sim(sim) as c:
+            now = (await c.public("GET", "/fapi/v1/time", {})).json["serverTime"]
+        await post(sim, http, "/sim/funding/interval", {"symbol": SYMBOL, "hours": 1, "next_ms": now + 1500})
+        await wait_for(lambda: not sim.frame_faults and agent.core.store.funding.next_funding_ms > now + 1500, 10,
+                       "the settlement, its fee frame dropped, and the next one said")
+        assert backfills["funding"] == 0, backfills   # the journal has no row of it yet
+        await resync("the third resync")
+        assert backfills["income_reads"] == reads + 1 and backfills["funding"] == 1, backfills
+        await agent.stop()
+        await asyncio.wait_for(task, 30)
+        state = await sim_state(sim, http, SYMBOL)
+    assert journal_sums(target, SYMBOL)["funding"] == Decimal(state["positions"][SYMBOL]["funding"]) != 0

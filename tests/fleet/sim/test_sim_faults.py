@@ -302,7 +302,8 @@ async def test_frame_faults_send_frames_without_fields_or_broken_then_whole_agai
         assert st["frame_faults_pending"] == [] and st["server"]["frames_faulted"] == 3
         for body in ({"stream": "nowhere"}, {"stream": "user", "mode": "omit"}, {"stream": "user", "count": 0,
                                                                                  "fields": ["o.N"]},
-                     {"stream": "market", "fields": ["b", ""]}, {"stream": "user", "mode": "burn"}):
+                     {"stream": "market", "fields": ["b", ""]}, {"stream": "user", "mode": "burn"},
+                     {"stream": "user", "mode": "drop", "reason": 7}):
             async with s.post(f"{sim.rest_url}/sim/fault/frame", json=body) as r:
                 assert r.status == 400 and "error" in await r.json(), body
         await ws.close()
