@@ -89,13 +89,56 @@ def _engine(args: argparse.Namespace) -> Any:
     from .db import JournalConfigError, make_engine, migrate, target_from_args
 
     target = target_from_args(args.url, args.state_dir, None if args.url else args.fleet)
+    path = make_url(target.url).database or ""
     if target.is_sqlite:   # a read makes no journal where there is none (a fleet name mistyped)
-        path = make_url(target.url).database
-        if path and not Path(path).exists():
+        if not Path(path).exists():
             raise JournalConfigError(f"no journal at {path}: check --state-dir and --fleet")
+        _check_is_journal(target, _sqlite_tables(path))   # read-only: the engine's connection writes (its mode)
     engine = make_engine(target)
-    migrate(engine)  # a journal of an older version is brought up to date; an empty one gets its tables
+    try:
+        if not target.is_sqlite:
+            _check_is_journal(target, _tables(engine))
+        migrate(engine)  # a journal of an older version is brought up to date
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
+
+
+def _sqlite_tables(path: str) -> set[str]:
+    import sqlite3
+    from pathlib import Path
+
+    conn = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True, timeout=5)
+    try:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        conn.close()
+
+
+def _tables(engine: Any) -> set[str]:
+    from sqlalchemy import inspect
+
+    from .db import answering
+
+    with answering(engine), engine.connect() as conn:
+        return set(inspect(conn).get_table_names())
+
+
+def _check_is_journal(target: Any, tables: set[str]) -> None:
+    """A read turns no database that is not a journal (an empty one, another program's) into one."""
+    from sqlalchemy.engine import make_url
+
+    from .db import JournalConfigError
+    from .schema import VERSION_TABLE
+
+    if VERSION_TABLE in tables:
+        return
+    where = make_url(target.url).render_as_string(hide_password=True)
+    if not tables:
+        raise JournalConfigError(f"no journal at {where} (the database is empty): check the location")
+    shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+    raise JournalConfigError(f"{where} is not a journal (tables {shown}, no {VERSION_TABLE}): left as it is")
 
 
 def _ms(ts: int | None) -> str:

@@ -401,6 +401,14 @@ def test_the_journal_commands_refuse_bad_input_with_a_reason_and_no_traceback(tm
     w.close(5)
     blocker = tmp_path / "blocker"
     blocker.write_text("")
+    import sqlite3
+
+    other = tmp_path / "other"   # another program's database at the journal's name, and an empty one
+    other.mkdir()
+    with sqlite3.connect(sqlite_path(other, "foreign")) as conn:
+        conn.execute("CREATE TABLE fills (x INTEGER)")
+    sqlite_path(other, "empty").write_bytes(b"")
+    before = {p.name: p.read_bytes() for p in other.iterdir()}
     repo = Path(__file__).resolve().parents[2]
 
     def run(*args: str) -> subprocess.CompletedProcess:
@@ -417,10 +425,13 @@ def test_the_journal_commands_refuse_bad_input_with_a_reason_and_no_traceback(tm
         (("pnl", "--state-dir", str(state), "--fleet", "f", "--since", "99999999999999999999d"), 2, "before 1970"),
         (("fills", "--state-dir", str(state), "--fleet", "f", "--limit", "-1"), 2, "is not 1 or more"),
         (("export", "--state-dir", str(state), "--fleet", "f", str(blocker / "out")), 1, "export failed"),
+        (("pnl", "--state-dir", str(other), "--fleet", "foreign"), 2, "is not a journal (tables fills"),
+        (("events", "--state-dir", str(other), "--fleet", "empty"), 2, "the database is empty"),
     ):
         r = run(*args)
         assert r.returncode == code and says in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
     assert not (state / "nofleet.journal.sqlite").exists()
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == before   # a read changed neither
 
 
 def test_a_replay_reads_another_file_at_its_path_from_its_start(tmp_path):
