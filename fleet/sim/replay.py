@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fleet.sim.replay")
 
 FAR_MS = 1 << 62
+MAX_RATE = Decimal("0.1")   # a recorded funding rate beyond 10 % an interval is not one (Binance's caps: a few %)
 PRESCAN_LINES = 100_000  # how far past a symbol's first bookTicker its first markPrice is looked for
 
 
@@ -73,6 +74,32 @@ def grid_units(raw: Any, places: int, mult: int) -> int | None:
     if units % mult:
         return None
     return units // mult
+
+
+def _read_mark(d: dict[str, Any], recorded_ms: int) -> tuple[float, Decimal | None, int | None] | str:
+    """A markPrice frame's mark, funding rate (None: not given) and next funding time (None: not given),
+    or why the frame is malformed: a mark that is not a positive price, a rate that is not a decimal
+    within ``MAX_RATE``, a next funding time that is not a time within a day or so of the frame."""
+    raw = d.get("p")
+    try:
+        mark = float(raw) if type(raw) is str else 0.0
+    except ValueError:
+        mark = 0.0
+    if not 0 < mark < float("inf"):
+        return f"markPrice p={raw!r} is not a price"
+    rate, value = d.get("r"), None
+    if rate is not None and rate != "":   # "" for a contract that pays no funding
+        try:
+            value = Decimal(rate) if type(rate) is str else None
+        except InvalidOperation:
+            pass
+        if value is None or not value.is_finite() or abs(value) > MAX_RATE:
+            return f"markPrice r={rate!r} is not a funding rate (a decimal within +-{MAX_RATE})"
+    at = d.get("T")
+    if at is not None and at != 0:
+        if type(at) is not int or not recorded_ms - DAY_MS < at <= recorded_ms + 2 * DAY_MS:
+            return f"markPrice T={at!r} is not a next funding time near the frame's time ({recorded_ms})"
+    return mark, value, at or None
 
 
 class ReplayModel:
@@ -248,7 +275,9 @@ class ReplayMarket:
         self.settled[b.symbol] = 0
         self.mark3_due[b.symbol] = 0
         if mark_line is not None:
-            self._take_mark(b, mark_line[3])
+            mark = _read_mark(mark_line[3], mark_line[0])
+            if not isinstance(mark, str):   # (a malformed one is counted when its line is applied)
+                self._take_mark(b, mark)
         return b
 
     @property
@@ -382,12 +411,14 @@ class ReplayMarket:
         elif kind == TRADE:
             self._on_trade(e, b, d, t, path, lineno)
         elif kind == MARK:
-            if self._take_mark(b, d, e):
-                self._publish_mark(e, b, t)
-                if e.config.liquidation:
-                    e._check_liquidations(t)
-            else:
-                self.stats.bad(path, lineno, f"markPrice p={d.get('p')!r} is not a price")
+            mark = _read_mark(d, self.position_ms)
+            if isinstance(mark, str):
+                self.stats.bad(path, lineno, mark)
+                return
+            self._take_mark(b, mark, e)
+            self._publish_mark(e, b, t)
+            if e.config.liquidation:
+                e._check_liquidations(t)
 
     def _on_book(self, e: Engine, b: ReplayBook, d: dict[str, Any], t: int, path: Any, lineno: int) -> None:
         pp, pm, qp, qm = b.price_places, b.price_mult, b.qty_places, b.qty_mult
@@ -456,34 +487,21 @@ class ReplayMarket:
                         break
         return filled
 
-    def _take_mark(self, b: ReplayBook, d: dict[str, Any], e: Engine | None = None) -> bool:
-        """Mark price, funding rate (unless pinned) and next funding time of a markPrice frame."""
-        raw = d.get("p")
-        try:
-            mark = float(raw) if type(raw) is str else 0.0
-        except ValueError:
-            mark = 0.0
-        if not 0 < mark < float("inf"):
-            return False
-        b.mark = mark
+    def _take_mark(self, b: ReplayBook, mark: tuple[float, Decimal | None, int | None],
+                   e: Engine | None = None) -> None:
+        """Mark price, funding rate (unless pinned) and next funding time of a markPrice frame (read by
+        :func:`_read_mark`)."""
+        b.mark, rate, at = mark
         b._mark_dec = None
         b.mark_follows_mid = False
-        rate = d.get("r")
-        if type(rate) is str and rate and not b.rate_pinned:
-            try:
-                value = Decimal(rate)
-            except InvalidOperation:
-                value = b.funding_rate
-            if value.is_finite():
-                b.funding_rate = value
-        at = d.get("T")
-        if type(at) is int and at > 0:
+        if rate is not None and not b.rate_pinned:
+            b.funding_rate = rate
+        if at is not None:
             at += self.shift_ms
             if at > self.settled[b.symbol] and at != self.funding_at[b.symbol]:
                 self.funding_at[b.symbol] = at
                 self._learn_interval(b, at)
                 self._funding_changed(e)
-        return True
 
     def _publish_mark(self, e: Engine, b: ReplayBook, t: int) -> None:
         interest = e.interest

@@ -253,6 +253,33 @@ def test_a_malformed_line_is_counted_and_skipped_with_a_clear_log(tmp_path, capl
     assert any(f"line 6 of {first}" in m and "of symbol 'BTCUSDT'" in m for m in logs), logs   # another's data
 
 
+def test_a_mark_frame_with_a_rate_or_next_funding_time_that_is_not_one_is_counted_and_skipped(tmp_path, caplog):
+    """A recorded funding rate of 500 % an interval, a rate that is not a number, a next funding time
+    in 1970 or not a time: each such frame is malformed, counted and skipped (its mark too), not applied
+    as the market's funding nor passed over with the rate of the frame before."""
+    caplog.set_level(logging.WARNING)
+    bad_rate, junk_rate, nan_rate = mark(2000, "3001.00000000", "5.0", 8000), mark(3000, "3002.0", "x", 8000), \
+        mark(3500, "3002.5", "NaN", 8000)
+    past, junk_t = mark(4000, "3003.0", "0.0002", 8000), mark(5000, "3004.0", "0.0002", 8000)
+    past["d"]["T"], junk_t["d"]["T"] = 1, "soon"
+    rec = write_recording(tmp_path / "rec", {"ETHUSDC": [[
+        mark(0, "3000.00000000", "0.00010000", 8000), bt(100, "3000.00", "1.000", "3000.02", "1.000"),
+        bad_rate, junk_rate, nan_rate, past, junk_t, mark(6000, "3005.00000000", "0.00030000", 8000)]]})
+    e = Engine(SimConfig(replay=str(rec)), now_ms=NOW)
+    e.watch("ethusdc@markPrice@1s")
+    b = e.books["ETHUSDC"]
+    e.advance(NOW + 5500)
+    assert (b.mark, b.funding_rate, e.next_funding_ms) == (3000.0, Decimal("0.00010000"), NOW + 8000)
+    e.advance(NOW + 6000)
+    assert (b.mark, b.funding_rate) == (3005.0, Decimal("0.00030000"))
+    assert [f["p"] for f in frames(e, "@markPrice@1s")] == ["3000.00000000", "3005.00000000"]
+    assert e.replay.view()["malformed"] == 5
+    logs = " ".join(r.getMessage() for r in caplog.records)
+    for said in ("r='5.0' is not a funding rate", "r='x'", "r='NaN'", "T=1 is not a next funding time",
+                 "T='soon'"):
+        assert said in logs, (said, logs)
+
+
 def test_gaps_missing_and_empty_files_are_said_and_counted(tmp_path, caplog):
     caplog.set_level(logging.WARNING)
     rec = write_recording(tmp_path / "rec", {"ETHUSDC": [
