@@ -238,11 +238,20 @@ class GeometricV2:
 
 
 def size_problem(params: SymbolParams, filters: SymbolFilters) -> str | None:
-    """Why the ladder could never place an order of the symbol (its largest layer, the first, under the
-    exchange's smallest order), else None: the agent refuses such parameters instead of quoting nothing."""
+    """Why the ladder could never place an order of the symbol (its largest layer, the first, or the
+    worst-case bound under the exchange's smallest order; the largest order's notional under its
+    smallest), else None: the agent says so instead of quoting nothing in silence."""
     size = Decimal(str(params.base.base_size))
     smallest = max(filters.min_qty, filters.step_size)
     if size < smallest:
         return (f"base.base_size {size:f} is under {filters.symbol}'s smallest order of {smallest}: the ladder would "
                 f"place nothing")
+    cap = Decimal(str(params.worst_cap))
+    if cap < smallest:
+        return (f"the worst-case bound base.net_max x worst_case.multiplier = {cap:f} is under {filters.symbol}'s "
+                f"smallest order of {smallest}: the guard would let no order through")
+    notional = Decimal(str(params.risk.max_order_notional))
+    if notional < filters.min_notional:
+        return (f"risk.max_order_notional {notional:f} is under {filters.symbol}'s smallest notional of "
+                f"{filters.min_notional}: no order could be placed")
     return None

@@ -76,12 +76,22 @@ def url_holds_password(url: str) -> bool:
                for k, v in pairs)
 
 
-def base_size_refusal(symbol: str, base_size: float, smallest: Decimal) -> str | None:
-    """Why a symbol's base_size cannot be traded (under its smallest order: the agent would place
-    nothing), else None; the commands refuse it before anything changes."""
-    size = Decimal(str(base_size))
+def params_refusal(symbol: str, params: "SymbolParams", smallest: Decimal,
+                   min_notional: Decimal | None = None) -> str | None:
+    """Why a symbol's parameters can never trade (the agent would place nothing), else None; the
+    commands refuse them before anything changes: a base_size, or a worst-case bound (net_max x
+    multiplier), under the smallest order; a max_order_notional under the exchange's smallest notional."""
+    size = Decimal(str(params.base.base_size))
     if size < smallest:
         return f"{symbol}'s base.base_size {size:f} is under its smallest order of {smallest:f}: the agent would place nothing"
+    cap = Decimal(str(params.worst_cap))
+    if cap < smallest:
+        return (f"{symbol}'s worst-case bound base.net_max x worst_case.multiplier = {cap:f} is under its smallest "
+                f"order of {smallest:f}: the guard would let no order through")
+    notional = Decimal(str(params.risk.max_order_notional))
+    if min_notional is not None and notional < min_notional:
+        return (f"{symbol}'s risk.max_order_notional {notional:f} is under the exchange's smallest notional of "
+                f"{min_notional:f}: no order could be placed")
     return None
 
 
@@ -127,7 +137,7 @@ class WorstCaseParams(_Model):
         1.15, ge=1.0, le=1.5,
         description="the worst case (position and pending orders) each side may reach, in net_max: the headroom "
                     "for the ladder's pending orders, not a way past the hard cap on net_max (at most half again)")
-    size_decay_k: float = Field(3.8, ge=0)
+    size_decay_k: float = Field(3.8, ge=0, le=100)
 
 
 class FundingParams(_Model):
@@ -199,7 +209,7 @@ class DrawdownParams(_Model):
 
 
 class RiskParams(_Model):
-    price_band: float = Field(0.05, gt=0, lt=1, description="orders must lie within this of mark")
+    price_band: float = Field(0.05, ge=0.001, lt=1, description="orders must lie within this of mark (at least 0.1 %)")
     max_order_notional: float = Field(5_000.0, gt=0)
     capital: float = Field(
         1_000.0, gt=0, description="the symbol's equity base for its drawdown: its equity is this plus its own "
@@ -249,7 +259,7 @@ class RuntimeParams(_Model):
     # weighs 10 per call, per symbol, from the IP's 2,400/min: a 30 s heartbeat costs 20/min per agent
     # (0.8 %; 1,000/min at 50 symbols), where 10 s cost 60/min (3,000/min at 50: over the limit).
     deadman_heartbeat_sec: float = Field(
-        30.0, gt=0, description="re-arm the dead-man switch this often (10 weight per call: 20/min per agent at 30 s)")
+        30.0, ge=0.1, description="re-arm the dead-man switch this often (10 weight per call: 20/min per agent at 30 s)")
     deadman_countdown_ms: int = Field(
         120_000, ge=1_000, description="the exchange cancels everything this long after the last heartbeat "
                                        "(four heartbeats: three may be lost, e.g. to a 429, before it fires)")
@@ -258,13 +268,15 @@ class RuntimeParams(_Model):
         description="a lease lapsed this long (the controller or the GCS unreachable) has this epoch's orders "
                     "cancelled by the agent: quotes it cannot re-price do not wait for the dead-man countdown "
                     "(a hung agent is the controller's fence's; a successor's orders are never touched)")
-    market_stale_sec: float = Field(5.0, gt=0)
+    market_stale_sec: float = Field(5.0, gt=0, le=3600)
     market_lag_max_ms: int = Field(
         2_000, gt=0,
         description="a book frame older than this at the exchange (its time against the agent's estimate of the "
                     "exchange's clock: the agent fell behind, starved of CPU or paused, or the feed lags) pulls the "
                     "quotes, and quoting waits for a frame within it; frames without a time are not judged")
-    stream_max_lifetime_sec: float = Field(23 * 3600.0, gt=0)
+    stream_max_lifetime_sec: float = Field(
+        23 * 3600.0, ge=1, le=24 * 3600.0, description="swap a stream connection this long after it opened (Binance "
+                                                      "cuts one at 24 h)")
     stop_timeout_sec: float = Field(20.0, gt=0)
     flatten_on_stop: bool = False
     delisting_exit_lead_sec: float = Field(
@@ -273,7 +285,7 @@ class RuntimeParams(_Model):
                     "flattens it, so the position is closed at prices the agent chose, not at the settlement price "
                     "(agents/delisting.py); 0 leaves the position to the exchange's settlement")
     reconcile_interval_sec: float = Field(
-        5.0, gt=0,
+        5.0, ge=0.1,
         description="the exchange's open orders compared with the store's (GET openOrders with a symbol: weight 1; "
                     "at 5 s, 12 weight/min per agent of the IP's 2,400)",
     )
@@ -433,6 +445,13 @@ class JournalConfig(_Model):
     funding_backfill_interval_sec: float = Field(
         3600.0, gt=0, description="income (FUNDING_FEE) read at least this often besides the funding frames (30 weight)")
     backfill_lookback_hours: float = Field(24.0, gt=0, le=24 * 7, description="how far back an empty journal is filled")
+
+    @field_validator("path")
+    @classmethod
+    def _a_file(cls, v: str | None) -> str | None:
+        if v is not None and (v.endswith("/") or os.path.isdir(v)):
+            raise ValueError("journal.path is a directory: name the SQLite file, e.g. <dir>/fleet.journal.sqlite")
+        return v
 
     @field_validator("url")
     @classmethod

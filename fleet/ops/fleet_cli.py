@@ -117,11 +117,12 @@ class ExchangeListing:
     symbols: dict[str, str] | None
     error: str | None = None
     smallest: dict[str, Decimal] = field(default_factory=dict)   # the smallest order (LOT_SIZE) per symbol
+    min_notional: dict[str, Decimal] = field(default_factory=dict)   # the smallest notional (MIN_NOTIONAL)
 
-    def problems(self, wanted: list[str], sizes: dict[str, Any] | None = None) -> list[str]:
-        """Each wanted symbol the exchange does not list, or lists as not trading, or whose ``sizes``
-        (base_size) is under its smallest order (the agent would place nothing), with why."""
-        from fleet.config import base_size_refusal
+    def problems(self, wanted: list[str], params: dict[str, Any] | None = None) -> list[str]:
+        """Each wanted symbol the exchange does not list, or lists as not trading, or whose ``params``
+        could never trade on it (``fleet.config.params_refusal``: the agent would place nothing), with why."""
+        from fleet.config import params_refusal
 
         if self.symbols is None:
             return []
@@ -132,7 +133,8 @@ class ExchangeListing:
                 out.append(f"{sym} is not listed by {self.source}")
             elif status != "TRADING":
                 out.append(f"{sym} is listed by {self.source} but not trading (status {status})")
-            elif sizes and sym in self.smallest and (refusal := base_size_refusal(sym, sizes[sym], self.smallest[sym])):
+            elif params and sym in self.smallest and (
+                    refusal := params_refusal(sym, params[sym], self.smallest[sym], self.min_notional.get(sym))):
                 out.append(refusal)
         return out
 
@@ -163,7 +165,8 @@ def exchange_listing(cfg: Any, timeout: float = 10.0, *, running: bool = False) 
         source = (f"the simulator (it lists {', '.join(listed)}: its built-in symbols plus those under "
                   f"symbols: in {where})")
         smallest = {s: sp.smallest_order for s, sp in specs.items()}
-        return ExchangeListing(source, dict.fromkeys(listed, "TRADING"), smallest=smallest)
+        notional = {s: Decimal(sp.min_notional) for s, sp in specs.items()}
+        return ExchangeListing(source, dict.fromkeys(listed, "TRADING"), smallest=smallest, min_notional=notional)
     import urllib.error
     import urllib.request
 
@@ -174,19 +177,23 @@ def exchange_listing(cfg: Any, timeout: float = 10.0, *, running: bool = False) 
         symbols = {str(e["symbol"]): str(e.get("status", "TRADING")) for e in info["symbols"]}
         smallest = {str(e["symbol"]): max(Decimal(f["minQty"]), Decimal(f["stepSize"]))
                     for e in info["symbols"] for f in e.get("filters", []) if f.get("filterType") == "LOT_SIZE"}
+        notional = {str(e["symbol"]): Decimal(f["notional"])
+                    for e in info["symbols"] for f in e.get("filters", []) if f.get("filterType") == "MIN_NOTIONAL"}
     except urllib.error.HTTPError as exc:
         return ExchangeListing(url, None, f"HTTP {exc.code} {exc.reason}")
     except (OSError, ValueError, KeyError, TypeError, ArithmeticError) as exc:
         reason = getattr(exc, "reason", None) or exc
         return ExchangeListing(url, None, f"{type(exc).__name__}: {reason}")
-    return ExchangeListing(f"the exchange ({url})", symbols, smallest=smallest)
+    return ExchangeListing(f"the exchange ({url})", symbols, smallest=smallest, min_notional=notional)
 
 
 def check_symbols(cfg: Any, listing: ExchangeListing, then: str = "", spec: dict[str, Any] | None = None) -> None:
     """FleetCliError naming every symbol the exchange does not list (or not as trading), or, with the
-    ``apply`` document, whose base_size is under its smallest order."""
-    sizes = {s: p["base"]["base_size"] for s, p in spec["params"].items()} if spec else None
-    problems = listing.problems([e.symbol for e in cfg.symbols], sizes)
+    ``apply`` document, whose parameters could never trade there (a size or bound under its smallest order)."""
+    from fleet.config import SymbolParams
+
+    params = {s: SymbolParams.model_validate(p) for s, p in spec["params"].items()} if spec else None
+    problems = listing.problems([e.symbol for e in cfg.symbols], params)
     if problems:
         raise FleetCliError(f"symbols not tradable on the exchange: {'; '.join(problems)}{then}")
 
@@ -609,7 +616,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
               f"against its exchangeInfo; up checks them before it starts anything")
     else:
         check_symbols(cfg, listing, spec=spec)
-        print(f"  symbols: all {len(cfg.symbols)} listed by {listing.source}, each base_size tradable")
+        print(f"  symbols: all {len(cfg.symbols)} listed by {listing.source}, each one's sizes and bounds tradable")
     print("ok")
     return EXIT_OK
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,7 @@ def _progress_bar(hours: float) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fleet.config import ConfigError, base_size_refusal, load_fleet_config, symbol_params
+    from fleet.config import ConfigError, load_fleet_config, params_refusal, symbol_params
     from fleet.sim.config import BUILT_IN_SPECS, SimConfigError
     from simulate.run import sim_config_for
     from simulate.params import OverrideError, parse_sweep
@@ -147,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
         for combo in combos or [{}]:   # every combination checked before a run (a sweep's Ray tasks) starts
             for symbol in symbols:
                 p = apply_overrides(cfg, symbol, symbol_params(cfg, symbol, args.config), {**overrides, **combo})
-                refusal = base_size_refusal(symbol, p.base.base_size, specs[symbol].smallest_order)
+                spec = specs[symbol]
+                refusal = params_refusal(symbol, p, spec.smallest_order, Decimal(spec.min_notional))
                 if refusal:
                     raise ValueError(refusal)
         if combos and args.objective not in OBJECTIVES:

@@ -85,6 +85,12 @@ def test_validate_refuses_a_size_under_the_symbols_smallest_order(tmp_path, caps
     assert main(["validate", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{bad['symbols'][0]['symbol']}'s base.base_size 0.0001 is under its smallest order of 0.001" in err
+    for params, says in (({"base": {"net_max": 0.0001}}, "net_max x worst_case.multiplier = 0.0001"),
+                         ({"risk": {"max_order_notional": 0.01}}, "max_order_notional 0.01 is under the exchange's")):
+        bad["symbols"][0]["params"] = params   # limits no order fits in: the agent would place nothing either
+        path.write_text(yaml.safe_dump(bad))
+        assert main(["validate", "--config", str(path)]) == 2
+        assert says in capsys.readouterr().err, says
 
 
 def test_up_with_a_missing_config_fails_before_touching_ray(tmp_path, capsys):

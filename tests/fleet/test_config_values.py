@@ -23,6 +23,10 @@ BASE = {"name": "f", "accounts": [{"name": "main", "api_key_env": "K", "api_secr
     ({"agent": {"resources": {"x": -1}}}, "agent.resources.x"),
     ({"api": {"host": "127.0.0.1\nX-Forged: 1"}}, "api.host"),
     ({"state_dir": ""}, "state_dir"),
+    ({"journal": {"path": "/tmp"}}, "journal.path"),   # a directory: the writer spooled for the whole run
+    ({"runtime": {"stream_max_lifetime_sec": 1e-6}}, "runtime.stream_max_lifetime_sec"),   # 57 reconnects in 15 s
+    ({"runtime": {"market_stale_sec": 1e300}}, "runtime.market_stale_sec"),   # the check switched off
+    ({"runtime": {"deadman_heartbeat_sec": 1e-9}}, "runtime.deadman_heartbeat_sec"),
 ])
 def test_a_value_a_process_would_refuse_later_is_refused_now(tmp_path, extra, field):
     path = tmp_path / "fleet.yaml"

@@ -260,6 +260,9 @@ def test_an_agent_behind_its_feed_does_not_quote_on_old_books():
     (["--set", "base_size=0.01", "--sweep", "base_size=0.01,0.02"], "base.base_size is given by --set and --sweep"),
     (["--sweep", "net_max=0.2,0.3"], "net_max 0.3 exceeds the hard cap"),
     (["--set", "base_size=0.0000001"], "base.base_size 0.0000001 is under its smallest order of 0.001"),
+    (["--set", "net_max=0.0001"], "net_max x worst_case.multiplier = 0.0001"),   # (the guard lets nothing by)
+    (["--set", "max_order_notional=0.01"], "risk.max_order_notional 0.01 is under the exchange's smallest notional"),
+    (["--set", "price_band=1e-12"], "price_band"), (["--set", "size_decay_k=1e308"], "size_decay_k"),
     (["--report", "/nonexistent/r.html"], "its directory /nonexistent does not exist"),
     (["--json", "/tmp"], "is a directory"),
     (["--symbols", ","], "--symbols names no symbol"),   # (it ran every symbol of the config)
