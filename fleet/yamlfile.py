@@ -4,7 +4,8 @@
 silently replaced the first (the fleet's notional cap went from 20,000 to 1,000,000) and a second
 ``net_max`` the first. Here a repeated key is an error naming its line. An error says what is wrong
 and where (line, column), never the text of the line: a config's line may hold a secret. A file that
-is not UTF-8, is nested too deeply to read or is over ``MAX_BYTES`` is refused the same way.
+is not UTF-8, is nested too deeply to read, is over ``MAX_BYTES`` or whose aliases would expand it past
+``MAX_NODES`` values (a few hundred bytes of anchors can stand for gigabytes) is refused the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import yaml
 
 MAX_BYTES = 8 << 20   # a config is kilobytes; /dev/zero or a stray log is not a config
 KEY_SHOWN = 40        # characters of a repeated key named in an error
+MAX_NODES = 100_000   # values a document stands for, its aliases expanded (a 50-symbol fleet config: ~5,000)
 
 
 class YamlFileError(ValueError):
@@ -33,6 +35,13 @@ class _StrictLoader(yaml.SafeLoader):
     def __init__(self, stream: Any) -> None:
         super().__init__(stream)
         self._checked: set[int] = set()
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        expanded = _expanded_size(node)
+        if expanded > MAX_NODES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"its aliases expand it to over {MAX_NODES:,} values: not a config", node.start_mark)
+        return super().construct_document(node)
 
     def flatten_mapping(self, node: yaml.MappingNode) -> None:
         if id(node) not in self._checked:
@@ -53,6 +62,31 @@ class _StrictLoader(yaml.SafeLoader):
                         None, None, f"key {shown!r} given twice in one mapping (the second would replace the "
                                     f"first)", key_node.start_mark)
         super().flatten_mapping(node)
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many values the document stands for with every alias expanded (each node once: linear in the
+    file; a cycle, which expands to no end, counts past any bound)."""
+    sizes: dict[int, int] = {}
+    busy: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in busy:
+            return MAX_NODES + 1
+        busy.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        busy.discard(key)
+        sizes[key] = total = min(total, MAX_NODES + 1)
+        return total
+
+    return size(root)
 
 
 def describe(exc: yaml.YAMLError) -> str:

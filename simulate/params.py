@@ -7,9 +7,12 @@ any field. The result is validated like a params file (including the hard cap on
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 from fleet.config import FleetConfig, SymbolParams, validate_symbol_params
+
+MAX_COMBINATIONS = 1_000   # one simulated run each: a grid larger than this is a typo, not a plan
 
 
 class OverrideError(ValueError):
@@ -64,7 +67,15 @@ def parse_sweep(specs: list[str], single: bool = False) -> list[dict[str, Any]]:
             raise OverrideError(f"{shown!r}: an empty value in the list")
         if single and len(items) > 1:
             raise OverrideError(f"{shown!r}: --set takes one value (a grid of values is --sweep)")
-        axes.append((path, [_number(v, path) for v in items]))
+        numbers = [_number(v, path) for v in items]
+        twice = next((v for i, v in enumerate(numbers) if v in numbers[:i]), None)
+        if twice is not None:
+            raise OverrideError(f"{shown!r}: {path} lists {twice} twice (its runs would be the same)")
+        axes.append((path, numbers))
+    combos = math.prod(len(v) for _, v in axes)
+    if combos > MAX_COMBINATIONS:
+        raise OverrideError(f"the sweep makes {combos:,} combinations, over {MAX_COMBINATIONS:,}: sweep fewer values "
+                            f"(or in several sweeps)")
     return [dict(zip([a for a, _ in axes], combo)) for combo in itertools.product(*(v for _, v in axes))]
 
 

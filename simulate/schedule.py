@@ -40,6 +40,7 @@ _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.
 
 
 MAX_LATENCY_MS = 600_000   # as the simulator's POST /sim/fault/latency
+MIN_JUMP_PCT, MAX_JUMP_PCT = -99.99, 10_000.0   # as its POST /sim/market/jump
 STREAMS_OPEN_S = 1.0   # the agents' streams and listen keys exist by then (their start takes milliseconds)
 
 
@@ -134,8 +135,8 @@ def _check(ev: Event) -> None:
         parse_fault(a)
     elif ev.do == "drop" and a.get("target", "all") not in ("market", "user", "all"):
         raise ValueError("target must be market, user or all")
-    elif ev.do == "jump" and not _finite(a["pct"], "pct") > -100:
-        raise ValueError("pct must be above -100 (a price falls at most to nothing)")
+    elif ev.do == "jump" and not MIN_JUMP_PCT <= _finite(a["pct"], "pct") <= MAX_JUMP_PCT:
+        raise ValueError(f"pct must be from {MIN_JUMP_PCT:g} to {MAX_JUMP_PCT:g} (the simulator's own bounds on a jump)")
     elif ev.do == "freeze" and not 0 < parse_duration(a.get("seconds", 10)) < math.inf:
         raise ValueError("seconds must be a positive duration")
     elif ev.do == "freeze" and a.get("mode", "data") not in ("data", "price"):
@@ -242,4 +243,5 @@ async def play(events: list[Event], ex: LocalExchange, clock: Any, start: float)
         try:
             apply(ev, ex, clock.time_ms())
         except Exception as exc:  # noqa: BLE001 - any failure of an event ends the run, named
-            raise ScheduleError(f"schedule event {i} ({ev.do} at {ev.at:g} s) failed: {exc}") from exc
+            raise ScheduleError(f"schedule event {i} ({ev.do} at {ev.at:g} s) failed: {type(exc).__name__}: "
+                                f"{str(exc)[:300]}") from exc

@@ -74,6 +74,9 @@ def _options(args: argparse.Namespace) -> Any:
                              f"({first})")
         if hours is None and isinstance(last, int):
             hours = (last - first) / 3_600_000.0
+            if hours > MAX_HOURS:
+                raise ValueError(f"--replay {args.replay}: its manifest's end ({last}) is {hours:.0f} h after its "
+                                 f"first line, over {MAX_HOURS} (a year): give --hours, or mend the manifest's end_ms")
         elif isinstance(last, int) and hours is not None and hours * 3_600_000 > last - first:
             print(f"simulate: note: --hours {hours:g} runs past the recording's {(last - first) / 3_600_000:.3g} h: "
                   f"the market stands still after it", file=sys.stderr)

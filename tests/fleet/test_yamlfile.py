@@ -48,6 +48,11 @@ def test_an_error_names_the_line_never_its_text(tmp_path):
     (b"name: t\xff\n", "is not UTF-8 text (byte 0xff at offset 7)"),
     (b"a: " + b"[" * 20000 + b"]" * 20000 + b"\n", "nested too deeply"),
     (b"\x00\x01", "not valid YAML"),
+    # 330 bytes of anchors in a schedule's fault entry stood for 531,441 values (2.5 MB in each answer)
+    (b"- {at: 60, do: rest_fault, mode: batch_malformed, path: /fapi/v1/batchOrders, entry: {"
+     b"a: &a [x,x,x,x,x,x,x,x,x], b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a], c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b], "
+     b"d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c], e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d], "
+     b"f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]}}\n", "its aliases expand it to over 100,000 values"),
 ])
 def test_a_file_that_is_not_yaml_text_is_refused_naming_the_file(tmp_path, raw, why):
     path = tmp_path / "bad.yaml"

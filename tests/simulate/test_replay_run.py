@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import json
 from pathlib import Path
 
 from fleet.config import load_fleet_config
@@ -114,6 +115,10 @@ def test_a_replay_of_a_symbol_the_recording_lacks_or_of_no_time_is_refused_namin
         simulate_cli._options(parser.parse_args(["--config", str(CONFIG), "--replay", str(directory),
                                                  "--symbols", "SOLUSDT", "--no-progress"]))
     with pytest.raises(ValueError, match="its manifest's end .* is not after its first line"):
+        simulate_cli._options(parser.parse_args(["--config", str(CONFIG), "--replay", str(directory), "--no-progress"]))
+    manifest = json.loads((directory / "manifest.json").read_text())
+    (directory / "manifest.json").write_text(json.dumps({**manifest, "end_ms": START + 10**12}))
+    with pytest.raises(ValueError, match="its manifest's end .* is 277778 h after its first line, over 8760"):
         simulate_cli._options(parser.parse_args(["--config", str(CONFIG), "--replay", str(directory), "--no-progress"]))
     foreign = tmp_path / "foreign"   # its manifest says ETHUSDC, its lines are another symbol's: it said "no lines"
     writer = RecordingWriter(foreign, ["ETHUSDC"], source="by hand")

@@ -148,7 +148,9 @@ def test_planned_stream_swaps_keep_the_agent_in_step():
     ({"at": 10}, "list of events"),
     ([{"at": 10, "do": "freeze", "symbol": "ETHUSDC", "secods": 600}], "freeze takes mode, seconds, symbol, not 'secods'"),
     ([{"at": 10, "do": "jump", "symbol": "ETHUSDC", "pct": float("nan")}], "pct must be a finite number"),
-    ([{"at": 10, "do": "jump", "symbol": "ETHUSDC", "pct": -100}], "pct must be above -100"),
+    ([{"at": 10, "do": "jump", "symbol": "ETHUSDC", "pct": -100}], "pct must be from -99.99 to 10000"),
+    ([{"at": 10, "do": "jump", "symbol": "ETHUSDC", "pct": -99.9999999}], "pct must be from"),   # (mid-run: "0")
+    ([{"at": 10, "do": "jump", "symbol": "ETHUSDC", "pct": 1000000}], "pct must be from"),   # (mid-run: -1130)
     ([{"at": 10, "do": "jump", "symbol": "ETHUSDC"}], "jump needs pct"),
     ([{"at": 10, "do": "funding_rate", "symbol": "ETHUSDC", "rate": "abc"}], "rate must be a finite decimal"),
     ([{"at": 10, "do": "latency", "ms": 0.5}], "whole number of milliseconds"),
@@ -202,10 +204,12 @@ def test_a_fault_no_request_could_meet_is_refused_before_the_run(fault, message)
 
 
 def test_an_event_that_fails_during_the_run_fails_the_run_naming_it():
-    """An event the checks could not foresee (a jump the engine refuses) ends the run: its table would
-    not be the schedule's, and the events after it would never happen (they were dropped silently)."""
-    events = load_schedule([{"at": 5, "do": "jump", "symbol": "ETHUSDC", "pct": 1e6}, {"at": 10, "do": "drop"}])
-    with pytest.raises(ScheduleError, match=r"schedule event 0 \(jump at 5 s\) failed"):
+    """An event the checks could not foresee (a jump the engine refuses: the symbol was delisted) ends the
+    run: its table would not be the schedule's, and the events after it would never happen (they were
+    dropped silently)."""
+    events = load_schedule([{"at": 2, "do": "delist", "symbol": "ETHUSDC", "in": "2s"},
+                            {"at": 10, "do": "jump", "symbol": "ETHUSDC", "pct": 1}, {"at": 12, "do": "drop"}])
+    with pytest.raises(ScheduleError, match=r"schedule event 1 \(jump at 10 s\) failed: ValueError: ETHUSDC is "):
         _run(0.5, schedule=events)
 
 
@@ -256,6 +260,9 @@ def test_an_agent_behind_its_feed_does_not_quote_on_old_books():
     (["--rest-latency-ms", "-5"], "--rest-latency-ms must be from 0"), (["--points", "0"], "--points must be"),
     (["--set", "base_size=0.01,0.02"], "--set takes one value"), (["--sweep", "base_size=,"], "an empty value"),
     (["--sweep", "base_size=0.01,0.02", "base_size=0.03"], "base.base_size is given twice"),
+    (["--sweep", "size_decay_k=1,1.0"], "lists 1"),   # (two identical runs)
+    (["--sweep", "size_decay_k=" + ",".join(str(1 + i / 100) for i in range(40)),
+      "base_size=" + ",".join(f"0.0{i:02d}" for i in range(10, 40))], "1,200 combinations, over 1,000"),
     (["--sweep", "base_size=0.01,0.02", "--objective", "pnl_totl"], "is not a figure of the table"),
     (["--set", "base_size=0.01", "--sweep", "base_size=0.01,0.02"], "base.base_size is given by --set and --sweep"),
     (["--sweep", "net_max=0.2,0.3"], "net_max 0.3 exceeds the hard cap"),
