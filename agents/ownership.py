@@ -47,6 +47,15 @@ class OwnershipLost(Exception):
     """The lease was not renewed: the agent must stop quoting at once."""
 
 
+class OwnershipStateError(Exception):
+    """The state directory's files cannot be used (an epoch that is not one, a directory that cannot be
+    written): the agent refuses to start, saying which; it never trades on a guessed epoch, whose
+    client order ids could repeat an earlier incarnation's."""
+
+
+MAX_EPOCH = 10**9   # client order ids embed it: they must fit Binance's 36 characters
+
+
 @runtime_checkable
 class Ownership(Protocol):
     renew_interval_s: float
@@ -106,8 +115,13 @@ class LockFileOwnership:
         """Take the lock now, without starting an incarnation (no epoch is spent): a process checks
         that it may own the symbol before it binds ports; :meth:`acquire` then grants the epoch."""
         if self._fd is None:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                self.state_dir.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:   # a file where the directory goes, a directory at the lock's path, read-only
+                raise OwnershipStateError(f"{self.fleet_name}/{self.symbol}: the state directory {self.state_dir} "
+                                          f"cannot hold the lock file {self.lock_path.name}: "
+                                          f"{exc.strerror or type(exc).__name__}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -119,8 +133,11 @@ class LockFileOwnership:
             self._fd = fd
             try:
                 self._write_pid(fd)
-            except BaseException:
+            except BaseException as exc:
                 self._unlock()
+                if isinstance(exc, OSError):
+                    raise OwnershipStateError(f"{self.fleet_name}/{self.symbol}: the state directory {self.state_dir} "
+                                              f"cannot be written: {exc.strerror or type(exc).__name__}") from None
                 raise
 
     def _write_pid(self, fd: int) -> None:
@@ -140,9 +157,13 @@ class LockFileOwnership:
         fd = self._fd
         assert fd is not None
         try:
-            self._write_pid(fd)
-            epoch = self._read_int(self.epoch_path) + 1
-            _write_atomic(self.epoch_path, f"{epoch}\n")
+            try:
+                self._write_pid(fd)
+                epoch = self._read_epoch() + 1
+                _write_atomic(self.epoch_path, f"{epoch}\n")
+            except OSError as exc:
+                raise OwnershipStateError(f"{self.fleet_name}/{self.symbol}: the state directory {self.state_dir} "
+                                          f"cannot be written: {exc.strerror or type(exc).__name__}") from None
             self._grant = Grant(epoch=epoch, lease_ttl_s=STANDALONE_LEASE_TTL_S, kill_state=self.kill_state())
         except BaseException:
             self._grant = None
@@ -227,6 +248,22 @@ class LockFileOwnership:
             f"{self.fleet_name}/{self.symbol} is already owned by {who}: "
             f"lock {self.lock_path} is held; stop that agent first"
         )
+
+    def _read_epoch(self) -> int:
+        """The last incarnation's epoch (0: none yet, no file); a file that does not hold one is refused,
+        never read as 0: the next epoch would start again at 1 and repeat earlier client order ids."""
+        try:
+            raw = self.epoch_path.read_bytes()
+        except FileNotFoundError:
+            return 0
+        text = raw.decode("ascii", "replace").strip()
+        if text.isdigit() and 0 < int(text) < MAX_EPOCH:
+            return int(text)
+        shown = repr(text[:20]) + ("..." if len(text) > 20 else "")
+        raise OwnershipStateError(
+            f"{self.fleet_name}/{self.symbol}: the epoch file {self.epoch_path} holds {shown}, not an epoch (a "
+            f"whole number from 1 to {MAX_EPOCH - 1}): write the last epoch this symbol's agents used (the e<N> of "
+            f"their client order ids) plus one, or more; a guess could repeat earlier order ids")
 
     @staticmethod
     def _read_int(path: Path) -> int:

@@ -201,7 +201,7 @@ def _secret_values(credentials: Any) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from agents.logging import configure_logging
-    from agents.ownership import OwnershipRefused
+    from agents.ownership import OwnershipRefused, OwnershipStateError
     from fleet.binance.errors import BinanceError
 
     if args.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     except OwnershipRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
-    except AgentSetupError as exc:
+    except (AgentSetupError, OwnershipStateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except BinanceError as exc:  # refused for good at start (bad key, unknown symbol)

@@ -143,3 +143,20 @@ def test_cli_bad_flag_exits_2_naming_it_before_anything_starts(tmp_path, flag, v
     proc = _run_cli("--config", str(DEMO), "--symbol", "ETHUSDC", *URLS, "--state-dir", str(tmp_path / "st"), flag, value)
     assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "st").exists()   # no lock taken, no key read
+
+
+def test_cli_a_state_directory_it_cannot_use_exits_2_naming_it_before_anything_trades(tmp_path):
+    """An epoch file that holds no epoch (it restarted at 1 and repeated earlier order ids), or a state
+    directory that is a file: one line naming it, exit 2, no traceback, no order."""
+    keys = {"MMFLEET_MAIN_API_KEY": "k" * 64, "MMFLEET_MAIN_API_SECRET": "s" * 64}
+    state = tmp_path / "st"
+    state.mkdir()
+    (state / "demo.ETHUSDC.epoch").write_text("garbage\n")
+    proc = _run_cli("--config", str(DEMO), "--symbol", "ETHUSDC", *URLS, "--metrics-port", "-1",
+                    "--state-dir", str(state), env_extra=keys)
+    assert proc.returncode == 2 and "holds 'garbage', not an epoch" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and (state / "demo.ETHUSDC.epoch").read_text() == "garbage\n"
+    (tmp_path / "file").write_text("")
+    proc = _run_cli("--config", str(DEMO), "--symbol", "ETHUSDC", *URLS, "--metrics-port", "-1",
+                    "--state-dir", str(tmp_path / "file"), env_extra=keys)
+    assert proc.returncode == 2 and "cannot hold the lock file" in proc.stderr and "Traceback" not in proc.stderr

@@ -156,3 +156,33 @@ def test_grant_rejects_nonsense():
         Grant(epoch=1, lease_ttl_s=10, kill_state="paused")
     with pytest.raises(ValueError, match="epoch"):
         Grant(epoch=0, lease_ttl_s=10, kill_state="running")
+
+
+@pytest.mark.parametrize("content", [b"garbage\n", b"", b"3.7\n", b"0\n", b"-5\n", b"99999999999999999999\n", b"\xff\n"])
+async def test_an_epoch_file_that_holds_no_epoch_is_refused_not_read_as_0(tmp_path, content):
+    """Read as 0, the next incarnation was epoch 1 again and repeated an earlier one's client order ids
+    (18 in one run: a look-up by id could find the old order); "-5" was written back as -4. Refused,
+    naming the file, and left as it was."""
+    from agents.ownership import OwnershipStateError
+
+    path = tmp_path / "demo.ETHUSDC.epoch"
+    path.write_bytes(content)
+    own = LockFileOwnership(tmp_path, "demo", "ETHUSDC")
+    with pytest.raises(OwnershipStateError, match=r"the epoch file .*demo\.ETHUSDC\.epoch holds .* not an epoch"):
+        await own.acquire()
+    assert path.read_bytes() == content
+    path.write_text("7\n")   # mended: the next incarnation is 8, the lock free again
+    assert (await own.acquire()).epoch == 8
+    await own.release()
+
+
+async def test_a_state_directory_that_cannot_hold_the_lock_is_refused_naming_it(tmp_path):
+    from agents.ownership import OwnershipStateError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OwnershipStateError, match="cannot hold the lock file"):
+        await LockFileOwnership(blocker, "demo", "ETHUSDC").acquire()   # a file where the directory goes
+    (tmp_path / "d" / "demo.ETHUSDC.lock").mkdir(parents=True)
+    with pytest.raises(OwnershipStateError, match="cannot hold the lock file"):
+        await LockFileOwnership(tmp_path / "d", "demo", "ETHUSDC").acquire()   # a directory at the lock's path
