@@ -16,7 +16,7 @@ from fleet.binance.client import BinanceClient
 from fleet.binance.errors import BinanceError
 
 from .agent_base import BLOCK_STOPPING, FATAL_START_CODES, _older_epoch, _same_epoch
-from .orders import parse_client_order_id
+from .orders import OrderReason, parse_client_order_id
 
 LANDING_POLL_S = 0.5  # the stop's cancel-all round while an order of ours may still land
 
@@ -65,7 +65,7 @@ class Shutdown:
                         fenced = not self.agent.lease_ok()
                 listed = await client.open_orders(self.agent.symbol)
                 if fenced:
-                    listed = [o for o in listed if _same_epoch(o.client_order_id, self.agent.core.epoch)]
+                    listed = [o for o in listed if self._fenced_ours(o.client_order_id)]
                 for info in listed:
                     self.agent.core.store.adopt(info)  # counted, even if the store had closed it on inference
                 n = len(listed)
@@ -83,10 +83,28 @@ class Shutdown:
         """The symbol's listed orders (this epoch's only once the lease lapsed: True) cancelled by the
         batch route (ten a request)."""
         fenced = not self.agent.lease_ok()
-        epoch = self.agent.require_core().epoch
         await client.cancel_listed(self.agent.symbol,
-                                   keep=(lambda o: _same_epoch(o.client_order_id, epoch)) if fenced else None)
+                                   keep=(lambda o: self._fenced_ours(o.client_order_id)) if fenced else None)
         return fenced
+
+    def _ours_of_this_epoch(self, client_order_id: str) -> bool:
+        """An order of this epoch, this agent's: all of them, unless another process may share the epoch
+        (ownership lost, or the start found another's orders of it: a state directory removed, or shared
+        by mistake); then only those this core sent. Such an owner's stop cancelled, and counted, the next
+        agent's book as its own."""
+        core = self.agent.core
+        if core is None:
+            return True
+        shared = self.agent.ownership_lost or self.agent.starter.others_resting > 0
+        if not shared:
+            return True
+        sent = core.store.get(client_order_id)
+        return sent is not None and sent.reason != OrderReason.EXTERNAL
+
+    def _fenced_ours(self, client_order_id: str) -> bool:
+        """What a fenced cancel (the lease lapsed) may touch: this epoch's orders that are this agent's."""
+        epoch = self.agent.require_core().epoch
+        return _same_epoch(client_order_id, epoch) and self._ours_of_this_epoch(client_order_id)
 
     async def cancel_until_none_may_land(self, deadline_s: float) -> list[str]:
         """Cancel-all confirmed, again every ``LANDING_POLL_S`` while an order of ours may still land and
@@ -110,12 +128,9 @@ class Shutdown:
         if self.agent.lease_ok():
             await client.cancel_all(self.agent.symbol)
             return False
-        core = self.agent.require_core()
-        epoch = core.epoch  # the store also tracks other epochs' orders (they are exposure)
-        mine = [
-            o.order_id for o in core.store.open_orders()
-            if o.order_id is not None and _same_epoch(o.client_order_id, epoch)
-        ]
+        core = self.agent.require_core()   # the store also tracks other epochs' orders (they are exposure)
+        mine = [o.order_id for o in core.store.open_orders()
+                if o.order_id is not None and self._fenced_ours(o.client_order_id)]
         if mine:
             await client.batch_cancel(self.agent.symbol, order_ids=mine)
         return True
@@ -200,6 +215,7 @@ class Shutdown:
             "exchange_own_orders": (0 if a.grant is None or a.client is None
                                     else own_n if own_n is not None else 0 if self.left_open == 0 else None),
             "exchange_position": position,
+            "other_owner_orders": a.starter.others_resting if not a.started else 0,   # another's, left as they are
             "flattened": bool(flatten) and position == 0,   # the exchange says flat (None: not read)
             "stop_elapsed_ms": int((a.clock.monotonic() - t0) * 1000),
         }
@@ -227,7 +243,7 @@ class Shutdown:
                 open_n = len(listed)
                 epoch = self.agent.grant.epoch if self.agent.grant is not None else 0
                 own_n = sum(1 for o in listed if (p := parse_client_order_id(o.client_order_id)) is not None
-                            and p[0] <= epoch)
+                            and (p[0] < epoch or p[0] == epoch and self._ours_of_this_epoch(o.client_order_id)))
             with contextlib.suppress(Exception):
                 position = float((await asyncio.wait_for(client.position(symbol, risk=True), 1.5)).amount)
         return open_n, own_n, position

@@ -174,7 +174,14 @@ async def _main(prep: dict[str, Any], args: argparse.Namespace, log: logging.Log
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig.name)
         try:
-            await agent.run()
+            run = asyncio.ensure_future(agent.run())
+            while not run.done():   # ownership lost (the lock file removed or taken): stop, as a signal does
+                await asyncio.wait({run}, timeout=0.25)
+                if agent.ownership_lost and not stop_task:
+                    log.error("ownership of %s lost: stopping (cancelling this agent's own orders only)", symbol,
+                              extra={"event": "stopping_unowned", "symbol": symbol})
+                    stop_task.append(asyncio.ensure_future(agent.stop()))
+            await run
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
@@ -238,6 +245,15 @@ def run(args: argparse.Namespace) -> int:
     if prep["runtime"].flatten_on_stop and not summary.get("flattened"):
         print(f"error: the stop's flatten of {prep['symbol']} did not finish: the exchange lists a position of "
               f"{summary.get('exchange_position')}", file=sys.stderr)
+        return EXIT_FAILED
+    if summary.get("other_owner_orders"):
+        print(f"error: this agent never quoted: {summary['other_owner_orders']} order(s) of mmfleet's that it did not "
+              f"place rest at the exchange for {prep['symbol']} (another agent on another state directory, or the "
+              f"last agent's epoch lost); left as they are", file=sys.stderr)
+        return EXIT_FAILED
+    if summary.get("ownership_lost"):
+        print(f"error: this agent lost its ownership of {prep['symbol']} (its lock file was removed or taken over) "
+              f"and stopped", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK if summary.get("state") == "stopped" and not summary.get("restart_needed") else EXIT_FAILED
 

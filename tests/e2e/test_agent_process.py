@@ -178,8 +178,10 @@ async def test_an_agent_on_another_state_dir_does_not_quote_beside_a_live_one_an
     assert refused[0]["level"] == "ERROR"
     cancel_alls = (await sim_state(sim))["weight_by_route"].get("DELETE /fapi/v1/allOpenOrders", 0)
     intruder.proc.send_signal(signal.SIGTERM)
-    code, _ = await intruder.finish()
-    assert code == 1
+    code, out = await intruder.finish()
+    # exit 1, saying the orders are another's (it counted them as its own leftovers, "of this agent's epoch")
+    assert code == 1 and json.loads(out)["exchange_own_orders"] == 0 and json.loads(out)["other_owner_orders"] > 0
+    assert any("this agent never quoted" in line for line in intruder.log_lines)
     # the owner's book untouched by the intruder's stop: no cancel-all, no cancel of the owner's orders
     assert (await sim_state(sim))["weight_by_route"].get("DELETE /fapi/v1/allOpenOrders", 0) == cancel_alls
     assert await quoting(sim, 1)
@@ -214,6 +216,32 @@ async def test_an_agent_whose_epoch_was_lost_waits_out_its_predecessors_book(sim
     assert max(o["updateTime"] for o in old) <= min(o["time"] for o in new), "quoted beside the predecessor's book"
     fresh.proc.send_signal(signal.SIGTERM)
     assert (await fresh.finish())[0] == 0
+
+
+async def test_an_agent_whose_state_directory_is_removed_stops_and_leaves_the_next_agents_book(
+        sim, spawn, fleet_config):
+    """The state directory removed under a quoting agent (a clean-up, a reset), a new agent started on
+    it at once takes epoch 1 again. The first one halted and lived on: its lease pull, then its stop at
+    Ctrl-C, cancelled the new agent's orders of the same epoch as its own. It now stops once it finds
+    its lock gone, cancelling only the orders it sent, and exits 1 saying so; the new agent quotes on."""
+    import shutil
+
+    config = fleet_config()
+    first = await spawn(config)
+    await wait_for(lambda: quoting(sim, 1), 20, "the first agent quoting")
+    shutil.rmtree(config.parent / "state")
+    second = await spawn(config)
+    code, _ = await first.finish(timeout=40)
+    assert code == 1 and any("lost its ownership" in line for line in first.log_lines), first.log_lines[-5:]
+    assert first.events("stopping_unowned")
+    await wait_for(lambda: quoting(sim, 1), 30, "the second agent quoting at epoch 1")
+    assert second.events("other_owner_orders")   # it waited for the first one's book to go
+    for _ in range(3):   # what rests now is the second agent's alone, and stays (the first one is gone)
+        await asyncio.sleep(1.0)
+        assert await quoting(sim, 1)
+    assert not second.events("asking_owner"), "its orders were cancelled by another hand"
+    second.proc.send_signal(signal.SIGTERM)
+    assert (await second.finish())[0] == 0 and (await sim_state(sim))["open_orders"] == []
 
 
 async def test_a_stop_while_the_start_waits_on_the_exchange_cancels_the_predecessors_book(sim, spawn, fleet_config):
