@@ -6,6 +6,7 @@ a short connection lifetime) is a field here, so tests run the real code paths i
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -14,7 +15,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fleet import yamlfile
 from fleet.sim.brackets import DEFAULT_BRACKETS, check_rows
-from fleet.sim.market import MarketParams
+from fleet.sim.market import MAX_VOLATILITY, MarketParams
+
+# The numbers a market can have, so the engine's integer prices and sizes stay exact and in range (a tick of
+# 1e-30 served a crossed book, a start price of 1e-300 overflowed the start): a price from 1e-8 to 1e9, a
+# tick or step of at least 1e-8 (Binance's finest), at most 10^15 ticks to max_price and 10^15 steps to
+# max_qty or a synthetic level (a float holds a whole number exactly to 2^53, about 9 x 10^15)
+LOWEST_PRICE, HIGHEST_PRICE = Decimal("1e-8"), Decimal("1e9")
+FINEST_UNIT = Decimal("1e-8")
+MAX_UNITS = 10 ** 15
+MAX_BALANCE = Decimal("1e15")   # an account's balance of one asset
+MAX_COMMISSION = Decimal("0.01")   # 1 % a side, of either sign (Binance's are hundredths of a percent)
+MAX_FUNDING_INTERVAL_S = 7 * 86_400.0   # a week (Binance's are 1 to 8 hours)
+DAY_S = 86_400.0
 
 # The rate's bound where a symbol sets no adjustedFundingRateCap (the simulator's; Binance's caps run from
 # a fraction of a percent for the majors to 3 % and more for small symbols)
@@ -26,6 +39,13 @@ def check_interval_hours(hours: object) -> int:
     if type(hours) is not int or hours <= 0 or 24 % hours:
         raise ValueError(f"hours must be a whole number of hours dividing 24 (1, 2, 4, 8...), got {hours!r}")
     return hours
+
+
+ACCOUNT_NAME = r"^[A-Za-z0-9_.-]{1,40}$"
+ASSET = r"^[A-Z0-9]{1,20}$"   # an asset's name (USDT, 1000SHIB)
+# an API key: printable ASCII without spaces (Binance's are 64 letters and digits); a newline or an escape in
+# one would be a header no client can send
+API_KEY = r"^[!-~]{1,256}$"
 
 
 class SimConfigError(ValueError):
@@ -59,8 +79,8 @@ class SymbolSpec(_Model):
     """One perpetual contract: its filters and where its market starts."""
 
     symbol: str = Field(pattern=r"^[A-Z0-9]{2,30}$")
-    base_asset: str
-    quote_asset: str
+    base_asset: str = Field(pattern=ASSET)
+    quote_asset: str = Field(pattern=ASSET)
     tick_size: str = "0.01"
     step_size: str = "0.001"
     min_price: str | None = Field(None, description="PRICE_FILTER minPrice, a whole multiple of tick_size; "
@@ -73,17 +93,21 @@ class SymbolSpec(_Model):
                                                             "None = step_size")
     market_min_qty: str | None = Field(None, description="MARKET_LOT_SIZE minQty; None = the LOT_SIZE minQty")
     min_notional: str = "5"
-    price_precision: int | None = Field(None, description="decimals accepted in prices; None = the tick's")
-    quantity_precision: int | None = Field(None, description="decimals accepted in sizes; None = the step's")
-    max_num_orders: int = 200
+    price_precision: int | None = Field(None, ge=0, le=18, description="decimals accepted in prices; None = the "
+                                                                      "tick's")
+    quantity_precision: int | None = Field(None, ge=0, le=18, description="decimals accepted in sizes; None = the "
+                                                                         "step's")
+    max_num_orders: int = Field(200, ge=1, le=100_000)
     multiplier_up: str = "1.0500"
     multiplier_down: str = "0.9500"
-    start_price: float = Field(100.0, gt=0)
-    volatility: float | None = Field(None, ge=0, description="annualised volatility; None = market's")
-    spread_ticks: int = Field(1, ge=1, description="synthetic touch spread in ticks")
+    start_price: float = Field(100.0, ge=float(LOWEST_PRICE), le=float(HIGHEST_PRICE),
+                               description="at least a tick, at most max_price")
+    volatility: float | None = Field(None, ge=0, le=MAX_VOLATILITY, description="annualised volatility; None = "
+                                                                               "market's")
+    spread_ticks: int = Field(1, ge=1, le=10_000, description="synthetic touch spread in ticks")
     level_qty: float = Field(0.0, ge=0, description="synthetic size per level in base units; 0 = ~20k notional")
     depth_levels: int = Field(20, ge=5, le=1000)
-    taker_rate: float = Field(4.0, ge=0, description="synthetic taker arrivals per second")
+    taker_rate: float = Field(4.0, ge=0, le=1000, description="synthetic taker arrivals per second")
     taker_mean_qty: float = Field(0.0, ge=0, description="mean synthetic taker size; 0 = ~5k notional")
     funding_rate: str = "0.0001"
     funding_interval_hours: int | None = Field(
@@ -104,7 +128,30 @@ class SymbolSpec(_Model):
     @field_validator("funding_rate")
     @classmethod
     def _rate(cls, v: str) -> str:
-        return _decimal(v, positive=False)   # type: ignore[return-value]
+        _decimal(v, positive=False)
+        if abs(Decimal(v)) > 1:
+            raise ValueError(f"must be a rate from -1 to 1, got {v[:40]!r}")
+        return v
+
+    @field_validator("tick_size", "step_size")
+    @classmethod
+    def _unit(cls, v: str) -> str:
+        if Decimal(_decimal(v, positive=True)) < FINEST_UNIT:   # type: ignore[arg-type]
+            raise ValueError(f"must be at least {FINEST_UNIT:f}, got {v[:40]!r}")
+        return v
+
+    @field_validator("max_price")
+    @classmethod
+    def _highest(cls, v: str) -> str:
+        if Decimal(_decimal(v, positive=True)) > HIGHEST_PRICE:   # type: ignore[arg-type]
+            raise ValueError(f"must be at most {HIGHEST_PRICE:f}, got {v[:40]!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _multipliers(self) -> "SymbolSpec":
+        if not 1 < Decimal(self.multiplier_up) <= 10 or not 0 < Decimal(self.multiplier_down) < 1:
+            raise ValueError("multiplier_up must be above 1 (at most 10) and multiplier_down below 1 (PERCENT_PRICE)")
+        return self
 
     @field_validator("funding_interval_hours")
     @classmethod
@@ -138,6 +185,32 @@ class SymbolSpec(_Model):
             raise ValueError("min_price must be a whole multiple of tick_size")
         if Decimal(self.max_price) < low:
             raise ValueError("max_price must not be below min_price")
+        if not low <= Decimal(repr(self.start_price)) <= Decimal(self.max_price):
+            raise ValueError(f"start_price {self.start_price:g} must be from min_price (or a tick) to max_price "
+                             f"({self.max_price})")
+        return self
+
+    @model_validator(mode="after")
+    def _units_in_range(self) -> "SymbolSpec":
+        """The engine's integer prices and sizes: at most MAX_UNITS ticks or steps, whatever the synthetic
+        book's sizes (about 20,000 notional a level, 5,000 a taker at the start price)."""
+        tick, step, price = Decimal(self.tick_size), Decimal(self.step_size), Decimal(repr(self.start_price))
+        for name in ("max_qty", "market_max_qty"):
+            if Decimal(getattr(self, name)) < self.smallest_order:
+                raise ValueError(f"{name} must be at least a step and min_qty ({self.smallest_order}): no order "
+                                 f"could be placed")
+        level, taker = Decimal(repr(self.level_qty)), Decimal(repr(self.taker_mean_qty))
+        sizes = {"max_price": (Decimal(self.max_price), tick), "max_qty": (Decimal(self.max_qty), step),
+                 "market_max_qty": (Decimal(self.market_max_qty), step),
+                 "level_qty" + ("" if level else " (0: 20,000 notional at the start price)"):
+                     (level or 20_000 / price, step),
+                 "taker_mean_qty" + ("" if taker else " (0: 5,000 notional at the start price)"):
+                     (taker or 5_000 / price, step)}
+        for name, (amount, unit) in sizes.items():
+            if amount / unit > MAX_UNITS:
+                raise ValueError(f"{name} is {float(amount / unit):.3g} {'ticks' if unit is tick else 'steps'}, more "
+                                 f"than the {MAX_UNITS:.0e} the engine holds exactly: a coarser tick or step, or "
+                                 f"a smaller amount")
         return self
 
     @field_validator("brackets")
@@ -188,7 +261,7 @@ BUILT_IN_SPECS: dict[str, dict[str, Any]] = {
 class AccountSpec(_Model):
     """A trading account; keys are generated at start unless given."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,40}$")
+    name: str = Field(pattern=ACCOUNT_NAME)
     api_key: str | None = None
     api_secret: str | None = Field(None, repr=False)   # (a model's repr in a log or a traceback shows no secret)
     key_type: Literal["HMAC", "ED25519"] = Field(
@@ -200,10 +273,12 @@ class AccountSpec(_Model):
     @field_validator("balances")
     @classmethod
     def _balances(cls, v: dict[str, str]) -> dict[str, str]:
-        for amount in v.values():
+        for asset, amount in v.items():
+            if not re.fullmatch(ASSET, asset):
+                raise ValueError(f"asset {asset[:40]!r} is not an asset's name (1-20 capitals and digits, e.g. USDT)")
             _decimal(amount, positive=False)
-            if Decimal(amount) < 0:
-                raise ValueError(f"a balance may not be negative, got {amount[:40]!r}")
+            if not 0 <= Decimal(amount) <= MAX_BALANCE:
+                raise ValueError(f"a balance must be from 0 to {MAX_BALANCE:.0e}, got {amount[:40]!r}")
         return v
     leverage: int = Field(20, ge=1, le=125)
     funding_frame_symbol: bool | None = Field(None, description="add the 2026 SDK a.S to this account's "
@@ -214,15 +289,48 @@ class AccountSpec(_Model):
                                "/fapi/v1/positionSide/dual switches it to one-way; the simulator trades one-way "
                                "only (an order for a LONG or SHORT position is refused -1000)")
 
+    @model_validator(mode="after")
+    def _credentials(self) -> "AccountSpec":
+        check_credentials(self.name, self.key_type, self.api_key, self.api_secret)
+        return self
+
+
+def check_credentials(name: str, key_type: str, api_key: str | None, api_secret: str | None) -> None:
+    """SimConfigError naming the account (never the key) when its key is not one a client can send, or its
+    secret not one the exchange can check: an HMAC secret of printable characters, an Ed25519 PEM key."""
+    if api_key is not None and not re.fullmatch(API_KEY, api_key):
+        raise SimConfigError(f"account {name!r}: api_key must be 1-256 printable characters without spaces "
+                         f"({len(api_key)} given, not shown)")
+    if api_secret is None:
+        return
+    if key_type == "HMAC" and not re.fullmatch(API_KEY, api_secret):
+        raise SimConfigError(f"account {name!r}: api_secret (HMAC) must be 1-256 printable characters without "
+                         f"spaces ({len(api_secret)} given, not shown)")
+    if key_type == "ED25519":
+        from fleet.sim.keys import ed25519_verifier
+
+        try:
+            ed25519_verifier(api_secret)
+        except Exception:   # noqa: BLE001 - cryptography's errors name the PEM's fault, never its text
+            raise SimConfigError(f"account {name!r}: api_secret (ED25519) is not an Ed25519 key in PEM (a private "
+                             f"or public key, -----BEGIN PRIVATE KEY----- ...; not shown)") from None
+
 
 class RateLimits(_Model):
-    weight_per_minute: int = Field(2400, ge=1)
-    orders_per_10s: int = Field(300, ge=1)
-    orders_per_minute: int = Field(1200, ge=1)
-    ban_base_s: float = Field(120.0, gt=0, description="first 418 ban; doubles with each later ban, max 3 days")
-    ban_after_429s: int = Field(10, ge=1, description="429s an IP may get in one minute; a request after "
-                                                      "that many is banned (418)")
-    ban_max_s: float = Field(3 * 24 * 3600.0, gt=0)
+    weight_per_minute: int = Field(2400, ge=1, le=10**9)
+    orders_per_10s: int = Field(300, ge=1, le=10**9)
+    orders_per_minute: int = Field(1200, ge=1, le=10**9)
+    ban_base_s: float = Field(120.0, gt=0, le=30 * DAY_S, description="first 418 ban; doubles with each later "
+                                                                       "ban, max 3 days")
+    ban_after_429s: int = Field(10, ge=1, le=10**9, description="429s an IP may get in one minute; a request after "
+                                                                "that many is banned (418)")
+    ban_max_s: float = Field(3 * 24 * 3600.0, gt=0, le=30 * DAY_S)
+
+
+def _once(what: str, names: list[str]) -> None:
+    repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if repeated is not None:
+        raise ValueError(f"{what} {repeated!r} is given twice ({what}s must be distinct)")
 
 
 class SimConfig(_Model):
@@ -233,29 +341,30 @@ class SimConfig(_Model):
     market: MarketParams = Field(default_factory=MarketParams)
     maker_commission: str = "0.0002"
     taker_commission: str = "0.0004"
-    funding_interval_s: float = Field(8 * 3600.0, gt=0, description="aligned to the epoch (00/08/16 UTC)")
-    funding_rate_wander: float = Field(0.00002, ge=0, description="std dev of the hourly rate drift")
-    listen_key_ttl_s: float = Field(3600.0, gt=0)
+    funding_interval_s: float = Field(8 * 3600.0, gt=0, description="aligned to the epoch (00/08/16 UTC); from "
+                                                                    "1 s to a week")
+    funding_rate_wander: float = Field(0.00002, ge=0, le=0.01, description="std dev of the hourly rate drift")
+    listen_key_ttl_s: float = Field(3600.0, ge=0.01, le=30 * DAY_S)
     step_ms: int = Field(50, ge=1, le=1000, description="market model step (book cadence)")
-    mark_interval_ms: int = Field(1000, ge=10)
-    ws_ping_interval_s: float = Field(180.0, gt=0)
-    ws_pong_timeout_s: float = Field(600.0, gt=0)
-    ws_max_lifetime_s: float = Field(24 * 3600.0, gt=0)
-    ws_max_incoming_per_s: int = Field(10, ge=1)
-    ws_max_streams: int = Field(1024, ge=1)
+    mark_interval_ms: int = Field(1000, ge=10, le=3_600_000)
+    ws_ping_interval_s: float = Field(180.0, ge=0.01, le=30 * DAY_S)
+    ws_pong_timeout_s: float = Field(600.0, ge=0.01, le=30 * DAY_S)
+    ws_max_lifetime_s: float = Field(24 * 3600.0, ge=0.01, le=30 * DAY_S)
+    ws_max_incoming_per_s: int = Field(10, ge=1, le=10**9)
+    ws_max_streams: int = Field(1024, ge=1, le=10**6)
     legacy_paths: Literal["public", "all"] = Field(
         "public", description="what the unrouted /ws and /stream paths deliver: 'public' (the /public streams only, books and trades; "
                               "a /market stream or a user stream there is accepted and stays silent, as on "
                               "fstream.binance.com since 2026-04-23) or 'all' (as the testnet still does)")
     rate_limits: RateLimits = RateLimits()
     recv_window_max_ms: int | None = Field(
-        None, ge=1, description="a recvWindow above this is refused (-1130); None: no maximum (Binance's is "
+        None, ge=1, le=10**9, description="a recvWindow above this is refused (-1130); None: no maximum (Binance's is "
                                 "unverified: an SDK says below 60000, the docs' RSA example sends 9999999)")
     rest_latency_ms: int = Field(0, ge=0, le=60_000, description="added to every REST call (a far exchange)")
     funding_frame_symbol: bool = Field(False, description="add a.S (the 2026 SDK's symbol of a FUNDING_FEE "
                                                           "ACCOUNT_UPDATE) to every account's funding frames; "
                                                           "off = the real cross frame without a symbol")
-    max_modifies_per_order: int = Field(9999, ge=1, description="PUT order answers -5026 once an order was "
+    max_modifies_per_order: int = Field(9999, ge=1, le=10**9, description="PUT order answers -5026 once an order was "
                                                                 "modified this many times (Binance: fewer than 10000)")
     liquidation: bool = Field(True, description="close a position whose margin falls to its maintenance at the "
                                                 "mark, as Binance does (fleet/sim/liquidation.py); off = never")
@@ -267,13 +376,31 @@ class SimConfig(_Model):
     @field_validator("maker_commission", "taker_commission")
     @classmethod
     def _commission(cls, v: str) -> str:
-        return _decimal(v, positive=False)   # type: ignore[return-value]
+        _decimal(v, positive=False)
+        if abs(Decimal(v)) > MAX_COMMISSION:
+            raise ValueError(f"must be a rate from -{MAX_COMMISSION} to {MAX_COMMISSION}, got {v[:40]!r}")
+        return v
 
     @field_validator("funding_interval_s")
     @classmethod
     def _funding_interval(cls, v: float) -> float:
-        if v < 1:
-            raise ValueError(f"must be at least 1 second, got {v}")
+        if not 1 <= v <= MAX_FUNDING_INTERVAL_S:
+            raise ValueError(f"must be from 1 second to a week ({MAX_FUNDING_INTERVAL_S:.0f} s), got {v:g}")
+        return v
+
+    @field_validator("symbols")
+    @classmethod
+    def _distinct_symbols(cls, v: tuple[SymbolSpec, ...]) -> tuple[SymbolSpec, ...]:
+        _once("symbol", [s.symbol for s in v])   # (the last of two specs silently won)
+        return v
+
+    @field_validator("accounts")
+    @classmethod
+    def _distinct_accounts(cls, v: tuple[AccountSpec, ...]) -> tuple[AccountSpec, ...]:
+        _once("account", [a.name for a in v])
+        keys = [a.api_key for a in v if a.api_key is not None]
+        if len(set(keys)) != len(keys):   # one account's key would log the other's requests on
+            raise ValueError("two accounts have the same api_key (keys must be distinct; not shown)")
         return v
 
     def knows(self, symbol: str) -> bool:

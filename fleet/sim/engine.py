@@ -17,7 +17,7 @@ from typing import Any
 
 from fleet.sim.algo import TYPES as ALGO_TYPES, AlgoService
 from fleet.sim.book import DEEP_FROM, NO_ASK, Book, DiffState
-from fleet.sim.config import SimConfig
+from fleet.sim.config import SimConfig, check_credentials
 from fleet.sim.errors import SimApiError, check_number, int_param, invalid, missing
 from fleet.sim.frames import (render, render_account_update, render_agg, render_bt, render_continuous_kline,
                               render_depth, render_diff, render_kline, render_list, render_mark, render_mini_ticker,
@@ -158,6 +158,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
             if spec.key_type == "ED25519":
                 secret = secret or ed25519_private_pem(bytes.fromhex(self._token(64)))
             secret = secret or self._token(64)
+            check_credentials(spec.name, spec.key_type, key, secret)   # one given beside the config (--api-key)
             acct = Account(spec, key, secret)
             self.accounts[spec.name] = acct
             self.by_key[key] = acct

@@ -12,6 +12,7 @@ import random
 from pydantic import BaseModel, ConfigDict, Field
 
 SECONDS_PER_YEAR = 365.0 * 24 * 3600
+MAX_VOLATILITY = 20.0   # annualised: a market at its wildest (a crash's day) and then some
 
 RANGING = "ranging"
 TRENDING = "trending"
@@ -19,21 +20,24 @@ JUMP = "jump"
 
 
 class MarketParams(BaseModel):
-    """How one symbol's mid moves. Volatility is annualised; lengths are mean seconds."""
+    """How one symbol's mid moves. Volatility is annualised; lengths are mean seconds. Every number is
+    finite and within what a market can do (an infinite drift or jump broke every clock step; a
+    volatility of 10^6 overflowed the start's history), so a config beyond it is refused at start."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    start_price: float = Field(3000.0, gt=0)
-    volatility: float = Field(0.8, ge=0, description="annualised volatility of log price")
-    ranging_mean_s: float = Field(900.0, gt=0, description="mean length of a ranging regime")
-    trending_mean_s: float = Field(300.0, gt=0, description="mean length of a trending regime")
+    start_price: float = Field(3000.0, ge=1e-8, le=1e9)
+    volatility: float = Field(0.8, ge=0, le=MAX_VOLATILITY, description="annualised volatility of log price "
+                                                                       "(20: about 21 % an hour)")
+    ranging_mean_s: float = Field(900.0, ge=0.001, le=SECONDS_PER_YEAR, description="mean length of a ranging regime")
+    trending_mean_s: float = Field(300.0, ge=0.001, le=SECONDS_PER_YEAR, description="mean length of a trending regime")
     trend_probability: float = Field(0.35, ge=0, le=1, description="chance the next regime trends")
-    trend_drift_per_hour: float = Field(0.01, ge=0, description="log drift of a trend per hour")
-    reversion_per_s: float = Field(0.003, ge=0, description="ranging pull towards the regime anchor")
-    jump_rate_per_hour: float = Field(0.5, ge=0)
-    jump_size: float = Field(0.004, ge=0, description="mean absolute log size of a jump")
-    jump_duration_s: float = Field(5.0, gt=0, description="how long the 'jump' regime label lasts")
-    jump_vol_multiplier: float = Field(3.0, ge=1)
+    trend_drift_per_hour: float = Field(0.01, ge=0, le=1, description="log drift of a trend per hour")
+    reversion_per_s: float = Field(0.003, ge=0, le=1, description="ranging pull towards the regime anchor")
+    jump_rate_per_hour: float = Field(0.5, ge=0, le=3600)
+    jump_size: float = Field(0.004, ge=0, le=0.5, description="mean absolute log size of a jump")
+    jump_duration_s: float = Field(5.0, gt=0, le=3600, description="how long the 'jump' regime label lasts")
+    jump_vol_multiplier: float = Field(3.0, ge=1, le=100)
 
 
 class MarketModel:
