@@ -10,8 +10,8 @@ from aiohttp import web
 from fleet.sim.config import SimConfig
 from fleet.sim.engine import Engine, SimApiError
 from fleet.sim.admin_input import LATEST_MS, REQUIRED, YEAR_MS, decimal, flag, integer, loads, number, only, text
-from fleet.sim.faults import (Deferred, FrameFault, Held, RestFault, check_path, check_reach, parse_fault,
-                              parse_frame_fault)
+from fleet.sim.faults import (Deferred, FrameFault, Held, RestFault, check_frame_reach, check_path, check_reach,
+                              parse_fault, parse_frame_fault)
 
 __all__ = ["AdminRoutes", "RestFault"]
 
@@ -94,7 +94,7 @@ class AdminRoutes:
             self.faults.append(fault)
             return {"ok": True, "pending": len(self.faults)}
         if path == "/sim/fault/frame":
-            self.frame_faults.append(parse_frame_fault(body))
+            self.frame_faults.append(check_frame_reach(parse_frame_fault(body), e.accounts, e.books))
             return {"ok": True, "pending": len(self.frame_faults)}
         if path == "/sim/limits":
             only(body, path, "max_modifies_per_order")

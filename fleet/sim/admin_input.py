@@ -54,9 +54,12 @@ def _get(body: dict[str, Any], name: str, default: Any) -> Any:
 
 
 def text(body: dict[str, Any], name: str, default: Any = None) -> Any:
+    """A name, path or mode: a non-empty string of printable characters (no newline, no escape: it is
+    echoed in answers, /sim/state and logs), at most MAX_TEXT of them."""
     value = _get(body, name, default)
-    if value is not None and (not isinstance(value, str) or not value or len(value) > MAX_TEXT):
-        raise ValueError(f"{name} must be a non-empty string of at most {MAX_TEXT} characters")
+    if value is not None and (not isinstance(value, str) or not value or len(value) > MAX_TEXT
+                              or not value.isprintable()):
+        raise ValueError(f"{name} must be a non-empty string of at most {MAX_TEXT} printable characters")
     return value
 
 

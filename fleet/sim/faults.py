@@ -8,7 +8,7 @@ import copy
 import json
 from dataclasses import dataclass, field
 from typing import Any
-from fleet.sim.admin_input import integer, only, text
+from fleet.sim.admin_input import MAX_TEXT, integer, only, text
 
 ORDER = "/fapi/v1/order"
 BATCH = "/fapi/v1/batchOrders"
@@ -223,6 +223,7 @@ class Deferred:
 # --- stream frames ------------------------------------------------------------------------------
 
 FRAME_MODES = ("omit", "garbage", "truncate", "drop")
+MAX_FIELDS = 50   # field paths one frame fault leaves out
 
 
 @dataclass
@@ -299,15 +300,24 @@ def parse_frame_fault(body: dict[str, Any]) -> FrameFault:
         raise ValueError(f"mode must be one of {', '.join(FRAME_MODES)}")
     count = integer(body, "count", 1, 1, 1_000_000)
     fields = body.get("fields", [])
-    if not isinstance(fields, list) or not all(isinstance(f, str) and f and "" not in f.split(".") for f in fields):
-        raise ValueError("fields must be a list of dotted field paths, e.g. [\"o.N\", \"o.n\"]")
+    if not isinstance(fields, list) or len(fields) > MAX_FIELDS or not all(
+            isinstance(f, str) and len(f) <= MAX_TEXT and f.isprintable() and "" not in f.split(".") for f in fields):
+        raise ValueError(f"fields must be a list of at most {MAX_FIELDS} dotted field paths of at most {MAX_TEXT} "
+                         f"printable characters, e.g. [\"o.N\", \"o.n\"]")
     if mode == "omit" and not fields:
         raise ValueError("mode omit needs fields: the paths to leave out, e.g. [\"o.N\", \"o.n\"]")
-    for key in ("event", "account", "symbol", "reason"):
-        if body.get(key) is not None and not isinstance(body[key], str):
-            raise ValueError(f"{key} must be a string")
-    return FrameFault(stream, count, mode, body.get("event"), list(fields), body.get("account"), body.get("symbol"),
-                      body.get("reason"))
+    return FrameFault(stream, count, mode, text(body, "event"), list(fields), text(body, "account"),
+                      text(body, "symbol"), text(body, "reason"))
+
+
+def check_frame_reach(fault: FrameFault, accounts: Any, symbols: Any) -> FrameFault:
+    """``fault``; ValueError when it names an account or a symbol the simulator does not have: it would wait
+    unseen for good (as check_reach refuses a REST fault no route can reach)."""
+    if fault.account is not None and fault.account not in accounts:
+        raise ValueError(f"account {fault.account!r} is not one of the simulator's ({', '.join(accounts)})")
+    if fault.symbol is not None and fault.symbol not in symbols:
+        raise ValueError(f"symbol {fault.symbol!r} is not one of the simulator's ({', '.join(symbols)})")
+    return fault
 
 
 @dataclass(eq=False)

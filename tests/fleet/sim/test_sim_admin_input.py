@@ -33,6 +33,17 @@ BAD_ADMIN = [
     ("/sim/fault/rest", b'{"mode": "late", "path": "/fapi/v1/openOrders"}', "applies to writes"),
     ("/sim/fault/rest", b'{"mode": "batch_short", "path": "/fapi/v1/order"}', "the batch routes"),
     ("/sim/fault/frame", b'{"stream": "user", "mode": "garbage", "cnt": 2}', "'cnt'"),
+    # a frame fault's names are text as every admin route's (no newline or escape to forge a log line, at
+    # most 200 characters), and an account or symbol the simulator lacks would wait, unseen, for good
+    ("/sim/fault/frame", b'{"stream": "user", "mode": "drop", "event": "ACCOUNT_UPDATE\\n2026 CRITICAL x"}', "event"),
+    ("/sim/fault/frame", b'{"stream": "market", "mode": "drop", "event": "\\u001b[31mbookTicker"}', "event"),
+    ("/sim/fault/frame", b'{"stream": "user", "mode": "drop", "reason": "FUNDING_FEE\\r"}', "reason"),
+    ("/sim/fault/frame", b'{"stream": "user", "mode": "omit", "fields": ["o.N\\n"]}', "fields"),
+    ("/sim/fault/frame", b'{"stream": "user", "mode": "omit", "fields": ["' + b"o" * 100_000 + b'"]}', "fields"),
+    ("/sim/fault/frame", b'{"stream": "user", "mode": "drop", "account": "' + b"a" * 100_000 + b'"}', "account"),
+    ("/sim/fault/frame", b'{"stream": "user", "mode": "drop", "account": "nobody"}', "account 'nobody' is not"),
+    ("/sim/fault/frame", b'{"stream": "market", "mode": "drop", "symbol": "DOGEUSDT"}', "symbol 'DOGEUSDT' is not"),
+    ("/sim/fault/frame", b'{"stream": "market", "mode": "drop", "symbol": "ethusdc"}', "symbol 'ethusdc' is not"),
     ("/sim/fault/latency", b'{"ms": 10, "path": 5}', "path"),
     ("/sim/fault/latency", b'{"ms": 10, "path": "/fapi/v9"}', "names no route"),
     ("/sim/fault/latency", b'{"ms": true}', "ms"),
@@ -122,3 +133,4 @@ async def test_the_admin_routes_answer_only_a_loopback_host(sim):
             assert r.status == 200
     async with SimClient.for_sim(sim) as c:   # the jumps refused moved nothing
         assert (await c.state(symbol=SYMBOL))["markets"][SYMBOL]["mid"] == mid
+
