@@ -42,7 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what the unrouted /ws and /stream paths deliver: 'public' (the /public streams only, books and trades, "
                              "as Binance since 2026-04-23; the default) or 'all' (as the testnet)")
     parser.add_argument("--json", action="store_true", help="print one JSON line when ready")
-    parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--log-level", default="WARNING", help=f"one of {', '.join(LEVELS)} (default WARNING)")
+
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _symbols(raw: str | None) -> list[str] | None:
@@ -58,8 +61,12 @@ def _symbols(raw: str | None) -> list[str] | None:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    from fleet.sim.config import SimConfigError, load_sim_config
+    from fleet.sim.config import ACCOUNT_NAME, API_KEY, MAX_FUNDING_INTERVAL_S, SimConfigError, load_sim_config
     from fleet.sim.server import SimServer
+
+    if args.api_key is not None and not re.fullmatch(API_KEY, args.api_key):   # (the key is not echoed)
+        raise SystemExit(f"--api-key: 1-256 printable characters without spaces or control characters "
+                         f"({len(args.api_key)} given, not shown)")
 
     try:
         config = load_sim_config(args.config)
@@ -71,18 +78,18 @@ async def _serve(args: argparse.Namespace) -> None:
         from fleet.sim.config import AccountSpec
 
         names = [n.strip() for n in args.accounts.split(",") if n.strip()]
-        try:
-            accounts = tuple(AccountSpec(name=n) for n in names)
-        except ValueError as exc:
-            raise SystemExit(f"--accounts: {exc}") from None
+        bad = [n for n in names if not re.fullmatch(ACCOUNT_NAME, n)]
+        if bad:
+            raise SystemExit(f"--accounts: {bad[0][:60]!r} is not an account name (1-40 letters, digits, _ . or -)")
+        accounts = tuple(AccountSpec(name=n) for n in names)
         if not accounts or len(set(names)) != len(names):
             raise SystemExit("--accounts: give distinct names, e.g. main,hedge")
         config = config.model_copy(update={"accounts": accounts})
     if args.legacy_paths is not None:
         config = config.model_copy(update={"legacy_paths": args.legacy_paths})
     if args.funding_interval is not None:
-        if not (math.isfinite(args.funding_interval) and args.funding_interval >= 1):
-            raise SystemExit("--funding-interval: seconds, at least 1")
+        if not (math.isfinite(args.funding_interval) and 1 <= args.funding_interval <= MAX_FUNDING_INTERVAL_S):
+            raise SystemExit(f"--funding-interval: seconds, from 1 to a week ({MAX_FUNDING_INTERVAL_S:.0f})")
         config = config.model_copy(update={"funding_interval_s": args.funding_interval})
     try:
         sim = SimServer(symbols=_symbols(args.symbols), seed=args.seed, host=args.host, port=args.port,
@@ -113,7 +120,10 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def run(args: Any) -> int:
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+    level = str(args.log_level).upper()
+    if level not in LEVELS:
+        raise SystemExit(f"--log-level: {str(args.log_level)[:40]!r} is not a level (one of {', '.join(LEVELS)})")
+    logging.basicConfig(level=getattr(logging, level),
                         stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(_serve(args))

@@ -248,6 +248,10 @@ class ReplayMarket:
                                  f"(it holds {', '.join(rec.symbols)})")
         firsts = {s: _first_frames(rec, s) for s in names}
         self.start_ms = min(f[0] for f in firsts.values())
+        end = rec.manifest.get("end_ms")
+        if type(end) is int and end <= self.start_ms:   # as `fleet simulate --replay` refuses it
+            raise RecordingError(f"replay: {rec.directory}: its manifest's end ({end}) is not after its first line "
+                                 f"({self.start_ms})")
         self.shift_ms = now_ms - self.start_ms
         self.stats = ReadStats()
         self.books: dict[str, ReplayBook] = {}

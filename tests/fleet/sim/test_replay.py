@@ -429,3 +429,17 @@ def test_a_silent_end_a_lost_mark_stream_and_the_recorder_s_own_losses_are_said(
     e.advance(NOW + 200_000)
     said = replay_line(e.replay.view())
     assert "2 gaps" in said and "2 recorder reconnects" in said and "3 recorder malformed" in said, said
+
+
+def test_a_manifest_ending_before_its_first_line_is_refused_as_fleet_simulate_refuses_it(tmp_path):
+    rec = write_recording(tmp_path / "rec", {"ETHUSDC": [[bt(0, "3000.00", "1.000", "3000.01", "1.000"),
+                                                          bt(500, "3000.00", "1.000", "3000.01", "2.000")]]})
+    manifest = json.loads((rec / "manifest.json").read_text())
+    (rec / "manifest.json").write_text(json.dumps({**manifest, "end_ms": T0 - 1}))
+    with pytest.raises(RecordingError, match=rf"its manifest's end \({T0 - 1}\) is not after its first line \({T0}\)"):
+        Engine(SimConfig(replay=str(rec)))
+    proc = subprocess.run([sys.executable, "-m", "fleet", "sim", "--json", "--replay", str(rec)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stdout == "" and "is not after its first line" in proc.stderr, proc.stderr
+    (rec / "manifest.json").write_text(json.dumps({**manifest, "end_ms": T0 + 500}))
+    assert Engine(SimConfig(replay=str(rec))).replay is not None

@@ -9,6 +9,8 @@ import sys
 import time
 import urllib.request
 
+import pytest
+
 from websockets.sync.client import connect
 
 from fleet.sim.thread import SimThread
@@ -71,3 +73,21 @@ def test_sim_thread_serves_synchronous_callers():
         with urllib.request.urlopen(sim.rest_url + "/sim/accounts", timeout=10) as r:
             [acct] = json.load(r)
         assert (acct["name"], acct["api_key"]) == (sim.accounts[0][0], sim.accounts[0][1])
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["--accounts", "a b"], "--accounts: 'a b' is not an account name"),
+    (["--log-level", "LOUD"], "--log-level: 'LOUD' is not a level (one of DEBUG, INFO, WARNING, ERROR, CRITICAL)"),
+    (["--api-key", "abc\nSECRETKEY"], "--api-key: 1-256 printable characters"),
+    (["--api-secret", "abc\x1bSECRETKEY"], "account 'main': api_secret (HMAC) must be"),
+    (["--funding-interval", "1e300"], "--funding-interval: seconds, from 1 to a week"),
+])
+def test_a_bad_option_is_refused_in_one_line_naming_it_without_echoing_a_key(args, said):
+    """Before: pydantic's raw multi-line error with its web address, LOUD taken as WARNING, a key with a
+    newline taken, a funding interval of 1e300 taken (then /sim/state answered 500)."""
+    proc = subprocess.run([sys.executable, "-m", "fleet", "sim", "--json", *args], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1 and proc.stdout == "", (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and said in lines[0], proc.stderr
+    assert "SECRETKEY" not in proc.stderr and "pydantic" not in proc.stderr
