@@ -60,7 +60,7 @@ class ExchangeGateway(RestHandlers):
         self.stats = {"rest_requests": 0, "ws_frames_sent": 0, "ws_bad_messages": 0, "ws_slow_dropped": 0,
                       "ws_unlisted_symbol_streams": 0, "ws_legacy_silent_streams": 0,
                       "ws_misrouted_silent_streams": 0, "late_executed": 0, "late_expired": 0,
-                      "late_rejected": 0, "throttled": 0, "frames_faulted": 0}
+                      "late_rejected": 0, "throttled": 0, "frames_faulted": 0, "bad_http_requests": 0}
         self.weight_by_route: dict[str, int] = {}  # IP weight charged since start, per "METHOD path"
         self._routes = self._route_table()
 

@@ -180,6 +180,7 @@ from typing import Any, Callable
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from fleet.sim.admin import AdminRoutes
 from fleet.sim.config import SimConfig, load_sim_config
@@ -195,6 +196,35 @@ log = logging.getLogger("fleet.sim")
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+class BadRequestLog(logging.LoggerAdapter):
+    """aiohttp's server logger, but for a request aiohttp could not read (an HttpProcessingError: a request
+    line over 64 kB, a bare CR in it, an escape in a header), which it answers 400: the client's fault, not
+    the server's. aiohttp logged each at ERROR with a traceback (any client could flood the log at ERROR);
+    here each is counted (``stats["bad_http_requests"]``, /sim/state "server") and said in one WARNING line,
+    the client's bytes repr-escaped and cut, at most one a second (the next says how many it left out)."""
+
+    def __init__(self, stats: dict[str, int]) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+        self.stats = stats
+        self._said_at = -1.0
+        self._unsaid = 0
+
+    def exception(self, msg: object, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
+        if not isinstance(exc_info, HttpProcessingError):   # the server's own fault: as aiohttp says it
+            self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
+            return
+        self.stats["bad_http_requests"] = self.stats.get("bad_http_requests", 0) + 1
+        now = time.monotonic()
+        if now - self._said_at < 1.0:
+            self._unsaid += 1
+            return
+        remote = args[0] if args else "?"
+        more = f" ({self._unsaid} more since the last said)" if self._unsaid else ""
+        self._said_at, self._unsaid = now, 0
+        log.warning("a request from %s aiohttp could not read, answered 400: %s %.300r%s", remote,
+                    type(exc_info).__name__, str(exc_info.message), more)
 
 
 class SimServer(ExchangeGateway, StreamGateway, AdminRoutes):
@@ -248,7 +278,7 @@ class SimServer(ExchangeGateway, StreamGateway, AdminRoutes):
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         # A combined stream of up to ws_max_streams (1024) names is a ~20 kB request line: aiohttp's
         # 8 kB default refused it as plain text before the simulator's own -1130 check saw it.
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=BadRequestLog(self.stats),
                                      max_line_size=65536, max_field_size=65536)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)

@@ -5,6 +5,9 @@ Each bad request is followed by a look at the exchange: it still answers, and no
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import aiohttp
 import pytest
 
@@ -134,3 +137,31 @@ async def test_the_admin_routes_answer_only_a_loopback_host(sim):
     async with SimClient.for_sim(sim) as c:   # the jumps refused moved nothing
         assert (await c.state(symbol=SYMBOL))["markets"][SYMBOL]["mid"] == mid
 
+
+async def _raw_request(url: str, data: bytes) -> bytes:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(data)
+    await writer.drain()
+    answer = await reader.read()   # (aiohttp closes a connection after a request it could not read)
+    writer.close()
+    return answer
+
+
+async def test_a_request_aiohttp_cannot_read_is_a_400_and_a_counted_warning_not_an_error_with_a_traceback(
+        sim, caplog):
+    """aiohttp logged every request it could not parse at ERROR with a traceback: any client could flood the
+    log at ERROR. Each is a 400, counted in /sim/state, and said in one WARNING line at most once a second."""
+    bad = [b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",   # a request line over 64 kB
+           b"GET /fapi/v1/time\rHTTP/1.1\r\nHost: x\r\n\r\n",          # a bare CR in the request line
+           b"GET /fapi/v1/time HTTP/1.1\r\nHost: x\r\nX-A: a\x1b[31mb\r\n\r\n"]   # an escape in a header
+    caplog.set_level(logging.DEBUG)
+    for data in bad * 10:
+        answer = await _raw_request(sim.rest_url, data)
+        assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n")[0], answer[:80]
+    async with SimClient.for_sim(sim) as c:
+        assert (await c.state())["server"]["bad_http_requests"] == 30
+        assert (await c.public("GET", "/fapi/v1/ping")).status == 200
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+    said = [r.getMessage() for r in caplog.records if "could not read" in r.getMessage()]
+    assert 1 <= len(said) <= 2 and all("\n" not in m and "\x1b" not in m and len(m) < 600 for m in said), said
