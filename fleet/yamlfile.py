@@ -4,7 +4,7 @@
 silently replaced the first (the fleet's notional cap went from 20,000 to 1,000,000) and a second
 ``net_max`` the first. Here a repeated key is an error naming its line. An error says what is wrong
 and where (line, column), never the text of the line: a config's line may hold a secret. A file that
-is not UTF-8, is nested too deeply to read, is over ``MAX_BYTES`` or whose aliases would expand it past
+is not UTF-8, is nested too deeply to read, is over ``MAX_BYTES`` or whose aliases would add more than
 ``MAX_NODES`` values (a few hundred bytes of anchors can stand for gigabytes) is refused the same way.
 """
 
@@ -18,7 +18,8 @@ import yaml
 
 MAX_BYTES = 8 << 20   # a config is kilobytes; /dev/zero or a stray log is not a config
 KEY_SHOWN = 40        # characters of a repeated key named in an error
-MAX_NODES = 100_000   # values a document stands for, its aliases expanded (a 50-symbol fleet config: ~5,000)
+MAX_NODES = 100_000   # values a document's aliases may add (a 50-symbol fleet config has ~5,000 in all)
+_COUNTED_TO = 10**12   # an expansion is counted up to this (a cycle: at once), never to its end
 
 
 class YamlFileError(ValueError):
@@ -37,10 +38,10 @@ class _StrictLoader(yaml.SafeLoader):
         self._checked: set[int] = set()
 
     def construct_document(self, node: yaml.Node) -> Any:
-        expanded = _expanded_size(node)
-        if expanded > MAX_NODES:
+        expanded, written = _expanded_size(node)
+        if expanded - written > MAX_NODES:   # (a long file without aliases is its own size: the byte cap's)
             raise yaml.constructor.ConstructorError(
-                None, None, f"its aliases expand it to over {MAX_NODES:,} values: not a config", node.start_mark)
+                None, None, f"its aliases add over {MAX_NODES:,} values to it: not a config", node.start_mark)
         return super().construct_document(node)
 
     def flatten_mapping(self, node: yaml.MappingNode) -> None:
@@ -64,9 +65,9 @@ class _StrictLoader(yaml.SafeLoader):
         super().flatten_mapping(node)
 
 
-def _expanded_size(root: yaml.Node) -> int:
-    """How many values the document stands for with every alias expanded (each node once: linear in the
-    file; a cycle, which expands to no end, counts past any bound)."""
+def _expanded_size(root: yaml.Node) -> tuple[int, int]:
+    """How many values the document stands for with every alias expanded, and how many it writes (each
+    node once: linear in the file; a cycle, which expands to no end, counts past any bound)."""
     sizes: dict[int, int] = {}
     busy: set[int] = set()
 
@@ -75,7 +76,7 @@ def _expanded_size(root: yaml.Node) -> int:
         if key in sizes:
             return sizes[key]
         if key in busy:
-            return MAX_NODES + 1
+            return _COUNTED_TO
         busy.add(key)
         total = 1
         if isinstance(node, yaml.SequenceNode):
@@ -83,10 +84,11 @@ def _expanded_size(root: yaml.Node) -> int:
         elif isinstance(node, yaml.MappingNode):
             total += sum(size(k) + size(v) for k, v in node.value)
         busy.discard(key)
-        sizes[key] = total = min(total, MAX_NODES + 1)
+        sizes[key] = total = min(total, _COUNTED_TO)
         return total
 
-    return size(root)
+    expanded = size(root)
+    return expanded, len(sizes)
 
 
 def describe(exc: yaml.YAMLError) -> str:

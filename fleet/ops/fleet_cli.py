@@ -16,6 +16,7 @@ BTCUSDT, SOLUSDT) and those its config (``exchange.sim.config``) lists under ``s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -177,14 +178,27 @@ def exchange_listing(cfg: Any, timeout: float = 10.0, *, running: bool = False) 
         symbols = {str(e["symbol"]): str(e.get("status", "TRADING")) for e in info["symbols"]}
         smallest = {str(e["symbol"]): max(Decimal(f["minQty"]), Decimal(f["stepSize"]))
                     for e in info["symbols"] for f in e.get("filters", []) if f.get("filterType") == "LOT_SIZE"}
-        notional = {str(e["symbol"]): Decimal(f["notional"])
-                    for e in info["symbols"] for f in e.get("filters", []) if f.get("filterType") == "MIN_NOTIONAL"}
+        notional = _min_notionals(info["symbols"])
     except urllib.error.HTTPError as exc:
         return ExchangeListing(url, None, f"HTTP {exc.code} {exc.reason}")
     except (OSError, ValueError, KeyError, TypeError, ArithmeticError) as exc:
         reason = getattr(exc, "reason", None) or exc
         return ExchangeListing(url, None, f"{type(exc).__name__}: {reason}")
     return ExchangeListing(f"the exchange ({url})", symbols, smallest=smallest, min_notional=notional)
+
+
+def _min_notionals(symbols: list[dict[str, Any]]) -> dict[str, Decimal]:
+    """Each symbol's MIN_NOTIONAL (``notional``, or ``minNotional`` as some listings name it); a symbol
+    whose filter does not read has none here (its orders' notional is then the agent's to learn)."""
+    out: dict[str, Decimal] = {}
+    for e in symbols:
+        for f in e.get("filters", []):
+            if f.get("filterType") == "MIN_NOTIONAL":
+                with contextlib.suppress(ArithmeticError, TypeError, ValueError):
+                    value = Decimal(str(f.get("notional", f.get("minNotional"))))
+                    if value.is_finite():
+                        out[str(e["symbol"])] = value
+    return out
 
 
 def check_symbols(cfg: Any, listing: ExchangeListing, then: str = "", spec: dict[str, Any] | None = None) -> None:

@@ -3,6 +3,7 @@ the apply document, rate-share splits and the live table."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -276,3 +277,14 @@ def test_validate_prints_the_upkeep_weight_and_warns_past_what_one_ip_holds(tmp_
 
     lines = upkeep_lines(cfg)
     assert "2035 for 40" in lines[0] and "Run at most 35 per address" in lines[1], lines
+
+
+def test_a_min_notional_filter_that_does_not_read_leaves_that_symbol_unchecked_not_the_listing_failed():
+    from fleet.ops.fleet_cli import _min_notionals
+
+    def entry(symbol: str, **f: str) -> dict:
+        return {"symbol": symbol, "filters": [{"filterType": "MIN_NOTIONAL", **f}]}
+
+    got = _min_notionals([entry("A", notional="5"), entry("B", minNotional="20"), entry("C", notional="x"),
+                          entry("D"), {"symbol": "E"}])
+    assert got == {"A": Decimal("5"), "B": Decimal("20")}

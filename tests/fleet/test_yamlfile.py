@@ -52,7 +52,7 @@ def test_an_error_names_the_line_never_its_text(tmp_path):
     (b"- {at: 60, do: rest_fault, mode: batch_malformed, path: /fapi/v1/batchOrders, entry: {"
      b"a: &a [x,x,x,x,x,x,x,x,x], b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a], c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b], "
      b"d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c], e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d], "
-     b"f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]}}\n", "its aliases expand it to over 100,000 values"),
+     b"f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]}}\n", "its aliases add over 100,000 values to it"),
 ])
 def test_a_file_that_is_not_yaml_text_is_refused_naming_the_file(tmp_path, raw, why):
     path = tmp_path / "bad.yaml"

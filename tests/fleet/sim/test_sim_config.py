@@ -103,3 +103,16 @@ def test_the_simulator_refuses_a_bad_ed25519_key_in_one_line_naming_the_account_
     assert proc.returncode == 1 and proc.stdout == "", (proc.returncode, proc.stdout)
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "account 'desk'" in proc.stderr and "Ed25519" in proc.stderr and "secretsecret" not in proc.stderr
+
+
+def test_a_symbol_spec_as_binance_lists_it_needs_no_start_price():
+    """Copied from exchangeInfo (a replay's config takes the recording's first mid as its start), a spec
+    whose price filter excludes the default start price of 100 is read; a start price given outside it
+    is not."""
+    from fleet.sim.config import SimConfig, SymbolSpec
+
+    doge = {"symbol": "DOGEUSDT", "base_asset": "DOGE", "quote_asset": "USDT", "tick_size": "0.000010",
+            "step_size": "1", "min_price": "0.002440", "max_price": "30", "min_qty": "1"}
+    assert SimConfig.model_validate({"symbols": [doge]}).symbols[0].symbol == "DOGEUSDT"
+    with pytest.raises(ValueError, match="start_price 100 must be from min_price"):
+        SymbolSpec.model_validate({**doge, "start_price": 100})
