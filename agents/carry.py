@@ -27,15 +27,20 @@ again just before the write, so a zombie waking after its successor started does
 
 Not carried: which drawdown band already acted (a band cut short by the restart acts again on the
 position as it is: the reduction errs on the side of less risk), grinds per hour, counters. The
-single-symbol command (``python -m fleet agent``) carries nothing: each start begins its books.
+single-symbol command (``python -m fleet agent``) keeps the record in its state directory instead
+(``<fleet>.<SYMBOL>.carry``, written every 5 s while it holds the lock: ``read_carry_file``,
+``write_carry_file``; the next agent reads the trades after the record's newest, as above); it began
+its books at 0 at every start.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .clearance import gap_clearance
@@ -245,3 +250,28 @@ def read_carry(fleet_name: str, symbol: str) -> Carry | None:
     raw = internal_kv._internal_kv_get(carry_key(symbol), namespace=kv_namespace(fleet_name))
     record = None if raw is None else Carry.decode(raw)
     return record if record is not None and record.symbol == symbol else None
+
+
+def read_carry_file(path: Path, symbol: str) -> tuple[Carry | None, str | None]:
+    """A standalone agent's record of its last incarnation's books (``<state_dir>/<fleet>.<SYMBOL>.carry``),
+    and why it was not read (None: none there yet, or read)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"{path} not readable: {exc.strerror or type(exc).__name__}"
+    record = Carry.decode(raw)
+    if record is None or record.symbol != symbol:
+        return None, f"{path} holds no record of {symbol}'s books"
+    return record, None
+
+
+def write_carry_file(path: Path, carry: Carry) -> None:
+    """The record written whole (a temp file renamed over it: a crash never leaves half a record)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(carry.encode())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -106,6 +106,7 @@ class LockFileOwnership:
         self.pid_path = self.state_dir / f"{stem}.pid"
         self.epoch_path = self.state_dir / f"{stem}.epoch"
         self.kill_path = self.state_dir / f"{stem}.kill"
+        self.carry_path = self.state_dir / f"{stem}.carry"   # the books, for the next incarnation (agents/carry.py)
         self._fd: int | None = None
         self._grant: Grant | None = None
 

@@ -48,7 +48,6 @@ class Starter:
     async def start(self) -> None:
         """Filters, user stream (buffering), snapshot, old epochs cancelled, market streams, dead-man."""
         a = self.agent
-        self.others_resting = 0   # (this attempt's finding only)
         client = a.require_client()
         await client.sync_time()
         a.filters = await client.symbol_filters(a.symbol)
@@ -234,7 +233,8 @@ class Starter:
             listed = await asyncio.wait_for(self.agent.require_client().open_orders(self.agent.symbol), 2.0)
         except (BinanceError, OSError, asyncio.TimeoutError):
             return True
-        return any(self._other(o) for o in listed)
+        self.others_resting = sum(1 for o in listed if self._other(o))   # (the stop's summary says this count)
+        return self.others_resting > 0
 
     async def cancel_older_epochs(self) -> None:
         """Orders of an older epoch (a previous owner of this symbol) are cancelled before any quote."""

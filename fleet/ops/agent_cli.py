@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -20,6 +21,7 @@ EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_REFUSED = 3
 EXIT_FAILED = 1
+RUN_AFTER_STOP_S = 2.0   # the agent's run is given this long to end once its stop has
 
 
 class AgentSetupError(Exception):
@@ -156,12 +158,15 @@ async def _main(prep: dict[str, Any], args: argparse.Namespace, log: logging.Log
 
         attach_journal(agent, target_of(cfg, prep["state_dir"]), fleet=cfg.name, account=prep["account"].name,
                        symbol=symbol, settings=cfg.journal)
+    agent.account_name = prep["account"].name
+    agent.carried = _carried(ownership, symbol, log)
+    carrying = asyncio.ensure_future(_keep_carry(agent, ownership, log))
     runner = None
+    loop = asyncio.get_running_loop()
     try:
         if args.metrics_port >= 0:
             runner, port = await _serve_metrics(agent, args.metrics_host, args.metrics_port)
             log.info("metrics on http://%s:%d/metrics", args.metrics_host, port, extra={"event": "metrics_serving", "symbol": symbol, "port": port})
-        loop = asyncio.get_running_loop()
         stop_task: list[asyncio.Task] = []
 
         def on_signal(signame: str) -> None:
@@ -171,28 +176,83 @@ async def _main(prep: dict[str, Any], args: argparse.Namespace, log: logging.Log
             log.info("%s: stopping", signame, extra={"event": "signal", "symbol": symbol})
             stop_task.append(asyncio.ensure_future(agent.stop(flatten=prep["runtime"].flatten_on_stop)))
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM):   # (until the very end: a signal during the clean-up is said)
             loop.add_signal_handler(sig, on_signal, sig.name)
-        try:
-            run = asyncio.ensure_future(agent.run())
-            while not run.done():   # ownership lost (the lock file removed or taken): stop, as a signal does
-                await asyncio.wait({run}, timeout=0.25)
-                if agent.ownership_lost and not stop_task:
-                    log.error("ownership of %s lost: stopping (cancelling this agent's own orders only)", symbol,
-                              extra={"event": "stopping_unowned", "symbol": symbol})
-                    stop_task.append(asyncio.ensure_future(agent.stop()))
-            await run
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-        summary = await stop_task[0] if stop_task else await agent.stop(flatten=prep["runtime"].flatten_on_stop)
+        summary = await _run_until_stopped(agent, stop_task, log, prep["runtime"].flatten_on_stop)
         if agent.contract.stopping_for is not None:   # a supervisor starts it again, on the exchange's new filters
             summary = {**summary, "restart_needed": "the exchange changed the symbol's filters"}
         return summary
     finally:
+        carrying.cancel()   # (the books since its last write: the next agent reads the trades after its newest)
+        with contextlib.suppress(BaseException):
+            await carrying
         if runner is not None:
             await runner.cleanup()
         await ownership.release()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+CARRY_EVERY_S = 5.0   # the books written to the state directory this often
+
+
+def _carried(ownership: Any, symbol: str, log: logging.Logger) -> Any:
+    """The books the symbol's last standalone agent left in the state directory (None: none, or said)."""
+    from agents.carry import read_carry_file
+
+    record, why = read_carry_file(ownership.carry_path, symbol)
+    if why:
+        log.warning("the last agent's books not read, they start at 0: %s", why, extra={"symbol": symbol})
+    return record
+
+
+async def _keep_carry(agent: Any, ownership: Any, log: logging.Logger) -> None:
+    while True:
+        await asyncio.sleep(CARRY_EVERY_S)
+        await _save_carry(agent, ownership, log)
+
+
+async def _save_carry(agent: Any, ownership: Any, log: logging.Logger) -> None:
+    """The agent's books written for its successor, only while this process still holds the lock at its
+    path (a directory removed and made again under it belongs to the agent started there)."""
+    from agents.carry import carry_of, write_carry_file
+    from agents.ownership import OwnershipLost
+
+    carry = carry_of(agent)
+    if carry is None or agent.ownership_lost:
+        return
+    try:
+        await ownership.renew()
+        write_carry_file(ownership.carry_path, carry)
+    except OwnershipLost:
+        return
+    except Exception as exc:  # noqa: BLE001 - the next beat tries again
+        log.warning("the books not written for the next agent: %r", exc, extra={"symbol": agent.symbol})
+
+
+async def _run_until_stopped(agent: Any, stop_task: list[asyncio.Task], log: logging.Logger, flatten: bool) -> dict:
+    """The agent's run until its stop's summary: the stop a signal asked for (``stop_task``), or one for
+    ownership lost (the lock file removed or taken), or one after the run ended by itself."""
+    symbol = agent.symbol
+    run = asyncio.ensure_future(agent.run())
+    while not run.done():
+        await asyncio.wait({run}, timeout=0.25)
+        if agent.ownership_lost and not stop_task:
+            log.error("ownership of %s lost: stopping (cancelling this agent's own orders only)", symbol,
+                      extra={"event": "stopping_unowned", "symbol": symbol})
+            stop_task.append(asyncio.ensure_future(agent.stop()))
+        if stop_task and stop_task[0].done() and not run.done():
+            # stopped: a start still waiting (on the rate budget's hold of the IP's minute, say) is not
+            # waited for; the process lingered up to a minute past a supervisor's grace
+            await asyncio.wait({run}, timeout=RUN_AFTER_STOP_S)
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
+    if not run.cancelled():
+        run.result()
+    if not stop_task:   # the run ended by itself: its stop, still under the signal handlers
+        stop_task.append(asyncio.ensure_future(agent.stop(flatten=flatten)))
+    return await stop_task[0]
 
 
 def _secret_values(credentials: Any) -> list[str]:
@@ -235,7 +295,18 @@ def run(args: argparse.Namespace) -> int:
     except BinanceError as exc:  # refused for good at start (bad key, unknown symbol)
         print(f"error: the exchange refused the agent's start: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    for sig in (signal.SIGINT, signal.SIGTERM):   # stopped: a second Ctrl-C now would only turn its exit into -2
+        signal.signal(sig, signal.SIG_IGN)
     print(json.dumps(summary, indent=2, sort_keys=True, default=str), flush=True)
+    if summary.get("other_owner_orders"):
+        print(f"error: this agent never quoted: {summary['other_owner_orders']} order(s) of mmfleet's that it did not "
+              f"place rest at the exchange for {prep['symbol']} (another agent on another state directory, or the "
+              f"last agent's epoch lost); left as they are", file=sys.stderr)
+        return EXIT_FAILED
+    if summary.get("ownership_lost"):
+        print(f"error: this agent lost its ownership of {prep['symbol']} (its lock file was removed or taken over) "
+              f"and stopped", file=sys.stderr)
+        return EXIT_FAILED
     left = summary.get("exchange_own_orders", 0)
     if left != 0:   # (the stop's ERROR said why; a supervisor reads the exit)
         print(f"error: {'an unknown number of' if left is None else left} order(s) of this agent's epoch or an "
@@ -245,15 +316,6 @@ def run(args: argparse.Namespace) -> int:
     if prep["runtime"].flatten_on_stop and not summary.get("flattened"):
         print(f"error: the stop's flatten of {prep['symbol']} did not finish: the exchange lists a position of "
               f"{summary.get('exchange_position')}", file=sys.stderr)
-        return EXIT_FAILED
-    if summary.get("other_owner_orders"):
-        print(f"error: this agent never quoted: {summary['other_owner_orders']} order(s) of mmfleet's that it did not "
-              f"place rest at the exchange for {prep['symbol']} (another agent on another state directory, or the "
-              f"last agent's epoch lost); left as they are", file=sys.stderr)
-        return EXIT_FAILED
-    if summary.get("ownership_lost"):
-        print(f"error: this agent lost its ownership of {prep['symbol']} (its lock file was removed or taken over) "
-              f"and stopped", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK if summary.get("state") == "stopped" and not summary.get("restart_needed") else EXIT_FAILED
 

@@ -244,6 +244,27 @@ async def test_an_agent_whose_state_directory_is_removed_stops_and_leaves_the_ne
     assert (await second.finish())[0] == 0 and (await sim_state(sim))["open_orders"] == []
 
 
+async def test_a_stop_while_the_start_waits_on_the_ips_minute_ends_the_process_with_the_stop(sim, spawn, fleet_config):
+    """The IP's minute near its limit when the agent starts: its start's reads wait (the rate budget holds
+    them until the minute ends). A SIGTERM's stop finished in 3 s, but the process lived on until the
+    held read went, up to a minute: past a supervisor's grace, its exit code lost to a SIGKILL."""
+    async with SimClient.for_sim(sim) as c:
+        now = (await c.public("GET", "/fapi/v1/time", {})).json["serverTime"]
+        if now % 60_000 > 40_000:   # the burn and the start in one minute of the exchange, with 20 s to spare
+            await asyncio.sleep((60_000 - now % 60_000) / 1000 + 0.2)
+        used = 0
+        while used < 2_100:   # unsigned, 40 weight each
+            used = int((await c.public("GET", "/fapi/v1/ticker/24hr", {})).headers["X-MBX-USED-WEIGHT-1M"])
+    child = await spawn(fleet_config())
+    await wait_for(lambda: any("waits" in line and "for the rate budget" in line for line in child.log_lines), 20,
+                   "the start's read held by the rate budget")
+    child.proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    code, _ = await child.finish(timeout=60)
+    assert time.monotonic() - sent < 15, "the process outlived its stop"
+    assert code in (0, 1) and (await sim_state(sim))["open_orders"] == []
+
+
 async def test_a_stop_while_the_start_waits_on_the_exchange_cancels_the_predecessors_book(sim, spawn, fleet_config):
     """SIGTERM while the start waited for exchangeInfo (before the symbol's core existed): the stop
     cancelled nothing and exited 0, the killed predecessor's 18 orders resting (two filled 16 s later).
@@ -327,3 +348,51 @@ async def test_a_wrong_secret_is_refused_at_start_with_the_exchanges_reason(sim,
     assert "-1022" in text and "Signature for this request is not valid" in text
     assert "0" * 64 not in text
     assert (await sim_state(sim))["open_orders"] == []
+
+
+async def test_a_restarted_standalone_agent_carries_its_books_from_the_last_one(sim, spawn, fleet_config):
+    """The single-symbol command began its books at 0 at every start: its realized P&L and commission
+    (and the drawdown's peak) forgot what the symbol had made. They now come from the record the last
+    agent kept in the state directory and the trades after it, equal to the exchange's."""
+    config = fleet_config()
+    first = await spawn(config)
+    await wait_for(lambda: quoting(sim, 1), 20, "the first agent quoting")
+    async with aiohttp.ClientSession() as http:
+        for path, body in (("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL}),
+                           ("/sim/market/jump", {"symbol": SYMBOL, "pct": -0.2}),
+                           ("/sim/market/jump", {"symbol": SYMBOL, "pct": 0.35}),
+                           ("/sim/market/freeze", {"frozen": False, "symbol": SYMBOL})):
+            async with http.post(f"{sim.rest_url}{path}", json=body) as r:
+                assert r.status == 200, await r.text()
+            await asyncio.sleep(0.5)
+    record = config.parent / "state" / "demo.ETHUSDC.carry"
+
+    def carried_fills() -> int:
+        return record.exists() and (lambda d: d["fills_buy"] + d["fills_sell"])(json.loads(record.read_text()))
+
+    await wait_for(carried_fills, 20, "the books written with fills")
+    first.proc.send_signal(signal.SIGTERM)
+    assert (await first.finish())[0] == 0
+    truth = (await sim_state(sim))["positions"][SYMBOL]
+    assert Decimal(truth["realized_pnl"]) != 0 and Decimal(truth["commission"]) > 0
+    second = await spawn(config)
+    serving = await wait_for(lambda: second.events("metrics_serving"), 20, "metrics served")
+
+    seen: list[Any] = []
+
+    async def books_equal_the_exchanges() -> bool:   # (it quotes meanwhile: both read again until they agree)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{serving[0]['port']}/status") as r:
+                doc = await r.json()
+        now = (await sim_state(sim))["positions"][SYMBOL]
+        seen[:] = [doc["status"].get("state"), doc["exposure"], now]
+        return doc["status"].get("state") == "quoting" and all(
+            abs(Decimal(repr(doc["exposure"][k] or 0.0)) - Decimal(now[t])) < Decimal("1e-6")
+            for k, t in (("realized_pnl", "realized_pnl"), ("commission", "commission")))
+
+    async def said() -> str:
+        return repr(seen)
+
+    await wait_for(books_equal_the_exchanges, 30, "the second agent's books equal to the exchange's", explain=said)
+    second.proc.send_signal(signal.SIGTERM)
+    assert (await second.finish())[0] == 0
