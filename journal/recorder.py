@@ -349,7 +349,9 @@ class AgentJournal(JournalSink):
             except Exception as exc:  # noqa: BLE001 - the memory cursors (or the lookback) then
                 log.warning("journal %s: cursor not read: %r", self.symbol, exc)
         trade_cur = _max(db_trade, self._trade_cursor)
-        fund_cur = _max(db_fund, self._funding_cursor)
+        # its own read's cursor once it has one: the database's newest fee may be a row the agent's own
+        # look-up handed over (``on_income_rows``), past a fee whose frame was lost and no read has seen
+        fund_cur = self._funding_cursor if self._funding_cursor is not None else db_fund
         if "trade" in holes:   # from the lowest trade lost (ids grow per symbol)
             trade_cur = holes["trade"] - 1 if trade_cur is None else min(trade_cur, holes["trade"] - 1)
         if "funding" in holes:
@@ -390,6 +392,7 @@ class AgentJournal(JournalSink):
         n_fund = 0
         began = agent.exchange_ms()
         start_ms = fund_cur if fund_cur is not None else began - lookback_ms
+        first = start_ms
         self._reading["funding"] = start_ms
         while True:
             self.backfills["income_reads"] += 1
@@ -402,7 +405,9 @@ class AgentJournal(JournalSink):
             if len(rows) < PAGE or fund_cur is None or fund_cur <= start_ms:
                 break
             start_ms = fund_cur
-        self._funding_cursor = _max(self._funding_cursor, fund_cur)
+        # read from here on (none found: from where this read began to look, not from nothing: the
+        # database's newest fee may be a later one the agent's look-up handed over)
+        self._funding_cursor = _max(self._funding_cursor, fund_cur if fund_cur is not None else first)
         self._funding_read_ms = _max(self._funding_read_ms, began)
         self._reading.pop("funding", None)
         return n_fund

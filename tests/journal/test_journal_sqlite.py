@@ -359,3 +359,48 @@ async def test_a_resync_reads_the_funding_again_only_if_a_settlement_may_have_co
         await asyncio.wait_for(task, 30)
         state = await sim_state(sim, http, SYMBOL)
     assert journal_sums(target, SYMBOL)["funding"] == Decimal(state["positions"][SYMBOL]["funding"]) != 0
+
+
+async def test_a_fee_whose_frame_was_lost_is_read_though_the_agents_own_look_up_wrote_a_later_one(
+        sim, target, tmp_path, monkeypatch):
+    """A settlement's fee frame lost; the next settlement's frame (a cross account's, naming no symbol)
+    has the agent read that fee's income row itself and hand it to the journal. The journal's next
+    read started from the newest fee in its database, that handed-over row, and passed over the lost
+    fee for good. It now reads from its own last read."""
+    from agents import funding as agent_funding
+
+    # the agent's look-up reads a minute before the fee frame; shortened, so the two settlements a second
+    # apart stand for two settlements an interval apart
+    monkeypatch.setattr(agent_funding, "FUNDING_LOOKBACK_MS", 200)
+    settings = SETTINGS.model_copy(update={"backfill_interval_sec": 3600.0})
+    agent = make_agent(sim, target, tmp_path / "state", SYMBOL, settings=settings)
+    task = asyncio.create_task(agent.run())
+    journal = agent.journal
+
+    def idle() -> bool:
+        return (journal._backfill_task is not None and journal._backfill_task.done() and not journal._backfill_again
+                and not journal._funding_wanted)
+
+    async with aiohttp.ClientSession() as http, SimClient.for_sim(sim) as c:
+        await wait_for(lambda: agent.status()["state"] == "quoting", 15, "quoting")
+        await post(sim, http, "/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.05"})
+        await wait_for(lambda: agent.core.store.position >= 0.04 and idle(), 10, "the position seen")
+        await post(sim, http, "/sim/fault/frame", {"stream": "user", "event": "ACCOUNT_UPDATE", "account": "main",
+                                                   "reason": "FUNDING_FEE", "mode": "drop"})
+        first = (await post(sim, http, "/sim/funding/settle", {"symbol": SYMBOL}))["charged"]
+        assert first and not sim.frame_faults
+
+        async def later() -> bool:
+            return (await c.public("GET", "/fapi/v1/time", {})).json["serverTime"] > first_ms + 1000
+
+        first_ms = (await c.public("GET", "/fapi/v1/time", {})).json["serverTime"]
+        await wait_for(later, 10, "a second on the exchange's clock")
+        await post(sim, http, "/sim/funding/settle", {"symbol": SYMBOL})
+        await wait_for(lambda: journal.backfills["funding"] >= 1, 10, "the agent's own look-up handing the row over")
+        await wait_for(lambda: journal.writer.flush(5), 10, "the handed row written")
+        journal.request_backfill(funding=True)   # the journal's next funding read (hourly, or a resync's)
+        await wait_for(idle, 20, "the funding read done")
+        await agent.stop()
+        await asyncio.wait_for(task, 30)
+        state = await sim_state(sim, http, SYMBOL)
+    assert journal_sums(target, SYMBOL)["funding"] == Decimal(state["positions"][SYMBOL]["funding"]) != 0
