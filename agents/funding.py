@@ -160,6 +160,15 @@ class FundingBook:
             return True
         return False
 
+    def expect_fee(self, t: int, held: bool) -> bool:
+        """The settlement at ``t`` has passed (the mark frames moved on to the next): with a position held
+        and no fee of that time booked, its frame was lost (a gap in the user stream across the
+        settlement, a frame dropped): its income row is looked up as a symbol-less frame's is. The books
+        missed such a fee for good."""
+        if self.last_fee_ms >= t - FUNDING_MATCH_MS:
+            return False
+        return self.ask_lookup(t, held)
+
     def lookup_start(self) -> int | None:
         """Exchange ms from which the runtime should read this symbol's FUNDING_FEE income rows
         (``GET /fapi/v1/income``) for fees whose frame named no symbol; None when nothing is due."""

@@ -364,7 +364,10 @@ class Store:
         if not self.market.on_mark(ev):
             return False
         self.funding.on_estimate(ev.event_time, ev.funding_rate)
+        settled = self.funding.next_funding_ms
         self.funding.on_schedule(ev.next_funding_time, ev.event_time)
+        if 0 < settled <= ev.event_time < self.funding.next_funding_ms:   # the settlement at ``settled`` passed
+            self.funding.expect_fee(settled, held=self.position_steps != 0)
         return True
 
     def _on_order_update(self, u: OrderUpdate) -> bool:

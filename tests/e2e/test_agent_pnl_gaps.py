@@ -82,3 +82,25 @@ async def test_a_closing_fill_whose_frames_were_lost_on_a_live_connection_is_in_
                    explain=lambda: describe(agent, exchange))
     assert agent.status()["last_reconcile_repair"]["kind"] == "trades_unseen"
     assert agent.status()["counters"]["reconcile_repairs"] == repairs + 1
+
+
+async def test_a_funding_fee_whose_frame_was_lost_is_in_the_p_and_l_from_the_exchange_s_income(make_agent, exchange):
+    """A settlement while the agent holds a position, its FUNDING_FEE frame lost (a user stream cut across
+    the settlement loses it the same way): the agent's funding stayed 0 against the exchange's for good.
+    The mark frames moving on to the next settlement with no fee of its time booked now look up the
+    income rows, booked once by tranId: the funding P&L is the exchange's."""
+    agent = await make_agent()
+    await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.050"})
+    await wait_for(lambda: agent.core.store.position_steps == 50, 10, "the position seen")
+    await exchange.post("/sim/fault/frame", {"stream": "user", "event": "ACCOUNT_UPDATE", "account": "main",
+                                             "reason": "FUNDING_FEE", "mode": "drop"})
+    now = (await exchange.state())["time"]
+    await exchange.post("/sim/funding/interval", {"symbol": SYMBOL, "hours": 1, "next_ms": now + 1500})
+
+    async def funding_as_the_exchange() -> bool:
+        truth = Decimal((await exchange.state())["positions"][SYMBOL]["funding"])
+        return truth != 0 and abs(Decimal(str(agent.core.store.funding_pnl)) - truth) < Decimal("1e-8")
+
+    await wait_for(funding_as_the_exchange, 30, "the lost fee booked from the income rows",
+                   explain=lambda: describe(agent, exchange))
+    assert not exchange.sim.frame_faults   # (the fee frame was the one dropped)
