@@ -29,8 +29,9 @@ Not carried: which drawdown band already acted (a band cut short by the restart 
 position as it is: the reduction errs on the side of less risk), grinds per hour, counters. The
 single-symbol command (``python -m fleet agent``) keeps the record in its state directory instead
 (``<fleet>.<SYMBOL>.carry``, written every 5 s while it holds the lock: ``read_carry_file``,
-``write_carry_file``; the next agent reads the trades after the record's newest, as above); it began
-its books at 0 at every start.
+``write_carry_file``; the next agent reads the trades after the record's newest, as above), where
+before it began its books at 0 at every start. A record names its exchange's REST address: another
+exchange's (a fresh simulator, the testnet's for live) is not taken in (``carry_refused``).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class Carry:
     # fees booked from frames near the newest one whose income row was not seen: (time, amount)
     fee_frames: tuple[tuple[int, str], ...] = field(default=())
     clearance_ms: int = 0   # the newest liquidation clearance fee booked (exchange time; agents/clearance.py)
+    exchange: str = ""      # the exchange's REST address: another exchange's books are not carried
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -99,7 +101,7 @@ class Carry:
                 trade_id=None if doc["trade_id"] is None else int(doc["trade_id"]),
                 trade_orders=tuple(int(o) for o in doc.get("trade_orders", ())),
                 funding_ms=int(doc.get("funding_ms", 0)), epoch=int(doc.get("epoch", 0)), fee_frames=frames,
-                clearance_ms=int(doc.get("clearance_ms", 0)))
+                clearance_ms=int(doc.get("clearance_ms", 0)), exchange=str(doc.get("exchange", "")))
         except (ValueError, TypeError, KeyError, ArithmeticError):
             return None
 
@@ -116,7 +118,13 @@ def carry_of(agent: SymbolAgent) -> Carry | None:
         realized_pnl=pos.realized_pnl, commission=pos.commission, funding=str(fund.total), fills_buy=pos.fills_buy,
         fills_sell=pos.fills_sell, peak_pnl=pos.peak_pnl, max_drawdown_pct=pos.max_drawdown_pct,
         trade_id=pos.last_trade_id, trade_orders=tuple(pos.last_trade_orders), funding_ms=fund.last_fee_ms,
-        epoch=core.epoch, fee_frames=tuple(fund.unpaired_frames()), clearance_ms=pos.clearance_ms)
+        epoch=core.epoch, fee_frames=tuple(fund.unpaired_frames()), clearance_ms=pos.clearance_ms,
+        exchange=_exchange_of(agent))
+
+
+def _exchange_of(agent: SymbolAgent) -> str:
+    endpoints = getattr(agent, "endpoints", None)
+    return str(getattr(endpoints, "rest_url", "") or "").rstrip("/")
 
 
 async def take_in(agent: SymbolAgent) -> None:
@@ -130,6 +138,11 @@ async def take_in(agent: SymbolAgent) -> None:
     core = agent.core
     assert core is not None
     if carried is None or carried.symbol != agent.symbol or carried.account != agent.account_name:
+        agent.books_since_ms = agent.exchange_ms()
+        return
+    if carried.exchange and carried.exchange != _exchange_of(agent):   # (another simulator, testnet vs live)
+        agent.log.event("carry_refused", f"the last agent's books were another exchange's ({carried.exchange}): "
+                        f"the books start now", level=logging.WARNING)
         agent.books_since_ms = agent.exchange_ms()
         return
     core.store.position_book.restore(carried.realized_pnl, carried.commission, carried.fills_buy, carried.fills_sell,

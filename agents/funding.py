@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict, deque
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from fleet.config import SymbolParams
 
@@ -38,6 +38,7 @@ FUNDING_ROW_LISTED_MS = 60_000   # an income read this long after a fee frame li
 # A fee without a symbol is looked up if this symbol held a position at most this long before it;
 # income rows are read from this long before the fee's frame.
 FUNDING_LOOKBACK_MS = 60_000
+FEE_FRAME_GRACE_MS = 20_000   # a settlement's fee frame comes within seconds of it: none by then is lost
 # A look-up no income row has answered is given up once a fee this much newer needs one.
 FUNDING_LOOKUP_HORIZON_MS = 3_600_000
 _FUNDING_LOOKUPS_KEEP = 32
@@ -63,6 +64,7 @@ class FundingBook:
         self._booked: deque[list[Any]] = deque(maxlen=_FUNDING_KEEP)
         self._income_seen: OrderedDict[int, None] = OrderedDict()  # income tranIds already booked
         self._lookups: deque[int] = deque(maxlen=_FUNDING_LOOKUPS_KEEP)  # times of symbol-less fees
+        self._expected: deque[int] = deque(maxlen=_FUNDING_LOOKUPS_KEEP)  # settlements passed, fee not yet seen
         self.interval_ms = REFERENCE_INTERVAL_MS   # as the runtime last read it (fundingInfo)
         self.interval_read = False                 # fundingInfo answered once (until then 8 h is a guess)
         self.next_funding_ms = 0                   # the next settlement, as the mark frames last said
@@ -160,14 +162,20 @@ class FundingBook:
             return True
         return False
 
-    def expect_fee(self, t: int, held: bool) -> bool:
-        """The settlement at ``t`` has passed (the mark frames moved on to the next): with a position held
-        and no fee of that time booked, its frame was lost (a gap in the user stream across the
-        settlement, a frame dropped): its income row is looked up as a symbol-less frame's is. The books
-        missed such a fee for good."""
-        if self.last_fee_ms >= t - FUNDING_MATCH_MS:
-            return False
-        return self.ask_lookup(t, held)
+    def expect_fee(self, t: int, held: bool) -> None:
+        """The settlement at ``t`` has passed (the mark frames moved on to the next) with a position held:
+        its fee is due. If no fee of that time is booked ``FEE_FRAME_GRACE_MS`` on (its frame lost: a gap in
+        the user stream across the settlement, a frame dropped), its income row is looked up as a
+        symbol-less frame's is (``check_expected``). The books missed such a fee for good."""
+        if held and t not in self._expected:
+            self._expected.append(t)
+
+    def check_expected(self, now_ms: int, held_at: Callable[[int], bool]) -> None:
+        """The settlements whose grace ran out: a look-up for each whose fee no frame booked."""
+        while self._expected and self._expected[0] + FEE_FRAME_GRACE_MS <= now_ms:
+            t = self._expected.popleft()
+            if self.last_fee_ms < t - FUNDING_MATCH_MS:
+                self.ask_lookup(t, held_at(t))
 
     def lookup_start(self) -> int | None:
         """Exchange ms from which the runtime should read this symbol's FUNDING_FEE income rows

@@ -367,8 +367,12 @@ class Store:
         settled = self.funding.next_funding_ms
         self.funding.on_schedule(ev.next_funding_time, ev.event_time)
         if 0 < settled <= ev.event_time < self.funding.next_funding_ms:   # the settlement at ``settled`` passed
-            self.funding.expect_fee(settled, held=self.position_steps != 0)
+            self.funding.expect_fee(settled, self._held_at(settled))
+        self.funding.check_expected(ev.event_time, self._held_at)
         return True
+
+    def _held_at(self, t: int) -> bool:
+        return self.position_book.held_within(t, FUNDING_LOOKBACK_MS)
 
     def _on_order_update(self, u: OrderUpdate) -> bool:
         if u.symbol != self.symbol:

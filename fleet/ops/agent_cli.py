@@ -218,12 +218,12 @@ async def _save_carry(agent: Any, ownership: Any, log: logging.Logger) -> None:
     from agents.carry import carry_of, write_carry_file
     from agents.ownership import OwnershipLost
 
-    carry = carry_of(agent)
-    if carry is None or agent.ownership_lost:
-        return
     try:
+        carry = carry_of(agent)
+        if carry is None or agent.ownership_lost:
+            return
         await ownership.renew()
-        write_carry_file(ownership.carry_path, carry)
+        await asyncio.to_thread(write_carry_file, ownership.carry_path, carry)   # (its fsync off the trading loop)
     except OwnershipLost:
         return
     except Exception as exc:  # noqa: BLE001 - the next beat tries again
@@ -245,6 +245,9 @@ async def _run_until_stopped(agent: Any, stop_task: list[asyncio.Task], log: log
             # stopped: a start still waiting (on the rate budget's hold of the IP's minute, say) is not
             # waited for; the process lingered up to a minute past a supervisor's grace
             await asyncio.wait({run}, timeout=RUN_AFTER_STOP_S)
+            if not run.done():
+                log.warning("stopped while the start still waited (on the rate budget, say): not waited for",
+                            extra={"event": "start_abandoned", "symbol": symbol})
             run.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await run

@@ -80,7 +80,7 @@ def _options(args: argparse.Namespace) -> Any:
         elif isinstance(last, int) and hours is not None and hours * 3_600_000 > last - first:
             print(f"simulate: note: --hours {hours:g} runs past the recording's {(last - first) / 3_600_000:.3g} h: "
                   f"the market stands still after it", file=sys.stderr)
-        base = load_sim_config(args.sim_config) if args.sim_config else None
+        base = load_sim_config(args.sim_config, replay=str(Path(args.replay).resolve())) if args.sim_config else None
         sim_config = {**(base.model_dump() if base is not None else {}), "replay": str(Path(args.replay).resolve())}
     hours = 48.0 if hours is None else hours
     if not 0 < hours <= MAX_HOURS:

@@ -69,11 +69,9 @@ async def _serve(args: argparse.Namespace) -> None:
                          f"({len(args.api_key)} given, not shown)")
 
     try:
-        config = load_sim_config(args.config)
+        config = load_sim_config(args.config, replay=args.replay)
     except SimConfigError as exc:
         raise SystemExit(f"sim: {exc}") from None
-    if args.replay is not None:
-        config = config.model_copy(update={"replay": args.replay})
     if args.accounts:
         from fleet.sim.config import AccountSpec
 

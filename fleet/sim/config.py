@@ -395,6 +395,19 @@ class SimConfig(_Model):
         _once("symbol", [s.symbol for s in v])   # (the last of two specs silently won)
         return v
 
+    @model_validator(mode="after")
+    def _model_starts_inside_the_filter(self) -> "SimConfig":
+        """The model market starts each symbol at its start price, which must lie inside its price filter
+        (a replay starts at the recording's first mid: a spec copied from exchangeInfo needs none)."""
+        if self.replay is None:
+            for i, spec in enumerate(self.symbols):
+                low = Decimal(spec.min_price or spec.tick_size)
+                if not low <= Decimal(repr(spec.start_price)) <= Decimal(spec.max_price):
+                    raise ValueError(f"symbols.{i}.start_price {spec.start_price:g} (the default unless given) must be "
+                                     f"from min_price (or a tick) to max_price ({spec.max_price}): give the symbol's "
+                                     f"start_price")
+        return self
+
     @field_validator("accounts")
     @classmethod
     def _distinct_accounts(cls, v: tuple[AccountSpec, ...]) -> tuple[AccountSpec, ...]:
@@ -417,12 +430,13 @@ class SimConfig(_Model):
         return tuple(configured.get(n.upper()) or default_symbol_spec(n) for n in names)
 
 
-def load_sim_config(source: str | Path | dict[str, Any] | SimConfig | None) -> SimConfig:
-    """A SimConfig from a YAML file, a dict or nothing; errors name the offending field."""
+def load_sim_config(source: str | Path | dict[str, Any] | SimConfig | None, replay: str | None = None) -> SimConfig:
+    """A SimConfig from a YAML file, a dict or nothing; errors name the offending field. ``replay``: the
+    recording the command line names, read with the file (its specs need no start price then)."""
     if source is None:
-        return SimConfig()
+        return SimConfig() if replay is None else SimConfig(replay=replay)
     if isinstance(source, SimConfig):
-        return source
+        return source if replay is None else SimConfig.model_validate({**source.model_dump(), "replay": replay})
     data: Any = source
     where = "config"
     if isinstance(source, (str, Path)):
@@ -431,6 +445,8 @@ def load_sim_config(source: str | Path | dict[str, Any] | SimConfig | None) -> S
             data = yamlfile.read(source) or {}
         except yamlfile.YamlFileError as exc:
             raise SimConfigError(f"simulator config {where} {exc}") from None
+    if replay is not None and isinstance(data, dict):
+        data = {**data, "replay": replay}
     try:
         return SimConfig.model_validate(data)
     except ValidationError as exc:   # (not chained: the error holds the input's values, keys among them)

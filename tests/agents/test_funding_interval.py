@@ -91,3 +91,29 @@ def test_the_funding_shift_is_bounded_by_max_shift():
         core.store.funding.predicted_funding = rate
         core.quote(1_000)
         assert core.last_ladder.center == pytest.approx(center)
+
+
+def test_a_settlement_passed_with_a_position_held_looks_up_its_fee_only_if_no_frame_booked_it():
+    """The mark frames move on to the next settlement before the fee's frame comes (seconds after):
+    a look-up only once the grace is over without a fee of that time (an income read of weight 30 at
+    each settlement of every symbol held, else)."""
+    from decimal import Decimal
+
+    from agents.funding import FEE_FRAME_GRACE_MS, FUNDING_LOOKBACK_MS
+
+    n1, n2 = 8 * 3_600_000, 16 * 3_600_000
+    for frame_came in (True, False):
+        f = FundingBook(seed_params())
+        f.on_schedule(n1, n1 - 1000)
+        f.on_schedule(n2, n1 + 200)           # the settlement at n1 passed
+        f.expect_fee(n1, held=True)
+        f.check_expected(n1 + 1000, lambda t: True)
+        assert f.lookup_start() is None        # within the grace: the frame may still come
+        if frame_came:
+            assert f.on_fee(n1 + 300, Decimal("-0.5"))
+        f.check_expected(n1 + FEE_FRAME_GRACE_MS, lambda t: True)
+        assert f.lookup_start() == (None if frame_came else n1 - FUNDING_LOOKBACK_MS)
+    f = FundingBook(seed_params())
+    f.expect_fee(n1, held=False)               # flat at the settlement: no fee to look for
+    f.check_expected(n1 + FEE_FRAME_GRACE_MS, lambda t: False)
+    assert f.lookup_start() is None

@@ -84,11 +84,15 @@ async def test_a_closing_fill_whose_frames_were_lost_on_a_live_connection_is_in_
     assert agent.status()["counters"]["reconcile_repairs"] == repairs + 1
 
 
-async def test_a_funding_fee_whose_frame_was_lost_is_in_the_p_and_l_from_the_exchange_s_income(make_agent, exchange):
+async def test_a_funding_fee_whose_frame_was_lost_is_in_the_p_and_l_from_the_exchange_s_income(make_agent, exchange,
+                                                                                              monkeypatch):
     """A settlement while the agent holds a position, its FUNDING_FEE frame lost (a user stream cut across
     the settlement loses it the same way): the agent's funding stayed 0 against the exchange's for good.
     The mark frames moving on to the next settlement with no fee of its time booked now look up the
     income rows, booked once by tranId: the funding P&L is the exchange's."""
+    from agents import funding
+
+    monkeypatch.setattr(funding, "FEE_FRAME_GRACE_MS", 2_000)   # (20 s live: the frame's own delay, with room)
     agent = await make_agent()
     await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.050"})
     await wait_for(lambda: agent.core.store.position_steps == 50, 10, "the position seen")

@@ -396,3 +396,10 @@ async def test_a_restarted_standalone_agent_carries_its_books_from_the_last_one(
     await wait_for(books_equal_the_exchanges, 30, "the second agent's books equal to the exchange's", explain=said)
     second.proc.send_signal(signal.SIGTERM)
     assert (await second.finish())[0] == 0
+    doc = json.loads(record.read_text())   # another exchange's books (a fresh simulator, testnet for live) are not taken
+    assert doc["exchange"] == sim.rest_url.rstrip("/")
+    record.write_text(json.dumps({**doc, "exchange": "http://127.0.0.1:1"}))
+    third = await spawn(config)
+    await wait_for(lambda: third.events("carry_refused"), 30, "the other exchange's books refused")
+    third.proc.send_signal(signal.SIGTERM)
+    assert (await third.finish())[0] == 0

@@ -113,6 +113,8 @@ def test_a_symbol_spec_as_binance_lists_it_needs_no_start_price():
 
     doge = {"symbol": "DOGEUSDT", "base_asset": "DOGE", "quote_asset": "USDT", "tick_size": "0.000010",
             "step_size": "1", "min_price": "0.002440", "max_price": "30", "min_qty": "1"}
-    assert SimConfig.model_validate({"symbols": [doge]}).symbols[0].symbol == "DOGEUSDT"
+    assert SimConfig.model_validate({"symbols": [doge], "replay": "/a/recording"}).symbols[0].symbol == "DOGEUSDT"
+    with pytest.raises(ValueError, match="symbols.0.start_price 100 .the default unless given. must be from"):
+        SimConfig.model_validate({"symbols": [doge]})   # the model market would start outside the filter
     with pytest.raises(ValueError, match="start_price 100 must be from min_price"):
         SymbolSpec.model_validate({**doge, "start_price": 100})
