@@ -95,7 +95,7 @@ class Shutdown:
         core = self.agent.core
         if core is None:
             return True
-        shared = self.agent.ownership_lost or self.agent.starter.others_resting > 0
+        shared = self.agent.ownership_lost or self.agent.starter.others_seen
         if not shared:
             return True
         sent = core.store.get(client_order_id)
@@ -262,6 +262,14 @@ class Shutdown:
             if flatten:
                 a.log.event("flatten_unfinished", "the stop does not flatten: another owner trades the symbol on this "
                             "account (its orders rest), the position is its too", level=logging.ERROR)
+            return
+        if not a.started and a.starter.others_seen:
+            # its orders gone for a moment (pulled, halted), not the owner: a cancel-all would reach what it
+            # places next, and disarming the dead-man switch would take the switch it relies on
+            a.log.event("stop_during_start", "stopped while another owner trades the symbol (the start saw its "
+                        "orders): only the older epochs' orders are cancelled, its dead-man switch left armed",
+                        level=logging.WARNING)
+            await self._cancel_before_core()
             return
         if not a.started and a.grant is not None:
             a.log.event("stop_during_start", "stopped while starting: cancelling whatever rests", level=logging.WARNING)

@@ -44,6 +44,7 @@ class Starter:
         self._resync_lock = asyncio.Lock()
         self._retrying = False
         self.others_resting = 0   # another owner's orders the start found (refuse_other_owners)
+        self.others_seen = False  # ... at any attempt: another owner trades the symbol, its book empty or not
 
     async def start(self) -> None:
         """Filters, user stream (buffering), snapshot, old epochs cancelled, market streams, dead-man."""
@@ -207,6 +208,7 @@ class Starter:
         others = sorted(o.client_order_id for o in core.store.orders.values() if o.is_open and self._other(o))
         self.others_resting = len(others)
         if others:
+            self.others_seen = True
             msg = (f"{len(others)} order(s) of mmfleet's with epoch {core.epoch} (this agent's) or later rest at "
                    f"the exchange, e.g. {others[0]}, though this agent placed none: another process trades "
                    f"{a.symbol} on this account, or the last agent's epoch was lost (another state directory); "

@@ -403,3 +403,30 @@ async def test_a_restarted_standalone_agent_carries_its_books_from_the_last_one(
     await wait_for(lambda: third.events("carry_refused"), 30, "the other exchange's books refused")
     third.proc.send_signal(signal.SIGTERM)
     assert (await third.finish())[0] == 0
+
+
+async def test_a_refused_start_stopped_while_the_other_owners_book_is_empty_leaves_its_dead_man_switch(
+        sim, spawn, fleet_config):
+    """Another process trades the symbol at this agent's epoch (its own state directory): the start
+    refuses. The other's book empty for a moment (pulled), a stop then took the plain path: a cancel-all
+    that would reach what the other places next, and its dead-man switch disarmed. Now it cancels only
+    older epochs' orders and leaves the switch armed."""
+    async with SimClient.for_sim(sim) as c:
+        book = (await c.public("GET", "/fapi/v1/depth", {"symbol": SYMBOL, "limit": 5})).json
+        placed = await c.signed("POST", "/fapi/v1/order", {
+            "symbol": SYMBOL, "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.010",
+            "price": str((Decimal(book["bids"][0][0]) * Decimal("0.97")).quantize(Decimal("0.01"))),
+            "newClientOrderId": "mm-ETHUSDC-e1-900"})   # the other owner's order, at epoch 1
+        assert placed.status == 200, placed.json
+        armed = await c.signed("POST", "/fapi/v1/countdownCancelAll", {"symbol": SYMBOL, "countdownTime": 120000})
+        assert armed.status == 200, armed.json
+        intruder = await spawn(fleet_config(state="other"))
+        await wait_for(lambda: intruder.events("other_owner_orders"), 20, "the start refusing")
+        gone = await c.signed("DELETE", "/fapi/v1/order", {"symbol": SYMBOL, "origClientOrderId": "mm-ETHUSDC-e1-900"})
+        assert gone.status == 200, gone.json   # the other's book empty for a moment
+        deadline = (await sim_state(sim))["positions"][SYMBOL]["countdown_deadline_ms"]
+        intruder.proc.send_signal(signal.SIGTERM)
+        code, out = await intruder.finish()
+    assert deadline and (await sim_state(sim))["positions"][SYMBOL]["countdown_deadline_ms"] == deadline
+    assert "DELETE /fapi/v1/allOpenOrders" not in (await sim_state(sim))["weight_by_route"]
+    assert code == 0 and json.loads(out)["exchange_own_orders"] == 0, out
