@@ -38,13 +38,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .clearance import gap_clearance
+from .ownership import write_atomic
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
@@ -281,10 +281,5 @@ def read_carry_file(path: Path, symbol: str) -> tuple[Carry | None, str | None]:
 
 
 def write_carry_file(path: Path, carry: Carry) -> None:
-    """The record written whole (a temp file renamed over it: a crash never leaves half a record)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(carry.encode())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """The record written whole (``write_atomic``: a crash never leaves half a record)."""
+    write_atomic(path, carry.encode().decode())

@@ -113,8 +113,9 @@ class FundingBook:
         return True
 
     def on_schedule(self, next_ms: int, at_ms: int = 0) -> None:
-        """A mark frame's next settlement time (``T``), said at ``at_ms``: a move that is neither the interval nor the move
-        before it means the interval may have changed (or frames were lost across a settlement). A
+        """A mark frame's next settlement time (``T``), said at ``at_ms``: a move that is neither the
+        interval nor the move before it means the interval may have changed (or frames were lost across a
+        settlement). A
         schedule fundingInfo cannot state (an exchange settling every few seconds, in tests) is read
         once, not at every settlement."""
         prev = self.next_funding_ms

@@ -77,7 +77,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     """Write through a temp file and rename, so a crash never leaves a half-written counter."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as fh:
@@ -146,7 +146,7 @@ class LockFileOwnership:
         # The lock file itself also records the PID: readable even if the .pid file was removed.
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{pid}\n".encode(), 0)
-        _write_atomic(self.pid_path, f"{pid}\n")
+        write_atomic(self.pid_path, f"{pid}\n")
 
     async def acquire(self) -> Grant:
         """Take the lock at once or raise :class:`OwnershipRefused` naming the owner's PID.
@@ -161,7 +161,7 @@ class LockFileOwnership:
             try:
                 self._write_pid(fd)
                 epoch = self._read_epoch() + 1
-                _write_atomic(self.epoch_path, f"{epoch}\n")
+                write_atomic(self.epoch_path, f"{epoch}\n")
             except OSError as exc:
                 raise OwnershipStateError(f"{self.fleet_name}/{self.symbol}: the state directory {self.state_dir} "
                                           f"cannot be written: {exc.strerror or type(exc).__name__}") from None
@@ -192,7 +192,7 @@ class LockFileOwnership:
             if owner and _pid_alive(owner):
                 raise OwnershipLost(f"{self.symbol}: PID file {self.pid_path} names {owner}, a live process, not "
                                     f"this process {os.getpid()}")
-            _write_atomic(self.pid_path, f"{os.getpid()}\n")
+            write_atomic(self.pid_path, f"{os.getpid()}\n")
         kill_state = self.kill_state()
         if kill_state != self._grant.kill_state:
             self._grant = Grant(
@@ -230,7 +230,7 @@ class LockFileOwnership:
         if state is KillState.RUNNING:
             self.kill_path.unlink(missing_ok=True)
         else:
-            _write_atomic(self.kill_path, f"{state}\n")
+            write_atomic(self.kill_path, f"{state}\n")
 
     # -- helpers -------------------------------------------------------------------------------
 
