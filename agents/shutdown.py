@@ -19,6 +19,11 @@ from .agent_base import BLOCK_STOPPING, FATAL_START_CODES, _older_epoch, _same_e
 from .orders import OrderReason, parse_client_order_id
 
 LANDING_POLL_S = 0.5  # the stop's cancel-all round while an order of ours may still land
+# Of ``stop_timeout_sec``, what the graceful part leaves to the steps after it (a quarter of a shorter
+# one), so that a stop against an exchange that answers nothing still ends within it: a forced cancel-all
+# (1.5 s), the exchange's view (1.5 s), the journal's last read (what is left, 0.3 s at least), the
+# sockets' close (1 s), the release.
+STOP_RESERVE_S = 4.5
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
@@ -32,6 +37,7 @@ class Shutdown:
         self._task: asyncio.Task | None = None
         self.summary: dict | None = None
         self.graceful_until = 0.0   # when the graceful part of the stop must have ended (monotonic)
+        self.deadline = 0.0         # when the whole stop must have ended (monotonic)
         self.left_open = -1         # open orders the exchange listed at the last confirmed cancel (-1: unknown)
 
     async def cancel_all_confirmed(self, deadline_s: float, until: Callable[[], bool] | None = None) -> int:
@@ -182,21 +188,22 @@ class Shutdown:
         a.tasks.wake_sleepers()
         a.blocks.add(BLOCK_STOPPING)
         a.log.event("stopping", f"stopping (flatten={flatten})")
-        graceful = max(1.0, a.runtime.stop_timeout_sec - 2.0)
+        graceful = max(1.0, a.runtime.stop_timeout_sec - min(STOP_RESERVE_S, a.runtime.stop_timeout_sec / 4))
         self.graceful_until = t0 + graceful
+        self.deadline = t0 + max(a.runtime.stop_timeout_sec, graceful)
         try:
             await asyncio.wait_for(self._stop_trading(flatten), timeout=graceful)
         except asyncio.TimeoutError:
             a.log.event("stop_slow", "graceful stop ran out of time: forcing cancel-all", level=logging.ERROR)
             if a.client is not None and a.lease_ok():
                 try:
-                    await asyncio.wait_for(a.client.cancel_all(a.symbol), 1.5)
+                    await asyncio.wait_for(a.client.cancel_all(a.symbol), self._within(1.5, keep=3.0))
                 except (BinanceError, OSError, asyncio.TimeoutError) as exc:  # the dead-man switch is the last net
                     a.log.event("stop_cancel_failed", f"forced cancel-all failed: {exc!r}", level=logging.ERROR)
-        open_n, own_n, position = await self._exchange_view()
+        open_n, own_n, position = await self._exchange_view(self._within(1.5, keep=1.5))
         await a.tasks.cancel_all(a.sender.inflight)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(a.journal.on_stop(a), 5.5)  # last backfill and snapshot; client open
+        with contextlib.suppress(Exception):   # last backfill and snapshot; client open
+            await a.journal.on_stop(a, self._within(5.5, keep=1.2))
         await a.close_streams()
         if a.client is not None:
             await a.client.close()
@@ -231,21 +238,30 @@ class Shutdown:
         a.done()
         return summary
 
-    async def _exchange_view(self) -> tuple[int | None, int | None, float | None]:
+    def _within(self, cap_s: float, keep: float = 0.0) -> float:
+        """A later step's timeout: at most ``cap_s``, and what is left of the stop's deadline once ``keep``
+        is set aside for the steps after it (0.3 s at least: each is tried)."""
+        return max(0.3, min(cap_s, self.deadline - self.agent.clock.monotonic() - keep))
+
+    async def _exchange_view(self, timeout_s: float) -> tuple[int | None, int | None, float | None]:
         """What the exchange says is left: open orders, this epoch's and older epochs' among them, and the
-        position (None where it did not answer)."""
+        position (None where it did not answer), both read at once within ``timeout_s``."""
         client = self.agent.client
+        if client is None:
+            return None, None, None
+        symbol = self.agent.symbol
+        listed, risk = await asyncio.gather(asyncio.wait_for(client.open_orders(symbol), timeout_s),
+                                            asyncio.wait_for(client.position(symbol, risk=True), timeout_s),
+                                            return_exceptions=True)
         open_n = own_n = position = None
-        if client is not None:
-            symbol = self.agent.symbol
+        if isinstance(listed, list):
+            open_n = len(listed)
+            epoch = self.agent.grant.epoch if self.agent.grant is not None else 0
+            own_n = sum(1 for o in listed if (p := parse_client_order_id(o.client_order_id)) is not None
+                        and (p[0] < epoch or p[0] == epoch and self._ours_of_this_epoch(o.client_order_id)))
+        if not isinstance(risk, BaseException):
             with contextlib.suppress(Exception):
-                listed = await asyncio.wait_for(client.open_orders(symbol), 1.5)
-                open_n = len(listed)
-                epoch = self.agent.grant.epoch if self.agent.grant is not None else 0
-                own_n = sum(1 for o in listed if (p := parse_client_order_id(o.client_order_id)) is not None
-                            and (p[0] < epoch or p[0] == epoch and self._ours_of_this_epoch(o.client_order_id)))
-            with contextlib.suppress(Exception):
-                position = float((await asyncio.wait_for(client.position(symbol, risk=True), 1.5)).amount)
+                position = float(risk.amount)
         return open_n, own_n, position
 
     async def _stop_trading(self, flatten: bool) -> None:

@@ -277,7 +277,10 @@ class RuntimeParams(_Model):
     stream_max_lifetime_sec: float = Field(
         23 * 3600.0, ge=1, le=24 * 3600.0, description="swap a stream connection this long after it opened (Binance "
                                                       "cuts one at 24 h)")
-    stop_timeout_sec: float = Field(20.0, gt=0)
+    stop_timeout_sec: float = Field(
+        20.0, gt=0, description="a stop (cancel, flatten, the last reads) ends within this, against an exchange that "
+                                "answers nothing too (within a second or two of a stop shorter than 6 s): what it "
+                                "could not cancel is left to the dead-man switch, and the stop says so")
     flatten_on_stop: bool = False
     delisting_exit_lead_sec: float = Field(
         1800.0, ge=0,

@@ -192,16 +192,17 @@ class AgentJournal(JournalSink):
         return not (nxt and seen and now < nxt and seen <= read - FUNDING_TRAIL_MS
                     and now - book.said_ms <= SCHEDULE_FRESH_MS)
 
-    async def on_stop(self, agent: Any) -> None:
+    async def on_stop(self, agent: Any, within_s: float = 5.0) -> None:
+        end = time.monotonic() + within_s
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
         if self._backfill_task is not None and not self._backfill_task.done():
             with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.shield(self._backfill_task), 2.0)
+                await asyncio.wait_for(asyncio.shield(self._backfill_task), min(2.0, within_s / 2))
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.backfill(agent, funding=True), 3.0)
+            await asyncio.wait_for(self.backfill(agent, funding=True), max(0.1, min(3.0, end - time.monotonic())))
         holes = self.writer.status().get("holes")
         if holes:   # kept on disk: the symbol's next agent reads them (a retired symbol's stay short)
             log.warning("journal %s: stopped before the fills and funding lost on the way were read again from "

@@ -37,8 +37,8 @@ class JournalSink:
     def on_resync(self, agent: Any, initial: bool) -> None:
         """A REST snapshot was taken (at start and at every resync): time to backfill the journal."""
 
-    async def on_stop(self, agent: Any) -> None:
-        """The agent is stopping, its client still open: last backfill, last snapshot."""
+    async def on_stop(self, agent: Any, within_s: float = 5.0) -> None:
+        """The agent is stopping, its client still open: last backfill, last snapshot, within ``within_s``."""
 
     async def close(self) -> None:
         """The agent's stop has ended (its ``stopped`` event said): what is left written, the writer closed."""

@@ -716,6 +716,25 @@ async def test_a_stop_that_cannot_cancel_leaves_the_dead_mans_switch_armed(make_
     await exchange.post("/sim/fault/clear", {})
 
 
+async def test_a_stop_against_an_exchange_that_answers_nothing_ends_within_its_timeout(make_agent, exchange, caplog):
+    """Every REST answer held a minute: the graceful part, the forced cancel-all, the exchange's view and the
+    journal's last read each wait only what is left of ``stop_timeout_sec`` (against a stopped exchange they
+    added up to 26.5 s of a 20 s timeout, past a container's grace), and the orders left are said to be the
+    dead-man switch's, which stays armed."""
+    caplog.set_level(logging.INFO, logger="mmfleet.agent")
+    runtime = FAST.model_copy(update={"deadman_countdown_ms": 120_000, "stop_timeout_sec": 8.0})
+    agent = await make_agent(runtime=runtime)
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    await exchange.post("/sim/fault/latency", {"ms": 60_000})
+    summary = await agent.stop()
+    st = await exchange.state()
+    assert summary["stop_elapsed_ms"] <= runtime.stop_timeout_sec * 1000, summary["stop_elapsed_ms"]
+    assert summary["exchange_open_orders"] is None and st["open_orders"]   # not read, and left resting
+    assert st["positions"][SYMBOL]["countdown_deadline_ms"], st["positions"][SYMBOL]   # still armed
+    assert [r for r in caplog.records if getattr(r, "event", None) == "stop_slow"]
+    await exchange.post("/sim/fault/clear", {})
+
+
 @pytest.mark.parametrize("flatten", [False, True])
 async def test_a_stop_outwaits_new_orders_answered_503_that_execute_after_it_emptied_the_book(make_agent, exchange,
                                                                                               flatten):
