@@ -580,8 +580,6 @@ class JournalWriter:
         done = self._replaying
         if not done.run(self.replay_path, self.batch_max, self._write):
             return   # from the batch refused, at the next try
-        self.replay_path.unlink(missing_ok=True)
-        self._replaying = _Replay()
         if done.cut:
             with self._lock:
                 self.stats["dropped"] += done.cut
@@ -595,6 +593,10 @@ class JournalWriter:
                       "from the spool's first time on are read again from the exchange" if done.first_ms is not None
                       else "among them are read again by the backfill only if later ones did not move its cursor")
         self.stats["replayed"] += done.rows
+        # the file goes last: a crash before this replays it again (its rows are idempotent), a crash
+        # after it no longer loses the hole of its cut rows (noted after the file went, it was lost)
+        self.replay_path.unlink(missing_ok=True)
+        self._replaying = _Replay()
         log.info("journal %s: %d spooled rows replayed into %s", self.name, done.rows, self.target.describe())
 
 
