@@ -426,9 +426,10 @@ async def test_user_stream_drop_reconnects_and_resyncs_without_duplicates(make_a
         await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": -0.2})  # fills while it is down
         await wait_for(lambda: 0.0 in seen, 5, "mm_ws_connected 0")
         await wait_for(lambda: seen[-1] == 1.0 and seen.index(0.0) < len(seen) - 1, 10, "mm_ws_connected back to 1")
-        reconnected = time.monotonic()
-        await wait_for(lambda: in_sync(agent, exchange), 2.0, "agent equals exchange within 2 s of reconnect", explain=lambda: describe(agent, exchange))
-        assert time.monotonic() - reconnected <= 2.0
+        # the fills the snapshot no longer lists are settled by their look-ups (UNRESOLVED_QUERY_MS on): no
+        # time bound here, the figure is bench/'s
+        await wait_for(lambda: in_sync(agent, exchange), 15, "agent equals exchange after the reconnect",
+                       explain=lambda: describe(agent, exchange))
     finally:
         watcher.cancel()
     assert agent.counters["user_stream_reconnects"] >= 1
@@ -439,7 +440,8 @@ async def test_user_stream_drop_reconnects_and_resyncs_without_duplicates(make_a
 
 
 async def test_user_stream_down_past_grace_cancels_all_through_rest(make_agent, exchange):
-    runtime = FAST.model_copy(update={"user_stream_grace_sec": 0.3, "reconnect_backoff_initial_sec": 1.5})
+    # the reconnect waits 4 s (+-20 %): the REST fallback's empty book (0.3-0.6 s after the drop) is seen before
+    runtime = FAST.model_copy(update={"user_stream_grace_sec": 0.3, "reconnect_backoff_initial_sec": 4.0})
     agent = await make_agent(runtime=runtime)
     await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
     assert metric(agent, "mm_rest_fallback_count") == 0
@@ -864,7 +866,7 @@ async def test_another_hands_orders_outlive_the_agents_halt_a_stale_pull_and_a_u
     stream outage's REST fallback (each cancelled every order of the symbol, the desk's again and
     again while halted); only a kill's or a stop's symbol-wide cancel-all takes them."""
     runtime = FAST.model_copy(update={"market_stale_sec": 1.0, "user_stream_grace_sec": 0.3,
-                                      "reconnect_backoff_initial_sec": 1.5})
+                                      "reconnect_backoff_initial_sec": 4.0})   # the fallback's book seen before it
     agent = await make_agent(runtime=runtime)
     await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
 
@@ -1440,7 +1442,8 @@ async def test_a_lapse_shorter_than_the_countdown_resumes_quoting_without_a_rear
     # outlasting two heartbeats, is not re-armed; the exchange keeps that countdown.
     lease = ControlledLease(ttl=2.0)
     countdowns = sim.engine.accounts["main"].countdowns
-    async with quoting_on_lease(sim, exchange, lease, deadman_heartbeat_sec=5.0, deadman_countdown_ms=60_000) as agent:
+    # the heartbeat's own beat (every 20 s) falls well after the lapse (its 5 s used to fall in it under load)
+    async with quoting_on_lease(sim, exchange, lease, deadman_heartbeat_sec=20.0, deadman_countdown_ms=60_000) as agent:
         beats = agent.counters["deadman_heartbeats"]
         lease.hang.clear()
         await wait_for(lambda: "lease" in agent.status()["blocks"], 5, "quoting blocked when the lease lapses")

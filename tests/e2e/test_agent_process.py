@@ -235,7 +235,7 @@ async def test_an_agent_whose_state_directory_is_removed_stops_and_leaves_the_ne
     assert code == 1 and any("lost its ownership" in line for line in first.log_lines), first.log_lines[-5:]
     assert first.events("stopping_unowned")
     await wait_for(lambda: quoting(sim, 1), 30, "the second agent quoting at epoch 1")
-    assert second.events("other_owner_orders")   # it waited for the first one's book to go
+    # (whether the second read the first one's book, other_owner_orders, or found it gone is the processes' race)
     for _ in range(3):   # what rests now is the second agent's alone, and stays (the first one is gone)
         await asyncio.sleep(1.0)
         assert await quoting(sim, 1)

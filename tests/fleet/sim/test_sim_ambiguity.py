@@ -61,31 +61,31 @@ def _assert_answer(r: Any, answer: str) -> None:
 @pytest.mark.parametrize("answer", list(ANSWERS))
 async def test_late_answers_at_once_then_executes_after_the_delay(sim, answer):
     async with SimClient.for_sim(sim) as c:
-        await c.admin("POST", "/sim/fault/rest", {"mode": "late", "answer": answer, "delay_ms": 800,
+        await c.admin("POST", "/sim/fault/rest", {"mode": "late", "answer": answer, "delay_ms": 2000,
                                                   "path": ORDER, "method": "POST"})
         params = await _far_buy(c, "late-1")
         t0 = time.monotonic()
         r = await c.signed("POST", ORDER, params)
         _assert_answer(r, answer)
         st = await c.state(symbol="ETHUSDC")
-        assert time.monotonic() - t0 < 0.8  # still before the engine runs it
+        assert time.monotonic() - t0 < 2.0  # still before the engine runs it (2 s: a loaded box's stalls)
         assert _cids(st) == []  # absent at answer time
         assert [d["newClientOrderId"] for d in st["deferred"]] == ["late-1"]
         assert st["faults_pending"] == []
         st = await c.wait_state(lambda s: _cids(s) == ["late-1"], symbol="ETHUSDC")  # present after it
-        assert time.monotonic() - t0 >= 0.75
+        assert time.monotonic() - t0 >= 1.95
         assert st["deferred"] == [] and st["server"]["late_executed"] == 1
 
 
 async def test_late_timeout_holds_then_disconnects_and_the_order_appears_later(sim):
     async with SimClient.for_sim(sim) as c:
         await c.admin("POST", "/sim/fault/rest", {"mode": "late", "answer": "timeout", "hold_ms": 200,
-                                                  "delay_ms": 900, "path": ORDER})
+                                                  "delay_ms": 2000, "path": ORDER})
         params = await _far_buy(c, "late-to")
         t0 = time.monotonic()
         with pytest.raises(aiohttp.ServerDisconnectedError):
             await c.signed("POST", ORDER, params)
-        assert 0.19 <= time.monotonic() - t0 < 0.9
+        assert 0.19 <= time.monotonic() - t0 < 2.0
         assert _cids(await c.state(symbol="ETHUSDC")) == []
         await c.wait_state(lambda s: _cids(s) == ["late-to"], symbol="ETHUSDC")
         # a client whose own read timeout is shorter than the hold: it gives up, the order still lands
@@ -111,13 +111,13 @@ async def test_late_cancel_and_late_batch(sim):
     async with SimClient.for_sim(sim) as c:
         params = await _far_buy(c, "keep-1")
         assert (await c.signed("POST", ORDER, params)).status == 200
-        await c.admin("POST", "/sim/fault/rest", {"mode": "late", "answer": "503", "delay_ms": 700,
+        await c.admin("POST", "/sim/fault/rest", {"mode": "late", "answer": "503", "delay_ms": 2000,
                                                   "method": "DELETE"})
         r = await c.signed("DELETE", ORDER, {"symbol": "ETHUSDC", "origClientOrderId": "keep-1"})
         assert r.status == 503 and r.json["code"] == -1000
         assert _cids(await c.state(symbol="ETHUSDC")) == ["keep-1"]  # not cancelled yet
         await c.wait_state(lambda s: _cids(s) == [], symbol="ETHUSDC")  # cancelled after the delay
-        await c.admin("POST", "/sim/fault/rest", {"mode": "late", "answer": "502", "delay_ms": 700, "path": BATCH})
+        await c.admin("POST", "/sim/fault/rest", {"mode": "late", "answer": "502", "delay_ms": 2000, "path": BATCH})
         batch = [await _far_buy(c, f"lb-{i}") for i in range(3)]
         r = await c.signed("POST", BATCH, {"batchOrders": json.dumps(batch)})
         assert r.status == 502 and "Bad Gateway" in r.json
@@ -391,7 +391,7 @@ async def test_a_conditional_order_answered_5xx_may_be_at_the_exchange_at_once_o
         r = await c.signed("POST", "/fapi/v1/algoOrder", stop("ete-algo"))
         assert r.status == 503 and r.json["code"] == -1000
         assert algo_ids(await c.state(symbol="ETHUSDC")) == ["ete-algo"]   # placed all the same
-        await c.admin("POST", "/sim/fault/rest", {"mode": "late", "answer": "503", "delay_ms": 500,
+        await c.admin("POST", "/sim/fault/rest", {"mode": "late", "answer": "503", "delay_ms": 2000,
                                                   "path": "/fapi/v1/algoOrder", "method": "POST"})
         r = await c.signed("POST", "/fapi/v1/algoOrder", stop("late-algo"))
         assert r.status == 503 and algo_ids(await c.state(symbol="ETHUSDC")) == ["ete-algo"]
