@@ -21,9 +21,10 @@ from .orders import OrderReason, parse_client_order_id
 LANDING_POLL_S = 0.5  # the stop's cancel-all round while an order of ours may still land
 # Of ``stop_timeout_sec``, what the graceful part leaves to the steps after it (a quarter of a shorter
 # one), so that a stop against an exchange that answers nothing still ends within it: a forced cancel-all
-# (1.5 s), the exchange's view (1.5 s), the journal's last read (what is left, 0.3 s at least), the
-# sockets' close (1 s), the release.
+# (1.5 s, first), the exchange's view and the journal's last read together (what is left, 0.3 s at least),
+# the sockets' close (1 s), the release.
 STOP_RESERVE_S = 4.5
+LANDING_FLOOR_S = 2.5  # the flatten's stop outwaits what may still land this long at least
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
@@ -197,13 +198,14 @@ class Shutdown:
             a.log.event("stop_slow", "graceful stop ran out of time: forcing cancel-all", level=logging.ERROR)
             if a.client is not None and a.lease_ok():
                 try:
-                    await asyncio.wait_for(a.client.cancel_all(a.symbol), self._within(1.5, keep=3.0))
+                    await asyncio.wait_for(a.client.cancel_all(a.symbol), self._within(1.5, keep=1.0))
                 except (BinanceError, OSError, asyncio.TimeoutError) as exc:  # the dead-man switch is the last net
                     a.log.event("stop_cancel_failed", f"forced cancel-all failed: {exc!r}", level=logging.ERROR)
-        open_n, own_n, position = await self._exchange_view(self._within(1.5, keep=1.5))
         await a.tasks.cancel_all(a.sender.inflight)
-        with contextlib.suppress(Exception):   # last backfill and snapshot; client open
-            await a.journal.on_stop(a, self._within(5.5, keep=1.2))
+        # what the exchange says is left, and the journal's last backfill and snapshot (client open), at once
+        view, _ = await asyncio.gather(self._exchange_view(self._within(3.0, keep=1.0)),
+                                       a.journal.on_stop(a, self._within(5.5, keep=1.0)), return_exceptions=True)
+        open_n, own_n, position = view if isinstance(view, tuple) else (None, None, None)
         await a.close_streams()
         if a.client is not None:
             await a.client.close()
@@ -254,11 +256,12 @@ class Shutdown:
                                             asyncio.wait_for(client.position(symbol, risk=True), timeout_s),
                                             return_exceptions=True)
         open_n = own_n = position = None
-        if isinstance(listed, list):
-            open_n = len(listed)
-            epoch = self.agent.grant.epoch if self.agent.grant is not None else 0
-            own_n = sum(1 for o in listed if (p := parse_client_order_id(o.client_order_id)) is not None
-                        and (p[0] < epoch or p[0] == epoch and self._ours_of_this_epoch(o.client_order_id)))
+        with contextlib.suppress(Exception):
+            if isinstance(listed, list):
+                epoch = self.agent.grant.epoch if self.agent.grant is not None else 0
+                own_n = sum(1 for o in listed if (p := parse_client_order_id(o.client_order_id)) is not None
+                            and (p[0] < epoch or p[0] == epoch and self._ours_of_this_epoch(o.client_order_id)))
+                open_n = len(listed)
         if not isinstance(risk, BaseException):
             with contextlib.suppress(Exception):
                 position = float(risk.amount)
@@ -291,16 +294,19 @@ class Shutdown:
             a.log.event("stop_during_start", "stopped while starting: cancelling whatever rests", level=logging.WARNING)
         budget = a.runtime.stop_timeout_sec
         if flatten and a.lease_ok():   # risk off first: what may still land is outwaited after the flatten
-            await self.cancel_all_confirmed(deadline_s=budget / 3)
+            # the cancel and the flatten share what the graceful part has left once the landing's wait and
+            # the disarm (LANDING_FLOOR_S + 0.5 s) are set aside: they fit in it, whatever the exchange's pace
+            share = max(1.0, (self.graceful_until - a.clock.monotonic() - LANDING_FLOOR_S - 0.5) / 2)
+            await self.cancel_all_confirmed(deadline_s=min(budget / 3, share))
             a.core.flatten("stop")
-            left = await self.flatten_confirmed(deadline_s=budget / 3)
+            left = await self.flatten_confirmed(deadline_s=min(budget / 3, share))
             if left:
                 a.log.event("flatten_unfinished", f"the stop's flatten left a position of {left} "
                             f"({'the lease lapsed' if not a.lease_ok() else 'out of time'})", level=logging.ERROR)
             # as long as without a flatten, within what the stop has left: an order answered ambiguously
             # may land for its recvWindow (5 s) and more, and rested after a `down --flatten` (2.5 s)
             left_s = self.graceful_until - a.clock.monotonic() - 0.5
-            landing = await self.cancel_until_none_may_land(deadline_s=max(2.5, min(budget / 3, left_s)))
+            landing = await self.cancel_until_none_may_land(deadline_s=max(LANDING_FLOOR_S, min(budget / 3, left_s)))
         else:
             if flatten:
                 a.log.event("flatten_unfinished", "the stop does not flatten: the lease has lapsed (a successor "

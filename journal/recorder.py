@@ -201,8 +201,12 @@ class AgentJournal(JournalSink):
         if self._backfill_task is not None and not self._backfill_task.done():
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(self._backfill_task), min(2.0, within_s / 2))
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.wait_for(self.backfill(agent, funding=True), max(0.1, min(3.0, end - time.monotonic())))
+        except asyncio.TimeoutError:   # cut (a slow exchange at the stop's end): its fills read again by the next
+            self.writer.note_hole({"trade_ms": agent.exchange_ms() - GAP_LOOKBACK_MS})
+        except Exception:  # noqa: BLE001 - the holes it took are kept (restored) for the next agent
+            pass
         holes = self.writer.status().get("holes")
         if holes:   # kept on disk: the symbol's next agent reads them (a retired symbol's stay short)
             log.warning("journal %s: stopped before the fills and funding lost on the way were read again from "

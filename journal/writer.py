@@ -580,6 +580,23 @@ class JournalWriter:
         done = self._replaying
         if not done.run(self.replay_path, self.batch_max, self._write):
             return   # from the batch refused, at the next try
+        if not done.counted:
+            done.counted = True
+            self._replayed(done)
+        # the file goes last: a crash before this replays it again (its rows are idempotent), a crash
+        # after it no longer loses the hole of its cut rows (noted after the file went, it was lost)
+        try:
+            self.replay_path.unlink(missing_ok=True)
+        except OSError as exc:   # counted once, said once; tried again at the next drain
+            if not done.unlink_said:
+                done.unlink_said = True
+                log.error("journal %s: the replayed spool %s could not be removed: %r", self.name, self.replay_path,
+                          exc)
+            return
+        self._replaying = _Replay()
+
+    def _replayed(self, done: "_Replay") -> None:
+        """A spool's replay is in: its rows and the lines that did not read counted, their hole noted."""
         if done.cut:
             with self._lock:
                 self.stats["dropped"] += done.cut
@@ -593,10 +610,6 @@ class JournalWriter:
                       "from the spool's first time on are read again from the exchange" if done.first_ms is not None
                       else "among them are read again by the backfill only if later ones did not move its cursor")
         self.stats["replayed"] += done.rows
-        # the file goes last: a crash before this replays it again (its rows are idempotent), a crash
-        # after it no longer loses the hole of its cut rows (noted after the file went, it was lost)
-        self.replay_path.unlink(missing_ok=True)
-        self._replaying = _Replay()
         log.info("journal %s: %d spooled rows replayed into %s", self.name, done.rows, self.target.describe())
 
 
@@ -622,6 +635,8 @@ class _Replay:
         self.offset = 0
         self.rows = 0
         self.cut = 0
+        self.counted = False   # its rows and cut lines counted (once, though its file's removal failed)
+        self.unlink_said = False   # that removal's failure said (once)
         self.first_ms: int | None = None
         self.file = file
 

@@ -172,6 +172,42 @@ def test_a_spool_line_cut_mid_write_loses_that_row_only_and_is_counted(tmp_path)
     assert holes["trade_ms"] <= 1001 and holes["funding"] <= 1001, holes
 
 
+def test_a_replayed_spool_that_cannot_be_removed_is_counted_once_and_said_once(tmp_path, monkeypatch, caplog):
+    """The replayed spool's removal refused (a read-only or foreign-owned directory): every drain after
+    counted its rows and cut lines again (the snapshot's ``lost``), with an ERROR each time."""
+    import time
+    from pathlib import Path
+
+    spool = tmp_path / "spool"
+    bad = Target(url="postgresql+psycopg://nobody@127.0.0.1:1/none", spool_dir=str(spool))
+    w = JournalWriter(bad, "t", flush_interval=0.05).start()
+    w.put(_fill(1, "BUY", "1", "1", 1.0))
+    assert w.flush(20)
+    with open(w.spool_path, "a", encoding="utf-8") as f:   # a cut line
+        f.write('{"t":"fills","r":{"ts_ms":1002,"fleet"\n')
+    w.close(1)
+    real_unlink = Path.unlink
+
+    def refuse(self, missing_ok=False):
+        if self.name.endswith(".replaying.jsonl"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    good = Target(url=f"sqlite:///{tmp_path / 'j.sqlite'}", spool_dir=str(spool))
+    w2 = JournalWriter(good, "t", flush_interval=0.05).start()
+    end = time.monotonic() + 20
+    while w2.stats["replayed"] == 0 and time.monotonic() < end:
+        time.sleep(0.05)
+    w2.put(_fill(2, "BUY", "1", "1", 1.0))
+    for _ in range(5):   # drains after the replay
+        assert w2.flush(20)
+    w2.close(2)
+    assert w2.stats["replayed"] == 1 and w2.stats["dropped"] == 1, w2.stats
+    said = [r for r in caplog.records if "could not be removed" in r.getMessage()]
+    assert len(said) == 1 and w2.replay_path.exists()
+
+
 def test_a_sqlite_file_removed_under_the_journal_is_said_and_a_new_one_written(tmp_path, monkeypatch):
     """Its connections would write on into the removed file, unseen (the directory removed by hand):
     the writer notices, counts, makes a new file and asks for the exchange's trades and funding again."""
