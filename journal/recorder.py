@@ -4,7 +4,9 @@ and the backfill that makes the journal equal to the exchange's record after any
 Hooks only append to the writer's queue; rows are built in the writer's thread. The recorder's own
 task on the agent's loop takes a snapshot every ``snapshot_interval_sec`` and backfills the trades
 every ``backfill_interval_sec``; the funding (income, 30 weight a read against userTrades' 5) at every
-start, at a resync unless no settlement can have come since the last read (``_settled_since_read``: a
+start unless the journal's last read on record (table ``funding_reads``) began after the settlement
+before the next one the mark frames say had its rows listed (``_start_read_due``: half of a start's
+weight), at a resync unless no settlement can have come since the last read (``_settled_since_read``: a
 stream gap of every symbol of the fleet would otherwise cost 30 weight each), after a funding fee frame
 of this symbol (not once the agent's own cross-margin look-up has handed the fee's row over:
 ``on_income_rows``), on stop, and otherwise every ``funding_backfill_interval_sec``.
@@ -24,7 +26,7 @@ from fleet.binance.models import exchange_decimal
 
 from .db import Target, in_own_thread
 from .sink import JournalSink
-from .writer import JournalWriter, Row, cursors
+from .writer import JournalWriter, Row, cursors, last_funding_read
 
 log = logging.getLogger("mmfleet.journal")
 
@@ -34,6 +36,7 @@ FUNDING_DELAYS = (2.0, 10.0, 30.0)  # an income record may trail the funding fra
 FUNDING_MATCH_MS = 5_000  # an income row this close to a fee frame's time is that fee's
 FUNDING_TRAIL_MS = 60_000  # a settlement's income rows are listed by then (they trail its frames by seconds)
 SCHEDULE_FRESH_MS = 5_000  # the mark frames (every second) said the next settlement this recently
+START_SCHEDULE_WAIT_S = 10.0  # the start's funding read waits this long at most for the mark frames' schedule
 
 # Agent events kept in the audit trail (others are operational noise for the log only).
 AUDITED = frozenset({
@@ -93,6 +96,8 @@ class AgentJournal(JournalSink):
         self._fee_seen_ms: int | None = None  # the newest fee row the agent's own look-up handed over
         self.backfills = {"runs": 0, "trades": 0, "funding": 0, "income_reads": 0, "income_spared": 0, "errors": 0}
         self._funding_read_ms: int | None = None   # when the last funding read that succeeded began (exchange time)
+        self._start_check: float | None = None   # the start's funding read not yet decided: since (monotonic)
+        self._db_read_known = False   # the journal's last funding read on record looked up (or not to be had)
         self.bad_rows = 0   # the exchange's trade or income rows that did not read: skipped, each logged
         self._reading: dict[str, int] = {}   # where the backfill under way reads from (a hole if it fails)
         self._user_stream: Any = None   # the user stream last looked at, and its malformed frames then
@@ -171,13 +176,61 @@ class AgentJournal(JournalSink):
     def on_resync(self, agent: Any, initial: bool) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._loop(agent))
-        if not initial:   # back after a gap: its fills are read again, from before it began
-            lost = getattr(getattr(agent, "user", None), "last_lost_ms", None)
-            self.writer.note_hole({"trade_ms": (lost or agent.exchange_ms()) - GAP_LOOKBACK_MS})
-        funding = initial or self._settled_since_read(agent)
+        if initial:   # its funding read waits for the last read on record and the schedule (``_start_read_due``)
+            if self._funding_read_ms is None:
+                self._start_check = time.monotonic()
+            self.request_backfill(funding=True)
+            return
+        # back after a gap: its fills are read again, from before it began
+        lost = getattr(getattr(agent, "user", None), "last_lost_ms", None)
+        self.writer.note_hole({"trade_ms": (lost or agent.exchange_ms()) - GAP_LOOKBACK_MS})
+        funding = self._settled_since_read(agent)
         if not funding:
             self.backfills["income_spared"] += 1
         self.request_backfill(funding=funding)
+
+    def _start_read_due(self, agent: Any) -> bool | None:
+        """Whether the start's funding read is due (None: not yet known). Not when the journal's last read on
+        record began ``FUNDING_TRAIL_MS`` after the settlement before the next one the mark frames, fresh,
+        say (the interval as fundingInfo lists it): every fee since that read's cursor was listed then, and
+        none has come since. Due when there is no such read, or no schedule within
+        ``START_SCHEDULE_WAIT_S``."""
+        waited = time.monotonic() - (self._start_check or 0.0) >= START_SCHEDULE_WAIT_S
+        read, core = self._funding_read_ms, agent.core
+        if read is None or core is None:
+            return True
+        book, now = core.store.funding, agent.exchange_ms()
+        nxt = book.next_funding_ms
+        if nxt and book.interval_read and now < nxt and now - book.said_ms <= SCHEDULE_FRESH_MS:
+            return nxt - book.interval_ms + FUNDING_TRAIL_MS > read
+        return True if waited else None
+
+    async def _start_read_wanted(self, agent: Any) -> bool:
+        """The start's backfill, its trades read: whether it reads the funding too (``_start_read_due``,
+        waited for)."""
+        while not self._db_read_known:   # the database answers once the writer's first rows went in
+            engine = self.writer.engine()
+            if engine is not None:
+                try:
+                    read = await asyncio.wrap_future(in_own_thread(last_funding_read, engine, self.account,
+                                                                   self.symbol))
+                    if read is not None and self._funding_read_ms is None:   # go on from the last read's cursor
+                        self._funding_read_ms, self._funding_cursor = read
+                except Exception as exc:  # noqa: BLE001 - the start reads
+                    log.warning("journal %s: the last funding read on record not read: %r", self.symbol, exc)
+                self._db_read_known = True
+            elif time.monotonic() - (self._start_check or 0.0) >= START_SCHEDULE_WAIT_S:
+                self._db_read_known = True   # not answering: the start reads
+            else:
+                await asyncio.sleep(0.2)
+        while (due := self._start_read_due(agent)) is None:
+            await asyncio.sleep(0.2)
+        self._start_check = None
+        if not due:
+            self.backfills["income_spared"] += 1
+            log.info("journal %s: funding not read at the start: the last read on record came after the last "
+                     "settlement's rows were listed", self.symbol)
+        return due
 
     def _settled_since_read(self, agent: Any) -> bool:
         """Whether a settlement's fee may be missing from the last funding read. Not when the mark frames,
@@ -194,6 +247,7 @@ class AgentJournal(JournalSink):
 
     async def on_stop(self, agent: Any, within_s: float = 5.0) -> None:
         end = time.monotonic() + within_s
+        self._start_check = None   # the stop's read is made whatever the start's would have been
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(BaseException):
@@ -383,6 +437,9 @@ class AgentJournal(JournalSink):
         self._trade_cursor = _max(self._trade_cursor, trade_cur)
         self._reading.pop("trade", None)
         self._reading.pop("trade_ms", None)
+        if funding and self._start_check is not None and "funding" not in holes:
+            funding = await self._start_read_wanted(agent)
+            fund_cur = self._funding_cursor if self._funding_cursor is not None else fund_cur
         n_fund = await self._backfill_funding(client, epoch, fund_cur, lookback_ms, agent) if funding else 0
         if "funding" in holes:   # a clearance fee lost on the way left a funding hole too
             n_fund += await self._clearance_since(client, epoch, holes["funding"])
@@ -415,6 +472,9 @@ class AgentJournal(JournalSink):
         self._funding_cursor = _max(self._funding_cursor, fund_cur if fund_cur is not None else first)
         self._funding_read_ms = _max(self._funding_read_ms, began)
         self._reading.pop("funding", None)
+        # on record, behind the rows it read: a later start between the same settlements need not read again
+        self.writer.put(("row", "funding_reads", {"uid": _uid(), "ts_ms": began, **self._scope, "epoch": epoch,
+                                                  "cursor_ms": self._funding_cursor}))
         return n_fund
 
     async def _clearance_since(self, client: Any, epoch: int | None, start_ms: int) -> int:

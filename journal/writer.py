@@ -39,7 +39,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, InterfaceError, InternalError, OperationalError, SQLAlchemyError
 
 from .db import WRITER_BOUNDS, Bounds, JournalConfigError, Target, answering, make_engine, migrate
-from .schema import TABLES, fills, funding
+from .schema import TABLES, fills, funding, funding_reads
 
 log = logging.getLogger("mmfleet.journal")
 SPOOL_LOOKBACK_MS = 300_000   # before a spool's first row: a cut line was written before its readable neighbours
@@ -766,3 +766,15 @@ def cursors(engine: Engine, account: str, symbol: str) -> tuple[int | None, int 
                                                     funding.c.income_type == "FUNDING_FEE")
         ).scalar()
     return (int(trade) if trade is not None else None, int(fund) if fund is not None else None)
+
+
+def last_funding_read(engine: Engine, account: str, symbol: str) -> tuple[int, int] | None:
+    """When the journal's newest funding read of an account's symbol on record began and the cursor it
+    left (None: none on record)."""
+    with answering(engine), engine.connect() as conn:
+        row = conn.execute(
+            select(funding_reads.c.ts_ms, funding_reads.c.cursor_ms)
+            .where(funding_reads.c.account == account, funding_reads.c.symbol == symbol)
+            .order_by(funding_reads.c.ts_ms.desc()).limit(1)
+        ).first()
+    return (int(row[0]), int(row[1])) if row is not None else None

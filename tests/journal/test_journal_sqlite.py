@@ -141,6 +141,8 @@ async def test_fills_whose_frames_were_spoiled_are_read_again_though_later_fills
         await wait_for(lambda: agent.status()["last_book_age_s"] is not None, 15, "a first book")
         await post(sim, http, "/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
         await wait_for(lambda: len(agent.core.store.orders) >= 6, 30, "a ladder resting")
+        journal = agent.journal   # the start's backfill over (its funding read waits for the schedule)
+        await wait_for(lambda: journal._start_check is None and journal._backfill_task.done(), 20, "the start's backfill")
         runs = agent.journal.backfills["runs"]
         await post(sim, http, "/sim/fault/frame", {"stream": "user", "event": "ORDER_TRADE_UPDATE", "account": "main",
                                                    "symbol": SYMBOL, **FILL_FRAME_FAULTS[fault]})
@@ -405,5 +407,57 @@ async def test_a_fee_whose_frame_was_lost_is_read_though_the_agents_own_look_up_
         await wait_for(idle, 20, "the funding read done")
         await agent.stop()
         await asyncio.wait_for(task, 30)
+        state = await sim_state(sim, http, SYMBOL)
+    assert journal_sums(target, SYMBOL)["funding"] == Decimal(state["positions"][SYMBOL]["funding"]) != 0
+
+
+async def _run_until_quoting_then_stop(sim, target, state_dir, settings=SETTINGS) -> dict:
+    """One agent on the journal: started, quoting, its start's backfill done, stopped; its backfills."""
+    agent = make_agent(sim, target, state_dir, SYMBOL, settings=settings)
+    task = asyncio.create_task(agent.run())
+    journal = agent.journal
+    await wait_for(lambda: agent.status()["state"] == "quoting", 15, "quoting")
+    await wait_for(lambda: journal._start_check is None and journal._backfill_task.done(), 20, "the start's backfill")
+    started = dict(journal.backfills)
+    await agent.stop()
+    await asyncio.wait_for(task, 30)
+    return started
+
+
+async def test_a_start_between_two_settlements_after_a_read_that_had_the_last_one_reads_no_funding(
+        sim, target, tmp_path):
+    """The journal's last funding read on record (the previous agent's stop) began after the settlement
+    before the next one the mark frames say: the next agent's start does not read income again (30
+    weight, half of a start's; 1,500 of the IP's 2,400 a minute for a 50-symbol fleet's start)."""
+    async with aiohttp.ClientSession() as http:
+        async with SimClient.for_sim(sim) as c:
+            now = (await c.public("GET", "/fapi/v1/time", {})).json["serverTime"]
+        # the last settlement 4 h ago, the next in 4 h (not the 00/08/16 UTC one a run near it would straddle)
+        await post(sim, http, "/sim/funding/interval", {"symbol": SYMBOL, "hours": 8, "next_ms": now + 4 * 3_600_000})
+        await post(sim, http, "/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.05"})
+        first = await _run_until_quoting_then_stop(sim, target, tmp_path / "state")
+        assert first["income_reads"] == 1 and first["income_spared"] == 0, first   # none on record: read
+        second = await _run_until_quoting_then_stop(sim, target, tmp_path / "state")
+        assert second["income_reads"] == 0 and second["income_spared"] == 1, second
+        state = await sim_state(sim, http, SYMBOL)
+    assert journal_sums(target, SYMBOL)["funding"] == Decimal(state["positions"][SYMBOL]["funding"])
+
+
+async def test_a_settlement_while_no_agent_ran_is_read_at_the_next_start(sim, target, tmp_path):
+    """A settlement on the position while no agent ran (after the last read on record): the next start
+    reads the funding, and the journal's equals the exchange's."""
+    async with aiohttp.ClientSession() as http:
+        await post(sim, http, "/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.05"})
+        await _run_until_quoting_then_stop(sim, target, tmp_path / "state")
+        async with SimClient.for_sim(sim) as c:
+            now = (await c.public("GET", "/fapi/v1/time", {})).json["serverTime"]
+        await post(sim, http, "/sim/funding/interval", {"symbol": SYMBOL, "hours": 1, "next_ms": now + 500})
+
+        async def settled() -> bool:
+            return Decimal((await sim_state(sim, http, SYMBOL))["positions"][SYMBOL]["funding"]) != 0
+
+        await wait_for(settled, 10, "the settlement charged while no agent runs")
+        second = await _run_until_quoting_then_stop(sim, target, tmp_path / "state")
+        assert second["income_reads"] >= 1 and second["income_spared"] == 0 and second["funding"] == 1, second
         state = await sim_state(sim, http, SYMBOL)
     assert journal_sums(target, SYMBOL)["funding"] == Decimal(state["positions"][SYMBOL]["funding"]) != 0
