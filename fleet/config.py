@@ -442,7 +442,7 @@ class JournalConfig(_Model):
     flush_interval_sec: float = Field(0.2, gt=0, le=10)
     snapshot_interval_sec: float = Field(10.0, gt=0)
     # Binance weight per symbol: userTrades 5 a beat (5 a minute at 60 s); income 30 a read, so it is
-    # read at start (unless the last read on record had the last settlement), resync (unless none can have
+    # read at start (unless no settlement is listed since the last read on record), resync (unless none can have
     # come) and stop, after each funding fee frame, and otherwise once an hour (the backstop for a frame
     # the stream lost): 0.5 a minute, not 30.
     backfill_interval_sec: float = Field(60.0, gt=0, description="userTrades read every this often (5 weight)")

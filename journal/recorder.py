@@ -4,10 +4,10 @@ and the backfill that makes the journal equal to the exchange's record after any
 Hooks only append to the writer's queue; rows are built in the writer's thread. The recorder's own
 task on the agent's loop takes a snapshot every ``snapshot_interval_sec`` and backfills the trades
 every ``backfill_interval_sec``; the funding (income, 30 weight a read against userTrades' 5) at every
-start unless the journal's last read on record (table ``funding_reads``) began after the settlement
-before the next one the mark frames say had its rows listed (``_start_read_due``: half of a start's
-weight), at a resync unless no settlement can have come since the last read (``_settled_since_read``: a
-stream gap of every symbol of the fleet would otherwise cost 30 weight each), after a funding fee frame
+start unless the journal's last read on record (table ``funding_reads``) began after the last settlement
+the exchange lists had its rows listed (``_start_read_wanted``: half of a start's weight), at a resync
+unless no settlement can have come since the last read (``_settled_since_read``: a stream gap of every
+symbol of the fleet would otherwise cost 30 weight each), after a funding fee frame
 of this symbol (not once the agent's own cross-margin look-up has handed the fee's row over:
 ``on_income_rows``), on stop, and otherwise every ``funding_backfill_interval_sec``.
 """
@@ -36,7 +36,7 @@ FUNDING_DELAYS = (2.0, 10.0, 30.0)  # an income record may trail the funding fra
 FUNDING_MATCH_MS = 5_000  # an income row this close to a fee frame's time is that fee's
 FUNDING_TRAIL_MS = 60_000  # a settlement's income rows are listed by then (they trail its frames by seconds)
 SCHEDULE_FRESH_MS = 5_000  # the mark frames (every second) said the next settlement this recently
-START_SCHEDULE_WAIT_S = 10.0  # the start's funding read waits this long at most for the mark frames' schedule
+START_DB_WAIT_S = 10.0  # the start's backfill waits this long at most for the database (the last read on record)
 
 # Agent events kept in the audit trail (others are operational noise for the log only).
 AUDITED = frozenset({
@@ -98,6 +98,7 @@ class AgentJournal(JournalSink):
         self._funding_read_ms: int | None = None   # when the last funding read that succeeded began (exchange time)
         self._start_check: float | None = None   # the start's funding read not yet decided: since (monotonic)
         self._db_read_known = False   # the journal's last funding read on record looked up (or not to be had)
+        self._record: Any = None   # that read (writer.FundingRead), adopted
         self.bad_rows = 0   # the exchange's trade or income rows that did not read: skipped, each logged
         self._reading: dict[str, int] = {}   # where the backfill under way reads from (a hole if it fails)
         self._user_stream: Any = None   # the user stream last looked at, and its malformed frames then
@@ -176,7 +177,7 @@ class AgentJournal(JournalSink):
     def on_resync(self, agent: Any, initial: bool) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._loop(agent))
-        if initial:   # its funding read waits for the last read on record and the schedule (``_start_read_due``)
+        if initial:   # its funding read asks whether a settlement came since the last read on record
             if self._funding_read_ms is None:
                 self._start_check = time.monotonic()
             self.request_backfill(funding=True)
@@ -189,48 +190,48 @@ class AgentJournal(JournalSink):
             self.backfills["income_spared"] += 1
         self.request_backfill(funding=funding)
 
-    def _start_read_due(self, agent: Any) -> bool | None:
-        """Whether the start's funding read is due (None: not yet known). Not when the journal's last read on
-        record began ``FUNDING_TRAIL_MS`` after the settlement before the next one the mark frames, fresh,
-        say (the interval as fundingInfo lists it): every fee since that read's cursor was listed then, and
-        none has come since. Due when there is no such read, or no schedule within
-        ``START_SCHEDULE_WAIT_S``."""
-        waited = time.monotonic() - (self._start_check or 0.0) >= START_SCHEDULE_WAIT_S
-        read, core = self._funding_read_ms, agent.core
-        if read is None or core is None:
-            return True
-        book, now = core.store.funding, agent.exchange_ms()
-        nxt = book.next_funding_ms
-        if nxt and book.interval_read and now < nxt and now - book.said_ms <= SCHEDULE_FRESH_MS:
-            return nxt - book.interval_ms + FUNDING_TRAIL_MS > read
-        return True if waited else None
-
-    async def _start_read_wanted(self, agent: Any) -> bool:
-        """The start's backfill, its trades read: whether it reads the funding too (``_start_read_due``,
-        waited for)."""
-        while not self._db_read_known:   # the database answers once the writer's first rows went in
+    async def _adopt_record(self, agent: Any, wait: bool) -> None:
+        """The journal's last funding read on record (this fleet's, not in the future), looked up once the
+        database answers (it does once the writer's first rows went in; ``wait``: up to
+        ``START_DB_WAIT_S`` from the start): reads go on from its cursor."""
+        while not self._db_read_known:
             engine = self.writer.engine()
             if engine is not None:
                 try:
-                    read = await asyncio.wrap_future(in_own_thread(last_funding_read, engine, self.account,
-                                                                   self.symbol))
-                    if read is not None and self._funding_read_ms is None:   # go on from the last read's cursor
-                        self._funding_read_ms, self._funding_cursor = read
+                    rec = await asyncio.wrap_future(in_own_thread(last_funding_read, engine, self.fleet, self.account,
+                                                                  self.symbol))
+                    if rec is not None and rec.ts_ms <= agent.exchange_ms() and self._funding_read_ms is None:
+                        self._record = rec
+                        self._funding_read_ms, self._funding_cursor = rec.ts_ms, rec.cursor_ms
                 except Exception as exc:  # noqa: BLE001 - the start reads
                     log.warning("journal %s: the last funding read on record not read: %r", self.symbol, exc)
                 self._db_read_known = True
-            elif time.monotonic() - (self._start_check or 0.0) >= START_SCHEDULE_WAIT_S:
-                self._db_read_known = True   # not answering: the start reads
+            elif not wait or time.monotonic() - (self._start_check or 0.0) >= START_DB_WAIT_S:
+                return   # not answering: the start reads (from the lookback), a later backfill looks again
             else:
                 await asyncio.sleep(0.2)
-        while (due := self._start_read_due(agent)) is None:
-            await asyncio.sleep(0.2)
-        self._start_check = None
-        if not due:
-            self.backfills["income_spared"] += 1
-            log.info("journal %s: funding not read at the start: the last read on record came after the last "
-                     "settlement's rows were listed", self.symbol)
-        return due
+
+    async def _start_read_wanted(self, agent: Any, db_fund: int | None) -> bool:
+        """The start's backfill, its trades read: whether it reads the funding too. Not when the journal's
+        last read on record began ``FUNDING_TRAIL_MS`` after the last settlement the exchange lists
+        (fundingRate's history: not the weight's budget, its own 500 a 5 minutes; 30 weight spared), and
+        the database holds no fee past that read's cursor (one it did not see): every fee since its
+        cursor was listed then, none has come since. Anything unknown reads."""
+        rec = self._record
+        if rec is None or (db_fund is not None and db_fund > rec.cursor_ms):
+            return True
+        try:
+            since = await agent.client.funding_times(self.symbol, rec.ts_ms - FUNDING_TRAIL_MS)
+        except Exception as exc:  # noqa: BLE001 - the start reads
+            log.warning("journal %s: the settlements since the last funding read not listed (%r): read", self.symbol,
+                        exc)
+            return True
+        if since:
+            return True
+        self.backfills["income_spared"] += 1
+        log.info("journal %s: funding not read at the start: no settlement since the last read on record",
+                 self.symbol)
+        return False
 
     def _settled_since_read(self, agent: Any) -> bool:
         """Whether a settlement's fee may be missing from the last funding read. Not when the mark frames,
@@ -408,13 +409,8 @@ class AgentJournal(JournalSink):
             except Exception as exc:  # noqa: BLE001 - the memory cursors (or the lookback) then
                 log.warning("journal %s: cursor not read: %r", self.symbol, exc)
         trade_cur = _max(db_trade, self._trade_cursor)
-        # its own read's cursor once it has one: the database's newest fee may be a row the agent's own
-        # look-up handed over (``on_income_rows``), past a fee whose frame was lost and no read has seen
-        fund_cur = self._funding_cursor if self._funding_cursor is not None else db_fund
         if "trade" in holes:   # from the lowest trade lost (ids grow per symbol)
             trade_cur = holes["trade"] - 1 if trade_cur is None else min(trade_cur, holes["trade"] - 1)
-        if "funding" in holes:
-            fund_cur = holes["funding"] if fund_cur is None else min(fund_cur, holes["funding"])
         lookback_ms = int(self.settings.backfill_lookback_hours * 3_600_000)
         epoch = _epoch(agent)
         n_trades = await self._trades_since(client, epoch, holes["trade_ms"], agent.exchange_ms()) \
@@ -437,16 +433,33 @@ class AgentJournal(JournalSink):
         self._trade_cursor = _max(self._trade_cursor, trade_cur)
         self._reading.pop("trade", None)
         self._reading.pop("trade_ms", None)
-        if funding and self._start_check is not None and "funding" not in holes:
-            funding = await self._start_read_wanted(agent)
-            fund_cur = self._funding_cursor if self._funding_cursor is not None else fund_cur
-        n_fund = await self._backfill_funding(client, epoch, fund_cur, lookback_ms, agent) if funding else 0
+        n_fund = await self._funding_part(agent, epoch, db_fund, lookback_ms, holes) if funding else 0
         if "funding" in holes:   # a clearance fee lost on the way left a funding hole too
             n_fund += await self._clearance_since(client, epoch, holes["funding"])
         self.backfills["runs"] += 1
         self.backfills["trades"] += n_trades
         self.backfills["funding"] += n_fund
         return n_trades, n_fund
+
+    async def _funding_part(self, agent: Any, epoch: int | None, db_fund: int | None, lookback_ms: int,
+                            holes: dict[str, int]) -> int:
+        """The backfill's funding, its trades read (their cursor read at once: the stream's fills written
+        meanwhile would move it past the trades to read): from the last read's cursor (on record, looked
+        up once the database answers), a hole's time, or the database's newest fee; at the start only if
+        a settlement may have come since the last read on record (``_start_read_wanted``)."""
+        if not self._db_read_known:
+            await self._adopt_record(agent, wait=self._start_check is not None)
+        # its own read's cursor once it has one: the database's newest fee may be a row the agent's own
+        # look-up handed over (``on_income_rows``), past a fee whose frame was lost and no read has seen
+        fund_cur = self._funding_cursor if self._funding_cursor is not None else db_fund
+        if "funding" in holes:
+            fund_cur = holes["funding"] if fund_cur is None else min(fund_cur, holes["funding"])
+        if self._start_check is not None:
+            wanted = "funding" in holes or await self._start_read_wanted(agent, db_fund)
+            self._start_check = None
+            if not wanted:
+                return 0
+        return await self._backfill_funding(agent.client, epoch, fund_cur, lookback_ms, agent)
 
     async def _backfill_funding(self, client: Any, epoch: int | None, fund_cur: int | None, lookback_ms: int,
                                 agent: Any) -> int:

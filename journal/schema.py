@@ -153,8 +153,9 @@ events = Table(
 )
 
 # The journal's funding reads (income FUNDING_FEE): when each began and the cursor it left. An agent that
-# starts between two settlements after a read that had the last one listed need not read again (30 weight
-# a symbol: half of a start's weight; a 50-symbol fleet's start 1,500 of the IP's 2,400 a minute).
+# starts with no settlement listed since a read on record began (its rows listed by then) need not read
+# again (30 weight a symbol: half of a start's weight; a 50-symbol fleet's start 1,500 of the IP's 2,400
+# a minute).
 funding_reads = Table(
     "funding_reads",
     metadata,

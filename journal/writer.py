@@ -768,13 +768,20 @@ def cursors(engine: Engine, account: str, symbol: str) -> tuple[int | None, int 
     return (int(trade) if trade is not None else None, int(fund) if fund is not None else None)
 
 
-def last_funding_read(engine: Engine, account: str, symbol: str) -> tuple[int, int] | None:
-    """When the journal's newest funding read of an account's symbol on record began and the cursor it
-    left (None: none on record)."""
+class FundingRead(NamedTuple):
+    """A funding read on record: when it began, and the cursor it left."""
+
+    ts_ms: int
+    cursor_ms: int
+
+
+def last_funding_read(engine: Engine, fleet: str, account: str, symbol: str) -> FundingRead | None:
+    """The journal's newest funding read of a fleet's symbol on an account (None: none on record)."""
+    c = funding_reads.c
     with answering(engine), engine.connect() as conn:
         row = conn.execute(
-            select(funding_reads.c.ts_ms, funding_reads.c.cursor_ms)
-            .where(funding_reads.c.account == account, funding_reads.c.symbol == symbol)
-            .order_by(funding_reads.c.ts_ms.desc()).limit(1)
+            select(c.ts_ms, c.cursor_ms)
+            .where(c.fleet == fleet, c.account == account, c.symbol == symbol)
+            .order_by(c.ts_ms.desc()).limit(1)
         ).first()
-    return (int(row[0]), int(row[1])) if row is not None else None
+    return FundingRead(int(row[0]), int(row[1])) if row is not None else None

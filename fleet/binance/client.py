@@ -716,6 +716,20 @@ class BinanceClient(RestCore):
                                     floor=exchange_decimal(row.get("adjustedFundingRateFloor", "0")))
         return None
 
+    async def funding_times(self, symbol: str, start_ms: int, limit: int = 1) -> list[int]:
+        """The times of the symbol's settlements from ``start_ms`` on (fundingRate's history, oldest first,
+        at most ``limit``). A row without a whole ``fundingTime`` is a ValueError."""
+        data = await self._request(ep.FUNDING_RATE, {"symbol": symbol, "startTime": int(start_ms), "limit": limit})
+        if not isinstance(data, list):
+            raise ValueError(f"fundingRate answered {type(data).__name__}, not a list")
+        times = []
+        for row in data:
+            t = row.get("fundingTime") if isinstance(row, dict) else None
+            if type(t) is not int:
+                raise ValueError(f"fundingRate's row has no fundingTime: {row!r:.200}")
+            times.append(t)
+        return times
+
     async def set_leverage(self, symbol: str, leverage: int) -> dict[str, Any]:
         if not 1 <= int(leverage) <= 125:
             raise ValueError(f"leverage must be 1..125, got {leverage}")

@@ -55,6 +55,7 @@ PREMIUM_INDEX = _get("/fapi/v1/premiumIndex")
 # no weight: its own limit of 500 a 5 minutes per IP, shared with fundingRate (an agent reads it at the
 # start, every hour, and at most once a minute after its funding schedule moved)
 FUNDING_INFO = _get("/fapi/v1/fundingInfo", Cost(weight=0))
+FUNDING_RATE = _get("/fapi/v1/fundingRate", Cost(weight=0))   # the settlements' history, the same limit
 
 # -- trading (signed) -----------------------------------------------------------------------------
 NEW_ORDER = Endpoint("POST", "/fapi/v1/order", ORDER, signed=True)

@@ -1,5 +1,5 @@
-"""the journal's funding reads: when each began and the cursor it left (a start between two settlements
-after a read that had the last one listed skips its own read, 30 weight)
+"""the journal's funding reads: when each began and the cursor it left (a start with no settlement listed
+since the last read on record skips its own read, 30 weight)
 
 Revision ID: 0005
 Revises: 0004
