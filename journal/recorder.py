@@ -99,6 +99,7 @@ class AgentJournal(JournalSink):
         self._start_check: float | None = None   # the start's funding read not yet decided: since (monotonic)
         self._db_read_known = False   # the journal's last funding read on record looked up (or not to be had)
         self._record: Any = None   # that read (writer.FundingRead), adopted
+        self._db_fund: int | None = None   # the newest fee the database held when that read was looked up
         self.bad_rows = 0   # the exchange's trade or income rows that did not read: skipped, each logged
         self._reading: dict[str, int] = {}   # where the backfill under way reads from (a hole if it fails)
         self._user_stream: Any = None   # the user stream last looked at, and its malformed frames then
@@ -193,16 +194,22 @@ class AgentJournal(JournalSink):
     async def _adopt_record(self, agent: Any, wait: bool) -> None:
         """The journal's last funding read on record (this fleet's, not in the future), looked up once the
         database answers (it does once the writer's first rows went in; ``wait``: up to
-        ``START_DB_WAIT_S`` from the start): reads go on from its cursor."""
+        ``START_DB_WAIT_S`` from the start), with the newest fee the database holds: reads go on from its
+        cursor. Found only after a read went ahead without it (from the lookback, the database late), the
+        fees from its cursor on are a hole, read by the next backfill (they were passed over for good)."""
         while not self._db_read_known:
             engine = self.writer.engine()
             if engine is not None:
                 try:
-                    rec = await asyncio.wrap_future(in_own_thread(last_funding_read, engine, self.fleet, self.account,
-                                                                  self.symbol))
-                    if rec is not None and rec.ts_ms <= agent.exchange_ms() and self._funding_read_ms is None:
-                        self._record = rec
-                        self._funding_read_ms, self._funding_cursor = rec.ts_ms, rec.cursor_ms
+                    rec, self._db_fund = await asyncio.wrap_future(in_own_thread(
+                        lambda: (last_funding_read(engine, self.fleet, self.account, self.symbol),
+                                 cursors(engine, self.account, self.symbol)[1])))
+                    if rec is not None and rec.ts_ms <= agent.exchange_ms():
+                        if self._funding_read_ms is None:
+                            self._record = rec
+                            self._funding_read_ms, self._funding_cursor = rec.ts_ms, rec.cursor_ms
+                        elif self._funding_cursor is None or rec.cursor_ms < self._funding_cursor:
+                            self.writer.note_hole({"funding": rec.cursor_ms})
                 except Exception as exc:  # noqa: BLE001 - the start reads
                     log.warning("journal %s: the last funding read on record not read: %r", self.symbol, exc)
                 self._db_read_known = True
@@ -455,7 +462,7 @@ class AgentJournal(JournalSink):
         if "funding" in holes:
             fund_cur = holes["funding"] if fund_cur is None else min(fund_cur, holes["funding"])
         if self._start_check is not None:
-            wanted = "funding" in holes or await self._start_read_wanted(agent, db_fund)
+            wanted = "funding" in holes or await self._start_read_wanted(agent, _max(db_fund, self._db_fund))
             self._start_check = None
             if not wanted:
                 return 0
