@@ -257,7 +257,9 @@ class RestCore:
                 # refused order's 429 came again at every quote until the minute ended, ten of them a ban)
                 window_ms = int(err.window_s() * 1000)
                 err.retry_after = (window_ms - self._timestamp() % window_ms) / 1000 + BOUNDARY_MARGIN_S
-            self.budget.note_retry_after(err.retry_after, orders_only=err.code == ErrorCode.TOO_MANY_ORDERS)
+            own_limit = endpoint.cost.funding_reads > 0 and not self.budget.ip_weight_spent()
+            self.budget.note_retry_after(err.retry_after, orders_only=err.code == ErrorCode.TOO_MANY_ORDERS,
+                                         funding_only=own_limit)
             log.warning("rate limited on %s %s: backing off %.1fs", method, path, err.retry_after)
         elif err.code == ErrorCode.REQUEST_THROTTLED:
             self.budget.note_throttled()
@@ -705,7 +707,7 @@ class BinanceClient(RestCore):
     async def funding_terms(self, symbol: str) -> FundingTerms | None:
         """The symbol's own funding interval, cap and floor (fundingInfo); None: it has none, it settles
         every 8 hours. A row whose interval is not a positive whole number of hours is a ValueError."""
-        data = await self._request(ep.FUNDING_INFO)
+        data = await self._request(ep.FUNDING_INFO, wait=False)   # (no room: the caller reads again later)
         for row in data if isinstance(data, list) else ():
             if isinstance(row, dict) and row.get("symbol") == symbol:
                 hours = row.get("fundingIntervalHours")
@@ -719,7 +721,8 @@ class BinanceClient(RestCore):
     async def funding_times(self, symbol: str, start_ms: int, limit: int = 1) -> list[int]:
         """The times of the symbol's settlements from ``start_ms`` on (fundingRate's history, oldest first,
         at most ``limit``). A row without a whole ``fundingTime`` is a ValueError."""
-        data = await self._request(ep.FUNDING_RATE, {"symbol": symbol, "startTime": int(start_ms), "limit": limit})
+        data = await self._request(ep.FUNDING_RATE, {"symbol": symbol, "startTime": int(start_ms), "limit": limit},
+                                   wait=False)
         if not isinstance(data, list):
             raise ValueError(f"fundingRate answered {type(data).__name__}, not a list")
         times = []

@@ -52,10 +52,12 @@ EXCHANGE_INFO = _get("/fapi/v1/exchangeInfo")
 DEPTH = _get("/fapi/v1/depth", Cost(weight=5))  # weight by limit: see depth_cost
 BOOK_TICKER = _get("/fapi/v1/ticker/bookTicker", Cost(weight=2))  # one symbol
 PREMIUM_INDEX = _get("/fapi/v1/premiumIndex")
-# no weight: its own limit of 500 a 5 minutes per IP, shared with fundingRate (an agent reads it at the
-# start, every hour, and at most once a minute after its funding schedule moved)
-FUNDING_INFO = _get("/fapi/v1/fundingInfo", Cost(weight=0))
-FUNDING_RATE = _get("/fapi/v1/fundingRate", Cost(weight=0))   # the settlements' history, the same limit
+# no weight: a limit of their own, 500 a 5 minutes per IP, fundingInfo and fundingRate together (an agent
+# reads fundingInfo at the start, every hour, and at most once a minute after its funding schedule moved;
+# fundingRate once at a start with a funding read on record)
+FUNDING_READ = Cost(weight=0, funding_reads=1)
+FUNDING_INFO = _get("/fapi/v1/fundingInfo", FUNDING_READ)
+FUNDING_RATE = _get("/fapi/v1/fundingRate", FUNDING_READ)   # the settlements' history
 
 # -- trading (signed) -----------------------------------------------------------------------------
 NEW_ORDER = Endpoint("POST", "/fapi/v1/order", ORDER, signed=True)

@@ -15,6 +15,10 @@ lane, which may use the whole budget; everything else (quoting) sees only ``1 - 
 limit, so a busy ladder can never hold back the request that takes risk off.
 A sliding window is stricter than Binance's fixed windows, so staying inside it stays inside theirs.
 
+fundingRate and fundingInfo cost no weight but share a limit of their own, 500 requests per 5 minutes
+per IP: a third window counts them (``Cost.funding_reads``, the same share), and a 429 on them, the IP's
+weight not spent, holds only them.
+
 The exchange's count lives in a fixed window aligned to its clock (the minute, the 10-second block):
 it ends at the window's next boundary. A budget that knows the exchange's clock (the client learns
 its offset from ``/fapi/v1/time``) waits for that boundary; one that does not waits a whole interval
@@ -53,10 +57,11 @@ class Cost:
     weight: int = 0
     orders_10s: int = 0
     orders_1m: int = 0
+    funding_reads: int = 0   # fundingRate and fundingInfo's own limit, 500 per 5 minutes per IP
 
     def times(self, n: int) -> "Cost":
         """What ``n`` such requests spend together."""
-        return Cost(self.weight * n, self.orders_10s * n, self.orders_1m * n)
+        return Cost(self.weight * n, self.orders_10s * n, self.orders_1m * n, self.funding_reads * n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +171,7 @@ class RateBudget:
         weight_per_min: int = 2400,
         orders_per_10s: int = 300,
         orders_per_min: int = 1200,
+        funding_reads_per_5min: int = 500,
         clock: Callable[[], float] = time.monotonic,
         safety: float = 0.95,
         reserve: float = 0.25,
@@ -181,6 +187,9 @@ class RateBudget:
         self.exchange_counts = exchange_counts  # False: only its own windows count (the headers are not read)
         self._clock = clock
         self._full = (int(weight_per_min), int(orders_per_10s), int(orders_per_min))
+        self._funding_full = int(funding_reads_per_5min)
+        self._funding = _Window(300.0, 1)   # this budget's own count only: no header reports the IP's
+        self._funding_blocked_until = -math.inf   # fundingRate and fundingInfo only (a 429 on their limit)
         self._safety = safety
         self._weight = _Window(60.0, 1)
         self._orders_10s = _Window(10.0, 1)
@@ -215,6 +224,7 @@ class RateBudget:
         self._weight.limit = max(1, math.floor(weight * share * cap))
         self._orders_10s.limit = max(1, math.floor(o10 * share * cap))
         self._orders_1m.limit = max(1, math.floor(o1m * share * cap))
+        self._funding.limit = max(1, math.floor(self._funding_full * share * cap))
         self._rep_weight.limit = max(1, math.floor(weight * cap))
         self._rep_10s.limit = max(1, math.floor(o10 * cap))
         self._rep_1m.limit = max(1, math.floor(o1m * cap))
@@ -243,6 +253,7 @@ class RateBudget:
             "weight_1m": self._weight.limit,
             "orders_10s": self._orders_10s.limit,
             "orders_1m": self._orders_1m.limit,
+            "funding_reads_5m": self._funding.limit,
         }
 
     # -- queries -------------------------------------------------------------------------------
@@ -269,6 +280,10 @@ class RateBudget:
     def _lane_limit(self, limit: int, risk: bool) -> int:
         """The part of ``limit`` a lane may use: all of it for risk, less the reserve for quoting."""
         return limit if risk else max(1, math.floor(limit * (1.0 - self.reserve)))
+
+    def ip_weight_spent(self, now: float | None = None) -> bool:
+        """Whether the IP's minute of weight is beyond Binance's limit as the exchange last reported it."""
+        return self._ip_weight_spent(self._clock() if now is None else now)
 
     def _ip_weight_spent(self, now: float) -> bool:
         """The IP's minute of weight beyond Binance's limit as the exchange reported it: a weight-0 request
@@ -316,13 +331,16 @@ class RateBudget:
     def holds(self, now: float | None = None) -> list[str]:
         """The exchange's holds in force, for ``status()``: "rate_limited" (a 429 on the IP's weight or a
         418 ban: nothing goes out), "orders_limited" (an order-count 429: no new order goes out) and
-        "throttled" (a -1008 in the last ``THROTTLE_SHOWN_S``: the quoting lane's orders wait)."""
+        "throttled" (a -1008 in the last ``THROTTLE_SHOWN_S``: the quoting lane's orders wait) and
+        "funding_reads_limited" (a 429 on fundingRate and fundingInfo's own limit: they wait)."""
         now = self._clock() if now is None else now
         held = []
         if now < self._ip_blocked_until(now):
             held.append("rate_limited")
         if now < self._orders_blocked_until:
             held.append("orders_limited")
+        if now < self._funding_blocked_until:
+            held.append("funding_reads_limited")
         if now < max(self._quotes_blocked_until, self._throttled_at + THROTTLE_SHOWN_S):
             held.append("throttled")
         return held
@@ -336,6 +354,9 @@ class RateBudget:
             wait = max(wait, self._orders_blocked_until - now)
             if not risk:
                 wait = max(wait, self._quotes_blocked_until - now)
+        if cost.funding_reads > 0:
+            wait = max(wait, self._funding_blocked_until - now,
+                       self._funding.wait_for(cost.funding_reads, now, lim(self._funding.limit, risk)))
         pairs = (
             (self._weight, self._rep_weight, cost.weight),
             (self._orders_10s, self._rep_10s, cost.orders_10s),
@@ -372,6 +393,14 @@ class RateBudget:
             reasons.append((self._orders_blocked_until - now, "an order-count 429 pause of the exchange"))
         if (cost.orders_10s > 0 or cost.orders_1m > 0) and not risk and self._quotes_blocked_until > now:
             reasons.append((self._quotes_blocked_until - now, "the exchange's system-level protection (-1008)"))
+        if cost.funding_reads > 0:
+            if self._funding_blocked_until > now:
+                reasons.append((self._funding_blocked_until - now, "a 429 of fundingRate and fundingInfo's limit"))
+            own = self._funding.wait_for(cost.funding_reads, now, lim(self._funding.limit, risk))
+            if own > 0:
+                reasons.append((own, f"this budget's share of fundingRate and fundingInfo's 5 minutes: "
+                                     f"{self._funding.used(now)} + {cost.funding_reads} above "
+                                     f"{lim(self._funding.limit, risk)}"))
         for name, window, reported, amount in (
             ("IP weight a minute", self._weight, self._rep_weight, cost.weight),
             ("account orders in 10 s", self._orders_10s, self._rep_10s, cost.orders_10s),
@@ -407,6 +436,7 @@ class RateBudget:
         self._weight.charge(cost.weight, now)
         self._orders_10s.charge(cost.orders_10s, now)
         self._orders_1m.charge(cost.orders_1m, now)
+        self._funding.charge(cost.funding_reads, now)
         return 0.0
 
     async def acquire(self, cost: Cost, *, wait: bool = True, max_wait: float = 120.0, risk: bool = False) -> None:
@@ -473,17 +503,21 @@ class RateBudget:
         for reported in (self._rep_weight, self._rep_10s, self._rep_1m):
             reported.align(now, server_ms)
 
-    def note_retry_after(self, seconds: float, now: float | None = None, *, orders_only: bool = False) -> None:
+    def note_retry_after(self, seconds: float, now: float | None = None, *, orders_only: bool = False,
+                         funding_only: bool = False) -> None:
         """After a 429: nothing goes out until ``seconds`` have passed.
 
         ``orders_only`` (an account order-count 429, -1015) pauses new orders and amendments only,
-        so cancels, which cost no order count, can still go out.
+        so cancels, which cost no order count, can still go out. ``funding_only`` (fundingRate or
+        fundingInfo refused while the IP's weight is not spent: their own limit) pauses only them.
         """
         now = self._clock() if now is None else now
         self.rate_limited += 1
         until = now + max(0.0, seconds)
         if orders_only:
             self._orders_blocked_until = max(self._orders_blocked_until, until)
+        elif funding_only:
+            self._funding_blocked_until = max(self._funding_blocked_until, until)
         else:
             self._blocked_until = max(self._blocked_until, until)
             self._share_hold(seconds, "429")

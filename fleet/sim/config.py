@@ -326,6 +326,8 @@ class RateLimits(_Model):
     ban_after_429s: int = Field(10, ge=1, le=10**9, description="429s an IP may get in one minute; a request after "
                                                                 "that many is banned (418)")
     ban_max_s: float = Field(3 * 24 * 3600.0, gt=0, le=30 * DAY_S)
+    funding_reads_per_5min: int = Field(500, ge=1, le=10**9, description="GET fundingRate and fundingInfo "
+                                                                         "together, per IP (apart from the weight)")
 
 
 def _once(what: str, names: list[str]) -> None:

@@ -29,6 +29,8 @@ __all__ = ["Answer", "ExchangeGateway"]
 log = logging.getLogger("fleet.sim")
 
 NONE, SIGNED, KEY = "NONE", "SIGNED", "KEY"
+# the routes of a limit of their own, 500 requests per 5 minutes per IP (no weight)
+FUNDING_LIMITED = frozenset({"GET /fapi/v1/fundingRate", "GET /fapi/v1/fundingInfo"})
 
 
 @dataclass
@@ -93,7 +95,7 @@ class ExchangeGateway(RestHandlers):
         add("GET", v1 + "/depth", self._depth, NONE, self._depth_weight)
         add("GET", v1 + "/ticker/bookTicker", self._book_ticker, NONE, lambda p: 2 if p.get("symbol") else 5)
         add("GET", v1 + "/premiumIndex", self._premium_index, NONE)
-        add("GET", v1 + "/fundingRate", self._funding_rate, NONE)
+        add("GET", v1 + "/fundingRate", self._funding_rate, NONE, 0)   # no weight: the limit below
         add("GET", v1 + "/fundingInfo", lambda a, p, n: e.funding_info(), NONE, 0)
         add("GET", v1 + "/ticker/price", self._ticker_price, NONE, lambda p: 1 if p.get("symbol") else 2)
         add("GET", "/fapi/v2/ticker/price", self._ticker_price, NONE, lambda p: 1 if p.get("symbol") else 2)
@@ -271,6 +273,8 @@ class ExchangeGateway(RestHandlers):
         by_route[route] = by_route.get(route, 0) + ip_weight
         used, _ = self.limiter.charge_weight(ip, ip_weight, now)
         headers["X-MBX-USED-WEIGHT-1M"] = str(used)
+        if route in FUNDING_LIMITED:
+            self.limiter.charge_funding_read(ip, now)
         account = None
         if sec != NONE:
             account = self._authenticate(api_key, sec, params, payload, now, session_key)

@@ -4,6 +4,8 @@ An IP over its weight gets 429s; one that keeps sending after ``ban_after_429s``
 banned (418, "banned until" a fixed time); requests during a ban get the same 418 and do not lengthen
 it (a client with requests in flight would otherwise be locked out for days); each later ban of the
 IP lasts twice the last ("scale in duration for repeat offenders, from 2 minutes to 3 days").
+fundingRate and fundingInfo share a limit of their own (500 requests per 5 minutes per IP, no weight):
+past it, the same 429s, counted towards the same ban.
 
 Windows are fixed and aligned (the minute, the 10-second block), as the exchange counts them, so the
 X-MBX-USED-WEIGHT-1M header a client sees is the number the next request is judged against.
@@ -15,6 +17,8 @@ from dataclasses import dataclass, field
 
 from fleet.sim.config import RateLimits
 from fleet.sim.engine import SimApiError
+
+FUNDING_WINDOW_MS = 300_000   # fundingRate and fundingInfo's own limit counts in 5-minute blocks
 
 
 def too_many_requests(ip: str, weight_per_minute: int) -> str:
@@ -46,6 +50,7 @@ class _Window:
 @dataclass
 class _IpState:
     weight: _Window = field(default_factory=_Window)
+    funding: _Window = field(default_factory=_Window)   # fundingRate and fundingInfo, 5-minute blocks
     banned_until: int = 0
     bans: int = 0
     throttled_window: int = -1  # the minute in which this IP got its last 429
@@ -89,22 +94,39 @@ class RateLimiter:
             raise self._banned(ip, st, now_ms)
         used = st.weight.count(now_ms, 60_000, weight)
         if used > lim.weight_per_minute:
-            minute = now_ms - now_ms % 60_000
-            if st.throttled_window != minute:
-                st.throttled_window, st.throttled = minute, 0
-            if st.throttled >= lim.ban_after_429s:
-                duration_ms = int(min(lim.ban_max_s, lim.ban_base_s * (2 ** st.bans)) * 1000)
-                st.bans += 1
-                st.banned_until = now_ms + duration_ms
-                st.throttled = 0   # the ban is the sanction: after it, 429s again before another
-                raise self._banned(ip, st, now_ms)
-            st.throttled += 1
-            retry = (minute + 60_000 - now_ms + 999) // 1000
             err = SimApiError(-1003, too_many_requests(ip, lim.weight_per_minute), 429)
-            err.retry_after = int(retry)  # type: ignore[attr-defined]
-            err.used_weight = used  # type: ignore[attr-defined]
-            raise err
+            raise self._throttle(ip, st, now_ms, err, 60_000)
         return used, None
+
+    def charge_funding_read(self, ip: str, now_ms: int) -> int:
+        """Count one request of fundingRate or fundingInfo against their shared limit (500 per 5 minutes per
+        IP, apart from the weight); returns the count or raises 429 (418 once the IP keeps sending)."""
+        st = self._ips.setdefault(ip, _IpState())
+        limit = self.limits.funding_reads_per_5min
+        used = st.funding.count(now_ms, FUNDING_WINDOW_MS, 1)
+        if used > limit:
+            err = SimApiError(-1003, f"Too many requests; current limit of IP({ip}) is {limit} requests per 5 "
+                                     "minutes for fundingRate and fundingInfo.", 429)
+            raise self._throttle(ip, st, now_ms, err, FUNDING_WINDOW_MS)
+        return used
+
+    def _throttle(self, ip: str, st: _IpState, now_ms: int, err: SimApiError, window_ms: int) -> SimApiError:
+        """A 429 (``err``, Retry-After to its window's end), or the IP's ban once it has had
+        ``ban_after_429s`` of them this minute and still sends."""
+        lim = self.limits
+        minute = now_ms - now_ms % 60_000
+        if st.throttled_window != minute:
+            st.throttled_window, st.throttled = minute, 0
+        if st.throttled >= lim.ban_after_429s:
+            duration_ms = int(min(lim.ban_max_s, lim.ban_base_s * (2 ** st.bans)) * 1000)
+            st.bans += 1
+            st.banned_until = now_ms + duration_ms
+            st.throttled = 0   # the ban is the sanction: after it, 429s again before another
+            return self._banned(ip, st, now_ms)
+        st.throttled += 1
+        err.retry_after = int((window_ms - now_ms % window_ms + 999) // 1000)  # type: ignore[attr-defined]
+        err.used_weight = st.weight.peek(now_ms, 60_000)  # type: ignore[attr-defined]
+        return err
 
     @staticmethod
     def _banned(ip: str, st: _IpState, now_ms: int) -> SimApiError:

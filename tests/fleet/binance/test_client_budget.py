@@ -32,7 +32,7 @@ def test_orders_stop_at_the_10s_bucket_and_resume_when_it_slides():
 def test_share_splits_the_account_limits():
     clock = Clock()
     budget = RateBudget(share=0.25, clock=clock, safety=1.0, reserve=0.0)
-    assert budget.limits == {"weight_1m": 600, "orders_10s": 75, "orders_1m": 300}
+    assert budget.limits == {"weight_1m": 600, "orders_10s": 75, "orders_1m": 300, "funding_reads_5m": 125}
     assert budget.orders_available() == 75
     budget.set_share(0.5)
     assert budget.orders_available() == 150
@@ -235,3 +235,22 @@ def test_an_ip_whose_minute_of_weight_is_spent_holds_weight_0_orders_too():
     assert budget.orders_available() == 0 and budget.orders_available(risk=True) == 0
     budget.observe_headers({"X-MBX-USED-WEIGHT-1M": "2400"})
     assert budget.wait_time(ORDER) == 0   # at the limit, not beyond it: a weight-0 order is taken
+
+
+def test_funding_reads_count_in_a_5_minute_window_of_their_own_and_its_429_holds_only_them():
+    clock = Clock()
+    budget = RateBudget(share=0.5, funding_reads_per_5min=10, clock=clock, safety=1.0, reserve=0.25)
+    read = Cost(funding_reads=1)
+    assert budget.limits["funding_reads_5m"] == 5
+    for _ in range(3):   # the quoting lane's three of five
+        assert budget.try_charge(read) == 0
+    clock.t += 100.0
+    assert 199.9 < budget.wait_time(read) <= 200.01   # until the first slides out of its 5 minutes
+    assert "fundingRate and fundingInfo's 5 minutes: 3 + 1 above 3" in budget.why_wait(read)
+    assert budget.wait_time(Cost(weight=1)) == 0 and budget.orders_available() > 0   # nothing else held
+    clock.t += 200.0
+    assert budget.try_charge(read) == 0
+    budget.note_retry_after(30.0, funding_only=True)   # the exchange's count (others on the IP) spent
+    assert budget.holds() == ["funding_reads_limited"] and budget.blocked_for() == 0
+    assert 29.9 < budget.wait_time(read) <= 30.0 and budget.wait_time(Cost(weight=1)) == 0
+    assert "a 429 of fundingRate and fundingInfo's limit" in budget.why_wait(read)

@@ -205,6 +205,24 @@ async def test_a_429_one_process_is_told_holds_every_process_of_the_host_before_
         assert set(json.loads(hold.read_text())) == {"until", "for", "what"}   # times and a word, never a key
 
 
+async def test_a_429_on_the_funding_reads_own_limit_holds_only_them_and_they_never_wait_for_room(sim_factory):
+    """fundingRate and fundingInfo share 500 requests a 5 minutes per IP apart from the weight; others on the
+    IP spent them (the simulator's limit is 2 here): the 429 holds those two, not the IP's other requests, and
+    a funding read held is refused at once (its callers read again later), never sent into the 429."""
+    small = await sim_factory(symbols=[SYMBOL], config={"rate_limits": {"funding_reads_per_5min": 2}})
+    async with BinanceClient(small.rest_url, "K", "S") as client:
+        await client.funding_terms(SYMBOL)
+        await client.funding_times(SYMBOL, 0)
+        with pytest.raises(RateLimitedError) as info:
+            await client.funding_terms(SYMBOL)
+        assert info.value.http_status == 429 and info.value.said_when
+        assert client.budget.holds() == ["funding_reads_limited"] and client.budget.blocked_for() == 0
+        assert (await client.book_ticker(SYMBOL)).symbol == SYMBOL   # the weight's requests go on
+        with pytest.raises(BudgetExhaustedError):
+            await client.funding_times(SYMBOL, 0)
+        assert client.budget.rate_limited == 1   # nothing more sent into the 429
+
+
 async def test_an_order_count_429_pauses_new_orders_but_cancels_still_go_out(sim_factory):
     small = await sim_factory(symbols=[SYMBOL], config={"rate_limits": {"orders_per_10s": 5}})
     name, key, secret = small.accounts[0]

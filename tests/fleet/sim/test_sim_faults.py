@@ -106,6 +106,28 @@ async def test_weight_limit_answers_429_then_growing_418_bans(sim_factory):
         assert r.status == 200 and r.headers["X-MBX-USED-WEIGHT-1M"] == "1"
 
 
+async def test_funding_rate_and_funding_info_share_a_limit_of_their_own_apart_from_the_weight(sim_factory):
+    clock = ManualClock()
+    sim = await sim_factory(config={"rate_limits": {"funding_reads_per_5min": 4, "ban_after_429s": 2}}, clock=clock)
+    async with SimClient.for_sim(sim) as c:
+        for path in ("/fapi/v1/fundingRate", "/fapi/v1/fundingInfo") * 2:
+            r = await c.public("GET", path, {"symbol": "ETHUSDC"} if path.endswith("Rate") else None)
+            assert r.status == 200 and r.headers["X-MBX-USED-WEIGHT-1M"] == "0"   # no weight
+        block_left_s = (300_000 - clock.now % 300_000 + 999) // 1000
+        for path in ("/fapi/v1/fundingInfo", "/fapi/v1/fundingRate"):   # the fifth read in 5 minutes, either
+            r = await c.public("GET", path)
+            assert (r.status, r.json["code"]) == (429, -1003) and "5 minutes" in r.json["msg"]
+            assert int(r.headers["Retry-After"]) == block_left_s
+        r = await c.public("GET", "/fapi/v1/time")   # the weight's requests go on
+        assert r.status == 200 and r.headers["X-MBX-USED-WEIGHT-1M"] == "1"
+        r = await c.public("GET", "/fapi/v1/fundingInfo")   # kept reading after its 429s: the IP is banned
+        assert r.status == 418 and "banned until" in r.json["msg"]
+        assert (await c.public("GET", "/fapi/v1/time")).status == 418
+        clock.now += max(block_left_s * 1000, 120_000)   # the ban and the 5-minute block over
+        r = await c.public("GET", "/fapi/v1/fundingInfo")
+        assert r.status == 200
+
+
 async def test_order_count_limit_answers_429_with_the_counters(sim_factory):
     clock = ManualClock()
     sim = await sim_factory(config={"rate_limits": {"orders_per_10s": 3}}, clock=clock)
