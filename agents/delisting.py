@@ -241,7 +241,7 @@ class ContractWatch:
         a.tasks.spawn(a.flatten(reason), "delisting-exit")
 
     def refused(self, code: int) -> None:
-        """An order refused -4108 (the symbol is settling, closed or not yet trading)."""
+        """An order refused -4108, or an amendment -5024 (the symbol is settling, closed or not yet trading)."""
         self.halt(f"an order refused {code}: {self.agent.symbol} is not trading on the exchange", "symbol_not_trading")
 
     def position_mode_refused(self) -> None:

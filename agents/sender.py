@@ -40,8 +40,10 @@ if TYPE_CHECKING:
 QUIET_REJECTIONS = frozenset({
     ErrorCode.GTX_ORDER_REJECT, ErrorCode.CANCEL_REJECTED, ErrorCode.NO_SUCH_ORDER, ErrorCode.SAME_ORDER,
     ErrorCode.MARGIN_NOT_SUFFICIEN, ErrorCode.MAX_LEVERAGE_RATIO,   # said once per hold (``SymbolAgent.margin_short``)
-    ErrorCode.SYMBOL_NOT_TRADING,   # said once: it halts the symbol (agents/delisting.py)
+    ErrorCode.SYMBOL_NOT_TRADING, ErrorCode.AMEND_NOT_TRADING,   # said once: it halts the symbol (agents/delisting.py)
 })
+# The symbol is not trading: an order refused -4108, an amendment -5024
+NOT_TRADING = frozenset({ErrorCode.SYMBOL_NOT_TRADING, ErrorCode.AMEND_NOT_TRADING})
 # Refusals of exposure the account cannot add now: no margin for it (-2019), or the position and the
 # orders on its side at the most the leverage's bracket allows (-2027). Both hold the quoting lane.
 MARGIN_REFUSALS = frozenset({ErrorCode.MARGIN_NOT_SUFFICIEN, ErrorCode.MAX_LEVERAGE_RATIO})
@@ -302,7 +304,7 @@ class OrderSender:
             elif exc.code in MARGIN_REFUSALS:
                 sides = {getattr(d, "side", None) for d in items}
                 self.agent.margin_short(exc.code, sides.pop() if len(sides) == 1 else None)
-            elif exc.code == ErrorCode.SYMBOL_NOT_TRADING:
+            elif exc.code in NOT_TRADING:
                 self.agent.contract.refused(exc.code)
             elif exc.code == ErrorCode.POSITION_SIDE_NOT_MATCH and batch.kind == "place":   # an amend's -4061: its side
                 self.agent.contract.position_mode_refused()
@@ -354,7 +356,7 @@ class OrderSender:
                     continue
                 if res.code in MARGIN_REFUSALS:
                     self.agent.margin_short(res.code, getattr(d, "side", None))
-                elif res.code == ErrorCode.SYMBOL_NOT_TRADING:
+                elif res.code in NOT_TRADING:
                     self.agent.contract.refused(res.code)
                 elif res.code == ErrorCode.POSITION_SIDE_NOT_MATCH and batch.kind == "place":
                     self.agent.contract.position_mode_refused()   # said once: it halts the symbol

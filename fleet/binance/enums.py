@@ -123,6 +123,7 @@ class ErrorCode(IntEnum):
     FOK_ORDER_REJECT = -5021
     GTX_ORDER_REJECT = -5022  # a post-only order would have taken
     EXCEED_MAXIMUM_MODIFY_ORDER_LIMIT = -5026  # the engine will never modify this order again
+    AMEND_NOT_TRADING = -5024  # "Symbol is not in trading status. Order amendment is not permitted."
     SAME_ORDER = -5027  # "No need to modify the order."
     MODIFICATION_MIN_NOTIONAL = -5029  # an amendment below MIN_NOTIONAL
     ME_INVALID_TIMESTAMP = -5028  # outside the matching engine's recvWindow

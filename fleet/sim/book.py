@@ -38,6 +38,22 @@ RECENT_TRADES_KEPT = 10_000
 # Prices a depth read looks past 4 a level for its levels: a taker's sweep leaves a band of eaten levels
 # (a read of 50 that met our bid above a band of 200 found 1 level, and the diff stream lost the rest)
 SCAN_BEYOND = 1_000
+# Closed orders the query routes find (order, allOrders): Binance lists one for 90 days, one cancelled or
+# expired without a fill for 3; a book keeps the newest of each kind (about 0.5 kB an order), so an order
+# with a fill is still found after a day of quoting (one bound on both kinds together dropped it within an
+# hour of an agent's cancels at 5 orders a second)
+CLOSED_UNFILLED_KEPT = 20_000
+CLOSED_FILLED_KEPT = 50_000
+DAY_MS = 86_400_000
+LISTED_MS = 90 * DAY_MS
+UNFILLED_LISTED_MS = 3 * DAY_MS
+
+
+def still_listed(o: Order, now_ms: int) -> bool:
+    """Whether the query routes still find the closed order ``o`` at ``now_ms``: not one created more than
+    90 days ago, nor one cancelled or expired without a fill created more than 3 days ago."""
+    age = now_ms - o.time
+    return age <= LISTED_MS and (o.filled > 0 or age <= UNFILLED_LISTED_MS)
 
 
 
@@ -202,7 +218,10 @@ class Book:
         self.diff_streams: list[tuple[str, int]] = []
         self.diff_state: dict[str, DiffState] = {}   # diff depth stream -> what its clients may hold
         self.funding_history: list[dict[str, Any]] = []
-        self.closed: dict[int, Order] = {}
+        self.closed: dict[int, Order] = {}   # closed orders by id (keep_closed): the newest of each kind
+        self.closed_by_cid: dict[tuple[str, str], Order] = {}   # (account, client id): the newest closed
+        self._kept_filled: deque[int] = deque()
+        self._kept_unfilled: deque[int] = deque()
         # (id, price, qty, time, buyer maker): the tape the trade-history routes read (fleet/sim/rest.py)
         self.recent_trades: deque[tuple[int, int, int, int, bool]] = deque(maxlen=RECENT_TRADES_KEPT)
         # 1-minute candles of the mid: [open_time, o, h, l, c, volume, quote units, trades, taker buy
@@ -212,6 +231,19 @@ class Book:
         self.candle: list[Any] | None = None
         self.last_price = self.mid
         self.volume_steps = 0
+
+    def keep_closed(self, o: Order) -> None:
+        """``o`` closed: the query routes find it, until newer closed orders of its kind (with or without a
+        fill) push it out."""
+        self.closed[o.order_id] = o
+        self.closed_by_cid[(o.account, o.client_id)] = o
+        kept, bound = ((self._kept_filled, CLOSED_FILLED_KEPT) if o.filled
+                       else (self._kept_unfilled, CLOSED_UNFILLED_KEPT))
+        kept.append(o.order_id)
+        if len(kept) > bound:
+            gone = self.closed.pop(kept.popleft(), None)
+            if gone is not None and self.closed_by_cid.get(key := (gone.account, gone.client_id)) is gone:
+                del self.closed_by_cid[key]
 
     def note_ours(self, o: Order) -> None:
         """Our order changed the size at its price: every diff stream's next event says that level,

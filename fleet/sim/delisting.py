@@ -42,8 +42,13 @@ ONBOARD_MS = 1569398400000   # exchangeInfo's onboardDate of every simulated sym
 
 
 def not_trading() -> SimApiError:
-    """-4108: an order, an amendment or a conditional order on a symbol that is not TRADING."""
+    """-4108: an order or a conditional order on a symbol that is not TRADING."""
     return SimApiError(-4108, "Symbol is on delivering or delivered or settle or closed or pre-trading.")
+
+
+def amend_not_trading() -> SimApiError:
+    """-5024: an amendment on a symbol that is not TRADING (MOVE_ORDER_NOT_ALLOWED_SYMBOL_REASON)."""
+    return SimApiError(-5024, "Symbol is not in trading status. Order amendment is not permitted.")
 
 
 class Delisting:

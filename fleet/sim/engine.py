@@ -12,11 +12,10 @@ import heapq
 import math
 import random
 from decimal import Decimal, InvalidOperation
-from itertools import islice
 from typing import Any
 
 from fleet.sim.algo import TYPES as ALGO_TYPES, AlgoService
-from fleet.sim.book import DEEP_FROM, NO_ASK, Book, DiffState
+from fleet.sim.book import DEEP_FROM, NO_ASK, Book, DiffState, still_listed
 from fleet.sim.config import SimConfig, check_credentials
 from fleet.sim.errors import SimApiError, check_number, int_param, invalid, missing
 from fleet.sim.frames import (render, render_account_update, render_agg, render_bt, render_continuous_kline,
@@ -25,7 +24,7 @@ from fleet.sim.frames import (render, render_account_update, render_agg, render_
 from fleet.sim.funding import FundingSchedule
 from fleet.sim.history import backfill
 from fleet.sim.keys import ed25519_private_pem
-from fleet.sim.delisting import Delisting, not_trading
+from fleet.sim.delisting import Delisting, amend_not_trading, not_trading
 from fleet.sim.liquidation import Liquidation
 from fleet.sim.margin import IsolatedMargin
 from fleet.sim.market import MarketModel
@@ -42,7 +41,6 @@ __all__ = ["Engine", "SimApiError", "missing", "invalid", "render", "Order", "Ac
 FAR_MS = 1 << 62
 DIFF_LEVELS = 50  # the diff depth stream keeps this many levels per side exact (absolute sizes, "0" = gone)
 MAX_BAND = 5_000  # at most this many new levels behind a touch that moved past the last event's levels (all of a jump)
-MAX_CLOSED_KEPT = 20000
 # a conditional order's parameters, refused on LIMIT and MARKET with -1106 ("sent when not required"), as
 # Binance answers stopPrice on a LIMIT; closePosition only when "true" (its code there is not documented)
 NOT_FOR_LIMIT_OR_MARKET = ("stopPrice", "activationPrice", "callbackRate", "closePosition")
@@ -838,7 +836,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
                                     o.cum_quote, units[0], units[1], last_qty, last_price, commission, trade_id,
                                     maker, realized, o.expire_reason, t))
 
-    def _remove_resting(self, b: Book, o: Order) -> None:
+    def _remove_resting(self, b: Book, o: Order, closing: bool = True) -> None:
         b.update_id += 1
         if b.diff_state:
             b.note_ours(o)
@@ -857,10 +855,8 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
                 elif o.price == b.our_ask:
                     b.our_ask = min(levels) if levels else NO_ASK
         self._open_remove(self.accounts[o.account], o)
-        b.closed[o.order_id] = o
-        if len(b.closed) > MAX_CLOSED_KEPT:
-            for k in list(islice(b.closed, 1000)):  # the oldest 1000, without copying all the keys
-                del b.closed[k]
+        if closing:
+            b.keep_closed(o)
 
     def _rest(self, b: Book, o: Order) -> None:
         b.update_id += 1
@@ -999,7 +995,9 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
                 order_id = int_param(params, "orderId")
             except SimApiError:
                 raise missing("orderId") from None  # Binance: "...was not sent, was empty/null, or malformed."
-            o = acct.open.get(order_id) or b.closed.get(order_id)
+            o = acct.open.get(order_id)
+            if o is None and (o := b.closed.get(order_id)) is not None and not still_listed(o, self.now_ms):
+                o = None
             if o is None or o.account != acct.name or o.symbol != b.symbol:
                 raise SimApiError(-2013, "Order does not exist.")
             return o
@@ -1007,9 +1005,9 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
             o = acct.by_cid.get(cid)
             if o is not None and o.symbol == b.symbol:
                 return o
-            for o in reversed(list(b.closed.values())):
-                if o.client_id == cid and o.account == acct.name:
-                    return o
+            o = b.closed_by_cid.get((acct.name, cid))
+            if o is not None and still_listed(o, self.now_ms):
+                return o
             raise SimApiError(-2013, "Order does not exist.")
         raise SimApiError(-1102, "Param 'orderId' or 'origClientOrderId' must be sent, but both were empty/null!")
 
@@ -1302,7 +1300,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         if not pm and not params.get("price"):
             raise missing("price")
         if b.status != "TRADING":
-            raise not_trading()
+            raise amend_not_trading()
         o = self._find(acct, b, params)
         if not o.is_open:
             raise SimApiError(-2013, "Order does not exist.")
@@ -1330,8 +1328,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         if qty <= o.filled or (o.tif == "GTX" and crosses):
             self._cancel(acct, b, o, now)
             return self.order_json(b, o)
-        self._remove_resting(b, o)
-        b.closed.pop(o.order_id, None)
+        self._remove_resting(b, o, closing=False)   # (it rests again, amended)
         self._amend_id += 1
         acct.amendments.append((self._amend_id, o.order_id, now, o.price, price, o.orig, qty, o.modifies))
         o.price = price

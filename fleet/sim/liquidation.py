@@ -252,7 +252,7 @@ class Liquidation:
         o.filled = o.orig
         o.cum_quote = px * abs(closed)
         o.status = "FILLED"
-        b.closed[o.order_id] = o   # trimmed with the book's next closed order (_remove_resting)
+        b.keep_closed(o)
         if forced:
             acct.force_orders.append(o)
         trade_id = self._emit_agg(b, price, steps, t, side == "SELL")

@@ -173,7 +173,10 @@ class RestHandlers:
         if interval not in self._KLINE_MINUTES:
             raise SimApiError(-1120, "Invalid interval.")
         limit = self._limit(params, 500, 1500)
-        return interval, self._int_param(params, "startTime"), self._int_param(params, "endTime"), limit
+        start, end = self._int_param(params, "startTime"), self._int_param(params, "endTime")
+        if start is not None and end is not None and start > end:
+            raise SimApiError(-1023, "Start time is greater than end time.")
+        return interval, start, end, limit
 
     def _klines(self, account: Any, params: dict[str, str], now: int) -> Any:
         b = self.engine.book(params.get("symbol"))
@@ -392,6 +395,8 @@ def _stringify(item: Any) -> dict[str, str]:
         raise SimApiError(-1130, "Data sent for parameter 'batchOrders' is not valid.")
     out = {}
     for k, v in item.items():
+        if v is None:   # null: not sent (as the WebSocket API's parameters), so it is "missing", never "None"
+            continue
         if isinstance(v, bool):
             out[k] = "true" if v else "false"
         else:

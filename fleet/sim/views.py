@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Callable
 
-from fleet.sim.book import INDEX_RATIO, Book
+from fleet.sim.book import INDEX_RATIO, Book, still_listed
 from fleet.sim.errors import WEEK_MS, SimApiError, int_param, invalid, week_window, within_a_week
 from fleet.sim.orders import Account, Order, Position
 from fleet.sim.units import Q8, ZERO, s8
@@ -88,7 +88,8 @@ class EngineViews:
     def all_orders(self, account: str, params: dict[str, str]) -> list[dict[str, Any]]:
         acct = self.account(account)
         b = self.book(params.get("symbol"))
-        orders = [o for o in b.closed.values() if o.account == acct.name]
+        now = self.now_ms
+        orders = [o for o in b.closed.values() if o.account == acct.name and still_listed(o, now)]
         orders += [o for o in acct.open.values() if o.symbol == b.symbol]
         orders.sort(key=lambda o: o.order_id)
         from_id = int_param(params, "orderId")

@@ -87,12 +87,13 @@ def test_a_delisting_is_announced_then_settles_every_account_at_its_time_and_the
                     and p["o"]["X"] == "CANCELED"]
     assert resting["orderId"] in main_cancels and len(main_cancels) == 2
 
-    # after: no order, amendment or conditional order; cancels and reads still answer; the market stands
+    # after: no order, amendment (-5024, MOVE_ORDER_NOT_ALLOWED_SYMBOL_REASON) or conditional order; cancels and
+    # reads still answer; the market stands
     assert _code(lambda: _limit(e, "main", "BUY", "2000", t=at + 2000)) == -4108
     assert _code(lambda: e.new_order("main", {"symbol": SYM, "side": "SELL", "type": "MARKET", "quantity": "0.1",
                                               "reduceOnly": "true"}, at + 2000)) == -4108
     assert _code(lambda: e.modify_order("main", {"symbol": SYM, "orderId": str(resting["orderId"]), "side": "BUY",
-                                                 "quantity": "0.1", "price": "2002"}, at + 2000)) == -4108
+                                                 "quantity": "0.1", "price": "2002"}, at + 2000)) == -5024
     assert _code(lambda: e.algo.place("main", {"symbol": SYM, "algoType": "CONDITIONAL", "side": "SELL",
                                                "type": "STOP_MARKET", "triggerPrice": "1000", "quantity": "0.1"},
                                       at + 2000)) == -4108

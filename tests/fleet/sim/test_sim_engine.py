@@ -792,3 +792,44 @@ def test_a_depth_read_finds_its_levels_past_a_band_takers_ate():
     assert len(bids) == len(asks) == 50 and bids[0][0] == b.bid_top - 1
     rest = server._routes[("GET", "/fapi/v1/depth")][0]("main", {"symbol": "ETHUSDC", "limit": "50"}, T0 + 1000)
     assert len(rest["bids"]) == 50 and rest["bids"][1][0] == b.price_str(b.synth_best_bid())
+
+
+def test_a_filled_order_is_found_for_90_days_and_one_closed_without_a_fill_for_3_or_until_newer_push_it_out(
+        monkeypatch):
+    """Binance's query routes find a closed order for 90 days, one cancelled or expired without a fill for 3
+    days. The engine keeps the newest closed orders of each kind: a bound on both together lost a filled
+    order within an hour of a quoting agent's cancels (20,000 of them), and its reconciliation read a fill as
+    an order that never was. (The bound is lowered here, and the clock moved without stepping the market.)"""
+    import fleet.sim.book as book
+
+    monkeypatch.setattr(book, "CLOSED_UNFILLED_KEPT", 50)
+    e = _engine()
+    b = e.books["ETHUSDC"]
+
+    def order(cid: str, **p: str) -> dict:
+        return e.new_order("main", {"symbol": "ETHUSDC", "quantity": "0.010", "newClientOrderId": cid, **p}, e.now_ms)
+
+    def found(**p: str) -> bool:
+        try:
+            e.query_order("main", {"symbol": "ETHUSDC", **p})
+            return True
+        except SimApiError as exc:
+            assert exc.code == -2013, exc
+            return False
+
+    filled = order("filled", side="BUY", type="MARKET")
+    far = b.price_str(b.best_bid() - 200)
+    cancelled = order("cancelled", side="BUY", type="LIMIT", timeInForce="GTC", price=far)
+    e.cancel_order("main", {"symbol": "ETHUSDC", "orderId": str(cancelled["orderId"])}, e.now_ms)
+    assert found(orderId=str(cancelled["orderId"])) and found(origClientOrderId="cancelled")
+    for i in range(50):   # newer orders closed without a fill (IOCs far from the touch expire)
+        order(f"ioc-{i}", side="BUY", type="LIMIT", timeInForce="IOC", price=far)
+    assert not found(orderId=str(cancelled["orderId"])) and not found(origClientOrderId="cancelled")
+    assert found(orderId=str(filled["orderId"])) and found(origClientOrderId="filled")
+    listed = {o["orderId"] for o in e.all_orders("main", {"symbol": "ETHUSDC", "startTime": str(e.now_ms - 1000)})}
+    assert filled["orderId"] in listed and cancelled["orderId"] not in listed and len(listed) == 51
+    e.now_ms += 3 * book.DAY_MS + 1_000   # three days on: those without a fill are no longer found
+    assert not found(origClientOrderId="ioc-49") and found(orderId=str(filled["orderId"]))
+    assert [o["orderId"] for o in e.all_orders("main", {"symbol": "ETHUSDC", "orderId": "0"})] == [filled["orderId"]]
+    e.now_ms += 87 * book.DAY_MS   # 90 days on: nor the filled one
+    assert not found(orderId=str(filled["orderId"])) and not found(origClientOrderId="filled")

@@ -551,6 +551,12 @@ async def test_public_trades_agg_trades_and_klines(sim_factory):
                 assert opened.weekday() == weekday and (closed - opened).days == 7
         bad = await c.public("GET", "/fapi/v1/klines", {"symbol": "SOLUSDT", "interval": "7m"})
         assert bad.json["code"] == -1120
+        now_ms = int(time.time() * 1000)
+        for path, key in (("/fapi/v1/klines", "symbol"), ("/fapi/v1/markPriceKlines", "symbol"),
+                          ("/fapi/v1/indexPriceKlines", "pair")):   # a window upside down: refused, not []
+            bad = await c.public("GET", path, {key: "SOLUSDT", "interval": "1m", "startTime": now_ms,
+                                               "endTime": now_ms - 600_000})
+            assert (bad.status, bad.json) == (400, {"code": -1023, "msg": "Start time is greater than end time."})
         bad = await c.public("GET", "/fapi/v1/trades", {"symbol": "SOLUSDT", "limit": 5000})
         assert bad.json["code"] == -1130
 

@@ -230,6 +230,24 @@ async def test_batch_orders_place_modify_cancel_with_errors_in_place(sim):
         assert (await c.state(symbol="ETHUSDC"))["open_orders"] == []
 
 
+async def test_a_batch_items_null_field_is_not_sent(sim):
+    """A client that writes its optional fields as null: Binance reads null as not sent (-1102's words, "not
+    sent, was empty/null"), as the WebSocket API's parameters are; the simulator took it as the text "None"
+    (two orders with the client id "None", the second refused -4116 as a duplicate)."""
+    async with SimClient.for_sim(sim) as c:
+        bid = Decimal((await _book(c))["bids"][0][0])
+        item = {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
+                "price": _px(bid * Decimal("0.98")), "quantity": "0.010", "newClientOrderId": None,
+                "reduceOnly": None, "priceMatch": None, "selfTradePreventionMode": None}
+        r = await c.signed("POST", "/fapi/v1/batchOrders", {"batchOrders": json.dumps([item, item])})
+        assert r.status == 200 and all("orderId" in x for x in r.json), r.json
+        cids = {x["clientOrderId"] for x in r.json}
+        assert len(cids) == 2 and "None" not in cids
+        assert all(x["reduceOnly"] is False and x["priceMatch"] == "NONE" for x in r.json)
+        assert len((await c.state(symbol="ETHUSDC"))["open_orders"]) == 2
+        await c.signed("DELETE", "/fapi/v1/allOpenOrders", {"symbol": "ETHUSDC"})
+
+
 async def test_cancel_all_open_orders(sim):
     async with SimClient.for_sim(sim) as c:
         bid = Decimal((await _book(c))["bids"][0][0])
