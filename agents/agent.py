@@ -471,13 +471,16 @@ class SymbolAgent:
 
     def order_gate(self, endpoint: Endpoint, params: Mapping[str, Any]) -> str | None:
         """Why an order about to be signed must not go (None: it may): none under a lapsed lease, and
-        once the symbol is halted or flattening, or its dead-man countdown has run out, none but
-        reduce-only places. An order decided before a halt and sent after it would rest on the book
-        the halt empties; one sent after the countdown ran out, with no switch armed."""
+        once the agent is stopping, the symbol is halted or flattening, or its dead-man countdown has run
+        out, none but reduce-only places. An order decided before a halt and sent after it would rest on
+        the book the halt empties; one sent after the countdown ran out, with no switch armed; one resent
+        in a stop (a -1021's) after the stop saw nothing left that could land."""
         if not self.lease_ok():
             return "the lease has lapsed"
         if places_reduce_only(endpoint, params):
             return None
+        if self.stopping:
+            return "the agent is stopping: reduce-only places only"
         if (left := self.timers.countdown_left()) is not None and left <= 0:   # (before the watchdog's block)
             return "the dead-man countdown has run out, no heartbeat taken: reduce-only places only"
         core = self.core

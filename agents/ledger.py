@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from fleet.binance.enums import ErrorCode, OrderStatus, OrderType, TimeInForce
 from fleet.binance.events import BUY, CLOSED_STATUSES, OrderUpdate
@@ -49,6 +49,13 @@ _UNKNOWN_ORDER_CODES = frozenset({ErrorCode.CANCEL_REJECTED, ErrorCode.NO_SUCH_O
 MODIFY_LIMIT_CODE = ErrorCode.EXCEED_MAXIMUM_MODIFY_ORDER_LIMIT  # -5026, "Exceed maximum modify order limit": this order can never be amended again
 _CLOSED_KEEP = 4096  # closed orders remembered, so their late duplicates are recognised
 _STAGE_NEW, _STAGE_AMEND, _STAGE_PARTIAL, _STAGE_FINAL = 0, 1, 2, 3
+
+
+def _reopens(o: LiveOrder) -> bool:
+    """Whether the exchange's word that the order is open (a frame, a listing) reopens it, closed here: one
+    closed on our own inference, or a new order read as refused (never acknowledged: a frame or a listing of
+    it proves the exchange took it, whatever its answer said, as a 5xx after execution may)."""
+    return o.inferred or (o.status == REJECTED and o.order_id is None)
 
 
 def _stage(status: str, exec_type: str = "") -> int:
@@ -206,7 +213,123 @@ def _another_order(o: LiveOrder, order_id: int | None) -> bool:
     return order_id is not None and o.order_id is not None and o.order_id != order_id
 
 
-class OrderLedger:
+class _Outcomes:
+    """The ledger's requests of open outcome: answered ambiguously, looked up, refused -1021 and sent again
+    (mixed into :class:`OrderLedger`)."""
+
+    orders: dict[str, LiveOrder]
+    closed: OrderedDict[str, LiveOrder]
+    _doubtful: dict[str, None]
+    refresh: Callable[[LiveOrder], None]
+    find: Callable[[str, int | None], LiveOrder | None]
+    on_order_info: Callable[[OrderInfo], bool]
+    on_query_unknown: Callable[..., None]
+
+    def on_outcome_unknown(self, client_order_id: str, now_ms: int, cancel: bool = False) -> None:
+        """A request about this order (place, amend or cancel) got an ambiguous answer: it may have
+        executed, even later. Nothing changes in what the order counts: a new order stays pending,
+        an amendment keeps the larger of old and new, a cancel keeps the order counted, until a
+        frame or a look-up past the request's recvWindow (``on_lookup``) settles it."""
+        o = self.orders.get(client_order_id)
+        if o is not None and o.is_open:
+            o.unknown_ms = now_ms if o.unknown_ms is None else max(o.unknown_ms, now_ms)
+            o.cancel_doubt = o.cancel_doubt or cancel
+            self._doubtful[client_order_id] = None
+
+    def _doubtful_orders(self) -> list[LiveOrder]:
+        """Open orders with an ambiguous answer not yet settled (the set is pruned here, lazily)."""
+        if not self._doubtful:
+            return []
+        live = [o for cid in self._doubtful if (o := self.orders.get(cid)) is not None and o.unknown_ms is not None]
+        self._doubtful = dict.fromkeys(o.client_order_id for o in live)
+        return live
+
+    def cancels_due_again(self, now_ms: int) -> list[Cancel]:
+        """Orders whose last cancel was answered ambiguously ``CANCEL_RETRY_MS`` ago: cancel again
+        (such an order still counts, and may still rest, until a look-up past the window)."""
+        return [Cancel(o.client_order_id, o.order_id, OrderReason.RECANCEL)
+                for o in self._doubtful_orders() if o.cancel_retry_due(now_ms)]
+
+    def due_lookups(self, now_ms: int, window_ms: int) -> list[LiveOrder]:
+        """Orders with an ambiguous answer whose request can no longer execute (``window_ms`` =
+        recvWindow plus a margin has passed since the answer): a look-up now settles them."""
+        return [o for o in self._doubtful_orders() if now_ms - o.unknown_ms >= window_ms]  # type: ignore[operator]
+
+    def on_lookup(self, client_order_id: str, info: OrderInfo | None, now_ms: int, window_ms: int) -> str:
+        """The answer to a look-up by client order id (``info``; None for "order does not exist").
+
+        Before ``window_ms`` has passed since the send (or the ambiguous answer) a request may still
+        land, so only what the exchange shows is taken; after it, what did not land never will:
+        an unplaced order is closed, an amendment or cancel that did not take is forgotten.
+        Returns what was concluded (for the log): "found", "pending", "never_placed", "gone".
+        """
+        o = self.find(client_order_id, None)
+        if o is None:
+            if info is not None:
+                self.on_order_info(info)
+            return "found" if info is not None else "gone"
+        since = o.unknown_ms if o.unknown_ms is not None else o.sent_ms
+        if o.amend_orig_steps is not None:   # an amendment in flight may land until its own window ends
+            since = max(since, o.amend_sent_ms)
+        final = now_ms - since >= window_ms
+        if info is not None:
+            self.on_order_info(info)
+            if o.is_open and final:
+                if o.amend_orig_steps is not None and (
+                    self.steps(info.orig_qty) != o.amend_orig_steps or self.ticks(info.price) != o.amend_price_ticks
+                ):
+                    o.amend_orig_steps = o.amend_price_ticks = None  # the amendment did not take
+                if o.cancel_sent_ms is not None:
+                    o.cancel_sent_ms = None  # still open: the cancel did not take; the next cycle decides
+                o.unknown_ms = None
+                o.cancel_doubt = False
+                self.refresh(o)
+            return "found"
+        if o.status == PENDING_NEW:
+            if not final:
+                return "pending"
+            o.status = REJECTED
+            o.inferred = True
+            self.refresh(o)
+            return "never_placed"
+        if not o.is_open:
+            return "gone"
+        self.on_query_unknown(client_order_id, o.order_id)
+        return "gone"
+
+    def on_signed_later(self, client_order_ids: Iterable[str], by_ms: int) -> None:
+        """These new orders' request was signed when our clock said ``by_ms`` less than it says now (another
+        request's -1021 learned the offset again meanwhile): their window runs that much later."""
+        for cid in client_order_ids:
+            o = self.orders.get(cid)
+            if o is not None and o.status == PENDING_NEW:
+                o.sent_ms += by_ms
+
+    def on_amend_resigned(self, client_order_ids: Iterable[str], at_ms: int) -> None:
+        """These orders' amendment, refused -1021, is about to go again signed with timestamp ``at_ms``."""
+        for cid in client_order_ids:
+            o = self.orders.get(cid)
+            if o is not None and o.amend_orig_steps is not None:
+                o.amend_sent_ms = max(o.amend_sent_ms, at_ms)
+
+    def on_resigned(self, client_order_ids: list[str], at_ms: int) -> str | None:
+        """New orders whose request, refused -1021 (unexecuted), is about to go again signed with timestamp
+        ``at_ms``: the exchange may take them until that signature's recvWindow closes, so their window runs
+        from then. None; or, if one of them no longer counts here (closed on our own inference while the
+        first request was held on its way past its window: a resync's listing, a look-up; and the ladder
+        placed again since), why the request must not go again: landing now, it would rest beside what
+        replaced it, uncounted."""
+        gone = [cid for cid in client_order_ids
+                if (o := self.orders.get(cid)) is None or o.status != PENDING_NEW]
+        if gone:
+            return f"{len(gone)} of its orders closed here since it was first signed ({gone[0]})"
+        for cid in client_order_ids:
+            o = self.orders[cid]
+            o.sent_ms = max(o.sent_ms, at_ms)
+        return None
+
+
+class OrderLedger(_Outcomes):
     """One symbol's orders: open (in flight included) and recently closed, and their pending sums."""
 
     def __init__(self, symbol: str, filters: SymbolFilters) -> None:
@@ -468,89 +591,15 @@ class OrderLedger:
         o.booked_steps = o.filled_steps
         self.refresh(o)
 
-    # ------------------------------------------------------------------ unknown outcomes
-
-    def on_outcome_unknown(self, client_order_id: str, now_ms: int, cancel: bool = False) -> None:
-        """A request about this order (place, amend or cancel) got an ambiguous answer: it may have
-        executed, even later. Nothing changes in what the order counts: a new order stays pending,
-        an amendment keeps the larger of old and new, a cancel keeps the order counted, until a
-        frame or a look-up past the request's recvWindow (``on_lookup``) settles it."""
-        o = self.orders.get(client_order_id)
-        if o is not None and o.is_open:
-            o.unknown_ms = now_ms if o.unknown_ms is None else max(o.unknown_ms, now_ms)
-            o.cancel_doubt = o.cancel_doubt or cancel
-            self._doubtful[client_order_id] = None
-
-    def _doubtful_orders(self) -> list[LiveOrder]:
-        """Open orders with an ambiguous answer not yet settled (the set is pruned here, lazily)."""
-        if not self._doubtful:
-            return []
-        live = [o for cid in self._doubtful if (o := self.orders.get(cid)) is not None and o.unknown_ms is not None]
-        self._doubtful = dict.fromkeys(o.client_order_id for o in live)
-        return live
-
-    def cancels_due_again(self, now_ms: int) -> list[Cancel]:
-        """Orders whose last cancel was answered ambiguously ``CANCEL_RETRY_MS`` ago: cancel again
-        (such an order still counts, and may still rest, until a look-up past the window)."""
-        return [Cancel(o.client_order_id, o.order_id, OrderReason.RECANCEL)
-                for o in self._doubtful_orders() if o.cancel_retry_due(now_ms)]
-
-    def due_lookups(self, now_ms: int, window_ms: int) -> list[LiveOrder]:
-        """Orders with an ambiguous answer whose request can no longer execute (``window_ms`` =
-        recvWindow plus a margin has passed since the answer): a look-up now settles them."""
-        return [o for o in self._doubtful_orders() if now_ms - o.unknown_ms >= window_ms]  # type: ignore[operator]
-
-    def on_lookup(self, client_order_id: str, info: OrderInfo | None, now_ms: int, window_ms: int) -> str:
-        """The answer to a look-up by client order id (``info``; None for "order does not exist").
-
-        Before ``window_ms`` has passed since the send (or the ambiguous answer) a request may still
-        land, so only what the exchange shows is taken; after it, what did not land never will:
-        an unplaced order is closed, an amendment or cancel that did not take is forgotten.
-        Returns what was concluded (for the log): "found", "pending", "never_placed", "gone".
-        """
-        o = self.find(client_order_id, None)
-        if o is None:
-            if info is not None:
-                self.on_order_info(info)
-            return "found" if info is not None else "gone"
-        since = o.unknown_ms if o.unknown_ms is not None else o.sent_ms
-        if o.amend_orig_steps is not None:   # an amendment in flight may land until its own window ends
-            since = max(since, o.amend_sent_ms)
-        final = now_ms - since >= window_ms
-        if info is not None:
-            self.on_order_info(info)
-            if o.is_open and final:
-                if o.amend_orig_steps is not None and (
-                    self.steps(info.orig_qty) != o.amend_orig_steps or self.ticks(info.price) != o.amend_price_ticks
-                ):
-                    o.amend_orig_steps = o.amend_price_ticks = None  # the amendment did not take
-                if o.cancel_sent_ms is not None:
-                    o.cancel_sent_ms = None  # still open: the cancel did not take; the next cycle decides
-                o.unknown_ms = None
-                o.cancel_doubt = False
-                self.refresh(o)
-            return "found"
-        if o.status == PENDING_NEW:
-            if not final:
-                return "pending"
-            o.status = REJECTED
-            o.inferred = True
-            self.refresh(o)
-            return "never_placed"
-        if not o.is_open:
-            return "gone"
-        self.on_query_unknown(client_order_id, o.order_id)
-        return "gone"
-
     def adopt(self, info: OrderInfo) -> bool:
         """An order the exchange lists as open (reconciliation): True if the store did not count it
-        (unknown here, or closed on our own inference), and it counts now. An order the exchange
-        itself reported closed is left closed: the listing is older than that report."""
+        (unknown here, closed on our own inference, or read as refused), and it counts now. An order the
+        exchange itself reported closed is left closed: the listing is older than that report."""
         o = self.find(info.client_order_id, int(info.order_id))
         if o is not None and o.is_open:
             self.on_order_info(info)
             return False
-        if o is not None and not o.inferred:
+        if o is not None and not _reopens(o):
             return False
         if o is not None:
             o.key = (-1, 0, -1)  # whatever we inferred, the exchange's listing wins
@@ -629,9 +678,10 @@ class OrderLedger:
                                                                                        self.steps(orig_qty), key)):
             self.stale_updates += 1   # (another order: a late view of one closed before this one was placed)
             return False
-        elif o.status in _CLOSED and stage != _STAGE_FINAL and not o.inferred:
+        elif o.status in _CLOSED and stage != _STAGE_FINAL and not _reopens(o):
             # Closed here on the exchange's word; a late, older frame must not reopen it. (One the
-            # store closed on its own inference is reopened by any exchange frame: the frame is truth.)
+            # store closed on its own inference, or read as refused, is reopened by any exchange frame:
+            # the frame is truth.)
             self.stale_updates += 1
             if cum > o.filled_steps:
                 o.filled_steps = cum

@@ -11,9 +11,10 @@ import asyncio
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any, Awaitable
+from typing import TYPE_CHECKING, Any, Awaitable, Mapping
 
 from fleet.binance.client import RESIGNING, BinanceClient
+from fleet.binance.endpoints import Endpoint, placed_client_ids
 from fleet.binance.enums import ErrorCode, OrderType, TimeInForce
 from fleet.binance.errors import (
     BinanceError,
@@ -242,23 +243,27 @@ class OrderSender:
         client = self.agent.require_client()
         core = self.agent.require_core()
         TICK_READ.set(tick)  # this task's own context
-        offset, moved = client.time_offset_ms, 0
+        offset = client.time_offset_ms
 
-        def signed_later(by_ms: int) -> None:   # re-signed ``by_ms`` later than first signed (a -1021, our
-            nonlocal moved                      # clock behind): the exchange's window is later, from before
-            if batch.kind == "place" and by_ms > moved:   # the resend; each call of a batch sent one call
-                core.store.on_signed_later([d.client_order_id for d in batch.items], by_ms - moved)
-                moved = by_ms                   # an order tells it: the batch moves once, by the most
+        def resigned(endpoint: Endpoint, params: Mapping[str, Any], at_ms: int) -> str | None:
+            """A write refused -1021 (held on its way, or our clock behind), about to go again signed with
+            timestamp ``at_ms``: the exchange may take it until that signature's window closes."""
+            nonlocal offset
+            offset = client.time_offset_ms
+            if batch.kind == "amend":
+                core.store.on_amend_resigned([d.client_order_id for d in batch.items], at_ms)
+            return core.store.on_resigned(placed_client_ids(endpoint, params), at_ms)
 
-        told = RESIGNING.set(signed_later)
+        told = RESIGNING.set(resigned)
         try:
             results = await self._send_requests(client, batch, tick, risk)
         except BinanceError as exc:
             self._batch_failed(core, batch, exc)
             return
-        finally:   # the clock learned again meanwhile (this request's or another's -1021): it was sent
-            RESIGNING.reset(told)                # when our clock said less than it says now
-            signed_later(client.time_offset_ms - offset)
+        finally:   # the clock learned again meanwhile (another request's -1021): it was signed when our
+            RESIGNING.reset(told)                # clock said less than it says now
+            if batch.kind == "place" and client.time_offset_ms > offset:
+                core.store.on_signed_later([d.client_order_id for d in batch.items], client.time_offset_ms - offset)
         self.agent.journal.on_results(self.agent, batch, results)
         self._apply_results(core, batch, results)
 

@@ -166,6 +166,9 @@ class Shutdown:
                 core.reset_from_snapshot(pos, listed, self.agent.exchange_ms(), listed_at_ms=listed_at)
                 if pos.amount == 0:
                     return 0.0
+                # a flatten order of unknown outcome is looked up past its window (in a stop the watchdog,
+                # which looks up, is gone): one never placed counts no more, and the next goes
+                self.agent.sender.start_lookups(core, self.agent.clock.monotonic())
                 if not any(o.reason == "flatten" for o in core.store.orders.values()) and self.agent.lease_ok():
                     actions = core.quote(self.agent.clock.time_ms() + self.agent.offset_ms(), None)
                     if actions:

@@ -262,14 +262,10 @@ class Store:
         """A request counted as sent never left: undo it (no exchange rejection counted)."""
         self.ledger.on_not_sent(decision)
 
-    def on_signed_later(self, client_order_ids: Iterable[str], by_ms: int) -> None:
-        """These new orders' request was signed again ``by_ms`` later on the exchange's clock (a -1021:
-        our clock was behind; the client learned the offset again and resent it): the exchange may
-        accept them until that signature's recvWindow closes, so their window runs from then."""
-        for cid in client_order_ids:
-            o = self.ledger.orders.get(cid)
-            if o is not None and o.status == PENDING_NEW:
-                o.sent_ms += by_ms
+    # a request refused -1021 and signed again, or signed before the clock's offset was learned anew
+    on_signed_later = _read("ledger.on_signed_later")
+    on_resigned = _read("ledger.on_resigned")
+    on_amend_resigned = _read("ledger.on_amend_resigned")
 
     def on_rejected(self, client_order_id: str, code: int, now_ms: int = 0) -> None:
         self.ledger.on_rejected(client_order_id, code, now_ms)

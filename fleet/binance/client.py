@@ -61,10 +61,33 @@ from .signing import AHEAD_AT_MOST_MS, AHEAD_REFUSED_MS, encode_params, sign
 T = TypeVar("T")
 log = logging.getLogger("fleet.binance.client")
 
-# Told, in the caller's context, how much later (ms, on the exchange's clock) a request refused -1021
-# is signed again, just before it is resent: the caller's count of when it may still execute moves
-# before the resend can land, not after its answer.
-RESIGNING: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar("resigning", default=None)
+# Asked, in the caller's context, with the endpoint, the parameters and the timestamp (ms, the exchange's
+# clock as this host reckons it) a write refused -1021 is about to be signed again with: the caller's count
+# of when it may still execute moves to the new signature's recvWindow before the resend can land, or it
+# names why the write must not go again (NotSentError): say the caller closed its orders meanwhile, on its
+# own inference, and placed others. (A write may be held on its way, not signed too early: the clock can be
+# right and the resend seconds late.)
+Resigning = Callable[[Endpoint, Mapping[str, Any], int], str | None]
+RESIGNING: contextvars.ContextVar[Resigning | None] = contextvars.ContextVar("resigning", default=None)
+
+
+class _Signing:
+    """One request's signatures: the second (the resend's) is asked of ``resigned`` as it is signed."""
+
+    __slots__ = ("first", "resigned")
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+        self.resigned: Resigning | None = None
+
+    def signed(self, endpoint: Endpoint, params: Mapping[str, Any], timestamp: int) -> str | None:
+        if self.first is None:
+            self.first = timestamp
+            return None
+        return self.resigned(endpoint, params, timestamp) if self.resigned is not None else None
+
+
+_SIGNING: contextvars.ContextVar[_Signing | None] = contextvars.ContextVar("signing", default=None)
 
 BATCH_PLACE_MAX = 5
 BATCH_CANCEL_MAX = 10
@@ -178,7 +201,19 @@ class RestCore:
         risk = risk or endpoint.risk
         if cost is not PAID:
             await self.budget.acquire(cost, wait=wait, risk=risk)
-        signed_with = self.time_offset_ms   # the first signature's (another request may learn the clock meanwhile)
+        if not endpoint.signed:
+            return await self._send(endpoint, params)
+        signing = _Signing()
+        token = _SIGNING.set(signing)
+        try:
+            return await self._resigning(endpoint, params, cost, wait, risk, signing)
+        finally:
+            _SIGNING.reset(token)
+
+    async def _resigning(self, endpoint: Endpoint, params: Mapping[str, Any] | None, cost: Cost, wait: bool,
+                         risk: bool, signing: _Signing) -> Any:
+        """The request sent; refused -1021 (a signed one, unexecuted), the clock learned again and the
+        request signed and sent once more, its new timestamp told to :data:`RESIGNING` as it is signed."""
         try:
             return await self._send(endpoint, params)
         except TimestampError:
@@ -191,8 +226,7 @@ class RestCore:
             log.warning("timestamp outside recvWindow on %s: the exchange's clock is %+d ms from ours (was %+d); "
                         "re-synced (%d so far)", endpoint, self.time_offset_ms, before, self.clock_resyncs)
             await self.budget.acquire(endpoint.cost if cost is PAID else cost, wait=wait, risk=risk)
-            if (told := RESIGNING.get()) is not None and self.time_offset_ms > signed_with:
-                told(self.time_offset_ms - signed_with)
+            signing.resigned = RESIGNING.get()
             try:
                 return await self._send(endpoint, params)
             except TimestampError as again:
@@ -227,7 +261,10 @@ class RestCore:
             if not self._api_secret:
                 raise BinanceError(ErrorCode.INVALID_SIGNATURE, f"{method} {path} needs an API secret; none configured", None)
             fields["recvWindow"] = self.recv_window
-            fields["timestamp"] = self._timestamp()
+            fields["timestamp"] = stamp = self._timestamp()
+            if (signing := _SIGNING.get()) is not None and (
+                    why := signing.signed(endpoint, params or {}, stamp)) is not None:
+                raise NotSentError(f"{endpoint} not sent again after -1021: {why}")
         encoded = encode_params(fields)
         in_body = self.params_in_body and method in ("POST", "PUT") and bool(encoded)
         if signed:

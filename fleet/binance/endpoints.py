@@ -87,6 +87,19 @@ def places_reduce_only(endpoint: Endpoint, params: Mapping[str, Any]) -> bool:
     return False
 
 
+def placed_client_ids(endpoint: Endpoint, params: Mapping[str, Any]) -> list[str]:
+    """The client order ids a new order or a batch of them places (none for another endpoint)."""
+    if endpoint == NEW_ORDER:
+        orders: Any = [params]
+    elif endpoint == BATCH_PLACE:
+        orders = params.get("batchOrders")
+    else:
+        return []
+    if not isinstance(orders, list):
+        return []
+    return [str(o["newClientOrderId"]) for o in orders if isinstance(o, Mapping) and o.get("newClientOrderId")]
+
+
 def _reduce_only(order: Any) -> bool:
     return isinstance(order, Mapping) and str(order.get("reduceOnly", "")).lower() == "true"
 

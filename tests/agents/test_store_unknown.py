@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from agents.orders import Amend, Cancel, Place
 from agents.reconcile import ReconcilePlan, reconcile_orders
-from agents.store import PENDING_NEW, REJECTED, Store
+from agents.store import MISSING, PENDING_NEW, REJECTED, Store
 from fleet.binance.events import BUY, SELL
 
 from .test_core_support import SYMBOL, eth_filters, order_info, order_update, position_info, seed_params
@@ -64,6 +64,41 @@ def test_a_definite_rejection_is_not_reopened_by_an_older_frame():
     s.apply(order_update("a", 77, BUY, 300_000, 7, status="CANCELED", t=1_005))
     assert not s.apply(order_update("a", 77, BUY, 300_000, 7, t=1_002))
     assert "a" not in s.orders
+
+
+def test_a_new_order_read_as_refused_that_the_exchange_took_counts_again_on_its_frame_or_listing():
+    """A 5xx read as a definite failure (-1001), the batch executed all the same: the order's NEW frame, or
+    the listing that shows it, is the exchange's truth, and the order counts again (it stayed uncounted,
+    resting at the exchange beside the ladder placed in its stead)."""
+    s = make_store()
+    s.on_sent(place("framed"), 1_000)
+    s.on_sent(place("listed", steps=4), 1_000)
+    s.on_rejected("framed", -1001, 1_010)
+    s.on_rejected("listed", -1001, 1_010)
+    assert s.pending_buy_steps == 0
+    assert s.apply(order_update("framed", 77, BUY, 300_000, 7, t=1_005))
+    assert s.orders["framed"].status == "NEW" and s.pending_buy_steps == 7
+    assert s.adopt(order_info("listed", 78, BUY, 300_000, 4, t=1_006))
+    assert s.orders["listed"].status == "NEW" and s.pending_buy_steps == 11
+    consistent(s)
+
+
+def test_a_place_refused_minus_1021_goes_again_only_while_its_orders_still_count_and_moves_their_window():
+    """The client resends a write refused -1021 (held on its way past its recvWindow, or our clock behind)
+    with a new timestamp: the exchange may take it until that one's window closes. Orders closed here
+    meanwhile (a resync's listing after their first window, the ladder placed again since) must not go again:
+    landing, they would rest beside their replacements, uncounted (1.9x the cap at the exchange)."""
+    s = make_store()
+    s.on_sent(place("a"), 1_000)
+    s.on_sent(place("b", steps=4), 1_000)
+    assert s.on_resigned(["a", "b"], 10_000) is None
+    assert s.orders["a"].sent_ms == s.orders["b"].sent_ms == 10_000 and s.pending_buy_steps == 11
+    s.reset_from_snapshot(position_info(0, 0.0, 16_500), [], now_ms=17_000, in_flight_grace_ms=6_000,
+                          listed_at_ms=16_500)
+    assert s.get("a").status == MISSING and s.pending_buy_steps == 0
+    why = s.on_resigned(["a"], 17_000)
+    assert why is not None and "closed here" in why and s.pending_buy_steps == 0
+    consistent(s)
 
 
 def test_an_unknown_amend_keeps_the_larger_size_until_settled():

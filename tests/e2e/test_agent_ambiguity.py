@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from fleet.config import GridParams, RuntimeParams, SymbolParams
+from fleet.config import BaseParams, GridParams, RuntimeParams, SymbolParams, WorstCaseParams
 
 from .test_agent_live import (  # noqa: F401 - fixtures
     SYMBOL,
@@ -42,6 +42,8 @@ RUNTIME = RuntimeParams(
     reconcile_position_every=2,
 )
 BATCH, ORDER = "/fapi/v1/batchOrders", "/fapi/v1/order"
+# a ladder that fills each side up to the cap (no size decay), as a book near its cap does
+AT_THE_CAP = SymbolParams(base=BaseParams(net_max=0.05), worst_case=WorstCaseParams(size_decay_k=0.0))
 
 
 class CapWatch:
@@ -177,6 +179,67 @@ async def test_a_connection_dropped_after_the_write_leaves_no_orphan(make_agent,
          "count": 2},
     ])
     assert agent.status()["counters"]["unknown_outcomes"] > 0
+
+
+async def test_a_batch_executed_then_answered_with_a_definite_failure_counts_again_from_its_frames(
+        make_agent, exchange):
+    """-1001 ("Internal error; unable to process your request"), which the agent reads as refused, after the
+    batch executed: the orders' frames and the listing are the exchange's truth, and they count again (they
+    rested uncounted beside the ladder placed in their stead: the worst case 0.073 of a 0.0575 cap)."""
+    agent = await drill(make_agent, exchange, [
+        {"mode": "exec_then_error", "answer": "-1001", "path": BATCH, "method": "POST", "count": 2},
+    ], position="0.15")
+    assert agent.core.store.rejects.get(-1001, 0) > 0
+
+
+async def test_a_place_refused_minus_1021_after_a_resync_closed_it_is_not_sent_again(make_agent, exchange):
+    """The first ladder's batches held 9 s on their way (past their 5 s recvWindow); a resync 6 s after they
+    went finds none of them listed and closes them, and the ladder is placed again. The held batches then
+    meet -1021, and the client re-signs and resends them: they went again and rested beside the new ladder
+    (the worst case 1.9x the cap at the exchange). Closed here since, they are not sent again."""
+    await exchange.post("/sim/fault/latency", {"ms": 9000, "path": BATCH})
+    agent = await make_agent(runtime=RUNTIME, params=AT_THE_CAP)
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
+
+    async def held() -> bool:
+        return len((await exchange.state())["held"]) >= 2
+
+    await wait_for(held, 10, "the first ladder's batches held on their way")
+    await exchange.post("/sim/fault/latency", {"ms": 0})   # later requests go through (the held keep their delay)
+    first = [o for o in agent.core.store.orders.values() if o.status == "PENDING_NEW"]
+    sent_ms = min(o.sent_ms for o in first)
+    async with CapWatch(exchange) as watch:
+        await wait_for(lambda: agent.exchange_ms() - sent_ms > 6_100, 10, "past the first window")
+        await agent.starter.resync()
+        assert all(o.status == "MISSING" for o in first)
+
+        async def answered() -> bool:
+            return not (await exchange.state())["held"] and agent.client.clock_resyncs > 0
+
+        await wait_for(answered, 15, "the held batches answered -1021")
+        await settled(agent, exchange)
+    assert_cap(watch, agent.params.worst_cap)
+    placed = {o["clientOrderId"] for o in await exchange.all_orders()}
+    assert not {o.client_order_id for o in first} & placed, "a held order was sent again after its resync"
+
+
+@pytest.mark.parametrize("answer", ["-1007", "503"])
+async def test_a_stop_whose_flatten_order_is_answered_unknown_and_never_executed_still_flattens(
+        make_agent, exchange, answer):
+    """The stop's reduce-only market order is answered "unknown" and was not executed: the stop looks it up
+    past its window (the watchdog, which looks up, is gone in a stop) and sends another. It waited on the
+    first until its time ran out, the position left open."""
+    agent = await make_agent(runtime=RUNTIME)
+    await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.05"})
+    await wait_for(lambda: agent.core.store.position_steps == 50, 10, "the position seen")
+    await settled(agent, exchange)
+    await exchange.post("/sim/fault/rest", {"mode": "error", "answer": answer, "path": ORDER, "method": "POST",
+                                            "count": 1})
+    summary = await agent.stop(flatten=True)
+    st = await exchange.state()
+    assert not st["faults_pending"], "the flatten order never met the fault"
+    assert Decimal(st["positions"][SYMBOL]["amount"]) == 0 and st["open_orders"] == []
+    assert summary["flattened"] and summary["counters"]["unknown_outcomes_resolved"] >= 1, summary
 
 
 async def test_late_amends_keep_the_larger_size_counted(make_agent, exchange):

@@ -334,6 +334,39 @@ async def test_the_order_gate_holds_back_a_resend_after_minus_1021(client, filte
     await client.cancel_order(SYMBOL, order_id=placed.order_id)
 
 
+async def test_a_resend_after_minus_1021_is_asked_of_the_caller_with_its_new_timestamp_before_it_goes(client, filters):
+    """The caller (an agent's sender) is asked, as the resend is signed, with the new timestamp: the window in
+    which the exchange may take the write runs from it, not from the first signature (the first may have been
+    held on its way for seconds); a reason keeps the resend here."""
+    from fleet.binance.client import RESIGNING
+
+    price, _ = await passive_bid(client, filters)
+    asked = []
+
+    def resigned(endpoint, params, at_ms) -> str | None:
+        asked.append((endpoint.path, params.get("newClientOrderId"), at_ms))
+        return "closed by the test" if len(asked) == 1 else None
+
+    told = RESIGNING.set(resigned)
+    try:
+        client.time_offset_ms = -120_000  # the first send is refused -1021
+        vetoed = limit_buy(price, tag="resign-no")
+        with pytest.raises(NotSentError, match="not sent again after -1021: closed by the test"):
+            await client.place_order(vetoed)
+        with pytest.raises(UnknownOrderError):   # the exchange never saw it
+            await client.query_order(SYMBOL, client_order_id=vetoed.client_order_id)
+        client.time_offset_ms -= 120_000
+        placed = await client.place_order(limit_buy(price, tag="resign-yes"))
+        assert placed.status == "NEW"
+        server_ms = await client.server_time()
+        assert [(path, c) for path, c, _ in asked] == [("/fapi/v1/order", vetoed.client_order_id),
+                                                       ("/fapi/v1/order", placed.client_order_id)]
+        assert all(server_ms - 5_000 < at <= server_ms + 1_000 for _, _, at in asked)   # the exchange's clock
+    finally:
+        RESIGNING.reset(told)
+    await client.cancel_order(SYMBOL, order_id=placed.order_id)
+
+
 async def test_unsigned_client_refuses_signed_calls_before_sending(sim):
     async with BinanceClient(sim.rest_url) as anon:
         assert (await anon.book_ticker(SYMBOL)).symbol == SYMBOL
