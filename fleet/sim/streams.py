@@ -10,7 +10,8 @@ Besides the documented depth speeds (250 ms by default, ``@500ms``, ``@100ms``),
 too: Binance answers it and third-party engines ask for it by default; here it publishes on every
 market step. ``<symbol>@kline_<interval>`` pushes the open candle every 250 ms and each candle once
 more when it closes (``x: true``); a week's candle opens on Monday, a month's on its first day (UTC),
-each built from the 1500 one-minute candles kept (25 hours), and ``3d`` is not served (I found no statement of where Binance starts its three days).
+each built from the 1500 one-minute candles kept (25 hours); ``3d`` candles open at multiples of three
+days since the epoch (an assumption: no statement of where Binance starts its three days was found).
 ``<pair>_perpetual@continuousKline_<interval>`` pushes the same candles as ``continuous_kline`` events
 (named by pair and contract type). ``<symbol>@ticker`` and ``@miniTicker`` push the rolling 24 h
 statistics every 2 s (those of REST ``/ticker/24hr``); ``!ticker@arr`` and ``!miniTicker@arr`` every
@@ -19,8 +20,9 @@ will be present in the array"), and nothing when none did. ``<symbol>@forceOrder
 ``!forceOrder@arr`` push each liquidation order of the simulated accounts (fleet/sim/liquidation.py);
 the synthetic market's own takers are never liquidated. ``!contractInfo`` pushes a symbol's contract
 changes: a delisting announced, its settlement's SETTLING and CLOSE (fleet/sim/delisting.py). Served
-and silent: ``!assetIndex@arr``, ``<symbol>@compositeIndex``, ``<symbol>@rpiDepth@500ms`` and
-``tradingSession`` (Binance's SDK subscribes to them): accepted, listed, and silent.
+and silent: ``!assetIndex@arr``, ``<assetSymbol>@assetIndex``, ``<symbol>@compositeIndex``,
+``<symbol>@rpiDepth@500ms`` and ``tradingSession`` (Binance's SDK subscribes to them): accepted, listed,
+and silent.
 ``<symbol>@trade`` is a /public stream (Binance lists it there, and its unrouted paths deliver it): one
 frame per trade, the trade id that of the aggregate trade (each price a taker meets is one trade here).
 
@@ -38,8 +40,8 @@ A deep level once said is zeroed when the touch sweeps past it. So a book built 
 up to 1000 levels, then the events chained by ``pu``) never crosses and equals the exchange's at every
 level it holds. A stream's first event follows the book as it was when it was watched.
 
-A number after ``/public/ws/`` or ``/market/ws/`` (ccxt puts its connection number there) opens an
-empty connection for SUBSCRIBE to fill.
+A number after ``/ws/``, ``/public/ws/`` or ``/market/ws/`` (ccxt puts its connection number there; a
+listen key is never one) opens an empty connection for SUBSCRIBE to fill.
 
 A well-formed stream of a symbol the exchange does not list is accepted and stays silent, as Binance
 does (no error, no data); only a name no symbol could carry is refused (``unlisted_stream``).
@@ -55,7 +57,8 @@ MARKET = "market"
 _DEPTH_SPEEDS = {"": "", "@250ms": "", "@100ms": "@100ms", "@500ms": "@500ms", "@0ms": "@0ms"}
 DEPTH_EVERY_MS = {"@0ms": 0, "@100ms": 100, "": 250, "@500ms": 500}   # canonical suffix -> cadence (0: every step)
 KLINE_MINUTES = {"1m": 1, "3m": 3, "5m": 5, "15m": 15, "30m": 30, "1h": 60, "2h": 120, "4h": 240,
-                 "6h": 360, "8h": 480, "12h": 720, "1d": 1440, "1w": 10080, "1M": 43200}   # 1M: calendar months
+                 "6h": 360, "8h": 480, "12h": 720, "1d": 1440, "3d": 4320, "1w": 10080,
+                 "1M": 43200}   # 1M: calendar months
 _MONDAY_MS = 4 * 86_400_000   # weekly candles open on Monday 00:00 UTC; 1970-01-05 was the first Monday
 KLINE_EVERY_MS = 250   # a kline stream's cadence
 TICKER_EVERY_MS = 2000   # <symbol>@ticker and @miniTicker: "Update Speed: 2000ms" (USD-M docs)
@@ -112,8 +115,8 @@ def canonical_stream(name: str, symbols_lower: set[str]) -> tuple[str, str] | No
         return f"{sym}@{rest}", MARKET
     if not sep or sym not in symbols_lower:
         return None
-    if rest in ("compositeIndex", "rpiDepth@500ms"):
-        return f"{sym}@{rest}", MARKET if rest == "compositeIndex" else PUBLIC
+    if rest in ("compositeIndex", "assetIndex", "rpiDepth@500ms"):
+        return f"{sym}@{rest}", PUBLIC if rest == "rpiDepth@500ms" else MARKET
     if rest in ("bookTicker", "trade"):
         return f"{sym}@{rest}", PUBLIC
     if rest in ("markPrice", "markPrice@3s"):

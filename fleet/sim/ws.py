@@ -194,8 +194,8 @@ class StreamGateway(WsApiGateway):
         names: list[str] = []
         if mode == "ws" and len(parts) > 1:
             names = parts[1:]   # /public/ws/a@depth/b@depth: each segment a raw stream, one connection
-            if path_kind in (PUBLIC, MARKET) and len(names) == 1 and names[0].isdigit():
-                names = []   # ccxt's connection number, not a stream (/public/ws/0): SUBSCRIBE fills it
+            if len(names) == 1 and names[0].isdigit():
+                names = []   # ccxt's connection number, not a stream nor a key (/ws/0): SUBSCRIBE fills it
         if request.query.get("streams"):
             names = [n for n in request.query["streams"].split("/") if n]
         events: dict[str, set[str]] = {}
@@ -470,6 +470,10 @@ class StreamGateway(WsApiGateway):
             if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
                 self._reply(c, {"error": {"code": 2, "msg": "Invalid request: params must be a list of "
                                                             "stream names"}, "id": rid})
+                return
+            if method == "SUBSCRIBE" and not params:   # (Binance's answer, as a client quoted it)
+                self._reply(c, {"error": {"code": 2, "msg": "Invalid request: streams must have non-zero length"},
+                                "id": rid})
                 return
             if method == "SUBSCRIBE":
                 market: list[tuple[str, str]] = []

@@ -541,6 +541,8 @@ async def test_public_trades_agg_trades_and_klines(sim_factory):
                     if f["filterType"] == "PRICE_FILTER")
         assert all(Decimal(x) % Decimal(tick) == 0 for x in (o, h, low, close))   # on the tick, as trades are
         assert Decimal(volume) >= Decimal("2.00")
+        three_days = (await c.public("GET", "/fapi/v1/klines", {"symbol": "SOLUSDT", "interval": "3d"})).json[-1]
+        assert three_days[0] % (3 * 86_400_000) == 0 and three_days[6] == three_days[0] + 3 * 86_400_000 - 1
         for interval, weekday in (("1w", 0), ("1M", None)):   # a week opens on Monday, a month on its 1st (UTC)
             row = (await c.public("GET", "/fapi/v1/klines", {"symbol": "SOLUSDT", "interval": interval})).json[-1]
             opened, closed = (datetime.fromtimestamp(ms / 1000, timezone.utc) for ms in (row[0], row[6] + 1))

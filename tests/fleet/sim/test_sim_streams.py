@@ -270,6 +270,16 @@ async def test_subscribe_unsubscribe_list_and_bad_requests(sim):
                                           "id": 8}
         await ws.send_str(json.dumps({"method": "FOO", "params": [], "id": 9}))
         assert (await _recv_json(ws))["error"]["msg"].startswith("Invalid request: unknown variant 'FOO', expected one of")
+        for n, empty in ((10, {"params": []}), (11, {})):   # a SUBSCRIBE of nothing: refused
+            await ws.send_str(json.dumps({"method": "SUBSCRIBE", "id": n, **empty}))
+            assert (await _recv_json(ws)) == {"error": {"code": 2, "msg": "Invalid request: streams must have "
+                                                                          "non-zero length"}, "id": n}
+        await ws.close()
+        # a number on the unrouted /ws (older ccxt: its connection number) opens a connection SUBSCRIBE fills
+        ws = await s.ws_connect(f"{sim.ws_url}/ws/0")
+        await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": ["ethusdc@bookTicker"], "id": 12}))
+        assert await _until(ws, lambda f: f.get("id") == 12) == {"result": None, "id": 12}
+        assert (await _until(ws, lambda f: f.get("e") == "bookTicker"))["s"] == "ETHUSDC"
         await ws.close()
         # up to 1,024 streams a connection: a longer list is the simulator's own refusal, not the HTTP parser's
         names = "/".join(f"s{i}usdt@markPrice" for i in range(1025))
@@ -282,7 +292,8 @@ async def test_subscribe_unsubscribe_list_and_bad_requests(sim):
 
 
 async def test_the_streams_binances_sdk_names_are_accepted_listed_and_silent(sim):
-    quiet = {"market": ["!contractInfo", "!assetIndex@arr", "ethusdc@compositeIndex", "tradingSession"],
+    quiet = {"market": ["!contractInfo", "!assetIndex@arr", "adausd@assetIndex", "ethusdc@compositeIndex",
+                        "tradingSession"],
              "public": ["ethusdc@rpiDepth@500ms"]}
     async with aiohttp.ClientSession() as s:
         for path, names in quiet.items():
@@ -489,6 +500,10 @@ async def test_what_third_party_engines_ask_for_klines_depth_at_0ms_force_orders
         await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@kline_7m"], "id": 8}))
         refused = await _until(ws, lambda f: f.get("id") == 8)
         assert refused["error"]["code"] == 2 and "kline_7m" in refused["error"]["msg"], refused   # no such interval
+        await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@kline_3d"], "id": 9}))
+        assert await _until(ws, lambda f: f.get("id") == 9) == {"result": None, "id": 9}   # a documented interval
+        k3 = (await _until(ws, lambda f: f.get("stream") == "btcusdt@kline_3d"))["data"]["k"]
+        assert k3["i"] == "3d" and k3["t"] % (3 * 86_400_000) == 0 and k3["T"] == k3["t"] + 3 * 86_400_000 - 1
         await ws.close()
         # The user stream on /private/ws?listenKey=K. On the unrouted /ws?listenKey=K, where older engines
         # connect, it is accepted and silent, as on Binance since 2026-04-23: the order's frames, pushed
