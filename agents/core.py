@@ -35,6 +35,17 @@ from .store import Store
 from .strategy import GeometricV2, Ladder
 
 GRIND_FILL_TIMEOUT_MS = 30_000
+FLATTEN_UNKNOWN_MAX = 2   # flatten market orders answered "unknown" beside which no other goes
+
+
+def flatten_in_flight(store: Store) -> bool:
+    """Whether a flatten order in flight holds the next back: any does, but a market order answered
+    "unknown" (its look-up is a recvWindow away, more than a stop's flatten has), up to
+    ``FLATTEN_UNKNOWN_MAX`` of them: reduce-only, whichever executes second meets a smaller position and
+    cannot turn it."""
+    flattens = [o for o in store.orders.values() if o.reason == "flatten"]
+    unknown = sum(1 for o in flattens if o.unknown_ms is not None and o.order_type == OrderType.MARKET)
+    return unknown < len(flattens) or unknown >= FLATTEN_UNKNOWN_MAX
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,10 +357,10 @@ class AgentCore:
     def _flatten_into(self, places: list[Place], extra: list[int]) -> int:
         """Reduce-only MARKET orders sized by MARKET_LOT_SIZE (split above its maxQty); what is
         left under one market step or minQty goes as a reduce-only IOC limit at the price band's
-        edge (LOT_SIZE's grid), so a flatten can finish."""
+        edge (LOT_SIZE's grid), so a flatten can finish; not while one is in flight (``flatten_in_flight``)."""
         s = self.store
         pos = s.position_steps
-        if pos == 0 or any(o.reason == "flatten" for o in s.orders.values()):
+        if pos == 0 or flatten_in_flight(s):
             return 0
         side = SELL if pos > 0 else BUY
         refused = 0

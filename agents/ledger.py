@@ -53,9 +53,10 @@ _STAGE_NEW, _STAGE_AMEND, _STAGE_PARTIAL, _STAGE_FINAL = 0, 1, 2, 3
 
 def _reopens(o: LiveOrder) -> bool:
     """Whether the exchange's word that the order is open (a frame, a listing) reopens it, closed here: one
-    closed on our own inference, or a new order read as refused (never acknowledged: a frame or a listing of
-    it proves the exchange took it, whatever its answer said, as a 5xx after execution may)."""
-    return o.inferred or (o.status == REJECTED and o.order_id is None)
+    closed on our own inference, or a new order the exchange's answer refused (never acknowledged: a frame
+    or a listing of it proves the exchange took it, whatever its answer said, as a 5xx after execution
+    may; not one refused here, never sent)."""
+    return o.inferred or (o.status == REJECTED and o.order_id is None and o.refused_code is not None)
 
 
 def _stage(status: str, exec_type: str = "") -> int:
@@ -114,6 +115,7 @@ class LiveOrder:
         "unknown_ms",
         "cancel_doubt",
         "inferred",
+        "refused_code",
     )
 
     def __init__(self, client_order_id: str, side: str, price_ticks: int, orig_steps: int) -> None:
@@ -142,6 +144,7 @@ class LiveOrder:
         self.unknown_ms: int | None = None  # a request about it got an ambiguous answer at this time
         self.cancel_doubt = False  # our cancel of it was answered ambiguously: it is sent again
         self.inferred = False  # closed on the store's own inference, not on the exchange's word
+        self.refused_code: int | None = None  # the exchange's refusal of the new order (on_rejected)
 
     @property
     def is_open(self) -> bool:
@@ -305,12 +308,16 @@ class _Outcomes:
             if o is not None and o.status == PENDING_NEW:
                 o.sent_ms += by_ms
 
-    def on_amend_resigned(self, client_order_ids: Iterable[str], at_ms: int) -> None:
-        """These orders' amendment, refused -1021, is about to go again signed with timestamp ``at_ms``."""
-        for cid in client_order_ids:
-            o = self.orders.get(cid)
-            if o is not None and o.amend_orig_steps is not None:
-                o.amend_sent_ms = max(o.amend_sent_ms, at_ms)
+    def on_amend_resigned(self, amended: Iterable[tuple[int | None, str | None]], at_ms: int) -> str | None:
+        """Amendments (of these orders: order id, client id) refused -1021, about to go again signed with
+        timestamp ``at_ms``: they count until that signature's window closes; None, or, if one no longer
+        counts here (its order closed, or the amendment judged not taken), why they must not go again."""
+        found = [self.find(cid or "", oid) for oid, cid in amended]
+        if any(o is None or not o.is_open or o.amend_orig_steps is None for o in found):
+            return "an order it amends is closed here, or its amendment no longer counts"
+        for o in found:
+            o.amend_sent_ms = max(o.amend_sent_ms, at_ms)   # type: ignore[union-attr]
+        return None
 
     def on_resigned(self, client_order_ids: list[str], at_ms: int) -> str | None:
         """New orders whose request, refused -1021 (unexecuted), is about to go again signed with timestamp
@@ -548,6 +555,7 @@ class OrderLedger(_Outcomes):
         o = self.orders.get(client_order_id)
         if o is not None and o.status == PENDING_NEW:
             o.status = REJECTED
+            o.refused_code = code
             self.refresh(o)
 
     def on_amend_rejected(self, client_order_id: str, code: int, order_id: int | None = None, now_ms: int = 0) -> None:

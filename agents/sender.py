@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any, Awaitable, Mapping
 
 from fleet.binance.client import RESIGNING, BinanceClient
-from fleet.binance.endpoints import Endpoint, placed_client_ids
+from fleet.binance.endpoints import Endpoint, amended_orders, placed_client_ids
 from fleet.binance.enums import ErrorCode, OrderType, TimeInForce
 from fleet.binance.errors import (
     BinanceError,
@@ -251,19 +251,22 @@ class OrderSender:
             nonlocal offset
             offset = client.time_offset_ms
             if batch.kind == "amend":
-                core.store.on_amend_resigned([d.client_order_id for d in batch.items], at_ms)
+                return core.store.on_amend_resigned(amended_orders(endpoint, params), at_ms)
             return core.store.on_resigned(placed_client_ids(endpoint, params), at_ms)
 
         told = RESIGNING.set(resigned)
+        failed: BinanceError | None = None
         try:
             results = await self._send_requests(client, batch, tick, risk)
         except BinanceError as exc:
-            self._batch_failed(core, batch, exc)
-            return
+            failed = exc
         finally:   # the clock learned again meanwhile (another request's -1021): it was signed when our
             RESIGNING.reset(told)                # clock said less than it says now
             if batch.kind == "place" and client.time_offset_ms > offset:
                 core.store.on_signed_later([d.client_order_id for d in batch.items], client.time_offset_ms - offset)
+        if failed is not None:   # (after the reset: what it spawns, a halt's pull, must not inherit ``resigned``)
+            self._batch_failed(core, batch, failed)
+            return
         self.agent.journal.on_results(self.agent, batch, results)
         self._apply_results(core, batch, results)
 

@@ -16,6 +16,7 @@ from fleet.binance.client import BinanceClient
 from fleet.binance.errors import BinanceError
 
 from .agent_base import BLOCK_STOPPING, FATAL_START_CODES, _older_epoch, _same_epoch
+from .core import flatten_in_flight
 from .orders import OrderReason, parse_client_order_id
 
 LANDING_POLL_S = 0.5  # the stop's cancel-all round while an order of ours may still land
@@ -169,7 +170,7 @@ class Shutdown:
                 # a flatten order of unknown outcome is looked up past its window (in a stop the watchdog,
                 # which looks up, is gone): one never placed counts no more, and the next goes
                 self.agent.sender.start_lookups(core, self.agent.clock.monotonic())
-                if not any(o.reason == "flatten" for o in core.store.orders.values()) and self.agent.lease_ok():
+                if not flatten_in_flight(core.store) and self.agent.lease_ok():
                     actions = core.quote(self.agent.clock.time_ms() + self.agent.offset_ms(), None)
                     if actions:
                         self.agent.sender.execute(actions, self.agent.clock.time_ms() + self.agent.offset_ms(), None)

@@ -41,7 +41,8 @@ class NetworkTransport:
     def client(self, budget: RateBudget) -> BinanceClient:
         c = self._credentials
         if budget.host is None:   # the IP's holds, shared with this host's other agents (wall clock: live)
-            budget.share_host_holds(HostHolds(self.endpoints.rest_url))
+            budget.share_host_holds(HostHolds(self.endpoints.rest_url),
+                                    funding=HostHolds(self.endpoints.rest_url, kind="funding"))
         return BinanceClient(self.endpoints.rest_url, c.api_key, c.api_secret, budget=budget)
 
     def market_stream(self, symbol: str, streams: Sequence[str], on_event: Callable[[Any, int], None]) -> MarketStream:

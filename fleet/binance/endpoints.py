@@ -100,6 +100,22 @@ def placed_client_ids(endpoint: Endpoint, params: Mapping[str, Any]) -> list[str
     return [str(o["newClientOrderId"]) for o in orders if isinstance(o, Mapping) and o.get("newClientOrderId")]
 
 
+def amended_orders(endpoint: Endpoint, params: Mapping[str, Any]) -> list[tuple[int | None, str | None]]:
+    """The orders (order id, client id; either may be None) an amendment or a batch of them changes (none for
+    another endpoint)."""
+    if endpoint == MODIFY_ORDER:
+        orders: Any = [params]
+    elif endpoint == BATCH_MODIFY:
+        orders = params.get("batchOrders")
+    else:
+        return []
+    if not isinstance(orders, list):
+        return []
+    return [(int(o["orderId"]) if str(o.get("orderId", "")).isdigit() else None,
+             str(o["origClientOrderId"]) if o.get("origClientOrderId") else None)
+            for o in orders if isinstance(o, Mapping)]
+
+
 def _reduce_only(order: Any) -> bool:
     return isinstance(order, Mapping) and str(order.get("reduceOnly", "")).lower() == "true"
 

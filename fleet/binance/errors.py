@@ -71,9 +71,10 @@ class RateLimitedError(BinanceError):
         self.retry_after = float(retry_after) if retry_after is not None else 1.0
 
     def window_s(self) -> float:
-        """The length of the window the refusal names: 10 s ("... orders per 10 SECOND"), else a minute
-        (the IP's weight, "... per MINUTE")."""
-        return 10.0 if "10 SECOND" in self.msg.upper() else 60.0
+        """The length of the window the refusal names: 10 s ("... orders per 10 SECOND"), 5 minutes
+        ("... per 5 minutes": fundingRate and fundingInfo's own limit), else a minute (the IP's weight)."""
+        msg = self.msg.upper()
+        return 10.0 if "10 SECOND" in msg else 300.0 if "5 MINUTE" in msg else 60.0
 
 
 class BannedError(BinanceError):

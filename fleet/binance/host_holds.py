@@ -20,7 +20,8 @@ second never replaces a ban); a reader sees the old hold or the new one, never h
 the file's identity at most every ``CHECK_EVERY_S``; what is left is at most the hold's length (a wall
 clock stepped back does not lengthen it). A file that does not read is no hold (said once): a hold
 shared is a courtesy between the host's processes, each of which keeps the holds its own answers
-told it. A simulated run shares nothing: its time is not the wall's.
+told it. A simulated run shares nothing: its time is not the wall's. fundingRate and fundingInfo's own
+limit (500 a 5 minutes per IP) has a file of its own (``kind="funding"``): a 429 on it holds those two.
 """
 
 from __future__ import annotations
@@ -64,12 +65,12 @@ class UnsafeHolds(Exception):
 class HostHolds:
     """The holds of one exchange address for this host: ``hold`` writes one, ``left`` reads what is left."""
 
-    def __init__(self, rest_url: str, directory: Path | None = None, *,
+    def __init__(self, rest_url: str, directory: Path | None = None, *, kind: str = "",
                  wall: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
         parts = urlsplit(rest_url)
         address = f"{(parts.hostname or '').lower()}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
         self.directory = directory if directory is not None else holds_directory()
-        name = f"ip-{hashlib.sha256(address.encode()).hexdigest()[:16]}"
+        name = f"ip-{hashlib.sha256(address.encode()).hexdigest()[:16]}" + (f"-{kind}" if kind else "")
         self.path = self.directory / f"{name}.hold"
         self._lock_path = self.directory / f"{name}.lock"
         self._wall, self._monotonic = wall, monotonic

@@ -211,6 +211,7 @@ class RateBudget:
         self.waiting: dict[int, str] = {}  # requests held longer than LOUD_WAIT_S, now: what for
         self._waits = 0
         self.host: HostHolds | None = None  # the IP's holds this host's processes share (share_host_holds)
+        self.funding_host: HostHolds | None = None   # and those of fundingRate and fundingInfo's own limit
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -229,11 +230,18 @@ class RateBudget:
         self._rep_10s.limit = max(1, math.floor(o10 * cap))
         self._rep_1m.limit = max(1, math.floor(o1m * cap))
 
-    def share_host_holds(self, host: HostHolds) -> None:
+    def share_host_holds(self, host: HostHolds, funding: HostHolds | None = None) -> None:
         """Share the IP's holds (a 429's, a ban's, a minute of weight spent) with this host's other
-        processes that talk to the same exchange (fleet/binance/host_holds.py). A budget on the wall's
-        clock only: a simulated run's time is its own."""
+        processes that talk to the same exchange (fleet/binance/host_holds.py), and ``funding``'s (a 429
+        on fundingRate and fundingInfo's own limit). A budget on the wall's clock only: a simulated run's
+        time is its own."""
         self.host = host
+        self.funding_host = funding
+
+    def _funding_until(self, now: float) -> float:
+        """Until when fundingRate and fundingInfo wait: this budget's own 429 on their limit, or the host's."""
+        left = self.funding_host.left() if self.funding_host is not None else 0.0
+        return max(self._funding_blocked_until, now + left) if left > 0 else self._funding_blocked_until
 
     def _ip_blocked_until(self, now: float) -> float:
         """Until when every request waits: this budget's own 429 or ban pause, or the host's."""
@@ -339,7 +347,7 @@ class RateBudget:
             held.append("rate_limited")
         if now < self._orders_blocked_until:
             held.append("orders_limited")
-        if now < self._funding_blocked_until:
+        if now < self._funding_until(now):
             held.append("funding_reads_limited")
         if now < max(self._quotes_blocked_until, self._throttled_at + THROTTLE_SHOWN_S):
             held.append("throttled")
@@ -354,9 +362,9 @@ class RateBudget:
             wait = max(wait, self._orders_blocked_until - now)
             if not risk:
                 wait = max(wait, self._quotes_blocked_until - now)
-        if cost.funding_reads > 0:
-            wait = max(wait, self._funding_blocked_until - now,
-                       self._funding.wait_for(cost.funding_reads, now, lim(self._funding.limit, risk)))
+        if cost.funding_reads > 0:   # (the reserve is the risk lane's: no funding read takes risk off)
+            wait = max(wait, self._funding_until(now) - now,
+                       self._funding.wait_for(cost.funding_reads, now))
         pairs = (
             (self._weight, self._rep_weight, cost.weight),
             (self._orders_10s, self._rep_10s, cost.orders_10s),
@@ -394,13 +402,12 @@ class RateBudget:
         if (cost.orders_10s > 0 or cost.orders_1m > 0) and not risk and self._quotes_blocked_until > now:
             reasons.append((self._quotes_blocked_until - now, "the exchange's system-level protection (-1008)"))
         if cost.funding_reads > 0:
-            if self._funding_blocked_until > now:
-                reasons.append((self._funding_blocked_until - now, "a 429 of fundingRate and fundingInfo's limit"))
-            own = self._funding.wait_for(cost.funding_reads, now, lim(self._funding.limit, risk))
+            if self._funding_until(now) > now:
+                reasons.append((self._funding_until(now) - now, "a 429 of fundingRate and fundingInfo's limit"))
+            own = self._funding.wait_for(cost.funding_reads, now)
             if own > 0:
                 reasons.append((own, f"this budget's share of fundingRate and fundingInfo's 5 minutes: "
-                                     f"{self._funding.used(now)} + {cost.funding_reads} above "
-                                     f"{lim(self._funding.limit, risk)}"))
+                                     f"{self._funding.used(now)} + {cost.funding_reads} above {self._funding.limit}"))
         for name, window, reported, amount in (
             ("IP weight a minute", self._weight, self._rep_weight, cost.weight),
             ("account orders in 10 s", self._orders_10s, self._rep_10s, cost.orders_10s),
@@ -518,6 +525,8 @@ class RateBudget:
             self._orders_blocked_until = max(self._orders_blocked_until, until)
         elif funding_only:
             self._funding_blocked_until = max(self._funding_blocked_until, until)
+            if self.funding_host is not None:
+                self.funding_host.hold(seconds, "429 on fundingRate and fundingInfo's limit")
         else:
             self._blocked_until = max(self._blocked_until, until)
             self._share_hold(seconds, "429")

@@ -101,6 +101,18 @@ def test_a_place_refused_minus_1021_goes_again_only_while_its_orders_still_count
     consistent(s)
 
 
+def test_an_amend_refused_minus_1021_goes_again_only_while_it_still_counts_and_moves_its_window():
+    s = make_store()
+    s.on_sent(place("a", steps=5), 1_000)
+    s.apply(order_update("a", 77, BUY, 300_000, 5, t=1_001))
+    s.on_amend_sent(Amend("a", 77, BUY, 300_010, 9, 0), 2_000)
+    assert s.on_amend_resigned([(77, None)], 9_000) is None and s.orders["a"].amend_sent_ms == 9_000
+    s.on_amend_rejected("a", -2011, 77, 9_500)   # the amendment no longer counts (here: refused)
+    assert s.on_amend_resigned([(77, None)], 10_000) is not None
+    assert s.on_amend_resigned([(None, "nosuch")], 10_000) is not None and s.pending_buy_steps == 5
+    consistent(s)
+
+
 def test_an_unknown_amend_keeps_the_larger_size_until_settled():
     s = make_store()
     s.on_sent(place("a", steps=5), 1_000)

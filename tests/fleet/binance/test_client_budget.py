@@ -237,20 +237,27 @@ def test_an_ip_whose_minute_of_weight_is_spent_holds_weight_0_orders_too():
     assert budget.wait_time(ORDER) == 0   # at the limit, not beyond it: a weight-0 order is taken
 
 
-def test_funding_reads_count_in_a_5_minute_window_of_their_own_and_its_429_holds_only_them():
+def test_funding_reads_count_in_a_5_minute_window_of_their_own_and_its_429_holds_only_them(tmp_path):
+    from fleet.binance.host_holds import HostHolds
+
     clock = Clock()
     budget = RateBudget(share=0.5, funding_reads_per_5min=10, clock=clock, safety=1.0, reserve=0.25)
+    other = RateBudget(clock=clock)   # another process of the host
+    for b in (budget, other):
+        b.share_host_holds(HostHolds("http://127.0.0.1:1", tmp_path),
+                           funding=HostHolds("http://127.0.0.1:1", tmp_path, kind="funding"))
     read = Cost(funding_reads=1)
     assert budget.limits["funding_reads_5m"] == 5
-    for _ in range(3):   # the quoting lane's three of five
+    for _ in range(5):   # the whole share: no funding read takes risk off, the reserve is not theirs
         assert budget.try_charge(read) == 0
     clock.t += 100.0
     assert 199.9 < budget.wait_time(read) <= 200.01   # until the first slides out of its 5 minutes
-    assert "fundingRate and fundingInfo's 5 minutes: 3 + 1 above 3" in budget.why_wait(read)
+    assert "fundingRate and fundingInfo's 5 minutes: 5 + 1 above 5" in budget.why_wait(read)
     assert budget.wait_time(Cost(weight=1)) == 0 and budget.orders_available() > 0   # nothing else held
     clock.t += 200.0
     assert budget.try_charge(read) == 0
     budget.note_retry_after(30.0, funding_only=True)   # the exchange's count (others on the IP) spent
-    assert budget.holds() == ["funding_reads_limited"] and budget.blocked_for() == 0
-    assert 29.9 < budget.wait_time(read) <= 30.0 and budget.wait_time(Cost(weight=1)) == 0
-    assert "a 429 of fundingRate and fundingInfo's limit" in budget.why_wait(read)
+    for b in (budget, other):   # the host's other processes hold them too, before their own 429
+        assert b.holds() == ["funding_reads_limited"] and b.blocked_for() == 0
+        assert 29.0 < b.wait_time(read) <= 30.0 and b.wait_time(Cost(weight=1)) == 0
+        assert "a 429 of fundingRate and fundingInfo's limit" in b.why_wait(read)

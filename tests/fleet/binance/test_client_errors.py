@@ -38,6 +38,11 @@ def test_codes_map_to_classes(code, status, cls):
 def test_http_statuses_map_to_classes():
     limited = E.error_from_payload({"code": -1003, "msg": "Too many requests"}, 429, {"Retry-After": "7"})
     assert isinstance(limited, E.RateLimitedError) and limited.retry_after == 7.0
+    for msg, window in (("Too many new orders; current limit is 300 orders per 10 SECOND.", 10.0),
+                        ("Too many requests; current limit of IP(1.2.3.4) is 500 requests per 5 minutes for "
+                         "fundingRate and fundingInfo.", 300.0),
+                        ("Too many requests; current limit of IP(1.2.3.4) is 2400 requests per minute.", 60.0)):
+        assert E.error_from_payload({"code": -1003, "msg": msg}, 429).window_s() == window   # the window it names
     banned = E.error_from_payload(
         {"code": -1003, "msg": "Way too many requests; IP(1.2.3.4) banned until 1746327239762. Please use"}, 418
     )
