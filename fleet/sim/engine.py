@@ -1028,8 +1028,19 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
             if units[0] or units[1]:
                 b = books[symbol]
                 if b.spec.margin_asset == asset:
-                    avail -= (units[0] + units[1]) * b.tick_f * b.step_f / self.leverage_of(acct, symbol)
+                    avail -= self._orders_margin_f(acct, b) / self.leverage_of(acct, symbol)
         return avail
+
+    def _orders_margin_f(self, acct: Account, b: Book, sign: int = 0, add_f: float = 0.0) -> float:
+        """The symbol's open orders' initial margin in floats, times the leverage (views.order_margin), with
+        ``add_f`` more notional on the side of ``sign``."""
+        units = acct.open_units.get(b.symbol) or (0, 0)
+        unit = b.tick_f * b.step_f
+        bids = units[0] * unit + (add_f if sign > 0 else 0.0)
+        asks = units[1] * unit + (add_f if sign < 0 else 0.0)
+        pos = acct.positions.get(b.symbol)
+        held = pos.amount * b.step_f * b.mark if pos is not None else 0.0
+        return max(0.0, max(abs(held + bids), abs(held - asks)) - abs(held))
 
     # -- trading ------------------------------------------------------------------------------------
 
@@ -1210,11 +1221,11 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
             raise SimApiError(-2025, "Reach max open order limit.")
         if not reduce_only:
             self._within_bracket(acct, b, sign, notional_f)   # the side's orders count, the position nets
-            increases = pos.amount == 0 or (pos.amount > 0) == (sign > 0) or qty > abs(pos.amount)
-            if increases:
-                need = notional_f / self.leverage_of(acct, b.symbol)
-                if need > self._available_fast(acct, b.spec.margin_asset):
-                    raise SimApiError(-2019, "Margin is insufficient.")
+            # what the order adds to the symbol's orders' margin: nothing while it only offsets the position
+            # and the other side's orders need more (Binance's margin FAQ, one-way mode)
+            need = self._orders_margin_f(acct, b, sign, notional_f) - self._orders_margin_f(acct, b)
+            if need > 0 and need / self.leverage_of(acct, b.symbol) > self._available_fast(acct, b.spec.margin_asset):
+                raise SimApiError(-2019, "Margin is insufficient.")
 
     def _fills_whole(self, acct: Account, b: Book, side: str, price: int, qty: int, reduce_only: bool,
                      stp: str, now: int) -> bool:
@@ -1349,14 +1360,11 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
 
     def _amend_margin(self, acct: Account, b: Book, o: Order, price: int, qty: int) -> None:
         """An amendment that holds more notional than the order did must fit the leverage's allowance
-        (-2027) and needs the difference's initial margin, as a new order does, unless the order only
-        reduces the position: -2019 otherwise."""
+        (-2027) and needs what it adds to the orders' initial margin, as a new order does: -2019 otherwise."""
         extra = (price * (qty - o.filled) - o.price * o.remaining) * b.tick_f * b.step_f
         self._within_bracket(acct, b, o.sign, extra)
-        pos = acct.position(b.symbol).amount
-        if pos and (pos > 0) != (o.sign > 0) and qty - o.filled <= abs(pos):
-            return
-        if extra / self.leverage_of(acct, b.symbol) > self._available_fast(acct, b.spec.margin_asset):
+        need = self._orders_margin_f(acct, b, o.sign, extra) - self._orders_margin_f(acct, b)
+        if need > 0 and need / self.leverage_of(acct, b.symbol) > self._available_fast(acct, b.spec.margin_asset):
             raise SimApiError(-2019, "Margin is insufficient.")
 
     def _within_bracket(self, acct: Account, b: Book, sign: int, add_f: float) -> None:
@@ -1430,7 +1438,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
             return
         if held and b.symbol in acct.isolated:
             raise SimApiError(-4161, "Leverage reduction is not supported in Isolated Margin Mode with open positions")
-        more = (abs(held) + bids + asks) * (Decimal(1) / lev - Decimal(1) / old)
+        more = max(abs(held + bids), abs(held - asks)) * (Decimal(1) / lev - Decimal(1) / old)
         if more > self.available_balance(acct, b.spec.margin_asset):
             raise SimApiError(-2028, "Leverage is smaller than permitted: insufficient margin balance.")
 

@@ -45,6 +45,7 @@ class IsolatedMargin:
     account: Callable[[str], Account]
     leverage_of: Callable[[Account, str], int]
     available_balance: Callable[[Account, str], Decimal]
+    transferable: Callable[[Account, str], Decimal]
     _emit_account_update: Callable[[Account, Book, str, int, Decimal], None]
 
     def cross_wallet(self, acct: Account, asset: str) -> Decimal:
@@ -112,7 +113,7 @@ class IsolatedMargin:
             raise SimApiError(-4054, "Cannot add position margin: position is 0.")
         asset = b.spec.margin_asset
         if kind == "1":
-            if amount > self.available_balance(acct, asset):
+            if amount > self.transferable(acct, asset):
                 raise SimApiError(-4050, "Cross balance insufficient.")
             pos.isolated_wallet += amount
         else:
@@ -125,12 +126,13 @@ class IsolatedMargin:
                 "type": int(kind)}
 
     def removable_margin(self, acct: Account, b: Book, pos: Position) -> Decimal:
-        """What type 2 may take: the isolated wallet, less the position's loss, less its initial margin
-        at the mark."""
+        """What type 2 may take, Binance's margin FAQ: max(0, min(isolated wallet - maintenance margin,
+        isolated wallet + unrealized P&L - initial margin at the mark))."""
         mark = b.mark_dec()
         amt = b.step * pos.amount
-        loss = min((mark - pos.entry) * amt, ZERO)
-        return max(pos.isolated_wallet + loss - abs(mark * amt) / self.leverage_of(acct, b.symbol), ZERO)
+        iw = pos.isolated_wallet
+        return max(ZERO, min(iw - b.brackets.maintenance(mark * amt),
+                             iw + (mark - pos.entry) * amt - abs(mark * amt) / self.leverage_of(acct, b.symbol)))
 
     def margin_history(self, account: str, params: dict[str, str]) -> list[dict[str, Any]]:
         """GET /fapi/v1/positionMargin/history: one symbol's moves (a user's transfers, USER_ADJUST, and

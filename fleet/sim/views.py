@@ -22,6 +22,14 @@ def by_position_side(row: dict[str, Any], amount: Decimal) -> list[dict[str, Any
     return [{**(row if side == held else flat), "positionSide": side} for side in ("LONG", "SHORT")]
 
 
+
+def order_margin(held: Decimal, bids: Decimal, asks: Decimal, lev: int) -> Decimal:
+    """A symbol's open orders' initial margin in one-way mode (Binance's margin FAQ): the position with the
+    orders of the side that grows it most, ``max(|held + bids|, |held - asks|)``, beyond the position's own
+    ``|held|`` (signed notional at the mark; orders at their prices), over the leverage. Orders that only
+    reduce the position need none."""
+    return max(ZERO, max(abs(held + bids), abs(held - asks)) - abs(held)) / lev
+
 class EngineViews:
     """Mixed into :class:`fleet.sim.engine.Engine`; needs its books, accounts and clock."""
 
@@ -60,8 +68,25 @@ class EngineViews:
             b = self.books[symbol]
             if b.spec.margin_asset != asset or not (units[0] or units[1]):
                 continue
-            used += b.notional_unit * (units[0] + units[1]) / self.leverage_of(acct, symbol)
+            pos = acct.positions.get(symbol)
+            held = b.mark_dec() * b.step * pos.amount if pos is not None else ZERO
+            used += order_margin(held, b.notional_unit * units[0], b.notional_unit * units[1],
+                                 self.leverage_of(acct, symbol))
         return wallet + upnl - used
+
+    def transferable(self, acct: Account, asset: str) -> Decimal:
+        """What may leave the cross side (withdrawn, or added to an isolated position), Binance's margin
+        FAQ: max(0, min(cross wallet - isolated open orders' initial margin - cross maintenance margin,
+        available balance)); a profit not realized is not among it."""
+        iso_oim = cross_mm = ZERO
+        for b in self.books.values():
+            if b.spec.margin_asset == asset:
+                v = self._position_view(acct, b)
+                if v["isolated"]:
+                    iso_oim += v["oim"]
+                else:
+                    cross_mm += v["mm"]
+        return max(ZERO, min(self.cross_wallet(acct, asset) - iso_oim - cross_mm, self.available_balance(acct, asset)))
 
     def _open_notional(self, acct: Account, symbol: str) -> tuple[Decimal, Decimal]:
         units = acct.open_units.get(symbol)
@@ -182,7 +207,7 @@ class EngineViews:
         isolated = b.symbol in acct.isolated
         return {"symbol": b.symbol, "amt": amt, "entry": pos.entry if pos.amount else ZERO, "upnl": upnl,
                 "mark": mark, "lev": lev, "notional": notional, "bids": bids, "asks": asks,
-                "update": pos.update_time, "im": abs(notional) / lev, "oim": (bids + asks) / lev,
+                "update": pos.update_time, "im": abs(notional) / lev, "oim": order_margin(notional, bids, asks, lev),
                 "mm": b.brackets.maintenance(notional), "isolated": isolated,
                 "iw": pos.isolated_wallet if isolated else ZERO, "bep": pos.break_even(b.step)}
 
@@ -252,14 +277,14 @@ class EngineViews:
             avail = self.available_balance(acct, asset)
             out.append({"accountAlias": "SimAccount", "asset": asset, "balance": s8(wallet),
                         "crossWalletBalance": s8(self.cross_wallet(acct, asset)), "crossUnPnl": s8(upnl),
-                        "availableBalance": s8(avail), "maxWithdrawAmount": s8(max(avail, ZERO)),
+                        "availableBalance": s8(avail), "maxWithdrawAmount": s8(self.transferable(acct, asset)),
                         "marginAvailable": True, "updateTime": self.now_ms})
         return out
 
     def account_info(self, account: str, version: int) -> dict[str, Any]:
         acct = self.account(account)
         assets = []
-        tot = {k: ZERO for k in ("wallet", "upnl", "im", "oim", "mm", "avail", "cross", "cross_upnl")}
+        tot = {k: ZERO for k in ("wallet", "upnl", "im", "oim", "mm", "avail", "cross", "cross_upnl", "withdraw")}
         for asset in sorted(acct.wallet):
             wallet = acct.wallet[asset]
             views = [self._position_view(acct, b) for b in self.books.values() if b.spec.margin_asset == asset]
@@ -269,17 +294,18 @@ class EngineViews:
             oim = sum((v["oim"] for v in views), ZERO)
             mm = sum((v["mm"] for v in views), ZERO)
             avail = self.available_balance(acct, asset)
+            withdraw = self.transferable(acct, asset)
             assets.append({"asset": asset, "walletBalance": s8(wallet), "unrealizedProfit": s8(upnl),
                            "marginBalance": s8(wallet + upnl), "maintMargin": s8(mm),
                            "initialMargin": s8(im + oim), "positionInitialMargin": s8(im),
                            "openOrderInitialMargin": s8(oim), "crossWalletBalance": s8(cross),
                            "crossUnPnl": s8(cross_upnl), "availableBalance": s8(avail),
-                           "maxWithdrawAmount": s8(max(avail, ZERO)), "marginAvailable": True,
+                           "maxWithdrawAmount": s8(withdraw), "marginAvailable": True,
                            "updateTime": self.now_ms})
             if asset != "USDT":   # single-asset mode: the account's totals are "only for USDT asset"
                 continue
             for k, v in (("wallet", wallet), ("upnl", upnl), ("im", im), ("oim", oim), ("mm", mm),
-                         ("avail", avail), ("cross", cross), ("cross_upnl", cross_upnl)):
+                         ("avail", avail), ("cross", cross), ("cross_upnl", cross_upnl), ("withdraw", withdraw)):
                 tot[k] += v
         positions = []
         for b in self.books.values():
@@ -311,7 +337,7 @@ class EngineViews:
                     "totalPositionInitialMargin": s8(tot["im"]),
                     "totalOpenOrderInitialMargin": s8(tot["oim"]),
                     "totalCrossWalletBalance": s8(tot["cross"]), "totalCrossUnPnl": s8(tot["cross_upnl"]),
-                    "availableBalance": s8(tot["avail"]), "maxWithdrawAmount": s8(max(tot["avail"], ZERO)),
+                    "availableBalance": s8(tot["avail"]), "maxWithdrawAmount": s8(tot["withdraw"]),
                     "assets": assets, "positions": positions})
         return out
 

@@ -417,3 +417,45 @@ def test_auto_deleveraging_closes_part_of_a_position_at_the_mark_without_a_fee()
     assert _code(lambda: e.deleverage("main", SYM, "0.7", T0 + 2000)) == -1130   # more than is held
     e.deleverage("main", SYM, None, T0 + 3000)
     assert _risk(e)["positionAmt"] == "0.000" and Decimal(_risk(e)["isolatedWallet"]) == 0
+
+
+def test_open_orders_take_margin_for_the_side_that_grows_the_position_most_and_a_profit_is_not_withdrawable():
+    """Binance's margin FAQ, one-way mode: a symbol's orders need max(|P + bids|, |P - asks|) - |P| over the
+    leverage (its worked example: a long of 10,000 at 2x, a bid of 1,900 and an ask of 2,200: 950 beside the
+    position's 5,000). The simulator added both sides (2,050), and refused a market maker's orders Binance
+    takes. A profit not realized is neither withdrawable nor addable to an isolated position; what an
+    isolated position gives back counts its profit, less its maintenance (FAQ 360038447311)."""
+    e = _engine()
+    acct = e.accounts["main"]
+    b = e.books[SYM]
+    e.set_leverage("main", {"symbol": SYM, "leverage": "2"}, T0)
+    e.set_position("main", SYM, "2", None, T0)
+    mark = b.mark_dec()
+    held = 2 * mark
+
+    def limit(side: str, price: Decimal, qty: str) -> dict:
+        return e.new_order("main", {"symbol": SYM, "side": side, "type": "LIMIT", "timeInForce": "GTC",
+                                    "price": b.price_str(int(price / b.tick)), "quantity": qty}, T0)
+
+    before = _usdc(e)["availableBalance"]
+    bid, ask = limit("BUY", mark * Decimal("0.95"), "0.2"), limit("SELL", mark * Decimal("1.05"), "0.3")
+    bids = Decimal(bid["price"]) * Decimal("0.2")
+    asks = Decimal(ask["price"]) * Decimal("0.3")
+    risk = _risk(e, 3)
+    assert Decimal(risk["openOrderInitialMargin"]) == q8(max(abs(held + bids), abs(held - asks)) - held) / 2 == q8(bids / 2)
+    assert _usdc(e)["availableBalance"] == before - q8(bids / 2)   # the ask only reduces the long: no margin
+    reducing = limit("SELL", mark * Decimal("1.06"), "1.5")        # asks 1.8 of a long of 2: still none
+    assert _usdc(e)["availableBalance"] == before - q8(bids / 2)
+    e.cancel_order("main", {"symbol": SYM, "orderId": str(reducing["orderId"])}, T0)
+    # the whole cross side on a bid: refused by the old sum of both sides, taken by the FAQ's margin
+    room = _usdc(e)["availableBalance"] * 2 / (mark * Decimal("0.95"))
+    qty = (room * Decimal("0.99")).quantize(Decimal("0.001"))
+    assert limit("BUY", mark * Decimal("0.95"), str(qty))["status"] == "NEW"
+    # a profit: withdrawable up to the cross wallet less maintenance, never the profit
+    e.cancel_all("main", {"symbol": SYM}, T0)
+    e.set_leverage("main", {"symbol": SYM, "leverage": "20"}, T0)
+    e.set_position("main", SYM, "20", str(mark / 2), T0)
+    row = next(r for r in e.balances("main") if r["asset"] == "USDC")
+    assert Decimal(row["availableBalance"]) > Decimal(row["crossWalletBalance"]) >= Decimal(row["maxWithdrawAmount"])
+    account = e.account_info("main", 2)
+    assert Decimal(account["maxWithdrawAmount"]) <= Decimal(account["totalCrossWalletBalance"])
