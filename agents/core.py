@@ -44,7 +44,8 @@ def flatten_in_flight(store: Store) -> bool:
     ``FLATTEN_UNKNOWN_MAX`` of them: reduce-only, whichever executes second meets a smaller position and
     cannot turn it."""
     flattens = [o for o in store.orders.values() if o.reason == "flatten"]
-    unknown = sum(1 for o in flattens if o.unknown_ms is not None and o.order_type == OrderType.MARKET)
+    unknown = sum(1 for o in flattens if o.unknown_ms is not None and o.status == "PENDING_NEW"
+                  and o.order_type == OrderType.MARKET)   # (one the exchange acknowledged has landed)
     return unknown < len(flattens) or unknown >= FLATTEN_UNKNOWN_MAX
 
 

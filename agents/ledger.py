@@ -642,6 +642,8 @@ class OrderLedger(_Outcomes):
                 o.key = (-1, 0, -1)
                 o.contrib = 0
                 self.orders[o.client_order_id] = o
+                if o.order_id is not None:
+                    self._by_id[o.order_id] = o   # (found by its id again: an amendment names only that)
             self.on_order_info(info)
 
     # ------------------------------------------------------------------ the exchange's word

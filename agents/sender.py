@@ -250,8 +250,10 @@ class OrderSender:
             timestamp ``at_ms``: the exchange may take it until that signature's window closes."""
             nonlocal offset
             offset = client.time_offset_ms
-            if batch.kind == "amend":
-                return core.store.on_amend_resigned(amended_orders(endpoint, params), at_ms)
+            if batch.kind == "amend":   # (each order by its id and the client id the batch knows it by)
+                cids = {d.order_id: d.client_order_id for d in batch.items}
+                return core.store.on_amend_resigned([(oid, cid or cids.get(oid)) for oid, cid
+                                                     in amended_orders(endpoint, params)], at_ms)
             return core.store.on_resigned(placed_client_ids(endpoint, params), at_ms)
 
         told = RESIGNING.set(resigned)

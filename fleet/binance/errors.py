@@ -6,6 +6,7 @@ words; :func:`error_from_payload` maps a failed response (or a failed batch entr
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 from .enums import ErrorCode, error_code
@@ -74,7 +75,7 @@ class RateLimitedError(BinanceError):
         """The length of the window the refusal names: 10 s ("... orders per 10 SECOND"), 5 minutes
         ("... per 5 minutes": fundingRate and fundingInfo's own limit), else a minute (the IP's weight)."""
         msg = self.msg.upper()
-        return 10.0 if "10 SECOND" in msg else 300.0 if "5 MINUTE" in msg else 60.0
+        return 10.0 if re.search(r"\b10 SECOND", msg) else 300.0 if re.search(r"\b5 MINUTE", msg) else 60.0
 
 
 class BannedError(BinanceError):

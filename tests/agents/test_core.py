@@ -247,6 +247,31 @@ def test_flatten_cancels_everything_and_sends_one_reduce_only_market_order():
     assert not [d for d in core.quote(2_440) if isinstance(d, Place)]  # one flatten order at a time
 
 
+def test_a_flatten_market_order_answered_unknown_lets_another_go_beside_it_up_to_two():
+    """Its look-up is a recvWindow away, more than a stop's flatten has: another reduce-only market order goes
+    (the second to execute meets a smaller position and cannot turn it); not beside two such, nor beside one
+    the exchange acknowledged (it has landed) or one in flight with no answer yet."""
+    core, ex = started()
+    core.on_event(account_update(-20, 3000.0, t=1_500, wallet="1000"), 1_500)
+    ex.position = -20
+    core.flatten()
+
+    def flattens(now: int) -> list[Place]:
+        return [d for d in core.quote(now) if isinstance(d, Place) and d.reason == "flatten"]
+
+    [first] = flattens(2_000)
+    core.on_sent(first, 2_000)
+    assert not flattens(2_100)                           # in flight, no answer yet
+    core.store.on_outcome_unknown(first.client_order_id, 2_200)
+    [second] = flattens(2_300)
+    assert second.qty_steps == 20 and second.reduce_only
+    core.on_sent(second, 2_300)
+    core.store.on_outcome_unknown(second.client_order_id, 2_400)
+    assert not flattens(2_500)                           # two unknown side by side: no third
+    core.store.apply(order_update(second.client_order_id, 9, BUY, 0, 20, t=2_600, order_type="MARKET"))
+    assert not flattens(2_700)                           # acknowledged: it has landed, its fill is coming
+
+
 def test_fleet_reduce_only_mode_quotes_only_the_reducing_side_within_the_position():
     core, ex = started(seed_params(base={"base_size": 0.05}, worst_case={"size_decay_k": 0.0}))
     core.on_event(account_update(30, 3000.0, t=1_500), 1_500)

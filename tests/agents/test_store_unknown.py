@@ -113,6 +113,27 @@ def test_an_amend_refused_minus_1021_goes_again_only_while_it_still_counts_and_m
     consistent(s)
 
 
+def test_an_order_a_listing_reopens_is_found_by_its_id_and_one_never_sent_is_not_reopened_by_a_frame():
+    """A listing that closed an order on inference and a later one that shows it again: found by its order id
+    again (an amendment's resend names only that, and was refused as of a closed order). An order refused
+    here and never sent is not the exchange's: a frame under its client id does not make it ours."""
+    s = make_store()
+    s.on_sent(place("a"), 1_000)
+    s.apply(order_update("a", 77, BUY, 300_000, 7, t=1_001))
+    s.reset_from_snapshot(position_info(0, 0.0, 9_000), [], now_ms=9_500, listed_at_ms=9_000)
+    assert s.get("a").status == MISSING
+    s.reset_from_snapshot(position_info(0, 0.0, 10_000), [order_info("a", 77, BUY, 300_000, 7, t=1_001)],
+                          now_ms=10_500, listed_at_ms=10_000)
+    assert s.ledger.find("", 77) is s.orders["a"]
+    s.on_amend_sent(Amend("a", 77, BUY, 300_010, 9, 0), 11_000)
+    assert s.on_amend_resigned([(77, None)], 12_000) is None
+    s.on_sent(place("withheld"), 13_000)
+    s.on_not_sent(place("withheld"))
+    assert not s.apply(order_update("withheld", 99, BUY, 300_000, 7, t=13_001))
+    assert "withheld" not in s.orders
+    consistent(s)
+
+
 def test_an_unknown_amend_keeps_the_larger_size_until_settled():
     s = make_store()
     s.on_sent(place("a", steps=5), 1_000)

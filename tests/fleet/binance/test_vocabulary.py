@@ -86,6 +86,30 @@ def test_what_only_takes_risk_off_is_in_the_risk_lane_and_writes_are_mutating():
     assert [ep.depth_cost(n).weight for n in (5, 50, 100, 500, 1000)] == [2, 2, 5, 10, 20]
 
 
+def test_the_orders_a_write_places_or_amends_are_read_from_its_parameters_as_the_client_builds_them():
+    """What a resend after -1021 is asked about (agents/sender.py): the client ids a place sends, the orders
+    an amendment names (by id, an int in a batch, or by client id)."""
+    from fleet.binance.client import _batch_modify_entry
+    from fleet.binance.models import ModifyRequest
+
+    def placed(cid: str) -> dict[str, str]:
+        return OrderRequest(symbol="ETHUSDC", side=Side.BUY, order_type=OrderType.LIMIT, quantity="0.01",
+                            price="3000", time_in_force=TimeInForce.GTC, client_order_id=cid).to_params()
+
+    def amend(order_id: int | None = None, cid: str | None = None) -> ModifyRequest:
+        return ModifyRequest(symbol="ETHUSDC", side=Side.BUY, quantity="0.02", price="3001", order_id=order_id,
+                             client_order_id=cid)
+
+    assert ep.placed_client_ids(ep.NEW_ORDER, placed("mm-a")) == ["mm-a"]
+    assert ep.placed_client_ids(ep.BATCH_PLACE, {"batchOrders": [placed("mm-a"), placed("mm-b")]}) == ["mm-a", "mm-b"]
+    assert ep.placed_client_ids(ep.MODIFY_ORDER, amend(7).to_params()) == []
+    assert ep.amended_orders(ep.MODIFY_ORDER, amend(7).to_params()) == [(7, None)]
+    assert ep.amended_orders(ep.MODIFY_ORDER, amend(cid="mm-c").to_params()) == [(None, "mm-c")]
+    batch = {"batchOrders": [_batch_modify_entry(amend(7)), _batch_modify_entry(amend(cid="mm-c"))]}
+    assert ep.amended_orders(ep.BATCH_MODIFY, batch) == [(7, None), (None, "mm-c")]
+    assert ep.amended_orders(ep.NEW_ORDER, placed("mm-a")) == []
+
+
 def test_only_reduce_only_places_count_as_reducing():
     def order(reduce_only: bool) -> dict[str, str]:
         return OrderRequest(symbol="ETHUSDC", side=Side.SELL, order_type=OrderType.MARKET, quantity="0.01",
