@@ -295,7 +295,8 @@ class RestCore:
                 window_ms = int(err.window_s() * 1000)
                 err.retry_after = (window_ms - self._timestamp() % window_ms) / 1000 + BOUNDARY_MARGIN_S
             # fundingRate and fundingInfo's own limit: the message names its 5 minutes, or the IP's weight is not spent
-            own_limit = endpoint.cost.funding_reads > 0 and (err.window_s() == 300.0 or not self.budget.ip_weight_spent())
+            own_limit = endpoint.cost.funding_reads > 0 and (err.window_s() == 300.0
+                                                             or not self.budget.ip_weight_spent())
             self.budget.note_retry_after(err.retry_after, orders_only=err.code == ErrorCode.TOO_MANY_ORDERS,
                                          funding_only=own_limit)
             log.warning("rate limited on %s %s: backing off %.1fs", method, path, err.retry_after)

@@ -87,33 +87,25 @@ def places_reduce_only(endpoint: Endpoint, params: Mapping[str, Any]) -> bool:
     return False
 
 
+def _orders_of(endpoint: Endpoint, params: Mapping[str, Any], single: Endpoint,
+               batch: Endpoint) -> list[Mapping[str, Any]]:
+    """The orders a write carries: ``single``'s parameters, or ``batch``'s list; none for another endpoint."""
+    orders = [params] if endpoint == single else params.get("batchOrders") if endpoint == batch else None
+    return [o for o in orders if isinstance(o, Mapping)] if isinstance(orders, list) else []
+
+
 def placed_client_ids(endpoint: Endpoint, params: Mapping[str, Any]) -> list[str]:
     """The client order ids a new order or a batch of them places (none for another endpoint)."""
-    if endpoint == NEW_ORDER:
-        orders: Any = [params]
-    elif endpoint == BATCH_PLACE:
-        orders = params.get("batchOrders")
-    else:
-        return []
-    if not isinstance(orders, list):
-        return []
-    return [str(o["newClientOrderId"]) for o in orders if isinstance(o, Mapping) and o.get("newClientOrderId")]
+    return [str(o["newClientOrderId"]) for o in _orders_of(endpoint, params, NEW_ORDER, BATCH_PLACE)
+            if o.get("newClientOrderId")]
 
 
 def amended_orders(endpoint: Endpoint, params: Mapping[str, Any]) -> list[tuple[int | None, str | None]]:
     """The orders (order id, client id; either may be None) an amendment or a batch of them changes (none for
     another endpoint)."""
-    if endpoint == MODIFY_ORDER:
-        orders: Any = [params]
-    elif endpoint == BATCH_MODIFY:
-        orders = params.get("batchOrders")
-    else:
-        return []
-    if not isinstance(orders, list):
-        return []
     return [(int(o["orderId"]) if str(o.get("orderId", "")).isdigit() else None,
              str(o["origClientOrderId"]) if o.get("origClientOrderId") else None)
-            for o in orders if isinstance(o, Mapping)]
+            for o in _orders_of(endpoint, params, MODIFY_ORDER, BATCH_MODIFY)]
 
 
 def _reduce_only(order: Any) -> bool:

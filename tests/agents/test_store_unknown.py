@@ -101,11 +101,17 @@ def test_a_place_refused_minus_1021_goes_again_only_while_its_orders_still_count
     consistent(s)
 
 
-def test_an_amend_refused_minus_1021_goes_again_only_while_it_still_counts_and_moves_its_window():
+def amend_in_flight() -> Store:
+    """Order "a" (id 77, 5 steps at 300,000) with an amendment to 9 at 300,010 sent at 2,000."""
     s = make_store()
     s.on_sent(place("a", steps=5), 1_000)
     s.apply(order_update("a", 77, BUY, 300_000, 5, t=1_001))
     s.on_amend_sent(Amend("a", 77, BUY, 300_010, 9, 0), 2_000)
+    return s
+
+
+def test_an_amend_refused_minus_1021_goes_again_only_while_it_still_counts_and_moves_its_window():
+    s = amend_in_flight()
     assert s.on_amend_resigned([(77, None)], 9_000) is None and s.orders["a"].amend_sent_ms == 9_000
     s.on_amend_rejected("a", -2011, 77, 9_500)   # the amendment no longer counts (here: refused)
     assert s.on_amend_resigned([(77, None)], 10_000) is not None
@@ -135,10 +141,7 @@ def test_an_order_a_listing_reopens_is_found_by_its_id_and_one_never_sent_is_not
 
 
 def test_an_unknown_amend_keeps_the_larger_size_until_settled():
-    s = make_store()
-    s.on_sent(place("a", steps=5), 1_000)
-    s.apply(order_update("a", 77, BUY, 300_000, 5, t=1_001))
-    s.on_amend_sent(Amend("a", 77, BUY, 300_010, 9, 0), 2_000)
+    s = amend_in_flight()
     s.on_outcome_unknown("a", 2_001)
     assert s.pending_buy_steps == 9
     # inside the window the exchange still shows the old order: the amendment may yet land

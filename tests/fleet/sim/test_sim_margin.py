@@ -442,7 +442,8 @@ def test_open_orders_take_margin_for_the_side_that_grows_the_position_most_and_a
     bids = Decimal(bid["price"]) * Decimal("0.2")
     asks = Decimal(ask["price"]) * Decimal("0.3")
     risk = _risk(e, 3)
-    assert Decimal(risk["openOrderInitialMargin"]) == q8(max(abs(held + bids), abs(held - asks)) - held) / 2 == q8(bids / 2)
+    faq = q8(max(abs(held + bids), abs(held - asks)) - held) / 2
+    assert Decimal(risk["openOrderInitialMargin"]) == faq == q8(bids / 2)
     assert _usdc(e)["availableBalance"] == before - q8(bids / 2)   # the ask only reduces the long: no margin
     reducing = limit("SELL", mark * Decimal("1.06"), "1.5")        # asks 1.8 of a long of 2: still none
     assert _usdc(e)["availableBalance"] == before - q8(bids / 2)
