@@ -17,9 +17,13 @@ client, in order:
   into the emptied account);
 - per position an order it never sent: ``c`` ``autoclose-<ms><n>``, type ``LIQUIDATION``, IOC, filled
   at once with execution type ``CALCULATED`` (not ``TRADE``), at the mark price, or at the bankruptcy
-  price (where the isolated wallet is spent) when the mark has passed it: the insurance fund takes
-  the rest of an isolated loss. Its trade is on the public tape, and on ``<symbol>@forceOrder`` and
-  ``!forceOrder@arr``;
+  price (where the isolated wallet, or the cross wallet, is spent) when the mark has passed it: the
+  insurance fund takes the rest of the loss, and the wallet ends at 0, never below (Binance's
+  insurance fund covers "client accounts below 0"). Several cross positions share the cross wallet
+  and their profits: the profitable ones close at the mark first, then each losing one no worse than
+  the price at which it has spent its share of the cover, in proportion to its loss at the mark (the
+  simulator's rule; Binance does not publish one). Its trade is on the public tape, and on
+  ``<symbol>@forceOrder`` and ``!forceOrder@arr``;
 - the liquidation clearance fee, income ``INSURANCE_CLEAR``: what margin is left after the close, at
   most the symbol's ``liquidationFee`` (1.25 %) of the notional; an isolated liquidation so costs the
   isolated wallet, neither more nor less (``/sim/state``: the position's ``clearance_fee``);
@@ -27,8 +31,6 @@ client, in order:
   reasons) and the fee as the balance's ``bc`` when a fee was charged, else ``m`` ``ORDER``;
 - the order in ``GET /fapi/v1/forceOrders`` (and allOrders, userTrades, the income of its realized
   P&L and fee).
-
-A cross account that is bankrupt at the mark keeps its negative balance (no insurance fund here).
 
 Auto-deleveraging happens on demand only (``POST /sim/adl``: the market model has no counterparties
 to go bankrupt): the exchange closes part or all of a position at the mark by an order ``c``
@@ -198,9 +200,10 @@ class Liquidation:
             for a in [a for a in self.algo.open.values() if a.account == acct.name and a.symbol == b.symbol]:
                 self.algo._close(a, "CANCELED", t)
         left = isolated_wallet if isolated_wallet is not None else self.cross_wallet(acct, asset)
+        bankrupt = _bankruptcy(held, left)
         closes = []
-        for b, pos in held:
-            realized, notional = self._close_by_liquidation(acct, b, pos, isolated_wallet, t)
+        for b, pos in sorted(held, key=lambda h: _upnl_at_close(*h) < 0):   # the profits first
+            realized, notional = self._close_by_liquidation(acct, b, pos, bankrupt.get(b.symbol), t)
             left += realized
             closes.append((b, pos, notional))
         for b, pos, notional in closes:
@@ -215,15 +218,14 @@ class Liquidation:
             pos.isolated_wallet = ZERO
             self._emit_account_update(acct, b, "INSURANCE_CLEAR" if fee else "ORDER", t, -fee)
 
-    def _close_by_liquidation(self, acct: Account, b: Book, pos: Position, isolated_wallet: Decimal | None,
+    def _close_by_liquidation(self, acct: Account, b: Book, pos: Position, bankrupt: Decimal | None,
                               t: int) -> tuple[Decimal, Decimal]:
-        """Close ``pos`` at the mark (an isolated one no worse than its bankruptcy price): the order, its
+        """Close ``pos`` at the mark, no worse than its ``bankrupt`` price (ticks) if any: the order, its
         fill and trade, the realized P&L into the wallet. Returns (realized, notional)."""
         old = pos.amount
         amt = b.step * old
         price = round(b.mark / b.tick_f)
-        if isolated_wallet is not None:   # the price at which the isolated wallet is spent
-            bankrupt = (pos.entry - isolated_wallet / amt) / b.tick
+        if bankrupt is not None:
             price = max(price, math.ceil(bankrupt)) if old > 0 else min(price, math.floor(bankrupt))
         _, realized = self._close_by_exchange(acct, b, pos, abs(old), price,   # the order's own sequence number
                                               f"autoclose-{t}{(self._seq + 1) % 1_000_000:06d}", t)
@@ -289,6 +291,26 @@ def _margin_call(held: list[tuple[Book, Position]], isolated_wallet: Decimal | N
                    "iw": "0" if isolated_wallet is None else s8(isolated_wallet), "mp": s8(b.mark_dec()),
                    "up": s8(_upnl(b, p)), "mm": s8(_maint(b, p))} for b, p in held]
     return frame
+
+
+def _upnl_at_close(b: Book, pos: Position) -> Decimal:
+    """The P&L of closing ``pos`` at the mark rounded to the tick (the liquidation order's price)."""
+    return (b.tick * round(b.mark / b.tick_f) - pos.entry) * (b.step * pos.amount)
+
+
+def _bankruptcy(held: list[tuple[Book, Position]], wallet: Decimal) -> dict[str, Decimal]:
+    """The losing positions' bankruptcy prices (ticks, unrounded) when ``wallet`` (an isolated position's
+    own, or the cross wallet) and the other positions' profits do not cover their losses at the mark:
+    the cover shared among them in proportion to their loss (the simulator's rule for several cross
+    positions; one position's is its own), the insurance fund taking the rest. Empty when covered."""
+    pnl = {b.symbol: _upnl_at_close(b, p) for b, p in held}
+    loss = -sum((v for v in pnl.values() if v < 0), ZERO)
+    cover = wallet + sum((v for v in pnl.values() if v > 0), ZERO)
+    if loss <= cover:
+        return {}
+    share = max(cover, ZERO) / loss
+    return {b.symbol: (p.entry + pnl[b.symbol] * share / (b.step * p.amount)) / b.tick
+            for b, p in held if pnl[b.symbol] < 0}
 
 
 def _upnl(b: Book, pos: Position) -> Decimal:

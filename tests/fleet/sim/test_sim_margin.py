@@ -275,6 +275,62 @@ def test_cross_positions_are_liquidated_together_when_the_cross_margin_runs_out(
     assert left >= 0 and fee > 0 and left + fee <= Decimal("0.004") * 3500   # the maintenance, about, was left
 
 
+def test_a_cross_position_the_mark_jumps_past_bankruptcy_leaves_the_wallet_at_zero_not_below():
+    """A gap through the bankruptcy price: the liquidation fills at that price, the insurance fund takes
+    the rest, and the account's wallet (and every figure Binance reports from it) ends at 0."""
+    e = _engine()
+    acct = e.accounts["main"]
+    acct.wallet["USDC"] = Decimal(400)
+    e.set_leverage("main", {"symbol": SYM, "leverage": "20"}, T0)
+    _market(e, "SELL", "1")
+    entry = acct.positions[SYM].entry
+    e.jump(SYM, 30.0, T0)                        # 3,000 -> 3,900 in one step: 900 lost on 400
+    e.advance(T0 + 2000)
+    assert acct.counters["liquidations"] == 1 and _risk(e)["positionAmt"] == "0.000"
+    trade = e.user_trades("main", {"symbol": SYM})[-1]
+    price = Decimal(trade["price"])
+    assert price < e.books[SYM].mark_dec()                           # better than the mark: the bankruptcy price
+    assert Decimal(trade["realizedPnl"]) == (entry - price) * 1
+    assert 0 <= acct.wallet["USDC"] < e.books[SYM].tick              # the wallet spent, to the tick
+    usdc = _usdc(e)
+    assert usdc["balance"] >= 0 and usdc["availableBalance"] >= 0
+    assert Decimal(e.account_info("main", 3)["totalWalletBalance"]) >= 0
+
+
+def test_cross_positions_past_bankruptcy_share_the_wallet_and_the_profits_in_proportion_to_their_loss():
+    cfg = {"history": False, "symbols": [
+        {"symbol": s, "base_asset": s[:-4], "quote_asset": "USDC", "start_price": p, "taker_rate": 0.0}
+        for s, p in (("ETHUSDC", 3000), ("SOLUSDC", 150), ("LTCUSDC", 100))]}
+    e = Engine(load_sim_config(cfg), seed=5, now_ms=T0)
+    acct = e.accounts["main"]
+    acct.wallet["USDC"] = Decimal(2500)
+    for sym, side, qty in (("ETHUSDC", "BUY", "5"), ("SOLUSDC", "BUY", "100"), ("LTCUSDC", "SELL", "100")):
+        e.set_leverage("main", {"symbol": sym, "leverage": "20"}, T0)
+        e.new_order("main", {"symbol": sym, "side": side, "type": "MARKET", "quantity": qty}, T0)
+    entries = {s: acct.positions[s].entry for s in ("ETHUSDC", "SOLUSDC", "LTCUSDC")}
+    wallet = acct.wallet["USDC"]
+    e.jump("ETHUSDC", -20.0, T0)                 # about 3,000 lost
+    e.jump("SOLUSDC", -20.0, T0)                 # about 3,000 lost
+    e.jump("LTCUSDC", -10.0, T0)                 # about 1,000 won by the short
+    e.advance(T0 + 1000)                         # the mark's next tick
+    assert acct.counters["liquidations"] == 1
+    assert all(p.amount == 0 for p in acct.positions.values())
+    trades = {s: e.user_trades("main", {"symbol": s})[-1] for s in entries}
+    realized = {s: Decimal(t["realizedPnl"]) for s, t in trades.items()}
+    assert realized["LTCUSDC"] > 0                                   # the profit at the mark
+    assert Decimal(trades["LTCUSDC"]["price"]) == e.books["LTCUSDC"].tick * round(
+        e.books["LTCUSDC"].mark / e.books["LTCUSDC"].tick_f)
+    for sym in ("ETHUSDC", "SOLUSDC"):                               # the losses no worse than their share
+        assert Decimal(trades[sym]["price"]) > e.books[sym].mark_dec() and realized[sym] < 0
+        assert realized[sym] == (Decimal(trades[sym]["price"]) - entries[sym]) * Decimal(trades[sym]["qty"])
+    loss = {s: (e.books[s].tick * round(e.books[s].mark / e.books[s].tick_f) - entries[s])
+            * Decimal(trades[s]["qty"]) for s in ("ETHUSDC", "SOLUSDC")}
+    share = (wallet + realized["LTCUSDC"]) / sum(-v for v in loss.values())
+    for sym in ("ETHUSDC", "SOLUSDC"):                               # within a tick's worth of the share
+        assert abs(realized[sym] - loss[sym] * share) <= e.books[sym].tick * Decimal(trades[sym]["qty"])
+    assert 0 <= acct.wallet["USDC"] < 1                              # spent, never below 0
+
+
 def test_no_liquidation_when_the_simulator_is_told_so():
     cfg = {"history": False, "liquidation": False,
            "symbols": [{"symbol": SYM, "base_asset": "ETH", "quote_asset": "USDC", "start_price": 3000}]}
