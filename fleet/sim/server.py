@@ -260,6 +260,7 @@ class SimServer(ExchangeGateway, StreamGateway, AdminRoutes):
         self.symbols_lower = {b.lower for b in self.engine.books.values()}
         self.conns: set[Conn] = set()
         self.held: list[Held] = []   # requests the latency fault holds before they are handled
+        self.api_requests: set[asyncio.Task] = set()   # WebSocket API requests being handled
         self.market_subs: dict[str, set[Conn]] = {}
         self.user_conns: dict[str, set[Conn]] = {}
         self._runner: web.AppRunner | None = None
@@ -293,9 +294,9 @@ class SimServer(ExchangeGateway, StreamGateway, AdminRoutes):
         return self
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        for t in [*self._tasks, *self.api_requests]:
             t.cancel()
-        for t in self._tasks:
+        for t in [*self._tasks, *self.api_requests]:
             try:
                 await t
             except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down

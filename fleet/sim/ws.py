@@ -93,6 +93,7 @@ class StreamGateway(WsApiGateway):
     engine: Engine
     config: SimConfig
     conns: set[Conn]
+    api_requests: set[asyncio.Task]
     market_subs: dict[str, set[Conn]]
     user_conns: dict[str, set[Conn]]
     symbols_lower: set[str]
@@ -276,8 +277,10 @@ class StreamGateway(WsApiGateway):
                     pass
 
     async def _ws_api(self, request: web.Request) -> web.StreamResponse:
-        """A WebSocket API connection (``/ws-fapi/v1``, :mod:`fleet.sim.wsapi`): requests answered in
-        order; server pings, lifetime and drops as for the streams."""
+        """A WebSocket API connection (``/ws-fapi/v1``, :mod:`fleet.sim.wsapi`): each request handled on
+        its own, as it arrives (one held by a latency fault holds neither the next nor the pings: its
+        answer may come after a later one's, matched by ``id``; a request received runs even if the
+        connection closes before its answer); server pings, lifetime and drops as for the streams."""
         ip = request.remote or "127.0.0.1"
         try:
             self.limiter.charge_weight(ip, HANDSHAKE_WEIGHT, self.clock())
@@ -292,7 +295,7 @@ class StreamGateway(WsApiGateway):
                  last_pong=now, next_ping=now + self.config.ws_ping_interval_s)
         self.conns.add(c)
 
-        async def on_text(data: str) -> None:
+        async def answer(data: str) -> None:
             try:
                 reply = await self._ws_api_request(c, data, ip, session, rate_limits)
             except Exception as exc:  # noqa: BLE001 - a bug answers 500; the connection lives on
@@ -304,6 +307,11 @@ class StreamGateway(WsApiGateway):
                 await self._close_conn(c, abort=True)
                 return
             self._send(c, reply.frame)  # type: ignore[arg-type]
+
+        async def on_text(data: str) -> None:
+            task = asyncio.create_task(answer(data))
+            self.api_requests.add(task)   # cancelled only by the simulator's stop
+            task.add_done_callback(self.api_requests.discard)
 
         binary = self._ws_error(None, 400, -1013, "Invalid request: send JSON in text frames").frame
         await self._serve(c, on_text, binary)  # type: ignore[arg-type]

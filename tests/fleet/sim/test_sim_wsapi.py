@@ -184,6 +184,34 @@ async def test_the_rest_faults_reach_the_websocket_api_too(sim):
         assert len((await state(s, sim))["open_orders"]) == 3  # the unanswered one executed late
 
 
+async def test_a_request_held_on_its_way_holds_neither_the_next_request_nor_the_pings(sim):
+    """Requests in flight on one connection are handled each on its own, as Binance's ids to match
+    answers imply: an order held by a latency fault is answered after a price asked later and after
+    the pong of a ping sent later, and executes all the same."""
+    async with aiohttp.ClientSession() as s, s.ws_connect(f"{sim.ws_url}/ws-fapi/v1", autoping=False) as ws:
+        api = Api(sim, ws)
+        await s.post(f"{sim.rest_url}/sim/fault/latency", json={"ms": 1500, "path": "/fapi/v1/order"})
+        p = {"symbol": SYMBOL, "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.010",
+             "price": await below_bid(s, sim, 300), "apiKey": api.key, "timestamp": int(time.time() * 1000)}
+        p["signature"] = sign(api.secret, p)
+        await ws.send_str(orjson.dumps({"id": "slow", "method": "order.place", "params": p}).decode())
+        await ws.send_str(orjson.dumps({"id": "fast", "method": "ticker.price", "params": {"symbol": SYMBOL}}).decode())
+        await ws.ping(b"behind")
+        seen = []
+        while len(seen) < 3:
+            msg = await ws.receive(timeout=10)
+            if msg.type == aiohttp.WSMsgType.PING:
+                await ws.pong(msg.data)
+            elif msg.type == aiohttp.WSMsgType.PONG:
+                seen.append(msg.data.decode())
+            else:
+                reply = orjson.loads(msg.data)
+                assert reply["status"] == 200, reply
+                seen.append(reply["id"])
+        assert seen[2] == "slow" and set(seen[:2]) == {"fast", "behind"}
+        assert len((await state(s, sim))["open_orders"]) == 1
+
+
 async def test_a_connection_costs_five_weight_and_the_drop_fault_reaches_it(sim):
     async with aiohttp.ClientSession() as s:
         async with s.get(f"{sim.rest_url}/fapi/v1/ping") as r:
