@@ -830,11 +830,12 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
 
     def _emit_order_update(self, acct: Account, b: Book, o: Order, exec_type: str, t: int, *,
                            last_qty: int = 0, last_price: int = 0, commission: Decimal = ZERO,
-                           trade_id: int = 0, maker: bool = False, realized: Decimal = ZERO) -> None:
+                           trade_id: int = 0, maker: bool = False, realized: Decimal = ZERO,
+                           modify_id: int | None = None) -> None:
         units = acct.open_units.get(b.symbol) or (0, 0)
         self._emit_user(acct.name, (render_order_update, b, o, exec_type, o.status, o.orig, o.price, o.filled,
                                     o.cum_quote, units[0], units[1], last_qty, last_price, commission, trade_id,
-                                    maker, realized, o.expire_reason, t))
+                                    maker, realized, o.expire_reason, t, modify_id))
 
     def _remove_resting(self, b: Book, o: Order, closing: bool = True) -> None:
         b.update_id += 1
@@ -1325,7 +1326,13 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
             raise SimApiError(-5027, "No need to modify the order.")
         if o.modifies >= self.max_modifies:
             raise SimApiError(-5026, "Exceed maximum modify order limit.")
-        if not o.reduce_only and price * qty * b.notional_mult < b.min_notional_units:
+        modify_id = int_param(params, "modifyId")   # the caller's own, echoed (not checked for uniqueness)
+        # reduceOnly on an amendment only validates: true skips MIN_NOTIONAL for a reduce-only order
+        # (as its placement did), and is refused for another; omitted or false, MIN_NOTIONAL applies
+        reduce_only = self._bool(params, "reduceOnly")
+        if reduce_only and not o.reduce_only:
+            raise SimApiError(-5047, "The original order is not a reduce-only order")
+        if not reduce_only and price * qty * b.notional_mult < b.min_notional_units:
             raise SimApiError(-5029, f"Order's notional must be no smaller than {b.min_notional:f}")  # an amendment's own code
         if o.sign > 0 and price * b.tick_f > b.mark * b.mult_up_f:
             raise SimApiError(-4016, "Price is higher than mark price multiplier cap.")
@@ -1338,10 +1345,10 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         crosses = (o.sign > 0 and price >= b.best_ask()) or (o.sign < 0 and price <= b.best_bid())
         if qty <= o.filled or (o.tif == "GTX" and crosses):
             self._cancel(acct, b, o, now)
-            return self.order_json(b, o)
+            return self._amended_json(b, o, modify_id)
         self._remove_resting(b, o, closing=False)   # (it rests again, amended)
         self._amend_id += 1
-        acct.amendments.append((self._amend_id, o.order_id, now, o.price, price, o.orig, qty, o.modifies))
+        acct.amendments.append((self._amend_id, o.order_id, now, o.price, price, o.orig, qty, o.modifies, modify_id))
         o.price = price
         o.orig = qty
         o.price_match = pm or "NONE"
@@ -1349,14 +1356,19 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         o.update_time = now
         self._seq += 1
         o.seq = self._seq
-        self._emit_order_update(acct, b, o, "AMENDMENT", now)
+        self._emit_order_update(acct, b, o, "AMENDMENT", now, modify_id=modify_id)
         if crosses:
             left = self._walk(b, o.sign > 0, o.remaining, o, price, now)
             if left > 0 and o.is_open:
                 self._rest(b, o)
         else:
             self._rest(b, o)
-        return self.order_json(b, o)
+        return self._amended_json(b, o, modify_id)
+
+    def _amended_json(self, b: Book, o: Order, modify_id: int | None) -> dict[str, Any]:
+        """An amendment's answer: the order, and the caller's ``modifyId`` when it sent one."""
+        out = self.order_json(b, o)
+        return out if modify_id is None else {**out, "modifyId": modify_id}
 
     def _amend_margin(self, acct: Account, b: Book, o: Order, price: int, qty: int) -> None:
         """An amendment that holds more notional than the order did must fit the leverage's allowance

@@ -156,12 +156,12 @@ def render_account_update(b: Book, reason: str, wallet: Decimal, cross: Decimal,
 def render_order_update(b: Book, o: Order, exec_type: str, status: str, orig: int, price: int, filled: int,
                          cum_quote: Decimal, bid_units: int, ask_units: int, last_qty: int, last_price: int,
                          commission: Decimal, trade_id: int, maker: bool, realized: Decimal, expire_reason: str,
-                         t: int) -> dict[str, Any]:
+                         t: int, modify_id: int | None = None) -> dict[str, Any]:
     if filled:
         avg = f"{(cum_quote / (b.step * filled)).quantize(Q8, rounding=ROUND_HALF_UP).normalize():f}"
     else:
         avg = "0"
-    return {"e": "ORDER_TRADE_UPDATE", "E": t, "T": t, "o": {
+    frame = {"e": "ORDER_TRADE_UPDATE", "E": t, "T": t, "o": {
         "s": b.symbol, "c": o.client_id, "S": o.side, "o": o.type, "f": o.tif, "q": b.qty_str(orig),
         "p": b.price_str(price) if o.type == "LIMIT" or o.type == "LIQUIDATION" else "0", "ap": avg, "sp": "0", "x": exec_type, "X": status,
         "i": o.order_id, "l": b.qty_str(last_qty), "z": b.qty_str(filled),
@@ -170,6 +170,9 @@ def render_order_update(b: Book, o: Order, exec_type: str, status: str, orig: in
         "b": b.notional_str8(bid_units), "a": b.notional_str8(ask_units), "m": maker, "R": o.reduce_only,
         "wt": "CONTRACT_PRICE", "ot": o.type, "ps": "BOTH", "cp": False, "rp": s8(realized) if realized else "0",
         "pP": False, "si": 0, "ss": 0, "V": o.stp, "pm": o.price_match, "gtd": o.gtd, "er": expire_reason}}
+    if modify_id is not None:   # an AMENDMENT's, when the amendment named one (a string here)
+        frame["o"]["M"] = str(modify_id)
+    return frame
 
 
 def render_diff(b: Book, first: int, final: int, prev: int, bids: list[tuple[int, int]],

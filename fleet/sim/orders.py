@@ -142,8 +142,10 @@ class Account:
         self.countdowns: dict[str, int] = {}
         self.income: list[dict[str, Any]] = []
         self.trades: list[Trade] = []
-        # (amendmentId, orderId, time, price before, after, qty before, after, modify count), in ticks/steps
-        self.amendments: deque[tuple[int, int, int, int, int, int, int, int]] = deque(maxlen=AMENDMENTS_KEPT)
+        # (amendmentId, orderId, time, price before, after, qty before, after, modify count, the caller's
+        # modifyId or None), in ticks/steps
+        self.amendments: deque[tuple[int, int, int, int, int, int, int, int, int | None]] = deque(
+            maxlen=AMENDMENTS_KEPT)
         self.counters = {"orders_placed": 0, "orders_cancelled": 0, "orders_rejected": 0,
                          "orders_filled": 0, "orders_expired": 0, "orders_amended": 0, "trades": 0,
                          "countdown_fired": 0, "liquidations": 0, "deleveraged": 0, "settled": 0}

@@ -145,8 +145,8 @@ class EngineViews:
         return [{"amendmentId": aid, "symbol": b.symbol, "pair": b.symbol, "orderId": oid, "clientOrderId": o.client_id,
                  "time": t, "amendment": {"price": {"before": b.price_str(p0), "after": b.price_str(p1)},
                                           "origQty": {"before": b.qty_str(q0), "after": b.qty_str(q1)},
-                                          "count": count}}
-                for aid, oid, t, p0, p1, q0, q1, count in rows[-limit:]]
+                                          "count": count, **({} if mid is None else {"modifyId": mid})}}
+                for aid, oid, t, p0, p1, q0, q1, count, mid in rows[-limit:]]
 
     def account_config(self, account: str, now: int) -> dict[str, Any]:
         """GET /fapi/v1/accountConfig: the position mode, single-asset, fee tier 0 (the simulator's only settings)."""

@@ -110,6 +110,52 @@ async def test_an_orders_amendments_are_listed_with_before_after_and_count(sim):
         assert cfg.json["canTrade"] is True and cfg.json["feeTier"] == 0
 
 
+async def test_an_amendments_modify_id_comes_back_and_its_reduce_only_only_validates(sim):
+    """``modifyId`` (the caller's, not checked for uniqueness) is in the answer, the AMENDMENT frame
+    (``M``) and the amendment's history; ``reduceOnly`` on an amendment skips MIN_NOTIONAL for a
+    reduce-only order, is refused -5047 for another, and without it MIN_NOTIONAL applies to both."""
+    async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
+        key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
+        ws = await s.ws_connect(f"{sim.ws_url}/private/ws/{key}")
+        await c.admin("POST", "/sim/market/freeze", {"symbol": "ETHUSDC"})
+        book = await _book(c)
+        bid, ask = Decimal(book["bids"][0][0]), Decimal(book["asks"][0][0])
+        o = await _limit(c, "BUY", _px(bid * Decimal("0.99")), newClientOrderId="mi-1")
+
+        def amend(order: dict, qty: str, price: str, **extra) -> dict:
+            return {"symbol": "ETHUSDC", "orderId": order["orderId"], "side": order["side"], "quantity": qty,
+                    "price": price, **extra}
+
+        r = await c.signed("PUT", "/fapi/v1/order", amend(o, "0.020", _px(bid * Decimal("0.99")), modifyId=77))
+        assert r.status == 200 and r.json["modifyId"] == 77, r.json
+        plain = await c.signed("PUT", "/fapi/v1/order", amend(o, "0.030", _px(bid * Decimal("0.99"))))
+        assert plain.status == 200 and "modifyId" not in plain.json
+        bad = await c.signed("PUT", "/fapi/v1/order", amend(o, "0.040", _px(bid * Decimal("0.99")), modifyId="7x"))
+        assert bad.status == 400 and "modifyId" in bad.json["msg"]
+        frames = []
+        while len(frames) < 2:
+            f = json.loads((await ws.receive(timeout=10)).data)
+            if f["e"] == "ORDER_TRADE_UPDATE" and f["o"]["x"] == "AMENDMENT":
+                frames.append(f["o"])
+        assert frames[0]["M"] == "77" and "M" not in frames[1]
+        history = (await c.signed("GET", "/fapi/v1/orderAmendment", {"symbol": "ETHUSDC", "orderId": o["orderId"]})).json
+        assert [a["amendment"].get("modifyId") for a in history] == [77, None]
+
+        await c.signed("POST", "/fapi/v1/order", {"symbol": "ETHUSDC", "side": "BUY", "type": "MARKET",
+                                                  "quantity": "0.010"})
+        ro = await _limit(c, "SELL", _px(ask * Decimal("1.01")), reduceOnly="true")
+        assert ro["reduceOnly"] is True, ro
+        tiny = await c.signed("PUT", "/fapi/v1/order", amend(ro, "0.001", _px(ask * Decimal("1.01"))))
+        assert tiny.json["code"] == -5029                      # MIN_NOTIONAL without reduceOnly
+        ok = await c.signed("PUT", "/fapi/v1/order", amend(ro, "0.001", _px(ask * Decimal("1.01")), reduceOnly="true"))
+        assert ok.status == 200 and ok.json["origQty"] == "0.001" and ok.json["reduceOnly"] is True, ok.json
+        wrong = await c.signed("PUT", "/fapi/v1/order", amend(o, "0.050", _px(bid * Decimal("0.99")), reduceOnly="true"))
+        assert wrong.json["code"] == -5047
+        held = {x["orderId"]: x for x in (await c.state(symbol="ETHUSDC"))["open_orders"]}
+        assert held[o["orderId"]]["origQty"] == "0.030" and held[ro["orderId"]]["origQty"] == "0.001"
+        await ws.close()
+
+
 async def test_modify_of_post_only_that_would_cross_cancels_it(sim):
     async with SimClient.for_sim(sim) as c:
         await c.admin("POST", "/sim/market/freeze", {"symbol": "ETHUSDC"})
