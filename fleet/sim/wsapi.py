@@ -192,26 +192,27 @@ class WsApiGateway:
             used, _ = self.limiter.charge_weight(ip, _SESSION_WEIGHT, now)  # type: ignore[attr-defined]
         except SimApiError as exc:  # 429 / 418
             return WsApiReply(orjson.dumps({"id": rid, "status": exc.http_status, "error": exc.body()}))
+        limits = [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
+                   "limit": self.config.rate_limits.weight_per_minute,  # type: ignore[attr-defined]
+                   "count": used}] if rate_limits else None
+
+        def reply(out: dict[str, Any]) -> WsApiReply:   # the weight it cost, refused or not
+            return WsApiReply(orjson.dumps(out if limits is None else {**out, "rateLimits": limits}))
+
         if method == "session.logon":
             acct = self.engine.by_key.get(api_key) if api_key else None  # type: ignore[attr-defined]
             if acct is not None and acct.verify is None:
-                return WsApiReply(orjson.dumps({"id": rid, "status": 400,
-                                                "error": {"code": -4056, "msg": "Invalid api key type."}}))
+                return reply({"id": rid, "status": 400, "error": {"code": -4056, "msg": "Invalid api key type."}})
             try:
                 self._authenticate(api_key, "SIGNED", params, payload, now)  # type: ignore[attr-defined]
             except SimApiError as exc:
-                return WsApiReply(orjson.dumps({"id": rid, "status": exc.http_status, "error": exc.body()}))
+                return reply({"id": rid, "status": exc.http_status, "error": exc.body()})
             session.api_key, session.authorized_since = api_key, now
         elif method == "session.logout":
             session.api_key = session.authorized_since = None
-        out: dict[str, Any] = {"id": rid, "status": 200, "result": {
+        return reply({"id": rid, "status": 200, "result": {
             "apiKey": session.api_key, "authorizedSince": session.authorized_since,
-            "connectedSince": session.connected_ms, "returnRateLimits": rate_limits, "serverTime": now}}
-        if rate_limits:
-            out["rateLimits"] = [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
-                                  "limit": self.config.rate_limits.weight_per_minute,  # type: ignore[attr-defined]
-                                  "count": used}]
-        return WsApiReply(orjson.dumps(out))
+            "connectedSince": session.connected_ms, "returnRateLimits": rate_limits, "serverTime": now}})
 
 
 def echoable_id(rid: Any) -> bool:

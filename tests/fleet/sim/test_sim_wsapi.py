@@ -129,6 +129,9 @@ async def test_malformed_requests_unknown_methods_and_the_session_methods(sim):
         assert unknown["status"] == 400 and unknown["error"]["code"] == -1020
         logon = await api.call("session.logon")
         assert logon["status"] == 400 and logon["error"]["code"] == -4056  # Ed25519 keys only
+        assert "rateLimits" not in logon                     # the connection's returnRateLimits=false
+        logon = await api.call("session.logon", {"returnRateLimits": True})
+        assert logon["error"]["code"] == -4056 and logon["rateLimits"][0]["count"] > 0   # said, as any refusal's
         status = await api.call("session.status", signed=False)
         assert status["status"] == 200 and status["result"]["apiKey"] is None
         placed = await api.call("order.place", {"symbol": SYMBOL, "side": "BUY", "type": "LIMIT",
