@@ -124,7 +124,10 @@ class Delisting:
                 self._emit_user(acct.name, {"e": "ACCOUNT_CONFIG_UPDATE", "E": now, "T": now,
                                             "ac": {"s": b.symbol, "l": top}})
         rs = b.brackets.rows
-        bks = [{"bs": r.number, "bnf": int(r.floor), "bnc": int(r.cap), "mmr": float(r.rate), "cf": float(r.cum),
+        # the cum an integer when whole, as Binance's frames show it ("cf":75): a client typing it int
+        # (Binance's own SDK) drops a frame that says 75.0
+        bks = [{"bs": r.number, "bnf": int(r.floor), "bnc": int(r.cap), "mmr": float(r.rate),
+                "cf": int(r.cum) if r.cum == r.cum.to_integral_value() else float(r.cum),
                 "mi": rs[i + 1].initial_leverage + 1 if i + 1 < len(rs) else 1, "ma": r.initial_leverage}
                for i, r in enumerate(rs)]
         self._contract_info(b, now, bks)

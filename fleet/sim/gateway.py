@@ -91,6 +91,10 @@ class ExchangeGateway(RestHandlers):
         v1 = "/fapi/v1"
         add("GET", v1 + "/ping", lambda a, p, n: {}, NONE)
         add("GET", v1 + "/time", lambda a, p, n: {"serverTime": n}, NONE)
+        # the spot host's ping and clock, which python-binance's AsyncClient.create() reads first even
+        # for futures: a client pointed at the simulator for both hosts starts
+        add("GET", "/api/v3/ping", lambda a, p, n: {}, NONE)
+        add("GET", "/api/v3/time", lambda a, p, n: {"serverTime": n}, NONE)
         add("GET", v1 + "/exchangeInfo", lambda a, p, n: self._exchange_info(n), NONE)
         add("GET", v1 + "/depth", self._depth, NONE, self._depth_weight)
         add("GET", v1 + "/ticker/bookTicker", self._book_ticker, NONE, lambda p: 2 if p.get("symbol") else 5)
@@ -147,6 +151,8 @@ class ExchangeGateway(RestHandlers):
         add("GET", v1 + "/multiAssetsMargin", lambda a, p, n: {"multiAssetsMargin": False}, SIGNED, 30)
         add("POST", v1 + "/multiAssetsMargin", self._multi_assets, SIGNED)
         add("GET", v1 + "/commissionRate", self._commission_rate, SIGNED, 20)
+        add("GET", v1 + "/feeBurn", lambda a, p, n: {"feeBurn": e.account(a).fee_burn}, SIGNED, 30)
+        add("POST", v1 + "/feeBurn", self._fee_burn, SIGNED)
         add("GET", v1 + "/income", lambda a, p, n: e.income(a, p), SIGNED, 30)
         add("GET", v1 + "/rateLimit/order", self._order_limits, SIGNED)
         add("GET", v1 + "/leverageBracket", self._leverage_bracket, SIGNED)

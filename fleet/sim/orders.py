@@ -127,6 +127,7 @@ class Account:
         self.default_leverage = spec.leverage
         self.funding_frame_symbol = spec.funding_frame_symbol  # None = the simulator's global switch
         self.dual_side = spec.position_mode == "hedge"  # Hedge Mode: the simulator refuses its orders (config.py)
+        self.fee_burn = False   # POST /fapi/v1/feeBurn's switch (no fee is paid in BNB here)
         self.leverage: dict[str, int] = {}
         self.isolated: set[str] = set()  # the symbols in isolated margin mode (cross otherwise)
         self.margin_history: list[dict[str, Any]] = []  # POST /fapi/v1/positionMargin's transfers

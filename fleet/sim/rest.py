@@ -327,7 +327,17 @@ class RestHandlers:
     def _commission_rate(self, account: str, params: dict[str, str], now: int) -> Any:
         b = self.engine.book(params.get("symbol"))
         return {"symbol": b.symbol, "makerCommissionRate": self.config.maker_commission,
-                "takerCommissionRate": self.config.taker_commission}
+                "takerCommissionRate": self.config.taker_commission,
+                "rpiCommissionRate": self.config.maker_commission}   # no RPI order here: the maker's
+
+    def _fee_burn(self, account: str, params: dict[str, str], now: int) -> Any:
+        """POST /fapi/v1/feeBurn: the account's BNB fee discount switch, kept and read back
+        (``GET``); the simulator charges every fee in the margin asset whatever it says."""
+        raw = (params.get("feeBurn") or "").lower()
+        if raw not in ("true", "false"):
+            raise missing("feeBurn") if not raw else invalid("feeBurn")
+        self.engine.account(account).fee_burn = raw == "true"
+        return {"code": 200, "msg": "success"}
 
     def _order_limits(self, account: str, params: dict[str, str], now: int) -> Any:
         lim = self.config.rate_limits

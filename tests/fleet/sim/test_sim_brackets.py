@@ -182,6 +182,7 @@ def test_a_new_table_is_pushed_with_its_brackets_and_holds_from_then_on():
     assert [(x["bs"], x["bnf"], x["bnc"], x["mmr"], x["mi"], x["ma"]) for x in info["bks"]] == [
         (1, 0, 20000, 0.01, 21, 50), (2, 20000, 100000, 0.025, 6, 20), (3, 100000, 1000000, 0.1, 1, 5)]
     assert info["bks"][1]["cf"] == 20000 * (0.025 - 0.01)   # the cum keeps the maintenance continuous
+    assert type(info["bks"][0]["cf"]) is int and type(info["bks"][1]["cf"]) is int   # 0 and 300, not 0.0
     assert [p["ac"] for k, a, p in frames if k == "u" and p["e"] == "ACCOUNT_CONFIG_UPDATE"] == [{"s": SYM, "l": 50}]
     assert e.leverage_of(e.accounts["main"], SYM) == 50
     assert _code(lambda: _limit(e, "BUY", "0.5")) == -2027   # ~25,000 of bids: beyond 50x's 20,000 now

@@ -455,7 +455,13 @@ async def test_account_views_v2_v3_balance_leverage_commission(sim):
         bad = (await c.signed("POST", "/fapi/v1/leverage", {"symbol": "BTCUSDT", "leverage": 200})).json
         assert bad["code"] == -4028
         cr = (await c.signed("GET", "/fapi/v1/commissionRate", {"symbol": "ETHUSDC"})).json
-        assert cr == {"symbol": "ETHUSDC", "makerCommissionRate": "0.0002", "takerCommissionRate": "0.0004"}
+        assert cr == {"symbol": "ETHUSDC", "makerCommissionRate": "0.0002", "takerCommissionRate": "0.0004",
+                      "rpiCommissionRate": "0.0002"}
+        assert (await c.signed("GET", "/fapi/v1/feeBurn")).json == {"feeBurn": False}   # the BNB discount switch
+        assert (await c.signed("POST", "/fapi/v1/feeBurn", {"feeBurn": "true"})).json == {"code": 200, "msg": "success"}
+        assert (await c.signed("GET", "/fapi/v1/feeBurn")).json == {"feeBurn": True}
+        assert (await c.signed("POST", "/fapi/v1/feeBurn", {"feeBurn": "yes"})).json["code"] == -1130
+        assert (await c.signed("POST", "/fapi/v1/feeBurn", {})).json["code"] == -1102
         assert (await c.signed("GET", "/fapi/v1/positionSide/dual")).json == {"dualSidePosition": False}
 
 
