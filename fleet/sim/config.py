@@ -342,8 +342,9 @@ class SimConfig(_Model):
     symbols: tuple[SymbolSpec, ...] = ()
     accounts: tuple[AccountSpec, ...] = (AccountSpec(name="main"),)
     market: MarketParams = Field(default_factory=MarketParams)
+    # Binance's Regular tier for USDⓈ-M, the feeTier 0 accountConfig and the account report
     maker_commission: str = "0.0002"
-    taker_commission: str = "0.0004"
+    taker_commission: str = "0.0005"
     funding_interval_s: float = Field(8 * 3600.0, gt=0, description="aligned to the epoch (00/08/16 UTC); from "
                                                                     "1 s to a week")
     funding_rate_wander: float = Field(0.00002, ge=0, le=0.01, description="std dev of the hourly rate drift")

@@ -420,7 +420,7 @@ def test_the_break_even_price_moves_the_entry_by_the_open_positions_fees_and_fun
     fee = sum((Decimal(t.commission) for t in acct.trades), Decimal(0))
     risk, entry = _risk(e, 3), Decimal(_risk(e, 3)["entryPrice"])
     assert Decimal(risk["breakEvenPrice"]) == q8(entry + fee)
-    assert abs(fee - entry * Decimal("0.0004")) <= Decimal("0.00000002")   # the fills' fee, the taker's
+    assert abs(fee - entry * Decimal("0.0005")) <= Decimal("0.00000002")   # the fills' fee, the taker's
     assert _risk(e, 2)["breakEvenPrice"] == risk["breakEvenPrice"]
     update = _updates(e)[-1]
     assert update["a"]["P"][0]["bep"] == risk["breakEvenPrice"] != update["a"]["P"][0]["ep"]

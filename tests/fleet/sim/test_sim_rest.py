@@ -398,7 +398,7 @@ async def test_market_order_walks_the_book_and_books_position_fees_and_pnl(sim):
         st = await c.state(symbol="ETHUSDC")
         pos = st["positions"]["ETHUSDC"]
         assert Decimal(pos["amount"]) == qty
-        fee = sum((p * q * Decimal("0.0004")).quantize(Decimal("0.00000001"))
+        fee = sum((p * q * Decimal("0.0005")).quantize(Decimal("0.00000001"))
                   for p, q in ((asks[0][0], asks[0][1]), (asks[1][0], asks[1][1]),
                                (asks[2][0], qty - asks[0][1] - asks[1][1])))
         assert Decimal(pos["commission"]) == fee
@@ -455,7 +455,7 @@ async def test_account_views_v2_v3_balance_leverage_commission(sim):
         bad = (await c.signed("POST", "/fapi/v1/leverage", {"symbol": "BTCUSDT", "leverage": 200})).json
         assert bad["code"] == -4028
         cr = (await c.signed("GET", "/fapi/v1/commissionRate", {"symbol": "ETHUSDC"})).json
-        assert cr == {"symbol": "ETHUSDC", "makerCommissionRate": "0.0002", "takerCommissionRate": "0.0004",
+        assert cr == {"symbol": "ETHUSDC", "makerCommissionRate": "0.0002", "takerCommissionRate": "0.0005",
                       "rpiCommissionRate": "0.0002"}
         assert (await c.signed("GET", "/fapi/v1/feeBurn")).json == {"feeBurn": False}   # the BNB discount switch
         assert (await c.signed("POST", "/fapi/v1/feeBurn", {"feeBurn": "true"})).json == {"code": 200, "msg": "success"}

@@ -65,7 +65,7 @@ async def test_user_stream_pushes_order_and_fill_events_with_the_full_field_set(
         assert lite["E"] == acct["E"] == trade["E"]
         assert acct["a"]["m"] == "ORDER" and acct["a"]["P"][0]["pa"] == "-0.020" and acct["a"]["B"][0]["a"] == "USDC"
         assert trade["o"]["x"] == "TRADE" and trade["o"]["X"] == "FILLED" and trade["o"]["m"] is False
-        assert Decimal(trade["o"]["n"]) == (Decimal(trade["o"]["L"]) * Decimal("0.020") * Decimal("0.0004")).quantize(
+        assert Decimal(trade["o"]["n"]) == (Decimal(trade["o"]["L"]) * Decimal("0.020") * Decimal("0.0005")).quantize(
             Decimal("0.00000001"))
         await c.signed("DELETE", "/fapi/v1/order", {"symbol": "ETHUSDC", "origClientOrderId": "u-1"})
         cancel = await _until(ws, lambda f: f["e"] == "ORDER_TRADE_UPDATE" and f["o"]["x"] == "CANCELED")
