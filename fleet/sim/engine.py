@@ -1311,6 +1311,12 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
             pm = None
         if not pm and not params.get("price"):
             raise missing("price")
+        modify_id = int_param(params, "modifyId")   # the caller's own, echoed (not checked for uniqueness)
+        if modify_id is not None and not -(2**63) <= modify_id < 2**63:   # a LONG
+            raise invalid("modifyId")
+        # reduceOnly on an amendment only validates: true skips MIN_NOTIONAL for a reduce-only order
+        # (as its placement did), and is refused for another; omitted or false, MIN_NOTIONAL applies
+        reduce_only = self._bool(params, "reduceOnly")
         if b.status != "TRADING":
             raise amend_not_trading()
         o = self._find(acct, b, params)
@@ -1326,10 +1332,6 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
             raise SimApiError(-5027, "No need to modify the order.")
         if o.modifies >= self.max_modifies:
             raise SimApiError(-5026, "Exceed maximum modify order limit.")
-        modify_id = int_param(params, "modifyId")   # the caller's own, echoed (not checked for uniqueness)
-        # reduceOnly on an amendment only validates: true skips MIN_NOTIONAL for a reduce-only order
-        # (as its placement did), and is refused for another; omitted or false, MIN_NOTIONAL applies
-        reduce_only = self._bool(params, "reduceOnly")
         if reduce_only and not o.reduce_only:
             raise SimApiError(-5047, "The original order is not a reduce-only order")
         if not reduce_only and price * qty * b.notional_mult < b.min_notional_units:

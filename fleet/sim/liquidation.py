@@ -299,18 +299,27 @@ def _upnl_at_close(b: Book, pos: Position) -> Decimal:
 
 
 def _bankruptcy(held: list[tuple[Book, Position]], wallet: Decimal) -> dict[str, Decimal]:
-    """The losing positions' bankruptcy prices (ticks, unrounded) when ``wallet`` (an isolated position's
-    own, or the cross wallet) and the other positions' profits do not cover their losses at the mark:
-    the cover shared among them in proportion to their loss (the simulator's rule for several cross
-    positions; one position's is its own), the insurance fund taking the rest. Empty when covered."""
+    """The positions' bankruptcy prices (ticks, unrounded) when ``wallet`` (an isolated position's own,
+    or the cross wallet) and the positions' profits at the mark do not cover their losses: the prices
+    at which the wallet is spent to exactly 0, the insurance fund taking the rest. The losing positions
+    share the cover in proportion to their loss at the mark (a cover below 0, from a wallet funding or
+    an earlier close drove negative, makes them close past their entry); with none losing, every
+    position closes past the mark by its share of the notional. One position's is its own bankruptcy
+    price; several cross positions' sharing is the simulator's rule (Binance publishes none). Empty
+    when covered."""
     pnl = {b.symbol: _upnl_at_close(b, p) for b, p in held}
     loss = -sum((v for v in pnl.values() if v < 0), ZERO)
     cover = wallet + sum((v for v in pnl.values() if v > 0), ZERO)
     if loss <= cover:
         return {}
-    share = max(cover, ZERO) / loss
-    return {b.symbol: (p.entry + pnl[b.symbol] * share / (b.step * p.amount)) / b.tick
-            for b, p in held if pnl[b.symbol] < 0}
+    if loss:
+        target = {b.symbol: pnl[b.symbol] * cover / loss for b, p in held if pnl[b.symbol] < 0}
+    else:
+        notional = {b.symbol: abs(b.tick * round(b.mark / b.tick_f) * b.step * p.amount) for b, p in held}
+        total = sum(notional.values(), ZERO)
+        target = {b.symbol: pnl[b.symbol] - cover * notional[b.symbol] / total for b, p in held}
+    return {b.symbol: (p.entry + target[b.symbol] / (b.step * p.amount)) / b.tick for b, p in held
+            if b.symbol in target}
 
 
 def _upnl(b: Book, pos: Position) -> Decimal:

@@ -294,16 +294,19 @@ class SimServer(ExchangeGateway, StreamGateway, AdminRoutes):
         return self
 
     async def stop(self) -> None:
-        for t in [*self._tasks, *self.api_requests]:
+        for t in self._tasks:
             t.cancel()
-        for t in [*self._tasks, *self.api_requests]:
+        for t in self._tasks:
             try:
                 await t
             except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
                 pass
         self._tasks.clear()
-        for c in list(self.conns):
+        for c in list(self.conns):   # closed first: no WebSocket API request starts after this
             await self._close_conn(c, abort=True)
+        for t in list(self.api_requests):
+            t.cancel()
+        await asyncio.gather(*self.api_requests, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -329,7 +329,7 @@ class EngineViews:
             positions.append(p)
         out: dict[str, Any] = {}
         if version < 3:
-            out.update({"feeTier": 0, "feeBurn": False, "canTrade": True, "canDeposit": True,
+            out.update({"feeTier": 0, "feeBurn": acct.fee_burn, "canTrade": True, "canDeposit": True,
                         "canWithdraw": True, "updateTime": 0, "multiAssetsMargin": False, "tradeGroupId": -1})
         out.update({"totalInitialMargin": s8(tot["im"] + tot["oim"]), "totalMaintMargin": s8(tot["mm"]),
                     "totalWalletBalance": s8(tot["wallet"]), "totalUnrealizedProfit": s8(tot["upnl"]),

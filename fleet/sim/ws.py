@@ -309,6 +309,8 @@ class StreamGateway(WsApiGateway):
             self._send(c, reply.frame)  # type: ignore[arg-type]
 
         async def on_text(data: str) -> None:
+            if c.closed:   # read after the simulator closed it (its stop): not handled
+                return
             task = asyncio.create_task(answer(data))
             self.api_requests.add(task)   # cancelled only by the simulator's stop
             task.add_done_callback(self.api_requests.discard)

@@ -331,6 +331,27 @@ def test_cross_positions_past_bankruptcy_share_the_wallet_and_the_profits_in_pro
     assert 0 <= acct.wallet["USDC"] < 1                              # spent, never below 0
 
 
+@pytest.mark.parametrize("move", [0.5, 0.0, -0.5])
+def test_a_wallet_already_below_zero_is_brought_back_to_zero_by_the_liquidation(move):
+    """A cross wallet an earlier close left below 0 (-50) with a long of 1 that wins, is flat or loses a
+    little at the mark: the liquidation (once) closes it past the mark, at the price that spends the
+    wallet to 0, the insurance fund covering the rest; never a crash of the engine."""
+    e = _engine()
+    acct = e.accounts["main"]
+    e.set_leverage("main", {"symbol": SYM, "leverage": "20"}, T0)
+    _market(e, "BUY", "1")
+    entry = acct.positions[SYM].entry
+    acct.wallet["USDC"] = Decimal(-50)
+    if move:
+        e.jump(SYM, move, T0)
+    e.advance(T0 + 1000)
+    e.advance(T0 + 3000)
+    assert acct.counters["liquidations"] == 1 and acct.positions[SYM].amount == 0
+    trade = e.user_trades("main", {"symbol": SYM})[-1]
+    assert Decimal(trade["price"]) > max(entry, e.books[SYM].mark_dec())   # past the mark: the bankruptcy price
+    assert 0 <= acct.wallet["USDC"] < e.books[SYM].tick
+
+
 def test_no_liquidation_when_the_simulator_is_told_so():
     cfg = {"history": False, "liquidation": False,
            "symbols": [{"symbol": SYM, "base_asset": "ETH", "quote_asset": "USDC", "start_price": 3000}]}
@@ -413,7 +434,8 @@ def test_the_adl_quantile_estimates_the_positions_place_by_its_return_on_margin(
 
 
 def test_the_break_even_price_moves_the_entry_by_the_open_positions_fees_and_funding():
-    """Binance's examples: an entry of 58,039.5 breaks even at 58,062.7158 (x 1.0004, the taker fee)."""
+    """Binance's examples: an entry of 58,039.5 breaks even at 58,062.7158 (x 1.0004, their taker fee; the
+    simulator's default taker fee is 0.05 %)."""
     e = _engine()
     acct = e.accounts["main"]
     _market(e, "BUY", "1")

@@ -460,6 +460,7 @@ async def test_account_views_v2_v3_balance_leverage_commission(sim):
         assert (await c.signed("GET", "/fapi/v1/feeBurn")).json == {"feeBurn": False}   # the BNB discount switch
         assert (await c.signed("POST", "/fapi/v1/feeBurn", {"feeBurn": "true"})).json == {"code": 200, "msg": "success"}
         assert (await c.signed("GET", "/fapi/v1/feeBurn")).json == {"feeBurn": True}
+        assert (await c.signed("GET", "/fapi/v2/account")).json["feeBurn"] is True   # the account says it too
         assert (await c.signed("POST", "/fapi/v1/feeBurn", {"feeBurn": "yes"})).json["code"] == -1130
         assert (await c.signed("POST", "/fapi/v1/feeBurn", {})).json["code"] == -1102
         assert (await c.signed("GET", "/fapi/v1/positionSide/dual")).json == {"dualSidePosition": False}

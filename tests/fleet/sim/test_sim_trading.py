@@ -130,8 +130,9 @@ async def test_an_amendments_modify_id_comes_back_and_its_reduce_only_only_valid
         assert r.status == 200 and r.json["modifyId"] == 77, r.json
         plain = await c.signed("PUT", "/fapi/v1/order", amend(o, "0.030", _px(bid * Decimal("0.99"))))
         assert plain.status == 200 and "modifyId" not in plain.json
-        bad = await c.signed("PUT", "/fapi/v1/order", amend(o, "0.040", _px(bid * Decimal("0.99")), modifyId="7x"))
-        assert bad.status == 400 and "modifyId" in bad.json["msg"]
+        for wrong in ("7x", str(2**63)):   # a LONG, checked before anything else (a no-op amendment too)
+            bad = await c.signed("PUT", "/fapi/v1/order", amend(o, "0.030", _px(bid * Decimal("0.99")), modifyId=wrong))
+            assert bad.status == 400 and "modifyId" in bad.json["msg"], bad.json
         frames = []
         while len(frames) < 2:
             f = json.loads((await ws.receive(timeout=10)).data)

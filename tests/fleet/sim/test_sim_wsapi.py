@@ -215,6 +215,20 @@ async def test_a_request_held_on_its_way_holds_neither_the_next_request_nor_the_
         assert len((await state(s, sim))["open_orders"]) == 1
 
 
+async def test_the_simulators_stop_leaves_no_websocket_api_request_running(sim_factory):
+    sim = await sim_factory()
+    async with aiohttp.ClientSession() as s, s.ws_connect(f"{sim.ws_url}/ws-fapi/v1") as ws:
+        await s.post(f"{sim.rest_url}/sim/fault/latency", json={"ms": 30_000, "path": "/fapi/v1/ticker/price"})
+        await ws.send_str(orjson.dumps({"id": 1, "method": "ticker.price", "params": {"symbol": SYMBOL}}).decode())
+        for _ in range(100):
+            if sim.api_requests:
+                break
+            await asyncio.sleep(0.01)
+        [held] = sim.api_requests
+        await sim.stop()
+        assert held.cancelled() and not sim.api_requests
+
+
 async def test_a_connection_costs_five_weight_and_the_drop_fault_reaches_it(sim):
     async with aiohttp.ClientSession() as s:
         async with s.get(f"{sim.rest_url}/fapi/v1/ping") as r:
