@@ -449,7 +449,9 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
             self._publish_book(b, t)
 
     def _sweep_crossed(self, b: Book, t: int) -> None:
-        """Resting orders the market moved through fill at their own price, as makers."""
+        """Resting orders the market moved through fill at their own price, as makers, whole: the
+        model's price path has no market impact (an order larger than the book around it does not
+        hold the price back as it would on Binance, where takers must eat it first)."""
         if b.our_bid >= b.ask_top:
             ask = b.synth_best_ask()
             for price in sorted((p for p in b.bids if p >= ask), reverse=True):
