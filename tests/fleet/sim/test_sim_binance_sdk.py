@@ -1,7 +1,8 @@
 """Binance's own Python SDK for USD-M futures (binance-sdk-derivatives-trading-usds-futures 18.1.0)
 against the simulator: its REST client, pointed at the simulator by ``base_path``, reads every answer
-into its models with their strict types (a mismatch is a logged warning, which fails the test), and
-every market and user-stream frame the simulator pushed parses with the SDK's stream models.
+into its models with their strict types (a mismatch is a logged warning, which fails the test); every
+market and user-stream frame the simulator pushed parses with the SDK's stream models, and every
+WebSocket API answer with its WebSocket API models.
 
 The one frame left out is ``listenKeyExpired``: Binance's documentation and live frames carry its
 ``E`` as a string ("E": "1736996475556"), which the SDK types as an integer; the simulator sends what
@@ -15,16 +16,19 @@ import logging
 import time
 from typing import Any
 
+import aiohttp
 import requests
 from binance_common.configuration import ConfigurationRestAPI
 from binance_sdk_derivatives_trading_usds_futures.derivatives_trading_usds_futures import (
     DerivativesTradingUsdsFutures,
 )
 from binance_sdk_derivatives_trading_usds_futures.rest_api.models import enums as rest_enums
+from binance_sdk_derivatives_trading_usds_futures.websocket_api import models as api_models
 from binance_sdk_derivatives_trading_usds_futures.websocket_streams import models as frames
 from websockets.sync.client import connect
 
 from fleet.sim.thread import SimThread
+from tests.fleet.sim.test_sim_wsapi import Api, below_bid
 
 SYMBOL = "ETHUSDC"
 DEADLINE_S = 15.0
@@ -154,3 +158,42 @@ def _collect(conns: list[Any], kinds: set[str]) -> list[tuple[str, dict[str, Any
             if kind in kinds:
                 got.append((kind, frame))
     return got
+
+
+async def test_the_official_sdks_websocket_api_models_read_every_answer(sim):
+    """The WebSocket API's answers (``/ws-fapi/v1``), whole envelopes with their rate limits, parse
+    into the SDK's strictly typed models: a place, an amendment, a look-up, a cancel, the account and
+    position reads, the book and prices, a listenKey's start, keepalive and close."""
+    async with aiohttp.ClientSession() as s, s.ws_connect(f"{sim.ws_url}/ws-fapi/v1") as ws:
+        api = Api(sim, ws)
+        price = await below_bid(s, sim, 300)
+        placed = await api.call("order.place", {"symbol": SYMBOL, "side": "BUY", "type": "LIMIT",
+                                                "timeInForce": "GTX", "quantity": "0.010", "price": price})
+        oid = placed["result"]["orderId"]
+        lower = await below_bid(s, sim, 400)
+        answers = [
+            (api_models.NewOrderResponse, placed),
+            (api_models.ModifyOrderResponse, await api.call("order.modify", {
+                "symbol": SYMBOL, "orderId": oid, "side": "BUY", "quantity": "0.020", "price": lower})),
+            (api_models.QueryOrderResponse, await api.call("order.status", {"symbol": SYMBOL, "orderId": oid})),
+            (api_models.CancelOrderResponse, await api.call("order.cancel", {"symbol": SYMBOL, "orderId": oid})),
+            (api_models.AccountInformationResponse, await api.call("account.status")),
+            (api_models.AccountInformationV2Response, await api.call("v2/account.status")),
+            (api_models.FuturesAccountBalanceResponse, await api.call("account.balance")),
+            (api_models.FuturesAccountBalanceV2Response, await api.call("v2/account.balance")),
+            (api_models.PositionInformationResponse, await api.call("account.position", {"symbol": SYMBOL})),
+            (api_models.PositionInformationV2Response, await api.call("v2/account.position", {"symbol": SYMBOL})),
+            (api_models.OrderBookResponse, await api.call("depth", {"symbol": SYMBOL, "limit": 5}, signed=False)),
+            (api_models.SymbolPriceTickerResponse, await api.call("ticker.price", {"symbol": SYMBOL}, signed=False)),
+            (api_models.SymbolOrderBookTickerResponse,
+             await api.call("ticker.book", {"symbol": SYMBOL}, signed=False)),
+            (api_models.StartUserDataStreamResponse, await api.call("userDataStream.start", {"apiKey": api.key},
+                                                                    signed=False)),
+            (api_models.KeepaliveUserDataStreamResponse, await api.call("userDataStream.ping", {"apiKey": api.key},
+                                                                        signed=False)),
+            (api_models.CloseUserDataStreamResponse, await api.call("userDataStream.stop", {"apiKey": api.key},
+                                                                    signed=False)),
+        ]
+    for model, answer in answers:
+        assert answer["status"] == 200, answer
+        assert model.from_dict(answer) is not None   # raises on a field of another type than the SDK's
