@@ -293,9 +293,14 @@ def _margin_call(held: list[tuple[Book, Position]], isolated_wallet: Decimal | N
     return frame
 
 
+def _mark_price(b: Book) -> Decimal:
+    """The mark rounded to the tick: a liquidation order's price when the wallet covers it."""
+    return b.tick * round(b.mark / b.tick_f)
+
+
 def _upnl_at_close(b: Book, pos: Position) -> Decimal:
-    """The P&L of closing ``pos`` at the mark rounded to the tick (the liquidation order's price)."""
-    return (b.tick * round(b.mark / b.tick_f) - pos.entry) * (b.step * pos.amount)
+    """The P&L of closing ``pos`` at the mark rounded to the tick."""
+    return (_mark_price(b) - pos.entry) * (b.step * pos.amount)
 
 
 def _bankruptcy(held: list[tuple[Book, Position]], wallet: Decimal) -> dict[str, Decimal]:
@@ -315,7 +320,7 @@ def _bankruptcy(held: list[tuple[Book, Position]], wallet: Decimal) -> dict[str,
     if loss:
         target = {b.symbol: pnl[b.symbol] * cover / loss for b, p in held if pnl[b.symbol] < 0}
     else:
-        notional = {b.symbol: abs(b.tick * round(b.mark / b.tick_f) * b.step * p.amount) for b, p in held}
+        notional = {b.symbol: abs(_mark_price(b) * b.step * p.amount) for b, p in held}
         total = sum(notional.values(), ZERO)
         target = {b.symbol: pnl[b.symbol] - cover * notional[b.symbol] / total for b, p in held}
     return {b.symbol: (p.entry + target[b.symbol] / (b.step * p.amount)) / b.tick for b, p in held
