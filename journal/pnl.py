@@ -63,21 +63,20 @@ class SymbolPnl:
         return self.realized + self.unrealized - self.unrealized_start
 
     @property
-    def inventory(self) -> Decimal:
-        return self.trading - self.spread
-
-    @property
     def total(self) -> Decimal:
         return self.trading + self.funding - self.fees
 
     def as_dict(self) -> dict[str, Any]:
         f = _num
+        # the split adds up to the total as shown: inventory is what the rounded parts leave of it
+        total, spread, funding, fees = (round(x, 8) for x in (self.total, self.spread, self.funding, self.fees))
+        inventory = total - spread - funding + fees
         return {
             "realized": f(self.realized), "unrealized": f(self.unrealized - self.unrealized_start),
             "funding": f(self.funding), "fees": f(self.fees), "clearance_fees": f(self.clearance),
-            "total": f(self.total),
-            "split": {"spread": f(self.spread), "inventory": f(self.inventory), "funding": f(self.funding),
-                      "fees": f(-self.fees)},
+            "total": float(total),
+            "split": {"spread": float(spread), "inventory": float(inventory), "funding": float(funding),
+                      "fees": float(-fees)},
             "fills": self.fills, "maker_fills": self.maker_fills, "fills_without_mid": self.fills_without_mid,
             "volume": f(self.volume), "position": f(self.position), "entry_price": f(self.entry),
             "mark": f(self.mark) if self.mark is not None else None,

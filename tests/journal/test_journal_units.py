@@ -7,6 +7,8 @@ import json
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from fleet.config import ConfigError, load_fleet_config
@@ -500,3 +502,18 @@ def test_a_replay_reads_another_file_at_its_path_from_its_start(tmp_path):
     spool("b", 3)
     assert replay.run(path, 2, lambda rows: written.extend(r["uid"] for _, r in rows) or True)
     assert written == ["a0", "a1", "b0", "b1", "b2"] and replay.rows == 3
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.tuples(*(st.decimals(min_value=-1000, max_value=1000, places=12, allow_nan=False, allow_infinity=False)
+                   for _ in range(5))))
+def test_the_pnl_split_adds_up_to_the_total_it_shows(values):
+    """Each figure is shown to 8 decimals: the split's parts, so shown, add up to the total so shown
+    (inventory is what the rounded parts leave of it), whatever the decimals of the fills' edges."""
+    row = pnl.SymbolPnl("ETHUSDC")
+    row.realized, row.unrealized, row.spread, row.funding, fees = values
+    row.fees = abs(fees)
+    d = row.as_dict()
+    s = d["split"]
+    assert abs(s["spread"] + s["inventory"] + s["funding"] + s["fees"] - d["total"]) < 1e-9
+    assert abs(Decimal(str(s["inventory"])) - (row.trading - row.spread)) <= Decimal("0.00000002")
