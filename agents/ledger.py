@@ -46,6 +46,7 @@ MISSING = "MISSING"  # not among the open orders of a REST snapshot
 REJECTED = "REJECTED"
 _CLOSED = CLOSED_STATUSES | {MISSING}
 _UNKNOWN_ORDER_CODES = frozenset({ErrorCode.CANCEL_REJECTED, ErrorCode.NO_SUCH_ORDER})
+SAME_ORDER_CODE = ErrorCode.SAME_ORDER  # -5027, "No need to modify the order": it has the values sent already
 MODIFY_LIMIT_CODE = ErrorCode.EXCEED_MAXIMUM_MODIFY_ORDER_LIMIT  # -5026, "Exceed maximum modify order limit": this order can never be amended again
 _CLOSED_KEEP = 4096  # closed orders remembered, so their late duplicates are recognised
 _STAGE_NEW, _STAGE_AMEND, _STAGE_PARTIAL, _STAGE_FINAL = 0, 1, 2, 3
@@ -73,9 +74,14 @@ def _answers_amend(o: "LiveOrder", price_ticks: int, orig_steps: int, key: tuple
     """A view of the order with the amendment in flight's own price and quantity, of the same millisecond
     and filled quantity as the view held: the amendment's answer (a partial fill and an amendment in one
     millisecond share a key; the answer was refused as stale, the order stayed busy for good, the ladder
-    unable to move it)."""
-    return (o.amend_orig_steps is not None and key[:2] == o.key[:2] and key[2] != _STAGE_FINAL
-            and orig_steps == o.amend_orig_steps and price_ticks == o.amend_price_ticks)
+    unable to move it). Or with the values of the amendment last read as refused: the exchange applied it
+    all the same (a 5xx documented as not executed, -1001, answered after it did), and beside the fill
+    its frame and the listing were stale for good, the order counted at its old size."""
+    if key[:2] != o.key[:2] or key[2] == _STAGE_FINAL:
+        return False
+    if o.amend_orig_steps is not None:
+        return orig_steps == o.amend_orig_steps and price_ticks == o.amend_price_ticks
+    return o.refused_amend == (price_ticks, orig_steps)
 
 
 def _price(o: "LiveOrder") -> int:
@@ -116,6 +122,7 @@ class LiveOrder:
         "cancel_doubt",
         "inferred",
         "refused_code",
+        "refused_amend",
     )
 
     def __init__(self, client_order_id: str, side: str, price_ticks: int, orig_steps: int) -> None:
@@ -145,6 +152,7 @@ class LiveOrder:
         self.cancel_doubt = False  # our cancel of it was answered ambiguously: it is sent again
         self.inferred = False  # closed on the store's own inference, not on the exchange's word
         self.refused_code: int | None = None  # the exchange's refusal of the new order (on_rejected)
+        self.refused_amend: tuple[int, int] | None = None  # (price, quantity) of the amendment last refused
 
     @property
     def is_open(self) -> bool:
@@ -523,6 +531,7 @@ class OrderLedger(_Outcomes):
         o.amend_price_ticks = amend.price_ticks
         o.amend_orig_steps = amend.qty_steps
         o.amend_sent_ms = now_ms
+        o.refused_amend = None
         o.layer = amend.layer if amend.layer >= 0 else o.layer
         self.refresh(o)
 
@@ -561,11 +570,20 @@ class OrderLedger(_Outcomes):
     def on_amend_rejected(self, client_order_id: str, code: int, order_id: int | None = None, now_ms: int = 0) -> None:
         """A modify was refused: the order stays as it was (see ``on_cancel_rejected`` for unknown orders).
 
-        -5026 (the order's modify limit is reached) marks it ``amend_blocked``: never amended again."""
+        -5026 (the order's modify limit is reached) marks it ``amend_blocked``: never amended again.
+        -5027 ("No need to modify the order") is the exchange's word that the order has the price and
+        quantity sent: the store takes them (its view was older, e.g. an earlier amendment the exchange
+        applied while its answer was lost and its frame stale; kept, the ladder would send the same
+        amendment every cycle and count the order at its old size)."""
         self.rejects[code] = self.rejects.get(code, 0) + 1
         o = self.find(client_order_id, order_id)
         if o is None or not o.is_open:
             return
+        if o.amend_orig_steps is not None and o.amend_price_ticks is not None:
+            if code == SAME_ORDER_CODE:
+                o.price_ticks, o.orig_steps = o.amend_price_ticks, o.amend_orig_steps
+            else:
+                o.refused_amend = (o.amend_price_ticks, o.amend_orig_steps)
         o.amend_price_ticks = o.amend_orig_steps = None
         if code == MODIFY_LIMIT_CODE:
             o.amend_blocked = True  # the order manager cancels and replaces it from now on
@@ -703,6 +721,7 @@ class OrderLedger(_Outcomes):
         o.key = key
         o.status = status
         o.inferred = False
+        o.refused_amend = None
         o.side = side
         if order_type != OrderType.MARKET:
             o.price_ticks = self.ticks(price)

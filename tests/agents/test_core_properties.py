@@ -153,8 +153,11 @@ class CoreMachine(RuleBasedStateMachine):
             if o is None or not o.open:
                 self.core.on_rejected(d, -2013, self.t)
                 return
+            if (d.price_ticks, d.qty_steps) == (o.price, o.orig):
+                self.core.on_rejected(d, -5027, self.t)   # "No need to modify the order."
+                return
             if not accept:
-                self.core.on_rejected(d, -5027, self.t)
+                self.core.on_rejected(d, -4016, self.t)   # a price filter's refusal: the order stays as it was
                 return
             if d.qty_steps <= o.cum:
                 o.status = "CANCELED"

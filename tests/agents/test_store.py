@@ -214,7 +214,7 @@ def test_rejected_amend_leaves_the_order_as_it_was(store):
     store.apply(order_update("a", 101, BUY, 300_000, 7, t=11))
     store.on_amend_sent(Amend("a", 101, BUY, 299_990, 12), 12)
     assert store.pending_buy_steps == 12
-    store.on_amend_rejected("a", -5027, 101)
+    store.on_amend_rejected("a", -4016, 101)   # a price filter's refusal
     assert store.pending_buy_steps == 7 and store.orders["a"].price_ticks == 300_000
 
 

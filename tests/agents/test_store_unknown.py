@@ -229,3 +229,45 @@ def test_the_reconciliation_plans_one_cancel_per_order_until_it_is_answered():
     assert plan().cancel == ()
     assert reconcile_orders(s, listed, epoch=2, listed_at_ms=1_000, quoting=True, may_cancel=False).cancel == ()
     consistent(s)
+
+
+def test_minus_5027_is_the_exchange_saying_the_order_has_the_amendments_values():
+    """An amendment the exchange applied while the store kept the old view (its answer read as refused,
+    its frame lost): the ladder sends it again and Binance answers -5027 "No need to modify the order".
+    That is the exchange's word on the order's price and quantity: taken, the order counts 9, not 5."""
+    s = amend_in_flight()
+    s.on_amend_rejected("a", -2021, 77, 2_050)   # a refusal: the order stays as it was
+    assert s.pending_buy_steps == 5
+    s.on_amend_sent(Amend("a", 77, BUY, 300_010, 9, 0), 2_300)
+    s.on_amend_rejected("a", -5027, 77, 2_310)
+    o = s.orders["a"]
+    assert (o.orig_steps, o.price_ticks, s.pending_buy_steps) == (9, 300_010, 9)
+    assert not o.busy
+    consistent(s)
+
+
+def test_an_amendment_read_as_refused_but_applied_is_counted_by_its_frame_beside_a_fill_of_its_millisecond():
+    """A fill at the old price and the amendment in one millisecond share a key (time, filled, stage). The
+    amendment's answer was -1001 (Binance: not executed) and came first: the AMENDMENT frame after the
+    fill's, and the listing, showing the refused amendment's values, are the exchange's word that it took
+    (they were stale beside the fill's: the order counted 4 left while the exchange had 8)."""
+    s = amend_in_flight()
+    s.apply(order_update("a", 77, BUY, 300_000, 5, status="PARTIALLY_FILLED", cum_steps=1, last_steps=1,
+                         fill_ticks=300_000, t=2_001, trade_id=5))
+    s.on_amend_rejected("a", -1001, 77, 2_050)
+    assert s.pending_buy_steps == 4
+    assert s.apply(order_update("a", 77, BUY, 300_010, 9, status="PARTIALLY_FILLED", exec_type="AMENDMENT",
+                                cum_steps=1, t=2_001))
+    o = s.orders["a"]
+    assert (o.orig_steps, o.price_ticks, o.filled_steps, s.pending_buy_steps) == (9, 300_010, 1, 8)
+    consistent(s)
+    # the frame lost, the listing says the same
+    s = amend_in_flight()
+    s.apply(order_update("a", 77, BUY, 300_000, 5, status="PARTIALLY_FILLED", cum_steps=1, last_steps=1,
+                         fill_ticks=300_000, t=2_001, trade_id=5))
+    s.on_amend_rejected("a", -1001, 77, 2_050)
+    assert not s.apply(order_update("a", 77, BUY, 300_020, 9, status="PARTIALLY_FILLED", exec_type="AMENDMENT",
+                                    cum_steps=1, t=2_001))   # not the refused amendment's values: stale
+    assert not s.adopt(order_info("a", 77, BUY, 300_010, 9, status="PARTIALLY_FILLED", executed_steps=1, t=2_001))
+    assert s.pending_buy_steps == 8
+    consistent(s)

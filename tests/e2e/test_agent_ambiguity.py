@@ -249,6 +249,16 @@ async def test_late_amends_keep_the_larger_size_counted(make_agent, exchange):
     ], position="0.2")
 
 
+async def test_an_amendment_executed_then_answered_minus_1001_is_counted_by_its_frame(make_agent, exchange):
+    """-1001 ("Internal error; unable to process your request"; Binance: not executed) after the exchange applied
+    the amendment: read as refused, the order's frame (or the listing) showing the refused amendment's values
+    counts it; the cap holds at the exchange and the agent ends counting what the exchange holds."""
+    agent = await drill(make_agent, exchange, [
+        {"mode": "exec_then_error", "answer": "-1001", "path": "/fapi/v1/", "method": "PUT", "count": 3},
+    ], position="0.2")
+    assert agent.core.store.rejects.get(-1001, 0) >= 1
+
+
 async def test_market_data_lost_with_late_cancels_leaves_none_of_ours_resting(make_agent, exchange):
     """Quotes pulled on stale data, the cancels answered 500 and executed late, new orders in flight:
     the agent says "paused", and keeps at it until the exchange lists none of its orders."""
