@@ -3,7 +3,8 @@
 Binance delists USD-M perpetuals with notice: the symbol's ``deliveryDate`` in exchangeInfo (a far
 4133404800000 for a perpetual that is not leaving) becomes the settlement time, and ``!contractInfo``
 pushes the change (``dt``; ``cs`` the contract's status; ``bks`` only when brackets change, never here).
-At that time the exchange cancels every open order of the symbol and closes every position at its
+At that time the exchange ends every open order of the symbol (``EXPIRED``, ``er`` "7", Binance's expire
+reason "canceled as the symbol is delisted"; conditional ones ``EXPIRED``) and closes every position at its
 settlement price by an order it writes itself, ``c`` ``settlement_autoclose-<ms><n>`` (Binance's
 special client order id "for delisting or delivery"). The symbol's status leaves ``TRADING``: here
 ``SETTLING`` while it settles, then ``CLOSE``; each change is a ``!contractInfo`` frame. An order on a
@@ -58,10 +59,9 @@ class Delisting:
     books: dict[str, Book]
     accounts: dict[str, Account]
     interest: frozenset[str]
-    algo: Any
     _seq: int
     next_delivery_ms: int
-    _cancel_all: Callable[[Account, Book, int], int]
+    _expire_all: Callable[[Account, Book, int, str], None]
     _emit_account_update: Callable[..., None]
     _emit_market: Callable[[str, Any], None]
     _emit_user: Callable[[str, Any], None]
@@ -95,9 +95,7 @@ class Delisting:
         self._contract_info(b, t)
         price = round(b.mark / b.tick_f)
         for acct in self.accounts.values():
-            self._cancel_all(acct, b, t)
-            for a in [a for a in self.algo.open.values() if a.account == acct.name and a.symbol == b.symbol]:
-                self.algo._close(a, "CANCELED", t)
+            self._expire_all(acct, b, t, "7")
             pos = acct.positions.get(b.symbol)
             if pos is None or not pos.amount:
                 continue

@@ -1273,6 +1273,15 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
             self._cancel(acct, b, o, now)
         return len(orders)
 
+    def _expire_all(self, acct: Account, b: Book, now: int, reason: str) -> None:
+        """The exchange itself ends every open order of ``acct`` on ``b``: EXPIRED with Binance's expire
+        reason (``er`` "5" the account liquidated, "7" the symbol delisted), its conditional orders
+        EXPIRED too (the Algo Service's "canceled by the system"; CANCELED is the user's)."""
+        for o in sorted((o for o in acct.open.values() if o.symbol == b.symbol), key=lambda o: o.seq):
+            self._expire(acct, b, o, now, reason)
+        for a in [a for a in self.algo.open.values() if a.account == acct.name and a.symbol == b.symbol]:
+            self.algo._close(a, "EXPIRED", now)
+
     def cancel_order(self, account: str, params: dict[str, str], now: int) -> dict[str, Any]:
         o = self.cancel(account, params, now)
         return self.order_json(self.books[o.symbol], o)

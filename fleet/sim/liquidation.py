@@ -12,10 +12,12 @@ asset: ``cw`` (cross only) and per position ``s``, ``ps``, ``pa``, ``mt`` (``CRO
 ``ISOLATED``, spelled so there), ``iw``, ``mp`` (the mark), ``up``, ``mm``. What a liquidation shows a
 client, in order:
 
-- its open orders cancelled (``CANCELED``), conditional ones too: an isolated position's symbol's, or
-  every cross symbol's of the margin asset, flat ones included (an order resting there would fill
-  into the emptied account);
-- per position an order it never sent: ``c`` ``autoclose-<ms><n>``, type ``LIQUIDATION``, IOC, filled
+- its open orders ended by the exchange, ``EXPIRED`` with ``er`` "5" (Binance's expire reason "the
+  account was liquidated"), conditional ones too (``EXPIRED``, the Algo Service's "canceled by the
+  system"): an isolated position's symbol's, or every cross symbol's of the margin asset, flat ones
+  included (an order resting there would fill into the emptied account);
+- per position an order it never sent: ``c`` ``autoclose-<ms><n>``, type ``LIQUIDATION`` on the user
+  stream and ``LIMIT`` in REST (Binance's forceOrders example: the limit is the order's price), IOC, filled
   at once with execution type ``CALCULATED`` (not ``TRADE``), at the mark price, or at the bankruptcy
   price (where the isolated wallet, or the cross wallet, is spent) when the mark has passed it: the
   insurance fund takes the rest of the loss, and the wallet ends at 0, never below (Binance's
@@ -34,7 +36,8 @@ client, in order:
 
 Auto-deleveraging happens on demand only (``POST /sim/adl``: the market model has no counterparties
 to go bankrupt): the exchange closes part or all of a position at the mark by an order ``c``
-``adl_autoclose`` (Binance's spelling), type ``LIQUIDATION``, filled as ``CALCULATED``, with no fee;
+``adl_autoclose`` (Binance's spelling), type ``LIQUIDATION`` (``LIMIT`` in REST), GTC, filled as
+``CALCULATED``, with no fee;
 the rest of the position keeps its entry, an isolated one gives the closed share of its wallet back.
 ``GET /fapi/v1/forceOrders`` lists it under ``autoCloseType`` ADL. ``GET /fapi/v1/adlQuantile`` (and
 positionRisk v3's ``adl``) estimate a position's place in the queue as Binance's 0-4: 0 flat; else by
@@ -69,11 +72,10 @@ class Liquidation:
     books: dict[str, Book]
     accounts: dict[str, Account]
     interest: frozenset[str]
-    algo: Any
     on_fill: Any
     _seq: int
     cross_wallet: Callable[[Account, str], Decimal]
-    _cancel_all: Callable[[Account, Book, int], int]
+    _expire_all: Callable[[Account, Book, int, str], None]
     _income: Callable[[Account, str, str, Decimal, str, int, str], None]
     _emit_account_update: Callable[[Account, Book, str, int, Decimal], None]
     _emit_order_update: Callable[..., None]
@@ -196,9 +198,7 @@ class Liquidation:
         else:                             # the cross side: every cross symbol of the asset, flat ones too
             books = [b for b in self.books.values() if b.spec.margin_asset == asset and b.symbol not in acct.isolated]
         for b in books:
-            self._cancel_all(acct, b, t)
-            for a in [a for a in self.algo.open.values() if a.account == acct.name and a.symbol == b.symbol]:
-                self.algo._close(a, "CANCELED", t)
+            self._expire_all(acct, b, t, "5")
         left = isolated_wallet if isolated_wallet is not None else self.cross_wallet(acct, asset)
         bankrupt = _bankruptcy(held, left)
         closes = []
@@ -248,7 +248,8 @@ class Liquidation:
         realized = q8((px - pos.entry) * closed)
         self._seq += 1
         side = "SELL" if old > 0 else "BUY"
-        o = Order(b.next_order_id, client_id, acct.name, b.symbol, side, "LIQUIDATION", "IOC", price, steps, False,
+        tif = "IOC" if client_id.startswith("autoclose-") else "GTC"   # (forceOrders: a liquidation's, an ADL's)
+        o = Order(b.next_order_id, client_id, acct.name, b.symbol, side, "LIQUIDATION", tif, price, steps, False,
                   t, self._seq)
         b.next_order_id += 1
         o.filled = o.orig

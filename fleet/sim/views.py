@@ -184,13 +184,14 @@ class EngineViews:
 
     def order_json(self, b: Book, o: Order) -> dict[str, Any]:
         filled = b.qty_str(o.filled)
+        otype = "LIMIT" if o.type == "LIQUIDATION" else o.type   # the user stream's type only (forceOrders)
         return {"orderId": o.order_id, "symbol": b.symbol, "pair": b.symbol, "status": o.status,
                 "clientOrderId": o.client_id, "price": b.price_str(o.price) if o.price else "0",
                 "avgPrice": self._avg_str(b, o), "origQty": b.qty_str(o.orig), "executedQty": filled,
                 "cumQty": filled, "cumQuote": s8(o.cum_quote), "cumBase": filled, "timeInForce": o.tif,
-                "type": o.type, "reduceOnly": o.reduce_only, "closePosition": False, "side": o.side,
+                "type": otype, "reduceOnly": o.reduce_only, "closePosition": False, "side": o.side,
                 "positionSide": "BOTH", "stopPrice": "0", "workingType": "CONTRACT_PRICE",
-                "priceProtect": False, "origType": o.type, "priceMatch": o.price_match,
+                "priceProtect": False, "origType": otype, "priceMatch": o.price_match,
                 "selfTradePreventionMode": o.stp, "goodTillDate": o.gtd, "time": o.time,
                 "updateTime": o.update_time}
 

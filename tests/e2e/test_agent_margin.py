@@ -73,8 +73,8 @@ async def test_a_liquidation_is_booked_as_the_exchange_did_and_halts_the_symbol(
     assert [r.levelno for r in events] == [logging.ERROR]
     # what the liquidation cost is the exchange's: the wallet less the ladder's fills meanwhile
     assert Decimal(st["balances"]["USDC"]) < wallet
-    liquidation = [o for o in await exchange.all_orders() if o["type"] == "LIQUIDATION"]
-    assert len(liquidation) == 1 and liquidation[0]["clientOrderId"].startswith("autoclose-")
+    liquidation = [o for o in await exchange.all_orders() if o["clientOrderId"].startswith("autoclose-")]
+    assert len(liquidation) == 1 and liquidation[0]["type"] == "LIMIT"   # (LIQUIDATION on the user stream only)
     assert agent.core.orders_sent["place"] == placed   # halted: no order left the agent since, until resumed
     # the clearance fee the exchange charged (income INSURANCE_CLEAR; no trade frame carries it) is in the
     # agent's commission and so in its P&L, as the exchange booked the symbol

@@ -83,9 +83,10 @@ def test_a_delisting_is_announced_then_settles_every_account_at_its_time_and_the
         assert e.accounts[account].positions[SYM].isolated_wallet == 0   # desk2's went back to the cross side
         assert e.accounts[account].counters["settled"] == 1
         assert e.force_orders(account, {}, at + 1000) == []   # not a liquidation, not an ADL
-    main_cancels = [p["o"]["i"] for k, a, p in frames if k == "u" and a == "main" and p["e"] == "ORDER_TRADE_UPDATE"
-                    and p["o"]["X"] == "CANCELED"]
-    assert resting["orderId"] in main_cancels and len(main_cancels) == 2
+    # ended by the exchange: EXPIRED, Binance's expire reason 7 "canceled as the symbol is delisted"
+    main_ended = [p["o"]["i"] for k, a, p in frames if k == "u" and a == "main" and p["e"] == "ORDER_TRADE_UPDATE"
+                  and (p["o"]["x"], p["o"]["X"], p["o"]["er"]) == ("EXPIRED", "EXPIRED", "7")]
+    assert resting["orderId"] in main_ended and len(main_ended) == 2
 
     # after: no order, amendment (-5024, MOVE_ORDER_NOT_ALLOWED_SYMBOL_REASON) or conditional order; cancels and
     # reads still answer; the market stands

@@ -218,7 +218,8 @@ def test_an_isolated_position_the_mark_puts_under_its_maintenance_is_liquidated_
     assert acct.counters["liquidations"] == 1
     user, public = _liquidation_frames(e)
     orders = [f["o"] for f in user if f["e"] == "ORDER_TRADE_UPDATE"]
-    assert [(o["i"], o["x"]) for o in orders[:1]] == [(resting["orderId"], "CANCELED")]
+    # ended by the exchange: EXPIRED, Binance's expire reason 5 "the account was liquidated"
+    assert [(o["i"], o["x"], o["X"], o["er"]) for o in orders[:1]] == [(resting["orderId"], "EXPIRED", "EXPIRED", "5")]
     liq = orders[-1]
     assert (liq["o"], liq["ot"], liq["x"], liq["X"], liq["S"], liq["z"]) == (
         "LIQUIDATION", "LIQUIDATION", "CALCULATED", "FILLED", "SELL", "1.000")
@@ -238,10 +239,13 @@ def test_an_isolated_position_the_mark_puts_under_its_maintenance_is_liquidated_
     assert sum((Decimal(m["amount"]) * (1 if m["type"] == 1 else -1) for m in moves), Decimal(0)) == 0
     trade = e.user_trades("main", {"symbol": SYM})[-1]
     assert trade["orderId"] == liq["i"] and Decimal(trade["realizedPnl"]) == realized
-    assert next(o for o in e.all_orders("main", {"symbol": SYM}) if o["orderId"] == liq["i"])["type"] == "LIQUIDATION"
-    # GET /fapi/v1/forceOrders: the liquidation orders (ADL: none here; 7 days at most)
+    listed = next(o for o in e.all_orders("main", {"symbol": SYM}) if o["orderId"] == liq["i"])
+    assert (listed["type"], listed["origType"], listed["timeInForce"]) == ("LIMIT", "LIMIT", "IOC")   # REST: LIMIT
+    assert e.query_order("main", {"symbol": SYM, "orderId": str(resting["orderId"])})["status"] == "EXPIRED"
+    # GET /fapi/v1/forceOrders: the liquidation orders (ADL: none here; 7 days at most), as Binance's example
     [forced] = e.force_orders("main", {"symbol": SYM}, T0 + 7000)
     assert forced["orderId"] == liq["i"] and forced["status"] == "FILLED" and forced["executedQty"] == "1.000"
+    assert (forced["type"], forced["origType"], forced["timeInForce"]) == ("LIMIT", "LIMIT", "IOC")
     assert e.force_orders("main", {"autoCloseType": "ADL"}, T0 + 7000) == []
     assert e.force_orders("main", {}, T0 + 8 * 86_400_000) == []                   # older than the week before now
     assert _code(lambda: e.force_orders("main", {"startTime": "0", "endTime": str(8 * 86_400_000)}, T0)) == -1127
@@ -384,8 +388,8 @@ def test_a_cross_liquidation_takes_every_cross_symbol_of_the_asset_and_spares_an
                                     "price": b.price_str(b.best_bid() * 8 // 10), "quantity": qty}, T0)
 
     flat_order, isolated_order = limit("XRPUSDC", "10"), limit("BNBUSDC", "0.05")
-    e.algo.place("main", {"algoType": "CONDITIONAL", "symbol": "XRPUSDC", "side": "BUY", "type": "STOP_MARKET",
-                          "triggerPrice": "3", "quantity": "50"}, T0)
+    stop = e.algo.place("main", {"algoType": "CONDITIONAL", "symbol": "XRPUSDC", "side": "BUY",
+                                 "type": "STOP_MARKET", "triggerPrice": "3", "quantity": "50"}, T0)
     bnb_wallet = acct.positions["BNBUSDC"].isolated_wallet
     now = T0
     while not acct.counters["liquidations"]:          # ETH and SOL fall 0.5 % a second
@@ -399,6 +403,9 @@ def test_a_cross_liquidation_takes_every_cross_symbol_of_the_asset_and_spares_an
     open_ids = {o.order_id for o in acct.open.values()}
     assert flat_order["orderId"] not in open_ids and isolated_order["orderId"] in open_ids
     assert not [a for a in e.algo.open.values() if a.account == "main"]
+    # ended by the exchange: EXPIRED (the Algo Service's "canceled by the system"), the order's er 5
+    assert [a.status for a in e.algo.closed["main"] if a.algo_id == stop["algoId"]] == ["EXPIRED"]
+    assert e.query_order("main", {"symbol": "XRPUSDC", "orderId": str(flat_order["orderId"])})["status"] == "EXPIRED"
     bnb = e.books["BNBUSDC"]
     assert bnb.step * acct.positions["BNBUSDC"].amount == 1 and acct.positions["BNBUSDC"].isolated_wallet == bnb_wallet
     assert e.cross_wallet(acct, "USDC") >= 0
@@ -478,7 +485,8 @@ def test_auto_deleveraging_closes_part_of_a_position_at_the_mark_without_a_fee()
     wallet, entry = acct.wallet["USDC"], Decimal(_risk(e)["entryPrice"])
     e.drain()
     order = e.deleverage("main", SYM, "0.4", T0 + 1000)
-    assert order["clientOrderId"] == "adl_autoclose" and order["type"] == "LIQUIDATION"
+    assert order["clientOrderId"] == "adl_autoclose"   # REST as Binance's forceOrders example: LIMIT, GTC
+    assert (order["type"], order["origType"], order["timeInForce"]) == ("LIMIT", "LIMIT", "GTC")
     assert order["status"] == "FILLED" and order["executedQty"] == "0.400"
     px = Decimal(order["avgPrice"])
     assert px == b.mark_dec().quantize(b.tick)
