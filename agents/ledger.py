@@ -74,14 +74,9 @@ def _answers_amend(o: "LiveOrder", price_ticks: int, orig_steps: int, key: tuple
     """A view of the order with the amendment in flight's own price and quantity, of the same millisecond
     and filled quantity as the view held: the amendment's answer (a partial fill and an amendment in one
     millisecond share a key; the answer was refused as stale, the order stayed busy for good, the ladder
-    unable to move it). Or with the values of the amendment last read as refused: the exchange applied it
-    all the same (a 5xx documented as not executed, -1001, answered after it did), and beside the fill
-    its frame and the listing were stale for good, the order counted at its old size."""
-    if key[:2] != o.key[:2] or key[2] == _STAGE_FINAL:
-        return False
-    if o.amend_orig_steps is not None:
-        return orig_steps == o.amend_orig_steps and price_ticks == o.amend_price_ticks
-    return o.refused_amend == (price_ticks, orig_steps)
+    unable to move it)."""
+    return (o.amend_orig_steps is not None and key[:2] == o.key[:2] and key[2] != _STAGE_FINAL
+            and orig_steps == o.amend_orig_steps and price_ticks == o.amend_price_ticks)
 
 
 def _price(o: "LiveOrder") -> int:
@@ -122,7 +117,6 @@ class LiveOrder:
         "cancel_doubt",
         "inferred",
         "refused_code",
-        "refused_amend",
     )
 
     def __init__(self, client_order_id: str, side: str, price_ticks: int, orig_steps: int) -> None:
@@ -152,7 +146,6 @@ class LiveOrder:
         self.cancel_doubt = False  # our cancel of it was answered ambiguously: it is sent again
         self.inferred = False  # closed on the store's own inference, not on the exchange's word
         self.refused_code: int | None = None  # the exchange's refusal of the new order (on_rejected)
-        self.refused_amend: tuple[int, int] | None = None  # (price, quantity) of the amendment last refused
 
     @property
     def is_open(self) -> bool:
@@ -531,7 +524,6 @@ class OrderLedger(_Outcomes):
         o.amend_price_ticks = amend.price_ticks
         o.amend_orig_steps = amend.qty_steps
         o.amend_sent_ms = now_ms
-        o.refused_amend = None
         o.layer = amend.layer if amend.layer >= 0 else o.layer
         self.refresh(o)
 
@@ -579,11 +571,8 @@ class OrderLedger(_Outcomes):
         o = self.find(client_order_id, order_id)
         if o is None or not o.is_open:
             return
-        if o.amend_orig_steps is not None and o.amend_price_ticks is not None:
-            if code == SAME_ORDER_CODE:
-                o.price_ticks, o.orig_steps = o.amend_price_ticks, o.amend_orig_steps
-            else:
-                o.refused_amend = (o.amend_price_ticks, o.amend_orig_steps)
+        if code == SAME_ORDER_CODE and o.amend_orig_steps is not None and o.amend_price_ticks is not None:
+            o.price_ticks, o.orig_steps = o.amend_price_ticks, o.amend_orig_steps
         o.amend_price_ticks = o.amend_orig_steps = None
         if code == MODIFY_LIMIT_CODE:
             o.amend_blocked = True  # the order manager cancels and replaces it from now on
@@ -721,7 +710,6 @@ class OrderLedger(_Outcomes):
         o.key = key
         o.status = status
         o.inferred = False
-        o.refused_amend = None
         o.side = side
         if order_type != OrderType.MARKET:
             o.price_ticks = self.ticks(price)

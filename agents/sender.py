@@ -22,6 +22,7 @@ from fleet.binance.errors import (
     NotSentError,
     OutcomeUnknownError,
     RateLimitedError,
+    ServerError,
     UnknownOrderError,
 )
 from fleet.binance.models import ModifyRequest, OrderInfo, OrderRequest
@@ -48,6 +49,19 @@ NOT_TRADING = frozenset({ErrorCode.SYMBOL_NOT_TRADING, ErrorCode.AMEND_NOT_TRADI
 # Refusals of exposure the account cannot add now: no margin for it (-2019), or the position and the
 # orders on its side at the most the leverage's bracket allows (-2027). Both hold the quoting lane.
 MARGIN_REFUSALS = frozenset({ErrorCode.MARGIN_NOT_SUFFICIEN, ErrorCode.MAX_LEVERAGE_RATIO})
+
+
+def amend_answer(res: Any) -> Any:
+    """How an amendment reads its answer: a 5xx, even one Binance documents as not executed (-1001 "Internal
+    error; unable to process your request", 503 "Service Unavailable."), is of unknown outcome, the order
+    counted at the larger size until its frame or a look-up settles it (an amendment is never sent again
+    as such: the cost is one look-up). Read as refused, an amendment the exchange applied all the same
+    lost its growth, and beside a fill of its millisecond (one key: time, filled quantity) its AMENDMENT
+    frame and the listing were stale for good, the order undercounted until it filled again. A new order
+    so refused is adopted by its frame or the listing (``ledger._reopens``)."""
+    if isinstance(res, ServerError) and res.http_status is not None and res.http_status >= 500:
+        return OutcomeUnknownError(res.code, res.msg, res.http_status)
+    return res
 
 
 class OrderSender:
@@ -260,8 +274,10 @@ class OrderSender:
         failed: BinanceError | None = None
         try:
             results = await self._send_requests(client, batch, tick, risk)
+            if batch.kind == "amend":
+                results = [amend_answer(r) for r in results]
         except BinanceError as exc:
-            failed = exc
+            failed = amend_answer(exc) if batch.kind == "amend" else exc
         finally:   # the clock learned again meanwhile (another request's -1021): it was signed when our
             RESIGNING.reset(told)                # clock said less than it says now
             if batch.kind == "place" and client.time_offset_ms > offset:

@@ -190,7 +190,7 @@ class Liquidation:
 
     def _liquidate(self, acct: Account, held: list[tuple[Book, Position]], isolated_wallet: Decimal | None,
                    t: int) -> None:
-        """Cancel the symbols' orders, close each position by a LIQUIDATION order, charge the fee."""
+        """End the symbols' orders, close each position by a LIQUIDATION order, charge the fee."""
         acct.counters["liquidations"] += 1
         asset = held[0][0].spec.margin_asset
         if isolated_wallet is not None:   # an isolated position: its symbol's orders

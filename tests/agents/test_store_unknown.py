@@ -246,28 +246,25 @@ def test_minus_5027_is_the_exchange_saying_the_order_has_the_amendments_values()
     consistent(s)
 
 
-def test_an_amendment_read_as_refused_but_applied_is_counted_by_its_frame_beside_a_fill_of_its_millisecond():
-    """A fill at the old price and the amendment in one millisecond share a key (time, filled, stage). The
-    amendment's answer was -1001 (Binance: not executed) and came first: the AMENDMENT frame after the
-    fill's, and the listing, showing the refused amendment's values, are the exchange's word that it took
-    (they were stale beside the fill's: the order counted 4 left while the exchange had 8)."""
-    s = amend_in_flight()
-    s.apply(order_update("a", 77, BUY, 300_000, 5, status="PARTIALLY_FILLED", cum_steps=1, last_steps=1,
-                         fill_ticks=300_000, t=2_001, trade_id=5))
-    s.on_amend_rejected("a", -1001, 77, 2_050)
-    assert s.pending_buy_steps == 4
-    assert s.apply(order_update("a", 77, BUY, 300_010, 9, status="PARTIALLY_FILLED", exec_type="AMENDMENT",
-                                cum_steps=1, t=2_001))
-    o = s.orders["a"]
-    assert (o.orig_steps, o.price_ticks, o.filled_steps, s.pending_buy_steps) == (9, 300_010, 1, 8)
-    consistent(s)
-    # the frame lost, the listing says the same
-    s = amend_in_flight()
-    s.apply(order_update("a", 77, BUY, 300_000, 5, status="PARTIALLY_FILLED", cum_steps=1, last_steps=1,
-                         fill_ticks=300_000, t=2_001, trade_id=5))
-    s.on_amend_rejected("a", -1001, 77, 2_050)
-    assert not s.apply(order_update("a", 77, BUY, 300_020, 9, status="PARTIALLY_FILLED", exec_type="AMENDMENT",
-                                    cum_steps=1, t=2_001))   # not the refused amendment's values: stale
-    assert not s.adopt(order_info("a", 77, BUY, 300_010, 9, status="PARTIALLY_FILLED", executed_steps=1, t=2_001))
-    assert s.pending_buy_steps == 8
-    consistent(s)
+def test_an_unknown_amendment_and_a_fill_of_its_millisecond_are_settled_by_its_frame_in_either_order():
+    """A fill at the old price and the amendment in one millisecond share a key (time, filled, stage). While
+    the amendment's outcome is unknown (the sender reads any 5xx so, -1001 too), its AMENDMENT frame after
+    the fill's still answers it, whether the answer came before the fill's frame or after it: the order
+    counts the 8 the exchange has left."""
+    fill = order_update("a", 77, BUY, 300_000, 5, status="PARTIALLY_FILLED", cum_steps=1, last_steps=1,
+                        fill_ticks=300_000, t=2_001, trade_id=5)
+    amended = order_update("a", 77, BUY, 300_010, 9, status="PARTIALLY_FILLED", exec_type="AMENDMENT",
+                           cum_steps=1, t=2_001)
+    for answer_first in (True, False):
+        s = amend_in_flight()
+        if answer_first:
+            s.on_outcome_unknown("a", 2_050)
+        s.apply(fill)
+        if not answer_first:
+            s.on_outcome_unknown("a", 2_050)
+        assert s.pending_buy_steps == 8   # the larger of old and new, less the fill
+        assert s.apply(amended)
+        o = s.orders["a"]
+        assert (o.orig_steps, o.price_ticks, o.filled_steps, s.pending_buy_steps) == (9, 300_010, 1, 8)
+        assert o.amend_orig_steps is None   # answered (the look-up past the window still settles the doubt)
+        consistent(s)
