@@ -159,6 +159,26 @@ LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 
 class _Served:
     loopback_only = False   # set by the replica when its endpoint listens on loopback only
+    others: asyncio.Semaphore | None = None   # the lane of every route but the kill's (``kill_lane``)
+
+
+# The kill's own lane: Serve hands the replica every request at once (``SERVE_ONGOING``, far above any
+# flood), and every route but a kill's waits its turn in the replica, at most ``OTHER_ROUTES_AT_ONCE`` at a
+# time, first come first served; a kill never waits behind them. With Serve's own cap (64) a flood of 200
+# clients (``/metrics`` without a token, ``/status``, wrong-token kills) held a kill 16-30 s in the proxy's
+# queue, which is not served in order.
+SERVE_ONGOING = 4096
+OTHER_ROUTES_AT_ONCE = 64
+
+
+@api.middleware("http")
+async def kill_lane(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    if request.method == "POST" and request.url.path.rstrip("/").endswith("/kill"):   # /kill, /console/kill
+        return await call_next(request)
+    if _Served.others is None:
+        _Served.others = asyncio.Semaphore(OTHER_ROUTES_AT_ONCE)
+    async with _Served.others:   # (held until the answer starts: a console's event stream holds no turn)
+        return await call_next(request)
 
 
 @api.middleware("http")
@@ -233,7 +253,7 @@ def _serve_grpc_on_node_address() -> None:
     replica.add_port_to_grpc_server = on_node_address
 
 
-@serve.deployment(num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
+@serve.deployment(num_replicas=1, max_ongoing_requests=SERVE_ONGOING, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class FleetApi:
     """One replica per fleet; everything it knows comes from the controller and the agents."""

@@ -522,3 +522,81 @@ def test_a_newline_in_a_kill_reason_cannot_forge_a_log_line(guarded):
         assert "kill halt of all symbols requested: drill\\n2025-01-01 00:00:00 CRITICAL" in line, line
         assert "\\r\\x1b[2K\\x85\\u2028end" in line, line
         assert "\x1b" not in line and "\x85" not in line
+
+
+# --- the kill's own lane -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def crowded(ray_cluster, tmp_path_factory):
+    """An endpoint whose stand-in controller takes 30 s to answer ``status`` (the endpoint waits 5 s)."""
+    import asyncio
+
+    import ray
+
+    from controller.api import ApiSettings
+    from controller.controller import CONTROLLER_NAME
+
+    @ray.remote(num_cpus=0)
+    class SlowStatusController:
+        def __init__(self) -> None:
+            self.asked = 0
+
+        async def status(self):
+            self.asked += 1
+            await asyncio.sleep(30)
+            return {"symbols": {}}
+
+        async def kill(self, symbols, mode, reason, by=None, asked_at=None, expires_at=None):
+            return {"symbols": {s: {"open_orders": 0, "position": None} for s in (symbols or SYMBOLS)}}
+
+        async def kill_noted(self, symbols, mode, reason, by, seqs):
+            return True
+
+        async def kill_states(self):
+            return dict.fromkeys(SYMBOLS, "running")
+
+        async def status_asked(self):
+            return self.asked
+
+    token = secrets.token_urlsafe(24)
+    token_file = tmp_path_factory.mktemp("crowded") / "api.token"
+    token_file.write_text(token + "\n")
+    cfg = fleet_config(f"apicrowd{uuid.uuid4().hex[:6]}", str(token_file))
+    ctl = SlowStatusController.options(name=CONTROLLER_NAME, namespace=cfg.namespace).remote()
+    ray.get(ctl.status_asked.remote(), timeout=60)
+    url = deploy(cfg, route_prefix=f"/{cfg.name}", settings=ApiSettings(agent_timeout_s=5.0))
+    yield url, token, ctl
+    undeploy(cfg)
+    ray.kill(ctl)
+
+
+def test_a_kill_does_not_wait_behind_a_flood_of_other_requests(crowded):
+    """100 ``/status`` requests fill every turn of the endpoint's other routes (64 at a time, each held 5 s
+    by a controller that does not answer); a kill sent after them answers before any of them: it has its
+    own lane. (With Serve's own cap of 64 requests it waited in the proxy's queue behind them.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ray
+
+    url, token, ctl = crowded
+    answered: list[int] = []
+
+    def status() -> None:
+        requests.get(f"{url}/status", headers=auth(token), timeout=120)
+        answered.append(1)
+
+    with ThreadPoolExecutor(100) as pool:
+        flood = [pool.submit(status) for _ in range(100)]
+        deadline = time.monotonic() + 60
+        while ray.get(ctl.status_asked.remote(), timeout=30) < 64:   # every turn taken
+            assert time.monotonic() < deadline, "the flood never filled the endpoint's turns"
+            time.sleep(0.1)
+        r = requests.post(f"{url}/kill", json={"symbols": ["ETHUSDC"], "reason": "drill"}, headers=auth(token),
+                          timeout=120)
+        before = len(answered)
+        for f in flood:
+            f.result()
+    assert r.status_code == 200, r.text
+    assert before == 0, f"the kill answered after {before} of the requests ahead of it"
+    assert len(answered) == 100
