@@ -28,6 +28,7 @@ The routes stay thin: the strict request bodies are :mod:`controller.bodies`, th
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import math
 import os
@@ -58,6 +59,7 @@ from controller.bodies import (
     parse_body,
     read_body,
     refusal,
+    shown_input,
     validation_detail,
 )
 from controller.calls import ActorCalls, Answer, ControllerWatch, first_line
@@ -169,6 +171,34 @@ class _Served:
 # queue, which is not served in order.
 SERVE_ONGOING = 4096
 OTHER_ROUTES_AT_ONCE = 64
+# /pnl's since: Unix ms; one below 10^11 (1973) is most likely seconds, and is refused saying so
+SECONDS_LOOK_MS = 10**11
+MAX_SINCE_MS = 2**53
+
+
+def _since_in_ms(since: int | None) -> None:
+    if since is not None and 0 < since < SECONDS_LOOK_MS:
+        raise HTTPException(422, f"since={since} is Unix milliseconds: as such it is in 1973 or before "
+                                 f"(seconds? send {since * 1000})")
+
+
+def _traded(pnl: dict[str, Any], symbol: str | None, known: tuple[str, ...]) -> dict[str, Any]:
+    """``/pnl``'s answer for ``symbol``: a symbol the fleet traded once keeps its journal (answered); one
+    it never traded is a 404 naming it."""
+    if symbol and symbol not in known and not pnl.get("symbols"):
+        raise HTTPException(404, f"unknown symbol {symbol}: no P&L in the journal, and this fleet trades "
+                                 f"{', '.join(known)}")
+    return pnl
+
+
+def _client_address(request: Request) -> str:
+    """The client's address as logged: Serve's proxy takes it from X-Forwarded-For, free text a client
+    writes; one that is not an IP address is shown as such, quoted and cut short."""
+    host = request.client.host if request.client else ""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return f"{shown_input(host[:64])!r} (not an IP address)"
 
 
 @api.middleware("http")
@@ -457,20 +487,25 @@ class FleetApi:
         return {"fleet": self.cfg.name, "kill_states": kill.value}
 
     @api.get("/pnl", summary="P&L per symbol and fleet from the trade journal, split into spread, inventory, funding, fees")
-    async def pnl(self, creds: Credentials, since: int | None = None,
+    async def pnl(self, creds: Credentials,
+                  since: Annotated[int | None, Query(ge=0, le=MAX_SINCE_MS, description="Unix ms")] = None,
                   symbol: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9]{2,30}$")] = None) -> dict[str, Any]:
         self._authorize(creds)
         from journal.db import target_of
         from journal.pnl import bounded_report
 
+        _since_in_ms(since)
+        wanted = symbol.upper() if symbol else None
+
         def report() -> dict[str, Any]:
-            return bounded_report(target_of(self.cfg), since_ms=since, symbols=[symbol.upper()] if symbol else None,
+            return bounded_report(target_of(self.cfg), since_ms=since, symbols=[wanted] if wanted else None,
                                   fleet=self.cfg.name)
 
         try:
-            return {"fleet": self.cfg.name, **await asyncio.to_thread(report)}
+            answer = {"fleet": self.cfg.name, **await asyncio.to_thread(report)}
         except Exception as exc:  # noqa: BLE001 - a journal that does not answer is a 503, never a stack trace
             raise HTTPException(503, f"journal not readable: {first_line(exc)}") from None
+        return _traded(answer, wanted, self.known)
 
     # --- endpoints: kill and resume ---
     # The body is not a FastAPI parameter: FastAPI would read and validate it before the token check.
@@ -627,7 +662,7 @@ class FleetApi:
         why = self._cross_site(request)
         if why:
             return self._page(render_signin(self.cfg.name, base, f"Sign-in refused: {why}."), 403)
-        client = request.client.host if request.client else "unknown"
+        client = _client_address(request)
         wait = self.signin_throttle.attempt(client)   # counted now, given back if the token is right
         raw = await read_body(request, SIGNIN_MAX_BYTES, form=True)
         expected = self.tokens.read()

@@ -260,6 +260,11 @@ def known_query_only(request: Request) -> None:
     dependant = getattr(request.scope.get("route"), "dependant", None)
     if dependant is None or not request.query_params:
         return
+    names = [k for k, _ in request.query_params.multi_items()]
+    repeated = [k for k in dict.fromkeys(names) if names.count(k) > 1]
+    if repeated:   # (the last one would win in silence: /pnl?symbol=A&symbol=B answered for B alone)
+        raise HTTPException(422, f"query parameter {shown_input(repeated[0])!r} given {names.count(repeated[0])} "
+                                 f"times; give each once")
     taken = _query_names(dependant) - {"self"}   # (Ray Serve's ingress leaves its methods' self listed)
     unknown = [k for k in dict.fromkeys(request.query_params.keys()) if k not in taken]
     if unknown:

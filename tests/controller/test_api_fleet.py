@@ -465,6 +465,16 @@ def test_pnl_comes_from_the_journal_and_its_split_adds_up(live):
     assert set(only["symbols"]) == {"ETHUSDC"}
     assert live.get("/pnl?since=notanumber").status_code == 422
     assert live.get("/pnl?symbol=ETH%00USDC").status_code == 422   # not a symbol: refused, not a 503 of the journal
+    # a symbol the fleet never traded is a 404 naming it (it was a 200 with nothing in it)
+    r = live.get("/pnl?symbol=XRPUSDT")
+    assert r.status_code == 404 and "XRPUSDT" in r.text, r.text
+    # a repeated name (the last one won in silence), a negative or out-of-range since, one in seconds: 422s
+    r = live.get("/pnl?symbol=ETHUSDC&symbol=BTCUSDT")
+    assert r.status_code == 422 and "'symbol' given 2 times" in r.text, r.text
+    for since in ("-5", "99999999999999999999999", "1700000000"):
+        r = live.get(f"/pnl?since={since}")
+        assert r.status_code == 422 and "since" in r.text, (since, r.text)
+    assert live.get("/pnl?since=1700000000000").status_code == 200
 
 
 def test_no_process_of_the_fleet_listens_beyond_loopback(live):

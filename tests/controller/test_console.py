@@ -641,3 +641,19 @@ def test_no_log_of_the_session_holds_the_token_or_a_session_id(live):
     leaked = {str(p.relative_to(logs)) for p in logs.rglob("*")
               if p.is_file() and any(s.encode() in p.read_bytes() for s in secrets)}
     assert leaked == set()
+
+
+def test_a_sign_in_address_that_is_not_one_is_logged_quoted_as_such():
+    """Serve's proxy takes the client's address from X-Forwarded-For, text a client writes: it is logged as
+    an address only when it is one."""
+    from starlette.requests import Request
+
+    from controller.api import _client_address
+
+    def request(host: str) -> Request:
+        return Request({"type": "http", "method": "POST", "path": "/", "headers": [], "client": (host, 0)})
+
+    assert _client_address(request("10.0.0.7")) == "10.0.0.7"
+    assert _client_address(request("::1")) == "::1"
+    shown = _client_address(request("INJ 1.2.3.4 signed in as admin" + "x" * 200))
+    assert shown.startswith("'INJ 1.2.3.4") and shown.endswith("(not an IP address)") and len(shown) < 120
