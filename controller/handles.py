@@ -44,8 +44,10 @@ def above_agents_env() -> dict[str, Any]:
     page still get their CPU turns first. The agents take none: a worker with one costs twice the CPU
     to start (0.31 -> 0.60 s measured here; 50 agents all quoting 43 -> 58 s), and since an actor
     inherits its creator's ``runtime_env``, the spawner, which has none, creates them. Nothing secret
-    goes here (it is visible cluster-wide)."""
-    return {"env_vars": {"RAY_worker_niceness": "0"}}
+    goes here (it is visible cluster-wide). Serve's proxy also guards what it takes from a client's
+    headers (``controller.proxy_guard``)."""
+    return {"env_vars": {"RAY_worker_niceness": "0",
+                         "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "controller.proxy_guard.middlewares"}}
 
 
 def create_agents(fleet_name: str, namespace: str, symbols: list[str], placement: AgentPlacement) -> dict[str, Any]:
