@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 import aiohttp
 import pytest
@@ -49,7 +49,7 @@ async def test_funding_settlement_charges_exact_fee_and_pushes_the_real_cross_fr
             hist = (await c.public("GET", "/fapi/v1/fundingRate", {"symbol": symbol})).json
             settled = next(h for h in hist if h["fundingTime"] == frame["E"])
             assert Decimal(settled["fundingRate"]) == Decimal(rate)
-            expected = (-Decimal(pa) * Decimal(settled["markPrice"]) * Decimal(rate)).quantize(Decimal("0.00000001"))
+            expected = (-Decimal(pa) * Decimal(settled["markPrice"]) * Decimal(rate)).quantize(Decimal("0.00000001"), ROUND_HALF_UP)
             bal = frame["a"]["B"][0]
             assert bal["a"] == asset and Decimal(bal["bc"]) == expected and frame["a"]["P"] == []
             assert frame["E"] % 1000 == 0  # settlements sit on the interval grid
@@ -71,7 +71,7 @@ async def test_forced_settlement_now(sim):
         await c.admin("POST", "/sim/position", {"account": "main", "symbol": "SOLUSDT", "amount": "-10.00"})
         res = await c.admin("POST", "/sim/funding/settle", {"symbol": "SOLUSDT"})
         [charge] = res["charged"]
-        expected = (Decimal("10") * Decimal(charge["mark_price"]) * Decimal("0.001")).quantize(Decimal("0.00000001"))
+        expected = (Decimal("10") * Decimal(charge["mark_price"]) * Decimal("0.001")).quantize(Decimal("0.00000001"), ROUND_HALF_UP)
         assert Decimal(charge["fee"]) == expected > 0  # shorts receive when the rate is positive
         st = await c.state(symbol="SOLUSDT")
         assert Decimal(st["balances"]["USDT"]) == Decimal(100000) + expected

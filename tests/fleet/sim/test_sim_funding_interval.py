@@ -4,7 +4,7 @@ their times, fundingInfo, and an interval the exchange changes."""
 from __future__ import annotations
 
 import json
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 import aiohttp
 import pytest
@@ -47,7 +47,7 @@ def test_each_symbol_settles_on_its_own_interval_aligned_to_the_epoch():
     assert [(i["symbol"], i["time"]) for i in fees] == [(HOURLY, t) for t in _settled(e, HOURLY)]
     rate = e.books[HOURLY].funding_rate
     mark = Decimal(e.books[HOURLY].funding_history[0]["markPrice"])
-    assert Decimal(fees[0]["income"]) == (10 * mark * rate).quantize(Decimal("0.00000001"))   # the short receives
+    assert Decimal(fees[0]["income"]) == (10 * mark * rate).quantize(Decimal("0.00000001"), ROUND_HALF_UP)   # the short receives
     premium = {b: e.premium_index(e.books[b])["nextFundingTime"] for b in (DEFAULT, HOURLY)}
     assert premium == {DEFAULT: T0 - T0 % (8 * HOUR_MS) + 8 * HOUR_MS, HOURLY: first_hour + 3 * HOUR_MS}
 

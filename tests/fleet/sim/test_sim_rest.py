@@ -6,7 +6,7 @@ import json
 import time
 from datetime import datetime, timezone
 from datetime import time as dt_time
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 import aiohttp
 import orjson
@@ -398,7 +398,7 @@ async def test_market_order_walks_the_book_and_books_position_fees_and_pnl(sim):
         st = await c.state(symbol="ETHUSDC")
         pos = st["positions"]["ETHUSDC"]
         assert Decimal(pos["amount"]) == qty
-        fee = sum((p * q * Decimal("0.0005")).quantize(Decimal("0.00000001"))
+        fee = sum((p * q * Decimal("0.0005")).quantize(Decimal("0.00000001"), ROUND_HALF_UP)
                   for p, q in ((asks[0][0], asks[0][1]), (asks[1][0], asks[1][1]),
                                (asks[2][0], qty - asks[0][1] - asks[1][1])))
         assert Decimal(pos["commission"]) == fee
@@ -415,7 +415,7 @@ async def test_market_order_walks_the_book_and_books_position_fees_and_pnl(sim):
         assert Decimal(st2["positions"]["ETHUSDC"]["amount"]) == qty - half
         assert Decimal(st2["positions"]["ETHUSDC"]["entry_price"]) == entry
         realized = Decimal(st2["positions"]["ETHUSDC"]["realized_pnl"])
-        assert realized == ((Decimal(r.json["avgPrice"]) - entry) * half).quantize(Decimal("0.00000001")) or \
+        assert realized == ((Decimal(r.json["avgPrice"]) - entry) * half).quantize(Decimal("0.00000001"), ROUND_HALF_UP) or \
             realized < 0  # several bid levels: at least the sign and the wallet identity below
         assert realized < 0 and Decimal(r.json["avgPrice"]) <= bid
         wallet = Decimal(st2["balances"]["USDC"])

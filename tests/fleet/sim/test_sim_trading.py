@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 import aiohttp
 import pytest
@@ -196,7 +196,7 @@ async def test_queue_position_partial_fill_and_modify_below_executed_cancels(sim
         o = st["open_orders"][0]
         assert (o["status"], o["executedQty"], o["queueAhead"]) == ("PARTIALLY_FILLED", "0.040", "0.000")
         assert st["positions"]["ETHUSDC"]["amount"] == "-0.040"
-        fee = (ask * Decimal("0.040") * Decimal("0.0002")).quantize(Decimal("0.00000001"))
+        fee = (ask * Decimal("0.040") * Decimal("0.0002")).quantize(Decimal("0.00000001"), ROUND_HALF_UP)
         assert Decimal(st["positions"]["ETHUSDC"]["commission"]) == fee  # maker rate
         r = await maker.signed("PUT", "/fapi/v1/order", {"symbol": "ETHUSDC", "orderId": joined["orderId"],
                                                          "side": "SELL", "quantity": "0.040", "price": str(ask)})
