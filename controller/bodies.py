@@ -9,6 +9,7 @@ A 422 names the field and never echoes a long input back.
 
 # No ``from __future__ import annotations``: the models' annotations are read by pydantic and FastAPI.
 
+from collections import Counter
 import json
 import math
 from typing import Annotated, Any, Literal
@@ -260,11 +261,11 @@ def known_query_only(request: Request) -> None:
     dependant = getattr(request.scope.get("route"), "dependant", None)
     if dependant is None or not request.query_params:
         return
-    names = [k for k, _ in request.query_params.multi_items()]
-    repeated = [k for k in dict.fromkeys(names) if names.count(k) > 1]
+    given = Counter(k for k, _ in request.query_params.multi_items())
+    repeated = [(k, n) for k, n in given.items() if n > 1]
     if repeated:   # (the last one would win in silence: /pnl?symbol=A&symbol=B answered for B alone)
-        raise HTTPException(422, f"query parameter {shown_input(repeated[0])!r} given {names.count(repeated[0])} "
-                                 f"times; give each once")
+        name, times = repeated[0]
+        raise HTTPException(422, f"query parameter {shown_input(name)!r} given {times} times; give each once")
     taken = _query_names(dependant) - {"self"}   # (Ray Serve's ingress leaves its methods' self listed)
     unknown = [k for k in dict.fromkeys(request.query_params.keys()) if k not in taken]
     if unknown:
