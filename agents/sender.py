@@ -51,15 +51,24 @@ NOT_TRADING = frozenset({ErrorCode.SYMBOL_NOT_TRADING, ErrorCode.AMEND_NOT_TRADI
 MARGIN_REFUSALS = frozenset({ErrorCode.MARGIN_NOT_SUFFICIEN, ErrorCode.MAX_LEVERAGE_RATIO})
 
 
+# The codes a whole call answers with a 5xx that Binance documents as not executed. A batch's entry carries
+# its code alone (the call itself answered 200), so its refusal is known by the code.
+SERVER_REFUSALS = frozenset({ErrorCode.DISCONNECTED, ErrorCode.REQUEST_THROTTLED})
+
+
 def amend_answer(res: Any) -> Any:
     """How an amendment reads its answer: a 5xx, even one Binance documents as not executed (-1001 "Internal
     error; unable to process your request", 503 "Service Unavailable."), is of unknown outcome, the order
     counted at the larger size until its frame or a look-up settles it (an amendment is never sent again
     as such: the cost is one look-up). Read as refused, an amendment the exchange applied all the same
     lost its growth, and beside a fill of its millisecond (one key: time, filled quantity) its AMENDMENT
-    frame and the listing were stale for good, the order undercounted until it filled again. A new order
-    so refused is adopted by its frame or the listing (``ledger._reopens``)."""
-    if isinstance(res, ServerError) and res.http_status is not None and res.http_status >= 500:
+    frame and the listing were stale for good, the order undercounted until it filled again. A batch's
+    entry answered -1001 or -1008 reads so too. A new order so refused is adopted by its frame or the
+    listing (``ledger._reopens``)."""
+    if isinstance(res, OutcomeUnknownError) or not isinstance(res, BinanceError):
+        return res
+    if (isinstance(res, ServerError) and res.http_status is not None and res.http_status >= 500) \
+            or res.code in SERVER_REFUSALS:
         return OutcomeUnknownError(res.code, res.msg, res.http_status)
     return res
 

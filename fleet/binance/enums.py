@@ -85,6 +85,7 @@ class ErrorCode(IntEnum):
     """Binance error codes the project branches on (reference: the exchange's error table)."""
 
     UNKNOWN = -1000  # execution status unknown
+    DISCONNECTED = -1001  # "Internal error; unable to process your request" (a 5xx; documented as not executed)
     UNAUTHORIZED = -1002
     TOO_MANY_REQUESTS = -1003  # 429 / 418 on the IP's weight
     UNEXPECTED_RESP = -1006  # execution status unknown

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from agents.orders import Amend, Cancel, Place
 from agents.reconcile import ReconcilePlan, reconcile_orders
+from agents.sender import amend_answer
 from agents.store import MISSING, PENDING_NEW, REJECTED, Store
+from fleet.binance.client import _batch_results
+from fleet.binance.errors import OutcomeUnknownError
 from fleet.binance.events import BUY, SELL
 
 from .test_core_support import SYMBOL, eth_filters, order_info, order_update, position_info, seed_params
@@ -268,3 +271,13 @@ def test_an_unknown_amendment_and_a_fill_of_its_millisecond_are_settled_by_its_f
         assert (o.orig_steps, o.price_ticks, o.filled_steps, s.pending_buy_steps) == (9, 300_010, 1, 8)
         assert o.amend_orig_steps is None   # answered (the look-up past the window still settles the doubt)
         consistent(s)
+
+
+def test_a_batch_amendments_entry_answered_minus_1001_is_of_unknown_outcome():
+    """A batch call answered 200 carries each refusal as its entry's code alone: -1001 there (a 5xx for a
+    whole call) was read as refused, and an amendment the exchange applied all the same beside a fill of its
+    millisecond counted 4 where the exchange held 8. It is of unknown outcome, settled by its frame (above)."""
+    internal = {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."}
+    throttled = {"code": -1008, "msg": "Request throttled by system-level protection."}
+    answers = _batch_results([internal, throttled, {"code": -4016, "msg": "Limit price can't be higher."}], 3)
+    assert [type(amend_answer(a)) is OutcomeUnknownError for a in answers] == [True, True, False]

@@ -263,6 +263,19 @@ async def test_an_amendment_executed_then_answered_minus_1001_is_counted_until_s
     assert agent.core.store.rejects.get(-1001, 0) == 0
 
 
+async def test_a_batch_amendments_entry_answered_minus_1001_after_it_was_applied_is_counted_until_settled(
+        make_agent, exchange):
+    """The batch call answered 200, an entry -1001 where the exchange applied that amendment: the entry carries
+    the code alone, no 5xx, and was read as refused (the growth dropped, as a whole call's 5xx was before).
+    It reads as of unknown outcome; the cap holds at the exchange and the agent ends counting what it holds."""
+    entry = {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."}
+    agent = await drill(make_agent, exchange, [
+        {"mode": "batch_malformed", "entry": entry, "entries": [0], "path": BATCH, "method": "PUT", "count": 3},
+    ], position="0.2")
+    assert agent.status()["counters"]["unknown_outcomes"] >= 3
+    assert agent.core.store.rejects.get(-1001, 0) == 0
+
+
 async def test_market_data_lost_with_late_cancels_leaves_none_of_ours_resting(make_agent, exchange):
     """Quotes pulled on stale data, the cancels answered 500 and executed late, new orders in flight:
     the agent says "paused", and keeps at it until the exchange lists none of its orders."""
