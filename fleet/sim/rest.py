@@ -400,9 +400,17 @@ def _batch_list(params: dict[str, str], name: str, max_items: int) -> list[Any]:
     return items
 
 
+# A batch order's decimals as JSON numbers (``"price": 2913.24``) are refused in place, -1102 naming the first
+# (Binance's users and SDKs report so: only strings, ``"price": "2913.24"``, as its examples send them)
+BATCH_DECIMALS = ("quantity", "price", "stopPrice", "activationPrice", "callbackRate")
+
+
 def _stringify(item: Any) -> dict[str, str]:
     if not isinstance(item, dict):
         raise SimApiError(-1130, "Data sent for parameter 'batchOrders' is not valid.")
+    for k in BATCH_DECIMALS:
+        if isinstance(item.get(k), (int, float)):
+            raise SimApiError(-1102, f"Mandatory parameter '{k}' was not sent, was empty/null, or malformed.")
     out = {}
     for k, v in item.items():
         if v is None:   # null: not sent (as the WebSocket API's parameters), so it is "missing", never "None"

@@ -295,6 +295,29 @@ async def test_a_batch_items_null_field_is_not_sent(sim):
         await c.signed("DELETE", "/fapi/v1/allOpenOrders", {"symbol": "ETHUSDC"})
 
 
+async def test_a_batch_items_decimal_as_a_json_number_is_refused_in_place(sim):
+    """Binance reads a batch order's decimals only as strings: ``"price": 2913.24`` is answered in place
+    -1102 (an SDK that sent numbers saw it live); the simulator took ``str()`` of it. Nothing is placed
+    or amended by such an item; the others of its batch are."""
+    async with SimClient.for_sim(sim) as c:
+        bid = Decimal((await _book(c))["bids"][0][0])
+        px = _px(bid * Decimal("0.98"))
+        good = {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "price": px,
+                "quantity": "0.010"}
+        r = await c.signed("POST", "/fapi/v1/batchOrders", {"batchOrders": json.dumps(
+            [good, {**good, "price": float(px)}, {**good, "quantity": 1}])})
+        assert r.status == 200 and "orderId" in r.json[0]
+        assert r.json[1:] == [{"code": -1102, "msg": f"Mandatory parameter '{name}' was not sent, was empty/null, "
+                                                     f"or malformed."} for name in ("price", "quantity")]
+        oid = r.json[0]["orderId"]
+        m = await c.signed("PUT", "/fapi/v1/batchOrders", {"batchOrders": json.dumps(
+            [{"symbol": "ETHUSDC", "orderId": oid, "side": "BUY", "quantity": 0.02, "price": px}])})
+        assert m.json[0]["code"] == -1102
+        [order] = (await c.state(symbol="ETHUSDC"))["open_orders"]
+        assert (order["orderId"], Decimal(order["origQty"])) == (oid, Decimal("0.010"))
+        await c.signed("DELETE", "/fapi/v1/allOpenOrders", {"symbol": "ETHUSDC"})
+
+
 async def test_cancel_all_open_orders(sim):
     async with SimClient.for_sim(sim) as c:
         bid = Decimal((await _book(c))["bids"][0][0])
