@@ -63,7 +63,10 @@ ORDER, BATCH = "/fapi/v1/order", "/fapi/v1/batchOrders"
 WRITES = [(m, p) for p in (ORDER, BATCH) for m in ("POST", "PUT", "DELETE")] + [
     ("DELETE", "/fapi/v1/allOpenOrders"), ("POST", "/fapi/v1/countdownCancelAll")]
 ANSWERS = ("503", "503-nocode", "503-html", "503-text", "500", "502", "504", "-1006", "-1007", "timeout")
-BATCH_MODES = ("batch_short", "batch_malformed", "batch_nonjson")
+# batch_error: the whole batch executes and one entry answers -1001 (a 5xx for a whole call; Binance
+# documents it as not executed, and an entry carries its code alone)
+BATCH_MODES = ("batch_short", "batch_malformed", "batch_nonjson", "batch_error")
+INTERNAL_ERROR = {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."}
 
 # extra actions beyond the one-of-each: kind family -> weight
 WEIGHTS = {"late": 20, "exec_then_error": 12, "error": 6, "unknown": 4, "batch": 12, "drop": 8,
@@ -129,6 +132,8 @@ class Action:
 def rest_kind(body: dict[str, Any]) -> str:
     """The figure a /sim/fault/rest body counts under (also for the faults the exchange lists as pending)."""
     mode = body["mode"]
+    if mode == "batch_malformed" and body.get("entry") == INTERNAL_ERROR:
+        return "batch_error"
     if mode in ("late", "exec_then_error", "error"):
         return f"{mode}/{body.get('answer') or ('-1001' if mode == 'error' else '503')}"
     return mode
@@ -199,6 +204,8 @@ def schedule(seed: int, seconds: float, symbol: str, cap: float, step: Decimal |
             body = {"mode": mode, "path": BATCH, "method": rng.choice(("POST", "PUT", "DELETE")), "count": 1}
             if mode == "batch_short":
                 body["entries"] = [rng.choice((-1, 0, 1))]
+            if mode == "batch_error":
+                body.update(mode="batch_malformed", entry=INTERNAL_ERROR, entries=[rng.choice((-1, 0, 1))])
             out.append(Action(at, mode, "/sim/fault/rest", body))
         elif fam == "drop":
             target = arg or rng.choice(("user", "market"))
