@@ -85,6 +85,7 @@ from controller.console_feed import ConsoleFeed
 from controller.federation import FleetView, KillLatency, SplitCache, published_scrapes, render_fleet_page
 from controller.handles import above_agents_env, app_name
 from controller.kill_path import READ_S, DirectKill
+from controller.lane import SIGNIN, Busy, Lane
 from controller.lease import NO_LEASE_SHOWN, kill_states_shown, leases_shown
 from controller.views import AgentAnswers, exposure_view, kill_state_map, kill_view, status_view
 from fleet.config import FleetConfig
@@ -161,16 +162,15 @@ LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 
 class _Served:
     loopback_only = False   # set by the replica when its endpoint listens on loopback only
-    others: asyncio.Semaphore | None = None   # the lane of every route but the kill's (``kill_lane``)
+    others: Lane | None = None   # the turns of every route but the kill's and the sign-in's (``kill_lane``)
+    signins: Lane | None = None   # the console's sign-in's
 
 
 # The kill's own lane: Serve hands the replica every request at once (``SERVE_ONGOING``, far above any
-# flood), and every route but a kill's waits its turn in the replica, at most ``OTHER_ROUTES_AT_ONCE`` at a
-# time, first come first served; a kill never waits behind them. With Serve's own cap (64) a flood of 200
-# clients (``/metrics`` without a token, ``/status``, wrong-token kills) held a kill 16-30 s in the proxy's
-# queue, which is not served in order.
+# flood), and every route but a kill's waits its turn in the replica (``controller.lane``); a kill never
+# waits behind them. With Serve's own cap (64) a flood of 200 clients (``/metrics`` without a token,
+# ``/status``, wrong-token kills) held a kill 16-30 s in the proxy's queue, which is not served in order.
 SERVE_ONGOING = 4096
-OTHER_ROUTES_AT_ONCE = 64
 # /pnl's since: Unix ms; one below 10^11 (1973) is most likely seconds, and is refused saying so
 SECONDS_LOOK_MS = 10**11
 MAX_SINCE_MS = 2**53
@@ -206,9 +206,13 @@ async def kill_lane(request: Request, call_next: Callable[[Request], Awaitable[R
     if request.method == "POST" and request.url.path.rstrip("/").endswith("/kill"):   # /kill, /console/kill
         return await call_next(request)
     if _Served.others is None:
-        _Served.others = asyncio.Semaphore(OTHER_ROUTES_AT_ONCE)
-    async with _Served.others:   # (held until the answer starts: a console's event stream holds no turn)
-        return await call_next(request)
+        _Served.others, _Served.signins = Lane(), Lane("the console's sign-in", **SIGNIN)
+    lane = _Served.signins if request.url.path.rstrip("/").endswith("/console/signin") else _Served.others
+    try:
+        async with lane.turn():   # (held until the answer starts: a console's event stream holds none)
+            return await call_next(request)
+    except Busy as busy:
+        return JSONResponse({"detail": busy.reason}, status_code=503, headers={"Retry-After": "1"})
 
 
 @api.middleware("http")

@@ -9,6 +9,7 @@ A 422 names the field and never echoes a long input back.
 
 # No ``from __future__ import annotations``: the models' annotations are read by pydantic and FastAPI.
 
+import asyncio
 from collections import Counter
 import json
 import math
@@ -76,6 +77,9 @@ class ConsoleResumeRequest(_Selection):
 
 
 MAX_BODY_BYTES = 64 * 1024   # a kill or resume body is a few hundred bytes
+# A body not there by then is a 408: a client that sends its headers and then nothing (or a byte now and
+# then) would otherwise hold its turn of the endpoint's lane (``controller.lane``) for good
+BODY_WAIT_S = 10.0
 INPUT_SHOWN = 80             # characters of an offending input a 422 shows
 
 
@@ -247,11 +251,18 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES, *, form: bool
                                      f"over the limit of {limit} bytes")
     size = 0
     chunks = []
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(BODY_WAIT_S) as wait:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise HTTPException(413, f"request body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        if not wait.expired():
+            raise
+        raise HTTPException(408, f"the request body did not arrive within {BODY_WAIT_S:g} s "
+                                 f"({size} bytes came)") from None
     return b"".join(chunks)
 
 

@@ -605,7 +605,8 @@ def test_a_kill_does_not_wait_behind_a_flood_of_other_requests(crowded):
 def test_a_client_request_id_is_never_a_500_nor_written_into_a_log(endpoint):
     """Serve's proxy read ``X-Request-ID`` as sent: not UTF-8, a 500 logged nowhere; free text, verbatim in
     its access log and the replica's log prefix (a /health line could read as a kill). Such a value is
-    dropped before Serve reads it (``controller.proxy_guard``); a short token is kept."""
+    dropped before Serve reads it (``controller.proxy_guard``); a short token is kept. Serve's own hints
+    (its timeout, one not UTF-8 a 500 too) are dropped whatever they say."""
     import http.client
     from urllib.parse import urlsplit
 
@@ -615,16 +616,17 @@ def test_a_client_request_id_is_never_a_500_nor_written_into_a_log(endpoint):
     parts = urlsplit(url)
     marker = f"INJ{uuid.uuid4().hex[:8]}"
 
-    def health(request_id: bytes) -> int:
+    def health(request_id: bytes, header: str = "X-Request-ID") -> int:
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
         conn.putrequest("GET", f"{parts.path}/health")
-        conn.putheader("X-Request-ID", request_id)
+        conn.putheader(header, request_id)
         conn.endheaders()
         status = conn.getresponse().status
         conn.close()
         return status
 
     assert health(b"\xe9") == 200
+    assert health(b"\xe9", "X-Request-Timeout-Seconds") == 200   # Serve's own hint: dropped whatever it says
     assert health(f"{marker}\t-- POST /kill 200 1.0ms --".encode()) == 200
     assert health(f"{marker}\u2028POST /kill".encode()) == 200
     kept = f"ok-{marker}"
