@@ -250,6 +250,11 @@ class Position:
             self._nonflat_ms = t
         return BOOKED
 
+    def note_unframed(self, t: int) -> None:
+        """Fills of millisecond ``t`` told by a REST answer, not by their trade frames: unexplained until a
+        trade frame of ``t`` comes (``agents.reconciler``: the trades from ``t`` are then read)."""
+        self._note_explained(t, False)
+
     def _note_explained(self, t: int, explained: bool) -> None:
         """Whether the trades of millisecond ``t`` seen so far explain the stream figure's move then."""
         if explained:

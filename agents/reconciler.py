@@ -32,6 +32,7 @@ class Reconciler:
         self.agent = agent
         self.last_repair: dict[str, Any] | None = None  # the last repair, for status
         self._position_mismatch = False  # the last position check disagreed (a second one resyncs)
+        self._position_agreed_ms: int | None = None   # when the last position check agreed (exchange ms)
 
     async def loop(self) -> None:
         """The backstop: every ``reconcile_interval_sec`` the exchange's open orders against the
@@ -117,15 +118,20 @@ class Reconciler:
         """A position that differs from positionRisk twice in a row (one may be a fill in flight) is
         repaired by a resync from REST."""
         core = self.agent.require_core()
+        asked_at = self.agent.exchange_ms()
         pos = await self.agent.require_client().position(self.agent.symbol, risk=True)
         if core.store.steps(pos.amount) == core.store.position_steps:
             self._position_mismatch = False
+            self._position_agreed_ms = asked_at
             return
         if not self._position_mismatch:
             self._position_mismatch = True
             return
         self._position_mismatch = False
         self.note_repair("position", None, f"position {core.store.position} here, {pos.amount} at the exchange: resync")
+        # the fills that moved it unseen (their trade and position frames lost on a live connection) owe their
+        # P&L and fees: the trades since it last agreed are read (each booked once)
+        self.agent.user.note_gap(self._position_agreed_ms if self._position_agreed_ms is not None else asked_at)
         await self.agent.starter.resync()
 
     def note_repair(self, kind: str, client_order_id: str | None, detail: str) -> None:

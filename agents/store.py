@@ -287,6 +287,8 @@ class Store:
 
     def on_lookup(self, client_order_id: str, info: OrderInfo | None, now_ms: int, window_ms: int) -> str:
         """The answer to a look-up by client order id: "found", "pending", "never_placed" or "gone"."""
+        if info is not None:
+            _unframed_fills(self, info)
         outcome = self.ledger.on_lookup(client_order_id, info, now_ms, window_ms)
         if info is not None:
             _fills_inside_figure(self, info)
@@ -544,6 +546,15 @@ def _figure_time(position: Any, now_ms: int) -> int:
     if own > 0:
         return max(own, read_after - 1) if read_after > 0 else own
     return as_of - 1 if as_of > 0 else now_ms
+
+
+def _unframed_fills(store: Store, info: OrderInfo) -> None:
+    """Fills a look-up tells of that no trade frame booked: their frames may be lost (on a live connection,
+    with the position's frames: nothing else says so), and the P&L would miss them for good (a resync
+    then takes them as known): their trades are read unless their frames come (``Position.note_unframed``)."""
+    o = store.ledger.find(info.client_order_id, int(info.order_id))
+    if o is not None and o.booked_steps < store.ledger.steps(info.executed_qty) and info.update_time > 0:
+        store.position_book.note_unframed(int(info.update_time))
 
 
 def _fills_inside_figure(store: Store, info: OrderInfo) -> None:

@@ -13,16 +13,21 @@ from __future__ import annotations
 from decimal import Decimal
 
 from fleet.sim.testkit import SimClient
-from tests.e2e.test_agent_live import SYMBOL, describe, exchange, make_agent  # noqa: F401 - fixtures
+from tests.e2e.test_agent_live import FAST, SYMBOL, describe, exchange, make_agent  # noqa: F401 - fixtures
 from tests.polling import wait_for
 
 
-async def _desk_close(exchange, agent, fault: dict) -> dict:
+async def _desk_close(exchange, agent, fault: dict, lost_too: str | None = None) -> dict:
+    """A desk's 0.6 ETH long at a 4 % loss closed by a market sell, the frames of the close hit by ``fault``
+    (and every ``lost_too`` frame of it dropped)."""
     await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL, "mode": "price"})
     await agent.halt("a desk's hand on the symbol")
     mid = Decimal(str((await exchange.state())["markets"][SYMBOL]["mid"]))
     await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.600",
                                           "entry_price": str((mid * Decimal("1.04")).quantize(Decimal("0.01")))})
+    if lost_too is not None:
+        await wait_for(lambda: agent.core.store.position_steps == 600, 10, "the desk's position seen")
+        await exchange.post("/sim/fault/frame", {"stream": "user", "mode": "drop", "event": lost_too, "count": 1})
     await exchange.post("/sim/fault/frame", fault)
     async with SimClient.for_sim(exchange.sim) as c:
         reply = await c.signed("POST", "/fapi/v1/order", {"symbol": SYMBOL, "side": "SELL", "type": "MARKET",
@@ -82,6 +87,49 @@ async def test_a_closing_fill_whose_frames_were_lost_on_a_live_connection_is_in_
                    explain=lambda: describe(agent, exchange))
     assert agent.status()["last_reconcile_repair"]["kind"] == "trades_unseen"
     assert agent.status()["counters"]["reconcile_repairs"] == repairs + 1
+
+
+async def _p_and_l_as_the_exchange(agent, exchange) -> bool:
+    truth = (await exchange.state())["positions"][SYMBOL]
+    s = agent.core.store
+    return (Decimal(truth["commission"]) > 0
+            and abs(Decimal(str(s.realized_pnl)) - Decimal(truth["realized_pnl"])) < Decimal("1e-6")
+            and abs(Decimal(str(s.commission)) - Decimal(truth["commission"])) < Decimal("1e-6"))
+
+
+async def test_a_fill_whose_trade_and_position_frames_were_lost_is_in_the_p_and_l_by_the_position_check(
+        make_agent, exchange):
+    """A desk's close whose ORDER_TRADE_UPDATE and ACCOUNT_UPDATE frames never came (a live connection, no
+    error): nothing but the position check sees it, and its resync sets the position; the P&L and fees
+    of the close are read from the exchange's trades (since the position last agreed)."""
+    agent = await make_agent(runtime=FAST.model_copy(update={"reconcile_interval_sec": 0.5,
+                                                             "reconcile_position_every": 2}))
+    await _desk_close(exchange, agent, {"stream": "user", "mode": "drop", "event": "ORDER_TRADE_UPDATE",
+                                        "count": 2}, lost_too="ACCOUNT_UPDATE")
+    await wait_for(lambda: _booked_as_the_exchange(agent, exchange), 20, "the close's P&L booked once",
+                   explain=lambda: describe(agent, exchange))
+
+
+async def test_a_ladder_fill_whose_frames_were_lost_is_in_the_p_and_l_once_a_look_up_finds_it(make_agent, exchange):
+    """The ladder's bids filled by a jump, their trade and position frames lost on a live connection: the
+    reconciliation misses the orders from the exchange's list and looks them up (FILLED). Those fills no
+    frame told of owe their P&L: the trades from then are read, without waiting on the position check
+    (made rare here). (A hostile run: 5 fills so lost, the agent's realized P&L short by 5.5 USDC and
+    its fees by 0.07 for the rest of the run, the position check's resync having taken the fills as
+    known.)"""
+    agent = await make_agent(runtime=FAST.model_copy(update={"reconcile_interval_sec": 0.5,
+                                                             "reconcile_position_every": 10_000}))
+    await wait_for(lambda: sum(o.side == "BUY" and o.is_open for o in agent.core.store.orders.values()) >= 2, 15,
+                   "bids resting")
+    await exchange.post("/sim/fault/frame", {"stream": "user", "mode": "drop", "event": "ORDER_TRADE_UPDATE",
+                                             "count": 40})
+    await exchange.post("/sim/fault/frame", {"stream": "user", "mode": "drop", "event": "ACCOUNT_UPDATE",
+                                             "count": 40})
+    await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": -1.5})
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL, "mode": "price"})
+    await wait_for(lambda: _p_and_l_as_the_exchange(agent, exchange), 30, "the ladder's fills booked once",
+                   explain=lambda: describe(agent, exchange))
+    assert agent.status()["counters"]["reconcile_repairs"] > 0
 
 
 async def test_a_funding_fee_whose_frame_was_lost_is_in_the_p_and_l_from_the_exchange_s_income(make_agent, exchange,
