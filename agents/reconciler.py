@@ -60,8 +60,13 @@ class Reconciler:
     def _unexplained_moves(self) -> None:
         """A position the exchange moved (ACCOUNT_UPDATE) with no trade frame of its millisecond to explain
         it, a beat later: the trade frames were lost on a live connection (no error, no gap the stream
-        saw), so the P&L would miss them for good; the trades from then are read (each booked once)."""
+        saw), so the P&L would miss them for good; the trades from then are read (each booked once). So too
+        fills a REST answer told of whose trade frames never came (``Position.unframed``)."""
         pos = self.agent.require_core().store.position_book
+        if (told := pos.unframed_due(self.agent.exchange_ms(), UNEXPLAINED_GRACE_MS)) is not None:
+            self.note_repair("trades_unseen", None, f"fills told at {told} by the exchange's answers came with no "
+                                                    f"trade frame: the trades from then are read")
+            self.agent.user.note_gap(told)
         t = pos.unexplained_ms
         if t is None or self.agent.exchange_ms() - t < UNEXPLAINED_GRACE_MS:
             return
@@ -131,7 +136,8 @@ class Reconciler:
         self.note_repair("position", None, f"position {core.store.position} here, {pos.amount} at the exchange: resync")
         # the fills that moved it unseen (their trade and position frames lost on a live connection) owe their
         # P&L and fees: the trades since it last agreed are read (each booked once)
-        self.agent.user.note_gap(self._position_agreed_ms if self._position_agreed_ms is not None else asked_at)
+        agreed = self._position_agreed_ms
+        self.agent.user.note_gap(agreed if agreed is not None else getattr(self.agent, "trades_known_ms", asked_at))
         await self.agent.starter.resync()
 
     def note_repair(self, kind: str, client_order_id: str | None, detail: str) -> None:

@@ -303,6 +303,7 @@ class Store:
 
     def on_order_info(self, info: OrderInfo) -> bool:
         """A REST answer (place/modify/cancel/query): an order object with Binance's REST fields."""
+        _unframed_fills(self, info)
         changed = self.ledger.on_order_info(info)
         if changed:
             _fills_inside_figure(self, info)
@@ -549,12 +550,14 @@ def _figure_time(position: Any, now_ms: int) -> int:
 
 
 def _unframed_fills(store: Store, info: OrderInfo) -> None:
-    """Fills a look-up tells of that no trade frame booked: their frames may be lost (on a live connection,
-    with the position's frames: nothing else says so), and the P&L would miss them for good (a resync
-    then takes them as known): their trades are read unless their frames come (``Position.note_unframed``)."""
+    """Fills a REST answer (a look-up, a cancel's or an amendment's) tells of that no trade frame booked:
+    their frames may be lost (on a live connection, with the position's frames: nothing else says so,
+    and a partial fill of each side nets to no position change), and the P&L would miss them for good (a
+    resync then takes them as known): their trades are read unless their frames come
+    (``Position.note_unframed``)."""
     o = store.ledger.find(info.client_order_id, int(info.order_id))
     if o is not None and o.booked_steps < store.ledger.steps(info.executed_qty) and info.update_time > 0:
-        store.position_book.note_unframed(int(info.update_time))
+        store.position_book.note_unframed(o.client_order_id, info.executed_qty, int(info.update_time))
 
 
 def _fills_inside_figure(store: Store, info: OrderInfo) -> None:

@@ -127,9 +127,12 @@ async def test_a_ladder_fill_whose_frames_were_lost_is_in_the_p_and_l_once_a_loo
                                              "count": 40})
     await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": -1.5})
     await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL, "mode": "price"})
-    await wait_for(lambda: _p_and_l_as_the_exchange(agent, exchange), 30, "the ladder's fills booked once",
+    await wait_for(lambda: _p_and_l_as_the_exchange(agent, exchange), 30, "the ladder's fills booked",
                    explain=lambda: describe(agent, exchange))
     assert agent.status()["counters"]["reconcile_repairs"] > 0
+    beats = agent.counters["reconciliations"]
+    await wait_for(lambda: agent.counters["reconciliations"] >= beats + 4, 10, "four reconciliation beats more")
+    assert await _p_and_l_as_the_exchange(agent, exchange), "booked once, not again by a later read"
 
 
 async def test_a_funding_fee_whose_frame_was_lost_is_in_the_p_and_l_from_the_exchange_s_income(make_agent, exchange,
