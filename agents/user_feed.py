@@ -63,8 +63,8 @@ class UserFeed:
         self._foreign_said = -FOREIGN_SAY_S  # when an order of another hand was last said
         self._resync_owed = False   # a resync after an event that could not be applied is on its way
         self.trades_gap_ms: int | None = None   # fills may have been missed from then (look_up_trades)
-        self._gaps = 0            # gaps said so far, and the latest one's time (a gap during a read)
-        self._last_gap_ms = 0
+        self._gaps = 0            # gaps said so far, and the earliest time said since a read began
+        self._read_gap_ms = 0
 
     async def connect(self) -> None:
         self.stream = await self._open()
@@ -188,7 +188,7 @@ class UserFeed:
         """Fills may have been missed from ``at_ms`` (the resync sets the position, not the P&L)."""
         self.trades_gap_ms = at_ms if self.trades_gap_ms is None else min(self.trades_gap_ms, at_ms)
         self._gaps += 1
-        self._last_gap_ms = at_ms
+        self._read_gap_ms = min(self._read_gap_ms, at_ms)
 
     def _foreign(self) -> None:
         self.agent.counters["foreign_events"] += 1
@@ -437,13 +437,14 @@ class UserFeed:
             if since is None:
                 return
             asked_at, gaps = a.exchange_ms(), self._gaps
+            self._read_gap_ms = asked_at   # (a gap said during the read, of any time, is read again)
             try:
                 added = await backfill_trades(a, since - TRADES_LOOKBACK_MS)
             except BinanceError as exc:
                 a.log.event("trades_unavailable", f"the trades since {since} not read: {exc!r}", level=logging.WARNING)
                 continue
             # a gap said during the read: read again from it (or from the read's ask, if earlier)
-            self.trades_gap_ms = None if self._gaps == gaps else min(self._last_gap_ms, asked_at)
+            self.trades_gap_ms = None if self._gaps == gaps else self._read_gap_ms
             pos = a.require_core().store.position_book
             for key in [k for k, t in pos.owed.items() if t < asked_at - OWED_LISTED_MS]:
                 del pos.owed[key]   # (the list holds a trade within seconds: one not there came under another key)
