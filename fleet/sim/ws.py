@@ -260,6 +260,7 @@ class StreamGateway(WsApiGateway):
                     if c.path_kind != API or (c.ping_payload is not None and msg.data == c.ping_payload):
                         c.last_pong = time.monotonic()
                 elif msg.type == WSMsgType.BINARY:
+                    self.stats["ws_bad_messages"] += 1
                     self._send(c, binary_reply)
                 elif msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
                     break
@@ -315,7 +316,8 @@ class StreamGateway(WsApiGateway):
             self.api_requests.add(task)   # cancelled only by the simulator's stop
             task.add_done_callback(self.api_requests.discard)
 
-        binary = self._ws_error(None, 400, -1013, "Invalid request: send JSON in text frames").frame
+        binary = orjson.dumps({"id": None, "status": 400, "error": {"code": -1013, "msg": "Invalid request: send "
+                                                                                    "JSON in text frames"}})
         await self._serve(c, on_text, binary)  # type: ignore[arg-type]
         return ws
 

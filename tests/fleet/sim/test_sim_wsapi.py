@@ -339,3 +339,24 @@ async def test_a_websocket_api_connection_sending_more_than_5_pings_a_second_is_
         assert msg.extra == "Too many ping/pong frames"
         assert not calm.closed
         await calm.close()
+
+
+async def test_a_binary_frame_is_a_bad_message_and_a_connection_is_none(sim):
+    """``ws_bad_messages`` counted one at every WebSocket API connection opened (its reply to binary frames
+    made ahead), none sent: 13 in a third-party engine's run that sent no bad message. A binary frame
+    is counted, on either kind of connection, and answered."""
+    async def bad() -> int:
+        async with s.get(f"{sim.rest_url}/sim/state") as r:
+            return (await r.json())["server"]["ws_bad_messages"]
+
+    async with aiohttp.ClientSession() as s:
+        before = await bad()
+        async with s.ws_connect(f"{sim.ws_url}/ws-fapi/v1") as ws:
+            assert await bad() == before
+            await ws.send_bytes(b"{}")
+            reply = orjson.loads((await ws.receive(timeout=5)).data)
+            assert reply["status"] == 400 and reply["error"]["code"] == -1013
+        async with s.ws_connect(f"{sim.ws_url}/public/ws") as ws:
+            await ws.send_bytes(b"{}")
+            assert orjson.loads((await ws.receive(timeout=5)).data)["error"]["code"] == 3
+        assert await bad() == before + 2
