@@ -111,6 +111,7 @@ class LiveOrder:
         "cancel_sent_ms",
         "unresolved_ms",
         "booked_steps",
+        "framed_steps",
         "contrib",
         "amend_blocked",
         "unknown_ms",
@@ -140,6 +141,7 @@ class LiveOrder:
         self.cancel_sent_ms: int | None = None
         self.unresolved_ms: int | None = None  # the exchange said "unknown order": filled or gone?
         self.booked_steps = 0  # trades of this order already in the position
+        self.framed_steps = 0  # its fills whose trade frames came (or it had when first seen here)
         self.contrib = 0
         self.amend_blocked = False  # the exchange refused to modify it again (-5026): replace it instead
         self.unknown_ms: int | None = None  # a request about it got an ambiguous answer at this time
@@ -685,6 +687,7 @@ class OrderLedger(_Outcomes):
         o = self.find(client_order_id, order_id)
         if o is None:
             o = LiveOrder(client_order_id, side, self.ticks(price), self.steps(orig_qty))
+            o.framed_steps = cum   # (its fills so far: a gap's read, or no concern of this agent's P&L)
             o.order_type = order_type
             o.time_in_force = tif
             o.reduce_only = reduce_only

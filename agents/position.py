@@ -66,10 +66,10 @@ class Position:
         # a stream figure's time whose move within its millisecond no trade frame explains (yet): a trade
         # frame lost on a live connection (the reconciliation then reads the trades, agents/reconciler.py)
         self.unexplained_ms: int | None = None
-        # fills a REST answer told of (an order's executed quantity, when told) that no trade frame has
-        # booked yet, by client order id: their frames lost with the position's, only the trade list has
-        # their P&L (the reconciliation reads it once they stay unframed a beat, agents/reconciler.py)
-        self.unframed: dict[str, tuple[Decimal, int]] = {}
+        # fills a REST answer told of (an order's executed steps, when told) that its trade frames have not
+        # reached yet, by client order id: their frames lost with the position's, only the trade list has
+        # their P&L (the reconciliation reads it once they stay so a while, agents/reconciler.py)
+        self.unframed: dict[str, tuple[int, int]] = {}
         self.last_trade_id: int | None = None  # the newest trade booked, and its orders booked (agents/carry.py)
         self.last_trade_orders: list[int] = []
         self.fills_buy = 0
@@ -144,8 +144,6 @@ class Position:
         if key in self._trade_ids:
             return None
         self._remember(key)
-        if (told := self.unframed.get(u.client_order_id)) is not None and u.cum_filled_qty >= told[0]:
-            del self.unframed[u.client_order_id]   # its frames came
         if key in self._carried:   # its P&L and fill came with the carried books: only the position moves
             self._carried.discard(key)
         elif not pnl_known:   # (read as 0, a closing fill's loss was gone from the drawdown for good)
@@ -256,12 +254,17 @@ class Position:
             self._nonflat_ms = t
         return BOOKED
 
-    def note_unframed(self, client_order_id: str, executed: Decimal, at_ms: int) -> None:
-        """A REST answer at ``at_ms`` told of ``executed`` filled on the order, beyond what its trade frames
-        booked: owed until its frames reach that quantity (``book_trade``)."""
+    def note_unframed(self, client_order_id: str, executed_steps: int, at_ms: int) -> None:
+        """A REST answer at ``at_ms`` told of ``executed_steps`` filled on the order, beyond what its trade
+        frames brought: owed until they reach it (``store._framed``)."""
         told = self.unframed.get(client_order_id)
-        if told is None or executed > told[0]:
-            self.unframed[client_order_id] = (executed, at_ms if told is None else min(told[1], at_ms))
+        if told is None or executed_steps > told[0]:
+            self.unframed[client_order_id] = (executed_steps, at_ms if told is None else min(told[1], at_ms))
+
+    def forget_unframed(self, since_ms: int, until_ms: int) -> None:
+        """Entries told between ``since_ms`` and ``until_ms``: a read of the trade list covered them."""
+        for cid in [c for c, (_, at) in self.unframed.items() if since_ms <= at <= until_ms]:
+            del self.unframed[cid]
 
     def unframed_due(self, now_ms: int, grace_ms: int) -> int | None:
         """The earliest time of fills told ``grace_ms`` or longer ago whose frames never came (forgotten

@@ -20,6 +20,9 @@ from .agent_base import BLOCK_RESYNC, BLOCK_USER_STREAM
 # a stream figure's move unexplained this long (a trade frame may follow its ACCOUNT_UPDATE by a little):
 # its trades are read
 UNEXPLAINED_GRACE_MS = 2_000
+# Fills a REST answer told of wait this long for their trade frames: the answer comes on another road than
+# the stream, which may lag it by seconds (a position frame and its trade frames come on the same one)
+UNFRAMED_GRACE_MS = 10_000
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
@@ -63,7 +66,7 @@ class Reconciler:
         saw), so the P&L would miss them for good; the trades from then are read (each booked once). So too
         fills a REST answer told of whose trade frames never came (``Position.unframed``)."""
         pos = self.agent.require_core().store.position_book
-        if (told := pos.unframed_due(self.agent.exchange_ms(), UNEXPLAINED_GRACE_MS)) is not None:
+        if (told := pos.unframed_due(self.agent.exchange_ms(), UNFRAMED_GRACE_MS)) is not None:
             self.note_repair("trades_unseen", None, f"fills told at {told} by the exchange's answers came with no "
                                                     f"trade frame: the trades from then are read")
             self.agent.user.note_gap(told)

@@ -391,6 +391,7 @@ class Store:
             placed = pos.book_trade(key, u, steps, counts, pnl_known=not u.trade_fields_missing)
             if placed is None:
                 return changed  # a duplicate
+            _framed(self, u.client_order_id, u.order_id, steps)
             if u.client_order_id.startswith(SETTLEMENT_CLIENT_ORDER_ID):   # whatever its execution type
                 self.settled += 1
             elif u.exec_type == ExecType.CALCULATED:
@@ -556,8 +557,22 @@ def _unframed_fills(store: Store, info: OrderInfo) -> None:
     resync then takes them as known): their trades are read unless their frames come
     (``Position.note_unframed``)."""
     o = store.ledger.find(info.client_order_id, int(info.order_id))
-    if o is not None and o.booked_steps < store.ledger.steps(info.executed_qty) and info.update_time > 0:
-        store.position_book.note_unframed(o.client_order_id, info.executed_qty, int(info.update_time))
+    executed = store.ledger.steps(info.executed_qty)
+    if o is not None and o.framed_steps < executed and info.update_time > 0:
+        store.position_book.note_unframed(o.client_order_id, executed, int(info.update_time))
+
+
+def _framed(store: Store, client_order_id: str, order_id: int, steps: int) -> None:
+    """A trade frame of the order came: its fills so framed grow, and fills a REST answer told of are no
+    longer owed once the frames reach them (each frame brings its own fill: a later one of a larger
+    cumulative quantity does not stand for an earlier one lost)."""
+    o = store.ledger.find(client_order_id, order_id)
+    if o is None:
+        return
+    o.framed_steps += steps
+    told = store.position_book.unframed.get(o.client_order_id)
+    if told is not None and o.framed_steps >= told[0]:
+        del store.position_book.unframed[o.client_order_id]
 
 
 def _fills_inside_figure(store: Store, info: OrderInfo) -> None:

@@ -168,7 +168,7 @@ class UserFeed:
         applied, or a frame skipped as malformed (a fill or another hand's position change in it would
         be missed until the reconciliation's position check, seconds on). One owed at a time."""
         a = self.agent
-        self._gap(a.exchange_ms())
+        self.note_gap(a.exchange_ms())
         if not a.stopping and not self._resync_owed:   # a run of bad frames, one resync
             self._resync_owed = True
             a.tasks.spawn(self._resync_after_failure(), "resync-after-bad-event")
@@ -181,11 +181,8 @@ class UserFeed:
                 self.look_up_trades()
 
     def note_gap(self, at_ms: int) -> None:
-        """Fills may have been missed from ``at_ms`` (the reconciliation's finding)."""
-        self._gap(at_ms)
-
-    def _gap(self, at_ms: int) -> None:
-        """Fills may have been missed from ``at_ms`` (the resync sets the position, not the P&L)."""
+        """Fills may have been missed from ``at_ms`` (the resync sets the position, not the P&L; the
+        reconciliation finds some too)."""
         self.trades_gap_ms = at_ms if self.trades_gap_ms is None else min(self.trades_gap_ms, at_ms)
         self._gaps += 1
         self._read_gap_ms = min(self._read_gap_ms, at_ms)
@@ -332,7 +329,7 @@ class UserFeed:
         a.blocks.add(BLOCK_USER_STREAM)
         self.lost_at = a.clock.monotonic()
         self.last_lost_ms = a.exchange_ms()
-        self._gap(self.last_lost_ms)
+        self.note_gap(self.last_lost_ms)
         a.counters["user_stream_reconnects"] += 1
         a.log.event("user_stream_lost", f"user stream lost: {why}; quoting stopped", level=logging.WARNING)
         with contextlib.suppress(Exception):
@@ -437,15 +434,15 @@ class UserFeed:
             if since is None:
                 return
             asked_at, gaps = a.exchange_ms(), self._gaps
-            self._read_gap_ms = asked_at   # (a gap said during the read, of any time, is read again)
+            self._read_gap_ms = asked_at   # (a gap said during the read is read again, from the earliest)
             try:
                 added = await backfill_trades(a, since - TRADES_LOOKBACK_MS)
             except BinanceError as exc:
                 a.log.event("trades_unavailable", f"the trades since {since} not read: {exc!r}", level=logging.WARNING)
                 continue
-            # a gap said during the read: read again from it (or from the read's ask, if earlier)
             self.trades_gap_ms = None if self._gaps == gaps else self._read_gap_ms
             pos = a.require_core().store.position_book
+            pos.forget_unframed(since - TRADES_LOOKBACK_MS, asked_at - OWED_LISTED_MS)
             for key in [k for k, t in pos.owed.items() if t < asked_at - OWED_LISTED_MS]:
                 del pos.owed[key]   # (the list holds a trade within seconds: one not there came under another key)
             if added:

@@ -283,22 +283,26 @@ def test_a_batch_amendments_entry_answered_minus_1001_is_of_unknown_outcome():
     assert [type(amend_answer(a)) is OutcomeUnknownError for a in answers] == [True, True, False]
 
 
-def test_fills_a_cancels_answer_tells_of_are_owed_until_their_trade_frames_come():
+def test_fills_an_answer_tells_of_are_owed_until_their_own_trade_frames_come():
     """A bid and an ask each filled 3 of 7, their trade and position frames lost on a live connection:
-    still listed, neither is looked up, and the cancels' answers tell of the fills. The position nets to
-    0 (the check agrees), so only these answers say the P&L misses two trades: owed until their frames
-    come, due to be read from the exchange's list a beat later (``Reconciler._unexplained_moves``)."""
+    still listed, neither is looked up, and the amendments' answers tell of the fills. The position nets
+    to 0 (the check agrees), so only these answers say the P&L misses two trades: owed until their frames
+    come, due to be read from the exchange's list a while later (``Reconciler._unexplained_moves``). A
+    later fill's frame (cumulative 5) brings its own 2, not the 3 lost."""
     s = make_store()
     for cid, oid, side in (("b", 71, BUY), ("a", 72, SELL)):
         s.on_sent(place(cid, side=side), 1_000)
         s.apply(order_update(cid, oid, side, 300_000, 7, t=1_001))
-    s.on_order_info(order_info("b", 71, BUY, 300_000, 7, status="CANCELED", executed_steps=3, t=5_000))
-    s.on_order_info(order_info("a", 72, SELL, 300_000, 7, status="CANCELED", executed_steps=3, t=5_010))
+    s.on_order_info(order_info("b", 71, BUY, 300_010, 7, status="PARTIALLY_FILLED", executed_steps=3, t=5_000))
+    s.on_order_info(order_info("a", 72, SELL, 300_010, 7, status="PARTIALLY_FILLED", executed_steps=3, t=5_010))
     pos = s.position_book
-    assert set(pos.unframed) == {"b", "a"}
-    assert pos.unframed_due(6_000, 2_000) is None   # a beat's grace for frames on their way
-    # the bid's trade frame comes late: its fills are framed; the ask's never do
-    s.apply(order_update("b", 71, BUY, 300_000, 7, status="CANCELED", cum_steps=3, last_steps=3,
+    assert pos.unframed == {"b": (3, 5_000), "a": (3, 5_010)}
+    assert pos.unframed_due(6_000, 2_000) is None   # a while for frames on their way
+    # the bid's trade frame comes late: its fills are framed
+    s.apply(order_update("b", 71, BUY, 300_000, 7, status="PARTIALLY_FILLED", cum_steps=3, last_steps=3,
                          fill_ticks=300_000, t=4_990, trade_id=9))
+    # the ask fills 2 more, framed: cumulative 5, but the first 3 never came
+    s.apply(order_update("a", 72, SELL, 300_010, 7, status="PARTIALLY_FILLED", cum_steps=5, last_steps=2,
+                         fill_ticks=300_010, t=5_500, trade_id=11))
     assert set(pos.unframed) == {"a"}
     assert pos.unframed_due(7_010, 2_000) == 5_010 and not pos.unframed
