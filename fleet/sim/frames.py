@@ -7,7 +7,7 @@ from typing import Any
 
 from fleet.sim.book import INDEX_RATIO, Book
 from fleet.sim.orders import Order
-from fleet.sim.units import Q8, ZERO, s8
+from fleet.sim.units import Q8, ZERO, plain, s8
 
 # The 2026 market frames' "st" (1 for USD-M) and, in book and 24 h ticker frames, "ps" (the pair: the symbol
 # itself for a perpetual), as Binance's SDK models and live frames carry them.
@@ -147,7 +147,8 @@ def render_account_update(b: Book, reason: str, wallet: Decimal, cross: Decimal,
         ep = bep = "0"
     return {"e": "ACCOUNT_UPDATE", "E": t, "T": t, "a": {
         "m": reason, "B": [{"a": b.spec.margin_asset, "wb": s8(wallet), "cw": s8(cross), "bc": s8(change)}],
-        "P": [{"s": b.symbol, "pa": b.qty_str(amount), "ep": ep, "bep": bep, "cr": s8(realized), "up": s8(upnl),
+        "P": [{"s": b.symbol, "pa": plain(b.qty_str(amount)), "ep": plain(ep), "bep": plain(bep), "cr": s8(realized),
+               "up": s8(upnl),
                "mt": "cross" if isolated_wallet is None else "isolated",
                "iw": "0" if isolated_wallet is None else s8(isolated_wallet), "ps": "BOTH",
                "ma": b.spec.margin_asset}]}}
@@ -162,12 +163,12 @@ def render_order_update(b: Book, o: Order, exec_type: str, status: str, orig: in
     else:
         avg = "0"
     frame = {"e": "ORDER_TRADE_UPDATE", "E": t, "T": t, "o": {
-        "s": b.symbol, "c": o.client_id, "S": o.side, "o": o.type, "f": o.tif, "q": b.qty_str(orig),
-        "p": b.price_str(price) if o.type == "LIMIT" or o.type == "LIQUIDATION" else "0", "ap": avg, "sp": "0", "x": exec_type, "X": status,
-        "i": o.order_id, "l": b.qty_str(last_qty), "z": b.qty_str(filled),
-        "L": b.price_str(last_price) if last_qty else "0", "N": b.spec.margin_asset,
+        "s": b.symbol, "c": o.client_id, "S": o.side, "o": o.type, "f": o.tif, "q": plain(b.qty_str(orig)),
+        "p": plain(b.price_str(price)) if o.type == "LIMIT" or o.type == "LIQUIDATION" else "0", "ap": avg, "sp": "0",
+        "x": exec_type, "X": status, "i": o.order_id, "l": plain(b.qty_str(last_qty)), "z": plain(b.qty_str(filled)),
+        "L": plain(b.price_str(last_price)) if last_qty else "0", "N": b.spec.margin_asset,
         "n": s8(commission) if commission else "0", "T": t, "t": trade_id,
-        "b": b.notional_str8(bid_units), "a": b.notional_str8(ask_units), "m": maker, "R": o.reduce_only,
+        "b": plain(b.notional_str8(bid_units)), "a": plain(b.notional_str8(ask_units)), "m": maker, "R": o.reduce_only,
         "wt": "CONTRACT_PRICE", "ot": o.type, "ps": "BOTH", "cp": False, "rp": s8(realized) if realized else "0",
         "pP": False, "si": 0, "ss": 0, "V": o.stp, "pm": o.price_match, "gtd": o.gtd, "er": expire_reason}}
     if modify_id is not None:   # an AMENDMENT's, when the amendment named one (a string here)

@@ -35,6 +35,15 @@ def fixed(units: int, places: int) -> str:
     return digits[:-places] + "." + digits[-places:]
 
 
+def plain(s: str) -> str:
+    """A decimal string without trailing zeros (``"2313.00"`` -> ``"2313"``, ``"0.000"`` -> ``"0"``), as
+    Binance writes the numbers of its user-stream order and position frames."""
+    if "." not in s:
+        return s
+    s = s.rstrip("0").rstrip(".")
+    return "0" if s in ("", "-0") else s
+
+
 POW10 = [10 ** i for i in range(19)]
 
 

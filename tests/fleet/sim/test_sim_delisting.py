@@ -75,8 +75,8 @@ def test_a_delisting_is_announced_then_settles_every_account_at_its_time_and_the
         assert st["open_orders"] == [] and st["positions"][SYM]["amount"] == "0.000"
         orders = [p["o"] for k, a, p in frames if k == "u" and a == account and p["e"] == "ORDER_TRADE_UPDATE"]
         closes = [o for o in orders if o["c"].startswith("settlement_autoclose-")]
-        assert [(o["S"], o["X"], o["x"], o["z"], o["n"]) for o in closes] == [
-            (side, "FILLED", "CALCULATED", f"{abs(amount):.3f}", "0")]
+        assert [(o["S"], o["X"], o["x"], Decimal(o["z"]), o["n"]) for o in closes] == [
+            (side, "FILLED", "CALCULATED", abs(Decimal(amount)), "0")]
         assert Decimal(closes[0]["L"]) == px
         realized = q8((px - entry[account]) * amount)
         assert e.accounts[account].wallet["USDC"] == wallet[account] + realized   # no fee

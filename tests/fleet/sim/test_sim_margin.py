@@ -222,10 +222,10 @@ def test_an_isolated_position_the_mark_puts_under_its_maintenance_is_liquidated_
     assert [(o["i"], o["x"], o["X"], o["er"]) for o in orders[:1]] == [(resting["orderId"], "EXPIRED", "EXPIRED", "5")]
     liq = orders[-1]
     assert (liq["o"], liq["ot"], liq["x"], liq["X"], liq["S"], liq["z"]) == (
-        "LIQUIDATION", "LIQUIDATION", "CALCULATED", "FILLED", "SELL", "1.000")
+        "LIQUIDATION", "LIQUIDATION", "CALCULATED", "FILLED", "SELL", "1")
     assert liq["c"].startswith("autoclose-")
     [update] = [f["a"] for f in user if f["e"] == "ACCOUNT_UPDATE"]
-    assert update["P"][0]["pa"] == "0.000" and update["P"][0]["iw"] == "0.00000000"
+    assert update["P"][0]["pa"] == "0" and update["P"][0]["iw"] == "0.00000000"
     assert acct.wallet["USDC"] == wallet - iw                   # the isolated wallet, neither more nor less
     fee = next(i for i in acct.income if i["incomeType"] == "INSURANCE_CLEAR")
     realized = Decimal(liq["rp"])
@@ -452,7 +452,7 @@ def test_the_break_even_price_moves_the_entry_by_the_open_positions_fees_and_fun
     assert abs(fee - entry * Decimal("0.0005")) <= Decimal("0.00000002")   # the fills' fee, the taker's
     assert _risk(e, 2)["breakEvenPrice"] == risk["breakEvenPrice"]
     update = _updates(e)[-1]
-    assert update["a"]["P"][0]["bep"] == risk["breakEvenPrice"] != update["a"]["P"][0]["ep"]
+    assert Decimal(update["a"]["P"][0]["bep"]) == Decimal(risk["breakEvenPrice"]) != Decimal(update["a"]["P"][0]["ep"])
     _market(e, "SELL", "0.5")                    # the closed half takes half the cost: the same per unit
     assert abs(Decimal(_risk(e)["breakEvenPrice"]) - (entry + fee)) <= Decimal("0.00000002")
     e.set_funding_rate(SYM, "0.001")

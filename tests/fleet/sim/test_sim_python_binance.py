@@ -104,7 +104,7 @@ async def test_python_binance_trades_over_rest_and_the_websocket_api_and_hears_e
             [fill] = await user.until(_order_update("TRADE", bought["orderId"]), "fill frame")
             assert fill["o"]["X"] == "FILLED" and Decimal(fill["o"]["L"]) == ask
             await user.until(lambda m: m.get("e") == "ACCOUNT_UPDATE"
-                             and any(p["s"] == SYMBOL and p["pa"] == "0.010" for p in m["a"]["P"]), "position")
+                             and any(p["s"] == SYMBOL and Decimal(p["pa"]) == Decimal("0.010") for p in m["a"]["P"]), "position")
             await trades.until(lambda m: m.get("e") == "aggTrade" and Decimal(m["q"]) >= Decimal("0.010"),
                                "our aggregate trade")
 

@@ -63,13 +63,15 @@ async def test_user_stream_pushes_order_and_fill_events_with_the_full_field_set(
         assert [f["e"] for f in frames] == ["TRADE_LITE", "ACCOUNT_UPDATE", "ORDER_TRADE_UPDATE"]
         lite, acct, trade = frames
         assert lite["E"] == acct["E"] == trade["E"]
-        assert acct["a"]["m"] == "ORDER" and acct["a"]["P"][0]["pa"] == "-0.020" and acct["a"]["B"][0]["a"] == "USDC"
+        # numbers without trailing zeros, as Binance's own frames write them ("q":"0.02", "ep":"2317.3")
+        assert acct["a"]["m"] == "ORDER" and acct["a"]["P"][0]["pa"] == "-0.02" and acct["a"]["B"][0]["a"] == "USDC"
+        assert trade["o"]["q"] == trade["o"]["l"] == trade["o"]["z"] == "0.02"
         assert trade["o"]["x"] == "TRADE" and trade["o"]["X"] == "FILLED" and trade["o"]["m"] is False
         assert Decimal(trade["o"]["n"]) == (Decimal(trade["o"]["L"]) * Decimal("0.020") * Decimal("0.0005")).quantize(
             Decimal("0.00000001"))
         await c.signed("DELETE", "/fapi/v1/order", {"symbol": "ETHUSDC", "origClientOrderId": "u-1"})
         cancel = await _until(ws, lambda f: f["e"] == "ORDER_TRADE_UPDATE" and f["o"]["x"] == "CANCELED")
-        assert cancel["o"]["c"] == "u-1" and cancel["o"]["b"] == "0.00000000"
+        assert cancel["o"]["c"] == "u-1" and cancel["o"]["b"] == "0"
         await ws.close()
 
 

@@ -49,7 +49,7 @@ async def test_modify_requeues_pushes_amendment_and_rejects_no_op(sim):
             if f["e"] == "ORDER_TRADE_UPDATE":
                 frames.append(f["o"])
         assert [f["x"] for f in frames] == ["NEW", "AMENDMENT"]
-        assert frames[1]["p"] == new_price and frames[1]["q"] == "0.020" and frames[1]["X"] == "NEW"
+        assert Decimal(frames[1]["p"]) == Decimal(new_price) and frames[1]["q"] == "0.02" and frames[1]["X"] == "NEW"
         same = await c.signed("PUT", "/fapi/v1/order", {"symbol": "ETHUSDC", "origClientOrderId": "m-1",
                                                         "side": "BUY", "quantity": "0.020", "price": new_price})
         assert same.json["code"] == -5027
