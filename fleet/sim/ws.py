@@ -19,13 +19,15 @@ from fleet.sim.engine import Engine, render
 from fleet.sim.errors import SimApiError
 from fleet.sim.faults import FrameFault
 from fleet.sim.streams import MARKET, PUBLIC, canonical_stream, path_allows, unlisted_stream
-from fleet.sim.wsapi import HANDSHAKE_WEIGHT, METHODS, WsApiGateway, WsApiReply, WsSession, echoable_id
+from fleet.sim.wsapi import HANDSHAKE_WEIGHT, METHODS, WsApiGateway, WsApiReply, WsSession, echoable_id, error_reply
 
 log = logging.getLogger("fleet.sim")
 
 MAX_QUEUED_FRAMES = 20_000
 FLUSH_BEFORE_CLOSE_S = 1.0  # a connection closed for its message rate gets what was queued before, for so long
 API = "api"  # a WebSocket API connection's path kind
+# a WebSocket API connection's answer to a binary frame (counted as a bad message when sent)
+API_BINARY_REPLY = error_reply(None, 400, -1013, "Invalid request: send JSON in text frames").frame
 # "Rate limit for ping/pong frames: maximum 5 per second" (the WebSocket API's rate limits): one more
 # in any second closes the connection
 API_PINGS_PER_S = 5
@@ -316,9 +318,7 @@ class StreamGateway(WsApiGateway):
             self.api_requests.add(task)   # cancelled only by the simulator's stop
             task.add_done_callback(self.api_requests.discard)
 
-        binary = orjson.dumps({"id": None, "status": 400, "error": {"code": -1013, "msg": "Invalid request: send "
-                                                                                    "JSON in text frames"}})
-        await self._serve(c, on_text, binary)  # type: ignore[arg-type]
+        await self._serve(c, on_text, API_BINARY_REPLY)  # type: ignore[arg-type]
         return ws
 
     async def _ws_api_request(self, c: Conn, raw: str, ip: str, session: WsSession, rate_limits: bool) -> WsApiReply:

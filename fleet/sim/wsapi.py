@@ -92,6 +92,12 @@ class WsApiReply:
     hold_ms: int | None = None
 
 
+def error_reply(rid: Any, status: int, code: int, msg: str) -> WsApiReply:
+    """A request refused: its id, the HTTP-like status and Binance's code and message."""
+    msg = msg.encode("utf-8", "backslashreplace").decode("utf-8")  # a client's text, made encodable
+    return WsApiReply(orjson.dumps({"id": rid, "status": status, "error": {"code": code, "msg": msg}}))
+
+
 class WsApiGateway:
     """The WebSocket API's requests; mixed into a gateway (``answer``, ``limiter``, ``config``)."""
 
@@ -179,8 +185,7 @@ class WsApiGateway:
 
     def _ws_error(self, rid: Any, status: int, code: int, msg: str) -> WsApiReply:
         self.stats["ws_bad_messages"] += 1  # type: ignore[attr-defined]
-        msg = msg.encode("utf-8", "backslashreplace").decode("utf-8")  # a client's text, made encodable
-        return WsApiReply(orjson.dumps({"id": rid, "status": status, "error": {"code": code, "msg": msg}}))
+        return error_reply(rid, status, code, msg)
 
     def _ws_session(self, rid: Any, method: str, params: dict[str, str], payload: str, api_key: str | None,
                     ip: str, now: int, session: WsSession, rate_limits: bool) -> WsApiReply:
