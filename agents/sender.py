@@ -94,18 +94,20 @@ class OrderSender:
         if actions:
             self.execute(actions, now_ms, tick)
 
-    def pull_quotes(self, why: str) -> None:
+    def pull_quotes(self, why: str) -> int:
         """Cancel every order of ours, in flight ones included (by client id), and keep at it until
-        the exchange lists none of this epoch's (a late-landing request is caught on a later round)."""
+        the exchange lists none of this epoch's (a late-landing request is caught on a later round).
+        How many cancels were sent now."""
         core = self.agent.core
         if core is None:
-            return
+            return 0
         now_ms = self.agent.exchange_ms()
         actions = core.cancel_all(in_flight=True, now_ms=now_ms)
         if actions:
             self.agent.log.event("quotes_pulled", f"pulling {len(actions)} orders: {why}")
             self.execute(actions, now_ms, None)
         self.keep_pulling(why)
+        return len(actions)
 
     def keep_pulling(self, why: str) -> None:
         """Until quoting is live again, re-list and cancel what of ours rests or lands late."""

@@ -384,29 +384,34 @@ class UserFeed:
         self.agent.tasks.spawn(self._rest_fallback_cancel(), "rest-fallback")
 
     async def _rest_fallback_cancel(self) -> None:
-        """mmfleet's orders of the symbol, as the exchange lists them, cancelled through REST (counted);
-        this epoch's only once the lease has lapsed. Another hand's are left (a symbol-wide cancel-all
-        took the desk's and other tools' orders at every stream outage)."""
+        """The store's orders of this epoch pulled through the order flow (their cancels marked as sent,
+        so a CANCELED frame after the reconnect is ours, not another hand's; answered, counted and
+        journaled as any cancel), the pull re-listing and cancelling until none rests or may land. While
+        the lease holds, the orders an earlier epoch of mmfleet left are cancelled too, by the batch route.
+        Another hand's are left (a symbol-wide cancel-all took the desk's and other tools' orders at every
+        stream outage)."""
         a = self.agent
         if self.connected or a.stopping or a.lease.lost:
             return
         epoch = a.require_core().epoch
-        fenced = not a.lease_ok()
-        try:
-            n = await a.require_client().cancel_listed(
-                a.symbol, keep=lambda o: _same_epoch(o.client_order_id, epoch) if fenced
-                else parse_client_order_id(o.client_order_id) is not None)
-        except BinanceError as exc:
-            a.log.event("rest_fallback_failed", f"cancelling via REST failed: {exc!r}", level=logging.ERROR)
-            self.lost_at = a.clock.monotonic()  # try again after another grace
-            return
         a.counters["rest_fallback_cancels"] += 1
         a.metrics.inc_rest_fallback()
+        n = a.sender.pull_quotes("user stream down past grace")
         a.log.event("rest_fallback_cancel", f"user stream down past grace: {n} orders of ours cancelled via REST "
                     "(another hand's left)", level=logging.WARNING)
-        # A request in flight may still land after that cancel (up to its recvWindow), unseen without the
-        # stream: re-list and cancel until none of this epoch rests, as a quote pull does.
-        a.sender.keep_pulling("user stream down past grace")
+        if not a.lease_ok():
+            return   # a successor may own the other epochs' orders
+        try:
+            n = await a.require_client().cancel_listed(
+                a.symbol, keep=lambda o: not _same_epoch(o.client_order_id, epoch)
+                and parse_client_order_id(o.client_order_id) is not None)
+        except BinanceError as exc:
+            a.log.event("rest_fallback_failed", f"an earlier epoch's orders not cancelled via REST: {exc!r}",
+                        level=logging.ERROR)
+            self.lost_at = a.clock.monotonic()  # try again after another grace
+            return
+        if n:
+            a.log.event("rest_fallback_cancel", f"{n} orders of an earlier epoch cancelled via REST", level=logging.WARNING)
 
     def look_up_trades(self) -> None:
         """Start reading the trades the store's P&L misses (since a gap of the stream, a frame skipped,

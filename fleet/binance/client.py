@@ -612,10 +612,18 @@ class BinanceClient(RestCore):
 
     async def cancel_listed(self, symbol: str, keep: Callable[[OrderInfo], bool] | None = None) -> int:
         """The symbol's listed open orders (those ``keep`` takes) cancelled through the batch route, ten a
-        request: another door of the exchange when it refuses a cancel-all. How many were asked."""
+        request: another door of the exchange when it refuses a cancel-all. Every request is sent, one
+        failing or not (a 503 on one says nothing of the next); the first failure is raised after. How
+        many were asked."""
         ids = [o.order_id for o in await self.open_orders(symbol) if keep is None or keep(o)]
-        if ids:
-            await self.batch_cancel(symbol, order_ids=ids)
+        failed: list[BinanceError] = []
+        for chunk in _chunks(ids, BATCH_CANCEL_MAX):
+            try:
+                await self.batch_cancel(symbol, order_ids=chunk)
+            except BinanceError as exc:
+                failed.append(exc)
+        if failed:
+            raise failed[0]
         return len(ids)
 
     async def _in_chunks(self, items, size, endpoint: Endpoint, build, wait, risk=False) -> list[OrderInfo | BinanceError]:

@@ -495,6 +495,38 @@ async def test_orders_landing_after_the_rest_fallback_cancel_are_cancelled_while
     await wait_for(lambda: resting(agent, exchange), 10, "a whole ladder after resume", explain=lambda: describe(agent, exchange))
 
 
+async def test_the_rest_fallbacks_cancel_landing_after_the_reconnect_is_ours_not_another_hands(
+        make_agent, exchange):
+    """The REST fallback's cancels are answered 503 and executed 4 s later, after the user stream came
+    back and the resync listed the orders open: their CANCELED frames are the agent's own cancels, not
+    another hand's (read so, quoting was held and the owner asked, a false alarm)."""
+    runtime = FAST.model_copy(update={"user_stream_grace_sec": 0.3, "reconnect_backoff_initial_sec": 2.5,
+                                      "reconnect_backoff_max_sec": 2.5})
+    agent = await make_agent(runtime=runtime)
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    ladder = {o["clientOrderId"] for o in (await exchange.state())["open_orders"]}
+    await exchange.post("/sim/fault/rest", {"mode": "late", "count": 20, "method": "DELETE", "answer": "503",
+                                            "delay_ms": 4000})
+    await exchange.post("/sim/fault/drop", {"target": "user", "account": "main"})
+
+    async def held() -> bool:
+        return any(d["method"] == "DELETE" for d in (await exchange.state())["deferred"])
+
+    await wait_for(held, 5, "the REST fallback's cancels sent, held by the exchange")
+    await wait_for(lambda: agent.counters["resyncs"] >= 1, 10, "the user stream back and resynced")
+    await exchange.post("/sim/fault/clear", {})
+
+    async def cancels_landed() -> bool:
+        return not (await exchange.state())["deferred"] and await in_sync(agent, exchange)
+
+    await wait_for(cancels_landed, 10, "the late cancels executed and their frames applied",
+                   explain=lambda: describe(agent, exchange))
+    cancelled = {o["clientOrderId"] for o in await exchange.all_orders() if o["status"] == "CANCELED"}
+    assert ladder & cancelled, "the fallback cancelled the ladder"
+    assert agent.counters["owner_asks"] == 0, "the fallback's own cancels were read as another hand's"
+    await wait_for(lambda: resting(agent, exchange), 10, "a whole ladder again", explain=lambda: describe(agent, exchange))
+
+
 async def test_listen_key_expired_is_recovered_without_duplicates(make_agent, exchange):
     agent = await make_agent()
     await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))

@@ -201,6 +201,25 @@ async def test_batch_cancel_by_order_id_and_cancel_all(client, filters):
     assert not {o.order_id for o in await client.open_orders(SYMBOL)} & set(ids)
 
 
+async def test_cancel_listed_sends_every_batch_when_one_is_refused(client, filters, sim):
+    """Twelve listed orders go in two batch cancels: the first refused (-1001, nothing executed), the
+    second is sent all the same and cancels its two; the refusal is raised after."""
+    _, ticks = await passive_bid(client, filters, ticks_away=450)
+    results = await client.batch_place([limit_buy(filters.price_str(ticks - i), tag="cl") for i in range(12)])
+    ids = {r.order_id for r in results if isinstance(r, OrderInfo)}
+    assert len(ids) == 12
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{sim.rest_url}/sim/fault/rest",
+            json={"mode": "error", "count": 1, "path": "/fapi/v1/batchOrders", "method": "DELETE"}) as fault:
+        assert fault.status == 200
+    with pytest.raises(BinanceError) as refused:
+        await client.cancel_listed(SYMBOL, keep=lambda o: o.order_id in ids)
+    assert refused.value.code == -1001
+    left = {o.order_id for o in await client.open_orders(SYMBOL)} & ids
+    assert len(left) == 10
+    await client.batch_cancel(SYMBOL, order_ids=sorted(left))
+
+
 async def test_countdown_cancel_all_cancels_when_not_renewed(client, filters):
     price, _ = await passive_bid(client, filters, ticks_away=500)
     order = await client.place_order(limit_buy(price, tag="dms"))
