@@ -56,7 +56,7 @@ COUNTERS = (
     "unknown_outcomes_resolved", "reconciliations", "reconcile_repairs", "quote_pulls_confirmed",
     "stale_market_pulls", "foreign_events", "start_attempts", "rate_limited", "lease_pulls", "resync_failures",
     "owner_asks", "margin_calls", "margin_holds", "foreign_orders", "deadman_expired", "key_holds",
-    "positions_beyond_cap",
+    "positions_beyond_cap", "user_reconnect_failures",
 )
 
 _TRANSIENT = (BinanceError, StreamError, OSError, asyncio.TimeoutError)
@@ -109,6 +109,15 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+def outage_of(exc: BaseException, client: Any) -> asyncio.Event | None:
+    """The REST outage ``exc`` came of, if any: its event, set at the exchange's first answer after it
+    (``BinanceClient.rest_back``); a retry backing off waits no longer than that. None for a failure of
+    another kind (a stream's, a refusal of the request itself): its back-off is waited out."""
+    if client is not None and isinstance(exc, BinanceError) and client.rest_failing:
+        return client.rest_back
+    return None
 
 
 class MarginHold:

@@ -20,7 +20,7 @@ from .carry import take_in
 from .core import AgentCore
 from .orders import OrderReason, parse_client_order_id
 from .strategy import size_problem
-from .agent_base import BLOCK_RESYNC, BLOCK_USER_STREAM, Backoff, _older_epoch
+from .agent_base import BLOCK_RESYNC, BLOCK_USER_STREAM, Backoff, _older_epoch, outage_of
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
@@ -109,16 +109,19 @@ class Starter:
         resyncs by itself, so the retry waits while it is lost."""
         a = self.agent
         backoff = Backoff(a.runtime.reconnect_backoff_initial_sec, a.runtime.reconnect_backoff_max_sec, rng=a.rng)
+        outage = None
         try:
             while not a.stopping and BLOCK_RESYNC in a.blocks:
-                await a.tasks.sleep(backoff.next())
+                await a.tasks.sleep(backoff.next(), wake=outage)   # (or once the exchange's REST answers again)
                 if a.stopping or BLOCK_RESYNC not in a.blocks:
                     return
                 if BLOCK_USER_STREAM in a.blocks or self._resync_lock.locked():
+                    outage = None
                     continue
                 try:
                     await self.resync()
-                except Exception:  # noqa: BLE001 - logged and counted by resync; try again
+                except Exception as exc:  # noqa: BLE001 - logged and counted by resync; try again
+                    outage = outage_of(exc, a.client)
                     continue
                 a.log.event("resync_recovered", "resync succeeded after a failure: quoting resumes")
         finally:

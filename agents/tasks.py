@@ -62,17 +62,22 @@ class Tasks:
                 a.sender.pull_quotes(f"{name} loop failed")
                 self.spawn(self.loop(name)(), name)
 
-    async def sleep(self, seconds: float) -> None:
-        """Sleep ``seconds`` on the injected clock, or less: the stop wakes every such sleep at once."""
-        if self.agent.stopping or seconds <= 0:
+    async def sleep(self, seconds: float, wake: asyncio.Event | None = None) -> None:
+        """Sleep ``seconds`` on the injected clock, or less: the stop wakes every such sleep at once,
+        and ``wake``, if given, once it is set."""
+        if self.agent.stopping or seconds <= 0 or (wake is not None and wake.is_set()):
             return
         sleep = asyncio.ensure_future(self.agent.clock.sleep(seconds))
         self._sleepers.add(sleep)
+        woken = asyncio.ensure_future(wake.wait()) if wake is not None else None
         try:
-            await asyncio.wait((sleep,))  # returns when the sleep ends or the stop cancels it
+            # returns when the sleep ends, the stop cancels it or ``wake`` is set
+            await asyncio.wait((sleep, woken) if woken is not None else (sleep,), return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._sleepers.discard(sleep)
             sleep.cancel()  # (this task itself was cancelled)
+            if woken is not None:
+                woken.cancel()
 
     def wake_sleepers(self) -> None:
         """The stop: the timers' loops see it now, not at their next beat."""

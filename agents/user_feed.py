@@ -23,7 +23,7 @@ from fleet.binance.streams import StreamError, UserStream
 from .carry import backfill_trades
 from .clearance import book_clearance_fees
 from .orders import parse_client_order_id
-from .agent_base import BLOCK_USER_STREAM, Backoff, _ListenKeyGone, _TRANSIENT, _same_epoch
+from .agent_base import BLOCK_USER_STREAM, Backoff, _ListenKeyGone, _TRANSIENT, _same_epoch, outage_of
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
@@ -111,12 +111,16 @@ class UserFeed:
                 backoff.reset()
             except Exception as exc:  # noqa: BLE001 - whatever failed, the next try starts from a new stream
                 # (a stream left open would be consumed by the next pass with its block never cleared)
+                outage = outage_of(exc, a.client)
                 self._set_connected(False)
                 await self.close()
                 delay = backoff.next()
+                a.counters["user_reconnect_failures"] += 1
                 level = logging.WARNING if isinstance(exc, _TRANSIENT) else logging.ERROR
-                a.log.event("user_reconnect_failed", f"{exc!r}; next try in {delay:.1f}s", level=level)
-                await a.tasks.sleep(delay)
+                a.log.event("user_reconnect_failed", f"{exc!r}; next try in {delay:.1f}s"
+                            + (" or once the exchange's REST answers again" if outage is not None else ""), level=level)
+                # a long REST outage grew the back-off to a minute: the agent kept unquoting that long after
+                await a.tasks.sleep(delay, wake=outage)
 
     async def _reconnect(self) -> None:
         """A new key and stream, the snapshot made the truth, a zombie predecessor's late orders gone."""

@@ -139,6 +139,10 @@ class RestCore:
         # signed, resends included: None lets it go, a reason keeps it here (NotSentError naming the
         # reason). An agent's is its lease and its kill state (SymbolAgent.order_gate).
         self.order_gate: Callable[[Endpoint, Mapping[str, Any]], str | None] | None = None
+        # The exchange's service failing: its last answer a 5xx, a 418 or 429, or none at all. An
+        # outage's event, set at the first answer after it (a waiter's retry need not wait out its back-off).
+        self.rest_failing = False
+        self.rest_back = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -243,9 +247,25 @@ class RestCore:
                 raise NotSentError(f"{endpoint} not sent: the order gate is closed ({closed})")
         url, body, headers = self._build(endpoint, params)
         self.requests_sent += 1
-        status, raw, resp_headers = await self._http(endpoint.method, endpoint.path, url, body, headers,
-                                                     endpoint.mutating)
+        try:
+            status, raw, resp_headers = await self._http(endpoint.method, endpoint.path, url, body, headers,
+                                                         endpoint.mutating)
+        except BinanceError:
+            self._serving(False)
+            raise
+        self._serving(status < 500 and status not in (418, 429))
         return self._answer(endpoint, status, raw, resp_headers)
+
+    def _serving(self, answered: bool) -> None:
+        """The service's state after an exchange: ``answered``, an answer of the API's own (a success, or
+        a refusal of the request itself); otherwise a failure of the service, a new outage's event."""
+        if answered:
+            if self.rest_failing:
+                self.rest_failing = False
+                self.rest_back.set()
+        elif not self.rest_failing:
+            self.rest_failing = True
+            self.rest_back = asyncio.Event()
 
     def _build(self, endpoint: Endpoint, params: Mapping[str, Any] | None) -> tuple[str, bytes | None, dict[str, str]]:
         """The URL, the body and the headers: the API key for a keyed or signed endpoint, and for a

@@ -527,6 +527,25 @@ async def test_the_rest_fallbacks_cancel_landing_after_the_reconnect_is_ours_not
     await wait_for(lambda: resting(agent, exchange), 10, "a whole ladder again", explain=lambda: describe(agent, exchange))
 
 
+async def test_after_a_rest_outage_the_user_stream_comes_back_at_the_first_answer_not_after_its_back_off(
+        make_agent, exchange):
+    """Every REST answer a 503 with the user stream lost: each reconnect fails on its listenKey and the
+    back-off grows (3 s, 6 s, then 12 s +-20 %). Once REST answers again, the reconnect goes at the
+    agent's next answer (its dead-man heartbeat beats every second), not after the 12 s (a long outage
+    grew it to a minute: agents sat unquoting that long after the exchange came back)."""
+    runtime = FAST.model_copy(update={"user_stream_grace_sec": 0.3, "reconnect_backoff_initial_sec": 3.0,
+                                      "reconnect_backoff_max_sec": 60.0})
+    agent = await make_agent(runtime=runtime)
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    await exchange.post("/sim/fault/rest", {"mode": "error", "count": 100_000, "answer": "503"})
+    await exchange.post("/sim/fault/drop", {"target": "user", "account": "main"})
+    await wait_for(lambda: agent.counters["user_reconnect_failures"] >= 2, 15, "two reconnects failed in the outage")
+    await exchange.post("/sim/fault/clear", {})
+    await wait_for(lambda: agent.user.connected, 6, "the user stream back before the 12 s back-off ends")
+    assert agent.counters["user_reconnect_failures"] == 2
+    await wait_for(lambda: resting(agent, exchange), 10, "a whole ladder again", explain=lambda: describe(agent, exchange))
+
+
 async def test_listen_key_expired_is_recovered_without_duplicates(make_agent, exchange):
     agent = await make_agent()
     await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))

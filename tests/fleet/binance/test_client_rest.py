@@ -220,6 +220,27 @@ async def test_cancel_listed_sends_every_batch_when_one_is_refused(client, filte
     await client.batch_cancel(SYMBOL, order_ids=sorted(left))
 
 
+async def test_the_client_knows_an_outage_of_the_exchanges_rest_and_its_end(client, sim):
+    """A 503 starts an outage (its event unset), a refusal of the request itself is the service
+    answering (an unknown order: -2013), the next answer ends the outage and sets its event."""
+    assert not client.rest_failing
+    with pytest.raises(UnknownOrderError):
+        await client.query_order(SYMBOL, client_order_id=cid("never"))
+    assert not client.rest_failing
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{sim.rest_url}/sim/fault/rest", json={"mode": "error", "count": 2, "answer": "503"}) as fault:
+        assert fault.status == 200
+    with pytest.raises(BinanceError) as failed:
+        await client.server_time()
+    assert failed.value.http_status == 503 and client.rest_failing
+    outage = client.rest_back
+    with pytest.raises(BinanceError):
+        await client.server_time()
+    assert client.rest_back is outage and not outage.is_set()   # one outage, one event
+    await client.server_time()
+    assert outage.is_set() and not client.rest_failing
+
+
 async def test_countdown_cancel_all_cancels_when_not_renewed(client, filters):
     price, _ = await passive_bid(client, filters, ticks_away=500)
     order = await client.place_order(limit_buy(price, tag="dms"))
