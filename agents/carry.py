@@ -43,6 +43,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fleet.binance.errors import BinanceError
+
 from .clearance import gap_clearance
 from .ownership import write_atomic
 
@@ -187,6 +189,32 @@ async def backfill_trades(agent: SymbolAgent, since_ms: int) -> int:
     added, _ = await _read_trades(agent, start, None, None)
     agent.require_core().store.track_equity()
     return added
+
+
+async def book_funding_income(agent: SymbolAgent) -> None:
+    """A FUNDING_FEE frame that names no symbol (cross margin): the store asked for this symbol's
+    FUNDING_FEE income rows; they are read and booked once per tranId. A few tries, as the
+    record may trail the frame, none of them waiting for rate-budget room (a busy ladder may hold
+    the weight: then the next try, or the reconciliation's next beat, asks again)."""
+    a = agent
+    for delay in (0.0, 2.0, 10.0, 30.0):
+        await a.tasks.sleep(delay)
+        core = a.core
+        start = core.store.funding_lookup_start() if core is not None and not a.stopping else None
+        if start is None:
+            return
+        asked_at = a.exchange_ms()
+        try:
+            rows = await a.require_client().income(a.symbol, "FUNDING_FEE", start_time=start, limit=1000, wait=False)
+        except BinanceError as exc:
+            a.log.event("funding_income_unavailable", f"funding income not read: {exc!r}", level=logging.WARNING)
+            continue
+        a.journal.on_income_rows(a, rows)  # the journal need not read them again
+        if core is a.core:
+            booked = core.store.on_funding_income(rows, read_at_ms=asked_at)
+            if booked:
+                a.log.event("funding_booked", f"{booked} funding fee(s) booked from income rows, "
+                            f"total {core.store.funding_pnl}")
 
 
 async def _read_trades(agent: SymbolAgent, start: int | None, from_id: int | None,

@@ -20,7 +20,7 @@ from fleet.binance.events import AlgoUpdate, FundingFee, ListenKeyExpired, Margi
 from fleet.binance.models import OrderInfo
 from fleet.binance.streams import StreamError, UserStream
 
-from .carry import backfill_trades
+from .carry import backfill_trades, book_funding_income
 from .clearance import book_clearance_fees
 from .orders import parse_client_order_id
 from .agent_base import BLOCK_USER_STREAM, Backoff, _ListenKeyGone, _TRANSIENT, _same_epoch, outage_of
@@ -468,32 +468,7 @@ class UserFeed:
         if core is None or core.store.funding_lookup_start() is None:
             return
         if not a.tasks.named("funding-income"):
-            a.tasks.spawn(self._book_funding_income(), "funding-income")
-
-    async def _book_funding_income(self) -> None:
-        """A FUNDING_FEE frame that names no symbol (cross margin): the store asked for this symbol's
-        FUNDING_FEE income rows; they are read and booked once per tranId. A few tries, as the
-        record may trail the frame, none of them waiting for rate-budget room (a busy ladder may hold
-        the weight: then the next try, or the reconciliation's next beat, asks again)."""
-        a = self.agent
-        for delay in (0.0, 2.0, 10.0, 30.0):
-            await a.tasks.sleep(delay)
-            core = a.core
-            start = core.store.funding_lookup_start() if core is not None and not a.stopping else None
-            if start is None:
-                return
-            asked_at = a.exchange_ms()
-            try:
-                rows = await a.require_client().income(a.symbol, "FUNDING_FEE", start_time=start, limit=1000, wait=False)
-            except BinanceError as exc:
-                a.log.event("funding_income_unavailable", f"funding income not read: {exc!r}", level=logging.WARNING)
-                continue
-            a.journal.on_income_rows(a, rows)  # the journal need not read them again
-            if core is a.core:
-                booked = core.store.on_funding_income(rows, read_at_ms=asked_at)
-                if booked:
-                    a.log.event("funding_booked", f"{booked} funding fee(s) booked from income rows, "
-                                f"total {core.store.funding_pnl}")
+            a.tasks.spawn(book_funding_income(a), "funding-income")
 
     async def close(self) -> None:
         stream, self.stream = self.stream, None

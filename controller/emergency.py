@@ -188,6 +188,12 @@ class EmergencyDesk:
                 raise answer
         return len(answers)
 
+    async def statuses(self, account: str) -> dict[str, str]:
+        """Every symbol the exchange lists, with its status (exchangeInfo, weight 1)."""
+        info = await (await self.client(account)).exchange_info()
+        return {e["symbol"]: str(e.get("status", "")) for e in info.get("symbols", ())
+                if isinstance(e, dict) and isinstance(e.get("symbol"), str)}
+
     async def cancel(self, symbol: str, account: str, mode: str) -> KillOutcome:
         """Cancel every order of the symbol (and close it for a flatten); confirm what the exchange lists."""
         try:

@@ -29,6 +29,7 @@ from fleet.vocabulary import CLOCK_SKEW_S, KillState
 
 log = logging.getLogger("mmfleet.controller")
 
+STATUS_READ_S = 3.0   # a resume reads the symbols' statuses (exchangeInfo) within this, or resumes as asked
 KILL_GROUP = "kill"  # kill and resume: their own thread and loop, never queued behind apply or a lease call
 CARRIED_WRITE_S = 3.0  # a carried kill's write waits this long (the read before it answered: the GCS is up)
 
@@ -358,11 +359,18 @@ class KillSwitches:
         writes over a kill asked for after it; ``expires_at``: when its caller stopped waiting (it
         was told nothing changed): past it the resume is not carried out."""
         self._load(start_loops=False)
+        self.kill_loop = asyncio.get_running_loop()   # (the kill desk's clients are this loop's)
         targets = self._targets(symbols)
         now = time.time()
         asked_at = now if asked_at is None else float(asked_at)
         if expired := self._resume_expired(targets, asked_at, expires_at):
             return expired
+        closed = await self._not_trading(targets)
+        for s, why in closed.items():
+            log.warning("a resume of %s refused: %s", s, why)
+            journal_record(self, "resume_refused", symbol=s, reason=why, **_by(by))
+        refused = {s: {"outcome": "refused", "agent": why} for s, why in closed.items()}
+        targets = [s for s in targets if s not in closed]
         for s in targets:
             journal_record(self, "resume", symbol=s, reason=(by or {}).get("reason"), **_by(by))
         self.kill_lock = self.kill_lock or asyncio.Lock()
@@ -383,6 +391,7 @@ class KillSwitches:
         )
         out: dict[str, Any] = {s: {"outcome": "superseded", "agent": "a kill asked for after this resume stands"}
                                for s in targets if s not in seqs}
+        out.update(refused)
         for s, a in zip(written, answers):
             if isinstance(a, BaseException):
                 # The state is durable: the agent picks it up at its next lease renewal.
@@ -390,6 +399,30 @@ class KillSwitches:
             else:
                 out[s] = {"outcome": "resumed", "agent": a}
         return {"symbols": out}
+
+    async def _not_trading(self, symbols: list[str]) -> dict[str, str]:
+        """Of ``symbols``, those the exchange lists in a status other than TRADING (settled, delisted,
+        about to list), each with why: resumed, such an agent sat paused on a market with no book, the
+        answer saying "resumed". Read from exchangeInfo, once per account, within ``STATUS_READ_S``; a
+        read that fails refuses nothing (said): an order on such a symbol is refused (-4108) and halts it."""
+        by_account: dict[str, list[str]] = {}
+        for s in symbols:
+            if (account := self._account_of(s)) is not None:
+                by_account.setdefault(account, []).append(s)
+        out: dict[str, str] = {}
+        for account, named in by_account.items():
+            try:
+                listed = await asyncio.wait_for(self.kill_desk.statuses(account), STATUS_READ_S)
+            except Exception as exc:  # noqa: BLE001 - the resume goes on; the exchange refuses what it must
+                log.warning("a resume of %s: the exchange's statuses not read (%s): resumed as asked",
+                            ", ".join(named), named_line(exc))
+                continue
+            for s in named:
+                status = listed.get(s)
+                if status != "TRADING":
+                    out[s] = (f"the exchange lists {s} as {status}, not TRADING: it stays halted" if status
+                              else f"the exchange no longer lists {s}: it stays halted")
+        return out
 
     @staticmethod
     def _resume_expired(targets: list[str], asked_at: float, expires_at: float | None) -> dict[str, Any] | None:

@@ -934,3 +934,30 @@ def test_a_delisting_exit_is_a_durable_flatten_with_its_reason(fleet):
         assert fleet.post("/resume", {"symbols": [sym]}).status_code == 200
     fleet.wait_quoting(within_s=60)
     assert kill_record()["state"] == "running"
+
+
+def test_a_resume_of_a_symbol_the_exchange_settled_is_refused_and_it_stays_halted(fleet):
+    """(Last in the module: the exchange never trades a settled symbol again.) The exchange settles a
+    symbol: its agent halts it, durably. A resume of the whole fleet is refused for that one, the
+    exchange's status its reason, and carried out for the others; its kill state stays halted (resumed,
+    the agent sat paused on a market with no book while the answer said "resumed")."""
+    sym = SYMBOLS[2]
+    others = tuple(s for s in SYMBOLS if s != sym)
+    r = requests.post(f"{fleet.sim.server.rest_url}/sim/delist", json={"symbol": sym, "in_s": 2}, timeout=10)
+    r.raise_for_status()
+
+    def kill_record() -> dict[str, Any]:
+        return fleet.get("/kill").json()["kill_states"][sym]
+
+    poll(lambda: kill_record()["state"] == "halted", 30, f"{sym} halted durably once settled")
+    listed = requests.get(f"{fleet.sim.server.rest_url}/fapi/v1/exchangeInfo", timeout=10).json()["symbols"]
+    assert next(e["status"] for e in listed if e["symbol"] == sym) != "TRADING"
+    answer = fleet.post("/resume", {"all": True, "reason": "after the settlement"})
+    assert answer.status_code == 200
+    outcomes = answer.json()["symbols"]
+    assert outcomes[sym]["outcome"] == "refused"
+    assert f"the exchange lists {sym} as " in outcomes[sym]["agent"] and "not TRADING" in outcomes[sym]["agent"]
+    assert all(outcomes[s]["outcome"] == "resumed" for s in others), outcomes
+    assert kill_record()["state"] == "halted"
+    fleet.wait_quoting(within_s=60, symbols=others)
+    assert kill_record()["state"] == "halted" and fleet.open_orders(sym) == 0
