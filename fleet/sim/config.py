@@ -328,6 +328,8 @@ class RateLimits(_Model):
     ban_max_s: float = Field(3 * 24 * 3600.0, gt=0, le=30 * DAY_S)
     funding_reads_per_5min: int = Field(500, ge=1, le=10**9, description="GET fundingRate and fundingInfo "
                                                                          "together, per IP (apart from the weight)")
+    stats_reads_per_5min: int = Field(1000, ge=1, le=10**9, description="GET /futures/data/* (the trading "
+                                                                         "statistics) together, per IP (no weight)")
 
 
 def _once(what: str, names: list[str]) -> None:

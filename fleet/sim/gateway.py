@@ -23,6 +23,7 @@ from fleet.sim.engine import Engine, SimApiError, missing
 from fleet.sim.faults import ANSWERS, EXEC_MODES, Deferred, FrameFault, RestFault
 from fleet.sim.ratelimit import RateLimiter, too_many_requests
 from fleet.sim.rest import RestHandlers
+from fleet.sim.stats import Statistics
 
 __all__ = ["Answer", "ExchangeGateway"]
 
@@ -31,6 +32,7 @@ log = logging.getLogger("fleet.sim")
 NONE, SIGNED, KEY = "NONE", "SIGNED", "KEY"
 # the routes of a limit of their own, 500 requests per 5 minutes per IP (no weight)
 FUNDING_LIMITED = frozenset({"GET /fapi/v1/fundingRate", "GET /fapi/v1/fundingInfo"})
+STATS_PREFIX = "/futures/data/"   # the trading statistics: 1,000 requests per 5 minutes per IP (no weight)
 
 
 @dataclass
@@ -115,6 +117,8 @@ class ExchangeGateway(RestHandlers):
         add("GET", v1 + "/markPriceKlines", self._price_klines("mark", "symbol"), NONE, self._klines_weight)
         add("GET", v1 + "/indexPriceKlines", self._price_klines("index", "pair"), NONE, self._klines_weight)
         add("GET", v1 + "/premiumIndexKlines", self._price_klines("premium", "symbol"), NONE, self._klines_weight)
+        for path, handler in Statistics(e.book, e.seed).routes().items():   # the trading statistics
+            add("GET", path, handler, NONE, 0)   # no weight: a limit of their own (below)
         # trading
         add("POST", v1 + "/order", lambda a, p, n: e.new_order(a, p, n), SIGNED, (0, 1, 1))
         add("POST", v1 + "/order/test", lambda a, p, n: e.new_order(a, p, n, test=True), SIGNED, 1)
@@ -281,6 +285,8 @@ class ExchangeGateway(RestHandlers):
         headers["X-MBX-USED-WEIGHT-1M"] = str(used)
         if route in FUNDING_LIMITED:
             self.limiter.charge_funding_read(ip, now)
+        elif route.startswith("GET " + STATS_PREFIX):
+            self.limiter.charge_stats_read(ip, now)
         account = None
         if sec != NONE:
             account = self._authenticate(api_key, sec, params, payload, now, session_key)

@@ -4,8 +4,9 @@ An IP over its weight gets 429s; one that keeps sending after ``ban_after_429s``
 banned (418, "banned until" a fixed time); requests during a ban get the same 418 and do not lengthen
 it (a client with requests in flight would otherwise be locked out for days); each later ban of the
 IP lasts twice the last ("scale in duration for repeat offenders, from 2 minutes to 3 days").
-fundingRate and fundingInfo share a limit of their own (500 requests per 5 minutes per IP, no weight):
-past it, the same 429s, counted towards the same ban.
+fundingRate and fundingInfo share a limit of their own (500 requests per 5 minutes per IP, no weight), and
+so do the trading statistics of ``/futures/data`` (1,000): past either, the same 429s, counted towards the
+same ban.
 
 Windows are fixed and aligned (the minute, the 10-second block), as the exchange counts them, so the
 X-MBX-USED-WEIGHT-1M header a client sees is the number the next request is judged against.
@@ -51,6 +52,7 @@ class _Window:
 class _IpState:
     weight: _Window = field(default_factory=_Window)
     funding: _Window = field(default_factory=_Window)   # fundingRate and fundingInfo, 5-minute blocks
+    stats: _Window = field(default_factory=_Window)     # the /futures/data statistics, 5-minute blocks
     banned_until: int = 0
     bans: int = 0
     throttled_window: int = -1  # the minute in which this IP got its last 429
@@ -102,11 +104,20 @@ class RateLimiter:
         """Count one request of fundingRate or fundingInfo against their shared limit (500 per 5 minutes per
         IP, apart from the weight); returns the count or raises 429 (418 once the IP keeps sending)."""
         st = self._ips.setdefault(ip, _IpState())
-        limit = self.limits.funding_reads_per_5min
-        used = st.funding.count(now_ms, FUNDING_WINDOW_MS, 1)
+        return self._own_limit(ip, st, st.funding, now_ms, self.limits.funding_reads_per_5min,
+                               "fundingRate and fundingInfo")
+
+    def charge_stats_read(self, ip: str, now_ms: int) -> int:
+        """Count one request of the ``/futures/data`` statistics against their shared limit (1,000 per 5
+        minutes per IP, no weight); returns the count or raises 429 (418 once the IP keeps sending)."""
+        st = self._ips.setdefault(ip, _IpState())
+        return self._own_limit(ip, st, st.stats, now_ms, self.limits.stats_reads_per_5min, "futures data")
+
+    def _own_limit(self, ip: str, st: _IpState, window: _Window, now_ms: int, limit: int, what: str) -> int:
+        used = window.count(now_ms, FUNDING_WINDOW_MS, 1)
         if used > limit:
             err = SimApiError(-1003, f"Too many requests; current limit of IP({ip}) is {limit} requests per 5 "
-                                     "minutes for fundingRate and fundingInfo.", 429)
+                                     f"minutes for {what}.", 429)
             raise self._throttle(ip, st, now_ms, err, FUNDING_WINDOW_MS)
         return used
 

@@ -115,6 +115,22 @@ def test_ccxt_binanceusdm_reads_mark_index_and_premium_candles(sim_thread):
         requests.post(freeze, json={"frozen": False, "symbol": "ETHUSDC"}, timeout=10).raise_for_status()
 
 
+def test_ccxt_binanceusdm_reads_the_trading_statistics(sim_thread):
+    """ccxt's open interest history and long/short ratio history read Binance's /futures/data routes
+    (a 404 here before): points by period, oldest first, the ratio the longs' share over the shorts'."""
+    ex = _client(sim_thread)
+    ex.load_markets()
+    history = ex.fetch_open_interest_history("BTC/USDT:USDT", "1h", limit=5)
+    assert len(history) == 5 and [h["timestamp"] for h in history] == sorted(h["timestamp"] for h in history)
+    assert all(h["openInterestAmount"] == 10000 and h["openInterestValue"] > 0 for h in history)
+    ratios = ex.fetch_long_short_ratio_history("BTC/USDT:USDT", "5m", limit=3)
+    assert len(ratios) == 3
+    for r in ratios:
+        info = r["info"]
+        assert r["longShortRatio"] == float(info["longShortRatio"])
+        assert abs(float(info["longAccount"]) / float(info["shortAccount"]) - r["longShortRatio"]) < 1e-4
+
+
 async def test_ccxt_binanceusdm_trades_over_the_websocket_api(sim):
     """ccxt's WebSocket-API methods (create/edit/fetch/cancel_order_ws, fetch_balance_ws,
     fetch_positions_ws) against the simulator's /ws-fapi/v1, checked at the exchange."""
