@@ -99,6 +99,7 @@ class ExchangeGateway(RestHandlers):
         add("GET", "/api/v3/time", lambda a, p, n: {"serverTime": n}, NONE)
         add("GET", v1 + "/exchangeInfo", lambda a, p, n: self._exchange_info(n), NONE)
         add("GET", v1 + "/depth", self._depth, NONE, self._depth_weight)
+        add("GET", v1 + "/rpiDepth", self._rpi_depth, NONE, 20)
         add("GET", v1 + "/ticker/bookTicker", self._book_ticker, NONE, lambda p: 2 if p.get("symbol") else 5)
         add("GET", v1 + "/premiumIndex", self._premium_index, NONE)
         add("GET", v1 + "/fundingRate", self._funding_rate, NONE, 0)   # no weight: the limit below

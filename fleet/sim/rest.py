@@ -82,9 +82,14 @@ class RestHandlers:
             return 2
         return 2 if limit <= 50 else 5 if limit <= 100 else 10 if limit <= 500 else 20
 
-    def _depth(self, account: Any, params: dict[str, str], now: int) -> dict[str, Any]:
+    def _rpi_depth(self, account: Any, params: dict[str, str], now: int) -> dict[str, Any]:
+        """GET /fapi/v1/rpiDepth: the book with the Retail Price Improvement orders, which no one rests
+        here: the depth's (1,000 levels a side unless asked fewer, weight 20)."""
+        return self._depth(account, params, now, default="1000")
+
+    def _depth(self, account: Any, params: dict[str, str], now: int, default: str = "500") -> dict[str, Any]:
         b = self.engine.book(params.get("symbol"))
-        raw = params.get("limit") or "500"
+        raw = params.get("limit") or default
         try:
             limit = int(raw)
         except ValueError:

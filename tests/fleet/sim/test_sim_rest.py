@@ -107,6 +107,20 @@ async def test_weight_header_counts_each_request_by_endpoint_weight(sim_factory)
         assert used == [1, 6, 26, 31, 32, 33, 34]   # premiumIndex: 1 with a symbol or without
 
 
+async def test_the_book_with_rpi_orders_is_the_depth_none_resting_here(sim_factory):
+    """GET /fapi/v1/rpiDepth: 1,000 levels unless asked fewer, weight 20; no one rests an RPI order in
+    the simulator, so it is the depth's book (a manual clock: both read the same moment)."""
+    sim = await sim_factory(clock=ManualClock())
+    async with SimClient.for_sim(sim) as c:
+        rpi = await c.public("GET", "/fapi/v1/rpiDepth", {"symbol": "ETHUSDC"})
+        assert rpi.status == 200 and rpi.headers["X-MBX-USED-WEIGHT-1M"] == "20"
+        depth = (await c.public("GET", "/fapi/v1/depth", {"symbol": "ETHUSDC", "limit": 1000})).json
+        assert rpi.json["bids"] == depth["bids"] and rpi.json["asks"] == depth["asks"]
+        assert rpi.json["lastUpdateId"] == depth["lastUpdateId"]
+        assert len((await c.public("GET", "/fapi/v1/rpiDepth", {"symbol": "ETHUSDC", "limit": 5})).json["bids"]) == 5
+        assert (await c.public("GET", "/fapi/v1/rpiDepth", {})).json["code"] == -1102
+
+
 async def test_answers_refused_before_any_weight_is_charged_carry_the_weight_header_too(sim_factory):
     """X-MBX-USED-WEIGHT-1M is on every answer: an unknown path (404 -5000), a method a path does not
     take (405), a parameter named twice (-1101) and a body that is not text (-1100) charge nothing and
