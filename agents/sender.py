@@ -19,6 +19,7 @@ from fleet.binance.enums import ErrorCode, OrderType, TimeInForce
 from fleet.binance.errors import (
     BinanceError,
     FilterRejectedError,
+    MinNotionalError,
     NotSentError,
     OutcomeUnknownError,
     RateLimitedError,
@@ -49,6 +50,12 @@ NOT_TRADING = frozenset({ErrorCode.SYMBOL_NOT_TRADING, ErrorCode.AMEND_NOT_TRADI
 # Refusals of exposure the account cannot add now: no margin for it (-2019), or the position and the
 # orders on its side at the most the leverage's bracket allows (-2027). Both hold the quoting lane.
 MARGIN_REFUSALS = frozenset({ErrorCode.MARGIN_NOT_SUFFICIEN, ErrorCode.MAX_LEVERAGE_RATIO})
+
+
+# Refusals a change of the symbol's filters brings (Binance announces new ticks, steps, quantity limits and
+# minimum notionals): exchangeInfo is read again (``ContractWatch.filters_refused``). A raised MIN_NOTIONAL
+# refused every small layer -4164 (an amendment -5029) at every quote, for good, before it was one.
+FILTER_REFUSALS = (FilterRejectedError, MinNotionalError)
 
 
 # The codes a whole call answers with a 5xx that Binance documents as not executed. A batch's entry carries
@@ -346,7 +353,7 @@ class OrderSender:
             elif exc.code == ErrorCode.POSITION_SIDE_NOT_MATCH and batch.kind == "place":   # an amend's -4061: its side
                 self.agent.contract.position_mode_refused()
             else:
-                if isinstance(exc, FilterRejectedError):   # the exchange may have changed the filters
+                if isinstance(exc, FILTER_REFUSALS):   # the exchange may have changed the filters
                     self.agent.contract.filters_refused(exc.code)
                 self.agent.log.event("request_failed", f"{batch.kind} x{len(items)}: {exc!r}", level=logging.WARNING)
 
@@ -398,7 +405,7 @@ class OrderSender:
                 elif res.code == ErrorCode.POSITION_SIDE_NOT_MATCH and batch.kind == "place":
                     self.agent.contract.position_mode_refused()   # said once: it halts the symbol
                     continue
-                elif isinstance(res, FilterRejectedError):   # the exchange may have changed the filters
+                elif isinstance(res, FILTER_REFUSALS):   # the exchange may have changed the filters
                     self.agent.contract.filters_refused(res.code)
                 if res.code not in QUIET_REJECTIONS:
                     self.agent.log.event(

@@ -153,13 +153,7 @@ class AdminRoutes:
             return {"symbols": e.set_frozen(text(body, "symbol"), flag(body, "frozen", True),
                                             text(body, "mode", "data"))}
         if path == "/sim/filters":
-            only(body, path, "symbol", "tick_size")
-            b = e.book(text(body, "symbol", REQUIRED))
-            multiple = Decimal(decimal(body, "tick_size", REQUIRED, b.tick, b.tick * 10_000)) / b.tick
-            if multiple != multiple.to_integral_value():
-                raise ValueError(f"tick_size must be a whole multiple of {b.symbol}'s {b.tick:f}")
-            b.tick_multiple = int(multiple)   # orders off the new grid refused -4014, exchangeInfo lists it
-            return {"symbol": b.symbol, "tick_size": f"{b.tick * b.tick_multiple:f}"}
+            return self._filters(body, path)
         if path == "/sim/market/jump":
             only(body, path, "symbol", "pct")
             return {"mid": e.jump(text(body, "symbol", REQUIRED), number(body, "pct", REQUIRED, -99.99, 10_000.0), now)}
@@ -208,3 +202,30 @@ class AdminRoutes:
             e.advance(now)
             return {"ok": True}
         return None
+
+    def _filters(self, body: dict[str, Any], path: str) -> dict[str, Any]:
+        """The exchange changes a symbol's filters, as it announces (a coarser tick, a new minimum
+        notional, order quantity limits): exchangeInfo lists them, new orders and amendments meet them
+        (-4014, -4164, -5029, -4004, -4005), what rests stays. Every field checked before anything changes."""
+        only(body, path, "symbol", "tick_size", "min_notional", "min_qty", "max_qty")
+        b = self.engine.book(text(body, "symbol", REQUIRED))
+        big = Decimal(10) ** 12
+        tick = decimal(body, "tick_size", None, b.tick, b.tick * 10_000)
+        notional = decimal(body, "min_notional", None, Decimal(0), big)
+        min_qty = decimal(body, "min_qty", None, b.step, big)
+        max_qty = decimal(body, "max_qty", None, b.step, big)
+        if tick is None and notional is None and min_qty is None and max_qty is None:
+            raise ValueError("give at least one of tick_size, min_notional, min_qty, max_qty")
+        multiple = Decimal(tick) / b.tick if tick is not None else Decimal(b.tick_multiple)
+        if multiple != multiple.to_integral_value():
+            raise ValueError(f"tick_size must be a whole multiple of {b.symbol}'s {b.tick:f}")
+        lo, hi = Decimal(min_qty or b.min_qty), Decimal(max_qty or b.max_qty)
+        for name, value in (("min_qty", lo), ("max_qty", hi)):
+            if value % b.step:
+                raise ValueError(f"{name} must be a whole multiple of {b.symbol}'s step {b.step:f}")
+        if lo > hi:
+            raise ValueError(f"min_qty {lo:f} is above max_qty {hi:f}")
+        b.tick_multiple = int(multiple)   # orders off the new grid refused -4014, exchangeInfo lists it
+        b.set_filters(lo, hi, Decimal(notional or b.min_notional))
+        return {"symbol": b.symbol, "tick_size": f"{b.tick * b.tick_multiple:f}", "min_notional": f"{b.min_notional:f}",
+                "min_qty": f"{b.min_qty:f}", "max_qty": f"{b.max_qty:f}"}

@@ -150,19 +150,13 @@ class Book:
         self.min_price, self.max_price = self.tick * self.min_price_ticks, Decimal(spec.max_price)
         self.min_price_units = self.min_price_ticks * self.price_mult
         self.max_price_units = int(self.max_price * 10 ** self.price_places)
-        self.min_qty = Decimal(spec.min_qty) if spec.min_qty else self.step
-        self.min_notional = Decimal(spec.min_notional)
-        self.max_qty = Decimal(spec.max_qty)
         self.market_max_qty = Decimal(spec.market_max_qty)
         self.mult_up = Decimal(spec.multiplier_up)
         self.mult_down = Decimal(spec.multiplier_down)
-        self.min_notional_units = int((self.min_notional * 10 ** self.notional_places).to_integral_value(
-            rounding="ROUND_CEILING"))
-        self.min_notional_f = float(self.min_notional)
         self.mult_up_f = float(self.mult_up)
         self.mult_down_f = float(self.mult_down)
-        self.min_qty_steps = int((self.min_qty / self.step).to_integral_value(rounding="ROUND_CEILING"))
-        self.max_steps = int((self.max_qty / self.step).to_integral_value(rounding="ROUND_FLOOR"))
+        self.set_filters(Decimal(spec.min_qty) if spec.min_qty else self.step, Decimal(spec.max_qty),
+                         Decimal(spec.min_notional))
         self.market_max_steps = int((self.market_max_qty / self.step).to_integral_value(rounding="ROUND_FLOOR"))
         # MARKET_LOT_SIZE: its step in LOT steps (1 = the same grid) and its minimum in LOT steps
         self.market_step = Decimal(spec.market_step_size) if spec.market_step_size else self.step
@@ -479,6 +473,16 @@ class Book:
         if self._mark_dec is None:
             self._mark_dec = Decimal(f"{self.mark:.8f}")
         return self._mark_dec
+
+    def set_filters(self, min_qty: Decimal, max_qty: Decimal, min_notional: Decimal) -> None:
+        """LOT_SIZE's minQty and maxQty and MIN_NOTIONAL (``/sim/filters``: the exchange changed them, as it
+        announces; what rests stays, new orders and amendments meet them)."""
+        self.min_qty, self.max_qty, self.min_notional = min_qty, max_qty, min_notional
+        self.min_notional_units = int((min_notional * 10 ** self.notional_places).to_integral_value(
+            rounding="ROUND_CEILING"))
+        self.min_notional_f = float(min_notional)
+        self.min_qty_steps = int((min_qty / self.step).to_integral_value(rounding="ROUND_CEILING"))
+        self.max_steps = int((max_qty / self.step).to_integral_value(rounding="ROUND_FLOOR"))
 
     def price_str(self, ticks: int) -> str:
         return fixed(ticks * self.price_mult, self.price_places)

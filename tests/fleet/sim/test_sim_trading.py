@@ -543,3 +543,36 @@ async def test_fok_counts_a_reduce_only_maker_only_as_far_as_it_reduces(sim_fact
         assert r == FOK_REJECT, r
         st = await taker.state("other", symbol="ETHUSDC")
         assert st["positions"]["ETHUSDC"]["amount"] == "0.010"
+
+
+async def test_filters_the_exchange_changes_are_listed_met_by_new_orders_and_leave_what_rests(sim):
+    """``/sim/filters``: a raised MIN_NOTIONAL and new LOT_SIZE limits, as Binance announces them; an order
+    below the minimum notional is refused -4164, an amendment -5029; quantities
+    outside minQty / maxQty -4004 / -4005; the order resting from before stays as it was."""
+    async with SimClient.for_sim(sim) as c:
+        await c.admin("POST", "/sim/market/freeze", {"symbol": "ETHUSDC"})
+        bid = Decimal((await _book(c))["bids"][0][0])
+        price = _px(bid * Decimal("0.99"))
+        before = await _limit(c, "BUY", price, qty="0.010")
+        small = Decimal(price) * Decimal("0.010")
+        r = await c.admin("POST", "/sim/filters", {"symbol": "ETHUSDC", "min_notional": str(small * 3),
+                                                    "min_qty": "0.002", "max_qty": "50"})
+        assert r["min_notional"] == f"{small * 3:f}" and r["max_qty"] == "50"
+        listed = next(s for s in (await c.public("GET", "/fapi/v1/exchangeInfo")).json["symbols"]
+                      if s["symbol"] == "ETHUSDC")
+        filters = {f["filterType"]: f for f in listed["filters"]}
+        assert filters["MIN_NOTIONAL"]["notional"] == f"{small * 3:f}"
+        assert (filters["LOT_SIZE"]["minQty"], filters["LOT_SIZE"]["maxQty"]) == ("0.002", "50")
+        assert (await _limit(c, "BUY", price, qty="0.010"))["code"] == -4164
+        assert (await _limit(c, "BUY", price, qty="0.001"))["code"] == -4004
+        assert (await _limit(c, "BUY", price, qty="50.001"))["code"] == -4005
+        amend = await c.signed("PUT", "/fapi/v1/order", {"symbol": "ETHUSDC", "orderId": before["orderId"],
+                                                         "side": "BUY", "quantity": "0.011", "price": price})
+        assert amend.json["code"] == -5029
+        assert (await _limit(c, "BUY", price, qty="0.040"))["status"] == "NEW"
+        resting = {o["orderId"]: o for o in (await c.state(symbol="ETHUSDC"))["open_orders"]}
+        assert resting[before["orderId"]]["origQty"] == "0.010"   # what rests from before stays
+        for bad, named in (({"symbol": "ETHUSDC"}, "at least one"), ({"symbol": "ETHUSDC", "min_qty": "0.0015"}, "step"),
+                           ({"symbol": "ETHUSDC", "min_qty": "2", "max_qty": "1"}, "above max_qty")):
+            async with c.session.post(c.rest_url + "/sim/filters", json=bad) as refused:
+                assert refused.status == 400 and named in (await refused.json())["error"]
