@@ -111,11 +111,14 @@ class Backoff:
         self.attempt = 0
 
 
-def outage_of(exc: BaseException, client: Any) -> asyncio.Event | None:
+def outage_of(exc: BaseException, client: Any, woken: bool = False) -> asyncio.Event | None:
     """The REST outage ``exc`` came of, if any: its event, set at the exchange's first answer after it
     (``BinanceClient.rest_back``); a retry backing off waits no longer than that. None for a failure of
-    another kind (a stream's, a refusal of the request itself): its back-off is waited out."""
-    if client is not None and isinstance(exc, BinanceError) and client.rest_failing:
+    another kind (a stream's, a refusal of the request itself): its back-off is waited out; and None
+    after a retry so ``woken`` that failed again: the outage may be one route's while others answer
+    (a 503 on openOrders alone woke a reconnect at every heartbeat, 29 tries in 30 s), so every other
+    try waits its whole back-off."""
+    if not woken and client is not None and isinstance(exc, BinanceError) and client.rest_failing:
         return client.rest_back
     return None
 

@@ -62,11 +62,13 @@ class Tasks:
                 a.sender.pull_quotes(f"{name} loop failed")
                 self.spawn(self.loop(name)(), name)
 
-    async def sleep(self, seconds: float, wake: asyncio.Event | None = None) -> None:
+    async def sleep(self, seconds: float, wake: asyncio.Event | None = None) -> bool:
         """Sleep ``seconds`` on the injected clock, or less: the stop wakes every such sleep at once,
-        and ``wake``, if given, once it is set."""
-        if self.agent.stopping or seconds <= 0 or (wake is not None and wake.is_set()):
-            return
+        and ``wake``, if given, once it is set. Whether ``wake`` ended it."""
+        if wake is not None and wake.is_set():
+            return True
+        if self.agent.stopping or seconds <= 0:
+            return False
         sleep = asyncio.ensure_future(self.agent.clock.sleep(seconds))
         self._sleepers.add(sleep)
         woken = asyncio.ensure_future(wake.wait()) if wake is not None else None
@@ -78,6 +80,7 @@ class Tasks:
             sleep.cancel()  # (this task itself was cancelled)
             if woken is not None:
                 woken.cancel()
+        return woken is not None and woken.done() and not woken.cancelled()
 
     def wake_sleepers(self) -> None:
         """The stop: the timers' loops see it now, not at their next beat."""

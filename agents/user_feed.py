@@ -23,7 +23,7 @@ from fleet.binance.streams import StreamError, UserStream
 from .carry import backfill_trades, book_funding_income
 from .clearance import book_clearance_fees
 from .orders import parse_client_order_id
-from .agent_base import BLOCK_USER_STREAM, Backoff, _ListenKeyGone, _TRANSIENT, _same_epoch, outage_of
+from .agent_base import BLOCK_USER_STREAM, Backoff, _ListenKeyGone, _TRANSIENT, _older_epoch, _same_epoch, outage_of
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
@@ -87,6 +87,7 @@ class UserFeed:
         """Consume the user stream; on loss: block, cancel via REST after the grace, reconnect, resync."""
         a = self.agent
         backoff = Backoff(a.runtime.reconnect_backoff_initial_sec, a.runtime.reconnect_backoff_max_sec, rng=a.rng)
+        woken = False   # the last try came early, at the end of a REST outage (``outage_of``)
         while not a.stopping:
             stream = self.stream
             if stream is not None:
@@ -109,9 +110,10 @@ class UserFeed:
             try:
                 await self._reconnect()
                 backoff.reset()
+                woken = False
             except Exception as exc:  # noqa: BLE001 - whatever failed, the next try starts from a new stream
                 # (a stream left open would be consumed by the next pass with its block never cleared)
-                outage = outage_of(exc, a.client)
+                outage = outage_of(exc, a.client, woken)
                 self._set_connected(False)
                 await self.close()
                 delay = backoff.next()
@@ -120,7 +122,7 @@ class UserFeed:
                 a.log.event("user_reconnect_failed", f"{exc!r}; next try in {delay:.1f}s"
                             + (" or once the exchange's REST answers again" if outage is not None else ""), level=level)
                 # a long REST outage grew the back-off to a minute: the agent kept unquoting that long after
-                await a.tasks.sleep(delay, wake=outage)
+                woken = await a.tasks.sleep(delay, wake=outage)
 
     async def _reconnect(self) -> None:
         """A new key and stream, the snapshot made the truth, a zombie predecessor's late orders gone."""
@@ -388,12 +390,12 @@ class UserFeed:
         self.agent.tasks.spawn(self._rest_fallback_cancel(), "rest-fallback")
 
     async def _rest_fallback_cancel(self) -> None:
-        """The store's orders of this epoch pulled through the order flow (their cancels marked as sent,
-        so a CANCELED frame after the reconnect is ours, not another hand's; answered, counted and
-        journaled as any cancel), the pull re-listing and cancelling until none rests or may land. While
-        the lease holds, the orders an earlier epoch of mmfleet left are cancelled too, by the batch route.
-        Another hand's are left (a symbol-wide cancel-all took the desk's and other tools' orders at every
-        stream outage)."""
+        """The store's orders pulled through the order flow (their cancels marked as sent, so a CANCELED
+        frame after the reconnect is ours, not another hand's; answered, counted and journaled as any
+        cancel), the pull re-listing and cancelling until none of this epoch rests or may land. While the
+        lease holds, the listed orders an earlier epoch of mmfleet left that the store does not hold are
+        cancelled too, by the batch route (a later epoch's are a successor's). Another hand's are left (a
+        symbol-wide cancel-all took the desk's and other tools' orders at every stream outage)."""
         a = self.agent
         if self.connected or a.stopping or a.lease.lost:
             return
@@ -405,10 +407,10 @@ class UserFeed:
                     "(another hand's left)", level=logging.WARNING)
         if not a.lease_ok():
             return   # a successor may own the other epochs' orders
+        store = a.require_core().store
         try:
             n = await a.require_client().cancel_listed(
-                a.symbol, keep=lambda o: not _same_epoch(o.client_order_id, epoch)
-                and parse_client_order_id(o.client_order_id) is not None)
+                a.symbol, keep=lambda o: _older_epoch(o.client_order_id, epoch) and store.get(o.client_order_id) is None)
         except BinanceError as exc:
             a.log.event("rest_fallback_failed", f"an earlier epoch's orders not cancelled via REST: {exc!r}",
                         level=logging.ERROR)

@@ -30,6 +30,7 @@ from fleet.vocabulary import CLOCK_SKEW_S, KillState
 log = logging.getLogger("mmfleet.controller")
 
 STATUS_READ_S = 3.0   # a resume reads the symbols' statuses (exchangeInfo) within this, or resumes as asked
+RESUMABLE = frozenset({"TRADING", "PENDING_TRADING"})   # the statuses a resume is carried out in
 KILL_GROUP = "kill"  # kill and resume: their own thread and loop, never queued behind apply or a lease call
 CARRIED_WRITE_S = 3.0  # a carried kill's write waits this long (the read before it answered: the GCS is up)
 
@@ -401,25 +402,27 @@ class KillSwitches:
         return {"symbols": out}
 
     async def _not_trading(self, symbols: list[str]) -> dict[str, str]:
-        """Of ``symbols``, those the exchange lists in a status other than TRADING (settled, delisted,
-        about to list), each with why: resumed, such an agent sat paused on a market with no book, the
-        answer saying "resumed". Read from exchangeInfo, once per account, within ``STATUS_READ_S``; a
-        read that fails refuses nothing (said): an order on such a symbol is refused (-4108) and halts it."""
+        """Of ``symbols``, those the exchange lists in a status that does not come back to TRADING (settling,
+        closed, delivered, or no longer listed), each with why: resumed, such an agent sat paused on a
+        market with no book, the answer saying "resumed". A symbol about to list (PENDING_TRADING) may be
+        resumed: its agent quotes once it opens. Read from exchangeInfo, the accounts at once, within
+        ``STATUS_READ_S``; a read that fails refuses nothing (said): an order on such a symbol is refused
+        (-4108) and halts it."""
         by_account: dict[str, list[str]] = {}
         for s in symbols:
             if (account := self._account_of(s)) is not None:
                 by_account.setdefault(account, []).append(s)
+        reads = await asyncio.gather(*(asyncio.wait_for(self.kill_desk.statuses(account), STATUS_READ_S)
+                                       for account in by_account), return_exceptions=True)
         out: dict[str, str] = {}
-        for account, named in by_account.items():
-            try:
-                listed = await asyncio.wait_for(self.kill_desk.statuses(account), STATUS_READ_S)
-            except Exception as exc:  # noqa: BLE001 - the resume goes on; the exchange refuses what it must
+        for (account, named), listed in zip(by_account.items(), reads):
+            if isinstance(listed, BaseException):
                 log.warning("a resume of %s: the exchange's statuses not read (%s): resumed as asked",
-                            ", ".join(named), named_line(exc))
+                            ", ".join(named), named_line(listed))
                 continue
             for s in named:
                 status = listed.get(s)
-                if status != "TRADING":
+                if status not in RESUMABLE:
                     out[s] = (f"the exchange lists {s} as {status}, not TRADING: it stays halted" if status
                               else f"the exchange no longer lists {s}: it stays halted")
         return out

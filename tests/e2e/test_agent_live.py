@@ -500,8 +500,8 @@ async def test_the_rest_fallbacks_cancel_landing_after_the_reconnect_is_ours_not
     """The REST fallback's cancels are answered 503 and executed 4 s later, after the user stream came
     back and the resync listed the orders open: their CANCELED frames are the agent's own cancels, not
     another hand's (read so, quoting was held and the owner asked, a false alarm)."""
-    runtime = FAST.model_copy(update={"user_stream_grace_sec": 0.3, "reconnect_backoff_initial_sec": 2.5,
-                                      "reconnect_backoff_max_sec": 2.5})
+    runtime = FAST.model_copy(update={"user_stream_grace_sec": 0.3, "reconnect_backoff_initial_sec": 1.5,
+                                      "reconnect_backoff_max_sec": 1.5})
     agent = await make_agent(runtime=runtime)
     await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
     ladder = {o["clientOrderId"] for o in (await exchange.state())["open_orders"]}
@@ -515,6 +515,7 @@ async def test_the_rest_fallbacks_cancel_landing_after_the_reconnect_is_ours_not
     await wait_for(held, 5, "the REST fallback's cancels sent, held by the exchange")
     await wait_for(lambda: agent.counters["resyncs"] >= 1, 10, "the user stream back and resynced")
     await exchange.post("/sim/fault/clear", {})
+    assert await held(), "the fallback's cancels still held when the stream came back: they land after it"
 
     async def cancels_landed() -> bool:
         return not (await exchange.state())["deferred"] and await in_sync(agent, exchange)
@@ -544,6 +545,31 @@ async def test_after_a_rest_outage_the_user_stream_comes_back_at_the_first_answe
     await wait_for(lambda: agent.user.connected, 6, "the user stream back before the 12 s back-off ends")
     assert agent.counters["user_reconnect_failures"] == 2
     await wait_for(lambda: resting(agent, exchange), 10, "a whole ladder again", explain=lambda: describe(agent, exchange))
+
+
+async def test_an_outage_of_one_route_wakes_every_other_reconnect_at_most(make_agent, exchange, caplog):
+    """Every openOrders answered 503 while the rest of REST answers (the heartbeat among them, every
+    second): each reconnect fails at its resync. The end of an outage wakes a reconnect early, and the
+    heartbeat's answer said so at once: the reconnect went at every heartbeat for the whole outage (29
+    tries in 30 s, a review). Now a try so woken that fails again waits its whole back-off."""
+    caplog.set_level(logging.INFO, logger="mmfleet.agent")
+    runtime = FAST.model_copy(update={"user_stream_grace_sec": 0.3, "reconnect_backoff_initial_sec": 0.5,
+                                      "reconnect_backoff_max_sec": 60.0})
+    agent = await make_agent(runtime=runtime)
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    await exchange.post("/sim/fault/rest", {"mode": "error", "count": 100_000, "answer": "503",
+                                            "path": "/fapi/v1/openOrders", "method": "GET"})
+    await exchange.post("/sim/fault/drop", {"target": "user", "account": "main"})
+    await wait_for(lambda: agent.counters["user_reconnect_failures"] >= 4, 30, "four reconnects failed")
+    await exchange.post("/sim/fault/clear", {})
+    failed = [r for r in caplog.records if getattr(r, "event", None) == "user_reconnect_failed"][:4]
+    offered = ["or once the exchange's REST answers again" in r.getMessage() for r in failed]
+    assert offered[0] and not all(offered), [r.getMessage() for r in failed]
+    for this, after in zip(failed, failed[1:]):
+        if "or once the exchange's REST answers again" not in this.getMessage():   # the whole back-off waited
+            delay = float(re.search(r"next try in ([0-9.]+)s", this.getMessage()).group(1))   # (to 0.1 s)
+            assert after.created - this.created >= delay - 0.05, (this.getMessage(), after.created - this.created)
+    await wait_for(lambda: resting(agent, exchange), 30, "a whole ladder again", explain=lambda: describe(agent, exchange))
 
 
 async def test_listen_key_expired_is_recovered_without_duplicates(make_agent, exchange):
@@ -1649,3 +1675,26 @@ async def test_a_tick_the_exchange_coarsens_stops_the_agent_to_start_again_on_it
                    explain=lambda: describe(again, exchange))
     prices = [Decimal(o["price"]) for o in (await exchange.state())["open_orders"]]
     assert prices and all(p % Decimal("0.05") == 0 for p in prices), prices
+
+
+async def test_a_minimum_notional_the_exchange_raises_stops_the_agent_to_start_again_on_it(make_agent, exchange, caplog):
+    """The exchange raises ETHUSDC's MIN_NOTIONAL above the ladder's smallest layers (Binance announces
+    such updates): their amendments were refused -5029 and new ones -4164 at every quote, for good, the
+    refusal not read as a change of the filters. Now it reads exchangeInfo again: this agent stops (its
+    orders cancelled), and the one started after it quotes every order at the new minimum or above."""
+    caplog.set_level(logging.INFO, logger="mmfleet.agent")
+    agent = await make_agent()
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    notionals = sorted(Decimal(o["price"]) * Decimal(o["origQty"]) for o in (await exchange.state())["open_orders"])
+    raised = ((notionals[0] + notionals[-1]) / 2).to_integral_value()
+    assert notionals[0] < raised <= notionals[-1] <= Decimal(str(agent.params.risk.max_order_notional))
+    await exchange.post("/sim/filters", {"symbol": SYMBOL, "min_notional": str(raised)})
+    await wait_for(lambda: agent.stopped, 30, "the agent stopped on the changed filters")
+    said = [r for r in caplog.records if getattr(r, "event", None) == "filters_changed"]
+    assert len(said) == 1 and said[0].levelno == logging.ERROR and f"-> {raised}" in said[0].getMessage()
+    assert (await exchange.state())["open_orders"] == []
+    again = await make_agent()
+    await wait_for(lambda: resting(again, exchange), 15, "the next agent's ladder resting",
+                   explain=lambda: describe(again, exchange))
+    orders = (await exchange.state())["open_orders"]
+    assert orders and all(Decimal(o["price"]) * Decimal(o["origQty"]) >= raised for o in orders), orders
