@@ -1057,7 +1057,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
             raise
         if o is None:
             return {}
-        return ack if ack is not None else self.order_json(self.books[o.symbol], o)
+        return ack if ack is not None else self.order_json(self.books[o.symbol], o, "new")
 
     def place_order(self, account: str, params: dict[str, str], now: int) -> Order:
         """The in-process path: like :meth:`new_order`, returning the live Order instead of JSON."""
@@ -1163,7 +1163,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         b.next_order_id += 1
         self._open_insert(acct, o)
         acct.counters["orders_placed"] += 1
-        ack = self.order_json(b, o) if want_json and resp_type == "ACK" else None
+        ack = self.order_json(b, o, "new") if want_json and resp_type == "ACK" else None
         self._emit_order_update(acct, b, o, "NEW", now)
         crosses = market or (sign > 0 and price >= b.best_ask()) or (sign < 0 and price <= b.best_bid())
         if crosses:
@@ -1284,7 +1284,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
 
     def cancel_order(self, account: str, params: dict[str, str], now: int) -> dict[str, Any]:
         o = self.cancel(account, params, now)
-        return self.order_json(self.books[o.symbol], o)
+        return self.order_json(self.books[o.symbol], o, "cancel")
 
     def cancel(self, account: str, params: dict[str, str], now: int) -> Order:
         """The in-process path of DELETE /fapi/v1/order: returns the cancelled Order."""
@@ -1380,7 +1380,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
 
     def _amended_json(self, b: Book, o: Order, modify_id: int | None) -> dict[str, Any]:
         """An amendment's answer: the order, and the caller's ``modifyId`` when it sent one."""
-        out = self.order_json(b, o)
+        out = self.order_json(b, o, "amend")
         return out if modify_id is None else {**out, "modifyId": modify_id}
 
     def _amend_margin(self, acct: Account, b: Book, o: Order, price: int, qty: int) -> None:

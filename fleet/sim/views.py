@@ -13,6 +13,18 @@ from fleet.sim.units import Q8, ZERO, s8
 
 
 
+# The fields each kind of REST order answer leaves out, as Binance's documented examples do: a new
+# order's and a cancel's carry cumQty but no time, pair or cumBase; an amendment's carries pair and
+# cumBase, no time; a look-up's (an order, the open ones, all of them, forceOrders) carries time but no
+# cumQty, pair or cumBase.
+ORDER_SHAPES: dict[str, tuple[str, ...]] = {
+    "new": ("time", "pair", "cumBase"),
+    "cancel": ("time", "pair", "cumBase"),
+    "amend": ("time",),
+    "query": ("cumQty", "pair", "cumBase"),
+}
+
+
 def by_position_side(row: dict[str, Any], amount: Decimal) -> list[dict[str, Any]]:
     """A Hedge Mode account's rows of one symbol, as Binance lists them: a LONG and a SHORT, no BOTH
     (a position set by the admin route is on the side its sign names; the other row is flat)."""
@@ -182,18 +194,22 @@ class EngineViews:
                  "quoteQty": t.quote_qty, "realizedPnl": t.realized_pnl, "side": t.side, "positionSide": "BOTH",
                  "symbol": t.symbol, "time": t.time} for t in trades]
 
-    def order_json(self, b: Book, o: Order) -> dict[str, Any]:
+    def order_json(self, b: Book, o: Order, shape: str = "query") -> dict[str, Any]:
+        """The REST order object, with the fields Binance's answer of that kind carries (``ORDER_SHAPES``)."""
         filled = b.qty_str(o.filled)
         otype = "LIMIT" if o.type == "LIQUIDATION" else o.type   # the user stream's type only (forceOrders)
-        return {"orderId": o.order_id, "symbol": b.symbol, "pair": b.symbol, "status": o.status,
-                "clientOrderId": o.client_id, "price": b.price_str(o.price) if o.price else "0",
-                "avgPrice": self._avg_str(b, o), "origQty": b.qty_str(o.orig), "executedQty": filled,
-                "cumQty": filled, "cumQuote": s8(o.cum_quote), "cumBase": filled, "timeInForce": o.tif,
-                "type": otype, "reduceOnly": o.reduce_only, "closePosition": False, "side": o.side,
-                "positionSide": "BOTH", "stopPrice": "0", "workingType": "CONTRACT_PRICE",
-                "priceProtect": False, "origType": otype, "priceMatch": o.price_match,
-                "selfTradePreventionMode": o.stp, "goodTillDate": o.gtd, "time": o.time,
-                "updateTime": o.update_time}
+        out = {"orderId": o.order_id, "symbol": b.symbol, "pair": b.symbol, "status": o.status,
+               "clientOrderId": o.client_id, "price": b.price_str(o.price) if o.price else "0",
+               "avgPrice": self._avg_str(b, o), "origQty": b.qty_str(o.orig), "executedQty": filled,
+               "cumQty": filled, "cumQuote": s8(o.cum_quote), "cumBase": filled, "timeInForce": o.tif,
+               "type": otype, "reduceOnly": o.reduce_only, "closePosition": False, "side": o.side,
+               "positionSide": "BOTH", "stopPrice": "0", "workingType": "CONTRACT_PRICE",
+               "priceProtect": False, "origType": otype, "priceMatch": o.price_match,
+               "selfTradePreventionMode": o.stp, "goodTillDate": o.gtd, "time": o.time,
+               "updateTime": o.update_time}
+        for name in ORDER_SHAPES[shape]:
+            del out[name]
+        return out
 
     # -- account views --------------------------------------------------------------------------------
 

@@ -218,6 +218,34 @@ async def test_a_configured_recv_window_maximum_is_enforced(sim_factory):
         assert (r.status, r.json["code"]) == (400, -1130)
 
 
+async def test_each_kind_of_order_answer_carries_the_fields_binances_does(sim):
+    """Binance's examples: a new order's and a cancel's answer carry cumQty, not time, pair or cumBase;
+    an amendment's pair and cumBase, not time; a look-up's (the order, the open ones, all) time, not
+    cumQty, pair or cumBase (a client comparing shapes saw every field on every answer)."""
+    async with SimClient.for_sim(sim) as c:
+        price = await _far_bid(c)
+        order = {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "price": price,
+                 "quantity": "0.010"}
+        placed = (await c.signed("POST", "/fapi/v1/order", order)).json
+        batch = (await c.signed("POST", "/fapi/v1/batchOrders", {"batchOrders": json.dumps([order])})).json[0]
+        for new in (placed, batch):
+            assert "cumQty" in new and "updateTime" in new and not {"time", "pair", "cumBase"} & set(new), new
+        ids = {"symbol": "ETHUSDC", "orderId": placed["orderId"]}
+        looked = [(await c.signed("GET", "/fapi/v1/order", ids)).json,
+                  (await c.signed("GET", "/fapi/v1/openOrders", {"symbol": "ETHUSDC"})).json[0],
+                  (await c.signed("GET", "/fapi/v1/allOrders", {"symbol": "ETHUSDC"})).json[0]]
+        for row in looked:
+            assert "time" in row and "cumQuote" in row and not {"cumQty", "pair", "cumBase"} & set(row), row
+        amended = (await c.signed("PUT", "/fapi/v1/order", {**ids, "side": "BUY", "quantity": "0.011",
+                                                             "price": price})).json
+        assert {"pair", "cumBase", "cumQty"} <= set(amended) and "time" not in amended, amended
+        cancelled = (await c.signed("DELETE", "/fapi/v1/order", ids)).json
+        other = (await c.signed("DELETE", "/fapi/v1/batchOrders",
+                                {"symbol": "ETHUSDC", "orderIdList": json.dumps([batch["orderId"]])})).json[0]
+        for gone in (cancelled, other):
+            assert gone["status"] == "CANCELED" and "cumQty" in gone and not {"time", "pair", "cumBase"} & set(gone)
+
+
 async def test_limit_order_lifecycle_query_open_orders_cancel(sim):
     async with SimClient.for_sim(sim) as c:
         price = await _far_bid(c)
