@@ -11,6 +11,8 @@ from __future__ import annotations
 import heapq
 import math
 import random
+import secrets
+import string
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -44,6 +46,8 @@ MAX_BAND = 5_000  # at most this many new levels behind a touch that moved past 
 # a conditional order's parameters, refused on LIMIT and MARKET with -1106 ("sent when not required"), as
 # Binance answers stopPrice on a LIMIT; closePosition only when "true" (its code there is not documented)
 NOT_FOR_LIMIT_OR_MARKET = ("stopPrice", "activationPrice", "callbackRate", "closePosition")
+
+LISTEN_KEY_ALPHABET = string.ascii_letters + string.digits
 
 
 def _gone(last: dict[int, int], shown: set[int], now: dict[int, int], levels: list[tuple[int, int]],
@@ -1472,7 +1476,9 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
     def listen_key_start(self, account: str, now: int) -> str:
         acct = self.account(account)
         if not acct.listen_key or now >= acct.listen_key_expiry:
-            acct.listen_key = self._token(64)
+            # 64 letters and digits of both cases, as Binance's; drawn anew at every start (one seed drew the
+            # same keys in every run: a client's key saved from the last run was taken as its own)
+            acct.listen_key = "".join(secrets.choice(LISTEN_KEY_ALPHABET) for _ in range(64))
         acct.listen_key_expiry = now + int(self.config.listen_key_ttl_s * 1000)
         self._recompute_deadline()
         return acct.listen_key
