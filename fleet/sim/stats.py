@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from fleet.sim.book import INDEX_RATIO, Book
 from fleet.sim.engine import SimApiError
-from fleet.sim.errors import missing
+from fleet.sim.errors import int_param, missing
 from fleet.sim.streams import kline_next
 
 # The periods Binance's statistics take
@@ -66,10 +66,10 @@ class Statistics:
             raise missing("period")
         if period not in PERIODS:
             raise SimApiError(-1130, "Data sent for parameter 'period' is not valid.")
-        limit = _number(params, "limit", 30)
-        if not 1 <= limit <= 500:
+        limit = int_param(params, "limit", 30)
+        if limit is None or not 1 <= limit <= 500:
             raise SimApiError(-1130, "Data sent for parameter 'limit' is not valid.")
-        start, end = _number(params, "startTime", None), _number(params, "endTime", None)
+        start, end = int_param(params, "startTime"), int_param(params, "endTime")
         if start is not None and end is not None and start > end:
             raise SimApiError(-1023, "Start time is greater than end time.")
         rows = [g for g in b.candle_groups(period, start, end, 10**6) if kline_next(period, g[0]) <= now]
@@ -122,13 +122,3 @@ class Statistics:
                         "futuresPrice": futures, "annualizedBasisRate": "", "basis": _f(basis, 8), "pair": b.symbol,
                         "timestamp": g[0]})
         return out
-
-
-def _number(params: dict[str, str], name: str, default: int | None) -> int | None:
-    raw = params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SimApiError(-1130, f"Data sent for parameter '{name}' is not valid.") from None
