@@ -150,19 +150,15 @@ class Book:
         self.min_price, self.max_price = self.tick * self.min_price_ticks, Decimal(spec.max_price)
         self.min_price_units = self.min_price_ticks * self.price_mult
         self.max_price_units = int(self.max_price * 10 ** self.price_places)
-        self.market_max_qty = Decimal(spec.market_max_qty)
         self.mult_up = Decimal(spec.multiplier_up)
         self.mult_down = Decimal(spec.multiplier_down)
         self.mult_up_f = float(self.mult_up)
         self.mult_down_f = float(self.mult_down)
-        self.set_filters(Decimal(spec.min_qty) if spec.min_qty else self.step, Decimal(spec.max_qty),
-                         Decimal(spec.min_notional))
-        self.market_max_steps = int((self.market_max_qty / self.step).to_integral_value(rounding="ROUND_FLOOR"))
-        # MARKET_LOT_SIZE: its step in LOT steps (1 = the same grid) and its minimum in LOT steps
+        # MARKET_LOT_SIZE: its step in LOT steps (1 = the same grid); its limits (set_filters) in LOT steps
         self.market_step = Decimal(spec.market_step_size) if spec.market_step_size else self.step
         self.market_step_mult = int(self.market_step / self.step)
-        self.market_min_qty = Decimal(spec.market_min_qty) if spec.market_min_qty else self.min_qty
-        self.market_min_steps = int((self.market_min_qty / self.step).to_integral_value(rounding="ROUND_CEILING"))
+        self.set_filters(Decimal(spec.min_qty) if spec.min_qty else self.step, Decimal(spec.max_qty),
+                         Decimal(spec.min_notional))
         price = spec.start_price
         self.level_steps = max(1, int((spec.level_qty or 20000.0 / price) / self.step_f))
         self.taker_mean_steps = max(1.0, (spec.taker_mean_qty or 5000.0 / price) / self.step_f)
@@ -483,6 +479,12 @@ class Book:
         self.min_notional_f = float(min_notional)
         self.min_qty_steps = int((min_qty / self.step).to_integral_value(rounding="ROUND_CEILING"))
         self.max_steps = int((max_qty / self.step).to_integral_value(rounding="ROUND_FLOOR"))
+        # MARKET_LOT_SIZE follows: its minimum LOT_SIZE's unless the spec sets one, its maximum no more than LOT_SIZE's
+        spec = self.spec
+        self.market_min_qty = Decimal(spec.market_min_qty) if spec.market_min_qty else min_qty
+        self.market_min_steps = int((self.market_min_qty / self.step).to_integral_value(rounding="ROUND_CEILING"))
+        self.market_max_qty = min(Decimal(spec.market_max_qty), max_qty)
+        self.market_max_steps = int((self.market_max_qty / self.step).to_integral_value(rounding="ROUND_FLOOR"))
 
     def price_str(self, ticks: int) -> str:
         return fixed(ticks * self.price_mult, self.price_places)

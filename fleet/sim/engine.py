@@ -1061,7 +1061,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
             raise
         if o is None:
             return {}
-        return ack if ack is not None else self.order_json(self.books[o.symbol], o, "new")
+        return ack if ack is not None else self.order_json(self.books[o.symbol], o, "result")
 
     def place_order(self, account: str, params: dict[str, str], now: int) -> Order:
         """The in-process path: like :meth:`new_order`, returning the live Order instead of JSON."""

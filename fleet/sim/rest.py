@@ -50,7 +50,7 @@ class RestHandlers:
                     {"filterType": "LOT_SIZE", "minQty": f"{b.min_qty:f}", "maxQty": f"{b.max_qty:f}",
                      "stepSize": sp.step_size},
                     {"filterType": "MARKET_LOT_SIZE", "minQty": f"{b.market_min_qty:f}",
-                     "maxQty": sp.market_max_qty, "stepSize": sp.market_step_size or sp.step_size},
+                     "maxQty": f"{b.market_max_qty:f}", "stepSize": sp.market_step_size or sp.step_size},
                     {"filterType": "MAX_NUM_ORDERS", "limit": sp.max_num_orders},
                     {"filterType": "MIN_NOTIONAL", "notional": f"{b.min_notional:f}"},
                     {"filterType": "PERCENT_PRICE", "multiplierUp": sp.multiplier_up,
@@ -84,7 +84,9 @@ class RestHandlers:
 
     def _rpi_depth(self, account: Any, params: dict[str, str], now: int) -> dict[str, Any]:
         """GET /fapi/v1/rpiDepth: the book with the Retail Price Improvement orders, which no one rests
-        here: the depth's (1,000 levels a side unless asked fewer, weight 20)."""
+        here: the depth's, 1,000 levels a side (the one limit Binance takes), weight 20."""
+        if (params.get("limit") or "1000") != "1000":
+            raise SimApiError(-1130, "Data sent for parameter 'limit' is not valid.")
         return self._depth(account, params, now, default="1000")
 
     def _depth(self, account: Any, params: dict[str, str], now: int, default: str = "500") -> dict[str, Any]:

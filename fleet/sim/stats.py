@@ -72,7 +72,9 @@ class Statistics:
         start, end = int_param(params, "startTime"), int_param(params, "endTime")
         if start is not None and end is not None and start > end:
             raise SimApiError(-1023, "Start time is greater than end time.")
-        rows = [g for g in b.candle_groups(period, start, end, 10**6) if kline_next(period, g[0]) <= now]
+        held = b.candles[0][0] if b.candles else b.candle[0] if b.candle is not None else now
+        rows = [g for g in b.candle_groups(period, start, end, 10**6)   # whole periods, closed, the candles held
+                if g[0] >= held and kline_next(period, g[0]) <= now]
         return rows[:limit] if start is not None else rows[-limit:]
 
     def _open_interest(self, account: Any, params: dict[str, str], now: int) -> list[dict[str, Any]]:

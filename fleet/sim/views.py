@@ -13,14 +13,19 @@ from fleet.sim.units import Q8, ZERO, s8
 
 
 
-# The fields each kind of REST order answer leaves out, as Binance's documented examples do: a new
-# order's and a cancel's carry cumQty but no time, pair or cumBase; an amendment's carries pair and
-# cumBase, no time; a look-up's (an order, the open ones, all of them, forceOrders) carries time but no
+# The fields each kind of REST order answer leaves out. Since Binance's CM-UM integration (effective
+# 2026-06-30) the answer of a placement, an amendment or a cancel (single, batch, and the WebSocket
+# API's order.place / modify / cancel) carries no avgPrice and no cumQuote: the fill price comes from a
+# look-up or userTrades; nor, as the documented examples, time, pair or cumBase. A placement asked for
+# its RESULT (newOrderRespType) answers with how it ended, its average price and quote included. A
+# look-up's (an order, the open ones, all of them, forceOrders) carries time, avgPrice and cumQuote, not
 # cumQty, pair or cumBase.
+_WRITE_ANSWER = ("time", "pair", "cumBase", "avgPrice", "cumQuote")
 ORDER_SHAPES: dict[str, tuple[str, ...]] = {
-    "new": ("time", "pair", "cumBase"),
-    "cancel": ("time", "pair", "cumBase"),
-    "amend": ("time",),
+    "new": _WRITE_ANSWER,
+    "result": ("time", "pair", "cumBase"),
+    "cancel": _WRITE_ANSWER,
+    "amend": _WRITE_ANSWER,
     "query": ("cumQty", "pair", "cumBase"),
 }
 

@@ -108,8 +108,8 @@ async def test_weight_header_counts_each_request_by_endpoint_weight(sim_factory)
 
 
 async def test_the_book_with_rpi_orders_is_the_depth_none_resting_here(sim_factory):
-    """GET /fapi/v1/rpiDepth: 1,000 levels unless asked fewer, weight 20; no one rests an RPI order in
-    the simulator, so it is the depth's book (a manual clock: both read the same moment)."""
+    """GET /fapi/v1/rpiDepth: 1,000 levels, the one limit Binance takes, weight 20; no one rests an RPI
+    order in the simulator, so it is the depth's book (a manual clock: both read the same moment)."""
     sim = await sim_factory(clock=ManualClock())
     async with SimClient.for_sim(sim) as c:
         rpi = await c.public("GET", "/fapi/v1/rpiDepth", {"symbol": "ETHUSDC"})
@@ -117,7 +117,8 @@ async def test_the_book_with_rpi_orders_is_the_depth_none_resting_here(sim_facto
         depth = (await c.public("GET", "/fapi/v1/depth", {"symbol": "ETHUSDC", "limit": 1000})).json
         assert rpi.json["bids"] == depth["bids"] and rpi.json["asks"] == depth["asks"]
         assert rpi.json["lastUpdateId"] == depth["lastUpdateId"]
-        assert len((await c.public("GET", "/fapi/v1/rpiDepth", {"symbol": "ETHUSDC", "limit": 5})).json["bids"]) == 5
+        assert (await c.public("GET", "/fapi/v1/rpiDepth", {"symbol": "ETHUSDC", "limit": 1000})).status == 200
+        assert (await c.public("GET", "/fapi/v1/rpiDepth", {"symbol": "ETHUSDC", "limit": 500})).json["code"] == -1130
         assert (await c.public("GET", "/fapi/v1/rpiDepth", {})).json["code"] == -1102
 
 
@@ -219,31 +220,31 @@ async def test_a_configured_recv_window_maximum_is_enforced(sim_factory):
 
 
 async def test_each_kind_of_order_answer_carries_the_fields_binances_does(sim):
-    """Binance's examples: a new order's and a cancel's answer carry cumQty, not time, pair or cumBase;
-    an amendment's pair and cumBase, not time; a look-up's (the order, the open ones, all) time, not
-    cumQty, pair or cumBase (a client comparing shapes saw every field on every answer)."""
+    """Since the CM-UM integration (2026-06-30) a placement's, an amendment's and a cancel's answer carry
+    no avgPrice and no cumQuote (the fill price is a look-up's), nor time, pair or cumBase; a look-up's
+    (the order, the open ones, all of them) carries time, avgPrice and cumQuote, not cumQty, pair or
+    cumBase (every answer carried every field)."""
+    written = {"time", "pair", "cumBase", "avgPrice", "cumQuote"}
     async with SimClient.for_sim(sim) as c:
         price = await _far_bid(c)
         order = {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "price": price,
                  "quantity": "0.010"}
         placed = (await c.signed("POST", "/fapi/v1/order", order)).json
         batch = (await c.signed("POST", "/fapi/v1/batchOrders", {"batchOrders": json.dumps([order])})).json[0]
-        for new in (placed, batch):
-            assert "cumQty" in new and "updateTime" in new and not {"time", "pair", "cumBase"} & set(new), new
         ids = {"symbol": "ETHUSDC", "orderId": placed["orderId"]}
+        amended = (await c.signed("PUT", "/fapi/v1/order", {**ids, "side": "BUY", "quantity": "0.011",
+                                                             "price": price})).json
         looked = [(await c.signed("GET", "/fapi/v1/order", ids)).json,
                   (await c.signed("GET", "/fapi/v1/openOrders", {"symbol": "ETHUSDC"})).json[0],
                   (await c.signed("GET", "/fapi/v1/allOrders", {"symbol": "ETHUSDC"})).json[0]]
         for row in looked:
-            assert "time" in row and "cumQuote" in row and not {"cumQty", "pair", "cumBase"} & set(row), row
-        amended = (await c.signed("PUT", "/fapi/v1/order", {**ids, "side": "BUY", "quantity": "0.011",
-                                                             "price": price})).json
-        assert {"pair", "cumBase", "cumQty"} <= set(amended) and "time" not in amended, amended
+            assert {"time", "avgPrice", "cumQuote"} <= set(row) and not {"cumQty", "pair", "cumBase"} & set(row), row
         cancelled = (await c.signed("DELETE", "/fapi/v1/order", ids)).json
         other = (await c.signed("DELETE", "/fapi/v1/batchOrders",
                                 {"symbol": "ETHUSDC", "orderIdList": json.dumps([batch["orderId"]])})).json[0]
-        for gone in (cancelled, other):
-            assert gone["status"] == "CANCELED" and "cumQty" in gone and not {"time", "pair", "cumBase"} & set(gone)
+        assert cancelled["status"] == other["status"] == "CANCELED"
+        for answer in (placed, batch, amended, cancelled, other):
+            assert {"cumQty", "executedQty", "updateTime"} <= set(answer) and not written & set(answer), answer
 
 
 async def test_limit_order_lifecycle_query_open_orders_cancel(sim):

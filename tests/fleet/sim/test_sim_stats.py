@@ -37,6 +37,12 @@ async def test_each_statistic_answers_closed_periods_oldest_first_in_binances_la
             assert Decimal(row["buyVol"]) == buy and Decimal(row["sellVol"]) == volume - buy
             assert row["buySellRatio"] == f"{buy / (volume - buy):.4f}"
         assert klines[-1][0] not in by_time   # the hour still open has no point
+        first_minute = (await c.public("GET", "/fapi/v1/klines", {"symbol": "BTCUSDT", "interval": "1m",
+                                                                  "limit": "1500"})).json[0][0]
+        for period, ms in (("4h", 4 * 3_600_000), ("1d", 86_400_000)):   # no point of a period held in part
+            rows = (await c.public("GET", "/futures/data/takerlongshortRatio",
+                                   {"symbol": "BTCUSDT", "period": period, "limit": "500"})).json
+            assert all(row["timestamp"] >= first_minute and row["timestamp"] % ms == 0 for row in rows), rows
 
         for kind in RATIOS:
             rows = (await c.public("GET", f"/futures/data/{kind}", {"symbol": "ETHUSDC", "period": "15m",

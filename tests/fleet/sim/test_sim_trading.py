@@ -563,6 +563,11 @@ async def test_filters_the_exchange_changes_are_listed_met_by_new_orders_and_lea
         filters = {f["filterType"]: f for f in listed["filters"]}
         assert filters["MIN_NOTIONAL"]["notional"] == f"{small * 3:f}"
         assert (filters["LOT_SIZE"]["minQty"], filters["LOT_SIZE"]["maxQty"]) == ("0.002", "50")
+        # MARKET_LOT_SIZE follows: LOT_SIZE's minimum (the spec sets none of its own), no more than its maximum
+        assert (filters["MARKET_LOT_SIZE"]["minQty"], filters["MARKET_LOT_SIZE"]["maxQty"]) == ("0.002", "50")
+        market = {"symbol": "ETHUSDC", "side": "BUY", "type": "MARKET"}
+        assert (await c.signed("POST", "/fapi/v1/order", {**market, "quantity": "0.001"})).json["code"] == -4004
+        assert (await c.signed("POST", "/fapi/v1/order", {**market, "quantity": "51"})).json["code"] == -4005
         assert (await _limit(c, "BUY", price, qty="0.010"))["code"] == -4164
         assert (await _limit(c, "BUY", price, qty="0.001"))["code"] == -4004
         assert (await _limit(c, "BUY", price, qty="50.001"))["code"] == -4005
