@@ -111,16 +111,24 @@ class Backoff:
         self.attempt = 0
 
 
-def outage_of(exc: BaseException, client: Any, woken: bool = False) -> asyncio.Event | None:
-    """The REST outage ``exc`` came of, if any: its event, set at the exchange's first answer after it
-    (``BinanceClient.rest_back``); a retry backing off waits no longer than that. None for a failure of
-    another kind (a stream's, a refusal of the request itself): its back-off is waited out; and None
-    after a retry so ``woken`` that failed again: the outage may be one route's while others answer
-    (a 503 on openOrders alone woke a reconnect at every heartbeat, 29 tries in 30 s), so every other
-    try waits its whole back-off."""
-    if not woken and client is not None and isinstance(exc, BinanceError) and client.rest_failing:
-        return client.rest_back
-    return None
+def outage_of(exc: BaseException, client: Any, early: int = 0) -> asyncio.Event | None:
+    """What may end a retry's back-off early after ``exc``, the ``early``-th early try in a row: the first
+    time, the end of the REST outage ``exc`` came of (its event, set at the exchange's first answer after
+    it: ``BinanceClient.rest_back``); the second, the end of its own route's (an outage of one route while
+    the others answer: openOrders alone woke a reconnect at every heartbeat, 29 tries in 30 s, and once
+    the route came back nothing woke it before a minute's back-off); then nothing: its back-off is waited
+    out. None too for a failure of another kind (a stream's, a refusal of the request itself)."""
+    if client is None or not isinstance(exc, BinanceError):
+        return None
+    if early == 0:
+        return client.rest_back if client.rest_failing else None
+    return client.route_back(exc.route) if early == 1 else None
+
+
+def outage_said(early: int, exc: BaseException) -> str:
+    """How a retry's log line names what may wake it (``outage_of``)."""
+    route = getattr(exc, "route", None)
+    return " or once the exchange's REST answers again" if early == 0 else f" or once {route} answers again"
 
 
 class MarginHold:

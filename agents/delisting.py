@@ -85,6 +85,7 @@ class ContractWatch:
         self._funding_read_ms = -FUNDING_REREAD_GAP_MS   # exchange ms of the last read the schedule asked for
         self._funding_checked_ms = 0                     # exchange ms of the last read of any kind
         self._filters_checked = -FILTERS_RECHECK_S       # (monotonic) the last read after a filter refusal
+        self._info_read = agent.clock.monotonic()        # (monotonic) the last exchangeInfo read (the start's)
         self.stopping_for: asyncio.Future | None = None  # the stop of an agent whose filters changed
 
     def at_start(self, filters: SymbolFilters) -> None:
@@ -186,6 +187,7 @@ class ContractWatch:
         once) or a settlement's fill (not in forceOrders) may have gone with it. exchangeInfo (weight 1)
         says what they said."""
         a = self.agent
+        self._info_read = a.clock.monotonic()
         try:
             filters = await a.require_client().symbol_filters(a.symbol)
         except Exception as exc:  # noqa: BLE001 - the next gap, or the next start, reads it again
@@ -219,10 +221,14 @@ class ContractWatch:
         self.stopping_for = asyncio.ensure_future(a.stop())
 
     def check(self, now_ms: int) -> None:
-        """From the watchdog loop: the allowance against the cap; within the lead of an announced
-        settlement, flatten, once."""
+        """From the watchdog loop: the allowance against the cap; exchangeInfo read again every
+        ``exchange_info_reread_sec``; within the lead of an announced settlement, flatten, once."""
         self.check_allowance()
         a = self.agent
+        if a.client is not None and a.clock.monotonic() - self._info_read >= a.runtime.exchange_info_reread_sec \
+                and not a.tasks.named("contract-recheck"):
+            self._info_read = a.clock.monotonic()
+            a.tasks.spawn(self.recheck("the periodic check"), "contract-recheck")
         funding = a.core.store.funding if a.core is not None else None
         if funding is not None and a.client is not None:
             if funding.schedule_moved and now_ms - self._funding_read_ms >= FUNDING_REREAD_GAP_MS:

@@ -109,10 +109,10 @@ class Starter:
         resyncs by itself, so the retry waits while it is lost."""
         a = self.agent
         backoff = Backoff(a.runtime.reconnect_backoff_initial_sec, a.runtime.reconnect_backoff_max_sec, rng=a.rng)
-        outage, woken = None, False
+        outage, early = None, 0
         try:
             while not a.stopping and BLOCK_RESYNC in a.blocks:
-                woken = await a.tasks.sleep(backoff.next(), wake=outage)   # (or once the exchange's REST answers again)
+                early = early + 1 if await a.tasks.sleep(backoff.next(), wake=outage) else 0   # (``outage_of``)
                 if a.stopping or BLOCK_RESYNC not in a.blocks:
                     return
                 if BLOCK_USER_STREAM in a.blocks or self._resync_lock.locked():
@@ -121,7 +121,7 @@ class Starter:
                 try:
                     await self.resync()
                 except Exception as exc:  # noqa: BLE001 - logged and counted by resync; try again
-                    outage = outage_of(exc, a.client, woken)
+                    outage = outage_of(exc, a.client, early)
                     continue
                 a.log.event("resync_recovered", "resync succeeded after a failure: quoting resumes")
         finally:

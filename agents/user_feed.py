@@ -23,7 +23,8 @@ from fleet.binance.streams import StreamError, UserStream
 from .carry import backfill_trades, book_funding_income
 from .clearance import book_clearance_fees
 from .orders import parse_client_order_id
-from .agent_base import BLOCK_USER_STREAM, Backoff, _ListenKeyGone, _TRANSIENT, _older_epoch, _same_epoch, outage_of
+from .agent_base import (BLOCK_USER_STREAM, Backoff, _ListenKeyGone, _TRANSIENT, _older_epoch, _same_epoch, outage_of,
+                         outage_said)
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
@@ -87,7 +88,7 @@ class UserFeed:
         """Consume the user stream; on loss: block, cancel via REST after the grace, reconnect, resync."""
         a = self.agent
         backoff = Backoff(a.runtime.reconnect_backoff_initial_sec, a.runtime.reconnect_backoff_max_sec, rng=a.rng)
-        woken = False   # the last try came early, at the end of a REST outage (``outage_of``)
+        early = 0   # the tries in a row that came early, at the end of a REST outage (``outage_of``)
         while not a.stopping:
             stream = self.stream
             if stream is not None:
@@ -110,19 +111,19 @@ class UserFeed:
             try:
                 await self._reconnect()
                 backoff.reset()
-                woken = False
+                early = 0
             except Exception as exc:  # noqa: BLE001 - whatever failed, the next try starts from a new stream
                 # (a stream left open would be consumed by the next pass with its block never cleared)
-                outage = outage_of(exc, a.client, woken)
+                outage = outage_of(exc, a.client, early)
                 self._set_connected(False)
                 await self.close()
                 delay = backoff.next()
                 a.counters["user_reconnect_failures"] += 1
                 level = logging.WARNING if isinstance(exc, _TRANSIENT) else logging.ERROR
                 a.log.event("user_reconnect_failed", f"{exc!r}; next try in {delay:.1f}s"
-                            + (" or once the exchange's REST answers again" if outage is not None else ""), level=level)
+                            + (outage_said(early, exc) if outage is not None else ""), level=level)
                 # a long REST outage grew the back-off to a minute: the agent kept unquoting that long after
-                woken = await a.tasks.sleep(delay, wake=outage)
+                early = early + 1 if await a.tasks.sleep(delay, wake=outage) else 0
 
     async def _reconnect(self) -> None:
         """A new key and stream, the snapshot made the truth, a zombie predecessor's late orders gone."""
@@ -411,10 +412,9 @@ class UserFeed:
         try:
             n = await a.require_client().cancel_listed(
                 a.symbol, keep=lambda o: _older_epoch(o.client_order_id, epoch) and store.get(o.client_order_id) is None)
-        except BinanceError as exc:
-            a.log.event("rest_fallback_failed", f"an earlier epoch's orders not cancelled via REST: {exc!r}",
-                        level=logging.ERROR)
-            self.lost_at = a.clock.monotonic()  # try again after another grace
+        except BinanceError as exc:   # (the reconnect cancels them: ``Starter.cancel_older_epochs``)
+            a.log.event("rest_fallback_failed", f"an earlier epoch's orders not listed or cancelled via REST: "
+                        f"{exc!r}", level=logging.WARNING)
             return
         if n:
             a.log.event("rest_fallback_cancel", f"{n} orders of an earlier epoch cancelled via REST", level=logging.WARNING)

@@ -140,9 +140,11 @@ class RestCore:
         # reason). An agent's is its lease and its kill state (SymbolAgent.order_gate).
         self.order_gate: Callable[[Endpoint, Mapping[str, Any]], str | None] | None = None
         # The exchange's service failing: its last answer a 5xx, a 418 or 429, or none at all. An
-        # outage's event, set at the first answer after it (a waiter's retry need not wait out its back-off).
+        # outage's event, set at the first answer after it (a waiter's retry need not wait out its back-off);
+        # and each route's own, set at that route's first answer after it failed so.
         self.rest_failing = False
         self.rest_back = asyncio.Event()
+        self._routes_failing: dict[str, asyncio.Event] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -247,25 +249,39 @@ class RestCore:
                 raise NotSentError(f"{endpoint} not sent: the order gate is closed ({closed})")
         url, body, headers = self._build(endpoint, params)
         self.requests_sent += 1
+        route = f"{endpoint.method} {endpoint.path}"
         try:
             status, raw, resp_headers = await self._http(endpoint.method, endpoint.path, url, body, headers,
                                                          endpoint.mutating)
-        except BinanceError:
-            self._serving(False)
+            self._serving(route, status < 500 and status not in (418, 429))
+            return self._answer(endpoint, status, raw, resp_headers)
+        except BinanceError as exc:
+            if exc.route is None:
+                exc.route = route
+                if exc.http_status is None or exc.http_status == 0:   # no answer at all (``_http``)
+                    self._serving(route, False)
             raise
-        self._serving(status < 500 and status not in (418, 429))
-        return self._answer(endpoint, status, raw, resp_headers)
 
-    def _serving(self, answered: bool) -> None:
-        """The service's state after an exchange: ``answered``, an answer of the API's own (a success, or
-        a refusal of the request itself); otherwise a failure of the service, a new outage's event."""
+    def _serving(self, route: str, answered: bool) -> None:
+        """The service's state after an exchange on ``route``: ``answered``, an answer of the API's own (a
+        success, or a refusal of the request itself); otherwise a failure of the service, a new outage's
+        event (the whole service's and the route's)."""
         if answered:
             if self.rest_failing:
                 self.rest_failing = False
                 self.rest_back.set()
-        elif not self.rest_failing:
+            back = self._routes_failing.pop(route, None)
+            if back is not None:
+                back.set()
+            return
+        if not self.rest_failing:
             self.rest_failing = True
             self.rest_back = asyncio.Event()
+        self._routes_failing.setdefault(route, asyncio.Event())
+
+    def route_back(self, route: str | None) -> asyncio.Event | None:
+        """The event set at ``route``'s first answer after its failure; None if it is not failing."""
+        return self._routes_failing.get(route) if route is not None else None
 
     def _build(self, endpoint: Endpoint, params: Mapping[str, Any] | None) -> tuple[str, bytes | None, dict[str, str]]:
         """The URL, the body and the headers: the API key for a keyed or signed endpoint, and for a

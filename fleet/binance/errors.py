@@ -13,7 +13,10 @@ from .enums import ErrorCode, error_code
 
 
 class BinanceError(Exception):
-    """An error answered by the exchange (or decided locally on its behalf)."""
+    """An error answered by the exchange (or decided locally on its behalf). ``route``: the request's
+    ``METHOD path``, once it was sent."""
+
+    route: str | None = None
 
     def __init__(self, code: int, msg: str, http_status: int | None = None) -> None:
         super().__init__(f"[{int(code)}] {msg} (HTTP {http_status})")

@@ -547,28 +547,39 @@ async def test_after_a_rest_outage_the_user_stream_comes_back_at_the_first_answe
     await wait_for(lambda: resting(agent, exchange), 10, "a whole ladder again", explain=lambda: describe(agent, exchange))
 
 
-async def test_an_outage_of_one_route_wakes_every_other_reconnect_at_most(make_agent, exchange, caplog):
+async def test_an_outage_of_one_route_wakes_a_reconnect_at_its_own_end_not_at_every_answer(
+        make_agent, exchange, caplog):
     """Every openOrders answered 503 while the rest of REST answers (the heartbeat among them, every
-    second): each reconnect fails at its resync. The end of an outage wakes a reconnect early, and the
-    heartbeat's answer said so at once: the reconnect went at every heartbeat for the whole outage (29
-    tries in 30 s, a review). Now a try so woken that fails again waits its whole back-off."""
+    second): each reconnect fails at its resync. The end of an outage woke a reconnect early, and the
+    heartbeat's answer said so at once: the reconnect went at every heartbeat (29 tries in 30 s, a
+    review). Now the first early try after a failure waits for any answer, the second for that route's
+    own, then the whole back-off; and once the route answers again (the quote pull lists the orders on
+    it), the reconnect goes then, not after a back-off grown to a minute (up to 51 s, a hostile run)."""
     caplog.set_level(logging.INFO, logger="mmfleet.agent")
-    runtime = FAST.model_copy(update={"user_stream_grace_sec": 0.3, "reconnect_backoff_initial_sec": 0.5,
+    route_said = "or once GET /fapi/v1/openOrders answers again"
+    runtime = FAST.model_copy(update={"user_stream_grace_sec": 0.3, "reconnect_backoff_initial_sec": 1.0,
                                       "reconnect_backoff_max_sec": 60.0})
     agent = await make_agent(runtime=runtime)
     await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
     await exchange.post("/sim/fault/rest", {"mode": "error", "count": 100_000, "answer": "503",
                                             "path": "/fapi/v1/openOrders", "method": "GET"})
     await exchange.post("/sim/fault/drop", {"target": "user", "account": "main"})
-    await wait_for(lambda: agent.counters["user_reconnect_failures"] >= 4, 30, "four reconnects failed")
+
+    def failed() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if getattr(r, "event", None) == "user_reconnect_failed"]
+
+    await wait_for(lambda: sum(route_said in r.getMessage() for r in failed()) >= 2, 40,
+                   "two reconnects failed waiting for the route's own end")
     await exchange.post("/sim/fault/clear", {})
-    failed = [r for r in caplog.records if getattr(r, "event", None) == "user_reconnect_failed"][:4]
-    offered = ["or once the exchange's REST answers again" in r.getMessage() for r in failed]
-    assert offered[0] and not all(offered), [r.getMessage() for r in failed]
-    for this, after in zip(failed, failed[1:]):
-        if "or once the exchange's REST answers again" not in this.getMessage():   # the whole back-off waited
+    cleared = failed()
+    for this, after in zip(cleared, cleared[1:]):
+        if route_said in this.getMessage():   # the route never answered meanwhile: the whole back-off waited
             delay = float(re.search(r"next try in ([0-9.]+)s", this.getMessage()).group(1))   # (to 0.1 s)
             assert after.created - this.created >= delay - 0.05, (this.getMessage(), after.created - this.created)
+    last = float(re.search(r"next try in ([0-9.]+)s", cleared[-1].getMessage()).group(1))
+    assert last >= 12.0   # 16 s +-20 %: the back-off the route's end cuts short
+    await wait_for(lambda: agent.user.connected, 10, "the user stream back once openOrders answers again")
+    assert len(failed()) == len(cleared)
     await wait_for(lambda: resting(agent, exchange), 30, "a whole ladder again", explain=lambda: describe(agent, exchange))
 
 
@@ -1698,3 +1709,19 @@ async def test_a_minimum_notional_the_exchange_raises_stops_the_agent_to_start_a
                    explain=lambda: describe(again, exchange))
     orders = (await exchange.state())["open_orders"]
     assert orders and all(Decimal(o["price"]) * Decimal(o["origQty"]) >= raised for o in orders), orders
+
+
+async def test_a_filter_the_exchange_changes_with_no_order_refused_is_read_at_the_periodic_check(
+        make_agent, exchange, caplog):
+    """The exchange lowers ETHUSDC's MIN_NOTIONAL (a raised one, lowered again; the ladder's dropped layers
+    came back only at a restart): no order is refused for it, so only the periodic exchangeInfo read
+    (``exchange_info_reread_sec``) sees it; the agent stops to start again on it."""
+    caplog.set_level(logging.INFO, logger="mmfleet.agent")
+    agent = await make_agent(runtime=FAST.model_copy(update={"exchange_info_reread_sec": 1.0}))
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    before = agent.filters.min_notional
+    await exchange.post("/sim/filters", {"symbol": SYMBOL, "min_notional": str(before / 5)})
+    await wait_for(lambda: agent.stopped, 30, "the agent stopped on the changed filters")
+    said = [r for r in caplog.records if getattr(r, "event", None) == "filters_changed"]
+    assert len(said) == 1 and f"min_notional {before} -> {before / 5}" in said[0].getMessage(), said
+    assert (await exchange.state())["open_orders"] == []
