@@ -260,7 +260,16 @@ class RestCore:
                 exc.route = route
                 if exc.http_status is None or exc.http_status == 0:   # no answer at all (``_http``)
                     self._serving(route, False)
+                    if endpoint in ep.ORDER_OPENERS:
+                        self._order_route_failing(endpoint, "no answer")
             raise
+
+    def _order_route_failing(self, endpoint: Endpoint, what: str) -> None:
+        """An order route failed (a 5xx, -1001, no answer): the quoting lane held, 1 s and doubling up to 8 s
+        while the failures go on (``RateBudget.note_throttled``; Binance: "try again", with back-off); cancels
+        and reduce-only orders go on."""
+        self.budget.note_throttled(failing=True)
+        log.warning("%s failed (%s): quoting orders held %.1fs", endpoint, what, self.budget.throttle_pause)
 
     def _serving(self, route: str, answered: bool) -> None:
         """The service's state after an exchange on ``route``: ``answered``, an answer of the API's own (a
@@ -340,6 +349,8 @@ class RestCore:
             self.budget.note_throttled()
             log.warning("system-level protection (-1008) on %s %s: quoting orders held %.1fs", method, path,
                         self.budget.throttle_pause)
+        elif endpoint in ep.ORDER_OPENERS and (status >= 500 or err.code == ErrorCode.DISCONNECTED):
+            self._order_route_failing(endpoint, f"{err.code} (HTTP {status})")
         elif isinstance(err, BannedError):
             until = err.until_ms
             seconds = (until - self._timestamp()) / 1000 if until else 120.0

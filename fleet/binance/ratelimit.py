@@ -200,6 +200,7 @@ class RateBudget:
         self._blocked_until = -math.inf  # every request (IP weight 429, or a 418 ban)
         self._orders_blocked_until = -math.inf  # new orders only (account order-count 429, -1015)
         self._quotes_blocked_until = -math.inf  # the quoting lane's orders only (-1008, system protection)
+        self._quotes_held_for = "the exchange's system-level protection (-1008)"
         self.throttled = 0  # -1008s seen
         self._throttled_at = -math.inf
         self._throttle_pause = 0.0  # the last -1008's wait
@@ -400,7 +401,7 @@ class RateBudget:
         if (cost.orders_10s > 0 or cost.orders_1m > 0) and self._orders_blocked_until > now:
             reasons.append((self._orders_blocked_until - now, "an order-count 429 pause of the exchange"))
         if (cost.orders_10s > 0 or cost.orders_1m > 0) and not risk and self._quotes_blocked_until > now:
-            reasons.append((self._quotes_blocked_until - now, "the exchange's system-level protection (-1008)"))
+            reasons.append((self._quotes_blocked_until - now, self._quotes_held_for))
         if cost.funding_reads > 0:
             if self._funding_until(now) > now:
                 reasons.append((self._funding_until(now) - now, "a 429 of fundingRate and fundingInfo's limit"))
@@ -531,20 +532,34 @@ class RateBudget:
             self._blocked_until = max(self._blocked_until, until)
             self._share_hold(seconds, "429")
 
-    def note_throttled(self, seconds: float = THROTTLE_PAUSE_S, now: float | None = None) -> None:
+    def note_throttled(self, seconds: float = THROTTLE_PAUSE_S, now: float | None = None,
+                       failing: bool = False) -> None:
         """After a -1008: the quoting lane's orders wait ``seconds``, twice the last wait when the last
         -1008 came within ``THROTTLE_SHOWN_S`` of its end (Binance: "retry with backoff"; up to
         ``THROTTLE_PAUSE_MAX_S``); the risk lane (reduce-only orders, which the exchange exempts, cancels,
-        amends away from the market) goes on."""
+        amends away from the market) goes on. ``failing``: the same hold after an order route failed (a
+        5xx, -1001 or no answer: every quote cycle sent its orders again, four a second through an
+        outage, until the rate budget ran out), not counted as a -1008."""
         now = self._clock() if now is None else now
-        if now < self._quotes_blocked_until:   # an answer to a request sent before the hold: the same overload
+        self._quotes_held_for = ("the exchange failing its order routes (a 5xx, -1001 or no answer)" if failing
+                                 else "the exchange's system-level protection (-1008)")
+        if failing:
+            self._quotes_blocked_until = max(self._quotes_blocked_until, now + self._next_pause(seconds, now))
+            return
+        self._throttle_pause = self._next_pause(seconds, now)
+        self.throttled += 1
+        self._throttled_at = now
+        self._quotes_blocked_until = max(self._quotes_blocked_until, now + self._throttle_pause)
+
+    def _next_pause(self, seconds: float, now: float) -> float:
+        """The quoting lane's next hold: ``seconds``, or the last one's during it (an answer to a request
+        sent before it: the same overload), or twice the last shortly after it, up to ``THROTTLE_PAUSE_MAX_S``."""
+        if now < self._quotes_blocked_until:
             seconds = max(seconds, self._throttle_pause)
         elif now - self._quotes_blocked_until < THROTTLE_SHOWN_S and self._throttle_pause > 0:
             seconds = max(seconds, min(THROTTLE_PAUSE_MAX_S, 2 * self._throttle_pause))
         self._throttle_pause = max(0.0, seconds)
-        self.throttled += 1
-        self._throttled_at = now
-        self._quotes_blocked_until = max(self._quotes_blocked_until, now + self._throttle_pause)
+        return self._throttle_pause
 
     @property
     def throttle_pause(self) -> float:

@@ -1725,3 +1725,34 @@ async def test_a_filter_the_exchange_changes_with_no_order_refused_is_read_at_th
     said = [r for r in caplog.records if getattr(r, "event", None) == "filters_changed"]
     assert len(said) == 1 and f"min_notional {before} -> {before / 5}" in said[0].getMessage(), said
     assert (await exchange.state())["open_orders"] == []
+
+
+async def test_failing_order_routes_hold_the_quoting_lane_with_a_growing_back_off(make_agent, exchange, caplog):
+    """Every order route answers -1001 ("Internal error; unable to process your request. Please try
+    again."; HTTP 503) while the market moves: every quote cycle sent its orders again, four a second
+    through a hostile run's outage, until the rate budget ran out. Now each failure holds the quoting
+    lane 1 s, twice as long at each one after (up to 8 s); cancels go on; quoting resumes once it clears."""
+    caplog.set_level(logging.WARNING, logger="fleet.binance.client")
+    agent = await make_agent()
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    for method in ("POST", "PUT"):
+        for path in ("/fapi/v1/order", "/fapi/v1/batchOrders"):
+            await exchange.post("/sim/fault/rest", {"mode": "error", "count": 100_000, "answer": "-1001",
+                                                    "path": path, "method": method})
+
+    def holds() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "quoting orders held" in r.getMessage()]
+
+    async def moving() -> bool:   # the market moves, so the ladder wants new orders
+        await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": 0.3})
+        return any("quoting orders held 8.0s" in r.getMessage() for r in holds())
+
+    await wait_for(moving, 40, "the hold grown to 8 s", interval=0.5)
+    said = holds()
+    waits = [float(re.search(r"held ([0-9.]+)s", r.getMessage()).group(1)) for r in said]
+    assert waits[0] == 1.0 and 2.0 in waits and 4.0 in waits, waits
+    first, last = said[0].created, next(r.created for r in said if "held 8.0s" in r.getMessage())
+    assert last - first >= 6.9, (last - first, waits)   # 1 + 2 + 4 s held before the fourth failure
+    await exchange.post("/sim/fault/clear", {})
+    await wait_for(lambda: resting(agent, exchange), 20, "quoting again once the routes answer",
+                   explain=lambda: describe(agent, exchange))
