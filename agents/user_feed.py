@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 TRADES_LOOKBACK_MS = 300_000
 OWED_LISTED_MS = 30_000   # a trade the exchange's list does not hold this long after it is not coming
 DRAIN_S = 0.5  # a stream a planned swap replaced is read on while a frame comes within this
+OLDER_EPOCHS_RETRY_S = (0.0, 2.0, 5.0, 10.0, 20.0, 40.0)   # the fallback's cancel of earlier epochs' orders, tried again
 FOREIGN_SAY_S = 600.0  # an order another hand rests on the symbol is said at most this often (each counted)
 
 
@@ -406,18 +407,23 @@ class UserFeed:
         n = a.sender.pull_quotes("user stream down past grace")
         a.log.event("rest_fallback_cancel", f"user stream down past grace: {n} orders of ours cancelled via REST "
                     "(another hand's left)", level=logging.WARNING)
-        if not a.lease_ok():
-            return   # a successor may own the other epochs' orders
         store = a.require_core().store
-        try:
-            n = await a.require_client().cancel_listed(
-                a.symbol, keep=lambda o: _older_epoch(o.client_order_id, epoch) and store.get(o.client_order_id) is None)
-        except BinanceError as exc:   # (the reconnect cancels them: ``Starter.cancel_older_epochs``)
-            a.log.event("rest_fallback_failed", f"an earlier epoch's orders not listed or cancelled via REST: "
-                        f"{exc!r}", level=logging.WARNING)
+        for delay in OLDER_EPOCHS_RETRY_S:   # (the pull goes on meanwhile; the reconnect cancels them too)
+            await a.tasks.sleep(delay)
+            if self.connected or a.stopping or not a.lease_ok():
+                return   # back, or stopping; or a successor may own the other epochs' orders
+            try:
+                n = await a.require_client().cancel_listed(
+                    a.symbol, keep=lambda o: _older_epoch(o.client_order_id, epoch) and store.get(o.client_order_id) is None)
+            except BinanceError as exc:
+                if delay == OLDER_EPOCHS_RETRY_S[0]:
+                    a.log.event("rest_fallback_failed", f"an earlier epoch's orders not listed or cancelled via REST: "
+                                f"{exc!r}; tried again with back-off", level=logging.WARNING)
+                continue
+            if n:
+                a.log.event("rest_fallback_cancel", f"{n} orders of an earlier epoch cancelled via REST",
+                            level=logging.WARNING)
             return
-        if n:
-            a.log.event("rest_fallback_cancel", f"{n} orders of an earlier epoch cancelled via REST", level=logging.WARNING)
 
     def look_up_trades(self) -> None:
         """Start reading the trades the store's P&L misses (since a gap of the stream, a frame skipped,

@@ -204,11 +204,11 @@ class RestCore:
         An endpoint that only ever takes risk off is in that lane whatever the caller says.
         """
         cost = endpoint.cost if cost is None else cost
-        risk = risk or endpoint.risk
+        risk = risk or endpoint.risk or (endpoint in ep.ORDER_OPENERS and ep.places_reduce_only(endpoint, params or {}))
         if cost is not PAID:
             await self.budget.acquire(cost, wait=wait, risk=risk)
         if not endpoint.signed:
-            return await self._send(endpoint, params)
+            return await self._send(endpoint, params, risk)
         signing = _Signing()
         token = _SIGNING.set(signing)
         try:
@@ -221,7 +221,7 @@ class RestCore:
         """The request sent; refused -1021 (a signed one, unexecuted), the clock learned again and the
         request signed and sent once more, its new timestamp told to :data:`RESIGNING` as it is signed."""
         try:
-            return await self._send(endpoint, params)
+            return await self._send(endpoint, params, risk)
         except TimestampError:
             if not (endpoint.signed and self.resync_on_skew):
                 raise
@@ -234,15 +234,16 @@ class RestCore:
             await self.budget.acquire(endpoint.cost if cost is PAID else cost, wait=wait, risk=risk)
             signing.resigned = RESIGNING.get()
             try:
-                return await self._send(endpoint, params)
+                return await self._send(endpoint, params, risk)
             except TimestampError as again:
                 if again.code == ErrorCode.INVALID_TIMESTAMP:   # (a -5028 is the engine's queue, not the clock)
                     log.error("timestamp refused again after re-learning the exchange's clock on %s (offset %+d "
                               "ms): %s", endpoint, self.time_offset_ms, again.msg)
                 raise
 
-    async def _send(self, endpoint: Endpoint, params: Mapping[str, Any] | None) -> Any:
-        """One HTTP exchange for ``endpoint``: the request built (and signed), sent, its answer read."""
+    async def _send(self, endpoint: Endpoint, params: Mapping[str, Any] | None, risk: bool = False) -> Any:
+        """One HTTP exchange for ``endpoint``: the request built (and signed), sent, its answer read.
+        ``risk``: the request's lane (a quoting one whose order route fails holds the quoting lane)."""
         if self.order_gate is not None and endpoint in ep.ORDER_OPENERS:
             closed = self.order_gate(endpoint, params or {})
             if closed is not None:
@@ -254,22 +255,27 @@ class RestCore:
             status, raw, resp_headers = await self._http(endpoint.method, endpoint.path, url, body, headers,
                                                          endpoint.mutating)
             self._serving(route, status < 500 and status not in (418, 429))
+            if status < 400 and endpoint in ep.ORDER_OPENERS:
+                self.budget.note_orders_answered()
             return self._answer(endpoint, status, raw, resp_headers)
         except BinanceError as exc:
             if exc.route is None:
                 exc.route = route
-                if exc.http_status is None or exc.http_status == 0:   # no answer at all (``_http``)
+                answered = exc.http_status is not None and exc.http_status != 0
+                if not answered:   # no answer at all (``_http``)
                     self._serving(route, False)
-                    if endpoint in ep.ORDER_OPENERS:
-                        self._order_route_failing(endpoint, "no answer")
+                if endpoint in ep.ORDER_OPENERS and not risk and (
+                        not answered or exc.http_status >= 500 or exc.code == ErrorCode.DISCONNECTED):
+                    self._order_route_failing(endpoint, f"{int(exc.code)} (HTTP {exc.http_status})"
+                                              if answered else "no answer")
             raise
 
     def _order_route_failing(self, endpoint: Endpoint, what: str) -> None:
-        """An order route failed (a 5xx, -1001, no answer): the quoting lane held, 1 s and doubling up to 8 s
-        while the failures go on (``RateBudget.note_throttled``; Binance: "try again", with back-off); cancels
-        and reduce-only orders go on."""
-        self.budget.note_throttled(failing=True)
-        log.warning("%s failed (%s): quoting orders held %.1fs", endpoint, what, self.budget.throttle_pause)
+        """A quoting order's route failed (a 5xx, -1001, no answer): the quoting lane held, 1 s and doubling up
+        to 8 s while the failures follow one another (``RateBudget.note_throttled``; Binance: "try again", with
+        back-off); cancels and reduce-only orders go on, and their failures hold nothing."""
+        hold = self.budget.note_throttled(failing=True)
+        log.warning("%s failed (%s): quoting orders held %.1fs", endpoint, what, hold)
 
     def _serving(self, route: str, answered: bool) -> None:
         """The service's state after an exchange on ``route``: ``answered``, an answer of the API's own (a
@@ -349,8 +355,6 @@ class RestCore:
             self.budget.note_throttled()
             log.warning("system-level protection (-1008) on %s %s: quoting orders held %.1fs", method, path,
                         self.budget.throttle_pause)
-        elif endpoint in ep.ORDER_OPENERS and (status >= 500 or err.code == ErrorCode.DISCONNECTED):
-            self._order_route_failing(endpoint, f"{err.code} (HTTP {status})")
         elif isinstance(err, BannedError):
             until = err.until_ms
             seconds = (until - self._timestamp()) / 1000 if until else 120.0

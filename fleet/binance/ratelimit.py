@@ -200,7 +200,8 @@ class RateBudget:
         self._blocked_until = -math.inf  # every request (IP weight 429, or a 418 ban)
         self._orders_blocked_until = -math.inf  # new orders only (account order-count 429, -1015)
         self._quotes_blocked_until = -math.inf  # the quoting lane's orders only (-1008, system protection)
-        self._quotes_held_for = "the exchange's system-level protection (-1008)"
+        self._failing_hold = False   # the last hold of the quoting lane was a failing order route's, not a -1008
+        self._failing_pause = 0.0
         self.throttled = 0  # -1008s seen
         self._throttled_at = -math.inf
         self._throttle_pause = 0.0  # the last -1008's wait
@@ -340,7 +341,8 @@ class RateBudget:
     def holds(self, now: float | None = None) -> list[str]:
         """The exchange's holds in force, for ``status()``: "rate_limited" (a 429 on the IP's weight or a
         418 ban: nothing goes out), "orders_limited" (an order-count 429: no new order goes out) and
-        "throttled" (a -1008 in the last ``THROTTLE_SHOWN_S``: the quoting lane's orders wait) and
+        "throttled" (a -1008 in the last ``THROTTLE_SHOWN_S``: the quoting lane's orders wait),
+        "order_routes_failing" (a quoting order's route failed: the quoting lane's orders wait) and
         "funding_reads_limited" (a 429 on fundingRate and fundingInfo's own limit: they wait)."""
         now = self._clock() if now is None else now
         held = []
@@ -350,8 +352,10 @@ class RateBudget:
             held.append("orders_limited")
         if now < self._funding_until(now):
             held.append("funding_reads_limited")
-        if now < max(self._quotes_blocked_until, self._throttled_at + THROTTLE_SHOWN_S):
+        if now < self._throttled_at + THROTTLE_SHOWN_S or (now < self._quotes_blocked_until and not self._failing_hold):
             held.append("throttled")
+        if now < self._quotes_blocked_until and self._failing_hold:
+            held.append("order_routes_failing")
         return held
 
     def wait_time(self, cost: Cost, now: float | None = None, *, risk: bool = False) -> float:
@@ -401,7 +405,9 @@ class RateBudget:
         if (cost.orders_10s > 0 or cost.orders_1m > 0) and self._orders_blocked_until > now:
             reasons.append((self._orders_blocked_until - now, "an order-count 429 pause of the exchange"))
         if (cost.orders_10s > 0 or cost.orders_1m > 0) and not risk and self._quotes_blocked_until > now:
-            reasons.append((self._quotes_blocked_until - now, self._quotes_held_for))
+            reasons.append((self._quotes_blocked_until - now,
+                            "the exchange failing its order routes (a 5xx, -1001 or no answer)" if self._failing_hold
+                            else "the exchange's system-level protection (-1008)"))
         if cost.funding_reads > 0:
             if self._funding_until(now) > now:
                 reasons.append((self._funding_until(now) - now, "a 429 of fundingRate and fundingInfo's limit"))
@@ -533,33 +539,39 @@ class RateBudget:
             self._share_hold(seconds, "429")
 
     def note_throttled(self, seconds: float = THROTTLE_PAUSE_S, now: float | None = None,
-                       failing: bool = False) -> None:
+                       failing: bool = False) -> float:
         """After a -1008: the quoting lane's orders wait ``seconds``, twice the last wait when the last
         -1008 came within ``THROTTLE_SHOWN_S`` of its end (Binance: "retry with backoff"; up to
         ``THROTTLE_PAUSE_MAX_S``); the risk lane (reduce-only orders, which the exchange exempts, cancels,
-        amends away from the market) goes on. ``failing``: the same hold after an order route failed (a
-        5xx, -1001 or no answer: every quote cycle sent its orders again, four a second through an
-        outage, until the rate budget ran out), not counted as a -1008."""
+        amends away from the market) goes on. ``failing``: the same hold after a quoting order's route
+        failed (a 5xx, -1001 or no answer: every quote cycle sent its orders again, four a second through
+        an outage, until the rate budget ran out), not counted as a -1008, its doubling undone by an order
+        route's answer (``note_orders_answered``: a flaky route's scattered failures do not add up). The
+        hold's length."""
         now = self._clock() if now is None else now
-        self._quotes_held_for = ("the exchange failing its order routes (a 5xx, -1001 or no answer)" if failing
-                                 else "the exchange's system-level protection (-1008)")
+        self._failing_hold = failing
         if failing:
-            self._quotes_blocked_until = max(self._quotes_blocked_until, now + self._next_pause(seconds, now))
-            return
-        self._throttle_pause = self._next_pause(seconds, now)
+            self._failing_pause = self._next_pause(seconds, now, self._failing_pause)
+            self._quotes_blocked_until = max(self._quotes_blocked_until, now + self._failing_pause)
+            return self._failing_pause
+        self._throttle_pause = self._next_pause(seconds, now, self._throttle_pause)
         self.throttled += 1
         self._throttled_at = now
         self._quotes_blocked_until = max(self._quotes_blocked_until, now + self._throttle_pause)
-
-    def _next_pause(self, seconds: float, now: float) -> float:
-        """The quoting lane's next hold: ``seconds``, or the last one's during it (an answer to a request
-        sent before it: the same overload), or twice the last shortly after it, up to ``THROTTLE_PAUSE_MAX_S``."""
-        if now < self._quotes_blocked_until:
-            seconds = max(seconds, self._throttle_pause)
-        elif now - self._quotes_blocked_until < THROTTLE_SHOWN_S and self._throttle_pause > 0:
-            seconds = max(seconds, min(THROTTLE_PAUSE_MAX_S, 2 * self._throttle_pause))
-        self._throttle_pause = max(0.0, seconds)
         return self._throttle_pause
+
+    def note_orders_answered(self) -> None:
+        """An order route answered: the next failure's hold starts again at its shortest."""
+        self._failing_pause = 0.0
+
+    def _next_pause(self, seconds: float, now: float, last: float) -> float:
+        """The quoting lane's next hold: ``seconds``, or ``last`` during a hold (an answer to a request sent
+        before it: the same overload), or twice ``last`` shortly after one, up to ``THROTTLE_PAUSE_MAX_S``."""
+        if now < self._quotes_blocked_until:
+            seconds = max(seconds, last)
+        elif now - self._quotes_blocked_until < THROTTLE_SHOWN_S and last > 0:
+            seconds = max(seconds, min(THROTTLE_PAUSE_MAX_S, 2 * last))
+        return max(0.0, seconds)
 
     @property
     def throttle_pause(self) -> float:

@@ -116,6 +116,26 @@ def test_a_throttle_holds_the_quoting_lanes_orders_a_second_but_not_the_risk_lan
     assert budget.wait_time(ORDER) == pytest.approx(1.0)
 
 
+def test_a_failing_order_route_holds_the_quoting_lane_apart_from_the_throttle_and_an_answer_undoes_its_doubling():
+    """A quoting order's route failing (a 5xx, -1001, no answer) holds the quoting lane as a -1008 does,
+    shown as its own hold and not counted as a -1008; failures one after another double it; an order
+    route's answer in between starts it again at a second (a flaky route's scattered failures held the
+    lane most of the time, a review's model)."""
+    clock = Clock()
+    budget = RateBudget(clock=clock)
+    assert budget.note_throttled(failing=True) == pytest.approx(1.0)
+    assert budget.holds() == ["order_routes_failing"] and budget.throttled == 0
+    assert "failing its order routes" in budget.why_wait(ORDER)
+    assert budget.try_charge(ORDER, risk=True) == 0   # reduce-only orders and cancels go on
+    clock.t += 1.0
+    assert budget.note_throttled(failing=True) == pytest.approx(2.0)   # again right after: twice
+    clock.t += 2.0
+    budget.note_orders_answered()   # an order went through
+    assert budget.note_throttled(failing=True) == pytest.approx(1.0)
+    clock.t += 1.0
+    assert budget.holds() == [] and budget.try_charge(ORDER) == 0
+
+
 def test_holds_name_what_the_exchange_refuses_for_now_and_a_throttle_stays_shown_between_its_short_holds():
     clock = Clock()
     budget = RateBudget(clock=clock)

@@ -18,6 +18,7 @@ from fleet.binance.client import BinanceClient
 from fleet.binance.enums import OrderType, Side, TimeInForce
 from fleet.binance.errors import (
     BannedError,
+    BinanceError,
     BudgetExhaustedError,
     OutcomeUnknownError,
     RateLimitedError,
@@ -68,6 +69,23 @@ async def passive_order(client, tag: str) -> OrderRequest:
 
 
 # -- 5xx and unknown outcomes -------------------------------------------------------------------
+
+
+async def test_a_failing_order_route_holds_quoting_orders_but_a_reduce_only_ones_failure_holds_nothing(
+        sim, own_client):
+    """A reduce-only order goes in the risk lane whoever sends it (the controller's emergency close sent it
+    in the quoting lane: held behind another symbol's failed close); its 503 holds nothing, a quoting
+    order's holds the quoting lane."""
+    order = await passive_order(own_client, "ro")
+    await fault(sim, mode="error", count=2, path="/fapi/v1/order", method="POST", answer="-1001")
+    closing = dataclasses.replace(order, side=Side.SELL, order_type=OrderType.MARKET, price=None, time_in_force=None,
+                                  reduce_only=True, client_order_id=cid("ro-close"))
+    with pytest.raises(BinanceError):
+        await own_client.place_order(closing)
+    assert own_client.budget.holds() == []
+    with pytest.raises(BinanceError):
+        await own_client.place_order(order)
+    assert own_client.budget.holds() == ["order_routes_failing"]
 
 
 async def test_server_errors_are_retryable_server_errors(sim, own_client):
