@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 TRADES_LOOKBACK_MS = 300_000
 OWED_LISTED_MS = 30_000   # a trade the exchange's list does not hold this long after it is not coming
 DRAIN_S = 0.5  # a stream a planned swap replaced is read on while a frame comes within this
-OLDER_EPOCHS_RETRY_S = (0.0, 2.0, 5.0, 10.0, 20.0, 40.0)   # the fallback's cancel of earlier epochs' orders, tried again
+OLDER_EPOCHS_RETRY_S = (0.0, 2.0, 5.0, 10.0, 20.0, 40.0)   # the fallback's cancel of earlier epochs' orders
 FOREIGN_SAY_S = 600.0  # an order another hand rests on the symbol is said at most this often (each counted)
 
 

@@ -264,8 +264,8 @@ class RestCore:
                 answered = exc.http_status is not None and exc.http_status != 0
                 if not answered:   # no answer at all (``_http``)
                     self._serving(route, False)
-                if endpoint in ep.ORDER_OPENERS and not risk and (
-                        not answered or exc.http_status >= 500 or exc.code == ErrorCode.DISCONNECTED):
+                failed = not answered or exc.http_status >= 500 or exc.code == ErrorCode.DISCONNECTED
+                if failed and endpoint in ep.ORDER_OPENERS and not risk and exc.code != ErrorCode.REQUEST_THROTTLED:
                     self._order_route_failing(endpoint, f"{int(exc.code)} (HTTP {exc.http_status})"
                                               if answered else "no answer")
             raise
