@@ -108,6 +108,15 @@ class ContractWatch:
         self.allowance = cfg
         a.metrics.leverage, a.metrics.max_notional = cfg.leverage, float(cfg.max_notional)
 
+    async def read_order_limits(self, client: BinanceClient) -> None:
+        """rateLimit/order (weight 1), at the start and with each periodic exchangeInfo read: the account's
+        own order limits, which the rate budget follows (exchangeInfo gives the IP's weight); an account
+        held to fewer orders than Binance's default would otherwise meet 429s, then an IP ban."""
+        try:
+            await client.order_rate_limits()
+        except Exception as exc:  # noqa: BLE001 - the budget keeps the limits it has; read again with exchangeInfo
+            self.agent.log.event("order_limits_unread", f"rateLimit/order not read: {exc!r}", level=logging.WARNING)
+
     async def read_funding(self, client: BinanceClient, why: str) -> None:
         """fundingInfo: the symbol's funding interval (8 hours when it is not listed), into the funding
         book; a change is said. An unanswered read keeps the interval known (8 hours at the start)."""
@@ -229,6 +238,7 @@ class ContractWatch:
                 and not a.tasks.named("contract-recheck"):
             self._info_read = a.clock.monotonic()
             a.tasks.spawn(self.recheck("the periodic check"), "contract-recheck")
+            a.tasks.spawn(self.read_order_limits(a.client), "order-limits")
         funding = a.core.store.funding if a.core is not None else None
         if funding is not None and a.client is not None:
             if funding.schedule_moved and now_ms - self._funding_read_ms >= FUNDING_REREAD_GAP_MS:

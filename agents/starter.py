@@ -58,8 +58,10 @@ class Starter:
             a.log.event("size_below_minimum", problem, level=logging.ERROR)
         if a.core is None:
             self._build_core()
-        # the exchange's terms, read together: the leverage's allowance (symbolConfig) and the funding interval
-        await asyncio.gather(a.contract.read_allowance(client), a.contract.read_funding(client, "start"))
+        # the exchange's terms, read together: the leverage's allowance (symbolConfig), the funding interval and
+        # the account's order limits
+        await asyncio.gather(a.contract.read_allowance(client), a.contract.read_funding(client, "start"),
+                             a.contract.read_order_limits(client))
         await a.user.connect()
         await self.resync(initial=True)
         await take_in(a)   # the books a previous agent of the symbol left, and the trades since (agents/carry.py)

@@ -272,7 +272,9 @@ class RuntimeParams(_Model):
         900.0, ge=1,
         description="exchangeInfo (weight 1) read again this often: a filter the exchange changed that no order "
                     "was refused for (a minimum notional lowered again: the ladder's dropped layers came back only "
-                    "at a restart) or a status whose frame was lost is seen, the agent restarting on new filters")
+                    "at a restart) or a status whose frame was lost is seen, the agent restarting on new filters; "
+                    "with it the account's order limits (rateLimit/order, weight 1), which the rate budget follows "
+                    "as it does exchangeInfo's")
     market_stale_sec: float = Field(5.0, gt=0, le=3600)
     market_lag_max_ms: int = Field(
         2_000, gt=0,
@@ -652,6 +654,7 @@ def load_symbol_params(path: str | os.PathLike[str], symbol: str | None = None) 
 # Binance's weights for the upkeep calls (reference: Binance USD-M REST docs).
 WEIGHT_COUNTDOWN, WEIGHT_OPEN_ORDERS, WEIGHT_POSITION_RISK = 10, 1, 5
 WEIGHT_USER_TRADES, WEIGHT_INCOME, WEIGHT_LISTEN_KEY, WEIGHT_EXCHANGE_INFO = 5, 30, 1, 1
+WEIGHT_ORDER_LIMITS = 1   # rateLimit/order, read with each periodic exchangeInfo read
 KILL_VERIFY_S = 45.0  # the endpoint tries its kill's look-up of each symbol's open orders this often (weight 1)
 IP_WEIGHT_PER_MIN = 2400  # per IP address, shared by every agent sending from it
 BUDGET_QUOTE_BELOW = 0.75  # the agents' budgets stop quoting above this share of the IP's count
@@ -660,7 +663,7 @@ BUDGET_QUOTE_BELOW = 0.75  # the agents' budgets stop quoting above this share o
 def upkeep_weight(runtime: RuntimeParams, journal: JournalConfig) -> float:
     """The IP weight an agent spends a minute on its own upkeep, whatever it quotes: the dead-man
     re-arm, the reconciliation's openOrders, positionRisk and openAlgoOrders, the listenKey keep-alive, the
-    exchangeInfo re-read and the journal's userTrades and hourly income (funding fee frames' reads are shared with the agent's own),
+    exchangeInfo and rateLimit/order re-reads and the journal's userTrades and hourly income (funding fee frames' reads are shared with the agent's own),
     and the endpoint's look-up of the symbol's open orders that tries its kill ahead of one."""
     w = WEIGHT_COUNTDOWN * 60.0 / runtime.deadman_heartbeat_sec
     w += WEIGHT_OPEN_ORDERS * 60.0 / KILL_VERIFY_S
@@ -668,7 +671,7 @@ def upkeep_weight(runtime: RuntimeParams, journal: JournalConfig) -> float:
     w += (WEIGHT_POSITION_RISK + WEIGHT_OPEN_ORDERS) * 60.0 / (runtime.reconcile_interval_sec
                                                                * runtime.reconcile_position_every)
     w += WEIGHT_LISTEN_KEY * 60.0 / runtime.listen_key_keepalive_sec
-    w += WEIGHT_EXCHANGE_INFO * 60.0 / runtime.exchange_info_reread_sec
+    w += (WEIGHT_EXCHANGE_INFO + WEIGHT_ORDER_LIMITS) * 60.0 / runtime.exchange_info_reread_sec
     if journal.enabled:
         w += WEIGHT_USER_TRADES * 60.0 / journal.backfill_interval_sec
         w += WEIGHT_INCOME * 60.0 / journal.funding_backfill_interval_sec

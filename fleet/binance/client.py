@@ -55,7 +55,7 @@ from .models import (
     SymbolConfig,
     exchange_decimal,
 )
-from .ratelimit import BOUNDARY_MARGIN_S, Cost, RateBudget
+from .ratelimit import BOUNDARY_MARGIN_S, Cost, RateBudget, listed_limits
 from .signing import AHEAD_AT_MOST_MS, AHEAD_REFUSED_MS, encode_params, sign
 
 T = TypeVar("T")
@@ -145,6 +145,7 @@ class RestCore:
         self.rest_failing = False
         self.rest_back = asyncio.Event()
         self._routes_failing: dict[str, asyncio.Event] = {}
+        self._own_order_limits = False   # the account's order limits read (rateLimit/order): exchangeInfo's not taken
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -181,6 +182,18 @@ class RestCore:
         if self._session is None or self._session.closed:
             raise RuntimeError("BinanceClient is not open: use `async with BinanceClient(...)` or await open()")
         return self._session
+
+    def follow_limits(self, rows: Any, source: str, *, account: bool = False) -> dict[str, int]:
+        """The limits ``rows`` lists (Binance's ``rateLimits`` layout) given to the rate budget, which takes
+        a lower one; a change is said. ``account``: the account's own order limits (rateLimit/order), after
+        which the order limits exchangeInfo lists for every account are not taken. Returns them by window."""
+        found = listed_limits(rows, weight=not account, orders=account or not self._own_order_limits)
+        self._own_order_limits |= account and bool(found)
+        changed = self.budget.set_limits(found.get("weight_1m"), found.get("orders_10s"), found.get("orders_1m"))
+        if changed:
+            log.warning("the exchange lists other limits (%s): the rate budget follows them (%s)", source,
+                        ", ".join(changed))
+        return found
 
     # -- the request core ----------------------------------------------------------------------
 
@@ -408,10 +421,9 @@ class RestCore:
 class BinanceClient(RestCore):
     """Binance USD-M futures REST (``/fapi``), the same against production, testnet and ``fleet.sim``.
 
-    Use as ``async with BinanceClient(url, key, secret) as client:``; one aiohttp session is kept
-    for the client's life. ``wait=True`` on order calls waits for rate budget; ``wait=False`` raises
-    :class:`BudgetExhaustedError` instead (nothing sent).
-    """
+    Use as ``async with BinanceClient(url, key, secret) as client:``; one aiohttp session is kept for the
+    client's life. ``wait=True`` on order calls waits for rate budget; ``wait=False`` raises
+    :class:`BudgetExhaustedError` instead (nothing sent)."""
 
     # The v2 paths, set on the client once the exchange answers 404 on the v3 ones.
     _position_v2 = False
@@ -432,7 +444,14 @@ class BinanceClient(RestCore):
         await self._request(ep.PING)
 
     async def exchange_info(self) -> dict[str, Any]:
-        return await self._request(ep.EXCHANGE_INFO)
+        """exchangeInfo; the rate budget follows its ``rateLimits`` (:meth:`follow_limits`)."""
+        info = await self._request(ep.EXCHANGE_INFO)
+        self.follow_limits(info.get("rateLimits") if isinstance(info, dict) else None, "exchangeInfo")
+        return info
+
+    async def order_rate_limits(self) -> dict[str, int]:
+        """GET /fapi/v1/rateLimit/order: the account's own order limits, which the rate budget follows."""
+        return self.follow_limits(await self._request(ep.ORDER_RATE_LIMIT), "rateLimit/order", account=True)
 
     async def symbol_filters(self, symbol: str) -> SymbolFilters:
         info = await self.exchange_info()

@@ -122,6 +122,7 @@ BALANCE_V2 = _get("/fapi/v2/balance", ACCOUNT, signed=True)
 INCOME = _get("/fapi/v1/income", Cost(weight=30), signed=True)
 USER_TRADES = _get("/fapi/v1/userTrades", Cost(weight=5), signed=True)
 FORCE_ORDERS = _get("/fapi/v1/forceOrders", Cost(weight=20), signed=True)   # with a symbol (50 without)
+ORDER_RATE_LIMIT = _get("/fapi/v1/rateLimit/order", signed=True)   # the account's own order limits
 COMMISSION_RATE = _get("/fapi/v1/commissionRate", Cost(weight=20), signed=True)
 LEVERAGE = Endpoint("POST", "/fapi/v1/leverage", W1, signed=True)
 SYMBOL_CONFIG = _get("/fapi/v1/symbolConfig", Cost(weight=5), signed=True)   # with a symbol

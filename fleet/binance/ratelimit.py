@@ -15,6 +15,10 @@ lane, which may use the whole budget; everything else (quoting) sees only ``1 - 
 limit, so a busy ladder can never hold back the request that takes risk off.
 A sliding window is stricter than Binance's fixed windows, so staying inside it stays inside theirs.
 
+The limits are Binance's defaults, or those the budget is built with, until the exchange lists its own
+(``set_limits``: exchangeInfo's ``rateLimits``, the account's ``rateLimit/order``); a lower one is taken,
+never a higher one than the budget was built with.
+
 fundingRate and fundingInfo cost no weight but share a limit of their own, 500 requests per 5 minutes
 per IP: a third window counts them (``Cost.funding_reads``, the same share), and a 429 on them, the IP's
 weight not spent, holds only them.
@@ -33,7 +37,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from .errors import BudgetExhaustedError
 from .host_holds import HostHolds
@@ -48,6 +52,24 @@ LOUD_WAIT_S = 1.0  # a request held longer than this for room is logged (reads w
 THROTTLE_PAUSE_S = 1.0  # after a -1008 the quoting lane's orders wait this long (Binance sends no Retry-After)
 THROTTLE_PAUSE_MAX_S = 8.0  # -1008s one after another double the wait up to this
 THROTTLE_SHOWN_S = 5.0  # a -1008 is shown as a hold this long: the lane's short holds follow one another
+
+
+# The windows of Binance's ``rateLimits`` rows the budget keeps: (type, interval, intervalNum) -> name
+_LISTED_WINDOWS = {("REQUEST_WEIGHT", "MINUTE", 1): "weight_1m", ("ORDERS", "SECOND", 10): "orders_10s",
+                   ("ORDERS", "MINUTE", 1): "orders_1m"}
+
+
+def listed_limits(rows: Any, *, weight: bool = True, orders: bool = True) -> dict[str, int]:
+    """The limits an exchange answer lists (exchangeInfo's ``rateLimits``, ``rateLimit/order``), by the
+    budget's window names; the weight's and the orders' as asked. Other windows, or malformed rows, left out."""
+    found = {}
+    for row in rows if isinstance(rows, list) else ():
+        if not isinstance(row, dict) or type(row.get("limit")) is not int or row["limit"] < 1:
+            continue
+        window = _LISTED_WINDOWS.get((row.get("rateLimitType"), row.get("interval"), row.get("intervalNum")))
+        if window is not None and (weight if window == "weight_1m" else orders):
+            found[window] = row["limit"]
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +209,7 @@ class RateBudget:
         self.exchange_counts = exchange_counts  # False: only its own windows count (the headers are not read)
         self._clock = clock
         self._full = (int(weight_per_min), int(orders_per_10s), int(orders_per_min))
+        self._built = self._full   # the most it takes, whatever the exchange lists (set_limits)
         self._funding_full = int(funding_reads_per_5min)
         self._funding = _Window(300.0, 1)   # this budget's own count only: no header reports the IP's
         self._funding_blocked_until = -math.inf   # fundingRate and fundingInfo only (a 429 on their limit)
@@ -231,6 +254,21 @@ class RateBudget:
         self._rep_weight.limit = max(1, math.floor(weight * cap))
         self._rep_10s.limit = max(1, math.floor(o10 * cap))
         self._rep_1m.limit = max(1, math.floor(o1m * cap))
+
+    def set_limits(self, weight_per_min: int | None = None, orders_per_10s: int | None = None,
+                   orders_per_min: int | None = None) -> list[str]:
+        """The exchange's own limits, as it lists them (exchangeInfo's ``rateLimits``, the account's
+        ``rateLimit/order``; None: not listed, kept): the budget's share and reserve are taken of them,
+        never of more than it was built with, from now on (a limit Binance lowered, or an account's own,
+        would otherwise be met by 429s, and kept up, an IP ban). Returns what changed, as "orders_10s 300 -> 100"."""
+        new = tuple(old if value is None or value < 1 else min(int(value), built) for old, value, built
+                    in zip(self._full, (weight_per_min, orders_per_10s, orders_per_min), self._built))
+        changed = [f"{name} {old} -> {value}" for name, old, value in
+                   zip(("weight_1m", "orders_10s", "orders_1m"), self._full, new) if old != value]
+        if changed:
+            self._full = new   # type: ignore[assignment]
+            self.set_share(self.share)
+        return changed
 
     def share_host_holds(self, host: HostHolds, funding: HostHolds | None = None) -> None:
         """Share the IP's holds (a 429's, a ban's, a minute of weight spent) with this host's other

@@ -10,6 +10,7 @@ from aiohttp import web
 from fleet.sim.config import SimConfig
 from fleet.sim.engine import Engine, SimApiError
 from fleet.sim.admin_input import LATEST_MS, REQUIRED, YEAR_MS, decimal, flag, integer, loads, number, only, text
+from fleet.sim.ratelimit import RateLimiter
 from fleet.sim.faults import (Deferred, FrameFault, Held, RestFault, check_frame_reach, check_path, check_reach,
                               parse_fault, parse_frame_fault)
 
@@ -38,6 +39,7 @@ class AdminRoutes:
     held: list[Held]
     latency: tuple[int, str | None]
     routes: frozenset[tuple[str, str]]
+    limiter: RateLimiter
     conns: set[Any]
     host: str
 
@@ -97,11 +99,7 @@ class AdminRoutes:
             self.frame_faults.append(check_frame_reach(parse_frame_fault(body), e.accounts, e.books))
             return {"ok": True, "pending": len(self.frame_faults)}
         if path == "/sim/limits":
-            only(body, path, "max_modifies_per_order")
-            n = integer(body, "max_modifies_per_order", None, 1, 1_000_000)
-            if n is not None:
-                e.max_modifies = n
-            return {"max_modifies_per_order": e.max_modifies}
+            return self._set_limits(body, path)
         if path == "/sim/fault/latency":
             only(body, path, "ms", "path")
             ms = integer(body, "ms", 0, 0, 600_000)
@@ -202,6 +200,31 @@ class AdminRoutes:
             e.advance(now)
             return {"ok": True}
         return None
+
+    def _set_limits(self, body: dict[str, Any], path: str) -> dict[str, Any]:
+        """The exchange changes its limits (an announcement, or one account's own order limits): the
+        modifications an order may take, the IP's weight a minute, the order limits; exchangeInfo and
+        rateLimit/order list them, requests are judged by them from now on. Checked before anything changes."""
+        only(body, path, "max_modifies_per_order", "weight_per_minute", "orders_per_10s", "orders_per_minute",
+             "account")
+        e, limiter = self.engine, self.limiter
+        modifies = integer(body, "max_modifies_per_order", None, 1, 1_000_000)
+        changes = {name: integer(body, name, None, 1, 10**9)
+                   for name in ("weight_per_minute", "orders_per_10s", "orders_per_minute")}
+        changes = {k: v for k, v in changes.items() if v is not None}
+        account = text(body, "account")
+        if account is not None:
+            if account not in e.accounts:
+                raise ValueError(f"account {account!r} is not one of the simulator's ({', '.join(e.accounts)})")
+            if "weight_per_minute" in changes or modifies is not None:
+                raise ValueError("an account has only its own order limits (orders_per_10s, orders_per_minute)")
+        if modifies is not None:
+            e.max_modifies = modifies
+        if changes:
+            limiter.change(account, **changes)
+        per_10s, per_minute = limiter.order_limits(account)
+        return {"max_modifies_per_order": e.max_modifies, "weight_per_minute": limiter.limits.weight_per_minute,
+                "orders_per_10s": per_10s, "orders_per_minute": per_minute}
 
     def _filters(self, body: dict[str, Any], path: str) -> dict[str, Any]:
         """The exchange changes a symbol's filters, as it announces (a coarser tick, a new minimum

@@ -282,6 +282,10 @@ class AccountSpec(_Model):
                 raise ValueError(f"a balance must be from 0 to {MAX_BALANCE:.0e}, got {amount[:40]!r}")
         return v
     leverage: int = Field(20, ge=1, le=125)
+    orders_per_10s: int | None = Field(None, ge=1, le=10**9, description="this account's own order limit (GET "
+                                                                         "/fapi/v1/rateLimit/order); None = "
+                                                                         "rate_limits'")
+    orders_per_minute: int | None = Field(None, ge=1, le=10**9)
     funding_frame_symbol: bool | None = Field(None, description="add the 2026 SDK a.S to this account's "
                                                                 "FUNDING_FEE frames; None = the global switch")
     position_mode: Literal["one_way", "hedge"] = Field(

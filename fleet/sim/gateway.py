@@ -56,7 +56,8 @@ class ExchangeGateway(RestHandlers):
     def _init_gateway(self, config: SimConfig, engine: Engine) -> None:
         self.config = config
         self.engine = engine
-        self.limiter = RateLimiter(config.rate_limits)
+        self.limiter = RateLimiter(config.rate_limits, {a.name: (a.orders_per_10s, a.orders_per_minute)
+                                                        for a in config.accounts})
         self.faults: list[RestFault] = []
         self.frame_faults: list[FrameFault] = []   # stream frames sent without fields, or broken
         self.deferred: list[Deferred] = []  # late writes waiting for the matching engine
@@ -229,10 +230,10 @@ class ExchangeGateway(RestHandlers):
                 return self._fault_answer(fault, used)
             if fault.mode == "429" and fault.answer == "-1015":
                 return _json(429, {"code": -1015, "msg": f"Too many new orders; current limit is "
-                                                         f"{self.config.rate_limits.orders_per_minute} orders per MINUTE."},
+                                                         f"{self.limiter.limits.orders_per_minute} orders per MINUTE."},
                              used)
             if fault.mode == "429":
-                return _json(429, {"code": -1003, "msg": too_many_requests(ip, self.config.rate_limits.weight_per_minute)},
+                return _json(429, {"code": -1003, "msg": too_many_requests(ip, self.limiter.limits.weight_per_minute)},
                              {"Retry-After": "1", **used})
         if params is None:
             return _json(400, {"code": -1100, "msg": "Illegal characters found in a parameter."}, self._used(ip, now))

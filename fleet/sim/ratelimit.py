@@ -68,10 +68,26 @@ class _AccountState:
 class RateLimiter:
     """Counts weight per IP and orders per account; raises :class:`SimApiError` with 429/418."""
 
-    def __init__(self, limits: RateLimits) -> None:
-        self.limits = limits
+    def __init__(self, limits: RateLimits, own_orders: dict[str, tuple[int | None, int | None]] | None = None) -> None:
+        self.limits = limits   # replaced whole by ``change`` (POST /sim/limits): the exchange changed its limits
+        self._own_orders = dict(own_orders or {})   # account -> its own (10-second, minute) order limits, if any
         self._ips: dict[str, _IpState] = {}
         self._accounts: dict[str, _AccountState] = {}
+
+    def order_limits(self, account: str | None) -> tuple[int, int]:
+        """The account's order limits (10 seconds, minute): its own where it has one, else the exchange's."""
+        lim = self.limits
+        o10, o1m = self._own_orders.get(account or "", (None, None))
+        return (o10 or lim.orders_per_10s), (o1m or lim.orders_per_minute)
+
+    def change(self, account: str | None = None, **limits: int) -> None:
+        """New limits from now on (counts kept): the IP weight and the order limits, or ``account``'s own
+        order limits (``orders_per_10s``, ``orders_per_minute``)."""
+        if account is None:
+            self.limits = self.limits.model_copy(update=limits)
+            return
+        o10, o1m = self._own_orders.get(account, (None, None))
+        self._own_orders[account] = (limits.get("orders_per_10s", o10), limits.get("orders_per_minute", o1m))
 
     def used_weight(self, ip: str, now_ms: int) -> int:
         st = self._ips.get(ip)
@@ -150,17 +166,15 @@ class RateLimiter:
     def charge_orders(self, account: str, n10: int, n1m: int, now_ms: int) -> tuple[int, int]:
         """Count new orders for ``account``; raises 429 -1015 when over either window."""
         st = self._accounts.setdefault(account, _AccountState())
-        lim = self.limits
+        per_10s, per_minute = self.order_limits(account)
         c10 = st.ten_s.count(now_ms, 10_000, n10)
         c1m = st.minute.count(now_ms, 60_000, n1m)
         err = None
-        if c10 > lim.orders_per_10s:
-            err = SimApiError(-1015, f"Too many new orders; current limit is {lim.orders_per_10s} orders per "
-                                     "10 SECOND.", 429)
+        if c10 > per_10s:
+            err = SimApiError(-1015, f"Too many new orders; current limit is {per_10s} orders per 10 SECOND.", 429)
             err.retry_after = int((10_000 - now_ms % 10_000 + 999) // 1000)  # type: ignore[attr-defined]
-        elif c1m > lim.orders_per_minute:
-            err = SimApiError(-1015, f"Too many new orders; current limit is {lim.orders_per_minute} orders "
-                                     "per MINUTE.", 429)
+        elif c1m > per_minute:
+            err = SimApiError(-1015, f"Too many new orders; current limit is {per_minute} orders per MINUTE.", 429)
             err.retry_after = int((60_000 - now_ms % 60_000 + 999) // 1000)  # type: ignore[attr-defined]
         if err is not None:
             err.order_counts = (c10, c1m)  # type: ignore[attr-defined]  # the refusal carries the counts' headers too

@@ -15,6 +15,7 @@ from fleet.sim.delisting import ONBOARD_MS
 from fleet.sim.engine import Engine, SimApiError, missing
 from fleet.sim.errors import invalid
 from fleet.sim.frames import ticker_24h
+from fleet.sim.ratelimit import RateLimiter
 from fleet.sim.streams import KLINE_MINUTES
 
 # The contract types continuousKlines documents (exchangeInfo's list has more: CURRENT_MONTH, ...)
@@ -26,10 +27,11 @@ class RestHandlers:
 
     engine: Engine
     config: SimConfig
+    limiter: RateLimiter
 
 
     def _exchange_info(self, now: int) -> dict[str, Any]:
-        lim = self.config.rate_limits
+        lim = self.limiter.limits
         symbols = []
         assets = set()
         for b in self.engine.books.values():
@@ -347,9 +349,9 @@ class RestHandlers:
         return {"code": 200, "msg": "success"}
 
     def _order_limits(self, account: str, params: dict[str, str], now: int) -> Any:
-        lim = self.config.rate_limits
-        return [{"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": lim.orders_per_10s},
-                {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": lim.orders_per_minute}]
+        per_10s, per_minute = self.limiter.order_limits(account)
+        return [{"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": per_10s},
+                {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": per_minute}]
 
     def _leverage_bracket(self, account: str, params: dict[str, str], now: int) -> Any:
         e = self.engine

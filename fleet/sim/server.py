@@ -124,10 +124,15 @@ in a browser on the machine reads no key and injects no fault)::
          -> {"dropped": n}
     POST /sim/fault/clear    {}       clear REST and frame faults; latency back to the configured rest_latency_ms
                                       (late writes already accepted still execute: they are in the exchange)
-    POST /sim/limits         {"max_modifies_per_order": 3}
+    POST /sim/limits         {"max_modifies_per_order": 3, "weight_per_minute": 1200, "orders_per_10s": 100,
+                              "orders_per_minute": 600, "account": "main"}   (every field optional)
          PUT order answers -5026 "Exceed maximum modify order limit." once an order was modified this
          many times (default the config's max_modifies_per_order, 9999: Binance allows fewer than
-         10000) -> {"max_modifies_per_order": n}; {} just reads it
+         10000); the IP's weight a minute and the order limits change as Binance may announce (with
+         "account": that account's own order limits only, as GET /fapi/v1/rateLimit/order lists them);
+         exchangeInfo's rateLimits and the WebSocket API's list the new ones, the counts so far kept
+         -> {"max_modifies_per_order", "weight_per_minute", "orders_per_10s", "orders_per_minute"}
+         (the account's, if named); {} just reads them
     POST /sim/listenkey/expire {"account": "main"}
          expire the account's key now: listenKeyExpired is pushed -> {"listenKey": key or null}
     POST /sim/market/freeze  {"frozen": true, "symbol": "ETHUSDC", "mode": "data"}

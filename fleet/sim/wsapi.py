@@ -147,11 +147,15 @@ class WsApiGateway:
         http_method, path = route
         answer = self.answer(http_method, path, flat, payload, api_key, ip, now,  # type: ignore[attr-defined]
                              session.api_key)
-        return self._ws_reply(rid, answer, method in _ORDER_METHODS, rate_limits)
+        acct = self.engine.by_key.get(api_key or session.api_key or "")  # type: ignore[attr-defined]
+        limits = self._rate_limits(answer.headers, acct.name if method in _ORDER_METHODS and acct else None, ip,
+                                   now) if rate_limits else None
+        return self._ws_reply(rid, answer, limits)
 
     # -- replies ---------------------------------------------------------------------------------
 
-    def _ws_reply(self, rid: Any, answer: Answer, orders: bool, rate_limits: bool) -> WsApiReply:
+    def _ws_reply(self, rid: Any, answer: Answer, limits: list[dict[str, Any]] | None) -> WsApiReply:
+        """The answer as a WebSocket API reply, with the ``rateLimits`` given (None: left out)."""
         if answer.hold_ms is not None:
             return WsApiReply(None, answer.hold_ms)
         try:
@@ -168,19 +172,26 @@ class WsApiGateway:
         else:
             out["status"] = 503
             out["error"] = dict(_UNEXPECTED)
-        if rate_limits:
-            out["rateLimits"] = self._rate_limits(answer.headers, orders)
+        if limits is not None:
+            out["rateLimits"] = limits
         return WsApiReply(orjson.dumps(out))
 
-    def _rate_limits(self, headers: dict[str, str], orders: bool) -> list[dict[str, Any]]:
-        lim = self.config.rate_limits  # type: ignore[attr-defined]
+    def _rate_limits(self, headers: dict[str, str], orders_of: str | None, ip: str, now: int) -> list[dict[str, Any]]:
+        """The limits and the counts after the request: its answer's headers, or the limiter's own when
+        the answer has none (a gateway's error page: the request was counted all the same)."""
+        limiter = self.limiter  # type: ignore[attr-defined]
+        used = headers.get("X-MBX-USED-WEIGHT-1M")
         out = [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
-                "limit": lim.weight_per_minute, "count": int(headers.get("X-MBX-USED-WEIGHT-1M", 0))}]
-        if orders and "X-MBX-ORDER-COUNT-10S" in headers:
+                "limit": limiter.limits.weight_per_minute,
+                "count": int(used) if used is not None else limiter.used_weight(ip, now)}]
+        if orders_of is not None:
+            per_10s, per_minute = limiter.order_limits(orders_of)
+            c10, c1m = (int(headers["X-MBX-ORDER-COUNT-10S"]), int(headers["X-MBX-ORDER-COUNT-1M"])) \
+                if "X-MBX-ORDER-COUNT-10S" in headers else limiter.order_counts(orders_of, now)
             out.append({"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10,
-                        "limit": lim.orders_per_10s, "count": int(headers["X-MBX-ORDER-COUNT-10S"])})
+                        "limit": per_10s, "count": c10})
             out.append({"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1,
-                        "limit": lim.orders_per_minute, "count": int(headers["X-MBX-ORDER-COUNT-1M"])})
+                        "limit": per_minute, "count": c1m})
         return out
 
     def _ws_error(self, rid: Any, status: int, code: int, msg: str) -> WsApiReply:
@@ -198,7 +209,7 @@ class WsApiGateway:
         except SimApiError as exc:  # 429 / 418
             return WsApiReply(orjson.dumps({"id": rid, "status": exc.http_status, "error": exc.body()}))
         limits = [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
-                   "limit": self.config.rate_limits.weight_per_minute,  # type: ignore[attr-defined]
+                   "limit": self.limiter.limits.weight_per_minute,  # type: ignore[attr-defined]
                    "count": used}] if rate_limits else None
 
         def reply(out: dict[str, Any]) -> WsApiReply:   # the weight it cost, refused or not

@@ -259,14 +259,14 @@ def test_validate_prints_the_upkeep_weight_and_warns_past_what_one_ip_holds(tmp_
 
     # the defaults: countdownCancelAll every 30 s (20), openOrders every 5 s (12), positionRisk every
     # 6th (10) with openAlgoOrders (2), listenKey keep-alive every 25 min (0.04), userTrades every 60 s (5),
-    # income hourly (0.5), exchangeInfo every 15 min (0.07),
+    # income hourly (0.5), exchangeInfo and rateLimit/order every 15 min (0.13),
     # and the endpoint trying the symbol's kill look-up ahead (its open orders every 45 s: 1.33)
-    assert upkeep_weight(RuntimeParams(), JournalConfig()) == pytest.approx(50.94, abs=0.01)
-    assert upkeep_weight(RuntimeParams(), JournalConfig(enabled=False)) == pytest.approx(45.44, abs=0.01)
+    assert upkeep_weight(RuntimeParams(), JournalConfig()) == pytest.approx(51.01, abs=0.01)
+    assert upkeep_weight(RuntimeParams(), JournalConfig(enabled=False)) == pytest.approx(45.51, abs=0.01)
     assert main(["validate", "--config", str(CONFIGS / "fleet.demo.yaml")]) == 0
     out = capsys.readouterr().out
-    # the demo re-arms the dead-man switch every 10 s: 60 of its 90.9
-    assert "upkeep weight: 90.9 a minute per agent, 273 for 3" in out and "WARNING" not in out
+    # the demo re-arms the dead-man switch every 10 s: 60 of its 91.0
+    assert "upkeep weight: 91.0 a minute per agent, 273 for 3" in out and "WARNING" not in out
     many = yaml.safe_load((CONFIGS / "fleet.demo.yaml").read_text())
     many.pop("runtime")  # the defaults
     entry = many["symbols"][0]
@@ -276,7 +276,7 @@ def test_validate_prints_the_upkeep_weight_and_warns_past_what_one_ip_holds(tmp_
     from fleet.ops.fleet_cli import upkeep_lines
 
     lines = upkeep_lines(cfg)
-    assert "2038 for 40" in lines[0] and "Run at most 35 per address" in lines[1], lines
+    assert "2040 for 40" in lines[0] and "Run at most 35 per address" in lines[1], lines
 
 
 def test_a_min_notional_filter_that_does_not_read_leaves_that_symbol_unchecked_not_the_listing_failed():

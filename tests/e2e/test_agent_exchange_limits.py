@@ -65,3 +65,20 @@ async def test_a_flatten_sends_market_orders_on_the_market_lot_size(make_agent, 
     assert all(Decimal(o["origQty"]) % Decimal("0.01") == 0 for o in markets)
     rejected = agent.core.store.rejects
     assert not {code: n for code, n in rejected.items() if code in (-4005, -4023, -1111)}, rejected
+
+
+async def test_an_account_held_to_fewer_orders_than_binances_default_quotes_inside_them(make_agent, exchange, sim):
+    """Binance may hold an account to order limits of its own (GET /fapi/v1/rateLimit/order, below
+    exchangeInfo's 300 a 10 seconds). The agent reads them at its start and its budget keeps inside them
+    while jumps make it re-price the whole ladder: the exchange counted no order past them (no 429)."""
+    await exchange.post("/sim/limits", {"account": "main", "orders_per_10s": 25})
+    agent = await make_agent(runtime=RUNTIME)
+    await settled(agent, exchange)
+    assert agent.budget.usage()["orders_10s"].exchange_limit == 25
+    for pct in (0.5, -0.5, 0.5, -0.5, 0.5, -0.5):
+        await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": pct})
+        await wait_for(lambda: agent.status()["requests_in_flight"] == 0, 10, "the agent's answer to the jump")
+    await settled(agent, exchange, timeout=40)
+    most_in_10s = sim.limiter.peaks("127.0.0.1", "main")[0]
+    assert most_in_10s <= 25 and agent.budget.rate_limited == 0, (most_in_10s, agent.budget.rate_limited)
+    assert -1015 not in agent.core.store.rejects

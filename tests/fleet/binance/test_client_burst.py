@@ -16,6 +16,8 @@ import itertools
 import time
 from decimal import Decimal
 
+import aiohttp
+
 from fleet.binance.client import BinanceClient
 from fleet.binance.enums import OrderType, Side, TimeInForce
 from fleet.binance.errors import BinanceError, BudgetExhaustedError, RateLimitedError
@@ -121,3 +123,27 @@ async def test_headers_make_the_budget_respect_orders_it_did_not_send(sim_factor
         assert me.budget.rate_limited == 0
         # the exchange's count (250 + mine) stays inside 95 % of 300: 35 more, then refusals
         assert (placed, refused) == (35, 65)
+
+
+async def test_the_budget_follows_the_accounts_own_order_limit_and_a_lowered_weight(sim_factory):
+    """Binance may hold an account to fewer orders than exchangeInfo lists (GET /fapi/v1/rateLimit/order)
+    and may lower the IP's weight: the budget reads both, so a burst meets its own refusals, not the
+    exchange's 429s (which, kept up, ban the IP: every agent's cancels with it)."""
+    pinned = int(time.time() * 1000)   # one 10-second block throughout (the clients stamp 30 s back, as above)
+    sim = await sim_factory(symbols=[SYMBOL], clock=lambda: pinned,
+                            config={"accounts": [{"name": "main", "orders_per_10s": 20}]})
+    name, key, secret = sim.accounts[0]
+    async with BinanceClient(sim.rest_url, key, secret, recv_window=60_000, budget=RateBudget(reserve=0.0)) as client:
+        client.time_offset_ms = pinned - int(time.time() * 1000) - 30_000
+        assert await client.order_rate_limits() == {"orders_10s": 20, "orders_1m": 1200}
+        orders = await far_ioc_orders(client, "own", 40)   # its exchangeInfo's 300 does not undo the account's 20
+        results = await asyncio.gather(*(client.place_order(o, wait=False) for o in orders), return_exceptions=True)
+        assert tally(results) == {"placed": 19, "refused": 21, "rate_limited": 0, "other": 0}   # 95 % of 20
+        assert client.budget.rate_limited == 0 and sim.limiter.peaks("127.0.0.1", name)[0] == 19
+
+        async with aiohttp.ClientSession() as http:
+            async with http.post(sim.rest_url + "/sim/limits", json={"weight_per_minute": 100}) as r:
+                assert r.status == 200
+        await client.exchange_info()
+        assert client.budget.limits == {"weight_1m": 95, "orders_10s": 19, "orders_1m": 1140, "funding_reads_5m": 475}
+        assert client.budget.usage()["weight_1m"].exchange_limit == 100

@@ -692,3 +692,50 @@ async def test_order_test_all_orders_tickers_and_account_settings(sim):
         assert r.json["code"] == -4059  # already one-way
         r = await c.signed("POST", "/fapi/v1/order", {**order, "positionSide": "LONG"})
         assert r.json["code"] == -4061
+
+
+async def test_limits_the_exchange_changes_are_listed_and_judged_by_and_an_account_may_have_its_own(sim_factory):
+    """Binance may lower the IP's weight or the order limits (announced), and holds some accounts to
+    order limits of their own (GET /fapi/v1/rateLimit/order): exchangeInfo and rateLimit/order list the
+    limits the requests are judged by, the counts so far kept."""
+    clock = ManualClock()   # one 10-second block and one minute throughout
+    sim = await sim_factory(clock=clock, config={"accounts": [{"name": "main"}, {"name": "held", "orders_per_10s": 3}]})
+    main, held = (SimClient(sim.rest_url, key, secret) for _, key, secret in sim.accounts[:2])
+    async with main, held:
+        def order(tag: str, price: str) -> dict[str, str]:
+            return {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "GTX", "quantity": "0.010",
+                    "price": price, "newClientOrderId": tag}
+
+        price = await _far_bid(main)
+        own = (await held.signed("GET", "/fapi/v1/rateLimit/order", timestamp=clock.now)).json
+        assert {(x["interval"], x["intervalNum"], x["limit"]) for x in own} == {("SECOND", 10, 3), ("MINUTE", 1, 1200)}
+        answers = [await held.signed("POST", "/fapi/v1/order", order(f"h{i}", price), timestamp=clock.now) for i in range(4)]
+        assert [a.status for a in answers] == [200, 200, 200, 429]
+        assert answers[3].json == {"code": -1015, "msg": "Too many new orders; current limit is 3 orders per 10 SECOND."}
+        assert (await main.signed("POST", "/fapi/v1/order", order("m0", price), timestamp=clock.now)).status == 200   # main keeps 300
+
+        changed = await main.admin("POST", "/sim/limits", {"weight_per_minute": 600, "orders_per_10s": 100})
+        assert changed == {"max_modifies_per_order": 9999, "weight_per_minute": 600, "orders_per_10s": 100,
+                           "orders_per_minute": 1200}
+        info = (await main.public("GET", "/fapi/v1/exchangeInfo")).json
+        listed = {(x["rateLimitType"], x["interval"]): x["limit"] for x in info["rateLimits"]}
+        assert listed == {("REQUEST_WEIGHT", "MINUTE"): 600, ("ORDERS", "SECOND"): 100, ("ORDERS", "MINUTE"): 1200}
+        assert {x["limit"] for x in (await held.signed("GET", "/fapi/v1/rateLimit/order", timestamp=clock.now)).json} == {3, 1200}
+        assert await main.admin("POST", "/sim/limits", {"account": "held", "orders_per_10s": 50}) == {
+            "max_modifies_per_order": 9999, "weight_per_minute": 600, "orders_per_10s": 50, "orders_per_minute": 1200}
+        assert (await held.signed("POST", "/fapi/v1/order", order("h4", price), timestamp=clock.now)).status == 200   # 5 of 50 now
+
+        # the weight: a read past 600 in the minute is refused, naming the new limit
+        heavy = None
+        for _ in range(40):
+            heavy = await main.public("GET", "/fapi/v1/depth", {"symbol": "ETHUSDC", "limit": 1000})   # 20 each
+            if heavy.status != 200:
+                break
+        assert heavy is not None and heavy.status == 429 and "is 600 requests per minute" in heavy.json["msg"]
+
+        for bad, why in (({"account": "held", "weight_per_minute": 10}, "own order limits"),
+                         ({"orders_per_10s": 0}, "orders_per_10s must be"), ({"weight": 5}, "takes no field")):
+            async with aiohttp.ClientSession() as http:
+                async with http.post(sim.rest_url + "/sim/limits", json=bad) as r:
+                    assert r.status == 400 and why in (await r.json())["error"], bad
+        assert (await main.admin("POST", "/sim/limits", {}))["weight_per_minute"] == 600   # unchanged by them

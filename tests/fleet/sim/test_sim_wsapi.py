@@ -76,6 +76,13 @@ async def test_an_order_placed_amended_looked_up_and_cancelled_over_the_websocke
         assert looked_up["result"]["origQty"] == "0.020" and looked_up["result"]["status"] == "NEW"
         versioned = await api.call("v1/order.status", {"symbol": SYMBOL, "origClientOrderId": "ws-1"})  # "v1/" prefix
         assert versioned["status"] == 200 and versioned["result"]["orderId"] == looked_up["result"]["orderId"]
+        # the exchange holds this account to order limits of its own: the answers list them
+        async with s.post(f"{sim.rest_url}/sim/limits", json={"account": "main", "orders_per_10s": 250}) as r:
+            assert r.status == 200
+        moved = await api.call("order.modify", {"symbol": SYMBOL, "orderId": order["orderId"], "side": "BUY",
+                                                "quantity": "0.020", "price": price})
+        limits = {(x["rateLimitType"], x["interval"]): x["limit"] for x in moved["rateLimits"]}
+        assert limits == {("REQUEST_WEIGHT", "MINUTE"): 2400, ("ORDERS", "SECOND"): 250, ("ORDERS", "MINUTE"): 1200}
         cancelled = await api.call("order.cancel", {"symbol": SYMBOL, "orderId": order["orderId"]})
         assert cancelled["result"]["status"] == "CANCELED"
         assert (await state(s, sim))["open_orders"] == []
@@ -173,6 +180,11 @@ async def test_the_rest_faults_reach_the_websocket_api_too(sim):
                                                                  "path": "/fapi/v1/order", "method": "POST"})
             gateway = await api.call("order.place", order)
             assert gateway["status"] == 503 and gateway["error"]["code"] == -1006, gateway  # no HTML over WS
+            # the gateway's page carried no counts, but the request was counted: the reply says so, not 0
+            counts = {(x["rateLimitType"], x["interval"]): x["count"] for x in gateway["rateLimits"]}
+            before = {(x["rateLimitType"], x["interval"]): x["count"] for x in unknown["rateLimits"]}
+            assert counts[("ORDERS", "SECOND")] == before[("ORDERS", "SECOND")] + 1, (before, counts)
+            assert counts[("REQUEST_WEIGHT", "MINUTE")] >= before[("REQUEST_WEIGHT", "MINUTE")] > 0, (before, counts)
             await s.post(f"{sim.rest_url}/sim/fault/rest", json={"mode": "late", "answer": "timeout", "hold_ms": 200,
                                                                  "delay_ms": 100, "path": "/fapi/v1/order"})
             p = dict(order, apiKey=api.key, timestamp=int(time.time() * 1000))
