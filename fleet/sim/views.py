@@ -16,16 +16,17 @@ from fleet.sim.units import Q8, ZERO, s8
 # The fields each kind of REST order answer leaves out. Since Binance's CM-UM integration (effective
 # 2026-06-30) the answer of a placement, an amendment or a cancel (single, batch, and the WebSocket
 # API's order.place / modify / cancel) carries no avgPrice and no cumQuote: the fill price comes from a
-# look-up or userTrades; nor, as the documented examples, time, pair or cumBase. A placement asked for
-# its RESULT (newOrderRespType) answers with how it ended, its average price and quote included. A
-# look-up's (an order, the open ones, all of them, forceOrders) carries time, avgPrice and cumQuote, not
-# cumQty, pair or cumBase.
+# look-up or userTrades; nor, as the documented examples, time or cumBase, nor pair but in an
+# amendment's (the documented example, and Binance's SDKs' models of 2026-12: pair and modifyId). A
+# placement asked for its RESULT (newOrderRespType) answers with how it ended, its average price and
+# quote included. A look-up's (an order, the open ones, all of them, forceOrders) carries time, avgPrice
+# and cumQuote, not cumQty, pair or cumBase.
 _WRITE_ANSWER = ("time", "pair", "cumBase", "avgPrice", "cumQuote")
 ORDER_SHAPES: dict[str, tuple[str, ...]] = {
     "new": _WRITE_ANSWER,
     "result": ("time", "pair", "cumBase"),
     "cancel": _WRITE_ANSWER,
-    "amend": _WRITE_ANSWER,
+    "amend": ("time", "cumBase", "avgPrice", "cumQuote"),
     "query": ("cumQty", "pair", "cumBase"),
 }
 

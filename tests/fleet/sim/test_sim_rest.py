@@ -221,9 +221,10 @@ async def test_a_configured_recv_window_maximum_is_enforced(sim_factory):
 
 async def test_each_kind_of_order_answer_carries_the_fields_binances_does(sim):
     """Since the CM-UM integration (2026-06-30) a placement's, an amendment's and a cancel's answer carry
-    no avgPrice and no cumQuote (the fill price is a look-up's), nor time, pair or cumBase; a look-up's
-    (the order, the open ones, all of them) carries time, avgPrice and cumQuote, not cumQty, pair or
-    cumBase (every answer carried every field)."""
+    no avgPrice and no cumQuote (the fill price is a look-up's), nor time or cumBase, nor pair but in an
+    amendment's (its documented example, Binance's SDK models); a look-up's (the order, the open ones,
+    all of them) carries time, avgPrice and cumQuote, not cumQty, pair or cumBase (every answer carried
+    every field)."""
     written = {"time", "pair", "cumBase", "avgPrice", "cumQuote"}
     async with SimClient.for_sim(sim) as c:
         price = await _far_bid(c)
@@ -234,6 +235,10 @@ async def test_each_kind_of_order_answer_carries_the_fields_binances_does(sim):
         ids = {"symbol": "ETHUSDC", "orderId": placed["orderId"]}
         amended = (await c.signed("PUT", "/fapi/v1/order", {**ids, "side": "BUY", "quantity": "0.011",
                                                              "price": price})).json
+        moved = (await c.signed("PUT", "/fapi/v1/batchOrders", {"batchOrders": json.dumps([
+            {"symbol": "ETHUSDC", "orderId": batch["orderId"], "side": "BUY", "quantity": "0.011", "price": price}])})).json
+        for answer in (amended, *moved):
+            assert answer["pair"] == "ETHUSDC" and not (written - {"pair"}) & set(answer), answer
         looked = [(await c.signed("GET", "/fapi/v1/order", ids)).json,
                   (await c.signed("GET", "/fapi/v1/openOrders", {"symbol": "ETHUSDC"})).json[0],
                   (await c.signed("GET", "/fapi/v1/allOrders", {"symbol": "ETHUSDC"})).json[0]]
@@ -243,7 +248,7 @@ async def test_each_kind_of_order_answer_carries_the_fields_binances_does(sim):
         other = (await c.signed("DELETE", "/fapi/v1/batchOrders",
                                 {"symbol": "ETHUSDC", "orderIdList": json.dumps([batch["orderId"]])})).json[0]
         assert cancelled["status"] == other["status"] == "CANCELED"
-        for answer in (placed, batch, amended, cancelled, other):
+        for answer in (placed, batch, cancelled, other):
             assert {"cumQty", "executedQty", "updateTime"} <= set(answer) and not written & set(answer), answer
 
 
