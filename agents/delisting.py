@@ -66,6 +66,7 @@ TRADING = "TRADING"
 FUNDING_REREAD_GAP_MS = 60_000   # fundingInfo read again after the schedule moved, at most this often
 FILTERS_RECHECK_S = 30.0   # exchangeInfo read again after an order refused for a filter, at most this often
 FUNDING_REREAD_EVERY_MS = 3_600_000   # and at least this often: a change that did not move the next time
+ORDER_LIMITS_RETRY_S = 60.0   # rateLimit/order read again this long after a read that failed
 
 
 def _utc(ms: int) -> str:
@@ -86,6 +87,7 @@ class ContractWatch:
         self._funding_checked_ms = 0                     # exchange ms of the last read of any kind
         self._filters_checked = -FILTERS_RECHECK_S       # (monotonic) the last read after a filter refusal
         self._info_read = agent.clock.monotonic()        # (monotonic) the last exchangeInfo read (the start's)
+        self._limits_failed: float | None = None         # (monotonic) the last rateLimit/order read, if it failed
         self.stopping_for: asyncio.Future | None = None  # the stop of an agent whose filters changed
 
     def at_start(self, filters: SymbolFilters) -> None:
@@ -111,11 +113,16 @@ class ContractWatch:
     async def read_order_limits(self, client: BinanceClient) -> None:
         """rateLimit/order (weight 1), at the start and with each periodic exchangeInfo read: the account's
         own order limits, which the rate budget follows (exchangeInfo gives the IP's weight); an account
-        held to fewer orders than Binance's default would otherwise meet 429s, then an IP ban."""
+        held to fewer orders than Binance's default would otherwise meet 429s, then an IP ban. One that
+        failed is read again ``ORDER_LIMITS_RETRY_S`` later (``check``)."""
         try:
             await client.order_rate_limits()
-        except Exception as exc:  # noqa: BLE001 - the budget keeps the limits it has; read again with exchangeInfo
-            self.agent.log.event("order_limits_unread", f"rateLimit/order not read: {exc!r}", level=logging.WARNING)
+        except Exception as exc:  # noqa: BLE001 - the budget keeps the limits it has meanwhile
+            self._limits_failed = self.agent.clock.monotonic()
+            self.agent.log.event("order_limits_unread", f"rateLimit/order not read: {exc!r}; read again in "
+                                 f"{ORDER_LIMITS_RETRY_S:.0f} s", level=logging.WARNING)
+            return
+        self._limits_failed = None
 
     async def read_funding(self, client: BinanceClient, why: str) -> None:
         """fundingInfo: the symbol's funding interval (8 hours when it is not listed), into the funding
@@ -230,14 +237,19 @@ class ContractWatch:
         self.stopping_for = asyncio.ensure_future(a.stop())
 
     def check(self, now_ms: int) -> None:
-        """From the watchdog loop: the allowance against the cap; exchangeInfo read again every
-        ``exchange_info_reread_sec``; within the lead of an announced settlement, flatten, once."""
+        """From the watchdog loop: the allowance against the cap; exchangeInfo and rateLimit/order read again
+        every ``exchange_info_reread_sec`` (rateLimit/order a minute after a read that failed); within the
+        lead of an announced settlement, flatten, once."""
         self.check_allowance()
         a = self.agent
-        if a.client is not None and a.clock.monotonic() - self._info_read >= a.runtime.exchange_info_reread_sec \
-                and not a.tasks.named("contract-recheck"):
-            self._info_read = a.clock.monotonic()
+        now = a.clock.monotonic()
+        periodic = a.client is not None and now - self._info_read >= a.runtime.exchange_info_reread_sec
+        if periodic and not a.tasks.named("contract-recheck"):
+            self._info_read = now
             a.tasks.spawn(self.recheck("the periodic check"), "contract-recheck")
+        failed = self._limits_failed is not None and now - self._limits_failed >= ORDER_LIMITS_RETRY_S
+        if a.client is not None and (periodic or failed) and not a.tasks.named("order-limits"):
+            self._limits_failed = None   # (set again if this read fails)
             a.tasks.spawn(self.read_order_limits(a.client), "order-limits")
         funding = a.core.store.funding if a.core is not None else None
         if funding is not None and a.client is not None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# Binance USD-M account limits the order rate is shown against (fleet/binance/ratelimit.py holds the same).
+# Binance USD-M account limits the order rate is shown against: Binance's defaults, the simulator's in a run
+# (fleet/binance/ratelimit.py holds the same; an account held to its own lower ones is not simulated).
 ORDERS_PER_10S = 300
 ORDERS_PER_MIN = 1200
 WEIGHT_PER_MIN = 2400

@@ -17,6 +17,7 @@ import asyncio
 import contextvars
 import dataclasses
 import logging
+import math
 import time
 from typing import Any, Callable, Iterable, Mapping, Self, Sequence, TypeVar
 
@@ -189,11 +190,14 @@ class RestCore:
         which the order limits exchangeInfo lists for every account are not taken. Returns them by window."""
         found = listed_limits(rows, weight=not account, orders=account or not self._own_order_limits)
         self._own_order_limits |= account and bool(found)
+        self._take_limits(found, source)
+        return found
+
+    def _take_limits(self, found: dict[str, int], source: str) -> None:
         changed = self.budget.set_limits(found.get("weight_1m"), found.get("orders_10s"), found.get("orders_1m"))
         if changed:
-            log.warning("the exchange lists other limits (%s): the rate budget follows them (%s)", source,
+            log.warning("the exchange names other limits (%s): the rate budget follows them (%s)", source,
                         ", ".join(changed))
-        return found
 
     # -- the request core ----------------------------------------------------------------------
 
@@ -268,8 +272,8 @@ class RestCore:
             status, raw, resp_headers = await self._http(endpoint.method, endpoint.path, url, body, headers,
                                                          endpoint.mutating)
             self._serving(route, status < 500 and status not in (418, 429))
-            if status < 400 and endpoint in ep.ORDER_OPENERS:
-                self.budget.note_orders_answered()
+            if status < 400 and endpoint in ep.ORDER_OPENERS and endpoint not in ep.BATCH_OPENERS:
+                self.budget.note_orders_answered()   # a batch's entries say it (_batch_entries)
             return self._answer(endpoint, status, raw, resp_headers)
         except BinanceError as exc:
             if exc.route is None:
@@ -282,6 +286,40 @@ class RestCore:
                     self._order_route_failing(endpoint, f"{int(exc.code)} (HTTP {exc.http_status})"
                                               if answered else "no answer")
             raise
+
+    def _alone_is_cheaper(self, n: int, risk: bool) -> bool:
+        """Whether ``n`` orders go as ``n`` single calls rather than one batch call. A batch call spends
+        5 IP weight, 5 of the account's 10-second order count and 1 of its minute's; a single call no
+        IP weight and 1 of each count. One order always goes alone (never dearer). Several go alone
+        when the IP's weight is the budget's scarcest window and less than half of it is left, as for
+        many agents behind one address: spending the account's counts instead leaves the weight to
+        the agents' starts and upkeep; and when a batch's 5 of the 10-second count never fit the lane (an
+        account held to few orders, shared by several agents: their ladders were never sent). Otherwise
+        one request beats several (singles, 1 of the minute's count each, would bring the minute's limit
+        near: a run that sent them whenever the 10-second count was scarce reached 855 of 1,200)."""
+        if n == 1 or self.budget.wait_time(ep.BATCH_ORDERS, risk=risk) == math.inf:
+            return True
+        room = self.budget.room(risk=risk)
+        return min(room, key=room.__getitem__) == "weight_1m" and room["weight_1m"] < WEIGHT_SCARCE
+
+    def _batch_entries(self, endpoint: Endpoint, data: Any, n: int, risk: bool) -> list[OrderInfo | BinanceError]:
+        """A batch's answer (200), one result per order (``_batch_results``). A batch of orders whose every
+        entry failed on the exchange's side (-1001, or an outcome unknown: what a 5xx says of a whole call)
+        holds the quoting lane as a failing route's answer does, a -1008 among them as a whole call's
+        -1008 does (each quote cycle sent them again); any other entry is the route's answer."""
+        entries = _batch_results(data, n)
+        if endpoint not in ep.BATCH_OPENERS:
+            return entries
+        codes = [e.code for e in entries if isinstance(e, OutcomeUnknownError)
+                 or isinstance(e, BinanceError) and e.code in (ErrorCode.DISCONNECTED, ErrorCode.REQUEST_THROTTLED)]
+        if ErrorCode.REQUEST_THROTTLED in codes:
+            log.warning("system-level protection (-1008) in a %s entry: quoting orders held %.1fs", endpoint,
+                        self.budget.note_throttled())
+        elif len(codes) == n and not risk:
+            self._order_route_failing(endpoint, f"every entry failed, {int(codes[0])} first")
+        elif len(codes) < n:
+            self.budget.note_orders_answered()
+        return entries
 
     def _order_route_failing(self, endpoint: Endpoint, what: str) -> None:
         """A quoting order's route failed (a 5xx, -1001, no answer): the quoting lane held, 1 s and doubling up
@@ -364,6 +402,10 @@ class RestCore:
             self.budget.note_retry_after(err.retry_after, orders_only=err.code == ErrorCode.TOO_MANY_ORDERS,
                                          funding_only=own_limit)
             log.warning("rate limited on %s %s: backing off %.1fs", method, path, err.retry_after)
+            named = err.named_limit()   # a limit lower than the budget's: the exchange changed it, unlisted yet
+            if named is not None:
+                self._own_order_limits |= named[0] != "weight_1m"   # an order count's 429 names the account's
+                self._take_limits(dict([named]), f"a 429 on {method} {path}")
         elif err.code == ErrorCode.REQUEST_THROTTLED:
             self.budget.note_throttled()
             log.warning("system-level protection (-1008) on %s %s: quoting orders held %.1fs", method, path,
@@ -619,18 +661,6 @@ class BinanceClient(RestCore):
             lambda chunk: {"batchOrders": [_batch_modify_entry(m) for m in chunk]}, wait, risk,
         )
 
-    def _alone_is_cheaper(self, n: int, risk: bool) -> bool:
-        """Whether ``n`` orders go as ``n`` single calls rather than one batch call. A batch call spends
-        5 IP weight, 5 of the account's 10-second order count and 1 of its minute's; a single call no
-        IP weight and 1 of each count. One order always goes alone (never dearer). Several go alone
-        when the IP's weight is the budget's scarcest window and less than half of it is left, as for
-        many agents behind one address: spending the account's counts instead leaves the weight to
-        the agents' starts and upkeep. Otherwise one request beats several."""
-        if n == 1:
-            return True
-        room = self.budget.room(risk=risk)
-        return min(room, key=room.__getitem__) == "weight_1m" and room["weight_1m"] < WEIGHT_SCARCE
-
     async def _write_many(self, items, single: Endpoint, batch: Endpoint, one, many, wait: bool,
                           risk: bool) -> list[OrderInfo | BinanceError]:
         results: list[OrderInfo | BinanceError] = []
@@ -640,7 +670,7 @@ class BinanceClient(RestCore):
                     results.extend(await self._each_alone(single, [one(x) for x in chunk], wait, risk))
                 else:
                     data = await self._request(batch, many(chunk), wait=wait, risk=risk)
-                    results.extend(_batch_results(data, len(chunk)))
+                    results.extend(self._batch_entries(batch, data, len(chunk), risk))
             except BinanceError as exc:
                 if index == 0:
                     raise
@@ -706,7 +736,7 @@ class BinanceClient(RestCore):
                     raise
                 results.extend([exc] * len(chunk))
                 continue
-            results.extend(_batch_results(data, len(chunk)))
+            results.extend(self._batch_entries(endpoint, data, len(chunk), risk))
         return results
 
     async def cancel_all(self, symbol: str) -> dict[str, Any]:

@@ -74,6 +74,7 @@ CANCEL_ALL = Endpoint("DELETE", "/fapi/v1/allOpenOrders", W1, signed=True, risk=
 COUNTDOWN_CANCEL_ALL = Endpoint("POST", "/fapi/v1/countdownCancelAll", Cost(weight=10), signed=True, risk=True)
 # the writes that can open an order or move one: what a client's order gate holds back
 ORDER_OPENERS = frozenset({NEW_ORDER, MODIFY_ORDER, BATCH_PLACE, BATCH_MODIFY})
+BATCH_OPENERS = frozenset({BATCH_PLACE, BATCH_MODIFY})   # answered 200 whatever their entries' fate
 
 
 def places_reduce_only(endpoint: Endpoint, params: Mapping[str, Any]) -> bool:

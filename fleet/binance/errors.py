@@ -66,6 +66,11 @@ class FilterRejectedError(BinanceError):
     """Precision / filter violations (-1111, -4014, -4023, -4016, -4024, ...): a bug on our side."""
 
 
+# "current limit of IP(1.2.3.4) is 2400 requests per minute", "current limit is 300 orders per 10 SECOND."
+_NAMED_LIMIT = re.compile(r"current limit (?:of IP\([^)]*\) )?is (?P<n>\d{1,9}) (?P<what>requests|orders) per "
+                          r"(?P<per>10 SECOND|MINUTE)\b", re.IGNORECASE)
+
+
 class RateLimitedError(BinanceError):
     """HTTP 429 / -1003: back off for ``retry_after`` seconds or risk a ban."""
 
@@ -73,6 +78,18 @@ class RateLimitedError(BinanceError):
         super().__init__(code, msg, http_status)
         self.said_when = retry_after is not None   # the answer's Retry-After; else the client reckons the wait
         self.retry_after = float(retry_after) if retry_after is not None else 1.0
+
+    def named_limit(self) -> tuple[str, int] | None:
+        """The limit the refusal names, as the rate budget's window and its number ("current limit of
+        IP(...) is 2400 requests per minute" -> ("weight_1m", 2400), "current limit is 300 orders per 10
+        SECOND" -> ("orders_10s", 300)); None when it names none, or another (fundingRate's 5 minutes)."""
+        m = _NAMED_LIMIT.search(self.msg)
+        if m is None:
+            return None
+        per, n = m["per"].upper(), int(m["n"])
+        if m["what"].lower() == "requests":
+            return ("weight_1m", n) if per == "MINUTE" else None
+        return ("orders_10s" if per == "10 SECOND" else "orders_1m"), n
 
     def window_s(self) -> float:
         """The length of the window the refusal names: 10 s ("... orders per 10 SECOND"), 5 minutes

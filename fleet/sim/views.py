@@ -17,7 +17,8 @@ from fleet.sim.units import Q8, ZERO, s8
 # 2026-06-30) the answer of a placement, an amendment or a cancel (single, batch, and the WebSocket
 # API's order.place / modify / cancel) carries no avgPrice and no cumQuote: the fill price comes from a
 # look-up or userTrades; nor, as the documented examples, time or cumBase, nor pair but in an
-# amendment's (the documented example, and Binance's SDKs' models of 2026-12: pair and modifyId). A
+# amendment's (its documented example; Binance's SDK models of 2026-12 keep pair there, and the
+# modifyId a caller sent, which the engine echoes). A
 # placement asked for its RESULT (newOrderRespType) answers with how it ended, its average price and
 # quote included. A look-up's (an order, the open ones, all of them, forceOrders) carries time, avgPrice
 # and cumQuote, not cumQty, pair or cumBase.

@@ -147,8 +147,11 @@ class WsApiGateway:
         http_method, path = route
         answer = self.answer(http_method, path, flat, payload, api_key, ip, now,  # type: ignore[attr-defined]
                              session.api_key)
-        acct = self.engine.by_key.get(api_key or session.api_key or "")  # type: ignore[attr-defined]
-        limits = self._rate_limits(answer.headers, acct.name if method in _ORDER_METHODS and acct else None, ip,
+        # the account the request was judged as (the gateway's _authenticate): a logged-on session's when it
+        # names no key and sends no signature
+        key = session.api_key if api_key is None and "signature" not in flat else api_key
+        acct = self.engine.by_key.get(key or "")  # type: ignore[attr-defined]
+        limits = self._rate_limits(answer, acct.name if method in _ORDER_METHODS and acct else None, ip,
                                    now) if rate_limits else None
         return self._ws_reply(rid, answer, limits)
 
@@ -176,18 +179,20 @@ class WsApiGateway:
             out["rateLimits"] = limits
         return WsApiReply(orjson.dumps(out))
 
-    def _rate_limits(self, headers: dict[str, str], orders_of: str | None, ip: str, now: int) -> list[dict[str, Any]]:
-        """The limits and the counts after the request: its answer's headers, or the limiter's own when
-        the answer has none (a gateway's error page: the request was counted all the same)."""
-        limiter = self.limiter  # type: ignore[attr-defined]
+    def _rate_limits(self, answer: Answer, orders_of: str | None, ip: str, now: int) -> list[dict[str, Any]]:
+        """The limits and the counts after the request: its answer's headers, or the limiter's own when a
+        gateway's error page (a 5xx without them) answered a request counted all the same; an order
+        method's counts only when it was counted for the account (``orders_of``)."""
+        limiter, headers = self.limiter, answer.headers  # type: ignore[attr-defined]
         used = headers.get("X-MBX-USED-WEIGHT-1M")
         out = [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
                 "limit": limiter.limits.weight_per_minute,
                 "count": int(used) if used is not None else limiter.used_weight(ip, now)}]
-        if orders_of is not None:
+        counted = "X-MBX-ORDER-COUNT-10S" in headers
+        if orders_of is not None and (counted or answer.status >= 500):
             per_10s, per_minute = limiter.order_limits(orders_of)
-            c10, c1m = (int(headers["X-MBX-ORDER-COUNT-10S"]), int(headers["X-MBX-ORDER-COUNT-1M"])) \
-                if "X-MBX-ORDER-COUNT-10S" in headers else limiter.order_counts(orders_of, now)
+            c10, c1m = (int(headers["X-MBX-ORDER-COUNT-10S"]), int(headers["X-MBX-ORDER-COUNT-1M"])) if counted \
+                else limiter.order_counts(orders_of, now)
             out.append({"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10,
                         "limit": per_10s, "count": c10})
             out.append({"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1,

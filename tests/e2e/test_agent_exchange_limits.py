@@ -1,12 +1,17 @@
-"""Limits the exchange imposes on single orders, met by a real agent over sockets: -5026 (an order's
-modify limit reached) and MARKET_LOT_SIZE (a coarser step and a smaller maximum for MARKET orders)."""
+"""Limits the exchange imposes, met by a real agent over sockets: on single orders, -5026 (an order's
+modify limit reached) and MARKET_LOT_SIZE (a coarser step and a smaller maximum for MARKET orders); on
+the account, its own order limits (GET /fapi/v1/rateLimit/order)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from decimal import Decimal
 
 import pytest
+
+from agents import delisting
+from agents.ownership import Grant, LockFileOwnership
 
 from .test_agent_live import SYMBOL, exchange, in_sync, make_agent, wait_for  # noqa: F401 - fixtures
 from .test_agent_ambiguity import RUNTIME, settled
@@ -82,3 +87,40 @@ async def test_an_account_held_to_fewer_orders_than_binances_default_quotes_insi
     most_in_10s = sim.limiter.peaks("127.0.0.1", "main")[0]
     assert most_in_10s <= 25 and agent.budget.rate_limited == 0, (most_in_10s, agent.budget.rate_limited)
     assert -1015 not in agent.core.store.rejects
+
+
+async def test_an_order_limits_read_that_failed_at_the_start_is_tried_again_soon(make_agent, exchange, monkeypatch):
+    """A 503 on the start's rateLimit/order read left the budget on Binance's default for the 15 minutes
+    until the periodic read: an account held to fewer orders met 429s all that time (a review)."""
+    monkeypatch.setattr(delisting, "ORDER_LIMITS_RETRY_S", 1.0)
+    await exchange.post("/sim/limits", {"account": "main", "orders_per_10s": 25})
+    await exchange.post("/sim/fault/rest", {"mode": "error", "status": 503, "path": "/fapi/v1/rateLimit/order",
+                                            "count": 1})
+    agent = await make_agent(runtime=RUNTIME)
+    assert agent.budget.usage()["orders_10s"].exchange_limit == 300   # the start's read failed
+    await wait_for(lambda: agent.budget.usage()["orders_10s"].exchange_limit == 25, 10, "the limits read again")
+
+
+class QuarterShare(LockFileOwnership):
+    """An owner granting a quarter of the account's limits, as a controller does each of four agents."""
+
+    async def acquire(self) -> Grant:
+        self._grant = dataclasses.replace(await super().acquire(), rate_share=0.25)
+        return self._grant
+
+
+async def test_an_agents_share_of_a_held_account_that_fits_no_batch_sends_its_orders_one_by_one(
+        make_agent, exchange, sim):
+    """Four agents on an account held to 25 orders a 10 seconds: each may send 5 of them, 3 to quote. A
+    batch spends 5 of the count whatever its size, so no batch ever fitted: the agent said "quoting" with
+    nothing resting, its orders refused by its own budget (a review). They go one by one now."""
+    await exchange.post("/sim/limits", {"account": "main", "orders_per_10s": 25})
+    agent = await make_agent(runtime=RUNTIME, ownership_class=QuarterShare)
+    assert agent.budget.limits["orders_10s"] == 5
+
+    async def resting() -> int:
+        return len((await exchange.state())["open_orders"])
+
+    await wait_for(lambda: resting() if agent.status()["state"] == "quoting" else False, 8, "orders resting")
+    most_in_10s = sim.limiter.peaks("127.0.0.1", "main")[0]
+    assert most_in_10s <= 25 and agent.budget.rate_limited == 0, (most_in_10s, agent.budget.rate_limited)

@@ -38,11 +38,16 @@ def test_codes_map_to_classes(code, status, cls):
 def test_http_statuses_map_to_classes():
     limited = E.error_from_payload({"code": -1003, "msg": "Too many requests"}, 429, {"Retry-After": "7"})
     assert isinstance(limited, E.RateLimitedError) and limited.retry_after == 7.0
-    for msg, window in (("Too many new orders; current limit is 300 orders per 10 SECOND.", 10.0),
-                        ("Too many requests; current limit of IP(1.2.3.4) is 500 requests per 5 minutes for "
-                         "fundingRate and fundingInfo.", 300.0),
-                        ("Too many requests; current limit of IP(1.2.3.4) is 2400 requests per minute.", 60.0)):
-        assert E.error_from_payload({"code": -1003, "msg": msg}, 429).window_s() == window   # the window it names
+    for msg, window, named in (
+            ("Too many new orders; current limit is 300 orders per 10 SECOND.", 10.0, ("orders_10s", 300)),
+            ("Too many new orders; current limit is 1200 orders per MINUTE.", 60.0, ("orders_1m", 1200)),
+            ("Too many requests; current limit of IP(1.2.3.4) is 500 requests per 5 minutes for "
+             "fundingRate and fundingInfo.", 300.0, None),
+            ("Too many requests; current limit of IP(1.2.3.4) is 2400 requests per minute.", 60.0, ("weight_1m", 2400)),
+            ("Too many requests; current limit is 1200 requests per minute.", 60.0, ("weight_1m", 1200)),
+            ("Too many requests.", 60.0, None)):
+        limited = E.error_from_payload({"code": -1003, "msg": msg}, 429)
+        assert (limited.window_s(), limited.named_limit()) == (window, named)   # the window and limit it names
     banned = E.error_from_payload(
         {"code": -1003, "msg": "Way too many requests; IP(1.2.3.4) banned until 1746327239762. Please use"}, 418
     )

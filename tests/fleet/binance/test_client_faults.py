@@ -60,6 +60,9 @@ async def own_client(sim):
     await admin(sim, "POST", "/sim/fault/clear", {})
 
 
+QUOTE = Cost(orders_10s=1, orders_1m=1)   # one order's cost
+
+
 async def passive_order(client, tag: str) -> OrderRequest:
     filters = await client.symbol_filters(SYMBOL)
     top = await client.book_ticker(SYMBOL)
@@ -86,6 +89,27 @@ async def test_a_failing_order_route_holds_quoting_orders_but_a_reduce_only_ones
     with pytest.raises(BinanceError):
         await own_client.place_order(order)
     assert own_client.budget.holds() == ["order_routes_failing"]
+
+
+async def test_a_batch_whose_every_entry_failed_holds_quoting_orders_and_a_1008_entry_holds_them_as_a_throttle(
+        sim, own_client):
+    """A batch is answered 200 whatever its orders' fate. Every entry -1001 (the route failing, as a 5xx
+    says of a whole call) held nothing, so each quote cycle sent the orders again; now it holds the
+    quoting lane as a failing route's answer does, and a -1008 entry as a whole call's -1008 does."""
+    busy = {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."}
+    await fault(sim, mode="batch_malformed", entry=busy, path="/fapi/v1/batchOrders", method="POST", count=1)
+    failed = await own_client.batch_place([await passive_order(own_client, "bf") for _ in range(2)])
+    assert [r.code for r in failed] == [-1001, -1001]
+    assert own_client.budget.holds() == ["order_routes_failing"] and own_client.budget.wait_time(QUOTE) > 0
+    assert own_client.budget.wait_time(QUOTE, risk=True) == 0   # cancels and reduce-only orders go on
+    throttled = {"code": -1008, "msg": "Request throttled by system-level protection. Reduce-only/close-position "
+                                       "orders are exempted. Please try again."}
+    await fault(sim, mode="batch_malformed", entry=throttled, entries=[0], path="/fapi/v1/batchOrders",
+                method="POST", count=1)
+    results = await own_client.place_orders([await passive_order(own_client, "bt") for _ in range(2)])
+    assert results[0].code == -1008 and isinstance(results[1], OrderInfo), results
+    assert "throttled" in own_client.budget.holds() and own_client.budget.throttled == 1
+    await own_client.cancel_all(SYMBOL)
 
 
 async def test_server_errors_are_retryable_server_errors(sim, own_client):
@@ -185,6 +209,7 @@ async def test_a_client_told_429_never_reaches_418_but_an_uncoordinated_one_is_b
             for _ in range(30):
                 await a.book_ticker(SYMBOL)  # weight 2 each: the 21st breaks 40/min
         assert info.value.retry_after >= 1 and a.budget.rate_limited == 1
+        assert a.budget.limits["weight_1m"] == 38   # the IP's limit the refusal names (40), never read before
         # A keeps asking: its budget refuses locally until Retry-After, instead of sending into a ban
         for _ in range(5):
             with pytest.raises(BudgetExhaustedError):
@@ -251,6 +276,7 @@ async def test_an_order_count_429_pauses_new_orders_but_cancels_still_go_out(sim
             for _ in range(10):
                 await client.place_order(await passive_order(client, "cnt"))
         assert info.value.code == -1015 and info.value.http_status == 429
+        assert client.budget.limits["orders_10s"] == 4   # the limit the refusal names, followed (95 % of 5)
         with pytest.raises(BudgetExhaustedError):
             await client.place_order(await passive_order(client, "cnt"), wait=False)
         cancelled = await client.cancel_order(SYMBOL, order_id=first.order_id)  # not held back
