@@ -228,10 +228,11 @@ class ExchangeGateway(RestHandlers):
                 return self._fault_answer(fault, used)
             if fault.mode == "error":
                 return self._fault_answer(fault, used)
-            if fault.mode == "429" and fault.answer == "-1015":
-                return _json(429, {"code": -1015, "msg": f"Too many new orders; current limit is "
-                                                         f"{self.limiter.limits.orders_per_minute} orders per MINUTE."},
-                             used)
+            if fault.mode == "429" and fault.answer == "-1015":   # the key's account's limit (its own, if any)
+                acct = self.engine.by_key.get(session_key if api_key is None else api_key or "")
+                per_minute = self.limiter.order_limits(acct.name if acct else None)[1]
+                return _json(429, {"code": -1015, "msg": f"Too many new orders; current limit is {per_minute} orders "
+                                                         "per MINUTE."}, used)
             if fault.mode == "429":
                 return _json(429, {"code": -1003, "msg": too_many_requests(ip, self.limiter.limits.weight_per_minute)},
                              {"Retry-After": "1", **used})

@@ -704,7 +704,8 @@ async def test_limits_the_exchange_changes_are_listed_and_judged_by_and_an_accou
     order limits of their own (GET /fapi/v1/rateLimit/order): exchangeInfo and rateLimit/order list the
     limits the requests are judged by, the counts so far kept."""
     clock = ManualClock()   # one 10-second block and one minute throughout
-    sim = await sim_factory(clock=clock, config={"accounts": [{"name": "main"}, {"name": "held", "orders_per_10s": 3}]})
+    sim = await sim_factory(clock=clock, config={"accounts": [{"name": "main"}, {"name": "held", "orders_per_10s": 3,
+                                                                                  "orders_per_minute": 100}]})
     main, held = (SimClient(sim.rest_url, key, secret) for _, key, secret in sim.accounts[:2])
     async with main, held:
         def order(tag: str, price: str) -> dict[str, str]:
@@ -713,7 +714,7 @@ async def test_limits_the_exchange_changes_are_listed_and_judged_by_and_an_accou
 
         price = await _far_bid(main)
         own = (await held.signed("GET", "/fapi/v1/rateLimit/order", timestamp=clock.now)).json
-        assert {(x["interval"], x["intervalNum"], x["limit"]) for x in own} == {("SECOND", 10, 3), ("MINUTE", 1, 1200)}
+        assert {(x["interval"], x["intervalNum"], x["limit"]) for x in own} == {("SECOND", 10, 3), ("MINUTE", 1, 100)}
         answers = [await held.signed("POST", "/fapi/v1/order", order(f"h{i}", price), timestamp=clock.now) for i in range(4)]
         assert [a.status for a in answers] == [200, 200, 200, 429]
         assert answers[3].json == {"code": -1015, "msg": "Too many new orders; current limit is 3 orders per 10 SECOND."}
@@ -725,10 +726,14 @@ async def test_limits_the_exchange_changes_are_listed_and_judged_by_and_an_accou
         info = (await main.public("GET", "/fapi/v1/exchangeInfo")).json
         listed = {(x["rateLimitType"], x["interval"]): x["limit"] for x in info["rateLimits"]}
         assert listed == {("REQUEST_WEIGHT", "MINUTE"): 600, ("ORDERS", "SECOND"): 100, ("ORDERS", "MINUTE"): 1200}
-        assert {x["limit"] for x in (await held.signed("GET", "/fapi/v1/rateLimit/order", timestamp=clock.now)).json} == {3, 1200}
+        assert {x["limit"] for x in (await held.signed("GET", "/fapi/v1/rateLimit/order", timestamp=clock.now)).json} == {3, 100}
         assert await main.admin("POST", "/sim/limits", {"account": "held", "orders_per_10s": 50}) == {
-            "max_modifies_per_order": 9999, "weight_per_minute": 600, "orders_per_10s": 50, "orders_per_minute": 1200}
+            "max_modifies_per_order": 9999, "weight_per_minute": 600, "orders_per_10s": 50, "orders_per_minute": 100}
         assert (await held.signed("POST", "/fapi/v1/order", order("h4", price), timestamp=clock.now)).status == 200   # 5 of 50 now
+        # an injected -1015 names the limit of the key's account
+        await main.admin("POST", "/sim/fault/rest", {"mode": "429", "answer": "-1015", "path": "/fapi/v1/order"})
+        refused = await held.signed("POST", "/fapi/v1/order", order("h5", price), timestamp=clock.now)
+        assert (refused.status, refused.json["msg"]) == (429, "Too many new orders; current limit is 100 orders per MINUTE.")
 
         # the weight: a read past 600 in the minute is refused, naming the new limit
         heavy = None
