@@ -66,7 +66,8 @@ TRADING = "TRADING"
 FUNDING_REREAD_GAP_MS = 60_000   # fundingInfo read again after the schedule moved, at most this often
 FILTERS_RECHECK_S = 30.0   # exchangeInfo read again after an order refused for a filter, at most this often
 FUNDING_REREAD_EVERY_MS = 3_600_000   # and at least this often: a change that did not move the next time
-ORDER_LIMITS_RETRY_S = 60.0   # rateLimit/order read again this long after a read that failed
+ORDER_LIMITS_RETRY_S = 60.0   # rateLimit/order read again this long after a read that failed, and the limits
+                              # (rateLimit/order, exchangeInfo) this often while the budget follows lower ones
 
 
 def _utc(ms: int) -> str:
@@ -88,6 +89,7 @@ class ContractWatch:
         self._filters_checked = -FILTERS_RECHECK_S       # (monotonic) the last read after a filter refusal
         self._info_read = agent.clock.monotonic()        # (monotonic) the last exchangeInfo read (the start's)
         self._limits_failed: float | None = None         # (monotonic) the last rateLimit/order read, if it failed
+        self._limits_read = agent.clock.monotonic()      # (monotonic) the last read of the limits
         self.stopping_for: asyncio.Future | None = None  # the stop of an agent whose filters changed
 
     def at_start(self, filters: SymbolFilters) -> None:
@@ -248,8 +250,13 @@ class ContractWatch:
             self._info_read = now
             a.tasks.spawn(self.recheck("the periodic check"), "contract-recheck")
         failed = self._limits_failed is not None and now - self._limits_failed >= ORDER_LIMITS_RETRY_S
-        if a.client is not None and (periodic or failed) and not a.tasks.named("order-limits"):
-            self._limits_failed = None   # (set again if this read fails)
+        # lowered limits (a 429 named them, or the exchange lists them) read again every minute: they may be
+        # back (an account's 30 a 10 s raised again was kept 14 minutes, its agents starved meanwhile)
+        lowered = a.client is not None and a.client.budget.lowered and now - self._limits_read >= ORDER_LIMITS_RETRY_S
+        if lowered and not periodic and not a.tasks.named("contract-recheck"):
+            a.tasks.spawn(self.recheck("lowered rate limits"), "contract-recheck")
+        if a.client is not None and (periodic or failed or lowered) and not a.tasks.named("order-limits"):
+            self._limits_failed, self._limits_read = None, now   # (failed set again if this read fails)
             a.tasks.spawn(self.read_order_limits(a.client), "order-limits")
         funding = a.core.store.funding if a.core is not None else None
         if funding is not None and a.client is not None:

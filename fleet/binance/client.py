@@ -399,10 +399,11 @@ class RestCore:
             # fundingRate and fundingInfo's own limit: the message names its 5 minutes, or the IP's weight is not spent
             own_limit = endpoint.cost.funding_reads > 0 and (err.window_s() == 300.0
                                                              or not self.budget.ip_weight_spent())
-            self.budget.note_retry_after(err.retry_after, orders_only=err.code == ErrorCode.TOO_MANY_ORDERS,
-                                         funding_only=own_limit)
-            log.warning("rate limited on %s %s: backing off %.1fs", method, path, err.retry_after)
             named = err.named_limit()   # a limit lower than the budget's: the exchange changed it, unlisted yet
+            self.budget.note_retry_after(err.retry_after, orders_only=err.code == ErrorCode.TOO_MANY_ORDERS,
+                                         funding_only=own_limit,
+                                         weight_limit=named[1] if named and named[0] == "weight_1m" else None)
+            log.warning("rate limited on %s %s: backing off %.1fs", method, path, err.retry_after)
             if named is not None:
                 self._own_order_limits |= named[0] != "weight_1m"   # an order count's 429 names the account's
                 self._take_limits(dict([named]), f"a 429 on {method} {path}")

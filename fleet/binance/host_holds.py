@@ -14,7 +14,8 @@ the same for every process of the user whatever its session (containers of one h
 through a directory they all mount, named by the variable). The directory must be the user's own and
 writable by nobody else, and a hold file a regular file of the user's: anything else (another user's
 directory planted at the name, a link, a pipe) shares nothing, said once. A file holds the hold's end
-on the wall clock, its length and a word, never a key. Writers take the directory's lock file
+on the wall clock, its length, a word and the IP's limit a 429 named (the others' budgets take it: each took
+a 429 of its own to learn it), never a key. Writers take the directory's lock file
 (``flock``) around read, compare and replace, so a hold only ever lengthens what is there (a 429's
 second never replaces a ban); a reader sees the old hold or the new one, never half of one. Read by
 the file's identity at most every ``CHECK_EVERY_S``; what is left is at most the hold's length (a wall
@@ -80,6 +81,7 @@ class HostHolds:
         self._until = 0.0   # wall time the hold ends (0: none)
         self._length = 0.0  # how long it was when written
         self.what = ""
+        self.weight_limit: int | None = None   # the IP's limit a 429 named with the hold, if it named one
         self._said: set[str] = set()
         self.written = 0   # holds this process wrote
 
@@ -95,9 +97,10 @@ class HostHolds:
                 self._read()
             return self._left()
 
-    def hold(self, seconds: float, what: str) -> None:
-        """Hold the host's IP for ``seconds`` from now (``what``: a word, for the others' logs), unless a
-        longer hold is there already. A hold that cannot be shared is said; the caller's own stands."""
+    def hold(self, seconds: float, what: str, weight_limit: int | None = None) -> None:
+        """Hold the host's IP for ``seconds`` from now (``what``: a word, for the others' logs; ``weight_limit``:
+        the IP's limit the 429 named, which the others' budgets take), unless a longer hold is there
+        already. A hold that cannot be shared is said; the caller's own stands."""
         if not 0 < seconds <= LONGEST_HOLD_S:
             return
         with self._mutex:
@@ -107,7 +110,7 @@ class HostHolds:
                     self._read()
                     if seconds <= self._left():
                         return
-                    self._replace(seconds, what)
+                    self._replace(seconds, what, weight_limit)
             except (OSError, UnsafeHolds) as exc:
                 self._say("write", f"the IP's hold of {seconds:.1f} s ({what}) not shared with this host's "
                                    f"other processes: {exc}")
@@ -119,19 +122,19 @@ class HostHolds:
     def _left(self) -> float:
         return max(0.0, min(self._until - self._wall(), self._length))
 
-    def _replace(self, seconds: float, what: str) -> None:
+    def _replace(self, seconds: float, what: str, weight_limit: int | None) -> None:
         until = self._wall() + seconds
         fd, tmp = tempfile.mkstemp(prefix=".hold-", dir=self.directory)   # mode 0600
         try:
             with os.fdopen(fd, "w") as f:
-                json.dump({"until": until, "for": seconds, "what": what}, f)
+                json.dump({"until": until, "for": seconds, "what": what, "limit": weight_limit}, f)
             os.replace(tmp, self.path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
         self._identity = None
-        self._until, self._length, self.what = until, seconds, what
+        self._until, self._length, self.what, self.weight_limit = until, seconds, what, weight_limit
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -156,11 +159,12 @@ class HostHolds:
         try:
             st = os.stat(self.path, follow_symlinks=False)
         except FileNotFoundError:
-            self._identity, self._until, self._length = None, 0.0, 0.0
+            self._identity, self._until, self._length, self.weight_limit = None, 0.0, 0.0, None
             return
         except OSError as exc:
             self._say("read", f"the host's IP hold file {self.path} not read, taken as no hold: {exc!r}")
             self._until = self._length = 0.0
+            self.weight_limit = None
             return
         identity = (st.st_ino, st.st_mtime_ns)
         if identity == self._identity:
@@ -175,11 +179,15 @@ class HostHolds:
             until, length, what = float(doc["until"]), float(doc["for"]), str(doc["what"])[:40]
             if not (math.isfinite(until) and 0 < length <= LONGEST_HOLD_S):
                 raise ValueError(f"a hold until {until!r} for {length!r} s is not one")
+            limit = doc.get("limit")
+            if limit is not None and not (type(limit) is int and 1 <= limit <= 10**9):
+                raise ValueError(f"a weight limit of {limit!r} is not one")
         except (OSError, UnsafeHolds, ValueError, TypeError, KeyError, AttributeError) as exc:
             self._say("read", f"the host's IP hold file {self.path} does not read, taken as no hold: {exc!r}")
             self._until = self._length = 0.0
+            self.weight_limit = None
             return
-        self._until, self._length, self.what = until, length, what
+        self._until, self._length, self.what, self.weight_limit = until, length, what, limit
 
     def _say(self, kind: str, message: str) -> None:
         if kind not in self._said:

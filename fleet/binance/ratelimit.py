@@ -181,7 +181,85 @@ class _Reported:
         self.resets_at = min(self.resets_at, now + to_boundary + BOUNDARY_MARGIN_S)
 
 
-class RateBudget:
+class _Says:
+    """What a :class:`RateBudget` says of itself in words, for its agent's status and logs: the holds in
+    force, and what holds a request back."""
+
+    def holds(self: "RateBudget", now: float | None = None) -> list[str]:
+        """The exchange's holds in force, for ``status()``: "rate_limited" (a 429 on the IP's weight or a
+        418 ban: nothing goes out), "orders_limited" (an order-count 429: no new order goes out) and
+        "throttled" (a -1008 in the last ``THROTTLE_SHOWN_S``: the quoting lane's orders wait),
+        "order_routes_failing" (a quoting order's route failed: the quoting lane's orders wait),
+        "funding_reads_limited" (a 429 on fundingRate and fundingInfo's own limit: they wait) and, none of
+        these holding the quoting lane's orders, "order_budget_spent" (its own order counts leave it no
+        room now: an agent that says "quoting" with nothing going out says why)."""
+        now = self._clock() if now is None else now
+        held = []
+        if now < self._ip_blocked_until(now):
+            held.append("rate_limited")
+        if now < self._orders_blocked_until:
+            held.append("orders_limited")
+        if now < self._funding_until(now):
+            held.append("funding_reads_limited")
+        if now < self._throttled_at + THROTTLE_SHOWN_S or (now < self._quotes_blocked_until and not self._failing_hold):
+            held.append("throttled")
+        if now < self._quotes_blocked_until and self._failing_hold:
+            held.append("order_routes_failing")
+        if not {"rate_limited", "orders_limited", "throttled", "order_routes_failing"} & set(held) \
+                and self.orders_available(now) == 0:
+            held.append("order_budget_spent")
+        return held
+
+    def why_wait(self: "RateBudget", cost: Cost, now: float | None = None, *, risk: bool = False) -> str:
+        """In words, what holds ``cost`` back now (the longest of the waits :meth:`wait_time` takes)."""
+        now = self._clock() if now is None else now
+        lim = self._lane_limit
+        reasons: list[tuple[float, str]] = []
+        if self._blocked_until > now:
+            reasons.append((self._blocked_until - now, "a 429 or 418 pause of the exchange"))
+        elif self._ip_blocked_until(now) > now:
+            host = self.host
+            reasons.append((self._ip_blocked_until(now) - now,
+                            f"the IP's hold another process of this host was told of ({host.what if host else ''})"))
+        if (cost.orders_10s > 0 or cost.orders_1m > 0) and self._orders_blocked_until > now:
+            reasons.append((self._orders_blocked_until - now, "an order-count 429 pause of the exchange"))
+        if (cost.orders_10s > 0 or cost.orders_1m > 0) and not risk and self._quotes_blocked_until > now:
+            reasons.append((self._quotes_blocked_until - now,
+                            "the exchange failing its order routes (a 5xx, -1001 or no answer)" if self._failing_hold
+                            else "the exchange's system-level protection (-1008)"))
+        if cost.funding_reads > 0:
+            if self._funding_until(now) > now:
+                reasons.append((self._funding_until(now) - now, "a 429 of fundingRate and fundingInfo's limit"))
+            own = self._funding.wait_for(cost.funding_reads, now)
+            if own > 0:
+                reasons.append((own, f"this budget's share of fundingRate and fundingInfo's 5 minutes: "
+                                     f"{self._funding.used(now)} + {cost.funding_reads} above {self._funding.limit}"))
+        for name, window, reported, amount in (
+            ("IP weight a minute", self._weight, self._rep_weight, cost.weight),
+            ("account orders in 10 s", self._orders_10s, self._rep_10s, cost.orders_10s),
+            ("account orders a minute", self._orders_1m, self._rep_1m, cost.orders_1m),
+        ):
+            if amount <= 0:
+                continue
+            own = window.wait_for(amount, now, lim(window.limit, risk))
+            if own > 0:
+                reasons.append((own, f"this budget's share of the {name}: {window.used(now)} + {amount} "
+                                     f"above {lim(window.limit, risk)}"))
+            est, rep_limit = reported.estimate(window, now), lim(reported.limit, risk)
+            if est + amount > rep_limit:
+                reasons.append((reported.resets_at - now, f"the {name} as the exchange counts it: {est} + "
+                                                          f"{amount} above {rep_limit} until its window ends"))
+        if cost.weight <= 0 and self._ip_weight_spent(now):
+            ip_weight = self._rep_weight.estimate(self._weight, now)
+            reasons.append((self._rep_weight.resets_at - now, f"the IP's minute of weight spent as the exchange "
+                                                              f"counts it ({ip_weight} of {self._full[0]})"))
+        if not reasons:
+            return "nothing"
+        left, what = max(reasons)
+        return f"{what} (room in {left:.1f} s)"
+
+
+class RateBudget(_Says):
     """Per-account order counts and per-IP request weight, shared out by ``share``.
 
     ``clock`` returns seconds (monotonic); injectable for tests.
@@ -258,9 +336,10 @@ class RateBudget:
     def set_limits(self, weight_per_min: int | None = None, orders_per_10s: int | None = None,
                    orders_per_min: int | None = None) -> list[str]:
         """The exchange's own limits, as it lists them (exchangeInfo's ``rateLimits``, the account's
-        ``rateLimit/order``; None: not listed, kept): the budget's share and reserve are taken of them,
-        never of more than it was built with, from now on (a limit Binance lowered, or an account's own,
-        would otherwise be met by 429s, and kept up, an IP ban). Returns what changed, as "orders_10s 300 -> 100"."""
+        ``rateLimit/order``; None: not listed, kept) or as a 429 names them: the budget's share and
+        reserve are taken of them, never of more than it was built with, from now on (a limit Binance
+        lowered, or an account's own, would otherwise be met by 429s, and kept up, an IP ban). Returns
+        what changed, as "orders_10s 300 -> 100"."""
         new = tuple(old if value is None or value < 1 else min(int(value), built) for old, value, built
                     in zip(self._full, (weight_per_min, orders_per_10s, orders_per_min), self._built))
         changed = [f"{name} {old} -> {value}" for name, old, value in
@@ -269,6 +348,11 @@ class RateBudget:
             self._full = new   # type: ignore[assignment]
             self.set_share(self.share)
         return changed
+
+    @property
+    def lowered(self) -> bool:
+        """Whether it follows a limit below one it was built with (``set_limits``): it may come back."""
+        return self._full != self._built
 
     def share_host_holds(self, host: HostHolds, funding: HostHolds | None = None) -> None:
         """Share the IP's holds (a 429's, a ban's, a minute of weight spent) with this host's other
@@ -284,16 +368,24 @@ class RateBudget:
         return max(self._funding_blocked_until, now + left) if left > 0 else self._funding_blocked_until
 
     def _ip_blocked_until(self, now: float) -> float:
-        """Until when every request waits: this budget's own 429 or ban pause, or the host's."""
+        """Until when every request waits: this budget's own 429 or ban pause, or the host's; and the IP's
+        weight limit the host's 429 named, taken (each process took a 429 of its own to learn it)."""
         host = self.host
         if host is None:
             return self._blocked_until
         left = host.left()
-        return max(self._blocked_until, now + left) if left > 0 else self._blocked_until
+        if left <= 0:
+            return self._blocked_until
+        if host.weight_limit is not None and host.weight_limit < self._full[0]:
+            changed = self.set_limits(host.weight_limit)
+            if changed:
+                log.warning("another process of this host was told the IP's limit: the rate budget follows it (%s)",
+                            ", ".join(changed))
+        return max(self._blocked_until, now + left)
 
-    def _share_hold(self, seconds: float, what: str) -> None:
+    def _share_hold(self, seconds: float, what: str, weight_limit: int | None = None) -> None:
         if self.host is not None:
-            self.host.hold(seconds, what)
+            self.host.hold(seconds, what, weight_limit)
 
     @property
     def limits(self) -> dict[str, int]:
@@ -376,26 +468,6 @@ class RateBudget:
         now = self._clock() if now is None else now
         return max(0.0, self._ip_blocked_until(now) - now)
 
-    def holds(self, now: float | None = None) -> list[str]:
-        """The exchange's holds in force, for ``status()``: "rate_limited" (a 429 on the IP's weight or a
-        418 ban: nothing goes out), "orders_limited" (an order-count 429: no new order goes out) and
-        "throttled" (a -1008 in the last ``THROTTLE_SHOWN_S``: the quoting lane's orders wait),
-        "order_routes_failing" (a quoting order's route failed: the quoting lane's orders wait) and
-        "funding_reads_limited" (a 429 on fundingRate and fundingInfo's own limit: they wait)."""
-        now = self._clock() if now is None else now
-        held = []
-        if now < self._ip_blocked_until(now):
-            held.append("rate_limited")
-        if now < self._orders_blocked_until:
-            held.append("orders_limited")
-        if now < self._funding_until(now):
-            held.append("funding_reads_limited")
-        if now < self._throttled_at + THROTTLE_SHOWN_S or (now < self._quotes_blocked_until and not self._failing_hold):
-            held.append("throttled")
-        if now < self._quotes_blocked_until and self._failing_hold:
-            held.append("order_routes_failing")
-        return held
-
     def wait_time(self, cost: Cost, now: float | None = None, *, risk: bool = False) -> float:
         """Seconds until ``cost`` fits every limit of its lane (0 = now; inf = never)."""
         now = self._clock() if now is None else now
@@ -428,54 +500,6 @@ class RateBudget:
             # weight's requests would (each agent that sent one took its own; ten together, the IP's ban)
             wait = max(wait, self._rep_weight.resets_at - now + 1e-3)
         return wait
-
-    def why_wait(self, cost: Cost, now: float | None = None, *, risk: bool = False) -> str:
-        """In words, what holds ``cost`` back now (the longest of the waits :meth:`wait_time` takes)."""
-        now = self._clock() if now is None else now
-        lim = self._lane_limit
-        reasons: list[tuple[float, str]] = []
-        if self._blocked_until > now:
-            reasons.append((self._blocked_until - now, "a 429 or 418 pause of the exchange"))
-        elif self._ip_blocked_until(now) > now:
-            host = self.host
-            reasons.append((self._ip_blocked_until(now) - now,
-                            f"the IP's hold another process of this host was told of ({host.what if host else ''})"))
-        if (cost.orders_10s > 0 or cost.orders_1m > 0) and self._orders_blocked_until > now:
-            reasons.append((self._orders_blocked_until - now, "an order-count 429 pause of the exchange"))
-        if (cost.orders_10s > 0 or cost.orders_1m > 0) and not risk and self._quotes_blocked_until > now:
-            reasons.append((self._quotes_blocked_until - now,
-                            "the exchange failing its order routes (a 5xx, -1001 or no answer)" if self._failing_hold
-                            else "the exchange's system-level protection (-1008)"))
-        if cost.funding_reads > 0:
-            if self._funding_until(now) > now:
-                reasons.append((self._funding_until(now) - now, "a 429 of fundingRate and fundingInfo's limit"))
-            own = self._funding.wait_for(cost.funding_reads, now)
-            if own > 0:
-                reasons.append((own, f"this budget's share of fundingRate and fundingInfo's 5 minutes: "
-                                     f"{self._funding.used(now)} + {cost.funding_reads} above {self._funding.limit}"))
-        for name, window, reported, amount in (
-            ("IP weight a minute", self._weight, self._rep_weight, cost.weight),
-            ("account orders in 10 s", self._orders_10s, self._rep_10s, cost.orders_10s),
-            ("account orders a minute", self._orders_1m, self._rep_1m, cost.orders_1m),
-        ):
-            if amount <= 0:
-                continue
-            own = window.wait_for(amount, now, lim(window.limit, risk))
-            if own > 0:
-                reasons.append((own, f"this budget's share of the {name}: {window.used(now)} + {amount} "
-                                     f"above {lim(window.limit, risk)}"))
-            est, rep_limit = reported.estimate(window, now), lim(reported.limit, risk)
-            if est + amount > rep_limit:
-                reasons.append((reported.resets_at - now, f"the {name} as the exchange counts it: {est} + "
-                                                          f"{amount} above {rep_limit} until its window ends"))
-        if cost.weight <= 0 and self._ip_weight_spent(now):
-            ip_weight = self._rep_weight.estimate(self._weight, now)
-            reasons.append((self._rep_weight.resets_at - now, f"the IP's minute of weight spent as the exchange "
-                                                              f"counts it ({ip_weight} of {self._full[0]})"))
-        if not reasons:
-            return "nothing"
-        left, what = max(reasons)
-        return f"{what} (room in {left:.1f} s)"
 
     # -- spending ------------------------------------------------------------------------------
 
@@ -556,12 +580,14 @@ class RateBudget:
             reported.align(now, server_ms)
 
     def note_retry_after(self, seconds: float, now: float | None = None, *, orders_only: bool = False,
-                         funding_only: bool = False) -> None:
+                         funding_only: bool = False, weight_limit: int | None = None) -> None:
         """After a 429: nothing goes out until ``seconds`` have passed.
 
         ``orders_only`` (an account order-count 429, -1015) pauses new orders and amendments only,
         so cancels, which cost no order count, can still go out. ``funding_only`` (fundingRate or
         fundingInfo refused while the IP's weight is not spent: their own limit) pauses only them.
+        ``weight_limit``: the IP's limit the 429 named, shared with the hold (the host's other processes
+        take it).
         """
         now = self._clock() if now is None else now
         self.rate_limited += 1
@@ -574,7 +600,7 @@ class RateBudget:
                 self.funding_host.hold(seconds, "429 on fundingRate and fundingInfo's limit")
         else:
             self._blocked_until = max(self._blocked_until, until)
-            self._share_hold(seconds, "429")
+            self._share_hold(seconds, "429", weight_limit)
 
     def note_throttled(self, seconds: float = THROTTLE_PAUSE_S, now: float | None = None,
                        failing: bool = False) -> float:

@@ -121,6 +121,23 @@ async def test_an_agents_share_of_a_held_account_that_fits_no_batch_sends_its_or
     async def resting() -> int:
         return len((await exchange.state())["open_orders"])
 
-    await wait_for(lambda: resting() if agent.status()["state"] == "quoting" else False, 8, "orders resting")
+    await wait_for(lambda: resting() if agent.status()["state"] == "quoting" else False, 10, "orders resting")
     most_in_10s = sim.limiter.peaks("127.0.0.1", "main")[0]
     assert most_in_10s <= 25 and agent.budget.rate_limited == 0, (most_in_10s, agent.budget.rate_limited)
+
+
+async def test_limits_the_exchange_raises_again_are_followed_within_a_minute(make_agent, exchange, monkeypatch):
+    """The IP's weight and the account's order limits lowered, then raised again: the budget took the
+    raise only at its 15-minute read (a hostile run: agents starved 14 minutes, the dead-man countdown
+    running out 21 times meanwhile). Lowered limits are read again every minute (1 s here)."""
+    monkeypatch.setattr(delisting, "ORDER_LIMITS_RETRY_S", 1.0)
+    await exchange.post("/sim/limits", {"weight_per_minute": 1200})
+    await exchange.post("/sim/limits", {"account": "main", "orders_per_10s": 25})
+    agent = await make_agent(runtime=RUNTIME)
+    usage = agent.budget.usage()
+    assert (usage["weight_1m"].exchange_limit, usage["orders_10s"].exchange_limit) == (1200, 25) and agent.budget.lowered
+    await exchange.post("/sim/limits", {"weight_per_minute": 2400})
+    await exchange.post("/sim/limits", {"account": "main", "orders_per_10s": 300})
+    await wait_for(lambda: not agent.budget.lowered, 10, "the limits raised again, followed")
+    usage = agent.budget.usage()
+    assert (usage["weight_1m"].exchange_limit, usage["orders_10s"].exchange_limit) == (2400, 300)

@@ -150,6 +150,19 @@ def test_holds_name_what_the_exchange_refuses_for_now_and_a_throttle_stays_shown
     assert budget.holds() == []
 
 
+def test_a_quoting_lane_its_own_order_counts_leave_no_room_is_shown_as_its_budget_spent():
+    """An account held to few orders: the agent said "quoting", nothing held, while none went out."""
+    clock = Clock()
+    budget = RateBudget(orders_per_10s=4, clock=clock, safety=1.0)   # the quoting lane: 3 of them
+    for _ in range(3):
+        assert budget.try_charge(ORDER) == 0
+    assert budget.holds() == ["order_budget_spent"] and budget.orders_available(risk=True) == 1
+    budget.note_throttled()
+    assert budget.holds() == ["throttled"]   # a hold of the exchange's says it first
+    clock.t += 10.0
+    assert budget.holds() == []
+
+
 def test_quoting_leaves_the_reserve_to_risk_reducing_requests():
     clock = Clock()
     budget = RateBudget(orders_per_10s=100, orders_per_min=1200, weight_per_min=400, clock=clock, safety=1.0,

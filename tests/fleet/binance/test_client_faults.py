@@ -244,8 +244,11 @@ async def test_a_429_one_process_is_told_holds_every_process_of_the_host_before_
         with pytest.raises(BudgetExhaustedError):
             await b.budget.acquire(Cost(weight=2), wait=False)
         assert (b.budget.rate_limited, b.budget.banned) == (0, 0)
+        # the IP's limit the 429 named (40) is B's too: it would otherwise learn it by a 429 of its own
+        assert a.budget.limits["weight_1m"] == b.budget.limits["weight_1m"] == 38 and b.budget.lowered
         [hold] = tmp_path.glob("ip-*.hold")
-        assert set(json.loads(hold.read_text())) == {"until", "for", "what"}   # times and a word, never a key
+        doc = json.loads(hold.read_text())
+        assert set(doc) == {"until", "for", "what", "limit"} and doc["limit"] == 40   # times, a word, a number: never a key
 
 
 async def test_a_429_on_the_funding_reads_own_limit_holds_only_them_and_they_never_wait_for_room(sim_factory):

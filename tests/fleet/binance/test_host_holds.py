@@ -76,15 +76,16 @@ def test_a_file_that_does_not_read_is_no_hold_said_once(tmp_path, caplog):
     wall, mono = Clock(1_800_000_000.0), Clock(50.0)
     holds = HostHolds(URL, tmp_path, wall=wall, monotonic=mono)
     for text in ('{"until": "soon"', '["until"]', f'{{"until": {wall.t + 9}, "for": {LONGEST_HOLD_S * 2}, "what": "x"}}',
-                 '{"until": NaN, "for": 5, "what": "x"}'):
+                 '{"until": NaN, "for": 5, "what": "x"}', f'{{"until": {wall.t + 9}, "for": 9, "what": "x", "limit": "0"}}',
+                 f'{{"until": {wall.t + 9}, "for": 9, "what": "x", "limit": 0}}'):
         holds.path.unlink(missing_ok=True)
         holds.path.write_text(text)
         mono.t += 1.0
         with caplog.at_level(logging.WARNING, logger="fleet.binance.host_holds"):
             assert holds.left() == 0.0, text
     assert len([r for r in caplog.records if "does not read" in r.getMessage()]) == 1
-    holds.hold(2.0, "429")   # and a hold written over it reads again
-    assert holds.left() == 2.0
+    holds.hold(2.0, "429", 1200)   # and a hold written over it reads again, with the limit the 429 named
+    assert holds.left() == 2.0 and holds.weight_limit == 1200
 
 
 def test_a_wall_clock_stepped_back_does_not_lengthen_a_hold(tmp_path):
