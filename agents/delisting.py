@@ -250,12 +250,16 @@ class ContractWatch:
             self._info_read = now
             a.tasks.spawn(self.recheck("the periodic check"), "contract-recheck")
         failed = self._limits_failed is not None and now - self._limits_failed >= ORDER_LIMITS_RETRY_S
-        # lowered limits (a 429 named them, or the exchange lists them) read again every minute: they may be
-        # back (an account's 30 a 10 s raised again was kept 14 minutes, its agents starved meanwhile)
-        lowered = a.client is not None and a.client.budget.lowered and now - self._limits_read >= ORDER_LIMITS_RETRY_S
-        if lowered and not periodic and not a.tasks.named("contract-recheck"):
-            a.tasks.spawn(self.recheck("lowered rate limits"), "contract-recheck")
-        if a.client is not None and (periodic or failed or lowered) and not a.tasks.named("order-limits"):
+        # lowered limits (a 429 named them, or the exchange lists them) read again every minute, each where it
+        # is listed: they may be back (an account's 30 a 10 s raised again was kept 14 minutes, its agents
+        # starved meanwhile)
+        lowered = a.client.budget.lowered if a.client is not None and now - self._limits_read >= \
+            ORDER_LIMITS_RETRY_S else frozenset()
+        if "weight_1m" in lowered and not periodic and not a.tasks.named("contract-recheck"):
+            self._limits_read = now
+            a.tasks.spawn(self.recheck("a lowered rate limit"), "contract-recheck")
+        orders_lowered = bool(lowered & {"orders_10s", "orders_1m"})
+        if a.client is not None and (periodic or failed or orders_lowered) and not a.tasks.named("order-limits"):
             self._limits_failed, self._limits_read = None, now   # (failed set again if this read fails)
             a.tasks.spawn(self.read_order_limits(a.client), "order-limits")
         funding = a.core.store.funding if a.core is not None else None

@@ -99,6 +99,8 @@
 
   const HOLDS = {
     rate_limited: "rate limited (429/418)", orders_limited: "order count (429)", throttled: "throttled (-1008)",
+    order_routes_failing: "order routes failing (5xx)", funding_reads_limited: "funding reads (429)",
+    order_budget_spent: "its own order budget spent",
   };
 
   function renderRow(row) {
@@ -111,9 +113,10 @@
     if (row.settles_at_ms) {
       c.state.append(el("span", "sub delisting", `delisted: settled by the exchange at ${new Date(row.settles_at_ms).toISOString()}`));
     }
-    // the exchange refusing its orders for now: a 429 or 418 (rate_limited), an order-count 429, a -1008
+    // the exchange refusing its orders for now (a 429 or 418, an order-count 429, a -1008, failing order
+    // routes), or the agent's own order budget spent
     if (row.exchange_holds && row.exchange_holds.length) {
-      c.state.append(el("span", "sub held", `held by the exchange: ${row.exchange_holds.map((h) => (Object.hasOwn(HOLDS, h) ? HOLDS[h] : h)).join(", ")}`));
+      c.state.append(el("span", "sub held", `held: ${row.exchange_holds.map((h) => (Object.hasOwn(HOLDS, h) ? HOLDS[h] : h)).join(", ")}`));
     }
     const stale = row.published_age_s !== null && row.published_age_s !== undefined;
     r.tr.classList.toggle("stale", stale);

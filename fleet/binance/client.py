@@ -17,7 +17,6 @@ import asyncio
 import contextvars
 import dataclasses
 import logging
-import math
 import time
 from typing import Any, Callable, Iterable, Mapping, Self, Sequence, TypeVar
 
@@ -193,8 +192,9 @@ class RestCore:
         self._take_limits(found, source)
         return found
 
-    def _take_limits(self, found: dict[str, int], source: str) -> None:
-        changed = self.budget.set_limits(found.get("weight_1m"), found.get("orders_10s"), found.get("orders_1m"))
+    def _take_limits(self, found: dict[str, int], source: str, named: bool = False) -> None:
+        changed = self.budget.set_limits(found.get("weight_1m"), found.get("orders_10s"), found.get("orders_1m"),
+                                         named=named)
         if changed:
             log.warning("the exchange names other limits (%s): the rate budget follows them (%s)", source,
                         ", ".join(changed))
@@ -293,23 +293,29 @@ class RestCore:
         IP weight and 1 of each count. One order always goes alone (never dearer). Several go alone
         when the IP's weight is the budget's scarcest window and less than half of it is left, as for
         many agents behind one address: spending the account's counts instead leaves the weight to
-        the agents' starts and upkeep; and when a batch's 5 of the 10-second count never fit the lane (an
-        account held to few orders, shared by several agents: their ladders were never sent). Otherwise
-        one request beats several (singles, 1 of the minute's count each, would bring the minute's limit
-        near: a run that sent them whenever the 10-second count was scarce reached 855 of 1,200)."""
-        if n == 1 or self.budget.wait_time(ep.BATCH_ORDERS, risk=risk) == math.inf:
+        the agents' starts and upkeep; and when a batch's 5 of the 10-second count must wait while ``n``
+        singles fit now (an account held to few orders, shared by several agents: their ladders were never
+        sent, a batch never fitting their lane). Otherwise one request beats several (singles, 1 of the
+        minute's count each, would bring the minute's limit near: a run that sent them whenever the
+        10-second count was scarce reached 855 of 1,200)."""
+        if n == 1:
             return True
-        room = self.budget.room(risk=risk)
+        budget = self.budget
+        if budget.wait_time(ep.BATCH_ORDERS, risk=risk) > 0 and budget.wait_time(ep.ORDER.times(n), risk=risk) == 0:
+            return True
+        room = budget.room(risk=risk)
         return min(room, key=room.__getitem__) == "weight_1m" and room["weight_1m"] < WEIGHT_SCARCE
 
-    def _batch_entries(self, endpoint: Endpoint, data: Any, n: int, risk: bool) -> list[OrderInfo | BinanceError]:
-        """A batch's answer (200), one result per order (``_batch_results``). A batch of orders whose every
-        entry failed on the exchange's side (-1001, or an outcome unknown: what a 5xx says of a whole call)
-        holds the quoting lane as a failing route's answer does, a -1008 among them as a whole call's
-        -1008 does (each quote cycle sent them again); any other entry is the route's answer."""
+    def _batch_entries(self, endpoint: Endpoint, data: Any, n: int, risk: bool,
+                       params: Mapping[str, Any]) -> list[OrderInfo | BinanceError]:
+        """A batch's answer (200), one result per order (``_batch_results``). A quoting batch of orders
+        whose every entry failed on the exchange's side (-1001, or an outcome unknown: what a 5xx says of
+        a whole call) holds the quoting lane as a failing route's answer does, a -1008 among them as a
+        whole call's -1008 does (each quote cycle sent them again); any other entry is the route's answer."""
         entries = _batch_results(data, n)
         if endpoint not in ep.BATCH_OPENERS:
             return entries
+        risk = risk or ep.places_reduce_only(endpoint, params)   # its lane, as _request chose it
         codes = [e.code for e in entries if isinstance(e, OutcomeUnknownError)
                  or isinstance(e, BinanceError) and e.code in (ErrorCode.DISCONNECTED, ErrorCode.REQUEST_THROTTLED)]
         if ErrorCode.REQUEST_THROTTLED in codes:
@@ -406,7 +412,7 @@ class RestCore:
             log.warning("rate limited on %s %s: backing off %.1fs", method, path, err.retry_after)
             if named is not None:
                 self._own_order_limits |= named[0] != "weight_1m"   # an order count's 429 names the account's
-                self._take_limits(dict([named]), f"a 429 on {method} {path}")
+                self._take_limits(dict([named]), f"a 429 on {method} {path}", named=True)
         elif err.code == ErrorCode.REQUEST_THROTTLED:
             self.budget.note_throttled()
             log.warning("system-level protection (-1008) on %s %s: quoting orders held %.1fs", method, path,
@@ -670,8 +676,9 @@ class BinanceClient(RestCore):
                 if self._alone_is_cheaper(len(chunk), risk):
                     results.extend(await self._each_alone(single, [one(x) for x in chunk], wait, risk))
                 else:
-                    data = await self._request(batch, many(chunk), wait=wait, risk=risk)
-                    results.extend(self._batch_entries(batch, data, len(chunk), risk))
+                    params = many(chunk)
+                    data = await self._request(batch, params, wait=wait, risk=risk)
+                    results.extend(self._batch_entries(batch, data, len(chunk), risk, params))
             except BinanceError as exc:
                 if index == 0:
                     raise
@@ -731,13 +738,14 @@ class BinanceClient(RestCore):
         results: list[OrderInfo | BinanceError] = []
         for index, chunk in enumerate(_chunks(items, size)):
             try:
-                data = await self._request(endpoint, build(chunk), wait=wait, risk=risk)
+                params = build(chunk)
+                data = await self._request(endpoint, params, wait=wait, risk=risk)
             except BinanceError as exc:
                 if index == 0:
                     raise
                 results.extend([exc] * len(chunk))
                 continue
-            results.extend(self._batch_entries(endpoint, data, len(chunk), risk))
+            results.extend(self._batch_entries(endpoint, data, len(chunk), risk, params))
         return results
 
     async def cancel_all(self, symbol: str) -> dict[str, Any]:

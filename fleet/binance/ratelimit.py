@@ -52,6 +52,7 @@ LOUD_WAIT_S = 1.0  # a request held longer than this for room is logged (reads w
 THROTTLE_PAUSE_S = 1.0  # after a -1008 the quoting lane's orders wait this long (Binance sends no Retry-After)
 THROTTLE_PAUSE_MAX_S = 8.0  # -1008s one after another double the wait up to this
 THROTTLE_SHOWN_S = 5.0  # a -1008 is shown as a hold this long: the lane's short holds follow one another
+NAMED_CEILING_S = 900.0  # a limit a 429 named holds this long over a listing that did not move (set_limits)
 
 
 # The windows of Binance's ``rateLimits`` rows the budget keeps: (type, interval, intervalNum) -> name
@@ -205,8 +206,10 @@ class _Says:
             held.append("throttled")
         if now < self._quotes_blocked_until and self._failing_hold:
             held.append("order_routes_failing")
-        if not {"rate_limited", "orders_limited", "throttled", "order_routes_failing"} & set(held) \
-                and self.orders_available(now) == 0:
+        lane = self._lane_limit   # (peek: the status may be read from another thread)
+        if not {"rate_limited", "orders_limited", "throttled", "order_routes_failing"} & set(held) and (
+                self._orders_10s.peek(now) >= lane(self._orders_10s.limit, False)
+                or self._orders_1m.peek(now) >= lane(self._orders_1m.limit, False)):
             held.append("order_budget_spent")
         return held
 
@@ -288,6 +291,8 @@ class RateBudget(_Says):
         self._clock = clock
         self._full = (int(weight_per_min), int(orders_per_10s), int(orders_per_min))
         self._built = self._full   # the most it takes, whatever the exchange lists (set_limits)
+        self._listed: list[int | None] = [None, None, None]   # the exchange's last listing, per window
+        self._ceilings: list[tuple[int, float] | None] = [None, None, None]   # a 429's named limit, until when
         self._funding_full = int(funding_reads_per_5min)
         self._funding = _Window(300.0, 1)   # this budget's own count only: no header reports the IP's
         self._funding_blocked_until = -math.inf   # fundingRate and fundingInfo only (a 429 on their limit)
@@ -334,25 +339,42 @@ class RateBudget(_Says):
         self._rep_1m.limit = max(1, math.floor(o1m * cap))
 
     def set_limits(self, weight_per_min: int | None = None, orders_per_10s: int | None = None,
-                   orders_per_min: int | None = None) -> list[str]:
-        """The exchange's own limits, as it lists them (exchangeInfo's ``rateLimits``, the account's
-        ``rateLimit/order``; None: not listed, kept) or as a 429 names them: the budget's share and
-        reserve are taken of them, never of more than it was built with, from now on (a limit Binance
-        lowered, or an account's own, would otherwise be met by 429s, and kept up, an IP ban). Returns
-        what changed, as "orders_10s 300 -> 100"."""
-        new = tuple(old if value is None or value < 1 else min(int(value), built) for old, value, built
-                    in zip(self._full, (weight_per_min, orders_per_10s, orders_per_min), self._built))
+                   orders_per_min: int | None = None, *, named: bool = False) -> list[str]:
+        """The exchange's own limits (None: not given, kept), as it lists them (exchangeInfo's
+        ``rateLimits``, the account's ``rateLimit/order``) or as a 429 ``named`` them: the budget's share
+        and reserve are taken of them, never of more than it was built with, from now on (a limit Binance
+        lowered, or an account's own, would otherwise be met by 429s, and kept up, an IP ban). A named one
+        only ever lowers a limit, and stays its ceiling ``NAMED_CEILING_S`` unless the listing moves
+        meanwhile (a listing that lags the 429 would raise it again a minute on, into the next 429).
+        Returns what changed, as "orders_10s 300 -> 100"."""
+        now = self._clock()
+        new = list(self._full)
+        for i, value in enumerate((weight_per_min, orders_per_10s, orders_per_min)):
+            if value is None or value < 1:
+                continue
+            if named:
+                if value < new[i]:
+                    new[i] = value
+                    self._ceilings[i] = (value, now + NAMED_CEILING_S)
+                continue
+            if value != self._listed[i]:
+                self._ceilings[i] = None if self._listed[i] is not None else self._ceilings[i]
+                self._listed[i] = value
+            ceiling = self._ceilings[i]
+            held = ceiling[0] if ceiling is not None and now < ceiling[1] else math.inf
+            new[i] = int(min(value, self._built[i], held))
         changed = [f"{name} {old} -> {value}" for name, old, value in
                    zip(("weight_1m", "orders_10s", "orders_1m"), self._full, new) if old != value]
         if changed:
-            self._full = new   # type: ignore[assignment]
+            self._full = tuple(new)   # type: ignore[assignment]
             self.set_share(self.share)
         return changed
 
     @property
-    def lowered(self) -> bool:
-        """Whether it follows a limit below one it was built with (``set_limits``): it may come back."""
-        return self._full != self._built
+    def lowered(self) -> frozenset[str]:
+        """The windows whose limit is below the one it was built with (``set_limits``): it may come back."""
+        return frozenset(name for name, now, built in zip(("weight_1m", "orders_10s", "orders_1m"), self._full,
+                                                          self._built) if now < built)
 
     def share_host_holds(self, host: HostHolds, funding: HostHolds | None = None) -> None:
         """Share the IP's holds (a 429's, a ban's, a minute of weight spent) with this host's other
@@ -368,20 +390,22 @@ class RateBudget(_Says):
         return max(self._funding_blocked_until, now + left) if left > 0 else self._funding_blocked_until
 
     def _ip_blocked_until(self, now: float) -> float:
-        """Until when every request waits: this budget's own 429 or ban pause, or the host's; and the IP's
-        weight limit the host's 429 named, taken (each process took a 429 of its own to learn it)."""
+        """Until when every request waits: this budget's own 429 or ban pause, or the host's."""
         host = self.host
         if host is None:
             return self._blocked_until
         left = host.left()
-        if left <= 0:
-            return self._blocked_until
-        if host.weight_limit is not None and host.weight_limit < self._full[0]:
-            changed = self.set_limits(host.weight_limit)
-            if changed:
-                log.warning("another process of this host was told the IP's limit: the rate budget follows it (%s)",
-                            ", ".join(changed))
-        return max(self._blocked_until, now + left)
+        return max(self._blocked_until, now + left) if left > 0 else self._blocked_until
+
+    def _take_host_limit(self) -> None:
+        """The IP's weight limit a 429 of the host's hold named, taken (each process took a 429 of its own
+        to learn it). On the spending path only: the metrics scrape's thread reads, never sets."""
+        host = self.host
+        limit = host.weight_limit if host is not None else None
+        if limit is not None and limit < self._full[0] and host.left() > 0:   # type: ignore[union-attr]
+            changed = self.set_limits(limit, named=True)
+            log.warning("another process of this host was told the IP's limit: the rate budget follows it (%s)",
+                        ", ".join(changed))
 
     def _share_hold(self, seconds: float, what: str, weight_limit: int | None = None) -> None:
         if self.host is not None:
@@ -506,6 +530,7 @@ class RateBudget(_Says):
     def try_charge(self, cost: Cost, now: float | None = None, *, risk: bool = False) -> float:
         """Charge ``cost`` if it fits now and return 0; otherwise charge nothing and return the wait."""
         now = self._clock() if now is None else now
+        self._take_host_limit()
         wait = self.wait_time(cost, now, risk=risk)
         if wait > 0:
             return wait

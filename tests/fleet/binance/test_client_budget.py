@@ -3,7 +3,7 @@
 import pytest
 
 from fleet.binance.errors import BudgetExhaustedError
-from fleet.binance.ratelimit import THROTTLE_SHOWN_S, Cost, RateBudget
+from fleet.binance.ratelimit import NAMED_CEILING_S, THROTTLE_SHOWN_S, Cost, RateBudget
 
 ORDER = Cost(orders_10s=1, orders_1m=1)
 MINUTE = 1_796_000_040_000  # a minute's boundary on the exchange's clock (ms)
@@ -161,6 +161,23 @@ def test_a_quoting_lane_its_own_order_counts_leave_no_room_is_shown_as_its_budge
     assert budget.holds() == ["throttled"]   # a hold of the exchange's says it first
     clock.t += 10.0
     assert budget.holds() == []
+
+
+def test_a_limit_a_429_names_only_lowers_and_holds_over_a_listing_that_did_not_move():
+    """A 429 is no evidence that a limit rose (a -1015 naming the default raised an account's listed 25 to
+    300); a listing that lags the 429 would raise its limit again a minute on, into the next 429. The
+    named limit stays the ceiling for NAMED_CEILING_S unless the listing moves."""
+    clock = Clock()
+    budget = RateBudget(clock=clock, safety=1.0, reserve=0.0)
+    budget.set_limits(2400, 25, 1200)   # listed: the account held to 25 a 10 s
+    assert budget.set_limits(orders_per_10s=300, named=True) == [] and budget.limits["orders_10s"] == 25
+    assert budget.set_limits(1200, named=True) == ["weight_1m 2400 -> 1200"]
+    assert budget.set_limits(2400) == [] and budget.lowered == {"weight_1m", "orders_10s"}   # the listing lags
+    clock.t += NAMED_CEILING_S
+    assert budget.set_limits(2400) == ["weight_1m 1200 -> 2400"]   # long enough: the listing is taken
+    budget.set_limits(1200, named=True)
+    assert budget.set_limits(1800) == ["weight_1m 1200 -> 1800"]   # the listing moved: it is the exchange's now
+    assert budget.set_limits(2400, 300) == ["weight_1m 1800 -> 2400", "orders_10s 25 -> 300"] and not budget.lowered
 
 
 def test_quoting_leaves_the_reserve_to_risk_reducing_requests():
