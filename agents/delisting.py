@@ -90,6 +90,7 @@ class ContractWatch:
         self._info_read = agent.clock.monotonic()        # (monotonic) the last exchangeInfo read (the start's)
         self._limits_failed: float | None = None         # (monotonic) the last rateLimit/order read, if it failed
         self._limits_read = agent.clock.monotonic()      # (monotonic) the last read of the limits
+        self._orders_read = agent.clock.monotonic()      # (monotonic) the last rateLimit/order read begun
         self.stopping_for: asyncio.Future | None = None  # the stop of an agent whose filters changed
 
     def at_start(self, filters: SymbolFilters) -> None:
@@ -259,8 +260,9 @@ class ContractWatch:
             self._limits_read = now
             a.tasks.spawn(self.recheck("a lowered rate limit"), "contract-recheck")
         orders_lowered = bool(lowered & {"orders_10s", "orders_1m"})
-        if a.client is not None and (periodic or failed or orders_lowered) and not a.tasks.named("order-limits"):
-            self._limits_failed, self._limits_read = None, now   # (failed set again if this read fails)
+        due = now - self._orders_read >= a.runtime.exchange_info_reread_sec   # (a lowered weight's reads aside)
+        if a.client is not None and (due or failed or orders_lowered) and not a.tasks.named("order-limits"):
+            self._limits_failed, self._limits_read, self._orders_read = None, now, now   # (failed: set again if so)
             a.tasks.spawn(self.read_order_limits(a.client), "order-limits")
         funding = a.core.store.funding if a.core is not None else None
         if funding is not None and a.client is not None:

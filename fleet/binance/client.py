@@ -188,7 +188,9 @@ class RestCore:
         a lower one; a change is said. ``account``: the account's own order limits (rateLimit/order), after
         which the order limits exchangeInfo lists for every account are not taken. Returns them by window."""
         found = listed_limits(rows, weight=not account, orders=account or not self._own_order_limits)
-        self._own_order_limits |= account and bool(found)
+        if account and found and not self._own_order_limits:
+            self._own_order_limits = True
+            self.budget.relisted_orders()
         self._take_limits(found, source)
         return found
 
@@ -410,8 +412,7 @@ class RestCore:
                                          funding_only=own_limit,
                                          weight_limit=named[1] if named and named[0] == "weight_1m" else None)
             log.warning("rate limited on %s %s: backing off %.1fs", method, path, err.retry_after)
-            if named is not None:
-                self._own_order_limits |= named[0] != "weight_1m"   # an order count's 429 names the account's
+            if named is not None:   # (a ceiling over listings that do not move: RateBudget.set_limits)
                 self._take_limits(dict([named]), f"a 429 on {method} {path}", named=True)
         elif err.code == ErrorCode.REQUEST_THROTTLED:
             self.budget.note_throttled()

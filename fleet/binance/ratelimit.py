@@ -206,10 +206,11 @@ class _Says:
             held.append("throttled")
         if now < self._quotes_blocked_until and self._failing_hold:
             held.append("order_routes_failing")
-        lane = self._lane_limit   # (peek: the status may be read from another thread)
-        if not {"rate_limited", "orders_limited", "throttled", "order_routes_failing"} & set(held) and (
-                self._orders_10s.peek(now) >= lane(self._orders_10s.limit, False)
-                or self._orders_1m.peek(now) >= lane(self._orders_1m.limit, False)):
+        lane = self._lane_limit   # (peek: the status may be read from another thread; an estimate changes nothing)
+        if not {"rate_limited", "orders_limited", "throttled", "order_routes_failing"} & set(held) and any(
+                window.peek(now) >= lane(window.limit, False)
+                or reported.estimate(window, now) >= lane(reported.limit, False)
+                for window, reported in ((self._orders_10s, self._rep_10s), (self._orders_1m, self._rep_1m))):
             held.append("order_budget_spent")
         return held
 
@@ -353,7 +354,7 @@ class RateBudget(_Says):
             if value is None or value < 1:
                 continue
             if named:
-                if value < new[i]:
+                if value <= new[i]:   # (named again: the ceiling lasts from now)
                     new[i] = value
                     self._ceilings[i] = (value, now + NAMED_CEILING_S)
                 continue
@@ -369,6 +370,11 @@ class RateBudget(_Says):
             self._full = tuple(new)   # type: ignore[assignment]
             self.set_share(self.share)
         return changed
+
+    def relisted_orders(self) -> None:
+        """The order limits are listed by another source from now on (the account's own, rather than
+        exchangeInfo's for every account): its first listing is no move of the last (set_limits)."""
+        self._listed[1] = self._listed[2] = None
 
     @property
     def lowered(self) -> frozenset[str]:

@@ -141,3 +141,16 @@ async def test_limits_the_exchange_raises_again_are_followed_within_a_minute(mak
     await wait_for(lambda: not agent.budget.lowered, 10, "the limits raised again, followed")
     usage = agent.budget.usage()
     assert (usage["weight_1m"].exchange_limit, usage["orders_10s"].exchange_limit) == (2400, 300)
+
+
+async def test_a_lowered_weights_reads_do_not_hold_back_the_periodic_order_limits_read(make_agent, exchange,
+                                                                                       monkeypatch):
+    """The IP's weight listed lower for good: its minute re-reads of exchangeInfo pushed the periodic read
+    back at each, and rateLimit/order, read with it, was never read again (a review: an hour, 59
+    exchangeInfo reads, no rateLimit/order)."""
+    monkeypatch.setattr(delisting, "ORDER_LIMITS_RETRY_S", 0.5)
+    await exchange.post("/sim/limits", {"weight_per_minute": 1200})
+    agent = await make_agent(runtime=RUNTIME.model_copy(update={"exchange_info_reread_sec": 3.0}))
+    assert agent.budget.lowered == {"weight_1m"}
+    await exchange.post("/sim/limits", {"account": "main", "orders_per_10s": 250})   # (more than it sends: no 429)
+    await wait_for(lambda: agent.budget.usage()["orders_10s"].exchange_limit == 250, 10, "the periodic read")

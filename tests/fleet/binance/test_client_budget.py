@@ -178,6 +178,13 @@ def test_a_limit_a_429_names_only_lowers_and_holds_over_a_listing_that_did_not_m
     budget.set_limits(1200, named=True)
     assert budget.set_limits(1800) == ["weight_1m 1200 -> 1800"]   # the listing moved: it is the exchange's now
     assert budget.set_limits(2400, 300) == ["weight_1m 1800 -> 2400", "orders_10s 25 -> 300"] and not budget.lowered
+    # named again, the ceiling lasts from then; the account's own listing first read is no move of exchangeInfo's
+    budget.set_limits(orders_per_10s=25, named=True)
+    clock.t += NAMED_CEILING_S - 10
+    budget.set_limits(orders_per_10s=25, named=True)
+    clock.t += 20
+    budget.relisted_orders()
+    assert budget.set_limits(orders_per_10s=50) == [] and budget.limits["orders_10s"] == 25
 
 
 def test_quoting_leaves_the_reserve_to_risk_reducing_requests():
