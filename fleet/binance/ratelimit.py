@@ -16,8 +16,9 @@ limit, so a busy ladder can never hold back the request that takes risk off.
 A sliding window is stricter than Binance's fixed windows, so staying inside it stays inside theirs.
 
 The limits are Binance's defaults, or those the budget is built with, until the exchange lists its own
-(``set_limits``: exchangeInfo's ``rateLimits``, the account's ``rateLimit/order``); a lower one is taken,
-never a higher one than the budget was built with.
+(``set_limits``: exchangeInfo's ``rateLimits``, the account's ``rateLimit/order``) or a 429 names a lower
+one (its ceiling for ``NAMED_CEILING_S`` over a listing that did not move); a lower one is taken, never a
+higher one than the budget was built with.
 
 fundingRate and fundingInfo cost no weight but share a limit of their own, 500 requests per 5 minutes
 per IP: a third window counts them (``Cost.funding_reads``, the same share), and a 429 on them, the IP's

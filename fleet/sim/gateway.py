@@ -46,6 +46,12 @@ class Answer:
     hold_ms: int | None = None
 
 
+def by_session(api_key: str | None, params: dict[str, str], session_key: str | None) -> bool:
+    """Whether a request is judged as a logged-on WebSocket API session's account: it names no key and
+    sends no signature."""
+    return session_key is not None and api_key is None and "signature" not in params
+
+
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Answer:
     return Answer(status, orjson.dumps(body), "application/json", headers or {})
 
@@ -229,7 +235,8 @@ class ExchangeGateway(RestHandlers):
             if fault.mode == "error":
                 return self._fault_answer(fault, used)
             if fault.mode == "429" and fault.answer == "-1015":   # the key's account's limit (its own, if any)
-                acct = self.engine.by_key.get(session_key if api_key is None else api_key or "")
+                acct = self.engine.by_key.get(
+                    (session_key if by_session(api_key, params or {}, session_key) else api_key) or "")
                 per_minute = self.limiter.order_limits(acct.name if acct else None)[1]
                 return _json(429, {"code": -1015, "msg": f"Too many new orders; current limit is {per_minute} orders "
                                                          "per MINUTE."}, used)
@@ -394,9 +401,8 @@ class ExchangeGateway(RestHandlers):
 
     def _authenticate(self, api_key: str | None, sec: str, params: dict[str, str], payload: str, now: int,
                       session_key: str | None = None) -> str:
-        # a WebSocket API session logged on: a request naming no key and sending no signature is its account's
-        by_session = session_key is not None and api_key is None and "signature" not in params
-        key = session_key if by_session else api_key
+        session_judged = by_session(api_key, params, session_key)
+        key = session_key if session_judged else api_key
         if not key:
             raise SimApiError(-2014, "API-key format invalid.", 401)
         acct = self.engine.by_key.get(key)
@@ -404,7 +410,7 @@ class ExchangeGateway(RestHandlers):
             raise SimApiError(-2015, "Invalid API-key, IP, or permissions for action.", 401)
         if sec == KEY:
             return acct.name
-        if not by_session:
+        if not session_judged:
             self._check_signature(acct, params.get("signature"), payload)
         ts_raw = params.get("timestamp")
         if not ts_raw:

@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 
 from fleet.sim.engine import SimApiError
-from fleet.sim.gateway import Answer
+from fleet.sim.gateway import Answer, by_session
 
 __all__ = ["METHODS", "HANDSHAKE_WEIGHT", "WsApiGateway", "WsApiReply", "WsSession"]
 
@@ -147,9 +147,8 @@ class WsApiGateway:
         http_method, path = route
         answer = self.answer(http_method, path, flat, payload, api_key, ip, now,  # type: ignore[attr-defined]
                              session.api_key)
-        # the account the request was judged as (the gateway's _authenticate): a logged-on session's when it
-        # names no key and sends no signature
-        key = session.api_key if api_key is None and "signature" not in flat else api_key
+        # the account the request was judged as (the gateway's _authenticate)
+        key = session.api_key if by_session(api_key, flat, session.api_key) else api_key
         acct = self.engine.by_key.get(key or "")  # type: ignore[attr-defined]
         limits = self._rate_limits(answer, acct.name if method in _ORDER_METHODS and acct else None, ip,
                                    now) if rate_limits else None
