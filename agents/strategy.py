@@ -79,6 +79,7 @@ class GeometricV2:
         self.decay_per_step = wc.size_decay_k * step / base.net_max
         self.cap_steps = int(math.floor(params.worst_cap / step + _EPS))
         self.min_qty_steps = max(1, filters.min_qty_steps())
+        self.max_qty_steps = filters.max_qty_steps()   # LOT_SIZE's maxQty: a larger layer is cut to it
         # MIN_NOTIONAL as an integer bound on price_ticks * qty_steps (exact).
         unit = filters.tick_size * filters.step_size
         self.min_notional_units = int((filters.min_notional / unit).to_integral_value(rounding=ROUND_CEILING))
@@ -169,6 +170,7 @@ class GeometricV2:
         dps = self.decay_per_step
         mnu = self.min_notional_units
         mq = self.min_qty_steps
+        top = self.max_qty_steps
         min_px = self.min_price_ticks
         suppressed = False
         bids: list[Quote] = []
@@ -176,6 +178,8 @@ class GeometricV2:
         prev = ceiling + 1  # the inner neighbour's price: the first bid is at most the ceiling
         for i, mult, base in self._bid_layers:
             size = int((base * exp(-worst * dps) if worst > 0 else base) + eps)
+            if size > top:
+                size = top
             if size > room:
                 size = room
                 suppressed = True
@@ -209,6 +213,7 @@ class GeometricV2:
         dps = self.decay_per_step
         mnu = self.min_notional_units
         mq = self.min_qty_steps
+        top = self.max_qty_steps
         maxp = self.max_price_ticks
         suppressed = False
         asks: list[Quote] = []
@@ -216,6 +221,8 @@ class GeometricV2:
         prev = floor - 1  # the inner neighbour's price: the first ask is at least the floor
         for i, mult, base in self._ask_layers:
             size = int((base * exp(worst * dps) if worst < 0 else base) + eps)
+            if size > top:
+                size = top
             if size > room:
                 size = room
                 suppressed = True

@@ -278,17 +278,18 @@ class EmergencyDesk:
         """Close the symbol's position with reduce-only orders cut to its filters (``closing_orders``,
         read only for a position to close); the position before and what the exchange lists after.
         Refused -2022 (the position closed or turned meanwhile: the agent's own flatten may race this
-        one), the position is read again and closed again if still open."""
+        one), the position is read again and closed again if still open; refused for a filter (the
+        exchange lowered its largest MARKET order since they were read: -4005), the filters are read again."""
         from decimal import Decimal
 
-        from fleet.binance.errors import ReduceOnlyRejectedError
+        from fleet.binance.errors import FilterRejectedError, ReduceOnlyRejectedError
 
         position = await client.position(symbol)
         before = float(position.amount)
         if not before:
             return 0.0, 0.0
         filters = await self._filters(client, symbol)
-        refused = 0
+        refused, reread = 0, False
         for _ in range(attempts):
             if Decimal(position.amount) == 0:
                 break
@@ -300,6 +301,13 @@ class EmergencyDesk:
                 log.info("%s: the closing order was refused (-2022): the position changed meanwhile; read again",
                          symbol)
                 await asyncio.sleep(REFUSED_CLOSE_PAUSE_S)   # the other close's fill settling
+            except FilterRejectedError as exc:
+                if reread or self.filters.pop(symbol, None) is None:
+                    raise   # read for this close: the filters are not what the exchange refused
+                reread = True
+                log.warning("%s: a closing order was refused (%s): the filters are read again", symbol,
+                            named_line(exc))
+                filters = await self._filters(client, symbol)
             position = await client.position(symbol)
         amount = Decimal(position.amount)
         if amount != 0 and refused:

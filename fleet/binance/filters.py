@@ -124,6 +124,8 @@ class SymbolFilters:
         object.__setattr__(
             self, "_market_max_steps", math.floor(Fraction(self.market_max_qty) / (Fraction(self.step_size) * unit)) * unit
         )
+        # LOT_SIZE's largest order in steps (none listed, 0: no limit of ours)
+        object.__setattr__(self, "_max_steps", int(self.max_qty // self.step_size) if self.max_qty > 0 else 1 << 62)
         object.__setattr__(self, "_tick_f", float(self.tick_size))
         object.__setattr__(self, "_step_f", float(self.step_size))
         object.__setattr__(self, "_price_places", _places(self.tick_size))
@@ -184,6 +186,10 @@ class SymbolFilters:
     def min_qty_steps(self) -> int:
         return _to_units(self.min_qty, self.step_size, float(self.step_size), "ceil")
 
+    def max_qty_steps(self) -> int:
+        """LOT_SIZE's largest order (maxQty), in steps: a limit order above it is refused -4005."""
+        return self._max_steps
+
     # -- MARKET orders (MARKET_LOT_SIZE) -------------------------------------------------------
     # Quantities stay in LOT steps; a MARKET quantity must also be a multiple of the market step,
     # at least its minQty and at most its maxQty (often far below LOT_SIZE's).
@@ -228,5 +234,6 @@ class SymbolFilters:
         return self.price_of(price_ticks) * self.qty_of(qty_steps) >= self.min_notional
 
     def tradable(self, price_ticks: int, qty_steps: int) -> bool:
-        """A layer that passes min qty and min notional; below them it is dropped, never bumped."""
-        return qty_steps >= self.min_qty_steps() and qty_steps > 0 and self.notional_ok(price_ticks, qty_steps)
+        """A layer that passes min qty, max qty and min notional; outside them it is dropped, never bumped."""
+        return (qty_steps >= self.min_qty_steps() and 0 < qty_steps <= self._max_steps
+                and self.notional_ok(price_ticks, qty_steps))

@@ -228,17 +228,19 @@ class AdminRoutes:
 
     def _filters(self, body: dict[str, Any], path: str) -> dict[str, Any]:
         """The exchange changes a symbol's filters, as it announces (a coarser tick, a new minimum
-        notional, order quantity limits): exchangeInfo lists them, new orders and amendments meet them
-        (-4014, -4164, -5029, -4004, -4005), what rests stays. Every field checked before anything changes."""
-        only(body, path, "symbol", "tick_size", "min_notional", "min_qty", "max_qty")
+        notional, order quantity limits, the largest MARKET order): exchangeInfo lists them, new orders and
+        amendments meet them (-4014, -4164, -5029, -4004, -4005), what rests stays. Every field checked
+        before anything changes."""
+        only(body, path, "symbol", "tick_size", "min_notional", "min_qty", "max_qty", "market_max_qty")
         b = self.engine.book(text(body, "symbol", REQUIRED))
         big = Decimal(10) ** 12
         tick = decimal(body, "tick_size", None, b.tick, b.tick * 10_000)
         notional = decimal(body, "min_notional", None, Decimal(0), big)
         min_qty = decimal(body, "min_qty", None, b.step, big)
         max_qty = decimal(body, "max_qty", None, b.step, big)
-        if tick is None and notional is None and min_qty is None and max_qty is None:
-            raise ValueError("give at least one of tick_size, min_notional, min_qty, max_qty")
+        market_max = decimal(body, "market_max_qty", None, b.market_step, big)
+        if tick is None and notional is None and min_qty is None and max_qty is None and market_max is None:
+            raise ValueError("give at least one of tick_size, min_notional, min_qty, max_qty, market_max_qty")
         multiple = Decimal(tick) / b.tick if tick is not None else Decimal(b.tick_multiple)
         if multiple != multiple.to_integral_value():
             raise ValueError(f"tick_size must be a whole multiple of {b.symbol}'s {b.tick:f}")
@@ -248,7 +250,12 @@ class AdminRoutes:
                 raise ValueError(f"{name} must be a whole multiple of {b.symbol}'s step {b.step:f}")
         if lo > hi:
             raise ValueError(f"min_qty {lo:f} is above max_qty {hi:f}")
+        market_hi = Decimal(market_max or b.market_max_set)
+        if market_hi % b.market_step:
+            raise ValueError(f"market_max_qty must be a whole multiple of {b.symbol}'s market step {b.market_step:f}")
+        if market_max is not None and market_hi < b.market_min_qty:
+            raise ValueError(f"market_max_qty {market_hi:f} is below the market minQty {b.market_min_qty:f}")
         b.tick_multiple = int(multiple)   # orders off the new grid refused -4014, exchangeInfo lists it
-        b.set_filters(lo, hi, Decimal(notional or b.min_notional))
+        b.set_filters(lo, hi, Decimal(notional or b.min_notional), market_hi)
         return {"symbol": b.symbol, "tick_size": f"{b.tick * b.tick_multiple:f}", "min_notional": f"{b.min_notional:f}",
-                "min_qty": f"{b.min_qty:f}", "max_qty": f"{b.max_qty:f}"}
+                "min_qty": f"{b.min_qty:f}", "max_qty": f"{b.max_qty:f}", "market_max_qty": f"{b.market_max_qty:f}"}

@@ -158,7 +158,7 @@ class Book:
         self.market_step = Decimal(spec.market_step_size) if spec.market_step_size else self.step
         self.market_step_mult = int(self.market_step / self.step)
         self.set_filters(Decimal(spec.min_qty) if spec.min_qty else self.step, Decimal(spec.max_qty),
-                         Decimal(spec.min_notional))
+                         Decimal(spec.min_notional), Decimal(spec.market_max_qty))
         price = spec.start_price
         self.level_steps = max(1, int((spec.level_qty or 20000.0 / price) / self.step_f))
         self.taker_mean_steps = max(1.0, (spec.taker_mean_qty or 5000.0 / price) / self.step_f)
@@ -470,20 +470,21 @@ class Book:
             self._mark_dec = Decimal(f"{self.mark:.8f}")
         return self._mark_dec
 
-    def set_filters(self, min_qty: Decimal, max_qty: Decimal, min_notional: Decimal) -> None:
-        """LOT_SIZE's minQty and maxQty and MIN_NOTIONAL (``/sim/filters``: the exchange changed them, as it
-        announces; what rests stays, new orders and amendments meet them)."""
+    def set_filters(self, min_qty: Decimal, max_qty: Decimal, min_notional: Decimal, market_max_qty: Decimal) -> None:
+        """LOT_SIZE's minQty and maxQty, MIN_NOTIONAL and MARKET_LOT_SIZE's maxQty (``/sim/filters``: the
+        exchange changed them, as it announces; what rests stays, new orders and amendments meet them)."""
         self.min_qty, self.max_qty, self.min_notional = min_qty, max_qty, min_notional
         self.min_notional_units = int((min_notional * 10 ** self.notional_places).to_integral_value(
             rounding="ROUND_CEILING"))
         self.min_notional_f = float(min_notional)
         self.min_qty_steps = int((min_qty / self.step).to_integral_value(rounding="ROUND_CEILING"))
         self.max_steps = int((max_qty / self.step).to_integral_value(rounding="ROUND_FLOOR"))
-        # MARKET_LOT_SIZE follows: its minimum LOT_SIZE's unless the spec sets one, its maximum no more than LOT_SIZE's
+        # MARKET_LOT_SIZE: its minimum LOT_SIZE's unless the spec sets one, its maximum no more than LOT_SIZE's
         spec = self.spec
+        self.market_max_set = market_max_qty   # as set; in force, no more than LOT_SIZE's maxQty
         self.market_min_qty = Decimal(spec.market_min_qty) if spec.market_min_qty else min_qty
         self.market_min_steps = int((self.market_min_qty / self.step).to_integral_value(rounding="ROUND_CEILING"))
-        self.market_max_qty = min(Decimal(spec.market_max_qty), max_qty)
+        self.market_max_qty = min(market_max_qty, max_qty)
         self.market_max_steps = int((self.market_max_qty / self.step).to_integral_value(rounding="ROUND_FLOOR"))
 
     def price_str(self, ticks: int) -> str:

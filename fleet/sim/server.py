@@ -144,12 +144,14 @@ in a browser on the machine reads no key and injects no fault)::
          move the mid at once; resting orders the move crosses fill at their price -> {"mid": new mid}
          (a replayed market cannot jump: 400)
     POST /sim/filters        {"symbol": "ETHUSDC", "tick_size": "0.05", "min_notional": "20", "min_qty": "0.002",
-                              "max_qty": "500"}  (any of them, at least one)
+                              "max_qty": "500", "market_max_qty": "100"}  (any of them, at least one)
          the exchange changes the symbol's filters, as it announces: a coarser tick (a whole multiple of its
          spec's; an order or amend off it is refused -4014; the book and resting orders stay on the finer
          grid), MIN_NOTIONAL (an order below it -4164, an amendment -5029, reduce-only orders exempt),
-         LOT_SIZE's minQty and maxQty (whole steps: -4004, -4005); exchangeInfo lists them, what rests stays
-         -> {"symbol", "tick_size", "min_notional", "min_qty", "max_qty"}
+         LOT_SIZE's minQty and maxQty (whole steps: -4004, -4005), MARKET_LOT_SIZE's maxQty (Binance announces
+         new largest MARKET orders; in force no more than LOT_SIZE's: a MARKET order above it -4005);
+         exchangeInfo lists them, what rests stays
+         -> {"symbol", "tick_size", "min_notional", "min_qty", "max_qty", "market_max_qty"}
     POST /sim/funding/rate   {"symbol": "ETHUSDC", "rate": "0.0005"}  pin the rate, within the symbol's
          cap and floor (null: wander again) -> {"ok", "rate" (as pinned: a rate beyond the cap is the cap),
          "pinned"}

@@ -135,3 +135,17 @@ def test_no_mid_no_quotes():
     strat = GeometricV2(seed_params(), eth_filters())
     lad = strat.quote(0.0, 0)
     assert lad.bids == () and lad.asks == ()
+
+
+def test_a_layer_above_lot_sizes_largest_order_is_cut_to_it():
+    """LOT_SIZE's maxQty under the ladder's sizes (the exchange lowered it): each layer is cut to the
+    largest order the exchange takes (one above it was refused -4005 at every quote), never dropped;
+    the filters' own check refuses a size above it."""
+    filters = replace(eth_filters(), max_qty=Decimal("0.005"))
+    lad = GeometricV2(seed_params(), filters).quote(3000.0, 0)
+    full = GeometricV2(seed_params(), eth_filters()).quote(3000.0, 0)
+    assert full.bids[0].qty_steps == 7 and lad.bids[0].qty_steps == 5 and lad.asks[0].qty_steps == 5
+    assert all(q.qty_steps <= 5 for q in lad.bids + lad.asks) and len(lad.bids) >= len(full.bids)
+    assert lad.worst_long_steps == sum(q.qty_steps for q in lad.bids)   # the cut sizes are what is counted
+    assert filters.max_qty_steps() == 5
+    assert filters.tradable(300_000, 5) and not filters.tradable(300_000, 6)

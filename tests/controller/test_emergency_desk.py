@@ -129,6 +129,28 @@ async def test_a_position_above_the_markets_max_qty_is_closed_in_pieces_and_the_
     assert Decimal(state["positions"]["ETHUSDC"]["amount"]) == 0      # the exchange's truth
 
 
+async def test_a_close_after_the_exchange_lowered_its_largest_market_order_reads_the_filters_again(
+        sim, monkeypatch, caplog):
+    """The desk read ETHUSDC's filters for a close; the exchange then lowers MARKET_LOT_SIZE's maxQty (it
+    announces such updates) under the next position to close: the close, cut to the filters read before,
+    was refused -4005 and raised, and so was every close after it (they were read once per process). A
+    filter's refusal reads them again and the close goes in pieces of the new maximum."""
+    desk, account = desk_on(sim, monkeypatch)
+    try:
+        await admin(sim, "POST", "/sim/position", {"account": account, "symbol": SYMBOL, "amount": "0.050"})
+        assert await desk.close_position(SYMBOL, account) == (0.05, 0.0)   # the filters read, before the change
+        await admin(sim, "POST", "/sim/filters", {"symbol": SYMBOL, "market_max_qty": "0.020"})
+        await admin(sim, "POST", "/sim/position", {"account": account, "symbol": SYMBOL, "amount": "-0.050"})
+        with caplog.at_level(logging.INFO, logger="mmfleet.controller"):
+            assert await desk.close_position(SYMBOL, account) == (-0.05, 0.0)
+    finally:
+        await desk.close()
+    state = await admin(sim, "GET", "/sim/state", params={"account": account, "symbol": SYMBOL})
+    assert Decimal(state["positions"][SYMBOL]["amount"]) == 0      # the exchange's truth
+    said = [r.getMessage() for r in caplog.records if "-4005" in r.getMessage()]
+    assert len(said) == 1 and "read again" in said[0], said
+
+
 async def test_the_notional_the_exchange_lists_is_read_at_most_every_30s(sim, monkeypatch):
     """The fleet's cap for an agent that gives no figure: the exchange's position times its mark, one
     positionRisk (5 weight) a symbol at most every NOTIONAL_READ_S."""

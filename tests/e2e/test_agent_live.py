@@ -1756,3 +1756,39 @@ async def test_failing_order_routes_hold_the_quoting_lane_with_a_growing_back_of
     await exchange.post("/sim/fault/clear", {})
     await wait_for(lambda: resting(agent, exchange), 20, "quoting again once the routes answer",
                    explain=lambda: describe(agent, exchange))
+
+
+async def test_a_stops_flatten_meets_the_largest_market_order_the_exchange_lowered(make_agent, exchange, caplog):
+    """The exchange lowers ETHUSDC's largest MARKET order (MARKET_LOT_SIZE maxQty; Binance announces such
+    updates) under the position while the agent runs, then the agent stops with a flatten: its reduce-only
+    MARKET order, cut to the maximum it started on, was refused -4005 at every try until the stop gave up
+    with the position open (the limits were not among the filters compared). The refusal reads
+    exchangeInfo again; a stop takes the new limits at once (its grid unchanged) and flattens in pieces."""
+    caplog.set_level(logging.INFO, logger="mmfleet.agent")
+    await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.050"})
+    agent = await make_agent()
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    assert agent.filters.market_max_qty > Decimal("0.050")
+    await exchange.post("/sim/filters", {"symbol": SYMBOL, "market_max_qty": "0.020"})
+    summary = await agent.stop(flatten=True)
+    st = await exchange.state()
+    assert Decimal(st["positions"][SYMBOL]["amount"]) == 0 and st["open_orders"] == [], summary
+    assert summary["flattened"] is True and summary["exchange_position"] == 0.0
+    said = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "filters_taken"]
+    assert len(said) == 1 and "market_max_qty" in said[0] and "-> 0.020" in said[0], said
+
+
+async def test_a_largest_market_order_the_exchange_lowers_stops_the_agent_to_start_again_on_it(
+        make_agent, exchange, caplog):
+    """MARKET_LOT_SIZE's maxQty lowered while the agent quotes: its grinds and drawdown cuts are split at
+    the maximum it started on (a cut above the new one refused -4005 at every slice); the periodic
+    exchangeInfo read sees the change and the agent stops to start again on it, as for a new tick."""
+    caplog.set_level(logging.INFO, logger="mmfleet.agent")
+    agent = await make_agent(runtime=FAST.model_copy(update={"exchange_info_reread_sec": 1.0}))
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    before = agent.filters.market_max_qty
+    await exchange.post("/sim/filters", {"symbol": SYMBOL, "market_max_qty": "0.020"})
+    await wait_for(lambda: agent.stopped, 30, "the agent stopped on the changed filters")
+    said = [r for r in caplog.records if getattr(r, "event", None) == "filters_changed"]
+    assert len(said) == 1 and f"market_max_qty {before} -> 0.020" in said[0].getMessage(), said
+    assert (await exchange.state())["open_orders"] == []

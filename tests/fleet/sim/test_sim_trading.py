@@ -581,3 +581,28 @@ async def test_filters_the_exchange_changes_are_listed_met_by_new_orders_and_lea
                            ({"symbol": "ETHUSDC", "min_qty": "2", "max_qty": "1"}, "above max_qty")):
             async with c.session.post(c.rest_url + "/sim/filters", json=bad) as refused:
                 assert refused.status == 400 and named in (await refused.json())["error"]
+
+
+async def test_the_largest_market_order_the_exchange_lowers_is_listed_and_met(sim):
+    """``/sim/filters`` ``market_max_qty``: MARKET_LOT_SIZE's maxQty alone lowered (Binance announces new
+    largest MARKET orders per symbol); a MARKET order above it is refused -4005, a LIMIT order of that size
+    still goes (LOT_SIZE's maxQty is unchanged); a maximum off the market step or under its minimum is a
+    400 naming it, and nothing changes."""
+    async with SimClient.for_sim(sim) as c:
+        r = await c.admin("POST", "/sim/filters", {"symbol": "ETHUSDC", "market_max_qty": "0.5"})
+        assert r["market_max_qty"] == "0.5" and Decimal(r["max_qty"]) > 1
+        listed = next(s for s in (await c.public("GET", "/fapi/v1/exchangeInfo")).json["symbols"]
+                      if s["symbol"] == "ETHUSDC")
+        filters = {f["filterType"]: f for f in listed["filters"]}
+        assert filters["MARKET_LOT_SIZE"]["maxQty"] == "0.5" and filters["LOT_SIZE"]["maxQty"] == r["max_qty"]
+        market = {"symbol": "ETHUSDC", "side": "BUY", "type": "MARKET"}
+        assert (await c.signed("POST", "/fapi/v1/order", {**market, "quantity": "0.6"})).json["code"] == -4005
+        bid = Decimal((await _book(c))["bids"][0][0])
+        assert (await _limit(c, "BUY", _px(bid * Decimal("0.99")), qty="0.600"))["status"] == "NEW"
+        assert (await c.signed("POST", "/fapi/v1/order", {**market, "quantity": "0.5"})).json["status"] == "NEW"
+        for bad, named in (({"symbol": "ETHUSDC", "market_max_qty": "0.0005"}, "market_max_qty"),
+                           ({"symbol": "ETHUSDC", "market_max_qty": "0"}, "market_max_qty")):
+            async with c.session.post(c.rest_url + "/sim/filters", json=bad) as refused:
+                assert refused.status == 400 and named in (await refused.json())["error"]
+        r = await c.admin("POST", "/sim/filters", {"symbol": "ETHUSDC", "min_notional": "5"})
+        assert r["market_max_qty"] == "0.5"   # another field changed: the market maximum set stays
