@@ -214,6 +214,14 @@ class AgentCore:
         self._interval_ms = params.base.quote_interval_ms
         self._requote_move = params.base.requote_move_fraction * params.base.min_spread
 
+    def take_limits(self, filters: SymbolFilters) -> None:
+        """New limits the exchange lists on the same grid (``LIMIT_FIELDS``): the ladder's layers and a flatten's,
+        a drawdown cut's and a grind's orders are cut to them from now on; the rest stays."""
+        if not filters.same_grid(self.filters):
+            raise ValueError(f"{filters.symbol}: a new grid, not new limits alone: it needs a new start")
+        self.filters = self.grinding.filters = filters
+        self.strategy = GeometricV2(self.params, filters)   # (it keeps no state but its last ladder)
+
     def _drawdown_bands(self, params: SymbolParams) -> DrawdownBands:
         f = self.filters
         return DrawdownBands(params.drawdown, unit_steps=f.market_unit_steps, min_steps=f.market_min_steps())
@@ -364,29 +372,16 @@ class AgentCore:
         if pos == 0 or flatten_in_flight(s):
             return 0
         side = SELL if pos > 0 else BUY
-        refused = 0
         pieces = market_pieces(self.filters, self.store, self.guard.max_notional, abs(pos))
-        for q in pieces:
-            p = Place(self.ids.next(), side, 0, q, "", True, OrderType.MARKET, OrderReason.FLATTEN)
-            if self.guard.check_place(p, extra[0], extra[1]) is None:
-                places.append(p)
-            else:
-                refused += 1
+        orders = [Place(self.ids.next(), side, 0, q, "", True, OrderType.MARKET, OrderReason.FLATTEN) for q in pieces]
         rest = abs(pos) - sum(pieces)
-        if rest > 0:
-            refused += self._flatten_rest_into(places, side, rest, extra)
-        return refused
-
-    def _flatten_rest_into(self, places: list[Place], side: str, qty: int, extra: list[int]) -> int:
-        s = self.store
-        px = rest_price_ticks(self.filters, s.mark or s.mid, self.params.risk.price_band, side, qty)
-        if px is None:
-            return 0
-        p = Place(self.ids.next(), side, px, qty, TimeInForce.IOC, True, OrderType.LIMIT, OrderReason.FLATTEN)
-        if self.guard.check_place(p, extra[0], extra[1]) is None:
-            places.append(p)
-            return 0
-        return 1
+        px = rest_price_ticks(self.filters, s.mark or s.mid, self.params.risk.price_band, side, rest) if rest else None
+        if px is not None:
+            orders.append(Place(self.ids.next(), side, px, rest, TimeInForce.IOC, True, OrderType.LIMIT,
+                                OrderReason.FLATTEN))
+        passed = [p for p in orders if self.guard.check_place(p, extra[0], extra[1]) is None]
+        places.extend(passed)
+        return len(orders) - len(passed)
 
     def _twap_into(self, places: list[Place], now_ms: int, extra: list[int]) -> int:
         """Send the drawdown slice that is due, as reduce-only MARKET orders (``market_pieces``). One

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING
 from fleet.binance.enums import PERPETUAL_DELIVERY_MS, ErrorCode
 from fleet.binance.errors import BinanceError
 from fleet.binance.client import BinanceClient
-from fleet.binance.filters import SymbolFilters
+from fleet.binance.filters import GRID_FIELDS, LIMIT_FIELDS, SymbolFilters
 from fleet.binance.models import SymbolConfig
 from fleet.vocabulary import KillState
 
@@ -65,10 +65,6 @@ if TYPE_CHECKING:
 TRADING = "TRADING"
 FUNDING_REREAD_GAP_MS = 60_000   # fundingInfo read again after the schedule moved, at most this often
 FILTERS_RECHECK_S = 30.0   # exchangeInfo read again after an order refused for a filter, at most this often
-# The filters an agent's grid is built on, and the limits it cuts its orders to (LOT_SIZE's and MARKET_LOT_SIZE's
-# largest orders, PRICE_FILTER's range): a change of either stops the agent to start again on them
-GRID_FIELDS = ("tick_size", "step_size", "min_qty", "min_notional", "market_step_size", "market_min_qty")
-LIMIT_FIELDS = ("max_qty", "market_max_qty", "min_price", "max_price")
 FUNDING_REREAD_EVERY_MS = 3_600_000   # and at least this often: a change that did not move the next time
 ORDER_LIMITS_RETRY_S = 60.0   # rateLimit/order read again this long after a read that failed, and the limits
                               # (rateLimit/order, exchangeInfo) this often while the budget follows lower ones
@@ -229,9 +225,11 @@ class ContractWatch:
             self.agent.tasks.spawn(self.recheck(f"an order refused {code}"), "contract-recheck")
 
     def filters_seen(self, filters: SymbolFilters) -> None:
-        """Filters that differ from the ones the agent trades on: this incarnation stops (its orders
-        cancelled) and the next one starts on them (the actor starts over; the agent's core keeps its
-        grid in the filters' units, so they are taken at a start)."""
+        """Filters that differ from the ones the agent trades on. New limits on the same grid (``LIMIT_FIELDS``:
+        the largest orders, the price range) are taken at once: a lowered largest MARKET order refused every
+        piece of a flatten -4005 until it gave up with the position open. A new grid (``GRID_FIELDS``) stops
+        this incarnation (its orders cancelled) and the next one starts on it (the actor starts over; the
+        agent's core keeps its grid in the filters' units, so they are taken at a start)."""
         a = self.agent
         known = a.core.filters if a.core is not None else a.filters   # the grid it trades on
         if known is None:
@@ -240,13 +238,14 @@ class ContractWatch:
                    if getattr(known, f) != getattr(filters, f)]
         if not changed:
             return
+        if filters.same_grid(known):
+            if a.core is not None:
+                a.core.take_limits(filters)
+            a.filters = filters
+            a.log.event("filters_taken", f"the exchange changed {a.symbol}'s limits ({', '.join(changed)}): orders "
+                        "are cut to them from now on", level=logging.WARNING)
+            return
         if self.stopping_for is not None or a.stopping:
-            # a stop's flatten is cut to the limits (a lowered largest MARKET order refused every piece -4005
-            # until the stop gave up with the position open): taken at once while the grid is the same
-            if a.core is not None and all(getattr(known, f) == getattr(filters, f) for f in GRID_FIELDS):
-                a.core.filters = a.filters = filters
-                a.log.event("filters_taken", f"the exchange changed {a.symbol}'s limits ({', '.join(changed)}): the "
-                            "stop's orders are cut to them", level=logging.WARNING)
             return
         a.log.event("filters_changed", f"the exchange changed {a.symbol}'s filters ({', '.join(changed)}): this "
                     "agent stops, its orders cancelled, to start again on them", level=logging.ERROR)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -26,6 +26,7 @@ log = logging.getLogger("mmfleet.controller")
 NOTIONAL_READ_S = 30.0   # a symbol's position read for the fleet's cap at most this often (5 weight a read)
 REFUSED_CLOSE_PAUSE_S = 0.05  # after a close refused -2022 (another close got there first), before reading again
 CLOSE_LATER_S = 30.0   # a client out of use (its account changed or retired) is closed this long after
+HELD_SAID_S = 1.0   # a kill's answer says what held its cancels back when they had to wait this long or more
 
 
 class Outcome(StrEnum):
@@ -63,11 +64,12 @@ class KillOutcome:
     error: str | None = None        # why the emergency cancel failed
     first: str | None = None        # the route that saw 0 open orders first: agent | exchange
     confirmed_ms: float | None = None  # ms from the kill's start until the exchange listed 0 (by that route)
+    held: str | None = None         # what held the cancels back as the kill began (the exchange's 429 on the IP)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"outcome": self.outcome.value, "path": self.path, "open_orders": self.open_orders,
                                "position": self.position}
-        for key in ("elapsed_ms", "problem", "error", "first", "confirmed_ms"):
+        for key in ("elapsed_ms", "problem", "error", "first", "confirmed_ms", "held"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
@@ -82,15 +84,37 @@ async def _close_after(client: Any, delay: float, retired: set[Any]) -> None:
             await client.close()
 
 
-def _emergency_budget() -> Any:
+def refuse_banned(client: Any) -> None:
+    """A 418 ban of the IP (the desk's own, or one another process of the host was told of) raised at once:
+    a request would wait it out in the budget (up to two minutes), and a kill's other route (an agent on
+    another node) must not wait behind it."""
+    from fleet.binance.errors import BannedError
+
+    left = client.budget.ban_left()
+    if left > 0:
+        raise BannedError(-1003, f"the IP is banned for {left:.0f} s more: nothing is sent into the ban", 418)
+
+
+def with_hold(outcome: KillOutcome, held: str | None) -> KillOutcome:
+    """``outcome``, saying what held its cancels back (``EmergencyDesk.held``) if anything did."""
+    return outcome if held is None or outcome.held is not None else replace(outcome, held=held)
+
+
+def _emergency_budget(rest_url: str) -> Any:
     """The controller's budget: its own few calls only, never the IP-wide counts the agents spend.
 
     An emergency cancel must not queue behind the agents' quoting until the weight minute rolls
-    over; if the exchange really is over the limit it answers 429, which is reported.
+    over; if the exchange really is over the limit it answers 429, which is reported. The exchange's
+    429 or ban on the IP, which another process of the host was told of, holds it as it holds the
+    agents (``HostHolds``): a cancel sent into it is refused all the same, and a 429 sent after a
+    429 brings the ban (418) that stops every agent's cancels and heartbeats too.
     """
+    from fleet.binance.host_holds import HostHolds
     from fleet.binance.ratelimit import RateBudget
 
-    return RateBudget(exchange_counts=False)
+    budget = RateBudget(exchange_counts=False)
+    budget.share_host_holds(HostHolds(rest_url), funding=HostHolds(rest_url, kind="funding"))
+    return budget
 
 
 class EmergencyDesk:
@@ -150,10 +174,35 @@ class EmergencyDesk:
         redact_in_process_logs(creds.api_key, creds.api_secret)
         if not basis[1]:
             endpoints_of(self.config())   # type: ignore[arg-type]  # raises, naming what is missing
-        client = BinanceClient(basis[1], creds.api_key, creds.api_secret, budget=_emergency_budget())
+        client = BinanceClient(basis[1], creds.api_key, creds.api_secret, budget=_emergency_budget(basis[1]))
         await client.open()
         self.clients[account_name], self.bases[account_name] = client, basis
         return client
+
+    def held(self, account: str) -> str | None:
+        """What holds the account's requests back now, in words, when it is at least ``HELD_SAID_S``: the
+        exchange's 429 or ban on the IP, the client's own or one another process of the host was told of
+        (read from the host's holds when the client is not open, or open on an address an apply changed).
+        Read as a kill begins, so that its answer says why it waited; None when nothing holds them."""
+        from fleet.binance import endpoints as ep
+        from fleet.binance.host_holds import HostHolds
+
+        try:
+            url = self._basis(account)[1]
+        except KeyError:
+            url = None
+        client = self.clients.get(account)
+        if client is not None and (url is None or self.bases.get(account, (None, None))[1] == url):
+            cost = ep.CANCEL_ALL.cost
+            if client.budget.wait_time(cost, risk=True) < HELD_SAID_S:
+                return None
+            return f"the exchange held this host's IP as the kill began: {client.budget.why_wait(cost, risk=True)}"
+        if not url:
+            return None
+        host = HostHolds(url)
+        left = host.left()
+        return (f"the exchange held this host's IP as the kill began: {host.what or 'a hold'} another process of "
+                f"this host was told of (room in {left:.1f} s)") if left >= HELD_SAID_S else None
 
     def _close_later(self, account_name: str) -> None:
         """The account's client out of use, closed ``CLOSE_LATER_S`` on: a request on it may be under way."""
@@ -182,6 +231,7 @@ class EmergencyDesk:
         connections paid both sides' handshakes: some 150 ms of a first kill at 50 symbols here).
         How many were answered; the first failure is raised."""
         client = await self.client(account)
+        refuse_banned(client)
         answers = await asyncio.gather(*(client.open_orders(s) for s in symbols), return_exceptions=True)
         for answer in answers:
             if isinstance(answer, BaseException):
@@ -198,6 +248,7 @@ class EmergencyDesk:
         """Cancel every order of the symbol (and close it for a flatten); confirm what the exchange lists."""
         try:
             client = await self.client(account)
+            refuse_banned(client)
             await client.cancel_all(symbol)
             position = None
             if mode == "flatten":
@@ -222,6 +273,7 @@ class EmergencyDesk:
         failures = 0
         while True:
             try:
+                refuse_banned(client)
                 await client.cancel_all(symbol)
                 left = len(await client.open_orders(symbol))
             except BannedError:
@@ -246,7 +298,9 @@ class EmergencyDesk:
 
     async def sweep(self, symbol: str, account: str) -> None:
         """One cancel of every order of the symbol (risk lane), unchecked: see ``sweep_until_halted``."""
-        await (await self.client(account)).cancel_all(symbol)
+        client = await self.client(account)
+        refuse_banned(client)
+        await client.cancel_all(symbol)
 
     async def cancel_epoch(self, symbol: str, account: str, epoch: int, *, within_s: float = 5.0,
                            pause_s: float = 0.1) -> int:
@@ -262,6 +316,7 @@ class EmergencyDesk:
         deadline = asyncio.get_running_loop().time() + within_s
         while True:
             try:
+                refuse_banned(client)
                 ids = [o.client_order_id for o in await client.open_orders(symbol) if fenced(o)]
                 if ids:
                     await client.batch_cancel(symbol, client_order_ids=ids)
@@ -284,6 +339,7 @@ class EmergencyDesk:
 
         from fleet.binance.errors import FilterRejectedError, ReduceOnlyRejectedError
 
+        refuse_banned(client)
         position = await client.position(symbol)
         before = float(position.amount)
         if not before:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from controller.emergency import EmergencyDesk, KillOutcome, Outcome, flat_position
+from controller.emergency import EmergencyDesk, KillOutcome, Outcome, flat_position, with_hold
 from controller.handles import AGENT_PREFIX
 from controller.lease import GcsStore, KillRecord, Lease, LeaseBook, aget_many
 from fleet.config import KILL_VERIFY_S, FleetConfig
@@ -427,10 +427,11 @@ class DirectKill:
         one: Callable[[str], Awaitable[KillOutcome]] = (
             (lambda s: self._halt(s, reason, durable, started)) if mode == "halt"
             else (lambda s: self._flatten(s, reason, durable, started)))
+        held = {s: self._held(s) for s in symbols}   # the answer says why it waited
         results = await asyncio.gather(*(one(s) for s in symbols))
         return {"mode": mode, "reason": reason, "by": "endpoint", "durable": is_durable, "durable_ms": durable.waited,
                 "elapsed_ms": ms_since(started),
-                "symbols": {s: {**r.to_dict(), "by": "endpoint"} for s, r in zip(symbols, results)}}
+                "symbols": {s: {**with_hold(r, held[s]).to_dict(), "by": "endpoint"} for s, r in zip(symbols, results)}}
 
     async def routed(self, symbols: list[str], mode: str, reason: str, started: float, by: dict[str, Any], *,
                      kill_timeout_s: float, kill_deadline_s: float) -> Any:
@@ -487,6 +488,14 @@ class DirectKill:
 
     def _account(self, symbol: str) -> str:
         return self.fleet.entry(symbol).account
+
+    def _held(self, symbol: str) -> str | None:
+        """What holds the symbol's account's requests back as the kill begins (``EmergencyDesk.held``); a
+        symbol the fleet no longer names: nothing said (its exchange route reports the failure)."""
+        try:
+            return self.desk.held(self._account(symbol))
+        except KeyError:
+            return None
 
     async def _exchange(self, symbol: str) -> int:
         return await self.desk.cancel_until_empty(symbol, self._account(symbol))

@@ -19,7 +19,7 @@ from typing import Any
 
 import ray
 
-from controller.emergency import KillOutcome, Outcome
+from controller.emergency import KillOutcome, Outcome, with_hold
 from controller.kill_path import AGENT_ROUTE, EXCHANGE_ROUTE, LATE_LANDING_S, READ_S, DurableKill, first_empty, flat_position, \
     halt_not_confirmed, keep_behind, kill_stopped, kill_unchanged, ms_since, raced_outcome, read_lease, \
     sweep_until_halted, write_kill_states
@@ -118,12 +118,13 @@ class KillSwitches:
             log.warning("a %s of %s asked %.1f s ago: a resume asked after it stands; not carried out",
                         mode, ", ".join(stale), time.time() - durable.issued_at)
         acting = [s for s in targets if s not in stale]
+        held = {s: self.kill_desk.held(a) if (a := self._account_of(s)) else None for s in acting}   # why it waited
         if mode == "halt":
             results = await asyncio.gather(*(self._halt_one(s, reason, durable, started) for s in acting))
         else:
             results = await asyncio.gather(*(self._kill_one(s, mode, reason, durable.seq(s), started, durable.issued_at)
                                              for s in acting))
-        done = dict(zip(acting, results))
+        done = {s: with_hold(r, held[s]) for s, r in zip(acting, results)}
         for s in stale:
             done[s] = KillOutcome(Outcome.FAILED, "controller", None, None, ms_since(started),
                                   problem="superseded by a later kill or resume")

@@ -45,6 +45,13 @@ _DECIMALS = ("tick_size", "min_price", "max_price", "step_size", "min_qty", "max
              "market_min_qty", "market_max_qty", "min_notional", "multiplier_up", "multiplier_down")
 
 
+# The filters an agent's grid is built on (its prices and sizes are counted in their units: a change needs a
+# new start), and the limits its orders are cut to (LOT_SIZE's and MARKET_LOT_SIZE's largest orders,
+# PRICE_FILTER's range: taken as they change, ``AgentCore.take_limits``)
+GRID_FIELDS = ("tick_size", "step_size", "min_qty", "min_notional", "market_step_size", "market_min_qty")
+LIMIT_FIELDS = ("max_qty", "market_max_qty", "min_price", "max_price")
+
+
 @dataclass(frozen=True)
 class SymbolFilters:
     """The trading rules of one symbol, as exchangeInfo publishes them."""
@@ -182,6 +189,10 @@ class SymbolFilters:
         return f"{self.step_size * steps:.{self._qty_places}f}"
 
     # -- rules ---------------------------------------------------------------------------------
+
+    def same_grid(self, other: "SymbolFilters") -> bool:
+        """The same symbol on the same grid (``GRID_FIELDS``): only limits (``LIMIT_FIELDS``) may differ."""
+        return self.symbol == other.symbol and all(getattr(self, f) == getattr(other, f) for f in GRID_FIELDS)
 
     def min_qty_steps(self) -> int:
         return _to_units(self.min_qty, self.step_size, float(self.step_size), "ceil")

@@ -306,6 +306,7 @@ class RateBudget(_Says):
         self._rep_10s = _Reported(10.0, 1)
         self._rep_1m = _Reported(60.0, 1)
         self._blocked_until = -math.inf  # every request (IP weight 429, or a 418 ban)
+        self._banned_until = -math.inf   # a 418 ban of the IP (part of the above)
         self._orders_blocked_until = -math.inf  # new orders only (account order-count 429, -1015)
         self._quotes_blocked_until = -math.inf  # the quoting lane's orders only (-1008, system protection)
         self._failing_hold = False   # the last hold of the quoting lane was a failing order route's, not a -1008
@@ -679,4 +680,14 @@ class RateBudget(_Says):
         now = self._clock() if now is None else now
         self.banned += 1
         self._blocked_until = max(self._blocked_until, now + max(0.0, seconds))
+        self._banned_until = max(self._banned_until, now + max(0.0, seconds))
         self._share_hold(seconds, "418 ban")
+
+    def ban_left(self, now: float | None = None) -> float:
+        """Seconds left of a 418 ban of the IP, this budget's own or one another process of the host was told
+        of (0: none). A request waits it out in :meth:`acquire` (up to ``max_wait``); a kill must not."""
+        now = self._clock() if now is None else now
+        shared = self.host.left() if self.host is not None else 0.0   # (read first: it reads ``what`` too)
+        if shared > 0 and not self.host.what.startswith("418"):   # type: ignore[union-attr]
+            shared = 0.0
+        return max(0.0, self._banned_until - now, shared)

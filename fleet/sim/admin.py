@@ -251,10 +251,13 @@ class AdminRoutes:
         if lo > hi:
             raise ValueError(f"min_qty {lo:f} is above max_qty {hi:f}")
         market_hi = Decimal(market_max or b.market_max_set)
-        if market_hi % b.market_step:
-            raise ValueError(f"market_max_qty must be a whole multiple of {b.symbol}'s market step {b.market_step:f}")
-        if market_max is not None and market_hi < b.market_min_qty:
-            raise ValueError(f"market_max_qty {market_hi:f} is below the market minQty {b.market_min_qty:f}")
+        if market_max is not None:
+            market_lo = Decimal(b.spec.market_min_qty) if b.spec.market_min_qty else lo   # (as set_filters takes it)
+            if market_hi % b.market_step:
+                raise ValueError(f"market_max_qty must be a whole multiple of {b.symbol}'s market step "
+                                 f"{b.market_step:f}")
+            if market_hi < market_lo:
+                raise ValueError(f"market_max_qty {market_hi:f} is below the market minQty {market_lo:f}")
         b.tick_multiple = int(multiple)   # orders off the new grid refused -4014, exchangeInfo lists it
         b.set_filters(lo, hi, Decimal(notional or b.min_notional), market_hi)
         return {"symbol": b.symbol, "tick_size": f"{b.tick * b.tick_multiple:f}", "min_notional": f"{b.min_notional:f}",

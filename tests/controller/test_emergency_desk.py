@@ -4,6 +4,7 @@ flatten whose close another close beat reads the position again."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from decimal import Decimal
 
@@ -17,6 +18,7 @@ from fleet.config import FleetConfig
 
 from tests.fleet.binance.test_client_faults import admin, fault, passive_order
 from tests.fleet.binance.test_client_rest import SYMBOL
+from tests.polling import wait_for
 
 
 def desk_on(sim, monkeypatch) -> tuple[EmergencyDesk, str]:
@@ -149,6 +151,60 @@ async def test_a_close_after_the_exchange_lowered_its_largest_market_order_reads
     assert Decimal(state["positions"][SYMBOL]["amount"]) == 0      # the exchange's truth
     said = [r.getMessage() for r in caplog.records if "-4005" in r.getMessage()]
     assert len(said) == 1 and "read again" in said[0], said
+
+
+async def test_the_ips_hold_another_process_was_told_of_holds_the_desks_cancels_and_is_said(
+        sim, monkeypatch, tmp_path):
+    """An agent of this host took the exchange's 429 on the IP's weight and shared the hold: the desk's
+    cancels were sent into it (each refused all the same, and a 429 after a 429 brings the ban that stops
+    every agent's cancels too), and a kill answered tens of seconds later without a word of why. The
+    desk's budget keeps the host's holds as the agents' do, and ``held`` says what holds its cancels."""
+    from fleet.binance.host_holds import HostHolds
+
+    monkeypatch.setenv("MMFLEET_HOST_HOLDS_DIR", str(tmp_path / "holds"))
+    desk, account = desk_on(sim, monkeypatch)
+    _, key, secret = sim.accounts[0]
+    try:
+        async with BinanceClient(sim.rest_url, key, secret, timeout=5) as own:
+            await own.sync_time()
+            await own.place_order(await passive_order(own, "held-a"))
+        await desk.warm({account})
+        assert desk.held(account) is None
+        HostHolds(sim.rest_url).hold(1.5, "429")   # another process of the host, told of a 429
+        await wait_for(lambda: desk.held(account) is not None, 1, "the hold read (the file at most every 50 ms)")
+        said = desk.held(account)
+        assert said is not None and "the IP's hold another process of this host was told of (429)" in said, said
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        assert await desk.cancel_until_empty(SYMBOL, account, pause_s=0.01) == 0
+        assert loop.time() - began >= 1.3   # sent once the hold ended, not into it
+    finally:
+        await desk.close()
+    state = await admin(sim, "GET", "/sim/state", params={"account": account, "symbol": SYMBOL})
+    assert state["open_orders"] == []                      # the exchange's truth
+
+
+async def test_a_ban_another_process_was_told_of_is_raised_at_once_not_waited_out(sim, monkeypatch, tmp_path):
+    """The host's IP banned (418), as another process of the host was told: the desk's cancel raises the ban
+    at once, naming it (its budget would wait it out, up to two minutes, and a flatten's agent route was
+    asked only after its exchange route), and ``held`` says so, its client open or not."""
+    from fleet.binance.errors import BannedError
+    from fleet.binance.host_holds import HostHolds
+
+    monkeypatch.setenv("MMFLEET_HOST_HOLDS_DIR", str(tmp_path / "holds"))
+    desk, account = desk_on(sim, monkeypatch)
+    try:
+        HostHolds(sim.rest_url).hold(30.0, "418 ban")
+        said = desk.held(account)   # (no client open yet: the host's holds read)
+        assert said is not None and "418 ban" in said, said
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with pytest.raises(BannedError, match="banned for"):
+            await desk.cancel_until_empty(SYMBOL, account, pause_s=0.01)
+        assert loop.time() - began < 5.0   # not waited out (30 s)
+        assert "418 ban" in (desk.held(account) or "")   # its client open now
+    finally:
+        await desk.close()
 
 
 async def test_the_notional_the_exchange_lists_is_read_at_most_every_30s(sim, monkeypatch):

@@ -701,6 +701,24 @@ def test_a_kill_with_the_controller_up_reports_the_first_route_per_symbol(fleet)
     fleet.wait_quoting(within_s=60)
 
 
+def test_a_halt_while_the_exchange_holds_the_ip_says_what_held_it_and_empties_the_book(fleet):
+    """The exchange answered an agent of this host 429 on the IP's weight and the hold is shared: a kill
+    then waits for it on both routes (a cancel sent into it is refused all the same, and a 429 after a
+    429 brings the ban). Its answer said nothing of why it took that long; now it names the hold."""
+    from controller.emergency import HELD_SAID_S
+    from fleet.binance.host_holds import CHECK_EVERY_S, HostHolds
+
+    HostHolds(fleet.sim.server.rest_url).hold(HELD_SAID_S + 1.5, "429")
+    time.sleep(2 * CHECK_EVERY_S)   # every process reads the holds' file at most this long after it changed
+    r = fleet.post("/kill", {"symbols": ["ETHUSDC"], "mode": "halt", "reason": "held drill"})
+    assert r.status_code == 200, r.text
+    answer = r.json()["symbols"]["ETHUSDC"]
+    assert answer["open_orders"] == 0 and "(429)" in answer.get("held", ""), answer
+    assert fleet.open_orders("ETHUSDC") == 0
+    assert fleet.post("/resume", {"symbols": ["ETHUSDC"]}).status_code == 200
+    fleet.wait_quoting(within_s=60)
+
+
 def _epochs(orders: list[dict[str, Any]]) -> set[int | None]:
     return {(parse_client_order_id(o["clientOrderId"]) or (None,))[0] for o in orders}
 

@@ -1763,7 +1763,7 @@ async def test_a_stops_flatten_meets_the_largest_market_order_the_exchange_lower
     updates) under the position while the agent runs, then the agent stops with a flatten: its reduce-only
     MARKET order, cut to the maximum it started on, was refused -4005 at every try until the stop gave up
     with the position open (the limits were not among the filters compared). The refusal reads
-    exchangeInfo again; a stop takes the new limits at once (its grid unchanged) and flattens in pieces."""
+    exchangeInfo again; the new limits are taken at once (the grid unchanged) and the flatten goes in pieces."""
     caplog.set_level(logging.INFO, logger="mmfleet.agent")
     await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.050"})
     agent = await make_agent()
@@ -1778,17 +1778,37 @@ async def test_a_stops_flatten_meets_the_largest_market_order_the_exchange_lower
     assert len(said) == 1 and "market_max_qty" in said[0] and "-> 0.020" in said[0], said
 
 
-async def test_a_largest_market_order_the_exchange_lowers_stops_the_agent_to_start_again_on_it(
+async def test_a_largest_order_the_exchange_lowers_is_taken_at_once_and_a_kills_flatten_meets_it(
         make_agent, exchange, caplog):
-    """MARKET_LOT_SIZE's maxQty lowered while the agent quotes: its grinds and drawdown cuts are split at
-    the maximum it started on (a cut above the new one refused -4005 at every slice); the periodic
-    exchangeInfo read sees the change and the agent stops to start again on it, as for a new tick."""
+    """MARKET_LOT_SIZE's and LOT_SIZE's maxQty lowered while the agent quotes: the periodic exchangeInfo read
+    sees them and the agent takes them at once, quoting on (no restart: its grid is the same). Its ladder is
+    cut to the new LOT_SIZE maximum (a layer above it was refused -4005 at every quote), and a kill's
+    flatten goes in MARKET pieces of the new maximum (cut to the old one, every piece was refused -4005,
+    and the filters' change stopped the agent in the middle of the flatten)."""
     caplog.set_level(logging.INFO, logger="mmfleet.agent")
+    await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.050"})
     agent = await make_agent(runtime=FAST.model_copy(update={"exchange_info_reread_sec": 1.0}))
     await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
-    before = agent.filters.market_max_qty
-    await exchange.post("/sim/filters", {"symbol": SYMBOL, "market_max_qty": "0.020"})
-    await wait_for(lambda: agent.stopped, 30, "the agent stopped on the changed filters")
-    said = [r for r in caplog.records if getattr(r, "event", None) == "filters_changed"]
-    assert len(said) == 1 and f"market_max_qty {before} -> 0.020" in said[0].getMessage(), said
-    assert (await exchange.state())["open_orders"] == []
+    sizes = sorted({Decimal(o["origQty"]) for o in (await exchange.state())["open_orders"]})
+    assert len(sizes) >= 2, sizes
+    lot_max = sizes[-2]   # under the largest layer
+    before = agent.filters.max_qty
+    await exchange.post("/sim/filters", {"symbol": SYMBOL, "market_max_qty": "0.020", "max_qty": str(lot_max)})
+
+    def taken() -> list[str]:
+        return [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "filters_taken"]
+
+    await wait_for(taken, 10, "the new limits taken")
+    assert f"max_qty {before} -> {lot_max}" in taken()[0] and "market_max_qty" in taken()[0], taken()
+
+    async def cut() -> bool:   # the ladder re-quoted within the new LOT_SIZE maximum
+        orders = (await exchange.state())["open_orders"]
+        return bool(orders) and all(Decimal(o["origQty"]) <= lot_max for o in orders)
+
+    await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": 0.5})   # the ladder moves: new orders
+    await wait_for(cut, 15, "the ladder within the new maximum", explain=lambda: describe(agent, exchange))
+    assert not agent.stopped
+    await agent.flatten("a kill drill")
+    st = await exchange.state()
+    assert Decimal(st["positions"][SYMBOL]["amount"]) == 0, st["positions"][SYMBOL]
+    assert not any(getattr(r, "event", None) == "filters_changed" for r in caplog.records)

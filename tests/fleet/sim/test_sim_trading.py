@@ -601,7 +601,8 @@ async def test_the_largest_market_order_the_exchange_lowers_is_listed_and_met(si
         assert (await _limit(c, "BUY", _px(bid * Decimal("0.99")), qty="0.600"))["status"] == "NEW"
         assert (await c.signed("POST", "/fapi/v1/order", {**market, "quantity": "0.5"})).json["status"] == "NEW"
         for bad, named in (({"symbol": "ETHUSDC", "market_max_qty": "0.0005"}, "market_max_qty"),
-                           ({"symbol": "ETHUSDC", "market_max_qty": "0"}, "market_max_qty")):
+                           ({"symbol": "ETHUSDC", "market_max_qty": "0"}, "market_max_qty"),
+                           ({"symbol": "ETHUSDC", "min_qty": "0.05", "market_max_qty": "0.02"}, "below the market minQty")):
             async with c.session.post(c.rest_url + "/sim/filters", json=bad) as refused:
                 assert refused.status == 400 and named in (await refused.json())["error"]
         r = await c.admin("POST", "/sim/filters", {"symbol": "ETHUSDC", "min_notional": "5"})
