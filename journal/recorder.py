@@ -594,7 +594,9 @@ class AgentJournal(JournalSink):
             "status": ev.status, "reason": None,
             "detail": f"{ev.exec_type} filled {_s(ev.cum_filled_qty)}" + (f" expire {ev.expire_reason}" if ev.exec_type == "EXPIRED" else ""),
         })]
-        if ev.exec_type == "TRADE" and ev.trade_id:
+        # a fill: a trade, or the exchange's own order's (CALCULATED: a liquidation's or an ADL's, no fee), as
+        # the agent books them (the backfill reads from the newest trade held: one missed here stayed missed)
+        if ev.exec_type in ("TRADE", "CALCULATED") and ev.trade_id:
             out.append(("fills", {
                 "ts_ms": ev.update_time or ev.transaction_time, **self._scope, "epoch": epoch, "trade_id": int(ev.trade_id),
                 "order_id": ev.order_id, "client_order_id": ev.client_order_id, "side": ev.side,

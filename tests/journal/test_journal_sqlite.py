@@ -311,6 +311,28 @@ async def test_a_delisting_and_its_settlement_are_in_the_journal(sim, target, tm
     assert flatten_sent and all(r["side"] == "SELL" for r in flatten_sent)
 
 
+async def test_an_auto_deleveraging_fill_is_in_the_journal_though_later_fills_came_after_it(sim, target, tmp_path):
+    """The exchange closes part of the position by ADL (its fill's execution type CALCULATED, as a
+    liquidation's): the journal kept fills of execution type TRADE only, and its backfill reads from the
+    newest trade it holds, so once later fills came the ADL's was never read: the journal's realized P&L
+    and position off the exchange's for good. It equals the exchange's record now."""
+    agent = make_agent(sim, target, tmp_path / "state", SYMBOL)
+    task = asyncio.create_task(agent.run())
+    async with aiohttp.ClientSession() as http:
+        await wait_for(lambda: agent.status()["state"] == "quoting", 15, "quoting")
+        await post(sim, http, "/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.05"})
+        await wait_for(lambda: agent.core.store.position == 0.05, 10, "the position seen")
+        await post(sim, http, "/sim/adl", {"symbol": SYMBOL, "qty": "0.02"})
+        await wait_for(lambda: agent.core.store.deleveraged == 1, 10, "the ADL booked by the agent")
+        await trade_a_while(sim, http, agent)   # later fills, of later trade ids
+        await agent.stop()
+        await asyncio.wait_for(task, 30)
+        state = await sim_state(sim, http, SYMBOL)
+    trades = await exchange_trades(sim, SYMBOL)
+    sums = journal_sums(target, SYMBOL)
+    assert_equals_exchange(state, sums, SYMBOL, trades)
+
+
 async def test_a_resync_reads_the_funding_again_only_if_a_settlement_may_have_come_since_the_last_read(
         sim, target, tmp_path, monkeypatch):
     """A resync reads income (30 weight) only when a settlement may be missing from the journal's last
