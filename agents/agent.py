@@ -40,7 +40,7 @@ from fleet.binance.ratelimit import RateBudget
 from fleet.config import RuntimeParams, SymbolParams
 from journal.sink import NULL_SINK, JournalSink
 
-from .carry import Carry
+from .carry import Carry, Gap
 from .clock import WALL_CLOCK, Clock
 from .core import AgentCore
 from .strategy import size_problem
@@ -81,6 +81,8 @@ LIQUIDATED = "liquidated by the exchange"   # the halt reason a liquidation give
 
 class SymbolAgent:
     """One symbol, live, end to end: start, quote, survive faults, stop (docs/architecture.md)."""
+
+    carry_gap: Gap | None = None   # what the exchange booked after carried books, not read yet (agents/carry.py)
 
     def __init__(
         self,

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from .agent import SymbolAgent
 
 CARRY_PREFIX = "carry/"
+GAP_RETRY_S = (10.0, 300.0)   # a gap read that failed is tried again after 10 s, doubling up to 5 minutes
 PAGE = 1000          # userTrades rows a request (Binance's maximum)
 MAX_PAGES = 20       # 20,000 trades (or 20 weeks) in the gap: beyond that the carry is partial, and says so
 WEEK_MS = 7 * 86_400_000   # the widest window userTrades answers by time
@@ -108,8 +109,71 @@ class Carry:
             return None
 
 
+@dataclass
+class Gap:
+    """What the exchange booked after carried books and the take-in has not read yet (a read failed): the
+    parts still to read (``trades``, ``funding``, ``clearance``), each read once, and when to try again.
+    Read at the reconciliation's beats (``retry_gap``) until it goes: left unread, a restart's gap was
+    missing from the books (``/exposure``, ``/metrics``) for good."""
+
+    carried: Carry
+    parts: list[str] = field(default_factory=lambda: ["trades", "funding", "clearance"])
+    added: dict[str, int] = field(default_factory=dict)
+    tries: int = 0
+    due: float = 0.0   # monotonic
+
+    def failed(self, now: float) -> float:
+        """One more failed try: the next after a doubling wait (returned)."""
+        self.tries += 1
+        wait = min(GAP_RETRY_S[1], GAP_RETRY_S[0] * 2 ** (self.tries - 1))
+        self.due = now + wait
+        return wait
+
+
+async def _read_gap(agent: SymbolAgent, gap: Gap) -> None:
+    """The gap's parts still unread, in order, each dropped once read (every row is booked once: one a
+    frame or a look-up booked since is skipped); an exception leaves the rest for the next try."""
+    carried = gap.carried
+    readers = {"trades": lambda: _gap_trades(agent, carried), "funding": lambda: _gap_funding(agent, carried),
+               "clearance": lambda: gap_clearance(agent, max(carried.clearance_ms, carried.since_ms))}
+    try:
+        while gap.parts:
+            gap.added[gap.parts[0]] = await readers[gap.parts[0]]()
+            gap.parts.pop(0)
+    finally:
+        agent.require_core().store.track_equity()   # the peak and the deepest drawdown, by the books as they stand
+
+
+def _carried_said(agent: SymbolAgent, gap: Gap, after: str = "") -> None:
+    s = agent.require_core().store   # (new parameters applied meanwhile replace the store: read it again)
+    agent.log.event("books_carried", f"books carried since {gap.carried.since_ms}: realized {s.realized_pnl:.4f}, "
+                    f"funding {s.funding_pnl:.4f}, commission {s.commission:.4f}; {gap.added.get('trades', 0)} trades, "
+                    f"{gap.added.get('funding', 0)} fees and {gap.added.get('clearance', 0)} liquidation clearance "
+                    f"fees of the gap added{after}")
+
+
+async def retry_gap(agent: SymbolAgent) -> None:
+    """The gap after carried books a read at the take-in failed to read (``Gap``), tried again when due."""
+    gap = agent.carry_gap
+    if gap is None or agent.core is None or agent.clock.monotonic() < gap.due:
+        return
+    try:
+        await _read_gap(agent, gap)
+    except Exception as exc:  # noqa: BLE001 - tried again later, said
+        wait = gap.failed(agent.clock.monotonic())
+        agent.log.event("carry_partial", f"the gap after the carried books ({', '.join(gap.parts)}) not read "
+                        f"({gap.tries} tries; the next in {wait:.0f} s): {exc!r}", level=logging.WARNING)
+        return
+    agent.carry_gap = None
+    _carried_said(agent, gap, f", read {gap.tries + 1} tries after the start")
+
+
 def carry_of(agent: SymbolAgent) -> Carry | None:
-    """The agent's books as a record, once its start has taken the last one in (None before)."""
+    """The agent's books as a record, once its start has taken the last one in (None before). While the gap
+    after the record it took in is unread (``Gap``), that record: its books lack the gap, and the next agent
+    reads it, and this one's trades and fees after it, from the exchange (each booked once)."""
+    if agent.carry_gap is not None:
+        return agent.carry_gap.carried
     core = agent.core
     if core is None or agent.books_since_ms is None:
         return None
@@ -131,8 +195,8 @@ def _exchange_of(agent: SymbolAgent) -> str:
 
 async def take_in(agent: SymbolAgent) -> None:
     """At the start, after its first snapshot: the books from the carried record and the gap after it
-    (nothing carried: the books start now). Once per agent; a read that fails leaves the carry partial,
-    said as a WARNING, and never fails the start."""
+    (nothing carried: the books start now). Once per agent; a read that fails leaves the gap to read again
+    (``agent.carry_gap``, ``retry_gap``), said as a WARNING, and never fails the start."""
     if agent.books_since_ms is not None:
         return
     agent.trades_known_ms = agent.exchange_ms()   # from here every trade is a frame's or this gap's read
@@ -151,20 +215,16 @@ async def take_in(agent: SymbolAgent) -> None:
                                      carried.peak_pnl, carried.max_drawdown_pct, carried.trade_id, carried.trade_orders)
     core.store.funding.restore(Decimal(carried.funding), carried.funding_ms, carried.fee_frames)
     agent.books_since_ms = carried.since_ms
+    gap = Gap(carried)
     try:
-        trades = await _gap_trades(agent, carried)
-        fees = await _gap_funding(agent, carried)
-        cleared = await gap_clearance(agent, max(carried.clearance_ms, carried.since_ms))
-    except Exception as exc:  # noqa: BLE001 - a read that failed: the start goes on with the record alone
-        agent.log.event("carry_partial", f"books carried from the last agent without the gap after it: {exc!r}",
-                        level=logging.WARNING)
+        await _read_gap(agent, gap)
+    except Exception as exc:  # noqa: BLE001 - a read that failed: the start goes on, the gap read again later
+        wait = gap.failed(agent.clock.monotonic())
+        agent.carry_gap = gap
+        agent.log.event("carry_partial", f"books carried from the last agent without the gap after it yet "
+                        f"({', '.join(gap.parts)}; read again in {wait:.0f} s): {exc!r}", level=logging.WARNING)
         return
-    finally:
-        agent.require_core().store.track_equity()   # the peak and the deepest drawdown, by the books as they stand
-    s = agent.require_core().store   # (new parameters applied meanwhile replace the store: read it again)
-    agent.log.event("books_carried", f"books carried since {carried.since_ms}: realized {s.realized_pnl:.4f}, "
-                    f"funding {s.funding_pnl:.4f}, commission {s.commission:.4f}; {trades} trades, {fees} fees "
-                    f"and {cleared} liquidation clearance fees of the gap added")
+    _carried_said(agent, gap)
 
 
 async def _gap_trades(agent: SymbolAgent, carried: Carry) -> int:

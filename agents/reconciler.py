@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from fleet.binance.errors import BinanceError
 
+from .carry import retry_gap
 from .core import Actions
 from .orders import Cancel, OrderReason, make_batches
 from .reconcile import reconcile_orders
@@ -52,6 +53,8 @@ class Reconciler:
             self.agent.user.look_up_funding()  # a fee whose income rows could not be read yet
             self._unexplained_moves()
             self.agent.user.look_up_trades()   # trades whose P&L a gap or a frame missed
+            if self.agent.carry_gap is not None and not self.agent.tasks.named("carry-gap"):
+                self.agent.tasks.spawn(retry_gap(self.agent), "carry-gap")   # the start's gap, its read failed
             try:
                 await self._reconcile_orders()
                 if n % self.agent.runtime.reconcile_position_every == 0:

@@ -58,6 +58,8 @@ def build_status(agent: SymbolAgent) -> dict[str, Any]:
         "clock_resyncs": agent.client.clock_resyncs if agent.client is not None else 0,   # -1021 answers
         "rate_budget_waits": list(agent.budget.waiting.values()),  # requests held for room over 1 s: what for
         "last_reconcile_repair": agent.reconciler.last_repair,
+        # the books carried from the last agent lack the gap after them until these are read (agents/carry.py)
+        "books_gap_unread": list(agent.carry_gap.parts) if agent.carry_gap is not None else [],
         "journal": _journal(agent.journal.status()),
         "counters": {
             **agent.counters, **agent.frames.counts(),

@@ -405,6 +405,8 @@ def console_row(symbol: str, a: SymbolAnswers) -> dict[str, Any]:
         # the exchange refusing its orders for now (a 429, a 418 ban, -1008): plain words only
         "exchange_holds": [h for h in st.get("exchange_holds") or () if isinstance(h, str) and _WORD.fullmatch(h)],
         "funding_interval_s": _finite(st.get("funding_interval_s")),   # the symbol's, as fundingInfo lists it
+        # the books carried from the last agent lack what the exchange booked after them until these are read
+        "books_gap_unread": [w for w in st.get("books_gap_unread") or () if isinstance(w, str) and _WORD.fullmatch(w)],
         "last_reconcile_repair": st.get("last_reconcile_repair"),
         "reconcile_repairs": (st.get("counters") or {}).get("reconcile_repairs"),
         "restarts": a.restarts,

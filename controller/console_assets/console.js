@@ -118,6 +118,10 @@
     if (row.exchange_holds && row.exchange_holds.length) {
       c.state.append(el("span", "sub held", `held: ${row.exchange_holds.map((h) => (Object.hasOwn(HOLDS, h) ? HOLDS[h] : h)).join(", ")}`));
     }
+    // the books carried from the last agent without what the exchange booked after them (a read failed)
+    if (row.books_gap_unread && row.books_gap_unread.length) {
+      c.state.append(el("span", "sub held", `books lack the restart's gap: ${row.books_gap_unread.join(", ")} unread`));
+    }
     const stale = row.published_age_s !== null && row.published_age_s !== undefined;
     r.tr.classList.toggle("stale", stale);
     if (stale) c.state.append(el("span", "sub published", `figures as published ${row.published_age_s.toFixed(1)} s ago`));

@@ -153,6 +153,7 @@ async def make_agent(sim, tmp_path):
     async def start(
         params: SymbolParams | None = None, runtime: RuntimeParams = FAST, symbol: str = SYMBOL,
         renew_interval_s: float = 5.0, ownership_class: type[LockFileOwnership] = LockFileOwnership,
+        carried: Any = None,
     ) -> SymbolAgent:
         _, key, secret = sim.accounts[0]
         agent = SymbolAgent(
@@ -164,6 +165,7 @@ async def make_agent(sim, tmp_path):
             credentials=Credentials(key, secret),
             ownership=ownership_class(tmp_path / "state", "t", symbol, renew_interval_s=renew_interval_s),
         )
+        agent.carried = carried   # the books a previous agent of the symbol left (agents/carry.py)
         task = asyncio.create_task(agent.run())
         running.append((agent, task))
         await wait_for(lambda: task.done() or agent.status()["state"] in ("quoting", "halted"), 10, "started")

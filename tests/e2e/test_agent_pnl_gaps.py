@@ -159,3 +159,45 @@ async def test_a_funding_fee_whose_frame_was_lost_is_in_the_p_and_l_from_the_exc
     await wait_for(funding_as_the_exchange, 30, "the lost fee booked from the income rows",
                    explain=lambda: describe(agent, exchange))
     assert not exchange.sim.frame_faults   # (the fee frame was the one dropped)
+
+
+async def test_the_gap_after_carried_books_whose_read_failed_at_the_start_is_read_again(make_agent, exchange,
+                                                                                       monkeypatch):
+    """A restarted agent takes in the books its predecessor left and reads what the exchange booked after
+    them (trades, funding); that read failed (the exchange answering errors at the start), the start went on
+    without the gap and never read it again: the agent's realized P&L, commission and funding (``/exposure``,
+    ``/metrics``) off the exchange's for good. Now the gap is read again at the reconciliation's beats, each
+    part once, and the books end as the exchange's."""
+    from agents import carry
+
+    monkeypatch.setattr(carry, "GAP_RETRY_S", (0.5, 2.0))   # (10 s doubling to 5 minutes live)
+    since = (await exchange.state())["time"]
+    record = carry.Carry(symbol=SYMBOL, account="", since_ms=since, realized_pnl=0.0, commission=0.0, funding="0",
+                         fills_buy=0, fills_sell=0, peak_pnl=None, max_drawdown_pct=0.0, trade_id=None,
+                         trade_orders=(), funding_ms=since, epoch=1, exchange=exchange.sim.rest_url.rstrip("/"))
+    async with SimClient.for_sim(exchange.sim) as c:   # between the two agents: a desk's trades and a settlement
+        for side, qty in (("BUY", "0.100"), ("SELL", "0.040")):
+            reply = await c.signed("POST", "/fapi/v1/order", {"symbol": SYMBOL, "side": side, "type": "MARKET",
+                                                              "quantity": qty})
+            assert reply.status == 200, reply.json
+    await exchange.post("/sim/funding/rate", {"symbol": SYMBOL, "rate": "0.0005"})
+    await exchange.post("/sim/funding/settle", {"symbol": SYMBOL})
+    truth = (await exchange.state())["positions"][SYMBOL]
+    assert Decimal(truth["realized_pnl"]) != 0 and Decimal(truth["funding"]) != 0
+    await exchange.post("/sim/fault/rest", {"mode": "error", "count": 2, "path": "/fapi/v1/userTrades",
+                                            "method": "GET"})
+    agent = await make_agent(carried=record)
+    assert agent.status()["books_gap_unread"] == ["trades", "funding", "clearance"]
+    assert carry.carry_of(agent) == record   # published meanwhile: the next agent reads the gap from it
+
+    async def booked_as_the_exchange() -> bool:
+        truth = (await exchange.state())["positions"][SYMBOL]
+        s = agent.core.store
+        return (abs(Decimal(repr(s.realized_pnl)) - Decimal(truth["realized_pnl"])) < Decimal("1e-8")
+                and abs(Decimal(repr(s.commission)) - Decimal(truth["commission"])) < Decimal("1e-8")
+                and s.funding.total == Decimal(truth["funding"]))
+
+    await wait_for(booked_as_the_exchange, 30, "the gap read again, booked once",
+                   explain=lambda: describe(agent, exchange))
+    assert agent.status()["books_gap_unread"] == [] and agent.carry_gap is None
+    assert carry.carry_of(agent).trade_id is not None   # its own books now, whole
