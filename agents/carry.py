@@ -275,6 +275,8 @@ async def book_funding_income(agent: SymbolAgent) -> None:
             if booked:
                 a.log.event("funding_booked", f"{booked} funding fee(s) booked from income rows, "
                             f"total {core.store.funding_pnl}")
+            if core.store.funding_lookup_start() is None:
+                return   # all found: a look-up asked after this one starts at once (it waited out the pause)
 
 
 async def _read_trades(agent: SymbolAgent, start: int | None, from_id: int | None,

@@ -248,3 +248,44 @@ async def test_a_liquidation_between_two_agents_has_its_clearance_fee_booked_onc
     assert store.position_book.clearance_ms > since_ms
     carried = record(clearance_ms=store.position_book.clearance_ms)
     assert Carry.decode(carried.encode()).clearance_ms == store.position_book.clearance_ms
+
+
+async def test_a_funding_read_that_found_every_fee_ends_without_pausing_for_the_next_try():
+    """The income look-up tries at 0, 2, 10 and 30 s; one that succeeded at the third try paused 30 s more
+    before it ended, and a fee asked for meanwhile (a look-up only starts when none runs) waited for it:
+    booked 24 s after its settlement in a hostile run. A read that leaves nothing to look up ends now."""
+    from agents.carry import book_funding_income
+    from fleet.binance.errors import ServerError
+
+    class Store:
+        funding_pnl = 0.0
+
+        def __init__(self) -> None:
+            self.due = True
+
+        def funding_lookup_start(self):
+            return 1_000 if self.due else None
+
+        def on_funding_income(self, rows, read_at_ms):
+            self.due = False
+            return len(rows)
+
+    slept: list[float] = []
+    answers = [ServerError(-1001, "down", 503), ServerError(-1001, "down", 503), [{"tranId": 1}]]
+
+    async def income(*a, **k):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def sleep(delay):
+        slept.append(delay)
+
+    core = SimpleNamespace(store=Store())
+    agent = SimpleNamespace(symbol=SYMBOL, core=core, stopping=False, exchange_ms=lambda: 2_000,
+                            tasks=SimpleNamespace(sleep=sleep), require_client=lambda: SimpleNamespace(income=income),
+                            journal=SimpleNamespace(on_income_rows=lambda a, rows: None),
+                            log=SimpleNamespace(event=lambda *a, **k: None))
+    await book_funding_income(agent)
+    assert slept == [0.0, 2.0, 10.0] and not core.store.due   # (it went on to sleep 30 s more)
