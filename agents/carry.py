@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from .agent import SymbolAgent
 
 CARRY_PREFIX = "carry/"
+FUNDING_READ_PAUSES_S = (0.0, 2.0, 10.0, 30.0)   # a funding look-up's tries, each this long after the last
 GAP_RETRY_S = (10.0, 300.0)   # a gap read that failed is tried again after 10 s, doubling up to 5 minutes
 PAGE = 1000          # userTrades rows a request (Binance's maximum)
 MAX_PAGES = 20       # 20,000 trades (or 20 weeks) in the gap: beyond that the carry is partial, and says so
@@ -257,7 +258,7 @@ async def book_funding_income(agent: SymbolAgent) -> None:
     record may trail the frame, none of them waiting for rate-budget room (a busy ladder may hold
     the weight: then the next try, or the reconciliation's next beat, asks again)."""
     a = agent
-    for delay in (0.0, 2.0, 10.0, 30.0):
+    for delay in FUNDING_READ_PAUSES_S:
         await a.tasks.sleep(delay)
         core = a.core
         start = core.store.funding_lookup_start() if core is not None and not a.stopping else None

@@ -471,7 +471,7 @@ class AgentJournal(JournalSink):
     async def _backfill_funding(self, client: Any, epoch: int | None, fund_cur: int | None, lookback_ms: int,
                                 agent: Any) -> int:
         """The FUNDING_FEE income rows since ``fund_cur`` (or the lookback), paged; how many."""
-        n_fund = 0
+        n_fund, found = 0, []
         began = agent.exchange_ms()
         start_ms = fund_cur if fund_cur is not None else began - lookback_ms
         first = start_ms
@@ -481,12 +481,14 @@ class AgentJournal(JournalSink):
             rows = await client.income(self.symbol, "FUNDING_FEE", start_time=start_ms, limit=PAGE)
             for r in rows:
                 self.writer.put(("income", epoch, r))
+            found += rows
             n_fund += len(rows)
             if rows:
                 fund_cur = _max(fund_cur, max(int(r["time"]) for r in rows))
             if len(rows) < PAGE or fund_cur is None or fund_cur <= start_ms:
                 break
             start_ms = fund_cur
+        _to_books(agent, found, began)
         # read from here on (none found: from where this read began to look, not from nothing: the
         # database's newest fee may be a later one the agent's look-up handed over)
         self._funding_cursor = _max(self._funding_cursor, fund_cur if fund_cur is not None else first)
@@ -617,6 +619,28 @@ class AgentJournal(JournalSink):
             "ts_ms": int(r["time"]), **self._scope, "epoch": epoch, "income_id": int(r["tranId"]),
             "amount": _money(r["income"]), "asset": r.get("asset"), "income_type": kind,
         })]
+
+
+def _to_books(agent: Any, rows: list[dict[str, Any]], read_at_ms: int) -> None:
+    """The fees a funding read of the journal's found, booked in the agent's own books too (once each by
+    ``tranId``, or paired with their frames), those after the books began: the agent's look-up and the
+    journal read the same rows apart, and while the agent's failed (its budget had no room at once, the
+    exchange erred) ``/exposure`` and ``/pnl`` disagreed until its next try, 30 s on, or for good."""
+    core, since = getattr(agent, "core", None), getattr(agent, "books_since_ms", None)
+    if core is None or since is None or not rows:
+        return
+    mine = [r for r in rows if _row_ms(r) > since]
+    booked = core.store.on_funding_income(mine, read_at_ms=read_at_ms)
+    if booked:
+        agent.log.event("funding_booked", f"{booked} funding fee(s) booked from the journal's income read, total "
+                        f"{core.store.funding_pnl}")
+
+
+def _row_ms(row: dict[str, Any]) -> int:
+    try:
+        return int(row["time"])
+    except (KeyError, TypeError, ValueError):
+        return -1
 
 
 def trade_row(scope: dict[str, Any], r: dict[str, Any]) -> Row:

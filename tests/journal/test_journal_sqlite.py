@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from decimal import Decimal
 
 import aiohttp
@@ -331,6 +332,41 @@ async def test_an_auto_deleveraging_fill_is_in_the_journal_though_later_fills_ca
     trades = await exchange_trades(sim, SYMBOL)
     sums = journal_sums(target, SYMBOL)
     assert_equals_exchange(state, sums, SYMBOL, trades)
+
+
+async def test_a_fee_the_journal_read_while_the_agents_own_reads_failed_is_in_the_agents_books(
+        sim, target, tmp_path, monkeypatch, caplog):
+    """A settlement on a cross position (its fee frame names no symbol: the fee is read from income): the
+    agent's look-up and the journal each read the rows. The agent's tries failed (the exchange erring;
+    live, its budget without room at once under a lowered limit) while the journal's read went through
+    later: the journal (``/pnl``) had the fee, the agent's books (``/exposure``, ``/metrics``) not until its
+    next try 30 s on, or for good. The journal's read books it in the agent's books too (once)."""
+    from agents import carry
+
+    caplog.set_level(logging.INFO, logger="mmfleet.agent")
+    monkeypatch.setattr(carry, "FUNDING_READ_PAUSES_S", (0.0, 0.2, 0.4, 120.0))   # (its last try far off)
+    settings = SETTINGS.model_copy(update={"backfill_interval_sec": 0.5})
+    agent = make_agent(sim, target, tmp_path / "state", SYMBOL, settings=settings)
+    task = asyncio.create_task(agent.run())
+    async with aiohttp.ClientSession() as http:
+        await wait_for(lambda: agent.status()["state"] == "quoting", 15, "quoting")
+        await post(sim, http, "/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.05"})
+        await wait_for(lambda: agent.core.store.position == 0.05, 10, "the position seen")
+        await post(sim, http, "/sim/fault/rest", {"mode": "error", "count": 100_000, "path": "/fapi/v1/income",
+                                                  "method": "GET"})
+        await post(sim, http, "/sim/funding/rate", {"symbol": SYMBOL, "rate": "0.0004"})
+        await post(sim, http, "/sim/funding/settle", {"symbol": SYMBOL})
+        await wait_for(lambda: len([r for r in caplog.records
+                                    if getattr(r, "event", None) == "funding_income_unavailable"]) >= 3,
+                       10, "the agent's three tries failed")
+        await post(sim, http, "/sim/fault/clear", {})
+        truth = Decimal((await sim_state(sim, http, SYMBOL))["positions"][SYMBOL]["funding"])
+        assert truth != 0
+        await wait_for(lambda: agent.core.store.funding.total == truth, 20, "the fee in the agent's books",
+                       explain=lambda: f"{agent.core.store.funding.total} against {truth}")
+        await agent.stop()
+        await asyncio.wait_for(task, 30)
+    assert journal_sums(target, SYMBOL)["funding"] == truth   # and in the journal, once
 
 
 async def test_a_resync_reads_the_funding_again_only_if_a_settlement_may_have_come_since_the_last_read(
