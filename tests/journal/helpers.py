@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from typing import Any
 
@@ -94,6 +95,18 @@ async def post(sim: Any, http: Any, path: str, body: dict) -> dict:
         data = await r.json()
         assert r.status == 200, data
         return data
+
+
+async def stopped_as_the_exchange(sim: Any, http: Any, agent: Any, task: Any, target: Target,
+                                  symbol: str) -> tuple[dict, list[dict], dict]:
+    """Stop the agent, then check the journal equals the exchange's record: (its state, its trades, the sums)."""
+    await agent.stop()
+    await asyncio.wait_for(task, 30)
+    state = await sim_state(sim, http, symbol)
+    trades = await exchange_trades(sim, symbol)
+    sums = journal_sums(target, symbol)
+    assert_equals_exchange(state, sums, symbol, trades)
+    return state, trades, sums
 
 
 async def sim_state(sim: Any, http: Any, symbol: str) -> dict:

@@ -24,6 +24,7 @@ from .helpers import (
     make_agent,
     post,
     sim_state,
+    stopped_as_the_exchange,
     wait_for,
 )
 
@@ -64,12 +65,7 @@ async def test_journal_equals_the_exchange_and_the_split_adds_up(sim, target, tm
         assert agent.core.store.fills_buy > 0 and agent.core.store.fills_sell > 0
         await wait_for(lambda: backfills["funding"] >= 2, 10, "the funding rows after their frames")
         assert backfills["income_reads"] < backfills["runs"], backfills
-        await agent.stop()
-        await asyncio.wait_for(task, 30)
-        state = await sim_state(sim, http, SYMBOL)
-    trades = await exchange_trades(sim, SYMBOL)
-    sums = journal_sums(target, SYMBOL)
-    assert_equals_exchange(state, sums, SYMBOL, trades)
+        _, trades, sums = await stopped_as_the_exchange(sim, http, agent, task, target, SYMBOL)
     report = sums["report"]
     assert_split_adds_up(report)
     d = report["symbols"][SYMBOL]
@@ -112,11 +108,7 @@ async def test_fills_and_funding_lost_on_the_way_are_read_again_and_the_journal_
                        "fills lost on the way to the journal")
         blocker.unlink()   # the disk and the database take rows again
         await wait_for(lambda: writer.db_up and not writer.status()["holes"], 20, "the holes read again")
-        await agent.stop()
-        await asyncio.wait_for(task, 30)
-        state = await sim_state(sim, http, SYMBOL)
-    trades = await exchange_trades(sim, SYMBOL)
-    assert_equals_exchange(state, journal_sums(target, SYMBOL), SYMBOL, trades)
+        await stopped_as_the_exchange(sim, http, agent, task, target, SYMBOL)
 
 
 # A sweep's fill frames spoiled on the way: two skipped as garbage, three without their trade id,
@@ -265,12 +257,7 @@ async def test_an_empty_journal_is_backfilled_from_the_exchange(sim, target, tmp
         task = asyncio.create_task(second.run())
         await wait_for(lambda: second.status()["state"] in ("quoting", "halted"), 15, "the second start")
         await wait_for(lambda: second.journal.backfills["runs"] >= 1, 10, "a backfill")
-        await second.stop()
-        await asyncio.wait_for(task, 30)
-        state = await sim_state(sim, http, SYMBOL)
-    trades = await exchange_trades(sim, SYMBOL)
-    sums = journal_sums(target, SYMBOL)
-    assert_equals_exchange(state, sums, SYMBOL, trades)
+        _, _, sums = await stopped_as_the_exchange(sim, http, second, task, target, SYMBOL)
     assert_split_adds_up(sums["report"])
 
 
@@ -293,13 +280,8 @@ async def test_a_delisting_and_its_settlement_are_in_the_journal(sim, target, tm
 
         await wait_for(closed_and_flat, 15, "flattened ahead, then settled and closed")
         await wait_for(lambda: agent.status()["state"] == "halted", 10, "halted once closed")
-        await agent.stop()
-        await asyncio.wait_for(task, 30)
-        state = await sim_state(sim, http, SYMBOL)
+        state, _, _ = await stopped_as_the_exchange(sim, http, agent, task, target, SYMBOL)
     assert state["counters"]["settled"] == 0   # the flatten came first
-    trades = await exchange_trades(sim, SYMBOL)
-    sums = journal_sums(target, SYMBOL)
-    assert_equals_exchange(state, sums, SYMBOL, trades)
     engine = make_engine(target)
     with engine.connect() as conn:
         kinds = list(conn.execute(select(events.c.kind).order_by(events.c.id)).scalars())
@@ -326,12 +308,7 @@ async def test_an_auto_deleveraging_fill_is_in_the_journal_though_later_fills_ca
         await post(sim, http, "/sim/adl", {"symbol": SYMBOL, "qty": "0.02"})
         await wait_for(lambda: agent.core.store.deleveraged == 1, 10, "the ADL booked by the agent")
         await trade_a_while(sim, http, agent)   # later fills, of later trade ids
-        await agent.stop()
-        await asyncio.wait_for(task, 30)
-        state = await sim_state(sim, http, SYMBOL)
-    trades = await exchange_trades(sim, SYMBOL)
-    sums = journal_sums(target, SYMBOL)
-    assert_equals_exchange(state, sums, SYMBOL, trades)
+        await stopped_as_the_exchange(sim, http, agent, task, target, SYMBOL)
 
 
 async def test_a_fee_the_journal_read_while_the_agents_own_reads_failed_is_in_the_agents_books(
