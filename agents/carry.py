@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -173,9 +173,11 @@ def carry_of(agent: SymbolAgent) -> Carry | None:
     """The agent's books as a record, once its start has taken the last one in (None before). While the gap
     after the record it took in is unread (``Gap``), that record: its books lack the gap, and the next agent
     reads it, and this one's trades and fees after it, from the exchange (each booked once)."""
-    if agent.carry_gap is not None:
-        return agent.carry_gap.carried
     core = agent.core
+    if agent.carry_gap is not None:   # the peak this agent's books reached stays (from the record's: ``restore``)
+        pos = core.store.position_book if core is not None else None
+        return agent.carry_gap.carried if pos is None else replace(
+            agent.carry_gap.carried, peak_pnl=pos.peak_pnl, max_drawdown_pct=pos.max_drawdown_pct)
     if core is None or agent.books_since_ms is None:
         return None
     s = core.store
@@ -231,7 +233,10 @@ async def take_in(agent: SymbolAgent) -> None:
 async def _gap_trades(agent: SymbolAgent, carried: Carry) -> int:
     """The trades after the record's newest one, each added once (weight 5 a page)."""
     start = carried.since_ms if carried.trade_id is None else None
-    added, whole = await _read_trades(agent, start, carried.trade_id, carried)
+    # up to the take-in: the trades after it are its frames' (or a stream gap's read), whose keys a read long
+    # after (a gap read again for hours) may no longer hold
+    until = getattr(agent, "trades_known_ms", None)
+    added, whole = await _read_trades(agent, start, carried.trade_id, carried, until)
     if not whole:
         agent.log.event("carry_partial", f"more than {MAX_PAGES} pages of trades since the last agent's books (a page "
                         f"is {PAGE} trades, or a week without one): the rest are not in the carried P&L",
@@ -281,11 +286,11 @@ async def book_funding_income(agent: SymbolAgent) -> None:
 
 
 async def _read_trades(agent: SymbolAgent, start: int | None, from_id: int | None,
-                       carried: Carry | None) -> tuple[int, bool]:
+                       carried: Carry | None, until_ms: int | None = None) -> tuple[int, bool]:
     """``userTrades`` from ``start`` (by time, a week at a time: Binance answers a startTime alone with the
     week after it) or ``from_id`` to now, each row added once (``_add_trade``, those inside ``carried``
-    skipped) to the store's position book (read again after every read: new parameters applied meanwhile
-    replace it); (how many it added, whether all were read)."""
+    skipped, and those after ``until_ms``) to the store's position book (read again after every read: new
+    parameters applied meanwhile replace it); (how many it added, whether all were read)."""
     client = agent.require_client()
     added = 0
     for _ in range(MAX_PAGES):
@@ -293,7 +298,8 @@ async def _read_trades(agent: SymbolAgent, start: int | None, from_id: int | Non
         rows = await client.user_trades(agent.symbol, start_time=start, end_time=end, from_id=from_id, limit=PAGE)
         store = agent.require_core().store
         for r in rows:
-            added += _add_trade(store.position_book, carried, r, store.margin_asset)
+            if until_ms is None or _row_time(r) <= until_ms:
+                added += _add_trade(store.position_book, carried, r, store.margin_asset)
         if len(rows) < PAGE:
             if end is None or end >= agent.exchange_ms():
                 return added, True

@@ -604,7 +604,10 @@ class AgentJournal(JournalSink):
                 "order_id": ev.order_id, "client_order_id": ev.client_order_id, "side": ev.side,
                 "price": _s(ev.last_filled_price), "qty": _s(ev.last_filled_qty), "fee": _s(ev.commission),
                 "fee_asset": ev.commission_asset or None, "maker": bool(ev.is_maker),
-                "realized_pnl": _s(ev.realized_pnl), "mid": mid, "mark": mark, "source": "stream",
+                # the exchange's own order's fill (at a bankruptcy price) is no quote's: its mid would count
+                # its loss as spread given up; without one it is inventory's (journal/pnl.py)
+                "realized_pnl": _s(ev.realized_pnl), "mid": mid if ev.exec_type == "TRADE" else None, "mark": mark,
+                "source": "stream",
             }))
         return out
 
@@ -622,14 +625,18 @@ class AgentJournal(JournalSink):
 
 
 def _to_books(agent: Any, rows: list[dict[str, Any]], read_at_ms: int) -> None:
-    """The fees a funding read of the journal's found, booked in the agent's own books too (once each by
-    ``tranId``, or paired with their frames), those after the books began: the agent's look-up and the
-    journal read the same rows apart, and while the agent's failed (its budget had no room at once, the
-    exchange erred) ``/exposure`` and ``/pnl`` disagreed until its next try, 30 s on, or for good."""
+    """The fees a funding read of the journal's found that the agent's books wait for (``funding_lookup_start``:
+    a fee frame naming no symbol, a settlement with no fee booked), booked there too (once each by ``tranId``),
+    as its own look-up's would be: the agent's look-up and the journal read the same rows apart, and while
+    the agent's failed (its budget had no room at once, the exchange erred) ``/exposure`` and ``/pnl``
+    disagreed until its next try, 30 s on, or for good."""
     core, since = getattr(agent, "core", None), getattr(agent, "books_since_ms", None)
-    if core is None or since is None or not rows:
-        return
-    mine = [r for r in rows if _row_ms(r) > since]
+    start = core.store.funding_lookup_start() if core is not None else None
+    if start is None or since is None or not rows:
+        return   # the agent waits for no fee's row (its frames named the symbol): its books have them
+    # the rows its own look-up would read (from the fees it waits for on), no others: a fee booked from a
+    # frame that names the symbol is paired with its row only within FUNDING_MATCH_MS
+    mine = [r for r in rows if _row_ms(r) > since and _row_ms(r) >= start]
     booked = core.store.on_funding_income(mine, read_at_ms=read_at_ms)
     if booked:
         agent.log.event("funding_booked", f"{booked} funding fee(s) booked from the journal's income read, total "

@@ -225,11 +225,12 @@ def _order_update(e: dict[str, Any]) -> OrderUpdate:
         realized_pnl=_od(o.get("rp")),
         position_side=enums.position_side(o.get("ps", "BOTH")),
         expire_reason=str(o.get("er", "0")),
-        trade_fields_missing=tuple(k for k in _TRADE_FIELDS if k not in o) if o.get("x") == "TRADE" else (),
+        trade_fields_missing=tuple(k for k in _TRADE_FIELDS if k not in o) if o.get("x") in _FILLS else (),
     )
 
 
 _TRADE_FIELDS = ("t", "L", "l", "rp", "n")
+_FILLS = ("TRADE", "CALCULATED")   # the execution types of a fill (CALCULATED: a liquidation's, an ADL's)
 
 
 def _positions(raw: Any) -> tuple[PositionUpdate, ...]:

@@ -309,6 +309,10 @@ async def test_an_auto_deleveraging_fill_is_in_the_journal_though_later_fills_ca
         await wait_for(lambda: agent.core.store.deleveraged == 1, 10, "the ADL booked by the agent")
         await trade_a_while(sim, http, agent)   # later fills, of later trade ids
         await stopped_as_the_exchange(sim, http, agent, task, target, SYMBOL)
+    with make_engine(target).connect() as conn:
+        adl = conn.execute(select(fills).where(fills.c.client_order_id.like("adl_autoclose%"))).mappings().all()
+    # the exchange's own order, at its price: no quote's, so no spread given up (inventory's, journal/pnl.py)
+    assert len(adl) == 1 and adl[0]["mid"] is None and adl[0]["source"] == "stream", adl
 
 
 async def test_a_fee_the_journal_read_while_the_agents_own_reads_failed_is_in_the_agents_books(

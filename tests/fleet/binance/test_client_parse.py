@@ -94,6 +94,18 @@ def test_order_updates_keep_money_exact():
     assert fill.is_maker and fill.trade_id == 702423109 and fill.remaining_qty == 0
 
 
+def test_a_fill_frame_lacking_its_trade_fields_says_which_a_liquidations_too():
+    """A fill frame without its trade's fields (id, price, quantity, realized P&L, fee) names them, so the
+    agent and the journal read the trade from the exchange's list: so does a liquidation's or an ADL's fill
+    (execution type CALCULATED), which read as zeros for good."""
+    cut = orjson.loads(ORDER_FILL)
+    del cut["o"]["rp"], cut["o"]["n"]
+    assert parse_user(cut).trade_fields_missing == ("rp", "n")
+    cut["o"]["x"] = "CALCULATED"
+    assert parse_user(cut).trade_fields_missing == ("rp", "n")
+    assert parse_user(decode(ORDER_NEW)).trade_fields_missing == ()   # no fill: nothing owed
+
+
 def test_account_funding_trade_lite_expiry_and_margin_call():
     acct = parse_user(decode(ACCOUNT))
     assert isinstance(acct, AccountUpdate) and acct.reason == "ORDER"
