@@ -41,7 +41,9 @@ FUNDING_LOOKBACK_MS = 60_000
 FEE_FRAME_GRACE_MS = 20_000   # a settlement's fee frame comes within seconds of it: none by then is lost
 # A look-up no income row has answered is given up once a fee this much newer needs one.
 FUNDING_LOOKUP_HORIZON_MS = 3_600_000
-_FUNDING_LOOKUPS_KEEP = 32
+# the look-ups and settlements due: the horizon (an hour) bounds them, this only caps a flood (32 dropped the
+# oldest of a 16-minute starvation of 30-second settlements, and their fees were never booked: a hostile run)
+_FUNDING_LOOKUPS_KEEP = 1024
 
 
 class FundingBook:

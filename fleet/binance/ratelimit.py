@@ -53,7 +53,10 @@ LOUD_WAIT_S = 1.0  # a request held longer than this for room is logged (reads w
 THROTTLE_PAUSE_S = 1.0  # after a -1008 the quoting lane's orders wait this long (Binance sends no Retry-After)
 THROTTLE_PAUSE_MAX_S = 8.0  # -1008s one after another double the wait up to this
 THROTTLE_SHOWN_S = 5.0  # a -1008 is shown as a hold this long: the lane's short holds follow one another
-NAMED_CEILING_S = 900.0  # a limit a 429 named holds this long over a listing that did not move (set_limits)
+# a limit a 429 named holds this long over a listing that did not move (set_limits): a listing lagging behind
+# costs a 429 every 2 minutes at most, and a limit lowered for seconds is not kept (for 15 minutes it held a
+# fleet 15 minutes under a limit the exchange had raised again 7 s later, its dead-man countdowns running out)
+NAMED_CEILING_S = 120.0
 
 
 # The windows of Binance's ``rateLimits`` rows the budget keeps: (type, interval, intervalNum) -> name
@@ -457,6 +460,13 @@ class RateBudget(_Says):
         """Whether the IP's minute of weight is beyond Binance's limit as the exchange last reported it."""
         return self._ip_weight_spent(self._clock() if now is None else now)
 
+    def _spent_as_listed(self, now: float) -> bool:
+        """The IP's minute spent beyond the limit the exchange lists too (or none listed yet): a limit only a
+        429 named, which the listing no longer shows, holds this process, not the host's others (it held
+        every agent of a host minutes after the exchange had raised it again)."""
+        listed = self._listed[0]
+        return listed is None or self._rep_weight.estimate(self._weight, now) > listed
+
     def _ip_weight_spent(self, now: float) -> bool:
         """The IP's minute of weight beyond Binance's limit as the exchange reported it: a weight-0 request
         (an order) gets the 429 too."""
@@ -602,8 +612,8 @@ class RateBudget(_Says):
             reported.observe(count, now, window.total)
         if server_ms is not None:
             self.note_server_time(server_ms, now)
-        if self.host is not None and self._ip_weight_spent(now):   # every request of the IP gets the 429 now
-            self.host.hold(self._rep_weight.resets_at - now, "weight spent")
+        if self.host is not None and self._ip_weight_spent(now) and self._spent_as_listed(now):
+            self.host.hold(self._rep_weight.resets_at - now, "weight spent")   # every request of the IP: a 429
 
     def note_server_time(self, server_ms: int, now: float | None = None) -> None:
         """The exchange's clock reads ``server_ms`` at ``now``: every count it reported ends at its

@@ -3,6 +3,8 @@ parameters speak of, and a next settlement time off the interval asks the runtim
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 
 from agents.core import AgentCore
@@ -117,3 +119,17 @@ def test_a_settlement_passed_with_a_position_held_looks_up_its_fee_only_if_no_fr
     f.expect_fee(n1, held=False)               # flat at the settlement: no fee to look for
     f.check_expected(n1 + FEE_FRAME_GRACE_MS, lambda t: False)
     assert f.lookup_start() is None
+
+
+def test_fees_waiting_through_a_long_starvation_are_all_looked_up():
+    """Settlements every 30 s (a short interval) whose fee rows could not be read for 20 minutes (the rate
+    budget starved): the oldest of the look-ups due fell out of a list of 32 and the read started after
+    them, so their fees were never booked. Within the look-up horizon (an hour) every one is read."""
+    fb = FundingBook(seed_params())
+    times = [1_000_000 + 30_000 * i for i in range(40)]
+    for t in times:
+        assert fb.ask_lookup(t, held=True)
+    assert fb.lookup_start() == times[0] - 60_000
+    fb.on_income([{"incomeType": "FUNDING_FEE", "symbol": SYMBOL, "income": "-0.01", "asset": "USDC",
+                   "time": t, "tranId": i} for i, t in enumerate(times)], SYMBOL, "USDC")
+    assert fb.lookup_start() is None and fb.total == -40 * Decimal("0.01")

@@ -66,6 +66,21 @@ def test_a_minute_of_weight_spent_as_the_exchange_reports_it_holds_the_host_to_t
     assert 15.0 <= left <= 15.0 + 1.0 and "weight spent" in b.why_wait(Cost(orders_10s=1, orders_1m=1))
 
 
+def test_a_minute_spent_only_beyond_a_limit_a_429_named_holds_this_process_alone(tmp_path):
+    """A 429 named a lower IP limit (100), which this budget keeps a while as its ceiling; the exchange lists
+    2,400 (it raised it again): a count of 300 is this process's own caution, not the exchange's refusal.
+    It held every process of the host as "weight spent" (minutes after the exchange had raised the limit,
+    a kill waited 12 s for it); it holds this one alone now. Beyond the listed limit it holds the host."""
+    (a, b), wall, mono = _pair(tmp_path)
+    a.set_limits(weight_per_min=2400)
+    a.set_limits(weight_per_min=100, named=True)
+    a.observe_headers({"X-MBX-USED-WEIGHT-1M": "300"}, server_ms=MINUTE + 45_000)
+    assert a.orders_available() == 0 and b.blocked_for() == 0.0
+    a.observe_headers({"X-MBX-USED-WEIGHT-1M": "2401"}, server_ms=MINUTE + 46_000)
+    mono.t += 1.0   # (the file is read again at most every CHECK_EVERY_S)
+    assert b.blocked_for() > 0 and "weight spent" in b.why_wait(Cost(orders_10s=1, orders_1m=1))
+
+
 def test_another_exchange_address_shares_nothing(tmp_path):
     (a, b), _, _ = _pair(tmp_path, "http://127.0.0.1:8124")
     a.note_retry_after(5.0)
