@@ -277,12 +277,34 @@ async def book_funding_income(agent: SymbolAgent) -> None:
             continue
         a.journal.on_income_rows(a, rows)  # the journal need not read them again
         if core is a.core:
-            booked = core.store.on_funding_income(rows, read_at_ms=asked_at)
-            if booked:
-                a.log.event("funding_booked", f"{booked} funding fee(s) booked from income rows, "
-                            f"total {core.store.funding_pnl}")
+            _book_income(a, core, rows, asked_at, "income rows")
             if core.store.funding_lookup_start() is None:
                 return   # all found: a look-up asked after this one starts at once (it waited out the pause)
+
+
+def take_journal_income(agent: SymbolAgent, rows: list[dict[str, Any]], read_at_ms: int) -> None:
+    """The fees a funding read of the journal's found that the agent's books wait for (``funding_lookup_start``:
+    a fee frame naming no symbol, a settlement with no fee booked), booked there too (once each by ``tranId``),
+    as its own look-up's would be: the agent's look-up and the journal read the same rows apart, and while
+    the agent's failed (its budget had no room at once, the exchange erred) ``/exposure`` and ``/pnl``
+    disagreed until its next try, 30 s on, or for good."""
+    core, since = getattr(agent, "core", None), getattr(agent, "books_since_ms", None)   # (a journal's stand-in)
+    start = core.store.funding_lookup_start() if core is not None else None
+    if core is None or start is None or since is None or not rows:
+        return   # the agent waits for no fee's row (its frames named the symbol): its books have them
+    # the rows its own look-up would read (from the fees it waits for on), no others: a fee booked from a
+    # frame that names the symbol is paired with its row only within FUNDING_MATCH_MS
+    _book_income(agent, core, [r for r in rows if _row_time(r) > since and _row_time(r) >= start], read_at_ms,
+                 "the journal's income read")
+
+
+def _book_income(agent: SymbolAgent, core: Any, rows: list[dict[str, Any]], read_at_ms: int, read_by: str) -> int:
+    """Income rows into the books (``Store.on_funding_income``), said when any was booked."""
+    booked = core.store.on_funding_income(rows, read_at_ms=read_at_ms)
+    if booked:
+        agent.log.event("funding_booked", f"{booked} funding fee(s) booked from {read_by}, "
+                        f"total {core.store.funding_pnl}")
+    return booked
 
 
 async def _read_trades(agent: SymbolAgent, start: int | None, from_id: int | None,

@@ -21,6 +21,7 @@ import time
 import uuid
 from typing import Any, Iterable
 
+from agents.carry import take_journal_income
 from agents.logging import redact_known
 from fleet.binance.models import exchange_decimal
 
@@ -488,7 +489,7 @@ class AgentJournal(JournalSink):
             if len(rows) < PAGE or fund_cur is None or fund_cur <= start_ms:
                 break
             start_ms = fund_cur
-        _to_books(agent, found, began)
+        take_journal_income(agent, found, began)   # and to the agent's books, those they wait for
         # read from here on (none found: from where this read began to look, not from nothing: the
         # database's newest fee may be a later one the agent's look-up handed over)
         self._funding_cursor = _max(self._funding_cursor, fund_cur if fund_cur is not None else first)
@@ -622,32 +623,6 @@ class AgentJournal(JournalSink):
             "ts_ms": int(r["time"]), **self._scope, "epoch": epoch, "income_id": int(r["tranId"]),
             "amount": _money(r["income"]), "asset": r.get("asset"), "income_type": kind,
         })]
-
-
-def _to_books(agent: Any, rows: list[dict[str, Any]], read_at_ms: int) -> None:
-    """The fees a funding read of the journal's found that the agent's books wait for (``funding_lookup_start``:
-    a fee frame naming no symbol, a settlement with no fee booked), booked there too (once each by ``tranId``),
-    as its own look-up's would be: the agent's look-up and the journal read the same rows apart, and while
-    the agent's failed (its budget had no room at once, the exchange erred) ``/exposure`` and ``/pnl``
-    disagreed until its next try, 30 s on, or for good."""
-    core, since = getattr(agent, "core", None), getattr(agent, "books_since_ms", None)
-    start = core.store.funding_lookup_start() if core is not None else None
-    if start is None or since is None or not rows:
-        return   # the agent waits for no fee's row (its frames named the symbol): its books have them
-    # the rows its own look-up would read (from the fees it waits for on), no others: a fee booked from a
-    # frame that names the symbol is paired with its row only within FUNDING_MATCH_MS
-    mine = [r for r in rows if _row_ms(r) > since and _row_ms(r) >= start]
-    booked = core.store.on_funding_income(mine, read_at_ms=read_at_ms)
-    if booked:
-        agent.log.event("funding_booked", f"{booked} funding fee(s) booked from the journal's income read, total "
-                        f"{core.store.funding_pnl}")
-
-
-def _row_ms(row: dict[str, Any]) -> int:
-    try:
-        return int(row["time"])
-    except (KeyError, TypeError, ValueError):
-        return -1
 
 
 def trade_row(scope: dict[str, Any], r: dict[str, Any]) -> Row:
