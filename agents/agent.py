@@ -474,9 +474,11 @@ class SymbolAgent:
     def order_gate(self, endpoint: Endpoint, params: Mapping[str, Any]) -> str | None:
         """Why an order about to be signed must not go (None: it may): none under a lapsed lease, and
         once the agent is stopping, the symbol is halted or flattening, or its dead-man countdown has run
-        out, none but reduce-only places. An order decided before a halt and sent after it would rest on
-        the book the halt empties; one sent after the countdown ran out, with no switch armed; one resent
-        in a stop (a -1021's) after the stop saw nothing left that could land."""
+        out, or its owner is asked (``ask_owner``), none but reduce-only places. An order decided before a
+        halt and sent after it would rest on the book the halt empties; one decided before a kill's exchange
+        route emptied the book and sent after the agent saw it, likewise; one sent after the countdown ran
+        out, with no switch armed; one resent in a stop (a -1021's) after the stop saw nothing left that
+        could land."""
         if not self.lease_ok():
             return "the lease has lapsed"
         if places_reduce_only(endpoint, params):
@@ -485,6 +487,8 @@ class SymbolAgent:
             return "the agent is stopping: reduce-only places only"
         if (left := self.timers.countdown_left()) is not None and left <= 0:   # (before the watchdog's block)
             return "the dead-man countdown has run out, no heartbeat taken: reduce-only places only"
+        if BLOCK_ASKING in self.blocks:   # decided before our orders were seen cancelled by another hand
+            return "orders of ours were cancelled by another hand, the owner asked: reduce-only places only"
         core = self.core
         if core is None or core.halt_state == KillState.RUNNING:
             return None

@@ -64,6 +64,7 @@ def build_status(agent: SymbolAgent) -> dict[str, Any]:
         "counters": {
             **agent.counters, **agent.frames.counts(),
             "cap_cancels": core.cap_cancels if core else 0, "cancel_retries": core.cancel_retries if core else 0,
+            "quote_cycles": core.cycles if core else 0, "places_sent": core.orders_sent["place"] if core else 0,
         },
     }
 

@@ -845,14 +845,28 @@ def test_a_book_the_exchange_route_empties_first_is_not_quoted_again_the_renewal
     def agent() -> dict[str, Any]:
         return fleet.get("/status").json()["agents"][sym]
 
-    def still() -> bool:   # the ladder placed and nothing of it in flight: no order sent before the cancel lands after
+    seen: list[tuple[int, int]] = []   # (quote cycles, places sent) as the ladder was first seen whole
+
+    def still() -> bool:
+        """The ladder placed, nothing of it in flight, and two quote cycles since that placed nothing (a
+        ladder still growing after a resume would place after the cancel what it decided before seeing it)."""
         a = agent()
-        return a["state"] == "quoting" and a["requests_in_flight"] == 0 and fleet.open_orders(sym) == a["open_orders"] > 0
+        counters = a["counters"]
+        now = (counters["quote_cycles"], counters["places_sent"])
+        if not (a["state"] == "quoting" and a["requests_in_flight"] == 0
+                and fleet.open_orders(sym) == a["open_orders"] > 0):
+            seen.clear()
+            return False
+        if not seen or seen[0][1] != now[1]:
+            seen[:] = [now]
+            return False
+        return now[0] >= seen[0][0] + 2
 
     freeze = f"{fleet.sim.server.rest_url}/sim/market/freeze"
     requests.post(freeze, json={"frozen": True, "symbol": sym}, timeout=10).raise_for_status()   # the ladder holds still
     try:
         for _ in range(3):
+            seen.clear()
             poll(still, 60, f"{sym}'s ladder resting, nothing in flight")
             before = agent()["counters"]["owner_asks"]
             cancelled_at = fleet.sim.run(cancel_all())
@@ -866,6 +880,7 @@ def test_a_book_the_exchange_route_empties_first_is_not_quoted_again_the_renewal
         assert asked, "three routine renewals in a row carried the kill before the cancel: no ask was ever needed"
     finally:
         requests.post(freeze, json={"frozen": False, "symbol": sym}, timeout=10).raise_for_status()
+        fleet.post("/resume", {"symbols": [sym]})   # a failed drill leaves no halt to the tests after it
     fleet.wait_quoting(within_s=60)
 
 

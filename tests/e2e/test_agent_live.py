@@ -392,6 +392,48 @@ async def test_an_order_decided_before_a_halt_is_not_sent_after_it(make_agent, e
     assert (await exchange.state())["open_orders"] == []
 
 
+class HeldOwner(LockFileOwnership):
+    """An owner whose renewals are answered only while ``answering`` is set (a controller busy elsewhere)."""
+
+    answering = asyncio.Event()
+
+    async def renew(self):
+        await HeldOwner.answering.wait()
+        return await super().renew()
+
+
+async def test_an_order_decided_before_another_hands_cancel_is_not_sent_while_the_owner_is_asked(
+        make_agent, exchange):
+    """A kill's exchange route may empty the book between a quote cycle's decision and its sends. The
+    agent, seeing its orders cancelled by another hand, asks its owner; what the cycle decided before
+    that stays here until the owner answers (the order gate), so nothing lands on the emptied book that
+    the kill's answer would have to take off again. Its answer here says running: quoting goes on."""
+    HeldOwner.answering.set()
+    agent = await make_agent(params=SymbolParams(grid=GridParams(max_layers=4)), renew_interval_s=600.0,
+                             ownership_class=HeldOwner)
+    await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
+    await wait_for(lambda: resting(agent, exchange), 10, "a short ladder resting on both sides")
+    HeldOwner.answering.clear()
+    try:
+        # One synchronous stretch, as the cancel's frame read between a cycle's decision and its sends:
+        await agent.apply_params(SymbolParams(grid=GridParams(max_layers=8)))   # a longer ladder wanted
+        now = agent.exchange_ms()
+        actions = agent.core.quote(now, agent.budget.orders_available())
+        places = {p.client_order_id for b in actions.batches if b.kind == "place" for p in b.items}
+        assert places, actions
+        agent.sender.execute(actions, now, None)
+        agent.ask_owner("drill: orders of ours cancelled by another hand")
+        await wait_for(lambda: not agent.sender.sending, 10, "the decided batches settled")
+        assert agent.status()["blocks"] == ["asking"]
+        seen = {o["clientOrderId"] for o in await exchange.all_orders()}
+        assert not places & seen, sorted(places & seen)   # none of them reached the exchange
+        assert not places & set(agent.core.store.orders)   # and none is left counted as pending
+    finally:
+        HeldOwner.answering.set()
+    await wait_for(lambda: agent.status()["state"] == "quoting", 10, "quoting on the owner's answer")
+    await wait_for(lambda: len(agent.core.store.orders) > 8, 10, "the longer ladder placed")
+
+
 async def test_a_clock_two_minutes_off_is_read_again_counted_and_shown(make_agent, exchange):
     """The host's clock jumps (as a bad NTP step): the exchange refuses the next signed request with
     -1021; the client reads the exchange's clock again and sends it once more. The agent keeps quoting,
