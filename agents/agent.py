@@ -159,7 +159,7 @@ class SymbolAgent:
             await self.ownership.release()
             self._done.set()
             return
-        self.take_grant(grant, send)
+        self.take_grant(grant, send + grant.waited_s)   # counted from the request granted, not the first try
         self.log.epoch = grant.epoch
         self.log.event("ownership_acquired", f"owned {self.symbol} at epoch {grant.epoch}", state=grant.kill_state)
         # Renewed from the grant on, not from the end of the start: a start slowed by a busy machine

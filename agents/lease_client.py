@@ -8,6 +8,7 @@ Ray calls (``acquire_lease``, ``renew_lease``, ``release_lease``), so agents nev
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -133,14 +134,18 @@ class LeaseOwnership:
             raise LeaseUnavailable(f"controller.{method} failed: {type(exc).__name__}: {str(exc)[:200]}") from None
 
     async def acquire(self) -> Grant:
+        """Ask until granted: while a predecessor's lease lives, or the controller does not answer. The
+        grant says how long that took (``waited_s``): its lease counts from the request granted."""
+        began = time.monotonic()
         while True:
+            sent = time.monotonic()
             try:
                 answer = await self._call("acquire_lease", self.symbol, self.holder_id, self.unwritten)
             except LeaseUnavailable:
                 await asyncio.sleep(0.5)
                 continue
             if answer.get("granted"):
-                self.grant = self._grant(answer)
+                self.grant = dataclasses.replace(self._grant(answer), waited_s=sent - began)
                 return self.grant
             await asyncio.sleep(min(max(float(answer.get("wait_s", 0.2)), 0.05) + 0.02, 1.0))
 

@@ -30,6 +30,9 @@ class Grant:
     reduce_only: bool = False  # fleet risk over its notional cap
     rate_share: float = 1.0  # this agent's share of its account's order-rate limits
     kill_reason: str = ""    # the operator's reason for the kill state, when the authority holds one
+    # How long an acquire waited (a predecessor's lease to lapse, an owner not answering) before it sent
+    # the request granted: the lease counts from that send, not from the first try's.
+    waited_s: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kill_state", KillState.parse(self.kill_state, "kill_state"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import re
@@ -370,6 +371,24 @@ async def test_a_renewal_sent_before_a_kill_does_not_lift_the_hold_of_the_orders
     assert (await exchange.state())["open_orders"] == []
 
 
+async def longer_ladder_sent(agent: SymbolAgent) -> set[str]:
+    """A longer ladder wanted (8 layers), one quote cycle decided and handed to the sender's tasks, which
+    have not run yet: the client ids it places."""
+    await agent.apply_params(SymbolParams(grid=GridParams(max_layers=8)))
+    now = agent.exchange_ms()
+    actions = agent.core.quote(now, agent.budget.orders_available())
+    places = {p.client_order_id for b in actions.batches if b.kind == "place" for p in b.items}
+    assert places, actions
+    agent.sender.execute(actions, now, None)
+    return places
+
+
+async def none_placed(agent: SymbolAgent, exchange: Exchange, places: set[str]) -> None:
+    seen = {o["clientOrderId"] for o in await exchange.all_orders()}
+    assert not places & seen, sorted(places & seen)   # none of them reached the exchange
+    assert not places & set(agent.core.store.orders)   # and none is left counted as pending
+
+
 async def test_an_order_decided_before_a_halt_is_not_sent_after_it(make_agent, exchange):
     """The quote cycle decides and hands its batches to tasks; a halt that comes before they run
     keeps them here (the client's order gate asks the kill state before it signs), so nothing lands
@@ -378,17 +397,10 @@ async def test_an_order_decided_before_a_halt_is_not_sent_after_it(make_agent, e
     await exchange.post("/sim/market/freeze", {"frozen": True, "symbol": SYMBOL})
     await wait_for(lambda: resting(agent, exchange), 10, "a short ladder resting on both sides")
     # One synchronous stretch, as a halt arriving between a cycle's decision and its sends:
-    await agent.apply_params(SymbolParams(grid=GridParams(max_layers=8)))   # a longer ladder wanted
-    now = agent.exchange_ms()
-    actions = agent.core.quote(now, agent.budget.orders_available())
-    places = {p.client_order_id for b in actions.batches if b.kind == "place" for p in b.items}
-    assert places, actions
-    agent.sender.execute(actions, now, None)
+    places = await longer_ladder_sent(agent)
     out = await agent.halt("drill")
     assert out["open_orders"] == 0, out
-    seen = {o["clientOrderId"] for o in await exchange.all_orders()}
-    assert not places & seen, sorted(places & seen)   # none of them reached the exchange
-    assert not places & set(agent.core.store.orders)   # and none is left counted as pending
+    await none_placed(agent, exchange, places)
     assert (await exchange.state())["open_orders"] == []
 
 
@@ -416,22 +428,37 @@ async def test_an_order_decided_before_another_hands_cancel_is_not_sent_while_th
     HeldOwner.answering.clear()
     try:
         # One synchronous stretch, as the cancel's frame read between a cycle's decision and its sends:
-        await agent.apply_params(SymbolParams(grid=GridParams(max_layers=8)))   # a longer ladder wanted
-        now = agent.exchange_ms()
-        actions = agent.core.quote(now, agent.budget.orders_available())
-        places = {p.client_order_id for b in actions.batches if b.kind == "place" for p in b.items}
-        assert places, actions
-        agent.sender.execute(actions, now, None)
+        places = await longer_ladder_sent(agent)
         agent.ask_owner("drill: orders of ours cancelled by another hand")
         await wait_for(lambda: not agent.sender.sending, 10, "the decided batches settled")
         assert agent.status()["blocks"] == ["asking"]
-        seen = {o["clientOrderId"] for o in await exchange.all_orders()}
-        assert not places & seen, sorted(places & seen)   # none of them reached the exchange
-        assert not places & set(agent.core.store.orders)   # and none is left counted as pending
+        await none_placed(agent, exchange, places)
     finally:
         HeldOwner.answering.set()
     await wait_for(lambda: agent.status()["state"] == "quoting", 10, "quoting on the owner's answer")
     await wait_for(lambda: len(agent.core.store.orders) > 8, 10, "the longer ladder placed")
+
+
+class LateOwner(LockFileOwnership):
+    """A fleet's owner as a restarted agent meets it: the symbol granted only once the predecessor's lease
+    lapsed (2.5 s of refusals), for the fleet's 3 s lease (the agent counts it lapsed 1 s early)."""
+
+    async def acquire(self):
+        await asyncio.sleep(2.5)
+        self._grant = dataclasses.replace(await super().acquire(), lease_ttl_s=3.0, waited_s=2.5)
+        return self._grant
+
+
+async def test_a_lease_granted_after_a_wait_counts_from_the_request_granted(make_agent, exchange, caplog):
+    """An acquire that waited for a predecessor's lease to lapse: the agent's lease counts from the
+    request the owner granted, not from the first try (it read as lapsed the moment it was taken: a
+    false "lease lapsed" ERROR, and quotes pulled, on every restart of a fleet's agent)."""
+    caplog.set_level(logging.INFO, logger="mmfleet.agent")
+    agent = await make_agent(renew_interval_s=0.3, ownership_class=LateOwner)
+    await wait_for(lambda: resting(agent, exchange), 10, "a ladder resting on both sides")
+    events = [getattr(r, "event", None) for r in caplog.records]
+    assert "lease_lapsed" not in events and "ownership_acquired" in events
+    assert agent.counters["lease_pulls"] == 0
 
 
 async def test_a_clock_two_minutes_off_is_read_again_counted_and_shown(make_agent, exchange):
