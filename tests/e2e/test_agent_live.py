@@ -1829,18 +1829,23 @@ async def test_failing_order_routes_hold_the_quoting_lane_with_a_growing_back_of
                    explain=lambda: describe(agent, exchange))
 
 
-async def test_a_stops_flatten_meets_the_largest_market_order_the_exchange_lowered(make_agent, exchange, caplog):
+@pytest.mark.parametrize("read_fails", [False, True], ids=["read", "first-read-fails"])
+async def test_a_stops_flatten_meets_the_largest_market_order_the_exchange_lowered(
+        make_agent, exchange, caplog, read_fails):
     """The exchange lowers ETHUSDC's largest MARKET order (MARKET_LOT_SIZE maxQty; Binance announces such
     updates) under the position while the agent runs, then the agent stops with a flatten: its reduce-only
     MARKET order, cut to the maximum it started on, was refused -4005 at every try until the stop gave up
     with the position open (the limits were not among the filters compared). The refusal reads
-    exchangeInfo again; the new limits are taken at once (the grid unchanged) and the flatten goes in pieces."""
+    exchangeInfo again; the new limits are taken at once (the grid unchanged) and the flatten goes in pieces.
+    A read that fails is made again at a refusal 2 s on (not 30 s: the stop had given up by then)."""
     caplog.set_level(logging.INFO, logger="mmfleet.agent")
     await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.050"})
     agent = await make_agent()
     await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
     assert agent.filters.market_max_qty > Decimal("0.050")
     await exchange.post("/sim/filters", {"symbol": SYMBOL, "market_max_qty": "0.020"})
+    if read_fails:
+        await exchange.post("/sim/fault/rest", {"mode": "error", "count": 1, "path": "/fapi/v1/exchangeInfo"})
     summary = await agent.stop(flatten=True)
     st = await exchange.state()
     assert Decimal(st["positions"][SYMBOL]["amount"]) == 0 and st["open_orders"] == [], summary
