@@ -65,7 +65,8 @@ if TYPE_CHECKING:
 TRADING = "TRADING"
 FUNDING_REREAD_GAP_MS = 60_000   # fundingInfo read again after the schedule moved, at most this often
 FILTERS_RECHECK_S = 30.0   # exchangeInfo read again after an order refused for a filter, at most this often
-FILTERS_RETRY_S = 2.0      # ... or this soon after such a read failed (a stop's flatten has seconds, not 30)
+FILTERS_RETRY_S = 2.0      # ... or this soon after a read that failed (a stop's flatten has seconds, not 30),
+                           # doubling with each failure in a row up to FILTERS_RECHECK_S
 FUNDING_REREAD_EVERY_MS = 3_600_000   # and at least this often: a change that did not move the next time
 ORDER_LIMITS_RETRY_S = 60.0   # rateLimit/order read again this long after a read that failed, and the limits
                               # (rateLimit/order, exchangeInfo) this often while the budget follows lower ones
@@ -88,6 +89,7 @@ class ContractWatch:
         self._funding_read_ms = -FUNDING_REREAD_GAP_MS   # exchange ms of the last read the schedule asked for
         self._funding_checked_ms = 0                     # exchange ms of the last read of any kind
         self._filters_checked = -FILTERS_RECHECK_S       # (monotonic) the last read after a filter refusal
+        self._reads_failed = 0                           # exchangeInfo reads failed in a row
         self._info_read = agent.clock.monotonic()        # (monotonic) the last exchangeInfo read (the start's)
         self._limits_failed: float | None = None         # (monotonic) the last rateLimit/order read, if it failed
         self._limits_read = agent.clock.monotonic()      # (monotonic) the last read of the limits
@@ -212,18 +214,21 @@ class ContractWatch:
             filters = await a.require_client().symbol_filters(a.symbol)
         except Exception as exc:  # noqa: BLE001 - the next gap, or the next start, reads it again
             a.log.event("contract_recheck_failed", f"exchangeInfo after {gap}: {exc!r}", level=logging.WARNING)
-            # the next filter refusal reads again soon
-            self._filters_checked = min(self._filters_checked, self._info_read - FILTERS_RECHECK_S + FILTERS_RETRY_S)
+            # the next filter refusal reads again soon (counted from this read's start)
+            retry = min(FILTERS_RECHECK_S, FILTERS_RETRY_S * 2 ** self._reads_failed)
+            self._reads_failed += 1
+            self._filters_checked = min(self._filters_checked, self._info_read - FILTERS_RECHECK_S + retry)
             return
+        self._reads_failed = 0
         self.seen(filters.status, filters.delivery_ms, f"exchangeInfo after {gap}")
         self.filters_seen(filters)
 
     def filters_refused(self, code: int) -> None:
         """An order or amend refused for a filter (-4014 off the tick, -4023 off the step, ...): the
         exchange may have changed them (it announces tick size changes); exchangeInfo is read again, at
-        most every ``FILTERS_RECHECK_S``, or ``FILTERS_RETRY_S`` after a read that failed (a stop's flatten
-        refused -4005 on a lowered maximum gave up, the one read it asked for lost). (Every amend was refused
-        -4014 and the stale ladder filled.)"""
+        most every ``FILTERS_RECHECK_S``, or ``FILTERS_RETRY_S`` from the start of a read that failed,
+        doubling with each failure in a row (a stop's flatten refused -4005 on a lowered maximum gave up,
+        the one read it asked for lost). (Every amend was refused -4014 and the stale ladder filled.)"""
         now = self.agent.clock.monotonic()
         if now - self._filters_checked >= FILTERS_RECHECK_S:
             self._filters_checked = now

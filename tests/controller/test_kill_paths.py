@@ -864,23 +864,27 @@ def test_a_book_the_exchange_route_empties_first_is_not_quoted_again_the_renewal
 
     freeze = f"{fleet.sim.server.rest_url}/sim/market/freeze"
     requests.post(freeze, json={"frozen": True, "symbol": sym}, timeout=10).raise_for_status()   # the ladder holds still
+    resumed = True
     try:
         for _ in range(3):
             seen.clear()
             poll(still, 60, f"{sym}'s ladder resting, nothing in flight")
             before = agent()["counters"]["owner_asks"]
+            resumed = False
             cancelled_at = fleet.sim.run(cancel_all())
             poll(lambda: agent()["state"] == "halted", 30, f"{sym} halted")
             assert fleet.sim.run(placed_since(cancelled_at)) == []
             assert fleet.open_orders(sym) == 0
             asked = agent()["counters"]["owner_asks"] > before
-            assert fleet.post("/resume", {"symbols": [sym]}).status_code == 200
+            resumed = fleet.post("/resume", {"symbols": [sym]}).status_code == 200
+            assert resumed
             if asked:
                 break
         assert asked, "three routine renewals in a row carried the kill before the cancel: no ask was ever needed"
     finally:
+        if not resumed:   # a drill that failed halted leaves no halt to the tests after it
+            fleet.post("/resume", {"symbols": [sym]})
         requests.post(freeze, json={"frozen": False, "symbol": sym}, timeout=10).raise_for_status()
-        fleet.post("/resume", {"symbols": [sym]})   # a failed drill leaves no halt to the tests after it
     fleet.wait_quoting(within_s=60)
 
 

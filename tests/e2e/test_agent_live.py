@@ -405,9 +405,10 @@ async def test_an_order_decided_before_a_halt_is_not_sent_after_it(make_agent, e
 
 
 class HeldOwner(LockFileOwnership):
-    """An owner whose renewals are answered only while ``answering`` is set (a controller busy elsewhere)."""
+    """An owner whose renewals are answered only while ``answering`` is set (a controller busy elsewhere;
+    the test that uses it makes the event on its own loop)."""
 
-    answering = asyncio.Event()
+    answering: asyncio.Event
 
     async def renew(self):
         await HeldOwner.answering.wait()
@@ -420,6 +421,7 @@ async def test_an_order_decided_before_another_hands_cancel_is_not_sent_while_th
     agent, seeing its orders cancelled by another hand, asks its owner; what the cycle decided before
     that stays here until the owner answers (the order gate), so nothing lands on the emptied book that
     the kill's answer would have to take off again. Its answer here says running: quoting goes on."""
+    HeldOwner.answering = asyncio.Event()
     HeldOwner.answering.set()
     agent = await make_agent(params=SymbolParams(grid=GridParams(max_layers=4)), renew_interval_s=600.0,
                              ownership_class=HeldOwner)
