@@ -79,6 +79,19 @@ from .tasks import LOOPS, Tasks
 LIQUIDATED = "liquidated by the exchange"   # the halt reason a liquidation gives
 
 
+def grant_moves_core(previous: Grant | None, grant: Grant, core: AgentCore) -> bool:
+    """Whether a grant's kill state is applied to the core: one the grant changed; or a halt or flatten
+    the grant holds while the core quotes (the previous grant may say the same where a direct resume came
+    between: it changes the core, not the grant, and a kill asked after that resume must still stop it;
+    only ever towards stopping: stand-in owners that always say running undo nothing); or a halt the
+    owner wrote over a flatten done (flat): a halted symbol flattened by a direct command between two
+    grants that both said halted read flattening for good."""
+    state, now = grant.kill_state, core.halt_state
+    return previous is None or previous.kill_state != state or (
+        state != KillState.RUNNING and now == KillState.RUNNING) or (
+        state == KillState.HALTED and now == KillState.FLATTENING and core.store.position == 0)
+
+
 class SymbolAgent:
     """One symbol, live, end to end: start, quote, survive faults, stop (docs/architecture.md)."""
 
@@ -327,9 +340,12 @@ class SymbolAgent:
                 "state": self.publish().status["state"]}
 
     def _superseded(self, what: str) -> dict:
+        """A halt or flatten a resume ended midway: said, and answered with the position as the books
+        have it then (a flatten's close may have filled before the resume came)."""
         self.log.event("kill_command_superseded", f"{what} superseded midway by a resume: not carried on",
                        level=logging.WARNING)
-        return {"outcome": "superseded", "open_orders": None}
+        return {"outcome": "superseded", "open_orders": None,
+                "position": self.core.store.position if self.core is not None else None}
 
     async def resume(self) -> dict:
         self._want_kill_state(KillState.RUNNING)
@@ -396,12 +412,7 @@ class SymbolAgent:
         if abs(self.budget.share - grant.rate_share) > 1e-12:
             self.budget.set_share(grant.rate_share)
         if self.core is not None and not self.stopping:   # (the stop renews its lease, nothing more)
-            # A kill state the grant changed; or a halt or flatten the grant holds while the core
-            # quotes: the previous grant may say the same where a direct resume came between (it
-            # changes the core, not the grant), and a kill asked after that resume must still stop
-            # it. Only ever towards stopping: stand-in owners that always say running undo nothing.
-            if previous is None or previous.kill_state != grant.kill_state or (
-                    grant.kill_state != KillState.RUNNING and self.core.halt_state == KillState.RUNNING):
+            if grant_moves_core(previous, grant, self.core):
                 self.apply_kill_state(grant.kill_state, grant.kill_reason)
             if previous is None or previous.reduce_only != grant.reduce_only:
                 self.core.set_reduce_only(grant.reduce_only)

@@ -267,7 +267,8 @@ class KillSwitches:
         try:
             answer = await self.agents.call(symbol, mode, reason, kill_seq, issued_at, timeout=timeout)
             if isinstance(answer, dict) and answer.get("outcome") == "superseded":  # not carried out, nor due
-                return KillOutcome(Outcome.FAILED, "agent", None, None, ms_since(started), problem=problem)
+                return KillOutcome(Outcome.FAILED, "agent", None, answer.get("position"), ms_since(started),
+                                   problem=problem)   # (the position as the resume found it)
             problem = None
         except asyncio.TimeoutError:
             problem = f"agent did not answer the {mode} within {timeout:g} s"

@@ -1214,6 +1214,25 @@ async def test_halt_resume_flatten_calls(make_agent, exchange, tmp_path):
     assert exposure["kill_state"] == "flattening" and exposure["position"] == 0.0
 
 
+async def test_a_halted_symbol_flattened_between_two_halted_grants_ends_halted(make_agent, exchange):
+    """A halted symbol is flattened by a direct command; once flat, its owner writes it halted (the
+    controller does so after every flatten done). The agent's grants before and after both say halted:
+    it takes the halt all the same, and shows what the owner keeps (it read flattening for good, its
+    status and metrics against the kill state every other view showed)."""
+    await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.040"})
+    agent = await make_agent(renew_interval_s=600.0)   # no renewal but the test's
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    agent.ownership.record_kill_state("halted")
+    await agent.timers.renew_once()
+    assert agent.status()["kill_state"] == "halted"
+    out = await agent.flatten("drill")
+    assert out["position"] == 0.0 and agent.status()["kill_state"] == "flattening", out
+    agent.ownership.record_kill_state("halted")   # the owner's write once the flatten is done
+    await agent.timers.renew_once()
+    assert agent.status()["kill_state"] == "halted" and agent.exposure()["kill_state"] == "halted"
+    assert Decimal((await exchange.state())["positions"][SYMBOL]["amount"]) == 0
+
+
 async def test_a_resume_while_a_flatten_waits_on_the_exchange_ends_the_flatten(make_agent, exchange):
     """A flatten halts, waits for the exchange to list the book empty, then closes the position. A resume
     that comes during the wait is the later command: the flatten answers superseded and sends no close,
@@ -1228,10 +1247,31 @@ async def test_a_resume_while_a_flatten_waits_on_the_exchange_ends_the_flatten(m
     assert resumed["kill_state"] == "running"
     await exchange.post("/sim/fault/clear", {})
     out = await asyncio.wait_for(flatten, 20)
-    assert out == {"outcome": "superseded", "open_orders": None}, out
+    assert out == {"outcome": "superseded", "open_orders": None, "position": 0.04}, out   # nothing closed
     assert agent.status()["kill_state"] == "running" and agent.exposure()["kill_state"] == "running"
     await wait_for(lambda: resting(agent, exchange), 10, "quoting after the resume", explain=lambda: describe(agent, exchange))
     assert [o for o in await exchange.all_orders() if o["type"] == "MARKET"] == []   # no close was sent
+
+
+async def test_a_resume_after_a_flattens_close_filled_answers_the_position_flat(make_agent, exchange):
+    """A flatten whose close filled, resumed before its last read of the position: the answer says
+    superseded, with the position the books hold then (flat). It said superseded alone, and a desk read a
+    flatten that had closed the position as one that had not."""
+    await exchange.post("/sim/position", {"account": "main", "symbol": SYMBOL, "amount": "0.040"})
+    agent = await make_agent()
+    await wait_for(lambda: resting(agent, exchange), 10, "ladder resting", explain=lambda: describe(agent, exchange))
+    await exchange.post("/sim/fault/latency", {"ms": 1500, "path": "/fapi/v3/positionRisk"})   # each read 1.5 s
+    flatten = asyncio.ensure_future(agent.flatten("drill"))
+
+    async def closed() -> bool:
+        return Decimal((await exchange.state())["positions"][SYMBOL]["amount"]) == 0
+
+    await wait_for(closed, 10, "the flatten's close filled")
+    await wait_for(lambda: agent.core.store.position == 0, 5, "the close's fill in the books")
+    await agent.resume()   # while the flatten reads the position again
+    await exchange.post("/sim/fault/clear", {})
+    out = await asyncio.wait_for(flatten, 20)
+    assert out == {"outcome": "superseded", "open_orders": None, "position": 0.0}, out
 
 
 async def test_a_recorded_halt_survives_a_restart(make_agent, exchange, tmp_path):
