@@ -14,9 +14,10 @@ from collections import Counter
 import json
 import math
 from typing import Annotated, Any, Literal
+import unicodedata
 
 from fastapi import HTTPException, Request
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from fleet.text import first_line
 
@@ -41,28 +42,32 @@ class _Selection(BaseModel):
         return self
 
 
+def _reason_given(reason: str) -> str:
+    """A reason that shows something: not only spaces, line breaks, control or format characters (a
+    zero-width space, a NUL: kept and shown as nothing)."""
+    if not any(unicodedata.category(c)[0] not in "CZ" for c in reason):
+        raise ValueError("give a reason that shows something: it is kept with the kill state and logged")
+    return reason
+
+
 class KillRequest(_Selection):
+    """A kill: its reason must say something, wherever it comes from (HTTP, the console, the CLI)."""
+
     mode: Literal["halt", "flatten"] = Field("halt", description="halt: cancel all orders; flatten: also close")
     reason: str = Field(min_length=1, max_length=500, description="why; kept with the kill state and logged")
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, reason: str) -> str:
+        return _reason_given(reason)
 
 
 class ResumeRequest(_Selection):
     reason: str = Field("", max_length=500)
 
 
-def _reason_given(reason: str) -> str:
-    if not reason.strip():
-        raise ValueError("give a reason: it is kept with the kill state and logged")
-    return reason
-
-
 class ConsoleKillRequest(KillRequest):
-    """A kill from the console or the CLI: the reason must say something."""
-
-    @model_validator(mode="after")
-    def _reason(self) -> "ConsoleKillRequest":
-        _reason_given(self.reason)
-        return self
+    """A kill from the console or the CLI."""
 
 
 class ConsoleResumeRequest(_Selection):
@@ -70,10 +75,10 @@ class ConsoleResumeRequest(_Selection):
 
     reason: str = Field(min_length=1, max_length=500, description="why; logged")
 
-    @model_validator(mode="after")
-    def _reason(self) -> "ConsoleResumeRequest":
-        _reason_given(self.reason)
-        return self
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, reason: str) -> str:
+        return _reason_given(reason)
 
 
 MAX_BODY_BYTES = 64 * 1024   # a kill or resume body is a few hundred bytes
@@ -99,6 +104,16 @@ class _DuplicateKey(Exception):
 def _float_or_flag(text: str) -> Any:
     value = float(text)
     return value if math.isfinite(value) else _NonFinite(text)
+
+
+MAX_INT_DIGITS = 20   # no field takes a longer integer (Python's own refusal gave the client its advice)
+
+
+def _int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {digits} digits: no field takes more than {MAX_INT_DIGITS}")
+    return int(text)
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -200,6 +215,7 @@ def parse_body(raw: bytes, model: type[BaseModel]) -> Any:
             text,
             parse_constant=_NonFinite,         # NaN, Infinity, -Infinity
             parse_float=_float_or_flag,        # 1e999 and the like
+            parse_int=_int,                    # 5,000 digits and the like
             object_pairs_hook=_object,
         )
     except _DuplicateKey as exc:

@@ -23,6 +23,10 @@
     : Number(v).toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
   const qty = (v) => (v === null || v === undefined) ? "–" : String(Number(v.toPrecision(6)));
   const money = (v) => (v === null || v === undefined) ? "–" : (v >= 0 ? "+" : "") + num(v, 2);
+  // text someone typed (a kill's reason), its control and format characters shown as \uXXXX, as the logs
+  // show them: a right-to-left override once turned the rest of a reason around on the page
+  const plain = (s) => String(s).replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu,
+    (c) => "\\u" + c.codePointAt(0).toString(16).padStart(4, "0"));
   const since = (ms) => {
     const s = Math.max(0, (Date.now() - ms) / 1000);
     return s < 60 ? `${s.toFixed(0)} s ago` : s < 3600 ? `${(s / 60).toFixed(0)} min ago` : `${(s / 3600).toFixed(1)} h ago`;
@@ -155,7 +159,7 @@
     const shown = own ? row.agent_kill_state : row.kill_state;
     const reason = own ? `the agent's own: ${row.agent_halt_reason || "no reason given"}` : row.kill_reason;
     c.kill.replaceChildren(pill(shown || "?", `ks-${word(shown)}`));
-    if (shown && shown !== "running" && reason) c.kill.append(el("span", "sub", reason));
+    if (shown && shown !== "running" && reason) c.kill.append(el("span", "sub", plain(reason)));
     const rep = row.last_reconcile_repair;
     if (rep && typeof rep === "object") {
       c.repair.replaceChildren(document.createTextNode(`${rep.kind || "repair"}${rep.client_order_id ? " " + rep.client_order_id : ""}`));
@@ -275,7 +279,7 @@
       }
       const head = action === "resume" ? `${what} in ${answer.elapsed_ms} ms` :
         `${what} ${answer.confirmed ? "confirmed: 0 open orders" : "NOT confirmed"} in ${answer.elapsed_ms} ms`;
-      pending.textContent = `${new Date().toLocaleTimeString()}  ${head} — ${parts.join("; ")} — reason: ${reason}`;
+      pending.textContent = `${new Date().toLocaleTimeString()}  ${head} — ${parts.join("; ")} — reason: ${plain(reason)}`;
       pending.className = allOk && (action === "resume" || answer.confirmed) ? "ok" : "bad";
     } catch (err) {
       pending.textContent = `${new Date().toLocaleTimeString()}  ${what} failed: ${err.message}`;

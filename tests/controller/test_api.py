@@ -405,6 +405,10 @@ STRICT_CASES = [
     ("/kill", '{"all": true, "reason": "' + "x" * 501 + '"}', "reason"),
     ("/resume", '{"all": true, "reason": "' + "x" * 501 + '"}', "reason"),
     ("/kill", '{"all": true, "reason": 7}', "reason"),
+    # a reason that shows nothing: spaces, a zero-width space, a NUL, a line separator
+    ("/kill", '{"all": true, "reason": " "}', "reason"),
+    ("/kill", '{"all": true, "reason": "\\u200b"}', "reason"),
+    ("/kill", '{"all": true, "reason": "\\u0000 \\u2028"}', "reason"),
     ("/kill", '{"symbols": "ETHUSDC", "reason": "drill"}', "symbols"),
     # a lone surrogate (JSON allows it, UTF-8 cannot carry it): echoed escaped, not a 500
     ("/kill", '{"all": true, "reason": "\\ud800"}', "reason"),
@@ -427,6 +431,14 @@ def test_a_loose_or_non_finite_input_is_a_422_naming_the_field_and_changes_nothi
     assert len(r.text) < 1000                  # a long input is trimmed, never echoed whole
     assert ray.get(ctl.recorded.remote(), timeout=30) == calls  # the controller was never asked
     assert requests.get(f"{url}/kill", headers=auth(token), timeout=30).json() == before
+
+
+def test_an_integer_of_thousands_of_digits_is_a_422_in_the_projects_words(guarded):
+    """Python's own refusal of such an integer ended with advice to its programmer
+    (``sys.set_int_max_str_digits``), which a client can do nothing with."""
+    url, token, _ = guarded
+    r = post_raw(url, "/kill", '{"all": true, "reason": "drill", "mode": ' + "9" * 5000 + "}", token)
+    assert r.status_code == 422 and "an integer of 5000 digits" in r.text and "sys." not in r.text, r.text
 
 
 def test_strict_bodies_still_take_real_booleans_and_reach_the_controller(guarded):

@@ -590,6 +590,13 @@ def test_the_console_in_a_real_browser(live, chromium, tmp_path):
     live.wait_quoting(within_s=60)
     watch.look()
 
+    # a reason holding a right-to-left override is shown escaped, as the logs show it, not turned around
+    assert live.post("/kill", {"symbols": ["BTCUSDT"], "mode": "halt", "reason": "drill \u202eTLR"}).status_code == 200
+    wait.until(lambda d: "drill \\u202eTLR" in cell(d, "BTCUSDT", "kill"))
+    assert live.post("/resume", {"symbols": ["BTCUSDT"]}).status_code == 200
+    wait.until(lambda d: cell(d, "BTCUSDT", "kill").strip() == "running")
+    live.wait_quoting(within_s=60)
+
     # sign out: the cookie is gone, and so is the session on the server
     sid = session["value"]
     driver.find_element(By.ID, "signout").click()
