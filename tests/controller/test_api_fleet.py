@@ -453,7 +453,11 @@ def test_no_log_of_the_session_contains_the_token_or_the_exchange_keys(live):
 
 def test_pnl_comes_from_the_journal_and_its_split_adds_up(live):
     assert live.get("/pnl", auth=False).status_code == 401
-    # the fills the flatten test made are in the journal once its writer has drained
+    # the market pushed through ETHUSDC's asks: its fills are in the journal once its writer has drained
+    # (the test's own, whatever ran before it)
+    jump = requests.post(f"{live.sim.server.rest_url}/sim/market/jump", json={"symbol": "ETHUSDC", "pct": 0.5},
+                         timeout=10)
+    assert jump.status_code == 200, jump.text
     body = poll(lambda: (lambda b: b if b.get("symbols", {}).get("ETHUSDC", {}).get("fills") else None)(
         live.get("/pnl").json()), within_s=30, every_s=1.0, what="ETHUSDC fills in the journal")
     assert body["fleet"] and set(body["symbols"]) <= set(SYMBOLS)
