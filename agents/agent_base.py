@@ -226,6 +226,17 @@ class FrameCounts:
         self._streams = live + self._streams[-2:]
 
 
+def quoting_said(agent: Any) -> str:
+    """What lifting a block leads to, in words for its log line: quoting again, or what still stops it (a
+    halted symbol's agent said "quoting resumes" on each lease regained)."""
+    if agent.quoting_live():
+        return "quoting resumes"
+    core = agent.core
+    if core is not None and core.halt_state != "running":
+        return f"the symbol stays {core.halt_state}"
+    return f"quoting still held ({', '.join(sorted(agent.blocks))})" if agent.blocks else "quoting still held"
+
+
 def _reduces(a: Amend, o: Any) -> bool:
     """An amend that takes risk off: no larger, and smaller or further from the market."""
     if a.qty_steps > o.orig_steps:

@@ -20,7 +20,7 @@ from .carry import take_in
 from .core import AgentCore
 from .orders import OrderReason, parse_client_order_id
 from .strategy import size_problem
-from .agent_base import BLOCK_RESYNC, BLOCK_USER_STREAM, Backoff, _older_epoch, outage_of
+from .agent_base import BLOCK_RESYNC, BLOCK_USER_STREAM, Backoff, _older_epoch, outage_of, quoting_said
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
@@ -125,7 +125,7 @@ class Starter:
                 except Exception as exc:  # noqa: BLE001 - logged and counted by resync; try again
                     outage = outage_of(exc, a.client, early)
                     continue
-                a.log.event("resync_recovered", "resync succeeded after a failure: quoting resumes")
+                a.log.event("resync_recovered", f"resync succeeded after a failure: {quoting_said(a)}")
         finally:
             self._retrying = False
 

@@ -15,7 +15,7 @@ from fleet.binance.errors import BinanceError
 from .ownership import OwnershipLost
 from .watchdog import Act, Seen, Timing, watch
 from .agent_base import (BLOCK_DEADMAN, BLOCK_LEASE, BLOCK_MARKET_STALE, BLOCK_STARTING, DEADMAN_RETRY_S,
-                         WATCHDOG_S, Backoff)
+                         WATCHDOG_S, Backoff, quoting_said)
 
 if TYPE_CHECKING:
     from .agent import SymbolAgent
@@ -112,7 +112,8 @@ class Timers:
         self.rearm_backoff.reset()
         if self.agent.lease_ok() and not self.agent.lease.lost:
             self.agent.blocks.discard(BLOCK_LEASE)
-            self.agent.log.event("lease_regained", "lease valid again: dead-man switch re-armed, quoting resumes")
+            self.agent.log.event("lease_regained",
+                                 f"lease valid again: dead-man switch re-armed, {quoting_said(self.agent)}")
 
     async def heartbeat(self) -> None:
         sent = self.agent.clock.monotonic()
@@ -121,7 +122,7 @@ class Timers:
         self.agent.counters["deadman_heartbeats"] += 1
         if BLOCK_DEADMAN in self.agent.blocks:
             self.agent.blocks.discard(BLOCK_DEADMAN)
-            self.agent.log.event("deadman_rearmed", "dead-man switch armed again: quoting resumes",
+            self.agent.log.event("deadman_rearmed", f"dead-man switch armed again: {quoting_said(self.agent)}",
                                  level=logging.WARNING)
 
     def countdown_left(self) -> float | None:

@@ -463,6 +463,37 @@ async def test_a_lease_granted_after_a_wait_counts_from_the_request_granted(make
     assert agent.counters["lease_pulls"] == 0
 
 
+class ShortHeldOwner(HeldOwner):
+    """A held owner granting the fleet's 3 s lease: renewals held past it, the lease lapses."""
+
+    async def acquire(self):
+        self._grant = dataclasses.replace(await super().acquire(), lease_ttl_s=3.0)
+        return self._grant
+
+
+async def test_a_halted_agents_lease_regained_says_the_symbol_stays_halted(make_agent, exchange, caplog):
+    """The lease lapses and comes back while the symbol is halted: the line says it stays halted (it
+    said "quoting resumes", on a symbol that placed nothing)."""
+    caplog.set_level(logging.INFO, logger="mmfleet.agent")
+    HeldOwner.answering = asyncio.Event()
+    HeldOwner.answering.set()
+    agent = await make_agent(renew_interval_s=0.3, ownership_class=ShortHeldOwner)
+    await wait_for(lambda: resting(agent, exchange), 10, "a ladder resting on both sides")
+    await agent.halt("drill")
+    HeldOwner.answering.clear()
+    try:
+        await wait_for(lambda: "lease" in agent.status()["blocks"], 10, "the lease lapsed")
+    finally:
+        HeldOwner.answering.set()
+
+    def regained() -> list[str]:
+        return [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "lease_regained"]
+
+    await wait_for(regained, 10, "the lease regained")
+    assert regained()[-1].endswith("the symbol stays halted"), regained()
+    assert (await exchange.state())["open_orders"] == []
+
+
 async def test_a_clock_two_minutes_off_is_read_again_counted_and_shown(make_agent, exchange):
     """The host's clock jumps (as a bad NTP step): the exchange refuses the next signed request with
     -1021; the client reads the exchange's clock again and sends it once more. The agent keeps quoting,
