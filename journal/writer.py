@@ -193,6 +193,7 @@ class JournalWriter:
         self._held: deque[Row] = deque()       # rows neither the database nor the spool took: tried again
         self._in_flight: list[Row] = []        # the batch the thread is writing or spooling
         self._lock = threading.Lock()
+        self._holes_file = threading.Lock()   # the holes' file written by one thread at a time (_keep_holes)
         self._holes: dict[str, int] = _read_holes(self.holes_path)   # "trade": lowest id lost, "funding": time
         self._out: dict[str, int] = {}   # holes a backfill took, until its rows are put away
         self._loss_said = 0.0
@@ -285,21 +286,25 @@ class JournalWriter:
         self._keep_holes()
 
     def _keep_holes(self) -> None:
-        """The holes known and taken, on disk (atomically), or the file gone when there are none."""
-        with self._lock:
-            holes = dict(self._holes)
-            _merge_holes(holes, self._out)
-        try:
-            if not holes:
-                self.holes_path.unlink(missing_ok=True)
-                return
-            self.holes_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.holes_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(holes))
-            os.replace(tmp, self.holes_path)
-        except OSError as exc:
-            log.error("journal %s: holes %s not kept on disk (%s): a restart before the next backfill would not "
-                      "know of them", self.name, holes, exc)
+        """The holes known and taken, on disk (atomically), or the file gone when there are none. One
+        write at a time, each of the holes as they are when it begins: the writer's thread and the
+        agent's loop wrote one temp file together, one renamed the other's (ENOENT), and the file could
+        be left without the newest hole."""
+        with self._holes_file:
+            with self._lock:
+                holes = dict(self._holes)
+                _merge_holes(holes, self._out)
+            try:
+                if not holes:
+                    self.holes_path.unlink(missing_ok=True)
+                    return
+                self.holes_path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.holes_path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(holes))
+                os.replace(tmp, self.holes_path)
+            except OSError as exc:
+                log.error("journal %s: holes %s not kept on disk (%s): a restart before the next backfill would "
+                          "not know of them", self.name, holes, exc)
 
     def _lose(self, rows: list[Row], why: str) -> None:
         """Rows that will not be written: counted, said (at most once a minute), holes noted."""

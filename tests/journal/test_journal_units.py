@@ -355,6 +355,30 @@ def test_rows_lost_are_counted_and_their_fills_and_funding_leave_holes_kept_acro
     w2.close(1)
 
 
+def test_holes_noted_from_several_threads_at_once_are_all_on_disk(tmp_path, caplog):
+    """The writer's thread and the agent's loop keep the holes on disk at the same time: each write whole,
+    the file left with every hole (they shared one temp file: one renamed the other's, ENOENT, and the
+    file could lack the newest hole, which a restart before the next backfill never read again)."""
+    import threading
+
+    target = Target(url=f"sqlite:///{tmp_path / 'j.sqlite'}", spool_dir=str(tmp_path / "spool"))
+    w = JournalWriter(target, "t")
+    start = threading.Barrier(4)
+
+    def note(first: int) -> None:
+        start.wait()
+        for i in range(300):
+            w.note_hole({"trade": 10_000 - first - 4 * i})
+
+    threads = [threading.Thread(target=note, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert "not kept on disk" not in caplog.text
+    assert json.loads(w.holes_path.read_text()) == w.status()["holes"] == {"trade": 10_000 - 3 - 4 * 299}
+
+
 def test_a_close_with_the_database_locked_spools_what_is_left(tmp_path):
     """A close that cannot wait for a stalled database (another process holds the SQLite file's lock)
     puts what is left into the spool; a later writer replays it."""
