@@ -296,8 +296,7 @@ class AgentCore:
             self._enforce_cap_into(cancels, amends, extra[0], extra[1])
             self.last_ladder = ladder
 
-        if g.state == RUNNING:   # a halt stops the agent's trading: its drawdown plan waits (flattening closes all)
-            refused += self._twap_into(places, now_ms, extra)
+        refused += self._twap_into(places, now_ms, extra)
         refused += self._grinding_into(places, cancels, now_ms, extra)
         if g.state == RUNNING and any(p.reduce_only for p in places):   # (halted or flattening, every adding
             self._room_for_reducing(places, cancels, amends, extra)       # order is being cancelled already)
@@ -385,9 +384,9 @@ class AgentCore:
         return len(orders) - len(passed)
 
     def _twap_into(self, places: list[Place], now_ms: int, extra: list[int]) -> int:
-        """Send the drawdown slice that is due, as reduce-only MARKET orders (``market_pieces``), while the
-        symbol runs (a halted one's desk may be working it by hand). One
-        slice per slice time: after a gap (halt, stream loss, ...) the overdue slices are spaced again
+        """Send the drawdown slice that is due, as reduce-only MARKET orders (``market_pieces``), halted
+        or not (risk off: a halt stops quoting, not the bands; a flatten closes all). One
+        slice per slice time: after a gap (stream loss, a lapsed lease, ...) the overdue slices are spaced again
         from now at the plan's interval, never sent in one burst. A slice the guard refuses is tried
         again at the next slice time (up to ``TWAP_MAX_TRIES`` attempts)."""
         if not self.twap or self.twap[0].due_ms > now_ms:

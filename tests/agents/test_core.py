@@ -335,21 +335,6 @@ def test_twap_slices_made_overdue_by_a_gap_are_spaced_again_not_sent_in_one_burs
     assert ex.position == 150  # still the whole 25 %
 
 
-def test_a_halt_holds_the_drawdown_slices_until_the_resume_which_spaces_them_again():
-    """A halt stops the agent's own trading, drawdown slices included (reduce-only MARKET orders went on
-    after a halt: a desk halting a symbol to work it by hand saw the agent trade it); the plan waits, and
-    the resume spaces what fell due."""
-    core, ex = _drawdown_started()
-    assert _run_slices(core, ex, [2_000]) == [(2_000, [13])]
-    core.halt("the desk works it by hand")
-    assert _run_slices(core, ex, [3_200, 4_400, 5_600, 8_000]) == [(3_200, []), (4_400, []), (5_600, []), (8_000, [])]
-    assert ex.position == 187
-    core.resume()
-    due = _run_slices(core, ex, [9_000, 9_500, 10_200, 11_400, 15_000])
-    assert due == [(9_000, [13]), (9_500, []), (10_200, [12]), (11_400, [12]), (15_000, [])]
-    assert ex.position == 150  # still the whole 25 %
-
-
 def test_a_twap_slice_the_guard_refuses_is_tried_again_at_the_next_slice_time():
     core, ex = _drawdown_started()
     guard = core.guard
