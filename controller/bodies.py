@@ -42,10 +42,15 @@ class _Selection(BaseModel):
         return self
 
 
+# spaces, line and paragraph separators, control and format characters, lone surrogates; not unassigned
+# ones (an emoji newer than this interpreter's Unicode tables) nor private-use ones: those may show a glyph
+_SHOWS_NOTHING = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Cs"})
+
+
 def _reason_given(reason: str) -> str:
     """A reason that shows something: not only spaces, line breaks, control or format characters (a
     zero-width space, a NUL: kept and shown as nothing)."""
-    if not any(unicodedata.category(c)[0] not in "CZ" for c in reason):
+    if all(unicodedata.category(c) in _SHOWS_NOTHING for c in reason):
         raise ValueError("give a reason that shows something: it is kept with the kill state and logged")
     return reason
 

@@ -3,6 +3,7 @@ agents and a controller that are not there. (The endpoint with a live fleet: tes
 
 from __future__ import annotations
 
+import json
 import secrets
 import socket
 import time
@@ -449,8 +450,13 @@ def test_strict_bodies_still_take_real_booleans_and_reach_the_controller(guarded
     assert r.status_code == 200, r.text
     r = post_raw(url, "/kill", '{"all": true, "reason": "drill", "mode": "flatten"}', token)
     assert r.status_code == 200 and r.json()["confirmed"] is True, r.text
+    # a reason of one emoji newer than this interpreter's Unicode tables, or of a private-use glyph: taken
+    for reason in ("\U0001fae8", "\ue000"):
+        r = post_raw(url, "/kill", json.dumps({"symbols": ["BTCUSDT"], "mode": "flatten", "reason": reason}), token)
+        assert r.status_code == 200, r.text
     calls = ray.get(ctl.recorded.remote(), timeout=30)
-    assert calls[-2:] == [("resume", ["ETHUSDC"]), ("kill", list(SYMBOLS), "flatten", "drill")]
+    assert calls[-4:-2] == [("resume", ["ETHUSDC"]), ("kill", list(SYMBOLS), "flatten", "drill")]
+    assert [c[3] for c in calls[-2:]] == ["\U0001fae8", "\ue000"]
 
 
 def test_a_422_never_echoes_a_long_input(guarded):
