@@ -289,7 +289,8 @@ class JournalWriter:
         """The holes known and taken, on disk (atomically), or the file gone when there are none. One
         write at a time, each of the holes as they are when it begins: the writer's thread and the
         agent's loop wrote one temp file together, one renamed the other's (ENOENT), and the file could
-        be left without the newest hole."""
+        be left without the newest hole. The temp file is this writer's own: a stopping agent's writer and
+        its successor's, of one name, may write at once."""
         with self._holes_file:
             with self._lock:
                 holes = dict(self._holes)
@@ -299,7 +300,7 @@ class JournalWriter:
                     self.holes_path.unlink(missing_ok=True)
                     return
                 self.holes_path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.holes_path.with_suffix(".tmp")
+                tmp = self.holes_path.with_name(f".{self.holes_path.name}.{os.getpid()}.{id(self):x}.tmp")
                 tmp.write_text(json.dumps(holes))
                 os.replace(tmp, self.holes_path)
             except OSError as exc:

@@ -358,25 +358,35 @@ def test_rows_lost_are_counted_and_their_fills_and_funding_leave_holes_kept_acro
 def test_holes_noted_from_several_threads_at_once_are_all_on_disk(tmp_path, caplog):
     """The writer's thread and the agent's loop keep the holes on disk at the same time: each write whole,
     the file left with every hole (they shared one temp file: one renamed the other's, ENOENT, and the
-    file could lack the newest hole, which a restart before the next backfill never read again)."""
+    file could lack the newest hole, which a restart before the next backfill never read again); a second
+    writer of the same name (a stopping agent's beside its successor's) writes through its own temp file."""
     import threading
 
     target = Target(url=f"sqlite:///{tmp_path / 'j.sqlite'}", spool_dir=str(tmp_path / "spool"))
     w = JournalWriter(target, "t")
-    start = threading.Barrier(4)
+    other = JournalWriter(target, "t")   # a stopping agent's writer beside its successor's: one file name
+    start = threading.Barrier(5)
 
     def note(first: int) -> None:
         start.wait()
         for i in range(300):
             w.note_hole({"trade": 10_000 - first - 4 * i})
 
-    threads = [threading.Thread(target=note, args=(k,)) for k in range(4)]
+    def note_other() -> None:
+        start.wait()
+        for i in range(300):
+            other.note_hole({"funding": 50_000 - i})
+
+    threads = [threading.Thread(target=note, args=(k,)) for k in range(4)] + [threading.Thread(target=note_other)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert "not kept on disk" not in caplog.text
-    assert json.loads(w.holes_path.read_text()) == w.status()["holes"] == {"trade": 10_000 - 3 - 4 * 299}
+    assert w.status()["holes"] == {"trade": 10_000 - 3 - 4 * 299}
+    w.note_hole({"trade": 1})   # the last to write: the file is its holes, and no temp file is left beside it
+    assert json.loads(w.holes_path.read_text()) == {"trade": 1}
+    assert sorted(p.name for p in w.holes_path.parent.iterdir() if "holes" in p.name) == [w.holes_path.name]
 
 
 def test_a_close_with_the_database_locked_spools_what_is_left(tmp_path):
