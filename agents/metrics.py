@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from fleet.binance.ratelimit import HOLDS
 from fleet.vocabulary import KillState
 
 if TYPE_CHECKING:
@@ -336,6 +337,12 @@ class AgentMetrics:
                                     labels=["symbol"])
         blocked.add_metric(sym, budget.blocked_for())
         yield blocked
+        held = set(budget.holds())
+        hold = GaugeMetricFamily("mm_exchange_hold", "1 while this hold keeps the agent's orders back (the status's "
+                                 "exchange_holds): an agent 'quoting' with nothing going out says why", labels=["symbol", "hold"])
+        for name in HOLDS:
+            hold.add_metric([self.symbol, name], 1.0 if name in held else 0.0)
+        yield hold
 
 
 def _counter(name: str, doc: str, labels: list[str], value: float) -> CounterMetricFamily:

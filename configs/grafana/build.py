@@ -184,11 +184,16 @@ ROWS: tuple[Row, ...] = (
           " (less a 5 % safety margin).", w=8),
         P("429s and refusals", (Q(f"increase(mm_rate_limited_total{{{SYM}}}[{RI}])", "{{symbol}} 429"),
                                 Q(f"increase(mm_rate_budget_refused_total{{{SYM}}}[{RI}])", "{{symbol}} refused")),
-          "Rate-limit answers waited out, and requests the budget refused for want of room.", w=12),
+          "Rate-limit answers waited out, and requests the budget refused for want of room.", w=8),
         P("Unknown outcomes and quote cycles",
           (Q(f"increase(mm_unknown_outcomes_total{{{SYM}}}[{RI}])", "{{symbol}} unknown outcome"),
            Q(f"increase(mm_quote_cycles_total{{{SYM}}}[{RI}])", "{{symbol}} quote cycles")),
-          "Requests answered with execution status unknown, and quote cycles run, per interval.", w=12),
+          "Requests answered with execution status unknown, and quote cycles run, per interval.", w=8),
+        P("Symbols held, by hold", (Q(f"sum by (hold) (mm_exchange_hold{{{SYM}}})", "{{hold}}"),),
+          "Symbols whose orders a hold keeps back now (mm_exchange_hold, per symbol; the console names them): "
+          "rate_limited (a 429 on the IP's weight or a 418: nothing goes out), orders_limited (an order-count "
+          "429), throttled (-1008), order_routes_failing (5xx), funding_reads_limited, order_budget_spent (the "
+          "agent's own share). An agent held says \"quoting\" with little or nothing resting.", min=0, w=8),
     )),
     Row("Streams and reconciliation", (
         P("User stream connected", (Q(f"mm_ws_connected{{{SYM}}}"),),

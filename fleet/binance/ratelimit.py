@@ -53,6 +53,9 @@ LOUD_WAIT_S = 1.0  # a request held longer than this for room is logged (reads w
 THROTTLE_PAUSE_S = 1.0  # after a -1008 the quoting lane's orders wait this long (Binance sends no Retry-After)
 THROTTLE_PAUSE_MAX_S = 8.0  # -1008s one after another double the wait up to this
 THROTTLE_SHOWN_S = 5.0  # a -1008 is shown as a hold this long: the lane's short holds follow one another
+# every hold ``RateBudget.holds`` may name (the status's exchange_holds, the gauge mm_exchange_hold)
+HOLDS = ("rate_limited", "orders_limited", "throttled", "order_routes_failing", "funding_reads_limited",
+         "order_budget_spent")
 # a limit a 429 named holds this long over a listing that did not move (set_limits): a listing lagging behind
 # costs a 429 every 2 minutes at most, and a limit lowered for seconds is not kept (for 15 minutes it held a
 # fleet 15 minutes under a limit the exchange had raised again 7 s later, its dead-man countdowns running out)

@@ -4,7 +4,7 @@ drawdown bands and the rate budget's windows (RateBudget.usage, read-only)."""
 from __future__ import annotations
 
 from agents.metrics import RATE_WINDOWS, AgentMetrics
-from fleet.binance.ratelimit import Cost, RateBudget
+from fleet.binance.ratelimit import HOLDS, Cost, RateBudget
 
 from .test_core_support import SYMBOL
 from .test_metrics import active_core, samples
@@ -78,3 +78,29 @@ def test_a_ban_or_a_429_on_the_ips_weight_shows_how_long_every_request_is_held()
     clock.t += 20
     got = samples(m.render())
     assert (got[("mm_rate_blocked_seconds", sym)], got[("mm_banned_total", sym)]) == (100.0, 1)
+
+
+def test_each_hold_the_status_names_is_its_own_series():
+    """mm_exchange_hold says on a dashboard what the status's exchange_holds says: an agent "quoting"
+    with nothing going out shows which hold keeps its orders back, every hold a series at 0 or 1."""
+    clock = Clock()
+    budget = RateBudget(share=1.0, clock=clock)
+    m = AgentMetrics(SYMBOL, active_core())
+    m.bind_budget(budget)
+
+    def shown() -> set[str]:
+        got = samples(m.render())
+        values = {h: got[("mm_exchange_hold", (("hold", h), ("symbol", SYMBOL)))] for h in HOLDS}
+        assert set(values.values()) <= {0.0, 1.0}, values
+        return {h for h, v in values.items() if v == 1.0}
+
+    assert shown() == set() and budget.holds() == []
+    budget.note_throttled()
+    assert shown() == {"throttled"} == set(budget.holds())
+    budget.note_retry_after(30.0, orders_only=True)
+    assert shown() == {"throttled", "orders_limited"} == set(budget.holds())
+    clock.t += 31
+    budget.note_banned(60.0)
+    assert shown() == {"rate_limited"} == set(budget.holds())
+    clock.t += 61
+    assert shown() == set()
