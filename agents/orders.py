@@ -182,7 +182,7 @@ class ClientOrderIds:
 
 def parse_client_order_id(cid: str) -> tuple[int, int] | None:
     """``(epoch, seq)`` of one of our ids, ``None`` for anything else (manual, liquidation, ...)."""
-    m = _OUR_ID.match(cid)
+    m = _OUR_ID.fullmatch(cid)
     if m is None:
         return None
     return int(m.group(2)), int(m.group(3))

@@ -24,7 +24,7 @@ _SIDES = (Side.BUY, Side.SELL)
 def _check_decimal_str(name: str, value: Any) -> None:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a decimal string built from ticks/steps, got {type(value).__name__} {value!r}")
-    if not _DECIMAL_RE.match(value):
+    if not _DECIMAL_RE.fullmatch(value):
         raise ValueError(f"{name} {value!r} is not a plain positive decimal string")
 
 
@@ -81,7 +81,7 @@ class OrderRequest:
             raise ValueError("a LIMIT order needs a price (or price_match)")
         if self.order_type == OrderType.LIMIT and self.time_in_force is None:
             raise ValueError("a LIMIT order needs time_in_force (GTC, IOC, FOK, GTX, GTD)")
-        if self.client_order_id is not None and not CLIENT_ORDER_ID_RE.match(self.client_order_id):
+        if self.client_order_id is not None and not CLIENT_ORDER_ID_RE.fullmatch(self.client_order_id):
             raise ValueError(f"client_order_id {self.client_order_id!r} does not match {CLIENT_ORDER_ID_RE.pattern}")
 
     def to_params(self) -> dict[str, str]:

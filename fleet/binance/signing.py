@@ -39,7 +39,7 @@ def encode_params(params: Mapping[str, Any]) -> str:
             raise TypeError(f"parameter {key!r} is a float ({value!r}); send a decimal string")
         else:
             text = str(value)
-        if not _PLAIN.match(text):
+        if not _PLAIN.fullmatch(text):
             text = quote(text, safe="")
         parts.append(f"{key}={text}")
     return "&".join(parts)

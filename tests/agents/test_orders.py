@@ -26,7 +26,7 @@ def test_client_order_ids_carry_epoch_and_sequence_and_match_binance_pattern():
     ids = ClientOrderIds("ETHUSDC", epoch=42)
     a, b = ids.next(), ids.next()
     assert a == "mm-ETHUSDC-e42-1" and b == "mm-ETHUSDC-e42-2"
-    assert CLIENT_ORDER_ID_PATTERN.match(a)
+    assert CLIENT_ORDER_ID_PATTERN.fullmatch(a)
     assert parse_client_order_id(a) == (42, 1)
     assert ids.is_ours(b) and not ClientOrderIds("ETHUSDC", 41).is_ours(b)
 
@@ -34,11 +34,12 @@ def test_client_order_ids_carry_epoch_and_sequence_and_match_binance_pattern():
 def test_client_order_ids_stay_within_36_characters_for_long_symbols_and_epochs():
     ids = ClientOrderIds("1000SHIBUSDCXYZ", epoch=9_999_999_999, start_seq=99_999_999)
     cid = ids.next()
-    assert len(cid) <= 36 and CLIENT_ORDER_ID_PATTERN.match(cid)
+    assert len(cid) <= 36 and CLIENT_ORDER_ID_PATTERN.fullmatch(cid)
     assert parse_client_order_id(cid) == (9_999_999_999, 100_000_000)
 
 
-@pytest.mark.parametrize("cid", ["web_abc", "autoclose-123", "mm-ETHUSDC-ex-1", "mm-ETHUSDC-e1", "x" * 40, ""])
+@pytest.mark.parametrize("cid", ["web_abc", "autoclose-123", "mm-ETHUSDC-ex-1", "mm-ETHUSDC-e1", "x" * 40, "",
+                                 "mm-ETHUSDC-e1-1\n"])
 def test_foreign_client_order_ids_do_not_parse(cid):
     assert parse_client_order_id(cid) is None
 

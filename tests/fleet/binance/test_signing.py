@@ -54,3 +54,22 @@ def test_floats_are_refused_before_they_reach_the_wire():
 
     with pytest.raises(TypeError, match="price"):
         encode_params({"price": 0.1 + 0.2})
+
+
+def test_a_value_ending_in_a_newline_is_percent_encoded_not_sent_raw():
+    """Only a value of unreserved characters goes as it is; one ending in a newline (a regex's '$' takes
+    the place before it) is encoded, so the query signed is the query sent."""
+    assert encode_params({"newClientOrderId": "abc\n", "symbol": "ETHUSDC"}) == "newClientOrderId=abc%0A&symbol=ETHUSDC"
+
+
+def test_an_order_request_refuses_a_client_id_or_a_decimal_ending_in_a_newline():
+    import pytest
+
+    from fleet.binance.models import OrderRequest
+
+    ok = {"symbol": "ETHUSDC", "side": "BUY", "order_type": "LIMIT", "quantity": "0.01", "price": "3000",
+          "time_in_force": "GTC", "client_order_id": "mm-ETHUSDC-e1-1"}
+    OrderRequest(**ok)
+    for bad in ({"client_order_id": "mm-ETHUSDC-e1-1\n"}, {"quantity": "0.01\n"}, {"price": "3000\n"}):
+        with pytest.raises(ValueError):
+            OrderRequest(**{**ok, **bad})
