@@ -99,7 +99,7 @@ def options_from(args: argparse.Namespace) -> Options:
     names = [s.strip().upper() for s in str(args.symbols).split(",") if s.strip()]
     if not names:
         raise UsageError("--symbols: give at least one symbol, e.g. ETHUSDC,BTCUSDT")
-    bad = [n for n in names if not SYMBOL_RE.match(n)]
+    bad = [n for n in names if not SYMBOL_RE.fullmatch(n)]
     if bad:
         raise UsageError(f"--symbols: {', '.join(bad)} is not a symbol (letters and digits, e.g. ETHUSDC)")
     if len(set(names)) != len(names):

@@ -118,7 +118,7 @@ class AlgoService:
             raise SimApiError(-1116, "Invalid orderType.")
         cid = params.get("clientAlgoId")
         if cid is not None:
-            if not CLIENT_ID_RE.match(cid):
+            if not CLIENT_ID_RE.fullmatch(cid):
                 raise SimApiError(-4015, "Client order id is not valid.")
             if any(a.client_id == cid and a.account == acct.name for a in chain(self.open.values(),
                                                                                  self.placed.values())):
@@ -349,7 +349,7 @@ class AlgoService:
         params["selfTradePreventionMode"] = a.stp
         try:
             # its date was checked at placement: the order may reach the engine in its last 600 s
-            a.order, _ = e._new_order(acct, params, now, False, False, gtd_checked=True)
+            a.order, _ = e._new_order(acct, params, now, False, False, triggered=True)
         except SimApiError as exc:
             acct.counters["orders_rejected"] += 1
             a.status, a.reason = "REJECTED", exc.msg

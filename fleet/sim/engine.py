@@ -19,7 +19,7 @@ from typing import Any
 from fleet.sim.algo import TYPES as ALGO_TYPES, AlgoService
 from fleet.sim.book import DEEP_FROM, NO_ASK, Book, DiffState, still_listed
 from fleet.sim.config import SimConfig, check_credentials
-from fleet.sim.errors import SimApiError, check_number, int_param, invalid, missing
+from fleet.sim.errors import SimApiError, check_number, int_param, invalid, missing, parse_long
 from fleet.sim.frames import (render, render_account_update, render_agg, render_bt, render_continuous_kline,
                               render_depth, render_diff, render_kline, render_list, render_mark, render_mini_ticker,
                               render_order_update, render_ticker, render_trade, render_trade_lite, ticker_24h)
@@ -31,7 +31,8 @@ from fleet.sim.liquidation import Liquidation
 from fleet.sim.margin import IsolatedMargin
 from fleet.sim.market import MarketModel
 from fleet.sim.matching import DryRun, Fills, walk
-from fleet.sim.orders import CLIENT_ID_RE, DEFAULT_STP, PRICE_MATCH, STP_MODES, Account, Order, Position, Trade
+from fleet.sim.orders import (CLIENT_ID_RE, DEFAULT_STP, PRICE_MATCH, PRICE_MATCH_WITHDRAWN, STP_MODES, Account, Order,
+                              Position, Trade)
 from fleet.sim.replay import ReplayMarket
 from fleet.sim.streams import (ALL_TICKERS_EVERY_MS, DEPTH_EVERY_MS, KLINE_EVERY_MS, KLINE_MINUTES, TICKER_EVERY_MS,
                                kline_next, kline_open)
@@ -1101,7 +1102,9 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         return side, otype
 
     def _new_order(self, acct: Account, params: dict[str, str], now: int, test: bool,
-                   want_json: bool, gtd_checked: bool = False) -> tuple[Order | None, dict[str, Any] | None]:
+                   want_json: bool, triggered: bool = False) -> tuple[Order | None, dict[str, Any] | None]:
+        """A new order; ``triggered``: one a conditional order placed when it triggered (its goodTillDate
+        and priceMatch were checked when the conditional order was placed)."""
         b = self.book(params.get("symbol"))
         side, otype = self.check_order_head(params, acct.dual_side)
         if b.status != "TRADING":
@@ -1114,7 +1117,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         reduce_only = self._bool(params, "reduceOnly")
         cid = params.get("newClientOrderId")
         if cid is not None:
-            if not CLIENT_ID_RE.match(cid):
+            if not CLIENT_ID_RE.fullmatch(cid):
                 raise SimApiError(-4015, "Client order id is not valid.")
             if cid in acct.by_cid:
                 raise SimApiError(-4116, "ClientOrderId is duplicated.")
@@ -1122,6 +1125,8 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         pm = params.get("priceMatch")
         if pm == "NONE":
             pm = None
+        if pm in PRICE_MATCH_WITHDRAWN and not triggered:   # (a conditional order keeps them)
+            raise SimApiError(-5037, "Invalid price match")
         for name in NOT_FOR_LIMIT_OR_MARKET:   # a conditional order's parameters (the Algo Service's now)
             if params.get(name) and (name != "closePosition" or params[name].lower() == "true"):
                 raise SimApiError(-1106, f"Parameter '{name}' sent when not required.")
@@ -1142,7 +1147,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
                 raise SimApiError(-1115, "Invalid timeInForce.")
             price = (self._match_price(b, side == "BUY", pm, params) if pm
                      else self._price_ticks(b, params.get("price")))
-        gtd = (int(params["goodTillDate"]) if gtd_checked else self._good_till(params, now)) if tif == "GTD" else 0
+        gtd = (int(params["goodTillDate"]) if triggered else self._good_till(params, now)) if tif == "GTD" else 0
         qty = self._qty_steps(b, params.get("quantity"), market)
         sign = 1 if side == "BUY" else -1
         pos = acct.position(b.symbol)
@@ -1324,6 +1329,8 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         pm = params.get("priceMatch")
         if pm == "NONE":
             pm = None
+        if pm in PRICE_MATCH_WITHDRAWN:
+            raise SimApiError(-5037, "Invalid price match")
         if not pm and not params.get("price"):
             raise missing("price")
         modify_id = int_param(params, "modifyId")   # the caller's own, echoed (not checked for uniqueness)
@@ -1415,7 +1422,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         if raw is None or raw == "":
             raise missing("countdownTime")
         try:
-            ms = int(raw)
+            ms = parse_long(raw)
         except ValueError as exc:
             raise missing("countdownTime") from exc
         if ms < 0:
@@ -1442,7 +1449,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         if not raw:
             raise missing("leverage")
         try:
-            lev = int(raw)
+            lev = parse_long(raw)
         except ValueError as exc:
             raise missing("leverage") from exc
         if not 1 <= lev <= b.brackets.max_leverage:

@@ -29,8 +29,8 @@ _NUMBER = re.compile(NUMBER_RANGE)
 
 def check_number(raw: str, name: str) -> None:
     """A price or quantity as Binance takes it (plain digits, an optional fraction): ``1e-05``, ``.01``,
-    ``+1`` or a padded ``1 `` is -1100 there, as a client formatting floats finds out."""
-    if not _NUMBER.match(raw):
+    ``+1`` or a padded ``1 `` (a trailing newline too) is -1100 there, as a client formatting floats finds out."""
+    if not _NUMBER.fullmatch(raw):
         raise SimApiError(-1100, f"Illegal characters found in parameter '{name}'; legal range is '{NUMBER_RANGE}'.")
 
 
@@ -38,15 +38,25 @@ def invalid(name: str) -> SimApiError:
     return SimApiError(-1130, f"Data sent for parameter '{name}' is not valid.")
 
 
+def parse_long(raw: str) -> int:
+    """An integer as Binance reads a LONG: at most 20 plain ASCII digits, optionally signed with ``-``;
+    ValueError for anything else (Python's ``int`` also takes ``+1``, `` 1``, ``1\\n``, ``1_000`` and
+    other scripts' digits, which Binance refuses)."""
+    digits = raw[1:] if raw[:1] == "-" else raw
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 20:   # Binance's LONG: ^[0-9]{1,20}$
+        raise ValueError(f"not an integer: {raw!r}")
+    return int(raw)
+
+
 def int_param(params: dict[str, str], name: str, default: int | None = None) -> int | None:
     """An optional integer parameter: at most 20 plain ASCII digits (optionally signed), else -1130 naming it."""
     raw = params.get(name)
     if raw is None or raw == "":
         return default
-    digits = raw[1:] if raw[:1] == "-" else raw
-    if not (digits.isascii() and digits.isdigit()) or len(digits) > 20:   # Binance's LONG: ^[0-9]{1,20}$
-        raise invalid(name)
-    return int(raw)
+    try:
+        return parse_long(raw)
+    except ValueError:
+        raise invalid(name) from None
 
 
 WEEK_MS = 7 * 86_400_000

@@ -20,6 +20,7 @@ import orjson
 
 from fleet.sim.config import SimConfig
 from fleet.sim.engine import Engine, SimApiError, missing
+from fleet.sim.errors import parse_long
 from fleet.sim.faults import ANSWERS, EXEC_MODES, Deferred, FrameFault, RestFault
 from fleet.sim.ratelimit import RateLimiter, too_many_requests
 from fleet.sim.rest import RestHandlers
@@ -108,7 +109,7 @@ class ExchangeGateway(RestHandlers):
         add("GET", v1 + "/depth", self._depth, NONE, self._depth_weight)
         add("GET", v1 + "/rpiDepth", self._rpi_depth, NONE, 20)
         add("GET", v1 + "/ticker/bookTicker", self._book_ticker, NONE, lambda p: 2 if p.get("symbol") else 5)
-        add("GET", v1 + "/premiumIndex", self._premium_index, NONE)
+        add("GET", v1 + "/premiumIndex", self._premium_index, NONE, lambda p: 1 if p.get("symbol") else 10)
         add("GET", v1 + "/fundingRate", self._funding_rate, NONE, 0)   # no weight: the limit below
         add("GET", v1 + "/fundingInfo", lambda a, p, n: e.funding_info(), NONE, 0)
         add("GET", v1 + "/ticker/price", self._ticker_price, NONE, lambda p: 1 if p.get("symbol") else 2)
@@ -188,8 +189,12 @@ class ExchangeGateway(RestHandlers):
 
     def handle(self, method: str, path: str, raw_query: str, raw_body: bytes, api_key: str | None, ip: str,
                now: int) -> Answer:
-        """Answer one REST request arriving at ``now`` (any injected latency already waited)."""
+        """Answer one REST request arriving at ``now`` (any injected latency already waited). A GET's
+        parameters are its query string's only: a body sent with it is not read (Binance: "for GET
+        endpoints, parameters must be sent as a query string")."""
         self.stats["rest_requests"] += 1
+        if method == "GET":
+            raw_body = b""
         try:
             body_text = raw_body.decode("utf-8")
             body_pairs = parse_qsl(body_text, keep_blank_values=True)
@@ -416,11 +421,11 @@ class ExchangeGateway(RestHandlers):
         if not ts_raw:
             raise missing("timestamp")
         try:
-            ts = int(ts_raw)
+            ts = parse_long(ts_raw)
         except ValueError as exc:
             raise missing("timestamp") from exc
         try:
-            recv = int(params.get("recvWindow") or 5000)
+            recv = parse_long(params.get("recvWindow") or "5000")
         except ValueError:
             raise SimApiError(-1130, "Data sent for parameter 'recvWindow' is not valid.") from None
         most = self.config.recv_window_max_ms

@@ -272,7 +272,7 @@ class Recording:
                                  f"reads version {VERSION}")
         symbols = m.get("symbols")
         if not isinstance(symbols, list) or not symbols or not all(
-                isinstance(s, str) and SYMBOL_RE.match(s) for s in symbols):
+                isinstance(s, str) and SYMBOL_RE.fullmatch(s) for s in symbols):
             raise RecordingError(f"replay: {path}: 'symbols' must be a non-empty list of symbols like ETHUSDC, "
                                  f"got {symbols!r}")
         for key in ("start_ms", "end_ms"):   # (an end not a time read as a killed recorder's: none)
@@ -287,7 +287,7 @@ class Recording:
         folder = self.directory / symbol
         if not folder.is_dir():
             return []
-        return sorted(p for p in folder.iterdir() if (m := FILE_RE.match(p.name)) and m["symbol"] == symbol)
+        return sorted(p for p in folder.iterdir() if (m := FILE_RE.fullmatch(p.name)) and m["symbol"] == symbol)
 
     def last_ms(self, symbol: str) -> int | None:
         """The receive time of the symbol's last readable line (its last file that holds one), or None:

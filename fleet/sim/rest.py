@@ -13,7 +13,7 @@ from typing import Any, Iterator, Sequence
 from fleet.sim.config import SimConfig
 from fleet.sim.delisting import ONBOARD_MS
 from fleet.sim.engine import Engine, SimApiError, missing
-from fleet.sim.errors import invalid
+from fleet.sim.errors import invalid, parse_long
 from fleet.sim.frames import ticker_24h
 from fleet.sim.ratelimit import RateLimiter
 from fleet.sim.streams import KLINE_MINUTES
@@ -79,7 +79,7 @@ class RestHandlers:
     @staticmethod
     def _depth_weight(params: dict[str, str]) -> int:
         try:
-            limit = int(params.get("limit") or 500)
+            limit = parse_long(params.get("limit") or "500")
         except ValueError:
             return 2
         return 2 if limit <= 50 else 5 if limit <= 100 else 10 if limit <= 500 else 20
@@ -95,11 +95,11 @@ class RestHandlers:
         b = self.engine.book(params.get("symbol"))
         raw = params.get("limit") or default
         try:
-            limit = int(raw)
+            limit = parse_long(raw)
         except ValueError:
             raise SimApiError(-1130, "Data sent for parameter 'limit' is not valid.") from None
-        if limit not in (5, 10, 20, 50, 100, 500, 1000):
-            raise SimApiError(-1130, "Data sent for parameter 'limit' is not valid.")
+        if limit not in (5, 10, 20, 50, 100, 500, 1000):   # Binance's -4021 INVALID_DEPTH_LIMIT
+            raise SimApiError(-4021, f"{limit} is not valid depth limit.")
         bids, asks = b.depth(limit)
         self.engine.note_depth_snapshot(b, limit)
         return {"lastUpdateId": b.update_id, "E": now, "T": now, "bids": bids, "asks": asks}
@@ -108,7 +108,7 @@ class RestHandlers:
     def _limit(params: dict[str, str], default: int, maximum: int) -> int:
         raw = params.get("limit") or str(default)
         try:
-            limit = int(raw)
+            limit = parse_long(raw)
         except ValueError:
             raise SimApiError(-1130, "Data sent for parameter 'limit' is not valid.") from None
         if not 1 <= limit <= maximum:
@@ -121,7 +121,7 @@ class RestHandlers:
         if raw is None or raw == "":
             return None
         try:
-            return int(raw)
+            return parse_long(raw)
         except ValueError:
             raise SimApiError(-1130, f"Data sent for parameter '{name}' is not valid.") from None
 
@@ -169,7 +169,7 @@ class RestHandlers:
     @staticmethod
     def _klines_weight(params: dict[str, str]) -> int:
         try:
-            limit = int(params.get("limit") or 500)
+            limit = parse_long(params.get("limit") or "500")
         except ValueError:
             return 1
         return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10

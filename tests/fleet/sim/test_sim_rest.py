@@ -7,6 +7,7 @@ import time
 from datetime import datetime, timezone
 from datetime import time as dt_time
 from decimal import ROUND_HALF_UP, Decimal
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -104,7 +105,7 @@ async def test_weight_header_counts_each_request_by_endpoint_weight(sim_factory)
                              ("/fapi/v1/ticker/bookTicker", {}), ("/fapi/v1/exchangeInfo", {}),
                              ("/fapi/v1/premiumIndex", {"symbol": "ETHUSDC"}), ("/fapi/v1/premiumIndex", {})):
             used.append(int((await c.public("GET", path, params)).headers["X-MBX-USED-WEIGHT-1M"]))
-        assert used == [1, 6, 26, 31, 32, 33, 34]   # premiumIndex: 1 with a symbol or without
+        assert used == [1, 6, 26, 31, 32, 33, 43]   # premiumIndex: 1 with a symbol, 10 without
 
 
 async def test_the_book_with_rpi_orders_is_the_depth_none_resting_here(sim_factory):
@@ -310,12 +311,13 @@ async def test_filter_violations_answer_binance_codes(sim):
         assert r.json["code"] == -4024
         assert await code(price=far, quantity="0.010", reduceOnly="true") == -2022
         assert await code(price=far, quantity="900.000") == -2019  # 2.6M notional on 100k at 20x
-        assert await code(price=far, quantity="0.010", newClientOrderId="bad id!") == -4015
+        for bad_id in ("bad id!", "ok\n", "x" * 36 + "\n"):   # ^[.A-Z:/a-z0-9_-]{1,36}$, the newline too
+            assert await code(price=far, quantity="0.010", newClientOrderId=bad_id) == -4015, bad_id
         assert await code(price=far) == -1102
         assert await code(price=far, quantity="0.010", timeInForce="XYZ") == -1115
         assert await code(price=far, quantity="0.010", positionSide="FOO") == -4060        # INVALID_POSITION_SIDE
         assert await code(price=far, quantity="0.010", newOrderRespType="FULL") == -1136   # a spot value
-        for bad in ("1e-2", ".01", "+0.010", "0.010 ", "1.", "0.010" + "0" * 20):   # outside Binance's legal range
+        for bad in ("1e-2", ".01", "+0.010", "0.010 ", "0.010\n", "1.", "0.010" + "0" * 20):   # outside the legal range
             assert await code(price=far, quantity=bad) == -1100, bad
         assert await code(price=f" {far}", quantity="0.010") == -1100
         assert await code(price=far, quantity="0.010", side="UP") == -1117
@@ -328,7 +330,7 @@ async def test_filter_violations_answer_binance_codes(sim):
                                                       "reduceOnly": "true"})
         assert r.status == 200, r.json
         st = await c.state(symbol="ETHUSDC")
-        assert st["counters"]["orders_rejected"] == 22 and st["counters"]["orders_placed"] == 1
+        assert st["counters"]["orders_rejected"] == 25 and st["counters"]["orders_placed"] == 1
 
 
 async def test_a_price_outside_the_price_filter_is_refused_on_every_order_route(sim_factory):
@@ -553,6 +555,9 @@ async def test_unknown_path_and_malformed_parameters_get_4xx_and_the_sim_keeps_r
         assert r.status == 404
         r = await c.public("GET", "/fapi/v1/depth", {"symbol": "ETHUSDC", "limit": "abc"})
         assert (r.status, r.json["code"]) == (400, -1130)
+        for limit in (25, 7, 400):   # a number that is not one of the depths: INVALID_DEPTH_LIMIT
+            r = await c.public("GET", "/fapi/v1/depth", {"symbol": "ETHUSDC", "limit": limit})
+            assert (r.status, r.json) == (400, {"code": -4021, "msg": f"{limit} is not valid depth limit."})
         r = await c.public("GET", "/fapi/v1/depth", {"symbol": "XXX"})
         assert r.json["code"] == -1121
         r = await c.public("GET", "/fapi/v1/depth")
@@ -683,8 +688,8 @@ async def test_order_test_all_orders_tickers_and_account_settings(sim):
         assert amend.json["code"] == -5029   # an amendment's own MIN_NOTIONAL code
         await c.signed("DELETE", "/fapi/v1/allOpenOrders", {"symbol": "ETHUSDC"})
         used = int((await c.public("GET", "/fapi/v1/premiumIndex", {"symbol": "ETHUSDC"})).headers["X-MBX-USED-WEIGHT-1M"])
-        r = await c.public("GET", "/fapi/v1/premiumIndex")   # every symbol: weight 1 as well
-        assert int(r.headers["X-MBX-USED-WEIGHT-1M"]) - used == 1
+        r = await c.public("GET", "/fapi/v1/premiumIndex")   # every symbol: weight 10
+        assert int(r.headers["X-MBX-USED-WEIGHT-1M"]) - used == 10
         tp = (await c.public("GET", "/fapi/v1/ticker/price", {"symbol": "ETHUSDC"})).json
         assert tp["symbol"] == "ETHUSDC" and 2500 < float(tp["price"]) < 3500
         t24 = (await c.public("GET", "/fapi/v1/ticker/24hr")).json
@@ -749,3 +754,57 @@ async def test_limits_the_exchange_changes_are_listed_and_judged_by_and_an_accou
                 async with http.post(sim.rest_url + "/sim/limits", json=bad) as r:
                     assert r.status == 400 and why in (await r.json())["error"], bad
         assert (await main.admin("POST", "/sim/limits", {}))["weight_per_minute"] == 600   # unchanged by them
+
+
+async def test_parameters_are_read_as_binance_reads_them_not_as_python_does(sim):
+    """Integers are plain ASCII digits (Python's int() also takes '+1', ' 1', '1\\n', '1_000' and other
+    scripts' digits), and a GET's parameters are its query string's only: a client whose formatting or
+    transport has such a bug is refused here as it would be live, not served."""
+    async with SimClient.for_sim(sim) as c:
+        key = {"X-MBX-APIKEY": c.api_key}
+        now = int(time.time() * 1000)
+        for ts in (f" {now}", f"{now}\n", f"+{now}", f"{now:_}", "".join(chr(0x660 + int(d)) for d in str(now))):
+            payload = f"timestamp={quote(ts)}"
+            r = await c._do("GET", "/fapi/v2/balance", f"{payload}&signature={sign(c.api_secret, payload)}", "", key)
+            assert (r.status, r.json["code"]) == (400, -1102), (ts, r.json)
+        for recv in ("+5000", " 5000", "5000\n", "5_000"):
+            r = await c.signed("GET", "/fapi/v2/balance", {"recvWindow": recv})
+            assert (r.status, r.json["code"]) == (400, -1130), (recv, r.json)
+        r = await c.signed("POST", "/fapi/v1/countdownCancelAll", {"symbol": "ETHUSDC", "countdownTime": "1_000"})
+        assert (r.status, r.json["code"]) == (400, -1102), r.json
+        r = await c.signed("POST", "/fapi/v1/leverage", {"symbol": "ETHUSDC", "leverage": "1\n"})
+        assert (r.status, r.json["code"]) == (400, -1102), r.json
+        r = await c.signed("GET", "/fapi/v1/allOrders", {"symbol": "ETHUSDC", "limit": "+5"})
+        assert (r.status, r.json["code"]) == (400, -1130), r.json
+        # a signed GET sent whole in a body: its query is empty, so nothing of it is read
+        r = await c.signed("GET", "/fapi/v2/balance", in_body=True)
+        assert (r.status, r.json["code"]) == (400, -1102), r.json
+        # the same parameters in the query string are served; a POST's body is read
+        assert (await c.signed("GET", "/fapi/v2/balance")).status == 200
+        r = await c.signed("POST", "/fapi/v1/countdownCancelAll", {"symbol": "ETHUSDC", "countdownTime": "0"},
+                           in_body=True)
+        assert r.status == 200, r.json
+
+
+async def test_opponent_10_and_20_are_refused_when_placing_and_amending(sim):
+    """Binance took priceMatch OPPONENT_10 and OPPONENT_20 out of placing and amending orders (single and
+    batch) on 2025-10-23: an engine crossing deep with them is refused as an unknown mode (-5037),
+    nothing placed or changed; OPPONENT_5 and the QUEUE modes are taken."""
+    async with SimClient.for_sim(sim) as c:
+        base = {"symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.010"}
+        for pm in ("OPPONENT_10", "OPPONENT_20"):
+            r = await c.signed("POST", "/fapi/v1/order", {**base, "priceMatch": pm})
+            assert (r.status, r.json) == (400, {"code": -5037, "msg": "Invalid price match"}), (pm, r.json)
+            r = await c.signed("POST", "/fapi/v1/batchOrders",
+                               {"batchOrders": json.dumps([{**base, "priceMatch": pm}])})
+            assert r.status == 200 and r.json[0]["code"] == -5037, r.json
+        placed = await c.signed("POST", "/fapi/v1/order", {**base, "priceMatch": "QUEUE_20"})
+        assert placed.status == 200 and placed.json["priceMatch"] == "QUEUE_20", placed.json
+        oid = placed.json["orderId"]
+        for pm in ("OPPONENT_10", "OPPONENT_20"):
+            r = await c.signed("PUT", "/fapi/v1/order", {"symbol": "ETHUSDC", "orderId": oid, "side": "BUY",
+                                                         "quantity": "0.010", "priceMatch": pm})
+            assert (r.status, r.json["code"]) == (400, -5037), (pm, r.json)
+        st = await c.state(symbol="ETHUSDC")
+        assert [(o["orderId"], o["price"]) for o in st["open_orders"]] == [(oid, placed.json["price"])]
+        assert st["counters"]["orders_placed"] == 1
