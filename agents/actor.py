@@ -404,14 +404,17 @@ class AgentActor:
     async def _current(self, kill_seq: int | None, state: KillState, command: Callable[[], Any],
                        reason: str = "", issued_at: float | None = None) -> Any:
         """On the trading loop: ``command`` runs unless a newer kill command already reached the agent
-        (directly or with a grant): a resume delivered after a later kill must not undo it."""
+        (directly or with a grant): a resume delivered after a later kill must not undo it. Answered
+        superseded with the position the books hold, as a command a resume ends midway is."""
         own = self.ownership
         if own is not None and not own.note_direct_kill_state(_seq(kill_seq), state, reason, issued_at):
             agent = self.agent
             if agent is not None:
                 agent.log.event("kill_command_superseded", f"{state} of kill_seq {kill_seq} superseded: not run",
                                 level=logging.WARNING)
-            return {"outcome": "superseded", "open_orders": None}
+            core = agent.core if agent is not None else None
+            return {"outcome": "superseded", "open_orders": None,
+                    "position": core.store.position if core is not None else None}
         agent = self.agent
         if agent is not None:   # a core not built yet starts in this state unless its grant is newer
             agent.kill_wanted_seq = None if kill_seq is None else int(kill_seq)

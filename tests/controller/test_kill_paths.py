@@ -807,6 +807,8 @@ def test_a_resume_older_than_the_kill_the_agent_knows_is_not_run(fleet):
     agent = ray.get_actor(AGENT_PREFIX + sym, namespace=fleet.cfg.namespace)
     answer = ray.get(agent.resume.remote(seq - 1), timeout=30)
     assert answer["outcome"] == "superseded", answer
+    held = float(fleet.sim.state(sym)["positions"][sym]["amount"])
+    assert answer["position"] == pytest.approx(held), (answer, held)   # the position as the books hold it
     assert fleet.get("/status").json()["agents"][sym]["state"] == "halted"
     # Empty, and it stays so: a batch the agent sent just before it heard the halt may land after the
     # kill's count of 0 (the sim's REST latency; 13 orders once under load), and the halted agent's
