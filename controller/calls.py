@@ -12,7 +12,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from fastapi import HTTPException
@@ -22,6 +24,11 @@ from controller.controller import AGENT_PREFIX, CONTROLLER_NAME
 from fleet.text import first_line
 
 log = logging.getLogger("mmfleet.api")
+
+# Threads of the endpoint's own for looking actors up: a lookup waits on the GCS (up to 60 s while it is
+# down or hung). On the event loop it held every route, a kill's exchange route among them; in the
+# loop's default pool (6 threads on 2 cores) a few hung lookups held the kill state's write behind them.
+LOOKUP_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -53,21 +60,25 @@ class ActorCalls:
         self.controller_timeout_s = controller_timeout_s
         self.page_wait_s = agent_timeout_s if page_wait_s is None else page_wait_s   # a page's wait for each agent
         self.handles: dict[str, Any] = {}       # actor name -> handle
+        self._lookups = ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="actor-lookup")
 
-    def handle(self, name: str) -> Any:
+    async def handle(self, name: str, timeout: float) -> Any:
+        """The handle of actor ``name``: cached, or looked up in a lookup thread within ``timeout``
+        (ValueError: no such actor; asyncio.TimeoutError: the GCS did not say in time)."""
         import ray
 
         handle = self.handles.get(name)
         if handle is None:
-            handle = ray.get_actor(name, namespace=self.namespace)   # ValueError when absent
-            self.handles[name] = handle
+            look_up = partial(ray.get_actor, name, namespace=self.namespace)
+            found = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._lookups, look_up), timeout)
+            handle = self.handles.setdefault(name, found)
         return handle
 
     async def resolve(self, names: list[str]) -> int:
-        """Look up, in a thread, the handles of ``names`` not cached yet (an actor not there yet is
-        skipped), so that a call that cannot wait (a kill) finds them: a first lookup blocks the loop
-        on the GCS and loads the actor's class (at 50 agents, some 100 ms of a first kill). How many
-        of ``names`` have a handle now."""
+        """Look up, in a lookup thread, the handles of ``names`` not cached yet (an actor not there yet
+        is skipped), so that a call that cannot wait (a kill) finds them: a first lookup waits on the
+        GCS and loads the actor's class (at 50 agents, some 100 ms of a first kill). How many of
+        ``names`` have a handle now."""
         import ray
 
         missing = [n for n in names if n not in self.handles]
@@ -82,7 +93,7 @@ class ActorCalls:
             return found
 
         if missing:
-            for name, handle in (await asyncio.to_thread(look_up)).items():
+            for name, handle in (await asyncio.get_running_loop().run_in_executor(self._lookups, look_up)).items():
                 self.handles.setdefault(name, handle)
         return sum(1 for n in names if n in self.handles)
 
@@ -97,14 +108,14 @@ class ActorCalls:
             return Answer(error=msg, elapsed_s=time.monotonic() - started, refused=refused, raised=raised)
 
         try:
-            handle = self.handle(name)
+            handle = await self.handle(name, timeout)
         except ValueError:
             return failed(f"no actor {name} in namespace {self.namespace}")
+        except asyncio.TimeoutError:
+            return failed(f"{name} was not found within {timeout:g} s: the GCS did not answer its lookup")
         try:
             ref = getattr(handle, method).remote(*args)
-            value = await asyncio.wait_for(ref, timeout)
-        except asyncio.TimeoutError:
-            return failed(f"{name}.{method} did not answer within {timeout:g} s")
+            value = await asyncio.wait_for(ref, max(timeout - (time.monotonic() - started), 0.001))
         except RayActorError as exc:
             self.handles.pop(name, None)
             return failed(f"{name} is unavailable: {first_line(exc)}")
@@ -113,8 +124,10 @@ class ActorCalls:
             if isinstance(cause, ValueError | LookupError):
                 return failed(f"{name}.{method} refused: {first_line(cause)}", refused=True)
             return failed(f"{name}.{method} failed: {type(cause).__name__}: {first_line(cause)}", raised=True)
-        except ray.exceptions.RayError as exc:
+        except ray.exceptions.RayError as exc:   # (before TimeoutError: Ray's GetTimeoutError is one too)
             return failed(f"{name}.{method} failed: {first_line(exc)}")
+        except asyncio.TimeoutError:
+            return failed(f"{name}.{method} did not answer within {timeout:g} s")
         except Exception as exc:  # noqa: BLE001 - an agent's own error is reported, not raised
             return failed(f"{name}.{method} failed: {type(exc).__name__}: {first_line(exc)}")
         return Answer(value=value, elapsed_s=time.monotonic() - started)
@@ -182,12 +195,11 @@ class ActorCalls:
     async def alive(self, symbols: tuple[str, ...]) -> dict[str, int] | None:
         """The symbols whose agent Ray holds ALIVE, with its restart count as the GCS records it (the
         agents themselves cannot know), in one GCS call; None when the GCS did not say."""
-        ids = {}
-        for sym in symbols:
-            try:
-                ids[sym] = self.handle(AGENT_PREFIX + sym)._actor_id.hex()
-            except ValueError:
-                continue
+        try:   # the handles not cached yet, looked up off the loop; one not found in time is not alive here
+            await asyncio.wait_for(self.resolve([AGENT_PREFIX + s for s in symbols]), self.agent_timeout_s)
+        except asyncio.TimeoutError:
+            pass
+        ids = {s: h._actor_id.hex() for s in symbols if (h := self.handles.get(AGENT_PREFIX + s)) is not None}
         if not ids:
             return {}
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Any
 
 import ray
@@ -161,12 +162,19 @@ class AgentHandles:
         self.cache.update(create_agents(self.fleet_name, self.namespace, symbols, placement))
 
     async def call(self, symbol: str, method: str, *args: Any, timeout: float | None = None) -> Any:
-        """``agent.<SYMBOL>.method(*args)``; LookupError without such an actor, TimeoutError past ``timeout``."""
-        handle = self.get(symbol)
+        """``agent.<SYMBOL>.method(*args)``; LookupError without such an actor, TimeoutError past ``timeout``
+        (a handle not cached yet is looked up in a thread, within it: a lookup waits on the GCS, up to 60 s
+        while it is hung, and on the loop it held the lease renewals and a kill's exchange route)."""
+        timeout = timeout or self.call_timeout_s
+        started = time.monotonic()
+        handle = self.cache.get(symbol)
+        if handle is None:
+            handle = await asyncio.wait_for(asyncio.to_thread(self.get, symbol), timeout)
         if handle is None:
             raise LookupError(f"no actor {agent_name(symbol)} in namespace {self.namespace}")
         try:
-            return await asyncio.wait_for(getattr(handle, method).remote(*args), timeout or self.call_timeout_s)
+            return await asyncio.wait_for(getattr(handle, method).remote(*args),
+                                          max(timeout - (time.monotonic() - started), 0.001))
         except ray.exceptions.ActorDiedError:
             self.cache.pop(symbol, None)  # gone for good: the reconcile loop recreates it
             raise

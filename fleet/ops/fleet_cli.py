@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -276,6 +277,46 @@ def loopback_wanted(address: str) -> bool:
     return address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost")
 
 
+CONNECT_TIMEOUT_S = 20.0   # MMFLEET_CONNECT_TIMEOUT_S: the wait for a running cluster's GCS to answer
+
+
+def connect_timeout() -> float:
+    raw = os.environ.get("MMFLEET_CONNECT_TIMEOUT_S")
+    if raw is None:
+        return CONNECT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise FleetCliError(f"MMFLEET_CONNECT_TIMEOUT_S must be a number of seconds above 0, got {raw!r}")
+    return value
+
+
+@contextlib.contextmanager
+def bounded_connect(address: str) -> Any:
+    """Ray's connect to a cluster whose GCS is down or hung retries for a minute and more, saying only
+    Ray's own warnings; past :func:`connect_timeout` this process says what it waited for, and that the
+    endpoint's kill needs no GCS, and ends (``EXIT_NOT_RUNNING``; the connect cannot be interrupted)."""
+    limit = connect_timeout()
+
+    def give_up() -> None:
+        sys.stdout.flush()
+        sys.stderr.write(f"the Ray cluster at {address} did not answer within {limit:g} s (its GCS down or hung?): "
+                         "this command goes through it. The fleet endpoint's POST /kill does not: its exchange "
+                         "route empties the books without the GCS.\n")
+        sys.stderr.flush()
+        os._exit(EXIT_NOT_RUNNING)
+
+    timer = threading.Timer(limit, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
 def connect(address: str, namespace: str, *, start_local: bool, detach: bool = False) -> bool:
     """Connect this driver to Ray; returns True if it started a cluster that ends with the driver."""
     import logging
@@ -289,11 +330,13 @@ def connect(address: str, namespace: str, *, start_local: bool, detach: bool = F
         return False
     quiet = {"log_to_driver": False, "logging_level": "ERROR", "namespace": namespace}
     if address not in ("auto", "local"):
-        ray.init(address=address, **quiet)
+        with bounded_connect(address):
+            ray.init(address=address, **quiet)
         return False
     if address == "auto":
         try:
-            ray.init(address="auto", **quiet)
+            with bounded_connect("auto"):
+                ray.init(address="auto", **quiet)
             return False
         except ConnectionError:
             if not start_local:

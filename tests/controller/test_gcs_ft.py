@@ -25,6 +25,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -312,3 +313,63 @@ def test_an_http_kill_while_the_gcs_is_down_empties_every_book_and_is_durable_on
         if gcs_down(head):
             restart_gcs(head)
         undeploy(cfg)
+
+
+def test_with_the_gcs_hung_a_lookup_holds_no_event_loop_and_the_cli_says_what_it_waits_for(ft):
+    """A call to an agent whose handle is not cached (the endpoint drops one whose actor is gone, and has
+    none before its first look-up) asks the GCS for it: with the GCS hung (SIGSTOP) the lookup waits up to
+    Ray's 60 s, and made on the event loop it held every route, a kill's exchange route among them (a
+    hostile run: an HTTP kill answered after 38.7 s, one book resting meanwhile). The endpoint's and the
+    controller's calls look it up in a thread, within the call's timeout: a request to the exchange made
+    meanwhile is answered while both still wait, and each answers in its time, saying why. (The name asked
+    for is one this process never looked up: a process answers a name it has looked up itself without the
+    GCS; the endpoint's dropped handles are not so answered.) A command of the
+    CLI, which connects through the GCS, gives up after MMFLEET_CONNECT_TIMEOUT_S saying what it waited for
+    (Ray's connect alone retries for a minute and more, with Ray's warnings only)."""
+    import asyncio
+
+    from controller.calls import ActorCalls
+    from controller.handles import AgentHandles, agent_name
+    from fleet.sim.testkit import SimClient
+
+    fleet: Fleet = ft["fleet"]
+    head = ft["cluster"].head_node
+    fleet.quoting()
+    ns, exchange = fleet.cfg.namespace, fleet.exchange
+    pid = gcs_pid(head)
+    unseen = "BNBUSDT"   # no agent this process has looked up
+
+    async def drill() -> tuple[Any, tuple[bool, bool], Any, BaseException | None]:
+        endpoint_calls = ActorCalls(ns, agent_timeout_s=3.0, controller_timeout_s=3.0)   # nothing cached
+        controller_calls = AgentHandles(fleet.cfg.name, ns, call_timeout_s=3.0)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            from_endpoint = asyncio.ensure_future(endpoint_calls.call(agent_name(unseen), "status", 3.0))
+            from_controller = asyncio.ensure_future(controller_calls.call(unseen, "status", timeout=3.0))
+            async with SimClient(exchange.rest_url, exchange.key, exchange.secret) as c:
+                await asyncio.sleep(0)   # both calls under way
+                reply = await c.signed("GET", "/fapi/v1/openOrders", {"symbol": QUOTING})
+            waiting = (from_endpoint.done(), from_controller.done())
+            answer = await from_endpoint
+            raised = (await asyncio.gather(from_controller, return_exceptions=True))[0]
+            return reply, waiting, answer, raised if isinstance(raised, BaseException) else None
+        finally:
+            os.kill(pid, signal.SIGCONT)   # (the lookups' threads end once the GCS answers)
+
+    try:
+        reply, waiting, answer, raised = asyncio.run(drill())
+        assert reply.status == 200, reply.json
+        assert waiting == (False, False), "a call to an agent held the loop on its lookup"
+        assert answer.error == f"agent.{unseen} was not found within 3 s: the GCS did not answer its lookup", answer
+        assert isinstance(raised, asyncio.TimeoutError), raised
+
+        os.kill(pid, signal.SIGSTOP)
+        cli = subprocess.run(
+            [sys.executable, "-m", "fleet", "status", "--fleet", fleet.cfg.name, "--address", ft["cluster"].address],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "MMFLEET_CONNECT_TIMEOUT_S": "3"})
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert cli.returncode == 4, (cli.returncode, cli.stderr[-2000:])
+    assert f"the Ray cluster at {ft['cluster'].address} did not answer within 3 s" in cli.stderr, cli.stderr[-2000:]
+    assert "POST /kill" in cli.stderr
+    fleet.quoting()
