@@ -177,7 +177,7 @@ class AlgoService:
         a.working = params.get("workingType") or "CONTRACT_PRICE"
         if a.working not in ("CONTRACT_PRICE", "MARK_PRICE"):
             raise invalid("workingType")
-        a.stp = params.get("selfTradePreventionMode") or DEFAULT_STP
+        a.stp = params.get("selfTradePreventionMode") or e.config.default_stp
         if a.stp not in STP_MODES:
             raise SimApiError(-5039, "Invalid self trade prevention mode.")
         for name in (("triggerPrice",) if trailing else ("activatePrice", "callbackRate")):

@@ -1155,7 +1155,7 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         if tif == "GTX":
             if (sign > 0 and price >= b.best_ask()) or (sign < 0 and price <= b.best_bid()):
                 raise SimApiError(-5022, "Due to the order could not be executed as maker, the Post Only order will be rejected.")
-        stp = params.get("selfTradePreventionMode", DEFAULT_STP)
+        stp = params.get("selfTradePreventionMode") or self.config.default_stp
         if tif == "FOK" and not self._fills_whole(acct, b, side, price, qty, reduce_only, stp, now):
             raise SimApiError(-5021, "Due to the order could not be filled immediately, the FOK order has been rejected.")
         if test:

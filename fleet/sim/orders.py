@@ -46,7 +46,8 @@ class Trade:
 
 
 # selfTradePreventionMode: the taker's mode decides. EXPIRE_MAKER unless asked: what Binance's own
-# frames show for an order placed without one ('V':'EXPIRE_MAKER', binance-usdm.md section 4).
+# frames show for an order placed without one ('V':'EXPIRE_MAKER', binance-usdm.md section 4); its docs
+# say NONE (SimConfig.default_stp offers either).
 STP_MODES = ("NONE", "EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH")
 DEFAULT_STP = "EXPIRE_MAKER"
 

@@ -434,6 +434,29 @@ async def test_self_trade_prevention_expires_the_resting_order(sim):
         assert Decimal(st["positions"]["ETHUSDC"]["amount"]) == qty  # all bought from others, none from itself
 
 
+async def test_the_default_mode_may_be_none_as_binances_docs_say_and_then_an_order_trades_with_its_own(sim_factory):
+    """Binance's frames show EXPIRE_MAKER for an order sent without selfTradePreventionMode, its New Order
+    and Place Multiple Orders pages say NONE: ``default_stp`` offers the other reading, under which a
+    taker trades with the account's own resting order (a fill each side, both fees paid)."""
+    sim = await sim_factory(config={"default_stp": "NONE"})
+    async with SimClient.for_sim(sim) as c:
+        await c.admin("POST", "/sim/market/freeze", {"symbol": "ETHUSDC"})
+        ask, queued = ((Decimal(x) for x in (await _book(c))["asks"][0]))
+        own = await _limit(c, "SELL", str(ask), "0.010")
+        assert own["selfTradePreventionMode"] == "NONE", own
+        qty = queued + Decimal("0.100")   # through the others' size queued ahead of our order, onto it
+        r = await c.signed("POST", "/fapi/v1/order", {"symbol": "ETHUSDC", "side": "BUY", "type": "MARKET",
+                                                      "quantity": str(qty), "newOrderRespType": "RESULT"})
+        assert (r.json["status"], r.json["selfTradePreventionMode"]) == ("FILLED", "NONE"), r.json
+        q = await c.signed("GET", "/fapi/v1/order", {"symbol": "ETHUSDC", "orderId": own["orderId"]})
+        assert (q.json["status"], q.json["executedQty"]) == ("FILLED", "0.010")   # sold to itself
+        st = await c.state(symbol="ETHUSDC")
+        assert Decimal(st["positions"]["ETHUSDC"]["amount"]) == qty - Decimal("0.010")
+        trades = (await c.signed("GET", "/fapi/v1/userTrades", {"symbol": "ETHUSDC"})).json
+        mine = [t for t in trades if t["orderId"] == own["orderId"]]
+        assert len(mine) == 1 and mine[0]["maker"] is True and Decimal(mine[0]["commission"]) > 0, mine
+
+
 async def test_a_taker_that_stops_short_of_its_own_resting_order_never_meets_it(sim):
     """Self-trade prevention acts only on a match: a taker filled by the others' size queued ahead of
     the account's own order at that price leaves it resting, whatever its mode (EXPIRE_TAKER no
