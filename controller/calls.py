@@ -28,7 +28,10 @@ log = logging.getLogger("mmfleet.api")
 # Threads of the endpoint's own for looking actors up: a lookup waits on the GCS (up to 60 s while it is
 # down or hung). On the event loop it held every route, a kill's exchange route among them; in the
 # loop's default pool (6 threads on 2 cores) a few hung lookups held the kill state's write behind them.
+# A call's lookup (a kill's) has threads apart from the pages' look-ups of every agent ahead of time.
 LOOKUP_THREADS = 4
+AHEAD_THREADS = 2
+ABSENT_S = 2.0   # a name the GCS said has no actor is answered so, without asking again, this long
 
 
 @dataclass(frozen=True)
@@ -61,40 +64,56 @@ class ActorCalls:
         self.page_wait_s = agent_timeout_s if page_wait_s is None else page_wait_s   # a page's wait for each agent
         self.handles: dict[str, Any] = {}       # actor name -> handle
         self._lookups = ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="actor-lookup")
+        self._ahead = ThreadPoolExecutor(AHEAD_THREADS, thread_name_prefix="actor-lookup-ahead")
+        self._pending: dict[str, asyncio.Future[Any]] = {}   # a name's lookup under way, shared by its callers
+        self._absent: dict[str, float] = {}     # name -> until when it is known to have no actor
 
-    async def handle(self, name: str, timeout: float) -> Any:
-        """The handle of actor ``name``: cached, or looked up in a lookup thread within ``timeout``
-        (ValueError: no such actor; asyncio.TimeoutError: the GCS did not say in time)."""
-        import ray
+    def absent(self, name: str) -> bool:
+        """The GCS said, within ``ABSENT_S``, that ``name`` has no actor."""
+        return self._absent.get(name, 0.0) > time.monotonic()
 
+    async def handle(self, name: str, timeout: float, *, ahead: bool = False) -> Any:
+        """The handle of actor ``name``: cached, or looked up in a lookup thread within ``timeout`` (ValueError:
+        no such actor; asyncio.TimeoutError: no answer in time). One lookup a name at a time, its callers
+        sharing it; it goes on past a caller's timeout and its answer is kept (a hung GCS holds at most
+        one thread a name, and a call asked later finds it). ``ahead``: a look-up ahead of any call (in
+        the threads kept for those)."""
         handle = self.handles.get(name)
-        if handle is None:
+        if handle is not None:
+            return handle
+        if self.absent(name):
+            raise ValueError(f"no actor {name}")
+        pending = self._pending.get(name)
+        if pending is None:
+            import ray
+
             look_up = partial(ray.get_actor, name, namespace=self.namespace)
-            found = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._lookups, look_up), timeout)
-            handle = self.handles.setdefault(name, found)
-        return handle
+            pending = asyncio.get_running_loop().run_in_executor(self._ahead if ahead else self._lookups, look_up)
+            self._pending[name] = pending
+            pending.add_done_callback(partial(self._looked_up, name))
+        return await asyncio.wait_for(asyncio.shield(pending), timeout)
 
-    async def resolve(self, names: list[str]) -> int:
-        """Look up, in a lookup thread, the handles of ``names`` not cached yet (an actor not there yet
-        is skipped), so that a call that cannot wait (a kill) finds them: a first lookup waits on the
-        GCS and loads the actor's class (at 50 agents, some 100 ms of a first kill). How many of
-        ``names`` have a handle now."""
-        import ray
+    def _looked_up(self, name: str, done: asyncio.Future[Any]) -> None:
+        """A lookup's answer, kept (on the loop)."""
+        self._pending.pop(name, None)
+        if done.cancelled():
+            return
+        exc = done.exception()
+        if exc is None:
+            self.handles.setdefault(name, done.result())
+            self._absent.pop(name, None)
+        elif isinstance(exc, ValueError):
+            self._absent[name] = time.monotonic() + ABSENT_S
 
+    async def resolve(self, names: list[str], timeout: float | None = None) -> int:
+        """Look up the handles of ``names`` not cached yet, within ``timeout`` (the agents' timeout by
+        default; lookups not done by then go on), so that a call that cannot wait (a kill) finds them:
+        a first lookup waits on the GCS and loads the actor's class (at 50 agents, some 100 ms of a
+        first kill). How many of ``names`` have a handle now."""
         missing = [n for n in names if n not in self.handles]
-
-        def look_up() -> dict[str, Any]:
-            found = {}
-            for name in missing:
-                try:
-                    found[name] = ray.get_actor(name, namespace=self.namespace)
-                except ValueError:
-                    continue
-            return found
-
         if missing:
-            for name, handle in (await asyncio.get_running_loop().run_in_executor(self._lookups, look_up)).items():
-                self.handles.setdefault(name, handle)
+            wait = self.agent_timeout_s if timeout is None else timeout
+            await asyncio.gather(*(self.handle(n, wait, ahead=True) for n in missing), return_exceptions=True)
         return sum(1 for n in names if n in self.handles)
 
     async def call(self, name: str, method: str, timeout: float, *args: Any) -> Answer:
@@ -112,7 +131,9 @@ class ActorCalls:
         except ValueError:
             return failed(f"no actor {name} in namespace {self.namespace}")
         except asyncio.TimeoutError:
-            return failed(f"{name} was not found within {timeout:g} s: the GCS did not answer its lookup")
+            return failed(f"{name} was not looked up within {timeout:g} s (the GCS busy, hung or down)")
+        except Exception as exc:  # noqa: BLE001 - a lookup's own failure (the GCS, a shutdown) is reported too
+            return failed(f"{name} was not looked up: {type(exc).__name__}: {first_line(exc)}")
         try:
             ref = getattr(handle, method).remote(*args)
             value = await asyncio.wait_for(ref, max(timeout - (time.monotonic() - started), 0.001))
@@ -195,10 +216,10 @@ class ActorCalls:
     async def alive(self, symbols: tuple[str, ...]) -> dict[str, int] | None:
         """The symbols whose agent Ray holds ALIVE, with its restart count as the GCS records it (the
         agents themselves cannot know), in one GCS call; None when the GCS did not say."""
-        try:   # the handles not cached yet, looked up off the loop; one not found in time is not alive here
-            await asyncio.wait_for(self.resolve([AGENT_PREFIX + s for s in symbols]), self.agent_timeout_s)
-        except asyncio.TimeoutError:
-            pass
+        names = [AGENT_PREFIX + s for s in symbols]
+        await self.resolve(names)   # the handles not cached yet, looked up off the loop
+        if any(n not in self.handles and not self.absent(n) for n in names):
+            return None   # a lookup the GCS did not answer in time: it did not say
         ids = {s: h._actor_id.hex() for s in symbols if (h := self.handles.get(AGENT_PREFIX + s)) is not None}
         if not ids:
             return {}

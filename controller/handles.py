@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ray
@@ -106,6 +107,7 @@ class AgentHandles:
         self.namespace = namespace
         self.call_timeout_s = call_timeout_s
         self.cache: dict[str, Any] = {}
+        self._lookups = ThreadPoolExecutor(2, thread_name_prefix="agent-lookup")   # (call's; not the loop's pool)
         self.spawner: Any | None = None
         self.unspawned = 0   # agents this process created itself, without a spawner
 
@@ -163,13 +165,18 @@ class AgentHandles:
 
     async def call(self, symbol: str, method: str, *args: Any, timeout: float | None = None) -> Any:
         """``agent.<SYMBOL>.method(*args)``; LookupError without such an actor, TimeoutError past ``timeout``
-        (a handle not cached yet is looked up in a thread, within it: a lookup waits on the GCS, up to 60 s
-        while it is hung, and on the loop it held the lease renewals and a kill's exchange route)."""
+        (a handle not cached yet is looked up in a lookup thread, within it: a lookup waits on the GCS, up
+        to 60 s while it is hung, and on the loop it held a kill's route to the exchange; kept only while
+        the call still waits for it)."""
         timeout = timeout or self.call_timeout_s
         started = time.monotonic()
         handle = self.cache.get(symbol)
         if handle is None:
-            handle = await asyncio.wait_for(asyncio.to_thread(self.get, symbol), timeout)
+            loop = asyncio.get_running_loop()
+            found = loop.run_in_executor(self._lookups, named_actor, agent_name(symbol), self.namespace)
+            handle = await asyncio.wait_for(found, timeout)
+            if handle is not None:
+                self.cache[symbol] = handle
         if handle is None:
             raise LookupError(f"no actor {agent_name(symbol)} in namespace {self.namespace}")
         try:

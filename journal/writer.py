@@ -195,6 +195,7 @@ class JournalWriter:
         self._lock = threading.Lock()
         self._holes_file = threading.Lock()   # the holes' file written by one thread at a time (_keep_holes)
         self._holes: dict[str, int] = _read_holes(self.holes_path)   # "trade": lowest id lost, "funding": time
+        self._holes_seen = _text_of(self.holes_path)   # the holes file as this writer last read or wrote it
         self._out: dict[str, int] = {}   # holes a backfill took, until its rows are put away
         self._loss_said = 0.0
 
@@ -290,20 +291,27 @@ class JournalWriter:
         write at a time, each of the holes as they are when it begins: the writer's thread and the
         agent's loop wrote one temp file together, one renamed the other's (ENOENT), and the file could
         be left without the newest hole. The temp file is this writer's own: a stopping agent's writer and
-        its successor's, of one name, may write at once."""
+        its successor's, of one name, may write at once; and a writer left without holes removes the file
+        only if it still holds what this writer read or wrote (not a successor's holes)."""
         with self._holes_file:
             with self._lock:
                 holes = dict(self._holes)
                 _merge_holes(holes, self._out)
+            tmp = self.holes_path.with_name(f".{self.holes_path.name}.{os.getpid()}.{id(self):x}.tmp")
             try:
                 if not holes:
-                    self.holes_path.unlink(missing_ok=True)
+                    if self._holes_seen is not None and _text_of(self.holes_path) == self._holes_seen:
+                        self.holes_path.unlink(missing_ok=True)
+                    self._holes_seen = None
                     return
                 self.holes_path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.holes_path.with_name(f".{self.holes_path.name}.{os.getpid()}.{id(self):x}.tmp")
-                tmp.write_text(json.dumps(holes))
+                text = json.dumps(holes)
+                tmp.write_text(text)
                 os.replace(tmp, self.holes_path)
+                self._holes_seen = text
             except OSError as exc:
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
                 log.error("journal %s: holes %s not kept on disk (%s): a restart before the next backfill would "
                           "not know of them", self.name, holes, exc)
 
@@ -754,6 +762,14 @@ def _read_holes(path: Path) -> dict[str, int]:
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         log.error("journal: holes file %s unreadable (%r): ignored", path, exc)
         return {}
+
+
+def _text_of(path: Path) -> str | None:
+    """A small file's text; None when it is not there or cannot be read."""
+    try:
+        return path.read_text()
+    except (OSError, ValueError):
+        return None
 
 
 def _safe(name: str) -> str:

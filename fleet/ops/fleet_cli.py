@@ -277,7 +277,9 @@ def loopback_wanted(address: str) -> bool:
     return address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost")
 
 
-CONNECT_TIMEOUT_S = 20.0   # MMFLEET_CONNECT_TIMEOUT_S: the wait for a running cluster's GCS to answer
+# MMFLEET_CONNECT_TIMEOUT_S: the wait for a running cluster's GCS to answer (0: Ray's own, a minute and more)
+CONNECT_TIMEOUT_S = 30.0
+KILL_HINT = "The fleet endpoint's POST /kill does not: its exchange route empties the books without the GCS."
 
 
 def connect_timeout() -> float:
@@ -288,23 +290,37 @@ def connect_timeout() -> float:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise FleetCliError(f"MMFLEET_CONNECT_TIMEOUT_S must be a number of seconds above 0, got {raw!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise FleetCliError(f"MMFLEET_CONNECT_TIMEOUT_S must be a number of seconds, 0 for no bound, got {raw!r}")
     return value
 
 
+def _cluster_address(address: str) -> str:
+    """The address "auto" stands for, as Ray finds it (``RAY_ADDRESS``, else the one ``ray start`` left)."""
+    if address != "auto":
+        return address
+    found = os.environ.get("RAY_ADDRESS")
+    if not found:
+        with contextlib.suppress(OSError):
+            found = (Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster").read_text().strip()
+    return found or "auto"
+
+
 @contextlib.contextmanager
-def bounded_connect(address: str) -> Any:
+def bounded_connect(address: str, hint: str = KILL_HINT) -> Any:
     """Ray's connect to a cluster whose GCS is down or hung retries for a minute and more, saying only
-    Ray's own warnings; past :func:`connect_timeout` this process says what it waited for, and that the
-    endpoint's kill needs no GCS, and ends (``EXIT_NOT_RUNNING``; the connect cannot be interrupted)."""
+    Ray's own warnings; past :func:`connect_timeout` this process says what it waited for (and ``hint``)
+    and ends (``EXIT_NOT_RUNNING``; Ray's connect cannot be interrupted)."""
     limit = connect_timeout()
+    if not limit:
+        yield
+        return
+    where = _cluster_address(address)
 
     def give_up() -> None:
         sys.stdout.flush()
-        sys.stderr.write(f"the Ray cluster at {address} did not answer within {limit:g} s (its GCS down or hung?): "
-                         "this command goes through it. The fleet endpoint's POST /kill does not: its exchange "
-                         "route empties the books without the GCS.\n")
+        sys.stderr.write(f"the Ray cluster at {where} did not answer within {limit:g} s (its GCS down or hung?): "
+                         f"this command goes through it. {hint}".rstrip() + "\n")
         sys.stderr.flush()
         os._exit(EXIT_NOT_RUNNING)
 
@@ -317,8 +333,9 @@ def bounded_connect(address: str) -> Any:
         timer.cancel()
 
 
-def connect(address: str, namespace: str, *, start_local: bool, detach: bool = False) -> bool:
-    """Connect this driver to Ray; returns True if it started a cluster that ends with the driver."""
+def connect(address: str, namespace: str, *, start_local: bool, detach: bool = False, hint: str = KILL_HINT) -> bool:
+    """Connect this driver to Ray; returns True if it started a cluster that ends with the driver. A
+    running cluster that does not answer ends the process past :func:`connect_timeout` (``hint`` said)."""
     import logging
 
     if loopback_wanted(address):
@@ -330,12 +347,12 @@ def connect(address: str, namespace: str, *, start_local: bool, detach: bool = F
         return False
     quiet = {"log_to_driver": False, "logging_level": "ERROR", "namespace": namespace}
     if address not in ("auto", "local"):
-        with bounded_connect(address):
+        with bounded_connect(address, hint):
             ray.init(address=address, **quiet)
         return False
     if address == "auto":
         try:
-            with bounded_connect("auto"):
+            with bounded_connect("auto", hint):
                 ray.init(address="auto", **quiet)
             return False
         except ConnectionError:

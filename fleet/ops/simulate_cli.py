@@ -194,7 +194,7 @@ def _sweep(args: argparse.Namespace, opts: Any, combos: list[dict[str, Any]]) ->
     from fleet.ops.fleet_cli import connect
     from simulate.sweep import rank, run_sweep, sweep_table
 
-    connect(args.address, "mmfleet-simulate", start_local=True)
+    connect(args.address, "mmfleet-simulate", start_local=True, hint="")
     print(f"sweep: {len(combos)} combinations of {opts.hours:g} simulated hours as Ray tasks", file=sys.stderr)
     done: list[Any] = []
     results = run_sweep(args.config, opts, combos,

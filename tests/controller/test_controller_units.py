@@ -438,3 +438,19 @@ def test_owed_books_stored_as_a_mapping_by_an_earlier_controller_are_read():
     doc = {"retire": {}, "push": [], "books": {"BTCUSDT": "main", "OP": "alt"}}
     assert PendingApply.from_doc(doc).books == [("BTCUSDT", "main"), ("OP", "alt")]
     assert PendingApply.from_doc({**doc, "books": [["BTCUSDT", "main"], "garbage"]}).books == [("BTCUSDT", "main")]
+
+
+def test_the_clis_wait_for_a_running_cluster_is_read_from_the_environment(monkeypatch):
+    """MMFLEET_CONNECT_TIMEOUT_S bounds a command's connect to a running cluster (0: Ray's own wait); a
+    value that is not a number of seconds is refused naming it."""
+    from fleet.ops.fleet_cli import CONNECT_TIMEOUT_S, FleetCliError, connect_timeout
+
+    monkeypatch.delenv("MMFLEET_CONNECT_TIMEOUT_S", raising=False)
+    assert connect_timeout() == CONNECT_TIMEOUT_S == 30.0
+    for raw, seconds in (("5", 5.0), ("0.5", 0.5), ("0", 0.0)):
+        monkeypatch.setenv("MMFLEET_CONNECT_TIMEOUT_S", raw)
+        assert connect_timeout() == seconds
+    for bad in ("soon", "-1", "inf", "nan", ""):
+        monkeypatch.setenv("MMFLEET_CONNECT_TIMEOUT_S", bad)
+        with pytest.raises(FleetCliError, match="MMFLEET_CONNECT_TIMEOUT_S"):
+            connect_timeout()

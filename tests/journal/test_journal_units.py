@@ -389,6 +389,26 @@ def test_holes_noted_from_several_threads_at_once_are_all_on_disk(tmp_path, capl
     assert sorted(p.name for p in w.holes_path.parent.iterdir() if "holes" in p.name) == [w.holes_path.name]
 
 
+def test_a_stopping_writer_left_without_holes_leaves_its_successors_holes_on_disk(tmp_path):
+    """Two writers of one name (a stopping agent's and its successor's): the one whose backfill filled its
+    holes removes the file only if it still holds what it wrote itself; the successor's holes written
+    since stay on disk for a restart, and go once that writer has filled them."""
+    target = Target(url=f"sqlite:///{tmp_path / 'j.sqlite'}", spool_dir=str(tmp_path / "spool"))
+    stopping = JournalWriter(target, "t", flush_interval=0.05).start()
+    stopping.note_hole({"trade": 5})
+    successor = JournalWriter(target, "t", flush_interval=0.05).start()   # reads the file as it is
+    successor.note_hole({"trade_ms": 100})
+    assert json.loads(successor.holes_path.read_text()) == {"trade": 5, "trade_ms": 100}
+    stopping.holes_filled(stopping.take_holes())   # its last backfill read its hole
+    _wait(lambda: stopping.status()["holes"] == {})
+    stopping.close(5)
+    assert json.loads(successor.holes_path.read_text()) == {"trade": 5, "trade_ms": 100}   # not removed
+    successor.holes_filled(successor.take_holes())
+    _wait(lambda: not successor.holes_path.exists())
+    successor.close(5)
+    assert [p.name for p in successor.holes_path.parent.iterdir() if "holes" in p.name] == []
+
+
 def test_a_close_with_the_database_locked_spools_what_is_left(tmp_path):
     """A close that cannot wait for a stalled database (another process holds the SQLite file's lock)
     puts what is left into the spool; a later writer replays it."""
