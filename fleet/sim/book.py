@@ -199,6 +199,10 @@ class Book:
         self.delivery_ms = PERPETUAL_DELIVERY_MS   # deliveryDate: the settlement time once a delisting is announced
         self.price_held = False  # mid held still, market alive
         self.last_bt: tuple[int, int, int, int] | None = None
+        self.all_bt_sent: tuple[int, int, int, int] | None = None   # the touch !bookTicker last pushed
+        self.all_bt_due = 0   # when !bookTicker pushes it next (every 5 s)
+        self.force_held: tuple[Any, ...] | None = None   # the latest liquidation order not pushed yet
+        self.force_due = 0   # when its forceOrder streams may push the next (one a second)
         self.want_bt = False
         self.poisson_rate = -1.0
         self.poisson_p0 = 1.0

@@ -34,7 +34,7 @@ from fleet.sim.matching import DryRun, Fills, walk
 from fleet.sim.orders import (CLIENT_ID_RE, DEFAULT_STP, PRICE_MATCH, PRICE_MATCH_WITHDRAWN, STP_MODES, Account, Order,
                               Position, Trade)
 from fleet.sim.replay import ReplayMarket
-from fleet.sim.streams import (ALL_TICKERS_EVERY_MS, DEPTH_EVERY_MS, KLINE_EVERY_MS, KLINE_MINUTES, TICKER_EVERY_MS,
+from fleet.sim.streams import (ALL_BOOK_TICKERS_EVERY_MS, ALL_TICKERS_EVERY_MS, DEPTH_EVERY_MS, KLINE_EVERY_MS, KLINE_MINUTES, TICKER_EVERY_MS,
                                kline_next, kline_open)
 from fleet.sim.units import ZERO, decimals_in, fast_units, q8, s8
 from fleet.sim.views import EngineViews
@@ -606,12 +606,13 @@ class Engine(EngineViews, IsolatedMargin, Liquidation, Delisting, FundingSchedul
         bt = (bb, bq, ba, aq)
         if bt != b.last_bt:
             b.last_bt = bt
-            if want_bt:
-                frame = (render_bt, b, b.update_id, bt, t)
-                if b.want_bt:
-                    self._emit_market(b.lower + "@bookTicker", frame)
-                if self.want_all_bt:
-                    self._emit_market("!bookTicker", frame)
+            if b.want_bt:
+                self._emit_market(b.lower + "@bookTicker", (render_bt, b, b.update_id, bt, t))
+        if self.want_all_bt and t >= b.all_bt_due:   # the touch as it is, every 5 s, if it moved since
+            b.all_bt_due = t - t % ALL_BOOK_TICKERS_EVERY_MS + ALL_BOOK_TICKERS_EVERY_MS
+            if bt != b.all_bt_sent:
+                b.all_bt_sent = bt
+                self._emit_market("!bookTicker", (render_bt, b, b.update_id, bt, t))
         for stream, levels, every in b.depth_streams:
             last_u = self.depth_sent_u.get(stream)
             if not every:   # @0ms: every change of the book, once

@@ -56,6 +56,7 @@ from fleet.sim.errors import WEEK_MS, int_param, invalid, within_a_week
 from fleet.sim.frames import render_force_order
 from fleet.sim.margin import note_margin
 from fleet.sim.orders import Account, Order, Position, Trade
+from fleet.sim.streams import FORCE_ORDER_EVERY_MS
 from fleet.sim.units import ZERO, q8, s8
 
 LIQUIDATION_FEE_RATE = Decimal("0.0125")   # exchangeInfo's liquidationFee
@@ -105,6 +106,7 @@ class Liquidation:
                     cross.setdefault(b.spec.margin_asset, []).append((b, pos))
             for asset, held in cross.items():
                 self._check(acct, asset, held, self.cross_wallet(acct, asset), None, t)
+        self._push_force_orders(t)
 
     def _check(self, acct: Account, key: str, held: list[tuple[Book, Position]], wallet: Decimal,
                isolated_wallet: Decimal | None, t: int) -> None:
@@ -229,12 +231,21 @@ class Liquidation:
             price = max(price, math.ceil(bankrupt)) if old > 0 else min(price, math.floor(bankrupt))
         _, realized = self._close_by_exchange(acct, b, pos, abs(old), price,   # the order's own sequence number
                                               f"autoclose-{t}{(self._seq + 1) % 1_000_000:06d}", t)
-        frame = (render_force_order, b, "SELL" if old > 0 else "BUY", abs(old), price, t)
-        if b.lower + "@forceOrder" in self.interest:
-            self._emit_market(b.lower + "@forceOrder", frame)
-        if "!forceOrder@arr" in self.interest:
-            self._emit_market("!forceOrder@arr", frame)
+        b.force_held = (render_force_order, b, "SELL" if old > 0 else "BUY", abs(old), price, t)   # the latest
         return realized, abs(b.tick * price * amt)
+
+    def _push_force_orders(self, t: int) -> None:
+        """Each symbol's latest liquidation order not pushed yet, on its forceOrder streams, at most one a
+        symbol a second (Binance: "only the latest one liquidation order within 1000ms will be pushed")."""
+        for b in self.books.values():
+            if b.force_held is None or t < b.force_due:
+                continue
+            frame, b.force_held = b.force_held, None
+            b.force_due = t - t % FORCE_ORDER_EVERY_MS + FORCE_ORDER_EVERY_MS
+            if b.lower + "@forceOrder" in self.interest:
+                self._emit_market(b.lower + "@forceOrder", frame)
+            if "!forceOrder@arr" in self.interest:
+                self._emit_market("!forceOrder@arr", frame)
 
     def _close_by_exchange(self, acct: Account, b: Book, pos: Position, steps: int, price: int, client_id: str,
                            t: int, forced: bool = True) -> tuple[Order, Decimal]:

@@ -16,8 +16,10 @@ days since the epoch (an assumption: no statement of where Binance starts its th
 (named by pair and contract type). ``<symbol>@ticker`` and ``@miniTicker`` push the rolling 24 h
 statistics every 2 s (those of REST ``/ticker/24hr``); ``!ticker@arr`` and ``!miniTicker@arr`` every
 second, holding the symbols that traded since the last push (Binance: "only tickers that have changed
-will be present in the array"), and nothing when none did. ``<symbol>@forceOrder`` and
-``!forceOrder@arr`` push each liquidation order of the simulated accounts (fleet/sim/liquidation.py);
+will be present in the array"), and nothing when none did. ``!bookTicker`` pushes each symbol's touch
+every 5 s if it moved (``<symbol>@bookTicker`` at each change). ``<symbol>@forceOrder`` and
+``!forceOrder@arr`` push a symbol's latest liquidation order of the simulated accounts, at most one a
+second (fleet/sim/liquidation.py);
 the synthetic market's own takers are never liquidated. ``!contractInfo`` pushes a symbol's contract
 changes: a delisting announced, its settlement's SETTLING and CLOSE (fleet/sim/delisting.py). Served
 and silent: ``!assetIndex@arr``, ``<assetSymbol>@assetIndex``, ``<symbol>@compositeIndex``,
@@ -63,6 +65,12 @@ _MONDAY_MS = 4 * 86_400_000   # weekly candles open on Monday 00:00 UTC; 1970-01
 KLINE_EVERY_MS = 250   # a kline stream's cadence
 TICKER_EVERY_MS = 2000   # <symbol>@ticker and @miniTicker: "Update Speed: 2000ms" (USD-M docs)
 ALL_TICKERS_EVERY_MS = 1000   # !ticker@arr and !miniTicker@arr: "Update Speed: 1000ms" (USD-M docs)
+# !bookTicker: each symbol's touch if it moved, every 5 s ("Update Speed: 5s"; real time until 2023-12-12;
+# <symbol>@bookTicker stays real time)
+ALL_BOOK_TICKERS_EVERY_MS = 5000
+# <symbol>@forceOrder and !forceOrder@arr: "only the latest one liquidation order within 1000ms will be
+# pushed as the snapshot" for each symbol
+FORCE_ORDER_EVERY_MS = 1000
 # Served and silent: nothing in the simulated market changes an asset index, a composite index or a
 # trading session, and no order is RPI (!contractInfo is served here too: fleet/sim/delisting.py).
 _SILENT_ALL = {"!contractinfo": "!contractInfo", "!assetindex@arr": "!assetIndex@arr"}

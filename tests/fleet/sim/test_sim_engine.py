@@ -181,6 +181,27 @@ def test_engine_is_deterministic_for_a_seed():
     assert run() == run()
 
 
+def test_all_book_tickers_come_every_five_seconds_while_a_symbols_own_comes_at_each_change():
+    """!bookTicker: each symbol's touch every 5 s if it moved since (Binance: "Update Speed: 5s", real time
+    until 2023-12-12); <symbol>@bookTicker stays real time. An engine quoting off the all-market stream
+    sees a touch up to 5 s old."""
+    e = _engine()
+    e.watch("ethusdc@bookTicker", "!bookTicker")
+    now, own, every = T0, [], []
+    while now < T0 + 20_000:
+        now += 50
+        e.advance(now)
+        for _, stream, payload in e.drain_rendered():
+            (every if stream == "!bookTicker" else own).append(payload)
+    assert len(own) > 20 and 3 <= len(every) <= 5, (len(own), len(every))
+    times = [f["E"] for f in every]
+    assert all(t % 5000 == 0 for t in times[1:]) and len(set(times)) == len(times), times   # the first at once
+    last = {f["E"]: f for f in own}
+    for f in every:   # the touch as the symbol's own stream last said it
+        said = max((t for t in last if t <= f["E"]), default=None)
+        assert said is not None and (last[said]["b"], last[said]["a"]) == (f["b"], f["a"]), f
+
+
 def test_unknown_symbol_gets_a_generic_spec_and_bad_config_names_the_field():
     e = Engine(SimConfig(), seed=1, now_ms=T0, symbols=["DOGEUSDT"])
     spec = e.books["DOGEUSDT"].spec

@@ -546,3 +546,27 @@ def test_open_orders_take_margin_for_the_side_that_grows_the_position_most_and_a
     assert Decimal(row["availableBalance"]) > Decimal(row["crossWalletBalance"]) >= Decimal(row["maxWithdrawAmount"])
     account = e.account_info("main", 2)
     assert Decimal(account["maxWithdrawAmount"]) <= Decimal(account["totalCrossWalletBalance"])
+
+
+def test_liquidation_streams_push_each_symbols_latest_liquidation_once_a_second():
+    """Binance: "for each symbol, only the latest one liquidation order within 1000ms will be pushed as
+    the snapshot". Two accounts liquidated at one mark tick: one frame a stream, the later one; a third
+    liquidated at a tick later in the same second waits for the next second's push."""
+    cfg = {"history": False, "mark_interval_ms": 250, "accounts": [{"name": "main"}, {"name": "b"}, {"name": "c"}],
+           "symbols": [{"symbol": SYM, "base_asset": "ETH", "quote_asset": "USDC", "start_price": 3000,
+                        "taker_rate": 0.0, "level_qty": 0.5}]}
+    e = Engine(load_sim_config(cfg), seed=5, now_ms=T0)
+    e.watch("ethusdc@forceOrder", "!forceOrder@arr")
+    e.set_position("main", SYM, "200", "3000", T0)
+    e.set_position("b", SYM, "150", "3000", T0)
+    e.drain()
+    e.jump(SYM, -60.0, T0 + 100)
+    e.advance(T0 + 250)   # the mark's tick: both liquidated
+    assert (e.accounts["main"].counters["liquidations"], e.accounts["b"].counters["liquidations"]) == (1, 1)
+    _, public = _liquidation_frames(e)
+    assert [(f["o"]["q"], f["o"]["S"]) for f in public] == [("150.000", "SELL")] * 2, public   # each stream once
+    e.set_position("c", SYM, "100", "3000", T0 + 300)   # beyond its margin at the mark
+    e.advance(T0 + 750)
+    assert e.accounts["c"].counters["liquidations"] == 1 and _liquidation_frames(e)[1] == []   # held
+    e.advance(T0 + 1000)
+    assert [f["o"]["q"] for f in _liquidation_frames(e)[1]] == ["100.000"] * 2
