@@ -34,8 +34,8 @@ from fleet.sim.matching import DryRun, Fills, walk
 from fleet.sim.orders import (CLIENT_ID_RE, DEFAULT_STP, PRICE_MATCH, PRICE_MATCH_WITHDRAWN, STP_MODES, Account, Order,
                               Position, Trade)
 from fleet.sim.replay import ReplayMarket
-from fleet.sim.streams import (ALL_BOOK_TICKERS_EVERY_MS, ALL_TICKERS_EVERY_MS, DEPTH_EVERY_MS, KLINE_EVERY_MS, KLINE_MINUTES, TICKER_EVERY_MS,
-                               kline_next, kline_open)
+from fleet.sim.streams import (ALL_BOOK_TICKERS_EVERY_MS, ALL_TICKERS_EVERY_MS, DEPTH_EVERY_MS, KLINE_EVERY_MS,
+                               KLINE_MINUTES, TICKER_EVERY_MS, kline_next, kline_open)
 from fleet.sim.units import ZERO, decimals_in, fast_units, q8, s8
 from fleet.sim.views import EngineViews
 
