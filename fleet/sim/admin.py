@@ -206,20 +206,25 @@ class AdminRoutes:
         modifications an order may take, the IP's weight a minute, the order limits; exchangeInfo and
         rateLimit/order list them, requests are judged by them from now on. Checked before anything changes."""
         only(body, path, "max_modifies_per_order", "weight_per_minute", "orders_per_10s", "orders_per_minute",
-             "account")
+             "account", "own")
         e, limiter = self.engine, self.limiter
         modifies = integer(body, "max_modifies_per_order", None, 1, 1_000_000)
         changes = {name: integer(body, name, None, 1, 10**9)
                    for name in ("weight_per_minute", "orders_per_10s", "orders_per_minute")}
         changes = {k: v for k, v in changes.items() if v is not None}
         account = text(body, "account")
+        own = flag(body, "own", True)   # false: the account is held to the exchange's order limits again
         if account is not None:
             if account not in e.accounts:
                 raise ValueError(f"account {account!r} is not one of the simulator's ({', '.join(e.accounts)})")
             if "weight_per_minute" in changes or modifies is not None:
                 raise ValueError("an account has only its own order limits (orders_per_10s, orders_per_minute)")
+        if not own and (account is None or changes):
+            raise ValueError("own: false takes an account and no limit (its own order limits are dropped)")
         if modifies is not None:
             e.max_modifies = modifies
+        if not own:
+            limiter.drop_own(account)
         if changes:
             limiter.change(account, **changes)
         per_10s, per_minute = limiter.order_limits(account)

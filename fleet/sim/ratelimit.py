@@ -89,6 +89,10 @@ class RateLimiter:
         o10, o1m = self._own_orders.get(account, (None, None))
         self._own_orders[account] = (limits.get("orders_per_10s", o10), limits.get("orders_per_minute", o1m))
 
+    def drop_own(self, account: str) -> None:
+        """``account`` is held to the exchange's order limits again."""
+        self._own_orders.pop(account, None)
+
     def used_weight(self, ip: str, now_ms: int) -> int:
         st = self._ips.get(ip)
         return st.weight.peek(now_ms, 60_000) if st else 0

@@ -125,11 +125,12 @@ in a browser on the machine reads no key and injects no fault)::
     POST /sim/fault/clear    {}       clear REST and frame faults; latency back to the configured rest_latency_ms
                                       (late writes already accepted still execute: they are in the exchange)
     POST /sim/limits         {"max_modifies_per_order": 3, "weight_per_minute": 1200, "orders_per_10s": 100,
-                              "orders_per_minute": 600, "account": "main"}   (every field optional)
+                              "orders_per_minute": 600, "account": "main", "own": false}   (every field optional)
          PUT order answers -5026 "Exceed maximum modify order limit." once an order was modified this
          many times (default the config's max_modifies_per_order, 9999: Binance allows fewer than
          10000); the IP's weight a minute and the order limits change as Binance may announce (with
-         "account": that account's own order limits only, as GET /fapi/v1/rateLimit/order lists them);
+         "account": that account's own order limits only, as GET /fapi/v1/rateLimit/order lists them;
+         "account" with "own": false and no limit drops them: the exchange's hold it again);
          exchangeInfo's rateLimits and the WebSocket API's list the new ones, the counts so far kept
          -> {"max_modifies_per_order", "weight_per_minute", "orders_per_10s", "orders_per_minute"}
          (the account's, if named); {} just reads them

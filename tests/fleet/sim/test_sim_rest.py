@@ -739,6 +739,11 @@ async def test_limits_the_exchange_changes_are_listed_and_judged_by_and_an_accou
         await main.admin("POST", "/sim/fault/rest", {"mode": "429", "answer": "-1015", "path": "/fapi/v1/order"})
         refused = await held.signed("POST", "/fapi/v1/order", order("h5", price), timestamp=clock.now)
         assert (refused.status, refused.json["msg"]) == (429, "Too many new orders; current limit is 100 orders per MINUTE.")
+        # its own limits dropped: the exchange's (100 a 10 s, 1,200 a minute, as changed above) hold it again
+        assert await main.admin("POST", "/sim/limits", {"account": "held", "own": False}) == {
+            "max_modifies_per_order": 9999, "weight_per_minute": 600, "orders_per_10s": 100, "orders_per_minute": 1200}
+        own = (await held.signed("GET", "/fapi/v1/rateLimit/order", timestamp=clock.now)).json
+        assert {(x["interval"], x["limit"]) for x in own} == {("SECOND", 100), ("MINUTE", 1200)}
 
         # the weight: a read past 600 in the minute is refused, naming the new limit
         heavy = None
@@ -749,6 +754,8 @@ async def test_limits_the_exchange_changes_are_listed_and_judged_by_and_an_accou
         assert heavy is not None and heavy.status == 429 and "is 600 requests per minute" in heavy.json["msg"]
 
         for bad, why in (({"account": "held", "weight_per_minute": 10}, "own order limits"),
+                         ({"own": False}, "own: false takes an account"),
+                         ({"account": "held", "own": False, "orders_per_10s": 5}, "own: false takes an account"),
                          ({"orders_per_10s": 0}, "orders_per_10s must be"), ({"weight": 5}, "takes no field")):
             async with aiohttp.ClientSession() as http:
                 async with http.post(sim.rest_url + "/sim/limits", json=bad) as r:
