@@ -339,7 +339,8 @@ class AgentMetrics:
         yield blocked
         held = set(budget.holds())
         hold = GaugeMetricFamily("mm_exchange_hold", "1 while this hold keeps the agent's orders back (the status's "
-                                 "exchange_holds): an agent 'quoting' with nothing going out says why", labels=["symbol", "hold"])
+                                 "exchange_holds): an agent 'quoting' with nothing going out says why",
+                                 labels=["symbol", "hold"])
         for name in HOLDS:
             hold.add_metric([self.symbol, name], 1.0 if name in held else 0.0)
         yield hold

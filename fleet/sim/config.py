@@ -376,8 +376,8 @@ class SimConfig(_Model):
                                                           "off = the real cross frame without a symbol")
     default_stp: Literal["EXPIRE_MAKER", "NONE", "EXPIRE_TAKER", "EXPIRE_BOTH"] = Field(
         "EXPIRE_MAKER", description="the selfTradePreventionMode of an order sent without one: EXPIRE_MAKER, as "
-                                    "Binance's own frames show; its New Order and Place Multiple Orders pages say NONE "
-                                    "(an order then trades with the account's own, both fees paid)")
+                                    "Binance's own frames show; its New Order and Place Multiple Orders pages "
+                                    "say NONE (an order then trades with the account's own, both fees paid)")
     max_modifies_per_order: int = Field(9999, ge=1, le=10**9, description="PUT order answers -5026 once an order was "
                                                                 "modified this many times (Binance: fewer than 10000)")
     liquidation: bool = Field(True, description="close a position whose margin falls to its maintenance at the "

@@ -59,7 +59,8 @@ def test_floats_are_refused_before_they_reach_the_wire():
 def test_a_value_ending_in_a_newline_is_percent_encoded_not_sent_raw():
     """Only a value of unreserved characters goes as it is; one ending in a newline (a regex's '$' takes
     the place before it) is encoded, so the query signed is the query sent."""
-    assert encode_params({"newClientOrderId": "abc\n", "symbol": "ETHUSDC"}) == "newClientOrderId=abc%0A&symbol=ETHUSDC"
+    encoded = encode_params({"newClientOrderId": "abc\n", "symbol": "ETHUSDC"})
+    assert encoded == "newClientOrderId=abc%0A&symbol=ETHUSDC"
 
 
 def test_an_order_request_refuses_a_client_id_or_a_decimal_ending_in_a_newline():

@@ -317,7 +317,7 @@ async def test_filter_violations_answer_binance_codes(sim):
         assert await code(price=far, quantity="0.010", timeInForce="XYZ") == -1115
         assert await code(price=far, quantity="0.010", positionSide="FOO") == -4060        # INVALID_POSITION_SIDE
         assert await code(price=far, quantity="0.010", newOrderRespType="FULL") == -1136   # a spot value
-        for bad in ("1e-2", ".01", "+0.010", "0.010 ", "0.010\n", "1.", "0.010" + "0" * 20):   # outside the legal range
+        for bad in ("1e-2", ".01", "+0.010", "0.010 ", "0.010\n", "1.", "0.010" + "0" * 20):   # outside its range
             assert await code(price=far, quantity=bad) == -1100, bad
         assert await code(price=f" {far}", quantity="0.010") == -1100
         assert await code(price=far, quantity="0.010", side="UP") == -1117
