@@ -83,7 +83,7 @@ from controller.console import (
 )
 from controller.console_feed import ConsoleFeed
 from controller.federation import FleetView, KillLatency, SplitCache, published_scrapes, render_fleet_page
-from controller.handles import above_agents_env, app_name
+from controller.handles import HEAD_NODE_RESOURCE, above_agents_env, app_name
 from controller.kill_path import READ_S, DirectKill
 from controller.lane import SIGNIN, Busy, Lane
 from controller.lease import NO_LEASE_SHOWN, kill_states_shown, leases_shown
@@ -93,7 +93,6 @@ from fleet.config import FleetConfig
 log = logging.getLogger("mmfleet.api")
 T = TypeVar("T")
 
-HEAD_NODE_RESOURCE = "node:__internal_head__"
 CLI_VIA = "cli: "           # the log lines and journal entries of a kill asked through Ray (the CLI)
 KILL_PATH_READY_S = 5.0   # how often the endpoint makes its kill path ready (controller/kill_path.py, prepare)
 

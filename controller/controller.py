@@ -32,8 +32,8 @@ import ray
 from agents.publish import forget_published
 from controller.emergency import EmergencyDesk
 from controller.fence import Fence, Fenced
-from controller.handles import (AGENT_PREFIX, AgentHandles, above_agents_env, agent_name, find_spawner, named_actor,
-                                get_or_create_spawner)
+from controller.handles import (AGENT_PREFIX, HEAD_NODE_RESOURCE, AgentHandles, above_agents_env, agent_name,
+                                find_spawner, get_or_create_spawner, named_actor)
 from controller.kill_path import ms_since
 from controller.kill_switches import KILL_GROUP, KillSwitches, _num, journal_cursor, journal_record, journal_trades
 from controller.lease import NO_LEASE_SHOWN, GcsStore, LeaseAnswer, LeaseBook, WriteThroughStore
@@ -696,6 +696,7 @@ def get_or_create_controller(cfg: FleetConfig, settings: ControllerSettings | No
         lifetime="detached",
         get_if_exists=True,
         num_cpus=0,
+        resources={HEAD_NODE_RESOURCE: 0.001},   # on the head, as the endpoint (controller/handles.py)
         runtime_env=above_agents_env(),
     ).remote(cfg.name, cfg.namespace, asdict(settings or ControllerSettings()))
 

@@ -26,6 +26,10 @@ log = logging.getLogger("mmfleet.controller")
 
 AGENT_PREFIX = "agent."
 SPAWNER_NAME = "agent-spawner"
+# Ray's resource of the head node: the controller, the agents' spawner and the endpoint ask for a sliver
+# of it, so they run on the head, never on a trader node (a trader node's raylet hung, Ray restarted a
+# controller there elsewhere while the first went on fencing: two controllers, a healthy agent killed)
+HEAD_NODE_RESOURCE = "node:__internal_head__"
 SPAWN_TIMEOUT_S = 10.0  # the spawner's answer for a batch of agents (one GCS lookup and one creation each)
 
 
@@ -84,7 +88,7 @@ def get_or_create_spawner(namespace: str) -> Any:
     """The fleet's spawner (created detached if missing), by a process that must have no ``runtime_env``
     (a driver): its agents would inherit it."""
     return AgentSpawner.options(name=SPAWNER_NAME, namespace=namespace, lifetime="detached",
-                                get_if_exists=True).remote()
+                                get_if_exists=True, resources={HEAD_NODE_RESOURCE: 0.001}).remote()
 
 
 def named_actor(name: str, namespace: str) -> Any | None:
