@@ -547,8 +547,12 @@ class FleetController(KillSwitches):
         if self.owed.holding:
             return self._going_down(symbol, holder)
         self._take_up(symbol, carried)
-        return self.book.acquire(symbol, holder, now=time.time(), reduce_only=self.reduce_only,
-                                 rate_share=self.shares.get(symbol, 1.0)).to_dict()
+        answer = self.book.acquire(symbol, holder, now=time.time(), reduce_only=self.reduce_only,
+                                   rate_share=self.shares.get(symbol, 1.0))
+        if not answer.granted and answer.owner and answer.owner != holder and await self.fence.unseat(symbol, holder):
+            answer = self.book.acquire(symbol, holder, now=time.time(), reduce_only=self.reduce_only,
+                                       rate_share=self.shares.get(symbol, 1.0))
+        return answer.to_dict()
 
     async def renew_lease(self, symbol: str, holder: str, epoch: int,
                           carried: dict[str, Any] | None = None) -> dict[str, Any]:

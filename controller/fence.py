@@ -216,6 +216,37 @@ class Fence:
         self.history = [*self.history[-19:], done]
         return done
 
+    async def unseat(self, symbol: str, requester: str) -> Fenced | None:
+        """A lease held by a process that is no longer the symbol's actor: ``requester``, asking for the
+        lease, is the one Ray routes ``agent.<SYMBOL>`` to, and the lease's holder is not (Ray restarted
+        the actor elsewhere, its node found dead, while the old process runs on: its raylet hung, or cut
+        off). That holder went on renewing, and the restarted actor waited for ever. Its lease is revoked
+        (its next renewal is refused: it stops and cancels its own epoch) and its epoch's orders are
+        cancelled at the exchange; None when the lease is not so held."""
+        lease = self.book.lease(symbol)
+        if lease is None or lease.revoked or lease.holder == requester:
+            return None
+        try:
+            status = await self.agents.call(symbol, "status", timeout=self.probe_timeout_s)
+        except Exception:  # noqa: BLE001 - no answer: nothing known, the lease stands
+            return None
+        if not isinstance(status, dict) or status.get("holder") != requester:
+            return None
+        current = self.book.lease(symbol)
+        if current is None or (current.holder, current.epoch) != (lease.holder, lease.epoch):
+            return None
+        self.book.revoke(symbol)
+        self.fenced[symbol] = lease.epoch
+        account = self.account_of(symbol)
+        left, error = await self._cancel(symbol, account, lease.epoch)
+        self._cancel_late(symbol, account, lease)
+        done = Fenced(symbol, lease.epoch, REPLACED, False, left, error)
+        log.error("%s: the lease of epoch %d is held by %s, which is no longer the symbol's actor (%s, asking "
+                  "for the lease, is): revoked and its orders cancelled: %s", symbol, lease.epoch, lease.holder,
+                  requester, done)
+        self.history = [*self.history[-19:], done]
+        return done
+
     async def _probe(self, symbol: str, lease: Lease) -> Any:
         """The actor's status answer (or the exception that stands for none). An owner whose trading
         loop published during the lease but not yet after its expiry is asked again, for up to

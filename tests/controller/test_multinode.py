@@ -6,7 +6,11 @@ The exchange is the simulator on a thread of this process, so it outlives any no
 is created by this driver on the head. A worker node is then stopped (its raylet and workers,
 ``Cluster.remove_node``): its agents come back on the other worker with larger epochs, the old
 epochs' orders are cancelled at the exchange, no client order id is used twice, and a kill during
-and after the move empties the books at /sim/state.
+and after the move empties the books at /sim/state. Last, a node's raylet hangs while its agents run
+on (SIGSTOP of the raylet alone): Ray finds the node dead and restarts the agents elsewhere, and the
+old processes, which go on renewing, are unseated: their leases revoked, their orders cancelled, the
+restarted agents quoting with larger epochs, never two epochs on a book. (The head checks the nodes'
+health every second here, a node dead after some 5 s without an answer; Ray's default takes a minute.)
 
 This module needs a cluster of its own: it stops the session's local cluster (tests/controller/
 conftest.py) for its duration and starts an equivalent one again afterwards. Waits poll generous
@@ -190,7 +194,8 @@ def multinode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Nodes,
             "num_cpus": 0, "include_dashboard": False, "object_store_memory": SMALL_STORE,
             # Always the least used feasible node (Ray packs a node up to half its resources first):
             # the two agents land on different workers.
-            "_system_config": {"scheduler_spread_threshold": 0.0}})
+            "_system_config": {"scheduler_spread_threshold": 0.0, "health_check_period_ms": 1000,
+                               "health_check_timeout_ms": 1000, "health_check_failure_threshold": 5}})
         workers = [cluster.add_node(num_cpus=1, resources={TRADER: 2}, object_store_memory=SMALL_STORE)
                    for _ in range(2)]
         cluster.wait_for_nodes()
@@ -311,3 +316,55 @@ def test_a_kill_during_a_move_empties_the_books_and_the_moved_agents_start_halte
     result = fleet.kill(reason="after the move")
     fleet.books_empty()
     assert all(r["open_orders"] == 0 for r in result["symbols"].values()), result
+
+
+def test_agents_whose_raylet_hangs_are_unseated_once_ray_restarts_them_elsewhere(multinode):
+    """A node's raylet hangs, its agents' processes run on (a raylet stuck, or the node cut off from the
+    head): Ray finds the node dead and restarts the agents on another node, while the old processes go on
+    renewing their leases with the controller. Before the fix the restarted agents waited 'starting' for
+    ever and the old ones kept trading, out of Ray's reach (a hostile run). The controller unseats a
+    holder that is no longer the symbol's actor: its lease revoked, its epoch's orders cancelled, the
+    restarted agents quoting with larger epochs; at no sample two epochs' orders on one book."""
+    import os
+    import signal
+    import threading
+
+    from ray._private import ray_constants
+
+    nodes, fleet = multinode
+    since_ms = int(time.time() * 1000) - 600_000
+    spare = nodes.cluster.add_node(num_cpus=1, resources={TRADER: 2}, object_store_memory=SMALL_STORE)
+    nodes.cluster.wait_for_nodes()
+    fleet.resume()   # (the test before ends halted)
+    before = fleet.quoting()
+    old = {s: before[s]["status"]["epoch"] for s in fleet.symbols}
+    victim = next(w for w in nodes.workers if w.node_id == fleet.node_of(SYMBOLS[0]))
+    raylet = victim.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process
+    two_epochs: list[tuple[str, set[Any]]] = []
+    watching = threading.Event()
+
+    def watch() -> None:   # every 0.2 s: the epochs of each book's resting orders
+        while not watching.is_set():
+            for s in fleet.symbols:
+                epochs = {_epoch(o) for o in fleet.exchange.open_orders(s)}
+                if len(epochs) > 1:
+                    two_epochs.append((s, epochs))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=watch, daemon=True)
+    sampler.start()
+    os.kill(raylet.pid, signal.SIGSTOP)
+    try:
+        after = fleet.quoting(newer_than=old, timeout=SETTLE_S)
+    finally:
+        os.kill(raylet.pid, signal.SIGCONT)   # (found dead, it exits; its workers with it)
+        watching.set()
+        sampler.join(10)
+    for s in fleet.symbols:
+        assert fleet.node_of(s) != victim.node_id
+        assert after[s]["status"]["epoch"] > old[s]
+        assert {_epoch(o) for o in fleet.exchange.open_orders(s)} <= {after[s]["status"]["epoch"]}
+        assert not no_duplicate_ids(fleet.exchange, s, since_ms), f"{s}: a client order id was used twice"
+    assert not two_epochs, two_epochs[:5]
+    nodes.workers[:] = [w for w in nodes.workers if w is not victim] + [spare]
+    print(f"raylet {raylet.pid} hung: epochs {old} -> { {s: after[s]['status']['epoch'] for s in fleet.symbols} }")
