@@ -250,19 +250,23 @@ def loopback_only() -> None:
     os.environ.update(LOOPBACK_ENV)
 
 
-def _local_cluster_expected() -> bool:
-    """Will ``address="auto"`` find no cluster, or one on loopback (one that ``up --detach`` started)?
-
-    Read before Ray is imported, the way Ray's own "auto" finds a cluster: ``RAY_ADDRESS``, else the
-    address ``ray start`` leaves in ``<tmp>/ray/ray_current_cluster``.
-    """
+def _auto_address() -> str | None:
+    """The address ``address="auto"`` stands for, read before Ray is imported, the way Ray's own "auto"
+    finds a cluster: ``RAY_ADDRESS``, else the address ``ray start`` leaves in
+    ``<tmp>/ray/ray_current_cluster``; None when neither says."""
     found = os.environ.get("RAY_ADDRESS")
     if not found:
         path = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
         try:
             found = path.read_text().strip()
         except OSError:
-            return True
+            return None
+    return found or None
+
+
+def _local_cluster_expected() -> bool:
+    """Will ``address="auto"`` find no cluster, or one on loopback (one that ``up --detach`` started)?"""
+    found = _auto_address()
     return not found or found.split(":")[0] in ("127.0.0.1", "localhost")
 
 
@@ -295,17 +299,6 @@ def connect_timeout() -> float:
     return value
 
 
-def _cluster_address(address: str) -> str:
-    """The address "auto" stands for, as Ray finds it (``RAY_ADDRESS``, else the one ``ray start`` left)."""
-    if address != "auto":
-        return address
-    found = os.environ.get("RAY_ADDRESS")
-    if not found:
-        with contextlib.suppress(OSError):
-            found = (Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster").read_text().strip()
-    return found or "auto"
-
-
 @contextlib.contextmanager
 def bounded_connect(address: str, hint: str = KILL_HINT) -> Any:
     """Ray's connect to a cluster whose GCS is down or hung retries for a minute and more, saying only
@@ -315,7 +308,7 @@ def bounded_connect(address: str, hint: str = KILL_HINT) -> Any:
     if not limit:
         yield
         return
-    where = _cluster_address(address)
+    where = (_auto_address() or "auto") if address == "auto" else address
 
     def give_up() -> None:
         sys.stdout.flush()
