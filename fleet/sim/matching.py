@@ -48,11 +48,17 @@ class Fills:
         if taker is not None:
             e._fill(b, taker, qty, p, False, t, trade_id)
 
-    def book_size(self, resting: list[Order] | None, p: int, s_qty: int, eaten: int, taker: Order | None,
-                  buy: bool) -> None:
-        """The book's own size at ``p`` (``s_qty`` of it) traded ``eaten``: one trade; the orders resting
-        there move up their queue."""
+    def book_trade(self, p: int, qty: int, taker: Order | None, buy: bool) -> None:
+        """The book's own size at ``p`` trades ``qty`` with the taker: one trade."""
         e, b, t = self.e, self.b, self.t
+        trade_id = e._emit_agg(b, p, qty, t, not buy)
+        if taker is not None:
+            e._fill(b, taker, qty, p, False, t, trade_id)
+
+    def book_eaten(self, resting: list[Order] | None, p: int, s_qty: int, eaten: int, buy: bool) -> None:
+        """The book's own size at ``p`` (``s_qty`` of it) traded ``eaten`` in all: the orders resting
+        there move up their queue."""
+        b = self.b
         consumed = b.consumed_ask if buy else b.consumed_bid
         consumed[p] = consumed.get(p, 0) + eaten
         if b.diff_state:   # its level shrank, however deep the walk went: the diff streams say it
@@ -61,9 +67,6 @@ class Fills:
             for o in resting:
                 a = o.ahead if o.ahead < s_qty else s_qty
                 o.ahead = a - eaten if a > eaten else 0
-        trade_id = e._emit_agg(b, p, eaten, t, not buy)
-        if taker is not None:
-            e._fill(b, taker, eaten, p, False, t, trade_id)
 
     def stop(self, taker: Order) -> None:
         """Self-trade prevention stopped the taker: its remainder expires."""
@@ -110,10 +113,12 @@ class DryRun:
         if taker is not None:
             self._move(taker, qty)
 
-    def book_size(self, resting: list[Order] | None, p: int, s_qty: int, eaten: int, taker: Order | None,
-                  buy: bool) -> None:
+    def book_trade(self, p: int, qty: int, taker: Order | None, buy: bool) -> None:
         if taker is not None:
-            self._move(taker, eaten)
+            self._move(taker, qty)
+
+    def book_eaten(self, resting: list[Order] | None, p: int, s_qty: int, eaten: int, buy: bool) -> None:
+        pass
 
     def stop(self, taker: Order) -> None:
         pass
@@ -148,10 +153,11 @@ def walk(fx: Fills | DryRun, b: Book, buy: bool, qty: int, taker: Order | None, 
         if v > 0 and s_qty > eaten and not stopped:
             behind = s_qty - eaten
             take = behind if behind < v else v
+            fx.book_trade(p, take, taker, buy)
             eaten += take
             v -= take
         if eaten:
-            fx.book_size(levels.get(p), p, s_qty, eaten, taker, buy)
+            fx.book_eaten(levels.get(p), p, s_qty, eaten, buy)
         if stopped:
             fx.stop(taker)   # type: ignore[arg-type] - only a taker stops so
             return v
@@ -163,7 +169,8 @@ def walk(fx: Fills | DryRun, b: Book, buy: bool, qty: int, taker: Order | None, 
 def _meet(fx: Fills | DryRun, resting: list[Order], s_qty: int, v: int, taker: Order | None, p: int,
           buy: bool) -> tuple[int, int, bool]:
     """The orders resting at ``p``, in queue order, met by a taker with ``v`` left: (the book's size it
-    ate ahead of them, the quantity left, whether self-trade prevention stopped it)."""
+    ate ahead of them, the quantity left, whether self-trade prevention stopped it). Each part of the
+    book's size queued ahead of an order trades before that order does, as on the exchange's tape."""
     eaten = 0
     for o in list(resting):
         if o is taker or not fx.is_open(o):   # gone earlier in this walk (filled, reduce-only capped, STP)
@@ -174,6 +181,7 @@ def _meet(fx: Fills | DryRun, resting: list[Order], s_qty: int, v: int, taker: O
         gap = ahead - eaten
         if gap > 0:
             take = gap if gap < v else v
+            fx.book_trade(p, take, taker, buy)
             eaten += take
             v -= take
             if v == 0:

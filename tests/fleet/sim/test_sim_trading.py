@@ -457,6 +457,39 @@ async def test_the_default_mode_may_be_none_as_binances_docs_say_and_then_an_ord
         assert len(mine) == 1 and mine[0]["maker"] is True and Decimal(mine[0]["commission"]) > 0, mine
 
 
+async def test_the_size_queued_ahead_trades_before_the_order_behind_it(sim):
+    """Price-time order on the tape and in the frames: a taker through the others' size queued ahead of
+    the account's order and onto it fills against that size first (the lower trade id), then meets the
+    order: a fill (self-trade prevention NONE) or, under EXPIRE_MAKER, the maker's EXPIRED_IN_MATCH
+    frame after the taker's fill against the size ahead."""
+    async with SimClient.for_sim(sim) as c, aiohttp.ClientSession() as s:
+        key = (await c.keyed("POST", "/fapi/v1/listenKey")).json["listenKey"]
+        ws = await s.ws_connect(f"{sim.ws_url}/private/ws/{key}")
+        await c.admin("POST", "/sim/market/freeze", {"symbol": "ETHUSDC"})
+        for mode in ("NONE", "EXPIRE_MAKER"):
+            ask, queued = ((Decimal(x) for x in (await _book(c))["asks"][0]))
+            own = await _limit(c, "SELL", str(ask), "0.010")
+            r = await c.signed("POST", "/fapi/v1/order", {
+                "symbol": "ETHUSDC", "side": "BUY", "type": "LIMIT", "timeInForce": "IOC", "price": str(ask),
+                "quantity": str(queued + Decimal("0.010")), "selfTradePreventionMode": mode})
+            taker = r.json["orderId"]
+            frames: list[dict] = []   # this round's: the maker's NEW, the taker's NEW, the match, the taker's end
+            while not frames or frames[-1]["i"] != taker or frames[-1]["X"] not in ("FILLED", "EXPIRED"):
+                f = json.loads((await ws.receive(timeout=10)).data)
+                if f["e"] == "ORDER_TRADE_UPDATE":
+                    frames.append(f["o"])
+            matched = [(f["i"], f["x"], f["l"], f.get("t")) for f in frames if f["x"] in ("TRADE", "EXPIRED")]
+            if mode == "NONE":
+                book, maker, mine = matched[0], matched[1], matched[2]
+                assert (book[0], Decimal(book[2])) == (taker, queued), matched
+                assert (maker[0], mine[0], Decimal(mine[2])) == (own["orderId"], taker, Decimal("0.010")), matched
+                assert book[3] < maker[3] == mine[3], matched   # the size ahead traded first
+            else:
+                assert [(i, x) for i, x, _, _ in matched] == [
+                    (taker, "TRADE"), (own["orderId"], "EXPIRED"), (taker, "EXPIRED")], matched
+                assert Decimal(matched[0][2]) == queued, matched
+
+
 async def test_a_taker_that_stops_short_of_its_own_resting_order_never_meets_it(sim):
     """Self-trade prevention acts only on a match: a taker filled by the others' size queued ahead of
     the account's own order at that price leaves it resting, whatever its mode (EXPIRE_TAKER no
