@@ -612,6 +612,7 @@ class FleetController(KillSwitches):
                 "recreated": self.recreated.get(s, 0),
                 "emergencies": self.emergencies.get(s, 0),
                 "fenced_epoch": self.fence.fenced.get(s),
+                "unkilled": self.fence.unkilled.get(s),   # a hung agent Ray was asked to kill, still running
             }
         return {
             "fleet": self.fleet_name,

@@ -34,6 +34,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,8 @@ log = logging.getLogger("mmfleet.controller")
 
 HUNG, REPLACED, GONE, STARTING, STOPPING, LATE = "hung", "replaced", "gone", "starting", "stopping", "late"
 PATIENT = (LATE, STARTING)  # alive, its renewals late: looked at again after late_patience_s, then hung
+KILL_TAKES_S = 5.0         # a kill asked of Ray that has not ended the process by then is reported (a frozen node)
+KILL_WATCH_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -100,15 +103,21 @@ def stopped_here(holder: str) -> bool:
         return False
 
 
-def alive_in_gcs(handle: Any) -> bool:
-    """Whether Ray holds the actor ALIVE (not already restarting or pending); True when unsure."""
+def actor_info(handle: Any) -> dict[str, Any] | None:
+    """The GCS's record of the actor (its state, process id, restarts; {} when it has none); None when
+    the GCS did not say."""
     try:
         from ray._private import state
 
-        info = state.actors(actor_id=handle._actor_id.hex())
-    except Exception:  # noqa: BLE001 - the GCS did not say: act as for a live one
-        return True
-    return not info or info.get("State") == "ALIVE"
+        return state.actors(actor_id=handle._actor_id.hex()) or {}
+    except Exception:  # noqa: BLE001 - the GCS did not say
+        return None
+
+
+def same_process(before: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether the GCS still holds the actor ALIVE in the process it had (not restarted since)."""
+    return now.get("State") == "ALIVE" and now.get("Pid") == before.get("Pid") \
+        and now.get("NumRestarts") == before.get("NumRestarts")
 
 
 class Fence:
@@ -131,6 +140,10 @@ class Fence:
         self.owed: dict[str, Lease] = {}        # symbol -> a hung owner's lease whose replacement failed: retried
         self.late_cancels: dict[tuple[str, int], asyncio.Future] = {}   # (symbol, epoch) -> its last cancel
         self.history: list[Fenced] = []         # the last few, for status
+        self.kill_watches: dict[str, asyncio.Future] = {}   # symbol -> the watch of a kill asked of Ray
+        self.unkilled: dict[str, dict[str, Any]] = {}       # symbol -> a hung agent the kill has not reached
+        # the watches' reads of the GCS, on a thread of their own (a hung GCS holds each read up to a minute)
+        self._gcs_reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fence-gcs")
         self.grace_until = time.time() + book.lease_ttl_s
         self.last_tick = time.monotonic()
 
@@ -265,12 +278,15 @@ class Fence:
             await asyncio.sleep(0.25)
 
     async def _replace(self, symbol: str, lease: Lease) -> bool:
-        """Revoke the hung owner's lease and kill its actor so that Ray recreates it."""
+        """Revoke the hung owner's lease and kill its actor so that Ray recreates it; True once the
+        kill is asked of Ray (whether it took is watched: ``_watch_kill``)."""
         current = self.book.lease(symbol)
         if current is not None and current.epoch == lease.epoch:
             self.book.revoke(symbol)
         handle = self.agents.get(symbol, fresh=True)
-        if handle is None or not await asyncio.to_thread(alive_in_gcs, handle):
+        info = await asyncio.to_thread(actor_info, handle) if handle is not None else None
+        # (no record, or the GCS did not say: killed as a live one)
+        if handle is None or (info is not None and info.get("State", "ALIVE") != "ALIVE"):
             return False
         try:
             ray.kill(handle, no_restart=False)
@@ -278,7 +294,35 @@ class Fence:
             log.error("%s: could not kill the hung agent: %s", symbol, named_line(exc))
             return False
         self.agents.drop(symbol)
+        if info and symbol not in self.kill_watches:
+            task = asyncio.ensure_future(self._watch_kill(symbol, lease.epoch, handle, info))
+            self.kill_watches[symbol] = task
+            task.add_done_callback(lambda _: self.kill_watches.pop(symbol, None))
         return True
+
+    async def _watch_kill(self, symbol: str, epoch: int, handle: Any, before: dict[str, Any]) -> None:
+        """A kill Ray was asked for takes on a live node within a second or two: the process dies and Ray
+        restarts the actor. On a frozen node (its raylet stopped with its workers) nothing acts on it
+        until Ray finds the node dead or it resumes, and meanwhile the symbol has no owner that quotes.
+        Said loudly, and shown in status (``unkilled``), until the actor's process changes."""
+        start = time.monotonic()
+        loop = asyncio.get_running_loop()
+        while True:
+            now = await loop.run_in_executor(self._gcs_reads, actor_info, handle)
+            if now is not None and not same_process(before, now):
+                break   # (a GCS that does not answer says nothing either way: still watched)
+            waited = time.monotonic() - start
+            if now is not None and waited >= KILL_TAKES_S and symbol not in self.unkilled:
+                self.unkilled[symbol] = {"epoch": epoch, "pid": before.get("Pid"),
+                                         "node": (before.get("Address") or {}).get("NodeID"), "since": time.time()}
+                log.error("%s: the hung agent of epoch %d (pid %s) still runs %.0f s after Ray was asked to kill "
+                          "it: its node does not act on it (frozen?). Its lease is revoked and its orders cancelled; "
+                          "no successor quotes until Ray finds that node dead or the node resumes", symbol, epoch,
+                          before.get("Pid"), waited)
+            await asyncio.sleep(KILL_WATCH_EVERY_S)
+        if self.unkilled.pop(symbol, None) is not None:
+            log.warning("%s: the hung agent of epoch %d is gone at last, %.0f s after its kill", symbol, epoch,
+                        time.monotonic() - start)
 
     def _cancel_late(self, symbol: str, account: str | None, lease: Lease) -> None:
         """The epoch cancelled once more when what its owner signed just before its gate closed can no

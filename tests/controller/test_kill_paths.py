@@ -751,6 +751,46 @@ def test_an_agent_stopped_past_its_lease_is_fenced_and_a_successor_quotes(fleet)
     fleet.wait_quoting(within_s=60)
 
 
+def test_a_hung_agent_the_kill_cannot_reach_is_reported_until_its_process_goes(fleet):
+    """A node frozen whole (its raylet stopped with the agent): the fence cancels the hung epoch's orders
+    and asks Ray to kill the actor, but Ray's kill goes through the node's raylet and nothing acts on it.
+    The controller says so (``unkilled`` in the symbol's lease, an error in its log) instead of taking
+    the kill as done; once the raylet resumes, the kill takes, a successor quotes and the report clears.
+    (The raylet is frozen some 10 s, well under the GCS's health checks: 5 failures of 10 s each.)"""
+    import ray
+    from ray._private import ray_constants
+
+    sym = "SOLUSDT"
+    before = fleet.get("/status").json()["agents"][sym]
+    assert fleet.open_orders(sym) > 0
+    raylet = ray._private.worker._global_node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    os.kill(before["pid"], signal.SIGSTOP)
+    os.kill(raylet, signal.SIGSTOP)
+    try:
+        def reported() -> dict[str, Any] | None:
+            return (fleet.get("/status").json()["agents"][sym].get("lease") or {}).get("unkilled")
+
+        unkilled = poll(reported, LEASE_TTL_S + 20.0, f"{sym}'s hung agent reported as not killed")
+        assert unkilled["pid"] == before["pid"] and unkilled["epoch"] == before["epoch"], unkilled
+        assert fleet.open_orders(sym) == 0   # the fence's cancel did not wait for the kill
+    finally:
+        os.kill(raylet, signal.SIGCONT)
+        try:
+            os.kill(before["pid"], signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+    def successor() -> dict[str, Any] | None:
+        agent = fleet.get("/status").json()["agents"][sym]
+        fresh = (agent.get("epoch") or 0) > before["epoch"] and agent.get("pid") != before["pid"]
+        ok = fresh and agent.get("state") == "quoting" and not (agent.get("lease") or {}).get("unkilled")
+        return agent if ok else None
+
+    agent = poll(successor, 90, f"a successor of {sym} quoting, the report cleared")
+    assert _epochs(fleet.sim.state(sym)["open_orders"]) <= {agent["epoch"]}
+    fleet.wait_quoting(within_s=60)
+
+
 def test_an_agent_slow_to_confirm_its_halt_keeps_its_lease_and_halts_at_the_same_epoch(fleet):
     """Frozen for less than its lease, an agent cannot answer the endpoint's halt in time: the
     exchange route empties the book and the controller, told, takes the emergency path, but keeps the lease
