@@ -22,7 +22,8 @@ and it asks the agent actor, on its control group, who it is:
 
 An actor Ray is already restarting (its node lost, its process dead) is not killed again.
 
-A zombie that wakes finds its lease gone and cancels only its own epoch. After the controller's
+A zombie that wakes finds its lease gone and cancels only its own epoch; a holder the fence killed or
+unseated is barred from the symbol (``LeaseBook.bar``), so it never owns it again. After the controller's
 own loop stalled (stopped, overloaded, restarted), it waits one lease first, so owners whose
 renewals were stuck behind it are not taken for hung.
 """
@@ -249,6 +250,7 @@ class Fence:
         if current is None or (current.holder, current.epoch) != (lease.holder, lease.epoch):
             return None
         self.book.revoke(symbol)
+        self.book.bar(symbol, lease.holder)   # refused when it asks again, once its renewal is refused
         self.fenced[symbol] = lease.epoch
         account = self.account_of(symbol)
         left, error = await self._cancel(symbol, account, lease.epoch)
@@ -294,6 +296,7 @@ class Fence:
             log.error("%s: could not kill the hung agent: %s", symbol, named_line(exc))
             return False
         self.agents.drop(symbol)
+        self.book.bar(symbol, lease.holder)   # a kill that does not reach it (a frozen node): refused on waking
         if info and symbol not in self.kill_watches:
             task = asyncio.ensure_future(self._watch_kill(symbol, lease.epoch, handle, info))
             self.kill_watches[symbol] = task

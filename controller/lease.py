@@ -303,6 +303,9 @@ def _newer(a: Lease | None, b: Lease | None) -> Lease | None:
     return a if (a.epoch, a.expires_at) > (b.epoch, b.expires_at) else b
 
 
+BARRED_KEPT = 16   # the holders a symbol keeps barred (each one a process the fence took off it)
+
+
 class LeaseBook:
     """Epochs, leases and kill states of one fleet, kept in a :class:`KeyValueStore`."""
 
@@ -335,6 +338,10 @@ class LeaseBook:
         asks again while its own (unrevoked) lease is live: client order ids embed the epoch and must
         never repeat across incarnations. Only :meth:`renew` keeps an epoch.
         """
+        if holder in self.barred(symbol):
+            return LeaseAnswer(granted=False, symbol=symbol, wait_s=1.0,
+                               reason=f"{symbol}: {holder} was fenced, no longer the symbol's actor: it may not own "
+                               "the symbol again")
         # What this controller wrote last and what the GCS holds, whichever is newer: an old process
         # may still write for a moment (read afresh), and a GCS that failed over may have lost the
         # last writes (a lease or an epoch older than granted: never granted, nor numbered, twice).
@@ -388,6 +395,24 @@ class LeaseBook:
         revoked = Lease(holder=current.holder, epoch=current.epoch, expires_at=current.expires_at, revoked=True)
         self._put_lease(symbol, revoked)
         return revoked
+
+    def bar(self, symbol: str, holder: str) -> None:
+        """``holder`` (one actor process: host, pid and a nonce of its own) may never own ``symbol`` again:
+        the fence found it no longer the symbol's actor, or asked Ray to kill it as hung. Such a process,
+        out of Ray's reach on a node found dead or frozen, stops when its renewal is refused and asks
+        for the lease again: without this it could win a fresh epoch before the symbol's actor did."""
+        held = self.barred(symbol)
+        if holder not in held:
+            self.store.put(f"barred/{symbol}", json.dumps([*held, holder][-BARRED_KEPT:]))
+
+    def barred(self, symbol: str) -> list[str]:
+        """The holders barred from ``symbol`` (the last ``BARRED_KEPT``)."""
+        raw = self.store.get(f"barred/{symbol}")
+        try:
+            held = json.loads(raw) if raw else []
+        except ValueError:
+            return []
+        return [h for h in held if isinstance(h, str)] if isinstance(held, list) else []
 
     def forget(self, symbol: str) -> None:
         """Remove a symbol's lease (not its epoch counter, which must only ever grow)."""

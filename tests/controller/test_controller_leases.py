@@ -64,6 +64,30 @@ def test_revoked_lease_is_not_renewed_but_still_fences_successors_until_it_lapse
     assert b.acquire("SOLUSDT", "a", now=3.0).epoch == 2
 
 
+def test_a_barred_holder_never_owns_the_symbol_again_and_others_are_not_held_back():
+    """A process the fence took off a symbol (no longer its actor, or asked to be killed as hung) stops
+    when its renewal is refused, releases and asks again: refused, even with no lease live, so the
+    symbol's actor gets the next epoch (a hostile run: the old process won epoch 2 first). Kept in the
+    store, so a restarted controller refuses it too; other symbols and holders are untouched."""
+    store = MemoryStore()
+    b = LeaseBook(store, lease_ttl_s=3.0)
+    old = b.acquire("SOLUSDT", "vm:11:aa", now=0.0)
+    b.revoke("SOLUSDT")
+    b.bar("SOLUSDT", "vm:11:aa")
+    assert b.release("SOLUSDT", "vm:11:aa", old.epoch)
+    again = b.acquire("SOLUSDT", "vm:11:aa", now=0.5)
+    assert not again.granted and "may not own" in again.reason and again.wait_s > 0
+    assert not LeaseBook(store, lease_ttl_s=3.0).acquire("SOLUSDT", "vm:11:aa", now=0.6).granted
+    successor = b.acquire("SOLUSDT", "vm:12:bb", now=0.7)
+    assert successor.granted and successor.epoch == old.epoch + 1
+    assert b.acquire("BTCUSDT", "vm:11:aa", now=0.8).granted   # barred from that symbol only
+    for n in range(40):
+        b.bar("SOLUSDT", f"vm:{100 + n}:cc")
+    assert len(b.barred("SOLUSDT")) == 16 and b.barred("SOLUSDT")[-1] == "vm:139:cc"
+    store.put("barred/SOLUSDT", "not json")
+    assert b.barred("SOLUSDT") == []
+
+
 def test_every_acquire_grants_a_fresh_larger_epoch_even_to_the_same_holder():
     b = book()
     first = b.acquire("ETHUSDC", "a", now=0.0)

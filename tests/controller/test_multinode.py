@@ -324,7 +324,8 @@ def test_agents_whose_raylet_hangs_are_unseated_once_ray_restarts_them_elsewhere
     renewing their leases with the controller. Before the fix the restarted agents waited 'starting' for
     ever and the old ones kept trading, out of Ray's reach (a hostile run). The controller unseats a
     holder that is no longer the symbol's actor: its lease revoked, its epoch's orders cancelled, the
-    restarted agents quoting with larger epochs; at no sample two epochs' orders on one book."""
+    restarted agents quoting with larger epochs; at no sample two epochs' orders on one book, and the old
+    processes, barred, never trade another epoch."""
     import os
     import signal
     import threading
@@ -353,6 +354,7 @@ def test_agents_whose_raylet_hangs_are_unseated_once_ray_restarts_them_elsewhere
 
     sampler = threading.Thread(target=watch, daemon=True)
     sampler.start()
+    hung_ms = int(time.time() * 1000)
     os.kill(raylet.pid, signal.SIGSTOP)
     try:
         after = fleet.quoting(newer_than=old, timeout=SETTLE_S)
@@ -365,6 +367,10 @@ def test_agents_whose_raylet_hangs_are_unseated_once_ray_restarts_them_elsewhere
         assert after[s]["status"]["epoch"] > old[s]
         assert {_epoch(o) for o in fleet.exchange.open_orders(s)} <= {after[s]["status"]["epoch"]}
         assert not no_duplicate_ids(fleet.exchange, s, since_ms), f"{s}: a client order id was used twice"
+        # the old process, its renewal refused, stops and asks for the lease again: refused, it never
+        # trades another epoch (before, it could win one ahead of the restarted actor and quote with it)
+        used = {_epoch(o) for o in fleet.exchange.all_orders(s, hung_ms)}
+        assert used <= {old[s], after[s]["status"]["epoch"]}, f"{s}: epochs used since the hang {used}"
     assert not two_epochs, two_epochs[:5]
     nodes.workers[:] = [w for w in nodes.workers if w is not victim] + [spare]
     print(f"raylet {raylet.pid} hung: epochs {old} -> { {s: after[s]['status']['epoch'] for s in fleet.symbols} }")
