@@ -477,11 +477,14 @@ class AgentCore:
         self._grind = (res, p.client_order_id, now_ms)
         return 0
 
-    def enforce_cap(self, now_ms: int | None = None) -> Actions:
+    def enforce_cap(self, now_ms: int | None = None, stale: bool = False) -> Actions:
         """Only the cancels that bring a worst case beyond the cap back inside, and those due again
-        (for a runtime that may not quote now: a stream lost, a resync; taking risk off is allowed)."""
+        (for a runtime that may not quote now: a stream lost, a resync; taking risk off is allowed);
+        ``stale``: also the quotes the ladder would move (a lapsed lease holds quoting: ``stale_quotes``)."""
         cancels: list[Cancel] = []
         self._retry_cancels_into(cancels, now_ms)
+        if stale and self.guard.state == RUNNING:
+            cancels.extend(stale_quotes(self, {c.client_order_id for c in cancels}))
         self._enforce_cap_into(cancels, [])
         if not cancels:
             return Actions(())
@@ -534,6 +537,21 @@ class AgentCore:
             "grind_count": self.grinding.count_total,
             "grind_active": self.grinding.active,
         }
+
+
+def stale_quotes(core: AgentCore, going: set[str]) -> list[Cancel]:
+    """While a lapsed lease holds quoting (nothing may be placed or amended until it is renewed or the
+    quotes are pulled, ``lease_pull_sec`` later): the resting quotes the ladder would move or drop, as
+    cancels, so that a moving market does not pick off quotes nobody re-prices; those it would keep
+    rest on. ``going``: already being cancelled."""
+    s = core.store
+    live_bids, live_asks, other_b, other_s = s.ledger.ladder_view()
+    ladder = core._ladder(other_b, other_s)
+    diff = core.manager.diff(ladder.bids, ladder.asks, live_bids, live_asks, ladder.center_ticks, None)
+    moved = [a for a in diff.amends if (o := s.orders.get(a.client_order_id)) is not None
+             and a.price_ticks != o.price_ticks]
+    return [Cancel(c.client_order_id, c.order_id, OrderReason.STALE)
+            for c in (*diff.cancels, *moved) if c.client_order_id not in going]
 
 
 def cap_cancels(led: Any, ours: Callable[[str], bool], pos: int, cap: int, cancels: list[Cancel],

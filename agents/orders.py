@@ -43,6 +43,7 @@ class OrderReason(StrEnum):
     RECANCEL = "recancel"  # a cancel sent again: the last one's answer was ambiguous
     RECONCILE = "reconcile"  # cancelled by the reconciliation: an earlier epoch's, or one no ladder of ours wants
     MODIFY_LIMIT = "modify_limit"  # cancelled to be replaced: the exchange will not amend it again (-5026)
+    STALE = "stale"  # cancelled while a lapsed lease holds quoting: the ladder would move it, nothing may re-price it
     EXTERNAL = "external"  # adopted from the exchange's listing: not placed by this agent
 
 

@@ -39,7 +39,9 @@ class Timers:
 
     async def quote_loop(self) -> None:
         """Every ``quote_interval_ms``: a quote cycle if nothing blocks and the core wants one; while
-        blocked, only the cancels of what adds beyond the cap (a cancel is always safe)."""
+        blocked, only the cancels of what adds beyond the cap (a cancel is always safe), and while a
+        lapsed lease alone blocks (the market fresh, the quotes not yet pulled) also of the quotes the
+        ladder would move (``stale_quotes``)."""
         a = self.agent
         while not a.stopping:
             await a.clock.sleep(a.params.base.quote_interval_ms / 1000.0)
@@ -47,11 +49,13 @@ class Timers:
             if core is None:
                 continue
             if a.blocks:
+                actions = None
                 if BLOCK_STARTING not in a.blocks and a.lease_ok():
-                    now_ms = a.exchange_ms()
-                    actions = core.enforce_cap(now_ms)
-                    if actions:
-                        a.sender.execute(actions, now_ms, None)
+                    actions = core.enforce_cap(a.exchange_ms())
+                elif a.blocks == {BLOCK_LEASE} and not self._lapse_pulled and not a.lease.lost:
+                    actions = core.enforce_cap(a.exchange_ms(), stale=True)
+                if actions:
+                    a.sender.execute(actions, a.exchange_ms(), None)
                 continue
             now_ms = a.clock.time_ms() + a.offset_ms()
             if core.should_quote(now_ms):

@@ -267,7 +267,8 @@ class RuntimeParams(_Model):
         10.0, gt=0,
         description="a lease lapsed this long (the controller or the GCS unreachable) has this epoch's orders "
                     "cancelled by the agent: quotes it cannot re-price do not wait for the dead-man countdown "
-                    "(a hung agent is the controller's fence's; a successor's orders are never touched)")
+                    "(a hung agent is the controller's fence's; a successor's orders are never touched); until "
+                    "then only the quotes the ladder would move are cancelled")
     exchange_info_reread_sec: float = Field(
         900.0, ge=1,
         description="exchangeInfo (weight 1) read again this often: a filter the exchange changed that no order "

@@ -1468,6 +1468,41 @@ async def test_a_lease_lapsed_past_lease_pull_sec_pulls_this_epochs_quotes_and_s
                        explain=lambda: describe(agent, exchange))
 
 
+async def test_while_a_lease_lapses_the_quotes_the_ladder_would_move_are_cancelled_and_none_placed(sim, exchange):
+    """A lapsed lease holds quoting until it is renewed or ``lease_pull_sec`` (60 s here) pulls the quotes;
+    meanwhile the market moves 2 %: the quotes the ladder would re-price (here the bids, left behind) are
+    cancelled at once, this epoch's own (nobody may re-price them, and a moving market picks such quotes
+    off: a hostile run's head freeze saw fills on quotes left for the 10 s), nothing is placed or amended,
+    and the quotes are not pulled whole."""
+    lease = ControlledLease(ttl=2.0)
+    async with quoting_on_lease(sim, exchange, lease, deadman_countdown_ms=60_000, lease_pull_sec=60.0) as agent:
+        await exchange.post("/sim/market/freeze", {"symbol": SYMBOL, "mode": "price"})
+        await wait_for(lambda: resting(agent, exchange), 10, "ladder resting on the held price",
+                       explain=lambda: describe(agent, exchange))
+        before = {o["clientOrderId"]: o for o in (await exchange.state())["open_orders"]}
+        lease.hang.clear()  # the controller stops answering
+        await wait_for(lambda: "lease" in agent.status()["blocks"], 5, "quoting blocked when the lease lapses")
+        lapsed_at = (await exchange.state())["time"]
+        assert set(before) == {o["clientOrderId"] for o in (await exchange.state())["open_orders"]}
+        await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": 2.0})
+        bids = {cid for cid, o in before.items() if o["side"] == "BUY"}
+
+        async def bids_gone() -> bool:
+            return not bids & {o["clientOrderId"] for o in (await exchange.state())["open_orders"]}
+
+        await wait_for(bids_gone, 10, "the bids the ladder would move up cancelled",
+                       explain=lambda: describe(agent, exchange))
+        statuses = {o["clientOrderId"]: o["status"] for o in await exchange.all_orders()}
+        assert {statuses[cid] for cid in bids} == {"CANCELED"}
+        assert await orders_after(exchange, lapsed_at + 50) == []   # nothing placed
+        resting_now = (await exchange.state())["open_orders"]
+        assert all(o["price"] == before[o["clientOrderId"]]["price"] for o in resting_now)   # nor amended
+        assert agent.counters["lease_pulls"] == 0 and "lease" in agent.status()["blocks"]
+        lease.hang.set()
+        await wait_for(lambda: resting(agent, exchange), 10, "quoting again once renewed",
+                       explain=lambda: describe(agent, exchange))
+
+
 async def successor_takes_over(agent: SymbolAgent, exchange: Exchange) -> str:
     """An epoch-2 owner arms its own dead-man switch and rests one order far from the touch."""
     successor_id = "mm-ETHUSDC-e2-1"
