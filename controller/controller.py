@@ -296,7 +296,8 @@ class FleetController(KillSwitches):
         self.fleet_name = fleet_name
         self.namespace = namespace
         self.settings = ControllerSettings(**(settings or {}))
-        self.book = LeaseBook(WriteThroughStore(GcsStore(fleet_name), ("lease/", "epoch/")),  # only it writes them
+        only_it_writes = ("lease/", "epoch/", "barred/")
+        self.book = LeaseBook(WriteThroughStore(GcsStore(fleet_name), only_it_writes),
                               lease_ttl_s=self.settings.lease_ttl_s)
         self.agents = AgentHandles(fleet_name, namespace, self.settings.agent_call_timeout_s)
         self.creating = asyncio.Lock()   # apply and reconcile look for missing agents and create them one at a time

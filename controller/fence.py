@@ -14,7 +14,8 @@ and it asks the agent actor, on its control group, who it is:
   its loop (on a saturated node they queue behind the controller's own work): only the cancel; its
   lease is not revoked, so a renewal that lands resumes it at the same epoch (it re-arms the
   dead-man switch first). Still lapsed ``late_patience_s`` later, it is hung after all.
-- another holder (the actor already restarted) or no actor: only the cancel.
+- another holder (the actor already restarted in another process): the cancel, the lease revoked and
+  its holder barred; no actor: only the cancel.
 - the same holder still starting (it renews from its grant on, but a start may be slowed): only the
   cancel; still lapsed ``late_patience_s`` later, it is hung after all (a start that renews nothing
   for three leases is stuck, and without this nothing would ever replace it). Stopping (a retire):
@@ -22,8 +23,8 @@ and it asks the agent actor, on its control group, who it is:
 
 An actor Ray is already restarting (its node lost, its process dead) is not killed again.
 
-A zombie that wakes finds its lease gone and cancels only its own epoch; a holder the fence killed or
-unseated is barred from the symbol (``LeaseBook.bar``), so it never owns it again. After the controller's
+A zombie that wakes finds its lease gone and cancels only its own epoch; a holder the fence killed,
+found replaced or unseated is barred from the symbol (``LeaseBook.bar``), so it never owns it again. After the controller's
 own loop stalled (stopped, overloaded, restarted), it waits one lease first, so owners whose
 renewals were stuck behind it are not taken for hung.
 """
@@ -53,6 +54,7 @@ HUNG, REPLACED, GONE, STARTING, STOPPING, LATE = "hung", "replaced", "gone", "st
 PATIENT = (LATE, STARTING)  # alive, its renewals late: looked at again after late_patience_s, then hung
 KILL_TAKES_S = 5.0         # a kill asked of Ray that has not ended the process by then is reported (a frozen node)
 KILL_WATCH_EVERY_S = 1.0
+KILL_AGAIN_S = 10.0        # ... and asked again this often until the process goes
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,9 @@ class Fence:
                 self.owed[symbol] = lease
                 log.error("%s: the hung agent of epoch %d not replaced (%s): tried again every tick", symbol,
                           lease.epoch, named_line(exc))
+        elif verdict == REPLACED:   # the actor runs in another process: this holder is a zombie
+            self._revoke_if(symbol, lease)
+            self._bar(symbol, lease.holder)
         left, error = await cancel
         if verdict == HUNG and left:  # what the hung owner sent before it died
             left, error = await self._cancel(symbol, account, lease.epoch)
@@ -249,8 +254,8 @@ class Fence:
         current = self.book.lease(symbol)
         if current is None or (current.holder, current.epoch) != (lease.holder, lease.epoch):
             return None
+        self.book.bar(symbol, lease.holder)   # first: it is refused when it asks again, once stopped
         self.book.revoke(symbol)
-        self.book.bar(symbol, lease.holder)   # refused when it asks again, once its renewal is refused
         self.fenced[symbol] = lease.epoch
         account = self.account_of(symbol)
         left, error = await self._cancel(symbol, account, lease.epoch)
@@ -282,13 +287,14 @@ class Fence:
     async def _replace(self, symbol: str, lease: Lease) -> bool:
         """Revoke the hung owner's lease and kill its actor so that Ray recreates it; True once the
         kill is asked of Ray (whether it took is watched: ``_watch_kill``)."""
-        current = self.book.lease(symbol)
-        if current is not None and current.epoch == lease.epoch:
-            self.book.revoke(symbol)
+        self._revoke_if(symbol, lease)
         handle = self.agents.get(symbol, fresh=True)
-        info = await asyncio.to_thread(actor_info, handle) if handle is not None else None
+        if handle is None:
+            return False
+        info = await asyncio.to_thread(actor_info, handle)
         # (no record, or the GCS did not say: killed as a live one)
-        if handle is None or (info is not None and info.get("State", "ALIVE") != "ALIVE"):
+        if info is not None and info.get("State", "ALIVE") != "ALIVE":
+            self._bar(symbol, lease.holder)   # Ray restarts the actor: a new process, a new holder
             return False
         try:
             ray.kill(handle, no_restart=False)
@@ -296,24 +302,46 @@ class Fence:
             log.error("%s: could not kill the hung agent: %s", symbol, named_line(exc))
             return False
         self.agents.drop(symbol)
-        self.book.bar(symbol, lease.holder)   # a kill that does not reach it (a frozen node): refused on waking
+        self._bar(symbol, lease.holder)   # a kill that does not reach it (a frozen node): refused on waking
         if info and symbol not in self.kill_watches:
             task = asyncio.ensure_future(self._watch_kill(symbol, lease.epoch, handle, info))
             self.kill_watches[symbol] = task
             task.add_done_callback(lambda _: self.kill_watches.pop(symbol, None))
         return True
 
+    def _revoke_if(self, symbol: str, lease: Lease) -> None:
+        """The lease revoked if it is still the one fenced (not a successor's)."""
+        current = self.book.lease(symbol)
+        if current is not None and current.epoch == lease.epoch:
+            self.book.revoke(symbol)
+
+    def _bar(self, symbol: str, holder: str) -> None:
+        """``LeaseBook.bar``; a failure said (the holder could then win a new epoch if it asks)."""
+        try:
+            self.book.bar(symbol, holder)
+        except Exception as exc:  # noqa: BLE001 - the fence's work goes on
+            log.error("%s: %s not barred from the lease (%s): it may win a new epoch if it asks", symbol, holder,
+                      named_line(exc))
+
     async def _watch_kill(self, symbol: str, epoch: int, handle: Any, before: dict[str, Any]) -> None:
         """A kill Ray was asked for takes on a live node within a second or two: the process dies and Ray
         restarts the actor. On a frozen node (its raylet stopped with its workers) nothing acts on it
         until Ray finds the node dead or it resumes, and meanwhile the symbol has no owner that quotes.
-        Said loudly, and shown in status (``unkilled``), until the actor's process changes."""
-        start = time.monotonic()
+        Said loudly, and shown in status (``unkilled``), until the actor's process changes; the kill is
+        asked again every ``KILL_AGAIN_S`` (Ray's request to a raylet that does not answer may be lost,
+        and the holder, barred, could not own the symbol again)."""
+        start = asked = time.monotonic()
         loop = asyncio.get_running_loop()
         while True:
             now = await loop.run_in_executor(self._gcs_reads, actor_info, handle)
             if now is not None and not same_process(before, now):
                 break   # (a GCS that does not answer says nothing either way: still watched)
+            if now is not None and time.monotonic() - asked >= KILL_AGAIN_S:
+                asked = time.monotonic()
+                try:
+                    ray.kill(handle, no_restart=False)
+                except Exception as exc:  # noqa: BLE001 - tried again later
+                    log.error("%s: the hung agent's kill not asked again: %s", symbol, named_line(exc))
             waited = time.monotonic() - start
             if now is not None and waited >= KILL_TAKES_S and symbol not in self.unkilled:
                 self.unkilled[symbol] = {"epoch": epoch, "pid": before.get("Pid"),

@@ -277,6 +277,26 @@ def test_an_owner_still_starting_whose_lease_stays_lapsed_is_hung_after_all():
     assert again.verdict == HUNG and book.lease("X").revoked and book.lease("X").epoch == lease.epoch
 
 
+def test_a_lapsed_holder_that_is_no_longer_the_actor_is_revoked_and_barred():
+    """The actor answers from another process (Ray restarted it, the old one out of its reach): the old
+    holder's lapsed lease is revoked, so it cannot renew it back to life (a renewal does not look at the
+    expiry), and the holder is barred: its acquire once stopped is refused, the actor's granted."""
+    from controller.fence import REPLACED, Fence
+    from controller.lease import MemoryStore
+
+    book = LeaseBook(MemoryStore(), lease_ttl_s=3.0)
+    old = book.acquire("X", "h1", now=1000.0)
+    restarted = StatusOnly({"holder": "h2", "state": "starting", "blocks": ["starting"]})
+    fence = Fence(book, agents=restarted, desk=None, account_of=lambda s: None)  # type: ignore[arg-type]
+    fence.grace_until = 0.0
+    [done] = asyncio.run(fence.tick(["X"], 1003.5))
+    assert done.verdict == REPLACED and book.lease("X").revoked and book.barred("X") == ["h1"]
+    assert not book.renew("X", "h1", old.epoch, now=1003.6).granted
+    assert book.release("X", "h1", old.epoch)
+    assert not book.acquire("X", "h1", now=1003.7).granted
+    assert book.acquire("X", "h2", now=1003.8).epoch == old.epoch + 1
+
+
 def test_a_revoked_lease_whose_owner_hung_is_fenced_too():
     """A lease revoked (by a kill's emergency path, or by a fence whose controller died before it
     killed the actor) and lapsed, its owner hung: fenced like any other lapse. It was skipped for good,
