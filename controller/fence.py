@@ -24,9 +24,9 @@ and it asks the agent actor, on its control group, who it is:
 An actor Ray is already restarting (its node lost, its process dead) is not killed again.
 
 A zombie that wakes finds its lease gone and cancels only its own epoch; a holder the fence killed,
-found replaced or unseated is barred from the symbol (``LeaseBook.bar``), so it never owns it again. After the controller's
-own loop stalled (stopped, overloaded, restarted), it waits one lease first, so owners whose
-renewals were stuck behind it are not taken for hung.
+found replaced or unseated is barred from the symbol (``LeaseBook.bar``), so it never owns it again.
+After the controller's own loop stalled (stopped, overloaded, restarted), it waits one lease first,
+so owners whose renewals were stuck behind it are not taken for hung.
 """
 
 from __future__ import annotations
