@@ -224,8 +224,11 @@ class Fence:
                 log.error("%s: the hung agent of epoch %d not replaced (%s): tried again every tick", symbol,
                           lease.epoch, named_line(exc))
         elif verdict == REPLACED:   # the actor runs in another process: this holder is a zombie
-            self._revoke_if(symbol, lease)
             self._bar(symbol, lease.holder)
+            try:
+                self._revoke_if(symbol, lease)
+            except Exception as exc:  # noqa: BLE001 - barred, cancelled: its renewal is what is left
+                log.error("%s: the lapsed lease of epoch %d not revoked: %s", symbol, lease.epoch, named_line(exc))
         left, error = await cancel
         if verdict == HUNG and left:  # what the hung owner sent before it died
             left, error = await self._cancel(symbol, account, lease.epoch)
