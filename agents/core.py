@@ -547,7 +547,9 @@ def stale_quotes(core: AgentCore, going: set[str]) -> list[Cancel]:
     s = core.store
     live_bids, live_asks, other_b, other_s = s.ledger.ladder_view()
     ladder = core._ladder(other_b, other_s)
+    seq = core.ids.seq
     diff = core.manager.diff(ladder.bids, ladder.asks, live_bids, live_asks, ladder.center_ticks, None)
+    core.ids.seq = seq   # the diff's places are not sent: their ids are not spent
     moved = [a for a in diff.amends if (o := s.orders.get(a.client_order_id)) is not None
              and a.price_ticks != o.price_ticks]
     return [Cancel(c.client_order_id, c.order_id, OrderReason.STALE)

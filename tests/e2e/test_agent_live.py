@@ -1483,6 +1483,7 @@ async def test_while_a_lease_lapses_the_quotes_the_ladder_would_move_are_cancell
         lease.hang.clear()  # the controller stops answering
         await wait_for(lambda: "lease" in agent.status()["blocks"], 5, "quoting blocked when the lease lapses")
         lapsed_at = (await exchange.state())["time"]
+        seq = agent.core.ids.seq
         assert set(before) == {o["clientOrderId"] for o in (await exchange.state())["open_orders"]}
         await exchange.post("/sim/market/jump", {"symbol": SYMBOL, "pct": 2.0})
         bids = {cid for cid, o in before.items() if o["side"] == "BUY"}
@@ -1497,6 +1498,7 @@ async def test_while_a_lease_lapses_the_quotes_the_ladder_would_move_are_cancell
         assert await orders_after(exchange, lapsed_at + 50) == []   # nothing placed
         resting_now = (await exchange.state())["open_orders"]
         assert all(o["price"] == before[o["clientOrderId"]]["price"] for o in resting_now)   # nor amended
+        assert agent.core.ids.seq == seq   # no client ids spent on what was not sent
         assert agent.counters["lease_pulls"] == 0 and "lease" in agent.status()["blocks"]
         lease.hang.set()
         await wait_for(lambda: resting(agent, exchange), 10, "quoting again once renewed",
