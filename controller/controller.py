@@ -300,6 +300,7 @@ class FleetController(KillSwitches):
         self.book = LeaseBook(WriteThroughStore(GcsStore(fleet_name), only_it_writes),
                               lease_ttl_s=self.settings.lease_ttl_s)
         self.agents = AgentHandles(fleet_name, namespace, self.settings.agent_call_timeout_s)
+        self.barred_said: set[tuple[str, str]] = set()   # (symbol, holder) whose refused acquire was logged
         self.creating = asyncio.Lock()   # apply and reconcile look for missing agents and create them one at a time
         self.applying = asyncio.Lock()   # one apply at a time (and the reconcile pass's finishing of one)
         self.owed = OwedWork(self)       # what the applied spec's apply (or a down) still owes
@@ -553,6 +554,10 @@ class FleetController(KillSwitches):
         if not answer.granted and answer.owner and answer.owner != holder and await self.fence.unseat(symbol, holder):
             answer = self.book.acquire(symbol, holder, now=time.time(), reduce_only=self.reduce_only,
                                        rate_share=self.shares.get(symbol, 1.0))
+        if not answer.granted and (symbol, holder) not in self.barred_said and holder in self.book.barred(symbol):
+            self.barred_said.add((symbol, holder))   # said once: it asks again every second
+            log.warning("%s: lease refused to %s, barred (fenced, no longer the symbol's actor); it asks again "
+                        "until its process ends", symbol, holder)
         return answer.to_dict()
 
     async def renew_lease(self, symbol: str, holder: str, epoch: int,
