@@ -49,13 +49,13 @@ class Timers:
             if core is None:
                 continue
             if a.blocks:
-                actions = None
+                now_ms, actions = a.exchange_ms(), None
                 if BLOCK_STARTING not in a.blocks and a.lease_ok():
-                    actions = core.enforce_cap(a.exchange_ms())
+                    actions = core.enforce_cap(now_ms)
                 elif a.blocks == {BLOCK_LEASE} and not self._lapse_pulled and not a.lease.lost:
-                    actions = core.enforce_cap(a.exchange_ms(), stale=True)
+                    actions = core.enforce_cap(now_ms, stale=True)
                 if actions:
-                    a.sender.execute(actions, a.exchange_ms(), None)
+                    a.sender.execute(actions, now_ms, None)
                 continue
             now_ms = a.clock.time_ms() + a.offset_ms()
             if core.should_quote(now_ms):
