@@ -82,7 +82,8 @@ from controller.console import (
     signin_token,
 )
 from controller.console_feed import ConsoleFeed
-from controller.federation import FleetView, KillLatency, SplitCache, published_scrapes, render_fleet_page
+from controller.federation import FleetView, KillLatency, SplitCache, published_scrapes, render_fleet_page, \
+    unkilled_seconds
 from controller.handles import HEAD_NODE_RESOURCE, above_agents_env, app_name
 from controller.kill_path import READ_S, DirectKill
 from controller.lane import SIGNIN, Busy, Lane
@@ -464,7 +465,8 @@ class FleetApi:
             self._durable_kill_states(), self.calls.published(self.cfg.name, symbols), self.calls.restarts(symbols))
         scrapes = published_scrapes(symbols, published, now=time.time(), stale_s=self.cfg.api.metrics_stale_s)
         view = FleetView(fleet=self.cfg.name, symbols=symbols, kill_states=kill_states, restarts=restarts,
-                         kill_latency=self.kill_latency, controller_up=self.controller.up())
+                         kill_latency=self.kill_latency, controller_up=self.controller.up(),
+                         unkilled=unkilled_seconds(self.controller.unkilled(), now=time.time()))
         # Off the event loop, so a kill is not queued behind it; a page is split again only when it changed.
         page = await asyncio.to_thread(render_fleet_page, view, scrapes, self.splits.split)
         for problem in page.dropped:

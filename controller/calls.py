@@ -287,6 +287,14 @@ class ControllerWatch:
         answer, at = self.seen
         return answer.ok and time.time() - at <= 2 * self.every_s + self.timeout_s
 
+    def unkilled(self) -> dict[str, dict[str, Any]]:
+        """The hung agents the controller's last ping named as outliving Ray's kill (symbol -> epoch, pid,
+        node, since); none known while the controller does not answer."""
+        if not self.up():
+            return {}
+        found = (self.seen[0].mapping() or {}).get("unkilled") if self.seen else None
+        return {s: v for s, v in found.items() if isinstance(v, dict)} if isinstance(found, dict) else {}
+
     def view(self) -> dict[str, Any]:
         if self.seen is None:
             return {"up": False, "pinged_s_ago": None, "error": "not pinged yet"}

@@ -353,6 +353,20 @@ class SymbolAnswers:
     restarts: int | None = None
     published_status: dict[str, Any] | None = None     # what a silent agent last published, with its age_s
     published_exposure: dict[str, Any] | None = None
+    unkilled: dict[str, Any] | None = None    # a hung agent outliving Ray's kill (the controller's: epoch, pid, since)
+
+
+def _unkilled(found: dict[str, Any] | None, now: float) -> dict[str, Any] | None:
+    """The hung agent Ray's kill has not reached, as numbers only: its epoch, pid and seconds since."""
+    if not found:
+        return None
+    since = _finite(found.get("since"))
+    return {"epoch": _int(found.get("epoch")), "pid": _int(found.get("pid")),
+            "for_s": round(max(0.0, now - since), 1) if since is not None else None}
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def console_row(symbol: str, a: SymbolAnswers) -> dict[str, Any]:
@@ -413,6 +427,7 @@ def console_row(symbol: str, a: SymbolAnswers) -> dict[str, Any]:
         "lease_epoch": lease.get("epoch"),
         "lease_expires_in_s": _finite(lease.get("lease_expires_in_s")),
         "lease_revoked": lease.get("lease_revoked"),
+        "unkilled": _unkilled(a.unkilled, time.time()),   # its hung agent outliving Ray's kill: no successor quotes
     })
 
 

@@ -155,6 +155,7 @@ class ConsoleFeed:
         now = time.time()
         restarts = alive or {}
         kill_map = (kills.mapping() or {}) if kills.ok else {}
+        unkilled = self.controller.unkilled()
         answers = {}
         for sym in symbols:
             kill = kill_map.get(sym)
@@ -169,6 +170,7 @@ class ConsoleFeed:
                 restarts=restarts.get(sym),
                 published_status=last[sym].shown("status", now) if sym in last else None,
                 published_exposure=last[sym].shown("exposure", now) if sym in last else None,
+                unkilled=unkilled.get(sym),
             )
         self.seq += 1
         watch = self.controller.view()

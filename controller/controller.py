@@ -694,7 +694,9 @@ class FleetController(KillSwitches):
 
     async def ping(self) -> dict[str, Any]:
         return {"fleet": self.fleet_name, "uptime_s": round(time.time() - self.started_at, 1), "pid": os.getpid(),
-                "agents_created_without_spawner": self.agents.unspawned}
+                "agents_created_without_spawner": self.agents.unspawned,
+                # hung agents Ray was asked to kill, still running (the endpoint's metrics and console show them)
+                "unkilled": dict(self.fence.unkilled)}
 
 
 def get_or_create_controller(cfg: FleetConfig, settings: ControllerSettings | None = None) -> Any:

@@ -78,6 +78,8 @@ class FleetView:
     restarts: Mapping[str, int] = field(default_factory=dict)
     kill_latency: KillLatency = KillLatency()
     controller_up: bool = True
+    # symbol -> seconds its hung agent has outlived Ray's kill (the controller's ping; known only while it answers)
+    unkilled: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -261,6 +263,16 @@ def _family_text(fam: _Family) -> str:
     return f"{help_line}\n# TYPE {name} {fam.type}\n" + (body + "\n" if body else "")
 
 
+def unkilled_seconds(unkilled: Mapping[str, Any], now: float) -> dict[str, float]:
+    """How long each hung agent the controller named has outlived Ray's kill (its ``since``, Unix s)."""
+    out = {}
+    for sym, found in unkilled.items():
+        since = found.get("since") if isinstance(found, Mapping) else None
+        if isinstance(since, (int, float)) and math.isfinite(since):
+            out[sym] = max(0.0, now - since)
+    return out
+
+
 def fleet_families(view: FleetView, scrapes: Iterable[AgentScrape]) -> list[Metric]:
     """The fleet's own series: agents up, halted, restarts, scrape health, kill latency."""
     by_symbol = {s.symbol: s for s in scrapes}
@@ -276,13 +288,22 @@ def fleet_families(view: FleetView, scrapes: Iterable[AgentScrape]) -> list[Metr
 
     controller = _gauge("mmfleet_controller_up", "1 if the fleet controller answered the endpoint's last ping (every 2 s).")
     controller.add_sample("mmfleet_controller_up", {"fleet": view.fleet}, 1.0 if view.controller_up else 0.0)
+    unkilled = _gauge("mmfleet_agent_unkilled_seconds",
+                      "Seconds the symbol's hung agent has run on since the fence found Ray's kill not acted on "
+                      "(its node frozen?): no successor quotes meanwhile; 0 when none; absent while the controller "
+                      "does not answer.")
+    if view.controller_up:
+        for sym in symbols:
+            unkilled.add_sample("mmfleet_agent_unkilled_seconds", {"fleet": view.fleet, _SYMBOL_LABEL: sym},
+                                round(max(0.0, view.unkilled.get(sym, 0.0)), 1))
 
     latency = _kill_latency_family(view.kill_latency, view.fleet)
     unconfirmed = Metric("mmfleet_kills_unconfirmed", "HTTP kills answered without every symbol confirmed with 0 open "
                          "orders at the exchange (a flatten: and flat); not in mmfleet_kill_latency_seconds.", "counter")
     unconfirmed.add_sample("mmfleet_kills_unconfirmed_total", {"fleet": view.fleet},
                            float(view.kill_latency.unconfirmed))
-    return [expected, up_total, up, scrape_s, halted_total, halted, restarts, controller, latency, unconfirmed]
+    return [expected, up_total, up, scrape_s, halted_total, halted, restarts, controller, unkilled, latency,
+            unconfirmed]
 
 
 def _gauge(name: str, doc: str) -> Metric:

@@ -122,6 +122,13 @@
     if (row.exchange_holds && row.exchange_holds.length) {
       c.state.append(el("span", "sub held", `held: ${row.exchange_holds.map((h) => (Object.hasOwn(HOLDS, h) ? HOLDS[h] : h)).join(", ")}`));
     }
+    // a hung agent Ray was asked to kill still runs (its node frozen?): its orders were cancelled, no successor quotes
+    const uk = row.unkilled;
+    if (uk && typeof uk === "object") {
+      const who = `epoch ${uk.epoch ?? "–"}, pid ${uk.pid ?? "–"}`;
+      c.state.append(el("span", "sub held unkilled", `hung agent (${who}) not killed for ${num(uk.for_s, 0)} s: ` +
+        "its node does not act on Ray's kill; no successor quotes"));
+    }
     // the books carried from the last agent without what the exchange booked after them (a read failed)
     if (row.books_gap_unread && row.books_gap_unread.length) {
       c.state.append(el("span", "sub held", `books lack the restart's gap: ${row.books_gap_unread.join(", ")} unread`));

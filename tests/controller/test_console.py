@@ -227,6 +227,19 @@ def test_a_delisting_the_exchange_announced_is_in_the_row():
                                                 exposure={})).get("settles_at_ms") is None
 
 
+def test_a_hung_agent_outliving_its_kill_is_in_the_row_as_numbers_only():
+    """The controller's report of a hung agent Ray's kill has not reached (a frozen node): its epoch, pid
+    and how long, nothing else of what the report holds (the node's id is for the status page)."""
+    since = time.time() - 12.0
+    row = console_row("ETHUSDC", SymbolAnswers(status={"state": "quoting"}, exposure={},
+                                               unkilled={"epoch": 4, "pid": 777, "node": "<b>n</b>", "since": since}))
+    assert row["unkilled"]["epoch"] == 4 and row["unkilled"]["pid"] == 777, row["unkilled"]
+    assert 11.0 <= row["unkilled"]["for_s"] <= 60.0 and set(row["unkilled"]) == {"epoch", "pid", "for_s"}
+    odd = console_row("ETHUSDC", SymbolAnswers(unkilled={"epoch": "4", "pid": True, "since": float("nan")}))
+    assert odd["unkilled"] == {"epoch": None, "pid": None, "for_s": None}
+    assert console_row("ETHUSDC", SymbolAnswers(status={"state": "quoting"}, exposure={}))["unkilled"] is None
+
+
 def test_the_symbols_funding_interval_is_in_the_row():
     """The interval the agent read from fundingInfo (agents/delisting.py): the page says it under the
     P&L when it is not 8 hours."""

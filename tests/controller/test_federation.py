@@ -17,6 +17,7 @@ from controller.federation import (
     FleetView,
     KillLatency,
     render_fleet_page,
+    unkilled_seconds,
 )
 
 SYMBOLS = ("ETHUSDC", "BTCUSDT", "SOLUSDT")
@@ -164,6 +165,19 @@ def test_fleet_series_count_halted_symbols_and_restarts():
     assert halted == {"ETHUSDC": ("halted", 1.0), "BTCUSDT": ("running", 0.0), "SOLUSDT": ("flattening", 1.0)}
     restarts = {s.labels["symbol"]: s.value for s in fams["mmfleet_agent_restarts"].samples}
     assert restarts == {"ETHUSDC": 2.0, "BTCUSDT": 0.0, "SOLUSDT": 1.0}
+
+
+def test_a_hung_agent_outliving_its_kill_is_a_series_while_the_controller_answers():
+    """The controller's fence names a hung agent Ray's kill has not reached (a frozen node): its seconds
+    since, per symbol, 0 for the others; nothing while the controller does not answer (not known)."""
+    now = 1_000.0
+    named = {"ETHUSDC": {"epoch": 3, "pid": 4242, "node": "ab", "since": 940.0}, "BTCUSDT": {"since": "x"}}
+    assert unkilled_seconds(named, now) == {"ETHUSDC": 60.0}
+    fams = {f.name: f for f in parse(render_fleet_page(view(unkilled=unkilled_seconds(named, now)), []).body)}
+    shown = {s.labels["symbol"]: s.value for s in fams["mmfleet_agent_unkilled_seconds"].samples}
+    assert shown == {"ETHUSDC": 60.0, "BTCUSDT": 0.0, "SOLUSDT": 0.0}
+    down = {f.name: f for f in parse(render_fleet_page(view(controller_up=False, unkilled={}), []).body)}
+    assert "mmfleet_agent_unkilled_seconds" not in down or not down["mmfleet_agent_unkilled_seconds"].samples
 
 
 def test_kill_latency_histogram_is_cumulative():

@@ -387,21 +387,29 @@ def fleet(ray_cluster, tmp_path_factory):
 
 def console_snapshot_where(live: Live, check: Any, within_s: float) -> dict[str, Any]:
     """The first snapshot the console's stream pushes that passes ``check`` (signed in as a browser)."""
-    from tests.controller.test_console import ConsoleClient, read_events
+    from tests.controller.test_console import ConsoleClient
 
     client = ConsoleClient(live)
     assert client.sign_in().status_code == 303
     deadline = time.monotonic() + within_s
     seen: list[Any] = []
-    with client.http.get(f"{client.base}/events", stream=True, timeout=30) as r:
-        assert r.status_code == 200, r.text
-        while time.monotonic() < deadline:
-            for _, event, data in read_events(r, 1.0):
-                if event == "snapshot":
-                    seen.append(data)
-                    if check(data):
-                        return data
-    raise AssertionError(f"no console snapshot passed within {within_s} s; the last: {seen[-1:]}")
+    ended = 0
+    while time.monotonic() < deadline:   # (a stream the server ends is opened again)
+        with client.http.get(f"{client.base}/events", stream=True, timeout=30) as r:
+            assert r.status_code == 200, r.text
+            event = "message"
+            for line in r.iter_lines(decode_unicode=True):
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:") and event == "snapshot":
+                    seen.append(json.loads(line[5:]))
+                    if check(seen[-1]):
+                        return seen[-1]
+                if time.monotonic() > deadline:
+                    break
+        ended += 1
+    raise AssertionError(f"no console snapshot passed within {within_s} s ({len(seen)} seen, the stream "
+                         f"ended {ended} times); the last: {seen[-1:]}")
 
 
 def test_a_kill_while_the_controller_is_stopped_empties_every_book(fleet):
@@ -795,6 +803,18 @@ def test_a_hung_agent_the_kill_cannot_reach_is_reported_until_its_process_goes(f
         unkilled = poll(reported, LEASE_TTL_S + 20.0, f"{sym}'s hung agent reported as not killed")
         assert unkilled["pid"] == before["pid"] and unkilled["epoch"] == before["epoch"], unkilled
         assert fleet.open_orders(sym) == 0   # the fence's cancel did not wait for the kill
+        # /metrics (alert MmAgentUnkilled) and the console show it too, from the controller's ping
+        def on_metrics() -> float | None:
+            fams = fleet.metric_families()
+            got = {m.labels["symbol"]: m.value for m in fams["mmfleet_agent_unkilled_seconds"].samples}
+            return got if got.get(sym, 0) > 0 and set(got) == set(SYMBOLS) else None
+
+        # (bounded tightly: the raylet stays frozen meanwhile, and the GCS declares a node dead after some 50 s)
+        shown = poll(on_metrics, 8.0, f"mmfleet_agent_unkilled_seconds of {sym} above 0")
+        assert all(v == 0 for s, v in shown.items() if s != sym), shown
+        snap = console_snapshot_where(fleet, lambda snap: any(r["unkilled"] for r in snap["rows"]), 8.0)
+        row = next(r for r in snap["rows"] if r["symbol"] == sym)
+        assert (row["unkilled"]["epoch"], row["unkilled"]["pid"]) == (before["epoch"], before["pid"]), row
     finally:
         os.kill(raylet, signal.SIGCONT)
         try:
@@ -810,6 +830,8 @@ def test_a_hung_agent_the_kill_cannot_reach_is_reported_until_its_process_goes(f
 
     agent = poll(successor, 90, f"a successor of {sym} quoting, the report cleared")
     assert _epochs(fleet.sim.state(sym)["open_orders"]) <= {agent["epoch"]}
+    poll(lambda: all(m.value == 0 for m in fleet.metric_families()["mmfleet_agent_unkilled_seconds"].samples),
+         2 * AGENT_TIMEOUT_S + 5.0, "mmfleet_agent_unkilled_seconds 0 again")
     fleet.wait_quoting(within_s=60)
 
 
