@@ -1,10 +1,13 @@
-"""``python -m fleet journal pnl|fills|events|export``: read the trade journal.
+"""``python -m fleet journal pnl|fills|events|export|replay``: read the trade journal.
 
 Every command takes ``--state-dir D`` (the SQLite journal under a fleet's state directory, the
 default ``.mmfleet``) or ``--url postgresql://user@host/db`` (the password from
 ``MMFLEET_JOURNAL_PASSWORD`` or the file named by ``MMFLEET_JOURNAL_PASSWORD_FILE``, never an
 argument), ``--json`` for scripts, ``--since`` (``2026-05-01T12:00``, epoch milliseconds, or an age
-such as ``90m``, ``6h``, ``2d``) and ``--symbol`` (repeatable).
+such as ``90m``, ``6h``, ``2d``) and ``--symbol`` (repeatable); each says on stderr when rows the
+fleet's processes spooled while the database did not answer are waiting (in the state directory's
+``journal-spool``). ``replay --config F`` puts the fleet's spools into its journal now (a fleet
+stopped during an outage would bring them in only at its next ``up``).
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if name == "export":
             p.add_argument("--format", choices=("csv", "parquet"), default="csv")
             p.add_argument("dir", help="the directory to write one file per table into")
+    text = ("put the rows the fleet's processes spooled while its journal's database did not answer into it "
+            "now (safe while the fleet runs)")
+    p = sub.add_parser("replay", help=text, description=text)
+    p.add_argument("--config", required=True, help="the fleet's config (its journal and state directory)")
 
 
 MAX_MS = 253_402_300_799_999   # 9999-12-31T23:59:59.999Z: later is not a time a journal holds
@@ -233,11 +240,56 @@ def _said(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """The fleet's spools into its journal: one line per writer's name, exit 1 if any is left."""
+    from fleet.config import ConfigError, load_fleet_config
+
+    from .db import target_of
+    from .spools import replay
+
+    try:
+        cfg = load_fleet_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    target = target_of(cfg)
+    try:
+        done = replay(target, cfg.name)
+    except Exception as exc:  # noqa: BLE001 - a spool directory not readable, a database gone: said, no trace
+        print(f"error: replay failed: {_said(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    if not done:
+        print(f"no spooled rows of fleet {cfg.name} in {target.spool_dir}")
+    for r in done:
+        cut = f", {r.unreadable} unreadable lines skipped" if r.unreadable else ""
+        print(f"{r.name}: {r.rows} rows into {target.describe()}{cut}"
+              + (f"; the rest still spooled: {r.error}" if r.error else ""))
+    return EXIT_FAILED if any(r.error for r in done) else EXIT_OK
+
+
+def _say_waiting(args: argparse.Namespace) -> None:
+    """A note on stderr when the fleet's processes spooled rows this journal does not hold yet."""
+    from pathlib import Path
+
+    from .spools import waiting
+
+    spool_dir = Path(args.state_dir or ".mmfleet") / "journal-spool"
+    rows = waiting(spool_dir, args.fleet)
+    if rows:
+        names = ", ".join(f"{n}: {k}" for n, k in rows.items())
+        print(f"note: {sum(rows.values())} rows spooled while the journal's database did not answer wait in "
+              f"{spool_dir} ({names}): not in what follows until `python -m fleet journal replay --config F` "
+              "or the fleet's next up", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from .db import JournalConfigError
 
+    if args.journal_command == "replay":
+        return cmd_replay(args)
+    _say_waiting(args)
     try:
         since = parse_since(args.since)
         engine = _engine(args)

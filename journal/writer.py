@@ -342,6 +342,13 @@ class JournalWriter:
             time.sleep(0.01)
         return False
 
+    def replay_now(self) -> bool:
+        """The name's spool put into the database on the caller's thread, for a process that writes
+        nothing of its own (``python -m fleet journal replay``); True when none of it is left. Safe beside
+        a live writer of the name: a replay renames the spool first and every row is idempotent."""
+        self._drain()
+        return not self.spool_path.exists() and not self.replay_path.exists()
+
     def close(self, timeout: float = 10.0) -> None:
         """Write what is handed over (``timeout`` at most), then stop the thread. A database that does not
         answer in time: what is left (queued, held, the batch in flight) goes to the spool from here,

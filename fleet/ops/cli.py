@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "kill": ("fleet.ops.fleet_cli", "kill", "halt (or --flatten) symbols or the whole fleet"),
     "resume": ("fleet.ops.fleet_cli", "resume", "resume halted symbols"),
     "validate": ("fleet.ops.fleet_cli", "validate", "check a fleet config without starting anything"),
-    "journal": ("journal.cli", "run", "the trade journal: pnl, fills, events, export"),
+    "journal": ("journal.cli", "run", "the trade journal: pnl, fills, events, export, replay"),
     "simulate": ("fleet.ops.simulate_cli", "run", "days of the agents in minutes on a simulated clock; sweeps"),
     "record": ("simulate.record", "run", "record Binance's market streams (bookTicker, aggTrade, markPrice) to a directory"),
 }

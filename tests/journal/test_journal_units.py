@@ -571,3 +571,62 @@ def test_the_pnl_split_adds_up_to_the_total_it_shows(values):
     s = d["split"]
     assert abs(s["spread"] + s["inventory"] + s["funding"] + s["fees"] - d["total"]) < 1e-9
     assert abs(Decimal(str(s["inventory"])) - (row.trading - row.spread)) <= Decimal("0.00000002")
+
+
+def test_a_fleets_spools_are_said_by_the_reads_and_replayed_by_the_command(tmp_path):
+    """A fleet stopped while its database did not answer leaves spools that only its next ``up`` would
+    bring in: the read commands say so (a report is not short without a word), ``journal replay`` puts
+    them in now, once, and leaves another fleet's spools alone; with the database still away it says
+    what is left and exits 1."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from journal.db import sqlite_path
+
+    state = tmp_path / "state"
+    spool = state / "journal-spool"
+    away = Target(url="postgresql+psycopg://nobody@127.0.0.1:1/none", spool_dir=str(spool))
+    for name, n in (("f-ETHUSDC", 7), ("f-cli", 1), ("g-ETHUSDC", 2)):
+        w = JournalWriter(away, name, flush_interval=0.05).start()
+        for i in range(n):
+            w.put(_fill(i, "BUY", "3000", "0.01", 3000.0) if n > 1 else
+                  ("events", event_row("f", "up", actor="cli", reason="up while the database was down")))
+        assert w.flush(20) and w.stats["spooled"] == n
+        w.close(1)
+    journal = Target(url=f"sqlite:///{sqlite_path(state, 'f')}", spool_dir=str(spool))
+    w = JournalWriter(journal, "f-seed", flush_interval=0.05).start()   # the journal exists, without those rows
+    w.put(_fill(100, "SELL", "3001", "0.01", 3001.0))
+    assert w.flush(20)
+    w.close(5)
+    config = tmp_path / "fleet.yaml"
+    account = {"name": "main", "api_key_env": "MMFLEET_MAIN_API_KEY", "api_secret_env": "MMFLEET_MAIN_API_SECRET"}
+    config.write_text(json.dumps({"name": "f", "state_dir": str(state), "accounts": [account],
+                                  "symbols": [{"symbol": "ETHUSDC", "account": "main"}]}))
+    away_config = tmp_path / "away.yaml"
+    away_config.write_text(json.dumps({"name": "f", "state_dir": str(state), "accounts": [account],
+                                       "journal": {"url": "postgresql://nobody@127.0.0.1:1/none"},
+                                       "symbols": [{"symbol": "ETHUSDC", "account": "main"}]}))
+    repo = Path(__file__).resolve().parents[2]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fleet", "journal", *args], cwd=repo, capture_output=True,
+                              text=True, timeout=120)
+
+    before = run("fills", "--state-dir", str(state), "--fleet", "f", "--json")
+    assert before.returncode == 0 and len(json.loads(before.stdout)) == 1, before.stderr
+    assert "note: 8 rows spooled" in before.stderr and "f-ETHUSDC: 7" in before.stderr, before.stderr
+    assert "g-ETHUSDC" not in before.stderr
+    still = run("replay", "--config", str(away_config))
+    assert still.returncode == 1 and "f-ETHUSDC: 0 rows" in still.stdout and "still spooled" in still.stdout, still
+    done = run("replay", "--config", str(config))
+    assert done.returncode == 0 and "f-ETHUSDC: 7 rows" in done.stdout and "f-cli: 1 rows" in done.stdout, done
+    after = run("fills", "--state-dir", str(state), "--fleet", "f", "--json")
+    assert len(json.loads(after.stdout)) == 8 and "note:" not in after.stderr, after.stderr
+    events_shown = run("events", "--state-dir", str(state), "--fleet", "f", "--json")
+    assert [e["kind"] for e in json.loads(events_shown.stdout)] == ["up"]
+    again = run("replay", "--config", str(config))
+    assert again.returncode == 0 and "no spooled rows of fleet f" in again.stdout
+    assert sorted(p.name for p in spool.iterdir() if p.name.endswith(".jsonl")) == ["g-ETHUSDC.spool.jsonl"]
+    bad = run("replay", "--config", str(tmp_path / "missing.yaml"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
