@@ -13,7 +13,8 @@ For a window (all of the journal, or from ``since``):
   asset (BNB, with Binance's fee discount) is listed apart, per asset (``other_fees``), and not in the
   total, as the agent counts it. Each account's position is replayed apart (a symbol moved to
   another account, or two fleets' accounts in one journal). A fill the journal has only from the backfill (no mid recorded) counts with no edge:
-  its P&L lands in inventory, and ``fills_without_mid`` says how many.
+  its P&L lands in inventory, and ``fills_without_mid`` says how many. The fleet's figures add
+  symbols of different quote assets (USDC and USDT) 1:1; ``by_quote`` keeps each asset's own.
 """
 
 from __future__ import annotations
@@ -209,8 +210,30 @@ def compute(engine: Engine, *, since_ms: int | None = None, symbols: list[str] |
             p.unrealized_start = sum((b.unrealized(start_marks.get(sym) or seen or b.entry) for b in held), ZERO)
         p.position, p.entry, p.mark = book.pos, book.entry, mark
         p.unrealized = sum((b.unrealized(seen if seen is not None else b.entry) for b in held), ZERO)
-    total = SymbolPnl("fleet")
-    for p in out.values():
+    by_quote: dict[str, list[SymbolPnl]] = {}
+    for sym, p in out.items():
+        by_quote.setdefault(quote_of(sym), []).append(p)
+    return {"since_ms": since_ms, "symbols": {s: out[s].as_dict() for s in sorted(out)},
+            # the fleet's figures add each symbol's in its own quote asset: USDC and USDT 1:1 (``quote_assets``
+            # says which were added; ``by_quote`` has each asset's own)
+            "fleet": {**_summed("fleet", out.values()), "quote_assets": sorted(by_quote)},
+            "by_quote": {q: _summed(q, ps) for q, ps in sorted(by_quote.items())},
+            "exact": {s: {"realized": str(out[s].realized), "funding": str(out[s].funding),
+                          "fees": str(out[s].fees)} for s in sorted(out)}}
+
+
+QUOTES = ("USDT", "USDC", "BUSD", "FDUSD")   # USD-M's quote assets
+
+
+def quote_of(symbol: str) -> str:
+    """The asset a symbol's P&L is in: its quote asset ("?" for a name that ends in none of USD-M's)."""
+    return next((q for q in QUOTES if symbol.endswith(q)), "?")
+
+
+def _summed(name: str, parts: Any) -> dict[str, Any]:
+    """Symbols' figures added up, without the per-symbol ones (position, entry, mark)."""
+    total = SymbolPnl(name)
+    for p in parts:
         total.realized += p.realized
         total.fees += p.fees
         total.clearance += p.clearance
@@ -225,12 +248,10 @@ def compute(engine: Engine, *, since_ms: int | None = None, symbols: list[str] |
         total.fee_assets |= p.fee_assets
         for asset, v in p.other_fees.items():
             total.other_fees[asset] = total.other_fees.get(asset, ZERO) + v
-    fleet_doc = total.as_dict()
+    doc = total.as_dict()
     for k in ("position", "entry_price", "mark"):
-        fleet_doc.pop(k, None)
-    return {"since_ms": since_ms, "symbols": {s: out[s].as_dict() for s in sorted(out)}, "fleet": fleet_doc,
-            "exact": {s: {"realized": str(out[s].realized), "funding": str(out[s].funding),
-                          "fees": str(out[s].fees)} for s in sorted(out)}}
+        doc.pop(k, None)
+    return doc
 
 
 def render(report: dict[str, Any]) -> str:
@@ -246,7 +267,13 @@ def render(report: dict[str, Any]) -> str:
                 f"{s['fees']:>9.4f} {d['fills']:>6}")
     for sym, d in report["symbols"].items():
         lines.append(line(sym, d))
-    lines.append(line("FLEET", report["fleet"]))
+    by_quote = report.get("by_quote") or {}
+    if len(by_quote) > 1:   # each quote asset's own, then their sum (1:1), named as such
+        for quote, d in by_quote.items():
+            lines.append(line(f"FLEET {quote}", d))
+        lines.append(line("FLEET", report["fleet"]) + f"  ({' + '.join(by_quote)}, added 1:1)")
+    else:
+        lines.append(line("FLEET", report["fleet"]))
     other = report["fleet"].get("other_fees") or {}
     if other:
         lines.append("fees paid in other assets (not in the totals): "

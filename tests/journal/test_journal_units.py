@@ -284,6 +284,29 @@ def test_an_exchange_row_that_is_not_a_number_is_skipped_and_the_others_written(
     assert rows[0][1]["price"] == "3000.5" and rows[1][1]["amount"] == "-0.01" and j.bad_rows == 2
 
 
+def test_the_fleets_figures_keep_each_quote_assets_own_beside_their_sum(tmp_path):
+    """ETHUSDC's P&L is in USDC, SOLUSDT's in USDT: the fleet's line adds them 1:1 and says so, and each
+    asset's own sum is kept (``by_quote``), in the JSON and in the table."""
+    engine = make_engine(Target(url=f"sqlite:///{tmp_path / 'j.sqlite'}"))
+    migrate(engine)
+    eth = _fill(1, "SELL", "2000", "1", 2000.0, realized="3", fee="0.5")
+    sol = _fill(2, "SELL", "100", "1", 100.0, realized="2", fee="0.25")
+    sol[1].update(symbol="SOLUSDT", fee_asset="USDT")
+    write_rows(engine, [eth, sol])
+    report = pnl.compute(engine)
+    by = report["by_quote"]
+    assert (by["USDC"]["realized"], by["USDC"]["fees"], by["USDC"]["fills"]) == (3.0, 0.5, 1)
+    assert (by["USDT"]["realized"], by["USDT"]["fees"], by["USDT"]["fills"]) == (2.0, 0.25, 1)
+    assert report["fleet"]["realized"] == 5.0 and report["fleet"]["quote_assets"] == ["USDC", "USDT"]
+    table = pnl.render(report)
+    assert "FLEET USDC" in table and "FLEET USDT" in table and "(USDC + USDT, added 1:1)" in table, table
+    one = make_engine(Target(url=f"sqlite:///{tmp_path / 'k.sqlite'}"))
+    migrate(one)
+    write_rows(one, [_fill(3, "BUY", "2000", "1", 2000.0)])
+    assert "FLEET USDC" not in pnl.render(pnl.compute(one))   # one asset: the fleet's line is its own
+    assert pnl.quote_of("ETHFDUSD") == "FDUSD" and pnl.quote_of("ETHBUSD") == "BUSD" and pnl.quote_of("X") == "?"
+
+
 def test_since_parsing():
     assert parse_since("90m", now_ms=10_000_000) == 10_000_000 - 90 * 60_000
     assert parse_since("1700000000000") == 1_700_000_000_000
