@@ -130,13 +130,17 @@ class EngineViews:
                 if symbol is None or o.symbol == symbol]
 
     def all_orders(self, account: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        """GET /fapi/v1/allOrders: one symbol's orders, or without ``symbol`` (optional since Binance's
+        2026-08-25 change; its SDK types it so) every symbol's, by time; ``orderId`` (an id of one
+        symbol's) still needs the symbol."""
         acct = self.account(account)
-        b = self.book(params.get("symbol"))
-        now = self.now_ms
-        orders = [o for o in b.closed.values() if o.account == acct.name and still_listed(o, now)]
-        orders += [o for o in acct.open.values() if o.symbol == b.symbol]
-        orders.sort(key=lambda o: o.order_id)
         from_id = int_param(params, "orderId")
+        books = [self.book(params.get("symbol"))] if "symbol" in params or from_id is not None \
+            else list(self.books.values())
+        now = self.now_ms
+        orders = [o for b in books for o in b.closed.values() if o.account == acct.name and still_listed(o, now)]
+        orders += [o for o in acct.open.values() if any(o.symbol == b.symbol for b in books)]
+        orders.sort(key=(lambda o: o.order_id) if len(books) == 1 else (lambda o: (o.time, o.order_id)))
         start, end = int_param(params, "startTime"), int_param(params, "endTime")
         if from_id is not None:   # from an id, within startTime..endTime when sent
             within_a_week(start, end)
@@ -149,7 +153,7 @@ class EngineViews:
         # "If orderId is set, it will get orders >= that orderId. Otherwise most recent orders are
         # returned": from orderId (or startTime) on, the oldest first, so a client can page forward
         orders = orders[:limit] if from_id is not None or start is not None else orders[-limit:]
-        return [self.order_json(b, o) for o in orders]
+        return [self.order_json(self.books[o.symbol], o) for o in orders]
 
     def order_amendments(self, account: str, params: dict[str, str]) -> list[dict[str, Any]]:
         """GET /fapi/v1/orderAmendment: one order's amendments (by orderId or origClientOrderId), the

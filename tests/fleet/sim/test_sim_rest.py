@@ -677,6 +677,19 @@ async def test_order_test_all_orders_tickers_and_account_settings(sim):
         page = (await c.signed("GET", "/fapi/v1/allOrders", {"symbol": "ETHUSDC", "orderId": placed["orderId"],
                                                              "limit": 2})).json
         assert [o["orderId"] for o in page] == [placed["orderId"], more[0]]   # from orderId on, oldest first
+        # without a symbol (optional since 2026-08-25): every symbol's, by time; an orderId still needs one
+        sol_mark = (await c.public("GET", "/fapi/v1/ticker/price", {"symbol": "SOLUSDT"})).json["price"]
+        sol_price = str(round(float(sol_mark) * 0.8, 2))
+        sol = (await c.signed("POST", "/fapi/v1/order", {**order, "symbol": "SOLUSDT", "price": sol_price,
+                                                         "quantity": "1"})).json
+        every = (await c.signed("GET", "/fapi/v1/allOrders")).json
+        assert [(o["symbol"], o["orderId"]) for o in every] == [("ETHUSDC", placed["orderId"])] + [
+            ("ETHUSDC", i) for i in more] + [("SOLUSDT", sol["orderId"])], every
+        newest = (await c.signed("GET", "/fapi/v1/allOrders", {"limit": 1})).json
+        assert [o["orderId"] for o in newest] == [sol["orderId"]]
+        alone = await c.signed("GET", "/fapi/v1/allOrders", {"orderId": placed["orderId"]})
+        assert (alone.status, alone.json["code"]) == (400, -1102), alone.json
+        await c.signed("DELETE", "/fapi/v1/order", {"symbol": "SOLUSDT", "orderId": sol["orderId"]})
         week = 7 * 86_400_000
         for path in ("/fapi/v1/allOrders", "/fapi/v1/userTrades"):   # a window of 7 days at most
             t = placed["updateTime"]
