@@ -110,11 +110,15 @@ ROWS: tuple[Row, ...] = (
         P("Net notional", (Q(f"sum(mm_position{{{SYM}}} * mm_mark_price{{{SYM}}})", "net"),),
           "Sum of position x mark (long positive).", kind="stat", w=4, h=4, decimals=0),
         P("Agent up by symbol", (Q(f"mmfleet_agent_up{{{SYM}}}"),),
-          "1 while the symbol's agent answers the endpoint.", min=0, max=1, w=8),
+          "1 while the symbol's agent answers the endpoint.", min=0, max=1, w=6),
         P("Agent restarts", (Q(f"mmfleet_agent_restarts{{{SYM}}}"),),
-          "Restarts of each agent's actor, as Ray records them.", w=8),
+          "Restarts of each agent's actor, as Ray records them.", w=6),
+        P("Hung agent outliving its kill", (Q(f"mmfleet_agent_unkilled_seconds{{{SYM}}}"),),
+          "Seconds a hung agent has run on since the fence found Ray's kill not acted on (its node frozen): "
+          "its orders were cancelled, no successor quotes meanwhile. 0 normally; alert MmAgentUnkilled.",
+          unit="s", thresholds=((1, "red"),), w=6),
         P("P&L by symbol", (Q(pnl(SYM)),),
-          "Realized + funding - commission + unrealized, per symbol (quote currency).", w=8),
+          "Realized + funding - commission + unrealized, per symbol (quote currency).", w=6),
     )),
     Row("Per symbol", (
         P("Worst case / cap", (Q(f"mm_worst_case_long{{{SYM}}} / mm_worst_case_cap{{{SYM}}}", "{{symbol}} long"),
