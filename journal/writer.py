@@ -344,10 +344,13 @@ class JournalWriter:
 
     def replay_now(self) -> bool:
         """The name's spool put into the database on the caller's thread, for a process that writes
-        nothing of its own (``python -m fleet journal replay``); True when none of it is left. Safe beside
-        a live writer of the name: a replay renames the spool first and every row is idempotent."""
-        self._drain()
-        return not self.spool_path.exists() and not self.replay_path.exists()
+        nothing of its own (``python -m fleet journal replay``); True when what it read is all in (a live
+        writer of the name may have spooled more since). Beside such a writer every row is idempotent, and
+        a replay removes only the file it read."""
+        if not self.spool_path.exists() and not self.replay_path.exists():
+            return True
+        self._trying = self._ensure_db()
+        return self._trying and self._replay()
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is handed over (``timeout`` at most), then stop the thread. A database that does not
@@ -588,33 +591,44 @@ class JournalWriter:
         _append_lines(self.spool_path, rows)
         self.stats["spooled"] += len(rows)
 
-    def _replay(self) -> None:
+    def _replay(self) -> bool:
         """The spool, in order, a batch at a time from where the last try stopped, never all of it in
         memory; from a file of its own (rows spooled meanwhile go to a new spool, replayed next), which
-        goes once all of it is in (a replay cut by a restart starts it again: rows are idempotent)."""
+        goes once all of it is in (a replay cut by a restart starts it again: rows are idempotent). True
+        once the file read is all in. Another writer of the name (a stopping agent and its successor, the
+        ``journal replay`` command) may replay the same file: only the file read is removed, never one
+        another writer renamed there meanwhile (its rows would be lost)."""
         if not self.replay_path.exists():
             try:
                 os.replace(self.spool_path, self.replay_path)
             except FileNotFoundError:
-                return
+                return True
             self._replaying = _Replay()
         done = self._replaying
-        if not done.run(self.replay_path, self.batch_max, self._write):
-            return   # from the batch refused, at the next try
+        try:
+            if not done.run(self.replay_path, self.batch_max, self._write):
+                return False   # from the batch refused, at the next try
+        except FileNotFoundError:   # another writer of the name replayed it and removed it
+            self._replaying = _Replay()
+            return True
         if not done.counted:
             done.counted = True
             self._replayed(done)
         # the file goes last: a crash before this replays it again (its rows are idempotent), a crash
         # after it no longer loses the hole of its cut rows (noted after the file went, it was lost)
         try:
-            self.replay_path.unlink(missing_ok=True)
+            if _identity(self.replay_path) == done.file:
+                self.replay_path.unlink()
+        except FileNotFoundError:
+            pass
         except OSError as exc:   # counted once, said once; tried again at the next drain
             if not done.unlink_said:
                 done.unlink_said = True
                 log.error("journal %s: the replayed spool %s could not be removed: %r", self.name, self.replay_path,
                           exc)
-            return
+            return True
         self._replaying = _Replay()
+        return True
 
     def _replayed(self, done: "_Replay") -> None:
         """A spool's replay is in: its rows and the lines that did not read counted, their hole noted."""
@@ -668,8 +682,8 @@ class _Replay:
         over would skip its first rows, unsaid."""
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
-            if self.file != (st.st_dev, st.st_ino, st.st_ctime_ns):
-                self.start((st.st_dev, st.st_ino, st.st_ctime_ns))
+            if self.file != _stat_identity(st):
+                self.start(_stat_identity(st))
             while True:
                 batch = self.next_batch(f, n)
                 if batch.offset == self.offset:
@@ -708,6 +722,15 @@ class _Replay:
         self.cut += batch.cut
         if batch.first_ms is not None and (self.first_ms is None or batch.first_ms < self.first_ms):
             self.first_ms = batch.first_ms
+
+
+def _stat_identity(st: os.stat_result) -> tuple[int, int, int]:
+    """A file as a replay knows it: device, inode and change time (which a rename sets)."""
+    return st.st_dev, st.st_ino, st.st_ctime_ns
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    return _stat_identity(os.stat(path))
 
 
 def _opened(target: Target, bounds: Bounds) -> Engine:

@@ -307,6 +307,51 @@ def test_the_fleets_figures_keep_each_quote_assets_own_beside_their_sum(tmp_path
     assert pnl.quote_of("ETHFDUSD") == "FDUSD" and pnl.quote_of("ETHBUSD") == "BUSD" and pnl.quote_of("X") == "?"
 
 
+def test_a_replay_removes_only_the_file_it_read_not_one_another_writer_renamed_there(tmp_path):
+    """Two writers of one name (the ``journal replay`` command beside a running agent): while one's
+    replay of a spool waits on a slow database, the other replays the same file, removes it, spools new
+    rows and renames them to the replay's path. The slow one must not remove that new file: its rows
+    are then in the journal once the other replays it, none lost."""
+    import threading
+
+    from journal.writer import _append_lines
+
+    spool = tmp_path / "spool"
+    target = Target(url=f"sqlite:///{tmp_path / 'j.sqlite'}", spool_dir=str(spool))
+    name = "f-ETHUSDC"
+    _append_lines(spool / f"{name}.spool.jsonl", [_fill(i, "BUY", "3000", "0.01", 3000.0) for i in range(3)])
+    slow = JournalWriter(target, name)
+    go, writing = threading.Event(), threading.Event()
+    write = slow._write
+
+    def held(rows):   # a database that answers late
+        writing.set()
+        go.wait(30)
+        return write(rows)
+
+    slow._write = held
+    answered: dict[str, bool] = {}
+    t = threading.Thread(target=lambda: answered.setdefault("slow", slow.replay_now()))
+    t.start()
+    assert writing.wait(30)
+    live = JournalWriter(target, name)
+    assert live.replay_now() and not live.replay_path.exists()   # replayed the same file, and removed it
+    _append_lines(live.spool_path, [_fill(i, "BUY", "3000", "0.01", 3000.0) for i in range(10, 15)])
+    refused = live._write
+    live._write = lambda rows: False   # its database away again: the new spool is renamed, not yet in
+    assert not live.replay_now() and live.replay_path.exists()
+    go.set()
+    t.join(30)
+    assert answered == {"slow": True} and live.replay_path.exists()   # the other's file left in place
+    live._write = refused
+    assert live.replay_now() and not live.replay_path.exists()
+    with make_engine(target).connect() as conn:
+        ids = [r[0] for r in conn.exec_driver_sql("SELECT trade_id FROM fills ORDER BY trade_id")]
+    assert ids == [0, 1, 2, 10, 11, 12, 13, 14]
+    slow.close(1)
+    live.close(1)
+
+
 def test_since_parsing():
     assert parse_since("90m", now_ms=10_000_000) == 10_000_000 - 90 * 60_000
     assert parse_since("1700000000000") == 1_700_000_000_000
@@ -610,7 +655,7 @@ def test_a_fleets_spools_are_said_by_the_reads_and_replayed_by_the_command(tmp_p
     state = tmp_path / "state"
     spool = state / "journal-spool"
     away = Target(url="postgresql+psycopg://nobody@127.0.0.1:1/none", spool_dir=str(spool))
-    for name, n in (("f-ETHUSDC", 7), ("f-cli", 1), ("g-ETHUSDC", 2)):
+    for name, n in (("f-ETHUSDC", 7), ("f-cli", 1), ("g-ETHUSDC", 2), ("f-b-ETHUSDC", 3)):   # f-b: another fleet
         w = JournalWriter(away, name, flush_interval=0.05).start()
         for i in range(n):
             w.put(_fill(i, "BUY", "3000", "0.01", 3000.0) if n > 1 else
@@ -630,6 +675,8 @@ def test_a_fleets_spools_are_said_by_the_reads_and_replayed_by_the_command(tmp_p
     away_config.write_text(json.dumps({"name": "f", "state_dir": str(state), "accounts": [account],
                                        "journal": {"url": "postgresql://nobody@127.0.0.1:1/none"},
                                        "symbols": [{"symbol": "ETHUSDC", "account": "main"}]}))
+    odd = spool / "f-x\x1b[2J y.spool.jsonl"   # no writer's name (terminal escapes): neither read nor printed
+    odd.write_text((spool / "g-ETHUSDC.spool.jsonl").read_text())
     repo = Path(__file__).resolve().parents[2]
 
     def run(*args: str) -> subprocess.CompletedProcess:
@@ -639,17 +686,19 @@ def test_a_fleets_spools_are_said_by_the_reads_and_replayed_by_the_command(tmp_p
     before = run("fills", "--state-dir", str(state), "--fleet", "f", "--json")
     assert before.returncode == 0 and len(json.loads(before.stdout)) == 1, before.stderr
     assert "note: 8 rows spooled" in before.stderr and "f-ETHUSDC: 7" in before.stderr, before.stderr
-    assert "g-ETHUSDC" not in before.stderr
+    assert "g-ETHUSDC" not in before.stderr and "f-b-" not in before.stderr and "\x1b" not in before.stderr
     still = run("replay", "--config", str(away_config))
     assert still.returncode == 1 and "f-ETHUSDC: 0 rows" in still.stdout and "still spooled" in still.stdout, still
     done = run("replay", "--config", str(config))
     assert done.returncode == 0 and "f-ETHUSDC: 7 rows" in done.stdout and "f-cli: 1 rows" in done.stdout, done
+    assert "f-b-" not in done.stdout and "\x1b" not in done.stdout, done.stdout
     after = run("fills", "--state-dir", str(state), "--fleet", "f", "--json")
     assert len(json.loads(after.stdout)) == 8 and "note:" not in after.stderr, after.stderr
     events_shown = run("events", "--state-dir", str(state), "--fleet", "f", "--json")
     assert [e["kind"] for e in json.loads(events_shown.stdout)] == ["up"]
     again = run("replay", "--config", str(config))
     assert again.returncode == 0 and "no spooled rows of fleet f" in again.stdout
-    assert sorted(p.name for p in spool.iterdir() if p.name.endswith(".jsonl")) == ["g-ETHUSDC.spool.jsonl"]
+    assert sorted(p.name for p in spool.iterdir() if p.name.endswith(".jsonl")) == sorted(
+        ["g-ETHUSDC.spool.jsonl", "f-b-ETHUSDC.spool.jsonl", odd.name])
     bad = run("replay", "--config", str(tmp_path / "missing.yaml"))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
