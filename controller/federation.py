@@ -290,8 +290,8 @@ def fleet_families(view: FleetView, scrapes: Iterable[AgentScrape]) -> list[Metr
     controller.add_sample("mmfleet_controller_up", {"fleet": view.fleet}, 1.0 if view.controller_up else 0.0)
     unkilled = _gauge("mmfleet_agent_unkilled_seconds",
                       "Seconds the symbol's hung agent has run on since the fence found Ray's kill not acted on "
-                      "(its node frozen?): no successor quotes meanwhile; 0 when none; absent while the controller "
-                      "does not answer.")
+                      "(its node frozen?): no successor quotes meanwhile; 0 when the controller knows of none (a "
+                      "restarted one finds a hung agent again within some 10 s); absent while it does not answer.")
     if view.controller_up:
         for sym in symbols:
             unkilled.add_sample("mmfleet_agent_unkilled_seconds", {"fleet": view.fleet, _SYMBOL_LABEL: sym},
