@@ -379,8 +379,8 @@ class KillSwitches:
         self.kill_lock = self.kill_lock or asyncio.Lock()
         async with self.kill_lock:
             to_write = targets
-            if asked_at < now:   # asked before it runs: a kill or flatten asked for since then stands
-                stored = await asyncio.wait_for(self.book.akill_records(targets), READ_S)
+            stored = await self._stored_kills(targets, needed=asked_at < now)
+            if asked_at < now and stored is not None:   # asked before it runs: a kill asked for since stands
                 to_write = [s for s in targets if s not in stored or stored[s].state is KillState.RUNNING
                             or stored[s].since <= asked_at]
             if expired := self._resume_expired(targets, asked_at, expires_at):   # waited for the lock or the read
@@ -401,7 +401,19 @@ class KillSwitches:
                 out[s] = {"outcome": "resumed", "agent": f"not confirmed: {named_line(a)}"}
             else:
                 out[s] = {"outcome": "resumed", "agent": a}
+            if stored is not None and (s not in stored or stored[s].state is KillState.RUNNING):
+                out[s]["was"] = "running"   # nothing to resume (a kill sent just after it stands, if any)
         return {"symbols": out}
+
+    async def _stored_kills(self, symbols: list[str], needed: bool) -> dict[str, Any] | None:
+        """The symbols' stored kill records before a resume (one without a record was never killed); a
+        read that fails is raised only when ``needed`` (a resume run late), otherwise None: not known."""
+        try:
+            return await asyncio.wait_for(self.book.akill_records(symbols), READ_S)
+        except Exception:  # noqa: BLE001 - only the answer's "was" is lost
+            if needed:
+                raise
+            return None
 
     async def _not_trading(self, symbols: list[str]) -> dict[str, str]:
         """Of ``symbols``, those the exchange lists in a status that does not come back to TRADING (settling,

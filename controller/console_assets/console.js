@@ -23,10 +23,16 @@
     : Number(v).toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
   const qty = (v) => (v === null || v === undefined) ? "–" : String(Number(v.toPrecision(6)));
   const money = (v) => (v === null || v === undefined) ? "–" : (v >= 0 ? "+" : "") + num(v, 2);
-  // text someone typed (a kill's reason), its control and format characters shown as \uXXXX, as the logs
-  // show them: a right-to-left override once turned the rest of a reason around on the page
-  const plain = (s) => String(s).replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu,
-    (c) => "\\u" + c.codePointAt(0).toString(16).padStart(4, "0"));
+  // text someone typed (a kill's reason), its control and format characters shown as \uXXXX (\UXXXXXXXX
+  // beyond the first plane), as the logs show them: a right-to-left override once turned the rest of a
+  // reason around on the page; and combining marks past two on one letter too: a stack of them covered
+  // the row's kill state
+  const escaped = (c) => {
+    const code = c.codePointAt(0);
+    return code > 0xffff ? "\\U" + code.toString(16).padStart(8, "0") : "\\u" + code.toString(16).padStart(4, "0");
+  };
+  const plain = (s) => String(s).replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu, escaped)
+    .replace(/(\p{M}{2})(\p{M}+)/gu, (_, kept, more) => kept + [...more].map(escaped).join(""));
   const since = (ms) => {
     const s = Math.max(0, (Date.now() - ms) / 1000);
     return s < 60 ? `${s.toFixed(0)} s ago` : s < 3600 ? `${(s / 60).toFixed(0)} min ago` : `${(s / 3600).toFixed(1)} h ago`;
@@ -253,15 +259,21 @@
     return li;
   }
 
+  // One symbol's outcome as this page's action got it (the kill and state columns say what holds now:
+  // another session may have acted since). A resume the agent did not confirm, or one of a symbol that
+  // was running already, is not shown as a success; open orders are "confirmed" only when counted.
   function describe(symbol, res, action) {
     if (action === "resume") {
-      const agent = res && typeof res.agent === "string" ? ` (${res.agent})` : "";
-      return { text: `${res.outcome}${agent}`, ok: res.outcome === "resumed" };
+      if (res.was === "running") return { text: "already running: nothing to resume", ok: true };
+      const agent = res && typeof res.agent === "string" ? ` (${plain(res.agent)})` : "";
+      const unconfirmed = typeof res.agent === "string" && res.agent.startsWith("not confirmed");
+      return { text: `${res.outcome}${agent}`, ok: res.outcome === "resumed" && !unconfirmed };
     }
     const ok = res.open_orders === 0 && res.outcome !== "failed";
-    const orders = res.open_orders === null || res.open_orders === undefined ? "open orders unknown" : `${res.open_orders} open orders`;
-    let text = `${res.outcome} · ${orders} confirmed at the exchange · ${res.elapsed_ms} ms`;
-    if (res.problem || res.error) text += ` · ${res.problem || res.error}`;
+    const orders = res.open_orders === null || res.open_orders === undefined
+      ? "open orders not confirmed at the exchange" : `${res.open_orders} open orders confirmed at the exchange`;
+    let text = `${res.outcome} · ${orders} · ${res.elapsed_ms} ms`;
+    if (res.problem || res.error) text += ` · ${plain(res.problem || res.error)}`;
     return { text, ok };
   }
 
@@ -282,7 +294,10 @@
         allOk = allOk && d.ok;
         parts.push(`${symbol} ${d.text}`);
         const r = rows.get(symbol);
-        if (r) { r.c.action.textContent = d.text; r.c.action.className = "action " + (d.ok ? "ok" : "bad"); }
+        if (r) {
+          r.c.action.textContent = `${new Date().toLocaleTimeString()} ${action} (this page): ${d.text}`;
+          r.c.action.className = "action " + (d.ok ? "ok" : "bad");
+        }
       }
       const head = action === "resume" ? `${what} in ${answer.elapsed_ms} ms` :
         `${what} ${answer.confirmed ? "confirmed: 0 open orders" : "NOT confirmed"} in ${answer.elapsed_ms} ms`;
