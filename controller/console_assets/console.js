@@ -222,10 +222,20 @@
     };
   }
 
+  // The stream closed for good (the browser gives up on an answer other than 200): the session ended,
+  // or every stream slot is taken (the endpoint's 429, which EventSource does not show): said, tried again.
   async function checkSession() {
     try {
       const r = await fetch(`${base}/session`, { credentials: "same-origin", cache: "no-store" });
       if (r.status === 401 || r.status === 503) { location.replace(base); return; }
+      const probe = new AbortController();
+      const s = await fetch(`${base}/events`, { credentials: "same-origin", cache: "no-store", signal: probe.signal });
+      probe.abort();
+      if (s.status === 429) {
+        setConn("stale", "no live updates: too many console streams are open (close other tabs); trying again");
+        setTimeout(checkSession, 5000);
+        return;
+      }
     } catch (e) { /* the endpoint is away: try again */ }
     connect();
   }

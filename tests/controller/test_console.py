@@ -614,6 +614,29 @@ def test_the_console_in_a_real_browser(live, chromium, tmp_path):
     wait.until(lambda d: cell(d, "BTCUSDT", "kill").strip() == "running")
     live.wait_quoting(within_s=60)
 
+    # every stream slot taken (by another session's 16): the page says why it has no live updates, and
+    # goes live again once slots are free
+    other = ConsoleClient(live)
+    assert other.sign_in().status_code == 303
+    held: list[requests.Response] = []
+    driver.get(f"{base}/assets/console.css")   # the page's own stream closed: its slot freed once the endpoint sees it
+    try:
+        def all_taken() -> bool:
+            r = other.http.get(f"{other.base}/events", stream=True, timeout=30)
+            if r.status_code == 200:
+                held.append(r)
+            else:
+                r.close()
+            return len(held) == 16
+
+        poll(all_taken, within_s=30, every_s=0.2, what="all 16 console streams held by another session")
+        driver.get(base)
+        wait.until(lambda d: "too many console streams" in d.find_element(By.ID, "conn").text)
+    finally:
+        for r in held:
+            r.close()
+    wait.until(lambda d: d.find_element(By.ID, "conn").text == "live")
+
     # sign out: the cookie is gone, and so is the session on the server
     sid = session["value"]
     driver.find_element(By.ID, "signout").click()
