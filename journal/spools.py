@@ -8,14 +8,12 @@ commands say when rows are waiting, so a report is never short without a word.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from .db import Target
 from .writer import JournalWriter, _safe
 
-log = logging.getLogger("mmfleet.journal")
 SUFFIXES = (".spool.jsonl", ".replaying.jsonl")
 
 

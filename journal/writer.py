@@ -617,7 +617,7 @@ class JournalWriter:
         # the file goes last: a crash before this replays it again (its rows are idempotent), a crash
         # after it no longer loses the hole of its cut rows (noted after the file went, it was lost)
         try:
-            if _identity(self.replay_path) == done.file:
+            if _stat_identity(os.stat(self.replay_path)) == done.file:
                 self.replay_path.unlink()
         except FileNotFoundError:
             pass
@@ -727,10 +727,6 @@ class _Replay:
 def _stat_identity(st: os.stat_result) -> tuple[int, int, int]:
     """A file as a replay knows it: device, inode and change time (which a rename sets)."""
     return st.st_dev, st.st_ino, st.st_ctime_ns
-
-
-def _identity(path: Path) -> tuple[int, int, int]:
-    return _stat_identity(os.stat(path))
 
 
 def _opened(target: Target, bounds: Bounds) -> Engine:
